@@ -1,0 +1,9 @@
+//! Types that cross every boundary of code-mode: between a cell and its owner, between the
+//! runtime process and the host, and between the host and the agent core.
+//!
+//! This crate owns the vocabulary only. It never links V8 and never spawns processes, so an
+//! agent core can depend on it (through `code-mode-host`) without paying for either.
+
+pub mod model;
+
+pub use model::{ContentItem, ImageDetail, ToolKind, js_tool_name};

@@ -1,0 +1,144 @@
+//! The model-facing vocabulary: output items a cell produces and the kinds of nested tools.
+//!
+//! Owned here because the runtime (`code-mode`), the wire (`code-mode-bin`) and the agent
+//! core (`code-mode-host`) all speak it. Enums are externally tagged on purpose: bincode is
+//! not self-describing, so internally tagged or untagged representations would not
+//! round-trip over the wire.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How much detail the model should see in an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum ImageDetail {
+    Auto,
+    Low,
+    #[default]
+    High,
+    Original,
+}
+
+impl ImageDetail {
+    /// Every accepted spelling, in the order the contract's error message lists them.
+    pub const ALL: [ImageDetail; 4] = [
+        ImageDetail::Auto,
+        ImageDetail::Low,
+        ImageDetail::High,
+        ImageDetail::Original,
+    ];
+
+    /// The lower-case name used by models and in JavaScript (`"auto"`, `"low"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageDetail::Auto => "auto",
+            ImageDetail::Low => "low",
+            ImageDetail::High => "high",
+            ImageDetail::Original => "original",
+        }
+    }
+
+    /// Parses the exact lower-case name; anything else is `None`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|detail| detail.as_str() == name)
+    }
+}
+
+impl fmt::Display for ImageDetail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One item of a cell's output, in the order the cell produced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContentItem {
+    /// `input_text { text }`
+    InputText { text: String },
+    /// `input_image { image_url, detail }`; `image_url` is always a `data:` URL.
+    InputImage {
+        image_url: String,
+        detail: ImageDetail,
+    },
+}
+
+impl ContentItem {
+    /// A text item.
+    pub fn text(text: impl Into<String>) -> Self {
+        ContentItem::InputText { text: text.into() }
+    }
+
+    /// The text of a text item, `None` for an image.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            ContentItem::InputText { text } => Some(text),
+            ContentItem::InputImage { .. } => None,
+        }
+    }
+}
+
+/// How a nested tool takes its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ToolKind {
+    /// A JSON function tool: its input is a JSON value.
+    Function,
+    /// A freeform tool: its input is a string (`input: string` in the declaration).
+    Freeform,
+}
+
+impl ToolKind {
+    /// `"function"` or `"freeform"`, as the contract names them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolKind::Function => "function",
+            ToolKind::Freeform => "freeform",
+        }
+    }
+}
+
+/// The JavaScript name of a nested tool (contract section 6): every character outside
+/// `[A-Za-z0-9_$]` becomes `_`, a leading digit too; an empty name becomes `_`.
+///
+/// The one implementation: the runtime binds `tools.<name>` with it and the description
+/// builder prints it, so the model always sees the name it can call.
+pub fn js_tool_name(name: &str) -> String {
+    if name.is_empty() {
+        return "_".to_owned();
+    }
+    name.chars()
+        .enumerate()
+        .map(|(index, c)| {
+            let allowed = c.is_ascii_alphanumeric() || c == '_' || c == '$';
+            if !allowed || (index == 0 && c.is_ascii_digit()) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn js_names_follow_the_contract() {
+        assert_eq!(js_tool_name("read_file"), "read_file");
+        assert_eq!(js_tool_name("mcp__server__do-thing"), "mcp__server__do_thing");
+        assert_eq!(js_tool_name("a.b/c d"), "a_b_c_d");
+        assert_eq!(js_tool_name("9lives"), "_lives");
+        assert_eq!(js_tool_name("x9"), "x9");
+        assert_eq!(js_tool_name("$dollar"), "$dollar");
+        assert_eq!(js_tool_name(""), "_");
+        assert_eq!(js_tool_name("é"), "_");
+    }
+
+    #[test]
+    fn image_detail_names_round_trip() {
+        for detail in ImageDetail::ALL {
+            assert_eq!(ImageDetail::parse(detail.as_str()), Some(detail));
+        }
+        assert_eq!(ImageDetail::parse("HIGH"), None);
+        assert_eq!(ImageDetail::default(), ImageDetail::High);
+    }
+}

@@ -1,0 +1,17 @@
+//! The code-mode runtime: runs a model-written JavaScript *cell* in a fresh V8 isolate on a
+//! thread of its own, and reports what it does as typed events.
+//!
+//! Who calls it: the cell actor (sessions) in this crate and, through it, `code-mode-bin`.
+//! What it owns: V8 initialisation ([`platform`]), the cell thread and its isolate
+//! ([`runtime`]). It never touches the file system or the network, and it never decides
+//! a cell's fate on its own: it reports completion or termination, and the owner decides
+//! what that means for stored values and observers.
+
+pub mod platform;
+pub mod runtime;
+
+pub use code_mode_protocol as protocol;
+pub use runtime::{
+    CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome, SpawnError,
+    StoredValues, ToolBinding, ToolCallId, ToolCallRequest, spawn_cell,
+};

@@ -1,0 +1,33 @@
+//! V8 process-wide initialisation: ICU data, flags and the platform, exactly once.
+//!
+//! Called by [`crate::spawn_cell`] on first use, and meant to be called by a binary's `main`
+//! before it starts any thread, as V8 prefers. Nothing else in the crate touches V8 globals.
+
+use std::sync::OnceLock;
+
+static PLATFORM: OnceLock<v8::SharedRef<v8::Platform>> = OnceLock::new();
+
+/// Initialises V8 for this process: ICU data first (so `Intl` has real locale data), then
+/// the platform. Idempotent and thread-safe; later calls return at once.
+///
+/// # Panics
+/// If the bundled ICU data is rejected by ICU, which would mean a broken build.
+pub fn init_v8() {
+    platform();
+}
+
+/// The process's V8 platform, initialising V8 on first use.
+pub(crate) fn platform() -> &'static v8::SharedRef<v8::Platform> {
+    PLATFORM.get_or_init(|| {
+        if let Err(code) = v8::icu::set_common_data_78(deno_core_icudata::ICU_DATA) {
+            panic!("the bundled ICU data was rejected by ICU (error code {code})");
+        }
+        // Zero worker threads means "as many as V8 sees fit" for background GC and
+        // compilation; idle tasks are not used.
+        let platform = v8::new_default_platform(0, false).make_shared();
+        v8::V8::initialize_platform(platform.clone());
+        v8::V8::initialize();
+        tracing::debug!("V8 {} initialised", v8::V8::get_version());
+        platform
+    })
+}

@@ -1,0 +1,754 @@
+//! The globals a cell sees (contract section 2): `tools`, `ALL_TOOLS`, `text`, `image`,
+//! `generatedImage`, `store`, `load`, `notify`, `yield_control`, `exit`, `setTimeout`,
+//! `clearTimeout` and `console`.
+//!
+//! Every helper is a native function: none of them looks up `JSON`, `Promise`, `Object` or
+//! any other global the cell can replace, and tool functions carry their tool's index, so
+//! the owner dispatches by index, never by a JS-visible name. Helper errors are thrown as
+//! plain strings. Each helper re-checks that the cell has not stopped (`exit()`,
+//! termination) after any user code it ran, so nothing takes effect after `exit()`.
+
+use super::thread::{StateRef, Timer};
+use super::values::{self, Json, throw_string, v8_str};
+use super::{CellEvent, ToolCallRequest};
+use code_mode_protocol::{ContentItem, ImageDetail, js_tool_name};
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+use v8::MapFnTo;
+
+const IMAGE_EXPECTS: &str = "image expects a non-empty image URL string, an object with image_url and optional detail, or a raw MCP image block";
+const REMOTE_IMAGE: &str = "Tool call failed: remote image URLs are not supported in tool outputs. Pass a base64 data URI instead";
+const INVALID_IMAGE: &str = "Tool call failed: invalid image output. Pass a base64 data URI instead";
+const DETAIL_ONE_OF: &str = "image detail must be one of: auto, low, high, original";
+const DETAIL_STRING: &str = "image detail must be a string when provided";
+const MCP_IMAGE_DATA: &str = "image expected MCP image data";
+const GENERATED_EXPECTS: &str = "generatedImage expects an image generation result object";
+const GENERATED_HINT: &str = "generatedImage output_hint must be a string when provided";
+const STORE_KEY: &str = "store key must be a string";
+const LOAD_KEY: &str = "load key must be a string";
+const NOTIFY_EMPTY: &str = "notify expects non-empty text";
+const SET_TIMEOUT_CALLBACK: &str = "setTimeout expects a function callback";
+const CLEAR_TIMEOUT_ID: &str = "clearTimeout expects a numeric timeout id";
+
+/// MIME type assumed for an MCP image block that does not name one.
+const DEFAULT_MCP_IMAGE_MIME: &str = "image/png";
+
+/// Largest timer delay honoured, in milliseconds (about 285 000 years); longer is clamped.
+const MAX_TIMER_DELAY_MS: f64 = 9_007_199_254_740_991.0;
+
+/// Globals removed from every cell's context (contract section 2).
+const REMOVED_GLOBALS: [&str; 3] = ["Atomics", "SharedArrayBuffer", "WebAssembly"];
+
+/// Why a helper did not finish normally.
+enum Fail {
+    /// Throw this plain string.
+    Throw(String),
+    /// A JS exception (or termination) is already pending: let it propagate.
+    Pending,
+    /// The cell has stopped (`exit()` or termination): return quietly.
+    Stopped,
+}
+
+impl From<&str> for Fail {
+    fn from(message: &str) -> Self {
+        Fail::Throw(message.to_owned())
+    }
+}
+
+type HelperResult = Result<(), Fail>;
+
+/// The body of a helper: the scope, the call's arguments, its return value, the cell state.
+type Body<'a, 's, 'i> = dyn FnOnce(
+        &mut v8::PinScope<'s, 'i>,
+        &v8::FunctionCallbackArguments<'s>,
+        &mut v8::ReturnValue<'s, v8::Value>,
+        &StateRef,
+    ) -> HelperResult
+    + 'a;
+
+/// Runs a helper body: skips it once the cell has stopped, turns [`Fail::Throw`] into a
+/// thrown string, and keeps a Rust panic from unwinding into V8 (it becomes a JS error).
+fn run_helper<'s, 'i>(
+    scope: &mut v8::PinScope<'s, 'i>,
+    args: v8::FunctionCallbackArguments<'s>,
+    mut rv: v8::ReturnValue<'s, v8::Value>,
+    body: Box<Body<'_, 's, 'i>>,
+) {
+    let Some(state) = scope.get_slot::<StateRef>().cloned() else {
+        return;
+    };
+    if state.borrow().stopped() {
+        return;
+    }
+    let outcome =
+        std::panic::catch_unwind(AssertUnwindSafe(|| body(&mut *scope, &args, &mut rv, &state)));
+    match outcome {
+        Ok(Ok(()) | Err(Fail::Pending | Fail::Stopped)) => {}
+        Ok(Err(Fail::Throw(message))) => {
+            if !state.borrow().stopped() {
+                throw_string(scope, &message);
+            }
+        }
+        Err(_) => {
+            tracing::error!("a code-mode helper panicked");
+            throw_string(scope, "internal error in a code-mode helper");
+        }
+    }
+}
+
+/// Reports an event, or [`Fail::Stopped`] if the cell stopped meanwhile.
+fn emit(state: &StateRef, event: CellEvent) -> HelperResult {
+    if state.borrow_mut().emit(event) {
+        Ok(())
+    } else {
+        Err(Fail::Stopped)
+    }
+}
+
+/// Fails with [`Fail::Stopped`] if the cell stopped (user code the helper ran may have
+/// called `exit()`).
+fn ensure_running(state: &StateRef) -> HelperResult {
+    if state.borrow().stopped() {
+        Err(Fail::Stopped)
+    } else {
+        Ok(())
+    }
+}
+
+/// `object[key]`, running getters and proxy traps like JS would.
+fn get<'s>(
+    scope: &v8::PinScope<'s, '_>,
+    object: v8::Local<'s, v8::Object>,
+    key: &str,
+) -> Result<v8::Local<'s, v8::Value>, Fail> {
+    let key = v8_str(scope, key);
+    object.get(scope, key.into()).ok_or(Fail::Pending)
+}
+
+/// The value as a plain object (not `null`, not a function, not an array).
+fn as_plain_object(value: v8::Local<'_, v8::Value>) -> Option<v8::Local<'_, v8::Object>> {
+    if value.is_function() || value.is_array() {
+        return None;
+    }
+    v8::Local::<v8::Object>::try_from(value).ok()
+}
+
+/// A non-empty string value, or `None`.
+fn non_empty_string(scope: &v8::PinScope<'_, '_>, value: v8::Local<'_, v8::Value>) -> Option<String> {
+    value
+        .is_string()
+        .then(|| value.to_rust_string_lossy(scope))
+        .filter(|text| !text.is_empty())
+}
+
+// ---------------------------------------------------------------------------------------
+// Installation
+// ---------------------------------------------------------------------------------------
+
+/// Installs every helper on the context's global object and removes the forbidden globals.
+pub(crate) fn install(scope: &mut v8::PinScope<'_, '_>, state: &StateRef) {
+    let context = scope.get_current_context();
+    let global = context.global(scope);
+    for name in REMOVED_GLOBALS.into_iter().chain(["console"]) {
+        let key = v8_str(scope, name);
+        global.delete(scope, key.into());
+    }
+
+    let functions: [(&str, v8::FunctionCallback); 10] = [
+        ("text", text_helper.map_fn_to()),
+        ("image", image_helper.map_fn_to()),
+        ("generatedImage", generated_image_helper.map_fn_to()),
+        ("store", store_helper.map_fn_to()),
+        ("load", load_helper.map_fn_to()),
+        ("notify", notify_helper.map_fn_to()),
+        ("yield_control", yield_control_helper.map_fn_to()),
+        ("exit", exit_helper.map_fn_to()),
+        ("setTimeout", set_timeout_helper.map_fn_to()),
+        ("clearTimeout", clear_timeout_helper.map_fn_to()),
+    ];
+    for (name, callback) in functions {
+        let function = new_function(scope, name, callback, None);
+        define_constant(scope, global, name, function.into());
+    }
+
+    let console = v8::Object::new(scope);
+    for method in ["log", "info", "warn", "error", "debug"] {
+        let function = new_function(scope, method, console_helper.map_fn_to(), None);
+        define_constant(scope, console, method, function.into());
+    }
+    freeze(scope, console);
+    define_constant(scope, global, "console", console.into());
+
+    let tools = state.borrow().tools.clone();
+    let tools_object = v8::Object::new(scope);
+    let all_tools = v8::Array::new(scope, 0);
+    let mut bound = HashSet::new();
+    for (index, tool) in tools.iter().enumerate() {
+        let js_name = js_tool_name(&tool.name);
+        if !bound.insert(js_name.clone()) {
+            tracing::warn!(
+                tool = %tool.name,
+                js_name = %js_name,
+                "two tools share one JS name; only the first is callable"
+            );
+            continue;
+        }
+        let index_value = v8::Number::new(scope, index as f64).into();
+        let function = new_function(scope, &js_name, tool_helper.map_fn_to(), Some(index_value));
+        define_constant(scope, tools_object, &js_name, function.into());
+
+        let entry = v8::Object::new(scope);
+        let name_value = v8_str(scope, &js_name).into();
+        let description_value = v8_str(scope, &tool.description).into();
+        define_constant(scope, entry, "name", name_value);
+        define_constant(scope, entry, "description", description_value);
+        freeze(scope, entry);
+        let position = all_tools.length();
+        all_tools.set_index(scope, position, entry.into());
+    }
+    freeze(scope, tools_object);
+    freeze(scope, all_tools.into());
+    define_constant(scope, global, "tools", tools_object.into());
+    define_constant(scope, global, "ALL_TOOLS", all_tools.into());
+}
+
+fn new_function<'s>(
+    scope: &v8::PinScope<'s, '_>,
+    name: &str,
+    callback: v8::FunctionCallback,
+    data: Option<v8::Local<'s, v8::Value>>,
+) -> v8::Local<'s, v8::Function> {
+    let mut builder =
+        v8::Function::builder_raw(callback).constructor_behavior(v8::ConstructorBehavior::Throw);
+    if let Some(data) = data {
+        builder = builder.data(data);
+    }
+    let function = builder
+        .build(scope)
+        .expect("creating a native function cannot fail before any user code ran");
+    function.set_name(v8_str(scope, name));
+    function
+}
+
+/// Defines a read-only, non-deletable property.
+fn define_constant(
+    scope: &v8::PinScope<'_, '_>,
+    object: v8::Local<'_, v8::Object>,
+    name: &str,
+    value: v8::Local<'_, v8::Value>,
+) {
+    let key = v8_str(scope, name);
+    let attributes = v8::PropertyAttribute::READ_ONLY | v8::PropertyAttribute::DONT_DELETE;
+    object.define_own_property(scope, key.into(), value, attributes);
+}
+
+fn freeze(scope: &v8::PinScope<'_, '_>, object: v8::Local<'_, v8::Object>) {
+    object.set_integrity_level(scope, v8::IntegrityLevel::Frozen);
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------
+
+fn text_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, args, _rv, state| {
+            let text = values::display_string(scope, args.get(0)).ok_or(Fail::Pending)?;
+            emit(state, CellEvent::Output(ContentItem::text(text)))
+        }),
+    );
+}
+
+fn console_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, args, _rv, state| {
+            let mut parts = Vec::with_capacity(usize::try_from(args.length()).unwrap_or(0));
+            for index in 0..args.length() {
+                parts.push(values::display_string(scope, args.get(index)).ok_or(Fail::Pending)?);
+            }
+            emit(state, CellEvent::Output(ContentItem::text(parts.join(" "))))
+        }),
+    );
+}
+
+/// Validates a detail value given to `image`: `undefined`/`null` mean "not given".
+fn parse_detail(
+    scope: &v8::PinScope<'_, '_>,
+    value: v8::Local<'_, v8::Value>,
+) -> Result<Option<ImageDetail>, Fail> {
+    if value.is_null_or_undefined() {
+        return Ok(None);
+    }
+    if !value.is_string() {
+        return Err(DETAIL_STRING.into());
+    }
+    ImageDetail::parse(&value.to_rust_string_lossy(scope))
+        .map(Some)
+        .ok_or_else(|| DETAIL_ONE_OF.into())
+}
+
+/// Checks an image URL: only `data:` URLs are accepted.
+fn check_image_url(url: &str) -> HelperResult {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("http:") || lower.starts_with("https:") {
+        return Err(REMOTE_IMAGE.into());
+    }
+    if !lower.starts_with("data:") {
+        return Err(INVALID_IMAGE.into());
+    }
+    Ok(())
+}
+
+/// Reads the URL and the detail an `image(...)` argument carries.
+fn image_source(
+    scope: &v8::PinScope<'_, '_>,
+    value: v8::Local<'_, v8::Value>,
+) -> Result<(String, Option<ImageDetail>), Fail> {
+    if value.is_string() {
+        let url = non_empty_string(scope, value).ok_or(Fail::from(IMAGE_EXPECTS))?;
+        return Ok((url, None));
+    }
+    let Some(object) = as_plain_object(value) else {
+        return Err(IMAGE_EXPECTS.into());
+    };
+    let image_url = get(scope, object, "image_url")?;
+    if !image_url.is_undefined() {
+        let url = non_empty_string(scope, image_url).ok_or(Fail::from(IMAGE_EXPECTS))?;
+        let detail = parse_detail(scope, get(scope, object, "detail")?)?;
+        return Ok((url, detail));
+    }
+    let kind = get(scope, object, "type")?;
+    if kind.is_undefined() {
+        return Err(IMAGE_EXPECTS.into());
+    }
+    let kind = values::string_conversion(scope, kind).ok_or(Fail::Pending)?;
+    if kind != "image" {
+        return Err(Fail::Throw(format!(
+            "image only accepts MCP image blocks, got \"{kind}\""
+        )));
+    }
+    let data = get(scope, object, "data")?;
+    let data = non_empty_string(scope, data).ok_or(Fail::from(MCP_IMAGE_DATA))?;
+    let url = if data.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("data:")) {
+        data
+    } else {
+        let mime = get(scope, object, "mimeType")?;
+        let mime = non_empty_string(scope, mime);
+        let mime = mime.as_deref().unwrap_or(DEFAULT_MCP_IMAGE_MIME);
+        format!("data:{mime};base64,{data}")
+    };
+    let meta = get(scope, object, "_meta")?;
+    let detail = match as_plain_object(meta) {
+        Some(meta) => parse_detail(scope, get(scope, meta, "codex/imageDetail")?)?,
+        None => None,
+    };
+    Ok((url, detail))
+}
+
+fn image_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, args, _rv, state| {
+            let (image_url, item_detail) = image_source(scope, args.get(0))?;
+            let detail = parse_detail(scope, args.get(1))?.or(item_detail);
+            check_image_url(&image_url)?;
+            let item = ContentItem::InputImage {
+                image_url,
+                detail: detail.unwrap_or_default(),
+            };
+            emit(state, CellEvent::Output(item))
+        }),
+    );
+}
+
+fn generated_image_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, args, _rv, state| {
+            let object = as_plain_object(args.get(0)).ok_or(Fail::from(GENERATED_EXPECTS))?;
+            let image_url = get(scope, object, "image_url")?;
+            let image_url =
+                non_empty_string(scope, image_url).ok_or(Fail::from(GENERATED_EXPECTS))?;
+            let hint = get(scope, object, "output_hint")?;
+            let hint = if hint.is_null_or_undefined() {
+                None
+            } else if hint.is_string() {
+                Some(hint.to_rust_string_lossy(scope))
+            } else {
+                return Err(GENERATED_HINT.into());
+            };
+            check_image_url(&image_url)?;
+            ensure_running(state)?;
+            let item = ContentItem::InputImage {
+                image_url,
+                detail: ImageDetail::default(),
+            };
+            emit(state, CellEvent::Output(item))?;
+            match hint {
+                Some(hint) if !hint.is_empty() => {
+                    emit(state, CellEvent::Output(ContentItem::text(hint)))
+                }
+                _ => Ok(()),
+            }
+        }),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Stored values
+// ---------------------------------------------------------------------------------------
+
+fn store_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, args, _rv, state| {
+            let key = args.get(0);
+            if !key.is_string() {
+                return Err(STORE_KEY.into());
+            }
+            let key = key.to_rust_string_lossy(scope);
+            let json = serialize_for_store(scope, args.get(1), &key, state)?;
+            ensure_running(state)?;
+            state.borrow_mut().writes.insert(key, json.into());
+            Ok(())
+        }),
+    );
+}
+
+/// JSON text of a value to store, with the contract's errors.
+fn serialize_for_store(
+    scope: &mut v8::PinScope<'_, '_>,
+    value: v8::Local<'_, v8::Value>,
+    key: &str,
+    state: &StateRef,
+) -> Result<String, Fail> {
+    v8::tc_scope!(let tc, scope);
+    let json = values::stringify(tc, value);
+    if tc.has_terminated() {
+        return Err(Fail::Stopped);
+    }
+    ensure_running(state)?;
+    let json = match json {
+        Some(json) => json,
+        None => {
+            let Some(exception) = tc.exception() else {
+                return Err(Fail::Pending);
+            };
+            let detail = if values::is_stack_overflow(tc, exception) {
+                values::depth_error_detail()
+            } else {
+                values::exception_message(tc, exception)
+            };
+            return Err(Fail::Throw(format!(
+                "failed to serialize JavaScript value: {detail}"
+            )));
+        }
+    };
+    match json {
+        Json::Nothing => Err(Fail::Throw(format!(
+            "Unable to store \"{key}\". Only plain serializable objects can be stored."
+        ))),
+        Json::Text(text) if values::exceeds_depth_limit(&text) => Err(Fail::Throw(format!(
+            "failed to serialize JavaScript value: {}",
+            values::depth_error_detail()
+        ))),
+        Json::Text(text) => Ok(text),
+    }
+}
+
+fn load_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, args, rv, state| {
+            let key = args.get(0);
+            if !key.is_string() {
+                return Err(LOAD_KEY.into());
+            }
+            let key = key.to_rust_string_lossy(scope);
+            let json = {
+                let state = state.borrow();
+                state
+                    .writes
+                    .get(&key)
+                    .or_else(|| state.stored.get(&key))
+                    .cloned()
+            };
+            if let Some(json) = json {
+                let value = values::parse(scope, &json).ok_or(Fail::Pending)?;
+                rv.set(value);
+            }
+            Ok(())
+        }),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Control
+// ---------------------------------------------------------------------------------------
+
+fn notify_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, args, _rv, state| {
+            let text = values::display_string(scope, args.get(0)).ok_or(Fail::Pending)?;
+            if text.trim().is_empty() {
+                return Err(NOTIFY_EMPTY.into());
+            }
+            emit(state, CellEvent::Notify(text))
+        }),
+    );
+}
+
+fn yield_control_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|_scope, _args, _rv, state| emit(state, CellEvent::YieldRequested)),
+    );
+}
+
+fn exit_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, _args, _rv, state| {
+            // The flag first: every helper checks it, so nothing takes effect even in the
+            // instants before V8 acts on the termination request.
+            state.borrow_mut().request_exit();
+            scope.terminate_execution();
+            Ok(())
+        }),
+    );
+}
+
+fn set_timeout_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, args, rv, state| {
+            let callback = v8::Local::<v8::Function>::try_from(args.get(0))
+                .map_err(|_| Fail::from(SET_TIMEOUT_CALLBACK))?;
+            let delay = args.get(1);
+            let delay_ms = if delay.is_undefined() {
+                0.0
+            } else {
+                delay.number_value(scope).ok_or(Fail::Pending)?
+            };
+            let delay_ms = if delay_ms.is_finite() && delay_ms > 0.0 {
+                delay_ms.min(MAX_TIMER_DELAY_MS)
+            } else {
+                0.0
+            };
+            ensure_running(state)?;
+            let timer = Timer {
+                callback: v8::Global::new(scope, callback),
+                args: (2..args.length())
+                    .map(|index| v8::Global::new(scope, args.get(index)))
+                    .collect(),
+            };
+            let id = {
+                let mut state = state.borrow_mut();
+                let id = state.next_timer_id();
+                state.timers.insert(id, timer);
+                id
+            };
+            let delay = Duration::from_secs_f64(delay_ms / 1000.0);
+            emit(state, CellEvent::TimerSet { id, delay })?;
+            rv.set(v8::Number::new(scope, id as f64).into());
+            Ok(())
+        }),
+    );
+}
+
+fn clear_timeout_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|_scope, args, _rv, state| {
+            let id = args.get(0);
+            let Ok(id) = v8::Local::<v8::Number>::try_from(id) else {
+                return Err(CLEAR_TIMEOUT_ID.into());
+            };
+            let id = id.value();
+            if id.fract() != 0.0 || id < 1.0 || id > u64::MAX as f64 {
+                return Ok(());
+            }
+            let id = id as u64;
+            if state.borrow_mut().timers.remove(&id).is_some() {
+                emit(state, CellEvent::TimerCleared { id })?;
+            }
+            Ok(())
+        }),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Nested tool calls
+// ---------------------------------------------------------------------------------------
+
+/// `tools.<name>(arg?)`: the function's data is the tool's index.
+fn tool_helper<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    args: v8::FunctionCallbackArguments<'s>,
+    rv: v8::ReturnValue<'s, v8::Value>,
+) {
+    run_helper(
+        scope,
+        args,
+        rv,
+        Box::new(|scope, args, rv, state| {
+            let index = v8::Local::<v8::Number>::try_from(args.data())
+                .map(|number| number.value() as usize)
+                .map_err(|_| Fail::from("internal error: tool function without an index"))?;
+            let Some(tool) = state.borrow().tools.get(index).cloned() else {
+                return Err("internal error: unknown tool index".into());
+            };
+            let js_name = js_tool_name(&tool.name);
+            let resolver = v8::PromiseResolver::new(scope).ok_or(Fail::Pending)?;
+            rv.set(resolver.get_promise(scope).into());
+
+            let input = if args.length() == 0 || args.get(0).is_undefined() {
+                Ok(None)
+            } else {
+                tool_input(scope, args.get(0), &js_name, state)?
+            };
+            let input = input.and_then(|input| {
+                let state = state.borrow();
+                let limit = state.limits.max_in_flight_tool_calls;
+                if state.pending_calls.len() >= limit {
+                    Err(format!(
+                        "tools.{js_name} was not called: this cell already has {limit} nested tool calls in flight, the most allowed"
+                    ))
+                } else {
+                    Ok(input)
+                }
+            });
+            let input = match input {
+                Ok(input) => input,
+                Err(message) => {
+                    let reason = v8_str(scope, &message);
+                    resolver.reject(scope, reason.into());
+                    return Ok(());
+                }
+            };
+            ensure_running(state)?;
+            let id = {
+                let mut state = state.borrow_mut();
+                let id = state.next_tool_call_id();
+                state
+                    .pending_calls
+                    .insert(id.0, v8::Global::new(scope, resolver));
+                id
+            };
+            emit(
+                state,
+                CellEvent::ToolCall(ToolCallRequest {
+                    id,
+                    tool_index: index,
+                    name: tool.name,
+                    kind: tool.kind,
+                    input,
+                }),
+            )
+        }),
+    );
+}
+
+/// The JSON text of a tool argument; `Ok(Err(message))` rejects the call's promise.
+fn tool_input(
+    scope: &mut v8::PinScope<'_, '_>,
+    value: v8::Local<'_, v8::Value>,
+    js_name: &str,
+    state: &StateRef,
+) -> Result<Result<Option<String>, String>, Fail> {
+    v8::tc_scope!(let tc, scope);
+    let json = values::stringify(tc, value);
+    if tc.has_terminated() {
+        return Err(Fail::Stopped);
+    }
+    ensure_running(state)?;
+    let prefix = format!("tools.{js_name} could not convert its argument to JSON");
+    Ok(match json {
+        Some(Json::Nothing) => Ok(None),
+        Some(Json::Text(text)) if values::exceeds_depth_limit(&text) => {
+            Err(format!("{prefix}: {}", values::depth_error_detail()))
+        }
+        Some(Json::Text(text)) => Ok(Some(text)),
+        None => {
+            let Some(exception) = tc.exception() else {
+                return Err(Fail::Pending);
+            };
+            let detail = if values::is_stack_overflow(tc, exception) {
+                values::depth_error_detail()
+            } else {
+                values::exception_message(tc, exception)
+            };
+            Err(format!("{prefix}: {detail}"))
+        }
+    })
+}

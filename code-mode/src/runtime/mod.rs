@@ -1,0 +1,282 @@
+//! The cell runtime: one cell = one OS thread owning one fresh V8 isolate and context.
+//!
+//! The owner (the cell actor) calls [`spawn_cell`] with a [`CellConfig`] and an event
+//! channel, then talks to the running cell only through the returned [`CellHandle`]:
+//! [`CellCommand`]s go in (tool answers, timer firings), [`CellEvent`]s come out (output,
+//! tool calls, yields, notifications, timers to arm, idleness, the final outcome).
+//!
+//! The runtime keeps no clock: `setTimeout` reports [`CellEvent::TimerSet`] and the owner
+//! answers with [`CellCommand::TimerFired`] when it sees fit, so a pending timer never keeps
+//! a finished cell alive and a frozen cell (pending frontier) sees no time pass.
+//!
+//! Submodules: `thread` runs the cell's event loop, `helpers` implements the JS globals,
+//! `values` converts between JS values, JSON text and error text, and `callbacks` gathers
+//! every V8 callback (imports, heap limit).
+
+mod callbacks;
+mod helpers;
+mod thread;
+mod values;
+
+use code_mode_protocol::{ContentItem, ToolKind};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+/// The stack of a cell thread, in bytes. V8 keeps its own JS stack limit (about 1 MiB) well
+/// inside it, so the runtime's native callbacks still have room when JS is at its deepest.
+pub const CELL_THREAD_STACK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Default heap limit of one cell's isolate, in bytes.
+pub const DEFAULT_HEAP_LIMIT_BYTES: usize = 128 * 1024 * 1024;
+
+/// Default cap on nested tool calls a cell may have in flight at once; beyond it a call is
+/// rejected with a clear message instead of queueing without bound.
+pub const DEFAULT_MAX_IN_FLIGHT_TOOL_CALLS: usize = 1024;
+
+/// Maximum nesting of arrays and objects in any JSON value a cell sends or stores.
+pub const JSON_DEPTH_LIMIT: usize = 128;
+
+/// Capacity of the event channel from a cell thread to its owner. A cell that produces
+/// events faster than the owner drains them blocks (backpressure) instead of queueing
+/// without bound.
+pub const EVENT_CHANNEL_CAPACITY: usize = 256;
+
+/// Stored values visible to a cell: key → JSON text. Values are shared, never mutated.
+pub type StoredValues = HashMap<String, Arc<str>>;
+
+/// Per-cell limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CellLimits {
+    /// Maximum V8 heap size of the cell's isolate, in bytes.
+    pub heap_bytes: usize,
+    /// Maximum number of nested tool calls awaiting an answer at once.
+    pub max_in_flight_tool_calls: usize,
+}
+
+impl Default for CellLimits {
+    fn default() -> Self {
+        Self {
+            heap_bytes: DEFAULT_HEAP_LIMIT_BYTES,
+            max_in_flight_tool_calls: DEFAULT_MAX_IN_FLIGHT_TOOL_CALLS,
+        }
+    }
+}
+
+/// A nested tool the cell may call. Its position in [`CellConfig::tools`] is its index:
+/// `tools.<js name>` is bound to the index, never looked up by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolBinding {
+    /// The tool's original name, namespace included (e.g. `mcp__github__search`).
+    pub name: String,
+    /// Shown to the cell in `ALL_TOOLS`.
+    pub description: String,
+    pub kind: ToolKind,
+}
+
+impl ToolBinding {
+    pub fn new(name: impl Into<String>, description: impl Into<String>, kind: ToolKind) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            kind,
+        }
+    }
+}
+
+/// Everything a cell needs to start.
+#[derive(Debug, Clone, Default)]
+pub struct CellConfig {
+    /// The JavaScript source, pragma already removed. Runs as the module `exec_main.mjs`.
+    pub source: String,
+    /// Every enabled tool, deferred ones included.
+    pub tools: Arc<[ToolBinding]>,
+    /// The session's stored values when the cell starts (the cell's snapshot).
+    pub stored: Arc<StoredValues>,
+    pub limits: CellLimits,
+}
+
+/// The per-cell number of a nested tool call; displayed as `tool-N`, starting at 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ToolCallId(pub u64);
+
+impl fmt::Display for ToolCallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tool-{}", self.0)
+    }
+}
+
+/// A nested tool call the cell started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCallRequest {
+    pub id: ToolCallId,
+    /// Index into [`CellConfig::tools`].
+    pub tool_index: usize,
+    /// The tool's original name.
+    pub name: String,
+    pub kind: ToolKind,
+    /// The argument as JSON text; `None` when the cell passed no argument (or `undefined`).
+    pub input: Option<String>,
+}
+
+/// What a cell reports to its owner, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellEvent {
+    /// The isolate and the globals are ready; the module is about to be compiled.
+    Started,
+    /// An output item (`text`, `image`, `console.*`, `generatedImage`).
+    Output(ContentItem),
+    /// `yield_control()` ran.
+    YieldRequested,
+    /// A nested tool call; answer with [`CellCommand::ToolResult`].
+    ToolCall(ToolCallRequest),
+    /// `notify(...)` ran with this text.
+    Notify(String),
+    /// `setTimeout` armed timer `id`; answer with [`CellCommand::TimerFired`] after `delay`.
+    TimerSet { id: u64, delay: Duration },
+    /// `clearTimeout` disarmed timer `id`; the owner may forget it.
+    TimerCleared { id: u64 },
+    /// The cell has nothing runnable: microtasks are drained and it waits on tool answers
+    /// or timers. Reported each time the thread goes to sleep on an empty command queue.
+    Idle,
+    /// The last event: the JS thread has stopped running JavaScript for good.
+    Finished(CellOutcome),
+}
+
+/// How a cell ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellOutcome {
+    /// The module settled, `exit()` ran, or an error ended the cell. `stored_writes` are the
+    /// cell's own `store` calls (last write per key), to be merged into the session.
+    Completed {
+        error_text: Option<String>,
+        stored_writes: StoredValues,
+    },
+    /// The owner terminated the cell (or dropped its handle). Its writes are discarded.
+    Terminated,
+}
+
+/// What an owner tells a running cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellCommand {
+    /// The answer to a nested tool call: JSON text, or an error string that rejects the
+    /// promise. Answers to unknown or already answered calls are ignored.
+    ToolResult {
+        id: ToolCallId,
+        result: Result<String, String>,
+    },
+    /// Timer `id` is due. Ignored if it was cleared.
+    TimerFired { id: u64 },
+}
+
+/// What travels on a cell thread's inbound queue.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Command(CellCommand),
+    /// No-op that wakes a sleeping thread so it re-checks its flags.
+    Wake,
+}
+
+/// Why a cell could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("failed to spawn the cell thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// State shared between a [`CellHandle`] and its cell thread.
+#[derive(Debug, Default)]
+pub(crate) struct CellControl {
+    /// Set once by [`CellHandle::terminate`]; the thread checks it after every entry into JS.
+    terminate_requested: AtomicBool,
+    /// The isolate's thread-safe handle, published by the thread as soon as it exists.
+    isolate: OnceLock<v8::IsolateHandle>,
+}
+
+impl CellControl {
+    pub(crate) fn terminate_requested(&self) -> bool {
+        self.terminate_requested.load(Ordering::SeqCst)
+    }
+}
+
+/// The owner's side of a running cell. Dropping it terminates the cell.
+pub struct CellHandle {
+    commands: mpsc::Sender<Inbound>,
+    control: Arc<CellControl>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for CellHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CellHandle")
+            .field("terminate_requested", &self.control.terminate_requested())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CellHandle {
+    /// Sends a command to the cell. Returns `false` if the cell thread has already gone.
+    pub fn send(&self, command: CellCommand) -> bool {
+        self.commands.send(Inbound::Command(command)).is_ok()
+    }
+
+    /// Stops the cell: JavaScript stops at once, even in `while (true) {}`, with no
+    /// `catch`/`finally` running. The cell then reports [`CellOutcome::Terminated`], unless it
+    /// had already finished. Idempotent.
+    pub fn terminate(&self) {
+        // Flag first, then interrupt: the thread publishes the isolate handle before it
+        // checks the flag, so one of the two sides always sees the other (both SeqCst).
+        self.control
+            .terminate_requested
+            .store(true, Ordering::SeqCst);
+        if let Some(isolate) = self.control.isolate.get() {
+            isolate.terminate_execution();
+        }
+        // Wake the thread if it sleeps on an empty command queue.
+        let _ = self.commands.send(Inbound::Wake);
+    }
+
+    /// Waits for the cell thread to exit (isolate disposed). Blocking; call it from a
+    /// blocking context. Returns at once if already joined.
+    pub fn join(&self) {
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("a cell thread panicked");
+        }
+    }
+}
+
+impl Drop for CellHandle {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Starts a cell on a new thread. Events arrive on `events` until [`CellEvent::Finished`];
+/// if the receiver is dropped, the cell terminates.
+pub fn spawn_cell(
+    config: CellConfig,
+    events: tokio::sync::mpsc::Sender<CellEvent>,
+) -> Result<CellHandle, SpawnError> {
+    crate::platform::init_v8();
+    let (commands, command_rx) = mpsc::channel();
+    let control = Arc::new(CellControl::default());
+    let thread_control = Arc::clone(&control);
+    let thread = std::thread::Builder::new()
+        .name("code-mode-cell".to_owned())
+        .stack_size(CELL_THREAD_STACK_BYTES)
+        .spawn(move || thread::run(config, events, command_rx, thread_control))?;
+    Ok(CellHandle {
+        commands,
+        control,
+        thread: Mutex::new(Some(thread)),
+    })
+}

@@ -1,0 +1,420 @@
+//! The cell thread: creates the isolate, installs the globals, evaluates the module and runs
+//! the cell's event loop until the cell completes or is terminated.
+//!
+//! The loop: drain microtasks, decide whether the cell has ended, otherwise apply the next
+//! command (a tool answer or a timer firing), sleeping on the inbound queue when it is
+//! empty. Every entry into JS is followed by the same end check, so `exit()`, termination
+//! and the heap limit are noticed wherever JS was running.
+
+use super::callbacks::{self, HeapGuard};
+use super::values::{self, v8_str};
+use super::{
+    CellCommand, CellConfig, CellControl, CellEvent, CellLimits, CellOutcome, Inbound,
+    StoredValues, ToolBinding, ToolCallId,
+};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, mpsc};
+
+/// The module name cells run under; it appears in stack traces.
+pub(crate) const MODULE_NAME: &str = "exec_main.mjs";
+
+/// The error text of a cell that awaits something nothing can settle.
+pub(crate) const STALLED_ERROR: &str = "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)";
+
+/// A timer armed by `setTimeout`.
+pub(crate) struct Timer {
+    pub(crate) callback: v8::Global<v8::Function>,
+    pub(crate) args: Vec<v8::Global<v8::Value>>,
+}
+
+/// The cell's mutable state, shared by the event loop and the helpers through an isolate
+/// slot. Never borrowed across a call into JS (helpers can re-enter each other).
+pub(crate) struct CellState {
+    events: tokio::sync::mpsc::Sender<CellEvent>,
+    control: Arc<CellControl>,
+    pub(crate) tools: Arc<[ToolBinding]>,
+    pub(crate) stored: Arc<StoredValues>,
+    pub(crate) writes: StoredValues,
+    pub(crate) limits: CellLimits,
+    next_tool_call: u64,
+    pub(crate) pending_calls: HashMap<u64, v8::Global<v8::PromiseResolver>>,
+    next_timer: u64,
+    pub(crate) timers: HashMap<u64, Timer>,
+    exit_requested: bool,
+    owner_gone: bool,
+    timer_error: Option<String>,
+}
+
+pub(crate) type StateRef = Rc<RefCell<CellState>>;
+
+impl CellState {
+    /// Whether the cell must not take any further effect: `exit()` ran, the owner asked for
+    /// termination or went away.
+    pub(crate) fn stopped(&self) -> bool {
+        self.exit_requested || self.owner_gone || self.control.terminate_requested()
+    }
+
+    /// Reports an event unless the cell has stopped. Returns whether it was reported.
+    pub(crate) fn emit(&mut self, event: CellEvent) -> bool {
+        if self.stopped() {
+            return false;
+        }
+        if self.events.blocking_send(event).is_err() {
+            // Nobody listens any more: stop running JS.
+            self.owner_gone = true;
+            if let Some(isolate) = self.control.isolate.get() {
+                isolate.terminate_execution();
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Records `exit()`: from now on nothing the cell does takes effect.
+    pub(crate) fn request_exit(&mut self) {
+        self.exit_requested = true;
+    }
+
+    pub(crate) fn next_tool_call_id(&mut self) -> ToolCallId {
+        self.next_tool_call += 1;
+        ToolCallId(self.next_tool_call)
+    }
+
+    pub(crate) fn next_timer_id(&mut self) -> u64 {
+        self.next_timer += 1;
+        self.next_timer
+    }
+
+    /// Drops every V8 handle the state holds; must run before the isolate is disposed.
+    fn release_handles(&mut self) {
+        self.pending_calls.clear();
+        self.timers.clear();
+    }
+}
+
+/// The cell thread's entry point.
+pub(super) fn run(
+    config: CellConfig,
+    events: tokio::sync::mpsc::Sender<CellEvent>,
+    inbound: mpsc::Receiver<Inbound>,
+    control: Arc<CellControl>,
+) {
+    // Declared before the isolate so that it is dropped after it: V8 holds a pointer to it.
+    let heap_guard = HeapGuard::new(Arc::clone(&control));
+    let params = v8::CreateParams::default().heap_limits(0, config.limits.heap_bytes);
+    let mut isolate = v8::Isolate::new(params);
+    let _ = control.isolate.set(isolate.thread_safe_handle());
+    isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
+    isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
+    isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
+
+    let state: StateRef = Rc::new(RefCell::new(CellState {
+        events: events.clone(),
+        control: Arc::clone(&control),
+        tools: Arc::clone(&config.tools),
+        stored: Arc::clone(&config.stored),
+        writes: StoredValues::new(),
+        limits: config.limits,
+        next_tool_call: 0,
+        pending_calls: HashMap::new(),
+        next_timer: 0,
+        timers: HashMap::new(),
+        exit_requested: false,
+        owner_gone: false,
+        timer_error: None,
+    }));
+    isolate.set_slot(Rc::clone(&state));
+
+    let outcome = {
+        v8::scope!(let scope, &mut isolate);
+        let context = v8::Context::new(scope, Default::default());
+        let scope = &mut v8::ContextScope::new(scope, context);
+        let driver = Driver {
+            state: Rc::clone(&state),
+            heap_guard: &heap_guard,
+            inbound,
+        };
+        let outcome = driver.run(scope, &config.source);
+        state.borrow_mut().release_handles();
+        outcome
+    };
+    tracing::trace!(?outcome, "cell finished");
+    // The owner may be gone already; nothing else to tell then.
+    let _ = events.blocking_send(CellEvent::Finished(outcome));
+    drop(isolate);
+}
+
+/// Runs one cell's module and event loop.
+struct Driver<'g> {
+    state: StateRef,
+    heap_guard: &'g HeapGuard,
+    inbound: mpsc::Receiver<Inbound>,
+}
+
+impl Driver<'_> {
+    fn run(&self, scope: &mut v8::PinScope<'_, '_>, source: &str) -> CellOutcome {
+        if let Some(outcome) = self.ended_by_flags() {
+            return outcome;
+        }
+        super::helpers::install(scope, &self.state);
+        if !self.state.borrow_mut().emit(CellEvent::Started) {
+            return self.ended_by_flags().unwrap_or(CellOutcome::Terminated);
+        }
+        let promise = match self.start_module(scope, source) {
+            Ok(promise) => promise,
+            Err(outcome) => return outcome,
+        };
+        let promise = v8::Global::new(scope, promise);
+        loop {
+            scope.perform_microtask_checkpoint();
+            let module_promise = v8::Local::new(scope, &promise);
+            if let Some(outcome) = self.settled(scope, module_promise) {
+                return outcome;
+            }
+            let message = match self.inbound.try_recv() {
+                Ok(message) => message,
+                Err(mpsc::TryRecvError::Empty) => {
+                    pump_platform_tasks(scope);
+                    if !self.state.borrow_mut().emit(CellEvent::Idle) {
+                        continue; // stopped: the end check above decides how
+                    }
+                    match self.inbound.recv() {
+                        Ok(message) => message,
+                        Err(mpsc::RecvError) => return CellOutcome::Terminated,
+                    }
+                }
+                Err(mpsc::TryRecvError::Disconnected) => return CellOutcome::Terminated,
+            };
+            if let Inbound::Command(command) = message {
+                self.apply(scope, command);
+            }
+        }
+    }
+
+    /// Compiles, instantiates and evaluates the module; returns its evaluation promise.
+    fn start_module<'s>(
+        &self,
+        scope: &mut v8::PinScope<'s, '_>,
+        source: &str,
+    ) -> Result<v8::Local<'s, v8::Promise>, CellOutcome> {
+        v8::tc_scope!(let tc, scope);
+        let source = v8_str(tc, source);
+        let name = v8_str(tc, MODULE_NAME);
+        let origin = v8::ScriptOrigin::new(
+            tc,
+            name.into(),
+            0,
+            0,
+            false,
+            0,
+            None,
+            false,
+            false,
+            true,
+            None,
+        );
+        let mut source = v8::script_compiler::Source::new(source, Some(&origin));
+        let Some(module) = v8::script_compiler::compile_module(tc, &mut source) else {
+            return Err(self.exception_outcome(tc));
+        };
+        if module.instantiate_module(tc, callbacks::resolve_module) != Some(true) {
+            return Err(self.exception_outcome(tc));
+        }
+        let Some(result) = module.evaluate(tc) else {
+            return Err(self.exception_outcome(tc));
+        };
+        match v8::Local::<v8::Promise>::try_from(result) {
+            Ok(promise) => {
+                // The cell observes the outcome itself; never report it as unhandled.
+                promise.mark_as_handled();
+                Ok(promise)
+            }
+            // Modules evaluate to a promise; anything else means it already completed.
+            Err(_) => Err(self.completed(None)),
+        }
+    }
+
+    /// The outcome after an entry into JS failed with the exception caught by `tc`.
+    fn exception_outcome(
+        &self,
+        tc: &mut v8::PinnedRef<'_, v8::TryCatch<'_, '_, v8::HandleScope<'_>>>,
+    ) -> CellOutcome {
+        if let Some(outcome) = self.ended_by_flags() {
+            return outcome;
+        }
+        let Some(exception) = tc.exception() else {
+            return self.completed(Some("exec cell failed without an exception".to_owned()));
+        };
+        let text = values::error_text(tc, exception);
+        self.ended_by_flags()
+            .unwrap_or_else(|| self.completed(Some(text)))
+    }
+
+    /// A completed outcome carrying the cell's stored writes.
+    fn completed(&self, error_text: Option<String>) -> CellOutcome {
+        CellOutcome::Completed {
+            error_text,
+            stored_writes: std::mem::take(&mut self.state.borrow_mut().writes),
+        }
+    }
+
+    /// Ends decided by flags, in priority order: termination by the owner, the heap limit,
+    /// `exit()`, an exception in a timer callback.
+    fn ended_by_flags(&self) -> Option<CellOutcome> {
+        let (terminated, exited, timer_error) = {
+            let mut state = self.state.borrow_mut();
+            let terminated = state.owner_gone || state.control.terminate_requested();
+            (terminated, state.exit_requested, state.timer_error.take())
+        };
+        if terminated {
+            return Some(CellOutcome::Terminated);
+        }
+        if self.heap_guard.hit() {
+            let limit_mib = self.state.borrow().limits.heap_bytes / (1024 * 1024);
+            return Some(self.completed(Some(format!(
+                "Out of memory: the cell reached its heap limit of {limit_mib} MiB and was stopped"
+            ))));
+        }
+        if exited {
+            return Some(self.completed(None));
+        }
+        timer_error.map(|text| self.completed(Some(text)))
+    }
+
+    /// Whether the cell has ended, after microtasks were drained.
+    fn settled(
+        &self,
+        scope: &mut v8::PinScope<'_, '_>,
+        module_promise: v8::Local<'_, v8::Promise>,
+    ) -> Option<CellOutcome> {
+        if let Some(outcome) = self.ended_by_flags() {
+            return Some(outcome);
+        }
+        match module_promise.state() {
+            v8::PromiseState::Fulfilled => Some(self.completed(None)),
+            v8::PromiseState::Rejected => {
+                let reason = module_promise.result(scope);
+                let text = values::error_text(scope, reason);
+                // Extracting the text may have run user code that called `exit()` or was
+                // terminated: those win.
+                Some(
+                    self.ended_by_flags()
+                        .unwrap_or_else(|| self.completed(Some(text))),
+                )
+            }
+            v8::PromiseState::Pending => {
+                let state = self.state.borrow();
+                let nothing_pending = state.pending_calls.is_empty() && state.timers.is_empty();
+                drop(state);
+                nothing_pending.then(|| self.completed(Some(STALLED_ERROR.to_owned())))
+            }
+        }
+    }
+
+    /// Applies a command from the owner.
+    fn apply(&self, scope: &mut v8::PinScope<'_, '_>, command: CellCommand) {
+        if self.state.borrow().stopped() {
+            return;
+        }
+        match command {
+            CellCommand::ToolResult { id, result } => self.settle_tool_call(scope, id, result),
+            CellCommand::TimerFired { id } => self.fire_timer(scope, id),
+        }
+    }
+
+    fn settle_tool_call(
+        &self,
+        scope: &mut v8::PinScope<'_, '_>,
+        id: ToolCallId,
+        result: Result<String, String>,
+    ) {
+        let Some(resolver) = self.state.borrow_mut().pending_calls.remove(&id.0) else {
+            tracing::debug!(%id, "answer for an unknown or settled tool call ignored");
+            return;
+        };
+        let resolver = v8::Local::new(scope, resolver);
+        let json = match result {
+            Ok(json) if values::exceeds_depth_limit(&json) => Err(format!(
+                "tool result rejected: {}",
+                values::depth_error_detail()
+            )),
+            other => other,
+        };
+        match json {
+            Ok(json) => {
+                v8::tc_scope!(let tc, scope);
+                match values::parse(tc, &json) {
+                    Some(value) => resolve_plain(tc, resolver, value),
+                    None => {
+                        tc.reset();
+                        let reason = v8_str(tc, "tool result rejected: it is not valid JSON");
+                        resolver.reject(tc, reason.into());
+                    }
+                }
+            }
+            Err(message) => {
+                let reason = v8_str(scope, &message);
+                resolver.reject(scope, reason.into());
+            }
+        }
+    }
+
+    fn fire_timer(&self, scope: &mut v8::PinScope<'_, '_>, id: u64) {
+        let Some(timer) = self.state.borrow_mut().timers.remove(&id) else {
+            return;
+        };
+        v8::tc_scope!(let tc, scope);
+        let callback = v8::Local::new(tc, timer.callback);
+        let args: Vec<v8::Local<v8::Value>> = timer
+            .args
+            .iter()
+            .map(|arg| v8::Local::new(tc, arg))
+            .collect();
+        let receiver = v8::undefined(tc).into();
+        if callback.call(tc, receiver, &args).is_some() || tc.has_terminated() {
+            return;
+        }
+        let Some(exception) = tc.exception() else {
+            return;
+        };
+        if self.state.borrow().stopped() {
+            return;
+        }
+        let text = values::error_text(tc, exception);
+        let mut state = self.state.borrow_mut();
+        if state.timer_error.is_none() {
+            state.timer_error = Some(text);
+        }
+    }
+}
+
+/// Resolves `resolver` with `value` as a plain value, never as a thenable: a cell that
+/// installs `Object.prototype.then` must not be able to hijack a tool's answer. An own
+/// `then: undefined` shadows any inherited `then` while the promise machinery looks it up
+/// (synchronously), and is removed right after.
+pub(crate) fn resolve_plain(
+    scope: &v8::PinScope<'_, '_>,
+    resolver: v8::Local<'_, v8::PromiseResolver>,
+    value: v8::Local<'_, v8::Value>,
+) {
+    if let Ok(object) = v8::Local::<v8::Object>::try_from(value) {
+        let then: v8::Local<v8::Name> = v8_str(scope, "then").into();
+        if object.has_own_property(scope, then) == Some(false) {
+            let undefined = v8::undefined(scope).into();
+            if object.create_data_property(scope, then, undefined) == Some(true) {
+                resolver.resolve(scope, value);
+                object.delete(scope, then.into());
+                return;
+            }
+        }
+    }
+    resolver.resolve(scope, value);
+}
+
+/// Runs V8's pending foreground tasks for this isolate (GC and compilation follow-ups).
+fn pump_platform_tasks(scope: &mut v8::PinScope<'_, '_>) {
+    let platform = crate::platform::platform();
+    while v8::Platform::pump_message_loop(platform, scope, false) {}
+}

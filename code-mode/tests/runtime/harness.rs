@@ -1,0 +1,259 @@
+//! A minimal owner for one cell: answers tool calls with a handler, fires timers after
+//! their delay, optionally terminates, and collects every event until the cell finishes.
+
+use code_mode::protocol::{ContentItem, ToolKind};
+use code_mode::{
+    CellCommand, CellConfig, CellEvent, CellLimits, CellOutcome, StoredValues, ToolBinding,
+    ToolCallRequest, spawn_cell,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// No test cell may run longer than this; a hang fails the test instead of blocking CI.
+const TEST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How a tool call is answered: `None` leaves it pending forever.
+pub type Answer = Option<Result<String, String>>;
+type Handler = Arc<dyn Fn(&ToolCallRequest) -> Answer + Send + Sync>;
+
+/// The default tools: `echo` returns its input (or `null`), `get_user` a user object,
+/// `fail` rejects, `block` never answers, `proto` returns a `__proto__` key, `freeform_tool`
+/// is freeform, and `mcp__srv__do-thing` has a name that needs normalising.
+pub fn default_tools() -> Vec<ToolBinding> {
+    vec![
+        ToolBinding::new("echo", "Returns its input.", ToolKind::Function),
+        ToolBinding::new("get_user", "Returns a user.", ToolKind::Function),
+        ToolBinding::new("fail", "Always fails.", ToolKind::Function),
+        ToolBinding::new("block", "Never answers.", ToolKind::Function),
+        ToolBinding::new("proto", "Returns a __proto__ key.", ToolKind::Function),
+        ToolBinding::new("freeform_tool", "Takes raw text.", ToolKind::Freeform),
+        ToolBinding::new("mcp__srv__do-thing", "Namespaced.", ToolKind::Function),
+    ]
+}
+
+pub fn default_answer(call: &ToolCallRequest) -> Answer {
+    match call.name.as_str() {
+        "echo" | "freeform_tool" | "mcp__srv__do-thing" => {
+            Some(Ok(call.input.clone().unwrap_or_else(|| "null".to_owned())))
+        }
+        "get_user" => Some(Ok(r#"{"name":"Ada","id":1}"#.to_owned())),
+        "fail" => Some(Err("tool exploded".to_owned())),
+        "proto" => Some(Ok(r#"{"__proto__":{"isAdmin":true},"ok":1}"#.to_owned())),
+        _ => None,
+    }
+}
+
+/// Everything a cell reported.
+#[derive(Debug)]
+pub struct Run {
+    pub events: Vec<CellEvent>,
+    pub outcome: CellOutcome,
+}
+
+impl Run {
+    pub fn items(&self) -> Vec<ContentItem> {
+        self.events
+            .iter()
+            .filter_map(|event| match event {
+                CellEvent::Output(item) => Some(item.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The text items; panics on an image.
+    pub fn texts(&self) -> Vec<String> {
+        self.items()
+            .into_iter()
+            .map(|item| match item {
+                ContentItem::InputText { text } => text,
+                other => panic!("expected only text items, got {other:?}"),
+            })
+            .collect()
+    }
+
+    pub fn notifications(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|event| match event {
+                CellEvent::Notify(text) => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn tool_calls(&self) -> Vec<ToolCallRequest> {
+        self.events
+            .iter()
+            .filter_map(|event| match event {
+                CellEvent::ToolCall(call) => Some(call.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn count(&self, wanted: &CellEvent) -> usize {
+        self.events.iter().filter(|event| *event == wanted).count()
+    }
+
+    /// The error text of a completed cell; panics if it was terminated.
+    pub fn error(&self) -> Option<&str> {
+        match &self.outcome {
+            CellOutcome::Completed { error_text, .. } => error_text.as_deref(),
+            CellOutcome::Terminated => panic!("cell was terminated, not completed"),
+        }
+    }
+
+    /// Asserts a successful completion and returns the text items.
+    #[track_caller]
+    pub fn ok_texts(&self) -> Vec<String> {
+        assert_eq!(self.error(), None, "cell failed; events: {:?}", self.events);
+        self.texts()
+    }
+
+    /// The committed stored writes as `key → JSON text`.
+    pub fn writes(&self) -> HashMap<String, String> {
+        match &self.outcome {
+            CellOutcome::Completed { stored_writes, .. } => stored_writes
+                .iter()
+                .map(|(key, value)| (key.clone(), value.to_string()))
+                .collect(),
+            CellOutcome::Terminated => panic!("cell was terminated, not completed"),
+        }
+    }
+}
+
+/// Builder for one cell run.
+pub struct Cell {
+    source: String,
+    tools: Vec<ToolBinding>,
+    stored: StoredValues,
+    limits: CellLimits,
+    handler: Handler,
+    terminate_after: Option<Duration>,
+}
+
+pub fn cell(source: &str) -> Cell {
+    Cell {
+        source: source.to_owned(),
+        tools: default_tools(),
+        stored: StoredValues::new(),
+        limits: CellLimits::default(),
+        handler: Arc::new(default_answer),
+        terminate_after: None,
+    }
+}
+
+/// Runs `source` with the default tools and answers.
+pub fn run(source: &str) -> Run {
+    cell(source).run()
+}
+
+impl Cell {
+    pub fn stored(mut self, key: &str, json: &str) -> Self {
+        self.stored.insert(key.to_owned(), json.into());
+        self
+    }
+
+    pub fn limits(mut self, limits: CellLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn tools(mut self, tools: Vec<ToolBinding>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    pub fn answer(
+        mut self,
+        handler: impl Fn(&ToolCallRequest) -> Answer + Send + Sync + 'static,
+    ) -> Self {
+        self.handler = Arc::new(handler);
+        self
+    }
+
+    /// Terminates the cell this long after it reported `Started`.
+    pub fn terminate_after(mut self, delay: Duration) -> Self {
+        self.terminate_after = Some(delay);
+        self
+    }
+
+    pub fn run(self) -> Run {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(async move {
+            tokio::time::timeout(TEST_DEADLINE, self.drive())
+                .await
+                .expect("the cell did not finish within the test deadline")
+        })
+    }
+
+    async fn drive(self) -> Run {
+        let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(16);
+        let config = CellConfig {
+            source: self.source,
+            tools: self.tools.into(),
+            stored: Arc::new(self.stored),
+            limits: self.limits,
+        };
+        let handle = Arc::new(spawn_cell(config, events_tx).expect("spawn a cell"));
+        let mut timers = HashMap::new();
+        let mut events = Vec::new();
+        loop {
+            let event = events_rx
+                .recv()
+                .await
+                .expect("the cell stopped without a Finished event");
+            match &event {
+                CellEvent::Started => {
+                    if let Some(delay) = self.terminate_after {
+                        let handle = Arc::clone(&handle);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            handle.terminate();
+                        });
+                    }
+                }
+                CellEvent::ToolCall(call) => {
+                    if let Some(result) = (self.handler)(call) {
+                        handle.send(CellCommand::ToolResult {
+                            id: call.id,
+                            result,
+                        });
+                    }
+                }
+                CellEvent::TimerSet { id, delay } => {
+                    let (id, delay) = (*id, *delay);
+                    let handle = Arc::clone(&handle);
+                    let task = tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        handle.send(CellCommand::TimerFired { id });
+                    });
+                    timers.insert(id, task);
+                }
+                CellEvent::TimerCleared { id } => {
+                    if let Some(task) = timers.remove(id) {
+                        task.abort();
+                    }
+                }
+                CellEvent::Finished(outcome) => {
+                    let outcome = outcome.clone();
+                    for task in timers.values() {
+                        task.abort();
+                    }
+                    let handle = Arc::clone(&handle);
+                    tokio::task::spawn_blocking(move || handle.join())
+                        .await
+                        .expect("join the cell thread");
+                    return Run { events, outcome };
+                }
+                _ => {}
+            }
+            events.push(event);
+        }
+    }
+}
