@@ -2,4 +2,7 @@
 //! contract sections 2, 3.5, 3.6 and the JS side of 3.7. One binary (V8 links slowly).
 
 mod harness;
-mod smoke;
+mod lifecycle;
+mod output;
+mod state;
+mod tools;
