@@ -124,7 +124,10 @@ mod tests {
     #[test]
     fn js_names_follow_the_contract() {
         assert_eq!(js_tool_name("read_file"), "read_file");
-        assert_eq!(js_tool_name("mcp__server__do-thing"), "mcp__server__do_thing");
+        assert_eq!(
+            js_tool_name("mcp__server__do-thing"),
+            "mcp__server__do_thing"
+        );
         assert_eq!(js_tool_name("a.b/c d"), "a_b_c_d");
         assert_eq!(js_tool_name("9lives"), "_lives");
         assert_eq!(js_tool_name("x9"), "x9");

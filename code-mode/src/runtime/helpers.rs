@@ -19,7 +19,8 @@ use v8::MapFnTo;
 
 const IMAGE_EXPECTS: &str = "image expects a non-empty image URL string, an object with image_url and optional detail, or a raw MCP image block";
 const REMOTE_IMAGE: &str = "Tool call failed: remote image URLs are not supported in tool outputs. Pass a base64 data URI instead";
-const INVALID_IMAGE: &str = "Tool call failed: invalid image output. Pass a base64 data URI instead";
+const INVALID_IMAGE: &str =
+    "Tool call failed: invalid image output. Pass a base64 data URI instead";
 const DETAIL_ONE_OF: &str = "image detail must be one of: auto, low, high, original";
 const DETAIL_STRING: &str = "image detail must be a string when provided";
 const MCP_IMAGE_DATA: &str = "image expected MCP image data";
@@ -81,8 +82,9 @@ fn run_helper<'s, 'i>(
     if state.borrow().stopped() {
         return;
     }
-    let outcome =
-        std::panic::catch_unwind(AssertUnwindSafe(|| body(&mut *scope, &args, &mut rv, &state)));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        body(&mut *scope, &args, &mut rv, &state)
+    }));
     match outcome {
         Ok(Ok(()) | Err(Fail::Pending | Fail::Stopped)) => {}
         Ok(Err(Fail::Throw(message))) => {
@@ -135,7 +137,10 @@ fn as_plain_object(value: v8::Local<'_, v8::Value>) -> Option<v8::Local<'_, v8::
 }
 
 /// A non-empty string value, or `None`.
-fn non_empty_string(scope: &v8::PinScope<'_, '_>, value: v8::Local<'_, v8::Value>) -> Option<String> {
+fn non_empty_string(
+    scope: &v8::PinScope<'_, '_>,
+    value: v8::Local<'_, v8::Value>,
+) -> Option<String> {
     value
         .is_string()
         .then(|| value.to_rust_string_lossy(scope))
@@ -344,7 +349,10 @@ fn image_source(
     }
     let data = get(scope, object, "data")?;
     let data = non_empty_string(scope, data).ok_or(Fail::from(MCP_IMAGE_DATA))?;
-    let url = if data.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("data:")) {
+    let url = if data
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("data:"))
+    {
         data
     } else {
         let mime = get(scope, object, "mimeType")?;

@@ -153,10 +153,7 @@ pub(crate) fn exception_message(
 }
 
 /// V8's description of a value that runs no user code (`#<Object>`, `[object Object]`).
-fn side_effect_free_text(
-    scope: &v8::PinScope<'_, '_>,
-    value: v8::Local<'_, v8::Value>,
-) -> String {
+fn side_effect_free_text(scope: &v8::PinScope<'_, '_>, value: v8::Local<'_, v8::Value>) -> String {
     value
         .to_detail_string(scope)
         .map(|text| text.to_rust_string_lossy(scope))

@@ -10,30 +10,90 @@ use std::time::Duration;
 #[test]
 fn exit_ends_the_cell_at_once_wherever_it_is_called() {
     let cases: &[(&str, &str)] = &[
-        ("top level", r#"text("before"); store("a", 1); exit(); text("after"); store("b", 2);"#),
-        ("inside a for loop", r#"for (let i = 0; i < 10; i++) { if (i === 3) { text("before"); store("a", 1); exit(); } if (i > 3) text("loop " + i); }"#),
-        ("inside while (true)", r#"while (true) { text("before"); store("a", 1); exit(); }"#),
-        ("inside try", r#"try { text("before"); store("a", 1); exit(); } catch (e) { text("catch"); } finally { text("finally"); store("b", 2); }"#),
-        ("inside catch", r#"try { throw new Error("x"); } catch (e) { text("before"); store("a", 1); exit(); } finally { text("finally"); }"#),
-        ("inside finally", r#"try { text("before"); } finally { store("a", 1); exit(); text("after"); }"#),
-        ("in a then callback", r#"text("before"); store("a", 1); await Promise.resolve().then(() => { exit(); text("after"); }); text("after await");"#),
-        ("in a queued microtask", r#"const queue = (f) => Promise.resolve().then(f); queue(() => text("queued first")); queue(() => { store("a", 1); exit(); }); queue(() => text("queued after")); await new Promise(() => setTimeout(() => text("timer"), 0)); "#),
-        ("in a timer callback", r#"text("before"); setTimeout(() => { store("a", 1); exit(); text("after"); }, 0); setTimeout(() => text("second timer"), 0); await new Promise((r) => setTimeout(r, 1000));"#),
-        ("after awaiting a tool", r#"text("before"); store("a", await tools.echo(1)); exit(); text("after");"#),
-        ("in toJSON called by text", r#"text("before"); store("a", 1); text({ toJSON() { exit(); return "x"; } }); text("after");"#),
-        ("in a getter called by store", r#"text("before"); store("a", 1); store("b", { get v() { exit(); return 1; } }); text("after");"#),
-        ("in toJSON of a tool argument", r#"text("before"); store("a", 1); await tools.echo({ toJSON() { exit(); return 1; } }); text("after");"#),
-        ("in a getter called by image", r#"text("before"); store("a", 1); image({ get image_url() { exit(); return "data:image/png;base64,AA=="; } });"#),
-        ("in toString called by notify", r#"text("before"); store("a", 1); notify({ toJSON() { return undefined; }, toString() { exit(); return "note"; } });"#),
-        ("in a stack getter of a thrown value", r#"text("before"); store("a", 1); throw { get stack() { exit(); return "err"; } };"#),
-        ("deep in the call stack", r#"function f(n) { if (n === 0) { text("before"); store("a", 1); exit(); } f(n - 1); text("unwound"); } f(50);"#),
-        ("with sibling promises pending", r#"text("before"); store("a", 1); const sibling = tools.echo(2).then(() => text("sibling")); await Promise.all([sibling, Promise.resolve().then(() => exit())]); text("after");"#),
+        (
+            "top level",
+            r#"text("before"); store("a", 1); exit(); text("after"); store("b", 2);"#,
+        ),
+        (
+            "inside a for loop",
+            r#"for (let i = 0; i < 10; i++) { if (i === 3) { text("before"); store("a", 1); exit(); } if (i > 3) text("loop " + i); }"#,
+        ),
+        (
+            "inside while (true)",
+            r#"while (true) { text("before"); store("a", 1); exit(); }"#,
+        ),
+        (
+            "inside try",
+            r#"try { text("before"); store("a", 1); exit(); } catch (e) { text("catch"); } finally { text("finally"); store("b", 2); }"#,
+        ),
+        (
+            "inside catch",
+            r#"try { throw new Error("x"); } catch (e) { text("before"); store("a", 1); exit(); } finally { text("finally"); }"#,
+        ),
+        (
+            "inside finally",
+            r#"try { text("before"); } finally { store("a", 1); exit(); text("after"); }"#,
+        ),
+        (
+            "in a then callback",
+            r#"text("before"); store("a", 1); await Promise.resolve().then(() => { exit(); text("after"); }); text("after await");"#,
+        ),
+        (
+            "in a queued microtask",
+            r#"const queue = (f) => Promise.resolve().then(f); queue(() => text("queued first")); queue(() => { store("a", 1); exit(); }); queue(() => text("queued after")); await new Promise(() => setTimeout(() => text("timer"), 0)); "#,
+        ),
+        (
+            "in a timer callback",
+            r#"text("before"); setTimeout(() => { store("a", 1); exit(); text("after"); }, 0); setTimeout(() => text("second timer"), 0); await new Promise((r) => setTimeout(r, 1000));"#,
+        ),
+        (
+            "after awaiting a tool",
+            r#"text("before"); store("a", await tools.echo(1)); exit(); text("after");"#,
+        ),
+        (
+            "in toJSON called by text",
+            r#"text("before"); store("a", 1); text({ toJSON() { exit(); return "x"; } }); text("after");"#,
+        ),
+        (
+            "in a getter called by store",
+            r#"text("before"); store("a", 1); store("b", { get v() { exit(); return 1; } }); text("after");"#,
+        ),
+        (
+            "in toJSON of a tool argument",
+            r#"text("before"); store("a", 1); await tools.echo({ toJSON() { exit(); return 1; } }); text("after");"#,
+        ),
+        (
+            "in a getter called by image",
+            r#"text("before"); store("a", 1); image({ get image_url() { exit(); return "data:image/png;base64,AA=="; } });"#,
+        ),
+        (
+            "in toString called by notify",
+            r#"text("before"); store("a", 1); notify({ toJSON() { return undefined; }, toString() { exit(); return "note"; } });"#,
+        ),
+        (
+            "in a stack getter of a thrown value",
+            r#"text("before"); store("a", 1); throw { get stack() { exit(); return "err"; } };"#,
+        ),
+        (
+            "deep in the call stack",
+            r#"function f(n) { if (n === 0) { text("before"); store("a", 1); exit(); } f(n - 1); text("unwound"); } f(50);"#,
+        ),
+        (
+            "with sibling promises pending",
+            r#"text("before"); store("a", 1); const sibling = tools.echo(2).then(() => text("sibling")); await Promise.all([sibling, Promise.resolve().then(() => exit())]); text("after");"#,
+        ),
     ];
     for (place, source) in cases {
         let r = run(source);
         let outcome = &r.outcome;
         assert!(
-            matches!(outcome, CellOutcome::Completed { error_text: None, .. }),
+            matches!(
+                outcome,
+                CellOutcome::Completed {
+                    error_text: None,
+                    ..
+                }
+            ),
             "exit {place}: expected success, got {outcome:?}"
         );
         let texts = r.texts();
@@ -88,13 +148,31 @@ fn error_text_is_the_stack_or_the_string_conversion() {
         ("throw 42", "42"),
         ("throw Symbol('s')", "Symbol(s)"),
         ("throw Object.create(null)", "[object Object]"),
-        ("throw { toString() { throw new Error('inner') } }", "[object Object]"),
+        (
+            "throw { toString() { throw new Error('inner') } }",
+            "[object Object]",
+        ),
         ("throw { toString() { return 'custom' } }", "custom"),
-        ("throw { stack: 'custom stack', message: 'm' }", "custom stack"),
-        ("throw { stack: 5, toString() { return 'fallback' } }", "fallback"),
-        ("throw { get stack() { throw 'nope' }, toString() { return 'after getter' } }", "after getter"),
-        ("throw new Proxy({}, { get() { throw 'trap' } })", "#<Object>"),
-        ("const e = new Error('x'); delete e.stack; e.stack = undefined; throw e", "Error: x"),
+        (
+            "throw { stack: 'custom stack', message: 'm' }",
+            "custom stack",
+        ),
+        (
+            "throw { stack: 5, toString() { return 'fallback' } }",
+            "fallback",
+        ),
+        (
+            "throw { get stack() { throw 'nope' }, toString() { return 'after getter' } }",
+            "after getter",
+        ),
+        (
+            "throw new Proxy({}, { get() { throw 'trap' } })",
+            "#<Object>",
+        ),
+        (
+            "const e = new Error('x'); delete e.stack; e.stack = undefined; throw e",
+            "Error: x",
+        ),
         ("await Promise.reject('async failure')", "async failure"),
     ];
     for (source, expected) in cases {
@@ -106,10 +184,17 @@ fn error_text_is_the_stack_or_the_string_conversion() {
 fn error_stacks_name_the_module() {
     let r = run("function inner() { throw new TypeError('bad'); }\ninner();");
     let error = r.error().unwrap();
-    assert!(error.starts_with("TypeError: bad\n    at inner (exec_main.mjs:1:"), "{error}");
+    assert!(
+        error.starts_with("TypeError: bad\n    at inner (exec_main.mjs:1:"),
+        "{error}"
+    );
 
     let r = run("const e = new Error('x'); e.cause = e; throw e;");
-    assert!(r.error().unwrap().starts_with("Error: x\n    at exec_main.mjs:1:"));
+    assert!(
+        r.error()
+            .unwrap()
+            .starts_with("Error: x\n    at exec_main.mjs:1:")
+    );
 }
 
 #[test]
@@ -155,7 +240,15 @@ fn top_level_await_and_module_semantics() {
         text(this === undefined);
         text(import.meta !== undefined);
     "#);
-    assert_eq!(r.ok_texts(), ["later", "undefined undefined undefined undefined", "true", "true"]);
+    assert_eq!(
+        r.ok_texts(),
+        [
+            "later",
+            "undefined undefined undefined undefined",
+            "true",
+            "true"
+        ]
+    );
 }
 
 #[test]
@@ -164,36 +257,111 @@ fn globals_are_standard_ecmascript_plus_the_helpers() {
     let names = r.ok_texts().remove(0);
     let names: Vec<&str> = names.split(' ').collect();
     let helpers = [
-        "ALL_TOOLS", "clearTimeout", "console", "exit", "generatedImage", "image", "load",
-        "notify", "setTimeout", "store", "text", "tools", "yield_control",
+        "ALL_TOOLS",
+        "clearTimeout",
+        "console",
+        "exit",
+        "generatedImage",
+        "image",
+        "load",
+        "notify",
+        "setTimeout",
+        "store",
+        "text",
+        "tools",
+        "yield_control",
     ];
     for helper in helpers {
         assert!(names.contains(&helper), "missing helper {helper}");
     }
     let absent = [
-        "Atomics", "SharedArrayBuffer", "WebAssembly", "require", "process", "fetch", "Deno", "gc",
-        "queueMicrotask", "setInterval",
+        "Atomics",
+        "SharedArrayBuffer",
+        "WebAssembly",
+        "require",
+        "process",
+        "fetch",
+        "Deno",
+        "gc",
+        "queueMicrotask",
+        "setInterval",
     ];
     for absent in absent {
         assert!(!names.contains(&absent), "{absent} must be absent");
     }
     let standard = [
-        "AggregateError", "Array", "ArrayBuffer", "AsyncDisposableStack", "BigInt",
-        "BigInt64Array", "BigUint64Array", "Boolean", "DataView", "Date", "DisposableStack",
-        "Error", "EvalError", "FinalizationRegistry", "Float16Array", "Float32Array",
-        "Float64Array", "Function", "Infinity", "Int16Array", "Int32Array", "Int8Array", "Intl",
-        "Iterator", "JSON", "Map", "Math", "NaN", "Number", "Object", "Promise", "Proxy",
-        "RangeError", "ReferenceError", "Reflect", "RegExp", "Set", "String", "SuppressedError",
-        "Symbol", "SyntaxError", "TypeError", "URIError", "Uint16Array", "Uint32Array",
-        "Uint8Array", "Uint8ClampedArray", "WeakMap", "WeakRef", "WeakSet", "decodeURI",
-        "decodeURIComponent", "encodeURI", "encodeURIComponent", "escape", "eval", "globalThis",
-        "isFinite", "isNaN", "parseFloat", "parseInt", "undefined", "unescape",
+        "AggregateError",
+        "Array",
+        "ArrayBuffer",
+        "AsyncDisposableStack",
+        "BigInt",
+        "BigInt64Array",
+        "BigUint64Array",
+        "Boolean",
+        "DataView",
+        "Date",
+        "DisposableStack",
+        "Error",
+        "EvalError",
+        "FinalizationRegistry",
+        "Float16Array",
+        "Float32Array",
+        "Float64Array",
+        "Function",
+        "Infinity",
+        "Int16Array",
+        "Int32Array",
+        "Int8Array",
+        "Intl",
+        "Iterator",
+        "JSON",
+        "Map",
+        "Math",
+        "NaN",
+        "Number",
+        "Object",
+        "Promise",
+        "Proxy",
+        "RangeError",
+        "ReferenceError",
+        "Reflect",
+        "RegExp",
+        "Set",
+        "String",
+        "SuppressedError",
+        "Symbol",
+        "SyntaxError",
+        "TypeError",
+        "URIError",
+        "Uint16Array",
+        "Uint32Array",
+        "Uint8Array",
+        "Uint8ClampedArray",
+        "WeakMap",
+        "WeakRef",
+        "WeakSet",
+        "decodeURI",
+        "decodeURIComponent",
+        "encodeURI",
+        "encodeURIComponent",
+        "escape",
+        "eval",
+        "globalThis",
+        "isFinite",
+        "isNaN",
+        "parseFloat",
+        "parseInt",
+        "undefined",
+        "unescape",
     ];
     let unexpected: Vec<&&str> = names
         .iter()
         .filter(|name| !helpers.contains(name) && !standard.contains(name))
         .collect();
-    assert!(unexpected.is_empty(), "globals outside the allow-list: {unexpected:?}");
+    assert!(
+        unexpected.is_empty(),
+        "globals outside the allow-list: {unexpected:?}"
+    );
 }
 
 #[test]
@@ -206,13 +374,20 @@ fn intl_formats_with_real_icu_data() {
     "#);
     assert_eq!(
         r.ok_texts(),
-        ["02/01/2025 03:04:05", "Donnerstag, 2. Januar 2025", "12,34,567.891"]
+        [
+            "02/01/2025 03:04:05",
+            "Donnerstag, 2. Januar 2025",
+            "12,34,567.891"
+        ]
     );
 }
 
 #[test]
 fn every_cell_gets_a_fresh_context() {
-    assert_eq!(run("globalThis.secret = 1; Object.prototype.polluted = 1;").error(), None);
+    assert_eq!(
+        run("globalThis.secret = 1; Object.prototype.polluted = 1;").error(),
+        None
+    );
     assert_eq!(
         run("text(typeof globalThis.secret); text(({}).polluted);").ok_texts(),
         ["undefined", "undefined"]
@@ -237,7 +412,9 @@ fn a_cell_awaiting_what_nothing_can_settle_fails_at_once() {
     assert_eq!(r.texts(), ["waiting"]);
     assert_eq!(
         r.error(),
-        Some("exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)")
+        Some(
+            "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)"
+        )
     );
 }
 
@@ -252,7 +429,12 @@ fn idle_is_reported_while_waiting_on_tools_or_timers() {
         .iter()
         .position(|event| matches!(event, CellEvent::TimerSet { .. }))
         .expect("a timer was set");
-    assert_eq!(r.events.get(timer_set + 1), Some(&CellEvent::Idle), "{:?}", r.events);
+    assert_eq!(
+        r.events.get(timer_set + 1),
+        Some(&CellEvent::Idle),
+        "{:?}",
+        r.events
+    );
 }
 
 #[test]
@@ -262,17 +444,24 @@ fn stack_overflow_is_a_catchable_range_error() {
         try { f(); } catch (e) { text(e instanceof RangeError ? e.message : "other"); }
         text("continues");
     "#);
-    assert_eq!(r.ok_texts(), ["Maximum call stack size exceeded", "continues"]);
+    assert_eq!(
+        r.ok_texts(),
+        ["Maximum call stack size exceeded", "continues"]
+    );
 }
 
 #[test]
 fn helpers_at_maximum_depth_work_or_fail_cleanly() {
-    let r = run("let n = 0; function f() { text(1); n++; f(); } try { f(); } catch (e) { text(e.constructor.name + ' ' + (n > 100)); }");
+    let r = run(
+        "let n = 0; function f() { text(1); n++; f(); } try { f(); } catch (e) { text(e.constructor.name + ' ' + (n > 100)); }",
+    );
     let texts = r.ok_texts();
     assert_eq!(texts.last().map(String::as_str), Some("RangeError true"));
     assert!(texts[..texts.len() - 1].iter().all(|t| t == "1"));
 
-    let r = run("function f() { tools.echo(1); f(); } try { f(); } catch (e) { text(e.constructor.name); }");
+    let r = run(
+        "function f() { tools.echo(1); f(); } try { f(); } catch (e) { text(e.constructor.name); }",
+    );
     assert_eq!(r.ok_texts(), ["RangeError"]);
 }
 
@@ -296,7 +485,10 @@ fn heap_exhaustion_ends_only_the_cell() {
             "{source}"
         );
     }
-    assert_eq!(run("text('next cell works')").ok_texts(), ["next cell works"]);
+    assert_eq!(
+        run("text('next cell works')").ok_texts(),
+        ["next cell works"]
+    );
 }
 
 #[test]

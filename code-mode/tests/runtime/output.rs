@@ -20,7 +20,18 @@ fn text_converts_primitives_with_string_conversion() {
     "#);
     assert_eq!(
         r.ok_texts(),
-        ["plain", "42", "0", "1e+21", "true", "10", "null", "undefined", "undefined", ""]
+        [
+            "plain",
+            "42",
+            "0",
+            "1e+21",
+            "true",
+            "10",
+            "null",
+            "undefined",
+            "undefined",
+            ""
+        ]
     );
 }
 
@@ -54,7 +65,11 @@ fn text_falls_back_to_string_when_json_yields_nothing() {
     "#);
     assert_eq!(
         r.ok_texts(),
-        ["Symbol(s)", "function named() { return 1; }", "via toString"]
+        [
+            "Symbol(s)",
+            "function named() { return 1; }",
+            "via toString"
+        ]
     );
 }
 
@@ -68,7 +83,10 @@ fn text_propagates_stringify_errors() {
     "#);
     assert_eq!(r.texts(), ["before", "caught: true"]);
     let error = r.error().expect("an uncaught cycle fails the cell");
-    assert!(error.starts_with("TypeError: Converting circular structure to JSON"), "{error}");
+    assert!(
+        error.starts_with("TypeError: Converting circular structure to JSON"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -78,7 +96,10 @@ fn output_helpers_return_undefined() {
             notify("n"), yield_control(), store("k", 1)];
         text(JSON.stringify(results.map(r => r === undefined)));
     "#);
-    assert_eq!(r.items().last(), Some(&ContentItem::text("[true,true,true,true,true,true]")));
+    assert_eq!(
+        r.items().last(),
+        Some(&ContentItem::text("[true,true,true,true,true,true]"))
+    );
 }
 
 #[test]
@@ -158,20 +179,41 @@ fn image_errors_are_the_contract_strings() {
         ("image([])", expects),
         (r#"image({ image_url: "" })"#, expects),
         (r#"image({ image_url: 5 })"#, expects),
-        (r#"image({ content: [{ type: "image", data: "AA", mimeType: "image/png" }] })"#, expects),
+        (
+            r#"image({ content: [{ type: "image", data: "AA", mimeType: "image/png" }] })"#,
+            expects,
+        ),
         (r#"image("http://example.com/a.png")"#, remote),
         (r#"image("HTTPS://example.com/a.png")"#, remote),
         (r#"image({ image_url: "https://x/y.png" })"#, remote),
         (r#"image("file:///etc/passwd")"#, invalid),
         (r#"image("iVBORw0KGgo=")"#, invalid),
         (r#"image("data:image/png;base64,AA==", "ultra")"#, one_of),
-        (r#"image({ image_url: "data:image/png;base64,AA==", detail: "HIGH" })"#, one_of),
+        (
+            r#"image({ image_url: "data:image/png;base64,AA==", detail: "HIGH" })"#,
+            one_of,
+        ),
         (r#"image("data:image/png;base64,AA==", 1)"#, string),
-        (r#"image({ image_url: "data:image/png;base64,AA==", detail: true })"#, string),
-        (r#"image({ type: "text", text: "hi" })"#, r#"image only accepts MCP image blocks, got "text""#),
-        (r#"image({ type: "image" })"#, "image expected MCP image data"),
-        (r#"image({ type: "image", data: "" })"#, "image expected MCP image data"),
-        (r#"image({ type: "image", data: "AA", _meta: { "codex/imageDetail": "huge" } })"#, one_of),
+        (
+            r#"image({ image_url: "data:image/png;base64,AA==", detail: true })"#,
+            string,
+        ),
+        (
+            r#"image({ type: "text", text: "hi" })"#,
+            r#"image only accepts MCP image blocks, got "text""#,
+        ),
+        (
+            r#"image({ type: "image" })"#,
+            "image expected MCP image data",
+        ),
+        (
+            r#"image({ type: "image", data: "" })"#,
+            "image expected MCP image data",
+        ),
+        (
+            r#"image({ type: "image", data: "AA", _meta: { "codex/imageDetail": "huge" } })"#,
+            one_of,
+        ),
     ];
     let calls: Vec<&str> = cases.iter().map(|(call, _)| *call).collect();
     let expected: Vec<&str> = cases.iter().map(|(_, error)| *error).collect();

@@ -27,21 +27,31 @@ fn store_and_load_round_trip_within_a_cell() {
     "#);
     assert_eq!(
         r.ok_texts(),
-        [r#"{"b":1,"a":[1,2],"s":"x","n":null}"#, "false", "6", "true"]
+        [
+            r#"{"b":1,"a":[1,2],"s":"x","n":null}"#,
+            "false",
+            "6",
+            "true"
+        ]
     );
     assert_eq!(
         r.writes(),
-        map(&[("obj", r#"{"b":1,"a":[1,2],"s":"x","n":null}"#), ("num", "6")])
+        map(&[
+            ("obj", r#"{"b":1,"a":[1,2],"s":"x","n":null}"#),
+            ("num", "6")
+        ])
     );
 }
 
 #[test]
 fn load_sees_the_snapshot_and_own_writes_first() {
-    let r = cell(r#"
+    let r = cell(
+        r#"
             text(load("a")); text(load("b"));
             store("a", "mine");
             text(load("a")); text(load("b"));
-        "#)
+        "#,
+    )
     .stored("a", r#""from session""#)
     .stored("b", r#"{"x":[1]}"#)
     .run();
@@ -168,8 +178,14 @@ fn timers_fire_in_delay_order_with_arguments_and_numeric_ids() {
     "#);
     let texts = r.ok_texts();
     assert_eq!(texts.last().map(String::as_str), Some("1,2,3,4,5"));
-    assert_eq!(texts[..4].iter().filter(|t| t.as_str() == "late").count(), 1);
-    assert_eq!(texts[3], "late", "the 30 ms timer fires after the 0 ms ones: {texts:?}");
+    assert_eq!(
+        texts[..4].iter().filter(|t| t.as_str() == "late").count(),
+        1
+    );
+    assert_eq!(
+        texts[3], "late",
+        "the 30 ms timer fires after the 0 ms ones: {texts:?}"
+    );
     let sets: Vec<(u64, Duration)> = r
         .events
         .iter()

@@ -17,21 +17,54 @@ fn tool_calls_carry_ids_names_kinds_and_json_input() {
     "#);
     assert_eq!(
         r.ok_texts(),
-        [r#"{"b":[1,"two"],"a":null}"#, "null", "null", "raw *text*", "7", "null"]
+        [
+            r#"{"b":[1,"two"],"a":null}"#,
+            "null",
+            "null",
+            "raw *text*",
+            "7",
+            "null"
+        ]
     );
     let calls = r.tool_calls();
     let summary: Vec<(String, usize, &str, ToolKind, Option<&str>)> = calls
         .iter()
-        .map(|c| (c.id.to_string(), c.tool_index, c.name.as_str(), c.kind, c.input.as_deref()))
+        .map(|c| {
+            (
+                c.id.to_string(),
+                c.tool_index,
+                c.name.as_str(),
+                c.kind,
+                c.input.as_deref(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
         [
-            ("tool-1".into(), 0, "echo", ToolKind::Function, Some(r#"{"b":[1,"two"],"a":null}"#)),
+            (
+                "tool-1".into(),
+                0,
+                "echo",
+                ToolKind::Function,
+                Some(r#"{"b":[1,"two"],"a":null}"#)
+            ),
             ("tool-2".into(), 0, "echo", ToolKind::Function, None),
             ("tool-3".into(), 0, "echo", ToolKind::Function, None),
-            ("tool-4".into(), 5, "freeform_tool", ToolKind::Freeform, Some(r#""raw *text*""#)),
-            ("tool-5".into(), 6, "mcp__srv__do-thing", ToolKind::Function, Some("7")),
+            (
+                "tool-4".into(),
+                5,
+                "freeform_tool",
+                ToolKind::Freeform,
+                Some(r#""raw *text*""#)
+            ),
+            (
+                "tool-5".into(),
+                6,
+                "mcp__srv__do-thing",
+                ToolKind::Function,
+                Some("7")
+            ),
             ("tool-6".into(), 0, "echo", ToolKind::Function, None),
         ]
     );
@@ -49,10 +82,12 @@ fn tool_errors_reject_with_the_error_string() {
 
 #[test]
 fn parallel_tool_calls_resolve_independently() {
-    let r = cell(r#"
+    let r = cell(
+        r#"
             const results = await Promise.all([tools.echo(1), tools.echo(2), tools.get_user()]);
             text(results);
-        "#)
+        "#,
+    )
     .answer(|call| {
         // Answer in reverse order of the calls to show results are matched by id.
         std::thread::sleep(std::time::Duration::from_millis(
@@ -130,7 +165,9 @@ fn unserializable_arguments_reject_with_a_clear_message() {
             format!("bigint: {prefix}TypeError: Do not know how to serialize a BigInt"),
             format!("cycle: {prefix}TypeError: Converting circular structure to JSON"),
             format!("proxy: {prefix}Error: boom"),
-            format!("revoked: {prefix}TypeError: Cannot perform 'get' on a proxy that has been revoked"),
+            format!(
+                "revoked: {prefix}TypeError: Cannot perform 'get' on a proxy that has been revoked"
+            ),
             format!("deep: {prefix}{depth}"),
             format!("deep129: {prefix}{depth}"),
         ]
@@ -140,11 +177,13 @@ fn unserializable_arguments_reject_with_a_clear_message() {
 
 #[test]
 fn in_flight_tool_calls_are_capped() {
-    let r = cell(r#"
+    let r = cell(
+        r#"
             const calls = Array.from({ length: 5 }, () => tools.block());
             text(await calls[3].catch((e) => "rejected: " + e));
             text(await calls[4].catch((e) => "rejected too"));
-        "#)
+        "#,
+    )
     .limits(CellLimits {
         max_in_flight_tool_calls: 3,
         ..CellLimits::default()
@@ -162,11 +201,13 @@ fn in_flight_tool_calls_are_capped() {
 
 #[test]
 fn tool_results_are_checked_before_they_reach_js() {
-    let r = cell(r#"
+    let r = cell(
+        r#"
             for (const n of [1, 2, 3]) {
                 try { text(await tools.echo(n)); } catch (e) { text(typeof e + ": " + e); }
             }
-        "#)
+        "#,
+    )
     .answer(|call| {
         Some(Ok(match call.input.as_deref() {
             Some("1") => "not json".to_owned(),
@@ -272,7 +313,15 @@ fn overwriting_tools_and_helpers_is_refused_or_harmless() {
     "#);
     assert_eq!(
         r.ok_texts(),
-        ["TypeError", "TypeError", "TypeError", "TypeError", "TypeError", "real", "console still works"]
+        [
+            "TypeError",
+            "TypeError",
+            "TypeError",
+            "TypeError",
+            "TypeError",
+            "real",
+            "console still works"
+        ]
     );
     assert_eq!(r.tool_calls()[0].name, "echo");
 }
@@ -287,7 +336,9 @@ fn a_flood_of_tool_calls_is_bounded_by_the_default_cap() {
     "#);
     assert_eq!(
         r.ok_texts(),
-        ["tools.block was not called: this cell already has 1024 nested tool calls in flight, the most allowed"]
+        [
+            "tools.block was not called: this cell already has 1024 nested tool calls in flight, the most allowed"
+        ]
     );
     assert_eq!(r.tool_calls().len(), 1024);
 }
