@@ -6,4 +6,4 @@
 
 pub mod model;
 
-pub use model::{ContentItem, ImageDetail, ToolKind, js_tool_name};
+pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};

@@ -95,6 +95,32 @@ impl ToolKind {
     }
 }
 
+/// A nested tool enabled for a cell: what the runtime needs to bind `tools.<js name>` and
+/// list it in `ALL_TOOLS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolDefinition {
+    /// The tool's original name, namespace included (e.g. `mcp__github__search`).
+    pub name: String,
+    /// Shown to the cell in `ALL_TOOLS`.
+    pub description: String,
+    pub kind: ToolKind,
+}
+
+impl ToolDefinition {
+    pub fn new(name: impl Into<String>, description: impl Into<String>, kind: ToolKind) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            kind,
+        }
+    }
+
+    /// The name the cell calls it by: `tools.<js_name>`.
+    pub fn js_name(&self) -> String {
+        js_tool_name(&self.name)
+    }
+}
+
 /// The JavaScript name of a nested tool (contract section 6): every character outside
 /// `[A-Za-z0-9_$]` becomes `_`, a leading digit too; an empty name becomes `_`.
 ///

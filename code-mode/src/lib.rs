@@ -11,7 +11,8 @@ pub mod platform;
 pub mod runtime;
 
 pub use code_mode_protocol as protocol;
+pub use code_mode_protocol::ToolDefinition;
 pub use runtime::{
     CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome, SpawnError,
-    StoredValues, ToolBinding, ToolCallId, ToolCallRequest, spawn_cell,
+    StoredValues, ToolCallId, ToolCallRequest, spawn_cell,
 };

@@ -18,7 +18,7 @@ mod helpers;
 mod thread;
 mod values;
 
-use code_mode_protocol::{ContentItem, ToolKind};
+use code_mode_protocol::{ContentItem, ToolDefinition, ToolKind};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,34 +65,14 @@ impl Default for CellLimits {
     }
 }
 
-/// A nested tool the cell may call. Its position in [`CellConfig::tools`] is its index:
-/// `tools.<js name>` is bound to the index, never looked up by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolBinding {
-    /// The tool's original name, namespace included (e.g. `mcp__github__search`).
-    pub name: String,
-    /// Shown to the cell in `ALL_TOOLS`.
-    pub description: String,
-    pub kind: ToolKind,
-}
-
-impl ToolBinding {
-    pub fn new(name: impl Into<String>, description: impl Into<String>, kind: ToolKind) -> Self {
-        Self {
-            name: name.into(),
-            description: description.into(),
-            kind,
-        }
-    }
-}
-
 /// Everything a cell needs to start.
 #[derive(Debug, Clone, Default)]
 pub struct CellConfig {
     /// The JavaScript source, pragma already removed. Runs as the module `exec_main.mjs`.
     pub source: String,
-    /// Every enabled tool, deferred ones included.
-    pub tools: Arc<[ToolBinding]>,
+    /// Every enabled tool, deferred ones included. A tool's position is its index:
+    /// `tools.<js name>` is bound to the index, never looked up by name.
+    pub tools: Arc<[ToolDefinition]>,
     /// The session's stored values when the cell starts (the cell's snapshot).
     pub stored: Arc<StoredValues>,
     pub limits: CellLimits,
@@ -140,7 +120,9 @@ pub enum CellEvent {
     TimerCleared { id: u64 },
     /// The cell has nothing runnable: microtasks are drained and it waits on tool answers
     /// or timers. Reported each time the thread goes to sleep on an empty command queue.
-    Idle,
+    /// `commands_applied` counts every command the cell has received so far: an owner that
+    /// sent more knows the cell is about to wake, so this is not a frontier.
+    Idle { commands_applied: u64 },
     /// The last event: the JS thread has stopped running JavaScript for good.
     Finished(CellOutcome),
 }

@@ -10,8 +10,9 @@ use super::callbacks::{self, HeapGuard};
 use super::values::{self, v8_str};
 use super::{
     CellCommand, CellConfig, CellControl, CellEvent, CellLimits, CellOutcome, Inbound,
-    StoredValues, ToolBinding, ToolCallId,
+    StoredValues, ToolCallId,
 };
+use code_mode_protocol::ToolDefinition;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -34,7 +35,7 @@ pub(crate) struct Timer {
 pub(crate) struct CellState {
     events: tokio::sync::mpsc::Sender<CellEvent>,
     control: Arc<CellControl>,
-    pub(crate) tools: Arc<[ToolBinding]>,
+    pub(crate) tools: Arc<[ToolDefinition]>,
     pub(crate) stored: Arc<StoredValues>,
     pub(crate) writes: StoredValues,
     pub(crate) limits: CellLimits,
@@ -167,6 +168,7 @@ impl Driver<'_> {
             Err(outcome) => return outcome,
         };
         let promise = v8::Global::new(scope, promise);
+        let mut commands_applied = 0u64;
         loop {
             scope.perform_microtask_checkpoint();
             let module_promise = v8::Local::new(scope, &promise);
@@ -177,7 +179,11 @@ impl Driver<'_> {
                 Ok(message) => message,
                 Err(mpsc::TryRecvError::Empty) => {
                     pump_platform_tasks(scope);
-                    if !self.state.borrow_mut().emit(CellEvent::Idle) {
+                    if !self
+                        .state
+                        .borrow_mut()
+                        .emit(CellEvent::Idle { commands_applied })
+                    {
                         continue; // stopped: the end check above decides how
                     }
                     match self.inbound.recv() {
@@ -188,6 +194,7 @@ impl Driver<'_> {
                 Err(mpsc::TryRecvError::Disconnected) => return CellOutcome::Terminated,
             };
             if let Inbound::Command(command) = message {
+                commands_applied += 1;
                 self.apply(scope, command);
             }
         }

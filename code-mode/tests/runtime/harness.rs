@@ -3,8 +3,8 @@
 
 use code_mode::protocol::{ContentItem, ToolKind};
 use code_mode::{
-    CellCommand, CellConfig, CellEvent, CellLimits, CellOutcome, StoredValues, ToolBinding,
-    ToolCallRequest, spawn_cell,
+    CellCommand, CellConfig, CellEvent, CellLimits, CellOutcome, StoredValues, ToolCallRequest,
+    ToolDefinition, spawn_cell,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,15 +20,15 @@ type Handler = Arc<dyn Fn(&ToolCallRequest) -> Answer + Send + Sync>;
 /// The default tools: `echo` returns its input (or `null`), `get_user` a user object,
 /// `fail` rejects, `block` never answers, `proto` returns a `__proto__` key, `freeform_tool`
 /// is freeform, and `mcp__srv__do-thing` has a name that needs normalising.
-pub fn default_tools() -> Vec<ToolBinding> {
+pub fn default_tools() -> Vec<ToolDefinition> {
     vec![
-        ToolBinding::new("echo", "Returns its input.", ToolKind::Function),
-        ToolBinding::new("get_user", "Returns a user.", ToolKind::Function),
-        ToolBinding::new("fail", "Always fails.", ToolKind::Function),
-        ToolBinding::new("block", "Never answers.", ToolKind::Function),
-        ToolBinding::new("proto", "Returns a __proto__ key.", ToolKind::Function),
-        ToolBinding::new("freeform_tool", "Takes raw text.", ToolKind::Freeform),
-        ToolBinding::new("mcp__srv__do-thing", "Namespaced.", ToolKind::Function),
+        ToolDefinition::new("echo", "Returns its input.", ToolKind::Function),
+        ToolDefinition::new("get_user", "Returns a user.", ToolKind::Function),
+        ToolDefinition::new("fail", "Always fails.", ToolKind::Function),
+        ToolDefinition::new("block", "Never answers.", ToolKind::Function),
+        ToolDefinition::new("proto", "Returns a __proto__ key.", ToolKind::Function),
+        ToolDefinition::new("freeform_tool", "Takes raw text.", ToolKind::Freeform),
+        ToolDefinition::new("mcp__srv__do-thing", "Namespaced.", ToolKind::Function),
     ]
 }
 
@@ -127,7 +127,7 @@ impl Run {
 /// Builder for one cell run.
 pub struct Cell {
     source: String,
-    tools: Vec<ToolBinding>,
+    tools: Vec<ToolDefinition>,
     stored: StoredValues,
     limits: CellLimits,
     handler: Handler,
@@ -161,7 +161,7 @@ impl Cell {
         self
     }
 
-    pub fn tools(mut self, tools: Vec<ToolBinding>) -> Self {
+    pub fn tools(mut self, tools: Vec<ToolDefinition>) -> Self {
         self.tools = tools;
         self
     }

@@ -429,9 +429,12 @@ fn idle_is_reported_while_waiting_on_tools_or_timers() {
         .iter()
         .position(|event| matches!(event, CellEvent::TimerSet { .. }))
         .expect("a timer was set");
+    // One command (the tool's answer) was applied before the timer wait.
     assert_eq!(
         r.events.get(timer_set + 1),
-        Some(&CellEvent::Idle),
+        Some(&CellEvent::Idle {
+            commands_applied: 1
+        }),
         "{:?}",
         r.events
     );

@@ -3,7 +3,7 @@
 
 use crate::harness::{cell, run};
 use code_mode::protocol::ToolKind;
-use code_mode::{CellLimits, ToolBinding, ToolCallId};
+use code_mode::{CellLimits, ToolCallId, ToolDefinition};
 
 #[test]
 fn tool_calls_carry_ids_names_kinds_and_json_input() {
@@ -132,8 +132,8 @@ fn all_tools_lists_every_tool_with_its_js_name() {
 fn tools_whose_js_names_collide_keep_the_first() {
     let r = cell(r#"text(Object.keys(tools)); text(await tools.a_b(1));"#)
         .tools(vec![
-            ToolBinding::new("a-b", "first", ToolKind::Function),
-            ToolBinding::new("a_b", "second", ToolKind::Function),
+            ToolDefinition::new("a-b", "first", ToolKind::Function),
+            ToolDefinition::new("a_b", "second", ToolKind::Function),
         ])
         .answer(|call| Some(Ok(format!(r#""{}""#, call.name))))
         .run();
