@@ -9,9 +9,11 @@
 
 pub mod platform;
 pub mod runtime;
+pub mod session;
 
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::ToolDefinition;
+pub use session::{InProcessOptions, InProcessSession};
 pub use runtime::{
     CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome, SpawnError,
     StoredValues, ToolCallId, ToolCallRequest, spawn_cell,

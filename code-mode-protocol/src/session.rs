@@ -1,0 +1,325 @@
+//! The session API every provider implements: [`CodeModeSession`] (what the agent core
+//! calls) and [`CodeModeSessionDelegate`] (what the session calls back: nested tool calls,
+//! notifications, cell-closed), with their request and response types (contract 3.2).
+//!
+//! Transport-neutral and V8-free: the in-process session (`code-mode`) and the IPC session
+//! (`code-mode-host`) implement the same trait, so an agent core swaps providers with one
+//! line and the conformance suite runs unchanged against both. Methods return boxed
+//! futures so that `dyn CodeModeSession` works.
+
+use crate::model::{ContentItem, ToolDefinition, ToolKind};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// A boxed, sendable future, as the session traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Default time an observation waits before it yields, in milliseconds.
+pub const DEFAULT_YIELD_TIME_MS: u64 = 10_000;
+
+/// Requested yield times at or above this get [`YIELD_GRACE_MS`] extra, so that a tool
+/// finishing just after ten seconds still completes in the same call.
+pub const YIELD_GRACE_THRESHOLD_MS: u64 = 10_000;
+
+/// The extra time granted to long yields, in milliseconds.
+pub const YIELD_GRACE_MS: u64 = 1_000;
+
+/// The time an observation actually waits: the requested time, plus the grace for long
+/// requests, capped by the session's maximum.
+pub fn effective_yield_time_ms(requested_ms: u64, session_max_ms: Option<u64>) -> u64 {
+    let with_grace = if requested_ms >= YIELD_GRACE_THRESHOLD_MS {
+        requested_ms.saturating_add(YIELD_GRACE_MS)
+    } else {
+        requested_ms
+    };
+    session_max_ms.map_or(with_grace, |max| with_grace.min(max))
+}
+
+/// Options of one session, whatever the provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Caps every observation's yield time, grace included. `Some(0)` yields at once.
+    pub max_yield_time_ms: Option<u64>,
+}
+
+/// An `exec` call: the source (pragma already parsed and removed) and the enabled tools.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub source: String,
+    /// Every enabled nested tool, deferred ones included.
+    pub tools: Arc<[ToolDefinition]>,
+    /// `None`: [`DEFAULT_YIELD_TIME_MS`].
+    pub yield_time_ms: Option<u64>,
+}
+
+impl ExecRequest {
+    pub fn new(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn with_tools(mut self, tools: impl Into<Arc<[ToolDefinition]>>) -> Self {
+        self.tools = tools.into();
+        self
+    }
+
+    pub fn with_yield_time_ms(mut self, yield_time_ms: u64) -> Self {
+        self.yield_time_ms = Some(yield_time_ms);
+        self
+    }
+}
+
+/// A `wait` call (without `terminate`, which is [`CodeModeSession::terminate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitRequest {
+    pub cell_id: String,
+    /// `None`: [`DEFAULT_YIELD_TIME_MS`].
+    pub yield_time_ms: Option<u64>,
+}
+
+impl WaitRequest {
+    pub fn new(cell_id: impl Into<String>) -> Self {
+        Self {
+            cell_id: cell_id.into(),
+            yield_time_ms: None,
+        }
+    }
+
+    pub fn with_yield_time_ms(mut self, yield_time_ms: u64) -> Self {
+        self.yield_time_ms = Some(yield_time_ms);
+        self
+    }
+}
+
+/// What one observation of a cell returns (contract 3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellResponse {
+    /// The cell is still running; these are the items produced since the last observation.
+    Yielded {
+        cell_id: String,
+        content_items: Vec<ContentItem>,
+    },
+    /// The cell was terminated; the items it produced and had not returned.
+    Terminated {
+        cell_id: String,
+        content_items: Vec<ContentItem>,
+    },
+    /// The cell completed; `error_text` is set when it failed. `missing_cell` marks the
+    /// answer to a `wait` on an id the session does not know, so that a caller can tell it
+    /// from a real cell that failed.
+    Result {
+        cell_id: String,
+        content_items: Vec<ContentItem>,
+        error_text: Option<String>,
+        missing_cell: bool,
+    },
+}
+
+impl CellResponse {
+    /// The result for an id the session does not know: `exec cell <id> not found`.
+    pub fn missing(cell_id: impl Into<String>) -> Self {
+        let cell_id = cell_id.into();
+        CellResponse::Result {
+            error_text: Some(format!("exec cell {cell_id} not found")),
+            cell_id,
+            content_items: Vec::new(),
+            missing_cell: true,
+        }
+    }
+
+    pub fn cell_id(&self) -> &str {
+        match self {
+            CellResponse::Yielded { cell_id, .. }
+            | CellResponse::Terminated { cell_id, .. }
+            | CellResponse::Result { cell_id, .. } => cell_id,
+        }
+    }
+
+    pub fn content_items(&self) -> &[ContentItem] {
+        match self {
+            CellResponse::Yielded { content_items, .. }
+            | CellResponse::Terminated { content_items, .. }
+            | CellResponse::Result { content_items, .. } => content_items,
+        }
+    }
+
+    /// The error text of a completed cell that failed.
+    pub fn error_text(&self) -> Option<&str> {
+        match self {
+            CellResponse::Result { error_text, .. } => error_text.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn is_missing_cell(&self) -> bool {
+        matches!(
+            self,
+            CellResponse::Result {
+                missing_cell: true,
+                ..
+            }
+        )
+    }
+}
+
+/// What `execute` returns: the new cell's id and its first observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedCell {
+    pub cell_id: String,
+    pub initial_response: CellResponse,
+}
+
+/// What a pending-aware observation returns (contract 3.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingOutcome {
+    /// The cell has nothing runnable and is frozen until the next observation: it waits
+    /// only on these nested tool calls (those started since the previous frontier) or on
+    /// timers.
+    Pending {
+        cell_id: String,
+        content_items: Vec<ContentItem>,
+        pending_tool_call_ids: Vec<String>,
+    },
+    /// The cell finished (or was terminated) before reaching a frontier.
+    Completed(CellResponse),
+}
+
+/// What `execute_to_pending` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedPendingCell {
+    pub cell_id: String,
+    pub outcome: PendingOutcome,
+}
+
+/// A nested tool call, as the delegate receives it (contract section 6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NestedToolCall {
+    pub cell_id: String,
+    /// `tool-N`, numbered per cell.
+    pub call_id: String,
+    /// The tool's original name, namespace included.
+    pub tool_name: String,
+    pub kind: ToolKind,
+    /// The argument, `None` when the cell passed none.
+    pub input: Option<serde_json::Value>,
+}
+
+/// Errors of session calls. The `Display` texts are the contract's exact strings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("code mode session is shutting down")]
+    ShuttingDown,
+    #[error("exec cell {0} already has an active observer")]
+    BusyObserver(String),
+    #[error("exec cell {0} is already terminating")]
+    AlreadyTerminating(String),
+    /// The runtime could not run the cell (e.g. no thread could be started).
+    #[error("exec runtime failure: {0}")]
+    Runtime(String),
+}
+
+/// The agent core's side of a session: answers nested tool calls, receives notifications
+/// and learns when a cell is closed.
+pub trait CodeModeSessionDelegate: Send + Sync + 'static {
+    /// Runs a nested tool call. `cancel` fires when the cell no longer wants the answer
+    /// (it ended, was terminated, or the session shuts down); the delegate should stop
+    /// soon after, and is abandoned after a short grace period if it does not.
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+
+    /// Delivers a `notify(...)` text of the cell's current `exec` call. `cancel` fires
+    /// when the cell is terminated or the session shuts down.
+    fn notify(&self, cell_id: String, text: String, cancel: CancellationToken) -> BoxFuture<'_, ()>;
+
+    /// The cell is closed: it has stopped, its callbacks are cleaned up and its final
+    /// response was returned (or the session shut down). Called exactly once per cell.
+    fn cell_closed(&self, cell_id: &str);
+}
+
+/// A code-mode session: one agent thread's cells, stored values and cancellation root.
+pub trait CodeModeSession: Send + Sync {
+    /// Starts a cell and waits for its first observation (the yield time counts from the
+    /// cell's start).
+    ///
+    /// Cancel safety: dropping the future does not stop the cell and consumes none of its
+    /// output; the next `wait` on the cell's id returns it. The id is lost to the caller,
+    /// but cells are numbered `1`, `2`, ... per session.
+    fn execute(&self, request: ExecRequest) -> BoxFuture<'_, Result<StartedCell, SessionError>>;
+
+    /// Observes a running cell: returns at its completion, at `yield_control()`, at the
+    /// yield time, or at its termination. An unknown id gives [`CellResponse::missing`].
+    ///
+    /// Cancel safety: dropping the future consumes no output and frees the observer slot.
+    fn wait(&self, request: WaitRequest) -> BoxFuture<'_, Result<CellResponse, SessionError>>;
+
+    /// Terminates a cell and returns `Terminated` with the output not yet returned, once
+    /// its JS has stopped and its in-flight callbacks were cancelled. A cell that had
+    /// already completed returns its completion instead.
+    ///
+    /// Cancel safety: dropping the future does not stop the termination.
+    fn terminate(&self, cell_id: String) -> BoxFuture<'_, Result<CellResponse, SessionError>>;
+
+    /// Like `execute`, but returns at the cell's first pending frontier (contract 3.4).
+    ///
+    /// Cancel safety: as `execute`.
+    fn execute_to_pending(
+        &self,
+        request: ExecRequest,
+    ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>>;
+
+    /// Unfreezes the cell (applying queued tool answers and timer firings) and returns at
+    /// its next frontier or completion.
+    ///
+    /// Cancel safety: as `wait`.
+    fn wait_to_pending(&self, cell_id: String) -> BoxFuture<'_, Result<PendingOutcome, SessionError>>;
+
+    /// Shuts the session down: refuses new cells from now on, stops every admitted cell
+    /// (CPU-bound ones included), waits for their cleanup, and reports each one closed.
+    ///
+    /// Cancel safety: the shutdown proceeds even if the future is dropped; a later call
+    /// waits for it again.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yield_time_gets_grace_at_ten_seconds_and_is_capped() {
+        assert_eq!(effective_yield_time_ms(9_999, None), 9_999);
+        assert_eq!(effective_yield_time_ms(10_000, None), 11_000);
+        assert_eq!(effective_yield_time_ms(30_000, None), 31_000);
+        assert_eq!(effective_yield_time_ms(10_000, Some(10_000)), 10_000);
+        assert_eq!(effective_yield_time_ms(5_000, Some(10_000)), 5_000);
+        assert_eq!(effective_yield_time_ms(10_000, Some(0)), 0);
+        assert_eq!(effective_yield_time_ms(u64::MAX, None), u64::MAX);
+    }
+
+    #[test]
+    fn errors_use_the_contract_strings() {
+        assert_eq!(
+            SessionError::ShuttingDown.to_string(),
+            "code mode session is shutting down"
+        );
+        assert_eq!(
+            SessionError::BusyObserver("1".into()).to_string(),
+            "exec cell 1 already has an active observer"
+        );
+        assert_eq!(
+            SessionError::AlreadyTerminating("1".into()).to_string(),
+            "exec cell 1 is already terminating"
+        );
+        let missing = CellResponse::missing("7");
+        assert_eq!(missing.error_text(), Some("exec cell 7 not found"));
+        assert!(missing.is_missing_cell());
+        assert!(missing.content_items().is_empty());
+    }
+}

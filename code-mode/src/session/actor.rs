@@ -1,0 +1,700 @@
+//! The cell actor: one tokio task per cell, the single writer of that cell's lifecycle.
+//!
+//! It owns the output not yet returned, the current observer and its yield deadline, the
+//! remembered initial yield, the pending frontier (freezing and the queue of held-back
+//! commands), the timers, the in-flight nested calls and notifications, and the one
+//! terminal decision "completed or terminated" that also decides whether the cell's stored
+//! writes are committed. Everyone else talks to it through [`ActorRequest`]s.
+//!
+//! Rules implemented here (contract 3.3, 3.4, 3.7, 4, 6):
+//! - An observation returns at the first of: completion, `yield_control()`, its deadline,
+//!   termination. One observer at a time; a dropped observer consumes nothing.
+//! - A yield before the first observation is remembered for it.
+//! - Pending-aware observers return at a frontier (an `Idle` with every sent command
+//!   applied); the cell then stays frozen: tool answers and timer firings are queued until
+//!   the next observation.
+//! - Natural completion commits the stored writes, delivers pending notifications, then
+//!   cancels in-flight calls. Termination discards the writes and cancels everything.
+//! - The cell is closed (removed, `cell_closed` called once) when its final response was
+//!   delivered, or at shutdown.
+
+use super::Shared;
+use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallId, ToolCallRequest};
+use code_mode_protocol::{CellResponse, ContentItem, NestedToolCall, PendingOutcome, SessionError};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a delegate may keep running after its call or notification was cancelled
+/// before it is abandoned (its future dropped).
+const CANCEL_GRACE: Duration = Duration::from_millis(200);
+
+/// How long natural completion waits for in-flight notifications to be delivered before
+/// cancelling them.
+const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+type YieldReply = oneshot::Sender<Result<CellResponse, SessionError>>;
+type PendingReply = oneshot::Sender<Result<PendingOutcome, SessionError>>;
+
+/// Someone waiting on the cell.
+pub(crate) enum Observer {
+    /// `exec` / `wait`: returns at completion, yield, deadline or termination.
+    Yielding {
+        deadline: Instant,
+        reply: YieldReply,
+    },
+    /// `execute_to_pending` / `wait_to_pending`: returns at a frontier or completion.
+    Pending { reply: PendingReply },
+}
+
+impl Observer {
+    pub(crate) fn yielding(deadline: Instant, reply: YieldReply) -> Self {
+        Observer::Yielding { deadline, reply }
+    }
+
+    pub(crate) fn pending(reply: PendingReply) -> Self {
+        Observer::Pending { reply }
+    }
+
+    /// Whether the caller stopped waiting (its future was dropped).
+    fn is_gone(&self) -> bool {
+        match self {
+            Observer::Yielding { reply, .. } => reply.is_closed(),
+            Observer::Pending { reply } => reply.is_closed(),
+        }
+    }
+
+    fn refuse(self, error: SessionError) {
+        match self {
+            Observer::Yielding { reply, .. } => drop(reply.send(Err(error))),
+            Observer::Pending { reply } => drop(reply.send(Err(error))),
+        }
+    }
+
+    /// Delivers a response; gives it back if the caller is gone.
+    fn deliver(self, response: CellResponse) -> Result<(), Option<CellResponse>> {
+        match self {
+            Observer::Yielding { reply, .. } => reply.send(Ok(response)).map_err(Result::ok),
+            Observer::Pending { reply } => reply
+                .send(Ok(PendingOutcome::Completed(response)))
+                .map_err(|echo| match echo {
+                    Ok(PendingOutcome::Completed(response)) => Some(response),
+                    _ => None,
+                }),
+        }
+    }
+}
+
+/// Requests from the session to a cell actor.
+pub(crate) enum ActorRequest {
+    Observe(Observer),
+    Terminate {
+        reply: oneshot::Sender<Result<CellResponse, SessionError>>,
+    },
+}
+
+/// Messages from the actor's own helper tasks.
+enum Internal {
+    ToolDone {
+        id: ToolCallId,
+        result: Result<String, String>,
+    },
+    TimerDue(u64),
+}
+
+/// The terminal decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Final {
+    Completed(Option<String>),
+    Terminated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Termination was decided; waiting for the JS thread and the callbacks to stop.
+    Terminating,
+    Finished(Final),
+}
+
+/// What woke the actor.
+enum Step {
+    Deadline,
+    Event(Option<CellEvent>),
+    Request(ActorRequest),
+    Internal(Internal),
+    Shutdown,
+}
+
+pub(crate) struct CellActor {
+    cell_id: String,
+    shared: Arc<Shared>,
+    runtime: CellHandle,
+    events: mpsc::Receiver<CellEvent>,
+    runtime_done: bool,
+    requests: mpsc::Receiver<ActorRequest>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    /// The cell's node in the token tree; every callback gets a child.
+    token: CancellationToken,
+    tool_tasks: TaskTracker,
+    notify_tasks: TaskTracker,
+    /// Output produced and not yet returned.
+    items: Vec<ContentItem>,
+    /// A `yield_control()` before the first observation: the items it covers.
+    initial_yield: Option<usize>,
+    /// Whether an observation has returned output.
+    observed: bool,
+    observer: Option<Observer>,
+    terminate_reply: Option<oneshot::Sender<Result<CellResponse, SessionError>>>,
+    phase: Phase,
+    shutting_down: bool,
+    closed: bool,
+    /// Pending frontier state.
+    frozen: bool,
+    held_back: Vec<CellCommand>,
+    calls_since_frontier: Vec<String>,
+    commands_sent: u64,
+    at_frontier: bool,
+    timers: HashMap<u64, AbortHandle>,
+}
+
+impl CellActor {
+    pub(crate) fn new(
+        cell_id: String,
+        shared: Arc<Shared>,
+        runtime: CellHandle,
+        events: mpsc::Receiver<CellEvent>,
+        requests: mpsc::Receiver<ActorRequest>,
+        observer: Observer,
+    ) -> Self {
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let token = shared.root().child_token();
+        Self {
+            cell_id,
+            shared,
+            runtime,
+            events,
+            runtime_done: false,
+            requests,
+            internal_tx,
+            internal_rx,
+            token,
+            tool_tasks: TaskTracker::new(),
+            notify_tasks: TaskTracker::new(),
+            items: Vec::new(),
+            initial_yield: None,
+            observed: false,
+            observer: Some(observer),
+            terminate_reply: None,
+            phase: Phase::Running,
+            shutting_down: false,
+            closed: false,
+            frozen: false,
+            held_back: Vec::new(),
+            calls_since_frontier: Vec::new(),
+            commands_sent: 0,
+            at_frontier: false,
+            timers: HashMap::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        while !self.closed {
+            let step = self.next_step().await;
+            match step {
+                Step::Deadline => self.on_deadline(),
+                Step::Event(Some(event)) => self.on_event(event).await,
+                Step::Event(None) => self.on_runtime_lost().await,
+                Step::Request(request) => self.on_request(request).await,
+                Step::Internal(message) => self.on_internal(message),
+                Step::Shutdown => self.on_shutdown(),
+            }
+        }
+        self.close().await;
+    }
+
+    async fn next_step(&mut self) -> Step {
+        let deadline = match &self.observer {
+            Some(Observer::Yielding { deadline, .. }) => Some(*deadline),
+            _ => None,
+        };
+        let root = self.shared.root().clone();
+        tokio::select! {
+            biased;
+            // The deadline first: once it has passed, later output belongs to the next
+            // observation.
+            () = sleep_until_some(deadline) => Step::Deadline,
+            event = self.events.recv(), if !self.runtime_done => Step::Event(event),
+            Some(request) = self.requests.recv() => Step::Request(request),
+            Some(message) = self.internal_rx.recv() => Step::Internal(message),
+            () = root.cancelled(), if !self.shutting_down => Step::Shutdown,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Runtime events
+    // -----------------------------------------------------------------------------------
+
+    async fn on_event(&mut self, event: CellEvent) {
+        match event {
+            CellEvent::Started => {}
+            CellEvent::Output(item) => self.items.push(item),
+            CellEvent::YieldRequested => self.on_yield_requested(),
+            CellEvent::ToolCall(call) => self.start_tool_call(call),
+            CellEvent::Notify(text) => self.start_notification(text),
+            CellEvent::TimerSet { id, delay } => self.arm_timer(id, delay),
+            CellEvent::TimerCleared { id } => {
+                if let Some(timer) = self.timers.remove(&id) {
+                    timer.abort();
+                }
+            }
+            CellEvent::Idle { commands_applied } => {
+                // An `Idle` sent before the cell received our latest commands is stale.
+                if commands_applied == self.commands_sent {
+                    self.at_frontier = true;
+                    self.respond_at_frontier();
+                }
+            }
+            CellEvent::Finished(outcome) => {
+                self.runtime_done = true;
+                self.on_finished(outcome).await;
+            }
+        }
+    }
+
+    async fn on_runtime_lost(&mut self) {
+        self.runtime_done = true;
+        tracing::error!(cell = %self.cell_id, "the cell thread stopped without reporting an outcome");
+        let outcome = match self.phase {
+            Phase::Running => CellOutcome::Completed {
+                error_text: Some("exec cell stopped unexpectedly".to_owned()),
+                stored_writes: Default::default(),
+            },
+            _ => CellOutcome::Terminated,
+        };
+        self.on_finished(outcome).await;
+    }
+
+    fn on_yield_requested(&mut self) {
+        match &self.observer {
+            Some(Observer::Yielding { .. }) => self.respond_yielded(None, true),
+            // Pending-aware observations run to the frontier; they ignore yields.
+            Some(Observer::Pending { .. }) => {}
+            None => {
+                if !self.observed && self.initial_yield.is_none() {
+                    self.initial_yield = Some(self.items.len());
+                }
+            }
+        }
+    }
+
+    /// The JS thread stopped for good: make the terminal decision (if termination has not
+    /// made it already), clean up the callbacks, and answer whoever waits.
+    async fn on_finished(&mut self, outcome: CellOutcome) {
+        for (_, timer) in self.timers.drain() {
+            timer.abort();
+        }
+        self.frozen = false;
+        self.held_back.clear();
+        match self.phase {
+            Phase::Running => {
+                // Natural completion wins: commit, then deliver pending notifications,
+                // then cancel in-flight nested calls.
+                let decision = match outcome {
+                    CellOutcome::Completed {
+                        error_text,
+                        stored_writes,
+                    } => {
+                        self.shared.commit(stored_writes);
+                        Final::Completed(error_text)
+                    }
+                    CellOutcome::Terminated => Final::Terminated,
+                };
+                self.drain_notifications().await;
+                self.token.cancel();
+                self.wait_for_callbacks().await;
+                self.phase = Phase::Finished(decision);
+                self.deliver_final();
+            }
+            Phase::Terminating => {
+                // Termination already won: the writes are discarded with `outcome`.
+                self.token.cancel();
+                self.wait_for_callbacks().await;
+                self.phase = Phase::Finished(Final::Terminated);
+                if let Some(reply) = self.terminate_reply.take() {
+                    let items = std::mem::take(&mut self.items);
+                    let response = self.terminated(items);
+                    match reply.send(Ok(response)) {
+                        Ok(()) => self.closed = true,
+                        Err(response) => self.restore(response.ok()),
+                    }
+                }
+                self.deliver_final();
+            }
+            Phase::Finished(_) => {}
+        }
+        if self.shutting_down {
+            self.closed = true;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Requests
+    // -----------------------------------------------------------------------------------
+
+    async fn on_request(&mut self, request: ActorRequest) {
+        match request {
+            ActorRequest::Observe(observer) => self.on_observe(observer),
+            ActorRequest::Terminate { reply } => self.on_terminate(reply).await,
+        }
+    }
+
+    fn on_observe(&mut self, observer: Observer) {
+        if let Some(current) = &self.observer
+            && !current.is_gone()
+        {
+            observer.refuse(SessionError::BusyObserver(self.cell_id.clone()));
+            return;
+        }
+        let pending_mode = matches!(observer, Observer::Pending { .. });
+        self.observer = Some(observer);
+        // Any observation unfreezes the cell: held-back answers and timers apply now.
+        if self.frozen {
+            self.frozen = false;
+            for command in std::mem::take(&mut self.held_back) {
+                self.send_to_cell(command);
+            }
+        }
+        match self.phase {
+            Phase::Finished(_) => self.deliver_final(),
+            Phase::Terminating => {}
+            Phase::Running if pending_mode => self.respond_at_frontier(),
+            Phase::Running => {
+                if !self.observed
+                    && let Some(mark) = self.initial_yield.take()
+                {
+                    self.respond_yielded(Some(mark), true);
+                }
+            }
+        }
+    }
+
+    async fn on_terminate(&mut self, reply: oneshot::Sender<Result<CellResponse, SessionError>>) {
+        // Natural completion wins: take in what the cell already reported.
+        while !self.runtime_done && matches!(self.phase, Phase::Running) {
+            match self.events.try_recv() {
+                Ok(event) => self.on_event(event).await,
+                Err(_) => break,
+            }
+        }
+        match &self.phase {
+            Phase::Finished(decision) => {
+                let items = std::mem::take(&mut self.items);
+                let response = self.final_response(decision.clone(), items);
+                match reply.send(Ok(response)) {
+                    Ok(()) => self.closed = true,
+                    Err(response) => self.restore(response.ok()),
+                }
+            }
+            Phase::Terminating => {
+                let _ = reply.send(Err(SessionError::AlreadyTerminating(self.cell_id.clone())));
+            }
+            Phase::Running => {
+                self.phase = Phase::Terminating;
+                self.terminate_reply = Some(reply);
+                self.runtime.terminate();
+            }
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        self.shutting_down = true;
+        match self.phase {
+            Phase::Running => {
+                self.phase = Phase::Terminating;
+                self.runtime.terminate();
+            }
+            Phase::Terminating => {}
+            Phase::Finished(_) => self.closed = true,
+        }
+    }
+
+    fn on_deadline(&mut self) {
+        self.respond_yielded(None, false);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Answers
+    // -----------------------------------------------------------------------------------
+
+    /// Answers a yielding observer with the items so far (or the first `upto` of them).
+    /// `for_yield`: the answer is due to a `yield_control()`, which is remembered for the
+    /// next observation if this one was dropped before the first observation.
+    fn respond_yielded(&mut self, upto: Option<usize>, for_yield: bool) {
+        let Some(observer) = self.observer.take() else {
+            return;
+        };
+        let upto = upto.unwrap_or(self.items.len()).min(self.items.len());
+        let items: Vec<ContentItem> = self.items.drain(..upto).collect();
+        let response = CellResponse::Yielded {
+            cell_id: self.cell_id.clone(),
+            content_items: items,
+        };
+        match observer.deliver(response) {
+            Ok(()) => self.observed = true,
+            Err(response) => {
+                // A dropped observation consumes nothing, and a yield it missed before the
+                // first observation is still remembered.
+                self.restore(response);
+                if for_yield && !self.observed {
+                    self.initial_yield.get_or_insert(upto);
+                }
+            }
+        }
+    }
+
+    /// Answers a pending-aware observer if the cell is at a frontier.
+    fn respond_at_frontier(&mut self) {
+        if !self.at_frontier || !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        let Some(Observer::Pending { .. }) = &self.observer else {
+            return;
+        };
+        let Some(Observer::Pending { reply }) = self.observer.take() else {
+            return;
+        };
+        let outcome = PendingOutcome::Pending {
+            cell_id: self.cell_id.clone(),
+            content_items: std::mem::take(&mut self.items),
+            pending_tool_call_ids: std::mem::take(&mut self.calls_since_frontier),
+        };
+        match reply.send(Ok(outcome)) {
+            Ok(()) => {
+                self.observed = true;
+                self.frozen = true;
+            }
+            Err(Ok(PendingOutcome::Pending {
+                content_items,
+                pending_tool_call_ids,
+                ..
+            })) => {
+                self.restore_items(content_items);
+                let mut ids = pending_tool_call_ids;
+                ids.append(&mut self.calls_since_frontier);
+                self.calls_since_frontier = ids;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Answers the observer (if any) with the final response once the cell has finished.
+    fn deliver_final(&mut self) {
+        let Phase::Finished(decision) = &self.phase else {
+            return;
+        };
+        let decision = decision.clone();
+        if matches!(self.observer, Some(Observer::Yielding { .. }))
+            && !self.observed
+            && let Some(mark) = self.initial_yield.take()
+        {
+            // The remembered yield comes first; the rest with the next observation.
+            self.respond_yielded(Some(mark), true);
+            return;
+        }
+        let Some(observer) = self.observer.take() else {
+            return;
+        };
+        let items = std::mem::take(&mut self.items);
+        let response = self.final_response(decision, items);
+        match observer.deliver(response) {
+            Ok(()) => self.closed = true,
+            Err(response) => self.restore(response),
+        }
+    }
+
+    fn final_response(&self, decision: Final, items: Vec<ContentItem>) -> CellResponse {
+        match decision {
+            Final::Completed(error_text) => CellResponse::Result {
+                cell_id: self.cell_id.clone(),
+                content_items: items,
+                error_text,
+                missing_cell: false,
+            },
+            Final::Terminated => self.terminated(items),
+        }
+    }
+
+    fn terminated(&self, items: Vec<ContentItem>) -> CellResponse {
+        CellResponse::Terminated {
+            cell_id: self.cell_id.clone(),
+            content_items: items,
+        }
+    }
+
+    /// Puts the items of an undelivered response back in front of the newer ones.
+    fn restore(&mut self, response: Option<CellResponse>) {
+        let items = match response {
+            Some(
+                CellResponse::Yielded { content_items, .. }
+                | CellResponse::Terminated { content_items, .. }
+                | CellResponse::Result { content_items, .. },
+            ) => content_items,
+            None => return,
+        };
+        self.restore_items(items);
+    }
+
+    fn restore_items(&mut self, mut items: Vec<ContentItem>) {
+        items.append(&mut self.items);
+        self.items = items;
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Callbacks: nested tool calls, notifications, timers
+    // -----------------------------------------------------------------------------------
+
+    fn start_tool_call(&mut self, call: ToolCallRequest) {
+        let call_id = call.id.to_string();
+        self.calls_since_frontier.push(call_id.clone());
+        let input = match call.input.as_deref().map(parse_json).transpose() {
+            Ok(input) => input,
+            Err(error) => {
+                let message = format!("tool input is not valid JSON: {error}");
+                let _ = self.internal_tx.send(Internal::ToolDone {
+                    id: call.id,
+                    result: Err(message),
+                });
+                return;
+            }
+        };
+        let request = NestedToolCall {
+            cell_id: self.cell_id.clone(),
+            call_id,
+            tool_name: call.name,
+            kind: call.kind,
+            input,
+        };
+        let token = self.token.child_token();
+        let delegate = Arc::clone(self.shared.delegate());
+        let internal = self.internal_tx.clone();
+        let id = call.id;
+        self.tool_tasks.spawn(async move {
+            let answer = until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await;
+            if let Some(result) = answer {
+                let result = result.map(|value| value.to_string());
+                let _ = internal.send(Internal::ToolDone { id, result });
+            }
+        });
+    }
+
+    fn start_notification(&mut self, text: String) {
+        let token = self.token.child_token();
+        let delegate = Arc::clone(self.shared.delegate());
+        let cell_id = self.cell_id.clone();
+        self.notify_tasks.spawn(async move {
+            until_cancelled(&token, delegate.notify(cell_id, text, token.clone())).await;
+        });
+    }
+
+    fn arm_timer(&mut self, id: u64, delay: Duration) {
+        let internal = self.internal_tx.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = internal.send(Internal::TimerDue(id));
+        });
+        self.timers.insert(id, task.abort_handle());
+    }
+
+    fn on_internal(&mut self, message: Internal) {
+        // Answers are never applied after the cell ended or while it is being terminated.
+        if !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        let command = match message {
+            Internal::ToolDone { id, result } => CellCommand::ToolResult { id, result },
+            Internal::TimerDue(id) => {
+                if self.timers.remove(&id).is_none() {
+                    return;
+                }
+                CellCommand::TimerFired { id }
+            }
+        };
+        if self.frozen {
+            self.held_back.push(command);
+        } else {
+            self.send_to_cell(command);
+        }
+    }
+
+    fn send_to_cell(&mut self, command: CellCommand) {
+        self.commands_sent += 1;
+        self.at_frontier = false;
+        self.runtime.send(command);
+    }
+
+    async fn drain_notifications(&mut self) {
+        self.notify_tasks.close();
+        if tokio::time::timeout(NOTIFY_DRAIN_TIMEOUT, self.notify_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(cell = %self.cell_id, "notifications not delivered in time; cancelling them");
+        }
+    }
+
+    async fn wait_for_callbacks(&mut self) {
+        self.tool_tasks.close();
+        self.notify_tasks.close();
+        self.tool_tasks.wait().await;
+        self.notify_tasks.wait().await;
+    }
+
+    /// Removes the cell from the session, waits for its thread, and reports it closed.
+    async fn close(self) {
+        self.shared.forget(&self.cell_id);
+        let runtime = self.runtime;
+        let joined = tokio::task::spawn_blocking(move || runtime.join()).await;
+        if joined.is_err() {
+            tracing::error!(cell = %self.cell_id, "joining the cell thread failed");
+        }
+        self.shared.delegate().cell_closed(&self.cell_id);
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs a delegate future; once `token` is cancelled it gets [`CANCEL_GRACE`] to finish
+/// and is then abandoned (`None`).
+async fn until_cancelled<F: Future>(token: &CancellationToken, future: F) -> Option<F::Output> {
+    tokio::select! {
+        output = future => Some(output),
+        () = async {
+            token.cancelled().await;
+            tokio::time::sleep(CANCEL_GRACE).await;
+        } => None,
+    }
+}
+
+/// Parses JSON text the runtime produced (depth already limited to 128).
+fn parse_json(text: &str) -> Result<serde_json::Value, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    deserializer.disable_recursion_limit();
+    let value = serde_json::Value::deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}

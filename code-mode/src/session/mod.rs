@@ -1,0 +1,277 @@
+//! The in-process session: [`InProcessSession`] implements [`CodeModeSession`] on top of the
+//! cell runtime.
+//!
+//! The session is a registry and router: it owns the cell registry, the stored values, the
+//! id allocator, the root cancellation token and the task tracker of its cell actors. Each
+//! cell's lifecycle (output, observer, yields, callbacks, the terminal decision) belongs to
+//! its actor (`actor.rs`); the session only forwards requests to it.
+//!
+//! Must be used inside a tokio runtime (multi-threaded or current-thread): cells run on
+//! their own OS threads, their actors are tokio tasks.
+
+mod actor;
+
+use crate::runtime::{CellConfig, CellLimits, EVENT_CHANNEL_CAPACITY, StoredValues, spawn_cell};
+use actor::{ActorRequest, CellActor, Observer};
+use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
+use code_mode_protocol::{
+    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest,
+    PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Capacity of a cell actor's request queue; callers wait when it is full.
+const ACTOR_REQUEST_CAPACITY: usize = 16;
+
+/// Options of an in-process session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InProcessOptions {
+    pub session: SessionOptions,
+    /// Limits applied to every cell of the session.
+    pub cell_limits: CellLimits,
+}
+
+/// A session whose cells run in this process. Dropping it starts its shutdown.
+pub struct InProcessSession {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for InProcessSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessSession").finish_non_exhaustive()
+    }
+}
+
+/// What the session and its actors share.
+pub(crate) struct Shared {
+    delegate: Arc<dyn CodeModeSessionDelegate>,
+    options: InProcessOptions,
+    /// Session root of the token tree: session → cell → callback.
+    root: CancellationToken,
+    /// Tracks every cell actor; shutdown waits on it.
+    actors: TaskTracker,
+    registry: Mutex<Registry>,
+    /// The committed stored values. Cells get an `Arc` snapshot; commits copy on write.
+    stored: Mutex<Arc<StoredValues>>,
+}
+
+struct Registry {
+    shutting_down: bool,
+    last_cell_id: u64,
+    cells: HashMap<String, mpsc::Sender<ActorRequest>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn begin_shutdown(&self) {
+        lock(&self.registry).shutting_down = true;
+        self.root.cancel();
+        self.actors.close();
+    }
+
+    /// Merges a completed cell's writes into the session, key by key.
+    pub(crate) fn commit(&self, writes: StoredValues) {
+        if writes.is_empty() {
+            return;
+        }
+        let mut stored = lock(&self.stored);
+        Arc::make_mut(&mut stored).extend(writes);
+    }
+
+    /// Removes a closed cell from the registry.
+    pub(crate) fn forget(&self, cell_id: &str) {
+        lock(&self.registry).cells.remove(cell_id);
+    }
+
+    pub(crate) fn delegate(&self) -> &Arc<dyn CodeModeSessionDelegate> {
+        &self.delegate
+    }
+
+    pub(crate) fn root(&self) -> &CancellationToken {
+        &self.root
+    }
+
+    fn deadline(&self, requested_ms: Option<u64>) -> Instant {
+        let ms = effective_yield_time_ms(
+            requested_ms.unwrap_or(DEFAULT_YIELD_TIME_MS),
+            self.options.session.max_yield_time_ms,
+        );
+        // Far-future deadlines are clamped to what `Instant` can represent.
+        let now = Instant::now();
+        now.checked_add(Duration::from_millis(ms))
+            .unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()))
+    }
+
+    /// Admits a new cell with its first observer. Admission and the shutdown flag share one
+    /// lock, so a cell is either refused or stopped by the shutdown, never both or neither.
+    fn start_cell(
+        self: &Arc<Self>,
+        request: ExecRequest,
+        observer: impl FnOnce(Instant) -> Observer,
+    ) -> Result<String, SessionError> {
+        let mut registry = lock(&self.registry);
+        if registry.shutting_down {
+            return Err(SessionError::ShuttingDown);
+        }
+        let cell_id = (registry.last_cell_id + 1).to_string();
+        let snapshot = Arc::clone(&lock(&self.stored));
+        let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let config = CellConfig {
+            source: request.source,
+            tools: request.tools,
+            stored: snapshot,
+            limits: self.options.cell_limits,
+        };
+        let runtime =
+            spawn_cell(config, events_tx).map_err(|e| SessionError::Runtime(e.to_string()))?;
+        registry.last_cell_id += 1;
+        // The exec clock starts when the cell starts.
+        let observer = observer(self.deadline(request.yield_time_ms));
+        let (requests_tx, requests_rx) = mpsc::channel(ACTOR_REQUEST_CAPACITY);
+        let actor = CellActor::new(
+            cell_id.clone(),
+            Arc::clone(self),
+            runtime,
+            events_rx,
+            requests_rx,
+            observer,
+        );
+        registry.cells.insert(cell_id.clone(), requests_tx);
+        self.actors.spawn(actor.run());
+        Ok(cell_id)
+    }
+
+    fn actor(&self, cell_id: &str) -> Option<mpsc::Sender<ActorRequest>> {
+        lock(&self.registry).cells.get(cell_id).cloned()
+    }
+
+    /// Sends a request to a cell's actor and waits for its reply; `None` if the cell is
+    /// unknown or closed before answering.
+    async fn ask<T>(
+        &self,
+        cell_id: &str,
+        request: impl FnOnce(oneshot::Sender<T>) -> ActorRequest,
+    ) -> Option<T> {
+        let actor = self.actor(cell_id)?;
+        let (reply, answer) = oneshot::channel();
+        actor.send(request(reply)).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+impl InProcessSession {
+    /// Creates a session whose nested tool calls, notifications and cell-closed events go to
+    /// `delegate`.
+    pub fn new(delegate: Arc<dyn CodeModeSessionDelegate>, options: InProcessOptions) -> Self {
+        crate::platform::init_v8();
+        Self {
+            shared: Arc::new(Shared {
+                delegate,
+                options,
+                root: CancellationToken::new(),
+                actors: TaskTracker::new(),
+                registry: Mutex::new(Registry {
+                    shutting_down: false,
+                    last_cell_id: 0,
+                    cells: HashMap::new(),
+                }),
+                stored: Mutex::new(Arc::new(StoredValues::new())),
+            }),
+        }
+    }
+}
+
+impl Drop for InProcessSession {
+    fn drop(&mut self) {
+        self.shared.begin_shutdown();
+    }
+}
+
+/// The error for an actor that went away without answering.
+fn actor_lost(cell_id: &str) -> SessionError {
+    SessionError::Runtime(format!("exec cell {cell_id} stopped without answering"))
+}
+
+impl CodeModeSession for InProcessSession {
+    fn execute(&self, request: ExecRequest) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            let cell_id = self
+                .shared
+                .start_cell(request, |deadline| Observer::yielding(deadline, reply))?;
+            let initial_response = answer.await.map_err(|_| actor_lost(&cell_id))??;
+            Ok(StartedCell {
+                cell_id,
+                initial_response,
+            })
+        })
+    }
+
+    fn wait(&self, request: WaitRequest) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        Box::pin(async move {
+            let deadline = self.shared.deadline(request.yield_time_ms);
+            let answer = self
+                .shared
+                .ask(&request.cell_id, |reply| {
+                    ActorRequest::Observe(Observer::yielding(deadline, reply))
+                })
+                .await;
+            answer.unwrap_or_else(|| Ok(CellResponse::missing(request.cell_id)))
+        })
+    }
+
+    fn terminate(&self, cell_id: String) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        Box::pin(async move {
+            let answer = self
+                .shared
+                .ask(&cell_id, |reply| ActorRequest::Terminate { reply })
+                .await;
+            answer.unwrap_or_else(|| Ok(CellResponse::missing(cell_id)))
+        })
+    }
+
+    fn execute_to_pending(
+        &self,
+        request: ExecRequest,
+    ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            let cell_id = self
+                .shared
+                .start_cell(request, |_| Observer::pending(reply))?;
+            let outcome = answer.await.map_err(|_| actor_lost(&cell_id))??;
+            Ok(StartedPendingCell { cell_id, outcome })
+        })
+    }
+
+    fn wait_to_pending(
+        &self,
+        cell_id: String,
+    ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
+        Box::pin(async move {
+            let answer = self
+                .shared
+                .ask(&cell_id, |reply| ActorRequest::Observe(Observer::pending(reply)))
+                .await;
+            answer.unwrap_or_else(|| {
+                Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)))
+            })
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.shared.begin_shutdown();
+            self.shared.actors.wait().await;
+        })
+    }
+}
