@@ -107,6 +107,8 @@ enum Internal {
         result: Result<String, String>,
     },
     TimerDue(u64),
+    /// The callbacks of a finished cell are cleaned up.
+    CleanupDone,
 }
 
 /// The terminal decision.
@@ -119,8 +121,11 @@ enum Final {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Running,
-    /// Termination was decided; waiting for the JS thread and the callbacks to stop.
+    /// Termination was decided; waiting for the JS thread to stop.
     Terminating,
+    /// The JS thread stopped and the decision is made; notifications are being drained
+    /// (natural completion) and callbacks cancelled. Requests are still answered.
+    CleaningUp(Final),
     Finished(Final),
 }
 
@@ -211,9 +216,9 @@ impl CellActor {
             let step = self.next_step().await;
             match step {
                 Step::Deadline => self.on_deadline(),
-                Step::Event(Some(event)) => self.on_event(event).await,
-                Step::Event(None) => self.on_runtime_lost().await,
-                Step::Request(request) => self.on_request(request).await,
+                Step::Event(Some(event)) => self.on_event(event),
+                Step::Event(None) => self.on_runtime_lost(),
+                Step::Request(request) => self.on_request(request),
                 Step::Internal(message) => self.on_internal(message),
                 Step::Shutdown => self.on_shutdown(),
             }
@@ -243,7 +248,7 @@ impl CellActor {
     // Runtime events
     // -----------------------------------------------------------------------------------
 
-    async fn on_event(&mut self, event: CellEvent) {
+    fn on_event(&mut self, event: CellEvent) {
         match event {
             CellEvent::Started => {}
             CellEvent::Output(item) => self.items.push(item),
@@ -265,12 +270,12 @@ impl CellActor {
             }
             CellEvent::Finished(outcome) => {
                 self.runtime_done = true;
-                self.on_finished(outcome).await;
+                self.on_finished(outcome);
             }
         }
     }
 
-    async fn on_runtime_lost(&mut self) {
+    fn on_runtime_lost(&mut self) {
         self.runtime_done = true;
         tracing::error!(cell = %self.cell_id, "the cell thread stopped without reporting an outcome");
         let outcome = match self.phase {
@@ -280,7 +285,7 @@ impl CellActor {
             },
             _ => CellOutcome::Terminated,
         };
-        self.on_finished(outcome).await;
+        self.on_finished(outcome);
     }
 
     fn on_yield_requested(&mut self) {
@@ -297,50 +302,74 @@ impl CellActor {
     }
 
     /// The JS thread stopped for good: make the terminal decision (if termination has not
-    /// made it already), clean up the callbacks, and answer whoever waits.
-    async fn on_finished(&mut self, outcome: CellOutcome) {
+    /// made it already) and start cleaning up the callbacks.
+    fn on_finished(&mut self, outcome: CellOutcome) {
         for (_, timer) in self.timers.drain() {
             timer.abort();
         }
         self.frozen = false;
         self.held_back.clear();
-        match self.phase {
-            Phase::Running => {
-                // Natural completion wins: commit, then deliver pending notifications,
-                // then cancel in-flight nested calls.
-                let decision = match outcome {
-                    CellOutcome::Completed {
-                        error_text,
-                        stored_writes,
-                    } => {
-                        self.shared.commit(stored_writes);
-                        Final::Completed(error_text)
-                    }
-                    CellOutcome::Terminated => Final::Terminated,
-                };
-                self.drain_notifications().await;
-                self.token.cancel();
-                self.wait_for_callbacks().await;
-                self.phase = Phase::Finished(decision);
-                self.deliver_final();
+        let decision = match (&self.phase, outcome) {
+            // Natural completion: the writes are committed in the same step as the decision.
+            (
+                Phase::Running,
+                CellOutcome::Completed {
+                    error_text,
+                    stored_writes,
+                },
+            ) => {
+                self.shared.commit(stored_writes);
+                Final::Completed(error_text)
             }
-            Phase::Terminating => {
-                // Termination already won: the writes are discarded with `outcome`.
-                self.token.cancel();
-                self.wait_for_callbacks().await;
-                self.phase = Phase::Finished(Final::Terminated);
-                if let Some(reply) = self.terminate_reply.take() {
-                    let items = std::mem::take(&mut self.items);
-                    let response = self.terminated(items);
-                    match reply.send(Ok(response)) {
-                        Ok(()) => self.closed = true,
-                        Err(response) => self.restore(response.ok()),
-                    }
-                }
-                self.deliver_final();
+            // Termination already won: the writes are discarded with the outcome.
+            (Phase::Running | Phase::Terminating, _) => Final::Terminated,
+            (Phase::CleaningUp(_) | Phase::Finished(_), _) => return,
+        };
+        let natural = matches!(decision, Final::Completed(_));
+        self.phase = Phase::CleaningUp(decision);
+        self.spawn_cleanup(natural);
+    }
+
+    /// Natural completion delivers pending notifications first, then cancels in-flight
+    /// nested calls; termination cancels both at once. Runs beside the actor so that it
+    /// keeps answering requests (`already terminating`) meanwhile.
+    fn spawn_cleanup(&self, deliver_notifications_first: bool) {
+        let (tools, notifications) = (self.tool_tasks.clone(), self.notify_tasks.clone());
+        let token = self.token.clone();
+        let internal = self.internal_tx.clone();
+        let cell_id = self.cell_id.clone();
+        tokio::spawn(async move {
+            tools.close();
+            notifications.close();
+            if deliver_notifications_first
+                && tokio::time::timeout(NOTIFY_DRAIN_TIMEOUT, notifications.wait())
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(cell = %cell_id, "notifications not delivered in time; cancelling them");
             }
-            Phase::Finished(_) => {}
+            token.cancel();
+            tools.wait().await;
+            notifications.wait().await;
+            let _ = internal.send(Internal::CleanupDone);
+        });
+    }
+
+    /// Cleanup is over: the cell is finished; answer the terminate call and the observer.
+    fn on_cleanup_done(&mut self) {
+        let Phase::CleaningUp(decision) = self.phase.clone() else {
+            return;
+        };
+        self.phase = Phase::Finished(decision.clone());
+        if let Some(reply) = self.terminate_reply.take() {
+            let items = std::mem::take(&mut self.items);
+            let response = self.final_response(decision, items);
+            match reply.send(Ok(response)) {
+                Ok(()) => self.closed = true,
+                Err(response) => self.restore(response.ok()),
+            }
         }
+        self.deliver_final();
         if self.shutting_down {
             self.closed = true;
         }
@@ -350,10 +379,10 @@ impl CellActor {
     // Requests
     // -----------------------------------------------------------------------------------
 
-    async fn on_request(&mut self, request: ActorRequest) {
+    fn on_request(&mut self, request: ActorRequest) {
         match request {
             ActorRequest::Observe(observer) => self.on_observe(observer),
-            ActorRequest::Terminate { reply } => self.on_terminate(reply).await,
+            ActorRequest::Terminate { reply } => self.on_terminate(reply),
         }
     }
 
@@ -375,7 +404,7 @@ impl CellActor {
         }
         match self.phase {
             Phase::Finished(_) => self.deliver_final(),
-            Phase::Terminating => {}
+            Phase::Terminating | Phase::CleaningUp(_) => {}
             Phase::Running if pending_mode => self.respond_at_frontier(),
             Phase::Running => {
                 if !self.observed
@@ -387,11 +416,11 @@ impl CellActor {
         }
     }
 
-    async fn on_terminate(&mut self, reply: oneshot::Sender<Result<CellResponse, SessionError>>) {
+    fn on_terminate(&mut self, reply: oneshot::Sender<Result<CellResponse, SessionError>>) {
         // Natural completion wins: take in what the cell already reported.
         while !self.runtime_done && matches!(self.phase, Phase::Running) {
             match self.events.try_recv() {
-                Ok(event) => self.on_event(event).await,
+                Ok(event) => self.on_event(event),
                 Err(_) => break,
             }
         }
@@ -404,9 +433,12 @@ impl CellActor {
                     Err(response) => self.restore(response.ok()),
                 }
             }
-            Phase::Terminating => {
+            Phase::Terminating | Phase::CleaningUp(Final::Terminated) => {
                 let _ = reply.send(Err(SessionError::AlreadyTerminating(self.cell_id.clone())));
             }
+            // Completed naturally, still cleaning up: the completion wins, answered when
+            // the cleanup is over.
+            Phase::CleaningUp(Final::Completed(_)) => self.terminate_reply = Some(reply),
             Phase::Running => {
                 self.phase = Phase::Terminating;
                 self.terminate_reply = Some(reply);
@@ -422,7 +454,7 @@ impl CellActor {
                 self.phase = Phase::Terminating;
                 self.runtime.terminate();
             }
-            Phase::Terminating => {}
+            Phase::Terminating | Phase::CleaningUp(_) => {}
             Phase::Finished(_) => self.closed = true,
         }
     }
@@ -615,11 +647,16 @@ impl CellActor {
     }
 
     fn on_internal(&mut self, message: Internal) {
+        if let Internal::CleanupDone = message {
+            self.on_cleanup_done();
+            return;
+        }
         // Answers are never applied after the cell ended or while it is being terminated.
         if !matches!(self.phase, Phase::Running) {
             return;
         }
         let command = match message {
+            Internal::CleanupDone => return,
             Internal::ToolDone { id, result } => CellCommand::ToolResult { id, result },
             Internal::TimerDue(id) => {
                 if self.timers.remove(&id).is_none() {
@@ -639,23 +676,6 @@ impl CellActor {
         self.commands_sent += 1;
         self.at_frontier = false;
         self.runtime.send(command);
-    }
-
-    async fn drain_notifications(&mut self) {
-        self.notify_tasks.close();
-        if tokio::time::timeout(NOTIFY_DRAIN_TIMEOUT, self.notify_tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(cell = %self.cell_id, "notifications not delivered in time; cancelling them");
-        }
-    }
-
-    async fn wait_for_callbacks(&mut self) {
-        self.tool_tasks.close();
-        self.notify_tasks.close();
-        self.tool_tasks.wait().await;
-        self.notify_tasks.wait().await;
     }
 
     /// Removes the cell from the session, waits for its thread, and reports it closed.
