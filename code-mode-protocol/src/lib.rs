@@ -9,7 +9,6 @@ pub mod session;
 
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
-    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest,
-    NestedToolCall, PendingOutcome, SessionError, SessionOptions, StartedCell,
-    StartedPendingCell, WaitRequest,
+    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest, NestedToolCall,
+    PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
 };

@@ -236,7 +236,8 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
 
     /// Delivers a `notify(...)` text of the cell's current `exec` call. `cancel` fires
     /// when the cell is terminated or the session shuts down.
-    fn notify(&self, cell_id: String, text: String, cancel: CancellationToken) -> BoxFuture<'_, ()>;
+    fn notify(&self, cell_id: String, text: String, cancel: CancellationToken)
+    -> BoxFuture<'_, ()>;
 
     /// The cell is closed: it has stopped, its callbacks are cleaned up and its final
     /// response was returned (or the session shut down). Called exactly once per cell.
@@ -278,7 +279,10 @@ pub trait CodeModeSession: Send + Sync {
     /// its next frontier or completion.
     ///
     /// Cancel safety: as `wait`.
-    fn wait_to_pending(&self, cell_id: String) -> BoxFuture<'_, Result<PendingOutcome, SessionError>>;
+    fn wait_to_pending(
+        &self,
+        cell_id: String,
+    ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>>;
 
     /// Shuts the session down: refuses new cells from now on, stops every admitted cell
     /// (CPU-bound ones included), waits for their cleanup, and reports each one closed.

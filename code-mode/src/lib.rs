@@ -13,8 +13,8 @@ pub mod session;
 
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::ToolDefinition;
-pub use session::{InProcessOptions, InProcessSession};
 pub use runtime::{
     CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome, SpawnError,
     StoredValues, ToolCallId, ToolCallRequest, spawn_cell,
 };
+pub use session::{InProcessOptions, InProcessSession};

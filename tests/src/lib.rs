@@ -1,2 +1,67 @@
-//! The conformance suite, written once against the `CodeModeSession` trait and run for
-//! every provider; added by the sessions issue. Empty until then.
+//! The conformance suite: the contract's session rules (CONTRACT.md sections 3 to 6),
+//! written once against [`CodeModeSession`] and run for every provider.
+//!
+//! A provider implements [`Provider`]; `conformance_suite!(provider)` then expands to one
+//! `#[tokio::test]` per scenario in [`scenarios`]. Every scenario asserts exact items,
+//! statuses and error strings, and orders events rather than timing them; where real time
+//! is involved the margins are generous.
+
+pub mod delegate;
+pub mod scenarios;
+
+pub use delegate::{Record, TestDelegate};
+
+use code_mode_protocol::{CodeModeSession, SessionOptions};
+use std::future::Future;
+use std::sync::Arc;
+
+/// Something that opens sessions of one provider.
+pub trait Provider: Send + Sync {
+    type Session: CodeModeSession + 'static;
+
+    /// Opens a fresh session reporting to `delegate`.
+    fn open(
+        &self,
+        delegate: Arc<TestDelegate>,
+        options: SessionOptions,
+    ) -> impl Future<Output = Self::Session> + Send;
+}
+
+/// Expands to one test per conformance scenario for the provider expression given.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($provider:expr) => {
+        $crate::conformance_suite!(@tests $provider;
+            text_yield_text_then_wait,
+            pending_frontier_with_a_blocking_tool,
+            pending_frontier_with_two_parallel_tools,
+            tool_started_by_a_timer_reported_at_the_next_frontier,
+            terminate_after_an_unobserved_completion_returns_the_completion,
+            terminate_waits_for_the_notification_to_be_cancelled,
+            terminated_writes_are_discarded,
+            second_terminate_during_cleanup_is_refused,
+            second_concurrent_wait_is_refused,
+            unawaited_tool_is_cancelled_when_the_cell_completes,
+            stored_values_are_per_session,
+            concurrent_cells_merge_writes_by_key,
+            writes_before_a_script_error_are_committed,
+            storing_undefined_keeps_the_old_value,
+            shutdown_stops_cpu_bound_cells_and_refuses_new_ones,
+            shutdown_racing_admission_closes_each_admitted_cell_once,
+            exit_in_sixteen_places,
+            yield_time_grace_and_session_cap,
+            wait_on_an_unknown_cell_is_the_missing_outcome,
+            yield_raced_with_creation_is_kept_for_the_first_observation,
+            dropping_a_session_stops_its_cells,
+        );
+    };
+    (@tests $provider:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let provider = $provider;
+                $crate::scenarios::run_with_deadline($crate::scenarios::$name(&provider)).await;
+            }
+        )*
+    };
+}

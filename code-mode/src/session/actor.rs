@@ -19,15 +19,16 @@
 //!   delivered, or at shutdown.
 
 use super::Shared;
-use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallId, ToolCallRequest};
+use crate::runtime::{
+    CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallId, ToolCallRequest,
+};
 use code_mode_protocol::{CellResponse, ContentItem, NestedToolCall, PendingOutcome, SessionError};
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -106,7 +107,6 @@ enum Internal {
         id: ToolCallId,
         result: Result<String, String>,
     },
-    TimerDue(u64),
     /// The callbacks of a finished cell are cleaned up.
     CleanupDone,
 }
@@ -132,6 +132,7 @@ enum Phase {
 /// What woke the actor.
 enum Step {
     Deadline,
+    TimersDue,
     Event(Option<CellEvent>),
     Request(ActorRequest),
     Internal(Internal),
@@ -168,7 +169,9 @@ pub(crate) struct CellActor {
     calls_since_frontier: Vec<String>,
     commands_sent: u64,
     at_frontier: bool,
-    timers: HashMap<u64, AbortHandle>,
+    /// Armed timers, fired in (due time, id) order so equal delays keep creation order.
+    timers: BTreeSet<(Instant, u64)>,
+    timer_due: HashMap<u64, Instant>,
 }
 
 impl CellActor {
@@ -207,7 +210,8 @@ impl CellActor {
             calls_since_frontier: Vec::new(),
             commands_sent: 0,
             at_frontier: false,
-            timers: HashMap::new(),
+            timers: BTreeSet::new(),
+            timer_due: HashMap::new(),
         }
     }
 
@@ -216,6 +220,7 @@ impl CellActor {
             let step = self.next_step().await;
             match step {
                 Step::Deadline => self.on_deadline(),
+                Step::TimersDue => self.fire_due_timers(),
                 Step::Event(Some(event)) => self.on_event(event),
                 Step::Event(None) => self.on_runtime_lost(),
                 Step::Request(request) => self.on_request(request),
@@ -231,12 +236,14 @@ impl CellActor {
             Some(Observer::Yielding { deadline, .. }) => Some(*deadline),
             _ => None,
         };
+        let next_timer = self.timers.first().map(|(due, _)| *due);
         let root = self.shared.root().clone();
         tokio::select! {
             biased;
             // The deadline first: once it has passed, later output belongs to the next
             // observation.
             () = sleep_until_some(deadline) => Step::Deadline,
+            () = sleep_until_some(next_timer) => Step::TimersDue,
             event = self.events.recv(), if !self.runtime_done => Step::Event(event),
             Some(request) = self.requests.recv() => Step::Request(request),
             Some(message) = self.internal_rx.recv() => Step::Internal(message),
@@ -257,8 +264,8 @@ impl CellActor {
             CellEvent::Notify(text) => self.start_notification(text),
             CellEvent::TimerSet { id, delay } => self.arm_timer(id, delay),
             CellEvent::TimerCleared { id } => {
-                if let Some(timer) = self.timers.remove(&id) {
-                    timer.abort();
+                if let Some(due) = self.timer_due.remove(&id) {
+                    self.timers.remove(&(due, id));
                 }
             }
             CellEvent::Idle { commands_applied } => {
@@ -304,9 +311,8 @@ impl CellActor {
     /// The JS thread stopped for good: make the terminal decision (if termination has not
     /// made it already) and start cleaning up the callbacks.
     fn on_finished(&mut self, outcome: CellOutcome) {
-        for (_, timer) in self.timers.drain() {
-            timer.abort();
-        }
+        self.timers.clear();
+        self.timer_due.clear();
         self.frozen = false;
         self.held_back.clear();
         let decision = match (&self.phase, outcome) {
@@ -395,6 +401,12 @@ impl CellActor {
         }
         let pending_mode = matches!(observer, Observer::Pending { .. });
         self.observer = Some(observer);
+        if pending_mode && self.observed {
+            // A pending-aware observation resumes the cell and returns at its *next*
+            // frontier, never at the one it resumes from: an answer the delegate just gave
+            // may still be on its way.
+            self.at_frontier = false;
+        }
         // Any observation unfreezes the cell: held-back answers and timers apply now.
         if self.frozen {
             self.frozen = false;
@@ -620,7 +632,8 @@ impl CellActor {
         let internal = self.internal_tx.clone();
         let id = call.id;
         self.tool_tasks.spawn(async move {
-            let answer = until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await;
+            let answer =
+                until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await;
             if let Some(result) = answer {
                 let result = result.map(|value| value.to_string());
                 let _ = internal.send(Internal::ToolDone { id, result });
@@ -638,12 +651,25 @@ impl CellActor {
     }
 
     fn arm_timer(&mut self, id: u64, delay: Duration) {
-        let internal = self.internal_tx.clone();
-        let task = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = internal.send(Internal::TimerDue(id));
-        });
-        self.timers.insert(id, task.abort_handle());
+        let now = Instant::now();
+        let due = now
+            .checked_add(delay)
+            .unwrap_or(now + Duration::from_secs(u32::MAX.into()));
+        self.timers.insert((due, id));
+        self.timer_due.insert(id, due);
+    }
+
+    /// Fires every timer that is due, in order; frozen cells get them later.
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&(due, id)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.timer_due.remove(&id);
+            self.route(CellCommand::TimerFired { id });
+        }
     }
 
     fn on_internal(&mut self, message: Internal) {
@@ -655,16 +681,16 @@ impl CellActor {
         if !matches!(self.phase, Phase::Running) {
             return;
         }
-        let command = match message {
-            Internal::CleanupDone => return,
-            Internal::ToolDone { id, result } => CellCommand::ToolResult { id, result },
-            Internal::TimerDue(id) => {
-                if self.timers.remove(&id).is_none() {
-                    return;
-                }
-                CellCommand::TimerFired { id }
-            }
-        };
+        if let Internal::ToolDone { id, result } = message {
+            self.route(CellCommand::ToolResult { id, result });
+        }
+    }
+
+    /// Sends a command to the cell, or holds it back while the cell is frozen.
+    fn route(&mut self, command: CellCommand) {
+        if !matches!(self.phase, Phase::Running) {
+            return;
+        }
         if self.frozen {
             self.held_back.push(command);
         } else {

@@ -15,8 +15,8 @@ use crate::runtime::{CellConfig, CellLimits, EVENT_CHANNEL_CAPACITY, StoredValue
 use actor::{ActorRequest, CellActor, Observer};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
 use code_mode_protocol::{
-    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest,
-    PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
+    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest, PendingOutcome,
+    SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -260,11 +260,11 @@ impl CodeModeSession for InProcessSession {
         Box::pin(async move {
             let answer = self
                 .shared
-                .ask(&cell_id, |reply| ActorRequest::Observe(Observer::pending(reply)))
+                .ask(&cell_id, |reply| {
+                    ActorRequest::Observe(Observer::pending(reply))
+                })
                 .await;
-            answer.unwrap_or_else(|| {
-                Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)))
-            })
+            answer.unwrap_or_else(|| Ok(PendingOutcome::Completed(CellResponse::missing(cell_id))))
         })
     }
 

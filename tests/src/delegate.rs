@@ -1,0 +1,216 @@
+//! A scriptable delegate that records everything the session asks of it, in order.
+//!
+//! Tools: `echo` returns its input (or `null`); `fail` rejects with `tool exploded`;
+//! `block` waits until the test calls [`TestDelegate::release`] or the call is cancelled;
+//! `stubborn` ignores cancellation and never answers; `slow` answers `"slow done"` after
+//! the number of milliseconds given as input. A notification whose text starts with
+//! `block` waits until cancelled; any other is delivered at once.
+
+use code_mode_protocol::{
+    BoxFuture, CodeModeSessionDelegate, NestedToolCall, ToolDefinition, ToolKind,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How long [`TestDelegate::wait_for`] waits before failing the test.
+const RECORD_WAIT: Duration = Duration::from_secs(20);
+
+/// One thing the session did to the delegate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    ToolStarted {
+        cell_id: String,
+        call_id: String,
+        tool: String,
+        input: Option<Value>,
+    },
+    ToolCancelled {
+        cell_id: String,
+        call_id: String,
+    },
+    NotifyStarted {
+        cell_id: String,
+        text: String,
+    },
+    NotifyDelivered {
+        cell_id: String,
+        text: String,
+    },
+    NotifyCancelled {
+        cell_id: String,
+        text: String,
+    },
+    CellClosed(String),
+}
+
+type Release = oneshot::Sender<Result<Value, String>>;
+
+#[derive(Default)]
+pub struct TestDelegate {
+    records: Mutex<Vec<Record>>,
+    blocked: Mutex<HashMap<(String, String), Release>>,
+    changed: Notify,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl TestDelegate {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The tools the delegate implements, as a cell enables them.
+    pub fn tools() -> Arc<[ToolDefinition]> {
+        ["echo", "fail", "block", "stubborn", "slow"]
+            .into_iter()
+            .map(|name| {
+                ToolDefinition::new(name, format!("the {name} test tool"), ToolKind::Function)
+            })
+            .collect()
+    }
+
+    fn record(&self, record: Record) {
+        lock(&self.records).push(record);
+        self.changed.notify_waiters();
+    }
+
+    /// Everything recorded so far.
+    pub fn records(&self) -> Vec<Record> {
+        lock(&self.records).clone()
+    }
+
+    /// How many times `cell_closed` was called for `cell_id`.
+    pub fn closed_count(&self, cell_id: &str) -> usize {
+        self.records()
+            .iter()
+            .filter(|record| matches!(record, Record::CellClosed(id) if id == cell_id))
+            .count()
+    }
+
+    /// Waits until a record satisfies `predicate` and returns it.
+    ///
+    /// # Panics
+    /// If none does within 20 seconds.
+    pub async fn wait_for(&self, predicate: impl Fn(&Record) -> bool) -> Record {
+        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(record) = self.records().into_iter().find(|record| predicate(record)) {
+                return record;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!(
+                    "no matching record within {RECORD_WAIT:?}; records: {:?}",
+                    self.records()
+                );
+            }
+        }
+    }
+
+    /// Waits until `cell_closed` was called for `cell_id`.
+    pub async fn wait_closed(&self, cell_id: &str) {
+        self.wait_for(|record| matches!(record, Record::CellClosed(id) if id == cell_id))
+            .await;
+    }
+
+    /// Waits until `tool-N` of a cell has started.
+    pub async fn wait_started(&self, cell_id: &str, call_id: &str) {
+        self.wait_for(|record| {
+            matches!(record, Record::ToolStarted { cell_id: c, call_id: t, .. } if c == cell_id && t == call_id)
+        })
+        .await;
+    }
+
+    /// Answers a blocked `block` call once it has started.
+    pub async fn release(&self, cell_id: &str, call_id: &str, result: Result<Value, String>) {
+        self.wait_started(cell_id, call_id).await;
+        let sender = lock(&self.blocked).remove(&(cell_id.to_owned(), call_id.to_owned()));
+        let sender = sender.unwrap_or_else(|| panic!("{cell_id}/{call_id} is not blocked"));
+        let _ = sender.send(result);
+    }
+
+    async fn block(
+        &self,
+        call: &NestedToolCall,
+        cancel: CancellationToken,
+    ) -> Result<Value, String> {
+        let (release, released) = oneshot::channel();
+        lock(&self.blocked).insert((call.cell_id.clone(), call.call_id.clone()), release);
+        tokio::select! {
+            answer = released => answer.unwrap_or_else(|_| Err("release dropped".to_owned())),
+            () = cancel.cancelled() => {
+                self.record(Record::ToolCancelled {
+                    cell_id: call.cell_id.clone(),
+                    call_id: call.call_id.clone(),
+                });
+                Err("cancelled".to_owned())
+            }
+        }
+    }
+}
+
+impl CodeModeSessionDelegate for TestDelegate {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<Value, String>> {
+        Box::pin(async move {
+            self.record(Record::ToolStarted {
+                cell_id: call.cell_id.clone(),
+                call_id: call.call_id.clone(),
+                tool: call.tool_name.clone(),
+                input: call.input.clone(),
+            });
+            match call.tool_name.as_str() {
+                "echo" => Ok(call.input.clone().unwrap_or(Value::Null)),
+                "fail" => Err("tool exploded".to_owned()),
+                "block" => self.block(&call, cancel).await,
+                "stubborn" => {
+                    cancel.cancelled().await;
+                    self.record(Record::ToolCancelled {
+                        cell_id: call.cell_id.clone(),
+                        call_id: call.call_id.clone(),
+                    });
+                    std::future::pending().await
+                }
+                "slow" => {
+                    let millis = call.input.as_ref().and_then(Value::as_u64).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(millis)).await;
+                    Ok(Value::from("slow done"))
+                }
+                other => Err(format!("unknown tool {other}")),
+            }
+        })
+    }
+
+    fn notify(
+        &self,
+        cell_id: String,
+        text: String,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.record(Record::NotifyStarted {
+                cell_id: cell_id.clone(),
+                text: text.clone(),
+            });
+            if text.starts_with("block") {
+                cancel.cancelled().await;
+                self.record(Record::NotifyCancelled { cell_id, text });
+            } else {
+                self.record(Record::NotifyDelivered { cell_id, text });
+            }
+        })
+    }
+
+    fn cell_closed(&self, cell_id: &str) {
+        self.record(Record::CellClosed(cell_id.to_owned()));
+    }
+}

@@ -1,0 +1,645 @@
+//! The conformance scenarios. Each is generic over the [`Provider`] and asserts exact
+//! items, statuses and error strings.
+
+use crate::{Provider, Record, TestDelegate};
+use code_mode_protocol::{
+    CellResponse, CodeModeSession, ContentItem, ExecRequest, PendingOutcome, SessionError,
+    SessionOptions, StartedCell, WaitRequest,
+};
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// No scenario may take longer than this; a hang fails instead of blocking CI.
+const SCENARIO_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A yield time short enough to return quickly from a cell that blocks on a tool.
+const SHORT_YIELD_MS: u64 = 100;
+
+/// Runs a scenario under [`SCENARIO_DEADLINE`].
+pub async fn run_with_deadline(scenario: impl Future<Output = ()>) {
+    tokio::time::timeout(SCENARIO_DEADLINE, scenario)
+        .await
+        .expect("the scenario did not finish within its deadline");
+}
+
+async fn open<P: Provider>(provider: &P) -> (P::Session, Arc<TestDelegate>) {
+    open_with(provider, SessionOptions::default()).await
+}
+
+async fn open_with<P: Provider>(
+    provider: &P,
+    options: SessionOptions,
+) -> (P::Session, Arc<TestDelegate>) {
+    let delegate = TestDelegate::new();
+    let session = provider.open(Arc::clone(&delegate), options).await;
+    (session, delegate)
+}
+
+fn request(source: &str) -> ExecRequest {
+    ExecRequest::new(source).with_tools(TestDelegate::tools())
+}
+
+async fn exec(session: &impl CodeModeSession, source: &str) -> StartedCell {
+    session
+        .execute(request(source))
+        .await
+        .unwrap_or_else(|error| panic!("exec failed: {error}"))
+}
+
+async fn exec_short(session: &impl CodeModeSession, source: &str) -> StartedCell {
+    session
+        .execute(request(source).with_yield_time_ms(SHORT_YIELD_MS))
+        .await
+        .unwrap_or_else(|error| panic!("exec failed: {error}"))
+}
+
+async fn wait(session: &impl CodeModeSession, cell_id: &str) -> CellResponse {
+    session
+        .wait(WaitRequest::new(cell_id))
+        .await
+        .unwrap_or_else(|error| panic!("wait failed: {error}"))
+}
+
+fn texts(items: &[ContentItem]) -> Vec<&str> {
+    items
+        .iter()
+        .map(|item| item.as_text().expect("a text item"))
+        .collect()
+}
+
+fn yielded(cell_id: &str, items: &[&str]) -> CellResponse {
+    CellResponse::Yielded {
+        cell_id: cell_id.to_owned(),
+        content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
+    }
+}
+
+fn result(cell_id: &str, items: &[&str], error_text: Option<&str>) -> CellResponse {
+    CellResponse::Result {
+        cell_id: cell_id.to_owned(),
+        content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
+        error_text: error_text.map(str::to_owned),
+        missing_cell: false,
+    }
+}
+
+fn terminated(cell_id: &str, items: &[&str]) -> CellResponse {
+    CellResponse::Terminated {
+        cell_id: cell_id.to_owned(),
+        content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
+    }
+}
+
+fn pending(cell_id: &str, items: &[&str], calls: &[&str]) -> PendingOutcome {
+    PendingOutcome::Pending {
+        cell_id: cell_id.to_owned(),
+        content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
+        pending_tool_call_ids: calls.iter().map(|id| (*id).to_owned()).collect(),
+    }
+}
+
+/// Resumes a pending cell until it completes. Answers given while it was frozen may reach
+/// it one by one, so intermediate frontiers are allowed, but they must report nothing new.
+async fn resume_until_completed(session: &impl CodeModeSession, cell_id: &str) -> CellResponse {
+    loop {
+        match session.wait_to_pending(cell_id.to_owned()).await.unwrap() {
+            PendingOutcome::Completed(response) => return response,
+            intermediate => assert_eq!(intermediate, pending(cell_id, &[], &[])),
+        }
+    }
+}
+
+/// Runs `source` in a fresh cell and returns what `load` gives for each key afterwards.
+async fn loads(session: &impl CodeModeSession, keys: &[&str]) -> Vec<String> {
+    let source: String = keys
+        .iter()
+        .map(|key| format!("text(String(JSON.stringify(load({key:?}))));\n"))
+        .collect();
+    let started = exec(session, &source).await;
+    let CellResponse::Result {
+        content_items,
+        error_text: None,
+        ..
+    } = &started.initial_response
+    else {
+        panic!("load cell failed: {:?}", started.initial_response);
+    };
+    texts(content_items)
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+// 1
+pub async fn text_yield_text_then_wait<P: Provider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    let started = exec(
+        &session,
+        r#"text("first"); yield_control(); text("second");"#,
+    )
+    .await;
+    assert_eq!(started.cell_id, "1");
+    assert_eq!(started.initial_response, yielded("1", &["first"]));
+    assert_eq!(wait(&session, "1").await, result("1", &["second"], None));
+    // The cell is closed once its result was returned.
+    assert!(wait(&session, "1").await.is_missing_cell());
+}
+
+// 2
+pub async fn pending_frontier_with_a_blocking_tool<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = session
+        .execute_to_pending(request(
+            r#"text("before"); const v = await tools.block({ q: 1 }); text("got " + v);"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(started.outcome, pending("1", &["before"], &["tool-1"]));
+    delegate.release("1", "tool-1", Ok(json!("answer"))).await;
+    let outcome = session.wait_to_pending("1".into()).await.unwrap();
+    assert_eq!(
+        outcome,
+        PendingOutcome::Completed(result("1", &["got answer"], None))
+    );
+    assert_eq!(
+        delegate.records()[0],
+        Record::ToolStarted {
+            cell_id: "1".into(),
+            call_id: "tool-1".into(),
+            tool: "block".into(),
+            input: Some(json!({ "q": 1 })),
+        }
+    );
+}
+
+// 3
+pub async fn pending_frontier_with_two_parallel_tools<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = session
+        .execute_to_pending(request(
+            r#"const [a, b] = await Promise.all([tools.block(1), tools.block(2)]); text(a + b);"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(started.outcome, pending("1", &[], &["tool-1", "tool-2"]));
+    delegate.release("1", "tool-2", Ok(json!("B"))).await;
+    delegate.release("1", "tool-1", Ok(json!("A"))).await;
+    assert_eq!(
+        resume_until_completed(&session, "1").await,
+        result("1", &["AB"], None)
+    );
+}
+
+// 4
+pub async fn tool_started_by_a_timer_reported_at_the_next_frontier<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = session
+        .execute_to_pending(request(
+            r#"
+            const late = new Promise((resolve) => setTimeout(() => resolve(tools.block("late")), 200));
+            const first = await tools.block("first");
+            text(first + " " + await late);
+            "#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(started.outcome, pending("1", &[], &["tool-1"]));
+    // The frozen cell does not run the timer, even once it is due.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !delegate
+            .records()
+            .iter()
+            .any(|r| matches!(r, Record::ToolStarted { call_id, .. } if call_id == "tool-2")),
+        "a frozen cell started a tool"
+    );
+    let outcome = session.wait_to_pending("1".into()).await.unwrap();
+    assert_eq!(outcome, pending("1", &[], &["tool-2"]));
+    delegate.release("1", "tool-1", Ok(json!("one"))).await;
+    delegate.release("1", "tool-2", Ok(json!("two"))).await;
+    assert_eq!(
+        resume_until_completed(&session, "1").await,
+        result("1", &["one two"], None)
+    );
+}
+
+// 5
+pub async fn terminate_after_an_unobserved_completion_returns_the_completion<P: Provider>(
+    provider: &P,
+) {
+    let (session, delegate) = open(provider).await;
+    let started = exec(
+        &session,
+        r#"text("a"); yield_control(); await tools.slow(50); text("b");"#,
+    )
+    .await;
+    assert_eq!(started.initial_response, yielded("1", &["a"]));
+    // Let the cell complete with nobody observing.
+    delegate
+        .wait_for(|r| matches!(r, Record::ToolStarted { tool, .. } if tool == "slow"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let response = session.terminate("1".into()).await.unwrap();
+    assert_eq!(response, result("1", &["b"], None));
+    delegate.wait_closed("1").await;
+    assert_eq!(delegate.closed_count("1"), 1);
+}
+
+// 6
+pub async fn terminate_waits_for_the_notification_to_be_cancelled<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = exec_short(
+        &session,
+        r#"text("x"); notify("block me"); await tools.block();"#,
+    )
+    .await;
+    assert_eq!(started.initial_response, yielded("1", &["x"]));
+    delegate
+        .wait_for(|r| matches!(r, Record::NotifyStarted { .. }))
+        .await;
+    let response = session.terminate("1".into()).await.unwrap();
+    assert_eq!(response, terminated("1", &[]));
+    let records = delegate.records();
+    assert!(
+        records.contains(&Record::NotifyCancelled {
+            cell_id: "1".into(),
+            text: "block me".into()
+        }),
+        "terminate returned before the notification was cancelled: {records:?}"
+    );
+    assert!(records.contains(&Record::ToolCancelled {
+        cell_id: "1".into(),
+        call_id: "tool-1".into()
+    }));
+    delegate.wait_closed("1").await;
+    assert_eq!(delegate.closed_count("1"), 1);
+    assert!(wait(&session, "1").await.is_missing_cell());
+}
+
+// 7
+pub async fn terminated_writes_are_discarded<P: Provider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    let started = exec_short(
+        &session,
+        r#"store("k", 1); text("stored"); await tools.block();"#,
+    )
+    .await;
+    assert_eq!(started.initial_response, yielded("1", &["stored"]));
+    assert_eq!(
+        session.terminate("1".into()).await.unwrap(),
+        terminated("1", &[])
+    );
+    assert_eq!(loads(&session, &["k"]).await, ["undefined"]);
+}
+
+// 8
+pub async fn second_terminate_during_cleanup_is_refused<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = exec_short(&session, r#"await tools.stubborn();"#).await;
+    assert_eq!(started.initial_response, yielded("1", &[]));
+    delegate.wait_started("1", "tool-1").await;
+    let session = Arc::new(session);
+    let first = tokio::spawn({
+        let session = Arc::clone(&session);
+        async move { session.terminate("1".into()).await }
+    });
+    // The stubborn tool ignores its cancellation: cleanup now waits out the grace period.
+    delegate
+        .wait_for(|r| matches!(r, Record::ToolCancelled { .. }))
+        .await;
+    assert_eq!(
+        session.terminate("1".into()).await,
+        Err(SessionError::AlreadyTerminating("1".into()))
+    );
+    assert_eq!(first.await.unwrap(), Ok(terminated("1", &[])));
+    delegate.wait_closed("1").await;
+    assert_eq!(delegate.closed_count("1"), 1);
+}
+
+// 9
+pub async fn second_concurrent_wait_is_refused<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = exec_short(&session, r#"const v = await tools.block(); text(v);"#).await;
+    assert_eq!(started.initial_response, yielded("1", &[]));
+    let session = Arc::new(session);
+    let first = tokio::spawn({
+        let session = Arc::clone(&session);
+        async move {
+            session
+                .wait(WaitRequest::new("1").with_yield_time_ms(30_000))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        session.wait(WaitRequest::new("1")).await,
+        Err(SessionError::BusyObserver("1".into()))
+    );
+    delegate.release("1", "tool-1", Ok(json!("done"))).await;
+    assert_eq!(first.await.unwrap(), Ok(result("1", &["done"], None)));
+}
+
+// 10
+pub async fn unawaited_tool_is_cancelled_when_the_cell_completes<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = exec(
+        &session,
+        r#"tools.block(); notify("progress"); text("done");"#,
+    )
+    .await;
+    assert_eq!(started.initial_response, result("1", &["done"], None));
+    let records = delegate.records();
+    let delivered = records
+        .iter()
+        .position(|r| matches!(r, Record::NotifyDelivered { text, .. } if text == "progress"));
+    let cancelled = records
+        .iter()
+        .position(|r| matches!(r, Record::ToolCancelled { call_id, .. } if call_id == "tool-1"));
+    assert!(
+        delivered.is_some() && cancelled.is_some() && delivered < cancelled,
+        "the notification is delivered, then the tool cancelled, before the result: {records:?}"
+    );
+}
+
+// 11
+pub async fn stored_values_are_per_session<P: Provider>(provider: &P) {
+    let (first, _d1) = open(provider).await;
+    let (second, _d2) = open(provider).await;
+    let started = exec(&first, r#"store("shared", { n: 1 }); text("ok");"#).await;
+    assert_eq!(started.initial_response, result("1", &["ok"], None));
+    assert_eq!(loads(&first, &["shared"]).await, [r#"{"n":1}"#]);
+    assert_eq!(loads(&second, &["shared"]).await, ["undefined"]);
+}
+
+// 12
+pub async fn concurrent_cells_merge_writes_by_key<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let slow = exec_short(
+        &session,
+        r#"store("x", 1); store("same", "cell 1"); await tools.block(); text("cell 1 done");"#,
+    )
+    .await;
+    assert_eq!(slow.initial_response, yielded("1", &[]));
+    let fast = exec(
+        &session,
+        r#"text(String(load("x"))); store("y", 2); store("same", "cell 2");"#,
+    )
+    .await;
+    // Concurrent cells never see each other's uncommitted writes.
+    assert_eq!(fast.initial_response, result("2", &["undefined"], None));
+    delegate.release("1", "tool-1", Ok(json!(null))).await;
+    assert_eq!(
+        wait(&session, "1").await,
+        result("1", &["cell 1 done"], None)
+    );
+    assert_eq!(
+        loads(&session, &["x", "y", "same"]).await,
+        ["1", "2", r#""cell 1""#]
+    );
+}
+
+// 13
+pub async fn writes_before_a_script_error_are_committed<P: Provider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    let started = exec(&session, r#"store("k", 5); throw "startup failed";"#).await;
+    assert_eq!(
+        started.initial_response,
+        result("1", &[], Some("startup failed"))
+    );
+    assert_eq!(loads(&session, &["k"]).await, ["5"]);
+}
+
+// 14
+pub async fn storing_undefined_keeps_the_old_value<P: Provider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    exec(&session, r#"store("k", 1);"#).await;
+    let started = exec(
+        &session,
+        r#"try { store("k", undefined); } catch (e) { text(e); } text(String(load("k")));"#,
+    )
+    .await;
+    assert_eq!(
+        started.initial_response,
+        result(
+            "2",
+            &[
+                r#"Unable to store "k". Only plain serializable objects can be stored."#,
+                "1"
+            ],
+            None
+        )
+    );
+    assert_eq!(loads(&session, &["k"]).await, ["1"]);
+}
+
+// 15
+pub async fn shutdown_stops_cpu_bound_cells_and_refuses_new_ones<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = exec_short(&session, r#"text("spinning"); while (true) {}"#).await;
+    assert_eq!(started.initial_response, yielded("1", &["spinning"]));
+    let begun = std::time::Instant::now();
+    session.shutdown().await;
+    // Generous: "about one second" is the contract; this only catches a hang.
+    assert!(
+        begun.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        begun.elapsed()
+    );
+    assert_eq!(delegate.closed_count("1"), 1);
+    assert_eq!(
+        session.execute(request("text(1)")).await.map(|_| ()),
+        Err(SessionError::ShuttingDown)
+    );
+}
+
+// 16
+pub async fn shutdown_racing_admission_closes_each_admitted_cell_once<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let session = Arc::new(session);
+    let mut execs = Vec::new();
+    for index in 0..12 {
+        let cell_session = Arc::clone(&session);
+        let source = if index % 2 == 0 {
+            "while (true) {}"
+        } else {
+            "await tools.block();"
+        };
+        execs.push(tokio::spawn(async move {
+            cell_session
+                .execute(request(source).with_yield_time_ms(30_000))
+                .await
+        }));
+        if index == 6 {
+            let session = Arc::clone(&session);
+            execs.push(tokio::spawn(async move {
+                session.shutdown().await;
+                Err(SessionError::Runtime("shutdown marker".into()))
+            }));
+        }
+    }
+    let mut admitted = Vec::new();
+    for exec in execs {
+        match exec.await.unwrap() {
+            Ok(started) => {
+                assert!(
+                    matches!(started.initial_response, CellResponse::Terminated { .. }),
+                    "an admitted cell is stopped by the shutdown: {started:?}"
+                );
+                admitted.push(started.cell_id);
+            }
+            Err(SessionError::ShuttingDown) => {}
+            Err(SessionError::Runtime(marker)) if marker == "shutdown marker" => {}
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    session.shutdown().await;
+    for cell_id in &admitted {
+        assert_eq!(delegate.closed_count(cell_id), 1, "cell {cell_id}");
+    }
+    let closed = delegate
+        .records()
+        .iter()
+        .filter(|r| matches!(r, Record::CellClosed(_)))
+        .count();
+    assert_eq!(closed, admitted.len(), "only admitted cells are closed");
+    assert_eq!(
+        session.execute(request("1")).await.map(|_| ()),
+        Err(SessionError::ShuttingDown)
+    );
+}
+
+// 17
+pub async fn exit_in_sixteen_places<P: Provider>(provider: &P) {
+    let places = [
+        r#"text("before"); store("a", 1); exit(); text("after"); store("b", 2);"#,
+        r#"for (let i = 0; ; i++) { if (i === 2) { text("before"); store("a", 1); exit(); } }"#,
+        r#"while (true) { text("before"); store("a", 1); exit(); }"#,
+        r#"try { text("before"); store("a", 1); exit(); } catch { text("catch"); } finally { text("finally"); store("b", 2); }"#,
+        r#"try { throw 1; } catch { text("before"); store("a", 1); exit(); } finally { store("b", 2); }"#,
+        r#"try { text("before"); } finally { store("a", 1); exit(); text("after"); }"#,
+        r#"text("before"); store("a", 1); await Promise.resolve().then(() => { exit(); store("b", 2); }); text("after");"#,
+        r#"text("before"); setTimeout(() => { store("a", 1); exit(); store("b", 2); }, 0); setTimeout(() => text("second"), 0); await new Promise((r) => setTimeout(r, 1000));"#,
+        r#"text("before"); store("a", await tools.echo(1)); exit(); text("after");"#,
+        r#"text("before"); store("a", 1); text({ toJSON() { exit(); return "x"; } }); store("b", 2);"#,
+        r#"text("before"); store("a", 1); store("b", { get v() { exit(); return 1; } });"#,
+        r#"text("before"); store("a", 1); await tools.echo({ toJSON() { exit(); return 1; } }); store("b", 2);"#,
+        r#"text("before"); store("a", 1); throw { get stack() { exit(); return "err"; } };"#,
+        r#"function f(n) { if (n === 0) { text("before"); store("a", 1); exit(); } f(n - 1); store("b", 2); } f(20);"#,
+        r#"text("before"); store("a", 1); const s = tools.echo(2).then(() => store("b", 2)); await Promise.all([s, Promise.resolve().then(() => exit())]);"#,
+        r#"text("before"); store("a", 1); notify({ toJSON() { return undefined; }, toString() { exit(); return "n"; } }); store("b", 2);"#,
+    ];
+    for source in places {
+        let (session, delegate) = open(provider).await;
+        let started = exec(&session, source).await;
+        assert_eq!(
+            started.initial_response,
+            result("1", &["before"], None),
+            "exit in: {source}"
+        );
+        assert_eq!(
+            loads(&session, &["a", "b"]).await,
+            ["1", "undefined"],
+            "exit in: {source}"
+        );
+        assert!(
+            !delegate
+                .records()
+                .iter()
+                .any(|r| matches!(r, Record::NotifyStarted { .. })),
+            "a notification after exit in: {source}"
+        );
+    }
+}
+
+// 18
+pub async fn yield_time_grace_and_session_cap<P: Provider>(provider: &P) {
+    // A tool that answers 10.5 s after the exec starts.
+    let source = r#"text(await tools.slow(10500));"#;
+    let with_grace = async {
+        let (session, _d) = open(provider).await;
+        let started = session
+            .execute(request(source).with_yield_time_ms(10_000))
+            .await
+            .unwrap();
+        assert_eq!(started.initial_response, result("1", &["slow done"], None));
+    };
+    let capped = async {
+        let options = SessionOptions {
+            max_yield_time_ms: Some(10_000),
+        };
+        let (session, _d) = open_with(provider, options).await;
+        let started = session
+            .execute(request(source).with_yield_time_ms(10_000))
+            .await
+            .unwrap();
+        assert_eq!(started.initial_response, yielded("1", &[]));
+        assert_eq!(wait(&session, "1").await, result("1", &["slow done"], None));
+    };
+    let zero_cap_does_not_leak = async {
+        let options = SessionOptions {
+            max_yield_time_ms: Some(0),
+        };
+        let (capped, _d1) = open_with(provider, options).await;
+        let (free, _d2) = open(provider).await;
+        let quick = r#"text(await tools.slow(300));"#;
+        let started = capped.execute(request(quick)).await.unwrap();
+        assert_eq!(started.initial_response, yielded("1", &[]));
+        let started = free.execute(request(quick)).await.unwrap();
+        assert_eq!(started.initial_response, result("1", &["slow done"], None));
+        assert_eq!(wait(&capped, "1").await, result("1", &["slow done"], None));
+    };
+    tokio::join!(with_grace, capped, zero_cap_does_not_leak);
+}
+
+// 19
+pub async fn wait_on_an_unknown_cell_is_the_missing_outcome<P: Provider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    let response = wait(&session, "42").await;
+    assert_eq!(response, CellResponse::missing("42"));
+    assert_eq!(response.error_text(), Some("exec cell 42 not found"));
+    assert!(response.is_missing_cell());
+    assert!(
+        session
+            .terminate("42".into())
+            .await
+            .unwrap()
+            .is_missing_cell()
+    );
+    // A real cell that failed is not "missing".
+    let failed = exec(&session, "throw 'boom'").await;
+    assert!(!failed.initial_response.is_missing_cell());
+}
+
+// 20
+pub async fn yield_raced_with_creation_is_kept_for_the_first_observation<P: Provider>(
+    provider: &P,
+) {
+    let (session, _delegate) = open(provider).await;
+    let source = r#"text("a"); yield_control(); text("b"); await new Promise((r) => setTimeout(r, 100)); text("c");"#;
+    // The exec call is polled once (which admits the cell) and dropped: nobody observes.
+    let cut_short = {
+        let exec = session.execute(request(source));
+        tokio::pin!(exec);
+        tokio::select! {
+            biased;
+            _ = &mut exec => false,
+            () = std::future::ready(()) => true,
+        }
+    };
+    assert!(cut_short, "the exec call was expected to be cut short");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(wait(&session, "1").await, yielded("1", &["a"]));
+    assert_eq!(wait(&session, "1").await, result("1", &["b", "c"], None));
+}
+
+// Contract 5: dropping a session starts its shutdown.
+pub async fn dropping_a_session_stops_its_cells<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = exec_short(&session, "while (true) {}").await;
+    assert_eq!(started.initial_response, yielded("1", &[]));
+    drop(session);
+    delegate.wait_closed("1").await;
+    assert_eq!(delegate.closed_count("1"), 1);
+}
