@@ -135,13 +135,20 @@ impl TestDelegate {
         let _ = sender.send(result);
     }
 
+    /// Registers a `block` call so that [`TestDelegate::release`] can answer it; done before
+    /// the call is recorded as started, so a test that saw it started can release it.
+    fn register_block(&self, call: &NestedToolCall) -> oneshot::Receiver<Result<Value, String>> {
+        let (release, released) = oneshot::channel();
+        lock(&self.blocked).insert((call.cell_id.clone(), call.call_id.clone()), release);
+        released
+    }
+
     async fn block(
         &self,
         call: &NestedToolCall,
+        released: oneshot::Receiver<Result<Value, String>>,
         cancel: CancellationToken,
     ) -> Result<Value, String> {
-        let (release, released) = oneshot::channel();
-        lock(&self.blocked).insert((call.cell_id.clone(), call.call_id.clone()), release);
         tokio::select! {
             answer = released => answer.unwrap_or_else(|_| Err("release dropped".to_owned())),
             () = cancel.cancelled() => {
@@ -162,6 +169,7 @@ impl CodeModeSessionDelegate for TestDelegate {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<Value, String>> {
         Box::pin(async move {
+            let released = (call.tool_name == "block").then(|| self.register_block(&call));
             self.record(Record::ToolStarted {
                 cell_id: call.cell_id.clone(),
                 call_id: call.call_id.clone(),
@@ -171,7 +179,10 @@ impl CodeModeSessionDelegate for TestDelegate {
             match call.tool_name.as_str() {
                 "echo" => Ok(call.input.clone().unwrap_or(Value::Null)),
                 "fail" => Err("tool exploded".to_owned()),
-                "block" => self.block(&call, cancel).await,
+                "block" => match released {
+                    Some(released) => self.block(&call, released, cancel).await,
+                    None => Err("block was not registered".to_owned()),
+                },
                 "stubborn" => {
                     cancel.cancelled().await;
                     self.record(Record::ToolCancelled {
