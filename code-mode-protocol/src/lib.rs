@@ -1,11 +1,13 @@
 //! Types that cross every boundary of code-mode: between a cell and its owner, between the
 //! runtime process and the host, and between the host and the agent core.
 //!
-//! This crate owns the vocabulary and the session API ([`CodeModeSession`]) only. It never links V8 and never spawns processes, so an
+//! This crate owns the vocabulary, the session API ([`CodeModeSession`]) and the wire
+//! format between host and runtime process ([`wire`]). It never links V8 and never spawns processes, so an
 //! agent core can depend on it (through `code-mode-host`) without paying for either.
 
 pub mod model;
 pub mod session;
+pub mod wire;
 
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{

@@ -8,6 +8,7 @@
 //! futures so that `dyn CodeModeSession` works.
 
 use crate::model::{ContentItem, ToolDefinition, ToolKind};
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,14 +39,14 @@ pub fn effective_yield_time_ms(requested_ms: u64, session_max_ms: Option<u64>) -
 }
 
 /// Options of one session, whatever the provider.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionOptions {
     /// Caps every observation's yield time, grace included. `Some(0)` yields at once.
     pub max_yield_time_ms: Option<u64>,
 }
 
 /// An `exec` call: the source (pragma already parsed and removed) and the enabled tools.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
     pub source: String,
     /// Every enabled nested tool, deferred ones included.
@@ -74,7 +75,7 @@ impl ExecRequest {
 }
 
 /// A `wait` call (without `terminate`, which is [`CodeModeSession::terminate`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaitRequest {
     pub cell_id: String,
     /// `None`: [`DEFAULT_YIELD_TIME_MS`].
@@ -96,7 +97,7 @@ impl WaitRequest {
 }
 
 /// What one observation of a cell returns (contract 3.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CellResponse {
     /// The cell is still running; these are the items produced since the last observation.
     Yielded {
@@ -167,14 +168,14 @@ impl CellResponse {
 }
 
 /// What `execute` returns: the new cell's id and its first observation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartedCell {
     pub cell_id: String,
     pub initial_response: CellResponse,
 }
 
 /// What a pending-aware observation returns (contract 3.4).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PendingOutcome {
     /// The cell has nothing runnable and is frozen until the next observation: it waits
     /// only on these nested tool calls (those started since the previous frontier) or on
@@ -189,7 +190,7 @@ pub enum PendingOutcome {
 }
 
 /// What `execute_to_pending` returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartedPendingCell {
     pub cell_id: String,
     pub outcome: PendingOutcome,

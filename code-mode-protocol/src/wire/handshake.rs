@@ -1,0 +1,121 @@
+//! The handshake: the client names the protocol versions it speaks and the capabilities it
+//! requires or would use; the server picks the highest common version or refuses with a
+//! reason. Version skew between host and binary is a real failure, so every refusal says
+//! exactly what did not match.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this build speaks best.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Every protocol version this build can speak, oldest first.
+pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
+
+/// Capabilities of this build's runtime: sessions with observations, the pending frontier,
+/// and notifications.
+pub const CAPABILITIES: &[&str] = &["sessions", "pending-frontier", "notifications"];
+
+/// The client's first message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// Protocol versions the client speaks.
+    pub versions: Vec<u32>,
+    /// Capabilities the client cannot work without.
+    pub required_capabilities: Vec<String>,
+    /// Capabilities the client uses when present.
+    pub optional_capabilities: Vec<String>,
+    /// Free text for logs, e.g. `code-mode-host 0.1.0`.
+    pub client: String,
+}
+
+impl ClientHello {
+    /// The hello of a client built from this crate.
+    pub fn current(client: impl Into<String>) -> Self {
+        Self {
+            versions: SUPPORTED_VERSIONS.to_vec(),
+            required_capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+            optional_capabilities: Vec::new(),
+            client: client.into(),
+        }
+    }
+}
+
+/// The server accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    pub version: u32,
+    /// Every capability the server has (required ones included).
+    pub capabilities: Vec<String>,
+    /// Free text for logs, e.g. `code-mode-bin 0.1.0`.
+    pub server: String,
+}
+
+/// Why the server refused a hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum HandshakeRejection {
+    #[error(
+        "no common protocol version: the client speaks {client:?}, the runtime speaks {server:?}"
+    )]
+    NoCommonVersion { client: Vec<u32>, server: Vec<u32> },
+    #[error("the runtime lacks the required capability `{0}`")]
+    MissingCapability(String),
+    #[error("invalid hello: {0}")]
+    InvalidHello(String),
+}
+
+/// What a server offers in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerOffer {
+    pub versions: Vec<u32>,
+    pub capabilities: Vec<String>,
+    pub server: String,
+}
+
+impl ServerOffer {
+    /// The offer of a server built from this crate.
+    pub fn current(server: impl Into<String>) -> Self {
+        Self {
+            versions: SUPPORTED_VERSIONS.to_vec(),
+            capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+            server: server.into(),
+        }
+    }
+
+    /// Answers a hello: the highest common version, or the reason there is none.
+    pub fn negotiate(&self, hello: &ClientHello) -> Result<Ready, HandshakeRejection> {
+        if hello.versions.is_empty() {
+            return Err(HandshakeRejection::InvalidHello(
+                "it lists no protocol version".to_owned(),
+            ));
+        }
+        let version = hello
+            .versions
+            .iter()
+            .filter(|version| self.versions.contains(version))
+            .max()
+            .copied()
+            .ok_or_else(|| HandshakeRejection::NoCommonVersion {
+                client: hello.versions.clone(),
+                server: self.versions.clone(),
+            })?;
+        if let Some(missing) = hello
+            .required_capabilities
+            .iter()
+            .find(|capability| !self.capabilities.contains(capability))
+        {
+            return Err(HandshakeRejection::MissingCapability(missing.clone()));
+        }
+        Ok(Ready {
+            version,
+            capabilities: self.capabilities.clone(),
+            server: self.server.clone(),
+        })
+    }
+}
+
+impl fmt::Display for Ready {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (protocol {})", self.server, self.version)
+    }
+}

@@ -1,0 +1,219 @@
+//! The wire between a host (`code-mode-host`) and the runtime process (`code-mode-bin`):
+//! typed messages ([`ClientMessage`], [`ServerMessage`]), the frame codec ([`codec`]) and
+//! the handshake ([`handshake`]).
+//!
+//! Only these types cross the process boundary. They are externally tagged enums and plain
+//! structs, because bincode is not self-describing; JSON payloads (tool inputs and results)
+//! travel as JSON text for the same reason.
+//!
+//! A connection starts with [`ClientMessage::Hello`] answered by [`ServerMessage::Ready`]
+//! or [`ServerMessage::Rejected`]. Then the client sends [`Request`]s with fresh
+//! [`RequestId`]s, each answered by exactly one [`ServerMessage::Response`]; the server
+//! sends [`DelegateCall`]s (nested tool calls, notifications) with fresh [`DelegateId`]s,
+//! each answered by one [`ClientMessage::DelegateReply`] unless the server cancels it
+//! first ([`ServerMessage::CancelDelegate`]), and reports [`ServerMessage::CellClosed`].
+
+pub mod codec;
+pub mod handshake;
+
+use crate::model::ToolKind;
+use crate::session::{
+    CellResponse, ExecRequest, PendingOutcome, SessionError, SessionOptions, StartedCell,
+    StartedPendingCell, WaitRequest,
+};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+pub use codec::{FrameCodec, FrameError, MAX_FRAME_BYTES};
+pub use handshake::{
+    CAPABILITIES, ClientHello, HandshakeRejection, PROTOCOL_VERSION, Ready, SUPPORTED_VERSIONS,
+    ServerOffer,
+};
+
+macro_rules! wire_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "{}"), self.0)
+            }
+        }
+    };
+}
+
+wire_id!(
+    /// A client request; unique among the client's requests in flight.
+    RequestId,
+    "request "
+);
+wire_id!(
+    /// A session opened on this connection.
+    SessionId,
+    "session "
+);
+wire_id!(
+    /// A delegate call from the server; unique among the server's calls in flight.
+    DelegateId,
+    "delegate call "
+);
+
+/// Everything a client (the host) sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// The first message, and only the first.
+    Hello(ClientHello),
+    Request {
+        id: RequestId,
+        request: Request,
+    },
+    /// The client no longer wants the answer; the server answers `Err(Cancelled)` unless
+    /// the response was already on its way.
+    CancelRequest {
+        id: RequestId,
+    },
+    DelegateReply {
+        id: DelegateId,
+        reply: DelegateReply,
+    },
+}
+
+/// A session call. Each maps to one method of `CodeModeSession`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    OpenSession {
+        options: SessionOptions,
+    },
+    Execute {
+        session: SessionId,
+        request: ExecRequest,
+    },
+    Wait {
+        session: SessionId,
+        request: WaitRequest,
+    },
+    Terminate {
+        session: SessionId,
+        cell_id: String,
+    },
+    ExecuteToPending {
+        session: SessionId,
+        request: ExecRequest,
+    },
+    WaitToPending {
+        session: SessionId,
+        cell_id: String,
+    },
+    /// Shuts the session down and forgets it.
+    Shutdown {
+        session: SessionId,
+    },
+}
+
+/// The successful answer to a [`Request`], by request kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    SessionOpened(SessionId),
+    Started(StartedCell),
+    Cell(CellResponse),
+    StartedPending(StartedPendingCell),
+    Pending(PendingOutcome),
+    ShutDown,
+}
+
+/// What the server asks of the session's delegate on the client side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DelegateCall {
+    /// A nested tool call; `input` is JSON text (`None`: no argument).
+    InvokeTool {
+        cell_id: String,
+        call_id: String,
+        tool_name: String,
+        kind: ToolKind,
+        input: Option<String>,
+    },
+    Notify {
+        cell_id: String,
+        text: String,
+    },
+}
+
+/// The client's answer to a [`DelegateCall`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DelegateReply {
+    /// The tool's result as JSON text, or its error string.
+    ToolResult(Result<String, String>),
+    /// The notification was delivered.
+    Notified,
+}
+
+/// Everything the server (the runtime process) sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Ready(Ready),
+    Rejected(HandshakeRejection),
+    Response {
+        id: RequestId,
+        result: Result<Response, WireError>,
+    },
+    Delegate {
+        id: DelegateId,
+        session: SessionId,
+        call: DelegateCall,
+    },
+    CancelDelegate {
+        id: DelegateId,
+    },
+    CellClosed {
+        session: SessionId,
+        cell_id: String,
+    },
+}
+
+/// Stable error kinds on the wire; the host maps them back to the contract's strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WireError {
+    #[error("code mode session {0} is not open on this runtime")]
+    MissingSession(SessionId),
+    #[error("code mode session is shutting down")]
+    ShuttingDown,
+    #[error("exec cell {0} not found")]
+    MissingCell(String),
+    #[error("exec cell {0} already has an active observer")]
+    BusyObserver(String),
+    #[error("exec cell {0} is already terminating")]
+    AlreadyTerminating(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("the request was cancelled")]
+    Cancelled,
+    #[error("the response was too large for one frame ({bytes} bytes, at most {max})")]
+    ResponseTooLarge { bytes: u64, max: u64 },
+    #[error("exec runtime failure: {0}")]
+    Internal(String),
+}
+
+impl From<SessionError> for WireError {
+    fn from(error: SessionError) -> Self {
+        match error {
+            SessionError::ShuttingDown => WireError::ShuttingDown,
+            SessionError::BusyObserver(cell) => WireError::BusyObserver(cell),
+            SessionError::AlreadyTerminating(cell) => WireError::AlreadyTerminating(cell),
+            SessionError::Runtime(detail) => WireError::Internal(detail),
+        }
+    }
+}
+
+impl WireError {
+    /// The session error a host reports for this wire error.
+    pub fn into_session_error(self) -> SessionError {
+        match self {
+            WireError::ShuttingDown => SessionError::ShuttingDown,
+            WireError::BusyObserver(cell) => SessionError::BusyObserver(cell),
+            WireError::AlreadyTerminating(cell) => SessionError::AlreadyTerminating(cell),
+            other => SessionError::Runtime(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Tests of the wire format: round trips, framing limits, garbage, handshake, pinned bytes.
+
+mod samples;
+
+use bytes::{BufMut, BytesMut};
+use code_mode_protocol::wire::codec::{decode_body, encode_frame};
+use code_mode_protocol::wire::handshake::ServerOffer;
+use code_mode_protocol::wire::*;
+use tokio_util::codec::Decoder;
+
+fn frame<T: serde::Serialize>(message: &T) -> BytesMut {
+    let mut buffer = BytesMut::new();
+    encode_frame(message, &mut buffer).expect("encodable");
+    buffer
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[test]
+fn every_client_message_round_trips() {
+    let mut codec = FrameCodec::<ClientMessage, ClientMessage>::new();
+    let messages = samples::client_messages();
+    let mut buffer = BytesMut::new();
+    for message in &messages {
+        encode_frame(message, &mut buffer).unwrap();
+    }
+    for message in &messages {
+        assert_eq!(codec.decode(&mut buffer).unwrap().as_ref(), Some(message));
+    }
+    assert!(buffer.is_empty());
+    assert_eq!(codec.decode_eof(&mut buffer).unwrap(), None);
+}
+
+#[test]
+fn every_server_message_round_trips() {
+    let mut codec = FrameCodec::<ServerMessage, ServerMessage>::new();
+    for message in samples::server_messages() {
+        let mut buffer = frame(&message);
+        assert_eq!(codec.decode(&mut buffer).unwrap(), Some(message));
+        assert!(buffer.is_empty());
+    }
+}
+
+#[test]
+fn frames_arriving_byte_by_byte_decode_once_complete() {
+    let mut codec = FrameCodec::<ServerMessage, ServerMessage>::new();
+    let message = samples::server_messages().remove(2);
+    let whole = frame(&message);
+    let mut buffer = BytesMut::new();
+    for (index, byte) in whole.iter().enumerate() {
+        buffer.put_u8(*byte);
+        let decoded = codec.decode(&mut buffer).unwrap();
+        if index + 1 < whole.len() {
+            assert_eq!(decoded, None);
+        } else {
+            assert_eq!(decoded, Some(message.clone()));
+        }
+    }
+}
+
+#[test]
+fn an_oversized_length_is_refused_before_allocating() {
+    let mut codec = FrameCodec::<ClientMessage, ClientMessage>::new();
+    for length in [MAX_FRAME_BYTES as u32 + 1, u32::MAX] {
+        let mut buffer = BytesMut::with_capacity(16);
+        buffer.put_u32_le(length);
+        buffer.put_slice(b"abc");
+        let error = codec.decode(&mut buffer).unwrap_err();
+        assert!(matches!(error, FrameError::TooLarge { bytes } if bytes == u64::from(length)));
+        assert!(
+            buffer.capacity() < 1024,
+            "capacity grew to {}",
+            buffer.capacity()
+        );
+    }
+    // Exactly the maximum is accepted as a length (and waits for its body).
+    let mut buffer = BytesMut::new();
+    buffer.put_u32_le(MAX_FRAME_BYTES as u32);
+    assert!(codec.decode(&mut buffer).unwrap().is_none());
+}
+
+#[test]
+fn truncated_frames_are_errors_at_eof_and_a_clean_eof_is_the_end() {
+    let mut codec = FrameCodec::<ClientMessage, ClientMessage>::new();
+    let whole = frame(&samples::client_messages()[0]);
+    for cut in [1, 3, 4, whole.len() - 1] {
+        let mut buffer = BytesMut::from(&whole[..cut]);
+        assert!(codec.decode(&mut buffer).unwrap().is_none());
+        let error = codec.decode_eof(&mut buffer).unwrap_err();
+        assert!(
+            matches!(error, FrameError::Truncated { buffered } if buffered == cut),
+            "{error}"
+        );
+    }
+    let mut empty = BytesMut::new();
+    assert_eq!(codec.decode_eof(&mut empty).unwrap(), None);
+}
+
+#[test]
+fn bodies_with_trailing_bytes_or_garbage_are_refused() {
+    let whole = frame(&ClientMessage::CancelRequest { id: RequestId(7) });
+    let mut body = whole[4..].to_vec();
+    body.push(0);
+    assert!(matches!(
+        decode_body::<ClientMessage>(&body),
+        Err(FrameError::TrailingBytes { extra: 1 })
+    ));
+    assert!(matches!(
+        decode_body::<ClientMessage>(&[0xff, 0xff, 0xff]),
+        Err(FrameError::Decode(_))
+    ));
+}
+
+#[test]
+fn a_message_too_large_for_a_frame_is_refused_and_leaves_the_buffer_intact() {
+    let huge = ServerMessage::CellClosed {
+        session: SessionId(1),
+        cell_id: "x".repeat(MAX_FRAME_BYTES + 1),
+    };
+    let mut buffer = BytesMut::from(&b"kept"[..]);
+    assert!(matches!(
+        encode_frame(&huge, &mut buffer),
+        Err(FrameError::TooLarge { .. })
+    ));
+    assert_eq!(&buffer[..], b"kept");
+}
+
+/// A small deterministic generator (xorshift64*) so the property test is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// Decodes arbitrary bytes as both message types; the only acceptable outcomes are a
+/// message, "need more", or an error. Panics and hangs fail the test.
+fn decode_anything(bytes: &[u8]) {
+    let mut buffer = BytesMut::from(bytes);
+    let mut client = FrameCodec::<ClientMessage, ClientMessage>::new();
+    while let Ok(Some(_)) = client.decode(&mut buffer) {}
+    let _ = client.decode_eof(&mut buffer);
+    let mut buffer = BytesMut::from(bytes);
+    let mut server = FrameCodec::<ServerMessage, ServerMessage>::new();
+    while let Ok(Some(_)) = server.decode(&mut buffer) {}
+    let _ = server.decode_eof(&mut buffer);
+    let _ = decode_body::<ClientMessage>(bytes);
+    let _ = decode_body::<ServerMessage>(bytes);
+}
+
+#[test]
+fn random_and_mutated_frames_never_panic() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let valid: Vec<BytesMut> = samples::client_messages()
+        .iter()
+        .map(frame)
+        .chain(samples::server_messages().iter().map(frame))
+        .collect();
+    for round in 0..300_000u64 {
+        let input: Vec<u8> = if round % 2 == 0 {
+            // Arbitrary bytes behind a plausible length prefix.
+            let length = rng.below(48) as usize;
+            let mut bytes = (length as u32).to_le_bytes().to_vec();
+            bytes.extend((0..length).map(|_| rng.next() as u8));
+            bytes
+        } else {
+            // A valid frame with a few bytes flipped, cut or duplicated.
+            let mut bytes = valid[rng.below(valid.len() as u64) as usize].to_vec();
+            for _ in 0..=rng.below(3) {
+                let at = rng.below(bytes.len() as u64) as usize;
+                match rng.below(3) {
+                    0 => bytes[at] ^= 1 << rng.below(8),
+                    1 => bytes.truncate(at.max(1)),
+                    _ => bytes.insert(at, rng.next() as u8),
+                }
+            }
+            bytes
+        };
+        decode_anything(&input);
+    }
+}
+
+#[test]
+fn the_handshake_picks_the_highest_common_version() {
+    let offer = ServerOffer {
+        versions: vec![1, 2, 3],
+        capabilities: vec!["sessions".into(), "pending-frontier".into()],
+        server: "test-server".into(),
+    };
+    let hello = ClientHello {
+        versions: vec![0, 2, 3, 9],
+        required_capabilities: vec!["sessions".into()],
+        optional_capabilities: vec!["unknown-extra".into()],
+        client: "test-client".into(),
+    };
+    let ready = offer.negotiate(&hello).unwrap();
+    assert_eq!(ready.version, 3);
+    assert_eq!(ready.capabilities, ["sessions", "pending-frontier"]);
+    assert_eq!(ready.to_string(), "test-server (protocol 3)");
+    // A client of this build and a server of this build agree.
+    let ready = ServerOffer::current("bin")
+        .negotiate(&ClientHello::current("host"))
+        .unwrap();
+    assert_eq!(ready.version, PROTOCOL_VERSION);
+}
+
+#[test]
+fn the_handshake_refuses_with_a_reason_for_each_failure() {
+    let offer = ServerOffer::current("code-mode-bin 0.1.0");
+    let mut hello = ClientHello::current("host");
+    hello.versions = vec![7, 8];
+    let rejection = offer.negotiate(&hello).unwrap_err();
+    assert_eq!(
+        rejection,
+        HandshakeRejection::NoCommonVersion {
+            client: vec![7, 8],
+            server: vec![PROTOCOL_VERSION]
+        }
+    );
+    assert_eq!(
+        rejection.to_string(),
+        "no common protocol version: the client speaks [7, 8], the runtime speaks [1]"
+    );
+
+    let mut hello = ClientHello::current("host");
+    hello.required_capabilities.push("time-travel".into());
+    let rejection = offer.negotiate(&hello).unwrap_err();
+    assert_eq!(
+        rejection,
+        HandshakeRejection::MissingCapability("time-travel".into())
+    );
+    assert_eq!(
+        rejection.to_string(),
+        "the runtime lacks the required capability `time-travel`"
+    );
+
+    let mut hello = ClientHello::current("host");
+    hello.versions.clear();
+    assert_eq!(
+        offer.negotiate(&hello).unwrap_err().to_string(),
+        "invalid hello: it lists no protocol version"
+    );
+}
+
+#[test]
+fn wire_errors_map_back_to_the_contract_strings() {
+    use code_mode_protocol::SessionError;
+    for error in [
+        SessionError::ShuttingDown,
+        SessionError::BusyObserver("3".into()),
+        SessionError::AlreadyTerminating("4".into()),
+    ] {
+        let text = error.to_string();
+        let wire = WireError::from(error);
+        assert_eq!(wire.to_string(), text);
+        assert_eq!(wire.into_session_error().to_string(), text);
+    }
+}
+
+/// Pinned encodings: an accidental change to the wire format fails here. Update the
+/// expected bytes only together with a protocol version bump.
+#[test]
+fn encodings_are_pinned() {
+    let cases: Vec<(BytesMut, &str)> = vec![
+        (
+            frame(&ClientMessage::Hello(ClientHello {
+                versions: vec![1],
+                required_capabilities: vec!["sessions".into()],
+                optional_capabilities: vec![],
+                client: "h".into(),
+            })),
+            // length 16, Hello, versions [1], required ["sessions"], optional [], "h"
+            "10000000000101010873657373696f6e73000168",
+        ),
+        (
+            frame(&ClientMessage::CancelRequest { id: RequestId(300) }),
+            // length 4, CancelRequest, varint 300 (0xfb marker, u16 little-endian)
+            "0400000002fb2c01",
+        ),
+        (
+            frame(&samples::execute_request()),
+            // Request 1: Execute on session 1, source, one function tool, yield Some(10000)
+            "1c000000010101010a74657874282268692229
+             01046563686f016500 01fb1027",
+        ),
+        (
+            frame(&ServerMessage::CellClosed {
+                session: SessionId(2),
+                cell_id: "17".into(),
+            }),
+            // length 5, CellClosed, session 2, "17"
+            "050000000502023137",
+        ),
+    ];
+    for (encoded, expected) in cases {
+        let expected: String = expected.split_whitespace().collect();
+        assert_eq!(hex(&encoded), expected);
+    }
+}

@@ -1,0 +1,177 @@
+//! One sample of every message variant.
+
+use code_mode_protocol::wire::*;
+use code_mode_protocol::{
+    CellResponse, ContentItem, ExecRequest, ImageDetail, PendingOutcome, SessionOptions,
+    StartedCell, StartedPendingCell, ToolDefinition, ToolKind, WaitRequest,
+};
+
+pub fn execute_request() -> ClientMessage {
+    ClientMessage::Request {
+        id: RequestId(1),
+        request: Request::Execute {
+            session: SessionId(1),
+            request: ExecRequest::new(r#"text("hi")"#)
+                .with_tools(vec![ToolDefinition::new("echo", "e", ToolKind::Function)])
+                .with_yield_time_ms(10_000),
+        },
+    }
+}
+
+fn items() -> Vec<ContentItem> {
+    vec![
+        ContentItem::text("hello"),
+        ContentItem::InputImage {
+            image_url: "data:image/png;base64,AA==".into(),
+            detail: ImageDetail::Original,
+        },
+    ]
+}
+
+pub fn client_messages() -> Vec<ClientMessage> {
+    let session = SessionId(4);
+    let requests = vec![
+        Request::OpenSession {
+            options: SessionOptions {
+                max_yield_time_ms: Some(0),
+            },
+        },
+        Request::Execute {
+            session,
+            request: ExecRequest::new("await tools.x()"),
+        },
+        Request::Wait {
+            session,
+            request: WaitRequest::new("3").with_yield_time_ms(5),
+        },
+        Request::Terminate {
+            session,
+            cell_id: "3".into(),
+        },
+        Request::ExecuteToPending {
+            session,
+            request: ExecRequest::new("1"),
+        },
+        Request::WaitToPending {
+            session,
+            cell_id: "3".into(),
+        },
+        Request::Shutdown { session },
+    ];
+    let mut messages = vec![ClientMessage::Hello(ClientHello::current("test"))];
+    messages.extend(requests.into_iter().enumerate().map(|(index, request)| {
+        ClientMessage::Request {
+            id: RequestId(index as u64),
+            request,
+        }
+    }));
+    messages.push(execute_request());
+    messages.push(ClientMessage::CancelRequest { id: RequestId(9) });
+    for reply in [
+        DelegateReply::ToolResult(Ok(r#"{"a":[1,2]}"#.into())),
+        DelegateReply::ToolResult(Err("nope".into())),
+        DelegateReply::Notified,
+    ] {
+        messages.push(ClientMessage::DelegateReply {
+            id: DelegateId(u64::MAX),
+            reply,
+        });
+    }
+    messages
+}
+
+pub fn server_messages() -> Vec<ServerMessage> {
+    let responses = vec![
+        Response::SessionOpened(SessionId(1)),
+        Response::Started(StartedCell {
+            cell_id: "1".into(),
+            initial_response: CellResponse::Yielded {
+                cell_id: "1".into(),
+                content_items: items(),
+            },
+        }),
+        Response::Cell(CellResponse::Result {
+            cell_id: "1".into(),
+            content_items: items(),
+            error_text: Some("Error: x".into()),
+            missing_cell: false,
+        }),
+        Response::Cell(CellResponse::Terminated {
+            cell_id: "1".into(),
+            content_items: vec![],
+        }),
+        Response::StartedPending(StartedPendingCell {
+            cell_id: "2".into(),
+            outcome: PendingOutcome::Pending {
+                cell_id: "2".into(),
+                content_items: items(),
+                pending_tool_call_ids: vec!["tool-1".into(), "tool-2".into()],
+            },
+        }),
+        Response::Pending(PendingOutcome::Completed(CellResponse::missing("9"))),
+        Response::ShutDown,
+    ];
+    let errors = vec![
+        WireError::MissingSession(SessionId(3)),
+        WireError::ShuttingDown,
+        WireError::MissingCell("5".into()),
+        WireError::BusyObserver("1".into()),
+        WireError::AlreadyTerminating("1".into()),
+        WireError::InvalidRequest("bad".into()),
+        WireError::Cancelled,
+        WireError::ResponseTooLarge { bytes: 1, max: 2 },
+        WireError::Internal("boom".into()),
+    ];
+    let mut messages = vec![
+        ServerMessage::Ready(Ready {
+            version: 1,
+            capabilities: vec!["sessions".into()],
+            server: "s".into(),
+        }),
+        ServerMessage::Rejected(HandshakeRejection::NoCommonVersion {
+            client: vec![2],
+            server: vec![1],
+        }),
+        ServerMessage::Rejected(HandshakeRejection::MissingCapability("x".into())),
+        ServerMessage::Rejected(HandshakeRejection::InvalidHello("y".into())),
+    ];
+    messages.extend(
+        responses
+            .into_iter()
+            .map(|response| ServerMessage::Response {
+                id: RequestId(5),
+                result: Ok(response),
+            }),
+    );
+    messages.extend(errors.into_iter().map(|error| ServerMessage::Response {
+        id: RequestId(6),
+        result: Err(error),
+    }));
+    messages.extend([
+        ServerMessage::Delegate {
+            id: DelegateId(1),
+            session: SessionId(1),
+            call: DelegateCall::InvokeTool {
+                cell_id: "1".into(),
+                call_id: "tool-1".into(),
+                tool_name: "mcp__x__y".into(),
+                kind: ToolKind::Freeform,
+                input: Some(r#""raw""#.into()),
+            },
+        },
+        ServerMessage::Delegate {
+            id: DelegateId(2),
+            session: SessionId(1),
+            call: DelegateCall::Notify {
+                cell_id: "1".into(),
+                text: "working".into(),
+            },
+        },
+        ServerMessage::CancelDelegate { id: DelegateId(2) },
+        ServerMessage::CellClosed {
+            session: SessionId(1),
+            cell_id: "1".into(),
+        },
+    ]);
+    messages
+}
