@@ -95,6 +95,40 @@ impl ToolKind {
     }
 }
 
+/// Maximum nesting of arrays and objects in any JSON value a cell sends, receives or
+/// stores, everywhere in code-mode.
+pub const JSON_DEPTH_LIMIT: usize = 128;
+
+/// The deepest nesting of arrays and objects in a JSON text (0 for a scalar). Linear and
+/// without recursion, so it is safe on any input; meant to run before a parser that
+/// recurses.
+pub fn json_nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// A nested tool enabled for a cell: what the runtime needs to bind `tools.<js name>` and
 /// list it in `ALL_TOOLS`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +194,15 @@ mod tests {
         assert_eq!(js_tool_name("$dollar"), "$dollar");
         assert_eq!(js_tool_name(""), "_");
         assert_eq!(js_tool_name("é"), "_");
+    }
+
+    #[test]
+    fn nesting_depth_ignores_brackets_inside_strings() {
+        assert_eq!(json_nesting_depth("1"), 0);
+        assert_eq!(json_nesting_depth("[]"), 1);
+        assert_eq!(json_nesting_depth(r#"{"a":[{"b":"[[[{"}]}"#), 3);
+        assert_eq!(json_nesting_depth(r#"["\"[[", ["x"]]"#), 2);
+        assert_eq!(json_nesting_depth(r#"["\\", [[]]]"#), 3);
     }
 
     #[test]

@@ -36,8 +36,7 @@ pub const DEFAULT_HEAP_LIMIT_BYTES: usize = 128 * 1024 * 1024;
 /// rejected with a clear message instead of queueing without bound.
 pub const DEFAULT_MAX_IN_FLIGHT_TOOL_CALLS: usize = 1024;
 
-/// Maximum nesting of arrays and objects in any JSON value a cell sends or stores.
-pub const JSON_DEPTH_LIMIT: usize = 128;
+pub use code_mode_protocol::model::JSON_DEPTH_LIMIT;
 
 /// Capacity of the event channel from a cell thread to its owner. A cell that produces
 /// events faster than the owner drains them blocks (backpressure) instead of queueing

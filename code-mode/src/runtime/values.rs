@@ -62,38 +62,9 @@ pub(crate) fn parse<'s>(
     v8::json::parse(scope, text)
 }
 
-/// The deepest nesting of arrays and objects in a JSON text (0 for a scalar).
-/// Linear, no recursion: safe on any input.
-pub(crate) fn json_nesting_depth(json: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for byte in json.bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
 /// Whether a JSON text nests deeper than [`JSON_DEPTH_LIMIT`].
 pub(crate) fn exceeds_depth_limit(json: &str) -> bool {
-    json_nesting_depth(json) > JSON_DEPTH_LIMIT
+    code_mode_protocol::model::json_nesting_depth(json) > JSON_DEPTH_LIMIT
 }
 
 /// `String(value)`: like `ToString`, but a symbol gives `Symbol(description)` instead of
@@ -196,15 +167,6 @@ pub(crate) fn is_stack_overflow(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nesting_depth_ignores_brackets_inside_strings() {
-        assert_eq!(json_nesting_depth("1"), 0);
-        assert_eq!(json_nesting_depth("[]"), 1);
-        assert_eq!(json_nesting_depth(r#"{"a":[{"b":"[[[{"}]}"#), 3);
-        assert_eq!(json_nesting_depth(r#"["\"[[", ["x"]]"#), 2);
-        assert_eq!(json_nesting_depth(r#"["\\", [[]]]"#), 3);
-    }
 
     #[test]
     fn depth_limit_allows_exactly_the_limit() {

@@ -1,0 +1,317 @@
+//! One connection to a host: the handshake, then requests in and responses, delegate calls
+//! and cell-closed events out.
+//!
+//! Reading and writing each live in a dedicated task (framed reads and writes are not
+//! cancel-safe inside `select!`). Every request runs in its own task, so a long `wait` never
+//! blocks another call. A malformed, oversized or out-of-state message ends the connection
+//! with a logged reason; end of input ends it cleanly. Either way every session is shut
+//! down before [`serve`] returns.
+
+use crate::delegate::{PendingDelegateCall, RemoteDelegate};
+use bytes::{Bytes, BytesMut};
+use code_mode::{InProcessOptions, InProcessSession};
+use code_mode_protocol::CodeModeSession;
+use code_mode_protocol::wire::codec::encode_frame;
+use code_mode_protocol::wire::*;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why a connection ended other than by a clean end of input.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connection failed: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the host closed the connection before the handshake")]
+    NoHello,
+    #[error("handshake refused: {0}")]
+    Refused(HandshakeRejection),
+    #[error("protocol violation: {0}")]
+    Violation(String),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Encoded frames on their way to the writer task.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    frames: mpsc::UnboundedSender<Bytes>,
+}
+
+impl Outbox {
+    /// Encodes and queues a message. Fails only if the message is too large for a frame.
+    /// Messages queued after the writer stopped are dropped: the connection is over.
+    pub(crate) fn send(&self, message: &ServerMessage) -> Result<(), FrameError> {
+        let mut buffer = BytesMut::new();
+        encode_frame(message, &mut buffer)?;
+        let _ = self.frames.send(buffer.freeze());
+        Ok(())
+    }
+
+    /// Sends a response; one too large for a frame becomes an error response instead.
+    fn respond(&self, id: RequestId, result: Result<Response, WireError>) {
+        let message = ServerMessage::Response { id, result };
+        if let Err(error) = self.send(&message) {
+            tracing::warn!(%id, "response not sent as is: {error}");
+            let bytes = match error {
+                FrameError::TooLarge { bytes } => bytes,
+                _ => 0,
+            };
+            let fallback = ServerMessage::Response {
+                id,
+                result: Err(WireError::ResponseTooLarge {
+                    bytes,
+                    max: MAX_FRAME_BYTES as u64,
+                }),
+            };
+            if let Err(error) = self.send(&fallback) {
+                tracing::error!(%id, "even the error response could not be sent: {error}");
+            }
+        }
+    }
+}
+
+/// State shared by the reader, the request tasks and the sessions' delegates.
+pub(crate) struct Connection {
+    pub(crate) outbox: Outbox,
+    sessions: Mutex<HashMap<SessionId, Arc<InProcessSession>>>,
+    last_session: AtomicU64,
+    requests: Mutex<HashMap<RequestId, CancellationToken>>,
+    delegate_calls: Mutex<HashMap<DelegateId, PendingDelegateCall>>,
+    last_delegate_call: AtomicU64,
+}
+
+impl Connection {
+    pub(crate) fn register_delegate_call(&self, call: PendingDelegateCall) -> DelegateId {
+        let id = DelegateId(self.last_delegate_call.fetch_add(1, Ordering::SeqCst) + 1);
+        lock(&self.delegate_calls).insert(id, call);
+        id
+    }
+
+    pub(crate) fn forget_delegate_call(&self, id: DelegateId) {
+        lock(&self.delegate_calls).remove(&id);
+    }
+
+    fn session(&self, id: SessionId) -> Result<Arc<InProcessSession>, WireError> {
+        lock(&self.sessions)
+            .get(&id)
+            .cloned()
+            .ok_or(WireError::MissingSession(id))
+    }
+
+    /// Runs one request against its session.
+    async fn dispatch(self: &Arc<Self>, request: Request) -> Result<Response, WireError> {
+        match request {
+            Request::OpenSession { options } => {
+                let id = SessionId(self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
+                let delegate = RemoteDelegate::new(Arc::downgrade(self), id);
+                let session = InProcessSession::new(
+                    Arc::new(delegate),
+                    InProcessOptions {
+                        session: options,
+                        ..InProcessOptions::default()
+                    },
+                );
+                lock(&self.sessions).insert(id, Arc::new(session));
+                Ok(Response::SessionOpened(id))
+            }
+            Request::Execute { session, request } => {
+                let session = self.session(session)?;
+                Ok(Response::Started(session.execute(request).await?))
+            }
+            Request::Wait { session, request } => {
+                let session = self.session(session)?;
+                Ok(Response::Cell(session.wait(request).await?))
+            }
+            Request::Terminate { session, cell_id } => {
+                let session = self.session(session)?;
+                Ok(Response::Cell(session.terminate(cell_id).await?))
+            }
+            Request::ExecuteToPending { session, request } => {
+                let session = self.session(session)?;
+                Ok(Response::StartedPending(
+                    session.execute_to_pending(request).await?,
+                ))
+            }
+            Request::WaitToPending { session, cell_id } => {
+                let session = self.session(session)?;
+                Ok(Response::Pending(session.wait_to_pending(cell_id).await?))
+            }
+            Request::Shutdown { session: id } => {
+                let session = lock(&self.sessions)
+                    .remove(&id)
+                    .ok_or(WireError::MissingSession(id))?;
+                session.shutdown().await;
+                Ok(Response::ShutDown)
+            }
+        }
+    }
+
+    /// Shuts every session down (the connection is over).
+    async fn shut_down_sessions(&self) {
+        let sessions: Vec<_> = lock(&self.sessions).drain().map(|(_, s)| s).collect();
+        let shutdowns = sessions.iter().map(|session| session.shutdown());
+        futures_util::future::join_all(shutdowns).await;
+        // Delegate calls still waiting get "connection closed" as their senders drop.
+        lock(&self.delegate_calls).clear();
+    }
+}
+
+/// Serves one host connection until it ends.
+pub async fn serve<S>(stream: S) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(write_half, frames_rx));
+    let connection = Arc::new(Connection {
+        outbox: Outbox { frames: frames_tx },
+        sessions: Mutex::new(HashMap::new()),
+        last_session: AtomicU64::new(0),
+        requests: Mutex::new(HashMap::new()),
+        delegate_calls: Mutex::new(HashMap::new()),
+        last_delegate_call: AtomicU64::new(0),
+    });
+    let mut reader = FramedRead::new(read_half, FrameCodec::<ClientMessage, ServerMessage>::new());
+    let tasks = TaskTracker::new();
+    let outcome = read_loop(&connection, &mut reader, &tasks).await;
+    if let Err(error) = &outcome {
+        tracing::error!("closing the connection: {error}");
+    }
+    for (_, token) in lock(&connection.requests).drain() {
+        token.cancel();
+    }
+    connection.shut_down_sessions().await;
+    tasks.close();
+    tasks.wait().await;
+    // Let the writer flush what is queued (cell-closed events), then stop it. After the
+    // host closed its side, it may not read them any more: that is not a failure.
+    drop(connection);
+    match writer.await {
+        Ok(Err(error)) => tracing::debug!("final writes to the host failed: {error}"),
+        Err(error) => tracing::error!("the writer task failed: {error}"),
+        Ok(Ok(())) => {}
+    }
+    outcome
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    connection: &Arc<Connection>,
+    reader: &mut FramedRead<R, FrameCodec<ClientMessage, ServerMessage>>,
+    tasks: &TaskTracker,
+) -> Result<(), ConnectionError> {
+    let hello = match reader.next().await {
+        Some(Ok(ClientMessage::Hello(hello))) => hello,
+        Some(Ok(other)) => {
+            let rejection =
+                HandshakeRejection::InvalidHello(format!("expected Hello, got {}", kind(&other)));
+            let _ = connection
+                .outbox
+                .send(&ServerMessage::Rejected(rejection.clone()));
+            return Err(ConnectionError::Refused(rejection));
+        }
+        Some(Err(error)) => return Err(error.into()),
+        None => return Err(ConnectionError::NoHello),
+    };
+    let offer = ServerOffer::current(concat!("code-mode-bin ", env!("CARGO_PKG_VERSION")));
+    match offer.negotiate(&hello) {
+        Ok(ready) => {
+            tracing::info!(client = %hello.client, %ready, "handshake done");
+            connection
+                .outbox
+                .send(&ServerMessage::Ready(ready))
+                .map_err(ConnectionError::Frame)?;
+        }
+        Err(rejection) => {
+            let _ = connection
+                .outbox
+                .send(&ServerMessage::Rejected(rejection.clone()));
+            return Err(ConnectionError::Refused(rejection));
+        }
+    }
+    while let Some(message) = reader.next().await {
+        match message? {
+            ClientMessage::Hello(_) => {
+                return Err(ConnectionError::Violation("a second Hello".to_owned()));
+            }
+            ClientMessage::Request { id, request } => {
+                let token = CancellationToken::new();
+                {
+                    let mut requests = lock(&connection.requests);
+                    if requests.contains_key(&id) {
+                        return Err(ConnectionError::Violation(format!(
+                            "{id} is already in flight"
+                        )));
+                    }
+                    requests.insert(id, token.clone());
+                }
+                let connection = Arc::clone(connection);
+                tasks.spawn(async move {
+                    let result = tokio::select! {
+                        result = connection.dispatch(request) => result,
+                        () = token.cancelled() => Err(WireError::Cancelled),
+                    };
+                    lock(&connection.requests).remove(&id);
+                    connection.outbox.respond(id, result);
+                });
+            }
+            ClientMessage::CancelRequest { id } => {
+                // Unknown ids are answered already: the cancellation crossed the response.
+                if let Some(token) = lock(&connection.requests).get(&id) {
+                    token.cancel();
+                }
+            }
+            ClientMessage::DelegateReply { id, reply } => {
+                if id.0 > connection.last_delegate_call.load(Ordering::SeqCst) {
+                    return Err(ConnectionError::Violation(format!(
+                        "a reply to {id}, never sent"
+                    )));
+                }
+                // A missing entry was cancelled meanwhile; its late reply is dropped.
+                let pending = lock(&connection.delegate_calls).remove(&id);
+                if let Some(pending) = pending {
+                    pending
+                        .complete(reply)
+                        .map_err(ConnectionError::Violation)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A message's kind, for error messages (never its payload).
+fn kind(message: &ClientMessage) -> &'static str {
+    match message {
+        ClientMessage::Hello(_) => "Hello",
+        ClientMessage::Request { .. } => "Request",
+        ClientMessage::CancelRequest { .. } => "CancelRequest",
+        ClientMessage::DelegateReply { .. } => "DelegateReply",
+    }
+}
+
+/// The writer task: writes queued frames, flushing whenever the queue runs dry. Ends when
+/// every sender is gone.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut frames: mpsc::UnboundedReceiver<Bytes>,
+) -> std::io::Result<()> {
+    let mut writer = tokio::io::BufWriter::new(writer);
+    while let Some(frame) = frames.recv().await {
+        writer.write_all(&frame).await?;
+        while let Ok(frame) = frames.try_recv() {
+            writer.write_all(&frame).await?;
+        }
+        writer.flush().await?;
+    }
+    writer.shutdown().await
+}

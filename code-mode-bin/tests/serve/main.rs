@@ -1,0 +1,582 @@
+//! Drives the real `code-mode-bin` with raw frames: the test is the host. It listens on a
+//! local socket in a fresh 0700 directory, spawns the binary, and speaks the wire protocol.
+
+use bytes::{BufMut, BytesMut};
+use code_mode_protocol::wire::*;
+use code_mode_protocol::{
+    CellResponse, ContentItem, ExecRequest, SessionOptions, StartedCell, ToolDefinition, ToolKind,
+    WaitRequest,
+};
+use futures_util::{SinkExt, StreamExt};
+use interprocess::local_socket::tokio::prelude::*;
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use std::collections::VecDeque;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+use tokio_util::codec::Framed;
+
+/// Any single expected message must arrive within this time.
+const MESSAGE_DEADLINE: Duration = Duration::from_secs(30);
+
+const BIN: &str = env!("CARGO_BIN_EXE_code-mode-bin");
+
+/// A private directory holding the socket, removed on drop.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "code-mode-serve-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .expect("create the socket directory");
+        Self(path)
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The host side of one runtime process.
+struct Host {
+    child: Child,
+    framed: Framed<Stream, FrameCodec<ServerMessage, ClientMessage>>,
+    /// Messages received while looking for another one.
+    backlog: VecDeque<ServerMessage>,
+    _dir: PrivateDir,
+}
+
+async fn listen() -> (Listener, PathBuf, PrivateDir) {
+    let dir = PrivateDir::new();
+    let path = dir.0.join("runtime.sock");
+    let name = path.clone().to_fs_name::<GenericFilePath>().unwrap();
+    let listener = ListenerOptions::new().name(name).create_tokio().unwrap();
+    (listener, path, dir)
+}
+
+fn spawn(path: &PathBuf) -> Child {
+    Command::new(BIN)
+        .arg("--socket")
+        .arg(path)
+        .arg("--log")
+        .arg("info")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn code-mode-bin")
+}
+
+impl Host {
+    /// Spawns the runtime and accepts its connection (no handshake yet).
+    async fn start() -> Self {
+        let (listener, path, dir) = listen().await;
+        let child = spawn(&path);
+        let stream = tokio::time::timeout(MESSAGE_DEADLINE, listener.accept())
+            .await
+            .expect("the runtime connects")
+            .expect("accept");
+        Self {
+            child,
+            framed: Framed::new(stream, FrameCodec::new()),
+            backlog: VecDeque::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Spawns the runtime and completes the handshake.
+    async fn ready() -> Self {
+        let mut host = Self::start().await;
+        host.send(ClientMessage::Hello(ClientHello::current("serve test")))
+            .await;
+        match host.next().await {
+            ServerMessage::Ready(ready) => assert_eq!(ready.version, PROTOCOL_VERSION),
+            other => panic!("expected Ready, got {other:?}"),
+        }
+        host
+    }
+
+    async fn send(&mut self, message: ClientMessage) {
+        self.framed.send(message).await.expect("send a frame");
+    }
+
+    async fn request(&mut self, id: u64, request: Request) {
+        self.send(ClientMessage::Request {
+            id: RequestId(id),
+            request,
+        })
+        .await;
+    }
+
+    /// The next message from the runtime (backlog first).
+    async fn next(&mut self) -> ServerMessage {
+        if let Some(message) = self.backlog.pop_front() {
+            return message;
+        }
+        tokio::time::timeout(MESSAGE_DEADLINE, self.framed.next())
+            .await
+            .expect("a message in time")
+            .expect("the connection is open")
+            .expect("a valid frame")
+    }
+
+    /// The first message matching `wanted`; others are kept for later.
+    async fn next_matching(&mut self, wanted: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
+        if let Some(index) = self.backlog.iter().position(&wanted) {
+            return self.backlog.remove(index).expect("indexed");
+        }
+        loop {
+            let message = tokio::time::timeout(MESSAGE_DEADLINE, self.framed.next())
+                .await
+                .expect("a message in time")
+                .expect("the connection is open")
+                .expect("a valid frame");
+            if wanted(&message) {
+                return message;
+            }
+            self.backlog.push_back(message);
+        }
+    }
+
+    async fn response(&mut self, id: u64) -> Result<Response, WireError> {
+        match self
+            .next_matching(|m| matches!(m, ServerMessage::Response { id: r, .. } if r.0 == id))
+            .await
+        {
+            ServerMessage::Response { result, .. } => result,
+            _ => unreachable!("matched a response"),
+        }
+    }
+
+    async fn delegate_call(&mut self) -> (DelegateId, DelegateCall) {
+        match self
+            .next_matching(|m| matches!(m, ServerMessage::Delegate { .. }))
+            .await
+        {
+            ServerMessage::Delegate { id, call, .. } => (id, call),
+            _ => unreachable!("matched a delegate call"),
+        }
+    }
+
+    /// Waits for the process to exit; returns its code and everything it wrote.
+    async fn finish(mut self) -> (Option<i32>, String, String) {
+        let _ = self.framed.get_mut().shutdown().await;
+        drop(self.framed);
+        let output = tokio::time::timeout(MESSAGE_DEADLINE, self.child.wait_with_output())
+            .await
+            .expect("the runtime exits")
+            .expect("wait for the runtime");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+fn text(text: &str) -> ContentItem {
+    ContentItem::text(text)
+}
+
+fn tools() -> Vec<ToolDefinition> {
+    vec![
+        ToolDefinition::new("echo", "echoes", ToolKind::Function),
+        ToolDefinition::new("block", "never answers", ToolKind::Function),
+    ]
+}
+
+#[tokio::test]
+async fn a_whole_session_over_raw_frames() {
+    let mut host = Host::ready().await;
+    host.request(
+        1,
+        Request::OpenSession {
+            options: SessionOptions::default(),
+        },
+    )
+    .await;
+    assert_eq!(
+        host.response(1).await,
+        Ok(Response::SessionOpened(SessionId(1)))
+    );
+
+    let source = r#"
+        text("start");
+        const echoed = await tools.echo({ a: 1 });
+        text("echo " + echoed.a);
+        notify("half way");
+        yield_control();
+        text("after yield");
+        await tools.block();
+        text("never");
+    "#;
+    host.request(
+        2,
+        Request::Execute {
+            session: SessionId(1),
+            request: ExecRequest::new(source).with_tools(tools()),
+        },
+    )
+    .await;
+    let (echo_id, call) = host.delegate_call().await;
+    assert_eq!(
+        call,
+        DelegateCall::InvokeTool {
+            cell_id: "1".into(),
+            call_id: "tool-1".into(),
+            tool_name: "echo".into(),
+            kind: ToolKind::Function,
+            input: Some(r#"{"a":1}"#.into()),
+        }
+    );
+    host.send(ClientMessage::DelegateReply {
+        id: echo_id,
+        reply: DelegateReply::ToolResult(Ok(r#"{"a":42}"#.into())),
+    })
+    .await;
+    let (notify_id, call) = host.delegate_call().await;
+    assert_eq!(
+        call,
+        DelegateCall::Notify {
+            cell_id: "1".into(),
+            text: "half way".into()
+        }
+    );
+    host.send(ClientMessage::DelegateReply {
+        id: notify_id,
+        reply: DelegateReply::Notified,
+    })
+    .await;
+    assert_eq!(
+        host.response(2).await,
+        Ok(Response::Started(StartedCell {
+            cell_id: "1".into(),
+            initial_response: CellResponse::Yielded {
+                cell_id: "1".into(),
+                content_items: vec![text("start"), text("echo 42")],
+            },
+        }))
+    );
+
+    let (block_id, call) = host.delegate_call().await;
+    assert!(matches!(call, DelegateCall::InvokeTool { ref tool_name, .. } if tool_name == "block"));
+    host.request(
+        3,
+        Request::Wait {
+            session: SessionId(1),
+            request: WaitRequest::new("1").with_yield_time_ms(200),
+        },
+    )
+    .await;
+    assert_eq!(
+        host.response(3).await,
+        Ok(Response::Cell(CellResponse::Yielded {
+            cell_id: "1".into(),
+            content_items: vec![text("after yield")],
+        }))
+    );
+
+    host.request(
+        4,
+        Request::Terminate {
+            session: SessionId(1),
+            cell_id: "1".into(),
+        },
+    )
+    .await;
+    // The in-flight tool call is cancelled before terminate answers.
+    let cancel = host
+        .next_matching(|m| matches!(m, ServerMessage::CancelDelegate { .. }))
+        .await;
+    assert_eq!(cancel, ServerMessage::CancelDelegate { id: block_id });
+    assert_eq!(
+        host.response(4).await,
+        Ok(Response::Cell(CellResponse::Terminated {
+            cell_id: "1".into(),
+            content_items: vec![],
+        }))
+    );
+    let closed = host
+        .next_matching(|m| matches!(m, ServerMessage::CellClosed { .. }))
+        .await;
+    assert_eq!(
+        closed,
+        ServerMessage::CellClosed {
+            session: SessionId(1),
+            cell_id: "1".into()
+        }
+    );
+    // A late reply to the cancelled call is harmless.
+    host.send(ClientMessage::DelegateReply {
+        id: block_id,
+        reply: DelegateReply::ToolResult(Ok("1".into())),
+    })
+    .await;
+
+    // Errors: an unknown session, an unknown cell.
+    host.request(
+        5,
+        Request::Wait {
+            session: SessionId(9),
+            request: WaitRequest::new("1"),
+        },
+    )
+    .await;
+    assert_eq!(
+        host.response(5).await,
+        Err(WireError::MissingSession(SessionId(9)))
+    );
+    host.request(
+        6,
+        Request::Wait {
+            session: SessionId(1),
+            request: WaitRequest::new("7"),
+        },
+    )
+    .await;
+    assert_eq!(
+        host.response(6).await,
+        Ok(Response::Cell(CellResponse::missing("7")))
+    );
+
+    // A second session, then shutdown of the first.
+    host.request(
+        7,
+        Request::OpenSession {
+            options: SessionOptions::default(),
+        },
+    )
+    .await;
+    assert_eq!(
+        host.response(7).await,
+        Ok(Response::SessionOpened(SessionId(2)))
+    );
+    host.request(
+        8,
+        Request::Shutdown {
+            session: SessionId(1),
+        },
+    )
+    .await;
+    assert_eq!(host.response(8).await, Ok(Response::ShutDown));
+    host.request(
+        9,
+        Request::Execute {
+            session: SessionId(1),
+            request: ExecRequest::new("1"),
+        },
+    )
+    .await;
+    assert_eq!(
+        host.response(9).await,
+        Err(WireError::MissingSession(SessionId(1)))
+    );
+
+    let (code, stdout, stderr) = host.finish().await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(stdout, "", "the runtime never writes to stdout");
+    assert!(stderr.contains("handshake done"), "stderr: {stderr}");
+}
+
+#[tokio::test]
+async fn pending_requests_can_be_cancelled_and_running_cells_die_with_the_connection() {
+    let mut host = Host::ready().await;
+    host.request(
+        1,
+        Request::OpenSession {
+            options: SessionOptions::default(),
+        },
+    )
+    .await;
+    assert_eq!(
+        host.response(1).await,
+        Ok(Response::SessionOpened(SessionId(1)))
+    );
+    host.request(
+        2,
+        Request::Execute {
+            session: SessionId(1),
+            request: ExecRequest::new("text('spin'); while (true) {}").with_yield_time_ms(100),
+        },
+    )
+    .await;
+    assert!(matches!(host.response(2).await, Ok(Response::Started(_))));
+    host.request(
+        3,
+        Request::Wait {
+            session: SessionId(1),
+            request: WaitRequest::new("1").with_yield_time_ms(60_000),
+        },
+    )
+    .await;
+    host.send(ClientMessage::CancelRequest { id: RequestId(3) })
+        .await;
+    assert_eq!(host.response(3).await, Err(WireError::Cancelled));
+    // Closing the connection shuts the CPU-bound cell down and the process exits cleanly.
+    let (code, stdout, stderr) = host.finish().await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(stdout, "");
+}
+
+#[tokio::test]
+async fn a_hello_with_no_common_version_is_refused() {
+    let mut host = Host::start().await;
+    host.send(ClientMessage::Hello(ClientHello {
+        versions: vec![99],
+        required_capabilities: vec![],
+        optional_capabilities: vec![],
+        client: "future host".into(),
+    }))
+    .await;
+    assert_eq!(
+        host.next().await,
+        ServerMessage::Rejected(HandshakeRejection::NoCommonVersion {
+            client: vec![99],
+            server: vec![PROTOCOL_VERSION],
+        })
+    );
+    let (code, stdout, stderr) = host.finish().await;
+    assert_eq!(code, Some(1));
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("no common protocol version"),
+        "stderr: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_before_the_hello_is_refused() {
+    let mut host = Host::start().await;
+    host.request(
+        1,
+        Request::Shutdown {
+            session: SessionId(1),
+        },
+    )
+    .await;
+    assert!(matches!(
+        host.next().await,
+        ServerMessage::Rejected(HandshakeRejection::InvalidHello(_))
+    ));
+    let (code, _, _) = host.finish().await;
+    assert_eq!(code, Some(1));
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_the_connection_with_a_logged_reason() {
+    let mut host = Host::ready().await;
+    let mut frame = BytesMut::new();
+    frame.put_u32_le(u32::MAX);
+    frame.put_slice(b"junk");
+    host.framed.get_mut().write_all(&frame).await.unwrap();
+    host.framed.get_mut().flush().await.unwrap();
+    let closed = tokio::time::timeout(MESSAGE_DEADLINE, host.framed.next())
+        .await
+        .expect("the runtime reacts");
+    assert!(
+        closed.is_none(),
+        "expected the connection to close, got {closed:?}"
+    );
+    let (code, stdout, stderr) = host.finish().await;
+    assert_eq!(code, Some(1));
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("exceeds the maximum"), "stderr: {stderr}");
+}
+
+#[tokio::test]
+async fn protocol_violations_close_the_connection() {
+    // A duplicate request id in flight, a reply to a call never made, a second hello.
+    let violations: Vec<Vec<ClientMessage>> = vec![
+        vec![
+            ClientMessage::Request {
+                id: RequestId(1),
+                request: Request::OpenSession {
+                    options: SessionOptions {
+                        max_yield_time_ms: None,
+                    },
+                },
+            },
+            ClientMessage::Request {
+                id: RequestId(2),
+                request: Request::Execute {
+                    session: SessionId(1),
+                    request: ExecRequest::new("while (true) {}"),
+                },
+            },
+            ClientMessage::Request {
+                id: RequestId(2),
+                request: Request::Shutdown {
+                    session: SessionId(1),
+                },
+            },
+        ],
+        vec![ClientMessage::DelegateReply {
+            id: DelegateId(5),
+            reply: DelegateReply::Notified,
+        }],
+        vec![ClientMessage::Hello(ClientHello::current("again"))],
+    ];
+    for messages in violations {
+        let mut host = Host::ready().await;
+        for message in messages {
+            host.send(message).await;
+        }
+        let (code, stdout, stderr) = host.finish().await;
+        assert_eq!(code, Some(1), "stderr: {stderr}");
+        assert_eq!(stdout, "");
+        assert!(stderr.contains("protocol violation"), "stderr: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_command_line_is_checked() {
+    let version = Command::new(BIN).arg("--version").output().await.unwrap();
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        concat!("code-mode-bin ", env!("CARGO_PKG_VERSION"))
+    );
+
+    let missing = Command::new(BIN).output().await.unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(missing.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--socket <PATH>"));
+
+    let unknown = Command::new(BIN)
+        .args(["--socket", "/x", "--frobnicate"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("--frobnicate"));
+
+    let nowhere = Command::new(BIN)
+        .args(["--socket", "/nonexistent/dir/runtime.sock"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(nowhere.status.code(), Some(1));
+    assert!(nowhere.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&nowhere.stderr)
+            .contains("cannot connect to /nonexistent/dir/runtime.sock"),
+        "{}",
+        String::from_utf8_lossy(&nowhere.stderr)
+    );
+}
