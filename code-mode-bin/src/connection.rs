@@ -256,7 +256,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 let connection = Arc::clone(connection);
                 tasks.spawn(async move {
+                    // Biased: the request gets its first poll even if a cancellation is
+                    // already queued, so an `execute` cut short still admits its cell,
+                    // exactly as in process.
                     let result = tokio::select! {
+                        biased;
                         result = connection.dispatch(request) => result,
                         () = token.cancelled() => Err(WireError::Cancelled),
                     };

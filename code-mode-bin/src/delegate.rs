@@ -29,6 +29,11 @@ impl PendingDelegateCall {
                 let _ = sender.send(());
                 Ok(())
             }
+            // The acknowledgement of a cancellation: the waiting call only needs to wake.
+            (pending, DelegateReply::Cancelled) => {
+                drop(pending);
+                Ok(())
+            }
             (PendingDelegateCall::Tool(_), DelegateReply::Notified) => {
                 Err("a notification reply to a tool call".to_owned())
             }
@@ -40,6 +45,20 @@ impl PendingDelegateCall {
 }
 
 const CONNECTION_CLOSED: &str = "the host connection closed";
+
+/// Forgets a delegate call when its waiter goes away (answered, cancelled or abandoned).
+struct ForgetOnDrop {
+    connection: Weak<Connection>,
+    id: code_mode_protocol::wire::DelegateId,
+}
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.upgrade() {
+            connection.forget_delegate_call(self.id);
+        }
+    }
+}
 
 pub(crate) struct RemoteDelegate {
     connection: Weak<Connection>,
@@ -75,13 +94,20 @@ impl RemoteDelegate {
             return Err(format!("the call could not be sent to the host: {error}"));
         }
         drop(connection);
+        let _forget = ForgetOnDrop {
+            connection: self.connection.clone(),
+            id,
+        };
+        tokio::pin!(reply);
         tokio::select! {
-            reply = reply => reply.map_err(|_| CONNECTION_CLOSED.to_owned()),
+            reply = &mut reply => reply.map_err(|_| CONNECTION_CLOSED.to_owned()),
             () = cancel.cancelled() => {
                 if let Some(connection) = self.connection.upgrade() {
-                    connection.forget_delegate_call(id);
                     let _ = connection.outbox.send(&ServerMessage::CancelDelegate { id });
                 }
+                // The call counts as cancelled once the host confirms its delegate stopped;
+                // the session bounds this wait with its grace period.
+                let _ = reply.await;
                 Err("cancelled".to_owned())
             }
         }

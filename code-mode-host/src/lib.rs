@@ -1,7 +1,20 @@
-//! The provider an agent core uses to run cells out of process: it will spawn and supervise
-//! `code-mode-bin` and speak `code-mode-protocol` with it.
+//! The provider an agent core uses to run cells out of process: [`IpcProvider`] spawns and
+//! supervises one `code-mode-bin` process and hands out [`IpcSession`]s, which implement
+//! the same [`CodeModeSession`] trait as the in-process session.
 //!
-//! This crate never links V8. For now it re-exports the shared vocabulary so that agent
-//! cores can already depend on one crate; the IPC provider lands with the host issue.
+//! This crate never links V8: a V8 crash, an out-of-memory or a hostile script stays in
+//! the runtime process. Modules: `binary` finds the runtime, `process` spawns and
+//! supervises it, `connection` speaks the wire protocol and validates every message,
+//! `provider` turns that into sessions that survive the runtime's death.
 
+pub mod binary;
+mod connection;
+mod process;
+mod provider;
+
+pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;
+pub use code_mode_protocol::CodeModeSession;
+pub use connection::HandshakeError;
+pub use process::SpawnError;
+pub use provider::{HostConfig, HostError, IpcProvider, IpcSession};

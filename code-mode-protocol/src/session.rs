@@ -12,10 +12,27 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A boxed, sendable future, as the session traits return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long a delegate may keep running after its call or notification was cancelled
+/// before it is abandoned (its future dropped).
+pub const CANCEL_GRACE: Duration = Duration::from_millis(200);
+
+/// Runs a delegate future; once `token` is cancelled it gets [`CANCEL_GRACE`] to finish and
+/// is then abandoned (`None`). Used on both sides of the wire.
+pub async fn until_cancelled<F: Future>(token: &CancellationToken, future: F) -> Option<F::Output> {
+    tokio::select! {
+        output = future => Some(output),
+        () = async {
+            token.cancelled().await;
+            tokio::time::sleep(CANCEL_GRACE).await;
+        } => None,
+    }
+}
 
 /// Default time an observation waits before it yields, in milliseconds.
 pub const DEFAULT_YIELD_TIME_MS: u64 = 10_000;
@@ -218,9 +235,17 @@ pub enum SessionError {
     BusyObserver(String),
     #[error("exec cell {0} is already terminating")]
     AlreadyTerminating(String),
-    /// The runtime could not run the cell (e.g. no thread could be started).
+    /// The runtime could not run the call (no thread or process could be started, ...).
     #[error("exec runtime failure: {0}")]
     Runtime(String),
+    /// The runtime process died while the call was in flight. The text names the cause.
+    #[error("the exec runtime was lost ({0}). Stored values and running cells were lost.")]
+    RuntimeLost(String),
+    /// The first call on a session after its runtime process was replaced.
+    #[error(
+        "The exec runtime was replaced. Stored values and running cells were lost. Prior external tool operations may have completed; inspect their results before retrying. You may continue with a fresh exec call."
+    )]
+    RuntimeReplaced,
 }
 
 /// The agent core's side of a session: answers nested tool calls, receives notifications

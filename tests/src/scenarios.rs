@@ -629,6 +629,10 @@ pub async fn yield_raced_with_creation_is_kept_for_the_first_observation<P: Prov
     provider: &P,
 ) {
     let (session, _delegate) = open(provider).await;
+    // A first cell makes the session ready (an out-of-process provider starts its runtime
+    // on first use), so that the next call is sent during its first poll.
+    let warm_up = exec(&session, "text('ready')").await;
+    assert_eq!(warm_up.initial_response, result("1", &["ready"], None));
     let source = r#"text("a"); yield_control(); text("b"); await new Promise((r) => setTimeout(r, 100)); text("c");"#;
     // The exec call is polled once (which admits the cell) and dropped: nobody observes.
     let cut_short = {
@@ -642,8 +646,8 @@ pub async fn yield_raced_with_creation_is_kept_for_the_first_observation<P: Prov
     };
     assert!(cut_short, "the exec call was expected to be cut short");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(wait(&session, "1").await, yielded("1", &["a"]));
-    assert_eq!(wait(&session, "1").await, result("1", &["b", "c"], None));
+    assert_eq!(wait(&session, "2").await, yielded("2", &["a"]));
+    assert_eq!(wait(&session, "2").await, result("2", &["b", "c"], None));
 }
 
 // Contract 5: dropping a session starts its shutdown.

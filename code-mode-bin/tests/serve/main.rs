@@ -305,6 +305,12 @@ async fn a_whole_session_over_raw_frames() {
         .next_matching(|m| matches!(m, ServerMessage::CancelDelegate { .. }))
         .await;
     assert_eq!(cancel, ServerMessage::CancelDelegate { id: block_id });
+    // A well-behaved host acknowledges once its delegate stopped.
+    host.send(ClientMessage::DelegateReply {
+        id: block_id,
+        reply: DelegateReply::Cancelled,
+    })
+    .await;
     assert_eq!(
         host.response(4).await,
         Ok(Response::Cell(CellResponse::Terminated {
@@ -322,7 +328,7 @@ async fn a_whole_session_over_raw_frames() {
             cell_id: "1".into()
         }
     );
-    // A late reply to the cancelled call is harmless.
+    // A late, second reply to the settled call is harmless.
     host.send(ClientMessage::DelegateReply {
         id: block_id,
         reply: DelegateReply::ToolResult(Ok("1".into())),

@@ -147,6 +147,9 @@ pub enum DelegateReply {
     ToolResult(Result<String, String>),
     /// The notification was delivered.
     Notified,
+    /// Acknowledges a [`ServerMessage::CancelDelegate`]: the delegate stopped, or was
+    /// abandoned after its grace period. Sent instead of a result for a cancelled call.
+    Cancelled,
 }
 
 /// Everything the server (the runtime process) sends.
@@ -201,7 +204,9 @@ impl From<SessionError> for WireError {
             SessionError::ShuttingDown => WireError::ShuttingDown,
             SessionError::BusyObserver(cell) => WireError::BusyObserver(cell),
             SessionError::AlreadyTerminating(cell) => WireError::AlreadyTerminating(cell),
-            SessionError::Runtime(detail) => WireError::Internal(detail),
+            other @ (SessionError::Runtime(_)
+            | SessionError::RuntimeLost(_)
+            | SessionError::RuntimeReplaced) => WireError::Internal(other.to_string()),
         }
     }
 }

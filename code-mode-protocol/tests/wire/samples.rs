@@ -71,6 +71,7 @@ pub fn client_messages() -> Vec<ClientMessage> {
         DelegateReply::ToolResult(Ok(r#"{"a":[1,2]}"#.into())),
         DelegateReply::ToolResult(Err("nope".into())),
         DelegateReply::Notified,
+        DelegateReply::Cancelled,
     ] {
         messages.push(ClientMessage::DelegateReply {
             id: DelegateId(u64::MAX),

@@ -22,20 +22,16 @@ use super::Shared;
 use crate::runtime::{
     CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallId, ToolCallRequest,
 };
+use code_mode_protocol::session::until_cancelled;
 use code_mode_protocol::{CellResponse, ContentItem, NestedToolCall, PendingOutcome, SessionError};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How long a delegate may keep running after its call or notification was cancelled
-/// before it is abandoned (its future dropped).
-const CANCEL_GRACE: Duration = Duration::from_millis(200);
 
 /// How long natural completion waits for in-flight notifications to be delivered before
 /// cancelling them.
@@ -721,18 +717,6 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Runs a delegate future; once `token` is cancelled it gets [`CANCEL_GRACE`] to finish
-/// and is then abandoned (`None`).
-async fn until_cancelled<F: Future>(token: &CancellationToken, future: F) -> Option<F::Output> {
-    tokio::select! {
-        output = future => Some(output),
-        () = async {
-            token.cancelled().await;
-            tokio::time::sleep(CANCEL_GRACE).await;
-        } => None,
     }
 }
 

@@ -1,0 +1,661 @@
+//! The host's side of one connection to a runtime process (one *generation*).
+//!
+//! Requests carry fresh ids and are answered exactly once; a caller that stops waiting
+//! sends `CancelRequest`. Delegate calls from the runtime run the session's delegate in a
+//! task each and are answered unless the runtime cancels them. Every message from the
+//! runtime is validated (known ids, the response kind the request expects, known sessions,
+//! a cell closed at most once); a violation kills the process.
+//!
+//! When the connection ends (EOF, a bad frame, a violation), the loss is recorded once
+//! with its cause (exit status or signal), every call in flight fails at once with
+//! [`SessionError::RuntimeLost`], delegate calls are cancelled, and every cell known to be
+//! alive is reported closed to its delegate, exactly once.
+
+use crate::process::RuntimeProcess;
+use bytes::{Bytes, BytesMut};
+use code_mode_protocol::model::{JSON_DEPTH_LIMIT, json_nesting_depth};
+use code_mode_protocol::session::until_cancelled;
+use code_mode_protocol::wire::codec::encode_frame;
+use code_mode_protocol::wire::*;
+use code_mode_protocol::{CodeModeSessionDelegate, NestedToolCall, SessionError};
+use futures_util::StreamExt;
+use interprocess::local_socket::tokio::Stream;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+/// How long the host waits for the runtime's answer to its hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a runtime that closed its socket gets to exit before it is killed.
+const EXIT_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("the runtime refused the handshake: {0}")]
+    Refused(HandshakeRejection),
+    #[error(
+        "the runtime chose protocol version {chosen}, which this host does not speak (it speaks {ours:?})"
+    )]
+    UnsupportedVersion { chosen: u32, ours: Vec<u32> },
+    #[error("the runtime lacks the required capability `{0}`")]
+    MissingCapability(String),
+    #[error("the runtime did not answer the handshake within {0:?}")]
+    Timeout(Duration),
+    #[error("the runtime closed the connection during the handshake ({0})")]
+    Closed(String),
+    #[error("unexpected first message from the runtime: {0}")]
+    Unexpected(String),
+    #[error("the handshake failed: {0}")]
+    Frame(#[from] FrameError),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The response kind a request expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expect {
+    SessionOpened,
+    Started,
+    Cell,
+    StartedPending,
+    Pending,
+    ShutDown,
+}
+
+/// The session a request is for.
+fn session_of(request: &Request) -> Option<SessionId> {
+    match request {
+        Request::OpenSession { .. } => None,
+        Request::Execute { session, .. }
+        | Request::Wait { session, .. }
+        | Request::Terminate { session, .. }
+        | Request::ExecuteToPending { session, .. }
+        | Request::WaitToPending { session, .. }
+        | Request::Shutdown { session } => Some(*session),
+    }
+}
+
+impl Expect {
+    pub(crate) fn of(request: &Request) -> Self {
+        match request {
+            Request::OpenSession { .. } => Expect::SessionOpened,
+            Request::Execute { .. } => Expect::Started,
+            Request::Wait { .. } | Request::Terminate { .. } => Expect::Cell,
+            Request::ExecuteToPending { .. } => Expect::StartedPending,
+            Request::WaitToPending { .. } => Expect::Pending,
+            Request::Shutdown { .. } => Expect::ShutDown,
+        }
+    }
+
+    fn matches(self, response: &Response) -> bool {
+        matches!(
+            (self, response),
+            (Expect::SessionOpened, Response::SessionOpened(_))
+                | (Expect::Started, Response::Started(_))
+                | (Expect::Cell, Response::Cell(_))
+                | (Expect::StartedPending, Response::StartedPending(_))
+                | (Expect::Pending, Response::Pending(_))
+                | (Expect::ShutDown, Response::ShutDown)
+        )
+    }
+}
+
+struct PendingRequest {
+    reply: oneshot::Sender<Result<Response, SessionError>>,
+    expect: Expect,
+    /// The session the request is for (none for `OpenSession`).
+    session: Option<SessionId>,
+    /// For `OpenSession`: the delegate of the session being opened.
+    opening: Option<Arc<dyn CodeModeSessionDelegate>>,
+}
+
+struct SessionEntry {
+    delegate: Arc<dyn CodeModeSessionDelegate>,
+    /// Cells seen alive (by a response or a delegate call) and not yet closed.
+    live_cells: HashSet<String>,
+    closed_cells: HashSet<String>,
+}
+
+#[derive(Default)]
+struct State {
+    last_request: u64,
+    pending: HashMap<RequestId, PendingRequest>,
+    /// Requests whose caller gave up: one late response each is expected and dropped.
+    abandoned: HashSet<RequestId>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    delegate_calls: HashMap<DelegateId, CancellationToken>,
+}
+
+pub(crate) struct Connection {
+    /// 1 for the first process of a provider, then 2, 3, ... after each replacement.
+    pub(crate) generation: u64,
+    process: RuntimeProcess,
+    outbox: mpsc::UnboundedSender<Bytes>,
+    state: Mutex<State>,
+    /// Set once, when the connection is lost: its cause.
+    lost: OnceLock<String>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Nobody uses this runtime any more; the process goes with it.
+        self.process.kill();
+    }
+}
+
+impl Connection {
+    /// Completes the handshake on a fresh stream and starts the reader and writer tasks.
+    pub(crate) async fn establish(
+        process: RuntimeProcess,
+        stream: Stream,
+        generation: u64,
+    ) -> Result<Arc<Self>, HandshakeError> {
+        let (read_half, write_half) = tokio::io::split(stream);
+        let (outbox, frames) = mpsc::unbounded_channel();
+        tokio::spawn(write_frames(write_half, frames));
+        let mut reader =
+            FramedRead::new(read_half, FrameCodec::<ServerMessage, ClientMessage>::new());
+        let hello = ClientHello::current(concat!("code-mode-host ", env!("CARGO_PKG_VERSION")));
+        send_frame(&outbox, &ClientMessage::Hello(hello.clone()))?;
+        let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
+            Err(_) => return Err(HandshakeError::Timeout(HANDSHAKE_TIMEOUT)),
+            Ok(None) => {
+                return Err(HandshakeError::Closed(
+                    process.exit_cause(EXIT_PATIENCE).await,
+                ));
+            }
+            Ok(Some(frame)) => frame?,
+        };
+        let ready = match first {
+            ServerMessage::Ready(ready) => ready,
+            ServerMessage::Rejected(rejection) => return Err(HandshakeError::Refused(rejection)),
+            other => return Err(HandshakeError::Unexpected(describe(&other).to_owned())),
+        };
+        if !hello.versions.contains(&ready.version) {
+            return Err(HandshakeError::UnsupportedVersion {
+                chosen: ready.version,
+                ours: hello.versions,
+            });
+        }
+        if let Some(missing) = hello
+            .required_capabilities
+            .iter()
+            .find(|capability| !ready.capabilities.contains(capability))
+        {
+            return Err(HandshakeError::MissingCapability(missing.clone()));
+        }
+        tracing::info!(generation, pid = process.pid(), %ready, "code-mode runtime ready");
+        let connection = Arc::new(Self {
+            generation,
+            process,
+            outbox,
+            state: Mutex::new(State::default()),
+            lost: OnceLock::new(),
+        });
+        tokio::spawn(read_loop(Arc::downgrade(&connection), reader));
+        Ok(connection)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.get().is_some()
+    }
+
+    fn lost_error(&self) -> SessionError {
+        SessionError::RuntimeLost(
+            self.lost
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the connection closed".to_owned()),
+        )
+    }
+
+    /// The id the agent core sees for a runtime cell id: `1` in the first generation,
+    /// `g2:1` in the second, and so on.
+    pub(crate) fn external_cell_id(&self, cell_id: &str) -> String {
+        if self.generation == 1 {
+            cell_id.to_owned()
+        } else {
+            format!("g{}:{cell_id}", self.generation)
+        }
+    }
+
+    /// The runtime's id for a cell id the agent core gave; `None` if it belongs to another
+    /// generation (its process is gone).
+    pub(crate) fn runtime_cell_id(&self, external: &str) -> Option<String> {
+        match external
+            .strip_prefix('g')
+            .and_then(|rest| rest.split_once(':'))
+        {
+            Some((generation, cell_id)) => {
+                (generation.parse() == Ok(self.generation)).then(|| cell_id.to_owned())
+            }
+            None => (self.generation == 1).then(|| external.to_owned()),
+        }
+    }
+
+    /// Sends a request and waits for its response.
+    ///
+    /// Cancel safety: the request is sent during the first poll; dropping the future
+    /// afterwards sends `CancelRequest`, and the runtime treats it like a dropped call in
+    /// process (e.g. an `execute` still admits its cell, a `wait` consumes nothing).
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        request: Request,
+        opening: Option<Arc<dyn CodeModeSessionDelegate>>,
+    ) -> Result<Response, SessionError> {
+        let (reply, answer) = oneshot::channel();
+        let id = {
+            let mut state = lock(&self.state);
+            if self.is_lost() {
+                return Err(self.lost_error());
+            }
+            register(&mut state, &request, reply, opening)
+        };
+        if let Err(error) = send_frame(&self.outbox, &ClientMessage::Request { id, request }) {
+            lock(&self.state).pending.remove(&id);
+            return Err(SessionError::Runtime(format!(
+                "the request could not be sent: {error}"
+            )));
+        }
+        let mut guard = AbandonOnDrop {
+            connection: self,
+            id,
+            armed: true,
+        };
+        let result = answer.await.unwrap_or_else(|_| Err(self.lost_error()));
+        guard.armed = false;
+        result
+    }
+
+    /// Sends a request whose answer nobody waits for (used when a session is dropped).
+    pub(crate) fn send_detached(self: &Arc<Self>, request: Request) {
+        let (reply, _) = oneshot::channel();
+        let id = register(&mut lock(&self.state), &request, reply, None);
+        let _ = send_frame(&self.outbox, &ClientMessage::Request { id, request });
+    }
+
+    /// Handles one message from the runtime; `Err` is a protocol violation.
+    fn handle(self: &Arc<Self>, message: ServerMessage) -> Result<(), String> {
+        match message {
+            ServerMessage::Response { id, result } => self.on_response(id, result),
+            ServerMessage::Delegate { id, session, call } => {
+                self.on_delegate_call(id, session, call)
+            }
+            ServerMessage::CancelDelegate { id } => {
+                // The task acknowledges once the delegate stopped; an unknown id was
+                // answered already (the cancellation crossed the answer).
+                if let Some(token) = lock(&self.state).delegate_calls.get(&id) {
+                    token.cancel();
+                }
+                Ok(())
+            }
+            ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
+            other @ (ServerMessage::Ready(_) | ServerMessage::Rejected(_)) => {
+                Err(format!("{} after the handshake", describe(&other)))
+            }
+        }
+    }
+
+    fn on_response(
+        &self,
+        id: RequestId,
+        result: Result<Response, WireError>,
+    ) -> Result<(), String> {
+        let mut state = lock(&self.state);
+        let Some(pending) = state.pending.remove(&id) else {
+            if state.abandoned.remove(&id) {
+                return Ok(());
+            }
+            return Err(format!("a response to {id}, which is not in flight"));
+        };
+        if let Ok(response) = &result {
+            if !pending.expect.matches(response) {
+                return Err(format!(
+                    "{id} expected {:?}, got another kind of response",
+                    pending.expect
+                ));
+            }
+            match response {
+                Response::SessionOpened(session) => {
+                    let Some(delegate) = pending.opening.clone() else {
+                        return Err(format!("{session} opened without a delegate"));
+                    };
+                    let entry = SessionEntry {
+                        delegate,
+                        live_cells: HashSet::new(),
+                        closed_cells: HashSet::new(),
+                    };
+                    if state.sessions.insert(*session, entry).is_some() {
+                        return Err(format!("{session} opened twice"));
+                    }
+                }
+                Response::Started(started) => {
+                    mark_alive(&mut state, pending.session, &started.cell_id)?;
+                }
+                Response::StartedPending(started) => {
+                    mark_alive(&mut state, pending.session, &started.cell_id)?;
+                }
+                _ => {}
+            }
+        }
+        drop(state);
+        let _ = pending
+            .reply
+            .send(result.map_err(WireError::into_session_error));
+        Ok(())
+    }
+
+    fn on_delegate_call(
+        self: &Arc<Self>,
+        id: DelegateId,
+        session: SessionId,
+        call: DelegateCall,
+    ) -> Result<(), String> {
+        let cell_id = match &call {
+            DelegateCall::InvokeTool { cell_id, .. } | DelegateCall::Notify { cell_id, .. } => {
+                cell_id
+            }
+        };
+        if !is_runtime_cell_id(cell_id) {
+            return Err(format!("{id} names an invalid cell id {cell_id:?}"));
+        }
+        let token = CancellationToken::new();
+        let delegate = {
+            let mut state = lock(&self.state);
+            if state.delegate_calls.contains_key(&id) {
+                return Err(format!("{id} is already in flight"));
+            }
+            let Some(entry) = state.sessions.get_mut(&session) else {
+                return Err(format!("{id} is for {session}, which is not open"));
+            };
+            if !entry.closed_cells.contains(cell_id) {
+                entry.live_cells.insert(cell_id.clone());
+            }
+            let delegate = Arc::clone(&entry.delegate);
+            state.delegate_calls.insert(id, token.clone());
+            delegate
+        };
+        let connection = Arc::clone(self);
+        tokio::spawn(async move {
+            let reply = connection.run_delegate_call(&*delegate, call, &token).await;
+            let reply = reply.unwrap_or(DelegateReply::Cancelled);
+            // A call of a lost connection needs no answer.
+            if lock(&connection.state).delegate_calls.remove(&id).is_some() {
+                let message = ClientMessage::DelegateReply { id, reply };
+                if let Err(error) = send_frame(&connection.outbox, &message) {
+                    let reply = DelegateReply::ToolResult(Err(format!(
+                        "the tool result could not be sent to the runtime: {error}"
+                    )));
+                    let _ = send_frame(
+                        &connection.outbox,
+                        &ClientMessage::DelegateReply { id, reply },
+                    );
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs the delegate for one call; `None` when the runtime cancelled it and the delegate
+    /// did not answer within its grace period.
+    async fn run_delegate_call(
+        &self,
+        delegate: &dyn CodeModeSessionDelegate,
+        call: DelegateCall,
+        token: &CancellationToken,
+    ) -> Option<DelegateReply> {
+        match call {
+            DelegateCall::InvokeTool {
+                cell_id,
+                call_id,
+                tool_name,
+                kind,
+                input,
+            } => {
+                let input = match input.as_deref().map(parse_json).transpose() {
+                    Ok(input) => input,
+                    Err(error) => return Some(DelegateReply::ToolResult(Err(error))),
+                };
+                let call = NestedToolCall {
+                    cell_id: self.external_cell_id(&cell_id),
+                    call_id,
+                    tool_name,
+                    kind,
+                    input,
+                };
+                let result =
+                    until_cancelled(token, delegate.invoke_tool(call, token.clone())).await?;
+                Some(DelegateReply::ToolResult(
+                    result.map(|value| value.to_string()),
+                ))
+            }
+            DelegateCall::Notify { cell_id, text } => {
+                let cell_id = self.external_cell_id(&cell_id);
+                until_cancelled(token, delegate.notify(cell_id, text, token.clone())).await?;
+                Some(DelegateReply::Notified)
+            }
+        }
+    }
+
+    fn on_cell_closed(&self, session: SessionId, cell_id: String) -> Result<(), String> {
+        if !is_runtime_cell_id(&cell_id) {
+            return Err(format!("a close event for an invalid cell id {cell_id:?}"));
+        }
+        let delegate = {
+            let mut state = lock(&self.state);
+            let Some(entry) = state.sessions.get_mut(&session) else {
+                return Err(format!("a close event for {session}, which is not open"));
+            };
+            if !entry.closed_cells.insert(cell_id.clone()) {
+                return Err(format!("cell {cell_id} of {session} closed twice"));
+            }
+            entry.live_cells.remove(&cell_id);
+            Arc::clone(&entry.delegate)
+        };
+        delegate.cell_closed(&self.external_cell_id(&cell_id));
+        Ok(())
+    }
+
+    /// Forgets a session once its shutdown was answered.
+    pub(crate) fn forget_session(&self, session: SessionId) {
+        lock(&self.state).sessions.remove(&session);
+    }
+
+    /// Records the loss of the runtime and fails or closes everything that depended on it.
+    async fn on_lost(&self, violation: Option<String>) {
+        let cause = match violation {
+            Some(violation) => {
+                self.process.kill();
+                format!("protocol violation by the runtime: {violation}")
+            }
+            None => format!(
+                "the runtime process {}",
+                self.process.exit_cause(EXIT_PATIENCE).await
+            ),
+        };
+        tracing::error!(
+            generation = self.generation,
+            pid = self.pid(),
+            "code-mode runtime lost: {cause}"
+        );
+        let state = {
+            let mut state = lock(&self.state);
+            let _ = self.lost.set(cause.clone());
+            std::mem::take(&mut *state)
+        };
+        for (_, pending) in state.pending {
+            let _ = pending
+                .reply
+                .send(Err(SessionError::RuntimeLost(cause.clone())));
+        }
+        for (_, token) in state.delegate_calls {
+            token.cancel();
+        }
+        for entry in state.sessions.into_values() {
+            for cell_id in entry.live_cells {
+                entry.delegate.cell_closed(&self.external_cell_id(&cell_id));
+            }
+        }
+    }
+}
+
+/// Registers a request in flight and returns its fresh id.
+fn register(
+    state: &mut State,
+    request: &Request,
+    reply: oneshot::Sender<Result<Response, SessionError>>,
+    opening: Option<Arc<dyn CodeModeSessionDelegate>>,
+) -> RequestId {
+    state.last_request += 1;
+    let id = RequestId(state.last_request);
+    let pending = PendingRequest {
+        reply,
+        expect: Expect::of(request),
+        session: session_of(request),
+        opening,
+    };
+    state.pending.insert(id, pending);
+    id
+}
+
+/// Records a started cell as alive in its session (unless it already closed: the close
+/// event may overtake the response).
+fn mark_alive(state: &mut State, session: Option<SessionId>, cell_id: &str) -> Result<(), String> {
+    if !is_runtime_cell_id(cell_id) {
+        return Err(format!("a response names an invalid cell id {cell_id:?}"));
+    }
+    if let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session))
+        && !entry.closed_cells.contains(cell_id)
+    {
+        entry.live_cells.insert(cell_id.to_owned());
+    }
+    Ok(())
+}
+
+/// Cancels an abandoned request on drop.
+struct AbandonOnDrop<'a> {
+    connection: &'a Arc<Connection>,
+    id: RequestId,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let removed = {
+            let mut state = lock(&self.connection.state);
+            let removed = state.pending.remove(&self.id).is_some();
+            if removed {
+                state.abandoned.insert(self.id);
+            }
+            removed
+        };
+        if removed {
+            let _ = send_frame(
+                &self.connection.outbox,
+                &ClientMessage::CancelRequest { id: self.id },
+            );
+        }
+    }
+}
+
+/// Runtime cell ids are positive decimal numbers.
+fn is_runtime_cell_id(cell_id: &str) -> bool {
+    !cell_id.is_empty() && cell_id.len() <= 20 && cell_id.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn describe(message: &ServerMessage) -> &'static str {
+    match message {
+        ServerMessage::Ready(_) => "Ready",
+        ServerMessage::Rejected(_) => "Rejected",
+        ServerMessage::Response { .. } => "Response",
+        ServerMessage::Delegate { .. } => "Delegate",
+        ServerMessage::CancelDelegate { .. } => "CancelDelegate",
+        ServerMessage::CellClosed { .. } => "CellClosed",
+    }
+}
+
+/// Parses a tool input from the runtime; the depth check guards the recursive parser.
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    if json_nesting_depth(text) > JSON_DEPTH_LIMIT {
+        return Err(format!(
+            "tool input rejected: value is nested deeper than the limit of {JSON_DEPTH_LIMIT} levels"
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    deserializer.disable_recursion_limit();
+    serde::Deserialize::deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|error| format!("tool input rejected: it is not valid JSON ({error})"))
+}
+
+fn send_frame(
+    outbox: &mpsc::UnboundedSender<Bytes>,
+    message: &ClientMessage,
+) -> Result<(), FrameError> {
+    let mut buffer = BytesMut::new();
+    encode_frame(message, &mut buffer)?;
+    let _ = outbox.send(buffer.freeze());
+    Ok(())
+}
+
+/// The reader task: handles messages until the connection ends, then records the loss.
+async fn read_loop(
+    connection: Weak<Connection>,
+    mut reader: FramedRead<ReadHalf<Stream>, FrameCodec<ServerMessage, ClientMessage>>,
+) {
+    let violation = loop {
+        let next = reader.next().await;
+        let Some(connection) = connection.upgrade() else {
+            return; // Nobody uses this runtime any more.
+        };
+        match next {
+            None => break None,
+            Some(Err(error)) => break Some(error.to_string()),
+            Some(Ok(message)) => {
+                if let Err(violation) = connection.handle(message) {
+                    break Some(violation);
+                }
+            }
+        }
+    };
+    if let Some(connection) = connection.upgrade() {
+        connection.on_lost(violation).await;
+    }
+}
+
+/// The writer task: writes queued frames, flushing when the queue runs dry.
+async fn write_frames(
+    writer: tokio::io::WriteHalf<Stream>,
+    mut frames: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut writer = tokio::io::BufWriter::new(writer);
+    while let Some(frame) = frames.recv().await {
+        if writer.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok(frame) = frames.try_recv() {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}

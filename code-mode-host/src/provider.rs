@@ -1,0 +1,490 @@
+//! [`IpcProvider`] and [`IpcSession`]: `CodeModeSession` over a `code-mode-bin` process.
+//!
+//! One provider owns one runtime process at a time, spawned on first use and shared by all
+//! of its sessions. A session opens its remote session lazily, on its first call. When the
+//! process dies, calls in flight fail with [`SessionError::RuntimeLost`] (the cause named),
+//! each live cell is reported closed, and the next call of each session that had state
+//! fails once with [`SessionError::RuntimeReplaced`]; later calls run in a fresh process
+//! (the next *generation*, whose cell ids read `g2:1`, `g3:1`, ...). Nothing is replayed.
+//! Restarts back off, and a crash loop gives up with a clear error.
+
+use crate::binary::{BinaryNotFound, find_binary};
+use crate::connection::{Connection, HandshakeError};
+use crate::process::{self, SpawnError};
+use code_mode_protocol::wire::{Request, Response, SessionId};
+use code_mode_protocol::{
+    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest, PendingOutcome,
+    SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
+};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Crashes within [`CRASH_WINDOW`] after which the provider stops restarting.
+pub const MAX_CRASHES: usize = 5;
+
+/// The window in which crashes are counted.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
+/// The first restart delay after a crash; doubled for each further recent crash.
+pub const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+
+/// The longest restart delay.
+pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(2);
+
+/// How the provider finds and starts its runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostConfig {
+    /// The runtime binary; `None` to search (see [`find_binary`]).
+    pub binary: Option<PathBuf>,
+    /// The runtime's stderr log filter (`tracing` env-filter syntax).
+    pub log_filter: String,
+    /// How long a fresh runtime gets to connect.
+    pub connect_timeout: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            binary: None,
+            log_filter: "warn".to_owned(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a runtime could not be made available.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    BinaryNotFound(#[from] BinaryNotFound),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error(
+        "the code-mode runtime failed {crashes} times within {window:?}; not restarting it (last failure: {last})"
+    )]
+    CrashLoop {
+        crashes: usize,
+        window: Duration,
+        last: String,
+    },
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Runtime {
+    current: Option<Arc<Connection>>,
+    last_generation: u64,
+    /// When recent runtimes died or failed to start, oldest first.
+    failures: VecDeque<Instant>,
+    last_failure: String,
+}
+
+struct ProviderInner {
+    binary: PathBuf,
+    config: HostConfig,
+    /// Serializes spawning; holds the current runtime.
+    runtime: tokio::sync::Mutex<Runtime>,
+}
+
+/// Creates [`IpcSession`]s that share one runtime process.
+#[derive(Clone)]
+pub struct IpcProvider {
+    inner: Arc<ProviderInner>,
+}
+
+impl std::fmt::Debug for IpcProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpcProvider")
+            .field("binary", &self.inner.binary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IpcProvider {
+    /// Finds the runtime binary now, so that a misconfiguration surfaces at once; the
+    /// process itself starts on first use.
+    pub fn new(config: HostConfig) -> Result<Self, HostError> {
+        let binary = find_binary(config.binary.as_deref())?;
+        Ok(Self {
+            inner: Arc::new(ProviderInner {
+                binary,
+                config,
+                runtime: tokio::sync::Mutex::new(Runtime {
+                    current: None,
+                    last_generation: 0,
+                    failures: VecDeque::new(),
+                    last_failure: String::new(),
+                }),
+            }),
+        })
+    }
+
+    /// The runtime binary in use.
+    pub fn binary(&self) -> &std::path::Path {
+        &self.inner.binary
+    }
+
+    /// A new session reporting to `delegate`. Nothing is started until its first call.
+    pub fn open_session(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> IpcSession {
+        IpcSession {
+            provider: Arc::clone(&self.inner),
+            delegate,
+            options,
+            binding: Mutex::new(None),
+            bind_lock: tokio::sync::Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The pid of the current runtime process, if one is running.
+    pub async fn runtime_pid(&self) -> Option<u32> {
+        let runtime = self.inner.runtime.lock().await;
+        runtime
+            .current
+            .as_ref()
+            .filter(|connection| !connection.is_lost())
+            .map(|connection| connection.pid())
+    }
+}
+
+impl ProviderInner {
+    /// The live runtime, starting one if needed.
+    async fn connection(&self) -> Result<Arc<Connection>, HostError> {
+        let mut runtime = self.runtime.lock().await;
+        if let Some(current) = &runtime.current {
+            if !current.is_lost() {
+                return Ok(Arc::clone(current));
+            }
+            runtime.current = None;
+            runtime.failures.push_back(Instant::now());
+            runtime.last_failure = "the previous runtime was lost".to_owned();
+        }
+        let now = Instant::now();
+        while runtime
+            .failures
+            .front()
+            .is_some_and(|failed| now.duration_since(*failed) > CRASH_WINDOW)
+        {
+            runtime.failures.pop_front();
+        }
+        let recent = runtime.failures.len();
+        if recent >= MAX_CRASHES {
+            return Err(HostError::CrashLoop {
+                crashes: recent,
+                window: CRASH_WINDOW,
+                last: runtime.last_failure.clone(),
+            });
+        }
+        if recent > 0 {
+            let exponent = u32::try_from(recent - 1).unwrap_or(u32::MAX).min(16);
+            let delay = FIRST_RESTART_DELAY
+                .saturating_mul(2u32.saturating_pow(exponent))
+                .min(MAX_RESTART_DELAY);
+            tracing::warn!(
+                ?delay,
+                recent,
+                "restarting the code-mode runtime after a failure"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        let generation = runtime.last_generation + 1;
+        match self.start(generation).await {
+            Ok(connection) => {
+                runtime.last_generation = generation;
+                runtime.current = Some(Arc::clone(&connection));
+                Ok(connection)
+            }
+            Err(error) => {
+                runtime.failures.push_back(Instant::now());
+                runtime.last_failure = error.to_string();
+                Err(error)
+            }
+        }
+    }
+
+    async fn start(&self, generation: u64) -> Result<Arc<Connection>, HostError> {
+        let (process, stream) = process::spawn(
+            &self.binary,
+            &self.config.log_filter,
+            self.config.connect_timeout,
+        )
+        .await?;
+        Ok(Connection::establish(process, stream, generation).await?)
+    }
+}
+
+/// A session whose cells run in the provider's runtime process. Dropping it starts its
+/// shutdown in the runtime.
+pub struct IpcSession {
+    provider: Arc<ProviderInner>,
+    delegate: Arc<dyn CodeModeSessionDelegate>,
+    options: SessionOptions,
+    /// The remote session, once opened.
+    binding: Mutex<Option<(Arc<Connection>, SessionId)>>,
+    /// Serializes opening the remote session.
+    bind_lock: tokio::sync::Mutex<()>,
+    shutting_down: AtomicBool,
+}
+
+impl std::fmt::Debug for IpcSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpcSession").finish_non_exhaustive()
+    }
+}
+
+impl Drop for IpcSession {
+    fn drop(&mut self) {
+        if let Some((connection, session)) = lock(&self.binding).take()
+            && !connection.is_lost()
+        {
+            connection.send_detached(Request::Shutdown { session });
+        }
+    }
+}
+
+impl IpcSession {
+    /// The remote session, opening it (and starting a runtime) if needed. A session whose
+    /// runtime was lost fails once with [`SessionError::RuntimeReplaced`].
+    async fn bind(&self) -> Result<(Arc<Connection>, SessionId), SessionError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(SessionError::ShuttingDown);
+        }
+        let _guard = self.bind_lock.lock().await;
+        {
+            let mut binding = lock(&self.binding);
+            match &*binding {
+                Some((connection, session)) if !connection.is_lost() => {
+                    return Ok((Arc::clone(connection), *session));
+                }
+                Some(_) => {
+                    *binding = None;
+                    return Err(SessionError::RuntimeReplaced);
+                }
+                None => {}
+            }
+        }
+        let connection = self
+            .provider
+            .connection()
+            .await
+            .map_err(|error| SessionError::Runtime(error.to_string()))?;
+        let request = Request::OpenSession {
+            options: self.options.clone(),
+        };
+        let response = connection
+            .call(request, Some(Arc::clone(&self.delegate)))
+            .await?;
+        let Response::SessionOpened(session) = response else {
+            return Err(unexpected());
+        };
+        *lock(&self.binding) = Some((Arc::clone(&connection), session));
+        Ok((connection, session))
+    }
+
+    /// Runs a request on the remote session. A session the runtime no longer knows while
+    /// this one shuts down reports `ShuttingDown`.
+    async fn call(
+        &self,
+        make: impl FnOnce(SessionId) -> Request,
+    ) -> Result<(Arc<Connection>, Response), SessionError> {
+        let (connection, session) = self.bind().await?;
+        match connection.call(make(session), None).await {
+            Ok(response) => Ok((connection, response)),
+            Err(SessionError::Runtime(_)) if self.shutting_down.load(Ordering::SeqCst) => {
+                Err(SessionError::ShuttingDown)
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+fn unexpected() -> SessionError {
+    SessionError::Runtime("the runtime answered with an unexpected response kind".to_owned())
+}
+
+/// Rewrites the runtime's cell ids in a response to the ids the agent core sees.
+fn external_response(
+    connection: &Connection,
+    response: CellResponse,
+    asked: Option<&str>,
+) -> CellResponse {
+    if response.is_missing_cell() {
+        let id = asked.map_or_else(
+            || connection.external_cell_id(response.cell_id()),
+            str::to_owned,
+        );
+        return CellResponse::missing(id);
+    }
+    match response {
+        CellResponse::Yielded {
+            cell_id,
+            content_items,
+        } => CellResponse::Yielded {
+            cell_id: connection.external_cell_id(&cell_id),
+            content_items,
+        },
+        CellResponse::Terminated {
+            cell_id,
+            content_items,
+        } => CellResponse::Terminated {
+            cell_id: connection.external_cell_id(&cell_id),
+            content_items,
+        },
+        CellResponse::Result {
+            cell_id,
+            content_items,
+            error_text,
+            missing_cell,
+        } => CellResponse::Result {
+            cell_id: connection.external_cell_id(&cell_id),
+            content_items,
+            error_text,
+            missing_cell,
+        },
+    }
+}
+
+fn external_outcome(
+    connection: &Connection,
+    outcome: PendingOutcome,
+    asked: Option<&str>,
+) -> PendingOutcome {
+    match outcome {
+        PendingOutcome::Pending {
+            cell_id,
+            content_items,
+            pending_tool_call_ids,
+        } => PendingOutcome::Pending {
+            cell_id: connection.external_cell_id(&cell_id),
+            content_items,
+            pending_tool_call_ids,
+        },
+        PendingOutcome::Completed(response) => {
+            PendingOutcome::Completed(external_response(connection, response, asked))
+        }
+    }
+}
+
+impl CodeModeSession for IpcSession {
+    fn execute(&self, request: ExecRequest) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
+        Box::pin(async move {
+            let (connection, response) = self
+                .call(|session| Request::Execute { session, request })
+                .await?;
+            let Response::Started(started) = response else {
+                return Err(unexpected());
+            };
+            Ok(StartedCell {
+                cell_id: connection.external_cell_id(&started.cell_id),
+                initial_response: external_response(&connection, started.initial_response, None),
+            })
+        })
+    }
+
+    fn wait(&self, request: WaitRequest) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        Box::pin(async move {
+            let asked = request.cell_id.clone();
+            let (connection, _) = self.bind().await?;
+            let Some(cell_id) = connection.runtime_cell_id(&asked) else {
+                return Ok(CellResponse::missing(asked));
+            };
+            let request = WaitRequest { cell_id, ..request };
+            let (connection, response) = self
+                .call(|session| Request::Wait { session, request })
+                .await?;
+            let Response::Cell(response) = response else {
+                return Err(unexpected());
+            };
+            Ok(external_response(&connection, response, Some(&asked)))
+        })
+    }
+
+    fn terminate(&self, cell_id: String) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        Box::pin(async move {
+            let (connection, _) = self.bind().await?;
+            let Some(runtime_id) = connection.runtime_cell_id(&cell_id) else {
+                return Ok(CellResponse::missing(cell_id));
+            };
+            let (connection, response) = self
+                .call(|session| Request::Terminate {
+                    session,
+                    cell_id: runtime_id,
+                })
+                .await?;
+            let Response::Cell(response) = response else {
+                return Err(unexpected());
+            };
+            Ok(external_response(&connection, response, Some(&cell_id)))
+        })
+    }
+
+    fn execute_to_pending(
+        &self,
+        request: ExecRequest,
+    ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
+        Box::pin(async move {
+            let (connection, response) = self
+                .call(|session| Request::ExecuteToPending { session, request })
+                .await?;
+            let Response::StartedPending(started) = response else {
+                return Err(unexpected());
+            };
+            Ok(StartedPendingCell {
+                cell_id: connection.external_cell_id(&started.cell_id),
+                outcome: external_outcome(&connection, started.outcome, None),
+            })
+        })
+    }
+
+    fn wait_to_pending(
+        &self,
+        cell_id: String,
+    ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
+        Box::pin(async move {
+            let (connection, _) = self.bind().await?;
+            let Some(runtime_id) = connection.runtime_cell_id(&cell_id) else {
+                return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));
+            };
+            let (connection, response) = self
+                .call(|session| Request::WaitToPending {
+                    session,
+                    cell_id: runtime_id,
+                })
+                .await?;
+            let Response::Pending(outcome) = response else {
+                return Err(unexpected());
+            };
+            Ok(external_outcome(&connection, outcome, Some(&cell_id)))
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.shutting_down.store(true, Ordering::SeqCst);
+            let _guard = self.bind_lock.lock().await;
+            let binding = lock(&self.binding).take();
+            if let Some((connection, session)) = binding
+                && !connection.is_lost()
+            {
+                // Cell-closed events precede the answer on the wire, so every cell has
+                // been reported closed when this returns.
+                if let Err(error) = connection.call(Request::Shutdown { session }, None).await {
+                    tracing::warn!("shutting the remote session down failed: {error}");
+                }
+                connection.forget_session(session);
+            }
+        })
+    }
+}
