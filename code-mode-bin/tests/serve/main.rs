@@ -250,7 +250,26 @@ async fn a_whole_session_over_raw_frames() {
         reply: DelegateReply::ToolResult(Ok(r#"{"a":42}"#.into())),
     })
     .await;
-    let (notify_id, call) = host.delegate_call().await;
+    // The notification and the next tool call race to the wire: match each by kind.
+    let notification = host
+        .next_matching(|m| {
+            matches!(
+                m,
+                ServerMessage::Delegate {
+                    call: DelegateCall::Notify { .. },
+                    ..
+                }
+            )
+        })
+        .await;
+    let ServerMessage::Delegate {
+        id: notify_id,
+        call,
+        ..
+    } = notification
+    else {
+        unreachable!("matched a notification")
+    };
     assert_eq!(
         call,
         DelegateCall::Notify {
