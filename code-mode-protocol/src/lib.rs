@@ -7,6 +7,7 @@
 
 pub mod model;
 pub mod session;
+pub mod surface;
 pub mod wire;
 
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};

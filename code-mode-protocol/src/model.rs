@@ -77,9 +77,10 @@ impl ContentItem {
 }
 
 /// How a nested tool takes its input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum ToolKind {
     /// A JSON function tool: its input is a JSON value.
+    #[default]
     Function,
     /// A freeform tool: its input is a string (`input: string` in the declaration).
     Freeform,

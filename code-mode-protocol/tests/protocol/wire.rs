@@ -1,6 +1,4 @@
-//! Tests of the wire format: round trips, framing limits, garbage, handshake, pinned bytes.
-
-mod samples;
+//! The wire format: round trips, framing limits, garbage, handshake, pinned bytes.
 
 use bytes::{BufMut, BytesMut};
 use code_mode_protocol::wire::codec::{decode_body, encode_frame};
@@ -21,7 +19,7 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn every_client_message_round_trips() {
     let mut codec = FrameCodec::<ClientMessage, ClientMessage>::new();
-    let messages = samples::client_messages();
+    let messages = crate::samples::client_messages();
     let mut buffer = BytesMut::new();
     for message in &messages {
         encode_frame(message, &mut buffer).unwrap();
@@ -36,7 +34,7 @@ fn every_client_message_round_trips() {
 #[test]
 fn every_server_message_round_trips() {
     let mut codec = FrameCodec::<ServerMessage, ServerMessage>::new();
-    for message in samples::server_messages() {
+    for message in crate::samples::server_messages() {
         let mut buffer = frame(&message);
         assert_eq!(codec.decode(&mut buffer).unwrap(), Some(message));
         assert!(buffer.is_empty());
@@ -46,7 +44,7 @@ fn every_server_message_round_trips() {
 #[test]
 fn frames_arriving_byte_by_byte_decode_once_complete() {
     let mut codec = FrameCodec::<ServerMessage, ServerMessage>::new();
-    let message = samples::server_messages().remove(2);
+    let message = crate::samples::server_messages().remove(2);
     let whole = frame(&message);
     let mut buffer = BytesMut::new();
     for (index, byte) in whole.iter().enumerate() {
@@ -84,7 +82,7 @@ fn an_oversized_length_is_refused_before_allocating() {
 #[test]
 fn truncated_frames_are_errors_at_eof_and_a_clean_eof_is_the_end() {
     let mut codec = FrameCodec::<ClientMessage, ClientMessage>::new();
-    let whole = frame(&samples::client_messages()[0]);
+    let whole = frame(&crate::samples::client_messages()[0]);
     for cut in [1, 3, 4, whole.len() - 1] {
         let mut buffer = BytesMut::from(&whole[..cut]);
         assert!(codec.decode(&mut buffer).unwrap().is_none());
@@ -161,10 +159,10 @@ fn decode_anything(bytes: &[u8]) {
 #[test]
 fn random_and_mutated_frames_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let valid: Vec<BytesMut> = samples::client_messages()
+    let valid: Vec<BytesMut> = crate::samples::client_messages()
         .iter()
         .map(frame)
-        .chain(samples::server_messages().iter().map(frame))
+        .chain(crate::samples::server_messages().iter().map(frame))
         .collect();
     for round in 0..300_000u64 {
         let input: Vec<u8> = if round % 2 == 0 {
@@ -288,7 +286,7 @@ fn encodings_are_pinned() {
             "0400000002fb2c01",
         ),
         (
-            frame(&samples::execute_request()),
+            frame(&crate::samples::execute_request()),
             // Request 1: Execute on session 1, source, one function tool, yield Some(10000)
             "1c000000010101010a74657874282268692229
              01046563686f016500 01fb1027",

@@ -1,0 +1,169 @@
+//! The `exec` tool's description, as the model sees it: how cells run, the pragma, the
+//! global helpers with their signatures, and one TypeScript declaration per enabled tool.
+
+use super::typescript::{call_tool_result_payload, schema_to_typescript, subschema_to_typescript};
+use crate::model::{ToolKind, js_tool_name};
+use serde_json::Value;
+
+/// A nested tool as the description builder sees it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolDescription {
+    /// The original name, namespace included.
+    pub name: String,
+    /// The namespace (e.g. an MCP server); consecutive tools of one namespace share a
+    /// header.
+    pub namespace: Option<String>,
+    /// Shown under the namespace header; without it, no header is printed.
+    pub namespace_description: Option<String>,
+    pub description: String,
+    pub kind: ToolKind,
+    /// JSON Schema of a function tool's argument.
+    pub input_schema: Option<Value>,
+    /// JSON Schema of the result.
+    pub output_schema: Option<Value>,
+    /// Callable, listed in `ALL_TOOLS`, but not described here.
+    pub deferred: bool,
+}
+
+const INTRODUCTION: &str = r#"Runs JavaScript in a sandboxed code-mode runtime and returns what the script outputs.
+
+How a script runs:
+- The input is raw JavaScript source text: not JSON, not a string, not a fenced code block.
+- It runs as an async ES module in a fresh V8 isolate, so top-level `await` works. Nothing survives between scripts except values saved with `store`.
+- There is no Node.js, no file system, no network and no `require`; imports are refused. Standard ECMAScript is available, `Intl` included.
+- Optional first line, a pragma: `// @exec: {"yield_time_ms": 10000, "max_output_tokens": 1000}`. `yield_time_ms` (default 10000) is how long this call waits before it returns while the script keeps running; `max_output_tokens` (default 10000) caps the output this call returns.
+- If the script is still running when the call returns, the result names its cell ID: call `wait` with it to get more output or to terminate the script.
+- Promises that are not awaited are discarded when the script ends, and so are pending timers.
+- Only what the script outputs is returned: print what matters, not everything."#;
+
+const HELPERS: &str = r#"Global helpers:
+- `tools.<name>(args?): Promise<result>`: calls a tool (declared below). Calls may run in parallel, e.g. with `Promise.all`. A failed call rejects with the error message.
+- `ALL_TOOLS: { name: string; description: string }[]`: every tool you can call, including ones not declared below.
+- `text(value: unknown): void`: outputs a value; strings, numbers and other primitives as they print, everything else as JSON.
+- `image(image: string | { image_url: string; detail?: ImageDetail } | { type: "image"; data: string; mimeType: string }, detail?: ImageDetail): void`: outputs an image from a `data:` URL or an MCP image block. `type ImageDetail = "auto" | "low" | "high" | "original"`, default `"high"`.
+- `generatedImage(result: { image_url: string; output_hint?: string }): void`: outputs a generated image, then its hint.
+- `console.log(...values: unknown[]): void` (also `info`, `warn`, `error`, `debug`): outputs the values like `text`, joined by spaces.
+- `store(key: string, value: unknown): void`: saves a JSON copy of `value` for later scripts of this session.
+- `load(key: string): unknown`: a fresh copy of a stored value, or `undefined`.
+- `notify(message: unknown): void`: sends a progress message right away, outside the output.
+- `yield_control(): void`: makes this call return now with the output so far; the script keeps running.
+- `exit(): never`: ends the script at once, successfully; nothing after it runs.
+- `setTimeout(callback: (...args: unknown[]) => void, ms?: number, ...args: unknown[]): number` and `clearTimeout(id: number): void`."#;
+
+/// The shared declarations an MCP-shaped tool result refers to.
+const MCP_TYPES: &str = r#"```ts
+type McpContent =
+  | { type: "text"; text: string }
+  | { type: "image"; data: string; mimeType: string }
+  | { type: "audio"; data: string; mimeType: string }
+  | { type: "resource_link"; uri: string; name?: string; description?: string; mimeType?: string }
+  | { type: "resource"; resource: { uri: string; mimeType?: string; text?: string; blob?: string } };
+type CallToolResult<T = unknown> = { content: McpContent[]; structuredContent?: T; isError?: boolean };
+```"#;
+
+/// Builds `exec`'s description for these tools (deferred ones included: they are only
+/// mentioned, not declared).
+pub fn exec_description(tools: &[ToolDescription]) -> String {
+    let mut out = String::new();
+    out.push_str(INTRODUCTION);
+    out.push_str("\n\n");
+    out.push_str(HELPERS);
+    out.push_str("\n\n## Tools\n");
+    let listed: Vec<&ToolDescription> = tools.iter().filter(|tool| !tool.deferred).collect();
+    let deferred = tools.len() - listed.len();
+    if listed.is_empty() {
+        out.push_str("\nNo tools are declared for this script.\n");
+    }
+    let uses_mcp_types = listed.iter().any(|tool| {
+        tool.output_schema
+            .as_ref()
+            .is_some_and(|schema| call_tool_result_payload(schema).is_some())
+    });
+    if uses_mcp_types {
+        out.push_str("\nTypes shared by the MCP tools below:\n");
+        out.push_str(MCP_TYPES);
+        out.push('\n');
+    }
+    let mut current_namespace: Option<&str> = None;
+    for tool in listed {
+        let namespace = tool.namespace.as_deref();
+        if namespace.is_some() && namespace != current_namespace {
+            let description = tool
+                .namespace_description
+                .as_deref()
+                .map(str::trim)
+                .filter(|text| !text.is_empty());
+            if let (Some(name), Some(description)) = (namespace, description) {
+                out.push_str(&format!("\n## Namespace `{name}`\n{description}\n"));
+            }
+        }
+        current_namespace = namespace;
+        out.push_str(&describe_tool(tool));
+    }
+    if deferred > 0 {
+        let count = if deferred == 1 {
+            "1 more tool is".to_owned()
+        } else {
+            format!("{deferred} more tools are")
+        };
+        out.push_str(&format!(
+            "\n{count} available but not declared here: find them in `ALL_TOOLS` (each with its name and description) and call them as `tools.<name>(args)`.\n"
+        ));
+    }
+    out
+}
+
+/// One tool's heading, description and declaration.
+fn describe_tool(tool: &ToolDescription) -> String {
+    let js_name = js_tool_name(&tool.name);
+    let mut out = format!("\n### `{js_name}`");
+    if js_name != tool.name {
+        out.push_str(&format!(" (tool `{}`)", tool.name));
+    }
+    out.push('\n');
+    let description = tool.description.trim();
+    if !description.is_empty() {
+        out.push_str(description);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "```ts\ndeclare const tools: {{\n  {js_name}({}): Promise<{}>;\n}};\n```\n",
+        parameter(tool),
+        result_type(tool.output_schema.as_ref()),
+    ));
+    out
+}
+
+/// The parameter list of a tool's declaration.
+fn parameter(tool: &ToolDescription) -> String {
+    if tool.kind == ToolKind::Freeform {
+        return "input: string".to_owned();
+    }
+    let Some(schema) = &tool.input_schema else {
+        return "args?: unknown".to_owned();
+    };
+    let rendered = schema_to_typescript(schema, 1);
+    // An object argument with nothing required may be left out.
+    let nothing_required = schema.get("properties").is_some()
+        && schema
+            .get("required")
+            .and_then(Value::as_array)
+            .is_none_or(|required| required.is_empty());
+    let optional = if nothing_required { "?" } else { "" };
+    format!("args{optional}: {rendered}")
+}
+
+/// The resolved type of a tool's promise.
+fn result_type(schema: Option<&Value>) -> String {
+    let Some(schema) = schema else {
+        return "unknown".to_owned();
+    };
+    match call_tool_result_payload(schema) {
+        Some(Some(structured)) => format!(
+            "CallToolResult<{}>",
+            subschema_to_typescript(structured, schema, 1)
+        ),
+        Some(None) => "CallToolResult".to_owned(),
+        None => schema_to_typescript(schema, 1),
+    }
+}

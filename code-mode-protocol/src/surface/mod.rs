@@ -1,0 +1,19 @@
+//! The model-facing surface of code mode, independent of V8: the `exec` and `wait` tool
+//! specs, `exec`'s description with a TypeScript declaration per nested tool, the pragma
+//! parser, and the formatter that turns a cell response into the tool output the model
+//! sees (contract section 1).
+
+pub mod describe;
+pub mod format;
+pub mod pragma;
+pub mod specs;
+pub mod typescript;
+
+pub use describe::{ToolDescription, exec_description};
+pub use format::{BYTES_PER_TOKEN, format_response, status_line};
+pub use pragma::{DEFAULT_MAX_OUTPUT_TOKENS, ExecParseError, ParsedExec, parse_exec_source};
+pub use specs::{
+    EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, WaitArguments, exec_tool_spec, parse_wait_arguments,
+    wait_tool_spec,
+};
+pub use typescript::schema_to_typescript;
