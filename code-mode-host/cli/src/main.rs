@@ -1,0 +1,237 @@
+//! `code-mode`: run model-style JavaScript cells with real tools from the command line.
+//!
+//! Subcommands: `run` (one cell, following yields to the end), `repl` (one session, a cell
+//! per entry), `describe` (the `exec` description a model would see), `serve --jsonl` (a
+//! JSON-lines driver for hosts in any language). Cells run in the `code-mode-bin` runtime
+//! process unless `--in-process` is given.
+//!
+//! Exit codes: 0 success; 1 the script failed or was terminated (or a runtime failure);
+//! 2 bad input (arguments, files, tools file, pragma).
+
+mod output;
+mod repl;
+mod run;
+mod serve;
+mod session;
+mod tools;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "code-mode",
+    version,
+    about = "Run JavaScript cells that call real tools, in a sandboxed V8 runtime"
+)]
+struct Cli {
+    /// Logs on stderr: -v for info, -vv for debug (the runtime process's too).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ToolArgs {
+    /// A TOML file of command tools (see examples/tools.toml).
+    #[arg(long, value_name = "FILE")]
+    tools: Option<PathBuf>,
+    /// Built-in tool sets to enable: fs (read_file, list_dir, write_file), shell (exec_command).
+    #[arg(long, value_name = "SETS", value_delimiter = ',')]
+    builtin: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one cell to its end, printing output as it arrives.
+    Run {
+        /// The cell's JavaScript file, or `-` for stdin.
+        file: PathBuf,
+        #[command(flatten)]
+        tools: ToolArgs,
+        /// How long each observation waits before it yields, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        yield_ms: Option<u64>,
+        /// The output budget of each observation, in approximate tokens.
+        #[arg(long, value_name = "TOKENS")]
+        max_output_tokens: Option<u64>,
+        /// Print one machine-readable JSON result instead of the output.
+        #[arg(long)]
+        json: bool,
+        /// Run V8 in this process instead of the runtime process.
+        #[arg(long)]
+        in_process: bool,
+        /// Write images the cell outputs into this directory.
+        #[arg(long, value_name = "DIR")]
+        save_images: Option<PathBuf>,
+    },
+    /// One session on stdin: each entry (ended by a blank line) is a cell.
+    Repl {
+        #[command(flatten)]
+        tools: ToolArgs,
+        /// How long each observation waits before it yields, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        yield_ms: Option<u64>,
+        /// Run V8 in this process instead of the runtime process.
+        #[arg(long)]
+        in_process: bool,
+    },
+    /// Print the `exec` tool description a model would see for these tools.
+    Describe {
+        #[command(flatten)]
+        tools: ToolArgs,
+        /// Print the `exec` and `wait` tool specs as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve sessions over a JSON-lines protocol on stdin/stdout (see docs/jsonl.md).
+    Serve {
+        /// The JSON-lines protocol (the only one).
+        #[arg(long, required = true)]
+        jsonl: bool,
+        /// Run V8 in this process instead of the runtime process.
+        #[arg(long)]
+        in_process: bool,
+    },
+}
+
+/// Why a command failed, with its exit code.
+pub struct Failure {
+    message: Option<String>,
+    code: u8,
+}
+
+impl Failure {
+    /// Bad input: exit code 2.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: Some(message.into()),
+            code: 2,
+        }
+    }
+
+    /// The runtime could not run the cell: exit code 1.
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Self {
+            message: Some(message.into()),
+            code: 1,
+        }
+    }
+
+    /// The script failed or was terminated (already reported): exit code 1.
+    pub fn script() -> Self {
+        Self {
+            message: None,
+            code: 1,
+        }
+    }
+}
+
+fn init_logging(verbose: u8) -> String {
+    let filter = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    filter.to_owned()
+}
+
+#[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> {
+    match command {
+        Command::Run {
+            file,
+            tools,
+            yield_ms,
+            max_output_tokens,
+            json,
+            in_process,
+            save_images,
+        } => {
+            run::run(run::RunOptions {
+                file,
+                tools: tools.tools,
+                builtins: tools.builtin,
+                yield_ms,
+                max_output_tokens,
+                json,
+                in_process,
+                save_images,
+                runtime_log,
+            })
+            .await
+        }
+        Command::Repl {
+            tools,
+            yield_ms,
+            in_process,
+        } => {
+            repl::repl(repl::ReplOptions {
+                tools: tools.tools,
+                builtins: tools.builtin,
+                yield_ms,
+                in_process,
+                runtime_log,
+            })
+            .await
+        }
+        Command::Describe { tools, json } => {
+            let tools = tools::ToolSet::load(tools.tools.as_deref(), &tools.builtin)
+                .map_err(|error| Failure::usage(error.to_string()))?;
+            let descriptions = tools.descriptions();
+            if json {
+                let specs = serde_json::json!([
+                    code_mode_protocol::surface::exec_tool_spec(&descriptions).to_json(),
+                    code_mode_protocol::surface::wait_tool_spec().to_json(),
+                ]);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&specs).unwrap_or_default()
+                );
+            } else {
+                print!(
+                    "{}",
+                    code_mode_protocol::surface::exec_description(&descriptions)
+                );
+            }
+            Ok(())
+        }
+        Command::Serve {
+            jsonl: _,
+            in_process,
+        } => serve::serve(in_process, runtime_log).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime_log = init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("code-mode: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(dispatch(cli.command, runtime_log));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if let Some(message) = failure.message {
+                eprintln!("code-mode: {message}");
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Printing what cells produce, and the JSON forms of responses shared by `run --json` and
+//! `serve --jsonl`.
+
+use base64::Engine;
+use code_mode_protocol::{CellResponse, ContentItem, PendingOutcome};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// `{"type": "input_text", "text": ...}` or `{"type": "input_image", "image_url": ..., "detail": ...}`.
+pub fn item_json(item: &ContentItem) -> Value {
+    match item {
+        ContentItem::InputText { text } => json!({ "type": "input_text", "text": text }),
+        ContentItem::InputImage { image_url, detail } => {
+            json!({ "type": "input_image", "image_url": image_url, "detail": detail.as_str() })
+        }
+    }
+}
+
+pub fn items_json(items: &[ContentItem]) -> Value {
+    Value::Array(items.iter().map(item_json).collect())
+}
+
+/// A response as JSON: `type` is `yielded`, `terminated` or `result`.
+pub fn response_json(response: &CellResponse) -> Value {
+    match response {
+        CellResponse::Yielded {
+            cell_id,
+            content_items,
+        } => json!({
+            "type": "yielded", "cell_id": cell_id, "content_items": items_json(content_items),
+        }),
+        CellResponse::Terminated {
+            cell_id,
+            content_items,
+        } => json!({
+            "type": "terminated", "cell_id": cell_id, "content_items": items_json(content_items),
+        }),
+        CellResponse::Result {
+            cell_id,
+            content_items,
+            error_text,
+            missing_cell,
+        } => json!({
+            "type": "result", "cell_id": cell_id, "content_items": items_json(content_items),
+            "error_text": error_text, "missing_cell": missing_cell,
+        }),
+    }
+}
+
+/// A pending-aware outcome as JSON: `type` is `pending`, or `completed` with a `response`.
+pub fn pending_json(outcome: &PendingOutcome) -> Value {
+    match outcome {
+        PendingOutcome::Pending {
+            cell_id,
+            content_items,
+            pending_tool_call_ids,
+        } => json!({
+            "type": "pending", "cell_id": cell_id, "content_items": items_json(content_items),
+            "pending_tool_call_ids": pending_tool_call_ids,
+        }),
+        PendingOutcome::Completed(response) => json!({
+            "type": "completed", "response": response_json(response),
+        }),
+    }
+}
+
+/// Prints items as they arrive: text as text, images as a one-line summary (saved to
+/// `save_dir` when given).
+pub struct Printer {
+    save_dir: Option<PathBuf>,
+    saved: usize,
+}
+
+impl Printer {
+    pub fn new(save_dir: Option<PathBuf>) -> Self {
+        Self { save_dir, saved: 0 }
+    }
+
+    #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+    pub fn print(&mut self, item: &ContentItem) {
+        match item {
+            ContentItem::InputText { text } => println!("{text}"),
+            ContentItem::InputImage { image_url, detail } => {
+                let summary = self.image_summary(image_url, detail.as_str());
+                println!("{summary}");
+            }
+        }
+    }
+
+    fn image_summary(&mut self, url: &str, detail: &str) -> String {
+        let Some((mime, data)) = parse_data_url(url) else {
+            return format!("[image: {} bytes of URL, detail {detail}]", url.len());
+        };
+        let decoded = base64::engine::general_purpose::STANDARD.decode(data.trim());
+        let mut summary = match &decoded {
+            Ok(bytes) => format!("[image: {mime}, {} bytes, detail {detail}", bytes.len()),
+            Err(_) => format!("[image: {mime}, undecodable base64, detail {detail}"),
+        };
+        if let (Some(dir), Ok(bytes)) = (&self.save_dir, decoded) {
+            self.saved += 1;
+            match save(dir, self.saved, &mime, &bytes) {
+                Ok(path) => summary.push_str(&format!(", saved to {}", path.display())),
+                Err(error) => summary.push_str(&format!(", not saved: {error}")),
+            }
+        }
+        summary.push(']');
+        summary
+    }
+}
+
+/// `data:<mime>;base64,<data>` → (mime, data).
+fn parse_data_url(url: &str) -> Option<(String, &str)> {
+    let rest = url
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("data:"))
+        .map(|_| &url[5..])?;
+    let (meta, data) = rest.split_once(',')?;
+    let mime = meta.strip_suffix(";base64")?;
+    Some((
+        if mime.is_empty() {
+            "application/octet-stream".to_owned()
+        } else {
+            mime.to_owned()
+        },
+        data,
+    ))
+}
+
+fn save(dir: &Path, index: usize, mime: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let extension = match mime {
+        "image/png" => "png",
+        "image/jpeg" | "image/jpg" => "jpg",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        "image/svg+xml" => "svg",
+        _ => "bin",
+    };
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("image-{index}.{extension}"));
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}

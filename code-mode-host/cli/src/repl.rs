@@ -1,0 +1,195 @@
+//! `code-mode repl`: one session; each entry is a cell (an entry ends at a blank line or
+//! at the end of input), so `store`/`load` carry values across entries. Commands start
+//! with `:`. Works the same under a pipe as on a terminal (prompts only on a terminal).
+
+use crate::output::Printer;
+use crate::tools::{CliDelegate, ToolSet};
+use crate::{Failure, session};
+use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
+use code_mode_protocol::{CellResponse, CodeModeSession, ExecRequest, ToolDefinition, WaitRequest};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncBufReadExt;
+
+pub struct ReplOptions {
+    pub tools: Option<PathBuf>,
+    pub builtins: Vec<String>,
+    pub yield_ms: Option<u64>,
+    pub in_process: bool,
+    pub runtime_log: String,
+}
+
+const HELP: &str = "Enter JavaScript; a blank line runs it as a cell. Commands:
+  :wait <cell id> [yield ms]   more output from a running cell
+  :terminate <cell id>         stop a running cell
+  :help                        this text
+  :quit                        leave (end of input does too)";
+
+#[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
+    let tools = ToolSet::load(options.tools.as_deref(), &options.builtins)
+        .map_err(|error| Failure::usage(error.to_string()))?;
+    let definitions: Arc<[ToolDefinition]> = tools.definitions().into();
+    let delegate = Arc::new(CliDelegate::new(
+        tools,
+        Arc::new(|_, text| println!("[notify] {text}")),
+    ));
+    let session = session::open(options.in_process, delegate, &options.runtime_log)
+        .map_err(Failure::runtime)?;
+    let interactive = std::io::stdin().is_terminal();
+    let mut repl = Repl {
+        session,
+        definitions,
+        yield_ms: options.yield_ms,
+        printer: Printer::new(None),
+        failed: false,
+    };
+    if interactive {
+        eprintln!("code-mode repl: {HELP}");
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut entry = String::new();
+    loop {
+        if interactive {
+            eprint!(
+                "{}",
+                if entry.is_empty() {
+                    "code-mode> "
+                } else {
+                    "...> "
+                }
+            );
+            let _ = std::io::stderr().flush();
+        }
+        let line = lines
+            .next_line()
+            .await
+            .map_err(|error| Failure::usage(format!("cannot read input: {error}")))?;
+        let Some(line) = line else {
+            repl.run_entry(&std::mem::take(&mut entry)).await;
+            break;
+        };
+        if line.trim_start().starts_with(':') && entry.trim().is_empty() {
+            if !repl.command(line.trim()).await {
+                break;
+            }
+        } else if line.trim().is_empty() {
+            repl.run_entry(&std::mem::take(&mut entry)).await;
+        } else {
+            entry.push_str(&line);
+            entry.push('\n');
+        }
+    }
+    repl.session.shutdown().await;
+    if repl.failed {
+        Err(Failure::script())
+    } else {
+        Ok(())
+    }
+}
+
+struct Repl {
+    session: Box<dyn CodeModeSession>,
+    definitions: Arc<[ToolDefinition]>,
+    yield_ms: Option<u64>,
+    printer: Printer,
+    failed: bool,
+}
+
+impl Repl {
+    #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+    fn error(&mut self, message: &str) {
+        self.failed = true;
+        println!("code-mode: {message}");
+    }
+
+    async fn run_entry(&mut self, entry: &str) {
+        if entry.trim().is_empty() {
+            return;
+        }
+        let parsed = match parse_exec_source(entry) {
+            Ok(parsed) => parsed,
+            Err(error) => return self.error(&error.to_string()),
+        };
+        let max_tokens = parsed.max_output_tokens_or_default();
+        let mut request = ExecRequest::new(parsed.source).with_tools(Arc::clone(&self.definitions));
+        request.yield_time_ms = parsed.yield_time_ms.or(self.yield_ms);
+        let started_at = Instant::now();
+        match self.session.execute(request).await {
+            Ok(started) => self.show(&started.initial_response, started_at, max_tokens),
+            Err(error) => self.error(&error.to_string()),
+        }
+    }
+
+    /// Runs a `:` command; `false` to leave.
+    async fn command(&mut self, line: &str) -> bool {
+        let mut words = line.split_whitespace();
+        let command = words.next().unwrap_or_default();
+        let argument = words.next();
+        match (command, argument) {
+            (":quit" | ":exit" | ":q", _) => return false,
+            (":help" | ":h", _) => self.say(HELP),
+            (":wait", Some(cell_id)) => {
+                let mut request = WaitRequest::new(cell_id);
+                request.yield_time_ms = match words.next().map(str::parse) {
+                    Some(Ok(ms)) => Some(ms),
+                    Some(Err(_)) => {
+                        self.error(
+                            "`:wait` takes a cell id and an optional yield time in milliseconds",
+                        );
+                        return true;
+                    }
+                    None => self.yield_ms,
+                };
+                let started_at = Instant::now();
+                match self.session.wait(request).await {
+                    Ok(response) => self.show(&response, started_at, u64::MAX / 8),
+                    Err(error) => self.error(&error.to_string()),
+                }
+            }
+            (":terminate", Some(cell_id)) => {
+                let started_at = Instant::now();
+                match self.session.terminate(cell_id.to_owned()).await {
+                    Ok(response) => self.show(&response, started_at, u64::MAX / 8),
+                    Err(error) => self.error(&error.to_string()),
+                }
+            }
+            (":wait" | ":terminate", None) => self.error(&format!("`{command}` needs a cell id")),
+            _ => self.error(&format!("unknown command `{command}` (try :help)")),
+        }
+        true
+    }
+
+    #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+    fn say(&self, text: &str) {
+        println!("{text}");
+    }
+
+    #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+    fn show(&mut self, response: &CellResponse, started_at: Instant, max_tokens: u64) {
+        if response.is_missing_cell() {
+            let message = response
+                .error_text()
+                .unwrap_or("exec cell not found")
+                .to_owned();
+            return self.error(&message);
+        }
+        let shown = format_response(response, started_at.elapsed(), max_tokens);
+        let error_item = usize::from(response.error_text().is_some());
+        for item in &shown[1..shown.len() - error_item] {
+            self.printer.print(item);
+        }
+        println!("{}", status_line(response));
+        if let Some(error) = response.error_text() {
+            self.failed = true;
+            println!("Script error:\n{error}");
+        }
+        if let CellResponse::Yielded { cell_id, .. } = response {
+            println!(
+                "(cell {cell_id} is still running: `:wait {cell_id}` for more output, `:terminate {cell_id}` to stop it)"
+            );
+        }
+    }
+}
