@@ -1,1 +1,437 @@
+//! Drives the real `code-mode` binary: `run` with command tools and built-ins, `repl` over
+//! a pipe, `describe`, `serve --jsonl` through the Python example, and the error cases.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const BIN: &str = env!("CARGO_BIN_EXE_code-mode");
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the project root")
+}
+
+/// Runs `code-mode` with `args` in `dir`, feeding `stdin`.
+fn code_mode(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn code-mode");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for code-mode")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "code-mode-cli-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn run_the_example_with_command_tools() {
+    let output = code_mode(
+        &project_root(),
+        &[
+            "run",
+            "examples/top_rust_files.js",
+            "--tools",
+            "examples/tools.toml",
+        ],
+        "",
+    );
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        text(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("[notify] counting the lines of "),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "The five longest Rust files:");
+    let top: Vec<(u64, &str)> = lines[2..7]
+        .iter()
+        .map(|line| {
+            let (count, path) = line.trim_start().split_once("  ").expect("count and path");
+            (count.parse().expect("a line count"), path)
+        })
+        .collect();
+    assert!(
+        top.windows(2).all(|pair| pair[0].0 >= pair[1].0),
+        "sorted: {top:?}"
+    );
+    assert!(top.iter().all(|(_, path)| path.ends_with(".rs")), "{top:?}");
+    // The part after `yield_control()` arrives in the next observation, still printed.
+    assert!(
+        lines[7].ends_with(" files") && lines[7].contains(" lines in "),
+        "{stdout}"
+    );
+    assert_eq!(lines[8], "Script completed");
+    assert!(lines[9].starts_with("Wall time ") && lines[9].ends_with(" seconds"));
+}
+
+#[test]
+fn run_with_the_builtins_in_and_out_of_process() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "cell.js",
+        r#"
+        const written = await tools.write_file({ path: "note.txt", content: "one\ntwo\nthree" });
+        text(`wrote ${written.bytes_written} bytes`);
+        text(await tools.read_file({ path: "note.txt", offset: 1, limit: 1 }));
+        const names = (await tools.list_dir({ path: "." })).map((entry) => `${entry.name}:${entry.type}`);
+        text(names.join(" "));
+        const shell = await tools.exec_command({ command: "echo out; echo err >&2; exit 3" });
+        text(JSON.stringify(shell));
+        try { await tools.read_file({ path: "missing.txt" }); } catch (e) { text(e.split(":")[0]); }
+        "#,
+    );
+    for mode in [&[][..], &["--in-process"][..]] {
+        let mut args = vec!["run", "cell.js", "--builtin", "fs,shell"];
+        args.extend(mode);
+        let output = code_mode(&scratch.0, &args, "");
+        let stdout = text(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{args:?}: {stdout}{}",
+            text(&output.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines[..5],
+            [
+                "wrote 13 bytes",
+                "two",
+                "cell.js:file note.txt:file",
+                r#"{"exit_code":3,"stdout":"out\n","stderr":"err\n"}"#,
+                "cannot read missing.txt",
+            ],
+            "{args:?}"
+        );
+        assert_eq!(lines[5], "Script completed");
+    }
+}
+
+#[test]
+fn run_reports_failures_with_json_and_exit_codes() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "fail.js",
+        "// @exec: {\"max_output_tokens\": 5}\nnotify('n'); text('x'.repeat(100)); throw new Error('boom');",
+    );
+    let output = code_mode(&scratch.0, &["run", "fail.js", "--json"], "");
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(report["status"], "Script failed");
+    assert_eq!(report["cell_id"], "1");
+    assert_eq!(report["notifications"], serde_json::json!(["n"]));
+    assert_eq!(report["response"]["type"], "result");
+    assert!(
+        report["response"]["error_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error: boom")
+    );
+    let items = report["response"]["content_items"].as_array().unwrap();
+    assert_eq!(
+        items[0]["text"],
+        "x".repeat(20),
+        "the pragma's budget of 5 tokens applies"
+    );
+    assert!(
+        items[1]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[... output truncated")
+    );
+}
+
+#[test]
+fn repl_over_a_pipe_keeps_stored_values_and_follows_cells() {
+    let input = "store('k', 41)\n\ntext(load('k') + 1)\n\n\
+        text('a'); yield_control(); await new Promise((r) => setTimeout(r, 300)); text('b')\n\n\
+        :wait 3 10000\n\
+        while (true) {}\n\n\
+        :terminate 4\n\
+        :wait 99\n";
+    let output = code_mode(&project_root(), &["repl", "--yield-ms", "200"], input);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "Script completed",
+            "42",
+            "Script completed",
+            "a",
+            "Script running with cell ID 3",
+            "(cell 3 is still running: `:wait 3` for more output, `:terminate 3` to stop it)",
+            "b",
+            "Script completed",
+            "Script running with cell ID 4",
+            "(cell 4 is still running: `:wait 4` for more output, `:terminate 4` to stop it)",
+            "Script terminated",
+            "code-mode: exec cell 99 not found",
+        ],
+        "stderr: {}",
+        text(&output.stderr)
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an unknown cell id is an error"
+    );
+}
+
+#[test]
+fn describe_prints_the_exec_description() {
+    let output = code_mode(
+        &project_root(),
+        &["describe", "--tools", "examples/tools.toml"],
+        "",
+    );
+    assert!(output.status.success());
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with("Runs JavaScript in a sandboxed code-mode runtime"));
+    assert!(stdout.contains("### `find_files`\nLists the files under a directory"));
+    assert!(stdout.contains(
+        "  find_files(args: {\n    // The directory to search, relative to the examples directory.\n    root: string;"
+    ));
+    assert!(
+        stdout.contains("  count_lines(args: {\n    paths: string[];\n  }): Promise<unknown>;")
+    );
+
+    let output = code_mode(
+        &project_root(),
+        &["describe", "--builtin", "fs", "--json"],
+        "",
+    );
+    let specs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(specs[0]["name"], "exec");
+    assert_eq!(specs[0]["type"], "custom");
+    assert!(
+        specs[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("### `read_file`")
+    );
+    assert_eq!(specs[1]["name"], "wait");
+}
+
+#[test]
+fn serve_jsonl_through_the_python_example() {
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|candidate| Command::new(candidate).arg("--version").output().is_ok())
+        .expect("python3 is needed for the JSON-lines example");
+    let output = Command::new(python)
+        .arg("examples/python_client.py")
+        .arg(BIN)
+        .current_dir(project_root())
+        .output()
+        .expect("run the Python client");
+    assert!(output.status.success(), "stderr: {}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout).lines().collect::<Vec<_>>(),
+        [
+            "[notify] adding in Python",
+            "2 + 3 = 5",
+            "status: result, error: None",
+            "50"
+        ]
+    );
+}
+
+/// A `serve --jsonl` process driven line by line.
+struct JsonlServer {
+    child: std::process::Child,
+    stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl JsonlServer {
+    fn start() -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--jsonl", "--in-process"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn code-mode serve");
+        let stdout = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        Self { child, stdout }
+    }
+
+    /// Sends one line and returns the next reply (events, e.g. `cell_closed`, are skipped).
+    fn ask(&mut self, line: &str) -> serde_json::Value {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        loop {
+            let reply = self.stdout.next().expect("a reply").expect("a line");
+            let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+            if reply.get("event").is_none() {
+                return reply;
+            }
+        }
+    }
+
+    fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.child.stdin.take());
+        self.child.wait().unwrap()
+    }
+}
+
+#[test]
+fn serve_jsonl_answers_errors_and_keeps_going() {
+    let mut server = JsonlServer::start();
+    let reply = server.ask("not json");
+    assert_eq!(
+        (reply["id"].clone(), reply["error"]["code"].clone()),
+        (serde_json::Value::Null, "invalid_json".into())
+    );
+    assert_eq!(
+        server.ask(r#"{"id": 1}"#)["error"]["code"],
+        "invalid_request"
+    );
+    assert_eq!(
+        server.ask(r#"{"id": 2, "method": "frobnicate"}"#)["error"]["code"],
+        "unknown_method"
+    );
+    let reply =
+        server.ask(r#"{"id": 3, "method": "exec", "params": {"session": "s9", "source": "1"}}"#);
+    assert_eq!(reply["error"]["code"], "unknown_session");
+    assert_eq!(reply["error"]["message"], "no open session `s9`");
+    assert_eq!(
+        server.ask(r#"{"id": 4, "method": "open_session", "params": {}}"#)["result"]["session"],
+        "s1"
+    );
+    let reply =
+        server.ask(r#"{"id": 5, "method": "wait", "params": {"session": "s1", "cell_id": "7"}}"#);
+    assert_eq!(reply["id"], 5);
+    assert_eq!(reply["result"]["missing_cell"], true);
+    assert_eq!(reply["result"]["error_text"], "exec cell 7 not found");
+    let reply = server.ask(r#"{"id": 6, "method": "exec", "params": {"session": "s1"}}"#);
+    assert_eq!(reply["error"]["code"], "invalid_params");
+    assert_eq!(reply["error"]["message"], "`source` (a string) is required");
+    let reply = server.ask(
+        r#"{"id": "seven", "method": "exec", "params": {"session": "s1", "source": "text('ok')"}}"#,
+    );
+    assert_eq!(reply["id"], "seven");
+    assert_eq!(
+        reply["result"]["response"]["content_items"][0]["text"],
+        "ok"
+    );
+    assert!(server.finish().success());
+}
+
+#[test]
+fn errors_are_one_clear_line_and_a_non_zero_exit() {
+    let scratch = Scratch::new();
+    scratch.write("ok.js", "text(1)");
+    scratch.write("pragma.js", "// @exec: {\"timeout\": 5}\ntext(1)");
+    scratch.write(
+        "unknown_field.toml",
+        "[[tool]]\nname = \"x\"\ncomand = \"true\"\n",
+    );
+    scratch.write(
+        "wrong_type.toml",
+        "[[tool]]\nname = \"x\"\ncommand = \"true\"\ntimeout_ms = \"soon\"\n",
+    );
+    scratch.write(
+        "missing_command.toml",
+        "[[tool]]\nname = \"x\"\ncommand = [\"surely-not-a-command-xyz\"]\n",
+    );
+    let dir = scratch.0.display().to_string();
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["run", "nope.js"],
+            "code-mode: cannot read nope.js: No such file or directory (os error 2)".into(),
+        ),
+        (
+            vec!["run", "pragma.js"],
+            "code-mode: exec pragma only supports `yield_time_ms` and `max_output_tokens`; got `timeout`".into(),
+        ),
+        (
+            vec!["run", "ok.js", "--tools", "missing.toml"],
+            "code-mode: cannot read the tools file missing.toml: No such file or directory (os error 2)".into(),
+        ),
+        (
+            vec!["run", "ok.js", "--tools", "unknown_field.toml"],
+            "code-mode: bad tools file unknown_field.toml: line 3, column 1: unknown field `comand`, expected one of `name`, `description`, `command`, `timeout_ms`, `cwd`, `kind`, `input_schema`, `output_schema`".into(),
+        ),
+        (
+            vec!["run", "ok.js", "--tools", "wrong_type.toml"],
+            "code-mode: bad tools file wrong_type.toml: line 4, column 14: invalid type: string \"soon\", expected u64".into(),
+        ),
+        (
+            vec!["describe", "--tools", "missing_command.toml"],
+            "code-mode: bad tools file missing_command.toml: tool `x`: command `surely-not-a-command-xyz` was not found".into(),
+        ),
+        (
+            vec!["run", "ok.js", "--builtin", "net"],
+            "code-mode: unknown built-in tool set `net` (known: fs, shell)".into(),
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = code_mode(&scratch.0, &args, "");
+        assert_eq!(output.status.code(), Some(2), "{args:?} in {dir}");
+        assert_eq!(text(&output.stderr).trim_end(), expected, "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for subcommand in ["run", "repl", "describe", "serve"] {
+        let output = code_mode(&project_root(), &[subcommand, "--help"], "");
+        assert!(output.status.success(), "{subcommand}");
+        assert!(
+            text(&output.stdout).contains(&format!("Usage: code-mode {subcommand}")),
+            "{subcommand}"
+        );
+    }
+    let output = code_mode(&project_root(), &["run"], "");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("<FILE>"));
+}
