@@ -115,10 +115,7 @@ impl Connection {
                 let delegate = RemoteDelegate::new(Arc::downgrade(self), id);
                 let session = InProcessSession::new(
                     Arc::new(delegate),
-                    InProcessOptions {
-                        session: options,
-                        ..InProcessOptions::default()
-                    },
+                    InProcessOptions { session: options },
                 );
                 lock(&self.sessions).insert(id, Arc::new(session));
                 Ok(Response::SessionOpened(id))

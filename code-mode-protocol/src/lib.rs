@@ -12,6 +12,7 @@ pub mod wire;
 
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
-    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest, NestedToolCall,
-    PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
+    BoxFuture, CellLimits, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest,
+    NestedToolCall, PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell,
+    WaitRequest,
 };

@@ -60,6 +60,54 @@ pub fn effective_yield_time_ms(requested_ms: u64, session_max_ms: Option<u64>) -
 pub struct SessionOptions {
     /// Caps every observation's yield time, grace included. `Some(0)` yields at once.
     pub max_yield_time_ms: Option<u64>,
+    /// Limits applied to every cell of the session.
+    pub limits: CellLimits,
+}
+
+/// Default heap limit of a cell, in bytes (128 MiB); `ArrayBuffer` memory has a budget of
+/// half of it.
+pub const DEFAULT_HEAP_LIMIT_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Default CPU budget of a cell, in milliseconds of CPU time (30 s). Time spent waiting
+/// (for tools, timers, observers) does not count.
+pub const DEFAULT_CPU_BUDGET_MS: u64 = 30_000;
+
+/// Default output cap of a cell, in bytes (8 MiB), text and images together.
+pub const DEFAULT_OUTPUT_CAP_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Default cap on nested tool calls in flight in one cell.
+pub const DEFAULT_MAX_IN_FLIGHT_TOOL_CALLS: u64 = 1024;
+
+/// Default size limit of one tool argument or result, in bytes of JSON (32 MiB): checked
+/// before V8 or the wire sees it, and well inside the 64 MiB frame cap.
+pub const DEFAULT_MAX_TOOL_PAYLOAD_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What one cell may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellLimits {
+    /// V8 heap limit of the cell's isolate, in bytes; `ArrayBuffer`s may use half of it.
+    pub heap_bytes: u64,
+    /// CPU time the cell may use, in milliseconds.
+    pub cpu_budget_ms: u64,
+    /// Output the cell may produce (text and image bytes), in bytes; later output is
+    /// dropped behind a visible marker.
+    pub output_bytes: u64,
+    /// Nested tool calls in flight at once; beyond it a call rejects.
+    pub max_in_flight_tool_calls: u64,
+    /// Size of one tool argument or result, in bytes of JSON.
+    pub max_tool_payload_bytes: u64,
+}
+
+impl Default for CellLimits {
+    fn default() -> Self {
+        Self {
+            heap_bytes: DEFAULT_HEAP_LIMIT_BYTES,
+            cpu_budget_ms: DEFAULT_CPU_BUDGET_MS,
+            output_bytes: DEFAULT_OUTPUT_CAP_BYTES,
+            max_in_flight_tool_calls: DEFAULT_MAX_IN_FLIGHT_TOOL_CALLS,
+            max_tool_payload_bytes: DEFAULT_MAX_TOOL_PAYLOAD_BYTES,
+        }
+    }
 }
 
 /// An `exec` call: the source (pragma already parsed and removed) and the enabled tools.

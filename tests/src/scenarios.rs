@@ -568,6 +568,7 @@ pub async fn yield_time_grace_and_session_cap<P: Provider>(provider: &P) {
     let capped = async {
         let options = SessionOptions {
             max_yield_time_ms: Some(10_000),
+            ..SessionOptions::default()
         };
         let (session, _d) = open_with(provider, options).await;
         let started = session
@@ -580,6 +581,7 @@ pub async fn yield_time_grace_and_session_cap<P: Provider>(provider: &P) {
     let zero_cap_does_not_leak = async {
         let options = SessionOptions {
             max_yield_time_ms: Some(0),
+            ..SessionOptions::default()
         };
         let (capped, _d1) = open_with(provider, options).await;
         let (free, _d2) = open(provider).await;

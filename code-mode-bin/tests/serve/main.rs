@@ -534,6 +534,7 @@ async fn protocol_violations_close_the_connection() {
                 request: Request::OpenSession {
                     options: SessionOptions {
                         max_yield_time_ms: None,
+                        ..SessionOptions::default()
                     },
                 },
             },

@@ -11,8 +11,8 @@ use crate::output::{pending_json, response_json};
 use code_mode::{InProcessOptions, InProcessSession};
 use code_mode_host::{HostConfig, IpcProvider};
 use code_mode_protocol::{
-    BoxFuture, CodeModeSession, CodeModeSessionDelegate, ExecRequest, NestedToolCall, SessionError,
-    SessionOptions, ToolDefinition, ToolKind, WaitRequest,
+    BoxFuture, CellLimits, CodeModeSession, CodeModeSessionDelegate, ExecRequest, NestedToolCall,
+    SessionError, SessionOptions, ToolDefinition, ToolKind, WaitRequest,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -155,6 +155,36 @@ fn optional_u64(params: &Value, name: &str) -> Result<Option<u64>, ErrorReply> {
     }
 }
 
+/// `limits: {"heap_bytes"?, "cpu_budget_ms"?, "output_bytes"?, "max_in_flight_tool_calls"?,
+/// "max_tool_payload_bytes"?}`; absent fields keep their defaults.
+fn cell_limits(params: &Value) -> Result<CellLimits, ErrorReply> {
+    let mut limits = CellLimits::default();
+    let Some(given) = params.get("limits") else {
+        return Ok(limits);
+    };
+    if !given.is_object() {
+        return Err(ErrorReply::new(
+            "invalid_params",
+            "`limits` must be an object",
+        ));
+    }
+    for (name, slot) in [
+        ("heap_bytes", &mut limits.heap_bytes),
+        ("cpu_budget_ms", &mut limits.cpu_budget_ms),
+        ("output_bytes", &mut limits.output_bytes),
+        (
+            "max_in_flight_tool_calls",
+            &mut limits.max_in_flight_tool_calls,
+        ),
+        ("max_tool_payload_bytes", &mut limits.max_tool_payload_bytes),
+    ] {
+        if let Some(value) = optional_u64(given, name)? {
+            *slot = value;
+        }
+    }
+    Ok(limits)
+}
+
 /// `tools: [{"name", "description"?, "kind"?: "function" | "freeform"}]`.
 fn tool_definitions(params: &Value) -> Result<Vec<ToolDefinition>, ErrorReply> {
     let Some(tools) = params.get("tools") else {
@@ -206,6 +236,7 @@ impl Server {
             "open_session" => {
                 let options = SessionOptions {
                     max_yield_time_ms: optional_u64(&params, "max_yield_time_ms")?,
+                    limits: cell_limits(&params)?,
                 };
                 let id = format!("s{}", self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
                 let delegate = Arc::new(JsonlDelegate {
@@ -220,10 +251,7 @@ impl Server {
                     }
                     _ => Arc::new(InProcessSession::new(
                         delegate,
-                        InProcessOptions {
-                            session: options,
-                            ..InProcessOptions::default()
-                        },
+                        InProcessOptions { session: options },
                     )),
                 };
                 lock(&self.sessions).insert(id.clone(), session);

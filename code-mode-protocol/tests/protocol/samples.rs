@@ -34,6 +34,7 @@ pub fn client_messages() -> Vec<ClientMessage> {
         Request::OpenSession {
             options: SessionOptions {
                 max_yield_time_ms: Some(0),
+                ..SessionOptions::default()
             },
         },
         Request::Execute {

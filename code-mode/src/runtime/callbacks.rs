@@ -1,5 +1,6 @@
 //! Every callback V8 calls into the runtime outside a JS function call: module resolution
-//! (static imports), dynamic `import()`, and the near-heap-limit callback.
+//! (static imports), dynamic `import()`, the near-heap-limit callback, and the counting
+//! `ArrayBuffer` allocator.
 //!
 //! Gathered here so the unsafe surface that V8 drives lives in one place.
 
@@ -7,7 +8,7 @@ use super::CellControl;
 use super::values::{throw_string, v8_str};
 use std::ffi::c_void;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Extra heap granted, in bytes, each time the limit is reached, so that V8 can unwind the
 /// terminated script instead of aborting the process on out-of-memory.
@@ -42,11 +43,17 @@ pub(crate) fn dynamic_import<'s>(
     Some(resolver.get_promise(scope))
 }
 
+/// Heap granted, in bytes, when V8 calls the near-heap-limit callback only because an
+/// `ArrayBuffer` allocation was refused (its last-resort collection does that).
+const BUFFER_REFUSAL_HEADROOM_BYTES: usize = 1024 * 1024;
+
 /// Data for [`near_heap_limit`]: lives on the cell thread's stack frame, which outlives the
 /// isolate that points at it.
 pub(crate) struct HeapGuard {
     control: Arc<CellControl>,
     hit: AtomicBool,
+    /// Set by the counting allocator when it refuses a buffer.
+    buffer_refused: Arc<AtomicBool>,
 }
 
 impl HeapGuard {
@@ -54,7 +61,13 @@ impl HeapGuard {
         Self {
             control,
             hit: AtomicBool::new(false),
+            buffer_refused: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The flag the cell's counting allocator raises when it refuses a buffer.
+    pub(crate) fn buffer_refusals(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.buffer_refused)
     }
 
     /// Whether the cell reached its heap limit.
@@ -73,14 +86,111 @@ impl HeapGuard {
 pub(crate) unsafe extern "C" fn near_heap_limit(
     data: *mut c_void,
     current_heap_limit: usize,
-    _initial_heap_limit: usize,
+    initial_heap_limit: usize,
 ) -> usize {
     // SAFETY: `data` is the `HeapGuard` registered with this isolate; the cell thread keeps
     // it alive until after the isolate is disposed, and it is only read through `&`.
     let guard = unsafe { &*data.cast::<HeapGuard>() };
+    // A refused `ArrayBuffer` already threw a catchable `RangeError`; V8's last-resort
+    // collection for it lands here without the heap being full. Excuse it, boundedly.
+    if guard.buffer_refused.swap(false, Ordering::SeqCst)
+        && current_heap_limit < initial_heap_limit.saturating_mul(2)
+    {
+        return current_heap_limit.saturating_add(BUFFER_REFUSAL_HEADROOM_BYTES);
+    }
     guard.hit.store(true, Ordering::SeqCst);
     if let Some(isolate) = guard.control.isolate.get() {
         isolate.terminate_execution();
     }
     current_heap_limit.saturating_add(HEAP_UNWIND_HEADROOM_BYTES)
+}
+
+/// An `ArrayBuffer` allocator that refuses to hand out more than `limit` bytes in total, so
+/// a cell's buffers count against a budget like its heap. A refused allocation makes V8
+/// throw a catchable `RangeError`.
+pub(crate) struct CountingAllocator {
+    used: AtomicU64,
+    limit: u64,
+    /// Raised on each refusal, for the heap guard.
+    refused: Arc<AtomicBool>,
+}
+
+impl CountingAllocator {
+    /// A V8 allocator with a budget of `limit` bytes; refusals raise `refused`.
+    pub(crate) fn new_v8(limit: u64, refused: Arc<AtomicBool>) -> v8::UniqueRef<v8::Allocator> {
+        let handle = Arc::into_raw(Arc::new(CountingAllocator {
+            used: AtomicU64::new(0),
+            limit,
+            refused,
+        }));
+        // SAFETY: `handle` points to a live `CountingAllocator` whose ownership passes to
+        // V8 until it calls `drop_allocator` (which takes it back exactly once); the vtable
+        // is `'static`.
+        unsafe { v8::new_rust_allocator(handle, &COUNTING_ALLOCATOR_VTABLE) }
+    }
+
+    fn reserve(&self, len: usize) -> bool {
+        let len = len as u64;
+        let reserved = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(len).filter(|total| *total <= self.limit)
+            })
+            .is_ok();
+        if !reserved {
+            self.refused.store(true, Ordering::SeqCst);
+        }
+        reserved
+    }
+
+    fn release(&self, len: usize) {
+        self.used.fetch_sub(len as u64, Ordering::SeqCst);
+    }
+}
+
+static COUNTING_ALLOCATOR_VTABLE: v8::RustAllocatorVtable<CountingAllocator> =
+    v8::RustAllocatorVtable {
+        allocate: allocate_zeroed,
+        allocate_uninitialized,
+        free: free_buffer,
+        drop: drop_allocator,
+    };
+
+unsafe extern "C" fn allocate_zeroed(allocator: &CountingAllocator, len: usize) -> *mut c_void {
+    if !allocator.reserve(len) {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: plain C allocation; at least one byte so that a zero-length buffer still
+    // gets a unique non-null pointer.
+    let data = unsafe { libc::calloc(len.max(1), 1) };
+    if data.is_null() {
+        allocator.release(len);
+    }
+    data
+}
+
+unsafe extern "C" fn allocate_uninitialized(
+    allocator: &CountingAllocator,
+    len: usize,
+) -> *mut c_void {
+    if !allocator.reserve(len) {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: plain C allocation, as above.
+    let data = unsafe { libc::malloc(len.max(1)) };
+    if data.is_null() {
+        allocator.release(len);
+    }
+    data
+}
+
+unsafe extern "C" fn free_buffer(allocator: &CountingAllocator, data: *mut c_void, len: usize) {
+    // SAFETY: V8 frees only pointers this allocator returned, once, with their length.
+    unsafe { libc::free(data) };
+    allocator.release(len);
+}
+
+unsafe extern "C" fn drop_allocator(allocator: *const CountingAllocator) {
+    // SAFETY: `allocator` came from `Arc::into_raw` in `new_v8`; V8 calls this once.
+    drop(unsafe { Arc::from_raw(allocator) });
 }

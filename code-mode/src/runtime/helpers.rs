@@ -688,7 +688,7 @@ fn tool_helper<'s>(
             let input = input.and_then(|input| {
                 let state = state.borrow();
                 let limit = state.limits.max_in_flight_tool_calls;
-                if state.pending_calls.len() >= limit {
+                if state.pending_calls.len() as u64 >= limit {
                     Err(format!(
                         "tools.{js_name} was not called: this cell already has {limit} nested tool calls in flight, the most allowed"
                     ))
@@ -741,8 +741,13 @@ fn tool_input(
     }
     ensure_running(state)?;
     let prefix = format!("tools.{js_name} could not convert its argument to JSON");
+    let max_bytes = state.borrow().limits.max_tool_payload_bytes;
     Ok(match json {
         Some(Json::Nothing) => Ok(None),
+        Some(Json::Text(text)) if text.len() as u64 > max_bytes => Err(format!(
+            "tools.{js_name} was not called: its argument is {} bytes of JSON, more than the limit of {max_bytes} bytes",
+            text.len()
+        )),
         Some(Json::Text(text)) if values::exceeds_depth_limit(&text) => {
             Err(format!("{prefix}: {}", values::depth_error_detail()))
         }

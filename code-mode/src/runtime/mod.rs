@@ -17,6 +17,7 @@ mod callbacks;
 mod helpers;
 mod thread;
 mod values;
+pub mod watchdog;
 
 use code_mode_protocol::{ContentItem, ToolDefinition, ToolKind};
 use std::collections::HashMap;
@@ -29,13 +30,6 @@ use std::time::Duration;
 /// inside it, so the runtime's native callbacks still have room when JS is at its deepest.
 pub const CELL_THREAD_STACK_BYTES: usize = 8 * 1024 * 1024;
 
-/// Default heap limit of one cell's isolate, in bytes.
-pub const DEFAULT_HEAP_LIMIT_BYTES: usize = 128 * 1024 * 1024;
-
-/// Default cap on nested tool calls a cell may have in flight at once; beyond it a call is
-/// rejected with a clear message instead of queueing without bound.
-pub const DEFAULT_MAX_IN_FLIGHT_TOOL_CALLS: usize = 1024;
-
 pub use code_mode_protocol::model::JSON_DEPTH_LIMIT;
 
 /// Capacity of the event channel from a cell thread to its owner. A cell that produces
@@ -46,23 +40,7 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 /// Stored values visible to a cell: key → JSON text. Values are shared, never mutated.
 pub type StoredValues = HashMap<String, Arc<str>>;
 
-/// Per-cell limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CellLimits {
-    /// Maximum V8 heap size of the cell's isolate, in bytes.
-    pub heap_bytes: usize,
-    /// Maximum number of nested tool calls awaiting an answer at once.
-    pub max_in_flight_tool_calls: usize,
-}
-
-impl Default for CellLimits {
-    fn default() -> Self {
-        Self {
-            heap_bytes: DEFAULT_HEAP_LIMIT_BYTES,
-            max_in_flight_tool_calls: DEFAULT_MAX_IN_FLIGHT_TOOL_CALLS,
-        }
-    }
-}
+pub use code_mode_protocol::CellLimits;
 
 /// Everything a cell needs to start.
 #[derive(Debug, Clone, Default)]

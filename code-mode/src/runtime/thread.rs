@@ -6,17 +6,24 @@
 //! empty. Every entry into JS is followed by the same end check, so `exit()`, termination
 //! and the heap limit are noticed wherever JS was running.
 
-use super::callbacks::{self, HeapGuard};
+use super::callbacks::{self, CountingAllocator, HeapGuard};
 use super::values::{self, v8_str};
+use super::watchdog::{self, Watched};
 use super::{
     CellCommand, CellConfig, CellControl, CellEvent, CellLimits, CellOutcome, Inbound,
     StoredValues, ToolCallId,
 };
-use code_mode_protocol::ToolDefinition;
+use code_mode_protocol::{ContentItem, ToolDefinition};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+/// `ArrayBuffer`s may use 1/`ARRAY_BUFFER_SHARE` of the heap limit. V8 counts their
+/// external memory toward the heap limit too, so a smaller buffer budget makes an
+/// oversized allocation a catchable `RangeError` rather than the end of the cell.
+const ARRAY_BUFFER_SHARE: u64 = 2;
 
 /// The module name cells run under; it appears in stack traces.
 pub(crate) const MODULE_NAME: &str = "exec_main.mjs";
@@ -46,6 +53,10 @@ pub(crate) struct CellState {
     exit_requested: bool,
     owner_gone: bool,
     timer_error: Option<String>,
+    /// Output bytes reported so far (text and image URLs, notifications included).
+    output_bytes: u64,
+    /// Whether the output cap was reached (its marker has been reported).
+    output_capped: bool,
 }
 
 pub(crate) type StateRef = Rc<RefCell<CellState>>;
@@ -58,10 +69,37 @@ impl CellState {
     }
 
     /// Reports an event unless the cell has stopped. Returns whether it was reported.
+    /// Output beyond the cell's output cap is dropped (reported as done) behind one
+    /// visible marker item.
     pub(crate) fn emit(&mut self, event: CellEvent) -> bool {
         if self.stopped() {
             return false;
         }
+        let size = match &event {
+            CellEvent::Output(ContentItem::InputText { text }) => Some(text.len()),
+            CellEvent::Output(ContentItem::InputImage { image_url, .. }) => Some(image_url.len()),
+            CellEvent::Notify(text) => Some(text.len()),
+            _ => None,
+        };
+        if let Some(size) = size {
+            if self.output_capped {
+                return true;
+            }
+            let total = self.output_bytes.saturating_add(size as u64);
+            if total > self.limits.output_bytes {
+                self.output_capped = true;
+                let marker = format!(
+                    "[output truncated: this cell reached its output cap of {} bytes; later output is dropped]",
+                    self.limits.output_bytes
+                );
+                return self.send(CellEvent::Output(ContentItem::text(marker)));
+            }
+            self.output_bytes = total;
+        }
+        self.send(event)
+    }
+
+    fn send(&mut self, event: CellEvent) -> bool {
         if self.events.blocking_send(event).is_err() {
             // Nobody listens any more: stop running JS.
             self.owner_gone = true;
@@ -104,9 +142,22 @@ pub(super) fn run(
 ) {
     // Declared before the isolate so that it is dropped after it: V8 holds a pointer to it.
     let heap_guard = HeapGuard::new(Arc::clone(&control));
-    let params = v8::CreateParams::default().heap_limits(0, config.limits.heap_bytes);
+    let heap_bytes = usize::try_from(config.limits.heap_bytes).unwrap_or(usize::MAX);
+    let params = v8::CreateParams::default()
+        .heap_limits(0, heap_bytes)
+        .array_buffer_allocator(
+            CountingAllocator::new_v8(
+                config.limits.heap_bytes / ARRAY_BUFFER_SHARE,
+                heap_guard.buffer_refusals(),
+            )
+            .make_shared(),
+        );
     let mut isolate = v8::Isolate::new(params);
     let _ = control.isolate.set(isolate.thread_safe_handle());
+    let watched = watchdog::watch_current_thread(
+        Duration::from_millis(config.limits.cpu_budget_ms),
+        Arc::clone(&control),
+    );
     isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
@@ -125,6 +176,8 @@ pub(super) fn run(
         exit_requested: false,
         owner_gone: false,
         timer_error: None,
+        output_bytes: 0,
+        output_capped: false,
     }));
     isolate.set_slot(Rc::clone(&state));
 
@@ -135,6 +188,7 @@ pub(super) fn run(
         let driver = Driver {
             state: Rc::clone(&state),
             heap_guard: &heap_guard,
+            watched: watched.as_deref(),
             inbound,
         };
         let outcome = driver.run(scope, &config.source);
@@ -151,6 +205,7 @@ pub(super) fn run(
 struct Driver<'g> {
     state: StateRef,
     heap_guard: &'g HeapGuard,
+    watched: Option<&'g Watched>,
     inbound: mpsc::Receiver<Inbound>,
 }
 
@@ -268,7 +323,7 @@ impl Driver<'_> {
     }
 
     /// Ends decided by flags, in priority order: termination by the owner, the heap limit,
-    /// `exit()`, an exception in a timer callback.
+    /// the CPU budget, `exit()`, an exception in a timer callback.
     fn ended_by_flags(&self) -> Option<CellOutcome> {
         let (terminated, exited, timer_error) = {
             let mut state = self.state.borrow_mut();
@@ -282,6 +337,12 @@ impl Driver<'_> {
             let limit_mib = self.state.borrow().limits.heap_bytes / (1024 * 1024);
             return Some(self.completed(Some(format!(
                 "Out of memory: the cell reached its heap limit of {limit_mib} MiB and was stopped"
+            ))));
+        }
+        if let Some(watched) = self.watched.filter(|watched| watched.exceeded()) {
+            let budget = watched.budget().as_secs_f64();
+            return Some(self.completed(Some(format!(
+                "CPU budget exceeded: the cell used its {budget} s of CPU time and was stopped"
             ))));
         }
         if exited {
@@ -342,7 +403,12 @@ impl Driver<'_> {
             return;
         };
         let resolver = v8::Local::new(scope, resolver);
+        let max_bytes = self.state.borrow().limits.max_tool_payload_bytes;
         let json = match result {
+            Ok(json) if json.len() as u64 > max_bytes => Err(format!(
+                "tool result rejected: {} bytes is more than the limit of {max_bytes} bytes",
+                json.len()
+            )),
             Ok(json) if values::exceeds_depth_limit(&json) => Err(format!(
                 "tool result rejected: {}",
                 values::depth_error_detail()

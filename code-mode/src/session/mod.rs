@@ -11,7 +11,7 @@
 
 mod actor;
 
-use crate::runtime::{CellConfig, CellLimits, EVENT_CHANNEL_CAPACITY, StoredValues, spawn_cell};
+use crate::runtime::{CellConfig, EVENT_CHANNEL_CAPACITY, StoredValues, spawn_cell};
 use actor::{ActorRequest, CellActor, Observer};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
 use code_mode_protocol::{
@@ -32,9 +32,8 @@ const ACTOR_REQUEST_CAPACITY: usize = 16;
 /// Options of an in-process session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InProcessOptions {
+    /// The session's options, its cells' limits included.
     pub session: SessionOptions,
-    /// Limits applied to every cell of the session.
-    pub cell_limits: CellLimits,
 }
 
 /// A session whose cells run in this process. Dropping it starts its shutdown.
@@ -129,7 +128,7 @@ impl Shared {
             source: request.source,
             tools: request.tools,
             stored: snapshot,
-            limits: self.options.cell_limits,
+            limits: self.options.session.limits,
         };
         let runtime =
             spawn_cell(config, events_tx).map_err(|e| SessionError::Runtime(e.to_string()))?;

@@ -3,6 +3,7 @@
 
 mod harness;
 mod lifecycle;
+mod limits;
 mod output;
 mod state;
 mod tools;

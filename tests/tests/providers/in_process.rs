@@ -11,13 +11,7 @@ impl Provider for InProcess {
     type Session = InProcessSession;
 
     async fn open(&self, delegate: Arc<TestDelegate>, options: SessionOptions) -> Self::Session {
-        InProcessSession::new(
-            delegate,
-            InProcessOptions {
-                session: options,
-                ..InProcessOptions::default()
-            },
-        )
+        InProcessSession::new(delegate, InProcessOptions { session: options })
     }
 }
 

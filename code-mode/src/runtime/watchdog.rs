@@ -1,0 +1,169 @@
+//! The CPU-budget watchdog: one process-wide thread that reads each running cell thread's
+//! CPU clock and terminates the cell's JS when it has used its budget.
+//!
+//! CPU time is the thread's own (`CLOCK_THREAD_CPUTIME_ID` through
+//! `pthread_getcpuclockid`), so waiting for tools, timers or observers costs nothing, and
+//! every entry into JS (module, microtasks, timers, getters the runtime calls) is covered
+//! alike. Termination goes through the cell's own isolate handle, so it can never reach
+//! another cell. If a terminated cell keeps burning CPU for [`ESCALATION_CPU`] more, V8
+//! failed to stop it: the process exits with [`UNSTOPPABLE_EXIT_CODE`], and the host
+//! reports the runtime lost and starts a fresh one.
+
+use super::CellControl;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+/// How often the watchdog reads the clocks.
+const CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// CPU time a terminated cell may still use before the process gives up on it.
+pub const ESCALATION_CPU: Duration = Duration::from_secs(5);
+
+/// The exit code of a runtime process that could not stop a cell.
+pub const UNSTOPPABLE_EXIT_CODE: i32 = 70;
+
+/// One watched cell thread. The cell thread holds it; dropping it unregisters the cell.
+pub(crate) struct Watched {
+    clock: libc::clockid_t,
+    budget: Duration,
+    control: Arc<CellControl>,
+    exceeded: AtomicBool,
+    exceeded_at: Mutex<Option<Duration>>,
+}
+
+impl Watched {
+    /// Whether the cell used its whole budget.
+    pub(crate) fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid out-pointer; `clock` came from `pthread_getcpuclockid`
+        // of a thread that is still running (it unregisters before it exits).
+        let result = unsafe { libc::clock_gettime(self.clock, &mut now) };
+        (result == 0).then(|| {
+            Duration::new(
+                u64::try_from(now.tv_sec).unwrap_or(0),
+                u32::try_from(now.tv_nsec).unwrap_or(0),
+            )
+        })
+    }
+
+    fn check(&self) {
+        let Some(used) = self.cpu_time() else {
+            return;
+        };
+        if used < self.budget {
+            return;
+        }
+        let mut exceeded_at = self
+            .exceeded_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *exceeded_at {
+            None => {
+                *exceeded_at = Some(used);
+                self.exceeded.store(true, Ordering::SeqCst);
+                if let Some(isolate) = self.control.isolate.get() {
+                    isolate.terminate_execution();
+                }
+            }
+            Some(at) if used.saturating_sub(at) > ESCALATION_CPU => {
+                tracing::error!(
+                    "a cell kept running {ESCALATION_CPU:?} of CPU after it was terminated; exiting"
+                );
+                std::process::exit(UNSTOPPABLE_EXIT_CODE);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+struct Registry {
+    cells: Mutex<Vec<Weak<Watched>>>,
+    wake: Condvar,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let registry = Registry {
+            cells: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("code-mode-watchdog".to_owned())
+            .stack_size(256 * 1024)
+            .spawn(watch);
+        if let Err(error) = spawned {
+            tracing::error!("the CPU watchdog could not start: {error}");
+        }
+        registry
+    })
+}
+
+fn watch() {
+    let registry = registry();
+    loop {
+        let cells: Vec<Arc<Watched>> = {
+            let mut cells = registry
+                .cells
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            cells.retain(|cell| cell.strong_count() > 0);
+            while cells.is_empty() {
+                cells = registry
+                    .wake
+                    .wait(cells)
+                    .unwrap_or_else(PoisonError::into_inner);
+                cells.retain(|cell| cell.strong_count() > 0);
+            }
+            cells.iter().filter_map(Weak::upgrade).collect()
+        };
+        for cell in &cells {
+            cell.check();
+        }
+        drop(cells);
+        std::thread::sleep(CHECK_INTERVAL);
+    }
+}
+
+/// Watches the calling thread's CPU time against `budget`. Call it on the cell thread.
+pub(crate) fn watch_current_thread(
+    budget: Duration,
+    control: Arc<CellControl>,
+) -> Option<Arc<Watched>> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `pthread_self()` is the live calling thread and `clock` a valid out-pointer.
+    let result = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    if result != 0 {
+        tracing::error!(
+            "no CPU clock for the cell thread (error {result}); its CPU budget is not enforced"
+        );
+        return None;
+    }
+    let watched = Arc::new(Watched {
+        clock,
+        budget,
+        control,
+        exceeded: AtomicBool::new(false),
+        exceeded_at: Mutex::new(None),
+    });
+    let registry = registry();
+    registry
+        .cells
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Arc::downgrade(&watched));
+    registry.wake.notify_one();
+    Some(watched)
+}
