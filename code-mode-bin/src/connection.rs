@@ -162,8 +162,8 @@ impl Connection {
     }
 }
 
-/// Serves one host connection until it ends.
-pub async fn serve<S>(stream: S) -> Result<(), ConnectionError>
+/// Serves one host connection until it ends; `sandbox` is reported in the handshake.
+pub async fn serve<S>(stream: S, sandbox: String) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -180,7 +180,7 @@ where
     });
     let mut reader = FramedRead::new(read_half, FrameCodec::<ClientMessage, ServerMessage>::new());
     let tasks = TaskTracker::new();
-    let outcome = read_loop(&connection, &mut reader, &tasks).await;
+    let outcome = read_loop(&connection, &mut reader, &tasks, sandbox).await;
     if let Err(error) = &outcome {
         tracing::error!("closing the connection: {error}");
     }
@@ -205,6 +205,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     connection: &Arc<Connection>,
     reader: &mut FramedRead<R, FrameCodec<ClientMessage, ServerMessage>>,
     tasks: &TaskTracker,
+    sandbox: String,
 ) -> Result<(), ConnectionError> {
     let hello = match reader.next().await {
         Some(Ok(ClientMessage::Hello(hello))) => hello,
@@ -219,7 +220,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         Some(Err(error)) => return Err(error.into()),
         None => return Err(ConnectionError::NoHello),
     };
-    let offer = ServerOffer::current(concat!("code-mode-bin ", env!("CARGO_PKG_VERSION")));
+    let offer = ServerOffer::current(
+        concat!("code-mode-bin ", env!("CARGO_PKG_VERSION")),
+        sandbox,
+    );
     match offer.negotiate(&hello) {
         Ok(ready) => {
             tracing::info!(client = %hello.client, %ready, "handshake done");

@@ -106,7 +106,15 @@ impl Host {
         host.send(ClientMessage::Hello(ClientHello::current("serve test")))
             .await;
         match host.next().await {
-            ServerMessage::Ready(ready) => assert_eq!(ready.version, PROTOCOL_VERSION),
+            ServerMessage::Ready(ready) => {
+                assert_eq!(ready.version, PROTOCOL_VERSION);
+                assert!(ready.sandbox.contains("no_new_privs"), "{}", ready.sandbox);
+                assert!(
+                    ready.sandbox.contains("seccomp filter"),
+                    "{}",
+                    ready.sandbox
+                );
+            }
             other => panic!("expected Ready, got {other:?}"),
         }
         host
@@ -604,5 +612,35 @@ async fn the_command_line_is_checked() {
             .contains("cannot connect to /nonexistent/dir/runtime.sock"),
         "{}",
         String::from_utf8_lossy(&nowhere.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_sandbox_refuses_files_and_kills_on_exec() {
+    use std::os::unix::process::ExitStatusExt;
+    let read = Command::new(BIN)
+        .args(["--sandbox-self-test", "read:/etc/passwd"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&read.stderr);
+    assert!(read.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("read /etc/passwd: refused: Permission denied"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("landlock ABI"), "{stderr}");
+    assert!(read.stdout.is_empty());
+
+    let exec = Command::new(BIN)
+        .args(["--sandbox-self-test", "exec:/bin/true"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        exec.status.signal(),
+        Some(libc::SIGSYS),
+        "{:?}",
+        exec.status
     );
 }

@@ -287,3 +287,34 @@ async fn a_crash_loop_gives_up_with_a_clear_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_runtime_process_runs_sandboxed() {
+    let provider = provider();
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    session.execute(request("text(1)")).await.unwrap();
+    let pid = provider.runtime_pid().await.expect("a runtime runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}:")))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .to_owned()
+    };
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+    assert_ne!(field("Seccomp_filters"), "0");
+    // Cells keep working under it, timers and tools included.
+    let started = session
+        .execute(request(
+            "await new Promise((r) => setTimeout(r, 10)); text(await tools.echo('ok'));",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        started.initial_response.content_items(),
+        [ContentItem::text("ok")]
+    );
+}

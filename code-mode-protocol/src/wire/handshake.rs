@@ -49,6 +49,8 @@ pub struct Ready {
     pub capabilities: Vec<String>,
     /// Free text for logs, e.g. `code-mode-bin 0.1.0`.
     pub server: String,
+    /// The sandbox level the runtime reached, in words (e.g. `no_new_privs, ...`).
+    pub sandbox: String,
 }
 
 /// Why the server refused a hello.
@@ -70,15 +72,17 @@ pub struct ServerOffer {
     pub versions: Vec<u32>,
     pub capabilities: Vec<String>,
     pub server: String,
+    pub sandbox: String,
 }
 
 impl ServerOffer {
     /// The offer of a server built from this crate.
-    pub fn current(server: impl Into<String>) -> Self {
+    pub fn current(server: impl Into<String>, sandbox: impl Into<String>) -> Self {
         Self {
             versions: SUPPORTED_VERSIONS.to_vec(),
             capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
             server: server.into(),
+            sandbox: sandbox.into(),
         }
     }
 
@@ -110,12 +114,17 @@ impl ServerOffer {
             version,
             capabilities: self.capabilities.clone(),
             server: self.server.clone(),
+            sandbox: self.sandbox.clone(),
         })
     }
 }
 
 impl fmt::Display for Ready {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (protocol {})", self.server, self.version)
+        write!(
+            f,
+            "{} (protocol {}; sandbox: {})",
+            self.server, self.version, self.sandbox
+        )
     }
 }

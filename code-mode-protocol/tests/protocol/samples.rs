@@ -129,6 +129,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
             version: 1,
             capabilities: vec!["sessions".into()],
             server: "s".into(),
+            sandbox: "seccomp".into(),
         }),
         ServerMessage::Rejected(HandshakeRejection::NoCommonVersion {
             client: vec![2],

@@ -194,6 +194,7 @@ fn the_handshake_picks_the_highest_common_version() {
         versions: vec![1, 2, 3],
         capabilities: vec!["sessions".into(), "pending-frontier".into()],
         server: "test-server".into(),
+        sandbox: "none".into(),
     };
     let hello = ClientHello {
         versions: vec![0, 2, 3, 9],
@@ -204,9 +205,9 @@ fn the_handshake_picks_the_highest_common_version() {
     let ready = offer.negotiate(&hello).unwrap();
     assert_eq!(ready.version, 3);
     assert_eq!(ready.capabilities, ["sessions", "pending-frontier"]);
-    assert_eq!(ready.to_string(), "test-server (protocol 3)");
+    assert_eq!(ready.to_string(), "test-server (protocol 3; sandbox: none)");
     // A client of this build and a server of this build agree.
-    let ready = ServerOffer::current("bin")
+    let ready = ServerOffer::current("bin", "none")
         .negotiate(&ClientHello::current("host"))
         .unwrap();
     assert_eq!(ready.version, PROTOCOL_VERSION);
@@ -214,7 +215,7 @@ fn the_handshake_picks_the_highest_common_version() {
 
 #[test]
 fn the_handshake_refuses_with_a_reason_for_each_failure() {
-    let offer = ServerOffer::current("code-mode-bin 0.1.0");
+    let offer = ServerOffer::current("code-mode-bin 0.1.0", "none");
     let mut hello = ClientHello::current("host");
     hello.versions = vec![7, 8];
     let rejection = offer.negotiate(&hello).unwrap_err();
