@@ -114,41 +114,46 @@ fn last_error() -> String {
 
 /// Applies every step it can; never fails the process by itself.
 pub fn apply() -> SandboxReport {
-    let mut report = SandboxReport::default();
+    let mut failures = Vec::new();
     // SAFETY: prctl with integer arguments only.
-    report.no_new_privs = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0;
-    if !report.no_new_privs {
-        report
-            .failures
-            .push(format!("no_new_privs: {}", last_error()));
+    let no_new_privs = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0;
+    if !no_new_privs {
+        failures.push(format!("no_new_privs: {}", last_error()));
     }
     // SAFETY: prctl with integer arguments only.
-    report.not_dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0;
-    if !report.not_dumpable {
-        report.failures.push(format!("dumpable: {}", last_error()));
+    let not_dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0;
+    if !not_dumpable {
+        failures.push(format!("dumpable: {}", last_error()));
     }
     let no_core = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `no_core` is a valid rlimit for the duration of the call.
-    report.no_core_files = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } == 0;
-    if !report.no_core_files {
-        report
-            .failures
-            .push(format!("core limit: {}", last_error()));
+    let no_core_files = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } == 0;
+    if !no_core_files {
+        failures.push(format!("core limit: {}", last_error()));
     }
-    if report.no_new_privs {
+    let (mut landlock_abi, mut seccomp_installed) = (None, false);
+    // Landlock and seccomp both require no_new_privs.
+    if no_new_privs {
         match landlock() {
-            Ok(abi) => report.landlock_abi = Some(abi),
-            Err(error) => report.failures.push(format!("landlock: {error}")),
+            Ok(abi) => landlock_abi = Some(abi),
+            Err(error) => failures.push(format!("landlock: {error}")),
         }
         match seccomp() {
-            Ok(()) => report.seccomp = true,
-            Err(error) => report.failures.push(format!("seccomp: {error}")),
+            Ok(()) => seccomp_installed = true,
+            Err(error) => failures.push(format!("seccomp: {error}")),
         }
     }
-    report
+    SandboxReport {
+        no_new_privs,
+        not_dumpable,
+        no_core_files,
+        landlock_abi,
+        seccomp: seccomp_installed,
+        failures,
+    }
 }
 
 /// Restricts the calling thread (and the threads it creates later) to no file-system access.
