@@ -3,7 +3,8 @@
 //! Tools: `echo` returns its input (or `null`); `fail` rejects with `tool exploded`;
 //! `block` waits until the test calls [`TestDelegate::release`] or the call is cancelled;
 //! `stubborn` ignores cancellation and never answers; `slow` answers `"slow done"` after
-//! the number of milliseconds given as input. A notification whose text starts with
+//! the number of milliseconds given as input; `big` answers a string of as many bytes as
+//! its input says. A notification whose text starts with
 //! `block` waits until cancelled; any other is delivered at once.
 
 use code_mode_protocol::{
@@ -67,7 +68,7 @@ impl TestDelegate {
 
     /// The tools the delegate implements, as a cell enables them.
     pub fn tools() -> Arc<[ToolDefinition]> {
-        ["echo", "fail", "block", "stubborn", "slow"]
+        ["echo", "fail", "block", "stubborn", "slow", "big"]
             .into_iter()
             .map(|name| {
                 ToolDefinition::new(name, format!("the {name} test tool"), ToolKind::Function)
@@ -190,6 +191,12 @@ impl CodeModeSessionDelegate for TestDelegate {
                         call_id: call.call_id.clone(),
                     });
                     std::future::pending().await
+                }
+                "big" => {
+                    let bytes = call.input.as_ref().and_then(Value::as_u64).unwrap_or(0);
+                    Ok(Value::String(
+                        "x".repeat(usize::try_from(bytes).unwrap_or(0)),
+                    ))
                 }
                 "slow" => {
                     let millis = call.input.as_ref().and_then(Value::as_u64).unwrap_or(0);

@@ -1,5 +1,8 @@
 //! Tests of the IPC provider against the real `code-mode-bin` and against fake runtimes:
-//! the runtime's death, binary discovery, version skew, crash loops, shared processes.
+//! the runtime's death, binary discovery, version skew, crash loops, shared processes,
+//! the sandbox, and the hostile corpus.
+
+mod hostile;
 
 use code_mode_conformance::{Record, TestDelegate};
 use code_mode_host::{

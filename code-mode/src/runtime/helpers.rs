@@ -266,7 +266,16 @@ fn text_helper<'s>(
         args,
         rv,
         Box::new(|scope, args, _rv, state| {
-            let text = values::display_string(scope, args.get(0)).ok_or(Fail::Pending)?;
+            let value = args.get(0);
+            // A string longer than the room left can only reach the cap: skip copying it.
+            // (Its UTF-8 form has at least as many bytes as it has UTF-16 units.)
+            if let Ok(string) = v8::Local::<v8::String>::try_from(value)
+                && string.length() as u64 > state.borrow().output_room()
+            {
+                let running = state.borrow_mut().reach_output_cap();
+                return if running { Ok(()) } else { Err(Fail::Stopped) };
+            }
+            let text = values::display_string(scope, value).ok_or(Fail::Pending)?;
             emit(state, CellEvent::Output(ContentItem::text(text)))
         }),
     );

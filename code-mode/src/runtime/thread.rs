@@ -87,16 +87,37 @@ impl CellState {
             }
             let total = self.output_bytes.saturating_add(size as u64);
             if total > self.limits.output_bytes {
-                self.output_capped = true;
-                let marker = format!(
-                    "[output truncated: this cell reached its output cap of {} bytes; later output is dropped]",
-                    self.limits.output_bytes
-                );
-                return self.send(CellEvent::Output(ContentItem::text(marker)));
+                return self.reach_output_cap();
             }
             self.output_bytes = total;
         }
         self.send(event)
+    }
+
+    /// Marks the output cap as reached and reports its marker (once). Later output is
+    /// dropped. Returns whether the cell is still running.
+    pub(crate) fn reach_output_cap(&mut self) -> bool {
+        if self.stopped() {
+            return false;
+        }
+        if self.output_capped {
+            return true;
+        }
+        self.output_capped = true;
+        let marker = format!(
+            "[output truncated: this cell reached its output cap of {} bytes; later output is dropped]",
+            self.limits.output_bytes
+        );
+        self.send(CellEvent::Output(ContentItem::text(marker)))
+    }
+
+    /// Output bytes the cell may still produce before its cap.
+    pub(crate) fn output_room(&self) -> u64 {
+        if self.output_capped {
+            0
+        } else {
+            self.limits.output_bytes.saturating_sub(self.output_bytes)
+        }
     }
 
     fn send(&mut self, event: CellEvent) -> bool {

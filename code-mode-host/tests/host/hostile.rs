@@ -1,0 +1,384 @@
+//! Every case of HOSTILE.md, over IPC: the cell's source and its classified outcome, each
+//! followed by a check that the next cell of the same session works.
+
+use code_mode_conformance::TestDelegate;
+use code_mode_host::{CodeModeSession, IpcProvider};
+use code_mode_protocol::{CellLimits, CellResponse, ExecRequest, SessionOptions};
+
+/// The CPU budget of the hostile session: short, so CPU-bound cases end quickly.
+const CPU_BUDGET_MS: u64 = 1_500;
+
+const CPU: &str = "CPU budget exceeded: the cell used its 1.5 s of CPU time and was stopped";
+const HEAP: &str = "Out of memory: the cell reached its heap limit of 128 MiB and was stopped";
+const STALLED: &str = "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)";
+const CAP: &str = "tools.echo was not called: this cell already has 1024 nested tool calls in flight, the most allowed";
+const DEPTH: &str = "tools.echo could not convert its argument to JSON: value is nested deeper than the limit of 128 levels";
+
+/// A classified outcome.
+enum Outcome {
+    /// Completed successfully with exactly these text items.
+    Texts(&'static [&'static str]),
+    /// Completed with exactly this error text.
+    Error(&'static str),
+    /// Completed with an error text starting with this.
+    ErrorStarting(&'static str),
+    /// Completed successfully; the last item is this text (the count before it varies).
+    LastText(&'static str),
+    /// Any one of these.
+    AnyOf(&'static [Outcome]),
+}
+
+impl Outcome {
+    fn matches(&self, response: &CellResponse) -> bool {
+        let CellResponse::Result {
+            error_text,
+            content_items,
+            ..
+        } = response
+        else {
+            return false;
+        };
+        match self {
+            Outcome::Texts(expected) => {
+                error_text.is_none()
+                    && content_items
+                        .iter()
+                        .map(|item| item.as_text())
+                        .collect::<Vec<_>>()
+                        == expected.iter().map(|text| Some(*text)).collect::<Vec<_>>()
+            }
+            Outcome::Error(expected) => error_text.as_deref() == Some(*expected),
+            Outcome::ErrorStarting(prefix) => error_text
+                .as_deref()
+                .is_some_and(|text| text.starts_with(prefix)),
+            Outcome::LastText(expected) => {
+                error_text.is_none()
+                    && content_items.last().and_then(|item| item.as_text()) == Some(*expected)
+            }
+            Outcome::AnyOf(options) => options.iter().any(|option| option.matches(response)),
+        }
+    }
+}
+
+use Outcome::*;
+
+fn corpus() -> Vec<(&'static str, &'static str, Outcome)> {
+    vec![
+        // CPU and termination
+        ("1 while", "while (true) {}", Error(CPU)),
+        ("1 for", "for (;;) {}", Error(CPU)),
+        (
+            "2 microtask loop",
+            "await Promise.resolve().then(() => { while (true) {} });",
+            Error(CPU),
+        ),
+        (
+            "3 endless microtasks",
+            "(function f() { Promise.resolve().then(f); })();",
+            Error(CPU),
+        ),
+        (
+            "3 queueMicrotask is absent",
+            "(function f() { queueMicrotask(f); })();",
+            ErrorStarting("ReferenceError: queueMicrotask is not defined"),
+        ),
+        (
+            "4 nothing pending",
+            "await new Promise(() => {});",
+            Error(STALLED),
+        ),
+        (
+            "5 exponential catch",
+            "function f() { try { f() } catch { f() } } f();",
+            Error(CPU),
+        ),
+        (
+            "6 toJSON loop via text",
+            "text({ toJSON() { for (;;) {} } });",
+            Error(CPU),
+        ),
+        (
+            "6 getter loop via a tool argument",
+            "await tools.echo({ get x() { for (;;) {} } });",
+            Error(CPU),
+        ),
+        (
+            "7 stack getter loop",
+            "throw { get stack() { for (;;); } };",
+            Error(CPU),
+        ),
+        // Memory
+        (
+            "8 string growth",
+            "let s = ''; while (true) s += 'Hello';",
+            AnyOf(&[
+                Error(HEAP),
+                ErrorStarting("RangeError: Invalid string length"),
+                Error(CPU),
+            ]),
+        ),
+        (
+            "9 arrays",
+            "const a = []; for (;;) a.push(new Array(1e6).fill(0));",
+            Error(HEAP),
+        ),
+        (
+            "10 huge repeat",
+            "try { 'x'.repeat(2 ** 30); } catch (e) { text(e.constructor.name); }",
+            Texts(&["RangeError"]),
+        ),
+        (
+            "11 array buffers",
+            "const b = []; for (;;) b.push(new ArrayBuffer(256 * 2 ** 20));",
+            ErrorStarting("RangeError: Array buffer allocation failed"),
+        ),
+        (
+            "12 a 60 MiB tool result",
+            "try { await tools.big(60 * 2 ** 20); text('delivered'); } catch (e) { text(e); }",
+            Texts(&[
+                "tool result rejected: 62914562 bytes is more than the limit of 33554432 bytes",
+            ]),
+        ),
+        // Stack and depth
+        (
+            "13 recursion",
+            "function f() { f() } try { f(); } catch (e) { text(e.message); } text('continues');",
+            Texts(&["Maximum call stack size exceeded", "continues"]),
+        ),
+        (
+            "13 uncaught recursion",
+            "function f() { f() } f();",
+            ErrorStarting("RangeError: Maximum call stack size exceeded"),
+        ),
+        (
+            "14 text at depth",
+            "let n = 0; function f() { n++; text('x'); f(); } try { f(); } catch (e) { text(e.constructor.name + ' ' + (n > 1000)); }",
+            LastText("RangeError true"),
+        ),
+        (
+            "14 tools at depth",
+            "function f() { tools.echo(1); f() } try { f(); } catch (e) { text(e.constructor.name); }",
+            Texts(&["RangeError"]),
+        ),
+        (
+            "15 deep argument",
+            "let o = {}; for (let i = 0; i < 1e6; i++) o = { o }; await tools.echo(o);",
+            Error(DEPTH),
+        ),
+        // Attacks on the helpers
+        (
+            "16 Promise constructor getter",
+            "Object.defineProperty(Promise.prototype, 'constructor', { get() { throw 'x' } }); const p = tools.echo(1); text(p instanceof Promise);",
+            Texts(&["true"]),
+        ),
+        (
+            "17 Object.prototype.then",
+            "Object.prototype.then = (r) => r('pwned'); const v = await tools.echo({ user: 'Ada' }); delete Object.prototype.then; text(v);",
+            Texts(&[r#"{"user":"Ada"}"#]),
+        ),
+        (
+            "18 JSON replaced",
+            "JSON.stringify = () => '{}'; JSON.parse = () => ({ admin: true }); store('k', { a: 1 }); const v = await tools.echo({ b: 2 }); text(load('k')); text(v);",
+            Texts(&[r#"{"a":1}"#, r#"{"b":2}"#]),
+        ),
+        (
+            "19 __proto__ result",
+            "const v = await tools.echo(JSON.parse('{\"__proto__\": {\"isAdmin\": true}}')); text(({}).isAdmin === undefined && v.isAdmin === undefined);",
+            Texts(&["true"]),
+        ),
+        (
+            "20 overwriting helpers",
+            "for (const f of [() => { tools.echo = () => 'fake'; }, () => { globalThis.tools = {}; }, () => { delete globalThis.text; }]) { try { f(); } catch (e) { text(e.constructor.name); } } text(await tools.echo('real'));",
+            Texts(&["TypeError", "TypeError", "TypeError", "real"]),
+        ),
+        (
+            "21 throwing proxy",
+            "try { await tools.echo(new Proxy({}, { ownKeys() { throw new Error('boom') } })); } catch (e) { text(e); }",
+            Texts(&["tools.echo could not convert its argument to JSON: Error: boom"]),
+        ),
+        (
+            "21 revoked proxy",
+            "const p = Proxy.revocable({}, {}); p.revoke(); try { await tools.echo(p.proxy); } catch (e) { text(e); }",
+            Texts(&[
+                "tools.echo could not convert its argument to JSON: TypeError: Cannot perform 'get' on a proxy that has been revoked",
+            ]),
+        ),
+        // Odd values
+        ("22 null", "throw null", Error("null")),
+        ("22 undefined", "throw undefined", Error("undefined")),
+        ("22 bigint", "throw 10n", Error("10")),
+        ("22 symbol", "throw Symbol('s')", Error("Symbol(s)")),
+        (
+            "22 null prototype",
+            "throw Object.create(null)",
+            Error("[object Object]"),
+        ),
+        (
+            "22 throwing toString",
+            "throw { toString() { throw new Error('inner') } }",
+            Error("[object Object]"),
+        ),
+        (
+            "23 cyclic cause",
+            "const e = new Error('x'); e.cause = e; throw e;",
+            ErrorStarting("Error: x\n    at exec_main.mjs:1:"),
+        ),
+        (
+            "24 bigint argument",
+            "try { await tools.echo({ n: 1n }); } catch (e) { text(e); }",
+            Texts(&[
+                "tools.echo could not convert its argument to JSON: TypeError: Do not know how to serialize a BigInt",
+            ]),
+        ),
+        (
+            "24 undefined argument",
+            "text(await tools.echo(undefined));",
+            Texts(&["null"]),
+        ),
+        (
+            "24 JSON semantics",
+            "text(await tools.echo({ u: undefined, f() {} }));",
+            Texts(&["{}"]),
+        ),
+        (
+            "25 circular argument",
+            "const a = {}; a.self = a; try { await tools.echo(a); } catch (e) { text(e.split('\\n')[0]); }",
+            Texts(&[
+                "tools.echo could not convert its argument to JSON: TypeError: Converting circular structure to JSON",
+            ]),
+        ),
+        // Output and code
+        ("26 console flood", "for (;;) console.log('x');", Error(CPU)),
+        (
+            "26 huge text",
+            "text('x'.repeat(2 ** 28)); text('after');",
+            Texts(&[
+                "[output truncated: this cell reached its output cap of 8388608 bytes; later output is dropped]",
+            ]),
+        ),
+        (
+            "27 file import",
+            "try { await import('file:///etc/passwd'); } catch (e) { text(e); }",
+            Texts(&["unsupported import in exec"]),
+        ),
+        (
+            "27 remote import",
+            "try { await import('https://example.com/x.js'); } catch (e) { text(e); }",
+            Texts(&["unsupported import in exec"]),
+        ),
+        (
+            "27 static import",
+            "import x from 'file:///etc/passwd';",
+            Error("Unsupported import in exec: file:///etc/passwd"),
+        ),
+        (
+            "28 one character",
+            "*",
+            Error("SyntaxError: Unexpected token '*'"),
+        ),
+        ("28 BOM", "\u{feff}text('bom');", Texts(&["bom"])),
+        (
+            "28 line separator",
+            "text('a')\u{2028}text('b')",
+            Texts(&["a", "b"]),
+        ),
+        (
+            "29 a million tool calls",
+            "await Promise.all(Array.from({ length: 1e6 }, () => tools.echo(1)));",
+            AnyOf(&[Error(CAP), Error(HEAP), Error(CPU)]),
+        ),
+        (
+            "30 fresh context (write)",
+            "globalThis.secret = 1; text('set');",
+            Texts(&["set"]),
+        ),
+        (
+            "30 fresh context (read)",
+            "text(typeof globalThis.secret);",
+            Texts(&["undefined"]),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostile_corpus_over_ipc() {
+    let provider = crate::provider();
+    let options = SessionOptions {
+        limits: CellLimits {
+            cpu_budget_ms: CPU_BUDGET_MS,
+            ..CellLimits::default()
+        },
+        ..SessionOptions::default()
+    };
+    let session = provider.open_session(TestDelegate::new(), options);
+    let pid = {
+        session
+            .execute(crate::request("text('warm')"))
+            .await
+            .unwrap();
+        provider.runtime_pid().await
+    };
+    let mut failures = Vec::new();
+    for (name, source, expected) in corpus() {
+        let request = ExecRequest::new(source)
+            .with_tools(TestDelegate::tools())
+            .with_yield_time_ms(60_000);
+        match session.execute(request).await {
+            Ok(started) if expected.matches(&started.initial_response) => {}
+            Ok(started) => failures.push(format!("{name}: {:?}", started.initial_response)),
+            Err(error) => failures.push(format!("{name}: {error}")),
+        }
+        let next = session.execute(crate::request("text('next')")).await;
+        let next_works = next.is_ok_and(|started| {
+            matches!(
+                started.initial_response,
+                CellResponse::Result {
+                    error_text: None,
+                    ..
+                }
+            )
+        });
+        if !next_works {
+            failures.push(format!("{name}: the next cell did not work"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        provider.runtime_pid().await,
+        pid,
+        "the runtime process survived every case"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heap_bomb_in_one_session_leaves_another_unharmed() {
+    let provider: IpcProvider = crate::provider();
+    let bomb = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let worker = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let exploding = bomb.execute(
+        ExecRequest::new("const a = []; for (;;) a.push(new Array(1e6).fill(0));")
+            .with_yield_time_ms(60_000),
+    );
+    let working = async {
+        let mut results = Vec::new();
+        for round in 0..20 {
+            let started = worker
+                .execute(crate::request(&format!(
+                    "store('r', {round}); text(await tools.echo({round}) + load('r'));"
+                )))
+                .await
+                .unwrap();
+            results.push(started.initial_response);
+        }
+        results
+    };
+    let (exploded, results) = tokio::join!(exploding, working);
+    assert_eq!(exploded.unwrap().initial_response.error_text(), Some(HEAP));
+    for (round, response) in results.iter().enumerate() {
+        assert_eq!(
+            response.content_items()[0].as_text(),
+            Some((round * 2).to_string().as_str()),
+            "{response:?}"
+        );
+    }
+}
