@@ -3,6 +3,7 @@
 //! the sandbox, and the hostile corpus.
 
 mod hostile;
+mod load;
 
 use code_mode_conformance::{Record, TestDelegate};
 use code_mode_host::{
