@@ -14,6 +14,7 @@
 //! first ([`ServerMessage::CancelDelegate`]), and reports [`ServerMessage::CellClosed`].
 
 pub mod codec;
+pub mod fuzz;
 pub mod handshake;
 
 use crate::model::ToolKind;

@@ -125,66 +125,15 @@ fn a_message_too_large_for_a_frame_is_refused_and_leaves_the_buffer_intact() {
     assert_eq!(&buffer[..], b"kept");
 }
 
-/// A small deterministic generator (xorshift64*) so the property test is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
-
-/// Decodes arbitrary bytes as both message types; the only acceptable outcomes are a
-/// message, "need more", or an error. Panics and hangs fail the test.
-fn decode_anything(bytes: &[u8]) {
-    let mut buffer = BytesMut::from(bytes);
-    let mut client = FrameCodec::<ClientMessage, ClientMessage>::new();
-    while let Ok(Some(_)) = client.decode(&mut buffer) {}
-    let _ = client.decode_eof(&mut buffer);
-    let mut buffer = BytesMut::from(bytes);
-    let mut server = FrameCodec::<ServerMessage, ServerMessage>::new();
-    while let Ok(Some(_)) = server.decode(&mut buffer) {}
-    let _ = server.decode_eof(&mut buffer);
-    let _ = decode_body::<ClientMessage>(bytes);
-    let _ = decode_body::<ServerMessage>(bytes);
-}
-
 #[test]
 fn random_and_mutated_frames_never_panic() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let valid: Vec<BytesMut> = crate::samples::client_messages()
-        .iter()
-        .map(frame)
-        .chain(crate::samples::server_messages().iter().map(frame))
-        .collect();
-    for round in 0..300_000u64 {
-        let input: Vec<u8> = if round % 2 == 0 {
-            // Arbitrary bytes behind a plausible length prefix.
-            let length = rng.below(48) as usize;
-            let mut bytes = (length as u32).to_le_bytes().to_vec();
-            bytes.extend((0..length).map(|_| rng.next() as u8));
-            bytes
-        } else {
-            // A valid frame with a few bytes flipped, cut or duplicated.
-            let mut bytes = valid[rng.below(valid.len() as u64) as usize].to_vec();
-            for _ in 0..=rng.below(3) {
-                let at = rng.below(bytes.len() as u64) as usize;
-                match rng.below(3) {
-                    0 => bytes[at] ^= 1 << rng.below(8),
-                    1 => bytes.truncate(at.max(1)),
-                    _ => bytes.insert(at, rng.next() as u8),
-                }
-            }
-            bytes
-        };
-        decode_anything(&input);
+    let mut generator = code_mode_protocol::wire::fuzz::InputGenerator::new(
+        0x9e37_79b9_7f4a_7c15,
+        &crate::samples::client_messages(),
+        &crate::samples::server_messages(),
+    );
+    for _ in 0..300_000 {
+        code_mode_protocol::wire::fuzz::exercise_decoders(&generator.input());
     }
 }
 
