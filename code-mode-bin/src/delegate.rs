@@ -3,7 +3,7 @@
 //! host's answers.
 
 use crate::connection::Connection;
-use code_mode_protocol::model::{JSON_DEPTH_LIMIT, json_nesting_depth};
+use code_mode_protocol::model::parse_json;
 use code_mode_protocol::wire::{DelegateCall, DelegateReply, ServerMessage, SessionId};
 use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, NestedToolCall};
 use std::sync::Weak;
@@ -131,18 +131,7 @@ impl CodeModeSessionDelegate for RemoteDelegate {
             let json = self
                 .call(wire_call, PendingDelegateCall::Tool, cancel)
                 .await??;
-            // The depth check runs before the (recursive) parser sees hostile nesting.
-            if json_nesting_depth(&json) > JSON_DEPTH_LIMIT {
-                return Err(format!(
-                    "tool result rejected: value is nested deeper than the limit of {JSON_DEPTH_LIMIT} levels"
-                ));
-            }
-            let mut deserializer = serde_json::Deserializer::from_str(&json);
-            deserializer.disable_recursion_limit();
-            let value = serde::Deserialize::deserialize(&mut deserializer)
-                .and_then(|value| deserializer.end().map(|()| value))
-                .map_err(|error| format!("tool result rejected: it is not valid JSON ({error})"))?;
-            Ok(value)
+            parse_json(&json).map_err(|error| format!("tool result rejected: {error}"))
         })
     }
 

@@ -13,7 +13,6 @@
 
 use crate::process::RuntimeProcess;
 use bytes::{Bytes, BytesMut};
-use code_mode_protocol::model::{JSON_DEPTH_LIMIT, json_nesting_depth};
 use code_mode_protocol::session::until_cancelled;
 use code_mode_protocol::wire::codec::encode_frame;
 use code_mode_protocol::wire::*;
@@ -589,18 +588,10 @@ fn describe(message: &ServerMessage) -> &'static str {
     }
 }
 
-/// Parses a tool input from the runtime; the depth check guards the recursive parser.
+/// Parses a tool input from the runtime.
 fn parse_json(text: &str) -> Result<serde_json::Value, String> {
-    if json_nesting_depth(text) > JSON_DEPTH_LIMIT {
-        return Err(format!(
-            "tool input rejected: value is nested deeper than the limit of {JSON_DEPTH_LIMIT} levels"
-        ));
-    }
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    deserializer.disable_recursion_limit();
-    serde::Deserialize::deserialize(&mut deserializer)
-        .and_then(|value| deserializer.end().map(|()| value))
-        .map_err(|error| format!("tool input rejected: it is not valid JSON ({error})"))
+    code_mode_protocol::model::parse_json(text)
+        .map_err(|error| format!("tool input rejected: {error}"))
 }
 
 fn send_frame(

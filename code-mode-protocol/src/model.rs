@@ -130,6 +130,32 @@ pub fn json_nesting_depth(json: &str) -> usize {
     deepest
 }
 
+/// Why [`parse_json`] refused a JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    #[error("value is nested deeper than the limit of {JSON_DEPTH_LIMIT} levels")]
+    TooDeep,
+    #[error("it is not valid JSON ({0})")]
+    Invalid(String),
+}
+
+/// Parses JSON text from anywhere, hostile included: the nesting is checked against
+/// [`JSON_DEPTH_LIMIT`] by a linear scan first, so the recursive parser never sees more.
+/// Key order is preserved.
+pub fn parse_json(text: &str) -> Result<serde_json::Value, JsonError> {
+    if json_nesting_depth(text) > JSON_DEPTH_LIMIT {
+        return Err(JsonError::TooDeep);
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    deserializer.disable_recursion_limit();
+    let value = serde::Deserialize::deserialize(&mut deserializer)
+        .map_err(|error: serde_json::Error| JsonError::Invalid(error.to_string()))?;
+    deserializer
+        .end()
+        .map_err(|error| JsonError::Invalid(error.to_string()))?;
+    Ok(value)
+}
+
 /// A nested tool enabled for a cell: what the runtime needs to bind `tools.<js name>` and
 /// list it in `ALL_TOOLS`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +230,24 @@ mod tests {
         assert_eq!(json_nesting_depth(r#"{"a":[{"b":"[[[{"}]}"#), 3);
         assert_eq!(json_nesting_depth(r#"["\"[[", ["x"]]"#), 2);
         assert_eq!(json_nesting_depth(r#"["\\", [[]]]"#), 3);
+    }
+
+    #[test]
+    fn json_is_parsed_within_the_depth_limit_in_key_order() {
+        let value = parse_json(r#"{"b":1,"a":[true]}"#).unwrap();
+        assert_eq!(value.to_string(), r#"{"b":1,"a":[true]}"#);
+        let at_limit = format!(
+            "{}{}",
+            "[".repeat(JSON_DEPTH_LIMIT),
+            "]".repeat(JSON_DEPTH_LIMIT)
+        );
+        assert!(parse_json(&at_limit).is_ok());
+        let deep = format!("[{at_limit}]");
+        assert_eq!(parse_json(&deep), Err(JsonError::TooDeep));
+        let hostile = "[".repeat(1_000_000);
+        assert_eq!(parse_json(&hostile), Err(JsonError::TooDeep));
+        assert!(matches!(parse_json("{"), Err(JsonError::Invalid(_))));
+        assert!(matches!(parse_json("1 2"), Err(JsonError::Invalid(_))));
     }
 
     #[test]

@@ -99,6 +99,20 @@ fn run_helper<'s, 'i>(
     }
 }
 
+/// Defines a helper: a V8 function callback that runs its body through [`run_helper`].
+macro_rules! helper {
+    ($(#[$doc:meta])* $name:ident, |$scope:pat_param, $args:pat_param, $rv:pat_param, $state:pat_param| $body:expr) => {
+        $(#[$doc])*
+        fn $name<'s>(
+            scope: &mut v8::PinScope<'s, '_>,
+            args: v8::FunctionCallbackArguments<'s>,
+            rv: v8::ReturnValue<'s, v8::Value>,
+        ) {
+            run_helper(scope, args, rv, Box::new(|$scope, $args, $rv, $state| $body));
+        }
+    };
+}
+
 /// Reports an event, or [`Fail::Stopped`] if the cell stopped meanwhile.
 fn emit(state: &StateRef, event: CellEvent) -> HelperResult {
     if state.borrow_mut().emit(event) {
@@ -256,48 +270,30 @@ fn freeze(scope: &v8::PinScope<'_, '_>, object: v8::Local<'_, v8::Object>) {
 // Output
 // ---------------------------------------------------------------------------------------
 
-fn text_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, args, _rv, state| {
-            let value = args.get(0);
-            // A string longer than the room left can only reach the cap: skip copying it.
-            // (Its UTF-8 form has at least as many bytes as it has UTF-16 units.)
-            if let Ok(string) = v8::Local::<v8::String>::try_from(value)
-                && string.length() as u64 > state.borrow().output_room()
-            {
-                let running = state.borrow_mut().reach_output_cap();
-                return if running { Ok(()) } else { Err(Fail::Stopped) };
-            }
-            let text = values::display_string(scope, value).ok_or(Fail::Pending)?;
-            emit(state, CellEvent::Output(ContentItem::text(text)))
-        }),
-    );
+helper! {
+    text_helper, |scope, args, _rv, state| {
+        let value = args.get(0);
+        // A string longer than the room left can only reach the cap: skip copying it.
+        // (Its UTF-8 form has at least as many bytes as it has UTF-16 units.)
+        if let Ok(string) = v8::Local::<v8::String>::try_from(value)
+            && string.length() as u64 > state.borrow().output_room()
+        {
+            let running = state.borrow_mut().reach_output_cap();
+            return if running { Ok(()) } else { Err(Fail::Stopped) };
+        }
+        let text = values::display_string(scope, value).ok_or(Fail::Pending)?;
+        emit(state, CellEvent::Output(ContentItem::text(text)))
+    }
 }
 
-fn console_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, args, _rv, state| {
-            let mut parts = Vec::with_capacity(usize::try_from(args.length()).unwrap_or(0));
-            for index in 0..args.length() {
-                parts.push(values::display_string(scope, args.get(index)).ok_or(Fail::Pending)?);
-            }
-            emit(state, CellEvent::Output(ContentItem::text(parts.join(" "))))
-        }),
-    );
+helper! {
+    console_helper, |scope, args, _rv, state| {
+        let mut parts = Vec::with_capacity(usize::try_from(args.length()).unwrap_or(0));
+        for index in 0..args.length() {
+            parts.push(values::display_string(scope, args.get(index)).ok_or(Fail::Pending)?);
+        }
+        emit(state, CellEvent::Output(ContentItem::text(parts.join(" "))))
+    }
 }
 
 /// Validates a detail value given to `image`: `undefined`/`null` mean "not given".
@@ -377,92 +373,65 @@ fn image_source(
     Ok((url, detail))
 }
 
-fn image_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, args, _rv, state| {
-            let (image_url, item_detail) = image_source(scope, args.get(0))?;
-            let detail = parse_detail(scope, args.get(1))?.or(item_detail);
-            check_image_url(&image_url)?;
-            let item = ContentItem::InputImage {
-                image_url,
-                detail: detail.unwrap_or_default(),
-            };
-            emit(state, CellEvent::Output(item))
-        }),
-    );
+helper! {
+    image_helper, |scope, args, _rv, state| {
+        let (image_url, item_detail) = image_source(scope, args.get(0))?;
+        let detail = parse_detail(scope, args.get(1))?.or(item_detail);
+        check_image_url(&image_url)?;
+        let item = ContentItem::InputImage {
+            image_url,
+            detail: detail.unwrap_or_default(),
+        };
+        emit(state, CellEvent::Output(item))
+    }
 }
 
-fn generated_image_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, args, _rv, state| {
-            let object = as_plain_object(args.get(0)).ok_or(Fail::from(GENERATED_EXPECTS))?;
-            let image_url = get(scope, object, "image_url")?;
-            let image_url =
-                non_empty_string(scope, image_url).ok_or(Fail::from(GENERATED_EXPECTS))?;
-            let hint = get(scope, object, "output_hint")?;
-            let hint = if hint.is_null_or_undefined() {
-                None
-            } else if hint.is_string() {
-                Some(hint.to_rust_string_lossy(scope))
-            } else {
-                return Err(GENERATED_HINT.into());
-            };
-            check_image_url(&image_url)?;
-            ensure_running(state)?;
-            let item = ContentItem::InputImage {
-                image_url,
-                detail: ImageDetail::default(),
-            };
-            emit(state, CellEvent::Output(item))?;
-            match hint {
-                Some(hint) if !hint.is_empty() => {
-                    emit(state, CellEvent::Output(ContentItem::text(hint)))
-                }
-                _ => Ok(()),
+helper! {
+    generated_image_helper, |scope, args, _rv, state| {
+        let object = as_plain_object(args.get(0)).ok_or(Fail::from(GENERATED_EXPECTS))?;
+        let image_url = get(scope, object, "image_url")?;
+        let image_url =
+            non_empty_string(scope, image_url).ok_or(Fail::from(GENERATED_EXPECTS))?;
+        let hint = get(scope, object, "output_hint")?;
+        let hint = if hint.is_null_or_undefined() {
+            None
+        } else if hint.is_string() {
+            Some(hint.to_rust_string_lossy(scope))
+        } else {
+            return Err(GENERATED_HINT.into());
+        };
+        check_image_url(&image_url)?;
+        ensure_running(state)?;
+        let item = ContentItem::InputImage {
+            image_url,
+            detail: ImageDetail::default(),
+        };
+        emit(state, CellEvent::Output(item))?;
+        match hint {
+            Some(hint) if !hint.is_empty() => {
+                emit(state, CellEvent::Output(ContentItem::text(hint)))
             }
-        }),
-    );
+            _ => Ok(()),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Stored values
 // ---------------------------------------------------------------------------------------
 
-fn store_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, args, _rv, state| {
-            let key = args.get(0);
-            if !key.is_string() {
-                return Err(STORE_KEY.into());
-            }
-            let key = key.to_rust_string_lossy(scope);
-            let json = serialize_for_store(scope, args.get(1), &key, state)?;
-            ensure_running(state)?;
-            state.borrow_mut().writes.insert(key, json.into());
-            Ok(())
-        }),
-    );
+helper! {
+    store_helper, |scope, args, _rv, state| {
+        let key = args.get(0);
+        if !key.is_string() {
+            return Err(STORE_KEY.into());
+        }
+        let key = key.to_rust_string_lossy(scope);
+        let json = serialize_for_store(scope, args.get(1), &key, state)?;
+        ensure_running(state)?;
+        state.borrow_mut().writes.insert(key, json.into());
+        Ok(())
+    }
 }
 
 /// JSON text of a value to store, with the contract's errors.
@@ -506,234 +475,171 @@ fn serialize_for_store(
     }
 }
 
-fn load_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, args, rv, state| {
-            let key = args.get(0);
-            if !key.is_string() {
-                return Err(LOAD_KEY.into());
-            }
-            let key = key.to_rust_string_lossy(scope);
-            let json = {
-                let state = state.borrow();
-                state
-                    .writes
-                    .get(&key)
-                    .or_else(|| state.stored.get(&key))
-                    .cloned()
-            };
-            if let Some(json) = json {
-                let value = values::parse(scope, &json).ok_or(Fail::Pending)?;
-                rv.set(value);
-            }
-            Ok(())
-        }),
-    );
+helper! {
+    load_helper, |scope, args, rv, state| {
+        let key = args.get(0);
+        if !key.is_string() {
+            return Err(LOAD_KEY.into());
+        }
+        let key = key.to_rust_string_lossy(scope);
+        let json = {
+            let state = state.borrow();
+            state
+                .writes
+                .get(&key)
+                .or_else(|| state.stored.get(&key))
+                .cloned()
+        };
+        if let Some(json) = json {
+            let value = values::parse(scope, &json).ok_or(Fail::Pending)?;
+            rv.set(value);
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Control
 // ---------------------------------------------------------------------------------------
 
-fn notify_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, args, _rv, state| {
-            let text = values::display_string(scope, args.get(0)).ok_or(Fail::Pending)?;
-            if text.trim().is_empty() {
-                return Err(NOTIFY_EMPTY.into());
-            }
-            emit(state, CellEvent::Notify(text))
-        }),
-    );
+helper! {
+    notify_helper, |scope, args, _rv, state| {
+        let text = values::display_string(scope, args.get(0)).ok_or(Fail::Pending)?;
+        if text.trim().is_empty() {
+            return Err(NOTIFY_EMPTY.into());
+        }
+        emit(state, CellEvent::Notify(text))
+    }
 }
 
-fn yield_control_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|_scope, _args, _rv, state| emit(state, CellEvent::YieldRequested)),
-    );
+helper! {
+    yield_control_helper, |_scope, _args, _rv, state| emit(state, CellEvent::YieldRequested)
 }
 
-fn exit_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, _args, _rv, state| {
-            // The flag first: every helper checks it, so nothing takes effect even in the
-            // instants before V8 acts on the termination request.
-            state.borrow_mut().request_exit();
-            scope.terminate_execution();
-            Ok(())
-        }),
-    );
+helper! {
+    exit_helper, |scope, _args, _rv, state| {
+        // The flag first: every helper checks it, so nothing takes effect even in the
+        // instants before V8 acts on the termination request.
+        state.borrow_mut().request_exit();
+        scope.terminate_execution();
+        Ok(())
+    }
 }
 
-fn set_timeout_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, args, rv, state| {
-            let callback = v8::Local::<v8::Function>::try_from(args.get(0))
-                .map_err(|_| Fail::from(SET_TIMEOUT_CALLBACK))?;
-            let delay = args.get(1);
-            let delay_ms = if delay.is_undefined() {
-                0.0
-            } else {
-                delay.number_value(scope).ok_or(Fail::Pending)?
-            };
-            let delay_ms = if delay_ms.is_finite() && delay_ms > 0.0 {
-                delay_ms.min(MAX_TIMER_DELAY_MS)
-            } else {
-                0.0
-            };
-            ensure_running(state)?;
-            let timer = Timer {
-                callback: v8::Global::new(scope, callback),
-                args: (2..args.length())
-                    .map(|index| v8::Global::new(scope, args.get(index)))
-                    .collect(),
-            };
-            let id = {
-                let mut state = state.borrow_mut();
-                let id = state.next_timer_id();
-                state.timers.insert(id, timer);
-                id
-            };
-            let delay = Duration::from_secs_f64(delay_ms / 1000.0);
-            emit(state, CellEvent::TimerSet { id, delay })?;
-            rv.set(v8::Number::new(scope, id as f64).into());
-            Ok(())
-        }),
-    );
+helper! {
+    set_timeout_helper, |scope, args, rv, state| {
+        let callback = v8::Local::<v8::Function>::try_from(args.get(0))
+            .map_err(|_| Fail::from(SET_TIMEOUT_CALLBACK))?;
+        let delay = args.get(1);
+        let delay_ms = if delay.is_undefined() {
+            0.0
+        } else {
+            delay.number_value(scope).ok_or(Fail::Pending)?
+        };
+        let delay_ms = if delay_ms.is_finite() && delay_ms > 0.0 {
+            delay_ms.min(MAX_TIMER_DELAY_MS)
+        } else {
+            0.0
+        };
+        ensure_running(state)?;
+        let timer = Timer {
+            callback: v8::Global::new(scope, callback),
+            args: (2..args.length())
+                .map(|index| v8::Global::new(scope, args.get(index)))
+                .collect(),
+        };
+        let id = {
+            let mut state = state.borrow_mut();
+            let id = state.next_timer_id();
+            state.timers.insert(id, timer);
+            id
+        };
+        let delay = Duration::from_secs_f64(delay_ms / 1000.0);
+        emit(state, CellEvent::TimerSet { id, delay })?;
+        rv.set(v8::Number::new(scope, id as f64).into());
+        Ok(())
+    }
 }
 
-fn clear_timeout_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|_scope, args, _rv, state| {
-            let id = args.get(0);
-            let Ok(id) = v8::Local::<v8::Number>::try_from(id) else {
-                return Err(CLEAR_TIMEOUT_ID.into());
-            };
-            let id = id.value();
-            if id.fract() != 0.0 || id < 1.0 || id > u64::MAX as f64 {
-                return Ok(());
-            }
-            let id = id as u64;
-            if state.borrow_mut().timers.remove(&id).is_some() {
-                emit(state, CellEvent::TimerCleared { id })?;
-            }
-            Ok(())
-        }),
-    );
+helper! {
+    clear_timeout_helper, |_scope, args, _rv, state| {
+        let id = args.get(0);
+        let Ok(id) = v8::Local::<v8::Number>::try_from(id) else {
+            return Err(CLEAR_TIMEOUT_ID.into());
+        };
+        let id = id.value();
+        if id.fract() != 0.0 || id < 1.0 || id > u64::MAX as f64 {
+            return Ok(());
+        }
+        let id = id as u64;
+        if state.borrow_mut().timers.remove(&id).is_some() {
+            emit(state, CellEvent::TimerCleared { id })?;
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Nested tool calls
 // ---------------------------------------------------------------------------------------
 
-/// `tools.<name>(arg?)`: the function's data is the tool's index.
-fn tool_helper<'s>(
-    scope: &mut v8::PinScope<'s, '_>,
-    args: v8::FunctionCallbackArguments<'s>,
-    rv: v8::ReturnValue<'s, v8::Value>,
-) {
-    run_helper(
-        scope,
-        args,
-        rv,
-        Box::new(|scope, args, rv, state| {
-            let index = v8::Local::<v8::Number>::try_from(args.data())
-                .map(|number| number.value() as usize)
-                .map_err(|_| Fail::from("internal error: tool function without an index"))?;
-            let Some(tool) = state.borrow().tools.get(index).cloned() else {
-                return Err("internal error: unknown tool index".into());
-            };
-            let js_name = js_tool_name(&tool.name);
-            let resolver = v8::PromiseResolver::new(scope).ok_or(Fail::Pending)?;
-            rv.set(resolver.get_promise(scope).into());
+helper! {
+    /// `tools.<name>(arg?)`: the function's data is the tool's index.
+    tool_helper, |scope, args, rv, state| {
+        let index = v8::Local::<v8::Number>::try_from(args.data())
+            .map(|number| number.value() as usize)
+            .map_err(|_| Fail::from("internal error: tool function without an index"))?;
+        let Some(tool) = state.borrow().tools.get(index).cloned() else {
+            return Err("internal error: unknown tool index".into());
+        };
+        let js_name = js_tool_name(&tool.name);
+        let resolver = v8::PromiseResolver::new(scope).ok_or(Fail::Pending)?;
+        rv.set(resolver.get_promise(scope).into());
 
-            let input = if args.length() == 0 || args.get(0).is_undefined() {
-                Ok(None)
+        let input = if args.length() == 0 || args.get(0).is_undefined() {
+            Ok(None)
+        } else {
+            tool_input(scope, args.get(0), &js_name, state)?
+        };
+        let input = input.and_then(|input| {
+            let state = state.borrow();
+            let limit = state.limits.max_in_flight_tool_calls;
+            if state.pending_calls.len() as u64 >= limit {
+                Err(format!(
+                    "tools.{js_name} was not called: this cell already has {limit} nested tool calls in flight, the most allowed"
+                ))
             } else {
-                tool_input(scope, args.get(0), &js_name, state)?
-            };
-            let input = input.and_then(|input| {
-                let state = state.borrow();
-                let limit = state.limits.max_in_flight_tool_calls;
-                if state.pending_calls.len() as u64 >= limit {
-                    Err(format!(
-                        "tools.{js_name} was not called: this cell already has {limit} nested tool calls in flight, the most allowed"
-                    ))
-                } else {
-                    Ok(input)
-                }
-            });
-            let input = match input {
-                Ok(input) => input,
-                Err(message) => {
-                    let reason = v8_str(scope, &message);
-                    resolver.reject(scope, reason.into());
-                    return Ok(());
-                }
-            };
-            ensure_running(state)?;
-            let id = {
-                let mut state = state.borrow_mut();
-                let id = state.next_tool_call_id();
-                state
-                    .pending_calls
-                    .insert(id.0, v8::Global::new(scope, resolver));
-                id
-            };
-            emit(
-                state,
-                CellEvent::ToolCall(ToolCallRequest {
-                    id,
-                    tool_index: index,
-                    name: tool.name,
-                    kind: tool.kind,
-                    input,
-                }),
-            )
-        }),
-    );
+                Ok(input)
+            }
+        });
+        let input = match input {
+            Ok(input) => input,
+            Err(message) => {
+                let reason = v8_str(scope, &message);
+                resolver.reject(scope, reason.into());
+                return Ok(());
+            }
+        };
+        ensure_running(state)?;
+        let id = {
+            let mut state = state.borrow_mut();
+            let id = state.next_tool_call_id();
+            state
+                .pending_calls
+                .insert(id.0, v8::Global::new(scope, resolver));
+            id
+        };
+        emit(
+            state,
+            CellEvent::ToolCall(ToolCallRequest {
+                id,
+                tool_index: index,
+                name: tool.name,
+                kind: tool.kind,
+                input,
+            }),
+        )
+    }
 }
 
 /// The JSON text of a tool argument; `Ok(Err(message))` rejects the call's promise.

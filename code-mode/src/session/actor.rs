@@ -24,7 +24,6 @@ use crate::runtime::{
 };
 use code_mode_protocol::session::until_cancelled;
 use code_mode_protocol::{CellResponse, ContentItem, NestedToolCall, PendingOutcome, SessionError};
-use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -605,7 +604,12 @@ impl CellActor {
     fn start_tool_call(&mut self, call: ToolCallRequest) {
         let call_id = call.id.to_string();
         self.calls_since_frontier.push(call_id.clone());
-        let input = match call.input.as_deref().map(parse_json).transpose() {
+        let input = match call
+            .input
+            .as_deref()
+            .map(code_mode_protocol::model::parse_json)
+            .transpose()
+        {
             Ok(input) => input,
             Err(error) => {
                 let message = format!("tool input is not valid JSON: {error}");
@@ -718,13 +722,4 @@ async fn sleep_until_some(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-/// Parses JSON text the runtime produced (depth already limited to 128).
-fn parse_json(text: &str) -> Result<serde_json::Value, serde_json::Error> {
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    deserializer.disable_recursion_limit();
-    let value = serde_json::Value::deserialize(&mut deserializer)?;
-    deserializer.end()?;
-    Ok(value)
 }
