@@ -69,7 +69,7 @@ impl InputGenerator {
     /// The next input: alternately arbitrary bytes behind a plausible length prefix, and a
     /// valid frame with a few bytes flipped, cut or inserted.
     pub fn input(&mut self) -> Vec<u8> {
-        if self.valid.is_empty() || self.next() % 2 == 0 {
+        if self.valid.is_empty() || self.next().is_multiple_of(2) {
             let length = self.below(48) as usize;
             let mut bytes = (length as u32).to_le_bytes().to_vec();
             bytes.extend((0..length).map(|_| self.next() as u8));
