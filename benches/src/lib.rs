@@ -1,2 +1,2 @@
-//! Home of the code-mode benchmarks (`exec_overhead` and the criterion benches), added by
-//! the benchmark issue. Empty until then.
+//! The code-mode benchmarks live in this package's `[[bench]]` targets:
+//! `exec_overhead` (see `exec_overhead.rs`).

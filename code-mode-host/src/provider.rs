@@ -148,6 +148,12 @@ impl IpcProvider {
         }
     }
 
+    /// Starts the runtime process now (spawn and handshake) unless one is running, so that
+    /// the first call does not pay for it.
+    pub async fn start(&self) -> Result<(), HostError> {
+        self.inner.connection().await.map(drop)
+    }
+
     /// The pid of the current runtime process, if one is running.
     pub async fn runtime_pid(&self) -> Option<u32> {
         let runtime = self.inner.runtime.lock().await;
