@@ -15,6 +15,11 @@ use tokio_util::codec::{Decoder, Encoder};
 /// a hostile length prefix cannot make a peer allocate without bound.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
+/// Most buffer space reserved ahead of a frame's bytes, in bytes: a declared length is
+/// trusted only as far as the bytes that actually arrive, so a bare prefix claiming
+/// 64 MiB does not make the peer allocate 64 MiB.
+const READ_RESERVE_BYTES: usize = 64 * 1024;
+
 /// Size of the length prefix, in bytes.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 
@@ -116,8 +121,7 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
         }
         let frame = LENGTH_PREFIX_BYTES + length;
         if src.len() < frame {
-            // Checked above: at most one maximal frame is ever reserved.
-            src.reserve(frame - src.len());
+            src.reserve((frame - src.len()).min(READ_RESERVE_BYTES));
             return Ok(None);
         }
         let message = decode_body(&src[LENGTH_PREFIX_BYTES..frame]);

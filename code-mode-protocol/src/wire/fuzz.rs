@@ -19,6 +19,16 @@ pub fn exercise_decoders(bytes: &[u8]) {
     let _ = decode_body::<ServerMessage>(bytes);
 }
 
+/// Feeds `bytes` to the client-message body decoder alone.
+pub fn exercise_client_message(bytes: &[u8]) {
+    let _ = decode_body::<ClientMessage>(bytes);
+}
+
+/// Feeds `bytes` to the server-message body decoder alone.
+pub fn exercise_server_message(bytes: &[u8]) {
+    let _ = decode_body::<ServerMessage>(bytes);
+}
+
 fn exercise_stream<T: serde::de::DeserializeOwned>(bytes: &[u8]) {
     let mut codec = FrameCodec::<T, T>::new();
     let mut buffer = BytesMut::from(bytes);

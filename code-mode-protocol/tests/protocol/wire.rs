@@ -73,10 +73,16 @@ fn an_oversized_length_is_refused_before_allocating() {
             buffer.capacity()
         );
     }
-    // Exactly the maximum is accepted as a length (and waits for its body).
+    // Exactly the maximum is accepted as a length (and waits for its body), without
+    // reserving room for all of it before the bytes arrive.
     let mut buffer = BytesMut::new();
     buffer.put_u32_le(MAX_FRAME_BYTES as u32);
     assert!(codec.decode(&mut buffer).unwrap().is_none());
+    assert!(
+        buffer.capacity() <= 128 * 1024,
+        "reserved {}",
+        buffer.capacity()
+    );
 }
 
 #[test]
