@@ -333,33 +333,8 @@ fn external_response(
         );
         return CellResponse::missing(id);
     }
-    match response {
-        CellResponse::Yielded {
-            cell_id,
-            content_items,
-        } => CellResponse::Yielded {
-            cell_id: connection.external_cell_id(&cell_id),
-            content_items,
-        },
-        CellResponse::Terminated {
-            cell_id,
-            content_items,
-        } => CellResponse::Terminated {
-            cell_id: connection.external_cell_id(&cell_id),
-            content_items,
-        },
-        CellResponse::Result {
-            cell_id,
-            content_items,
-            error_text,
-            missing_cell,
-        } => CellResponse::Result {
-            cell_id: connection.external_cell_id(&cell_id),
-            content_items,
-            error_text,
-            missing_cell,
-        },
-    }
+    let id = connection.external_cell_id(response.cell_id());
+    response.with_cell_id(id)
 }
 
 fn external_outcome(

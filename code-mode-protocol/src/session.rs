@@ -197,6 +197,16 @@ impl CellResponse {
         }
     }
 
+    /// The same response for another cell id (e.g. as a host presents it).
+    pub fn with_cell_id(mut self, id: impl Into<String>) -> Self {
+        match &mut self {
+            CellResponse::Yielded { cell_id, .. }
+            | CellResponse::Terminated { cell_id, .. }
+            | CellResponse::Result { cell_id, .. } => *cell_id = id.into(),
+        }
+        self
+    }
+
     pub fn cell_id(&self) -> &str {
         match self {
             CellResponse::Yielded { cell_id, .. }
