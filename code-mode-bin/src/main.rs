@@ -76,6 +76,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Cell threads created from here on inherit the sandbox.
+    code_mode::prewarm();
     let outcome = runtime.block_on(async {
         connected
             .set_nonblocking(true)

@@ -4,7 +4,6 @@
 //!
 //! Gathered here so the unsafe surface that V8 drives lives in one place.
 
-use super::CellControl;
 use super::values::{throw_string, v8_str};
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -50,16 +49,17 @@ const BUFFER_REFUSAL_HEADROOM_BYTES: usize = 1024 * 1024;
 /// Data for [`near_heap_limit`]: lives on the cell thread's stack frame, which outlives the
 /// isolate that points at it.
 pub(crate) struct HeapGuard {
-    control: Arc<CellControl>,
+    /// The guarded isolate, set right after it is created.
+    isolate: std::sync::OnceLock<v8::IsolateHandle>,
     hit: AtomicBool,
     /// Set by the counting allocator when it refuses a buffer.
     buffer_refused: Arc<AtomicBool>,
 }
 
 impl HeapGuard {
-    pub(crate) fn new(control: Arc<CellControl>) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
-            control,
+            isolate: std::sync::OnceLock::new(),
             hit: AtomicBool::new(false),
             buffer_refused: Arc::new(AtomicBool::new(false)),
         }
@@ -68,6 +68,11 @@ impl HeapGuard {
     /// The flag the cell's counting allocator raises when it refuses a buffer.
     pub(crate) fn buffer_refusals(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.buffer_refused)
+    }
+
+    /// Records the isolate to terminate when its heap runs out.
+    pub(crate) fn guard(&self, isolate: v8::IsolateHandle) {
+        let _ = self.isolate.set(isolate);
     }
 
     /// Whether the cell reached its heap limit.
@@ -99,7 +104,7 @@ pub(crate) unsafe extern "C" fn near_heap_limit(
         return current_heap_limit.saturating_add(BUFFER_REFUSAL_HEADROOM_BYTES);
     }
     guard.hit.store(true, Ordering::SeqCst);
-    if let Some(isolate) = guard.control.isolate.get() {
+    if let Some(isolate) = guard.isolate.get() {
         isolate.terminate_execution();
     }
     current_heap_limit.saturating_add(HEAP_UNWIND_HEADROOM_BYTES)

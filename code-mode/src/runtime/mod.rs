@@ -15,6 +15,7 @@
 
 mod callbacks;
 mod helpers;
+mod pool;
 mod thread;
 mod values;
 pub mod watchdog;
@@ -219,20 +220,45 @@ impl Drop for CellHandle {
     }
 }
 
-/// Starts a cell on a new thread. Events arrive on `events` until [`CellEvent::Finished`];
-/// if the receiver is dropped, the cell terminates.
+/// Prepares cell threads ahead of demand (V8 initialised, isolates created), so that the
+/// first cells do not pay for it. Call it from the thread whose restrictions cells should
+/// inherit (e.g. after sandboxing). Cheap to call again.
+pub fn prewarm() {
+    crate::platform::init_v8();
+    pool::refill();
+}
+
+/// Starts a cell on a thread of its own (prepared ahead of demand when possible). Events
+/// arrive on `events` until [`CellEvent::Finished`]; if the receiver is dropped, the cell
+/// terminates.
 pub fn spawn_cell(
     config: CellConfig,
     events: tokio::sync::mpsc::Sender<CellEvent>,
 ) -> Result<CellHandle, SpawnError> {
     crate::platform::init_v8();
-    let (commands, command_rx) = mpsc::channel();
+    let (commands, inbound) = mpsc::channel();
     let control = Arc::new(CellControl::default());
-    let thread_control = Arc::clone(&control);
-    let thread = std::thread::Builder::new()
-        .name("code-mode-cell".to_owned())
-        .stack_size(CELL_THREAD_STACK_BYTES)
-        .spawn(move || thread::run(config, events, command_rx, thread_control))?;
+    let job = pool::Job {
+        config,
+        events,
+        inbound,
+        control: Arc::clone(&control),
+    };
+    let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
+    let thread = match if pooled {
+        pool::run_prepared(job)
+    } else {
+        Err(job)
+    } {
+        Ok(thread) => thread,
+        Err(job) => std::thread::Builder::new()
+            .name("code-mode-cell".to_owned())
+            .stack_size(CELL_THREAD_STACK_BYTES)
+            .spawn(move || thread::run(None, job.config, job.events, job.inbound, job.control))?,
+    };
+    if pooled {
+        pool::refill();
+    }
     Ok(CellHandle {
         commands,
         control,

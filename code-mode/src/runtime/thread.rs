@@ -154,34 +154,63 @@ impl CellState {
     }
 }
 
-/// The cell thread's entry point.
-pub(super) fn run(
-    config: CellConfig,
-    events: tokio::sync::mpsc::Sender<CellEvent>,
-    inbound: mpsc::Receiver<Inbound>,
-    control: Arc<CellControl>,
-) {
-    // Declared before the isolate so that it is dropped after it: V8 holds a pointer to it.
-    let heap_guard = HeapGuard::new(Arc::clone(&control));
-    let heap_bytes = usize::try_from(config.limits.heap_bytes).unwrap_or(usize::MAX);
+/// An isolate created ahead of its cell, with everything that does not depend on the
+/// cell set up. Used for exactly one cell, on the thread that created it.
+pub(crate) struct Prepared {
+    /// Dropped before `heap_guard` (field order), which V8 points at.
+    isolate: v8::OwnedIsolate,
+    heap_guard: Box<HeapGuard>,
+    /// The heap limit it was created with.
+    pub(crate) heap_bytes: u64,
+}
+
+/// Creates an isolate for a cell with `heap_bytes` of heap. Call it on the cell's thread.
+pub(crate) fn prepare(heap_bytes: u64) -> Prepared {
+    let heap_guard = Box::new(HeapGuard::new());
     let params = v8::CreateParams::default()
-        .heap_limits(0, heap_bytes)
+        .heap_limits(0, usize::try_from(heap_bytes).unwrap_or(usize::MAX))
         .array_buffer_allocator(
             CountingAllocator::new_v8(
-                config.limits.heap_bytes / ARRAY_BUFFER_SHARE,
+                heap_bytes / ARRAY_BUFFER_SHARE,
                 heap_guard.buffer_refusals(),
             )
             .make_shared(),
         );
     let mut isolate = v8::Isolate::new(params);
+    heap_guard.guard(isolate.thread_safe_handle());
+    isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
+    isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
+    isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
+    Prepared {
+        isolate,
+        heap_guard,
+        heap_bytes,
+    }
+}
+
+/// The cell thread's entry point: runs the cell in `prepared` (or a fresh isolate if it was
+/// prepared for another heap limit).
+pub(super) fn run(
+    prepared: Option<Prepared>,
+    config: CellConfig,
+    events: tokio::sync::mpsc::Sender<CellEvent>,
+    inbound: mpsc::Receiver<Inbound>,
+    control: Arc<CellControl>,
+) {
+    let prepared = match prepared {
+        Some(prepared) if prepared.heap_bytes == config.limits.heap_bytes => prepared,
+        _ => prepare(config.limits.heap_bytes),
+    };
+    let Prepared {
+        mut isolate,
+        heap_guard,
+        ..
+    } = prepared;
     let _ = control.isolate.set(isolate.thread_safe_handle());
     let watched = watchdog::watch_current_thread(
         Duration::from_millis(config.limits.cpu_budget_ms),
         Arc::clone(&control),
     );
-    isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
-    isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
-    isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
 
     let state: StateRef = Rc::new(RefCell::new(CellState {
         events: events.clone(),
@@ -219,7 +248,9 @@ pub(super) fn run(
     tracing::trace!(?outcome, "cell finished");
     // The owner may be gone already; nothing else to tell then.
     let _ = events.blocking_send(CellEvent::Finished(outcome));
+    // The isolate goes first: V8 points at the heap guard until then.
     drop(isolate);
+    drop(heap_guard);
 }
 
 /// Runs one cell's module and event loop.

@@ -171,7 +171,7 @@ impl InProcessSession {
     /// Creates a session whose nested tool calls, notifications and cell-closed events go to
     /// `delegate`.
     pub fn new(delegate: Arc<dyn CodeModeSessionDelegate>, options: InProcessOptions) -> Self {
-        crate::platform::init_v8();
+        crate::runtime::prewarm();
         Self {
             shared: Arc::new(Shared {
                 delegate,
