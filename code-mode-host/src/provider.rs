@@ -268,6 +268,11 @@ impl IpcSession {
             return Err(SessionError::ShuttingDown);
         }
         let _guard = self.bind_lock.lock().await;
+        // Again under the lock: a shutdown that ran while this call waited for it has
+        // unbound the session, and must not see a new remote session opened behind it.
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(SessionError::ShuttingDown);
+        }
         {
             let mut binding = lock(&self.binding);
             match &*binding {
