@@ -11,6 +11,8 @@
 //! (`VmHWM`) over IPC. `cold_exec` is the first exec after the session exists; over IPC
 //! the runtime's spawn and handshake are measured apart (`spawn+handshake`), and
 //! `cold_exec+spawn` adds them. `warm_exec` is every exec after one warm-up.
+//! `tool_round_trip` is one nested tool call (JS → delegate → JS), timed as a cell making
+//! [`ROUND_TRIPS`] sequential calls to a tool that answers at once, per call.
 
 use code_mode::{InProcessOptions, InProcessSession};
 use code_mode_host::{HostConfig, IpcProvider};
@@ -26,15 +28,19 @@ use tokio_util::sync::CancellationToken;
 /// The benchmarked cell.
 const SCRIPT: &str = r#"text("bench");"#;
 
-struct NoTools;
+/// Sequential nested calls in the round-trip cell.
+const ROUND_TRIPS: u32 = 200;
 
-impl CodeModeSessionDelegate for NoTools {
+/// Answers every tool call at once with its input.
+struct EchoTools;
+
+impl CodeModeSessionDelegate for EchoTools {
     fn invoke_tool(
         &self,
-        _: NestedToolCall,
+        call: NestedToolCall,
         _: CancellationToken,
     ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async { Err("no tools in this benchmark".to_owned()) })
+        Box::pin(async move { Ok(call.input.unwrap_or(serde_json::Value::Null)) })
     }
     fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -100,7 +106,7 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
             provider.start().await.expect("start the runtime");
             let spawn = started.elapsed();
             let pid = provider.runtime_pid().await.expect("a runtime pid");
-            let session = provider.open_session(Arc::new(NoTools), SessionOptions::default());
+            let session = provider.open_session(Arc::new(EchoTools), SessionOptions::default());
             (
                 Box::new(session),
                 Some(spawn),
@@ -109,7 +115,7 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
         }
         _ => {
             code_mode::platform::init_v8();
-            let session = InProcessSession::new(Arc::new(NoTools), InProcessOptions::default());
+            let session = InProcessSession::new(Arc::new(EchoTools), InProcessOptions::default());
             (Box::new(session), None, Box::new(own_peak_rss_kib))
         }
     };
@@ -135,6 +141,14 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
         session.execute(request()).await.expect("warm exec");
         warm.push(started.elapsed().as_nanos());
     }
+    // Nested tool calls: one cell, many sequential round trips.
+    let round_trips = ExecRequest::new(format!(
+        "for (let i = 0; i < {ROUND_TRIPS}; i++) await tools.mcp__bench__tool_0(i); text('done');"
+    ))
+    .with_tools(self::tools(1));
+    let started = Instant::now();
+    session.execute(round_trips).await.expect("round-trip exec");
+    let round_trip = started.elapsed().as_nanos() / u128::from(ROUND_TRIPS);
     session.shutdown().await;
     let warm: Vec<String> = warm.iter().map(u128::to_string).collect();
     #[allow(
@@ -143,7 +157,7 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
     )]
     {
         println!(
-            "cold_ns={} spawn_ns={} rss_delta_kib={} warm_ns={}",
+            "cold_ns={} spawn_ns={} rss_delta_kib={} round_trip_ns={round_trip} warm_ns={}",
             cold.as_nanos(),
             spawn.map_or(0, |spawn| spawn.as_nanos()),
             rss_after_cold.saturating_sub(rss_before),
@@ -155,6 +169,7 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
 struct Sample {
     cold: u128,
     spawn: u128,
+    round_trip: u128,
     rss_delta_kib: u64,
     warm: Vec<u128>,
 }
@@ -163,6 +178,7 @@ fn parse_sample(line: &str) -> Option<Sample> {
     let mut sample = Sample {
         cold: 0,
         spawn: 0,
+        round_trip: 0,
         rss_delta_kib: 0,
         warm: Vec::new(),
     };
@@ -171,6 +187,7 @@ fn parse_sample(line: &str) -> Option<Sample> {
         match key {
             "cold_ns" => sample.cold = value.parse().ok()?,
             "spawn_ns" => sample.spawn = value.parse().ok()?,
+            "round_trip_ns" => sample.round_trip = value.parse().ok()?,
             "rss_delta_kib" => sample.rss_delta_kib = value.parse().ok()?,
             "warm_ns" => {
                 sample.warm = value
@@ -309,6 +326,11 @@ fn main() {
                     "warm_exec",
                     samples.iter().flat_map(|s| s.warm.clone()).collect(),
                     options.warm_iterations,
+                ),
+                (
+                    "tool_round_trip",
+                    samples.iter().map(|s| s.round_trip).collect(),
+                    ROUND_TRIPS as usize,
                 ),
             ];
             if *transport == "ipc" {
