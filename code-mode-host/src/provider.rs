@@ -304,14 +304,39 @@ impl IpcSession {
         Ok((connection, session))
     }
 
-    /// Runs a request on the remote session. A session the runtime no longer knows while
-    /// this one shuts down reports `ShuttingDown`.
+    /// Runs a request on the remote session.
     async fn call(
         &self,
         make: impl FnOnce(SessionId) -> Request,
     ) -> Result<(Arc<Connection>, Response), SessionError> {
         let (connection, session) = self.bind().await?;
-        match connection.call(make(session), None).await {
+        self.call_on(connection, make(session)).await
+    }
+
+    /// Runs a request that names a cell, on the connection the cell id was translated
+    /// for. `None` when the id belongs to another runtime generation (a missing cell).
+    async fn call_on_cell(
+        &self,
+        cell_id: &str,
+        make: impl FnOnce(SessionId, String) -> Request,
+    ) -> Result<Option<(Arc<Connection>, Response)>, SessionError> {
+        let (connection, session) = self.bind().await?;
+        let Some(runtime_id) = connection.runtime_cell_id(cell_id) else {
+            return Ok(None);
+        };
+        self.call_on(connection, make(session, runtime_id))
+            .await
+            .map(Some)
+    }
+
+    /// Sends `request` on `connection`. A session the runtime no longer knows while this
+    /// one shuts down reports `ShuttingDown`.
+    async fn call_on(
+        &self,
+        connection: Arc<Connection>,
+        request: Request,
+    ) -> Result<(Arc<Connection>, Response), SessionError> {
+        match connection.call(request, None).await {
             Ok(response) => Ok((connection, response)),
             Err(SessionError::Runtime(_)) if self.shutting_down.load(Ordering::SeqCst) => {
                 Err(SessionError::ShuttingDown)
@@ -382,14 +407,19 @@ impl CodeModeSession for IpcSession {
     fn wait(&self, request: WaitRequest) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
             let asked = request.cell_id.clone();
-            let (connection, _) = self.bind().await?;
-            let Some(cell_id) = connection.runtime_cell_id(&asked) else {
+            let yield_time_ms = request.yield_time_ms;
+            let answer = self
+                .call_on_cell(&asked, |session, cell_id| Request::Wait {
+                    session,
+                    request: WaitRequest {
+                        cell_id,
+                        yield_time_ms,
+                    },
+                })
+                .await?;
+            let Some((connection, response)) = answer else {
                 return Ok(CellResponse::missing(asked));
             };
-            let request = WaitRequest { cell_id, ..request };
-            let (connection, response) = self
-                .call(|session| Request::Wait { session, request })
-                .await?;
             let Response::Cell(response) = response else {
                 return Err(unexpected());
             };
@@ -399,16 +429,15 @@ impl CodeModeSession for IpcSession {
 
     fn terminate(&self, cell_id: String) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
-            let (connection, _) = self.bind().await?;
-            let Some(runtime_id) = connection.runtime_cell_id(&cell_id) else {
-                return Ok(CellResponse::missing(cell_id));
-            };
-            let (connection, response) = self
-                .call(|session| Request::Terminate {
+            let answer = self
+                .call_on_cell(&cell_id, |session, cell_id| Request::Terminate {
                     session,
-                    cell_id: runtime_id,
+                    cell_id,
                 })
                 .await?;
+            let Some((connection, response)) = answer else {
+                return Ok(CellResponse::missing(cell_id));
+            };
             let Response::Cell(response) = response else {
                 return Err(unexpected());
             };
@@ -439,16 +468,15 @@ impl CodeModeSession for IpcSession {
         cell_id: String,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(async move {
-            let (connection, _) = self.bind().await?;
-            let Some(runtime_id) = connection.runtime_cell_id(&cell_id) else {
-                return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));
-            };
-            let (connection, response) = self
-                .call(|session| Request::WaitToPending {
+            let answer = self
+                .call_on_cell(&cell_id, |session, cell_id| Request::WaitToPending {
                     session,
-                    cell_id: runtime_id,
+                    cell_id,
                 })
                 .await?;
+            let Some((connection, response)) = answer else {
+                return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));
+            };
             let Response::Pending(outcome) = response else {
                 return Err(unexpected());
             };
