@@ -165,8 +165,10 @@ fn non_empty_string(
 // Installation
 // ---------------------------------------------------------------------------------------
 
-/// Installs every helper on the context's global object and removes the forbidden globals.
-pub(crate) fn install(scope: &mut v8::PinScope<'_, '_>, state: &StateRef) {
+/// Installs every helper that does not depend on the cell on the context's global object
+/// and removes the forbidden globals. Runs before the cell is known (on a prepared
+/// isolate); the helpers find the cell's state in the isolate slot when they are called.
+pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
     let context = scope.get_current_context();
     let global = context.global(scope);
     for name in REMOVED_GLOBALS.into_iter().chain(["console"]) {
@@ -198,7 +200,12 @@ pub(crate) fn install(scope: &mut v8::PinScope<'_, '_>, state: &StateRef) {
     }
     freeze(scope, console);
     define_constant(scope, global, "console", console.into());
+}
 
+/// Installs `tools` and `ALL_TOOLS` for the cell's tools.
+pub(crate) fn install_tools(scope: &mut v8::PinScope<'_, '_>, state: &StateRef) {
+    let context = scope.get_current_context();
+    let global = context.global(scope);
     let tools = state.borrow().tools.clone();
     let tools_object = v8::Object::new(scope);
     let all_tools = v8::Array::new(scope, 0);

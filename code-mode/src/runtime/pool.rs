@@ -1,19 +1,25 @@
-//! Cell threads prepared ahead of demand: each has already created its isolate (the most
-//! expensive step of starting a cell, about a millisecond) and waits for the one cell it
-//! will run. Every cell still gets a fresh isolate and context of its own; the pool only
-//! moves their creation off the critical path.
+//! Cell threads prepared ahead of demand: each has already created its isolate and its
+//! context with the helpers installed (about two milliseconds of work, most of it V8
+//! deserialising its heap and context snapshots) and waits for the one cell it will run.
+//! Every cell still gets a fresh isolate and a fresh, unshared context of its own; the
+//! pool only moves their creation off the critical path.
 //!
-//! The pool is filled on first use and refilled after each take, from the caller's thread,
-//! so prepared threads inherit its restrictions (the runtime process's sandbox).
+//! A keeper thread tops the pool up whenever a prepared thread is taken, so `spawn_cell`
+//! itself neither spawns a thread nor creates an isolate. The keeper is started by the
+//! first `refill` (from `prewarm`, or the first cell), and prepared threads are its
+//! children, so they inherit the restrictions of the thread that started it (the runtime
+//! process's sandbox).
 
 use super::thread::{self, Prepared};
 use super::{CELL_THREAD_STACK_BYTES, CellConfig, CellControl, CellEvent, Inbound};
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-/// Prepared threads kept waiting. Each holds an idle isolate (a few MiB).
-const POOL_SIZE: usize = 2;
+/// Prepared threads kept waiting. Each holds an idle isolate and context (about 2 MiB of
+/// RSS, see the benchmark's idle figures).
+const POOL_SIZE: usize = 3;
 
 /// The heap limit prepared isolates are created with; cells with other limits get a fresh
 /// thread.
@@ -48,12 +54,88 @@ pub(crate) fn run_prepared(job: Job) -> Result<JoinHandle<()>, Job> {
     }
 }
 
-/// Tops the pool up to [`POOL_SIZE`] prepared threads.
+/// How long the keeper waits before replacing a taken thread while others are still
+/// prepared: preparing takes two milliseconds of CPU, and on a small machine doing it at
+/// once competes with the very cell that was just started. It starts earlier when that
+/// cell finishes, and at once when the pool is empty.
+const REFILL_DELAY: Duration = Duration::from_millis(5);
+
+/// What the keeper hears about.
+enum KeeperEvent {
+    /// A prepared thread was taken (or the pool should be filled).
+    Taken,
+    /// A cell thread has finished (its isolate is gone).
+    CellDone,
+}
+
+/// The keeper's inbox, once it is started.
+static KEEPER: OnceLock<Option<mpsc::Sender<KeeperEvent>>> = OnceLock::new();
+
+/// Asks the keeper to top the pool up to [`POOL_SIZE`] prepared threads, starting the
+/// keeper on first use. Returns at once.
 pub(crate) fn refill() {
-    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    while pool.len() < POOL_SIZE {
+    let keeper = KEEPER.get_or_init(|| {
+        let (inbox, events) = mpsc::channel::<KeeperEvent>();
+        let started = std::thread::Builder::new()
+            .name("code-mode-pool".to_owned())
+            .spawn(move || keep(&events));
+        match started {
+            Ok(_) => Some(inbox),
+            Err(error) => {
+                tracing::warn!("cannot start the cell pool's keeper: {error}");
+                None
+            }
+        }
+    });
+    tell_keeper(keeper.as_ref(), KeeperEvent::Taken);
+}
+
+fn tell_keeper(keeper: Option<&mpsc::Sender<KeeperEvent>>, event: KeeperEvent) {
+    if let Some(keeper) = keeper {
+        let _ = keeper.send(event);
+    }
+}
+
+fn pool_len() -> usize {
+    POOL.lock().unwrap_or_else(PoisonError::into_inner).len()
+}
+
+/// The keeper's loop: fills the pool, then refills it after each take (see
+/// [`REFILL_DELAY`]).
+fn keep(events: &mpsc::Receiver<KeeperEvent>) {
+    top_up();
+    while let Ok(first) = events.recv() {
+        let mut deadline = None;
+        let mut event = Some(first);
+        loop {
+            match event {
+                Some(KeeperEvent::Taken) if pool_len() > 0 => {
+                    deadline.get_or_insert_with(|| Instant::now() + REFILL_DELAY);
+                }
+                // The pool is empty, a cell finished, or the delay passed: refill now.
+                _ => break,
+            }
+            let wait = deadline.map_or(Duration::ZERO, |deadline: Instant| {
+                deadline.saturating_duration_since(Instant::now())
+            });
+            event = match events.recv_timeout(wait) {
+                Ok(next) => Some(next),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+        }
+        top_up();
+    }
+}
+
+/// Spawns prepared threads until the pool holds [`POOL_SIZE`]. Runs on the keeper thread.
+fn top_up() {
+    while pool_len() < POOL_SIZE {
         match spawn_worker() {
-            Ok(worker) => pool.push(worker),
+            Ok(worker) => POOL
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(worker),
             Err(error) => {
                 tracing::warn!("cannot prepare a cell thread: {error}");
                 return;
@@ -77,6 +159,7 @@ fn spawn_worker() -> std::io::Result<Worker> {
                     job.inbound,
                     job.control,
                 );
+                tell_keeper(KEEPER.get().and_then(Option::as_ref), KeeperEvent::CellDone);
             }
         })?;
     Ok(Worker { jobs, thread })

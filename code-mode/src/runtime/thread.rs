@@ -154,9 +154,12 @@ impl CellState {
     }
 }
 
-/// An isolate created ahead of its cell, with everything that does not depend on the
-/// cell set up. Used for exactly one cell, on the thread that created it.
+/// An isolate and its context created ahead of the cell, with everything that does not
+/// depend on the cell set up (the helpers, the removed globals). Used for exactly one cell,
+/// on the thread that created it.
 pub(crate) struct Prepared {
+    /// The cell's context, never entered before the cell runs. Dropped first (field order).
+    context: v8::Global<v8::Context>,
     /// Dropped before `heap_guard` (field order), which V8 points at.
     isolate: v8::OwnedIsolate,
     heap_guard: Box<HeapGuard>,
@@ -181,7 +184,15 @@ pub(crate) fn prepare(heap_bytes: u64) -> Prepared {
     isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
+    let context = {
+        v8::scope!(let scope, &mut isolate);
+        let context = v8::Context::new(scope, Default::default());
+        let scope = &mut v8::ContextScope::new(scope, context);
+        super::helpers::install_base(scope);
+        v8::Global::new(scope, context)
+    };
     Prepared {
+        context,
         isolate,
         heap_guard,
         heap_bytes,
@@ -202,6 +213,7 @@ pub(super) fn run(
         _ => prepare(config.limits.heap_bytes),
     };
     let Prepared {
+        context,
         mut isolate,
         heap_guard,
         ..
@@ -233,7 +245,7 @@ pub(super) fn run(
 
     let outcome = {
         v8::scope!(let scope, &mut isolate);
-        let context = v8::Context::new(scope, Default::default());
+        let context = v8::Local::new(scope, context);
         let scope = &mut v8::ContextScope::new(scope, context);
         let driver = Driver {
             state: Rc::clone(&state),
@@ -266,7 +278,7 @@ impl Driver<'_> {
         if let Some(outcome) = self.ended_by_flags() {
             return outcome;
         }
-        super::helpers::install(scope, &self.state);
+        super::helpers::install_tools(scope, &self.state);
         if !self.state.borrow_mut().emit(CellEvent::Started) {
             return self.ended_by_flags().unwrap_or(CellOutcome::Terminated);
         }
