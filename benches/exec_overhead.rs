@@ -11,8 +11,17 @@
 //! (`VmHWM`) over IPC. `cold_exec` is the first exec after the session exists; over IPC
 //! the runtime's spawn and handshake are measured apart (`spawn+handshake`), and
 //! `cold_exec+spawn` adds them. `warm_exec` is every exec after one warm-up.
+//! `warm_exec_paced` is the same with a [`PACE`] pause before each exec, the way an
+//! agent's execs arrive (between model turns): the pool of prepared isolates is full when
+//! each exec starts, where back-to-back execs drain it and wait on isolate creation.
 //! `tool_round_trip` is one nested tool call (JS → delegate → JS), timed as a cell making
 //! [`ROUND_TRIPS`] sequential calls to a tool that answers at once, per call.
+//!
+//! Then two more tables (select with `--sections table,throughput,idle`):
+//! - throughput: 1 and 8 sessions (`--sessions`) each running trivial cells back to back
+//!   for `--throughput-secs` seconds; cells per second and per-exec p50/p99 latency;
+//! - idle: RSS growth per live idle cell, with `--idle-cells` cells (100) parked on a
+//!   nested tool call that never answers.
 
 use code_mode::{InProcessOptions, InProcessSession};
 use code_mode_host::{HostConfig, IpcProvider};
@@ -31,6 +40,9 @@ const SCRIPT: &str = r#"text("bench");"#;
 /// Sequential nested calls in the round-trip cell.
 const ROUND_TRIPS: u32 = 200;
 
+/// The pause before each `warm_exec_paced` exec.
+const PACE: Duration = Duration::from_millis(5);
+
 /// Answers every tool call at once with its input.
 struct EchoTools;
 
@@ -41,6 +53,26 @@ impl CodeModeSessionDelegate for EchoTools {
         _: CancellationToken,
     ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move { Ok(call.input.unwrap_or(serde_json::Value::Null)) })
+    }
+    fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn cell_closed(&self, _: &str) {}
+}
+
+/// Never answers a tool call (until it is cancelled): parks every cell that calls a tool.
+struct ParkingTools;
+
+impl CodeModeSessionDelegate for ParkingTools {
+    fn invoke_tool(
+        &self,
+        _: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            cancel.cancelled().await;
+            Err("cancelled".to_owned())
+        })
     }
     fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -75,54 +107,124 @@ fn own_peak_rss_kib() -> u64 {
 
 /// Peak RSS of another process, in KiB (`VmHWM` in `/proc/<pid>/status`).
 fn peak_rss_kib_of(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// Current RSS of a process, in KiB (`VmRSS` in `/proc/<pid>/status`).
+fn rss_kib_of(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .find_map(|line| line.strip_prefix(field))
                 .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
         })
         .unwrap_or(0)
 }
 
-/// What a sample measures: the session, the runtime's spawn and handshake time (IPC), and
-/// how to read the relevant peak RSS.
-type Subject = (
-    Box<dyn CodeModeSession>,
-    Option<Duration>,
-    Box<dyn Fn() -> u64>,
-);
+/// What a child measures: its sessions, the runtime's spawn and handshake time (IPC), and
+/// the process whose RSS counts (the runtime process over IPC, this one in process).
+struct Subject {
+    sessions: Vec<Arc<dyn CodeModeSession>>,
+    spawn: Option<Duration>,
+    /// The runtime process, over IPC.
+    runtime_pid: Option<u32>,
+    /// Keeps the runtime process alive.
+    _provider: Option<IpcProvider>,
+}
+
+impl Subject {
+    async fn open(
+        transport: &str,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        sessions: usize,
+    ) -> Subject {
+        match transport {
+            "ipc" => {
+                let provider = IpcProvider::new(HostConfig::default())
+                    .expect("code-mode-bin (build it with cargo build --release -p code-mode-bin)");
+                let started = Instant::now();
+                provider.start().await.expect("start the runtime");
+                let spawn = started.elapsed();
+                let pid = provider.runtime_pid().await.expect("a runtime pid");
+                let sessions = (0..sessions)
+                    .map(|_| {
+                        Arc::new(
+                            provider.open_session(Arc::clone(&delegate), SessionOptions::default()),
+                        ) as Arc<dyn CodeModeSession>
+                    })
+                    .collect();
+                Subject {
+                    sessions,
+                    spawn: Some(spawn),
+                    runtime_pid: Some(pid),
+                    _provider: Some(provider),
+                }
+            }
+            _ => {
+                code_mode::platform::init_v8();
+                let sessions = (0..sessions)
+                    .map(|_| {
+                        Arc::new(InProcessSession::new(
+                            Arc::clone(&delegate),
+                            InProcessOptions::default(),
+                        )) as Arc<dyn CodeModeSession>
+                    })
+                    .collect();
+                Subject {
+                    sessions,
+                    spawn: None,
+                    runtime_pid: None,
+                    _provider: None,
+                }
+            }
+        }
+        .opened()
+        .await
+    }
+
+    /// Opens every remote session with a first no-op call: that is not part of an exec.
+    async fn opened(self) -> Subject {
+        for session in &self.sessions {
+            let _ = session
+                .wait(code_mode_protocol::WaitRequest::new("0"))
+                .await;
+        }
+        self
+    }
+
+    /// Peak RSS in KiB: `getrusage` in process, `VmHWM` of the runtime process over IPC.
+    fn peak_rss_kib(&self) -> u64 {
+        self.runtime_pid
+            .map_or_else(own_peak_rss_kib, peak_rss_kib_of)
+    }
+
+    /// Current RSS in KiB of the process that runs the cells.
+    fn rss_kib(&self) -> u64 {
+        rss_kib_of(self.runtime_pid.unwrap_or_else(std::process::id))
+    }
+
+    async fn shutdown(&self) {
+        for session in &self.sessions {
+            session.shutdown().await;
+        }
+    }
+}
 
 /// One sample, run in a child process; prints `key=value` pairs on stdout.
 async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
     let tools = tools(tool_count);
     let request = || ExecRequest::new(SCRIPT).with_tools(Arc::clone(&tools));
-    let (session, spawn, rss): Subject = match transport {
-        "ipc" => {
-            let provider = IpcProvider::new(HostConfig::default())
-                .expect("code-mode-bin (build it with cargo build --release -p code-mode-bin)");
-            let started = Instant::now();
-            provider.start().await.expect("start the runtime");
-            let spawn = started.elapsed();
-            let pid = provider.runtime_pid().await.expect("a runtime pid");
-            let session = provider.open_session(Arc::new(EchoTools), SessionOptions::default());
-            (
-                Box::new(session),
-                Some(spawn),
-                Box::new(move || peak_rss_kib_of(pid)),
-            )
-        }
-        _ => {
-            code_mode::platform::init_v8();
-            let session = InProcessSession::new(Arc::new(EchoTools), InProcessOptions::default());
-            (Box::new(session), None, Box::new(own_peak_rss_kib))
-        }
-    };
-    // Opening the remote session is not part of an exec: do it with a first no-op call.
-    let _ = session
-        .wait(code_mode_protocol::WaitRequest::new("0"))
-        .await;
+    let subject = Subject::open(transport, Arc::new(EchoTools), 1).await;
+    let session = &subject.sessions[0];
+    let spawn = subject.spawn;
+    let rss = || subject.peak_rss_kib();
     let rss_before = rss();
     let started = Instant::now();
     let response = session.execute(request()).await.expect("cold exec");
@@ -141,6 +243,13 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
         session.execute(request()).await.expect("warm exec");
         warm.push(started.elapsed().as_nanos());
     }
+    let mut paced = Vec::with_capacity(warm_iterations);
+    for _ in 0..warm_iterations {
+        tokio::time::sleep(PACE).await;
+        let started = Instant::now();
+        session.execute(request()).await.expect("paced exec");
+        paced.push(started.elapsed().as_nanos());
+    }
     // Nested tool calls: one cell, many sequential round trips.
     let round_trips = ExecRequest::new(format!(
         "for (let i = 0; i < {ROUND_TRIPS}; i++) await tools.mcp__bench__tool_0(i); text('done');"
@@ -149,20 +258,132 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
     let started = Instant::now();
     session.execute(round_trips).await.expect("round-trip exec");
     let round_trip = started.elapsed().as_nanos() / u128::from(ROUND_TRIPS);
-    session.shutdown().await;
-    let warm: Vec<String> = warm.iter().map(u128::to_string).collect();
+    subject.shutdown().await;
+    let join = |times: &[u128]| {
+        times
+            .iter()
+            .map(u128::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     #[allow(
         clippy::print_stdout,
         reason = "the child reports to its parent on stdout"
     )]
     {
         println!(
-            "cold_ns={} spawn_ns={} rss_delta_kib={} round_trip_ns={round_trip} warm_ns={}",
+            "cold_ns={} spawn_ns={} rss_delta_kib={} round_trip_ns={round_trip} warm_ns={} paced_ns={}",
             cold.as_nanos(),
             spawn.map_or(0, |spawn| spawn.as_nanos()),
             rss_after_cold.saturating_sub(rss_before),
-            warm.join(",")
+            join(&warm),
+            join(&paced)
         );
+    }
+}
+
+/// Throughput: `sessions` sessions each running trivial cells back to back for `secs`;
+/// prints the number of cells and every exec's latency.
+async fn throughput_child(transport: &str, sessions: usize, secs: f64) {
+    let subject = Subject::open(transport, Arc::new(EchoTools), sessions).await;
+    // One exec per session first, so the pool and the connection are warm.
+    for session in &subject.sessions {
+        session
+            .execute(ExecRequest::new(SCRIPT))
+            .await
+            .expect("warm-up exec");
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let runs: Vec<_> = subject
+        .sessions
+        .iter()
+        .map(|session| {
+            let session = Arc::clone(session);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    session
+                        .execute(ExecRequest::new(SCRIPT))
+                        .await
+                        .expect("throughput exec");
+                    latencies.push(started.elapsed().as_nanos());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for run in runs {
+        latencies.extend(run.await.expect("a throughput session"));
+    }
+    let elapsed = started.elapsed();
+    subject.shutdown().await;
+    #[allow(
+        clippy::print_stdout,
+        reason = "the child reports to its parent on stdout"
+    )]
+    {
+        println!(
+            "elapsed_ns={} latencies_ns={}",
+            elapsed.as_nanos(),
+            latencies
+                .iter()
+                .map(u128::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+}
+
+/// Idle cells: RSS before and after parking `cells` cells on a tool call that never
+/// answers.
+async fn idle_child(transport: &str, cells: usize) {
+    let subject = Subject::open(transport, Arc::new(ParkingTools), 1).await;
+    let session = &subject.sessions[0];
+    let park =
+        || ExecRequest::new("await tools.park(); text('never');").with_tools(tools_named("park"));
+    // One parked cell first, so one-time costs (code, first isolate) are not counted.
+    park_one(session.as_ref(), park()).await;
+    let settle = Duration::from_millis(300);
+    tokio::time::sleep(settle).await;
+    let before = subject.rss_kib();
+    for _ in 0..cells {
+        park_one(session.as_ref(), park()).await;
+    }
+    tokio::time::sleep(settle).await;
+    let after = subject.rss_kib();
+    subject.shutdown().await;
+    #[allow(
+        clippy::print_stdout,
+        reason = "the child reports to its parent on stdout"
+    )]
+    {
+        println!("before_kib={before} after_kib={after}");
+    }
+}
+
+fn tools_named(name: &str) -> Arc<[ToolDefinition]> {
+    Arc::from(vec![ToolDefinition::new(
+        name,
+        "Never answers.",
+        ToolKind::Function,
+    )])
+}
+
+/// Starts a cell and returns once it is parked on its tool call.
+async fn park_one(session: &dyn CodeModeSession, request: ExecRequest) {
+    match session
+        .execute_to_pending(request)
+        .await
+        .expect("park a cell")
+        .outcome
+    {
+        code_mode_protocol::PendingOutcome::Pending { .. } => {}
+        code_mode_protocol::PendingOutcome::Completed(response) => {
+            panic!("the parked cell completed: {response:?}")
+        }
     }
 }
 
@@ -172,35 +393,31 @@ struct Sample {
     round_trip: u128,
     rss_delta_kib: u64,
     warm: Vec<u128>,
+    paced: Vec<u128>,
+}
+
+/// Parses `key=value` pairs; lists are comma-separated.
+fn parse_pairs(line: &str) -> std::collections::HashMap<&str, Vec<u128>> {
+    line.split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| {
+            let values = value.split(',').filter_map(|v| v.parse().ok()).collect();
+            (key, values)
+        })
+        .collect()
 }
 
 fn parse_sample(line: &str) -> Option<Sample> {
-    let mut sample = Sample {
-        cold: 0,
-        spawn: 0,
-        round_trip: 0,
-        rss_delta_kib: 0,
-        warm: Vec::new(),
-    };
-    for pair in line.split_whitespace() {
-        let (key, value) = pair.split_once('=')?;
-        match key {
-            "cold_ns" => sample.cold = value.parse().ok()?,
-            "spawn_ns" => sample.spawn = value.parse().ok()?,
-            "round_trip_ns" => sample.round_trip = value.parse().ok()?,
-            "rss_delta_kib" => sample.rss_delta_kib = value.parse().ok()?,
-            "warm_ns" => {
-                sample.warm = value
-                    .split(',')
-                    .filter(|v| !v.is_empty())
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()
-                    .ok()?
-            }
-            _ => {}
-        }
-    }
-    Some(sample)
+    let pairs = parse_pairs(line);
+    let one = |key: &str| pairs.get(key).and_then(|values| values.first().copied());
+    Some(Sample {
+        cold: one("cold_ns")?,
+        spawn: one("spawn_ns")?,
+        round_trip: one("round_trip_ns")?,
+        rss_delta_kib: u64::try_from(one("rss_delta_kib")?).ok()?,
+        warm: pairs.get("warm_ns")?.clone(),
+        paced: pairs.get("paced_ns")?.clone(),
+    })
 }
 
 fn percentile(sorted: &[u128], fraction: f64) -> u128 {
@@ -224,6 +441,10 @@ struct Options {
     warm_iterations: usize,
     tool_counts: Vec<usize>,
     transports: Vec<&'static str>,
+    sections: Vec<String>,
+    sessions: Vec<usize>,
+    throughput_secs: f64,
+    idle_cells: usize,
 }
 
 fn parse_options(args: &[String]) -> Options {
@@ -232,6 +453,10 @@ fn parse_options(args: &[String]) -> Options {
         warm_iterations: 25,
         tool_counts: vec![0, 32, 128],
         transports: vec!["in-process", "ipc"],
+        sections: vec!["table".into(), "throughput".into(), "idle".into()],
+        sessions: vec![1, 8],
+        throughput_secs: 3.0,
+        idle_cells: 100,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -251,6 +476,16 @@ fn parse_options(args: &[String]) -> Options {
                     _ => vec!["in-process", "ipc"],
                 };
             }
+            "--sections" => {
+                options.sections = value().split(',').map(str::to_owned).collect();
+            }
+            "--sessions" => {
+                options.sessions = value().split(',').filter_map(|n| n.parse().ok()).collect();
+            }
+            "--throughput-secs" => {
+                options.throughput_secs = value().parse().unwrap_or(options.throughput_secs);
+            }
+            "--idle-cells" => options.idle_cells = value().parse().unwrap_or(options.idle_cells),
             // `cargo bench` passes `--bench`; other harness flags are ignored.
             _ => {}
         }
@@ -258,22 +493,22 @@ fn parse_options(args: &[String]) -> Options {
     options
 }
 
-#[allow(clippy::print_stdout, reason = "the benchmark's table is its output")]
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        let transport = args[1].clone();
-        let tool_count = args[2].parse().unwrap_or(0);
-        let warm_iterations = args[3].parse().unwrap_or(25);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        runtime.block_on(child(&transport, tool_count, warm_iterations));
-        return;
-    }
-    let options = parse_options(&args);
+/// Runs this binary as a child with `args`; returns the last line it printed.
+fn run_child(args: &[String]) -> String {
     let exe = std::env::current_exe().expect("this benchmark's path");
+    let output = Command::new(exe).args(args).output().expect("run a child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match stdout.lines().last() {
+        Some(line) if output.status.success() => line.to_owned(),
+        _ => panic!(
+            "a child failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+fn exec_table(options: &Options) {
     println!(
         "{:<16} {:<10} {:>5} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "scenario",
@@ -290,26 +525,18 @@ fn main() {
     );
     for transport in &options.transports {
         for &tool_count in &options.tool_counts {
-            let mut samples = Vec::new();
-            for _ in 0..options.samples {
-                let output = Command::new(&exe)
-                    .args([
-                        "--child",
-                        transport,
-                        &tool_count.to_string(),
-                        &options.warm_iterations.to_string(),
-                    ])
-                    .output()
-                    .expect("run a sample");
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                match stdout.lines().last().and_then(parse_sample) {
-                    Some(sample) if output.status.success() => samples.push(sample),
-                    _ => panic!(
-                        "a sample failed: {}",
-                        String::from_utf8_lossy(&output.stderr)
-                    ),
-                }
-            }
+            let samples: Vec<Sample> = (0..options.samples)
+                .map(|_| {
+                    let line = run_child(&[
+                        "--child".to_owned(),
+                        (*transport).to_owned(),
+                        tool_count.to_string(),
+                        options.warm_iterations.to_string(),
+                    ]);
+                    parse_sample(&line)
+                        .unwrap_or_else(|| panic!("a sample printed an unreadable line: {line}"))
+                })
+                .collect();
             let mut rss: Vec<u128> = samples
                 .iter()
                 .map(|s| u128::from(s.rss_delta_kib))
@@ -320,17 +547,25 @@ fn main() {
                 "{:.1} MiB",
                 rss.last().copied().unwrap_or(0) as f64 / 1024.0
             );
-            let mut rows: Vec<(&str, Vec<u128>, usize)> = vec![
-                ("cold_exec", samples.iter().map(|s| s.cold).collect(), 1),
+            let mut rows: Vec<(&str, Vec<u128>, usize, usize)> = vec![
+                ("cold_exec", samples.iter().map(|s| s.cold).collect(), 1, 0),
                 (
                     "warm_exec",
                     samples.iter().flat_map(|s| s.warm.clone()).collect(),
                     options.warm_iterations,
+                    1,
+                ),
+                (
+                    "warm_exec_paced",
+                    samples.iter().flat_map(|s| s.paced.clone()).collect(),
+                    options.warm_iterations,
+                    1,
                 ),
                 (
                     "tool_round_trip",
                     samples.iter().map(|s| s.round_trip).collect(),
                     ROUND_TRIPS as usize,
+                    0,
                 ),
             ];
             if *transport == "ipc" {
@@ -340,6 +575,7 @@ fn main() {
                         "spawn+handshake",
                         samples.iter().map(|s| s.spawn).collect(),
                         1,
+                        0,
                     ),
                 );
                 rows.insert(
@@ -348,13 +584,13 @@ fn main() {
                         "cold_exec+spawn",
                         samples.iter().map(|s| s.cold + s.spawn).collect(),
                         1,
+                        0,
                     ),
                 );
             }
-            for (scenario, mut times, iterations) in rows {
+            for (scenario, mut times, iterations, warmups) in rows {
                 times.sort_unstable();
                 let mean = times.iter().sum::<u128>() / times.len().max(1) as u128;
-                let warmups = if scenario == "warm_exec" { 1 } else { 0 };
                 println!(
                     "{:<16} {:<10} {:>5} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
                     scenario,
@@ -371,5 +607,116 @@ fn main() {
                 );
             }
         }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+fn throughput_table(options: &Options) {
+    println!();
+    println!(
+        "{:<16} {:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10}",
+        "throughput",
+        "transport",
+        "sessions",
+        "seconds",
+        "cells",
+        "cells/s",
+        "p50/exec",
+        "p99/exec"
+    );
+    for transport in &options.transports {
+        for &sessions in &options.sessions {
+            let line = run_child(&[
+                "--child-throughput".to_owned(),
+                (*transport).to_owned(),
+                sessions.to_string(),
+                options.throughput_secs.to_string(),
+            ]);
+            let pairs = parse_pairs(&line);
+            let elapsed = pairs
+                .get("elapsed_ns")
+                .and_then(|v| v.first().copied())
+                .unwrap_or(1);
+            let mut latencies = pairs.get("latencies_ns").cloned().unwrap_or_default();
+            latencies.sort_unstable();
+            let seconds = elapsed as f64 / 1e9;
+            println!(
+                "{:<16} {:<10} {:>8} {:>8.1} {:>8} {:>10.0} {:>10} {:>10}",
+                "trivial_cells",
+                transport,
+                sessions,
+                seconds,
+                latencies.len(),
+                latencies.len() as f64 / seconds,
+                format_duration(percentile(&latencies, 0.5)),
+                format_duration(percentile(&latencies, 0.99)),
+            );
+        }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+fn idle_table(options: &Options) {
+    println!();
+    println!(
+        "{:<16} {:<10} {:>6} {:>12} {:>12} {:>12}",
+        "idle", "transport", "cells", "rss before", "rss after", "per cell"
+    );
+    for transport in &options.transports {
+        let line = run_child(&[
+            "--child-idle".to_owned(),
+            (*transport).to_owned(),
+            options.idle_cells.to_string(),
+        ]);
+        let pairs = parse_pairs(&line);
+        let kib = |key: &str| pairs.get(key).and_then(|v| v.first().copied()).unwrap_or(0);
+        let (before, after) = (kib("before_kib"), kib("after_kib"));
+        let per_cell = after.saturating_sub(before) as f64 / options.idle_cells.max(1) as f64;
+        println!(
+            "{:<16} {:<10} {:>6} {:>8.1} MiB {:>8.1} MiB {:>8.2} MiB",
+            "parked_cells",
+            transport,
+            options.idle_cells,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            per_cell / 1024.0
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let child_mode = args.first().map(String::as_str);
+    if let Some(mode @ ("--child" | "--child-throughput" | "--child-idle")) = child_mode {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let transport = args[1].clone();
+        let number = |index: usize, default: usize| {
+            args.get(index)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(default)
+        };
+        match mode {
+            "--child" => runtime.block_on(child(&transport, number(2, 0), number(3, 25))),
+            "--child-throughput" => {
+                let secs = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(3.0);
+                runtime.block_on(throughput_child(&transport, number(2, 1), secs));
+            }
+            _ => runtime.block_on(idle_child(&transport, number(2, 100))),
+        }
+        return;
+    }
+    let options = parse_options(&args);
+    let wants = |section: &str| options.sections.iter().any(|s| s == section);
+    if wants("table") {
+        exec_table(&options);
+    }
+    if wants("throughput") {
+        throughput_table(&options);
+    }
+    if wants("idle") {
+        idle_table(&options);
     }
 }
