@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     if !report.failures.is_empty() {
         tracing::warn!("sandbox incomplete: {report}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("code-mode-bin")
         .build()

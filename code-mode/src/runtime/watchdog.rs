@@ -10,7 +10,7 @@
 //! reports the runtime lost and starts a fresh one.
 
 use super::CellControl;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -30,9 +30,23 @@ pub(crate) struct Watched {
     control: Arc<CellControl>,
     exceeded: AtomicBool,
     exceeded_at: Mutex<Option<Duration>>,
+    /// CPU time (ns) the thread spent not running JS but spinning for a tool answer
+    /// (see `thread::SPIN_FOR_ANSWER`); it does not count against the budget.
+    excused_nanos: AtomicU64,
 }
 
 impl Watched {
+    /// Runs `wait` (which must not run JS) and excuses the CPU time it used.
+    pub(crate) fn excused<T>(&self, wait: impl FnOnce() -> T) -> T {
+        let before = self.thread_cpu_time();
+        let result = wait();
+        if let (Some(before), Some(after)) = (before, self.thread_cpu_time()) {
+            let spent = u64::try_from(after.saturating_sub(before).as_nanos()).unwrap_or(u64::MAX);
+            self.excused_nanos.fetch_add(spent, Ordering::Relaxed);
+        }
+        result
+    }
+
     /// Whether the cell used its whole budget.
     pub(crate) fn exceeded(&self) -> bool {
         self.exceeded.load(Ordering::SeqCst)
@@ -42,7 +56,15 @@ impl Watched {
         self.budget
     }
 
+    /// CPU time counted against the budget: the thread's, less what was excused.
     fn cpu_time(&self) -> Option<Duration> {
+        let excused = Duration::from_nanos(self.excused_nanos.load(Ordering::Relaxed));
+        self.thread_cpu_time()
+            .map(|used| used.saturating_sub(excused))
+    }
+
+    /// The thread's CPU clock.
+    fn thread_cpu_time(&self) -> Option<Duration> {
         let mut now = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -157,6 +179,7 @@ pub(crate) fn watch_current_thread(
         control,
         exceeded: AtomicBool::new(false),
         exceeded_at: Mutex::new(None),
+        excused_nanos: AtomicU64::new(0),
     });
     let registry = registry();
     registry
