@@ -1,0 +1,329 @@
+//! Criterion benchmarks of the hot paths:
+//!
+//! - `frame`: encoding and decoding typical wire messages (an exec request with 32 tools,
+//!   a nested tool call, its reply, a completed cell response);
+//! - `tool_round_trip`: one nested tool call, JS → delegate → JS, in process and over IPC;
+//! - `yield_wait`: an exec whose cell yields (`yield_control()`) followed by the `wait`
+//!   that collects its result, next to the same cell without the yield (`exec_plain`);
+//! - `baseline`: a round trip over a Unix socket pair between two blocked threads, the
+//!   floor any cross-process hop pays on the machine.
+//!
+//! ```text
+//! cargo build --release -p code-mode-bin && cargo bench --bench criterion
+//! ```
+
+use bytes::BytesMut;
+use code_mode::{InProcessOptions, InProcessSession};
+use code_mode_host::{HostConfig, IpcProvider};
+use code_mode_protocol::wire::codec::{decode_body, encode_frame};
+use code_mode_protocol::wire::{
+    ClientMessage, DelegateCall, DelegateId, DelegateReply, Request, RequestId, Response,
+    ServerMessage, SessionId,
+};
+use code_mode_protocol::{
+    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem, ExecRequest,
+    NestedToolCall, SessionOptions, StartedCell, ToolDefinition, ToolKind, WaitRequest,
+};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Answers every tool call at once with its input.
+struct EchoTools;
+
+impl CodeModeSessionDelegate for EchoTools {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        _: CancellationToken,
+    ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move { Ok(call.input.unwrap_or(serde_json::Value::Null)) })
+    }
+    fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn cell_closed(&self, _: &str) {}
+}
+
+fn tools(count: usize) -> Arc<[ToolDefinition]> {
+    (0..count)
+        .map(|index| {
+            ToolDefinition::new(
+                format!("mcp__bench__tool_{index}"),
+                format!("Synthetic tool number {index}, for the benchmark."),
+                ToolKind::Function,
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------------------
+
+fn client_messages() -> Vec<(&'static str, ClientMessage)> {
+    vec![
+        (
+            "exec_request_32_tools",
+            ClientMessage::Request {
+                id: RequestId(7),
+                request: Request::Execute {
+                    session: SessionId(1),
+                    request: ExecRequest::new(
+                        "const files = await tools.mcp__bench__tool_0({ path: '.' });\ntext(files.length);",
+                    )
+                    .with_tools(tools(32)),
+                },
+            },
+        ),
+        (
+            "tool_reply",
+            ClientMessage::DelegateReply {
+                id: DelegateId(42),
+                reply: DelegateReply::ToolResult(Ok(
+                    r#"{"files":["src/main.rs","src/lib.rs","Cargo.toml"],"truncated":false}"#
+                        .to_owned(),
+                )),
+            },
+        ),
+    ]
+}
+
+fn server_messages() -> Vec<(&'static str, ServerMessage)> {
+    vec![
+        (
+            "tool_call",
+            ServerMessage::Delegate {
+                id: DelegateId(42),
+                session: SessionId(1),
+                call: DelegateCall::InvokeTool {
+                    cell_id: "g1:12".to_owned(),
+                    call_id: "tool-3".to_owned(),
+                    tool_name: "mcp__bench__tool_0".to_owned(),
+                    kind: ToolKind::Function,
+                    input: Some(r#"{"path":"."}"#.to_owned()),
+                },
+            },
+        ),
+        (
+            "completed_cell",
+            ServerMessage::Response {
+                id: RequestId(7),
+                result: Ok(Response::Started(StartedCell {
+                    cell_id: "12".to_owned(),
+                    initial_response: CellResponse::Result {
+                        cell_id: "12".to_owned(),
+                        content_items: vec![ContentItem::text("3 files\nsrc/main.rs")],
+                        error_text: None,
+                        missing_cell: false,
+                    },
+                })),
+            },
+        ),
+    ]
+}
+
+fn bench_frame<T>(c: &mut Criterion, name: &str, message: &T)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut group = c.benchmark_group("frame");
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    group.bench_function(BenchmarkId::new("encode", name), |b| {
+        b.iter(|| {
+            buffer.clear();
+            encode_frame(black_box(message), &mut buffer).expect("encodable");
+            black_box(buffer.len())
+        });
+    });
+    buffer.clear();
+    encode_frame(message, &mut buffer).expect("encodable");
+    let body = buffer[4..].to_vec();
+    group.bench_function(BenchmarkId::new("decode", name), |b| {
+        b.iter(|| black_box(decode_body::<T>(black_box(&body)).expect("decodable")));
+    });
+    group.finish();
+}
+
+fn frames(c: &mut Criterion) {
+    for (name, message) in client_messages() {
+        bench_frame(c, name, &message);
+    }
+    for (name, message) in server_messages() {
+        bench_frame(c, name, &message);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------
+
+/// A session on each transport, with what keeps it alive.
+struct Transports {
+    runtime: tokio::runtime::Runtime,
+    in_process: Arc<dyn CodeModeSession>,
+    ipc: Arc<dyn CodeModeSession>,
+    _provider: IpcProvider,
+}
+
+impl Transports {
+    fn open() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let (in_process, ipc, provider) = runtime.block_on(async {
+            let in_process: Arc<dyn CodeModeSession> = Arc::new(InProcessSession::new(
+                Arc::new(EchoTools),
+                InProcessOptions::default(),
+            ));
+            let provider = IpcProvider::new(HostConfig::default())
+                .expect("code-mode-bin (build it with cargo build --release -p code-mode-bin)");
+            provider.start().await.expect("start the runtime");
+            let ipc: Arc<dyn CodeModeSession> =
+                Arc::new(provider.open_session(Arc::new(EchoTools), SessionOptions::default()));
+            (in_process, ipc, provider)
+        });
+        Self {
+            runtime,
+            in_process,
+            ipc,
+            _provider: provider,
+        }
+    }
+
+    fn each(&self) -> [(&'static str, &Arc<dyn CodeModeSession>); 2] {
+        [("in-process", &self.in_process), ("ipc", &self.ipc)]
+    }
+}
+
+/// Runs `source` to completion (through a `wait` if it yields); returns the elapsed time.
+async fn run_cell(session: &dyn CodeModeSession, request: ExecRequest) -> Duration {
+    let started = Instant::now();
+    let cell = session.execute(request).await.expect("exec");
+    if let CellResponse::Yielded { cell_id, .. } = cell.initial_response {
+        let mut response = CellResponse::Yielded {
+            cell_id: cell_id.clone(),
+            content_items: Vec::new(),
+        };
+        while matches!(response, CellResponse::Yielded { .. }) {
+            response = session
+                .wait(WaitRequest::new(cell_id.clone()))
+                .await
+                .expect("wait");
+        }
+    }
+    started.elapsed()
+}
+
+/// A cell making `calls` sequential nested tool calls.
+fn round_trip_cell(calls: u64) -> ExecRequest {
+    ExecRequest::new(format!(
+        "for (let i = 0; i < {calls}; i++) await tools.mcp__bench__tool_0(i);"
+    ))
+    .with_tools(tools(1))
+}
+
+fn tool_round_trip(c: &mut Criterion, transports: &Transports) {
+    let mut group = c.benchmark_group("tool_round_trip");
+    for (name, session) in transports.each() {
+        // The cost of the cell around the calls, taken off every measurement.
+        let overhead = transports.runtime.block_on(async {
+            let mut runs = Vec::new();
+            for _ in 0..15 {
+                runs.push(run_cell(session.as_ref(), round_trip_cell(0)).await);
+            }
+            runs.sort_unstable();
+            runs[runs.len() / 2]
+        });
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                transports.runtime.block_on(async {
+                    run_cell(session.as_ref(), round_trip_cell(iters))
+                        .await
+                        .saturating_sub(overhead)
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+fn yield_wait(c: &mut Criterion, transports: &Transports) {
+    let mut group = c.benchmark_group("yield_wait");
+    for (name, session) in transports.each() {
+        group.bench_function(BenchmarkId::new("exec_plain", name), |b| {
+            b.iter_custom(|iters| {
+                transports.runtime.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += run_cell(session.as_ref(), ExecRequest::new("text('x');")).await;
+                    }
+                    total
+                })
+            });
+        });
+        group.bench_function(BenchmarkId::new("exec_yield_wait", name), |b| {
+            b.iter_custom(|iters| {
+                transports.runtime.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let request = ExecRequest::new("yield_control(); text('x');");
+                        total += run_cell(session.as_ref(), request).await;
+                    }
+                    total
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+fn sessions(c: &mut Criterion) {
+    let transports = Transports::open();
+    tool_round_trip(c, &transports);
+    yield_wait(c, &transports);
+    transports.runtime.block_on(async {
+        transports.in_process.shutdown().await;
+        transports.ipc.shutdown().await;
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Baseline
+// ---------------------------------------------------------------------------------------
+
+fn baseline(c: &mut Criterion) {
+    let (mut near, mut far) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8; 64];
+        while let Ok(read) = far.read(&mut byte) {
+            if read == 0 || far.write_all(&byte[..read]).is_err() {
+                return;
+            }
+        }
+    });
+    let message = [7u8; 48];
+    let mut answer = [0u8; 64];
+    c.bench_function("baseline/unix_socket_round_trip", |b| {
+        b.iter(|| {
+            near.write_all(&message).expect("write");
+            let mut got = 0;
+            while got < message.len() {
+                got += near.read(&mut answer[got..]).expect("read");
+            }
+        });
+    });
+    drop(near);
+    let _ = echo.join();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(4));
+    targets = frames, sessions, baseline
+}
+criterion_main!(benches);
