@@ -245,6 +245,9 @@ pub fn spawn_cell(
         control: Arc::clone(&control),
     };
     let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
+    if pooled {
+        pool::note_tool_count(job.config.tools.len());
+    }
     let thread = match if pooled {
         pool::run_prepared(job)
     } else {

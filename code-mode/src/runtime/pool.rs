@@ -13,6 +13,7 @@
 use super::thread::{self, Prepared};
 use super::{CELL_THREAD_STACK_BYTES, CellConfig, CellControl, CellEvent, Inbound};
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +41,20 @@ pub(crate) struct Worker {
 }
 
 static POOL: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
+
+/// Most tool functions a prepared thread creates ahead of its cell.
+const MAX_PREPARED_TOOL_FUNCTIONS: usize = 512;
+
+/// How many tool functions new prepared threads create ahead: as many as the latest cell
+/// had tools (agents usually enable the same tools exec after exec). Creating a native
+/// function costs a couple of microseconds, a noticeable share of a cell's start with
+/// a hundred tools.
+static PREPARED_TOOL_FUNCTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Records the tool count of a cell being started, for the threads prepared next.
+pub(crate) fn note_tool_count(count: usize) {
+    PREPARED_TOOL_FUNCTIONS.store(count.min(MAX_PREPARED_TOOL_FUNCTIONS), Ordering::Relaxed);
+}
 
 /// Hands `job` to a prepared thread; gives the job back when none is ready.
 pub(crate) fn run_prepared(job: Job) -> Result<JoinHandle<()>, Job> {
@@ -150,7 +165,8 @@ fn spawn_worker() -> std::io::Result<Worker> {
         .name("code-mode-cell".to_owned())
         .stack_size(CELL_THREAD_STACK_BYTES)
         .spawn(move || {
-            let prepared: Prepared = thread::prepare(POOLED_HEAP_BYTES);
+            let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
+            let prepared: Prepared = thread::prepare(POOLED_HEAP_BYTES, tool_functions);
             if let Ok(job) = waiting.recv() {
                 thread::run(
                     Some(prepared),

@@ -166,6 +166,9 @@ impl CellState {
 pub(crate) struct Prepared {
     /// The cell's context, never entered before the cell runs. Dropped first (field order).
     context: v8::Global<v8::Context>,
+    /// Tool functions bound to indices 0, 1, ... (not reachable from JS until the cell's
+    /// `tools` object is built from them).
+    tool_functions: Vec<v8::Global<v8::Function>>,
     /// Dropped before `heap_guard` (field order), which V8 points at.
     isolate: v8::OwnedIsolate,
     heap_guard: Box<HeapGuard>,
@@ -173,8 +176,9 @@ pub(crate) struct Prepared {
     pub(crate) heap_bytes: u64,
 }
 
-/// Creates an isolate for a cell with `heap_bytes` of heap. Call it on the cell's thread.
-pub(crate) fn prepare(heap_bytes: u64) -> Prepared {
+/// Creates an isolate for a cell with `heap_bytes` of heap, its context with the helpers,
+/// and `tool_functions` tool functions. Call it on the cell's thread.
+pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize) -> Prepared {
     let heap_guard = Box::new(HeapGuard::new());
     let params = v8::CreateParams::default()
         .heap_limits(0, usize::try_from(heap_bytes).unwrap_or(usize::MAX))
@@ -190,15 +194,22 @@ pub(crate) fn prepare(heap_bytes: u64) -> Prepared {
     isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
-    let context = {
+    let (context, tool_functions) = {
         v8::scope!(let scope, &mut isolate);
         let context = v8::Context::new(scope, Default::default());
         let scope = &mut v8::ContextScope::new(scope, context);
         super::helpers::install_base(scope);
-        v8::Global::new(scope, context)
+        let tool_functions = (0..tool_functions)
+            .map(|index| {
+                let function = super::helpers::new_tool_function(scope, index);
+                v8::Global::new(scope, function)
+            })
+            .collect();
+        (v8::Global::new(scope, context), tool_functions)
     };
     Prepared {
         context,
+        tool_functions,
         isolate,
         heap_guard,
         heap_bytes,
@@ -216,10 +227,11 @@ pub(super) fn run(
 ) {
     let prepared = match prepared {
         Some(prepared) if prepared.heap_bytes == config.limits.heap_bytes => prepared,
-        _ => prepare(config.limits.heap_bytes),
+        _ => prepare(config.limits.heap_bytes, 0),
     };
     let Prepared {
         context,
+        tool_functions,
         mut isolate,
         heap_guard,
         ..
@@ -258,6 +270,7 @@ pub(super) fn run(
             heap_guard: &heap_guard,
             watched: watched.as_deref(),
             inbound,
+            tool_functions,
         };
         let outcome = driver.run(scope, &config.source);
         state.borrow_mut().release_handles();
@@ -277,14 +290,17 @@ struct Driver<'g> {
     heap_guard: &'g HeapGuard,
     watched: Option<&'g Watched>,
     inbound: mpsc::Receiver<Inbound>,
+    /// Tool functions prepared ahead of the cell, by index.
+    tool_functions: Vec<v8::Global<v8::Function>>,
 }
 
 impl Driver<'_> {
-    fn run(&self, scope: &mut v8::PinScope<'_, '_>, source: &str) -> CellOutcome {
+    fn run(mut self, scope: &mut v8::PinScope<'_, '_>, source: &str) -> CellOutcome {
         if let Some(outcome) = self.ended_by_flags() {
             return outcome;
         }
-        super::helpers::install_tools(scope, &self.state);
+        let prepared = std::mem::take(&mut self.tool_functions);
+        super::helpers::install_tools(scope, &self.state, prepared);
         if !self.state.borrow_mut().emit(CellEvent::Started) {
             return self.ended_by_flags().unwrap_or(CellOutcome::Terminated);
         }

@@ -342,3 +342,32 @@ fn a_flood_of_tool_calls_is_bounded_by_the_default_cap() {
     );
     assert_eq!(r.tool_calls().len(), 1024);
 }
+
+#[test]
+fn tool_functions_are_named_and_bound_by_index_however_many_were_prepared() {
+    // Prepared threads create as many tool functions ahead as the latest cell had tools;
+    // cells with fewer or more tools than that must see the same thing.
+    for count in [3usize, 1, 12, 5, 12] {
+        let tools: Vec<ToolDefinition> = (0..count)
+            .map(|index| ToolDefinition::new(format!("t-{index}"), "numbered", ToolKind::Function))
+            .collect();
+        let r = cell(
+            r#"
+            const names = Object.keys(tools);
+            text(names.map((name) => tools[name].name).join(","));
+            for (const name of names) text(await tools[name]());
+            "#,
+        )
+        .tools(tools)
+        .answer(|call| Some(Ok(format!(r#""called {}""#, call.name))))
+        .run();
+        let mut expected = vec![
+            (0..count)
+                .map(|index| format!("t_{index}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ];
+        expected.extend((0..count).map(|index| format!("called t-{index}")));
+        assert_eq!(r.ok_texts(), expected, "with {count} tools");
+    }
+}
