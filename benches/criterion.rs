@@ -12,6 +12,9 @@
 //! cargo build --release -p code-mode-bin && cargo bench --bench criterion
 //! ```
 
+mod support;
+use support::{EchoTools, tools};
+
 use bytes::BytesMut;
 use code_mode::{InProcessOptions, InProcessSession};
 use code_mode_host::{HostConfig, IpcProvider};
@@ -21,44 +24,14 @@ use code_mode_protocol::wire::{
     ServerMessage, SessionId,
 };
 use code_mode_protocol::{
-    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem, ExecRequest,
-    NestedToolCall, SessionOptions, StartedCell, ToolDefinition, ToolKind, WaitRequest,
+    CellResponse, CodeModeSession, ContentItem, ExecRequest, SessionOptions, StartedCell, ToolKind,
+    WaitRequest,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-
-/// Answers every tool call at once with its input.
-struct EchoTools;
-
-impl CodeModeSessionDelegate for EchoTools {
-    fn invoke_tool(
-        &self,
-        call: NestedToolCall,
-        _: CancellationToken,
-    ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move { Ok(call.input.unwrap_or(serde_json::Value::Null)) })
-    }
-    fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn cell_closed(&self, _: &str) {}
-}
-
-fn tools(count: usize) -> Arc<[ToolDefinition]> {
-    (0..count)
-        .map(|index| {
-            ToolDefinition::new(
-                format!("mcp__bench__tool_{index}"),
-                format!("Synthetic tool number {index}, for the benchmark."),
-                ToolKind::Function,
-            )
-        })
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------
 // Frames

@@ -23,6 +23,9 @@
 //! - idle: RSS growth per live idle cell, with `--idle-cells` cells (100) parked on a
 //!   nested tool call that never answers.
 
+mod support;
+use support::{EchoTools, tools};
+
 use code_mode::{InProcessOptions, InProcessSession};
 use code_mode_host::{HostConfig, IpcProvider};
 use code_mode_protocol::{
@@ -43,23 +46,6 @@ const ROUND_TRIPS: u32 = 200;
 /// The pause before each `warm_exec_paced` exec.
 const PACE: Duration = Duration::from_millis(5);
 
-/// Answers every tool call at once with its input.
-struct EchoTools;
-
-impl CodeModeSessionDelegate for EchoTools {
-    fn invoke_tool(
-        &self,
-        call: NestedToolCall,
-        _: CancellationToken,
-    ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move { Ok(call.input.unwrap_or(serde_json::Value::Null)) })
-    }
-    fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn cell_closed(&self, _: &str) {}
-}
-
 /// Never answers a tool call (until it is cancelled): parks every cell that calls a tool.
 struct ParkingTools;
 
@@ -78,18 +64,6 @@ impl CodeModeSessionDelegate for ParkingTools {
         Box::pin(async {})
     }
     fn cell_closed(&self, _: &str) {}
-}
-
-fn tools(count: usize) -> Arc<[ToolDefinition]> {
-    (0..count)
-        .map(|index| {
-            ToolDefinition::new(
-                format!("mcp__bench__tool_{index}"),
-                format!("Synthetic tool number {index}, for the benchmark."),
-                ToolKind::Function,
-            )
-        })
-        .collect()
 }
 
 /// Peak RSS of this process, in KiB (`getrusage`).
