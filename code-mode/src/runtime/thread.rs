@@ -28,7 +28,9 @@ const ARRAY_BUFFER_SHARE: u64 = 2;
 /// How long a cell thread with tool answers outstanding polls its queue before it goes to
 /// sleep. Waking a sleeping thread costs tens of microseconds on small virtual machines,
 /// about as much as an in-process tool round trip; a fast answer is caught without it.
-/// The spin runs no JS and its CPU time is excused from the cell's budget.
+/// Each poll yields the CPU, so a thread that delivers the answer on the same CPU runs
+/// at once instead of waiting for the spin to end. The spin runs no JS and its CPU time
+/// is excused from the cell's budget.
 const SPIN_FOR_ANSWER: Duration = Duration::from_micros(60);
 
 /// The module name cells run under; it appears in stack traces.
@@ -355,7 +357,7 @@ impl Driver<'_> {
             loop {
                 match self.inbound.try_recv() {
                     Err(mpsc::TryRecvError::Empty) if std::time::Instant::now() < deadline => {
-                        std::hint::spin_loop();
+                        std::thread::yield_now();
                     }
                     other => return other,
                 }
