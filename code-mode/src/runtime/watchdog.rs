@@ -190,3 +190,47 @@ pub(crate) fn watch_current_thread(
     registry.wake.notify_one();
     Some(watched)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CellControl, watch_current_thread};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Burns this thread's CPU until its clock has advanced by `amount`.
+    fn burn(watched: &super::Watched, amount: Duration) {
+        let start = watched.thread_cpu_time().expect("a thread CPU clock");
+        while watched
+            .thread_cpu_time()
+            .expect("a thread CPU clock")
+            .saturating_sub(start)
+            < amount
+        {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn excused_cpu_time_does_not_count_against_the_budget() {
+        let watched =
+            watch_current_thread(Duration::from_secs(3600), Arc::new(CellControl::default()))
+                .expect("a watched thread");
+        let counted = |watched: &super::Watched| watched.cpu_time().expect("a CPU reading");
+
+        let before = counted(&watched);
+        burn(&watched, Duration::from_millis(40));
+        let spent = counted(&watched).saturating_sub(before);
+        assert!(
+            spent >= Duration::from_millis(40),
+            "plain CPU time counts: {spent:?}"
+        );
+
+        let before = counted(&watched);
+        watched.excused(|| burn(&watched, Duration::from_millis(40)));
+        let spent = counted(&watched).saturating_sub(before);
+        assert!(
+            spent < Duration::from_millis(20),
+            "excused CPU time must not count: {spent:?}"
+        );
+    }
+}
