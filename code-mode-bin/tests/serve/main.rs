@@ -172,6 +172,21 @@ impl Host {
         }
     }
 
+    /// Opens a session with default options as request `id`; asserts it is `expected`.
+    async fn open_session(&mut self, id: u64, expected: SessionId) {
+        self.request(
+            id,
+            Request::OpenSession {
+                options: SessionOptions::default(),
+            },
+        )
+        .await;
+        assert_eq!(
+            self.response(id).await,
+            Ok(Response::SessionOpened(expected))
+        );
+    }
+
     async fn delegate_call(&mut self) -> (DelegateId, DelegateCall) {
         match self
             .next_matching(|m| matches!(m, ServerMessage::Delegate { .. }))
@@ -212,17 +227,7 @@ fn tools() -> Vec<ToolDefinition> {
 #[tokio::test]
 async fn a_whole_session_over_raw_frames() {
     let mut host = Host::ready().await;
-    host.request(
-        1,
-        Request::OpenSession {
-            options: SessionOptions::default(),
-        },
-    )
-    .await;
-    assert_eq!(
-        host.response(1).await,
-        Ok(Response::SessionOpened(SessionId(1)))
-    );
+    host.open_session(1, SessionId(1)).await;
 
     let source = r#"
         text("start");
@@ -389,17 +394,7 @@ async fn a_whole_session_over_raw_frames() {
     );
 
     // A second session, then shutdown of the first.
-    host.request(
-        7,
-        Request::OpenSession {
-            options: SessionOptions::default(),
-        },
-    )
-    .await;
-    assert_eq!(
-        host.response(7).await,
-        Ok(Response::SessionOpened(SessionId(2)))
-    );
+    host.open_session(7, SessionId(2)).await;
     host.request(
         8,
         Request::Shutdown {
@@ -430,17 +425,7 @@ async fn a_whole_session_over_raw_frames() {
 #[tokio::test]
 async fn pending_requests_can_be_cancelled_and_running_cells_die_with_the_connection() {
     let mut host = Host::ready().await;
-    host.request(
-        1,
-        Request::OpenSession {
-            options: SessionOptions::default(),
-        },
-    )
-    .await;
-    assert_eq!(
-        host.response(1).await,
-        Ok(Response::SessionOpened(SessionId(1)))
-    );
+    host.open_session(1, SessionId(1)).await;
     host.request(
         2,
         Request::Execute {
