@@ -176,18 +176,14 @@ impl Transports {
 /// Runs `source` to completion (through a `wait` if it yields); returns the elapsed time.
 async fn run_cell(session: &dyn CodeModeSession, request: ExecRequest) -> Duration {
     let started = Instant::now();
-    let cell = session.execute(request).await.expect("exec");
-    if let CellResponse::Yielded { cell_id, .. } = cell.initial_response {
-        let mut response = CellResponse::Yielded {
-            cell_id: cell_id.clone(),
-            content_items: Vec::new(),
-        };
-        while matches!(response, CellResponse::Yielded { .. }) {
-            response = session
-                .wait(WaitRequest::new(cell_id.clone()))
-                .await
-                .expect("wait");
-        }
+    let mut response = session
+        .execute(request)
+        .await
+        .expect("exec")
+        .initial_response;
+    while let CellResponse::Yielded { cell_id, .. } = &response {
+        let cell_id = cell_id.clone();
+        response = session.wait(WaitRequest::new(cell_id)).await.expect("wait");
     }
     started.elapsed()
 }

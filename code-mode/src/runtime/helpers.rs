@@ -189,13 +189,13 @@ pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
         ("clearTimeout", clear_timeout_helper.map_fn_to()),
     ];
     for (name, callback) in functions {
-        let function = new_function(scope, name, callback, None);
+        let function = new_function(scope, name, callback);
         define_constant(scope, global, name, function.into());
     }
 
     let console = v8::Object::new(scope);
     for method in ["log", "info", "warn", "error", "debug"] {
-        let function = new_function(scope, method, console_helper.map_fn_to(), None);
+        let function = new_function(scope, method, console_helper.map_fn_to());
         define_constant(scope, console, method, function.into());
     }
     freeze(scope, console);
@@ -269,16 +269,22 @@ pub(crate) fn new_tool_function<'s>(
     index: usize,
 ) -> v8::Local<'s, v8::Function> {
     let index = v8::Number::new(scope, index as f64).into();
-    v8::Function::builder_raw(tool_helper.map_fn_to())
-        .constructor_behavior(v8::ConstructorBehavior::Throw)
-        .data(index)
-        .build(scope)
-        .expect("creating a native function cannot fail before any user code ran")
+    native_function(scope, tool_helper.map_fn_to(), Some(index))
 }
 
 fn new_function<'s>(
     scope: &v8::PinScope<'s, '_>,
     name: &str,
+    callback: v8::FunctionCallback,
+) -> v8::Local<'s, v8::Function> {
+    let function = native_function(scope, callback, None);
+    function.set_name(v8_str(scope, name));
+    function
+}
+
+/// A native function that throws when called with `new`, carrying `data`.
+fn native_function<'s>(
+    scope: &v8::PinScope<'s, '_>,
     callback: v8::FunctionCallback,
     data: Option<v8::Local<'s, v8::Value>>,
 ) -> v8::Local<'s, v8::Function> {
@@ -287,11 +293,9 @@ fn new_function<'s>(
     if let Some(data) = data {
         builder = builder.data(data);
     }
-    let function = builder
+    builder
         .build(scope)
-        .expect("creating a native function cannot fail before any user code ran");
-    function.set_name(v8_str(scope, name));
-    function
+        .expect("creating a native function cannot fail before any user code ran")
 }
 
 /// Defines a read-only, non-deletable property.

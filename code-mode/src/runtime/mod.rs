@@ -245,9 +245,7 @@ pub fn spawn_cell(
         control: Arc::clone(&control),
     };
     let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
-    if pooled {
-        pool::note_tool_count(job.config.tools.len());
-    }
+    let tool_count = job.config.tools.len();
     let thread = match if pooled {
         pool::run_prepared(job)
     } else {
@@ -260,6 +258,7 @@ pub fn spawn_cell(
             .spawn(move || thread::run(None, job.config, job.events, job.inbound, job.control))?,
     };
     if pooled {
+        pool::note_tool_count(tool_count);
         pool::refill();
     }
     Ok(CellHandle {

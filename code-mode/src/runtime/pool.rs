@@ -119,25 +119,17 @@ fn pool_len() -> usize {
 /// [`REFILL_DELAY`]).
 fn keep(events: &mpsc::Receiver<KeeperEvent>) {
     top_up();
-    while let Ok(first) = events.recv() {
-        let mut deadline = None;
-        let mut event = Some(first);
-        loop {
-            match event {
-                Some(KeeperEvent::Taken) if pool_len() > 0 => {
-                    deadline.get_or_insert_with(|| Instant::now() + REFILL_DELAY);
+    while let Ok(event) = events.recv() {
+        if matches!(event, KeeperEvent::Taken) && pool_len() > 0 {
+            // Wait for the delay to pass, a cell to finish, or the pool to run empty.
+            let deadline = Instant::now() + REFILL_DELAY;
+            loop {
+                match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(KeeperEvent::Taken) if pool_len() > 0 => {}
+                    Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
-                // The pool is empty, a cell finished, or the delay passed: refill now.
-                _ => break,
             }
-            let wait = deadline.map_or(Duration::ZERO, |deadline: Instant| {
-                deadline.saturating_duration_since(Instant::now())
-            });
-            event = match events.recv_timeout(wait) {
-                Ok(next) => Some(next),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            };
         }
         top_up();
     }
