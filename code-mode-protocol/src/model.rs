@@ -139,14 +139,84 @@ pub enum JsonError {
     Invalid(String),
 }
 
+/// JSON text with every escaped lone surrogate half (`"\ud800"` without its partner)
+/// replaced by `\ufffd`, the replacement character; everything else is kept byte for byte.
+///
+/// JavaScript strings may hold lone halves and `JSON.stringify` writes them as escapes, but
+/// a Rust string cannot hold one, so a strict parser refuses such text. The contract turns
+/// them into U+FFFD wherever text leaves a cell (`text`, `notify`, tool arguments) and
+/// accepts them the same way in tool results. Linear, and borrowed when there is nothing
+/// to replace.
+pub fn replace_lone_surrogate_escapes(json: &str) -> std::borrow::Cow<'_, str> {
+    /// The value of the `\uXXXX` escape starting at `at` (which points at the backslash).
+    fn escape_at(bytes: &[u8], at: usize) -> Option<u16> {
+        let hex = bytes.get(at..at + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        let digits = std::str::from_utf8(&hex[2..]).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    }
+    let is_high = |unit: u16| (0xD800..0xDC00).contains(&unit);
+    let is_low = |unit: u16| (0xDC00..0xE000).contains(&unit);
+
+    let bytes = json.as_bytes();
+    // Cheap precheck: no escape of a surrogate at all (the common case).
+    if !bytes
+        .windows(3)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && matches!(w[2], b'd' | b'D'))
+    {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut copied, mut at, mut in_string) = (0usize, 0usize, false);
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                in_string = !in_string;
+                at += 1;
+            }
+            b'\\' if in_string => match escape_at(bytes, at) {
+                Some(unit) if is_high(unit) => {
+                    if escape_at(bytes, at + 6).is_some_and(is_low) {
+                        at += 12; // a proper pair
+                    } else {
+                        out.push_str(&json[copied..at]);
+                        out.push_str("\\ufffd");
+                        at += 6;
+                        copied = at;
+                    }
+                }
+                Some(unit) if is_low(unit) => {
+                    out.push_str(&json[copied..at]);
+                    out.push_str("\\ufffd");
+                    at += 6;
+                    copied = at;
+                }
+                Some(_) => at += 6,
+                // Any other escape is two bytes (`\"`, `\\`, `\n`, ...).
+                None => at += 2,
+            },
+            _ => at += 1,
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    out.push_str(&json[copied.min(json.len())..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Parses JSON text from anywhere, hostile included: the nesting is checked against
 /// [`JSON_DEPTH_LIMIT`] by a linear scan first, so the recursive parser never sees more.
-/// Key order is preserved.
+/// Key order is preserved. Escaped lone surrogate halves become U+FFFD (see
+/// [`replace_lone_surrogate_escapes`]).
 pub fn parse_json(text: &str) -> Result<serde_json::Value, JsonError> {
     if json_nesting_depth(text) > JSON_DEPTH_LIMIT {
         return Err(JsonError::TooDeep);
     }
-    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let text = replace_lone_surrogate_escapes(text);
+    let mut deserializer = serde_json::Deserializer::from_str(&text);
     deserializer.disable_recursion_limit();
     let value = serde::Deserialize::deserialize(&mut deserializer)
         .map_err(|error: serde_json::Error| JsonError::Invalid(error.to_string()))?;
@@ -248,6 +318,37 @@ mod tests {
         assert_eq!(parse_json(&hostile), Err(JsonError::TooDeep));
         assert!(matches!(parse_json("{"), Err(JsonError::Invalid(_))));
         assert!(matches!(parse_json("1 2"), Err(JsonError::Invalid(_))));
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_become_the_replacement_character() {
+        let fix = |text: &str| replace_lone_surrogate_escapes(text).into_owned();
+        // Lone halves, either case, at the end, before another escape, in keys.
+        assert_eq!(fix(r#""\ud800""#), r#""\ufffd""#);
+        assert_eq!(fix(r#""a\uDFFFb""#), r#""a\ufffdb""#);
+        assert_eq!(fix(r#"{"\ud83d":"\ude00\n"}"#), r#"{"\ufffd":"\ufffd\n"}"#);
+        assert_eq!(fix(r#""\ud83d\ud83d\ude00""#), r#""\ufffd\ud83d\ude00""#);
+        // Proper pairs, other escapes, an escaped backslash before `ud800` and text
+        // outside strings are kept byte for byte (and borrowed).
+        for kept in [
+            r#""\ud83d\ude00""#,
+            r#""\\ud800""#,
+            r#"["\u00e9", "\"\ud83d\ude00\"", 1]"#,
+            r#""plain""#,
+        ] {
+            assert!(matches!(
+                replace_lone_surrogate_escapes(kept),
+                std::borrow::Cow::Borrowed(_)
+            ));
+        }
+        // What V8 writes for "😀😀".slice(0, 3) parses, with U+FFFD for the cut half.
+        let value = parse_json(r#"{"a":"\ud83d\ude00\ud83d"}"#).unwrap();
+        assert_eq!(value["a"], "😀\u{fffd}");
+        // A truncated escape is still refused by the parser, not mangled.
+        assert!(matches!(
+            parse_json(r#""\ud8""#),
+            Err(JsonError::Invalid(_))
+        ));
     }
 
     #[test]

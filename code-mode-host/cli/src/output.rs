@@ -1,10 +1,42 @@
 //! Printing what cells produce, and the JSON forms of responses shared by `run --json` and
 //! `serve --jsonl`.
+//!
+//! **Terminal policy.** Text a cell produced (output, notifications, error texts, even an
+//! image's MIME type) is model-written and must never drive the user's terminal: the
+//! human-readable output shows every C0 and C1 control character other than newline and
+//! tab, and DEL, as a visible escape (`\x1b`), through [`terminal_safe`]; nothing else is
+//! changed or stripped. JSON output (`run --json`, `serve --jsonl`) keeps the exact text,
+//! which JSON escapes itself.
 
 use base64::Engine;
 use code_mode_protocol::{CellResponse, ContentItem, PendingOutcome};
 use serde_json::{Value, json};
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+/// Whether a character would drive a terminal: C0 controls other than newline and tab,
+/// DEL, and the C1 controls (U+0080 to U+009F; a terminal may read U+009B as CSI).
+fn is_terminal_control(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c)
+}
+
+/// `text` with every terminal control character shown as `\xNN` (see the module's
+/// terminal policy). Borrowed when there is nothing to escape.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_terminal_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut safe = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_terminal_control(c) {
+            let _ = write!(safe, "\\x{:02x}", u32::from(c));
+        } else {
+            safe.push(c);
+        }
+    }
+    Cow::Owned(safe)
+}
 
 /// `{"type": "input_text", "text": ...}` or `{"type": "input_image", "image_url": ..., "detail": ...}`.
 pub fn item_json(item: &ContentItem) -> Value {
@@ -79,10 +111,10 @@ impl Printer {
     #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
     pub fn print(&mut self, item: &ContentItem) {
         match item {
-            ContentItem::InputText { text } => println!("{text}"),
+            ContentItem::InputText { text } => println!("{}", terminal_safe(text)),
             ContentItem::InputImage { image_url, detail } => {
                 let summary = self.image_summary(image_url, detail.as_str());
-                println!("{summary}");
+                println!("{}", terminal_safe(&summary));
             }
         }
     }
@@ -139,4 +171,23 @@ fn save(dir: &Path, index: usize, mime: &str, bytes: &[u8]) -> std::io::Result<P
     let path = dir.join(format!("image-{index}.{extension}"));
     std::fs::write(&path, bytes)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_controls_are_shown_as_escapes_and_nothing_else_changes() {
+        assert_eq!(
+            terminal_safe("\x1b]0;pwned\x07\x1b[2J"),
+            "\\x1b]0;pwned\\x07\\x1b[2J"
+        );
+        assert_eq!(
+            terminal_safe("a\rb\u{7f}\u{9b}c\0"),
+            "a\\x0db\\x7f\\x9bc\\x00"
+        );
+        let kept = "line 1\n\tindented \u{e9}\u{a0}\u{1f600} \\x1b";
+        assert!(matches!(terminal_safe(kept), Cow::Borrowed(text) if text == kept));
+    }
 }

@@ -2,7 +2,7 @@
 //! at the end of input), so `store`/`load` carry values across entries. Commands start
 //! with `:`. Works the same under a pipe as on a terminal (prompts only on a terminal).
 
-use crate::output::Printer;
+use crate::output::{Printer, terminal_safe};
 use crate::tools::{CliDelegate, ToolSet};
 use crate::{Failure, session};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
@@ -34,7 +34,7 @@ pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
     let definitions: Arc<[ToolDefinition]> = tools.definitions().into();
     let delegate = Arc::new(CliDelegate::new(
         tools,
-        Arc::new(|_, text| println!("[notify] {text}")),
+        Arc::new(|_, text| println!("[notify] {}", terminal_safe(text))),
     ));
     let session = session::open(options.in_process, delegate, &options.runtime_log)
         .map_err(Failure::runtime)?;
@@ -102,7 +102,7 @@ impl Repl {
     #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
     fn error(&mut self, message: &str) {
         self.failed = true;
-        println!("code-mode: {message}");
+        println!("code-mode: {}", terminal_safe(message));
     }
 
     async fn run_entry(&mut self, entry: &str) {
@@ -184,7 +184,7 @@ impl Repl {
         println!("{}", status_line(response));
         if let Some(error) = response.error_text() {
             self.failed = true;
-            println!("Script error:\n{error}");
+            println!("Script error:\n{}", terminal_safe(error));
         }
         if let CellResponse::Yielded { cell_id, .. } = response {
             println!(

@@ -1,7 +1,7 @@
 //! `code-mode run`: runs one cell, following its yields to the end, printing output as it
 //! arrives and the final status in the model's format. Ctrl-C terminates the cell.
 
-use crate::output::{Printer, items_json, response_json};
+use crate::output::{Printer, items_json, response_json, terminal_safe};
 use crate::tools::{CliDelegate, ToolSet};
 use crate::{Failure, session};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
@@ -58,7 +58,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
                 .push(text.to_owned())
         })
     } else {
-        Arc::new(|_, text| println!("[notify] {text}"))
+        Arc::new(|_, text| println!("[notify] {}", terminal_safe(text)))
     };
     let definitions = tools.definitions();
     let delegate = Arc::new(CliDelegate::new(tools, sink));
@@ -118,7 +118,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
             wall_time.as_secs_f64()
         );
         if let Some(error) = response.error_text() {
-            println!("Script error:\n{error}");
+            println!("Script error:\n{}", terminal_safe(error));
         }
     }
     match response {

@@ -372,6 +372,9 @@ pub async fn serve(in_process: bool, runtime_log: String) -> Result<(), Failure>
         if line.trim().is_empty() {
             continue;
         }
+        // A client may send what JavaScript's `JSON.stringify` writes, lone surrogate
+        // escapes included: those become U+FFFD, as in every tool result.
+        let line = code_mode_protocol::model::replace_lone_surrogate_escapes(&line);
         let message: Value = match serde_json::from_str(&line) {
             Ok(message) => message,
             Err(error) => {

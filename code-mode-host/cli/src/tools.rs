@@ -393,7 +393,9 @@ async fn run_command(
         });
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    Ok(serde_json::from_str(stdout.trim())
+    // JSON output (escaped lone surrogate halves become U+FFFD, as everywhere), else the
+    // text itself.
+    Ok(code_mode_protocol::model::parse_json(stdout.trim())
         .unwrap_or_else(|_| Value::String(stdout.trim_end_matches(['\n', '\r']).to_owned())))
 }
 

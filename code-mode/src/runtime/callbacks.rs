@@ -4,7 +4,7 @@
 //!
 //! Gathered here so the unsafe surface that V8 drives lives in one place.
 
-use super::values::{throw_string, v8_str};
+use super::values::{QUOTED_MAX_BYTES, bounded_string, throw_string, v8_str};
 use std::ffi::c_void;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +23,7 @@ pub(crate) fn resolve_module<'s>(
     // SAFETY: V8 calls this during `instantiate_module` on the isolate's own thread with a
     // live context, which is what a callback scope requires.
     v8::callback_scope!(unsafe scope, context);
-    let specifier = specifier.to_rust_string_lossy(scope);
+    let specifier = bounded_string(scope, specifier, QUOTED_MAX_BYTES);
     throw_string(scope, &format!("Unsupported import in exec: {specifier}"));
     None
 }

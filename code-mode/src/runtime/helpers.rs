@@ -9,7 +9,7 @@
 //! termination) after any user code it ran, so nothing takes effect after `exit()`.
 
 use super::thread::{StateRef, Timer};
-use super::values::{self, Json, throw_string, v8_str};
+use super::values::{self, Json, JsonTextError, QUOTED_MAX_BYTES, throw_string, v8_str};
 use super::{CellEvent, ToolCallRequest};
 use code_mode_protocol::{ContentItem, ImageDetail, js_tool_name};
 use std::collections::HashSet;
@@ -26,8 +26,6 @@ const DETAIL_STRING: &str = "image detail must be a string when provided";
 const MCP_IMAGE_DATA: &str = "image expected MCP image data";
 const GENERATED_EXPECTS: &str = "generatedImage expects an image generation result object";
 const GENERATED_HINT: &str = "generatedImage output_hint must be a string when provided";
-const STORE_KEY: &str = "store key must be a string";
-const LOAD_KEY: &str = "load key must be a string";
 const NOTIFY_EMPTY: &str = "notify expects non-empty text";
 const SET_TIMEOUT_CALLBACK: &str = "setTimeout expects a function callback";
 const CLEAR_TIMEOUT_ID: &str = "clearTimeout expects a numeric timeout id";
@@ -150,15 +148,47 @@ fn as_plain_object(value: v8::Local<'_, v8::Value>) -> Option<v8::Local<'_, v8::
     v8::Local::<v8::Object>::try_from(value).ok()
 }
 
-/// A non-empty string value, or `None`.
+/// A non-empty string value, copied with at most `max_bytes` (see
+/// [`values::bounded_string`]), or `None`.
 fn non_empty_string(
     scope: &v8::PinScope<'_, '_>,
     value: v8::Local<'_, v8::Value>,
+    max_bytes: usize,
 ) -> Option<String> {
-    value
-        .is_string()
-        .then(|| value.to_rust_string_lossy(scope))
-        .filter(|text| !text.is_empty())
+    values::bounded_value_string(scope, value, max_bytes).filter(|text| !text.is_empty())
+}
+
+/// The output bytes the cell may still produce, as a copy bound: output beyond it is
+/// dropped behind the cap's marker, so a longer string is never copied whole.
+fn output_room(state: &StateRef) -> usize {
+    usize::try_from(state.borrow().output_room()).unwrap_or(usize::MAX)
+}
+
+/// The most UTF-16 units a `store`/`load` key may have. Keys are never cut (two long keys
+/// would alias), so a longer key is refused.
+const KEY_MAX_CHARS: usize = 64 * 1024;
+
+/// A `store`/`load` key: `ToString(key)`, as upstream converts it (`store(42, v)` uses the
+/// key `"42"`). A symbol, a conversion that throws and a key longer than
+/// [`KEY_MAX_CHARS`] are refused; `helper` names the helper in the messages.
+fn storage_key(
+    scope: &v8::PinScope<'_, '_>,
+    key: v8::Local<'_, v8::Value>,
+    helper: &str,
+    state: &StateRef,
+) -> Result<String, Fail> {
+    if key.is_symbol() {
+        return Err(Fail::Throw(format!("{helper} key must be a string")));
+    }
+    let key = key.to_string(scope).ok_or(Fail::Pending)?;
+    ensure_running(state)?;
+    if key.length() > KEY_MAX_CHARS {
+        return Err(Fail::Throw(format!(
+            "{helper} key is {} characters long, more than the limit of {KEY_MAX_CHARS}",
+            key.length()
+        )));
+    }
+    Ok(key.to_rust_string_lossy(scope))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -329,7 +359,7 @@ helper! {
             let running = state.borrow_mut().reach_output_cap();
             return if running { Ok(()) } else { Err(Fail::Stopped) };
         }
-        let text = values::display_string(scope, value).ok_or(Fail::Pending)?;
+        let text = values::display_string(scope, value, output_room(state)).ok_or(Fail::Pending)?;
         emit(state, CellEvent::Output(ContentItem::text(text)))
     }
 }
@@ -337,8 +367,14 @@ helper! {
 helper! {
     console_helper, |scope, args, _rv, state| {
         let mut parts = Vec::with_capacity(usize::try_from(args.length()).unwrap_or(0));
+        // The parts share the room left: once it is used up, each further part is only its
+        // truncation marker, and the joined line reaches the cap.
+        let mut room = output_room(state);
         for index in 0..args.length() {
-            parts.push(values::display_string(scope, args.get(index)).ok_or(Fail::Pending)?);
+            let part =
+                values::display_string(scope, args.get(index), room).ok_or(Fail::Pending)?;
+            room = room.saturating_sub(part.len() + 1);
+            parts.push(part);
         }
         emit(state, CellEvent::Output(ContentItem::text(parts.join(" "))))
     }
@@ -355,7 +391,8 @@ fn parse_detail(
     if !value.is_string() {
         return Err(DETAIL_STRING.into());
     }
-    ImageDetail::parse(&value.to_rust_string_lossy(scope))
+    let name = values::bounded_value_string(scope, value, QUOTED_MAX_BYTES).unwrap_or_default();
+    ImageDetail::parse(&name)
         .map(Some)
         .ok_or_else(|| DETAIL_ONE_OF.into())
 }
@@ -376,9 +413,11 @@ fn check_image_url(url: &str) -> HelperResult {
 fn image_source(
     scope: &v8::PinScope<'_, '_>,
     value: v8::Local<'_, v8::Value>,
+    state: &StateRef,
 ) -> Result<(String, Option<ImageDetail>), Fail> {
     if value.is_string() {
-        let url = non_empty_string(scope, value).ok_or(Fail::from(IMAGE_EXPECTS))?;
+        let url =
+            non_empty_string(scope, value, output_room(state)).ok_or(Fail::from(IMAGE_EXPECTS))?;
         return Ok((url, None));
     }
     let Some(object) = as_plain_object(value) else {
@@ -386,7 +425,8 @@ fn image_source(
     };
     let image_url = get(scope, object, "image_url")?;
     if !image_url.is_undefined() {
-        let url = non_empty_string(scope, image_url).ok_or(Fail::from(IMAGE_EXPECTS))?;
+        let url = non_empty_string(scope, image_url, output_room(state))
+            .ok_or(Fail::from(IMAGE_EXPECTS))?;
         let detail = parse_detail(scope, get(scope, object, "detail")?)?;
         return Ok((url, detail));
     }
@@ -394,14 +434,15 @@ fn image_source(
     if kind.is_undefined() {
         return Err(IMAGE_EXPECTS.into());
     }
-    let kind = values::string_conversion(scope, kind).ok_or(Fail::Pending)?;
+    let kind = values::string_conversion(scope, kind, QUOTED_MAX_BYTES).ok_or(Fail::Pending)?;
     if kind != "image" {
         return Err(Fail::Throw(format!(
             "image only accepts MCP image blocks, got \"{kind}\""
         )));
     }
     let data = get(scope, object, "data")?;
-    let data = non_empty_string(scope, data).ok_or(Fail::from(MCP_IMAGE_DATA))?;
+    let data =
+        non_empty_string(scope, data, output_room(state)).ok_or(Fail::from(MCP_IMAGE_DATA))?;
     let url = if data
         .get(..5)
         .is_some_and(|p| p.eq_ignore_ascii_case("data:"))
@@ -409,7 +450,7 @@ fn image_source(
         data
     } else {
         let mime = get(scope, object, "mimeType")?;
-        let mime = non_empty_string(scope, mime);
+        let mime = non_empty_string(scope, mime, QUOTED_MAX_BYTES);
         let mime = mime.as_deref().unwrap_or(DEFAULT_MCP_IMAGE_MIME);
         format!("data:{mime};base64,{data}")
     };
@@ -423,7 +464,7 @@ fn image_source(
 
 helper! {
     image_helper, |scope, args, _rv, state| {
-        let (image_url, item_detail) = image_source(scope, args.get(0))?;
+        let (image_url, item_detail) = image_source(scope, args.get(0), state)?;
         let detail = parse_detail(scope, args.get(1))?.or(item_detail);
         check_image_url(&image_url)?;
         let item = ContentItem::InputImage {
@@ -438,13 +479,13 @@ helper! {
     generated_image_helper, |scope, args, _rv, state| {
         let object = as_plain_object(args.get(0)).ok_or(Fail::from(GENERATED_EXPECTS))?;
         let image_url = get(scope, object, "image_url")?;
-        let image_url =
-            non_empty_string(scope, image_url).ok_or(Fail::from(GENERATED_EXPECTS))?;
+        let image_url = non_empty_string(scope, image_url, output_room(state))
+            .ok_or(Fail::from(GENERATED_EXPECTS))?;
         let hint = get(scope, object, "output_hint")?;
         let hint = if hint.is_null_or_undefined() {
             None
-        } else if hint.is_string() {
-            Some(hint.to_rust_string_lossy(scope))
+        } else if let Some(hint) = values::bounded_value_string(scope, hint, output_room(state)) {
+            Some(hint)
         } else {
             return Err(GENERATED_HINT.into());
         };
@@ -470,11 +511,7 @@ helper! {
 
 helper! {
     store_helper, |scope, args, _rv, state| {
-        let key = args.get(0);
-        if !key.is_string() {
-            return Err(STORE_KEY.into());
-        }
-        let key = key.to_rust_string_lossy(scope);
+        let key = storage_key(scope, args.get(0), "store", state)?;
         let json = serialize_for_store(scope, args.get(1), &key, state)?;
         ensure_running(state)?;
         state.borrow_mut().writes.insert(key, json.into());
@@ -511,25 +548,30 @@ fn serialize_for_store(
             )));
         }
     };
-    match json {
-        Json::Nothing => Err(Fail::Throw(format!(
-            "Unable to store \"{key}\". Only plain serializable objects can be stored."
-        ))),
-        Json::Text(text) if values::exceeds_depth_limit(&text) => Err(Fail::Throw(format!(
-            "failed to serialize JavaScript value: {}",
-            values::depth_error_detail()
-        ))),
-        Json::Text(text) => Ok(text),
-    }
+    let text = match json {
+        Json::Nothing => {
+            return Err(Fail::Throw(format!(
+                "Unable to store \"{key}\". Only plain serializable objects can be stored."
+            )));
+        }
+        Json::Text(text) => text,
+    };
+    // Stored values are tool payloads' size at most: they reach later cells the same way.
+    let max_bytes = state.borrow().limits.max_tool_payload_bytes;
+    values::json_text(tc, text, max_bytes).map_err(|error| {
+        let detail = match error {
+            JsonTextError::TooLarge(bytes) => format!(
+                "the value is {bytes} bytes of JSON, more than the limit of {max_bytes} bytes"
+            ),
+            JsonTextError::TooDeep => values::depth_error_detail(),
+        };
+        Fail::Throw(format!("failed to serialize JavaScript value: {detail}"))
+    })
 }
 
 helper! {
     load_helper, |scope, args, rv, state| {
-        let key = args.get(0);
-        if !key.is_string() {
-            return Err(LOAD_KEY.into());
-        }
-        let key = key.to_rust_string_lossy(scope);
+        let key = storage_key(scope, args.get(0), "load", state)?;
         let json = {
             let state = state.borrow();
             state
@@ -552,7 +594,8 @@ helper! {
 
 helper! {
     notify_helper, |scope, args, _rv, state| {
-        let text = values::display_string(scope, args.get(0)).ok_or(Fail::Pending)?;
+        let text =
+            values::display_string(scope, args.get(0), output_room(state)).ok_or(Fail::Pending)?;
         if text.trim().is_empty() {
             return Err(NOTIFY_EMPTY.into());
         }
@@ -610,12 +653,15 @@ helper! {
 }
 
 helper! {
-    clear_timeout_helper, |_scope, args, _rv, state| {
+    clear_timeout_helper, |scope, args, _rv, state| {
+        // `ToNumber(id)`, as upstream converts it (`clearTimeout("1")` clears timer 1); a
+        // symbol or a bigint, which `ToNumber` refuses, gets the contract's message.
         let id = args.get(0);
-        let Ok(id) = v8::Local::<v8::Number>::try_from(id) else {
+        if id.is_symbol() || id.is_big_int() {
             return Err(CLEAR_TIMEOUT_ID.into());
-        };
-        let id = id.value();
+        }
+        let id = id.number_value(scope).ok_or(Fail::Pending)?;
+        ensure_running(state)?;
         if id.fract() != 0.0 || id < 1.0 || id > u64::MAX as f64 {
             return Ok(());
         }
@@ -707,14 +753,15 @@ fn tool_input(
     let max_bytes = state.borrow().limits.max_tool_payload_bytes;
     Ok(match json {
         Some(Json::Nothing) => Ok(None),
-        Some(Json::Text(text)) if text.len() as u64 > max_bytes => Err(format!(
-            "tools.{js_name} was not called: its argument is {} bytes of JSON, more than the limit of {max_bytes} bytes",
-            text.len()
-        )),
-        Some(Json::Text(text)) if values::exceeds_depth_limit(&text) => {
-            Err(format!("{prefix}: {}", values::depth_error_detail()))
-        }
-        Some(Json::Text(text)) => Ok(Some(text)),
+        Some(Json::Text(text)) => match values::json_text(tc, text, max_bytes) {
+            Ok(text) => Ok(Some(text)),
+            Err(JsonTextError::TooLarge(bytes)) => Err(format!(
+                "tools.{js_name} was not called: its argument is {bytes} bytes of JSON, more than the limit of {max_bytes} bytes"
+            )),
+            Err(JsonTextError::TooDeep) => {
+                Err(format!("{prefix}: {}", values::depth_error_detail()))
+            }
+        },
         None => {
             let Some(exception) = tc.exception() else {
                 return Err(Fail::Pending);

@@ -423,7 +423,7 @@ impl Driver<'_> {
         let Some(exception) = tc.exception() else {
             return self.completed(Some("exec cell failed without an exception".to_owned()));
         };
-        let text = values::error_text(tc, exception);
+        let text = values::error_text(tc, exception, &|| self.state.borrow().stopped());
         self.ended_by_flags()
             .unwrap_or_else(|| self.completed(Some(text)))
     }
@@ -478,7 +478,7 @@ impl Driver<'_> {
             v8::PromiseState::Fulfilled => Some(self.completed(None)),
             v8::PromiseState::Rejected => {
                 let reason = module_promise.result(scope);
-                let text = values::error_text(scope, reason);
+                let text = values::error_text(scope, reason, &|| self.state.borrow().stopped());
                 // Extracting the text may have run user code that called `exit()` or was
                 // terminated: those win.
                 Some(
@@ -569,7 +569,7 @@ impl Driver<'_> {
         if self.state.borrow().stopped() {
             return;
         }
-        let text = values::error_text(tc, exception);
+        let text = values::error_text(tc, exception, &|| self.state.borrow().stopped());
         let mut state = self.state.borrow_mut();
         if state.timer_error.is_none() {
             state.timer_error = Some(text);

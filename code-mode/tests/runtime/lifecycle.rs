@@ -75,6 +75,30 @@ fn exit_ends_the_cell_at_once_wherever_it_is_called() {
             r#"text("before"); store("a", 1); throw { get stack() { exit(); return "err"; } };"#,
         ),
         (
+            "in a stack getter of a thrown value with a looping toString",
+            r#"text("before"); store("a", 1); throw { get stack() { exit(); for (;;) {} }, toString() { for (;;) {} } };"#,
+        ),
+        (
+            "in a stack getter of a rejection with a looping toString",
+            r#"text("before"); store("a", 1); await null; throw { get stack() { exit(); return 5; }, toString() { for (;;) {} } };"#,
+        ),
+        (
+            "in a toString of a thrown value",
+            r#"text("before"); store("a", 1); throw { toString() { exit(); for (;;) {} } };"#,
+        ),
+        (
+            "in a stack getter of a timer's exception",
+            r#"text("before"); store("a", 1); setTimeout(() => { throw { get stack() { exit(); for (;;) {} }, toString() { for (;;) {} } }; }, 0); await new Promise((r) => setTimeout(r, 1000));"#,
+        ),
+        (
+            "in a store key's toString",
+            r#"text("before"); store("a", 1); store({ toString() { exit(); return "b"; } }, 2); text("after");"#,
+        ),
+        (
+            "in a clearTimeout id's valueOf",
+            r#"text("before"); store("a", 1); clearTimeout({ valueOf() { exit(); return 1; } }); text("after");"#,
+        ),
+        (
             "deep in the call stack",
             r#"function f(n) { if (n === 0) { text("before"); store("a", 1); exit(); } f(n - 1); text("unwound"); } f(50);"#,
         ),
@@ -178,6 +202,73 @@ fn error_text_is_the_stack_or_the_string_conversion() {
     for (source, expected) in cases {
         assert_eq!(run(source).error(), Some(*expected), "{source}");
     }
+}
+
+/// The marker a text cut at the error-text cap ends with.
+fn cut_marker(characters: usize) -> String {
+    format!("\u{2026} [truncated: the text has {characters} characters]")
+}
+
+#[test]
+fn huge_error_texts_are_cut_at_the_cap_with_a_marker() {
+    const CAP: usize = 64 * 1024;
+    let hundred_million = 100_000_000;
+    let cases: &[(&str, &str, usize)] = &[
+        ("throw 'x'.repeat(1e8)", "xxxx", hundred_million),
+        (
+            "throw new Error('x'.repeat(1e8))",
+            "Error: xxxx",
+            // "Error: " + the message + V8's stack lines: more than the message.
+            0,
+        ),
+        (
+            "const e = new Error('m'); e.stack = 'y'.repeat(1e8); throw e",
+            "yyyy",
+            hundred_million,
+        ),
+        (
+            "throw { toString() { return 'z'.repeat(1e8); } }",
+            "zzzz",
+            hundred_million,
+        ),
+        (
+            "await Promise.reject('w'.repeat(1e8))",
+            "wwww",
+            hundred_million,
+        ),
+    ];
+    for (source, start, characters) in cases {
+        let r = run(source);
+        let error = r.error().unwrap_or_else(|| panic!("{source}: no error"));
+        assert!(error.starts_with(start), "{source}: {}", &error[..40]);
+        let (text, marker) = error
+            .split_once('\u{2026}')
+            .unwrap_or_else(|| panic!("{source}: no marker"));
+        assert_eq!(text.len(), CAP, "{source}");
+        if *characters > 0 {
+            assert_eq!(
+                format!("\u{2026}{marker}"),
+                cut_marker(*characters),
+                "{source}"
+            );
+        } else {
+            assert!(
+                marker.starts_with(" [truncated: the text has 1000000"),
+                "{source}: {marker}"
+            );
+        }
+    }
+    // A text just at the cap is whole, one character more is cut.
+    let r = run(&format!("throw 'a'.repeat({CAP})"));
+    assert_eq!(r.error(), Some("a".repeat(CAP).as_str()));
+    let r = run(&format!("throw 'é'.repeat({CAP})"));
+    let error = r.error().unwrap();
+    assert!(
+        error.ends_with(&cut_marker(CAP)),
+        "{}",
+        &error[error.len() - 60..]
+    );
+    assert!(error.starts_with("é"));
 }
 
 #[test]

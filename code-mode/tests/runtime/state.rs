@@ -1,8 +1,8 @@
 //! `store`, `load`, `notify`, `yield_control`, `setTimeout` and `clearTimeout`.
 
 use crate::harness::{cell, run};
-use code_mode::CellEvent;
 use code_mode::protocol::ContentItem;
+use code_mode::{CellEvent, CellLimits};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -66,10 +66,10 @@ fn load_sees_the_snapshot_and_own_writes_first() {
 fn store_errors_are_the_contract_strings_and_keep_the_old_value() {
     let r = run(r#"
         const attempts = [
-            () => store(1, "x"),
-            () => store(undefined, "x"),
-            () => load(1),
-            () => load(),
+            () => store(Symbol("k"), "x"),
+            () => store("x".repeat(65537), "x"),
+            () => load(Symbol("k")),
+            () => load("x".repeat(65537)),
             () => store("k", undefined),
             () => store("k", () => 1),
             () => store("k", Symbol("s")),
@@ -84,9 +84,9 @@ fn store_errors_are_the_contract_strings_and_keep_the_old_value() {
         r.ok_texts(),
         [
             "string: store key must be a string",
-            "string: store key must be a string",
+            "string: store key is 65537 characters long, more than the limit of 65536",
             "string: load key must be a string",
-            "string: load key must be a string",
+            "string: load key is 65537 characters long, more than the limit of 65536",
             r#"string: Unable to store "k". Only plain serializable objects can be stored."#,
             r#"string: Unable to store "k". Only plain serializable objects can be stored."#,
             r#"string: Unable to store "k". Only plain serializable objects can be stored."#,
@@ -94,6 +94,64 @@ fn store_errors_are_the_contract_strings_and_keep_the_old_value() {
         ]
     );
     assert_eq!(r.writes(), map(&[("k", r#""old""#)]));
+}
+
+#[test]
+fn store_and_load_convert_keys_with_to_string() {
+    let r = run(r#"
+        store(42, "number");
+        store(undefined, "undefined");
+        store({ toString() { return "object"; } }, "object");
+        store("x".repeat(65536), "longest");
+        text(load("42"));
+        text(load(42));
+        text(load("undefined"));
+        text(load({ toString: () => "object" }));
+        text(load("x".repeat(65536)));
+        try { store({ toString() { throw "no key"; } }, 1); } catch (e) { text("threw " + e); }
+    "#);
+    assert_eq!(
+        r.ok_texts(),
+        [
+            "number",
+            "number",
+            "undefined",
+            "object",
+            "longest",
+            "threw no key"
+        ]
+    );
+    let writes = r.writes();
+    assert_eq!(writes.get("42").map(String::as_str), Some(r#""number""#));
+    assert_eq!(
+        writes.get("object").map(String::as_str),
+        Some(r#""object""#)
+    );
+    assert_eq!(writes.len(), 4);
+}
+
+#[test]
+fn store_refuses_values_larger_than_the_payload_limit() {
+    let r = cell(
+        r#"
+        store("k", "old");
+        try { store("k", "x".repeat(2000)); } catch (e) { text(e); }
+        store("small", "x".repeat(100));
+        text(load("k"));
+    "#,
+    )
+    .limits(CellLimits {
+        max_tool_payload_bytes: 1000,
+        ..CellLimits::default()
+    })
+    .run();
+    assert_eq!(
+        r.ok_texts(),
+        [
+            "failed to serialize JavaScript value: the value is 2002 bytes of JSON, more than the limit of 1000 bytes",
+            "old",
+        ]
+    );
 }
 
 #[test]
@@ -212,19 +270,28 @@ fn clear_timeout_cancels_and_validates() {
         const id = setTimeout(() => text("must not run"), 10);
         clearTimeout(id);
         clearTimeout(12345);
-        for (const bad of [undefined, "1", null, {}]) {
+        for (const bad of [Symbol("1"), 1n]) {
             try { clearTimeout(bad); } catch (e) { text(typeof e + ": " + e); }
         }
+        // Anything else goes through ToNumber, as upstream does: "2" clears timer 2,
+        // values that are no timer id do nothing.
+        const second = setTimeout(() => text("must not run either"), 10);
+        clearTimeout(String(second));
+        const third = setTimeout(() => text("must not run, third"), 10);
+        clearTimeout({ valueOf: () => third });
+        for (const other of [undefined, null, {}, "x", 1.5, -1, NaN]) clearTimeout(other);
         try { setTimeout("text(1)", 1); } catch (e) { text(typeof e + ": " + e); }
         try { setTimeout(); } catch (e) { text(typeof e + ": " + e); }
         await new Promise((resolve) => setTimeout(resolve, 40));
         text("done");
     "#);
-    let mut expected = vec!["string: clearTimeout expects a numeric timeout id"; 4];
+    let mut expected = vec!["string: clearTimeout expects a numeric timeout id"; 2];
     expected.extend(["string: setTimeout expects a function callback"; 2]);
     expected.push("done");
     assert_eq!(r.ok_texts(), expected);
-    assert_eq!(r.count(&CellEvent::TimerCleared { id: 1 }), 1);
+    for id in 1..=3 {
+        assert_eq!(r.count(&CellEvent::TimerCleared { id }), 1, "timer {id}");
+    }
 }
 
 #[test]
