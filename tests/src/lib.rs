@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
             wait_on_an_unknown_cell_is_the_missing_outcome,
             yield_raced_with_creation_is_kept_for_the_first_observation,
             dropping_a_session_stops_its_cells,
+            lone_surrogates_in_tool_arguments_become_replacement_characters,
         );
     };
     (@tests $provider:expr; $($name:ident),* $(,)?) => {

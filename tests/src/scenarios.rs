@@ -668,3 +668,48 @@ pub async fn dropping_a_session_stops_its_cells<P: Provider>(provider: &P) {
     delegate.wait_closed("1").await;
     assert_eq!(delegate.closed_count("1"), 1);
 }
+
+// Contract 6: a lone surrogate half in a tool argument (what `JSON.stringify` writes as
+// `\ud83d`) reaches the delegate as U+FFFD, in values and in keys, and the answer that
+// carries it back resolves the promise.
+pub async fn lone_surrogates_in_tool_arguments_become_replacement_characters<P: Provider>(
+    provider: &P,
+) {
+    let (session, delegate) = open(provider).await;
+    let started = exec(
+        &session,
+        r#"
+        const half = "😀😀".slice(0, 3);
+        const low = "😀".slice(1);
+        const answer = await tools.echo({ a: half, [low]: [low + "x"] });
+        text(answer.a === "😀\uFFFD");
+        text(JSON.stringify(answer));
+        "#,
+    )
+    .await;
+    assert_eq!(
+        started.initial_response,
+        result(
+            "1",
+            &[
+                "true",
+                "{\"a\":\"😀\u{fffd}\",\"\u{fffd}\":[\"\u{fffd}x\"]}"
+            ],
+            None
+        )
+    );
+    let inputs: Vec<Option<serde_json::Value>> = delegate
+        .records()
+        .into_iter()
+        .filter_map(|record| match record {
+            Record::ToolStarted { input, .. } => Some(input),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        inputs,
+        [Some(
+            json!({ "a": "😀\u{fffd}", "\u{fffd}": ["\u{fffd}x"] })
+        )]
+    );
+}

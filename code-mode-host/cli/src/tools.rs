@@ -160,7 +160,12 @@ impl ToolSet {
             path: path.to_path_buf(),
             message: one_line(&describe_toml_error(&text, &error)),
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // A bare file name (`--tools tools.toml`) has an empty parent: that is ".", not a
+        // directory that cannot be entered.
+        let base = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         for entry in parsed.tool {
             let tool_error = |message: String| ToolsError::Tool {
                 path: path.to_path_buf(),

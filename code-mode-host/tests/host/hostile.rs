@@ -24,9 +24,15 @@ enum Outcome {
     ErrorStarting(&'static str),
     /// Completed successfully; the last item is this text (the count before it varies).
     LastText(&'static str),
+    /// Completed with an error text starting with this, cut at the error-text cap of
+    /// 64 KiB and ending with the truncation marker.
+    ErrorCut(&'static str),
     /// Any one of these.
     AnyOf(&'static [Outcome]),
 }
+
+/// The most bytes of an error text the runtime copies out of V8.
+const ERROR_TEXT_CAP: usize = 64 * 1024;
 
 impl Outcome {
     fn matches(&self, response: &CellResponse) -> bool {
@@ -55,6 +61,13 @@ impl Outcome {
                 error_text.is_none()
                     && content_items.last().and_then(|item| item.as_text()) == Some(*expected)
             }
+            Outcome::ErrorCut(prefix) => error_text.as_deref().is_some_and(|text| {
+                let (cut, marker) = text.split_once('\u{2026}').unwrap_or((text, ""));
+                text.starts_with(prefix)
+                    && cut.len() == ERROR_TEXT_CAP
+                    && marker.starts_with(" [truncated: the text has 1000000")
+                    && marker.ends_with(" characters]")
+            }),
             Outcome::AnyOf(options) => options.iter().any(|option| option.matches(response)),
         }
     }
@@ -287,6 +300,42 @@ fn corpus() -> Vec<(&'static str, &'static str, Outcome)> {
             "await Promise.all(Array.from({ length: 1e6 }, () => tools.echo(1)));",
             AnyOf(&[Error(CAP), Error(HEAP), Error(CPU)]),
         ),
+        // Found after the corpus: issue 13.
+        (
+            "31 exit() in a stack getter, toString loops",
+            "text('before'); throw { get stack() { exit(); for (;;) {} }, toString() { for (;;) {} } };",
+            Texts(&["before"]),
+        ),
+        (
+            "32 a 1e8-character error message",
+            "throw new Error('x'.repeat(1e8));",
+            ErrorCut("Error: xxxx"),
+        ),
+        (
+            "32 a 1e8-character stack",
+            "const e = new Error('m'); e.stack = 's'.repeat(1e8); throw e;",
+            ErrorCut("ssss"),
+        ),
+        (
+            "32 a 1e8-character thrown string",
+            "throw 't'.repeat(1e8);",
+            ErrorCut("tttt"),
+        ),
+        (
+            "33 a lone surrogate in a tool argument",
+            "text(JSON.stringify(await tools.echo({ a: '😀😀'.slice(0, 3) })));",
+            Texts(&["{\"a\":\"😀\u{fffd}\"}"]),
+        ),
+        (
+            "34 terminal escapes reach the host as they are",
+            "text('\\x1b]0;pwned\\x07\\x1b[2J');",
+            Texts(&["\x1b]0;pwned\x07\x1b[2J"]),
+        ),
+        (
+            "35 store and load convert keys with ToString",
+            "store(42, 'v'); text(load('42') + load(42));",
+            Texts(&["vv"]),
+        ),
         (
             "30 fresh context (write)",
             "globalThis.secret = 1; text('set');",
@@ -347,6 +396,72 @@ async fn the_hostile_corpus_over_ipc() {
         provider.runtime_pid().await,
         pid,
         "the runtime process survived every case"
+    );
+}
+
+/// The resident set of a process, in bytes (Linux `/proc/<pid>/status`).
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_error_texts_leave_the_runtime_small() {
+    /// Copying the texts whole, as the runtime once did, grew it by about 900 MiB.
+    const MAX_GROWTH: u64 = 400 * 1024 * 1024;
+    let provider = crate::provider();
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    session
+        .execute(crate::request("text('warm')"))
+        .await
+        .unwrap();
+    let pid = provider.runtime_pid().await.expect("a runtime runs");
+    let before = resident_bytes(pid);
+    let mut peak = before;
+    for source in [
+        "throw new Error('x'.repeat(1e8));",
+        "const e = new Error('m'); e.stack = 's'.repeat(1e8); throw e;",
+        "throw 't'.repeat(1e8);",
+        "throw { toString() { return 'u'.repeat(1e8); } };",
+    ] {
+        for _ in 0..3 {
+            let started = session.execute(crate::request(source)).await.unwrap();
+            let error = started
+                .initial_response
+                .error_text()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                error.len() < ERROR_TEXT_CAP + 100 && error.contains(" [truncated: "),
+                "{source}: {} bytes",
+                error.len()
+            );
+            peak = peak.max(resident_bytes(pid));
+        }
+    }
+    let next = session
+        .execute(crate::request("text('next')"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.initial_response.content_items()[0].as_text(),
+        Some("next")
+    );
+    assert!(
+        peak.saturating_sub(before) < MAX_GROWTH,
+        "the runtime grew from {} MiB to {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    eprintln!(
+        "runtime RSS: {} MiB before, {} MiB at most",
+        before >> 20,
+        peak >> 20
     );
 }
 

@@ -323,6 +323,113 @@ impl JsonlServer {
 }
 
 #[test]
+fn run_shows_terminal_control_characters_as_escapes_and_json_keeps_them() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "cell.js",
+        r#"console.log("\x1b]0;pwned\x07\x1b[2J"); notify("\x1b[31mred\u009b"); text("tab\tand\nnewline"); throw "bye\x1b[0m";"#,
+    );
+    let output = code_mode(&scratch.0, &["run", "cell.js"], "");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    assert!(
+        !stdout.contains('\x1b') && !stdout.contains('\x07'),
+        "{stdout:?}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], r"[notify] \x1b[31mred\x9b", "{stdout}");
+    assert_eq!(lines[1], r"\x1b]0;pwned\x07\x1b[2J", "{stdout}");
+    assert_eq!(lines[2..4], ["tab\tand", "newline"], "{stdout}");
+    assert_eq!(lines[6..8], ["Script error:", r"bye\x1b[0m"], "{stdout}");
+
+    // JSON output keeps the exact text.
+    let output = code_mode(&scratch.0, &["run", "cell.js", "--json"], "");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(report["notifications"][0], "\x1b[31mred\u{9b}");
+    assert_eq!(
+        report["response"]["content_items"][0]["text"],
+        "\x1b]0;pwned\x07\x1b[2J"
+    );
+    assert_eq!(report["response"]["error_text"], "bye\x1b[0m");
+}
+
+#[test]
+fn lone_surrogates_in_tool_arguments_and_results_become_replacement_characters() {
+    let scratch = Scratch::new();
+    // The command tool answers with what JavaScript's JSON.stringify writes for a lone
+    // half: an escape that strict JSON parsers refuse.
+    scratch.write(
+        "tools.toml",
+        r#"
+[[tool]]
+name = "half"
+description = "Answers with a lone surrogate half, escaped."
+command = ["sh", "-c", "cat > /dev/null; cat half.json"]
+
+[[tool]]
+name = "echo_input"
+description = "Answers with its input."
+command = ["cat"]
+"#,
+    );
+    scratch.write("half.json", r#"{"s": "ok\ud83d"}"#);
+    scratch.write(
+        "cell.js",
+        r#"
+        const half = await tools.half();
+        text(JSON.stringify(half.s));
+        const echoed = await tools.echo_input({ a: "😀😀".slice(0, 3) });
+        text(JSON.stringify(echoed.a));
+        "#,
+    );
+    let output = code_mode(
+        &scratch.0,
+        &["run", "cell.js", "--tools", "tools.toml", "--json"],
+        "",
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("one JSON object: {}", text(&output.stderr)));
+    assert_eq!(report["status"], "Script completed", "{report}");
+    let items = &report["response"]["content_items"];
+    assert_eq!(items[0]["text"], "\"ok\u{fffd}\"", "{report}");
+    assert_eq!(items[1]["text"], "\"😀\u{fffd}\"", "{report}");
+}
+
+#[test]
+fn serve_jsonl_accepts_lone_surrogate_escapes_in_tool_results() {
+    let mut server = JsonlServer::start();
+    server.ask(r#"{"id": 1, "method": "open_session", "params": {}}"#);
+    let stdin = server.child.stdin.as_mut().unwrap();
+    writeln!(
+        stdin,
+        r#"{{"id": 2, "method": "exec", "params": {{"session": "s1", "tools": [{{"name": "half"}}], "source": "const r = await tools.half({{ a: '😀😀'.slice(0, 3) }}); text(JSON.stringify(r));"}}}}"#
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let call = loop {
+        let line = server.stdout.next().expect("a line").expect("a line");
+        let message: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if message["event"] == "tool_call" {
+            break message;
+        }
+    };
+    // The argument's cut half arrives as U+FFFD.
+    assert_eq!(call["input"]["a"], "😀\u{fffd}", "{call}");
+    // The client answers as JavaScript's JSON.stringify would write a lone half.
+    let reply = server.ask(&format!(
+        r#"{{"method": "tool_result", "params": {{"call": {}, "result": {{"s": "x\ud800y"}}}}}}"#,
+        call["call"]
+    ));
+    assert_eq!(reply["id"], 2, "{reply}");
+    assert_eq!(
+        reply["result"]["response"]["content_items"][0]["text"], "{\"s\":\"x\u{fffd}y\"}",
+        "{reply}"
+    );
+    assert!(server.finish().success());
+}
+
+#[test]
 fn serve_jsonl_answers_errors_and_keeps_going() {
     let mut server = JsonlServer::start();
     let reply = server.ask("not json");
