@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks best. 2: every session error has a wire kind
+/// of its own (version 1 repeated the runtime-failure prefix and had unused kinds).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

@@ -177,26 +177,33 @@ pub enum ServerMessage {
 }
 
 /// Stable error kinds on the wire; the host maps them back to the contract's strings.
+///
+/// Every [`SessionError`] has a kind of its own, so an error crosses the wire and comes
+/// back as the same error with the same text (`Runtime` carries only its inner message,
+/// never its display text, which would be prefixed twice).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum WireError {
     #[error("code mode session {0} is not open on this runtime")]
     MissingSession(SessionId),
     #[error("code mode session is shutting down")]
     ShuttingDown,
-    #[error("exec cell {0} not found")]
-    MissingCell(String),
     #[error("exec cell {0} already has an active observer")]
     BusyObserver(String),
     #[error("exec cell {0} is already terminating")]
     AlreadyTerminating(String),
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
     #[error("the request was cancelled")]
     Cancelled,
     #[error("the response was too large for one frame ({bytes} bytes, at most {max})")]
     ResponseTooLarge { bytes: u64, max: u64 },
+    /// [`SessionError::Runtime`]: its inner message.
     #[error("exec runtime failure: {0}")]
     Internal(String),
+    /// [`SessionError::RuntimeLost`] (a runtime relaying another): its cause.
+    #[error("the exec runtime was lost ({0}). Stored values and running cells were lost.")]
+    RuntimeLost(String),
+    /// [`SessionError::RuntimeReplaced`].
+    #[error("{}", SessionError::RuntimeReplaced)]
+    RuntimeReplaced,
 }
 
 impl From<SessionError> for WireError {
@@ -205,21 +212,28 @@ impl From<SessionError> for WireError {
             SessionError::ShuttingDown => WireError::ShuttingDown,
             SessionError::BusyObserver(cell) => WireError::BusyObserver(cell),
             SessionError::AlreadyTerminating(cell) => WireError::AlreadyTerminating(cell),
-            other @ (SessionError::Runtime(_)
-            | SessionError::RuntimeLost(_)
-            | SessionError::RuntimeReplaced) => WireError::Internal(other.to_string()),
+            SessionError::Runtime(message) => WireError::Internal(message),
+            SessionError::RuntimeLost(cause) => WireError::RuntimeLost(cause),
+            SessionError::RuntimeReplaced => WireError::RuntimeReplaced,
         }
     }
 }
 
 impl WireError {
-    /// The session error a host reports for this wire error.
+    /// The session error a host reports for this wire error: the same error for every
+    /// kind a session produced; a [`SessionError::Runtime`] naming the failure for the
+    /// kinds only the wire produces.
     pub fn into_session_error(self) -> SessionError {
         match self {
             WireError::ShuttingDown => SessionError::ShuttingDown,
             WireError::BusyObserver(cell) => SessionError::BusyObserver(cell),
             WireError::AlreadyTerminating(cell) => SessionError::AlreadyTerminating(cell),
-            other => SessionError::Runtime(other.to_string()),
+            WireError::Internal(message) => SessionError::Runtime(message),
+            WireError::RuntimeLost(cause) => SessionError::RuntimeLost(cause),
+            WireError::RuntimeReplaced => SessionError::RuntimeReplaced,
+            other @ (WireError::MissingSession(_)
+            | WireError::Cancelled
+            | WireError::ResponseTooLarge { .. }) => SessionError::Runtime(other.to_string()),
         }
     }
 }

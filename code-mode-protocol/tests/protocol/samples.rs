@@ -116,13 +116,13 @@ pub fn server_messages() -> Vec<ServerMessage> {
     let errors = vec![
         WireError::MissingSession(SessionId(3)),
         WireError::ShuttingDown,
-        WireError::MissingCell("5".into()),
         WireError::BusyObserver("1".into()),
         WireError::AlreadyTerminating("1".into()),
-        WireError::InvalidRequest("bad".into()),
         WireError::Cancelled,
         WireError::ResponseTooLarge { bytes: 1, max: 2 },
         WireError::Internal("boom".into()),
+        WireError::RuntimeLost("killed".into()),
+        WireError::RuntimeReplaced,
     ];
     let mut messages = vec![
         ServerMessage::Ready(Ready {

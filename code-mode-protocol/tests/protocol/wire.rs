@@ -183,7 +183,9 @@ fn the_handshake_refuses_with_a_reason_for_each_failure() {
     );
     assert_eq!(
         rejection.to_string(),
-        "no common protocol version: the client speaks [7, 8], the runtime speaks [1]"
+        format!(
+            "no common protocol version: the client speaks [7, 8], the runtime speaks [{PROTOCOL_VERSION}]"
+        )
     );
 
     let mut hello = ClientHello::current("host");
@@ -207,18 +209,45 @@ fn the_handshake_refuses_with_a_reason_for_each_failure() {
 }
 
 #[test]
-fn wire_errors_map_back_to_the_contract_strings() {
+fn every_session_error_round_trips_through_the_wire() {
     use code_mode_protocol::SessionError;
     for error in [
         SessionError::ShuttingDown,
         SessionError::BusyObserver("3".into()),
         SessionError::AlreadyTerminating("4".into()),
+        SessionError::Runtime("no thread could be started".into()),
+        SessionError::RuntimeLost("killed by signal 9".into()),
+        SessionError::RuntimeReplaced,
     ] {
         let text = error.to_string();
-        let wire = WireError::from(error);
+        let wire = WireError::from(error.clone());
         assert_eq!(wire.to_string(), text);
-        assert_eq!(wire.into_session_error().to_string(), text);
+        // Through a real frame, as it travels.
+        let mut buffer = BytesMut::new();
+        let message = ServerMessage::Response {
+            id: RequestId(1),
+            result: Err(wire),
+        };
+        encode_frame(&message, &mut buffer).unwrap();
+        let decoded: ServerMessage = FrameCodec::<ServerMessage, ClientMessage>::new()
+            .decode(&mut buffer)
+            .unwrap()
+            .unwrap();
+        let ServerMessage::Response {
+            result: Err(wire), ..
+        } = decoded
+        else {
+            panic!("decoded {decoded:?}");
+        };
+        let back = wire.into_session_error();
+        assert_eq!(back, error);
+        assert_eq!(back.to_string(), text, "the text is not repeated");
     }
+    // Kinds only the wire produces read as a runtime failure naming them.
+    assert_eq!(
+        WireError::Cancelled.into_session_error().to_string(),
+        "exec runtime failure: the request was cancelled"
+    );
 }
 
 /// Pinned encodings: an accidental change to the wire format fails here. Update the
