@@ -4,6 +4,11 @@
 //! This crate owns the vocabulary, the session API ([`CodeModeSession`]) and the wire
 //! format between host and runtime process ([`wire`]). It never links V8 and never spawns processes, so an
 //! agent core can depend on it (through `code-mode-host`) without paying for either.
+//!
+//! "Contract" references (`contract 3.2`, "contract section 6") are to the project's
+//! `docs/CONTRACT.md`.
+
+#![forbid(unsafe_code)]
 
 pub mod model;
 pub mod session;

@@ -6,6 +6,9 @@
 //! ([`runtime`]). It never touches the file system or the network, and it never decides
 //! a cell's fate on its own: it reports completion or termination, and the owner decides
 //! what that means for stored values and observers.
+//!
+//! "Contract" references (`contract 3.5`, "contract section 2") are to the project's
+//! `docs/CONTRACT.md`.
 
 pub mod platform;
 pub mod runtime;

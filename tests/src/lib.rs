@@ -1,4 +1,4 @@
-//! The conformance suite: the contract's session rules (CONTRACT.md sections 3 to 6),
+//! The conformance suite: the contract's session rules (`docs/CONTRACT.md` sections 3 to 6),
 //! written once against [`CodeModeSession`] and run for every provider.
 //!
 //! A provider implements [`Provider`]; `conformance_suite!(provider)` then expands to one
@@ -6,10 +6,19 @@
 //! statuses and error strings, and orders events rather than timing them; where real time
 //! is involved the margins are generous.
 
+#![forbid(unsafe_code)]
+
 pub mod delegate;
 pub mod scenarios;
 
 pub use delegate::{Record, TestDelegate};
+
+/// The README's Rust examples, compiled as doc tests so that they cannot rot. They live
+/// here because this crate may use both providers (as dev-dependencies) without making
+/// the host crate link V8.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;
 
 use code_mode_protocol::{CodeModeSession, SessionOptions};
 use std::future::Future;

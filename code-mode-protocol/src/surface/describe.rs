@@ -1,7 +1,9 @@
 //! The `exec` tool's description, as the model sees it: how cells run, the pragma, the
 //! global helpers with their signatures, and one TypeScript declaration per enabled tool.
 
-use super::typescript::{call_tool_result_payload, schema_to_typescript, subschema_to_typescript};
+use super::declarations::{
+    call_tool_result_payload, schema_to_typescript, subschema_to_typescript,
+};
 use crate::model::{ToolKind, js_tool_name};
 use serde_json::Value;
 

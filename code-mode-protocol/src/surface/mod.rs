@@ -3,12 +3,13 @@
 //! parser, and the formatter that turns a cell response into the tool output the model
 //! sees (contract section 1).
 
+pub mod declarations;
 pub mod describe;
 pub mod format;
 pub mod pragma;
 pub mod specs;
-pub mod typescript;
 
+pub use declarations::schema_to_typescript;
 pub use describe::{ToolDescription, exec_description};
 pub use format::{BYTES_PER_TOKEN, format_response, status_line};
 pub use pragma::{DEFAULT_MAX_OUTPUT_TOKENS, ExecParseError, ParsedExec, parse_exec_source};
@@ -16,4 +17,3 @@ pub use specs::{
     EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, WaitArguments, exec_tool_spec, parse_wait_arguments,
     wait_tool_spec,
 };
-pub use typescript::schema_to_typescript;

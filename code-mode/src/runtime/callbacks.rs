@@ -88,6 +88,11 @@ impl HeapGuard {
 
 /// The heap is about to reach its limit: terminate the cell's JS and grant headroom so V8
 /// can unwind instead of aborting the process.
+///
+/// # Safety
+/// `data` must be the pointer [`HeapGuard::as_callback_data`] gave for a guard that outlives
+/// the isolate this callback is registered with; V8 guarantees it by calling only while the
+/// isolate lives.
 pub(crate) unsafe extern "C" fn near_heap_limit(
     data: *mut c_void,
     current_heap_limit: usize,
@@ -161,6 +166,11 @@ static COUNTING_ALLOCATOR_VTABLE: v8::RustAllocatorVtable<CountingAllocator> =
         drop: drop_allocator,
     };
 
+/// V8's `Allocate`: zeroed memory within the budget, or null.
+///
+/// # Safety
+/// Called by V8 only, with the allocator it was given; the returned pointer must be freed
+/// with [`free_buffer`] and the same length.
 unsafe extern "C" fn allocate_zeroed(allocator: &CountingAllocator, len: usize) -> *mut c_void {
     if !allocator.reserve(len) {
         return std::ptr::null_mut();
@@ -174,6 +184,10 @@ unsafe extern "C" fn allocate_zeroed(allocator: &CountingAllocator, len: usize) 
     data
 }
 
+/// V8's `AllocateUninitialized`: memory within the budget, or null.
+///
+/// # Safety
+/// As for [`allocate_zeroed`].
 unsafe extern "C" fn allocate_uninitialized(
     allocator: &CountingAllocator,
     len: usize,
@@ -189,12 +203,22 @@ unsafe extern "C" fn allocate_uninitialized(
     data
 }
 
+/// V8's `Free`.
+///
+/// # Safety
+/// `data` must come from [`allocate_zeroed`] or [`allocate_uninitialized`] of the same
+/// allocator with the same `len`, and be freed once.
 unsafe extern "C" fn free_buffer(allocator: &CountingAllocator, data: *mut c_void, len: usize) {
     // SAFETY: V8 frees only pointers this allocator returned, once, with their length.
     unsafe { libc::free(data) };
     allocator.release(len);
 }
 
+/// V8's destructor of the allocator.
+///
+/// # Safety
+/// `allocator` must be the pointer [`CountingAllocator::new_v8`] handed to V8, dropped
+/// once, after every buffer was freed.
 unsafe extern "C" fn drop_allocator(allocator: *const CountingAllocator) {
     // SAFETY: `allocator` came from `Arc::into_raw` in `new_v8`; V8 calls this once.
     drop(unsafe { Arc::from_raw(allocator) });

@@ -1,5 +1,6 @@
 //! Integration tests of the cell runtime: every helper, error string and lifecycle rule of
-//! contract sections 2, 3.5, 3.6 and the JS side of 3.7. One binary (V8 links slowly).
+//! contract sections 2, 3.5, 3.6 and the JS side of 3.7 (`docs/CONTRACT.md`). One binary
+//! (V8 links slowly).
 
 mod harness;
 mod lifecycle;

@@ -8,6 +8,8 @@
 //! Exit codes: 0 success; 1 the script failed or was terminated (or a runtime failure);
 //! 2 bad input (arguments, files, tools file, pragma).
 
+#![forbid(unsafe_code)]
+
 mod output;
 mod repl;
 mod run;

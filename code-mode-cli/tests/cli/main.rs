@@ -10,7 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_code-mode");
 
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+        .join("..")
         .canonicalize()
         .expect("the project root")
 }
