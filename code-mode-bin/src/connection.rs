@@ -7,19 +7,16 @@
 //! with a logged reason; end of input ends it cleanly. Either way every session is shut
 //! down before [`serve`] returns.
 
-use crate::delegate::{PendingDelegateCall, RemoteDelegate};
-use bytes::{Bytes, BytesMut};
+use crate::delegate::{DelegateCalls, RemoteDelegate};
 use code_mode::{InProcessOptions, InProcessSession};
 use code_mode_protocol::CodeModeSession;
-use code_mode_protocol::wire::codec::encode_frame;
+use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,66 +37,39 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Encoded frames on their way to the writer task.
-#[derive(Clone)]
-pub(crate) struct Outbox {
-    frames: mpsc::UnboundedSender<Bytes>,
-}
-
-impl Outbox {
-    /// Encodes and queues a message. Fails only if the message is too large for a frame.
-    /// Messages queued after the writer stopped are dropped: the connection is over.
-    pub(crate) fn send(&self, message: &ServerMessage) -> Result<(), FrameError> {
-        let mut buffer = BytesMut::new();
-        encode_frame(message, &mut buffer)?;
-        let _ = self.frames.send(buffer.freeze());
-        Ok(())
-    }
-
-    /// Sends a response; one too large for a frame becomes an error response instead.
-    fn respond(&self, id: RequestId, result: Result<Response, WireError>) {
-        let message = ServerMessage::Response { id, result };
-        if let Err(error) = self.send(&message) {
-            tracing::warn!(%id, "response not sent as is: {error}");
-            let bytes = match error {
-                FrameError::TooLarge { bytes } => bytes,
-                _ => 0,
-            };
-            let fallback = ServerMessage::Response {
-                id,
-                result: Err(WireError::ResponseTooLarge {
-                    bytes,
-                    max: MAX_FRAME_BYTES as u64,
-                }),
-            };
-            if let Err(error) = self.send(&fallback) {
-                tracing::error!(%id, "even the error response could not be sent: {error}");
-            }
+/// Sends a response; one too large for a frame becomes an error response instead.
+fn respond(outbox: &Outbox<ServerMessage>, id: RequestId, result: Result<Response, WireError>) {
+    let message = ServerMessage::Response { id, result };
+    if let Err(error) = outbox.send(&message) {
+        tracing::warn!(%id, "response not sent as is: {error}");
+        let bytes = match error {
+            FrameError::TooLarge { bytes } => bytes,
+            _ => 0,
+        };
+        let fallback = ServerMessage::Response {
+            id,
+            result: Err(WireError::ResponseTooLarge {
+                bytes,
+                max: MAX_FRAME_BYTES as u64,
+            }),
+        };
+        if let Err(error) = outbox.send(&fallback) {
+            tracing::error!(%id, "even the error response could not be sent: {error}");
         }
     }
 }
 
-/// State shared by the reader, the request tasks and the sessions' delegates.
-pub(crate) struct Connection {
-    pub(crate) outbox: Outbox,
+/// State shared by the reader and the request tasks.
+struct Connection {
+    outbox: Outbox<ServerMessage>,
     sessions: Mutex<HashMap<SessionId, Arc<InProcessSession>>>,
     last_session: AtomicU64,
     requests: Mutex<HashMap<RequestId, CancellationToken>>,
-    delegate_calls: Mutex<HashMap<DelegateId, PendingDelegateCall>>,
-    last_delegate_call: AtomicU64,
+    /// The sessions' delegates hold it weakly.
+    delegate_calls: Arc<DelegateCalls>,
 }
 
 impl Connection {
-    pub(crate) fn register_delegate_call(&self, call: PendingDelegateCall) -> DelegateId {
-        let id = DelegateId(self.last_delegate_call.fetch_add(1, Ordering::SeqCst) + 1);
-        lock(&self.delegate_calls).insert(id, call);
-        id
-    }
-
-    pub(crate) fn forget_delegate_call(&self, id: DelegateId) {
-        lock(&self.delegate_calls).remove(&id);
-    }
-
     fn session(&self, id: SessionId) -> Result<Arc<InProcessSession>, WireError> {
         lock(&self.sessions)
             .get(&id)
@@ -112,7 +82,7 @@ impl Connection {
         match request {
             Request::OpenSession { options } => {
                 let id = SessionId(self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
-                let delegate = RemoteDelegate::new(Arc::downgrade(self), id);
+                let delegate = RemoteDelegate::new(Arc::downgrade(&self.delegate_calls), id);
                 let session = InProcessSession::new(
                     Arc::new(delegate),
                     InProcessOptions { session: options },
@@ -158,7 +128,7 @@ impl Connection {
         let shutdowns = sessions.iter().map(|session| session.shutdown());
         futures_util::future::join_all(shutdowns).await;
         // Delegate calls still waiting get "connection closed" as their senders drop.
-        lock(&self.delegate_calls).clear();
+        self.delegate_calls.clear();
     }
 }
 
@@ -167,18 +137,18 @@ pub async fn serve<S>(stream: S, sandbox: String) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (read_half, write_half) = tokio::io::split(stream);
-    let (frames_tx, frames_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(write_half, frames_rx));
+    let Transport {
+        mut reader,
+        outbox,
+        writer,
+    } = transport::split::<S, ClientMessage, ServerMessage>(stream);
     let connection = Arc::new(Connection {
-        outbox: Outbox { frames: frames_tx },
+        delegate_calls: DelegateCalls::new(outbox.clone()),
+        outbox,
         sessions: Mutex::new(HashMap::new()),
         last_session: AtomicU64::new(0),
         requests: Mutex::new(HashMap::new()),
-        delegate_calls: Mutex::new(HashMap::new()),
-        last_delegate_call: AtomicU64::new(0),
     });
-    let mut reader = FramedRead::new(read_half, FrameCodec::<ClientMessage, ServerMessage>::new());
     let tasks = TaskTracker::new();
     let outcome = read_loop(&connection, &mut reader, &tasks, sandbox).await;
     if let Err(error) = &outcome {
@@ -201,9 +171,9 @@ where
     outcome
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
+async fn read_loop<S: AsyncRead>(
     connection: &Arc<Connection>,
-    reader: &mut FramedRead<R, FrameCodec<ClientMessage, ServerMessage>>,
+    reader: &mut FrameReader<S, ClientMessage, ServerMessage>,
     tasks: &TaskTracker,
     sandbox: String,
 ) -> Result<(), ConnectionError> {
@@ -266,7 +236,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         () = token.cancelled() => Err(WireError::Cancelled),
                     };
                     lock(&connection.requests).remove(&id);
-                    connection.outbox.respond(id, result);
+                    respond(&connection.outbox, id, result);
                 });
             }
             ClientMessage::CancelRequest { id } => {
@@ -276,18 +246,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
             ClientMessage::DelegateReply { id, reply } => {
-                if id.0 > connection.last_delegate_call.load(Ordering::SeqCst) {
-                    return Err(ConnectionError::Violation(format!(
-                        "a reply to {id}, never sent"
-                    )));
-                }
-                // A missing entry was cancelled meanwhile; its late reply is dropped.
-                let pending = lock(&connection.delegate_calls).remove(&id);
-                if let Some(pending) = pending {
-                    pending
-                        .complete(reply)
-                        .map_err(ConnectionError::Violation)?;
-                }
+                connection
+                    .delegate_calls
+                    .complete(id, reply)
+                    .map_err(ConnectionError::Violation)?;
             }
         }
     }
@@ -302,21 +264,4 @@ fn kind(message: &ClientMessage) -> &'static str {
         ClientMessage::CancelRequest { .. } => "CancelRequest",
         ClientMessage::DelegateReply { .. } => "DelegateReply",
     }
-}
-
-/// The writer task: writes queued frames, flushing whenever the queue runs dry. Ends when
-/// every sender is gone.
-async fn write_frames<W: AsyncWrite + Unpin>(
-    writer: W,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
-) -> std::io::Result<()> {
-    let mut writer = tokio::io::BufWriter::new(writer);
-    while let Some(frame) = frames.recv().await {
-        writer.write_all(&frame).await?;
-        while let Ok(frame) = frames.try_recv() {
-            writer.write_all(&frame).await?;
-        }
-        writer.flush().await?;
-    }
-    writer.shutdown().await
 }

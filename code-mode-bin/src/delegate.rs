@@ -1,17 +1,74 @@
-//! The delegate of a served session: forwards nested tool calls, notifications and
-//! cell-closed events to the host over the connection, and waits (cancellably) for the
-//! host's answers.
+//! The delegate of a served session, and the table of delegate calls a connection has in
+//! flight: nested tool calls, notifications and cell-closed events go to the host through
+//! the connection's outbox, and the host's answers come back through [`DelegateCalls`].
+//!
+//! The connection owns the table and hands each session's delegate a weak reference, so a
+//! delegate that outlives its connection finds it gone instead of keeping it alive.
 
-use crate::connection::Connection;
 use code_mode_protocol::model::parse_json;
-use code_mode_protocol::wire::{DelegateCall, DelegateReply, ServerMessage, SessionId};
+use code_mode_protocol::wire::{
+    DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId,
+};
 use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, NestedToolCall};
-use std::sync::Weak;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The delegate calls of one connection that wait for the host's reply, and the outbox
+/// that calls, cancellations and cell-closed events go out through.
+pub(crate) struct DelegateCalls {
+    outbox: Outbox<ServerMessage>,
+    pending: Mutex<HashMap<DelegateId, PendingDelegateCall>>,
+    last: AtomicU64,
+}
+
+impl DelegateCalls {
+    pub(crate) fn new(outbox: Outbox<ServerMessage>) -> Arc<Self> {
+        Arc::new(Self {
+            outbox,
+            pending: Mutex::new(HashMap::new()),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn register(&self, call: PendingDelegateCall) -> DelegateId {
+        let id = DelegateId(self.last.fetch_add(1, Ordering::SeqCst) + 1);
+        lock(&self.pending).insert(id, call);
+        id
+    }
+
+    fn forget(&self, id: DelegateId) {
+        lock(&self.pending).remove(&id);
+    }
+
+    /// Hands the host's reply to the waiting call. A reply to a call never sent, or of the
+    /// wrong kind, is a protocol violation (`Err`); a reply to a call cancelled meanwhile is
+    /// dropped.
+    pub(crate) fn complete(&self, id: DelegateId, reply: DelegateReply) -> Result<(), String> {
+        if id.0 > self.last.load(Ordering::SeqCst) {
+            return Err(format!("a reply to {id}, never sent"));
+        }
+        let pending = lock(&self.pending).remove(&id);
+        match pending {
+            Some(pending) => pending.complete(reply),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops every waiting call: they fail with "connection closed" as their senders go.
+    pub(crate) fn clear(&self) {
+        lock(&self.pending).clear();
+    }
+}
+
 /// A delegate call waiting for the host's reply, with the reply kind it expects.
-pub(crate) enum PendingDelegateCall {
+enum PendingDelegateCall {
     Tool(oneshot::Sender<Result<String, String>>),
     Notify(oneshot::Sender<()>),
 }
@@ -19,7 +76,7 @@ pub(crate) enum PendingDelegateCall {
 impl PendingDelegateCall {
     /// Hands the host's reply to the waiting call; a reply of the wrong kind is a protocol
     /// violation.
-    pub(crate) fn complete(self, reply: DelegateReply) -> Result<(), String> {
+    fn complete(self, reply: DelegateReply) -> Result<(), String> {
         match (self, reply) {
             (PendingDelegateCall::Tool(sender), DelegateReply::ToolResult(result)) => {
                 let _ = sender.send(result);
@@ -48,29 +105,26 @@ const CONNECTION_CLOSED: &str = "the host connection closed";
 
 /// Forgets a delegate call when its waiter goes away (answered, cancelled or abandoned).
 struct ForgetOnDrop {
-    connection: Weak<Connection>,
-    id: code_mode_protocol::wire::DelegateId,
+    calls: Weak<DelegateCalls>,
+    id: DelegateId,
 }
 
 impl Drop for ForgetOnDrop {
     fn drop(&mut self) {
-        if let Some(connection) = self.connection.upgrade() {
-            connection.forget_delegate_call(self.id);
+        if let Some(calls) = self.calls.upgrade() {
+            calls.forget(self.id);
         }
     }
 }
 
 pub(crate) struct RemoteDelegate {
-    connection: Weak<Connection>,
+    calls: Weak<DelegateCalls>,
     session: SessionId,
 }
 
 impl RemoteDelegate {
-    pub(crate) fn new(connection: Weak<Connection>, session: SessionId) -> Self {
-        Self {
-            connection,
-            session,
-        }
+    pub(crate) fn new(calls: Weak<DelegateCalls>, session: SessionId) -> Self {
+        Self { calls, session }
     }
 
     /// Sends a delegate call and waits for its reply or its cancellation (which is
@@ -81,29 +135,29 @@ impl RemoteDelegate {
         pending: impl FnOnce(oneshot::Sender<T>) -> PendingDelegateCall,
         cancel: CancellationToken,
     ) -> Result<T, String> {
-        let connection = self.connection.upgrade().ok_or(CONNECTION_CLOSED)?;
+        let calls = self.calls.upgrade().ok_or(CONNECTION_CLOSED)?;
         let (sender, reply) = oneshot::channel();
-        let id = connection.register_delegate_call(pending(sender));
+        let id = calls.register(pending(sender));
         let message = ServerMessage::Delegate {
             id,
             session: self.session,
             call,
         };
-        if let Err(error) = connection.outbox.send(&message) {
-            connection.forget_delegate_call(id);
+        if let Err(error) = calls.outbox.send(&message) {
+            calls.forget(id);
             return Err(format!("the call could not be sent to the host: {error}"));
         }
-        drop(connection);
+        drop(calls);
         let _forget = ForgetOnDrop {
-            connection: self.connection.clone(),
+            calls: self.calls.clone(),
             id,
         };
         tokio::pin!(reply);
         tokio::select! {
             reply = &mut reply => reply.map_err(|_| CONNECTION_CLOSED.to_owned()),
             () = cancel.cancelled() => {
-                if let Some(connection) = self.connection.upgrade() {
-                    let _ = connection.outbox.send(&ServerMessage::CancelDelegate { id });
+                if let Some(calls) = self.calls.upgrade() {
+                    let _ = calls.outbox.send(&ServerMessage::CancelDelegate { id });
                 }
                 // The call counts as cancelled once the host confirms its delegate stopped;
                 // the session bounds this wait with its grace period.
@@ -150,14 +204,14 @@ impl CodeModeSessionDelegate for RemoteDelegate {
     }
 
     fn cell_closed(&self, cell_id: &str) {
-        let Some(connection) = self.connection.upgrade() else {
+        let Some(calls) = self.calls.upgrade() else {
             return;
         };
         let message = ServerMessage::CellClosed {
             session: self.session,
             cell_id: cell_id.to_owned(),
         };
-        if let Err(error) = connection.outbox.send(&message) {
+        if let Err(error) = calls.outbox.send(&message) {
             tracing::error!(cell = cell_id, "cell-closed event not sent: {error}");
         }
     }

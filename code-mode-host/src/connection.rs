@@ -10,21 +10,21 @@
 //! with its cause (exit status or signal), every call in flight fails at once with
 //! [`SessionError::RuntimeLost`], delegate calls are cancelled, and every cell known to be
 //! alive is reported closed to its delegate, exactly once.
+//!
+//! The connection runs on any framed byte stream (the protocol crate's transport seam) and
+//! knows the other end only as a [`Peer`]: a child process it supervises today, a remote
+//! endpoint tomorrow.
 
-use crate::process::RuntimeProcess;
-use bytes::{Bytes, BytesMut};
 use code_mode_protocol::session::until_cancelled;
-use code_mode_protocol::wire::codec::encode_frame;
+use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
-use code_mode_protocol::{CodeModeSessionDelegate, NestedToolCall, SessionError};
+use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, NestedToolCall, SessionError};
 use futures_util::StreamExt;
-use interprocess::local_socket::tokio::Stream;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, ReadHalf};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How long the host waits for the runtime's answer to its hello.
@@ -33,17 +33,26 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a runtime that closed its socket gets to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
+/// The other end of a connection, beyond its byte stream.
+pub(crate) trait Peer: Send + Sync + 'static {
+    /// Names the peer in logs (e.g. `pid 1234`).
+    fn describe(&self) -> String;
+    /// The process id, when the peer is a local process.
+    fn pid(&self) -> Option<u32>;
+    /// Stops the peer for good (kills a child process). Idempotent.
+    fn kill(&self);
+    /// Why the peer's stream ended, waiting up to `patience` to learn it (e.g. `exited
+    /// with status 1`, `was killed by signal 9 (SIGKILL)`).
+    fn exit_cause(&self, patience: Duration) -> BoxFuture<'_, String>;
+}
+
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
     #[error("the runtime refused the handshake: {0}")]
     Refused(HandshakeRejection),
-    #[error(
-        "the runtime chose protocol version {chosen}, which this host does not speak (it speaks {ours:?})"
-    )]
-    UnsupportedVersion { chosen: u32, ours: Vec<u32> },
-    #[error("the runtime lacks the required capability `{0}`")]
-    MissingCapability(String),
+    #[error(transparent)]
+    Mismatch(#[from] ReadyMismatch),
     #[error("the runtime did not answer the handshake within {0:?}")]
     Timeout(Duration),
     #[error("the runtime closed the connection during the handshake ({0})")]
@@ -136,8 +145,8 @@ struct State {
 pub(crate) struct Connection {
     /// 1 for the first process of a provider, then 2, 3, ... after each replacement.
     pub(crate) generation: u64,
-    process: RuntimeProcess,
-    outbox: mpsc::UnboundedSender<Bytes>,
+    peer: Box<dyn Peer>,
+    outbox: Outbox<ClientMessage>,
     state: Mutex<State>,
     /// Set once, when the connection is lost: its cause.
     lost: OnceLock<String>,
@@ -146,30 +155,30 @@ pub(crate) struct Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         // Nobody uses this runtime any more; the process goes with it.
-        self.process.kill();
+        self.peer.kill();
     }
 }
 
 impl Connection {
-    /// Completes the handshake on a fresh stream and starts the reader and writer tasks.
-    pub(crate) async fn establish(
-        process: RuntimeProcess,
-        stream: Stream,
+    /// Completes the handshake on a fresh stream to `peer` and starts the reader and
+    /// writer tasks.
+    pub(crate) async fn establish<S>(
+        peer: Box<dyn Peer>,
+        stream: S,
         generation: u64,
-    ) -> Result<Arc<Self>, HandshakeError> {
-        let (read_half, write_half) = tokio::io::split(stream);
-        let (outbox, frames) = mpsc::unbounded_channel();
-        tokio::spawn(write_frames(write_half, frames));
-        let mut reader =
-            FramedRead::new(read_half, FrameCodec::<ServerMessage, ClientMessage>::new());
+    ) -> Result<Arc<Self>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let Transport {
+            mut reader, outbox, ..
+        } = transport::split::<S, ServerMessage, ClientMessage>(stream);
         let hello = ClientHello::current(concat!("code-mode-host ", env!("CARGO_PKG_VERSION")));
-        send_frame(&outbox, &ClientMessage::Hello(hello.clone()))?;
+        outbox.send(&ClientMessage::Hello(hello.clone()))?;
         let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
             Err(_) => return Err(HandshakeError::Timeout(HANDSHAKE_TIMEOUT)),
             Ok(None) => {
-                return Err(HandshakeError::Closed(
-                    process.exit_cause(EXIT_PATIENCE).await,
-                ));
+                return Err(HandshakeError::Closed(peer.exit_cause(EXIT_PATIENCE).await));
             }
             Ok(Some(frame)) => frame?,
         };
@@ -178,23 +187,11 @@ impl Connection {
             ServerMessage::Rejected(rejection) => return Err(HandshakeError::Refused(rejection)),
             other => return Err(HandshakeError::Unexpected(describe(&other).to_owned())),
         };
-        if !hello.versions.contains(&ready.version) {
-            return Err(HandshakeError::UnsupportedVersion {
-                chosen: ready.version,
-                ours: hello.versions,
-            });
-        }
-        if let Some(missing) = hello
-            .required_capabilities
-            .iter()
-            .find(|capability| !ready.capabilities.contains(capability))
-        {
-            return Err(HandshakeError::MissingCapability(missing.clone()));
-        }
-        tracing::info!(generation, pid = process.pid(), %ready, "code-mode runtime ready");
+        hello.accept(&ready)?;
+        tracing::info!(generation, peer = %peer.describe(), %ready, "code-mode runtime ready");
         let connection = Arc::new(Self {
             generation,
-            process,
+            peer,
             outbox,
             state: Mutex::new(State::default()),
             lost: OnceLock::new(),
@@ -203,8 +200,9 @@ impl Connection {
         Ok(connection)
     }
 
-    pub(crate) fn pid(&self) -> u32 {
-        self.process.pid()
+    /// The runtime's process id, when it is a local process.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.peer.pid()
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -262,7 +260,7 @@ impl Connection {
             }
             register(&mut state, &request, reply, opening)
         };
-        if let Err(error) = send_frame(&self.outbox, &ClientMessage::Request { id, request }) {
+        if let Err(error) = self.outbox.send(&ClientMessage::Request { id, request }) {
             lock(&self.state).pending.remove(&id);
             return Err(SessionError::Runtime(format!(
                 "the request could not be sent: {error}"
@@ -282,7 +280,7 @@ impl Connection {
     pub(crate) fn send_detached(self: &Arc<Self>, request: Request) {
         let (reply, _) = oneshot::channel();
         let id = register(&mut lock(&self.state), &request, reply, None);
-        let _ = send_frame(&self.outbox, &ClientMessage::Request { id, request });
+        let _ = self.outbox.send(&ClientMessage::Request { id, request });
     }
 
     /// Handles one message from the runtime; `Err` is a protocol violation.
@@ -393,14 +391,13 @@ impl Connection {
             // A call of a lost connection needs no answer.
             if lock(&connection.state).delegate_calls.remove(&id).is_some() {
                 let message = ClientMessage::DelegateReply { id, reply };
-                if let Err(error) = send_frame(&connection.outbox, &message) {
+                if let Err(error) = connection.outbox.send(&message) {
                     let reply = DelegateReply::ToolResult(Err(format!(
                         "the tool result could not be sent to the runtime: {error}"
                     )));
-                    let _ = send_frame(
-                        &connection.outbox,
-                        &ClientMessage::DelegateReply { id, reply },
-                    );
+                    let _ = connection
+                        .outbox
+                        .send(&ClientMessage::DelegateReply { id, reply });
                 }
             }
         });
@@ -476,17 +473,17 @@ impl Connection {
     async fn on_lost(&self, violation: Option<String>) {
         let cause = match violation {
             Some(violation) => {
-                self.process.kill();
+                self.peer.kill();
                 format!("protocol violation by the runtime: {violation}")
             }
             None => format!(
                 "the runtime process {}",
-                self.process.exit_cause(EXIT_PATIENCE).await
+                self.peer.exit_cause(EXIT_PATIENCE).await
             ),
         };
         tracing::error!(
             generation = self.generation,
-            pid = self.pid(),
+            peer = %self.peer.describe(),
             "code-mode runtime lost: {cause}"
         );
         let state = {
@@ -564,10 +561,10 @@ impl Drop for AbandonOnDrop<'_> {
             removed
         };
         if removed {
-            let _ = send_frame(
-                &self.connection.outbox,
-                &ClientMessage::CancelRequest { id: self.id },
-            );
+            let _ = self
+                .connection
+                .outbox
+                .send(&ClientMessage::CancelRequest { id: self.id });
         }
     }
 }
@@ -594,20 +591,10 @@ fn parse_json(text: &str) -> Result<serde_json::Value, String> {
         .map_err(|error| format!("tool input rejected: {error}"))
 }
 
-fn send_frame(
-    outbox: &mpsc::UnboundedSender<Bytes>,
-    message: &ClientMessage,
-) -> Result<(), FrameError> {
-    let mut buffer = BytesMut::new();
-    encode_frame(message, &mut buffer)?;
-    let _ = outbox.send(buffer.freeze());
-    Ok(())
-}
-
 /// The reader task: handles messages until the connection ends, then records the loss.
-async fn read_loop(
+async fn read_loop<S: AsyncRead>(
     connection: Weak<Connection>,
-    mut reader: FramedRead<ReadHalf<Stream>, FrameCodec<ServerMessage, ClientMessage>>,
+    mut reader: FrameReader<S, ServerMessage, ClientMessage>,
 ) {
     let violation = loop {
         let next = reader.next().await;
@@ -627,26 +614,4 @@ async fn read_loop(
     if let Some(connection) = connection.upgrade() {
         connection.on_lost(violation).await;
     }
-}
-
-/// The writer task: writes queued frames, flushing when the queue runs dry.
-async fn write_frames(
-    writer: tokio::io::WriteHalf<Stream>,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
-) {
-    let mut writer = tokio::io::BufWriter::new(writer);
-    while let Some(frame) = frames.recv().await {
-        if writer.write_all(&frame).await.is_err() {
-            return;
-        }
-        while let Ok(frame) = frames.try_recv() {
-            if writer.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = writer.shutdown().await;
 }

@@ -101,6 +101,24 @@ impl RuntimeProcess {
     }
 }
 
+impl crate::connection::Peer for RuntimeProcess {
+    fn describe(&self) -> String {
+        format!("pid {}", RuntimeProcess::pid(self))
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(RuntimeProcess::pid(self))
+    }
+
+    fn kill(&self) {
+        RuntimeProcess::kill(self);
+    }
+
+    fn exit_cause(&self, patience: Duration) -> code_mode_protocol::BoxFuture<'_, String> {
+        Box::pin(RuntimeProcess::exit_cause(self, patience))
+    }
+}
+
 impl Drop for RuntimeProcess {
     fn drop(&mut self) {
         self.kill();

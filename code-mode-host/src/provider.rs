@@ -161,7 +161,7 @@ impl IpcProvider {
             .current
             .as_ref()
             .filter(|connection| !connection.is_lost())
-            .map(|connection| connection.pid())
+            .and_then(|connection| connection.pid())
     }
 }
 
@@ -227,7 +227,7 @@ impl ProviderInner {
             self.config.connect_timeout,
         )
         .await?;
-        Ok(Connection::establish(process, stream, generation).await?)
+        Ok(Connection::establish(Box::new(process), stream, generation).await?)
     }
 }
 

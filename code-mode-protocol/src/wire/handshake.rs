@@ -42,6 +42,42 @@ impl ClientHello {
     }
 }
 
+/// Why a client cannot use the server's [`Ready`]: the client's half of the rules
+/// [`ServerOffer::negotiate`] applies on the server's side.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadyMismatch {
+    #[error(
+        "the runtime chose protocol version {chosen}, which this host does not speak (it speaks {ours:?})"
+    )]
+    UnsupportedVersion { chosen: u32, ours: Vec<u32> },
+    #[error("the runtime lacks the required capability `{0}`")]
+    MissingCapability(String),
+}
+
+impl ClientHello {
+    /// Checks the server's answer against this hello: the chosen version must be one the
+    /// client offered, and every required capability must be there.
+    pub fn accept(&self, ready: &Ready) -> Result<(), ReadyMismatch> {
+        if !self.versions.contains(&ready.version) {
+            return Err(ReadyMismatch::UnsupportedVersion {
+                chosen: ready.version,
+                ours: self.versions.clone(),
+            });
+        }
+        match missing_capability(&self.required_capabilities, &ready.capabilities) {
+            Some(missing) => Err(ReadyMismatch::MissingCapability(missing.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The first required capability the other side lacks.
+fn missing_capability<'r>(required: &'r [String], offered: &[String]) -> Option<&'r String> {
+    required
+        .iter()
+        .find(|capability| !offered.contains(capability))
+}
+
 /// The server accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ready {
@@ -104,10 +140,7 @@ impl ServerOffer {
                 client: hello.versions.clone(),
                 server: self.versions.clone(),
             })?;
-        if let Some(missing) = hello
-            .required_capabilities
-            .iter()
-            .find(|capability| !self.capabilities.contains(capability))
+        if let Some(missing) = missing_capability(&hello.required_capabilities, &self.capabilities)
         {
             return Err(HandshakeRejection::MissingCapability(missing.clone()));
         }

@@ -1,6 +1,7 @@
 //! The wire between a host (`code-mode-host`) and the runtime process (`code-mode-bin`):
-//! typed messages ([`ClientMessage`], [`ServerMessage`]), the frame codec ([`codec`]) and
-//! the handshake ([`handshake`]).
+//! typed messages ([`ClientMessage`], [`ServerMessage`]), the frame codec ([`codec`]), the
+//! handshake ([`handshake`]) and the transport seam that both ends run a connection on
+//! ([`transport`]).
 //!
 //! Only these types cross the process boundary. They are externally tagged enums and plain
 //! structs, because bincode is not self-describing; JSON payloads (tool inputs and results)
@@ -16,6 +17,7 @@
 pub mod codec;
 pub mod fuzz;
 pub mod handshake;
+pub mod transport;
 
 use crate::model::ToolKind;
 use crate::session::{
@@ -27,9 +29,10 @@ use std::fmt;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME_BYTES};
 pub use handshake::{
-    CAPABILITIES, ClientHello, HandshakeRejection, PROTOCOL_VERSION, Ready, SUPPORTED_VERSIONS,
-    ServerOffer,
+    CAPABILITIES, ClientHello, HandshakeRejection, PROTOCOL_VERSION, Ready, ReadyMismatch,
+    SUPPORTED_VERSIONS, ServerOffer,
 };
+pub use transport::{FrameReader, Outbox, Transport};
 
 macro_rules! wire_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {

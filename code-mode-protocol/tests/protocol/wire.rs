@@ -209,6 +209,32 @@ fn the_handshake_refuses_with_a_reason_for_each_failure() {
 }
 
 #[test]
+fn the_client_checks_the_servers_answer_by_the_same_rules() {
+    let hello = ClientHello::current("host");
+    let ready = ServerOffer::current("bin", "none")
+        .negotiate(&hello)
+        .unwrap();
+    assert_eq!(hello.accept(&ready), Ok(()));
+
+    let mut other_version = ready.clone();
+    other_version.version = 99;
+    assert_eq!(
+        hello.accept(&other_version).unwrap_err().to_string(),
+        format!(
+            "the runtime chose protocol version 99, which this host does not speak (it speaks [{PROTOCOL_VERSION}])"
+        )
+    );
+    let mut fewer = ready;
+    fewer
+        .capabilities
+        .retain(|capability| capability != "notifications");
+    assert_eq!(
+        hello.accept(&fewer),
+        Err(ReadyMismatch::MissingCapability("notifications".into()))
+    );
+}
+
+#[test]
 fn every_session_error_round_trips_through_the_wire() {
     use code_mode_protocol::SessionError;
     for error in [

@@ -8,7 +8,7 @@
 //! plain strings. Each helper re-checks that the cell has not stopped (`exit()`,
 //! termination) after any user code it ran, so nothing takes effect after `exit()`.
 
-use super::thread::{StateRef, Timer};
+use super::state::{StateRef, Timer};
 use super::values::{self, Json, JsonTextError, QUOTED_MAX_BYTES, throw_string, v8_str};
 use super::{CellEvent, ToolCallRequest};
 use code_mode_protocol::{ContentItem, ImageDetail, js_tool_name};

@@ -9,13 +9,15 @@
 //! answers with [`CellCommand::TimerFired`] when it sees fit, so a pending timer never keeps
 //! a finished cell alive and a frozen cell (pending frontier) sees no time pass.
 //!
-//! Submodules: `thread` runs the cell's event loop, `helpers` implements the JS globals,
+//! Submodules: `thread` runs the cell's event loop, `state` holds what the loop and the
+//! helpers share about the running cell, `helpers` implements the JS globals,
 //! `values` converts between JS values, JSON text and error text, and `callbacks` gathers
 //! every V8 callback (imports, heap limit).
 
 mod callbacks;
 mod helpers;
 mod pool;
+mod state;
 mod thread;
 mod values;
 pub mod watchdog;

@@ -7,15 +7,11 @@
 //! and the heap limit are noticed wherever JS was running.
 
 use super::callbacks::{self, CountingAllocator, HeapGuard};
+use super::state::{CellState, StateRef};
 use super::values::{self, v8_str};
 use super::watchdog::{self, Watched};
-use super::{
-    CellCommand, CellConfig, CellControl, CellEvent, CellLimits, CellOutcome, Inbound,
-    StoredValues, ToolCallId,
-};
-use code_mode_protocol::{ContentItem, ToolDefinition};
+use super::{CellCommand, CellConfig, CellControl, CellEvent, CellOutcome, Inbound, ToolCallId};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -38,129 +34,6 @@ pub(crate) const MODULE_NAME: &str = "exec_main.mjs";
 
 /// The error text of a cell that awaits something nothing can settle.
 pub(crate) const STALLED_ERROR: &str = "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)";
-
-/// A timer armed by `setTimeout`.
-pub(crate) struct Timer {
-    pub(crate) callback: v8::Global<v8::Function>,
-    pub(crate) args: Vec<v8::Global<v8::Value>>,
-}
-
-/// The cell's mutable state, shared by the event loop and the helpers through an isolate
-/// slot. Never borrowed across a call into JS (helpers can re-enter each other).
-pub(crate) struct CellState {
-    events: tokio::sync::mpsc::Sender<CellEvent>,
-    control: Arc<CellControl>,
-    pub(crate) tools: Arc<[ToolDefinition]>,
-    pub(crate) stored: Arc<StoredValues>,
-    pub(crate) writes: StoredValues,
-    pub(crate) limits: CellLimits,
-    next_tool_call: u64,
-    pub(crate) pending_calls: HashMap<u64, v8::Global<v8::PromiseResolver>>,
-    next_timer: u64,
-    pub(crate) timers: HashMap<u64, Timer>,
-    exit_requested: bool,
-    owner_gone: bool,
-    timer_error: Option<String>,
-    /// Output bytes reported so far (text and image URLs, notifications included).
-    output_bytes: u64,
-    /// Whether the output cap was reached (its marker has been reported).
-    output_capped: bool,
-}
-
-pub(crate) type StateRef = Rc<RefCell<CellState>>;
-
-impl CellState {
-    /// Whether the cell must not take any further effect: `exit()` ran, the owner asked for
-    /// termination or went away.
-    pub(crate) fn stopped(&self) -> bool {
-        self.exit_requested || self.owner_gone || self.control.terminate_requested()
-    }
-
-    /// Reports an event unless the cell has stopped. Returns whether it was reported.
-    /// Output beyond the cell's output cap is dropped (reported as done) behind one
-    /// visible marker item.
-    pub(crate) fn emit(&mut self, event: CellEvent) -> bool {
-        if self.stopped() {
-            return false;
-        }
-        let size = match &event {
-            CellEvent::Output(ContentItem::InputText { text }) => Some(text.len()),
-            CellEvent::Output(ContentItem::InputImage { image_url, .. }) => Some(image_url.len()),
-            CellEvent::Notify(text) => Some(text.len()),
-            _ => None,
-        };
-        if let Some(size) = size {
-            if self.output_capped {
-                return true;
-            }
-            let total = self.output_bytes.saturating_add(size as u64);
-            if total > self.limits.output_bytes {
-                return self.reach_output_cap();
-            }
-            self.output_bytes = total;
-        }
-        self.send(event)
-    }
-
-    /// Marks the output cap as reached and reports its marker (once). Later output is
-    /// dropped. Returns whether the cell is still running.
-    pub(crate) fn reach_output_cap(&mut self) -> bool {
-        if self.stopped() {
-            return false;
-        }
-        if self.output_capped {
-            return true;
-        }
-        self.output_capped = true;
-        let marker = format!(
-            "[output truncated: this cell reached its output cap of {} bytes; later output is dropped]",
-            self.limits.output_bytes
-        );
-        self.send(CellEvent::Output(ContentItem::text(marker)))
-    }
-
-    /// Output bytes the cell may still produce before its cap.
-    pub(crate) fn output_room(&self) -> u64 {
-        if self.output_capped {
-            0
-        } else {
-            self.limits.output_bytes.saturating_sub(self.output_bytes)
-        }
-    }
-
-    fn send(&mut self, event: CellEvent) -> bool {
-        if self.events.blocking_send(event).is_err() {
-            // Nobody listens any more: stop running JS.
-            self.owner_gone = true;
-            if let Some(isolate) = self.control.isolate.get() {
-                isolate.terminate_execution();
-            }
-            return false;
-        }
-        true
-    }
-
-    /// Records `exit()`: from now on nothing the cell does takes effect.
-    pub(crate) fn request_exit(&mut self) {
-        self.exit_requested = true;
-    }
-
-    pub(crate) fn next_tool_call_id(&mut self) -> ToolCallId {
-        self.next_tool_call += 1;
-        ToolCallId(self.next_tool_call)
-    }
-
-    pub(crate) fn next_timer_id(&mut self) -> u64 {
-        self.next_timer += 1;
-        self.next_timer
-    }
-
-    /// Drops every V8 handle the state holds; must run before the isolate is disposed.
-    fn release_handles(&mut self) {
-        self.pending_calls.clear();
-        self.timers.clear();
-    }
-}
 
 /// An isolate and its context created ahead of the cell, with everything that does not
 /// depend on the cell set up (the helpers, the removed globals). Used for exactly one cell,
@@ -244,23 +117,11 @@ pub(super) fn run(
         Arc::clone(&control),
     );
 
-    let state: StateRef = Rc::new(RefCell::new(CellState {
-        events: events.clone(),
-        control: Arc::clone(&control),
-        tools: Arc::clone(&config.tools),
-        stored: Arc::clone(&config.stored),
-        writes: StoredValues::new(),
-        limits: config.limits,
-        next_tool_call: 0,
-        pending_calls: HashMap::new(),
-        next_timer: 0,
-        timers: HashMap::new(),
-        exit_requested: false,
-        owner_gone: false,
-        timer_error: None,
-        output_bytes: 0,
-        output_capped: false,
-    }));
+    let state: StateRef = Rc::new(RefCell::new(CellState::new(
+        events.clone(),
+        Arc::clone(&control),
+        &config,
+    )));
     isolate.set_slot(Rc::clone(&state));
 
     let outcome = {
@@ -439,11 +300,7 @@ impl Driver<'_> {
     /// Ends decided by flags, in priority order: termination by the owner, the heap limit,
     /// the CPU budget, `exit()`, an exception in a timer callback.
     fn ended_by_flags(&self) -> Option<CellOutcome> {
-        let (terminated, exited, timer_error) = {
-            let mut state = self.state.borrow_mut();
-            let terminated = state.owner_gone || state.control.terminate_requested();
-            (terminated, state.exit_requested, state.timer_error.take())
-        };
+        let (terminated, exited, timer_error) = self.state.borrow_mut().take_end_flags();
         if terminated {
             return Some(CellOutcome::Terminated);
         }
@@ -570,10 +427,7 @@ impl Driver<'_> {
             return;
         }
         let text = values::error_text(tc, exception, &|| self.state.borrow().stopped());
-        let mut state = self.state.borrow_mut();
-        if state.timer_error.is_none() {
-            state.timer_error = Some(text);
-        }
+        self.state.borrow_mut().record_timer_error(text);
     }
 }
 

@@ -1,0 +1,177 @@
+//! The per-cell state a running cell's helpers and event loop share: the cell's channel to
+//! its owner, its tools, stored values and writes, pending tool calls and timers, the stop
+//! flags (`exit()`, termination, owner gone) and the output accounting.
+//!
+//! Owned by the cell thread ([`super::thread`]), which creates it when the cell starts and
+//! puts it in an isolate slot; the helpers ([`super::helpers`]) find it there. Its own
+//! module so that neither of the two depends on the other for it.
+
+use super::{CellConfig, CellControl, CellEvent, CellLimits, StoredValues, ToolCallId};
+use code_mode_protocol::{ContentItem, ToolDefinition};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// A timer armed by `setTimeout`.
+pub(crate) struct Timer {
+    pub(crate) callback: v8::Global<v8::Function>,
+    pub(crate) args: Vec<v8::Global<v8::Value>>,
+}
+
+/// The cell's mutable state, shared by the event loop and the helpers through an isolate
+/// slot. Never borrowed across a call into JS (helpers can re-enter each other).
+pub(crate) struct CellState {
+    events: tokio::sync::mpsc::Sender<CellEvent>,
+    control: Arc<CellControl>,
+    pub(crate) tools: Arc<[ToolDefinition]>,
+    pub(crate) stored: Arc<StoredValues>,
+    pub(crate) writes: StoredValues,
+    pub(crate) limits: CellLimits,
+    next_tool_call: u64,
+    pub(crate) pending_calls: HashMap<u64, v8::Global<v8::PromiseResolver>>,
+    next_timer: u64,
+    pub(crate) timers: HashMap<u64, Timer>,
+    exit_requested: bool,
+    owner_gone: bool,
+    timer_error: Option<String>,
+    /// Output bytes reported so far (text and image URLs, notifications included).
+    output_bytes: u64,
+    /// Whether the output cap was reached (its marker has been reported).
+    output_capped: bool,
+}
+
+pub(crate) type StateRef = Rc<RefCell<CellState>>;
+
+impl CellState {
+    /// The state of a cell that is about to start.
+    pub(crate) fn new(
+        events: tokio::sync::mpsc::Sender<CellEvent>,
+        control: Arc<CellControl>,
+        config: &CellConfig,
+    ) -> Self {
+        Self {
+            events,
+            control,
+            tools: Arc::clone(&config.tools),
+            stored: Arc::clone(&config.stored),
+            writes: StoredValues::new(),
+            limits: config.limits,
+            next_tool_call: 0,
+            pending_calls: HashMap::new(),
+            next_timer: 0,
+            timers: HashMap::new(),
+            exit_requested: false,
+            owner_gone: false,
+            timer_error: None,
+            output_bytes: 0,
+            output_capped: false,
+        }
+    }
+
+    /// Whether the cell must not take any further effect: `exit()` ran, the owner asked for
+    /// termination or went away.
+    pub(crate) fn stopped(&self) -> bool {
+        self.exit_requested || self.owner_gone || self.control.terminate_requested()
+    }
+
+    /// Reports an event unless the cell has stopped. Returns whether it was reported.
+    /// Output beyond the cell's output cap is dropped (reported as done) behind one
+    /// visible marker item.
+    pub(crate) fn emit(&mut self, event: CellEvent) -> bool {
+        if self.stopped() {
+            return false;
+        }
+        let size = match &event {
+            CellEvent::Output(ContentItem::InputText { text }) => Some(text.len()),
+            CellEvent::Output(ContentItem::InputImage { image_url, .. }) => Some(image_url.len()),
+            CellEvent::Notify(text) => Some(text.len()),
+            _ => None,
+        };
+        if let Some(size) = size {
+            if self.output_capped {
+                return true;
+            }
+            let total = self.output_bytes.saturating_add(size as u64);
+            if total > self.limits.output_bytes {
+                return self.reach_output_cap();
+            }
+            self.output_bytes = total;
+        }
+        self.send(event)
+    }
+
+    /// Marks the output cap as reached and reports its marker (once). Later output is
+    /// dropped. Returns whether the cell is still running.
+    pub(crate) fn reach_output_cap(&mut self) -> bool {
+        if self.stopped() {
+            return false;
+        }
+        if self.output_capped {
+            return true;
+        }
+        self.output_capped = true;
+        let marker = format!(
+            "[output truncated: this cell reached its output cap of {} bytes; later output is dropped]",
+            self.limits.output_bytes
+        );
+        self.send(CellEvent::Output(ContentItem::text(marker)))
+    }
+
+    /// Output bytes the cell may still produce before its cap.
+    pub(crate) fn output_room(&self) -> u64 {
+        if self.output_capped {
+            0
+        } else {
+            self.limits.output_bytes.saturating_sub(self.output_bytes)
+        }
+    }
+
+    fn send(&mut self, event: CellEvent) -> bool {
+        if self.events.blocking_send(event).is_err() {
+            // Nobody listens any more: stop running JS.
+            self.owner_gone = true;
+            if let Some(isolate) = self.control.isolate.get() {
+                isolate.terminate_execution();
+            }
+            return false;
+        }
+        true
+    }
+
+    /// The flags that end a cell, for the end check: whether the owner terminated it (or
+    /// went away), whether `exit()` ran, and the first exception of a timer callback
+    /// (taken: it is reported once).
+    pub(crate) fn take_end_flags(&mut self) -> (bool, bool, Option<String>) {
+        let terminated = self.owner_gone || self.control.terminate_requested();
+        (terminated, self.exit_requested, self.timer_error.take())
+    }
+
+    /// Records the exception of a timer callback; the first one ends the cell.
+    pub(crate) fn record_timer_error(&mut self, text: String) {
+        if self.timer_error.is_none() {
+            self.timer_error = Some(text);
+        }
+    }
+
+    /// Records `exit()`: from now on nothing the cell does takes effect.
+    pub(crate) fn request_exit(&mut self) {
+        self.exit_requested = true;
+    }
+
+    pub(crate) fn next_tool_call_id(&mut self) -> ToolCallId {
+        self.next_tool_call += 1;
+        ToolCallId(self.next_tool_call)
+    }
+
+    pub(crate) fn next_timer_id(&mut self) -> u64 {
+        self.next_timer += 1;
+        self.next_timer
+    }
+
+    /// Drops every V8 handle the state holds; must run before the isolate is disposed.
+    pub(crate) fn release_handles(&mut self) {
+        self.pending_calls.clear();
+        self.timers.clear();
+    }
+}
