@@ -24,8 +24,8 @@ use code_mode_protocol::wire::{
     ServerMessage, SessionId,
 };
 use code_mode_protocol::{
-    CellResponse, CodeModeSession, ContentItem, ExecRequest, SessionOptions, StartedCell, ToolKind,
-    WaitRequest,
+    CellResponse, CodeModeSession, ContentItem, ExecRequest, SessionCall, SessionOptions,
+    SessionReply, StartedCell, ToolKind, WaitRequest,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -43,12 +43,12 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
             "exec_request_32_tools",
             ClientMessage::Request {
                 id: RequestId(7),
-                request: Request::Execute {
+                request: Request::Session {
                     session: SessionId(1),
-                    request: ExecRequest::new(
+                    call: SessionCall::Execute(ExecRequest::new(
                         "const files = await tools.mcp__bench__tool_0({ path: '.' });\ntext(files.length);",
                     )
-                    .with_tools(tools(32)),
+                    .with_tools(tools(32))),
                 },
             },
         ),
@@ -85,7 +85,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
             "completed_cell",
             ServerMessage::Response {
                 id: RequestId(7),
-                result: Ok(Response::Started(StartedCell {
+                result: Ok(Response::Reply(SessionReply::Started(StartedCell {
                     cell_id: "12".to_owned(),
                     initial_response: CellResponse::Result {
                         cell_id: "12".to_owned(),
@@ -93,7 +93,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                         error_text: None,
                         missing_cell: false,
                     },
-                })),
+                }))),
             },
         ),
     ]

@@ -9,9 +9,9 @@
 
 use crate::delegate::{DelegateCalls, RemoteDelegate};
 use code_mode::{InProcessOptions, InProcessSession};
-use code_mode_protocol::CodeModeSession;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
+use code_mode_protocol::{CodeModeSession, SessionCall};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,14 +70,8 @@ struct Connection {
 }
 
 impl Connection {
-    fn session(&self, id: SessionId) -> Result<Arc<InProcessSession>, WireError> {
-        lock(&self.sessions)
-            .get(&id)
-            .cloned()
-            .ok_or(WireError::MissingSession(id))
-    }
-
-    /// Runs one request against its session.
+    /// Runs one request: opens a session, or runs a call of one through the shared
+    /// adapter ([`SessionCall::run`]).
     async fn dispatch(self: &Arc<Self>, request: Request) -> Result<Response, WireError> {
         match request {
             Request::OpenSession { options } => {
@@ -90,34 +84,14 @@ impl Connection {
                 lock(&self.sessions).insert(id, Arc::new(session));
                 Ok(Response::SessionOpened(id))
             }
-            Request::Execute { session, request } => {
-                let session = self.session(session)?;
-                Ok(Response::Started(session.execute(request).await?))
-            }
-            Request::Wait { session, request } => {
-                let session = self.session(session)?;
-                Ok(Response::Cell(session.wait(request).await?))
-            }
-            Request::Terminate { session, cell_id } => {
-                let session = self.session(session)?;
-                Ok(Response::Cell(session.terminate(cell_id).await?))
-            }
-            Request::ExecuteToPending { session, request } => {
-                let session = self.session(session)?;
-                Ok(Response::StartedPending(
-                    session.execute_to_pending(request).await?,
-                ))
-            }
-            Request::WaitToPending { session, cell_id } => {
-                let session = self.session(session)?;
-                Ok(Response::Pending(session.wait_to_pending(cell_id).await?))
-            }
-            Request::Shutdown { session: id } => {
-                let session = lock(&self.sessions)
-                    .remove(&id)
-                    .ok_or(WireError::MissingSession(id))?;
-                session.shutdown().await;
-                Ok(Response::ShutDown)
+            Request::Session { session: id, call } => {
+                let session = if matches!(call, SessionCall::Shutdown) {
+                    lock(&self.sessions).remove(&id)
+                } else {
+                    lock(&self.sessions).get(&id).cloned()
+                };
+                let session = session.ok_or(WireError::MissingSession(id))?;
+                Ok(Response::Reply(call.run(&*session).await?))
             }
         }
     }

@@ -18,7 +18,10 @@
 use code_mode_protocol::session::until_cancelled;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
-use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, NestedToolCall, SessionError};
+use code_mode_protocol::{
+    BoxFuture, CellResponse, CodeModeSessionDelegate, FromReply, NestedToolCall, PendingOutcome,
+    SessionError, SessionReply, StartedCell, StartedPendingCell,
+};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
@@ -67,58 +70,66 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The response kind a request expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Expect {
-    SessionOpened,
-    Started,
-    Cell,
-    StartedPending,
-    Pending,
-    ShutDown,
+/// A typed answer to a request: the response of the one kind the request is answered
+/// with. The reader converts each response once, on arrival; a response of another kind is
+/// a protocol violation, so callers never match on the kind again.
+pub(crate) trait Answer: Sized + Send + 'static {
+    /// The answer, or the response back when it is of another kind.
+    fn from_response(response: Response) -> Result<Self, Response>;
 }
 
-/// The session a request is for.
-fn session_of(request: &Request) -> Option<SessionId> {
-    match request {
-        Request::OpenSession { .. } => None,
-        Request::Execute { session, .. }
-        | Request::Wait { session, .. }
-        | Request::Terminate { session, .. }
-        | Request::ExecuteToPending { session, .. }
-        | Request::WaitToPending { session, .. }
-        | Request::Shutdown { session } => Some(*session),
-    }
-}
-
-impl Expect {
-    pub(crate) fn of(request: &Request) -> Self {
-        match request {
-            Request::OpenSession { .. } => Expect::SessionOpened,
-            Request::Execute { .. } => Expect::Started,
-            Request::Wait { .. } | Request::Terminate { .. } => Expect::Cell,
-            Request::ExecuteToPending { .. } => Expect::StartedPending,
-            Request::WaitToPending { .. } => Expect::Pending,
-            Request::Shutdown { .. } => Expect::ShutDown,
+impl Answer for SessionId {
+    fn from_response(response: Response) -> Result<Self, Response> {
+        match response {
+            Response::SessionOpened(session) => Ok(session),
+            other => Err(other),
         }
     }
+}
 
-    fn matches(self, response: &Response) -> bool {
-        matches!(
-            (self, response),
-            (Expect::SessionOpened, Response::SessionOpened(_))
-                | (Expect::Started, Response::Started(_))
-                | (Expect::Cell, Response::Cell(_))
-                | (Expect::StartedPending, Response::StartedPending(_))
-                | (Expect::Pending, Response::Pending(_))
-                | (Expect::ShutDown, Response::ShutDown)
-        )
-    }
+macro_rules! reply_answer {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            impl Answer for $ty {
+                fn from_response(response: Response) -> Result<Self, Response> {
+                    match response {
+                        Response::Reply(reply) => {
+                            <$ty as FromReply>::from_reply(reply).map_err(Response::Reply)
+                        }
+                        other => Err(other),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+reply_answer!(
+    StartedCell,
+    CellResponse,
+    StartedPendingCell,
+    PendingOutcome,
+    (),
+);
+
+/// Hands a request's outcome to its caller, converted to the caller's type; gives the
+/// response back when it is of another kind.
+type Deliver = Box<dyn FnOnce(Result<Response, SessionError>) -> Result<(), Response> + Send>;
+
+/// The [`Deliver`] of a caller waiting for a `T` on `reply`.
+fn deliver_to<T: Answer>(reply: oneshot::Sender<Result<T, SessionError>>) -> Deliver {
+    Box::new(move |result| {
+        let answer = match result {
+            Ok(response) => Ok(T::from_response(response)?),
+            Err(error) => Err(error),
+        };
+        let _ = reply.send(answer);
+        Ok(())
+    })
 }
 
 struct PendingRequest {
-    reply: oneshot::Sender<Result<Response, SessionError>>,
-    expect: Expect,
+    deliver: Deliver,
     /// The session the request is for (none for `OpenSession`).
     session: Option<SessionId>,
     /// For `OpenSession`: the delegate of the session being opened.
@@ -247,18 +258,18 @@ impl Connection {
     /// Cancel safety: the request is sent during the first poll; dropping the future
     /// afterwards sends `CancelRequest`, and the runtime treats it like a dropped call in
     /// process (e.g. an `execute` still admits its cell, a `wait` consumes nothing).
-    pub(crate) async fn call(
+    pub(crate) async fn call<T: Answer>(
         self: &Arc<Self>,
         request: Request,
         opening: Option<Arc<dyn CodeModeSessionDelegate>>,
-    ) -> Result<Response, SessionError> {
+    ) -> Result<T, SessionError> {
         let (reply, answer) = oneshot::channel();
         let id = {
             let mut state = lock(&self.state);
             if self.is_lost() {
                 return Err(self.lost_error());
             }
-            register(&mut state, &request, reply, opening)
+            register(&mut state, &request, deliver_to::<T>(reply), opening)
         };
         if let Err(error) = self.outbox.send(&ClientMessage::Request { id, request }) {
             lock(&self.state).pending.remove(&id);
@@ -278,8 +289,7 @@ impl Connection {
 
     /// Sends a request whose answer nobody waits for (used when a session is dropped).
     pub(crate) fn send_detached(self: &Arc<Self>, request: Request) {
-        let (reply, _) = oneshot::channel();
-        let id = register(&mut lock(&self.state), &request, reply, None);
+        let id = register(&mut lock(&self.state), &request, Box::new(|_| Ok(())), None);
         let _ = self.outbox.send(&ClientMessage::Request { id, request });
     }
 
@@ -318,12 +328,6 @@ impl Connection {
             return Err(format!("a response to {id}, which is not in flight"));
         };
         if let Ok(response) = &result {
-            if !pending.expect.matches(response) {
-                return Err(format!(
-                    "{id} expected {:?}, got another kind of response",
-                    pending.expect
-                ));
-            }
             match response {
                 Response::SessionOpened(session) => {
                     let Some(delegate) = pending.opening.clone() else {
@@ -338,20 +342,18 @@ impl Connection {
                         return Err(format!("{session} opened twice"));
                     }
                 }
-                Response::Started(started) => {
+                Response::Reply(SessionReply::Started(started)) => {
                     mark_alive(&mut state, pending.session, &started.cell_id)?;
                 }
-                Response::StartedPending(started) => {
+                Response::Reply(SessionReply::StartedPending(started)) => {
                     mark_alive(&mut state, pending.session, &started.cell_id)?;
                 }
-                _ => {}
+                Response::Reply(_) => {}
             }
         }
         drop(state);
-        let _ = pending
-            .reply
-            .send(result.map_err(WireError::into_session_error));
-        Ok(())
+        (pending.deliver)(result.map_err(WireError::into_session_error))
+            .map_err(|_| format!("{id} was answered with a response of another kind"))
     }
 
     fn on_delegate_call(
@@ -492,9 +494,7 @@ impl Connection {
             std::mem::take(&mut *state)
         };
         for (_, pending) in state.pending {
-            let _ = pending
-                .reply
-                .send(Err(SessionError::RuntimeLost(cause.clone())));
+            let _ = (pending.deliver)(Err(SessionError::RuntimeLost(cause.clone())));
         }
         for (_, token) in state.delegate_calls {
             token.cancel();
@@ -511,15 +511,18 @@ impl Connection {
 fn register(
     state: &mut State,
     request: &Request,
-    reply: oneshot::Sender<Result<Response, SessionError>>,
+    deliver: Deliver,
     opening: Option<Arc<dyn CodeModeSessionDelegate>>,
 ) -> RequestId {
     state.last_request += 1;
     let id = RequestId(state.last_request);
+    let session = match request {
+        Request::OpenSession { .. } => None,
+        Request::Session { session, .. } => Some(*session),
+    };
     let pending = PendingRequest {
-        reply,
-        expect: Expect::of(request),
-        session: session_of(request),
+        deliver,
+        session,
         opening,
     };
     state.pending.insert(id, pending);

@@ -9,12 +9,12 @@
 //! Restarts back off, and a crash loop gives up with a clear error.
 
 use crate::binary::{BinaryNotFound, find_binary};
-use crate::connection::{Connection, HandshakeError};
+use crate::connection::{Answer, Connection, HandshakeError};
 use crate::process::{self, SpawnError};
-use code_mode_protocol::wire::{Request, Response, SessionId};
+use code_mode_protocol::wire::{Request, SessionId};
 use code_mode_protocol::{
     BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest, PendingOutcome,
-    SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
+    SessionCall, SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
 };
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -255,7 +255,10 @@ impl Drop for IpcSession {
         if let Some((connection, session)) = lock(&self.binding).take()
             && !connection.is_lost()
         {
-            connection.send_detached(Request::Shutdown { session });
+            connection.send_detached(Request::Session {
+                session,
+                call: SessionCall::Shutdown,
+            });
         }
     }
 }
@@ -294,60 +297,57 @@ impl IpcSession {
         let request = Request::OpenSession {
             options: self.options.clone(),
         };
-        let response = connection
+        let session: SessionId = connection
             .call(request, Some(Arc::clone(&self.delegate)))
             .await?;
-        let Response::SessionOpened(session) = response else {
-            return Err(unexpected());
-        };
         *lock(&self.binding) = Some((Arc::clone(&connection), session));
         Ok((connection, session))
     }
 
-    /// Runs a request on the remote session.
-    async fn call(
+    /// Runs a call on the remote session.
+    async fn call<T: Answer>(
         &self,
-        make: impl FnOnce(SessionId) -> Request,
-    ) -> Result<(Arc<Connection>, Response), SessionError> {
+        call: SessionCall,
+    ) -> Result<(Arc<Connection>, T), SessionError> {
         let (connection, session) = self.bind().await?;
-        self.call_on(connection, make(session)).await
+        self.call_on(connection, session, call).await
     }
 
-    /// Runs a request that names a cell, on the connection the cell id was translated
-    /// for. `None` when the id belongs to another runtime generation (a missing cell).
-    async fn call_on_cell(
+    /// Runs a call that names a cell, on the connection the cell id was translated for.
+    /// `None` when the id belongs to another runtime generation (a missing cell).
+    async fn call_on_cell<T: Answer>(
         &self,
         cell_id: &str,
-        make: impl FnOnce(SessionId, String) -> Request,
-    ) -> Result<Option<(Arc<Connection>, Response)>, SessionError> {
+        make: impl FnOnce(String) -> SessionCall,
+    ) -> Result<Option<(Arc<Connection>, T)>, SessionError> {
         let (connection, session) = self.bind().await?;
         let Some(runtime_id) = connection.runtime_cell_id(cell_id) else {
             return Ok(None);
         };
-        self.call_on(connection, make(session, runtime_id))
+        self.call_on(connection, session, make(runtime_id))
             .await
             .map(Some)
     }
 
-    /// Sends `request` on `connection`. A session the runtime no longer knows while this
-    /// one shuts down reports `ShuttingDown`.
-    async fn call_on(
+    /// Sends `call` for `session` on `connection`. A session the runtime no longer knows
+    /// while this one shuts down reports `ShuttingDown`.
+    async fn call_on<T: Answer>(
         &self,
         connection: Arc<Connection>,
-        request: Request,
-    ) -> Result<(Arc<Connection>, Response), SessionError> {
-        match connection.call(request, None).await {
-            Ok(response) => Ok((connection, response)),
+        session: SessionId,
+        call: SessionCall,
+    ) -> Result<(Arc<Connection>, T), SessionError> {
+        match connection
+            .call(Request::Session { session, call }, None)
+            .await
+        {
+            Ok(answer) => Ok((connection, answer)),
             Err(SessionError::Runtime(_)) if self.shutting_down.load(Ordering::SeqCst) => {
                 Err(SessionError::ShuttingDown)
             }
             Err(error) => Err(error),
         }
     }
-}
-
-fn unexpected() -> SessionError {
-    SessionError::Runtime("the runtime answered with an unexpected response kind".to_owned())
 }
 
 /// Rewrites the runtime's cell ids in a response to the ids the agent core sees.
@@ -391,12 +391,8 @@ fn external_outcome(
 impl CodeModeSession for IpcSession {
     fn execute(&self, request: ExecRequest) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
         Box::pin(async move {
-            let (connection, response) = self
-                .call(|session| Request::Execute { session, request })
-                .await?;
-            let Response::Started(started) = response else {
-                return Err(unexpected());
-            };
+            let (connection, started): (_, StartedCell) =
+                self.call(SessionCall::Execute(request)).await?;
             Ok(StartedCell {
                 cell_id: connection.external_cell_id(&started.cell_id),
                 initial_response: external_response(&connection, started.initial_response, None),
@@ -409,19 +405,15 @@ impl CodeModeSession for IpcSession {
             let asked = request.cell_id.clone();
             let yield_time_ms = request.yield_time_ms;
             let answer = self
-                .call_on_cell(&asked, |session, cell_id| Request::Wait {
-                    session,
-                    request: WaitRequest {
+                .call_on_cell(&asked, |cell_id| {
+                    SessionCall::Wait(WaitRequest {
                         cell_id,
                         yield_time_ms,
-                    },
+                    })
                 })
                 .await?;
             let Some((connection, response)) = answer else {
                 return Ok(CellResponse::missing(asked));
-            };
-            let Response::Cell(response) = response else {
-                return Err(unexpected());
             };
             Ok(external_response(&connection, response, Some(&asked)))
         })
@@ -430,16 +422,10 @@ impl CodeModeSession for IpcSession {
     fn terminate(&self, cell_id: String) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
             let answer = self
-                .call_on_cell(&cell_id, |session, cell_id| Request::Terminate {
-                    session,
-                    cell_id,
-                })
+                .call_on_cell(&cell_id, |cell_id| SessionCall::Terminate { cell_id })
                 .await?;
             let Some((connection, response)) = answer else {
                 return Ok(CellResponse::missing(cell_id));
-            };
-            let Response::Cell(response) = response else {
-                return Err(unexpected());
             };
             Ok(external_response(&connection, response, Some(&cell_id)))
         })
@@ -450,12 +436,8 @@ impl CodeModeSession for IpcSession {
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
         Box::pin(async move {
-            let (connection, response) = self
-                .call(|session| Request::ExecuteToPending { session, request })
-                .await?;
-            let Response::StartedPending(started) = response else {
-                return Err(unexpected());
-            };
+            let (connection, started): (_, StartedPendingCell) =
+                self.call(SessionCall::ExecuteToPending(request)).await?;
             Ok(StartedPendingCell {
                 cell_id: connection.external_cell_id(&started.cell_id),
                 outcome: external_outcome(&connection, started.outcome, None),
@@ -469,16 +451,10 @@ impl CodeModeSession for IpcSession {
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(async move {
             let answer = self
-                .call_on_cell(&cell_id, |session, cell_id| Request::WaitToPending {
-                    session,
-                    cell_id,
-                })
+                .call_on_cell(&cell_id, |cell_id| SessionCall::WaitToPending { cell_id })
                 .await?;
-            let Some((connection, response)) = answer else {
+            let Some((connection, outcome)) = answer else {
                 return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));
-            };
-            let Response::Pending(outcome) = response else {
-                return Err(unexpected());
             };
             Ok(external_outcome(&connection, outcome, Some(&cell_id)))
         })
@@ -494,7 +470,11 @@ impl CodeModeSession for IpcSession {
             {
                 // Cell-closed events precede the answer on the wire, so every cell has
                 // been reported closed when this returns.
-                if let Err(error) = connection.call(Request::Shutdown { session }, None).await {
+                let request = Request::Session {
+                    session,
+                    call: SessionCall::Shutdown,
+                };
+                if let Err(error) = connection.call::<()>(request, None).await {
                     tracing::warn!("shutting the remote session down failed: {error}");
                 }
                 connection.forget_session(session);

@@ -10,11 +10,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calls;
 pub mod model;
 pub mod session;
 pub mod surface;
 pub mod wire;
 
+pub use calls::{FromReply, SessionCall, SessionReply};
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
     BoxFuture, CellLimits, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest,

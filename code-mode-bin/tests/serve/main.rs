@@ -4,8 +4,8 @@
 use bytes::{BufMut, BytesMut};
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
-    CellResponse, ContentItem, ExecRequest, SessionOptions, StartedCell, ToolDefinition, ToolKind,
-    WaitRequest,
+    CellResponse, ContentItem, ExecRequest, SessionCall, SessionOptions, SessionReply, StartedCell,
+    ToolDefinition, ToolKind, WaitRequest,
 };
 use futures_util::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::prelude::*;
@@ -241,9 +241,9 @@ async fn a_whole_session_over_raw_frames() {
     "#;
     host.request(
         2,
-        Request::Execute {
+        Request::Session {
             session: SessionId(1),
-            request: ExecRequest::new(source).with_tools(tools()),
+            call: SessionCall::Execute(ExecRequest::new(source).with_tools(tools())),
         },
     )
     .await;
@@ -297,38 +297,40 @@ async fn a_whole_session_over_raw_frames() {
     .await;
     assert_eq!(
         host.response(2).await,
-        Ok(Response::Started(StartedCell {
+        Ok(Response::Reply(SessionReply::Started(StartedCell {
             cell_id: "1".into(),
             initial_response: CellResponse::Yielded {
                 cell_id: "1".into(),
                 content_items: vec![text("start"), text("echo 42")],
             },
-        }))
+        })))
     );
 
     let (block_id, call) = host.delegate_call().await;
     assert!(matches!(call, DelegateCall::InvokeTool { ref tool_name, .. } if tool_name == "block"));
     host.request(
         3,
-        Request::Wait {
+        Request::Session {
             session: SessionId(1),
-            request: WaitRequest::new("1").with_yield_time_ms(200),
+            call: SessionCall::Wait(WaitRequest::new("1").with_yield_time_ms(200)),
         },
     )
     .await;
     assert_eq!(
         host.response(3).await,
-        Ok(Response::Cell(CellResponse::Yielded {
+        Ok(Response::Reply(SessionReply::Cell(CellResponse::Yielded {
             cell_id: "1".into(),
             content_items: vec![text("after yield")],
-        }))
+        })))
     );
 
     host.request(
         4,
-        Request::Terminate {
+        Request::Session {
             session: SessionId(1),
-            cell_id: "1".into(),
+            call: SessionCall::Terminate {
+                cell_id: "1".into(),
+            },
         },
     )
     .await;
@@ -345,10 +347,12 @@ async fn a_whole_session_over_raw_frames() {
     .await;
     assert_eq!(
         host.response(4).await,
-        Ok(Response::Cell(CellResponse::Terminated {
-            cell_id: "1".into(),
-            content_items: vec![],
-        }))
+        Ok(Response::Reply(SessionReply::Cell(
+            CellResponse::Terminated {
+                cell_id: "1".into(),
+                content_items: vec![],
+            }
+        )))
     );
     let closed = host
         .next_matching(|m| matches!(m, ServerMessage::CellClosed { .. }))
@@ -370,9 +374,9 @@ async fn a_whole_session_over_raw_frames() {
     // Errors: an unknown session, an unknown cell.
     host.request(
         5,
-        Request::Wait {
+        Request::Session {
             session: SessionId(9),
-            request: WaitRequest::new("1"),
+            call: SessionCall::Wait(WaitRequest::new("1")),
         },
     )
     .await;
@@ -382,32 +386,38 @@ async fn a_whole_session_over_raw_frames() {
     );
     host.request(
         6,
-        Request::Wait {
+        Request::Session {
             session: SessionId(1),
-            request: WaitRequest::new("7"),
+            call: SessionCall::Wait(WaitRequest::new("7")),
         },
     )
     .await;
     assert_eq!(
         host.response(6).await,
-        Ok(Response::Cell(CellResponse::missing("7")))
+        Ok(Response::Reply(SessionReply::Cell(CellResponse::missing(
+            "7"
+        ))))
     );
 
     // A second session, then shutdown of the first.
     host.open_session(7, SessionId(2)).await;
     host.request(
         8,
-        Request::Shutdown {
+        Request::Session {
             session: SessionId(1),
+            call: SessionCall::Shutdown,
         },
     )
     .await;
-    assert_eq!(host.response(8).await, Ok(Response::ShutDown));
+    assert_eq!(
+        host.response(8).await,
+        Ok(Response::Reply(SessionReply::ShutDown))
+    );
     host.request(
         9,
-        Request::Execute {
+        Request::Session {
             session: SessionId(1),
-            request: ExecRequest::new("1"),
+            call: SessionCall::Execute(ExecRequest::new("1")),
         },
     )
     .await;
@@ -428,18 +438,23 @@ async fn pending_requests_can_be_cancelled_and_running_cells_die_with_the_connec
     host.open_session(1, SessionId(1)).await;
     host.request(
         2,
-        Request::Execute {
+        Request::Session {
             session: SessionId(1),
-            request: ExecRequest::new("text('spin'); while (true) {}").with_yield_time_ms(100),
+            call: SessionCall::Execute(
+                ExecRequest::new("text('spin'); while (true) {}").with_yield_time_ms(100),
+            ),
         },
     )
     .await;
-    assert!(matches!(host.response(2).await, Ok(Response::Started(_))));
+    assert!(matches!(
+        host.response(2).await,
+        Ok(Response::Reply(SessionReply::Started(_)))
+    ));
     host.request(
         3,
-        Request::Wait {
+        Request::Session {
             session: SessionId(1),
-            request: WaitRequest::new("1").with_yield_time_ms(60_000),
+            call: SessionCall::Wait(WaitRequest::new("1").with_yield_time_ms(60_000)),
         },
     )
     .await;
@@ -483,8 +498,9 @@ async fn a_request_before_the_hello_is_refused() {
     let mut host = Host::start().await;
     host.request(
         1,
-        Request::Shutdown {
+        Request::Session {
             session: SessionId(1),
+            call: SessionCall::Shutdown,
         },
     )
     .await;
@@ -533,15 +549,16 @@ async fn protocol_violations_close_the_connection() {
             },
             ClientMessage::Request {
                 id: RequestId(2),
-                request: Request::Execute {
+                request: Request::Session {
                     session: SessionId(1),
-                    request: ExecRequest::new("while (true) {}"),
+                    call: SessionCall::Execute(ExecRequest::new("while (true) {}")),
                 },
             },
             ClientMessage::Request {
                 id: RequestId(2),
-                request: Request::Shutdown {
+                request: Request::Session {
                     session: SessionId(1),
+                    call: SessionCall::Shutdown,
                 },
             },
         ],

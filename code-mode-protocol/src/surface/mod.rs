@@ -1,7 +1,7 @@
 //! The model-facing surface of code mode, independent of V8: the `exec` and `wait` tool
 //! specs, `exec`'s description with a TypeScript declaration per nested tool, the pragma
-//! parser, and the formatter that turns a cell response into the tool output the model
-//! sees (contract section 1).
+//! parser, the formatter that turns a cell response into the tool output the model sees
+//! (contract section 1), and the JSON forms of responses every JSON front end shares.
 
 pub mod declarations;
 pub mod describe;

@@ -19,11 +19,9 @@ pub mod fuzz;
 pub mod handshake;
 pub mod transport;
 
+use crate::calls::{SessionCall, SessionReply};
 use crate::model::ToolKind;
-use crate::session::{
-    CellResponse, ExecRequest, PendingOutcome, SessionError, SessionOptions, StartedCell,
-    StartedPendingCell, WaitRequest,
-};
+use crate::session::{SessionError, SessionOptions};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -84,47 +82,25 @@ pub enum ClientMessage {
     },
 }
 
-/// A session call. Each maps to one method of `CodeModeSession`.
+/// A request: open a session, or one call of an open session's methods.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     OpenSession {
         options: SessionOptions,
     },
-    Execute {
+    /// A call of the session's methods; `Shutdown` also makes the server forget it.
+    Session {
         session: SessionId,
-        request: ExecRequest,
-    },
-    Wait {
-        session: SessionId,
-        request: WaitRequest,
-    },
-    Terminate {
-        session: SessionId,
-        cell_id: String,
-    },
-    ExecuteToPending {
-        session: SessionId,
-        request: ExecRequest,
-    },
-    WaitToPending {
-        session: SessionId,
-        cell_id: String,
-    },
-    /// Shuts the session down and forgets it.
-    Shutdown {
-        session: SessionId,
+        call: SessionCall,
     },
 }
 
-/// The successful answer to a [`Request`], by request kind.
+/// The successful answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     SessionOpened(SessionId),
-    Started(StartedCell),
-    Cell(CellResponse),
-    StartedPending(StartedPendingCell),
-    Pending(PendingOutcome),
-    ShutDown,
+    /// The answer to a [`Request::Session`] call, of the call's kind.
+    Reply(SessionReply),
 }
 
 /// What the server asks of the session's delegate on the client side.

@@ -2,18 +2,21 @@
 
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
-    CellResponse, ContentItem, ExecRequest, ImageDetail, PendingOutcome, SessionOptions,
-    StartedCell, StartedPendingCell, ToolDefinition, ToolKind, WaitRequest,
+    CellResponse, ContentItem, ExecRequest, ImageDetail, PendingOutcome, SessionCall,
+    SessionOptions, SessionReply, StartedCell, StartedPendingCell, ToolDefinition, ToolKind,
+    WaitRequest,
 };
 
 pub fn execute_request() -> ClientMessage {
     ClientMessage::Request {
         id: RequestId(1),
-        request: Request::Execute {
+        request: Request::Session {
             session: SessionId(1),
-            request: ExecRequest::new(r#"text("hi")"#)
-                .with_tools(vec![ToolDefinition::new("echo", "e", ToolKind::Function)])
-                .with_yield_time_ms(10_000),
+            call: SessionCall::Execute(
+                ExecRequest::new(r#"text("hi")"#)
+                    .with_tools(vec![ToolDefinition::new("echo", "e", ToolKind::Function)])
+                    .with_yield_time_ms(10_000),
+            ),
         },
     }
 }
@@ -37,27 +40,34 @@ pub fn client_messages() -> Vec<ClientMessage> {
                 ..SessionOptions::default()
             },
         },
-        Request::Execute {
+        Request::Session {
             session,
-            request: ExecRequest::new("await tools.x()"),
+            call: SessionCall::Execute(ExecRequest::new("await tools.x()")),
         },
-        Request::Wait {
+        Request::Session {
             session,
-            request: WaitRequest::new("3").with_yield_time_ms(5),
+            call: SessionCall::Wait(WaitRequest::new("3").with_yield_time_ms(5)),
         },
-        Request::Terminate {
+        Request::Session {
             session,
-            cell_id: "3".into(),
+            call: SessionCall::Terminate {
+                cell_id: "3".into(),
+            },
         },
-        Request::ExecuteToPending {
+        Request::Session {
             session,
-            request: ExecRequest::new("1"),
+            call: SessionCall::ExecuteToPending(ExecRequest::new("1")),
         },
-        Request::WaitToPending {
+        Request::Session {
             session,
-            cell_id: "3".into(),
+            call: SessionCall::WaitToPending {
+                cell_id: "3".into(),
+            },
         },
-        Request::Shutdown { session },
+        Request::Session {
+            session,
+            call: SessionCall::Shutdown,
+        },
     ];
     let mut messages = vec![ClientMessage::Hello(ClientHello::current("test"))];
     messages.extend(requests.into_iter().enumerate().map(|(index, request)| {
@@ -85,33 +95,35 @@ pub fn client_messages() -> Vec<ClientMessage> {
 pub fn server_messages() -> Vec<ServerMessage> {
     let responses = vec![
         Response::SessionOpened(SessionId(1)),
-        Response::Started(StartedCell {
+        Response::Reply(SessionReply::Started(StartedCell {
             cell_id: "1".into(),
             initial_response: CellResponse::Yielded {
                 cell_id: "1".into(),
                 content_items: items(),
             },
-        }),
-        Response::Cell(CellResponse::Result {
+        })),
+        Response::Reply(SessionReply::Cell(CellResponse::Result {
             cell_id: "1".into(),
             content_items: items(),
             error_text: Some("Error: x".into()),
             missing_cell: false,
-        }),
-        Response::Cell(CellResponse::Terminated {
+        })),
+        Response::Reply(SessionReply::Cell(CellResponse::Terminated {
             cell_id: "1".into(),
             content_items: vec![],
-        }),
-        Response::StartedPending(StartedPendingCell {
+        })),
+        Response::Reply(SessionReply::StartedPending(StartedPendingCell {
             cell_id: "2".into(),
             outcome: PendingOutcome::Pending {
                 cell_id: "2".into(),
                 content_items: items(),
                 pending_tool_call_ids: vec!["tool-1".into(), "tool-2".into()],
             },
-        }),
-        Response::Pending(PendingOutcome::Completed(CellResponse::missing("9"))),
-        Response::ShutDown,
+        })),
+        Response::Reply(SessionReply::Pending(PendingOutcome::Completed(
+            CellResponse::missing("9"),
+        ))),
+        Response::Reply(SessionReply::ShutDown),
     ];
     let errors = vec![
         WireError::MissingSession(SessionId(3)),

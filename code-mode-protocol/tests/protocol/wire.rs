@@ -298,8 +298,9 @@ fn encodings_are_pinned() {
         ),
         (
             frame(&crate::samples::execute_request()),
-            // Request 1: Execute on session 1, source, one function tool, yield Some(10000)
-            "1c000000010101010a74657874282268692229
+            // length 29, Request 1: Session 1, call Execute: source, one function tool,
+            // yield Some(10000)
+            "1d0000000101010100 0a74657874282268692229
              01046563686f016500 01fb1027",
         ),
         (

@@ -1,0 +1,130 @@
+//! The session's methods as data: a [`SessionCall`] names one call of a
+//! [`CodeModeSession`] with its arguments, and a [`SessionReply`] is its answer.
+//!
+//! Every front end that drives sessions from messages uses this one adapter instead of a
+//! hand-written match over the methods: the runtime process (wire requests), the JSON-lines
+//! driver, and later ones (MCP). [`SessionCall::run`] is the only place that maps a call to
+//! a method; a front end only parses its own message format into a `SessionCall` and
+//! renders the `SessionReply` (the JSON forms are in [`crate::surface::json`]).
+
+use crate::session::{
+    CellResponse, CodeModeSession, ExecRequest, PendingOutcome, SessionError, StartedCell,
+    StartedPendingCell, WaitRequest,
+};
+use serde::{Deserialize, Serialize};
+
+/// One call of a session's methods. Opening a session is not one: that belongs to
+/// whatever holds the sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SessionCall {
+    Execute(ExecRequest),
+    Wait(WaitRequest),
+    Terminate {
+        cell_id: String,
+    },
+    ExecuteToPending(ExecRequest),
+    WaitToPending {
+        cell_id: String,
+    },
+    /// Shuts the session down; whoever holds it forgets it afterwards.
+    Shutdown,
+}
+
+/// The answer to a [`SessionCall`], by the call's kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SessionReply {
+    /// To `Execute`.
+    Started(StartedCell),
+    /// To `Wait` and `Terminate`.
+    Cell(CellResponse),
+    /// To `ExecuteToPending`.
+    StartedPending(StartedPendingCell),
+    /// To `WaitToPending`.
+    Pending(PendingOutcome),
+    /// To `Shutdown`.
+    ShutDown,
+}
+
+impl SessionCall {
+    /// Runs the call on `session`.
+    ///
+    /// Cancel safety: that of the session method it calls.
+    pub async fn run<S>(self, session: &S) -> Result<SessionReply, SessionError>
+    where
+        S: CodeModeSession + ?Sized,
+    {
+        Ok(match self {
+            SessionCall::Execute(request) => SessionReply::Started(session.execute(request).await?),
+            SessionCall::Wait(request) => SessionReply::Cell(session.wait(request).await?),
+            SessionCall::Terminate { cell_id } => {
+                SessionReply::Cell(session.terminate(cell_id).await?)
+            }
+            SessionCall::ExecuteToPending(request) => {
+                SessionReply::StartedPending(session.execute_to_pending(request).await?)
+            }
+            SessionCall::WaitToPending { cell_id } => {
+                SessionReply::Pending(session.wait_to_pending(cell_id).await?)
+            }
+            SessionCall::Shutdown => {
+                session.shutdown().await;
+                SessionReply::ShutDown
+            }
+        })
+    }
+
+    /// Whether `reply` is of the kind this call is answered with.
+    pub fn is_answered_by(&self, reply: &SessionReply) -> bool {
+        matches!(
+            (self, reply),
+            (SessionCall::Execute(_), SessionReply::Started(_))
+                | (
+                    SessionCall::Wait(_) | SessionCall::Terminate { .. },
+                    SessionReply::Cell(_)
+                )
+                | (
+                    SessionCall::ExecuteToPending(_),
+                    SessionReply::StartedPending(_)
+                )
+                | (SessionCall::WaitToPending { .. }, SessionReply::Pending(_))
+                | (SessionCall::Shutdown, SessionReply::ShutDown)
+        )
+    }
+}
+
+/// A typed answer: the reply of one kind, as the method's own return type. Lets a caller
+/// that knows which call it made take the answer without matching on the kind again.
+pub trait FromReply: Sized {
+    /// The answer, or the reply back when it is of another kind.
+    fn from_reply(reply: SessionReply) -> Result<Self, SessionReply>;
+}
+
+macro_rules! from_reply {
+    ($($variant:ident => $ty:ty),* $(,)?) => {
+        $(
+            impl FromReply for $ty {
+                fn from_reply(reply: SessionReply) -> Result<Self, SessionReply> {
+                    match reply {
+                        SessionReply::$variant(answer) => Ok(answer),
+                        other => Err(other),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+from_reply!(
+    Started => StartedCell,
+    Cell => CellResponse,
+    StartedPending => StartedPendingCell,
+    Pending => PendingOutcome,
+);
+
+impl FromReply for () {
+    fn from_reply(reply: SessionReply) -> Result<Self, SessionReply> {
+        match reply {
+            SessionReply::ShutDown => Ok(()),
+            other => Err(other),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The JSON forms of what sessions answer: content items, cell responses, pending outcomes
+//! and every [`SessionReply`]. One definition for every front end that speaks JSON (the
+//! CLI's `--json`, the JSON-lines driver, MCP), documented in `docs/jsonl.md`.
+
+use crate::calls::SessionReply;
+use crate::model::ContentItem;
+use crate::session::{CellResponse, PendingOutcome};
+use serde_json::{Value, json};
+
+/// `{"type": "input_text", "text": ...}` or `{"type": "input_image", "image_url": ..., "detail": ...}`.
+pub fn item_json(item: &ContentItem) -> Value {
+    match item {
+        ContentItem::InputText { text } => json!({ "type": "input_text", "text": text }),
+        ContentItem::InputImage { image_url, detail } => {
+            json!({ "type": "input_image", "image_url": image_url, "detail": detail.as_str() })
+        }
+    }
+}
+
+/// A list of items, in order.
+pub fn items_json(items: &[ContentItem]) -> Value {
+    Value::Array(items.iter().map(item_json).collect())
+}
+
+/// A response: `type` is `yielded`, `terminated` or `result`.
+pub fn response_json(response: &CellResponse) -> Value {
+    match response {
+        CellResponse::Yielded {
+            cell_id,
+            content_items,
+        } => json!({
+            "type": "yielded", "cell_id": cell_id, "content_items": items_json(content_items),
+        }),
+        CellResponse::Terminated {
+            cell_id,
+            content_items,
+        } => json!({
+            "type": "terminated", "cell_id": cell_id, "content_items": items_json(content_items),
+        }),
+        CellResponse::Result {
+            cell_id,
+            content_items,
+            error_text,
+            missing_cell,
+        } => json!({
+            "type": "result", "cell_id": cell_id, "content_items": items_json(content_items),
+            "error_text": error_text, "missing_cell": missing_cell,
+        }),
+    }
+}
+
+/// A pending-aware outcome: `type` is `pending`, or `completed` with a `response`.
+pub fn pending_json(outcome: &PendingOutcome) -> Value {
+    match outcome {
+        PendingOutcome::Pending {
+            cell_id,
+            content_items,
+            pending_tool_call_ids,
+        } => json!({
+            "type": "pending", "cell_id": cell_id, "content_items": items_json(content_items),
+            "pending_tool_call_ids": pending_tool_call_ids,
+        }),
+        PendingOutcome::Completed(response) => json!({
+            "type": "completed", "response": response_json(response),
+        }),
+    }
+}
+
+/// The answer to a session call: `{"cell_id", "response"}` for an `exec`, a response for
+/// `wait` and `terminate`, `{"cell_id", "outcome"}` for `execute_to_pending`, an outcome
+/// for `wait_to_pending`, `null` for `shutdown`.
+pub fn reply_json(reply: &SessionReply) -> Value {
+    match reply {
+        SessionReply::Started(started) => json!({
+            "cell_id": started.cell_id, "response": response_json(&started.initial_response),
+        }),
+        SessionReply::Cell(response) => response_json(response),
+        SessionReply::StartedPending(started) => json!({
+            "cell_id": started.cell_id, "outcome": pending_json(&started.outcome),
+        }),
+        SessionReply::Pending(outcome) => pending_json(outcome),
+        SessionReply::ShutDown => Value::Null,
+    }
+}
