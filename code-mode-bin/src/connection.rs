@@ -9,13 +9,14 @@
 
 use crate::delegate::{DelegateCalls, RemoteDelegate};
 use code_mode::{InProcessOptions, InProcessSession};
+use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{CodeModeSession, SessionCall};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,10 +32,6 @@ pub enum ConnectionError {
     Refused(HandshakeRejection),
     #[error("protocol violation: {0}")]
     Violation(String),
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Sends a response; one too large for a frame becomes an error response instead.

@@ -6,19 +6,16 @@
 //! delegate that outlives its connection finds it gone instead of keeping it alive.
 
 use code_mode_protocol::model::parse_json;
+use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{
     DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId,
 };
 use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, NestedToolCall};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The delegate calls of one connection that wait for the host's reply, and the outbox
 /// that calls, cancellations and cell-closed events go out through.

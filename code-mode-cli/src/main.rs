@@ -215,10 +215,15 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime_log = init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The JSON-lines driver runs on one thread, so that each session's answers and later
+    // events reach stdout in the order the session produced them (see `serve::serve`);
+    // cells run on threads of their own either way.
+    let mut builder = if matches!(cli.command, Command::Serve { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("code-mode: cannot start the async runtime: {error}");

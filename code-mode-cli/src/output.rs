@@ -1,5 +1,5 @@
-//! Printing what cells produce, and the JSON forms of responses shared by `run --json` and
-//! `serve --jsonl`.
+//! Printing what cells produce for a person (the JSON forms every front end shares are in
+//! `code_mode_protocol::surface::json`).
 //!
 //! **Terminal policy.** Text a cell produced (output, notifications, error texts, even an
 //! image's MIME type) is model-written and must never drive the user's terminal: the
@@ -9,8 +9,7 @@
 //! which JSON escapes itself.
 
 use base64::Engine;
-use code_mode_protocol::{CellResponse, ContentItem, PendingOutcome};
-use serde_json::{Value, json};
+use code_mode_protocol::ContentItem;
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,64 +35,6 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(safe)
-}
-
-/// `{"type": "input_text", "text": ...}` or `{"type": "input_image", "image_url": ..., "detail": ...}`.
-pub fn item_json(item: &ContentItem) -> Value {
-    match item {
-        ContentItem::InputText { text } => json!({ "type": "input_text", "text": text }),
-        ContentItem::InputImage { image_url, detail } => {
-            json!({ "type": "input_image", "image_url": image_url, "detail": detail.as_str() })
-        }
-    }
-}
-
-pub fn items_json(items: &[ContentItem]) -> Value {
-    Value::Array(items.iter().map(item_json).collect())
-}
-
-/// A response as JSON: `type` is `yielded`, `terminated` or `result`.
-pub fn response_json(response: &CellResponse) -> Value {
-    match response {
-        CellResponse::Yielded {
-            cell_id,
-            content_items,
-        } => json!({
-            "type": "yielded", "cell_id": cell_id, "content_items": items_json(content_items),
-        }),
-        CellResponse::Terminated {
-            cell_id,
-            content_items,
-        } => json!({
-            "type": "terminated", "cell_id": cell_id, "content_items": items_json(content_items),
-        }),
-        CellResponse::Result {
-            cell_id,
-            content_items,
-            error_text,
-            missing_cell,
-        } => json!({
-            "type": "result", "cell_id": cell_id, "content_items": items_json(content_items),
-            "error_text": error_text, "missing_cell": missing_cell,
-        }),
-    }
-}
-
-/// A pending-aware outcome as JSON: `type` is `pending`, or `completed` with a `response`.
-pub fn pending_json(outcome: &PendingOutcome) -> Value {
-    match outcome {
-        PendingOutcome::Pending {
-            cell_id,
-            content_items,
-            pending_tool_call_ids,
-        } => json!({
-            "type": "pending", "cell_id": cell_id, "content_items": items_json(content_items),
-            "pending_tool_call_ids": pending_tool_call_ids,
-        }),
-        PendingOutcome::Completed(response) => json!({
-            "type": "completed", "response": response_json(response),
-        }),
-    }
 }
 
 /// Prints items as they arrive: text as text, images as a one-line summary (saved to

@@ -1,9 +1,10 @@
 //! `code-mode run`: runs one cell, following its yields to the end, printing output as it
 //! arrives and the final status in the model's format. Ctrl-C terminates the cell.
 
-use crate::output::{Printer, items_json, response_json, terminal_safe};
+use crate::output::{Printer, terminal_safe};
 use crate::tools::{CliDelegate, ToolSet};
 use crate::{Failure, session};
+use code_mode_protocol::surface::json::{items_json, response_json};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
 use code_mode_protocol::{CellResponse, ContentItem, ExecRequest, WaitRequest};
 use serde_json::json;

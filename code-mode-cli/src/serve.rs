@@ -5,29 +5,37 @@
 //! answered by one line with the same `id` and either `result` or `error`. The server
 //! also sends events (`{"event": ...}`): tool calls the client answers with a
 //! `tool_result` message, their cancellations, notifications and closed cells.
+//!
+//! Parameters are parsed into typed structs (an error names the field); session calls run
+//! through the protocol crate's one adapter ([`SessionCall::run`]) and are answered in the
+//! shared JSON forms ([`code_mode_protocol::surface::json`]). The driver runs on a
+//! current-thread runtime, so a session's answers and its later events reach stdout in the
+//! order the session produced them (see [`serve`]).
 
 use crate::Failure;
-use crate::output::{pending_json, response_json};
 use code_mode::{InProcessOptions, InProcessSession};
 use code_mode_host::{HostConfig, IpcProvider};
+use code_mode_protocol::surface::json::reply_json;
+use code_mode_protocol::surface::{
+    ToolDescription, exec_description, exec_tool_spec, wait_tool_spec,
+};
+use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellLimits, CodeModeSession, CodeModeSessionDelegate, ExecRequest, NestedToolCall,
-    SessionError, SessionOptions, ToolDefinition, ToolKind, WaitRequest,
+    SessionCall, SessionError, SessionOptions, ToolDefinition, ToolKind, WaitRequest,
 };
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Lines on their way to stdout.
+/// Lines on their way to stdout, in the order they are sent.
 #[derive(Clone)]
 struct Out(mpsc::UnboundedSender<String>);
 
@@ -50,6 +58,10 @@ impl ErrorReply {
             message: message.into(),
         }
     }
+
+    fn to_json(&self, id: Value) -> Value {
+        json!({ "id": id, "error": { "code": self.code, "message": self.message } })
+    }
 }
 
 impl From<SessionError> for ErrorReply {
@@ -66,6 +78,205 @@ impl From<SessionError> for ErrorReply {
     }
 }
 
+/// Parses a method's parameters; the error names the field at fault (`limits.heap_bytes`).
+fn params<T: DeserializeOwned>(params: Value) -> Result<T, ErrorReply> {
+    serde_path_to_error::deserialize(params).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = if path == "." {
+            inner.to_string()
+        } else {
+            format!("`{path}`: {inner}")
+        };
+        ErrorReply::new("invalid_params", message)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenSessionParams {
+    max_yield_time_ms: Option<u64>,
+    #[serde(default)]
+    limits: LimitsParams,
+}
+
+/// Each field is optional; an absent one keeps its default.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsParams {
+    heap_bytes: Option<u64>,
+    cpu_budget_ms: Option<u64>,
+    output_bytes: Option<u64>,
+    max_in_flight_tool_calls: Option<u64>,
+    max_tool_payload_bytes: Option<u64>,
+}
+
+impl LimitsParams {
+    fn into_limits(self) -> CellLimits {
+        let defaults = CellLimits::default();
+        CellLimits {
+            heap_bytes: self.heap_bytes.unwrap_or(defaults.heap_bytes),
+            cpu_budget_ms: self.cpu_budget_ms.unwrap_or(defaults.cpu_budget_ms),
+            output_bytes: self.output_bytes.unwrap_or(defaults.output_bytes),
+            max_in_flight_tool_calls: self
+                .max_in_flight_tool_calls
+                .unwrap_or(defaults.max_in_flight_tool_calls),
+            max_tool_payload_bytes: self
+                .max_tool_payload_bytes
+                .unwrap_or(defaults.max_tool_payload_bytes),
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "lowercase")]
+enum KindParam {
+    #[default]
+    Function,
+    Freeform,
+}
+
+/// `{"name", "description"?, "kind"?, "input_schema"?, "output_schema"?}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolParams {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    kind: KindParam,
+    input_schema: Option<Value>,
+    output_schema: Option<Value>,
+}
+
+impl ToolParams {
+    fn kind(&self) -> ToolKind {
+        match self.kind {
+            KindParam::Function => ToolKind::Function,
+            KindParam::Freeform => ToolKind::Freeform,
+        }
+    }
+
+    fn definition(&self) -> ToolDefinition {
+        ToolDefinition::new(&self.name, &self.description, self.kind())
+    }
+
+    fn description(&self) -> ToolDescription {
+        ToolDescription {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            kind: self.kind(),
+            input_schema: self.input_schema.clone(),
+            output_schema: self.output_schema.clone(),
+            ..ToolDescription::default()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DescribeParams {
+    #[serde(default)]
+    tools: Vec<ToolParams>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecParams {
+    session: String,
+    source: String,
+    #[serde(default)]
+    tools: Vec<ToolParams>,
+    yield_time_ms: Option<u64>,
+}
+
+impl ExecParams {
+    fn request(&self) -> ExecRequest {
+        let tools: Vec<ToolDefinition> = self.tools.iter().map(ToolParams::definition).collect();
+        let mut request = ExecRequest::new(self.source.clone()).with_tools(tools);
+        request.yield_time_ms = self.yield_time_ms;
+        request
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitParams {
+    session: String,
+    cell_id: String,
+    yield_time_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CellParams {
+    session: String,
+    cell_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionParams {
+    session: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolResultParams {
+    call: String,
+    result: Option<Value>,
+    error: Option<String>,
+}
+
+/// A session method's parameters as the session it names and the call to run on it.
+fn session_call(method: &str, given: Value) -> Result<Option<(String, SessionCall)>, ErrorReply> {
+    Ok(Some(match method {
+        "exec" => {
+            let exec: ExecParams = params(given)?;
+            let request = exec.request();
+            (exec.session, SessionCall::Execute(request))
+        }
+        "execute_to_pending" => {
+            let exec: ExecParams = params(given)?;
+            let request = exec.request();
+            (exec.session, SessionCall::ExecuteToPending(request))
+        }
+        "wait" => {
+            let wait: WaitParams = params(given)?;
+            let mut request = WaitRequest::new(wait.cell_id);
+            request.yield_time_ms = wait.yield_time_ms;
+            (wait.session, SessionCall::Wait(request))
+        }
+        "terminate" => {
+            let cell: CellParams = params(given)?;
+            let call = SessionCall::Terminate {
+                cell_id: cell.cell_id,
+            };
+            (cell.session, call)
+        }
+        "wait_to_pending" => {
+            let cell: CellParams = params(given)?;
+            let call = SessionCall::WaitToPending {
+                cell_id: cell.cell_id,
+            };
+            (cell.session, call)
+        }
+        "shutdown" => {
+            let session: SessionParams = params(given)?;
+            (session.session, SessionCall::Shutdown)
+        }
+        _ => return Ok(None),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// The server
+// ---------------------------------------------------------------------------------------
+
 /// Tool calls waiting for the client's answer, by call id (`c1`, `c2`, ...).
 type PendingCalls = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Value, String>>>>>;
 
@@ -79,7 +290,9 @@ struct Server {
     last_call: Arc<AtomicU64>,
 }
 
-/// The delegate of a served session: tool calls and notifications become events.
+/// The delegate of a served session: tool calls and notifications become events, written
+/// before the delegate's first `.await`, so they come out in the order the session starts
+/// them.
 struct JsonlDelegate {
     session: String,
     out: Out,
@@ -137,194 +350,94 @@ impl CodeModeSessionDelegate for JsonlDelegate {
     }
 }
 
-fn string_param<'v>(params: &'v Value, name: &str) -> Result<&'v str, ErrorReply> {
-    params.get(name).and_then(Value::as_str).ok_or_else(|| {
-        ErrorReply::new("invalid_params", format!("`{name}` (a string) is required"))
-    })
-}
-
-fn optional_u64(params: &Value, name: &str) -> Result<Option<u64>, ErrorReply> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
-            ErrorReply::new(
-                "invalid_params",
-                format!("`{name}` must be a non-negative integer"),
-            )
-        }),
-    }
-}
-
-/// `limits: {"heap_bytes"?, "cpu_budget_ms"?, "output_bytes"?, "max_in_flight_tool_calls"?,
-/// "max_tool_payload_bytes"?}`; absent fields keep their defaults.
-fn cell_limits(params: &Value) -> Result<CellLimits, ErrorReply> {
-    let mut limits = CellLimits::default();
-    let Some(given) = params.get("limits") else {
-        return Ok(limits);
-    };
-    if !given.is_object() {
-        return Err(ErrorReply::new(
-            "invalid_params",
-            "`limits` must be an object",
-        ));
-    }
-    for (name, slot) in [
-        ("heap_bytes", &mut limits.heap_bytes),
-        ("cpu_budget_ms", &mut limits.cpu_budget_ms),
-        ("output_bytes", &mut limits.output_bytes),
-        (
-            "max_in_flight_tool_calls",
-            &mut limits.max_in_flight_tool_calls,
-        ),
-        ("max_tool_payload_bytes", &mut limits.max_tool_payload_bytes),
-    ] {
-        if let Some(value) = optional_u64(given, name)? {
-            *slot = value;
-        }
-    }
-    Ok(limits)
-}
-
-/// `tools: [{"name", "description"?, "kind"?: "function" | "freeform"}]`.
-fn tool_definitions(params: &Value) -> Result<Vec<ToolDefinition>, ErrorReply> {
-    let Some(tools) = params.get("tools") else {
-        return Ok(Vec::new());
-    };
-    let invalid = |message: &str| ErrorReply::new("invalid_params", message.to_owned());
-    let tools = tools
-        .as_array()
-        .ok_or_else(|| invalid("`tools` must be an array"))?;
-    tools
-        .iter()
-        .map(|tool| {
-            let name = tool
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("each tool needs a string `name`"))?;
-            let description = tool
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let kind = match tool.get("kind").and_then(Value::as_str) {
-                None | Some("function") => ToolKind::Function,
-                Some("freeform") => ToolKind::Freeform,
-                Some(_) => return Err(invalid("a tool's `kind` is `function` or `freeform`")),
-            };
-            Ok(ToolDefinition::new(name, description, kind))
-        })
-        .collect()
-}
-
-fn exec_request(params: &Value) -> Result<ExecRequest, ErrorReply> {
-    let mut request =
-        ExecRequest::new(string_param(params, "source")?).with_tools(tool_definitions(params)?);
-    request.yield_time_ms = optional_u64(params, "yield_time_ms")?;
-    Ok(request)
-}
-
 impl Server {
-    fn session(&self, params: &Value) -> Result<Arc<dyn CodeModeSession>, ErrorReply> {
-        let id = string_param(params, "session")?;
+    fn session(&self, id: &str) -> Result<Arc<dyn CodeModeSession>, ErrorReply> {
         lock(&self.sessions)
             .get(id)
             .cloned()
             .ok_or_else(|| ErrorReply::new("unknown_session", format!("no open session `{id}`")))
     }
 
-    async fn handle(&self, method: &str, params: Value) -> Result<Value, ErrorReply> {
-        match method {
-            "open_session" => {
-                let options = SessionOptions {
-                    max_yield_time_ms: optional_u64(&params, "max_yield_time_ms")?,
-                    limits: cell_limits(&params)?,
-                };
-                let id = format!("s{}", self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
-                let delegate = Arc::new(JsonlDelegate {
-                    session: id.clone(),
-                    out: self.out.clone(),
-                    calls: Arc::clone(&self.calls),
-                    last_call: Arc::clone(&self.last_call),
-                });
-                let session: Arc<dyn CodeModeSession> = match &self.provider {
-                    Some(provider) if !self.in_process => {
-                        Arc::new(provider.open_session(delegate, options))
-                    }
-                    _ => Arc::new(InProcessSession::new(
-                        delegate,
-                        InProcessOptions { session: options },
-                    )),
-                };
-                lock(&self.sessions).insert(id.clone(), session);
-                Ok(json!({ "session": id }))
+    fn open_session(&self, given: Value) -> Result<Value, ErrorReply> {
+        let given: OpenSessionParams = params(given)?;
+        let options = SessionOptions {
+            max_yield_time_ms: given.max_yield_time_ms,
+            limits: given.limits.into_limits(),
+        };
+        let id = format!("s{}", self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
+        let delegate = Arc::new(JsonlDelegate {
+            session: id.clone(),
+            out: self.out.clone(),
+            calls: Arc::clone(&self.calls),
+            last_call: Arc::clone(&self.last_call),
+        });
+        let session: Arc<dyn CodeModeSession> = match &self.provider {
+            Some(provider) if !self.in_process => {
+                Arc::new(provider.open_session(delegate, options))
             }
-            "exec" => {
-                let started = self
-                    .session(&params)?
-                    .execute(exec_request(&params)?)
-                    .await?;
-                Ok(
-                    json!({ "cell_id": started.cell_id, "response": response_json(&started.initial_response) }),
-                )
-            }
-            "wait" => {
-                let mut request = WaitRequest::new(string_param(&params, "cell_id")?);
-                request.yield_time_ms = optional_u64(&params, "yield_time_ms")?;
-                Ok(response_json(&self.session(&params)?.wait(request).await?))
-            }
-            "terminate" => {
-                let cell_id = string_param(&params, "cell_id")?.to_owned();
-                Ok(response_json(
-                    &self.session(&params)?.terminate(cell_id).await?,
-                ))
-            }
-            "execute_to_pending" => {
-                let started = self
-                    .session(&params)?
-                    .execute_to_pending(exec_request(&params)?)
-                    .await?;
-                Ok(json!({ "cell_id": started.cell_id, "outcome": pending_json(&started.outcome) }))
-            }
-            "wait_to_pending" => {
-                let cell_id = string_param(&params, "cell_id")?.to_owned();
-                Ok(pending_json(
-                    &self.session(&params)?.wait_to_pending(cell_id).await?,
-                ))
-            }
-            "shutdown" => {
-                let session = self.session(&params)?;
-                session.shutdown().await;
-                lock(&self.sessions).retain(|_, open| !Arc::ptr_eq(open, &session));
-                Ok(Value::Null)
-            }
-            other => Err(ErrorReply::new(
-                "unknown_method",
-                format!("unknown method `{other}`"),
+            _ => Arc::new(InProcessSession::new(
+                delegate,
+                InProcessOptions { session: options },
             )),
+        };
+        lock(&self.sessions).insert(id.clone(), session);
+        Ok(json!({ "session": id }))
+    }
+
+    /// The `exec` description and both tool specs for the given tools, as a model would
+    /// see them (`code-mode describe`), their input schemas rendered as declarations.
+    fn describe(given: Value) -> Result<Value, ErrorReply> {
+        let given: DescribeParams = params(given)?;
+        let tools: Vec<ToolDescription> = given.tools.iter().map(ToolParams::description).collect();
+        Ok(json!({
+            "description": exec_description(&tools),
+            "tools": [exec_tool_spec(&tools).to_json(), wait_tool_spec().to_json()],
+        }))
+    }
+
+    async fn handle(&self, method: &str, given: Value) -> Result<Value, ErrorReply> {
+        match method {
+            "open_session" => return self.open_session(given),
+            "describe" => return Self::describe(given),
+            _ => {}
         }
+        let Some((session_id, call)) = session_call(method, given)? else {
+            return Err(ErrorReply::new(
+                "unknown_method",
+                format!("unknown method `{method}`"),
+            ));
+        };
+        let session = self.session(&session_id)?;
+        let shutdown = matches!(call, SessionCall::Shutdown);
+        let reply = call.run(&*session).await?;
+        if shutdown {
+            lock(&self.sessions).remove(&session_id);
+        }
+        Ok(reply_json(&reply))
     }
 
     /// Hands a client's `tool_result` to the waiting call.
-    fn tool_result(&self, params: &Value) -> Result<(), ErrorReply> {
-        let call = string_param(params, "call")?;
-        let result = match (params.get("result"), params.get("error")) {
-            (_, Some(Value::String(error))) => Err(error.clone()),
-            (Some(result), None) => Ok(result.clone()),
-            (None, None) => Ok(Value::Null),
-            (_, Some(_)) => {
-                return Err(ErrorReply::new(
-                    "invalid_params",
-                    "`error` must be a string",
-                ));
-            }
+    fn tool_result(&self, given: Value) -> Result<(), ErrorReply> {
+        let given: ToolResultParams = params(given)?;
+        let result = match (given.result, given.error) {
+            (_, Some(error)) => Err(error),
+            (result, None) => Ok(result.unwrap_or(Value::Null)),
         };
         // Unknown calls were cancelled meanwhile (a `tool_cancelled` event is on its way).
-        if let Some(reply) = lock(&self.calls).remove(call) {
+        if let Some(reply) = lock(&self.calls).remove(&given.call) {
             let _ = reply.send(result);
         }
         Ok(())
     }
 }
 
+/// Serves JSON lines until end of input.
+///
+/// Ordering: run this on a current-thread runtime. A session hands an answer to its caller
+/// and starts the cell's later delegate events only once the caller took the answer; on
+/// one thread the request task then writes the answer before the session runs again, so a
+/// `notify` made right after `yield_control()` comes out after the `exec` answer that
+/// yielded.
 #[allow(
     clippy::print_stdout,
     reason = "the JSON-lines protocol is the CLI's stdout"
@@ -378,7 +491,9 @@ pub async fn serve(in_process: bool, runtime_log: String) -> Result<(), Failure>
         let message: Value = match serde_json::from_str(&line) {
             Ok(message) => message,
             Err(error) => {
-                server.out.send(json!({ "id": null, "error": { "code": "invalid_json", "message": error.to_string() } }));
+                server
+                    .out
+                    .send(ErrorReply::new("invalid_json", error.to_string()).to_json(Value::Null));
                 continue;
             }
         };
@@ -388,25 +503,23 @@ pub async fn serve(in_process: bool, runtime_log: String) -> Result<(), Failure>
             .and_then(Value::as_str)
             .map(str::to_owned)
         else {
-            server.out.send(json!({ "id": id, "error": { "code": "invalid_request", "message": "a message needs a string `method`" } }));
+            server.out.send(
+                ErrorReply::new("invalid_request", "a message needs a string `method`").to_json(id),
+            );
             continue;
         };
-        let params = message.get("params").cloned().unwrap_or_else(|| json!({}));
+        let given = message.get("params").cloned().unwrap_or_else(|| json!({}));
         if method == "tool_result" {
-            if let Err(error) = server.tool_result(&params) {
-                server.out.send(
-                    json!({ "id": id, "error": { "code": error.code, "message": error.message } }),
-                );
+            if let Err(error) = server.tool_result(given) {
+                server.out.send(error.to_json(id));
             }
             continue;
         }
         let server = Arc::clone(&server);
         tasks.spawn(async move {
-            let reply = match server.handle(&method, params).await {
+            let reply = match server.handle(&method, given).await {
                 Ok(result) => json!({ "id": id, "result": result }),
-                Err(error) => {
-                    json!({ "id": id, "error": { "code": error.code, "message": error.message } })
-                }
+                Err(error) => error.to_json(id),
             };
             server.out.send(reply);
         });

@@ -16,6 +16,7 @@
 //! endpoint tomorrow.
 
 use code_mode_protocol::session::until_cancelled;
+use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
@@ -24,7 +25,7 @@ use code_mode_protocol::{
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -64,10 +65,6 @@ pub enum HandshakeError {
     Unexpected(String),
     #[error("the handshake failed: {0}")]
     Frame(#[from] FrameError),
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A typed answer to a request: the response of the one kind the request is answered

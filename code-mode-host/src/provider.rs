@@ -11,6 +11,7 @@
 use crate::binary::{BinaryNotFound, find_binary};
 use crate::connection::{Answer, Connection, HandshakeError};
 use crate::process::{self, SpawnError};
+use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{Request, SessionId};
 use code_mode_protocol::{
     BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest, PendingOutcome,
@@ -19,7 +20,7 @@ use code_mode_protocol::{
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -73,10 +74,6 @@ pub enum HostError {
         window: Duration,
         last: String,
     },
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 struct Runtime {

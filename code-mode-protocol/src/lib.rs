@@ -14,6 +14,7 @@ pub mod calls;
 pub mod model;
 pub mod session;
 pub mod surface;
+pub mod sync;
 pub mod wire;
 
 pub use calls::{FromReply, SessionCall, SessionReply};

@@ -7,12 +7,13 @@
 //! its input says. A notification whose text starts with
 //! `block` waits until cancelled; any other is delivered at once.
 
+use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CodeModeSessionDelegate, NestedToolCall, ToolDefinition, ToolKind,
 };
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -55,10 +56,6 @@ pub struct TestDelegate {
     records: Mutex<Vec<Record>>,
     blocked: Mutex<HashMap<(String, String), Release>>,
     changed: Notify,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl TestDelegate {

@@ -430,6 +430,25 @@ fn serve_jsonl_accepts_lone_surrogate_escapes_in_tool_results() {
 }
 
 #[test]
+fn serve_jsonl_describes_tools_with_their_input_schemas() {
+    let mut server = JsonlServer::start();
+    let reply = server.ask(
+        r#"{"id": 1, "method": "describe", "params": {"tools": [{"name": "add", "description": "Adds two numbers.", "input_schema": {"type": "object", "required": ["a"], "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}]}}"#,
+    );
+    let description = reply["result"]["description"]
+        .as_str()
+        .expect("a description");
+    assert!(
+        description
+            .contains("  add(args: {\n    a: number;\n    b?: number;\n  }): Promise<unknown>;"),
+        "{description}"
+    );
+    assert_eq!(reply["result"]["tools"][0]["name"], "exec");
+    assert_eq!(reply["result"]["tools"][1]["name"], "wait");
+    assert!(server.finish().success());
+}
+
+#[test]
 fn serve_jsonl_answers_errors_and_keeps_going() {
     let mut server = JsonlServer::start();
     let reply = server.ask("not json");
@@ -460,7 +479,36 @@ fn serve_jsonl_answers_errors_and_keeps_going() {
     assert_eq!(reply["result"]["error_text"], "exec cell 7 not found");
     let reply = server.ask(r#"{"id": 6, "method": "exec", "params": {"session": "s1"}}"#);
     assert_eq!(reply["error"]["code"], "invalid_params");
-    assert_eq!(reply["error"]["message"], "`source` (a string) is required");
+    assert_eq!(reply["error"]["message"], "missing field `source`");
+    // Typed parameters: an error names the field at fault.
+    let reply = server.ask(
+        r#"{"id": 61, "method": "open_session", "params": {"limits": {"heap_bytes": "big"}}}"#,
+    );
+    assert_eq!(reply["error"]["code"], "invalid_params");
+    assert_eq!(
+        reply["error"]["message"],
+        "`limits.heap_bytes`: invalid type: string \"big\", expected u64"
+    );
+    let reply = server.ask(
+        r#"{"id": 62, "method": "exec", "params": {"session": "s1", "source": "1", "tools": [{"name": "t", "kind": "magic"}]}}"#,
+    );
+    assert_eq!(reply["error"]["code"], "invalid_params");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("`tools[0].kind`: unknown variant `magic`"),
+        "{reply}"
+    );
+    let reply =
+        server.ask(r#"{"id": 63, "method": "wait", "params": {"session": "s1", "cell": "1"}}"#);
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("`cell`: unknown field `cell`, expected one of `session`, `cell_id`"),
+        "{reply}"
+    );
     let reply = server.ask(
         r#"{"id": "seven", "method": "exec", "params": {"session": "s1", "source": "text('ok')"}}"#,
     );

@@ -6,6 +6,7 @@
 pub mod declarations;
 pub mod describe;
 pub mod format;
+pub mod json;
 pub mod pragma;
 pub mod specs;
 

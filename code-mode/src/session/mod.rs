@@ -14,12 +14,13 @@ mod actor;
 use crate::runtime::{CellConfig, EVENT_CHANNEL_CAPACITY, StoredValues, spawn_cell};
 use actor::{ActorRequest, CellActor, Observer};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
+use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest, PendingOutcome,
     SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
 };
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -64,10 +65,6 @@ struct Registry {
     shutting_down: bool,
     last_cell_id: u64,
     cells: HashMap<String, mpsc::Sender<ActorRequest>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
