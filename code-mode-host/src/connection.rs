@@ -15,7 +15,7 @@
 //! knows the other end only as a [`Peer`]: a child process it supervises today, a remote
 //! endpoint tomorrow.
 
-use code_mode_protocol::session::until_cancelled;
+use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
@@ -36,6 +36,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a runtime that closed its socket gets to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(1);
+
+/// How long the reader holds a session's next delegate event back for a caller that has
+/// its answer but does not take it: ordering gives way rather than stalling the reader.
+const ACK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The other end of a connection, beyond its byte stream.
 pub(crate) trait Peer: Send + Sync + 'static {
@@ -109,18 +113,27 @@ reply_answer!(
     (),
 );
 
-/// Hands a request's outcome to its caller, converted to the caller's type; gives the
-/// response back when it is of another kind.
-type Deliver = Box<dyn FnOnce(Result<Response, SessionError>) -> Result<(), Response> + Send>;
+/// Dropped by the caller once it took its answer: until then the reader holds the
+/// session's next delegate events back, so a front end sees answers and later events in
+/// the order the runtime sent them.
+struct Ack(#[allow(dead_code, reason = "signals by being dropped")] oneshot::Sender<()>);
+
+/// What a caller receives: the answer, and the acknowledgement to drop once it has it.
+type Delivered<T> = (Result<T, SessionError>, Option<Ack>);
+
+/// Hands a request's outcome (and its acknowledgement) to its caller, converted to the
+/// caller's type; gives the response back when it is of another kind.
+type Deliver =
+    Box<dyn FnOnce(Result<Response, SessionError>, Option<Ack>) -> Result<(), Response> + Send>;
 
 /// The [`Deliver`] of a caller waiting for a `T` on `reply`.
-fn deliver_to<T: Answer>(reply: oneshot::Sender<Result<T, SessionError>>) -> Deliver {
-    Box::new(move |result| {
+fn deliver_to<T: Answer>(reply: oneshot::Sender<Delivered<T>>) -> Deliver {
+    Box::new(move |result, ack| {
         let answer = match result {
             Ok(response) => Ok(T::from_response(response)?),
             Err(error) => Err(error),
         };
-        let _ = reply.send(answer);
+        let _ = reply.send((answer, ack));
         Ok(())
     })
 }
@@ -148,6 +161,8 @@ struct State {
     abandoned: HashSet<RequestId>,
     sessions: HashMap<SessionId, SessionEntry>,
     delegate_calls: HashMap<DelegateId, CancellationToken>,
+    /// Per session, answers handed to callers and not yet taken.
+    unacked: HashMap<SessionId, Vec<oneshot::Receiver<()>>>,
 }
 
 pub(crate) struct Connection {
@@ -279,14 +294,22 @@ impl Connection {
             id,
             armed: true,
         };
-        let result = answer.await.unwrap_or_else(|_| Err(self.lost_error()));
+        let (result, ack) = answer
+            .await
+            .unwrap_or_else(|_| (Err(self.lost_error()), None));
         guard.armed = false;
+        drop(ack);
         result
     }
 
     /// Sends a request whose answer nobody waits for (used when a session is dropped).
     pub(crate) fn send_detached(self: &Arc<Self>, request: Request) {
-        let id = register(&mut lock(&self.state), &request, Box::new(|_| Ok(())), None);
+        let id = register(
+            &mut lock(&self.state),
+            &request,
+            Box::new(|_, _| Ok(())),
+            None,
+        );
         let _ = self.outbox.send(&ClientMessage::Request { id, request });
     }
 
@@ -348,8 +371,16 @@ impl Connection {
                 Response::Reply(_) => {}
             }
         }
+        let ack = match (pending.session, &result) {
+            (Some(session), Ok(_)) => {
+                let (ack, taken) = oneshot::channel();
+                state.unacked.entry(session).or_default().push(taken);
+                Some(Ack(ack))
+            }
+            _ => None,
+        };
         drop(state);
-        (pending.deliver)(result.map_err(WireError::into_session_error))
+        (pending.deliver)(result.map_err(WireError::into_session_error), ack)
             .map_err(|_| format!("{id} was answered with a response of another kind"))
     }
 
@@ -384,7 +415,8 @@ impl Connection {
             delegate
         };
         let connection = Arc::clone(self);
-        tokio::spawn(async move {
+        // Polled once here, in the order the runtime sent the calls, then spawned.
+        let mut task = Box::pin(async move {
             let reply = connection.run_delegate_call(&*delegate, call, &token).await;
             let reply = reply.unwrap_or(DelegateReply::Cancelled);
             // A call of a lost connection needs no answer.
@@ -400,6 +432,9 @@ impl Connection {
                 }
             }
         });
+        if poll_once(&mut task).is_none() {
+            tokio::spawn(task);
+        }
         Ok(())
     }
 
@@ -463,6 +498,18 @@ impl Connection {
         Ok(())
     }
 
+    /// Waits (at most [`ACK_PATIENCE`] each) until the callers took the answers `session`
+    /// was given, before its next delegate event is handled.
+    async fn answers_taken(&self, session: SessionId) {
+        let waits = lock(&self.state)
+            .unacked
+            .remove(&session)
+            .unwrap_or_default();
+        for taken in waits {
+            let _ = tokio::time::timeout(ACK_PATIENCE, taken).await;
+        }
+    }
+
     /// Forgets a session once its shutdown was answered.
     pub(crate) fn forget_session(&self, session: SessionId) {
         lock(&self.state).sessions.remove(&session);
@@ -491,7 +538,7 @@ impl Connection {
             std::mem::take(&mut *state)
         };
         for (_, pending) in state.pending {
-            let _ = (pending.deliver)(Err(SessionError::RuntimeLost(cause.clone())));
+            let _ = (pending.deliver)(Err(SessionError::RuntimeLost(cause.clone())), None);
         }
         for (_, token) in state.delegate_calls {
             token.cancel();
@@ -605,6 +652,11 @@ async fn read_loop<S: AsyncRead>(
             None => break None,
             Some(Err(error)) => break Some(error.to_string()),
             Some(Ok(message)) => {
+                if let ServerMessage::Delegate { session, .. }
+                | ServerMessage::CellClosed { session, .. } = &message
+                {
+                    connection.answers_taken(*session).await;
+                }
                 if let Err(violation) = connection.handle(message) {
                     break Some(violation);
                 }

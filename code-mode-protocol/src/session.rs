@@ -34,6 +34,21 @@ pub async fn until_cancelled<F: Future>(token: &CancellationToken, future: F) ->
     }
 }
 
+/// Polls a future once, now, on the caller's task: `Some` if it finished.
+///
+/// Sessions start delegate calls with it, in the order the cell made them: the delegate's
+/// code up to its first `.await` (where delegates report a call: an event line, a frame, a
+/// record) runs in call order on the caller's task, and a future that is not done is then
+/// spawned. Nothing is lost by polling with a no-op waker first: the spawned task's first
+/// poll registers its own waker with everything the future waits on.
+pub fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match Pin::new(future).poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// Default time an observation waits before it yields, in milliseconds.
 pub const DEFAULT_YIELD_TIME_MS: u64 = 10_000;
 

@@ -63,6 +63,7 @@ macro_rules! conformance_suite {
             yield_raced_with_creation_is_kept_for_the_first_observation,
             dropping_a_session_stops_its_cells,
             lone_surrogates_in_tool_arguments_become_replacement_characters,
+            parallel_calls_reach_the_delegate_in_call_order,
         );
     };
     (@tests $provider:expr; $($name:ident),* $(,)?) => {

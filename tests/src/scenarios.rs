@@ -713,3 +713,46 @@ pub async fn lone_surrogates_in_tool_arguments_become_replacement_characters<P: 
         )]
     );
 }
+
+// Contract 6: nested tool calls and notifications reach the delegate in the order the cell
+// made them, however many run in parallel.
+pub async fn parallel_calls_reach_the_delegate_in_call_order<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = exec(
+        &session,
+        r#"
+        const calls = [];
+        for (let i = 0; i < 20; i++) {
+            calls.push(tools.echo(i));
+            if (i % 4 === 3) notify("after " + i);
+        }
+        text((await Promise.all(calls)).join(","));
+        "#,
+    )
+    .await;
+    let expected_text = (0..20).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    assert_eq!(
+        started.initial_response,
+        result("1", &[expected_text.as_str()], None)
+    );
+    let started: Vec<String> = delegate
+        .records()
+        .into_iter()
+        .filter_map(|record| match record {
+            Record::ToolStarted { call_id, input, .. } => Some(format!(
+                "{call_id}={}",
+                input.map(|input| input.to_string()).unwrap_or_default()
+            )),
+            Record::NotifyStarted { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        expected.push(format!("tool-{}={i}", i + 1));
+        if i % 4 == 3 {
+            expected.push(format!("after {i}"));
+        }
+    }
+    assert_eq!(started, expected);
+}

@@ -291,8 +291,12 @@ struct JsonlServer {
 
 impl JsonlServer {
     fn start() -> Self {
+        Self::start_with(&["serve", "--jsonl", "--in-process"])
+    }
+
+    fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--jsonl", "--in-process"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -314,6 +318,19 @@ impl JsonlServer {
                 return reply;
             }
         }
+    }
+
+    /// Sends one line without waiting for anything.
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next line, whatever it is.
+    fn next(&mut self) -> serde_json::Value {
+        let line = self.stdout.next().expect("a line").expect("a line");
+        serde_json::from_str(&line).unwrap()
     }
 
     fn finish(mut self) -> std::process::ExitStatus {
@@ -427,6 +444,44 @@ fn serve_jsonl_accepts_lone_surrogate_escapes_in_tool_results() {
         "{reply}"
     );
     assert!(server.finish().success());
+}
+
+#[test]
+fn serve_jsonl_writes_answers_and_events_in_the_order_the_session_produced_them() {
+    for args in [
+        &["serve", "--jsonl", "--in-process"][..],
+        &["serve", "--jsonl"][..],
+    ] {
+        let mut server = JsonlServer::start_with(args);
+        server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#);
+        for round in 1..=15 {
+            server.send(&format!(
+                r#"{{"id": {round}, "method": "exec", "params": {{"session": "s1", "source": "text('before'); yield_control(); notify('after yield {round}');"}}}}"#
+            ));
+            // The answer that yielded, then the notification made after the yield.
+            let mut order = Vec::new();
+            while order.len() < 2 {
+                let line = server.next();
+                if line["id"] == round {
+                    assert_eq!(line["result"]["response"]["type"], "yielded", "{line}");
+                    order.push("answer".to_owned());
+                } else if line["event"] == "notify" {
+                    order.push(line["text"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            assert_eq!(
+                order,
+                ["answer".to_owned(), format!("after yield {round}")],
+                "{args:?}, round {round}"
+            );
+            let cell_id = round.to_string();
+            let reply = server.ask(&format!(
+                r#"{{"id": "w{round}", "method": "wait", "params": {{"session": "s1", "cell_id": "{cell_id}"}}}}"#
+            ));
+            assert_eq!(reply["result"]["type"], "result", "{reply}");
+        }
+        assert!(server.finish().success());
+    }
 }
 
 #[test]

@@ -17,14 +17,20 @@
 //!   cancels in-flight calls. Termination discards the writes and cancels everything.
 //! - The cell is closed (removed, `cell_closed` called once) when its final response was
 //!   delivered, or at shutdown.
+//! - Delegate callbacks start in the order the cell made them (each is polled once on the
+//!   actor before it is spawned), and none starts while an answer the actor gave is not yet
+//!   taken by its caller ([`Answer`]'s acknowledgement): a front end sees a cell's answers
+//!   and later events in the order the cell produced them.
 
 use super::Shared;
 use crate::runtime::{
     CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallId, ToolCallRequest,
 };
-use code_mode_protocol::session::until_cancelled;
-use code_mode_protocol::{CellResponse, ContentItem, NestedToolCall, PendingOutcome, SessionError};
-use std::collections::{BTreeSet, HashMap};
+use code_mode_protocol::session::{poll_once, until_cancelled};
+use code_mode_protocol::{
+    BoxFuture, CellResponse, ContentItem, NestedToolCall, PendingOutcome, SessionError,
+};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -36,8 +42,42 @@ use tokio_util::task::TaskTracker;
 /// cancelling them.
 const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-type YieldReply = oneshot::Sender<Result<CellResponse, SessionError>>;
-type PendingReply = oneshot::Sender<Result<PendingOutcome, SessionError>>;
+/// How long the actor holds the cell's callbacks back for a caller that has an answer but
+/// does not take it (its future is not polled): ordering gives way rather than stalling
+/// the cell.
+const ACK_PATIENCE: Duration = Duration::from_secs(1);
+
+/// An answer of the actor with its acknowledgement: the caller drops the [`Ack`] once it
+/// holds the result, which lets the actor start the cell's next delegate callbacks.
+pub(crate) struct Answer<T> {
+    result: Result<T, SessionError>,
+    ack: Option<Ack>,
+}
+
+impl<T> Answer<T> {
+    fn refusal(error: SessionError) -> Self {
+        Self {
+            result: Err(error),
+            ack: None,
+        }
+    }
+
+    /// The result; the acknowledgement is given as this returns.
+    pub(crate) fn into_result(self) -> Result<T, SessionError> {
+        drop(self.ack);
+        self.result
+    }
+}
+
+/// Dropped when the caller took an answer (or will never take it).
+pub(crate) struct Ack(#[allow(dead_code, reason = "signals by being dropped")] oneshot::Sender<()>);
+
+type YieldReply = oneshot::Sender<Answer<CellResponse>>;
+type PendingReply = oneshot::Sender<Answer<PendingOutcome>>;
+pub(crate) type TerminateReply = oneshot::Sender<Answer<CellResponse>>;
+
+/// A delegate callback not started yet (an answer was not taken), with its tracker.
+type Deferred = (TaskTracker, BoxFuture<'static, ()>);
 
 /// Someone waiting on the cell.
 pub(crate) enum Observer {
@@ -69,31 +109,41 @@ impl Observer {
 
     fn refuse(self, error: SessionError) {
         match self {
-            Observer::Yielding { reply, .. } => drop(reply.send(Err(error))),
-            Observer::Pending { reply } => drop(reply.send(Err(error))),
+            Observer::Yielding { reply, .. } => drop(reply.send(Answer::refusal(error))),
+            Observer::Pending { reply } => drop(reply.send(Answer::refusal(error))),
         }
     }
 
-    /// Delivers a response; gives it back if the caller is gone.
-    fn deliver(self, response: CellResponse) -> Result<(), Option<CellResponse>> {
+    /// Delivers a response with its acknowledgement; gives the response back if the
+    /// caller is gone.
+    fn deliver(self, response: CellResponse, ack: Ack) -> Result<(), Option<CellResponse>> {
         match self {
-            Observer::Yielding { reply, .. } => reply.send(Ok(response)).map_err(Result::ok),
-            Observer::Pending { reply } => reply
-                .send(Ok(PendingOutcome::Completed(response)))
-                .map_err(|echo| match echo {
-                    Ok(PendingOutcome::Completed(response)) => Some(response),
-                    _ => None,
-                }),
+            Observer::Yielding { reply, .. } => send_answer(reply, response, ack),
+            Observer::Pending { reply } => {
+                send_answer(reply, PendingOutcome::Completed(response), ack).map_err(|echo| {
+                    match echo {
+                        Some(PendingOutcome::Completed(response)) => Some(response),
+                        _ => None,
+                    }
+                })
+            }
         }
     }
+}
+
+/// Sends a successful answer; gives the value back if the caller is gone.
+fn send_answer<T>(reply: oneshot::Sender<Answer<T>>, value: T, ack: Ack) -> Result<(), Option<T>> {
+    let answer = Answer {
+        result: Ok(value),
+        ack: Some(ack),
+    };
+    reply.send(answer).map_err(|echo| echo.result.ok())
 }
 
 /// Requests from the session to a cell actor.
 pub(crate) enum ActorRequest {
     Observe(Observer),
-    Terminate {
-        reply: oneshot::Sender<Result<CellResponse, SessionError>>,
-    },
+    Terminate { reply: TerminateReply },
 }
 
 /// Messages from the actor's own helper tasks.
@@ -132,6 +182,8 @@ enum Step {
     Request(ActorRequest),
     Internal(Internal),
     Shutdown,
+    /// The oldest answer not yet taken was taken.
+    Acked,
 }
 
 pub(crate) struct CellActor {
@@ -147,6 +199,10 @@ pub(crate) struct CellActor {
     token: CancellationToken,
     tool_tasks: TaskTracker,
     notify_tasks: TaskTracker,
+    /// Answers given and not yet taken by their callers, oldest first.
+    unacked: VecDeque<oneshot::Receiver<()>>,
+    /// Callbacks held back until every answer before them was taken, in call order.
+    deferred: VecDeque<Deferred>,
     /// Output produced and not yet returned.
     items: Vec<ContentItem>,
     /// A `yield_control()` before the first observation: the items it covers.
@@ -154,7 +210,7 @@ pub(crate) struct CellActor {
     /// Whether an observation has returned output.
     observed: bool,
     observer: Option<Observer>,
-    terminate_reply: Option<oneshot::Sender<Result<CellResponse, SessionError>>>,
+    terminate_reply: Option<TerminateReply>,
     phase: Phase,
     shutting_down: bool,
     closed: bool,
@@ -192,6 +248,8 @@ impl CellActor {
             token,
             tool_tasks: TaskTracker::new(),
             notify_tasks: TaskTracker::new(),
+            unacked: VecDeque::new(),
+            deferred: VecDeque::new(),
             items: Vec::new(),
             initial_yield: None,
             observed: false,
@@ -221,6 +279,7 @@ impl CellActor {
                 Step::Request(request) => self.on_request(request),
                 Step::Internal(message) => self.on_internal(message),
                 Step::Shutdown => self.on_shutdown(),
+                Step::Acked => self.on_acked(),
             }
         }
         self.close().await;
@@ -243,6 +302,7 @@ impl CellActor {
             Some(request) = self.requests.recv() => Step::Request(request),
             Some(message) = self.internal_rx.recv() => Step::Internal(message),
             () = root.cancelled(), if !self.shutting_down => Step::Shutdown,
+            _ = first_ack(&mut self.unacked), if !self.unacked.is_empty() => Step::Acked,
         }
     }
 
@@ -334,12 +394,22 @@ impl CellActor {
     /// Natural completion delivers pending notifications first, then cancels in-flight
     /// nested calls; termination cancels both at once. Runs beside the actor so that it
     /// keeps answering requests (`already terminating`) meanwhile.
-    fn spawn_cleanup(&self, deliver_notifications_first: bool) {
+    /// Callbacks held back behind an answer not yet taken start first, in order, once it
+    /// is taken.
+    fn spawn_cleanup(&mut self, deliver_notifications_first: bool) {
         let (tools, notifications) = (self.tool_tasks.clone(), self.notify_tasks.clone());
         let token = self.token.clone();
         let internal = self.internal_tx.clone();
         let cell_id = self.cell_id.clone();
+        let unacked = std::mem::take(&mut self.unacked);
+        let deferred = std::mem::take(&mut self.deferred);
         tokio::spawn(async move {
+            for ack in unacked {
+                let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
+            }
+            for (tracker, task) in deferred {
+                start_now(&tracker, task);
+            }
             tools.close();
             notifications.close();
             if deliver_notifications_first
@@ -365,9 +435,10 @@ impl CellActor {
         if let Some(reply) = self.terminate_reply.take() {
             let items = std::mem::take(&mut self.items);
             let response = self.final_response(decision, items);
-            match reply.send(Ok(response)) {
+            let ack = self.ack();
+            match send_answer(reply, response, ack) {
                 Ok(()) => self.closed = true,
-                Err(response) => self.restore(response.ok()),
+                Err(response) => self.restore(response),
             }
         }
         self.deliver_final();
@@ -423,7 +494,7 @@ impl CellActor {
         }
     }
 
-    fn on_terminate(&mut self, reply: oneshot::Sender<Result<CellResponse, SessionError>>) {
+    fn on_terminate(&mut self, reply: TerminateReply) {
         // Natural completion wins: take in what the cell already reported.
         while !self.runtime_done && matches!(self.phase, Phase::Running) {
             match self.events.try_recv() {
@@ -435,13 +506,15 @@ impl CellActor {
             Phase::Finished(decision) => {
                 let items = std::mem::take(&mut self.items);
                 let response = self.final_response(decision.clone(), items);
-                match reply.send(Ok(response)) {
+                let ack = self.ack();
+                match send_answer(reply, response, ack) {
                     Ok(()) => self.closed = true,
-                    Err(response) => self.restore(response.ok()),
+                    Err(response) => self.restore(response),
                 }
             }
             Phase::Terminating | Phase::CleaningUp(Final::Terminated) => {
-                let _ = reply.send(Err(SessionError::AlreadyTerminating(self.cell_id.clone())));
+                let error = SessionError::AlreadyTerminating(self.cell_id.clone());
+                let _ = reply.send(Answer::refusal(error));
             }
             // Completed naturally, still cleaning up: the completion wins, answered when
             // the cleanup is over.
@@ -487,7 +560,8 @@ impl CellActor {
             cell_id: self.cell_id.clone(),
             content_items: items,
         };
-        match observer.deliver(response) {
+        let ack = self.ack();
+        match observer.deliver(response, ack) {
             Ok(()) => self.observed = true,
             Err(response) => {
                 // A dropped observation consumes nothing, and a yield it missed before the
@@ -516,12 +590,13 @@ impl CellActor {
             content_items: std::mem::take(&mut self.items),
             pending_tool_call_ids: std::mem::take(&mut self.calls_since_frontier),
         };
-        match reply.send(Ok(outcome)) {
+        let ack = self.ack();
+        match send_answer(reply, outcome, ack) {
             Ok(()) => {
                 self.observed = true;
                 self.frozen = true;
             }
-            Err(Ok(PendingOutcome::Pending {
+            Err(Some(PendingOutcome::Pending {
                 content_items,
                 pending_tool_call_ids,
                 ..
@@ -554,7 +629,8 @@ impl CellActor {
         };
         let items = std::mem::take(&mut self.items);
         let response = self.final_response(decision, items);
-        match observer.deliver(response) {
+        let ack = self.ack();
+        match observer.deliver(response, ack) {
             Ok(()) => self.closed = true,
             Err(response) => self.restore(response),
         }
@@ -580,6 +656,32 @@ impl CellActor {
     }
 
     /// Puts the items of an undelivered response back in front of the newer ones.
+    /// A fresh acknowledgement for an answer about to be given.
+    fn ack(&mut self) -> Ack {
+        let (ack, taken) = oneshot::channel();
+        self.unacked.push_back(taken);
+        Ack(ack)
+    }
+
+    fn on_acked(&mut self) {
+        self.unacked.pop_front();
+        if !self.unacked.is_empty() {
+            return;
+        }
+        while let Some((tracker, task)) = self.deferred.pop_front() {
+            start_now(&tracker, task);
+        }
+    }
+
+    /// Starts a delegate callback now, or after the answers not yet taken.
+    fn launch(&mut self, tracker: TaskTracker, task: BoxFuture<'static, ()>) {
+        if self.unacked.is_empty() && self.deferred.is_empty() {
+            start_now(&tracker, task);
+        } else {
+            self.deferred.push_back((tracker, task));
+        }
+    }
+
     fn restore(&mut self, response: Option<CellResponse>) {
         let items = match response {
             Some(
@@ -631,7 +733,7 @@ impl CellActor {
         let delegate = Arc::clone(self.shared.delegate());
         let internal = self.internal_tx.clone();
         let id = call.id;
-        self.tool_tasks.spawn(async move {
+        let task = Box::pin(async move {
             let answer =
                 until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await;
             if let Some(result) = answer {
@@ -639,15 +741,17 @@ impl CellActor {
                 let _ = internal.send(Internal::ToolDone { id, result });
             }
         });
+        self.launch(self.tool_tasks.clone(), task);
     }
 
     fn start_notification(&mut self, text: String) {
         let token = self.token.child_token();
         let delegate = Arc::clone(self.shared.delegate());
         let cell_id = self.cell_id.clone();
-        self.notify_tasks.spawn(async move {
+        let task = Box::pin(async move {
             until_cancelled(&token, delegate.notify(cell_id, text, token.clone())).await;
         });
+        self.launch(self.notify_tasks.clone(), task);
     }
 
     fn arm_timer(&mut self, id: u64, delay: Duration) {
@@ -706,6 +810,10 @@ impl CellActor {
 
     /// Removes the cell from the session, waits for its thread, and reports it closed.
     async fn close(self) {
+        // The final answer is taken before the cell is reported closed.
+        for ack in self.unacked {
+            let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
+        }
         self.shared.forget(&self.cell_id);
         let runtime = self.runtime;
         let joined = tokio::task::spawn_blocking(move || runtime.join()).await;
@@ -713,6 +821,22 @@ impl CellActor {
             tracing::error!(cell = %self.cell_id, "joining the cell thread failed");
         }
         self.shared.delegate().cell_closed(&self.cell_id);
+    }
+}
+
+/// Polls a callback once on the actor (its delegate's code up to the first `.await` runs
+/// now, in call order) and spawns it on `tracker` unless it is already done.
+fn start_now(tracker: &TaskTracker, mut task: BoxFuture<'static, ()>) {
+    if poll_once(&mut task).is_none() {
+        tracker.spawn(task);
+    }
+}
+
+/// Resolves when the oldest answer not yet taken is taken (or will never be), or after
+/// [`ACK_PATIENCE`].
+async fn first_ack(unacked: &mut VecDeque<oneshot::Receiver<()>>) {
+    if let Some(ack) = unacked.front_mut() {
+        let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
     }
 }
 

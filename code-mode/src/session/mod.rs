@@ -12,7 +12,7 @@
 mod actor;
 
 use crate::runtime::{CellConfig, EVENT_CHANNEL_CAPACITY, StoredValues, spawn_cell};
-use actor::{ActorRequest, CellActor, Observer};
+use actor::{ActorRequest, Answer, CellActor, Observer};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -155,12 +155,12 @@ impl Shared {
     async fn ask<T>(
         &self,
         cell_id: &str,
-        request: impl FnOnce(oneshot::Sender<T>) -> ActorRequest,
-    ) -> Option<T> {
+        request: impl FnOnce(oneshot::Sender<Answer<T>>) -> ActorRequest,
+    ) -> Option<Result<T, SessionError>> {
         let actor = self.actor(cell_id)?;
         let (reply, answer) = oneshot::channel();
         actor.send(request(reply)).await.ok()?;
-        answer.await.ok()
+        answer.await.ok().map(Answer::into_result)
     }
 }
 
@@ -204,7 +204,10 @@ impl CodeModeSession for InProcessSession {
             let cell_id = self
                 .shared
                 .start_cell(request, |deadline| Observer::yielding(deadline, reply))?;
-            let initial_response = answer.await.map_err(|_| actor_lost(&cell_id))??;
+            let initial_response = answer
+                .await
+                .map_err(|_| actor_lost(&cell_id))?
+                .into_result()?;
             Ok(StartedCell {
                 cell_id,
                 initial_response,
@@ -244,7 +247,10 @@ impl CodeModeSession for InProcessSession {
             let cell_id = self
                 .shared
                 .start_cell(request, |_| Observer::pending(reply))?;
-            let outcome = answer.await.map_err(|_| actor_lost(&cell_id))??;
+            let outcome = answer
+                .await
+                .map_err(|_| actor_lost(&cell_id))?
+                .into_result()?;
             Ok(StartedPendingCell { cell_id, outcome })
         })
     }
