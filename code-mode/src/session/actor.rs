@@ -186,23 +186,8 @@ enum Step {
     Acked,
 }
 
-pub(crate) struct CellActor {
-    cell_id: String,
-    shared: Arc<Shared>,
-    runtime: CellHandle,
-    events: mpsc::Receiver<CellEvent>,
-    runtime_done: bool,
-    requests: mpsc::Receiver<ActorRequest>,
-    internal_tx: mpsc::UnboundedSender<Internal>,
-    internal_rx: mpsc::UnboundedReceiver<Internal>,
-    /// The cell's node in the token tree; every callback gets a child.
-    token: CancellationToken,
-    tool_tasks: TaskTracker,
-    notify_tasks: TaskTracker,
-    /// Answers given and not yet taken by their callers, oldest first.
-    unacked: VecDeque<oneshot::Receiver<()>>,
-    /// Callbacks held back until every answer before them was taken, in call order.
-    deferred: VecDeque<Deferred>,
+/// Output not yet returned and who waits for it (contract 3.3).
+struct Output {
     /// Output produced and not yet returned.
     items: Vec<ContentItem>,
     /// A `yield_control()` before the first observation: the items it covers.
@@ -211,18 +196,131 @@ pub(crate) struct CellActor {
     observed: bool,
     observer: Option<Observer>,
     terminate_reply: Option<TerminateReply>,
-    phase: Phase,
-    shutting_down: bool,
-    closed: bool,
-    /// Pending frontier state.
+}
+
+/// The pending frontier (contract 3.4): whether the cell is frozen, the commands held back
+/// meanwhile, the calls started since the last frontier, and whether the cell is at one.
+struct Frontier {
     frozen: bool,
     held_back: Vec<CellCommand>,
     calls_since_frontier: Vec<String>,
     commands_sent: u64,
     at_frontier: bool,
-    /// Armed timers, fired in (due time, id) order so equal delays keep creation order.
+}
+
+/// Armed timers, fired in (due time, id) order so equal delays keep creation order.
+#[derive(Default)]
+struct Timers {
     timers: BTreeSet<(Instant, u64)>,
     timer_due: HashMap<u64, Instant>,
+}
+
+/// The cell's callbacks (nested calls, notifications) and the answers they wait behind.
+struct Callbacks {
+    /// The cell's node in the token tree; every callback gets a child.
+    token: CancellationToken,
+    tool_tasks: TaskTracker,
+    notify_tasks: TaskTracker,
+    /// Answers given and not yet taken by their callers, oldest first.
+    unacked: VecDeque<oneshot::Receiver<()>>,
+    /// Callbacks held back until every answer before them was taken, in call order.
+    deferred: VecDeque<Deferred>,
+}
+
+/// Where the cell is in its life.
+struct Life {
+    phase: Phase,
+    /// The JS thread reported its end (or went away).
+    runtime_done: bool,
+    shutting_down: bool,
+    /// The actor is done; the cell is closed when the loop ends.
+    closed: bool,
+}
+
+impl Timers {
+    fn arm(&mut self, id: u64, delay: Duration) {
+        let now = Instant::now();
+        let due = now
+            .checked_add(delay)
+            .unwrap_or(now + Duration::from_secs(u32::MAX.into()));
+        self.timers.insert((due, id));
+        self.timer_due.insert(id, due);
+    }
+
+    fn cancel(&mut self, id: u64) {
+        if let Some(due) = self.timer_due.remove(&id) {
+            self.timers.remove(&(due, id));
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.timers.first().map(|(due, _)| *due)
+    }
+
+    /// The next timer due at `now`, removed from the queue.
+    fn pop_due(&mut self, now: Instant) -> Option<u64> {
+        let &(due, id) = self.timers.first()?;
+        if due > now {
+            return None;
+        }
+        self.timers.pop_first();
+        self.timer_due.remove(&id);
+        Some(id)
+    }
+}
+
+/// Which tracker a callback belongs to.
+enum Kind {
+    Tool,
+    Notification,
+}
+
+impl Callbacks {
+    /// A fresh acknowledgement for an answer about to be given.
+    fn ack(&mut self) -> Ack {
+        let (ack, taken) = oneshot::channel();
+        self.unacked.push_back(taken);
+        Ack(ack)
+    }
+
+    /// The oldest answer was taken: once all are, the held-back callbacks start in order.
+    fn on_acked(&mut self) {
+        self.unacked.pop_front();
+        if !self.unacked.is_empty() {
+            return;
+        }
+        while let Some((tracker, task)) = self.deferred.pop_front() {
+            start_now(&tracker, task);
+        }
+    }
+
+    /// Starts a delegate callback now, or after the answers not yet taken.
+    fn launch(&mut self, kind: Kind, task: BoxFuture<'static, ()>) {
+        let tracker = match kind {
+            Kind::Tool => self.tool_tasks.clone(),
+            Kind::Notification => self.notify_tasks.clone(),
+        };
+        if self.unacked.is_empty() && self.deferred.is_empty() {
+            start_now(&tracker, task);
+        } else {
+            self.deferred.push_back((tracker, task));
+        }
+    }
+}
+
+pub(crate) struct CellActor {
+    cell_id: String,
+    shared: Arc<Shared>,
+    runtime: CellHandle,
+    events: mpsc::Receiver<CellEvent>,
+    requests: mpsc::Receiver<ActorRequest>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    output: Output,
+    frontier: Frontier,
+    timers: Timers,
+    callbacks: Callbacks,
+    life: Life,
 }
 
 impl CellActor {
@@ -241,35 +339,42 @@ impl CellActor {
             shared,
             runtime,
             events,
-            runtime_done: false,
             requests,
             internal_tx,
             internal_rx,
-            token,
-            tool_tasks: TaskTracker::new(),
-            notify_tasks: TaskTracker::new(),
-            unacked: VecDeque::new(),
-            deferred: VecDeque::new(),
-            items: Vec::new(),
-            initial_yield: None,
-            observed: false,
-            observer: Some(observer),
-            terminate_reply: None,
-            phase: Phase::Running,
-            shutting_down: false,
-            closed: false,
-            frozen: false,
-            held_back: Vec::new(),
-            calls_since_frontier: Vec::new(),
-            commands_sent: 0,
-            at_frontier: false,
-            timers: BTreeSet::new(),
-            timer_due: HashMap::new(),
+            output: Output {
+                items: Vec::new(),
+                initial_yield: None,
+                observed: false,
+                observer: Some(observer),
+                terminate_reply: None,
+            },
+            frontier: Frontier {
+                frozen: false,
+                held_back: Vec::new(),
+                calls_since_frontier: Vec::new(),
+                commands_sent: 0,
+                at_frontier: false,
+            },
+            timers: Timers::default(),
+            callbacks: Callbacks {
+                token,
+                tool_tasks: TaskTracker::new(),
+                notify_tasks: TaskTracker::new(),
+                unacked: VecDeque::new(),
+                deferred: VecDeque::new(),
+            },
+            life: Life {
+                phase: Phase::Running,
+                runtime_done: false,
+                shutting_down: false,
+                closed: false,
+            },
         }
     }
 
     pub(crate) async fn run(mut self) {
-        while !self.closed {
+        while !self.life.closed {
             let step = self.next_step().await;
             match step {
                 Step::Deadline => self.on_deadline(),
@@ -279,18 +384,18 @@ impl CellActor {
                 Step::Request(request) => self.on_request(request),
                 Step::Internal(message) => self.on_internal(message),
                 Step::Shutdown => self.on_shutdown(),
-                Step::Acked => self.on_acked(),
+                Step::Acked => self.callbacks.on_acked(),
             }
         }
         self.close().await;
     }
 
     async fn next_step(&mut self) -> Step {
-        let deadline = match &self.observer {
+        let deadline = match &self.output.observer {
             Some(Observer::Yielding { deadline, .. }) => Some(*deadline),
             _ => None,
         };
-        let next_timer = self.timers.first().map(|(due, _)| *due);
+        let next_timer = self.timers.next_due();
         let root = self.shared.root().clone();
         tokio::select! {
             biased;
@@ -298,11 +403,11 @@ impl CellActor {
             // observation.
             () = sleep_until_some(deadline) => Step::Deadline,
             () = sleep_until_some(next_timer) => Step::TimersDue,
-            event = self.events.recv(), if !self.runtime_done => Step::Event(event),
+            event = self.events.recv(), if !self.life.runtime_done => Step::Event(event),
             Some(request) = self.requests.recv() => Step::Request(request),
             Some(message) = self.internal_rx.recv() => Step::Internal(message),
-            () = root.cancelled(), if !self.shutting_down => Step::Shutdown,
-            _ = first_ack(&mut self.unacked), if !self.unacked.is_empty() => Step::Acked,
+            () = root.cancelled(), if !self.life.shutting_down => Step::Shutdown,
+            _ = first_ack(&mut self.callbacks.unacked), if !self.callbacks.unacked.is_empty() => Step::Acked,
         }
     }
 
@@ -313,34 +418,32 @@ impl CellActor {
     fn on_event(&mut self, event: CellEvent) {
         match event {
             CellEvent::Started => {}
-            CellEvent::Output(item) => self.items.push(item),
+            CellEvent::Output(item) => self.output.items.push(item),
             CellEvent::YieldRequested => self.on_yield_requested(),
             CellEvent::ToolCall(call) => self.start_tool_call(call),
             CellEvent::Notify(text) => self.start_notification(text),
-            CellEvent::TimerSet { id, delay } => self.arm_timer(id, delay),
+            CellEvent::TimerSet { id, delay } => self.timers.arm(id, delay),
             CellEvent::TimerCleared { id } => {
-                if let Some(due) = self.timer_due.remove(&id) {
-                    self.timers.remove(&(due, id));
-                }
+                self.timers.cancel(id);
             }
             CellEvent::Idle { commands_applied } => {
                 // An `Idle` sent before the cell received our latest commands is stale.
-                if commands_applied == self.commands_sent {
-                    self.at_frontier = true;
+                if commands_applied == self.frontier.commands_sent {
+                    self.frontier.at_frontier = true;
                     self.respond_at_frontier();
                 }
             }
             CellEvent::Finished(outcome) => {
-                self.runtime_done = true;
+                self.life.runtime_done = true;
                 self.on_finished(outcome);
             }
         }
     }
 
     fn on_runtime_lost(&mut self) {
-        self.runtime_done = true;
+        self.life.runtime_done = true;
         tracing::error!(cell = %self.cell_id, "the cell thread stopped without reporting an outcome");
-        let outcome = match self.phase {
+        let outcome = match self.life.phase {
             Phase::Running => CellOutcome::Completed {
                 error_text: Some("exec cell stopped unexpectedly".to_owned()),
                 stored_writes: Default::default(),
@@ -351,13 +454,13 @@ impl CellActor {
     }
 
     fn on_yield_requested(&mut self) {
-        match &self.observer {
+        match &self.output.observer {
             Some(Observer::Yielding { .. }) => self.respond_yielded(None, true),
             // Pending-aware observations run to the frontier; they ignore yields.
             Some(Observer::Pending { .. }) => {}
             None => {
-                if !self.observed && self.initial_yield.is_none() {
-                    self.initial_yield = Some(self.items.len());
+                if !self.output.observed && self.output.initial_yield.is_none() {
+                    self.output.initial_yield = Some(self.output.items.len());
                 }
             }
         }
@@ -366,11 +469,10 @@ impl CellActor {
     /// The JS thread stopped for good: make the terminal decision (if termination has not
     /// made it already) and start cleaning up the callbacks.
     fn on_finished(&mut self, outcome: CellOutcome) {
-        self.timers.clear();
-        self.timer_due.clear();
-        self.frozen = false;
-        self.held_back.clear();
-        let decision = match (&self.phase, outcome) {
+        self.timers = Timers::default();
+        self.frontier.frozen = false;
+        self.frontier.held_back.clear();
+        let decision = match (&self.life.phase, outcome) {
             // Natural completion: the writes are committed in the same step as the decision.
             (
                 Phase::Running,
@@ -387,7 +489,7 @@ impl CellActor {
             (Phase::CleaningUp(_) | Phase::Finished(_), _) => return,
         };
         let natural = matches!(decision, Final::Completed(_));
-        self.phase = Phase::CleaningUp(decision);
+        self.life.phase = Phase::CleaningUp(decision);
         self.spawn_cleanup(natural);
     }
 
@@ -397,12 +499,15 @@ impl CellActor {
     /// Callbacks held back behind an answer not yet taken start first, in order, once it
     /// is taken.
     fn spawn_cleanup(&mut self, deliver_notifications_first: bool) {
-        let (tools, notifications) = (self.tool_tasks.clone(), self.notify_tasks.clone());
-        let token = self.token.clone();
+        let (tools, notifications) = (
+            self.callbacks.tool_tasks.clone(),
+            self.callbacks.notify_tasks.clone(),
+        );
+        let token = self.callbacks.token.clone();
         let internal = self.internal_tx.clone();
         let cell_id = self.cell_id.clone();
-        let unacked = std::mem::take(&mut self.unacked);
-        let deferred = std::mem::take(&mut self.deferred);
+        let unacked = std::mem::take(&mut self.callbacks.unacked);
+        let deferred = std::mem::take(&mut self.callbacks.deferred);
         tokio::spawn(async move {
             for ack in unacked {
                 let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
@@ -428,22 +533,22 @@ impl CellActor {
 
     /// Cleanup is over: the cell is finished; answer the terminate call and the observer.
     fn on_cleanup_done(&mut self) {
-        let Phase::CleaningUp(decision) = self.phase.clone() else {
+        let Phase::CleaningUp(decision) = self.life.phase.clone() else {
             return;
         };
-        self.phase = Phase::Finished(decision.clone());
-        if let Some(reply) = self.terminate_reply.take() {
-            let items = std::mem::take(&mut self.items);
+        self.life.phase = Phase::Finished(decision.clone());
+        if let Some(reply) = self.output.terminate_reply.take() {
+            let items = std::mem::take(&mut self.output.items);
             let response = self.final_response(decision, items);
-            let ack = self.ack();
+            let ack = self.callbacks.ack();
             match send_answer(reply, response, ack) {
-                Ok(()) => self.closed = true,
+                Ok(()) => self.life.closed = true,
                 Err(response) => self.restore(response),
             }
         }
         self.deliver_final();
-        if self.shutting_down {
-            self.closed = true;
+        if self.life.shutting_down {
+            self.life.closed = true;
         }
     }
 
@@ -459,34 +564,34 @@ impl CellActor {
     }
 
     fn on_observe(&mut self, observer: Observer) {
-        if let Some(current) = &self.observer
+        if let Some(current) = &self.output.observer
             && !current.is_gone()
         {
             observer.refuse(SessionError::BusyObserver(self.cell_id.clone()));
             return;
         }
         let pending_mode = matches!(observer, Observer::Pending { .. });
-        self.observer = Some(observer);
-        if pending_mode && self.observed {
+        self.output.observer = Some(observer);
+        if pending_mode && self.output.observed {
             // A pending-aware observation resumes the cell and returns at its *next*
             // frontier, never at the one it resumes from: an answer the delegate just gave
             // may still be on its way.
-            self.at_frontier = false;
+            self.frontier.at_frontier = false;
         }
         // Any observation unfreezes the cell: held-back answers and timers apply now.
-        if self.frozen {
-            self.frozen = false;
-            for command in std::mem::take(&mut self.held_back) {
+        if self.frontier.frozen {
+            self.frontier.frozen = false;
+            for command in std::mem::take(&mut self.frontier.held_back) {
                 self.send_to_cell(command);
             }
         }
-        match self.phase {
+        match self.life.phase {
             Phase::Finished(_) => self.deliver_final(),
             Phase::Terminating | Phase::CleaningUp(_) => {}
             Phase::Running if pending_mode => self.respond_at_frontier(),
             Phase::Running => {
-                if !self.observed
-                    && let Some(mark) = self.initial_yield.take()
+                if !self.output.observed
+                    && let Some(mark) = self.output.initial_yield.take()
                 {
                     self.respond_yielded(Some(mark), true);
                 }
@@ -496,19 +601,19 @@ impl CellActor {
 
     fn on_terminate(&mut self, reply: TerminateReply) {
         // Natural completion wins: take in what the cell already reported.
-        while !self.runtime_done && matches!(self.phase, Phase::Running) {
+        while !self.life.runtime_done && matches!(self.life.phase, Phase::Running) {
             match self.events.try_recv() {
                 Ok(event) => self.on_event(event),
                 Err(_) => break,
             }
         }
-        match &self.phase {
+        match &self.life.phase {
             Phase::Finished(decision) => {
-                let items = std::mem::take(&mut self.items);
+                let items = std::mem::take(&mut self.output.items);
                 let response = self.final_response(decision.clone(), items);
-                let ack = self.ack();
+                let ack = self.callbacks.ack();
                 match send_answer(reply, response, ack) {
-                    Ok(()) => self.closed = true,
+                    Ok(()) => self.life.closed = true,
                     Err(response) => self.restore(response),
                 }
             }
@@ -518,24 +623,24 @@ impl CellActor {
             }
             // Completed naturally, still cleaning up: the completion wins, answered when
             // the cleanup is over.
-            Phase::CleaningUp(Final::Completed(_)) => self.terminate_reply = Some(reply),
+            Phase::CleaningUp(Final::Completed(_)) => self.output.terminate_reply = Some(reply),
             Phase::Running => {
-                self.phase = Phase::Terminating;
-                self.terminate_reply = Some(reply);
+                self.life.phase = Phase::Terminating;
+                self.output.terminate_reply = Some(reply);
                 self.runtime.terminate();
             }
         }
     }
 
     fn on_shutdown(&mut self) {
-        self.shutting_down = true;
-        match self.phase {
+        self.life.shutting_down = true;
+        match self.life.phase {
             Phase::Running => {
-                self.phase = Phase::Terminating;
+                self.life.phase = Phase::Terminating;
                 self.runtime.terminate();
             }
             Phase::Terminating | Phase::CleaningUp(_) => {}
-            Phase::Finished(_) => self.closed = true,
+            Phase::Finished(_) => self.life.closed = true,
         }
     }
 
@@ -551,24 +656,26 @@ impl CellActor {
     /// `for_yield`: the answer is due to a `yield_control()`, which is remembered for the
     /// next observation if this one was dropped before the first observation.
     fn respond_yielded(&mut self, upto: Option<usize>, for_yield: bool) {
-        let Some(observer) = self.observer.take() else {
+        let Some(observer) = self.output.observer.take() else {
             return;
         };
-        let upto = upto.unwrap_or(self.items.len()).min(self.items.len());
-        let items: Vec<ContentItem> = self.items.drain(..upto).collect();
+        let upto = upto
+            .unwrap_or(self.output.items.len())
+            .min(self.output.items.len());
+        let items: Vec<ContentItem> = self.output.items.drain(..upto).collect();
         let response = CellResponse::Yielded {
             cell_id: self.cell_id.clone(),
             content_items: items,
         };
-        let ack = self.ack();
+        let ack = self.callbacks.ack();
         match observer.deliver(response, ack) {
-            Ok(()) => self.observed = true,
+            Ok(()) => self.output.observed = true,
             Err(response) => {
                 // A dropped observation consumes nothing, and a yield it missed before the
                 // first observation is still remembered.
                 self.restore(response);
-                if for_yield && !self.observed {
-                    self.initial_yield.get_or_insert(upto);
+                if for_yield && !self.output.observed {
+                    self.output.initial_yield.get_or_insert(upto);
                 }
             }
         }
@@ -576,25 +683,25 @@ impl CellActor {
 
     /// Answers a pending-aware observer if the cell is at a frontier.
     fn respond_at_frontier(&mut self) {
-        if !self.at_frontier || !matches!(self.phase, Phase::Running) {
+        if !self.frontier.at_frontier || !matches!(self.life.phase, Phase::Running) {
             return;
         }
-        let Some(Observer::Pending { .. }) = &self.observer else {
+        let Some(Observer::Pending { .. }) = &self.output.observer else {
             return;
         };
-        let Some(Observer::Pending { reply }) = self.observer.take() else {
+        let Some(Observer::Pending { reply }) = self.output.observer.take() else {
             return;
         };
         let outcome = PendingOutcome::Pending {
             cell_id: self.cell_id.clone(),
-            content_items: std::mem::take(&mut self.items),
-            pending_tool_call_ids: std::mem::take(&mut self.calls_since_frontier),
+            content_items: std::mem::take(&mut self.output.items),
+            pending_tool_call_ids: std::mem::take(&mut self.frontier.calls_since_frontier),
         };
-        let ack = self.ack();
+        let ack = self.callbacks.ack();
         match send_answer(reply, outcome, ack) {
             Ok(()) => {
-                self.observed = true;
-                self.frozen = true;
+                self.output.observed = true;
+                self.frontier.frozen = true;
             }
             Err(Some(PendingOutcome::Pending {
                 content_items,
@@ -603,8 +710,8 @@ impl CellActor {
             })) => {
                 self.restore_items(content_items);
                 let mut ids = pending_tool_call_ids;
-                ids.append(&mut self.calls_since_frontier);
-                self.calls_since_frontier = ids;
+                ids.append(&mut self.frontier.calls_since_frontier);
+                self.frontier.calls_since_frontier = ids;
             }
             Err(_) => {}
         }
@@ -612,26 +719,26 @@ impl CellActor {
 
     /// Answers the observer (if any) with the final response once the cell has finished.
     fn deliver_final(&mut self) {
-        let Phase::Finished(decision) = &self.phase else {
+        let Phase::Finished(decision) = &self.life.phase else {
             return;
         };
         let decision = decision.clone();
-        if matches!(self.observer, Some(Observer::Yielding { .. }))
-            && !self.observed
-            && let Some(mark) = self.initial_yield.take()
+        if matches!(self.output.observer, Some(Observer::Yielding { .. }))
+            && !self.output.observed
+            && let Some(mark) = self.output.initial_yield.take()
         {
             // The remembered yield comes first; the rest with the next observation.
             self.respond_yielded(Some(mark), true);
             return;
         }
-        let Some(observer) = self.observer.take() else {
+        let Some(observer) = self.output.observer.take() else {
             return;
         };
-        let items = std::mem::take(&mut self.items);
+        let items = std::mem::take(&mut self.output.items);
         let response = self.final_response(decision, items);
-        let ack = self.ack();
+        let ack = self.callbacks.ack();
         match observer.deliver(response, ack) {
-            Ok(()) => self.closed = true,
+            Ok(()) => self.life.closed = true,
             Err(response) => self.restore(response),
         }
     }
@@ -656,32 +763,6 @@ impl CellActor {
     }
 
     /// Puts the items of an undelivered response back in front of the newer ones.
-    /// A fresh acknowledgement for an answer about to be given.
-    fn ack(&mut self) -> Ack {
-        let (ack, taken) = oneshot::channel();
-        self.unacked.push_back(taken);
-        Ack(ack)
-    }
-
-    fn on_acked(&mut self) {
-        self.unacked.pop_front();
-        if !self.unacked.is_empty() {
-            return;
-        }
-        while let Some((tracker, task)) = self.deferred.pop_front() {
-            start_now(&tracker, task);
-        }
-    }
-
-    /// Starts a delegate callback now, or after the answers not yet taken.
-    fn launch(&mut self, tracker: TaskTracker, task: BoxFuture<'static, ()>) {
-        if self.unacked.is_empty() && self.deferred.is_empty() {
-            start_now(&tracker, task);
-        } else {
-            self.deferred.push_back((tracker, task));
-        }
-    }
-
     fn restore(&mut self, response: Option<CellResponse>) {
         let items = match response {
             Some(
@@ -695,8 +776,8 @@ impl CellActor {
     }
 
     fn restore_items(&mut self, mut items: Vec<ContentItem>) {
-        items.append(&mut self.items);
-        self.items = items;
+        items.append(&mut self.output.items);
+        self.output.items = items;
     }
 
     // -----------------------------------------------------------------------------------
@@ -705,7 +786,7 @@ impl CellActor {
 
     fn start_tool_call(&mut self, call: ToolCallRequest) {
         let call_id = call.id.to_string();
-        self.calls_since_frontier.push(call_id.clone());
+        self.frontier.calls_since_frontier.push(call_id.clone());
         let input = match call
             .input
             .as_deref()
@@ -729,7 +810,7 @@ impl CellActor {
             kind: call.kind,
             input,
         };
-        let token = self.token.child_token();
+        let token = self.callbacks.token.child_token();
         let delegate = Arc::clone(self.shared.delegate());
         let internal = self.internal_tx.clone();
         let id = call.id;
@@ -741,37 +822,22 @@ impl CellActor {
                 let _ = internal.send(Internal::ToolDone { id, result });
             }
         });
-        self.launch(self.tool_tasks.clone(), task);
+        self.callbacks.launch(Kind::Tool, task);
     }
 
     fn start_notification(&mut self, text: String) {
-        let token = self.token.child_token();
+        let token = self.callbacks.token.child_token();
         let delegate = Arc::clone(self.shared.delegate());
         let cell_id = self.cell_id.clone();
         let task = Box::pin(async move {
             until_cancelled(&token, delegate.notify(cell_id, text, token.clone())).await;
         });
-        self.launch(self.notify_tasks.clone(), task);
-    }
-
-    fn arm_timer(&mut self, id: u64, delay: Duration) {
-        let now = Instant::now();
-        let due = now
-            .checked_add(delay)
-            .unwrap_or(now + Duration::from_secs(u32::MAX.into()));
-        self.timers.insert((due, id));
-        self.timer_due.insert(id, due);
+        self.callbacks.launch(Kind::Notification, task);
     }
 
     /// Fires every timer that is due, in order; frozen cells get them later.
     fn fire_due_timers(&mut self) {
-        let now = Instant::now();
-        while let Some(&(due, id)) = self.timers.first() {
-            if due > now {
-                break;
-            }
-            self.timers.pop_first();
-            self.timer_due.remove(&id);
+        while let Some(id) = self.timers.pop_due(Instant::now()) {
             self.route(CellCommand::TimerFired { id });
         }
     }
@@ -782,7 +848,7 @@ impl CellActor {
             return;
         }
         // Answers are never applied after the cell ended or while it is being terminated.
-        if !matches!(self.phase, Phase::Running) {
+        if !matches!(self.life.phase, Phase::Running) {
             return;
         }
         if let Internal::ToolDone { id, result } = message {
@@ -792,26 +858,26 @@ impl CellActor {
 
     /// Sends a command to the cell, or holds it back while the cell is frozen.
     fn route(&mut self, command: CellCommand) {
-        if !matches!(self.phase, Phase::Running) {
+        if !matches!(self.life.phase, Phase::Running) {
             return;
         }
-        if self.frozen {
-            self.held_back.push(command);
+        if self.frontier.frozen {
+            self.frontier.held_back.push(command);
         } else {
             self.send_to_cell(command);
         }
     }
 
     fn send_to_cell(&mut self, command: CellCommand) {
-        self.commands_sent += 1;
-        self.at_frontier = false;
+        self.frontier.commands_sent += 1;
+        self.frontier.at_frontier = false;
         self.runtime.send(command);
     }
 
     /// Removes the cell from the session, waits for its thread, and reports it closed.
     async fn close(self) {
         // The final answer is taken before the cell is reported closed.
-        for ack in self.unacked {
+        for ack in self.callbacks.unacked {
             let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
         }
         self.shared.forget(&self.cell_id);
