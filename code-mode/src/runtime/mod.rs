@@ -19,6 +19,7 @@ mod helpers;
 mod pool;
 mod state;
 mod thread;
+mod typescript;
 mod values;
 pub mod watchdog;
 

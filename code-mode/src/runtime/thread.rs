@@ -8,6 +8,7 @@
 
 use super::callbacks::{self, CountingAllocator, HeapGuard};
 use super::state::{CellState, StateRef};
+use super::typescript;
 use super::values::{self, v8_str};
 use super::watchdog::{self, Watched};
 use super::{CellCommand, CellConfig, CellControl, CellEvent, CellOutcome, Inbound, ToolCallId};
@@ -31,6 +32,10 @@ const SPIN_FOR_ANSWER: Duration = Duration::from_micros(60);
 
 /// The module name cells run under; it appears in stack traces.
 pub(crate) const MODULE_NAME: &str = "exec_main.mjs";
+
+/// The largest cell source, in bytes, for the compiler and the TypeScript stripper alike.
+/// Far beyond any script a model writes; it bounds what a hostile source costs to parse.
+pub(crate) const MAX_SOURCE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The error text of a cell that awaits something nothing can settle.
 pub(crate) const STALLED_ERROR: &str = "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)";
@@ -237,24 +242,22 @@ impl Driver<'_> {
         source: &str,
     ) -> Result<v8::Local<'s, v8::Promise>, CellOutcome> {
         v8::tc_scope!(let tc, scope);
-        let source = v8_str(tc, source);
-        let name = v8_str(tc, MODULE_NAME);
-        let origin = v8::ScriptOrigin::new(
-            tc,
-            name.into(),
-            0,
-            0,
-            false,
-            0,
-            None,
-            false,
-            false,
-            true,
-            None,
-        );
-        let mut source = v8::script_compiler::Source::new(source, Some(&origin));
-        let Some(module) = v8::script_compiler::compile_module(tc, &mut source) else {
-            return Err(self.exception_outcome(tc));
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(self.completed(Some(format!(
+                "SyntaxError: the script is {} bytes, more than the limit of {MAX_SOURCE_BYTES} bytes",
+                source.len()
+            ))));
+        }
+        let module = match compile(tc, source) {
+            Some(module) => module,
+            None => {
+                let stripped = self.typescript_source(tc, source)?;
+                tc.reset();
+                match compile(tc, &stripped) {
+                    Some(module) => module,
+                    None => return Err(self.exception_outcome(tc)),
+                }
+            }
         };
         if module.instantiate_module(tc, callbacks::resolve_module) != Some(true) {
             return Err(self.exception_outcome(tc));
@@ -270,6 +273,42 @@ impl Driver<'_> {
             }
             // Modules evaluate to a promise; anything else means it already completed.
             Err(_) => Err(self.completed(None)),
+        }
+    }
+
+    /// The source to compile after V8 refused `source` as JavaScript: its TypeScript types
+    /// stripped (`typescript.rs`). V8's own error stands when the source is no TypeScript
+    /// either, unless the stripper found an error further on (V8 stopped at a type
+    /// annotation before it).
+    fn typescript_source(
+        &self,
+        tc: &mut v8::PinnedRef<'_, v8::TryCatch<'_, '_, v8::HandleScope<'_>>>,
+        source: &str,
+    ) -> Result<String, CellOutcome> {
+        // Just past the token V8 stopped at: an error swc finds there or before is the
+        // same error, and V8's words stand.
+        let v8_position = tc.message().map(|message| typescript::Position {
+            line: message.get_line_number(tc).unwrap_or(0),
+            column: message.get_end_column() + 1,
+        });
+        let is_syntax_error = tc.exception().is_some_and(|exception| {
+            values::exception_message(tc, exception).starts_with("SyntaxError")
+        });
+        if !is_syntax_error {
+            return Err(self.exception_outcome(tc));
+        }
+        let v8_error = self.exception_outcome(tc);
+        match typescript::strip(source) {
+            Ok(stripped) if stripped != source => Ok(stripped),
+            Ok(_) => Err(v8_error),
+            Err(typescript::StripError::Refused(text)) => Err(self.completed(Some(text))),
+            Err(typescript::StripError::Syntax { message, position })
+                if position.is_some() && position > v8_position =>
+            {
+                let text = typescript::syntax_error_text(&message, position);
+                Err(self.completed(Some(text)))
+            }
+            Err(typescript::StripError::Syntax { .. }) => Err(v8_error),
         }
     }
 
@@ -452,6 +491,27 @@ pub(crate) fn resolve_plain(
         }
     }
     resolver.resolve(scope, value);
+}
+
+/// Compiles `source` as the cell's module; `None` with the exception in `tc`.
+fn compile<'s>(scope: &v8::PinScope<'s, '_>, source: &str) -> Option<v8::Local<'s, v8::Module>> {
+    let source = v8_str(scope, source);
+    let name = v8_str(scope, MODULE_NAME);
+    let origin = v8::ScriptOrigin::new(
+        scope,
+        name.into(),
+        0,
+        0,
+        false,
+        0,
+        None,
+        false,
+        false,
+        true,
+        None,
+    );
+    let mut source = v8::script_compiler::Source::new(source, Some(&origin));
+    v8::script_compiler::compile_module(scope, &mut source)
 }
 
 /// Runs V8's pending foreground tasks for this isolate (GC and compilation follow-ups).

@@ -8,3 +8,4 @@ mod limits;
 mod output;
 mod state;
 mod tools;
+mod typescript;
