@@ -64,6 +64,7 @@ macro_rules! conformance_suite {
             dropping_a_session_stops_its_cells,
             lone_surrogates_in_tool_arguments_become_replacement_characters,
             parallel_calls_reach_the_delegate_in_call_order,
+            typescript_cells_run_with_their_own_positions,
         );
     };
     (@tests $provider:expr; $($name:ident),* $(,)?) => {

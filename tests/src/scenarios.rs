@@ -756,3 +756,34 @@ pub async fn parallel_calls_reach_the_delegate_in_call_order<P: Provider>(provid
     }
     assert_eq!(started, expected);
 }
+
+// TypeScript cells (`docs/CONTRACT.md` section 2): types are stripped, positions are the
+// model's own, and constructs that need a transform are refused with their position.
+pub async fn typescript_cells_run_with_their_own_positions<P: Provider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    let started = exec(
+        &session,
+        "interface Row { id: number; label?: string }\nconst rows: Row[] = [{ id: 1 }, { id: 2, label: \"two\" }];\nconst ids = rows.map((row: Row): number => row.id) satisfies number[];\nconst echoed = (await tools.echo({ ids })) as { ids: number[] };\ntext(echoed.ids.join(\"+\"));\nstore(\"last\", rows.at(-1)!.label!);",
+    )
+    .await;
+    assert_eq!(started.initial_response, result("1", &["1+2"], None));
+    assert_eq!(loads(&session, &["last"]).await, [r#""two""#]);
+
+    let started = exec(
+        &session,
+        "type Reason = string;\n\n\nfunction fail(reason: Reason): never {\n  throw new Error(reason);\n}\nfail(\"on line 7\");",
+    )
+    .await;
+    let error = started.initial_response.error_text().unwrap_or_default();
+    assert!(
+        error.starts_with("Error: on line 7\n    at fail (exec_main.mjs:5:9)\n    at exec_main.mjs:7:1"),
+        "{error}"
+    );
+
+    let started = exec(&session, "const ok = true;\nenum Mode { Fast }").await;
+    let error = started.initial_response.error_text().unwrap_or_default();
+    assert!(
+        error.starts_with("SyntaxError: a TypeScript `enum` at line 2, column 1 is not supported"),
+        "{error}"
+    );
+}

@@ -75,6 +75,11 @@ impl Outcome {
 
 use Outcome::*;
 
+/// A generated source that lives as long as the corpus.
+fn leak(source: String) -> &'static str {
+    Box::leak(source.into_boxed_str())
+}
+
 fn corpus() -> Vec<(&'static str, &'static str, Outcome)> {
     vec![
         // CPU and termination
@@ -335,6 +340,31 @@ fn corpus() -> Vec<(&'static str, &'static str, Outcome)> {
             "35 store and load convert keys with ToString",
             "store(42, 'v'); text(load('42') + load(42));",
             Texts(&["vv"]),
+        ),
+        // TypeScript stripping is on for every cell: hostile TypeScript too.
+        (
+            "36 TypeScript annotations",
+            "const n: number = await tools.echo<number>(2); text(n satisfies number);",
+            Texts(&["2"]),
+        ),
+        (
+            "36 TypeScript nested too deep",
+            leak(format!(
+                "const x: number = {}1{};",
+                "(".repeat(200_000),
+                ")".repeat(200_000)
+            )),
+            ErrorStarting("SyntaxError: this script nests brackets more than 1000 levels deep"),
+        ),
+        (
+            "36 a TypeScript enum",
+            "enum E { A }",
+            ErrorStarting("SyntaxError: a TypeScript `enum` at line 1, column 1 is not supported"),
+        ),
+        (
+            "36 a 17 MiB TypeScript source",
+            leak(format!("const s: string = '{}';", "x".repeat(17 << 20))),
+            ErrorStarting("SyntaxError: the script is 17825813 bytes, more than the limit"),
         ),
         (
             "30 fresh context (write)",

@@ -31,6 +31,7 @@ const INTRODUCTION: &str = r#"Runs JavaScript in a sandboxed code-mode runtime a
 
 How a script runs:
 - The input is raw JavaScript source text: not JSON, not a string, not a fenced code block.
+- TypeScript syntax is accepted (annotations, interfaces, type aliases, generics, `as`, `satisfies`, `!`): types are stripped, not checked. `enum`, `namespace` with values, parameter properties, decorators and JSX are not supported.
 - It runs as an async ES module in a fresh V8 isolate, so top-level `await` works. Nothing survives between scripts except values saved with `store`.
 - There is no Node.js, no file system, no network and no `require`; imports are refused. Standard ECMAScript is available, `Intl` included.
 - Optional first line, a pragma: `// @exec: {"yield_time_ms": 10000, "max_output_tokens": 1000}`. `yield_time_ms` (default 10000) is how long this call waits before it returns while the script keeps running; `max_output_tokens` (default 10000) caps the output this call returns.

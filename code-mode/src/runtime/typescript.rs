@@ -69,8 +69,14 @@ pub(crate) fn strip(source: &str) -> Result<String, StripError> {
         position: None,
     };
     match stripper {
-        Ok(handle) => handle.join().unwrap_or_else(|_| Err(internal("failed"))),
-        Err(_) => Err(internal("could not start")),
+        Ok(handle) => handle.join().unwrap_or_else(|_| {
+            tracing::error!("the TypeScript stripper panicked");
+            Err(internal("failed"))
+        }),
+        Err(error) => {
+            tracing::error!("the TypeScript stripper's thread could not start: {error}");
+            Err(internal("could not start"))
+        }
     }
 }
 
