@@ -6,7 +6,8 @@
 //! - `yield_wait`: an exec whose cell yields (`yield_control()`) followed by the `wait`
 //!   that collects its result, next to the same cell without the yield (`exec_plain`);
 //! - `baseline`: a round trip over a Unix socket pair between two blocked threads, the
-//!   floor any cross-process hop pays on the machine.
+//!   floor any cross-process hop pays on the machine;
+//! - `typescript`: stripping the types of a 2 KB and a 50 KB TypeScript cell.
 //!
 //! ```text
 //! cargo build --release -p code-mode-bin && cargo bench --bench criterion
@@ -290,9 +291,38 @@ fn baseline(c: &mut Criterion) {
     let _ = echo.join();
 }
 
+/// A TypeScript cell of about `bytes` bytes: the same typed block repeated, each copy with
+/// names of its own.
+fn typescript_cell(bytes: usize) -> String {
+    let mut source = String::new();
+    let mut copy = 0;
+    while source.len() < bytes {
+        copy += 1;
+        source.push_str(&format!(
+            "interface Row{copy} {{ id: number; name: string; tags?: string[] }}\n\
+             const rows{copy}: Row{copy}[] = await tools.list_rows({{ page: {copy} }}) as Row{copy}[];\n\
+             function pick{copy}<T, K extends keyof T>(items: T[], key: K): T[K][] {{ return items.map((item: T) => item[key]); }}\n\
+             const names{copy}: string[] = pick{copy}<Row{copy}, \"name\">(rows{copy}, \"name\");\n\
+             text(names{copy}.join(\",\") satisfies string);\n"
+        ));
+    }
+    source
+}
+
+fn typescript(c: &mut Criterion) {
+    for (label, bytes) in [("2KB", 2 * 1024), ("50KB", 50 * 1024)] {
+        let source = typescript_cell(bytes);
+        let stripped = code_mode::strip_typescript(&source).expect("the cell strips");
+        assert_eq!(stripped.len(), source.len());
+        c.bench_function(&format!("typescript/strip_{label}"), |b| {
+            b.iter(|| code_mode::strip_typescript(&source).expect("strip"));
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(4));
-    targets = frames, sessions, baseline
+    targets = frames, sessions, baseline, typescript
 }
 criterion_main!(benches);

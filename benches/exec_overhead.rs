@@ -14,7 +14,9 @@
 //! `warm_exec_paced` is the same with a [`PACE`] pause before each exec, the way an
 //! agent's execs arrive (between model turns): the pool of prepared isolates is full when
 //! each exec starts, where back-to-back execs drain it and wait on isolate creation.
-//! `tool_round_trip` is one nested tool call (JS → delegate → JS), timed as a cell making
+//! `warm_exec_js` and `warm_exec_ts` are a typical small cell in JavaScript and the same
+//! cell in TypeScript, alternating (the TypeScript one is refused by V8 as JavaScript, then
+//! stripped and compiled). `tool_round_trip` is one nested tool call (JS → delegate → JS), timed as a cell making
 //! [`ROUND_TRIPS`] sequential calls to a tool that answers at once, per call.
 //!
 //! Then two more tables (select with `--sections table,throughput,idle`):
@@ -39,6 +41,21 @@ use tokio_util::sync::CancellationToken;
 
 /// The benchmarked cell.
 const SCRIPT: &str = r#"text("bench");"#;
+
+/// A typical small cell in JavaScript, and the same cell as a model writes it in
+/// TypeScript: `warm_exec_js` and `warm_exec_ts` compare them (the TypeScript one pays for
+/// V8 refusing it as JavaScript and for stripping its types).
+const TYPICAL_JS: &str = r#"const rows = [{ id: 1, name: "a" }, { id: 2, name: "b" }, { id: 3, name: "c" }];
+function pick(items, key) { return items.map((item) => item[key]); }
+const names = pick(rows, "name");
+const total = rows.reduce((sum, row) => sum + row.id, 0);
+text(names.join(",") + " " + total);"#;
+const TYPICAL_TS: &str = r#"interface Row { id: number; name: string }
+const rows: Row[] = [{ id: 1, name: "a" }, { id: 2, name: "b" }, { id: 3, name: "c" }];
+function pick<T, K extends keyof T>(items: T[], key: K): T[K][] { return items.map((item: T) => item[key]); }
+const names: string[] = pick<Row, "name">(rows, "name");
+const total: number = rows.reduce((sum: number, row: Row) => sum + row.id, 0);
+text(names.join(",") + " " + total);"#;
 
 /// Sequential nested calls in the round-trip cell.
 const ROUND_TRIPS: u32 = 200;
@@ -224,6 +241,23 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
         session.execute(request()).await.expect("paced exec");
         paced.push(started.elapsed().as_nanos());
     }
+    // The typical cell in JavaScript and in TypeScript, alternating.
+    let (mut typical_js, mut typical_ts) = (Vec::new(), Vec::new());
+    for _ in 0..warm_iterations {
+        for (source, times) in [(TYPICAL_JS, &mut typical_js), (TYPICAL_TS, &mut typical_ts)] {
+            let started = Instant::now();
+            let response = session
+                .execute(ExecRequest::new(source))
+                .await
+                .expect("typical exec");
+            times.push(started.elapsed().as_nanos());
+            assert_eq!(
+                response.initial_response.content_items()[0].as_text(),
+                Some("a,b,c 6"),
+                "the typical cell ran"
+            );
+        }
+    }
     // Nested tool calls: one cell, many sequential round trips.
     let round_trips = ExecRequest::new(format!(
         "for (let i = 0; i < {ROUND_TRIPS}; i++) await tools.mcp__bench__tool_0(i); text('done');"
@@ -246,12 +280,14 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
     )]
     {
         println!(
-            "cold_ns={} spawn_ns={} rss_delta_kib={} round_trip_ns={round_trip} warm_ns={} paced_ns={}",
+            "cold_ns={} spawn_ns={} rss_delta_kib={} round_trip_ns={round_trip} warm_ns={} paced_ns={} js_ns={} ts_ns={}",
             cold.as_nanos(),
             spawn.map_or(0, |spawn| spawn.as_nanos()),
             rss_after_cold.saturating_sub(rss_before),
             join(&warm),
-            join(&paced)
+            join(&paced),
+            join(&typical_js),
+            join(&typical_ts)
         );
     }
 }
@@ -368,6 +404,8 @@ struct Sample {
     rss_delta_kib: u64,
     warm: Vec<u128>,
     paced: Vec<u128>,
+    typical_js: Vec<u128>,
+    typical_ts: Vec<u128>,
 }
 
 /// Parses `key=value` pairs; lists are comma-separated.
@@ -391,6 +429,8 @@ fn parse_sample(line: &str) -> Option<Sample> {
         rss_delta_kib: u64::try_from(one("rss_delta_kib")?).ok()?,
         warm: pairs.get("warm_ns")?.clone(),
         paced: pairs.get("paced_ns")?.clone(),
+        typical_js: pairs.get("js_ns")?.clone(),
+        typical_ts: pairs.get("ts_ns")?.clone(),
     })
 }
 
@@ -532,6 +572,18 @@ fn exec_table(options: &Options) {
                 (
                     "warm_exec_paced",
                     samples.iter().flat_map(|s| s.paced.clone()).collect(),
+                    options.warm_iterations,
+                    1,
+                ),
+                (
+                    "warm_exec_js",
+                    samples.iter().flat_map(|s| s.typical_js.clone()).collect(),
+                    options.warm_iterations,
+                    1,
+                ),
+                (
+                    "warm_exec_ts",
+                    samples.iter().flat_map(|s| s.typical_ts.clone()).collect(),
                     options.warm_iterations,
                     1,
                 ),

@@ -18,6 +18,6 @@ pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::ToolDefinition;
 pub use runtime::{
     CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome, SpawnError,
-    StoredValues, ToolCallId, ToolCallRequest, prewarm, spawn_cell,
+    StoredValues, ToolCallId, ToolCallRequest, prewarm, spawn_cell, strip_typescript,
 };
 pub use session::{InProcessOptions, InProcessSession};

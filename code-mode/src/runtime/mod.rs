@@ -30,6 +30,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
+/// Strips the TypeScript types from a cell's source, as the cell thread does for a source
+/// V8 refuses as JavaScript: the stripped JavaScript (same length, same positions), or the
+/// error text the cell would fail with. Exposed for benchmarks and tools.
+pub fn strip_typescript(source: &str) -> Result<String, String> {
+    typescript::strip(source).map_err(|error| match error {
+        typescript::StripError::Refused(text) => text,
+        typescript::StripError::Syntax { message, position } => {
+            typescript::syntax_error_text(&message, position)
+        }
+    })
+}
+
 /// The stack of a cell thread, in bytes. V8 keeps its own JS stack limit (about 1 MiB) well
 /// inside it, so the runtime's native callbacks still have room when JS is at its deepest.
 pub const CELL_THREAD_STACK_BYTES: usize = 8 * 1024 * 1024;
