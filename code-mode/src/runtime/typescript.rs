@@ -14,10 +14,12 @@
 //!
 //! Hostile input: the source is at most the cell's source size (the caller's cap); a
 //! cheap linear scan refuses nesting deeper than [`MAX_NESTING`] before the recursive
-//! parser sees it, and the stripper runs on a thread of its own with a large stack, so
-//! neither deep input nor a panic can take the runtime process down.
+//! parser sees it, and the stripper runs on a long-lived thread of its own with a large
+//! stack, catching panics, so neither deep input nor a panic can take the runtime process
+//! down.
 
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, mpsc};
 use swc_common::errors::{DiagnosticBuilder, Emitter, Handler};
 use swc_common::sync::Lrc;
 use swc_common::{BytePos, SourceMap};
@@ -51,7 +53,15 @@ pub(crate) enum StripError {
     Refused(String),
 }
 
-/// Strips the types from `source`. Runs on a thread of its own (see the module docs).
+/// A strip job for the stripper thread: the source and where to send the result.
+type Job = (String, mpsc::Sender<Result<String, StripError>>);
+
+/// The stripper thread's queue, started on first use (and again if it ever went away).
+static STRIPPER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+
+/// Strips the types from `source`, on the stripper thread (see the module docs). One
+/// long-lived thread, because swc sets up per-thread state that a fresh thread per cell
+/// would pay for every time.
 pub(crate) fn strip(source: &str) -> Result<String, StripError> {
     if let Some(position) = nesting_beyond_limit(source) {
         return Err(StripError::Refused(format!(
@@ -59,25 +69,59 @@ pub(crate) fn strip(source: &str) -> Result<String, StripError> {
             position.line, position.column
         )));
     }
-    let source = source.to_owned();
-    let stripper = std::thread::Builder::new()
-        .name("code-mode-ts-strip".to_owned())
-        .stack_size(STRIP_STACK_BYTES)
-        .spawn(move || strip_here(source));
     let internal = |what: &str| StripError::Syntax {
         message: format!("the TypeScript stripper {what}"),
         position: None,
     };
-    match stripper {
-        Ok(handle) => handle.join().unwrap_or_else(|_| {
-            tracing::error!("the TypeScript stripper panicked");
-            Err(internal("failed"))
-        }),
-        Err(error) => {
-            tracing::error!("the TypeScript stripper's thread could not start: {error}");
-            Err(internal("could not start"))
+    let (reply, result) = mpsc::channel();
+    let sent = {
+        let mut stripper = code_mode_protocol::sync::lock(&STRIPPER);
+        let job = (source.to_owned(), reply);
+        let unsent = match stripper.as_ref() {
+            Some(queue) => queue.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        };
+        match unsent {
+            None => true,
+            Some(job) => match start_stripper() {
+                Ok(queue) => {
+                    let sent = queue.send(job).is_ok();
+                    *stripper = Some(queue);
+                    sent
+                }
+                Err(error) => {
+                    tracing::error!("the TypeScript stripper's thread could not start: {error}");
+                    false
+                }
+            },
         }
+    };
+    if !sent {
+        return Err(internal("could not start"));
     }
+    result.recv().unwrap_or_else(|_| Err(internal("failed")))
+}
+
+/// Starts the stripper thread. A panic in swc fails that one job; the thread goes on.
+fn start_stripper() -> std::io::Result<mpsc::Sender<Job>> {
+    let (queue, jobs) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("code-mode-ts-strip".to_owned())
+        .stack_size(STRIP_STACK_BYTES)
+        .spawn(move || {
+            for (source, reply) in jobs {
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| strip_here(source)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("the TypeScript stripper panicked");
+                        Err(StripError::Syntax {
+                            message: "the TypeScript stripper failed".to_owned(),
+                            position: None,
+                        })
+                    });
+                let _ = reply.send(result);
+            }
+        })?;
+    Ok(queue)
 }
 
 /// Diagnostics swc reports, with their start.
