@@ -763,10 +763,10 @@ pub async fn typescript_cells_run_with_their_own_positions<P: Provider>(provider
     let (session, _delegate) = open(provider).await;
     let started = exec(
         &session,
-        "interface Row { id: number; label?: string }\nconst rows: Row[] = [{ id: 1 }, { id: 2, label: \"two\" }];\nconst ids = rows.map((row: Row): number => row.id) satisfies number[];\nconst echoed = (await tools.echo({ ids })) as { ids: number[] };\ntext(echoed.ids.join(\"+\"));\nstore(\"last\", rows.at(-1)!.label!);",
+        "import type { Anything } from \"anywhere\";\nexport type Label = string;\ndeclare const injected: number;\ninterface Row { id: number; label?: Label }\ntype Ids = number[];\nfunction first<T>(items: T[], fallback?: T): T | undefined { return items[0] ?? fallback; }\nconst rows: Row[] = [{ id: 1 }, { id: 2, label: \"two\" }];\nconst ids: Ids = rows.map((row: Row): number => row.id) satisfies number[];\nconst echoed = (await tools.echo({ ids })) as { ids: Ids };\ntext(echoed.ids.join(\"+\") + \"/\" + first<number>(ids)!);\nstore(\"last\", rows.at(-1)!.label!);",
     )
     .await;
-    assert_eq!(started.initial_response, result("1", &["1+2"], None));
+    assert_eq!(started.initial_response, result("1", &["1+2/1"], None));
     assert_eq!(loads(&session, &["last"]).await, [r#""two""#]);
 
     let started = exec(
