@@ -776,7 +776,9 @@ pub async fn typescript_cells_run_with_their_own_positions<P: Provider>(provider
     .await;
     let error = started.initial_response.error_text().unwrap_or_default();
     assert!(
-        error.starts_with("Error: on line 7\n    at fail (exec_main.mjs:5:9)\n    at exec_main.mjs:7:1"),
+        error.starts_with(
+            "Error: on line 7\n    at fail (exec_main.mjs:5:9)\n    at exec_main.mjs:7:1"
+        ),
         "{error}"
     );
 
