@@ -374,7 +374,13 @@ impl Connection {
         let ack = match (pending.session, &result) {
             (Some(session), Ok(_)) => {
                 let (ack, taken) = oneshot::channel();
-                state.unacked.entry(session).or_default().push(taken);
+                let unacked = state.unacked.entry(session).or_default();
+                // Answers already taken need no wait: keep only the others, so a session
+                // that gets answers and no events does not pile them up.
+                unacked.retain_mut(|taken| {
+                    matches!(taken.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+                });
+                unacked.push(taken);
                 Some(Ack(ack))
             }
             _ => None,
@@ -512,7 +518,9 @@ impl Connection {
 
     /// Forgets a session once its shutdown was answered.
     pub(crate) fn forget_session(&self, session: SessionId) {
-        lock(&self.state).sessions.remove(&session);
+        let mut state = lock(&self.state);
+        state.sessions.remove(&session);
+        state.unacked.remove(&session);
     }
 
     /// Records the loss of the runtime and fails or closes everything that depended on it.
