@@ -327,6 +327,11 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
     /// Runs a nested tool call. `cancel` fires when the cell no longer wants the answer
     /// (it ended, was terminated, or the session shuts down); the delegate should stop
     /// soon after, and is abandoned after a short grace period if it does not.
+    ///
+    /// Sessions poll the returned future once right away, on their own task and in the
+    /// order the cell made its calls, before spawning it: report the call (an event, a log
+    /// line) before the first `.await` to keep that order, and never block there (await
+    /// instead), or the session waits with you.
     fn invoke_tool(
         &self,
         call: NestedToolCall,
