@@ -79,6 +79,10 @@ enum Command {
         /// Run V8 in this process instead of the runtime process.
         #[arg(long)]
         in_process: bool,
+        /// Give every cell a fresh isolate instead of reusing the session's (each cell
+        /// gets a fresh context either way).
+        #[arg(long)]
+        no_isolate_reuse: bool,
     },
     /// Print the `exec` tool description a model would see for these tools.
     Describe {
@@ -174,12 +178,14 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             tools,
             yield_ms,
             in_process,
+            no_isolate_reuse,
         } => {
             repl::repl(repl::ReplOptions {
                 tools: tools.tools,
                 builtins: tools.builtin,
                 yield_ms,
                 in_process,
+                reuse_isolates: !no_isolate_reuse,
                 runtime_log,
             })
             .await

@@ -6,7 +6,9 @@ use crate::output::{Printer, terminal_safe};
 use crate::tools::{CliDelegate, ToolSet};
 use crate::{Failure, session};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
-use code_mode_protocol::{CellResponse, CodeModeSession, ExecRequest, ToolDefinition, WaitRequest};
+use code_mode_protocol::{
+    CellResponse, CodeModeSession, ExecRequest, SessionOptions, ToolDefinition, WaitRequest,
+};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ pub struct ReplOptions {
     pub builtins: Vec<String>,
     pub yield_ms: Option<u64>,
     pub in_process: bool,
+    /// Whether the session's cells reuse its isolates (CONTRACT §7).
+    pub reuse_isolates: bool,
     pub runtime_log: String,
 }
 
@@ -36,8 +40,17 @@ pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
         tools,
         Arc::new(|_, text| println!("[notify] {}", terminal_safe(text))),
     ));
-    let session = session::open(options.in_process, delegate, &options.runtime_log)
-        .map_err(Failure::runtime)?;
+    let session_options = SessionOptions {
+        reuse_isolates: options.reuse_isolates,
+        ..SessionOptions::default()
+    };
+    let session = session::open(
+        options.in_process,
+        delegate,
+        session_options,
+        &options.runtime_log,
+    )
+    .map_err(Failure::runtime)?;
     let interactive = std::io::stdin().is_terminal();
     let mut repl = Repl {
         session,

@@ -6,7 +6,7 @@ use crate::tools::{CliDelegate, ToolSet};
 use crate::{Failure, session};
 use code_mode_protocol::surface::json::{items_json, response_json};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
-use code_mode_protocol::{CellResponse, ContentItem, ExecRequest, WaitRequest};
+use code_mode_protocol::{CellResponse, ContentItem, ExecRequest, SessionOptions, WaitRequest};
 use serde_json::json;
 use std::io::Read;
 use std::path::PathBuf;
@@ -63,8 +63,13 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
     };
     let definitions = tools.definitions();
     let delegate = Arc::new(CliDelegate::new(tools, sink));
-    let session = session::open(options.in_process, delegate, &options.runtime_log)
-        .map_err(Failure::runtime)?;
+    let session = session::open(
+        options.in_process,
+        delegate,
+        SessionOptions::default(),
+        &options.runtime_log,
+    )
+    .map_err(Failure::runtime)?;
 
     let started_at = Instant::now();
     let mut request = ExecRequest::new(parsed.source).with_tools(definitions);

@@ -102,6 +102,8 @@ struct OpenSessionParams {
     max_yield_time_ms: Option<u64>,
     #[serde(default)]
     limits: LimitsParams,
+    /// Whether cells hand their isolates to the session's next cells (default true).
+    reuse_isolates: Option<bool>,
 }
 
 /// Each field is optional; an absent one keeps its default.
@@ -363,6 +365,7 @@ impl Server {
         let options = SessionOptions {
             max_yield_time_ms: given.max_yield_time_ms,
             limits: given.limits.into_limits(),
+            reuse_isolates: given.reuse_isolates.unwrap_or(true),
         };
         let id = format!("s{}", self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
         let delegate = Arc::new(JsonlDelegate {

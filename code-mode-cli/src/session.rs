@@ -10,12 +10,13 @@ use std::sync::Arc;
 pub fn open(
     in_process: bool,
     delegate: Arc<dyn CodeModeSessionDelegate>,
+    options: SessionOptions,
     runtime_log: &str,
 ) -> Result<Box<dyn CodeModeSession>, String> {
     if in_process {
         return Ok(Box::new(InProcessSession::new(
             delegate,
-            InProcessOptions::default(),
+            InProcessOptions { session: options },
         )));
     }
     let provider = IpcProvider::new(HostConfig {
@@ -23,7 +24,5 @@ pub fn open(
         ..HostConfig::default()
     })
     .map_err(|error| error.to_string())?;
-    Ok(Box::new(
-        provider.open_session(delegate, SessionOptions::default()),
-    ))
+    Ok(Box::new(provider.open_session(delegate, options)))
 }

@@ -71,12 +71,26 @@ pub fn effective_yield_time_ms(requested_ms: u64, session_max_ms: Option<u64>) -
 }
 
 /// Options of one session, whatever the provider.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionOptions {
     /// Caps every observation's yield time, grace included. `Some(0)` yields at once.
     pub max_yield_time_ms: Option<u64>,
     /// Limits applied to every cell of the session.
     pub limits: CellLimits,
+    /// Whether a cell that ended normally hands its isolate (reset, with a fresh context)
+    /// to the session's next cell (CONTRACT §7). On by default; off, every cell gets a
+    /// fresh isolate.
+    pub reuse_isolates: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            max_yield_time_ms: None,
+            limits: CellLimits::default(),
+            reuse_isolates: true,
+        }
+    }
 }
 
 /// Default heap limit of a cell, in bytes (128 MiB); `ArrayBuffer` memory has a budget of

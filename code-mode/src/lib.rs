@@ -17,7 +17,8 @@ pub mod session;
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::ToolDefinition;
 pub use runtime::{
-    CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome, SpawnError,
-    StoredValues, ToolCallId, ToolCallRequest, prewarm, spawn_cell, strip_typescript,
+    CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome, IsolateShelf,
+    SpawnError, StoredValues, ToolCallId, ToolCallRequest, prewarm, spawn_cell, spawn_cell_on,
+    strip_typescript,
 };
 pub use session::{InProcessOptions, InProcessSession};

@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
             lone_surrogates_in_tool_arguments_become_replacement_characters,
             parallel_calls_reach_the_delegate_in_call_order,
             typescript_cells_run_with_their_own_positions,
+            cells_on_a_reused_isolate_are_kept_apart,
         );
     };
     (@tests $provider:expr; $($name:ident),* $(,)?) => {

@@ -789,3 +789,87 @@ pub async fn typescript_cells_run_with_their_own_positions<P: Provider>(provider
         "{error}"
     );
 }
+
+// Contract 7: a session's cells may share an isolate, one at a time, each with a fresh
+// context; nothing an earlier cell did reaches a later one. Each cell is closed before the
+// next starts, so the next runs on the parked isolate (when the session reuses them).
+pub async fn cells_on_a_reused_isolate_are_kept_apart<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = exec(
+        &session,
+        r#"
+        globalThis.leak = 1;
+        Object.prototype.polluted = "yes";
+        Array.prototype.map = () => "hacked";
+        JSON.parse = () => "hacked";
+        Promise.prototype.then = function () { return "hacked"; };
+        Error.prepareStackTrace = () => "hacked";
+        Error.stackTraceLimit = 0;
+        const registry = new FinalizationRegistry(() => notify("a finalizer of cell 1 ran"));
+        for (let i = 0; i < 1000; i++) registry.register({ payload: new Array(100).fill(i) }, i);
+        globalThis.registry = registry;
+        globalThis.ref = new WeakRef({ target: true });
+        Symbol.for("cell-1-secret");
+        Promise.resolve().then(() => exit());
+        for (let i = 0; i < 5; i++) Promise.resolve().then(() => text("late " + i));
+        text("cell 1");
+        "#,
+    )
+    .await;
+    assert_eq!(started.initial_response, result("1", &["cell 1"], None));
+    delegate.wait_closed("1").await;
+    let started = exec(
+        &session,
+        r#"
+        let junk = [];
+        for (let i = 0; i < 300; i++) junk.push(new Array(20000).fill(i));
+        junk = null;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        text([
+            typeof globalThis.leak,
+            String(({}).polluted),
+            [1, 2].map((x) => x * 2).join(","),
+            JSON.parse("[7]")[0],
+            typeof Promise.resolve(1).then(() => 1),
+            typeof Error.prepareStackTrace,
+            Error.stackTraceLimit,
+            new Error("e").stack.includes("exec_main.mjs"),
+            typeof globalThis.registry,
+            typeof globalThis.ref,
+            new Intl.NumberFormat("en-US").format(1234.5),
+        ].join(" "));
+        "#,
+    )
+    .await;
+    assert_eq!(
+        started.initial_response,
+        result(
+            "2",
+            &["undefined undefined 2,4 7 object undefined 10 true undefined undefined 1,234.5"],
+            None
+        )
+    );
+    delegate.wait_closed("2").await;
+    // A terminated cell leaves nothing behind for the next either.
+    let started = exec_short(&session, "globalThis.spin = 1; while (true) {}").await;
+    assert!(matches!(
+        started.initial_response,
+        CellResponse::Yielded { .. }
+    ));
+    session.terminate("3".to_owned()).await.expect("terminate");
+    delegate.wait_closed("3").await;
+    let started = exec(&session, "text(typeof globalThis.spin);").await;
+    assert_eq!(started.initial_response, result("4", &["undefined"], None));
+    let notified = delegate
+        .records()
+        .into_iter()
+        .any(|record| matches!(record, Record::NotifyStarted { .. }));
+    assert!(!notified, "a finalizer of cell 1 ran later");
+
+    // Two sessions never share an isolate.
+    let (other, other_delegate) = open(provider).await;
+    exec(&other, "globalThis.mine = 'other session'; text('set');").await;
+    other_delegate.wait_closed("1").await;
+    let started = exec(&session, "text(typeof globalThis.mine);").await;
+    assert_eq!(started.initial_response, result("5", &["undefined"], None));
+}

@@ -77,8 +77,17 @@ fn run_helper<'s, 'i>(
     let Some(state) = scope.get_slot::<StateRef>().cloned() else {
         return;
     };
-    if state.borrow().stopped() {
-        return;
+    {
+        let current = state.borrow();
+        // Code of an earlier cell's context (an isolate the session reused) reaches
+        // nothing of the running cell.
+        let own_context = current
+            .context
+            .as_ref()
+            .is_some_and(|context| *context == scope.get_current_context());
+        if current.stopped() || !own_context {
+            return;
+        }
     }
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         body(&mut *scope, &args, &mut rv, &state)

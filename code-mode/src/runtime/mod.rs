@@ -17,6 +17,7 @@
 mod callbacks;
 mod helpers;
 mod pool;
+mod reuse;
 mod state;
 mod thread;
 mod typescript;
@@ -27,7 +28,7 @@ use code_mode_protocol::{ContentItem, ToolDefinition, ToolKind};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 /// Strips the TypeScript types from a cell's source, as the cell thread does for a source
@@ -41,6 +42,8 @@ pub fn strip_typescript(source: &str) -> Result<String, String> {
         }
     })
 }
+
+pub use reuse::IsolateShelf;
 
 /// The stack of a cell thread, in bytes. V8 keeps its own JS stack limit (about 1 MiB) well
 /// inside it, so the runtime's native callbacks still have room when JS is at its deepest.
@@ -166,13 +169,33 @@ pub enum SpawnError {
 pub(crate) struct CellControl {
     /// Set once by [`CellHandle::terminate`]; the thread checks it after every entry into JS.
     terminate_requested: AtomicBool,
-    /// The isolate's thread-safe handle, published by the thread as soon as it exists.
-    isolate: OnceLock<v8::IsolateHandle>,
+    /// The isolate's thread-safe handle while it runs this cell: published by the thread
+    /// as soon as the isolate exists, withdrawn when the cell is over (the isolate may go
+    /// on to the session's next cell, which this cell's owner must never stop).
+    isolate: Mutex<Option<v8::IsolateHandle>>,
 }
 
 impl CellControl {
     pub(crate) fn terminate_requested(&self) -> bool {
         self.terminate_requested.load(Ordering::SeqCst)
+    }
+
+    /// Publishes the isolate running this cell.
+    pub(crate) fn attach(&self, isolate: v8::IsolateHandle) {
+        *code_mode_protocol::sync::lock(&self.isolate) = Some(isolate);
+    }
+
+    /// Withdraws the isolate: the cell is over. After this returns, no termination
+    /// requested through this control reaches the isolate.
+    pub(crate) fn detach(&self) {
+        *code_mode_protocol::sync::lock(&self.isolate) = None;
+    }
+
+    /// Stops the JavaScript running for this cell, if the cell still runs.
+    pub(crate) fn terminate_isolate(&self) {
+        if let Some(isolate) = code_mode_protocol::sync::lock(&self.isolate).as_ref() {
+            isolate.terminate_execution();
+        }
     }
 }
 
@@ -180,7 +203,8 @@ impl CellControl {
 pub struct CellHandle {
     commands: mpsc::Sender<Inbound>,
     control: Arc<CellControl>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Disconnects when the thread is done with the cell.
+    done: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 impl fmt::Debug for CellHandle {
@@ -206,25 +230,23 @@ impl CellHandle {
         self.control
             .terminate_requested
             .store(true, Ordering::SeqCst);
-        if let Some(isolate) = self.control.isolate.get() {
-            isolate.terminate_execution();
-        }
+        self.control.terminate_isolate();
         // Wake the thread if it sleeps on an empty command queue.
         let _ = self.commands.send(Inbound::Wake);
     }
 
-    /// Waits for the cell thread to exit (isolate disposed). Blocking; call it from a
-    /// blocking context. Returns at once if already joined.
+    /// Waits until the cell thread is done with the cell: its isolate disposed, or reset
+    /// and parked for the session's next cell. Blocking; call it from a blocking context.
+    /// Returns at once if already joined.
     pub fn join(&self) {
-        let thread = self
-            .thread
+        let done = self
+            .done
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::error!("a cell thread panicked");
+        if let Some(done) = done {
+            // Only ever disconnects: the thread drops its sender when done (or panicked).
+            let _ = done.recv();
         }
     }
 }
@@ -250,28 +272,47 @@ pub fn spawn_cell(
     config: CellConfig,
     events: tokio::sync::mpsc::Sender<CellEvent>,
 ) -> Result<CellHandle, SpawnError> {
+    spawn_cell_on(config, events, None)
+}
+
+/// [`spawn_cell`] for a session that reuses isolates: the cell starts on an isolate parked
+/// on `shelf` when there is one, and its isolate goes back there if the cell ends normally
+/// (CONTRACT §7). A shelf belongs to one session.
+pub fn spawn_cell_on(
+    config: CellConfig,
+    events: tokio::sync::mpsc::Sender<CellEvent>,
+    shelf: Option<Arc<IsolateShelf>>,
+) -> Result<CellHandle, SpawnError> {
     crate::platform::init_v8();
     let (commands, inbound) = mpsc::channel();
+    let (done, finished) = mpsc::channel();
     let control = Arc::new(CellControl::default());
+    // A shelf only takes isolates of its own heap limit.
+    let shelf = shelf.filter(|shelf| shelf.heap_bytes() == config.limits.heap_bytes);
     let job = pool::Job {
         config,
         events,
         inbound,
         control: Arc::clone(&control),
+        done,
+        shelf: shelf.clone(),
     };
     let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
     let tool_count = job.config.tools.len();
-    let thread = match if pooled {
-        pool::run_prepared(job)
-    } else {
-        Err(job)
-    } {
-        Ok(thread) => thread,
-        Err(job) => std::thread::Builder::new()
+    let job = match &shelf {
+        Some(shelf) => shelf.run(job),
+        None => Some(job),
+    };
+    let job = match job {
+        Some(job) if pooled => pool::run_prepared(job),
+        other => other,
+    };
+    if let Some(job) = job {
+        std::thread::Builder::new()
             .name("code-mode-cell".to_owned())
             .stack_size(CELL_THREAD_STACK_BYTES)
-            .spawn(move || thread::run(None, job.config, job.events, job.inbound, job.control))?,
-    };
+            .spawn(move || thread::run(None, job))?;
+    }
     if pooled {
         pool::note_tool_count(tool_count);
         pool::refill();
@@ -279,6 +320,6 @@ pub fn spawn_cell(
     Ok(CellHandle {
         commands,
         control,
-        thread: Mutex::new(Some(thread)),
+        done: Mutex::new(Some(finished)),
     })
 }

@@ -11,11 +11,10 @@
 //! process's sandbox).
 
 use super::thread::{self, Prepared};
-use super::{CELL_THREAD_STACK_BYTES, CellConfig, CellControl, CellEvent, Inbound};
+use super::{CELL_THREAD_STACK_BYTES, CellConfig, CellControl, CellEvent, Inbound, IsolateShelf};
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Prepared threads kept waiting. Each holds an idle isolate and context (a little over
@@ -26,18 +25,22 @@ const POOL_SIZE: usize = 3;
 /// thread.
 pub(crate) const POOLED_HEAP_BYTES: u64 = DEFAULT_HEAP_LIMIT_BYTES;
 
-/// What a prepared thread needs to run its cell.
+/// What a cell thread needs to run its cell.
 pub(crate) struct Job {
     pub(crate) config: CellConfig,
     pub(crate) events: tokio::sync::mpsc::Sender<CellEvent>,
     pub(crate) inbound: mpsc::Receiver<Inbound>,
     pub(crate) control: Arc<CellControl>,
+    /// Dropped when the thread is done with the cell (isolate disposed, or reset and
+    /// parked): what the owner's `join` waits for.
+    pub(crate) done: mpsc::Sender<()>,
+    /// The session's shelf, where the isolate goes after a normal end.
+    pub(crate) shelf: Option<Arc<IsolateShelf>>,
 }
 
 /// A prepared (or preparing) cell thread.
 pub(crate) struct Worker {
     jobs: mpsc::Sender<Job>,
-    thread: JoinHandle<()>,
 }
 
 static POOL: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
@@ -57,16 +60,13 @@ pub(crate) fn note_tool_count(count: usize) {
 }
 
 /// Hands `job` to a prepared thread; gives the job back when none is ready.
-pub(crate) fn run_prepared(job: Job) -> Result<JoinHandle<()>, Job> {
+pub(crate) fn run_prepared(job: Job) -> Option<Job> {
     let worker = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop();
     let Some(worker) = worker else {
-        return Err(job);
+        return Some(job);
     };
-    match worker.jobs.send(job) {
-        Ok(()) => Ok(worker.thread),
-        // The thread died (it could not create its isolate): the job goes elsewhere.
-        Err(mpsc::SendError(job)) => Err(job),
-    }
+    // An error: the thread died (it could not create its isolate); the job goes elsewhere.
+    worker.jobs.send(job).err().map(|mpsc::SendError(job)| job)
 }
 
 /// How long the keeper waits before replacing a taken thread while others are still
@@ -153,22 +153,16 @@ fn top_up() {
 
 fn spawn_worker() -> std::io::Result<Worker> {
     let (jobs, waiting) = mpsc::channel::<Job>();
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("code-mode-cell".to_owned())
         .stack_size(CELL_THREAD_STACK_BYTES)
         .spawn(move || {
             let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
             let prepared: Prepared = thread::prepare(POOLED_HEAP_BYTES, tool_functions);
             if let Ok(job) = waiting.recv() {
-                thread::run(
-                    Some(prepared),
-                    job.config,
-                    job.events,
-                    job.inbound,
-                    job.control,
-                );
+                thread::run(Some(prepared), job);
                 tell_keeper(KEEPER.get().and_then(Option::as_ref), KeeperEvent::CellDone);
             }
         })?;
-    Ok(Worker { jobs, thread })
+    Ok(Worker { jobs })
 }

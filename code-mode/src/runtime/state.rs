@@ -39,6 +39,9 @@ pub(crate) struct CellState {
     output_bytes: u64,
     /// Whether the output cap was reached (its marker has been reported).
     output_capped: bool,
+    /// The cell's context: helpers act only for code running in it (an isolate reused by
+    /// the session's next cell may still hold an earlier cell's code).
+    pub(crate) context: Option<v8::Global<v8::Context>>,
 }
 
 pub(crate) type StateRef = Rc<RefCell<CellState>>;
@@ -66,6 +69,7 @@ impl CellState {
             timer_error: None,
             output_bytes: 0,
             output_capped: false,
+            context: None,
         }
     }
 
@@ -131,9 +135,7 @@ impl CellState {
         if self.events.blocking_send(event).is_err() {
             // Nobody listens any more: stop running JS.
             self.owner_gone = true;
-            if let Some(isolate) = self.control.isolate.get() {
-                isolate.terminate_execution();
-            }
+            self.control.terminate_isolate();
             return false;
         }
         true
@@ -152,6 +154,11 @@ impl CellState {
         if self.timer_error.is_none() {
             self.timer_error = Some(text);
         }
+    }
+
+    /// Whether the owner terminated the cell or went away.
+    pub(crate) fn stopped_by_owner(&self) -> bool {
+        self.owner_gone || self.control.terminate_requested()
     }
 
     /// Records `exit()`: from now on nothing the cell does takes effect.
@@ -173,5 +180,6 @@ impl CellState {
     pub(crate) fn release_handles(&mut self) {
         self.pending_calls.clear();
         self.timers.clear();
+        self.context = None;
     }
 }

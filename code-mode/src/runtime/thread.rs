@@ -11,7 +11,7 @@ use super::state::{CellState, StateRef};
 use super::typescript;
 use super::values::{self, v8_str};
 use super::watchdog::{self, Watched};
-use super::{CellCommand, CellConfig, CellControl, CellEvent, CellOutcome, Inbound, ToolCallId};
+use super::{CellCommand, CellEvent, CellOutcome, Inbound, ToolCallId};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
@@ -74,19 +74,7 @@ pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize) -> Prepared {
     isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
-    let (context, tool_functions) = {
-        v8::scope!(let scope, &mut isolate);
-        let context = v8::Context::new(scope, Default::default());
-        let scope = &mut v8::ContextScope::new(scope, context);
-        super::helpers::install_base(scope);
-        let tool_functions = (0..tool_functions)
-            .map(|index| {
-                let function = super::helpers::new_tool_function(scope, index);
-                v8::Global::new(scope, function)
-            })
-            .collect();
-        (v8::Global::new(scope, context), tool_functions)
-    };
+    let (context, tool_functions) = new_context(&mut isolate, tool_functions);
     Prepared {
         context,
         tool_functions,
@@ -96,19 +84,83 @@ pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize) -> Prepared {
     }
 }
 
-/// The cell thread's entry point: runs the cell in `prepared` (or a fresh isolate if it was
-/// prepared for another heap limit).
-pub(super) fn run(
-    prepared: Option<Prepared>,
-    config: CellConfig,
-    events: tokio::sync::mpsc::Sender<CellEvent>,
-    inbound: mpsc::Receiver<Inbound>,
-    control: Arc<CellControl>,
-) {
-    let prepared = match prepared {
-        Some(prepared) if prepared.heap_bytes == config.limits.heap_bytes => prepared,
-        _ => prepare(config.limits.heap_bytes, 0),
+/// A fresh context on `isolate` with every cell-independent helper, and `tool_functions`
+/// tool functions bound to indices 0, 1, ...
+fn new_context(
+    isolate: &mut v8::OwnedIsolate,
+    tool_functions: usize,
+) -> (v8::Global<v8::Context>, Vec<v8::Global<v8::Function>>) {
+    v8::scope!(let scope, isolate);
+    let context = v8::Context::new(scope, Default::default());
+    let scope = &mut v8::ContextScope::new(scope, context);
+    super::helpers::install_base(scope);
+    let tool_functions = (0..tool_functions)
+        .map(|index| {
+            let function = super::helpers::new_tool_function(scope, index);
+            v8::Global::new(scope, function)
+        })
+        .collect();
+    (v8::Global::new(scope, context), tool_functions)
+}
+
+/// The cell thread's entry point: runs the job's cell in `prepared` (or a fresh isolate if
+/// it was prepared for another heap limit). With a shelf, an isolate whose cell ended
+/// normally is reset, given a fresh context, and parked on the shelf for the session's
+/// next cell (CONTRACT §7); the thread then runs that cell too, until the isolate is not
+/// reusable, nobody takes it within [`super::reuse::IDLE_RELEASE`], or the shelf is gone.
+pub(super) fn run(prepared: Option<Prepared>, job: super::pool::Job) {
+    let mut prepared = match prepared {
+        Some(prepared) if prepared.heap_bytes == job.config.limits.heap_bytes => prepared,
+        _ => prepare(job.config.limits.heap_bytes, 0),
     };
+    let mut job = job;
+    loop {
+        let shelf = job.shelf.take();
+        let tool_count = job.config.tools.len();
+        let (mut isolate, heap_guard, reusable, done) = run_cell(prepared, job);
+        let shelf = shelf.filter(|_| reusable);
+        if shelf.is_none() || !super::reuse::reset(&mut isolate, &heap_guard) {
+            // The isolate goes first: V8 points at the heap guard until then. The owner's
+            // `join` returns once both are gone.
+            drop(isolate);
+            drop(heap_guard);
+            drop(done);
+            return;
+        }
+        let Some(shelf) = shelf else { return };
+        let heap_bytes = shelf.heap_bytes();
+        let (context, tool_functions) = new_context(&mut isolate, tool_count);
+        prepared = Prepared {
+            context,
+            tool_functions,
+            isolate,
+            heap_guard,
+            heap_bytes,
+        };
+        let parked = shelf.park();
+        // On the shelf: the owner's `join` returns, and the session's next cell can start.
+        drop(done);
+        match parked.wait() {
+            Some(next) => job = next,
+            None => return,
+        }
+    }
+}
+
+/// Runs one cell on a prepared isolate; gives the isolate back with whether it may serve
+/// the session's next cell (the cell ended normally: not terminated, no limit hit).
+fn run_cell(
+    prepared: Prepared,
+    job: super::pool::Job,
+) -> (v8::OwnedIsolate, Box<HeapGuard>, bool, mpsc::Sender<()>) {
+    let super::pool::Job {
+        config,
+        events,
+        inbound,
+        control,
+        done,
+        ..
+    } = job;
     let Prepared {
         context,
         tool_functions,
@@ -116,7 +168,7 @@ pub(super) fn run(
         heap_guard,
         ..
     } = prepared;
-    let _ = control.isolate.set(isolate.thread_safe_handle());
+    control.attach(isolate.thread_safe_handle());
     let watched = watchdog::watch_current_thread(
         Duration::from_millis(config.limits.cpu_budget_ms),
         Arc::clone(&control),
@@ -132,6 +184,7 @@ pub(super) fn run(
     let outcome = {
         v8::scope!(let scope, &mut isolate);
         let context = v8::Local::new(scope, context);
+        state.borrow_mut().context = Some(v8::Global::new(scope, context));
         let scope = &mut v8::ContextScope::new(scope, context);
         let driver = Driver {
             state: Rc::clone(&state),
@@ -144,12 +197,22 @@ pub(super) fn run(
         state.borrow_mut().release_handles();
         outcome
     };
-    tracing::trace!(?outcome, "cell finished");
+    // The cell is over: its owner and its watchdog can no longer stop this isolate (the
+    // session's next cell may run on it); a stop requested before this is cancelled by
+    // the reset.
+    control.detach();
+    let exceeded = watched.as_deref().is_some_and(Watched::exceeded);
+    drop(watched);
+    let reusable = matches!(outcome, CellOutcome::Completed { .. })
+        && !heap_guard.hit()
+        && !exceeded
+        && !state.borrow().stopped_by_owner();
+    // From here on nothing the cell left behind may take effect.
+    state.borrow_mut().request_exit();
+    tracing::trace!(?outcome, reusable, "cell finished");
     // The owner may be gone already; nothing else to tell then.
     let _ = events.blocking_send(CellEvent::Finished(outcome));
-    // The isolate goes first: V8 points at the heap guard until then.
-    drop(isolate);
-    drop(heap_guard);
+    (isolate, heap_guard, reusable, done)
 }
 
 /// Runs one cell's module and event loop.

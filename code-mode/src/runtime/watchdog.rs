@@ -95,9 +95,7 @@ impl Watched {
             None => {
                 *exceeded_at = Some(used);
                 self.exceeded.store(true, Ordering::SeqCst);
-                if let Some(isolate) = self.control.isolate.get() {
-                    isolate.terminate_execution();
-                }
+                self.control.terminate_isolate();
             }
             Some(at) if used.saturating_sub(at) > ESCALATION_CPU => {
                 tracing::error!(

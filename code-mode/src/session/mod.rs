@@ -11,7 +11,9 @@
 
 mod actor;
 
-use crate::runtime::{CellConfig, EVENT_CHANNEL_CAPACITY, StoredValues, spawn_cell};
+use crate::runtime::{
+    CellConfig, EVENT_CHANNEL_CAPACITY, IsolateShelf, StoredValues, spawn_cell_on,
+};
 use actor::{ActorRequest, Answer, CellActor, Observer};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
 use code_mode_protocol::sync::lock;
@@ -59,6 +61,9 @@ pub(crate) struct Shared {
     registry: Mutex<Registry>,
     /// The committed stored values. Cells get an `Arc` snapshot; commits copy on write.
     stored: Mutex<Arc<StoredValues>>,
+    /// The session's parked isolates, when it reuses them (CONTRACT §7). Never shared
+    /// with another session; cleared at shutdown.
+    shelf: Option<Arc<IsolateShelf>>,
 }
 
 struct Registry {
@@ -72,6 +77,9 @@ impl Shared {
         lock(&self.registry).shutting_down = true;
         self.root.cancel();
         self.actors.close();
+        if let Some(shelf) = &self.shelf {
+            shelf.clear();
+        }
     }
 
     /// Merges a completed cell's writes into the session, key by key.
@@ -127,8 +135,8 @@ impl Shared {
             stored: snapshot,
             limits: self.options.session.limits,
         };
-        let runtime =
-            spawn_cell(config, events_tx).map_err(|e| SessionError::Runtime(e.to_string()))?;
+        let runtime = spawn_cell_on(config, events_tx, self.shelf.clone())
+            .map_err(|e| SessionError::Runtime(e.to_string()))?;
         registry.last_cell_id += 1;
         // The exec clock starts when the cell starts.
         let observer = observer(self.deadline(request.yield_time_ms));
@@ -169,6 +177,10 @@ impl InProcessSession {
     /// `delegate`.
     pub fn new(delegate: Arc<dyn CodeModeSessionDelegate>, options: InProcessOptions) -> Self {
         crate::runtime::prewarm();
+        let shelf = options
+            .session
+            .reuse_isolates
+            .then(|| Arc::new(IsolateShelf::new(options.session.limits.heap_bytes)));
         Self {
             shared: Arc::new(Shared {
                 delegate,
@@ -181,6 +193,7 @@ impl InProcessSession {
                     cells: HashMap::new(),
                 }),
                 stored: Mutex::new(Arc::new(StoredValues::new())),
+                shelf,
             }),
         }
     }

@@ -3,8 +3,8 @@
 
 use code_mode::protocol::{ContentItem, ToolKind};
 use code_mode::{
-    CellCommand, CellConfig, CellEvent, CellLimits, CellOutcome, StoredValues, ToolCallRequest,
-    ToolDefinition, spawn_cell,
+    CellCommand, CellConfig, CellEvent, CellLimits, CellOutcome, IsolateShelf, StoredValues,
+    ToolCallRequest, ToolDefinition, spawn_cell_on,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -132,6 +132,7 @@ pub struct Cell {
     limits: CellLimits,
     handler: Handler,
     terminate_after: Option<Duration>,
+    shelf: Option<Arc<IsolateShelf>>,
 }
 
 pub fn cell(source: &str) -> Cell {
@@ -142,6 +143,7 @@ pub fn cell(source: &str) -> Cell {
         limits: CellLimits::default(),
         handler: Arc::new(default_answer),
         terminate_after: None,
+        shelf: None,
     }
 }
 
@@ -175,6 +177,13 @@ impl Cell {
     }
 
     /// Terminates the cell this long after it reported `Started`.
+    /// Runs on an isolate parked on `shelf` if there is one, and parks it there after a
+    /// normal end (a session's isolate reuse).
+    pub fn on_shelf(mut self, shelf: &Arc<IsolateShelf>) -> Self {
+        self.shelf = Some(Arc::clone(shelf));
+        self
+    }
+
     pub fn terminate_after(mut self, delay: Duration) -> Self {
         self.terminate_after = Some(delay);
         self
@@ -200,7 +209,8 @@ impl Cell {
             stored: Arc::new(self.stored),
             limits: self.limits,
         };
-        let handle = Arc::new(spawn_cell(config, events_tx).expect("spawn a cell"));
+        let handle =
+            Arc::new(spawn_cell_on(config, events_tx, self.shelf.clone()).expect("spawn a cell"));
         let mut timers = HashMap::new();
         let mut events = Vec::new();
         loop {

@@ -6,6 +6,7 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod output;
+mod reuse;
 mod state;
 mod tools;
 mod typescript;
