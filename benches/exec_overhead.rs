@@ -19,6 +19,10 @@
 //! stripped and compiled). `tool_round_trip` is one nested tool call (JS → delegate → JS), timed as a cell making
 //! [`ROUND_TRIPS`] sequential calls to a tool that answers at once, per call.
 //!
+//! `--transport` takes `in-process`, `ipc`, `both` (the default), their `-fresh` forms
+//! (`in-process-fresh`, `ipc-fresh`: isolate reuse off, a new isolate for every cell), or
+//! `all`, as a comma-separated list; one run with `all` compares reuse on and off.
+//!
 //! Then two more tables (select with `--sections table,throughput,idle`):
 //! - throughput: 1 and 8 sessions (`--sessions`) each running trivial cells back to back
 //!   for `--throughput-secs` seconds; cells per second and per-exec p50/p99 latency;
@@ -136,8 +140,13 @@ impl Subject {
         delegate: Arc<dyn CodeModeSessionDelegate>,
         sessions: usize,
     ) -> Subject {
+        // `-fresh` transports turn isolate reuse off: every cell gets a new isolate.
+        let options = SessionOptions {
+            reuse_isolates: !transport.ends_with("-fresh"),
+            ..SessionOptions::default()
+        };
         match transport {
-            "ipc" => {
+            "ipc" | "ipc-fresh" => {
                 let provider = IpcProvider::new(HostConfig::default())
                     .expect("code-mode-bin (build it with cargo build --release -p code-mode-bin)");
                 let started = Instant::now();
@@ -146,9 +155,8 @@ impl Subject {
                 let pid = provider.runtime_pid().await.expect("a runtime pid");
                 let sessions = (0..sessions)
                     .map(|_| {
-                        Arc::new(
-                            provider.open_session(Arc::clone(&delegate), SessionOptions::default()),
-                        ) as Arc<dyn CodeModeSession>
+                        Arc::new(provider.open_session(Arc::clone(&delegate), options.clone()))
+                            as Arc<dyn CodeModeSession>
                     })
                     .collect();
                 Subject {
@@ -164,7 +172,9 @@ impl Subject {
                     .map(|_| {
                         Arc::new(InProcessSession::new(
                             Arc::clone(&delegate),
-                            InProcessOptions::default(),
+                            InProcessOptions {
+                                session: options.clone(),
+                            },
                         )) as Arc<dyn CodeModeSession>
                     })
                     .collect();
@@ -484,11 +494,21 @@ fn parse_options(args: &[String]) -> Options {
                 options.tool_counts = value().split(',').filter_map(|n| n.parse().ok()).collect();
             }
             "--transport" => {
-                options.transports = match value().as_str() {
-                    "in-process" => vec!["in-process"],
-                    "ipc" => vec!["ipc"],
-                    _ => vec!["in-process", "ipc"],
-                };
+                // A comma-separated list; `both` is in-process and ipc, `all` adds their
+                // `-fresh` forms (isolate reuse off).
+                let known = ["in-process", "ipc", "in-process-fresh", "ipc-fresh"];
+                options.transports = value()
+                    .split(',')
+                    .flat_map(|name| match name {
+                        "all" => known.to_vec(),
+                        "both" => vec!["in-process", "ipc"],
+                        name => known
+                            .iter()
+                            .copied()
+                            .filter(|known| *known == name)
+                            .collect(),
+                    })
+                    .collect();
             }
             "--sections" => {
                 options.sections = value().split(',').map(str::to_owned).collect();
@@ -594,7 +614,7 @@ fn exec_table(options: &Options) {
                     0,
                 ),
             ];
-            if *transport == "ipc" {
+            if transport.starts_with("ipc") {
                 rows.insert(
                     0,
                     (
