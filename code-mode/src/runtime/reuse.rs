@@ -7,7 +7,7 @@
 //!   thread before it waits, off the critical path;
 //! - before that, [`reset`] runs with termination requested and the earlier cell's state
 //!   marked stopped: leftover microtasks are dropped by a checkpoint that terminates at
-//!   once, two full collections free the earlier context (its `FinalizationRegistry`
+//!   once, a full collection frees the earlier context (its `FinalizationRegistry`
 //!   objects and `WeakRef`s with it), the platform's pending tasks (finalization cleanup)
 //!   run and are terminated at once, and objects kept alive for `WeakRef`s are released;
 //! - helpers only act for the context of the cell that is running (`helpers::run_helper`),
@@ -25,7 +25,7 @@ use std::time::Duration;
 /// How long a parked isolate waits for its session's next cell before it is released.
 pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(30);
 
-/// The most heap an isolate may still use after its cell and two full collections to be
+/// The most heap an isolate may still use after its cell and a full collection to be
 /// reused, in bytes. Above it the cell kept memory alive that a fresh isolate would not
 /// carry (or fragmented its heap): the isolate is disposed of instead.
 pub(crate) const REUSE_MAX_HEAP_BYTES: usize = 16 * 1024 * 1024;
@@ -108,8 +108,8 @@ pub(crate) fn reset(isolate: &mut v8::OwnedIsolate, heap_guard: &HeapGuard) -> b
         // Leftover microtasks run into the termination at once and are dropped.
         scope.perform_microtask_checkpoint();
     }
-    for _ in 0..2 {
-        isolate.low_memory_notification();
+    isolate.low_memory_notification();
+    {
         let platform = crate::platform::platform();
         v8::scope!(let scope, isolate);
         while v8::Platform::pump_message_loop(platform, scope, false) {}
