@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod mcp;
 mod output;
 mod repl;
 mod run;
@@ -92,11 +93,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve code mode to MCP clients: tools `exec` and `wait`, over stdio (default) or
+    /// streamable HTTP; the tools file's tools (MCP servers included) are the nested tools.
+    Mcp {
+        #[command(flatten)]
+        tools: ToolArgs,
+        /// Serve streamable HTTP on this address (e.g. 127.0.0.1:3000; the endpoint is
+        /// /mcp) instead of stdio. Loopback only unless --allow-remote is given.
+        #[arg(long, value_name = "ADDR:PORT")]
+        http: Option<std::net::SocketAddr>,
+        /// Accept a non-loopback --http address.
+        #[arg(long)]
+        allow_remote: bool,
+        /// Run V8 in this process instead of the runtime process.
+        #[arg(long)]
+        in_process: bool,
+        /// Give every cell a fresh isolate instead of reusing the session's.
+        #[arg(long)]
+        no_isolate_reuse: bool,
+    },
     /// Serve sessions over a JSON-lines protocol on stdin/stdout (see docs/jsonl.md).
     Serve {
         /// The JSON-lines protocol (the only one).
         #[arg(long, required = true)]
         jsonl: bool,
+        /// Tools the driver answers itself, added to every `exec`.
+        #[command(flatten)]
+        tools: ToolArgs,
         /// Run V8 in this process instead of the runtime process.
         #[arg(long)]
         in_process: bool,
@@ -192,8 +215,10 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
         }
         Command::Describe { tools, json } => {
             let tools = tools::ToolSet::load(tools.tools.as_deref(), &tools.builtin)
+                .await
                 .map_err(|error| Failure::usage(error.to_string()))?;
             let descriptions = tools.descriptions();
+            tools.stop().await;
             if json {
                 let specs = serde_json::json!([
                     code_mode_protocol::surface::exec_tool_spec(&descriptions).to_json(),
@@ -211,10 +236,34 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             }
             Ok(())
         }
+        Command::Mcp {
+            tools,
+            http,
+            allow_remote,
+            in_process,
+            no_isolate_reuse,
+        } => {
+            mcp::server::serve(mcp::server::McpOptions {
+                tools: tools.tools,
+                builtins: tools.builtin,
+                http,
+                allow_remote,
+                in_process,
+                reuse_isolates: !no_isolate_reuse,
+                runtime_log,
+            })
+            .await
+        }
         Command::Serve {
             jsonl: _,
+            tools,
             in_process,
-        } => serve::serve(in_process, runtime_log).await,
+        } => {
+            let tools = tools::ToolSet::load(tools.tools.as_deref(), &tools.builtin)
+                .await
+                .map_err(|error| Failure::usage(error.to_string()))?;
+            serve::serve(in_process, tools, runtime_log).await
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use crate::tools::{CliDelegate, ToolSet};
 use crate::{Failure, session};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
 use code_mode_protocol::{
-    CellResponse, CodeModeSession, ExecRequest, SessionOptions, ToolDefinition, WaitRequest,
+    CellResponse, CodeModeSession, ExecRequest, SessionOptions, WaitRequest,
 };
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -34,10 +34,10 @@ const HELP: &str = "Enter JavaScript; a blank line runs it as a cell. Commands:
 #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
 pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
     let tools = ToolSet::load(options.tools.as_deref(), &options.builtins)
+        .await
         .map_err(|error| Failure::usage(error.to_string()))?;
-    let definitions: Arc<[ToolDefinition]> = tools.definitions().into();
     let delegate = Arc::new(CliDelegate::new(
-        tools,
+        tools.clone(),
         Arc::new(|_, text| println!("[notify] {}", terminal_safe(text))),
     ));
     let session_options = SessionOptions {
@@ -54,7 +54,7 @@ pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
     let interactive = std::io::stdin().is_terminal();
     let mut repl = Repl {
         session,
-        definitions,
+        tools,
         yield_ms: options.yield_ms,
         printer: Printer::new(None),
         failed: false,
@@ -96,6 +96,7 @@ pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
         }
     }
     repl.session.shutdown().await;
+    repl.tools.stop().await;
     if repl.failed {
         Err(Failure::script())
     } else {
@@ -105,7 +106,8 @@ pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
 
 struct Repl {
     session: Box<dyn CodeModeSession>,
-    definitions: Arc<[ToolDefinition]>,
+    /// Read again for every cell: an MCP server may change its tools meanwhile.
+    tools: ToolSet,
     yield_ms: Option<u64>,
     printer: Printer,
     failed: bool,
@@ -127,7 +129,7 @@ impl Repl {
             Err(error) => return self.error(&error.to_string()),
         };
         let max_tokens = parsed.max_output_tokens_or_default();
-        let mut request = ExecRequest::new(parsed.source).with_tools(Arc::clone(&self.definitions));
+        let mut request = ExecRequest::new(parsed.source).with_tools(self.tools.definitions());
         request.yield_time_ms = parsed.yield_time_ms.or(self.yield_ms);
         let started_at = Instant::now();
         match self.session.execute(request).await {

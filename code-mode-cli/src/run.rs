@@ -43,6 +43,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
     let source = read_source(&options.file)?;
     let parsed = parse_exec_source(&source).map_err(|error| Failure::usage(error.to_string()))?;
     let tools = ToolSet::load(options.tools.as_deref(), &options.builtins)
+        .await
         .map_err(|error| Failure::usage(error.to_string()))?;
     let yield_ms = options.yield_ms.or(parsed.yield_time_ms);
     let max_tokens = options
@@ -62,7 +63,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
         Arc::new(|_, text| println!("[notify] {}", terminal_safe(text)))
     };
     let definitions = tools.definitions();
-    let delegate = Arc::new(CliDelegate::new(tools, sink));
+    let delegate = Arc::new(CliDelegate::new(tools.clone(), sink));
     let session = session::open(
         options.in_process,
         delegate,
@@ -106,6 +107,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
     }
     let wall_time = started_at.elapsed();
     session.shutdown().await;
+    tools.stop().await;
     if options.json {
         let mut result = response_json(&response);
         result["content_items"] = items_json(&all_items);

@@ -6,6 +6,10 @@
 //! also sends events (`{"event": ...}`): tool calls the client answers with a
 //! `tool_result` message, their cancellations, notifications and closed cells.
 //!
+//! With `--tools FILE`/`--builtin SETS`, the file's command tools, the built-ins and the
+//! file's MCP servers' tools are added to every `exec` and answered by the driver itself;
+//! only the client's own tools become `tool_call` events.
+//!
 //! Parameters are parsed into typed structs (an error names the field); session calls run
 //! through the protocol crate's one adapter ([`SessionCall::run`]) and are answered in the
 //! shared JSON forms ([`code_mode_protocol::surface::json`]). The driver runs on a
@@ -13,6 +17,7 @@
 //! order the session produced them (see [`serve`]).
 
 use crate::Failure;
+use crate::tools::ToolSet;
 use code_mode::{InProcessOptions, InProcessSession};
 use code_mode_host::{HostConfig, IpcProvider};
 use code_mode_protocol::surface::json::reply_json;
@@ -197,8 +202,11 @@ struct ExecParams {
 }
 
 impl ExecParams {
-    fn request(&self) -> ExecRequest {
-        let tools: Vec<ToolDefinition> = self.tools.iter().map(ToolParams::definition).collect();
+    /// The request, with the client's tools and then the driver's own (`--tools`).
+    fn request(&self, own: &ToolSet) -> ExecRequest {
+        let mut tools: Vec<ToolDefinition> =
+            self.tools.iter().map(ToolParams::definition).collect();
+        tools.extend(own.definitions());
         let mut request = ExecRequest::new(self.source.clone()).with_tools(tools);
         request.yield_time_ms = self.yield_time_ms;
         request
@@ -235,16 +243,20 @@ struct ToolResultParams {
 }
 
 /// A session method's parameters as the session it names and the call to run on it.
-fn session_call(method: &str, given: Value) -> Result<Option<(String, SessionCall)>, ErrorReply> {
+fn session_call(
+    method: &str,
+    given: Value,
+    own: &ToolSet,
+) -> Result<Option<(String, SessionCall)>, ErrorReply> {
     Ok(Some(match method {
         "exec" => {
             let exec: ExecParams = params(given)?;
-            let request = exec.request();
+            let request = exec.request(own);
             (exec.session, SessionCall::Execute(request))
         }
         "execute_to_pending" => {
             let exec: ExecParams = params(given)?;
-            let request = exec.request();
+            let request = exec.request(own);
             (exec.session, SessionCall::ExecuteToPending(request))
         }
         "wait" => {
@@ -290,6 +302,8 @@ struct Server {
     last_session: AtomicU64,
     calls: PendingCalls,
     last_call: Arc<AtomicU64>,
+    /// The driver's own tools (`--tools`, `--builtin`).
+    tools: ToolSet,
 }
 
 /// The delegate of a served session: tool calls and notifications become events, written
@@ -300,6 +314,7 @@ struct JsonlDelegate {
     out: Out,
     calls: PendingCalls,
     last_call: Arc<AtomicU64>,
+    tools: ToolSet,
 }
 
 impl CodeModeSessionDelegate for JsonlDelegate {
@@ -309,6 +324,9 @@ impl CodeModeSessionDelegate for JsonlDelegate {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<Value, String>> {
         Box::pin(async move {
+            if self.tools.has(&call.tool_name) {
+                return self.tools.call(&call.tool_name, call.input, &cancel).await;
+            }
             let id = format!("c{}", self.last_call.fetch_add(1, Ordering::SeqCst) + 1);
             let (reply, answer) = oneshot::channel();
             lock(&self.calls).insert(id.clone(), reply);
@@ -373,6 +391,7 @@ impl Server {
             out: self.out.clone(),
             calls: Arc::clone(&self.calls),
             last_call: Arc::clone(&self.last_call),
+            tools: self.tools.clone(),
         });
         let session: Arc<dyn CodeModeSession> = match &self.provider {
             Some(provider) if !self.in_process => {
@@ -389,9 +408,11 @@ impl Server {
 
     /// The `exec` description and both tool specs for the given tools, as a model would
     /// see them (`code-mode describe`), their input schemas rendered as declarations.
-    fn describe(given: Value) -> Result<Value, ErrorReply> {
+    fn describe(&self, given: Value) -> Result<Value, ErrorReply> {
         let given: DescribeParams = params(given)?;
-        let tools: Vec<ToolDescription> = given.tools.iter().map(ToolParams::description).collect();
+        let mut tools: Vec<ToolDescription> =
+            given.tools.iter().map(ToolParams::description).collect();
+        tools.extend(self.tools.descriptions());
         Ok(json!({
             "description": exec_description(&tools),
             "tools": [exec_tool_spec(&tools).to_json(), wait_tool_spec().to_json()],
@@ -401,10 +422,10 @@ impl Server {
     async fn handle(&self, method: &str, given: Value) -> Result<Value, ErrorReply> {
         match method {
             "open_session" => return self.open_session(given),
-            "describe" => return Self::describe(given),
+            "describe" => return self.describe(given),
             _ => {}
         }
-        let Some((session_id, call)) = session_call(method, given)? else {
+        let Some((session_id, call)) = session_call(method, given, &self.tools)? else {
             return Err(ErrorReply::new(
                 "unknown_method",
                 format!("unknown method `{method}`"),
@@ -445,7 +466,7 @@ impl Server {
     clippy::print_stdout,
     reason = "the JSON-lines protocol is the CLI's stdout"
 )]
-pub async fn serve(in_process: bool, runtime_log: String) -> Result<(), Failure> {
+pub async fn serve(in_process: bool, tools: ToolSet, runtime_log: String) -> Result<(), Failure> {
     let provider = if in_process {
         None
     } else {
@@ -477,6 +498,7 @@ pub async fn serve(in_process: bool, runtime_log: String) -> Result<(), Failure>
         last_session: AtomicU64::new(0),
         calls: Arc::new(Mutex::new(HashMap::new())),
         last_call: Arc::new(AtomicU64::new(0)),
+        tools,
     });
     let tasks = TaskTracker::new();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -537,6 +559,7 @@ pub async fn serve(in_process: bool, runtime_log: String) -> Result<(), Failure>
     }
     tasks.close();
     tasks.wait().await;
+    server.tools.stop().await;
     drop(server);
     let _ = writer.await;
     Ok(())

@@ -1,4 +1,4 @@
-//! Opening a session for a CLI command: over the runtime process (the default) or in
+//! Opening sessions for a CLI command: over the runtime process (the default) or in
 //! process (`--in-process`).
 
 use code_mode::{InProcessOptions, InProcessSession};
@@ -6,23 +6,49 @@ use code_mode_host::{HostConfig, IpcProvider};
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions};
 use std::sync::Arc;
 
-/// Opens a session; the error is one line for the user.
+/// Where a command's sessions run; one runtime process serves all of a command's sessions.
+pub enum Sessions {
+    InProcess,
+    Ipc(IpcProvider),
+}
+
+impl Sessions {
+    /// The provider for `--in-process` or the runtime process; the error is one line for
+    /// the user.
+    pub fn new(in_process: bool, runtime_log: &str) -> Result<Self, String> {
+        if in_process {
+            return Ok(Self::InProcess);
+        }
+        IpcProvider::new(HostConfig {
+            log_filter: runtime_log.to_owned(),
+            ..HostConfig::default()
+        })
+        .map(Self::Ipc)
+        .map_err(|error| error.to_string())
+    }
+
+    /// Opens a session.
+    pub fn open(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> Box<dyn CodeModeSession> {
+        match self {
+            Self::InProcess => Box::new(InProcessSession::new(
+                delegate,
+                InProcessOptions { session: options },
+            )),
+            Self::Ipc(provider) => Box::new(provider.open_session(delegate, options)),
+        }
+    }
+}
+
+/// Opens one session; the error is one line for the user.
 pub fn open(
     in_process: bool,
     delegate: Arc<dyn CodeModeSessionDelegate>,
     options: SessionOptions,
     runtime_log: &str,
 ) -> Result<Box<dyn CodeModeSession>, String> {
-    if in_process {
-        return Ok(Box::new(InProcessSession::new(
-            delegate,
-            InProcessOptions { session: options },
-        )));
-    }
-    let provider = IpcProvider::new(HostConfig {
-        log_filter: runtime_log.to_owned(),
-        ..HostConfig::default()
-    })
-    .map_err(|error| error.to_string())?;
-    Ok(Box::new(provider.open_session(delegate, options)))
+    Ok(Sessions::new(in_process, runtime_log)?.open(delegate, options))
 }

@@ -1,6 +1,7 @@
 //! The tools a cell can call from the command line: tools defined in a TOML file (each runs
 //! a command with the JSON input on stdin) and the opt-in built-ins (`fs`: `read_file`,
-//! `list_dir`, `write_file`; `shell`: `exec_command`). Also the delegate that runs them.
+//! `list_dir`, `write_file`; `shell`: `exec_command`), plus the tools of MCP servers
+//! (`[[mcp_server]]`, see [`crate::mcp::client`]). Also the delegate that runs them.
 //!
 //! A tools file:
 //! ```toml
@@ -13,15 +14,24 @@
 //! kind = "function"                         # optional: "function" or "freeform"
 //! [tool.input_schema]                       # optional JSON Schema, as a TOML table
 //! type = "object"
+//!
+//! [[mcp_server]]
+//! name = "fs"                                  # tools.mcp__fs__<tool>
+//! command = ["npx", "server-filesystem", "."]  # stdio; or: url = "http://127.0.0.1:3001/mcp"
+//! # optional: env = { KEY = "v" }, cwd, enabled_tools = [...], disabled_tools = [...],
+//! #           startup_timeout_ms, call_timeout_ms, headers = { ... } (with url)
 //! ```
 
+use crate::mcp::client::{
+    DEFAULT_CALL_TIMEOUT_MS, DEFAULT_STARTUP_TIMEOUT_MS, McpServerConfig, McpSources, McpTransport,
+};
 use code_mode_protocol::surface::ToolDescription;
 use code_mode_protocol::{
-    BoxFuture, CodeModeSessionDelegate, NestedToolCall, ToolDefinition, ToolKind,
+    BoxFuture, CodeModeSessionDelegate, NestedToolCall, ToolDefinition, ToolKind, js_tool_name,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -54,6 +64,12 @@ pub enum ToolsError {
         tool: String,
         message: String,
     },
+    #[error("bad tools file {path}: MCP server `{server}`: {message}")]
+    McpServer {
+        path: PathBuf,
+        server: String,
+        message: String,
+    },
     #[error("unknown built-in tool set `{0}` (known: fs, shell)")]
     UnknownBuiltin(String),
 }
@@ -63,6 +79,27 @@ pub enum ToolsError {
 struct ToolsFile {
     #[serde(default)]
     tool: Vec<ToolEntry>,
+    #[serde(default)]
+    mcp_server: Vec<McpServerEntry>,
+}
+
+/// A `[[mcp_server]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpServerEntry {
+    name: String,
+    command: Option<Command>,
+    url: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    enabled_tools: Option<Vec<String>>,
+    #[serde(default)]
+    disabled_tools: Vec<String>,
+    startup_timeout_ms: Option<u64>,
+    call_timeout_ms: Option<u64>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,15 +157,43 @@ struct Tool {
 }
 
 /// Every tool of a CLI run.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ToolSet {
     tools: BTreeMap<String, Tool>,
     order: Vec<String>,
+    /// The `[[mcp_server]]` entries, until [`ToolSet::start`] starts them.
+    mcp_configs: Vec<McpServerConfig>,
+    mcp: Option<Arc<McpSources>>,
 }
 
 impl ToolSet {
-    /// Loads a tools file (if given) and adds the named built-in sets.
-    pub fn load(file: Option<&Path>, builtins: &[String]) -> Result<Self, ToolsError> {
+    /// Loads a tools file (if given), adds the named built-in sets and starts the file's
+    /// MCP servers.
+    pub async fn load(file: Option<&Path>, builtins: &[String]) -> Result<Self, ToolsError> {
+        let mut set = Self::parse(file, builtins)?;
+        set.start(Arc::new(|| {})).await;
+        Ok(set)
+    }
+
+    /// Starts the MCP servers of the tools file (concurrently); `on_change` runs whenever
+    /// a server's tool list changes.
+    pub async fn start(&mut self, on_change: Arc<dyn Fn() + Send + Sync>) {
+        let configs = std::mem::take(&mut self.mcp_configs);
+        if !configs.is_empty() {
+            self.mcp = Some(Arc::new(McpSources::start(configs, on_change).await));
+        }
+    }
+
+    /// Stops the MCP servers.
+    pub async fn stop(&self) {
+        if let Some(mcp) = &self.mcp {
+            mcp.stop().await;
+        }
+    }
+
+    /// Reads a tools file (if given) and adds the named built-in sets; MCP servers are
+    /// checked, not started.
+    pub fn parse(file: Option<&Path>, builtins: &[String]) -> Result<Self, ToolsError> {
         let mut set = ToolSet::default();
         if let Some(path) = file {
             set.load_file(path)?;
@@ -205,6 +270,12 @@ impl ToolSet {
                 output_schema: schema(&entry.output_schema)?,
                 ..ToolDescription::default()
             };
+            if entry.name.starts_with(crate::mcp::client::MCP_TOOL_PREFIX) {
+                return Err(tool_error(format!(
+                    "names starting with `{}` belong to MCP servers",
+                    crate::mcp::client::MCP_TOOL_PREFIX
+                )));
+            }
             let implementation = Implementation::Command {
                 program,
                 args,
@@ -218,6 +289,23 @@ impl ToolSet {
                     implementation,
                 },
             );
+        }
+        for entry in parsed.mcp_server {
+            let config = mcp_server_config(entry, &base).map_err(|(server, message)| {
+                ToolsError::McpServer {
+                    path: path.to_path_buf(),
+                    server,
+                    message,
+                }
+            })?;
+            if self.mcp_configs.iter().any(|other| other.name == config.name) {
+                return Err(ToolsError::McpServer {
+                    path: path.to_path_buf(),
+                    server: config.name,
+                    message: "defined twice".to_owned(),
+                });
+            }
+            self.mcp_configs.push(config);
         }
         Ok(())
     }
@@ -250,12 +338,26 @@ impl ToolSet {
         }
     }
 
-    /// The tools as the description builder sees them, in definition order.
+    /// The tools as the description builder sees them, in definition order, then the MCP
+    /// servers' tools as they list them now. A tool whose JavaScript name another tool
+    /// already has is left out (with a warning), so `tools.<name>` is never ambiguous.
     pub fn descriptions(&self) -> Vec<ToolDescription> {
-        self.order
+        let mut seen = HashSet::new();
+        let fixed = self
+            .order
             .iter()
             .filter_map(|name| self.tools.get(name))
-            .map(|tool| tool.description.clone())
+            .map(|tool| tool.description.clone());
+        let mcp = self.mcp.iter().flat_map(|mcp| mcp.descriptions());
+        fixed
+            .chain(mcp)
+            .filter(|tool| {
+                let fresh = seen.insert(js_tool_name(&tool.name));
+                if !fresh {
+                    tracing::warn!(tool = %tool.name, js_name = %js_tool_name(&tool.name), "left out: another tool has the same JavaScript name");
+                }
+                fresh
+            })
             .collect()
     }
 
@@ -267,17 +369,25 @@ impl ToolSet {
             .collect()
     }
 
+    /// Whether `name` is one of these tools (an MCP tool only while its server lists it).
+    pub fn has(&self, name: &str) -> bool {
+        self.tools.contains_key(name) || self.mcp.as_ref().is_some_and(|mcp| mcp.lookup(name).is_some())
+    }
+
     /// Runs a tool call.
-    async fn call(
+    pub async fn call(
         &self,
         name: &str,
         input: Option<Value>,
         cancel: &CancellationToken,
     ) -> Result<Value, String> {
-        let tool = self
-            .tools
-            .get(name)
-            .ok_or_else(|| format!("unknown tool `{name}`"))?;
+        let Some(tool) = self.tools.get(name) else {
+            let mcp = self.mcp.as_ref().and_then(|mcp| mcp.lookup(name));
+            return match mcp {
+                Some(tool) => tool.call(&js_tool_name(name), input, cancel).await,
+                None => Err(format!("unknown tool `{name}`")),
+            };
+        };
         match &tool.implementation {
             Implementation::Command {
                 program,
@@ -293,6 +403,86 @@ impl ToolSet {
             }
         }
     }
+}
+
+/// Checks an `[[mcp_server]]` entry; an error is the server's name and what is wrong.
+fn mcp_server_config(
+    entry: McpServerEntry,
+    base: &Path,
+) -> Result<McpServerConfig, (String, String)> {
+    let name = entry.name.clone();
+    let fail = |message: String| (name.clone(), message);
+    if entry.name.is_empty()
+        || !entry
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(fail(
+            "`name` must be letters, digits, `_` or `-` (it becomes part of the tool names)"
+                .to_owned(),
+        ));
+    }
+    if entry.name.contains("__") {
+        return Err(fail("`name` must not contain `__`".to_owned()));
+    }
+    let transport = match (entry.command, entry.url) {
+        (Some(_), Some(_)) => {
+            return Err(fail("give `command` or `url`, not both".to_owned()));
+        }
+        (None, None) => {
+            return Err(fail(
+                "needs `command` (a stdio server) or `url` (streamable HTTP)".to_owned(),
+            ));
+        }
+        (Some(command), None) => {
+            if !entry.headers.is_empty() {
+                return Err(fail("`headers` only apply to a `url` server".to_owned()));
+            }
+            let cwd = base.join(entry.cwd.unwrap_or_default());
+            let (program, args) = match command {
+                Command::Shell(line) => ("sh".to_owned(), vec!["-c".to_owned(), line]),
+                Command::Argv(argv) => match argv.split_first() {
+                    Some((program, args)) => (program.clone(), args.to_vec()),
+                    None => return Err(fail("`command` must not be empty".to_owned())),
+                },
+            };
+            let program = resolve_program(&program, &cwd)
+                .ok_or_else(|| fail(format!("command `{program}` was not found")))?;
+            McpTransport::Stdio {
+                program,
+                args,
+                env: entry.env,
+                cwd,
+            }
+        }
+        (None, Some(url)) => {
+            if !entry.env.is_empty() || entry.cwd.is_some() {
+                return Err(fail(
+                    "`env` and `cwd` only apply to a `command` server".to_owned(),
+                ));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(fail(format!("`url` must be http:// or https://, got `{url}`")));
+            }
+            McpTransport::Http {
+                url,
+                headers: entry.headers,
+            }
+        }
+    };
+    Ok(McpServerConfig {
+        name: entry.name,
+        transport,
+        enabled_tools: entry.enabled_tools,
+        disabled_tools: entry.disabled_tools,
+        startup_timeout: Duration::from_millis(
+            entry.startup_timeout_ms.unwrap_or(DEFAULT_STARTUP_TIMEOUT_MS),
+        ),
+        call_timeout: Duration::from_millis(
+            entry.call_timeout_ms.unwrap_or(DEFAULT_CALL_TIMEOUT_MS),
+        ),
+    })
 }
 
 /// A toml error as "line L, column C: message" (the message names the field).

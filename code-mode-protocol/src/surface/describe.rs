@@ -64,11 +64,29 @@ type McpContent =
 type CallToolResult<T = unknown> = { content: McpContent[]; structuredContent?: T; isError?: boolean };
 ```"#;
 
+/// The input bullet of [`INTRODUCTION`], as a freeform tool takes its input.
+const RAW_INPUT_BULLET: &str =
+    "- The input is raw JavaScript source text: not JSON, not a string, not a fenced code block.";
+
+/// The same bullet for an `exec` that takes a JSON object (`{"code": "..."}`), as MCP tools do.
+const CODE_ARGUMENT_BULLET: &str = "- The `code` argument is the JavaScript source text: not a fenced code block.";
+
 /// Builds `exec`'s description for these tools (deferred ones included: they are only
 /// mentioned, not declared).
 pub fn exec_description(tools: &[ToolDescription]) -> String {
+    describe_exec(INTRODUCTION, tools)
+}
+
+/// `exec`'s description for an `exec` tool whose input is a JSON object with the source in
+/// `code` (`code-mode mcp`); the rest is [`exec_description`]'s.
+pub fn exec_code_argument_description(tools: &[ToolDescription]) -> String {
+    let introduction = INTRODUCTION.replacen(RAW_INPUT_BULLET, CODE_ARGUMENT_BULLET, 1);
+    describe_exec(&introduction, tools)
+}
+
+fn describe_exec(introduction: &str, tools: &[ToolDescription]) -> String {
     let mut out = String::new();
-    out.push_str(INTRODUCTION);
+    out.push_str(introduction);
     out.push_str("\n\n");
     out.push_str(HELPERS);
     out.push_str("\n\n## Tools\n");
@@ -168,5 +186,21 @@ fn result_type(schema: Option<&Value>) -> String {
         ),
         Some(None) => "CallToolResult".to_owned(),
         None => schema_to_typescript(schema, 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_code_argument_description_differs_only_in_its_input_bullet() {
+        let raw = super::exec_description(&[]);
+        let code = super::exec_code_argument_description(&[]);
+        assert!(raw.contains(super::RAW_INPUT_BULLET));
+        assert!(!code.contains(super::RAW_INPUT_BULLET));
+        assert!(code.contains(super::CODE_ARGUMENT_BULLET));
+        assert_eq!(
+            code.replacen(super::CODE_ARGUMENT_BULLET, super::RAW_INPUT_BULLET, 1),
+            raw
+        );
     }
 }

@@ -11,7 +11,7 @@ pub mod pragma;
 pub mod specs;
 
 pub use declarations::schema_to_typescript;
-pub use describe::{ToolDescription, exec_description};
+pub use describe::{ToolDescription, exec_code_argument_description, exec_description};
 pub use format::{BYTES_PER_TOKEN, format_response, status_line};
 pub use pragma::{DEFAULT_MAX_OUTPUT_TOKENS, ExecParseError, ParsedExec, parse_exec_source};
 pub use specs::{

@@ -1,0 +1,535 @@
+//! MCP servers as tool sources: each `[[mcp_server]]` of the tools file is started (a child
+//! process speaking stdio, or a streamable-HTTP endpoint), its tools are listed, and each
+//! becomes `mcp__<server>__<tool>` for cells. This module owns the connections: starting
+//! them concurrently, the tool lists (refreshed on `tools/list_changed`), calls with their
+//! timeout and cancellation, and restarting a server that died, with backoff.
+//!
+//! All MCP speaking is rmcp's; this module only decides what a cell sees.
+
+use code_mode_protocol::ToolKind;
+use code_mode_protocol::surface::ToolDescription;
+use code_mode_protocol::sync::lock;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    Tool,
+};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+/// Default time a server has to start, answer `initialize` and list its tools.
+pub const DEFAULT_STARTUP_TIMEOUT_MS: u64 = 10_000;
+
+/// Default time one `tools/call` may take.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 60_000;
+
+/// How much of a server's stderr is kept to explain its failures, in bytes.
+const STDERR_TAIL_BYTES: usize = 2_000;
+
+/// The first wait before starting a server again after a failed start; it doubles with
+/// each failure in a row, up to [`MAX_RESTART_BACKOFF`].
+const FIRST_RESTART_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The longest wait between two starts of a failing server.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(10);
+
+/// After this long, a start still in progress is reported on stderr.
+const SLOW_START_NOTICE: Duration = Duration::from_secs(2);
+
+/// The prefix of every MCP tool's name; the full name is `mcp__<server>__<tool>`.
+pub const MCP_TOOL_PREFIX: &str = "mcp__";
+
+/// How to reach a server.
+#[derive(Debug, Clone)]
+pub enum McpTransport {
+    /// A child process speaking MCP on its stdin/stdout.
+    Stdio {
+        program: PathBuf,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: PathBuf,
+    },
+    /// A streamable-HTTP endpoint.
+    Http {
+        url: String,
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// One `[[mcp_server]]` entry, checked.
+#[derive(Debug, Clone)]
+pub struct McpServerConfig {
+    /// The namespace: tools become `mcp__<name>__<tool>`.
+    pub name: String,
+    pub transport: McpTransport,
+    /// Only these tools, when given.
+    pub enabled_tools: Option<Vec<String>>,
+    /// Never these tools.
+    pub disabled_tools: Vec<String>,
+    pub startup_timeout: Duration,
+    pub call_timeout: Duration,
+}
+
+impl McpServerConfig {
+    fn exposes(&self, tool: &str) -> bool {
+        let enabled = self
+            .enabled_tools
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|name| name == tool));
+        enabled && !self.disabled_tools.iter().any(|name| name == tool)
+    }
+}
+
+/// The end of a child's stderr, kept to explain why it failed.
+#[derive(Default)]
+struct StderrTail(VecDeque<u8>);
+
+impl StderrTail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.extend(bytes);
+        let excess = self.0.len().saturating_sub(STDERR_TAIL_BYTES);
+        self.0.drain(..excess);
+    }
+
+    fn text(&self) -> String {
+        let bytes: Vec<u8> = self.0.iter().copied().collect();
+        String::from_utf8_lossy(&bytes).trim().to_owned()
+    }
+}
+
+type Client = RunningService<RoleClient, ClientSide>;
+
+/// A server's connection state; its async lock serialises (re)starts.
+#[derive(Default)]
+struct Link {
+    client: Option<Client>,
+    /// Failed starts in a row.
+    failures: u32,
+    /// No start before this instant (the backoff after a failed start).
+    retry_at: Option<Instant>,
+}
+
+/// One configured server.
+pub struct McpServer {
+    config: McpServerConfig,
+    link: tokio::sync::Mutex<Link>,
+    /// The tools the server listed, those the configuration exposes.
+    tools: Mutex<Vec<Tool>>,
+    stderr: Arc<Mutex<StderrTail>>,
+    /// Called after the tool list changed (`code-mode mcp` tells its clients).
+    on_change: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// rmcp's client handler: our identity, and the notifications a server sends.
+struct ClientSide {
+    server: Weak<McpServer>,
+}
+
+impl ClientHandler for ClientSide {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("code-mode", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
+        let Some(server) = self.server.upgrade() else {
+            return;
+        };
+        match context.peer.list_all_tools().await {
+            Ok(tools) => {
+                tracing::info!(server = %server.config.name, count = tools.len(), "MCP tool list changed");
+                server.set_tools(tools);
+            }
+            Err(error) => {
+                tracing::warn!(server = %server.config.name, %error, "cannot list the changed MCP tools");
+            }
+        }
+    }
+}
+
+impl McpServer {
+    fn new(config: McpServerConfig, on_change: Arc<dyn Fn() + Send + Sync>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            link: tokio::sync::Mutex::new(Link::default()),
+            tools: Mutex::new(Vec::new()),
+            stderr: Arc::new(Mutex::new(StderrTail::default())),
+            on_change,
+        })
+    }
+
+    fn set_tools(&self, tools: Vec<Tool>) {
+        let exposed = tools
+            .into_iter()
+            .filter(|tool| self.config.exposes(&tool.name))
+            .collect();
+        *lock(&self.tools) = exposed;
+        (self.on_change)();
+    }
+
+    /// "MCP server `fs`", with the end of its stderr when there is some.
+    fn failure(&self, what: &str) -> String {
+        let name = &self.config.name;
+        let tail = lock(&self.stderr).text();
+        if tail.is_empty() {
+            format!("MCP server `{name}` {what}")
+        } else {
+            format!("MCP server `{name}` {what}; the end of its stderr:\n{tail}")
+        }
+    }
+
+    /// Starts the server and lists its tools, within the startup timeout.
+    async fn connect(self: &Arc<Self>) -> Result<Client, String> {
+        let started = Instant::now();
+        let attempt = async {
+            let handler = ClientSide {
+                server: Arc::downgrade(self),
+            };
+            let client = match &self.config.transport {
+                McpTransport::Stdio {
+                    program,
+                    args,
+                    env,
+                    cwd,
+                } => {
+                    let mut command = tokio::process::Command::new(program);
+                    command
+                        .args(args)
+                        .envs(env)
+                        .current_dir(cwd)
+                        .kill_on_drop(true);
+                    let (transport, stderr) = TokioChildProcess::builder(command)
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .map_err(|error| {
+                            format!(
+                                "MCP server `{}` could not be started ({}): {error}",
+                                self.config.name,
+                                program.display()
+                            )
+                        })?;
+                    if let Some(mut stderr) = stderr {
+                        let tail = Arc::clone(&self.stderr);
+                        let name = self.config.name.clone();
+                        tokio::spawn(async move {
+                            let mut buffer = [0u8; 4096];
+                            while let Ok(read) = stderr.read(&mut buffer).await {
+                                if read == 0 {
+                                    break;
+                                }
+                                let chunk = &buffer[..read];
+                                tracing::debug!(server = %name, stderr = %String::from_utf8_lossy(chunk).trim_end(), "MCP server stderr");
+                                lock(&tail).push(chunk);
+                            }
+                        });
+                    }
+                    handler.serve(transport).await
+                }
+                McpTransport::Http { url, headers } => {
+                    let mut custom = HashMap::new();
+                    for (name, value) in headers {
+                        let name = http::HeaderName::try_from(name.as_str()).map_err(|error| {
+                            format!("MCP server `{}`: header `{name}`: {error}", self.config.name)
+                        })?;
+                        let value = http::HeaderValue::try_from(value.as_str()).map_err(|error| {
+                            format!("MCP server `{}`: header `{name}`: {error}", self.config.name)
+                        })?;
+                        custom.insert(name, value);
+                    }
+                    let config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                        .custom_headers(custom);
+                    handler
+                        .serve(StreamableHttpClientTransport::from_config(config))
+                        .await
+                }
+            }
+            .map_err(|error| self.failure(&format!("failed to initialize: {error}")))?;
+            let tools = client
+                .list_all_tools()
+                .await
+                .map_err(|error| self.failure(&format!("failed to list its tools: {error}")))?;
+            Ok::<_, String>((client, tools))
+        };
+        let notice = async {
+            tokio::time::sleep(SLOW_START_NOTICE).await;
+            eprintln!(
+                "code-mode: still starting MCP server `{}` ({} s so far, timeout {} ms)",
+                self.config.name,
+                SLOW_START_NOTICE.as_secs(),
+                self.config.startup_timeout.as_millis()
+            );
+            std::future::pending::<()>().await;
+        };
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(self.config.startup_timeout, attempt) => outcome,
+            () = notice => unreachable!("the notice never ends"),
+        };
+        match outcome {
+            Ok(Ok((client, tools))) => {
+                tracing::info!(server = %self.config.name, tools = tools.len(), elapsed_ms = started.elapsed().as_millis() as u64, "MCP server started");
+                self.set_tools(tools);
+                Ok(client)
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(self.failure(&format!(
+                "did not start within {} ms (no answer to `initialize` or `tools/list`)",
+                self.config.startup_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// A live client: the current one, or a new start (after the backoff of earlier
+    /// failures, which a cancelled call stops waiting for).
+    async fn client(
+        self: &Arc<Self>,
+        cancel: &CancellationToken,
+    ) -> Result<rmcp::service::Peer<RoleClient>, String> {
+        let mut link = self.link.lock().await;
+        if let Some(client) = &link.client {
+            if !client.is_closed() {
+                return Ok(client.peer().clone());
+            }
+            link.client = None;
+        }
+        if let Some(retry_at) = link.retry_at {
+            tokio::select! {
+                () = tokio::time::sleep_until(retry_at.into()) => {}
+                () = cancel.cancelled() => return Err("cancelled".to_owned()),
+            }
+        }
+        lock(&self.stderr).0.clear();
+        match self.connect().await {
+            Ok(client) => {
+                let peer = client.peer().clone();
+                link.client = Some(client);
+                link.failures = 0;
+                link.retry_at = None;
+                Ok(peer)
+            }
+            Err(error) => {
+                link.failures += 1;
+                let backoff = FIRST_RESTART_BACKOFF
+                    .saturating_mul(1 << (link.failures - 1).min(16))
+                    .min(MAX_RESTART_BACKOFF);
+                link.retry_at = Some(Instant::now() + backoff);
+                Err(error)
+            }
+        }
+    }
+
+    /// Calls one of this server's tools; the result is the `CallToolResult` as JSON, and
+    /// an `isError` result is the text of its content.
+    async fn call(
+        self: &Arc<Self>,
+        tool: &str,
+        js_name: &str,
+        input: Option<Value>,
+        cancel: &CancellationToken,
+    ) -> Result<Value, String> {
+        let arguments = match input {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(arguments)) => arguments,
+            Some(other) => {
+                return Err(format!(
+                    "tools.{js_name} takes an object of arguments (or none), not {}",
+                    json_type(&other)
+                ));
+            }
+        };
+        let peer = self.client(cancel).await?;
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        // Dropping rmcp's call future sends `notifications/cancelled` for it.
+        let call = tokio::time::timeout(self.config.call_timeout, peer.call_tool(params));
+        let outcome = tokio::select! {
+            outcome = call => outcome,
+            () = cancel.cancelled() => return Err("cancelled".to_owned()),
+        };
+        match outcome {
+            Ok(Ok(result)) => result_json(result),
+            Ok(Err(error)) => {
+                if peer.is_transport_closed() {
+                    Err(self.failure(&format!("exited during the call to `{tool}` ({error}); it is started again on the next call")))
+                } else {
+                    Err(format!(
+                        "MCP server `{}` failed the call to `{tool}`: {error}",
+                        self.config.name
+                    ))
+                }
+            }
+            Err(_) => Err(format!(
+                "MCP server `{}` did not answer the call to `{tool}` within {} ms",
+                self.config.name,
+                self.config.call_timeout.as_millis()
+            )),
+        }
+    }
+
+    /// Stops the server (its child process is killed when rmcp's transport drops).
+    async fn stop(&self) {
+        let client = self.link.lock().await.client.take();
+        if let Some(client) = client {
+            let _ = client.cancel().await;
+        }
+    }
+}
+
+/// A JSON value's type, as the error texts name it.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The result a cell gets: `content`, `structuredContent`, `_meta` (and `isError` when
+/// false). An `isError: true` result rejects with the text of its content.
+fn result_json(result: CallToolResult) -> Result<Value, String> {
+    let mut value = serde_json::to_value(&result)
+        .map_err(|error| format!("the MCP result could not be read: {error}"))?;
+    if let Value::Object(fields) = &mut value {
+        fields.remove("resultType");
+    }
+    if result.is_error == Some(true) {
+        let texts: Vec<String> = value
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|block| block.get("text").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect();
+        let message = if texts.is_empty() {
+            "the MCP tool reported an error without text".to_owned()
+        } else {
+            texts.join("\n")
+        };
+        return Err(message);
+    }
+    Ok(value)
+}
+
+/// The output schema a cell's result follows: a `CallToolResult` whose
+/// `structuredContent` is the tool's own output schema.
+fn call_tool_result_schema(output_schema: Option<&serde_json::Map<String, Value>>) -> Value {
+    let mut properties = serde_json::Map::new();
+    properties.insert(
+        "content".to_owned(),
+        json!({"type": "array", "items": {"type": "object"}}),
+    );
+    if let Some(schema) = output_schema {
+        properties.insert(
+            "structuredContent".to_owned(),
+            Value::Object(schema.clone()),
+        );
+    }
+    properties.insert("isError".to_owned(), json!({"type": "boolean"}));
+    properties.insert("_meta".to_owned(), json!({"type": "object"}));
+    json!({"type": "object", "properties": properties, "required": ["content"]})
+}
+
+/// Every configured server.
+pub struct McpSources {
+    servers: Vec<Arc<McpServer>>,
+}
+
+/// One MCP tool as a cell sees it.
+pub struct McpToolRef {
+    server: Arc<McpServer>,
+    tool: String,
+}
+
+impl McpSources {
+    /// Starts every server concurrently. A server that fails to start is reported on
+    /// stderr and offers no tools; the others are unaffected.
+    pub async fn start(
+        configs: Vec<McpServerConfig>,
+        on_change: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        let servers: Vec<Arc<McpServer>> = configs
+            .into_iter()
+            .map(|config| McpServer::new(config, Arc::clone(&on_change)))
+            .collect();
+        let starts = servers.iter().map(|server| async move {
+            if let Err(error) = server.client(&CancellationToken::new()).await {
+                eprintln!("code-mode: {error}");
+            }
+        });
+        futures_util::future::join_all(starts).await;
+        Self { servers }
+    }
+
+    /// The full name of a server's tool.
+    pub fn tool_name(server: &str, tool: &str) -> String {
+        format!("{MCP_TOOL_PREFIX}{server}__{tool}")
+    }
+
+    /// Every exposed tool, server by server in configuration order, each server's tools
+    /// under a namespace header.
+    pub fn descriptions(&self) -> Vec<ToolDescription> {
+        let mut descriptions = Vec::new();
+        for server in &self.servers {
+            let name = &server.config.name;
+            for tool in lock(&server.tools).iter() {
+                descriptions.push(ToolDescription {
+                    name: Self::tool_name(name, &tool.name),
+                    namespace: Some(format!("{MCP_TOOL_PREFIX}{name}")),
+                    namespace_description: Some(format!("Tools of the MCP server `{name}`.")),
+                    description: tool.description.as_deref().unwrap_or_default().to_owned(),
+                    kind: ToolKind::Function,
+                    input_schema: Some(Value::Object((*tool.input_schema).clone())),
+                    output_schema: Some(call_tool_result_schema(tool.output_schema.as_deref())),
+                    deferred: false,
+                });
+            }
+        }
+        descriptions
+    }
+
+    /// The server tool behind a full name, if a server lists it now.
+    pub fn lookup(&self, name: &str) -> Option<McpToolRef> {
+        let rest = name.strip_prefix(MCP_TOOL_PREFIX)?;
+        self.servers.iter().find_map(|server| {
+            let tool = rest
+                .strip_prefix(server.config.name.as_str())?
+                .strip_prefix("__")?;
+            lock(&server.tools)
+                .iter()
+                .any(|listed| listed.name == tool)
+                .then(|| McpToolRef {
+                    server: Arc::clone(server),
+                    tool: tool.to_owned(),
+                })
+        })
+    }
+
+    /// Stops every server.
+    pub async fn stop(&self) {
+        futures_util::future::join_all(self.servers.iter().map(|server| server.stop())).await;
+    }
+}
+
+impl McpToolRef {
+    /// Calls the tool; `js_name` is how the cell named it (for error texts).
+    pub async fn call(
+        &self,
+        js_name: &str,
+        input: Option<Value>,
+        cancel: &CancellationToken,
+    ) -> Result<Value, String> {
+        self.server.call(&self.tool, js_name, input, cancel).await
+    }
+}

@@ -1,0 +1,524 @@
+//! `code-mode mcp`: code mode as an MCP server, over stdio (the default) or streamable HTTP
+//! (`--http ADDR`). Two tools: `exec` (`{"code": string}`, the pragma allowed on its
+//! first line) and `wait` (the contract's arguments), with the model-facing descriptions;
+//! results are the formatter's text plus image content. Each MCP connection (an HTTP MCP
+//! session) has one code-mode session, so stored values live as long as the connection.
+//! Cell notifications become MCP progress notifications when the observing request asked
+//! for progress, and log messages otherwise. A cancelled MCP request ends the observation,
+//! never the cell: its output stays for the next `wait`.
+
+use crate::Failure;
+use crate::session::Sessions;
+use crate::tools::ToolSet;
+use code_mode_protocol::surface::{
+    EXEC_TOOL_NAME, WAIT_TOOL_NAME, exec_code_argument_description, format_response,
+    parse_exec_source, parse_wait_arguments, wait_tool_spec, ToolSpec,
+};
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{
+    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem, ExecRequest,
+    NestedToolCall, SessionOptions, WaitRequest,
+};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+    Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ProgressToken, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{Peer, RequestContext};
+use rmcp::{RoleServer, ServerHandler, ServiceExt};
+use serde_json::{Value, json};
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What `code-mode mcp` was asked to do.
+pub struct McpOptions {
+    pub tools: Option<PathBuf>,
+    pub builtins: Vec<String>,
+    /// Serve streamable HTTP on this address instead of stdio.
+    pub http: Option<SocketAddr>,
+    /// Accept a non-loopback `--http` address.
+    pub allow_remote: bool,
+    pub in_process: bool,
+    pub reuse_isolates: bool,
+    pub runtime_log: String,
+}
+
+/// What every connection shares: the nested tools, where sessions run, the connected
+/// clients (told when the tool list changes).
+struct Shared {
+    tools: ToolSet,
+    sessions: Sessions,
+    reuse_isolates: bool,
+    clients: Mutex<Vec<Weak<Connection>>>,
+}
+
+impl Shared {
+    /// The two tools, `exec`'s description built from the nested tools as they are now.
+    fn tool_list(&self) -> Vec<Tool> {
+        let description = exec_code_argument_description(&self.tools.descriptions());
+        let exec_schema = json!({
+            "type": "object",
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": "The JavaScript (or TypeScript) source of the script; its first line may be an `// @exec: {...}` pragma."
+                }
+            },
+            "required": ["code"],
+            "additionalProperties": false
+        });
+        let (wait_description, wait_schema) = match wait_tool_spec() {
+            ToolSpec::Function {
+                description,
+                parameters,
+                ..
+            } => (description, parameters),
+            ToolSpec::Freeform { description, .. } => (description, json!({"type": "object"})),
+        };
+        vec![
+            Tool::new(EXEC_TOOL_NAME, description, object(exec_schema)),
+            Tool::new(WAIT_TOOL_NAME, wait_description, object(wait_schema)),
+        ]
+    }
+
+    /// Tells every connected client that `exec`'s description changed.
+    fn tools_changed(&self) {
+        let clients: Vec<Arc<Connection>> = lock(&self.clients)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for client in clients {
+            if let Some(peer) = lock(&client.peer).clone() {
+                tokio::spawn(async move {
+                    let _ = peer.notify_tool_list_changed().await;
+                });
+            }
+        }
+    }
+}
+
+fn object(value: Value) -> Arc<serde_json::Map<String, Value>> {
+    match value {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(serde_json::Map::new()),
+    }
+}
+
+/// Where a connection's cell notifications go: its peer, and the progress token of the
+/// request observing now (if it asked for progress).
+#[derive(Default)]
+struct Listener {
+    progress: Option<(ProgressToken, u64)>,
+}
+
+/// One MCP connection: its session and its peer.
+struct Connection {
+    peer: Mutex<Option<Peer<RoleServer>>>,
+    listener: Mutex<Listener>,
+}
+
+/// The delegate of a connection's session: nested tools run here, notifications go to
+/// the MCP client.
+struct McpDelegate {
+    tools: ToolSet,
+    connection: Weak<Connection>,
+}
+
+impl CodeModeSessionDelegate for McpDelegate {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<Value, String>> {
+        Box::pin(async move { self.tools.call(&call.tool_name, call.input, &cancel).await })
+    }
+
+    fn notify(
+        &self,
+        cell_id: String,
+        text: String,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(connection) = self.connection.upgrade() else {
+                return;
+            };
+            let Some(peer) = lock(&connection.peer).clone() else {
+                return;
+            };
+            let progress = {
+                let mut listener = lock(&connection.listener);
+                listener.progress.as_mut().map(|(token, count)| {
+                    *count += 1;
+                    (token.clone(), *count)
+                })
+            };
+            match progress {
+                Some((token, count)) => {
+                    let params = ProgressNotificationParam::new(token, count as f64)
+                        .with_message(format!("[cell {cell_id}] {text}"));
+                    let _ = peer.notify_progress(params).await;
+                }
+                None => {
+                    #[allow(deprecated, reason = "log messages are how clients of protocol versions before 2026-07-28 see notifications")]
+                    let params = rmcp::model::LoggingMessageNotificationParam::new(
+                        rmcp::model::LoggingLevel::Info,
+                        json!({"cell_id": cell_id, "text": text}),
+                    )
+                    .with_logger("code-mode");
+                    #[allow(deprecated, reason = "see above")]
+                    let _ = peer.notify_logging_message(params).await;
+                }
+            }
+        })
+    }
+
+    fn cell_closed(&self, cell_id: &str) {
+        tracing::debug!(cell = cell_id, "cell closed");
+    }
+}
+
+/// rmcp's server handler: one per MCP connection.
+struct CodeModeServer {
+    shared: Arc<Shared>,
+    connection: Arc<Connection>,
+    session: Box<dyn CodeModeSession>,
+}
+
+impl CodeModeServer {
+    fn new(shared: &Arc<Shared>) -> Self {
+        let connection = Arc::new(Connection {
+            peer: Mutex::new(None),
+            listener: Mutex::new(Listener::default()),
+        });
+        lock(&shared.clients).retain(|client| client.strong_count() > 0);
+        lock(&shared.clients).push(Arc::downgrade(&connection));
+        let delegate = Arc::new(McpDelegate {
+            tools: shared.tools.clone(),
+            connection: Arc::downgrade(&connection),
+        });
+        let session = shared.sessions.open(
+            delegate,
+            SessionOptions {
+                reuse_isolates: shared.reuse_isolates,
+                ..SessionOptions::default()
+            },
+        );
+        Self {
+            shared: Arc::clone(shared),
+            connection,
+            session,
+        }
+    }
+
+    /// Runs one observation (`exec` or `wait`) and turns its response into a result.
+    async fn observe(
+        &self,
+        observation: BoxFuture<'_, Result<CellResponse, code_mode_protocol::SessionError>>,
+        max_tokens: u64,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let started = Instant::now();
+        lock(&self.connection.listener).progress =
+            context.meta.get_progress_token().map(|token| (token, 0));
+        let outcome = tokio::select! {
+            outcome = observation => Some(outcome),
+            () = context.ct.cancelled() => None,
+        };
+        lock(&self.connection.listener).progress = None;
+        match outcome {
+            None => Err(ErrorData::internal_error(
+                "the request was cancelled; the script keeps running (call `wait` for its output)",
+                None,
+            )),
+            Some(Err(error)) => Ok(CallToolResult::error(vec![ContentBlock::text(error.to_string())])),
+            Some(Ok(response)) => Ok(CallToolResult::success(content(&format_response(
+                &response,
+                started.elapsed(),
+                max_tokens,
+            )))),
+        }
+    }
+
+    async fn exec(
+        &self,
+        arguments: Option<serde_json::Map<String, Value>>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let code = match arguments.as_ref().and_then(|arguments| arguments.get("code")) {
+            Some(Value::String(code)) => code.clone(),
+            _ => {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(
+                    "exec expects {\"code\": string}: the script's JavaScript source",
+                )]));
+            }
+        };
+        if let Some(extra) = arguments
+            .iter()
+            .flat_map(|arguments| arguments.keys())
+            .find(|key| *key != "code")
+        {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "exec takes only `code`, not `{extra}`"
+            ))]));
+        }
+        let parsed = match parse_exec_source(&code) {
+            Ok(parsed) => parsed,
+            Err(error) => return Ok(CallToolResult::error(vec![ContentBlock::text(error.to_string())])),
+        };
+        let max_tokens = parsed.max_output_tokens_or_default();
+        let mut request =
+            ExecRequest::new(parsed.source).with_tools(self.shared.tools.definitions());
+        request.yield_time_ms = parsed.yield_time_ms;
+        let observation = Box::pin(async move {
+            self.session
+                .execute(request)
+                .await
+                .map(|started| started.initial_response)
+        });
+        self.observe(observation, max_tokens, context).await
+    }
+
+    async fn wait(
+        &self,
+        arguments: Option<serde_json::Map<String, Value>>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let text = Value::Object(arguments.unwrap_or_default()).to_string();
+        let arguments = match parse_wait_arguments(&text) {
+            Ok(arguments) => arguments,
+            Err(error) => return Ok(CallToolResult::error(vec![ContentBlock::text(error)])),
+        };
+        let observation: BoxFuture<'_, _> = if arguments.terminate {
+            Box::pin(self.session.terminate(arguments.cell_id))
+        } else {
+            let mut request = WaitRequest::new(arguments.cell_id);
+            request.yield_time_ms = Some(arguments.yield_time_ms);
+            Box::pin(self.session.wait(request))
+        };
+        self.observe(observation, arguments.max_tokens, context).await
+    }
+
+    fn remember_peer(&self, peer: &Peer<RoleServer>) {
+        let mut current = lock(&self.connection.peer);
+        if current.is_none() {
+            *current = Some(peer.clone());
+        }
+    }
+}
+
+/// The formatter's items as MCP content: consecutive texts joined by newlines, images as
+/// image blocks (their data URLs split into data and MIME type).
+fn content(items: &[ContentItem]) -> Vec<ContentBlock> {
+    let mut blocks = Vec::new();
+    let mut text = String::new();
+    for item in items {
+        match item {
+            ContentItem::InputText { text: part } => {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(part);
+            }
+            ContentItem::InputImage { image_url, .. } => {
+                if !text.is_empty() {
+                    blocks.push(ContentBlock::text(std::mem::take(&mut text)));
+                }
+                blocks.push(image_block(image_url));
+            }
+        }
+    }
+    if !text.is_empty() {
+        blocks.push(ContentBlock::text(text));
+    }
+    blocks
+}
+
+/// A `data:<mime>;base64,<data>` URL as an image block; anything else as its text.
+fn image_block(url: &str) -> ContentBlock {
+    let parsed = url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(','))
+        .and_then(|(header, data)| {
+            let mime = header.strip_suffix(";base64")?;
+            Some((mime, data))
+        });
+    match parsed {
+        Some((mime, data)) => ContentBlock::image(data, mime),
+        None => ContentBlock::text(format!("[image: {url}]")),
+    }
+}
+
+impl ServerHandler for CodeModeServer {
+    #[allow(deprecated, reason = "logging is how clients before 2026-07-28 see notifications")]
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("code-mode", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Code mode: call `exec` with a JavaScript program that calls the nested tools (`await tools.<name>(args)`), filters, and prints only what matters; `wait` follows a script that is still running.",
+        )
+    }
+
+    // Up to 2025-11-25: the versions with a connection (and so a session) of their own;
+    // stored values live as long as it.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        self.remember_peer(&context.peer);
+        Ok(ListToolsResult::with_all_items(self.shared.tool_list()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.remember_peer(&context.peer);
+        let result = match request.name.as_ref() {
+            EXEC_TOOL_NAME => self.exec(request.arguments, &context).await?,
+            WAIT_TOOL_NAME => self.wait(request.arguments, &context).await?,
+            other => {
+                return Err(ErrorData::invalid_params(
+                    format!("unknown tool `{other}` (the tools are `exec` and `wait`)"),
+                    None,
+                ));
+            }
+        };
+        Ok(CallToolResponse::Complete(result))
+    }
+}
+
+/// Runs `code-mode mcp` until its client goes away (stdio) or it is stopped (HTTP).
+pub async fn serve(options: McpOptions) -> Result<(), Failure> {
+    let mut tools = ToolSet::parse(options.tools.as_deref(), &options.builtins)
+        .map_err(|error| Failure::usage(error.to_string()))?;
+    if let Some(address) = options.http
+        && !address.ip().is_loopback()
+        && !options.allow_remote
+    {
+        return Err(Failure::usage(format!(
+            "--http {address} is not a loopback address; add --allow-remote to serve other machines"
+        )));
+    }
+    let sessions =
+        Sessions::new(options.in_process, &options.runtime_log).map_err(Failure::runtime)?;
+    // The tool list can change once servers start; `tools_changed` needs `Shared`, which
+    // needs the started tools: the callback reaches it through a cell set afterwards.
+    let shared_slot: Arc<Mutex<Weak<Shared>>> = Arc::new(Mutex::new(Weak::new()));
+    let slot = Arc::clone(&shared_slot);
+    tools
+        .start(Arc::new(move || {
+            if let Some(shared) = lock(&slot).upgrade() {
+                shared.tools_changed();
+            }
+        }))
+        .await;
+    let shared = Arc::new(Shared {
+        tools,
+        sessions,
+        reuse_isolates: options.reuse_isolates,
+        clients: Mutex::new(Vec::new()),
+    });
+    *lock(&shared_slot) = Arc::downgrade(&shared);
+    let outcome = match options.http {
+        None => serve_stdio(&shared).await,
+        Some(address) => serve_http(&shared, address, options.allow_remote).await,
+    };
+    shared.tools.stop().await;
+    outcome
+}
+
+async fn serve_stdio(shared: &Arc<Shared>) -> Result<(), Failure> {
+    let server = CodeModeServer::new(shared);
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|error| Failure::runtime(format!("MCP initialization failed: {error}")))?;
+    let _ = running.waiting().await;
+    Ok(())
+}
+
+async fn serve_http(
+    shared: &Arc<Shared>,
+    address: SocketAddr,
+    allow_remote: bool,
+) -> Result<(), Failure> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| Failure::runtime(format!("cannot listen on {address}: {error}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| Failure::runtime(error.to_string()))?;
+    let stop = CancellationToken::new();
+    let mut config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(stop.clone())
+        .with_sse_keep_alive(Some(Duration::from_secs(15)));
+    if allow_remote {
+        config = config.disable_allowed_hosts();
+    }
+    let factory_shared = Arc::clone(shared);
+    let service = StreamableHttpService::new(
+        move || Ok(CodeModeServer::new(&factory_shared)),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    eprintln!("code-mode mcp: serving streamable HTTP on http://{bound}/mcp");
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let handler = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut service = service.clone();
+                async move {
+                    if request.uri().path() != "/mcp" {
+                        let body = http_body_util::Full::new(bytes::Bytes::from_static(
+                            b"not found: the MCP endpoint is /mcp",
+                        ));
+                        let mut response =
+                            hyper::Response::new(http_body_util::BodyExt::boxed(body));
+                        *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        return Ok::<_, std::convert::Infallible>(response);
+                    }
+                    tower_service::Service::call(&mut service, request).await
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, handler)
+                .await
+            {
+                tracing::debug!(%error, "HTTP connection ended");
+            }
+        });
+    }
+    stop.cancel();
+    Ok(())
+}
