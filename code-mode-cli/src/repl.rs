@@ -6,9 +6,7 @@ use crate::output::{Printer, terminal_safe};
 use crate::tools::{CliDelegate, ToolSet};
 use crate::{Failure, session};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
-use code_mode_protocol::{
-    CellResponse, CodeModeSession, ExecRequest, SessionOptions, WaitRequest,
-};
+use code_mode_protocol::{CellResponse, CodeModeSession, ExecRequest, SessionOptions, WaitRequest};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;

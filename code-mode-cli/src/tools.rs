@@ -298,7 +298,11 @@ impl ToolSet {
                     message,
                 }
             })?;
-            if self.mcp_configs.iter().any(|other| other.name == config.name) {
+            if self
+                .mcp_configs
+                .iter()
+                .any(|other| other.name == config.name)
+            {
                 return Err(ToolsError::McpServer {
                     path: path.to_path_buf(),
                     server: config.name,
@@ -371,7 +375,11 @@ impl ToolSet {
 
     /// Whether `name` is one of these tools (an MCP tool only while its server lists it).
     pub fn has(&self, name: &str) -> bool {
-        self.tools.contains_key(name) || self.mcp.as_ref().is_some_and(|mcp| mcp.lookup(name).is_some())
+        self.tools.contains_key(name)
+            || self
+                .mcp
+                .as_ref()
+                .is_some_and(|mcp| mcp.lookup(name).is_some())
     }
 
     /// Runs a tool call.
@@ -463,7 +471,9 @@ fn mcp_server_config(
                 ));
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(fail(format!("`url` must be http:// or https://, got `{url}`")));
+                return Err(fail(format!(
+                    "`url` must be http:// or https://, got `{url}`"
+                )));
             }
             McpTransport::Http {
                 url,
@@ -477,7 +487,9 @@ fn mcp_server_config(
         enabled_tools: entry.enabled_tools,
         disabled_tools: entry.disabled_tools,
         startup_timeout: Duration::from_millis(
-            entry.startup_timeout_ms.unwrap_or(DEFAULT_STARTUP_TIMEOUT_MS),
+            entry
+                .startup_timeout_ms
+                .unwrap_or(DEFAULT_STARTUP_TIMEOUT_MS),
         ),
         call_timeout: Duration::from_millis(
             entry.call_timeout_ms.unwrap_or(DEFAULT_CALL_TIMEOUT_MS),

@@ -10,8 +10,7 @@ use code_mode_protocol::ToolKind;
 use code_mode_protocol::surface::ToolDescription;
 use code_mode_protocol::sync::lock;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    Tool,
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, Tool,
 };
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};

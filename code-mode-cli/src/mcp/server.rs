@@ -11,8 +11,8 @@ use crate::Failure;
 use crate::session::Sessions;
 use crate::tools::ToolSet;
 use code_mode_protocol::surface::{
-    EXEC_TOOL_NAME, WAIT_TOOL_NAME, exec_code_argument_description, format_response,
-    parse_exec_source, parse_wait_arguments, wait_tool_spec, ToolSpec,
+    EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, exec_code_argument_description, format_response,
+    parse_exec_source, parse_wait_arguments, wait_tool_spec,
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -164,7 +164,10 @@ impl CodeModeSessionDelegate for McpDelegate {
                     let _ = peer.notify_progress(params).await;
                 }
                 None => {
-                    #[allow(deprecated, reason = "log messages are how clients of protocol versions before 2026-07-28 see notifications")]
+                    #[allow(
+                        deprecated,
+                        reason = "log messages are how clients of protocol versions before 2026-07-28 see notifications"
+                    )]
                     let params = rmcp::model::LoggingMessageNotificationParam::new(
                         rmcp::model::LoggingLevel::Info,
                         json!({"cell_id": cell_id, "text": text}),
@@ -235,7 +238,9 @@ impl CodeModeServer {
                 "the request was cancelled; the script keeps running (call `wait` for its output)",
                 None,
             )),
-            Some(Err(error)) => Ok(CallToolResult::error(vec![ContentBlock::text(error.to_string())])),
+            Some(Err(error)) => Ok(CallToolResult::error(vec![ContentBlock::text(
+                error.to_string(),
+            )])),
             Some(Ok(response)) => Ok(CallToolResult::success(content(&format_response(
                 &response,
                 started.elapsed(),
@@ -249,7 +254,10 @@ impl CodeModeServer {
         arguments: Option<serde_json::Map<String, Value>>,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let code = match arguments.as_ref().and_then(|arguments| arguments.get("code")) {
+        let code = match arguments
+            .as_ref()
+            .and_then(|arguments| arguments.get("code"))
+        {
             Some(Value::String(code)) => code.clone(),
             _ => {
                 return Ok(CallToolResult::error(vec![ContentBlock::text(
@@ -268,7 +276,11 @@ impl CodeModeServer {
         }
         let parsed = match parse_exec_source(&code) {
             Ok(parsed) => parsed,
-            Err(error) => return Ok(CallToolResult::error(vec![ContentBlock::text(error.to_string())])),
+            Err(error) => {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(
+                    error.to_string(),
+                )]));
+            }
         };
         let max_tokens = parsed.max_output_tokens_or_default();
         let mut request =
@@ -300,7 +312,8 @@ impl CodeModeServer {
             request.yield_time_ms = Some(arguments.yield_time_ms);
             Box::pin(self.session.wait(request))
         };
-        self.observe(observation, arguments.max_tokens, context).await
+        self.observe(observation, arguments.max_tokens, context)
+            .await
     }
 
     fn remember_peer(&self, peer: &Peer<RoleServer>) {
@@ -354,7 +367,10 @@ fn image_block(url: &str) -> ContentBlock {
 }
 
 impl ServerHandler for CodeModeServer {
-    #[allow(deprecated, reason = "logging is how clients before 2026-07-28 see notifications")]
+    #[allow(
+        deprecated,
+        reason = "logging is how clients before 2026-07-28 see notifications"
+    )]
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -495,21 +511,23 @@ async fn serve_http(
         };
         let service = service.clone();
         tokio::spawn(async move {
-            let handler = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let mut service = service.clone();
-                async move {
-                    if request.uri().path() != "/mcp" {
-                        let body = http_body_util::Full::new(bytes::Bytes::from_static(
-                            b"not found: the MCP endpoint is /mcp",
-                        ));
-                        let mut response =
-                            hyper::Response::new(http_body_util::BodyExt::boxed(body));
-                        *response.status_mut() = hyper::StatusCode::NOT_FOUND;
-                        return Ok::<_, std::convert::Infallible>(response);
+            let handler = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let mut service = service.clone();
+                    async move {
+                        if request.uri().path() != "/mcp" {
+                            let body = http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"not found: the MCP endpoint is /mcp",
+                            ));
+                            let mut response =
+                                hyper::Response::new(http_body_util::BodyExt::boxed(body));
+                            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                            return Ok::<_, std::convert::Infallible>(response);
+                        }
+                        tower_service::Service::call(&mut service, request).await
                     }
-                    tower_service::Service::call(&mut service, request).await
-                }
-            });
+                },
+            );
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, handler)

@@ -69,7 +69,8 @@ const RAW_INPUT_BULLET: &str =
     "- The input is raw JavaScript source text: not JSON, not a string, not a fenced code block.";
 
 /// The same bullet for an `exec` that takes a JSON object (`{"code": "..."}`), as MCP tools do.
-const CODE_ARGUMENT_BULLET: &str = "- The `code` argument is the JavaScript source text: not a fenced code block.";
+const CODE_ARGUMENT_BULLET: &str =
+    "- The `code` argument is the JavaScript source text: not a fenced code block.";
 
 /// Builds `exec`'s description for these tools (deferred ones included: they are only
 /// mentioned, not declared).
