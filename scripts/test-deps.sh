@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the MCP tests need beyond cargo, pinned in the repository:
+# - the reference MCP servers from npm (code-mode-cli/tests/mcp/package-lock.json, `npm ci`);
+# - the official Python MCP SDK in a virtualenv (code-mode-cli/tests/mcp/requirements.txt).
+# Idempotent: a second run with nothing changed only checks. `.ci/run` calls it before the tests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../code-mode-cli/tests/mcp"
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || {
+    echo "test-deps: \`$1\` is not installed; the MCP tests need it ($2)" >&2
+    exit 1
+  }
+}
+need npm "Node.js 18 or later runs the reference MCP servers"
+need python3 "Python 3.10 or later runs the official Python MCP SDK client"
+
+# npm: reinstall only when the lock file is newer than what is installed.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# Python: a virtualenv of our own, rebuilt when the pins change.
+if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.installed; then
+  rm -rf .venv
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
+  .venv/bin/python -c "import mcp" # the pins are complete (--no-deps) and import together
+  cp requirements.txt .venv/requirements.installed
+fi
+echo "test-deps: MCP servers (npm) and the Python MCP SDK are installed under code-mode-cli/tests/mcp"
