@@ -160,7 +160,10 @@ impl Failure {
 
 fn init_logging(verbose: u8) -> String {
     let filter = match verbose {
-        0 => "warn",
+        // rmcp warns about every error answer it sends (a client probing for a newer
+        // protocol version, say) and logs an oversized MCP message that the call's own
+        // error already explains; neither is the operator's problem.
+        0 => "warn,rmcp::service=error,rmcp::transport::async_rw=off",
         1 => "info",
         _ => "debug",
     };

@@ -89,6 +89,9 @@ struct ToolsFile {
 struct McpServerEntry {
     name: String,
     command: Option<Command>,
+    /// Appended to `command`, as MCP client configurations elsewhere spell it.
+    #[serde(default)]
+    args: Vec<String>,
     url: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -133,6 +136,19 @@ enum KindName {
 enum Command {
     Shell(String),
     Argv(Vec<String>),
+}
+
+impl Command {
+    /// The program and its arguments; a string runs through `sh -c`.
+    fn split(&self) -> Result<(String, Vec<String>), String> {
+        match self {
+            Command::Shell(line) => Ok(("sh".to_owned(), vec!["-c".to_owned(), line.clone()])),
+            Command::Argv(argv) => match argv.split_first() {
+                Some((program, args)) => Ok((program.clone(), args.to_vec())),
+                None => Err("`command` must not be empty".to_owned()),
+            },
+        }
+    }
 }
 
 /// How a tool is implemented.
@@ -244,13 +260,7 @@ impl ToolSet {
                 return Err(tool_error("defined twice".to_owned()));
             }
             let cwd = base.join(entry.cwd.clone().unwrap_or_default());
-            let (program, args) = match &entry.command {
-                Command::Shell(line) => ("sh".to_owned(), vec!["-c".to_owned(), line.clone()]),
-                Command::Argv(argv) => match argv.split_first() {
-                    Some((program, args)) => (program.clone(), args.to_vec()),
-                    None => return Err(tool_error("`command` must not be empty".to_owned())),
-                },
-            };
+            let (program, args) = entry.command.split().map_err(tool_error)?;
             let program = resolve_program(&program, &cwd)
                 .ok_or_else(|| tool_error(format!("command `{program}` was not found")))?;
             let schema = |value: &Option<toml::Value>| -> Result<Option<Value>, ToolsError> {
@@ -448,12 +458,15 @@ fn mcp_server_config(
                 return Err(fail("`headers` only apply to a `url` server".to_owned()));
             }
             let cwd = base.join(entry.cwd.unwrap_or_default());
+            // With `args`, a string `command` is the program itself (as other MCP client
+            // configurations have it); alone, it is a shell line like a command tool's.
             let (program, args) = match command {
-                Command::Shell(line) => ("sh".to_owned(), vec!["-c".to_owned(), line]),
-                Command::Argv(argv) => match argv.split_first() {
-                    Some((program, args)) => (program.clone(), args.to_vec()),
-                    None => return Err(fail("`command` must not be empty".to_owned())),
-                },
+                Command::Shell(program) if !entry.args.is_empty() => (program, entry.args),
+                command => {
+                    let (program, mut args) = command.split().map_err(fail)?;
+                    args.extend(entry.args);
+                    (program, args)
+                }
             };
             let program = resolve_program(&program, &cwd)
                 .ok_or_else(|| fail(format!("command `{program}` was not found")))?;
@@ -465,9 +478,9 @@ fn mcp_server_config(
             }
         }
         (None, Some(url)) => {
-            if !entry.env.is_empty() || entry.cwd.is_some() {
+            if !entry.env.is_empty() || entry.cwd.is_some() || !entry.args.is_empty() {
                 return Err(fail(
-                    "`env` and `cwd` only apply to a `command` server".to_owned(),
+                    "`args`, `env` and `cwd` only apply to a `command` server".to_owned(),
                 ));
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -6,6 +6,7 @@
 //!
 //! All MCP speaking is rmcp's; this module only decides what a cell sees.
 
+use super::line_cap::LineCap;
 use code_mode_protocol::ToolKind;
 use code_mode_protocol::surface::ToolDescription;
 use code_mode_protocol::sync::lock;
@@ -13,12 +14,13 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, Tool,
 };
 use rmcp::service::{NotificationContext, RunningService};
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -42,6 +44,17 @@ const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(10);
 
 /// After this long, a start still in progress is reported on stderr.
 const SLOW_START_NOTICE: Duration = Duration::from_secs(2);
+
+/// The longest MCP message a stdio server may send (rmcp's own line limit, below which
+/// our reader fails first so that the call fails at once instead of waiting out its
+/// timeout). Cells get tool results of this size comfortably under the 64 MiB frame.
+pub const MAX_MCP_MESSAGE_BYTES: usize = 16 * 1024 * 1024 - 1;
+
+/// How long a stdio server has to exit after its stdin closed before it is killed.
+const EXIT_GRACE: Duration = Duration::from_millis(1_000);
+
+/// How long an error waits for the last stderr of a server that went away.
+const STDERR_SETTLE: Duration = Duration::from_millis(500);
 
 /// The prefix of every MCP tool's name; the full name is `mcp__<server>__<tool>`.
 pub const MCP_TOOL_PREFIX: &str = "mcp__";
@@ -110,10 +123,15 @@ type Client = RunningService<RoleClient, ClientSide>;
 #[derive(Default)]
 struct Link {
     client: Option<Client>,
+    /// A stdio server's process, killed when dropped.
+    child: Option<tokio::process::Child>,
     /// Failed starts in a row.
     failures: u32,
     /// No start before this instant (the backoff after a failed start).
     retry_at: Option<Instant>,
+    /// Counts starts, so a call that saw its server exit drops that client and not a
+    /// newer one another call started meanwhile.
+    generation: u64,
 }
 
 /// One configured server.
@@ -123,6 +141,10 @@ pub struct McpServer {
     /// The tools the server listed, those the configuration exposes.
     tools: Mutex<Vec<Tool>>,
     stderr: Arc<Mutex<StderrTail>>,
+    /// Set when the current process sent a message over [`MAX_MCP_MESSAGE_BYTES`].
+    oversized: Arc<AtomicBool>,
+    /// The task copying the current process's stderr into `stderr`; it ends at EOF.
+    stderr_reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Called after the tool list changed (`code-mode mcp` tells its clients).
     on_change: Arc<dyn Fn() + Send + Sync>,
 }
@@ -149,6 +171,11 @@ impl ClientHandler for ClientSide {
                 tracing::info!(server = %server.config.name, count = tools.len(), "MCP tool list changed");
                 server.set_tools(tools);
             }
+            // The server went away right after it said so (at shutdown, say): the next
+            // start lists its tools anew, so there is nothing to warn about.
+            Err(error @ rmcp::ServiceError::TransportClosed) => {
+                tracing::debug!(server = %server.config.name, %error, "cannot list the changed MCP tools");
+            }
             Err(error) => {
                 tracing::warn!(server = %server.config.name, %error, "cannot list the changed MCP tools");
             }
@@ -163,6 +190,8 @@ impl McpServer {
             link: tokio::sync::Mutex::new(Link::default()),
             tools: Mutex::new(Vec::new()),
             stderr: Arc::new(Mutex::new(StderrTail::default())),
+            stderr_reader: Mutex::new(None),
+            oversized: Arc::new(AtomicBool::new(false)),
             on_change,
         })
     }
@@ -188,8 +217,10 @@ impl McpServer {
     }
 
     /// Starts the server and lists its tools, within the startup timeout.
-    async fn connect(self: &Arc<Self>) -> Result<Client, String> {
+    /// A stdio server's process comes back beside its client; on failure it is killed.
+    async fn connect(self: &Arc<Self>) -> Result<(Client, Option<tokio::process::Child>), String> {
         let started = Instant::now();
+        let mut spawned = None;
         let attempt = async {
             let handler = ClientSide {
                 server: Arc::downgrade(self),
@@ -206,43 +237,58 @@ impl McpServer {
                         .args(args)
                         .envs(env)
                         .current_dir(cwd)
-                        .kill_on_drop(true);
-                    let (transport, stderr) = TokioChildProcess::builder(command)
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
                         .stderr(Stdio::piped())
-                        .spawn()
-                        .map_err(|error| {
-                            format!(
-                                "MCP server `{}` could not be started ({}): {error}",
-                                self.config.name,
-                                program.display()
-                            )
-                        })?;
-                    if let Some(mut stderr) = stderr {
-                        let tail = Arc::clone(&self.stderr);
-                        let name = self.config.name.clone();
-                        tokio::spawn(async move {
-                            let mut buffer = [0u8; 4096];
-                            while let Ok(read) = stderr.read(&mut buffer).await {
-                                if read == 0 {
-                                    break;
-                                }
-                                let chunk = &buffer[..read];
-                                tracing::debug!(server = %name, stderr = %String::from_utf8_lossy(chunk).trim_end(), "MCP server stderr");
-                                lock(&tail).push(chunk);
+                        .kill_on_drop(true);
+                    let mut child = command.spawn().map_err(|error| {
+                        format!(
+                            "MCP server `{}` could not be started ({}): {error}",
+                            self.config.name,
+                            program.display()
+                        )
+                    })?;
+                    let (Some(stdin), Some(stdout), Some(mut stderr)) =
+                        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+                    else {
+                        unreachable!("all three pipes were asked for");
+                    };
+                    let tail = Arc::clone(&self.stderr);
+                    let name = self.config.name.clone();
+                    let reader = tokio::spawn(async move {
+                        let mut buffer = [0u8; 4096];
+                        while let Ok(read) = stderr.read(&mut buffer).await {
+                            if read == 0 {
+                                break;
                             }
-                        });
-                    }
-                    handler.serve(transport).await
+                            let chunk = &buffer[..read];
+                            tracing::debug!(server = %name, stderr = %String::from_utf8_lossy(chunk).trim_end(), "MCP server stderr");
+                            lock(&tail).push(chunk);
+                        }
+                    });
+                    *lock(&self.stderr_reader) = Some(reader);
+                    self.oversized.store(false, Ordering::Relaxed);
+                    let stdout =
+                        LineCap::new(stdout, MAX_MCP_MESSAGE_BYTES, Arc::clone(&self.oversized));
+                    spawned = Some(child);
+                    handler.serve((stdout, stdin)).await
                 }
                 McpTransport::Http { url, headers } => {
                     let mut custom = HashMap::new();
                     for (name, value) in headers {
                         let name = http::HeaderName::try_from(name.as_str()).map_err(|error| {
-                            format!("MCP server `{}`: header `{name}`: {error}", self.config.name)
+                            format!(
+                                "MCP server `{}`: header `{name}`: {error}",
+                                self.config.name
+                            )
                         })?;
-                        let value = http::HeaderValue::try_from(value.as_str()).map_err(|error| {
-                            format!("MCP server `{}`: header `{name}`: {error}", self.config.name)
-                        })?;
+                        let value =
+                            http::HeaderValue::try_from(value.as_str()).map_err(|error| {
+                                format!(
+                                    "MCP server `{}`: header `{name}`: {error}",
+                                    self.config.name
+                                )
+                            })?;
                         custom.insert(name, value);
                     }
                     let config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.as_str())
@@ -251,8 +297,14 @@ impl McpServer {
                         .serve(StreamableHttpClientTransport::from_config(config))
                         .await
                 }
-            }
-            .map_err(|error| self.failure(&format!("failed to initialize: {error}")))?;
+            };
+            let client = match client {
+                Ok(client) => client,
+                Err(error) => {
+                    self.stderr_settled().await;
+                    return Err(self.failure(&format!("failed to initialize: {error}")));
+                }
+            };
             let tools = client
                 .list_all_tools()
                 .await
@@ -277,7 +329,7 @@ impl McpServer {
             Ok(Ok((client, tools))) => {
                 tracing::info!(server = %self.config.name, tools = tools.len(), elapsed_ms = started.elapsed().as_millis() as u64, "MCP server started");
                 self.set_tools(tools);
-                Ok(client)
+                Ok((client, spawned))
             }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(self.failure(&format!(
@@ -292,13 +344,13 @@ impl McpServer {
     async fn client(
         self: &Arc<Self>,
         cancel: &CancellationToken,
-    ) -> Result<rmcp::service::Peer<RoleClient>, String> {
+    ) -> Result<(rmcp::service::Peer<RoleClient>, u64), String> {
         let mut link = self.link.lock().await;
         if let Some(client) = &link.client {
-            if !client.is_closed() {
-                return Ok(client.peer().clone());
+            if !client.is_closed() && !client.peer().is_transport_closed() {
+                return Ok((client.peer().clone(), link.generation));
             }
-            link.client = None;
+            shut_down(link.client.take(), link.child.take()).await;
         }
         if let Some(retry_at) = link.retry_at {
             tokio::select! {
@@ -308,12 +360,14 @@ impl McpServer {
         }
         lock(&self.stderr).0.clear();
         match self.connect().await {
-            Ok(client) => {
+            Ok((client, child)) => {
                 let peer = client.peer().clone();
                 link.client = Some(client);
+                link.child = child;
                 link.failures = 0;
                 link.retry_at = None;
-                Ok(peer)
+                link.generation += 1;
+                Ok((peer, link.generation))
             }
             Err(error) => {
                 link.failures += 1;
@@ -345,7 +399,7 @@ impl McpServer {
                 ));
             }
         };
-        let peer = self.client(cancel).await?;
+        let (peer, generation) = self.client(cancel).await?;
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
         // Dropping rmcp's call future sends `notifications/cancelled` for it.
         let call = tokio::time::timeout(self.config.call_timeout, peer.call_tool(params));
@@ -356,8 +410,24 @@ impl McpServer {
         match outcome {
             Ok(Ok(result)) => result_json(result),
             Ok(Err(error)) => {
-                if peer.is_transport_closed() {
-                    Err(self.failure(&format!("exited during the call to `{tool}` ({error}); it is started again on the next call")))
+                let exited = peer.is_transport_closed()
+                    || matches!(
+                        error,
+                        rmcp::ServiceError::TransportClosed | rmcp::ServiceError::TransportSend(_)
+                    );
+                if exited && self.oversized.load(Ordering::Relaxed) {
+                    self.forget(generation).await;
+                    Err(format!(
+                        "MCP server `{}` answered `{tool}` with a message over the {} MiB limit of one MCP message; the server was stopped and is started again on the next call",
+                        self.config.name,
+                        (MAX_MCP_MESSAGE_BYTES + 1) / (1024 * 1024)
+                    ))
+                } else if exited {
+                    self.forget(generation).await;
+                    self.stderr_settled().await;
+                    Err(self.failure(&format!(
+                        "exited during the call to `{tool}`; it is started again on the next call"
+                    )))
                 } else {
                     Err(format!(
                         "MCP server `{}` failed the call to `{tool}`: {error}",
@@ -373,11 +443,47 @@ impl McpServer {
         }
     }
 
-    /// Stops the server (its child process is killed when rmcp's transport drops).
+    /// Waits a moment for the stderr of a process that went away to reach its end, so
+    /// that the error text has its last words.
+    async fn stderr_settled(&self) {
+        let reader = lock(&self.stderr_reader).take();
+        if let Some(reader) = reader {
+            let _ = tokio::time::timeout(STDERR_SETTLE, reader).await;
+        }
+    }
+
+    /// Drops the client of start `generation` after its server went away, so that the
+    /// next call starts the server again; a process still running is killed.
+    async fn forget(&self, generation: u64) {
+        let mut link = self.link.lock().await;
+        if link.generation == generation {
+            let (client, child) = (link.client.take(), link.child.take());
+            drop(link);
+            shut_down(client, child).await;
+        }
+    }
+
+    /// Stops the server.
     async fn stop(&self) {
-        let client = self.link.lock().await.client.take();
-        if let Some(client) = client {
-            let _ = client.cancel().await;
+        let mut link = self.link.lock().await;
+        let (client, child) = (link.client.take(), link.child.take());
+        drop(link);
+        shut_down(client, child).await;
+    }
+}
+
+/// Ends a connection: rmcp closes the transport (a stdio server sees its stdin end), the
+/// process gets a moment to exit on its own, and is killed if it has not.
+async fn shut_down(client: Option<Client>, child: Option<tokio::process::Child>) {
+    if let Some(client) = client {
+        let _ = client.cancel().await;
+    }
+    if let Some(mut child) = child {
+        if tokio::time::timeout(EXIT_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
         }
     }
 }

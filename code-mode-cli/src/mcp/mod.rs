@@ -3,4 +3,5 @@
 //! (`exec` and `wait`) to any MCP client. Both speak MCP through rmcp, the official SDK.
 
 pub mod client;
+mod line_cap;
 pub mod server;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod mcp;
+
 const BIN: &str = env!("CARGO_BIN_EXE_code-mode");
 
 fn project_root() -> PathBuf {

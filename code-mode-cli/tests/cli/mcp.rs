@@ -1,0 +1,581 @@
+//! MCP both ways, with real parts: the rmcp fixture server (`tests/fixtures/mcp_server.rs`,
+//! built by `cargo test` as the `mcp-fixture` example), the reference servers from npm, and
+//! the official Python SDK driving `code-mode mcp`. The npm and Python parts are installed
+//! by `scripts/test-deps.sh`, pinned in `code-mode-cli/tests/mcp/`.
+
+use super::{BIN, JsonlServer, Scratch, code_mode, project_root, text};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The fixture server binary, beside this test binary's directory.
+fn fixture() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary");
+    let debug = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = debug.join("examples").join("mcp-fixture");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test -p code-mode-cli` builds it (the `mcp-fixture` example); \
+         a run limited with `--test cli` does not",
+        path.display()
+    );
+    path
+}
+
+/// Where `scripts/test-deps.sh` installs the npm servers and the Python SDK.
+fn deps() -> PathBuf {
+    project_root().join("code-mode-cli/tests/mcp")
+}
+
+fn dep(relative: &str) -> PathBuf {
+    let path = deps().join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test-deps.sh (it installs the MCP test servers and the \
+         Python MCP SDK, pinned in code-mode-cli/tests/mcp)",
+        path.display()
+    );
+    path
+}
+
+/// A tools file with `body`, where `FIXTURE` stands for the fixture server's path.
+fn tools_file(scratch: &Scratch, body: &str) -> PathBuf {
+    let fixture = fixture();
+    scratch.write(
+        "tools.toml",
+        &body.replace("FIXTURE", &fixture.display().to_string()),
+    )
+}
+
+/// Runs a cell with `--json` and returns the result object.
+fn run_json(scratch: &Scratch, cell: &str, tools: &std::path::Path) -> (Value, String) {
+    scratch.write("cell.js", cell);
+    let output = code_mode(
+        &scratch.0,
+        &[
+            "run",
+            "cell.js",
+            "--json",
+            "--tools",
+            tools.to_str().unwrap(),
+        ],
+        "",
+    );
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    let result: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|error| panic!("{error}: stdout {stdout}\nstderr {stderr}"));
+    (result, stderr)
+}
+
+/// The text items of a `--json` result, in order.
+fn texts(result: &Value) -> Vec<String> {
+    result["response"]["content_items"]
+        .as_array()
+        .expect("content items")
+        .iter()
+        .filter(|item| item["type"] == "input_text")
+        .map(|item| item["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const FIXTURE_SERVERS: &str = r#"
+[[mcp_server]]
+name = "fx"
+command = "FIXTURE"
+
+[[mcp_server]]
+name = "other"
+command = "FIXTURE"
+args = ["--label", "B"]
+
+[[mcp_server]]
+name = "broken"
+command = ["FIXTURE", "--fail-start"]
+
+[[mcp_server]]
+name = "hung"
+command = ["FIXTURE", "--hang"]
+startup_timeout_ms = 1500
+"#;
+
+#[test]
+fn cells_call_mcp_tools_and_bad_servers_do_not_stop_the_good_ones() {
+    let scratch = Scratch::new();
+    let tools = tools_file(&scratch, FIXTURE_SERVERS);
+    let cell = r#"
+        const echoed = await tools.mcp__fx__echo({ text: "hi" });
+        text(echoed);
+        // The same tool name on two servers: both are callable, each under its server.
+        text((await tools.mcp__other__echo({ text: "hi" })).content[0].text);
+        const structured = await tools.mcp__fx__structured();
+        text(structured.structuredContent);
+        const pixel = await tools.mcp__fx__image({});
+        image(pixel.content[1]);
+        for (const bad of [() => tools.mcp__fx__fail({}), () => tools.mcp__fx__echo(5), () => tools.mcp__fx__echo("text")]) {
+            try { await bad(); text("no rejection"); } catch (error) { text(`rejected: ${error}`); }
+        }
+        text(`${typeof tools.mcp__broken__echo} ${typeof tools.mcp__hung__echo}`);
+        text(ALL_TOOLS.filter((tool) => tool.name.startsWith("mcp__")).length);
+    "#;
+    let (result, stderr) = run_json(&scratch, cell, &tools);
+    assert_eq!(result["status"], "Script completed", "{result}\n{stderr}");
+    assert_eq!(
+        texts(&result),
+        [
+            r#"{"content":[{"type":"text","text":"hi"}],"isError":false}"#,
+            "B:hi",
+            r#"{"count":2,"names":["a","b"]}"#,
+            "rejected: the fixture failed on purpose",
+            "rejected: tools.mcp__fx__echo takes an object of arguments (or none), not a number",
+            "rejected: tools.mcp__fx__echo takes an object of arguments (or none), not a string",
+            "undefined undefined",
+            "18",
+        ]
+    );
+    let image = &result["response"]["content_items"][3];
+    assert_eq!(image["type"], "input_image", "{result}");
+    assert!(
+        image["image_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,iVBORw0KGgo"),
+        "{image}"
+    );
+    // Each bad server is one clear line on stderr; the fail-start one with its own words.
+    assert!(
+        stderr.contains("code-mode: MCP server `broken` failed to initialize")
+            && stderr.contains(
+                "the end of its stderr:\nfixture: refusing to start (missing FIXTURE_TOKEN)"
+            ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "code-mode: MCP server `hung` did not start within 1500 ms (no answer to `initialize` or `tools/list`)"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_server_that_dies_mid_call_fails_the_call_and_starts_again() {
+    let scratch = Scratch::new();
+    let tools = tools_file(
+        &scratch,
+        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
+    );
+    let cell = r#"
+        try { await tools.mcp__fx__die({}); text("no rejection"); } catch (error) { text(error); }
+        text((await tools.mcp__fx__echo({ text: "after the restart" })).content[0].text);
+        try { await tools.mcp__fx__big({ bytes: 20000000 }); text("no rejection"); } catch (error) { text(error); }
+        const big = await tools.mcp__fx__big({ bytes: 3000000 });
+        text(big.content[0].text.length);
+    "#;
+    let (result, stderr) = run_json(&scratch, cell, &tools);
+    assert_eq!(result["status"], "Script completed", "{result}\n{stderr}");
+    assert_eq!(
+        texts(&result),
+        [
+            "MCP server `fx` exited during the call to `die`; it is started again on the next call; the end of its stderr:\nfixture: dying on request",
+            "after the restart",
+            "MCP server `fx` answered `big` with a message over the 16 MiB limit of one MCP message; the server was stopped and is started again on the next call",
+            "3000000",
+        ]
+    );
+}
+
+#[test]
+fn an_ended_cell_cancels_its_calls_and_later_cells_see_changed_tool_lists() {
+    let scratch = Scratch::new();
+    let tools = tools_file(
+        &scratch,
+        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
+    );
+    // Cell 1 leaves a slow call in flight and exits; the server is told (it counts the
+    // cancellation). Cell 3 adds a tool; cell 4 sees it.
+    let cells = "\
+tools.mcp__fx__slow({ ms: 30000 });
+await new Promise((resolve) => setTimeout(resolve, 200));
+exit();
+
+await new Promise((resolve) => setTimeout(resolve, 300));
+text(`cancelled ${(await tools.mcp__fx__cancelled()).content[0].text}`);
+
+text(typeof tools.mcp__fx__added);
+await tools.mcp__fx__add_tool();
+
+text((await tools.mcp__fx__added()).content[0].text);
+
+";
+    let started = Instant::now();
+    let output = code_mode(
+        &scratch.0,
+        &["repl", "--tools", tools.to_str().unwrap()],
+        cells,
+    );
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|line| !line.starts_with("Script completed") && !line.starts_with("Wall time"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["cancelled 1", "undefined", "the added tool"],
+        "{stdout}"
+    );
+    // The slow call did not hold the REPL for its 30 s.
+    assert!(started.elapsed() < Duration::from_secs(25));
+}
+
+#[test]
+fn describe_renders_mcp_tools_under_a_namespace_per_server() {
+    let scratch = Scratch::new();
+    let tools = tools_file(
+        &scratch,
+        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\ndisabled_tools = [\"die\"]\n\n\
+         [[mcp_server]]\nname = \"other\"\ncommand = [\"FIXTURE\"]\nenabled_tools = [\"echo\"]\n",
+    );
+    let output = code_mode(
+        &scratch.0,
+        &["describe", "--tools", tools.to_str().unwrap()],
+        "",
+    );
+    let description = text(&output.stdout);
+    assert!(output.status.success(), "{description}");
+    for expected in [
+        "type CallToolResult<T = unknown> = { content: McpContent[]; structuredContent?: T; isError?: boolean };",
+        "## Namespace `mcp__fx`\nTools of the MCP server `fx`.",
+        "### `mcp__fx__echo`\nEchoes its text.\n```ts\ndeclare const tools: {\n  mcp__fx__echo(args: {\n    // What to echo.\n    text: string;\n  }): Promise<CallToolResult>;\n};",
+        "mcp__fx__structured(args: {\n    [key: string]: unknown;\n  }): Promise<CallToolResult<{\n    count: number;\n    names: string[];\n  }>>;",
+        "## Namespace `mcp__other`",
+        "mcp__other__echo(args: {",
+    ] {
+        assert!(
+            description.contains(expected),
+            "missing {expected:?} in\n{description}"
+        );
+    }
+    // The shared MCP types are declared once; filtered tools are not offered.
+    assert_eq!(description.matches("type McpContent =").count(), 1);
+    assert!(!description.contains("mcp__fx__die"), "{description}");
+    assert!(
+        !description.contains("mcp__other__structured"),
+        "{description}"
+    );
+}
+
+#[test]
+fn bad_mcp_server_entries_name_the_line_and_field() {
+    let scratch = Scratch::new();
+    for (body, expected) in [
+        (
+            "[[mcp_server]]\nname = \"fx\"\ncommand = \"true\"\nstartup_timeout_ms = \"soon\"\n",
+            "line 4, column 22: invalid type: string \"soon\", expected u64",
+        ),
+        (
+            "[[mcp_server]]\nname = \"fx\"\ncommand = \"true\"\nport = 3\n",
+            "line 4, column 1: unknown field `port`",
+        ),
+        (
+            "[[mcp_server]]\nname = \"fx\"\n",
+            "MCP server `fx`: needs `command` (a stdio server) or `url` (streamable HTTP)",
+        ),
+        (
+            "[[mcp_server]]\nname = \"fx\"\ncommand = \"true\"\nurl = \"http://127.0.0.1:1/mcp\"\n",
+            "MCP server `fx`: give `command` or `url`, not both",
+        ),
+        (
+            "[[mcp_server]]\nname = \"f x\"\ncommand = \"true\"\n",
+            "MCP server `f x`: `name` must be letters, digits, `_` or `-`",
+        ),
+        (
+            "[[mcp_server]]\nname = \"fx\"\ncommand = \"true\"\n[[mcp_server]]\nname = \"fx\"\ncommand = \"true\"\n",
+            "MCP server `fx`: defined twice",
+        ),
+        (
+            "[[mcp_server]]\nname = \"fx\"\nurl = \"ftp://example\"\n",
+            "`url` must be http:// or https://, got `ftp://example`",
+        ),
+        (
+            "[[mcp_server]]\nname = \"fx\"\ncommand = \"no-such-mcp-server-anywhere\"\nargs = [\"x\"]\n",
+            "command `no-such-mcp-server-anywhere` was not found",
+        ),
+    ] {
+        let tools = scratch.write("bad.toml", body);
+        let output = code_mode(
+            &scratch.0,
+            &["describe", "--tools", tools.to_str().unwrap()],
+            "",
+        );
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{body}: {stderr}");
+        assert!(
+            stderr.starts_with("code-mode: bad tools file ") && stderr.contains(expected),
+            "{body}: expected {expected:?} in {stderr}"
+        );
+    }
+}
+
+#[test]
+fn serve_jsonl_offers_mcp_tools_to_its_cells() {
+    let scratch = Scratch::new();
+    let tools = tools_file(
+        &scratch,
+        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
+    );
+    let mut server =
+        JsonlServer::start_with(&["serve", "--jsonl", "--tools", tools.to_str().unwrap()]);
+    server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#);
+    let reply = server.ask(
+        r#"{"id": 1, "method": "exec", "params": {"session": "s1", "source": "text((await tools.mcp__fx__echo({text: 'over jsonl'})).content[0].text)"}}"#,
+    );
+    assert_eq!(reply["result"]["response"]["type"], "result", "{reply}");
+    assert_eq!(
+        reply["result"]["response"]["content_items"][0]["text"], "over jsonl",
+        "{reply}"
+    );
+    assert!(server.finish().success());
+}
+
+#[test]
+fn the_filesystem_server_from_npm() {
+    let scratch = Scratch::new();
+    let files = scratch.0.join("files");
+    std::fs::create_dir_all(files.join("sub")).unwrap();
+    std::fs::write(files.join("notes.md"), "# Notes\nalpha\nbeta\n").unwrap();
+    std::fs::write(files.join("data.json"), r#"{"n": 41}"#).unwrap();
+    std::fs::write(files.join("sub/deep.md"), "deep").unwrap();
+    let server = dep("node_modules/.bin/mcp-server-filesystem");
+    let tools = scratch.write(
+        "tools.toml",
+        &format!(
+            "[[mcp_server]]\nname = \"fs\"\ncommand = [{:?}, {:?}]\nstartup_timeout_ms = 30000\n",
+            server.display().to_string(),
+            files.canonicalize().unwrap().display().to_string()
+        ),
+    );
+    let root = files.canonicalize().unwrap().display().to_string();
+    let cell = format!(
+        r##"
+        const root = {root:?};
+        const listing = await tools.mcp__fs__list_directory({{ path: root }});
+        const names = listing.content[0].text.split("\n").filter((line) => line.startsWith("[FILE]")).map((line) => line.slice(7)).sort();
+        text(names.join(","));
+        const markdown = names.filter((name) => name.endsWith(".md"));
+        for (const name of markdown) {{
+            const file = await tools.mcp__fs__read_text_file({{ path: `${{root}}/${{name}}` }});
+            text(`${{name}}: ${{file.content[0].text.split("\n").filter((line) => line && !line.startsWith("#")).join("+")}}`);
+        }}
+        try {{ await tools.mcp__fs__read_text_file({{ path: "/etc/passwd" }}); text("read outside"); }}
+        catch (error) {{ text(String(error).includes("outside allowed directories") ? "refused outside" : `other: ${{error}}`); }}
+        "##
+    );
+    let (result, stderr) = run_json(&scratch, &cell, &tools);
+    assert_eq!(result["status"], "Script completed", "{result}\n{stderr}");
+    assert_eq!(
+        texts(&result),
+        [
+            "data.json,notes.md",
+            "notes.md: alpha+beta",
+            "refused outside"
+        ]
+    );
+}
+
+#[test]
+fn the_everything_server_from_npm() {
+    let scratch = Scratch::new();
+    let server = dep("node_modules/.bin/mcp-server-everything");
+    let tools = scratch.write(
+        "tools.toml",
+        &format!(
+            "[[mcp_server]]\nname = \"everything\"\ncommand = [{:?}]\nstartup_timeout_ms = 30000\n",
+            server.display().to_string()
+        ),
+    );
+    let cell = r#"
+        const tiny = await tools.mcp__everything__get_tiny_image();
+        image(tiny.content.find((block) => block.type === "image"));
+        try { await tools.mcp__everything__get_sum({ a: "one", b: 2 }); text("no rejection"); }
+        catch (error) { text(String(error).includes("-32602") ? "invalid arguments rejected" : `other: ${error}`); }
+        text((await tools.mcp__everything__get_sum({ a: 1, b: 2 })).content[0].text);
+        // A 60 s operation left running: `exit()` ends the cell, which cancels the call.
+        tools.mcp__everything__trigger_long_running_operation({ duration: 60, steps: 60 });
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        exit();
+    "#;
+    let started = Instant::now();
+    let (result, stderr) = run_json(&scratch, cell, &tools);
+    assert_eq!(result["status"], "Script completed", "{result}\n{stderr}");
+    let items = result["response"]["content_items"].as_array().unwrap();
+    assert_eq!(items[0]["type"], "input_image", "{result}");
+    assert!(
+        items[0]["image_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,"),
+        "{result}"
+    );
+    assert_eq!(
+        texts(&result),
+        ["invalid arguments rejected", "The sum of 1 and 2 is 3."]
+    );
+    // The run ended with the cell, not with the operation.
+    assert!(started.elapsed() < Duration::from_secs(45));
+}
+
+/// Runs the Python SDK driver against `code-mode mcp` and returns what it saw.
+fn drive(args: &[&str]) -> Value {
+    let python = dep(".venv/bin/python");
+    let output = Command::new(python)
+        .arg(deps().join("drive_code_mode.py"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run the Python MCP client");
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        text(&output.stderr)
+    );
+    serde_json::from_str(&stdout).expect("the driver's JSON")
+}
+
+fn check_driven(seen: &Value) {
+    assert_eq!(seen["tools"], serde_json::json!(["exec", "wait"]), "{seen}");
+    let description = seen["exec_description"].as_str().unwrap();
+    assert!(
+        description.contains("- The `code` argument is the JavaScript source text")
+            && description.contains("mcp__fx__echo(args: {"),
+        "{description}"
+    );
+    let exec = seen["exec"][0].as_str().unwrap();
+    assert!(
+        exec.starts_with("Script running with cell ID 1\nWall time ")
+            && exec.ends_with("\nOutput:\nfirst: from python"),
+        "{exec}"
+    );
+    assert_eq!(seen["cell_id"], "1");
+    let wait = seen["wait"][0].as_str().unwrap();
+    assert!(
+        wait.starts_with("Script completed\nWall time ")
+            && wait.ends_with("\nOutput:\nsecond part"),
+        "{wait}"
+    );
+    assert!(
+        seen["stored"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("\nOutput:\nfrom python"),
+        "{seen}"
+    );
+    let failed = seen["failed"][0].as_str().unwrap();
+    assert!(
+        failed.starts_with("Script failed\n") && failed.contains("Error: on purpose"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn the_python_sdk_drives_code_mode_mcp_over_stdio() {
+    let scratch = Scratch::new();
+    let tools = tools_file(
+        &scratch,
+        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
+    );
+    check_driven(&drive(&["stdio", BIN, tools.to_str().unwrap()]));
+}
+
+/// A `code-mode mcp --http` process, killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl HttpServer {
+    fn start(args: &[&str]) -> Result<Self, String> {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn code-mode mcp --http");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let Some(url) = first.strip_prefix("code-mode mcp: serving streamable HTTP on ") else {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            return Err(format!("{first} ({status})"));
+        };
+        let url = url.to_owned();
+        // Keep draining stderr so that the server never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self { child, url })
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_python_sdk_drives_code_mode_mcp_over_http() {
+    let scratch = Scratch::new();
+    let tools = tools_file(
+        &scratch,
+        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
+    );
+    let server = HttpServer::start(&[
+        "mcp",
+        "--tools",
+        tools.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+    ])
+    .expect("the server starts");
+    assert!(server.url.starts_with("http://127.0.0.1:") && server.url.ends_with("/mcp"));
+    check_driven(&drive(&["http", &server.url]));
+
+    // Only /mcp is served.
+    let other = server.url.replace("/mcp", "/other");
+    let status = drive_status(&other);
+    assert_eq!(status, 404);
+
+    // A non-loopback address needs --allow-remote.
+    let refused = HttpServer::start(&["mcp", "--http", "0.0.0.0:0"])
+        .err()
+        .expect("refused");
+    assert!(refused.contains("--allow-remote"), "{refused}");
+}
+
+/// The HTTP status of a GET, through Python's standard library.
+fn drive_status(url: &str) -> u16 {
+    let output = Command::new(dep(".venv/bin/python"))
+        .args([
+            "-c",
+            "import sys, urllib.request, urllib.error\n\
+             try:\n    print(urllib.request.urlopen(sys.argv[1]).status)\n\
+             except urllib.error.HTTPError as e:\n    print(e.code)",
+            url,
+        ])
+        .output()
+        .expect("python");
+    text(&output.stdout).trim().parse().expect("a status")
+}
