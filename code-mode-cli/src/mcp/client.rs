@@ -478,13 +478,12 @@ async fn shut_down(client: Option<Client>, child: Option<tokio::process::Child>)
     if let Some(client) = client {
         let _ = client.cancel().await;
     }
-    if let Some(mut child) = child {
-        if tokio::time::timeout(EXIT_GRACE, child.wait())
+    if let Some(mut child) = child
+        && tokio::time::timeout(EXIT_GRACE, child.wait())
             .await
             .is_err()
-        {
-            let _ = child.kill().await;
-        }
+    {
+        let _ = child.kill().await;
     }
 }
 
