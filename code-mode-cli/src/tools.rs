@@ -536,8 +536,10 @@ fn resolve_program(program: &str, cwd: &Path) -> Option<PathBuf> {
         std::fs::metadata(path)
             .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
     };
+    // Absolute, because the child starts in `cwd`, where a relative path would be
+    // looked up again.
     if program.contains('/') {
-        let path = cwd.join(program);
+        let path = std::path::absolute(cwd.join(program)).ok()?;
         return executable(&path).then_some(path);
     }
     std::env::var_os("PATH")
@@ -545,6 +547,7 @@ fn resolve_program(program: &str, cwd: &Path) -> Option<PathBuf> {
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(program))
         .find(|path| executable(path))
+        .and_then(|path| std::path::absolute(path).ok())
 }
 
 /// The last `STDERR_TAIL_BYTES` of a command's stderr, trimmed.

@@ -579,3 +579,37 @@ fn drive_status(url: &str) -> u16 {
         .expect("python");
     text(&output.stdout).trim().parse().expect("a status")
 }
+
+#[test]
+fn the_mcp_example_runs_as_the_readme_shows() {
+    dep("node_modules/.bin/mcp-server-filesystem");
+    let output = code_mode(
+        &project_root(),
+        &[
+            "run",
+            "examples/mcp_docs.js",
+            "--tools",
+            "examples/mcp.toml",
+        ],
+        "",
+    );
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        text(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("[notify] reading ") && lines[0].ends_with(" Markdown files"),
+        "{stdout}"
+    );
+    // README.md is read through the MCP server and counted by the command tool.
+    let readme = lines
+        .iter()
+        .position(|line| line.starts_with("README.md: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(lines[readme].contains(" words, "), "{stdout}");
+    assert_eq!(lines[readme + 1], "  # code-mode", "{stdout}");
+    assert_eq!(lines[lines.len() - 2], "Script completed");
+}
