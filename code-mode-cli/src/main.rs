@@ -38,7 +38,7 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct ToolArgs {
-    /// A TOML file of command tools (see examples/tools.toml).
+    /// A TOML file of command tools and MCP servers (see examples/tools.toml, examples/mcp.toml).
     #[arg(long, value_name = "FILE")]
     tools: Option<PathBuf>,
     /// Built-in tool sets to enable: fs (read_file, list_dir, write_file), shell (exec_command).
