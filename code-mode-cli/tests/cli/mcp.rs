@@ -486,6 +486,23 @@ fn check_driven(seen: &Value) {
         failed.starts_with("Script failed\n") && failed.contains("Error: on purpose"),
         "{failed}"
     );
+    // Cell 6's exec request was cancelled after 300 ms; the cell ran on, and its output
+    // waited for `wait` instead of going to the abandoned request.
+    let survived = seen["survived"][0].as_str().unwrap();
+    assert!(
+        survived.starts_with("Script completed\n") && survived.ends_with("\nOutput:\nsurvived"),
+        "{survived}"
+    );
+    // Cells 4 and 5 notify twice each: as log messages without a progress token, as
+    // progress (counting up) with one.
+    assert_eq!(
+        seen["logged"],
+        serde_json::json!([{"cell_id": "4", "text": "one"}, {"cell_id": "4", "text": "two"}])
+    );
+    assert_eq!(
+        seen["progress"],
+        serde_json::json!([[1.0, "[cell 5] one"], [2.0, "[cell 5] two"]])
+    );
 }
 
 #[test]

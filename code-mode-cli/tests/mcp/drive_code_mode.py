@@ -5,7 +5,8 @@
 
 Lists the tools, runs a cell with `exec` that calls a nested MCP tool, prints, yields and
 keeps running; `wait`s for the rest; checks that a stored value outlives the cell within
-the connection. Prints one JSON object with what it saw; the Rust test asserts on it.
+the connection; sees a cell's notifications as log messages, and as progress when the
+request asks for progress. Prints one JSON object with what it saw; the Rust test asserts on it.
 """
 
 import json
@@ -29,8 +30,15 @@ def texts(result):
 
 
 async def drive(server):
-    seen = {}
-    async with Client(server) as client:
+    seen = {"logged": [], "progress": []}
+
+    async def logged(params):
+        seen["logged"].append(params.data)
+
+    async def progress(value, total, message):
+        seen["progress"].append([value, message])
+
+    async with Client(server, logging_callback=logged) as client:
         listed = await client.list_tools()
         seen["tools"] = sorted(tool.name for tool in listed.tools)
         seen["exec_description"] = next(t.description for t in listed.tools if t.name == "exec")
@@ -50,6 +58,20 @@ async def drive(server):
         seen["stored"] = texts(stored)
         failed = await client.call_tool("exec", {"code": "throw new Error('on purpose')"})
         seen["failed"] = texts(failed)
+        notifying = 'notify("one"); await new Promise((r) => setTimeout(r, 50)); notify("two");'
+        await client.call_tool("exec", {"code": notifying})
+        await client.call_tool("exec", {"code": notifying}, progress_callback=progress)
+        # A request the client gives up on (cancelled) ends that observation, not the cell.
+        with anyio.move_on_after(0.3):
+            await client.call_tool(
+                "exec", {"code": 'await new Promise((r) => setTimeout(r, 1000)); text("survived")'}
+            )
+        survived = await client.call_tool("wait", {"cell_id": "6", "yield_time_ms": 10000})
+        seen["survived"] = texts(survived)
+        # Notifications may trail the result that ends the cell by a moment.
+        with anyio.move_on_after(5):
+            while len(seen["logged"]) < 2 or len(seen["progress"]) < 2:
+                await anyio.sleep(0.05)
     return seen
 
 
