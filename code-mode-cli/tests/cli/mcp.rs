@@ -570,6 +570,24 @@ fn the_python_sdk_drives_code_mode_mcp_over_http() {
     assert!(server.url.starts_with("http://127.0.0.1:") && server.url.ends_with("/mcp"));
     check_driven(&drive(&["http", &server.url]));
 
+    // A streamable-HTTP MCP server as a tool source: this code-mode's cells call the
+    // other one's `exec`.
+    let client_tools = scratch.write(
+        "http-tools.toml",
+        &format!(
+            "[[mcp_server]]\nname = \"remote\"\nurl = {:?}\nheaders = {{ X-Test = \"1\" }}\n",
+            server.url
+        ),
+    );
+    let (result, stderr) = run_json(
+        &scratch,
+        r#"const answer = await tools.mcp__remote__exec({ code: "text(6 * 7)" });
+           text(answer.content[0].text.split("\n").at(-1));"#,
+        &client_tools,
+    );
+    assert_eq!(result["status"], "Script completed", "{result}\n{stderr}");
+    assert_eq!(texts(&result), ["42"]);
+
     // Only /mcp is served.
     let other = server.url.replace("/mcp", "/other");
     let status = drive_status(&other);
