@@ -127,6 +127,7 @@ impl Repl {
             Err(error) => return self.error(&error.to_string()),
         };
         let max_tokens = parsed.max_output_tokens_or_default();
+        self.tools.settled().await;
         let mut request = ExecRequest::new(parsed.source).with_tools(self.tools.definitions());
         request.yield_time_ms = parsed.yield_time_ms.or(self.yield_ms);
         let started_at = Instant::now();

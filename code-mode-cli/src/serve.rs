@@ -420,6 +420,9 @@ impl Server {
     }
 
     async fn handle(&self, method: &str, given: Value) -> Result<Value, ErrorReply> {
+        if matches!(method, "describe" | "exec" | "execute_to_pending") {
+            self.tools.settled().await;
+        }
         match method {
             "open_session" => return self.open_session(given),
             "describe" => return self.describe(given),

@@ -375,6 +375,14 @@ impl ToolSet {
             .collect()
     }
 
+    /// Waits for MCP tool lists that changed to be listed again: call before taking the
+    /// descriptions or definitions for a cell.
+    pub async fn settled(&self) {
+        if let Some(mcp) = &self.mcp {
+            mcp.settled().await;
+        }
+    }
+
     /// The tools as a cell enables them.
     pub fn definitions(&self) -> Vec<ToolDefinition> {
         self.descriptions()

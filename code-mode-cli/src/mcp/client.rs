@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -141,6 +141,10 @@ pub struct McpServer {
     /// The tools the server listed, those the configuration exposes.
     tools: Mutex<Vec<Tool>>,
     stderr: Arc<Mutex<StderrTail>>,
+    /// How many `tools/list_changed` arrived.
+    changes: Arc<AtomicU64>,
+    /// Held while the tools are listed again; the value of `changes` then.
+    relisting: tokio::sync::Mutex<u64>,
     /// Set when the current process sent a message over [`MAX_MCP_MESSAGE_BYTES`].
     oversized: Arc<AtomicBool>,
     /// The task copying the current process's stderr into `stderr`; it ends at EOF.
@@ -166,19 +170,56 @@ impl ClientHandler for ClientSide {
         let Some(server) = self.server.upgrade() else {
             return;
         };
-        match context.peer.list_all_tools().await {
+        // Over stdio the reader counted it already; over HTTP this is the first word of
+        // it. Counting twice costs at most one more listing.
+        server.changes.fetch_add(1, Ordering::SeqCst);
+        server.relist(&context.peer).await;
+    }
+}
+
+impl McpServer {
+    /// Lists the tools again if a `tools/list_changed` came after the last listing. One
+    /// listing at a time: whoever takes the lock second finds the list fresh.
+    async fn relist(&self, peer: &rmcp::service::Peer<RoleClient>) {
+        let mut listed = self.relisting.lock().await;
+        let changes = self.changes.load(Ordering::SeqCst);
+        if *listed == changes {
+            return;
+        }
+        *listed = changes;
+        match peer.list_all_tools().await {
             Ok(tools) => {
-                tracing::info!(server = %server.config.name, count = tools.len(), "MCP tool list changed");
-                server.set_tools(tools);
+                tracing::info!(server = %self.config.name, count = tools.len(), "MCP tool list changed");
+                self.set_tools(tools);
             }
             // The server went away right after it said so (at shutdown, say): the next
             // start lists its tools anew, so there is nothing to warn about.
             Err(error @ rmcp::ServiceError::TransportClosed) => {
-                tracing::debug!(server = %server.config.name, %error, "cannot list the changed MCP tools");
+                tracing::debug!(server = %self.config.name, %error, "cannot list the changed MCP tools");
             }
             Err(error) => {
-                tracing::warn!(server = %server.config.name, %error, "cannot list the changed MCP tools");
+                tracing::warn!(server = %self.config.name, %error, "cannot list the changed MCP tools");
             }
+        }
+    }
+
+    /// Waits for a tool list that changed to be listed again, so that a cell starting
+    /// after a call whose server said its tools changed sees the new ones.
+    async fn settled(&self) {
+        if *self.relisting.lock().await == self.changes.load(Ordering::SeqCst) {
+            return;
+        }
+        let peer = self
+            .link
+            .lock()
+            .await
+            .client
+            .as_ref()
+            .map(|client| client.peer().clone());
+        match peer {
+            Some(peer) => self.relist(&peer).await,
+            // No connection: the next start lists the tools anyway.
+            None => *self.relisting.lock().await = self.changes.load(Ordering::SeqCst),
         }
     }
 }
@@ -192,6 +233,8 @@ impl McpServer {
             stderr: Arc::new(Mutex::new(StderrTail::default())),
             stderr_reader: Mutex::new(None),
             oversized: Arc::new(AtomicBool::new(false)),
+            changes: Arc::new(AtomicU64::new(0)),
+            relisting: tokio::sync::Mutex::new(0),
             on_change,
         })
     }
@@ -268,8 +311,14 @@ impl McpServer {
                     });
                     *lock(&self.stderr_reader) = Some(reader);
                     self.oversized.store(false, Ordering::Relaxed);
+                    // The notification is flagged as it is read, before the answer after
+                    // it reaches its call: see `settled`.
                     let stdout =
-                        LineCap::new(stdout, MAX_MCP_MESSAGE_BYTES, Arc::clone(&self.oversized));
+                        LineCap::new(stdout, MAX_MCP_MESSAGE_BYTES, Arc::clone(&self.oversized))
+                            .watching(
+                                b"notifications/tools/list_changed",
+                                Arc::clone(&self.changes),
+                            );
                     spawned = Some(child);
                     handler.serve((stdout, stdin)).await
                 }
@@ -618,6 +667,11 @@ impl McpSources {
                     tool: tool.to_owned(),
                 })
         })
+    }
+
+    /// Waits until every tool list a server said changed has been listed again.
+    pub async fn settled(&self) {
+        futures_util::future::join_all(self.servers.iter().map(|server| server.settled())).await;
     }
 
     /// Stops every server.

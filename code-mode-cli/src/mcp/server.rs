@@ -283,6 +283,7 @@ impl CodeModeServer {
             }
         };
         let max_tokens = parsed.max_output_tokens_or_default();
+        self.shared.tools.settled().await;
         let mut request =
             ExecRequest::new(parsed.source).with_tools(self.shared.tools.definitions());
         request.yield_time_ms = parsed.yield_time_ms;
@@ -397,6 +398,7 @@ impl ServerHandler for CodeModeServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         self.remember_peer(&context.peer);
+        self.shared.tools.settled().await;
         Ok(ListToolsResult::with_all_items(self.shared.tool_list()))
     }
 

@@ -36,6 +36,18 @@ fn code_mode(dir: &Path, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("wait for code-mode")
 }
 
+/// Runs an example cell from the project root as the README shows it; its stdout.
+fn run_example(cell: &str, tools: &str) -> String {
+    let output = code_mode(&project_root(), &["run", cell, "--tools", tools], "");
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        text(&output.stderr)
+    );
+    stdout
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -70,22 +82,7 @@ impl Drop for Scratch {
 
 #[test]
 fn run_the_example_with_command_tools() {
-    let output = code_mode(
-        &project_root(),
-        &[
-            "run",
-            "examples/top_rust_files.js",
-            "--tools",
-            "examples/tools.toml",
-        ],
-        "",
-    );
-    let stdout = text(&output.stdout);
-    assert!(
-        output.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        text(&output.stderr)
-    );
+    let stdout = run_example("examples/top_rust_files.js", "examples/tools.toml");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
         lines[0].starts_with("[notify] counting the lines of "),

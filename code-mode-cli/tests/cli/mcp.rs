@@ -3,7 +3,7 @@
 //! the official Python SDK driving `code-mode mcp`. The npm and Python parts are installed
 //! by `scripts/test-deps.sh`, pinned in `code-mode-cli/tests/mcp/`.
 
-use super::{BIN, JsonlServer, Scratch, code_mode, project_root, text};
+use super::{BIN, JsonlServer, Scratch, code_mode, project_root, run_example, text};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -48,6 +48,14 @@ fn tools_file(scratch: &Scratch, body: &str) -> PathBuf {
     scratch.write(
         "tools.toml",
         &body.replace("FIXTURE", &fixture.display().to_string()),
+    )
+}
+
+/// A tools file with the fixture server alone, as `fx`.
+fn one_fixture(scratch: &Scratch) -> PathBuf {
+    tools_file(
+        scratch,
+        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
     )
 }
 
@@ -100,7 +108,7 @@ command = ["FIXTURE", "--fail-start"]
 [[mcp_server]]
 name = "hung"
 command = ["FIXTURE", "--hang"]
-startup_timeout_ms = 1500
+startup_timeout_ms = 2500
 "#;
 
 #[test]
@@ -120,6 +128,7 @@ fn cells_call_mcp_tools_and_bad_servers_do_not_stop_the_good_ones() {
             try { await bad(); text("no rejection"); } catch (error) { text(`rejected: ${error}`); }
         }
         text(`${typeof tools.mcp__broken__echo} ${typeof tools.mcp__hung__echo}`);
+        // Nine tools on each of two servers, listed in pages of four.
         text(ALL_TOOLS.filter((tool) => tool.name.startsWith("mcp__")).length);
     "#;
     let (result, stderr) = run_json(&scratch, cell, &tools);
@@ -154,10 +163,13 @@ fn cells_call_mcp_tools_and_bad_servers_do_not_stop_the_good_ones() {
             ),
         "{stderr}"
     );
+    // A slow start is announced after 2 s, then times out; the servers start concurrently,
+    // so the good ones were ready long before.
     assert!(
-        stderr.contains(
-            "code-mode: MCP server `hung` did not start within 1500 ms (no answer to `initialize` or `tools/list`)"
-        ),
+        stderr.contains("code-mode: still starting MCP server `hung` (2 s so far, timeout 2500 ms)")
+            && stderr.contains(
+                "code-mode: MCP server `hung` did not start within 2500 ms (no answer to `initialize` or `tools/list`)"
+            ),
         "{stderr}"
     );
 }
@@ -165,10 +177,7 @@ fn cells_call_mcp_tools_and_bad_servers_do_not_stop_the_good_ones() {
 #[test]
 fn a_server_that_dies_mid_call_fails_the_call_and_starts_again() {
     let scratch = Scratch::new();
-    let tools = tools_file(
-        &scratch,
-        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
-    );
+    let tools = one_fixture(&scratch);
     let cell = r#"
         try { await tools.mcp__fx__die({}); text("no rejection"); } catch (error) { text(error); }
         text((await tools.mcp__fx__echo({ text: "after the restart" })).content[0].text);
@@ -192,10 +201,7 @@ fn a_server_that_dies_mid_call_fails_the_call_and_starts_again() {
 #[test]
 fn an_ended_cell_cancels_its_calls_and_later_cells_see_changed_tool_lists() {
     let scratch = Scratch::new();
-    let tools = tools_file(
-        &scratch,
-        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
-    );
+    let tools = one_fixture(&scratch);
     // Cell 1 leaves a slow call in flight and exits; the server is told (it counts the
     // cancellation). Cell 3 adds a tool; cell 4 sees it.
     let cells = "\
@@ -329,10 +335,7 @@ fn bad_mcp_server_entries_name_the_line_and_field() {
 #[test]
 fn serve_jsonl_offers_mcp_tools_to_its_cells() {
     let scratch = Scratch::new();
-    let tools = tools_file(
-        &scratch,
-        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
-    );
+    let tools = one_fixture(&scratch);
     let mut server =
         JsonlServer::start_with(&["serve", "--jsonl", "--tools", tools.to_str().unwrap()]);
     server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#);
@@ -493,6 +496,16 @@ fn check_driven(seen: &Value) {
         survived.starts_with("Script completed\n") && survived.ends_with("\nOutput:\nsurvived"),
         "{survived}"
     );
+    // Cell 7 made the nested server add a tool: the client was told, and `exec`'s
+    // description now declares it.
+    assert!(
+        seen["notified"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("notifications/tools/list_changed")),
+        "{seen}"
+    );
+    assert_eq!(seen["added_listed"], true, "{seen}");
     // Cells 4 and 5 notify twice each: as log messages without a progress token, as
     // progress (counting up) with one.
     assert_eq!(
@@ -508,10 +521,7 @@ fn check_driven(seen: &Value) {
 #[test]
 fn the_python_sdk_drives_code_mode_mcp_over_stdio() {
     let scratch = Scratch::new();
-    let tools = tools_file(
-        &scratch,
-        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
-    );
+    let tools = one_fixture(&scratch);
     check_driven(&drive(&["stdio", BIN, tools.to_str().unwrap()]));
 }
 
@@ -555,10 +565,7 @@ impl Drop for HttpServer {
 #[test]
 fn the_python_sdk_drives_code_mode_mcp_over_http() {
     let scratch = Scratch::new();
-    let tools = tools_file(
-        &scratch,
-        "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
-    );
+    let tools = one_fixture(&scratch);
     let server = HttpServer::start(&[
         "mcp",
         "--tools",
@@ -618,22 +625,7 @@ fn drive_status(url: &str) -> u16 {
 #[test]
 fn the_mcp_example_runs_as_the_readme_shows() {
     dep("node_modules/.bin/mcp-server-filesystem");
-    let output = code_mode(
-        &project_root(),
-        &[
-            "run",
-            "examples/mcp_docs.js",
-            "--tools",
-            "examples/mcp.toml",
-        ],
-        "",
-    );
-    let stdout = text(&output.stdout);
-    assert!(
-        output.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        text(&output.stderr)
-    );
+    let stdout = run_example("examples/mcp_docs.js", "examples/mcp.toml");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
         lines[0].starts_with("[notify] reading ") && lines[0].ends_with(" Markdown files"),

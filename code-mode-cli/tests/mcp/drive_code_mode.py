@@ -30,7 +30,14 @@ def texts(result):
 
 
 async def drive(server):
-    seen = {"logged": [], "progress": []}
+    seen = {"logged": [], "progress": [], "notified": []}
+
+    async def message(incoming):
+        method = getattr(incoming, "method", None) or getattr(
+            getattr(incoming, "root", None), "method", None
+        )
+        if method:
+            seen["notified"].append(method)
 
     async def logged(params):
         seen["logged"].append(params.data)
@@ -38,7 +45,7 @@ async def drive(server):
     async def progress(value, total, message):
         seen["progress"].append([value, message])
 
-    async with Client(server, logging_callback=logged) as client:
+    async with Client(server, logging_callback=logged, message_handler=message) as client:
         listed = await client.list_tools()
         seen["tools"] = sorted(tool.name for tool in listed.tools)
         seen["exec_description"] = next(t.description for t in listed.tools if t.name == "exec")
@@ -68,6 +75,15 @@ async def drive(server):
             )
         survived = await client.call_tool("wait", {"cell_id": "6", "yield_time_ms": 10000})
         seen["survived"] = texts(survived)
+        # A nested server's tool list changes: `exec`'s description follows, and the
+        # client is told.
+        await client.call_tool("exec", {"code": "await tools.mcp__fx__add_tool()"})
+        with anyio.move_on_after(5):
+            while "notifications/tools/list_changed" not in seen["notified"]:
+                await anyio.sleep(0.05)
+        relisted = await client.list_tools()
+        exec_tool = next(t for t in relisted.tools if t.name == "exec")
+        seen["added_listed"] = "mcp__fx__added(" in exec_tool.description
         # Notifications may trail the result that ends the cell by a moment.
         with anyio.move_on_after(5):
             while len(seen["logged"]) < 2 or len(seen["progress"]) < 2:
