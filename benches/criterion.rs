@@ -3,6 +3,8 @@
 //! - `frame`: encoding and decoding typical wire messages (an exec request with 32 tools,
 //!   a nested tool call, its reply, a completed cell response);
 //! - `tool_round_trip`: one nested tool call, JS → delegate → JS, in process and over IPC;
+//! - `tool_payload`: the same with a ~1 MiB argument that the delegate echoes back as its
+//!   result, so that every pass over the payload between V8 and the delegate shows;
 //! - `yield_wait`: an exec whose cell yields (`yield_control()`) followed by the `wait`
 //!   that collects its result, next to the same cell without the yield (`exec_plain`);
 //! - `baseline`: a round trip over a Unix socket pair between two blocked threads, the
@@ -25,14 +27,16 @@ use code_mode_protocol::wire::{
     ServerMessage, SessionId,
 };
 use code_mode_protocol::{
-    CellResponse, CodeModeSession, ContentItem, ExecRequest, SessionCall, SessionOptions,
-    SessionReply, StartedCell, ToolKind, WaitRequest,
+    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem, ExecRequest,
+    JsonText, NestedToolCall, SessionCall, SessionOptions, SessionReply, StartedCell, ToolKind,
+    WaitRequest,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------------------
 // Frames
@@ -140,7 +144,35 @@ struct Transports {
     runtime: tokio::runtime::Runtime,
     in_process: Arc<dyn CodeModeSession>,
     ipc: Arc<dyn CodeModeSession>,
+    /// The same two with a delegate that answers with the argument's JSON text.
+    in_process_text: Arc<dyn CodeModeSession>,
+    ipc_text: Arc<dyn CodeModeSession>,
     _provider: IpcProvider,
+}
+
+/// Echoes the argument as the text it arrived as: a delegate that overrides
+/// `invoke_tool_text` and never parses a payload.
+struct EchoText;
+
+impl CodeModeSessionDelegate for EchoText {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        _: CancellationToken,
+    ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move { Ok(call.input.unwrap_or(serde_json::Value::Null)) })
+    }
+    fn invoke_tool_text(
+        &self,
+        call: NestedToolCall<JsonText>,
+        _: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, String>> {
+        Box::pin(async move { Ok(call.input.unwrap_or_else(|| JsonText::new("null"))) })
+    }
+    fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn cell_closed(&self, _: &str) {}
 }
 
 impl Transports {
@@ -149,22 +181,24 @@ impl Transports {
             .enable_all()
             .build()
             .expect("a tokio runtime");
-        let (in_process, ipc, provider) = runtime.block_on(async {
-            let in_process: Arc<dyn CodeModeSession> = Arc::new(InProcessSession::new(
-                Arc::new(EchoTools),
-                InProcessOptions::default(),
-            ));
+        let provider = runtime.block_on(async {
             let provider = IpcProvider::new(HostConfig::default())
                 .expect("code-mode-bin (build it with cargo build --release -p code-mode-bin)");
             provider.start().await.expect("start the runtime");
-            let ipc: Arc<dyn CodeModeSession> =
-                Arc::new(provider.open_session(Arc::new(EchoTools), SessionOptions::default()));
-            (in_process, ipc, provider)
+            provider
         });
+        let local = |delegate: Arc<dyn CodeModeSessionDelegate>| -> Arc<dyn CodeModeSession> {
+            Arc::new(InProcessSession::new(delegate, InProcessOptions::default()))
+        };
+        let remote = |delegate: Arc<dyn CodeModeSessionDelegate>| -> Arc<dyn CodeModeSession> {
+            Arc::new(provider.open_session(delegate, SessionOptions::default()))
+        };
         Self {
+            in_process: local(Arc::new(EchoTools)),
+            ipc: remote(Arc::new(EchoTools)),
+            in_process_text: local(Arc::new(EchoText)),
+            ipc_text: remote(Arc::new(EchoText)),
             runtime,
-            in_process,
-            ipc,
             _provider: provider,
         }
     }
@@ -186,7 +220,15 @@ async fn run_cell(session: &dyn CodeModeSession, request: ExecRequest) -> Durati
         let cell_id = cell_id.clone();
         response = session.wait(WaitRequest::new(cell_id)).await.expect("wait");
     }
-    started.elapsed()
+    let elapsed = started.elapsed();
+    if let CellResponse::Result {
+        error_text: Some(error),
+        ..
+    } = &response
+    {
+        panic!("the benchmarked cell failed: {error}");
+    }
+    elapsed
 }
 
 /// A cell making `calls` sequential nested tool calls.
@@ -213,6 +255,44 @@ fn tool_round_trip(c: &mut Criterion, transports: &Transports) {
             b.iter_custom(|iters| {
                 transports.runtime.block_on(async {
                     run_cell(session.as_ref(), round_trip_cell(iters))
+                        .await
+                        .saturating_sub(overhead)
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+/// A cell making `calls` sequential calls that pass ~1 MiB of JSON each way.
+fn payload_cell(calls: u64) -> ExecRequest {
+    ExecRequest::new(format!(
+        "const payload = Array.from({{ length: 16000 }}, (_, i) => ({{ id: i, name: `item ${{i}}`, tags: [\"a\", \"b\"], score: i * 1.5 }}));\n\
+         for (let i = 0; i < {calls}; i++) {{ const back = await tools.mcp__bench__tool_0(payload); if (back.length !== 16000) throw new Error(\"lost\"); }}"
+    ))
+    .with_tools(tools(1))
+}
+
+fn tool_payload(c: &mut Criterion, transports: &Transports) {
+    let mut group = c.benchmark_group("tool_payload");
+    group.sample_size(20);
+    let text = [
+        ("in-process-text-delegate", &transports.in_process_text),
+        ("ipc-text-delegate", &transports.ipc_text),
+    ];
+    for (name, session) in transports.each().into_iter().chain(text) {
+        let overhead = transports.runtime.block_on(async {
+            let mut runs = Vec::new();
+            for _ in 0..9 {
+                runs.push(run_cell(session.as_ref(), payload_cell(0)).await);
+            }
+            runs.sort_unstable();
+            runs[runs.len() / 2]
+        });
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                transports.runtime.block_on(async {
+                    run_cell(session.as_ref(), payload_cell(iters))
                         .await
                         .saturating_sub(overhead)
                 })
@@ -255,10 +335,13 @@ fn yield_wait(c: &mut Criterion, transports: &Transports) {
 fn sessions(c: &mut Criterion) {
     let transports = Transports::open();
     tool_round_trip(c, &transports);
+    tool_payload(c, &transports);
     yield_wait(c, &transports);
     transports.runtime.block_on(async {
         transports.in_process.shutdown().await;
         transports.ipc.shutdown().await;
+        transports.in_process_text.shutdown().await;
+        transports.ipc_text.shutdown().await;
     });
 }
 

@@ -5,12 +5,11 @@
 //! The connection owns the table and hands each session's delegate a weak reference, so a
 //! delegate that outlives its connection finds it gone instead of keeping it alive.
 
-use code_mode_protocol::model::parse_json;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{
     DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId,
 };
-use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, NestedToolCall};
+use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -166,23 +165,45 @@ impl RemoteDelegate {
 }
 
 impl CodeModeSessionDelegate for RemoteDelegate {
+    /// Sessions call [`Self::invoke_tool_text`]; this form exists for the trait.
     fn invoke_tool(
         &self,
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        let call = NestedToolCall {
+            cell_id: call.cell_id,
+            call_id: call.call_id,
+            tool_name: call.tool_name,
+            kind: call.kind,
+            input: call.input.as_ref().map(JsonText::from_value),
+        };
+        Box::pin(async move {
+            let json = self.invoke_tool_text(call, cancel).await?;
+            json.to_value()
+                .map_err(|error| format!("tool result rejected: {error}"))
+        })
+    }
+
+    /// The payloads cross as the text they are, both ways: the runtime process never
+    /// parses them (the cell's `JSON.parse` checks the result).
+    fn invoke_tool_text(
+        &self,
+        call: NestedToolCall<JsonText>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, String>> {
         Box::pin(async move {
             let wire_call = DelegateCall::InvokeTool {
                 cell_id: call.cell_id,
                 call_id: call.call_id,
                 tool_name: call.tool_name,
                 kind: call.kind,
-                input: call.input.map(|input| input.to_string()),
+                input: call.input.map(JsonText::into_string),
             };
             let json = self
                 .call(wire_call, PendingDelegateCall::Tool, cancel)
                 .await??;
-            parse_json(&json).map_err(|error| format!("tool result rejected: {error}"))
+            Ok(JsonText::new(json))
         })
     }
 

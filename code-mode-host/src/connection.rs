@@ -20,8 +20,8 @@ use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
-    BoxFuture, CellResponse, CodeModeSessionDelegate, FromReply, NestedToolCall, PendingOutcome,
-    SessionError, SessionReply, StartedCell, StartedPendingCell,
+    BoxFuture, CellResponse, CodeModeSessionDelegate, FromReply, JsonText, NestedToolCall,
+    PendingOutcome, SessionError, SessionReply, StartedCell, StartedPendingCell,
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -460,22 +460,18 @@ impl Connection {
                 kind,
                 input,
             } => {
-                let input = match input.as_deref().map(parse_json).transpose() {
-                    Ok(input) => input,
-                    Err(error) => return Some(DelegateReply::ToolResult(Err(error))),
-                };
+                // The argument is parsed only if the agent core's delegate wants a value
+                // (the default `invoke_tool_text`); the result goes back as its text.
                 let call = NestedToolCall {
                     cell_id: self.external_cell_id(&cell_id),
                     call_id,
                     tool_name,
                     kind,
-                    input,
+                    input: input.map(JsonText::new),
                 };
                 let result =
-                    until_cancelled(token, delegate.invoke_tool(call, token.clone())).await?;
-                Some(DelegateReply::ToolResult(
-                    result.map(|value| value.to_string()),
-                ))
+                    until_cancelled(token, delegate.invoke_tool_text(call, token.clone())).await?;
+                Some(DelegateReply::ToolResult(result.map(JsonText::into_string)))
             }
             DelegateCall::Notify { cell_id, text } => {
                 let cell_id = self.external_cell_id(&cell_id);
@@ -638,12 +634,6 @@ fn describe(message: &ServerMessage) -> &'static str {
         ServerMessage::CancelDelegate { .. } => "CancelDelegate",
         ServerMessage::CellClosed { .. } => "CellClosed",
     }
-}
-
-/// Parses a tool input from the runtime.
-fn parse_json(text: &str) -> Result<serde_json::Value, String> {
-    code_mode_protocol::model::parse_json(text)
-        .map_err(|error| format!("tool input rejected: {error}"))
 }
 
 /// The reader task: handles messages until the connection ends, then records the loss.

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod calls;
+pub mod json_text;
 pub mod model;
 pub mod session;
 pub mod surface;
@@ -18,6 +19,7 @@ pub mod sync;
 pub mod wire;
 
 pub use calls::{FromReply, SessionCall, SessionReply};
+pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
     BoxFuture, CellLimits, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest,

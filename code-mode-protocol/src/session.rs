@@ -7,6 +7,7 @@
 //! line and the conformance suite runs unchanged against both. Methods return boxed
 //! futures so that `dyn CodeModeSession` works.
 
+use crate::json_text::JsonText;
 use crate::model::{ContentItem, ToolDefinition, ToolKind};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -300,9 +301,11 @@ pub struct StartedPendingCell {
     pub outcome: PendingOutcome,
 }
 
-/// A nested tool call, as the delegate receives it (contract section 6).
+/// A nested tool call, as the delegate receives it (contract section 6). The argument is
+/// a JSON value for [`CodeModeSessionDelegate::invoke_tool`], and the JSON text it
+/// travels as ([`JsonText`]) for [`CodeModeSessionDelegate::invoke_tool_text`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct NestedToolCall {
+pub struct NestedToolCall<Input = serde_json::Value> {
     pub cell_id: String,
     /// `tool-N`, numbered per cell.
     pub call_id: String,
@@ -310,7 +313,27 @@ pub struct NestedToolCall {
     pub tool_name: String,
     pub kind: ToolKind,
     /// The argument, `None` when the cell passed none.
-    pub input: Option<serde_json::Value>,
+    pub input: Option<Input>,
+}
+
+impl NestedToolCall<JsonText> {
+    /// The same call with its argument parsed (bounded, see [`JsonText::to_value`]).
+    pub fn parsed(self) -> Result<NestedToolCall, String> {
+        let input = match &self.input {
+            None => None,
+            Some(text) => Some(
+                text.to_value()
+                    .map_err(|error| format!("tool input rejected: {error}"))?,
+            ),
+        };
+        Ok(NestedToolCall {
+            cell_id: self.cell_id,
+            call_id: self.call_id,
+            tool_name: self.tool_name,
+            kind: self.kind,
+            input,
+        })
+    }
 }
 
 /// Errors of session calls. The `Display` texts are the contract's exact strings.
@@ -351,6 +374,24 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+
+    /// The same call with its argument and result as JSON text, which is how sessions
+    /// call a delegate. The default parses the argument, runs [`Self::invoke_tool`] and
+    /// serialises its result; a delegate that only forwards payloads (to a process, over a
+    /// socket) overrides it and never parses them. The text it answers is checked by the
+    /// cell (`tool result rejected: it is not valid JSON` when it is not JSON). The same
+    /// ordering and cancellation rules as [`Self::invoke_tool`] apply.
+    fn invoke_tool_text(
+        &self,
+        call: NestedToolCall<JsonText>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, String>> {
+        let call = call.parsed();
+        Box::pin(async move {
+            let result = self.invoke_tool(call?, cancel).await?;
+            Ok(JsonText::from_value(&result))
+        })
+    }
 
     /// Delivers a `notify(...)` text of the cell's current `exec` call. `cancel` fires
     /// when the cell is terminated or the session shuts down.

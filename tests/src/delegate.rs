@@ -4,12 +4,14 @@
 //! `block` waits until the test calls [`TestDelegate::release`] or the call is cancelled;
 //! `stubborn` ignores cancellation and never answers; `slow` answers `"slow done"` after
 //! the number of milliseconds given as input; `big` answers a string of as many bytes as
-//! its input says. A notification whose text starts with
-//! `block` waits until cancelled; any other is delivered at once.
+//! its input says. `text_echo` and `bad_text` are answered on the JSON-text path
+//! ([`CodeModeSessionDelegate::invoke_tool_text`]): the first with the exact text of its
+//! argument, as a JSON string; the second with text that is not JSON. A notification whose
+//! text starts with `block` waits until cancelled; any other is delivered at once.
 
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CodeModeSessionDelegate, NestedToolCall, ToolDefinition, ToolKind,
+    BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition, ToolKind,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -65,12 +67,19 @@ impl TestDelegate {
 
     /// The tools the delegate implements, as a cell enables them.
     pub fn tools() -> Arc<[ToolDefinition]> {
-        ["echo", "fail", "block", "stubborn", "slow", "big"]
-            .into_iter()
-            .map(|name| {
-                ToolDefinition::new(name, format!("the {name} test tool"), ToolKind::Function)
-            })
-            .collect()
+        [
+            "echo",
+            "fail",
+            "block",
+            "stubborn",
+            "slow",
+            "big",
+            "text_echo",
+            "bad_text",
+        ]
+        .into_iter()
+        .map(|name| ToolDefinition::new(name, format!("the {name} test tool"), ToolKind::Function))
+        .collect()
     }
 
     fn record(&self, record: Record) {
@@ -203,6 +212,28 @@ impl CodeModeSessionDelegate for TestDelegate {
                 other => Err(format!("unknown tool {other}")),
             }
         })
+    }
+
+    fn invoke_tool_text(
+        &self,
+        call: NestedToolCall<JsonText>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, String>> {
+        match call.tool_name.as_str() {
+            "text_echo" => {
+                let text = call.input.map(JsonText::into_string).unwrap_or_default();
+                Box::pin(async move { Ok(JsonText::from_value(&Value::String(text))) })
+            }
+            "bad_text" => Box::pin(async { Ok(JsonText::new("{not json")) }),
+            // Every other tool takes a value, as the trait's default would give it.
+            _ => {
+                let call = call.parsed();
+                Box::pin(async move {
+                    let result = self.invoke_tool(call?, cancel).await?;
+                    Ok(JsonText::from_value(&result))
+                })
+            }
+        }
     }
 
     fn notify(

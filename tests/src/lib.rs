@@ -66,6 +66,7 @@ macro_rules! conformance_suite {
             parallel_calls_reach_the_delegate_in_call_order,
             typescript_cells_run_with_their_own_positions,
             cells_on_a_reused_isolate_are_kept_apart,
+            tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them,
         );
     };
     (@tests $provider:expr; $($name:ident),* $(,)?) => {

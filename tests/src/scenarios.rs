@@ -873,3 +873,32 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: Provider>(provider: &P)
     let started = exec(&session, "text(typeof globalThis.mine);").await;
     assert_eq!(started.initial_response, result("5", &["undefined"], None));
 }
+
+/// A delegate on the JSON-text path gets the argument exactly as V8 wrote it: nothing on
+/// the way parses it (a parse would turn the escaped lone surrogate into U+FFFD, as the
+/// value path does). Its answer is parsed by the cell, which rejects text that is not JSON.
+pub async fn tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them<P: Provider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    let started = exec(
+        &session,
+        r#"
+        const seen = await tools.text_echo({ b: 1, a: [1.50, "\ud800", "é"] });
+        text(seen);
+        try { await tools.bad_text(); text("resolved"); } catch (error) { text(error); }
+        text(JSON.stringify(await tools.echo({ a: "\ud800" })));
+        "#,
+    )
+    .await;
+    assert_eq!(
+        started.initial_response,
+        result(
+            "1",
+            &[
+                r#"{"b":1,"a":[1.5,"\ud800","é"]}"#,
+                "tool result rejected: it is not valid JSON",
+                "{\"a\":\"\u{fffd}\"}",
+            ],
+            None
+        )
+    );
+}

@@ -28,7 +28,7 @@ use crate::runtime::{
 };
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
-    BoxFuture, CellResponse, ContentItem, NestedToolCall, PendingOutcome, SessionError,
+    BoxFuture, CellResponse, ContentItem, JsonText, NestedToolCall, PendingOutcome, SessionError,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -787,28 +787,14 @@ impl CellActor {
     fn start_tool_call(&mut self, call: ToolCallRequest) {
         let call_id = call.id.to_string();
         self.frontier.calls_since_frontier.push(call_id.clone());
-        let input = match call
-            .input
-            .as_deref()
-            .map(code_mode_protocol::model::parse_json)
-            .transpose()
-        {
-            Ok(input) => input,
-            Err(error) => {
-                let message = format!("tool input is not valid JSON: {error}");
-                let _ = self.internal_tx.send(Internal::ToolDone {
-                    id: call.id,
-                    result: Err(message),
-                });
-                return;
-            }
-        };
+        // The argument stays the text V8 wrote; only a delegate that wants a value parses
+        // it (see `CodeModeSessionDelegate::invoke_tool_text`).
         let request = NestedToolCall {
             cell_id: self.cell_id.clone(),
             call_id,
             tool_name: call.name,
             kind: call.kind,
-            input,
+            input: call.input.map(JsonText::new),
         };
         let token = self.callbacks.token.child_token();
         let delegate = Arc::clone(self.shared.delegate());
@@ -816,9 +802,9 @@ impl CellActor {
         let id = call.id;
         let task = Box::pin(async move {
             let answer =
-                until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await;
+                until_cancelled(&token, delegate.invoke_tool_text(request, token.clone())).await;
             if let Some(result) = answer {
-                let result = result.map(|value| value.to_string());
+                let result = result.map(JsonText::into_string);
                 let _ = internal.send(Internal::ToolDone { id, result });
             }
         });
