@@ -4,7 +4,9 @@
 //!   a nested tool call, its reply, a completed cell response);
 //! - `tool_round_trip`: one nested tool call, JS → delegate → JS, in process and over IPC;
 //! - `tool_payload`: the same with a ~1 MiB argument that the delegate echoes back as its
-//!   result, so that every pass over the payload between V8 and the delegate shows;
+//!   result, so that every pass over the payload between V8 and the delegate shows; with
+//!   `CODE_MODE_BIN_BASELINE=<another code-mode-bin>` also over IPC to that runtime, to
+//!   compare two builds of the runtime process in one run;
 //! - `yield_wait`: an exec whose cell yields (`yield_control()`) followed by the `wait`
 //!   that collects its result, next to the same cell without the yield (`exec_plain`);
 //! - `baseline`: a round trip over a Unix socket pair between two blocked threads, the
@@ -147,6 +149,8 @@ struct Transports {
     /// The same two with a delegate that answers with the argument's JSON text.
     in_process_text: Arc<dyn CodeModeSession>,
     ipc_text: Arc<dyn CodeModeSession>,
+    /// Over IPC to the runtime binary `CODE_MODE_BIN_BASELINE` names, when it does.
+    ipc_baseline: Option<(Arc<dyn CodeModeSession>, IpcProvider)>,
     _provider: IpcProvider,
 }
 
@@ -193,7 +197,21 @@ impl Transports {
         let remote = |delegate: Arc<dyn CodeModeSessionDelegate>| -> Arc<dyn CodeModeSession> {
             Arc::new(provider.open_session(delegate, SessionOptions::default()))
         };
+        let ipc_baseline = std::env::var_os("CODE_MODE_BIN_BASELINE").map(|binary| {
+            let config = HostConfig {
+                binary: Some(binary.into()),
+                ..HostConfig::default()
+            };
+            let provider = IpcProvider::new(config).expect("the baseline code-mode-bin");
+            runtime
+                .block_on(provider.start())
+                .expect("start the baseline runtime");
+            let session: Arc<dyn CodeModeSession> =
+                Arc::new(provider.open_session(Arc::new(EchoTools), SessionOptions::default()));
+            (session, provider)
+        });
         Self {
+            ipc_baseline,
             in_process: local(Arc::new(EchoTools)),
             ipc: remote(Arc::new(EchoTools)),
             in_process_text: local(Arc::new(EchoText)),
@@ -280,7 +298,11 @@ fn tool_payload(c: &mut Criterion, transports: &Transports) {
         ("in-process-text-delegate", &transports.in_process_text),
         ("ipc-text-delegate", &transports.ipc_text),
     ];
-    for (name, session) in transports.each().into_iter().chain(text) {
+    let baseline = transports
+        .ipc_baseline
+        .as_ref()
+        .map(|(session, _)| ("ipc-baseline-runtime", session));
+    for (name, session) in transports.each().into_iter().chain(text).chain(baseline) {
         let overhead = transports.runtime.block_on(async {
             let mut runs = Vec::new();
             for _ in 0..9 {
@@ -342,6 +364,9 @@ fn sessions(c: &mut Criterion) {
         transports.ipc.shutdown().await;
         transports.in_process_text.shutdown().await;
         transports.ipc_text.shutdown().await;
+        if let Some((session, _)) = &transports.ipc_baseline {
+            session.shutdown().await;
+        }
     });
 }
 

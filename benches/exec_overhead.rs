@@ -8,8 +8,11 @@
 //! Each sample runs in a fresh child process (this binary re-run with `--child`), so the
 //! cold figure is a real first exec and RSS growth is measured cleanly: with `getrusage`
 //! (peak RSS of the process) in process, and with the runtime process's peak RSS
-//! (`VmHWM`) over IPC. `cold_exec` is the first exec after the session exists; over IPC
-//! the runtime's spawn and handshake are measured apart (`spawn+handshake`), and
+//! (`VmHWM`) over IPC. `cold_exec` is the session's first exec, made [`COLD_PAUSE`] after
+//! the session (and over IPC the runtime process) started, the way a user meets it: a
+//! model takes at least that long to write its first cell, and by then the cell pool's
+//! first fill is done instead of competing with the exec for the cores. Over IPC the
+//! runtime's spawn and handshake are measured apart (`spawn+handshake`), and
 //! `cold_exec+spawn` adds them. `warm_exec` is every exec after one warm-up.
 //! `warm_exec_paced` is the same with a [`PACE`] pause before each exec, the way an
 //! agent's execs arrive (between model turns): the pool of prepared isolates is full when
@@ -77,6 +80,9 @@ const ROUND_TRIPS: u32 = 200;
 
 /// The pause before each `warm_exec_paced` exec.
 const PACE: Duration = Duration::from_millis(5);
+
+/// The pause between the session's start and its first (`cold_exec`) exec.
+const COLD_PAUSE: Duration = Duration::from_millis(250);
 
 /// Never answers a tool call (until it is cancelled): parks every cell that calls a tool.
 struct ParkingTools;
@@ -238,6 +244,7 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
     let spawn = subject.spawn;
     let rss = || subject.peak_rss_kib();
     let rss_before = rss();
+    tokio::time::sleep(COLD_PAUSE).await;
     let started = Instant::now();
     let response = session.execute(request()).await.expect("cold exec");
     let cold = started.elapsed();
