@@ -592,13 +592,20 @@ async fn run_command(
                 program.display()
             )
         })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let input = input.map(|value| value.to_string()).unwrap_or_default();
-        // A command that does not read its input is fine.
-        let _ = stdin.write_all(input.as_bytes()).await;
-    }
+    // The input is written while the output is read, under the same timeout: a command
+    // that answers as it reads (`cat`) fills its stdout pipe long before a large input is
+    // written, and writing first would wait for it forever.
+    let stdin = child.stdin.take();
+    let input = input.map(|value| value.to_string()).unwrap_or_default();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A command that does not read its input is fine.
+            let _ = stdin.write_all(input.as_bytes()).await;
+        } // Dropped here: the command sees the end of its input.
+    };
+    let run = async move { tokio::join!(feed, child.wait_with_output()).1 };
     let output = tokio::select! {
-        output = tokio::time::timeout(timeout, child.wait_with_output()) => output,
+        output = tokio::time::timeout(timeout, run) => output,
         () = cancel.cancelled() => return Err(format!("tool `{name}` was cancelled")),
     };
     let output = match output {

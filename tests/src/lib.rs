@@ -67,6 +67,7 @@ macro_rules! conformance_suite {
             typescript_cells_run_with_their_own_positions,
             cells_on_a_reused_isolate_are_kept_apart,
             tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them,
+            many_large_tool_results_do_not_pile_up,
         );
     };
     (@tests $provider:expr; $($name:ident),* $(,)?) => {

@@ -902,3 +902,26 @@ pub async fn tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them<P: Provi
         )
     );
 }
+
+/// Each turn of a cell's event loop releases what it made: a cell taking 160 results of
+/// 1 MB each, one after the other, never holds more than a few of them, far below its
+/// 128 MiB heap (when the loop kept every turn's handles until the cell ended, the parsed
+/// results piled up and the cell ran out of memory).
+pub async fn many_large_tool_results_do_not_pile_up<P: Provider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    let started = exec(
+        &session,
+        r#"
+        let total = 0;
+        for (let i = 0; i < 160; i++) total += (await tools.big(1000000)).length;
+        text(total);
+        "#,
+    )
+    .await;
+    let mut response = started.initial_response;
+    while let CellResponse::Yielded { cell_id, .. } = &response {
+        let cell_id = cell_id.clone();
+        response = wait(&session, &cell_id).await;
+    }
+    assert_eq!(response, result("1", &["160000000"], None));
+}

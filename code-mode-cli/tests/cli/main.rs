@@ -644,3 +644,28 @@ fn every_subcommand_has_help() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("<FILE>"));
 }
+
+#[test]
+fn a_command_tool_that_answers_as_it_reads_takes_a_large_input() {
+    // `cat` writes its output while it reads: an input larger than the pipes between us
+    // must be written while the output is read, or both sides wait for each other.
+    let scratch = Scratch::new();
+    scratch.write(
+        "tools.toml",
+        "[[tool]]\nname = \"cat\"\ncommand = [\"cat\"]\ntimeout_ms = 60000\n",
+    );
+    scratch.write(
+        "cell.js",
+        "const back = await tools.cat({ big: \"x\".repeat(3000000) }); text(back.big.length);",
+    );
+    let output = code_mode(
+        &scratch.0,
+        &["run", "cell.js", "--tools", "tools.toml", "--json"],
+        "",
+    );
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains(r#"{"type":"input_text","text":"3000000"}"#),
+        "{stdout}"
+    );
+}

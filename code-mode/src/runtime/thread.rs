@@ -242,34 +242,49 @@ impl Driver<'_> {
         let promise = v8::Global::new(scope, promise);
         let mut commands_applied = 0u64;
         loop {
-            scope.perform_microtask_checkpoint();
-            let module_promise = v8::Local::new(scope, &promise);
-            if let Some(outcome) = self.settled(scope, module_promise) {
+            // A handle scope per turn: the handles a turn makes (a parsed tool result, a
+            // resolver) are released with it instead of piling up until the cell ends.
+            v8::scope!(let scope, scope);
+            if let Some(outcome) = self.turn(scope, &promise, &mut commands_applied) {
                 return outcome;
             }
-            let message = match self.next_soon() {
-                Ok(message) => message,
-                Err(mpsc::TryRecvError::Empty) => {
-                    pump_platform_tasks(scope);
-                    if !self
-                        .state
-                        .borrow_mut()
-                        .emit(CellEvent::Idle { commands_applied })
-                    {
-                        continue; // stopped: the end check above decides how
-                    }
-                    match self.inbound.recv() {
-                        Ok(message) => message,
-                        Err(mpsc::RecvError) => return CellOutcome::Terminated,
-                    }
-                }
-                Err(mpsc::TryRecvError::Disconnected) => return CellOutcome::Terminated,
-            };
-            if let Inbound::Command(command) = message {
-                commands_applied += 1;
-                self.apply(scope, command);
-            }
         }
+    }
+
+    /// One turn of the event loop: run the microtasks, check whether the module settled,
+    /// then apply the next command (waiting for one when there is nothing to do).
+    fn turn(
+        &mut self,
+        scope: &mut v8::PinScope<'_, '_>,
+        promise: &v8::Global<v8::Promise>,
+        commands_applied: &mut u64,
+    ) -> Option<CellOutcome> {
+        scope.perform_microtask_checkpoint();
+        let module_promise = v8::Local::new(scope, promise);
+        if let Some(outcome) = self.settled(scope, module_promise) {
+            return Some(outcome);
+        }
+        let message = match self.next_soon() {
+            Ok(message) => message,
+            Err(mpsc::TryRecvError::Empty) => {
+                pump_platform_tasks(scope);
+                if !self.state.borrow_mut().emit(CellEvent::Idle {
+                    commands_applied: *commands_applied,
+                }) {
+                    return None; // stopped: the end check of the next turn decides how
+                }
+                match self.inbound.recv() {
+                    Ok(message) => message,
+                    Err(mpsc::RecvError) => return Some(CellOutcome::Terminated),
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => return Some(CellOutcome::Terminated),
+        };
+        if let Inbound::Command(command) = message {
+            *commands_applied += 1;
+            self.apply(scope, command);
+        }
+        None
     }
 
     /// The next queued message, polling for up to [`SPIN_FOR_ANSWER`] when a tool answer is
