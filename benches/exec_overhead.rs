@@ -32,6 +32,10 @@
 //! - idle: RSS growth per live idle cell, with `--idle-cells` cells (100) parked on a
 //!   nested tool call that never answers.
 //!
+//! On request, `--sections hops`: where one paced in-process exec and one nested tool call
+//! spend their time, from the runtime's hop marks (`code_mode::hops` trace events): the
+//! p50 time from each mark to the next, over `--samples` execs and 200 calls.
+//!
 //! And one table only on request, `--sections sources`: a nested call through the real
 //! `code-mode` CLI to each kind of tool source, timed inside the cell over sequential calls
 //! after a warm-up (a command tool runs `cat` once per call; an MCP tool is the `echo` of
@@ -786,6 +790,132 @@ fn main() {
     if wants("sources") {
         sources_table(&options);
     }
+    if wants("hops") {
+        hops_table(&options);
+    }
+}
+
+/// The hop marks seen since the last [`take_marks`], with when they were seen.
+static MARKS: std::sync::Mutex<Vec<(&'static str, Instant)>> = std::sync::Mutex::new(Vec::new());
+
+fn take_marks() -> Vec<(&'static str, Instant)> {
+    std::mem::take(
+        &mut *MARKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
+/// Records every `code_mode::hops` event.
+struct HopLayer;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HopLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Hop(Option<&'static str>);
+        impl tracing::field::Visit for Hop {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "hop" {
+                    // The marks are literals; keep one copy of each name.
+                    self.0 = Some(Box::leak(value.to_owned().into_boxed_str()));
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let at = Instant::now();
+        let mut hop = Hop(None);
+        event.record(&mut hop);
+        if let Some(name) = hop.0 {
+            MARKS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((name, at));
+        }
+    }
+}
+
+/// Adds the time between consecutive marks to `spans`, keyed `from → to`.
+fn add_spans(marks: &mut [(&'static str, Instant)], spans: &mut Vec<(String, Vec<u128>)>) {
+    marks.sort_by_key(|(_, at)| *at);
+    for pair in marks.windows(2) {
+        let key = format!("{} → {}", pair[0].0, pair[1].0);
+        let nanos = pair[1].1.duration_since(pair[0].1).as_nanos();
+        match spans.iter_mut().find(|(known, _)| *known == key) {
+            Some((_, times)) => times.push(nanos),
+            None => spans.push((key, vec![nanos])),
+        }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+fn print_spans(title: &str, spans: &mut [(String, Vec<u128>)]) {
+    println!("{title:<64} {:>7} {:>10}", "count", "p50");
+    for (key, times) in spans.iter_mut() {
+        times.sort_unstable();
+        println!(
+            "  {key:<62} {:>7} {:>10}",
+            times.len(),
+            format_duration(percentile(times, 0.5))
+        );
+    }
+}
+
+/// Per-hop times of paced in-process execs and of sequential nested calls.
+fn hops_table(options: &Options) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::registry().with(HopLayer).with(
+        tracing_subscriber::filter::Targets::new()
+            .with_target("code_mode::hops", tracing::Level::TRACE),
+    );
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let subject = Subject::open("in-process", Arc::new(EchoTools), 1).await;
+        let session = &subject.sessions[0];
+        tokio::time::sleep(COLD_PAUSE).await;
+        session
+            .execute(ExecRequest::new(SCRIPT))
+            .await
+            .expect("warm-up exec");
+        let mut spans = Vec::new();
+        for _ in 0..options.samples.max(1) {
+            tokio::time::sleep(PACE).await;
+            take_marks();
+            session
+                .execute(ExecRequest::new(SCRIPT))
+                .await
+                .expect("paced exec");
+            add_spans(&mut take_marks(), &mut spans);
+        }
+        print_spans("paced exec, in process (mark → next mark)", &mut spans);
+        tokio::time::sleep(PACE).await;
+        let calls = ExecRequest::new(format!(
+            "for (let i = 0; i < {ROUND_TRIPS}; i++) await tools.mcp__bench__tool_0(i);"
+        ))
+        .with_tools(tools(1));
+        take_marks();
+        session.execute(calls).await.expect("round-trip exec");
+        let marks = take_marks();
+        // Only the calls' own marks, from the first call's emission to the last answer.
+        let first = marks
+            .iter()
+            .position(|(name, _)| *name == "cell thread emits the tool call")
+            .unwrap_or(0);
+        let last = marks
+            .iter()
+            .rposition(|(name, _)| *name == "cell thread has the tool result")
+            .unwrap_or(marks.len().saturating_sub(1));
+        let mut calls_marks = marks[first..=last].to_vec();
+        let mut spans = Vec::new();
+        add_spans(&mut calls_marks, &mut spans);
+        print_spans(
+            "nested tool call, in process (mark → next mark)",
+            &mut spans,
+        );
+        subject.shutdown().await;
+    });
 }
 
 /// A file built beside this benchmark in the same target directory (`release/<relative>`).

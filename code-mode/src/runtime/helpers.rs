@@ -732,6 +732,7 @@ helper! {
                 .insert(id.0, v8::Global::new(scope, resolver));
             id
         };
+        crate::hops::hop!("cell thread emits the tool call");
         emit(
             state,
             CellEvent::ToolCall(ToolCallRequest {

@@ -153,6 +153,7 @@ fn run_cell(
     prepared: Prepared,
     job: super::pool::Job,
 ) -> (v8::OwnedIsolate, Box<HeapGuard>, bool, mpsc::Sender<()>) {
+    crate::hops::hop!("cell thread has the job");
     let super::pool::Job {
         config,
         events,
@@ -211,6 +212,7 @@ fn run_cell(
     state.borrow_mut().request_exit();
     tracing::trace!(?outcome, reusable, "cell finished");
     // The owner may be gone already; nothing else to tell then.
+    crate::hops::hop!("cell thread reports the end");
     let _ = events.blocking_send(CellEvent::Finished(outcome));
     (isolate, heap_guard, reusable, done)
 }
@@ -235,10 +237,12 @@ impl Driver<'_> {
         if !self.state.borrow_mut().emit(CellEvent::Started) {
             return self.ended_by_flags().unwrap_or(CellOutcome::Terminated);
         }
+        crate::hops::hop!("tools installed");
         let promise = match self.start_module(scope, source) {
             Ok(promise) => promise,
             Err(outcome) => return outcome,
         };
+        crate::hops::hop!("module compiled and evaluated");
         let promise = v8::Global::new(scope, promise);
         let mut commands_applied = 0u64;
         loop {
@@ -486,6 +490,7 @@ impl Driver<'_> {
         id: ToolCallId,
         result: Result<String, String>,
     ) {
+        crate::hops::hop!("cell thread has the tool result");
         let Some(resolver) = self.state.borrow_mut().pending_calls.remove(&id.0) else {
             tracing::debug!(%id, "answer for an unknown or settled tool call ignored");
             return;

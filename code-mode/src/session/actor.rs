@@ -434,6 +434,7 @@ impl CellActor {
                 }
             }
             CellEvent::Finished(outcome) => {
+                crate::hops::hop!("actor has the end");
                 self.life.runtime_done = true;
                 self.on_finished(outcome);
             }
@@ -785,6 +786,7 @@ impl CellActor {
     // -----------------------------------------------------------------------------------
 
     fn start_tool_call(&mut self, call: ToolCallRequest) {
+        crate::hops::hop!("actor has the tool call");
         let call_id = call.id.to_string();
         self.frontier.calls_since_frontier.push(call_id.clone());
         // The argument stays the text V8 wrote; only a delegate that wants a value parses
@@ -805,6 +807,7 @@ impl CellActor {
                 until_cancelled(&token, delegate.invoke_tool_text(request, token.clone())).await;
             if let Some(result) = answer {
                 let result = result.map(JsonText::into_string);
+                crate::hops::hop!("delegate answered");
                 let _ = internal.send(Internal::ToolDone { id, result });
             }
         });
@@ -838,6 +841,7 @@ impl CellActor {
             return;
         }
         if let Internal::ToolDone { id, result } = message {
+            crate::hops::hop!("actor has the answer");
             self.route(CellCommand::ToolResult { id, result });
         }
     }

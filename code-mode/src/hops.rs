@@ -1,0 +1,12 @@
+//! Hop marks: a `trace` event (target `code_mode::hops`, field `hop`) at each hand-off
+//! of an exec and of a nested tool call, from the session call to the cell thread and
+//! back. Off, they cost a level check; `exec_overhead --sections hops` turns them on and
+//! prints the time between consecutive marks.
+
+/// Marks that the exec or tool call being traced reached `$name`.
+macro_rules! hop {
+    ($name:literal) => {
+        tracing::trace!(target: "code_mode::hops", hop = $name)
+    };
+}
+pub(crate) use hop;
