@@ -257,27 +257,39 @@ fn round_trip_cell(calls: u64) -> ExecRequest {
     .with_tools(tools(1))
 }
 
+/// Benchmarks `cell(iters)` on `session`, less the median cost of `cell(0)` (the cell
+/// around the calls) over `overhead_runs` runs.
+fn bench_calls(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    transports: &Transports,
+    name: &str,
+    session: &Arc<dyn CodeModeSession>,
+    cell: fn(u64) -> ExecRequest,
+    overhead_runs: usize,
+) {
+    let overhead = transports.runtime.block_on(async {
+        let mut runs = Vec::new();
+        for _ in 0..overhead_runs {
+            runs.push(run_cell(session.as_ref(), cell(0)).await);
+        }
+        runs.sort_unstable();
+        runs[runs.len() / 2]
+    });
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            transports.runtime.block_on(async {
+                run_cell(session.as_ref(), cell(iters))
+                    .await
+                    .saturating_sub(overhead)
+            })
+        });
+    });
+}
+
 fn tool_round_trip(c: &mut Criterion, transports: &Transports) {
     let mut group = c.benchmark_group("tool_round_trip");
     for (name, session) in transports.each() {
-        // The cost of the cell around the calls, taken off every measurement.
-        let overhead = transports.runtime.block_on(async {
-            let mut runs = Vec::new();
-            for _ in 0..15 {
-                runs.push(run_cell(session.as_ref(), round_trip_cell(0)).await);
-            }
-            runs.sort_unstable();
-            runs[runs.len() / 2]
-        });
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                transports.runtime.block_on(async {
-                    run_cell(session.as_ref(), round_trip_cell(iters))
-                        .await
-                        .saturating_sub(overhead)
-                })
-            });
-        });
+        bench_calls(&mut group, transports, name, session, round_trip_cell, 15);
     }
     group.finish();
 }
@@ -303,23 +315,7 @@ fn tool_payload(c: &mut Criterion, transports: &Transports) {
         .as_ref()
         .map(|(session, _)| ("ipc-baseline-runtime", session));
     for (name, session) in transports.each().into_iter().chain(text).chain(baseline) {
-        let overhead = transports.runtime.block_on(async {
-            let mut runs = Vec::new();
-            for _ in 0..9 {
-                runs.push(run_cell(session.as_ref(), payload_cell(0)).await);
-            }
-            runs.sort_unstable();
-            runs[runs.len() / 2]
-        });
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                transports.runtime.block_on(async {
-                    run_cell(session.as_ref(), payload_cell(iters))
-                        .await
-                        .saturating_sub(overhead)
-                })
-            });
-        });
+        bench_calls(&mut group, transports, name, session, payload_cell, 9);
     }
     group.finish();
 }
