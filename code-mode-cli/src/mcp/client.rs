@@ -187,7 +187,13 @@ impl McpServer {
             return;
         }
         *listed = changes;
-        match peer.list_all_tools().await {
+        // Bounded: cells wait for this listing before they start (see `settled`).
+        let listing = tokio::time::timeout(self.config.call_timeout, peer.list_all_tools());
+        let Ok(listing) = listing.await else {
+            tracing::warn!(server = %self.config.name, "the changed MCP tools were not listed in time; the old list stays");
+            return;
+        };
+        match listing {
             Ok(tools) => {
                 tracing::info!(server = %self.config.name, count = tools.len(), "MCP tool list changed");
                 self.set_tools(tools);
