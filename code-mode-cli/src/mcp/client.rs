@@ -149,6 +149,8 @@ pub struct McpServer {
     oversized: Arc<AtomicBool>,
     /// The task copying the current process's stderr into `stderr`; it ends at EOF.
     stderr_reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Cancelled when the sources stop: ends a start in progress and the retries.
+    stopping: CancellationToken,
     /// Called after the tool list changed (`code-mode mcp` tells its clients).
     on_change: Arc<dyn Fn() + Send + Sync>,
 }
@@ -241,6 +243,7 @@ impl McpServer {
             oversized: Arc::new(AtomicBool::new(false)),
             changes: Arc::new(AtomicU64::new(0)),
             relisting: tokio::sync::Mutex::new(0),
+            stopping: CancellationToken::new(),
             on_change,
         })
     }
@@ -414,7 +417,12 @@ impl McpServer {
             }
         }
         lock(&self.stderr).0.clear();
-        match self.connect().await {
+        // A cancelled start kills what it spawned (dropping the attempt drops the child).
+        let attempt = tokio::select! {
+            attempt = self.connect() => attempt,
+            () = cancel.cancelled() => return Err("cancelled".to_owned()),
+        };
+        match attempt {
             Ok((client, child)) => {
                 let peer = client.peer().clone();
                 link.client = Some(client);
@@ -431,6 +439,26 @@ impl McpServer {
                     .min(MAX_RESTART_BACKOFF);
                 link.retry_at = Some(Instant::now() + backoff);
                 Err(error)
+            }
+        }
+    }
+
+    /// Tries to start a server whose first start failed, with the backoff of its failures
+    /// (up to [`MAX_RESTART_BACKOFF`] apart), until it starts or the sources stop: its
+    /// tools then appear for later cells, and `code-mode mcp` tells its clients.
+    async fn keep_trying(self: Arc<Self>) {
+        let mut attempts = 1u32;
+        loop {
+            attempts += 1;
+            match self.client(&self.stopping).await {
+                Ok(_) => {
+                    tracing::info!(server = %self.config.name, attempts, "MCP server started after failing to");
+                    return;
+                }
+                Err(_) if self.stopping.is_cancelled() => return,
+                Err(error) => {
+                    tracing::debug!(server = %self.config.name, attempts, %error, "MCP server still not started");
+                }
             }
         }
     }
@@ -518,8 +546,9 @@ impl McpServer {
         }
     }
 
-    /// Stops the server.
+    /// Stops the server (and its retries, if it never started).
     async fn stop(&self) {
+        self.stopping.cancel();
         let mut link = self.link.lock().await;
         let (client, child) = (link.client.take(), link.child.take());
         drop(link);
@@ -623,8 +652,9 @@ impl McpSources {
             .map(|config| McpServer::new(config, Arc::clone(&on_change)))
             .collect();
         let starts = servers.iter().map(|server| async move {
-            if let Err(error) = server.client(&CancellationToken::new()).await {
-                eprintln!("code-mode: {error}");
+            if let Err(error) = server.client(&server.stopping).await {
+                eprintln!("code-mode: {error}; trying again in the background");
+                tokio::spawn(Arc::clone(server).keep_trying());
             }
         });
         futures_util::future::join_all(starts).await;

@@ -640,3 +640,61 @@ fn the_mcp_example_runs_as_the_readme_shows() {
     assert_eq!(lines[readme + 1], "  # code-mode", "{stdout}");
     assert_eq!(lines[lines.len() - 2], "Script completed");
 }
+
+#[test]
+fn a_server_that_failed_to_start_is_tried_again_and_its_tools_appear() {
+    let scratch = Scratch::new();
+    let ready = scratch.0.join("ready");
+    let tools = tools_file(
+        &scratch,
+        &format!(
+            "[[mcp_server]]\nname = \"late\"\ncommand = [\"FIXTURE\", \"--fail-start-until\", {:?}]\n",
+            ready.display().to_string()
+        ),
+    );
+    let mut repl = Command::new(BIN)
+        .args(["repl", "--tools", tools.to_str().unwrap()])
+        .current_dir(&scratch.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn code-mode repl");
+    let mut stdin = repl.stdin.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(repl.stdout.take().unwrap()));
+    // Runs one entry; its first output line.
+    let mut ask = |entry: &str| -> String {
+        use std::io::Write;
+        writeln!(stdin, "{entry}\n").unwrap();
+        stdin.flush().unwrap();
+        let first = lines.next().expect("a line").expect("a line");
+        loop {
+            let line = lines.next().expect("a line").expect("a line");
+            if line.starts_with("Script ") {
+                return first;
+            }
+        }
+    };
+    assert_eq!(ask("text(typeof tools.mcp__late__echo)"), "undefined");
+    std::fs::write(&ready, "").unwrap();
+    // Retries back off up to 10 s apart; the tool shows up for a later cell.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = ask("text(typeof tools.mcp__late__echo)");
+        if seen == "function" {
+            break;
+        }
+        assert_eq!(seen, "undefined");
+        assert!(
+            Instant::now() < deadline,
+            "the server's tools never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        ask("text((await tools.mcp__late__echo({ text: \"late\" })).content[0].text)"),
+        "late"
+    );
+    let _ = repl.kill();
+    let _ = repl.wait();
+}
