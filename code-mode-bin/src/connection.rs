@@ -6,8 +6,15 @@
 //! blocks another call. A malformed, oversized or out-of-state message ends the connection
 //! with a logged reason; end of input ends it cleanly. Either way every session is shut
 //! down before [`serve`] returns.
+//!
+//! Liveness and bounds: the connection pings the host every ping interval and answers its
+//! pings; no complete frame from the host within the liveness timeout ends the connection
+//! (a half-open peer). What is queued for the host is bounded in bytes (the transport's
+//! outbox), and so are the requests in flight and the sessions of one connection: a slow
+//! or hostile host cannot make the runtime buffer without limit.
 
 use crate::delegate::{DelegateCalls, RemoteDelegate};
+use crate::metrics::METRICS;
 use code_mode::{InProcessOptions, InProcessSession};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
@@ -17,6 +24,7 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +40,34 @@ pub enum ConnectionError {
     Refused(HandshakeRejection),
     #[error("protocol violation: {0}")]
     Violation(String),
+    #[error("the host sent no frame for {0:?} (liveness timeout: the peer is gone)")]
+    LivenessTimeout(Duration),
+    #[error(
+        "the host is not reading what the runtime sends (more than {} bytes queued)",
+        MAX_QUEUED_BYTES
+    )]
+    Stalled,
+}
+
+/// Most requests of one connection in flight at once; more is a protocol violation.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 4096;
+
+/// Most sessions open on one connection at once; more are refused.
+pub const MAX_SESSIONS_PER_CONNECTION: usize = 1024;
+
+/// How one connection is served.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// The sandbox level, reported in the handshake.
+    pub sandbox: String,
+    /// Offer the `remote` capability (a network listener).
+    pub remote: bool,
+    pub ping_interval: Duration,
+    pub liveness_timeout: Duration,
+    /// Cancelled when the runtime starts draining: no new sessions.
+    pub draining: CancellationToken,
+    /// Cancelled when the connection must end now (the drain deadline passed).
+    pub stop: CancellationToken,
 }
 
 /// Sends a response; one too large for a frame becomes an error response instead.
@@ -72,6 +108,14 @@ impl Connection {
     async fn dispatch(self: &Arc<Self>, request: Request) -> Result<Response, WireError> {
         match request {
             Request::OpenSession { options } => {
+                if METRICS.is_draining() {
+                    return Err(WireError::Draining);
+                }
+                if lock(&self.sessions).len() >= MAX_SESSIONS_PER_CONNECTION {
+                    return Err(WireError::TooManySessions {
+                        max: MAX_SESSIONS_PER_CONNECTION as u64,
+                    });
+                }
                 let id = SessionId(self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
                 let delegate = RemoteDelegate::new(Arc::downgrade(&self.delegate_calls), id);
                 let session = InProcessSession::new(
@@ -79,16 +123,28 @@ impl Connection {
                     InProcessOptions { session: options },
                 );
                 lock(&self.sessions).insert(id, Arc::new(session));
+                METRICS.sessions_opened(1);
                 Ok(Response::SessionOpened(id))
             }
             Request::Session { session: id, call } => {
                 let session = if matches!(call, SessionCall::Shutdown) {
-                    lock(&self.sessions).remove(&id)
+                    let removed = lock(&self.sessions).remove(&id);
+                    if removed.is_some() {
+                        METRICS.sessions_closed(1);
+                    }
+                    removed
                 } else {
                     lock(&self.sessions).get(&id).cloned()
                 };
                 let session = session.ok_or(WireError::MissingSession(id))?;
-                Ok(Response::Reply(call.run(&*session).await?))
+                let timed = matches!(
+                    call,
+                    SessionCall::Execute(_) | SessionCall::ExecuteToPending(_)
+                )
+                .then(Instant::now);
+                let reply = call.run(&*session).await?;
+                METRICS.reply(&reply, timed.map(|started| started.elapsed()));
+                Ok(Response::Reply(reply))
             }
         }
     }
@@ -96,6 +152,7 @@ impl Connection {
     /// Shuts every session down (the connection is over).
     async fn shut_down_sessions(&self) {
         let sessions: Vec<_> = lock(&self.sessions).drain().map(|(_, s)| s).collect();
+        METRICS.sessions_closed(sessions.len() as u64);
         let shutdowns = sessions.iter().map(|session| session.shutdown());
         futures_util::future::join_all(shutdowns).await;
         // Delegate calls still waiting get "connection closed" as their senders drop.
@@ -103,8 +160,8 @@ impl Connection {
     }
 }
 
-/// Serves one host connection until it ends; `sandbox` is reported in the handshake.
-pub async fn serve<S>(stream: S, sandbox: String) -> Result<(), ConnectionError>
+/// Serves one host connection until it ends (or `settings.stop` is cancelled).
+pub async fn serve<S>(stream: S, settings: ServeSettings) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -121,7 +178,7 @@ where
         requests: Mutex::new(HashMap::new()),
     });
     let tasks = TaskTracker::new();
-    let outcome = read_loop(&connection, &mut reader, &tasks, sandbox).await;
+    let outcome = read_loop(&connection, &mut reader, &tasks, &settings).await;
     if let Err(error) = &outcome {
         tracing::error!("closing the connection: {error}");
     }
@@ -146,9 +203,12 @@ async fn read_loop<S: AsyncRead>(
     connection: &Arc<Connection>,
     reader: &mut FrameReader<S, ClientMessage, ServerMessage>,
     tasks: &TaskTracker,
-    sandbox: String,
+    settings: &ServeSettings,
 ) -> Result<(), ConnectionError> {
-    let hello = match reader.next().await {
+    let first = tokio::time::timeout(settings.liveness_timeout, reader.next())
+        .await
+        .map_err(|_| ConnectionError::LivenessTimeout(settings.liveness_timeout))?;
+    let hello = match first {
         Some(Ok(ClientMessage::Hello(hello))) => hello,
         Some(Ok(other)) => {
             let rejection =
@@ -161,10 +221,13 @@ async fn read_loop<S: AsyncRead>(
         Some(Err(error)) => return Err(error.into()),
         None => return Err(ConnectionError::NoHello),
     };
-    let offer = ServerOffer::current(
+    let mut offer = ServerOffer::current(
         concat!("code-mode-bin ", env!("CARGO_PKG_VERSION")),
-        sandbox,
+        settings.sandbox.clone(),
     );
+    if settings.remote {
+        offer = offer.with_capability(REMOTE_CAPABILITY);
+    }
     match offer.negotiate(&hello) {
         Ok(ready) => {
             tracing::info!(client = %hello.client, %ready, "handshake done");
@@ -180,8 +243,36 @@ async fn read_loop<S: AsyncRead>(
             return Err(ConnectionError::Refused(rejection));
         }
     }
-    while let Some(message) = reader.next().await {
+    let pinger = transport::spawn_pinger(
+        connection.outbox.clone(),
+        settings.ping_interval,
+        ServerMessage::Ping,
+    );
+    let _stop_pinger = AbortOnDrop(pinger);
+    let mut told_draining = false;
+    loop {
+        if settings.draining.is_cancelled() && !told_draining {
+            told_draining = true;
+            let _ = connection.outbox.send(&ServerMessage::Draining);
+        }
+        let next = tokio::select! {
+            biased;
+            () = settings.stop.cancelled() => return Ok(()),
+            () = connection.outbox.stalled().cancelled() => return Err(ConnectionError::Stalled),
+            () = settings.draining.cancelled(), if !told_draining => continue,
+            next = tokio::time::timeout(settings.liveness_timeout, reader.next()) => next,
+        };
+        let Ok(next) = next else {
+            return Err(ConnectionError::LivenessTimeout(settings.liveness_timeout));
+        };
+        let Some(message) = next else {
+            return Ok(());
+        };
         match message? {
+            ClientMessage::Ping(nonce) => {
+                let _ = connection.outbox.send(&ServerMessage::Pong(nonce));
+            }
+            ClientMessage::Pong(_) => {}
             ClientMessage::Hello(_) => {
                 return Err(ConnectionError::Violation("a second Hello".to_owned()));
             }
@@ -192,6 +283,11 @@ async fn read_loop<S: AsyncRead>(
                     if requests.contains_key(&id) {
                         return Err(ConnectionError::Violation(format!(
                             "{id} is already in flight"
+                        )));
+                    }
+                    if requests.len() >= MAX_REQUESTS_IN_FLIGHT {
+                        return Err(ConnectionError::Violation(format!(
+                            "more than {MAX_REQUESTS_IN_FLIGHT} requests in flight"
                         )));
                     }
                     requests.insert(id, token.clone());
@@ -224,7 +320,15 @@ async fn read_loop<S: AsyncRead>(
             }
         }
     }
-    Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A message's kind, for error messages (never its payload).
@@ -234,5 +338,7 @@ fn kind(message: &ClientMessage) -> &'static str {
         ClientMessage::Request { .. } => "Request",
         ClientMessage::CancelRequest { .. } => "CancelRequest",
         ClientMessage::DelegateReply { .. } => "DelegateReply",
+        ClientMessage::Ping(_) => "Ping",
+        ClientMessage::Pong(_) => "Pong",
     }
 }

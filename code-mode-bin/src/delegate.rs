@@ -5,6 +5,7 @@
 //! The connection owns the table and hands each session's delegate a weak reference, so a
 //! delegate that outlives its connection finds it gone instead of keeping it alive.
 
+use crate::metrics::METRICS;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{
     DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId,
@@ -193,6 +194,7 @@ impl CodeModeSessionDelegate for RemoteDelegate {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, String>> {
         Box::pin(async move {
+            METRICS.nested_call();
             let wire_call = DelegateCall::InvokeTool {
                 cell_id: call.cell_id,
                 call_id: call.call_id,
@@ -222,6 +224,7 @@ impl CodeModeSessionDelegate for RemoteDelegate {
     }
 
     fn cell_closed(&self, cell_id: &str) {
+        METRICS.cell_closed();
         let Some(calls) = self.calls.upgrade() else {
             return;
         };

@@ -1,29 +1,40 @@
-//! `code-mode-bin`: the standalone runtime process. It connects to the host's local socket,
+//! `code-mode-bin`: the standalone runtime process. It connects to the host's local socket
+//! (`--socket`), or listens for hosts on TCP with mutual TLS (`--listen`, see `listen`),
 //! sandboxes itself, answers the handshake, and serves any number of in-process sessions
 //! over the wire protocol of `code-mode-protocol`. Logs go to stderr through `tracing`;
 //! nothing is ever written to stdout (clap's `--help`/`--version` aside).
 //!
-//! Start-up order matters: V8 and its ICU data are loaded and the socket is connected
-//! before the sandbox forbids file access and new sockets; the async runtime's threads are
+//! Start-up order matters: V8 and its ICU data and the TLS files are loaded and the socket
+//! is connected (or the listeners bound) before the sandbox forbids file access and new
+//! sockets; the async runtime's threads are
 //! created after it, so they inherit every restriction.
 //!
-//! Exit codes: 0 when the host closed the connection cleanly, 1 when the connection failed
+//! Exit codes: 0 when the host closed the connection cleanly (or a listener drained after
+//! SIGTERM), 1 when the connection failed
 //! (handshake refused, protocol violation, I/O error), 2 for bad command-line arguments,
 //! 70 when a cell could not be stopped.
 
 mod connection;
 mod delegate;
+mod listen;
+mod metrics;
 mod sandbox;
+mod tls;
 
 use clap::Parser;
+use connection::ServeSettings;
 use interprocess::local_socket::tokio::Stream;
 use interprocess::os::unix::uds_local_socket::tokio::Stream as UdsStream;
 use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-/// The code-mode runtime process: runs JavaScript cells in V8 for a host over a local socket.
+/// The code-mode runtime process: runs JavaScript cells in V8 for hosts, over a local
+/// socket (one host) or over TCP with mutual TLS (many hosts).
 #[derive(Debug, Parser)]
 #[command(name = "code-mode-bin", version, about)]
 struct Cli {
@@ -31,9 +42,42 @@ struct Cli {
     #[arg(
         long,
         value_name = "PATH",
-        required_unless_present = "sandbox_self_test"
+        required_unless_present_any = ["sandbox_self_test", "listen"],
+        conflicts_with = "listen"
     )]
     socket: Option<PathBuf>,
+    /// Serve hosts on this TCP address (e.g. `0.0.0.0:7300`), with TLS and client
+    /// certificates (`--tls-cert`, `--tls-key`, `--client-ca`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// The server's certificate chain (PEM), with `--listen`.
+    #[arg(long, value_name = "PEM", requires = "listen")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM), with `--listen`.
+    #[arg(long, value_name = "PEM", requires = "listen")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that every host's client certificate must chain to, with `--listen`.
+    #[arg(long, value_name = "PEM", requires = "listen")]
+    client_ca: Option<PathBuf>,
+    /// Serve plaintext without client authentication: only on a loopback address.
+    #[arg(long, requires = "listen", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    insecure_loopback: bool,
+    /// Serve Prometheus metrics on `/metrics`, and `/healthz` and `/readyz`, on this
+    /// address (with `--listen`).
+    #[arg(long, value_name = "ADDR:PORT", requires = "listen")]
+    metrics: Option<String>,
+    /// After SIGTERM, how long running cells get to finish before they are stopped.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    drain_timeout_secs: u64,
+    /// How often the runtime pings each host.
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    ping_interval_ms: u64,
+    /// A host that sends no frame for this long is gone (half-open connection).
+    #[arg(long, value_name = "MS", default_value_t = 6000, value_parser = clap::value_parser!(u64).range(20..))]
+    liveness_timeout_ms: u64,
+    /// Most host connections at once (with `--listen`).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_connections: usize,
     /// Log filter for stderr, in `tracing` env-filter syntax (e.g. `info`, `code_mode=debug`).
     #[arg(long, value_name = "FILTER", default_value = "warn")]
     log: String,
@@ -48,7 +92,17 @@ fn main() -> ExitCode {
     if let Some(action) = &cli.sandbox_self_test {
         return sandbox_self_test(action);
     }
-    let Some(socket) = cli.socket else {
+    if cli.liveness_timeout_ms <= cli.ping_interval_ms {
+        eprintln!(
+            "code-mode-bin: --liveness-timeout-ms ({}) must be longer than --ping-interval-ms ({})",
+            cli.liveness_timeout_ms, cli.ping_interval_ms
+        );
+        return ExitCode::from(2);
+    }
+    if cli.listen.is_some() {
+        return listen_main(cli);
+    }
+    let Some(socket) = cli.socket.clone() else {
         return ExitCode::from(2);
     };
     // V8 first, on the main thread, before any cell thread exists.
@@ -60,24 +114,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = sandbox::apply();
+    let report = sandbox::apply(false);
     tracing::info!(socket = %socket.display(), sandbox = %report, "connected and sandboxed");
     if !report.failures.is_empty() {
         tracing::warn!("sandbox incomplete: {report}");
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("code-mode-bin")
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = async_runtime() else {
+        return ExitCode::FAILURE;
     };
     // Cell threads created from here on inherit the sandbox.
     code_mode::prewarm();
+    let settings = serve_settings(&cli, report.to_string(), false);
     let outcome = runtime.block_on(async {
         connected
             .set_nonblocking(true)
@@ -85,7 +132,7 @@ fn main() -> ExitCode {
         let stream = UdsStream::try_from(OwnedFd::from(connected))
             .map(Stream::from)
             .map_err(|error| format!("cannot adopt the socket: {error}"))?;
-        connection::serve(stream, report.to_string())
+        connection::serve(stream, settings)
             .await
             .map_err(|error| error.to_string())
     });
@@ -103,10 +150,165 @@ fn main() -> ExitCode {
     }
 }
 
+fn serve_settings(cli: &Cli, sandbox: String, remote: bool) -> ServeSettings {
+    ServeSettings {
+        sandbox,
+        remote,
+        ping_interval: Duration::from_millis(cli.ping_interval_ms),
+        liveness_timeout: Duration::from_millis(cli.liveness_timeout_ms),
+        draining: CancellationToken::new(),
+        stop: CancellationToken::new(),
+    }
+}
+
+fn async_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("code-mode-bin")
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            tracing::error!("cannot start the async runtime: {error}");
+            None
+        }
+    }
+}
+
+/// Resolves a command-line address; an error message names the flag.
+fn resolve(flag: &str, address: &str) -> Result<SocketAddr, String> {
+    address
+        .to_socket_addrs()
+        .map_err(|error| format!("{flag} {address:?}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{flag} {address:?}: resolves to no address"))
+}
+
+/// Binds a TCP listener before the sandbox, ready for the async runtime.
+fn bind(flag: &str, address: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(|error| format!("{flag}: cannot listen on {address}: {error}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|error| format!("{flag}: cannot configure {address}: {error}"))?;
+    Ok(listener)
+}
+
+/// `--listen`: the flags checked, TLS loaded and sockets bound before the sandbox, then
+/// connections served until a termination signal has drained them.
+fn listen_main(cli: Cli) -> ExitCode {
+    let Some(listen) = cli.listen.as_deref() else {
+        return ExitCode::from(2);
+    };
+    let usage = |message: String| {
+        eprintln!("code-mode-bin: {message}");
+        ExitCode::from(2)
+    };
+    let address = match resolve("--listen", listen) {
+        Ok(address) => address,
+        Err(message) => return usage(message),
+    };
+    let tls = if cli.insecure_loopback {
+        if !address.ip().is_loopback() {
+            return usage(format!(
+                "--insecure-loopback serves plaintext only on a loopback address, not {address}; use --tls-cert, --tls-key and --client-ca"
+            ));
+        }
+        None
+    } else {
+        let (Some(cert), Some(key), Some(client_ca)) = (
+            cli.tls_cert.clone(),
+            cli.tls_key.clone(),
+            cli.client_ca.clone(),
+        ) else {
+            return usage(
+                "--listen needs --tls-cert, --tls-key and --client-ca (mutual TLS), or --insecure-loopback on a loopback address".to_owned(),
+            );
+        };
+        match tls::server_config(&tls::TlsFiles {
+            cert,
+            key,
+            client_ca,
+        }) {
+            Ok(config) => Some(config),
+            Err(error) => return usage(error.to_string()),
+        }
+    };
+    let metrics_address = match cli.metrics.as_deref().map(|m| resolve("--metrics", m)) {
+        Some(Err(message)) => return usage(message),
+        Some(Ok(address)) => Some(address),
+        None => None,
+    };
+    code_mode::platform::init_v8();
+    let listener = match bind("--listen", address) {
+        Ok(listener) => listener,
+        Err(message) => {
+            tracing::error!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics_listener = match metrics_address.map(|address| bind("--metrics", address)) {
+        Some(Err(message)) => {
+            tracing::error!("{message}");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(listener)) => Some(listener),
+        None => None,
+    };
+    let report = sandbox::apply(true);
+    if !report.failures.is_empty() {
+        tracing::warn!("sandbox incomplete: {report}");
+    }
+    let Some(runtime) = async_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    code_mode::prewarm();
+    let settings = listen::ListenSettings {
+        tls,
+        serve: serve_settings(&cli, report.to_string(), true),
+        drain_timeout: Duration::from_secs(cli.drain_timeout_secs),
+        max_connections: cli.max_connections,
+    };
+    let outcome = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|error| format!("cannot adopt the listener: {error}"))?;
+        let local = listener
+            .local_addr()
+            .map_err(|error| format!("cannot read the listener's address: {error}"))?;
+        if let Some(metrics_listener) = metrics_listener {
+            let metrics_listener = tokio::net::TcpListener::from_std(metrics_listener)
+                .map_err(|error| format!("cannot adopt the metrics listener: {error}"))?;
+            if let Ok(metrics_local) = metrics_listener.local_addr() {
+                tracing::info!("metrics on http://{metrics_local}/metrics");
+            }
+            tokio::spawn(metrics::serve(metrics_listener));
+        }
+        let mode = if settings.tls.is_some() {
+            "mutual TLS"
+        } else {
+            "plaintext, loopback only"
+        };
+        tracing::info!(sandbox = %report, "listening on {local} ({mode})");
+        listen::run(listener, settings).await;
+        Ok::<(), String>(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(()) => {
+            tracing::info!("drained; exiting");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Verifies the sandbox from the inside: exit 0 when the action was refused.
 fn sandbox_self_test(action: &str) -> ExitCode {
     code_mode::platform::init_v8();
-    let report = sandbox::apply();
+    let report = sandbox::apply(false);
     eprintln!("sandbox: {report}");
     match action.split_once(':') {
         Some(("read", path)) => match std::fs::read(path) {

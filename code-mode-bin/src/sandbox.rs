@@ -15,7 +15,9 @@
 //!    `CLONE_THREAD`; `clone3` answers `ENOSYS` so that libc falls back to `clone`), new
 //!    sockets, tracing, namespaces, mounts, kernel modules, BPF, keyrings and the like.
 //!    `socketpair` stays allowed: the async runtime's signal driver needs one, and an
-//!    anonymous connected pair reaches nothing outside the process.
+//!    anonymous connected pair reaches nothing outside the process. A listening runtime
+//!    (`--listen`, `--metrics`) binds its sockets before this step and keeps `accept`:
+//!    taking connections on a socket it already has opens nothing new outward.
 //!
 //! Each step is reported; the level reached goes into the handshake and the logs.
 
@@ -72,6 +74,8 @@ pub struct SandboxReport {
     /// The Landlock ABI enforced, if any.
     pub landlock_abi: Option<i64>,
     pub seccomp: bool,
+    /// Whether accepting connections on already bound sockets stays allowed.
+    pub accepts: bool,
     /// Why a step failed, if one did.
     pub failures: Vec<String>,
 }
@@ -93,10 +97,10 @@ impl fmt::Display for SandboxReport {
             None => reached.push("no landlock".to_owned()),
         }
         reached.push(
-            if self.seccomp {
-                "seccomp filter"
-            } else {
-                "no seccomp filter"
+            match (self.seccomp, self.accepts) {
+                (true, false) => "seccomp filter",
+                (true, true) => "seccomp filter (accepting connections)",
+                (false, _) => "no seccomp filter",
             }
             .to_owned(),
         );
@@ -112,8 +116,9 @@ fn last_error() -> String {
     std::io::Error::last_os_error().to_string()
 }
 
-/// Applies every step it can; never fails the process by itself.
-pub fn apply() -> SandboxReport {
+/// Applies every step it can; never fails the process by itself. `accepts`: keep
+/// `accept` allowed, for a runtime that listens.
+pub fn apply(accepts: bool) -> SandboxReport {
     let mut failures = Vec::new();
     // SAFETY: prctl with integer arguments only.
     let no_new_privs = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0;
@@ -141,7 +146,7 @@ pub fn apply() -> SandboxReport {
             Ok(abi) => landlock_abi = Some(abi),
             Err(error) => failures.push(format!("landlock: {error}")),
         }
-        match seccomp() {
+        match seccomp(accepts) {
             Ok(()) => seccomp_installed = true,
             Err(error) => failures.push(format!("seccomp: {error}")),
         }
@@ -152,6 +157,7 @@ pub fn apply() -> SandboxReport {
         no_core_files,
         landlock_abi,
         seccomp: seccomp_installed,
+        accepts,
         failures,
     }
 }
@@ -199,7 +205,7 @@ fn landlock() -> Result<i64, String> {
 }
 
 /// System calls that kill the process.
-fn forbidden_syscalls() -> Vec<libc::c_long> {
+fn forbidden_syscalls(accepts: bool) -> Vec<libc::c_long> {
     let mut calls = vec![
         libc::SYS_execve,
         libc::SYS_execveat,
@@ -252,6 +258,9 @@ fn forbidden_syscalls() -> Vec<libc::c_long> {
         libc::SYS_ioperm,
         libc::SYS_uselib,
     ]);
+    if accepts {
+        calls.retain(|call| ![libc::SYS_accept, libc::SYS_accept4].contains(call));
+    }
     calls
 }
 
@@ -275,7 +284,7 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 
 /// The BPF program: check the architecture, kill on forbidden calls, answer `clone3` with
 /// `ENOSYS`, allow `clone` only for threads, allow the rest.
-fn filter() -> Vec<libc::sock_filter> {
+fn filter(accepts: bool) -> Vec<libc::sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
     let kill = statement(BPF_RET | BPF_K, libc::SECCOMP_RET_KILL_PROCESS);
     let allow = statement(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW);
@@ -291,7 +300,7 @@ fn filter() -> Vec<libc::sock_filter> {
         program.push(jump(BPF_JMP | libc::BPF_JGE | BPF_K, 0x4000_0000, 0, 1));
         program.push(kill);
     }
-    for call in forbidden_syscalls() {
+    for call in forbidden_syscalls(accepts) {
         program.push(jump(BPF_JMP | BPF_JEQ | BPF_K, call as u32, 0, 1));
         program.push(kill);
     }
@@ -325,8 +334,8 @@ fn filter() -> Vec<libc::sock_filter> {
 }
 
 /// Installs the filter on every thread of the process.
-fn seccomp() -> Result<(), String> {
-    let program = filter();
+fn seccomp(accepts: bool) -> Result<(), String> {
+    let program = filter(accepts);
     let fprog = libc::sock_fprog {
         len: u16::try_from(program.len()).map_err(|_| "filter too long".to_owned())?,
         filter: program.as_ptr().cast_mut(),

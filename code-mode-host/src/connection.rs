@@ -11,9 +11,14 @@
 //! [`SessionError::RuntimeLost`], delegate calls are cancelled, and every cell known to be
 //! alive is reported closed to its delegate, exactly once.
 //!
+//! Liveness: the connection pings the runtime every ping interval and answers its pings;
+//! no complete frame from the runtime within the liveness timeout loses the connection
+//! (a half-open peer, e.g. a machine that vanished), with that cause. A runtime that
+//! announces it is draining is marked so: providers place no new session there.
+//!
 //! The connection runs on any framed byte stream (the protocol crate's transport seam) and
-//! knows the other end only as a [`Peer`]: a child process it supervises today, a remote
-//! endpoint tomorrow.
+//! knows the other end only as a [`Peer`]: a child process it supervises, or a runtime on
+//! another machine reached over TCP and TLS.
 
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::sync::lock;
@@ -25,10 +30,12 @@ use code_mode_protocol::{
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long the host waits for the runtime's answer to its hello.
@@ -41,10 +48,42 @@ const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 /// its answer but does not take it: ordering gives way rather than stalling the reader.
 const ACK_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How a connection watches that its runtime is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// How often the host pings the runtime.
+    pub ping_interval: Duration,
+    /// No complete frame from the runtime for this long loses the connection.
+    pub timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            ping_interval: PING_INTERVAL,
+            timeout: LIVENESS_TIMEOUT,
+        }
+    }
+}
+
+/// Why the reader stopped.
+enum Ended {
+    /// End of input.
+    Closed,
+    /// A bad frame or a protocol violation.
+    Violation(String),
+    /// No frame within the liveness timeout.
+    Silent(Duration),
+    /// The runtime does not read what the host sends.
+    Stalled,
+}
+
 /// The other end of a connection, beyond its byte stream.
 pub(crate) trait Peer: Send + Sync + 'static {
     /// Names the peer in logs (e.g. `pid 1234`).
     fn describe(&self) -> String;
+    /// Names the runtime in a loss cause (e.g. `the runtime process`).
+    fn noun(&self) -> String;
     /// The process id, when the peer is a local process.
     fn pid(&self) -> Option<u32>;
     /// Stops the peer for good (kills a child process). Idempotent.
@@ -166,19 +205,46 @@ struct State {
 }
 
 pub(crate) struct Connection {
-    /// 1 for the first process of a provider, then 2, 3, ... after each replacement.
+    /// 1 for the first process of a provider, then 2, 3, ... after each replacement (a
+    /// pool numbers all of its connections in one sequence).
     pub(crate) generation: u64,
     peer: Box<dyn Peer>,
     outbox: Outbox<ClientMessage>,
     state: Mutex<State>,
     /// Set once, when the connection is lost: its cause.
     lost: OnceLock<String>,
+    /// The runtime announced it is draining.
+    draining: AtomicBool,
+    /// Sessions placed on this runtime by a provider (bound or being bound).
+    placed: AtomicUsize,
+    /// The pinger and writer tasks, stopped when the connection is lost or dropped (the
+    /// pinger holds the outbox, which keeps the writer and so the stream alive).
+    tasks: Mutex<Vec<AbortHandle>>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         // Nobody uses this runtime any more; the process goes with it.
         self.peer.kill();
+        self.stop_tasks();
+    }
+}
+
+/// A session placed on a connection; counts toward its load until dropped.
+pub(crate) struct Placed {
+    pub(crate) connection: Arc<Connection>,
+}
+
+impl Placed {
+    pub(crate) fn new(connection: Arc<Connection>) -> Self {
+        connection.placed.fetch_add(1, Ordering::SeqCst);
+        Self { connection }
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        self.connection.placed.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -189,13 +255,18 @@ impl Connection {
         peer: Box<dyn Peer>,
         stream: S,
         generation: u64,
+        liveness: Liveness,
     ) -> Result<Arc<Self>, HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let Transport {
-            mut reader, outbox, ..
+            mut reader,
+            outbox,
+            writer,
         } = transport::split::<S, ServerMessage, ClientMessage>(stream);
+        // A failed write shows as a lost reader; the writer's handle only stops it.
+        let writer = writer.abort_handle();
         let hello = ClientHello::current(concat!("code-mode-host ", env!("CARGO_PKG_VERSION")));
         outbox.send(&ClientMessage::Hello(hello.clone()))?;
         let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
@@ -212,15 +283,50 @@ impl Connection {
         };
         hello.accept(&ready)?;
         tracing::info!(generation, peer = %peer.describe(), %ready, "code-mode runtime ready");
+        let pinger =
+            transport::spawn_pinger(outbox.clone(), liveness.ping_interval, ClientMessage::Ping);
         let connection = Arc::new(Self {
             generation,
             peer,
             outbox,
             state: Mutex::new(State::default()),
             lost: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            placed: AtomicUsize::new(0),
+            tasks: Mutex::new(vec![pinger.abort_handle(), writer]),
         });
-        tokio::spawn(read_loop(Arc::downgrade(&connection), reader));
+        tokio::spawn(read_loop(
+            Arc::downgrade(&connection),
+            reader,
+            liveness.timeout,
+        ));
         Ok(connection)
+    }
+
+    fn stop_tasks(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+
+    /// The runtime announced that it is draining (or refused a session for it).
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Sessions placed on this runtime.
+    pub(crate) fn placed(&self) -> usize {
+        self.placed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the runtime can take a new session: not lost, not draining.
+    pub(crate) fn is_healthy(&self) -> bool {
+        !self.is_lost() && !self.is_draining()
+    }
+
+    /// Names the runtime in logs.
+    pub(crate) fn describe(&self) -> String {
+        self.peer.describe()
     }
 
     /// The runtime's process id, when it is a local process.
@@ -329,6 +435,17 @@ impl Connection {
                 Ok(())
             }
             ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
+            ServerMessage::Ping(nonce) => {
+                let _ = self.outbox.send(&ClientMessage::Pong(nonce));
+                Ok(())
+            }
+            ServerMessage::Pong(_) => Ok(()),
+            ServerMessage::Draining => {
+                if !self.draining.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(peer = %self.peer.describe(), "the code-mode runtime is draining");
+                }
+                Ok(())
+            }
             other @ (ServerMessage::Ready(_) | ServerMessage::Rejected(_)) => {
                 Err(format!("{} after the handshake", describe(&other)))
             }
@@ -347,6 +464,9 @@ impl Connection {
             }
             return Err(format!("a response to {id}, which is not in flight"));
         };
+        if matches!(result, Err(WireError::Draining)) {
+            self.draining.store(true, Ordering::SeqCst);
+        }
         if let Ok(response) = &result {
             match response {
                 Response::SessionOpened(session) => {
@@ -520,17 +640,33 @@ impl Connection {
     }
 
     /// Records the loss of the runtime and fails or closes everything that depended on it.
-    async fn on_lost(&self, violation: Option<String>) {
-        let cause = match violation {
-            Some(violation) => {
+    async fn on_lost(&self, ended: Ended) {
+        let cause = match ended {
+            Ended::Violation(violation) => {
                 self.peer.kill();
                 format!("protocol violation by the runtime: {violation}")
             }
-            None => format!(
-                "the runtime process {}",
+            Ended::Silent(timeout) => {
+                self.peer.kill();
+                format!(
+                    "{} sent nothing for {timeout:?}, not even an answer to a ping (liveness timeout: the connection is half-open or the runtime is stuck)",
+                    self.peer.noun()
+                )
+            }
+            Ended::Stalled => {
+                self.peer.kill();
+                format!(
+                    "{} stopped reading what the host sends (liveness: the connection is stuck)",
+                    self.peer.noun()
+                )
+            }
+            Ended::Closed => format!(
+                "{} {}",
+                self.peer.noun(),
                 self.peer.exit_cause(EXIT_PATIENCE).await
             ),
         };
+        self.stop_tasks();
         tracing::error!(
             generation = self.generation,
             peer = %self.peer.describe(),
@@ -633,6 +769,9 @@ fn describe(message: &ServerMessage) -> &'static str {
         ServerMessage::Delegate { .. } => "Delegate",
         ServerMessage::CancelDelegate { .. } => "CancelDelegate",
         ServerMessage::CellClosed { .. } => "CellClosed",
+        ServerMessage::Ping(_) => "Ping",
+        ServerMessage::Pong(_) => "Pong",
+        ServerMessage::Draining => "Draining",
     }
 }
 
@@ -640,28 +779,39 @@ fn describe(message: &ServerMessage) -> &'static str {
 async fn read_loop<S: AsyncRead>(
     connection: Weak<Connection>,
     mut reader: FrameReader<S, ServerMessage, ClientMessage>,
+    timeout: Duration,
 ) {
-    let violation = loop {
-        let next = reader.next().await;
+    let stalled = match connection.upgrade() {
+        Some(connection) => connection.outbox.stalled().clone(),
+        None => return,
+    };
+    let ended = loop {
+        let next = tokio::select! {
+            biased;
+            () = stalled.cancelled() => break Ended::Stalled,
+            next = tokio::time::timeout(timeout, reader.next()) => next,
+        };
         let Some(connection) = connection.upgrade() else {
             return; // Nobody uses this runtime any more.
         };
         match next {
-            None => break None,
-            Some(Err(error)) => break Some(error.to_string()),
-            Some(Ok(message)) => {
+            Err(_) => break Ended::Silent(timeout),
+            Ok(None) => break Ended::Closed,
+            Ok(Some(Err(error))) => break Ended::Violation(error.to_string()),
+            Ok(Some(Ok(message))) => {
                 if let ServerMessage::Delegate { session, .. }
                 | ServerMessage::CellClosed { session, .. } = &message
                 {
                     connection.answers_taken(*session).await;
                 }
                 if let Err(violation) = connection.handle(message) {
-                    break Some(violation);
+                    break Ended::Violation(violation);
                 }
             }
         }
     };
+    drop(reader);
     if let Some(connection) = connection.upgrade() {
-        connection.on_lost(violation).await;
+        connection.on_lost(ended).await;
     }
 }

@@ -106,6 +106,10 @@ impl crate::connection::Peer for RuntimeProcess {
         format!("pid {}", RuntimeProcess::pid(self))
     }
 
+    fn noun(&self) -> String {
+        "the runtime process".to_owned()
+    }
+
     fn pid(&self) -> Option<u32> {
         Some(RuntimeProcess::pid(self))
     }

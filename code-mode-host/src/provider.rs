@@ -9,7 +9,7 @@
 //! Restarts back off, and a crash loop gives up with a clear error.
 
 use crate::binary::{BinaryNotFound, find_binary};
-use crate::connection::{Answer, Connection, HandshakeError};
+use crate::connection::{Answer, Connection, HandshakeError, Liveness, Placed};
 use crate::process::{self, SpawnError};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{Request, SessionId};
@@ -45,6 +45,8 @@ pub struct HostConfig {
     pub log_filter: String,
     /// How long a fresh runtime gets to connect.
     pub connect_timeout: Duration,
+    /// How the connection watches that the runtime is alive.
+    pub liveness: Liveness,
 }
 
 impl Default for HostConfig {
@@ -53,6 +55,7 @@ impl Default for HostConfig {
             binary: None,
             log_filter: "warn".to_owned(),
             connect_timeout: Duration::from_secs(10),
+            liveness: Liveness::default(),
         }
     }
 }
@@ -74,7 +77,19 @@ pub enum HostError {
         window: Duration,
         last: String,
     },
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
 }
+
+/// Where sessions get their runtime: the supervised local process, or a pool of remote
+/// runtimes. Each call places one session; the [`Placed`] guard counts it toward the
+/// runtime's load until the session lets go of it.
+pub(crate) trait RuntimeSource: Send + Sync + 'static {
+    fn place(&self) -> BoxFuture<'_, Result<Placed, HostError>>;
+}
+
+/// How many runtimes a session tries when the one it was placed on is draining.
+const PLACEMENT_ATTEMPTS: usize = 4;
 
 struct Runtime {
     current: Option<Arc<Connection>>,
@@ -135,14 +150,7 @@ impl IpcProvider {
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
     ) -> IpcSession {
-        IpcSession {
-            provider: Arc::clone(&self.inner),
-            delegate,
-            options,
-            binding: Mutex::new(None),
-            bind_lock: tokio::sync::Mutex::new(()),
-            shutting_down: AtomicBool::new(false),
-        }
+        IpcSession::new(self.inner.clone(), delegate, options)
     }
 
     /// Starts the runtime process now (spawn and handshake) unless one is running, so that
@@ -224,18 +232,25 @@ impl ProviderInner {
             self.config.connect_timeout,
         )
         .await?;
-        Ok(Connection::establish(Box::new(process), stream, generation).await?)
+        let liveness = self.config.liveness;
+        Ok(Connection::establish(Box::new(process), stream, generation, liveness).await?)
     }
 }
 
-/// A session whose cells run in the provider's runtime process. Dropping it starts its
-/// shutdown in the runtime.
+impl RuntimeSource for ProviderInner {
+    fn place(&self) -> BoxFuture<'_, Result<Placed, HostError>> {
+        Box::pin(async move { self.connection().await.map(Placed::new) })
+    }
+}
+
+/// A session whose cells run in a runtime process: the [`IpcProvider`]'s local one, or one
+/// of a [`crate::RemoteProvider`]'s. Dropping it starts its shutdown in the runtime.
 pub struct IpcSession {
-    provider: Arc<ProviderInner>,
+    provider: Arc<dyn RuntimeSource>,
     delegate: Arc<dyn CodeModeSessionDelegate>,
     options: SessionOptions,
-    /// The remote session, once opened.
-    binding: Mutex<Option<(Arc<Connection>, SessionId)>>,
+    /// The remote session, once opened, and its placement.
+    binding: Mutex<Option<(Placed, SessionId)>>,
     /// Serializes opening the remote session.
     bind_lock: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
@@ -249,10 +264,10 @@ impl std::fmt::Debug for IpcSession {
 
 impl Drop for IpcSession {
     fn drop(&mut self) {
-        if let Some((connection, session)) = lock(&self.binding).take()
-            && !connection.is_lost()
+        if let Some((placed, session)) = lock(&self.binding).take()
+            && !placed.connection.is_lost()
         {
-            connection.send_detached(Request::Session {
+            placed.connection.send_detached(Request::Session {
                 session,
                 call: SessionCall::Shutdown,
             });
@@ -261,6 +276,29 @@ impl Drop for IpcSession {
 }
 
 impl IpcSession {
+    pub(crate) fn new(
+        provider: Arc<dyn RuntimeSource>,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> Self {
+        Self {
+            provider,
+            delegate,
+            options,
+            binding: Mutex::new(None),
+            bind_lock: tokio::sync::Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Where the session's cells run now (e.g. `pid 1234`, `runtime at 10.0.0.7:7300`),
+    /// once it has run something.
+    pub fn runtime(&self) -> Option<String> {
+        lock(&self.binding)
+            .as_ref()
+            .map(|(placed, _)| placed.connection.describe())
+    }
+
     /// The remote session, opening it (and starting a runtime) if needed. A session whose
     /// runtime was lost fails once with [`SessionError::RuntimeReplaced`].
     async fn bind(&self) -> Result<(Arc<Connection>, SessionId), SessionError> {
@@ -276,8 +314,8 @@ impl IpcSession {
         {
             let mut binding = lock(&self.binding);
             match &*binding {
-                Some((connection, session)) if !connection.is_lost() => {
-                    return Ok((Arc::clone(connection), *session));
+                Some((placed, session)) if !placed.connection.is_lost() => {
+                    return Ok((Arc::clone(&placed.connection), *session));
                 }
                 Some(_) => {
                     *binding = None;
@@ -286,19 +324,31 @@ impl IpcSession {
                 None => {}
             }
         }
-        let connection = self
-            .provider
-            .connection()
-            .await
-            .map_err(|error| SessionError::Runtime(error.to_string()))?;
-        let request = Request::OpenSession {
-            options: self.options.clone(),
-        };
-        let session: SessionId = connection
-            .call(request, Some(Arc::clone(&self.delegate)))
-            .await?;
-        *lock(&self.binding) = Some((Arc::clone(&connection), session));
-        Ok((connection, session))
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let placed = self
+                .provider
+                .place()
+                .await
+                .map_err(|error| SessionError::Runtime(error.to_string()))?;
+            let connection = Arc::clone(&placed.connection);
+            let request = Request::OpenSession {
+                options: self.options.clone(),
+            };
+            match connection
+                .call::<SessionId>(request, Some(Arc::clone(&self.delegate)))
+                .await
+            {
+                Ok(session) => {
+                    *lock(&self.binding) = Some((placed, session));
+                    return Ok((connection, session));
+                }
+                // A runtime that started draining meanwhile: another one takes the session.
+                Err(_) if connection.is_draining() && attempt < PLACEMENT_ATTEMPTS => continue,
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Runs a call on the remote session.
@@ -462,9 +512,10 @@ impl CodeModeSession for IpcSession {
             self.shutting_down.store(true, Ordering::SeqCst);
             let _guard = self.bind_lock.lock().await;
             let binding = lock(&self.binding).take();
-            if let Some((connection, session)) = binding
-                && !connection.is_lost()
+            if let Some((placed, session)) = binding
+                && !placed.connection.is_lost()
             {
+                let connection = &placed.connection;
                 // Cell-closed events precede the answer on the wire, so every cell has
                 // been reported closed when this returns.
                 let request = Request::Session {

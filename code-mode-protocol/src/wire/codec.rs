@@ -45,6 +45,11 @@ pub enum FrameError {
     TrailingBytes { extra: usize },
     #[error("unencodable message: {0}")]
     Encode(String),
+    #[error(
+        "the peer is not reading: {queued} bytes are already queued for it (at most {max})",
+        max = super::transport::MAX_QUEUED_BYTES
+    )]
+    Backlog { queued: u64 },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }

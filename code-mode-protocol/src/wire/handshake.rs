@@ -8,7 +8,8 @@ use std::fmt;
 
 /// The protocol version this build speaks best. 2: every session error has a wire kind
 /// of its own (version 1 repeated the runtime-failure prefix and had unused kinds).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: both sides ping each other (liveness), and a runtime can be draining.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
@@ -16,6 +17,10 @@ pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
 /// Capabilities of this build's runtime: sessions with observations, the pending frontier,
 /// and notifications.
 pub const CAPABILITIES: &[&str] = &["sessions", "pending-frontier", "notifications"];
+
+/// The capability a runtime adds when it serves hosts over the network (`--listen`):
+/// many connections, each with its own sessions, behind TLS.
+pub const REMOTE_CAPABILITY: &str = "remote";
 
 /// The client's first message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +126,12 @@ impl ServerOffer {
             server: server.into(),
             sandbox: sandbox.into(),
         }
+    }
+
+    /// The same offer with one more capability (e.g. [`REMOTE_CAPABILITY`]).
+    pub fn with_capability(mut self, capability: &str) -> Self {
+        self.capabilities.push(capability.to_owned());
+        self
     }
 
     /// Answers a hello: the highest common version, or the reason there is none.

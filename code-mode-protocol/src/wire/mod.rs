@@ -13,6 +13,13 @@
 //! sends [`DelegateCall`]s (nested tool calls, notifications) with fresh [`DelegateId`]s,
 //! each answered by one [`ClientMessage::DelegateReply`] unless the server cancels it
 //! first ([`ServerMessage::CancelDelegate`]), and reports [`ServerMessage::CellClosed`].
+//!
+//! Liveness: after the handshake each side sends a `Ping` every [`PING_INTERVAL`] (or its
+//! own interval) and answers every `Ping` with a `Pong` carrying the same number. A side
+//! that reads no complete frame for its liveness timeout declares the peer gone, so a
+//! half-open connection (the peer's machine vanished without a FIN) ends within seconds.
+//! A runtime that is draining says so once ([`ServerMessage::Draining`]): the host places
+//! no new session there, and the runtime refuses one with [`WireError::Draining`].
 
 pub mod codec;
 pub mod fuzz;
@@ -27,10 +34,17 @@ use std::fmt;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME_BYTES};
 pub use handshake::{
-    CAPABILITIES, ClientHello, HandshakeRejection, PROTOCOL_VERSION, Ready, ReadyMismatch,
-    SUPPORTED_VERSIONS, ServerOffer,
+    CAPABILITIES, ClientHello, HandshakeRejection, PROTOCOL_VERSION, REMOTE_CAPABILITY, Ready,
+    ReadyMismatch, SUPPORTED_VERSIONS, ServerOffer,
 };
-pub use transport::{FrameReader, Outbox, Transport};
+pub use transport::{FrameReader, MAX_QUEUED_BYTES, Outbox, Transport};
+
+/// How often each side pings the other by default.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a side waits for any complete frame before it declares the peer gone, by
+/// default: three ping intervals (a live peer answers every ping).
+pub const LIVENESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
 
 macro_rules! wire_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
@@ -80,6 +94,10 @@ pub enum ClientMessage {
         id: DelegateId,
         reply: DelegateReply,
     },
+    /// Liveness: the server answers with [`ServerMessage::Pong`] and the same number.
+    Ping(u64),
+    /// The answer to a [`ServerMessage::Ping`].
+    Pong(u64),
 }
 
 /// A request: open a session, or one call of an open session's methods.
@@ -153,6 +171,13 @@ pub enum ServerMessage {
         session: SessionId,
         cell_id: String,
     },
+    /// Liveness: the client answers with [`ClientMessage::Pong`] and the same number.
+    Ping(u64),
+    /// The answer to a [`ClientMessage::Ping`].
+    Pong(u64),
+    /// The runtime is draining (it is shutting down): it refuses new sessions with
+    /// [`WireError::Draining`] and lets running cells finish up to its deadline.
+    Draining,
 }
 
 /// Stable error kinds on the wire; the host maps them back to the contract's strings.
@@ -183,6 +208,12 @@ pub enum WireError {
     /// [`SessionError::RuntimeReplaced`].
     #[error("{}", SessionError::RuntimeReplaced)]
     RuntimeReplaced,
+    /// The runtime is draining and opens no new session; a host places it elsewhere.
+    #[error("the runtime is draining and opens no new session")]
+    Draining,
+    /// The connection has as many sessions as a runtime allows per connection.
+    #[error("the runtime allows at most {max} sessions per connection")]
+    TooManySessions { max: u64 },
 }
 
 impl From<SessionError> for WireError {
@@ -212,7 +243,9 @@ impl WireError {
             WireError::RuntimeReplaced => SessionError::RuntimeReplaced,
             other @ (WireError::MissingSession(_)
             | WireError::Cancelled
-            | WireError::ResponseTooLarge { .. }) => SessionError::Runtime(other.to_string()),
+            | WireError::ResponseTooLarge { .. }
+            | WireError::Draining
+            | WireError::TooManySessions { .. }) => SessionError::Runtime(other.to_string()),
         }
     }
 }

@@ -7,23 +7,39 @@
 //! reads and writes are not cancel-safe inside `select!`: the reader is polled by one loop,
 //! and every sender only queues encoded frames, which the writer task writes in order,
 //! flushing whenever the queue runs dry.
+//!
+//! The queue is bounded in bytes ([`MAX_QUEUED_BYTES`]): a peer that stops reading cannot
+//! make this side buffer without limit. A send that would pass the bound fails with
+//! [`FrameError::Backlog`] and cancels the transport's `stalled` token, on which the
+//! connection's owner ends the connection.
 
 use super::codec::{FrameCodec, FrameError, encode_frame};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 
 /// The typed read side of a transport: decodes `In` messages (and refuses to decode `Out`).
 pub type FrameReader<S, In, Out> = FramedRead<ReadHalf<S>, FrameCodec<In, Out>>;
+
+/// Most bytes queued for the writer at once (two of the largest frames): past it the peer
+/// is taken to be stuck. A frame is always accepted into an empty queue.
+pub const MAX_QUEUED_BYTES: usize = 2 * super::codec::MAX_FRAME_BYTES;
 
 /// Encoded `M` frames on their way to the writer task. Cloning it is cheap; the writer task
 /// ends once every clone is gone and the queue is written.
 pub struct Outbox<M> {
     frames: mpsc::UnboundedSender<Bytes>,
+    /// Bytes queued and not yet written, shared with the writer task.
+    queued: Arc<AtomicUsize>,
+    stalled: CancellationToken,
     message: PhantomData<fn(&M)>,
 }
 
@@ -31,6 +47,8 @@ impl<M> Clone for Outbox<M> {
     fn clone(&self) -> Self {
         Self {
             frames: self.frames.clone(),
+            queued: Arc::clone(&self.queued),
+            stalled: self.stalled.clone(),
             message: PhantomData,
         }
     }
@@ -45,13 +63,38 @@ impl<M> std::fmt::Debug for Outbox<M> {
 }
 
 impl<M: Serialize> Outbox<M> {
-    /// Encodes and queues a message. Fails only if the message is too large for a frame.
-    /// Messages queued after the writer stopped are dropped: the connection is over.
+    /// Encodes and queues a message. Fails if the message is too large for a frame, or if
+    /// the peer has not read what is queued for it ([`FrameError::Backlog`]; the transport
+    /// is then stalled). Messages queued after the writer stopped are dropped: the
+    /// connection is over.
     pub fn send(&self, message: &M) -> Result<(), FrameError> {
         let mut buffer = BytesMut::new();
         encode_frame(message, &mut buffer)?;
-        let _ = self.frames.send(buffer.freeze());
+        let bytes = buffer.len();
+        let before = self.queued.fetch_add(bytes, Ordering::SeqCst);
+        if before > 0 && before + bytes > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(bytes, Ordering::SeqCst);
+            self.stalled.cancel();
+            return Err(FrameError::Backlog {
+                queued: before as u64,
+            });
+        }
+        if self.frames.send(buffer.freeze()).is_err() {
+            self.queued.fetch_sub(bytes, Ordering::SeqCst);
+        }
         Ok(())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+}
+
+impl<M> Outbox<M> {
+    /// Cancelled once a send found the queue full: the peer is not reading.
+    pub fn stalled(&self) -> &CancellationToken {
+        &self.stalled
     }
 }
 
@@ -70,12 +113,15 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let (frames, queued) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(write_half, queued));
+    let (frames, receiver) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_frames(write_half, receiver, Arc::clone(&queued)));
     Transport {
         reader: FramedRead::new(read_half, FrameCodec::new()),
         outbox: Outbox {
             frames,
+            queued,
+            stalled: CancellationToken::new(),
             message: PhantomData,
         },
         writer,
@@ -87,14 +133,37 @@ where
 async fn write_frames<W: AsyncWrite + Unpin>(
     writer: W,
     mut frames: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
     let mut writer = tokio::io::BufWriter::new(writer);
     while let Some(frame) = frames.recv().await {
         writer.write_all(&frame).await?;
+        queued.fetch_sub(frame.len(), Ordering::SeqCst);
         while let Ok(frame) = frames.try_recv() {
             writer.write_all(&frame).await?;
+            queued.fetch_sub(frame.len(), Ordering::SeqCst);
         }
         writer.flush().await?;
     }
     writer.shutdown().await
+}
+
+/// Starts a task that queues `ping(n)` (n = 1, 2, ...) every `interval` until the writer
+/// task has stopped. The task holds a clone of the outbox, so its owner aborts it when the
+/// connection ends.
+pub fn spawn_pinger<M>(outbox: Outbox<M>, interval: Duration, ping: fn(u64) -> M) -> JoinHandle<()>
+where
+    M: Serialize + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut nonce = 0u64;
+        while !outbox.frames.is_closed() {
+            ticks.tick().await;
+            nonce += 1;
+            // A full queue stalls the transport; its owner ends the connection.
+            let _ = outbox.send(&ping(nonce));
+        }
+    })
 }

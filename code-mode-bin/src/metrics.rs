@@ -1,0 +1,359 @@
+//! The runtime's operational figures and the small HTTP server that shows them
+//! (`--metrics <addr>`): `/metrics` in Prometheus' text format, `/healthz` (liveness: the
+//! process serves) and `/readyz` (readiness: 503 once draining).
+//!
+//! The figures are process-wide counters and gauges in one static ([`METRICS`]): the
+//! connection code counts sessions, cells and their outcomes from the replies it sends
+//! (an outcome is counted when the host is told the cell's final response), the remote
+//! delegate counts nested calls and closed cells, the listener counts connections.
+
+use bytes::Bytes;
+use code_mode_protocol::{CellResponse, PendingOutcome, SessionReply};
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the exec latency histogram's buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How a cell ended, as its final response told the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+    Terminated,
+}
+
+/// A limit a cell hit, recognised by the contract's error texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Heap,
+    Cpu,
+    Output,
+}
+
+/// Every figure of the process.
+pub struct Metrics {
+    connections: AtomicU64,
+    connections_total: AtomicU64,
+    sessions: AtomicU64,
+    cells_started: AtomicU64,
+    cells_closed: AtomicU64,
+    outcomes: [AtomicU64; 3],
+    limits: [AtomicU64; 3],
+    nested_calls: AtomicU64,
+    /// Cumulative counts per bucket, plus one for `+Inf`.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_micros: AtomicU64,
+    draining: AtomicBool,
+}
+
+/// The process's figures.
+pub static METRICS: Metrics = Metrics::new();
+
+impl Metrics {
+    const fn new() -> Self {
+        Self {
+            connections: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            cells_started: AtomicU64::new(0),
+            cells_closed: AtomicU64::new(0),
+            outcomes: [const { AtomicU64::new(0) }; 3],
+            limits: [const { AtomicU64::new(0) }; 3],
+            nested_calls: AtomicU64::new(0),
+            latency_buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len() + 1],
+            latency_sum_micros: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn sessions_opened(&self, count: u64) {
+        self.sessions.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn sessions_closed(&self, count: u64) {
+        self.sessions.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    pub fn nested_call(&self) {
+        self.nested_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cell_closed(&self) {
+        self.cells_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cells started and not yet closed.
+    pub fn active_cells(&self) -> u64 {
+        let started = self.cells_started.load(Ordering::Relaxed);
+        started.saturating_sub(self.cells_closed.load(Ordering::Relaxed))
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Counts what a reply tells: a started cell, and a final response's outcome and limit.
+    /// `latency` is the time an `execute` took to answer.
+    pub fn reply(&self, reply: &SessionReply, latency: Option<Duration>) {
+        let last = match reply {
+            SessionReply::Started(started) => {
+                self.cells_started.fetch_add(1, Ordering::Relaxed);
+                Some(&started.initial_response)
+            }
+            SessionReply::StartedPending(started) => {
+                self.cells_started.fetch_add(1, Ordering::Relaxed);
+                match &started.outcome {
+                    PendingOutcome::Completed(response) => Some(response),
+                    PendingOutcome::Pending { .. } => None,
+                }
+            }
+            SessionReply::Cell(response) => Some(response),
+            SessionReply::Pending(PendingOutcome::Completed(response)) => Some(response),
+            SessionReply::Pending(PendingOutcome::Pending { .. }) | SessionReply::ShutDown => None,
+        };
+        if let Some(latency) = latency {
+            self.observe_latency(latency);
+        }
+        if let Some((outcome, limit)) = last.and_then(classify) {
+            self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+            if let Some(limit) = limit {
+                self.limits[limit as usize].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn observe_latency(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            if seconds <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_buckets[LATENCY_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The figures in Prometheus' text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let get = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "code_mode_connections",
+            "gauge",
+            "Host connections open now.",
+            &[("", get(&self.connections))],
+        );
+        metric(
+            "code_mode_connections_total",
+            "counter",
+            "Host connections accepted.",
+            &[("", get(&self.connections_total))],
+        );
+        metric(
+            "code_mode_sessions",
+            "gauge",
+            "Sessions open now.",
+            &[("", get(&self.sessions))],
+        );
+        metric(
+            "code_mode_cells_started_total",
+            "counter",
+            "Cells started.",
+            &[("", get(&self.cells_started))],
+        );
+        metric(
+            "code_mode_cells_active",
+            "gauge",
+            "Cells started and not yet closed.",
+            &[("", self.active_cells())],
+        );
+        metric(
+            "code_mode_cells_finished_total",
+            "counter",
+            "Cells whose final response reached the host, by outcome.",
+            &[
+                (
+                    r#"{outcome="ok"}"#,
+                    get(&self.outcomes[Outcome::Ok as usize]),
+                ),
+                (
+                    r#"{outcome="error"}"#,
+                    get(&self.outcomes[Outcome::Error as usize]),
+                ),
+                (
+                    r#"{outcome="terminated"}"#,
+                    get(&self.outcomes[Outcome::Terminated as usize]),
+                ),
+            ],
+        );
+        metric(
+            "code_mode_limit_hits_total",
+            "counter",
+            "Cells stopped or cut by a limit, by kind.",
+            &[
+                (r#"{kind="heap"}"#, get(&self.limits[Limit::Heap as usize])),
+                (r#"{kind="cpu"}"#, get(&self.limits[Limit::Cpu as usize])),
+                (
+                    r#"{kind="output"}"#,
+                    get(&self.limits[Limit::Output as usize]),
+                ),
+            ],
+        );
+        metric(
+            "code_mode_nested_calls_total",
+            "counter",
+            "Nested tool calls forwarded to hosts.",
+            &[("", get(&self.nested_calls))],
+        );
+        metric(
+            "code_mode_draining",
+            "gauge",
+            "1 once the runtime is draining.",
+            &[("", u64::from(self.is_draining()))],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP code_mode_exec_seconds Time an exec took to give its first response.\n# TYPE code_mode_exec_seconds histogram"
+        );
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(
+                out,
+                "code_mode_exec_seconds_bucket{{le=\"{bound}\"}} {}",
+                get(count)
+            );
+        }
+        let total = get(&self.latency_buckets[LATENCY_BUCKETS.len()]);
+        let _ = writeln!(out, "code_mode_exec_seconds_bucket{{le=\"+Inf\"}} {total}");
+        let sum = get(&self.latency_sum_micros) as f64 / 1e6;
+        let _ = writeln!(out, "code_mode_exec_seconds_sum {sum}");
+        let _ = writeln!(out, "code_mode_exec_seconds_count {total}");
+        out
+    }
+}
+
+/// A final response's outcome and the limit it reports, if any; `None` for a response
+/// that is not final or names an unknown cell.
+fn classify(response: &CellResponse) -> Option<(Outcome, Option<Limit>)> {
+    let output_cut = |items: &[code_mode_protocol::ContentItem]| {
+        items.iter().any(|item| {
+            matches!(item, code_mode_protocol::ContentItem::InputText { text }
+                if text.starts_with("[output truncated: this cell reached its output cap"))
+        })
+    };
+    match response {
+        CellResponse::Yielded { .. } => None,
+        CellResponse::Result {
+            missing_cell: true, ..
+        } => None,
+        CellResponse::Terminated { content_items, .. } => Some((
+            Outcome::Terminated,
+            output_cut(content_items).then_some(Limit::Output),
+        )),
+        CellResponse::Result {
+            content_items,
+            error_text,
+            ..
+        } => {
+            let limit = match error_text.as_deref() {
+                Some(text)
+                    if text.starts_with("Out of memory: the cell reached its heap limit") =>
+                {
+                    Some(Limit::Heap)
+                }
+                Some(text) if text.starts_with("CPU budget exceeded") => Some(Limit::Cpu),
+                _ if output_cut(content_items) => Some(Limit::Output),
+                _ => None,
+            };
+            let outcome = if error_text.is_some() {
+                Outcome::Error
+            } else {
+                Outcome::Ok
+            };
+            Some((outcome, limit))
+        }
+    }
+}
+
+/// Answers one request of the metrics server.
+fn answer(path: &str) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/metrics" => (StatusCode::OK, METRICS.render()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" if METRICS.is_draining() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
+        }
+        "/readyz" => (StatusCode::OK, "ready\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let content_type = if path == "/metrics" {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` (bound before the sandbox)
+/// until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!("metrics: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| {
+                let response = answer(request.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(io, service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, "metrics connection ended: {error}");
+            }
+        });
+    }
+}

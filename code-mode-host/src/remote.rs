@@ -1,0 +1,542 @@
+//! [`RemoteProvider`]: sessions on runtimes of other machines (`code-mode-bin --listen`),
+//! reached over TCP with mutual TLS.
+//!
+//! The provider is configured with endpoints: a list of `host:port`, or one DNS name that
+//! resolves to many addresses (a Kubernetes headless Service). Every resolved address is
+//! one runtime. Each new session is placed on a healthy runtime (connected, not draining)
+//! with the fewest sessions; names are resolved again every `resolve_interval`, and
+//! runtimes that are not connected are dialled again with backoff. A lost runtime fails
+//! its sessions' calls in flight with `RuntimeLost`, their next call once with
+//! `RuntimeReplaced`, and the call after that places the session on another runtime.
+//! Nothing is replayed. Connections of the pool share one generation sequence, so cell
+//! ids never collide between runtimes (`1`, `g2:1`, `g3:1`, ...).
+
+use crate::connection::{Connection, Liveness, Peer, Placed};
+use crate::provider::{HostError, IpcSession, RuntimeSource};
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, SessionOptions};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The first delay before a runtime that failed is dialled again; doubled per failure.
+pub const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// The longest delay between two attempts to reach one runtime.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+
+/// Why a remote runtime could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("the TLS settings are not usable: {0}")]
+    Tls(String),
+    #[error("no endpoint was given")]
+    NoEndpoints,
+    #[error(
+        "plaintext is only allowed to loopback addresses, but {endpoint} resolved to {address}; give TLS settings"
+    )]
+    PlaintextNotLoopback {
+        endpoint: String,
+        address: SocketAddr,
+    },
+    #[error("no code-mode runtime could take the session within {timeout:?}: {details}")]
+    NoRuntime { timeout: Duration, details: String },
+}
+
+/// The host's TLS settings: the CA that runtimes' certificates chain to, and the host's
+/// own certificate and key (runtimes require one).
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// From PEM text: the runtimes' CA, the host's certificate chain, its private key.
+    pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, RemoteError> {
+        let tls = |what: &str, detail: String| RemoteError::Tls(format!("{what}: {detail}"));
+        let mut roots = rustls::RootCertStore::empty();
+        let cas = CertificateDer::pem_slice_iter(ca)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| tls("the CA", error.to_string()))?;
+        if cas.is_empty() {
+            return Err(tls("the CA", "no certificate in it".to_owned()));
+        }
+        for ca in cas {
+            roots
+                .add(ca)
+                .map_err(|error| tls("the CA", error.to_string()))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| tls("the client certificate", error.to_string()))?;
+        if chain.is_empty() {
+            return Err(tls(
+                "the client certificate",
+                "no certificate in it".to_owned(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|error| tls("the client key", error.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| tls("the protocol versions", error.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|error| tls("the client certificate and key", error.to_string()))?;
+        Ok(Self {
+            config: Arc::new(config),
+            server_name: None,
+        })
+    }
+
+    /// From PEM files (see [`Self::from_pem`]).
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, RemoteError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|error| {
+                RemoteError::Tls(format!("cannot read {}: {error}", path.display()))
+            })
+        };
+        Self::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
+    }
+
+    /// The name every runtime's certificate is checked against; by default the host part
+    /// of the endpoint it was reached through.
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+}
+
+/// How a [`RemoteProvider`] reaches its runtimes.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// `host:port` of each runtime, or of a DNS name that resolves to many.
+    pub endpoints: Vec<String>,
+    /// `None`: plaintext, allowed only to loopback addresses (runtimes started with
+    /// `--insecure-loopback`).
+    pub tls: Option<ClientTls>,
+    /// How long placing a session may wait for a runtime (dialling, TLS, handshake).
+    pub connect_timeout: Duration,
+    /// How often names are resolved again.
+    pub resolve_interval: Duration,
+    pub liveness: Liveness,
+}
+
+impl RemoteConfig {
+    /// Endpoints reached with mutual TLS, default timings.
+    pub fn new(endpoints: Vec<String>, tls: ClientTls) -> Self {
+        Self {
+            endpoints,
+            tls: Some(tls),
+            ..Self::insecure_loopback(Vec::new())
+        }
+    }
+
+    /// Endpoints on loopback reached in plaintext (tests, a sidecar on the same machine).
+    pub fn insecure_loopback(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            tls: None,
+            connect_timeout: Duration::from_secs(10),
+            resolve_interval: Duration::from_secs(10),
+            liveness: Liveness::default(),
+        }
+    }
+}
+
+/// One resolved address: one runtime.
+struct Slot {
+    address: SocketAddr,
+    /// The host part of the endpoint it came from (the TLS server name by default).
+    host: String,
+    /// Still among the addresses the endpoints resolve to.
+    resolved: bool,
+    connection: Option<Arc<Connection>>,
+    connecting: bool,
+    failures: u32,
+    retry_at: Instant,
+    last_error: Option<String>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<&Arc<Connection>> {
+        self.connection.as_ref().filter(|c| !c.is_lost())
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    slots: Vec<Slot>,
+    resolved_at: Option<Instant>,
+    resolve_error: Option<String>,
+}
+
+struct RemoteInner {
+    config: RemoteConfig,
+    pool: Mutex<Pool>,
+    /// Woken whenever a connection attempt ends.
+    attempts: Notify,
+    last_generation: AtomicU64,
+    /// Serializes name resolution.
+    resolving: tokio::sync::Mutex<()>,
+    /// Itself, for the connection attempts it spawns.
+    this: std::sync::Weak<RemoteInner>,
+}
+
+/// Creates [`IpcSession`]s spread over runtimes on other machines.
+#[derive(Clone)]
+pub struct RemoteProvider {
+    inner: Arc<RemoteInner>,
+}
+
+impl std::fmt::Debug for RemoteProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteProvider")
+            .field("endpoints", &self.inner.config.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A runtime's state as the pool sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeStatus {
+    pub address: SocketAddr,
+    pub connected: bool,
+    pub draining: bool,
+    /// Sessions placed there by this provider.
+    pub sessions: usize,
+    pub last_error: Option<String>,
+}
+
+impl RemoteProvider {
+    /// Checks the configuration; nothing is dialled until [`Self::start`] or a session's
+    /// first call.
+    pub fn new(config: RemoteConfig) -> Result<Self, HostError> {
+        if config.endpoints.is_empty() {
+            return Err(RemoteError::NoEndpoints.into());
+        }
+        Ok(Self {
+            inner: Arc::new_cyclic(|this| RemoteInner {
+                config,
+                pool: Mutex::new(Pool::default()),
+                attempts: Notify::new(),
+                last_generation: AtomicU64::new(0),
+                resolving: tokio::sync::Mutex::new(()),
+                this: this.clone(),
+            }),
+        })
+    }
+
+    /// A new session reporting to `delegate`; it is placed on a runtime at its first call.
+    pub fn open_session(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> IpcSession {
+        IpcSession::new(self.inner.clone(), delegate, options)
+    }
+
+    /// Resolves the endpoints and dials every runtime now, waiting until at least one is
+    /// ready (or the connect timeout passed).
+    pub async fn start(&self) -> Result<(), HostError> {
+        self.inner.place().await.map(drop)
+    }
+
+    /// The runtimes known now.
+    pub fn runtimes(&self) -> Vec<RuntimeStatus> {
+        lock(&self.inner.pool)
+            .slots
+            .iter()
+            .map(|slot| RuntimeStatus {
+                address: slot.address,
+                connected: slot.live().is_some(),
+                draining: slot.live().is_some_and(|c| c.is_draining()),
+                sessions: slot.live().map_or(0, |c| c.placed()),
+                last_error: slot.last_error.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The delay before attempt `failures + 1`.
+fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    FIRST_RECONNECT_DELAY
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(MAX_RECONNECT_DELAY)
+}
+
+impl RemoteInner {
+    /// Resolves the endpoints again when it is due.
+    async fn refresh(&self) -> Result<(), RemoteError> {
+        let due = |pool: &Pool| {
+            pool.resolved_at
+                .is_none_or(|at| at.elapsed() >= self.config.resolve_interval)
+        };
+        if !due(&lock(&self.pool)) {
+            return Ok(());
+        }
+        let _resolving = self.resolving.lock().await;
+        if !due(&lock(&self.pool)) {
+            return Ok(());
+        }
+        let mut found = Vec::new();
+        let mut errors = Vec::new();
+        for endpoint in &self.config.endpoints {
+            let host = endpoint
+                .rsplit_once(':')
+                .map_or(endpoint.as_str(), |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            match tokio::net::lookup_host(endpoint.as_str()).await {
+                Ok(addresses) => {
+                    for address in addresses {
+                        if self.config.tls.is_none() && !address.ip().is_loopback() {
+                            return Err(RemoteError::PlaintextNotLoopback {
+                                endpoint: endpoint.clone(),
+                                address,
+                            });
+                        }
+                        if !found.iter().any(|(known, _)| *known == address) {
+                            found.push((address, host.clone()));
+                        }
+                    }
+                }
+                Err(error) => errors.push(format!("{endpoint}: {error}")),
+            }
+        }
+        let mut pool = lock(&self.pool);
+        pool.resolved_at = Some(Instant::now());
+        pool.resolve_error = (!errors.is_empty()).then(|| errors.join("; "));
+        if found.is_empty() {
+            // Resolution failed outright: keep what was known rather than forget it.
+            return Ok(());
+        }
+        for slot in &mut pool.slots {
+            slot.resolved = found.iter().any(|(address, _)| *address == slot.address);
+        }
+        for (address, host) in found {
+            if !pool.slots.iter().any(|slot| slot.address == address) {
+                tracing::info!(%address, "code-mode runtime found");
+                pool.slots.push(Slot {
+                    address,
+                    host,
+                    resolved: true,
+                    connection: None,
+                    connecting: false,
+                    failures: 0,
+                    retry_at: Instant::now(),
+                    last_error: None,
+                });
+            }
+        }
+        // Runtimes no longer resolved leave once nothing runs there.
+        pool.slots
+            .retain(|slot| slot.resolved || slot.live().is_some_and(|c| c.placed() > 0));
+        Ok(())
+    }
+
+    /// Starts an attempt for every resolved runtime that is not connected and is due.
+    fn dial_due(self: &Arc<Self>, pool: &mut Pool) {
+        let now = Instant::now();
+        for slot in &mut pool.slots {
+            if let Some(connection) = &slot.connection
+                && connection.is_lost()
+            {
+                // Lost since the last look: dial again after a backoff.
+                slot.connection = None;
+                slot.failures += 1;
+                slot.retry_at = now + backoff(slot.failures);
+                slot.last_error = Some("the connection was lost".to_owned());
+            }
+            if !slot.resolved || slot.connection.is_some() || slot.connecting || slot.retry_at > now
+            {
+                continue;
+            }
+            slot.connecting = true;
+            let generation = self.last_generation.fetch_add(1, Ordering::SeqCst) + 1;
+            let (address, host) = (slot.address, slot.host.clone());
+            let inner = Arc::clone(self);
+            tokio::spawn(async move {
+                let result = inner.dial(address, &host, generation).await;
+                {
+                    let mut pool = lock(&inner.pool);
+                    if let Some(slot) = pool.slots.iter_mut().find(|s| s.address == address) {
+                        slot.connecting = false;
+                        match result {
+                            Ok(connection) => {
+                                slot.connection = Some(connection);
+                                slot.failures = 0;
+                                slot.last_error = None;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%address, "cannot reach a code-mode runtime: {error}");
+                                slot.failures += 1;
+                                slot.retry_at = Instant::now() + backoff(slot.failures);
+                                slot.last_error = Some(error);
+                            }
+                        }
+                    }
+                }
+                inner.attempts.notify_waiters();
+            });
+        }
+    }
+
+    /// Dials one runtime: TCP, TLS, the wire handshake.
+    async fn dial(
+        &self,
+        address: SocketAddr,
+        host: &str,
+        generation: u64,
+    ) -> Result<Arc<Connection>, String> {
+        let timeout = self.config.connect_timeout;
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|error| format!("cannot connect: {error}"))?;
+            let _ = tcp.set_nodelay(true);
+            let peer = Box::new(RemotePeer { address });
+            let liveness = self.config.liveness;
+            match &self.config.tls {
+                None => Connection::establish(peer, tcp, generation, liveness)
+                    .await
+                    .map_err(|error| error.to_string()),
+                Some(tls) => {
+                    let name = tls.server_name.as_deref().unwrap_or(host).to_owned();
+                    let name = ServerName::try_from(name)
+                        .map_err(|error| format!("invalid TLS server name: {error}"))?;
+                    let stream = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|error| format!("TLS handshake failed: {error}"))?;
+                    Connection::establish(peer, stream, generation, liveness)
+                        .await
+                        .map_err(|error| error.to_string())
+                }
+            }
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+    }
+
+    /// The healthy runtime with the fewest sessions, placed on.
+    fn pick(pool: &Pool) -> Option<Placed> {
+        pool.slots
+            .iter()
+            .filter(|slot| slot.resolved)
+            .filter_map(Slot::live)
+            .filter(|connection| connection.is_healthy())
+            .min_by_key(|connection| connection.placed())
+            .map(|connection| Placed::new(Arc::clone(connection)))
+    }
+
+    /// Why no runtime could take a session, runtime by runtime.
+    fn details(pool: &Pool) -> String {
+        let mut details: Vec<String> = pool
+            .slots
+            .iter()
+            .map(|slot| match (&slot.connection, &slot.last_error) {
+                (Some(connection), _) if connection.is_draining() => {
+                    format!("{}: draining", slot.address)
+                }
+                (_, Some(error)) => format!("{}: {error}", slot.address),
+                _ => format!("{}: not connected yet", slot.address),
+            })
+            .collect();
+        if let Some(error) = &pool.resolve_error {
+            details.push(format!("resolving: {error}"));
+        }
+        if details.is_empty() {
+            details.push("the endpoints resolve to no address".to_owned());
+        }
+        details.join("; ")
+    }
+}
+
+impl RuntimeSource for RemoteInner {
+    fn place(&self) -> BoxFuture<'_, Result<Placed, HostError>> {
+        Box::pin(async move {
+            // Always there: the provider and its sessions hold the pool in an `Arc`.
+            let Some(this) = self.this.upgrade() else {
+                return Err(RemoteError::NoEndpoints.into());
+            };
+            let deadline = Instant::now() + self.config.connect_timeout;
+            loop {
+                self.refresh().await?;
+                let attempts = self.attempts.notified();
+                tokio::pin!(attempts);
+                attempts.as_mut().enable();
+                let next_retry = {
+                    let mut pool = lock(&self.pool);
+                    this.dial_due(&mut pool);
+                    if let Some(placed) = Self::pick(&pool) {
+                        return Ok(placed);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(RemoteError::NoRuntime {
+                            timeout: self.config.connect_timeout,
+                            details: Self::details(&pool),
+                        }
+                        .into());
+                    }
+                    pool.slots
+                        .iter()
+                        .filter(|slot| slot.resolved && !slot.connecting)
+                        .map(|slot| slot.retry_at)
+                        .min()
+                };
+                let wake = next_retry.map_or(deadline, |retry| retry.min(deadline));
+                tokio::select! {
+                    () = attempts => {}
+                    () = tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(1))) => {}
+                }
+            }
+        })
+    }
+}
+
+/// A runtime reached over the network.
+struct RemotePeer {
+    address: SocketAddr,
+}
+
+impl Peer for RemotePeer {
+    fn describe(&self) -> String {
+        format!("runtime at {}", self.address)
+    }
+
+    fn noun(&self) -> String {
+        format!("the runtime at {}", self.address)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    fn kill(&self) {
+        // The connection closes its stream when it stops its tasks; nothing else to stop.
+    }
+
+    fn exit_cause(&self, _patience: Duration) -> BoxFuture<'_, String> {
+        Box::pin(async { "closed the connection".to_owned() })
+    }
+}
