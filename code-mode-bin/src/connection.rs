@@ -142,6 +142,7 @@ impl Connection {
                     SessionCall::Execute(_) | SessionCall::ExecuteToPending(_)
                 )
                 .then(Instant::now);
+                let _running = timed.map(|_| METRICS.execute_running());
                 let reply = call.run(&*session).await?;
                 METRICS.reply(&reply, timed.map(|started| started.elapsed()));
                 Ok(Response::Reply(reply))

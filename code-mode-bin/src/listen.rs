@@ -112,14 +112,11 @@ async fn drain(settings: &ListenSettings, connections: &TaskTracker) {
         timeout = ?settings.drain_timeout,
         "draining: no new connections or sessions; waiting for running cells"
     );
-    while METRICS.active_cells() > 0
-        && !connections.is_empty()
-        && tokio::time::Instant::now() < deadline
-    {
+    while METRICS.busy() && !connections.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let left = METRICS.active_cells();
-    if left > 0 && !connections.is_empty() {
+    if METRICS.busy() && !connections.is_empty() {
         tracing::warn!(
             cells = left,
             "drain deadline passed; stopping the cells still running"

@@ -42,6 +42,8 @@ pub struct Metrics {
     sessions: AtomicU64,
     cells_started: AtomicU64,
     cells_closed: AtomicU64,
+    /// `execute` calls running (their cell may not have been reported started yet).
+    executes: AtomicU64,
     outcomes: [AtomicU64; 3],
     limits: [AtomicU64; 3],
     nested_calls: AtomicU64,
@@ -62,6 +64,7 @@ impl Metrics {
             sessions: AtomicU64::new(0),
             cells_started: AtomicU64::new(0),
             cells_closed: AtomicU64::new(0),
+            executes: AtomicU64::new(0),
             outcomes: [const { AtomicU64::new(0) }; 3],
             limits: [const { AtomicU64::new(0) }; 3],
             nested_calls: AtomicU64::new(0),
@@ -100,6 +103,24 @@ impl Metrics {
     pub fn active_cells(&self) -> u64 {
         let started = self.cells_started.load(Ordering::Relaxed);
         started.saturating_sub(self.cells_closed.load(Ordering::Relaxed))
+    }
+
+    /// Whether any cell may be running: one started and not closed, or an `execute`
+    /// still answering (its cell is counted started only with the answer).
+    pub fn busy(&self) -> bool {
+        self.active_cells() > 0 || self.executes.load(Ordering::SeqCst) > 0
+    }
+
+    /// Counts an `execute` call until the guard drops.
+    pub fn execute_running(&'static self) -> impl Drop {
+        struct Running(&'static AtomicU64);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.executes.fetch_add(1, Ordering::SeqCst);
+        Running(&self.executes)
     }
 
     pub fn set_draining(&self) {

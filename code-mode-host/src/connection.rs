@@ -70,6 +70,8 @@ impl Default for Liveness {
 enum Ended {
     /// End of input.
     Closed,
+    /// The stream failed (reset, or closed without TLS's close_notify).
+    Broken(String),
     /// A bad frame or a protocol violation.
     Violation(String),
     /// No frame within the liveness timeout.
@@ -665,6 +667,11 @@ impl Connection {
                 self.peer.noun(),
                 self.peer.exit_cause(EXIT_PATIENCE).await
             ),
+            Ended::Broken(error) => format!(
+                "{} {} ({error})",
+                self.peer.noun(),
+                self.peer.exit_cause(EXIT_PATIENCE).await
+            ),
         };
         self.stop_tasks();
         tracing::error!(
@@ -775,6 +782,18 @@ fn describe(message: &ServerMessage) -> &'static str {
     }
 }
 
+/// Whether a read error means the stream broke (the peer died) rather than misbehaved.
+fn is_broken(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    )
+}
+
 /// The reader task: handles messages until the connection ends, then records the loss.
 async fn read_loop<S: AsyncRead>(
     connection: Weak<Connection>,
@@ -797,6 +816,9 @@ async fn read_loop<S: AsyncRead>(
         match next {
             Err(_) => break Ended::Silent(timeout),
             Ok(None) => break Ended::Closed,
+            Ok(Some(Err(FrameError::Io(error)))) if is_broken(&error) => {
+                break Ended::Broken(error.to_string());
+            }
             Ok(Some(Err(error))) => break Ended::Violation(error.to_string()),
             Ok(Some(Ok(message))) => {
                 if let ServerMessage::Delegate { session, .. }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod delegate;
+pub mod remote;
 pub mod scenarios;
 
 pub use delegate::{Record, TestDelegate};

@@ -4,6 +4,7 @@
 
 mod hostile;
 mod load;
+mod remote;
 
 use code_mode_conformance::{Record, TestDelegate};
 use code_mode_host::{

@@ -89,6 +89,7 @@ pub fn client_messages() -> Vec<ClientMessage> {
             reply,
         });
     }
+    messages.extend([ClientMessage::Ping(1), ClientMessage::Pong(u64::MAX)]);
     messages
 }
 
@@ -135,6 +136,8 @@ pub fn server_messages() -> Vec<ServerMessage> {
         WireError::Internal("boom".into()),
         WireError::RuntimeLost("killed".into()),
         WireError::RuntimeReplaced,
+        WireError::Draining,
+        WireError::TooManySessions { max: 1024 },
     ];
     let mut messages = vec![
         ServerMessage::Ready(Ready {
@@ -187,6 +190,9 @@ pub fn server_messages() -> Vec<ServerMessage> {
             session: SessionId(1),
             cell_id: "1".into(),
         },
+        ServerMessage::Ping(7),
+        ServerMessage::Pong(0),
+        ServerMessage::Draining,
     ]);
     messages
 }

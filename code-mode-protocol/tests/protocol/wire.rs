@@ -317,3 +317,68 @@ fn encodings_are_pinned() {
         assert_eq!(hex(&encoded), expected);
     }
 }
+
+#[tokio::test]
+async fn a_peer_that_does_not_read_stalls_the_outbox_at_its_bound() {
+    use futures_util::StreamExt;
+    // The other end exists but never reads: writes stop once its small buffer is full.
+    let (ours, _theirs) = tokio::io::duplex(1024);
+    let Transport { outbox, .. } = transport::split::<_, ClientMessage, ServerMessage>(ours);
+    let big = ServerMessage::Response {
+        id: RequestId(1),
+        result: Err(WireError::Internal("x".repeat(8 * 1024 * 1024))),
+    };
+    let mut sent = 0usize;
+    let error = loop {
+        match outbox.send(&big) {
+            Ok(()) => sent += 1,
+            Err(error) => break error,
+        }
+        assert!(sent < 100, "the outbox never filled");
+    };
+    assert!(matches!(error, FrameError::Backlog { .. }), "{error}");
+    assert!(outbox.stalled().is_cancelled());
+    assert!(outbox.queued_bytes() <= MAX_QUEUED_BYTES);
+    assert!(
+        sent * 8 * 1024 * 1024 >= MAX_QUEUED_BYTES - 9 * 1024 * 1024,
+        "{sent}"
+    );
+    // A reader on a healthy stream is unaffected by this: its own transport is not stalled.
+    let (left, right) = tokio::io::duplex(64 * 1024);
+    let Transport { outbox, .. } = transport::split::<_, ClientMessage, ServerMessage>(left);
+    let Transport { mut reader, .. } = transport::split::<_, ServerMessage, ClientMessage>(right);
+    outbox.send(&ServerMessage::Pong(3)).unwrap();
+    assert_eq!(
+        reader.next().await.unwrap().unwrap(),
+        ServerMessage::Pong(3)
+    );
+    assert!(!outbox.stalled().is_cancelled());
+}
+
+#[tokio::test]
+async fn the_pinger_sends_numbered_pings_until_stopped() {
+    use futures_util::StreamExt;
+    let (left, right) = tokio::io::duplex(64 * 1024);
+    let Transport { outbox, .. } = transport::split::<_, ClientMessage, ServerMessage>(left);
+    let Transport { mut reader, .. } = transport::split::<_, ServerMessage, ClientMessage>(right);
+    let pinger = transport::spawn_pinger(
+        outbox,
+        std::time::Duration::from_millis(10),
+        ServerMessage::Ping,
+    );
+    for expected in 1..=3 {
+        assert_eq!(
+            reader.next().await.unwrap().unwrap(),
+            ServerMessage::Ping(expected)
+        );
+    }
+    pinger.abort();
+    // With the pinger gone, nothing holds the outbox: the stream ends.
+    loop {
+        match reader.next().await {
+            Some(Ok(ServerMessage::Ping(_))) => continue,
+            None => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

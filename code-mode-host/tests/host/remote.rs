@@ -1,0 +1,492 @@
+//! [`RemoteProvider`] against real `code-mode-bin --listen` runtimes on loopback:
+//! placement over three runtimes and the death of one, TLS refusals, half-open
+//! connections caught by the liveness timeout, metrics, and the drain on SIGTERM.
+
+use crate::request;
+use code_mode_conformance::TestDelegate;
+use code_mode_conformance::remote::{Identity, ListeningRuntime, Pki, RuntimeOptions};
+use code_mode_host::{
+    ClientTls, CodeModeSession, IpcSession, Liveness, RemoteConfig, RemoteProvider, find_binary,
+};
+use code_mode_protocol::{CellResponse, ContentItem, SessionError, SessionOptions};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn binary() -> PathBuf {
+    find_binary(None).unwrap_or_else(|error| {
+        panic!("{error}\n(build the runtime first: cargo build -p code-mode-bin)")
+    })
+}
+
+fn client_tls(pki: &Pki, client: &Identity) -> ClientTls {
+    ClientTls::from_pem(
+        pki.ca_pem().as_bytes(),
+        client.cert_pem.as_bytes(),
+        client.key_pem.as_bytes(),
+    )
+    .expect("client TLS settings")
+}
+
+/// A provider that gives up placing a session after `connect_timeout`.
+fn remote_within(
+    endpoints: Vec<String>,
+    tls: Option<ClientTls>,
+    connect_timeout: Duration,
+) -> RemoteProvider {
+    let mut config = RemoteConfig::insecure_loopback(endpoints);
+    config.tls = tls;
+    config.connect_timeout = connect_timeout;
+    RemoteProvider::new(config).expect("a remote provider")
+}
+
+fn remote(endpoints: Vec<String>, tls: Option<ClientTls>) -> RemoteProvider {
+    remote_within(endpoints, tls, Duration::from_secs(2))
+}
+
+fn texts(response: &CellResponse) -> Vec<String> {
+    response
+        .content_items()
+        .iter()
+        .filter_map(|item| match item {
+            ContentItem::InputText { text } => Some(text.clone()),
+            ContentItem::InputImage { .. } => None,
+        })
+        .collect()
+}
+
+/// Runs a quick cell with a nested call and checks its output.
+async fn echo_cell(session: &IpcSession, tag: &str) -> Result<(), SessionError> {
+    let started = session
+        .execute(request(&format!(
+            "text(await tools.echo({}))",
+            serde_json::to_string(tag).unwrap()
+        )))
+        .await?;
+    assert_eq!(texts(&started.initial_response), [tag.to_owned()]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_over_three_runtimes_and_only_the_dead_ones_sessions_notice() {
+    let pki = Pki::default();
+    let binary = binary();
+    let mut runtimes: Vec<ListeningRuntime> = (0..3)
+        .map(|_| ListeningRuntime::start(&binary, &RuntimeOptions::tls(&pki)))
+        .collect();
+    let endpoints = runtimes.iter().map(ListeningRuntime::endpoint).collect();
+    let provider = remote(endpoints, Some(client_tls(&pki, &pki.client("host"))));
+    let sessions: Vec<Arc<IpcSession>> = (0..24)
+        .map(|_| Arc::new(provider.open_session(TestDelegate::new(), SessionOptions::default())))
+        .collect();
+
+    // Placement: least sessions first, so 24 sessions make 8 per runtime.
+    let warmups = sessions.iter().enumerate().map(|(index, session)| {
+        let session = Arc::clone(session);
+        tokio::spawn(async move {
+            for cell in 0..3 {
+                echo_cell(&session, &format!("s{index} warm {cell}"))
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for task in warmups {
+        task.await.unwrap();
+    }
+    let placed: Vec<String> = sessions
+        .iter()
+        .map(|session| session.runtime().expect("placed"))
+        .collect();
+    let mut per_runtime: HashMap<&str, usize> = HashMap::new();
+    for runtime in &placed {
+        *per_runtime.entry(runtime.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_runtime.len(), 3, "{per_runtime:?}");
+    assert!(
+        per_runtime.values().all(|count| *count == 8),
+        "{per_runtime:?}"
+    );
+
+    // Every session has a slow cell in flight when runtime 1 dies.
+    let victim = format!("runtime at {}", runtimes[1].address);
+    let slow = sessions.iter().map(|session| {
+        let session = Arc::clone(session);
+        tokio::spawn(async move {
+            session
+                .execute(request("text(await tools.slow(1500))").with_yield_time_ms(30_000))
+                .await
+        })
+    });
+    let slow: Vec<_> = slow.collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    runtimes[1].kill();
+    let mut lost = 0;
+    for (index, task) in slow.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(started) => {
+                assert_ne!(
+                    placed[index], victim,
+                    "session {index} survived its runtime"
+                );
+                assert_eq!(texts(&started.initial_response), ["slow done"]);
+            }
+            Err(SessionError::RuntimeLost(cause)) => {
+                assert_eq!(placed[index], victim, "session {index}: {cause}");
+                assert!(cause.contains(&victim), "{cause}");
+                lost += 1;
+            }
+            Err(other) => panic!("session {index}: {other}"),
+        }
+    }
+    assert_eq!(lost, 8);
+
+    // The dead runtime's sessions fail once more (replaced), then run elsewhere; the
+    // others never notice.
+    for (index, session) in sessions.iter().enumerate() {
+        if placed[index] == victim {
+            assert_eq!(
+                echo_cell(session, "after").await,
+                Err(SessionError::RuntimeReplaced)
+            );
+        }
+        for cell in 0..3 {
+            echo_cell(session, &format!("s{index} after {cell}"))
+                .await
+                .unwrap_or_else(|error| panic!("session {index} cell {cell}: {error}"));
+        }
+        let now = session.runtime().expect("placed");
+        assert_ne!(now, victim);
+        if placed[index] != victim {
+            assert_eq!(now, placed[index], "session {index} moved for nothing");
+        }
+    }
+    let status = provider.runtimes();
+    assert_eq!(status.len(), 3);
+    assert_eq!(status.iter().filter(|runtime| runtime.connected).count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_without_a_valid_certificate_are_refused_and_the_runtime_keeps_serving() {
+    let pki = Pki::default();
+    let mut runtime = ListeningRuntime::start(&binary(), &RuntimeOptions::tls(&pki));
+    let good = remote(
+        vec![runtime.endpoint()],
+        Some(client_tls(&pki, &pki.client("good host"))),
+    );
+    let session = good.open_session(TestDelegate::new(), SessionOptions::default());
+    echo_cell(&session, "before").await.unwrap();
+
+    // Plaintext to a TLS runtime: the runtime sees no TLS handshake.
+    let plaintext = remote(vec![runtime.endpoint()], None);
+    let refused = plaintext.open_session(TestDelegate::new(), SessionOptions::default());
+    let error = echo_cell(&refused, "x").await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("no code-mode runtime could take the session"),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&runtime.endpoint()), "{error}");
+
+    // A client certificate from another CA.
+    let other = Pki::new("another CA");
+    let stranger = other.client("foreign");
+    let foreign = ClientTls::from_pem(
+        pki.ca_pem().as_bytes(),
+        stranger.cert_pem.as_bytes(),
+        stranger.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let refused = remote(vec![runtime.endpoint()], Some(foreign))
+        .open_session(TestDelegate::new(), SessionOptions::default());
+    let error = echo_cell(&refused, "x").await.unwrap_err();
+    assert!(
+        error.to_string().contains("no code-mode runtime"),
+        "{error}"
+    );
+
+    // A host that does not trust the runtime's CA refuses the runtime.
+    let member = pki.client("h");
+    let distrusting = ClientTls::from_pem(
+        other.ca_pem().as_bytes(),
+        member.cert_pem.as_bytes(),
+        member.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let refused = remote(vec![runtime.endpoint()], Some(distrusting))
+        .open_session(TestDelegate::new(), SessionOptions::default());
+    let error = echo_cell(&refused, "x").await.unwrap_err();
+    assert!(
+        error.to_string().contains("TLS handshake failed"),
+        "{error}"
+    );
+
+    // No client certificate at all, through rustls directly: the runtime ends the
+    // connection before any frame of the protocol.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pki.ca_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(runtime.address).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let outcome = async {
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        stream.write_all(&[1, 0, 0, 0, 0]).await?;
+        stream.flush().await?;
+        let mut buffer = [0u8; 16];
+        stream.read(&mut buffer).await
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), outcome)
+        .await
+        .expect("the runtime answers a client without a certificate");
+    assert!(
+        !matches!(outcome, Ok(read) if read > 0),
+        "a host without a certificate got an answer: {outcome:?}"
+    );
+
+    // The good host is still served, by the same process.
+    echo_cell(&session, "after").await.unwrap();
+    assert!(runtime.is_running());
+    let log = runtime.log();
+    assert!(
+        log.matches("connection refused: TLS handshake failed")
+            .count()
+            >= 3,
+        "{log}"
+    );
+}
+
+/// A TCP relay that can freeze: it stops moving bytes both ways and keeps both sockets
+/// open, as a peer whose machine vanished would. Reports when the runtime's side closes.
+struct Relay {
+    address: std::net::SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    upstream_closed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (closed_tx, upstream_closed) = tokio::sync::watch::channel(false);
+        let flag = Arc::clone(&frozen);
+        tokio::spawn(async move {
+            let (client, _) = listener.accept().await.unwrap();
+            let upstream = TcpStream::connect(target).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut upstream_read, mut upstream_write) = upstream.into_split();
+            let to_runtime = {
+                let flag = Arc::clone(&flag);
+                async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let read = client_read.read(&mut buffer).await.unwrap_or(0);
+                        if read == 0 {
+                            break;
+                        }
+                        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                            continue; // Swallowed: the host's bytes go nowhere.
+                        }
+                        if upstream_write.write_all(&buffer[..read]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Keep the write half open (no FIN) while frozen.
+                    std::future::pending::<()>().await;
+                }
+            };
+            let to_host = async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let read = upstream_read.read(&mut buffer).await.unwrap_or(0);
+                    if read == 0 {
+                        let _ = closed_tx.send(true);
+                        std::future::pending::<()>().await;
+                    }
+                    if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    if client_write.write_all(&buffer[..read]).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::join!(to_runtime, to_host);
+        });
+        Self {
+            address,
+            frozen,
+            upstream_closed,
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_connection_is_found_by_the_liveness_timeout_on_both_sides() {
+    let pki = Pki::default();
+    let options = RuntimeOptions {
+        ping_interval_ms: 200,
+        liveness_timeout_ms: 1500,
+        ..RuntimeOptions::tls(&pki)
+    };
+    let runtime = ListeningRuntime::start(&binary(), &options);
+    let mut relay = Relay::start(runtime.address).await;
+    let mut config = RemoteConfig::new(
+        vec![relay.address.to_string()],
+        client_tls(&pki, &pki.client("host")),
+    );
+    config.liveness = Liveness {
+        ping_interval: Duration::from_millis(200),
+        timeout: Duration::from_millis(1500),
+    };
+    let provider = RemoteProvider::new(config).unwrap();
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    echo_cell(&session, "through the relay").await.unwrap();
+    // Quiet for longer than the timeout: pings keep a healthy connection alive.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    echo_cell(&session, "still alive").await.unwrap();
+
+    relay.freeze();
+    let frozen_at = Instant::now();
+    let error = session
+        .execute(request("text(1)").with_yield_time_ms(60_000))
+        .await
+        .unwrap_err();
+    let elapsed = frozen_at.elapsed();
+    let SessionError::RuntimeLost(cause) = &error else {
+        panic!("expected RuntimeLost, got {error}");
+    };
+    assert!(cause.contains("liveness timeout"), "{cause}");
+    assert!(cause.contains(&relay.address.to_string()), "{cause}");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "noticed after {elapsed:?}"
+    );
+    // The runtime noticed too and closed its side.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        relay.upstream_closed.wait_for(|closed| *closed),
+    )
+    .await
+    .expect("the runtime closes a silent connection")
+    .unwrap();
+    assert!(
+        runtime.log().contains("liveness timeout"),
+        "{}",
+        runtime.log()
+    );
+}
+
+/// `GET path` on the metrics server: (status code, body).
+async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
+    let options = RuntimeOptions {
+        metrics: true,
+        ..RuntimeOptions::insecure()
+    };
+    let mut runtime = ListeningRuntime::start(&binary(), &options);
+    let metrics = runtime.metrics.expect("a metrics address");
+    let provider = remote_within(vec![runtime.endpoint()], None, Duration::from_secs(1));
+    let session = Arc::new(provider.open_session(TestDelegate::new(), SessionOptions::default()));
+    echo_cell(&session, "one").await.unwrap();
+    let failed = session
+        .execute(request("throw new Error('no')"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        failed.initial_response,
+        CellResponse::Result {
+            error_text: Some(_),
+            ..
+        }
+    ));
+
+    assert_eq!(http_get(metrics, "/healthz").await.0, 200);
+    assert_eq!(http_get(metrics, "/readyz").await.0, 200);
+    assert_eq!(http_get(metrics, "/nowhere").await.0, 404);
+    let (status, body) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&body, "code_mode_connections"), 1);
+    assert_eq!(sample(&body, "code_mode_sessions"), 1);
+    assert_eq!(sample(&body, "code_mode_cells_started_total"), 2);
+    assert_eq!(
+        sample(&body, r#"code_mode_cells_finished_total{outcome="ok"}"#),
+        1
+    );
+    assert_eq!(
+        sample(&body, r#"code_mode_cells_finished_total{outcome="error"}"#),
+        1
+    );
+    assert_eq!(sample(&body, "code_mode_nested_calls_total"), 1);
+    assert_eq!(sample(&body, "code_mode_exec_seconds_count"), 2);
+    assert_eq!(sample(&body, "code_mode_draining"), 0);
+
+    // A cell is running when SIGTERM comes: it finishes; new sessions go nowhere.
+    let running = tokio::spawn({
+        let session = Arc::clone(&session);
+        async move {
+            session
+                .execute(request("text(await tools.slow(3000))").with_yield_time_ms(30_000))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    runtime.terminate();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(metrics, "/readyz").await.0 != 503 {
+        assert!(Instant::now() < deadline, "never reported not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let newcomer = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let error = echo_cell(&newcomer, "late").await.unwrap_err();
+    assert!(error.to_string().contains("draining"), "{error}");
+    let finished = running.await.unwrap().expect("the running cell finishes");
+    assert_eq!(texts(&finished.initial_response), ["slow done"]);
+    let status = runtime
+        .wait_exit(Duration::from_secs(10))
+        .expect("the runtime exits once drained");
+    assert!(status.success(), "{status:?}\n{}", runtime.log());
+}
