@@ -23,8 +23,11 @@
 //! [`ROUND_TRIPS`] sequential calls to a tool that answers at once, per call.
 //!
 //! `--transport` takes `in-process`, `ipc`, `both` (the default), their `-fresh` forms
-//! (`in-process-fresh`, `ipc-fresh`: isolate reuse off, a new isolate for every cell), or
-//! `all`, as a comma-separated list; one run with `all` compares reuse on and off.
+//! (`in-process-fresh`, `ipc-fresh`: isolate reuse off, a new isolate for every cell),
+//! `all`, or `tcp-tls` (a `code-mode-bin --listen` runtime on loopback reached through
+//! `RemoteProvider` with mutual TLS; its `spawn+handshake` row is TCP + TLS + the wire
+//! handshake to a runtime already listening), as a comma-separated list; one run with
+//! `all` compares reuse on and off.
 //!
 //! Then two more tables (select with `--sections table,throughput,idle`):
 //! - throughput: 1 and 8 sessions (`--sessions`) each running trivial cells back to back
@@ -51,7 +54,8 @@ mod support;
 use support::{EchoTools, tools};
 
 use code_mode::{InProcessOptions, InProcessSession};
-use code_mode_host::{HostConfig, IpcProvider};
+use code_mode_conformance::remote::{ListeningRuntime, Pki, RuntimeOptions};
+use code_mode_host::{ClientTls, HostConfig, IpcProvider, RemoteConfig, RemoteProvider};
 use code_mode_protocol::{
     BoxFuture, CodeModeSession, CodeModeSessionDelegate, ExecRequest, NestedToolCall,
     SessionOptions, ToolDefinition, ToolKind,
@@ -153,6 +157,8 @@ struct Subject {
     runtime_pid: Option<u32>,
     /// Keeps the runtime process alive.
     _provider: Option<IpcProvider>,
+    /// Over TCP+TLS: the listening runtime and the provider connected to it.
+    _remote: Option<(ListeningRuntime, RemoteProvider)>,
 }
 
 impl Subject {
@@ -185,6 +191,40 @@ impl Subject {
                     spawn: Some(spawn),
                     runtime_pid: Some(pid),
                     _provider: Some(provider),
+                    _remote: None,
+                }
+            }
+            "tcp-tls" => {
+                let binary = code_mode_host::find_binary(None)
+                    .expect("code-mode-bin (build it with cargo build --release -p code-mode-bin)");
+                let pki = Pki::default();
+                let runtime = ListeningRuntime::start(&binary, &RuntimeOptions::tls(&pki));
+                let client = pki.client("bench host");
+                let tls = ClientTls::from_pem(
+                    pki.ca_pem().as_bytes(),
+                    client.cert_pem.as_bytes(),
+                    client.key_pem.as_bytes(),
+                )
+                .expect("client TLS settings");
+                let provider =
+                    RemoteProvider::new(RemoteConfig::new(vec![runtime.endpoint()], tls))
+                        .expect("a remote provider");
+                let started = Instant::now();
+                provider.start().await.expect("connect to the runtime");
+                let spawn = started.elapsed();
+                let pid = runtime.pid();
+                let sessions = (0..sessions)
+                    .map(|_| {
+                        Arc::new(provider.open_session(Arc::clone(&delegate), options.clone()))
+                            as Arc<dyn CodeModeSession>
+                    })
+                    .collect();
+                Subject {
+                    sessions,
+                    spawn: Some(spawn),
+                    runtime_pid: Some(pid),
+                    _provider: None,
+                    _remote: Some((runtime, provider)),
                 }
             }
             _ => {
@@ -204,6 +244,7 @@ impl Subject {
                     spawn: None,
                     runtime_pid: None,
                     _provider: None,
+                    _remote: None,
                 }
             }
         }
@@ -518,11 +559,11 @@ fn parse_options(args: &[String]) -> Options {
             "--transport" => {
                 // A comma-separated list; `both` is in-process and ipc, `all` adds their
                 // `-fresh` forms (isolate reuse off).
-                let known = ["in-process", "ipc", "in-process-fresh", "ipc-fresh"];
+                let known = ["in-process", "ipc", "in-process-fresh", "ipc-fresh", "tcp-tls"];
                 options.transports = value()
                     .split(',')
                     .flat_map(|name| match name {
-                        "all" => known.to_vec(),
+                        "all" => known[..4].to_vec(),
                         "both" => vec!["in-process", "ipc"],
                         name => known
                             .iter()
@@ -636,7 +677,7 @@ fn exec_table(options: &Options) {
                     0,
                 ),
             ];
-            if transport.starts_with("ipc") {
+            if transport.starts_with("ipc") || transport == "tcp-tls" {
                 rows.insert(
                     0,
                     (

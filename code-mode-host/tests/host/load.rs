@@ -1,8 +1,11 @@
-//! A load test over IPC: many sessions, each running many cells with nested tool calls and
-//! stored writes, concurrently on one runtime process. Nothing may be lost. CI runs a
-//! small size; `CODE_MODE_LOAD=32x500` (sessions x cells) runs the full one.
+//! A load test over IPC and over TCP with mutual TLS: many sessions, each running many
+//! cells with nested tool calls and stored writes, concurrently on one runtime process.
+//! Nothing may be lost. CI runs a small size; `CODE_MODE_LOAD=32x500` (sessions x cells)
+//! runs the full one.
 
 use code_mode_conformance::TestDelegate;
+use code_mode_conformance::remote::{ListeningRuntime, Pki, RuntimeOptions};
+use code_mode_host::{ClientTls, IpcSession, RemoteConfig, RemoteProvider, find_binary};
 use code_mode_protocol::{CellResponse, CodeModeSession, ContentItem, SessionOptions};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,13 +25,39 @@ fn size() -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_sessions_of_many_cells_lose_nothing() {
-    let (sessions, cells) = size();
     let provider = crate::provider();
+    run_load("ipc", || {
+        provider.open_session(TestDelegate::new(), SessionOptions::default())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_of_many_cells_lose_nothing_over_tcp_and_tls() {
+    let binary = find_binary(None).expect("the runtime binary");
+    let pki = Pki::default();
+    let runtime = ListeningRuntime::start(&binary, &RuntimeOptions::tls(&pki));
+    let client = pki.client("load host");
+    let tls = ClientTls::from_pem(
+        pki.ca_pem().as_bytes(),
+        client.cert_pem.as_bytes(),
+        client.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let provider = RemoteProvider::new(RemoteConfig::new(vec![runtime.endpoint()], tls)).unwrap();
+    run_load("tcp+tls", || {
+        provider.open_session(TestDelegate::new(), SessionOptions::default())
+    })
+    .await;
+}
+
+/// Runs the load on sessions from `open`; `label` names the transport in the report.
+async fn run_load(label: &str, open: impl Fn() -> IpcSession) {
+    let (sessions, cells) = size();
     let started_at = Instant::now();
     let mut tasks = Vec::new();
     for session_index in 0..sessions {
-        let session =
-            Arc::new(provider.open_session(TestDelegate::new(), SessionOptions::default()));
+        let session = Arc::new(open());
         tasks.push(tokio::spawn(async move {
             for cell in 0..cells {
                 let source = format!(
@@ -53,7 +82,7 @@ async fn many_sessions_of_many_cells_lose_nothing() {
     let elapsed = started_at.elapsed();
     let total = sessions * (cells + 1);
     eprintln!(
-        "load: {sessions} sessions x {cells} cells ({total} cells, {} tool calls) in {elapsed:?}: {:.0} cells/s",
+        "load ({label}): {sessions} sessions x {cells} cells ({total} cells, {} tool calls) in {elapsed:?}: {:.0} cells/s",
         sessions * cells,
         total as f64 / elapsed.as_secs_f64()
     );

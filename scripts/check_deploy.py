@@ -1,0 +1,105 @@
+"""Cross-checks deploy/ against the runtime binary: flags, ports and probe paths.
+
+Called by scripts/check-deploy.sh with the repository root and the code-mode-bin path.
+Exits 1 with one line per problem.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+root, binary = Path(sys.argv[1]), sys.argv[2]
+problems = []
+
+help_text = subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
+known_flags = set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
+
+
+def check_args(where, args):
+    """Flags must exist; returns the value of each flag."""
+    values = {}
+    for index, arg in enumerate(args):
+        if arg.startswith("--"):
+            if arg not in known_flags:
+                problems.append(f"{where}: unknown flag {arg}")
+            following = args[index + 1] if index + 1 < len(args) else ""
+            values[arg] = "" if following.startswith("--") else following
+    for needed in ("--listen", "--tls-cert", "--tls-key", "--client-ca", "--metrics"):
+        if needed not in values:
+            problems.append(f"{where}: {needed} is missing")
+    return values
+
+
+def port(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+# The Dockerfile's CMD (a JSON array over continued lines).
+dockerfile = (root / "deploy/Dockerfile").read_text()
+cmd = re.search(r"^CMD (\[.*?\])\s*$", dockerfile.replace("\\\n", " "), re.M | re.S)
+if cmd is None:
+    problems.append("deploy/Dockerfile: no CMD in JSON form")
+else:
+    docker_args = check_args("Dockerfile CMD", json.loads(cmd.group(1)))
+    exposed = {int(p) for p in re.findall(r"^EXPOSE (.*)$", dockerfile, re.M)[0].split()}
+    for flag in ("--listen", "--metrics"):
+        if flag in docker_args and port(docker_args[flag]) not in exposed:
+            problems.append(f"Dockerfile: the {flag} port is not EXPOSEd")
+    if not re.search(r"^USER (?!0\b|root\b)", dockerfile, re.M):
+        problems.append("Dockerfile: the image must not run as root")
+
+documents = {}
+for path in sorted((root / "deploy/kubernetes").glob("*.yaml")):
+    for document in yaml.safe_load_all(path.read_text()):
+        documents[document["kind"]] = document
+
+deployment = documents["Deployment"]
+pod = deployment["spec"]["template"]["spec"]
+container = pod["containers"][0]
+values = check_args("Deployment args", container["args"])
+ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+if port(values.get("--listen", ":0")) != ports.get("runtime"):
+    problems.append("Deployment: --listen does not use the `runtime` container port")
+if port(values.get("--metrics", ":0")) != ports.get("metrics"):
+    problems.append("Deployment: --metrics does not use the `metrics` container port")
+for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+    got = container.get(probe, {}).get("httpGet", {})
+    if got.get("path") != path or got.get("port") != "metrics":
+        problems.append(f"Deployment: {probe} must GET {path} on the metrics port")
+security = container.get("securityContext", {})
+if security.get("readOnlyRootFilesystem") is not True:
+    problems.append("Deployment: the root file system must be read-only")
+if pod.get("securityContext", {}).get("runAsNonRoot") is not True:
+    problems.append("Deployment: the pod must run as non-root")
+drain = int(values.get("--drain-timeout-secs", "30"))
+if pod.get("terminationGracePeriodSeconds", 30) <= drain:
+    problems.append("Deployment: terminationGracePeriodSeconds must exceed --drain-timeout-secs")
+mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+secret_name = next(v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v)
+secret = documents["Secret"]
+if secret["metadata"]["name"] != secret_name:
+    problems.append("Secret: its name is not the one the Deployment mounts")
+for flag in ("--tls-cert", "--tls-key", "--client-ca"):
+    directory, _, key = values.get(flag, "").rpartition("/")
+    if directory not in mounts.values():
+        problems.append(f"Deployment: {flag} is not under a mounted volume")
+    if key not in secret.get("stringData", secret.get("data", {})):
+        problems.append(f"Secret: no key {key} for {flag}")
+
+service = documents["Service"]
+if service["spec"].get("clusterIP") != "None":
+    problems.append("Service: must be headless (clusterIP: None) so hosts see every runtime")
+labels = deployment["spec"]["template"]["metadata"]["labels"]
+for kind in ("Service", "PodDisruptionBudget"):
+    spec = documents[kind]["spec"]
+    selector = spec["selector"].get("matchLabels", spec["selector"])
+    if any(labels.get(k) != v for k, v in selector.items()):
+        problems.append(f"{kind}: its selector does not match the Deployment's pods")
+
+for problem in problems:
+    print(f"check-deploy: {problem}", file=sys.stderr)
+sys.exit(1 if problems else 0)
