@@ -172,6 +172,11 @@ impl Subject {
             reuse_isolates: !transport.ends_with("-fresh"),
             ..SessionOptions::default()
         };
+        let open_many = |open: &dyn Fn() -> code_mode_host::IpcSession| {
+            (0..sessions)
+                .map(|_| Arc::new(open()) as Arc<dyn CodeModeSession>)
+                .collect::<Vec<_>>()
+        };
         match transport {
             "ipc" | "ipc-fresh" => {
                 let provider = IpcProvider::new(HostConfig::default())
@@ -180,14 +185,10 @@ impl Subject {
                 provider.start().await.expect("start the runtime");
                 let spawn = started.elapsed();
                 let pid = provider.runtime_pid().await.expect("a runtime pid");
-                let sessions = (0..sessions)
-                    .map(|_| {
-                        Arc::new(provider.open_session(Arc::clone(&delegate), options.clone()))
-                            as Arc<dyn CodeModeSession>
-                    })
-                    .collect();
                 Subject {
-                    sessions,
+                    sessions: open_many(&|| {
+                        provider.open_session(Arc::clone(&delegate), options.clone())
+                    }),
                     spawn: Some(spawn),
                     runtime_pid: Some(pid),
                     _provider: Some(provider),
@@ -213,14 +214,10 @@ impl Subject {
                 provider.start().await.expect("connect to the runtime");
                 let spawn = started.elapsed();
                 let pid = runtime.pid();
-                let sessions = (0..sessions)
-                    .map(|_| {
-                        Arc::new(provider.open_session(Arc::clone(&delegate), options.clone()))
-                            as Arc<dyn CodeModeSession>
-                    })
-                    .collect();
                 Subject {
-                    sessions,
+                    sessions: open_many(&|| {
+                        provider.open_session(Arc::clone(&delegate), options.clone())
+                    }),
                     spawn: Some(spawn),
                     runtime_pid: Some(pid),
                     _provider: None,
@@ -559,7 +556,13 @@ fn parse_options(args: &[String]) -> Options {
             "--transport" => {
                 // A comma-separated list; `both` is in-process and ipc, `all` adds their
                 // `-fresh` forms (isolate reuse off).
-                let known = ["in-process", "ipc", "in-process-fresh", "ipc-fresh", "tcp-tls"];
+                let known = [
+                    "in-process",
+                    "ipc",
+                    "in-process-fresh",
+                    "ipc-fresh",
+                    "tcp-tls",
+                ];
                 options.transports = value()
                     .split(',')
                     .flat_map(|name| match name {
@@ -677,7 +680,7 @@ fn exec_table(options: &Options) {
                     0,
                 ),
             ];
-            if transport.starts_with("ipc") || transport == "tcp-tls" {
+            if transport.starts_with("ipc") || *transport == "tcp-tls" {
                 rows.insert(
                     0,
                     (

@@ -7,9 +7,11 @@
 //! with a logged reason; end of input ends it cleanly. Either way every session is shut
 //! down before [`serve`] returns.
 //!
-//! Liveness and bounds: the connection pings the host every ping interval and answers its
-//! pings; no complete frame from the host within the liveness timeout ends the connection
-//! (a half-open peer). What is queued for the host is bounded in bytes (the transport's
+//! Liveness and bounds: a network connection (`--listen`) pings the host every ping
+//! interval; no complete frame from the host within the liveness timeout ends it (a
+//! half-open peer). Pings from the host are always answered. A local socket needs no
+//! timeout: the host's death is an end of input, and a host that drives its async runtime
+//! only now and then must not lose its runtime for that. What is queued for the host is bounded in bytes (the transport's
 //! outbox), and so are the requests in flight and the sessions of one connection: a slow
 //! or hostile host cannot make the runtime buffer without limit.
 
@@ -55,6 +57,13 @@ pub const MAX_REQUESTS_IN_FLIGHT: usize = 4096;
 /// Most sessions open on one connection at once; more are refused.
 pub const MAX_SESSIONS_PER_CONNECTION: usize = 1024;
 
+/// How a network connection watches its host.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub ping_interval: Duration,
+    pub timeout: Duration,
+}
+
 /// How one connection is served.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -62,8 +71,9 @@ pub struct ServeSettings {
     pub sandbox: String,
     /// Offer the `remote` capability (a network listener).
     pub remote: bool,
-    pub ping_interval: Duration,
-    pub liveness_timeout: Duration,
+    /// Ping the host this often, and end the connection when no frame came for
+    /// `liveness_timeout`; `None` for a local socket.
+    pub liveness: Option<Liveness>,
     /// Cancelled when the runtime starts draining: no new sessions.
     pub draining: CancellationToken,
     /// Cancelled when the connection must end now (the drain deadline passed).
@@ -206,9 +216,7 @@ async fn read_loop<S: AsyncRead>(
     tasks: &TaskTracker,
     settings: &ServeSettings,
 ) -> Result<(), ConnectionError> {
-    let first = tokio::time::timeout(settings.liveness_timeout, reader.next())
-        .await
-        .map_err(|_| ConnectionError::LivenessTimeout(settings.liveness_timeout))?;
+    let first = within(settings.liveness, reader.next()).await?;
     let hello = match first {
         Some(Ok(ClientMessage::Hello(hello))) => hello,
         Some(Ok(other)) => {
@@ -244,12 +252,13 @@ async fn read_loop<S: AsyncRead>(
             return Err(ConnectionError::Refused(rejection));
         }
     }
-    let pinger = transport::spawn_pinger(
-        connection.outbox.clone(),
-        settings.ping_interval,
-        ServerMessage::Ping,
-    );
-    let _stop_pinger = AbortOnDrop(pinger);
+    let _stop_pinger = settings.liveness.map(|liveness| {
+        AbortOnDrop(transport::spawn_pinger(
+            connection.outbox.clone(),
+            liveness.ping_interval,
+            ServerMessage::Ping,
+        ))
+    });
     let mut told_draining = false;
     loop {
         if settings.draining.is_cancelled() && !told_draining {
@@ -261,10 +270,7 @@ async fn read_loop<S: AsyncRead>(
             () = settings.stop.cancelled() => return Ok(()),
             () = connection.outbox.stalled().cancelled() => return Err(ConnectionError::Stalled),
             () = settings.draining.cancelled(), if !told_draining => continue,
-            next = tokio::time::timeout(settings.liveness_timeout, reader.next()) => next,
-        };
-        let Ok(next) = next else {
-            return Err(ConnectionError::LivenessTimeout(settings.liveness_timeout));
+            next = within(settings.liveness, reader.next()) => next?,
         };
         let Some(message) = next else {
             return Ok(());
@@ -320,6 +326,19 @@ async fn read_loop<S: AsyncRead>(
                     .map_err(ConnectionError::Violation)?;
             }
         }
+    }
+}
+
+/// Awaits `future`, within the liveness timeout when there is one.
+async fn within<T>(
+    liveness: Option<Liveness>,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, ConnectionError> {
+    match liveness {
+        None => Ok(future.await),
+        Some(liveness) => tokio::time::timeout(liveness.timeout, future)
+            .await
+            .map_err(|_| ConnectionError::LivenessTimeout(liveness.timeout)),
     }
 }
 

@@ -69,10 +69,11 @@ struct Cli {
     /// After SIGTERM, how long running cells get to finish before they are stopped.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     drain_timeout_secs: u64,
-    /// How often the runtime pings each host.
+    /// How often the runtime pings each host (with `--listen`).
     #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
     ping_interval_ms: u64,
-    /// A host that sends no frame for this long is gone (half-open connection).
+    /// A host that sends no frame for this long is gone (half-open connection; with
+    /// `--listen`).
     #[arg(long, value_name = "MS", default_value_t = 6000, value_parser = clap::value_parser!(u64).range(20..))]
     liveness_timeout_ms: u64,
     /// Most host connections at once (with `--listen`).
@@ -154,8 +155,11 @@ fn serve_settings(cli: &Cli, sandbox: String, remote: bool) -> ServeSettings {
     ServeSettings {
         sandbox,
         remote,
-        ping_interval: Duration::from_millis(cli.ping_interval_ms),
-        liveness_timeout: Duration::from_millis(cli.liveness_timeout_ms),
+        // A local socket needs no timeout: the host's death is an end of input.
+        liveness: remote.then(|| connection::Liveness {
+            ping_interval: Duration::from_millis(cli.ping_interval_ms),
+            timeout: Duration::from_millis(cli.liveness_timeout_ms),
+        }),
         draining: CancellationToken::new(),
         stop: CancellationToken::new(),
     }

@@ -11,9 +11,10 @@
 //! [`SessionError::RuntimeLost`], delegate calls are cancelled, and every cell known to be
 //! alive is reported closed to its delegate, exactly once.
 //!
-//! Liveness: the connection pings the runtime every ping interval and answers its pings;
-//! no complete frame from the runtime within the liveness timeout loses the connection
-//! (a half-open peer, e.g. a machine that vanished), with that cause. A runtime that
+//! Liveness (on for remote runtimes, optional for a local one): the connection pings the
+//! runtime every ping interval; no complete frame from the runtime within the liveness
+//! timeout loses the connection (a half-open peer, e.g. a machine that vanished), with
+//! that cause. The runtime's pings are always answered. A runtime that
 //! announces it is draining is marked so: providers place no new session there.
 //!
 //! The connection runs on any framed byte stream (the protocol crate's transport seam) and
@@ -257,7 +258,7 @@ impl Connection {
         peer: Box<dyn Peer>,
         stream: S,
         generation: u64,
-        liveness: Liveness,
+        liveness: Option<Liveness>,
     ) -> Result<Arc<Self>, HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
@@ -285,8 +286,15 @@ impl Connection {
         };
         hello.accept(&ready)?;
         tracing::info!(generation, peer = %peer.describe(), %ready, "code-mode runtime ready");
-        let pinger =
-            transport::spawn_pinger(outbox.clone(), liveness.ping_interval, ClientMessage::Ping);
+        let mut tasks = vec![writer];
+        if let Some(liveness) = liveness {
+            let pinger = transport::spawn_pinger(
+                outbox.clone(),
+                liveness.ping_interval,
+                ClientMessage::Ping,
+            );
+            tasks.push(pinger.abort_handle());
+        }
         let connection = Arc::new(Self {
             generation,
             peer,
@@ -295,12 +303,12 @@ impl Connection {
             lost: OnceLock::new(),
             draining: AtomicBool::new(false),
             placed: AtomicUsize::new(0),
-            tasks: Mutex::new(vec![pinger.abort_handle(), writer]),
+            tasks: Mutex::new(tasks),
         });
         tokio::spawn(read_loop(
             Arc::downgrade(&connection),
             reader,
-            liveness.timeout,
+            liveness.map(|liveness| liveness.timeout),
         ));
         Ok(connection)
     }
@@ -798,7 +806,7 @@ fn is_broken(error: &std::io::Error) -> bool {
 async fn read_loop<S: AsyncRead>(
     connection: Weak<Connection>,
     mut reader: FrameReader<S, ServerMessage, ClientMessage>,
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) {
     let stalled = match connection.upgrade() {
         Some(connection) => connection.outbox.stalled().clone(),
@@ -808,13 +816,18 @@ async fn read_loop<S: AsyncRead>(
         let next = tokio::select! {
             biased;
             () = stalled.cancelled() => break Ended::Stalled,
-            next = tokio::time::timeout(timeout, reader.next()) => next,
+            next = async {
+                match timeout {
+                    Some(timeout) => tokio::time::timeout(timeout, reader.next()).await.map_err(|_| timeout),
+                    None => Ok(reader.next().await),
+                }
+            } => next,
         };
         let Some(connection) = connection.upgrade() else {
             return; // Nobody uses this runtime any more.
         };
         match next {
-            Err(_) => break Ended::Silent(timeout),
+            Err(timeout) => break Ended::Silent(timeout),
             Ok(None) => break Ended::Closed,
             Ok(Some(Err(FrameError::Io(error)))) if is_broken(&error) => {
                 break Ended::Broken(error.to_string());

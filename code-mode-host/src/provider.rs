@@ -45,8 +45,10 @@ pub struct HostConfig {
     pub log_filter: String,
     /// How long a fresh runtime gets to connect.
     pub connect_timeout: Duration,
-    /// How the connection watches that the runtime is alive.
-    pub liveness: Liveness,
+    /// Pings and a liveness timeout on the connection to the local runtime; off by
+    /// default (its death is seen at once as the end of its socket, and a host that drives
+    /// its async runtime only now and then would take its own pause for a dead runtime).
+    pub liveness: Option<Liveness>,
 }
 
 impl Default for HostConfig {
@@ -55,7 +57,7 @@ impl Default for HostConfig {
             binary: None,
             log_filter: "warn".to_owned(),
             connect_timeout: Duration::from_secs(10),
-            liveness: Liveness::default(),
+            liveness: None,
         }
     }
 }

@@ -135,6 +135,8 @@ pub struct RemoteConfig {
     pub connect_timeout: Duration,
     /// How often names are resolved again.
     pub resolve_interval: Duration,
+    /// Pings and the liveness timeout (always on over the network). The host's async
+    /// runtime must keep running for its pings to go out.
     pub liveness: Liveness,
 }
 
@@ -414,7 +416,7 @@ impl RemoteInner {
                 .map_err(|error| format!("cannot connect: {error}"))?;
             let _ = tcp.set_nodelay(true);
             let peer = Box::new(RemotePeer { address });
-            let liveness = self.config.liveness;
+            let liveness = Some(self.config.liveness);
             match &self.config.tls {
                 None => Connection::establish(peer, tcp, generation, liveness)
                     .await

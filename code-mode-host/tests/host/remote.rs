@@ -428,6 +428,15 @@ async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
         ..RuntimeOptions::insecure()
     };
     let mut runtime = ListeningRuntime::start(&binary(), &options);
+    // Listening keeps the sandbox: no new privileges, the seccomp filter in force.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", runtime.pid())).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    assert!(
+        runtime.log().contains("accepting connections"),
+        "{}",
+        runtime.log()
+    );
     let metrics = runtime.metrics.expect("a metrics address");
     let provider = remote_within(vec![runtime.endpoint()], None, Duration::from_secs(1));
     let session = Arc::new(provider.open_session(TestDelegate::new(), SessionOptions::default()));
