@@ -124,6 +124,8 @@ pub struct RuntimeOptions {
     pub liveness_timeout_ms: u64,
     pub metrics: bool,
     pub drain_timeout_secs: u64,
+    /// The address to listen on; an ephemeral loopback port by default.
+    pub listen: String,
 }
 
 impl RuntimeOptions {
@@ -135,6 +137,7 @@ impl RuntimeOptions {
             liveness_timeout_ms: 6000,
             metrics: false,
             drain_timeout_secs: 30,
+            listen: "127.0.0.1:0".to_owned(),
         }
     }
 
@@ -145,6 +148,14 @@ impl RuntimeOptions {
             ..Self::tls(&Pki::default())
         }
     }
+}
+
+/// A loopback port free now (bound and released: a runtime started soon after can take it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
 }
 
 /// A `code-mode-bin --listen` process on an ephemeral loopback port; killed on drop.
@@ -162,7 +173,7 @@ impl ListeningRuntime {
         let files = Scratch::new();
         let mut command = Command::new(binary);
         command
-            .args(["--listen", "127.0.0.1:0", "--log", "info"])
+            .args(["--listen", &options.listen, "--log", "info"])
             .args(["--ping-interval-ms", &options.ping_interval_ms.to_string()])
             .args([
                 "--liveness-timeout-ms",

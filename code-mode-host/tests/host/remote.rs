@@ -4,7 +4,7 @@
 
 use crate::request;
 use code_mode_conformance::TestDelegate;
-use code_mode_conformance::remote::{Identity, ListeningRuntime, Pki, RuntimeOptions};
+use code_mode_conformance::remote::{Identity, ListeningRuntime, Pki, RuntimeOptions, free_port};
 use code_mode_host::{
     ClientTls, CodeModeSession, IpcSession, Liveness, RemoteConfig, RemoteProvider, find_binary,
 };
@@ -167,6 +167,57 @@ async fn sessions_spread_over_three_runtimes_and_only_the_dead_ones_sessions_not
     let status = provider.runtimes();
     assert_eq!(status.len(), 3);
     assert_eq!(status.iter().filter(|runtime| runtime.connected).count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_that_comes_up_later_is_dialled_again_and_takes_new_sessions() {
+    let pki = Pki::default();
+    let binary = binary();
+    let first = ListeningRuntime::start(&binary, &RuntimeOptions::tls(&pki));
+    let later_port = free_port();
+    let later_endpoint = format!("127.0.0.1:{later_port}");
+    let provider = remote(
+        vec![first.endpoint(), later_endpoint.clone()],
+        Some(client_tls(&pki, &pki.client("host"))),
+    );
+    let early: Vec<IpcSession> = (0..4)
+        .map(|_| provider.open_session(TestDelegate::new(), SessionOptions::default()))
+        .collect();
+    for (index, session) in early.iter().enumerate() {
+        echo_cell(session, &format!("early {index}")).await.unwrap();
+        assert_eq!(
+            session.runtime().unwrap(),
+            format!("runtime at {}", first.address)
+        );
+    }
+    let down = provider
+        .runtimes()
+        .into_iter()
+        .find(|runtime| runtime.address.port() == later_port)
+        .expect("the second endpoint is known");
+    assert!(!down.connected);
+    assert!(down.last_error.unwrap().contains("cannot connect"));
+
+    let _later = ListeningRuntime::start(
+        &binary,
+        &RuntimeOptions {
+            listen: later_endpoint.clone(),
+            ..RuntimeOptions::tls(&pki)
+        },
+    );
+    // Backoff: the provider dials it again at its next attempt; the newcomer has no
+    // sessions, so the next sessions go there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+        echo_cell(&session, "late").await.unwrap();
+        if session.runtime().unwrap() == format!("runtime at {later_endpoint}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", provider.runtimes());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(provider.runtimes().iter().all(|runtime| runtime.connected));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
