@@ -63,9 +63,8 @@ enum Command {
         /// Print one machine-readable JSON result instead of the output.
         #[arg(long)]
         json: bool,
-        /// Run V8 in this process instead of the runtime process.
-        #[arg(long)]
-        in_process: bool,
+        #[command(flatten)]
+        runtime: session::RuntimeArgs,
         /// Write images the cell outputs into this directory.
         #[arg(long, value_name = "DIR")]
         save_images: Option<PathBuf>,
@@ -77,9 +76,8 @@ enum Command {
         /// How long each observation waits before it yields, in milliseconds.
         #[arg(long, value_name = "MS")]
         yield_ms: Option<u64>,
-        /// Run V8 in this process instead of the runtime process.
-        #[arg(long)]
-        in_process: bool,
+        #[command(flatten)]
+        runtime: session::RuntimeArgs,
         /// Give every cell a fresh isolate instead of reusing the session's (each cell
         /// gets a fresh context either way).
         #[arg(long)]
@@ -105,9 +103,8 @@ enum Command {
         /// Accept a non-loopback --http address.
         #[arg(long)]
         allow_remote: bool,
-        /// Run V8 in this process instead of the runtime process.
-        #[arg(long)]
-        in_process: bool,
+        #[command(flatten)]
+        runtime: session::RuntimeArgs,
         /// Give every cell a fresh isolate instead of reusing the session's.
         #[arg(long)]
         no_isolate_reuse: bool,
@@ -120,9 +117,8 @@ enum Command {
         /// Tools the driver answers itself, added to every `exec`.
         #[command(flatten)]
         tools: ToolArgs,
-        /// Run V8 in this process instead of the runtime process.
-        #[arg(long)]
-        in_process: bool,
+        #[command(flatten)]
+        runtime: session::RuntimeArgs,
     },
 }
 
@@ -177,6 +173,13 @@ fn init_logging(verbose: u8) -> String {
 
 #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
 async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> {
+    if let Command::Run { runtime, .. }
+    | Command::Repl { runtime, .. }
+    | Command::Mcp { runtime, .. }
+    | Command::Serve { runtime, .. } = &command
+    {
+        runtime.check().map_err(Failure::usage)?;
+    }
     match command {
         Command::Run {
             file,
@@ -184,7 +187,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             yield_ms,
             max_output_tokens,
             json,
-            in_process,
+            runtime,
             save_images,
         } => {
             run::run(run::RunOptions {
@@ -194,7 +197,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
                 yield_ms,
                 max_output_tokens,
                 json,
-                in_process,
+                runtime,
                 save_images,
                 runtime_log,
             })
@@ -203,14 +206,14 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
         Command::Repl {
             tools,
             yield_ms,
-            in_process,
+            runtime,
             no_isolate_reuse,
         } => {
             repl::repl(repl::ReplOptions {
                 tools: tools.tools,
                 builtins: tools.builtin,
                 yield_ms,
-                in_process,
+                runtime,
                 reuse_isolates: !no_isolate_reuse,
                 runtime_log,
             })
@@ -243,7 +246,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             tools,
             http,
             allow_remote,
-            in_process,
+            runtime,
             no_isolate_reuse,
         } => {
             mcp::server::serve(mcp::server::McpOptions {
@@ -251,7 +254,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
                 builtins: tools.builtin,
                 http,
                 allow_remote,
-                in_process,
+                runtime,
                 reuse_isolates: !no_isolate_reuse,
                 runtime_log,
             })
@@ -260,12 +263,12 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
         Command::Serve {
             jsonl: _,
             tools,
-            in_process,
+            runtime,
         } => {
             let tools = tools::ToolSet::load(tools.tools.as_deref(), &tools.builtin)
                 .await
                 .map_err(|error| Failure::usage(error.to_string()))?;
-            serve::serve(in_process, tools, runtime_log).await
+            serve::serve(&runtime, tools, runtime_log).await
         }
     }
 }

@@ -17,7 +17,8 @@ pub struct ReplOptions {
     pub tools: Option<PathBuf>,
     pub builtins: Vec<String>,
     pub yield_ms: Option<u64>,
-    pub in_process: bool,
+    /// Where the cells run.
+    pub runtime: crate::session::RuntimeArgs,
     /// Whether the session's cells reuse its isolates (CONTRACT §7).
     pub reuse_isolates: bool,
     pub runtime_log: String,
@@ -43,7 +44,7 @@ pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
         ..SessionOptions::default()
     };
     let session = session::open(
-        options.in_process,
+        &options.runtime,
         delegate,
         session_options,
         &options.runtime_log,

@@ -20,7 +20,8 @@ pub struct RunOptions {
     pub yield_ms: Option<u64>,
     pub max_output_tokens: Option<u64>,
     pub json: bool,
-    pub in_process: bool,
+    /// Where the cells run.
+    pub runtime: crate::session::RuntimeArgs,
     pub save_images: Option<PathBuf>,
     pub runtime_log: String,
 }
@@ -65,7 +66,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
     let definitions = tools.definitions();
     let delegate = Arc::new(CliDelegate::new(tools.clone(), sink));
     let session = session::open(
-        options.in_process,
+        &options.runtime,
         delegate,
         SessionOptions::default(),
         &options.runtime_log,

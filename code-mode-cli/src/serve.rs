@@ -17,9 +17,8 @@
 //! order the session produced them (see [`serve`]).
 
 use crate::Failure;
+use crate::session::{RuntimeArgs, Sessions};
 use crate::tools::ToolSet;
-use code_mode::{InProcessOptions, InProcessSession};
-use code_mode_host::{HostConfig, IpcProvider};
 use code_mode_protocol::surface::json::reply_json;
 use code_mode_protocol::surface::{
     ToolDescription, exec_description, exec_tool_spec, wait_tool_spec,
@@ -296,8 +295,8 @@ type PendingCalls = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Value, Stri
 
 struct Server {
     out: Out,
-    in_process: bool,
-    provider: Option<IpcProvider>,
+    /// Where sessions run.
+    provider: Sessions,
     sessions: Mutex<HashMap<String, Arc<dyn CodeModeSession>>>,
     last_session: AtomicU64,
     calls: PendingCalls,
@@ -393,15 +392,7 @@ impl Server {
             last_call: Arc::clone(&self.last_call),
             tools: self.tools.clone(),
         });
-        let session: Arc<dyn CodeModeSession> = match &self.provider {
-            Some(provider) if !self.in_process => {
-                Arc::new(provider.open_session(delegate, options))
-            }
-            _ => Arc::new(InProcessSession::new(
-                delegate,
-                InProcessOptions { session: options },
-            )),
-        };
+        let session: Arc<dyn CodeModeSession> = Arc::from(self.provider.open(delegate, options));
         lock(&self.sessions).insert(id.clone(), session);
         Ok(json!({ "session": id }))
     }
@@ -469,18 +460,12 @@ impl Server {
     clippy::print_stdout,
     reason = "the JSON-lines protocol is the CLI's stdout"
 )]
-pub async fn serve(in_process: bool, tools: ToolSet, runtime_log: String) -> Result<(), Failure> {
-    let provider = if in_process {
-        None
-    } else {
-        Some(
-            IpcProvider::new(HostConfig {
-                log_filter: runtime_log,
-                ..HostConfig::default()
-            })
-            .map_err(|error| Failure::runtime(error.to_string()))?,
-        )
-    };
+pub async fn serve(
+    runtime: &RuntimeArgs,
+    tools: ToolSet,
+    runtime_log: String,
+) -> Result<(), Failure> {
+    let provider = Sessions::new(runtime, &runtime_log).map_err(Failure::runtime)?;
     let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
@@ -495,7 +480,6 @@ pub async fn serve(in_process: bool, tools: ToolSet, runtime_log: String) -> Res
     });
     let server = Arc::new(Server {
         out: Out(lines_tx),
-        in_process,
         provider,
         sessions: Mutex::new(HashMap::new()),
         last_session: AtomicU64::new(0),

@@ -1,23 +1,68 @@
-//! Opening sessions for a CLI command: over the runtime process (the default) or in
-//! process (`--in-process`).
+//! Opening sessions for a CLI command: over the runtime process (the default), in process
+//! (`--in-process`), or on runtimes listening elsewhere (`--runtime HOST:PORT`, with mutual
+//! TLS through `--runtime-ca`, `--runtime-cert` and `--runtime-key`).
 
 use code_mode::{InProcessOptions, InProcessSession};
-use code_mode_host::{HostConfig, IpcProvider};
+use code_mode_host::{ClientTls, HostConfig, IpcProvider, RemoteConfig, RemoteProvider};
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Where a command's sessions run; one runtime process serves all of a command's sessions.
+/// Where a command's cells run, as given on its command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RuntimeArgs {
+    /// Run V8 in this process instead of the runtime process.
+    #[arg(long, conflicts_with = "runtime")]
+    pub in_process: bool,
+    /// Run cells on runtimes listening elsewhere (`code-mode-bin --listen`): HOST:PORT,
+    /// repeated or comma-separated, or one name that resolves to many.
+    #[arg(long = "runtime", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub runtime: Vec<String>,
+    /// With --runtime: the CA of the runtimes' certificates (PEM). With --runtime-cert and
+    /// --runtime-key; without the three, plaintext to loopback runtimes only.
+    #[arg(long, value_name = "PEM", requires = "runtime")]
+    pub runtime_ca: Option<PathBuf>,
+    /// With --runtime: this host's client certificate (PEM).
+    #[arg(long, value_name = "PEM", requires = "runtime")]
+    pub runtime_cert: Option<PathBuf>,
+    /// With --runtime: this host's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "runtime")]
+    pub runtime_key: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// Checks what clap cannot: the TLS files go together.
+    pub fn check(&self) -> Result<(), String> {
+        let given = [&self.runtime_ca, &self.runtime_cert, &self.runtime_key]
+            .iter()
+            .filter(|file| file.is_some())
+            .count();
+        if given == 1 || given == 2 {
+            return Err(
+                "--runtime-ca, --runtime-cert and --runtime-key go together (mutual TLS)"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where a command's sessions run; one runtime process (or one pool of remote runtimes)
+/// serves all of a command's sessions.
 pub enum Sessions {
     InProcess,
     Ipc(IpcProvider),
+    Remote(RemoteProvider),
 }
 
 impl Sessions {
-    /// The provider for `--in-process` or the runtime process; the error is one line for
-    /// the user.
-    pub fn new(in_process: bool, runtime_log: &str) -> Result<Self, String> {
-        if in_process {
+    /// The provider the arguments ask for; the error is one line for the user.
+    pub fn new(args: &RuntimeArgs, runtime_log: &str) -> Result<Self, String> {
+        if args.in_process {
             return Ok(Self::InProcess);
+        }
+        if !args.runtime.is_empty() {
+            return remote(args).map(Self::Remote);
         }
         IpcProvider::new(HostConfig {
             log_filter: runtime_log.to_owned(),
@@ -39,16 +84,36 @@ impl Sessions {
                 InProcessOptions { session: options },
             )),
             Self::Ipc(provider) => Box::new(provider.open_session(delegate, options)),
+            Self::Remote(provider) => Box::new(provider.open_session(delegate, options)),
         }
     }
 }
 
+/// The remote provider of `--runtime`: mutual TLS with all three files, plaintext (to
+/// loopback only) with none.
+fn remote(args: &RuntimeArgs) -> Result<RemoteProvider, String> {
+    let config = match (&args.runtime_ca, &args.runtime_cert, &args.runtime_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let tls = ClientTls::from_files(ca, cert, key).map_err(|error| error.to_string())?;
+            RemoteConfig::new(args.runtime.clone(), tls)
+        }
+        (None, None, None) => RemoteConfig::insecure_loopback(args.runtime.clone()),
+        _ => {
+            return Err(
+                "--runtime-ca, --runtime-cert and --runtime-key go together (mutual TLS)"
+                    .to_owned(),
+            );
+        }
+    };
+    RemoteProvider::new(config).map_err(|error| error.to_string())
+}
+
 /// Opens one session; the error is one line for the user.
 pub fn open(
-    in_process: bool,
+    args: &RuntimeArgs,
     delegate: Arc<dyn CodeModeSessionDelegate>,
     options: SessionOptions,
     runtime_log: &str,
 ) -> Result<Box<dyn CodeModeSession>, String> {
-    Ok(Sessions::new(in_process, runtime_log)?.open(delegate, options))
+    Ok(Sessions::new(args, runtime_log)?.open(delegate, options))
 }

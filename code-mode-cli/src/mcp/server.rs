@@ -42,7 +42,8 @@ pub struct McpOptions {
     pub http: Option<SocketAddr>,
     /// Accept a non-loopback `--http` address.
     pub allow_remote: bool,
-    pub in_process: bool,
+    /// Where the cells run.
+    pub runtime: crate::session::RuntimeArgs,
     pub reuse_isolates: bool,
     pub runtime_log: String,
 }
@@ -435,7 +436,7 @@ pub async fn serve(options: McpOptions) -> Result<(), Failure> {
         )));
     }
     let sessions =
-        Sessions::new(options.in_process, &options.runtime_log).map_err(Failure::runtime)?;
+        Sessions::new(&options.runtime, &options.runtime_log).map_err(Failure::runtime)?;
     // The tool list can change once servers start; `tools_changed` needs `Shared`, which
     // needs the started tools: the callback reaches it through a cell set afterwards.
     let shared_slot: Arc<Mutex<Weak<Shared>>> = Arc::new(Mutex::new(Weak::new()));

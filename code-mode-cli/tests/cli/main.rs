@@ -1,6 +1,7 @@
 //! Drives the real `code-mode` binary: `run` with command tools and built-ins, `repl` over
 //! a pipe, `describe`, `serve --jsonl` through the Python example, and the error cases.
 
+use code_mode_conformance::remote::{ListeningRuntime, Pki, RuntimeOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -126,7 +127,33 @@ fn run_with_the_builtins_in_and_out_of_process() {
         try { await tools.read_file({ path: "missing.txt" }); } catch (e) { text(e.split(":")[0]); }
         "#,
     );
-    for mode in [&[][..], &["--in-process"][..]] {
+    // And on a runtime elsewhere, over mutual TLS (`code-mode-bin --listen`).
+    let pki = Pki::default();
+    let binary = code_mode_host::find_binary(None).expect("code-mode-bin");
+    let runtime = ListeningRuntime::start(&binary, &RuntimeOptions::tls(&pki));
+    let host = pki.client("cli");
+    let certificates = Scratch::new();
+    let pem = |name: &str, contents: &str| {
+        certificates.write(name, contents);
+        certificates.0.join(name).display().to_string()
+    };
+    let (ca, cert, key) = (
+        pem("ca.pem", &pki.ca_pem()),
+        pem("host.pem", &host.cert_pem),
+        pem("host.key", &host.key_pem),
+    );
+    let endpoint = runtime.endpoint();
+    let remote = [
+        "--runtime",
+        endpoint.as_str(),
+        "--runtime-ca",
+        &ca,
+        "--runtime-cert",
+        &cert,
+        "--runtime-key",
+        &key,
+    ];
+    for mode in [&[][..], &["--in-process"][..], &remote[..]] {
         let mut args = vec!["run", "cell.js", "--builtin", "fs,shell"];
         args.extend(mode);
         let output = code_mode(&scratch.0, &args, "");
@@ -620,6 +647,11 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
         (
             vec!["run", "ok.js", "--builtin", "net"],
             "code-mode: unknown built-in tool set `net` (known: fs, shell)".into(),
+        ),
+        (
+            vec!["run", "ok.js", "--runtime", "127.0.0.1:9", "--runtime-ca", "ca.pem"],
+            "code-mode: --runtime-ca, --runtime-cert and --runtime-key go together (mutual TLS)"
+                .into(),
         ),
     ];
     for (args, expected) in cases {
