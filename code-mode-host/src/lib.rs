@@ -12,6 +12,7 @@
 
 pub mod binary;
 mod connection;
+mod error;
 mod process;
 mod provider;
 mod remote;

@@ -8,9 +8,10 @@
 //! (the next *generation*, whose cell ids read `g2:1`, `g3:1`, ...). Nothing is replayed.
 //! Restarts back off, and a crash loop gives up with a clear error.
 
-use crate::binary::{BinaryNotFound, find_binary};
-use crate::connection::{Answer, Connection, HandshakeError, Liveness, Placed};
-use crate::process::{self, SpawnError};
+use crate::binary::find_binary;
+use crate::connection::{Answer, Connection, Liveness, Placed};
+pub use crate::error::HostError;
+use crate::process;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{Request, SessionId};
 use code_mode_protocol::{
@@ -60,27 +61,6 @@ impl Default for HostConfig {
             liveness: None,
         }
     }
-}
-
-/// Why a runtime could not be made available.
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    #[error(transparent)]
-    BinaryNotFound(#[from] BinaryNotFound),
-    #[error(transparent)]
-    Spawn(#[from] SpawnError),
-    #[error(transparent)]
-    Handshake(#[from] HandshakeError),
-    #[error(
-        "the code-mode runtime failed {crashes} times within {window:?}; not restarting it (last failure: {last})"
-    )]
-    CrashLoop {
-        crashes: usize,
-        window: Duration,
-        last: String,
-    },
-    #[error(transparent)]
-    Remote(#[from] crate::remote::RemoteError),
 }
 
 /// Where sessions get their runtime: the supervised local process, or a pool of remote

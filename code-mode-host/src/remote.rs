@@ -12,7 +12,9 @@
 //! ids never collide between runtimes (`1`, `g2:1`, `g3:1`, ...).
 
 use crate::connection::{Connection, Liveness, Peer, Placed};
-use crate::provider::{HostError, IpcSession, RuntimeSource};
+use crate::error::HostError;
+pub use crate::error::RemoteError;
+use crate::provider::{IpcSession, RuntimeSource};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, SessionOptions};
 use rustls::pki_types::pem::PemObject;
@@ -30,24 +32,6 @@ pub const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
 /// The longest delay between two attempts to reach one runtime.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
-
-/// Why a remote runtime could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    #[error("the TLS settings are not usable: {0}")]
-    Tls(String),
-    #[error("no endpoint was given")]
-    NoEndpoints,
-    #[error(
-        "plaintext is only allowed to loopback addresses, but {endpoint} resolved to {address}; give TLS settings"
-    )]
-    PlaintextNotLoopback {
-        endpoint: String,
-        address: SocketAddr,
-    },
-    #[error("no code-mode runtime could take the session within {timeout:?}: {details}")]
-    NoRuntime { timeout: Duration, details: String },
-}
 
 /// The host's TLS settings: the CA that runtimes' certificates chain to, and the host's
 /// own certificate and key (runtimes require one).

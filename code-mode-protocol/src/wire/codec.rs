@@ -15,6 +15,11 @@ use tokio_util::codec::{Decoder, Encoder};
 /// a hostile length prefix cannot make a peer allocate without bound.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
+/// Most bytes an outbox queues for its writer at once (two of the largest frames): past
+/// it the peer is taken to be stuck (see `transport`). A frame is always accepted into an
+/// empty queue.
+pub const MAX_QUEUED_BYTES: usize = 2 * MAX_FRAME_BYTES;
+
 /// Most buffer space reserved ahead of a frame's bytes, in bytes: a declared length is
 /// trusted only as far as the bytes that actually arrive, so a bare prefix claiming
 /// 64 MiB does not make the peer allocate 64 MiB.
@@ -47,7 +52,7 @@ pub enum FrameError {
     Encode(String),
     #[error(
         "the peer is not reading: {queued} bytes are already queued for it (at most {max})",
-        max = super::transport::MAX_QUEUED_BYTES
+        max = MAX_QUEUED_BYTES
     )]
     Backlog { queued: u64 },
     #[error("i/o error: {0}")]

@@ -13,6 +13,7 @@
 //! [`FrameError::Backlog`] and cancels the transport's `stalled` token, on which the
 //! connection's owner ends the connection.
 
+pub use super::codec::MAX_QUEUED_BYTES;
 use super::codec::{FrameCodec, FrameError, encode_frame};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
@@ -28,10 +29,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The typed read side of a transport: decodes `In` messages (and refuses to decode `Out`).
 pub type FrameReader<S, In, Out> = FramedRead<ReadHalf<S>, FrameCodec<In, Out>>;
-
-/// Most bytes queued for the writer at once (two of the largest frames): past it the peer
-/// is taken to be stuck. A frame is always accepted into an empty queue.
-pub const MAX_QUEUED_BYTES: usize = 2 * super::codec::MAX_FRAME_BYTES;
 
 /// Encoded `M` frames on their way to the writer task. Cloning it is cheap; the writer task
 /// ends once every clone is gone and the queue is written.

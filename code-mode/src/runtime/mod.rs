@@ -289,7 +289,7 @@ pub fn spawn_cell_on(
     let control = Arc::new(CellControl::default());
     // A shelf only takes isolates of its own heap limit.
     let shelf = shelf.filter(|shelf| shelf.heap_bytes() == config.limits.heap_bytes);
-    let job = pool::Job {
+    let job = Job {
         config,
         events,
         inbound,
@@ -322,4 +322,21 @@ pub fn spawn_cell_on(
         control,
         done: Mutex::new(Some(finished)),
     })
+}
+
+/// The name of every cell's module, in stack traces and error positions.
+pub(crate) const MODULE_NAME: &str = "exec_main.mjs";
+
+/// What a cell thread needs to run its cell (handed to a prepared thread by the pool, or
+/// to a parked isolate's thread by its session's shelf).
+pub(crate) struct Job {
+    pub(crate) config: CellConfig,
+    pub(crate) events: tokio::sync::mpsc::Sender<CellEvent>,
+    pub(crate) inbound: std::sync::mpsc::Receiver<Inbound>,
+    pub(crate) control: Arc<CellControl>,
+    /// Dropped when the thread is done with the cell (isolate disposed, or reset and
+    /// parked): what the owner's `join` waits for.
+    pub(crate) done: std::sync::mpsc::Sender<()>,
+    /// The session's shelf, where the isolate goes after a normal end.
+    pub(crate) shelf: Option<Arc<IsolateShelf>>,
 }

@@ -11,10 +11,10 @@
 //! process's sandbox).
 
 use super::thread::{self, Prepared};
-use super::{CELL_THREAD_STACK_BYTES, CellConfig, CellControl, CellEvent, Inbound, IsolateShelf};
+use super::{CELL_THREAD_STACK_BYTES, Job};
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
+use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 /// Prepared threads kept waiting. Each holds an idle isolate and context (a little over
@@ -24,19 +24,6 @@ const POOL_SIZE: usize = 3;
 /// The heap limit prepared isolates are created with; cells with other limits get a fresh
 /// thread.
 pub(crate) const POOLED_HEAP_BYTES: u64 = DEFAULT_HEAP_LIMIT_BYTES;
-
-/// What a cell thread needs to run its cell.
-pub(crate) struct Job {
-    pub(crate) config: CellConfig,
-    pub(crate) events: tokio::sync::mpsc::Sender<CellEvent>,
-    pub(crate) inbound: mpsc::Receiver<Inbound>,
-    pub(crate) control: Arc<CellControl>,
-    /// Dropped when the thread is done with the cell (isolate disposed, or reset and
-    /// parked): what the owner's `join` waits for.
-    pub(crate) done: mpsc::Sender<()>,
-    /// The session's shelf, where the isolate goes after a normal end.
-    pub(crate) shelf: Option<Arc<IsolateShelf>>,
-}
 
 /// A prepared (or preparing) cell thread.
 pub(crate) struct Worker {

@@ -16,8 +16,8 @@
 //!   is still larger than [`REUSE_MAX_HEAP_BYTES`] after the collections; shelves belong to
 //!   one session and are never shared.
 
+use super::Job;
 use super::callbacks::HeapGuard;
-use super::pool::Job;
 use code_mode_protocol::sync::lock;
 use std::sync::{Mutex, mpsc};
 use std::time::Duration;

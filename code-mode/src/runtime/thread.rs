@@ -6,6 +6,7 @@
 //! empty. Every entry into JS is followed by the same end check, so `exit()`, termination
 //! and the heap limit are noticed wherever JS was running.
 
+use super::MODULE_NAME;
 use super::callbacks::{self, CountingAllocator, HeapGuard};
 use super::state::{CellState, StateRef};
 use super::typescript;
@@ -29,9 +30,6 @@ const ARRAY_BUFFER_SHARE: u64 = 2;
 /// at once instead of waiting for the spin to end. The spin runs no JS and its CPU time
 /// is excused from the cell's budget.
 const SPIN_FOR_ANSWER: Duration = Duration::from_micros(60);
-
-/// The module name cells run under; it appears in stack traces.
-pub(crate) const MODULE_NAME: &str = "exec_main.mjs";
 
 /// The largest cell source, in bytes, for the compiler and the TypeScript stripper alike.
 /// Far beyond any script a model writes; it bounds what a hostile source costs to parse.
@@ -108,7 +106,7 @@ fn new_context(
 /// normally is reset, given a fresh context, and parked on the shelf for the session's
 /// next cell (CONTRACT §7); the thread then runs that cell too, until the isolate is not
 /// reusable, nobody takes it within [`super::reuse::IDLE_RELEASE`], or the shelf is gone.
-pub(super) fn run(prepared: Option<Prepared>, job: super::pool::Job) {
+pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
     let mut prepared = match prepared {
         Some(prepared) if prepared.heap_bytes == job.config.limits.heap_bytes => prepared,
         _ => prepare(job.config.limits.heap_bytes, 0),
@@ -151,10 +149,10 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::pool::Job) {
 /// the session's next cell (the cell ended normally: not terminated, no limit hit).
 fn run_cell(
     prepared: Prepared,
-    job: super::pool::Job,
+    job: super::Job,
 ) -> (v8::OwnedIsolate, Box<HeapGuard>, bool, mpsc::Sender<()>) {
     crate::hops::hop!("cell thread has the job");
-    let super::pool::Job {
+    let super::Job {
         config,
         events,
         inbound,

@@ -144,7 +144,7 @@ fn strip_here(source: String) -> Result<String, StripError> {
         let handler = Handler::with_emitter(false, false, Box::new(Collect(Arc::clone(&reports))));
         let mut options = Options {
             module: Some(true),
-            filename: Some(super::thread::MODULE_NAME.to_owned()),
+            filename: Some(super::MODULE_NAME.to_owned()),
             mode: Mode::StripOnly,
             ..Options::default()
         };
@@ -270,7 +270,7 @@ fn refused(construct: Construct, position: Option<Position>) -> StripError {
     });
     StripError::Refused(format!(
         "SyntaxError: {what}{at} is not supported: TypeScript types are stripped, not compiled, so {instead}\n    at {}{}",
-        super::thread::MODULE_NAME,
+        super::MODULE_NAME,
         position.map_or_else(String::new, |position| format!(
             ":{}:{}",
             position.line, position.column
@@ -284,7 +284,7 @@ pub(crate) fn syntax_error_text(message: &str, position: Option<Position>) -> St
     match position {
         Some(position) => format!(
             "SyntaxError: {message}\n    at {}:{}:{}",
-            super::thread::MODULE_NAME,
+            super::MODULE_NAME,
             position.line,
             position.column
         ),
