@@ -212,6 +212,12 @@ impl ListeningRuntime {
         let shared = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Logged first, so that the log holds a line once its address is known.
+                {
+                    let mut log = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(rest) = line.split("metrics on http://").nth(1) {
                     let address = rest.split('/').next().unwrap_or_default();
                     let _ = found.send(("metrics", address.to_owned()));
@@ -220,9 +226,6 @@ impl ListeningRuntime {
                     let address = rest.split(' ').next().unwrap_or_default();
                     let _ = found.send(("listen", address.to_owned()));
                 }
-                let mut log = shared.lock().unwrap_or_else(|p| p.into_inner());
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
