@@ -137,11 +137,16 @@ fn main() -> ExitCode {
             .await
             .map_err(|error| error.to_string())
     });
+    finish(runtime, outcome, "the host closed the connection; exiting")
+}
+
+/// Stops the async runtime and turns the outcome into the exit code.
+fn finish(runtime: tokio::runtime::Runtime, outcome: Result<(), String>, done: &str) -> ExitCode {
     // Cell threads may still be tearing down their isolates; don't wait for idle tasks.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match outcome {
         Ok(()) => {
-            tracing::info!("the host closed the connection; exiting");
+            tracing::info!("{done}");
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -296,17 +301,7 @@ fn listen_main(cli: Cli) -> ExitCode {
         listen::run(listener, settings).await;
         Ok::<(), String>(())
     });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    match outcome {
-        Ok(()) => {
-            tracing::info!("drained; exiting");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            tracing::error!("{error}");
-            ExitCode::FAILURE
-        }
-    }
+    finish(runtime, outcome, "drained; exiting")
 }
 
 /// Verifies the sandbox from the inside: exit 0 when the action was refused.
