@@ -32,9 +32,10 @@ fn binary() -> PathBuf {
     })
 }
 
-fn client_tls(pki: &Pki, client: &Identity) -> ClientTls {
+/// TLS settings trusting `ca`'s runtimes and presenting `client`.
+fn client_tls(ca: &Pki, client: &Identity) -> ClientTls {
     ClientTls::from_pem(
-        pki.ca_pem().as_bytes(),
+        ca.ca_pem().as_bytes(),
         client.cert_pem.as_bytes(),
         client.key_pem.as_bytes(),
     )
@@ -256,12 +257,7 @@ async fn hosts_without_a_valid_certificate_are_refused_and_the_runtime_keeps_ser
     // A client certificate from another CA.
     let other = Pki::new("another CA");
     let stranger = other.client("foreign");
-    let foreign = ClientTls::from_pem(
-        pki.ca_pem().as_bytes(),
-        stranger.cert_pem.as_bytes(),
-        stranger.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let foreign = client_tls(&pki, &stranger);
     let refused = remote(vec![runtime.endpoint()], Some(foreign))
         .open_session(TestDelegate::new(), SessionOptions::default());
     let error = echo_cell(&refused, "x").await.unwrap_err();
@@ -272,12 +268,7 @@ async fn hosts_without_a_valid_certificate_are_refused_and_the_runtime_keeps_ser
 
     // A host that does not trust the runtime's CA refuses the runtime.
     let member = pki.client("h");
-    let distrusting = ClientTls::from_pem(
-        other.ca_pem().as_bytes(),
-        member.cert_pem.as_bytes(),
-        member.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let distrusting = client_tls(&other, &member);
     let refused = remote(vec![runtime.endpoint()], Some(distrusting))
         .open_session(TestDelegate::new(), SessionOptions::default());
     let error = echo_cell(&refused, "x").await.unwrap_err();
