@@ -65,8 +65,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// The benchmarked cell.
-const SCRIPT: &str = r#"text("bench");"#;
+/// The benchmarked cell, `text("bench");`, made unique (see [`unique`]).
+fn trivial_source() -> String {
+    unique(r#"text("bench");"#)
+}
+
+/// `source` with a comment that makes every benchmarked source unique, as a model's cells
+/// are, so that V8's compilation cache (which lives as long as a session's isolate) never
+/// serves a benchmarked exec.
+fn unique(source: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{source}\n// {n}")
+}
 
 /// A typical small cell in JavaScript, and the same cell as a model writes it in
 /// TypeScript: `warm_exec_js` and `warm_exec_ts` compare them (the TypeScript one pays for
@@ -280,7 +291,7 @@ impl Subject {
 /// One sample, run in a child process; prints `key=value` pairs on stdout.
 async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
     let tools = tools(tool_count);
-    let request = || ExecRequest::new(SCRIPT).with_tools(Arc::clone(&tools));
+    let request = || ExecRequest::new(trivial_source()).with_tools(Arc::clone(&tools));
     let subject = Subject::open(transport, Arc::new(EchoTools), 1).await;
     let session = &subject.sessions[0];
     let spawn = subject.spawn;
@@ -317,7 +328,7 @@ async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
         for (source, times) in [(TYPICAL_JS, &mut typical_js), (TYPICAL_TS, &mut typical_ts)] {
             let started = Instant::now();
             let response = session
-                .execute(ExecRequest::new(source))
+                .execute(ExecRequest::new(unique(source)))
                 .await
                 .expect("typical exec");
             times.push(started.elapsed().as_nanos());
@@ -369,7 +380,7 @@ async fn throughput_child(transport: &str, sessions: usize, secs: f64) {
     // One exec per session first, so the pool and the connection are warm.
     for session in &subject.sessions {
         session
-            .execute(ExecRequest::new(SCRIPT))
+            .execute(ExecRequest::new(trivial_source()))
             .await
             .expect("warm-up exec");
     }
@@ -385,7 +396,7 @@ async fn throughput_child(transport: &str, sessions: usize, secs: f64) {
                 while Instant::now() < deadline {
                     let started = Instant::now();
                     session
-                        .execute(ExecRequest::new(SCRIPT))
+                        .execute(ExecRequest::new(trivial_source()))
                         .await
                         .expect("throughput exec");
                     latencies.push(started.elapsed().as_nanos());
@@ -920,17 +931,20 @@ fn hops_table(options: &Options) {
         let session = &subject.sessions[0];
         tokio::time::sleep(COLD_PAUSE).await;
         session
-            .execute(ExecRequest::new(SCRIPT))
+            .execute(ExecRequest::new(trivial_source()))
             .await
             .expect("warm-up exec");
         let mut spans = Vec::new();
+        tokio::time::sleep(PACE).await;
+        take_marks();
         for _ in 0..options.samples.max(1) {
-            tokio::time::sleep(PACE).await;
-            take_marks();
             session
-                .execute(ExecRequest::new(SCRIPT))
+                .execute(ExecRequest::new(trivial_source()))
                 .await
                 .expect("paced exec");
+            // The isolate is reset for the next cell meanwhile, off the exec's path; its
+            // marks belong to this sample.
+            tokio::time::sleep(PACE).await;
             add_spans(&mut take_marks(), &mut spans);
         }
         print_spans("paced exec, in process (mark → next mark)", &mut spans);

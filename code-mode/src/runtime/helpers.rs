@@ -214,6 +214,15 @@ pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
         let key = v8_str(scope, name);
         global.delete(scope, key.into());
     }
+    // V8 declares its GC extension's function like a global `var` (it cannot be deleted):
+    // the property stays, inert, with `undefined` for ever.
+    let undefined = v8::undefined(scope).into();
+    define_constant(
+        scope,
+        global,
+        crate::platform::GC_EXTENSION_GLOBAL,
+        undefined,
+    );
 
     let functions: [(&str, v8::FunctionCallback); 10] = [
         ("text", text_helper.map_fn_to()),

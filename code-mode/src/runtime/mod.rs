@@ -155,7 +155,15 @@ pub(crate) enum Inbound {
     Command(CellCommand),
     /// No-op that wakes a sleeping thread so it re-checks its flags.
     Wake,
+    /// The owner has what it needs of the cell's end: the thread may now spend CPU on the
+    /// isolate (reset it for the session's next cell, or dispose of it).
+    Release,
 }
+
+/// How long the thread of a finished cell waits for its owner's
+/// [`CellHandle::release`] before it resets or disposes of the isolate anyway (an owner
+/// that has nobody to deliver the end to does not hold the isolate up longer than this).
+pub const RELEASE_PATIENCE: Duration = Duration::from_millis(20);
 
 /// Why a cell could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -235,10 +243,21 @@ impl CellHandle {
         let _ = self.commands.send(Inbound::Wake);
     }
 
+    /// Tells the thread of a finished cell that its owner has delivered the end: the
+    /// thread starts resetting (or disposing of) the isolate now instead of after
+    /// [`RELEASE_PATIENCE`]. Until then it stays off the CPU, so the collection and the
+    /// fresh context do not compete with the owner's delivery of the answer. Cheap;
+    /// idempotent; harmless before the end (the thread looks for it only after the end).
+    pub fn release(&self) {
+        let _ = self.commands.send(Inbound::Release);
+    }
+
     /// Waits until the cell thread is done with the cell: its isolate disposed, or reset
-    /// and parked for the session's next cell. Blocking; call it from a blocking context.
-    /// Returns at once if already joined.
+    /// and parked for the session's next cell. Releases the thread first (see
+    /// [`CellHandle::release`]). Blocking; call it from a blocking context. Returns at once
+    /// if already joined.
     pub fn join(&self) {
+        self.release();
         let done = self
             .done
             .lock()

@@ -90,8 +90,10 @@ fn new_context(
 ) -> (v8::Global<v8::Context>, Vec<v8::Global<v8::Function>>) {
     v8::scope!(let scope, isolate);
     let context = v8::Context::new(scope, Default::default());
+    crate::hops::hop!("fresh context created");
     let scope = &mut v8::ContextScope::new(scope, context);
     super::helpers::install_base(scope);
+    crate::hops::hop!("fresh context has its helpers");
     let tool_functions = (0..tool_functions)
         .map(|index| {
             let function = super::helpers::new_tool_function(scope, index);
@@ -117,7 +119,9 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
         let tool_count = job.config.tools.len();
         let (mut isolate, heap_guard, reusable, done) = run_cell(prepared, job);
         let shelf = shelf.filter(|_| reusable);
-        if shelf.is_none() || !super::reuse::reset(&mut isolate, &heap_guard) {
+        let reset = shelf.is_some() && super::reuse::reset(&mut isolate, &heap_guard);
+        crate::hops::hop!("isolate reset");
+        if !reset {
             // The isolate goes first: V8 points at the heap guard until then. The owner's
             // `join` returns once both are gone.
             drop(isolate);
@@ -136,6 +140,7 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
             heap_bytes,
         };
         let parked = shelf.park();
+        crate::hops::hop!("fresh context parked");
         // On the shelf: the owner's `join` returns, and the session's next cell can start.
         drop(done);
         match parked.wait() {
@@ -189,7 +194,7 @@ fn run_cell(
             state: Rc::clone(&state),
             heap_guard: &heap_guard,
             watched: watched.as_deref(),
-            inbound,
+            inbound: &inbound,
             tool_functions,
         };
         let outcome = driver.run(scope, &config.source);
@@ -211,8 +216,27 @@ fn run_cell(
     tracing::trace!(?outcome, reusable, "cell finished");
     // The owner may be gone already; nothing else to tell then.
     crate::hops::hop!("cell thread reports the end");
-    let _ = events.blocking_send(CellEvent::Finished(outcome));
+    if events.blocking_send(CellEvent::Finished(outcome)).is_ok() {
+        await_release(&inbound);
+    }
     (isolate, heap_guard, reusable, done)
+}
+
+/// Waits until the owner released the finished cell ([`super::CellHandle::release`]),
+/// went away, or [`super::RELEASE_PATIENCE`] passed. Commands that arrive meanwhile are
+/// for a cell that is over and are dropped.
+fn await_release(inbound: &mpsc::Receiver<Inbound>) {
+    let deadline = std::time::Instant::now() + super::RELEASE_PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match inbound.recv_timeout(left) {
+            Ok(Inbound::Release)
+            | Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                return;
+            }
+            Ok(Inbound::Command(_) | Inbound::Wake) => {}
+        }
+    }
 }
 
 /// Runs one cell's module and event loop.
@@ -220,7 +244,7 @@ struct Driver<'g> {
     state: StateRef,
     heap_guard: &'g HeapGuard,
     watched: Option<&'g Watched>,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: &'g mpsc::Receiver<Inbound>,
     /// Tool functions prepared ahead of the cell, by index.
     tool_functions: Vec<v8::Global<v8::Function>>,
 }

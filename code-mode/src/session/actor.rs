@@ -507,6 +507,19 @@ impl CellActor {
         let token = self.callbacks.token.clone();
         let internal = self.internal_tx.clone();
         let cell_id = self.cell_id.clone();
+        if self.callbacks.unacked.is_empty()
+            && self.callbacks.deferred.is_empty()
+            && tools.is_empty()
+            && notifications.is_empty()
+        {
+            // Nothing in flight (the usual end of a cell): done at once, without a task
+            // and a message back.
+            tools.close();
+            notifications.close();
+            token.cancel();
+            self.on_cleanup_done();
+            return;
+        }
         let unacked = std::mem::take(&mut self.callbacks.unacked);
         let deferred = std::mem::take(&mut self.callbacks.deferred);
         tokio::spawn(async move {
@@ -870,6 +883,9 @@ impl CellActor {
         for ack in self.callbacks.unacked {
             let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
         }
+        // Only now may the thread spend CPU on the isolate: not while the answer is
+        // still on its way to the caller.
+        self.runtime.release();
         self.shared.forget(&self.cell_id);
         let runtime = self.runtime;
         let joined = tokio::task::spawn_blocking(move || runtime.join()).await;
