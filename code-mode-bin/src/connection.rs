@@ -18,6 +18,7 @@
 use crate::delegate::{DelegateCalls, RemoteDelegate};
 use crate::metrics::METRICS;
 use code_mode::{InProcessOptions, InProcessSession};
+use code_mode_protocol::session::poll_once;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
@@ -83,6 +84,7 @@ pub struct ServeSettings {
 /// Sends a response; one too large for a frame becomes an error response instead.
 fn respond(outbox: &Outbox<ServerMessage>, id: RequestId, result: Result<Response, WireError>) {
     let message = ServerMessage::Response { id, result };
+    code_mode_protocol::hop!("runtime sends the response");
     if let Err(error) = outbox.send(&message) {
         tracing::warn!(%id, "response not sent as is: {error}");
         let bytes = match error {
@@ -284,6 +286,7 @@ async fn read_loop<S: AsyncRead>(
                 return Err(ConnectionError::Violation("a second Hello".to_owned()));
             }
             ClientMessage::Request { id, request } => {
+                code_mode_protocol::hop!("runtime has the request");
                 let token = CancellationToken::new();
                 {
                     let mut requests = lock(&connection.requests);
@@ -300,7 +303,7 @@ async fn read_loop<S: AsyncRead>(
                     requests.insert(id, token.clone());
                 }
                 let connection = Arc::clone(connection);
-                tasks.spawn(async move {
+                let mut task = Box::pin(async move {
                     // Biased: the request gets its first poll even if a cancellation is
                     // already queued, so an `execute` cut short still admits its cell,
                     // exactly as in process.
@@ -312,6 +315,12 @@ async fn read_loop<S: AsyncRead>(
                     lock(&connection.requests).remove(&id);
                     respond(&connection.outbox, id, result);
                 });
+                // Polled once here, in wire order (an `execute` hands its cell to a thread
+                // now, without waiting for a task of its own to be scheduled); spawned
+                // only if it has to wait.
+                if poll_once(&mut task).is_none() {
+                    tasks.spawn(task);
+                }
             }
             ClientMessage::CancelRequest { id } => {
                 // Unknown ids are answered already: the cancellation crossed the response.
@@ -320,6 +329,7 @@ async fn read_loop<S: AsyncRead>(
                 }
             }
             ClientMessage::DelegateReply { id, reply } => {
+                code_mode_protocol::hop!("runtime has the tool result");
                 connection
                     .delegate_calls
                     .complete(id, reply)

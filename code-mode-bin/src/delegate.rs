@@ -140,6 +140,7 @@ impl RemoteDelegate {
             session: self.session,
             call,
         };
+        code_mode_protocol::hop!("runtime sends the tool call");
         if let Err(error) = calls.outbox.send(&message) {
             calls.forget(id);
             return Err(format!("the call could not be sent to the host: {error}"));

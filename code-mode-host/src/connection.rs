@@ -399,6 +399,7 @@ impl Connection {
             }
             register(&mut state, &request, deliver_to::<T>(reply), opening)
         };
+        code_mode_protocol::hop!("host sends the request");
         if let Err(error) = self.outbox.send(&ClientMessage::Request { id, request }) {
             lock(&self.state).pending.remove(&id);
             return Err(SessionError::Runtime(format!(
@@ -432,8 +433,12 @@ impl Connection {
     /// Handles one message from the runtime; `Err` is a protocol violation.
     fn handle(self: &Arc<Self>, message: ServerMessage) -> Result<(), String> {
         match message {
-            ServerMessage::Response { id, result } => self.on_response(id, result),
+            ServerMessage::Response { id, result } => {
+                code_mode_protocol::hop!("host has the response");
+                self.on_response(id, result)
+            }
             ServerMessage::Delegate { id, session, call } => {
+                code_mode_protocol::hop!("host has the tool call");
                 self.on_delegate_call(id, session, call)
             }
             ServerMessage::CancelDelegate { id } => {
@@ -558,6 +563,7 @@ impl Connection {
             // A call of a lost connection needs no answer.
             if lock(&connection.state).delegate_calls.remove(&id).is_some() {
                 let message = ClientMessage::DelegateReply { id, reply };
+                code_mode_protocol::hop!("host sends the tool result");
                 if let Err(error) = connection.outbox.send(&message) {
                     let reply = DelegateReply::ToolResult(Err(format!(
                         "the tool result could not be sent to the runtime: {error}"

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod calls;
+pub mod hops;
 pub mod json_text;
 pub mod model;
 pub mod session;

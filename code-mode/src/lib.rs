@@ -10,7 +10,6 @@
 //! "Contract" references (`contract 3.5`, "contract section 2") are to the project's
 //! `docs/CONTRACT.md`.
 
-mod hops;
 pub mod platform;
 pub mod runtime;
 pub mod session;

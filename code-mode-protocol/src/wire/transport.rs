@@ -134,6 +134,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut writer = tokio::io::BufWriter::new(writer);
     while let Some(frame) = frames.recv().await {
+        crate::hop!("the writer task has the frame");
         writer.write_all(&frame).await?;
         queued.fetch_sub(frame.len(), Ordering::SeqCst);
         while let Ok(frame) = frames.try_recv() {
@@ -141,6 +142,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             queued.fetch_sub(frame.len(), Ordering::SeqCst);
         }
         writer.flush().await?;
+        crate::hop!("the frame is written");
     }
     writer.shutdown().await
 }

@@ -741,7 +741,7 @@ helper! {
                 .insert(id.0, v8::Global::new(scope, resolver));
             id
         };
-        crate::hops::hop!("cell thread emits the tool call");
+        code_mode_protocol::hop!("cell thread emits the tool call");
         emit(
             state,
             CellEvent::ToolCall(ToolCallRequest {

@@ -90,10 +90,10 @@ fn new_context(
 ) -> (v8::Global<v8::Context>, Vec<v8::Global<v8::Function>>) {
     v8::scope!(let scope, isolate);
     let context = v8::Context::new(scope, Default::default());
-    crate::hops::hop!("fresh context created");
+    code_mode_protocol::hop!("fresh context created");
     let scope = &mut v8::ContextScope::new(scope, context);
     super::helpers::install_base(scope);
-    crate::hops::hop!("fresh context has its helpers");
+    code_mode_protocol::hop!("fresh context has its helpers");
     let tool_functions = (0..tool_functions)
         .map(|index| {
             let function = super::helpers::new_tool_function(scope, index);
@@ -120,7 +120,7 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
         let (mut isolate, heap_guard, reusable, done) = run_cell(prepared, job);
         let shelf = shelf.filter(|_| reusable);
         let reset = shelf.is_some() && super::reuse::reset(&mut isolate, &heap_guard);
-        crate::hops::hop!("isolate reset");
+        code_mode_protocol::hop!("isolate reset");
         if !reset {
             // The isolate goes first: V8 points at the heap guard until then. The owner's
             // `join` returns once both are gone.
@@ -140,7 +140,7 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
             heap_bytes,
         };
         let parked = shelf.park();
-        crate::hops::hop!("fresh context parked");
+        code_mode_protocol::hop!("fresh context parked");
         // On the shelf: the owner's `join` returns, and the session's next cell can start.
         drop(done);
         match parked.wait() {
@@ -156,7 +156,7 @@ fn run_cell(
     prepared: Prepared,
     job: super::Job,
 ) -> (v8::OwnedIsolate, Box<HeapGuard>, bool, mpsc::Sender<()>) {
-    crate::hops::hop!("cell thread has the job");
+    code_mode_protocol::hop!("cell thread has the job");
     let super::Job {
         config,
         events,
@@ -215,7 +215,7 @@ fn run_cell(
     state.borrow_mut().request_exit();
     tracing::trace!(?outcome, reusable, "cell finished");
     // The owner may be gone already; nothing else to tell then.
-    crate::hops::hop!("cell thread reports the end");
+    code_mode_protocol::hop!("cell thread reports the end");
     if events.blocking_send(CellEvent::Finished(outcome)).is_ok() {
         await_release(&inbound);
     }
@@ -259,12 +259,12 @@ impl Driver<'_> {
         if !self.state.borrow_mut().emit(CellEvent::Started) {
             return self.ended_by_flags().unwrap_or(CellOutcome::Terminated);
         }
-        crate::hops::hop!("tools installed");
+        code_mode_protocol::hop!("tools installed");
         let promise = match self.start_module(scope, source) {
             Ok(promise) => promise,
             Err(outcome) => return outcome,
         };
-        crate::hops::hop!("module compiled and evaluated");
+        code_mode_protocol::hop!("module compiled and evaluated");
         let promise = v8::Global::new(scope, promise);
         let mut commands_applied = 0u64;
         loop {
@@ -512,7 +512,7 @@ impl Driver<'_> {
         id: ToolCallId,
         result: Result<String, String>,
     ) {
-        crate::hops::hop!("cell thread has the tool result");
+        code_mode_protocol::hop!("cell thread has the tool result");
         let Some(resolver) = self.state.borrow_mut().pending_calls.remove(&id.0) else {
             tracing::debug!(%id, "answer for an unknown or settled tool call ignored");
             return;

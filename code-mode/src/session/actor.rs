@@ -434,7 +434,7 @@ impl CellActor {
                 }
             }
             CellEvent::Finished(outcome) => {
-                crate::hops::hop!("actor has the end");
+                code_mode_protocol::hop!("actor has the end");
                 self.life.runtime_done = true;
                 self.on_finished(outcome);
             }
@@ -799,7 +799,7 @@ impl CellActor {
     // -----------------------------------------------------------------------------------
 
     fn start_tool_call(&mut self, call: ToolCallRequest) {
-        crate::hops::hop!("actor has the tool call");
+        code_mode_protocol::hop!("actor has the tool call");
         let call_id = call.id.to_string();
         self.frontier.calls_since_frontier.push(call_id.clone());
         // The argument stays the text V8 wrote; only a delegate that wants a value parses
@@ -820,7 +820,7 @@ impl CellActor {
                 until_cancelled(&token, delegate.invoke_tool_text(request, token.clone())).await;
             if let Some(result) = answer {
                 let result = result.map(JsonText::into_string);
-                crate::hops::hop!("delegate answered");
+                code_mode_protocol::hop!("delegate answered");
                 let _ = internal.send(Internal::ToolDone { id, result });
             }
         });
@@ -854,7 +854,7 @@ impl CellActor {
             return;
         }
         if let Internal::ToolDone { id, result } = message {
-            crate::hops::hop!("actor has the answer");
+            code_mode_protocol::hop!("actor has the answer");
             self.route(CellCommand::ToolResult { id, result });
         }
     }
@@ -884,7 +884,9 @@ impl CellActor {
             let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
         }
         // Only now may the thread spend CPU on the isolate: not while the answer is
-        // still on its way to the caller.
+        // still on its way to the caller. One yield first lets the caller's next step (in
+        // the runtime process: writing the response) run before the thread wakes.
+        tokio::task::yield_now().await;
         self.runtime.release();
         self.shared.forget(&self.cell_id);
         let runtime = self.runtime;

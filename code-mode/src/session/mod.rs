@@ -122,7 +122,7 @@ impl Shared {
         request: ExecRequest,
         observer: impl FnOnce(Instant) -> Observer,
     ) -> Result<String, SessionError> {
-        crate::hops::hop!("exec called");
+        code_mode_protocol::hop!("exec called");
         let mut registry = lock(&self.registry);
         if registry.shutting_down {
             return Err(SessionError::ShuttingDown);
@@ -138,7 +138,7 @@ impl Shared {
         };
         let runtime = spawn_cell_on(config, events_tx, self.shelf.clone())
             .map_err(|e| SessionError::Runtime(e.to_string()))?;
-        crate::hops::hop!("cell handed to its thread");
+        code_mode_protocol::hop!("cell handed to its thread");
         registry.last_cell_id += 1;
         // The exec clock starts when the cell starts.
         let observer = observer(self.deadline(request.yield_time_ms));
@@ -223,7 +223,7 @@ impl CodeModeSession for InProcessSession {
                 .await
                 .map_err(|_| actor_lost(&cell_id))?
                 .into_result()?;
-            crate::hops::hop!("exec answered");
+            code_mode_protocol::hop!("exec answered");
             Ok(StartedCell {
                 cell_id,
                 initial_response,
