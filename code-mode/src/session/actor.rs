@@ -505,8 +505,6 @@ impl CellActor {
             self.callbacks.notify_tasks.clone(),
         );
         let token = self.callbacks.token.clone();
-        let internal = self.internal_tx.clone();
-        let cell_id = self.cell_id.clone();
         if self.callbacks.unacked.is_empty()
             && self.callbacks.deferred.is_empty()
             && tools.is_empty()
@@ -520,6 +518,8 @@ impl CellActor {
             self.on_cleanup_done();
             return;
         }
+        let internal = self.internal_tx.clone();
+        let cell_id = self.cell_id.clone();
         let unacked = std::mem::take(&mut self.callbacks.unacked);
         let deferred = std::mem::take(&mut self.callbacks.deferred);
         tokio::spawn(async move {
