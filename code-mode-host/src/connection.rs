@@ -21,18 +21,19 @@
 //! knows the other end only as a [`Peer`]: a child process it supervises, or a runtime on
 //! another machine reached over TCP and TLS.
 
+use crate::unclaimed::Unclaimed;
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
     BoxFuture, CellResponse, CodeModeSessionDelegate, FromReply, JsonText, NestedToolCall,
-    PendingOutcome, SessionError, SessionReply, StartedCell, StartedPendingCell,
+    PendingOutcome, SessionCall, SessionError, SessionReply, StartedCell, StartedPendingCell,
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -119,6 +120,9 @@ pub enum HandshakeError {
 pub(crate) trait Answer: Sized + Send + 'static {
     /// The answer, or the response back when it is of another kind.
     fn from_response(response: Response) -> Result<Self, Response>;
+
+    /// The response this answer came in.
+    fn into_response(self) -> Response;
 }
 
 impl Answer for SessionId {
@@ -127,6 +131,10 @@ impl Answer for SessionId {
             Response::SessionOpened(session) => Ok(session),
             other => Err(other),
         }
+    }
+
+    fn into_response(self) -> Response {
+        Response::SessionOpened(self)
     }
 }
 
@@ -141,6 +149,10 @@ macro_rules! reply_answer {
                         }
                         other => Err(other),
                     }
+                }
+
+                fn into_response(self) -> Response {
+                    Response::Reply(self.into_reply())
                 }
             }
         )*
@@ -193,14 +205,17 @@ struct SessionEntry {
     /// Cells seen alive (by a response or a delegate call) and not yet closed.
     live_cells: HashSet<String>,
     closed_cells: HashSet<String>,
+    /// Per runtime cell id, an answer whose caller had gone when it arrived.
+    unclaimed: HashMap<String, Unclaimed>,
 }
 
 #[derive(Default)]
 struct State {
     last_request: u64,
     pending: HashMap<RequestId, PendingRequest>,
-    /// Requests whose caller gave up: one late response each is expected and dropped.
-    abandoned: HashSet<RequestId>,
+    /// Requests whose caller gave up, with their session: one late response each is
+    /// expected; what it carries is kept for the cell's next observation.
+    abandoned: HashMap<RequestId, Option<SessionId>>,
     sessions: HashMap<SessionId, SessionEntry>,
     delegate_calls: HashMap<DelegateId, CancellationToken>,
     /// Per session, answers handed to callers and not yet taken.
@@ -392,6 +407,7 @@ impl Connection {
         opening: Option<Arc<dyn CodeModeSessionDelegate>>,
     ) -> Result<T, SessionError> {
         let (reply, answer) = oneshot::channel();
+        let session = session_of(&request);
         let id = {
             let mut state = lock(&self.state);
             if self.is_lost() {
@@ -409,9 +425,11 @@ impl Connection {
         let mut guard = AbandonOnDrop {
             connection: self,
             id,
+            session,
+            answer,
             armed: true,
         };
-        let (result, ack) = answer
+        let (result, ack) = (&mut guard.answer)
             .await
             .unwrap_or_else(|_| (Err(self.lost_error()), None));
         guard.armed = false;
@@ -468,14 +486,14 @@ impl Connection {
     }
 
     fn on_response(
-        &self,
+        self: &Arc<Self>,
         id: RequestId,
         result: Result<Response, WireError>,
     ) -> Result<(), String> {
         let mut state = lock(&self.state);
         let Some(pending) = state.pending.remove(&id) else {
-            if state.abandoned.remove(&id) {
-                return Ok(());
+            if let Some(session) = state.abandoned.remove(&id) {
+                return self.keep_unclaimed(state, session, result);
             }
             return Err(format!("a response to {id}, which is not in flight"));
         };
@@ -492,6 +510,7 @@ impl Connection {
                         delegate,
                         live_cells: HashSet::new(),
                         closed_cells: HashSet::new(),
+                        unclaimed: HashMap::new(),
                     };
                     if state.sessions.insert(*session, entry).is_some() {
                         return Err(format!("{session} opened twice"));
@@ -648,6 +667,79 @@ impl Connection {
         }
     }
 
+    /// Keeps what the response to an abandoned request carries: the output of a cell for
+    /// its next observation, or a session nobody will use (which is shut down).
+    fn keep_unclaimed(
+        self: &Arc<Self>,
+        mut state: MutexGuard<'_, State>,
+        session: Option<SessionId>,
+        result: Result<Response, WireError>,
+    ) -> Result<(), String> {
+        let unclaimed = match result {
+            Ok(Response::SessionOpened(opened)) => {
+                drop(state);
+                self.send_detached(Request::Session {
+                    session: opened,
+                    call: SessionCall::Shutdown,
+                });
+                return Ok(());
+            }
+            Ok(Response::Reply(SessionReply::Started(started))) => {
+                mark_alive(&mut state, session, &started.cell_id)?;
+                Unclaimed::Response(started.initial_response)
+            }
+            Ok(Response::Reply(SessionReply::StartedPending(started))) => {
+                mark_alive(&mut state, session, &started.cell_id)?;
+                Unclaimed::Outcome(started.outcome)
+            }
+            Ok(Response::Reply(SessionReply::Cell(response))) if !response.is_missing_cell() => {
+                Unclaimed::Response(response)
+            }
+            Ok(Response::Reply(SessionReply::Pending(outcome))) => Unclaimed::Outcome(outcome),
+            // Nothing to keep: a refusal, a missing cell, a shutdown.
+            _ => return Ok(()),
+        };
+        let cell_id = unclaimed.cell_id();
+        if !is_runtime_cell_id(cell_id) {
+            return Err(format!("a response names an invalid cell id {cell_id:?}"));
+        }
+        if let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session)) {
+            let cell_id = cell_id.to_owned();
+            // Two dropped observations of one cell in a row: both answers are kept, in
+            // the order the runtime gave them.
+            let kept = match entry.unclaimed.remove(&cell_id) {
+                Some(earlier) => earlier.then(unclaimed),
+                None => unclaimed,
+            };
+            entry.unclaimed.insert(cell_id, kept);
+        }
+        Ok(())
+    }
+
+    /// Takes the answer kept for a cell whose caller had gone, if any.
+    pub(crate) fn take_unclaimed(&self, session: SessionId, cell_id: &str) -> Option<Unclaimed> {
+        lock(&self.state)
+            .sessions
+            .get_mut(&session)?
+            .unclaimed
+            .remove(cell_id)
+    }
+
+    /// Puts back an answer taken with [`Connection::take_unclaimed`] and not returned (its
+    /// observation failed or was dropped), before any kept since.
+    pub(crate) fn restore_unclaimed(&self, session: SessionId, unclaimed: Unclaimed) {
+        let mut state = lock(&self.state);
+        let Some(entry) = state.sessions.get_mut(&session) else {
+            return;
+        };
+        let cell_id = unclaimed.cell_id().to_owned();
+        let kept = match entry.unclaimed.remove(&cell_id) {
+            Some(later) => unclaimed.then(later),
+            None => unclaimed,
+        };
+        entry.unclaimed.insert(cell_id, kept);
+    }
+
     /// Forgets a session once its shutdown was answered.
     pub(crate) fn forget_session(&self, session: SessionId) {
         let mut state = lock(&self.state);
@@ -721,17 +813,21 @@ fn register(
 ) -> RequestId {
     state.last_request += 1;
     let id = RequestId(state.last_request);
-    let session = match request {
-        Request::OpenSession { .. } => None,
-        Request::Session { session, .. } => Some(*session),
-    };
     let pending = PendingRequest {
         deliver,
-        session,
+        session: session_of(request),
         opening,
     };
     state.pending.insert(id, pending);
     id
+}
+
+/// The session a request is for (none for `OpenSession`).
+fn session_of(request: &Request) -> Option<SessionId> {
+    match request {
+        Request::OpenSession { .. } => None,
+        Request::Session { session, .. } => Some(*session),
+    }
 }
 
 /// Records a started cell as alive in its session (unless it already closed: the close
@@ -748,31 +844,46 @@ fn mark_alive(state: &mut State, session: Option<SessionId>, cell_id: &str) -> R
     Ok(())
 }
 
-/// Cancels an abandoned request on drop.
-struct AbandonOnDrop<'a> {
+/// Cancels an abandoned request on drop, or keeps its answer when it had arrived and
+/// was not taken: a dropped call consumes nothing.
+struct AbandonOnDrop<'a, T: Answer> {
     connection: &'a Arc<Connection>,
     id: RequestId,
+    session: Option<SessionId>,
+    answer: oneshot::Receiver<Delivered<T>>,
     armed: bool,
 }
 
-impl Drop for AbandonOnDrop<'_> {
+impl<T: Answer> Drop for AbandonOnDrop<'_, T> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
         let removed = {
             let mut state = lock(&self.connection.state);
-            let removed = state.pending.remove(&self.id).is_some();
-            if removed {
-                state.abandoned.insert(self.id);
+            let removed = state.pending.remove(&self.id);
+            if let Some(pending) = &removed {
+                state.abandoned.insert(self.id, pending.session);
             }
-            removed
+            removed.is_some()
         };
         if removed {
             let _ = self
                 .connection
                 .outbox
                 .send(&ClientMessage::CancelRequest { id: self.id });
+            return;
+        }
+        // Answered already: the answer waits in the channel, untaken. Its acknowledgement
+        // goes once it is kept.
+        if let Ok((Ok(answer), _ack)) = self.answer.try_recv() {
+            let state = lock(&self.connection.state);
+            let kept =
+                self.connection
+                    .keep_unclaimed(state, self.session, Ok(answer.into_response()));
+            if let Err(error) = kept {
+                tracing::warn!("an answer nobody took could not be kept: {error}");
+            }
         }
     }
 }

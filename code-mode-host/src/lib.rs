@@ -8,7 +8,7 @@
 //! the runtime process. Modules: `binary` finds the runtime, `process` spawns and
 //! supervises it, `connection` speaks the wire protocol and validates every message,
 //! `provider` turns that into sessions that survive the runtime's death, `remote` is the
-//! pool of network runtimes.
+//! pool of network runtimes, `unclaimed` keeps answers that crossed a dropped call.
 
 pub mod binary;
 mod connection;
@@ -16,6 +16,7 @@ mod error;
 mod process;
 mod provider;
 mod remote;
+mod unclaimed;
 
 pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;

@@ -12,6 +12,7 @@ use crate::binary::find_binary;
 use crate::connection::{Answer, Connection, Liveness, Placed};
 pub use crate::error::HostError;
 use crate::process;
+use crate::unclaimed::{Reclaim, Unclaimed};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{Request, SessionId};
 use code_mode_protocol::{
@@ -344,18 +345,46 @@ impl IpcSession {
 
     /// Runs a call that names a cell, on the connection the cell id was translated for.
     /// `None` when the id belongs to another runtime generation (a missing cell).
-    async fn call_on_cell<T: Answer>(
+    ///
+    /// An answer the runtime gave to a dropped call of this cell (see `unclaimed`) comes
+    /// first: alone when it ends the cell or when `same_kind_settles` and it is of this
+    /// call's kind, otherwise before the runtime's answer to this call. Dropping this
+    /// call, or its failure, puts it back.
+    async fn call_on_cell<T: Answer + Reclaim>(
         &self,
         cell_id: &str,
+        same_kind_settles: bool,
         make: impl FnOnce(String) -> SessionCall,
     ) -> Result<Option<(Arc<Connection>, T)>, SessionError> {
         let (connection, session) = self.bind().await?;
         let Some(runtime_id) = connection.runtime_cell_id(cell_id) else {
             return Ok(None);
         };
-        self.call_on(connection, session, make(runtime_id))
-            .await
-            .map(Some)
+        let mut kept = KeptAnswer {
+            connection: &connection,
+            session,
+            unclaimed: connection.take_unclaimed(session, &runtime_id),
+        };
+        if let Some(unclaimed) = kept.unclaimed.take() {
+            match T::settled_by(unclaimed, same_kind_settles) {
+                Ok(answer) => return Ok(Some((Arc::clone(&connection), answer))),
+                Err(unclaimed) => kept.unclaimed = Some(unclaimed),
+            }
+        }
+        let (connection, answer) = self
+            .call_on(Arc::clone(&connection), session, make(runtime_id.clone()))
+            .await?;
+        // A dropped call of this cell whose answer crossed this one: it came first.
+        let crossed = connection.take_unclaimed(session, &runtime_id);
+        let earlier = match (kept.unclaimed.take(), crossed) {
+            (Some(first), Some(then)) => Some(first.then(then)),
+            (first, then) => first.or(then),
+        };
+        let answer = match earlier {
+            Some(earlier) => T::after(earlier, answer),
+            None => answer,
+        };
+        Ok(Some((connection, answer)))
     }
 
     /// Sends `call` for `session` on `connection`. A session the runtime no longer knows
@@ -375,6 +404,22 @@ impl IpcSession {
                 Err(SessionError::ShuttingDown)
             }
             Err(error) => Err(error),
+        }
+    }
+}
+
+/// An unclaimed answer taken for an observation: put back unless the observation returns
+/// it (a dropped or failed observation consumes nothing).
+struct KeptAnswer<'a> {
+    connection: &'a Connection,
+    session: SessionId,
+    unclaimed: Option<Unclaimed>,
+}
+
+impl Drop for KeptAnswer<'_> {
+    fn drop(&mut self) {
+        if let Some(unclaimed) = self.unclaimed.take() {
+            self.connection.restore_unclaimed(self.session, unclaimed);
         }
     }
 }
@@ -434,7 +479,7 @@ impl CodeModeSession for IpcSession {
             let asked = request.cell_id.clone();
             let yield_time_ms = request.yield_time_ms;
             let answer = self
-                .call_on_cell(&asked, |cell_id| {
+                .call_on_cell(&asked, true, |cell_id| {
                     SessionCall::Wait(WaitRequest {
                         cell_id,
                         yield_time_ms,
@@ -451,7 +496,9 @@ impl CodeModeSession for IpcSession {
     fn terminate(&self, cell_id: String) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
             let answer = self
-                .call_on_cell(&cell_id, |cell_id| SessionCall::Terminate { cell_id })
+                .call_on_cell(&cell_id, false, |cell_id| SessionCall::Terminate {
+                    cell_id,
+                })
                 .await?;
             let Some((connection, response)) = answer else {
                 return Ok(CellResponse::missing(cell_id));
@@ -480,7 +527,9 @@ impl CodeModeSession for IpcSession {
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(async move {
             let answer = self
-                .call_on_cell(&cell_id, |cell_id| SessionCall::WaitToPending { cell_id })
+                .call_on_cell(&cell_id, true, |cell_id| SessionCall::WaitToPending {
+                    cell_id,
+                })
                 .await?;
             let Some((connection, outcome)) = answer else {
                 return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));

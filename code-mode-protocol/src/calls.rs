@@ -96,6 +96,9 @@ impl SessionCall {
 pub trait FromReply: Sized {
     /// The answer, or the reply back when it is of another kind.
     fn from_reply(reply: SessionReply) -> Result<Self, SessionReply>;
+
+    /// The reply this answer came in (e.g. to keep an answer its caller did not take).
+    fn into_reply(self) -> SessionReply;
 }
 
 macro_rules! from_reply {
@@ -107,6 +110,10 @@ macro_rules! from_reply {
                         SessionReply::$variant(answer) => Ok(answer),
                         other => Err(other),
                     }
+                }
+
+                fn into_reply(self) -> SessionReply {
+                    SessionReply::$variant(self)
                 }
             }
         )*
@@ -126,5 +133,9 @@ impl FromReply for () {
             SessionReply::ShutDown => Ok(()),
             other => Err(other),
         }
+    }
+
+    fn into_reply(self) -> SessionReply {
+        SessionReply::ShutDown
     }
 }

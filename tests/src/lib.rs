@@ -69,6 +69,7 @@ macro_rules! conformance_suite {
             cells_on_a_reused_isolate_are_kept_apart,
             tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them,
             many_large_tool_results_do_not_pile_up,
+            answers_left_untaken_by_a_dropped_call_are_kept,
         );
     };
     (@tests $provider:expr; $($name:ident),* $(,)?) => {

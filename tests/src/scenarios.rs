@@ -925,3 +925,59 @@ pub async fn many_large_tool_results_do_not_pile_up<P: Provider>(provider: &P) {
     }
     assert_eq!(response, result("1", &["160000000"], None));
 }
+
+/// Polls `call` once (which sends it, or admits its cell), leaves it unpolled long enough
+/// for its answer to arrive, then drops it. `Some` if it was answered in that first poll.
+async fn drop_untaken<T>(call: impl Future<Output = T>) -> Option<T> {
+    let mut call = std::pin::pin!(call);
+    let answered = tokio::select! {
+        biased;
+        done = &mut call => Some(done),
+        () = std::future::ready(()) => None,
+    };
+    if answered.is_none() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    answered
+}
+
+// 28: Contract 3.3, a dropped observation consumes nothing: also when its answer had
+// reached it, untaken, by the time it was dropped (over a wire: when the answer was on
+// its way as the call was given up).
+pub async fn answers_left_untaken_by_a_dropped_call_are_kept<P: Provider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    // A first cell makes the session ready (an out-of-process provider starts its runtime
+    // on first use), so that each call below is sent during its first poll.
+    let warm_up = exec(&session, "text('ready')").await;
+    assert_eq!(warm_up.initial_response, result("1", &["ready"], None));
+    // A yield: the first observation still returns up to it, though the cell has
+    // completed meanwhile; the rest comes with the next one.
+    let source = r#"text("a"); yield_control(); text("b"); await new Promise((r) => setTimeout(r, 20)); text("c");"#;
+    let first = match drop_untaken(session.execute(request(source))).await {
+        Some(started) => started.expect("exec").initial_response,
+        None => wait(&session, "2").await,
+    };
+    assert_eq!(first, yielded("2", &["a"]));
+    assert_eq!(wait(&session, "2").await, result("2", &["b", "c"], None));
+    // A result: the cell stays until an observation takes it, then closes once.
+    let first = match drop_untaken(session.execute(request(r#"text("x");"#))).await {
+        Some(started) => started.expect("exec").initial_response,
+        None => wait(&session, "3").await,
+    };
+    assert_eq!(first, result("3", &["x"], None));
+    delegate.wait_closed("3").await;
+    assert_eq!(delegate.closed_count("3"), 1);
+    assert!(wait(&session, "3").await.is_missing_cell());
+    // A frontier: the next pending-aware observation returns it again, calls included.
+    let source = r#"text("p"); text(await tools.block(1));"#;
+    let first = match drop_untaken(session.execute_to_pending(request(source))).await {
+        Some(started) => started.expect("execute_to_pending").outcome,
+        None => session.wait_to_pending("4".into()).await.unwrap(),
+    };
+    assert_eq!(first, pending("4", &["p"], &["tool-1"]));
+    delegate.release("4", "tool-1", Ok(json!("q"))).await;
+    assert_eq!(
+        resume_until_completed(&session, "4").await,
+        result("4", &["q"], None)
+    );
+}

@@ -48,29 +48,104 @@ const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const ACK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// An answer of the actor with its acknowledgement: the caller drops the [`Ack`] once it
-/// holds the result, which lets the actor start the cell's next delegate callbacks.
-pub(crate) struct Answer<T> {
-    result: Result<T, SessionError>,
+/// holds the result, which lets the actor start the cell's next delegate callbacks. An
+/// answer dropped before its caller took it (the caller's future was dropped while the
+/// answer waited in its channel) goes back to the cell: a dropped observation consumes
+/// nothing.
+pub(crate) struct Answer<T: Returnable> {
+    /// Present until taken with [`Answer::into_result`].
+    result: Option<Result<T, SessionError>>,
     ack: Option<Ack>,
+    give_back: Option<GiveBack>,
 }
 
-impl<T> Answer<T> {
+impl<T: Returnable> Answer<T> {
     fn refusal(error: SessionError) -> Self {
         Self {
-            result: Err(error),
+            result: Some(Err(error)),
             ack: None,
+            give_back: None,
         }
     }
 
     /// The result; the acknowledgement is given as this returns.
-    pub(crate) fn into_result(self) -> Result<T, SessionError> {
-        drop(self.ack);
+    pub(crate) fn into_result(mut self) -> Result<T, SessionError> {
+        self.give_back = None;
+        drop(self.ack.take());
         self.result
+            .take()
+            .unwrap_or_else(|| Err(SessionError::Runtime("an answer taken twice".to_owned())))
+    }
+
+    /// The value back, from an answer that could not be sent (nothing is given back).
+    fn into_echo(mut self) -> Option<T> {
+        self.give_back = None;
+        self.result.take().and_then(Result::ok)
+    }
+}
+
+impl<T: Returnable> Drop for Answer<T> {
+    fn drop(&mut self) {
+        // Sent before the acknowledgement (a field, dropped after this) signals.
+        if let (Some(Ok(value)), Some(give_back)) = (self.result.take(), self.give_back.take()) {
+            let _ = give_back.returns.send(Given {
+                value: value.returned(),
+                delivery: give_back.delivery,
+                first_observation: give_back.first_observation,
+                for_yield: give_back.for_yield,
+            });
+        }
     }
 }
 
 /// Dropped when the caller took an answer (or will never take it).
 pub(crate) struct Ack(#[allow(dead_code, reason = "signals by being dropped")] oneshot::Sender<()>);
+
+/// A value an answer carries, as it goes back to the cell when nobody took it.
+pub(crate) enum Returned {
+    Response(CellResponse),
+    Outcome(PendingOutcome),
+}
+
+/// What an answer of the actor can carry.
+pub(crate) trait Returnable {
+    fn returned(self) -> Returned;
+}
+
+impl Returnable for CellResponse {
+    fn returned(self) -> Returned {
+        Returned::Response(self)
+    }
+}
+
+impl Returnable for PendingOutcome {
+    fn returned(self) -> Returned {
+        Returned::Outcome(self)
+    }
+}
+
+/// Where an answer goes back to, and what its delivery changed.
+struct GiveBack {
+    returns: mpsc::UnboundedSender<Given>,
+    /// The actor's count of deliveries, this one included.
+    delivery: u64,
+    first_observation: bool,
+    for_yield: bool,
+}
+
+/// An answer back from a caller that dropped it.
+pub(crate) struct Given {
+    value: Returned,
+    delivery: u64,
+    first_observation: bool,
+    for_yield: bool,
+}
+
+/// The acknowledgement and the way back of an answer about to be given.
+struct Receipt {
+    ack: Ack,
+    give_back: GiveBack,
+}
 
 type YieldReply = oneshot::Sender<Answer<CellResponse>>;
 type PendingReply = oneshot::Sender<Answer<PendingOutcome>>;
@@ -114,13 +189,13 @@ impl Observer {
         }
     }
 
-    /// Delivers a response with its acknowledgement; gives the response back if the
-    /// caller is gone.
-    fn deliver(self, response: CellResponse, ack: Ack) -> Result<(), Option<CellResponse>> {
+    /// Delivers a response with its receipt; gives the response back if the caller is
+    /// gone.
+    fn deliver(self, response: CellResponse, receipt: Receipt) -> Result<(), Option<CellResponse>> {
         match self {
-            Observer::Yielding { reply, .. } => send_answer(reply, response, ack),
+            Observer::Yielding { reply, .. } => send_answer(reply, response, receipt),
             Observer::Pending { reply } => {
-                send_answer(reply, PendingOutcome::Completed(response), ack).map_err(|echo| {
+                send_answer(reply, PendingOutcome::Completed(response), receipt).map_err(|echo| {
                     match echo {
                         Some(PendingOutcome::Completed(response)) => Some(response),
                         _ => None,
@@ -132,12 +207,17 @@ impl Observer {
 }
 
 /// Sends a successful answer; gives the value back if the caller is gone.
-fn send_answer<T>(reply: oneshot::Sender<Answer<T>>, value: T, ack: Ack) -> Result<(), Option<T>> {
+fn send_answer<T: Returnable>(
+    reply: oneshot::Sender<Answer<T>>,
+    value: T,
+    receipt: Receipt,
+) -> Result<(), Option<T>> {
     let answer = Answer {
-        result: Ok(value),
-        ack: Some(ack),
+        result: Some(Ok(value)),
+        ack: Some(receipt.ack),
+        give_back: Some(receipt.give_back),
     };
-    reply.send(answer).map_err(|echo| echo.result.ok())
+    reply.send(answer).map_err(Answer::into_echo)
 }
 
 /// Requests from the session to a cell actor.
@@ -180,6 +260,7 @@ enum Step {
     TimersDue,
     Event(Option<CellEvent>),
     Request(ActorRequest),
+    Returned(Given),
     Internal(Internal),
     Shutdown,
     /// The oldest answer not yet taken was taken.
@@ -194,6 +275,9 @@ struct Output {
     initial_yield: Option<usize>,
     /// Whether an observation has returned output.
     observed: bool,
+    /// Answers given so far (an answer given back restores the state before it only if
+    /// none was given after it).
+    deliveries: u64,
     observer: Option<Observer>,
     terminate_reply: Option<TerminateReply>,
 }
@@ -206,6 +290,9 @@ struct Frontier {
     calls_since_frontier: Vec<String>,
     commands_sent: u64,
     at_frontier: bool,
+    /// A frontier answer came back untaken: the next pending-aware observation returns at
+    /// this frontier again.
+    returned_here: bool,
 }
 
 /// Armed timers, fired in (due time, id) order so equal delays keep creation order.
@@ -316,6 +403,9 @@ pub(crate) struct CellActor {
     requests: mpsc::Receiver<ActorRequest>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
+    /// Answers whose callers dropped them untaken.
+    returns_tx: mpsc::UnboundedSender<Given>,
+    returns_rx: mpsc::UnboundedReceiver<Given>,
     output: Output,
     frontier: Frontier,
     timers: Timers,
@@ -333,6 +423,7 @@ impl CellActor {
         observer: Observer,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let (returns_tx, returns_rx) = mpsc::unbounded_channel();
         let token = shared.root().child_token();
         Self {
             cell_id,
@@ -342,10 +433,13 @@ impl CellActor {
             requests,
             internal_tx,
             internal_rx,
+            returns_tx,
+            returns_rx,
             output: Output {
                 items: Vec::new(),
                 initial_yield: None,
                 observed: false,
+                deliveries: 0,
                 observer: Some(observer),
                 terminate_reply: None,
             },
@@ -355,6 +449,7 @@ impl CellActor {
                 calls_since_frontier: Vec::new(),
                 commands_sent: 0,
                 at_frontier: false,
+                returned_here: false,
             },
             timers: Timers::default(),
             callbacks: Callbacks {
@@ -374,17 +469,30 @@ impl CellActor {
     }
 
     pub(crate) async fn run(mut self) {
-        while !self.life.closed {
-            let step = self.next_step().await;
-            match step {
-                Step::Deadline => self.on_deadline(),
-                Step::TimersDue => self.fire_due_timers(),
-                Step::Event(Some(event)) => self.on_event(event),
-                Step::Event(None) => self.on_runtime_lost(),
-                Step::Request(request) => self.on_request(request),
-                Step::Internal(message) => self.on_internal(message),
-                Step::Shutdown => self.on_shutdown(),
-                Step::Acked => self.callbacks.on_acked(),
+        loop {
+            while !self.life.closed {
+                let step = self.next_step().await;
+                match step {
+                    Step::Deadline => self.on_deadline(),
+                    Step::TimersDue => self.fire_due_timers(),
+                    Step::Event(Some(event)) => self.on_event(event),
+                    Step::Event(None) => self.on_runtime_lost(),
+                    Step::Request(request) => self.on_request(request),
+                    Step::Returned(given) => self.on_returned(given),
+                    Step::Internal(message) => self.on_internal(message),
+                    Step::Shutdown => self.on_shutdown(),
+                    Step::Acked => self.callbacks.on_acked(),
+                }
+            }
+            // The final answer is taken before the cell is reported closed; one its
+            // caller dropped untaken comes back and keeps the cell open for the next
+            // observation.
+            for ack in std::mem::take(&mut self.callbacks.unacked) {
+                let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
+            }
+            self.take_returns();
+            if self.life.closed {
+                break;
             }
         }
         self.close().await;
@@ -404,6 +512,7 @@ impl CellActor {
             () = sleep_until_some(deadline) => Step::Deadline,
             () = sleep_until_some(next_timer) => Step::TimersDue,
             event = self.events.recv(), if !self.life.runtime_done => Step::Event(event),
+            Some(given) = self.returns_rx.recv() => Step::Returned(given),
             Some(request) = self.requests.recv() => Step::Request(request),
             Some(message) = self.internal_rx.recv() => Step::Internal(message),
             () = root.cancelled(), if !self.life.shutting_down => Step::Shutdown,
@@ -554,8 +663,8 @@ impl CellActor {
         if let Some(reply) = self.output.terminate_reply.take() {
             let items = std::mem::take(&mut self.output.items);
             let response = self.final_response(decision, items);
-            let ack = self.callbacks.ack();
-            match send_answer(reply, response, ack) {
+            let receipt = self.receipt(false);
+            match send_answer(reply, response, receipt) {
                 Ok(()) => self.life.closed = true,
                 Err(response) => self.restore(response),
             }
@@ -571,6 +680,8 @@ impl CellActor {
     // -----------------------------------------------------------------------------------
 
     fn on_request(&mut self, request: ActorRequest) {
+        // An answer dropped before this request was made comes back first.
+        self.take_returns();
         match request {
             ActorRequest::Observe(observer) => self.on_observe(observer),
             ActorRequest::Terminate { reply } => self.on_terminate(reply),
@@ -586,7 +697,8 @@ impl CellActor {
         }
         let pending_mode = matches!(observer, Observer::Pending { .. });
         self.output.observer = Some(observer);
-        if pending_mode && self.output.observed {
+        let returned_here = std::mem::take(&mut self.frontier.returned_here);
+        if pending_mode && self.output.observed && !returned_here {
             // A pending-aware observation resumes the cell and returns at its *next*
             // frontier, never at the one it resumes from: an answer the delegate just gave
             // may still be on its way.
@@ -625,8 +737,8 @@ impl CellActor {
             Phase::Finished(decision) => {
                 let items = std::mem::take(&mut self.output.items);
                 let response = self.final_response(decision.clone(), items);
-                let ack = self.callbacks.ack();
-                match send_answer(reply, response, ack) {
+                let receipt = self.receipt(false);
+                match send_answer(reply, response, receipt) {
                     Ok(()) => self.life.closed = true,
                     Err(response) => self.restore(response),
                 }
@@ -681,8 +793,8 @@ impl CellActor {
             cell_id: self.cell_id.clone(),
             content_items: items,
         };
-        let ack = self.callbacks.ack();
-        match observer.deliver(response, ack) {
+        let receipt = self.receipt(for_yield);
+        match observer.deliver(response, receipt) {
             Ok(()) => self.output.observed = true,
             Err(response) => {
                 // A dropped observation consumes nothing, and a yield it missed before the
@@ -711,8 +823,8 @@ impl CellActor {
             content_items: std::mem::take(&mut self.output.items),
             pending_tool_call_ids: std::mem::take(&mut self.frontier.calls_since_frontier),
         };
-        let ack = self.callbacks.ack();
-        match send_answer(reply, outcome, ack) {
+        let receipt = self.receipt(false);
+        match send_answer(reply, outcome, receipt) {
             Ok(()) => {
                 self.output.observed = true;
                 self.frontier.frozen = true;
@@ -750,8 +862,8 @@ impl CellActor {
         };
         let items = std::mem::take(&mut self.output.items);
         let response = self.final_response(decision, items);
-        let ack = self.callbacks.ack();
-        match observer.deliver(response, ack) {
+        let receipt = self.receipt(false);
+        match observer.deliver(response, receipt) {
             Ok(()) => self.life.closed = true,
             Err(response) => self.restore(response),
         }
@@ -777,6 +889,65 @@ impl CellActor {
     }
 
     /// Puts the items of an undelivered response back in front of the newer ones.
+    /// The acknowledgement and the way back of an answer about to be given. `for_yield`:
+    /// the answer is due to a `yield_control()`.
+    fn receipt(&mut self, for_yield: bool) -> Receipt {
+        self.output.deliveries += 1;
+        Receipt {
+            ack: self.callbacks.ack(),
+            give_back: GiveBack {
+                returns: self.returns_tx.clone(),
+                delivery: self.output.deliveries,
+                first_observation: !self.output.observed,
+                for_yield,
+            },
+        }
+    }
+
+    /// Takes back every answer dropped untaken so far.
+    fn take_returns(&mut self) {
+        while let Ok(given) = self.returns_rx.try_recv() {
+            self.on_returned(given);
+        }
+    }
+
+    /// An answer came back untaken: its output is the cell's again, first in line, and if
+    /// nothing was answered since, the cell is as if it had not been given (a first
+    /// observation is still to come, a finished cell stays open for its result).
+    fn on_returned(&mut self, given: Given) {
+        let latest = given.delivery == self.output.deliveries;
+        let ended = match given.value {
+            Returned::Response(response)
+            | Returned::Outcome(PendingOutcome::Completed(response)) => {
+                let ended = !matches!(response, CellResponse::Yielded { .. });
+                let count = response.content_items().len();
+                self.restore(Some(response));
+                if latest && given.first_observation && given.for_yield {
+                    self.output.initial_yield = Some(count);
+                }
+                ended
+            }
+            Returned::Outcome(PendingOutcome::Pending {
+                content_items,
+                pending_tool_call_ids,
+                ..
+            }) => {
+                self.restore_items(content_items);
+                let mut ids = pending_tool_call_ids;
+                ids.append(&mut self.frontier.calls_since_frontier);
+                self.frontier.calls_since_frontier = ids;
+                self.frontier.returned_here = latest;
+                false
+            }
+        };
+        if latest && given.first_observation {
+            self.output.observed = false;
+        }
+        if ended && matches!(self.life.phase, Phase::Finished(_)) && !self.life.shutting_down {
+            self.life.closed = false;
+        }
+    }
+
     fn restore(&mut self, response: Option<CellResponse>) {
         let items = match response {
             Some(
@@ -879,10 +1050,6 @@ impl CellActor {
 
     /// Removes the cell from the session, waits for its thread, and reports it closed.
     async fn close(self) {
-        // The final answer is taken before the cell is reported closed.
-        for ack in self.callbacks.unacked {
-            let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
-        }
         // Only now may the thread spend CPU on the isolate: not while the answer is
         // still on its way to the caller. One yield first lets the caller's next step (in
         // the runtime process: writing the response) run before the thread wakes.

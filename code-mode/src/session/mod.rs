@@ -14,7 +14,7 @@ mod actor;
 use crate::runtime::{
     CellConfig, EVENT_CHANNEL_CAPACITY, IsolateShelf, StoredValues, spawn_cell_on,
 };
-use actor::{ActorRequest, Answer, CellActor, Observer};
+use actor::{ActorRequest, Answer, CellActor, Observer, Returnable};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -162,7 +162,7 @@ impl Shared {
 
     /// Sends a request to a cell's actor and waits for its reply; `None` if the cell is
     /// unknown or closed before answering.
-    async fn ask<T>(
+    async fn ask<T: Returnable>(
         &self,
         cell_id: &str,
         request: impl FnOnce(oneshot::Sender<Answer<T>>) -> ActorRequest,
