@@ -382,3 +382,49 @@ async fn the_pinger_sends_numbered_pings_until_stopped() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_written_at_once_and_queued_ones_arrive_in_send_order() {
+    use futures_util::StreamExt;
+    // A small pipe: some frames go out from the sender at once, others (and those behind
+    // them) wait for the writer task while the reader is slow.
+    let (left, right) = tokio::io::duplex(256);
+    let Transport { outbox, writer, .. } =
+        transport::split::<_, ClientMessage, ServerMessage>(left);
+    let Transport { mut reader, .. } = transport::split::<_, ServerMessage, ClientMessage>(right);
+    let count = 300u64;
+    let reading = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(message) = reader.next().await {
+            match message.unwrap() {
+                ServerMessage::Response { id, result } => {
+                    let Err(WireError::Internal(text)) = result else {
+                        panic!("unexpected result");
+                    };
+                    assert_eq!(text.len() as u64, (id.0 % 7) * 100);
+                    seen.push(id.0);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            if seen.len() % 50 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        seen
+    });
+    for id in 0..count {
+        let message = ServerMessage::Response {
+            id: RequestId(id),
+            result: Err(WireError::Internal("x".repeat(((id % 7) * 100) as usize))),
+        };
+        outbox.send(&message).unwrap();
+        if id % 40 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // The last sender gone, the writer writes what is queued and ends the stream.
+    drop(outbox);
+    writer.await.unwrap().unwrap();
+    let seen = reading.await.unwrap();
+    assert_eq!(seen, (0..count).collect::<Vec<_>>());
+}
