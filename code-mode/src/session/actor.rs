@@ -727,12 +727,7 @@ impl CellActor {
 
     fn on_terminate(&mut self, reply: TerminateReply) {
         // Natural completion wins: take in what the cell already reported.
-        while !self.life.runtime_done && matches!(self.life.phase, Phase::Running) {
-            match self.events.try_recv() {
-                Ok(event) => self.on_event(event),
-                Err(_) => break,
-            }
-        }
+        self.take_in_reported_events();
         match &self.life.phase {
             Phase::Finished(decision) => {
                 let items = std::mem::take(&mut self.output.items);
@@ -771,7 +766,20 @@ impl CellActor {
     }
 
     fn on_deadline(&mut self) {
+        // What the cell already reported comes first: a completion it sent before the
+        // deadline was checked wins over the yield.
+        self.take_in_reported_events();
         self.respond_yielded(None, false);
+    }
+
+    /// Handles the events the cell has already sent, while it runs.
+    fn take_in_reported_events(&mut self) {
+        while !self.life.runtime_done && matches!(self.life.phase, Phase::Running) {
+            match self.events.try_recv() {
+                Ok(event) => self.on_event(event),
+                Err(_) => break,
+            }
+        }
     }
 
     // -----------------------------------------------------------------------------------
