@@ -11,7 +11,7 @@
 use super::state::{StateRef, Timer};
 use super::values::{self, Json, JsonTextError, QUOTED_MAX_BYTES, throw_string, v8_str};
 use super::{CellEvent, ToolCallRequest};
-use code_mode_protocol::{ContentItem, ImageDetail, js_tool_name};
+use code_mode_protocol::{ContentItem, ImageDetail, ToolDefinition, js_tool_name};
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -250,17 +250,20 @@ pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
     define_constant(scope, global, "console", console.into());
 }
 
-/// Installs `tools` and `ALL_TOOLS` for the cell's tools.
-/// `prepared` holds tool functions created ahead of the cell for indices 0, 1, ...; the
-/// others are created here.
-pub(crate) fn install_tools(
+/// The `tools` object and the `ALL_TOOLS` array of a cell with `tools`, built (frozen) in
+/// the current context and not yet reachable from JS: see [`define_tools`].
+pub(crate) struct BuiltTools {
+    pub(crate) tools: v8::Global<v8::Object>,
+    pub(crate) all_tools: v8::Global<v8::Array>,
+}
+
+/// Builds `tools` and `ALL_TOOLS` for `tools`. `prepared` holds tool functions created
+/// ahead for indices 0, 1, ...; the others are created here.
+pub(crate) fn build_tools(
     scope: &mut v8::PinScope<'_, '_>,
-    state: &StateRef,
-    prepared: Vec<v8::Global<v8::Function>>,
-) {
-    let context = scope.get_current_context();
-    let global = context.global(scope);
-    let tools = state.borrow().tools.clone();
+    tools: &[ToolDefinition],
+    prepared: &[v8::Global<v8::Function>],
+) -> BuiltTools {
     // Objects are built with all their properties at once, then frozen: the same result
     // as defining read-only properties one by one, at a fraction of the cost (this runs
     // on every cell's critical path, for every enabled tool).
@@ -307,7 +310,19 @@ pub(crate) fn install_tools(
     freeze(scope, tools_object);
     let all_tools = v8::Array::new_with_elements(scope, &entries);
     freeze(scope, all_tools.into());
-    define_constant(scope, global, "tools", tools_object.into());
+    BuiltTools {
+        tools: v8::Global::new(scope, tools_object),
+        all_tools: v8::Global::new(scope, all_tools),
+    }
+}
+
+/// Makes built tools the cell's `tools` and `ALL_TOOLS` (read-only globals).
+pub(crate) fn define_tools(scope: &mut v8::PinScope<'_, '_>, built: BuiltTools) {
+    let context = scope.get_current_context();
+    let global = context.global(scope);
+    let tools = v8::Local::new(scope, built.tools);
+    let all_tools = v8::Local::new(scope, built.all_tools);
+    define_constant(scope, global, "tools", tools.into());
     define_constant(scope, global, "ALL_TOOLS", all_tools.into());
 }
 

@@ -8,11 +8,13 @@
 
 use super::MODULE_NAME;
 use super::callbacks::{self, CountingAllocator, HeapGuard};
+use super::helpers::BuiltTools;
 use super::state::{CellState, StateRef};
 use super::typescript;
 use super::values::{self, v8_str};
 use super::watchdog::{self, Watched};
 use super::{CellCommand, CellEvent, CellOutcome, Inbound, ToolCallId};
+use code_mode_protocol::ToolDefinition;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
@@ -47,6 +49,10 @@ pub(crate) struct Prepared {
     /// Tool functions bound to indices 0, 1, ... (not reachable from JS until the cell's
     /// `tools` object is built from them).
     tool_functions: Vec<v8::Global<v8::Function>>,
+    /// `tools` and `ALL_TOOLS` built ahead for the tools of the session's previous cell,
+    /// used if this cell has the same (the usual case: an agent passes the same tools to
+    /// each exec).
+    built_tools: Option<(Arc<[ToolDefinition]>, BuiltTools)>,
     /// Dropped before `heap_guard` (field order), which V8 points at.
     isolate: v8::OwnedIsolate,
     heap_guard: Box<HeapGuard>,
@@ -72,22 +78,33 @@ pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize) -> Prepared {
     isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
-    let (context, tool_functions) = new_context(&mut isolate, tool_functions);
+    let (context, tool_functions, built_tools) = new_context(&mut isolate, tool_functions, None);
     Prepared {
         context,
         tool_functions,
+        built_tools,
         isolate,
         heap_guard,
         heap_bytes,
     }
 }
 
-/// A fresh context on `isolate` with every cell-independent helper, and `tool_functions`
-/// tool functions bound to indices 0, 1, ...
+/// A fresh context on `isolate` with every cell-independent helper, `tool_functions` tool
+/// functions bound to indices 0, 1, ..., and (for `likely_tools`) the cell's `tools` and
+/// `ALL_TOOLS` built but not yet defined.
+#[allow(
+    clippy::type_complexity,
+    reason = "the three parts of a prepared context"
+)]
 fn new_context(
     isolate: &mut v8::OwnedIsolate,
     tool_functions: usize,
-) -> (v8::Global<v8::Context>, Vec<v8::Global<v8::Function>>) {
+    likely_tools: Option<Arc<[ToolDefinition]>>,
+) -> (
+    v8::Global<v8::Context>,
+    Vec<v8::Global<v8::Function>>,
+    Option<(Arc<[ToolDefinition]>, BuiltTools)>,
+) {
     v8::scope!(let scope, isolate);
     let context = v8::Context::new(scope, Default::default());
     code_mode_protocol::hop!("fresh context created");
@@ -99,8 +116,12 @@ fn new_context(
             let function = super::helpers::new_tool_function(scope, index);
             v8::Global::new(scope, function)
         })
-        .collect();
-    (v8::Global::new(scope, context), tool_functions)
+        .collect::<Vec<_>>();
+    let built_tools = likely_tools.map(|tools| {
+        let built = super::helpers::build_tools(scope, &tools, &tool_functions);
+        (tools, built)
+    });
+    (v8::Global::new(scope, context), tool_functions, built_tools)
 }
 
 /// The cell thread's entry point: runs the job's cell in `prepared` (or a fresh isolate if
@@ -116,7 +137,7 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
     let mut job = job;
     loop {
         let shelf = job.shelf.take();
-        let tool_count = job.config.tools.len();
+        let tools = Arc::clone(&job.config.tools);
         let (mut isolate, heap_guard, reusable, done) = run_cell(prepared, job);
         let shelf = shelf.filter(|_| reusable);
         let reset = shelf.is_some() && super::reuse::reset(&mut isolate, &heap_guard);
@@ -131,10 +152,12 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
         }
         let Some(shelf) = shelf else { return };
         let heap_bytes = shelf.heap_bytes();
-        let (context, tool_functions) = new_context(&mut isolate, tool_count);
+        let (context, tool_functions, built_tools) =
+            new_context(&mut isolate, tools.len(), Some(tools));
         prepared = Prepared {
             context,
             tool_functions,
+            built_tools,
             isolate,
             heap_guard,
             heap_bytes,
@@ -168,6 +191,7 @@ fn run_cell(
     let Prepared {
         context,
         tool_functions,
+        built_tools,
         mut isolate,
         heap_guard,
         ..
@@ -196,6 +220,7 @@ fn run_cell(
             watched: watched.as_deref(),
             inbound: &inbound,
             tool_functions,
+            built_tools,
         };
         let outcome = driver.run(scope, &config.source);
         state.borrow_mut().release_handles();
@@ -247,6 +272,8 @@ struct Driver<'g> {
     inbound: &'g mpsc::Receiver<Inbound>,
     /// Tool functions prepared ahead of the cell, by index.
     tool_functions: Vec<v8::Global<v8::Function>>,
+    /// `tools` and `ALL_TOOLS` built ahead, and for which tools.
+    built_tools: Option<(Arc<[ToolDefinition]>, BuiltTools)>,
 }
 
 impl Driver<'_> {
@@ -254,8 +281,14 @@ impl Driver<'_> {
         if let Some(outcome) = self.ended_by_flags() {
             return outcome;
         }
-        let prepared = std::mem::take(&mut self.tool_functions);
-        super::helpers::install_tools(scope, &self.state, prepared);
+        let tools = Arc::clone(&self.state.borrow().tools);
+        let built = match self.built_tools.take() {
+            Some((built_for, built)) if Arc::ptr_eq(&built_for, &tools) || built_for == tools => {
+                built
+            }
+            _ => super::helpers::build_tools(scope, &tools, &self.tool_functions),
+        };
+        super::helpers::define_tools(scope, built);
         if !self.state.borrow_mut().emit(CellEvent::Started) {
             return self.ended_by_flags().unwrap_or(CellOutcome::Terminated);
         }

@@ -134,3 +134,54 @@ fn nothing_of_an_earlier_cell_reaches_a_later_one() {
         ["undefined undefined 2,4 7 object undefined 10 true undefined undefined"]
     );
 }
+
+#[test]
+fn each_cell_on_a_reused_isolate_gets_its_own_tools() {
+    use code_mode::ToolDefinition;
+    use code_mode::protocol::ToolKind;
+    let shelf = shelf();
+    let tool =
+        |name: &str, description: &str| ToolDefinition::new(name, description, ToolKind::Function);
+    let source = r#"
+        text(JSON.stringify(Object.keys(tools)));
+        text(JSON.stringify(ALL_TOOLS.map((t) => t.name + ": " + t.description)));
+        text(Object.isFrozen(tools) && Object.isFrozen(ALL_TOOLS));
+        text(await tools[Object.keys(tools)[0]]?.(1) ?? "none");
+    "#;
+    // The same tools twice (the second cell's are built ahead, after the first ended),
+    // then others with one name kept but described differently, then none.
+    let cases: [(Vec<ToolDefinition>, [&str; 4]); 4] = [
+        (
+            vec![tool("a", "first a"), tool("b", "first b")],
+            [
+                r#"["a","b"]"#,
+                r#"["a: first a","b: first b"]"#,
+                "true",
+                "a",
+            ],
+        ),
+        (
+            vec![tool("a", "first a"), tool("b", "first b")],
+            [
+                r#"["a","b"]"#,
+                r#"["a: first a","b: first b"]"#,
+                "true",
+                "a",
+            ],
+        ),
+        (
+            vec![tool("b", "other b")],
+            [r#"["b"]"#, r#"["b: other b"]"#, "true", "b"],
+        ),
+        (Vec::new(), ["[]", "[]", "true", "none"]),
+    ];
+    for (tools, expected) in cases {
+        let r = cell(source)
+            .tools(tools)
+            .answer(|call| Some(Ok(format!(r#""{}""#, call.name))))
+            .on_shelf(&shelf)
+            .run();
+        assert_eq!(r.ok_texts(), expected);
+        assert_eq!(shelf.parked(), 1, "the isolate serves the next cell");
+    }
+}
