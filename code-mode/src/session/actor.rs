@@ -91,8 +91,6 @@ impl<T: Returnable> Drop for Answer<T> {
             let _ = give_back.returns.send(Given {
                 value: value.returned(),
                 delivery: give_back.delivery,
-                first_observation: give_back.first_observation,
-                for_yield: give_back.for_yield,
             });
         }
     }
@@ -124,21 +122,25 @@ impl Returnable for PendingOutcome {
     }
 }
 
-/// Where an answer goes back to, and what its delivery changed.
-struct GiveBack {
-    returns: mpsc::UnboundedSender<Given>,
+/// What giving an answer changed, to undo it if the answer comes back.
+#[derive(Clone, Copy)]
+struct Delivery {
     /// The actor's count of deliveries, this one included.
-    delivery: u64,
+    number: u64,
     first_observation: bool,
     for_yield: bool,
+}
+
+/// Where an answer goes back to.
+struct GiveBack {
+    returns: mpsc::UnboundedSender<Given>,
+    delivery: Delivery,
 }
 
 /// An answer back from a caller that dropped it.
 pub(crate) struct Given {
     value: Returned,
-    delivery: u64,
-    first_observation: bool,
-    for_yield: bool,
+    delivery: Delivery,
 }
 
 /// The acknowledgement and the way back of an answer about to be given.
@@ -905,9 +907,11 @@ impl CellActor {
             ack: self.callbacks.ack(),
             give_back: GiveBack {
                 returns: self.returns_tx.clone(),
-                delivery: self.output.deliveries,
-                first_observation: !self.output.observed,
-                for_yield,
+                delivery: Delivery {
+                    number: self.output.deliveries,
+                    first_observation: !self.output.observed,
+                    for_yield,
+                },
             },
         }
     }
@@ -923,14 +927,15 @@ impl CellActor {
     /// nothing was answered since, the cell is as if it had not been given (a first
     /// observation is still to come, a finished cell stays open for its result).
     fn on_returned(&mut self, given: Given) {
-        let latest = given.delivery == self.output.deliveries;
+        let delivery = given.delivery;
+        let latest = delivery.number == self.output.deliveries;
         let ended = match given.value {
             Returned::Response(response)
             | Returned::Outcome(PendingOutcome::Completed(response)) => {
                 let ended = !matches!(response, CellResponse::Yielded { .. });
                 let count = response.content_items().len();
                 self.restore(Some(response));
-                if latest && given.first_observation && given.for_yield {
+                if latest && delivery.first_observation && delivery.for_yield {
                     self.output.initial_yield = Some(count);
                 }
                 ended
@@ -948,7 +953,7 @@ impl CellActor {
                 false
             }
         };
-        if latest && given.first_observation {
+        if latest && delivery.first_observation {
             self.output.observed = false;
         }
         if ended && matches!(self.life.phase, Phase::Finished(_)) && !self.life.shutting_down {
