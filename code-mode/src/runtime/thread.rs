@@ -44,7 +44,17 @@ pub(crate) const STALLED_ERROR: &str = "exec cell cannot finish: the script is a
 /// depend on the cell set up (the helpers, the removed globals). Used for exactly one cell,
 /// on the thread that created it.
 pub(crate) struct Prepared {
-    /// The cell's context, never entered before the cell runs. Dropped first (field order).
+    /// The cell's context and what was built in it. Dropped first (field order).
+    fresh: FreshContext,
+    /// Dropped before `heap_guard` (field order), which V8 points at.
+    isolate: v8::OwnedIsolate,
+    heap_guard: Box<HeapGuard>,
+    /// The heap limit it was created with.
+    pub(crate) heap_bytes: u64,
+}
+
+/// A context made for the next cell, never entered before it runs.
+struct FreshContext {
     context: v8::Global<v8::Context>,
     /// Tool functions bound to indices 0, 1, ... (not reachable from JS until the cell's
     /// `tools` object is built from them).
@@ -53,11 +63,6 @@ pub(crate) struct Prepared {
     /// used if this cell has the same (the usual case: an agent passes the same tools to
     /// each exec).
     built_tools: Option<(Arc<[ToolDefinition]>, BuiltTools)>,
-    /// Dropped before `heap_guard` (field order), which V8 points at.
-    isolate: v8::OwnedIsolate,
-    heap_guard: Box<HeapGuard>,
-    /// The heap limit it was created with.
-    pub(crate) heap_bytes: u64,
 }
 
 /// Creates an isolate for a cell with `heap_bytes` of heap, its context with the helpers,
@@ -78,11 +83,8 @@ pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize) -> Prepared {
     isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
-    let (context, tool_functions, built_tools) = new_context(&mut isolate, tool_functions, None);
     Prepared {
-        context,
-        tool_functions,
-        built_tools,
+        fresh: new_context(&mut isolate, tool_functions, None),
         isolate,
         heap_guard,
         heap_bytes,
@@ -92,19 +94,11 @@ pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize) -> Prepared {
 /// A fresh context on `isolate` with every cell-independent helper, `tool_functions` tool
 /// functions bound to indices 0, 1, ..., and (for `likely_tools`) the cell's `tools` and
 /// `ALL_TOOLS` built but not yet defined.
-#[allow(
-    clippy::type_complexity,
-    reason = "the three parts of a prepared context"
-)]
 fn new_context(
     isolate: &mut v8::OwnedIsolate,
     tool_functions: usize,
     likely_tools: Option<Arc<[ToolDefinition]>>,
-) -> (
-    v8::Global<v8::Context>,
-    Vec<v8::Global<v8::Function>>,
-    Option<(Arc<[ToolDefinition]>, BuiltTools)>,
-) {
+) -> FreshContext {
     v8::scope!(let scope, isolate);
     let context = v8::Context::new(scope, Default::default());
     code_mode_protocol::hop!("fresh context created");
@@ -121,7 +115,11 @@ fn new_context(
         let built = super::helpers::build_tools(scope, &tools, &tool_functions);
         (tools, built)
     });
-    (v8::Global::new(scope, context), tool_functions, built_tools)
+    FreshContext {
+        context: v8::Global::new(scope, context),
+        tool_functions,
+        built_tools,
+    }
 }
 
 /// The cell thread's entry point: runs the job's cell in `prepared` (or a fresh isolate if
@@ -152,12 +150,9 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
         }
         let Some(shelf) = shelf else { return };
         let heap_bytes = shelf.heap_bytes();
-        let (context, tool_functions, built_tools) =
-            new_context(&mut isolate, tools.len(), Some(tools));
+        let fresh = new_context(&mut isolate, tools.len(), Some(tools));
         prepared = Prepared {
-            context,
-            tool_functions,
-            built_tools,
+            fresh,
             isolate,
             heap_guard,
             heap_bytes,
@@ -189,9 +184,12 @@ fn run_cell(
         ..
     } = job;
     let Prepared {
-        context,
-        tool_functions,
-        built_tools,
+        fresh:
+            FreshContext {
+                context,
+                tool_functions,
+                built_tools,
+            },
         mut isolate,
         heap_guard,
         ..
