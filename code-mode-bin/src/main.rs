@@ -19,7 +19,6 @@ mod delegate;
 mod listen;
 mod metrics;
 mod sandbox;
-mod tls;
 
 use clap::Parser;
 use connection::ServeSettings;
@@ -234,11 +233,14 @@ fn listen_main(cli: Cli) -> ExitCode {
                 "--listen needs --tls-cert, --tls-key and --client-ca (mutual TLS), or --insecure-loopback on a loopback address".to_owned(),
             );
         };
-        match tls::server_config(&tls::TlsFiles {
-            cert,
-            key,
-            client_ca,
-        }) {
+        match code_mode_protocol::wire::tls::server_config(
+            &code_mode_protocol::wire::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: Some(client_ca),
+            },
+            &[],
+        ) {
             Ok(config) => Some(config),
             Err(error) => return usage(error.to_string()),
         }

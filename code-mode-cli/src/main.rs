@@ -96,13 +96,10 @@ enum Command {
     Mcp {
         #[command(flatten)]
         tools: ToolArgs,
-        /// Serve streamable HTTP on this address (e.g. 127.0.0.1:3000; the endpoint is
-        /// /mcp) instead of stdio. Loopback only unless --allow-remote is given.
-        #[arg(long, value_name = "ADDR:PORT")]
-        http: Option<std::net::SocketAddr>,
-        /// Accept a non-loopback --http address.
-        #[arg(long)]
-        allow_remote: bool,
+        #[command(flatten)]
+        http: McpHttpArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
         #[command(flatten)]
         runtime: session::RuntimeArgs,
         /// Give every cell a fresh isolate instead of reusing the session's.
@@ -120,6 +117,126 @@ enum Command {
         #[command(flatten)]
         runtime: session::RuntimeArgs,
     },
+}
+
+/// `code-mode mcp --http` and what secures it.
+#[derive(Debug, Args)]
+struct McpHttpArgs {
+    /// Serve streamable HTTP on this address (e.g. 127.0.0.1:3000; the endpoint is /mcp)
+    /// instead of stdio. Loopback only unless --allow-remote is given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    http: Option<std::net::SocketAddr>,
+    /// Accept a non-loopback --http address (it then needs a bearer token, and TLS or
+    /// --allow-plaintext-remote).
+    #[arg(long, requires = "http")]
+    allow_remote: bool,
+    /// A file holding the bearer token clients must send (`Authorization: Bearer <token>`);
+    /// without it, CODE_MODE_MCP_TOKEN is used when set. Loopback needs none unless given.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    auth_token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM); with --tls-key.
+    #[arg(long, value_name = "PEM", requires_all = ["http", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["http", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS (behind a TLS-terminating proxy).
+    #[arg(long, requires = "allow_remote")]
+    allow_plaintext_remote: bool,
+    /// A browser origin allowed to call (scheme://host[:port], port `*` for any); repeat
+    /// for more. Requests without an Origin header are always allowed; on loopback, pages
+    /// from localhost are too.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", requires = "http")]
+    allowed_origins: Vec<String>,
+    /// Shut a session down after this many seconds without a request (its cells stop, its
+    /// stored values go).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = mcp::http::DEFAULT_IDLE_TIMEOUT_SECS,
+        value_parser = idle_timeout_secs,
+        requires = "http"
+    )]
+    session_idle_timeout_secs: u64,
+    /// How many sessions may be open at once; past it, `initialize` is refused (503).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = mcp::http::DEFAULT_MAX_SESSIONS,
+        value_parser = max_sessions,
+        requires = "http"
+    )]
+    max_sessions: usize,
+}
+
+/// `--session-idle-timeout-secs`: whole seconds, at least one (sessions always expire).
+fn idle_timeout_secs(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err(format!(
+            "0 would keep abandoned sessions forever; give at least 1 (the default is {})",
+            mcp::http::DEFAULT_IDLE_TIMEOUT_SECS
+        )),
+        Ok(secs) => Ok(secs),
+        Err(_) => Err("expected a whole number of seconds".to_owned()),
+    }
+}
+
+/// `--max-sessions`: at least one.
+fn max_sessions(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("at least one session must be allowed".to_owned()),
+        Ok(max) => Ok(max),
+        Err(_) => Err("expected a whole number".to_owned()),
+    }
+}
+
+impl McpHttpArgs {
+    fn options(self) -> Option<mcp::http::HttpOptions> {
+        Some(mcp::http::HttpOptions {
+            address: self.http?,
+            allow_remote: self.allow_remote,
+            allow_plaintext_remote: self.allow_plaintext_remote,
+            auth_token_file: self.auth_token_file,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            allowed_origins: self.allowed_origins,
+            idle_timeout: std::time::Duration::from_secs(self.session_idle_timeout_secs),
+            max_sessions: self.max_sessions,
+        })
+    }
+}
+
+/// Every session's limits (defaults as in the JSON-lines driver's `open_session`).
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Each cell's V8 heap limit, in bytes (`ArrayBuffer`s may use half as much again).
+    #[arg(long, value_name = "BYTES", default_value_t = code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES)]
+    heap_bytes: u64,
+    /// Each cell's CPU budget, in milliseconds of CPU time (waiting does not count).
+    #[arg(long, value_name = "MS", default_value_t = code_mode_protocol::session::DEFAULT_CPU_BUDGET_MS)]
+    cpu_budget_ms: u64,
+    /// Each cell's output cap, in bytes (text and images).
+    #[arg(long, value_name = "BYTES", default_value_t = code_mode_protocol::session::DEFAULT_OUTPUT_CAP_BYTES)]
+    output_bytes: u64,
+    /// The longest an observation may wait before it yields, in milliseconds (caps the
+    /// pragma's and `wait`'s yield times).
+    #[arg(long, value_name = "MS")]
+    max_yield_time_ms: Option<u64>,
+}
+
+impl LimitArgs {
+    fn session_options(self, reuse_isolates: bool) -> code_mode_protocol::SessionOptions {
+        code_mode_protocol::SessionOptions {
+            max_yield_time_ms: self.max_yield_time_ms,
+            limits: code_mode_protocol::CellLimits {
+                heap_bytes: self.heap_bytes,
+                cpu_budget_ms: self.cpu_budget_ms,
+                output_bytes: self.output_bytes,
+                ..code_mode_protocol::CellLimits::default()
+            },
+            reuse_isolates,
+        }
+    }
 }
 
 /// Why a command failed, with its exit code.
@@ -245,17 +362,16 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
         Command::Mcp {
             tools,
             http,
-            allow_remote,
+            limits,
             runtime,
             no_isolate_reuse,
         } => {
             mcp::server::serve(mcp::server::McpOptions {
                 tools: tools.tools,
                 builtins: tools.builtin,
-                http,
-                allow_remote,
+                http: http.options(),
                 runtime,
-                reuse_isolates: !no_isolate_reuse,
+                session: limits.session_options(!no_isolate_reuse),
                 runtime_log,
             })
             .await

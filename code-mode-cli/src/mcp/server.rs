@@ -7,6 +7,7 @@
 //! for progress, and log messages otherwise. A cancelled MCP request ends the observation,
 //! never the cell: its output stays for the next `wait`.
 
+use super::http::HttpOptions;
 use crate::Failure;
 use crate::session::Sessions;
 use crate::tools::ToolSet;
@@ -28,32 +29,30 @@ use rmcp::service::{Peer, RequestContext};
 use rmcp::{RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// What `code-mode mcp` was asked to do.
 pub struct McpOptions {
     pub tools: Option<PathBuf>,
     pub builtins: Vec<String>,
-    /// Serve streamable HTTP on this address instead of stdio.
-    pub http: Option<SocketAddr>,
-    /// Accept a non-loopback `--http` address.
-    pub allow_remote: bool,
+    /// Serve streamable HTTP instead of stdio.
+    pub http: Option<super::http::HttpOptions>,
     /// Where the cells run.
     pub runtime: crate::session::RuntimeArgs,
-    pub reuse_isolates: bool,
+    /// Every session's options: limits, maximum yield time, isolate reuse.
+    pub session: SessionOptions,
     pub runtime_log: String,
 }
 
-/// What every connection shares: the nested tools, where sessions run, the connected
-/// clients (told when the tool list changes).
-struct Shared {
+/// What every connection shares: the nested tools, where sessions run, the options each
+/// session is opened with, the connected clients (told when the tool list changes).
+pub(super) struct Shared {
     tools: ToolSet,
     sessions: Sessions,
-    reuse_isolates: bool,
+    session: SessionOptions,
     clients: Mutex<Vec<Weak<Connection>>>,
 }
 
@@ -186,15 +185,16 @@ impl CodeModeSessionDelegate for McpDelegate {
     }
 }
 
-/// rmcp's server handler: one per MCP connection.
-struct CodeModeServer {
+/// rmcp's server handler: one per MCP connection (per HTTP session). Dropping it drops
+/// its code-mode session, which shuts the session down.
+pub(super) struct CodeModeServer {
     shared: Arc<Shared>,
     connection: Arc<Connection>,
     session: Box<dyn CodeModeSession>,
 }
 
 impl CodeModeServer {
-    fn new(shared: &Arc<Shared>) -> Self {
+    pub(super) fn new(shared: &Arc<Shared>) -> Self {
         let connection = Arc::new(Connection {
             peer: Mutex::new(None),
             listener: Mutex::new(Listener::default()),
@@ -205,13 +205,7 @@ impl CodeModeServer {
             tools: shared.tools.clone(),
             connection: Arc::downgrade(&connection),
         });
-        let session = shared.sessions.open(
-            delegate,
-            SessionOptions {
-                reuse_isolates: shared.reuse_isolates,
-                ..SessionOptions::default()
-            },
-        );
+        let session = shared.sessions.open(delegate, shared.session.clone());
         Self {
             shared: Arc::clone(shared),
             connection,
@@ -427,14 +421,7 @@ impl ServerHandler for CodeModeServer {
 pub async fn serve(options: McpOptions) -> Result<(), Failure> {
     let mut tools = ToolSet::parse(options.tools.as_deref(), &options.builtins)
         .map_err(|error| Failure::usage(error.to_string()))?;
-    if let Some(address) = options.http
-        && !address.ip().is_loopback()
-        && !options.allow_remote
-    {
-        return Err(Failure::usage(format!(
-            "--http {address} is not a loopback address; add --allow-remote to serve other machines"
-        )));
-    }
+    let checked = options.http.as_ref().map(HttpOptions::check).transpose()?;
     let sessions =
         Sessions::new(&options.runtime, &options.runtime_log).map_err(Failure::runtime)?;
     // The tool list can change once servers start; `tools_changed` needs `Shared`, which
@@ -451,13 +438,13 @@ pub async fn serve(options: McpOptions) -> Result<(), Failure> {
     let shared = Arc::new(Shared {
         tools,
         sessions,
-        reuse_isolates: options.reuse_isolates,
+        session: options.session,
         clients: Mutex::new(Vec::new()),
     });
     *lock(&shared_slot) = Arc::downgrade(&shared);
-    let outcome = match options.http {
-        None => serve_stdio(&shared).await,
-        Some(address) => serve_http(&shared, address, options.allow_remote).await,
+    let outcome = match (&options.http, checked) {
+        (Some(http), Some(checked)) => super::http::serve(&shared, http, checked).await,
+        _ => serve_stdio(&shared).await,
     };
     shared.tools.stop().await;
     outcome
@@ -470,76 +457,5 @@ async fn serve_stdio(shared: &Arc<Shared>) -> Result<(), Failure> {
         .await
         .map_err(|error| Failure::runtime(format!("MCP initialization failed: {error}")))?;
     let _ = running.waiting().await;
-    Ok(())
-}
-
-async fn serve_http(
-    shared: &Arc<Shared>,
-    address: SocketAddr,
-    allow_remote: bool,
-) -> Result<(), Failure> {
-    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|error| Failure::runtime(format!("cannot listen on {address}: {error}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|error| Failure::runtime(error.to_string()))?;
-    let stop = CancellationToken::new();
-    let mut config = StreamableHttpServerConfig::default()
-        .with_cancellation_token(stop.clone())
-        .with_sse_keep_alive(Some(Duration::from_secs(15)));
-    if allow_remote {
-        config = config.disable_allowed_hosts();
-    }
-    let factory_shared = Arc::clone(shared);
-    let service = StreamableHttpService::new(
-        move || Ok(CodeModeServer::new(&factory_shared)),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
-    eprintln!("code-mode mcp: serving streamable HTTP on http://{bound}/mcp");
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    continue;
-                }
-            },
-            _ = tokio::signal::ctrl_c() => break,
-        };
-        let service = service.clone();
-        tokio::spawn(async move {
-            let handler = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    let mut service = service.clone();
-                    async move {
-                        if request.uri().path() != "/mcp" {
-                            let body = http_body_util::Full::new(bytes::Bytes::from_static(
-                                b"not found: the MCP endpoint is /mcp",
-                            ));
-                            let mut response =
-                                hyper::Response::new(http_body_util::BodyExt::boxed(body));
-                            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
-                            return Ok::<_, std::convert::Infallible>(response);
-                        }
-                        tower_service::Service::call(&mut service, request).await
-                    }
-                },
-            );
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, handler)
-                .await
-            {
-                tracing::debug!(%error, "HTTP connection ended");
-            }
-        });
-    }
-    stop.cancel();
     Ok(())
 }

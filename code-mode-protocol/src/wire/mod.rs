@@ -24,6 +24,7 @@
 pub mod codec;
 pub mod fuzz;
 pub mod handshake;
+pub mod tls;
 pub mod transport;
 
 use crate::calls::{SessionCall, SessionReply};

@@ -1,0 +1,375 @@
+//! `code-mode mcp --http`: the streamable-HTTP service in front of the MCP handler.
+//!
+//! It owns what makes the endpoint safe to expose: the start-up policy (a non-loopback
+//! address needs `--allow-remote`, a bearer token, and TLS or `--allow-plaintext-remote`),
+//! TLS (rustls, the settings the runtime's `--listen` loads), the bearer token on every
+//! request (`401` with `WWW-Authenticate: Bearer` without it), `Origin` validation (`403`
+//! for a foreign one; rmcp checks it, with the allow-list set here), the session cap (`503`
+//! to an `initialize` past `--max-sessions`) and the bookkeeping of which session is busy,
+//! which [`super::expiry`] uses to shut down idle ones. Only `/mcp` is served.
+
+use super::auth::{BearerToken, Verdict};
+use super::expiry::{ExpiringSessions, InFlight};
+use super::server::{CodeModeServer, Shared};
+use crate::Failure;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The one path served.
+const ENDPOINT: &str = "/mcp";
+
+/// The header that names a request's MCP session.
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// How long a client may take for its TLS handshake, and for sending a request's headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an idle session lives by default: half an hour, long enough for a person
+/// who steps away from an agent in the middle of a task, short enough that abandoned
+/// sessions do not pile up over a working day.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1800;
+
+/// How many sessions may be open at once by default, sized for the 2-core, 24 GiB
+/// machines this runs on. At rest a session costs about 1.3 MiB (its parked isolate and
+/// host state); the bound is the worst case in which every session has a cell at the
+/// default heap limit (128 MiB of heap plus 64 MiB of `ArrayBuffer`s): 100 such cells
+/// take about 19 GiB, which leaves the rest of the machine room.
+pub const DEFAULT_MAX_SESSIONS: usize = 100;
+
+/// Browser origins allowed by default on a loopback address: pages served from this
+/// machine. A non-loopback address allows none unless `--allowed-origin` names them.
+const LOOPBACK_ORIGINS: [&str; 6] = [
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://localhost:*",
+    "https://127.0.0.1:*",
+    "https://[::1]:*",
+];
+
+/// What `--http` was asked to do.
+pub struct HttpOptions {
+    pub address: SocketAddr,
+    pub allow_remote: bool,
+    pub allow_plaintext_remote: bool,
+    pub auth_token_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub allowed_origins: Vec<String>,
+    pub idle_timeout: Duration,
+    pub max_sessions: usize,
+}
+
+/// The settings the policy accepted, loaded.
+pub struct Checked {
+    token: Option<BearerToken>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl HttpOptions {
+    /// Loads the token and TLS files and applies the start-up policy; every refusal says
+    /// what to add. Runs before anything starts.
+    pub fn check(&self) -> Result<Checked, Failure> {
+        let address = self.address;
+        let remote = !address.ip().is_loopback();
+        if remote && !self.allow_remote {
+            return Err(Failure::usage(format!(
+                "--http {address} is not a loopback address; add --allow-remote to serve other machines"
+            )));
+        }
+        let token =
+            BearerToken::configured(self.auth_token_file.as_deref()).map_err(Failure::usage)?;
+        if remote && token.is_none() {
+            return Err(Failure::usage(format!(
+                "--http {address} serves other machines, so it needs a credential: put a bearer \
+                 token (e.g. from `openssl rand -hex 32`) in a file and pass --auth-token-file FILE, \
+                 or set {}; clients then send `Authorization: Bearer <token>`",
+                super::auth::TOKEN_ENV
+            )));
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                code_mode_protocol::wire::tls::server_config(
+                    &code_mode_protocol::wire::tls::TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        client_ca: None,
+                    },
+                    &[b"http/1.1"],
+                )
+                .map_err(|error| Failure::usage(error.to_string()))?,
+            ),
+            (None, None) => None,
+            _ => {
+                return Err(Failure::usage("--tls-cert and --tls-key go together"));
+            }
+        };
+        if remote && tls.is_none() && !self.allow_plaintext_remote {
+            return Err(Failure::usage(format!(
+                "--http {address} serves other machines without TLS, so the token and every script \
+                 would cross the network in the clear: pass --tls-cert and --tls-key, or \
+                 --allow-plaintext-remote if a TLS-terminating proxy stands in front"
+            )));
+        }
+        Ok(Checked { token, tls })
+    }
+
+    /// rmcp's settings: Host and Origin validation, no keep-alive of its own.
+    fn service_config(&self, stop: &CancellationToken) -> StreamableHttpServerConfig {
+        let mut config = StreamableHttpServerConfig::default()
+            .with_cancellation_token(stop.clone())
+            .with_sse_keep_alive(Some(Duration::from_secs(15)))
+            .enforce_origin_validation();
+        let mut origins = self.allowed_origins.clone();
+        if self.address.ip().is_loopback() {
+            origins.extend(LOOPBACK_ORIGINS.iter().map(|origin| (*origin).to_owned()));
+        } else {
+            // Any name may reach a remote address; the token, not the Host header, is what
+            // keeps strangers out there.
+            config = config.disable_allowed_hosts();
+        }
+        config.with_allowed_origins(origins)
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+type Service = StreamableHttpService<CodeModeServer, ExpiringSessions>;
+
+/// What every request is checked against.
+struct Front {
+    service: Service,
+    sessions: Arc<ExpiringSessions>,
+    token: Option<BearerToken>,
+}
+
+/// Serves until Ctrl-C.
+pub(super) async fn serve(
+    shared: &Arc<Shared>,
+    options: &HttpOptions,
+    checked: Checked,
+) -> Result<(), Failure> {
+    let address = options.address;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| Failure::runtime(format!("cannot listen on {address}: {error}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| Failure::runtime(error.to_string()))?;
+    let stop = CancellationToken::new();
+    let sessions = Arc::new(ExpiringSessions::new(
+        options.max_sessions,
+        options.idle_timeout,
+    ));
+    let factory_shared = Arc::clone(shared);
+    let service = StreamableHttpService::new(
+        move || Ok(CodeModeServer::new(&factory_shared)),
+        Arc::clone(&sessions),
+        options.service_config(&stop),
+    );
+    let front = Arc::new(Front {
+        service,
+        sessions: Arc::clone(&sessions),
+        token: checked.token,
+    });
+    let acceptor = checked.tls.map(tokio_rustls::TlsAcceptor::from);
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    eprintln!("code-mode mcp: serving streamable HTTP on {scheme}://{bound}{ENDPOINT}");
+    if !address.ip().is_loopback() && acceptor.is_none() {
+        eprintln!(
+            "code-mode mcp: warning: serving {bound} without TLS (--allow-plaintext-remote): the \
+             bearer token and every script cross the network in the clear unless a proxy encrypts them"
+        );
+    }
+    tracing::info!(
+        max_sessions = options.max_sessions,
+        idle_timeout_secs = options.idle_timeout.as_secs(),
+        token = front.token.is_some(),
+        "MCP HTTP service started"
+    );
+    tokio::spawn(Arc::clone(&sessions).reap(stop.clone()));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let front = Arc::clone(&front);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve_connection(front, stream).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(front, tls).await,
+                        Ok(Err(error)) => {
+                            tracing::info!(%peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    stop.cancel();
+    Ok(())
+}
+
+/// One HTTP/1.1 connection.
+async fn serve_connection<S>(front: Arc<Front>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let handler = hyper::service::service_fn(move |request| {
+        let front = Arc::clone(&front);
+        async move { Ok::<_, Infallible>(handle(&front, request).await) }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    if let Err(error) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(io, handler)
+        .await
+    {
+        tracing::debug!(%error, "HTTP connection ended");
+    }
+}
+
+/// One request, checked in order: credentials, path, session cap, then rmcp (which checks
+/// Host, Origin, the session id and the MCP message).
+async fn handle(
+    front: &Front,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Body> {
+    if let Some(token) = &front.token {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        match token.check(authorization) {
+            Verdict::Accepted => {}
+            verdict => return unauthorized(verdict),
+        }
+    }
+    if request.uri().path() != ENDPOINT {
+        return plain(
+            http::StatusCode::NOT_FOUND,
+            "not found: the MCP endpoint is /mcp",
+        );
+    }
+    let method = request.method().clone();
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let in_flight = match (&session, &method) {
+        (None, &http::Method::POST) if front.sessions.full() => return too_many_sessions(front),
+        (Some(id), &http::Method::GET) => {
+            front.sessions.touch(id);
+            None
+        }
+        (Some(id), _) => front.sessions.begin(id),
+        (None, _) => None,
+    };
+    let mut service = front.service.clone();
+    let response = match tower_service::Service::call(&mut service, request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    finish(response, &method, in_flight)
+}
+
+/// The response as sent: the session's request stays in flight until its body ends, and a
+/// session `DELETE` is answered `200` (rmcp says `202`, which the official SDKs log as a
+/// failed termination).
+fn finish(
+    response: hyper::Response<Body>,
+    method: &http::Method,
+    in_flight: Option<InFlight>,
+) -> hyper::Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    if method == http::Method::DELETE && parts.status == http::StatusCode::ACCEPTED {
+        parts.status = http::StatusCode::OK;
+    }
+    let body = match in_flight {
+        None => body,
+        Some(guard) => body
+            .map_frame(move |frame| {
+                let _held = &guard;
+                frame
+            })
+            .boxed(),
+    };
+    hyper::Response::from_parts(parts, body)
+}
+
+fn plain(status: http::StatusCode, text: &'static str) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// `401`, with the challenge of RFC 6750: no credentials, or a wrong token.
+fn unauthorized(verdict: Verdict) -> hyper::Response<Body> {
+    let (challenge, text) = match verdict {
+        Verdict::Wrong => (
+            r#"Bearer realm="code-mode", error="invalid_token", error_description="the bearer token is not valid""#,
+            "unauthorized: the bearer token is not valid",
+        ),
+        _ => (
+            r#"Bearer realm="code-mode""#,
+            "unauthorized: send the server's token as `Authorization: Bearer <token>`",
+        ),
+    };
+    let mut response = plain(http::StatusCode::UNAUTHORIZED, text);
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// `503` to a new session past the cap, as a JSON-RPC error an MCP client shows.
+fn too_many_sessions(front: &Front) -> hyper::Response<Body> {
+    let max = front.sessions.max_sessions();
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": -32000,
+            "message": format!(
+                "code-mode mcp has {max} sessions open, its limit (--max-sessions); close one \
+                 (HTTP DELETE) or try again once an idle one has expired"
+            ),
+        }
+    });
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("30"),
+    );
+    response
+}
