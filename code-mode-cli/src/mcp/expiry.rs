@@ -126,15 +126,14 @@ impl ExpiringSessions {
                 () = stop.cancelled() => return,
             }
             for id in self.expired() {
-                if let Err(error) = self.close_session(&id).await {
-                    tracing::warn!(session = %id, %error, "closing an idle MCP session failed");
-                }
                 tracing::info!(
                     session = %id,
                     idle_secs = self.idle_timeout.as_secs_f64(),
-                    open = self.open(),
-                    "MCP session closed after its idle timeout"
+                    "MCP session idle past its timeout: shutting it down"
                 );
+                if let Err(error) = self.close_session(&id).await {
+                    tracing::warn!(session = %id, %error, "closing an idle MCP session failed");
+                }
             }
         }
     }
@@ -197,7 +196,7 @@ impl SessionManager for ExpiringSessions {
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
         let removed = lock(&self.activity).remove(id).is_some();
         if removed {
-            tracing::debug!(session = %id, open = self.open(), "MCP session closed");
+            tracing::info!(session = %id, open = self.open(), "MCP session closed");
         }
         Ok(self.local.close_session(id).await?)
     }

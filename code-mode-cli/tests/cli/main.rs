@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 mod mcp;
+mod mcp_http;
 
 const BIN: &str = env!("CARGO_BIN_EXE_code-mode");
 

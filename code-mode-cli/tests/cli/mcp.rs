@@ -3,6 +3,7 @@
 //! the official Python SDK driving `code-mode mcp`. The npm and Python parts are installed
 //! by `scripts/test-deps.sh`, pinned in `code-mode-cli/tests/mcp/`.
 
+use super::mcp_http::HttpServer;
 use super::{BIN, JsonlServer, Scratch, code_mode, project_root, run_example, text};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -27,11 +28,11 @@ fn fixture() -> PathBuf {
 }
 
 /// Where `scripts/test-deps.sh` installs the npm servers and the Python SDK.
-fn deps() -> PathBuf {
+pub(super) fn deps() -> PathBuf {
     project_root().join("code-mode-cli/tests/mcp")
 }
 
-fn dep(relative: &str) -> PathBuf {
+pub(super) fn dep(relative: &str) -> PathBuf {
     let path = deps().join(relative);
     assert!(
         path.exists(),
@@ -52,7 +53,7 @@ fn tools_file(scratch: &Scratch, body: &str) -> PathBuf {
 }
 
 /// A tools file with the fixture server alone, as `fx`.
-fn one_fixture(scratch: &Scratch) -> PathBuf {
+pub(super) fn one_fixture(scratch: &Scratch) -> PathBuf {
     tools_file(
         scratch,
         "[[mcp_server]]\nname = \"fx\"\ncommand = \"FIXTURE\"\n",
@@ -438,7 +439,7 @@ fn the_everything_server_from_npm() {
 }
 
 /// Runs the Python SDK driver against `code-mode mcp` and returns what it saw.
-fn drive(args: &[&str]) -> Value {
+pub(super) fn drive(args: &[&str]) -> Value {
     let python = dep(".venv/bin/python");
     let output = Command::new(python)
         .arg(deps().join("drive_code_mode.py"))
@@ -456,7 +457,7 @@ fn drive(args: &[&str]) -> Value {
     serde_json::from_str(&stdout).expect("the driver's JSON")
 }
 
-fn check_driven(seen: &Value) {
+pub(super) fn check_driven(seen: &Value) {
     assert_eq!(seen["tools"], serde_json::json!(["exec", "wait"]), "{seen}");
     let description = seen["exec_description"].as_str().unwrap();
     assert!(
@@ -525,54 +526,20 @@ fn the_python_sdk_drives_code_mode_mcp_over_stdio() {
     check_driven(&drive(&["stdio", BIN, tools.to_str().unwrap()]));
 }
 
-/// A `code-mode mcp --http` process, killed on drop.
-struct HttpServer {
-    child: std::process::Child,
-    url: String,
-}
-
-impl HttpServer {
-    fn start(args: &[&str]) -> Result<Self, String> {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn code-mode mcp --http");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        let Some(url) = first.strip_prefix("code-mode mcp: serving streamable HTTP on ") else {
-            let _ = child.kill();
-            let status = child.wait().unwrap();
-            return Err(format!("{first} ({status})"));
-        };
-        let url = url.to_owned();
-        // Keep draining stderr so that the server never blocks on it.
-        std::thread::spawn(move || lines.for_each(drop));
-        Ok(Self { child, url })
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn the_python_sdk_drives_code_mode_mcp_over_http() {
     let scratch = Scratch::new();
     let tools = one_fixture(&scratch);
-    let server = HttpServer::start(&[
-        "mcp",
-        "--tools",
-        tools.to_str().unwrap(),
-        "--http",
-        "127.0.0.1:0",
-    ])
+    let server = HttpServer::start(
+        &[
+            "mcp",
+            "--tools",
+            tools.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
     .expect("the server starts");
     assert!(server.url.starts_with("http://127.0.0.1:") && server.url.ends_with("/mcp"));
     check_driven(&drive(&["http", &server.url]));
@@ -599,12 +566,6 @@ fn the_python_sdk_drives_code_mode_mcp_over_http() {
     let other = server.url.replace("/mcp", "/other");
     let status = drive_status(&other);
     assert_eq!(status, 404);
-
-    // A non-loopback address needs --allow-remote.
-    let refused = HttpServer::start(&["mcp", "--http", "0.0.0.0:0"])
-        .err()
-        .expect("refused");
-    assert!(refused.contains("--allow-remote"), "{refused}");
 }
 
 /// The HTTP status of a GET, through Python's standard library.

@@ -1,7 +1,7 @@
 """Drives `code-mode mcp` with the official Python MCP SDK, as any MCP client would.
 
     drive_code_mode.py stdio <code-mode> <tools.toml>
-    drive_code_mode.py http <url>
+    drive_code_mode.py http <url> [<token> [<ca.pem>]]   (a bearer token; HTTPS with a test CA)
 
 Lists the tools, runs a cell with `exec` that calls a nested MCP tool, prints, yields and
 keeps running; `wait`s for the rest; checks that a stored value outlives the cell within
@@ -10,10 +10,13 @@ request asks for progress. Prints one JSON object with what it saw; the Rust tes
 """
 
 import json
+import ssl
 import sys
 
 import anyio
+import httpx2
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 CELL = """
 const echoed = await tools.mcp__fx__echo({ text: "from python" });
@@ -97,6 +100,15 @@ def main():
         server = StdioServerParameters(
             command=sys.argv[2], args=["mcp", "--tools", sys.argv[3]]
         )
+    elif mode == "http" and len(sys.argv) > 3:
+        # As an agent's MCP config does it: the token in a header, the server's CA trusted.
+        ca = sys.argv[4] if len(sys.argv) > 4 else None
+        http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {sys.argv[3]}"},
+            verify=ssl.create_default_context(cafile=ca) if ca else True,
+            timeout=httpx2.Timeout(30, read=300),
+        )
+        server = streamable_http_client(sys.argv[2], http_client=http)
     elif mode == "http":
         server = sys.argv[2]
     else:

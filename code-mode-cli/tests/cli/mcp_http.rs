@@ -1,0 +1,535 @@
+//! `code-mode mcp --http` as a service, with real parts: the official Python SDK and raw
+//! HTTP requests (`code-mode-cli/tests/mcp/http_service.py`) against the real binary, over
+//! HTTPS with a test CA where TLS is the point. Credentials, start-up refusals, `Origin`,
+//! the session cap, idle expiry of abandoned sessions (runtime threads, the server's
+//! session count and memory checked from `/proc`).
+
+use super::mcp::{check_driven, dep, deps, drive, one_fixture};
+use super::{BIN, Scratch, text};
+use code_mode_conformance::remote::Pki;
+use serde_json::Value;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The bearer token of these tests.
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A `code-mode mcp --http` process, killed on drop; its stderr is kept.
+pub(super) struct HttpServer {
+    child: std::process::Child,
+    pub(super) url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpServer {
+    /// Starts the server and waits for its `serving ... on <url>` line; the error is
+    /// everything it printed before it exited.
+    pub(super) fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("CODE_MODE_MCP_TOKEN")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn code-mode mcp --http");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut before = Vec::new();
+        let url = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let status = child.wait().unwrap();
+                return Err(format!("{} ({status})", before.join("\n")));
+            };
+            if let Some(url) = line.strip_prefix("code-mode mcp: serving streamable HTTP on ") {
+                break url.to_owned();
+            }
+            before.push(line);
+        };
+        let log = Arc::new(Mutex::new(before));
+        let kept = Arc::clone(&log);
+        // Keep draining stderr so that the server never blocks on it.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Ok(Self { child, url, log })
+    }
+
+    /// The URL to connect to: a server on 0.0.0.0 is reached through loopback.
+    fn local_url(&self) -> String {
+        self.url.replace("0.0.0.0", "127.0.0.1")
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits (up to `limit`) for a log line containing `needle` after line `from`.
+    fn wait_for_log(&self, from: usize, needle: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let log = self.log.lock().unwrap();
+            if log[from.min(log.len())..]
+                .iter()
+                .any(|line| line.contains(needle))
+            {
+                return true;
+            }
+            drop(log);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// The runtime process the server started (its one child).
+    fn runtime_pid(&self) -> u32 {
+        let pid = self.child.id();
+        let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+            .flat_map(|list| {
+                list.split_whitespace()
+                    .filter_map(|child| child.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        assert_eq!(children.len(), 1, "one runtime process: {children:?}");
+        children[0]
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many threads a process has.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// A process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Runs `http_service.py <mode> <url> <args>` and returns its JSON.
+fn service(mode: &str, url: &str, args: &[&str]) -> Value {
+    let output = Command::new(dep(".venv/bin/python"))
+        .arg(deps().join("http_service.py"))
+        .args([mode, url])
+        .args(args)
+        .output()
+        .expect("run http_service.py");
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{mode}: stdout: {stdout}\nstderr: {}",
+        text(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{mode}: not JSON: {stdout}"))
+}
+
+/// Certificates for `localhost` and `127.0.0.1`, and the token file.
+struct Files {
+    scratch: Scratch,
+    ca: String,
+    cert: String,
+    key: String,
+    token: String,
+}
+
+fn files() -> Files {
+    let scratch = Scratch::new();
+    let pki = Pki::default();
+    let server = pki.server();
+    let path = |name: &str, contents: &str| scratch.write(name, contents).display().to_string();
+    Files {
+        ca: path("ca.pem", &pki.ca_pem()),
+        cert: path("server.pem", &server.cert_pem),
+        key: path("server.key", &server.key_pem),
+        token: path("token", &format!("{TOKEN}\n")),
+        scratch,
+    }
+}
+
+#[test]
+fn off_loopback_it_needs_a_token_and_tls_and_then_serves_the_sdk_over_https() {
+    let files = files();
+    let refused = |args: &[&str], env: &[(&str, &str)]| {
+        HttpServer::start(args, env)
+            .err()
+            .expect("refused to start")
+    };
+    // Each refusal says what to add.
+    let no_flag = refused(&["mcp", "--http", "0.0.0.0:0"], &[]);
+    assert!(no_flag.contains("--allow-remote"), "{no_flag}");
+    let no_token = refused(&["mcp", "--http", "0.0.0.0:0", "--allow-remote"], &[]);
+    assert!(
+        no_token.contains("needs a credential")
+            && no_token.contains("--auth-token-file")
+            && no_token.contains("CODE_MODE_MCP_TOKEN")
+            && no_token.contains("exit status: 2"),
+        "{no_token}"
+    );
+    let no_tls = refused(
+        &["mcp", "--http", "0.0.0.0:0", "--allow-remote"],
+        &[("CODE_MODE_MCP_TOKEN", TOKEN)],
+    );
+    assert!(
+        no_tls.contains("--tls-cert") && no_tls.contains("--allow-plaintext-remote"),
+        "{no_tls}"
+    );
+    let weak = refused(
+        &["mcp", "--http", "127.0.0.1:0"],
+        &[("CODE_MODE_MCP_TOKEN", "guessable")],
+    );
+    assert!(weak.contains("at least 16"), "{weak}");
+    let forever = refused(
+        &[
+            "mcp",
+            "--http",
+            "127.0.0.1:0",
+            "--session-idle-timeout-secs",
+            "0",
+        ],
+        &[],
+    );
+    assert!(forever.contains("at least 1"), "{forever}");
+    let unreadable = refused(
+        &[
+            "mcp",
+            "--http",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            &files.key,
+        ],
+        &[],
+    );
+    assert!(unreadable.contains("/nonexistent.pem"), "{unreadable}");
+
+    // Plaintext off loopback only when asked, with a warning.
+    let plaintext = HttpServer::start(
+        &[
+            "mcp",
+            "--http",
+            "0.0.0.0:0",
+            "--allow-remote",
+            "--allow-plaintext-remote",
+            "--auth-token-file",
+            &files.token,
+        ],
+        &[],
+    )
+    .expect("starts");
+    assert!(
+        plaintext.url.starts_with("http://0.0.0.0:"),
+        "{}",
+        plaintext.url
+    );
+    assert!(
+        plaintext.wait_for_log(0, "without TLS", Duration::from_secs(10)),
+        "{}",
+        plaintext.log()
+    );
+    drop(plaintext);
+
+    // Remote with a token over HTTPS: the official SDK works unchanged given the token
+    // and the CA, and is refused without the token.
+    let scratch = Scratch::new();
+    let tools = one_fixture(&scratch);
+    let server = HttpServer::start(
+        &[
+            "mcp",
+            "--tools",
+            tools.to_str().unwrap(),
+            "--http",
+            "0.0.0.0:0",
+            "--allow-remote",
+            "--auth-token-file",
+            &files.token,
+            "--tls-cert",
+            &files.cert,
+            "--tls-key",
+            &files.key,
+        ],
+        &[],
+    )
+    .expect("starts with a token and TLS");
+    assert!(server.url.starts_with("https://0.0.0.0:"), "{}", server.url);
+    let url = server.local_url();
+    check_driven(&drive(&["http", &url, TOKEN, &files.ca]));
+
+    let without = service("sdk", &url, &["--ca", &files.ca]);
+    assert!(
+        without["error"].as_str().is_some(),
+        "the SDK fails without the token: {without}"
+    );
+    let missing = service("probe", &url, &["--ca", &files.ca]);
+    assert_eq!(missing["status"], 401, "{missing}");
+    assert_eq!(missing["www_authenticate"], r#"Bearer realm="code-mode""#);
+    let wrong = service(
+        "probe",
+        &url,
+        &["--ca", &files.ca, "--token", "test-token-0123456789abcdeg"],
+    );
+    assert_eq!(wrong["status"], 401, "{wrong}");
+    assert!(
+        wrong["www_authenticate"]
+            .as_str()
+            .unwrap()
+            .contains(r#"error="invalid_token""#),
+        "{wrong}"
+    );
+    // Credentials are checked before anything else: no path is revealed either.
+    let elsewhere = service(
+        "probe",
+        &url.replace("/mcp", "/other"),
+        &["--ca", &files.ca],
+    );
+    assert_eq!(elsewhere["status"], 401, "{elsewhere}");
+    let right = service("sdk", &url, &["--ca", &files.ca, "--token", TOKEN]);
+    assert_eq!(
+        right["exec"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .rsplit('\n')
+            .next(),
+        Some("42"),
+        "{right}"
+    );
+    // The session DELETE the SDK sends on close is answered as it expects.
+    assert_eq!(right["warnings"], serde_json::json!([]), "{right}");
+    // A client that does not trust the server's CA does not get through the handshake.
+    let untrusted = service("sdk", &url, &["--token", TOKEN]);
+    assert!(untrusted["error"].as_str().is_some(), "{untrusted}");
+    drop(files.scratch);
+}
+
+#[test]
+fn a_foreign_origin_is_refused() {
+    let files = files();
+    let server = HttpServer::start(
+        &[
+            "mcp",
+            "--http",
+            "127.0.0.1:0",
+            "--auth-token-file",
+            &files.token,
+            "--allowed-origin",
+            "https://app.example:8443",
+        ],
+        &[],
+    )
+    .expect("starts");
+    let url = server.url.clone();
+    let status = |origin: Option<&str>| {
+        let mut args = vec!["--token", TOKEN];
+        let header;
+        if let Some(origin) = origin {
+            header = format!("Origin:{origin}");
+            args.extend(["--header", header.as_str()]);
+        }
+        service("probe", &url, &args)["status"].as_u64().unwrap()
+    };
+    assert_eq!(status(Some("http://evil.example")), 403);
+    assert_eq!(status(Some("https://app.example:9999")), 403);
+    assert_eq!(status(Some("null")), 403);
+    assert_eq!(status(Some("https://app.example:8443")), 200);
+    // Pages of this machine, on a loopback server; and non-browser clients (no Origin).
+    assert_eq!(status(Some("http://localhost:5173")), 200);
+    assert_eq!(status(None), 200);
+    // On loopback a configured token is required too.
+    let missing = service("probe", &url, &[]);
+    assert_eq!(missing["status"], 401, "{missing}");
+}
+
+#[test]
+fn the_session_cap_refuses_new_sessions_and_keeps_the_open_ones() {
+    let server = HttpServer::start(
+        &["mcp", "--http", "127.0.0.1:0", "--max-sessions", "2"],
+        &[],
+    )
+    .expect("starts");
+    let seen = service("cap", &server.url, &[]);
+    let third = &seen["third"];
+    assert_eq!(third["status"], 503, "{seen}");
+    assert_eq!(third["retry_after"], "30", "{seen}");
+    let body: Value = serde_json::from_str(third["body"].as_str().unwrap()).unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("2 sessions open") && message.contains("--max-sessions"),
+        "{message}"
+    );
+    // The sessions that were open kept working, each with its own stored value.
+    assert!(
+        seen["first_after"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("\nOutput:\nfirst"),
+        "{seen}"
+    );
+    assert!(
+        seen["second_after"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("\nOutput:\nsecond"),
+        "{seen}"
+    );
+    // Closing one freed its place.
+    assert_eq!(seen["fourth"]["status"], 200, "{seen}");
+    assert_eq!(seen["warnings"], serde_json::json!([]), "{seen}");
+}
+
+#[test]
+fn a_session_busy_longer_than_the_idle_timeout_is_kept() {
+    let server = HttpServer::start(
+        &[
+            "mcp",
+            "--http",
+            "127.0.0.1:0",
+            "--session-idle-timeout-secs",
+            "1",
+        ],
+        &[],
+    )
+    .expect("starts");
+    // One `exec` runs 2.5 s, with no message in between; the session outlives it.
+    let long = service("long", &server.url, &["2500"]);
+    assert!(
+        long["slept"][0]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("\nOutput:\nslept"),
+        "{long}"
+    );
+    assert!(
+        long["after"][0]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("\nOutput:\n1"),
+        "{long}"
+    );
+}
+
+#[test]
+fn abandoned_sessions_are_shut_down_after_the_idle_timeout() {
+    const SESSIONS: usize = 300;
+    // Long enough that most of the 300 are still open when the last one has run its cell
+    // (opening them takes seconds in a debug build), short enough for a test.
+    const IDLE_SECS: u64 = 12;
+    let server = HttpServer::start(
+        &[
+            "-v",
+            "mcp",
+            "--http",
+            "127.0.0.1:0",
+            "--session-idle-timeout-secs",
+            &IDLE_SECS.to_string(),
+            "--max-sessions",
+            &SESSIONS.to_string(),
+        ],
+        &[],
+    )
+    .expect("starts");
+    let url = server.url.clone();
+    let scratch = Scratch::new();
+
+    // The baseline: the runtime (started by the first cell) with no session open.
+    let mut mark = server.log_len();
+    let first = service("sdk", &url, &[]);
+    assert_eq!(
+        first["tools"],
+        serde_json::json!(["exec", "wait"]),
+        "{first}"
+    );
+    assert!(
+        server.wait_for_log(mark, "open=0", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    let runtime = server.runtime_pid();
+    let base_threads = threads(runtime);
+    let host = server.child.id();
+
+    let mut host_rss = Vec::new();
+    let mut runtime_rss = Vec::new();
+    for round in 0..2 {
+        mark = server.log_len();
+        let opened = service("abandon", &url, &[&SESSIONS.to_string()]);
+        let ids: Vec<String> = serde_json::from_value(opened["sessions"].clone()).unwrap();
+        assert_eq!(ids.len(), SESSIONS);
+        // Each holds a parked isolate on a thread of its own, so the count below can tell
+        // sessions that are gone from sessions that are not.
+        let peak = threads(runtime);
+        assert!(
+            peak >= base_threads + SESSIONS / 2,
+            "round {round}: {peak} threads, {base_threads} at rest"
+        );
+
+        // Abandoned: after the idle timeout each is shut down.
+        assert!(
+            server.wait_for_log(mark, "open=0", Duration::from_secs(IDLE_SECS * 5)),
+            "round {round}: {}",
+            server.log()
+        );
+        let list = scratch.write("ids.json", &serde_json::to_string(&ids).unwrap());
+        let gone = service("gone", &url, &[list.to_str().unwrap()]);
+        assert_eq!(
+            gone["statuses"],
+            serde_json::json!({"404": SESSIONS}),
+            "round {round}"
+        );
+        // Their threads and isolates went with them.
+        let started = Instant::now();
+        while threads(runtime) > base_threads + 4 && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let after = threads(runtime);
+        assert!(
+            after <= base_threads + 4,
+            "round {round}: {after} threads, {base_threads} at rest"
+        );
+        host_rss.push(rss_kib(host));
+        runtime_rss.push(rss_kib(runtime));
+        eprintln!(
+            "round {round}: runtime threads {base_threads} at rest, {peak} with {SESSIONS} sessions, \
+             {after} after expiry; RSS server {} KiB, runtime {} KiB",
+            host_rss[round], runtime_rss[round]
+        );
+    }
+    // Memory is bounded: a second round of abandoned sessions leaves no more behind than
+    // the first (what the allocator kept after round one is reused, not added to).
+    let grown = |figures: &[u64]| figures[1].saturating_sub(figures[0]);
+    assert!(grown(&host_rss) < 16 * 1024, "server RSS {host_rss:?} KiB");
+    assert!(
+        grown(&runtime_rss) < 64 * 1024,
+        "runtime RSS {runtime_rss:?} KiB"
+    );
+    // Every place is free again.
+    assert_eq!(service("probe", &url, &[])["status"], 200);
+}

@@ -1,0 +1,261 @@
+"""Checks `code-mode mcp --http` as a service: credentials, Origin, the session cap and idle
+expiry. Each mode prints one JSON object; the Rust tests assert on it.
+
+    http_service.py probe <url> [--token T] [--ca PEM] [--header NAME:VALUE]... [--session ID] [--close]
+        one `initialize` (or, with --session, `tools/list`) with these headers: its status,
+        challenge, session id and body; --close ends the session it opened (DELETE)
+    http_service.py sdk <url> [--token T] [--ca PEM]
+        the official SDK lists the tools and runs a cell; an error is reported, not raised
+    http_service.py abandon <url> <n> [--token T]
+        opens n sessions, runs a cell in each (it stores a value) and leaves without DELETE
+    http_service.py gone <url> <ids.json> [--token T]
+        the status a request naming each of those sessions gets now
+    http_service.py long <url> <ms> [--token T]
+        an SDK session whose one `exec` runs for <ms> (longer than the idle timeout), then
+        a second `exec` in the same session
+    http_service.py cap <url> [--token T]
+        with --max-sessions 2: two SDK sessions, a third refused, the first two still
+        working, then a place freed by closing one
+"""
+
+import asyncio
+import json
+import logging
+import ssl
+import sys
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "http_service.py", "version": "1"},
+    },
+}
+
+
+class Warnings(logging.Handler):
+    """What the SDK logs at warning level or above (e.g. a failed session termination)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = []
+
+    def emit(self, record):
+        self.seen.append(record.getMessage())
+
+
+WARNINGS = Warnings()
+logging.getLogger("mcp").addHandler(WARNINGS)
+
+
+def options(args):
+    """--token, --ca, --header and --session from the argument list."""
+    parsed = {"token": None, "ca": None, "headers": {}, "session": None, "close": False, "rest": []}
+    i = 0
+    while i < len(args):
+        if args[i] == "--token":
+            parsed["token"] = args[i + 1]
+            i += 2
+        elif args[i] == "--ca":
+            parsed["ca"] = args[i + 1]
+            i += 2
+        elif args[i] == "--header":
+            name, value = args[i + 1].split(":", 1)
+            parsed["headers"][name] = value
+            i += 2
+        elif args[i] == "--close":
+            parsed["close"] = True
+            i += 1
+        elif args[i] == "--session":
+            parsed["session"] = args[i + 1]
+            i += 2
+        else:
+            parsed["rest"].append(args[i])
+            i += 1
+    return parsed
+
+
+def http_client(opts, **extra):
+    headers = dict(extra.pop("headers", {}))
+    if opts["token"]:
+        headers["Authorization"] = f"Bearer {opts['token']}"
+    verify = ssl.create_default_context(cafile=opts["ca"]) if opts["ca"] else True
+    return httpx2.AsyncClient(
+        headers=headers, verify=verify, timeout=httpx2.Timeout(30, read=120), **extra
+    )
+
+
+def sse_message(text):
+    """The JSON-RPC message of an SSE (or plain JSON) response body."""
+    for line in text.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            return json.loads(line[5:])
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+async def probe(url, opts):
+    async with http_client(opts) as client:
+        headers = {**ACCEPT, **opts["headers"]}
+        if opts["session"]:
+            headers["Mcp-Session-Id"] = opts["session"]
+            body = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        else:
+            body = INITIALIZE
+        response = await client.post(url, headers=headers, json=body)
+        text = (await response.aread()).decode(errors="replace")
+        closed = None
+        if opts["close"] and response.headers.get("mcp-session-id"):
+            deleted = await client.delete(
+                url, headers={"Mcp-Session-Id": response.headers["mcp-session-id"]}
+            )
+            closed = deleted.status_code
+        return {
+            "closed": closed,
+            "status": response.status_code,
+            "www_authenticate": response.headers.get("www-authenticate"),
+            "retry_after": response.headers.get("retry-after"),
+            "session_id": response.headers.get("mcp-session-id"),
+            "body": text[:2000],
+        }
+
+
+async def sdk(url, opts):
+    async with http_client(opts) as http:
+        try:
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                listed = await client.list_tools()
+                ran = await client.call_tool("exec", {"code": "text(6 * 7)"})
+                return {
+                    "tools": sorted(tool.name for tool in listed.tools),
+                    "exec": [block.text for block in ran.content if block.type == "text"],
+                    "warnings": WARNINGS.seen,
+                }
+        except BaseException as error:  # an ExceptionGroup from the SDK's task group
+            return {"error": describe(error), "warnings": WARNINGS.seen}
+
+
+def describe(error):
+    """The innermost messages of an exception (group)."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(describe(inner) for inner in error.exceptions)
+    return f"{type(error).__name__}: {error}"
+
+
+async def open_and_abandon(client, url):
+    """initialize, initialized, one cell; no DELETE. Returns the session id."""
+    response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
+    await response.aread()
+    response.raise_for_status()
+    session = response.headers["mcp-session-id"]
+    headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+    notified = await client.post(
+        url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+    )
+    await notified.aread()
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "exec", "arguments": {"code": 'store("k", "x".repeat(1000)); text("ok")'}},
+    }
+    ran = await client.post(url, headers=headers, json=call)
+    message = sse_message((await ran.aread()).decode())
+    text = message["result"]["content"][0]["text"] if message and "result" in message else ""
+    if not text.startswith("Script completed"):
+        raise RuntimeError(f"the cell did not complete: {message}")
+    return session
+
+
+async def abandon(url, count, opts):
+    limit = asyncio.Semaphore(8)
+    async with http_client(opts, limits=httpx2.Limits(max_connections=8)) as client:
+
+        async def one():
+            async with limit:
+                return await open_and_abandon(client, url)
+
+        sessions = await asyncio.gather(*(one() for _ in range(count)))
+    return {"sessions": sessions}
+
+
+async def gone(url, ids, opts):
+    statuses = {}
+    async with http_client(opts) as client:
+        for session in ids:
+            headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+            response = await client.post(
+                url, headers=headers, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+            )
+            await response.aread()
+            statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+    return {"statuses": statuses}
+
+
+async def long(url, ms, opts):
+    cell = f'// @exec: {{"yield_time_ms": 60000}}\nstore("k", 1); await new Promise((r) => setTimeout(r, {ms})); text("slept")'
+    async with http_client(opts) as http:
+        try:
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                slept = await client.call_tool("exec", {"code": cell})
+                after = await client.call_tool("exec", {"code": 'text(load("k"))'})
+                return {
+                    "slept": [b.text for b in slept.content if b.type == "text"],
+                    "after": [b.text for b in after.content if b.type == "text"],
+                }
+        except BaseException as error:
+            return {"error": describe(error)}
+
+
+async def cap(url, opts):
+    seen = {}
+    async with http_client(opts) as http_a, http_client(opts) as http_b:
+        async with Client(streamable_http_client(url, http_client=http_a)) as first:
+            await first.call_tool("exec", {"code": 'store("who", "first")'})
+            async with Client(streamable_http_client(url, http_client=http_b)) as second:
+                await second.call_tool("exec", {"code": 'store("who", "second")'})
+                seen["third"] = await probe(url, opts)
+                again = await first.call_tool("exec", {"code": 'text(load("who"))'})
+                seen["first_after"] = [b.text for b in again.content if b.type == "text"]
+                again = await second.call_tool("exec", {"code": 'text(load("who"))'})
+                seen["second_after"] = [b.text for b in again.content if b.type == "text"]
+            # The second client closed its session (DELETE): a place is free again.
+            seen["fourth"] = await probe(url, opts)
+    seen["warnings"] = WARNINGS.seen
+    return seen
+
+
+def main():
+    mode, url = sys.argv[1], sys.argv[2]
+    opts = options(sys.argv[3:])
+    if mode == "probe":
+        result = asyncio.run(probe(url, opts))
+    elif mode == "sdk":
+        result = asyncio.run(sdk(url, opts))
+    elif mode == "abandon":
+        result = asyncio.run(abandon(url, int(opts["rest"][0]), opts))
+    elif mode == "gone":
+        with open(opts["rest"][0]) as file:
+            ids = json.load(file)
+        result = asyncio.run(gone(url, ids, opts))
+    elif mode == "long":
+        result = asyncio.run(long(url, int(opts["rest"][0]), opts))
+    elif mode == "cap":
+        result = asyncio.run(cap(url, opts))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
