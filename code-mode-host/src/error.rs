@@ -45,4 +45,8 @@ pub enum RemoteError {
     },
     #[error("no code-mode runtime could take the session within {timeout:?}: {details}")]
     NoRuntime { timeout: Duration, details: String },
+    /// Every runtime failed in a way that dialling again cannot fix (a TLS or protocol
+    /// mismatch, a certificate refused): no point waiting out the connect timeout.
+    #[error("no code-mode runtime can take the session: {details}")]
+    Unusable { details: String },
 }

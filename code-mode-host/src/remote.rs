@@ -11,11 +11,12 @@
 //! Nothing is replayed. Connections of the pool share one generation sequence, so cell
 //! ids never collide between runtimes (`1`, `g2:1`, `g3:1`, ...).
 
-use crate::connection::{Connection, Liveness, Peer, Placed};
+use crate::connection::{Connection, HandshakeError, Liveness, Peer, Placed};
 use crate::error::HostError;
 pub use crate::error::RemoteError;
 use crate::provider::{IpcSession, RuntimeSource};
 use code_mode_protocol::sync::lock;
+use code_mode_protocol::wire::FrameError;
 use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, SessionOptions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -158,6 +159,8 @@ struct Slot {
     failures: u32,
     retry_at: Instant,
     last_error: Option<String>,
+    /// The last failure was one dialling again cannot fix (see [`DialFailure`]).
+    hopeless: bool,
 }
 
 impl Slot {
@@ -330,6 +333,7 @@ impl RemoteInner {
                     failures: 0,
                     retry_at: Instant::now(),
                     last_error: None,
+                    hopeless: false,
                 });
             }
         }
@@ -351,6 +355,7 @@ impl RemoteInner {
                 slot.failures += 1;
                 slot.retry_at = now + backoff(slot.failures);
                 slot.last_error = Some("the connection was lost".to_owned());
+                slot.hopeless = false;
             }
             if !slot.resolved || slot.connection.is_some() || slot.connecting || slot.retry_at > now
             {
@@ -371,12 +376,14 @@ impl RemoteInner {
                                 slot.connection = Some(connection);
                                 slot.failures = 0;
                                 slot.last_error = None;
+                                slot.hopeless = false;
                             }
-                            Err(error) => {
-                                tracing::warn!(%address, "cannot reach a code-mode runtime: {error}");
+                            Err(failure) => {
+                                tracing::warn!(%address, "cannot reach a code-mode runtime: {}", failure.text);
                                 slot.failures += 1;
                                 slot.retry_at = Instant::now() + backoff(slot.failures);
-                                slot.last_error = Some(error);
+                                slot.last_error = Some(failure.text);
+                                slot.hopeless = failure.hopeless;
                             }
                         }
                     }
@@ -392,36 +399,37 @@ impl RemoteInner {
         address: SocketAddr,
         host: &str,
         generation: u64,
-    ) -> Result<Arc<Connection>, String> {
+    ) -> Result<Arc<Connection>, DialFailure> {
         let timeout = self.config.connect_timeout;
         let attempt = async {
             let tcp = tokio::net::TcpStream::connect(address)
                 .await
-                .map_err(|error| format!("cannot connect: {error}"))?;
+                .map_err(|error| DialFailure::retry(format!("cannot connect: {error}")))?;
             let _ = tcp.set_nodelay(true);
             let peer = Box::new(RemotePeer { address });
             let liveness = Some(self.config.liveness);
             match &self.config.tls {
                 None => Connection::establish(peer, tcp, generation, liveness)
                     .await
-                    .map_err(|error| error.to_string()),
+                    .map_err(|error| DialFailure::plaintext_handshake(&error)),
                 Some(tls) => {
                     let name = tls.server_name.as_deref().unwrap_or(host).to_owned();
-                    let name = ServerName::try_from(name)
-                        .map_err(|error| format!("invalid TLS server name: {error}"))?;
+                    let name = ServerName::try_from(name).map_err(|error| {
+                        DialFailure::hopeless(format!("invalid TLS server name: {error}"))
+                    })?;
                     let stream = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
                         .connect(name, tcp)
                         .await
-                        .map_err(|error| format!("TLS handshake failed: {error}"))?;
+                        .map_err(|error| DialFailure::tls_handshake(&error))?;
                     Connection::establish(peer, stream, generation, liveness)
                         .await
-                        .map_err(|error| error.to_string())
+                        .map_err(|error| DialFailure::tls_session(&error))
                 }
             }
         };
         tokio::time::timeout(timeout, attempt)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+            .unwrap_or_else(|_| Err(DialFailure::retry(format!("no answer within {timeout:?}"))))
     }
 
     /// The healthy runtime with the fewest sessions, placed on.
@@ -433,6 +441,14 @@ impl RemoteInner {
             .filter(|connection| connection.is_healthy())
             .min_by_key(|connection| connection.placed())
             .map(|connection| Placed::new(Arc::clone(connection)))
+    }
+
+    /// Whether every runtime failed in a way that dialling again cannot fix (none is
+    /// connected, being dialled, or failed for a reason that may pass).
+    fn hopeless(pool: &Pool) -> bool {
+        let mut resolved = pool.slots.iter().filter(|slot| slot.resolved).peekable();
+        resolved.peek().is_some()
+            && resolved.all(|slot| slot.connection.is_none() && !slot.connecting && slot.hopeless)
     }
 
     /// Why no runtime could take a session, runtime by runtime.
@@ -476,6 +492,12 @@ impl RuntimeSource for RemoteInner {
                     this.dial_due(&mut pool);
                     if let Some(placed) = Self::pick(&pool) {
                         return Ok(placed);
+                    }
+                    if Self::hopeless(&pool) {
+                        return Err(RemoteError::Unusable {
+                            details: Self::details(&pool),
+                        }
+                        .into());
                     }
                     if Instant::now() >= deadline {
                         return Err(RemoteError::NoRuntime {
@@ -525,4 +547,114 @@ impl Peer for RemotePeer {
     fn exit_cause(&self, _patience: Duration) -> BoxFuture<'_, String> {
         Box::pin(async { "closed the connection".to_owned() })
     }
+}
+
+/// Why dialling a runtime failed, and whether dialling again can help: a runtime that is
+/// down or busy may come back, but one that speaks TLS to a plaintext host (or the other
+/// way round), refuses this host's certificate, or offers a certificate this host does not
+/// trust will do the same on every attempt. The text says what to change.
+#[derive(Debug)]
+struct DialFailure {
+    text: String,
+    hopeless: bool,
+}
+
+/// What to pass for mutual TLS, in the words of the two ways a host is configured.
+const TLS_FLAGS: &str = "--runtime-ca, --runtime-cert and --runtime-key (code-mode), or \
+    RemoteConfig::new with a ClientTls (Rust)";
+
+impl DialFailure {
+    fn retry(text: String) -> Self {
+        Self {
+            text,
+            hopeless: false,
+        }
+    }
+
+    fn hopeless(text: String) -> Self {
+        Self {
+            text,
+            hopeless: true,
+        }
+    }
+
+    /// A plaintext handshake that failed. A runtime that wants TLS answers the hello with
+    /// a TLS alert and closes: bytes that are no frame, then the end of the stream.
+    fn plaintext_handshake(error: &HandshakeError) -> Self {
+        match error {
+            HandshakeError::Frame(
+                FrameError::Truncated { .. }
+                | FrameError::TooLarge { .. }
+                | FrameError::Decode(_)
+                | FrameError::TrailingBytes { .. },
+            ) => Self::hopeless(format!(
+                "the runtime answered the handshake with something other than the code-mode \
+                 protocol ({error}); it probably wants mutual TLS (it was started with \
+                 --tls-cert, --tls-key and --client-ca): give its CA and this host's client \
+                 certificate with {TLS_FLAGS}"
+            )),
+            other => Self::handshake(other),
+        }
+    }
+
+    /// A TLS handshake that failed: rustls' own verdicts (a certificate not trusted, a
+    /// peer that does not speak TLS, an alert) are final; a broken connection is not.
+    fn tls_handshake(error: &std::io::Error) -> Self {
+        match rustls_error(error) {
+            Some(rustls::Error::InvalidCertificate(reason)) => Self::hopeless(format!(
+                "TLS handshake failed: the runtime's certificate is not trusted ({reason:?}): \
+                 --runtime-ca must be the CA that issued it, and it must name the host dialled"
+            )),
+            Some(rustls::Error::InvalidMessage(_)) => Self::hopeless(format!(
+                "TLS handshake failed ({error}): the runtime does not speak TLS; a runtime \
+                     started with --insecure-loopback is reached without {TLS_FLAGS}"
+            )),
+            Some(rustls::Error::AlertReceived(alert)) => Self::hopeless(format!(
+                "TLS handshake failed: the runtime refused this host (TLS alert {alert:?}): \
+                 this host's client certificate must be issued by the runtime's --client-ca"
+            )),
+            Some(other) => Self::hopeless(format!("TLS handshake failed: {other}")),
+            // A plaintext runtime reads the TLS hello as a frame too large to be one and
+            // closes at once; a runtime that is merely busy or going away refuses the TCP
+            // connection instead.
+            None if error.kind() == std::io::ErrorKind::UnexpectedEof => Self::hopeless(format!(
+                "TLS handshake failed: the runtime closed the connection ({error}); it probably \
+                 does not speak TLS (started with --insecure-loopback): such a runtime is \
+                 reached without {TLS_FLAGS}, on loopback only"
+            )),
+            None => Self::retry(format!("TLS handshake failed: {error}")),
+        }
+    }
+
+    /// The wire handshake after TLS. With TLS 1.3 a runtime that refuses the client
+    /// certificate says so with an alert here, after the TLS handshake seemed to succeed.
+    fn tls_session(error: &HandshakeError) -> Self {
+        if let HandshakeError::Frame(FrameError::Io(io)) = error
+            && let Some(rustls::Error::AlertReceived(alert)) = rustls_error(io)
+        {
+            return Self::hopeless(format!(
+                "the runtime refused this host's client certificate (TLS alert {alert:?}): it \
+                 must be issued by the CA the runtime trusts (its --client-ca)"
+            ));
+        }
+        Self::handshake(error)
+    }
+
+    /// The wire handshake's own failures: a refusal or a mismatch (version skew between
+    /// host and runtime) is final; a timeout or a close may pass.
+    fn handshake(error: &HandshakeError) -> Self {
+        match error {
+            HandshakeError::Refused(_)
+            | HandshakeError::Mismatch(_)
+            | HandshakeError::Unexpected(_) => Self::hopeless(error.to_string()),
+            HandshakeError::Timeout(_) | HandshakeError::Closed(_) | HandshakeError::Frame(_) => {
+                Self::retry(error.to_string())
+            }
+        }
+    }
+}
+
+/// The rustls error inside an I/O error from tokio-rustls, if that is what it is.
+fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+    error.get_ref()?.downcast_ref::<rustls::Error>()
 }

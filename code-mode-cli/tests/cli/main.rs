@@ -178,6 +178,20 @@ fn run_with_the_builtins_in_and_out_of_process() {
         );
         assert_eq!(lines[5], "Script completed");
     }
+    // Without the TLS files, a newcomer is told at once what the runtime wants.
+    let started = std::time::Instant::now();
+    let output = code_mode(&scratch.0, &["run", "cell.js", "--runtime", &endpoint], "");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("probably wants mutual TLS") && stderr.contains("--runtime-cert"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "gave up only after {:?} (the connect timeout is 10 s): {stderr}",
+        started.elapsed()
+    );
 }
 
 #[test]

@@ -231,6 +231,25 @@ async fn a_runtime_that_comes_up_later_is_dialled_again_and_takes_new_sessions()
     assert!(provider.runtimes().iter().all(|runtime| runtime.connected));
 }
 
+/// A session on `endpoint` with `tls` (a 60 s connect timeout): its first cell fails, at
+/// once (a refusal that retrying cannot fix is not waited out), naming the runtime.
+async fn refused_by(endpoint: &str, tls: Option<ClientTls>) -> String {
+    let provider = remote_within(vec![endpoint.to_owned()], tls, Duration::from_secs(60));
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let started = Instant::now();
+    let error = echo_cell(&session, "x").await.unwrap_err().to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited {:?} for a refusal that retrying cannot fix: {error}",
+        started.elapsed()
+    );
+    assert!(
+        error.contains("no code-mode runtime can take the session") && error.contains(endpoint),
+        "{error}"
+    );
+    error
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_without_a_valid_certificate_are_refused_and_the_runtime_keeps_serving() {
     let pki = Pki::default();
@@ -242,39 +261,55 @@ async fn hosts_without_a_valid_certificate_are_refused_and_the_runtime_keeps_ser
     let session = good.open_session(TestDelegate::new(), SessionOptions::default());
     echo_cell(&session, "before").await.unwrap();
 
-    // Plaintext to a TLS runtime: the runtime sees no TLS handshake.
-    let plaintext = remote(vec![runtime.endpoint()], None);
-    let refused = plaintext.open_session(TestDelegate::new(), SessionOptions::default());
-    let error = echo_cell(&refused, "x").await.unwrap_err();
+    // Each refusal is final: the host gives up at once (long before its connect timeout)
+    // and says what to change.
+    let endpoint = runtime.endpoint();
+
+    // Plaintext to a TLS runtime: the runtime answers the hello with a TLS alert.
+    let error = refused_by(&endpoint, None).await;
     assert!(
-        error
-            .to_string()
-            .contains("no code-mode runtime could take the session"),
+        error.contains("probably wants mutual TLS") && error.contains("--runtime-ca"),
         "{error}"
     );
-    assert!(error.to_string().contains(&runtime.endpoint()), "{error}");
 
     // A client certificate from another CA.
     let other = Pki::new("another CA");
     let stranger = other.client("foreign");
-    let foreign = client_tls(&pki, &stranger);
-    let refused = remote(vec![runtime.endpoint()], Some(foreign))
-        .open_session(TestDelegate::new(), SessionOptions::default());
-    let error = echo_cell(&refused, "x").await.unwrap_err();
+    let error = refused_by(&endpoint, Some(client_tls(&pki, &stranger))).await;
     assert!(
-        error.to_string().contains("no code-mode runtime"),
+        error.contains("client certificate") && error.contains("--client-ca"),
         "{error}"
     );
 
     // A host that does not trust the runtime's CA refuses the runtime.
     let member = pki.client("h");
-    let distrusting = client_tls(&other, &member);
-    let refused = remote(vec![runtime.endpoint()], Some(distrusting))
-        .open_session(TestDelegate::new(), SessionOptions::default());
-    let error = echo_cell(&refused, "x").await.unwrap_err();
+    let error = refused_by(&endpoint, Some(client_tls(&other, &member))).await;
     assert!(
-        error.to_string().contains("TLS handshake failed"),
+        error.contains("TLS handshake failed")
+            && error.contains("not trusted")
+            && error.contains("--runtime-ca"),
         "{error}"
+    );
+
+    // TLS to a plaintext runtime.
+    let plain = ListeningRuntime::start(&binary(), &RuntimeOptions::insecure());
+    let provider = remote_within(
+        vec![plain.endpoint()],
+        Some(client_tls(&pki, &member)),
+        Duration::from_secs(60),
+    );
+    let plain_session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let started = Instant::now();
+    let error = echo_cell(&plain_session, "x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(30)
+            && error.contains("no code-mode runtime can take the session")
+            && error.contains("--insecure-loopback"),
+        "{:?}: {error}",
+        started.elapsed()
     );
 
     // No client certificate at all, through rustls directly: the runtime ends the
