@@ -21,6 +21,15 @@ pub use delegate::{Record, TestDelegate};
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeExamples;
 
+/// The Rust examples of the documentation pages the README links to.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/EMBEDDING.md")]
+pub struct EmbeddingExamples;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/REMOTE.md")]
+pub struct RemoteExamples;
+
 use code_mode_protocol::{CodeModeSession, SessionOptions};
 use std::future::Future;
 use std::sync::Arc;

@@ -584,7 +584,7 @@ fn drive_status(url: &str) -> u16 {
 }
 
 #[test]
-fn the_mcp_example_runs_as_the_readme_shows() {
+fn the_mcp_example_runs_as_docs_mcp_shows() {
     dep("node_modules/.bin/mcp-server-filesystem");
     let stdout = run_example("examples/mcp_docs.js", "examples/mcp.toml");
     let lines: Vec<&str> = stdout.lines().collect();
