@@ -58,12 +58,7 @@ pub const MAX_REQUESTS_IN_FLIGHT: usize = 4096;
 /// Most sessions open on one connection at once; more are refused.
 pub const MAX_SESSIONS_PER_CONNECTION: usize = 1024;
 
-/// How a network connection watches its host.
-#[derive(Debug, Clone, Copy)]
-pub struct Liveness {
-    pub ping_interval: Duration,
-    pub timeout: Duration,
-}
+pub use code_mode_protocol::wire::Liveness;
 
 /// How one connection is served.
 #[derive(Debug, Clone)]

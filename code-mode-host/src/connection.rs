@@ -46,27 +46,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a runtime that closed its socket gets to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
-/// How long the reader holds a session's next delegate event back for a caller that has
-/// its answer but does not take it: ordering gives way rather than stalling the reader.
-const ACK_PATIENCE: Duration = Duration::from_secs(1);
+use code_mode_protocol::ACK_PATIENCE;
 
-/// How a connection watches that its runtime is alive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Liveness {
-    /// How often the host pings the runtime.
-    pub ping_interval: Duration,
-    /// No complete frame from the runtime for this long loses the connection.
-    pub timeout: Duration,
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        Self {
-            ping_interval: PING_INTERVAL,
-            timeout: LIVENESS_TIMEOUT,
-        }
-    }
-}
+pub use code_mode_protocol::wire::Liveness;
 
 /// Why the reader stopped.
 enum Ended {

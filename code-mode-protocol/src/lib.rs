@@ -23,7 +23,7 @@ pub use calls::{FromReply, SessionCall, SessionReply};
 pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
-    BoxFuture, CellLimits, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest,
-    NestedToolCall, PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell,
-    WaitRequest,
+    ACK_PATIENCE, BoxFuture, CellLimits, CellResponse, CodeModeSession, CodeModeSessionDelegate,
+    ExecRequest, NestedToolCall, PendingOutcome, SessionError, SessionOptions, StartedCell,
+    StartedPendingCell, WaitRequest,
 };

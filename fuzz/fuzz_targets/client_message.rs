@@ -1,6 +1,9 @@
 //! Arbitrary bytes as a client message body. Run: `cargo fuzz run client_message`.
 #![no_main]
 
+#[path = "../../code-mode-protocol/tests/protocol/fuzz_harness.rs"]
+mod harness;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    code_mode_protocol::wire::fuzz::exercise_client_message(data);
+    harness::exercise_client_message(data);
 });

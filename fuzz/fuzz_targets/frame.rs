@@ -2,6 +2,9 @@
 //! or fail, never panic. Run: `cd fuzz && cargo fuzz run frame -- -runs=1000000`.
 #![no_main]
 
+#[path = "../../code-mode-protocol/tests/protocol/fuzz_harness.rs"]
+mod harness;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    code_mode_protocol::wire::fuzz::exercise_decoders(data);
+    harness::exercise_decoders(data);
 });

@@ -1,6 +1,9 @@
 //! Arbitrary bytes as a server message body. Run: `cargo fuzz run server_message`.
 #![no_main]
 
+#[path = "../../code-mode-protocol/tests/protocol/fuzz_harness.rs"]
+mod harness;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    code_mode_protocol::wire::fuzz::exercise_server_message(data);
+    harness::exercise_server_message(data);
 });

@@ -79,6 +79,7 @@ macro_rules! conformance_suite {
             tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them,
             many_large_tool_results_do_not_pile_up,
             answers_left_untaken_by_a_dropped_call_are_kept,
+            an_answer_held_unpolled_by_a_slow_caller_is_kept,
         );
     };
     (@tests $provider:expr; $($name:ident),* $(,)?) => {

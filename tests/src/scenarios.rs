@@ -940,6 +940,11 @@ pub async fn many_large_tool_results_do_not_pile_up<P: Provider>(provider: &P) {
 /// Polls `call` once (which sends it, or admits its cell), leaves it unpolled long enough
 /// for its answer to arrive, then drops it. `Some` if it was answered in that first poll.
 async fn drop_untaken<T>(call: impl Future<Output = T>) -> Option<T> {
+    hold_untaken(call, Duration::from_millis(300)).await
+}
+
+/// [`drop_untaken`], holding the call unpolled for `hold`.
+async fn hold_untaken<T>(call: impl Future<Output = T>, hold: Duration) -> Option<T> {
     let mut call = std::pin::pin!(call);
     let answered = tokio::select! {
         biased;
@@ -947,7 +952,7 @@ async fn drop_untaken<T>(call: impl Future<Output = T>) -> Option<T> {
         () = std::future::ready(()) => None,
     };
     if answered.is_none() {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(hold).await;
     }
     answered
 }
@@ -991,4 +996,39 @@ pub async fn answers_left_untaken_by_a_dropped_call_are_kept<P: Provider>(provid
         resume_until_completed(&session, "4").await,
         result("4", &["q"], None)
     );
+}
+
+// 29: Contract 3.3 for a slow caller: an answer its caller holds unpolled for seconds (far
+// longer than the providers' patience for ordering callbacks) and then drops is not lost:
+// a final result stays with the cell until an observation takes it, for `exec` and `wait`
+// alike.
+pub async fn an_answer_held_unpolled_by_a_slow_caller_is_kept<P: Provider>(provider: &P) {
+    const HOLD: Duration = Duration::from_secs(3);
+    let (session, delegate) = open(provider).await;
+    // Ready first, so that each call below is sent during its first poll.
+    let warm_up = exec(&session, "text('ready')").await;
+    assert_eq!(warm_up.initial_response, result("1", &["ready"], None));
+    // An exec whose cell completes at once.
+    let first = match hold_untaken(session.execute(request(r#"text("slow");"#)), HOLD).await {
+        Some(started) => started.expect("exec").initial_response,
+        None => wait(&session, "2").await,
+    };
+    assert_eq!(first, result("2", &["slow"], None));
+    delegate.wait_closed("2").await;
+    assert_eq!(delegate.closed_count("2"), 1);
+    // A wait whose cell completes while its caller is away.
+    let source =
+        r#"text("a"); yield_control(); await new Promise((r) => setTimeout(r, 50)); text("b");"#;
+    let started = exec(&session, source).await;
+    assert_eq!(started.initial_response, yielded("3", &["a"]));
+    let mut request = WaitRequest::new("3".to_owned());
+    request.yield_time_ms = Some(10_000);
+    let rest = match hold_untaken(session.wait(request), HOLD).await {
+        Some(response) => response.expect("wait"),
+        None => wait(&session, "3").await,
+    };
+    assert_eq!(rest, result("3", &["b"], None));
+    delegate.wait_closed("3").await;
+    assert_eq!(delegate.closed_count("3"), 1);
+    assert!(wait(&session, "3").await.is_missing_cell());
 }

@@ -22,7 +22,6 @@
 //! no new session there, and the runtime refuses one with [`WireError::Draining`].
 
 pub mod codec;
-pub mod fuzz;
 pub mod handshake;
 pub mod tls;
 pub mod transport;
@@ -46,6 +45,25 @@ pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2)
 /// How long a side waits for any complete frame before it declares the peer gone, by
 /// default: three ping intervals (a live peer answers every ping).
 pub const LIVENESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// How one end of a connection watches that its peer is alive: the host (always over the
+/// network, optionally for a local runtime) and the listening runtime alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// How often this end pings its peer.
+    pub ping_interval: std::time::Duration,
+    /// No complete frame from the peer for this long loses the connection.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            ping_interval: PING_INTERVAL,
+            timeout: LIVENESS_TIMEOUT,
+        }
+    }
+}
 
 macro_rules! wire_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {

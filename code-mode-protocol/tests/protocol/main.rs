@@ -1,5 +1,6 @@
 //! Tests of the protocol crate: the wire format and the model-facing surface. One binary.
 
+mod fuzz_harness;
 mod golden;
 mod samples;
 mod surface;

@@ -133,13 +133,13 @@ fn a_message_too_large_for_a_frame_is_refused_and_leaves_the_buffer_intact() {
 
 #[test]
 fn random_and_mutated_frames_never_panic() {
-    let mut generator = code_mode_protocol::wire::fuzz::InputGenerator::new(
+    let mut generator = crate::fuzz_harness::InputGenerator::new(
         0x9e37_79b9_7f4a_7c15,
         &crate::samples::client_messages(),
         &crate::samples::server_messages(),
     );
     for _ in 0..300_000 {
-        code_mode_protocol::wire::fuzz::exercise_decoders(&generator.input());
+        crate::fuzz_harness::exercise_decoders(&generator.input());
     }
 }
 

@@ -42,10 +42,8 @@ use tokio_util::task::TaskTracker;
 /// cancelling them.
 const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long the actor holds the cell's callbacks back for a caller that has an answer but
-/// does not take it (its future is not polled): ordering gives way rather than stalling
-/// the cell.
-const ACK_PATIENCE: Duration = Duration::from_secs(1);
+// The order of callbacks after answers is held for at most `ACK_PATIENCE` (protocol crate).
+use code_mode_protocol::ACK_PATIENCE;
 
 /// An answer of the actor with its acknowledgement: the caller drops the [`Ack`] once it
 /// holds the result, which lets the actor start the cell's next delegate callbacks. An
@@ -488,9 +486,15 @@ impl CellActor {
             }
             // The final answer is taken before the cell is reported closed; one its
             // caller dropped untaken comes back and keeps the cell open for the next
-            // observation.
+            // observation. However long a caller holds it unpolled, the cell waits for
+            // it (no timer ends the wait: it would close the cell under an answer that may
+            // still come back); only the session's shutdown does.
+            let root = self.shared.root().clone();
             for ack in std::mem::take(&mut self.callbacks.unacked) {
-                let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
+                tokio::select! {
+                    _ = ack => {}
+                    () = root.cancelled() => {}
+                }
             }
             self.take_returns();
             if self.life.closed {

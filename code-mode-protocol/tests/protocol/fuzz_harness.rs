@@ -1,13 +1,19 @@
-//! Shared by the `fuzz/` targets and the property tests: feeding arbitrary bytes to every
-//! decoder, and generating inputs (random bytes behind plausible lengths, and mutations of
-//! valid frames).
+//! Shared by the `fuzz/` targets (which include this file by path) and the property tests:
+//! feeding arbitrary bytes to every decoder, and generating inputs (random bytes behind
+//! plausible lengths, and mutations of valid frames). Not part of the crate's API: it uses
+//! only what any user of the codec could.
 //!
 //! Decoding may succeed, wait for more bytes, or fail; it must never panic, hang, or
 //! allocate beyond the frame cap.
 
-use super::codec::{FrameCodec, decode_body, encode_frame};
-use super::{ClientMessage, ServerMessage};
+#![allow(
+    dead_code,
+    reason = "each includer uses a part: the fuzz targets one decoder each, the tests the generator"
+)]
+
 use bytes::BytesMut;
+use code_mode_protocol::wire::codec::{FrameCodec, decode_body, encode_frame};
+use code_mode_protocol::wire::{ClientMessage, ServerMessage};
 use tokio_util::codec::Decoder;
 
 /// Feeds `bytes` to the frame codec (as a stream, then at end of input) for both message
