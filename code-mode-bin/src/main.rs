@@ -328,6 +328,42 @@ fn sandbox_self_test(action: &str) -> ExitCode {
             eprintln!("exec {path}: not killed ({error:?}) (NOT sandboxed)");
             ExitCode::FAILURE
         }
+        Some(("socket", _)) => {
+            // SAFETY: socket takes integer arguments only.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            eprintln!("socket: not killed (fd {fd}) (NOT sandboxed)");
+            ExitCode::FAILURE
+        }
+        #[cfg(target_arch = "x86_64")]
+        Some(("x32", _)) => {
+            // getpid through the x32 ABI (bit 30 set).
+            // SAFETY: getpid takes no arguments and touches no memory.
+            let pid = unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) };
+            eprintln!("x32 getpid: not killed ({pid}) (NOT sandboxed)");
+            ExitCode::FAILURE
+        }
+        Some(("clone3", _)) => {
+            // Answered ENOSYS (so that libc falls back to clone), not killed.
+            // SAFETY: clone3 with a null argument and size 0 is refused before it reads.
+            let result = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            eprintln!("clone3: {result}, errno {errno:?}");
+            if result == -1 && errno == Some(libc::ENOSYS) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Some(("thread", _)) => match std::thread::spawn(|| 6 * 7).join() {
+            Ok(42) => {
+                eprintln!("thread: ran");
+                ExitCode::SUCCESS
+            }
+            other => {
+                eprintln!("thread: {other:?}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
             eprintln!("unknown self-test action {action:?}");
             ExitCode::from(2)

@@ -20,50 +20,25 @@
 //!    taking connections on a socket it already has opens nothing new outward.
 //!
 //! Each step is reported; the level reached goes into the handshake and the logs.
+//!
+//! Landlock goes through the `landlock` crate (the Landlock maintainers'), seccomp through
+//! `seccompiler` (Firecracker's). One rule is written by hand: on x86_64, killing every
+//! x32 system call (numbers with bit 30 set, which a filter matching x86_64 numbers would
+//! let through). seccompiler matches exact numbers only, so that guard is a small BPF
+//! program of its own, installed beside seccompiler's filters (the kernel applies the most
+//! restrictive verdict of all of them).
 
 use std::fmt;
 
-/// `AUDIT_ARCH_*` values from `linux/audit.h`: the architecture a filter is written for.
+/// `AUDIT_ARCH_X86_64` from `linux/audit.h`: the architecture the x32 guard is written for.
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: u32 = 0xC000_00B7;
 
 /// Offsets in `struct seccomp_data`.
+#[cfg(target_arch = "x86_64")]
 const SECCOMP_DATA_NR: u32 = 0;
+#[cfg(target_arch = "x86_64")]
 const SECCOMP_DATA_ARCH: u32 = 4;
-const SECCOMP_DATA_ARG0_LOW: u32 = 16;
-
-/// Landlock file-system rights by ABI version: v1 has 13 rights, v2 adds REFER, v3
-/// TRUNCATE, v5 IOCTL_DEV.
-fn landlock_fs_rights(abi: i64) -> u64 {
-    let mut rights = (1u64 << 13) - 1;
-    if abi >= 2 {
-        rights |= 1 << 13;
-    }
-    if abi >= 3 {
-        rights |= 1 << 14;
-    }
-    if abi >= 5 {
-        rights |= 1 << 15;
-    }
-    rights
-}
-
-/// `LANDLOCK_ACCESS_NET_BIND_TCP | LANDLOCK_ACCESS_NET_CONNECT_TCP` (ABI 4+).
-const LANDLOCK_NET_RIGHTS: u64 = 0b11;
-
-/// `LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL` (ABI 6+).
-const LANDLOCK_SCOPES: u64 = 0b11;
-
-const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
-
-#[repr(C)]
-struct LandlockRulesetAttr {
-    handled_access_fs: u64,
-    handled_access_net: u64,
-    scoped: u64,
-}
 
 /// What the sandbox reached.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,46 +137,28 @@ pub fn apply(accepts: bool) -> SandboxReport {
     }
 }
 
-/// Restricts the calling thread (and the threads it creates later) to no file-system access.
+/// Restricts the calling thread (and the threads it creates later) to no file-system access:
+/// every right the kernel's Landlock knows (file system, TCP, scopes) handled, none granted.
+/// Returns the ABI enforced.
 fn landlock() -> Result<i64, String> {
-    // SAFETY: querying the ABI version takes no pointers (NULL attribute, size 0).
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<LandlockRulesetAttr>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
+    use landlock::{
+        ABI, Access, AccessFs, AccessNet, LandlockStatus, Ruleset, RulesetAttr, RulesetStatus,
+        Scope,
     };
-    if abi < 1 {
-        return Err(format!("not available ({})", last_error()));
+    // The newest ABI this crate knows; on an older kernel, what it supports (best effort).
+    let newest = ABI::V10;
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(newest))
+        .and_then(|ruleset| ruleset.handle_access(AccessNet::from_all(newest)))
+        .and_then(|ruleset| ruleset.scope(Scope::from_all(newest)))
+        .and_then(|ruleset| ruleset.create())
+        .and_then(|ruleset| ruleset.restrict_self())
+        .map_err(|error| error.to_string())?;
+    match (status.ruleset, status.landlock) {
+        (RulesetStatus::NotEnforced, landlock) => Err(format!("not available ({landlock:?})")),
+        (_, LandlockStatus::Available { effective_abi, .. }) => Ok(effective_abi as i64),
+        (_, other) => Err(format!("not available ({other:?})")),
     }
-    let attr = LandlockRulesetAttr {
-        handled_access_fs: landlock_fs_rights(abi),
-        handled_access_net: if abi >= 4 { LANDLOCK_NET_RIGHTS } else { 0 },
-        scoped: if abi >= 6 { LANDLOCK_SCOPES } else { 0 },
-    };
-    // Older ABIs know a shorter attribute: pass only the fields they understand.
-    let size = match abi {
-        1..=3 => 8,
-        4 | 5 => 16,
-        _ => std::mem::size_of::<LandlockRulesetAttr>(),
-    };
-    // SAFETY: `attr` is valid for `size` bytes during the call.
-    let ruleset = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &attr, size, 0u32) };
-    if ruleset < 0 {
-        return Err(format!("create_ruleset: {}", last_error()));
-    }
-    let fd = i32::try_from(ruleset).map_err(|_| "ruleset fd out of range".to_owned())?;
-    // SAFETY: `fd` is the ruleset just created; no rules are added, so nothing is granted.
-    let restricted = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) };
-    let error = last_error();
-    // SAFETY: closing the ruleset fd we own; the restriction stays in force.
-    unsafe { libc::close(fd) };
-    if restricted != 0 {
-        return Err(format!("restrict_self: {error}"));
-    }
-    Ok(abi)
 }
 
 /// System calls that kill the process.
@@ -264,78 +221,90 @@ fn forbidden_syscalls(accepts: bool) -> Vec<libc::c_long> {
     calls
 }
 
-fn statement(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
+/// The filters, most general first: the forbidden calls and `clone` without
+/// `CLONE_THREAD` kill the process; `clone3` answers `ENOSYS` (libc then falls back to
+/// `clone`); everything else is allowed. Each checks the architecture first.
+fn filters(accepts: bool) -> Result<Vec<seccompiler::BpfProgram>, String> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    use std::collections::BTreeMap;
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|error| error.to_string())?;
+    let error = |error: seccompiler::BackendError| error.to_string();
+    let mut killed: BTreeMap<i64, Vec<SeccompRule>> = forbidden_syscalls(accepts)
+        .into_iter()
+        .map(|call| (call, Vec::new()))
+        .collect();
+    // A `clone` that is not a thread is a new process.
+    let not_a_thread = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+        0,
+    )
+    .map_err(error)?;
+    killed.insert(
+        libc::SYS_clone,
+        vec![SeccompRule::new(vec![not_a_thread]).map_err(error)?],
+    );
+    let kill = SeccompFilter::new(
+        killed,
+        SeccompAction::Allow,
+        SeccompAction::KillProcess,
+        arch,
+    )
+    .map_err(error)?;
+    let no_clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(error)?;
+    let mut programs = Vec::new();
+    for filter in [kill, no_clone3] {
+        programs.push(seccompiler::BpfProgram::try_from(filter).map_err(error)?);
     }
+    Ok(programs)
 }
 
-fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter {
+/// The x32 guard (see the module docs), by hand: check the architecture, kill numbers
+/// with bit 30 set, allow the rest.
+#[cfg(target_arch = "x86_64")]
+fn x32_guard() -> Vec<libc::sock_filter> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
         code: code as u16,
         jt,
         jf,
         k,
-    }
-}
-
-/// The BPF program: check the architecture, kill on forbidden calls, answer `clone3` with
-/// `ENOSYS`, allow `clone` only for threads, allow the rest.
-fn filter(accepts: bool) -> Vec<libc::sock_filter> {
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    let kill = statement(BPF_RET | BPF_K, libc::SECCOMP_RET_KILL_PROCESS);
-    let allow = statement(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW);
-    let mut program = vec![
-        statement(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_ARCH),
-        jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH, 1, 0),
+    };
+    let kill = op(BPF_RET | BPF_K, libc::SECCOMP_RET_KILL_PROCESS, 0, 0);
+    vec![
+        op(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_ARCH, 0, 0),
+        op(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH, 1, 0),
         kill,
-        statement(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_NR),
-    ];
-    #[cfg(target_arch = "x86_64")]
-    {
-        // x32 system calls (numbers with bit 30 set) bypass a filter written for x86_64.
-        program.push(jump(BPF_JMP | libc::BPF_JGE | BPF_K, 0x4000_0000, 0, 1));
-        program.push(kill);
-    }
-    for call in forbidden_syscalls(accepts) {
-        program.push(jump(BPF_JMP | BPF_JEQ | BPF_K, call as u32, 0, 1));
-        program.push(kill);
-    }
-    program.push(jump(
-        BPF_JMP | BPF_JEQ | BPF_K,
-        libc::SYS_clone3 as u32,
-        0,
-        1,
-    ));
-    program.push(statement(
-        BPF_RET | BPF_K,
-        libc::SECCOMP_RET_ERRNO | (libc::ENOSYS as u32),
-    ));
-    program.push(jump(
-        BPF_JMP | BPF_JEQ | BPF_K,
-        libc::SYS_clone as u32,
-        0,
-        4,
-    ));
-    program.push(statement(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_ARG0_LOW));
-    program.push(jump(
-        BPF_JMP | BPF_JSET | BPF_K,
-        libc::CLONE_THREAD as u32,
-        0,
-        1,
-    ));
-    program.push(allow);
-    program.push(kill);
-    program.push(allow);
-    program
+        op(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_NR, 0, 0),
+        op(BPF_JMP | BPF_JGE | BPF_K, 0x4000_0000, 0, 1),
+        kill,
+        op(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW, 0, 0),
+    ]
 }
 
-/// Installs the filter on every thread of the process.
+/// Installs the filters on every thread of the process.
 fn seccomp(accepts: bool) -> Result<(), String> {
-    let program = filter(accepts);
+    #[cfg(target_arch = "x86_64")]
+    install_by_hand(&x32_guard())?;
+    for program in filters(accepts)? {
+        seccompiler::apply_filter_all_threads(&program).map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// Installs a hand-written program on every thread (`TSYNC`).
+#[cfg(target_arch = "x86_64")]
+fn install_by_hand(program: &[libc::sock_filter]) -> Result<(), String> {
     let fprog = libc::sock_fprog {
         len: u16::try_from(program.len()).map_err(|_| "filter too long".to_owned())?,
         filter: program.as_ptr().cast_mut(),

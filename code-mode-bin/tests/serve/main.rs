@@ -645,4 +645,37 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
         "{:?}",
         exec.status
     );
+
+    // Rule by rule: a new socket and (on x86_64) any x32 system call kill the process;
+    // `clone3` answers ENOSYS so that libc falls back to `clone`; threads are allowed.
+    let probe = |action: &'static str| async move {
+        Command::new(BIN)
+            .args(["--sandbox-self-test", action])
+            .output()
+            .await
+            .unwrap()
+    };
+    let mut killed = vec!["socket:"];
+    if cfg!(target_arch = "x86_64") {
+        killed.push("x32:");
+    }
+    for action in killed {
+        let output = probe(action).await;
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGSYS),
+            "{action} {:?}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for action in ["clone3:", "thread:"] {
+        let output = probe(action).await;
+        assert!(
+            output.status.success(),
+            "{action} {:?}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
