@@ -169,25 +169,30 @@ struct McpHttpArgs {
     max_sessions: usize,
 }
 
+/// A whole number of at least one; `zero` says why 0 is refused.
+fn at_least_one(text: &str, zero: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err(zero.to_owned()),
+        Ok(number) => Ok(number),
+        Err(_) => Err("expected a whole number".to_owned()),
+    }
+}
+
 /// `--session-idle-timeout-secs`: whole seconds, at least one (sessions always expire).
 fn idle_timeout_secs(text: &str) -> Result<u64, String> {
-    match text.parse::<u64>() {
-        Ok(0) => Err(format!(
+    at_least_one(
+        text,
+        &format!(
             "0 would keep abandoned sessions forever; give at least 1 (the default is {})",
             mcp::http::DEFAULT_IDLE_TIMEOUT_SECS
-        )),
-        Ok(secs) => Ok(secs),
-        Err(_) => Err("expected a whole number of seconds".to_owned()),
-    }
+        ),
+    )
 }
 
 /// `--max-sessions`: at least one.
 fn max_sessions(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("at least one session must be allowed".to_owned()),
-        Ok(max) => Ok(max),
-        Err(_) => Err("expected a whole number".to_owned()),
-    }
+    let max = at_least_one(text, "at least one session must be allowed")?;
+    usize::try_from(max).map_err(|_| "too large".to_owned())
 }
 
 impl McpHttpArgs {
