@@ -379,7 +379,13 @@ impl RemoteInner {
                                 slot.hopeless = false;
                             }
                             Err(failure) => {
-                                tracing::warn!(%address, "cannot reach a code-mode runtime: {}", failure.text);
+                                // Once per runtime as it becomes unreachable; the retries
+                                // that follow say the same, so they log at debug.
+                                if slot.failures == 0 {
+                                    tracing::warn!(%address, "cannot reach a code-mode runtime: {}", failure.text);
+                                } else {
+                                    tracing::debug!(%address, failures = slot.failures + 1, "still cannot reach a code-mode runtime: {}", failure.text);
+                                }
                                 slot.failures += 1;
                                 slot.retry_at = Instant::now() + backoff(slot.failures);
                                 slot.last_error = Some(failure.text);
@@ -404,7 +410,14 @@ impl RemoteInner {
         let attempt = async {
             let tcp = tokio::net::TcpStream::connect(address)
                 .await
-                .map_err(|error| DialFailure::retry(format!("cannot connect: {error}")))?;
+                .map_err(|error| {
+                    let hint = if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                        " (is a runtime listening there? start one with code-mode-bin --listen)"
+                    } else {
+                        ""
+                    };
+                    DialFailure::retry(format!("cannot connect: {error}{hint}"))
+                })?;
             let _ = tcp.set_nodelay(true);
             let peer = Box::new(RemotePeer { address });
             let liveness = Some(self.config.liveness);
