@@ -622,10 +622,7 @@ impl DialFailure {
                 "TLS handshake failed ({error}): the runtime does not speak TLS; a runtime \
                      started with --insecure-loopback is reached without {TLS_FLAGS}"
             )),
-            Some(rustls::Error::AlertReceived(alert)) => Self::hopeless(format!(
-                "TLS handshake failed: the runtime refused this host (TLS alert {alert:?}): \
-                 this host's client certificate must be issued by the runtime's --client-ca"
-            )),
+            Some(rustls::Error::AlertReceived(alert)) => Self::certificate_refused(*alert),
             Some(other) => Self::hopeless(format!("TLS handshake failed: {other}")),
             // A plaintext runtime reads the TLS hello as a frame too large to be one and
             // closes at once; a runtime that is merely busy or going away refuses the TCP
@@ -645,12 +642,19 @@ impl DialFailure {
         if let HandshakeError::Frame(FrameError::Io(io)) = error
             && let Some(rustls::Error::AlertReceived(alert)) = rustls_error(io)
         {
-            return Self::hopeless(format!(
-                "the runtime refused this host's client certificate (TLS alert {alert:?}): it \
-                 must be issued by the CA the runtime trusts (its --client-ca)"
-            ));
+            return Self::certificate_refused(*alert);
         }
         Self::handshake(error)
+    }
+
+    /// The runtime refused this host with a TLS alert: during the TLS handshake (TLS 1.2)
+    /// or on the first read after it (TLS 1.3, where the client's certificate is checked
+    /// after the client considers the handshake done).
+    fn certificate_refused(alert: rustls::AlertDescription) -> Self {
+        Self::hopeless(format!(
+            "the runtime refused this host's client certificate (TLS alert {alert:?}): it \
+             must be issued by the CA the runtime trusts (its --client-ca)"
+        ))
     }
 
     /// The wire handshake's own failures: a refusal or a mismatch (version skew between

@@ -68,8 +68,9 @@ pub struct HttpOptions {
     pub max_sessions: usize,
 }
 
-/// The settings the policy accepted, loaded.
+/// Settings the start-up policy accepted, with the token and TLS files loaded.
 pub struct Checked {
+    options: HttpOptions,
     token: Option<BearerToken>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -77,7 +78,7 @@ pub struct Checked {
 impl HttpOptions {
     /// Loads the token and TLS files and applies the start-up policy; every refusal says
     /// what to add. Runs before anything starts.
-    pub fn check(&self) -> Result<Checked, Failure> {
+    pub fn check(self) -> Result<Checked, Failure> {
         let address = self.address;
         let remote = !address.ip().is_loopback();
         if remote && !self.allow_remote {
@@ -119,7 +120,11 @@ impl HttpOptions {
                  --allow-plaintext-remote if a TLS-terminating proxy stands in front"
             )));
         }
-        Ok(Checked { token, tls })
+        Ok(Checked {
+            options: self,
+            token,
+            tls,
+        })
     }
 
     /// rmcp's settings: Host and Origin validation, no keep-alive of its own.
@@ -151,11 +156,8 @@ struct Front {
 }
 
 /// Serves until Ctrl-C.
-pub(super) async fn serve(
-    shared: &Arc<Shared>,
-    options: &HttpOptions,
-    checked: Checked,
-) -> Result<(), Failure> {
+pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), Failure> {
+    let options = &checked.options;
     let address = options.address;
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -273,9 +275,8 @@ async fn handle(
     let session = request
         .headers()
         .get(SESSION_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    let in_flight = match (&session, &method) {
+        .and_then(|value| value.to_str().ok());
+    let in_flight = match (session, &method) {
         (None, &http::Method::POST) if front.sessions.full() => return too_many_sessions(front),
         (Some(id), &http::Method::GET) => {
             front.sessions.touch(id);

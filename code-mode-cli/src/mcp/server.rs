@@ -39,7 +39,7 @@ pub struct McpOptions {
     pub tools: Option<PathBuf>,
     pub builtins: Vec<String>,
     /// Serve streamable HTTP instead of stdio.
-    pub http: Option<super::http::HttpOptions>,
+    pub http: Option<HttpOptions>,
     /// Where the cells run.
     pub runtime: crate::session::RuntimeArgs,
     /// Every session's options: limits, maximum yield time, isolate reuse.
@@ -421,7 +421,7 @@ impl ServerHandler for CodeModeServer {
 pub async fn serve(options: McpOptions) -> Result<(), Failure> {
     let mut tools = ToolSet::parse(options.tools.as_deref(), &options.builtins)
         .map_err(|error| Failure::usage(error.to_string()))?;
-    let checked = options.http.as_ref().map(HttpOptions::check).transpose()?;
+    let http = options.http.map(HttpOptions::check).transpose()?;
     let sessions =
         Sessions::new(&options.runtime, &options.runtime_log).map_err(Failure::runtime)?;
     // The tool list can change once servers start; `tools_changed` needs `Shared`, which
@@ -442,9 +442,9 @@ pub async fn serve(options: McpOptions) -> Result<(), Failure> {
         clients: Mutex::new(Vec::new()),
     });
     *lock(&shared_slot) = Arc::downgrade(&shared);
-    let outcome = match (&options.http, checked) {
-        (Some(http), Some(checked)) => super::http::serve(&shared, http, checked).await,
-        _ => serve_stdio(&shared).await,
+    let outcome = match http {
+        Some(http) => super::http::serve(&shared, http).await,
+        None => serve_stdio(&shared).await,
     };
     shared.tools.stop().await;
     outcome

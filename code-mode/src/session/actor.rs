@@ -28,7 +28,8 @@ use crate::runtime::{
 };
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
-    BoxFuture, CellResponse, ContentItem, JsonText, NestedToolCall, PendingOutcome, SessionError,
+    ACK_PATIENCE, BoxFuture, CellResponse, ContentItem, JsonText, NestedToolCall, PendingOutcome,
+    SessionError,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,9 +42,6 @@ use tokio_util::task::TaskTracker;
 /// How long natural completion waits for in-flight notifications to be delivered before
 /// cancelling them.
 const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
-// The order of callbacks after answers is held for at most `ACK_PATIENCE` (protocol crate).
-use code_mode_protocol::ACK_PATIENCE;
 
 /// An answer of the actor with its acknowledgement: the caller drops the [`Ack`] once it
 /// holds the result, which lets the actor start the cell's next delegate callbacks. An
