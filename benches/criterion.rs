@@ -21,17 +21,17 @@ mod support;
 use support::{EchoTools, tools};
 
 use bytes::BytesMut;
-use code_mode::{InProcessOptions, InProcessSession};
-use code_mode_host::{HostConfig, IpcProvider};
+use code_mode::InProcessSession;
+use code_mode_host::{ProcessConfig, ProcessProvider};
 use code_mode_protocol::wire::codec::{decode_body, encode_frame};
 use code_mode_protocol::wire::{
     ClientMessage, DelegateCall, DelegateId, DelegateReply, Request, RequestId, Response,
     ServerMessage, SessionId,
 };
 use code_mode_protocol::{
-    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem, ExecRequest,
-    JsonText, NestedToolCall, SessionCall, SessionOptions, SessionReply, StartedCell, ToolKind,
-    WaitRequest,
+    BoxFuture, CallId, CellId, CellResponse, CodeModeProvider, CodeModeSession,
+    CodeModeSessionDelegate, ContentItem, ExecRequest, JsonText, NestedToolCall, SessionCall,
+    SessionOptions, SessionReply, StartedCell, ToolError, ToolKind, WaitRequest,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -63,10 +63,9 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
             "tool_reply",
             ClientMessage::DelegateReply {
                 id: DelegateId(42),
-                reply: DelegateReply::ToolResult(Ok(
-                    r#"{"files":["src/main.rs","src/lib.rs","Cargo.toml"],"truncated":false}"#
-                        .to_owned(),
-                )),
+                reply: DelegateReply::ToolResult(Ok(JsonText::new(
+                    r#"{"files":["src/main.rs","src/lib.rs","Cargo.toml"],"truncated":false}"#,
+                ))),
             },
         ),
     ]
@@ -80,11 +79,11 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                 id: DelegateId(42),
                 session: SessionId(1),
                 call: DelegateCall::InvokeTool {
-                    cell_id: "g1:12".to_owned(),
-                    call_id: "tool-3".to_owned(),
+                    cell_id: CellId::new(12),
+                    call_id: CallId::new(3),
                     tool_name: "mcp__bench__tool_0".to_owned(),
                     kind: ToolKind::Function,
-                    input: Some(r#"{"path":"."}"#.to_owned()),
+                    input: Some(JsonText::new(r#"{"path":"."}"#)),
                 },
             },
         ),
@@ -93,9 +92,9 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
             ServerMessage::Response {
                 id: RequestId(7),
                 result: Ok(Response::Reply(SessionReply::Started(StartedCell {
-                    cell_id: "12".to_owned(),
+                    cell_id: CellId::new(12),
                     initial_response: CellResponse::Result {
-                        cell_id: "12".to_owned(),
+                        cell_id: CellId::new(12),
                         content_items: vec![ContentItem::text("3 files\nsrc/main.rs")],
                         error_text: None,
                         missing_cell: false,
@@ -150,12 +149,11 @@ struct Transports {
     in_process_text: Arc<dyn CodeModeSession>,
     ipc_text: Arc<dyn CodeModeSession>,
     /// Over IPC to the runtime binary `CODE_MODE_BIN_BASELINE` names, when it does.
-    ipc_baseline: Option<(Arc<dyn CodeModeSession>, IpcProvider)>,
-    _provider: IpcProvider,
+    ipc_baseline: Option<(Arc<dyn CodeModeSession>, ProcessProvider)>,
+    _provider: ProcessProvider,
 }
 
-/// Echoes the argument as the text it arrived as: a delegate that overrides
-/// `invoke_tool_text` and never parses a payload.
+/// Echoes the argument as the text it arrived as: a delegate that never parses a payload.
 struct EchoText;
 
 impl CodeModeSessionDelegate for EchoText {
@@ -163,20 +161,9 @@ impl CodeModeSessionDelegate for EchoText {
         &self,
         call: NestedToolCall,
         _: CancellationToken,
-    ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move { Ok(call.input.unwrap_or(serde_json::Value::Null)) })
-    }
-    fn invoke_tool_text(
-        &self,
-        call: NestedToolCall<JsonText>,
-        _: CancellationToken,
-    ) -> BoxFuture<'_, Result<JsonText, String>> {
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
         Box::pin(async move { Ok(call.input.unwrap_or_else(|| JsonText::new("null"))) })
     }
-    fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn cell_closed(&self, _: &str) {}
 }
 
 impl Transports {
@@ -186,23 +173,23 @@ impl Transports {
             .build()
             .expect("a tokio runtime");
         let provider = runtime.block_on(async {
-            let provider = IpcProvider::new(HostConfig::default())
+            let provider = ProcessProvider::new(ProcessConfig::default())
                 .expect("code-mode-bin (build it with cargo build --release -p code-mode-bin)");
             provider.start().await.expect("start the runtime");
             provider
         });
         let local = |delegate: Arc<dyn CodeModeSessionDelegate>| -> Arc<dyn CodeModeSession> {
-            Arc::new(InProcessSession::new(delegate, InProcessOptions::default()))
+            Arc::new(InProcessSession::new(delegate, SessionOptions::default()))
         };
         let remote = |delegate: Arc<dyn CodeModeSessionDelegate>| -> Arc<dyn CodeModeSession> {
             Arc::new(provider.open_session(delegate, SessionOptions::default()))
         };
         let ipc_baseline = std::env::var_os("CODE_MODE_BIN_BASELINE").map(|binary| {
-            let config = HostConfig {
+            let config = ProcessConfig {
                 binary: Some(binary.into()),
-                ..HostConfig::default()
+                ..ProcessConfig::default()
             };
-            let provider = IpcProvider::new(config).expect("the baseline code-mode-bin");
+            let provider = ProcessProvider::new(config).expect("the baseline code-mode-bin");
             runtime
                 .block_on(provider.start())
                 .expect("start the baseline runtime");

@@ -53,12 +53,13 @@
 mod support;
 use support::{EchoTools, tools};
 
-use code_mode::{InProcessOptions, InProcessSession};
+use code_mode::{InProcessConfig, InProcessProvider};
 use code_mode_conformance::remote::{ListeningRuntime, Pki, RuntimeOptions};
-use code_mode_host::{ClientTls, HostConfig, IpcProvider, RemoteConfig, RemoteProvider};
+use code_mode_host::CodeModeProvider;
+use code_mode_host::{ClientTls, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider};
 use code_mode_protocol::{
-    BoxFuture, CodeModeSession, CodeModeSessionDelegate, ExecRequest, NestedToolCall,
-    SessionOptions, ToolDefinition, ToolKind,
+    BoxFuture, CodeModeSession, CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall,
+    SessionOptions, ToolDefinition, ToolError, ToolKind,
 };
 use std::process::Command;
 use std::sync::Arc;
@@ -111,16 +112,12 @@ impl CodeModeSessionDelegate for ParkingTools {
         &self,
         _: NestedToolCall,
         cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
         Box::pin(async move {
             cancel.cancelled().await;
-            Err("cancelled".to_owned())
+            Err(ToolError::cancelled())
         })
     }
-    fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn cell_closed(&self, _: &str) {}
 }
 
 /// Peak RSS of this process, in KiB (`getrusage`).
@@ -167,9 +164,28 @@ struct Subject {
     /// The runtime process, over IPC.
     runtime_pid: Option<u32>,
     /// Keeps the runtime process alive.
-    _provider: Option<IpcProvider>,
+    _provider: Option<ProcessProvider>,
     /// Over TCP+TLS: the listening runtime and the provider connected to it.
     _remote: Option<(ListeningRuntime, RemoteProvider)>,
+}
+
+/// Any provider, opening sessions behind `Arc<dyn CodeModeSession>`.
+trait OpenSession {
+    fn open_arc(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> Arc<dyn CodeModeSession>;
+}
+
+impl<P: CodeModeProvider> OpenSession for P {
+    fn open_arc(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> Arc<dyn CodeModeSession> {
+        Arc::new(self.open_session(delegate, options))
+    }
 }
 
 impl Subject {
@@ -183,27 +199,25 @@ impl Subject {
             reuse_isolates: !transport.ends_with("-fresh"),
             ..SessionOptions::default()
         };
-        let open_many = |open: &dyn Fn() -> code_mode_host::IpcSession| {
+        let open_many = |provider: &dyn OpenSession| {
             (0..sessions)
-                .map(|_| Arc::new(open()) as Arc<dyn CodeModeSession>)
+                .map(|_| provider.open_arc(Arc::clone(&delegate), options.clone()))
                 .collect::<Vec<_>>()
         };
         match transport {
             "ipc" | "ipc-fresh" => {
-                let mut config = HostConfig::default();
+                let mut config = ProcessConfig::default();
                 if TRACE_RUNTIME_HOPS.load(std::sync::atomic::Ordering::SeqCst) {
                     config.log_filter = "warn,code_mode::hops=trace".to_owned();
                 }
-                let provider = IpcProvider::new(config)
+                let provider = ProcessProvider::new(config)
                     .expect("code-mode-bin (build it with cargo build --release -p code-mode-bin)");
                 let started = Instant::now();
                 provider.start().await.expect("start the runtime");
                 let spawn = started.elapsed();
                 let pid = provider.runtime_pid().await.expect("a runtime pid");
                 Subject {
-                    sessions: open_many(&|| {
-                        provider.open_session(Arc::clone(&delegate), options.clone())
-                    }),
+                    sessions: open_many(&provider),
                     spawn: Some(spawn),
                     runtime_pid: Some(pid),
                     _provider: Some(provider),
@@ -230,9 +244,7 @@ impl Subject {
                 let spawn = started.elapsed();
                 let pid = runtime.pid();
                 Subject {
-                    sessions: open_many(&|| {
-                        provider.open_session(Arc::clone(&delegate), options.clone())
-                    }),
+                    sessions: open_many(&provider),
                     spawn: Some(spawn),
                     runtime_pid: Some(pid),
                     _provider: None,
@@ -241,18 +253,8 @@ impl Subject {
             }
             _ => {
                 code_mode::platform::init_v8();
-                let sessions = (0..sessions)
-                    .map(|_| {
-                        Arc::new(InProcessSession::new(
-                            Arc::clone(&delegate),
-                            InProcessOptions {
-                                session: options.clone(),
-                            },
-                        )) as Arc<dyn CodeModeSession>
-                    })
-                    .collect();
                 Subject {
-                    sessions,
+                    sessions: open_many(&InProcessProvider::new(InProcessConfig::default())),
                     spawn: None,
                     runtime_pid: None,
                     _provider: None,

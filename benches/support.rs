@@ -2,12 +2,14 @@
 //! synthetic tools.
 
 use code_mode_protocol::{
-    BoxFuture, CodeModeSessionDelegate, NestedToolCall, ToolDefinition, ToolKind,
+    BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition, ToolError,
+    ToolKind,
 };
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Answers every tool call at once with its input.
+/// Answers every tool call at once with its input, as a value: the argument is parsed and
+/// the result serialised ([`NestedToolCall::answer_with`]), as in a typical agent core.
 pub struct EchoTools;
 
 impl CodeModeSessionDelegate for EchoTools {
@@ -15,13 +17,9 @@ impl CodeModeSessionDelegate for EchoTools {
         &self,
         call: NestedToolCall,
         _: CancellationToken,
-    ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move { Ok(call.input.unwrap_or(serde_json::Value::Null)) })
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        call.answer_with(|call| async move { Ok(call.input.unwrap_or(serde_json::Value::Null)) })
     }
-    fn notify(&self, _: String, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn cell_closed(&self, _: &str) {}
 }
 
 /// `count` synthetic function tools named `mcp__bench__tool_<n>`.

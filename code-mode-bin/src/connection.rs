@@ -17,7 +17,7 @@
 
 use crate::delegate::{DelegateCalls, RemoteDelegate};
 use crate::metrics::METRICS;
-use code_mode::{InProcessOptions, InProcessSession};
+use code_mode::InProcessSession;
 use code_mode_protocol::session::poll_once;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
@@ -125,10 +125,7 @@ impl Connection {
                 }
                 let id = SessionId(self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
                 let delegate = RemoteDelegate::new(Arc::downgrade(&self.delegate_calls), id);
-                let session = InProcessSession::new(
-                    Arc::new(delegate),
-                    InProcessOptions { session: options },
-                );
+                let session = InProcessSession::new(Arc::new(delegate), options);
                 lock(&self.sessions).insert(id, Arc::new(session));
                 METRICS.sessions_opened(1);
                 Ok(Response::SessionOpened(id))

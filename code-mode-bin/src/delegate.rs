@@ -10,7 +10,9 @@ use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{
     DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId,
 };
-use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall};
+use code_mode_protocol::{
+    BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -66,7 +68,7 @@ impl DelegateCalls {
 
 /// A delegate call waiting for the host's reply, with the reply kind it expects.
 enum PendingDelegateCall {
-    Tool(oneshot::Sender<Result<String, String>>),
+    Tool(oneshot::Sender<Result<JsonText, ToolError>>),
     Notify(oneshot::Sender<()>),
 }
 
@@ -167,33 +169,13 @@ impl RemoteDelegate {
 }
 
 impl CodeModeSessionDelegate for RemoteDelegate {
-    /// Sessions call [`Self::invoke_tool_text`]; this form exists for the trait.
+    /// The payloads cross as the text they are, both ways: the runtime process never
+    /// parses them (the cell's `JSON.parse` checks the result).
     fn invoke_tool(
         &self,
         call: NestedToolCall,
         cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<serde_json::Value, String>> {
-        let call = NestedToolCall {
-            cell_id: call.cell_id,
-            call_id: call.call_id,
-            tool_name: call.tool_name,
-            kind: call.kind,
-            input: call.input.as_ref().map(JsonText::from_value),
-        };
-        Box::pin(async move {
-            let json = self.invoke_tool_text(call, cancel).await?;
-            json.to_value()
-                .map_err(|error| format!("tool result rejected: {error}"))
-        })
-    }
-
-    /// The payloads cross as the text they are, both ways: the runtime process never
-    /// parses them (the cell's `JSON.parse` checks the result).
-    fn invoke_tool_text(
-        &self,
-        call: NestedToolCall<JsonText>,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<JsonText, String>> {
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
         Box::pin(async move {
             METRICS.nested_call();
             let wire_call = DelegateCall::InvokeTool {
@@ -201,18 +183,17 @@ impl CodeModeSessionDelegate for RemoteDelegate {
                 call_id: call.call_id,
                 tool_name: call.tool_name,
                 kind: call.kind,
-                input: call.input.map(JsonText::into_string),
+                input: call.input,
             };
-            let json = self
-                .call(wire_call, PendingDelegateCall::Tool, cancel)
-                .await??;
-            Ok(JsonText::new(json))
+            self.call(wire_call, PendingDelegateCall::Tool, cancel)
+                .await
+                .map_err(ToolError::new)?
         })
     }
 
     fn notify(
         &self,
-        cell_id: String,
+        cell_id: CellId,
         text: String,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, ()> {
@@ -224,17 +205,17 @@ impl CodeModeSessionDelegate for RemoteDelegate {
         })
     }
 
-    fn cell_closed(&self, cell_id: &str) {
+    fn cell_closed(&self, cell_id: &CellId) {
         METRICS.cell_closed();
         let Some(calls) = self.calls.upgrade() else {
             return;
         };
         let message = ServerMessage::CellClosed {
             session: self.session,
-            cell_id: cell_id.to_owned(),
+            cell_id: cell_id.clone(),
         };
         if let Err(error) = calls.outbox.send(&message) {
-            tracing::error!(cell = cell_id, "cell-closed event not sent: {error}");
+            tracing::error!(cell = %cell_id, "cell-closed event not sent: {error}");
         }
     }
 }

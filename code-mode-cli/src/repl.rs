@@ -166,7 +166,7 @@ impl Repl {
             }
             (":terminate", Some(cell_id)) => {
                 let started_at = Instant::now();
-                match self.session.terminate(cell_id.to_owned()).await {
+                match self.session.terminate(cell_id.into()).await {
                     Ok(response) => self.show(&response, started_at, u64::MAX / 8),
                     Err(error) => self.error(&error.to_string()),
                 }

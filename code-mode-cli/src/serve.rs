@@ -25,8 +25,9 @@ use code_mode_protocol::surface::{
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CellLimits, CodeModeSession, CodeModeSessionDelegate, ExecRequest, NestedToolCall,
-    SessionCall, SessionError, SessionOptions, ToolDefinition, ToolKind, WaitRequest,
+    BoxFuture, CellId, CellLimits, CodeModeSession, CodeModeSessionDelegate, ExecRequest, JsonText,
+    NestedToolCall, SessionCall, SessionError, SessionOptions, ToolDefinition, ToolError, ToolKind,
+    WaitRequest,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -216,7 +217,7 @@ impl ExecParams {
 #[serde(deny_unknown_fields)]
 struct WaitParams {
     session: String,
-    cell_id: String,
+    cell_id: CellId,
     yield_time_ms: Option<u64>,
 }
 
@@ -224,7 +225,7 @@ struct WaitParams {
 #[serde(deny_unknown_fields)]
 struct CellParams {
     session: String,
-    cell_id: String,
+    cell_id: CellId,
 }
 
 #[derive(Deserialize)]
@@ -321,8 +322,8 @@ impl CodeModeSessionDelegate for JsonlDelegate {
         &self,
         call: NestedToolCall,
         cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<Value, String>> {
-        Box::pin(async move {
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        call.answer_with(|call| async move {
             if self.tools.has(&call.tool_name) {
                 return self.tools.call(&call.tool_name, call.input, &cancel).await;
             }
@@ -340,11 +341,13 @@ impl CodeModeSessionDelegate for JsonlDelegate {
                 "input": call.input,
             }));
             tokio::select! {
-                answer = answer => answer.unwrap_or_else(|_| Err("the client went away".to_owned())),
+                answer = answer => answer
+                    .unwrap_or_else(|_| Err("the client went away".to_owned()))
+                    .map_err(ToolError::new),
                 () = cancel.cancelled() => {
                     lock(&self.calls).remove(&id);
                     self.out.send(json!({ "event": "tool_cancelled", "call": id }));
-                    Err("cancelled".to_owned())
+                    Err(ToolError::cancelled())
                 }
             }
         })
@@ -352,7 +355,7 @@ impl CodeModeSessionDelegate for JsonlDelegate {
 
     fn notify(
         &self,
-        cell_id: String,
+        cell_id: CellId,
         text: String,
         _cancel: CancellationToken,
     ) -> BoxFuture<'_, ()> {
@@ -363,7 +366,7 @@ impl CodeModeSessionDelegate for JsonlDelegate {
         })
     }
 
-    fn cell_closed(&self, cell_id: &str) {
+    fn cell_closed(&self, cell_id: &CellId) {
         self.out
             .send(json!({ "event": "cell_closed", "session": self.session, "cell_id": cell_id }));
     }

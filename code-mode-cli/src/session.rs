@@ -2,8 +2,9 @@
 //! (`--in-process`), or on runtimes listening elsewhere (`--runtime HOST:PORT`, with mutual
 //! TLS through `--runtime-ca`, `--runtime-cert` and `--runtime-key`).
 
-use code_mode::{InProcessOptions, InProcessSession};
-use code_mode_host::{ClientTls, HostConfig, IpcProvider, RemoteConfig, RemoteProvider};
+use code_mode::{InProcessConfig, InProcessProvider};
+use code_mode_host::CodeModeProvider;
+use code_mode_host::{ClientTls, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider};
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,8 +51,8 @@ impl RuntimeArgs {
 /// Where a command's sessions run; one runtime process (or one pool of remote runtimes)
 /// serves all of a command's sessions.
 pub enum Sessions {
-    InProcess,
-    Ipc(IpcProvider),
+    InProcess(InProcessProvider),
+    Process(ProcessProvider),
     Remote(RemoteProvider),
 }
 
@@ -59,16 +60,18 @@ impl Sessions {
     /// The provider the arguments ask for; the error is one line for the user.
     pub fn new(args: &RuntimeArgs, runtime_log: &str) -> Result<Self, String> {
         if args.in_process {
-            return Ok(Self::InProcess);
+            return Ok(Self::InProcess(InProcessProvider::new(
+                InProcessConfig::default(),
+            )));
         }
         if !args.runtime.is_empty() {
             return remote(args).map(Self::Remote);
         }
-        IpcProvider::new(HostConfig {
+        ProcessProvider::new(ProcessConfig {
             log_filter: runtime_log.to_owned(),
-            ..HostConfig::default()
+            ..ProcessConfig::default()
         })
-        .map(Self::Ipc)
+        .map(Self::Process)
         .map_err(|error| error.to_string())
     }
 
@@ -79,11 +82,8 @@ impl Sessions {
         options: SessionOptions,
     ) -> Box<dyn CodeModeSession> {
         match self {
-            Self::InProcess => Box::new(InProcessSession::new(
-                delegate,
-                InProcessOptions { session: options },
-            )),
-            Self::Ipc(provider) => Box::new(provider.open_session(delegate, options)),
+            Self::InProcess(provider) => Box::new(provider.open_session(delegate, options)),
+            Self::Process(provider) => Box::new(provider.open_session(delegate, options)),
             Self::Remote(provider) => Box::new(provider.open_session(delegate, options)),
         }
     }

@@ -27,8 +27,9 @@ use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
-    BoxFuture, CellResponse, CodeModeSessionDelegate, FromReply, JsonText, NestedToolCall,
+    BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, FromReply, NestedToolCall,
     PendingOutcome, SessionCall, SessionError, SessionReply, StartedCell, StartedPendingCell,
+    ToolError,
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -185,10 +186,10 @@ struct PendingRequest {
 struct SessionEntry {
     delegate: Arc<dyn CodeModeSessionDelegate>,
     /// Cells seen alive (by a response or a delegate call) and not yet closed.
-    live_cells: HashSet<String>,
-    closed_cells: HashSet<String>,
+    live_cells: HashSet<CellId>,
+    closed_cells: HashSet<CellId>,
     /// Per runtime cell id, an answer whose caller had gone when it arrived.
-    unclaimed: HashMap<String, Unclaimed>,
+    unclaimed: HashMap<CellId, Unclaimed>,
 }
 
 #[derive(Default)]
@@ -356,26 +357,14 @@ impl Connection {
 
     /// The id the agent core sees for a runtime cell id: `1` in the first generation,
     /// `g2:1` in the second, and so on.
-    pub(crate) fn external_cell_id(&self, cell_id: &str) -> String {
-        if self.generation == 1 {
-            cell_id.to_owned()
-        } else {
-            format!("g{}:{cell_id}", self.generation)
-        }
+    pub(crate) fn external_cell_id(&self, cell_id: &CellId) -> CellId {
+        cell_id.in_generation(self.generation)
     }
 
     /// The runtime's id for a cell id the agent core gave; `None` if it belongs to another
     /// generation (its process is gone).
-    pub(crate) fn runtime_cell_id(&self, external: &str) -> Option<String> {
-        match external
-            .strip_prefix('g')
-            .and_then(|rest| rest.split_once(':'))
-        {
-            Some((generation, cell_id)) => {
-                (generation.parse() == Ok(self.generation)).then(|| cell_id.to_owned())
-            }
-            None => (self.generation == 1).then(|| external.to_owned()),
-        }
+    pub(crate) fn runtime_cell_id(&self, external: &CellId) -> Option<CellId> {
+        (external.generation() == Some(self.generation)).then(|| external.in_generation(1))
     }
 
     /// Sends a request and waits for its response.
@@ -566,9 +555,9 @@ impl Connection {
                 let message = ClientMessage::DelegateReply { id, reply };
                 code_mode_protocol::hop!("host sends the tool result");
                 if let Err(error) = connection.outbox.send(&message) {
-                    let reply = DelegateReply::ToolResult(Err(format!(
+                    let reply = DelegateReply::ToolResult(Err(ToolError::new(format!(
                         "the tool result could not be sent to the runtime: {error}"
-                    )));
+                    ))));
                     let _ = connection
                         .outbox
                         .send(&ClientMessage::DelegateReply { id, reply });
@@ -598,17 +587,17 @@ impl Connection {
                 input,
             } => {
                 // The argument is parsed only if the agent core's delegate wants a value
-                // (the default `invoke_tool_text`); the result goes back as its text.
+                // (`NestedToolCall::answer_with`); the result goes back as its text.
                 let call = NestedToolCall {
                     cell_id: self.external_cell_id(&cell_id),
                     call_id,
                     tool_name,
                     kind,
-                    input: input.map(JsonText::new),
+                    input,
                 };
                 let result =
-                    until_cancelled(token, delegate.invoke_tool_text(call, token.clone())).await?;
-                Some(DelegateReply::ToolResult(result.map(JsonText::into_string)))
+                    until_cancelled(token, delegate.invoke_tool(call, token.clone())).await?;
+                Some(DelegateReply::ToolResult(result))
             }
             DelegateCall::Notify { cell_id, text } => {
                 let cell_id = self.external_cell_id(&cell_id);
@@ -618,7 +607,7 @@ impl Connection {
         }
     }
 
-    fn on_cell_closed(&self, session: SessionId, cell_id: String) -> Result<(), String> {
+    fn on_cell_closed(&self, session: SessionId, cell_id: CellId) -> Result<(), String> {
         if !is_runtime_cell_id(&cell_id) {
             return Err(format!("a close event for an invalid cell id {cell_id:?}"));
         }
@@ -686,7 +675,7 @@ impl Connection {
             return Err(format!("a response names an invalid cell id {cell_id:?}"));
         }
         if let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session)) {
-            let cell_id = cell_id.to_owned();
+            let cell_id = cell_id.clone();
             // Two dropped observations of one cell in a row: both answers are kept, in
             // the order the runtime gave them.
             let kept = match entry.unclaimed.remove(&cell_id) {
@@ -699,7 +688,7 @@ impl Connection {
     }
 
     /// Takes the answer kept for a cell whose caller had gone, if any.
-    pub(crate) fn take_unclaimed(&self, session: SessionId, cell_id: &str) -> Option<Unclaimed> {
+    pub(crate) fn take_unclaimed(&self, session: SessionId, cell_id: &CellId) -> Option<Unclaimed> {
         lock(&self.state)
             .sessions
             .get_mut(&session)?
@@ -714,7 +703,7 @@ impl Connection {
         let Some(entry) = state.sessions.get_mut(&session) else {
             return;
         };
-        let cell_id = unclaimed.cell_id().to_owned();
+        let cell_id = unclaimed.cell_id().clone();
         let kept = match entry.unclaimed.remove(&cell_id) {
             Some(later) => unclaimed.then(later),
             None => unclaimed,
@@ -814,14 +803,18 @@ fn session_of(request: &Request) -> Option<SessionId> {
 
 /// Records a started cell as alive in its session (unless it already closed: the close
 /// event may overtake the response).
-fn mark_alive(state: &mut State, session: Option<SessionId>, cell_id: &str) -> Result<(), String> {
+fn mark_alive(
+    state: &mut State,
+    session: Option<SessionId>,
+    cell_id: &CellId,
+) -> Result<(), String> {
     if !is_runtime_cell_id(cell_id) {
         return Err(format!("a response names an invalid cell id {cell_id:?}"));
     }
     if let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session))
         && !entry.closed_cells.contains(cell_id)
     {
-        entry.live_cells.insert(cell_id.to_owned());
+        entry.live_cells.insert(cell_id.clone());
     }
     Ok(())
 }
@@ -870,9 +863,9 @@ impl<T: Answer> Drop for AbandonOnDrop<'_, T> {
     }
 }
 
-/// Runtime cell ids are positive decimal numbers.
-fn is_runtime_cell_id(cell_id: &str) -> bool {
-    !cell_id.is_empty() && cell_id.len() <= 20 && cell_id.bytes().all(|b| b.is_ascii_digit())
+/// A runtime names its cells in its own first generation; the host adds its generation.
+fn is_runtime_cell_id(cell_id: &CellId) -> bool {
+    cell_id.generation() == Some(1)
 }
 
 fn describe(message: &ServerMessage) -> &'static str {

@@ -14,10 +14,10 @@
 use crate::connection::{Connection, HandshakeError, Liveness, Peer, Placed};
 use crate::error::HostError;
 pub use crate::error::RemoteError;
-use crate::provider::{IpcSession, RuntimeSource};
+use crate::hosted::{HostedSession, RuntimeSource, hosted_session};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::FrameError;
-use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, SessionOptions};
+use code_mode_protocol::{BoxFuture, CodeModeProvider, CodeModeSessionDelegate, SessionOptions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::net::SocketAddr;
@@ -188,7 +188,7 @@ struct RemoteInner {
     this: std::sync::Weak<RemoteInner>,
 }
 
-/// Creates [`IpcSession`]s spread over runtimes on other machines.
+/// Creates [`RemoteSession`]s spread over runtimes on other machines.
 #[derive(Clone)]
 pub struct RemoteProvider {
     inner: Arc<RemoteInner>,
@@ -232,15 +232,6 @@ impl RemoteProvider {
         })
     }
 
-    /// A new session reporting to `delegate`; it is placed on a runtime at its first call.
-    pub fn open_session(
-        &self,
-        delegate: Arc<dyn CodeModeSessionDelegate>,
-        options: SessionOptions,
-    ) -> IpcSession {
-        IpcSession::new(self.inner.clone(), delegate, options)
-    }
-
     /// Resolves the endpoints and dials every runtime now, waiting until at least one is
     /// ready (or the connect timeout passed).
     pub async fn start(&self) -> Result<(), HostError> {
@@ -270,6 +261,25 @@ fn backoff(failures: u32) -> Duration {
         .saturating_mul(2u32.saturating_pow(exponent))
         .min(MAX_RECONNECT_DELAY)
 }
+
+impl CodeModeProvider for RemoteProvider {
+    type Session = RemoteSession;
+
+    /// A new session reporting to `delegate`; it is placed on a runtime at its first call.
+    fn open_session(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> RemoteSession {
+        RemoteSession(HostedSession::new(self.inner.clone(), delegate, options))
+    }
+}
+
+hosted_session!(
+    /// A session whose cells run on one of a [`RemoteProvider`]'s runtimes, chosen at its
+    /// first call. Dropping it starts its shutdown in that runtime.
+    RemoteSession
+);
 
 impl RemoteInner {
     /// Resolves the endpoints again when it is due.

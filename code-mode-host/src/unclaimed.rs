@@ -9,7 +9,7 @@
 //! returned); otherwise the call goes to the runtime and the kept items come first in its
 //! answer, so that no output is lost or reordered.
 
-use code_mode_protocol::{CellResponse, PendingOutcome};
+use code_mode_protocol::{CallId, CellId, CellResponse, PendingOutcome};
 
 /// An answer the runtime gave for a cell and no caller took.
 #[derive(Debug)]
@@ -22,7 +22,7 @@ pub(crate) enum Unclaimed {
 
 impl Unclaimed {
     /// The runtime's cell id the answer is about.
-    pub(crate) fn cell_id(&self) -> &str {
+    pub(crate) fn cell_id(&self) -> &CellId {
         match self {
             Unclaimed::Response(response)
             | Unclaimed::Outcome(PendingOutcome::Completed(response)) => response.cell_id(),
@@ -41,7 +41,7 @@ impl Unclaimed {
     }
 
     /// The output items, and the nested calls reported with them (pending-aware only).
-    fn into_parts(self) -> (Vec<code_mode_protocol::ContentItem>, Vec<String>) {
+    fn into_parts(self) -> (Vec<code_mode_protocol::ContentItem>, Vec<CallId>) {
         match self {
             Unclaimed::Response(response)
             | Unclaimed::Outcome(PendingOutcome::Completed(response)) => {
@@ -82,7 +82,7 @@ impl Reclaim for CellResponse {
     fn after(unclaimed: Unclaimed, answer: Self) -> Self {
         if answer.is_missing_cell() {
             // The runtime no longer knows the cell: what was kept is all there is.
-            let cell_id = unclaimed.cell_id().to_owned();
+            let cell_id = unclaimed.cell_id().clone();
             return match unclaimed {
                 Unclaimed::Response(response)
                 | Unclaimed::Outcome(PendingOutcome::Completed(response)) => response,
@@ -174,14 +174,14 @@ mod tests {
 
     fn yielded(items: &[&str]) -> CellResponse {
         CellResponse::Yielded {
-            cell_id: "3".to_owned(),
+            cell_id: CellId::new(3),
             content_items: items.iter().map(|item| text(item)).collect(),
         }
     }
 
     fn result(items: &[&str]) -> CellResponse {
         CellResponse::Result {
-            cell_id: "3".to_owned(),
+            cell_id: CellId::new(3),
             content_items: items.iter().map(|item| text(item)).collect(),
             error_text: None,
             missing_cell: false,
@@ -190,9 +190,9 @@ mod tests {
 
     fn pending(items: &[&str], calls: &[&str]) -> PendingOutcome {
         PendingOutcome::Pending {
-            cell_id: "3".to_owned(),
+            cell_id: CellId::new(3),
             content_items: items.iter().map(|item| text(item)).collect(),
-            pending_tool_call_ids: calls.iter().map(|call| (*call).to_owned()).collect(),
+            pending_tool_call_ids: calls.iter().map(|call| call.parse().unwrap()).collect(),
         }
     }
 
@@ -211,13 +211,13 @@ mod tests {
         let kept = Unclaimed::Response(yielded(&["a"]));
         let kept = CellResponse::settled_by(kept, false).unwrap_err();
         let terminated = CellResponse::Terminated {
-            cell_id: "3".to_owned(),
+            cell_id: CellId::new(3),
             content_items: vec![text("b")],
         };
         assert_eq!(
             CellResponse::after(kept, terminated),
             CellResponse::Terminated {
-                cell_id: "3".to_owned(),
+                cell_id: CellId::new(3),
                 content_items: vec![text("a"), text("b")],
             }
         );
@@ -239,13 +239,13 @@ mod tests {
 
     #[test]
     fn a_kept_frontier_goes_before_a_wait_and_after_a_missing_cell_is_all_there_is() {
-        let kept = Unclaimed::Outcome(pending(&["a"], &["1"]));
+        let kept = Unclaimed::Outcome(pending(&["a"], &["tool-1"]));
         let kept = CellResponse::settled_by(kept, true).unwrap_err();
         assert_eq!(
             CellResponse::after(kept, result(&["b"])),
             result(&["a", "b"])
         );
-        let kept = Unclaimed::Outcome(pending(&["a"], &["1"]));
+        let kept = Unclaimed::Outcome(pending(&["a"], &["tool-1"]));
         assert_eq!(
             CellResponse::after(kept, CellResponse::missing("3")),
             yielded(&["a"])
@@ -254,11 +254,11 @@ mod tests {
 
     #[test]
     fn kept_output_and_calls_go_before_the_next_frontier() {
-        let kept = Unclaimed::Outcome(pending(&["a"], &["1"]));
+        let kept = Unclaimed::Outcome(pending(&["a"], &["tool-1"]));
         let kept = PendingOutcome::settled_by(kept, false).unwrap_err();
         assert_eq!(
-            PendingOutcome::after(kept, pending(&["b"], &["2"])),
-            pending(&["a", "b"], &["1", "2"])
+            PendingOutcome::after(kept, pending(&["b"], &["tool-2"])),
+            pending(&["a", "b"], &["tool-1", "tool-2"])
         );
         let kept = Unclaimed::Response(yielded(&["a"]));
         let kept = PendingOutcome::settled_by(kept, true).unwrap_err();

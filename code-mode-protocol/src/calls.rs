@@ -7,6 +7,7 @@
 //! a method; a front end only parses its own message format into a `SessionCall` and
 //! renders the `SessionReply` (the JSON forms are in [`crate::surface::json`]).
 
+use crate::ids::CellId;
 use crate::session::{
     CellResponse, CodeModeSession, ExecRequest, PendingOutcome, SessionError, StartedCell,
     StartedPendingCell, WaitRequest,
@@ -20,11 +21,11 @@ pub enum SessionCall {
     Execute(ExecRequest),
     Wait(WaitRequest),
     Terminate {
-        cell_id: String,
+        cell_id: CellId,
     },
     ExecuteToPending(ExecRequest),
     WaitToPending {
-        cell_id: String,
+        cell_id: CellId,
     },
     /// Shuts the session down; whoever holds it forgets it afterwards.
     Shutdown,

@@ -78,6 +78,12 @@ impl From<String> for JsonText {
     }
 }
 
+impl From<&str> for JsonText {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
 impl From<&serde_json::Value> for JsonText {
     fn from(value: &serde_json::Value) -> Self {
         Self::from_value(value)

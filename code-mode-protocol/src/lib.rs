@@ -12,6 +12,7 @@
 
 pub mod calls;
 pub mod hops;
+pub mod ids;
 pub mod json_text;
 pub mod model;
 pub mod session;
@@ -20,10 +21,11 @@ pub mod sync;
 pub mod wire;
 
 pub use calls::{FromReply, SessionCall, SessionReply};
+pub use ids::{CallId, CellId, NotACallId, ToolError};
 pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
-    ACK_PATIENCE, BoxFuture, CellLimits, CellResponse, CodeModeSession, CodeModeSessionDelegate,
-    ExecRequest, NestedToolCall, PendingOutcome, SessionError, SessionOptions, StartedCell,
-    StartedPendingCell, WaitRequest,
+    ACK_PATIENCE, BoxFuture, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
+    CodeModeSessionDelegate, ExecRequest, NestedToolCall, PendingOutcome, SessionError,
+    SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
 };

@@ -7,6 +7,7 @@
 //! line and the conformance suite runs unchanged against both. Methods return boxed
 //! futures so that `dyn CodeModeSession` works.
 
+use crate::ids::{CallId, CellId, ToolError};
 use crate::json_text::JsonText;
 use crate::model::{ContentItem, ToolDefinition, ToolKind};
 use serde::{Deserialize, Serialize};
@@ -179,13 +180,13 @@ impl ExecRequest {
 /// A `wait` call (without `terminate`, which is [`CodeModeSession::terminate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaitRequest {
-    pub cell_id: String,
+    pub cell_id: CellId,
     /// `None`: [`DEFAULT_YIELD_TIME_MS`].
     pub yield_time_ms: Option<u64>,
 }
 
 impl WaitRequest {
-    pub fn new(cell_id: impl Into<String>) -> Self {
+    pub fn new(cell_id: impl Into<CellId>) -> Self {
         Self {
             cell_id: cell_id.into(),
             yield_time_ms: None,
@@ -203,19 +204,19 @@ impl WaitRequest {
 pub enum CellResponse {
     /// The cell is still running; these are the items produced since the last observation.
     Yielded {
-        cell_id: String,
+        cell_id: CellId,
         content_items: Vec<ContentItem>,
     },
     /// The cell was terminated; the items it produced and had not returned.
     Terminated {
-        cell_id: String,
+        cell_id: CellId,
         content_items: Vec<ContentItem>,
     },
     /// The cell completed; `error_text` is set when it failed. `missing_cell` marks the
     /// answer to a `wait` on an id the session does not know, so that a caller can tell it
     /// from a real cell that failed.
     Result {
-        cell_id: String,
+        cell_id: CellId,
         content_items: Vec<ContentItem>,
         error_text: Option<String>,
         missing_cell: bool,
@@ -224,7 +225,7 @@ pub enum CellResponse {
 
 impl CellResponse {
     /// The result for an id the session does not know: `exec cell <id> not found`.
-    pub fn missing(cell_id: impl Into<String>) -> Self {
+    pub fn missing(cell_id: impl Into<CellId>) -> Self {
         let cell_id = cell_id.into();
         CellResponse::Result {
             error_text: Some(format!("exec cell {cell_id} not found")),
@@ -235,7 +236,7 @@ impl CellResponse {
     }
 
     /// The same response for another cell id (e.g. as a host presents it).
-    pub fn with_cell_id(mut self, id: impl Into<String>) -> Self {
+    pub fn with_cell_id(mut self, id: impl Into<CellId>) -> Self {
         match &mut self {
             CellResponse::Yielded { cell_id, .. }
             | CellResponse::Terminated { cell_id, .. }
@@ -244,7 +245,7 @@ impl CellResponse {
         self
     }
 
-    pub fn cell_id(&self) -> &str {
+    pub fn cell_id(&self) -> &CellId {
         match self {
             CellResponse::Yielded { cell_id, .. }
             | CellResponse::Terminated { cell_id, .. }
@@ -282,7 +283,7 @@ impl CellResponse {
 /// What `execute` returns: the new cell's id and its first observation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartedCell {
-    pub cell_id: String,
+    pub cell_id: CellId,
     pub initial_response: CellResponse,
 }
 
@@ -293,9 +294,9 @@ pub enum PendingOutcome {
     /// only on these nested tool calls (those started since the previous frontier) or on
     /// timers.
     Pending {
-        cell_id: String,
+        cell_id: CellId,
         content_items: Vec<ContentItem>,
-        pending_tool_call_ids: Vec<String>,
+        pending_tool_call_ids: Vec<CallId>,
     },
     /// The cell finished (or was terminated) before reaching a frontier.
     Completed(CellResponse),
@@ -304,18 +305,18 @@ pub enum PendingOutcome {
 /// What `execute_to_pending` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartedPendingCell {
-    pub cell_id: String,
+    pub cell_id: CellId,
     pub outcome: PendingOutcome,
 }
 
-/// A nested tool call, as the delegate receives it (contract section 6). The argument is
-/// a JSON value for [`CodeModeSessionDelegate::invoke_tool`], and the JSON text it
-/// travels as ([`JsonText`]) for [`CodeModeSessionDelegate::invoke_tool_text`].
+/// A nested tool call, as the delegate receives it (contract section 6). Its argument is
+/// the JSON text it travels as ([`JsonText`]); [`NestedToolCall::answer_with`] parses it
+/// for a delegate that works with values.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NestedToolCall<Input = serde_json::Value> {
-    pub cell_id: String,
+pub struct NestedToolCall<Input = JsonText> {
+    pub cell_id: CellId,
     /// `tool-N`, numbered per cell.
-    pub call_id: String,
+    pub call_id: CallId,
     /// The tool's original name, namespace included.
     pub tool_name: String,
     pub kind: ToolKind,
@@ -325,12 +326,12 @@ pub struct NestedToolCall<Input = serde_json::Value> {
 
 impl NestedToolCall<JsonText> {
     /// The same call with its argument parsed (bounded, see [`JsonText::to_value`]).
-    pub fn parsed(self) -> Result<NestedToolCall, String> {
+    pub fn parsed(self) -> Result<NestedToolCall<serde_json::Value>, ToolError> {
         let input = match &self.input {
             None => None,
             Some(text) => Some(
                 text.to_value()
-                    .map_err(|error| format!("tool input rejected: {error}"))?,
+                    .map_err(|error| ToolError::new(format!("tool input rejected: {error}")))?,
             ),
         };
         Ok(NestedToolCall {
@@ -341,6 +342,28 @@ impl NestedToolCall<JsonText> {
             input,
         })
     }
+
+    /// The typed convenience over [`CodeModeSessionDelegate::invoke_tool`]: parses the
+    /// argument, runs `answer` on the call with its value, and serialises the value it
+    /// returns. An argument that is not JSON fails the call with `tool input rejected: ...`
+    /// without running `answer`.
+    ///
+    /// Like the delegate method, this reports nothing before it returns: `answer` is
+    /// called right away, so whatever it does before its first `.await` happens in call
+    /// order.
+    pub fn answer_with<'a, F, Fut>(self, answer: F) -> BoxFuture<'a, Result<JsonText, ToolError>>
+    where
+        F: FnOnce(NestedToolCall<serde_json::Value>) -> Fut,
+        Fut: Future<Output = Result<serde_json::Value, ToolError>> + Send + 'a,
+    {
+        match self.parsed() {
+            Ok(call) => {
+                let value = answer(call);
+                Box::pin(async move { Ok(JsonText::from_value(&value.await?)) })
+            }
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
+    }
 }
 
 /// Errors of session calls. The `Display` texts are the contract's exact strings.
@@ -349,9 +372,9 @@ pub enum SessionError {
     #[error("code mode session is shutting down")]
     ShuttingDown,
     #[error("exec cell {0} already has an active observer")]
-    BusyObserver(String),
+    BusyObserver(CellId),
     #[error("exec cell {0} is already terminating")]
-    AlreadyTerminating(String),
+    AlreadyTerminating(CellId),
     /// The runtime could not run the call (no thread or process could be started, ...).
     #[error("exec runtime failure: {0}")]
     Runtime(String),
@@ -366,11 +389,17 @@ pub enum SessionError {
 }
 
 /// The agent core's side of a session: answers nested tool calls, receives notifications
-/// and learns when a cell is closed.
+/// and learns when a cell is closed. Only [`Self::invoke_tool`] must be written.
 pub trait CodeModeSessionDelegate: Send + Sync + 'static {
-    /// Runs a nested tool call. `cancel` fires when the cell no longer wants the answer
-    /// (it ended, was terminated, or the session shuts down); the delegate should stop
-    /// soon after, and is abandoned after a short grace period if it does not.
+    /// Runs a nested tool call. Its argument and its result are JSON text: a delegate that
+    /// forwards payloads (to a process, over a socket) never parses them, and one that
+    /// works with values uses [`NestedToolCall::answer_with`]. The cell checks the text
+    /// answered (`tool result rejected: it is not valid JSON` when it is not JSON); an
+    /// error rejects the cell's promise with its message.
+    ///
+    /// `cancel` fires when the cell no longer wants the answer (it ended, was terminated,
+    /// or the session shuts down); the delegate should stop soon after, and is abandoned
+    /// after a short grace period ([`CANCEL_GRACE`]) if it does not.
     ///
     /// Sessions poll the returned future once right away, on their own task and in the
     /// order the cell made its calls, before spawning it: report the call (an event, a log
@@ -380,34 +409,44 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
         &self,
         call: NestedToolCall,
         cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<serde_json::Value, String>>;
-
-    /// The same call with its argument and result as JSON text, which is how sessions
-    /// call a delegate. The default parses the argument, runs [`Self::invoke_tool`] and
-    /// serialises its result; a delegate that only forwards payloads (to a process, over a
-    /// socket) overrides it and never parses them. The text it answers is checked by the
-    /// cell (`tool result rejected: it is not valid JSON` when it is not JSON). The same
-    /// ordering and cancellation rules as [`Self::invoke_tool`] apply.
-    fn invoke_tool_text(
-        &self,
-        call: NestedToolCall<JsonText>,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<JsonText, String>> {
-        let call = call.parsed();
-        Box::pin(async move {
-            let result = self.invoke_tool(call?, cancel).await?;
-            Ok(JsonText::from_value(&result))
-        })
-    }
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>>;
 
     /// Delivers a `notify(...)` text of the cell's current `exec` call. `cancel` fires
-    /// when the cell is terminated or the session shuts down.
-    fn notify(&self, cell_id: String, text: String, cancel: CancellationToken)
-    -> BoxFuture<'_, ()>;
+    /// when the cell is terminated or the session shuts down. The default drops it.
+    fn notify(
+        &self,
+        cell_id: CellId,
+        text: String,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, ()> {
+        let _ = (cell_id, text, cancel);
+        Box::pin(std::future::ready(()))
+    }
 
     /// The cell is closed: it has stopped, its callbacks are cleaned up and its final
-    /// response was returned (or the session shut down). Called exactly once per cell.
-    fn cell_closed(&self, cell_id: &str);
+    /// response was returned (or the session shut down). Called exactly once per cell. The
+    /// default does nothing.
+    fn cell_closed(&self, cell_id: &CellId) {
+        let _ = cell_id;
+    }
+}
+
+/// Something that opens sessions. One per place cells run: `code_mode::InProcessProvider`
+/// (this process), `code_mode_host::ProcessProvider` (a runtime process it spawns) and
+/// `code_mode_host::RemoteProvider` (runtimes elsewhere, over TCP). An agent core written
+/// against this trait swaps where its cells run with one line.
+pub trait CodeModeProvider: Send + Sync {
+    /// The session this provider hands out.
+    type Session: CodeModeSession + 'static;
+
+    /// A new session reporting to `delegate`. Opening is cheap and never fails: whatever
+    /// the session needs (a thread, a process, a connection) is started by its first
+    /// call, which reports what went wrong as a [`SessionError`].
+    fn open_session(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> Self::Session;
 }
 
 /// A code-mode session: one agent thread's cells, stored values and cancellation root.
@@ -431,7 +470,7 @@ pub trait CodeModeSession: Send + Sync {
     /// already completed returns its completion instead.
     ///
     /// Cancel safety: dropping the future does not stop the termination.
-    fn terminate(&self, cell_id: String) -> BoxFuture<'_, Result<CellResponse, SessionError>>;
+    fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>>;
 
     /// Like `execute`, but returns at the cell's first pending frontier (contract 3.4).
     ///
@@ -447,7 +486,7 @@ pub trait CodeModeSession: Send + Sync {
     /// Cancel safety: as `wait`.
     fn wait_to_pending(
         &self,
-        cell_id: String,
+        cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>>;
 
     /// Shuts the session down: refuses new cells from now on, stops every admitted cell

@@ -18,7 +18,7 @@ pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::ToolDefinition;
 pub use runtime::{
     CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome, IsolateShelf,
-    SpawnError, StoredValues, ToolCallId, ToolCallRequest, prewarm, spawn_cell, spawn_cell_on,
+    SpawnError, StoredValues, ToolCallRequest, prewarm, spawn_cell, spawn_cell_on,
     strip_typescript,
 };
-pub use session::{InProcessOptions, InProcessSession};
+pub use session::{InProcessConfig, InProcessProvider, InProcessSession};

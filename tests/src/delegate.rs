@@ -4,14 +4,16 @@
 //! `block` waits until the test calls [`TestDelegate::release`] or the call is cancelled;
 //! `stubborn` ignores cancellation and never answers; `slow` answers `"slow done"` after
 //! the number of milliseconds given as input; `big` answers a string of as many bytes as
-//! its input says. `text_echo` and `bad_text` are answered on the JSON-text path
-//! ([`CodeModeSessionDelegate::invoke_tool_text`]): the first with the exact text of its
-//! argument, as a JSON string; the second with text that is not JSON. A notification whose
+//! its input says; these take their argument as a value
+//! ([`NestedToolCall::answer_with`]). `text_echo` and `bad_text` are answered as text: the
+//! first with the exact text of its argument, as a JSON string; the second with text that
+//! is not JSON. Records hold ids as their text. A notification whose
 //! text starts with `block` waits until cancelled; any other is delivered at once.
 
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition, ToolKind,
+    BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition,
+    ToolError, ToolKind,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -93,10 +95,11 @@ impl TestDelegate {
     }
 
     /// How many times `cell_closed` was called for `cell_id`.
-    pub fn closed_count(&self, cell_id: &str) -> usize {
+    pub fn closed_count(&self, cell_id: &(impl std::fmt::Display + ?Sized)) -> usize {
+        let cell_id = cell_id.to_string();
         self.records()
             .iter()
-            .filter(|record| matches!(record, Record::CellClosed(id) if id == cell_id))
+            .filter(|record| matches!(record, Record::CellClosed(id) if *id == cell_id))
             .count()
     }
 
@@ -144,27 +147,78 @@ impl TestDelegate {
 
     /// Registers a `block` call so that [`TestDelegate::release`] can answer it; done before
     /// the call is recorded as started, so a test that saw it started can release it.
-    fn register_block(&self, call: &NestedToolCall) -> oneshot::Receiver<Result<Value, String>> {
+    fn register_block(
+        &self,
+        call: &NestedToolCall<Value>,
+    ) -> oneshot::Receiver<Result<Value, String>> {
         let (release, released) = oneshot::channel();
-        lock(&self.blocked).insert((call.cell_id.clone(), call.call_id.clone()), release);
+        let key = (call.cell_id.to_string(), call.call_id.to_string());
+        lock(&self.blocked).insert(key, release);
         released
     }
 
     async fn block(
         &self,
-        call: &NestedToolCall,
+        call: &NestedToolCall<Value>,
         released: oneshot::Receiver<Result<Value, String>>,
         cancel: CancellationToken,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, ToolError> {
         tokio::select! {
-            answer = released => answer.unwrap_or_else(|_| Err("release dropped".to_owned())),
+            answer = released => answer
+                .unwrap_or_else(|_| Err("release dropped".to_owned()))
+                .map_err(ToolError::new),
             () = cancel.cancelled() => {
                 self.record(Record::ToolCancelled {
-                    cell_id: call.cell_id.clone(),
-                    call_id: call.call_id.clone(),
+                    cell_id: call.cell_id.to_string(),
+                    call_id: call.call_id.to_string(),
                 });
-                Err("cancelled".to_owned())
+                Err(ToolError::cancelled())
             }
+        }
+    }
+}
+
+impl TestDelegate {
+    /// The tools that take their argument as a value.
+    async fn answer_value(
+        &self,
+        call: NestedToolCall<Value>,
+        cancel: CancellationToken,
+    ) -> Result<Value, ToolError> {
+        let released = (call.tool_name == "block").then(|| self.register_block(&call));
+        self.record(Record::ToolStarted {
+            cell_id: call.cell_id.to_string(),
+            call_id: call.call_id.to_string(),
+            tool: call.tool_name.clone(),
+            input: call.input.clone(),
+        });
+        match call.tool_name.as_str() {
+            "echo" => Ok(call.input.clone().unwrap_or(Value::Null)),
+            "fail" => Err(ToolError::new("tool exploded")),
+            "block" => match released {
+                Some(released) => self.block(&call, released, cancel).await,
+                None => Err(ToolError::new("block was not registered")),
+            },
+            "stubborn" => {
+                cancel.cancelled().await;
+                self.record(Record::ToolCancelled {
+                    cell_id: call.cell_id.to_string(),
+                    call_id: call.call_id.to_string(),
+                });
+                std::future::pending().await
+            }
+            "big" => {
+                let bytes = call.input.as_ref().and_then(Value::as_u64).unwrap_or(0);
+                Ok(Value::String(
+                    "x".repeat(usize::try_from(bytes).unwrap_or(0)),
+                ))
+            }
+            "slow" => {
+                let millis = call.input.as_ref().and_then(Value::as_u64).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(millis)).await;
+                Ok(Value::from("slow done"))
+            }
+            other => Err(ToolError::new(format!("unknown tool {other}"))),
         }
     }
 }
@@ -174,74 +228,24 @@ impl CodeModeSessionDelegate for TestDelegate {
         &self,
         call: NestedToolCall,
         cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<Value, String>> {
-        Box::pin(async move {
-            let released = (call.tool_name == "block").then(|| self.register_block(&call));
-            self.record(Record::ToolStarted {
-                cell_id: call.cell_id.clone(),
-                call_id: call.call_id.clone(),
-                tool: call.tool_name.clone(),
-                input: call.input.clone(),
-            });
-            match call.tool_name.as_str() {
-                "echo" => Ok(call.input.clone().unwrap_or(Value::Null)),
-                "fail" => Err("tool exploded".to_owned()),
-                "block" => match released {
-                    Some(released) => self.block(&call, released, cancel).await,
-                    None => Err("block was not registered".to_owned()),
-                },
-                "stubborn" => {
-                    cancel.cancelled().await;
-                    self.record(Record::ToolCancelled {
-                        cell_id: call.cell_id.clone(),
-                        call_id: call.call_id.clone(),
-                    });
-                    std::future::pending().await
-                }
-                "big" => {
-                    let bytes = call.input.as_ref().and_then(Value::as_u64).unwrap_or(0);
-                    Ok(Value::String(
-                        "x".repeat(usize::try_from(bytes).unwrap_or(0)),
-                    ))
-                }
-                "slow" => {
-                    let millis = call.input.as_ref().and_then(Value::as_u64).unwrap_or(0);
-                    tokio::time::sleep(Duration::from_millis(millis)).await;
-                    Ok(Value::from("slow done"))
-                }
-                other => Err(format!("unknown tool {other}")),
-            }
-        })
-    }
-
-    fn invoke_tool_text(
-        &self,
-        call: NestedToolCall<JsonText>,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<JsonText, String>> {
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
         match call.tool_name.as_str() {
             "text_echo" => {
                 let text = call.input.map(JsonText::into_string).unwrap_or_default();
                 Box::pin(async move { Ok(JsonText::from_value(&Value::String(text))) })
             }
             "bad_text" => Box::pin(async { Ok(JsonText::new("{not json")) }),
-            // Every other tool takes a value, as the trait's default would give it.
-            _ => {
-                let call = call.parsed();
-                Box::pin(async move {
-                    let result = self.invoke_tool(call?, cancel).await?;
-                    Ok(JsonText::from_value(&result))
-                })
-            }
+            _ => call.answer_with(|call| self.answer_value(call, cancel)),
         }
     }
 
     fn notify(
         &self,
-        cell_id: String,
+        cell_id: CellId,
         text: String,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, ()> {
+        let cell_id = cell_id.to_string();
         Box::pin(async move {
             self.record(Record::NotifyStarted {
                 cell_id: cell_id.clone(),
@@ -256,7 +260,7 @@ impl CodeModeSessionDelegate for TestDelegate {
         })
     }
 
-    fn cell_closed(&self, cell_id: &str) {
-        self.record(Record::CellClosed(cell_id.to_owned()));
+    fn cell_closed(&self, cell_id: &CellId) {
+        self.record(Record::CellClosed(cell_id.to_string()));
     }
 }

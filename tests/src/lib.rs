@@ -1,8 +1,9 @@
 //! The conformance suite: the contract's session rules (`docs/CONTRACT.md` sections 3 to 6),
 //! written once against [`CodeModeSession`] and run for every provider.
 //!
-//! A provider implements [`Provider`]; `conformance_suite!(provider)` then expands to one
-//! `#[tokio::test]` per scenario in [`scenarios`]. Every scenario asserts exact items,
+//! `conformance_suite!(provider)` expands to one `#[tokio::test]` per scenario in
+//! [`scenarios`] for any [`code_mode_protocol::CodeModeProvider`], the public trait every
+//! provider implements. Every scenario asserts exact items,
 //! statuses and error strings, and orders events rather than timing them; where real time
 //! is involved the margins are generous.
 
@@ -29,22 +30,6 @@ pub struct EmbeddingExamples;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/REMOTE.md")]
 pub struct RemoteExamples;
-
-use code_mode_protocol::{CodeModeSession, SessionOptions};
-use std::future::Future;
-use std::sync::Arc;
-
-/// Something that opens sessions of one provider.
-pub trait Provider: Send + Sync {
-    type Session: CodeModeSession + 'static;
-
-    /// Opens a fresh session reporting to `delegate`.
-    fn open(
-        &self,
-        delegate: Arc<TestDelegate>,
-        options: SessionOptions,
-    ) -> impl Future<Output = Self::Session> + Send;
-}
 
 /// Expands to one test per conformance scenario for the provider expression given.
 #[macro_export]

@@ -1,10 +1,10 @@
-//! The conformance scenarios. Each is generic over the [`Provider`] and asserts exact
+//! The conformance scenarios. Each is generic over the [`CodeModeProvider`] and asserts exact
 //! items, statuses and error strings.
 
-use crate::{Provider, Record, TestDelegate};
+use crate::{Record, TestDelegate};
 use code_mode_protocol::{
-    CellResponse, CodeModeSession, ContentItem, ExecRequest, PendingOutcome, SessionError,
-    SessionOptions, StartedCell, WaitRequest,
+    CellId, CellResponse, CodeModeProvider, CodeModeSession, ContentItem, ExecRequest,
+    PendingOutcome, SessionError, SessionOptions, StartedCell, WaitRequest,
 };
 use serde_json::json;
 use std::future::Future;
@@ -24,16 +24,16 @@ pub async fn run_with_deadline(scenario: impl Future<Output = ()>) {
         .expect("the scenario did not finish within its deadline");
 }
 
-async fn open<P: Provider>(provider: &P) -> (P::Session, Arc<TestDelegate>) {
+async fn open<P: CodeModeProvider>(provider: &P) -> (P::Session, Arc<TestDelegate>) {
     open_with(provider, SessionOptions::default()).await
 }
 
-async fn open_with<P: Provider>(
+async fn open_with<P: CodeModeProvider>(
     provider: &P,
     options: SessionOptions,
 ) -> (P::Session, Arc<TestDelegate>) {
     let delegate = TestDelegate::new();
-    let session = provider.open(Arc::clone(&delegate), options).await;
+    let session = provider.open_session(delegate.clone(), options);
     (session, delegate)
 }
 
@@ -55,7 +55,7 @@ async fn exec_short(session: &impl CodeModeSession, source: &str) -> StartedCell
         .unwrap_or_else(|error| panic!("exec failed: {error}"))
 }
 
-async fn wait(session: &impl CodeModeSession, cell_id: &str) -> CellResponse {
+async fn wait(session: &impl CodeModeSession, cell_id: impl Into<CellId>) -> CellResponse {
     session
         .wait(WaitRequest::new(cell_id))
         .await
@@ -71,14 +71,14 @@ fn texts(items: &[ContentItem]) -> Vec<&str> {
 
 fn yielded(cell_id: &str, items: &[&str]) -> CellResponse {
     CellResponse::Yielded {
-        cell_id: cell_id.to_owned(),
+        cell_id: cell_id.into(),
         content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
     }
 }
 
 fn result(cell_id: &str, items: &[&str], error_text: Option<&str>) -> CellResponse {
     CellResponse::Result {
-        cell_id: cell_id.to_owned(),
+        cell_id: cell_id.into(),
         content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
         error_text: error_text.map(str::to_owned),
         missing_cell: false,
@@ -87,16 +87,19 @@ fn result(cell_id: &str, items: &[&str], error_text: Option<&str>) -> CellRespon
 
 fn terminated(cell_id: &str, items: &[&str]) -> CellResponse {
     CellResponse::Terminated {
-        cell_id: cell_id.to_owned(),
+        cell_id: cell_id.into(),
         content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
     }
 }
 
 fn pending(cell_id: &str, items: &[&str], calls: &[&str]) -> PendingOutcome {
     PendingOutcome::Pending {
-        cell_id: cell_id.to_owned(),
+        cell_id: cell_id.into(),
         content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
-        pending_tool_call_ids: calls.iter().map(|id| (*id).to_owned()).collect(),
+        pending_tool_call_ids: calls
+            .iter()
+            .map(|id| id.parse().expect("a call id"))
+            .collect(),
     }
 }
 
@@ -104,7 +107,7 @@ fn pending(cell_id: &str, items: &[&str], calls: &[&str]) -> PendingOutcome {
 /// it one by one, so intermediate frontiers are allowed, but they must report nothing new.
 async fn resume_until_completed(session: &impl CodeModeSession, cell_id: &str) -> CellResponse {
     loop {
-        match session.wait_to_pending(cell_id.to_owned()).await.unwrap() {
+        match session.wait_to_pending(cell_id.into()).await.unwrap() {
             PendingOutcome::Completed(response) => return response,
             intermediate => assert_eq!(intermediate, pending(cell_id, &[], &[])),
         }
@@ -133,7 +136,7 @@ async fn loads(session: &impl CodeModeSession, keys: &[&str]) -> Vec<String> {
 }
 
 // 1
-pub async fn text_yield_text_then_wait<P: Provider>(provider: &P) {
+pub async fn text_yield_text_then_wait<P: CodeModeProvider>(provider: &P) {
     let (session, _delegate) = open(provider).await;
     let started = exec(
         &session,
@@ -148,7 +151,7 @@ pub async fn text_yield_text_then_wait<P: Provider>(provider: &P) {
 }
 
 // 2
-pub async fn pending_frontier_with_a_blocking_tool<P: Provider>(provider: &P) {
+pub async fn pending_frontier_with_a_blocking_tool<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = session
         .execute_to_pending(request(
@@ -175,7 +178,7 @@ pub async fn pending_frontier_with_a_blocking_tool<P: Provider>(provider: &P) {
 }
 
 // 3
-pub async fn pending_frontier_with_two_parallel_tools<P: Provider>(provider: &P) {
+pub async fn pending_frontier_with_two_parallel_tools<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = session
         .execute_to_pending(request(
@@ -193,7 +196,9 @@ pub async fn pending_frontier_with_two_parallel_tools<P: Provider>(provider: &P)
 }
 
 // 4
-pub async fn tool_started_by_a_timer_reported_at_the_next_frontier<P: Provider>(provider: &P) {
+pub async fn tool_started_by_a_timer_reported_at_the_next_frontier<P: CodeModeProvider>(
+    provider: &P,
+) {
     let (session, delegate) = open(provider).await;
     let started = session
         .execute_to_pending(request(
@@ -226,7 +231,9 @@ pub async fn tool_started_by_a_timer_reported_at_the_next_frontier<P: Provider>(
 }
 
 // 5
-pub async fn terminate_after_an_unobserved_completion_returns_the_completion<P: Provider>(
+pub async fn terminate_after_an_unobserved_completion_returns_the_completion<
+    P: CodeModeProvider,
+>(
     provider: &P,
 ) {
     let (session, delegate) = open(provider).await;
@@ -248,7 +255,9 @@ pub async fn terminate_after_an_unobserved_completion_returns_the_completion<P: 
 }
 
 // 6
-pub async fn terminate_waits_for_the_notification_to_be_cancelled<P: Provider>(provider: &P) {
+pub async fn terminate_waits_for_the_notification_to_be_cancelled<P: CodeModeProvider>(
+    provider: &P,
+) {
     let (session, delegate) = open(provider).await;
     let started = exec_short(
         &session,
@@ -279,7 +288,7 @@ pub async fn terminate_waits_for_the_notification_to_be_cancelled<P: Provider>(p
 }
 
 // 7
-pub async fn terminated_writes_are_discarded<P: Provider>(provider: &P) {
+pub async fn terminated_writes_are_discarded<P: CodeModeProvider>(provider: &P) {
     let (session, _delegate) = open(provider).await;
     let started = exec_short(
         &session,
@@ -295,7 +304,7 @@ pub async fn terminated_writes_are_discarded<P: Provider>(provider: &P) {
 }
 
 // 8
-pub async fn second_terminate_during_cleanup_is_refused<P: Provider>(provider: &P) {
+pub async fn second_terminate_during_cleanup_is_refused<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = exec_short(&session, r#"await tools.stubborn();"#).await;
     assert_eq!(started.initial_response, yielded("1", &[]));
@@ -319,7 +328,7 @@ pub async fn second_terminate_during_cleanup_is_refused<P: Provider>(provider: &
 }
 
 // 9
-pub async fn second_concurrent_wait_is_refused<P: Provider>(provider: &P) {
+pub async fn second_concurrent_wait_is_refused<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = exec_short(&session, r#"const v = await tools.block(); text(v);"#).await;
     assert_eq!(started.initial_response, yielded("1", &[]));
@@ -342,7 +351,9 @@ pub async fn second_concurrent_wait_is_refused<P: Provider>(provider: &P) {
 }
 
 // 10
-pub async fn unawaited_tool_is_cancelled_when_the_cell_completes<P: Provider>(provider: &P) {
+pub async fn unawaited_tool_is_cancelled_when_the_cell_completes<P: CodeModeProvider>(
+    provider: &P,
+) {
     let (session, delegate) = open(provider).await;
     let started = exec(
         &session,
@@ -364,7 +375,7 @@ pub async fn unawaited_tool_is_cancelled_when_the_cell_completes<P: Provider>(pr
 }
 
 // 11
-pub async fn stored_values_are_per_session<P: Provider>(provider: &P) {
+pub async fn stored_values_are_per_session<P: CodeModeProvider>(provider: &P) {
     let (first, _d1) = open(provider).await;
     let (second, _d2) = open(provider).await;
     let started = exec(&first, r#"store("shared", { n: 1 }); text("ok");"#).await;
@@ -374,7 +385,7 @@ pub async fn stored_values_are_per_session<P: Provider>(provider: &P) {
 }
 
 // 12
-pub async fn concurrent_cells_merge_writes_by_key<P: Provider>(provider: &P) {
+pub async fn concurrent_cells_merge_writes_by_key<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let slow = exec_short(
         &session,
@@ -401,7 +412,7 @@ pub async fn concurrent_cells_merge_writes_by_key<P: Provider>(provider: &P) {
 }
 
 // 13
-pub async fn writes_before_a_script_error_are_committed<P: Provider>(provider: &P) {
+pub async fn writes_before_a_script_error_are_committed<P: CodeModeProvider>(provider: &P) {
     let (session, _delegate) = open(provider).await;
     let started = exec(&session, r#"store("k", 5); throw "startup failed";"#).await;
     assert_eq!(
@@ -412,7 +423,7 @@ pub async fn writes_before_a_script_error_are_committed<P: Provider>(provider: &
 }
 
 // 14
-pub async fn storing_undefined_keeps_the_old_value<P: Provider>(provider: &P) {
+pub async fn storing_undefined_keeps_the_old_value<P: CodeModeProvider>(provider: &P) {
     let (session, _delegate) = open(provider).await;
     exec(&session, r#"store("k", 1);"#).await;
     let started = exec(
@@ -435,7 +446,9 @@ pub async fn storing_undefined_keeps_the_old_value<P: Provider>(provider: &P) {
 }
 
 // 15
-pub async fn shutdown_stops_cpu_bound_cells_and_refuses_new_ones<P: Provider>(provider: &P) {
+pub async fn shutdown_stops_cpu_bound_cells_and_refuses_new_ones<P: CodeModeProvider>(
+    provider: &P,
+) {
     let (session, delegate) = open(provider).await;
     let started = exec_short(&session, r#"text("spinning"); while (true) {}"#).await;
     assert_eq!(started.initial_response, yielded("1", &["spinning"]));
@@ -455,7 +468,9 @@ pub async fn shutdown_stops_cpu_bound_cells_and_refuses_new_ones<P: Provider>(pr
 }
 
 // 16
-pub async fn shutdown_racing_admission_closes_each_admitted_cell_once<P: Provider>(provider: &P) {
+pub async fn shutdown_racing_admission_closes_each_admitted_cell_once<P: CodeModeProvider>(
+    provider: &P,
+) {
     let (session, delegate) = open(provider).await;
     let session = Arc::new(session);
     let mut execs = Vec::new();
@@ -511,7 +526,7 @@ pub async fn shutdown_racing_admission_closes_each_admitted_cell_once<P: Provide
 }
 
 // 17
-pub async fn exit_in_sixteen_places<P: Provider>(provider: &P) {
+pub async fn exit_in_sixteen_places<P: CodeModeProvider>(provider: &P) {
     let places = [
         r#"text("before"); store("a", 1); exit(); text("after"); store("b", 2);"#,
         r#"for (let i = 0; ; i++) { if (i === 2) { text("before"); store("a", 1); exit(); } }"#,
@@ -554,7 +569,7 @@ pub async fn exit_in_sixteen_places<P: Provider>(provider: &P) {
 }
 
 // 18
-pub async fn yield_time_grace_and_session_cap<P: Provider>(provider: &P) {
+pub async fn yield_time_grace_and_session_cap<P: CodeModeProvider>(provider: &P) {
     // A tool that answers 10.5 s after the exec starts.
     let source = r#"text(await tools.slow(10500));"#;
     let with_grace = async {
@@ -619,7 +634,7 @@ pub async fn yield_time_grace_and_session_cap<P: Provider>(provider: &P) {
 }
 
 // 19
-pub async fn wait_on_an_unknown_cell_is_the_missing_outcome<P: Provider>(provider: &P) {
+pub async fn wait_on_an_unknown_cell_is_the_missing_outcome<P: CodeModeProvider>(provider: &P) {
     let (session, _delegate) = open(provider).await;
     let response = wait(&session, "42").await;
     assert_eq!(response, CellResponse::missing("42"));
@@ -638,7 +653,7 @@ pub async fn wait_on_an_unknown_cell_is_the_missing_outcome<P: Provider>(provide
 }
 
 // 20
-pub async fn yield_raced_with_creation_is_kept_for_the_first_observation<P: Provider>(
+pub async fn yield_raced_with_creation_is_kept_for_the_first_observation<P: CodeModeProvider>(
     provider: &P,
 ) {
     let (session, _delegate) = open(provider).await;
@@ -671,7 +686,7 @@ pub async fn yield_raced_with_creation_is_kept_for_the_first_observation<P: Prov
 }
 
 // Contract 5: dropping a session starts its shutdown.
-pub async fn dropping_a_session_stops_its_cells<P: Provider>(provider: &P) {
+pub async fn dropping_a_session_stops_its_cells<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = exec_short(&session, "while (true) {}").await;
     assert_eq!(started.initial_response, yielded("1", &[]));
@@ -683,7 +698,9 @@ pub async fn dropping_a_session_stops_its_cells<P: Provider>(provider: &P) {
 // Contract 6: a lone surrogate half in a tool argument (what `JSON.stringify` writes as
 // `\ud83d`) reaches the delegate as U+FFFD, in values and in keys, and the answer that
 // carries it back resolves the promise.
-pub async fn lone_surrogates_in_tool_arguments_become_replacement_characters<P: Provider>(
+pub async fn lone_surrogates_in_tool_arguments_become_replacement_characters<
+    P: CodeModeProvider,
+>(
     provider: &P,
 ) {
     let (session, delegate) = open(provider).await;
@@ -727,7 +744,7 @@ pub async fn lone_surrogates_in_tool_arguments_become_replacement_characters<P: 
 
 // Contract 6: nested tool calls and notifications reach the delegate in the order the cell
 // made them, however many run in parallel.
-pub async fn parallel_calls_reach_the_delegate_in_call_order<P: Provider>(provider: &P) {
+pub async fn parallel_calls_reach_the_delegate_in_call_order<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = exec(
         &session,
@@ -770,7 +787,7 @@ pub async fn parallel_calls_reach_the_delegate_in_call_order<P: Provider>(provid
 
 // TypeScript cells (`docs/CONTRACT.md` section 2): types are stripped, positions are the
 // model's own, and constructs that need a transform are refused with their position.
-pub async fn typescript_cells_run_with_their_own_positions<P: Provider>(provider: &P) {
+pub async fn typescript_cells_run_with_their_own_positions<P: CodeModeProvider>(provider: &P) {
     let (session, _delegate) = open(provider).await;
     let started = exec(
         &session,
@@ -804,7 +821,7 @@ pub async fn typescript_cells_run_with_their_own_positions<P: Provider>(provider
 // Contract 7: a session's cells may share an isolate, one at a time, each with a fresh
 // context; nothing an earlier cell did reaches a later one. Each cell is closed before the
 // next starts, so the next runs on the parked isolate (when the session reuses them).
-pub async fn cells_on_a_reused_isolate_are_kept_apart<P: Provider>(provider: &P) {
+pub async fn cells_on_a_reused_isolate_are_kept_apart<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = exec(
         &session,
@@ -867,7 +884,7 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: Provider>(provider: &P)
         started.initial_response,
         CellResponse::Yielded { .. }
     ));
-    session.terminate("3".to_owned()).await.expect("terminate");
+    session.terminate("3".into()).await.expect("terminate");
     delegate.wait_closed("3").await;
     let started = exec(&session, "text(typeof globalThis.spin);").await;
     assert_eq!(started.initial_response, result("4", &["undefined"], None));
@@ -888,7 +905,9 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: Provider>(provider: &P)
 /// A delegate on the JSON-text path gets the argument exactly as V8 wrote it: nothing on
 /// the way parses it (a parse would turn the escaped lone surrogate into U+FFFD, as the
 /// value path does). Its answer is parsed by the cell, which rejects text that is not JSON.
-pub async fn tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them<P: Provider>(provider: &P) {
+pub async fn tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them<P: CodeModeProvider>(
+    provider: &P,
+) {
     let (session, _delegate) = open(provider).await;
     let started = exec(
         &session,
@@ -918,7 +937,7 @@ pub async fn tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them<P: Provi
 /// 1 MB each, one after the other, never holds more than a few of them, far below its
 /// 128 MiB heap (when the loop kept every turn's handles until the cell ended, the parsed
 /// results piled up and the cell ran out of memory).
-pub async fn many_large_tool_results_do_not_pile_up<P: Provider>(provider: &P) {
+pub async fn many_large_tool_results_do_not_pile_up<P: CodeModeProvider>(provider: &P) {
     let (session, _delegate) = open(provider).await;
     let started = exec(
         &session,
@@ -960,7 +979,7 @@ async fn hold_untaken<T>(call: impl Future<Output = T>, hold: Duration) -> Optio
 // 28: Contract 3.3, a dropped observation consumes nothing: also when its answer had
 // reached it, untaken, by the time it was dropped (over a wire: when the answer was on
 // its way as the call was given up).
-pub async fn answers_left_untaken_by_a_dropped_call_are_kept<P: Provider>(provider: &P) {
+pub async fn answers_left_untaken_by_a_dropped_call_are_kept<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     // A first cell makes the session ready (an out-of-process provider starts its runtime
     // on first use), so that each call below is sent during its first poll.
@@ -1002,7 +1021,7 @@ pub async fn answers_left_untaken_by_a_dropped_call_are_kept<P: Provider>(provid
 // longer than the providers' patience for ordering callbacks) and then drops is not lost:
 // a final result stays with the cell until an observation takes it, for `exec` and `wait`
 // alike.
-pub async fn an_answer_held_unpolled_by_a_slow_caller_is_kept<P: Provider>(provider: &P) {
+pub async fn an_answer_held_unpolled_by_a_slow_caller_is_kept<P: CodeModeProvider>(provider: &P) {
     const HOLD: Duration = Duration::from_secs(3);
     let (session, delegate) = open(provider).await;
     // Ready first, so that each call below is sent during its first poll.

@@ -4,8 +4,8 @@
 use bytes::{BufMut, BytesMut};
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
-    CellResponse, ContentItem, ExecRequest, SessionCall, SessionOptions, SessionReply, StartedCell,
-    ToolDefinition, ToolKind, WaitRequest,
+    CallId, CellResponse, ContentItem, ExecRequest, SessionCall, SessionOptions, SessionReply,
+    StartedCell, ToolDefinition, ToolKind, WaitRequest,
 };
 use futures_util::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::prelude::*;
@@ -252,7 +252,7 @@ async fn a_whole_session_over_raw_frames() {
         call,
         DelegateCall::InvokeTool {
             cell_id: "1".into(),
-            call_id: "tool-1".into(),
+            call_id: CallId::new(1),
             tool_name: "echo".into(),
             kind: ToolKind::Function,
             input: Some(r#"{"a":1}"#.into()),

@@ -17,8 +17,8 @@ use code_mode_protocol::surface::{
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem, ExecRequest,
-    NestedToolCall, SessionOptions, WaitRequest,
+    BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem,
+    ExecRequest, JsonText, NestedToolCall, SessionOptions, ToolError, WaitRequest,
 };
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
@@ -133,13 +133,15 @@ impl CodeModeSessionDelegate for McpDelegate {
         &self,
         call: NestedToolCall,
         cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<Value, String>> {
-        Box::pin(async move { self.tools.call(&call.tool_name, call.input, &cancel).await })
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        call.answer_with(|call| async move {
+            self.tools.call(&call.tool_name, call.input, &cancel).await
+        })
     }
 
     fn notify(
         &self,
-        cell_id: String,
+        cell_id: CellId,
         text: String,
         _cancel: CancellationToken,
     ) -> BoxFuture<'_, ()> {
@@ -180,8 +182,8 @@ impl CodeModeSessionDelegate for McpDelegate {
         })
     }
 
-    fn cell_closed(&self, cell_id: &str) {
-        tracing::debug!(cell = cell_id, "cell closed");
+    fn cell_closed(&self, cell_id: &CellId) {
+        tracing::debug!(cell = %cell_id, "cell closed");
     }
 }
 

@@ -32,7 +32,8 @@ use crate::mcp::client::{McpServerConfig, McpSources};
 use builtins::{exec_command, list_dir, read_file, write_file};
 use code_mode_protocol::surface::ToolDescription;
 use code_mode_protocol::{
-    BoxFuture, CodeModeSessionDelegate, NestedToolCall, ToolDefinition, ToolKind, js_tool_name,
+    BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition,
+    ToolError, ToolKind, js_tool_name,
 };
 use command::{resolve_program, run_command};
 use file::{KindName, ToolsFile, describe_toml_error, mcp_server_config, one_line};
@@ -320,8 +321,17 @@ impl ToolSet {
                 .is_some_and(|mcp| mcp.lookup(name).is_some())
     }
 
-    /// Runs a tool call.
+    /// Runs a tool call; its error is what the cell's promise rejects with.
     pub async fn call(
+        &self,
+        name: &str,
+        input: Option<Value>,
+        cancel: &CancellationToken,
+    ) -> Result<Value, ToolError> {
+        self.run(name, input, cancel).await.map_err(ToolError::new)
+    }
+
+    async fn run(
         &self,
         name: &str,
         input: Option<Value>,
@@ -374,8 +384,8 @@ impl CodeModeSessionDelegate for CliDelegate {
         &self,
         call: NestedToolCall,
         cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<Value, String>> {
-        Box::pin(async move {
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        call.answer_with(|call| async move {
             tracing::debug!(tool = %call.tool_name, cell = %call.cell_id, "tool call");
             self.tools.call(&call.tool_name, call.input, &cancel).await
         })
@@ -383,14 +393,14 @@ impl CodeModeSessionDelegate for CliDelegate {
 
     fn notify(
         &self,
-        cell_id: String,
+        cell_id: CellId,
         text: String,
         _cancel: CancellationToken,
     ) -> BoxFuture<'_, ()> {
-        Box::pin(async move { (self.notifications)(&cell_id, &text) })
+        Box::pin(async move { (self.notifications)(&cell_id.to_string(), &text) })
     }
 
-    fn cell_closed(&self, cell_id: &str) {
-        tracing::debug!(cell = cell_id, "cell closed");
+    fn cell_closed(&self, cell_id: &CellId) {
+        tracing::debug!(cell = %cell_id, "cell closed");
     }
 }

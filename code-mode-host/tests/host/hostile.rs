@@ -2,7 +2,8 @@
 //! followed by a check that the next cell of the same session works.
 
 use code_mode_conformance::TestDelegate;
-use code_mode_host::{CodeModeSession, IpcProvider};
+use code_mode_host::CodeModeProvider;
+use code_mode_host::{CodeModeSession, ProcessProvider};
 use code_mode_protocol::{CellLimits, CellResponse, ExecRequest, SessionOptions};
 
 /// The CPU budget of the hostile session: short, so CPU-bound cases end quickly.
@@ -497,7 +498,7 @@ async fn huge_error_texts_leave_the_runtime_small() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heap_bomb_in_one_session_leaves_another_unharmed() {
-    let provider: IpcProvider = crate::provider();
+    let provider: ProcessProvider = crate::provider();
     let bomb = provider.open_session(TestDelegate::new(), SessionOptions::default());
     let worker = provider.open_session(TestDelegate::new(), SessionOptions::default());
     let exploding = bomb.execute(

@@ -5,7 +5,8 @@
 
 use code_mode_conformance::TestDelegate;
 use code_mode_conformance::remote::{ListeningRuntime, Pki, RuntimeOptions};
-use code_mode_host::{ClientTls, IpcSession, RemoteConfig, RemoteProvider, find_binary};
+use code_mode_host::CodeModeProvider;
+use code_mode_host::{ClientTls, RemoteConfig, RemoteProvider, find_binary};
 use code_mode_protocol::{CellResponse, CodeModeSession, ContentItem, SessionOptions};
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,7 +53,7 @@ async fn many_sessions_of_many_cells_lose_nothing_over_tcp_and_tls() {
 }
 
 /// Runs the load on sessions from `open`; `label` names the transport in the report.
-async fn run_load(label: &str, open: impl Fn() -> IpcSession) {
+async fn run_load<S: CodeModeSession + 'static>(label: &str, open: impl Fn() -> S) {
     let (sessions, cells) = size();
     let started_at = Instant::now();
     let mut tasks = Vec::new();

@@ -7,8 +7,9 @@ mod load;
 mod remote;
 
 use code_mode_conformance::{Record, TestDelegate};
+use code_mode_host::CodeModeProvider;
 use code_mode_host::{
-    BINARY_NAME, CodeModeSession, HostConfig, IpcProvider, binary::find_binary_in,
+    BINARY_NAME, CodeModeSession, ProcessConfig, ProcessProvider, binary::find_binary_in,
 };
 use code_mode_protocol::{
     CellResponse, ContentItem, ExecRequest, SessionError, SessionOptions, WaitRequest,
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-fn provider() -> IpcProvider {
-    IpcProvider::new(HostConfig::default()).unwrap_or_else(|error| {
+fn provider() -> ProcessProvider {
+    ProcessProvider::new(ProcessConfig::default()).unwrap_or_else(|error| {
         panic!("{error}\n(build the runtime first: cargo build -p code-mode-bin)")
     })
 }
@@ -174,9 +175,9 @@ async fn sessions_share_one_process_and_keep_separate_stored_values() {
 #[tokio::test]
 async fn a_missing_binary_names_every_place_searched() {
     let explicit = Path::new("/nonexistent/code-mode-bin");
-    let error = IpcProvider::new(HostConfig {
+    let error = ProcessProvider::new(ProcessConfig {
         binary: Some(explicit.to_path_buf()),
-        ..HostConfig::default()
+        ..ProcessConfig::default()
     })
     .unwrap_err();
     assert_eq!(
@@ -256,9 +257,9 @@ s.sendall(struct.pack("<I", len(body)) + body)
 s.close()
 "#,
     );
-    let provider = IpcProvider::new(HostConfig {
+    let provider = ProcessProvider::new(ProcessConfig {
         binary: Some(fake),
-        ..HostConfig::default()
+        ..ProcessConfig::default()
     })
     .unwrap();
     let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
@@ -273,9 +274,9 @@ s.close()
 async fn a_crash_loop_gives_up_with_a_clear_error() {
     let scratch = Scratch::new();
     let crashing = scratch.script("crashing-runtime", "#!/bin/sh\necho 'boom' >&2\nexit 3\n");
-    let provider = IpcProvider::new(HostConfig {
+    let provider = ProcessProvider::new(ProcessConfig {
         binary: Some(crashing),
-        ..HostConfig::default()
+        ..ProcessConfig::default()
     })
     .unwrap();
     let session = provider.open_session(TestDelegate::new(), SessionOptions::default());

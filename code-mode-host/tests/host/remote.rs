@@ -5,8 +5,9 @@
 use crate::request;
 use code_mode_conformance::TestDelegate;
 use code_mode_conformance::remote::{Identity, ListeningRuntime, Pki, RuntimeOptions, free_port};
+use code_mode_host::CodeModeProvider;
 use code_mode_host::{
-    ClientTls, CodeModeSession, IpcSession, Liveness, RemoteConfig, RemoteProvider, find_binary,
+    ClientTls, CodeModeSession, Liveness, RemoteConfig, RemoteProvider, RemoteSession, find_binary,
 };
 use code_mode_protocol::{CellResponse, ContentItem, SessionError, SessionOptions};
 use std::collections::HashMap;
@@ -70,7 +71,7 @@ fn texts(response: &CellResponse) -> Vec<String> {
 }
 
 /// Runs a quick cell with a nested call and checks its output.
-async fn echo_cell(session: &IpcSession, tag: &str) -> Result<(), SessionError> {
+async fn echo_cell(session: &RemoteSession, tag: &str) -> Result<(), SessionError> {
     let started = session
         .execute(request(&format!(
             "text(await tools.echo({}))",
@@ -90,7 +91,7 @@ async fn sessions_spread_over_three_runtimes_and_only_the_dead_ones_sessions_not
         .collect();
     let endpoints = runtimes.iter().map(ListeningRuntime::endpoint).collect();
     let provider = remote(endpoints, Some(client_tls(&pki, &pki.client("host"))));
-    let sessions: Vec<Arc<IpcSession>> = (0..24)
+    let sessions: Vec<Arc<RemoteSession>> = (0..24)
         .map(|_| Arc::new(provider.open_session(TestDelegate::new(), SessionOptions::default())))
         .collect();
 
@@ -191,7 +192,7 @@ async fn a_runtime_that_comes_up_later_is_dialled_again_and_takes_new_sessions()
         vec![first.endpoint(), later_endpoint.clone()],
         Some(client_tls(&pki, &pki.client("host"))),
     );
-    let early: Vec<IpcSession> = (0..4)
+    let early: Vec<RemoteSession> = (0..4)
         .map(|_| provider.open_session(TestDelegate::new(), SessionOptions::default()))
         .collect();
     for (index, session) in early.iter().enumerate() {

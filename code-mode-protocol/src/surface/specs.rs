@@ -3,6 +3,7 @@
 //! `wait`'s arguments.
 
 use super::describe::{ToolDescription, exec_description};
+use crate::ids::CellId;
 use crate::session::DEFAULT_YIELD_TIME_MS;
 use serde_json::{Value, json};
 
@@ -103,7 +104,7 @@ pub fn wait_tool_spec() -> ToolSpec {
 /// `wait`'s arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitArguments {
-    pub cell_id: String,
+    pub cell_id: CellId,
     pub yield_time_ms: u64,
     pub max_tokens: u64,
     pub terminate: bool,
@@ -117,7 +118,7 @@ pub fn parse_wait_arguments(arguments: &str) -> Result<WaitArguments, String> {
         return Err("wait expects a JSON object".to_owned());
     };
     let mut parsed = WaitArguments {
-        cell_id: String::new(),
+        cell_id: CellId::parse(""),
         yield_time_ms: DEFAULT_YIELD_TIME_MS,
         max_tokens: DEFAULT_WAIT_MAX_TOKENS,
         terminate: false,
@@ -126,10 +127,8 @@ pub fn parse_wait_arguments(arguments: &str) -> Result<WaitArguments, String> {
     for (key, value) in &fields {
         match key.as_str() {
             "cell_id" => {
-                parsed.cell_id = value
-                    .as_str()
-                    .ok_or("wait `cell_id` must be a string")?
-                    .to_owned();
+                parsed.cell_id =
+                    CellId::parse(value.as_str().ok_or("wait `cell_id` must be a string")?);
                 has_cell_id = true;
             }
             "yield_time_ms" => parsed.yield_time_ms = non_negative(value, key)?,

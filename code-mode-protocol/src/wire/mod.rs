@@ -27,6 +27,8 @@ pub mod tls;
 pub mod transport;
 
 use crate::calls::{SessionCall, SessionReply};
+use crate::ids::{CallId, CellId, ToolError};
+use crate::json_text::JsonText;
 use crate::model::ToolKind;
 use crate::session::{SessionError, SessionOptions};
 use serde::{Deserialize, Serialize};
@@ -145,14 +147,14 @@ pub enum Response {
 pub enum DelegateCall {
     /// A nested tool call; `input` is JSON text (`None`: no argument).
     InvokeTool {
-        cell_id: String,
-        call_id: String,
+        cell_id: CellId,
+        call_id: CallId,
         tool_name: String,
         kind: ToolKind,
-        input: Option<String>,
+        input: Option<JsonText>,
     },
     Notify {
-        cell_id: String,
+        cell_id: CellId,
         text: String,
     },
 }
@@ -161,7 +163,7 @@ pub enum DelegateCall {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DelegateReply {
     /// The tool's result as JSON text, or its error string.
-    ToolResult(Result<String, String>),
+    ToolResult(Result<JsonText, ToolError>),
     /// The notification was delivered.
     Notified,
     /// Acknowledges a [`ServerMessage::CancelDelegate`]: the delegate stopped, or was
@@ -188,7 +190,7 @@ pub enum ServerMessage {
     },
     CellClosed {
         session: SessionId,
-        cell_id: String,
+        cell_id: CellId,
     },
     /// Liveness: the client answers with [`ClientMessage::Pong`] and the same number.
     Ping(u64),
@@ -211,9 +213,9 @@ pub enum WireError {
     #[error("code mode session is shutting down")]
     ShuttingDown,
     #[error("exec cell {0} already has an active observer")]
-    BusyObserver(String),
+    BusyObserver(CellId),
     #[error("exec cell {0} is already terminating")]
-    AlreadyTerminating(String),
+    AlreadyTerminating(CellId),
     #[error("the request was cancelled")]
     Cancelled,
     #[error("the response was too large for one frame ({bytes} bytes, at most {max})")]

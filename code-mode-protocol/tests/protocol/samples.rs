@@ -2,7 +2,7 @@
 
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
-    CellResponse, ContentItem, ExecRequest, ImageDetail, PendingOutcome, SessionCall,
+    CallId, CellResponse, ContentItem, ExecRequest, ImageDetail, PendingOutcome, SessionCall,
     SessionOptions, SessionReply, StartedCell, StartedPendingCell, ToolDefinition, ToolKind,
     WaitRequest,
 };
@@ -118,7 +118,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
             outcome: PendingOutcome::Pending {
                 cell_id: "2".into(),
                 content_items: items(),
-                pending_tool_call_ids: vec!["tool-1".into(), "tool-2".into()],
+                pending_tool_call_ids: vec![CallId::new(1), CallId::new(2)],
             },
         })),
         Response::Reply(SessionReply::Pending(PendingOutcome::Completed(
@@ -171,7 +171,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
             session: SessionId(1),
             call: DelegateCall::InvokeTool {
                 cell_id: "1".into(),
-                call_id: "tool-1".into(),
+                call_id: CallId::new(1),
                 tool_name: "mcp__x__y".into(),
                 kind: ToolKind::Freeform,
                 input: Some(r#""raw""#.into()),

@@ -121,7 +121,7 @@ fn bodies_with_trailing_bytes_or_garbage_are_refused() {
 fn a_message_too_large_for_a_frame_is_refused_and_leaves_the_buffer_intact() {
     let huge = ServerMessage::CellClosed {
         session: SessionId(1),
-        cell_id: "x".repeat(MAX_FRAME_BYTES + 1),
+        cell_id: "x".repeat(MAX_FRAME_BYTES + 1).into(),
     };
     let mut buffer = BytesMut::from(&b"kept"[..]);
     assert!(matches!(

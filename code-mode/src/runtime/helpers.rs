@@ -753,7 +753,7 @@ helper! {
             let id = state.next_tool_call_id();
             state
                 .pending_calls
-                .insert(id.0, v8::Global::new(scope, resolver));
+                .insert(id.number(), v8::Global::new(scope, resolver));
             id
         };
         code_mode_protocol::hop!("cell thread emits the tool call");

@@ -24,7 +24,7 @@ mod typescript;
 mod values;
 pub mod watchdog;
 
-use code_mode_protocol::{ContentItem, ToolDefinition, ToolKind};
+use code_mode_protocol::{CallId, ContentItem, JsonText, ToolDefinition, ToolError, ToolKind};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,20 +74,10 @@ pub struct CellConfig {
     pub limits: CellLimits,
 }
 
-/// The per-cell number of a nested tool call; displayed as `tool-N`, starting at 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ToolCallId(pub u64);
-
-impl fmt::Display for ToolCallId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tool-{}", self.0)
-    }
-}
-
 /// A nested tool call the cell started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCallRequest {
-    pub id: ToolCallId,
+    pub id: CallId,
     /// Index into [`CellConfig::tools`].
     pub tool_index: usize,
     /// The tool's original name.
@@ -142,8 +132,8 @@ pub enum CellCommand {
     /// The answer to a nested tool call: JSON text, or an error string that rejects the
     /// promise. Answers to unknown or already answered calls are ignored.
     ToolResult {
-        id: ToolCallId,
-        result: Result<String, String>,
+        id: CallId,
+        result: Result<JsonText, ToolError>,
     },
     /// Timer `id` is due. Ignored if it was cleared.
     TimerFired { id: u64 },

@@ -6,7 +6,8 @@
 //! puts it in an isolate slot; the helpers ([`super::helpers`]) find it there. Its own
 //! module so that neither of the two depends on the other for it.
 
-use super::{CellConfig, CellControl, CellEvent, CellLimits, StoredValues, ToolCallId};
+use super::{CellConfig, CellControl, CellEvent, CellLimits, StoredValues};
+use code_mode_protocol::CallId;
 use code_mode_protocol::{ContentItem, ToolDefinition};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -166,9 +167,9 @@ impl CellState {
         self.exit_requested = true;
     }
 
-    pub(crate) fn next_tool_call_id(&mut self) -> ToolCallId {
+    pub(crate) fn next_tool_call_id(&mut self) -> CallId {
         self.next_tool_call += 1;
-        ToolCallId(self.next_tool_call)
+        CallId::new(self.next_tool_call)
     }
 
     pub(crate) fn next_timer_id(&mut self) -> u64 {

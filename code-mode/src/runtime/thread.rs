@@ -13,8 +13,9 @@ use super::state::{CellState, StateRef};
 use super::typescript;
 use super::values::{self, v8_str};
 use super::watchdog::{self, Watched};
-use super::{CellCommand, CellEvent, CellOutcome, Inbound, ToolCallId};
+use super::{CellCommand, CellEvent, CellOutcome, Inbound};
 use code_mode_protocol::ToolDefinition;
+use code_mode_protocol::{CallId, JsonText, ToolError};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
@@ -540,17 +541,17 @@ impl Driver<'_> {
     fn settle_tool_call(
         &self,
         scope: &mut v8::PinScope<'_, '_>,
-        id: ToolCallId,
-        result: Result<String, String>,
+        id: CallId,
+        result: Result<JsonText, ToolError>,
     ) {
         code_mode_protocol::hop!("cell thread has the tool result");
-        let Some(resolver) = self.state.borrow_mut().pending_calls.remove(&id.0) else {
+        let Some(resolver) = self.state.borrow_mut().pending_calls.remove(&id.number()) else {
             tracing::debug!(%id, "answer for an unknown or settled tool call ignored");
             return;
         };
         let resolver = v8::Local::new(scope, resolver);
         let max_bytes = self.state.borrow().limits.max_tool_payload_bytes;
-        let json = match result {
+        let json = match result.map(JsonText::into_string) {
             Ok(json) if json.len() as u64 > max_bytes => Err(format!(
                 "tool result rejected: {} bytes is more than the limit of {max_bytes} bytes",
                 json.len()
@@ -559,7 +560,8 @@ impl Driver<'_> {
                 "tool result rejected: {}",
                 values::depth_error_detail()
             )),
-            other => other,
+            Ok(json) => Ok(json),
+            Err(error) => Err(error.into_message()),
         };
         match json {
             Ok(json) => {

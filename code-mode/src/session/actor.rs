@@ -23,13 +23,11 @@
 //!   and later events in the order the cell produced them.
 
 use super::Shared;
-use crate::runtime::{
-    CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallId, ToolCallRequest,
-};
+use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallRequest};
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
-    ACK_PATIENCE, BoxFuture, CellResponse, ContentItem, JsonText, NestedToolCall, PendingOutcome,
-    SessionError,
+    ACK_PATIENCE, BoxFuture, CallId, CellId, CellResponse, ContentItem, JsonText, NestedToolCall,
+    PendingOutcome, SessionError, ToolError,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -227,8 +225,8 @@ pub(crate) enum ActorRequest {
 /// Messages from the actor's own helper tasks.
 enum Internal {
     ToolDone {
-        id: ToolCallId,
-        result: Result<String, String>,
+        id: CallId,
+        result: Result<JsonText, ToolError>,
     },
     /// The callbacks of a finished cell are cleaned up.
     CleanupDone,
@@ -285,7 +283,7 @@ struct Output {
 struct Frontier {
     frozen: bool,
     held_back: Vec<CellCommand>,
-    calls_since_frontier: Vec<String>,
+    calls_since_frontier: Vec<CallId>,
     commands_sent: u64,
     at_frontier: bool,
     /// A frontier answer came back untaken: the next pending-aware observation returns at
@@ -394,7 +392,7 @@ impl Callbacks {
 }
 
 pub(crate) struct CellActor {
-    cell_id: String,
+    cell_id: CellId,
     shared: Arc<Shared>,
     runtime: CellHandle,
     events: mpsc::Receiver<CellEvent>,
@@ -413,7 +411,7 @@ pub(crate) struct CellActor {
 
 impl CellActor {
     pub(crate) fn new(
-        cell_id: String,
+        cell_id: CellId,
         shared: Arc<Shared>,
         runtime: CellHandle,
         events: mpsc::Receiver<CellEvent>,
@@ -986,10 +984,10 @@ impl CellActor {
 
     fn start_tool_call(&mut self, call: ToolCallRequest) {
         code_mode_protocol::hop!("actor has the tool call");
-        let call_id = call.id.to_string();
-        self.frontier.calls_since_frontier.push(call_id.clone());
+        let call_id = call.id;
+        self.frontier.calls_since_frontier.push(call_id);
         // The argument stays the text V8 wrote; only a delegate that wants a value parses
-        // it (see `CodeModeSessionDelegate::invoke_tool_text`).
+        // it (see `NestedToolCall::answer_with`).
         let request = NestedToolCall {
             cell_id: self.cell_id.clone(),
             call_id,
@@ -1003,9 +1001,8 @@ impl CellActor {
         let id = call.id;
         let task = Box::pin(async move {
             let answer =
-                until_cancelled(&token, delegate.invoke_tool_text(request, token.clone())).await;
+                until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await;
             if let Some(result) = answer {
-                let result = result.map(JsonText::into_string);
                 code_mode_protocol::hop!("delegate answered");
                 let _ = internal.send(Internal::ToolDone { id, result });
             }

@@ -18,8 +18,9 @@ use actor::{ActorRequest, Answer, CellActor, Observer, Returnable};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest, PendingOutcome,
-    SessionError, SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
+    BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
+    ExecRequest, PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell,
+    WaitRequest,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,11 +33,46 @@ use tokio_util::task::TaskTracker;
 /// Capacity of a cell actor's request queue; callers wait when it is full.
 const ACTOR_REQUEST_CAPACITY: usize = 16;
 
-/// Options of an in-process session.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InProcessOptions {
-    /// The session's options, its cells' limits included.
-    pub session: SessionOptions,
+/// How an [`InProcessProvider`] runs its sessions' cells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InProcessConfig {
+    /// Start V8 and prepare cell threads when the provider is created, so that the first
+    /// cell does not pay for it (about a millisecond and a thread start). Default: on.
+    pub prewarm: bool,
+}
+
+impl Default for InProcessConfig {
+    fn default() -> Self {
+        Self { prewarm: true }
+    }
+}
+
+/// The provider whose sessions run their cells in this process, each cell on a thread of
+/// its own ([`InProcessSession`]).
+#[derive(Debug, Clone)]
+pub struct InProcessProvider {
+    _config: InProcessConfig,
+}
+
+impl InProcessProvider {
+    pub fn new(config: InProcessConfig) -> Self {
+        if config.prewarm {
+            crate::runtime::prewarm();
+        }
+        Self { _config: config }
+    }
+}
+
+impl CodeModeProvider for InProcessProvider {
+    type Session = InProcessSession;
+
+    fn open_session(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> InProcessSession {
+        InProcessSession::new(delegate, options)
+    }
 }
 
 /// A session whose cells run in this process. Dropping it starts its shutdown.
@@ -53,7 +89,7 @@ impl std::fmt::Debug for InProcessSession {
 /// What the session and its actors share.
 pub(crate) struct Shared {
     delegate: Arc<dyn CodeModeSessionDelegate>,
-    options: InProcessOptions,
+    options: SessionOptions,
     /// Session root of the token tree: session → cell → callback.
     root: CancellationToken,
     /// Tracks every cell actor; shutdown waits on it.
@@ -69,7 +105,7 @@ pub(crate) struct Shared {
 struct Registry {
     shutting_down: bool,
     last_cell_id: u64,
-    cells: HashMap<String, mpsc::Sender<ActorRequest>>,
+    cells: HashMap<CellId, mpsc::Sender<ActorRequest>>,
 }
 
 impl Shared {
@@ -92,7 +128,7 @@ impl Shared {
     }
 
     /// Removes a closed cell from the registry.
-    pub(crate) fn forget(&self, cell_id: &str) {
+    pub(crate) fn forget(&self, cell_id: &CellId) {
         lock(&self.registry).cells.remove(cell_id);
     }
 
@@ -107,7 +143,7 @@ impl Shared {
     fn deadline(&self, requested_ms: Option<u64>) -> Instant {
         let ms = effective_yield_time_ms(
             requested_ms.unwrap_or(DEFAULT_YIELD_TIME_MS),
-            self.options.session.max_yield_time_ms,
+            self.options.max_yield_time_ms,
         );
         // Far-future deadlines are clamped to what `Instant` can represent.
         let now = Instant::now();
@@ -121,20 +157,20 @@ impl Shared {
         self: &Arc<Self>,
         request: ExecRequest,
         observer: impl FnOnce(Instant) -> Observer,
-    ) -> Result<String, SessionError> {
+    ) -> Result<CellId, SessionError> {
         code_mode_protocol::hop!("exec called");
         let mut registry = lock(&self.registry);
         if registry.shutting_down {
             return Err(SessionError::ShuttingDown);
         }
-        let cell_id = (registry.last_cell_id + 1).to_string();
+        let cell_id = CellId::new(registry.last_cell_id + 1);
         let snapshot = Arc::clone(&lock(&self.stored));
         let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let config = CellConfig {
             source: request.source,
             tools: request.tools,
             stored: snapshot,
-            limits: self.options.session.limits,
+            limits: self.options.limits,
         };
         let runtime = spawn_cell_on(config, events_tx, self.shelf.clone())
             .map_err(|e| SessionError::Runtime(e.to_string()))?;
@@ -156,7 +192,7 @@ impl Shared {
         Ok(cell_id)
     }
 
-    fn actor(&self, cell_id: &str) -> Option<mpsc::Sender<ActorRequest>> {
+    fn actor(&self, cell_id: &CellId) -> Option<mpsc::Sender<ActorRequest>> {
         lock(&self.registry).cells.get(cell_id).cloned()
     }
 
@@ -164,7 +200,7 @@ impl Shared {
     /// unknown or closed before answering.
     async fn ask<T: Returnable>(
         &self,
-        cell_id: &str,
+        cell_id: &CellId,
         request: impl FnOnce(oneshot::Sender<Answer<T>>) -> ActorRequest,
     ) -> Option<Result<T, SessionError>> {
         let actor = self.actor(cell_id)?;
@@ -177,12 +213,11 @@ impl Shared {
 impl InProcessSession {
     /// Creates a session whose nested tool calls, notifications and cell-closed events go to
     /// `delegate`.
-    pub fn new(delegate: Arc<dyn CodeModeSessionDelegate>, options: InProcessOptions) -> Self {
+    pub fn new(delegate: Arc<dyn CodeModeSessionDelegate>, options: SessionOptions) -> Self {
         crate::runtime::prewarm();
         let shelf = options
-            .session
             .reuse_isolates
-            .then(|| Arc::new(IsolateShelf::new(options.session.limits.heap_bytes)));
+            .then(|| Arc::new(IsolateShelf::new(options.limits.heap_bytes)));
         Self {
             shared: Arc::new(Shared {
                 delegate,
@@ -208,7 +243,7 @@ impl Drop for InProcessSession {
 }
 
 /// The error for an actor that went away without answering.
-fn actor_lost(cell_id: &str) -> SessionError {
+fn actor_lost(cell_id: &CellId) -> SessionError {
     SessionError::Runtime(format!("exec cell {cell_id} stopped without answering"))
 }
 
@@ -244,7 +279,7 @@ impl CodeModeSession for InProcessSession {
         })
     }
 
-    fn terminate(&self, cell_id: String) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+    fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
             let answer = self
                 .shared
@@ -273,7 +308,7 @@ impl CodeModeSession for InProcessSession {
 
     fn wait_to_pending(
         &self,
-        cell_id: String,
+        cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(async move {
             let answer = self

@@ -1,7 +1,7 @@
 //! A minimal owner for one cell: answers tool calls with a handler, fires timers after
 //! their delay, optionally terminates, and collects every event until the cell finishes.
 
-use code_mode::protocol::{ContentItem, ToolKind};
+use code_mode::protocol::{ContentItem, JsonText, ToolError, ToolKind};
 use code_mode::{
     CellCommand, CellConfig, CellEvent, CellLimits, CellOutcome, IsolateShelf, StoredValues,
     ToolCallRequest, ToolDefinition, spawn_cell_on,
@@ -232,7 +232,7 @@ impl Cell {
                     if let Some(result) = (self.handler)(call) {
                         handle.send(CellCommand::ToolResult {
                             id: call.id,
-                            result,
+                            result: result.map(JsonText::new).map_err(ToolError::new),
                         });
                     }
                 }

@@ -2,8 +2,9 @@
 //! 25, 29).
 
 use crate::harness::{cell, run};
+use code_mode::protocol::CallId;
 use code_mode::protocol::ToolKind;
-use code_mode::{CellLimits, ToolCallId, ToolDefinition};
+use code_mode::{CellLimits, ToolDefinition};
 
 #[test]
 fn tool_calls_carry_ids_names_kinds_and_json_input() {
@@ -91,7 +92,7 @@ fn parallel_tool_calls_resolve_independently() {
     .answer(|call| {
         // Answer in reverse order of the calls to show results are matched by id.
         std::thread::sleep(std::time::Duration::from_millis(
-            10 * (4 - call.id.0.min(3)),
+            10 * (4 - call.id.number().min(3)),
         ));
         crate::harness::default_answer(call)
     })
@@ -99,7 +100,7 @@ fn parallel_tool_calls_resolve_independently() {
     assert_eq!(r.ok_texts(), [r#"[1,2,{"name":"Ada","id":1}]"#]);
     assert_eq!(
         r.tool_calls().iter().map(|c| c.id).collect::<Vec<_>>(),
-        [ToolCallId(1), ToolCallId(2), ToolCallId(3)]
+        [CallId::new(1), CallId::new(2), CallId::new(3)]
     );
 }
 

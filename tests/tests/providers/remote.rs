@@ -3,11 +3,11 @@
 //! listening runtime per test, every session of the test placed on it.
 
 use code_mode_conformance::remote::{ListeningRuntime, Pki, RuntimeOptions};
-use code_mode_conformance::{Provider, TestDelegate};
-use code_mode_host::{ClientTls, IpcSession, RemoteConfig, RemoteProvider, find_binary};
-use code_mode_protocol::SessionOptions;
+use code_mode_host::{ClientTls, RemoteConfig, RemoteProvider, RemoteSession, find_binary};
+use code_mode_protocol::{CodeModeProvider, CodeModeSessionDelegate, SessionOptions};
 use std::sync::Arc;
 
+/// The provider with the runtime it reaches, which lives as long as the test.
 struct Remote {
     provider: RemoteProvider,
     _runtime: ListeningRuntime,
@@ -36,10 +36,14 @@ impl Remote {
     }
 }
 
-impl Provider for Remote {
-    type Session = IpcSession;
+impl CodeModeProvider for Remote {
+    type Session = RemoteSession;
 
-    async fn open(&self, delegate: Arc<TestDelegate>, options: SessionOptions) -> Self::Session {
+    fn open_session(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> RemoteSession {
         self.provider.open_session(delegate, options)
     }
 }
