@@ -6,7 +6,9 @@ use crate::output::{Printer, terminal_safe};
 use crate::tools::{CliDelegate, ToolSet};
 use crate::{Failure, session};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
-use code_mode_protocol::{CellResponse, CodeModeSession, ExecRequest, SessionOptions, WaitRequest};
+use code_mode_protocol::{
+    CellResponse, CodeModeSession, ExecRequest, SessionOptions, WaitRequest, texts,
+};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -199,7 +201,7 @@ impl Repl {
         println!("{}", status_line(response));
         if let Some(error) = response.error_text() {
             self.failed = true;
-            println!("Script error:\n{}", terminal_safe(error));
+            println!("{}", texts::script_error(&terminal_safe(error)));
         }
         if let CellResponse::Yielded { cell_id, .. } = response {
             println!(

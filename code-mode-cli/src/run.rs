@@ -6,7 +6,9 @@ use crate::tools::{CliDelegate, ToolSet};
 use crate::{Failure, session};
 use code_mode_protocol::surface::json::{items_json, response_json};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
-use code_mode_protocol::{CellResponse, ContentItem, ExecRequest, SessionOptions, WaitRequest};
+use code_mode_protocol::{
+    CellResponse, ContentItem, ExecRequest, SessionOptions, WaitRequest, texts,
+};
 use serde_json::json;
 use std::io::Read;
 use std::path::PathBuf;
@@ -122,12 +124,12 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
         println!("{report}");
     } else {
         println!(
-            "{}\nWall time {:.1} seconds",
+            "{}\n{}",
             status_line(&response),
-            wall_time.as_secs_f64()
+            texts::wall_time(wall_time.as_secs_f64())
         );
         if let Some(error) = response.error_text() {
-            println!("Script error:\n{}", terminal_safe(error));
+            println!("{}", texts::script_error(&terminal_safe(error)));
         }
     }
     match response {

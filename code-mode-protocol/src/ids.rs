@@ -257,7 +257,7 @@ impl ToolError {
 
     /// The error of a call whose cell no longer wants the answer: `cancelled`.
     pub fn cancelled() -> Self {
-        Self::new("cancelled")
+        Self::new(crate::texts::CANCELLED)
     }
 
     pub fn message(&self) -> &str {

@@ -18,6 +18,7 @@ pub mod model;
 pub mod session;
 pub mod surface;
 pub mod sync;
+pub mod texts;
 pub mod wire;
 
 pub use calls::{FromReply, SessionCall, SessionReply};

@@ -10,6 +10,7 @@
 use crate::ids::{CallId, CellId, ToolError};
 use crate::json_text::JsonText;
 use crate::model::{ContentItem, ToolDefinition, ToolKind};
+use crate::texts;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -228,7 +229,7 @@ impl CellResponse {
     pub fn missing(cell_id: impl Into<CellId>) -> Self {
         let cell_id = cell_id.into();
         CellResponse::Result {
-            error_text: Some(format!("exec cell {cell_id} not found")),
+            error_text: Some(texts::cell_not_found(&cell_id)),
             cell_id,
             content_items: Vec::new(),
             missing_cell: true,
@@ -331,7 +332,7 @@ impl NestedToolCall<JsonText> {
             None => None,
             Some(text) => Some(
                 text.to_value()
-                    .map_err(|error| ToolError::new(format!("tool input rejected: {error}")))?,
+                    .map_err(|error| ToolError::new(texts::tool_input_rejected(&error)))?,
             ),
         };
         Ok(NestedToolCall {
@@ -369,22 +370,20 @@ impl NestedToolCall<JsonText> {
 /// Errors of session calls. The `Display` texts are the contract's exact strings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
-    #[error("code mode session is shutting down")]
+    #[error("{}", texts::SHUTTING_DOWN)]
     ShuttingDown,
-    #[error("exec cell {0} already has an active observer")]
+    #[error("{}", texts::busy_observer(.0))]
     BusyObserver(CellId),
-    #[error("exec cell {0} is already terminating")]
+    #[error("{}", texts::already_terminating(.0))]
     AlreadyTerminating(CellId),
     /// The runtime could not run the call (no thread or process could be started, ...).
-    #[error("exec runtime failure: {0}")]
+    #[error("{}", texts::runtime_failure(.0))]
     Runtime(String),
     /// The runtime process died while the call was in flight. The text names the cause.
-    #[error("the exec runtime was lost ({0}). Stored values and running cells were lost.")]
+    #[error("{}", texts::runtime_lost(.0))]
     RuntimeLost(String),
     /// The first call on a session after its runtime process was replaced.
-    #[error(
-        "The exec runtime was replaced. Stored values and running cells were lost. Prior external tool operations may have completed; inspect their results before retrying. You may continue with a fresh exec call."
-    )]
+    #[error("{}", texts::RUNTIME_REPLACED)]
     RuntimeReplaced,
 }
 

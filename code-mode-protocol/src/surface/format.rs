@@ -9,6 +9,7 @@
 
 use crate::model::ContentItem;
 use crate::session::CellResponse;
+use crate::texts;
 use std::time::Duration;
 
 /// Bytes of UTF-8 text counted as one token.
@@ -17,12 +18,12 @@ pub const BYTES_PER_TOKEN: u64 = 4;
 /// The status line of a response.
 pub fn status_line(response: &CellResponse) -> String {
     match response {
-        CellResponse::Yielded { cell_id, .. } => format!("Script running with cell ID {cell_id}"),
-        CellResponse::Terminated { .. } => "Script terminated".to_owned(),
+        CellResponse::Yielded { cell_id, .. } => texts::script_running(cell_id),
+        CellResponse::Terminated { .. } => texts::SCRIPT_TERMINATED.to_owned(),
         CellResponse::Result {
             error_text: None, ..
-        } => "Script completed".to_owned(),
-        CellResponse::Result { .. } => "Script failed".to_owned(),
+        } => texts::SCRIPT_COMPLETED.to_owned(),
+        CellResponse::Result { .. } => texts::SCRIPT_FAILED.to_owned(),
     }
 }
 
@@ -33,9 +34,10 @@ pub fn format_response(
     max_output_tokens: u64,
 ) -> Vec<ContentItem> {
     let header = format!(
-        "{}\nWall time {:.1} seconds\nOutput:",
+        "{}\n{}\n{}",
         status_line(response),
-        wall_time.as_secs_f64()
+        texts::wall_time(wall_time.as_secs_f64()),
+        texts::OUTPUT
     );
     let mut items = vec![ContentItem::text(header)];
     let budget = max_output_tokens.saturating_mul(BYTES_PER_TOKEN);
@@ -67,7 +69,7 @@ pub fn format_response(
     }
     if let Some(error) = response.error_text() {
         let kept = cut(error, budget);
-        let mut text = format!("Script error:\n{kept}");
+        let mut text = texts::script_error(kept);
         if kept.len() < error.len() {
             text.push('\n');
             text.push_str(&marker(
@@ -90,8 +92,5 @@ fn cut(text: &str, bytes: u64) -> &str {
 }
 
 fn marker(omitted_bytes: u64, max_output_tokens: u64) -> String {
-    let omitted_tokens = omitted_bytes.div_ceil(BYTES_PER_TOKEN);
-    format!(
-        "[... output truncated: about {omitted_tokens} more tokens did not fit the budget of {max_output_tokens} tokens ...]"
-    )
+    texts::output_truncated(omitted_bytes.div_ceil(BYTES_PER_TOKEN), max_output_tokens)
 }

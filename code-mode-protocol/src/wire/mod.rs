@@ -31,6 +31,7 @@ use crate::ids::{CallId, CellId, ToolError};
 use crate::json_text::JsonText;
 use crate::model::ToolKind;
 use crate::session::{SessionError, SessionOptions};
+use crate::texts;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -210,24 +211,24 @@ pub enum ServerMessage {
 pub enum WireError {
     #[error("code mode session {0} is not open on this runtime")]
     MissingSession(SessionId),
-    #[error("code mode session is shutting down")]
+    #[error("{}", texts::SHUTTING_DOWN)]
     ShuttingDown,
-    #[error("exec cell {0} already has an active observer")]
+    #[error("{}", texts::busy_observer(.0))]
     BusyObserver(CellId),
-    #[error("exec cell {0} is already terminating")]
+    #[error("{}", texts::already_terminating(.0))]
     AlreadyTerminating(CellId),
     #[error("the request was cancelled")]
     Cancelled,
     #[error("the response was too large for one frame ({bytes} bytes, at most {max})")]
     ResponseTooLarge { bytes: u64, max: u64 },
     /// [`SessionError::Runtime`]: its inner message.
-    #[error("exec runtime failure: {0}")]
+    #[error("{}", texts::runtime_failure(.0))]
     Internal(String),
     /// [`SessionError::RuntimeLost`] (a runtime relaying another): its cause.
-    #[error("the exec runtime was lost ({0}). Stored values and running cells were lost.")]
+    #[error("{}", texts::runtime_lost(.0))]
     RuntimeLost(String),
     /// [`SessionError::RuntimeReplaced`].
-    #[error("{}", SessionError::RuntimeReplaced)]
+    #[error("{}", texts::RUNTIME_REPLACED)]
     RuntimeReplaced,
     /// The runtime is draining and opens no new session; a host places it elsewhere.
     #[error("the runtime is draining and opens no new session")]

@@ -15,7 +15,7 @@ use super::values::{self, v8_str};
 use super::watchdog::{self, Watched};
 use super::{CellCommand, CellEvent, CellOutcome, Inbound};
 use code_mode_protocol::ToolDefinition;
-use code_mode_protocol::{CallId, JsonText, ToolError};
+use code_mode_protocol::{CallId, JsonText, ToolError, texts};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
@@ -552,14 +552,12 @@ impl Driver<'_> {
         let resolver = v8::Local::new(scope, resolver);
         let max_bytes = self.state.borrow().limits.max_tool_payload_bytes;
         let json = match result.map(JsonText::into_string) {
-            Ok(json) if json.len() as u64 > max_bytes => Err(format!(
-                "tool result rejected: {} bytes is more than the limit of {max_bytes} bytes",
-                json.len()
+            Ok(json) if json.len() as u64 > max_bytes => Err(texts::tool_result_rejected(
+                &texts::over_payload_limit(json.len(), max_bytes),
             )),
-            Ok(json) if values::exceeds_depth_limit(&json) => Err(format!(
-                "tool result rejected: {}",
-                values::depth_error_detail()
-            )),
+            Ok(json) if values::exceeds_depth_limit(&json) => {
+                Err(texts::tool_result_rejected(&values::depth_error_detail()))
+            }
             Ok(json) => Ok(json),
             Err(error) => Err(error.into_message()),
         };
@@ -570,7 +568,8 @@ impl Driver<'_> {
                     Some(value) => resolve_plain(tc, resolver, value),
                     None => {
                         tc.reset();
-                        let reason = v8_str(tc, "tool result rejected: it is not valid JSON");
+                        let reason =
+                            v8_str(tc, &texts::tool_result_rejected(&texts::NOT_VALID_JSON));
                         resolver.reject(tc, reason.into());
                     }
                 }
