@@ -47,7 +47,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a runtime that closed its socket gets to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
-use code_mode_protocol::ACK_PATIENCE;
+use code_mode_protocol::delivery::{Ack, Delivery, Unacked};
 
 pub use code_mode_protocol::wire::Liveness;
 
@@ -150,27 +150,45 @@ reply_answer!(
     (),
 );
 
-/// Dropped by the caller once it took its answer: until then the reader holds the
-/// session's next delegate events back, so a front end sees answers and later events in
-/// the order the runtime sent them.
-struct Ack(#[allow(dead_code, reason = "signals by being dropped")] oneshot::Sender<()>);
+/// What a caller receives: the answer with its acknowledgement (until it is taken, the
+/// reader holds the session's next delegate events back, so a front end sees answers and
+/// later events in the order the runtime sent them) and its way back (an answer its caller
+/// drops untaken is kept for the cell's next observation).
+type Delivered<T> = Delivery<Result<T, SessionError>>;
 
-/// What a caller receives: the answer, and the acknowledgement to drop once it has it.
-type Delivered<T> = (Result<T, SessionError>, Option<Ack>);
-
-/// Hands a request's outcome (and its acknowledgement) to its caller, converted to the
+/// Hands a request's outcome (with its acknowledgement) to its caller, converted to the
 /// caller's type; gives the response back when it is of another kind.
-type Deliver =
-    Box<dyn FnOnce(Result<Response, SessionError>, Option<Ack>) -> Result<(), Response> + Send>;
+type Deliver = Box<
+    dyn FnOnce(
+            &Weak<Connection>,
+            Result<Response, SessionError>,
+            Option<Ack>,
+        ) -> Result<(), Response>
+        + Send,
+>;
 
-/// The [`Deliver`] of a caller waiting for a `T` on `reply`.
-fn deliver_to<T: Answer>(reply: oneshot::Sender<Delivered<T>>) -> Deliver {
-    Box::new(move |result, ack| {
+/// The [`Deliver`] of a caller of `session` waiting for a `T` on `reply`.
+fn deliver_to<T: Answer>(
+    reply: oneshot::Sender<Delivered<T>>,
+    session: Option<SessionId>,
+) -> Deliver {
+    Box::new(move |connection, result, ack| {
         let answer = match result {
             Ok(response) => Ok(T::from_response(response)?),
             Err(error) => Err(error),
         };
-        let _ = reply.send((answer, ack));
+        let connection = Weak::clone(connection);
+        let give_back = Box::new(move |result: Result<T, SessionError>| {
+            if let (Ok(answer), Some(connection)) = (result, connection.upgrade()) {
+                let state = lock(&connection.state);
+                let kept = connection.keep_unclaimed(state, session, Ok(answer.into_response()));
+                if let Err(error) = kept {
+                    tracing::warn!("an answer nobody took could not be kept: {error}");
+                }
+            }
+        });
+        // A caller gone already drops the delivery, which gives the answer back.
+        let _ = reply.send(Delivery::new(answer, ack, Some(give_back)));
         Ok(())
     })
 }
@@ -202,7 +220,7 @@ struct State {
     sessions: HashMap<SessionId, SessionEntry>,
     delegate_calls: HashMap<DelegateId, CancellationToken>,
     /// Per session, answers handed to callers and not yet taken.
-    unacked: HashMap<SessionId, Vec<oneshot::Receiver<()>>>,
+    unacked: HashMap<SessionId, Unacked>,
 }
 
 pub(crate) struct Connection {
@@ -384,7 +402,12 @@ impl Connection {
             if self.is_lost() {
                 return Err(self.lost_error());
             }
-            register(&mut state, &request, deliver_to::<T>(reply), opening)
+            register(
+                &mut state,
+                &request,
+                deliver_to::<T>(reply, session),
+                opening,
+            )
         };
         code_mode_protocol::hop!("host sends the request");
         if let Err(error) = self.outbox.send(&ClientMessage::Request { id, request }) {
@@ -396,16 +419,12 @@ impl Connection {
         let mut guard = AbandonOnDrop {
             connection: self,
             id,
-            session,
             answer,
             armed: true,
         };
-        let (result, ack) = (&mut guard.answer)
-            .await
-            .unwrap_or_else(|_| (Err(self.lost_error()), None));
+        let answer = (&mut guard.answer).await;
         guard.armed = false;
-        drop(ack);
-        result
+        answer.map_or_else(|_| Err(self.lost_error()), Delivery::take)
     }
 
     /// Sends a request whose answer nobody waits for (used when a session is dropped).
@@ -413,7 +432,7 @@ impl Connection {
         let id = register(
             &mut lock(&self.state),
             &request,
-            Box::new(|_, _| Ok(())),
+            Box::new(|_, _, _| Ok(())),
             None,
         );
         let _ = self.outbox.send(&ClientMessage::Request { id, request });
@@ -498,21 +517,19 @@ impl Connection {
         }
         let ack = match (pending.session, &result) {
             (Some(session), Ok(_)) => {
-                let (ack, taken) = oneshot::channel();
                 let unacked = state.unacked.entry(session).or_default();
-                // Answers already taken need no wait: keep only the others, so a session
-                // that gets answers and no events does not pile them up.
-                unacked.retain_mut(|taken| {
-                    matches!(taken.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                });
-                unacked.push(taken);
-                Some(Ack(ack))
+                unacked.forget_taken();
+                Some(unacked.ack())
             }
             _ => None,
         };
         drop(state);
-        (pending.deliver)(result.map_err(WireError::into_session_error), ack)
-            .map_err(|_| format!("{id} was answered with a response of another kind"))
+        (pending.deliver)(
+            &Arc::downgrade(self),
+            result.map_err(WireError::into_session_error),
+            ack,
+        )
+        .map_err(|_| format!("{id} was answered with a response of another kind"))
     }
 
     fn on_delegate_call(
@@ -626,15 +643,12 @@ impl Connection {
         Ok(())
     }
 
-    /// Waits (at most [`ACK_PATIENCE`] each) until the callers took the answers `session`
+    /// Waits (at most `ACK_PATIENCE` each) until the callers took the answers `session`
     /// was given, before its next delegate event is handled.
     async fn answers_taken(&self, session: SessionId) {
-        let waits = lock(&self.state)
-            .unacked
-            .remove(&session)
-            .unwrap_or_default();
-        for taken in waits {
-            let _ = tokio::time::timeout(ACK_PATIENCE, taken).await;
+        let unacked = lock(&self.state).unacked.remove(&session);
+        if let Some(unacked) = unacked {
+            unacked.all_taken_or_patience().await;
         }
     }
 
@@ -761,8 +775,10 @@ impl Connection {
             let _ = self.lost.set(cause.clone());
             std::mem::take(&mut *state)
         };
+        let this = Weak::new();
         for (_, pending) in state.pending {
-            let _ = (pending.deliver)(Err(SessionError::RuntimeLost(cause.clone())), None);
+            let error = SessionError::RuntimeLost(cause.clone());
+            let _ = (pending.deliver)(&this, Err(error), None);
         }
         for (_, token) in state.delegate_calls {
             token.cancel();
@@ -824,7 +840,6 @@ fn mark_alive(
 struct AbandonOnDrop<'a, T: Answer> {
     connection: &'a Arc<Connection>,
     id: RequestId,
-    session: Option<SessionId>,
     answer: oneshot::Receiver<Delivered<T>>,
     armed: bool,
 }
@@ -842,23 +857,14 @@ impl<T: Answer> Drop for AbandonOnDrop<'_, T> {
             }
             removed.is_some()
         };
+        // Otherwise it was answered already: the answer waits in the channel (or is about
+        // to be sent to it), untaken. Dropping the receiver drops its delivery, which keeps
+        // the answer for the cell's next observation.
         if removed {
             let _ = self
                 .connection
                 .outbox
                 .send(&ClientMessage::CancelRequest { id: self.id });
-            return;
-        }
-        // Answered already: the answer waits in the channel, untaken. Its acknowledgement
-        // goes once it is kept.
-        if let Ok((Ok(answer), _ack)) = self.answer.try_recv() {
-            let state = lock(&self.connection.state);
-            let kept =
-                self.connection
-                    .keep_unclaimed(state, self.session, Ok(answer.into_response()));
-            if let Err(error) = kept {
-                tracing::warn!("an answer nobody took could not be kept: {error}");
-            }
         }
     }
 }

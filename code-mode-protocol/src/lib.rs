@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod calls;
+pub mod delivery;
 pub mod hops;
 pub mod ids;
 pub mod json_text;
@@ -22,11 +23,12 @@ pub mod texts;
 pub mod wire;
 
 pub use calls::{FromReply, SessionCall, SessionReply};
+pub use delivery::ACK_PATIENCE;
 pub use ids::{CallId, CellId, NotACallId, ToolError};
 pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
-    ACK_PATIENCE, BoxFuture, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
+    BoxFuture, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
     CodeModeSessionDelegate, ExecRequest, NestedToolCall, PendingOutcome, SessionError,
     SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
 };

@@ -96,13 +96,6 @@ impl Default for SessionOptions {
     }
 }
 
-/// How long a provider holds a cell's next delegate callback back for a caller that has
-/// its answer but has not taken it yet (its future is not polled), so that callbacks follow
-/// the answers they came after: past it, ordering gives way rather than stalling the cell.
-/// Only ordering: an answer itself is never dropped on a timer; one its caller drops
-/// untaken goes back to the cell's next observation.
-pub const ACK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Default heap limit of a cell, in bytes (128 MiB); `ArrayBuffer` memory has a budget of
 /// half of it.
 pub const DEFAULT_HEAP_LIMIT_BYTES: u64 = 128 * 1024 * 1024;

@@ -24,10 +24,11 @@
 
 use super::Shared;
 use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallRequest};
+use code_mode_protocol::delivery::{Ack, Delivery, Unacked};
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
-    ACK_PATIENCE, BoxFuture, CallId, CellId, CellResponse, ContentItem, JsonText, NestedToolCall,
-    PendingOutcome, SessionError, ToolError,
+    BoxFuture, CallId, CellId, CellResponse, ContentItem, JsonText, NestedToolCall, PendingOutcome,
+    SessionError, ToolError,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,57 +42,11 @@ use tokio_util::task::TaskTracker;
 /// cancelling them.
 const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// An answer of the actor with its acknowledgement: the caller drops the [`Ack`] once it
-/// holds the result, which lets the actor start the cell's next delegate callbacks. An
-/// answer dropped before its caller took it (the caller's future was dropped while the
-/// answer waited in its channel) goes back to the cell: a dropped observation consumes
-/// nothing.
-pub(crate) struct Answer<T: Returnable> {
-    /// Present until taken with [`Answer::into_result`].
-    result: Option<Result<T, SessionError>>,
-    ack: Option<Ack>,
-    give_back: Option<GiveBack>,
-}
-
-impl<T: Returnable> Answer<T> {
-    fn refusal(error: SessionError) -> Self {
-        Self {
-            result: Some(Err(error)),
-            ack: None,
-            give_back: None,
-        }
-    }
-
-    /// The result; the acknowledgement is given as this returns.
-    pub(crate) fn into_result(mut self) -> Result<T, SessionError> {
-        self.give_back = None;
-        drop(self.ack.take());
-        self.result
-            .take()
-            .unwrap_or_else(|| Err(SessionError::Runtime("an answer taken twice".to_owned())))
-    }
-
-    /// The value back, from an answer that could not be sent (nothing is given back).
-    fn into_echo(mut self) -> Option<T> {
-        self.give_back = None;
-        self.result.take().and_then(Result::ok)
-    }
-}
-
-impl<T: Returnable> Drop for Answer<T> {
-    fn drop(&mut self) {
-        // Sent before the acknowledgement (a field, dropped after this) signals.
-        if let (Some(Ok(value)), Some(give_back)) = (self.result.take(), self.give_back.take()) {
-            let _ = give_back.returns.send(Given {
-                value: value.returned(),
-                delivery: give_back.delivery,
-            });
-        }
-    }
-}
-
-/// Dropped when the caller took an answer (or will never take it).
-pub(crate) struct Ack(#[allow(dead_code, reason = "signals by being dropped")] oneshot::Sender<()>);
+/// An answer of the actor: a [`Delivery`] of the result, acknowledged when the caller
+/// takes it, which lets the actor start the cell's next delegate callbacks. An answer
+/// dropped before its caller took it (the caller's future was dropped while the answer
+/// waited in its channel) goes back to the cell: a dropped observation consumes nothing.
+pub(crate) type Answer<T> = Delivery<Result<T, SessionError>>;
 
 /// A value an answer carries, as it goes back to the cell when nobody took it.
 pub(crate) enum Returned {
@@ -100,7 +55,7 @@ pub(crate) enum Returned {
 }
 
 /// What an answer of the actor can carry.
-pub(crate) trait Returnable {
+pub(crate) trait Returnable: Send + 'static {
     fn returned(self) -> Returned;
 }
 
@@ -118,29 +73,43 @@ impl Returnable for PendingOutcome {
 
 /// What giving an answer changed, to undo it if the answer comes back.
 #[derive(Clone, Copy)]
-struct Delivery {
+struct Given {
     /// The actor's count of deliveries, this one included.
     number: u64,
     first_observation: bool,
     for_yield: bool,
 }
 
-/// Where an answer goes back to.
-struct GiveBack {
-    returns: mpsc::UnboundedSender<Given>,
-    delivery: Delivery,
-}
-
 /// An answer back from a caller that dropped it.
-pub(crate) struct Given {
+pub(crate) struct GivenBack {
     value: Returned,
-    delivery: Delivery,
+    given: Given,
 }
 
 /// The acknowledgement and the way back of an answer about to be given.
 struct Receipt {
     ack: Ack,
-    give_back: GiveBack,
+    returns: mpsc::UnboundedSender<GivenBack>,
+    given: Given,
+}
+
+impl Receipt {
+    /// `value` as an answer: acknowledged when taken, given back to the actor if dropped
+    /// untaken.
+    fn answer<T: Returnable>(self, value: T) -> Answer<T> {
+        let Receipt {
+            ack,
+            returns,
+            given,
+        } = self;
+        let give_back = Box::new(move |result: Result<T, SessionError>| {
+            if let Ok(value) = result {
+                let value = value.returned();
+                let _ = returns.send(GivenBack { value, given });
+            }
+        });
+        Delivery::new(Ok(value), Some(ack), Some(give_back))
+    }
 }
 
 type YieldReply = oneshot::Sender<Answer<CellResponse>>;
@@ -180,8 +149,8 @@ impl Observer {
 
     fn refuse(self, error: SessionError) {
         match self {
-            Observer::Yielding { reply, .. } => drop(reply.send(Answer::refusal(error))),
-            Observer::Pending { reply } => drop(reply.send(Answer::refusal(error))),
+            Observer::Yielding { reply, .. } => drop(Delivery::plain(Err(error)).send(reply)),
+            Observer::Pending { reply } => drop(Delivery::plain(Err(error)).send(reply)),
         }
     }
 
@@ -208,12 +177,7 @@ fn send_answer<T: Returnable>(
     value: T,
     receipt: Receipt,
 ) -> Result<(), Option<T>> {
-    let answer = Answer {
-        result: Some(Ok(value)),
-        ack: Some(receipt.ack),
-        give_back: Some(receipt.give_back),
-    };
-    reply.send(answer).map_err(Answer::into_echo)
+    receipt.answer(value).send(reply).map_err(|echo| echo.ok())
 }
 
 /// Requests from the session to a cell actor.
@@ -256,7 +220,7 @@ enum Step {
     TimersDue,
     Event(Option<CellEvent>),
     Request(ActorRequest),
-    Returned(Given),
+    Returned(GivenBack),
     Internal(Internal),
     Shutdown,
     /// The oldest answer not yet taken was taken.
@@ -305,7 +269,7 @@ struct Callbacks {
     tool_tasks: TaskTracker,
     notify_tasks: TaskTracker,
     /// Answers given and not yet taken by their callers, oldest first.
-    unacked: VecDeque<oneshot::Receiver<()>>,
+    unacked: Unacked,
     /// Callbacks held back until every answer before them was taken, in call order.
     deferred: VecDeque<Deferred>,
 }
@@ -359,16 +323,9 @@ enum Kind {
 }
 
 impl Callbacks {
-    /// A fresh acknowledgement for an answer about to be given.
-    fn ack(&mut self) -> Ack {
-        let (ack, taken) = oneshot::channel();
-        self.unacked.push_back(taken);
-        Ack(ack)
-    }
-
-    /// The oldest answer was taken: once all are, the held-back callbacks start in order.
+    /// The oldest answer was taken (and forgotten): once all are, the held-back callbacks
+    /// start in order.
     fn on_acked(&mut self) {
-        self.unacked.pop_front();
         if !self.unacked.is_empty() {
             return;
         }
@@ -400,8 +357,8 @@ pub(crate) struct CellActor {
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     /// Answers whose callers dropped them untaken.
-    returns_tx: mpsc::UnboundedSender<Given>,
-    returns_rx: mpsc::UnboundedReceiver<Given>,
+    returns_tx: mpsc::UnboundedSender<GivenBack>,
+    returns_rx: mpsc::UnboundedReceiver<GivenBack>,
     output: Output,
     frontier: Frontier,
     timers: Timers,
@@ -452,7 +409,7 @@ impl CellActor {
                 token,
                 tool_tasks: TaskTracker::new(),
                 notify_tasks: TaskTracker::new(),
-                unacked: VecDeque::new(),
+                unacked: Unacked::default(),
                 deferred: VecDeque::new(),
             },
             life: Life {
@@ -486,12 +443,9 @@ impl CellActor {
             // it (no timer ends the wait: it would close the cell under an answer that may
             // still come back); only the session's shutdown does.
             let root = self.shared.root().clone();
-            for ack in std::mem::take(&mut self.callbacks.unacked) {
-                tokio::select! {
-                    _ = ack => {}
-                    () = root.cancelled() => {}
-                }
-            }
+            std::mem::take(&mut self.callbacks.unacked)
+                .all_taken_or_stopped(&root)
+                .await;
             self.take_returns();
             if self.life.closed {
                 break;
@@ -518,7 +472,7 @@ impl CellActor {
             Some(request) = self.requests.recv() => Step::Request(request),
             Some(message) = self.internal_rx.recv() => Step::Internal(message),
             () = root.cancelled(), if !self.life.shutting_down => Step::Shutdown,
-            _ = first_ack(&mut self.callbacks.unacked), if !self.callbacks.unacked.is_empty() => Step::Acked,
+            () = self.callbacks.unacked.oldest_taken(), if !self.callbacks.unacked.is_empty() => Step::Acked,
         }
     }
 
@@ -634,9 +588,7 @@ impl CellActor {
         let unacked = std::mem::take(&mut self.callbacks.unacked);
         let deferred = std::mem::take(&mut self.callbacks.deferred);
         tokio::spawn(async move {
-            for ack in unacked {
-                let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
-            }
+            unacked.all_taken_or_patience().await;
             for (tracker, task) in deferred {
                 start_now(&tracker, task);
             }
@@ -742,7 +694,7 @@ impl CellActor {
             }
             Phase::Terminating | Phase::CleaningUp(Final::Terminated) => {
                 let error = SessionError::AlreadyTerminating(self.cell_id.clone());
-                let _ = reply.send(Answer::refusal(error));
+                let _ = Delivery::plain(Err(error)).send(reply);
             }
             // Completed naturally, still cleaning up: the completion wins, answered when
             // the cleanup is over.
@@ -898,20 +850,17 @@ impl CellActor {
         }
     }
 
-    /// Puts the items of an undelivered response back in front of the newer ones.
     /// The acknowledgement and the way back of an answer about to be given. `for_yield`:
     /// the answer is due to a `yield_control()`.
     fn receipt(&mut self, for_yield: bool) -> Receipt {
         self.output.deliveries += 1;
         Receipt {
-            ack: self.callbacks.ack(),
-            give_back: GiveBack {
-                returns: self.returns_tx.clone(),
-                delivery: Delivery {
-                    number: self.output.deliveries,
-                    first_observation: !self.output.observed,
-                    for_yield,
-                },
+            ack: self.callbacks.unacked.ack(),
+            returns: self.returns_tx.clone(),
+            given: Given {
+                number: self.output.deliveries,
+                first_observation: !self.output.observed,
+                for_yield,
             },
         }
     }
@@ -926,8 +875,8 @@ impl CellActor {
     /// An answer came back untaken: its output is the cell's again, first in line, and if
     /// nothing was answered since, the cell is as if it had not been given (a first
     /// observation is still to come, a finished cell stays open for its result).
-    fn on_returned(&mut self, given: Given) {
-        let delivery = given.delivery;
+    fn on_returned(&mut self, given: GivenBack) {
+        let delivery = given.given;
         let latest = delivery.number == self.output.deliveries;
         let ended = match given.value {
             Returned::Response(response)
@@ -1082,14 +1031,6 @@ impl CellActor {
 fn start_now(tracker: &TaskTracker, mut task: BoxFuture<'static, ()>) {
     if poll_once(&mut task).is_none() {
         tracker.spawn(task);
-    }
-}
-
-/// Resolves when the oldest answer not yet taken is taken (or will never be), or after
-/// [`ACK_PATIENCE`].
-async fn first_ack(unacked: &mut VecDeque<oneshot::Receiver<()>>) {
-    if let Some(ack) = unacked.front_mut() {
-        let _ = tokio::time::timeout(ACK_PATIENCE, ack).await;
     }
 }
 

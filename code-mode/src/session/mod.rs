@@ -206,7 +206,7 @@ impl Shared {
         let actor = self.actor(cell_id)?;
         let (reply, answer) = oneshot::channel();
         actor.send(request(reply)).await.ok()?;
-        answer.await.ok().map(Answer::into_result)
+        answer.await.ok().map(Answer::take)
     }
 }
 
@@ -254,10 +254,7 @@ impl CodeModeSession for InProcessSession {
             let cell_id = self
                 .shared
                 .start_cell(request, |deadline| Observer::yielding(deadline, reply))?;
-            let initial_response = answer
-                .await
-                .map_err(|_| actor_lost(&cell_id))?
-                .into_result()?;
+            let initial_response = answer.await.map_err(|_| actor_lost(&cell_id))?.take()?;
             code_mode_protocol::hop!("exec answered");
             Ok(StartedCell {
                 cell_id,
@@ -298,10 +295,7 @@ impl CodeModeSession for InProcessSession {
             let cell_id = self
                 .shared
                 .start_cell(request, |_| Observer::pending(reply))?;
-            let outcome = answer
-                .await
-                .map_err(|_| actor_lost(&cell_id))?
-                .into_result()?;
+            let outcome = answer.await.map_err(|_| actor_lost(&cell_id))?.take()?;
             Ok(StartedPendingCell { cell_id, outcome })
         })
     }
