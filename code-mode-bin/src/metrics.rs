@@ -1,6 +1,7 @@
 //! The runtime's operational figures and the small HTTP server that shows them
-//! (`--metrics <addr>`): `/metrics` in Prometheus' text format, `/healthz` (liveness: the
-//! process serves) and `/readyz` (readiness: 503 once draining).
+//! (`--metrics <addr>`): `/metrics` in the OpenMetrics text format (encoded by
+//! `prometheus-client`), `/healthz` (liveness: the process serves) and `/readyz`
+//! (readiness: 503 once draining).
 //!
 //! The figures are process-wide counters and gauges in one static ([`METRICS`]): the
 //! connection code counts sessions, cells and their outcomes from the replies it sends
@@ -11,6 +12,13 @@ use bytes::Bytes;
 use code_mode_protocol::{CellResponse, PendingOutcome, SessionReply};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -47,7 +55,8 @@ pub struct Metrics {
     outcomes: [AtomicU64; 3],
     limits: [AtomicU64; 3],
     nested_calls: AtomicU64,
-    /// Cumulative counts per bucket, plus one for `+Inf`.
+    /// Observations per bucket (the first whose bound they are within), plus one for those
+    /// above every bound.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
     draining: AtomicBool,
@@ -163,119 +172,147 @@ impl Metrics {
 
     fn observe_latency(&self, latency: Duration) {
         let seconds = latency.as_secs_f64();
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
-            if seconds <= *bound {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_buckets[LATENCY_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    /// The figures in Prometheus' text exposition format (version 0.0.4).
+    /// The figures in the OpenMetrics text format, which Prometheus scrapes.
     pub fn render(&self) -> String {
-        use std::fmt::Write as _;
-        let get = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Figures));
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        metric(
-            "code_mode_connections",
-            "gauge",
-            "Host connections open now.",
-            &[("", get(&self.connections))],
-        );
-        metric(
-            "code_mode_connections_total",
-            "counter",
-            "Host connections accepted.",
-            &[("", get(&self.connections_total))],
-        );
-        metric(
-            "code_mode_sessions",
-            "gauge",
-            "Sessions open now.",
-            &[("", get(&self.sessions))],
-        );
-        metric(
-            "code_mode_cells_started_total",
-            "counter",
-            "Cells started.",
-            &[("", get(&self.cells_started))],
-        );
-        metric(
-            "code_mode_cells_active",
-            "gauge",
-            "Cells started and not yet closed.",
-            &[("", self.active_cells())],
-        );
-        metric(
-            "code_mode_cells_finished_total",
-            "counter",
-            "Cells whose final response reached the host, by outcome.",
-            &[
-                (
-                    r#"{outcome="ok"}"#,
-                    get(&self.outcomes[Outcome::Ok as usize]),
-                ),
-                (
-                    r#"{outcome="error"}"#,
-                    get(&self.outcomes[Outcome::Error as usize]),
-                ),
-                (
-                    r#"{outcome="terminated"}"#,
-                    get(&self.outcomes[Outcome::Terminated as usize]),
-                ),
-            ],
-        );
-        metric(
-            "code_mode_limit_hits_total",
-            "counter",
-            "Cells stopped or cut by a limit, by kind.",
-            &[
-                (r#"{kind="heap"}"#, get(&self.limits[Limit::Heap as usize])),
-                (r#"{kind="cpu"}"#, get(&self.limits[Limit::Cpu as usize])),
-                (
-                    r#"{kind="output"}"#,
-                    get(&self.limits[Limit::Output as usize]),
-                ),
-            ],
-        );
-        metric(
-            "code_mode_nested_calls_total",
-            "counter",
-            "Nested tool calls forwarded to hosts.",
-            &[("", get(&self.nested_calls))],
-        );
-        metric(
-            "code_mode_draining",
-            "gauge",
-            "1 once the runtime is draining.",
-            &[("", u64::from(self.is_draining()))],
-        );
-        let _ = writeln!(
-            out,
-            "# HELP code_mode_exec_seconds Time an exec took to give its first response.\n# TYPE code_mode_exec_seconds histogram"
-        );
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(
-                out,
-                "code_mode_exec_seconds_bucket{{le=\"{bound}\"}} {}",
-                get(count)
-            );
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!("metrics could not be encoded: {error}");
         }
-        let total = get(&self.latency_buckets[LATENCY_BUCKETS.len()]);
-        let _ = writeln!(out, "code_mode_exec_seconds_bucket{{le=\"+Inf\"}} {total}");
-        let sum = get(&self.latency_sum_micros) as f64 / 1e6;
-        let _ = writeln!(out, "code_mode_exec_seconds_sum {sum}");
-        let _ = writeln!(out, "code_mode_exec_seconds_count {total}");
         out
     }
+}
+
+/// [`METRICS`] as the metric families of a scrape, read when it happens.
+#[derive(Debug)]
+struct Figures;
+
+impl Collector for Figures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let metrics = &METRICS;
+        let get = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        let encoder = &mut encoder;
+        // `code_mode_connections` is the counter (its sample `code_mode_connections_total`):
+        // OpenMetrics allows one family of a name, so the gauge is `_open`.
+        gauge(
+            encoder,
+            "code_mode_connections_open",
+            "Host connections open now.",
+            get(&metrics.connections),
+        )?;
+        counter(
+            encoder,
+            "code_mode_connections",
+            "Host connections accepted.",
+            get(&metrics.connections_total),
+        )?;
+        gauge(
+            encoder,
+            "code_mode_sessions",
+            "Sessions open now.",
+            get(&metrics.sessions),
+        )?;
+        counter(
+            encoder,
+            "code_mode_cells_started",
+            "Cells started.",
+            get(&metrics.cells_started),
+        )?;
+        gauge(
+            encoder,
+            "code_mode_cells_active",
+            "Cells started and not yet closed.",
+            metrics.active_cells(),
+        )?;
+        let outcome = |outcome: Outcome| get(&metrics.outcomes[outcome as usize]);
+        counters(
+            encoder,
+            "code_mode_cells_finished",
+            "Cells whose final response reached the host, by outcome.",
+            "outcome",
+            &[
+                ("ok", outcome(Outcome::Ok)),
+                ("error", outcome(Outcome::Error)),
+                ("terminated", outcome(Outcome::Terminated)),
+            ],
+        )?;
+        let limit = |limit: Limit| get(&metrics.limits[limit as usize]);
+        counters(
+            encoder,
+            "code_mode_limit_hits",
+            "Cells stopped or cut by a limit, by kind.",
+            "kind",
+            &[
+                ("heap", limit(Limit::Heap)),
+                ("cpu", limit(Limit::Cpu)),
+                ("output", limit(Limit::Output)),
+            ],
+        )?;
+        counter(
+            encoder,
+            "code_mode_nested_calls",
+            "Nested tool calls forwarded to hosts.",
+            get(&metrics.nested_calls),
+        )?;
+        gauge(
+            encoder,
+            "code_mode_draining",
+            "1 once the runtime is draining.",
+            u64::from(metrics.is_draining()),
+        )?;
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(metrics.latency_buckets.iter().map(get))
+            .collect();
+        let count = buckets.iter().map(|(_, count)| count).sum();
+        let sum = get(&metrics.latency_sum_micros) as f64 / 1e6;
+        encoder
+            .encode_descriptor(
+                "code_mode_exec_seconds",
+                "Time an exec took to give its first response.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A counter family with one label, a sample per value of it.
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: &[(&str, u64)],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for &(value_of_label, value) in samples {
+        let labels = [(label, value_of_label)];
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// A final response's outcome and the limit it reports, if any; `None` for a response
@@ -338,7 +375,7 @@ fn answer(path: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     let content_type = if path == "/metrics" {
-        "text/plain; version=0.0.4; charset=utf-8"
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     } else {
         "text/plain; charset=utf-8"
     };

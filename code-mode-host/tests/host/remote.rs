@@ -10,6 +10,7 @@ use code_mode_host::{
     ClientTls, CodeModeSession, Liveness, RemoteConfig, RemoteProvider, RemoteSession, find_binary,
 };
 use code_mode_protocol::{CellResponse, ContentItem, SessionError, SessionOptions};
+use openmetrics_parser::OpenMetricsValue;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -497,11 +498,50 @@ async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-fn sample(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
+/// The sample of `family` with `labels` in a `/metrics` body, which must parse as
+/// OpenMetrics (one family per name, types, `_total` counters, `# EOF`), checked to be of
+/// `kind`: a counter's or gauge's value, a histogram's count (after checking that its
+/// `+Inf` bucket holds every observation).
+fn sample(metrics: &str, family: &str, kind: &str, labels: &[(&str, &str)]) -> u64 {
+    let exposition = openmetrics_parser::openmetrics::parse_openmetrics(metrics)
+        .unwrap_or_else(|error| panic!("not OpenMetrics ({error:?}):\n{metrics}"));
+    let family = exposition
+        .families
+        .get(family)
+        .unwrap_or_else(|| panic!("no family {family} in\n{metrics}"));
+    assert_eq!(
+        family.family_type.to_string(),
+        kind,
+        "{}",
+        family.family_name
+    );
+    let values: Vec<String> = family
+        .get_label_names()
+        .iter()
+        .map(|name| {
+            let (_, value) = labels
+                .iter()
+                .find(|(label, _)| label == name)
+                .unwrap_or_else(|| panic!("{} has label {name}", family.family_name));
+            (*value).to_owned()
+        })
+        .collect();
+    let sample = family
+        .get_sample_by_label_values(&values)
+        .unwrap_or_else(|| panic!("no sample {labels:?} of {}", family.family_name));
+    let value = match &sample.value {
+        OpenMetricsValue::Counter(counter) => counter.value.as_f64(),
+        OpenMetricsValue::Gauge(gauge) => gauge.as_f64(),
+        OpenMetricsValue::Histogram(histogram) => {
+            let count = histogram.count.expect("a histogram count");
+            let last = histogram.buckets.last().expect("histogram buckets");
+            assert_eq!(last.upper_bound, f64::INFINITY);
+            assert_eq!(last.count.as_f64(), count as f64);
+            count as f64
+        }
+        other => panic!("unexpected value {other:?}"),
+    };
+    value as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,20 +581,26 @@ async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
     assert_eq!(http_get(metrics, "/nowhere").await.0, 404);
     let (status, body) = http_get(metrics, "/metrics").await;
     assert_eq!(status, 200);
-    assert_eq!(sample(&body, "code_mode_connections"), 1);
-    assert_eq!(sample(&body, "code_mode_sessions"), 1);
-    assert_eq!(sample(&body, "code_mode_cells_started_total"), 2);
-    assert_eq!(
-        sample(&body, r#"code_mode_cells_finished_total{outcome="ok"}"#),
-        1
-    );
-    assert_eq!(
-        sample(&body, r#"code_mode_cells_finished_total{outcome="error"}"#),
-        1
-    );
-    assert_eq!(sample(&body, "code_mode_nested_calls_total"), 1);
-    assert_eq!(sample(&body, "code_mode_exec_seconds_count"), 2);
-    assert_eq!(sample(&body, "code_mode_draining"), 0);
+    assert_eq!(sample(&body, "code_mode_connections_open", "gauge", &[]), 1);
+    assert_eq!(sample(&body, "code_mode_connections", "counter", &[]), 1);
+    assert_eq!(sample(&body, "code_mode_sessions", "gauge", &[]), 1);
+    assert_eq!(sample(&body, "code_mode_cells_started", "counter", &[]), 2);
+    let finished = |outcome| {
+        sample(
+            &body,
+            "code_mode_cells_finished",
+            "counter",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(finished("ok"), 1);
+    assert_eq!(finished("error"), 1);
+    assert_eq!(finished("terminated"), 0);
+    let limit = |kind| sample(&body, "code_mode_limit_hits", "counter", &[("kind", kind)]);
+    assert_eq!([limit("heap"), limit("cpu"), limit("output")], [0, 0, 0]);
+    assert_eq!(sample(&body, "code_mode_nested_calls", "counter", &[]), 1);
+    assert_eq!(sample(&body, "code_mode_exec_seconds", "histogram", &[]), 2);
+    assert_eq!(sample(&body, "code_mode_draining", "gauge", &[]), 0);
 
     // A cell is running when SIGTERM comes: it finishes; new sessions go nowhere.
     let running = tokio::spawn({
