@@ -20,8 +20,16 @@
 //! The connection runs on any framed byte stream (the protocol crate's transport seam) and
 //! knows the other end only as a [`Peer`]: a child process it supervises, or a runtime on
 //! another machine reached over TCP and TLS.
+//!
+//! `answers` holds how a response reaches its caller (and what is kept when nobody takes
+//! it); `delegate` the runtime's calls to a session's delegate.
+
+mod answers;
+mod delegate;
 
 use crate::unclaimed::Unclaimed;
+pub(crate) use answers::Answer;
+use answers::{AbandonOnDrop, Deliver, deliver_to};
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
@@ -95,102 +103,6 @@ pub enum HandshakeError {
     Unexpected(String),
     #[error("the handshake failed: {0}")]
     Frame(#[from] FrameError),
-}
-
-/// A typed answer to a request: the response of the one kind the request is answered
-/// with. The reader converts each response once, on arrival; a response of another kind is
-/// a protocol violation, so callers never match on the kind again.
-pub(crate) trait Answer: Sized + Send + 'static {
-    /// The answer, or the response back when it is of another kind.
-    fn from_response(response: Response) -> Result<Self, Response>;
-
-    /// The response this answer came in.
-    fn into_response(self) -> Response;
-}
-
-impl Answer for SessionId {
-    fn from_response(response: Response) -> Result<Self, Response> {
-        match response {
-            Response::SessionOpened(session) => Ok(session),
-            other => Err(other),
-        }
-    }
-
-    fn into_response(self) -> Response {
-        Response::SessionOpened(self)
-    }
-}
-
-macro_rules! reply_answer {
-    ($($ty:ty),* $(,)?) => {
-        $(
-            impl Answer for $ty {
-                fn from_response(response: Response) -> Result<Self, Response> {
-                    match response {
-                        Response::Reply(reply) => {
-                            <$ty as FromReply>::from_reply(reply).map_err(Response::Reply)
-                        }
-                        other => Err(other),
-                    }
-                }
-
-                fn into_response(self) -> Response {
-                    Response::Reply(self.into_reply())
-                }
-            }
-        )*
-    };
-}
-
-reply_answer!(
-    StartedCell,
-    CellResponse,
-    StartedPendingCell,
-    PendingOutcome,
-    (),
-);
-
-/// What a caller receives: the answer with its acknowledgement (until it is taken, the
-/// reader holds the session's next delegate events back, so a front end sees answers and
-/// later events in the order the runtime sent them) and its way back (an answer its caller
-/// drops untaken is kept for the cell's next observation).
-type Delivered<T> = Delivery<Result<T, SessionError>>;
-
-/// Hands a request's outcome (with its acknowledgement) to its caller, converted to the
-/// caller's type; gives the response back when it is of another kind.
-type Deliver = Box<
-    dyn FnOnce(
-            &Weak<Connection>,
-            Result<Response, SessionError>,
-            Option<Ack>,
-        ) -> Result<(), Response>
-        + Send,
->;
-
-/// The [`Deliver`] of a caller of `session` waiting for a `T` on `reply`.
-fn deliver_to<T: Answer>(
-    reply: oneshot::Sender<Delivered<T>>,
-    session: Option<SessionId>,
-) -> Deliver {
-    Box::new(move |connection, result, ack| {
-        let answer = match result {
-            Ok(response) => Ok(T::from_response(response)?),
-            Err(error) => Err(error),
-        };
-        let connection = Weak::clone(connection);
-        let give_back = Box::new(move |result: Result<T, SessionError>| {
-            if let (Ok(answer), Some(connection)) = (result, connection.upgrade()) {
-                let state = lock(&connection.state);
-                let kept = connection.keep_unclaimed(state, session, Ok(answer.into_response()));
-                if let Err(error) = kept {
-                    tracing::warn!("an answer nobody took could not be kept: {error}");
-                }
-            }
-        });
-        // A caller gone already drops the delivery, which gives the answer back.
-        let _ = reply.send(Delivery::new(answer, ack, Some(give_back)));
-        Ok(())
-    })
 }
 
 struct PendingRequest {
@@ -532,199 +444,6 @@ impl Connection {
         .map_err(|_| format!("{id} was answered with a response of another kind"))
     }
 
-    fn on_delegate_call(
-        self: &Arc<Self>,
-        id: DelegateId,
-        session: SessionId,
-        call: DelegateCall,
-    ) -> Result<(), String> {
-        let cell_id = match &call {
-            DelegateCall::InvokeTool { cell_id, .. } | DelegateCall::Notify { cell_id, .. } => {
-                cell_id
-            }
-        };
-        if !is_runtime_cell_id(cell_id) {
-            return Err(format!("{id} names an invalid cell id {cell_id:?}"));
-        }
-        let token = CancellationToken::new();
-        let delegate = {
-            let mut state = lock(&self.state);
-            if state.delegate_calls.contains_key(&id) {
-                return Err(format!("{id} is already in flight"));
-            }
-            let Some(entry) = state.sessions.get_mut(&session) else {
-                return Err(format!("{id} is for {session}, which is not open"));
-            };
-            if !entry.closed_cells.contains(cell_id) {
-                entry.live_cells.insert(cell_id.clone());
-            }
-            let delegate = Arc::clone(&entry.delegate);
-            state.delegate_calls.insert(id, token.clone());
-            delegate
-        };
-        let connection = Arc::clone(self);
-        // Polled once here, in the order the runtime sent the calls, then spawned.
-        let mut task = Box::pin(async move {
-            let reply = connection.run_delegate_call(&*delegate, call, &token).await;
-            let reply = reply.unwrap_or(DelegateReply::Cancelled);
-            // A call of a lost connection needs no answer.
-            if lock(&connection.state).delegate_calls.remove(&id).is_some() {
-                let message = ClientMessage::DelegateReply { id, reply };
-                code_mode_protocol::hop!("host sends the tool result");
-                if let Err(error) = connection.outbox.send(&message) {
-                    let reply = DelegateReply::ToolResult(Err(ToolError::new(format!(
-                        "the tool result could not be sent to the runtime: {error}"
-                    ))));
-                    let _ = connection
-                        .outbox
-                        .send(&ClientMessage::DelegateReply { id, reply });
-                }
-            }
-        });
-        if poll_once(&mut task).is_none() {
-            tokio::spawn(task);
-        }
-        Ok(())
-    }
-
-    /// Runs the delegate for one call; `None` when the runtime cancelled it and the delegate
-    /// did not answer within its grace period.
-    async fn run_delegate_call(
-        &self,
-        delegate: &dyn CodeModeSessionDelegate,
-        call: DelegateCall,
-        token: &CancellationToken,
-    ) -> Option<DelegateReply> {
-        match call {
-            DelegateCall::InvokeTool {
-                cell_id,
-                call_id,
-                tool_name,
-                kind,
-                input,
-            } => {
-                // The argument is parsed only if the agent core's delegate wants a value
-                // (`NestedToolCall::answer_with`); the result goes back as its text.
-                let call = NestedToolCall {
-                    cell_id: self.external_cell_id(&cell_id),
-                    call_id,
-                    tool_name,
-                    kind,
-                    input,
-                };
-                let result =
-                    until_cancelled(token, delegate.invoke_tool(call, token.clone())).await?;
-                Some(DelegateReply::ToolResult(result))
-            }
-            DelegateCall::Notify { cell_id, text } => {
-                let cell_id = self.external_cell_id(&cell_id);
-                until_cancelled(token, delegate.notify(cell_id, text, token.clone())).await?;
-                Some(DelegateReply::Notified)
-            }
-        }
-    }
-
-    fn on_cell_closed(&self, session: SessionId, cell_id: CellId) -> Result<(), String> {
-        if !is_runtime_cell_id(&cell_id) {
-            return Err(format!("a close event for an invalid cell id {cell_id:?}"));
-        }
-        let delegate = {
-            let mut state = lock(&self.state);
-            let Some(entry) = state.sessions.get_mut(&session) else {
-                return Err(format!("a close event for {session}, which is not open"));
-            };
-            if !entry.closed_cells.insert(cell_id.clone()) {
-                return Err(format!("cell {cell_id} of {session} closed twice"));
-            }
-            entry.live_cells.remove(&cell_id);
-            Arc::clone(&entry.delegate)
-        };
-        delegate.cell_closed(&self.external_cell_id(&cell_id));
-        Ok(())
-    }
-
-    /// Waits (at most `ACK_PATIENCE` each) until the callers took the answers `session`
-    /// was given, before its next delegate event is handled.
-    async fn answers_taken(&self, session: SessionId) {
-        let unacked = lock(&self.state).unacked.remove(&session);
-        if let Some(unacked) = unacked {
-            unacked.all_taken_or_patience().await;
-        }
-    }
-
-    /// Keeps what the response to an abandoned request carries: the output of a cell for
-    /// its next observation, or a session nobody will use (which is shut down).
-    fn keep_unclaimed(
-        self: &Arc<Self>,
-        mut state: MutexGuard<'_, State>,
-        session: Option<SessionId>,
-        result: Result<Response, WireError>,
-    ) -> Result<(), String> {
-        let unclaimed = match result {
-            Ok(Response::SessionOpened(opened)) => {
-                drop(state);
-                self.send_detached(Request::Session {
-                    session: opened,
-                    call: SessionCall::Shutdown,
-                });
-                return Ok(());
-            }
-            Ok(Response::Reply(SessionReply::Started(started))) => {
-                mark_alive(&mut state, session, &started.cell_id)?;
-                Unclaimed::Response(started.initial_response)
-            }
-            Ok(Response::Reply(SessionReply::StartedPending(started))) => {
-                mark_alive(&mut state, session, &started.cell_id)?;
-                Unclaimed::Outcome(started.outcome)
-            }
-            Ok(Response::Reply(SessionReply::Cell(response))) if !response.is_missing_cell() => {
-                Unclaimed::Response(response)
-            }
-            Ok(Response::Reply(SessionReply::Pending(outcome))) => Unclaimed::Outcome(outcome),
-            // Nothing to keep: a refusal, a missing cell, a shutdown.
-            _ => return Ok(()),
-        };
-        let cell_id = unclaimed.cell_id();
-        if !is_runtime_cell_id(cell_id) {
-            return Err(format!("a response names an invalid cell id {cell_id:?}"));
-        }
-        if let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session)) {
-            let cell_id = cell_id.clone();
-            // Two dropped observations of one cell in a row: both answers are kept, in
-            // the order the runtime gave them.
-            let kept = match entry.unclaimed.remove(&cell_id) {
-                Some(earlier) => earlier.then(unclaimed),
-                None => unclaimed,
-            };
-            entry.unclaimed.insert(cell_id, kept);
-        }
-        Ok(())
-    }
-
-    /// Takes the answer kept for a cell whose caller had gone, if any.
-    pub(crate) fn take_unclaimed(&self, session: SessionId, cell_id: &CellId) -> Option<Unclaimed> {
-        lock(&self.state)
-            .sessions
-            .get_mut(&session)?
-            .unclaimed
-            .remove(cell_id)
-    }
-
-    /// Puts back an answer taken with [`Connection::take_unclaimed`] and not returned (its
-    /// observation failed or was dropped), before any kept since.
-    pub(crate) fn restore_unclaimed(&self, session: SessionId, unclaimed: Unclaimed) {
-        let mut state = lock(&self.state);
-        let Some(entry) = state.sessions.get_mut(&session) else {
-            return;
-        };
-        let cell_id = unclaimed.cell_id().clone();
-        let kept = match entry.unclaimed.remove(&cell_id) {
-            Some(later) => unclaimed.then(later),
-            None => unclaimed,
-        };
-        entry.unclaimed.insert(cell_id, kept);
-    }
-
     /// Forgets a session once its shutdown was answered.
     pub(crate) fn forget_session(&self, session: SessionId) {
         let mut state = lock(&self.state);
@@ -833,40 +552,6 @@ fn mark_alive(
         entry.live_cells.insert(cell_id.clone());
     }
     Ok(())
-}
-
-/// Cancels an abandoned request on drop, or keeps its answer when it had arrived and
-/// was not taken: a dropped call consumes nothing.
-struct AbandonOnDrop<'a, T: Answer> {
-    connection: &'a Arc<Connection>,
-    id: RequestId,
-    answer: oneshot::Receiver<Delivered<T>>,
-    armed: bool,
-}
-
-impl<T: Answer> Drop for AbandonOnDrop<'_, T> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let removed = {
-            let mut state = lock(&self.connection.state);
-            let removed = state.pending.remove(&self.id);
-            if let Some(pending) = &removed {
-                state.abandoned.insert(self.id, pending.session);
-            }
-            removed.is_some()
-        };
-        // Otherwise it was answered already: the answer waits in the channel (or is about
-        // to be sent to it), untaken. Dropping the receiver drops its delivery, which keeps
-        // the answer for the cell's next observation.
-        if removed {
-            let _ = self
-                .connection
-                .outbox
-                .send(&ClientMessage::CancelRequest { id: self.id });
-        }
-    }
 }
 
 /// A runtime names its cells in its own first generation; the host adds its generation.

@@ -1,0 +1,127 @@
+//! The runtime's calls to a session's delegate: nested tool calls and notifications run
+//! in the order the runtime sent them (behind the answers not yet taken), cancelled when
+//! the runtime asks, and the cell-closed events.
+
+use super::*;
+
+impl Connection {
+    pub(super) fn on_delegate_call(
+        self: &Arc<Self>,
+        id: DelegateId,
+        session: SessionId,
+        call: DelegateCall,
+    ) -> Result<(), String> {
+        let cell_id = match &call {
+            DelegateCall::InvokeTool { cell_id, .. } | DelegateCall::Notify { cell_id, .. } => {
+                cell_id
+            }
+        };
+        if !is_runtime_cell_id(cell_id) {
+            return Err(format!("{id} names an invalid cell id {cell_id:?}"));
+        }
+        let token = CancellationToken::new();
+        let delegate = {
+            let mut state = lock(&self.state);
+            if state.delegate_calls.contains_key(&id) {
+                return Err(format!("{id} is already in flight"));
+            }
+            let Some(entry) = state.sessions.get_mut(&session) else {
+                return Err(format!("{id} is for {session}, which is not open"));
+            };
+            if !entry.closed_cells.contains(cell_id) {
+                entry.live_cells.insert(cell_id.clone());
+            }
+            let delegate = Arc::clone(&entry.delegate);
+            state.delegate_calls.insert(id, token.clone());
+            delegate
+        };
+        let connection = Arc::clone(self);
+        // Polled once here, in the order the runtime sent the calls, then spawned.
+        let mut task = Box::pin(async move {
+            let reply = connection.run_delegate_call(&*delegate, call, &token).await;
+            let reply = reply.unwrap_or(DelegateReply::Cancelled);
+            // A call of a lost connection needs no answer.
+            if lock(&connection.state).delegate_calls.remove(&id).is_some() {
+                let message = ClientMessage::DelegateReply { id, reply };
+                code_mode_protocol::hop!("host sends the tool result");
+                if let Err(error) = connection.outbox.send(&message) {
+                    let reply = DelegateReply::ToolResult(Err(ToolError::new(format!(
+                        "the tool result could not be sent to the runtime: {error}"
+                    ))));
+                    let _ = connection
+                        .outbox
+                        .send(&ClientMessage::DelegateReply { id, reply });
+                }
+            }
+        });
+        if poll_once(&mut task).is_none() {
+            tokio::spawn(task);
+        }
+        Ok(())
+    }
+
+    /// Runs the delegate for one call; `None` when the runtime cancelled it and the delegate
+    /// did not answer within its grace period.
+    pub(super) async fn run_delegate_call(
+        &self,
+        delegate: &dyn CodeModeSessionDelegate,
+        call: DelegateCall,
+        token: &CancellationToken,
+    ) -> Option<DelegateReply> {
+        match call {
+            DelegateCall::InvokeTool {
+                cell_id,
+                call_id,
+                tool_name,
+                kind,
+                input,
+            } => {
+                // The argument is parsed only if the agent core's delegate wants a value
+                // (`NestedToolCall::answer_with`); the result goes back as its text.
+                let call = NestedToolCall {
+                    cell_id: self.external_cell_id(&cell_id),
+                    call_id,
+                    tool_name,
+                    kind,
+                    input,
+                };
+                let result =
+                    until_cancelled(token, delegate.invoke_tool(call, token.clone())).await?;
+                Some(DelegateReply::ToolResult(result))
+            }
+            DelegateCall::Notify { cell_id, text } => {
+                let cell_id = self.external_cell_id(&cell_id);
+                until_cancelled(token, delegate.notify(cell_id, text, token.clone())).await?;
+                Some(DelegateReply::Notified)
+            }
+        }
+    }
+
+    pub(super) fn on_cell_closed(&self, session: SessionId, cell_id: CellId) -> Result<(), String> {
+        if !is_runtime_cell_id(&cell_id) {
+            return Err(format!("a close event for an invalid cell id {cell_id:?}"));
+        }
+        let delegate = {
+            let mut state = lock(&self.state);
+            let Some(entry) = state.sessions.get_mut(&session) else {
+                return Err(format!("a close event for {session}, which is not open"));
+            };
+            if !entry.closed_cells.insert(cell_id.clone()) {
+                return Err(format!("cell {cell_id} of {session} closed twice"));
+            }
+            entry.live_cells.remove(&cell_id);
+            Arc::clone(&entry.delegate)
+        };
+        delegate.cell_closed(&self.external_cell_id(&cell_id));
+        Ok(())
+    }
+
+    /// Waits (at most `ACK_PATIENCE` each) until the callers took the answers `session`
+    /// was given, before its next delegate event is handled.
+    pub(super) async fn answers_taken(&self, session: SessionId) {
+        let unacked = lock(&self.state).unacked.remove(&session);
+        if let Some(unacked) = unacked {
+            unacked.all_taken_or_patience().await;
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! How the actor answers its observers: who waits on a cell ([`Observer`]), the answer
+//! it is given (a [`Delivery`] with the actor's [`Receipt`]), the responses the actor
+//! builds (yielded, at a frontier, final), and taking back an answer its caller dropped
+//! untaken (contract 3.3: a dropped observation consumes nothing).
+
+use super::*;
+use code_mode_protocol::delivery::{Ack, Delivery};
+
+/// An answer of the actor: a [`Delivery`] of the result, acknowledged when the caller
+/// takes it, which lets the actor start the cell's next delegate callbacks. An answer
+/// dropped before its caller took it (the caller's future was dropped while the answer
+/// waited in its channel) goes back to the cell: a dropped observation consumes nothing.
+pub(crate) type Answer<T> = Delivery<Result<T, SessionError>>;
+
+/// A value an answer carries, as it goes back to the cell when nobody took it.
+pub(crate) enum Returned {
+    Response(CellResponse),
+    Outcome(PendingOutcome),
+}
+
+/// What an answer of the actor can carry.
+pub(crate) trait Returnable: Send + 'static {
+    fn returned(self) -> Returned;
+}
+
+impl Returnable for CellResponse {
+    fn returned(self) -> Returned {
+        Returned::Response(self)
+    }
+}
+
+impl Returnable for PendingOutcome {
+    fn returned(self) -> Returned {
+        Returned::Outcome(self)
+    }
+}
+
+/// What giving an answer changed, to undo it if the answer comes back.
+#[derive(Clone, Copy)]
+pub(super) struct Given {
+    /// The actor's count of deliveries, this one included.
+    pub(super) number: u64,
+    pub(super) first_observation: bool,
+    pub(super) for_yield: bool,
+}
+
+/// An answer back from a caller that dropped it.
+pub(crate) struct GivenBack {
+    pub(super) value: Returned,
+    pub(super) given: Given,
+}
+
+/// The acknowledgement and the way back of an answer about to be given.
+pub(super) struct Receipt {
+    pub(super) ack: Ack,
+    pub(super) returns: mpsc::UnboundedSender<GivenBack>,
+    pub(super) given: Given,
+}
+
+impl Receipt {
+    /// `value` as an answer: acknowledged when taken, given back to the actor if dropped
+    /// untaken.
+    pub(super) fn answer<T: Returnable>(self, value: T) -> Answer<T> {
+        let Receipt {
+            ack,
+            returns,
+            given,
+        } = self;
+        let give_back = Box::new(move |result: Result<T, SessionError>| {
+            if let Ok(value) = result {
+                let value = value.returned();
+                let _ = returns.send(GivenBack { value, given });
+            }
+        });
+        Delivery::new(Ok(value), Some(ack), Some(give_back))
+    }
+}
+
+pub(super) type YieldReply = oneshot::Sender<Answer<CellResponse>>;
+pub(super) type PendingReply = oneshot::Sender<Answer<PendingOutcome>>;
+pub(crate) type TerminateReply = oneshot::Sender<Answer<CellResponse>>;
+
+/// Someone waiting on the cell.
+pub(crate) enum Observer {
+    /// `exec` / `wait`: returns at completion, yield, deadline or termination.
+    Yielding {
+        deadline: Instant,
+        reply: YieldReply,
+    },
+    /// `execute_to_pending` / `wait_to_pending`: returns at a frontier or completion.
+    Pending { reply: PendingReply },
+}
+
+impl Observer {
+    pub(crate) fn yielding(deadline: Instant, reply: YieldReply) -> Self {
+        Observer::Yielding { deadline, reply }
+    }
+
+    pub(crate) fn pending(reply: PendingReply) -> Self {
+        Observer::Pending { reply }
+    }
+
+    /// Whether the caller stopped waiting (its future was dropped).
+    pub(super) fn is_gone(&self) -> bool {
+        match self {
+            Observer::Yielding { reply, .. } => reply.is_closed(),
+            Observer::Pending { reply } => reply.is_closed(),
+        }
+    }
+
+    pub(super) fn refuse(self, error: SessionError) {
+        match self {
+            Observer::Yielding { reply, .. } => drop(Delivery::plain(Err(error)).send(reply)),
+            Observer::Pending { reply } => drop(Delivery::plain(Err(error)).send(reply)),
+        }
+    }
+
+    /// Delivers a response with its receipt; gives the response back if the caller is
+    /// gone.
+    pub(super) fn deliver(
+        self,
+        response: CellResponse,
+        receipt: Receipt,
+    ) -> Result<(), Option<CellResponse>> {
+        match self {
+            Observer::Yielding { reply, .. } => send_answer(reply, response, receipt),
+            Observer::Pending { reply } => {
+                send_answer(reply, PendingOutcome::Completed(response), receipt).map_err(|echo| {
+                    match echo {
+                        Some(PendingOutcome::Completed(response)) => Some(response),
+                        _ => None,
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// Sends a successful answer; gives the value back if the caller is gone.
+pub(super) fn send_answer<T: Returnable>(
+    reply: oneshot::Sender<Answer<T>>,
+    value: T,
+    receipt: Receipt,
+) -> Result<(), Option<T>> {
+    receipt.answer(value).send(reply).map_err(|echo| echo.ok())
+}
+
+impl CellActor {
+    /// Answers a yielding observer with the items so far (or the first `upto` of them).
+    /// `for_yield`: the answer is due to a `yield_control()`, which is remembered for the
+    /// next observation if this one was dropped before the first observation.
+    pub(super) fn respond_yielded(&mut self, upto: Option<usize>, for_yield: bool) {
+        let Some(observer) = self.output.observer.take() else {
+            return;
+        };
+        let upto = upto
+            .unwrap_or(self.output.items.len())
+            .min(self.output.items.len());
+        let items: Vec<ContentItem> = self.output.items.drain(..upto).collect();
+        let response = CellResponse::Yielded {
+            cell_id: self.cell_id.clone(),
+            content_items: items,
+        };
+        let receipt = self.receipt(for_yield);
+        match observer.deliver(response, receipt) {
+            Ok(()) => self.output.observed = true,
+            Err(response) => {
+                // A dropped observation consumes nothing, and a yield it missed before the
+                // first observation is still remembered.
+                self.restore(response);
+                if for_yield && !self.output.observed {
+                    self.output.initial_yield.get_or_insert(upto);
+                }
+            }
+        }
+    }
+
+    /// Answers a pending-aware observer if the cell is at a frontier.
+    pub(super) fn respond_at_frontier(&mut self) {
+        if !self.frontier.at_frontier || !matches!(self.life.phase, Phase::Running) {
+            return;
+        }
+        let Some(Observer::Pending { .. }) = &self.output.observer else {
+            return;
+        };
+        let Some(Observer::Pending { reply }) = self.output.observer.take() else {
+            return;
+        };
+        let outcome = PendingOutcome::Pending {
+            cell_id: self.cell_id.clone(),
+            content_items: std::mem::take(&mut self.output.items),
+            pending_tool_call_ids: std::mem::take(&mut self.frontier.calls_since_frontier),
+        };
+        let receipt = self.receipt(false);
+        match send_answer(reply, outcome, receipt) {
+            Ok(()) => {
+                self.output.observed = true;
+                self.frontier.frozen = true;
+            }
+            Err(Some(PendingOutcome::Pending {
+                content_items,
+                pending_tool_call_ids,
+                ..
+            })) => {
+                self.restore_items(content_items);
+                let mut ids = pending_tool_call_ids;
+                ids.append(&mut self.frontier.calls_since_frontier);
+                self.frontier.calls_since_frontier = ids;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Answers the observer (if any) with the final response once the cell has finished.
+    pub(super) fn deliver_final(&mut self) {
+        let Phase::Finished(decision) = &self.life.phase else {
+            return;
+        };
+        let decision = decision.clone();
+        if matches!(self.output.observer, Some(Observer::Yielding { .. }))
+            && !self.output.observed
+            && let Some(mark) = self.output.initial_yield.take()
+        {
+            // The remembered yield comes first; the rest with the next observation.
+            self.respond_yielded(Some(mark), true);
+            return;
+        }
+        let Some(observer) = self.output.observer.take() else {
+            return;
+        };
+        let items = std::mem::take(&mut self.output.items);
+        let response = self.final_response(decision, items);
+        let receipt = self.receipt(false);
+        match observer.deliver(response, receipt) {
+            Ok(()) => self.life.closed = true,
+            Err(response) => self.restore(response),
+        }
+    }
+
+    pub(super) fn final_response(&self, decision: Final, items: Vec<ContentItem>) -> CellResponse {
+        match decision {
+            Final::Completed(error_text) => CellResponse::Result {
+                cell_id: self.cell_id.clone(),
+                content_items: items,
+                error_text,
+                missing_cell: false,
+            },
+            Final::Terminated => self.terminated(items),
+        }
+    }
+
+    pub(super) fn terminated(&self, items: Vec<ContentItem>) -> CellResponse {
+        CellResponse::Terminated {
+            cell_id: self.cell_id.clone(),
+            content_items: items,
+        }
+    }
+
+    /// The acknowledgement and the way back of an answer about to be given. `for_yield`:
+    /// the answer is due to a `yield_control()`.
+    pub(super) fn receipt(&mut self, for_yield: bool) -> Receipt {
+        self.output.deliveries += 1;
+        Receipt {
+            ack: self.callbacks.unacked.ack(),
+            returns: self.returns_tx.clone(),
+            given: Given {
+                number: self.output.deliveries,
+                first_observation: !self.output.observed,
+                for_yield,
+            },
+        }
+    }
+
+    /// Takes back every answer dropped untaken so far.
+    pub(super) fn take_returns(&mut self) {
+        while let Ok(given) = self.returns_rx.try_recv() {
+            self.on_returned(given);
+        }
+    }
+
+    /// An answer came back untaken: its output is the cell's again, first in line, and if
+    /// nothing was answered since, the cell is as if it had not been given (a first
+    /// observation is still to come, a finished cell stays open for its result).
+    pub(super) fn on_returned(&mut self, given: GivenBack) {
+        let delivery = given.given;
+        let latest = delivery.number == self.output.deliveries;
+        let ended = match given.value {
+            Returned::Response(response)
+            | Returned::Outcome(PendingOutcome::Completed(response)) => {
+                let ended = !matches!(response, CellResponse::Yielded { .. });
+                let count = response.content_items().len();
+                self.restore(Some(response));
+                if latest && delivery.first_observation && delivery.for_yield {
+                    self.output.initial_yield = Some(count);
+                }
+                ended
+            }
+            Returned::Outcome(PendingOutcome::Pending {
+                content_items,
+                pending_tool_call_ids,
+                ..
+            }) => {
+                self.restore_items(content_items);
+                let mut ids = pending_tool_call_ids;
+                ids.append(&mut self.frontier.calls_since_frontier);
+                self.frontier.calls_since_frontier = ids;
+                self.frontier.returned_here = latest;
+                false
+            }
+        };
+        if latest && delivery.first_observation {
+            self.output.observed = false;
+        }
+        if ended && matches!(self.life.phase, Phase::Finished(_)) && !self.life.shutting_down {
+            self.life.closed = false;
+        }
+    }
+
+    pub(super) fn restore(&mut self, response: Option<CellResponse>) {
+        let items = match response {
+            Some(
+                CellResponse::Yielded { content_items, .. }
+                | CellResponse::Terminated { content_items, .. }
+                | CellResponse::Result { content_items, .. },
+            ) => content_items,
+            None => return,
+        };
+        self.restore_items(items);
+    }
+
+    pub(super) fn restore_items(&mut self, mut items: Vec<ContentItem>) {
+        items.append(&mut self.output.items);
+        self.output.items = items;
+    }
+}
