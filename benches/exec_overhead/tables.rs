@@ -1,0 +1,245 @@
+//! The tables: children's figures parsed, percentiles taken, and printed.
+
+use super::*;
+
+pub(crate) struct Sample {
+    pub(crate) cold: u128,
+    pub(crate) spawn: u128,
+    pub(crate) round_trip: u128,
+    pub(crate) rss_delta_kib: u64,
+    pub(crate) warm: Vec<u128>,
+    pub(crate) paced: Vec<u128>,
+    pub(crate) typical_js: Vec<u128>,
+    pub(crate) typical_ts: Vec<u128>,
+}
+
+/// Parses `key=value` pairs; lists are comma-separated.
+pub(crate) fn parse_pairs(line: &str) -> std::collections::HashMap<&str, Vec<u128>> {
+    line.split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| {
+            let values = value.split(',').filter_map(|v| v.parse().ok()).collect();
+            (key, values)
+        })
+        .collect()
+}
+
+pub(crate) fn parse_sample(line: &str) -> Option<Sample> {
+    let pairs = parse_pairs(line);
+    let one = |key: &str| pairs.get(key).and_then(|values| values.first().copied());
+    Some(Sample {
+        cold: one("cold_ns")?,
+        spawn: one("spawn_ns")?,
+        round_trip: one("round_trip_ns")?,
+        rss_delta_kib: u64::try_from(one("rss_delta_kib")?).ok()?,
+        warm: pairs.get("warm_ns")?.clone(),
+        paced: pairs.get("paced_ns")?.clone(),
+        typical_js: pairs.get("js_ns")?.clone(),
+        typical_ts: pairs.get("ts_ns")?.clone(),
+    })
+}
+
+pub(crate) fn percentile(sorted: &[u128], fraction: f64) -> u128 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() - 1) as f64 * fraction).round() as usize;
+    sorted[index]
+}
+
+pub(crate) fn format_duration(nanos: u128) -> String {
+    if nanos >= 10_000_000 {
+        format!("{:.1} ms", nanos as f64 / 1e6)
+    } else {
+        format!("{:.0} µs", nanos as f64 / 1e3)
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+pub(crate) fn exec_table(options: &Options) {
+    println!(
+        "{:<16} {:<10} {:>5} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "scenario",
+        "transport",
+        "tools",
+        "samples",
+        "warmups",
+        "iters",
+        "mean/exec",
+        "p50/exec",
+        "p95/exec",
+        "rssΔ p50",
+        "rssΔ max"
+    );
+    for transport in &options.transports {
+        for &tool_count in &options.tool_counts {
+            let samples: Vec<Sample> = (0..options.samples)
+                .map(|_| {
+                    let line = run_child(&[
+                        "--child".to_owned(),
+                        (*transport).to_owned(),
+                        tool_count.to_string(),
+                        options.warm_iterations.to_string(),
+                    ]);
+                    parse_sample(&line)
+                        .unwrap_or_else(|| panic!("a sample printed an unreadable line: {line}"))
+                })
+                .collect();
+            let mut rss: Vec<u128> = samples
+                .iter()
+                .map(|s| u128::from(s.rss_delta_kib))
+                .collect();
+            rss.sort_unstable();
+            let rss_p50 = format!("{:.1} MiB", percentile(&rss, 0.5) as f64 / 1024.0);
+            let rss_max = format!(
+                "{:.1} MiB",
+                rss.last().copied().unwrap_or(0) as f64 / 1024.0
+            );
+            let mut rows: Vec<(&str, Vec<u128>, usize, usize)> = vec![
+                ("cold_exec", samples.iter().map(|s| s.cold).collect(), 1, 0),
+                (
+                    "warm_exec",
+                    samples.iter().flat_map(|s| s.warm.clone()).collect(),
+                    options.warm_iterations,
+                    1,
+                ),
+                (
+                    "warm_exec_paced",
+                    samples.iter().flat_map(|s| s.paced.clone()).collect(),
+                    options.warm_iterations,
+                    1,
+                ),
+                (
+                    "warm_exec_js",
+                    samples.iter().flat_map(|s| s.typical_js.clone()).collect(),
+                    options.warm_iterations,
+                    1,
+                ),
+                (
+                    "warm_exec_ts",
+                    samples.iter().flat_map(|s| s.typical_ts.clone()).collect(),
+                    options.warm_iterations,
+                    1,
+                ),
+                (
+                    "tool_round_trip",
+                    samples.iter().map(|s| s.round_trip).collect(),
+                    ROUND_TRIPS as usize,
+                    0,
+                ),
+            ];
+            if transport.starts_with("ipc") || *transport == "tcp-tls" {
+                rows.insert(
+                    0,
+                    (
+                        "spawn+handshake",
+                        samples.iter().map(|s| s.spawn).collect(),
+                        1,
+                        0,
+                    ),
+                );
+                rows.insert(
+                    2,
+                    (
+                        "cold_exec+spawn",
+                        samples.iter().map(|s| s.cold + s.spawn).collect(),
+                        1,
+                        0,
+                    ),
+                );
+            }
+            for (scenario, mut times, iterations, warmups) in rows {
+                times.sort_unstable();
+                let mean = times.iter().sum::<u128>() / times.len().max(1) as u128;
+                println!(
+                    "{:<16} {:<10} {:>5} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    scenario,
+                    transport,
+                    tool_count,
+                    options.samples,
+                    warmups,
+                    iterations,
+                    format_duration(mean),
+                    format_duration(percentile(&times, 0.5)),
+                    format_duration(percentile(&times, 0.95)),
+                    rss_p50,
+                    rss_max
+                );
+            }
+        }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+pub(crate) fn throughput_table(options: &Options) {
+    println!();
+    println!(
+        "{:<16} {:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10}",
+        "throughput",
+        "transport",
+        "sessions",
+        "seconds",
+        "cells",
+        "cells/s",
+        "p50/exec",
+        "p99/exec"
+    );
+    for transport in &options.transports {
+        for &sessions in &options.sessions {
+            let line = run_child(&[
+                "--child-throughput".to_owned(),
+                (*transport).to_owned(),
+                sessions.to_string(),
+                options.throughput_secs.to_string(),
+            ]);
+            let pairs = parse_pairs(&line);
+            let elapsed = pairs
+                .get("elapsed_ns")
+                .and_then(|v| v.first().copied())
+                .unwrap_or(1);
+            let mut latencies = pairs.get("latencies_ns").cloned().unwrap_or_default();
+            latencies.sort_unstable();
+            let seconds = elapsed as f64 / 1e9;
+            println!(
+                "{:<16} {:<10} {:>8} {:>8.1} {:>8} {:>10.0} {:>10} {:>10}",
+                "trivial_cells",
+                transport,
+                sessions,
+                seconds,
+                latencies.len(),
+                latencies.len() as f64 / seconds,
+                format_duration(percentile(&latencies, 0.5)),
+                format_duration(percentile(&latencies, 0.99)),
+            );
+        }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+pub(crate) fn idle_table(options: &Options) {
+    println!();
+    println!(
+        "{:<16} {:<10} {:>6} {:>12} {:>12} {:>12}",
+        "idle", "transport", "cells", "rss before", "rss after", "per cell"
+    );
+    for transport in &options.transports {
+        let line = run_child(&[
+            "--child-idle".to_owned(),
+            (*transport).to_owned(),
+            options.idle_cells.to_string(),
+        ]);
+        let pairs = parse_pairs(&line);
+        let kib = |key: &str| pairs.get(key).and_then(|v| v.first().copied()).unwrap_or(0);
+        let (before, after) = (kib("before_kib"), kib("after_kib"));
+        let per_cell = after.saturating_sub(before) as f64 / options.idle_cells.max(1) as f64;
+        println!(
+            "{:<16} {:<10} {:>6} {:>8.1} MiB {:>8.1} MiB {:>8.2} MiB",
+            "parked_cells",
+            transport,
+            options.idle_cells,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            per_cell / 1024.0
+        );
+    }
+}
