@@ -128,13 +128,9 @@ impl Subject {
                     .expect("code-mode-bin (build it with cargo build --release -p code-mode-bin)");
                 let pki = Pki::default();
                 let runtime = ListeningRuntime::start(&binary, &RuntimeOptions::tls(&pki));
-                let client = pki.client("bench host");
-                let tls = ClientTls::from_pem(
-                    pki.ca_pem().as_bytes(),
-                    client.cert_pem.as_bytes(),
-                    client.key_pem.as_bytes(),
-                )
-                .expect("client TLS settings");
+                let [ca, cert, key] = pki.client_pems("bench host");
+                let tls = ClientTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes())
+                    .expect("client TLS settings");
                 let provider =
                     RemoteProvider::new(RemoteConfig::new(vec![runtime.endpoint()], tls))
                         .expect("a remote provider");

@@ -9,7 +9,7 @@
 //! delegate counts nested calls and closed cells, the listener counts connections.
 
 use bytes::Bytes;
-use code_mode_protocol::{CellResponse, PendingOutcome, SessionReply};
+use code_mode_protocol::{CellResponse, PendingOutcome, SessionReply, texts};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::collector::Collector;
@@ -321,7 +321,7 @@ fn classify(response: &CellResponse) -> Option<(Outcome, Option<Limit>)> {
     let output_cut = |items: &[code_mode_protocol::ContentItem]| {
         items.iter().any(|item| {
             matches!(item, code_mode_protocol::ContentItem::InputText { text }
-                if text.starts_with("[output truncated: this cell reached its output cap"))
+                if text.starts_with(texts::OUTPUT_CAP_PREFIX))
         })
     };
     match response {
@@ -339,12 +339,8 @@ fn classify(response: &CellResponse) -> Option<(Outcome, Option<Limit>)> {
             ..
         } => {
             let limit = match error_text.as_deref() {
-                Some(text)
-                    if text.starts_with("Out of memory: the cell reached its heap limit") =>
-                {
-                    Some(Limit::Heap)
-                }
-                Some(text) if text.starts_with("CPU budget exceeded") => Some(Limit::Cpu),
+                Some(text) if text.starts_with(texts::OUT_OF_MEMORY_PREFIX) => Some(Limit::Heap),
+                Some(text) if text.starts_with(texts::CPU_BUDGET_PREFIX) => Some(Limit::Cpu),
                 _ if output_cut(content_items) => Some(Limit::Output),
                 _ => None,
             };

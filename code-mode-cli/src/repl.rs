@@ -3,7 +3,7 @@
 //! with `:`. Works the same under a pipe as on a terminal (prompts only on a terminal).
 
 use crate::output::{Printer, terminal_safe};
-use crate::tools::{CliDelegate, ToolSet};
+use crate::tools::{CliDelegate, ToolSet, sink_now};
 use crate::{Failure, session};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
 use code_mode_protocol::{
@@ -39,7 +39,7 @@ pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
         .map_err(|error| Failure::usage(error.to_string()))?;
     let delegate = Arc::new(CliDelegate::new(
         tools.clone(),
-        Arc::new(|_, text| println!("[notify] {}", terminal_safe(text))),
+        sink_now(|text| println!("[notify] {}", terminal_safe(text))),
     ));
     let session_options = SessionOptions {
         reuse_isolates: options.reuse_isolates,

@@ -2,7 +2,7 @@
 //! arrives and the final status in the model's format. Ctrl-C terminates the cell.
 
 use crate::output::{Printer, terminal_safe};
-use crate::tools::{CliDelegate, ToolSet};
+use crate::tools::{CliDelegate, ToolSet, sink_now};
 use crate::{Failure, session};
 use code_mode_protocol::surface::json::{items_json, response_json};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
@@ -54,16 +54,16 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
         .or(parsed.max_output_tokens)
         .unwrap_or(parsed.max_output_tokens_or_default());
     let notifications = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink: crate::tools::NotificationSink = if options.json {
+    let sink = if options.json {
         let notifications = Arc::clone(&notifications);
-        Arc::new(move |_, text| {
+        sink_now(move |text| {
             notifications
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(text.to_owned())
         })
     } else {
-        Arc::new(|_, text| println!("[notify] {}", terminal_safe(text)))
+        sink_now(|text| println!("[notify] {}", terminal_safe(text)))
     };
     let definitions = tools.definitions();
     let delegate = Arc::new(CliDelegate::new(tools.clone(), sink));

@@ -323,10 +323,10 @@ impl CodeModeSessionDelegate for JsonlDelegate {
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        if self.tools.has(&call.tool_name) {
+            return self.tools.answer(call, cancel);
+        }
         call.answer_with(|call| async move {
-            if self.tools.has(&call.tool_name) {
-                return self.tools.call(&call.tool_name, call.input, &cancel).await;
-            }
             let id = format!("c{}", self.last_call.fetch_add(1, Ordering::SeqCst) + 1);
             let (reply, answer) = oneshot::channel();
             lock(&self.calls).insert(id.clone(), reply);

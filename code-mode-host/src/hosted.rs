@@ -27,12 +27,30 @@ pub(crate) trait RuntimeSource: Send + Sync + 'static {
 /// How many runtimes a session tries when the one it was placed on is draining.
 const PLACEMENT_ATTEMPTS: usize = 4;
 
-/// Defines a public session type of a provider: a [`HostedSession`] under its own name.
+/// Defines the public session type of a provider (a [`HostedSession`] under its own
+/// name) and the provider's [`code_mode_protocol::CodeModeProvider`] implementation, which
+/// opens one over the provider's `inner` runtime source.
 macro_rules! hosted_session {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident of $provider:ident) => {
         $(#[$doc])*
         #[derive(Debug)]
-        pub struct $name(pub(crate) $crate::hosted::HostedSession);
+        pub struct $name($crate::hosted::HostedSession);
+
+        impl code_mode_protocol::CodeModeProvider for $provider {
+            type Session = $name;
+
+            fn open_session(
+                &self,
+                delegate: std::sync::Arc<dyn code_mode_protocol::CodeModeSessionDelegate>,
+                options: code_mode_protocol::SessionOptions,
+            ) -> $name {
+                $name($crate::hosted::HostedSession::new(
+                    self.inner.clone(),
+                    delegate,
+                    options,
+                ))
+            }
+        }
 
         impl $name {
             /// Where the session's cells run now (e.g. `pid 1234`,

@@ -11,9 +11,9 @@
 use crate::binary::find_binary;
 use crate::connection::{Connection, Liveness, Placed};
 pub use crate::error::HostError;
-use crate::hosted::{HostedSession, RuntimeSource, hosted_session};
+use crate::hosted::{RuntimeSource, hosted_session};
 use crate::process;
-use code_mode_protocol::{BoxFuture, CodeModeProvider, CodeModeSessionDelegate, SessionOptions};
+use code_mode_protocol::BoxFuture;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,23 +128,10 @@ impl ProcessProvider {
     }
 }
 
-impl CodeModeProvider for ProcessProvider {
-    type Session = ProcessSession;
-
-    /// A new session reporting to `delegate`. Nothing is started until its first call.
-    fn open_session(
-        &self,
-        delegate: Arc<dyn CodeModeSessionDelegate>,
-        options: SessionOptions,
-    ) -> ProcessSession {
-        ProcessSession(HostedSession::new(self.inner.clone(), delegate, options))
-    }
-}
-
 hosted_session!(
-    /// A session whose cells run in the [`ProcessProvider`]'s runtime process. Dropping it
-    /// starts its shutdown in the runtime.
-    ProcessSession
+    /// A session whose cells run in the [`ProcessProvider`]'s runtime process, which
+    /// starts at its first call. Dropping it starts its shutdown in the runtime.
+    ProcessSession of ProcessProvider
 );
 
 impl ProviderInner {

@@ -14,10 +14,10 @@
 use crate::connection::{Connection, HandshakeError, Liveness, Peer, Placed};
 use crate::error::HostError;
 pub use crate::error::RemoteError;
-use crate::hosted::{HostedSession, RuntimeSource, hosted_session};
+use crate::hosted::{RuntimeSource, hosted_session};
+use code_mode_protocol::BoxFuture;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::FrameError;
-use code_mode_protocol::{BoxFuture, CodeModeProvider, CodeModeSessionDelegate, SessionOptions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::net::SocketAddr;
@@ -262,23 +262,10 @@ fn backoff(failures: u32) -> Duration {
         .min(MAX_RECONNECT_DELAY)
 }
 
-impl CodeModeProvider for RemoteProvider {
-    type Session = RemoteSession;
-
-    /// A new session reporting to `delegate`; it is placed on a runtime at its first call.
-    fn open_session(
-        &self,
-        delegate: Arc<dyn CodeModeSessionDelegate>,
-        options: SessionOptions,
-    ) -> RemoteSession {
-        RemoteSession(HostedSession::new(self.inner.clone(), delegate, options))
-    }
-}
-
 hosted_session!(
     /// A session whose cells run on one of a [`RemoteProvider`]'s runtimes, chosen at its
     /// first call. Dropping it starts its shutdown in that runtime.
-    RemoteSession
+    RemoteSession of RemoteProvider
 );
 
 impl RemoteInner {

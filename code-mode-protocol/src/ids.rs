@@ -161,19 +161,6 @@ impl PartialEq<String> for CellId {
     }
 }
 
-impl Serialize for CellId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for CellId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
-        Ok(Self::parse(&text))
-    }
-}
-
 /// The id of a nested tool call: `tool-1`, `tool-2`, ..., numbered per cell in the order
 /// the cell made its calls.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -230,18 +217,28 @@ impl PartialEq<&str> for CallId {
     }
 }
 
-impl Serialize for CallId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
+/// Serialises ids as their text (`Display`) and reads them back with `FromStr`, so that
+/// the wire and every JSON form carry the text the model sees.
+macro_rules! serde_as_text {
+    ($($id:ty),*) => {
+        $(
+            impl Serialize for $id {
+                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.collect_str(self)
+                }
+            }
+
+            impl<'de> Deserialize<'de> for $id {
+                fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+                    text.parse().map_err(serde::de::Error::custom)
+                }
+            }
+        )*
+    };
 }
 
-impl<'de> Deserialize<'de> for CallId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(CellId, CallId);
 
 /// Why a nested tool call failed, as the cell sees it: its promise rejects with an `Error`
 /// whose message is this text.

@@ -405,22 +405,14 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
 
     /// Delivers a `notify(...)` text of the cell's current `exec` call. `cancel` fires
     /// when the cell is terminated or the session shuts down. The default drops it.
-    fn notify(
-        &self,
-        cell_id: CellId,
-        text: String,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, ()> {
-        let _ = (cell_id, text, cancel);
+    fn notify(&self, _: CellId, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
 
     /// The cell is closed: it has stopped, its callbacks are cleaned up and its final
     /// response was returned (or the session shut down). Called exactly once per cell. The
     /// default does nothing.
-    fn cell_closed(&self, cell_id: &CellId) {
-        let _ = cell_id;
-    }
+    fn cell_closed(&self, _: &CellId) {}
 }
 
 /// Something that opens sessions. One per place cells run: `code_mode::InProcessProvider`

@@ -1,10 +1,9 @@
 //! What the model reads: every fixed text of the contract (`docs/CONTRACT.md`) that Rust
 //! writes, in one place. Session errors, the status and header lines of a formatted
-//! response, and the reasons a tool call's payload is refused all come from here; the
-//! error types, the formatter and the runtime only choose which.
-//!
-//! The texts the cell's own JavaScript helpers write (`text`, `image`, `store`, ...) live
-//! with those helpers in the runtime's helper source, where V8 raises them.
+//! response, the errors the cell's helpers throw (`image`, `store`, `notify`, timers),
+//! the reasons a cell was stopped by a limit, and the reasons a tool call's payload is
+//! refused all come from here; the error types, the formatter, the runtime and the
+//! metrics that recognise a limit only choose which.
 
 use crate::ids::CellId;
 use std::fmt;
@@ -95,6 +94,100 @@ pub fn over_payload_limit(bytes: usize, max_bytes: u64) -> String {
 /// The error of a nested tool call whose cell no longer wants the answer.
 pub const CANCELLED: &str = "cancelled";
 
+/// `image(...)` with an argument of no accepted form.
+pub const IMAGE_EXPECTS: &str = "image expects a non-empty image URL string, an object with image_url and optional detail, or a raw MCP image block";
+
+/// `image(...)` with an `http:` or `https:` URL.
+pub const REMOTE_IMAGE: &str = "Tool call failed: remote image URLs are not supported in tool outputs. Pass a base64 data URI instead";
+
+/// `image(...)` with a URL that is no base64 data URI.
+pub const INVALID_IMAGE: &str =
+    "Tool call failed: invalid image output. Pass a base64 data URI instead";
+
+/// `image(url, detail)` with a detail of no known value.
+pub const DETAIL_ONE_OF: &str = "image detail must be one of: auto, low, high, original";
+
+/// `image(url, detail)` with a detail that is not a string.
+pub const DETAIL_STRING: &str = "image detail must be a string when provided";
+
+/// An MCP image block without data.
+pub const MCP_IMAGE_DATA: &str = "image expected MCP image data";
+
+/// `image(...)` with an MCP block of another type.
+pub fn image_only_accepts(kind: &str) -> String {
+    format!("image only accepts MCP image blocks, got \"{kind}\"")
+}
+
+/// `generatedImage(...)` with something that is no image generation result.
+pub const GENERATED_EXPECTS: &str = "generatedImage expects an image generation result object";
+
+/// `generatedImage(...)` with an `output_hint` that is not a string.
+pub const GENERATED_HINT: &str = "generatedImage output_hint must be a string when provided";
+
+/// `notify(...)` with empty text.
+pub const NOTIFY_EMPTY: &str = "notify expects non-empty text";
+
+/// `setTimeout(...)` without a function.
+pub const SET_TIMEOUT_CALLBACK: &str = "setTimeout expects a function callback";
+
+/// `clearTimeout(...)` with something that is no timer id.
+pub const CLEAR_TIMEOUT_ID: &str = "clearTimeout expects a numeric timeout id";
+
+/// `store` or `load` (`helper`) with a key that is not a string.
+pub fn key_must_be_string(helper: &str) -> String {
+    format!("{helper} key must be a string")
+}
+
+/// `store(key, value)` with a value JSON cannot represent.
+pub fn unable_to_store(key: &str) -> String {
+    format!("Unable to store \"{key}\". Only plain serializable objects can be stored.")
+}
+
+/// A value the cell passed that could not become JSON; `detail` says why.
+pub fn failed_to_serialize(detail: &dyn fmt::Display) -> String {
+    format!("failed to serialize JavaScript value: {detail}")
+}
+
+/// The detail of a value nested deeper than the JSON depth limit.
+pub fn nested_too_deep(limit: usize) -> String {
+    format!("value is nested deeper than the limit of {limit} levels")
+}
+
+/// A static or dynamic `import` in a cell.
+pub fn unsupported_import(specifier: &str) -> String {
+    format!("Unsupported import in exec: {specifier}")
+}
+
+/// How the marker of a cell that reached its output cap begins.
+pub const OUTPUT_CAP_PREFIX: &str = "[output truncated: this cell reached its output cap";
+
+/// The item that replaces the output of a cell past its output cap.
+pub fn output_cap_reached(output_bytes: u64) -> String {
+    format!("{OUTPUT_CAP_PREFIX} of {output_bytes} bytes; later output is dropped]")
+}
+
+/// How the error of a cell stopped at its heap limit begins.
+pub const OUT_OF_MEMORY_PREFIX: &str = "Out of memory: the cell reached its heap limit";
+
+/// The error of a cell stopped at its heap limit.
+pub fn out_of_memory(limit_mib: u64) -> String {
+    format!("{OUT_OF_MEMORY_PREFIX} of {limit_mib} MiB and was stopped")
+}
+
+/// How the error of a cell stopped by its CPU budget begins.
+pub const CPU_BUDGET_PREFIX: &str = "CPU budget exceeded";
+
+/// The error of a cell stopped by its CPU budget.
+pub fn cpu_budget_exceeded(budget_secs: f64) -> String {
+    format!("{CPU_BUDGET_PREFIX}: the cell used its {budget_secs} s of CPU time and was stopped")
+}
+
+/// The error of a cell whose thread stopped without reporting how it ended.
+pub const CELL_STOPPED_UNEXPECTEDLY: &str = "exec cell stopped unexpectedly";
+
+/// The error of a cell that failed with no exception to report.
+pub const FAILED_WITHOUT_EXCEPTION: &str = "exec cell failed without an exception";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +210,26 @@ mod tests {
         assert_eq!(
             tool_result_rejected(&NOT_VALID_JSON),
             "tool result rejected: it is not valid JSON"
+        );
+        assert_eq!(
+            out_of_memory(128),
+            "Out of memory: the cell reached its heap limit of 128 MiB and was stopped"
+        );
+        assert_eq!(
+            cpu_budget_exceeded(1.5),
+            "CPU budget exceeded: the cell used its 1.5 s of CPU time and was stopped"
+        );
+        assert_eq!(
+            output_cap_reached(10),
+            "[output truncated: this cell reached its output cap of 10 bytes; later output is dropped]"
+        );
+        assert_eq!(
+            unable_to_store("k"),
+            "Unable to store \"k\". Only plain serializable objects can be stored."
+        );
+        assert_eq!(
+            image_only_accepts("audio"),
+            "image only accepts MCP image blocks, got \"audio\""
         );
         assert_eq!(
             runtime_lost(&"killed"),

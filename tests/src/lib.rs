@@ -31,11 +31,13 @@ pub struct EmbeddingExamples;
 #[doc = include_str!("../../docs/REMOTE.md")]
 pub struct RemoteExamples;
 
-/// Expands to one test per conformance scenario for the provider expression given.
+/// Expands to one test per conformance scenario for the provider expression given. With
+/// `keeping`, the expression gives the provider and what must outlive it (a runtime it
+/// reaches, say), as a pair.
 #[macro_export]
 macro_rules! conformance_suite {
-    ($provider:expr) => {
-        $crate::conformance_suite!(@tests $provider;
+    (keeping $provider_and_kept:expr) => {
+        $crate::conformance_suite!(@tests $provider_and_kept;
             text_yield_text_then_wait,
             pending_frontier_with_a_blocking_tool,
             pending_frontier_with_two_parallel_tools,
@@ -67,11 +69,14 @@ macro_rules! conformance_suite {
             an_answer_held_unpolled_by_a_slow_caller_is_kept,
         );
     };
+    ($provider:expr) => {
+        $crate::conformance_suite!(keeping ($provider, ()));
+    };
     (@tests $provider:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let provider = $provider;
+                let (provider, _kept) = $provider;
                 $crate::scenarios::run_with_deadline($crate::scenarios::$name(&provider)).await;
             }
         )*

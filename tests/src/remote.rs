@@ -67,6 +67,12 @@ impl Pki {
         self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// What a host presents, as PEM: this CA, and a new client certificate and its key.
+    pub fn client_pems(&self, name: &str) -> [String; 3] {
+        let client = self.client(name);
+        [self.ca_pem(), client.cert_pem, client.key_pem]
+    }
+
     fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Identity {
         let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone()).expect("leaf parameters");

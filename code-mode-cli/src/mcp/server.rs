@@ -10,15 +10,15 @@
 use super::http::HttpOptions;
 use crate::Failure;
 use crate::session::Sessions;
-use crate::tools::ToolSet;
+use crate::tools::{CliDelegate, NotificationSink, ToolSet};
 use code_mode_protocol::surface::{
     EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, exec_code_argument_description, format_response,
     parse_exec_source, parse_wait_arguments, wait_tool_spec,
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem,
-    ExecRequest, JsonText, NestedToolCall, SessionOptions, ToolError, WaitRequest,
+    BoxFuture, CellId, CellResponse, CodeModeSession, ContentItem, ExecRequest, SessionOptions,
+    WaitRequest,
 };
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
@@ -32,6 +32,7 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What `code-mode mcp` was asked to do.
@@ -119,71 +120,94 @@ struct Listener {
 struct Connection {
     peer: Mutex<Option<Peer<RoleServer>>>,
     listener: Mutex<Listener>,
+    /// The cancellation tokens of the observations (`exec`, `wait`) in flight.
+    observations: Mutex<Vec<CancellationToken>>,
+    /// Signalled whenever an observation ends.
+    observation_ended: Notify,
 }
 
-/// The delegate of a connection's session: nested tools run here, notifications go to
-/// the MCP client.
-struct McpDelegate {
-    tools: ToolSet,
-    connection: Weak<Connection>,
-}
-
-impl CodeModeSessionDelegate for McpDelegate {
-    fn invoke_tool(
-        &self,
-        call: NestedToolCall,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
-        call.answer_with(|call| async move {
-            self.tools.call(&call.tool_name, call.input, &cancel).await
-        })
-    }
-
-    fn notify(
-        &self,
-        cell_id: CellId,
-        text: String,
-        _cancel: CancellationToken,
-    ) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let Some(connection) = self.connection.upgrade() else {
+impl Connection {
+    /// Waits until every observation whose request the client cancelled has let go of its
+    /// cell. rmcp cancels a request's token and lets its handler end on its own task, so
+    /// the next request (the `wait` that follows a cancelled `exec`) can arrive first and
+    /// find the cancelled observation still holding the cell's observer slot.
+    async fn abandoned_observations_ended(&self) {
+        loop {
+            let ended = self.observation_ended.notified();
+            if !lock(&self.observations)
+                .iter()
+                .any(CancellationToken::is_cancelled)
+            {
                 return;
-            };
-            let Some(peer) = lock(&connection.peer).clone() else {
-                return;
-            };
-            let progress = {
-                let mut listener = lock(&connection.listener);
-                listener.progress.as_mut().map(|(token, count)| {
-                    *count += 1;
-                    (token.clone(), *count)
-                })
-            };
-            match progress {
-                Some((token, count)) => {
-                    let params = ProgressNotificationParam::new(token, count as f64)
-                        .with_message(format!("[cell {cell_id}] {text}"));
-                    let _ = peer.notify_progress(params).await;
-                }
-                None => {
-                    #[allow(
-                        deprecated,
-                        reason = "log messages are how clients of protocol versions before 2026-07-28 see notifications"
-                    )]
-                    let params = rmcp::model::LoggingMessageNotificationParam::new(
-                        rmcp::model::LoggingLevel::Info,
-                        json!({"cell_id": cell_id, "text": text}),
-                    )
-                    .with_logger("code-mode");
-                    #[allow(deprecated, reason = "see above")]
-                    let _ = peer.notify_logging_message(params).await;
-                }
             }
-        })
+            ended.await;
+        }
     }
+}
 
-    fn cell_closed(&self, cell_id: &CellId) {
-        tracing::debug!(cell = %cell_id, "cell closed");
+/// Keeps an observation's token in [`Connection::observations`] while it runs.
+struct Observing<'a> {
+    connection: &'a Connection,
+    token: CancellationToken,
+}
+
+impl<'a> Observing<'a> {
+    fn new(connection: &'a Connection, token: &CancellationToken) -> Self {
+        lock(&connection.observations).push(token.clone());
+        Self {
+            connection,
+            token: token.clone(),
+        }
+    }
+}
+
+impl Drop for Observing<'_> {
+    fn drop(&mut self) {
+        let mut observations = lock(&self.connection.observations);
+        if let Some(at) = observations.iter().position(|token| *token == self.token) {
+            observations.swap_remove(at);
+        }
+        drop(observations);
+        self.connection.observation_ended.notify_waiters();
+    }
+}
+
+/// Sends a cell's notification to the MCP client of `connection`: as progress of the
+/// `exec` or `wait` call in flight when the client asked for progress, else as a log
+/// message.
+async fn notify_client(connection: Weak<Connection>, cell_id: CellId, text: String) {
+    let Some(connection) = connection.upgrade() else {
+        return;
+    };
+    let Some(peer) = lock(&connection.peer).clone() else {
+        return;
+    };
+    let progress = {
+        let mut listener = lock(&connection.listener);
+        listener.progress.as_mut().map(|(token, count)| {
+            *count += 1;
+            (token.clone(), *count)
+        })
+    };
+    match progress {
+        Some((token, count)) => {
+            let params = ProgressNotificationParam::new(token, count as f64)
+                .with_message(format!("[cell {cell_id}] {text}"));
+            let _ = peer.notify_progress(params).await;
+        }
+        None => {
+            #[allow(
+                deprecated,
+                reason = "log messages are how clients of protocol versions before 2026-07-28 see notifications"
+            )]
+            let params = rmcp::model::LoggingMessageNotificationParam::new(
+                rmcp::model::LoggingLevel::Info,
+                json!({"cell_id": cell_id, "text": text}),
+            )
+            .with_logger("code-mode");
+            #[allow(deprecated, reason = "see above")]
+            let _ = peer.notify_logging_message(params).await;
+        }
     }
 }
 
@@ -200,13 +224,16 @@ impl CodeModeServer {
         let connection = Arc::new(Connection {
             peer: Mutex::new(None),
             listener: Mutex::new(Listener::default()),
+            observations: Mutex::new(Vec::new()),
+            observation_ended: Notify::new(),
         });
         lock(&shared.clients).retain(|client| client.strong_count() > 0);
         lock(&shared.clients).push(Arc::downgrade(&connection));
-        let delegate = Arc::new(McpDelegate {
-            tools: shared.tools.clone(),
-            connection: Arc::downgrade(&connection),
+        let client = Arc::downgrade(&connection);
+        let notifications: NotificationSink = Arc::new(move |cell_id, text| {
+            Box::pin(notify_client(Weak::clone(&client), cell_id, text))
         });
+        let delegate = Arc::new(CliDelegate::new(shared.tools.clone(), notifications));
         let session = shared.sessions.open(delegate, shared.session.clone());
         Self {
             shared: Arc::clone(shared),
@@ -222,6 +249,8 @@ impl CodeModeServer {
         max_tokens: u64,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        self.connection.abandoned_observations_ended().await;
+        let _observing = Observing::new(&self.connection, &context.ct);
         let started = Instant::now();
         lock(&self.connection.listener).progress =
             context.meta.get_progress_token().map(|token| (token, 0));

@@ -321,6 +321,19 @@ impl ToolSet {
                 .is_some_and(|mcp| mcp.lookup(name).is_some())
     }
 
+    /// Answers a session's nested tool call with this set (the delegate method of every
+    /// front end that runs its own tools).
+    pub fn answer(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        call.answer_with(|call| async move {
+            tracing::debug!(tool = %call.tool_name, cell = %call.cell_id, "tool call");
+            self.call(&call.tool_name, call.input, &cancel).await
+        })
+    }
+
     /// Runs a tool call; its error is what the cell's promise rejects with.
     pub async fn call(
         &self,
@@ -361,10 +374,20 @@ impl ToolSet {
     }
 }
 
-/// What the CLI does with a notification.
-pub type NotificationSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
+/// What a front end does with a cell's notification (cell id, text); the session waits
+/// for the future, so a notification is delivered before the cell's completion is.
+pub type NotificationSink = Arc<dyn Fn(CellId, String) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// The delegate of CLI sessions: runs the tool set, hands notifications to a sink.
+/// A sink that handles each notification at once, with nothing to wait for.
+pub fn sink_now(handle: impl Fn(&str) + Send + Sync + 'static) -> NotificationSink {
+    Arc::new(move |_, text| {
+        handle(&text);
+        Box::pin(std::future::ready(()))
+    })
+}
+
+/// The delegate of the CLI's sessions (`run`, `repl`, `mcp`): runs the tool set, hands
+/// notifications to a sink.
 pub struct CliDelegate {
     tools: ToolSet,
     notifications: NotificationSink,
@@ -385,10 +408,7 @@ impl CodeModeSessionDelegate for CliDelegate {
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
-        call.answer_with(|call| async move {
-            tracing::debug!(tool = %call.tool_name, cell = %call.cell_id, "tool call");
-            self.tools.call(&call.tool_name, call.input, &cancel).await
-        })
+        self.tools.answer(call, cancel)
     }
 
     fn notify(
@@ -397,7 +417,7 @@ impl CodeModeSessionDelegate for CliDelegate {
         text: String,
         _cancel: CancellationToken,
     ) -> BoxFuture<'_, ()> {
-        Box::pin(async move { (self.notifications)(&cell_id.to_string(), &text) })
+        (self.notifications)(cell_id, text)
     }
 
     fn cell_closed(&self, cell_id: &CellId) {

@@ -38,13 +38,8 @@ async fn many_sessions_of_many_cells_lose_nothing_over_tcp_and_tls() {
     let binary = find_binary(None).expect("the runtime binary");
     let pki = Pki::default();
     let runtime = ListeningRuntime::start(&binary, &RuntimeOptions::tls(&pki));
-    let client = pki.client("load host");
-    let tls = ClientTls::from_pem(
-        pki.ca_pem().as_bytes(),
-        client.cert_pem.as_bytes(),
-        client.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let [ca, cert, key] = pki.client_pems("load host");
+    let tls = ClientTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes()).unwrap();
     let provider = RemoteProvider::new(RemoteConfig::new(vec![runtime.endpoint()], tls)).unwrap();
     run_load("tcp+tls", || {
         provider.open_session(TestDelegate::new(), SessionOptions::default())

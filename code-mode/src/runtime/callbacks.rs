@@ -24,7 +24,10 @@ pub(crate) fn resolve_module<'s>(
     // live context, which is what a callback scope requires.
     v8::callback_scope!(unsafe scope, context);
     let specifier = bounded_string(scope, specifier, QUOTED_MAX_BYTES);
-    throw_string(scope, &format!("Unsupported import in exec: {specifier}"));
+    throw_string(
+        scope,
+        &code_mode_protocol::texts::unsupported_import(&specifier),
+    );
     None
 }
 

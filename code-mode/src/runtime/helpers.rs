@@ -17,18 +17,10 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 use v8::MapFnTo;
 
-const IMAGE_EXPECTS: &str = "image expects a non-empty image URL string, an object with image_url and optional detail, or a raw MCP image block";
-const REMOTE_IMAGE: &str = "Tool call failed: remote image URLs are not supported in tool outputs. Pass a base64 data URI instead";
-const INVALID_IMAGE: &str =
-    "Tool call failed: invalid image output. Pass a base64 data URI instead";
-const DETAIL_ONE_OF: &str = "image detail must be one of: auto, low, high, original";
-const DETAIL_STRING: &str = "image detail must be a string when provided";
-const MCP_IMAGE_DATA: &str = "image expected MCP image data";
-const GENERATED_EXPECTS: &str = "generatedImage expects an image generation result object";
-const GENERATED_HINT: &str = "generatedImage output_hint must be a string when provided";
-const NOTIFY_EMPTY: &str = "notify expects non-empty text";
-const SET_TIMEOUT_CALLBACK: &str = "setTimeout expects a function callback";
-const CLEAR_TIMEOUT_ID: &str = "clearTimeout expects a numeric timeout id";
+use code_mode_protocol::texts::{
+    self, CLEAR_TIMEOUT_ID, DETAIL_ONE_OF, DETAIL_STRING, GENERATED_EXPECTS, GENERATED_HINT,
+    IMAGE_EXPECTS, INVALID_IMAGE, MCP_IMAGE_DATA, NOTIFY_EMPTY, REMOTE_IMAGE, SET_TIMEOUT_CALLBACK,
+};
 
 /// MIME type assumed for an MCP image block that does not name one.
 const DEFAULT_MCP_IMAGE_MIME: &str = "image/png";
@@ -187,7 +179,7 @@ fn storage_key(
     state: &StateRef,
 ) -> Result<String, Fail> {
     if key.is_symbol() {
-        return Err(Fail::Throw(format!("{helper} key must be a string")));
+        return Err(Fail::Throw(texts::key_must_be_string(helper)));
     }
     let key = key.to_string(scope).ok_or(Fail::Pending)?;
     ensure_running(state)?;
@@ -469,9 +461,7 @@ fn image_source(
     }
     let kind = values::string_conversion(scope, kind, QUOTED_MAX_BYTES).ok_or(Fail::Pending)?;
     if kind != "image" {
-        return Err(Fail::Throw(format!(
-            "image only accepts MCP image blocks, got \"{kind}\""
-        )));
+        return Err(Fail::Throw(texts::image_only_accepts(&kind)));
     }
     let data = get(scope, object, "data")?;
     let data =
@@ -552,6 +542,21 @@ helper! {
     }
 }
 
+/// Why a value could not become JSON, from the exception its conversion threw: the depth
+/// limit for a stack overflow, else the exception's message. No exception means the cell
+/// is being stopped.
+fn conversion_failure(
+    scope: &mut v8::PinScope<'_, '_>,
+    exception: Option<v8::Local<'_, v8::Value>>,
+) -> Result<String, Fail> {
+    let exception = exception.ok_or(Fail::Pending)?;
+    Ok(if values::is_stack_overflow(scope, exception) {
+        values::depth_error_detail()
+    } else {
+        values::exception_message(scope, exception)
+    })
+}
+
 /// JSON text of a value to store, with the contract's errors.
 fn serialize_for_store(
     scope: &mut v8::PinScope<'_, '_>,
@@ -568,24 +573,14 @@ fn serialize_for_store(
     let json = match json {
         Some(json) => json,
         None => {
-            let Some(exception) = tc.exception() else {
-                return Err(Fail::Pending);
-            };
-            let detail = if values::is_stack_overflow(tc, exception) {
-                values::depth_error_detail()
-            } else {
-                values::exception_message(tc, exception)
-            };
-            return Err(Fail::Throw(format!(
-                "failed to serialize JavaScript value: {detail}"
-            )));
+            let exception = tc.exception();
+            let detail = conversion_failure(tc, exception)?;
+            return Err(Fail::Throw(texts::failed_to_serialize(&detail)));
         }
     };
     let text = match json {
         Json::Nothing => {
-            return Err(Fail::Throw(format!(
-                "Unable to store \"{key}\". Only plain serializable objects can be stored."
-            )));
+            return Err(Fail::Throw(texts::unable_to_store(key)));
         }
         Json::Text(text) => text,
     };
@@ -598,7 +593,7 @@ fn serialize_for_store(
             ),
             JsonTextError::TooDeep => values::depth_error_detail(),
         };
-        Fail::Throw(format!("failed to serialize JavaScript value: {detail}"))
+        Fail::Throw(texts::failed_to_serialize(&detail))
     })
 }
 
@@ -797,15 +792,8 @@ fn tool_input(
             }
         },
         None => {
-            let Some(exception) = tc.exception() else {
-                return Err(Fail::Pending);
-            };
-            let detail = if values::is_stack_overflow(tc, exception) {
-                values::depth_error_detail()
-            } else {
-                values::exception_message(tc, exception)
-            };
-            Err(format!("{prefix}: {detail}"))
+            let exception = tc.exception();
+            Err(format!("{prefix}: {}", conversion_failure(tc, exception)?))
         }
     })
 }

@@ -116,10 +116,7 @@ impl CellState {
             return true;
         }
         self.output_capped = true;
-        let marker = format!(
-            "[output truncated: this cell reached its output cap of {} bytes; later output is dropped]",
-            self.limits.output_bytes
-        );
+        let marker = code_mode_protocol::texts::output_cap_reached(self.limits.output_bytes);
         self.send(CellEvent::Output(ContentItem::text(marker)))
     }
 

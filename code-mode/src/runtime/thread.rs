@@ -457,7 +457,7 @@ impl Driver<'_> {
             return outcome;
         }
         let Some(exception) = tc.exception() else {
-            return self.completed(Some("exec cell failed without an exception".to_owned()));
+            return self.completed(Some(texts::FAILED_WITHOUT_EXCEPTION.to_owned()));
         };
         let text = values::error_text(tc, exception, &|| self.state.borrow().stopped());
         self.ended_by_flags()
@@ -481,15 +481,11 @@ impl Driver<'_> {
         }
         if self.heap_guard.hit() {
             let limit_mib = self.state.borrow().limits.heap_bytes / (1024 * 1024);
-            return Some(self.completed(Some(format!(
-                "Out of memory: the cell reached its heap limit of {limit_mib} MiB and was stopped"
-            ))));
+            return Some(self.completed(Some(texts::out_of_memory(limit_mib))));
         }
         if let Some(watched) = self.watched.filter(|watched| watched.exceeded()) {
             let budget = watched.budget().as_secs_f64();
-            return Some(self.completed(Some(format!(
-                "CPU budget exceeded: the cell used its {budget} s of CPU time and was stopped"
-            ))));
+            return Some(self.completed(Some(texts::cpu_budget_exceeded(budget))));
         }
         if exited {
             return Some(self.completed(None));

@@ -27,7 +27,7 @@ pub(crate) const QUOTED_MAX_BYTES: usize = 1024;
 
 /// Message of a JSON value nested deeper than [`JSON_DEPTH_LIMIT`].
 pub(crate) fn depth_error_detail() -> String {
-    format!("value is nested deeper than the limit of {JSON_DEPTH_LIMIT} levels")
+    code_mode_protocol::texts::nested_too_deep(JSON_DEPTH_LIMIT)
 }
 
 /// A V8 string for `text`. Strings longer than V8's maximum become the empty string; the

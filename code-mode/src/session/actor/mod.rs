@@ -299,7 +299,7 @@ impl CellActor {
         tracing::error!(cell = %self.cell_id, "the cell thread stopped without reporting an outcome");
         let outcome = match self.life.phase {
             Phase::Running => CellOutcome::Completed {
-                error_text: Some("exec cell stopped unexpectedly".to_owned()),
+                error_text: Some(code_mode_protocol::texts::CELL_STOPPED_UNEXPECTEDLY.to_owned()),
                 stored_writes: Default::default(),
             },
             _ => CellOutcome::Terminated,
