@@ -351,31 +351,18 @@ impl CodeModeServer {
     }
 }
 
-/// The formatter's items as MCP content: consecutive texts joined by newlines, images as
-/// image blocks (their data URLs split into data and MIME type).
+/// The formatter's items as MCP content, a block each and in order (contract §1: what the
+/// agent core shows the model): the header (status, wall time, `Output:`), each item the
+/// cell wrote, then `Script error:` with the error text; images as image blocks (their
+/// data URLs split into data and MIME type).
 fn content(items: &[ContentItem]) -> Vec<ContentBlock> {
-    let mut blocks = Vec::new();
-    let mut text = String::new();
-    for item in items {
-        match item {
-            ContentItem::InputText { text: part } => {
-                if !text.is_empty() {
-                    text.push('\n');
-                }
-                text.push_str(part);
-            }
-            ContentItem::InputImage { image_url, .. } => {
-                if !text.is_empty() {
-                    blocks.push(ContentBlock::text(std::mem::take(&mut text)));
-                }
-                blocks.push(image_block(image_url));
-            }
-        }
-    }
-    if !text.is_empty() {
-        blocks.push(ContentBlock::text(text));
-    }
-    blocks
+    items
+        .iter()
+        .map(|item| match item {
+            ContentItem::InputText { text } => ContentBlock::text(text.clone()),
+            ContentItem::InputImage { image_url, .. } => image_block(image_url),
+        })
+        .collect()
 }
 
 /// A `data:<mime>;base64,<data>` URL as an image block; anything else as its text.

@@ -457,6 +457,23 @@ pub(super) fn drive(args: &[&str]) -> Value {
     serde_json::from_str(&stdout).expect("the driver's JSON")
 }
 
+/// A result's text blocks: a header block that starts with `status` and the wall time and
+/// ends with `Output:`, then exactly `items`.
+pub(super) fn assert_result(blocks: &Value, status: &str, items: &[&str]) {
+    let blocks: Vec<&str> = blocks
+        .as_array()
+        .unwrap_or_else(|| panic!("text blocks: {blocks}"))
+        .iter()
+        .map(|block| block.as_str().unwrap_or_default())
+        .collect();
+    let header = blocks.first().copied().unwrap_or_default();
+    assert!(
+        header.starts_with(&format!("{status}\nWall time ")) && header.ends_with("\nOutput:"),
+        "{blocks:?}"
+    );
+    assert_eq!(&blocks[1..], items, "{blocks:?}");
+}
+
 pub(super) fn check_driven(seen: &Value) {
     assert_eq!(seen["tools"], serde_json::json!(["exec", "wait"]), "{seen}");
     let description = seen["exec_description"].as_str().unwrap();
@@ -465,37 +482,45 @@ pub(super) fn check_driven(seen: &Value) {
             && description.contains("mcp__fx__echo(args: {"),
         "{description}"
     );
-    let exec = seen["exec"][0].as_str().unwrap();
-    assert!(
-        exec.starts_with("Script running with cell ID 1\nWall time ")
-            && exec.ends_with("\nOutput:\nfirst: from python"),
-        "{exec}"
+    // Every result is the header block, then a block per item the cell wrote.
+    assert_result(
+        &seen["exec"],
+        "Script running with cell ID 1",
+        &["first: from python"],
     );
     assert_eq!(seen["cell_id"], "1");
-    let wait = seen["wait"][0].as_str().unwrap();
+    assert_result(&seen["wait"], "Script completed", &["second part"]);
+    assert_result(&seen["stored"], "Script completed", &["from python"]);
+    let failed = &seen["failed"];
+    assert_eq!(failed.as_array().map(Vec::len), Some(2), "{failed}");
     assert!(
-        wait.starts_with("Script completed\nWall time ")
-            && wait.ends_with("\nOutput:\nsecond part"),
-        "{wait}"
-    );
-    assert!(
-        seen["stored"][0]
-            .as_str()
-            .unwrap()
-            .ends_with("\nOutput:\nfrom python"),
-        "{seen}"
-    );
-    let failed = seen["failed"][0].as_str().unwrap();
-    assert!(
-        failed.starts_with("Script failed\n") && failed.contains("Error: on purpose"),
+        failed[0].as_str().unwrap().starts_with("Script failed\n")
+            && failed[1]
+                .as_str()
+                .unwrap()
+                .starts_with("Script error:\nError: on purpose"),
         "{failed}"
     );
     // Cell 6's exec request was cancelled after 300 ms; the cell ran on, and its output
     // waited for `wait` instead of going to the abandoned request.
-    let survived = seen["survived"][0].as_str().unwrap();
+    assert_result(&seen["survived"], "Script completed", &["survived"]);
+    let items = &seen["items"];
+    assert_eq!(items.as_array().map(Vec::len), Some(4), "{items}");
     assert!(
-        survived.starts_with("Script completed\n") && survived.ends_with("\nOutput:\nsurvived"),
-        "{survived}"
+        items[0][1]
+            .as_str()
+            .unwrap()
+            .starts_with("Script failed\nWall time "),
+        "{items}"
+    );
+    assert_eq!(items[1], serde_json::json!(["text", "2"]), "{items}");
+    assert_eq!(items[2], serde_json::json!(["text", "mcp ok"]), "{items}");
+    assert!(
+        items[3][1]
+            .as_str()
+            .unwrap()
+            .starts_with("Script error:\nError: last"),
+        "{items}"
     );
     // Cell 7 made the nested server add a tool: the client was told, and `exec`'s
     // description now declares it.
@@ -556,11 +581,12 @@ fn the_python_sdk_drives_code_mode_mcp_over_http() {
     let (result, stderr) = run_json(
         &scratch,
         r#"const answer = await tools.mcp__remote__exec({ code: "text(6 * 7)" });
-           text(answer.content[0].text.split("\n").at(-1));"#,
+           text(`${answer.content[0].text.split("\n")[0]} ${answer.content.at(-1).text}`);"#,
         &client_tools,
     );
     assert_eq!(result["status"], "Script completed", "{result}\n{stderr}");
-    assert_eq!(texts(&result), ["42"]);
+    // The other server's result: its header block, then the item as a block of its own.
+    assert_eq!(texts(&result), ["Script completed 42"]);
 
     // Only /mcp is served.
     let other = server.url.replace("/mcp", "/other");

@@ -4,7 +4,7 @@
 //! the session cap, idle expiry of abandoned sessions (runtime threads, the server's
 //! session count and memory checked from `/proc`).
 
-use super::mcp::{check_driven, dep, deps, drive, one_fixture};
+use super::mcp::{assert_result, check_driven, dep, deps, drive, one_fixture};
 use super::{BIN, Scratch, text};
 use code_mode_conformance::remote::Pki;
 use serde_json::Value;
@@ -309,19 +309,7 @@ fn off_loopback_it_needs_a_token_and_tls_and_then_serves_the_sdk_over_https() {
     );
     assert_eq!(elsewhere["status"], 401, "{elsewhere}");
     let right = service("sdk", &url, &["--ca", &files.ca, "--token", TOKEN]);
-    assert_eq!(
-        right["exec"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .rsplit('\n')
-            .next(),
-        Some("42"),
-        "{right}"
-    );
+    assert_result(&right["exec"], "Script completed", &["42"]);
     // The session DELETE the SDK sends on close is answered as it expects.
     assert_eq!(right["warnings"], serde_json::json!([]), "{right}");
     // A client that does not trust the server's CA does not get through the handshake.
@@ -386,20 +374,8 @@ fn the_session_cap_refuses_new_sessions_and_keeps_the_open_ones() {
         "{message}"
     );
     // The sessions that were open kept working, each with its own stored value.
-    assert!(
-        seen["first_after"][0]
-            .as_str()
-            .unwrap()
-            .ends_with("\nOutput:\nfirst"),
-        "{seen}"
-    );
-    assert!(
-        seen["second_after"][0]
-            .as_str()
-            .unwrap()
-            .ends_with("\nOutput:\nsecond"),
-        "{seen}"
-    );
+    assert_result(&seen["first_after"], "Script completed", &["first"]);
+    assert_result(&seen["second_after"], "Script completed", &["second"]);
     // Closing one freed its place.
     assert_eq!(seen["fourth"]["status"], 200, "{seen}");
     assert_eq!(seen["warnings"], serde_json::json!([]), "{seen}");
@@ -420,20 +396,8 @@ fn a_session_busy_longer_than_the_idle_timeout_is_kept() {
     .expect("starts");
     // One `exec` runs 2.5 s, with no message in between; the session outlives it.
     let long = service("long", &server.url, &["2500"]);
-    assert!(
-        long["slept"][0]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("\nOutput:\nslept"),
-        "{long}"
-    );
-    assert!(
-        long["after"][0]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("\nOutput:\n1"),
-        "{long}"
-    );
+    assert_result(&long["slept"], "Script completed", &["slept"]);
+    assert_result(&long["after"], "Script completed", &["1"]);
 }
 
 #[test]

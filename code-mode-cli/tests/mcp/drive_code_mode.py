@@ -87,6 +87,12 @@ async def drive(server):
         relisted = await client.list_tools()
         exec_tool = next(t for t in relisted.tools if t.name == "exec")
         seen["added_listed"] = "mcp__fx__added(" in exec_tool.description
+        # Each item the cell wrote is its own content block, after the header and before
+        # the error.
+        items = await client.call_tool(
+            "exec", {"code": 'text(2); text("mcp ok"); throw new Error("last")'}
+        )
+        seen["items"] = [[block.type, getattr(block, "text", None)] for block in items.content]
         # Notifications may trail the result that ends the cell by a moment.
         with anyio.move_on_after(5):
             while len(seen["logged"]) < 2 or len(seen["progress"]) < 2:
