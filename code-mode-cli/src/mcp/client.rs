@@ -62,9 +62,12 @@ pub const MCP_TOOL_PREFIX: &str = "mcp__";
 /// How to reach a server.
 #[derive(Debug, Clone)]
 pub enum McpTransport {
-    /// A child process speaking MCP on its stdin/stdout.
+    /// A child process speaking MCP on its stdin/stdout. `program` is as the tools file
+    /// names it, found (on `PATH`, or relative to `cwd`) each time the server starts: a
+    /// server whose program is missing fails to start, like any other start failure, and
+    /// is tried again in the background; the other servers are not affected.
     Stdio {
-        program: PathBuf,
+        program: String,
         args: Vec<String>,
         env: BTreeMap<String, String>,
         cwd: PathBuf,
@@ -284,7 +287,13 @@ impl McpServer {
                     env,
                     cwd,
                 } => {
-                    let mut command = tokio::process::Command::new(program);
+                    let path = crate::tools::resolve_program(program, cwd).ok_or_else(|| {
+                        format!(
+                            "MCP server `{}` could not be started: command `{program}` was not found",
+                            self.config.name
+                        )
+                    })?;
+                    let mut command = tokio::process::Command::new(&path);
                     command
                         .args(args)
                         .envs(env)
@@ -297,7 +306,7 @@ impl McpServer {
                         format!(
                             "MCP server `{}` could not be started ({}): {error}",
                             self.config.name,
-                            program.display()
+                            path.display()
                         )
                     })?;
                     let (Some(stdin), Some(stdout), Some(mut stderr)) =

@@ -14,7 +14,7 @@ const STDERR_TAIL_BYTES: usize = 2_000;
 
 /// Finds a program the way a shell would: a path with a slash relative to `cwd`, else
 /// `PATH`.
-pub(super) fn resolve_program(program: &str, cwd: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve_program(program: &str, cwd: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |path: &Path| {
         std::fs::metadata(path)

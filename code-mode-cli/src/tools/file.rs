@@ -1,7 +1,6 @@
 //! The tools file's format (`[[tool]]`, `[[mcp_server]]`) and its errors' wording: what
 //! [`super::ToolSet::parse`] reads, checks and turns into tools and MCP server settings.
 
-use super::command::resolve_program;
 use crate::mcp::client::{
     DEFAULT_CALL_TIMEOUT_MS, DEFAULT_STARTUP_TIMEOUT_MS, McpServerConfig, McpTransport,
 };
@@ -132,8 +131,6 @@ pub(super) fn mcp_server_config(
                     (program, args)
                 }
             };
-            let program = resolve_program(&program, &cwd)
-                .ok_or_else(|| fail(format!("command `{program}` was not found")))?;
             McpTransport::Stdio {
                 program,
                 args,

@@ -35,7 +35,8 @@ use code_mode_protocol::{
     BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition,
     ToolError, ToolKind, js_tool_name,
 };
-use command::{resolve_program, run_command};
+pub(crate) use command::resolve_program;
+use command::run_command;
 use file::{KindName, ToolsFile, describe_toml_error, mcp_server_config, one_line};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
