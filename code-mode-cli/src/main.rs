@@ -65,9 +65,9 @@ enum Command {
         json: bool,
         #[command(flatten)]
         runtime: session::RuntimeArgs,
-        /// Write images the cell outputs into this directory.
-        #[arg(long, value_name = "DIR")]
-        save_images: Option<PathBuf>,
+        /// Write the images and audio clips the cell outputs into this directory.
+        #[arg(long, value_name = "DIR", alias = "save-images")]
+        save_media: Option<PathBuf>,
     },
     /// One session on stdin: each entry (ended by a blank line) is a cell.
     Repl {
@@ -311,7 +311,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             max_output_tokens,
             json,
             runtime,
-            save_images,
+            save_media,
         } => {
             run::run(run::RunOptions {
                 file,
@@ -321,7 +321,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
                 max_output_tokens,
                 json,
                 runtime,
-                save_images,
+                save_media,
                 runtime_log,
             })
             .await

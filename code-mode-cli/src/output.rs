@@ -37,8 +37,8 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
     Cow::Owned(safe)
 }
 
-/// Prints items as they arrive: text as text, images as a one-line summary (saved to
-/// `save_dir` when given).
+/// Prints items as they arrive: text as text, images and audio clips as a one-line
+/// summary (saved to `save_dir` when given).
 pub struct Printer {
     save_dir: Option<PathBuf>,
     saved: usize,
@@ -54,20 +54,27 @@ impl Printer {
         match item {
             ContentItem::InputText { text } => println!("{}", terminal_safe(text)),
             ContentItem::InputImage { image_url, detail } => {
-                let summary = self.image_summary(image_url, detail.as_str());
+                let detail = format!(", detail {detail}");
+                let summary = self.media_summary("image", image_url, &detail);
+                println!("{}", terminal_safe(&summary));
+            }
+            ContentItem::InputAudio { audio_url } => {
+                let summary = self.media_summary("audio", audio_url, "");
                 println!("{}", terminal_safe(&summary));
             }
         }
     }
 
-    fn image_summary(&mut self, url: &str, detail: &str) -> String {
+    /// `[image: image/png, 68 bytes, detail auto, saved to …]` for an image (`kind`),
+    /// the same without a detail for an audio clip.
+    fn media_summary(&mut self, kind: &str, url: &str, detail: &str) -> String {
         let Some((mime, data)) = parse_data_url(url) else {
-            return format!("[image: {} bytes of URL, detail {detail}]", url.len());
+            return format!("[{kind}: {} bytes of URL{detail}]", url.len());
         };
         let decoded = base64::engine::general_purpose::STANDARD.decode(data.trim());
         let mut summary = match &decoded {
-            Ok(bytes) => format!("[image: {mime}, {} bytes, detail {detail}", bytes.len()),
-            Err(_) => format!("[image: {mime}, undecodable base64, detail {detail}"),
+            Ok(bytes) => format!("[{kind}: {mime}, {} bytes{detail}", bytes.len()),
+            Err(_) => format!("[{kind}: {mime}, undecodable base64{detail}"),
         };
         if let (Some(dir), Ok(bytes)) = (&self.save_dir, decoded) {
             self.saved += 1;
@@ -106,10 +113,20 @@ fn save(dir: &Path, index: usize, mime: &str, bytes: &[u8]) -> std::io::Result<P
         "image/gif" => "gif",
         "image/webp" => "webp",
         "image/svg+xml" => "svg",
+        "audio/wav" | "audio/x-wav" | "audio/wave" => "wav",
+        "audio/mpeg" | "audio/mp3" => "mp3",
+        "audio/ogg" => "ogg",
+        "audio/flac" => "flac",
+        "audio/webm" => "webm",
         _ => "bin",
     };
+    let kind = if mime.starts_with("audio/") {
+        "audio"
+    } else {
+        "image"
+    };
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("image-{index}.{extension}"));
+    let path = dir.join(format!("{kind}-{index}.{extension}"));
     std::fs::write(&path, bytes)?;
     Ok(path)
 }

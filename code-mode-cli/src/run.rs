@@ -24,7 +24,7 @@ pub struct RunOptions {
     pub json: bool,
     /// Where the cells run.
     pub runtime: crate::session::RuntimeArgs,
-    pub save_images: Option<PathBuf>,
+    pub save_media: Option<PathBuf>,
     pub runtime_log: String,
 }
 
@@ -84,7 +84,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(e.to_string()))?;
     let cell_id = started.cell_id;
     let mut response = started.initial_response;
-    let mut printer = Printer::new(options.save_images.clone());
+    let mut printer = Printer::new(options.save_media.clone());
     let mut all_items: Vec<ContentItem> = Vec::new();
     loop {
         // What the model would see of this observation, within the budget.

@@ -59,6 +59,8 @@ pub enum ContentItem {
         image_url: String,
         detail: ImageDetail,
     },
+    /// `input_audio { audio_url }`; `audio_url` is always a `data:` URL.
+    InputAudio { audio_url: String },
 }
 
 impl ContentItem {
@@ -67,11 +69,11 @@ impl ContentItem {
         ContentItem::InputText { text: text.into() }
     }
 
-    /// The text of a text item, `None` for an image.
+    /// The text of a text item, `None` for an image or a clip.
     pub fn as_text(&self) -> Option<&str> {
         match self {
             ContentItem::InputText { text } => Some(text),
-            ContentItem::InputImage { .. } => None,
+            ContentItem::InputImage { .. } | ContentItem::InputAudio { .. } => None,
         }
     }
 }

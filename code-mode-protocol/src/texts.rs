@@ -118,6 +118,28 @@ pub fn image_only_accepts(kind: &str) -> String {
     format!("image only accepts MCP image blocks, got \"{kind}\"")
 }
 
+/// `audio(...)` with an argument of no accepted form.
+pub const AUDIO_EXPECTS: &str = "audio expects a non-empty audio URL string, an object with audio_url, or a raw MCP audio block";
+
+/// `audio(...)` with a URL that is no `data:` URL.
+pub const INVALID_AUDIO: &str =
+    "Tool call failed: invalid audio output. Pass a base64 data URI instead";
+
+/// An MCP audio block without data.
+pub const MCP_AUDIO_DATA: &str = "audio expected MCP audio data";
+
+/// `audio(...)` with an MCP block of another type.
+pub fn audio_only_accepts(kind: &str) -> String {
+    format!("audio only accepts MCP audio blocks, got \"{kind}\"")
+}
+
+/// The text item that replaces a WAV clip too short to be heard.
+pub const AUDIO_TOO_SHORT: &str =
+    "Audio output omitted because the clip is shorter than 25 ms; use a longer clip.";
+
+/// `stream_settled(inputs, emit)` without a function (the message of a `TypeError`).
+pub const STREAM_SETTLED_CALLBACK: &str = "stream_settled requires a callback";
+
 /// `generatedImage(...)` with something that is no image generation result.
 pub const GENERATED_EXPECTS: &str = "generatedImage expects an image generation result object";
 
@@ -230,6 +252,10 @@ mod tests {
         assert_eq!(
             image_only_accepts("audio"),
             "image only accepts MCP image blocks, got \"audio\""
+        );
+        assert_eq!(
+            audio_only_accepts("image"),
+            "audio only accepts MCP audio blocks, got \"image\""
         );
         assert_eq!(
             runtime_lost(&"killed"),

@@ -5,11 +5,6 @@
 
 use std::sync::OnceLock;
 
-/// The global under which V8 declares its GC extension's function in every new context;
-/// set to `undefined` before the context is used (V8 declares it like a global `var`,
-/// which cannot be deleted).
-pub(crate) const GC_EXTENSION_GLOBAL: &str = "__code_mode_internal_gc";
-
 static PLATFORM: OnceLock<v8::SharedRef<v8::Platform>> = OnceLock::new();
 
 /// Initialises V8 for this process: ICU data first (so `Intl` has real locale data), then
@@ -29,12 +24,6 @@ pub(crate) fn platform() -> &'static v8::SharedRef<v8::Platform> {
         }
         // Zero worker threads means "as many as V8 sees fit" for background GC and
         // compilation; idle tasks are not used.
-        // The isolate reset between a session's cells needs exactly one full collection,
-        // and V8 offers that only with its GC extension turned on, which also declares a
-        // function on every new context's global. It is declared under a name no script
-        // uses, and `helpers::install_base` makes it `undefined` (read-only) before any
-        // script runs: cells cannot call it.
-        v8::V8::set_flags_from_string(&format!("--expose-gc-as={GC_EXTENSION_GLOBAL}"));
         let platform = v8::new_default_platform(0, false).make_shared();
         v8::V8::initialize_platform(platform.clone());
         v8::V8::initialize();

@@ -353,20 +353,26 @@ impl CodeModeServer {
 
 /// The formatter's items as MCP content, a block each and in order (contract §1: what the
 /// agent core shows the model): the header (status, wall time, `Output:`), each item the
-/// cell wrote, then `Script error:` with the error text; images as image blocks (their
-/// data URLs split into data and MIME type).
+/// cell wrote, then `Script error:` with the error text; images and audio clips as image and
+/// audio blocks (their data URLs split into data and MIME type).
 fn content(items: &[ContentItem]) -> Vec<ContentBlock> {
     items
         .iter()
         .map(|item| match item {
             ContentItem::InputText { text } => ContentBlock::text(text.clone()),
-            ContentItem::InputImage { image_url, .. } => image_block(image_url),
+            ContentItem::InputImage { image_url, .. } => {
+                media_block(image_url, "image", ContentBlock::image)
+            }
+            ContentItem::InputAudio { audio_url } => {
+                media_block(audio_url, "audio", ContentBlock::audio)
+            }
         })
         .collect()
 }
 
-/// A `data:<mime>;base64,<data>` URL as an image block; anything else as its text.
-fn image_block(url: &str) -> ContentBlock {
+/// A `data:<mime>;base64,<data>` URL as the block `block` makes of its data and MIME
+/// type; anything else as a text block naming the `kind` and the URL.
+fn media_block(url: &str, kind: &str, block: fn(String, String) -> ContentBlock) -> ContentBlock {
     let parsed = url
         .strip_prefix("data:")
         .and_then(|rest| rest.split_once(','))
@@ -375,8 +381,8 @@ fn image_block(url: &str) -> ContentBlock {
             Some((mime, data))
         });
     match parsed {
-        Some((mime, data)) => ContentBlock::image(data, mime),
-        None => ContentBlock::text(format!("[image: {url}]")),
+        Some((mime, data)) => block(data.to_owned(), mime.to_owned()),
+        None => ContentBlock::text(format!("[{kind}: {url}]")),
     }
 }
 

@@ -9,7 +9,7 @@ use code_mode_host::CodeModeProvider;
 use code_mode_host::{
     ClientTls, CodeModeSession, Liveness, RemoteConfig, RemoteProvider, RemoteSession, find_binary,
 };
-use code_mode_protocol::{CellResponse, ContentItem, SessionError, SessionOptions};
+use code_mode_protocol::{CellResponse, SessionError, SessionOptions};
 use openmetrics_parser::OpenMetricsValue;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -64,10 +64,7 @@ fn texts(response: &CellResponse) -> Vec<String> {
     response
         .content_items()
         .iter()
-        .filter_map(|item| match item {
-            ContentItem::InputText { text } => Some(text.clone()),
-            ContentItem::InputImage { .. } => None,
-        })
+        .filter_map(|item| item.as_text().map(str::to_owned))
         .collect()
 }
 

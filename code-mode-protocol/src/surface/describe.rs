@@ -45,13 +45,16 @@ const HELPERS: &str = r#"Global helpers:
 - `text(value: unknown): void`: outputs a value; strings, numbers and other primitives as they print, everything else as JSON.
 - `image(image: string | { image_url: string; detail?: ImageDetail } | { type: "image"; data: string; mimeType: string }, detail?: ImageDetail): void`: outputs an image from a `data:` URL or an MCP image block. `type ImageDetail = "auto" | "low" | "high" | "original"`, default `"high"`.
 - `generatedImage(result: { image_url: string; output_hint?: string }): void`: outputs a generated image, then its hint.
+- `audio(audio: string | { audio_url: string } | { type: "audio"; data: string; mimeType: string }): void`: outputs an audio clip from a `data:` URL or an MCP audio block.
 - `console.log(...values: unknown[]): void` (also `info`, `warn`, `error`, `debug`): outputs the values like `text`, joined by spaces.
 - `store(key: string, value: unknown): void`: saves a JSON copy of `value` for later scripts of this session.
 - `load(key: string): unknown`: a fresh copy of a stored value, or `undefined`.
 - `notify(message: unknown): void`: sends a progress message right away, outside the output.
 - `yield_control(): void`: makes this call return now with the output so far; the script keeps running.
 - `exit(): never`: ends the script at once, successfully; nothing after it runs.
-- `setTimeout(callback: (...args: unknown[]) => void, ms?: number, ...args: unknown[]): number` and `clearTimeout(id: number): void`."#;
+- `setTimeout(callback: (...args: unknown[]) => void, ms?: number, ...args: unknown[]): number` and `clearTimeout(id: number): void`.
+- `as_settled<T>(inputs: Iterable<T | Promise<T>> | Map<K, T | Promise<T>>): AsyncIterable<Settled<T>>`: the results in the order the inputs settle, e.g. `for await (const r of as_settled(calls))`. `type Settled<T> = { index: number | K; status: "fulfilled"; value: T } | { index: number | K; status: "rejected"; reason: unknown }`; `index` is the input's position, or its key in a `Map`.
+- `stream_settled<T>(inputs: Iterable<T | Promise<T>> | Map<K, T | Promise<T>>, emit: (result: Settled<T>) => unknown): Promise<void>`: awaits `emit` for each result in that order, one at a time."#;
 
 /// The shared declarations an MCP-shaped tool result refers to.
 const MCP_TYPES: &str = r#"```ts

@@ -3,8 +3,8 @@
 //!
 //! Token counting is approximate by design: one token is taken as [`BYTES_PER_TOKEN`]
 //! bytes of UTF-8 text. The budget covers the cell's text items in order; the item that
-//! crosses it is cut at a character boundary, later text items are dropped, images are
-//! always kept, and a marker line says how much was left out. The error text has its own
+//! crosses it is cut at a character boundary, later text items are dropped, images and
+//! audio are always kept, and a marker line says how much was left out. The error text has its own
 //! budget of the same size, so a failure is never hidden by a flood of output.
 
 use crate::model::ContentItem;
@@ -45,7 +45,9 @@ pub fn format_response(
     let mut omitted = 0u64;
     for item in response.content_items() {
         match item {
-            ContentItem::InputImage { .. } => items.push(item.clone()),
+            ContentItem::InputImage { .. } | ContentItem::InputAudio { .. } => {
+                items.push(item.clone())
+            }
             ContentItem::InputText { text } => {
                 let size = text.len() as u64;
                 if omitted > 0 {

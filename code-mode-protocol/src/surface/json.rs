@@ -7,12 +7,16 @@ use crate::model::ContentItem;
 use crate::session::{CellResponse, PendingOutcome};
 use serde_json::{Value, json};
 
-/// `{"type": "input_text", "text": ...}` or `{"type": "input_image", "image_url": ..., "detail": ...}`.
+/// `{"type": "input_text", "text": ...}`, `{"type": "input_image", "image_url": ..., "detail": ...}`
+/// or `{"type": "input_audio", "audio_url": ...}`.
 pub fn item_json(item: &ContentItem) -> Value {
     match item {
         ContentItem::InputText { text } => json!({ "type": "input_text", "text": text }),
         ContentItem::InputImage { image_url, detail } => {
             json!({ "type": "input_image", "image_url": image_url, "detail": detail.as_str() })
+        }
+        ContentItem::InputAudio { audio_url } => {
+            json!({ "type": "input_audio", "audio_url": audio_url })
         }
     }
 }

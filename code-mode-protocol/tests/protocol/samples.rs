@@ -28,6 +28,9 @@ fn items() -> Vec<ContentItem> {
             image_url: "data:image/png;base64,AA==".into(),
             detail: ImageDetail::Original,
         },
+        ContentItem::InputAudio {
+            audio_url: "data:audio/mpeg;base64,SUQz".into(),
+        },
     ]
 }
 

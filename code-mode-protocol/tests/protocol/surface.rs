@@ -394,6 +394,7 @@ fn render(items: &[ContentItem]) -> String {
             ContentItem::InputImage { image_url, detail } => {
                 format!("[image {detail}] {image_url}")
             }
+            ContentItem::InputAudio { audio_url } => format!("[audio] {audio_url}"),
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -409,6 +410,9 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
         },
         ContentItem::text("é".repeat(30)),
         ContentItem::text("after the cut"),
+        ContentItem::InputAudio {
+            audio_url: "data:audio/wav;base64,UklGRg==".into(),
+        },
         ContentItem::InputImage {
             image_url: "data:image/png;base64,BBBB".into(),
             detail: ImageDetail::High,

@@ -110,12 +110,16 @@ pub(crate) fn reset(isolate: &mut v8::OwnedIsolate, heap_guard: &HeapGuard) -> b
     }
     // Objects kept alive for the earlier cell's `WeakRef`s go with the collection.
     isolate.clear_kept_objects();
-    // One full collection frees the earlier context. V8's `low_memory_notification`, the
-    // other way to ask for one, does at least two with compaction, shrinks the young
-    // generation and empties the compilation cache: measured, it halves the cells per
-    // second a busy runtime serves. (This call needs V8's GC extension: see
-    // `platform::GC_EXTENSION_GLOBAL`.)
-    isolate.request_garbage_collection_for_testing(v8::GarbageCollectionType::Full);
+    // One full collection frees the earlier context. V8 offers it without its GC
+    // extension (which would declare a function on every context's global, contract
+    // section 8.6) as a critical memory-pressure notification: one full collection on
+    // this thread, at once, and a second only when the first left more than 8 MiB of
+    // garbage. `low_memory_notification`, the other way, does several with compaction and
+    // empties the compilation cache: measured, it halves the cells per second a busy
+    // runtime serves. The level goes back to none at once, so the next cell's heap grows
+    // as usual.
+    isolate.memory_pressure_notification(v8::MemoryPressureLevel::Critical);
+    isolate.memory_pressure_notification(v8::MemoryPressureLevel::None);
     {
         let platform = crate::platform::platform();
         v8::scope!(let scope, isolate);

@@ -36,7 +36,7 @@ pub(crate) struct CellState {
     exit_requested: bool,
     owner_gone: bool,
     timer_error: Option<String>,
-    /// Output bytes reported so far (text and image URLs, notifications included).
+    /// Output bytes reported so far (text, image and audio URLs, notifications included).
     output_bytes: u64,
     /// Whether the output cap was reached (its marker has been reported).
     output_capped: bool,
@@ -90,6 +90,7 @@ impl CellState {
         let size = match &event {
             CellEvent::Output(ContentItem::InputText { text }) => Some(text.len()),
             CellEvent::Output(ContentItem::InputImage { image_url, .. }) => Some(image_url.len()),
+            CellEvent::Output(ContentItem::InputAudio { audio_url }) => Some(audio_url.len()),
             CellEvent::Notify(text) => Some(text.len()),
             _ => None,
         };

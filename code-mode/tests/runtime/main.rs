@@ -5,6 +5,7 @@
 mod harness;
 mod lifecycle;
 mod limits;
+mod newer;
 mod output;
 mod reuse;
 mod state;

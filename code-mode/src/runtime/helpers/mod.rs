@@ -1,29 +1,24 @@
-//! The globals a cell sees (contract section 2): `tools`, `ALL_TOOLS`, `text`, `image`,
-//! `generatedImage`, `store`, `load`, `notify`, `yield_control`, `exit`, `setTimeout`,
-//! `clearTimeout` and `console`.
+//! The globals a cell sees (contract sections 2 and 8): `tools`, `ALL_TOOLS`, `text`,
+//! `image`, `generatedImage`, `audio` (`media`), `store`, `load`, `notify`,
+//! `yield_control`, `exit`, `setTimeout`, `clearTimeout`, `console`, and `as_settled` and
+//! `stream_settled` (`settled`).
 //!
-//! Every helper is a native function: none of them looks up `JSON`, `Promise`, `Object` or
+//! Every helper but the two of `settled` is a native function: none of them looks up `JSON`, `Promise`, `Object` or
 //! any other global the cell can replace, and tool functions carry their tool's index, so
 //! the owner dispatches by index, never by a JS-visible name. Helper errors are thrown as
 //! plain strings. Each helper re-checks that the cell has not stopped (`exit()`,
 //! termination) after any user code it ran, so nothing takes effect after `exit()`.
 
 use super::state::{StateRef, Timer};
-use super::values::{self, Json, JsonTextError, QUOTED_MAX_BYTES, throw_string, v8_str};
+use super::values::{self, Json, JsonTextError, throw_string, v8_str};
 use super::{CellEvent, ToolCallRequest};
-use code_mode_protocol::{ContentItem, ImageDetail, ToolDefinition, js_tool_name};
+use code_mode_protocol::{ContentItem, ToolDefinition, js_tool_name};
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 use v8::MapFnTo;
 
-use code_mode_protocol::texts::{
-    self, CLEAR_TIMEOUT_ID, DETAIL_ONE_OF, DETAIL_STRING, GENERATED_EXPECTS, GENERATED_HINT,
-    IMAGE_EXPECTS, INVALID_IMAGE, MCP_IMAGE_DATA, NOTIFY_EMPTY, REMOTE_IMAGE, SET_TIMEOUT_CALLBACK,
-};
-
-/// MIME type assumed for an MCP image block that does not name one.
-const DEFAULT_MCP_IMAGE_MIME: &str = "image/png";
+use code_mode_protocol::texts::{self, CLEAR_TIMEOUT_ID, NOTIFY_EMPTY, SET_TIMEOUT_CALLBACK};
 
 /// Largest timer delay honoured, in milliseconds (about 285 000 years); longer is clamped.
 const MAX_TIMER_DELAY_MS: f64 = 9_007_199_254_740_991.0;
@@ -102,15 +97,18 @@ fn run_helper<'s, 'i>(
 macro_rules! helper {
     ($(#[$doc:meta])* $name:ident, |$scope:pat_param, $args:pat_param, $rv:pat_param, $state:pat_param| $body:expr) => {
         $(#[$doc])*
-        fn $name<'s>(
+        pub(super) fn $name<'s>(
             scope: &mut v8::PinScope<'s, '_>,
             args: v8::FunctionCallbackArguments<'s>,
             rv: v8::ReturnValue<'s, v8::Value>,
         ) {
-            run_helper(scope, args, rv, Box::new(|$scope, $args, $rv, $state| $body));
+            $crate::runtime::helpers::run_helper(scope, args, rv, Box::new(|$scope, $args, $rv, $state| $body));
         }
     };
 }
+
+mod media;
+mod settled;
 
 /// Reports an event, or [`Fail::Stopped`] if the cell stopped meanwhile.
 fn emit(state: &StateRef, event: CellEvent) -> HelperResult {
@@ -206,20 +204,12 @@ pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
         let key = v8_str(scope, name);
         global.delete(scope, key.into());
     }
-    // V8 declares its GC extension's function like a global `var` (it cannot be deleted):
-    // the property stays, inert, with `undefined` for ever.
-    let undefined = v8::undefined(scope).into();
-    define_constant(
-        scope,
-        global,
-        crate::platform::GC_EXTENSION_GLOBAL,
-        undefined,
-    );
 
-    let functions: [(&str, v8::FunctionCallback); 10] = [
+    let functions: [(&str, v8::FunctionCallback); 11] = [
         ("text", text_helper.map_fn_to()),
-        ("image", image_helper.map_fn_to()),
-        ("generatedImage", generated_image_helper.map_fn_to()),
+        ("image", media::image_helper.map_fn_to()),
+        ("generatedImage", media::generated_image_helper.map_fn_to()),
+        ("audio", media::audio_helper.map_fn_to()),
         ("store", store_helper.map_fn_to()),
         ("load", load_helper.map_fn_to()),
         ("notify", notify_helper.map_fn_to()),
@@ -240,6 +230,7 @@ pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
     }
     freeze(scope, console);
     define_constant(scope, global, "console", console.into());
+    settled::install(scope, global);
 }
 
 /// The `tools` object and the `ALL_TOOLS` array of a cell with `tools`, built (frozen) in
@@ -402,129 +393,6 @@ helper! {
             parts.push(part);
         }
         emit(state, CellEvent::Output(ContentItem::text(parts.join(" "))))
-    }
-}
-
-/// Validates a detail value given to `image`: `undefined`/`null` mean "not given".
-fn parse_detail(
-    scope: &v8::PinScope<'_, '_>,
-    value: v8::Local<'_, v8::Value>,
-) -> Result<Option<ImageDetail>, Fail> {
-    if value.is_null_or_undefined() {
-        return Ok(None);
-    }
-    if !value.is_string() {
-        return Err(DETAIL_STRING.into());
-    }
-    let name = values::bounded_value_string(scope, value, QUOTED_MAX_BYTES).unwrap_or_default();
-    ImageDetail::parse(&name)
-        .map(Some)
-        .ok_or_else(|| DETAIL_ONE_OF.into())
-}
-
-/// Checks an image URL: only `data:` URLs are accepted.
-fn check_image_url(url: &str) -> HelperResult {
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    if lower.starts_with("http:") || lower.starts_with("https:") {
-        return Err(REMOTE_IMAGE.into());
-    }
-    if !lower.starts_with("data:") {
-        return Err(INVALID_IMAGE.into());
-    }
-    Ok(())
-}
-
-/// Reads the URL and the detail an `image(...)` argument carries.
-fn image_source(
-    scope: &v8::PinScope<'_, '_>,
-    value: v8::Local<'_, v8::Value>,
-    state: &StateRef,
-) -> Result<(String, Option<ImageDetail>), Fail> {
-    if value.is_string() {
-        let url =
-            non_empty_string(scope, value, output_room(state)).ok_or(Fail::from(IMAGE_EXPECTS))?;
-        return Ok((url, None));
-    }
-    let Some(object) = as_plain_object(value) else {
-        return Err(IMAGE_EXPECTS.into());
-    };
-    let image_url = get(scope, object, "image_url")?;
-    if !image_url.is_undefined() {
-        let url = non_empty_string(scope, image_url, output_room(state))
-            .ok_or(Fail::from(IMAGE_EXPECTS))?;
-        let detail = parse_detail(scope, get(scope, object, "detail")?)?;
-        return Ok((url, detail));
-    }
-    let kind = get(scope, object, "type")?;
-    if kind.is_undefined() {
-        return Err(IMAGE_EXPECTS.into());
-    }
-    let kind = values::string_conversion(scope, kind, QUOTED_MAX_BYTES).ok_or(Fail::Pending)?;
-    if kind != "image" {
-        return Err(Fail::Throw(texts::image_only_accepts(&kind)));
-    }
-    let data = get(scope, object, "data")?;
-    let data =
-        non_empty_string(scope, data, output_room(state)).ok_or(Fail::from(MCP_IMAGE_DATA))?;
-    let url = if data
-        .get(..5)
-        .is_some_and(|p| p.eq_ignore_ascii_case("data:"))
-    {
-        data
-    } else {
-        let mime = get(scope, object, "mimeType")?;
-        let mime = non_empty_string(scope, mime, QUOTED_MAX_BYTES);
-        let mime = mime.as_deref().unwrap_or(DEFAULT_MCP_IMAGE_MIME);
-        format!("data:{mime};base64,{data}")
-    };
-    let meta = get(scope, object, "_meta")?;
-    let detail = match as_plain_object(meta) {
-        Some(meta) => parse_detail(scope, get(scope, meta, "codex/imageDetail")?)?,
-        None => None,
-    };
-    Ok((url, detail))
-}
-
-helper! {
-    image_helper, |scope, args, _rv, state| {
-        let (image_url, item_detail) = image_source(scope, args.get(0), state)?;
-        let detail = parse_detail(scope, args.get(1))?.or(item_detail);
-        check_image_url(&image_url)?;
-        let item = ContentItem::InputImage {
-            image_url,
-            detail: detail.unwrap_or_default(),
-        };
-        emit(state, CellEvent::Output(item))
-    }
-}
-
-helper! {
-    generated_image_helper, |scope, args, _rv, state| {
-        let object = as_plain_object(args.get(0)).ok_or(Fail::from(GENERATED_EXPECTS))?;
-        let image_url = get(scope, object, "image_url")?;
-        let image_url = non_empty_string(scope, image_url, output_room(state))
-            .ok_or(Fail::from(GENERATED_EXPECTS))?;
-        let hint = get(scope, object, "output_hint")?;
-        let hint = if hint.is_null_or_undefined() {
-            None
-        } else if let Some(hint) = values::bounded_value_string(scope, hint, output_room(state)) {
-            Some(hint)
-        } else {
-            return Err(GENERATED_HINT.into());
-        };
-        check_image_url(&image_url)?;
-        ensure_running(state)?;
-        let item = ContentItem::InputImage {
-            image_url,
-            detail: ImageDetail::default(),
-        };
-        emit(state, CellEvent::Output(item))?;
-        match hint {
-            Some(hint) if !hint.is_empty() => {
-                emit(state, CellEvent::Output(ContentItem::text(hint)))
-            }
-            _ => Ok(()),
-        }
     }
 }
 
