@@ -84,6 +84,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                     tool_name: "mcp__bench__tool_0".to_owned(),
                     kind: ToolKind::Function,
                     input: Some(JsonText::new(r#"{"path":"."}"#)),
+                    exec_call_id: Some("call_8f2a".to_owned()),
                 },
             },
         ),

@@ -22,7 +22,7 @@ use code_mode_protocol::session::poll_once;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
-use code_mode_protocol::{CodeModeSession, SessionCall};
+use code_mode_protocol::{AdmittedHook, CallHooks, CellId, CodeModeSession, SessionCall};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,7 +104,7 @@ struct Connection {
     outbox: Outbox<ServerMessage>,
     sessions: Mutex<HashMap<SessionId, Arc<InProcessSession>>>,
     last_session: AtomicU64,
-    requests: Mutex<HashMap<RequestId, CancellationToken>>,
+    requests: Mutex<HashMap<RequestId, InFlight>>,
     /// The sessions' delegates hold it weakly.
     delegate_calls: Arc<DelegateCalls>,
 }
@@ -112,7 +112,14 @@ struct Connection {
 impl Connection {
     /// Runs one request: opens a session, or runs a call of one through the shared
     /// adapter ([`SessionCall::run`]).
-    async fn dispatch(self: &Arc<Self>, request: Request) -> Result<Response, WireError> {
+    /// Runs request `id`; `preempt` fires when the host preempts it (an observation then
+    /// answers `Yielded` at once).
+    async fn dispatch(
+        self: &Arc<Self>,
+        request_id: RequestId,
+        request: Request,
+        preempt: CancellationToken,
+    ) -> Result<Response, WireError> {
         match request {
             Request::OpenSession { options } => {
                 if METRICS.is_draining() {
@@ -147,7 +154,23 @@ impl Connection {
                 )
                 .then(Instant::now);
                 let _running = timed.map(|_| METRICS.execute_running());
-                let reply = call.run(&*session).await?;
+                // The admission goes out before the response and before any delegate call
+                // of the cell (the session reports it before the cell's actor runs).
+                let outbox = self.outbox.clone();
+                let admitted: AdmittedHook = Arc::new(move |cell_id: &CellId| {
+                    let message = ServerMessage::Admitted {
+                        id: request_id,
+                        cell_id: cell_id.clone(),
+                    };
+                    if let Err(error) = outbox.send(&message) {
+                        tracing::debug!("admission of cell {cell_id} not sent: {error}");
+                    }
+                });
+                let hooks = CallHooks {
+                    preempt: Some(preempt),
+                    admitted: Some(admitted),
+                };
+                let reply = call.run_with(&*session, hooks).await?;
                 METRICS.reply(&reply, timed.map(|started| started.elapsed()));
                 Ok(Response::Reply(reply))
             }
@@ -163,6 +186,12 @@ impl Connection {
         // Delegate calls still waiting get "connection closed" as their senders drop.
         self.delegate_calls.clear();
     }
+}
+
+/// A request the runtime is running: how the host cancels it, and how it preempts it.
+struct InFlight {
+    cancel: CancellationToken,
+    preempt: CancellationToken,
 }
 
 /// Serves one host connection until it ends (or `settings.stop` is cancelled).
@@ -187,8 +216,8 @@ where
     if let Err(error) = &outcome {
         tracing::error!("closing the connection: {error}");
     }
-    for (_, token) in lock(&connection.requests).drain() {
-        token.cancel();
+    for (_, in_flight) in lock(&connection.requests).drain() {
+        in_flight.cancel.cancel();
     }
     connection.shut_down_sessions().await;
     tasks.close();
@@ -280,6 +309,7 @@ async fn read_loop<S: AsyncRead>(
             ClientMessage::Request { id, request } => {
                 code_mode_protocol::hop!("runtime has the request");
                 let token = CancellationToken::new();
+                let preempt = CancellationToken::new();
                 {
                     let mut requests = lock(&connection.requests);
                     if requests.contains_key(&id) {
@@ -292,7 +322,13 @@ async fn read_loop<S: AsyncRead>(
                             "more than {MAX_REQUESTS_IN_FLIGHT} requests in flight"
                         )));
                     }
-                    requests.insert(id, token.clone());
+                    requests.insert(
+                        id,
+                        InFlight {
+                            cancel: token.clone(),
+                            preempt: preempt.clone(),
+                        },
+                    );
                 }
                 let connection = Arc::clone(connection);
                 let mut task = Box::pin(async move {
@@ -301,7 +337,7 @@ async fn read_loop<S: AsyncRead>(
                     // exactly as in process.
                     let result = tokio::select! {
                         biased;
-                        result = connection.dispatch(request) => result,
+                        result = connection.dispatch(id, request, preempt) => result,
                         () = token.cancelled() => Err(WireError::Cancelled),
                     };
                     lock(&connection.requests).remove(&id);
@@ -316,8 +352,14 @@ async fn read_loop<S: AsyncRead>(
             }
             ClientMessage::CancelRequest { id } => {
                 // Unknown ids are answered already: the cancellation crossed the response.
-                if let Some(token) = lock(&connection.requests).get(&id) {
-                    token.cancel();
+                if let Some(in_flight) = lock(&connection.requests).get(&id) {
+                    in_flight.cancel.cancel();
+                }
+            }
+            ClientMessage::Preempt { id } => {
+                // As for a cancellation, an unknown id was answered already.
+                if let Some(in_flight) = lock(&connection.requests).get(&id) {
+                    in_flight.preempt.cancel();
                 }
             }
             ClientMessage::DelegateReply { id, reply } => {
@@ -359,6 +401,7 @@ fn kind(message: &ClientMessage) -> &'static str {
         ClientMessage::Hello(_) => "Hello",
         ClientMessage::Request { .. } => "Request",
         ClientMessage::CancelRequest { .. } => "CancelRequest",
+        ClientMessage::Preempt { .. } => "Preempt",
         ClientMessage::DelegateReply { .. } => "DelegateReply",
         ClientMessage::Ping(_) => "Ping",
         ClientMessage::Pong(_) => "Pong",

@@ -184,6 +184,7 @@ impl CodeModeSessionDelegate for RemoteDelegate {
                 tool_name: call.tool_name,
                 kind: call.kind,
                 input: call.input,
+                exec_call_id: call.exec_call_id,
             };
             self.call(wire_call, PendingDelegateCall::Tool, cancel)
                 .await

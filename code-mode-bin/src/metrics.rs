@@ -157,7 +157,9 @@ impl Metrics {
             }
             SessionReply::Cell(response) => Some(response),
             SessionReply::Pending(PendingOutcome::Completed(response)) => Some(response),
-            SessionReply::Pending(PendingOutcome::Pending { .. }) | SessionReply::ShutDown => None,
+            SessionReply::Pending(PendingOutcome::Pending { .. })
+            | SessionReply::Interrupted(_)
+            | SessionReply::ShutDown => None,
         };
         if let Some(latency) = latency {
             self.observe_latency(latency);

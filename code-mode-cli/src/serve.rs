@@ -147,7 +147,7 @@ enum KindParam {
     Freeform,
 }
 
-/// `{"name", "description"?, "kind"?, "input_schema"?, "output_schema"?}`.
+/// `{"name", "description"?, "kind"?, "input_schema"?, "output_schema"?, "deferred"?}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ToolParams {
@@ -158,6 +158,8 @@ struct ToolParams {
     kind: KindParam,
     input_schema: Option<Value>,
     output_schema: Option<Value>,
+    #[serde(default)]
+    deferred: bool,
 }
 
 impl ToolParams {
@@ -169,7 +171,7 @@ impl ToolParams {
     }
 
     fn definition(&self) -> ToolDefinition {
-        ToolDefinition::new(&self.name, &self.description, self.kind())
+        self.description().definition()
     }
 
     fn description(&self) -> ToolDescription {
@@ -179,6 +181,7 @@ impl ToolParams {
             kind: self.kind(),
             input_schema: self.input_schema.clone(),
             output_schema: self.output_schema.clone(),
+            deferred: self.deferred,
             ..ToolDescription::default()
         }
     }

@@ -4,18 +4,19 @@
 //! to the cell's next observation (`unclaimed`). [`crate::ProcessSession`] and
 //! [`crate::RemoteSession`] are it under the name of their provider.
 
-use crate::connection::{Answer, Connection, Placed};
+use crate::connection::{Answer, Connection, Placed, RequestHooks};
 use crate::error::HostError;
 use crate::unclaimed::{Reclaim, Unclaimed};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{Request, SessionId};
 use code_mode_protocol::{
-    BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecRequest,
-    PendingOutcome, SessionCall, SessionError, SessionOptions, StartedCell, StartedPendingCell,
-    WaitRequest,
+    BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
+    ExecRequest, PendingOutcome, SessionCall, SessionError, SessionOptions, StartedCell,
+    StartedPendingCell, WaitRequest,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 /// Where sessions get their runtime: the supervised local process, or a pool of remote
 /// runtimes. Each call places one session; the [`Placed`] guard counts it toward the
@@ -61,24 +62,35 @@ macro_rules! hosted_session {
         }
 
         impl code_mode_protocol::CodeModeSession for $name {
-            fn execute(
+            fn execute_with(
                 &self,
                 request: code_mode_protocol::ExecRequest,
+                hooks: code_mode_protocol::ExecHooks,
             ) -> code_mode_protocol::BoxFuture<
                 '_,
                 Result<code_mode_protocol::StartedCell, code_mode_protocol::SessionError>,
             > {
-                self.0.execute(request)
+                self.0.execute_with(request, hooks)
             }
 
-            fn wait(
+            fn wait_with(
                 &self,
                 request: code_mode_protocol::WaitRequest,
+                preempt: Option<tokio_util::sync::CancellationToken>,
             ) -> code_mode_protocol::BoxFuture<
                 '_,
                 Result<code_mode_protocol::CellResponse, code_mode_protocol::SessionError>,
             > {
-                self.0.wait(request)
+                self.0.wait_with(request, preempt)
+            }
+
+            fn interrupt(
+                &self,
+            ) -> code_mode_protocol::BoxFuture<
+                '_,
+                Result<Vec<code_mode_protocol::CellId>, code_mode_protocol::SessionError>,
+            > {
+                self.0.interrupt()
             }
 
             fn terminate(
@@ -212,10 +224,11 @@ impl HostedSession {
             let request = Request::OpenSession {
                 options: self.options.clone(),
             };
-            match connection
-                .call::<SessionId>(request, Some(Arc::clone(&self.delegate)))
-                .await
-            {
+            let hooks = RequestHooks {
+                opening: Some(Arc::clone(&self.delegate)),
+                ..RequestHooks::default()
+            };
+            match connection.call::<SessionId>(request, hooks).await {
                 Ok(session) => {
                     *lock(&self.binding) = Some((placed, session));
                     return Ok((connection, session));
@@ -231,9 +244,10 @@ impl HostedSession {
     async fn call<T: Answer>(
         &self,
         call: SessionCall,
+        hooks: RequestHooks,
     ) -> Result<(Arc<Connection>, T), SessionError> {
         let (connection, session) = self.bind().await?;
-        self.call_on(connection, session, call).await
+        self.call_on(connection, session, call, hooks).await
     }
 
     /// Runs a call that names a cell, on the connection the cell id was translated for.
@@ -247,6 +261,7 @@ impl HostedSession {
         &self,
         cell_id: &CellId,
         same_kind_settles: bool,
+        hooks: RequestHooks,
         make: impl FnOnce(CellId) -> SessionCall,
     ) -> Result<Option<(Arc<Connection>, T)>, SessionError> {
         let (connection, session) = self.bind().await?;
@@ -265,7 +280,12 @@ impl HostedSession {
             }
         }
         let (connection, answer) = self
-            .call_on(Arc::clone(&connection), session, make(runtime_id.clone()))
+            .call_on(
+                Arc::clone(&connection),
+                session,
+                make(runtime_id.clone()),
+                hooks,
+            )
             .await?;
         // A dropped call of this cell whose answer crossed this one: it came first.
         let crossed = connection.take_unclaimed(session, &runtime_id);
@@ -287,9 +307,10 @@ impl HostedSession {
         connection: Arc<Connection>,
         session: SessionId,
         call: SessionCall,
+        hooks: RequestHooks,
     ) -> Result<(Arc<Connection>, T), SessionError> {
         match connection
-            .call(Request::Session { session, call }, None)
+            .call(Request::Session { session, call }, hooks)
             .await
         {
             Ok(answer) => Ok((connection, answer)),
@@ -356,10 +377,20 @@ fn external_outcome(
 }
 
 impl CodeModeSession for HostedSession {
-    fn execute(&self, request: ExecRequest) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
+    fn execute_with(
+        &self,
+        request: ExecRequest,
+        hooks: ExecHooks,
+    ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
         Box::pin(async move {
+            let hooks = RequestHooks {
+                opening: None,
+                cell_delegate: hooks.delegate,
+                admitted: hooks.admitted,
+                preempt: hooks.preempt,
+            };
             let (connection, started): (_, StartedCell) =
-                self.call(SessionCall::Execute(request)).await?;
+                self.call(SessionCall::Execute(request), hooks).await?;
             Ok(StartedCell {
                 cell_id: connection.external_cell_id(&started.cell_id),
                 initial_response: external_response(&connection, started.initial_response, None),
@@ -367,12 +398,20 @@ impl CodeModeSession for HostedSession {
         })
     }
 
-    fn wait(&self, request: WaitRequest) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+    fn wait_with(
+        &self,
+        request: WaitRequest,
+        preempt: Option<CancellationToken>,
+    ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
             let asked = request.cell_id.clone();
             let yield_time_ms = request.yield_time_ms;
+            let hooks = RequestHooks {
+                preempt,
+                ..RequestHooks::default()
+            };
             let answer = self
-                .call_on_cell(&asked, true, |cell_id| {
+                .call_on_cell(&asked, true, hooks, |cell_id| {
                     SessionCall::Wait(WaitRequest {
                         cell_id,
                         yield_time_ms,
@@ -389,8 +428,8 @@ impl CodeModeSession for HostedSession {
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
             let answer = self
-                .call_on_cell(&cell_id, false, |cell_id| SessionCall::Terminate {
-                    cell_id,
+                .call_on_cell(&cell_id, false, RequestHooks::default(), |cell_id| {
+                    SessionCall::Terminate { cell_id }
                 })
                 .await?;
             let Some((connection, response)) = answer else {
@@ -405,8 +444,12 @@ impl CodeModeSession for HostedSession {
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
         Box::pin(async move {
-            let (connection, started): (_, StartedPendingCell) =
-                self.call(SessionCall::ExecuteToPending(request)).await?;
+            let (connection, started): (_, StartedPendingCell) = self
+                .call(
+                    SessionCall::ExecuteToPending(request),
+                    RequestHooks::default(),
+                )
+                .await?;
             Ok(StartedPendingCell {
                 cell_id: connection.external_cell_id(&started.cell_id),
                 outcome: external_outcome(&connection, started.outcome, None),
@@ -420,14 +463,41 @@ impl CodeModeSession for HostedSession {
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(async move {
             let answer = self
-                .call_on_cell(&cell_id, true, |cell_id| SessionCall::WaitToPending {
-                    cell_id,
+                .call_on_cell(&cell_id, true, RequestHooks::default(), |cell_id| {
+                    SessionCall::WaitToPending { cell_id }
                 })
                 .await?;
             let Some((connection, outcome)) = answer else {
                 return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));
             };
             Ok(external_outcome(&connection, outcome, Some(&cell_id)))
+        })
+    }
+
+    fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {
+        Box::pin(async move {
+            // A session with no runtime yet has no cell to interrupt.
+            let bound = lock(&self.binding)
+                .as_ref()
+                .map(|(placed, session)| (Arc::clone(&placed.connection), *session));
+            let Some((connection, session)) = bound else {
+                return Ok(Vec::new());
+            };
+            if connection.is_lost() {
+                return Ok(Vec::new());
+            }
+            let (connection, cell_ids): (_, Vec<CellId>) = self
+                .call_on(
+                    connection,
+                    session,
+                    SessionCall::Interrupt,
+                    RequestHooks::default(),
+                )
+                .await?;
+            Ok(cell_ids
+                .iter()
+                .map(|cell_id| connection.external_cell_id(cell_id))
+                .collect())
         })
     }
 
@@ -446,7 +516,10 @@ impl CodeModeSession for HostedSession {
                     session,
                     call: SessionCall::Shutdown,
                 };
-                if let Err(error) = connection.call::<()>(request, None).await {
+                if let Err(error) = connection
+                    .call::<()>(request, RequestHooks::default())
+                    .await
+                {
                     tracing::warn!("shutting the remote session down failed: {error}");
                 }
                 connection.forget_session(session);

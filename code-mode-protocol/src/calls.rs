@@ -9,10 +9,11 @@
 
 use crate::ids::CellId;
 use crate::session::{
-    CellResponse, CodeModeSession, ExecRequest, PendingOutcome, SessionError, StartedCell,
-    StartedPendingCell, WaitRequest,
+    AdmittedHook, CellResponse, CodeModeSession, ExecHooks, ExecRequest, PendingOutcome,
+    SessionError, StartedCell, StartedPendingCell, WaitRequest,
 };
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 /// One call of a session's methods. Opening a session is not one: that belongs to
 /// whatever holds the sessions.
@@ -27,8 +28,18 @@ pub enum SessionCall {
     WaitToPending {
         cell_id: CellId,
     },
+    /// Terminates every running cell of the session (contract 8.4).
+    Interrupt,
     /// Shuts the session down; whoever holds it forgets it afterwards.
     Shutdown,
+}
+
+/// What a front end attaches to a call beside its data: a preempt signal (for `Execute`
+/// and `Wait`) and an admission hook (for `Execute`). Other calls ignore them.
+#[derive(Clone, Default)]
+pub struct CallHooks {
+    pub preempt: Option<CancellationToken>,
+    pub admitted: Option<AdmittedHook>,
 }
 
 /// The answer to a [`SessionCall`], by the call's kind.
@@ -42,6 +53,8 @@ pub enum SessionReply {
     StartedPending(StartedPendingCell),
     /// To `WaitToPending`.
     Pending(PendingOutcome),
+    /// To `Interrupt`: the cells it terminated.
+    Interrupted(Vec<CellId>),
     /// To `Shutdown`.
     ShutDown,
 }
@@ -54,9 +67,33 @@ impl SessionCall {
     where
         S: CodeModeSession + ?Sized,
     {
+        self.run_with(session, CallHooks::default()).await
+    }
+
+    /// Runs the call on `session` with `hooks`.
+    ///
+    /// Cancel safety: that of the session method it calls.
+    pub async fn run_with<S>(
+        self,
+        session: &S,
+        hooks: CallHooks,
+    ) -> Result<SessionReply, SessionError>
+    where
+        S: CodeModeSession + ?Sized,
+    {
         Ok(match self {
-            SessionCall::Execute(request) => SessionReply::Started(session.execute(request).await?),
-            SessionCall::Wait(request) => SessionReply::Cell(session.wait(request).await?),
+            SessionCall::Execute(request) => {
+                let hooks = ExecHooks {
+                    delegate: None,
+                    preempt: hooks.preempt,
+                    admitted: hooks.admitted,
+                };
+                SessionReply::Started(session.execute_with(request, hooks).await?)
+            }
+            SessionCall::Wait(request) => {
+                SessionReply::Cell(session.wait_with(request, hooks.preempt).await?)
+            }
+            SessionCall::Interrupt => SessionReply::Interrupted(session.interrupt().await?),
             SessionCall::Terminate { cell_id } => {
                 SessionReply::Cell(session.terminate(cell_id).await?)
             }
@@ -87,6 +124,7 @@ impl SessionCall {
                     SessionReply::StartedPending(_)
                 )
                 | (SessionCall::WaitToPending { .. }, SessionReply::Pending(_))
+                | (SessionCall::Interrupt, SessionReply::Interrupted(_))
                 | (SessionCall::Shutdown, SessionReply::ShutDown)
         )
     }
@@ -126,6 +164,7 @@ from_reply!(
     Cell => CellResponse,
     StartedPending => StartedPendingCell,
     Pending => PendingOutcome,
+    Interrupted => Vec<CellId>,
 );
 
 impl FromReply for () {

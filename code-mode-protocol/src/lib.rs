@@ -16,19 +16,20 @@ pub mod hops;
 pub mod ids;
 pub mod json_text;
 pub mod model;
+pub mod search;
 pub mod session;
 pub mod surface;
 pub mod sync;
 pub mod texts;
 pub mod wire;
 
-pub use calls::{FromReply, SessionCall, SessionReply};
+pub use calls::{CallHooks, FromReply, SessionCall, SessionReply};
 pub use delivery::ACK_PATIENCE;
 pub use ids::{CallId, CellId, NotACallId, ToolError};
 pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
-    BoxFuture, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
-    CodeModeSessionDelegate, ExecRequest, NestedToolCall, PendingOutcome, SessionError,
+    AdmittedHook, BoxFuture, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
+    CodeModeSessionDelegate, ExecHooks, ExecRequest, NestedToolCall, PendingOutcome, SessionError,
     SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
 };

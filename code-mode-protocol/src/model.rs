@@ -234,9 +234,14 @@ pub fn parse_json(text: &str) -> Result<serde_json::Value, JsonError> {
 pub struct ToolDefinition {
     /// The tool's original name, namespace included (e.g. `mcp__github__search`).
     pub name: String,
-    /// Shown to the cell in `ALL_TOOLS`.
+    /// Shown to the cell in `ALL_TOOLS` (contract 8.3: the description followed by the
+    /// tool's TypeScript declaration, as `ToolDescription::definition` writes it) and
+    /// searched by `tools.tool_search` when the tool is deferred.
     pub description: String,
     pub kind: ToolKind,
+    /// Callable and listed in `ALL_TOOLS`, but left out of the `exec` description: the
+    /// cell finds it with `tools.tool_search` (contract 8.3).
+    pub deferred: bool,
 }
 
 impl ToolDefinition {
@@ -245,7 +250,14 @@ impl ToolDefinition {
             name: name.into(),
             description: description.into(),
             kind,
+            deferred: false,
         }
+    }
+
+    /// The same tool, deferred (or not).
+    pub fn with_deferred(mut self, deferred: bool) -> Self {
+        self.deferred = deferred;
+        self
     }
 
     /// The name the cell calls it by: `tools.<js_name>`.

@@ -150,6 +150,10 @@ pub struct ExecRequest {
     pub tools: Arc<[ToolDefinition]>,
     /// `None`: [`DEFAULT_YIELD_TIME_MS`].
     pub yield_time_ms: Option<u64>,
+    /// The model's id for the `exec` tool call that runs this cell; the cell's nested
+    /// tool calls carry it back to the delegate ([`NestedToolCall::exec_call_id`],
+    /// contract 8.5).
+    pub tool_call_id: Option<String>,
 }
 
 impl ExecRequest {
@@ -168,6 +172,65 @@ impl ExecRequest {
     pub fn with_yield_time_ms(mut self, yield_time_ms: u64) -> Self {
         self.yield_time_ms = Some(yield_time_ms);
         self
+    }
+
+    pub fn with_tool_call_id(mut self, tool_call_id: impl Into<String>) -> Self {
+        self.tool_call_id = Some(tool_call_id.into());
+        self
+    }
+}
+
+/// Told the id of a cell as soon as the session admitted it, before its first
+/// observation returns (contract 8.5).
+pub type AdmittedHook = Arc<dyn Fn(&CellId) + Send + Sync>;
+
+/// What an `exec` carries besides its [`ExecRequest`], for the caller's side only: none of
+/// it crosses a process boundary as data (contract 8.4, 8.5).
+#[derive(Clone, Default)]
+pub struct ExecHooks {
+    /// This cell's nested tool calls, notifications and closing go here instead of to
+    /// the session's delegate.
+    pub delegate: Option<Arc<dyn CodeModeSessionDelegate>>,
+    /// When it fires, the observation returns `Yielded` at once with the output so far;
+    /// the cell keeps running.
+    pub preempt: Option<CancellationToken>,
+    /// Called once with the cell's id when the cell is admitted, before any of its
+    /// callbacks. It runs while the session admits the cell: keep it short (record the
+    /// id, send a message), never block in it.
+    pub admitted: Option<AdmittedHook>,
+}
+
+impl ExecHooks {
+    pub fn with_delegate(mut self, delegate: Arc<dyn CodeModeSessionDelegate>) -> Self {
+        self.delegate = Some(delegate);
+        self
+    }
+
+    pub fn with_preempt(mut self, preempt: CancellationToken) -> Self {
+        self.preempt = Some(preempt);
+        self
+    }
+
+    pub fn on_admitted(mut self, admitted: impl Fn(&CellId) + Send + Sync + 'static) -> Self {
+        self.admitted = Some(Arc::new(admitted));
+        self
+    }
+
+    /// Reports an admitted cell to the hook, if there is one.
+    pub fn admit(&self, cell_id: &CellId) {
+        if let Some(admitted) = &self.admitted {
+            admitted(cell_id);
+        }
+    }
+}
+
+impl std::fmt::Debug for ExecHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecHooks")
+            .field("delegate", &self.delegate.is_some())
+            .field("preempt", &self.preempt)
+            .field("admitted", &self.admitted.is_some())
+            .finish()
     }
 }
 
@@ -316,6 +379,9 @@ pub struct NestedToolCall<Input = JsonText> {
     pub kind: ToolKind,
     /// The argument, `None` when the cell passed none.
     pub input: Option<Input>,
+    /// The model's id of the `exec` call that started the cell, when the exec gave one
+    /// ([`ExecRequest::tool_call_id`]).
+    pub exec_call_id: Option<String>,
 }
 
 impl NestedToolCall<JsonText> {
@@ -334,6 +400,7 @@ impl NestedToolCall<JsonText> {
             tool_name: self.tool_name,
             kind: self.kind,
             input,
+            exec_call_id: self.exec_call_id,
         })
     }
 
@@ -436,18 +503,53 @@ pub trait CodeModeProvider: Send + Sync {
 /// A code-mode session: one agent thread's cells, stored values and cancellation root.
 pub trait CodeModeSession: Send + Sync {
     /// Starts a cell and waits for its first observation (the yield time counts from the
-    /// cell's start).
+    /// cell's start). The same as [`Self::execute_with`] without hooks.
     ///
     /// Cancel safety: dropping the future does not stop the cell and consumes none of its
-    /// output; the next `wait` on the cell's id returns it. The id is lost to the caller,
-    /// but cells are numbered `1`, `2`, ... per session.
-    fn execute(&self, request: ExecRequest) -> BoxFuture<'_, Result<StartedCell, SessionError>>;
+    /// output; the next `wait` on the cell's id returns it. The id is lost to the caller
+    /// (unless an admission hook got it), but cells are numbered `1`, `2`, ... per session.
+    fn execute(&self, request: ExecRequest) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
+        self.execute_with(request, ExecHooks::default())
+    }
+
+    /// [`Self::execute`] with hooks (contract 8.4, 8.5): a delegate for this cell only, a
+    /// preempt signal for its first observation, and a hook told the cell's id as soon as
+    /// it is admitted.
+    ///
+    /// Cancel safety: as `execute`.
+    fn execute_with(
+        &self,
+        request: ExecRequest,
+        hooks: ExecHooks,
+    ) -> BoxFuture<'_, Result<StartedCell, SessionError>>;
 
     /// Observes a running cell: returns at its completion, at `yield_control()`, at the
     /// yield time, or at its termination. An unknown id gives [`CellResponse::missing`].
+    /// The same as [`Self::wait_with`] without a preempt signal.
     ///
     /// Cancel safety: dropping the future consumes no output and frees the observer slot.
-    fn wait(&self, request: WaitRequest) -> BoxFuture<'_, Result<CellResponse, SessionError>>;
+    fn wait(&self, request: WaitRequest) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        self.wait_with(request, None)
+    }
+
+    /// [`Self::wait`] that also returns `Yielded` with the output so far as soon as
+    /// `preempt` fires (contract 8.4); the cell keeps running.
+    ///
+    /// Cancel safety: as `wait`.
+    fn wait_with(
+        &self,
+        request: WaitRequest,
+        preempt: Option<CancellationToken>,
+    ) -> BoxFuture<'_, Result<CellResponse, SessionError>>;
+
+    /// Terminates every cell of the session that is still running (the user interrupted
+    /// the turn) and returns their ids, once their JS has stopped and their callbacks were
+    /// cleaned up. Each one's `Terminated` response goes to its observer, or to the next
+    /// `wait` on it. Cells that already completed keep their results; the session stays
+    /// open (contract 8.4).
+    ///
+    /// Cancel safety: dropping the future does not stop the terminations.
+    fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>>;
 
     /// Terminates a cell and returns `Terminated` with the output not yet returned, once
     /// its JS has stopped and its in-flight callbacks were cancelled. A cell that had

@@ -243,10 +243,32 @@ async fn a_whole_session_over_raw_frames() {
         2,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Execute(ExecRequest::new(source).with_tools(tools())),
+            call: SessionCall::Execute(
+                ExecRequest::new(source)
+                    .with_tools(tools())
+                    .with_tool_call_id("call_7"),
+            ),
         },
     )
     .await;
+    // The admission comes first: before the cell's first delegate call and its response.
+    let first = host
+        .next_matching(|m| {
+            matches!(
+                m,
+                ServerMessage::Admitted { .. }
+                    | ServerMessage::Delegate { .. }
+                    | ServerMessage::Response { .. }
+            )
+        })
+        .await;
+    assert_eq!(
+        first,
+        ServerMessage::Admitted {
+            id: RequestId(2),
+            cell_id: "1".into(),
+        }
+    );
     let (echo_id, call) = host.delegate_call().await;
     assert_eq!(
         call,
@@ -256,6 +278,7 @@ async fn a_whole_session_over_raw_frames() {
             tool_name: "echo".into(),
             kind: ToolKind::Function,
             input: Some(r#"{"a":1}"#.into()),
+            exec_call_id: Some("call_7".into()),
         }
     );
     host.send(ClientMessage::DelegateReply {

@@ -91,6 +91,8 @@ pub struct McpServerConfig {
     pub disabled_tools: Vec<String>,
     pub startup_timeout: Duration,
     pub call_timeout: Duration,
+    /// Its tools are deferred (contract 8.3).
+    pub deferred: bool,
 }
 
 impl McpServerConfig {
@@ -686,11 +688,11 @@ impl McpSources {
                     name: Self::tool_name(name, &tool.name),
                     namespace: Some(format!("{MCP_TOOL_PREFIX}{name}")),
                     namespace_description: Some(format!("Tools of the MCP server `{name}`.")),
-                    description: tool.description.as_deref().unwrap_or_default().to_owned(),
+                    description: titled_description(tool),
                     kind: ToolKind::Function,
                     input_schema: Some(Value::Object((*tool.input_schema).clone())),
                     output_schema: Some(call_tool_result_schema(tool.output_schema.as_deref())),
-                    deferred: false,
+                    deferred: server.config.deferred,
                 });
             }
         }
@@ -734,5 +736,23 @@ impl McpToolRef {
         cancel: &CancellationToken,
     ) -> Result<Value, String> {
         self.server.call(&self.tool, js_name, input, cancel).await
+    }
+}
+
+/// A server tool's description, after its title when it has one that says more than its
+/// name (the title is what `tools.tool_search` and the model read first).
+fn titled_description(tool: &rmcp::model::Tool) -> String {
+    let description = tool.description.as_deref().unwrap_or_default().trim();
+    match tool.title.as_deref().map(str::trim) {
+        Some(title)
+            if !title.is_empty() && title != tool.name && !description.starts_with(title) =>
+        {
+            if description.is_empty() {
+                title.to_owned()
+            } else {
+                format!("{title}: {description}")
+            }
+        }
+        _ => description.to_owned(),
     }
 }

@@ -38,6 +38,9 @@ pub(super) struct McpServerEntry {
     pub(super) call_timeout_ms: Option<u64>,
     #[serde(default)]
     pub(super) headers: BTreeMap<String, String>,
+    /// Every tool of the server is deferred: found with `tools.tool_search`.
+    #[serde(default)]
+    pub(super) deferred: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +60,9 @@ pub(super) struct ToolEntry {
     pub(super) input_schema: Option<toml::Value>,
     #[serde(default)]
     pub(super) output_schema: Option<toml::Value>,
+    /// Left out of the exec description: found with `tools.tool_search`.
+    #[serde(default)]
+    pub(super) deferred: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +162,7 @@ pub(super) fn mcp_server_config(
         }
     };
     Ok(McpServerConfig {
+        deferred: entry.deferred,
         name: entry.name,
         transport,
         enabled_tools: entry.enabled_tools,

@@ -14,6 +14,7 @@
 //! timeout_ms = 30000                        # optional
 //! cwd = "."                                 # optional, relative to the tools file
 //! kind = "function"                         # optional: "function" or "freeform"
+//! deferred = true                           # optional: found with tools.tool_search
 //! [tool.input_schema]                       # optional JSON Schema, as a TOML table
 //! type = "object"
 //!
@@ -21,7 +22,8 @@
 //! name = "fs"                                  # tools.mcp__fs__<tool>
 //! command = ["npx", "server-filesystem", "."]  # stdio; or: url = "http://127.0.0.1:3001/mcp"
 //! # optional: env = { KEY = "v" }, cwd, enabled_tools = [...], disabled_tools = [...],
-//! #           startup_timeout_ms, call_timeout_ms, headers = { ... } (with url)
+//! #           startup_timeout_ms, call_timeout_ms, headers = { ... } (with url),
+//! #           deferred = true (every tool of the server: found with tools.tool_search)
 //! ```
 
 mod builtins;
@@ -200,6 +202,7 @@ impl ToolSet {
                 },
                 input_schema: schema(&entry.input_schema)?,
                 output_schema: schema(&entry.output_schema)?,
+                deferred: entry.deferred,
                 ..ToolDescription::default()
             };
             if entry.name.starts_with(crate::mcp::client::MCP_TOOL_PREFIX) {
@@ -305,11 +308,12 @@ impl ToolSet {
         }
     }
 
-    /// The tools as a cell enables them.
+    /// The tools as a cell enables them (each description followed by its declaration,
+    /// deferred ones flagged).
     pub fn definitions(&self) -> Vec<ToolDefinition> {
         self.descriptions()
-            .into_iter()
-            .map(|tool| ToolDefinition::new(tool.name, tool.description, tool.kind))
+            .iter()
+            .map(ToolDescription::definition)
             .collect()
     }
 

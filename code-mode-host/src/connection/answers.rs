@@ -55,6 +55,7 @@ reply_answer!(
     CellResponse,
     StartedPendingCell,
     PendingOutcome,
+    Vec<CellId>,
     (),
 );
 
@@ -120,6 +121,11 @@ impl<T: Answer> Drop for AbandonOnDrop<'_, T> {
             let removed = state.pending.remove(&self.id);
             if let Some(pending) = &removed {
                 state.abandoned.insert(self.id, pending.session);
+                if let Some(delegate) = &pending.hooks.cell_delegate {
+                    state
+                        .abandoned_delegates
+                        .insert(self.id, Arc::clone(delegate));
+                }
             }
             removed.is_some()
         };

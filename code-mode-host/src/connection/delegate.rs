@@ -31,7 +31,7 @@ impl Connection {
             if !entry.closed_cells.contains(cell_id) {
                 entry.live_cells.insert(cell_id.clone());
             }
-            let delegate = Arc::clone(&entry.delegate);
+            let delegate = Arc::clone(entry.cell_delegates.get(cell_id).unwrap_or(&entry.delegate));
             state.delegate_calls.insert(id, token.clone());
             delegate
         };
@@ -75,6 +75,7 @@ impl Connection {
                 tool_name,
                 kind,
                 input,
+                exec_call_id,
             } => {
                 // The argument is parsed only if the agent core's delegate wants a value
                 // (`NestedToolCall::answer_with`); the result goes back as its text.
@@ -84,6 +85,7 @@ impl Connection {
                     tool_name,
                     kind,
                     input,
+                    exec_call_id,
                 };
                 let result =
                     until_cancelled(token, delegate.invoke_tool(call, token.clone())).await?;
@@ -95,6 +97,43 @@ impl Connection {
                 Some(DelegateReply::Notified)
             }
         }
+    }
+
+    /// An `Execute` admitted its cell: its own delegate takes the cell's calls from now
+    /// on (the runtime sends this before any of them), and the caller learns the id.
+    pub(super) fn on_admitted(&self, id: RequestId, cell_id: CellId) -> Result<(), String> {
+        if !is_runtime_cell_id(&cell_id) {
+            return Err(format!("{id} admitted an invalid cell id {cell_id:?}"));
+        }
+        let admitted = {
+            let mut state = lock(&self.state);
+            let (session, delegate, admitted) = match state.pending.get(&id) {
+                Some(pending) => (
+                    pending.session,
+                    pending.hooks.cell_delegate.clone(),
+                    pending.hooks.admitted.clone(),
+                ),
+                None => match state.abandoned.get(&id) {
+                    Some(session) => (*session, state.abandoned_delegates.remove(&id), None),
+                    // Answered already and then abandoned: nothing waits for it.
+                    None => return Err(format!("{id} admitted a cell but is not in flight")),
+                },
+            };
+            let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session)) else {
+                return Err(format!("{id} admitted a cell outside an open session"));
+            };
+            if !entry.closed_cells.contains(&cell_id) {
+                entry.live_cells.insert(cell_id.clone());
+                if let Some(delegate) = delegate {
+                    entry.cell_delegates.insert(cell_id.clone(), delegate);
+                }
+            }
+            admitted
+        };
+        if let Some(admitted) = admitted {
+            admitted(&self.external_cell_id(&cell_id));
+        }
+        Ok(())
     }
 
     pub(super) fn on_cell_closed(&self, session: SessionId, cell_id: CellId) -> Result<(), String> {
@@ -110,7 +149,10 @@ impl Connection {
                 return Err(format!("cell {cell_id} of {session} closed twice"));
             }
             entry.live_cells.remove(&cell_id);
-            Arc::clone(&entry.delegate)
+            entry
+                .cell_delegates
+                .remove(&cell_id)
+                .unwrap_or_else(|| Arc::clone(&entry.delegate))
         };
         delegate.cell_closed(&self.external_cell_id(&cell_id));
         Ok(())

@@ -35,9 +35,9 @@ use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
-    BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, FromReply, NestedToolCall,
-    PendingOutcome, SessionCall, SessionError, SessionReply, StartedCell, StartedPendingCell,
-    ToolError,
+    AdmittedHook, BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, FromReply,
+    NestedToolCall, PendingOutcome, SessionCall, SessionError, SessionReply, StartedCell,
+    StartedPendingCell, ToolError,
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -109,12 +109,26 @@ struct PendingRequest {
     deliver: Deliver,
     /// The session the request is for (none for `OpenSession`).
     session: Option<SessionId>,
+    hooks: RequestHooks,
+}
+
+/// What a request carries for the host's side only.
+#[derive(Default, Clone)]
+pub(crate) struct RequestHooks {
     /// For `OpenSession`: the delegate of the session being opened.
-    opening: Option<Arc<dyn CodeModeSessionDelegate>>,
+    pub(crate) opening: Option<Arc<dyn CodeModeSessionDelegate>>,
+    /// For `Execute`: the cell's own delegate (contract 8.5), registered at admission.
+    pub(crate) cell_delegate: Option<Arc<dyn CodeModeSessionDelegate>>,
+    /// For `Execute`: told the cell's id (as the agent core sees it) at admission.
+    pub(crate) admitted: Option<AdmittedHook>,
+    /// For `Execute` and `Wait`: sends `Preempt` when it fires (contract 8.4).
+    pub(crate) preempt: Option<CancellationToken>,
 }
 
 struct SessionEntry {
     delegate: Arc<dyn CodeModeSessionDelegate>,
+    /// Cells started with a delegate of their own, until they close.
+    cell_delegates: HashMap<CellId, Arc<dyn CodeModeSessionDelegate>>,
     /// Cells seen alive (by a response or a delegate call) and not yet closed.
     live_cells: HashSet<CellId>,
     closed_cells: HashSet<CellId>,
@@ -129,6 +143,9 @@ struct State {
     /// Requests whose caller gave up, with their session: one late response each is
     /// expected; what it carries is kept for the cell's next observation.
     abandoned: HashMap<RequestId, Option<SessionId>>,
+    /// The cell delegates of abandoned `Execute` requests: their cells still run and
+    /// still call them.
+    abandoned_delegates: HashMap<RequestId, Arc<dyn CodeModeSessionDelegate>>,
     sessions: HashMap<SessionId, SessionEntry>,
     delegate_calls: HashMap<DelegateId, CancellationToken>,
     /// Per session, answers handed to callers and not yet taken.
@@ -305,8 +322,9 @@ impl Connection {
     pub(crate) async fn call<T: Answer>(
         self: &Arc<Self>,
         request: Request,
-        opening: Option<Arc<dyn CodeModeSessionDelegate>>,
+        hooks: RequestHooks,
     ) -> Result<T, SessionError> {
+        let preempt = hooks.preempt.clone();
         let (reply, answer) = oneshot::channel();
         let session = session_of(&request);
         let id = {
@@ -314,12 +332,7 @@ impl Connection {
             if self.is_lost() {
                 return Err(self.lost_error());
             }
-            register(
-                &mut state,
-                &request,
-                deliver_to::<T>(reply, session),
-                opening,
-            )
+            register(&mut state, &request, deliver_to::<T>(reply, session), hooks)
         };
         code_mode_protocol::hop!("host sends the request");
         if let Err(error) = self.outbox.send(&ClientMessage::Request { id, request }) {
@@ -334,7 +347,21 @@ impl Connection {
             answer,
             armed: true,
         };
-        let answer = (&mut guard.answer).await;
+        let answer = match preempt {
+            None => (&mut guard.answer).await,
+            Some(preempt) => {
+                tokio::select! {
+                    biased;
+                    answer = &mut guard.answer => answer,
+                    () = preempt.cancelled() => {
+                        // The runtime answers the observation at once; an id already
+                        // answered is ignored there.
+                        let _ = self.outbox.send(&ClientMessage::Preempt { id });
+                        (&mut guard.answer).await
+                    }
+                }
+            }
+        };
         guard.armed = false;
         answer.map_or_else(|_| Err(self.lost_error()), Delivery::take)
     }
@@ -345,7 +372,7 @@ impl Connection {
             &mut lock(&self.state),
             &request,
             Box::new(|_, _, _| Ok(())),
-            None,
+            RequestHooks::default(),
         );
         let _ = self.outbox.send(&ClientMessage::Request { id, request });
     }
@@ -370,6 +397,7 @@ impl Connection {
                 Ok(())
             }
             ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
+            ServerMessage::Admitted { id, cell_id } => self.on_admitted(id, cell_id),
             ServerMessage::Ping(nonce) => {
                 let _ = self.outbox.send(&ClientMessage::Pong(nonce));
                 Ok(())
@@ -394,6 +422,7 @@ impl Connection {
     ) -> Result<(), String> {
         let mut state = lock(&self.state);
         let Some(pending) = state.pending.remove(&id) else {
+            state.abandoned_delegates.remove(&id);
             if let Some(session) = state.abandoned.remove(&id) {
                 return self.keep_unclaimed(state, session, result);
             }
@@ -405,11 +434,12 @@ impl Connection {
         if let Ok(response) = &result {
             match response {
                 Response::SessionOpened(session) => {
-                    let Some(delegate) = pending.opening.clone() else {
+                    let Some(delegate) = pending.hooks.opening.clone() else {
                         return Err(format!("{session} opened without a delegate"));
                     };
                     let entry = SessionEntry {
                         delegate,
+                        cell_delegates: HashMap::new(),
                         live_cells: HashSet::new(),
                         closed_cells: HashSet::new(),
                         unclaimed: HashMap::new(),
@@ -502,9 +532,13 @@ impl Connection {
         for (_, token) in state.delegate_calls {
             token.cancel();
         }
-        for entry in state.sessions.into_values() {
+        for mut entry in state.sessions.into_values() {
             for cell_id in entry.live_cells {
-                entry.delegate.cell_closed(&self.external_cell_id(&cell_id));
+                let delegate = entry
+                    .cell_delegates
+                    .remove(&cell_id)
+                    .unwrap_or_else(|| Arc::clone(&entry.delegate));
+                delegate.cell_closed(&self.external_cell_id(&cell_id));
             }
         }
     }
@@ -515,14 +549,14 @@ fn register(
     state: &mut State,
     request: &Request,
     deliver: Deliver,
-    opening: Option<Arc<dyn CodeModeSessionDelegate>>,
+    hooks: RequestHooks,
 ) -> RequestId {
     state.last_request += 1;
     let id = RequestId(state.last_request);
     let pending = PendingRequest {
         deliver,
         session: session_of(request),
-        opening,
+        hooks,
     };
     state.pending.insert(id, pending);
     id
@@ -567,6 +601,7 @@ fn describe(message: &ServerMessage) -> &'static str {
         ServerMessage::Delegate { .. } => "Delegate",
         ServerMessage::CancelDelegate { .. } => "CancelDelegate",
         ServerMessage::CellClosed { .. } => "CellClosed",
+        ServerMessage::Admitted { .. } => "Admitted",
         ServerMessage::Ping(_) => "Ping",
         ServerMessage::Pong(_) => "Pong",
         ServerMessage::Draining => "Draining",

@@ -4,7 +4,8 @@
 use super::declarations::{
     call_tool_result_payload, schema_to_typescript, subschema_to_typescript,
 };
-use crate::model::{ToolKind, js_tool_name};
+use crate::model::{ToolDefinition, ToolKind, js_tool_name};
+use crate::search::{TOOL_SEARCH_DECLARATION, TOOL_SEARCH_NAME};
 use serde_json::Value;
 
 /// A nested tool as the description builder sees it.
@@ -25,6 +26,20 @@ pub struct ToolDescription {
     pub output_schema: Option<Value>,
     /// Callable, listed in `ALL_TOOLS`, but not described here.
     pub deferred: bool,
+}
+
+impl ToolDescription {
+    /// The tool as a cell enables it: `ALL_TOOLS` and `tools.tool_search` show the
+    /// description followed by the TypeScript declaration the `exec` description would
+    /// print (contract 8.3), and the deferred flag goes with it.
+    pub fn definition(&self) -> ToolDefinition {
+        let mut description = self.description.trim().to_owned();
+        if !description.is_empty() {
+            description.push('\n');
+        }
+        description.push_str(&declaration(self));
+        ToolDefinition::new(&self.name, description, self.kind).with_deferred(self.deferred)
+    }
 }
 
 const INTRODUCTION: &str = r#"Runs JavaScript in a sandboxed code-mode runtime and returns what the script outputs.
@@ -132,7 +147,7 @@ fn describe_exec(introduction: &str, tools: &[ToolDescription]) -> String {
             format!("{deferred} more tools are")
         };
         out.push_str(&format!(
-            "\n{count} available but not declared here: find them in `ALL_TOOLS` (each with its name and description) and call them as `tools.<name>(args)`.\n"
+            "\n### `{TOOL_SEARCH_NAME}`\n{count} available but not declared here. Find them with `tools.{TOOL_SEARCH_NAME}`: it ranks them against your query (words of a tool's name, server, description or parameters) and returns the best matches, each with its declaration. Read the declaration, then call the tool as `tools[result.name](args)`.\n```ts\n{TOOL_SEARCH_DECLARATION}\n```\n"
         ));
     }
     out
@@ -151,12 +166,19 @@ fn describe_tool(tool: &ToolDescription) -> String {
         out.push_str(description);
         out.push('\n');
     }
-    out.push_str(&format!(
-        "```ts\ndeclare const tools: {{\n  {js_name}({}): Promise<{}>;\n}};\n```\n",
+    out.push_str(&declaration(tool));
+    out.push('\n');
+    out
+}
+
+/// A tool's TypeScript declaration, fenced.
+fn declaration(tool: &ToolDescription) -> String {
+    format!(
+        "```ts\ndeclare const tools: {{\n  {}({}): Promise<{}>;\n}};\n```",
+        js_tool_name(&tool.name),
         parameter(tool),
         result_type(tool.output_schema.as_ref()),
-    ));
-    out
+    )
 }
 
 /// The parameter list of a tool's declaration.

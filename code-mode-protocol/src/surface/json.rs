@@ -72,7 +72,7 @@ pub fn pending_json(outcome: &PendingOutcome) -> Value {
 
 /// The answer to a session call: `{"cell_id", "response"}` for an `exec`, a response for
 /// `wait` and `terminate`, `{"cell_id", "outcome"}` for `execute_to_pending`, an outcome
-/// for `wait_to_pending`, `null` for `shutdown`.
+/// for `wait_to_pending`, `{"cell_ids": [...]}` for `interrupt`, `null` for `shutdown`.
 pub fn reply_json(reply: &SessionReply) -> Value {
     match reply {
         SessionReply::Started(started) => json!({
@@ -83,6 +83,7 @@ pub fn reply_json(reply: &SessionReply) -> Value {
             "cell_id": started.cell_id, "outcome": pending_json(&started.outcome),
         }),
         SessionReply::Pending(outcome) => pending_json(outcome),
+        SessionReply::Interrupted(cell_ids) => json!({ "cell_ids": cell_ids }),
         SessionReply::ShutDown => Value::Null,
     }
 }

@@ -9,7 +9,8 @@ use std::fmt;
 /// The protocol version this build speaks best. 2: every session error has a wire kind
 /// of its own (version 1 repeated the runtime-failure prefix and had unused kinds).
 /// 3: both sides ping each other (liveness), and a runtime can be draining.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: audio items, deferred tools, preempt and interrupt, admission and the exec call id.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

@@ -120,6 +120,12 @@ pub enum ClientMessage {
     Ping(u64),
     /// The answer to a [`ServerMessage::Ping`].
     Pong(u64),
+    /// The observation `id` (an `Execute` or a `Wait`) is preempted: it answers `Yielded`
+    /// with the output so far, and the cell keeps running (contract 8.4). Ignored when
+    /// the request is no longer in flight or observes nothing.
+    Preempt {
+        id: RequestId,
+    },
 }
 
 /// A request: open a session, or one call of an open session's methods.
@@ -153,6 +159,8 @@ pub enum DelegateCall {
         tool_name: String,
         kind: ToolKind,
         input: Option<JsonText>,
+        /// The model's id of the exec call that started the cell.
+        exec_call_id: Option<String>,
     },
     Notify {
         cell_id: CellId,
@@ -200,6 +208,12 @@ pub enum ServerMessage {
     /// The runtime is draining (it is shutting down): it refuses new sessions with
     /// [`WireError::Draining`] and lets running cells finish up to its deadline.
     Draining,
+    /// The `Execute` request `id` admitted its cell: sent before the response and before
+    /// any delegate call of the cell (contract 8.5).
+    Admitted {
+        id: RequestId,
+        cell_id: CellId,
+    },
 }
 
 /// Stable error kinds on the wire; the host maps them back to the contract's strings.

@@ -69,6 +69,10 @@ pub fn client_messages() -> Vec<ClientMessage> {
         },
         Request::Session {
             session,
+            call: SessionCall::Interrupt,
+        },
+        Request::Session {
+            session,
             call: SessionCall::Shutdown,
         },
     ];
@@ -81,6 +85,7 @@ pub fn client_messages() -> Vec<ClientMessage> {
     }));
     messages.push(execute_request());
     messages.push(ClientMessage::CancelRequest { id: RequestId(9) });
+    messages.push(ClientMessage::Preempt { id: RequestId(10) });
     for reply in [
         DelegateReply::ToolResult(Ok(r#"{"a":[1,2]}"#.into())),
         DelegateReply::ToolResult(Err("nope".into())),
@@ -127,6 +132,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
         Response::Reply(SessionReply::Pending(PendingOutcome::Completed(
             CellResponse::missing("9"),
         ))),
+        Response::Reply(SessionReply::Interrupted(vec!["2".into(), "5".into()])),
         Response::Reply(SessionReply::ShutDown),
     ];
     let errors = vec![
@@ -178,6 +184,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
                 tool_name: "mcp__x__y".into(),
                 kind: ToolKind::Freeform,
                 input: Some(r#""raw""#.into()),
+                exec_call_id: Some("call_1".into()),
             },
         },
         ServerMessage::Delegate {
@@ -189,6 +196,10 @@ pub fn server_messages() -> Vec<ServerMessage> {
             },
         },
         ServerMessage::CancelDelegate { id: DelegateId(2) },
+        ServerMessage::Admitted {
+            id: RequestId(3),
+            cell_id: "4".into(),
+        },
         ServerMessage::CellClosed {
             session: SessionId(1),
             cell_id: "1".into(),

@@ -469,3 +469,57 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
     .unwrap();
     assert_golden("format.txt", &out);
 }
+
+/// `count` deferred tools shaped like an MCP server's.
+fn deferred_tools(count: usize) -> Vec<ToolDescription> {
+    (0..count)
+        .map(|n| ToolDescription {
+            name: format!("mcp__server{}__tool_{n}", n % 50),
+            namespace: Some(format!("mcp__server{}", n % 50)),
+            description: format!("Tool number {n}: does thing {n}."),
+            input_schema: Some(
+                json!({ "type": "object", "properties": { "id": { "type": "string" } }, "required": ["id"] }),
+            ),
+            deferred: true,
+            ..ToolDescription::default()
+        })
+        .collect()
+}
+
+#[test]
+fn the_exec_description_with_deferred_tools_declares_only_tool_search() {
+    let mut tools = vec![ToolDescription {
+        name: "get_time".into(),
+        description: "The current time.".into(),
+        ..ToolDescription::default()
+    }];
+    tools.extend(deferred_tools(3));
+    let description = exec_description(&tools);
+    assert_golden("description_deferred.txt", &description);
+    assert!(!description.contains("tool_1"), "{description}");
+    // 10 000 deferred tools: the description is as long as with 3, but for the count.
+    let mut many = vec![tools[0].clone()];
+    many.extend(deferred_tools(10_000));
+    let large = exec_description(&many);
+    assert_eq!(large.len(), description.len() + "10000".len() - "3".len());
+}
+
+#[test]
+fn a_definition_carries_the_declaration_and_the_deferred_flag() {
+    let tool = &deferred_tools(1)[0];
+    let definition = tool.definition();
+    assert_eq!(definition.name, "mcp__server0__tool_0");
+    assert!(definition.deferred);
+    assert_eq!(
+        definition.description,
+        "Tool number 0: does thing 0.\n```ts\ndeclare const tools: {\n  mcp__server0__tool_0(args: {\n    id: string;\n  }): Promise<unknown>;\n};\n```"
+    );
+    let undescribed = ToolDescription {
+        name: "bare".into(),
+        ..ToolDescription::default()
+    };
+    assert_eq!(
+        undescribed.definition().description,
+        "```ts\ndeclare const tools: {\n  bare(args?: unknown): Promise<unknown>;\n};\n```"
+    );
+}

@@ -298,10 +298,10 @@ fn encodings_are_pinned() {
         ),
         (
             frame(&crate::samples::execute_request()),
-            // length 29, Request 1: Session 1, call Execute: source, one function tool,
-            // yield Some(10000)
-            "1d0000000101010100 0a74657874282268692229
-             01046563686f016500 01fb1027",
+            // length 31, Request 1: Session 1, call Execute: source, one function tool
+            // (name, description, kind, not deferred), yield Some(10000), no tool call id
+            "1f0000000101010100 0a74657874282268692229
+             01046563686f01650000 01fb1027 00",
         ),
         (
             frame(&ServerMessage::CellClosed {

@@ -14,13 +14,14 @@ mod actor;
 use crate::runtime::{
     CellConfig, EVENT_CHANNEL_CAPACITY, IsolateShelf, StoredValues, spawn_cell_on,
 };
-use actor::{ActorRequest, Answer, CellActor, Observer, Returnable};
+use actor::{ActorRequest, Answer, CellActor, Observer, Returnable, Routing};
+use code_mode_protocol::search::{SearchCache, SearchableTools};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
-    ExecRequest, PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell,
-    WaitRequest,
+    ExecHooks, ExecRequest, PendingOutcome, SessionError, SessionOptions, StartedCell,
+    StartedPendingCell, WaitRequest,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,9 @@ pub(crate) struct Shared {
     /// The session's parked isolates, when it reuses them (CONTRACT §7). Never shared
     /// with another session; cleared at shutdown.
     shelf: Option<Arc<IsolateShelf>>,
+    /// The searchable form of the tool set with deferred tools the last cell used, so the
+    /// index behind `tools.tool_search` is built once per set (contract 8.3).
+    search: SearchCache,
 }
 
 struct Registry {
@@ -132,10 +136,6 @@ impl Shared {
         lock(&self.registry).cells.remove(cell_id);
     }
 
-    pub(crate) fn delegate(&self) -> &Arc<dyn CodeModeSessionDelegate> {
-        &self.delegate
-    }
-
     pub(crate) fn root(&self) -> &CancellationToken {
         &self.root
     }
@@ -156,6 +156,7 @@ impl Shared {
     fn start_cell(
         self: &Arc<Self>,
         request: ExecRequest,
+        hooks: ExecHooks,
         observer: impl FnOnce(Instant) -> Observer,
     ) -> Result<CellId, SessionError> {
         code_mode_protocol::hop!("exec called");
@@ -166,9 +167,14 @@ impl Shared {
         let cell_id = CellId::new(registry.last_cell_id + 1);
         let snapshot = Arc::clone(&lock(&self.stored));
         let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        // With deferred tools, the cell also gets `tools.tool_search`, answered here.
+        let searchable: Option<Arc<SearchableTools>> = self.search.get(&request.tools);
+        let tools = searchable
+            .as_ref()
+            .map_or(request.tools, |searchable| Arc::clone(&searchable.tools));
         let config = CellConfig {
             source: request.source,
-            tools: request.tools,
+            tools,
             stored: snapshot,
             limits: self.options.limits,
         };
@@ -186,8 +192,19 @@ impl Shared {
             events_rx,
             requests_rx,
             observer,
+            Routing {
+                delegate: hooks
+                    .delegate
+                    .clone()
+                    .unwrap_or_else(|| Arc::clone(&self.delegate)),
+                exec_call_id: request.tool_call_id,
+                searchable,
+            },
         );
         registry.cells.insert(cell_id.clone(), requests_tx);
+        // Admission is reported before the actor runs, so before any callback of the cell
+        // (a runtime process sends it to its host ahead of the cell's first tool call).
+        hooks.admit(&cell_id);
         self.actors.spawn(actor.run());
         Ok(cell_id)
     }
@@ -231,6 +248,7 @@ impl InProcessSession {
                 }),
                 stored: Mutex::new(Arc::new(StoredValues::new())),
                 shelf,
+                search: SearchCache::default(),
             }),
         }
     }
@@ -248,12 +266,17 @@ fn actor_lost(cell_id: &CellId) -> SessionError {
 }
 
 impl CodeModeSession for InProcessSession {
-    fn execute(&self, request: ExecRequest) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
+    fn execute_with(
+        &self,
+        request: ExecRequest,
+        hooks: ExecHooks,
+    ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
-            let cell_id = self
-                .shared
-                .start_cell(request, |deadline| Observer::yielding(deadline, reply))?;
+            let preempt = hooks.preempt.clone();
+            let cell_id = self.shared.start_cell(request, hooks, |deadline| {
+                Observer::yielding(deadline, preempt, reply)
+            })?;
             let initial_response = answer.await.map_err(|_| actor_lost(&cell_id))?.take()?;
             code_mode_protocol::hop!("exec answered");
             Ok(StartedCell {
@@ -263,16 +286,50 @@ impl CodeModeSession for InProcessSession {
         })
     }
 
-    fn wait(&self, request: WaitRequest) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+    fn wait_with(
+        &self,
+        request: WaitRequest,
+        preempt: Option<CancellationToken>,
+    ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
             let deadline = self.shared.deadline(request.yield_time_ms);
             let answer = self
                 .shared
                 .ask(&request.cell_id, |reply| {
-                    ActorRequest::Observe(Observer::yielding(deadline, reply))
+                    ActorRequest::Observe(Observer::yielding(deadline, preempt, reply))
                 })
                 .await;
             answer.unwrap_or_else(|| Ok(CellResponse::missing(request.cell_id)))
+        })
+    }
+
+    fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {
+        Box::pin(async move {
+            let actors: Vec<(CellId, mpsc::Sender<ActorRequest>)> = {
+                let registry = lock(&self.shared.registry);
+                let mut actors: Vec<_> = registry
+                    .cells
+                    .iter()
+                    .map(|(cell_id, actor)| (cell_id.clone(), actor.clone()))
+                    .collect();
+                actors.sort_by_key(|(cell_id, _)| cell_id.number());
+                actors
+            };
+            // Every termination starts before any is waited for.
+            let mut stopping = Vec::with_capacity(actors.len());
+            for (cell_id, actor) in actors {
+                let (reply, stopped) = oneshot::channel();
+                if actor.send(ActorRequest::Interrupt { reply }).await.is_ok() {
+                    stopping.push((cell_id, stopped));
+                }
+            }
+            let mut interrupted = Vec::new();
+            for (cell_id, stopped) in stopping {
+                if stopped.await == Ok(true) {
+                    interrupted.push(cell_id);
+                }
+            }
+            Ok(interrupted)
         })
     }
 
@@ -294,7 +351,7 @@ impl CodeModeSession for InProcessSession {
             let (reply, answer) = oneshot::channel();
             let cell_id = self
                 .shared
-                .start_cell(request, |_| Observer::pending(reply))?;
+                .start_cell(request, ExecHooks::default(), |_| Observer::pending(reply))?;
             let outcome = answer.await.map_err(|_| actor_lost(&cell_id))?.take()?;
             Ok(StartedPendingCell { cell_id, outcome })
         })

@@ -85,6 +85,8 @@ pub(crate) enum Observer {
     /// `exec` / `wait`: returns at completion, yield, deadline or termination.
     Yielding {
         deadline: Instant,
+        /// Fires: return `Yielded` at once (contract 8.4).
+        preempt: Option<CancellationToken>,
         reply: YieldReply,
     },
     /// `execute_to_pending` / `wait_to_pending`: returns at a frontier or completion.
@@ -92,8 +94,16 @@ pub(crate) enum Observer {
 }
 
 impl Observer {
-    pub(crate) fn yielding(deadline: Instant, reply: YieldReply) -> Self {
-        Observer::Yielding { deadline, reply }
+    pub(crate) fn yielding(
+        deadline: Instant,
+        preempt: Option<CancellationToken>,
+        reply: YieldReply,
+    ) -> Self {
+        Observer::Yielding {
+            deadline,
+            preempt,
+            reply,
+        }
     }
 
     pub(crate) fn pending(reply: PendingReply) -> Self {

@@ -3,6 +3,7 @@
 //! cell's timers.
 
 use super::*;
+use code_mode_protocol::search::TOOL_SEARCH_NAME;
 
 /// A delegate callback not started yet (an answer was not taken), with its tracker.
 pub(super) type Deferred = (TaskTracker, BoxFuture<'static, ()>);
@@ -95,6 +96,16 @@ impl CellActor {
         code_mode_protocol::hop!("actor has the tool call");
         let call_id = call.id;
         self.frontier.calls_since_frontier.push(call_id);
+        if call.name == TOOL_SEARCH_NAME
+            && let Some(searchable) = &self.routing.searchable
+        {
+            let result = searchable.answer(call.input.map(JsonText::new).as_ref());
+            let _ = self.internal_tx.send(Internal::ToolDone {
+                id: call_id,
+                result,
+            });
+            return;
+        }
         // The argument stays the text V8 wrote; only a delegate that wants a value parses
         // it (see `NestedToolCall::answer_with`).
         let request = NestedToolCall {
@@ -103,9 +114,10 @@ impl CellActor {
             tool_name: call.name,
             kind: call.kind,
             input: call.input.map(JsonText::new),
+            exec_call_id: self.routing.exec_call_id.clone(),
         };
         let token = self.callbacks.token.child_token();
-        let delegate = Arc::clone(self.shared.delegate());
+        let delegate = Arc::clone(&self.routing.delegate);
         let internal = self.internal_tx.clone();
         let id = call.id;
         let task = Box::pin(async move {
@@ -121,7 +133,7 @@ impl CellActor {
 
     pub(super) fn start_notification(&mut self, text: String) {
         let token = self.callbacks.token.child_token();
-        let delegate = Arc::clone(self.shared.delegate());
+        let delegate = Arc::clone(&self.routing.delegate);
         let cell_id = self.cell_id.clone();
         let task = Box::pin(async move {
             until_cancelled(&token, delegate.notify(cell_id, text, token.clone())).await;
@@ -182,7 +194,7 @@ impl CellActor {
         if joined.is_err() {
             tracing::error!(cell = %self.cell_id, "joining the cell thread failed");
         }
-        self.shared.delegate().cell_closed(&self.cell_id);
+        self.routing.delegate.cell_closed(&self.cell_id);
     }
 }
 
@@ -191,6 +203,14 @@ impl CellActor {
 pub(super) fn start_now(tracker: &TaskTracker, mut task: BoxFuture<'static, ()>) {
     if poll_once(&mut task).is_none() {
         tracker.spawn(task);
+    }
+}
+
+/// Waits until `token` is cancelled, or forever without one.
+pub(super) async fn cancelled_some(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -32,12 +32,13 @@ use super::Shared;
 use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallRequest};
 pub(crate) use answers::{Answer, Observer, Returnable, TerminateReply};
 use answers::{GivenBack, send_answer};
-use callbacks::{Callbacks, Timers, sleep_until_some, start_now};
+use callbacks::{Callbacks, Timers, cancelled_some, sleep_until_some, start_now};
 use code_mode_protocol::delivery::{Delivery, Unacked};
+use code_mode_protocol::search::SearchableTools;
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
-    BoxFuture, CallId, CellId, CellResponse, ContentItem, JsonText, NestedToolCall, PendingOutcome,
-    SessionError, ToolError,
+    BoxFuture, CallId, CellId, CellResponse, CodeModeSessionDelegate, ContentItem, JsonText,
+    NestedToolCall, PendingOutcome, SessionError, ToolError,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -54,7 +55,26 @@ const NOTIFY_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests from the session to a cell actor.
 pub(crate) enum ActorRequest {
     Observe(Observer),
-    Terminate { reply: TerminateReply },
+    Terminate {
+        reply: TerminateReply,
+    },
+    /// Terminate the cell if it is still running (contract 8.4). The reply is `true` once
+    /// a termination this request started is over, `false` at once when the cell was not
+    /// running.
+    Interrupt {
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// Where a cell's callbacks go (contract 8.3, 8.5).
+pub(crate) struct Routing {
+    /// The exec's own delegate, or the session's.
+    pub(crate) delegate: Arc<dyn CodeModeSessionDelegate>,
+    /// The model's id of the exec call, given to every nested tool call.
+    pub(crate) exec_call_id: Option<String>,
+    /// The cell's deferred tools and their index: `tools.tool_search` is answered here,
+    /// never by the delegate.
+    pub(crate) searchable: Option<Arc<SearchableTools>>,
 }
 
 /// Messages from the actor's own helper tasks.
@@ -152,6 +172,9 @@ pub(crate) struct CellActor {
     timers: Timers,
     callbacks: Callbacks,
     life: Life,
+    routing: Routing,
+    /// Interrupt requests waiting for the termination they started to be over.
+    interrupted: Vec<oneshot::Sender<bool>>,
 }
 
 impl CellActor {
@@ -162,6 +185,7 @@ impl CellActor {
         events: mpsc::Receiver<CellEvent>,
         requests: mpsc::Receiver<ActorRequest>,
         observer: Observer,
+        routing: Routing,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let (returns_tx, returns_rx) = mpsc::unbounded_channel();
@@ -206,6 +230,8 @@ impl CellActor {
                 shutting_down: false,
                 closed: false,
             },
+            routing,
+            interrupted: Vec::new(),
         }
     }
 
@@ -243,9 +269,11 @@ impl CellActor {
     }
 
     async fn next_step(&mut self) -> Step {
-        let deadline = match &self.output.observer {
-            Some(Observer::Yielding { deadline, .. }) => Some(*deadline),
-            _ => None,
+        let (deadline, preempt) = match &self.output.observer {
+            Some(Observer::Yielding {
+                deadline, preempt, ..
+            }) => (Some(*deadline), preempt.clone()),
+            _ => (None, None),
         };
         let next_timer = self.timers.next_due();
         let root = self.shared.root().clone();
@@ -254,6 +282,8 @@ impl CellActor {
             // The deadline first: once it has passed, later output belongs to the next
             // observation.
             () = sleep_until_some(deadline) => Step::Deadline,
+            // A preempted observation returns like one whose deadline passed.
+            () = cancelled_some(preempt.as_ref()) => Step::Deadline,
             () = sleep_until_some(next_timer) => Step::TimersDue,
             event = self.events.recv(), if !self.life.runtime_done => Step::Event(event),
             Some(given) = self.returns_rx.recv() => Step::Returned(given),
@@ -402,6 +432,9 @@ impl CellActor {
             return;
         };
         self.life.phase = Phase::Finished(decision.clone());
+        for interrupted in self.interrupted.drain(..) {
+            let _ = interrupted.send(true);
+        }
         if let Some(reply) = self.output.terminate_reply.take() {
             let items = std::mem::take(&mut self.output.items);
             let response = self.final_response(decision, items);
@@ -427,6 +460,19 @@ impl CellActor {
         match request {
             ActorRequest::Observe(observer) => self.on_observe(observer),
             ActorRequest::Terminate { reply } => self.on_terminate(reply),
+            ActorRequest::Interrupt { reply } => self.on_interrupt(reply),
+        }
+    }
+
+    fn on_interrupt(&mut self, reply: oneshot::Sender<bool>) {
+        // As for terminate, a completion the cell already reported wins.
+        self.take_in_reported_events();
+        if matches!(self.life.phase, Phase::Running) {
+            self.life.phase = Phase::Terminating;
+            self.interrupted.push(reply);
+            self.runtime.terminate();
+        } else {
+            let _ = reply.send(false);
         }
     }
 
