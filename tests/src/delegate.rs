@@ -7,7 +7,9 @@
 //! its input says; these take their argument as a value
 //! ([`NestedToolCall::answer_with`]). `text_echo` and `bad_text` are answered as text: the
 //! first with the exact text of its argument, as a JSON string; the second with text that
-//! is not JSON. Records hold ids as their text. A notification whose
+//! is not JSON. `whoami` answers `{ exec_call_id }`, the model's id of the exec call the
+//! cell runs for. The deferred tools of [`TestDelegate::deferred_tools`] answer
+//! `{ tool, input }`. Records hold ids as their text. A notification whose
 //! text starts with `block` waits until cancelled; any other is delivered at once.
 
 use code_mode_protocol::sync::lock;
@@ -78,10 +80,31 @@ impl TestDelegate {
             "big",
             "text_echo",
             "bad_text",
+            "whoami",
         ]
         .into_iter()
         .map(|name| ToolDefinition::new(name, format!("the {name} test tool"), ToolKind::Function))
         .collect()
+    }
+
+    /// [`TestDelegate::tools`] plus deferred tools shaped like MCP servers' (contract 8.3):
+    /// a weather server's and a files server's, and 200 more of a `misc` server.
+    pub fn deferred_tools() -> Arc<[ToolDefinition]> {
+        let deferred = [
+            ("mcp__weather__get_weather", "Current weather for a city.\n```ts\ndeclare const tools: {\n  mcp__weather__get_weather(args: { city: string }): Promise<unknown>;\n};\n```"),
+            ("mcp__weather__get_forecast", "Forecast for the next days.\n```ts\ndeclare const tools: {\n  mcp__weather__get_forecast(args: { city: string; days?: number }): Promise<unknown>;\n};\n```"),
+            ("mcp__files__read_file", "Reads a file.\n```ts\ndeclare const tools: {\n  mcp__files__read_file(args: { path: string }): Promise<unknown>;\n};\n```"),
+        ]
+        .into_iter()
+        .map(|(name, description)| (name.to_owned(), description.to_owned()))
+        .chain((0..200).map(|n| (format!("mcp__misc__task_{n}"), format!("Does task number {n}."))));
+        Self::tools()
+            .iter()
+            .cloned()
+            .chain(deferred.map(|(name, description)| {
+                ToolDefinition::new(name, description, ToolKind::Function).with_deferred(true)
+            }))
+            .collect()
     }
 
     fn record(&self, record: Record) {
@@ -218,6 +241,10 @@ impl TestDelegate {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
                 Ok(Value::from("slow done"))
             }
+            deferred if deferred.starts_with("mcp__") => Ok(serde_json::json!({
+                "tool": deferred,
+                "input": call.input.clone().unwrap_or(Value::Null),
+            })),
             other => Err(ToolError::new(format!("unknown tool {other}"))),
         }
     }
@@ -235,6 +262,10 @@ impl CodeModeSessionDelegate for TestDelegate {
                 Box::pin(async move { Ok(JsonText::from_value(&Value::String(text))) })
             }
             "bad_text" => Box::pin(async { Ok(JsonText::new("{not json")) }),
+            "whoami" => {
+                let answer = serde_json::json!({ "exec_call_id": call.exec_call_id });
+                Box::pin(async move { Ok(JsonText::from_value(&answer)) })
+            }
             _ => call.answer_with(|call| self.answer_value(call, cancel)),
         }
     }

@@ -67,6 +67,13 @@ macro_rules! conformance_suite {
             many_large_tool_results_do_not_pile_up,
             answers_left_untaken_by_a_dropped_call_are_kept,
             an_answer_held_unpolled_by_a_slow_caller_is_kept,
+            audio_items_cross_in_order,
+            as_settled_reports_nested_calls_as_they_finish,
+            deferred_tools_are_found_with_tool_search_and_called,
+            preempt_returns_the_output_so_far_and_the_cell_goes_on,
+            interrupt_terminates_every_running_cell_and_keeps_the_session,
+            admission_exec_call_id_and_a_delegate_per_exec,
+            the_global_object_holds_only_the_contract_names,
         );
     };
     ($provider:expr) => {

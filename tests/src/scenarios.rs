@@ -1051,3 +1051,366 @@ pub async fn an_answer_held_unpolled_by_a_slow_caller_is_kept<P: CodeModeProvide
     assert_eq!(delegate.closed_count("3"), 1);
     assert!(wait(&session, "3").await.is_missing_cell());
 }
+
+// ---------------------------------------------------------------------------------------
+// Contract section 8: the newer surface
+// ---------------------------------------------------------------------------------------
+
+/// A WAV clip of `data_bytes` bytes of silence at 16 000 bytes a second (16 bytes a
+/// millisecond), as a `data:` URL.
+fn wav(data_bytes: u32) -> String {
+    use base64::Engine;
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_bytes).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    for value in [16u32, 0x0001_0001, 8000, 16000, 0x0010_0002] {
+        bytes.extend_from_slice(&value.to_le_bytes());
+    }
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_bytes.to_le_bytes());
+    bytes.resize(bytes.len() + data_bytes as usize, 0);
+    let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+    format!("data:audio/wav;base64,{data}")
+}
+
+// 8.1
+pub async fn audio_items_cross_in_order<P: CodeModeProvider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    // 25 ms is long enough; 1 ms is not.
+    let clip = wav(400);
+    let short = wav(16);
+    let source = format!(
+        r#"text("before"); audio("{clip}"); audio({{ type: "audio", data: "SUQz", mimeType: "audio/mpeg" }}); audio("{short}"); text("after");
+        try {{ audio("https://example.com/a.wav"); }} catch (e) {{ text(e); }}"#
+    );
+    let started = exec(&session, &source).await;
+    assert_eq!(
+        started.initial_response,
+        CellResponse::Result {
+            cell_id: "1".into(),
+            content_items: vec![
+                ContentItem::text("before"),
+                ContentItem::InputAudio { audio_url: clip },
+                ContentItem::InputAudio {
+                    audio_url: "data:audio/mpeg;base64,SUQz".into()
+                },
+                ContentItem::text(
+                    "Audio output omitted because the clip is shorter than 25 ms; use a longer clip."
+                ),
+                ContentItem::text("after"),
+                ContentItem::text(
+                    "Tool call failed: invalid audio output. Pass a base64 data URI instead"
+                ),
+            ],
+            error_text: None,
+            missing_cell: false,
+        }
+    );
+}
+
+// 8.2
+pub async fn as_settled_reports_nested_calls_as_they_finish<P: CodeModeProvider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    let source = r#"
+        const calls = new Map([["slow", tools.slow(150)], ["fast", tools.echo("quick")], ["broken", tools.fail()]]);
+        for await (const r of as_settled(calls)) {
+            text(r.index + " " + r.status + " " + (r.status === "fulfilled" ? r.value : r.reason.message ?? r.reason));
+        }
+        const seen = [];
+        await stream_settled([tools.slow(60), tools.echo(2)], async (r) => { seen.push(r.index); });
+        text(seen.join(","));
+        try { await stream_settled([1]); } catch (e) { text(String(e)); }
+    "#;
+    let started = exec(&session, source).await;
+    let CellResponse::Result {
+        content_items,
+        error_text: None,
+        ..
+    } = &started.initial_response
+    else {
+        panic!("the cell failed: {:?}", started.initial_response);
+    };
+    let lines = texts(content_items);
+    // The two quick answers may arrive in either order; the slow one comes last.
+    let mut quick = lines[..2].to_vec();
+    quick.sort_unstable();
+    assert_eq!(
+        quick,
+        ["broken rejected tool exploded", "fast fulfilled quick"]
+    );
+    assert_eq!(
+        lines[2..],
+        [
+            "slow fulfilled slow done",
+            "1,0",
+            "TypeError: stream_settled requires a callback"
+        ]
+    );
+}
+
+// 8.3
+pub async fn deferred_tools_are_found_with_tool_search_and_called<P: CodeModeProvider>(
+    provider: &P,
+) {
+    let (session, delegate) = open(provider).await;
+    let source = r#"
+        const found = await tools.tool_search({ query: "what's the weather like in Paris?" });
+        text(found.tools.map((tool) => tool.name).join(" "));
+        text(found.tools[0].description.includes("city: string"));
+        const answer = await tools[found.tools[0].name]({ city: "Paris" });
+        text(JSON.stringify(answer));
+        text((await tools.tool_search({ query: "task", limit: 3 })).tools.map((t) => t.name).join(" "));
+        for (const args of [{ query: "  " }, { query: "x", limit: 0 }]) {
+            try { await tools.tool_search(args); } catch (e) { text(e.message ?? e); }
+        }
+        const names = ALL_TOOLS.map((tool) => tool.name);
+        text(names.includes("tool_search") + " " + names.includes("mcp__misc__task_199") + " " + ALL_TOOLS.length);
+    "#;
+    let started = session
+        .execute(ExecRequest::new(source).with_tools(TestDelegate::deferred_tools()))
+        .await
+        .expect("exec");
+    assert_eq!(
+        started.initial_response,
+        result(
+            "1",
+            &[
+                "mcp__weather__get_weather mcp__weather__get_forecast",
+                "true",
+                r#"{"tool":"mcp__weather__get_weather","input":{"city":"Paris"}}"#,
+                "mcp__misc__task_0 mcp__misc__task_1 mcp__misc__task_2",
+                "query must not be empty",
+                "limit must be greater than zero",
+                // 9 tools of the delegate, 203 deferred, and tool_search.
+                "true true 213",
+            ],
+            None
+        )
+    );
+    // The provider answered the searches; the delegate saw only the deferred tool's call.
+    let tools_called: Vec<String> = delegate
+        .records()
+        .into_iter()
+        .filter_map(|record| match record {
+            Record::ToolStarted { tool, .. } => Some(tool),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tools_called, ["mcp__weather__get_weather"]);
+    // Without deferred tools there is no tool_search.
+    let plain = exec(&session, "text(typeof tools.tool_search)").await;
+    assert_eq!(plain.initial_response, result("2", &["undefined"], None));
+}
+
+// 8.4
+pub async fn preempt_returns_the_output_so_far_and_the_cell_goes_on<P: CodeModeProvider>(
+    provider: &P,
+) {
+    use code_mode_protocol::ExecHooks;
+    use tokio_util::sync::CancellationToken;
+    let (session, delegate) = open(provider).await;
+    let source = r#"text("before"); const v = await tools.block(); text("got " + v); await tools.block(); text("done");"#;
+    let preempt = CancellationToken::new();
+    let hooks = ExecHooks::default().with_preempt(preempt.clone());
+    let started_at = tokio::time::Instant::now();
+    let execute = session.execute_with(request(source).with_yield_time_ms(60_000), hooks);
+    let preempting = async {
+        delegate.wait_started("1", "tool-1").await;
+        preempt.cancel();
+    };
+    let (started, ()) = tokio::join!(execute, preempting);
+    let started = started.expect("exec");
+    assert_eq!(started.initial_response, yielded("1", &["before"]));
+    assert!(
+        started_at.elapsed() < Duration::from_secs(30),
+        "the preempt was not honoured"
+    );
+    // The cell kept running: its call is still in flight and answers reach it.
+    delegate.release("1", "tool-1", Ok(json!(7))).await;
+    let preempt = CancellationToken::new();
+    let mut wait_request = WaitRequest::new("1");
+    wait_request.yield_time_ms = Some(60_000);
+    let waiting = session.wait_with(wait_request, Some(preempt.clone()));
+    let preempting = async {
+        delegate.wait_started("1", "tool-2").await;
+        preempt.cancel();
+    };
+    let (waited, ()) = tokio::join!(waiting, preempting);
+    assert_eq!(waited.expect("wait"), yielded("1", &["got 7"]));
+    delegate.release("1", "tool-2", Ok(json!(null))).await;
+    assert_eq!(wait(&session, "1").await, result("1", &["done"], None));
+    // A preempt signal that fired before the call: the observation returns at once.
+    let preempt = CancellationToken::new();
+    preempt.cancel();
+    let hooks = ExecHooks::default().with_preempt(preempt);
+    let started = session
+        .execute_with(
+            request(r#"await tools.slow(300); text("late")"#).with_yield_time_ms(60_000),
+            hooks,
+        )
+        .await
+        .expect("exec");
+    assert_eq!(started.initial_response, yielded("2", &[]));
+    assert_eq!(wait(&session, "2").await, result("2", &["late"], None));
+}
+
+// 8.4
+pub async fn interrupt_terminates_every_running_cell_and_keeps_the_session<P: CodeModeProvider>(
+    provider: &P,
+) {
+    let (session, delegate) = open(provider).await;
+    let done = exec(&session, r#"store("kept", 1); text("finished");"#).await;
+    assert_eq!(done.initial_response, result("1", &["finished"], None));
+    // Completed, not yet observed: not interrupted, its result stays.
+    let unobserved = exec_short(
+        &session,
+        r#"yield_control(); await tools.slow(20); text("unobserved");"#,
+    )
+    .await;
+    assert_eq!(unobserved.initial_response, yielded("2", &[]));
+    let spinning = exec_short(&session, r#"text("spin"); while (true) {}"#).await;
+    assert_eq!(spinning.initial_response, yielded("3", &["spin"]));
+    let blocked = exec_short(&session, r#"store("lost", 1); await tools.block();"#).await;
+    assert_eq!(blocked.initial_response, yielded("4", &[]));
+    delegate.wait_started("4", "tool-1").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A cell with an observer waiting when the interrupt comes gets Terminated there.
+    let observed = session.wait(WaitRequest {
+        cell_id: "3".into(),
+        yield_time_ms: Some(60_000),
+    });
+    let interrupting = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        session.interrupt().await
+    };
+    let (observed, interrupted) = tokio::join!(observed, interrupting);
+    assert_eq!(
+        interrupted.expect("interrupt"),
+        vec![CellId::from("3"), CellId::from("4")]
+    );
+    assert_eq!(observed.expect("wait"), terminated("3", &[]));
+    assert_eq!(wait(&session, "4").await, terminated("4", &[]));
+    assert_eq!(
+        wait(&session, "2").await,
+        result("2", &["unobserved"], None)
+    );
+    delegate
+        .wait_for(
+            |record| matches!(record, Record::ToolCancelled { cell_id, .. } if cell_id == "4"),
+        )
+        .await;
+    // The session stays open: its values are there, a terminated cell's writes are not.
+    assert_eq!(loads(&session, &["kept", "lost"]).await, ["1", "undefined"]);
+    // Nothing running: nothing to interrupt.
+    assert_eq!(
+        session.interrupt().await.expect("interrupt"),
+        Vec::<CellId>::new()
+    );
+}
+
+// 8.5
+pub async fn admission_exec_call_id_and_a_delegate_per_exec<P: CodeModeProvider>(provider: &P) {
+    use code_mode_protocol::ExecHooks;
+    let (session, delegate) = open(provider).await;
+    // The id is reported at admission, before the first observation returns.
+    let (admitted_tx, admitted_rx) = std::sync::mpsc::channel::<CellId>();
+    let hooks = ExecHooks::default().on_admitted(move |cell_id| {
+        let _ = admitted_tx.send(cell_id.clone());
+    });
+    let execute = session.execute_with(
+        request(r#"await tools.block(); text("released");"#).with_yield_time_ms(60_000),
+        hooks,
+    );
+    let releasing = async {
+        delegate.wait_started("1", "tool-1").await;
+        let admitted = admitted_rx
+            .try_recv()
+            .expect("admitted before the first observation returned");
+        delegate.release("1", "tool-1", Ok(json!(1))).await;
+        admitted
+    };
+    let (started, admitted) = tokio::join!(execute, releasing);
+    let started = started.expect("exec");
+    assert_eq!(admitted, started.cell_id);
+    assert_eq!(started.initial_response, result("1", &["released"], None));
+    // The model's call id reaches the delegate with each nested call.
+    let with_id = session
+        .execute(
+            request(r#"text(JSON.stringify(await tools.whoami()))"#).with_tool_call_id("call_42"),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(
+        with_id.initial_response,
+        result("2", &[r#"{"exec_call_id":"call_42"}"#], None)
+    );
+    let without = exec(&session, r#"text(JSON.stringify(await tools.whoami()))"#).await;
+    assert_eq!(
+        without.initial_response,
+        result("3", &[r#"{"exec_call_id":null}"#], None)
+    );
+    // A delegate given to one exec takes that cell's calls, notifications and closing.
+    let own = TestDelegate::new();
+    let hooks = ExecHooks::default().with_delegate(own.clone());
+    let routed = session
+        .execute_with(
+            request(r#"notify("hello"); text(await tools.echo("mine"));"#),
+            hooks,
+        )
+        .await
+        .expect("exec");
+    assert_eq!(routed.initial_response, result("4", &["mine"], None));
+    own.wait_closed("4").await;
+    assert!(
+        own.records()
+            .iter()
+            .any(|record| matches!(record, Record::ToolStarted { tool, .. } if tool == "echo")),
+        "{:?}",
+        own.records()
+    );
+    assert!(
+        own.records().iter().any(
+            |record| matches!(record, Record::NotifyDelivered { text, .. } if text == "hello")
+        )
+    );
+    let session_saw_cell_4 = delegate.records().iter().any(|record| match record {
+        Record::ToolStarted { cell_id, .. }
+        | Record::NotifyStarted { cell_id, .. }
+        | Record::CellClosed(cell_id) => cell_id == "4",
+        _ => false,
+    });
+    assert!(!session_saw_cell_4, "{:?}", delegate.records());
+}
+
+// 8.6
+pub async fn the_global_object_holds_only_the_contract_names<P: CodeModeProvider>(provider: &P) {
+    let (session, _delegate) = open(provider).await;
+    let helpers = [
+        "ALL_TOOLS",
+        "as_settled",
+        "audio",
+        "clearTimeout",
+        "console",
+        "exit",
+        "generatedImage",
+        "image",
+        "load",
+        "notify",
+        "setTimeout",
+        "store",
+        "stream_settled",
+        "text",
+        "tools",
+        "yield_control",
+    ];
+    let source = format!(
+        r#"const helpers = new Set({helpers:?});
+        const own = Reflect.ownKeys(globalThis).map(String);
+        text(own.filter((name) => !helpers.has(name) && !/^[A-Z]|^(decodeURI|decodeURIComponent|encodeURI|encodeURIComponent|escape|eval|globalThis|isFinite|isNaN|parseFloat|parseInt|undefined|unescape)$/.test(name)).join(","));
+        text([...helpers].filter((name) => !own.includes(name)).join(","));
+        text(own.filter((name) => /^[A-Z]/.test(name) && typeof globalThis[name] !== "function" && typeof globalThis[name] !== "object" && !["Infinity", "NaN"].includes(name)).join(","));"#
+    );
+    let started = exec(&session, &source).await;
+    assert_eq!(started.initial_response, result("1", &["", "", ""], None));
+}
