@@ -25,9 +25,9 @@ use code_mode_protocol::surface::{
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CellId, CellLimits, CodeModeSession, CodeModeSessionDelegate, ExecRequest, JsonText,
-    NestedToolCall, SessionCall, SessionError, SessionOptions, ToolDefinition, ToolError, ToolKind,
-    WaitRequest,
+    AdmittedHook, BoxFuture, CallHooks, CellId, CellLimits, CodeModeSession,
+    CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall, SessionCall, SessionError,
+    SessionOptions, SessionReply, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -202,6 +202,9 @@ struct ExecParams {
     #[serde(default)]
     tools: Vec<ToolParams>,
     yield_time_ms: Option<u64>,
+    /// The model's id of the exec tool call; every `tool_call` event of the cell carries
+    /// it as `exec_call_id`.
+    tool_call_id: Option<String>,
 }
 
 impl ExecParams {
@@ -212,6 +215,7 @@ impl ExecParams {
         tools.extend(own.definitions());
         let mut request = ExecRequest::new(self.source.clone()).with_tools(tools);
         request.yield_time_ms = self.yield_time_ms;
+        request.tool_call_id = self.tool_call_id.clone();
         request
     }
 }
@@ -282,6 +286,10 @@ fn session_call(
             };
             (cell.session, call)
         }
+        "interrupt" => {
+            let session: SessionParams = params(given)?;
+            (session.session, SessionCall::Interrupt)
+        }
         "shutdown" => {
             let session: SessionParams = params(given)?;
             (session.session, SessionCall::Shutdown)
@@ -297,8 +305,13 @@ fn session_call(
 /// Tool calls waiting for the client's answer, by call id (`c1`, `c2`, ...).
 type PendingCalls = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Value, String>>>>>;
 
+/// The observations (`exec`, `wait`) in flight, by session and cell: what `preempt`
+/// cancels. An `exec`'s is registered when its cell is admitted.
+type Observations = Arc<Mutex<HashMap<(String, CellId), Arc<CancellationToken>>>>;
+
 struct Server {
     out: Out,
+    observations: Observations,
     /// Where sessions run.
     provider: Sessions,
     sessions: Mutex<HashMap<String, Arc<dyn CodeModeSession>>>,
@@ -342,6 +355,7 @@ impl CodeModeSessionDelegate for JsonlDelegate {
                 "tool": call.tool_name,
                 "kind": call.kind.as_str(),
                 "input": call.input,
+                "exec_call_id": call.exec_call_id,
             }));
             tokio::select! {
                 answer = answer => answer
@@ -416,13 +430,28 @@ impl Server {
         }))
     }
 
-    async fn handle(&self, method: &str, given: Value) -> Result<Value, ErrorReply> {
+    /// `preempt`: the observation in flight on the cell returns `yielded` at once.
+    fn preempt(&self, given: Value) -> Result<Value, ErrorReply> {
+        let cell: CellParams = params(given)?;
+        self.session(&cell.session)?;
+        let token = lock(&self.observations)
+            .get(&(cell.session, cell.cell_id))
+            .cloned();
+        let preempted = token.is_some_and(|token| {
+            token.cancel();
+            true
+        });
+        Ok(json!({ "preempted": preempted }))
+    }
+
+    async fn handle(&self, id: &Value, method: &str, given: Value) -> Result<Value, ErrorReply> {
         if matches!(method, "describe" | "exec" | "execute_to_pending") {
             self.tools.settled().await;
         }
         match method {
             "open_session" => return self.open_session(given),
             "describe" => return self.describe(given),
+            "preempt" => return self.preempt(given),
             _ => {}
         }
         let Some((session_id, call)) = session_call(method, given, &self.tools)? else {
@@ -433,11 +462,76 @@ impl Server {
         };
         let session = self.session(&session_id)?;
         let shutdown = matches!(call, SessionCall::Shutdown);
-        let reply = call.run(&*session).await?;
+        let preempt = Arc::new(CancellationToken::new());
+        let waited = match &call {
+            SessionCall::Wait(request) => Some(request.cell_id.clone()),
+            _ => None,
+        };
+        let hooks = self.observation_hooks(id, &session_id, &call, &preempt);
+        let reply = call.run_with(&*session, hooks).await;
+        let observed = match &reply {
+            Ok(SessionReply::Started(started)) => Some(started.cell_id.clone()),
+            _ => waited,
+        };
+        if let Some(cell_id) = observed {
+            let key = (session_id.clone(), cell_id);
+            let mut observations = lock(&self.observations);
+            // Only this call's own entry: a later observation of the cell may have
+            // registered its own since.
+            if observations
+                .get(&key)
+                .is_some_and(|token| Arc::ptr_eq(token, &preempt))
+            {
+                observations.remove(&key);
+            }
+        }
+        let reply = reply?;
         if shutdown {
             lock(&self.sessions).remove(&session_id);
         }
         Ok(reply_json(&reply))
+    }
+
+    /// The hooks of an observation: its preempt signal, registered under its cell (for an
+    /// `exec`, by the admission hook, which also announces the cell with an `admitted`
+    /// event).
+    fn observation_hooks(
+        &self,
+        id: &Value,
+        session_id: &str,
+        call: &SessionCall,
+        preempt: &Arc<CancellationToken>,
+    ) -> CallHooks {
+        match call {
+            SessionCall::Execute(_) => {
+                let out = self.out.clone();
+                let observations = Arc::clone(&self.observations);
+                let (request, session) = (id.clone(), session_id.to_owned());
+                let token = Arc::clone(preempt);
+                let admitted: AdmittedHook = Arc::new(move |cell_id: &CellId| {
+                    lock(&observations)
+                        .insert((session.clone(), cell_id.clone()), Arc::clone(&token));
+                    out.send(json!({
+                        "event": "admitted", "id": request, "session": session, "cell_id": cell_id,
+                    }));
+                });
+                CallHooks {
+                    preempt: Some((**preempt).clone()),
+                    admitted: Some(admitted),
+                }
+            }
+            SessionCall::Wait(request) => {
+                lock(&self.observations).insert(
+                    (session_id.to_owned(), request.cell_id.clone()),
+                    Arc::clone(preempt),
+                );
+                CallHooks {
+                    preempt: Some((**preempt).clone()),
+                    admitted: None,
+                }
+            }
+            _ => CallHooks::default(),
+        }
     }
 
     /// Hands a client's `tool_result` to the waiting call.
@@ -486,6 +580,7 @@ pub async fn serve(
     });
     let server = Arc::new(Server {
         out: Out(lines_tx),
+        observations: Arc::new(Mutex::new(HashMap::new())),
         provider,
         sessions: Mutex::new(HashMap::new()),
         last_session: AtomicU64::new(0),
@@ -535,7 +630,7 @@ pub async fn serve(
         }
         let server = Arc::clone(&server);
         tasks.spawn(async move {
-            let reply = match server.handle(&method, given).await {
+            let reply = match server.handle(&id, &method, given).await {
                 Ok(result) => json!({ "id": id, "result": result }),
                 Err(error) => error.to_json(id),
             };

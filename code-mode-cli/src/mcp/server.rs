@@ -4,8 +4,10 @@
 //! results are the formatter's text plus image content. Each MCP connection (an HTTP MCP
 //! session) has one code-mode session, so stored values live as long as the connection.
 //! Cell notifications become MCP progress notifications when the observing request asked
-//! for progress, and log messages otherwise. A cancelled MCP request ends the observation,
-//! never the cell: its output stays for the next `wait`.
+//! for progress, and log messages otherwise. A cancelled MCP request preempts its
+//! observation (contract 8.4), never the cell; since MCP sends no response to a cancelled
+//! request, the output the preempted observation returned is held and comes first in the
+//! cell's next `wait`.
 
 use super::http::HttpOptions;
 use crate::Failure;
@@ -17,8 +19,8 @@ use code_mode_protocol::surface::{
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CellId, CellResponse, CodeModeSession, ContentItem, ExecRequest, SessionOptions,
-    WaitRequest,
+    BoxFuture, CellId, CellResponse, CodeModeSession, ContentItem, ExecHooks, ExecRequest,
+    SessionOptions, WaitRequest,
 };
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
@@ -29,6 +31,7 @@ use rmcp::service::{Peer, RequestContext};
 use rmcp::{RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
@@ -124,6 +127,8 @@ struct Connection {
     observations: Mutex<Vec<CancellationToken>>,
     /// Signalled whenever an observation ends.
     observation_ended: Notify,
+    /// Output of preempted observations nobody received, per cell, for its next `wait`.
+    held: Mutex<HashMap<CellId, Vec<ContentItem>>>,
 }
 
 impl Connection {
@@ -226,6 +231,7 @@ impl CodeModeServer {
             listener: Mutex::new(Listener::default()),
             observations: Mutex::new(Vec::new()),
             observation_ended: Notify::new(),
+            held: Mutex::new(HashMap::new()),
         });
         lock(&shared.clients).retain(|client| client.strong_count() > 0);
         lock(&shared.clients).push(Arc::downgrade(&connection));
@@ -242,10 +248,13 @@ impl CodeModeServer {
         }
     }
 
-    /// Runs one observation (`exec` or `wait`) and turns its response into a result.
+    /// Runs one observation (`exec` or `wait`, made with `preempt` as its preempt
+    /// signal) and turns its response into a result. A cancelled request preempts it; what
+    /// it returned then is held for the cell's next observation.
     async fn observe(
         &self,
         observation: BoxFuture<'_, Result<CellResponse, code_mode_protocol::SessionError>>,
+        preempt: CancellationToken,
         max_tokens: u64,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
@@ -254,24 +263,87 @@ impl CodeModeServer {
         let started = Instant::now();
         lock(&self.connection.listener).progress =
             context.meta.get_progress_token().map(|token| (token, 0));
+        let mut observation = observation;
         let outcome = tokio::select! {
-            outcome = observation => Some(outcome),
-            () = context.ct.cancelled() => None,
+            outcome = &mut observation => outcome,
+            () = context.ct.cancelled() => {
+                preempt.cancel();
+                observation.await
+            }
         };
         lock(&self.connection.listener).progress = None;
-        match outcome {
-            None => Err(ErrorData::internal_error(
+        if context.ct.is_cancelled() {
+            if let Ok(CellResponse::Yielded {
+                cell_id,
+                content_items,
+            }) = outcome
+                && !content_items.is_empty()
+            {
+                lock(&self.connection.held)
+                    .entry(cell_id)
+                    .or_default()
+                    .extend(content_items);
+            }
+            return Err(ErrorData::internal_error(
                 "the request was cancelled; the script keeps running (call `wait` for its output)",
                 None,
-            )),
-            Some(Err(error)) => Ok(CallToolResult::error(vec![ContentBlock::text(
+            ));
+        }
+        match outcome {
+            Err(error) => Ok(CallToolResult::error(vec![ContentBlock::text(
                 error.to_string(),
             )])),
-            Some(Ok(response)) => Ok(CallToolResult::success(content(&format_response(
-                &response,
-                started.elapsed(),
-                max_tokens,
-            )))),
+            Ok(response) => {
+                let response = self.with_held_output(response);
+                Ok(CallToolResult::success(content(&format_response(
+                    &response,
+                    started.elapsed(),
+                    max_tokens,
+                ))))
+            }
+        }
+    }
+
+    /// `response` with the output held for its cell (from preempted observations) first.
+    fn with_held_output(&self, response: CellResponse) -> CellResponse {
+        let Some(mut held) = lock(&self.connection.held).remove(response.cell_id()) else {
+            return response;
+        };
+        match response {
+            CellResponse::Yielded {
+                cell_id,
+                content_items,
+            } => {
+                held.extend(content_items);
+                CellResponse::Yielded {
+                    cell_id,
+                    content_items: held,
+                }
+            }
+            CellResponse::Terminated {
+                cell_id,
+                content_items,
+            } => {
+                held.extend(content_items);
+                CellResponse::Terminated {
+                    cell_id,
+                    content_items: held,
+                }
+            }
+            CellResponse::Result {
+                cell_id,
+                content_items,
+                error_text,
+                missing_cell,
+            } => {
+                held.extend(content_items);
+                CellResponse::Result {
+                    cell_id,
+                    content_items: held,
+                    error_text,
+                    missing_cell,
+                }
+            }
         }
     }
 
@@ -313,13 +385,16 @@ impl CodeModeServer {
         let mut request =
             ExecRequest::new(parsed.source).with_tools(self.shared.tools.definitions());
         request.yield_time_ms = parsed.yield_time_ms;
+        let preempt = CancellationToken::new();
+        let hooks = ExecHooks::default().with_preempt(preempt.clone());
         let observation = Box::pin(async move {
             self.session
-                .execute(request)
+                .execute_with(request, hooks)
                 .await
                 .map(|started| started.initial_response)
         });
-        self.observe(observation, max_tokens, context).await
+        self.observe(observation, preempt, max_tokens, context)
+            .await
     }
 
     async fn wait(
@@ -332,14 +407,15 @@ impl CodeModeServer {
             Ok(arguments) => arguments,
             Err(error) => return Ok(CallToolResult::error(vec![ContentBlock::text(error)])),
         };
+        let preempt = CancellationToken::new();
         let observation: BoxFuture<'_, _> = if arguments.terminate {
             Box::pin(self.session.terminate(arguments.cell_id))
         } else {
             let mut request = WaitRequest::new(arguments.cell_id);
             request.yield_time_ms = Some(arguments.yield_time_ms);
-            Box::pin(self.session.wait(request))
+            Box::pin(self.session.wait_with(request, Some(preempt.clone())))
         };
-        self.observe(observation, arguments.max_tokens, context)
+        self.observe(observation, preempt, arguments.max_tokens, context)
             .await
     }
 

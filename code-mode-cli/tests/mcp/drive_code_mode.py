@@ -71,10 +71,12 @@ async def drive(server):
         notifying = 'notify("one"); await new Promise((r) => setTimeout(r, 50)); notify("two");'
         await client.call_tool("exec", {"code": notifying})
         await client.call_tool("exec", {"code": notifying}, progress_callback=progress)
-        # A request the client gives up on (cancelled) ends that observation, not the cell.
+        # A request the client gives up on (cancelled) preempts that observation, not the
+        # cell; what it had written so far comes with the next `wait`.
         with anyio.move_on_after(0.3):
             await client.call_tool(
-                "exec", {"code": 'await new Promise((r) => setTimeout(r, 1000)); text("survived")'}
+                "exec",
+                {"code": 'text("early"); await new Promise((r) => setTimeout(r, 1000)); text("survived")'},
             )
         survived = await client.call_tool("wait", {"cell_id": "6", "yield_time_ms": 10000})
         seen["survived"] = texts(survived)
