@@ -716,3 +716,94 @@ fn a_command_tool_that_answers_as_it_reads_takes_a_large_input() {
         "{stdout}"
     );
 }
+
+#[test]
+fn serve_jsonl_admits_preempts_interrupts_and_searches_deferred_tools() {
+    for args in [
+        &["serve", "--jsonl", "--in-process"][..],
+        &["serve", "--jsonl"][..],
+    ] {
+        let mut server = JsonlServer::start_with(args);
+        server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#);
+        // An exec that waits on the client's tool: admitted first, then the tool call,
+        // carrying the exec's tool call id.
+        server.send(
+            r#"{"id": 1, "method": "exec", "params": {"session": "s1", "tool_call_id": "call_9", "yield_time_ms": 60000, "tools": [{"name": "ask"}], "source": "text('asked'); const a = await tools.ask(); text('answer ' + a);"}}"#,
+        );
+        let admitted = server.next();
+        assert_eq!(
+            (&admitted["event"], &admitted["id"], &admitted["cell_id"]),
+            (&"admitted".into(), &1.into(), &"1".into()),
+            "{admitted}"
+        );
+        let call = loop {
+            let line = server.next();
+            if line["event"] == "tool_call" {
+                break line;
+            }
+        };
+        assert_eq!(call["exec_call_id"], "call_9", "{call}");
+        // Preempting the cell's observation answers the exec at once; the cell goes on.
+        server
+            .send(r#"{"id": 2, "method": "preempt", "params": {"session": "s1", "cell_id": "1"}}"#);
+        let mut replies = std::collections::HashMap::new();
+        while replies.len() < 2 {
+            let line = server.next();
+            if let Some(id) = line.get("id").and_then(serde_json::Value::as_u64) {
+                replies.insert(id, line);
+            }
+        }
+        assert_eq!(
+            replies[&2]["result"]["preempted"], true,
+            "{:?}",
+            replies[&2]
+        );
+        let response = &replies[&1]["result"]["response"];
+        assert_eq!(response["type"], "yielded", "{response}");
+        assert_eq!(response["content_items"][0]["text"], "asked", "{response}");
+        server.send(&format!(
+            r#"{{"method": "tool_result", "params": {{"call": {}, "result": 5}}}}"#,
+            call["call"]
+        ));
+        let rest = server
+            .ask(r#"{"id": 3, "method": "wait", "params": {"session": "s1", "cell_id": "1"}}"#);
+        assert_eq!(rest["result"]["type"], "result", "{rest}");
+        assert_eq!(
+            rest["result"]["content_items"][0]["text"], "answer 5",
+            "{rest}"
+        );
+        // Nothing observes the cell any more: a preempt finds nothing.
+        let idle = server
+            .ask(r#"{"id": 4, "method": "preempt", "params": {"session": "s1", "cell_id": "1"}}"#);
+        assert_eq!(idle["result"]["preempted"], false, "{idle}");
+        assert!(server.finish().success());
+        // Interrupt and deferred tools on a fresh server.
+        let mut server = JsonlServer::start_with(args);
+        server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#);
+        let spinning = server.ask(
+            r#"{"id": 1, "method": "exec", "params": {"session": "s1", "yield_time_ms": 50, "source": "while (true) {}"}}"#,
+        );
+        assert_eq!(
+            spinning["result"]["response"]["type"], "yielded",
+            "{spinning}"
+        );
+        let interrupted =
+            server.ask(r#"{"id": 2, "method": "interrupt", "params": {"session": "s1"}}"#);
+        assert_eq!(
+            interrupted["result"],
+            serde_json::json!({ "cell_ids": ["1"] }),
+            "{interrupted}"
+        );
+        let waited = server
+            .ask(r#"{"id": 3, "method": "wait", "params": {"session": "s1", "cell_id": "1"}}"#);
+        assert_eq!(waited["result"]["type"], "terminated", "{waited}");
+        let found = server.ask(
+            r#"{"id": 4, "method": "exec", "params": {"session": "s1", "tools": [{"name": "get_weather", "description": "Current weather for a city.", "deferred": true}, {"name": "read_file", "description": "Reads a file.", "deferred": true}], "source": "const r = await tools.tool_search({ query: 'weather' }); text(r.tools.map((t) => t.name).join(','));"}}"#,
+        );
+        assert_eq!(
+            found["result"]["response"]["content_items"][0]["text"], "get_weather",
+            "{found}"
+        );
+        assert!(server.finish().success());
+    }
+}

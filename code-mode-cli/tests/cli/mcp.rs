@@ -512,7 +512,11 @@ pub(super) fn check_driven(seen: &Value) {
     // Cell 6's exec request was cancelled after 300 ms, which preempted it; the cell ran
     // on, and the output the preempted observation had (never sent: MCP answers no
     // cancelled request) came first in `wait`.
-    assert_result(&seen["survived"], "Script completed", &["early", "survived"]);
+    assert_result(
+        &seen["survived"],
+        "Script completed",
+        &["early", "survived"],
+    );
     let items = &seen["items"];
     assert_eq!(items.as_array().map(Vec::len), Some(4), "{items}");
     assert!(
