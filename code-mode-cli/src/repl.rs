@@ -1,15 +1,24 @@
-//! `code-mode repl`: one session; each entry is a cell (an entry ends at a blank line or
-//! at the end of input), so `store`/`load` carry values across entries. Commands start
-//! with `:`. Works the same under a pipe as on a terminal (prompts only on a terminal).
+//! `code-mode repl`: one session; each entry is a cell, so `store`/`load` carry values
+//! across entries. Commands start with `:`.
+//!
+//! On a terminal it behaves as people expect of a REPL (node, python, deno): line editing
+//! and history (rustyline; kept in `~/.code_mode_history`), and an entry runs as soon as
+//! it is complete (no open bracket, string, template or comment, and no trailing
+//! operator); an incomplete one continues on the next line. Ctrl-C while a cell runs
+//! interrupts it (the session's `interrupt`: every running cell is terminated, the session
+//! and its stored values stay) and returns to the prompt; Ctrl-C on a line being typed
+//! clears it; Ctrl-C at an empty prompt, or Ctrl-D, quits. Under a pipe an entry ends at a
+//! blank line or at the end of input, and there are no prompts.
 
 use crate::output::{Printer, terminal_safe};
 use crate::tools::{CliDelegate, ToolSet, sink_now};
 use crate::{Failure, session};
 use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
 use code_mode_protocol::{
-    CellResponse, CodeModeSession, ExecRequest, SessionOptions, WaitRequest, texts,
+    CellResponse, CodeModeSession, ExecRequest, SessionError, SessionOptions, WaitRequest, texts,
 };
-use std::io::{IsTerminal, Write};
+use futures_util::FutureExt;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,7 +35,11 @@ pub struct ReplOptions {
     pub runtime_log: String,
 }
 
-const HELP: &str = "Enter JavaScript; a blank line runs it as a cell. Commands:
+mod terminal;
+
+const HELP: &str =
+    "Enter JavaScript; a complete entry runs as a cell (under a pipe: at a blank line).
+Ctrl-C stops the running cells; Ctrl-C on an empty line, or Ctrl-D, quits. Commands:
   :wait <cell id> [yield ms]   more output from a running cell
   :terminate <cell id>         stop a running cell
   :help                        this text
@@ -52,31 +65,34 @@ pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
         &options.runtime_log,
     )
     .map_err(Failure::runtime)?;
-    let interactive = std::io::stdin().is_terminal();
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let mut repl = Repl {
         session,
         tools,
         yield_ms: options.yield_ms,
         printer: Printer::new(None),
         failed: false,
+        interrupts: None,
     };
     if interactive {
-        eprintln!("code-mode repl: {HELP}");
+        terminal::run(&mut repl).await?;
+    } else {
+        piped(&mut repl).await?;
     }
+    repl.session.shutdown().await;
+    repl.tools.stop().await;
+    if repl.failed {
+        Err(Failure::script())
+    } else {
+        Ok(())
+    }
+}
+
+/// Entries from a pipe: each ends at a blank line or at the end of input.
+async fn piped(repl: &mut Repl) -> Result<(), Failure> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut entry = String::new();
     loop {
-        if interactive {
-            eprint!(
-                "{}",
-                if entry.is_empty() {
-                    "code-mode> "
-                } else {
-                    "...> "
-                }
-            );
-            let _ = std::io::stderr().flush();
-        }
         let line = lines
             .next_line()
             .await
@@ -96,12 +112,32 @@ pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
             entry.push('\n');
         }
     }
-    repl.session.shutdown().await;
-    repl.tools.stop().await;
-    if repl.failed {
-        Err(Failure::script())
-    } else {
-        Ok(())
+    Ok(())
+}
+
+/// Runs an observation; with `interrupts` (on a terminal), Ctrl-C meanwhile interrupts the
+/// session's running cells, and the observation then returns their termination.
+async fn interruptible(
+    session: &dyn CodeModeSession,
+    interrupts: Option<&mut tokio::signal::unix::Signal>,
+    observation: impl std::future::Future<Output = Result<CellResponse, SessionError>>,
+) -> Result<CellResponse, SessionError> {
+    let Some(interrupts) = interrupts else {
+        return observation.await;
+    };
+    // A Ctrl-C that came while no cell ran (at the prompt the line editor reads it as a
+    // key, so this only drains strays) is not for this observation.
+    while interrupts.recv().now_or_never().is_some() {}
+    tokio::pin!(observation);
+    tokio::select! {
+        response = &mut observation => response,
+        _ = interrupts.recv() => {
+            // (The terminal echoes the ^C itself.)
+            if let Err(error) = session.interrupt().await {
+                eprintln!("code-mode: the interrupt failed: {}", terminal_safe(&error.to_string()));
+            }
+            observation.await
+        }
     }
 }
 
@@ -112,6 +148,8 @@ struct Repl {
     yield_ms: Option<u64>,
     printer: Printer,
     failed: bool,
+    /// On a terminal: Ctrl-C, which interrupts the observation in progress.
+    interrupts: Option<tokio::signal::unix::Signal>,
 }
 
 impl Repl {
@@ -134,8 +172,15 @@ impl Repl {
         let mut request = ExecRequest::new(parsed.source).with_tools(self.tools.definitions());
         request.yield_time_ms = parsed.yield_time_ms.or(self.yield_ms);
         let started_at = Instant::now();
-        match self.session.execute(request).await {
-            Ok(started) => self.show(&started.initial_response, started_at, max_tokens),
+        let session = &*self.session;
+        let observation = async move {
+            session
+                .execute(request)
+                .await
+                .map(|started| started.initial_response)
+        };
+        match interruptible(session, self.interrupts.as_mut(), observation).await {
+            Ok(response) => self.show(&response, started_at, max_tokens),
             Err(error) => self.error(&error.to_string()),
         }
     }
@@ -161,7 +206,8 @@ impl Repl {
                     None => self.yield_ms,
                 };
                 let started_at = Instant::now();
-                match self.session.wait(request).await {
+                let observation = self.session.wait(request);
+                match interruptible(&*self.session, self.interrupts.as_mut(), observation).await {
                     Ok(response) => self.show(&response, started_at, u64::MAX / 8),
                     Err(error) => self.error(&error.to_string()),
                 }

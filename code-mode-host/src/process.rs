@@ -220,7 +220,12 @@ pub(crate) async fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // A process group of its own: a Ctrl-C typed at the agent core's terminal goes to
+        // the terminal's foreground group, and must not kill the runtime under the
+        // sessions (the agent core decides what Ctrl-C means, e.g. `interrupt`). It still
+        // dies with its host (below) and ends at the end of its socket.
+        .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only calls `prctl`,
     // which is async-signal-safe; it allocates nothing and touches no locks.
     unsafe {

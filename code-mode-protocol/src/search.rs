@@ -306,8 +306,11 @@ fn search_arguments(input: Option<&JsonText>) -> Result<(String, usize), String>
 /// the set changes (compared by pointer first, then by content).
 #[derive(Debug, Default)]
 pub struct SearchCache {
-    last: Mutex<Option<(Arc<[ToolDefinition]>, Option<Arc<SearchableTools>>)>>,
+    last: Mutex<Option<CachedSet>>,
 }
+
+/// A tool set and its searchable form (`None`: nothing of it is deferred).
+type CachedSet = (Arc<[ToolDefinition]>, Option<Arc<SearchableTools>>);
 
 impl SearchCache {
     /// The searchable set for `tools`, or `None` when none of them is deferred.

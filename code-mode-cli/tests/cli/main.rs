@@ -230,6 +230,51 @@ fn run_reports_failures_with_json_and_exit_codes() {
 }
 
 #[test]
+fn repl_on_a_terminal_interrupts_with_ctrl_c_and_keeps_the_session() {
+    // Through a pseudo-terminal, in process and with a runtime process.
+    for flags in [&["--in-process"][..], &[][..]] {
+        let home = Scratch::new();
+        let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/drive_repl.py");
+        let output = Command::new("python3")
+            .arg(&driver)
+            .arg(BIN)
+            .arg(&home.0)
+            .args(flags)
+            .output()
+            .expect("python3 runs the pty driver");
+        assert!(
+            output.status.success(),
+            "{flags:?}: {}\n{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+        let seen: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("a JSON report");
+        let step = |name: &str| seen[name].as_str().unwrap_or_default().replace('\r', "");
+        assert!(step("store").contains("stored\nScript completed"), "{seen}");
+        // Ctrl-C stopped the spinning cell and the prompt came back.
+        assert!(
+            step("interrupt").contains("spinning\nScript terminated"),
+            "{flags:?}: {seen}"
+        );
+        assert!(step("load").contains("k is 42\nScript completed"), "{seen}");
+        assert!(
+            step("multiline").contains("x1\nx2\nScript completed"),
+            "{seen}"
+        );
+        // The cleared line never ran; the next one did.
+        let cleared = step("cleared");
+        assert!(
+            cleared.contains("fresh\nScript completed") && !cleared.contains("\nnever run"),
+            "{seen}"
+        );
+        assert_eq!(seen["exit_code"], 0, "{seen}");
+        let history = seen["history"].as_str().unwrap_or_default();
+        assert!(history.contains(r#"text("k is " + load("k"))"#), "{seen}");
+    }
+}
+
+#[test]
 fn repl_over_a_pipe_keeps_stored_values_and_follows_cells() {
     let input = "store('k', 41)\n\ntext(load('k') + 1)\n\n\
         text('a'); yield_control(); await new Promise((r) => setTimeout(r, 300)); text('b')\n\n\

@@ -1,0 +1,280 @@
+//! The REPL on a terminal: rustyline reads entries (editing, history, multi-line entries
+//! that continue until they are complete), and Ctrl-C is a key at the prompt and a signal
+//! while a cell runs (see [`super::interruptible`]).
+
+use super::{HELP, Repl};
+use crate::Failure;
+use rustyline::error::ReadlineError;
+use rustyline::history::DefaultHistory;
+use rustyline::validate::{ValidationContext, ValidationResult, Validator};
+use rustyline::{
+    Cmd, ConditionalEventHandler, Editor, Event, EventContext, EventHandler, KeyEvent, Movement,
+    RepeatCount,
+};
+use std::path::PathBuf;
+
+/// History entries kept in the history file.
+const HISTORY_SIZE: usize = 1000;
+
+/// Completes entries: an incomplete one continues on the next line.
+struct EntryHelper;
+
+impl rustyline::completion::Completer for EntryHelper {
+    type Candidate = String;
+}
+
+impl rustyline::hint::Hinter for EntryHelper {
+    type Hint = String;
+}
+
+impl rustyline::highlight::Highlighter for EntryHelper {}
+
+impl Validator for EntryHelper {
+    fn validate(&self, context: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
+        Ok(if is_complete(context.input()) {
+            ValidationResult::Valid(None)
+        } else {
+            ValidationResult::Incomplete
+        })
+    }
+}
+
+impl rustyline::Helper for EntryHelper {}
+
+/// Ctrl-C at the prompt: clears an entry being typed; on an empty one, quits.
+struct CtrlC;
+
+impl ConditionalEventHandler for CtrlC {
+    fn handle(
+        &self,
+        _event: &Event,
+        _count: RepeatCount,
+        _positive: bool,
+        context: &EventContext<'_>,
+    ) -> Option<Cmd> {
+        Some(if context.line().is_empty() {
+            Cmd::Interrupt
+        } else {
+            Cmd::Kill(Movement::WholeBuffer)
+        })
+    }
+}
+
+/// `~/.code_mode_history`, when there is a home directory.
+fn history_file() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|home| !home.is_empty())
+        .map(|home| PathBuf::from(home).join(".code_mode_history"))
+}
+
+type LineEditor = Editor<EntryHelper, DefaultHistory>;
+
+/// Reads and runs entries until Ctrl-C at an empty prompt, Ctrl-D or `:quit`.
+#[allow(clippy::print_stderr, reason = "the REPL talks to its user on stderr")]
+pub(super) async fn run(repl: &mut Repl) -> Result<(), Failure> {
+    let config = rustyline::Config::builder()
+        .max_history_size(HISTORY_SIZE)
+        .map_err(|error| Failure::usage(error.to_string()))?
+        .auto_add_history(true)
+        .build();
+    let mut editor: LineEditor =
+        Editor::with_config(config).map_err(|error| Failure::usage(error.to_string()))?;
+    editor.set_helper(Some(EntryHelper));
+    editor.bind_sequence(
+        KeyEvent::ctrl('C'),
+        EventHandler::Conditional(Box::new(CtrlC)),
+    );
+    let history = history_file();
+    if let Some(path) = &history {
+        // A missing or unreadable history file just means no history yet.
+        let _ = editor.load_history(path);
+    }
+    // From now on Ctrl-C is ours: while a cell runs it interrupts the session's cells.
+    repl.interrupts = Some(
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|error| Failure::usage(format!("cannot handle Ctrl-C: {error}")))?,
+    );
+    eprintln!("code-mode repl: {HELP}");
+    let mut editor = Some(editor);
+    loop {
+        let mut taken = editor.take().expect("the editor is back after each line");
+        // rustyline blocks: read on a blocking thread, the session's tasks keep running.
+        let (returned, line) = tokio::task::spawn_blocking(move || {
+            let line = taken.readline("code-mode> ");
+            (taken, line)
+        })
+        .await
+        .map_err(|error| Failure::usage(format!("the line editor failed: {error}")))?;
+        editor = Some(returned);
+        let entry = match line {
+            Ok(entry) => entry,
+            Err(ReadlineError::Interrupted | ReadlineError::Eof) => break,
+            Err(error) => return Err(Failure::usage(format!("cannot read input: {error}"))),
+        };
+        let trimmed = entry.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if trimmed.starts_with(':') {
+            if !repl.command(trimmed).await {
+                break;
+            }
+        } else {
+            repl.run_entry(&entry).await;
+        }
+    }
+    if let (Some(path), Some(editor)) = (&history, editor.as_mut())
+        && let Err(error) = editor.save_history(path)
+    {
+        tracing::debug!(
+            "the REPL history was not saved to {}: {error}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `source` is a complete entry: no bracket, string, template literal or block
+/// comment left open, and no line continuation or trailing operator that asks for more.
+/// Commands (`:wait 1`) are always complete. A heuristic, as node's REPL has one: a regular
+/// expression literal is read as division, which only matters when it holds a quote or a
+/// bracket; such an entry can still be finished by closing what the reader thinks is open.
+pub(super) fn is_complete(source: &str) -> bool {
+    let trimmed = source.trim();
+    if trimmed.is_empty() || trimmed.starts_with(':') {
+        return true;
+    }
+    let mut open: Vec<char> = Vec::new();
+    let mut characters = source.chars().peekable();
+    while let Some(character) = characters.next() {
+        match character {
+            '/' if characters.peek() == Some(&'/') => {
+                // A line comment runs to the end of its line.
+                for next in characters.by_ref() {
+                    if next == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if characters.peek() == Some(&'*') => {
+                characters.next();
+                let mut closed = false;
+                let mut previous = '\0';
+                for next in characters.by_ref() {
+                    if previous == '*' && next == '/' {
+                        closed = true;
+                        break;
+                    }
+                    previous = next;
+                }
+                if !closed {
+                    return false;
+                }
+            }
+            '"' | '\'' => {
+                let mut closed = false;
+                while let Some(next) = characters.next() {
+                    match next {
+                        '\\' => {
+                            characters.next();
+                        }
+                        '\n' => break,
+                        quote if quote == character => {
+                            closed = true;
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                if !closed {
+                    return false;
+                }
+            }
+            '`' => open.push('`'),
+            '(' | '[' | '{' => open.push(character),
+            ')' | ']' | '}' => {
+                // A stray closer is a syntax error V8 reports better: the entry is done.
+                open.pop();
+            }
+            _ => {}
+        }
+        // Inside a template literal, only its end and `${` matter.
+        while open.last() == Some(&'`') {
+            let mut ended = false;
+            while let Some(next) = characters.next() {
+                match next {
+                    '\\' => {
+                        characters.next();
+                    }
+                    '`' => {
+                        open.pop();
+                        ended = true;
+                        break;
+                    }
+                    '$' if characters.peek() == Some(&'{') => {
+                        characters.next();
+                        open.push('{');
+                        ended = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if !ended {
+                return false;
+            }
+        }
+    }
+    if !open.is_empty() {
+        return false;
+    }
+    let last_line = trimmed.lines().last().unwrap_or_default().trim_end();
+    if last_line.ends_with('\\') {
+        return false;
+    }
+    // `a +` and `x =` ask for more; `i++` and `=>`-less closers do not.
+    let ends_with_operator = [
+        '+', '-', '*', '/', '%', '=', '&', '|', '^', '!', '<', '>', '?', ':', ',', '.',
+    ]
+    .iter()
+    .any(|operator| last_line.ends_with(*operator));
+    !ends_with_operator || last_line.ends_with("++") || last_line.ends_with("--")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_complete;
+
+    #[test]
+    fn complete_entries_run_and_open_ones_continue() {
+        for complete in [
+            "text(1)",
+            "store('k', 42); text(load('k'))",
+            "for (let i = 0; i < 3; i++) text(i)",
+            "const s = `a ${1 + 2} b`; text(s)",
+            "text('a // not a comment')",
+            "text(1) // a comment (",
+            "/* done */ text(2)",
+            "i++",
+            ":wait 1",
+            "text(\"}\")",
+        ] {
+            assert!(is_complete(complete), "{complete:?} is complete");
+        }
+        for open in [
+            "for (const x of [1, 2]) {",
+            "text(",
+            "const s = `a ${",
+            "const s = `line",
+            "/* still",
+            "text('unterminated",
+            "const x = 1 +",
+            "const y =",
+            "tools.echo({ a: 1 })\n  .then((r) =>",
+            "text(1) \\",
+            "[1, 2,",
+        ] {
+            assert!(!is_complete(open), "{open:?} is open");
+        }
+    }
+}
