@@ -11,14 +11,16 @@
 //!   that collects its result, next to the same cell without the yield (`exec_plain`);
 //! - `baseline`: a round trip over a Unix socket pair between two blocked threads, the
 //!   floor any cross-process hop pays on the machine;
-//! - `typescript`: stripping the types of a 2 KB and a 50 KB TypeScript cell.
+//! - `typescript`: stripping the types of a 2 KB and a 50 KB TypeScript cell;
+//! - `tool_search`: the BM25 index behind `tools.tool_search` over 10 000 deferred tools:
+//!   building it (once per tool set) and answering one query.
 //!
 //! ```text
 //! cargo build --release -p code-mode-bin && cargo bench --bench criterion
 //! ```
 
 mod support;
-use support::{EchoTools, tools};
+use support::{EchoTools, tools, tools_for};
 
 use bytes::BytesMut;
 use code_mode::InProcessSession;
@@ -412,9 +414,39 @@ fn typescript(c: &mut Criterion) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// tool_search
+// ---------------------------------------------------------------------------------------
+
+fn tool_search(c: &mut Criterion) {
+    use code_mode_protocol::search::SearchableTools;
+    let set = tools_for("10000d");
+    let mut group = c.benchmark_group("tool_search");
+    group.bench_function("build_index_10000_deferred", |b| {
+        b.iter(|| black_box(SearchableTools::build(black_box(&set))));
+    });
+    let searchable = SearchableTools::build(&set).expect("deferred tools");
+    let queries = [
+        r#"{"query":"what is the weather in paris"}"#,
+        r#"{"query":"create an invoice"}"#,
+        r#"{"query":"list calendar events","limit":3}"#,
+        r#"{"query":"send a message to a user"}"#,
+        r#"{"query":"update ticket"}"#,
+    ]
+    .map(|query| JsonText::new(query.to_owned()));
+    let mut next = 0;
+    group.bench_function("query_10000_deferred", |b| {
+        b.iter(|| {
+            next = (next + 1) % queries.len();
+            black_box(searchable.answer(Some(&queries[next])).expect("an answer"))
+        });
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(4));
-    targets = frames, sessions, baseline, typescript
+    targets = frames, sessions, baseline, typescript, tool_search
 }
 criterion_main!(benches);

@@ -4,8 +4,8 @@
 use super::*;
 
 /// One sample, run in a child process; prints `key=value` pairs on stdout.
-pub(crate) async fn child(transport: &str, tool_count: usize, warm_iterations: usize) {
-    let tools = tools(tool_count);
+pub(crate) async fn child(transport: &str, tool_spec: &str, warm_iterations: usize) {
+    let tools = tools_for(tool_spec);
     let request = || ExecRequest::new(trivial_source()).with_tools(Arc::clone(&tools));
     let subject = Subject::open(transport, Arc::new(EchoTools), 1).await;
     let session = &subject.sessions[0];
@@ -62,6 +62,32 @@ pub(crate) async fn child(transport: &str, tool_count: usize, warm_iterations: u
     let started = Instant::now();
     session.execute(round_trips).await.expect("round-trip exec");
     let round_trip = started.elapsed().as_nanos() / u128::from(ROUND_TRIPS);
+    // With deferred tools: `tools.tool_search` as a cell sees it, per call (a round trip
+    // to the session, which answers from its index).
+    let search = if tools.iter().any(|tool| tool.deferred) {
+        let searches = ExecRequest::new(format!(
+            "const queries = ['weather in paris', 'create an invoice', 'list calendar events', 'send a message', 'update ticket 7'];
+            for (let i = 0; i < {ROUND_TRIPS}; i++) await tools.tool_search({{ query: queries[i % queries.length] }});
+            text('done');"
+        ))
+        .with_tools(Arc::clone(&tools));
+        // Once to build the index (once per tool set), then timed.
+        session
+            .execute(searches.clone())
+            .await
+            .expect("search exec");
+        let started = Instant::now();
+        let response = session.execute(searches).await.expect("search exec");
+        assert_eq!(
+            response.initial_response.content_items()[0].as_text(),
+            Some("done"),
+            "the searches ran: {:?}",
+            response.initial_response
+        );
+        started.elapsed().as_nanos() / u128::from(ROUND_TRIPS)
+    } else {
+        0
+    };
     subject.shutdown().await;
     let join = |times: &[u128]| {
         times
@@ -76,7 +102,7 @@ pub(crate) async fn child(transport: &str, tool_count: usize, warm_iterations: u
     )]
     {
         println!(
-            "cold_ns={} spawn_ns={} rss_delta_kib={} round_trip_ns={round_trip} warm_ns={} paced_ns={} js_ns={} ts_ns={}",
+            "cold_ns={} spawn_ns={} rss_delta_kib={} round_trip_ns={round_trip} search_ns={search} warm_ns={} paced_ns={} js_ns={} ts_ns={}",
             cold.as_nanos(),
             spawn.map_or(0, |spawn| spawn.as_nanos()),
             rss_after_cold.saturating_sub(rss_before),

@@ -1,5 +1,7 @@
 //! `exec_overhead`: what one `exec` of a trivial cell costs, cold and warm, in process and
-//! over IPC, with 0, 32 and 128 tools enabled.
+//! over IPC, with 0, 32 and 128 tools enabled, or with deferred tools (`--tool-counts
+//! 0,1000d,10000d`: `d` marks a count of deferred tools, with a `tool_search` row: one
+//! `tools.tool_search` call as a cell sees it).
 //!
 //! ```text
 //! cargo bench --bench exec_overhead -- --samples 30 --warm-iterations 25 --tool-counts 0,32,128 --transport both
@@ -62,7 +64,7 @@ use children::*;
 use hops::*;
 use sources::*;
 use subject::*;
-use support::{EchoTools, tools};
+use support::{EchoTools, tools, tools_for};
 use tables::*;
 
 use code_mode::{InProcessConfig, InProcessProvider};
@@ -119,7 +121,8 @@ const COLD_PAUSE: Duration = Duration::from_millis(250);
 pub(crate) struct Options {
     pub(crate) samples: usize,
     pub(crate) warm_iterations: usize,
-    pub(crate) tool_counts: Vec<usize>,
+    /// `128`, or `1000d` for deferred tools.
+    pub(crate) tool_counts: Vec<String>,
     pub(crate) transports: Vec<&'static str>,
     pub(crate) sections: Vec<String>,
     pub(crate) sessions: Vec<usize>,
@@ -131,7 +134,7 @@ fn parse_options(args: &[String]) -> Options {
     let mut options = Options {
         samples: 30,
         warm_iterations: 25,
-        tool_counts: vec![0, 32, 128],
+        tool_counts: ["0", "32", "128"].map(str::to_owned).to_vec(),
         transports: vec!["in-process", "ipc"],
         sections: vec!["table".into(), "throughput".into(), "idle".into()],
         sessions: vec![1, 8],
@@ -147,7 +150,14 @@ fn parse_options(args: &[String]) -> Options {
                 options.warm_iterations = value().parse().unwrap_or(options.warm_iterations);
             }
             "--tool-counts" => {
-                options.tool_counts = value().split(',').filter_map(|n| n.parse().ok()).collect();
+                options.tool_counts = value()
+                    .split(',')
+                    .filter(|spec| {
+                        let count = spec.strip_suffix('d').unwrap_or(spec);
+                        count.parse::<usize>().is_ok()
+                    })
+                    .map(str::to_owned)
+                    .collect();
             }
             "--transport" => {
                 // A comma-separated list; `both` is in-process and ipc, `all` adds their
@@ -218,7 +228,10 @@ fn main() {
                 .unwrap_or(default)
         };
         match mode {
-            "--child" => runtime.block_on(child(&transport, number(2, 0), number(3, 25))),
+            "--child" => {
+                let spec = args.get(2).cloned().unwrap_or_else(|| "0".to_owned());
+                runtime.block_on(child(&transport, &spec, number(3, 25)));
+            }
             "--child-throughput" => {
                 let secs = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(3.0);
                 runtime.block_on(throughput_child(&transport, number(2, 1), secs));

@@ -6,6 +6,8 @@ pub(crate) struct Sample {
     pub(crate) cold: u128,
     pub(crate) spawn: u128,
     pub(crate) round_trip: u128,
+    /// One `tools.tool_search` call; 0 without deferred tools.
+    pub(crate) search: u128,
     pub(crate) rss_delta_kib: u64,
     pub(crate) warm: Vec<u128>,
     pub(crate) paced: Vec<u128>,
@@ -31,6 +33,7 @@ pub(crate) fn parse_sample(line: &str) -> Option<Sample> {
         cold: one("cold_ns")?,
         spawn: one("spawn_ns")?,
         round_trip: one("round_trip_ns")?,
+        search: one("search_ns")?,
         rss_delta_kib: u64::try_from(one("rss_delta_kib")?).ok()?,
         warm: pairs.get("warm_ns")?.clone(),
         paced: pairs.get("paced_ns")?.clone(),
@@ -58,7 +61,7 @@ pub(crate) fn format_duration(nanos: u128) -> String {
 #[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
 pub(crate) fn exec_table(options: &Options) {
     println!(
-        "{:<16} {:<10} {:>5} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<16} {:<10} {:>6} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "scenario",
         "transport",
         "tools",
@@ -72,13 +75,13 @@ pub(crate) fn exec_table(options: &Options) {
         "rssΔ max"
     );
     for transport in &options.transports {
-        for &tool_count in &options.tool_counts {
+        for tool_count in &options.tool_counts {
             let samples: Vec<Sample> = (0..options.samples)
                 .map(|_| {
                     let line = run_child(&[
                         "--child".to_owned(),
                         (*transport).to_owned(),
-                        tool_count.to_string(),
+                        tool_count.clone(),
                         options.warm_iterations.to_string(),
                     ]);
                     parse_sample(&line)
@@ -128,6 +131,14 @@ pub(crate) fn exec_table(options: &Options) {
                     0,
                 ),
             ];
+            if tool_count.ends_with('d') {
+                rows.push((
+                    "tool_search",
+                    samples.iter().map(|s| s.search).collect(),
+                    ROUND_TRIPS as usize,
+                    1,
+                ));
+            }
             if transport.starts_with("ipc") || *transport == "tcp-tls" {
                 rows.insert(
                     0,
@@ -152,7 +163,7 @@ pub(crate) fn exec_table(options: &Options) {
                 times.sort_unstable();
                 let mean = times.iter().sum::<u128>() / times.len().max(1) as u128;
                 println!(
-                    "{:<16} {:<10} {:>5} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    "{:<16} {:<10} {:>6} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
                     scenario,
                     transport,
                     tool_count,
