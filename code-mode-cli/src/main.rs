@@ -347,10 +347,15 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
                 .await
                 .map_err(|error| Failure::usage(error.to_string()))?;
             let descriptions = tools.descriptions();
+            let unavailable = tools.unavailable();
             tools.stop().await;
+            let catalog = code_mode_protocol::surface::Catalog {
+                tools: &descriptions,
+                unavailable: &unavailable,
+            };
             if json {
                 let specs = serde_json::json!([
-                    code_mode_protocol::surface::exec_tool_spec(&descriptions).to_json(),
+                    code_mode_protocol::surface::exec_tool_spec_of(catalog).to_json(),
                     code_mode_protocol::surface::wait_tool_spec().to_json(),
                 ]);
                 println!(
@@ -360,7 +365,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             } else {
                 print!(
                     "{}",
-                    code_mode_protocol::surface::exec_description(&descriptions)
+                    code_mode_protocol::surface::exec_description_of(catalog)
                 );
             }
             Ok(())

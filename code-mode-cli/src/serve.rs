@@ -21,7 +21,7 @@ use crate::session::{RuntimeArgs, Sessions};
 use crate::tools::ToolSet;
 use code_mode_protocol::surface::json::reply_json;
 use code_mode_protocol::surface::{
-    ToolDescription, exec_description, exec_tool_spec, wait_tool_spec,
+    Catalog, ToolDescription, exec_description_of, exec_tool_spec_of, wait_tool_spec,
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -424,9 +424,14 @@ impl Server {
         let mut tools: Vec<ToolDescription> =
             given.tools.iter().map(ToolParams::description).collect();
         tools.extend(self.tools.descriptions());
+        let unavailable = self.tools.unavailable();
+        let catalog = Catalog {
+            tools: &tools,
+            unavailable: &unavailable,
+        };
         Ok(json!({
-            "description": exec_description(&tools),
-            "tools": [exec_tool_spec(&tools).to_json(), wait_tool_spec().to_json()],
+            "description": exec_description_of(catalog),
+            "tools": [exec_tool_spec_of(catalog).to_json(), wait_tool_spec().to_json()],
         }))
     }
 

@@ -8,7 +8,7 @@
 
 use super::line_cap::LineCap;
 use code_mode_protocol::ToolKind;
-use code_mode_protocol::surface::ToolDescription;
+use code_mode_protocol::surface::{ToolDescription, UnavailableSource};
 use code_mode_protocol::sync::lock;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, Tool,
@@ -158,6 +158,8 @@ pub struct McpServer {
     stopping: CancellationToken,
     /// Called after the tool list changed (`code-mode mcp` tells its clients).
     on_change: Arc<dyn Fn() + Send + Sync>,
+    /// Why the last start failed, until a start succeeds: the server is unavailable.
+    down: Mutex<Option<String>>,
 }
 
 /// rmcp's client handler: our identity, and the notifications a server sends.
@@ -250,6 +252,7 @@ impl McpServer {
             relisting: tokio::sync::Mutex::new(0),
             stopping: CancellationToken::new(),
             on_change,
+            down: Mutex::new(None),
         })
     }
 
@@ -441,9 +444,11 @@ impl McpServer {
                 link.failures = 0;
                 link.retry_at = None;
                 link.generation += 1;
+                *lock(&self.down) = None;
                 Ok((peer, link.generation))
             }
             Err(error) => {
+                *lock(&self.down) = Some(error.clone());
                 link.failures += 1;
                 let backoff = FIRST_RESTART_BACKOFF
                     .saturating_mul(1 << (link.failures - 1).min(16))
@@ -675,6 +680,24 @@ impl McpSources {
     /// The full name of a server's tool.
     pub fn tool_name(server: &str, tool: &str) -> String {
         format!("{MCP_TOOL_PREFIX}{server}__{tool}")
+    }
+
+    /// The servers whose last start failed, with the failure: their tools are missing
+    /// until a start in the background succeeds.
+    pub fn unavailable(&self) -> Vec<UnavailableSource> {
+        self.servers
+            .iter()
+            .filter_map(|server| {
+                let reason = lock(&server.down).clone()?;
+                let name = format!("MCP server `{}`", server.config.name);
+                // The failure names the server first; the description names it already.
+                let reason = reason
+                    .strip_prefix(&name)
+                    .map_or(reason.as_str(), str::trim_start)
+                    .to_owned();
+                Some(UnavailableSource { name, reason })
+            })
+            .collect()
     }
 
     /// Every exposed tool, server by server in configuration order, each server's tools

@@ -14,8 +14,8 @@ use crate::Failure;
 use crate::session::Sessions;
 use crate::tools::{CliDelegate, NotificationSink, ToolSet};
 use code_mode_protocol::surface::{
-    EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, exec_code_argument_description, format_response,
-    parse_exec_source, parse_wait_arguments, wait_tool_spec,
+    Catalog, EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, exec_code_argument_description_of,
+    format_response, parse_exec_source, parse_wait_arguments, wait_tool_spec,
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -63,7 +63,11 @@ pub(super) struct Shared {
 impl Shared {
     /// The two tools, `exec`'s description built from the nested tools as they are now.
     fn tool_list(&self) -> Vec<Tool> {
-        let description = exec_code_argument_description(&self.tools.descriptions());
+        let (tools, unavailable) = (self.tools.descriptions(), self.tools.unavailable());
+        let description = exec_code_argument_description_of(Catalog {
+            tools: &tools,
+            unavailable: &unavailable,
+        });
         let exec_schema = json!({
             "type": "object",
             "properties": {

@@ -32,7 +32,7 @@ mod file;
 
 use crate::mcp::client::{McpServerConfig, McpSources};
 use builtins::{exec_command, list_dir, read_file, write_file};
-use code_mode_protocol::surface::ToolDescription;
+use code_mode_protocol::surface::{ToolDescription, UnavailableSource};
 use code_mode_protocol::{
     BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition,
     ToolError, ToolKind, js_tool_name,
@@ -298,6 +298,15 @@ impl ToolSet {
                 fresh
             })
             .collect()
+    }
+
+    /// The tool sources that are down now (MCP servers whose last start failed), for the
+    /// exec description.
+    pub fn unavailable(&self) -> Vec<UnavailableSource> {
+        self.mcp
+            .as_ref()
+            .map(|mcp| mcp.unavailable())
+            .unwrap_or_default()
     }
 
     /// Waits for MCP tool lists that changed to be listed again: call before taking the

@@ -188,6 +188,57 @@ fn cells_call_mcp_tools_and_bad_servers_do_not_stop_the_good_ones() {
 }
 
 #[test]
+fn describe_names_the_servers_that_are_down_and_why() {
+    let scratch = Scratch::new();
+    let tools = tools_file(
+        &scratch,
+        r#"
+[[mcp_server]]
+name = "fx"
+command = "FIXTURE"
+
+[[mcp_server]]
+name = "broken"
+command = ["FIXTURE", "--fail-start"]
+
+[[mcp_server]]
+name = "gone"
+command = "no-such-mcp-server-anywhere"
+args = ["--stdio"]
+deferred = true
+"#,
+    );
+    let output = code_mode(
+        &scratch.0,
+        &["describe", "--tools", tools.to_str().unwrap()],
+        "",
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let description = text(&output.stdout);
+    let (tools_part, down) = description
+        .split_once("\n## Unavailable tool sources\n")
+        .unwrap_or_else(|| panic!("no unavailable section: {description}"));
+    // The good server's tools are declared; the bad ones are named with their reasons.
+    assert!(
+        tools_part.contains("mcp__fx__echo(args: {"),
+        "{description}"
+    );
+    let lines: Vec<&str> = down.lines().skip(1).collect();
+    assert!(
+        lines[0].starts_with("- MCP server `broken`: failed to initialize")
+            && lines[0].ends_with(
+                "the end of its stderr: fixture: refusing to start (missing FIXTURE_TOKEN)"
+            ),
+        "{description}"
+    );
+    assert_eq!(
+        lines[1],
+        "- MCP server `gone`: could not be started: command `no-such-mcp-server-anywhere` was not found",
+        "{description}"
+    );
+}
+
+#[test]
 fn a_server_that_dies_mid_call_fails_the_call_and_starts_again() {
     let scratch = Scratch::new();
     let tools = one_fixture(&scratch);

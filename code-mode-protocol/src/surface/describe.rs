@@ -90,20 +90,61 @@ const RAW_INPUT_BULLET: &str =
 const CODE_ARGUMENT_BULLET: &str =
     "- The `code` argument is the JavaScript source text: not a fenced code block.";
 
+/// A source of tools (e.g. an MCP server) that is down: its tools cannot be called, and
+/// the model is told why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnavailableSource {
+    /// What the source is, as the model reads it: "MCP server `github`".
+    pub name: String,
+    /// Why it is down (shown on one line, cut at 400 bytes).
+    pub reason: String,
+}
+
+/// What `exec`'s description describes: the tools, and the tool sources that are down.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Catalog<'a> {
+    pub tools: &'a [ToolDescription],
+    pub unavailable: &'a [UnavailableSource],
+}
+
+impl<'a> Catalog<'a> {
+    /// The tools, with every source available.
+    pub fn of(tools: &'a [ToolDescription]) -> Self {
+        Self {
+            tools,
+            unavailable: &[],
+        }
+    }
+}
+
 /// Builds `exec`'s description for these tools (deferred ones included: they are only
 /// mentioned, not declared).
 pub fn exec_description(tools: &[ToolDescription]) -> String {
-    describe_exec(INTRODUCTION, tools)
+    exec_description_of(Catalog::of(tools))
+}
+
+/// [`exec_description`] that also names the tool sources that are down, and why.
+pub fn exec_description_of(catalog: Catalog<'_>) -> String {
+    describe_exec(INTRODUCTION, catalog)
 }
 
 /// `exec`'s description for an `exec` tool whose input is a JSON object with the source in
 /// `code` (`code-mode mcp`); the rest is [`exec_description`]'s.
 pub fn exec_code_argument_description(tools: &[ToolDescription]) -> String {
-    let introduction = INTRODUCTION.replacen(RAW_INPUT_BULLET, CODE_ARGUMENT_BULLET, 1);
-    describe_exec(&introduction, tools)
+    exec_code_argument_description_of(Catalog::of(tools))
 }
 
-fn describe_exec(introduction: &str, tools: &[ToolDescription]) -> String {
+/// [`exec_code_argument_description`] that also names the tool sources that are down.
+pub fn exec_code_argument_description_of(catalog: Catalog<'_>) -> String {
+    let introduction = INTRODUCTION.replacen(RAW_INPUT_BULLET, CODE_ARGUMENT_BULLET, 1);
+    describe_exec(&introduction, catalog)
+}
+
+/// The longest reason shown for a source that is down, in bytes.
+const REASON_MAX_BYTES: usize = 400;
+
+fn describe_exec(introduction: &str, catalog: Catalog<'_>) -> String {
+    let tools = catalog.tools;
     let mut out = String::new();
     out.push_str(introduction);
     out.push_str("\n\n");
@@ -149,6 +190,30 @@ fn describe_exec(introduction: &str, tools: &[ToolDescription]) -> String {
         out.push_str(&format!(
             "\n### `{TOOL_SEARCH_NAME}`\n{count} available but not declared here. Find them with `tools.{TOOL_SEARCH_NAME}`: it ranks them against your query (words of a tool's name, server, description or parameters) and returns the best matches, each with its declaration. Read the declaration, then call the tool as `tools[result.name](args)`.\n```ts\n{TOOL_SEARCH_DECLARATION}\n```\n"
         ));
+    }
+    if !catalog.unavailable.is_empty() {
+        out.push_str("\n## Unavailable tool sources\nThese are down, so their tools are missing above; they are tried again in the background, and their tools appear in a later script once they start:\n");
+        for source in catalog.unavailable {
+            // One line: the reason's lines joined (a server's failure ends with its stderr).
+            let reason = source
+                .reason
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let reason = reason.as_str();
+            let mut cut = reason.len().min(REASON_MAX_BYTES);
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let ellipsis = if cut < reason.len() { "…" } else { "" };
+            out.push_str(&format!(
+                "- {}: {}{ellipsis}\n",
+                source.name,
+                &reason[..cut]
+            ));
+        }
     }
     out
 }

@@ -11,10 +11,13 @@ pub mod pragma;
 pub mod specs;
 
 pub use declarations::schema_to_typescript;
-pub use describe::{ToolDescription, exec_code_argument_description, exec_description};
+pub use describe::{
+    Catalog, ToolDescription, UnavailableSource, exec_code_argument_description,
+    exec_code_argument_description_of, exec_description, exec_description_of,
+};
 pub use format::{BYTES_PER_TOKEN, format_response, status_line};
 pub use pragma::{DEFAULT_MAX_OUTPUT_TOKENS, ExecParseError, ParsedExec, parse_exec_source};
 pub use specs::{
-    EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, WaitArguments, exec_tool_spec, parse_wait_arguments,
-    wait_tool_spec,
+    EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, WaitArguments, exec_tool_spec, exec_tool_spec_of,
+    parse_wait_arguments, wait_tool_spec,
 };

@@ -2,7 +2,7 @@
 //! function tool), as tool specs an agent core hands to its model API, and the parser of
 //! `wait`'s arguments.
 
-use super::describe::{ToolDescription, exec_description};
+use super::describe::{Catalog, ToolDescription, exec_description_of};
 use crate::ids::CellId;
 use crate::session::DEFAULT_YIELD_TIME_MS;
 use serde_json::{Value, json};
@@ -64,9 +64,14 @@ impl ToolSpec {
 
 /// The `exec` tool, its description built from the enabled tools.
 pub fn exec_tool_spec(tools: &[ToolDescription]) -> ToolSpec {
+    exec_tool_spec_of(Catalog::of(tools))
+}
+
+/// The `exec` tool, its description naming the tool sources that are down.
+pub fn exec_tool_spec_of(catalog: Catalog<'_>) -> ToolSpec {
     ToolSpec::Freeform {
         name: EXEC_TOOL_NAME.to_owned(),
-        description: exec_description(tools),
+        description: exec_description_of(catalog),
     }
 }
 

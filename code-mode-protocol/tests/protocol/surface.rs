@@ -523,3 +523,38 @@ fn a_definition_carries_the_declaration_and_the_deferred_flag() {
         "```ts\ndeclare const tools: {\n  bare(args?: unknown): Promise<unknown>;\n};\n```"
     );
 }
+
+#[test]
+fn the_exec_description_names_unavailable_sources_on_one_line_each() {
+    use code_mode_protocol::surface::{Catalog, UnavailableSource, exec_description_of};
+    let unavailable = [
+        UnavailableSource {
+            name: "MCP server `github`".into(),
+            reason: "failed to initialize; the end of its stderr:\nno token\n".into(),
+        },
+        UnavailableSource {
+            name: "MCP server `chatty`".into(),
+            reason: "é".repeat(300),
+        },
+    ];
+    let description = exec_description_of(Catalog {
+        tools: &[],
+        unavailable: &unavailable,
+    });
+    let section = description
+        .split_once("\n## Unavailable tool sources\n")
+        .map(|(_, section)| section)
+        .expect("the section");
+    let lines: Vec<&str> = section.lines().skip(1).collect();
+    assert_eq!(
+        lines[0],
+        "- MCP server `github`: failed to initialize; the end of its stderr: no token"
+    );
+    assert_eq!(
+        lines[1],
+        format!("- MCP server `chatty`: {}…", "é".repeat(200))
+    );
+    assert_eq!(lines.len(), 2);
+    // Without unavailable sources there is no section.
+    assert!(!exec_description_of(Catalog::of(&[])).contains("Unavailable"));
+}
