@@ -7,14 +7,25 @@
 //!   thread before it waits, off the critical path;
 //! - before that, [`reset`] runs with termination requested and the earlier cell's state
 //!   marked stopped: leftover microtasks are dropped by a checkpoint that terminates at
-//!   once, a full collection frees the earlier context (its `FinalizationRegistry`
-//!   objects and `WeakRef`s with it), the platform's pending tasks (finalization cleanup)
-//!   run and are terminated at once, and objects kept alive for `WeakRef`s are released;
+//!   once, the platform's pending tasks (finalization cleanup the earlier cell had due)
+//!   run and are terminated at once, and objects kept alive for `WeakRef`s are released.
+//!   Nothing then references the earlier context: its `FinalizationRegistry` objects die
+//!   with the targets they watch, in whichever collection finds them (a registry that is
+//!   itself garbage is never scheduled for cleanup), and its `WeakRef`s are unreachable;
+//! - the reset forces no collection on the exec path (contract §7, issue 27): a cell that
+//!   allocated little leaves its garbage to V8's own schedule, and a parked isolate that
+//!   waits [`IDLE_COLLECT`] for the next cell collects it then ([`collect_idle`]), while
+//!   the session is idle. A cell that left the heap larger than [`REUSE_MAX_HEAP_BYTES`]
+//!   pays for one full collection before the decision;
 //! - helpers only act for the context of the cell that is running (`helpers::run_helper`),
 //!   so code of an earlier context that still ran could reach nothing;
 //! - an isolate is never reused after a termination, a heap or CPU limit, or when its heap
-//!   is still larger than [`REUSE_MAX_HEAP_BYTES`] after the collections; shelves belong to
-//!   one session and are never shared.
+//!   is still larger than [`REUSE_MAX_HEAP_BYTES`] after a full collection; shelves belong
+//!   to one session and are never shared.
+//!
+//! Full collections go through V8's critical memory-pressure notification, not its GC
+//! extension: the extension would declare a function on every context's global object
+//! (contract §8.6).
 
 use super::Job;
 use super::callbacks::HeapGuard;
@@ -24,6 +35,11 @@ use std::time::Duration;
 
 /// How long a parked isolate waits for its session's next cell before it is released.
 pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(30);
+
+/// How long a parked isolate waits for its session's next cell before it collects the
+/// earlier cells' garbage (once per parking): longer than back-to-back cells are apart,
+/// far shorter than a model's turn.
+pub(crate) const IDLE_COLLECT: Duration = Duration::from_millis(50);
 
 /// The most heap an isolate may still use after its cell and a full collection to be
 /// reused, in bytes. Above it the cell kept memory alive that a fresh isolate would not
@@ -88,12 +104,41 @@ impl IsolateShelf {
 /// A cell thread on a shelf.
 pub(crate) struct Parked(mpsc::Receiver<Job>);
 
+/// What a parked isolate waited for.
+pub(crate) enum Waited {
+    Job(Job),
+    /// Nobody came within the time given.
+    Idle,
+    /// The shelf was cleared (or dropped): the isolate is released.
+    Released,
+}
+
 impl Parked {
-    /// Waits for the session's next cell; `None` when nobody came within
-    /// [`IDLE_RELEASE`] or the shelf was cleared.
-    pub(crate) fn wait(self) -> Option<Job> {
-        self.0.recv_timeout(IDLE_RELEASE).ok()
+    /// Waits at most `patience` for the session's next cell.
+    pub(crate) fn wait(&self, patience: Duration) -> Waited {
+        match self.0.recv_timeout(patience) {
+            Ok(job) => Waited::Job(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => Waited::Idle,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Waited::Released,
+        }
     }
+}
+
+/// One full collection, at once, on this thread (see the module documentation), and the
+/// heap in use after it.
+pub(crate) fn collect(isolate: &mut v8::OwnedIsolate) -> usize {
+    // The critical level asks for one full collection now (a second only when the first
+    // freed more than 8 MiB); back to none at once, so the next cell's heap grows as usual.
+    isolate.memory_pressure_notification(v8::MemoryPressureLevel::Critical);
+    isolate.memory_pressure_notification(v8::MemoryPressureLevel::None);
+    isolate.get_heap_statistics().used_heap_size()
+}
+
+/// The collection of a parked isolate whose session is idle: frees the contexts of the
+/// earlier cells while nobody waits for the isolate.
+pub(crate) fn collect_idle(isolate: &mut v8::OwnedIsolate) {
+    let used = collect(isolate);
+    tracing::trace!(used, "idle isolate collected");
 }
 
 /// Makes an isolate whose cell ended ready for another: see the module documentation.
@@ -108,24 +153,20 @@ pub(crate) fn reset(isolate: &mut v8::OwnedIsolate, heap_guard: &HeapGuard) -> b
         // Leftover microtasks run into the termination at once and are dropped.
         scope.perform_microtask_checkpoint();
     }
-    // Objects kept alive for the earlier cell's `WeakRef`s go with the collection.
+    // Objects kept alive for the earlier cell's `WeakRef`s are let go.
     isolate.clear_kept_objects();
-    // One full collection frees the earlier context. V8 offers it without its GC
-    // extension (which would declare a function on every context's global, contract
-    // section 8.6) as a critical memory-pressure notification: one full collection on
-    // this thread, at once, and a second only when the first left more than 8 MiB of
-    // garbage. `low_memory_notification`, the other way, does several with compaction and
-    // empties the compilation cache: measured, it halves the cells per second a busy
-    // runtime serves. The level goes back to none at once, so the next cell's heap grows
-    // as usual.
-    isolate.memory_pressure_notification(v8::MemoryPressureLevel::Critical);
-    isolate.memory_pressure_notification(v8::MemoryPressureLevel::None);
+    // Garbage included: a cell that allocated little stays under the bar without a
+    // collection; one that allocated much pays for one before the decision (and before
+    // the pump below, so that cleanup it schedules runs into the termination too).
+    let mut used = isolate.get_heap_statistics().used_heap_size();
+    if used > REUSE_MAX_HEAP_BYTES {
+        used = collect(isolate);
+    }
     {
         let platform = crate::platform::platform();
         v8::scope!(let scope, isolate);
         while v8::Platform::pump_message_loop(platform, scope, false) {}
     }
     isolate.cancel_terminate_execution();
-    let used = isolate.get_heap_statistics().used_heap_size();
     !heap_guard.hit() && used <= REUSE_MAX_HEAP_BYTES
 }

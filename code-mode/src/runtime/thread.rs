@@ -162,9 +162,15 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
         code_mode_protocol::hop!("fresh context parked");
         // On the shelf: the owner's `join` returns, and the session's next cell can start.
         drop(done);
-        match parked.wait() {
-            Some(next) => job = next,
-            None => return,
+        // The earlier cells' garbage is collected once the session is idle a moment.
+        let mut next = parked.wait(super::reuse::IDLE_COLLECT);
+        if matches!(next, super::reuse::Waited::Idle) {
+            super::reuse::collect_idle(&mut prepared.isolate);
+            next = parked.wait(super::reuse::IDLE_RELEASE);
+        }
+        match next {
+            super::reuse::Waited::Job(next) => job = next,
+            super::reuse::Waited::Idle | super::reuse::Waited::Released => return,
         }
     }
 }
