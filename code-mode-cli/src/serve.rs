@@ -517,7 +517,7 @@ impl Server {
                     lock(&observations)
                         .insert((session.clone(), cell_id.clone()), Arc::clone(&token));
                     out.send(json!({
-                        "event": "admitted", "id": request, "session": session, "cell_id": cell_id,
+                        "event": "admitted", "request": request, "session": session, "cell_id": cell_id,
                     }));
                 });
                 CallHooks {

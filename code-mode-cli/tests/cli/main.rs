@@ -694,7 +694,7 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
         ),
         (
             vec!["run", "ok.js", "--tools", "unknown_field.toml"],
-            "code-mode: bad tools file unknown_field.toml: line 3, column 1: unknown field `comand`, expected one of `name`, `description`, `command`, `timeout_ms`, `cwd`, `kind`, `input_schema`, `output_schema`".into(),
+            "code-mode: bad tools file unknown_field.toml: line 3, column 1: unknown field `comand`, expected one of `name`, `description`, `command`, `timeout_ms`, `cwd`, `kind`, `input_schema`, `output_schema`, `deferred`".into(),
         ),
         (
             vec!["run", "ok.js", "--tools", "wrong_type.toml"],
@@ -777,7 +777,11 @@ fn serve_jsonl_admits_preempts_interrupts_and_searches_deferred_tools() {
         );
         let admitted = server.next();
         assert_eq!(
-            (&admitted["event"], &admitted["id"], &admitted["cell_id"]),
+            (
+                &admitted["event"],
+                &admitted["request"],
+                &admitted["cell_id"]
+            ),
             (&"admitted".into(), &1.into(), &"1".into()),
             "{admitted}"
         );

@@ -6,6 +6,7 @@
 //! puts it in an isolate slot; the helpers ([`super::helpers`]) find it there. Its own
 //! module so that neither of the two depends on the other for it.
 
+use super::helpers::DeferredNames;
 use super::{CellConfig, CellControl, CellEvent, CellLimits, StoredValues};
 use code_mode_protocol::CallId;
 use code_mode_protocol::{ContentItem, ToolDefinition};
@@ -43,6 +44,10 @@ pub(crate) struct CellState {
     /// The cell's context: helpers act only for code running in it (an isolate reused by
     /// the session's next cell may still hold an earlier cell's code).
     pub(crate) context: Option<v8::Global<v8::Context>>,
+    /// The cell's deferred tools by JavaScript name (contract §8.3), and the functions
+    /// created for those it used.
+    pub(crate) deferred: Option<Arc<DeferredNames>>,
+    pub(crate) deferred_functions: HashMap<usize, v8::Global<v8::Function>>,
 }
 
 pub(crate) type StateRef = Rc<RefCell<CellState>>;
@@ -71,6 +76,8 @@ impl CellState {
             output_bytes: 0,
             output_capped: false,
             context: None,
+            deferred: None,
+            deferred_functions: HashMap::new(),
         }
     }
 
@@ -179,6 +186,7 @@ impl CellState {
     pub(crate) fn release_handles(&mut self) {
         self.pending_calls.clear();
         self.timers.clear();
+        self.deferred_functions.clear();
         self.context = None;
     }
 }

@@ -334,3 +334,63 @@ fn the_settled_helpers_cannot_be_replaced() {
     "#);
     assert_eq!(r.ok_texts(), ["TypeError true TypeError function"]);
 }
+
+#[test]
+fn deferred_tools_are_found_by_name_and_listed_in_all_tools() {
+    use code_mode_protocol::{ToolDefinition, ToolKind};
+    let mut tools = crate::harness::default_tools();
+    tools.push(
+        ToolDefinition::new("mcp__far__echo", "Far away.", ToolKind::Function).with_deferred(true),
+    );
+    tools.push(
+        ToolDefinition::new("echo", "A second echo: shadowed.", ToolKind::Function)
+            .with_deferred(true),
+    );
+    for n in 0..2000 {
+        tools.push(
+            ToolDefinition::new(
+                format!("mcp__many__tool_{n}"),
+                format!("Tool {n}."),
+                ToolKind::Function,
+            )
+            .with_deferred(true),
+        );
+    }
+    let r = crate::harness::cell(
+        r#"
+        const far = tools.mcp__far__echo;
+        text([typeof far, far === tools.mcp__far__echo, far.name, "mcp__far__echo" in tools,
+              "nope" in tools, typeof tools.nope, Object.isFrozen(tools)].join(" "));
+        text(JSON.stringify(await far({ a: 1 })));
+        text(JSON.stringify(await tools["mcp__many__tool_1999"]("x")));
+        text(ALL_TOOLS.length + " " + Object.isFrozen(ALL_TOOLS) + " " + (ALL_TOOLS === ALL_TOOLS));
+        text(JSON.stringify(ALL_TOOLS.filter((t) => t.name === "echo" || t.name === "mcp__far__echo")));
+        let assigned;
+        try { ALL_TOOLS = []; assigned = "assigned"; } catch (e) { assigned = e.constructor.name; }
+        let redefined;
+        try { Object.defineProperty(Object.getPrototypeOf(tools), "mcp__far__echo", { value: 1 }); redefined = typeof tools.mcp__far__echo; } catch (e) { redefined = e.constructor.name; }
+        text(assigned + " " + redefined + " " + Reflect.ownKeys(globalThis).filter((k) => k === "ALL_TOOLS").length);
+        "#,
+    )
+    .tools(tools)
+    .answer(|call| {
+        Some(Ok(format!(
+            r#"{{"tool":"{}","input":{}}}"#,
+            call.name,
+            call.input.clone().unwrap_or_else(|| "null".to_owned())
+        )))
+    })
+    .run();
+    assert_eq!(r.error(), None, "{:?}", r.events);
+    assert_eq!(
+        r.ok_texts(),
+        [
+            "function true mcp__far__echo true false undefined true",
+            r#"{"tool":"mcp__far__echo","input":{"a":1}}"#,
+            r#"{"tool":"mcp__many__tool_1999","input":"x"}"#,
+            "2008 true true",
+            r#"[{"name":"echo","description":"Returns its input."},{"name":"mcp__far__echo","description":"Far away."}]"#,
+            "TypeError TypeError 1",
+        ]
+    );
+}

@@ -12,8 +12,7 @@
 use super::state::{StateRef, Timer};
 use super::values::{self, Json, JsonTextError, throw_string, v8_str};
 use super::{CellEvent, ToolCallRequest};
-use code_mode_protocol::{ContentItem, ToolDefinition, js_tool_name};
-use std::collections::HashSet;
+use code_mode_protocol::{ContentItem, js_tool_name};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 use v8::MapFnTo;
@@ -109,6 +108,9 @@ macro_rules! helper {
 
 mod media;
 mod settled;
+mod tools;
+
+pub(crate) use tools::{BuiltTools, DeferredNames, build_tools, define_tools};
 
 /// Reports an event, or [`Fail::Stopped`] if the cell stopped meanwhile.
 fn emit(state: &StateRef, event: CellEvent) -> HelperResult {
@@ -231,82 +233,6 @@ pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
     freeze(scope, console);
     define_constant(scope, global, "console", console.into());
     settled::install(scope, global);
-}
-
-/// The `tools` object and the `ALL_TOOLS` array of a cell with `tools`, built (frozen) in
-/// the current context and not yet reachable from JS: see [`define_tools`].
-pub(crate) struct BuiltTools {
-    pub(crate) tools: v8::Global<v8::Object>,
-    pub(crate) all_tools: v8::Global<v8::Array>,
-}
-
-/// Builds `tools` and `ALL_TOOLS` for `tools`. `prepared` holds tool functions created
-/// ahead for indices 0, 1, ...; the others are created here.
-pub(crate) fn build_tools(
-    scope: &mut v8::PinScope<'_, '_>,
-    tools: &[ToolDefinition],
-    prepared: &[v8::Global<v8::Function>],
-) -> BuiltTools {
-    // Objects are built with all their properties at once, then frozen: the same result
-    // as defining read-only properties one by one, at a fraction of the cost (this runs
-    // on every cell's critical path, for every enabled tool).
-    let object_prototype = v8::Object::new(scope)
-        .get_prototype(scope)
-        .unwrap_or_else(|| v8::null(scope).into());
-    let name_key: v8::Local<v8::Name> = v8_str(scope, "name").into();
-    let description_key: v8::Local<v8::Name> = v8_str(scope, "description").into();
-    let mut names: Vec<v8::Local<v8::Name>> = Vec::with_capacity(tools.len());
-    let mut functions: Vec<v8::Local<v8::Value>> = Vec::with_capacity(tools.len());
-    let mut entries: Vec<v8::Local<v8::Value>> = Vec::with_capacity(tools.len());
-    let mut bound = HashSet::new();
-    for (index, tool) in tools.iter().enumerate() {
-        let js_name = js_tool_name(&tool.name);
-        if !bound.insert(js_name.clone()) {
-            tracing::warn!(
-                tool = %tool.name,
-                js_name = %js_name,
-                "two tools share one JS name; only the first is callable"
-            );
-            continue;
-        }
-        let name = v8_str(scope, &js_name);
-        let function = match prepared.get(index) {
-            Some(function) => v8::Local::new(scope, function),
-            None => new_tool_function(scope, index),
-        };
-        function.set_name(name);
-        names.push(name.into());
-        functions.push(function.into());
-
-        let description = v8_str(scope, &tool.description).into();
-        let entry = v8::Object::with_prototype_and_properties(
-            scope,
-            object_prototype,
-            &[name_key, description_key],
-            &[name.into(), description],
-        );
-        freeze(scope, entry);
-        entries.push(entry.into());
-    }
-    let tools_object =
-        v8::Object::with_prototype_and_properties(scope, object_prototype, &names, &functions);
-    freeze(scope, tools_object);
-    let all_tools = v8::Array::new_with_elements(scope, &entries);
-    freeze(scope, all_tools.into());
-    BuiltTools {
-        tools: v8::Global::new(scope, tools_object),
-        all_tools: v8::Global::new(scope, all_tools),
-    }
-}
-
-/// Makes built tools the cell's `tools` and `ALL_TOOLS` (read-only globals).
-pub(crate) fn define_tools(scope: &mut v8::PinScope<'_, '_>, built: BuiltTools) {
-    let context = scope.get_current_context();
-    let global = context.global(scope);
-    let tools = v8::Local::new(scope, built.tools);
-    let all_tools = v8::Local::new(scope, built.all_tools);
-    define_constant(scope, global, "tools", tools.into());
-    define_constant(scope, global, "ALL_TOOLS", all_tools.into());
 }
 
 /// A tool's function: the tool helper bound to the tool's index (named later).
