@@ -419,13 +419,14 @@ fn typescript(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------
 
 fn tool_search(c: &mut Criterion) {
-    use code_mode_protocol::search::SearchableTools;
+    use code_mode_protocol::search::{SearchableTools, ToolIndex};
     let set = tools_for("10000d");
     let mut group = c.benchmark_group("tool_search");
     group.bench_function("build_index_10000_deferred", |b| {
-        b.iter(|| black_box(SearchableTools::build(black_box(&set))));
+        b.iter(|| black_box(ToolIndex::build(black_box(&set))));
     });
     let searchable = SearchableTools::build(&set).expect("deferred tools");
+    searchable.index();
     let queries = [
         r#"{"query":"what is the weather in paris"}"#,
         r#"{"query":"create an invoice"}"#,

@@ -223,12 +223,13 @@ pub fn tool_search_definition() -> ToolDefinition {
 }
 
 /// A tool set with deferred tools, as a cell gets it: the set plus `tool_search` (any tool
-/// of the set with that JavaScript name is left out), and the index that answers it.
+/// of the set with that JavaScript name is left out), and the index that answers it,
+/// built at the first search (never on an exec's path).
 #[derive(Debug)]
 pub struct SearchableTools {
     /// The set the cell enables.
     pub tools: Arc<[ToolDefinition]>,
-    pub index: ToolIndex,
+    index: std::sync::OnceLock<ToolIndex>,
 }
 
 impl SearchableTools {
@@ -248,19 +249,29 @@ impl SearchableTools {
             })
             .cloned()
             .collect();
-        let index = ToolIndex::build(&enabled);
         enabled.push(tool_search_definition());
         Some(Self {
             tools: enabled.into(),
-            index,
+            index: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Whether the index is built (a search then takes microseconds; the first one of a
+    /// large set builds it, which takes milliseconds).
+    pub fn is_indexed(&self) -> bool {
+        self.index.get().is_some()
+    }
+
+    /// The index of the deferred tools, built on first use.
+    pub fn index(&self) -> &ToolIndex {
+        self.index.get_or_init(|| ToolIndex::build(&self.tools))
     }
 
     /// Answers a `tool_search` call whose argument is `input` (JSON text, or none).
     pub fn answer(&self, input: Option<&JsonText>) -> Result<JsonText, ToolError> {
         let (query, limit) = search_arguments(input).map_err(ToolError::new)?;
         let tools: Vec<Value> = self
-            .index
+            .index()
             .search(&query, limit)
             .into_iter()
             .map(|hit| json!({ "name": hit.name, "description": hit.description }))

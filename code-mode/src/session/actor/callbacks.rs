@@ -99,11 +99,25 @@ impl CellActor {
         if call.name == TOOL_SEARCH_NAME
             && let Some(searchable) = &self.routing.searchable
         {
-            let result = searchable.answer(call.input.map(JsonText::new).as_ref());
-            let _ = self.internal_tx.send(Internal::ToolDone {
-                id: call_id,
-                result,
-            });
+            let input = call.input.map(JsonText::new);
+            if searchable.is_indexed() {
+                let result = searchable.answer(input.as_ref());
+                let _ = self.internal_tx.send(Internal::ToolDone {
+                    id: call_id,
+                    result,
+                });
+            } else {
+                // The set's first search builds its index: off the actor's task.
+                let searchable = Arc::clone(searchable);
+                let internal = self.internal_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = searchable.answer(input.as_ref());
+                    let _ = internal.send(Internal::ToolDone {
+                        id: call_id,
+                        result,
+                    });
+                });
+            }
             return;
         }
         // The argument stays the text V8 wrote; only a delegate that wants a value parses
