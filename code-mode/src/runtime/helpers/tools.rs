@@ -3,8 +3,8 @@
 //! Tools that are not deferred are own properties of the frozen `tools` object, built with
 //! all their properties at once. Deferred tools (there may be thousands) cost nothing per
 //! cell until a cell uses one: `tools`' prototype is an object whose named-property
-//! interceptor finds a deferred tool by its JavaScript name ([`DeferredNames`], built once
-//! per tool set and shared by every cell that uses it) and creates its function on first
+//! interceptor finds a deferred tool by its JavaScript name (the set's [`ToolTable`], worked
+//! out once per tool set and shared by every cell that uses it) and creates its function on first
 //! use (the same function afterwards), and `ALL_TOOLS` is a lazy data property, built
 //! when first read. A cell cannot tell either from eager ones: `tools.<name>` and
 //! `name in tools` find the tool, `ALL_TOOLS` lists every tool with its description.
@@ -16,46 +16,62 @@ use code_mode_protocol::{ToolDefinition, js_tool_name};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
-/// The deferred tools of one tool set by JavaScript name: the index of each tool's
-/// definition. A name an earlier tool of the set already has is left out (the first
-/// tool with a name is the callable one, as for eager tools).
+/// One tool set as a cell binds it, worked out once per set: the tools bound eagerly
+/// (index and JavaScript name) and the deferred tools by JavaScript name. A name an
+/// earlier tool of the set already has is left out (the first tool with a name is the
+/// callable one).
 #[derive(Debug, Default)]
-pub(crate) struct DeferredNames(HashMap<String, usize>);
+pub(crate) struct ToolTable {
+    eager: Vec<(usize, String)>,
+    deferred: HashMap<String, usize>,
+}
 
-/// How many tool sets' names are kept ([`deferred_names`]): a runtime serves a few.
-const KEPT_NAME_SETS: usize = 8;
+/// The deferred tools of a cell by JavaScript name (the part of a [`ToolTable`] the
+/// `tools` prototype looks names up in).
+pub(crate) type DeferredNames = ToolTable;
 
-/// The names of `tools`' deferred tools, `None` when none is deferred. Built once per tool
-/// set: sessions hand every cell of a set the same `Arc` (see `search::SearchCache`), so
-/// a set is found by its address while it lives.
-fn deferred_names(tools: &Arc<[ToolDefinition]>) -> Option<Arc<DeferredNames>> {
-    type Kept = Vec<(Weak<[ToolDefinition]>, Arc<DeferredNames>)>;
+/// How many tool sets' tables are kept ([`tool_table`]): a runtime serves a few.
+const KEPT_TABLES: usize = 8;
+
+/// The table of `tools`. Built once per tool set: sessions hand every cell of a set the
+/// same `Arc` (for deferred sets, see `search::SearchCache`), so a set is found by its
+/// address while it lives; a set of a few tools costs little to work out again.
+fn tool_table(tools: &Arc<[ToolDefinition]>) -> Arc<ToolTable> {
+    type Kept = Vec<(Weak<[ToolDefinition]>, Arc<ToolTable>)>;
     static KEPT: Mutex<Kept> = Mutex::new(Vec::new());
-    if !tools.iter().any(|tool| tool.deferred) {
-        return None;
-    }
-    let mut kept = lock(&KEPT);
-    kept.retain(|(set, _)| set.strong_count() > 0);
-    if let Some((_, names)) = kept
-        .iter()
-        .find(|(set, _)| std::ptr::addr_eq(set.as_ptr(), Arc::as_ptr(tools)))
     {
-        return Some(Arc::clone(names));
-    }
-    let mut seen = HashSet::new();
-    let mut names = HashMap::new();
-    for (index, tool) in tools.iter().enumerate() {
-        let js_name = js_tool_name(&tool.name);
-        if seen.insert(js_name.clone()) && tool.deferred {
-            names.insert(js_name, index);
+        let mut kept = lock(&KEPT);
+        kept.retain(|(set, _)| set.strong_count() > 0);
+        if let Some((_, table)) = kept
+            .iter()
+            .find(|(set, _)| std::ptr::addr_eq(set.as_ptr(), Arc::as_ptr(tools)))
+        {
+            return Arc::clone(table);
         }
     }
-    let names = Arc::new(DeferredNames(names));
-    if kept.len() >= KEPT_NAME_SETS {
+    let mut seen = HashSet::new();
+    let mut table = ToolTable::default();
+    for (index, tool) in tools.iter().enumerate() {
+        let js_name = js_tool_name(&tool.name);
+        if !seen.insert(js_name.clone()) {
+            tracing::warn!(
+                tool = %tool.name,
+                js_name = %js_name,
+                "two tools share one JS name; only the first is callable"
+            );
+        } else if tool.deferred {
+            table.deferred.insert(js_name, index);
+        } else {
+            table.eager.push((index, js_name));
+        }
+    }
+    let table = Arc::new(table);
+    let mut kept = lock(&KEPT);
+    if kept.len() >= KEPT_TABLES {
         kept.remove(0);
     }
-    kept.push((Arc::downgrade(tools), Arc::clone(&names)));
-    Some(names)
+    kept.push((Arc::downgrade(tools), Arc::clone(&table)));
+    table
 }
 
 /// The `tools` object and, unless it is lazy, the `ALL_TOOLS` array of a cell, built
@@ -118,35 +134,23 @@ pub(crate) fn build_tools(
     // Objects are built with all their properties at once, then frozen: the same result
     // as defining read-only properties one by one, at a fraction of the cost (this runs
     // on every cell's critical path, for every eager tool).
-    let deferred = deferred_names(tools);
+    let table = tool_table(tools);
+    let deferred = (!table.deferred.is_empty()).then(|| Arc::clone(&table));
     let parts = EntryParts::new(scope);
-    let mut names: Vec<v8::Local<v8::Name>> = Vec::with_capacity(tools.len());
-    let mut functions: Vec<v8::Local<v8::Value>> = Vec::with_capacity(tools.len());
+    let mut names: Vec<v8::Local<v8::Name>> = Vec::with_capacity(table.eager.len());
+    let mut functions: Vec<v8::Local<v8::Value>> = Vec::with_capacity(table.eager.len());
     let mut entries: Vec<v8::Local<v8::Value>> = Vec::new();
-    let mut bound = HashSet::new();
-    for (index, tool) in tools.iter().enumerate() {
-        let js_name = js_tool_name(&tool.name);
-        if !bound.insert(js_name.clone()) {
-            tracing::warn!(
-                tool = %tool.name,
-                js_name = %js_name,
-                "two tools share one JS name; only the first is callable"
-            );
-            continue;
-        }
-        if tool.deferred {
-            continue;
-        }
-        let name = v8_str(scope, &js_name);
-        let function = match prepared.get(index) {
+    for (index, js_name) in &table.eager {
+        let name = v8_str(scope, js_name);
+        let function = match prepared.get(*index) {
             Some(function) => v8::Local::new(scope, function),
-            None => new_tool_function(scope, index),
+            None => new_tool_function(scope, *index),
         };
         function.set_name(name);
         names.push(name.into());
         functions.push(function.into());
         if deferred.is_none() {
-            entries.push(parts.entry(scope, name.into(), &tool.description));
+            entries.push(parts.entry(scope, name.into(), &tools[*index].description));
         }
     }
     let prototype = match &deferred {
@@ -260,7 +264,7 @@ fn deferred_index(
 ) -> Option<(StateRef, usize)> {
     let state = own_state(scope)?;
     let key = key.to_rust_string_lossy(scope);
-    let index = *state.borrow().deferred.as_ref()?.0.get(&key)?;
+    let index = *state.borrow().deferred.as_ref()?.deferred.get(&key)?;
     Some((state, index))
 }
 
