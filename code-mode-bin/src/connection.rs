@@ -22,9 +22,11 @@ use code_mode_protocol::session::poll_once;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
-use code_mode_protocol::{AdmittedHook, CallHooks, CellId, CodeModeSession, SessionCall};
+use code_mode_protocol::{
+    AdmittedHook, CallHooks, CellId, CodeModeSession, SessionCall, ToolDefinition,
+};
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -107,20 +109,48 @@ struct Connection {
     requests: Mutex<HashMap<RequestId, InFlight>>,
     /// The sessions' delegates hold it weakly.
     delegate_calls: Arc<DelegateCalls>,
+    /// The tool sets the host registered, oldest first, at most [`RUNTIME_TOOL_SETS`].
+    /// Every exec of a set gets the same `Arc`, so what the runtime works out per set
+    /// (the search index, the cells' tool tables) is found by address.
+    tool_sets: Mutex<VecDeque<(ToolSetId, Arc<[ToolDefinition]>)>>,
 }
 
 impl Connection {
-    /// Runs one request: opens a session, or runs a call of one through the shared
-    /// adapter ([`SessionCall::run`]).
-    /// Runs request `id`; `preempt` fires when the host preempts it (an observation then
-    /// answers `Yielded` at once).
+    /// Runs request `request_id`: opens a session, registers a tool set, or runs a call of
+    /// a session through the shared adapter ([`SessionCall::run_with`]); `preempt` fires
+    /// when the host preempts it (an observation then answers `Yielded` at once).
     async fn dispatch(
         self: &Arc<Self>,
         request_id: RequestId,
         request: Request,
         preempt: CancellationToken,
     ) -> Result<Response, WireError> {
-        match request {
+        let (id, call) = match request {
+            Request::RegisterTools { tool_set, tools } => {
+                let mut sets = lock(&self.tool_sets);
+                sets.retain(|(known, _)| *known != tool_set);
+                if sets.len() >= RUNTIME_TOOL_SETS {
+                    sets.pop_front();
+                }
+                sets.push_back((tool_set, tools));
+                return Ok(Response::ToolsRegistered);
+            }
+            Request::SessionWithTools {
+                session,
+                tool_set,
+                mut call,
+            } => {
+                let tools = lock(&self.tool_sets)
+                    .iter()
+                    .find(|(known, _)| *known == tool_set)
+                    .map(|(_, tools)| Arc::clone(tools))
+                    .ok_or(WireError::UnknownToolSet(tool_set))?;
+                if let Some(request) = call.exec_request_mut() {
+                    request.tools = tools;
+                }
+                (session, call)
+            }
+            Request::Session { session, call } => (session, call),
             Request::OpenSession { options } => {
                 if METRICS.is_draining() {
                     return Err(WireError::Draining);
@@ -135,46 +165,44 @@ impl Connection {
                 let session = InProcessSession::new(Arc::new(delegate), options);
                 lock(&self.sessions).insert(id, Arc::new(session));
                 METRICS.sessions_opened(1);
-                Ok(Response::SessionOpened(id))
+                return Ok(Response::SessionOpened(id));
             }
-            Request::Session { session: id, call } => {
-                let session = if matches!(call, SessionCall::Shutdown) {
-                    let removed = lock(&self.sessions).remove(&id);
-                    if removed.is_some() {
-                        METRICS.sessions_closed(1);
-                    }
-                    removed
-                } else {
-                    lock(&self.sessions).get(&id).cloned()
-                };
-                let session = session.ok_or(WireError::MissingSession(id))?;
-                let timed = matches!(
-                    call,
-                    SessionCall::Execute(_) | SessionCall::ExecuteToPending(_)
-                )
-                .then(Instant::now);
-                let _running = timed.map(|_| METRICS.execute_running());
-                // The admission goes out before the response and before any delegate call
-                // of the cell (the session reports it before the cell's actor runs).
-                let outbox = self.outbox.clone();
-                let admitted: AdmittedHook = Arc::new(move |cell_id: &CellId| {
-                    let message = ServerMessage::Admitted {
-                        id: request_id,
-                        cell_id: cell_id.clone(),
-                    };
-                    if let Err(error) = outbox.send(&message) {
-                        tracing::debug!("admission of cell {cell_id} not sent: {error}");
-                    }
-                });
-                let hooks = CallHooks {
-                    preempt: Some(preempt),
-                    admitted: Some(admitted),
-                };
-                let reply = call.run_with(&*session, hooks).await?;
-                METRICS.reply(&reply, timed.map(|started| started.elapsed()));
-                Ok(Response::Reply(reply))
+        };
+        let session = if matches!(call, SessionCall::Shutdown) {
+            let removed = lock(&self.sessions).remove(&id);
+            if removed.is_some() {
+                METRICS.sessions_closed(1);
             }
-        }
+            removed
+        } else {
+            lock(&self.sessions).get(&id).cloned()
+        };
+        let session = session.ok_or(WireError::MissingSession(id))?;
+        let timed = matches!(
+            call,
+            SessionCall::Execute(_) | SessionCall::ExecuteToPending(_)
+        )
+        .then(Instant::now);
+        let _running = timed.map(|_| METRICS.execute_running());
+        // The admission goes out before the response and before any delegate call
+        // of the cell (the session reports it before the cell's actor runs).
+        let outbox = self.outbox.clone();
+        let admitted: AdmittedHook = Arc::new(move |cell_id: &CellId| {
+            let message = ServerMessage::Admitted {
+                id: request_id,
+                cell_id: cell_id.clone(),
+            };
+            if let Err(error) = outbox.send(&message) {
+                tracing::debug!("admission of cell {cell_id} not sent: {error}");
+            }
+        });
+        let hooks = CallHooks {
+            preempt: Some(preempt),
+            admitted: Some(admitted),
+        };
+        let reply = call.run_with(&*session, hooks).await?;
+        METRICS.reply(&reply, timed.map(|started| started.elapsed()));
+        Ok(Response::Reply(reply))
     }
 
     /// Shuts every session down (the connection is over).
@@ -210,6 +238,7 @@ where
         sessions: Mutex::new(HashMap::new()),
         last_session: AtomicU64::new(0),
         requests: Mutex::new(HashMap::new()),
+        tool_sets: Mutex::new(VecDeque::new()),
     });
     let tasks = TaskTracker::new();
     let outcome = read_loop(&connection, &mut reader, &tasks, &settings).await;

@@ -309,10 +309,8 @@ impl HostedSession {
         call: SessionCall,
         hooks: RequestHooks,
     ) -> Result<(Arc<Connection>, T), SessionError> {
-        match connection
-            .call(Request::Session { session, call }, hooks)
-            .await
-        {
+        let request = connection.session_request(session, call);
+        match connection.call(request, hooks).await {
             Ok(answer) => Ok((connection, answer)),
             Err(SessionError::Runtime(_)) if self.shutting_down.load(Ordering::SeqCst) => {
                 Err(SessionError::ShuttingDown)

@@ -110,6 +110,14 @@ impl SessionCall {
         })
     }
 
+    /// The request of an `Execute` or `ExecuteToPending` call.
+    pub fn exec_request_mut(&mut self) -> Option<&mut ExecRequest> {
+        match self {
+            SessionCall::Execute(request) | SessionCall::ExecuteToPending(request) => Some(request),
+            _ => None,
+        }
+    }
+
     /// Whether `reply` is of the kind this call is answered with.
     pub fn is_answered_by(&self, reply: &SessionReply) -> bool {
         matches!(

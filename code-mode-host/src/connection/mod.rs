@@ -37,7 +37,7 @@ use code_mode_protocol::wire::*;
 use code_mode_protocol::{
     AdmittedHook, BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, FromReply,
     NestedToolCall, PendingOutcome, SessionCall, SessionError, SessionReply, StartedCell,
-    StartedPendingCell, ToolError,
+    StartedPendingCell, ToolDefinition, ToolError,
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -150,7 +150,15 @@ struct State {
     delegate_calls: HashMap<DelegateId, CancellationToken>,
     /// Per session, answers handed to callers and not yet taken.
     unacked: HashMap<SessionId, Unacked>,
+    /// The tool sets registered on the runtime, oldest first (at most [`HOST_TOOL_SETS`]).
+    registered_tools: std::collections::VecDeque<ToolSetId>,
+    /// The ids of recently used tool sets, by address, so a caller that passes the same
+    /// `Arc` to every exec is not hashed again.
+    tool_set_ids: Vec<(std::sync::Weak<[ToolDefinition]>, ToolSetId)>,
 }
+
+/// How many tool sets' ids a connection remembers by address.
+const TOOL_SET_IDS_BY_ADDRESS: usize = 8;
 
 pub(crate) struct Connection {
     /// 1 for the first process of a provider, then 2, 3, ... after each replacement (a
@@ -366,6 +374,57 @@ impl Connection {
         answer.map_or_else(|_| Err(self.lost_error()), Delivery::take)
     }
 
+    /// The request that runs `call` on `session`. An exec with tools names its tool set,
+    /// registered on the runtime first if it is not yet (contract: the tool list is sent
+    /// once per connection, not per exec); the registration is queued ahead of the
+    /// request, so the runtime has it when the request arrives.
+    pub(crate) fn session_request(
+        self: &Arc<Self>,
+        session: SessionId,
+        mut call: SessionCall,
+    ) -> Request {
+        let Some(exec) = call.exec_request_mut() else {
+            return Request::Session { session, call };
+        };
+        if exec.tools.is_empty() {
+            return Request::Session { session, call };
+        }
+        let tools = std::mem::replace(&mut exec.tools, Arc::from(Vec::new()));
+        let register = {
+            let mut state = lock(&self.state);
+            state.tool_set_ids.retain(|(set, _)| set.strong_count() > 0);
+            let known = state
+                .tool_set_ids
+                .iter()
+                .find(|(set, _)| std::ptr::addr_eq(set.as_ptr(), Arc::as_ptr(&tools)))
+                .map(|(_, id)| *id);
+            let tool_set = known.unwrap_or_else(|| ToolSetId::of(&tools));
+            if known.is_none() {
+                if state.tool_set_ids.len() >= TOOL_SET_IDS_BY_ADDRESS {
+                    state.tool_set_ids.remove(0);
+                }
+                state.tool_set_ids.push((Arc::downgrade(&tools), tool_set));
+            }
+            let registered = state.registered_tools.contains(&tool_set);
+            if !registered {
+                if state.registered_tools.len() >= HOST_TOOL_SETS {
+                    state.registered_tools.pop_front();
+                }
+                state.registered_tools.push_back(tool_set);
+            }
+            (tool_set, !registered)
+        };
+        let (tool_set, new) = register;
+        if new {
+            self.send_detached(Request::RegisterTools { tool_set, tools });
+        }
+        Request::SessionWithTools {
+            session,
+            tool_set,
+            call,
+        }
+    }
+
     /// Sends a request whose answer nobody waits for (used when a session is dropped).
     pub(crate) fn send_detached(self: &Arc<Self>, request: Request) {
         let id = register(
@@ -454,7 +513,7 @@ impl Connection {
                 Response::Reply(SessionReply::StartedPending(started)) => {
                     mark_alive(&mut state, pending.session, &started.cell_id)?;
                 }
-                Response::Reply(_) => {}
+                Response::Reply(_) | Response::ToolsRegistered => {}
             }
         }
         let ack = match (pending.session, &result) {
@@ -565,8 +624,10 @@ fn register(
 /// The session a request is for (none for `OpenSession`).
 fn session_of(request: &Request) -> Option<SessionId> {
     match request {
-        Request::OpenSession { .. } => None,
-        Request::Session { session, .. } => Some(*session),
+        Request::OpenSession { .. } | Request::RegisterTools { .. } => None,
+        Request::Session { session, .. } | Request::SessionWithTools { session, .. } => {
+            Some(*session)
+        }
     }
 }
 

@@ -29,11 +29,12 @@ pub mod transport;
 use crate::calls::{SessionCall, SessionReply};
 use crate::ids::{CallId, CellId, ToolError};
 use crate::json_text::JsonText;
-use crate::model::ToolKind;
+use crate::model::{ToolDefinition, ToolKind};
 use crate::session::{SessionError, SessionOptions};
 use crate::texts;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME_BYTES};
 pub use handshake::{
@@ -97,6 +98,36 @@ wire_id!(
     DelegateId,
     "delegate call "
 );
+wire_id!(
+    /// A tool set registered on a connection: the digest of its definitions.
+    ToolSetId,
+    "tool set "
+);
+
+impl ToolSetId {
+    /// The digest of `tools`: their names, descriptions, kinds and deferred flags, in
+    /// order. Equal sets have equal ids on every host.
+    pub fn of(tools: &[ToolDefinition]) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        tools.len().hash(&mut hasher);
+        for tool in tools {
+            tool.name.hash(&mut hasher);
+            tool.description.hash(&mut hasher);
+            tool.kind.hash(&mut hasher);
+            tool.deferred.hash(&mut hasher);
+        }
+        Self(hasher.finish())
+    }
+}
+
+/// How many tool sets a runtime keeps per connection (the oldest registered goes first).
+/// A host keeps track of fewer ([`HOST_TOOL_SETS`]), so every set it believes registered
+/// still is.
+pub const RUNTIME_TOOL_SETS: usize = 64;
+
+/// How many registered tool sets a host remembers per connection.
+pub const HOST_TOOL_SETS: usize = 32;
 
 /// Everything a client (the host) sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +170,21 @@ pub enum Request {
         session: SessionId,
         call: SessionCall,
     },
+    /// Registers a tool set on the connection, so that execs name it instead of carrying
+    /// its definitions (a set of thousands of deferred tools is sent once, not per exec).
+    /// Answered with [`Response::ToolsRegistered`]; handled before any later request.
+    RegisterTools {
+        tool_set: ToolSetId,
+        tools: Arc<[ToolDefinition]>,
+    },
+    /// A `call` (an `Execute` or `ExecuteToPending`, its tools left empty) that runs with
+    /// the registered `tool_set`; [`WireError::UnknownToolSet`] when the runtime does not
+    /// have it (any more).
+    SessionWithTools {
+        session: SessionId,
+        tool_set: ToolSetId,
+        call: SessionCall,
+    },
 }
 
 /// The successful answer to a [`Request`].
@@ -147,6 +193,8 @@ pub enum Response {
     SessionOpened(SessionId),
     /// The answer to a [`Request::Session`] call, of the call's kind.
     Reply(SessionReply),
+    /// The answer to [`Request::RegisterTools`].
+    ToolsRegistered,
 }
 
 /// What the server asks of the session's delegate on the client side.
@@ -250,6 +298,10 @@ pub enum WireError {
     /// The connection has as many sessions as a runtime allows per connection.
     #[error("the runtime allows at most {max} sessions per connection")]
     TooManySessions { max: u64 },
+    /// A [`Request::SessionWithTools`] named a tool set the runtime does not have; the
+    /// host registers it again.
+    #[error("{0} is not registered on this connection")]
+    UnknownToolSet(ToolSetId),
 }
 
 impl From<SessionError> for WireError {
@@ -281,7 +333,8 @@ impl WireError {
             | WireError::Cancelled
             | WireError::ResponseTooLarge { .. }
             | WireError::Draining
-            | WireError::TooManySessions { .. }) => SessionError::Runtime(other.to_string()),
+            | WireError::TooManySessions { .. }
+            | WireError::UnknownToolSet(_)) => SessionError::Runtime(other.to_string()),
         }
     }
 }
