@@ -702,3 +702,72 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused() {
+    let mut host = Host::ready().await;
+    host.open_session(1, SessionId(1)).await;
+    let set = ToolSetId::of(&tools());
+    host.request(
+        2,
+        Request::RegisterTools {
+            tool_set: set,
+            tools: tools().into(),
+        },
+    )
+    .await;
+    assert_eq!(host.response(2).await, Ok(Response::ToolsRegistered));
+    // Two execs name the set; their cells see its tools (and only it carries them).
+    for (id, cell) in [(3, "1"), (4, "2")] {
+        host.request(
+            id,
+            Request::SessionWithTools {
+                session: SessionId(1),
+                tool_set: set,
+                call: SessionCall::Execute(ExecRequest::new(
+                    "text(ALL_TOOLS.map((tool) => tool.name).join(','))",
+                )),
+            },
+        )
+        .await;
+        let Ok(Response::Reply(SessionReply::Started(started))) = host.response(id).await else {
+            panic!("exec {id} did not start");
+        };
+        assert_eq!(
+            started.initial_response,
+            CellResponse::Result {
+                cell_id: cell.into(),
+                content_items: vec![ContentItem::text("echo,block")],
+                error_text: None,
+                missing_cell: false,
+            }
+        );
+    }
+    // A set the runtime never saw is refused, and the connection goes on.
+    let unknown = ToolSetId(set.0 ^ 1);
+    host.request(
+        5,
+        Request::SessionWithTools {
+            session: SessionId(1),
+            tool_set: unknown,
+            call: SessionCall::Execute(ExecRequest::new("text(1)")),
+        },
+    )
+    .await;
+    assert_eq!(
+        host.response(5).await,
+        Err(WireError::UnknownToolSet(unknown))
+    );
+    host.request(
+        6,
+        Request::Session {
+            session: SessionId(1),
+            call: SessionCall::Execute(ExecRequest::new("text(2)")),
+        },
+    )
+    .await;
+    assert!(matches!(
+        host.response(6).await,
+        Ok(Response::Reply(SessionReply::Started(_)))
+    ));
+}

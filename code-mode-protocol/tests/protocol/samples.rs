@@ -71,6 +71,16 @@ pub fn client_messages() -> Vec<ClientMessage> {
             session,
             call: SessionCall::Interrupt,
         },
+        Request::RegisterTools {
+            tool_set: ToolSetId(0xfeed),
+            tools: vec![ToolDefinition::new("far", "f", ToolKind::Function).with_deferred(true)]
+                .into(),
+        },
+        Request::SessionWithTools {
+            session,
+            tool_set: ToolSetId(0xfeed),
+            call: SessionCall::Execute(ExecRequest::new("await tools.far()")),
+        },
         Request::Session {
             session,
             call: SessionCall::Shutdown,
@@ -134,6 +144,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
         ))),
         Response::Reply(SessionReply::Interrupted(vec!["2".into(), "5".into()])),
         Response::Reply(SessionReply::ShutDown),
+        Response::ToolsRegistered,
     ];
     let errors = vec![
         WireError::MissingSession(SessionId(3)),
@@ -147,6 +158,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
         WireError::RuntimeReplaced,
         WireError::Draining,
         WireError::TooManySessions { max: 1024 },
+        WireError::UnknownToolSet(ToolSetId(7)),
     ];
     let mut messages = vec![
         ServerMessage::Ready(Ready {
