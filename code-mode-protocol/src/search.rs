@@ -238,18 +238,22 @@ impl SearchableTools {
         if !tools.iter().any(|tool| tool.deferred) {
             return None;
         }
-        let mut enabled: Vec<ToolDefinition> = tools
-            .iter()
-            .filter(|tool| {
-                let shadowed = js_tool_name(&tool.name) == TOOL_SEARCH_NAME;
-                if shadowed {
-                    tracing::warn!(tool = %tool.name, "left out: `tools.tool_search` searches the deferred tools");
-                }
-                !shadowed
-            })
-            .cloned()
-            .collect();
+        // `tool_search` first: a runtime prepares functions ahead for the tools up to the
+        // last one bound eagerly, so the eager ones come before the deferred thousands.
+        let mut enabled: Vec<ToolDefinition> = Vec::with_capacity(tools.len() + 1);
         enabled.push(tool_search_definition());
+        enabled.extend(
+            tools
+                .iter()
+                .filter(|tool| {
+                    let shadowed = js_tool_name(&tool.name) == TOOL_SEARCH_NAME;
+                    if shadowed {
+                        tracing::warn!(tool = %tool.name, "left out: `tools.tool_search` searches the deferred tools");
+                    }
+                    !shadowed
+                })
+                .cloned(),
+        );
         Some(Self {
             tools: enabled.into(),
             index: std::sync::OnceLock::new(),
@@ -406,8 +410,8 @@ mod tests {
             .iter()
             .map(|tool| tool.name.as_str())
             .collect();
-        assert_eq!(names, ["get_weather", "tool_search"]);
-        assert!(!searchable.tools[1].deferred);
+        assert_eq!(names, ["tool_search", "get_weather"]);
+        assert!(!searchable.tools[0].deferred);
         let answer = |input: &str| searchable.answer(Some(&JsonText::new(input.to_owned())));
         let found: Value =
             serde_json::from_str(answer(r#"{"query":"city weather"}"#).unwrap().as_str()).unwrap();

@@ -307,7 +307,7 @@ pub fn spawn_cell_on(
         shelf: shelf.clone(),
     };
     let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
-    let tool_count = job.config.tools.len();
+    let tool_count = eager_tool_count(&job.config.tools);
     let job = match &shelf {
         Some(shelf) => shelf.run(job),
         None => Some(job),
@@ -348,4 +348,14 @@ pub(crate) struct Job {
     pub(crate) done: std::sync::mpsc::Sender<()>,
     /// The session's shelf, where the isolate goes after a normal end.
     pub(crate) shelf: Option<Arc<IsolateShelf>>,
+}
+
+/// How many tool functions a cell of `tools` binds eagerly (functions prepared ahead are
+/// bound by index): up to the last tool that is not deferred. Deferred tools, of which
+/// there may be thousands, get their functions when a cell first uses one.
+pub(crate) fn eager_tool_count(tools: &[ToolDefinition]) -> usize {
+    tools
+        .iter()
+        .rposition(|tool| !tool.deferred)
+        .map_or(0, |last| last + 1)
 }

@@ -151,12 +151,8 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
         }
         let Some(shelf) = shelf else { return };
         let heap_bytes = shelf.heap_bytes();
-        // Functions ahead for the tools bound eagerly; deferred tools (there may be
-        // thousands) get theirs when a cell first uses one.
-        let eager = tools
-            .iter()
-            .rposition(|tool| !tool.deferred)
-            .map_or(0, |last| last + 1);
+        // Functions ahead only for the tools bound eagerly.
+        let eager = super::eager_tool_count(&tools);
         let fresh = new_context(&mut isolate, eager, Some(tools));
         prepared = Prepared {
             fresh,
