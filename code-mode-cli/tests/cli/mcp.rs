@@ -569,7 +569,7 @@ pub(super) fn check_driven(seen: &Value) {
         &["early", "survived"],
     );
     let items = &seen["items"];
-    assert_eq!(items.as_array().map(Vec::len), Some(4), "{items}");
+    assert_eq!(items.as_array().map(Vec::len), Some(5), "{items}");
     assert!(
         items[0][1]
             .as_str()
@@ -578,9 +578,12 @@ pub(super) fn check_driven(seen: &Value) {
         "{items}"
     );
     assert_eq!(items[1], serde_json::json!(["text", "2"]), "{items}");
-    assert_eq!(items[2], serde_json::json!(["text", "mcp ok"]), "{items}");
+    // An audio item is an MCP audio block with its data and MIME type.
+    assert_eq!(items[2], serde_json::json!(["audio", "audio/mpeg"]), "{items}");
+    assert_eq!(seen["audio_data"], "SUQz", "{seen}");
+    assert_eq!(items[3], serde_json::json!(["text", "mcp ok"]), "{items}");
     assert!(
-        items[3][1]
+        items[4][1]
             .as_str()
             .unwrap()
             .starts_with("Script error:\nError: last"),

@@ -92,9 +92,19 @@ async def drive(server):
         # Each item the cell wrote is its own content block, after the header and before
         # the error.
         items = await client.call_tool(
-            "exec", {"code": 'text(2); text("mcp ok"); throw new Error("last")'}
+            "exec",
+            {
+                "code": 'text(2); audio({ type: "audio", data: "SUQz", mimeType: "audio/mpeg" }); '
+                'text("mcp ok"); throw new Error("last")'
+            },
         )
-        seen["items"] = [[block.type, getattr(block, "text", None)] for block in items.content]
+        seen["items"] = [
+            [block.type, getattr(block, "text", None) or getattr(block, "mime_type", None)]
+            for block in items.content
+        ]
+        seen["audio_data"] = next(
+            (block.data for block in items.content if block.type == "audio"), None
+        )
         # Notifications may trail the result that ends the cell by a moment.
         with anyio.move_on_after(5):
             while len(seen["logged"]) < 2 or len(seen["progress"]) < 2:
