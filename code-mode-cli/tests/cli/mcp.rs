@@ -579,7 +579,11 @@ pub(super) fn check_driven(seen: &Value) {
     );
     assert_eq!(items[1], serde_json::json!(["text", "2"]), "{items}");
     // An audio item is an MCP audio block with its data and MIME type.
-    assert_eq!(items[2], serde_json::json!(["audio", "audio/mpeg"]), "{items}");
+    assert_eq!(
+        items[2],
+        serde_json::json!(["audio", "audio/mpeg"]),
+        "{items}"
+    );
     assert_eq!(seen["audio_data"], "SUQz", "{seen}");
     assert_eq!(items[3], serde_json::json!(["text", "mcp ok"]), "{items}");
     assert!(
