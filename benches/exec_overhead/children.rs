@@ -126,6 +126,7 @@ pub(crate) async fn throughput_child(transport: &str, sessions: usize, secs: f64
             .expect("warm-up exec");
     }
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let cpu_before = cpu_ns_of_self() + subject.runtime_pid.map_or(0, cpu_ns_of);
     let started = Instant::now();
     let runs: Vec<_> = subject
         .sessions
@@ -151,6 +152,9 @@ pub(crate) async fn throughput_child(transport: &str, sessions: usize, secs: f64
         latencies.extend(run.await.expect("a throughput session"));
     }
     let elapsed = started.elapsed();
+    // CPU of both processes (host and runtime) over the window, whatever the cores did.
+    let cpu =
+        (cpu_ns_of_self() + subject.runtime_pid.map_or(0, cpu_ns_of)).saturating_sub(cpu_before);
     subject.shutdown().await;
     #[allow(
         clippy::print_stdout,
@@ -158,7 +162,7 @@ pub(crate) async fn throughput_child(transport: &str, sessions: usize, secs: f64
     )]
     {
         println!(
-            "elapsed_ns={} latencies_ns={}",
+            "elapsed_ns={} cpu_ns={cpu} latencies_ns={}",
             elapsed.as_nanos(),
             latencies
                 .iter()
@@ -167,6 +171,47 @@ pub(crate) async fn throughput_child(transport: &str, sessions: usize, secs: f64
                 .join(",")
         );
     }
+}
+
+/// User and system CPU time this process used so far, in nanoseconds (every thread).
+fn cpu_ns_of_self() -> u128 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` fills the `rusage` it is given (a valid, writable one here) and
+    // touches nothing else.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return 0;
+        }
+        usage.assume_init()
+    };
+    let ns =
+        |time: libc::timeval| time.tv_sec as u128 * 1_000_000_000 + time.tv_usec as u128 * 1_000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
+}
+
+/// User and system CPU time another process used so far, in nanoseconds (`utime` and
+/// `stime` of `/proc/<pid>/stat`, in clock ticks).
+fn cpu_ns_of(pid: u32) -> u128 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name (field 2) may hold spaces; the fields after it follow its `)`.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|v| v.parse::<u128>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: `sysconf` only reads a system constant.
+    let per_second = u128::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    (ticks(11) + ticks(12)) * 1_000_000_000 / per_second
 }
 
 /// Idle cells: RSS before and after parking `cells` cells on a tool call that never

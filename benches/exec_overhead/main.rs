@@ -32,8 +32,10 @@
 //! `all` compares reuse on and off.
 //!
 //! Then two more tables (select with `--sections table,throughput,idle`):
-//! - throughput: 1 and 8 sessions (`--sessions`) each running trivial cells back to back
-//!   for `--throughput-secs` seconds; cells per second and per-exec p50/p99 latency;
+//! - throughput: 1, 2, 8 and 32 sessions (`--sessions`) each running trivial cells back to
+//!   back for `--throughput-secs` seconds; cells per second, per-exec p50/p99 latency, and
+//!   the CPU time per cell of both processes (user + system of the host and, over IPC,
+//!   the runtime, divided by cells), which shows the cost apart from the two-core limit;
 //! - idle: RSS growth per live idle cell, with `--idle-cells` cells (100) parked on a
 //!   nested tool call that never answers.
 //!
@@ -137,7 +139,7 @@ fn parse_options(args: &[String]) -> Options {
         tool_counts: ["0", "32", "128"].map(str::to_owned).to_vec(),
         transports: vec!["in-process", "ipc"],
         sections: vec!["table".into(), "throughput".into(), "idle".into()],
-        sessions: vec![1, 8],
+        sessions: vec![1, 2, 8, 32],
         throughput_secs: 3.0,
         idle_cells: 100,
     };

@@ -185,7 +185,7 @@ pub(crate) fn exec_table(options: &Options) {
 pub(crate) fn throughput_table(options: &Options) {
     println!();
     println!(
-        "{:<16} {:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10}",
+        "{:<16} {:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
         "throughput",
         "transport",
         "sessions",
@@ -193,7 +193,8 @@ pub(crate) fn throughput_table(options: &Options) {
         "cells",
         "cells/s",
         "p50/exec",
-        "p99/exec"
+        "p99/exec",
+        "cpu/cell"
     );
     for transport in &options.transports {
         for &sessions in &options.sessions {
@@ -208,11 +209,15 @@ pub(crate) fn throughput_table(options: &Options) {
                 .get("elapsed_ns")
                 .and_then(|v| v.first().copied())
                 .unwrap_or(1);
+            let cpu = pairs
+                .get("cpu_ns")
+                .and_then(|v| v.first().copied())
+                .unwrap_or(0);
             let mut latencies = pairs.get("latencies_ns").cloned().unwrap_or_default();
             latencies.sort_unstable();
             let seconds = elapsed as f64 / 1e9;
             println!(
-                "{:<16} {:<10} {:>8} {:>8.1} {:>8} {:>10.0} {:>10} {:>10}",
+                "{:<16} {:<10} {:>8} {:>8.1} {:>8} {:>10.0} {:>10} {:>10} {:>10}",
                 "trivial_cells",
                 transport,
                 sessions,
@@ -221,6 +226,7 @@ pub(crate) fn throughput_table(options: &Options) {
                 latencies.len() as f64 / seconds,
                 format_duration(percentile(&latencies, 0.5)),
                 format_duration(percentile(&latencies, 0.99)),
+                format_duration(cpu / latencies.len().max(1) as u128),
             );
         }
     }

@@ -106,7 +106,8 @@ wire_id!(
 
 impl ToolSetId {
     /// The digest of `tools`: their names, descriptions, kinds and deferred flags, in
-    /// order. Equal sets have equal ids on every host.
+    /// order. Equal sets get equal ids from one build of the host; the runtime only uses
+    /// an id as the name the host gave a set.
     pub fn of(tools: &[ToolDefinition]) -> Self {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
