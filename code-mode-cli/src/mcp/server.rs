@@ -389,6 +389,9 @@ impl CodeModeServer {
         let mut request =
             ExecRequest::new(parsed.source).with_tools(self.shared.tools.definitions());
         request.yield_time_ms = parsed.yield_time_ms;
+        // The MCP request's id is the exec call's id: nested calls carry it to the tools
+        // (contract §8.5).
+        request.tool_call_id = Some(context.id.to_string());
         let preempt = CancellationToken::new();
         let hooks = ExecHooks::default().with_preempt(preempt.clone());
         let observation = Box::pin(async move {

@@ -343,7 +343,12 @@ impl ToolSet {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
         call.answer_with(|call| async move {
-            tracing::debug!(tool = %call.tool_name, cell = %call.cell_id, "tool call");
+            tracing::debug!(
+                tool = %call.tool_name,
+                cell = %call.cell_id,
+                exec_call = call.exec_call_id.as_deref().unwrap_or("-"),
+                "tool call"
+            );
             self.call(&call.tool_name, call.input, &cancel).await
         })
     }
