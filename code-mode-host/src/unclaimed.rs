@@ -95,7 +95,7 @@ impl Reclaim for CellResponse {
             };
         }
         let (earlier, _) = unclaimed.into_parts();
-        prepend(answer, earlier)
+        answer.with_items_before(earlier)
     }
 }
 
@@ -143,22 +143,6 @@ fn items_of(response: CellResponse) -> Vec<code_mode_protocol::ContentItem> {
         | CellResponse::Terminated { content_items, .. }
         | CellResponse::Result { content_items, .. } => content_items,
     }
-}
-
-/// `response` with `earlier` before its own items.
-fn prepend(
-    mut response: CellResponse,
-    mut earlier: Vec<code_mode_protocol::ContentItem>,
-) -> CellResponse {
-    match &mut response {
-        CellResponse::Yielded { content_items, .. }
-        | CellResponse::Terminated { content_items, .. }
-        | CellResponse::Result { content_items, .. } => {
-            earlier.append(content_items);
-            *content_items = earlier;
-        }
-    }
-    response
 }
 
 #[cfg(test)]

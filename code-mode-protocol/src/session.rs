@@ -318,6 +318,20 @@ impl CellResponse {
         }
     }
 
+    /// The same response with `earlier` items before its own (output an earlier
+    /// observation returned that its caller never received).
+    pub fn with_items_before(mut self, mut earlier: Vec<ContentItem>) -> Self {
+        match &mut self {
+            CellResponse::Yielded { content_items, .. }
+            | CellResponse::Terminated { content_items, .. }
+            | CellResponse::Result { content_items, .. } => {
+                earlier.append(content_items);
+                *content_items = earlier;
+            }
+        }
+        self
+    }
+
     /// The error text of a completed cell that failed.
     pub fn error_text(&self) -> Option<&str> {
         match self {

@@ -310,44 +310,9 @@ impl CodeModeServer {
 
     /// `response` with the output held for its cell (from preempted observations) first.
     fn with_held_output(&self, response: CellResponse) -> CellResponse {
-        let Some(mut held) = lock(&self.connection.held).remove(response.cell_id()) else {
-            return response;
-        };
-        match response {
-            CellResponse::Yielded {
-                cell_id,
-                content_items,
-            } => {
-                held.extend(content_items);
-                CellResponse::Yielded {
-                    cell_id,
-                    content_items: held,
-                }
-            }
-            CellResponse::Terminated {
-                cell_id,
-                content_items,
-            } => {
-                held.extend(content_items);
-                CellResponse::Terminated {
-                    cell_id,
-                    content_items: held,
-                }
-            }
-            CellResponse::Result {
-                cell_id,
-                content_items,
-                error_text,
-                missing_cell,
-            } => {
-                held.extend(content_items);
-                CellResponse::Result {
-                    cell_id,
-                    content_items: held,
-                    error_text,
-                    missing_cell,
-                }
-            }
+        match lock(&self.connection.held).remove(response.cell_id()) {
+            Some(held) => response.with_items_before(held),
+            None => response,
         }
     }
 

@@ -6,7 +6,7 @@
 //! puts it in an isolate slot; the helpers ([`super::helpers`]) find it there. Its own
 //! module so that neither of the two depends on the other for it.
 
-use super::helpers::DeferredNames;
+use super::helpers::ToolTable;
 use super::{CellConfig, CellControl, CellEvent, CellLimits, StoredValues};
 use code_mode_protocol::CallId;
 use code_mode_protocol::{ContentItem, ToolDefinition};
@@ -46,7 +46,7 @@ pub(crate) struct CellState {
     pub(crate) context: Option<v8::Global<v8::Context>>,
     /// The cell's deferred tools by JavaScript name (contract §8.3), and the functions
     /// created for those it used.
-    pub(crate) deferred: Option<Arc<DeferredNames>>,
+    pub(crate) deferred: Option<Arc<ToolTable>>,
     pub(crate) deferred_functions: HashMap<usize, v8::Global<v8::Function>>,
 }
 

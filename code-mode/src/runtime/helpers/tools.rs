@@ -26,10 +26,6 @@ pub(crate) struct ToolTable {
     deferred: HashMap<String, usize>,
 }
 
-/// The deferred tools of a cell by JavaScript name (the part of a [`ToolTable`] the
-/// `tools` prototype looks names up in).
-pub(crate) type DeferredNames = ToolTable;
-
 /// How many tool sets' tables are kept ([`tool_table`]): a runtime serves a few.
 const KEPT_TABLES: usize = 8;
 
@@ -80,7 +76,7 @@ pub(crate) struct BuiltTools {
     pub(crate) tools: v8::Global<v8::Object>,
     /// `None` with deferred tools: `ALL_TOOLS` is then built when first read.
     pub(crate) all_tools: Option<v8::Global<v8::Array>>,
-    pub(crate) deferred: Option<Arc<DeferredNames>>,
+    pub(crate) deferred: Option<Arc<ToolTable>>,
 }
 
 /// The keys and prototype every `ALL_TOOLS` entry is built with.

@@ -100,23 +100,20 @@ impl CellActor {
             && let Some(searchable) = &self.routing.searchable
         {
             let input = call.input.map(JsonText::new);
-            if searchable.is_indexed() {
+            let indexed = searchable.is_indexed();
+            let (searchable, internal) = (Arc::clone(searchable), self.internal_tx.clone());
+            let search = move || {
                 let result = searchable.answer(input.as_ref());
-                let _ = self.internal_tx.send(Internal::ToolDone {
+                let _ = internal.send(Internal::ToolDone {
                     id: call_id,
                     result,
                 });
+            };
+            if indexed {
+                search();
             } else {
                 // The set's first search builds its index: off the actor's task.
-                let searchable = Arc::clone(searchable);
-                let internal = self.internal_tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let result = searchable.answer(input.as_ref());
-                    let _ = internal.send(Internal::ToolDone {
-                        id: call_id,
-                        result,
-                    });
-                });
+                tokio::task::spawn_blocking(search);
             }
             return;
         }
