@@ -390,34 +390,37 @@ impl Connection {
             return Request::Session { session, call };
         }
         let tools = std::mem::replace(&mut exec.tools, Arc::from(Vec::new()));
-        let register = {
-            let mut state = lock(&self.state);
-            state.tool_set_ids.retain(|(set, _)| set.strong_count() > 0);
-            let known = state
-                .tool_set_ids
-                .iter()
-                .find(|(set, _)| std::ptr::addr_eq(set.as_ptr(), Arc::as_ptr(&tools)))
-                .map(|(_, id)| *id);
-            let tool_set = known.unwrap_or_else(|| ToolSetId::of(&tools));
-            if known.is_none() {
-                if state.tool_set_ids.len() >= TOOL_SET_IDS_BY_ADDRESS {
-                    state.tool_set_ids.remove(0);
-                }
-                state.tool_set_ids.push((Arc::downgrade(&tools), tool_set));
+        let mut state = lock(&self.state);
+        state.tool_set_ids.retain(|(set, _)| set.strong_count() > 0);
+        let known = state
+            .tool_set_ids
+            .iter()
+            .find(|(set, _)| std::ptr::addr_eq(set.as_ptr(), Arc::as_ptr(&tools)))
+            .map(|(_, id)| *id);
+        let tool_set = known.unwrap_or_else(|| ToolSetId::of(&tools));
+        if known.is_none() {
+            if state.tool_set_ids.len() >= TOOL_SET_IDS_BY_ADDRESS {
+                state.tool_set_ids.remove(0);
             }
-            let registered = state.registered_tools.contains(&tool_set);
-            if !registered {
-                if state.registered_tools.len() >= HOST_TOOL_SETS {
-                    state.registered_tools.pop_front();
-                }
-                state.registered_tools.push_back(tool_set);
-            }
-            (tool_set, !registered)
-        };
-        let (tool_set, new) = register;
-        if new {
-            self.send_detached(Request::RegisterTools { tool_set, tools });
+            state.tool_set_ids.push((Arc::downgrade(&tools), tool_set));
         }
+        if !state.registered_tools.contains(&tool_set) {
+            if state.registered_tools.len() >= HOST_TOOL_SETS {
+                state.registered_tools.pop_front();
+            }
+            state.registered_tools.push_back(tool_set);
+            // Queued while the set is marked registered, under the same lock: another
+            // session that finds it marked sends its exec after this registration.
+            let request = Request::RegisterTools { tool_set, tools };
+            let id = register(
+                &mut state,
+                &request,
+                Box::new(|_, _, _| Ok(())),
+                RequestHooks::default(),
+            );
+            let _ = self.outbox.send(&ClientMessage::Request { id, request });
+        }
+        drop(state);
         Request::SessionWithTools {
             session,
             tool_set,
