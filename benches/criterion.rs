@@ -101,6 +101,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                         content_items: vec![ContentItem::text("3 files\nsrc/main.rs")],
                         error_text: None,
                         missing_cell: false,
+                        wall_time: std::time::Duration::from_micros(412),
                     },
                 }))),
             },

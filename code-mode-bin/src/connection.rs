@@ -151,7 +151,10 @@ impl Connection {
                 (session, call)
             }
             Request::Session { session, call } => (session, call),
-            Request::OpenSession { options } => {
+            Request::OpenSession {
+                options,
+                stored_values,
+            } => {
                 if METRICS.is_draining() {
                     return Err(WireError::Draining);
                 }
@@ -162,7 +165,11 @@ impl Connection {
                 }
                 let id = SessionId(self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
                 let delegate = RemoteDelegate::new(Arc::downgrade(&self.delegate_calls), id);
-                let session = InProcessSession::new(Arc::new(delegate), options);
+                if !stored_values.is_empty() {
+                    METRICS.session_seeded();
+                }
+                let session =
+                    InProcessSession::with_values(Arc::new(delegate), options, stored_values);
                 lock(&self.sessions).insert(id, Arc::new(session));
                 METRICS.sessions_opened(1);
                 return Ok(Response::SessionOpened(id));
@@ -172,6 +179,9 @@ impl Connection {
             let removed = lock(&self.sessions).remove(&id);
             if removed.is_some() {
                 METRICS.sessions_closed(1);
+                if METRICS.is_draining() {
+                    METRICS.session_moved_off();
+                }
             }
             removed
         } else {

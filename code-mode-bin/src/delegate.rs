@@ -11,7 +11,7 @@ use code_mode_protocol::wire::{
     DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId,
 };
 use code_mode_protocol::{
-    BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError,
+    BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, StoredValues, ToolError,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -217,6 +217,22 @@ impl CodeModeSessionDelegate for RemoteDelegate {
         };
         if let Err(error) = calls.outbox.send(&message) {
             tracing::error!(cell = %cell_id, "cell-closed event not sent: {error}");
+        }
+    }
+
+    /// Sent at once, in the step that merged the writes: the frame is queued before the
+    /// cell's final response, so the host has the values before it hands out the result.
+    fn committed(&self, cell_id: &CellId, writes: &StoredValues) {
+        let Some(calls) = self.calls.upgrade() else {
+            return;
+        };
+        let message = ServerMessage::Committed {
+            session: self.session,
+            cell_id: cell_id.clone(),
+            writes: writes.clone(),
+        };
+        if let Err(error) = calls.outbox.send(&message) {
+            tracing::error!(cell = %cell_id, "committed stored values not sent: {error}");
         }
     }
 }

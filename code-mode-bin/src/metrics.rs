@@ -55,6 +55,11 @@ pub struct Metrics {
     outcomes: [AtomicU64; 3],
     limits: [AtomicU64; 3],
     nested_calls: AtomicU64,
+    /// Sessions opened with stored values (moved here from a lost or draining runtime, or
+    /// restored by an agent core).
+    sessions_seeded: AtomicU64,
+    /// Sessions their host closed here while this runtime drained (moved elsewhere).
+    sessions_moved_off: AtomicU64,
     /// Observations per bucket (the first whose bound they are within), plus one for those
     /// above every bound.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
@@ -77,6 +82,8 @@ impl Metrics {
             outcomes: [const { AtomicU64::new(0) }; 3],
             limits: [const { AtomicU64::new(0) }; 3],
             nested_calls: AtomicU64::new(0),
+            sessions_seeded: AtomicU64::new(0),
+            sessions_moved_off: AtomicU64::new(0),
             latency_buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len() + 1],
             latency_sum_micros: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -98,6 +105,14 @@ impl Metrics {
 
     pub fn sessions_closed(&self, count: u64) {
         self.sessions.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    pub fn session_seeded(&self) {
+        self.sessions_seeded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn session_moved_off(&self) {
+        self.sessions_moved_off.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn nested_call(&self) {
@@ -265,6 +280,18 @@ impl Collector for Figures {
             "code_mode_nested_calls",
             "Nested tool calls forwarded to hosts.",
             get(&metrics.nested_calls),
+        )?;
+        counter(
+            encoder,
+            "code_mode_sessions_seeded",
+            "Sessions opened with stored values: moved here from a lost or draining runtime, or restored.",
+            get(&metrics.sessions_seeded),
+        )?;
+        counter(
+            encoder,
+            "code_mode_sessions_moved_off",
+            "Sessions their host closed while this runtime drained, to move them elsewhere.",
+            get(&metrics.sessions_moved_off),
         )?;
         gauge(
             encoder,

@@ -227,6 +227,10 @@ struct LimitArgs {
     /// pragma's and `wait`'s yield times).
     #[arg(long, value_name = "MS")]
     max_yield_time_ms: Option<u64>,
+    /// The session's cap on stored values, in bytes of keys and JSON text; a `store`
+    /// beyond it throws.
+    #[arg(long, value_name = "BYTES", default_value_t = code_mode_protocol::stored::DEFAULT_MAX_STORED_BYTES)]
+    max_stored_bytes: u64,
 }
 
 impl LimitArgs {
@@ -240,6 +244,7 @@ impl LimitArgs {
                 ..code_mode_protocol::CellLimits::default()
             },
             reuse_isolates,
+            max_stored_bytes: self.max_stored_bytes,
         }
     }
 }

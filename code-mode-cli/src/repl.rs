@@ -21,7 +21,6 @@ use futures_util::FutureExt;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::io::AsyncBufReadExt;
 
 pub struct ReplOptions {
@@ -171,7 +170,6 @@ impl Repl {
         self.tools.settled().await;
         let mut request = ExecRequest::new(parsed.source).with_tools(self.tools.definitions());
         request.yield_time_ms = parsed.yield_time_ms.or(self.yield_ms);
-        let started_at = Instant::now();
         let session = &*self.session;
         let observation = async move {
             session
@@ -180,7 +178,7 @@ impl Repl {
                 .map(|started| started.initial_response)
         };
         match interruptible(session, self.interrupts.as_mut(), observation).await {
-            Ok(response) => self.show(&response, started_at, max_tokens),
+            Ok(response) => self.show(&response, max_tokens),
             Err(error) => self.error(&error.to_string()),
         }
     }
@@ -205,20 +203,16 @@ impl Repl {
                     }
                     None => self.yield_ms,
                 };
-                let started_at = Instant::now();
                 let observation = self.session.wait(request);
                 match interruptible(&*self.session, self.interrupts.as_mut(), observation).await {
-                    Ok(response) => self.show(&response, started_at, u64::MAX / 8),
+                    Ok(response) => self.show(&response, u64::MAX / 8),
                     Err(error) => self.error(&error.to_string()),
                 }
             }
-            (":terminate", Some(cell_id)) => {
-                let started_at = Instant::now();
-                match self.session.terminate(cell_id.into()).await {
-                    Ok(response) => self.show(&response, started_at, u64::MAX / 8),
-                    Err(error) => self.error(&error.to_string()),
-                }
-            }
+            (":terminate", Some(cell_id)) => match self.session.terminate(cell_id.into()).await {
+                Ok(response) => self.show(&response, u64::MAX / 8),
+                Err(error) => self.error(&error.to_string()),
+            },
             (":wait" | ":terminate", None) => self.error(&format!("`{command}` needs a cell id")),
             _ => self.error(&format!("unknown command `{command}` (try :help)")),
         }
@@ -231,7 +225,7 @@ impl Repl {
     }
 
     #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
-    fn show(&mut self, response: &CellResponse, started_at: Instant, max_tokens: u64) {
+    fn show(&mut self, response: &CellResponse, max_tokens: u64) {
         if response.is_missing_cell() {
             let message = response
                 .error_text()
@@ -239,7 +233,7 @@ impl Repl {
                 .to_owned();
             return self.error(&message);
         }
-        let shown = format_response(response, started_at.elapsed(), max_tokens);
+        let shown = format_response(response, max_tokens);
         let error_item = usize::from(response.error_text().is_some());
         for item in &shown[1..shown.len() - error_item] {
             self.printer.print(item);

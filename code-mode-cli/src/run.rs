@@ -88,7 +88,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
     let mut all_items: Vec<ContentItem> = Vec::new();
     loop {
         // What the model would see of this observation, within the budget.
-        let shown = format_response(&response, started_at.elapsed(), max_tokens);
+        let shown = format_response(&response, max_tokens);
         let error_item = usize::from(response.error_text().is_some());
         for item in &shown[1..shown.len() - error_item] {
             all_items.push(item.clone());

@@ -27,7 +27,7 @@ use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     AdmittedHook, BoxFuture, CallHooks, CellId, CellLimits, CodeModeSession,
     CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall, SessionCall, SessionError,
-    SessionOptions, SessionReply, ToolDefinition, ToolError, ToolKind, WaitRequest,
+    SessionOptions, SessionReply, StoredValues, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -76,7 +76,6 @@ impl From<SessionError> for ErrorReply {
             SessionError::BusyObserver(_) => "busy_observer",
             SessionError::AlreadyTerminating(_) => "already_terminating",
             SessionError::RuntimeLost(_) => "runtime_lost",
-            SessionError::RuntimeReplaced => "runtime_replaced",
             SessionError::Runtime(_) => "runtime",
         };
         Self::new(code, error.to_string())
@@ -109,6 +108,12 @@ struct OpenSessionParams {
     limits: LimitsParams,
     /// Whether cells hand their isolates to the session's next cells (default true).
     reuse_isolates: Option<bool>,
+    /// The session's cap on stored values, in bytes of keys and JSON text.
+    max_stored_bytes: Option<u64>,
+    /// The committed stored values to open the session with (as `stored_values` returned
+    /// them): key → any JSON value.
+    #[serde(default)]
+    stored_values: serde_json::Map<String, Value>,
 }
 
 /// Each field is optional; an absent one keeps its default.
@@ -403,7 +408,15 @@ impl Server {
             max_yield_time_ms: given.max_yield_time_ms,
             limits: given.limits.into_limits(),
             reuse_isolates: given.reuse_isolates.unwrap_or(true),
+            max_stored_bytes: given
+                .max_stored_bytes
+                .unwrap_or(code_mode_protocol::stored::DEFAULT_MAX_STORED_BYTES),
         };
+        let stored_values: StoredValues = given
+            .stored_values
+            .into_iter()
+            .map(|(key, value)| (key, Arc::from(value.to_string())))
+            .collect();
         let id = format!("s{}", self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
         let delegate = Arc::new(JsonlDelegate {
             session: id.clone(),
@@ -412,7 +425,11 @@ impl Server {
             last_call: Arc::clone(&self.last_call),
             tools: self.tools.clone(),
         });
-        let session: Arc<dyn CodeModeSession> = Arc::from(self.provider.open(delegate, options));
+        let session: Arc<dyn CodeModeSession> = Arc::from(self.provider.open_with_values(
+            delegate,
+            options,
+            stored_values,
+        ));
         lock(&self.sessions).insert(id.clone(), session);
         Ok(json!({ "session": id }))
     }
@@ -433,6 +450,26 @@ impl Server {
             "description": exec_description_of(catalog),
             "tools": [exec_tool_spec_of(catalog).to_json(), wait_tool_spec().to_json()],
         }))
+    }
+
+    /// `stored_values`: the session's committed stored values, key → JSON value (what
+    /// `open_session` takes back as `stored_values`).
+    fn stored_values(&self, given: Value) -> Result<Value, ErrorReply> {
+        let given: SessionParams = params(given)?;
+        let session = self.session(&given.session)?;
+        let values: serde_json::Map<String, Value> = session
+            .stored_values()
+            .into_iter()
+            .map(|(key, json)| {
+                // Values are JSON text from V8 or a restored map; text that is not JSON
+                // (only a Rust caller can restore such) is given as a string.
+                let value = JsonText::new(json.as_ref())
+                    .to_value()
+                    .unwrap_or_else(|_| Value::String(json.as_ref().to_owned()));
+                (key, value)
+            })
+            .collect();
+        Ok(json!({ "stored_values": values }))
     }
 
     /// `preempt`: the observation in flight on the cell returns `yielded` at once.
@@ -457,6 +494,7 @@ impl Server {
             "open_session" => return self.open_session(given),
             "describe" => return self.describe(given),
             "preempt" => return self.preempt(given),
+            "stored_values" => return self.stored_values(given),
             _ => {}
         }
         let Some((session_id, call)) = session_call(method, given, &self.tools)? else {

@@ -5,7 +5,7 @@
 use code_mode::{InProcessConfig, InProcessProvider};
 use code_mode_host::CodeModeProvider;
 use code_mode_host::{ClientTls, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider};
-use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions};
+use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, StoredValues};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -81,10 +81,26 @@ impl Sessions {
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
     ) -> Box<dyn CodeModeSession> {
+        self.open_with_values(delegate, options, StoredValues::new())
+    }
+
+    /// Opens a session whose committed stored values are `stored_values`.
+    pub fn open_with_values(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        stored_values: StoredValues,
+    ) -> Box<dyn CodeModeSession> {
         match self {
-            Self::InProcess(provider) => Box::new(provider.open_session(delegate, options)),
-            Self::Process(provider) => Box::new(provider.open_session(delegate, options)),
-            Self::Remote(provider) => Box::new(provider.open_session(delegate, options)),
+            Self::InProcess(provider) => {
+                Box::new(provider.open_session_with_values(delegate, options, stored_values))
+            }
+            Self::Process(provider) => {
+                Box::new(provider.open_session_with_values(delegate, options, stored_values))
+            }
+            Self::Remote(provider) => {
+                Box::new(provider.open_session_with_values(delegate, options, stored_values))
+            }
         }
     }
 }

@@ -4,16 +4,18 @@
 //! to the cell's next observation (`unclaimed`). [`crate::ProcessSession`] and
 //! [`crate::RemoteSession`] are it under the name of their provider.
 
-use crate::connection::{Answer, Connection, Placed, RequestHooks};
+use crate::connection::{Answer, Connection, Opening, Placed, RequestHooks};
 use crate::error::HostError;
 use crate::unclaimed::{Reclaim, Unclaimed};
+use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{Request, SessionId};
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
     ExecRequest, PendingOutcome, SessionCall, SessionError, SessionOptions, StartedCell,
-    StartedPendingCell, WaitRequest,
+    StartedPendingCell, StoredValues, WaitRequest,
 };
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -40,15 +42,17 @@ macro_rules! hosted_session {
         impl code_mode_protocol::CodeModeProvider for $provider {
             type Session = $name;
 
-            fn open_session(
+            fn open_session_with_values(
                 &self,
                 delegate: std::sync::Arc<dyn code_mode_protocol::CodeModeSessionDelegate>,
                 options: code_mode_protocol::SessionOptions,
+                stored_values: code_mode_protocol::StoredValues,
             ) -> $name {
                 $name($crate::hosted::HostedSession::new(
                     self.inner.clone(),
                     delegate,
                     options,
+                    stored_values,
                 ))
             }
         }
@@ -126,17 +130,34 @@ macro_rules! hosted_session {
             fn shutdown(&self) -> code_mode_protocol::BoxFuture<'_, ()> {
                 self.0.shutdown()
             }
+
+            fn stored_values(&self) -> code_mode_protocol::StoredValues {
+                self.0.stored_values()
+            }
         }
     };
 }
 pub(crate) use hosted_session;
 
+/// How many cells that died with a runtime a session remembers, to answer a later `wait`
+/// on one with the runtime-lost error.
+const DEAD_CELLS_KEPT: usize = 1024;
+
 /// A session whose cells run in a runtime process. Dropping it starts its shutdown in the
 /// runtime.
+///
+/// The host keeps the session's committed stored values (every runtime reports each
+/// commit before the cell's final response), so when the runtime is lost or drains the
+/// session opens again on a fresh or another runtime with them, at its next call
+/// (contract §7).
 pub(crate) struct HostedSession {
     provider: Arc<dyn RuntimeSource>,
     delegate: Arc<dyn CodeModeSessionDelegate>,
     options: SessionOptions,
+    /// The committed stored values, as the runtimes reported them.
+    stored: Arc<Mutex<CommittedValues>>,
+    /// Cells that were running when their runtime was lost, with its cause, oldest first.
+    dead_cells: Mutex<VecDeque<(CellId, String)>>,
     /// The remote session, once opened, and its placement.
     binding: Mutex<Option<(Placed, SessionId)>>,
     /// Serializes opening the remote session.
@@ -168,11 +189,14 @@ impl HostedSession {
         provider: Arc<dyn RuntimeSource>,
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
+        stored_values: StoredValues,
     ) -> Self {
         Self {
             provider,
             delegate,
             options,
+            stored: Arc::new(Mutex::new(CommittedValues::new(stored_values))),
+            dead_cells: Mutex::new(VecDeque::new()),
             binding: Mutex::new(None),
             bind_lock: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -187,9 +211,49 @@ impl HostedSession {
             .map(|(placed, _)| placed.connection.describe())
     }
 
-    /// The remote session, opening it (and starting a runtime) if needed. A session whose
-    /// runtime was lost fails once with [`SessionError::RuntimeReplaced`].
-    async fn bind(&self) -> Result<(Arc<Connection>, SessionId), SessionError> {
+    /// The session's committed stored values (the host's copy), as a new runtime is seeded
+    /// with them.
+    fn committed_values(&self) -> StoredValues {
+        lock(&self.stored).snapshot().as_ref().clone()
+    }
+
+    /// Lets go of a runtime that was lost, remembering the cells that died with it.
+    fn forget_lost_runtime(&self) {
+        let mut binding = lock(&self.binding);
+        let Some((placed, session)) = &*binding else {
+            return;
+        };
+        let Some(cause) = placed.connection.lost_cause() else {
+            return;
+        };
+        let dead = placed.connection.take_lost_cells(*session);
+        *binding = None;
+        drop(binding);
+        let mut dead_cells = lock(&self.dead_cells);
+        for cell_id in dead {
+            if dead_cells.len() >= DEAD_CELLS_KEPT {
+                dead_cells.pop_front();
+            }
+            dead_cells.push_back((cell_id, cause.clone()));
+        }
+    }
+
+    /// The runtime-lost error for a cell that died with its runtime.
+    fn dead_cell(&self, cell_id: &CellId) -> Option<SessionError> {
+        self.forget_lost_runtime();
+        lock(&self.dead_cells)
+            .iter()
+            .find(|(dead, _)| dead == cell_id)
+            .map(|(_, cause)| SessionError::RuntimeLost(cause.clone()))
+    }
+
+    /// The remote session, opening it (and starting a runtime) if needed.
+    ///
+    /// A session whose runtime was lost opens again on a fresh one (or another of the
+    /// pool) with its committed stored values, without an error (contract §7). For a new
+    /// cell (`moving`), a session bound to a draining runtime that has nothing left there
+    /// moves the same way.
+    async fn bind(&self, moving: bool) -> Result<(Arc<Connection>, SessionId), SessionError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(SessionError::ShuttingDown);
         }
@@ -199,17 +263,26 @@ impl HostedSession {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(SessionError::ShuttingDown);
         }
+        self.forget_lost_runtime();
         {
             let mut binding = lock(&self.binding);
-            match &*binding {
-                Some((placed, session)) if !placed.connection.is_lost() => {
-                    return Ok((Arc::clone(&placed.connection), *session));
+            if let Some((placed, session)) = &*binding {
+                let connection = &placed.connection;
+                let leaving =
+                    moving && connection.is_draining() && connection.session_is_idle(*session);
+                if !leaving {
+                    return Ok((Arc::clone(connection), *session));
                 }
-                Some(_) => {
-                    *binding = None;
-                    return Err(SessionError::RuntimeReplaced);
-                }
-                None => {}
+                tracing::info!(
+                    from = %connection.describe(),
+                    "moving a session off a draining runtime"
+                );
+                connection.send_detached(Request::Session {
+                    session: *session,
+                    call: SessionCall::Shutdown,
+                });
+                connection.forget_session(*session);
+                *binding = None;
             }
         }
         let mut attempt = 0;
@@ -223,9 +296,13 @@ impl HostedSession {
             let connection = Arc::clone(&placed.connection);
             let request = Request::OpenSession {
                 options: self.options.clone(),
+                stored_values: self.committed_values(),
             };
             let hooks = RequestHooks {
-                opening: Some(Arc::clone(&self.delegate)),
+                opening: Some(Opening {
+                    delegate: Arc::clone(&self.delegate),
+                    stored: Arc::clone(&self.stored),
+                }),
                 ..RequestHooks::default()
             };
             match connection.call::<SessionId>(request, hooks).await {
@@ -233,8 +310,14 @@ impl HostedSession {
                     *lock(&self.binding) = Some((placed, session));
                     return Ok((connection, session));
                 }
-                // A runtime that started draining meanwhile: another one takes the session.
-                Err(_) if connection.is_draining() && attempt < PLACEMENT_ATTEMPTS => continue,
+                // A runtime that started draining or was lost meanwhile: another one takes
+                // the session.
+                Err(_)
+                    if (connection.is_draining() || connection.is_lost())
+                        && attempt < PLACEMENT_ATTEMPTS =>
+                {
+                    continue;
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -246,7 +329,11 @@ impl HostedSession {
         call: SessionCall,
         hooks: RequestHooks,
     ) -> Result<(Arc<Connection>, T), SessionError> {
-        let (connection, session) = self.bind().await?;
+        let moving = matches!(
+            call,
+            SessionCall::Execute(_) | SessionCall::ExecuteToPending(_)
+        );
+        let (connection, session) = self.bind(moving).await?;
         self.call_on(connection, session, call, hooks).await
     }
 
@@ -264,7 +351,10 @@ impl HostedSession {
         hooks: RequestHooks,
         make: impl FnOnce(CellId) -> SessionCall,
     ) -> Result<Option<(Arc<Connection>, T)>, SessionError> {
-        let (connection, session) = self.bind().await?;
+        if let Some(lost) = self.dead_cell(cell_id) {
+            return Err(lost);
+        }
+        let (connection, session) = self.bind(false).await?;
         let Some(runtime_id) = connection.runtime_cell_id(cell_id) else {
             return Ok(None);
         };
@@ -347,7 +437,7 @@ fn external_response(
             || connection.external_cell_id(response.cell_id()),
             CellId::clone,
         );
-        return CellResponse::missing(id);
+        return CellResponse::missing(id).with_wall_time(response.wall_time());
     }
     let id = connection.external_cell_id(response.cell_id());
     response.with_cell_id(id)
@@ -363,10 +453,12 @@ fn external_outcome(
             cell_id,
             content_items,
             pending_tool_call_ids,
+            wall_time,
         } => PendingOutcome::Pending {
             cell_id: connection.external_cell_id(&cell_id),
             content_items,
             pending_tool_call_ids,
+            wall_time,
         },
         PendingOutcome::Completed(response) => {
             PendingOutcome::Completed(external_response(connection, response, asked))
@@ -381,17 +473,29 @@ impl CodeModeSession for HostedSession {
         hooks: ExecHooks,
     ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
         Box::pin(async move {
-            let hooks = RequestHooks {
-                opening: None,
-                cell_delegate: hooks.delegate,
-                admitted: hooks.admitted,
-                preempt: hooks.preempt,
-            };
-            let (connection, started): (_, StartedCell) =
-                self.call(SessionCall::Execute(request), hooks).await?;
-            Ok(StartedCell {
-                cell_id: connection.external_cell_id(&started.cell_id),
-                initial_response: external_response(&connection, started.initial_response, None),
+            let called = std::time::Instant::now();
+            let answer: Result<_, SessionError> = async move {
+                let hooks = RequestHooks {
+                    opening: None,
+                    cell_delegate: hooks.delegate,
+                    admitted: hooks.admitted,
+                    preempt: hooks.preempt,
+                };
+                let (connection, started): (_, StartedCell) =
+                    self.call(SessionCall::Execute(request), hooks).await?;
+                Ok(StartedCell {
+                    cell_id: connection.external_cell_id(&started.cell_id),
+                    initial_response: external_response(
+                        &connection,
+                        started.initial_response,
+                        None,
+                    ),
+                })
+            }
+            .await;
+            answer.map(|answer| StartedCell {
+                initial_response: answer.initial_response.with_wall_time(called.elapsed()),
+                ..answer
             })
         })
     }
@@ -402,38 +506,48 @@ impl CodeModeSession for HostedSession {
         preempt: Option<CancellationToken>,
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
-            let asked = request.cell_id.clone();
-            let yield_time_ms = request.yield_time_ms;
-            let hooks = RequestHooks {
-                preempt,
-                ..RequestHooks::default()
-            };
-            let answer = self
-                .call_on_cell(&asked, true, hooks, |cell_id| {
-                    SessionCall::Wait(WaitRequest {
-                        cell_id,
-                        yield_time_ms,
+            let called = std::time::Instant::now();
+            let answer: Result<_, SessionError> = async move {
+                let asked = request.cell_id.clone();
+                let yield_time_ms = request.yield_time_ms;
+                let hooks = RequestHooks {
+                    preempt,
+                    ..RequestHooks::default()
+                };
+                let answer = self
+                    .call_on_cell(&asked, true, hooks, |cell_id| {
+                        SessionCall::Wait(WaitRequest {
+                            cell_id,
+                            yield_time_ms,
+                        })
                     })
-                })
-                .await?;
-            let Some((connection, response)) = answer else {
-                return Ok(CellResponse::missing(asked));
-            };
-            Ok(external_response(&connection, response, Some(&asked)))
+                    .await?;
+                let Some((connection, response)) = answer else {
+                    return Ok(CellResponse::missing(asked));
+                };
+                Ok(external_response(&connection, response, Some(&asked)))
+            }
+            .await;
+            answer.map(|answer| answer.with_wall_time(called.elapsed()))
         })
     }
 
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
-            let answer = self
-                .call_on_cell(&cell_id, false, RequestHooks::default(), |cell_id| {
-                    SessionCall::Terminate { cell_id }
-                })
-                .await?;
-            let Some((connection, response)) = answer else {
-                return Ok(CellResponse::missing(cell_id));
-            };
-            Ok(external_response(&connection, response, Some(&cell_id)))
+            let called = std::time::Instant::now();
+            let answer: Result<_, SessionError> = async move {
+                let answer = self
+                    .call_on_cell(&cell_id, false, RequestHooks::default(), |cell_id| {
+                        SessionCall::Terminate { cell_id }
+                    })
+                    .await?;
+                let Some((connection, response)) = answer else {
+                    return Ok(CellResponse::missing(cell_id));
+                };
+                Ok(external_response(&connection, response, Some(&cell_id)))
+            }
+            .await;
+            answer.map(|answer| answer.with_wall_time(called.elapsed()))
         })
     }
 
@@ -442,15 +556,23 @@ impl CodeModeSession for HostedSession {
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
         Box::pin(async move {
-            let (connection, started): (_, StartedPendingCell) = self
-                .call(
-                    SessionCall::ExecuteToPending(request),
-                    RequestHooks::default(),
-                )
-                .await?;
-            Ok(StartedPendingCell {
-                cell_id: connection.external_cell_id(&started.cell_id),
-                outcome: external_outcome(&connection, started.outcome, None),
+            let called = std::time::Instant::now();
+            let answer: Result<_, SessionError> = async move {
+                let (connection, started): (_, StartedPendingCell) = self
+                    .call(
+                        SessionCall::ExecuteToPending(request),
+                        RequestHooks::default(),
+                    )
+                    .await?;
+                Ok(StartedPendingCell {
+                    cell_id: connection.external_cell_id(&started.cell_id),
+                    outcome: external_outcome(&connection, started.outcome, None),
+                })
+            }
+            .await;
+            answer.map(|answer| StartedPendingCell {
+                outcome: answer.outcome.with_wall_time(called.elapsed()),
+                ..answer
             })
         })
     }
@@ -460,15 +582,20 @@ impl CodeModeSession for HostedSession {
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(async move {
-            let answer = self
-                .call_on_cell(&cell_id, true, RequestHooks::default(), |cell_id| {
-                    SessionCall::WaitToPending { cell_id }
-                })
-                .await?;
-            let Some((connection, outcome)) = answer else {
-                return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));
-            };
-            Ok(external_outcome(&connection, outcome, Some(&cell_id)))
+            let called = std::time::Instant::now();
+            let answer: Result<_, SessionError> = async move {
+                let answer = self
+                    .call_on_cell(&cell_id, true, RequestHooks::default(), |cell_id| {
+                        SessionCall::WaitToPending { cell_id }
+                    })
+                    .await?;
+                let Some((connection, outcome)) = answer else {
+                    return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));
+                };
+                Ok(external_outcome(&connection, outcome, Some(&cell_id)))
+            }
+            .await;
+            answer.map(|answer| answer.with_wall_time(called.elapsed()))
         })
     }
 
@@ -523,5 +650,9 @@ impl CodeModeSession for HostedSession {
                 connection.forget_session(session);
             }
         })
+    }
+
+    fn stored_values(&self) -> StoredValues {
+        self.committed_values()
     }
 }

@@ -3,10 +3,12 @@
 //! One provider owns one runtime process at a time, spawned on first use and shared by all
 //! of its sessions. A session opens its remote session lazily, on its first call. When the
 //! process dies, calls in flight fail with `SessionError::RuntimeLost` (the cause named),
-//! each live cell is reported closed, and the next call of each session that had state
-//! fails once with `SessionError::RuntimeReplaced`; later calls run in a fresh process
-//! (the next *generation*, whose cell ids read `g2:1`, `g3:1`, ...). Nothing is replayed.
-//! Restarts back off, and a crash loop gives up with a clear error.
+//! each live cell is reported closed, and each session's next call runs in a fresh process
+//! (the next *generation*, whose cell ids read `g2:1`, `g3:1`, ...) with the session's
+//! committed stored values, which the host keeps (contract §7). Nothing is replayed.
+//! A runtime that drains (SIGTERM) finishes its cells while a fresh one takes new sessions,
+//! and sessions move to it at their next exec. Restarts back off, and a crash loop gives
+//! up with a clear error.
 
 use crate::binary::find_binary;
 use crate::connection::{Connection, Liveness, Placed};
@@ -45,6 +47,10 @@ pub struct ProcessConfig {
     /// default (its death is seen at once as the end of its socket, and a host that drives
     /// its async runtime only now and then would take its own pause for a dead runtime).
     pub liveness: Option<Liveness>,
+    /// Runtime losses (crashes, failed starts) within [`CRASH_WINDOW`] after which the
+    /// provider stops starting runtimes and every call fails with the last cause.
+    /// Default [`MAX_CRASHES`].
+    pub max_crashes: usize,
 }
 
 impl Default for ProcessConfig {
@@ -54,6 +60,7 @@ impl Default for ProcessConfig {
             log_filter: "warn".to_owned(),
             connect_timeout: Duration::from_secs(10),
             liveness: None,
+            max_crashes: MAX_CRASHES,
         }
     }
 }
@@ -139,12 +146,18 @@ impl ProviderInner {
     async fn connection(&self) -> Result<Arc<Connection>, HostError> {
         let mut runtime = self.runtime.lock().await;
         if let Some(current) = &runtime.current {
-            if !current.is_lost() {
+            if current.is_healthy() {
                 return Ok(Arc::clone(current));
             }
+            if current.is_lost() {
+                runtime.failures.push_back(Instant::now());
+                runtime.last_failure = "the previous runtime was lost".to_owned();
+            } else {
+                // Draining (it got SIGTERM): it finishes its cells for the sessions still
+                // on it, and a fresh one takes new sessions and those that move.
+                tracing::info!(peer = %current.describe(), "the code-mode runtime drains; starting a fresh one");
+            }
             runtime.current = None;
-            runtime.failures.push_back(Instant::now());
-            runtime.last_failure = "the previous runtime was lost".to_owned();
         }
         let now = Instant::now();
         while runtime
@@ -155,7 +168,7 @@ impl ProviderInner {
             runtime.failures.pop_front();
         }
         let recent = runtime.failures.len();
-        if recent >= MAX_CRASHES {
+        if recent >= self.config.max_crashes {
             return Err(HostError::CrashLoop {
                 crashes: recent,
                 window: CRASH_WINDOW,

@@ -90,6 +90,7 @@ impl Reclaim for CellResponse {
                     CellResponse::Yielded {
                         cell_id,
                         content_items,
+                        wall_time: answer.wall_time(),
                     }
                 }
             };
@@ -123,6 +124,7 @@ impl Reclaim for PendingOutcome {
                 cell_id,
                 content_items,
                 pending_tool_call_ids,
+                wall_time,
             } => {
                 let (mut items, mut calls) = unclaimed.into_parts();
                 items.extend(content_items);
@@ -131,6 +133,7 @@ impl Reclaim for PendingOutcome {
                     cell_id,
                     content_items: items,
                     pending_tool_call_ids: calls,
+                    wall_time,
                 }
             }
         }
@@ -160,6 +163,7 @@ mod tests {
         CellResponse::Yielded {
             cell_id: CellId::new(3),
             content_items: items.iter().map(|item| text(item)).collect(),
+            wall_time: std::time::Duration::ZERO,
         }
     }
 
@@ -169,6 +173,7 @@ mod tests {
             content_items: items.iter().map(|item| text(item)).collect(),
             error_text: None,
             missing_cell: false,
+            wall_time: std::time::Duration::ZERO,
         }
     }
 
@@ -177,6 +182,7 @@ mod tests {
             cell_id: CellId::new(3),
             content_items: items.iter().map(|item| text(item)).collect(),
             pending_tool_call_ids: calls.iter().map(|call| call.parse().unwrap()).collect(),
+            wall_time: std::time::Duration::ZERO,
         }
     }
 
@@ -197,12 +203,14 @@ mod tests {
         let terminated = CellResponse::Terminated {
             cell_id: CellId::new(3),
             content_items: vec![text("b")],
+            wall_time: std::time::Duration::ZERO,
         };
         assert_eq!(
             CellResponse::after(kept, terminated),
             CellResponse::Terminated {
                 cell_id: CellId::new(3),
                 content_items: vec![text("a"), text("b")],
+                wall_time: std::time::Duration::ZERO,
             }
         );
     }

@@ -18,6 +18,7 @@ pub mod json_text;
 pub mod model;
 pub mod search;
 pub mod session;
+pub mod stored;
 pub mod surface;
 pub mod sync;
 pub mod texts;
@@ -33,3 +34,4 @@ pub use session::{
     CodeModeSessionDelegate, ExecHooks, ExecRequest, NestedToolCall, PendingOutcome, SessionError,
     SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
 };
+pub use stored::StoredValues;

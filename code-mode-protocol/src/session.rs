@@ -10,6 +10,7 @@
 use crate::ids::{CallId, CellId, ToolError};
 use crate::json_text::JsonText;
 use crate::model::{ContentItem, ToolDefinition, ToolKind};
+use crate::stored::StoredValues;
 use crate::texts;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -84,6 +85,10 @@ pub struct SessionOptions {
     /// to the session's next cell (CONTRACT §7). On by default; off, every cell gets a
     /// fresh isolate.
     pub reuse_isolates: bool,
+    /// Caps the session's stored values, in bytes of keys and JSON text
+    /// ([`crate::stored`]); a `store` beyond it fails. Default
+    /// [`crate::stored::DEFAULT_MAX_STORED_BYTES`] (64 MiB).
+    pub max_stored_bytes: u64,
 }
 
 impl Default for SessionOptions {
@@ -92,6 +97,7 @@ impl Default for SessionOptions {
             max_yield_time_ms: None,
             limits: CellLimits::default(),
             reuse_isolates: true,
+            max_stored_bytes: crate::stored::DEFAULT_MAX_STORED_BYTES,
         }
     }
 }
@@ -257,17 +263,24 @@ impl WaitRequest {
 }
 
 /// What one observation of a cell returns (contract 3.2).
+///
+/// Every variant carries `wall_time`: how long the provider took to answer the
+/// observation, measured by the provider from the call's arrival to its answer (contract
+/// 8.5); the formatter's `Wall time` line shows it. [`CellResponse::timeless`] compares
+/// responses without it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CellResponse {
     /// The cell is still running; these are the items produced since the last observation.
     Yielded {
         cell_id: CellId,
         content_items: Vec<ContentItem>,
+        wall_time: Duration,
     },
     /// The cell was terminated; the items it produced and had not returned.
     Terminated {
         cell_id: CellId,
         content_items: Vec<ContentItem>,
+        wall_time: Duration,
     },
     /// The cell completed; `error_text` is set when it failed. `missing_cell` marks the
     /// answer to a `wait` on an id the session does not know, so that a caller can tell it
@@ -277,6 +290,7 @@ pub enum CellResponse {
         content_items: Vec<ContentItem>,
         error_text: Option<String>,
         missing_cell: bool,
+        wall_time: Duration,
     },
 }
 
@@ -289,7 +303,35 @@ impl CellResponse {
             cell_id,
             content_items: Vec::new(),
             missing_cell: true,
+            wall_time: Duration::ZERO,
         }
+    }
+
+    /// The time the provider measured for the observation that returned this response
+    /// (contract 8.5).
+    pub fn wall_time(&self) -> Duration {
+        match self {
+            CellResponse::Yielded { wall_time, .. }
+            | CellResponse::Terminated { wall_time, .. }
+            | CellResponse::Result { wall_time, .. } => *wall_time,
+        }
+    }
+
+    /// The same response with the time `measured`, as the provider that answers the
+    /// observation stamps it.
+    pub fn with_wall_time(mut self, measured: Duration) -> Self {
+        match &mut self {
+            CellResponse::Yielded { wall_time, .. }
+            | CellResponse::Terminated { wall_time, .. }
+            | CellResponse::Result { wall_time, .. } => *wall_time = measured,
+        }
+        self
+    }
+
+    /// The same response with no time: what it says, for comparing two responses whose
+    /// measurements differ.
+    pub fn timeless(self) -> Self {
+        self.with_wall_time(Duration::ZERO)
     }
 
     /// The same response for another cell id (e.g. as a host presents it).
@@ -368,9 +410,46 @@ pub enum PendingOutcome {
         cell_id: CellId,
         content_items: Vec<ContentItem>,
         pending_tool_call_ids: Vec<CallId>,
+        /// As [`CellResponse`]'s: the provider's time for the observation.
+        wall_time: Duration,
     },
     /// The cell finished (or was terminated) before reaching a frontier.
     Completed(CellResponse),
+}
+
+impl PendingOutcome {
+    /// The time the provider measured for the observation (contract 8.5).
+    pub fn wall_time(&self) -> Duration {
+        match self {
+            PendingOutcome::Pending { wall_time, .. } => *wall_time,
+            PendingOutcome::Completed(response) => response.wall_time(),
+        }
+    }
+
+    /// The same outcome with the time `measured`.
+    pub fn with_wall_time(self, measured: Duration) -> Self {
+        match self {
+            PendingOutcome::Pending {
+                cell_id,
+                content_items,
+                pending_tool_call_ids,
+                ..
+            } => PendingOutcome::Pending {
+                cell_id,
+                content_items,
+                pending_tool_call_ids,
+                wall_time: measured,
+            },
+            PendingOutcome::Completed(response) => {
+                PendingOutcome::Completed(response.with_wall_time(measured))
+            }
+        }
+    }
+
+    /// The same outcome with no time, for comparisons.
+    pub fn timeless(self) -> Self {
+        self.with_wall_time(Duration::ZERO)
+    }
 }
 
 /// What `execute_to_pending` returns.
@@ -453,12 +532,12 @@ pub enum SessionError {
     /// The runtime could not run the call (no thread or process could be started, ...).
     #[error("{}", texts::runtime_failure(.0))]
     Runtime(String),
-    /// The runtime process died while the call was in flight. The text names the cause.
+    /// The runtime process died (or its connection was lost) while the call was in
+    /// flight, or the call names a cell that was running there. The text names the cause.
+    /// The session itself goes on: its next call runs on a fresh runtime with every
+    /// committed stored value (contract §7).
     #[error("{}", texts::runtime_lost(.0))]
     RuntimeLost(String),
-    /// The first call on a session after its runtime process was replaced.
-    #[error("{}", texts::RUNTIME_REPLACED)]
-    RuntimeReplaced,
 }
 
 /// The agent core's side of a session: answers nested tool calls, receives notifications
@@ -494,6 +573,15 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
     /// response was returned (or the session shut down). Called exactly once per cell. The
     /// default does nothing.
     fn cell_closed(&self, _: &CellId) {}
+
+    /// A completed cell's stored-value writes were merged into the session (contract
+    /// section 4), in the same step as its completion and before its final response is
+    /// given: `writes` holds each key the cell wrote with its last value. Called on the
+    /// session's delegate (never a cell's own), only for cells that wrote something. A
+    /// runtime process forwards it to its host, which keeps every session's committed
+    /// values so that they outlive the runtime (contract §7); an agent core may persist
+    /// them as they come. Never block in it. The default does nothing.
+    fn committed(&self, _: &CellId, _: &StoredValues) {}
 }
 
 /// Something that opens sessions. One per place cells run: `code_mode::InProcessProvider`
@@ -504,13 +592,27 @@ pub trait CodeModeProvider: Send + Sync {
     /// The session this provider hands out.
     type Session: CodeModeSession + 'static;
 
-    /// A new session reporting to `delegate`. Opening is cheap and never fails: whatever
-    /// the session needs (a thread, a process, a connection) is started by its first
-    /// call, which reports what went wrong as a [`SessionError`].
+    /// A new session reporting to `delegate`, with no stored values. Opening is cheap and
+    /// never fails: whatever the session needs (a thread, a process, a connection) is
+    /// started by its first call, which reports what went wrong as a [`SessionError`].
     fn open_session(
         &self,
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
+    ) -> Self::Session {
+        self.open_session_with_values(delegate, options, StoredValues::new())
+    }
+
+    /// [`Self::open_session`] with `stored_values` as the session's committed map: an agent
+    /// core that resumes a conversation after its own restart restores what
+    /// [`CodeModeSession::stored_values`] gave it. Values are JSON text; one that is not
+    /// valid JSON makes `load` of its key throw. A map beyond the session's cap is kept
+    /// whole, and only later `store`s are refused.
+    fn open_session_with_values(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        stored_values: StoredValues,
     ) -> Self::Session;
 }
 
@@ -595,6 +697,13 @@ pub trait CodeModeSession: Send + Sync {
     /// Cancel safety: the shutdown proceeds even if the future is dropped; a later call
     /// waits for it again.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    /// A snapshot of the session's committed stored values: every key finished cells
+    /// stored, with its JSON text (contract section 4); writes of running cells are not
+    /// in it. Open a session with it ([`CodeModeProvider::open_session_with_values`]) to
+    /// restore it. For a session in a runtime process, this is the host's copy: no round
+    /// trip, and it survives the runtime (contract §7).
+    fn stored_values(&self) -> StoredValues;
 }
 
 #[cfg(test)]

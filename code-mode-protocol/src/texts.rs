@@ -11,9 +11,6 @@ use std::fmt;
 /// A session call after its shutdown began.
 pub const SHUTTING_DOWN: &str = "code mode session is shutting down";
 
-/// The first call of a session after its runtime process was replaced.
-pub const RUNTIME_REPLACED: &str = "The exec runtime was replaced. Stored values and running cells were lost. Prior external tool operations may have completed; inspect their results before retrying. You may continue with a fresh exec call.";
-
 /// A second observer of a cell that already has one.
 pub fn busy_observer(cell_id: &CellId) -> String {
     format!("exec cell {cell_id} already has an active observer")
@@ -36,7 +33,9 @@ pub fn runtime_failure(detail: &dyn fmt::Display) -> String {
 
 /// The runtime process died while the call was in flight; `cause` names why.
 pub fn runtime_lost(cause: &dyn fmt::Display) -> String {
-    format!("the exec runtime was lost ({cause}). Stored values and running cells were lost.")
+    format!(
+        "the exec runtime was lost ({cause}). The cells running on it were lost; stored values committed by finished cells are kept."
+    )
 }
 
 /// The status line of a response: a cell still running.
@@ -165,6 +164,15 @@ pub fn unable_to_store(key: &str) -> String {
     format!("Unable to store \"{key}\". Only plain serializable objects can be stored.")
 }
 
+/// `store(key, value)` that would take the session's stored values (the cell's view of
+/// them: the snapshot it started with plus its own writes) to `bytes`, beyond the
+/// session's cap of `max_bytes` (contract section 4).
+pub fn stored_values_full(key: &str, bytes: u64, max_bytes: u64) -> String {
+    format!(
+        "Unable to store \"{key}\": the session's stored values would take {bytes} bytes, more than their limit of {max_bytes} bytes. Store less, or store smaller values."
+    )
+}
+
 /// A value the cell passed that could not become JSON; `detail` says why.
 pub fn failed_to_serialize(detail: &dyn fmt::Display) -> String {
     format!("failed to serialize JavaScript value: {detail}")
@@ -259,7 +267,7 @@ mod tests {
         );
         assert_eq!(
             runtime_lost(&"killed"),
-            "the exec runtime was lost (killed). Stored values and running cells were lost."
+            "the exec runtime was lost (killed). The cells running on it were lost; stored values committed by finished cells are kept."
         );
     }
 }

@@ -41,10 +41,19 @@ fn request(source: &str) -> ExecRequest {
     ExecRequest::new(source).with_tools(TestDelegate::tools())
 }
 
+/// A started cell without its measured time, to compare with what a scenario expects.
+fn timeless(started: StartedCell) -> StartedCell {
+    StartedCell {
+        initial_response: started.initial_response.timeless(),
+        ..started
+    }
+}
+
 async fn exec(session: &impl CodeModeSession, source: &str) -> StartedCell {
     session
         .execute(request(source))
         .await
+        .map(timeless)
         .unwrap_or_else(|error| panic!("exec failed: {error}"))
 }
 
@@ -52,6 +61,7 @@ async fn exec_short(session: &impl CodeModeSession, source: &str) -> StartedCell
     session
         .execute(request(source).with_yield_time_ms(SHORT_YIELD_MS))
         .await
+        .map(timeless)
         .unwrap_or_else(|error| panic!("exec failed: {error}"))
 }
 
@@ -59,6 +69,7 @@ async fn wait(session: &impl CodeModeSession, cell_id: impl Into<CellId>) -> Cel
     session
         .wait(WaitRequest::new(cell_id))
         .await
+        .map(CellResponse::timeless)
         .unwrap_or_else(|error| panic!("wait failed: {error}"))
 }
 
@@ -73,6 +84,7 @@ fn yielded(cell_id: &str, items: &[&str]) -> CellResponse {
     CellResponse::Yielded {
         cell_id: cell_id.into(),
         content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
+        wall_time: Duration::ZERO,
     }
 }
 
@@ -82,6 +94,7 @@ fn result(cell_id: &str, items: &[&str], error_text: Option<&str>) -> CellRespon
         content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
         error_text: error_text.map(str::to_owned),
         missing_cell: false,
+        wall_time: Duration::ZERO,
     }
 }
 
@@ -89,6 +102,7 @@ fn terminated(cell_id: &str, items: &[&str]) -> CellResponse {
     CellResponse::Terminated {
         cell_id: cell_id.into(),
         content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
+        wall_time: Duration::ZERO,
     }
 }
 
@@ -100,6 +114,7 @@ fn pending(cell_id: &str, items: &[&str], calls: &[&str]) -> PendingOutcome {
             .iter()
             .map(|id| id.parse().expect("a call id"))
             .collect(),
+        wall_time: Duration::ZERO,
     }
 }
 
@@ -620,6 +635,7 @@ pub async fn yield_time_grace_and_session_cap<P: CodeModeProvider>(provider: &P)
                     content_items,
                     error_text: None,
                     missing_cell: false,
+                    ..
                 } => {
                     assert_eq!(cell_id, "1");
                     seen.extend(content_items);
@@ -1105,6 +1121,7 @@ pub async fn audio_items_cross_in_order<P: CodeModeProvider>(provider: &P) {
             ],
             error_text: None,
             missing_cell: false,
+            wall_time: Duration::ZERO,
         }
     );
 }

@@ -178,6 +178,7 @@ impl Host {
             id,
             Request::OpenSession {
                 options: SessionOptions::default(),
+                stored_values: Default::default(),
             },
         )
         .await;
@@ -325,6 +326,7 @@ async fn a_whole_session_over_raw_frames() {
             initial_response: CellResponse::Yielded {
                 cell_id: "1".into(),
                 content_items: vec![text("start"), text("echo 42")],
+                wall_time: std::time::Duration::ZERO,
             },
         })))
     );
@@ -344,6 +346,7 @@ async fn a_whole_session_over_raw_frames() {
         Ok(Response::Reply(SessionReply::Cell(CellResponse::Yielded {
             cell_id: "1".into(),
             content_items: vec![text("after yield")],
+            wall_time: std::time::Duration::ZERO,
         })))
     );
 
@@ -374,6 +377,7 @@ async fn a_whole_session_over_raw_frames() {
             CellResponse::Terminated {
                 cell_id: "1".into(),
                 content_items: vec![],
+                wall_time: std::time::Duration::ZERO,
             }
         )))
     );
@@ -568,6 +572,7 @@ async fn protocol_violations_close_the_connection() {
                         max_yield_time_ms: None,
                         ..SessionOptions::default()
                     },
+                    stored_values: Default::default(),
                 },
             },
             ClientMessage::Request {
@@ -740,6 +745,7 @@ async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused(
                 content_items: vec![ContentItem::text("echo,block")],
                 error_text: None,
                 missing_cell: false,
+                wall_time: std::time::Duration::ZERO,
             }
         );
     }

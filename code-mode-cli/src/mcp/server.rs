@@ -34,7 +34,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -264,7 +263,6 @@ impl CodeModeServer {
     ) -> Result<CallToolResult, ErrorData> {
         self.connection.abandoned_observations_ended().await;
         let _observing = Observing::new(&self.connection, &context.ct);
-        let started = Instant::now();
         lock(&self.connection.listener).progress =
             context.meta.get_progress_token().map(|token| (token, 0));
         let mut observation = observation;
@@ -280,6 +278,7 @@ impl CodeModeServer {
             if let Ok(CellResponse::Yielded {
                 cell_id,
                 content_items,
+                ..
             }) = outcome
                 && !content_items.is_empty()
             {
@@ -300,9 +299,7 @@ impl CodeModeServer {
             Ok(response) => {
                 let response = self.with_held_output(response);
                 Ok(CallToolResult::success(content(&format_response(
-                    &response,
-                    started.elapsed(),
-                    max_tokens,
+                    &response, max_tokens,
                 ))))
             }
         }

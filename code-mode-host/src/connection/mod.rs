@@ -31,6 +31,7 @@ use crate::unclaimed::Unclaimed;
 pub(crate) use answers::Answer;
 use answers::{AbandonOnDrop, Deliver, deliver_to};
 use code_mode_protocol::session::{poll_once, until_cancelled};
+use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_protocol::wire::*;
@@ -112,11 +113,19 @@ struct PendingRequest {
     hooks: RequestHooks,
 }
 
+/// What the host keeps of a session being opened: its delegate, and its copy of the
+/// committed stored values, which `Committed` messages update.
+#[derive(Clone)]
+pub(crate) struct Opening {
+    pub(crate) delegate: Arc<dyn CodeModeSessionDelegate>,
+    pub(crate) stored: Arc<Mutex<CommittedValues>>,
+}
+
 /// What a request carries for the host's side only.
 #[derive(Default, Clone)]
 pub(crate) struct RequestHooks {
-    /// For `OpenSession`: the delegate of the session being opened.
-    pub(crate) opening: Option<Arc<dyn CodeModeSessionDelegate>>,
+    /// For `OpenSession`: the session being opened.
+    pub(crate) opening: Option<Opening>,
     /// For `Execute`: the cell's own delegate (contract 8.5), registered at admission.
     pub(crate) cell_delegate: Option<Arc<dyn CodeModeSessionDelegate>>,
     /// For `Execute`: told the cell's id (as the agent core sees it) at admission.
@@ -127,6 +136,8 @@ pub(crate) struct RequestHooks {
 
 struct SessionEntry {
     delegate: Arc<dyn CodeModeSessionDelegate>,
+    /// The host's copy of the session's committed stored values (contract §7).
+    stored: Arc<Mutex<CommittedValues>>,
     /// Cells started with a delegate of their own, until they close.
     cell_delegates: HashMap<CellId, Arc<dyn CodeModeSessionDelegate>>,
     /// Cells seen alive (by a response or a delegate call) and not yet closed.
@@ -173,6 +184,8 @@ pub(crate) struct Connection {
     draining: AtomicBool,
     /// Sessions placed on this runtime by a provider (bound or being bound).
     placed: AtomicUsize,
+    /// Once lost: per session, the cells that were running (they died with the runtime).
+    lost_cells: Mutex<HashMap<SessionId, Vec<CellId>>>,
     /// The pinger and writer tasks, stopped when the connection is lost or dropped (the
     /// pinger holds the outbox, which keeps the writer and so the stream alive).
     tasks: Mutex<Vec<AbortHandle>>,
@@ -256,6 +269,7 @@ impl Connection {
             lost: OnceLock::new(),
             draining: AtomicBool::new(false),
             placed: AtomicUsize::new(0),
+            lost_cells: Mutex::new(HashMap::new()),
             tasks: Mutex::new(tasks),
         });
         tokio::spawn(read_loop(
@@ -299,6 +313,40 @@ impl Connection {
 
     pub(crate) fn is_lost(&self) -> bool {
         self.lost.get().is_some()
+    }
+
+    /// Why the connection was lost, once it was.
+    pub(crate) fn lost_cause(&self) -> Option<String> {
+        self.lost.get().cloned()
+    }
+
+    /// The cells of `session` that were running when the connection was lost, as the
+    /// agent core knows them (taken: each is reported once).
+    pub(crate) fn take_lost_cells(&self, session: SessionId) -> Vec<CellId> {
+        let cells = lock(&self.lost_cells).remove(&session).unwrap_or_default();
+        cells
+            .iter()
+            .map(|cell_id| self.external_cell_id(cell_id))
+            .collect()
+    }
+
+    /// Whether `session` has nothing on this runtime that a move would leave behind: no
+    /// cell alive, no answer kept for a cell, no request in flight.
+    pub(crate) fn session_is_idle(&self, session: SessionId) -> bool {
+        let state = lock(&self.state);
+        let quiet = state
+            .sessions
+            .get(&session)
+            .is_none_or(|entry| entry.live_cells.is_empty() && entry.unclaimed.is_empty());
+        quiet
+            && !state
+                .pending
+                .values()
+                .any(|pending| pending.session == Some(session))
+            && !state
+                .abandoned
+                .values()
+                .any(|abandoned| *abandoned == Some(session))
     }
 
     fn lost_error(&self) -> SessionError {
@@ -460,6 +508,25 @@ impl Connection {
             }
             ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
             ServerMessage::Admitted { id, cell_id } => self.on_admitted(id, cell_id),
+            ServerMessage::Committed {
+                session,
+                cell_id,
+                writes,
+            } => {
+                if !is_runtime_cell_id(&cell_id) {
+                    return Err(format!("a commit names an invalid cell id {cell_id:?}"));
+                }
+                let stored = lock(&self.state)
+                    .sessions
+                    .get(&session)
+                    .map(|entry| Arc::clone(&entry.stored));
+                match stored {
+                    Some(stored) => lock(&stored).merge(&writes),
+                    // A session the host already forgot (shut down): nobody keeps it.
+                    None => tracing::debug!(%session, "a commit for a session no longer open"),
+                }
+                Ok(())
+            }
             ServerMessage::Ping(nonce) => {
                 let _ = self.outbox.send(&ClientMessage::Pong(nonce));
                 Ok(())
@@ -496,11 +563,12 @@ impl Connection {
         if let Ok(response) = &result {
             match response {
                 Response::SessionOpened(session) => {
-                    let Some(delegate) = pending.hooks.opening.clone() else {
+                    let Some(Opening { delegate, stored }) = pending.hooks.opening.clone() else {
                         return Err(format!("{session} opened without a delegate"));
                     };
                     let entry = SessionEntry {
                         delegate,
+                        stored,
                         cell_delegates: HashMap::new(),
                         live_cells: HashSet::new(),
                         closed_cells: HashSet::new(),
@@ -594,6 +662,12 @@ impl Connection {
         for (_, token) in state.delegate_calls {
             token.cancel();
         }
+        {
+            let mut lost_cells = lock(&self.lost_cells);
+            for (session, entry) in &state.sessions {
+                lost_cells.insert(*session, entry.live_cells.iter().cloned().collect());
+            }
+        }
         for mut entry in state.sessions.into_values() {
             for cell_id in entry.live_cells {
                 let delegate = entry
@@ -669,6 +743,7 @@ fn describe(message: &ServerMessage) -> &'static str {
         ServerMessage::Ping(_) => "Ping",
         ServerMessage::Pong(_) => "Pong",
         ServerMessage::Draining => "Draining",
+        ServerMessage::Committed { .. } => "Committed",
     }
 }
 

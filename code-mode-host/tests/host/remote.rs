@@ -154,15 +154,9 @@ async fn sessions_spread_over_three_runtimes_and_only_the_dead_ones_sessions_not
     }
     assert_eq!(lost, 8);
 
-    // The dead runtime's sessions fail once more (replaced), then run elsewhere; the
+    // The dead runtime's sessions run elsewhere at their next call, without an error; the
     // others never notice.
     for (index, session) in sessions.iter().enumerate() {
-        if placed[index] == victim {
-            assert_eq!(
-                echo_cell(session, "after").await,
-                Err(SessionError::RuntimeReplaced)
-            );
-        }
         for cell in 0..3 {
             echo_cell(session, &format!("s{index} after {cell}"))
                 .await

@@ -10,7 +10,6 @@
 use crate::model::ContentItem;
 use crate::session::CellResponse;
 use crate::texts;
-use std::time::Duration;
 
 /// Bytes of UTF-8 text counted as one token.
 pub const BYTES_PER_TOKEN: u64 = 4;
@@ -27,16 +26,13 @@ pub fn status_line(response: &CellResponse) -> String {
     }
 }
 
-/// The tool output for `response`, which took `wall_time`, within `max_output_tokens`.
-pub fn format_response(
-    response: &CellResponse,
-    wall_time: Duration,
-    max_output_tokens: u64,
-) -> Vec<ContentItem> {
+/// The tool output for `response` within `max_output_tokens`. Its `Wall time` line is the
+/// time the provider measured for the observation (contract 8.5).
+pub fn format_response(response: &CellResponse, max_output_tokens: u64) -> Vec<ContentItem> {
     let header = format!(
         "{}\n{}\n{}",
         status_line(response),
-        texts::wall_time(wall_time.as_secs_f64()),
+        texts::wall_time(response.wall_time().as_secs_f64()),
         texts::OUTPUT
     );
     let mut items = vec![ContentItem::text(header)];

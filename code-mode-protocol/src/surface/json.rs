@@ -26,31 +26,43 @@ pub fn items_json(items: &[ContentItem]) -> Value {
     Value::Array(items.iter().map(item_json).collect())
 }
 
-/// A response: `type` is `yielded`, `terminated` or `result`.
+/// A response: `type` is `yielded`, `terminated` or `result`; `wall_time_ms` is the time
+/// the provider measured for the observation (contract 8.5), in milliseconds.
 pub fn response_json(response: &CellResponse) -> Value {
+    let wall_time_ms = milliseconds(response.wall_time());
     match response {
         CellResponse::Yielded {
             cell_id,
             content_items,
+            ..
         } => json!({
             "type": "yielded", "cell_id": cell_id, "content_items": items_json(content_items),
+            "wall_time_ms": wall_time_ms,
         }),
         CellResponse::Terminated {
             cell_id,
             content_items,
+            ..
         } => json!({
             "type": "terminated", "cell_id": cell_id, "content_items": items_json(content_items),
+            "wall_time_ms": wall_time_ms,
         }),
         CellResponse::Result {
             cell_id,
             content_items,
             error_text,
             missing_cell,
+            ..
         } => json!({
             "type": "result", "cell_id": cell_id, "content_items": items_json(content_items),
-            "error_text": error_text, "missing_cell": missing_cell,
+            "error_text": error_text, "missing_cell": missing_cell, "wall_time_ms": wall_time_ms,
         }),
     }
+}
+
+/// A time in milliseconds, to the microsecond.
+fn milliseconds(time: std::time::Duration) -> f64 {
+    (time.as_micros() as f64) / 1000.0
 }
 
 /// A pending-aware outcome: `type` is `pending`, or `completed` with a `response`.
@@ -60,9 +72,11 @@ pub fn pending_json(outcome: &PendingOutcome) -> Value {
             cell_id,
             content_items,
             pending_tool_call_ids,
+            wall_time,
         } => json!({
             "type": "pending", "cell_id": cell_id, "content_items": items_json(content_items),
             "pending_tool_call_ids": pending_tool_call_ids,
+            "wall_time_ms": milliseconds(*wall_time),
         }),
         PendingOutcome::Completed(response) => json!({
             "type": "completed", "response": response_json(response),

@@ -10,7 +10,9 @@ use std::fmt;
 /// of its own (version 1 repeated the runtime-failure prefix and had unused kinds).
 /// 3: both sides ping each other (liveness), and a runtime can be draining.
 /// 4: audio items, deferred tools, preempt and interrupt, admission and the exec call id.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: responses carry the provider's time, sessions open with stored values, and the
+/// runtime reports every commit (`Committed`) so the host keeps the values.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

@@ -163,8 +163,12 @@ pub enum ClientMessage {
 /// A request: open a session, or one call of an open session's methods.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
+    /// Opens a session whose committed stored values are `stored_values`: empty for a
+    /// new session, the host's copy when a session moves to this runtime (its runtime
+    /// was lost or drains), or what an agent core restored (contract §7).
     OpenSession {
         options: SessionOptions,
+        stored_values: crate::stored::StoredValues,
     },
     /// A call of the session's methods; `Shutdown` also makes the server forget it.
     Session {
@@ -263,6 +267,15 @@ pub enum ServerMessage {
         id: RequestId,
         cell_id: CellId,
     },
+    /// A completed cell's stored-value writes were merged into its session: sent in the
+    /// same step as the merge, so before the cell's final response. The host applies them
+    /// to its copy of the session's committed values, which outlives this runtime
+    /// (contract §7).
+    Committed {
+        session: SessionId,
+        cell_id: CellId,
+        writes: crate::stored::StoredValues,
+    },
 }
 
 /// Stable error kinds on the wire; the host maps them back to the contract's strings.
@@ -290,9 +303,6 @@ pub enum WireError {
     /// [`SessionError::RuntimeLost`] (a runtime relaying another): its cause.
     #[error("{}", texts::runtime_lost(.0))]
     RuntimeLost(String),
-    /// [`SessionError::RuntimeReplaced`].
-    #[error("{}", texts::RUNTIME_REPLACED)]
-    RuntimeReplaced,
     /// The runtime is draining and opens no new session; a host places it elsewhere.
     #[error("the runtime is draining and opens no new session")]
     Draining,
@@ -313,7 +323,6 @@ impl From<SessionError> for WireError {
             SessionError::AlreadyTerminating(cell) => WireError::AlreadyTerminating(cell),
             SessionError::Runtime(message) => WireError::Internal(message),
             SessionError::RuntimeLost(cause) => WireError::RuntimeLost(cause),
-            SessionError::RuntimeReplaced => WireError::RuntimeReplaced,
         }
     }
 }
@@ -329,7 +338,6 @@ impl WireError {
             WireError::AlreadyTerminating(cell) => SessionError::AlreadyTerminating(cell),
             WireError::Internal(message) => SessionError::Runtime(message),
             WireError::RuntimeLost(cause) => SessionError::RuntimeLost(cause),
-            WireError::RuntimeReplaced => SessionError::RuntimeReplaced,
             other @ (WireError::MissingSession(_)
             | WireError::Cancelled
             | WireError::ResponseTooLarge { .. }

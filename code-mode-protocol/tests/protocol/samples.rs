@@ -42,6 +42,7 @@ pub fn client_messages() -> Vec<ClientMessage> {
                 max_yield_time_ms: Some(0),
                 ..SessionOptions::default()
             },
+            stored_values: Default::default(),
         },
         Request::Session {
             session,
@@ -119,6 +120,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
             initial_response: CellResponse::Yielded {
                 cell_id: "1".into(),
                 content_items: items(),
+                wall_time: std::time::Duration::ZERO,
             },
         })),
         Response::Reply(SessionReply::Cell(CellResponse::Result {
@@ -126,10 +128,12 @@ pub fn server_messages() -> Vec<ServerMessage> {
             content_items: items(),
             error_text: Some("Error: x".into()),
             missing_cell: false,
+            wall_time: std::time::Duration::ZERO,
         })),
         Response::Reply(SessionReply::Cell(CellResponse::Terminated {
             cell_id: "1".into(),
             content_items: vec![],
+            wall_time: std::time::Duration::ZERO,
         })),
         Response::Reply(SessionReply::StartedPending(StartedPendingCell {
             cell_id: "2".into(),
@@ -137,6 +141,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
                 cell_id: "2".into(),
                 content_items: items(),
                 pending_tool_call_ids: vec![CallId::new(1), CallId::new(2)],
+                wall_time: std::time::Duration::ZERO,
             },
         })),
         Response::Reply(SessionReply::Pending(PendingOutcome::Completed(
@@ -155,7 +160,6 @@ pub fn server_messages() -> Vec<ServerMessage> {
         WireError::ResponseTooLarge { bytes: 1, max: 2 },
         WireError::Internal("boom".into()),
         WireError::RuntimeLost("killed".into()),
-        WireError::RuntimeReplaced,
         WireError::Draining,
         WireError::TooManySessions { max: 1024 },
         WireError::UnknownToolSet(ToolSetId(7)),

@@ -422,22 +422,26 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
         CellResponse::Yielded {
             cell_id: "7".into(),
             content_items: items.clone(),
+            wall_time: std::time::Duration::ZERO,
         },
         CellResponse::Result {
             cell_id: "7".into(),
             content_items: items.clone(),
             error_text: None,
             missing_cell: false,
+            wall_time: std::time::Duration::ZERO,
         },
         CellResponse::Result {
             cell_id: "7".into(),
             content_items: items.clone(),
             error_text: Some("TypeError: x is not a function\n    at exec_main.mjs:3:1".into()),
             missing_cell: false,
+            wall_time: std::time::Duration::ZERO,
         },
         CellResponse::Terminated {
             cell_id: "g2:4".into(),
             content_items: items,
+            wall_time: std::time::Duration::ZERO,
         },
         CellResponse::missing("9"),
     ];
@@ -450,7 +454,11 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
                 status_line(response)
             )
             .unwrap();
-            let formatted = format_response(response, Duration::from_millis(1_250), budget);
+            // The Wall time line is the time the provider measured (contract 8.5).
+            let response = response
+                .clone()
+                .with_wall_time(Duration::from_millis(1_250));
+            let formatted = format_response(&response, budget);
             writeln!(out, "{}\n", render(&formatted)).unwrap();
         }
     }
@@ -459,12 +467,16 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
         content_items: vec![],
         error_text: Some("E".repeat(100)),
         missing_cell: false,
+        wall_time: std::time::Duration::ZERO,
     };
     writeln!(out, "==== a long error / budget 5 tokens").unwrap();
     writeln!(
         out,
         "{}",
-        render(&format_response(&long_error, Duration::from_secs(61), 5))
+        render(&format_response(
+            &long_error.with_wall_time(Duration::from_secs(61)),
+            5
+        ))
     )
     .unwrap();
     assert_golden("format.txt", &out);

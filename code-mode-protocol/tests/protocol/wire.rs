@@ -243,7 +243,6 @@ fn every_session_error_round_trips_through_the_wire() {
         SessionError::AlreadyTerminating("4".into()),
         SessionError::Runtime("no thread could be started".into()),
         SessionError::RuntimeLost("killed by signal 9".into()),
-        SessionError::RuntimeReplaced,
     ] {
         let text = error.to_string();
         let wire = WireError::from(error.clone());

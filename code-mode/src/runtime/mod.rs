@@ -25,7 +25,6 @@ mod values;
 pub mod watchdog;
 
 use code_mode_protocol::{CallId, ContentItem, JsonText, ToolDefinition, ToolError, ToolKind};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -57,7 +56,7 @@ pub use code_mode_protocol::model::JSON_DEPTH_LIMIT;
 pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 
 /// Stored values visible to a cell: key → JSON text. Values are shared, never mutated.
-pub type StoredValues = HashMap<String, Arc<str>>;
+pub use code_mode_protocol::StoredValues;
 
 pub use code_mode_protocol::CellLimits;
 
@@ -71,6 +70,12 @@ pub struct CellConfig {
     pub tools: Arc<[ToolDefinition]>,
     /// The session's stored values when the cell starts (the cell's snapshot).
     pub stored: Arc<StoredValues>,
+    /// The size of `stored` as the session's cap counts it
+    /// ([`code_mode_protocol::stored::map_bytes`]).
+    pub stored_bytes: u64,
+    /// The session's cap on stored values: a `store` that would take the cell's view
+    /// (`stored` plus its own writes) beyond it throws. `None`: no cap.
+    pub max_stored_bytes: Option<u64>,
     pub limits: CellLimits,
 }
 

@@ -17,6 +17,7 @@ use crate::runtime::{
 use actor::{ActorRequest, Answer, CellActor, Observer, Returnable, Routing};
 use code_mode_protocol::search::{SearchCache, SearchableTools};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
+use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
@@ -74,6 +75,15 @@ impl CodeModeProvider for InProcessProvider {
     ) -> InProcessSession {
         InProcessSession::new(delegate, options)
     }
+
+    fn open_session_with_values(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        stored_values: StoredValues,
+    ) -> InProcessSession {
+        InProcessSession::with_values(delegate, options, stored_values)
+    }
 }
 
 /// A session whose cells run in this process. Dropping it starts its shutdown.
@@ -97,7 +107,7 @@ pub(crate) struct Shared {
     actors: TaskTracker,
     registry: Mutex<Registry>,
     /// The committed stored values. Cells get an `Arc` snapshot; commits copy on write.
-    stored: Mutex<Arc<StoredValues>>,
+    stored: Mutex<CommittedValues>,
     /// The session's parked isolates, when it reuses them (CONTRACT §7). Never shared
     /// with another session; cleared at shutdown.
     shelf: Option<Arc<IsolateShelf>>,
@@ -122,13 +132,18 @@ impl Shared {
         }
     }
 
-    /// Merges a completed cell's writes into the session, key by key.
-    pub(crate) fn commit(&self, writes: StoredValues) {
+    /// Merges a completed cell's writes into the session, key by key, and tells the
+    /// session's delegate (a runtime process's delegate sends them to its host) before the
+    /// cell's final response can be given.
+    pub(crate) fn commit(&self, cell_id: &CellId, writes: StoredValues) {
         if writes.is_empty() {
             return;
         }
         let mut stored = lock(&self.stored);
-        Arc::make_mut(&mut stored).extend(writes);
+        stored.merge(&writes);
+        // Under the lock: two cells committing at once reach the delegate in the order
+        // they merged, so a copy applying them in turn ends equal to this map.
+        self.delegate.committed(cell_id, &writes);
     }
 
     /// Removes a closed cell from the registry.
@@ -165,7 +180,10 @@ impl Shared {
             return Err(SessionError::ShuttingDown);
         }
         let cell_id = CellId::new(registry.last_cell_id + 1);
-        let snapshot = Arc::clone(&lock(&self.stored));
+        let (snapshot, stored_bytes) = {
+            let stored = lock(&self.stored);
+            (stored.snapshot(), stored.bytes())
+        };
         let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         // With deferred tools, the cell also gets `tools.tool_search`, answered here.
         let searchable: Option<Arc<SearchableTools>> = self.search.get(&request.tools);
@@ -176,6 +194,8 @@ impl Shared {
             source: request.source,
             tools,
             stored: snapshot,
+            stored_bytes,
+            max_stored_bytes: Some(self.options.max_stored_bytes),
             limits: self.options.limits,
         };
         let runtime = spawn_cell_on(config, events_tx, self.shelf.clone())
@@ -231,6 +251,16 @@ impl InProcessSession {
     /// Creates a session whose nested tool calls, notifications and cell-closed events go to
     /// `delegate`.
     pub fn new(delegate: Arc<dyn CodeModeSessionDelegate>, options: SessionOptions) -> Self {
+        Self::with_values(delegate, options, StoredValues::new())
+    }
+
+    /// [`Self::new`] with `stored_values` as the session's committed map (restored by an
+    /// agent core, or seeded by a host whose runtime was lost).
+    pub fn with_values(
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        stored_values: StoredValues,
+    ) -> Self {
         crate::runtime::prewarm();
         let shelf = options
             .reuse_isolates
@@ -246,7 +276,7 @@ impl InProcessSession {
                     last_cell_id: 0,
                     cells: HashMap::new(),
                 }),
-                stored: Mutex::new(Arc::new(StoredValues::new())),
+                stored: Mutex::new(CommittedValues::new(stored_values)),
                 shelf,
                 search: SearchCache::default(),
             }),
@@ -272,6 +302,7 @@ impl CodeModeSession for InProcessSession {
         hooks: ExecHooks,
     ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
         Box::pin(async move {
+            let called = std::time::Instant::now();
             let (reply, answer) = oneshot::channel();
             let preempt = hooks.preempt.clone();
             let cell_id = self.shared.start_cell(request, hooks, |deadline| {
@@ -281,7 +312,7 @@ impl CodeModeSession for InProcessSession {
             code_mode_protocol::hop!("exec answered");
             Ok(StartedCell {
                 cell_id,
-                initial_response,
+                initial_response: initial_response.with_wall_time(called.elapsed()),
             })
         })
     }
@@ -292,6 +323,7 @@ impl CodeModeSession for InProcessSession {
         preempt: Option<CancellationToken>,
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
+            let called = std::time::Instant::now();
             let deadline = self.shared.deadline(request.yield_time_ms);
             let answer = self
                 .shared
@@ -299,7 +331,8 @@ impl CodeModeSession for InProcessSession {
                     ActorRequest::Observe(Observer::yielding(deadline, preempt, reply))
                 })
                 .await;
-            answer.unwrap_or_else(|| Ok(CellResponse::missing(request.cell_id)))
+            let response = answer.unwrap_or_else(|| Ok(CellResponse::missing(request.cell_id)));
+            response.map(|response| response.with_wall_time(called.elapsed()))
         })
     }
 
@@ -335,11 +368,13 @@ impl CodeModeSession for InProcessSession {
 
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(async move {
+            let called = std::time::Instant::now();
             let answer = self
                 .shared
                 .ask(&cell_id, |reply| ActorRequest::Terminate { reply })
                 .await;
-            answer.unwrap_or_else(|| Ok(CellResponse::missing(cell_id)))
+            let response = answer.unwrap_or_else(|| Ok(CellResponse::missing(cell_id)));
+            response.map(|response| response.with_wall_time(called.elapsed()))
         })
     }
 
@@ -348,12 +383,16 @@ impl CodeModeSession for InProcessSession {
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
         Box::pin(async move {
+            let called = std::time::Instant::now();
             let (reply, answer) = oneshot::channel();
             let cell_id = self
                 .shared
                 .start_cell(request, ExecHooks::default(), |_| Observer::pending(reply))?;
             let outcome = answer.await.map_err(|_| actor_lost(&cell_id))?.take()?;
-            Ok(StartedPendingCell { cell_id, outcome })
+            Ok(StartedPendingCell {
+                cell_id,
+                outcome: outcome.with_wall_time(called.elapsed()),
+            })
         })
     }
 
@@ -362,13 +401,16 @@ impl CodeModeSession for InProcessSession {
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(async move {
+            let called = std::time::Instant::now();
             let answer = self
                 .shared
                 .ask(&cell_id, |reply| {
                     ActorRequest::Observe(Observer::pending(reply))
                 })
                 .await;
-            answer.unwrap_or_else(|| Ok(PendingOutcome::Completed(CellResponse::missing(cell_id))))
+            let outcome = answer
+                .unwrap_or_else(|| Ok(PendingOutcome::Completed(CellResponse::missing(cell_id))));
+            outcome.map(|outcome| outcome.with_wall_time(called.elapsed()))
         })
     }
 
@@ -377,5 +419,9 @@ impl CodeModeSession for InProcessSession {
             self.shared.begin_shutdown();
             self.shared.actors.wait().await;
         })
+    }
+
+    fn stored_values(&self) -> StoredValues {
+        lock(&self.shared.stored).snapshot().as_ref().clone()
     }
 }

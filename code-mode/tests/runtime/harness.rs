@@ -129,6 +129,7 @@ pub struct Cell {
     source: String,
     tools: Vec<ToolDefinition>,
     stored: StoredValues,
+    max_stored_bytes: Option<u64>,
     limits: CellLimits,
     handler: Handler,
     terminate_after: Option<Duration>,
@@ -140,6 +141,7 @@ pub fn cell(source: &str) -> Cell {
         source: source.to_owned(),
         tools: default_tools(),
         stored: StoredValues::new(),
+        max_stored_bytes: None,
         limits: CellLimits::default(),
         handler: Arc::new(default_answer),
         terminate_after: None,
@@ -155,6 +157,12 @@ pub fn run(source: &str) -> Run {
 impl Cell {
     pub fn stored(mut self, key: &str, json: &str) -> Self {
         self.stored.insert(key.to_owned(), json.into());
+        self
+    }
+
+    /// The session's cap on stored values (none by default).
+    pub fn max_stored_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_stored_bytes = Some(max_bytes);
         self
     }
 
@@ -206,7 +214,9 @@ impl Cell {
         let config = CellConfig {
             source: self.source,
             tools: self.tools.into(),
+            stored_bytes: code_mode_protocol::stored::map_bytes(&self.stored),
             stored: Arc::new(self.stored),
+            max_stored_bytes: self.max_stored_bytes,
             limits: self.limits,
         };
         let handle =

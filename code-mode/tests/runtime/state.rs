@@ -311,3 +311,43 @@ fn an_exception_in_a_timer_callback_ends_the_cell() {
     let error = r.error().expect("the timer error ends the cell");
     assert!(error.starts_with("Error: timer boom"), "{error}");
 }
+
+#[test]
+fn a_store_beyond_the_sessions_cap_throws_and_keeps_the_earlier_writes() {
+    // The snapshot holds "a" (1 + 12 bytes); the cap is 40 bytes of keys and JSON text.
+    let r = cell(
+        r#"
+            store("b", "0123456789");           // 1 + 12: 26 in all
+            try { store("c", "0123456789"); }   // 1 + 12: 39, still within
+            catch (e) { text("c: " + e); }
+            try { store("d", "0123456789"); }   // 1 + 12: 52, beyond
+            catch (e) { text("d: " + e); }
+            store("c", 1);                      // replacing "c" shrinks the view: allowed
+            text(JSON.stringify([load("b"), load("c"), load("d")]));
+        "#,
+    )
+    .stored("a", r#""0123456789""#)
+    .max_stored_bytes(40)
+    .run();
+    assert_eq!(
+        r.ok_texts(),
+        [
+            r#"d: Unable to store "d": the session's stored values would take 52 bytes, more than their limit of 40 bytes. Store less, or store smaller values."#,
+            r#"["0123456789",1,null]"#,
+        ]
+    );
+    assert_eq!(r.writes(), map(&[("b", r#""0123456789""#), ("c", "1")]));
+}
+
+#[test]
+fn a_map_already_beyond_the_cap_still_takes_writes_that_shrink_it() {
+    // 13 bytes against a cap of 10: a write that makes the view smaller (12 bytes) is
+    // taken; one that makes it larger again (14 bytes) is not.
+    let r =
+        cell(r#"store("a", "012345678"); try { store("b", 1); } catch (e) { text("refused"); }"#)
+            .stored("a", r#""0123456789""#)
+            .max_stored_bytes(10)
+            .run();
+    assert_eq!(r.ok_texts(), ["refused"]);
+    assert_eq!(r.writes(), map(&[("a", r#""012345678""#)]));
+}

@@ -12,7 +12,7 @@
 use super::state::{StateRef, Timer};
 use super::values::{self, Json, JsonTextError, throw_string, v8_str};
 use super::{CellEvent, ToolCallRequest};
-use code_mode_protocol::{ContentItem, js_tool_name};
+use code_mode_protocol::{ContentItem, js_tool_name, stored};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 use v8::MapFnTo;
@@ -331,7 +331,23 @@ helper! {
         let key = storage_key(scope, args.get(0), "store", state)?;
         let json = serialize_for_store(scope, args.get(1), &key, state)?;
         ensure_running(state)?;
-        state.borrow_mut().writes.insert(key, json.into());
+        let mut state = state.borrow_mut();
+        // The cell's view of the map with this write: the entry it replaces (its own
+        // earlier write, else the snapshot's) goes, the new one comes.
+        let replaced = state
+            .writes
+            .get(&key)
+            .or_else(|| state.stored.get(&key))
+            .map_or(0, |old| stored::entry_bytes(&key, old));
+        let bytes = state.stored_bytes - replaced + stored::entry_bytes(&key, &json);
+        if let Some(max_bytes) = state.max_stored_bytes
+            && bytes > max_bytes
+            && bytes > state.stored_bytes
+        {
+            return Err(Fail::Throw(texts::stored_values_full(&key, bytes, max_bytes)));
+        }
+        state.stored_bytes = bytes;
+        state.writes.insert(key, json.into());
         Ok(())
     }
 }

@@ -170,6 +170,7 @@ impl CellActor {
         let response = CellResponse::Yielded {
             cell_id: self.cell_id.clone(),
             content_items: items,
+            wall_time: Duration::ZERO,
         };
         let receipt = self.receipt(for_yield);
         match observer.deliver(response, receipt) {
@@ -200,6 +201,7 @@ impl CellActor {
             cell_id: self.cell_id.clone(),
             content_items: std::mem::take(&mut self.output.items),
             pending_tool_call_ids: std::mem::take(&mut self.frontier.calls_since_frontier),
+            wall_time: Duration::ZERO,
         };
         let receipt = self.receipt(false);
         match send_answer(reply, outcome, receipt) {
@@ -254,6 +256,7 @@ impl CellActor {
                 content_items: items,
                 error_text,
                 missing_cell: false,
+                wall_time: Duration::ZERO,
             },
             Final::Terminated => self.terminated(items),
         }
@@ -263,6 +266,7 @@ impl CellActor {
         CellResponse::Terminated {
             cell_id: self.cell_id.clone(),
             content_items: items,
+            wall_time: Duration::ZERO,
         }
     }
 

@@ -365,7 +365,7 @@ impl CellActor {
                     stored_writes,
                 },
             ) => {
-                self.shared.commit(stored_writes);
+                self.shared.commit(&self.cell_id, stored_writes);
                 Final::Completed(error_text)
             }
             // Termination already won: the writes are discarded with the outcome.
