@@ -106,24 +106,7 @@ async fn serve_one(
 
 /// Waits for running cells to finish (up to the deadline), then stops every connection.
 async fn drain(settings: &ListenSettings, connections: &TaskTracker) {
-    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-    tracing::warn!(
-        active_cells = METRICS.active_cells(),
-        timeout = ?settings.drain_timeout,
-        "draining: no new connections or sessions; waiting for running cells"
-    );
-    while METRICS.busy() && !connections.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let left = METRICS.active_cells();
-    if METRICS.busy() && !connections.is_empty() {
-        tracing::warn!(
-            cells = left,
-            "drain deadline passed; stopping the cells still running"
-        );
-    } else {
-        tracing::info!("drained: no cell running");
-    }
+    until_idle(settings.drain_timeout, || connections.is_empty()).await;
     settings.serve.stop.cancel();
     connections.close();
     if tokio::time::timeout(STOP_PATIENCE, connections.wait())
@@ -134,8 +117,30 @@ async fn drain(settings: &ListenSettings, connections: &TaskTracker) {
     }
 }
 
+/// Waits until no cell runs and no `execute` is answering (or `gone()` says nobody is
+/// left to answer), at most `timeout`.
+pub(crate) async fn until_idle(timeout: Duration, gone: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    tracing::warn!(
+        active_cells = METRICS.active_cells(),
+        ?timeout,
+        "draining: no new connections or sessions; waiting for running cells"
+    );
+    while METRICS.busy() && !gone() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if METRICS.busy() && !gone() {
+        tracing::warn!(
+            cells = METRICS.active_cells(),
+            "drain deadline passed; stopping the cells still running"
+        );
+    } else {
+        tracing::info!("drained: no cell running");
+    }
+}
+
 /// Starts draining on SIGTERM or SIGINT.
-fn spawn_signal_watch(draining: CancellationToken) {
+pub(crate) fn spawn_signal_watch(draining: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (term, int) = match (
         signal(SignalKind::terminate()),

@@ -125,7 +125,18 @@ fn main() -> ExitCode {
     // Cell threads created from here on inherit the sandbox.
     code_mode::prewarm();
     let settings = serve_settings(&cli, report.to_string(), false);
+    let drain_timeout = Duration::from_secs(cli.drain_timeout_secs);
     let outcome = runtime.block_on(async {
+        // SIGTERM (or SIGINT) drains, as a listening runtime does: the host is told, takes
+        // new sessions elsewhere and moves idle ones; running cells get up to the drain
+        // timeout to finish, then the connection ends.
+        listen::spawn_signal_watch(settings.draining.clone());
+        let (draining, stop) = (settings.draining.clone(), settings.stop.clone());
+        tokio::spawn(async move {
+            draining.cancelled().await;
+            listen::until_idle(drain_timeout, || false).await;
+            stop.cancel();
+        });
         connected
             .set_nonblocking(true)
             .map_err(|error| format!("cannot configure the socket: {error}"))?;
@@ -136,7 +147,11 @@ fn main() -> ExitCode {
             .await
             .map_err(|error| error.to_string())
     });
-    finish(runtime, outcome, "the host closed the connection; exiting")
+    finish(
+        runtime,
+        outcome,
+        "the host closed the connection (or it drained); exiting",
+    )
 }
 
 /// Stops the async runtime and turns the outcome into the exit code.

@@ -135,6 +135,18 @@ impl ProcessProvider {
     }
 }
 
+impl ProcessProvider {
+    /// Whether the current runtime announced that it drains (it got SIGTERM): the next
+    /// session, and every idle session at its next exec, goes to a fresh process.
+    pub async fn runtime_draining(&self) -> bool {
+        let runtime = self.inner.runtime.lock().await;
+        runtime
+            .current
+            .as_ref()
+            .is_some_and(|connection| !connection.is_lost() && connection.is_draining())
+    }
+}
+
 hosted_session!(
     /// A session whose cells run in the [`ProcessProvider`]'s runtime process, which
     /// starts at its first call. Dropping it starts its shutdown in the runtime.

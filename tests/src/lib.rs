@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod delegate;
+pub mod loss;
 pub mod remote;
 pub mod scenarios;
 
@@ -74,6 +75,9 @@ macro_rules! conformance_suite {
             interrupt_terminates_every_running_cell_and_keeps_the_session,
             admission_exec_call_id_and_a_delegate_per_exec,
             the_global_object_holds_only_the_contract_names,
+            responses_carry_the_providers_measured_time,
+            stored_values_snapshot_and_restore,
+            a_store_beyond_the_session_cap_throws,
         );
     };
     ($provider:expr) => {

@@ -122,7 +122,12 @@ fn pending(cell_id: &str, items: &[&str], calls: &[&str]) -> PendingOutcome {
 /// it one by one, so intermediate frontiers are allowed, but they must report nothing new.
 async fn resume_until_completed(session: &impl CodeModeSession, cell_id: &str) -> CellResponse {
     loop {
-        match session.wait_to_pending(cell_id.into()).await.unwrap() {
+        match session
+            .wait_to_pending(cell_id.into())
+            .await
+            .unwrap()
+            .timeless()
+        {
             PendingOutcome::Completed(response) => return response,
             intermediate => assert_eq!(intermediate, pending(cell_id, &[], &[])),
         }
@@ -159,7 +164,10 @@ pub async fn text_yield_text_then_wait<P: CodeModeProvider>(provider: &P) {
     )
     .await;
     assert_eq!(started.cell_id, "1");
-    assert_eq!(started.initial_response, yielded("1", &["first"]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("1", &["first"])
+    );
     assert_eq!(wait(&session, "1").await, result("1", &["second"], None));
     // The cell is closed once its result was returned.
     assert!(wait(&session, "1").await.is_missing_cell());
@@ -174,9 +182,13 @@ pub async fn pending_frontier_with_a_blocking_tool<P: CodeModeProvider>(provider
         ))
         .await
         .unwrap();
-    assert_eq!(started.outcome, pending("1", &["before"], &["tool-1"]));
+    assert_eq!(
+        started.outcome.clone().timeless(),
+        pending("1", &["before"], &["tool-1"])
+    );
     delegate.release("1", "tool-1", Ok(json!("answer"))).await;
     let outcome = session.wait_to_pending("1".into()).await.unwrap();
+    let outcome = outcome.timeless();
     assert_eq!(
         outcome,
         PendingOutcome::Completed(result("1", &["got answer"], None))
@@ -201,7 +213,10 @@ pub async fn pending_frontier_with_two_parallel_tools<P: CodeModeProvider>(provi
         ))
         .await
         .unwrap();
-    assert_eq!(started.outcome, pending("1", &[], &["tool-1", "tool-2"]));
+    assert_eq!(
+        started.outcome.clone().timeless(),
+        pending("1", &[], &["tool-1", "tool-2"])
+    );
     delegate.release("1", "tool-2", Ok(json!("B"))).await;
     delegate.release("1", "tool-1", Ok(json!("A"))).await;
     assert_eq!(
@@ -225,7 +240,10 @@ pub async fn tool_started_by_a_timer_reported_at_the_next_frontier<P: CodeModePr
         ))
         .await
         .unwrap();
-    assert_eq!(started.outcome, pending("1", &[], &["tool-1"]));
+    assert_eq!(
+        started.outcome.clone().timeless(),
+        pending("1", &[], &["tool-1"])
+    );
     // The frozen cell does not run the timer, even once it is due.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
@@ -236,6 +254,7 @@ pub async fn tool_started_by_a_timer_reported_at_the_next_frontier<P: CodeModePr
         "a frozen cell started a tool"
     );
     let outcome = session.wait_to_pending("1".into()).await.unwrap();
+    let outcome = outcome.timeless();
     assert_eq!(outcome, pending("1", &[], &["tool-2"]));
     delegate.release("1", "tool-1", Ok(json!("one"))).await;
     delegate.release("1", "tool-2", Ok(json!("two"))).await;
@@ -257,14 +276,17 @@ pub async fn terminate_after_an_unobserved_completion_returns_the_completion<
         r#"text("a"); yield_control(); await tools.slow(50); text("b");"#,
     )
     .await;
-    assert_eq!(started.initial_response, yielded("1", &["a"]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("1", &["a"])
+    );
     // Let the cell complete with nobody observing.
     delegate
         .wait_for(|r| matches!(r, Record::ToolStarted { tool, .. } if tool == "slow"))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let response = session.terminate("1".into()).await.unwrap();
-    assert_eq!(response, result("1", &["b"], None));
+    assert_eq!(response.timeless(), result("1", &["b"], None));
     delegate.wait_closed("1").await;
     assert_eq!(delegate.closed_count("1"), 1);
 }
@@ -279,12 +301,15 @@ pub async fn terminate_waits_for_the_notification_to_be_cancelled<P: CodeModePro
         r#"text("x"); notify("block me"); await tools.block();"#,
     )
     .await;
-    assert_eq!(started.initial_response, yielded("1", &["x"]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("1", &["x"])
+    );
     delegate
         .wait_for(|r| matches!(r, Record::NotifyStarted { .. }))
         .await;
     let response = session.terminate("1".into()).await.unwrap();
-    assert_eq!(response, terminated("1", &[]));
+    assert_eq!(response.timeless(), terminated("1", &[]));
     let records = delegate.records();
     assert!(
         records.contains(&Record::NotifyCancelled {
@@ -310,9 +335,12 @@ pub async fn terminated_writes_are_discarded<P: CodeModeProvider>(provider: &P) 
         r#"store("k", 1); text("stored"); await tools.block();"#,
     )
     .await;
-    assert_eq!(started.initial_response, yielded("1", &["stored"]));
     assert_eq!(
-        session.terminate("1".into()).await.unwrap(),
+        started.initial_response.clone().timeless(),
+        yielded("1", &["stored"])
+    );
+    assert_eq!(
+        session.terminate("1".into()).await.unwrap().timeless(),
         terminated("1", &[])
     );
     assert_eq!(loads(&session, &["k"]).await, ["undefined"]);
@@ -322,7 +350,10 @@ pub async fn terminated_writes_are_discarded<P: CodeModeProvider>(provider: &P) 
 pub async fn second_terminate_during_cleanup_is_refused<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = exec_short(&session, r#"await tools.stubborn();"#).await;
-    assert_eq!(started.initial_response, yielded("1", &[]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("1", &[])
+    );
     delegate.wait_started("1", "tool-1").await;
     let session = Arc::new(session);
     let first = tokio::spawn({
@@ -337,7 +368,10 @@ pub async fn second_terminate_during_cleanup_is_refused<P: CodeModeProvider>(pro
         session.terminate("1".into()).await,
         Err(SessionError::AlreadyTerminating("1".into()))
     );
-    assert_eq!(first.await.unwrap(), Ok(terminated("1", &[])));
+    assert_eq!(
+        first.await.unwrap().map(CellResponse::timeless),
+        Ok(terminated("1", &[]))
+    );
     delegate.wait_closed("1").await;
     assert_eq!(delegate.closed_count("1"), 1);
 }
@@ -346,7 +380,10 @@ pub async fn second_terminate_during_cleanup_is_refused<P: CodeModeProvider>(pro
 pub async fn second_concurrent_wait_is_refused<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = exec_short(&session, r#"const v = await tools.block(); text(v);"#).await;
-    assert_eq!(started.initial_response, yielded("1", &[]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("1", &[])
+    );
     let session = Arc::new(session);
     let first = tokio::spawn({
         let session = Arc::clone(&session);
@@ -362,7 +399,10 @@ pub async fn second_concurrent_wait_is_refused<P: CodeModeProvider>(provider: &P
         Err(SessionError::BusyObserver("1".into()))
     );
     delegate.release("1", "tool-1", Ok(json!("done"))).await;
-    assert_eq!(first.await.unwrap(), Ok(result("1", &["done"], None)));
+    assert_eq!(
+        first.await.unwrap().map(CellResponse::timeless),
+        Ok(result("1", &["done"], None))
+    );
 }
 
 // 10
@@ -375,7 +415,10 @@ pub async fn unawaited_tool_is_cancelled_when_the_cell_completes<P: CodeModeProv
         r#"tools.block(); notify("progress"); text("done");"#,
     )
     .await;
-    assert_eq!(started.initial_response, result("1", &["done"], None));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result("1", &["done"], None)
+    );
     let records = delegate.records();
     let delivered = records
         .iter()
@@ -394,7 +437,10 @@ pub async fn stored_values_are_per_session<P: CodeModeProvider>(provider: &P) {
     let (first, _d1) = open(provider).await;
     let (second, _d2) = open(provider).await;
     let started = exec(&first, r#"store("shared", { n: 1 }); text("ok");"#).await;
-    assert_eq!(started.initial_response, result("1", &["ok"], None));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result("1", &["ok"], None)
+    );
     assert_eq!(loads(&first, &["shared"]).await, [r#"{"n":1}"#]);
     assert_eq!(loads(&second, &["shared"]).await, ["undefined"]);
 }
@@ -431,7 +477,7 @@ pub async fn writes_before_a_script_error_are_committed<P: CodeModeProvider>(pro
     let (session, _delegate) = open(provider).await;
     let started = exec(&session, r#"store("k", 5); throw "startup failed";"#).await;
     assert_eq!(
-        started.initial_response,
+        started.initial_response.clone().timeless(),
         result("1", &[], Some("startup failed"))
     );
     assert_eq!(loads(&session, &["k"]).await, ["5"]);
@@ -447,7 +493,7 @@ pub async fn storing_undefined_keeps_the_old_value<P: CodeModeProvider>(provider
     )
     .await;
     assert_eq!(
-        started.initial_response,
+        started.initial_response.clone().timeless(),
         result(
             "2",
             &[
@@ -466,7 +512,10 @@ pub async fn shutdown_stops_cpu_bound_cells_and_refuses_new_ones<P: CodeModeProv
 ) {
     let (session, delegate) = open(provider).await;
     let started = exec_short(&session, r#"text("spinning"); while (true) {}"#).await;
-    assert_eq!(started.initial_response, yielded("1", &["spinning"]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("1", &["spinning"])
+    );
     let begun = std::time::Instant::now();
     session.shutdown().await;
     // Generous: "about one second" is the contract; this only catches a hang.
@@ -593,7 +642,10 @@ pub async fn yield_time_grace_and_session_cap<P: CodeModeProvider>(provider: &P)
             .execute(request(source).with_yield_time_ms(10_000))
             .await
             .unwrap();
-        assert_eq!(started.initial_response, result("1", &["slow done"], None));
+        assert_eq!(
+            started.initial_response.clone().timeless(),
+            result("1", &["slow done"], None)
+        );
     };
     let capped = async {
         let options = SessionOptions {
@@ -605,7 +657,10 @@ pub async fn yield_time_grace_and_session_cap<P: CodeModeProvider>(provider: &P)
             .execute(request(source).with_yield_time_ms(10_000))
             .await
             .unwrap();
-        assert_eq!(started.initial_response, yielded("1", &[]));
+        assert_eq!(
+            started.initial_response.clone().timeless(),
+            yielded("1", &[])
+        );
         assert_eq!(wait(&session, "1").await, result("1", &["slow done"], None));
     };
     let zero_cap_does_not_leak = async {
@@ -617,9 +672,15 @@ pub async fn yield_time_grace_and_session_cap<P: CodeModeProvider>(provider: &P)
         let (free, _d2) = open(provider).await;
         let quick = r#"text(await tools.slow(300));"#;
         let started = capped.execute(request(quick)).await.unwrap();
-        assert_eq!(started.initial_response, yielded("1", &[]));
+        assert_eq!(
+            started.initial_response.clone().timeless(),
+            yielded("1", &[])
+        );
         let started = free.execute(request(quick)).await.unwrap();
-        assert_eq!(started.initial_response, result("1", &["slow done"], None));
+        assert_eq!(
+            started.initial_response.clone().timeless(),
+            result("1", &["slow done"], None)
+        );
         // Every observation of the capped session yields at once, until the result is in;
         // the output comes exactly once, with the result or (when an observation falls
         // between the output and the cell's end) with a yield just before it.
@@ -705,7 +766,10 @@ pub async fn yield_raced_with_creation_is_kept_for_the_first_observation<P: Code
 pub async fn dropping_a_session_stops_its_cells<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
     let started = exec_short(&session, "while (true) {}").await;
-    assert_eq!(started.initial_response, yielded("1", &[]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("1", &[])
+    );
     drop(session);
     delegate.wait_closed("1").await;
     assert_eq!(delegate.closed_count("1"), 1);
@@ -732,7 +796,7 @@ pub async fn lone_surrogates_in_tool_arguments_become_replacement_characters<
     )
     .await;
     assert_eq!(
-        started.initial_response,
+        started.initial_response.clone().timeless(),
         result(
             "1",
             &[
@@ -776,7 +840,7 @@ pub async fn parallel_calls_reach_the_delegate_in_call_order<P: CodeModeProvider
     .await;
     let expected_text = (0..20).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     assert_eq!(
-        started.initial_response,
+        started.initial_response.clone().timeless(),
         result("1", &[expected_text.as_str()], None)
     );
     let started: Vec<String> = delegate
@@ -810,7 +874,10 @@ pub async fn typescript_cells_run_with_their_own_positions<P: CodeModeProvider>(
         "import type { Anything } from \"anywhere\";\nexport type Label = string;\ndeclare const injected: number;\ninterface Row { id: number; label?: Label }\ntype Ids = number[];\nfunction first<T>(items: T[], fallback?: T): T | undefined { return items[0] ?? fallback; }\nconst rows: Row[] = [{ id: 1 }, { id: 2, label: \"two\" }];\nconst ids: Ids = rows.map((row: Row): number => row.id) satisfies number[];\nconst echoed = (await tools.echo({ ids })) as { ids: Ids };\ntext(echoed.ids.join(\"+\") + \"/\" + first<number>(ids)!);\nstore(\"last\", rows.at(-1)!.label!);",
     )
     .await;
-    assert_eq!(started.initial_response, result("1", &["1+2/1"], None));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result("1", &["1+2/1"], None)
+    );
     assert_eq!(loads(&session, &["last"]).await, [r#""two""#]);
 
     let started = exec(
@@ -860,7 +927,10 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: CodeModeProvider>(provi
         "#,
     )
     .await;
-    assert_eq!(started.initial_response, result("1", &["cell 1"], None));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result("1", &["cell 1"], None)
+    );
     delegate.wait_closed("1").await;
     let started = exec(
         &session,
@@ -886,7 +956,7 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: CodeModeProvider>(provi
     )
     .await;
     assert_eq!(
-        started.initial_response,
+        started.initial_response.clone().timeless(),
         result(
             "2",
             &["undefined undefined 2,4 7 object undefined 10 true undefined undefined 1,234.5"],
@@ -903,7 +973,10 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: CodeModeProvider>(provi
     session.terminate("3".into()).await.expect("terminate");
     delegate.wait_closed("3").await;
     let started = exec(&session, "text(typeof globalThis.spin);").await;
-    assert_eq!(started.initial_response, result("4", &["undefined"], None));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result("4", &["undefined"], None)
+    );
     let notified = delegate
         .records()
         .into_iter()
@@ -915,7 +988,10 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: CodeModeProvider>(provi
     exec(&other, "globalThis.mine = 'other session'; text('set');").await;
     other_delegate.wait_closed("1").await;
     let started = exec(&session, "text(typeof globalThis.mine);").await;
-    assert_eq!(started.initial_response, result("5", &["undefined"], None));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result("5", &["undefined"], None)
+    );
 }
 
 /// A delegate on the JSON-text path gets the argument exactly as V8 wrote it: nothing on
@@ -936,7 +1012,7 @@ pub async fn tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them<P: CodeM
     )
     .await;
     assert_eq!(
-        started.initial_response,
+        started.initial_response.clone().timeless(),
         result(
             "1",
             &[
@@ -1025,7 +1101,7 @@ pub async fn answers_left_untaken_by_a_dropped_call_are_kept<P: CodeModeProvider
         Some(started) => started.expect("execute_to_pending").outcome,
         None => session.wait_to_pending("4".into()).await.unwrap(),
     };
-    assert_eq!(first, pending("4", &["p"], &["tool-1"]));
+    assert_eq!(first.timeless(), pending("4", &["p"], &["tool-1"]));
     delegate.release("4", "tool-1", Ok(json!("q"))).await;
     assert_eq!(
         resume_until_completed(&session, "4").await,
@@ -1048,14 +1124,17 @@ pub async fn an_answer_held_unpolled_by_a_slow_caller_is_kept<P: CodeModeProvide
         Some(started) => started.expect("exec").initial_response,
         None => wait(&session, "2").await,
     };
-    assert_eq!(first, result("2", &["slow"], None));
+    assert_eq!(first.timeless(), result("2", &["slow"], None));
     delegate.wait_closed("2").await;
     assert_eq!(delegate.closed_count("2"), 1);
     // A wait whose cell completes while its caller is away.
     let source =
         r#"text("a"); yield_control(); await new Promise((r) => setTimeout(r, 50)); text("b");"#;
     let started = exec(&session, source).await;
-    assert_eq!(started.initial_response, yielded("3", &["a"]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("3", &["a"])
+    );
     let mut request = WaitRequest::new("3".to_owned());
     request.yield_time_ms = Some(10_000);
     let rest = match hold_untaken(session.wait(request), HOLD).await {
@@ -1102,7 +1181,7 @@ pub async fn audio_items_cross_in_order<P: CodeModeProvider>(provider: &P) {
     );
     let started = exec(&session, &source).await;
     assert_eq!(
-        started.initial_response,
+        started.initial_response.clone().timeless(),
         CellResponse::Result {
             cell_id: "1".into(),
             content_items: vec![
@@ -1189,7 +1268,7 @@ pub async fn deferred_tools_are_found_with_tool_search_and_called<P: CodeModePro
         .await
         .expect("exec");
     assert_eq!(
-        started.initial_response,
+        started.initial_response.clone().timeless(),
         result(
             "1",
             &[
@@ -1238,7 +1317,10 @@ pub async fn preempt_returns_the_output_so_far_and_the_cell_goes_on<P: CodeModeP
     };
     let (started, ()) = tokio::join!(execute, preempting);
     let started = started.expect("exec");
-    assert_eq!(started.initial_response, yielded("1", &["before"]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("1", &["before"])
+    );
     assert!(
         started_at.elapsed() < Duration::from_secs(30),
         "the preempt was not honoured"
@@ -1254,7 +1336,7 @@ pub async fn preempt_returns_the_output_so_far_and_the_cell_goes_on<P: CodeModeP
         preempt.cancel();
     };
     let (waited, ()) = tokio::join!(waiting, preempting);
-    assert_eq!(waited.expect("wait"), yielded("1", &["got 7"]));
+    assert_eq!(waited.expect("wait").timeless(), yielded("1", &["got 7"]));
     delegate.release("1", "tool-2", Ok(json!(null))).await;
     assert_eq!(wait(&session, "1").await, result("1", &["done"], None));
     // A preempt signal that fired before the call: the observation returns at once.
@@ -1268,7 +1350,10 @@ pub async fn preempt_returns_the_output_so_far_and_the_cell_goes_on<P: CodeModeP
         )
         .await
         .expect("exec");
-    assert_eq!(started.initial_response, yielded("2", &[]));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        yielded("2", &[])
+    );
     assert_eq!(wait(&session, "2").await, result("2", &["late"], None));
 }
 
@@ -1306,7 +1391,7 @@ pub async fn interrupt_terminates_every_running_cell_and_keeps_the_session<P: Co
         interrupted.expect("interrupt"),
         vec![CellId::from("3"), CellId::from("4")]
     );
-    assert_eq!(observed.expect("wait"), terminated("3", &[]));
+    assert_eq!(observed.expect("wait").timeless(), terminated("3", &[]));
     assert_eq!(wait(&session, "4").await, terminated("4", &[]));
     assert_eq!(
         wait(&session, "2").await,
@@ -1350,7 +1435,10 @@ pub async fn admission_exec_call_id_and_a_delegate_per_exec<P: CodeModeProvider>
     let (started, admitted) = tokio::join!(execute, releasing);
     let started = started.expect("exec");
     assert_eq!(admitted, started.cell_id);
-    assert_eq!(started.initial_response, result("1", &["released"], None));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result("1", &["released"], None)
+    );
     // The model's call id reaches the delegate with each nested call.
     let with_id = session
         .execute(
@@ -1359,7 +1447,7 @@ pub async fn admission_exec_call_id_and_a_delegate_per_exec<P: CodeModeProvider>
         .await
         .expect("exec");
     assert_eq!(
-        with_id.initial_response,
+        with_id.initial_response.clone().timeless(),
         result("2", &[r#"{"exec_call_id":"call_42"}"#], None)
     );
     let without = exec(&session, r#"text(JSON.stringify(await tools.whoami()))"#).await;
@@ -1377,7 +1465,10 @@ pub async fn admission_exec_call_id_and_a_delegate_per_exec<P: CodeModeProvider>
         )
         .await
         .expect("exec");
-    assert_eq!(routed.initial_response, result("4", &["mine"], None));
+    assert_eq!(
+        routed.initial_response.timeless(),
+        result("4", &["mine"], None)
+    );
     own.wait_closed("4").await;
     assert!(
         own.records()
@@ -1429,5 +1520,139 @@ pub async fn the_global_object_holds_only_the_contract_names<P: CodeModeProvider
         text(own.filter((name) => /^[A-Z]/.test(name) && typeof globalThis[name] !== "function" && typeof globalThis[name] !== "object" && !["Infinity", "NaN"].includes(name)).join(","));"#
     );
     let started = exec(&session, &source).await;
-    assert_eq!(started.initial_response, result("1", &["", "", ""], None));
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result("1", &["", "", ""], None)
+    );
+}
+
+/// Contract 8.5: every response carries the time the provider measured for its
+/// observation, and the formatter's `Wall time` line shows it.
+pub async fn responses_carry_the_providers_measured_time<P: CodeModeProvider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let slept = session
+        .execute(request(
+            r#"await new Promise((resolve) => setTimeout(resolve, 300)); text("done");"#,
+        ))
+        .await
+        .expect("exec");
+    let measured = slept.initial_response.wall_time();
+    assert!(
+        measured >= Duration::from_millis(300) && measured < Duration::from_secs(10),
+        "{measured:?}"
+    );
+    let shown = code_mode_protocol::surface::format_response(&slept.initial_response, 1_000);
+    let header = shown[0].as_text().expect("the header");
+    assert_eq!(
+        header,
+        format!(
+            "Script completed\n{}\nOutput:",
+            code_mode_protocol::texts::wall_time(measured.as_secs_f64())
+        )
+    );
+
+    // A yield at the yield time, a wait, a termination: each measured on its own.
+    let blocked = session
+        .execute(request(r#"text("a"); await tools.block();"#).with_yield_time_ms(150))
+        .await
+        .expect("exec");
+    assert!(matches!(
+        blocked.initial_response,
+        CellResponse::Yielded { .. }
+    ));
+    assert!(blocked.initial_response.wall_time() >= Duration::from_millis(150));
+    delegate.wait_started("2", "tool-1").await;
+    let waited = session
+        .wait(WaitRequest::new("2").with_yield_time_ms(200))
+        .await
+        .expect("wait");
+    assert!(
+        waited.wall_time() >= Duration::from_millis(200)
+            && waited.wall_time() < Duration::from_secs(10),
+        "{:?}",
+        waited.wall_time()
+    );
+    let stopped = session.terminate("2".into()).await.expect("terminate");
+    assert!(matches!(stopped, CellResponse::Terminated { .. }));
+    assert!(stopped.wall_time() < Duration::from_secs(10));
+}
+
+/// Contract §7 and section 4: `stored_values()` is the committed map (not a running
+/// cell's writes), and a session opened with it loads every value as it was.
+pub async fn stored_values_snapshot_and_restore<P: CodeModeProvider>(provider: &P) {
+    let (first, delegate) = open(provider).await;
+    exec(
+        &first,
+        r#"store("plain", 42); store("nested", { a: [1, "two", null], b: { c: "é" } });"#,
+    )
+    .await;
+    let running = exec_short(&first, r#"store("uncommitted", 1); await tools.block();"#).await;
+    assert_eq!(running.initial_response, yielded("2", &[]));
+    delegate.wait_started("2", "tool-1").await;
+    let mut snapshot: Vec<(String, String)> = first
+        .stored_values()
+        .into_iter()
+        .map(|(key, json)| (key, json.to_string()))
+        .collect();
+    snapshot.sort();
+    assert_eq!(
+        snapshot,
+        [
+            (
+                "nested".to_owned(),
+                r#"{"a":[1,"two",null],"b":{"c":"é"}}"#.to_owned()
+            ),
+            ("plain".to_owned(), "42".to_owned()),
+        ]
+    );
+    first.terminate("2".into()).await.expect("terminate");
+
+    // A new session (an agent core resumed after its restart) restores the map.
+    let delegate = TestDelegate::new();
+    let restored = provider.open_session_with_values(
+        delegate,
+        SessionOptions::default(),
+        first.stored_values(),
+    );
+    assert_eq!(
+        loads(&restored, &["plain", "nested", "uncommitted"]).await,
+        ["42", r#"{"a":[1,"two",null],"b":{"c":"é"}}"#, "undefined"]
+    );
+    exec(&restored, r#"store("plain", "new");"#).await;
+    assert_eq!(restored.stored_values()["plain"].as_ref(), r#""new""#);
+    // The first session is not changed by the other's writes.
+    assert_eq!(first.stored_values()["plain"].as_ref(), "42");
+}
+
+/// A session's stored values are capped: a `store` beyond the cap throws the exact text,
+/// and what was stored before stays.
+pub async fn a_store_beyond_the_session_cap_throws<P: CodeModeProvider>(provider: &P) {
+    let options = SessionOptions {
+        max_stored_bytes: 64,
+        ..SessionOptions::default()
+    };
+    let (session, _delegate) = open_with(provider, options).await;
+    let started = exec(
+        &session,
+        r#"store("a", "x".repeat(20));
+        try { store("b", "y".repeat(40)); } catch (e) { text(String(e)); }
+        text(String(load("b")));"#,
+    )
+    .await;
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result(
+            "1",
+            &[
+                r#"Unable to store "b": the session's stored values would take 66 bytes, more than their limit of 64 bytes. Store less, or store smaller values."#,
+                "undefined"
+            ],
+            None
+        )
+    );
+    assert_eq!(
+        session.stored_values()["a"].as_ref(),
+        format!("\"{}\"", "x".repeat(20))
+    );
+    assert_eq!(session.stored_values().len(), 1);
 }

@@ -5,7 +5,7 @@ use bytes::{BufMut, BytesMut};
 use code_mode_protocol::wire::*;
 use code_mode_protocol::{
     CallId, CellResponse, ContentItem, ExecRequest, SessionCall, SessionOptions, SessionReply,
-    StartedCell, ToolDefinition, ToolKind, WaitRequest,
+    StartedCell, StartedPendingCell, ToolDefinition, ToolKind, WaitRequest,
 };
 use futures_util::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::prelude::*;
@@ -162,12 +162,14 @@ impl Host {
         }
     }
 
+    /// The response to request `id`, without the times the runtime measured (so that a
+    /// test compares what it says).
     async fn response(&mut self, id: u64) -> Result<Response, WireError> {
         match self
             .next_matching(|m| matches!(m, ServerMessage::Response { id: r, .. } if r.0 == id))
             .await
         {
-            ServerMessage::Response { result, .. } => result,
+            ServerMessage::Response { result, .. } => result.map(timeless),
             _ => unreachable!("matched a response"),
         }
     }
@@ -776,4 +778,29 @@ async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused(
         host.response(6).await,
         Ok(Response::Reply(SessionReply::Started(_)))
     ));
+}
+
+/// A response with the times it carries set to zero.
+fn timeless(response: Response) -> Response {
+    match response {
+        Response::Reply(SessionReply::Started(started)) => {
+            Response::Reply(SessionReply::Started(StartedCell {
+                initial_response: started.initial_response.timeless(),
+                ..started
+            }))
+        }
+        Response::Reply(SessionReply::Cell(response)) => {
+            Response::Reply(SessionReply::Cell(response.timeless()))
+        }
+        Response::Reply(SessionReply::Pending(outcome)) => {
+            Response::Reply(SessionReply::Pending(outcome.timeless()))
+        }
+        Response::Reply(SessionReply::StartedPending(started)) => {
+            Response::Reply(SessionReply::StartedPending(StartedPendingCell {
+                outcome: started.outcome.timeless(),
+                ..started
+            }))
+        }
+        other => other,
+    }
 }

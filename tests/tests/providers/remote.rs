@@ -2,8 +2,14 @@
 //! --listen`), reached through [`RemoteProvider`]: certificates made for each test, one
 //! listening runtime per test, every session of the test placed on it.
 
+use code_mode_conformance::loss::RuntimeFaults;
 use code_mode_conformance::remote::{ListeningRuntime, Pki, RuntimeOptions};
-use code_mode_host::{ClientTls, RemoteConfig, RemoteProvider, find_binary};
+use code_mode_host::{
+    ClientTls, RemoteConfig, RemoteProvider, RemoteSession, RuntimeStatus, find_binary,
+};
+use code_mode_protocol::BoxFuture;
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// The provider, with the runtime it reaches, which must live as long as the test.
 fn provider() -> (RemoteProvider, ListeningRuntime) {
@@ -21,3 +27,88 @@ fn provider() -> (RemoteProvider, ListeningRuntime) {
 }
 
 code_mode_conformance::conformance_suite!(keeping provider());
+
+/// Two listening runtimes in one pool: the one under a session is killed or drained, and
+/// the session goes on on the other (contract §7).
+struct RemoteFaults {
+    provider: RemoteProvider,
+    runtimes: Mutex<Vec<ListeningRuntime>>,
+}
+
+fn faults() -> RemoteFaults {
+    let binary = find_binary(None).expect("the runtime binary");
+    let pki = Pki::default();
+    let runtimes: Vec<ListeningRuntime> = (0..2)
+        .map(|_| ListeningRuntime::start(&binary, &RuntimeOptions::tls(&pki)))
+        .collect();
+    let [ca, cert, key] = pki.client_pems("conformance host");
+    let tls = ClientTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes())
+        .expect("client TLS settings");
+    let endpoints = runtimes.iter().map(ListeningRuntime::endpoint).collect();
+    let provider =
+        RemoteProvider::new(RemoteConfig::new(endpoints, tls)).expect("a remote provider");
+    RemoteFaults {
+        provider,
+        runtimes: Mutex::new(runtimes),
+    }
+}
+
+impl RemoteFaults {
+    /// The index of the runtime under `session`, and its address.
+    fn runtime_under(&self, session: &RemoteSession) -> (usize, String) {
+        let described = self.runtime_of(session);
+        let runtimes = self.runtimes.lock().unwrap();
+        let index = runtimes
+            .iter()
+            .position(|runtime| described.ends_with(&runtime.endpoint()))
+            .unwrap_or_else(|| panic!("{described} is none of the test's runtimes"));
+        (index, runtimes[index].endpoint())
+    }
+
+    /// Waits until the provider sees the runtime at `endpoint` as `state` says.
+    async fn until(&self, endpoint: &str, state: impl Fn(&RuntimeStatus) -> bool) {
+        for _ in 0..500 {
+            let status = self.provider.runtimes();
+            if status
+                .iter()
+                .any(|runtime| runtime.address.to_string() == endpoint && state(runtime))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the provider never saw the change of {endpoint}");
+    }
+}
+
+impl RuntimeFaults for RemoteFaults {
+    type Provider = RemoteProvider;
+
+    fn provider(&self) -> &RemoteProvider {
+        &self.provider
+    }
+
+    fn runtime_of(&self, session: &RemoteSession) -> String {
+        session.runtime().expect("the session has run a cell")
+    }
+
+    fn kill<'a>(&'a self, session: &'a RemoteSession) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let (index, endpoint) = self.runtime_under(session);
+            self.runtimes.lock().unwrap()[index].kill();
+            self.until(&endpoint, |runtime| !runtime.connected).await;
+        })
+    }
+
+    fn drain<'a>(&'a self, session: &'a RemoteSession) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let (index, endpoint) = self.runtime_under(session);
+            self.runtimes.lock().unwrap()[index].terminate();
+            self.until(&endpoint, |runtime| runtime.draining).await;
+        })
+    }
+}
+
+mod loss {
+    code_mode_conformance::runtime_loss_suite!(super::faults());
+}

@@ -1,0 +1,301 @@
+//! Runtime loss (contract §7), for the providers whose cells run in a runtime process:
+//! a kill between cells keeps every committed value and shows no error; a kill during a
+//! cell fails that cell once, with the runtime-lost error (also for a later `wait`), and
+//! keeps the values of earlier cells; a drain between cells moves the session without an
+//! error. `runtime_loss_suite!(faults)` expands to one test per scenario for a
+//! [`RuntimeFaults`], which knows how to kill or drain the runtime under a session.
+
+use crate::{Record, TestDelegate};
+use code_mode_protocol::{
+    BoxFuture, CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, SessionError,
+    SessionOptions, WaitRequest,
+};
+use serde_json::json;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the loss scenarios need of a provider besides the provider trait.
+pub trait RuntimeFaults: Send + Sync {
+    type Provider: CodeModeProvider;
+
+    fn provider(&self) -> &Self::Provider;
+
+    /// Where the session's cells run now (e.g. `pid 1234`), once it has run something.
+    fn runtime_of(&self, session: &<Self::Provider as CodeModeProvider>::Session) -> String;
+
+    /// Kills the runtime under `session` with SIGKILL, and returns once it is dead.
+    fn kill<'a>(
+        &'a self,
+        session: &'a <Self::Provider as CodeModeProvider>::Session,
+    ) -> BoxFuture<'a, ()>;
+
+    /// Sends SIGTERM to the runtime under `session`, and returns once the provider knows
+    /// that it drains.
+    fn drain<'a>(
+        &'a self,
+        session: &'a <Self::Provider as CodeModeProvider>::Session,
+    ) -> BoxFuture<'a, ()>;
+}
+
+/// Sends `signal` (`KILL`, `TERM`) to `pid` with the system's `kill` (this crate has no
+/// unsafe code).
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+}
+
+/// The process id in a runtime's description (`pid 1234`).
+pub fn pid_in(description: &str) -> u32 {
+    description
+        .strip_prefix("pid ")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {description:?}"))
+}
+
+/// Waits until process `pid` is gone (reaped), at most 10 s.
+pub async fn until_gone(pid: u32) {
+    let path = format!("/proc/{pid}");
+    for _ in 0..500 {
+        if !std::path::Path::new(&path).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("process {pid} is still there 10 s after it was killed");
+}
+
+fn request(source: &str) -> ExecRequest {
+    ExecRequest::new(source).with_tools(TestDelegate::tools())
+}
+
+async fn texts_of<S: CodeModeSession>(session: &S, source: &str) -> Vec<String> {
+    let started = session
+        .execute(request(source))
+        .await
+        .unwrap_or_else(|error| panic!("exec failed: {error}"));
+    match started.initial_response {
+        CellResponse::Result {
+            content_items,
+            error_text: None,
+            ..
+        } => content_items
+            .iter()
+            .map(|item| item.as_text().expect("a text item").to_owned())
+            .collect(),
+        other => panic!("the cell did not complete: {other:?}"),
+    }
+}
+
+/// The values every scenario stores and checks, with their exact text.
+const STORE: &str = r#"store("plain", 42); store("nested", { a: [1, "two", null], b: { c: "é" } }); text("stored");"#;
+const LOAD: &str = r#"text(JSON.stringify([load("plain"), load("nested"), load("never")]));"#;
+const LOADED: &str = r#"[42,{"a":[1,"two",null],"b":{"c":"é"}},null]"#;
+
+fn tool_calls(delegate: &TestDelegate) -> usize {
+    delegate
+        .records()
+        .iter()
+        .filter(|record| matches!(record, Record::ToolStarted { .. }))
+        .count()
+}
+
+/// Kill between cells: the next exec runs on a fresh runtime without an error, and
+/// `load` sees every committed value, also one a cell committed after a tool call.
+pub async fn a_kill_between_cells_keeps_every_committed_value<F: RuntimeFaults>(faults: &F) {
+    let delegate = TestDelegate::new();
+    let session = faults
+        .provider()
+        .open_session(delegate.clone(), SessionOptions::default());
+    assert_eq!(texts_of(&session, STORE).await, ["stored"]);
+    assert_eq!(
+        texts_of(
+            &session,
+            r#"store("after_tool", await tools.echo({ n: 1 })); text("ok");"#
+        )
+        .await,
+        ["ok"]
+    );
+    let before = faults.runtime_of(&session);
+    faults.kill(&session).await;
+    assert_eq!(texts_of(&session, LOAD).await, [LOADED]);
+    assert_ne!(
+        faults.runtime_of(&session),
+        before,
+        "the session did not move"
+    );
+    assert_eq!(
+        texts_of(&session, r#"text(JSON.stringify(load("after_tool")));"#).await,
+        [r#"{"n":1}"#]
+    );
+    let stored = session.stored_values();
+    assert_eq!(stored["plain"].as_ref(), "42");
+    assert_eq!(stored["after_tool"].as_ref(), r#"{"n":1}"#);
+    assert_eq!(tool_calls(&delegate), 1, "no tool call was sent twice");
+    session.shutdown().await;
+}
+
+/// Kill during a cell: the observation in flight fails once with the runtime-lost error, a
+/// later wait on that cell gets the same error, the running cell's writes are gone, and
+/// the values of earlier cells are kept.
+pub async fn a_kill_during_a_cell_fails_it_once_and_keeps_earlier_values<F: RuntimeFaults>(
+    faults: &F,
+) {
+    let delegate = TestDelegate::new();
+    let session = Arc::new(
+        faults
+            .provider()
+            .open_session(delegate.clone(), SessionOptions::default()),
+    );
+    assert_eq!(texts_of(&*session, STORE).await, ["stored"]);
+    let started = session
+        .execute(
+            request(r#"store("plain", "overwritten"); store("lost", 1); await tools.block();"#)
+                .with_yield_time_ms(100),
+        )
+        .await
+        .expect("exec");
+    assert!(matches!(
+        started.initial_response,
+        CellResponse::Yielded { .. }
+    ));
+    let cell_id = started.cell_id;
+    delegate.wait_started(&cell_id.to_string(), "tool-1").await;
+    let waiting = tokio::spawn({
+        let session = Arc::clone(&session);
+        let cell_id = cell_id.clone();
+        async move {
+            session
+                .wait(WaitRequest::new(cell_id).with_yield_time_ms(60_000))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    faults.kill(&session).await;
+    let error = waiting
+        .await
+        .expect("the wait task")
+        .expect_err("the wait in flight fails");
+    let SessionError::RuntimeLost(cause) = &error else {
+        panic!("not the runtime-lost error: {error}");
+    };
+    assert!(
+        error.to_string().starts_with("the exec runtime was lost (")
+            && error.to_string().ends_with(
+                "). The cells running on it were lost; stored values committed by finished cells are kept."
+            ),
+        "{error}"
+    );
+    assert!(!cause.is_empty());
+    delegate.wait_closed(&cell_id.to_string()).await;
+    // A later wait on the cell that died answers with that same error.
+    let again = session
+        .wait(WaitRequest::new(cell_id.clone()))
+        .await
+        .expect_err("a wait on the dead cell");
+    assert_eq!(again, error);
+    // The session goes on; the dead cell's writes were never committed.
+    assert_eq!(texts_of(&*session, LOAD).await, [LOADED]);
+    assert_eq!(
+        texts_of(&*session, r#"text(String(load("lost")));"#).await,
+        ["undefined"]
+    );
+    assert_eq!(tool_calls(&delegate), 1, "no tool call was sent twice");
+    assert_eq!(delegate.closed_count(&cell_id), 1);
+    session.shutdown().await;
+}
+
+/// Drain between cells: an idle session moves at its next exec, values and all, without
+/// an error, while a busy session's running cell finishes where it runs.
+pub async fn a_drain_between_cells_moves_the_session_without_an_error<F: RuntimeFaults>(
+    faults: &F,
+) {
+    let idle_delegate = TestDelegate::new();
+    let idle = faults
+        .provider()
+        .open_session(idle_delegate.clone(), SessionOptions::default());
+    assert_eq!(texts_of(&idle, STORE).await, ["stored"]);
+    let before = faults.runtime_of(&idle);
+    // Another session on the same runtime (a pool spreads sessions: open a few until one
+    // lands there), whose running cell keeps the runtime draining for a while.
+    let mut others = Vec::new();
+    let (busy, busy_delegate) = loop {
+        let delegate = TestDelegate::new();
+        let session = faults
+            .provider()
+            .open_session(delegate.clone(), SessionOptions::default());
+        assert_eq!(texts_of(&session, r#"text("placed")"#).await, ["placed"]);
+        if faults.runtime_of(&session) == before {
+            break (session, delegate);
+        }
+        others.push(session);
+        assert!(others.len() < 8, "no session landed on {before}");
+    };
+    // A cell of another session keeps the runtime draining for a while.
+    let running = busy
+        .execute(
+            request(r#"store("busy", true); text(await tools.block());"#).with_yield_time_ms(100),
+        )
+        .await
+        .expect("exec");
+    let busy_cell = running.cell_id;
+    busy_delegate
+        .wait_started(&busy_cell.to_string(), "tool-1")
+        .await;
+    faults.drain(&idle).await;
+
+    assert_eq!(texts_of(&idle, LOAD).await, [LOADED]);
+    assert_ne!(
+        faults.runtime_of(&idle),
+        before,
+        "the idle session did not move"
+    );
+
+    // The busy cell finishes on the draining runtime, and its values are kept.
+    busy_delegate
+        .release(&busy_cell.to_string(), "tool-1", Ok(json!("finished")))
+        .await;
+    let response = busy
+        .wait(WaitRequest::new(busy_cell.clone()))
+        .await
+        .expect("the running cell finishes while its runtime drains");
+    assert_eq!(
+        response.content_items(),
+        [code_mode_protocol::ContentItem::text("finished")]
+    );
+    assert_eq!(
+        texts_of(&busy, r#"text(String(load("busy")));"#).await,
+        ["true"]
+    );
+    assert_eq!(tool_calls(&idle_delegate), 0);
+    assert_eq!(tool_calls(&busy_delegate), 1, "no tool call was sent twice");
+    idle.shutdown().await;
+    busy.shutdown().await;
+    for other in others {
+        other.shutdown().await;
+    }
+}
+
+/// Expands to one test per loss scenario for the [`RuntimeFaults`] expression given.
+#[macro_export]
+macro_rules! runtime_loss_suite {
+    ($faults:expr) => {
+        $crate::runtime_loss_suite!(@tests $faults;
+            a_kill_between_cells_keeps_every_committed_value,
+            a_kill_during_a_cell_fails_it_once_and_keeps_earlier_values,
+            a_drain_between_cells_moves_the_session_without_an_error,
+        );
+    };
+    (@tests $faults:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let faults = $faults;
+                $crate::scenarios::run_with_deadline($crate::loss::$name(&faults)).await;
+            }
+        )*
+    };
+}
