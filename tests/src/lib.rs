@@ -9,8 +9,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chaos;
 pub mod delegate;
 pub mod loss;
+pub mod proxy;
 pub mod remote;
 pub mod scenarios;
 

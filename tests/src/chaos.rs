@@ -1,0 +1,748 @@
+//! The chaos run (contract §7): sessions run cells that store, load and check values and
+//! make nested tool calls, while runtimes are killed (SIGKILL), drained (SIGTERM), and
+//! the connections to remote runtimes are cut, stalled and delayed by a [`FaultProxy`].
+//!
+//! What it asserts, and panics on:
+//! - every `exec` and `wait` gets exactly one answer within [`ANSWER_DEADLINE`];
+//! - every value a finished cell committed is loadable afterwards with its exact content
+//!   (checked inside later cells, in a final cell per session, and in the host's copy);
+//!   a value of a cell that died with its runtime is either there, exact, or absent;
+//! - no tool call ran twice (each call carries a token used once);
+//! - no runtime process is left behind once the providers are gone;
+//! - the host's RSS stays flat (at the end at most twice what it was once warm, plus
+//!   32 MiB).
+//!
+//! The test suite runs it briefly ([`ChaosConfig::ci`]); `cargo run --release -p
+//! code-mode-conformance --example chaos -- --soak 30` runs it for 30 minutes and prints
+//! the RSS of the host and of every runtime each minute.
+
+use crate::loss::signal;
+use crate::proxy::FaultProxy;
+use crate::remote::{ListeningRuntime, RuntimeOptions};
+use code_mode_host::{Liveness, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider};
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{
+    BoxFuture, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
+    ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions, ToolDefinition, ToolError,
+    ToolKind, WaitRequest,
+};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Every `exec` and `wait` must answer within this.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How a chaos run is shaped.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    /// How long cells run under faults.
+    pub duration: Duration,
+    /// Sessions on the local runtime process (`ProcessProvider`).
+    pub local_sessions: usize,
+    /// Sessions on the pool of remote runtimes (`RemoteProvider`), each behind a proxy.
+    pub remote_sessions: usize,
+    pub remote_runtimes: usize,
+    /// The mean time between two faults.
+    pub fault_every: Duration,
+    pub seed: u64,
+    /// Print the RSS of the host and of each runtime this often (soak runs).
+    pub rss_every: Option<Duration>,
+}
+
+impl ChaosConfig {
+    /// The short run of the test suite.
+    pub fn ci(seed: u64) -> Self {
+        Self {
+            duration: Duration::from_secs(20),
+            local_sessions: 3,
+            remote_sessions: 3,
+            remote_runtimes: 2,
+            fault_every: Duration::from_millis(1500),
+            seed,
+            rss_every: None,
+        }
+    }
+
+    /// A long run: the same shape for `minutes`, with RSS samples every minute.
+    pub fn soak(minutes: u64, seed: u64) -> Self {
+        Self {
+            duration: Duration::from_secs(minutes * 60),
+            local_sessions: 4,
+            remote_sessions: 4,
+            remote_runtimes: 2,
+            fault_every: Duration::from_secs(3),
+            seed,
+            rss_every: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// What happened during a run.
+#[derive(Debug, Default)]
+pub struct ChaosReport {
+    pub cells: u64,
+    pub completed: u64,
+    /// Cells whose runtime was lost under them (the runtime-lost error, once).
+    pub lost: u64,
+    /// Execs refused because no runtime could take the session at that moment.
+    pub unavailable: u64,
+    pub kills: u64,
+    pub drains: u64,
+    pub cuts: u64,
+    pub stalls: u64,
+    pub delays: u64,
+    pub values_checked: u64,
+    pub tool_calls: u64,
+    /// (seconds into the run, host RSS, runtimes' RSS) samples, in KiB.
+    pub rss: Vec<(u64, u64, Vec<(String, u64)>)>,
+    pub host_rss_warm_kib: u64,
+    pub host_rss_end_kib: u64,
+}
+
+impl std::fmt::Display for ChaosReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cells {} (completed {}, lost with their runtime {}, refused while no runtime was up {}), tool calls {}, kills {}, drains {}, cuts {}, stalls {}, delays {}, values checked {}, host RSS {} KiB warm, {} KiB at the end",
+            self.cells,
+            self.completed,
+            self.lost,
+            self.unavailable,
+            self.tool_calls,
+            self.kills,
+            self.drains,
+            self.cuts,
+            self.stalls,
+            self.delays,
+            self.values_checked,
+            self.host_rss_warm_kib,
+            self.host_rss_end_kib
+        )
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so a failing seed can be run again.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+}
+
+/// Resident set size of a process, in KiB (`None` once it is gone).
+pub fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+}
+
+/// The delegate of every chaos session: `echo` answers its input after a short random
+/// pause, and remembers each call's token; a token seen twice is a tool call that ran
+/// twice.
+#[derive(Default)]
+struct ChaosDelegate {
+    tokens: Mutex<HashSet<String>>,
+    duplicates: Mutex<Vec<String>>,
+    calls: AtomicU64,
+}
+
+impl CodeModeSessionDelegate for ChaosDelegate {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let token = call
+            .input
+            .as_ref()
+            .and_then(|input| input.to_value().ok())
+            .and_then(|value| value["token"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let pause = Duration::from_millis((token.len() % 7) as u64 * 3);
+        if !lock(&self.tokens).insert(token.clone()) {
+            lock(&self.duplicates).push(token);
+        }
+        Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = cancel.cancelled() => return Err(ToolError::new("cancelled")),
+            }
+            call.input
+                .ok_or_else(|| ToolError::new("echo needs an argument"))
+        })
+    }
+}
+
+fn tools() -> Arc<[ToolDefinition]> {
+    Arc::from(vec![ToolDefinition::new(
+        "echo",
+        "Returns its input.",
+        ToolKind::Function,
+    )])
+}
+
+/// One remote runtime behind its proxy; replaced when killed or drained.
+struct Slot {
+    proxy: FaultProxy,
+    runtime: Mutex<Option<ListeningRuntime>>,
+    /// A kill or drain of this slot is being handled (its replacement starting).
+    busy: AtomicBool,
+}
+
+/// Everything the faults act on.
+struct Stage {
+    binary: PathBuf,
+    local: ProcessProvider,
+    slots: Vec<Arc<Slot>>,
+    options: RuntimeOptions,
+    /// Every runtime process id seen, to check none is left at the end.
+    pids: Mutex<BTreeSet<u32>>,
+    report: Mutex<ChaosReport>,
+}
+
+impl Stage {
+    async fn local_pid(&self) -> Option<u32> {
+        let pid = self.local.runtime_pid().await;
+        if let Some(pid) = pid {
+            lock(&self.pids).insert(pid);
+        }
+        pid
+    }
+
+    fn start_runtime(
+        binary: PathBuf,
+        options: RuntimeOptions,
+    ) -> BoxFuture<'static, ListeningRuntime> {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || ListeningRuntime::start(&binary, &options))
+                .await
+                .expect("start a runtime")
+        })
+    }
+
+    /// Kills or drains slot `index`'s runtime, and puts a fresh one behind its proxy.
+    fn replace(self: &Arc<Self>, index: usize, drain: bool) {
+        let slot = Arc::clone(&self.slots[index]);
+        if slot.busy.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let stage = Arc::clone(self);
+        tokio::spawn(async move {
+            let old = lock(&slot.runtime).take();
+            if let Some(mut old) = old {
+                if drain {
+                    old.terminate();
+                    // Cells here are short: the drain ends well within its timeout.
+                    let exited = tokio::task::spawn_blocking(move || {
+                        let status = old.wait_exit(Duration::from_secs(20));
+                        (old, status)
+                    })
+                    .await
+                    .expect("wait for the drain");
+                    let (mut old, status) = exited;
+                    assert!(
+                        status.is_some(),
+                        "a draining runtime did not exit within 20 s"
+                    );
+                    old.kill();
+                } else {
+                    old.kill();
+                }
+            }
+            let fresh = Stage::start_runtime(stage.binary.clone(), stage.options.clone()).await;
+            lock(&stage.pids).insert(fresh.pid());
+            slot.proxy.retarget(fresh.address);
+            *lock(&slot.runtime) = Some(fresh);
+            slot.busy.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// One fault, chosen at random.
+    async fn fault(self: &Arc<Self>, rng: &mut Rng) {
+        let slots = self.slots.len() as u64;
+        match rng.below(8) {
+            0 | 1 => {
+                if let Some(pid) = self.local_pid().await {
+                    signal(pid, "KILL");
+                    lock(&self.report).kills += 1;
+                }
+            }
+            2 => {
+                if let Some(pid) = self.local_pid().await {
+                    signal(pid, "TERM");
+                    lock(&self.report).drains += 1;
+                }
+            }
+            3 if slots > 0 => {
+                self.replace(rng.below(slots) as usize, false);
+                lock(&self.report).kills += 1;
+            }
+            4 if slots > 0 => {
+                self.replace(rng.below(slots) as usize, true);
+                lock(&self.report).drains += 1;
+            }
+            5 if slots > 0 => {
+                self.slots[rng.below(slots) as usize].proxy.cut();
+                lock(&self.report).cuts += 1;
+            }
+            6 if slots > 0 => {
+                // Some stalls outlast the liveness timeout (the connection is given up),
+                // some do not (the bytes arrive late).
+                let stall = Duration::from_millis(200 + rng.below(3_000));
+                self.slots[rng.below(slots) as usize].proxy.stall(stall);
+                lock(&self.report).stalls += 1;
+            }
+            7 if slots > 0 => {
+                let slot = Arc::clone(&self.slots[rng.below(slots) as usize]);
+                let delay = Duration::from_millis(5 + rng.below(60));
+                slot.proxy.delay(delay);
+                lock(&self.report).delays += 1;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    slot.proxy.delay(Duration::ZERO);
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What one session knows of its values.
+#[derive(Default)]
+struct Ledger {
+    /// Values of cells that completed: key → exact JSON text.
+    committed: BTreeMap<String, String>,
+    /// Values of cells that died with their runtime (or were never admitted): there,
+    /// exact, or absent.
+    unknown: BTreeMap<String, String>,
+}
+
+/// How a cell ended, as the worker saw it.
+enum Ended {
+    Completed(String),
+    Lost,
+    Unavailable,
+}
+
+/// Runs `call` under the answer deadline; a missing answer fails the run.
+async fn answered<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(ANSWER_DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} got no answer within {ANSWER_DEADLINE:?}"))
+}
+
+/// Follows a cell to its end: waits while it yields.
+async fn follow<S: CodeModeSession>(
+    session: &S,
+    mut response: CellResponse,
+) -> Result<CellResponse, SessionError> {
+    while let CellResponse::Yielded { cell_id, .. } = &response {
+        let request = WaitRequest::new(cell_id.clone()).with_yield_time_ms(30_000);
+        response = answered("wait", session.wait(request)).await?;
+    }
+    Ok(response)
+}
+
+async fn run_cell<S: CodeModeSession>(session: &S, source: String) -> Ended {
+    let started = answered(
+        "exec",
+        session.execute(ExecRequest::new(source).with_tools(tools())),
+    )
+    .await;
+    let outcome = match started {
+        Ok(started) => follow(session, started.initial_response).await,
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(CellResponse::Result {
+            content_items,
+            error_text: None,
+            ..
+        }) => Ended::Completed(
+            content_items
+                .iter()
+                .filter_map(|item| item.as_text())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        Ok(other) => panic!("a chaos cell ended unexpectedly: {other:?}"),
+        Err(SessionError::RuntimeLost(_)) => Ended::Lost,
+        Err(SessionError::Runtime(message)) => {
+            tracing_free_note(&message);
+            Ended::Unavailable
+        }
+        Err(other) => panic!("a chaos cell failed unexpectedly: {other}"),
+    }
+}
+
+/// Where a refused exec's reason goes: stderr, only in soak runs' logs.
+fn tracing_free_note(message: &str) {
+    if std::env::var_os("CODE_MODE_CHAOS_VERBOSE").is_some() {
+        eprintln!("chaos: exec refused: {message}");
+    }
+}
+
+/// A JavaScript string literal of `text` (ASCII and JSON text only).
+fn js_string(text: &str) -> String {
+    serde_json::Value::String(text.to_owned()).to_string()
+}
+
+/// The cells of one session until `until`, then the final check of every value.
+async fn worker<S: CodeModeSession>(
+    name: String,
+    session: S,
+    until: Instant,
+    stage: Arc<Stage>,
+    mut rng: Rng,
+) {
+    let mut ledger = Ledger::default();
+    let mut index = 0u64;
+    while Instant::now() < until {
+        index += 1;
+        let key = format!("k{index}");
+        let token = format!("{name}/{index}");
+        let pad = "x".repeat(rng.below(200) as usize);
+        let expected = format!(r#"{{"i":{index},"token":"{token}","pad":"{pad}"}}"#);
+        // Check the latest committed value and two others.
+        let mut checks: BTreeMap<&String, &String> = BTreeMap::new();
+        if let Some((key, json)) = ledger.committed.iter().next_back() {
+            checks.insert(key, json);
+        }
+        for _ in 0..2 {
+            if !ledger.committed.is_empty() {
+                let at = rng.below(ledger.committed.len() as u64) as usize;
+                if let Some((key, json)) = ledger.committed.iter().nth(at) {
+                    checks.insert(key, json);
+                }
+            }
+        }
+        let mut source = String::from("const bad = [];\n");
+        for (key, json) in &checks {
+            let _ = writeln!(
+                source,
+                "if (JSON.stringify(load({})) !== {}) bad.push({});",
+                js_string(key),
+                js_string(json),
+                js_string(key)
+            );
+        }
+        let _ = write!(
+            source,
+            "const answer = await tools.echo({{ token: {} }});\n\
+             store({}, {{ i: {index}, token: answer.token, pad: {} }});\n\
+             text(bad.length ? \"BAD \" + bad.join(\",\") : \"ok\");",
+            js_string(&token),
+            js_string(&key),
+            js_string(&pad)
+        );
+        lock(&stage.report).cells += 1;
+        match run_cell(&session, source).await {
+            Ended::Completed(text) => {
+                assert_eq!(text, "ok", "{name}: a committed value was not as stored");
+                lock(&stage.report).values_checked += checks.len() as u64;
+                lock(&stage.report).completed += 1;
+                ledger.committed.insert(key, expected);
+            }
+            Ended::Lost => {
+                lock(&stage.report).lost += 1;
+                ledger.unknown.insert(key, expected);
+            }
+            Ended::Unavailable => {
+                lock(&stage.report).unavailable += 1;
+                ledger.unknown.insert(key, expected);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5 + rng.below(20))).await;
+    }
+    final_check(&name, &session, &ledger, &stage).await;
+    answered("shutdown", session.shutdown()).await;
+}
+
+/// Every value the session knows of, loaded in one cell (retried while runtimes come
+/// back), and compared with the host's copy.
+async fn final_check<S: CodeModeSession>(name: &str, session: &S, ledger: &Ledger, stage: &Stage) {
+    let keys: Vec<&String> = ledger
+        .committed
+        .keys()
+        .chain(ledger.unknown.keys())
+        .collect();
+    let source = format!(
+        "const keys = {};\nconst seen = {{}};\nfor (const key of keys) seen[key] = JSON.stringify(load(key)) ?? null;\ntext(JSON.stringify(seen));",
+        serde_json::to_string(&keys).expect("keys as JSON")
+    );
+    let mut seen = None;
+    for _ in 0..20 {
+        match run_cell(session, source.clone()).await {
+            Ended::Completed(text) => {
+                seen = Some(text);
+                break;
+            }
+            Ended::Lost | Ended::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let seen = seen.unwrap_or_else(|| panic!("{name}: the final check never ran"));
+    let seen: BTreeMap<String, Option<String>> =
+        serde_json::from_str(&seen).expect("the final check's JSON");
+    for (key, json) in &ledger.committed {
+        assert_eq!(
+            seen[key].as_deref(),
+            Some(json.as_str()),
+            "{name}: committed value {key} lost or changed"
+        );
+    }
+    for (key, json) in &ledger.unknown {
+        if let Some(found) = &seen[key] {
+            assert_eq!(found, json, "{name}: value {key} of a lost cell changed");
+        }
+    }
+    let host = session.stored_values();
+    for (key, json) in &ledger.committed {
+        assert_eq!(
+            host.get(key).map(|text| text.as_ref()),
+            Some(json.as_str()),
+            "{name}: the host's copy lacks {key}"
+        );
+    }
+    lock(&stage.report).values_checked += (ledger.committed.len() + ledger.unknown.len()) as u64;
+}
+
+fn host_rss() -> u64 {
+    rss_kib("self").unwrap_or(0)
+}
+
+/// Runs the chaos test with the runtime `binary`; panics on any violation, returns the
+/// counts.
+pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
+    let liveness = Liveness {
+        ping_interval: Duration::from_millis(300),
+        timeout: Duration::from_millis(1500),
+    };
+    let options = RuntimeOptions {
+        ping_interval_ms: 300,
+        liveness_timeout_ms: 1500,
+        drain_timeout_secs: 10,
+        ..RuntimeOptions::insecure()
+    };
+    let local = ProcessProvider::new(ProcessConfig {
+        binary: Some(binary.to_owned()),
+        max_crashes: usize::MAX,
+        ..ProcessConfig::default()
+    })
+    .expect("a process provider");
+    let mut slots = Vec::new();
+    for _ in 0..config.remote_runtimes {
+        let runtime = Stage::start_runtime(binary.to_owned(), options.clone()).await;
+        let proxy = FaultProxy::start(runtime.address).await;
+        slots.push(Arc::new(Slot {
+            proxy,
+            runtime: Mutex::new(Some(runtime)),
+            busy: AtomicBool::new(false),
+        }));
+    }
+    let endpoints = slots
+        .iter()
+        .map(|slot| slot.proxy.address.to_string())
+        .collect();
+    let remote = RemoteProvider::new(RemoteConfig {
+        liveness,
+        connect_timeout: Duration::from_secs(5),
+        ..RemoteConfig::insecure_loopback(endpoints)
+    })
+    .expect("a remote provider");
+    let stage = Arc::new(Stage {
+        binary: binary.to_owned(),
+        local,
+        slots,
+        options,
+        pids: Mutex::new(BTreeSet::new()),
+        report: Mutex::new(ChaosReport::default()),
+    });
+    for slot in &stage.slots {
+        if let Some(runtime) = &*lock(&slot.runtime) {
+            lock(&stage.pids).insert(runtime.pid());
+        }
+    }
+    let delegate = Arc::new(ChaosDelegate::default());
+    let started = Instant::now();
+    let until = started + config.duration;
+    let mut rng = Rng::new(config.seed);
+    let mut workers = tokio::task::JoinSet::new();
+    for index in 0..config.local_sessions {
+        let session = stage
+            .local
+            .open_session(delegate.clone(), SessionOptions::default());
+        let worker_rng = Rng::new(rng.next());
+        workers.spawn(worker(
+            format!("local{index}"),
+            session,
+            until,
+            Arc::clone(&stage),
+            worker_rng,
+        ));
+    }
+    for index in 0..config.remote_sessions {
+        let session = remote.open_session(delegate.clone(), SessionOptions::default());
+        let worker_rng = Rng::new(rng.next());
+        workers.spawn(worker(
+            format!("remote{index}"),
+            session,
+            until,
+            Arc::clone(&stage),
+            worker_rng,
+        ));
+    }
+
+    // Faults until the end, and RSS samples.
+    let mut next_sample = config.rss_every.map(|every| started + every);
+    let warm_at = started + config.duration / 5;
+    while Instant::now() < until {
+        let mean = config.fault_every.as_millis() as u64;
+        let pause = Duration::from_millis(mean / 2 + rng.below(mean.max(1)));
+        tokio::time::sleep(pause.min(until.saturating_duration_since(Instant::now()))).await;
+        if Instant::now() >= until {
+            break;
+        }
+        stage.fault(&mut rng).await;
+        if lock(&stage.report).host_rss_warm_kib == 0 && Instant::now() >= warm_at {
+            lock(&stage.report).host_rss_warm_kib = host_rss();
+        }
+        if let Some(at) = next_sample
+            && Instant::now() >= at
+        {
+            let sample = rss_sample(&stage, started).await;
+            eprintln!("chaos: {}", describe_sample(&sample));
+            lock(&stage.report).rss.push(sample);
+            next_sample = config.rss_every.map(|every| at + every);
+        }
+    }
+    // No more faults: let the replacements come up, stop any delay, then let the
+    // workers finish and check.
+    for slot in &stage.slots {
+        slot.proxy.delay(Duration::ZERO);
+    }
+    while let Some(finished) = workers.join_next().await {
+        if let Err(error) = finished {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+    let duplicates = lock(&delegate.duplicates).clone();
+    assert!(
+        duplicates.is_empty(),
+        "tool calls ran twice: {duplicates:?}"
+    );
+    lock(&stage.report).tool_calls = delegate.calls.load(Ordering::Relaxed);
+    lock(&stage.report).host_rss_end_kib = host_rss();
+
+    // Nothing left behind: the providers and runtimes go, and so do their processes.
+    let _ = stage.local_pid().await;
+    drop(remote);
+    let stage = wait_unique(stage).await;
+    let Stage {
+        local,
+        slots,
+        pids,
+        report,
+        ..
+    } = stage;
+    drop(local);
+    for slot in slots {
+        let slot = Arc::try_unwrap(slot).unwrap_or_else(|_| panic!("a slot is still shared"));
+        if let Some(mut runtime) = lock(&slot.runtime).take() {
+            runtime.kill();
+        }
+    }
+    let pids = pids.into_inner().unwrap_or_else(|p| p.into_inner());
+    for pid in &pids {
+        let path = format!("/proc/{pid}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&path).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "runtime process {pid} was left behind"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let report = report.into_inner().unwrap_or_else(|p| p.into_inner());
+    let warm = report.host_rss_warm_kib.max(1);
+    assert!(
+        report.host_rss_end_kib <= warm * 2 + 32 * 1024,
+        "the host's RSS grew from {warm} KiB to {} KiB",
+        report.host_rss_end_kib
+    );
+    report
+}
+
+/// The stage once no replacement task holds it any more.
+async fn wait_unique(mut stage: Arc<Stage>) -> Stage {
+    for _ in 0..3000 {
+        match Arc::try_unwrap(stage) {
+            Ok(stage) => {
+                // Replacement tasks hold slots, not the stage; wait for them too.
+                while stage
+                    .slots
+                    .iter()
+                    .any(|slot| slot.busy.load(Ordering::SeqCst) || Arc::strong_count(slot) > 1)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return stage;
+            }
+            Err(shared) => stage = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("a replacement of a runtime never finished");
+}
+
+async fn rss_sample(stage: &Stage, started: Instant) -> (u64, u64, Vec<(String, u64)>) {
+    let mut runtimes = Vec::new();
+    if let Some(pid) = stage.local_pid().await {
+        runtimes.push((
+            format!("local pid {pid}"),
+            rss_kib(&pid.to_string()).unwrap_or(0),
+        ));
+    }
+    for (index, slot) in stage.slots.iter().enumerate() {
+        if let Some(runtime) = &*lock(&slot.runtime) {
+            let pid = runtime.pid();
+            runtimes.push((
+                format!("remote {index} pid {pid}"),
+                rss_kib(&pid.to_string()).unwrap_or(0),
+            ));
+        }
+    }
+    (started.elapsed().as_secs(), host_rss(), runtimes)
+}
+
+fn describe_sample((seconds, host, runtimes): &(u64, u64, Vec<(String, u64)>)) -> String {
+    let mut line = format!("{seconds:>5} s: host {host} KiB");
+    for (name, rss) in runtimes {
+        let _ = write!(line, ", {name} {rss} KiB");
+    }
+    line
+}
