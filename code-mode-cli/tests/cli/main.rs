@@ -856,3 +856,46 @@ fn serve_jsonl_admits_preempts_interrupts_and_searches_deferred_tools() {
         assert!(server.finish().success());
     }
 }
+
+#[test]
+fn serve_jsonl_gives_stored_values_and_opens_a_session_with_them() {
+    // Over the runtime process: the host's copy answers `stored_values`.
+    let mut server = JsonlServer::start_with(&["serve", "--jsonl"]);
+    server.ask(r#"{"id": 1, "method": "open_session", "params": {}}"#);
+    let reply = server.ask(
+        r#"{"id": 2, "method": "exec", "params": {"session": "s1", "source": "store('n', 1); store('o', {a: [true, null], s: 'é'});"}}"#,
+    );
+    let wall_time_ms = &reply["result"]["response"]["wall_time_ms"];
+    assert!(wall_time_ms.as_f64().is_some_and(|ms| ms > 0.0), "{reply}");
+    let stored = server.ask(r#"{"id": 3, "method": "stored_values", "params": {"session": "s1"}}"#);
+    assert_eq!(
+        stored["result"],
+        serde_json::json!({"stored_values": {"n": 1, "o": {"a": [true, null], "s": "é"}}})
+    );
+    // What it gave opens another session with the same values.
+    let values = stored["result"]["stored_values"].to_string();
+    server.ask(&format!(
+        r#"{{"id": 4, "method": "open_session", "params": {{"stored_values": {values}, "max_stored_bytes": 100}}}}"#
+    ));
+    let reply = server.ask(
+        r#"{"id": 5, "method": "exec", "params": {"session": "s2", "source": "text(JSON.stringify([load('n'), load('o')])); try { store('big', 'x'.repeat(100)); } catch (e) { text(String(e)); }"}}"#,
+    );
+    let texts: Vec<&str> = reply["result"]["response"]["content_items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| item["text"].as_str().expect("a text"))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            r#"[1,{"a":[true,null],"s":"é"}]"#,
+            r#"Unable to store "big": the session's stored values would take 134 bytes, more than their limit of 100 bytes. Store less, or store smaller values."#
+        ],
+        "{reply}"
+    );
+    let unknown =
+        server.ask(r#"{"id": 6, "method": "stored_values", "params": {"session": "s9"}}"#);
+    assert_eq!(unknown["error"]["code"], "unknown_session");
+    assert!(server.finish().success());
+}
