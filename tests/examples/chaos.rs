@@ -7,6 +7,7 @@
 use code_mode_conformance::chaos::{ChaosConfig, run};
 use code_mode_host::find_binary;
 
+#[allow(clippy::print_stdout, reason = "the run's counts are its output")]
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut soak = None;

@@ -99,8 +99,8 @@ pub struct ChaosReport {
     pub delays: u64,
     pub values_checked: u64,
     pub tool_calls: u64,
-    /// (seconds into the run, host RSS, runtimes' RSS) samples, in KiB.
-    pub rss: Vec<(u64, u64, Vec<(String, u64)>)>,
+    /// RSS samples (soak runs).
+    pub rss: Vec<RssSample>,
     pub host_rss_warm_kib: u64,
     pub host_rss_end_kib: u64,
 }
@@ -124,6 +124,26 @@ impl std::fmt::Display for ChaosReport {
             self.host_rss_warm_kib,
             self.host_rss_end_kib
         )
+    }
+}
+
+/// The RSS of the host and of every runtime at one moment of a run, in KiB.
+#[derive(Debug, Clone)]
+pub struct RssSample {
+    /// Seconds into the run.
+    pub seconds: u64,
+    pub host_kib: u64,
+    /// Each runtime (named with its pid) and its RSS.
+    pub runtimes: Vec<(String, u64)>,
+}
+
+impl std::fmt::Display for RssSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:>5} s: host {} KiB", self.seconds, self.host_kib)?;
+        for (name, rss) in &self.runtimes {
+            write!(f, ", {name} {rss} KiB")?;
+        }
+        Ok(())
     }
 }
 
@@ -634,7 +654,7 @@ pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
             && Instant::now() >= at
         {
             let sample = rss_sample(&stage, started).await;
-            eprintln!("chaos: {}", describe_sample(&sample));
+            eprintln!("chaos: {sample}");
             lock(&stage.report).rss.push(sample);
             next_sample = config.rss_every.map(|every| at + every);
         }
@@ -719,7 +739,7 @@ async fn wait_unique(mut stage: Arc<Stage>) -> Stage {
     panic!("a replacement of a runtime never finished");
 }
 
-async fn rss_sample(stage: &Stage, started: Instant) -> (u64, u64, Vec<(String, u64)>) {
+async fn rss_sample(stage: &Stage, started: Instant) -> RssSample {
     let mut runtimes = Vec::new();
     if let Some(pid) = stage.local_pid().await {
         runtimes.push((
@@ -736,13 +756,9 @@ async fn rss_sample(stage: &Stage, started: Instant) -> (u64, u64, Vec<(String, 
             ));
         }
     }
-    (started.elapsed().as_secs(), host_rss(), runtimes)
-}
-
-fn describe_sample((seconds, host, runtimes): &(u64, u64, Vec<(String, u64)>)) -> String {
-    let mut line = format!("{seconds:>5} s: host {host} KiB");
-    for (name, rss) in runtimes {
-        let _ = write!(line, ", {name} {rss} KiB");
+    RssSample {
+        seconds: started.elapsed().as_secs(),
+        host_kib: host_rss(),
+        runtimes,
     }
-    line
 }

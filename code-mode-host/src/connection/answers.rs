@@ -9,18 +9,18 @@ use super::*;
 /// with. The reader converts each response once, on arrival; a response of another kind is
 /// a protocol violation, so callers never match on the kind again.
 pub(crate) trait Answer: Sized + Send + 'static {
-    /// The answer, or the response back when it is of another kind.
-    fn from_response(response: Response) -> Result<Self, Response>;
+    /// The answer, or the response back (boxed: it is large) when it is of another kind.
+    fn from_response(response: Response) -> Result<Self, Box<Response>>;
 
     /// The response this answer came in.
     fn into_response(self) -> Response;
 }
 
 impl Answer for SessionId {
-    fn from_response(response: Response) -> Result<Self, Response> {
+    fn from_response(response: Response) -> Result<Self, Box<Response>> {
         match response {
             Response::SessionOpened(session) => Ok(session),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }
     }
 
@@ -33,12 +33,13 @@ macro_rules! reply_answer {
     ($($ty:ty),* $(,)?) => {
         $(
             impl Answer for $ty {
-                fn from_response(response: Response) -> Result<Self, Response> {
+                fn from_response(response: Response) -> Result<Self, Box<Response>> {
                     match response {
                         Response::Reply(reply) => {
-                            <$ty as FromReply>::from_reply(reply).map_err(Response::Reply)
+                            <$ty as FromReply>::from_reply(reply)
+                                .map_err(|reply| Box::new(Response::Reply(reply)))
                         }
-                        other => Err(other),
+                        other => Err(Box::new(other)),
                     }
                 }
 
@@ -72,7 +73,7 @@ pub(super) type Deliver = Box<
             &Weak<Connection>,
             Result<Response, SessionError>,
             Option<Ack>,
-        ) -> Result<(), Response>
+        ) -> Result<(), Box<Response>>
         + Send,
 >;
 

@@ -16,7 +16,8 @@ async fn chaos_loses_no_committed_value_and_runs_no_tool_twice() {
         .and_then(|seed| seed.parse().ok())
         .unwrap_or(20_261_123);
     let report = run(&binary, ChaosConfig::ci(seed)).await;
-    println!("chaos (seed {seed}): {report}");
+    // The counts, for `--nocapture` and for a failing run (the test harness shows stderr).
+    eprintln!("chaos (seed {seed}): {report}");
     assert!(
         report.completed > 0 && report.values_checked > 0,
         "{report}"
