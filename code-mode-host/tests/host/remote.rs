@@ -619,3 +619,84 @@ async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
         .expect("the runtime exits once drained");
     assert!(status.success(), "{status:?}\n{}", runtime.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_moves_off_a_draining_runtime_and_both_count_it() {
+    let options = RuntimeOptions {
+        metrics: true,
+        ..RuntimeOptions::insecure()
+    };
+    let mut first = ListeningRuntime::start(&binary(), &options);
+    let second = ListeningRuntime::start(&binary(), &options);
+    let provider = remote(vec![first.endpoint(), second.endpoint()], None);
+    // Two sessions on the first runtime: one idle with a value, one with a running cell
+    // that keeps the runtime draining.
+    // (Sessions placed on the second stay open, so placement by load reaches the first.)
+    let (mut on_first, mut elsewhere) = (Vec::new(), Vec::new());
+    while on_first.len() < 2 {
+        let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+        echo_cell(&session, "placed").await.unwrap();
+        if session
+            .runtime()
+            .is_some_and(|at| at.ends_with(&first.endpoint()))
+        {
+            on_first.push(session);
+        } else {
+            elsewhere.push(session);
+        }
+        assert!(elsewhere.len() < 8, "no session lands on the first runtime");
+    }
+    let busy = on_first.pop().expect("a busy session");
+    let idle = on_first.pop().expect("an idle session");
+    idle.execute(request("store('kept', [1, 2])"))
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move {
+        let started = busy
+            .execute(request("text(await tools.slow(2000))").with_yield_time_ms(30_000))
+            .await;
+        (busy, started)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.terminate();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !provider.runtimes().iter().any(|runtime| runtime.draining) {
+        assert!(Instant::now() < deadline, "the host never saw the drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The idle session moves at its next exec, without an error, its value with it.
+    let moved = idle
+        .execute(request("text(JSON.stringify(load('kept')))"))
+        .await
+        .expect("the idle session moves without an error");
+    assert_eq!(texts(&moved.initial_response), ["[1,2]"]);
+    assert!(
+        idle.runtime()
+            .is_some_and(|at| at.ends_with(&second.endpoint()))
+    );
+    let counted = |runtime: &ListeningRuntime, family: &'static str| {
+        let metrics = runtime.metrics.expect("a metrics address");
+        async move {
+            sample(
+                &http_get(metrics, "/metrics").await.1,
+                family,
+                "counter",
+                &[],
+            )
+        }
+    };
+    assert_eq!(counted(&second, "code_mode_sessions_seeded").await, 1);
+    assert_eq!(counted(&first, "code_mode_sessions_moved_off").await, 1);
+
+    // The running cell finished where it ran; the draining runtime then exits.
+    let (_busy, started) = running.await.unwrap();
+    assert_eq!(
+        texts(&started.expect("the running cell finishes").initial_response),
+        ["slow done"]
+    );
+    let status = first
+        .wait_exit(Duration::from_secs(10))
+        .expect("the runtime exits once drained");
+    assert!(status.success(), "{status:?}");
+}
