@@ -446,9 +446,27 @@ fn tool_search(c: &mut Criterion) {
     group.finish();
 }
 
+/// The floor of a fresh context per cell (contract §7): V8's own `Context::New` on a warm
+/// isolate, which deserializes a native context from V8's startup snapshot, with nothing
+/// of ours in it. `exec_overhead --sections hops` shows the same step inside a cell's
+/// reset ("fresh context created") and what our helpers add after it.
+fn context(c: &mut Criterion) {
+    code_mode::platform::init_v8();
+    let mut isolate = v8::Isolate::new(v8::CreateParams::default());
+    let mut group = c.benchmark_group("context");
+    group.bench_function("v8_context_new", |b| {
+        b.iter(|| {
+            v8::scope!(let scope, &mut isolate);
+            let context = v8::Context::new(scope, Default::default());
+            black_box(context);
+        });
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(4));
-    targets = frames, sessions, baseline, typescript, tool_search
+    targets = frames, sessions, baseline, typescript, tool_search, context
 }
 criterion_main!(benches);

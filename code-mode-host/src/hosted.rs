@@ -7,6 +7,7 @@
 use crate::connection::{Answer, Connection, Opening, Placed, RequestHooks};
 use crate::error::HostError;
 use crate::unclaimed::{Reclaim, Unclaimed};
+use code_mode_protocol::session::measure;
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{Request, SessionId};
@@ -472,32 +473,20 @@ impl CodeModeSession for HostedSession {
         request: ExecRequest,
         hooks: ExecHooks,
     ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
-            let answer: Result<_, SessionError> = async move {
-                let hooks = RequestHooks {
-                    opening: None,
-                    cell_delegate: hooks.delegate,
-                    admitted: hooks.admitted,
-                    preempt: hooks.preempt,
-                };
-                let (connection, started): (_, StartedCell) =
-                    self.call(SessionCall::Execute(request), hooks).await?;
-                Ok(StartedCell {
-                    cell_id: connection.external_cell_id(&started.cell_id),
-                    initial_response: external_response(
-                        &connection,
-                        started.initial_response,
-                        None,
-                    ),
-                })
-            }
-            .await;
-            answer.map(|answer| StartedCell {
-                initial_response: answer.initial_response.with_wall_time(called.elapsed()),
-                ..answer
+        Box::pin(measure(async move {
+            let hooks = RequestHooks {
+                opening: None,
+                cell_delegate: hooks.delegate,
+                admitted: hooks.admitted,
+                preempt: hooks.preempt,
+            };
+            let (connection, started): (_, StartedCell) =
+                self.call(SessionCall::Execute(request), hooks).await?;
+            Ok(StartedCell {
+                cell_id: connection.external_cell_id(&started.cell_id),
+                initial_response: external_response(&connection, started.initial_response, None),
             })
-        })
+        }))
     }
 
     fn wait_with(
@@ -505,98 +494,75 @@ impl CodeModeSession for HostedSession {
         request: WaitRequest,
         preempt: Option<CancellationToken>,
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
-            let answer: Result<_, SessionError> = async move {
-                let asked = request.cell_id.clone();
-                let yield_time_ms = request.yield_time_ms;
-                let hooks = RequestHooks {
-                    preempt,
-                    ..RequestHooks::default()
-                };
-                let answer = self
-                    .call_on_cell(&asked, true, hooks, |cell_id| {
-                        SessionCall::Wait(WaitRequest {
-                            cell_id,
-                            yield_time_ms,
-                        })
+        Box::pin(measure(async move {
+            let asked = request.cell_id.clone();
+            let yield_time_ms = request.yield_time_ms;
+            let hooks = RequestHooks {
+                preempt,
+                ..RequestHooks::default()
+            };
+            let answer = self
+                .call_on_cell(&asked, true, hooks, |cell_id| {
+                    SessionCall::Wait(WaitRequest {
+                        cell_id,
+                        yield_time_ms,
                     })
-                    .await?;
-                let Some((connection, response)) = answer else {
-                    return Ok(CellResponse::missing(asked));
-                };
-                Ok(external_response(&connection, response, Some(&asked)))
-            }
-            .await;
-            answer.map(|answer| answer.with_wall_time(called.elapsed()))
-        })
+                })
+                .await?;
+            let Some((connection, response)) = answer else {
+                return Ok(CellResponse::missing(asked));
+            };
+            Ok(external_response(&connection, response, Some(&asked)))
+        }))
     }
 
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
-            let answer: Result<_, SessionError> = async move {
-                let answer = self
-                    .call_on_cell(&cell_id, false, RequestHooks::default(), |cell_id| {
-                        SessionCall::Terminate { cell_id }
-                    })
-                    .await?;
-                let Some((connection, response)) = answer else {
-                    return Ok(CellResponse::missing(cell_id));
-                };
-                Ok(external_response(&connection, response, Some(&cell_id)))
-            }
-            .await;
-            answer.map(|answer| answer.with_wall_time(called.elapsed()))
-        })
+        Box::pin(measure(async move {
+            let answer = self
+                .call_on_cell(&cell_id, false, RequestHooks::default(), |cell_id| {
+                    SessionCall::Terminate { cell_id }
+                })
+                .await?;
+            let Some((connection, response)) = answer else {
+                return Ok(CellResponse::missing(cell_id));
+            };
+            Ok(external_response(&connection, response, Some(&cell_id)))
+        }))
     }
 
     fn execute_to_pending(
         &self,
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
-            let answer: Result<_, SessionError> = async move {
-                let (connection, started): (_, StartedPendingCell) = self
-                    .call(
-                        SessionCall::ExecuteToPending(request),
-                        RequestHooks::default(),
-                    )
-                    .await?;
-                Ok(StartedPendingCell {
-                    cell_id: connection.external_cell_id(&started.cell_id),
-                    outcome: external_outcome(&connection, started.outcome, None),
-                })
-            }
-            .await;
-            answer.map(|answer| StartedPendingCell {
-                outcome: answer.outcome.with_wall_time(called.elapsed()),
-                ..answer
+        Box::pin(measure(async move {
+            let (connection, started): (_, StartedPendingCell) = self
+                .call(
+                    SessionCall::ExecuteToPending(request),
+                    RequestHooks::default(),
+                )
+                .await?;
+            Ok(StartedPendingCell {
+                cell_id: connection.external_cell_id(&started.cell_id),
+                outcome: external_outcome(&connection, started.outcome, None),
             })
-        })
+        }))
     }
 
     fn wait_to_pending(
         &self,
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
-            let answer: Result<_, SessionError> = async move {
-                let answer = self
-                    .call_on_cell(&cell_id, true, RequestHooks::default(), |cell_id| {
-                        SessionCall::WaitToPending { cell_id }
-                    })
-                    .await?;
-                let Some((connection, outcome)) = answer else {
-                    return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));
-                };
-                Ok(external_outcome(&connection, outcome, Some(&cell_id)))
-            }
-            .await;
-            answer.map(|answer| answer.with_wall_time(called.elapsed()))
-        })
+        Box::pin(measure(async move {
+            let answer = self
+                .call_on_cell(&cell_id, true, RequestHooks::default(), |cell_id| {
+                    SessionCall::WaitToPending { cell_id }
+                })
+                .await?;
+            let Some((connection, outcome)) = answer else {
+                return Ok(PendingOutcome::Completed(CellResponse::missing(cell_id)));
+            };
+            Ok(external_outcome(&connection, outcome, Some(&cell_id)))
+        }))
     }
 
     fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {

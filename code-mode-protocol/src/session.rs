@@ -393,6 +393,53 @@ impl CellResponse {
     }
 }
 
+/// A provider's answer to an observation, which carries the time the provider measured
+/// for it (contract 8.5).
+pub trait Measured: Sized {
+    /// The same answer with the time `measured`.
+    fn measured(self, measured: Duration) -> Self;
+}
+
+impl Measured for CellResponse {
+    fn measured(self, measured: Duration) -> Self {
+        self.with_wall_time(measured)
+    }
+}
+
+impl Measured for PendingOutcome {
+    fn measured(self, measured: Duration) -> Self {
+        self.with_wall_time(measured)
+    }
+}
+
+impl Measured for StartedCell {
+    fn measured(self, measured: Duration) -> Self {
+        StartedCell {
+            initial_response: self.initial_response.with_wall_time(measured),
+            ..self
+        }
+    }
+}
+
+impl Measured for StartedPendingCell {
+    fn measured(self, measured: Duration) -> Self {
+        StartedPendingCell {
+            outcome: self.outcome.with_wall_time(measured),
+            ..self
+        }
+    }
+}
+
+/// Runs an observation and stamps its answer with the time from now to the answer: how a
+/// provider measures its time (contract 8.5).
+pub async fn measure<T: Measured, E>(
+    observation: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let called = std::time::Instant::now();
+    let answer = observation.await?;
+    Ok(answer.measured(called.elapsed()))
+}
+
 /// What `execute` returns: the new cell's id and its first observation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartedCell {

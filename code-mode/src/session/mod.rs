@@ -16,7 +16,7 @@ use crate::runtime::{
 };
 use actor::{ActorRequest, Answer, CellActor, Observer, Returnable, Routing};
 use code_mode_protocol::search::{SearchCache, SearchableTools};
-use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
+use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms, measure};
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -301,8 +301,7 @@ impl CodeModeSession for InProcessSession {
         request: ExecRequest,
         hooks: ExecHooks,
     ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
+        Box::pin(measure(async move {
             let (reply, answer) = oneshot::channel();
             let preempt = hooks.preempt.clone();
             let cell_id = self.shared.start_cell(request, hooks, |deadline| {
@@ -312,9 +311,9 @@ impl CodeModeSession for InProcessSession {
             code_mode_protocol::hop!("exec answered");
             Ok(StartedCell {
                 cell_id,
-                initial_response: initial_response.with_wall_time(called.elapsed()),
+                initial_response,
             })
-        })
+        }))
     }
 
     fn wait_with(
@@ -322,8 +321,7 @@ impl CodeModeSession for InProcessSession {
         request: WaitRequest,
         preempt: Option<CancellationToken>,
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
+        Box::pin(measure(async move {
             let deadline = self.shared.deadline(request.yield_time_ms);
             let answer = self
                 .shared
@@ -331,9 +329,8 @@ impl CodeModeSession for InProcessSession {
                     ActorRequest::Observe(Observer::yielding(deadline, preempt, reply))
                 })
                 .await;
-            let response = answer.unwrap_or_else(|| Ok(CellResponse::missing(request.cell_id)));
-            response.map(|response| response.with_wall_time(called.elapsed()))
-        })
+            answer.unwrap_or_else(|| Ok(CellResponse::missing(request.cell_id)))
+        }))
     }
 
     fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {
@@ -367,51 +364,42 @@ impl CodeModeSession for InProcessSession {
     }
 
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
+        Box::pin(measure(async move {
             let answer = self
                 .shared
                 .ask(&cell_id, |reply| ActorRequest::Terminate { reply })
                 .await;
-            let response = answer.unwrap_or_else(|| Ok(CellResponse::missing(cell_id)));
-            response.map(|response| response.with_wall_time(called.elapsed()))
-        })
+            answer.unwrap_or_else(|| Ok(CellResponse::missing(cell_id)))
+        }))
     }
 
     fn execute_to_pending(
         &self,
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
+        Box::pin(measure(async move {
             let (reply, answer) = oneshot::channel();
             let cell_id = self
                 .shared
                 .start_cell(request, ExecHooks::default(), |_| Observer::pending(reply))?;
             let outcome = answer.await.map_err(|_| actor_lost(&cell_id))?.take()?;
-            Ok(StartedPendingCell {
-                cell_id,
-                outcome: outcome.with_wall_time(called.elapsed()),
-            })
-        })
+            Ok(StartedPendingCell { cell_id, outcome })
+        }))
     }
 
     fn wait_to_pending(
         &self,
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
-        Box::pin(async move {
-            let called = std::time::Instant::now();
+        Box::pin(measure(async move {
             let answer = self
                 .shared
                 .ask(&cell_id, |reply| {
                     ActorRequest::Observe(Observer::pending(reply))
                 })
                 .await;
-            let outcome = answer
-                .unwrap_or_else(|| Ok(PendingOutcome::Completed(CellResponse::missing(cell_id))));
-            outcome.map(|outcome| outcome.with_wall_time(called.elapsed()))
-        })
+            answer.unwrap_or_else(|| Ok(PendingOutcome::Completed(CellResponse::missing(cell_id))))
+        }))
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
