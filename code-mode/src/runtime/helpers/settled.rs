@@ -11,6 +11,7 @@
 
 use super::{define_constant, v8_str};
 use code_mode_protocol::texts::STREAM_SETTLED_CALLBACK;
+use std::rc::Rc;
 use std::sync::OnceLock;
 
 /// The script, evaluated once per context; `STREAM_SETTLED_CALLBACK` is spliced in.
@@ -155,18 +156,38 @@ const SOURCE: &str = r#"(() => {
   return [as_settled, stream_settled];
 })()"#;
 
-/// Compiles and runs the script in the current context and defines `as_settled` and
-/// `stream_settled` on `global`. Runs before any cell code, like the native helpers.
+/// The settled helpers' script compiled once per isolate, context-independent: each
+/// fresh context binds and runs it instead of compiling it again. Kept in an isolate slot.
+struct CompiledSettled(v8::Global<v8::UnboundScript>);
+
+/// Runs the script in the current context and defines `as_settled` and `stream_settled`
+/// on `global`. Runs before any cell code, like the native helpers.
 pub(super) fn install(scope: &mut v8::PinScope<'_, '_>, global: v8::Local<'_, v8::Object>) {
-    static SPLICED: OnceLock<String> = OnceLock::new();
-    let source = SPLICED.get_or_init(|| {
-        let quoted = js_string_literal(STREAM_SETTLED_CALLBACK);
-        SOURCE.replace("STREAM_SETTLED_CALLBACK)", &format!("{quoted})"))
-    });
-    let source = v8_str(scope, source);
-    let script = v8::Script::compile(scope, source, None)
-        .expect("the settled helpers' script compiles: it is fixed text");
-    let functions = script
+    let compiled = scope.get_slot::<Rc<CompiledSettled>>().map(Rc::clone);
+    let unbound = match compiled {
+        Some(compiled) => v8::Local::new(scope, &compiled.0),
+        None => {
+            static SPLICED: OnceLock<String> = OnceLock::new();
+            let source = SPLICED.get_or_init(|| {
+                let quoted = js_string_literal(STREAM_SETTLED_CALLBACK);
+                SOURCE.replace("STREAM_SETTLED_CALLBACK)", &format!("{quoted})"))
+            });
+            let source = v8_str(scope, source);
+            let mut source = v8::script_compiler::Source::new(source, None);
+            let unbound = v8::script_compiler::compile_unbound_script(
+                scope,
+                &mut source,
+                v8::script_compiler::CompileOptions::NoCompileOptions,
+                v8::script_compiler::NoCacheReason::NoReason,
+            )
+            .expect("the settled helpers' script compiles: it is fixed text");
+            let global = v8::Global::new(scope, unbound);
+            scope.set_slot(Rc::new(CompiledSettled(global)));
+            unbound
+        }
+    };
+    let functions = unbound
+        .bind_to_current_context(scope)
         .run(scope)
         .and_then(|value| v8::Local::<v8::Array>::try_from(value).ok())
         .expect("the settled helpers' script evaluates to its two functions");
