@@ -13,7 +13,8 @@
 //! - the host's RSS stays flat (at the end at most twice what it was once warm, plus
 //!   32 MiB).
 //!
-//! The test suite runs it briefly ([`ChaosConfig::ci`]); `cargo run --release -p
+//! The test suite runs it briefly ([`ChaosConfig::ci`]) through the `chaos` example, in a
+//! process of its own so that the RSS it checks is the chaos host's alone; `cargo run --release -p
 //! code-mode-conformance --example chaos -- --soak 30` runs it for 30 minutes and prints
 //! the RSS of the host and of every runtime each minute.
 
