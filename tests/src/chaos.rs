@@ -281,11 +281,12 @@ impl Stage {
         })
     }
 
-    /// Kills or drains slot `index`'s runtime, and puts a fresh one behind its proxy.
-    fn replace(self: &Arc<Self>, index: usize, drain: bool) {
+    /// Kills or drains slot `index`'s runtime, and puts a fresh one behind its proxy;
+    /// `false` when that slot's runtime is being replaced already.
+    fn replace(self: &Arc<Self>, index: usize, drain: bool) -> bool {
         let slot = Arc::clone(&self.slots[index]);
         if slot.busy.swap(true, Ordering::SeqCst) {
-            return;
+            return false;
         }
         let stage = Arc::clone(self);
         tokio::spawn(async move {
@@ -316,55 +317,59 @@ impl Stage {
             *lock(&slot.runtime) = Some(fresh);
             slot.busy.store(false, Ordering::SeqCst);
         });
+        true
     }
 
-    /// One fault, chosen at random.
-    async fn fault(self: &Arc<Self>, rng: &mut Rng) {
+    /// One fault of `kind` (0 to 7; 0 and 1 both kill the local runtime), its target
+    /// chosen at random. `false` when it could not be done now: the local runtime is
+    /// being restarted, or the remote one chosen is being replaced already.
+    async fn fault(self: &Arc<Self>, kind: u64, rng: &mut Rng) -> bool {
         let slots = self.slots.len() as u64;
-        match rng.below(8) {
-            0 | 1 => {
-                if let Some(pid) = self.local_pid().await {
-                    signal(pid, "KILL");
-                    lock(&self.report).kills += 1;
+        let slot = rng.below(slots.max(1)) as usize;
+        let done = match kind {
+            0..=2 => match self.local_pid().await {
+                Some(pid) => {
+                    signal(pid, if kind == 2 { "TERM" } else { "KILL" });
+                    true
                 }
+                None => false,
+            },
+            _ if slots == 0 => false,
+            3 => self.replace(slot, false),
+            4 => self.replace(slot, true),
+            5 => {
+                self.slots[slot].proxy.cut();
+                true
             }
-            2 => {
-                if let Some(pid) = self.local_pid().await {
-                    signal(pid, "TERM");
-                    lock(&self.report).drains += 1;
-                }
-            }
-            3 if slots > 0 => {
-                self.replace(rng.below(slots) as usize, false);
-                lock(&self.report).kills += 1;
-            }
-            4 if slots > 0 => {
-                self.replace(rng.below(slots) as usize, true);
-                lock(&self.report).drains += 1;
-            }
-            5 if slots > 0 => {
-                self.slots[rng.below(slots) as usize].proxy.cut();
-                lock(&self.report).cuts += 1;
-            }
-            6 if slots > 0 => {
+            6 => {
                 // Some stalls outlast the liveness timeout (the connection is given up),
                 // some do not (the bytes arrive late).
                 let stall = Duration::from_millis(200 + rng.below(3_000));
-                self.slots[rng.below(slots) as usize].proxy.stall(stall);
-                lock(&self.report).stalls += 1;
+                self.slots[slot].proxy.stall(stall);
+                true
             }
-            7 if slots > 0 => {
-                let slot = Arc::clone(&self.slots[rng.below(slots) as usize]);
+            _ => {
+                let target = Arc::clone(&self.slots[slot]);
                 let delay = Duration::from_millis(5 + rng.below(60));
-                slot.proxy.delay(delay);
-                lock(&self.report).delays += 1;
+                target.proxy.delay(delay);
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    slot.proxy.delay(Duration::ZERO);
+                    target.proxy.delay(Duration::ZERO);
                 });
+                true
             }
-            _ => {}
+        };
+        if done {
+            let mut report = lock(&self.report);
+            match kind {
+                0 | 1 | 3 => report.kills += 1,
+                2 | 4 => report.drains += 1,
+                5 => report.cuts += 1,
+                6 => report.stalls += 1,
+                _ => report.delays += 1,
+            }
         }
+        done
     }
 }
 
@@ -685,6 +690,11 @@ pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
     // Faults until the end, and RSS samples.
     let mut next_sample = config.rss_every.map(|every| started + every);
     let warm_at = started + config.duration / 5;
+    let mut faults = 0usize;
+    let mut first_kinds: Vec<u64> = (0..8).collect();
+    for index in (1..first_kinds.len()).rev() {
+        first_kinds.swap(index, rng.below(index as u64 + 1) as usize);
+    }
     while Instant::now() < until {
         let mean = config.fault_every.as_millis() as u64;
         let pause = Duration::from_millis(mean / 2 + rng.below(mean.max(1)));
@@ -692,7 +702,14 @@ pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
         if Instant::now() >= until {
             break;
         }
-        stage.fault(&mut rng).await;
+        // The first eight faults are one of each kind, in an order the seed shuffles, so
+        // that even a short run meets every kind; later ones are chosen at random.
+        let kind = first_kinds
+            .get(faults)
+            .copied()
+            .unwrap_or_else(|| rng.below(8));
+        stage.fault(kind, &mut rng).await;
+        faults += 1;
         if lock(&stage.report).host_rss_warm_kib == 0 && Instant::now() >= warm_at {
             lock(&stage.report).host_rss_warm_kib = host_rss();
         }
