@@ -651,6 +651,13 @@ impl Connection {
         );
         let state = {
             let mut state = lock(&self.state);
+            // The dead cells are known before the loss is: a caller that gets the error
+            // and asks about its cell at once finds it among them.
+            *lock(&self.lost_cells) = state
+                .sessions
+                .iter()
+                .map(|(session, entry)| (*session, entry.live_cells.iter().cloned().collect()))
+                .collect();
             let _ = self.lost.set(cause.clone());
             std::mem::take(&mut *state)
         };
@@ -661,12 +668,6 @@ impl Connection {
         }
         for (_, token) in state.delegate_calls {
             token.cancel();
-        }
-        {
-            let mut lost_cells = lock(&self.lost_cells);
-            for (session, entry) in &state.sessions {
-                lost_cells.insert(*session, entry.live_cells.iter().cloned().collect());
-            }
         }
         for mut entry in state.sessions.into_values() {
             for cell_id in entry.live_cells {
