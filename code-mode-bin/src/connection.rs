@@ -188,11 +188,7 @@ impl Connection {
             lock(&self.sessions).get(&id).cloned()
         };
         let session = session.ok_or(WireError::MissingSession(id))?;
-        let timed = matches!(
-            call,
-            SessionCall::Execute(_) | SessionCall::ExecuteToPending(_)
-        )
-        .then(Instant::now);
+        let timed = call.starts_cell().then(Instant::now);
         let _running = timed.map(|_| METRICS.execute_running());
         // The admission goes out before the response and before any delegate call
         // of the cell (the session reports it before the cell's actor runs).

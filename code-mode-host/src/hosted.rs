@@ -215,7 +215,7 @@ impl HostedSession {
     /// The session's committed stored values (the host's copy), as a new runtime is seeded
     /// with them.
     fn committed_values(&self) -> StoredValues {
-        lock(&self.stored).snapshot().as_ref().clone()
+        lock(&self.stored).to_values()
     }
 
     /// Lets go of a runtime that was lost, remembering the cells that died with it.
@@ -330,11 +330,7 @@ impl HostedSession {
         call: SessionCall,
         hooks: RequestHooks,
     ) -> Result<(Arc<Connection>, T), SessionError> {
-        let moving = matches!(
-            call,
-            SessionCall::Execute(_) | SessionCall::ExecuteToPending(_)
-        );
-        let (connection, session) = self.bind(moving).await?;
+        let (connection, session) = self.bind(call.starts_cell()).await?;
         self.call_on(connection, session, call, hooks).await
     }
 

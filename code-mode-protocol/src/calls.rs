@@ -118,6 +118,14 @@ impl SessionCall {
         }
     }
 
+    /// Whether the call starts a cell (`Execute`, `ExecuteToPending`).
+    pub fn starts_cell(&self) -> bool {
+        matches!(
+            self,
+            SessionCall::Execute(_) | SessionCall::ExecuteToPending(_)
+        )
+    }
+
     /// Whether `reply` is of the kind this call is answered with.
     pub fn is_answered_by(&self, reply: &SessionReply) -> bool {
         matches!(

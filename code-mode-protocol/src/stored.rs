@@ -52,6 +52,12 @@ impl CommittedValues {
         Arc::clone(&self.values)
     }
 
+    /// A copy of the map (what `stored_values()` hands out, and what a new runtime is
+    /// seeded with).
+    pub fn to_values(&self) -> StoredValues {
+        self.values.as_ref().clone()
+    }
+
     /// The size of the map, as the cap counts it.
     pub fn bytes(&self) -> u64 {
         self.bytes

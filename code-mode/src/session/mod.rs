@@ -410,6 +410,6 @@ impl CodeModeSession for InProcessSession {
     }
 
     fn stored_values(&self) -> StoredValues {
-        lock(&self.shared.stored).snapshot().as_ref().clone()
+        lock(&self.shared.stored).to_values()
     }
 }
