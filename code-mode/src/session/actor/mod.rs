@@ -284,12 +284,16 @@ impl CellActor {
             () = sleep_until_some(deadline) => Step::Deadline,
             // A preempted observation returns like one whose deadline passed.
             () = cancelled_some(preempt.as_ref()) => Step::Deadline,
+            // The shutdown before anything the cell or its callbacks sent: cancelling the
+            // root also cancels the cell's tool calls, and a delegate that answers its
+            // cancellation at once (`cancelled`) must not have that answer reach a cell the
+            // shutdown is about to terminate (it could end the cell with that error first).
+            () = root.cancelled(), if !self.life.shutting_down => Step::Shutdown,
             () = sleep_until_some(next_timer) => Step::TimersDue,
             event = self.events.recv(), if !self.life.runtime_done => Step::Event(event),
             Some(given) = self.returns_rx.recv() => Step::Returned(given),
             Some(request) = self.requests.recv() => Step::Request(request),
             Some(message) = self.internal_rx.recv() => Step::Internal(message),
-            () = root.cancelled(), if !self.life.shutting_down => Step::Shutdown,
             () = self.callbacks.unacked.oldest_taken(), if !self.callbacks.unacked.is_empty() => Step::Acked,
         }
     }
