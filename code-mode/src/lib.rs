@@ -17,8 +17,8 @@ pub mod session;
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::ToolDefinition;
 pub use runtime::{
-    CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome, IsolateShelf,
-    SpawnError, StoredValues, ToolCallRequest, prewarm, spawn_cell, spawn_cell_on,
-    strip_typescript,
+    CONTEXT_SNAPSHOT_ENV, CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome,
+    ContextSource, IsolateShelf, SpawnError, StoredValues, ToolCallRequest, prewarm, spawn_cell,
+    spawn_cell_from, spawn_cell_on, strip_typescript,
 };
 pub use session::{InProcessConfig, InProcessProvider, InProcessSession};

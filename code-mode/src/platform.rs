@@ -22,10 +22,6 @@ pub(crate) fn platform() -> &'static v8::SharedRef<v8::Platform> {
         if let Err(code) = v8::icu::set_common_data_78(deno_core_icudata::ICU_DATA) {
             panic!("the bundled ICU data was rejected by ICU (error code {code})");
         }
-        // `WebAssembly` is not a global of a cell (contract §2): with this flag V8 does
-        // not build it into every new context only for the runtime to delete it, which
-        // was about 1.5% of a trivial cell's CPU.
-        v8::V8::set_flags_from_string("--no-expose-wasm");
         // Zero worker threads means "as many as V8 sees fit" for background GC and
         // compilation; idle tasks are not used.
         let platform = v8::new_default_platform(0, false).make_shared();

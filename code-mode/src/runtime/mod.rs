@@ -11,13 +11,15 @@
 //!
 //! Submodules: `thread` runs the cell's event loop, `state` holds what the loop and the
 //! helpers share about the running cell, `helpers` implements the JS globals,
-//! `values` converts between JS values, JSON text and error text, and `callbacks` gathers
-//! every V8 callback (imports, heap limit).
+//! `values` converts between JS values, JSON text and error text, `callbacks` gathers
+//! every V8 callback (imports, heap limit), `snapshot` makes the startup snapshot fresh
+//! contexts come from, and `pool` and `reuse` keep isolates ready ahead of cells.
 
 mod callbacks;
 mod helpers;
 mod pool;
 mod reuse;
+mod snapshot;
 mod state;
 mod thread;
 mod typescript;
@@ -43,6 +45,7 @@ pub fn strip_typescript(source: &str) -> Result<String, String> {
 }
 
 pub use reuse::IsolateShelf;
+pub use snapshot::{CONTEXT_SNAPSHOT_ENV, ContextSource};
 
 /// The stack of a cell thread, in bytes. V8 keeps its own JS stack limit (about 1 MiB) well
 /// inside it, so the runtime's native callbacks still have room when JS is at its deepest.
@@ -298,19 +301,9 @@ pub fn spawn_cell_on(
     shelf: Option<Arc<IsolateShelf>>,
 ) -> Result<CellHandle, SpawnError> {
     crate::platform::init_v8();
-    let (commands, inbound) = mpsc::channel();
-    let (done, finished) = mpsc::channel();
-    let control = Arc::new(CellControl::default());
     // A shelf only takes isolates of its own heap limit.
     let shelf = shelf.filter(|shelf| shelf.heap_bytes() == config.limits.heap_bytes);
-    let job = Job {
-        config,
-        events,
-        inbound,
-        control: Arc::clone(&control),
-        done,
-        shelf: shelf.clone(),
-    };
+    let (job, handle) = Job::new(config, events, shelf.clone());
     let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
     let tool_count = eager_tool_count(&job.config.tools);
     let job = match &shelf {
@@ -331,11 +324,26 @@ pub fn spawn_cell_on(
         pool::note_tool_count(tool_count);
         pool::refill();
     }
-    Ok(CellHandle {
-        commands,
-        control,
-        done: Mutex::new(Some(finished)),
-    })
+    Ok(handle)
+}
+
+/// [`spawn_cell`] on a new isolate whose contexts come from `source`, never a prepared or
+/// parked one: for tests and benchmarks that compare a context from the startup snapshot
+/// with one built by hand.
+#[doc(hidden)]
+pub fn spawn_cell_from(
+    config: CellConfig,
+    events: tokio::sync::mpsc::Sender<CellEvent>,
+    source: ContextSource,
+) -> Result<CellHandle, SpawnError> {
+    crate::platform::init_v8();
+    let heap_bytes = config.limits.heap_bytes;
+    let (job, handle) = Job::new(config, events, None);
+    std::thread::Builder::new()
+        .name("code-mode-cell".to_owned())
+        .stack_size(CELL_THREAD_STACK_BYTES)
+        .spawn(move || thread::run(Some(thread::prepare(heap_bytes, 0, source)), job))?;
+    Ok(handle)
 }
 
 /// The name of every cell's module, in stack traces and error positions.
@@ -353,6 +361,33 @@ pub(crate) struct Job {
     pub(crate) done: std::sync::mpsc::Sender<()>,
     /// The session's shelf, where the isolate goes after a normal end.
     pub(crate) shelf: Option<Arc<IsolateShelf>>,
+}
+
+impl Job {
+    /// A job for `config` and the handle its owner drives it with.
+    fn new(
+        config: CellConfig,
+        events: tokio::sync::mpsc::Sender<CellEvent>,
+        shelf: Option<Arc<IsolateShelf>>,
+    ) -> (Self, CellHandle) {
+        let (commands, inbound) = mpsc::channel();
+        let (done, finished) = mpsc::channel();
+        let control = Arc::new(CellControl::default());
+        let job = Job {
+            config,
+            events,
+            inbound,
+            control: Arc::clone(&control),
+            done,
+            shelf,
+        };
+        let handle = CellHandle {
+            commands,
+            control,
+            done: Mutex::new(Some(finished)),
+        };
+        (job, handle)
+    }
 }
 
 /// How many tool functions a cell of `tools` binds eagerly (functions prepared ahead are

@@ -9,6 +9,7 @@
 use super::MODULE_NAME;
 use super::callbacks::{self, CountingAllocator, HeapGuard};
 use super::helpers::BuiltTools;
+use super::snapshot::{self, ContextSource};
 use super::state::{CellState, StateRef};
 use super::typescript;
 use super::values::{self, v8_str};
@@ -52,6 +53,8 @@ pub(crate) struct Prepared {
     heap_guard: Box<HeapGuard>,
     /// The heap limit it was created with.
     pub(crate) heap_bytes: u64,
+    /// Where its contexts come from (the startup snapshot, or built by hand).
+    source: ContextSource,
 }
 
 /// A context made for the next cell, never entered before it runs.
@@ -66,10 +69,11 @@ struct FreshContext {
     built_tools: Option<(Arc<[ToolDefinition]>, BuiltTools)>,
 }
 
-/// Creates an isolate for a cell with `heap_bytes` of heap, its context with the helpers,
-/// and `tool_functions` tool functions. Call it on the cell's thread.
-pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize) -> Prepared {
+/// Creates an isolate for a cell with `heap_bytes` of heap, its context with the helpers
+/// (from `source`), and `tool_functions` tool functions. Call it on the cell's thread.
+pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize, source: ContextSource) -> Prepared {
     let heap_guard = Box::new(HeapGuard::new());
+    let source = snapshot::effective(source);
     let params = v8::CreateParams::default()
         .heap_limits(0, usize::try_from(heap_bytes).unwrap_or(usize::MAX))
         .array_buffer_allocator(
@@ -79,24 +83,26 @@ pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize) -> Prepared {
             )
             .make_shared(),
         );
-    let mut isolate = v8::Isolate::new(params);
+    let mut isolate = v8::Isolate::new(snapshot::isolate_params(params, source));
     heap_guard.guard(isolate.thread_safe_handle());
     isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
     Prepared {
-        fresh: new_context(&mut isolate, tool_functions, None),
+        fresh: new_context(&mut isolate, source, tool_functions, None),
         isolate,
         heap_guard,
         heap_bytes,
+        source,
     }
 }
 
-/// A fresh context on `isolate` with every cell-independent helper, `tool_functions` tool
-/// functions bound to indices 0, 1, ..., and (for `likely_tools`) the cell's `tools` and
-/// `ALL_TOOLS` built but not yet defined.
+/// A fresh context on `isolate` with every cell-independent helper (the snapshot's, or
+/// installed now), `tool_functions` tool functions bound to indices 0, 1, ..., and (for
+/// `likely_tools`) the cell's `tools` and `ALL_TOOLS` built but not yet defined.
 fn new_context(
     isolate: &mut v8::OwnedIsolate,
+    source: ContextSource,
     tool_functions: usize,
     likely_tools: Option<Arc<[ToolDefinition]>>,
 ) -> FreshContext {
@@ -104,7 +110,9 @@ fn new_context(
     let context = v8::Context::new(scope, Default::default());
     code_mode_protocol::hop!("fresh context created");
     let scope = &mut v8::ContextScope::new(scope, context);
-    super::helpers::install_base(scope);
+    if source == ContextSource::Built || !snapshot::define_snapshot_helpers(scope) {
+        super::helpers::install_base(scope);
+    }
     code_mode_protocol::hop!("fresh context has its helpers");
     let tool_functions = (0..tool_functions)
         .map(|index| {
@@ -131,12 +139,13 @@ fn new_context(
 pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
     let mut prepared = match prepared {
         Some(prepared) if prepared.heap_bytes == job.config.limits.heap_bytes => prepared,
-        _ => prepare(job.config.limits.heap_bytes, 0),
+        _ => prepare(job.config.limits.heap_bytes, 0, ContextSource::preferred()),
     };
     let mut job = job;
     loop {
         let shelf = job.shelf.take();
         let tools = Arc::clone(&job.config.tools);
+        let source = prepared.source;
         let (mut isolate, heap_guard, reusable, done) = run_cell(prepared, job);
         let shelf = shelf.filter(|_| reusable);
         let reset = shelf.is_some() && super::reuse::reset(&mut isolate, &heap_guard);
@@ -153,12 +162,13 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
         let heap_bytes = shelf.heap_bytes();
         // Functions ahead only for the tools bound eagerly.
         let eager = super::eager_tool_count(&tools);
-        let fresh = new_context(&mut isolate, eager, Some(tools));
+        let fresh = new_context(&mut isolate, source, eager, Some(tools));
         prepared = Prepared {
             fresh,
             isolate,
             heap_guard,
             heap_bytes,
+            source,
         };
         let parked = shelf.park();
         code_mode_protocol::hop!("fresh context parked");

@@ -3,8 +3,8 @@
 
 use code_mode::protocol::{ContentItem, JsonText, ToolError, ToolKind};
 use code_mode::{
-    CellCommand, CellConfig, CellEvent, CellLimits, CellOutcome, IsolateShelf, StoredValues,
-    ToolCallRequest, ToolDefinition, spawn_cell_on,
+    CellCommand, CellConfig, CellEvent, CellLimits, CellOutcome, ContextSource, IsolateShelf,
+    StoredValues, ToolCallRequest, ToolDefinition, spawn_cell_from, spawn_cell_on,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -134,6 +134,7 @@ pub struct Cell {
     handler: Handler,
     terminate_after: Option<Duration>,
     shelf: Option<Arc<IsolateShelf>>,
+    context: Option<ContextSource>,
 }
 
 pub fn cell(source: &str) -> Cell {
@@ -146,6 +147,7 @@ pub fn cell(source: &str) -> Cell {
         handler: Arc::new(default_answer),
         terminate_after: None,
         shelf: None,
+        context: None,
     }
 }
 
@@ -184,7 +186,6 @@ impl Cell {
         self
     }
 
-    /// Terminates the cell this long after it reported `Started`.
     /// Runs on an isolate parked on `shelf` if there is one, and parks it there after a
     /// normal end (a session's isolate reuse).
     pub fn on_shelf(mut self, shelf: &Arc<IsolateShelf>) -> Self {
@@ -192,6 +193,13 @@ impl Cell {
         self
     }
 
+    /// Runs on a new isolate whose context comes from `source` (no shelf, no pool).
+    pub fn context_source(mut self, source: ContextSource) -> Self {
+        self.context = Some(source);
+        self
+    }
+
+    /// Terminates the cell this long after it reported `Started`.
     pub fn terminate_after(mut self, delay: Duration) -> Self {
         self.terminate_after = Some(delay);
         self
@@ -219,8 +227,11 @@ impl Cell {
             max_stored_bytes: self.max_stored_bytes,
             limits: self.limits,
         };
-        let handle =
-            Arc::new(spawn_cell_on(config, events_tx, self.shelf.clone()).expect("spawn a cell"));
+        let handle = match self.context {
+            Some(source) => spawn_cell_from(config, events_tx, source),
+            None => spawn_cell_on(config, events_tx, self.shelf.clone()),
+        };
+        let handle = Arc::new(handle.expect("spawn a cell"));
         let mut timers = HashMap::new();
         let mut events = Vec::new();
         loop {

@@ -8,6 +8,7 @@ mod limits;
 mod newer;
 mod output;
 mod reuse;
+mod snapshot;
 mod state;
 mod tools;
 mod typescript;

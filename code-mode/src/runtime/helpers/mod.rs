@@ -196,18 +196,70 @@ fn storage_key(
 // Installation
 // ---------------------------------------------------------------------------------------
 
+/// The globals [`install_base`] defines, in the order it defines them: the native helpers
+/// of [`base_functions`], then `console`, then the two of `settled`.
+const HELPER_NAMES: [&str; 14] = [
+    "text",
+    "image",
+    "generatedImage",
+    "audio",
+    "store",
+    "load",
+    "notify",
+    "yield_control",
+    "exit",
+    "setTimeout",
+    "clearTimeout",
+    "console",
+    "as_settled",
+    "stream_settled",
+];
+
 /// Installs every helper that does not depend on the cell on the context's global object
 /// and removes the forbidden globals. Runs before the cell is known (on a prepared
 /// isolate); the helpers find the cell's state in the isolate slot when they are called.
 pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
-    let context = scope.get_current_context();
-    let global = context.global(scope);
+    let helpers = new_helpers(scope);
+    define_helpers(scope, &helpers);
+}
+
+/// The values of [`HELPER_NAMES`], made in the current context. The startup snapshot
+/// keeps them as its context's data (`super::snapshot`), so that a context deserialised
+/// from it defines them on its global object only once V8 has finished it, in the same
+/// order as [`install_base`].
+pub(crate) fn new_helpers<'s>(scope: &mut v8::PinScope<'s, '_>) -> Vec<v8::Local<'s, v8::Value>> {
+    let mut helpers = Vec::with_capacity(HELPER_NAMES.len());
+    for (name, callback) in base_functions() {
+        helpers.push(new_function(scope, name, callback).into());
+    }
+    let console = v8::Object::new(scope);
+    for method in ["log", "info", "warn", "error", "debug"] {
+        let function = new_function(scope, method, console_helper.map_fn_to());
+        define_constant(scope, console, method, function.into());
+    }
+    freeze(scope, console);
+    helpers.push(console.into());
+    helpers.extend(settled::new_functions(scope));
+    debug_assert_eq!(helpers.len(), HELPER_NAMES.len());
+    helpers
+}
+
+/// Defines `helpers` (the values of [`HELPER_NAMES`], in order) as read-only globals in
+/// place of V8's own `console`, and removes the globals a cell must not have (contract §2).
+pub(crate) fn define_helpers(scope: &v8::PinScope<'_, '_>, helpers: &[v8::Local<'_, v8::Value>]) {
+    let global = scope.get_current_context().global(scope);
     for name in REMOVED_GLOBALS.into_iter().chain(["console"]) {
         let key = v8_str(scope, name);
         global.delete(scope, key.into());
     }
+    for (name, value) in HELPER_NAMES.into_iter().zip(helpers) {
+        define_constant(scope, global, name, *value);
+    }
+}
 
-    let functions: [(&str, v8::FunctionCallback); 11] = [
+/// The global helpers that are native functions, by name.
+fn base_functions() -> [(&'static str, v8::FunctionCallback); 11] {
+    [
         ("text", text_helper.map_fn_to()),
         ("image", media::image_helper.map_fn_to()),
         ("generatedImage", media::generated_image_helper.map_fn_to()),
@@ -219,20 +271,24 @@ pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
         ("exit", exit_helper.map_fn_to()),
         ("setTimeout", set_timeout_helper.map_fn_to()),
         ("clearTimeout", clear_timeout_helper.map_fn_to()),
-    ];
-    for (name, callback) in functions {
-        let function = new_function(scope, name, callback);
-        define_constant(scope, global, name, function.into());
-    }
+    ]
+}
 
-    let console = v8::Object::new(scope);
-    for method in ["log", "info", "warn", "error", "debug"] {
-        let function = new_function(scope, method, console_helper.map_fn_to());
-        define_constant(scope, console, method, function.into());
-    }
-    freeze(scope, console);
-    define_constant(scope, global, "console", console.into());
-    settled::install(scope, global);
+/// Every native callback [`new_helpers`] makes functions of, for the startup snapshot
+/// (`super::snapshot`): V8 stores them by their index in this list.
+pub(crate) fn external_references() -> Vec<v8::ExternalReference> {
+    base_functions()
+        .into_iter()
+        .map(|(_, callback)| callback)
+        .chain([console_helper.map_fn_to()])
+        .map(|function| v8::ExternalReference { function })
+        .collect()
+}
+
+/// Drops what [`new_helpers`] keeps in the isolate for later contexts (see
+/// `settled::forget_compiled`).
+pub(crate) fn forget_isolate_cache(isolate: &mut v8::Isolate) {
+    settled::forget_compiled(isolate);
 }
 
 /// A tool's function: the tool helper bound to the tool's index (named later).

@@ -7,9 +7,9 @@
 //! runs, and it captures the intrinsics it uses (`Promise`, its `resolve` and `then`,
 //! `Reflect.apply`, `Map`'s methods, `TypeError`) at that moment, so a cell that replaces
 //! those globals later changes nothing here. It defines no global of its own: it evaluates
-//! to the two functions, and [`install`] defines them as read-only globals.
+//! to the two functions, which `install_base` defines as read-only globals.
 
-use super::{define_constant, v8_str};
+use super::v8_str;
 use code_mode_protocol::texts::STREAM_SETTLED_CALLBACK;
 use std::rc::Rc;
 use std::sync::OnceLock;
@@ -160,9 +160,15 @@ const SOURCE: &str = r#"(() => {
 /// fresh context binds and runs it instead of compiling it again. Kept in an isolate slot.
 struct CompiledSettled(v8::Global<v8::UnboundScript>);
 
-/// Runs the script in the current context and defines `as_settled` and `stream_settled`
-/// on `global`. Runs before any cell code, like the native helpers.
-pub(super) fn install(scope: &mut v8::PinScope<'_, '_>, global: v8::Local<'_, v8::Object>) {
+/// Drops the isolate's compiled script (a snapshot creator must hold no handles when it
+/// makes its blob).
+pub(super) fn forget_compiled(isolate: &mut v8::Isolate) {
+    isolate.remove_slot::<Rc<CompiledSettled>>();
+}
+
+/// Runs the script in the current context: `as_settled` and `stream_settled`, to be
+/// defined as globals. Runs before any cell code, like the native helpers.
+pub(super) fn new_functions<'s>(scope: &mut v8::PinScope<'s, '_>) -> [v8::Local<'s, v8::Value>; 2] {
     let compiled = scope.get_slot::<Rc<CompiledSettled>>().map(Rc::clone);
     let unbound = match compiled {
         Some(compiled) => v8::Local::new(scope, &compiled.0),
@@ -191,12 +197,11 @@ pub(super) fn install(scope: &mut v8::PinScope<'_, '_>, global: v8::Local<'_, v8
         .run(scope)
         .and_then(|value| v8::Local::<v8::Array>::try_from(value).ok())
         .expect("the settled helpers' script evaluates to its two functions");
-    for (index, name) in ["as_settled", "stream_settled"].into_iter().enumerate() {
-        let function = functions
-            .get_index(scope, index as u32)
-            .expect("the settled helpers' array holds its two functions");
-        define_constant(scope, global, name, function);
-    }
+    [0, 1].map(|index| {
+        functions
+            .get_index(scope, index)
+            .expect("the settled helpers' array holds its two functions")
+    })
 }
 
 /// `text` as a JavaScript string literal (only `"` and `\` need escaping in the fixed

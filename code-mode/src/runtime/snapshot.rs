@@ -1,0 +1,158 @@
+//! The startup snapshot of a cell's context (issue 27): a V8 startup blob whose default
+//! context already holds every helper that does not depend on the cell, made and ready,
+//! as the context's data. A fresh context is V8's deserialisation of it, then fourteen
+//! property definitions on its global object ([`define_snapshot_helpers`]). They are not
+//! defined in the snapshot itself: V8 finishes each context it deserialises by installing
+//! its newer features, some on globals a cell must not have (`Atomics.pause`), and new
+//! globals after those already there, so the helpers would come before them in the
+//! global object's key order where a built context has them after.
+//!
+//! The blob is made once per process, the first time an isolate is prepared, by a V8
+//! `SnapshotCreator` running [`super::helpers::new_helpers`] in its default context. It
+//! is made in the process that uses it, so V8's flags (which a blob must match) and the
+//! addresses of the native callbacks are the same. The helpers' native callbacks are
+//! registered as external references, in one list ([`super::helpers::external_references`])
+//! given both to the creator and to every isolate created from the blob.
+//!
+//! A context from the blob and one built by hand are the same to a cell: the same globals
+//! with the same attributes, the same helpers, nothing shared (each context deserialises
+//! objects of its own). The runtime's tests compare the two paths cell by cell. Setting
+//! `CODE_MODE_CONTEXT_SNAPSHOT=off` in the environment builds every context by hand, to
+//! measure the difference; a blob that cannot be made does the same, with a warning.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+/// The environment variable that turns the snapshot off (`off`, `0` or `false`).
+pub const CONTEXT_SNAPSHOT_ENV: &str = "CODE_MODE_CONTEXT_SNAPSHOT";
+
+/// How a cell's fresh context gets its helpers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextSource {
+    /// Deserialised from the process's startup snapshot, helpers included.
+    Snapshot,
+    /// V8's own context, the helpers installed by hand.
+    Built,
+}
+
+impl ContextSource {
+    /// The source for new isolates: the snapshot, unless turned off or unavailable.
+    pub fn preferred() -> Self {
+        static PREFERRED: OnceLock<ContextSource> = OnceLock::new();
+        *PREFERRED.get_or_init(|| {
+            let off = std::env::var(CONTEXT_SNAPSHOT_ENV)
+                .is_ok_and(|value| matches!(value.as_str(), "off" | "0" | "false"));
+            if off || blob().is_none() {
+                ContextSource::Built
+            } else {
+                ContextSource::Snapshot
+            }
+        })
+    }
+}
+
+/// The blob and the external references it was made with, both alive for the process.
+struct Blob {
+    data: &'static [u8],
+    references: &'static [v8::ExternalReference],
+}
+
+// SAFETY: the references are the addresses of native functions (code, never written) and
+// the data is a leaked, never-mutated byte slice; sharing them between threads is sound.
+unsafe impl Sync for Blob {}
+// SAFETY: as above: nothing in `Blob` is tied to the thread that made it.
+unsafe impl Send for Blob {}
+
+/// The process's blob, made on first use; `None` when V8 could not make one.
+fn blob() -> Option<&'static Blob> {
+    static BLOB: OnceLock<Option<Blob>> = OnceLock::new();
+    BLOB.get_or_init(|| {
+        crate::platform::init_v8();
+        let made = make();
+        if made.is_none() {
+            tracing::warn!("V8 made no startup snapshot; cell contexts are built by hand");
+        }
+        made
+    })
+    .as_ref()
+}
+
+/// Runs a `SnapshotCreator` over a context with the base helpers.
+fn make() -> Option<Blob> {
+    let mut references = super::helpers::external_references();
+    // V8 reads the list up to a null entry; with it in place no copy is made per isolate.
+    references.push(v8::ExternalReference {
+        pointer: std::ptr::null_mut(),
+    });
+    let references: &'static [v8::ExternalReference] = Box::leak(references.into_boxed_slice());
+    // The isolates of a process share one read-only heap, set up by the first isolate from
+    // its blob. A creator that came first would set it up itself and grow it, and the
+    // read-only part of its blob would then differ from V8's own: isolates of the two
+    // blobs could not live side by side. With an isolate of V8's blob alive, the creator
+    // shares the read-only heap as it is, and its blob refers to exactly that.
+    let _first = v8::Isolate::new(v8::CreateParams::default());
+    let mut creator = v8::Isolate::snapshot_creator(Some(Cow::Borrowed(references)), None);
+    {
+        v8::scope!(let scope, &mut creator);
+        let context = v8::Context::new(scope, Default::default());
+        let scope = &mut v8::ContextScope::new(scope, context);
+        let helpers = super::helpers::new_helpers(scope);
+        let helpers = v8::Array::new_with_elements(scope, &helpers);
+        let index = scope.add_context_data(context, helpers);
+        debug_assert_eq!(index, HELPERS_DATA_INDEX);
+        scope.set_default_context(context);
+    }
+    super::helpers::forget_isolate_cache(&mut creator);
+    let blob = creator.create_blob(v8::FunctionCodeHandling::Keep)?;
+    if !blob.is_valid() {
+        return None;
+    }
+    if !blob.can_be_rehashed() {
+        tracing::warn!("the startup snapshot cannot be rehashed: isolates share its hash seed");
+    }
+    tracing::debug!(
+        bytes = blob.len(),
+        "startup snapshot of the cell context made"
+    );
+    Some(Blob {
+        data: Box::leak(blob.to_vec().into_boxed_slice()),
+        references,
+    })
+}
+
+/// Where the snapshot's context keeps its helpers (the first data added to it).
+const HELPERS_DATA_INDEX: usize = 0;
+
+/// Defines the helpers a context deserialised from the blob carries as its data (see
+/// [`super::helpers::new_helpers`]). Call it once, on a fresh context, before any cell
+/// code; `false` if the context had none (it was not made from the blob).
+pub(crate) fn define_snapshot_helpers(scope: &mut v8::PinScope<'_, '_>) -> bool {
+    let Ok(helpers) = scope.get_context_data_from_snapshot_once::<v8::Array>(HELPERS_DATA_INDEX)
+    else {
+        return false;
+    };
+    let helpers = (0..helpers.length())
+        .filter_map(|index| helpers.get_index(scope, index))
+        .collect::<Vec<_>>();
+    super::helpers::define_helpers(scope, &helpers);
+    true
+}
+
+/// `params` for an isolate whose contexts come from `source`.
+pub(crate) fn isolate_params(params: v8::CreateParams, source: ContextSource) -> v8::CreateParams {
+    match (source, blob()) {
+        (ContextSource::Snapshot, Some(blob)) => params
+            .snapshot_blob(v8::StartupData::from(blob.data))
+            .external_references(Cow::Borrowed(blob.references)),
+        _ => params,
+    }
+}
+
+/// Whether an isolate asked for `source` really has the snapshot (it falls back to
+/// building contexts by hand when no blob could be made).
+pub(crate) fn effective(source: ContextSource) -> ContextSource {
+    match source {
+        ContextSource::Snapshot if blob().is_some() => ContextSource::Snapshot,
+        _ => ContextSource::Built,
+    }
+}
