@@ -446,14 +446,24 @@ fn tool_search(c: &mut Criterion) {
     group.finish();
 }
 
-/// The floor of a fresh context per cell (contract §7): V8's own `Context::New` on a warm
-/// isolate, which deserializes a native context from V8's startup snapshot, with nothing
-/// of ours in it. `exec_overhead --sections hops` shows the same step inside a cell's
-/// reset ("fresh context created") and what our helpers add after it.
+/// A fresh context per cell (contract §7). `v8_context_new` is the floor: V8's own
+/// `Context::New` on a warm isolate, which deserialises a native context from V8's startup
+/// snapshot, with nothing of ours in it. `cell_context_built` adds our helpers by hand, as
+/// before issue 27; `cell_context_snapshot` is what a cell thread does now, on an isolate
+/// made from the runtime's startup snapshot. `exec_overhead --sections hops` shows the
+/// same steps inside a cell's reset ("fresh context created", "... has its helpers").
 fn context(c: &mut Criterion) {
     code_mode::platform::init_v8();
-    let mut isolate = v8::Isolate::new(v8::CreateParams::default());
     let mut group = c.benchmark_group("context");
+    // One isolate at a time: V8 enters each on this thread when it is made.
+    for (name, source) in [
+        ("cell_context_built", code_mode::ContextSource::Built),
+        ("cell_context_snapshot", code_mode::ContextSource::Snapshot),
+    ] {
+        let mut maker = code_mode::runtime::ContextBench::new(source);
+        group.bench_function(name, |b| b.iter(|| maker.fresh_context()));
+    }
+    let mut isolate = v8::Isolate::new(v8::CreateParams::default());
     group.bench_function("v8_context_new", |b| {
         b.iter(|| {
             v8::scope!(let scope, &mut isolate);

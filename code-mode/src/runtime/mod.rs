@@ -45,7 +45,7 @@ pub fn strip_typescript(source: &str) -> Result<String, String> {
 }
 
 pub use reuse::IsolateShelf;
-pub use snapshot::{CONTEXT_SNAPSHOT_ENV, ContextSource};
+pub use snapshot::{CONTEXT_SNAPSHOT_ENV, ContextBench, ContextSource};
 
 /// The stack of a cell thread, in bytes. V8 keeps its own JS stack limit (about 1 MiB) well
 /// inside it, so the runtime's native callbacks still have room when JS is at its deepest.

@@ -79,6 +79,7 @@ fn blob() -> Option<&'static Blob> {
 
 /// Runs a `SnapshotCreator` over a context with the base helpers.
 fn make() -> Option<Blob> {
+    let started = std::time::Instant::now();
     let mut references = super::helpers::external_references();
     // V8 reads the list up to a null entry; with it in place no copy is made per isolate.
     references.push(v8::ExternalReference {
@@ -154,5 +155,38 @@ pub(crate) fn effective(source: ContextSource) -> ContextSource {
     match source {
         ContextSource::Snapshot if blob().is_some() => ContextSource::Snapshot,
         _ => ContextSource::Built,
+    }
+}
+
+/// Gives a fresh context (entered) its helpers: from the snapshot's data when the isolate
+/// was made from the blob, else installed now.
+pub(crate) fn add_helpers(scope: &mut v8::PinScope<'_, '_>, source: ContextSource) {
+    if source == ContextSource::Built || !define_snapshot_helpers(scope) {
+        super::helpers::install_base(scope);
+    }
+}
+
+/// An isolate that makes fresh cell contexts as a cell thread does, for the benchmarks
+/// that compare the two sources.
+#[doc(hidden)]
+pub struct ContextBench {
+    isolate: v8::OwnedIsolate,
+    source: ContextSource,
+}
+
+impl ContextBench {
+    pub fn new(source: ContextSource) -> Self {
+        crate::platform::init_v8();
+        let source = effective(source);
+        let isolate = v8::Isolate::new(isolate_params(v8::CreateParams::default(), source));
+        Self { isolate, source }
+    }
+
+    /// Makes one fresh context with its helpers, and lets it go.
+    pub fn fresh_context(&mut self) {
+        v8::scope!(let scope, &mut self.isolate);
+        let context = v8::Context::new(scope, Default::default());
+        let scope = &mut v8::ContextScope::new(scope, context);
+        add_helpers(scope, self.source);
     }
 }

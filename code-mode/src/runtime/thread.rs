@@ -110,9 +110,7 @@ fn new_context(
     let context = v8::Context::new(scope, Default::default());
     code_mode_protocol::hop!("fresh context created");
     let scope = &mut v8::ContextScope::new(scope, context);
-    if source == ContextSource::Built || !snapshot::define_snapshot_helpers(scope) {
-        super::helpers::install_base(scope);
-    }
+    snapshot::add_helpers(scope, source);
     code_mode_protocol::hop!("fresh context has its helpers");
     let tool_functions = (0..tool_functions)
         .map(|index| {
