@@ -113,6 +113,7 @@ fn make() -> Option<Blob> {
     }
     tracing::debug!(
         bytes = blob.len(),
+        took = ?started.elapsed(),
         "startup snapshot of the cell context made"
     );
     Some(Blob {
