@@ -53,12 +53,13 @@ impl ContextSource {
 
 /// The blob and the external references it was made with, both alive for the process.
 struct Blob {
-    data: &'static [u8],
+    data: v8::StartupData,
     references: &'static [v8::ExternalReference],
 }
 
 // SAFETY: the references are the addresses of native functions (code, never written) and
-// the data is a leaked, never-mutated byte slice; sharing them between threads is sound.
+// the data is V8's blob, owned here and never mutated; sharing them between threads is
+// sound.
 unsafe impl Sync for Blob {}
 // SAFETY: as above: nothing in `Blob` is tied to the thread that made it.
 unsafe impl Send for Blob {}
@@ -117,7 +118,7 @@ fn make() -> Option<Blob> {
         "startup snapshot of the cell context made"
     );
     Some(Blob {
-        data: Box::leak(blob.to_vec().into_boxed_slice()),
+        data: blob,
         references,
     })
 }
@@ -144,7 +145,7 @@ pub(crate) fn define_snapshot_helpers(scope: &mut v8::PinScope<'_, '_>) -> bool 
 pub(crate) fn isolate_params(params: v8::CreateParams, source: ContextSource) -> v8::CreateParams {
     match (source, blob()) {
         (ContextSource::Snapshot, Some(blob)) => params
-            .snapshot_blob(v8::StartupData::from(blob.data))
+            .snapshot_blob(v8::StartupData::from(&*blob.data))
             .external_references(Cow::Borrowed(blob.references)),
         _ => params,
     }
