@@ -17,8 +17,10 @@
 //! A context from the blob and one built by hand are the same to a cell: the same globals
 //! with the same attributes, the same helpers, nothing shared (each context deserialises
 //! objects of its own). The runtime's tests compare the two paths cell by cell. Setting
-//! `CODE_MODE_CONTEXT_SNAPSHOT=off` in the environment builds every context by hand, to
-//! measure the difference; a blob that cannot be made does the same, with a warning.
+//! `CODE_MODE_CONTEXT_SNAPSHOT=off` in the environment of the process that runs cells
+//! builds every context by hand, to measure the difference (a runtime process started by
+//! `ProcessProvider` gets an empty environment, so this reaches in-process sessions and
+//! runtimes started by hand); a blob that cannot be made does the same, with a warning.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
