@@ -547,6 +547,9 @@ impl CellActor {
 
     fn on_shutdown(&mut self) {
         self.life.shutting_down = true;
+        // As for a terminate, a completion the cell already reported wins; an answer its
+        // callbacks sent after the cancellation has not reached it (see `next_step`).
+        self.take_in_reported_events();
         match self.life.phase {
             Phase::Running => {
                 self.life.phase = Phase::Terminating;
