@@ -134,11 +134,69 @@ pub(super) async fn run(repl: &mut Repl) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Words after which a `/` begins a regular expression literal rather than a division.
+const REGEX_AFTER_WORDS: [&str; 14] = [
+    "return",
+    "typeof",
+    "instanceof",
+    "case",
+    "do",
+    "else",
+    "in",
+    "of",
+    "new",
+    "delete",
+    "void",
+    "throw",
+    "yield",
+    "await",
+];
+
+/// Whether a `/` (not a comment) begins a regular expression literal, from what came
+/// before it: the last significant character outside strings and comments, and the word
+/// it ends, if any. At the start, after an operator or an opening bracket, and after a
+/// keyword that takes an expression, it does; after an operand (a name, a number, a
+/// closing bracket or parenthesis, a string) it is a division.
+fn regex_can_start(last: Option<char>, word: &str) -> bool {
+    match last {
+        None => true,
+        Some(character) if character.is_alphanumeric() || matches!(character, '_' | '$') => {
+            REGEX_AFTER_WORDS.contains(&word)
+        }
+        Some(character) => "(,=:[!&|?{};+-*%<>~^".contains(character),
+    }
+}
+
+/// Skips a regular expression literal after its opening `/`: its body (escapes and
+/// character classes included, where a `/` does not end it) and its flags. `false` if the
+/// line or the input ends first: V8 reports that better than a reader would.
+fn skip_regex(characters: &mut std::iter::Peekable<std::str::Chars<'_>>) -> bool {
+    let mut in_class = false;
+    while let Some(next) = characters.next() {
+        match next {
+            '\\' => {
+                if characters.next().is_none_or(|escaped| escaped == '\n') {
+                    return false;
+                }
+            }
+            '\n' => return false,
+            '[' => in_class = true,
+            ']' => in_class = false,
+            '/' if !in_class => {
+                while characters.next_if(|flag| flag.is_alphanumeric()).is_some() {}
+                return true;
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Whether `source` is a complete entry: no bracket, string, template literal or block
 /// comment left open, and no line continuation or trailing operator that asks for more.
-/// Commands (`:wait 1`) are always complete. A heuristic, as node's REPL has one: a regular
-/// expression literal is read as division, which only matters when it holds a quote or a
-/// bracket; such an entry can still be finished by closing what the reader thinks is open.
+/// Commands (`:wait 1`) are always complete. A heuristic, as node's REPL has one: whether
+/// a `/` begins a regular expression literal is told from what comes before it
+/// ([`regex_can_start`]), and an unterminated literal ends the entry (V8 reports it).
 pub(super) fn is_complete(source: &str) -> bool {
     let trimmed = source.trim();
     if trimmed.is_empty() || trimmed.starts_with(':') {
@@ -146,7 +204,11 @@ pub(super) fn is_complete(source: &str) -> bool {
     }
     let mut open: Vec<char> = Vec::new();
     let mut characters = source.chars().peekable();
+    // The last significant character outside strings and comments, and the word it ends.
+    let mut last: Option<char> = None;
+    let mut word = String::new();
     while let Some(character) = characters.next() {
+        let mut significant = Some(character);
         match character {
             '/' if characters.peek() == Some(&'/') => {
                 // A line comment runs to the end of its line.
@@ -155,6 +217,7 @@ pub(super) fn is_complete(source: &str) -> bool {
                         break;
                     }
                 }
+                significant = None;
             }
             '/' if characters.peek() == Some(&'*') => {
                 characters.next();
@@ -170,6 +233,14 @@ pub(super) fn is_complete(source: &str) -> bool {
                 if !closed {
                     return false;
                 }
+                significant = None;
+            }
+            '/' if regex_can_start(last, &word) => {
+                if !skip_regex(&mut characters) {
+                    return true;
+                }
+                // The literal is an operand, like a name: a `/` after it divides.
+                significant = Some('a');
             }
             '"' | '\'' => {
                 let mut closed = false;
@@ -198,6 +269,22 @@ pub(super) fn is_complete(source: &str) -> bool {
             }
             _ => {}
         }
+        match significant {
+            Some(character) if character.is_whitespace() => {}
+            Some(character) => {
+                if character.is_alphanumeric() || matches!(character, '_' | '$') {
+                    if !last.is_some_and(|last| last.is_alphanumeric() || matches!(last, '_' | '$'))
+                    {
+                        word.clear();
+                    }
+                    word.push(character);
+                } else {
+                    word.clear();
+                }
+                last = Some(character);
+            }
+            None => {}
+        }
         // Inside a template literal, only its end and `${` matter.
         while open.last() == Some(&'`') {
             let mut ended = false;
@@ -209,12 +296,16 @@ pub(super) fn is_complete(source: &str) -> bool {
                     '`' => {
                         open.pop();
                         ended = true;
+                        last = Some('`');
+                        word.clear();
                         break;
                     }
                     '$' if characters.peek() == Some(&'{') => {
                         characters.next();
                         open.push('{');
                         ended = true;
+                        last = Some('{');
+                        word.clear();
                         break;
                     }
                     _ => {}
@@ -258,6 +349,14 @@ mod tests {
             "i++",
             ":wait 1",
             "text(\"}\")",
+            "text(/[\"(]/.test('a'))",
+            "const r = /\\//; text(r.source)",
+            "text('a/b'.split(/\\//g).length)",
+            "const a = 4, b = 2; text(a / b / 1)",
+            "text([4].map((x) => x / 2)[0] / 1)",
+            "text((1) / 2)",
+            "const s = 'x'; text(typeof /[{]/ === 'object')",
+            "text(/unterminated",
         ] {
             assert!(is_complete(complete), "{complete:?} is complete");
         }
@@ -273,6 +372,9 @@ mod tests {
             "tools.echo({ a: 1 })\n  .then((r) =>",
             "text(1) \\",
             "[1, 2,",
+            "if (/\\{/.test('{')) {",
+            "text(/[)]/.source,",
+            "const half = 4 / 2 + (",
         ] {
             assert!(!is_complete(open), "{open:?} is open");
         }
