@@ -174,11 +174,10 @@ fn skip_regex(characters: &mut std::iter::Peekable<std::str::Chars<'_>>) -> bool
     let mut in_class = false;
     while let Some(next) = characters.next() {
         match next {
-            '\\' => {
-                if characters.next().is_none_or(|escaped| escaped == '\n') {
-                    return false;
-                }
-            }
+            '\\' => match characters.next() {
+                None | Some('\n') => return false,
+                Some(_) => {}
+            },
             '\n' => return false,
             '[' => in_class = true,
             ']' => in_class = false,
