@@ -315,10 +315,7 @@ pub fn spawn_cell_on(
         other => other,
     };
     if let Some(job) = job {
-        std::thread::Builder::new()
-            .name("code-mode-cell".to_owned())
-            .stack_size(CELL_THREAD_STACK_BYTES)
-            .spawn(move || thread::run(None, job))?;
+        cell_thread().spawn(move || thread::run(None, job))?;
     }
     if pooled {
         pool::note_tool_count(tool_count);
@@ -339,11 +336,16 @@ pub fn spawn_cell_from(
     crate::platform::init_v8();
     let heap_bytes = config.limits.heap_bytes;
     let (job, handle) = Job::new(config, events, None);
+    cell_thread().spawn(move || thread::run(Some(thread::prepare(heap_bytes, 0, source)), job))?;
+    Ok(handle)
+}
+
+/// A builder for a cell thread (`code-mode-cell`, [`CELL_THREAD_STACK_BYTES`] of stack),
+/// however the thread gets its isolate.
+pub(crate) fn cell_thread() -> std::thread::Builder {
     std::thread::Builder::new()
         .name("code-mode-cell".to_owned())
         .stack_size(CELL_THREAD_STACK_BYTES)
-        .spawn(move || thread::run(Some(thread::prepare(heap_bytes, 0, source)), job))?;
-    Ok(handle)
 }
 
 /// The name of every cell's module, in stack traces and error positions.

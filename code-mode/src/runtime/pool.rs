@@ -10,9 +10,9 @@
 //! children, so they inherit the restrictions of the thread that started it (the runtime
 //! process's sandbox).
 
+use super::Job;
 use super::snapshot::ContextSource;
 use super::thread::{self, Prepared};
-use super::{CELL_THREAD_STACK_BYTES, Job};
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
@@ -141,20 +141,17 @@ fn top_up() {
 
 fn spawn_worker() -> std::io::Result<Worker> {
     let (jobs, waiting) = mpsc::channel::<Job>();
-    std::thread::Builder::new()
-        .name("code-mode-cell".to_owned())
-        .stack_size(CELL_THREAD_STACK_BYTES)
-        .spawn(move || {
-            let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
-            let prepared: Prepared = thread::prepare(
-                POOLED_HEAP_BYTES,
-                tool_functions,
-                ContextSource::preferred(),
-            );
-            if let Ok(job) = waiting.recv() {
-                thread::run(Some(prepared), job);
-                tell_keeper(KEEPER.get().and_then(Option::as_ref), KeeperEvent::CellDone);
-            }
-        })?;
+    super::cell_thread().spawn(move || {
+        let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
+        let prepared: Prepared = thread::prepare(
+            POOLED_HEAP_BYTES,
+            tool_functions,
+            ContextSource::preferred(),
+        );
+        if let Ok(job) = waiting.recv() {
+            thread::run(Some(prepared), job);
+            tell_keeper(KEEPER.get().and_then(Option::as_ref), KeeperEvent::CellDone);
+        }
+    })?;
     Ok(Worker { jobs })
 }
