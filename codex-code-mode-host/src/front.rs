@@ -1,0 +1,759 @@
+//! The host's state, whatever the transport: Codex's sessions over our sessions.
+//!
+//! [`Front`] owns what Codex's protocol names and ours does not: the session ids, the cell
+//! ids `1`, `2`, ... per session (ours gain a generation prefix after a runtime loss), the
+//! execution ids and their preempt signals, the wait ids and their cancellation, and the
+//! pending tool invocations by their UUID. Each Codex session is one [`ProcessSession`] of
+//! the shared [`ProcessProvider`]; the runtime process runs every cell, and when it dies
+//! only the cells running there end: the session keeps its stored values (the host crate
+//! holds them) and goes on at its next exec.
+//!
+//! The gRPC service (`grpc`) and the JSON protocol (`json`) both drive this module and
+//! only translate messages. Outcomes are bounded here ([`crate::bound`]) when the session
+//! asked the host to truncate.
+
+use crate::bound::{self, CellBound};
+use code_mode_host::protocol::session::BoxFuture;
+use code_mode_host::protocol::{
+    CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
+    ContentItem, ExecHooks, ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions,
+    ToolDefinition, ToolError, ToolKind, WaitRequest,
+};
+use code_mode_host::{ProcessProvider, ProcessSession};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// The yield time of an `Execute` that names none (codex always sends one).
+pub const DEFAULT_EXEC_YIELD_MS: u64 = 30_000;
+
+/// The yield time of a `Wait` that names none.
+pub const DEFAULT_WAIT_YIELD_MS: u64 = 10_000;
+
+/// Errors of the host's operations, each with the text Codex's own host gives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrontError {
+    #[error("code-mode session ID must be a UUID")]
+    InvalidSessionId,
+    #[error("unknown code-mode session {0}")]
+    UnknownSession(String),
+    #[error("code-mode session ID `{0}` is already open")]
+    SessionAlreadyOpen(String),
+    #[error("code-mode execution ID `{0}` was reused")]
+    ExecutionReused(String),
+    #[error("unknown code-mode output truncation mode")]
+    UnknownTruncation,
+    #[error("missing code-mode observation ID")]
+    MissingObservationId,
+    #[error("code-mode wait was cancelled")]
+    WaitCancelled,
+    #[error("unknown code-mode tool invocation {0}")]
+    UnknownInvocation(String),
+    #[error("code-mode tool invocation {0} has no result")]
+    MissingResult(String),
+    #[error("the tool list of this execution is not valid: {0}")]
+    InvalidTools(String),
+    /// The session refused or could not run the call.
+    #[error("{0}")]
+    Session(SessionError),
+}
+
+/// How a session's outcomes are bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncation {
+    /// The client truncates (codex's modes 0 and 1): outcomes go out whole.
+    Client,
+    /// The host truncates ("bounded-output-v1", codex's mode 2).
+    Server,
+}
+
+/// Limits a client sets for every cell of a session (`cell_execution_limits`); zero or
+/// absent means our default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub max_yield_time_ms: Option<u64>,
+    pub max_heap_size_bytes: Option<u64>,
+}
+
+/// How an observation of a cell ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Yielded,
+    Terminated,
+    /// `error_text` is set when the script failed.
+    Completed {
+        error_text: Option<String>,
+    },
+}
+
+/// What an `Execute`, `Wait` or `Terminate` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub cell_id: String,
+    pub items: Vec<ContentItem>,
+    pub status: Status,
+    /// Measured by the host from the call's arrival to its answer.
+    pub host_duration: Duration,
+    /// How long the result had waited in the host before this observation took it.
+    pub buffered_for: Duration,
+}
+
+/// A `Wait` or `Terminate` answer: a live cell, or an id the session does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    Live(Outcome),
+    Missing(Outcome),
+}
+
+/// A tool's real name, as codex names it (the JS identifier is separate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolName {
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+/// One tool enabled for an execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnabledTool {
+    /// The identifier on `tools`.
+    pub js_name: String,
+    pub tool_name: ToolName,
+    pub description: String,
+    pub kind: ToolKind,
+}
+
+/// An `Execute` as the front takes it.
+#[derive(Debug, Clone, Default)]
+pub struct Execution {
+    pub execution_id: String,
+    pub tool_call_id: String,
+    pub source: String,
+    pub tools: Vec<EnabledTool>,
+    pub yield_time_ms: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+}
+
+/// A nested tool call for the client to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub session_id: String,
+    pub execution_id: String,
+    pub cell_id: String,
+    pub invocation_id: String,
+    pub runtime_tool_call_id: String,
+    pub tool_name: ToolName,
+    pub kind: ToolKind,
+    pub input_json: String,
+    pub sequence: u64,
+}
+
+/// What a session streams to its client besides tool calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    Notification {
+        notification_id: String,
+        execution_id: String,
+        cell_id: String,
+        call_id: String,
+        text: String,
+    },
+    CellClosed {
+        execution_id: String,
+        cell_id: String,
+        tool_call_count: u64,
+    },
+}
+
+/// The answer to a tool invocation.
+pub type ToolResult = Result<JsonText, ToolError>;
+
+/// A receiver handed out once at a time: it goes back to its slot when the lease ends, so
+/// that a client whose stream broke can subscribe again and misses nothing.
+pub struct Lease<T> {
+    receiver: Option<mpsc::UnboundedReceiver<T>>,
+    slot: Arc<Mutex<Option<mpsc::UnboundedReceiver<T>>>>,
+}
+
+impl<T> Lease<T> {
+    pub async fn recv(&mut self) -> Option<T> {
+        self.receiver.as_mut()?.recv().await
+    }
+
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.poll_recv(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+impl<T> Drop for Lease<T> {
+    fn drop(&mut self) {
+        if let Some(receiver) = self.receiver.take()
+            && let Ok(mut slot) = self.slot.lock()
+        {
+            *slot = Some(receiver);
+        }
+    }
+}
+
+/// A channel whose receiver is leased ([`Lease`]).
+struct Leased<T> {
+    sender: mpsc::UnboundedSender<T>,
+    slot: Arc<Mutex<Option<mpsc::UnboundedReceiver<T>>>>,
+}
+
+impl<T> Leased<T> {
+    fn new() -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            sender,
+            slot: Arc::new(Mutex::new(Some(receiver))),
+        }
+    }
+
+    fn lease(&self) -> Option<Lease<T>> {
+        let receiver = lock(&self.slot).take()?;
+        Some(Lease {
+            receiver: Some(receiver),
+            slot: self.slot.clone(),
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One cell as the front knows it.
+struct Cell {
+    execution_id: String,
+    tool_call_id: String,
+    runtime_id: CellId,
+    tools: Arc<HashMap<String, (ToolName, ToolKind)>>,
+    tool_calls: u64,
+    bound: CellBound,
+}
+
+#[derive(Default)]
+struct SessionState {
+    next_cell: u64,
+    cells: HashMap<String, Cell>,
+    by_runtime_id: HashMap<CellId, String>,
+    pending_calls: HashMap<String, oneshot::Sender<ToolResult>>,
+    /// In-flight executions' preempt signals, by execution id.
+    preempts: HashMap<String, CancellationToken>,
+    /// Pending waits' cancellation and preempt signals, by wait id.
+    waits: HashMap<String, (CancellationToken, CancellationToken)>,
+    closed: bool,
+}
+
+/// One Codex session.
+pub struct FrontSession {
+    id: String,
+    truncation: Truncation,
+    session: ProcessSession,
+    state: Mutex<SessionState>,
+    events: Leased<SessionEvent>,
+    invocations: Leased<Invocation>,
+    /// Ends the session's streams when the session is closed.
+    closed: CancellationToken,
+}
+
+impl FrontSession {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn truncation(&self) -> Truncation {
+        self.truncation
+    }
+
+    /// Fires when the session is closed: its streams end then.
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
+    /// The session's event stream (one lease at a time).
+    pub fn events(&self) -> Option<Lease<SessionEvent>> {
+        self.events.lease()
+    }
+
+    /// The session's tool invocations (one lease at a time).
+    pub fn invocations(&self) -> Option<Lease<Invocation>> {
+        self.invocations.lease()
+    }
+
+    fn codex_cell(&self, runtime_id: &CellId) -> Option<String> {
+        lock(&self.state).by_runtime_id.get(runtime_id).cloned()
+    }
+}
+
+/// The session's delegate in the runtime: sends tool calls and events to the client.
+struct Delegate {
+    session: std::sync::OnceLock<Weak<FrontSession>>,
+}
+
+impl Delegate {
+    fn front(&self) -> Option<Arc<FrontSession>> {
+        self.session.get().and_then(Weak::upgrade)
+    }
+}
+
+impl CodeModeSessionDelegate for Delegate {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        let Some(front) = self.front() else {
+            return Box::pin(std::future::ready(Err(ToolError::cancelled())));
+        };
+        let invocation_id = uuid::Uuid::new_v4().to_string();
+        let (sender, receiver) = oneshot::channel();
+        let invocation = {
+            let mut state = lock(&front.state);
+            let Some(codex_id) = state.by_runtime_id.get(&call.cell_id).cloned() else {
+                return Box::pin(std::future::ready(Err(ToolError::cancelled())));
+            };
+            let Some(cell) = state.cells.get_mut(&codex_id) else {
+                return Box::pin(std::future::ready(Err(ToolError::cancelled())));
+            };
+            cell.tool_calls += 1;
+            let (tool_name, kind) = cell.tools.get(&call.tool_name).cloned().unwrap_or((
+                ToolName {
+                    name: call.tool_name.clone(),
+                    namespace: None,
+                },
+                call.kind,
+            ));
+            let input_json = match (&call.input, kind) {
+                (Some(text), _) => text.as_str().to_owned(),
+                (None, ToolKind::Freeform) => "\"\"".to_owned(),
+                (None, ToolKind::Function) => "{}".to_owned(),
+            };
+            let invocation = Invocation {
+                session_id: front.id.clone(),
+                execution_id: cell.execution_id.clone(),
+                cell_id: codex_id,
+                invocation_id: invocation_id.clone(),
+                runtime_tool_call_id: call.call_id.to_string(),
+                tool_name,
+                kind,
+                input_json,
+                sequence: cell.tool_calls,
+            };
+            state.pending_calls.insert(invocation_id.clone(), sender);
+            invocation
+        };
+        if front.invocations.sender.send(invocation).is_err() {
+            lock(&front.state).pending_calls.remove(&invocation_id);
+            return Box::pin(std::future::ready(Err(ToolError::cancelled())));
+        }
+        Box::pin(async move {
+            let outcome = tokio::select! {
+                answer = receiver => answer.unwrap_or_else(|_| Err(ToolError::cancelled())),
+                () = cancel.cancelled() => Err(ToolError::cancelled()),
+            };
+            lock(&front.state).pending_calls.remove(&invocation_id);
+            outcome
+        })
+    }
+
+    fn notify(&self, cell_id: CellId, text: String, _: CancellationToken) -> BoxFuture<'_, ()> {
+        if let Some(front) = self.front() {
+            let state = lock(&front.state);
+            if let Some(codex_id) = state.by_runtime_id.get(&cell_id)
+                && let Some(cell) = state.cells.get(codex_id)
+            {
+                let _ = front.events.sender.send(SessionEvent::Notification {
+                    notification_id: uuid::Uuid::new_v4().to_string(),
+                    execution_id: cell.execution_id.clone(),
+                    cell_id: codex_id.clone(),
+                    call_id: cell.tool_call_id.clone(),
+                    text,
+                });
+            }
+        }
+        Box::pin(std::future::ready(()))
+    }
+
+    fn cell_closed(&self, cell_id: &CellId) {
+        let Some(front) = self.front() else { return };
+        let mut state = lock(&front.state);
+        let Some(codex_id) = state.by_runtime_id.remove(cell_id) else {
+            return;
+        };
+        if let Some(cell) = state.cells.remove(&codex_id) {
+            let _ = front.events.sender.send(SessionEvent::CellClosed {
+                execution_id: cell.execution_id,
+                cell_id: codex_id,
+                tool_call_count: cell.tool_calls,
+            });
+        }
+    }
+}
+
+/// The host's sessions over one runtime provider.
+pub struct Front {
+    provider: ProcessProvider,
+    sessions: Mutex<HashMap<String, Arc<FrontSession>>>,
+    executions: Mutex<HashSet<String>>,
+    started: Instant,
+}
+
+impl Front {
+    pub fn new(provider: ProcessProvider) -> Self {
+        Self {
+            provider,
+            sessions: Mutex::new(HashMap::new()),
+            executions: Mutex::new(HashSet::new()),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn provider(&self) -> &ProcessProvider {
+        &self.provider
+    }
+
+    /// How long this front has been up.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Opens a session: with a host-made UUID when `id` is `None` (gRPC), with the
+    /// client's id otherwise (the JSON protocol).
+    pub fn open_session(
+        &self,
+        id: Option<String>,
+        truncation: Truncation,
+        limits: ClientLimits,
+        max_pending_delegate_calls: Option<u64>,
+    ) -> Result<Arc<FrontSession>, FrontError> {
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut sessions = lock(&self.sessions);
+        if sessions.contains_key(&id) {
+            return Err(FrontError::SessionAlreadyOpen(id));
+        }
+        let mut options = SessionOptions::default();
+        options.max_yield_time_ms = limits.max_yield_time_ms.filter(|ms| *ms > 0);
+        let mut cell_limits = CellLimits::default();
+        if let Some(heap) = limits.max_heap_size_bytes.filter(|bytes| *bytes > 0) {
+            cell_limits.heap_bytes = heap;
+        }
+        if let Some(pending) = max_pending_delegate_calls.filter(|count| *count > 0) {
+            cell_limits.max_in_flight_tool_calls = pending;
+        }
+        options.limits = cell_limits;
+        let delegate = Arc::new(Delegate {
+            session: std::sync::OnceLock::new(),
+        });
+        let session = self.provider.open_session(delegate.clone(), options);
+        let front = Arc::new(FrontSession {
+            id: id.clone(),
+            truncation,
+            session,
+            state: Mutex::new(SessionState::default()),
+            events: Leased::new(),
+            invocations: Leased::new(),
+            closed: CancellationToken::new(),
+        });
+        let _ = delegate.session.set(Arc::downgrade(&front));
+        sessions.insert(id, front.clone());
+        Ok(front)
+    }
+
+    /// The session `id`, checked as Codex's host checks it (`uuid` for gRPC ids).
+    pub fn session(&self, id: &str, uuid: bool) -> Result<Arc<FrontSession>, FrontError> {
+        if uuid && uuid::Uuid::parse_str(id).is_err() {
+            return Err(FrontError::InvalidSessionId);
+        }
+        lock(&self.sessions)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| FrontError::UnknownSession(id.to_owned()))
+    }
+
+    /// Starts a cell: `started` is told its id once it is admitted, and the first
+    /// observation is returned.
+    pub async fn execute(
+        &self,
+        session: &Arc<FrontSession>,
+        execution: Execution,
+        started: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Result<Outcome, FrontError> {
+        let arrived = Instant::now();
+        if !execution.execution_id.is_empty()
+            && !lock(&self.executions).insert(execution.execution_id.clone())
+        {
+            return Err(FrontError::ExecutionReused(execution.execution_id));
+        }
+        let mut tool_map = HashMap::new();
+        let mut definitions = Vec::with_capacity(execution.tools.len());
+        for tool in &execution.tools {
+            if tool.js_name.is_empty() {
+                return Err(FrontError::InvalidTools(
+                    "an enabled tool has no name".to_owned(),
+                ));
+            }
+            tool_map.insert(tool.js_name.clone(), (tool.tool_name.clone(), tool.kind));
+            definitions.push(ToolDefinition::new(
+                tool.js_name.clone(),
+                tool.description.clone(),
+                tool.kind,
+            ));
+        }
+        let tools = Arc::new(tool_map);
+        let preempt = CancellationToken::new();
+        if !execution.execution_id.is_empty() {
+            lock(&session.state)
+                .preempts
+                .insert(execution.execution_id.clone(), preempt.clone());
+        }
+        let mut request = ExecRequest::new(execution.source)
+            .with_tools(definitions)
+            .with_yield_time_ms(execution.yield_time_ms.unwrap_or(DEFAULT_EXEC_YIELD_MS));
+        if !execution.tool_call_id.is_empty() {
+            request = request.with_tool_call_id(execution.tool_call_id.clone());
+        }
+        let admitted_session = Arc::downgrade(session);
+        let execution_id = execution.execution_id.clone();
+        let tool_call_id = execution.tool_call_id.clone();
+        let hooks = ExecHooks::default()
+            .with_preempt(preempt)
+            .on_admitted(move |runtime_id| {
+                let Some(session) = admitted_session.upgrade() else {
+                    return;
+                };
+                let codex_id = {
+                    let mut state = lock(&session.state);
+                    state.next_cell += 1;
+                    let codex_id = state.next_cell.to_string();
+                    state
+                        .by_runtime_id
+                        .insert(runtime_id.clone(), codex_id.clone());
+                    state.cells.insert(
+                        codex_id.clone(),
+                        Cell {
+                            execution_id: execution_id.clone(),
+                            tool_call_id: tool_call_id.clone(),
+                            runtime_id: runtime_id.clone(),
+                            tools: tools.clone(),
+                            tool_calls: 0,
+                            bound: CellBound::default(),
+                        },
+                    );
+                    codex_id
+                };
+                started(&codex_id);
+            });
+        let result = session.session.execute_with(request, hooks).await;
+        if !execution.execution_id.is_empty() {
+            lock(&session.state)
+                .preempts
+                .remove(&execution.execution_id);
+        }
+        let response = result.map_err(FrontError::Session)?.initial_response;
+        Ok(self.outcome(session, response, execution.max_output_tokens, arrived))
+    }
+
+    /// Observes a cell until it completes, yields or the yield time passes.
+    pub async fn wait(
+        &self,
+        session: &Arc<FrontSession>,
+        cell_id: &str,
+        wait_id: Option<String>,
+        yield_time_ms: Option<u64>,
+        max_tokens: Option<u64>,
+    ) -> Result<Observed, FrontError> {
+        let arrived = Instant::now();
+        let Some(runtime_id) = self.runtime_id(session, cell_id) else {
+            return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
+        };
+        let cancel = CancellationToken::new();
+        let preempt = CancellationToken::new();
+        if let Some(wait_id) = &wait_id {
+            lock(&session.state)
+                .waits
+                .insert(wait_id.clone(), (cancel.clone(), preempt.clone()));
+        }
+        let request = WaitRequest::new(runtime_id)
+            .with_yield_time_ms(yield_time_ms.unwrap_or(DEFAULT_WAIT_YIELD_MS));
+        let result = tokio::select! {
+            result = session.session.wait_with(request, Some(preempt)) => Some(result),
+            () = cancel.cancelled() => None,
+        };
+        if let Some(wait_id) = &wait_id {
+            lock(&session.state).waits.remove(wait_id);
+        }
+        let response = result
+            .ok_or(FrontError::WaitCancelled)?
+            .map_err(FrontError::Session)?;
+        if response.is_missing_cell() {
+            return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
+        }
+        Ok(Observed::Live(
+            self.outcome(session, response, max_tokens, arrived),
+        ))
+    }
+
+    /// Terminates a cell.
+    pub async fn terminate(
+        &self,
+        session: &Arc<FrontSession>,
+        cell_id: &str,
+    ) -> Result<Observed, FrontError> {
+        let arrived = Instant::now();
+        let Some(runtime_id) = self.runtime_id(session, cell_id) else {
+            return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
+        };
+        let response = session
+            .session
+            .terminate(runtime_id)
+            .await
+            .map_err(FrontError::Session)?;
+        if response.is_missing_cell() {
+            return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
+        }
+        Ok(Observed::Live(
+            self.outcome(session, response, None, arrived),
+        ))
+    }
+
+    /// Answers a tool invocation.
+    pub fn complete_tool_call(
+        &self,
+        session: &Arc<FrontSession>,
+        invocation_id: &str,
+        result: ToolResult,
+    ) -> Result<(), FrontError> {
+        let sender = lock(&session.state).pending_calls.remove(invocation_id);
+        let sender =
+            sender.ok_or_else(|| FrontError::UnknownInvocation(invocation_id.to_owned()))?;
+        // The cell may have stopped wanting it meanwhile; the answer is then dropped.
+        let _ = sender.send(result);
+        Ok(())
+    }
+
+    /// Makes an in-flight `Execute` (by execution id) or `Wait` (by wait id) return
+    /// `yielded` at once; the cell keeps running. An id that names neither does nothing.
+    pub fn yield_observation(
+        &self,
+        session: &Arc<FrontSession>,
+        observation_id: &str,
+    ) -> Result<(), FrontError> {
+        if observation_id.is_empty() {
+            return Err(FrontError::MissingObservationId);
+        }
+        let state = lock(&session.state);
+        if let Some(preempt) = state.preempts.get(observation_id) {
+            preempt.cancel();
+        } else if let Some((_, preempt)) = state.waits.get(observation_id) {
+            preempt.cancel();
+        }
+        Ok(())
+    }
+
+    /// Ends a pending `Wait` with [`FrontError::WaitCancelled`].
+    pub fn cancel_wait(&self, session: &Arc<FrontSession>, wait_id: &str) {
+        if let Some((cancel, _)) = lock(&session.state).waits.get(wait_id) {
+            cancel.cancel();
+        }
+    }
+
+    /// Closes a session: its streams end, its cells stop, its values are dropped.
+    pub async fn close_session(&self, session: &Arc<FrontSession>) {
+        lock(&self.sessions).remove(&session.id);
+        lock(&session.state).closed = true;
+        session.closed.cancel();
+        session.session.shutdown().await;
+        let mut state = lock(&session.state);
+        state.pending_calls.clear();
+        state.cells.clear();
+        state.by_runtime_id.clear();
+    }
+
+    /// Closes every session (the client went away).
+    pub async fn close_all(&self) {
+        let sessions: Vec<_> = lock(&self.sessions).values().cloned().collect();
+        let closing = sessions.iter().map(|session| self.close_session(session));
+        futures_util::future::join_all(closing).await;
+    }
+
+    fn runtime_id(&self, session: &FrontSession, cell_id: &str) -> Option<CellId> {
+        lock(&session.state)
+            .cells
+            .get(cell_id)
+            .map(|cell| cell.runtime_id.clone())
+    }
+
+    fn missing(&self, _session: &FrontSession, cell_id: &str, arrived: Instant) -> Outcome {
+        let error_text = CellResponse::missing(cell_id)
+            .error_text()
+            .unwrap_or_default()
+            .to_owned();
+        Outcome {
+            cell_id: cell_id.to_owned(),
+            items: vec![ContentItem::text(script_error(&error_text))],
+            status: Status::Completed {
+                error_text: Some(error_text),
+            },
+            host_duration: arrived.elapsed(),
+            buffered_for: Duration::ZERO,
+        }
+    }
+
+    /// Our response as Codex's outcome: its cell id, the `Script error:` item, the bound.
+    fn outcome(
+        &self,
+        session: &FrontSession,
+        response: CellResponse,
+        max_tokens: Option<u64>,
+        arrived: Instant,
+    ) -> Outcome {
+        let cell_id = session
+            .codex_cell(response.cell_id())
+            .unwrap_or_else(|| response.cell_id().to_string());
+        let (mut items, status) = match response {
+            CellResponse::Yielded { content_items, .. } => (content_items, Status::Yielded),
+            CellResponse::Terminated { content_items, .. } => (content_items, Status::Terminated),
+            CellResponse::Result {
+                content_items,
+                error_text,
+                ..
+            } => (content_items, Status::Completed { error_text }),
+        };
+        if session.truncation == Truncation::Server {
+            let mut state = lock(&session.state);
+            let mut scratch = CellBound::default();
+            let cell_bound = match state.cells.get_mut(&cell_id) {
+                Some(cell) => &mut cell.bound,
+                None => &mut scratch,
+            };
+            items = cell_bound.apply(items);
+            items = bound::truncate_items(items, max_tokens.unwrap_or(bound::DEFAULT_MAX_TOKENS));
+        }
+        if let Status::Completed {
+            error_text: Some(error_text),
+        } = &status
+        {
+            items.push(ContentItem::text(script_error(error_text)));
+        }
+        Outcome {
+            cell_id,
+            items,
+            status,
+            host_duration: arrived.elapsed(),
+            buffered_for: Duration::ZERO,
+        }
+    }
+}
+
+/// The item Codex's host appends for a failed script.
+pub fn script_error(error_text: &str) -> String {
+    format!("Script error:\n{error_text}")
+}

@@ -1,0 +1,487 @@
+//! The gRPC service `codex.code_mode.v1.CodeModeHost` over [`Front`]: message conversions
+//! and status codes only; what happens is the front's.
+
+use crate::front::{
+    ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Observed, Outcome,
+    SessionEvent, Status, ToolName, Truncation,
+};
+use crate::metrics;
+use crate::proto::{self, code_mode_host_server::CodeModeHost};
+use code_mode_host::protocol::{
+    ContentItem, ImageDetail, JsonText, SessionError, ToolError, ToolKind,
+};
+use futures_util::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::{Request, Response};
+
+/// The header a `Wait` response carries: how long its result was buffered, in ns.
+pub const BUFFERED_FOR_HEADER: &str = "codex-code-mode-result-buffered-for-ns";
+
+/// The largest message either way (as Codex's own host: 64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+/// The service: one per client connection, so that a client's sessions end with it.
+#[derive(Clone)]
+pub struct Service {
+    front: Arc<Front>,
+}
+
+impl Service {
+    pub fn new(front: Arc<Front>) -> Self {
+        Self { front }
+    }
+
+    /// The tonic server of this service, with the message limits set.
+    pub fn into_server(self) -> proto::code_mode_host_server::CodeModeHostServer<Self> {
+        proto::code_mode_host_server::CodeModeHostServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn session(&self, id: &str) -> Result<Arc<FrontSession>, tonic::Status> {
+        self.front.session(id, true).map_err(status)
+    }
+}
+
+/// The gRPC status of a front error, with the codes Codex's host uses.
+pub fn status(error: FrontError) -> tonic::Status {
+    let message = error.to_string();
+    match error {
+        FrontError::InvalidSessionId
+        | FrontError::UnknownTruncation
+        | FrontError::MissingObservationId
+        | FrontError::MissingResult(_)
+        | FrontError::InvalidTools(_) => tonic::Status::invalid_argument(message),
+        FrontError::UnknownSession(_) | FrontError::UnknownInvocation(_) => {
+            tonic::Status::not_found(message)
+        }
+        FrontError::SessionAlreadyOpen(_) | FrontError::ExecutionReused(_) => {
+            tonic::Status::already_exists(message)
+        }
+        FrontError::WaitCancelled => tonic::Status::cancelled(message),
+        FrontError::Session(error) => match error {
+            SessionError::ShuttingDown
+            | SessionError::BusyObserver(_)
+            | SessionError::AlreadyTerminating(_) => tonic::Status::failed_precondition(message),
+            SessionError::Runtime(_) | SessionError::RuntimeLost(_) => {
+                tonic::Status::unavailable(message)
+            }
+        },
+    }
+}
+
+fn truncation_mode(value: i32) -> Result<Truncation, FrontError> {
+    match value {
+        0 | 1 => Ok(Truncation::Client),
+        2 => Ok(Truncation::Server),
+        _ => Err(FrontError::UnknownTruncation),
+    }
+}
+
+fn tool_kind(kind: i32) -> ToolKind {
+    if kind == proto::ToolKind::Freeform as i32 {
+        ToolKind::Freeform
+    } else {
+        ToolKind::Function
+    }
+}
+
+fn proto_kind(kind: ToolKind) -> i32 {
+    match kind {
+        ToolKind::Function => proto::ToolKind::Function as i32,
+        ToolKind::Freeform => proto::ToolKind::Freeform as i32,
+    }
+}
+
+fn proto_detail(detail: ImageDetail) -> i32 {
+    (match detail {
+        ImageDetail::Auto => proto::ImageDetail::Auto,
+        ImageDetail::Low => proto::ImageDetail::Low,
+        ImageDetail::High => proto::ImageDetail::High,
+        ImageDetail::Original => proto::ImageDetail::Original,
+    }) as i32
+}
+
+/// A content item as the wire carries it.
+pub fn proto_item(item: ContentItem) -> proto::ContentItem {
+    use proto::content_item::Item;
+    let item = match item {
+        ContentItem::InputText { text } => Item::InputText(proto::InputText { text }),
+        ContentItem::InputImage { image_url, detail } => Item::InputImage(proto::InputImage {
+            image_url,
+            detail: proto_detail(detail),
+        }),
+        ContentItem::InputAudio { audio_url } => Item::InputAudio(proto::InputAudio { audio_url }),
+    };
+    proto::ContentItem { item: Some(item) }
+}
+
+/// An outcome as the wire carries it.
+pub fn proto_outcome(outcome: Outcome) -> proto::CellOutcome {
+    use proto::cell_outcome::Status as Wire;
+    let status = match outcome.status {
+        Status::Yielded => Wire::Yielded(proto::Empty {}),
+        Status::Terminated => Wire::Terminated(proto::Empty {}),
+        Status::Completed { error_text } => Wire::Completed(proto::Completed {
+            error_text: error_text.unwrap_or_default(),
+        }),
+    };
+    proto::CellOutcome {
+        cell_id: outcome.cell_id,
+        content_items: outcome.items.into_iter().map(proto_item).collect(),
+        status: Some(status),
+        host_duration_ns: u64::try_from(outcome.host_duration.as_nanos()).unwrap_or(u64::MAX),
+    }
+}
+
+fn enabled_tool(definition: proto::ToolDefinition) -> EnabledTool {
+    let tool_name = definition
+        .tool_name
+        .map(|name| ToolName {
+            name: name.name,
+            namespace: Some(name.namespace).filter(|namespace| !namespace.is_empty()),
+        })
+        .unwrap_or_else(|| ToolName {
+            name: definition.name.clone(),
+            namespace: None,
+        });
+    EnabledTool {
+        js_name: definition.name,
+        tool_name,
+        description: definition.description,
+        kind: tool_kind(definition.kind),
+    }
+}
+
+fn proto_event(event: SessionEvent) -> proto::SessionEvent {
+    use proto::session_event::Event;
+    let event = match event {
+        SessionEvent::Notification {
+            notification_id,
+            execution_id,
+            cell_id,
+            call_id,
+            text,
+        } => Event::Notification(proto::Notification {
+            notification_id,
+            execution_id,
+            cell_id,
+            call_id,
+            text,
+        }),
+        SessionEvent::CellClosed {
+            execution_id,
+            cell_id,
+            tool_call_count,
+        } => Event::CellClosed(proto::CellClosed {
+            execution_id,
+            cell_id,
+            tool_call_count,
+        }),
+    };
+    proto::SessionEvent { event: Some(event) }
+}
+
+fn observed(observed: Observed) -> (Option<proto::wait_response::Cell>, u64) {
+    match observed {
+        Observed::Live(outcome) => {
+            let buffered = u64::try_from(outcome.buffered_for.as_nanos()).unwrap_or(u64::MAX);
+            (
+                Some(proto::wait_response::Cell::LiveCell(proto_outcome(outcome))),
+                buffered,
+            )
+        }
+        Observed::Missing(outcome) => (
+            Some(proto::wait_response::Cell::MissingCell(proto_outcome(
+                outcome,
+            ))),
+            0,
+        ),
+    }
+}
+
+#[tonic::async_trait]
+impl CodeModeHost for Service {
+    type OpenSessionStream = EventStream<proto::SessionEvent>;
+    type SubscribeToToolCallsStream = EventStream<proto::ToolInvocation>;
+    type ExecuteStream = EventStream<proto::ExecuteEvent>;
+
+    async fn open_session(
+        &self,
+        request: Request<proto::OpenSessionRequest>,
+    ) -> Result<Response<Self::OpenSessionStream>, tonic::Status> {
+        let request = request.into_inner();
+        let truncation = truncation_mode(request.output_truncation).map_err(status)?;
+        let limits = request
+            .cell_execution_limits
+            .map(|limits| ClientLimits {
+                max_yield_time_ms: Some(limits.max_yield_time_ms),
+                max_heap_size_bytes: Some(limits.max_heap_size_bytes),
+            })
+            .unwrap_or_default();
+        let pending = Some(request.max_pending_delegate_calls);
+        let session = self
+            .front
+            .open_session(None, truncation, limits, pending)
+            .map_err(status)?;
+        let mut events = session.events().ok_or_else(|| {
+            tonic::Status::failed_precondition("session events already streaming")
+        })?;
+        let opened = proto::SessionEvent {
+            event: Some(proto::session_event::Event::Opened(proto::SessionOpened {
+                session_id: session.id().to_owned(),
+                output_truncation: match truncation {
+                    Truncation::Server => proto::OutputTruncation::Server as i32,
+                    Truncation::Client => 0,
+                },
+            })),
+        };
+        let closed = session.closed();
+        let stream = async_stream(move |sender| async move {
+            if sender.send(Ok(opened)).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    biased;
+                    event = events.recv() => match event {
+                        Some(event) => {
+                            if sender.send(Ok(proto_event(event))).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    () = closed.cancelled() => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn subscribe_to_tool_calls(
+        &self,
+        request: Request<proto::SubscribeToToolCallsRequest>,
+    ) -> Result<Response<Self::SubscribeToToolCallsStream>, tonic::Status> {
+        let session = self.session(&request.into_inner().session_id)?;
+        let mut invocations = session.invocations().ok_or_else(|| {
+            tonic::Status::failed_precondition(
+                "this session's tool calls are already subscribed to",
+            )
+        })?;
+        let closed = session.closed();
+        let stream = async_stream(move |sender| async move {
+            loop {
+                tokio::select! {
+                    invocation = invocations.recv() => match invocation {
+                        Some(invocation) => {
+                            let message = proto::ToolInvocation {
+                                session_id: invocation.session_id,
+                                execution_id: invocation.execution_id,
+                                cell_id: invocation.cell_id,
+                                invocation_id: invocation.invocation_id,
+                                runtime_tool_call_id: invocation.runtime_tool_call_id,
+                                tool_name: Some(proto::ToolName {
+                                    name: invocation.tool_name.name,
+                                    namespace: invocation.tool_name.namespace.unwrap_or_default(),
+                                }),
+                                kind: proto_kind(invocation.kind),
+                                input_json: invocation.input_json,
+                                sequence: invocation.sequence,
+                            };
+                            if sender.send(Ok(message)).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    () = closed.cancelled() => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn execute(
+        &self,
+        request: Request<proto::ExecuteRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, tonic::Status> {
+        let request = request.into_inner();
+        let session = self.session(&request.session_id)?;
+        let execution = Execution {
+            execution_id: request.execution_id.clone(),
+            tool_call_id: request.tool_call_id,
+            source: request.source,
+            tools: request
+                .enabled_tools
+                .into_iter()
+                .map(enabled_tool)
+                .collect(),
+            yield_time_ms: Some(request.yield_time_ms),
+            max_output_tokens: request.max_output_tokens,
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let front = self.front.clone();
+        let started_sender = sender.clone();
+        let execution_id = request.execution_id;
+        // The cell outlives a client that drops the call: its output waits for `Wait`.
+        tokio::spawn(async move {
+            let started = move |cell_id: &str| {
+                let event = proto::ExecuteEvent {
+                    event: Some(proto::execute_event::Event::Started(
+                        proto::ExecutionStarted {
+                            execution_id: execution_id.clone(),
+                            cell_id: cell_id.to_owned(),
+                        },
+                    )),
+                };
+                let _ = started_sender.send(Ok(event));
+            };
+            let message = match front.execute(&session, execution, started).await {
+                Ok(outcome) => Ok(proto::ExecuteEvent {
+                    event: Some(proto::execute_event::Event::Outcome(proto_outcome(outcome))),
+                }),
+                Err(error) => Err(status(error)),
+            };
+            let _ = sender.send(message);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn complete_tool_call(
+        &self,
+        request: Request<proto::CompleteToolCallRequest>,
+    ) -> Result<Response<proto::Empty>, tonic::Status> {
+        let request = request.into_inner();
+        let session = self.session(&request.session_id)?;
+        use proto::complete_tool_call_request::Result as Answer;
+        let result = match request.result {
+            Some(Answer::Succeeded(succeeded)) => Ok(JsonText::new(succeeded.output_json)),
+            Some(Answer::Failed(failed)) => Err(ToolError::new(failed.message)),
+            None => return Err(status(FrontError::MissingResult(request.invocation_id))),
+        };
+        self.front
+            .complete_tool_call(&session, &request.invocation_id, result)
+            .map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn wait(
+        &self,
+        request: Request<proto::WaitRequest>,
+    ) -> Result<Response<proto::WaitResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let session = self.session(&request.session_id)?;
+        let wait_id = Some(request.wait_id).filter(|id| !id.is_empty());
+        let yield_time_ms = Some(request.yield_time_ms).filter(|ms| *ms > 0);
+        let result = self
+            .front
+            .wait(
+                &session,
+                &request.cell_id,
+                wait_id,
+                yield_time_ms,
+                request.max_tokens,
+            )
+            .await
+            .map_err(status)?;
+        let (cell, buffered) = observed(result);
+        let mut response = Response::new(proto::WaitResponse { cell });
+        if let Ok(value) = buffered.to_string().parse() {
+            response.metadata_mut().insert(BUFFERED_FOR_HEADER, value);
+        }
+        Ok(response)
+    }
+
+    async fn terminate(
+        &self,
+        request: Request<proto::TerminateRequest>,
+    ) -> Result<Response<proto::TerminateResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let session = self.session(&request.session_id)?;
+        let result = self
+            .front
+            .terminate(&session, &request.cell_id)
+            .await
+            .map_err(status)?;
+        let cell = match result {
+            Observed::Live(outcome) => {
+                proto::terminate_response::Cell::LiveCell(proto_outcome(outcome))
+            }
+            Observed::Missing(outcome) => {
+                proto::terminate_response::Cell::MissingCell(proto_outcome(outcome))
+            }
+        };
+        Ok(Response::new(proto::TerminateResponse { cell: Some(cell) }))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<proto::CloseSessionRequest>,
+    ) -> Result<Response<proto::Empty>, tonic::Status> {
+        let session = self.session(&request.into_inner().session_id)?;
+        self.front.close_session(&session).await;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn yield_observation(
+        &self,
+        request: Request<proto::YieldObservationRequest>,
+    ) -> Result<Response<proto::Empty>, tonic::Status> {
+        let request = request.into_inner();
+        let session = self.session(&request.session_id)?;
+        self.front
+            .yield_observation(&session, &request.observation_id)
+            .map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn cancel_wait(
+        &self,
+        request: Request<proto::CancelWaitRequest>,
+    ) -> Result<Response<proto::Empty>, tonic::Status> {
+        let request = request.into_inner();
+        let session = self.session(&request.session_id)?;
+        self.front.cancel_wait(&session, &request.wait_id);
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn acknowledge_notification(
+        &self,
+        request: Request<proto::AcknowledgeNotificationRequest>,
+    ) -> Result<Response<proto::Empty>, tonic::Status> {
+        // Notifications are delivered when they are sent; an acknowledgement changes
+        // nothing, as with Codex's own host (which accepts any id).
+        self.session(&request.into_inner().session_id)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn get_process_metrics(
+        &self,
+        _: Request<proto::GetProcessMetricsRequest>,
+    ) -> Result<Response<proto::GetProcessMetricsResponse>, tonic::Status> {
+        let runtime_pid = self.front.provider().runtime_pid().await;
+        let snapshot = metrics::snapshot(runtime_pid)
+            .map_err(|error| tonic::Status::internal(format!("process metrics: {error}")))?;
+        Ok(Response::new(snapshot))
+    }
+}
+
+/// A stream fed by `body` through a bounded channel (one message in flight: a slow client
+/// holds the producer, not memory).
+fn async_stream<T, F, Fut>(body: F) -> EventStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<Result<T, tonic::Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel(16);
+    tokio::spawn(body(sender));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
