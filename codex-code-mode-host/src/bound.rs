@@ -5,7 +5,14 @@
 //! Tokens are estimated as `ceil(bytes / 4)`. Output within the budget goes out item by
 //! item. Over it, text-only output becomes one item: a warning header, then the joined
 //! text cut in the middle (`<head>…N tokens truncated…<tail>`); output with images keeps
-//! its items and cuts each text item alone. Cuts fall on character boundaries.
+//! its items, and text items share the budget in order (the one that crosses it is cut,
+//! later ones are counted in `[omitted N text items ...]`). Cuts fall on character
+//! boundaries.
+//!
+//! Before the token budget, each observation's text is held to [`CELL_TEXT_BOUND`]: a head
+//! and a tail of half the bound each, with a marker item where text was dropped. The
+//! failed script's `Script error:` item is added between the two steps, so the budget
+//! counts it. All of this happens only when the client asked the host to truncate.
 
 use code_mode_host::protocol::ContentItem;
 
@@ -46,11 +53,12 @@ pub fn split_middle(text: &str, head: usize, tail: usize) -> (usize, &str, &str)
     (removed, &text[..prefix_end], &text[suffix_start..])
 }
 
-/// `text` within `max_tokens`: unchanged when it fits, else its head and tail around
-/// `…N tokens truncated…`. The second value is the original token count when cut.
+/// `text` within `max_tokens`: unchanged when it fits (or is empty), else its head and
+/// tail around `…N tokens truncated…`. The second value is the original token count when
+/// cut.
 pub fn truncate_middle(text: &str, max_tokens: usize) -> (String, Option<usize>) {
     let max_bytes = max_tokens.saturating_mul(BYTES_PER_TOKEN);
-    if text.len() <= max_bytes {
+    if text.is_empty() || (max_tokens > 0 && text.len() <= max_bytes) {
         return (text.to_owned(), None);
     }
     let head = max_bytes / 2;
@@ -64,115 +72,230 @@ pub fn truncate_middle(text: &str, max_tokens: usize) -> (String, Option<usize>)
     (out, Some(approx_tokens(text.len())))
 }
 
-/// An observation's items within `max_tokens` (see the module docs).
-pub fn truncate_items(items: Vec<ContentItem>, max_tokens: u64) -> Vec<ContentItem> {
-    let budget = usize::try_from(max_tokens).unwrap_or(usize::MAX);
-    let text_bytes: usize = items
+/// One piece of bounded output: an item, or the marker of a gap the bound left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Item(ContentItem),
+    /// The kept tail of the text item before the gap that precedes it: the same item of
+    /// the cell's output, so joined to its head without a separator.
+    Rest(String),
+    Gap(Gap),
+}
+
+/// What the bound dropped at one place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gap {
+    pub omitted_bytes: usize,
+    pub segments: usize,
+}
+
+impl Gap {
+    /// The marker item the model sees.
+    pub fn marker(&self) -> String {
+        format!(
+            "[Code Mode session output limit reached: omitted {} text bytes; discarded {} text segments, 0 images, 0 audio items]",
+            self.omitted_bytes, self.segments
+        )
+    }
+}
+
+/// One observation's items within [`CELL_TEXT_BOUND`]: the first half-bound bytes of
+/// text stay, and a tail of the last half-bound bytes is kept as output arrives, text
+/// falling out of it from the front (whole segments are counted as discarded, a cut one
+/// only by its bytes). Images and clips are never dropped. Each place where text was
+/// dropped holds one [`Gap`].
+pub fn bound_items(items: Vec<ContentItem>) -> Vec<Entry> {
+    let total: usize = items
         .iter()
         .filter_map(ContentItem::as_text)
         .map(str::len)
         .sum();
-    if text_bytes <= budget.saturating_mul(BYTES_PER_TOKEN) {
-        return items;
+    if total <= CELL_TEXT_BOUND {
+        return items.into_iter().map(Entry::Item).collect();
     }
-    let all_text = items.iter().all(|item| item.as_text().is_some());
-    if all_text {
-        let joined = items
-            .iter()
-            .filter_map(ContentItem::as_text)
-            .collect::<Vec<_>>()
-            .join("\n");
-        let lines = joined.lines().count();
-        let (cut, _) = truncate_middle(&joined, budget);
-        let header = format!(
-            "Warning: truncated output (original token count: {})\nTotal output lines: {lines}\n\n",
-            approx_tokens(joined.len())
-        );
-        return vec![ContentItem::text(format!("{header}{cut}"))];
-    }
-    items
-        .into_iter()
-        .map(|item| match item {
-            ContentItem::InputText { text } => ContentItem::text(truncate_middle(&text, budget).0),
-            other => other,
-        })
-        .collect()
-}
-
-/// The per-cell bound on buffered text ([`CELL_TEXT_BOUND`]).
-#[derive(Debug, Default)]
-pub struct CellBound {}
-
-impl CellBound {
-    /// The items of one observation within the bound: text over it keeps its first and
-    /// last half-bound bytes around a marker item that says what was omitted.
-    pub fn apply(&mut self, items: Vec<ContentItem>) -> Vec<ContentItem> {
-        let text_bytes: usize = items
-            .iter()
-            .filter_map(ContentItem::as_text)
-            .map(str::len)
-            .sum();
-        if text_bytes <= CELL_TEXT_BOUND {
-            return items;
-        }
-        let half = CELL_TEXT_BOUND / 2;
-        let mut out = Vec::new();
-        let mut head_left = half;
-        let mut omitted = 0usize;
-        let mut tail: Vec<ContentItem> = Vec::new();
-        // Bytes of text from the end that the tail keeps.
-        let mut tail_left = half;
-        let mut kept_for_tail = vec![false; items.len()];
-        for (index, item) in items.iter().enumerate().rev() {
-            if let Some(text) = item.as_text()
-                && tail_left > 0
-            {
-                kept_for_tail[index] = true;
-                tail_left = tail_left.saturating_sub(text.len());
-            }
-        }
-        let mut tail_budget = half;
-        let mut rev_tail = Vec::new();
-        for (index, item) in items.iter().enumerate().rev() {
-            if !kept_for_tail[index] {
-                continue;
-            }
-            let text = item.as_text().unwrap_or_default();
-            let (_, _, suffix) = split_middle(text, 0, tail_budget);
-            tail_budget -= suffix.len();
-            rev_tail.push((index, suffix.len()));
-        }
-        let tail_from: std::collections::HashMap<usize, usize> = rev_tail.into_iter().collect();
-        for (index, item) in items.into_iter().enumerate() {
+    let half = CELL_TEXT_BOUND / 2;
+    let mut head = Vec::new();
+    let mut head_bytes = 0usize;
+    let mut tail: std::collections::VecDeque<Entry> = std::collections::VecDeque::new();
+    let mut tail_bytes = 0usize;
+    for item in items {
+        let item = if head_bytes < half {
             match item {
                 ContentItem::InputText { text } => {
-                    let keep_tail = tail_from.get(&index).copied().unwrap_or(0);
-                    let (_, prefix, _) = split_middle(&text, head_left, 0);
-                    head_left -= prefix.len();
-                    let prefix_len = prefix.len();
-                    let tail_start = text.len() - keep_tail.min(text.len() - prefix_len);
-                    omitted += tail_start - prefix_len;
-                    if prefix_len > 0 {
-                        out.push(ContentItem::text(text[..prefix_len].to_owned()));
+                    let (_, prefix, _) = split_middle(&text, half - head_bytes, 0);
+                    let taken = prefix.len();
+                    head_bytes += taken;
+                    if taken == text.len() {
+                        head.push(Entry::Item(ContentItem::InputText { text }));
+                        continue;
                     }
-                    if tail_start < text.len() {
-                        tail.push(ContentItem::text(text[tail_start..].to_owned()));
-                    }
+                    head.push(Entry::Item(ContentItem::text(text[..taken].to_owned())));
+                    // A character that would cross the bound starts the tail.
+                    head_bytes = head_bytes.max(half);
+                    tail_bytes += text.len() - taken;
+                    tail.push_back(Entry::Rest(text[taken..].to_owned()));
+                    trim_tail(&mut tail, &mut tail_bytes, half);
+                    continue;
                 }
                 other => {
-                    if head_left > 0 {
-                        out.push(other);
-                    } else {
-                        tail.push(other);
-                    }
+                    head.push(Entry::Item(other));
+                    continue;
                 }
             }
+        } else {
+            item
+        };
+        if let Some(text) = item.as_text() {
+            tail_bytes += text.len();
         }
+        tail.push_back(Entry::Item(item));
+        trim_tail(&mut tail, &mut tail_bytes, half);
+    }
+    head.extend(tail);
+    head
+}
+
+/// Drops text from the front of `tail` until it holds at most `keep` bytes of text.
+fn trim_tail(tail: &mut std::collections::VecDeque<Entry>, tail_bytes: &mut usize, keep: usize) {
+    let mut index = 0;
+    while *tail_bytes > keep && index < tail.len() {
+        let excess = *tail_bytes - keep;
+        let (dropped, whole) = match &mut tail[index] {
+            Entry::Item(ContentItem::InputText { text }) | Entry::Rest(text) => {
+                if text.len() <= excess {
+                    (text.len(), true)
+                } else {
+                    let mut cut = excess;
+                    while !text.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    text.drain(..cut);
+                    (cut, false)
+                }
+            }
+            _ => {
+                index += 1;
+                continue;
+            }
+        };
+        *tail_bytes -= dropped;
+        if whole {
+            tail.remove(index);
+        }
+        // The gap just before `index` grows, or one is made there.
+        let gap_index = match index.checked_sub(1) {
+            Some(before) if matches!(tail[before], Entry::Gap(_)) => before,
+            _ => {
+                tail.insert(index, Entry::Gap(Gap::default()));
+                index += 1;
+                index - 1
+            }
+        };
+        if let Entry::Gap(gap) = &mut tail[gap_index] {
+            gap.omitted_bytes += dropped;
+            gap.segments += usize::from(whole);
+        }
+    }
+}
+
+/// Bounded output within `max_tokens` (see the module docs); gaps become their markers.
+pub fn truncate_entries(entries: Vec<Entry>, max_tokens: u64) -> Vec<ContentItem> {
+    let budget = usize::try_from(max_tokens).unwrap_or(usize::MAX);
+    let all_text = entries.iter().all(|entry| match entry {
+        Entry::Item(item) => item.as_text().is_some(),
+        Entry::Rest(_) | Entry::Gap(_) => true,
+    });
+    if all_text {
+        // Items joined by newlines; a kept rest continues its item's head directly.
+        let mut joined = String::new();
+        let mut first = true;
+        for entry in &entries {
+            match entry {
+                Entry::Item(item) => {
+                    if !first {
+                        joined.push('\n');
+                    }
+                    joined.push_str(item.as_text().unwrap_or_default());
+                }
+                Entry::Rest(rest) => joined.push_str(rest),
+                Entry::Gap(_) => continue,
+            }
+            first = false;
+        }
+        if let (cut, Some(original)) = truncate_middle(&joined, budget) {
+            let lines = joined.lines().count();
+            let header = format!(
+                "Warning: truncated output (original token count: {original})\nTotal output lines: {lines}\n\n"
+            );
+            let gaps: Vec<&Gap> = entries
+                .iter()
+                .filter_map(|entry| match entry {
+                    Entry::Gap(gap) => Some(gap),
+                    Entry::Item(_) | Entry::Rest(_) => None,
+                })
+                .collect();
+            if gaps.is_empty() {
+                return vec![ContentItem::text(format!("{header}{cut}"))];
+            }
+            // The gap's marker stays where the gap was, in the cut middle: the head and
+            // the marker of the cut before it, the tail after it.
+            let marker_end = cut
+                .rfind("tokens truncated…")
+                .map(|at| at + "tokens truncated…".len());
+            let (before, after) = cut.split_at(marker_end.unwrap_or(cut.len()));
+            let mut out = vec![ContentItem::text(format!("{header}{before}"))];
+            out.extend(gaps.iter().map(|gap| ContentItem::text(gap.marker())));
+            if !after.is_empty() {
+                out.push(ContentItem::text(after.to_owned()));
+            }
+            return out;
+        }
+        return entries.into_iter().map(entry_item).collect();
+    }
+    // With images the items stay; text items share the budget in order, the one that
+    // crosses it is cut, and the ones after it are counted in a closing marker.
+    let mut remaining = budget;
+    let mut omitted = 0usize;
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let text = match entry {
+            Entry::Item(ContentItem::InputText { text }) | Entry::Rest(text) => text,
+            other => {
+                out.push(entry_item(other));
+                continue;
+            }
+        };
+        if remaining == 0 {
+            omitted += 1;
+            continue;
+        }
+        let cost = approx_tokens(text.len());
+        if cost <= remaining {
+            remaining -= cost;
+            out.push(ContentItem::InputText { text });
+            continue;
+        }
+        let (snippet, _) = truncate_middle(&text, remaining);
+        remaining = 0;
+        if snippet.is_empty() {
+            omitted += 1;
+        } else {
+            out.push(ContentItem::text(snippet));
+        }
+    }
+    if omitted > 0 {
         out.push(ContentItem::text(format!(
-            "[Code Mode session output limit reached: omitted {omitted} text bytes; discarded 0 text segments, 0 images, 0 audio items]"
+            "[omitted {omitted} text items ...]"
         )));
-        out.extend(tail);
-        out
+    }
+    out
+}
+
+fn entry_item(entry: Entry) -> ContentItem {
+    match entry {
+        Entry::Item(item) => item,
+        Entry::Rest(text) => ContentItem::text(text),
+        Entry::Gap(gap) => ContentItem::text(gap.marker()),
     }
 }
 

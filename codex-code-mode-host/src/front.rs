@@ -12,7 +12,7 @@
 //! only translate messages. Outcomes are bounded here ([`crate::bound`]) when the session
 //! asked the host to truncate.
 
-use crate::bound::{self, CellBound};
+use crate::bound;
 use code_mode_host::protocol::session::BoxFuture;
 use code_mode_host::protocol::{
     CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
@@ -41,6 +41,8 @@ pub enum FrontError {
     UnknownSession(String),
     #[error("code-mode session ID `{0}` is already open")]
     SessionAlreadyOpen(String),
+    #[error("code-mode tool call ID must not be empty")]
+    EmptyToolCallId,
     #[error("code-mode execution ID `{0}` was reused")]
     ExecutionReused(String),
     #[error("unknown code-mode output truncation mode")]
@@ -236,7 +238,6 @@ struct Cell {
     runtime_id: CellId,
     tools: Arc<HashMap<String, (ToolName, ToolKind)>>,
     tool_calls: u64,
-    bound: CellBound,
 }
 
 #[derive(Default)]
@@ -331,11 +332,12 @@ impl CodeModeSessionDelegate for Delegate {
                 },
                 call.kind,
             ));
-            let input_json = match (&call.input, kind) {
-                (Some(text), _) => text.as_str().to_owned(),
-                (None, ToolKind::Freeform) => "\"\"".to_owned(),
-                (None, ToolKind::Function) => "{}".to_owned(),
-            };
+            // A call with no argument carries an empty input, as codex's host sends it.
+            let input_json = call
+                .input
+                .as_ref()
+                .map(|text| text.as_str().to_owned())
+                .unwrap_or_default();
             let invocation = Invocation {
                 session_id: front.id.clone(),
                 execution_id: cell.execution_id.clone(),
@@ -487,6 +489,9 @@ impl Front {
         started: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Outcome, FrontError> {
         let arrived = Instant::now();
+        if execution.tool_call_id.is_empty() {
+            return Err(FrontError::EmptyToolCallId);
+        }
         if !execution.execution_id.is_empty()
             && !lock(&self.executions).insert(execution.execution_id.clone())
         {
@@ -544,7 +549,6 @@ impl Front {
                             runtime_id: runtime_id.clone(),
                             tools: tools.clone(),
                             tool_calls: 0,
-                            bound: CellBound::default(),
                         },
                     );
                     codex_id
@@ -728,20 +732,17 @@ impl Front {
             } => (content_items, Status::Completed { error_text }),
         };
         if session.truncation == Truncation::Server {
-            let mut state = lock(&session.state);
-            let mut scratch = CellBound::default();
-            let cell_bound = match state.cells.get_mut(&cell_id) {
-                Some(cell) => &mut cell.bound,
-                None => &mut scratch,
-            };
-            items = cell_bound.apply(items);
-            items = bound::truncate_items(items, max_tokens.unwrap_or(bound::DEFAULT_MAX_TOKENS));
-        }
-        if let Status::Completed {
-            error_text: Some(error_text),
-        } = &status
-        {
-            items.push(ContentItem::text(script_error(error_text)));
+            let mut entries = bound::bound_items(items);
+            if let Status::Completed {
+                error_text: Some(error_text),
+            } = &status
+            {
+                entries.push(bound::Entry::Item(ContentItem::text(script_error(
+                    error_text,
+                ))));
+            }
+            items =
+                bound::truncate_entries(entries, max_tokens.unwrap_or(bound::DEFAULT_MAX_TOKENS));
         }
         Outcome {
             cell_id,

@@ -52,6 +52,7 @@ pub fn status(error: FrontError) -> tonic::Status {
     let message = error.to_string();
     match error {
         FrontError::InvalidSessionId
+        | FrontError::EmptyToolCallId
         | FrontError::UnknownTruncation
         | FrontError::MissingObservationId
         | FrontError::MissingResult(_)
