@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the MCP tests need beyond cargo, pinned in the repository:
+# Installs what the tests need beyond cargo, pinned in the repository:
 # - the reference MCP servers from npm (code-mode-cli/tests/mcp/package-lock.json, `npm ci`);
-# - the official Python MCP SDK in a virtualenv (code-mode-cli/tests/mcp/requirements.txt).
+# - the official Python MCP SDK in a virtualenv (code-mode-cli/tests/mcp/requirements.txt);
+# - Codex 0.169.0 from npm, the Codex front's test oracle: its CLI and its own
+#   codex-code-mode-host (codex-code-mode-host/tests/codex-npm/package-lock.json, `npm ci`).
 # Idempotent: a second run with nothing changed only checks. `.ci/run` calls it before the tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../code-mode-cli/tests/mcp"
@@ -29,3 +31,17 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.ins
   cp requirements.txt .venv/requirements.installed
 fi
 echo "test-deps: MCP servers (npm) and the Python MCP SDK are installed under code-mode-cli/tests/mcp"
+
+# Codex: its Linux binaries come in an optional dependency, installed for this platform.
+cd ../../../codex-code-mode-host/tests/codex-npm
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+vendor=node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl
+for binary in codex codex-code-mode-host; do
+  if [ ! -x "$vendor/bin/$binary" ]; then
+    echo "test-deps: $vendor/bin/$binary is missing after npm ci" >&2
+    exit 1
+  fi
+done
+echo "test-deps: codex 0.169.0 is installed under codex-code-mode-host/tests/codex-npm"

@@ -695,14 +695,19 @@ impl Front {
             .map(|cell| cell.runtime_id.clone())
     }
 
-    fn missing(&self, _session: &FrontSession, cell_id: &str, arrived: Instant) -> Outcome {
+    fn missing(&self, session: &FrontSession, cell_id: &str, arrived: Instant) -> Outcome {
         let error_text = CellResponse::missing(cell_id)
             .error_text()
             .unwrap_or_default()
             .to_owned();
+        // The host adds the `Script error:` item only when it formats for the model.
+        let items = match session.truncation {
+            Truncation::Server => vec![ContentItem::text(script_error(&error_text))],
+            Truncation::Client => Vec::new(),
+        };
         Outcome {
             cell_id: cell_id.to_owned(),
-            items: vec![ContentItem::text(script_error(&error_text))],
+            items,
             status: Status::Completed {
                 error_text: Some(error_text),
             },

@@ -1,2 +1,95 @@
-//! The Codex front's tests: conformance of the gRPC and JSON fronts, the differential
-//! corpus against codex's own host, and the real codex CLI end to end.
+//! The Codex front's tests: conformance of the gRPC front, the differential corpus against
+//! codex's own `codex-code-mode-host`, and the real codex CLI end to end.
+//!
+//! Codex 0.169.0 comes from npm (`scripts/test-deps.sh` installs it from the committed lock
+//! file under `tests/codex-npm`); the tests that need it fail with that instruction when it
+//! is missing.
+
+mod conformance;
+mod differential;
+
+use codex_code_mode_host::client::{Driver, Responder, StdioHost};
+use codex_code_mode_host::proto;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Our host binary, as cargo built it.
+pub fn our_host() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_codex-code-mode-host"))
+}
+
+/// The npm package directory of codex's Linux binaries.
+pub fn codex_package() -> PathBuf {
+    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl");
+    assert!(
+        package.join("bin/codex").is_file(),
+        "codex 0.169.0 is not installed at {}: run scripts/test-deps.sh",
+        package.display()
+    );
+    package
+}
+
+/// Codex's own host binary.
+pub fn codex_host() -> PathBuf {
+    codex_package().join("bin/codex-code-mode-host")
+}
+
+/// Spawns a host binary over gRPC on stdio, its stderr discarded unless asked for.
+pub async fn spawn(binary: &std::path::Path, extra_args: &[&str]) -> StdioHost {
+    let mut command = tokio::process::Command::new(binary);
+    command.args(["--listen", "grpc+stdio://"]).args(extra_args);
+    if std::env::var_os("CODEX_FRONT_TEST_STDERR").is_none() {
+        command.stderr(std::process::Stdio::null());
+    }
+    StdioHost::spawn(command)
+        .await
+        .unwrap_or_else(|error| panic!("spawn {}: {error}", binary.display()))
+}
+
+/// The tools of the corpus: `echo` answers its input, `ns__search` (tool `search` in
+/// namespace `ns`) too; an input holding `fail` fails with `tool failed: boom`.
+pub fn responder() -> Responder {
+    Arc::new(|call: &proto::ToolInvocation| {
+        if call.input_json.contains("fail") {
+            Err("tool failed: boom".to_owned())
+        } else if call.input_json.is_empty() {
+            Ok("\"no input\"".to_owned())
+        } else {
+            Ok(format!("{{\"echo\":{}}}", call.input_json))
+        }
+    })
+}
+
+/// The corpus's enabled tools.
+pub fn corpus_tools() -> Vec<proto::ToolDefinition> {
+    use codex_code_mode_host::client::tool;
+    vec![tool("echo", "echo", None), tool("ns__search", "search", Some("ns"))]
+}
+
+/// Opens a session with codex's usual request and the given truncation mode.
+pub async fn open(host: &StdioHost, truncation: i32) -> Driver {
+    Driver::open(
+        host.client.clone(),
+        proto::OpenSessionRequest {
+            output_truncation: truncation,
+            max_pending_delegate_calls: 4096,
+            ..Default::default()
+        },
+        responder(),
+    )
+    .await
+    .expect("open a session")
+}
+
+/// Waits until `condition` holds, polling, for at most `seconds`.
+pub async fn eventually(seconds: u64, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    condition()
+}

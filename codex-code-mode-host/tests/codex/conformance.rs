@@ -1,0 +1,1 @@
+//! Our gRPC front alone: every RPC, the event order, the error codes.

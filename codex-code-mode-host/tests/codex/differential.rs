@@ -1,0 +1,241 @@
+//! The same corpus through codex's own `codex-code-mode-host` and ours, both over gRPC on
+//! stdio, in host-truncation mode (what codex sends) and in client mode: every outcome
+//! (status, content items, error text; stack positions aside), every tool invocation and
+//! every session event must be the same. Where codex's host cannot run a cell (the heap
+//! bomb kills it), the conformance tests say what ours does instead.
+
+use crate::{codex_host, corpus_tools, open, our_host, spawn};
+use codex_code_mode_host::client::{Driver, exec_request, render_outcome};
+use codex_code_mode_host::proto;
+
+/// What to do after a cell's `Execute`.
+#[derive(Clone, Copy)]
+enum Then {
+    Nothing,
+    /// `Wait` on the cell with this yield time.
+    Wait(u64),
+    /// `Terminate` the cell.
+    Terminate,
+}
+
+struct Case {
+    name: &'static str,
+    source: String,
+    yield_ms: u64,
+    max_tokens: Option<u64>,
+    then: Then,
+}
+
+fn case(name: &'static str, source: &str) -> Case {
+    Case {
+        name,
+        source: source.to_owned(),
+        yield_ms: 30_000,
+        max_tokens: None,
+        then: Then::Nothing,
+    }
+}
+
+impl Case {
+    fn yielding(mut self, yield_ms: u64, then: Then) -> Self {
+        self.yield_ms = yield_ms;
+        self.then = then;
+        self
+    }
+
+    fn tokens(mut self, max_tokens: u64) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+}
+
+fn corpus() -> Vec<Case> {
+    vec![
+        case("text values", r#"text("hello"); text({a: 1}); text(undefined); text([1, "x"]); text(null); text(3.5); text(true);"#),
+        case("multi-byte text", r#"text("héllo 😀 世界");"#),
+        case("images", r#"image("data:image/png;base64,iVBORw0KGgo="); image("data:image/png;base64,iVBORw0KGgo=", "low"); image({image_url: "data:image/png;base64,AA==", detail: "original"}); generatedImage({image_url: "data:image/png;base64,AA==", output_hint: "a hint"});"#),
+        case("audio", r#"audio("data:audio/wav;base64,AA==");"#),
+        case("store", r#"store("k", {v: 42}); store("n", 7); text(load("k"));"#),
+        case("load in a later cell", r#"text(load("k").v + load("n")); text(String(load("missing")));"#),
+        case("nested tools", r#"const r = await tools.echo({x: 1}); text(r); const s = await tools.ns__search("q"); text(s);"#),
+        case("parallel tools", r#"const [a, b] = await Promise.all([tools.echo({i: 1}), tools.echo({i: 2})]); text(a.echo.i + b.echo.i);"#),
+        case("tool without argument", r#"text(await tools.echo());"#),
+        case("failing tool caught", r#"try { await tools.echo({fail: true}); } catch (e) { text(typeof e); text(String(e)); text(e instanceof Error); }"#),
+        case("failing tool uncaught", r#"text("before"); await tools.echo({fail: true});"#),
+        case("script error", "text(\"about to throw\");\nthrow new Error(\"boom\");"),
+        case("thrown string", r#"throw "plain string";"#),
+        case("thrown object", r#"throw {a: 1};"#),
+        case("reference error", "undefinedVar + 1;"),
+        case("syntax error", "let x = ;"),
+        case("top-level return", "return 1;"),
+        case("exit", r#"text("a"); exit(); text("b");"#),
+        case("timer not awaited", r#"setTimeout(() => text("never"), 1000); text("end");"#),
+        case("timer awaited", r#"await new Promise(r => setTimeout(r, 50)); text("after timer");"#),
+        case("notify", r#"notify("hello from notify"); text("done");"#),
+        case("yield then wait", r#"text("before"); await new Promise(r => setTimeout(r, 1500)); text("after");"#)
+            .yielding(300, Then::Wait(10_000)),
+        case("yield_control then wait", r#"text("before"); yield_control(); await new Promise(r => setTimeout(r, 300)); text("after");"#)
+            .yielding(10_000, Then::Wait(10_000)),
+        case("yield then terminate", r#"text("t"); await new Promise(r => setTimeout(r, 20000)); text("never");"#)
+            .yielding(300, Then::Terminate),
+        case("terminate a completed cell", r#"text("done");"#).yielding(30_000, Then::Terminate),
+        case("wait on a completed cell", r#"text("done");"#).yielding(30_000, Then::Wait(1000)),
+        case("over the token budget", r#"text("x".repeat(100));"#).tokens(10),
+        case("two items over the budget", r#"text("a".repeat(30)); text("b".repeat(30));"#).tokens(10),
+        case("exactly the budget", r#"text("y".repeat(40));"#).tokens(10),
+        case("one byte over", r#"text("y".repeat(41));"#).tokens(10),
+        case("items within the budget", r#"text("y".repeat(20)); text("y".repeat(19));"#).tokens(10),
+        case("mixed over the budget", r#"text("a\nb\nc".repeat(10)); image("data:image/png;base64,AA=="); text("z".repeat(50));"#).tokens(10),
+        case("error over the budget", r#"text("x".repeat(100)); throw new Error("e".repeat(100));"#).tokens(10),
+        case("default budget", r#"text("w".repeat(50000));"#),
+        case("multi-byte cut", r#"text("😀".repeat(30));"#).tokens(10),
+        case("over 1 MiB", r#"text("x".repeat(4 * 1024 * 1024));"#),
+        case("two items over 1 MiB", r#"text("a".repeat(700 * 1024)); text("b".repeat(700 * 1024));"#),
+        case("image inside 1 MiB", r#"text("a".repeat(700 * 1024)); image("data:image/png;base64,AA=="); text("b".repeat(700 * 1024));"#),
+        case("many lines over 1 MiB", r#"for (let i = 0; i < 3000; i++) text("line " + i + " " + "q".repeat(500));"#),
+        case("1 MiB with a large budget", r#"text("x".repeat(2 * 1024 * 1024));"#).tokens(300_000),
+        case("1 MiB per observation", r#"text("x".repeat(2 * 1024 * 1024)); await new Promise(r => setTimeout(r, 1200)); text("y".repeat(2 * 1024 * 1024));"#)
+            .yielding(300, Then::Wait(10_000)),
+    ]
+}
+
+/// Stack positions aside (`exec_main.mjs:LINE:COL`), the text as the model sees it.
+fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("exec_main.mjs:") {
+        let after = at + "exec_main.mjs:".len();
+        out.push_str(&rest[..after]);
+        let digits = rest[after..]
+            .find(|c: char| !(c.is_ascii_digit() || c == ':'))
+            .unwrap_or(rest.len() - after);
+        out.push_str("L:C");
+        rest = &rest[after + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn observed(cell: Option<proto::wait_response::Cell>) -> String {
+    match cell {
+        Some(proto::wait_response::Cell::LiveCell(outcome)) => format!("live {}", render_outcome(&outcome)),
+        Some(proto::wait_response::Cell::MissingCell(outcome)) => format!("missing {}", render_outcome(&outcome)),
+        None => "no cell".to_owned(),
+    }
+}
+
+/// Runs the corpus on one host in one session and returns one line per observation,
+/// then the tool invocations and session events.
+async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
+    let host = spawn(binary, &[]).await;
+    let mut driver = open(&host, truncation).await;
+    let mut lines = Vec::new();
+    for case in corpus() {
+        let mut request = exec_request(&case.source);
+        request.enabled_tools = corpus_tools();
+        request.yield_time_ms = case.yield_ms;
+        request.max_output_tokens = case.max_tokens;
+        let events = driver.execute(request).await;
+        let mut cell_id = String::new();
+        match events {
+            Ok(events) => {
+                for event in events {
+                    match event.event {
+                        Some(proto::execute_event::Event::Started(started)) => {
+                            cell_id = started.cell_id.clone();
+                            lines.push(format!("{}: started {}", case.name, started.cell_id));
+                        }
+                        Some(proto::execute_event::Event::Outcome(outcome)) => {
+                            lines.push(format!("{}: {}", case.name, render_outcome(&outcome)));
+                        }
+                        None => lines.push(format!("{}: empty event", case.name)),
+                    }
+                }
+            }
+            Err(status) => lines.push(format!("{}: status {:?} {}", case.name, status.code(), status.message())),
+        }
+        match case.then {
+            Then::Nothing => {}
+            Then::Wait(yield_ms) => {
+                let response = driver.wait(&cell_id, yield_ms, case.max_tokens).await;
+                lines.push(match response {
+                    Ok(response) => format!("{}: wait {}", case.name, observed(response.into_inner().cell)),
+                    Err(status) => format!("{}: wait status {:?} {}", case.name, status.code(), status.message()),
+                });
+            }
+            Then::Terminate => {
+                let response = driver.terminate(&cell_id).await;
+                lines.push(match response {
+                    Ok(response) => {
+                        let cell = response.cell.map(|cell| match cell {
+                            proto::terminate_response::Cell::LiveCell(outcome) => proto::wait_response::Cell::LiveCell(outcome),
+                            proto::terminate_response::Cell::MissingCell(outcome) => proto::wait_response::Cell::MissingCell(outcome),
+                        });
+                        format!("{}: terminate {}", case.name, observed(cell))
+                    }
+                    Err(status) => format!("{}: terminate status {:?} {}", case.name, status.code(), status.message()),
+                });
+            }
+        }
+    }
+    lines.push(format!("wait on an unknown cell: {}", observed(driver.wait("999", 100, None).await.map(|r| r.into_inner().cell).ok().flatten())));
+    // Every cell is closed by now; the events stream may still be delivering.
+    let cells = lines.iter().filter(|line| line.contains(": started ")).count();
+    let closed = |driver: &Driver| {
+        driver.events.lock().map(|events| {
+            events.iter().filter(|event| matches!(event.event, Some(proto::session_event::Event::CellClosed(_)))).count()
+        }).unwrap_or(0)
+    };
+    crate::eventually(10, || closed(&driver) >= cells).await;
+    for call in driver.invocations.lock().map(|calls| calls.clone()).unwrap_or_default() {
+        assert!(uuid::Uuid::parse_str(&call.invocation_id).is_ok(), "invocation id {} is a UUID", call.invocation_id);
+        lines.push(format!(
+            "call cell {} {} {:?} kind {} input {:?} seq {}",
+            call.cell_id, call.runtime_tool_call_id, call.tool_name, call.kind, call.input_json, call.sequence
+        ));
+    }
+    for event in driver.events.lock().map(|events| events.clone()).unwrap_or_default() {
+        lines.push(match event.event {
+            Some(proto::session_event::Event::Opened(opened)) => format!("opened, truncation {}", opened.output_truncation),
+            Some(proto::session_event::Event::Notification(notification)) => {
+                assert!(uuid::Uuid::parse_str(&notification.notification_id).is_ok());
+                format!("notification cell {} call {} {:?}", notification.cell_id, notification.call_id, notification.text)
+            }
+            Some(proto::session_event::Event::CellClosed(closed)) => format!("closed cell {} tools {}", closed.cell_id, closed.tool_call_count),
+            None => "empty event".to_owned(),
+        });
+    }
+    let _ = driver.close().await;
+    lines.into_iter().map(|line| normalize(&line)).collect()
+}
+
+async fn compare(truncation: i32) {
+    let (codex, our) = (codex_host(), our_host());
+    let (theirs, ours) = tokio::join!(run_corpus(&codex, truncation), run_corpus(&our, truncation));
+    let mut differences = Vec::new();
+    for index in 0..theirs.len().max(ours.len()) {
+        let (a, b) = (theirs.get(index), ours.get(index));
+        if a != b {
+            let show = |line: Option<&String>| line.map(|line| line.chars().take(600).collect::<String>()).unwrap_or_default();
+            differences.push(format!("codex: {}\nours:  {}", show(a), show(b)));
+        }
+    }
+    assert!(differences.is_empty(), "{} lines differ (truncation mode {truncation}):\n{}", differences.len(), differences.join("\n\n"));
+    assert!(theirs.len() > corpus().len(), "the corpus ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_corpus_matches_codexs_host_when_the_host_truncates() {
+    compare(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_corpus_matches_codexs_host_when_the_client_truncates() {
+    compare(0).await;
+}
+
+#[test]
+fn stack_positions_are_normalized() {
+    assert_eq!(normalize("Error: x\n    at exec_main.mjs:12:7\n"), "Error: x\n    at exec_main.mjs:L:C\n");
+    assert_eq!(normalize("no stack"), "no stack");
+}
