@@ -292,6 +292,21 @@ impl FrontSession {
     fn codex_cell(&self, runtime_id: &CellId) -> Option<String> {
         lock(&self.state).by_runtime_id.get(runtime_id).cloned()
     }
+
+    /// Forgets a cell that ended and tells the client, once.
+    fn close_cell(&self, runtime_id: &CellId) {
+        let mut state = lock(&self.state);
+        let Some(codex_id) = state.by_runtime_id.remove(runtime_id) else {
+            return;
+        };
+        if let Some(cell) = state.cells.remove(&codex_id) {
+            let _ = self.events.sender.send(SessionEvent::CellClosed {
+                execution_id: cell.execution_id,
+                cell_id: codex_id,
+                tool_call_count: cell.tool_calls,
+            });
+        }
+    }
 }
 
 /// The session's delegate in the runtime: sends tool calls and events to the client.
@@ -384,18 +399,12 @@ impl CodeModeSessionDelegate for Delegate {
         Box::pin(std::future::ready(()))
     }
 
+    /// Cells that end with an observer were closed by the front already (before their
+    /// final outcome, as codex's host orders it); this closes the others (a shutdown, a
+    /// runtime lost with its cells).
     fn cell_closed(&self, cell_id: &CellId) {
-        let Some(front) = self.front() else { return };
-        let mut state = lock(&front.state);
-        let Some(codex_id) = state.by_runtime_id.remove(cell_id) else {
-            return;
-        };
-        if let Some(cell) = state.cells.remove(&codex_id) {
-            let _ = front.events.sender.send(SessionEvent::CellClosed {
-                execution_id: cell.execution_id,
-                cell_id: codex_id,
-                tool_call_count: cell.tool_calls,
-            });
+        if let Some(front) = self.front() {
+            front.close_cell(cell_id);
         }
     }
 }
@@ -724,9 +733,10 @@ impl Front {
         max_tokens: Option<u64>,
         arrived: Instant,
     ) -> Outcome {
+        let runtime_id = response.cell_id().clone();
         let cell_id = session
-            .codex_cell(response.cell_id())
-            .unwrap_or_else(|| response.cell_id().to_string());
+            .codex_cell(&runtime_id)
+            .unwrap_or_else(|| runtime_id.to_string());
         let (mut items, status) = match response {
             CellResponse::Yielded { content_items, .. } => (content_items, Status::Yielded),
             CellResponse::Terminated { content_items, .. } => (content_items, Status::Terminated),
@@ -748,6 +758,9 @@ impl Front {
             }
             items =
                 bound::truncate_entries(entries, max_tokens.unwrap_or(bound::DEFAULT_MAX_TOKENS));
+        }
+        if status != Status::Yielded {
+            session.close_cell(&runtime_id);
         }
         Outcome {
             cell_id,

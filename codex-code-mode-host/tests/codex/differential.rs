@@ -118,8 +118,12 @@ fn normalize(text: &str) -> String {
 
 fn observed(cell: Option<proto::wait_response::Cell>) -> String {
     match cell {
-        Some(proto::wait_response::Cell::LiveCell(outcome)) => format!("live {}", render_outcome(&outcome)),
-        Some(proto::wait_response::Cell::MissingCell(outcome)) => format!("missing {}", render_outcome(&outcome)),
+        Some(proto::wait_response::Cell::LiveCell(outcome)) => {
+            format!("live {}", render_outcome(&outcome))
+        }
+        Some(proto::wait_response::Cell::MissingCell(outcome)) => {
+            format!("missing {}", render_outcome(&outcome))
+        }
         None => "no cell".to_owned(),
     }
 }
@@ -152,15 +156,29 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
                     }
                 }
             }
-            Err(status) => lines.push(format!("{}: status {:?} {}", case.name, status.code(), status.message())),
+            Err(status) => lines.push(format!(
+                "{}: status {:?} {}",
+                case.name,
+                status.code(),
+                status.message()
+            )),
         }
         match case.then {
             Then::Nothing => {}
             Then::Wait(yield_ms) => {
                 let response = driver.wait(&cell_id, yield_ms, case.max_tokens).await;
                 lines.push(match response {
-                    Ok(response) => format!("{}: wait {}", case.name, observed(response.into_inner().cell)),
-                    Err(status) => format!("{}: wait status {:?} {}", case.name, status.code(), status.message()),
+                    Ok(response) => format!(
+                        "{}: wait {}",
+                        case.name,
+                        observed(response.into_inner().cell)
+                    ),
+                    Err(status) => format!(
+                        "{}: wait status {:?} {}",
+                        case.name,
+                        status.code(),
+                        status.message()
+                    ),
                 });
             }
             Then::Terminate => {
@@ -168,40 +186,101 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
                 lines.push(match response {
                     Ok(response) => {
                         let cell = response.cell.map(|cell| match cell {
-                            proto::terminate_response::Cell::LiveCell(outcome) => proto::wait_response::Cell::LiveCell(outcome),
-                            proto::terminate_response::Cell::MissingCell(outcome) => proto::wait_response::Cell::MissingCell(outcome),
+                            proto::terminate_response::Cell::LiveCell(outcome) => {
+                                proto::wait_response::Cell::LiveCell(outcome)
+                            }
+                            proto::terminate_response::Cell::MissingCell(outcome) => {
+                                proto::wait_response::Cell::MissingCell(outcome)
+                            }
                         });
                         format!("{}: terminate {}", case.name, observed(cell))
                     }
-                    Err(status) => format!("{}: terminate status {:?} {}", case.name, status.code(), status.message()),
+                    Err(status) => format!(
+                        "{}: terminate status {:?} {}",
+                        case.name,
+                        status.code(),
+                        status.message()
+                    ),
                 });
             }
         }
     }
-    lines.push(format!("wait on an unknown cell: {}", observed(driver.wait("999", 100, None).await.map(|r| r.into_inner().cell).ok().flatten())));
+    lines.push(format!(
+        "wait on an unknown cell: {}",
+        observed(
+            driver
+                .wait("999", 100, None)
+                .await
+                .map(|r| r.into_inner().cell)
+                .ok()
+                .flatten()
+        )
+    ));
     // Every cell is closed by now; the events stream may still be delivering.
-    let cells = lines.iter().filter(|line| line.contains(": started ")).count();
+    let cells = lines
+        .iter()
+        .filter(|line| line.contains(": started "))
+        .count();
     let closed = |driver: &Driver| {
-        driver.events.lock().map(|events| {
-            events.iter().filter(|event| matches!(event.event, Some(proto::session_event::Event::CellClosed(_)))).count()
-        }).unwrap_or(0)
+        driver
+            .events
+            .lock()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|event| {
+                        matches!(
+                            event.event,
+                            Some(proto::session_event::Event::CellClosed(_))
+                        )
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
     };
     crate::eventually(10, || closed(&driver) >= cells).await;
-    for call in driver.invocations.lock().map(|calls| calls.clone()).unwrap_or_default() {
-        assert!(uuid::Uuid::parse_str(&call.invocation_id).is_ok(), "invocation id {} is a UUID", call.invocation_id);
+    for call in driver
+        .invocations
+        .lock()
+        .map(|calls| calls.clone())
+        .unwrap_or_default()
+    {
+        assert!(
+            uuid::Uuid::parse_str(&call.invocation_id).is_ok(),
+            "invocation id {} is a UUID",
+            call.invocation_id
+        );
         lines.push(format!(
             "call cell {} {} {:?} kind {} input {:?} seq {}",
-            call.cell_id, call.runtime_tool_call_id, call.tool_name, call.kind, call.input_json, call.sequence
+            call.cell_id,
+            call.runtime_tool_call_id,
+            call.tool_name,
+            call.kind,
+            call.input_json,
+            call.sequence
         ));
     }
-    for event in driver.events.lock().map(|events| events.clone()).unwrap_or_default() {
+    for event in driver
+        .events
+        .lock()
+        .map(|events| events.clone())
+        .unwrap_or_default()
+    {
         lines.push(match event.event {
-            Some(proto::session_event::Event::Opened(opened)) => format!("opened, truncation {}", opened.output_truncation),
+            Some(proto::session_event::Event::Opened(opened)) => {
+                format!("opened, truncation {}", opened.output_truncation)
+            }
             Some(proto::session_event::Event::Notification(notification)) => {
                 assert!(uuid::Uuid::parse_str(&notification.notification_id).is_ok());
-                format!("notification cell {} call {} {:?}", notification.cell_id, notification.call_id, notification.text)
+                format!(
+                    "notification cell {} call {} {:?}",
+                    notification.cell_id, notification.call_id, notification.text
+                )
             }
-            Some(proto::session_event::Event::CellClosed(closed)) => format!("closed cell {} tools {}", closed.cell_id, closed.tool_call_count),
+            Some(proto::session_event::Event::CellClosed(closed)) => format!(
+                "closed cell {} tools {}",
+                closed.cell_id, closed.tool_call_count
+            ),
             None => "empty event".to_owned(),
         });
     }
@@ -216,11 +295,19 @@ async fn compare(truncation: i32) {
     for index in 0..theirs.len().max(ours.len()) {
         let (a, b) = (theirs.get(index), ours.get(index));
         if a != b {
-            let show = |line: Option<&String>| line.map(|line| line.chars().take(600).collect::<String>()).unwrap_or_default();
+            let show = |line: Option<&String>| {
+                line.map(|line| line.chars().take(600).collect::<String>())
+                    .unwrap_or_default()
+            };
             differences.push(format!("codex: {}\nours:  {}", show(a), show(b)));
         }
     }
-    assert!(differences.is_empty(), "{} lines differ (truncation mode {truncation}):\n{}", differences.len(), differences.join("\n\n"));
+    assert!(
+        differences.is_empty(),
+        "{} lines differ (truncation mode {truncation}):\n{}",
+        differences.len(),
+        differences.join("\n\n")
+    );
     assert!(theirs.len() > corpus().len(), "the corpus ran");
 }
 
@@ -236,6 +323,9 @@ async fn the_corpus_matches_codexs_host_when_the_client_truncates() {
 
 #[test]
 fn stack_positions_are_normalized() {
-    assert_eq!(normalize("Error: x\n    at exec_main.mjs:12:7\n"), "Error: x\n    at exec_main.mjs:L:C\n");
+    assert_eq!(
+        normalize("Error: x\n    at exec_main.mjs:12:7\n"),
+        "Error: x\n    at exec_main.mjs:L:C\n"
+    );
     assert_eq!(normalize("no stack"), "no stack");
 }

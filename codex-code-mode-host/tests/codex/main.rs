@@ -20,8 +20,9 @@ pub fn our_host() -> PathBuf {
 
 /// The npm package directory of codex's Linux binaries.
 pub fn codex_package() -> PathBuf {
-    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl");
+    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
+        "tests/codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl",
+    );
     assert!(
         package.join("bin/codex").is_file(),
         "codex 0.169.0 is not installed at {}: run scripts/test-deps.sh",
@@ -64,7 +65,10 @@ pub fn responder() -> Responder {
 /// The corpus's enabled tools.
 pub fn corpus_tools() -> Vec<proto::ToolDefinition> {
     use codex_code_mode_host::client::tool;
-    vec![tool("echo", "echo", None), tool("ns__search", "search", Some("ns"))]
+    vec![
+        tool("echo", "echo", None),
+        tool("ns__search", "search", Some("ns")),
+    ]
 }
 
 /// Opens a session with codex's usual request and the given truncation mode.
