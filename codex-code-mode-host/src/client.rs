@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// A host process and a client connected to it.
 pub struct StdioHost {
     pub client: CodeModeHostClient<Channel>,
+    channel: Option<Channel>,
     child: Child,
 }
 
@@ -33,10 +34,28 @@ impl StdioHost {
             .take()
             .ok_or_else(|| io::Error::other("no stdout"))?;
         let channel = connect(tokio::io::join(stdout, stdin)).await?;
-        let client = CodeModeHostClient::new(channel)
+        let client = CodeModeHostClient::new(channel.clone())
             .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES);
-        Ok(Self { client, child })
+        Ok(Self {
+            client,
+            channel: Some(channel),
+            child,
+        })
+    }
+
+    /// The channel, for calls the generated client does not make.
+    pub fn channel(&self) -> Channel {
+        self.channel
+            .clone()
+            .unwrap_or_else(|| Endpoint::from_static("http://gone").connect_lazy())
+    }
+
+    /// Drops this handle's channel and client: once no clone of them is left, the
+    /// connection closes, as when codex goes away.
+    pub fn disconnect(&mut self) {
+        self.channel = None;
+        self.client = CodeModeHostClient::new(Endpoint::from_static("http://gone").connect_lazy());
     }
 
     /// The host's pid.
@@ -86,6 +105,16 @@ pub struct Driver {
     /// Every tool invocation so far.
     pub invocations: Arc<Mutex<Vec<crate::proto::ToolInvocation>>>,
     next_execution: u64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Driver {
+    /// The tasks that read the session's streams and answer its calls end with it.
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl Driver {
@@ -109,7 +138,7 @@ impl Driver {
         let session_id = opened.session_id.clone();
         let events = Arc::new(Mutex::new(vec![first]));
         let recorded = events.clone();
-        tokio::spawn(async move {
+        let reading = tokio::spawn(async move {
             while let Some(Ok(event)) = stream.next().await {
                 if let Ok(mut events) = recorded.lock() {
                     events.push(event);
@@ -126,7 +155,7 @@ impl Driver {
         let recorded = invocations.clone();
         let mut answering = client.clone();
         let answer_session = session_id.clone();
-        tokio::spawn(async move {
+        let answering_task = tokio::spawn(async move {
             while let Some(Ok(invocation)) = calls.next().await {
                 if let Ok(mut invocations) = recorded.lock() {
                     invocations.push(invocation.clone());
@@ -156,6 +185,7 @@ impl Driver {
             events,
             invocations,
             next_execution: 0,
+            tasks: vec![reading, answering_task],
         })
     }
 

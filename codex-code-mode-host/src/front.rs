@@ -238,6 +238,8 @@ struct Cell {
     runtime_id: CellId,
     tools: Arc<HashMap<String, (ToolName, ToolKind)>>,
     tool_calls: u64,
+    /// `cell_closed` went out.
+    closed_sent: bool,
 }
 
 #[derive(Default)]
@@ -293,18 +295,29 @@ impl FrontSession {
         lock(&self.state).by_runtime_id.get(runtime_id).cloned()
     }
 
-    /// Forgets a cell that ended and tells the client, once.
-    fn close_cell(&self, runtime_id: &CellId) {
+    /// Tells the client once that a cell is closed, and forgets the cell when `forget`
+    /// (its final outcome was given). A cell the runtime closed without an observer (a
+    /// runtime lost under it, a shutdown) stays known, so that a later `Wait` gets what
+    /// happened to it from the session instead of "not found".
+    fn close_cell(&self, runtime_id: &CellId, forget: bool) {
         let mut state = lock(&self.state);
-        let Some(codex_id) = state.by_runtime_id.remove(runtime_id) else {
+        let Some(codex_id) = state.by_runtime_id.get(runtime_id).cloned() else {
             return;
         };
-        if let Some(cell) = state.cells.remove(&codex_id) {
+        let Some(cell) = state.cells.get_mut(&codex_id) else {
+            return;
+        };
+        if !cell.closed_sent {
+            cell.closed_sent = true;
             let _ = self.events.sender.send(SessionEvent::CellClosed {
-                execution_id: cell.execution_id,
-                cell_id: codex_id,
+                execution_id: cell.execution_id.clone(),
+                cell_id: codex_id.clone(),
                 tool_call_count: cell.tool_calls,
             });
+        }
+        if forget {
+            state.by_runtime_id.remove(runtime_id);
+            state.cells.remove(&codex_id);
         }
     }
 }
@@ -404,7 +417,7 @@ impl CodeModeSessionDelegate for Delegate {
     /// runtime lost with its cells).
     fn cell_closed(&self, cell_id: &CellId) {
         if let Some(front) = self.front() {
-            front.close_cell(cell_id);
+            front.close_cell(cell_id, false);
         }
     }
 }
@@ -489,8 +502,23 @@ impl Front {
             .ok_or_else(|| FrontError::UnknownSession(id.to_owned()))
     }
 
-    /// Starts a cell: `started` is told its id once it is admitted, and the first
-    /// observation is returned.
+    /// Checks an execution before it starts, as codex's host does before it answers:
+    /// a tool call id is required and an execution id is used once. Call it first; its
+    /// errors are the call's status.
+    pub fn claim_execution(&self, execution: &Execution) -> Result<(), FrontError> {
+        if execution.tool_call_id.is_empty() {
+            return Err(FrontError::EmptyToolCallId);
+        }
+        if !execution.execution_id.is_empty()
+            && !lock(&self.executions).insert(execution.execution_id.clone())
+        {
+            return Err(FrontError::ExecutionReused(execution.execution_id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Starts a cell that [`Self::claim_execution`] accepted: `started` is told its id
+    /// once it is admitted, and the first observation is returned.
     pub async fn execute(
         &self,
         session: &Arc<FrontSession>,
@@ -498,14 +526,6 @@ impl Front {
         started: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Outcome, FrontError> {
         let arrived = Instant::now();
-        if execution.tool_call_id.is_empty() {
-            return Err(FrontError::EmptyToolCallId);
-        }
-        if !execution.execution_id.is_empty()
-            && !lock(&self.executions).insert(execution.execution_id.clone())
-        {
-            return Err(FrontError::ExecutionReused(execution.execution_id));
-        }
         let mut tool_map = HashMap::new();
         let mut definitions = Vec::with_capacity(execution.tools.len());
         for tool in &execution.tools {
@@ -534,12 +554,15 @@ impl Front {
         if !execution.tool_call_id.is_empty() {
             request = request.with_tool_call_id(execution.tool_call_id.clone());
         }
+        let admitted: Arc<Mutex<Option<CellId>>> = Arc::default();
+        let admitted_id = admitted.clone();
         let admitted_session = Arc::downgrade(session);
         let execution_id = execution.execution_id.clone();
         let tool_call_id = execution.tool_call_id.clone();
         let hooks = ExecHooks::default()
             .with_preempt(preempt)
             .on_admitted(move |runtime_id| {
+                *lock(&admitted_id) = Some(runtime_id.clone());
                 let Some(session) = admitted_session.upgrade() else {
                     return;
                 };
@@ -558,6 +581,7 @@ impl Front {
                             runtime_id: runtime_id.clone(),
                             tools: tools.clone(),
                             tool_calls: 0,
+                            closed_sent: false,
                         },
                     );
                     codex_id
@@ -570,8 +594,16 @@ impl Front {
                 .preempts
                 .remove(&execution.execution_id);
         }
-        let response = result.map_err(FrontError::Session)?.initial_response;
-        Ok(self.outcome(session, response, execution.max_output_tokens, arrived))
+        let tokens = execution.max_output_tokens;
+        match result {
+            Ok(started) => Ok(self.outcome(session, started.initial_response, tokens, arrived)),
+            // A cell that was admitted fails like a script: codex saw it start.
+            Err(SessionError::RuntimeLost(cause)) => match lock(&admitted).clone() {
+                Some(runtime_id) => Ok(self.lost(session, &runtime_id, &cause, tokens, arrived)),
+                None => Err(FrontError::Session(SessionError::RuntimeLost(cause))),
+            },
+            Err(error) => Err(FrontError::Session(error)),
+        }
     }
 
     /// Observes a cell until it completes, yields or the yield time passes.
@@ -594,7 +626,7 @@ impl Front {
                 .waits
                 .insert(wait_id.clone(), (cancel.clone(), preempt.clone()));
         }
-        let request = WaitRequest::new(runtime_id)
+        let request = WaitRequest::new(runtime_id.clone())
             .with_yield_time_ms(yield_time_ms.unwrap_or(DEFAULT_WAIT_YIELD_MS));
         let result = tokio::select! {
             result = session.session.wait_with(request, Some(preempt)) => Some(result),
@@ -603,9 +635,14 @@ impl Front {
         if let Some(wait_id) = &wait_id {
             lock(&session.state).waits.remove(wait_id);
         }
-        let response = result
-            .ok_or(FrontError::WaitCancelled)?
-            .map_err(FrontError::Session)?;
+        let response = match result.ok_or(FrontError::WaitCancelled)? {
+            Ok(response) => response,
+            Err(SessionError::RuntimeLost(cause)) => {
+                let outcome = self.lost(session, &runtime_id, &cause, max_tokens, arrived);
+                return Ok(Observed::Live(outcome));
+            }
+            Err(error) => return Err(FrontError::Session(error)),
+        };
         if response.is_missing_cell() {
             return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
         }
@@ -624,11 +661,14 @@ impl Front {
         let Some(runtime_id) = self.runtime_id(session, cell_id) else {
             return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
         };
-        let response = session
-            .session
-            .terminate(runtime_id)
-            .await
-            .map_err(FrontError::Session)?;
+        let response = match session.session.terminate(runtime_id.clone()).await {
+            Ok(response) => response,
+            Err(SessionError::RuntimeLost(cause)) => {
+                let outcome = self.lost(session, &runtime_id, &cause, None, arrived);
+                return Ok(Observed::Live(outcome));
+            }
+            Err(error) => return Err(FrontError::Session(error)),
+        };
         if response.is_missing_cell() {
             return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
         }
@@ -725,6 +765,26 @@ impl Front {
         }
     }
 
+    /// The outcome of a cell whose runtime died under it: it failed, with the cause, and
+    /// the session goes on (its next exec runs on a fresh runtime with its stored values).
+    fn lost(
+        &self,
+        session: &FrontSession,
+        runtime_id: &CellId,
+        cause: &str,
+        max_tokens: Option<u64>,
+        arrived: Instant,
+    ) -> Outcome {
+        let response = CellResponse::Result {
+            cell_id: runtime_id.clone(),
+            content_items: Vec::new(),
+            error_text: Some(SessionError::RuntimeLost(cause.to_owned()).to_string()),
+            missing_cell: false,
+            wall_time: Duration::ZERO,
+        };
+        self.outcome(session, response, max_tokens, arrived)
+    }
+
     /// Our response as Codex's outcome: its cell id, the `Script error:` item, the bound.
     fn outcome(
         &self,
@@ -760,7 +820,7 @@ impl Front {
                 bound::truncate_entries(entries, max_tokens.unwrap_or(bound::DEFAULT_MAX_TOKENS));
         }
         if status != Status::Yielded {
-            session.close_cell(&runtime_id);
+            session.close_cell(&runtime_id, true);
         }
         Outcome {
             cell_id,

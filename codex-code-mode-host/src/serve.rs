@@ -71,7 +71,31 @@ where
         .max_header_list_size(16 * 1024);
     let result = builder.serve_connection(TokioIo::new(io), service).await;
     front.close_all().await;
-    result
+    match result {
+        Err(error) if client_went_away(&error) => {
+            tracing::info!(%error, "the client went away");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Whether a connection error is only the client's end of the byte stream (codex exiting,
+/// killed, or dropping its channel): a normal end, not a failure of the host.
+fn client_went_away(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+            );
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// Serves gRPC on TCP, plaintext (loopback only, checked by the caller) or TLS.

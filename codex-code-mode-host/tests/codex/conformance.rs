@@ -1,1 +1,807 @@
-//! Our gRPC front alone: every RPC, the event order, the error codes.
+//! Our gRPC front alone: every RPC, event order, error codes, preempts, cancelled waits,
+//! closing, real process metrics, and what codex's own host cannot do (a runtime killed
+//! under a session, a heap bomb beside a bystander, bytes on stdout that are not HTTP/2).
+
+use crate::{corpus_tools, eventually, open, our_host, spawn};
+use codex_code_mode_host::client::{exec_request, render_outcome};
+use codex_code_mode_host::proto;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+fn outcome_of(events: &[proto::ExecuteEvent]) -> proto::CellOutcome {
+    events
+        .iter()
+        .find_map(|event| match &event.event {
+            Some(proto::execute_event::Event::Outcome(outcome)) => Some(outcome.clone()),
+            _ => None,
+        })
+        .expect("an outcome")
+}
+
+fn live(response: proto::WaitResponse) -> proto::CellOutcome {
+    match response.cell {
+        Some(proto::wait_response::Cell::LiveCell(outcome)) => outcome,
+        other => panic!("expected a live cell, got {other:?}"),
+    }
+}
+
+fn status_of(outcome: &proto::CellOutcome) -> String {
+    render_outcome(outcome)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn execute_streams_started_then_one_outcome_and_numbers_cells() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut driver = open(&host, 2).await;
+    for expected in ["1", "2", "3"] {
+        let mut request = exec_request(r#"text(await tools.echo({n: 1}));"#);
+        request.enabled_tools = corpus_tools();
+        let events = driver.execute(request).await.expect("execute");
+        assert_eq!(events.len(), 2, "started, then one outcome: {events:?}");
+        match &events[0].event {
+            Some(proto::execute_event::Event::Started(started)) => {
+                assert_eq!(started.cell_id, expected);
+                assert!(!started.execution_id.is_empty());
+            }
+            other => panic!("the first event is not `started`: {other:?}"),
+        }
+        let outcome = outcome_of(&events);
+        assert_eq!(outcome.cell_id, expected);
+        assert!(outcome.host_duration_ns > 0, "host_duration_ns is measured");
+        assert_eq!(
+            status_of(&outcome),
+            format!(
+                r#"cell {expected} completed{{error_text: ""}} [text "{{\"echo\":{{\"n\":1}}}}"]"#
+            )
+        );
+    }
+    // Each cell was closed with its tool-call count, before or with its outcome.
+    assert!(eventually(5, || driver.events.lock().unwrap().len() == 4).await);
+    let events = driver.events.lock().unwrap().clone();
+    for (index, event) in events[1..].iter().enumerate() {
+        match &event.event {
+            Some(proto::session_event::Event::CellClosed(closed)) => {
+                assert_eq!(closed.cell_id, (index + 1).to_string());
+                assert_eq!(closed.tool_call_count, 1);
+            }
+            other => panic!("expected cell_closed, got {other:?}"),
+        }
+    }
+    let calls = driver.invocations.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3);
+    for call in &calls {
+        assert!(uuid::Uuid::parse_str(&call.invocation_id).is_ok());
+        assert_eq!(call.runtime_tool_call_id, "tool-1");
+        assert_eq!(call.sequence, 1);
+        assert_eq!(call.session_id, driver.session_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_carry_codexs_status_codes_and_texts() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut client = host.client.clone();
+    let mut driver = open(&host, 2).await;
+
+    let status = client
+        .execute(proto::ExecuteRequest {
+            session_id: "session-1".into(),
+            tool_call_id: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("a non-UUID session id is refused");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::InvalidArgument, "code-mode session ID must be a UUID")
+    );
+
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let status = client
+        .close_session(proto::CloseSessionRequest {
+            session_id: unknown.clone(),
+        })
+        .await
+        .expect_err("an unknown session");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        status.message(),
+        format!("unknown code-mode session {unknown}")
+    );
+
+    let mut request = exec_request("text(1)");
+    request.tool_call_id = String::new();
+    request.session_id = driver.session_id.clone();
+    request.execution_id = uuid::Uuid::new_v4().to_string();
+    let status = client
+        .execute(request)
+        .await
+        .err()
+        .expect("an empty tool call id");
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::InvalidArgument,
+            "code-mode tool call ID must not be empty"
+        )
+    );
+
+    let execution_id = uuid::Uuid::new_v4().to_string();
+    let mut request = exec_request("text(1)");
+    request.execution_id = execution_id.clone();
+    driver
+        .execute(request.clone())
+        .await
+        .expect("the first use of an execution id");
+    let status = driver
+        .execute(request)
+        .await
+        .expect_err("a reused execution id");
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(
+        status.message(),
+        format!("code-mode execution ID `{execution_id}` was reused")
+    );
+
+    let status = client
+        .open_session(proto::OpenSessionRequest {
+            output_truncation: 3,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("an unknown truncation mode");
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::InvalidArgument,
+            "unknown code-mode output truncation mode"
+        )
+    );
+
+    let status = client
+        .yield_observation(proto::YieldObservationRequest {
+            session_id: driver.session_id.clone(),
+            observation_id: String::new(),
+        })
+        .await
+        .expect_err("an observation without an id");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::InvalidArgument, "missing code-mode observation ID")
+    );
+
+    let bogus = uuid::Uuid::new_v4().to_string();
+    let status = client
+        .complete_tool_call(proto::CompleteToolCallRequest {
+            session_id: driver.session_id.clone(),
+            invocation_id: bogus.clone(),
+            result: Some(proto::complete_tool_call_request::Result::Succeeded(
+                proto::ToolCallSucceeded {
+                    output_json: "1".into(),
+                },
+            )),
+        })
+        .await
+        .expect_err("an unknown invocation");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        status.message(),
+        format!("unknown code-mode tool invocation {bogus}")
+    );
+
+    // An answered invocation cannot be answered again.
+    let mut request = exec_request("text(await tools.echo({a: 1}))");
+    request.enabled_tools = corpus_tools();
+    driver
+        .execute(request)
+        .await
+        .expect("a cell with a tool call");
+    let answered = driver
+        .invocations
+        .lock()
+        .unwrap()
+        .last()
+        .expect("a call")
+        .invocation_id
+        .clone();
+    let status = client
+        .complete_tool_call(proto::CompleteToolCallRequest {
+            session_id: driver.session_id.clone(),
+            invocation_id: answered,
+            result: Some(proto::complete_tool_call_request::Result::Failed(
+                proto::ToolCallFailed {
+                    message: "late".into(),
+                },
+            )),
+        })
+        .await
+        .expect_err("a second answer");
+    assert_eq!(status.code(), Code::NotFound);
+
+    // Acknowledging any notification id is fine (codex's host accepts any).
+    client
+        .acknowledge_notification(proto::AcknowledgeNotificationRequest {
+            session_id: driver.session_id.clone(),
+            notification_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .expect("acknowledge");
+
+    // A method the service does not have.
+    let mut grpc = tonic::client::Grpc::new(client_channel(&host));
+    grpc.ready().await.expect("ready");
+    let status = grpc
+        .unary::<proto::Empty, proto::Empty, _>(
+            tonic::Request::new(proto::Empty {}),
+            http::uri::PathAndQuery::from_static("/codex.code_mode.v1.CodeModeHost/NoSuchMethod"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("an unknown method");
+    assert_eq!(status.code(), Code::Unimplemented);
+
+    // A message over 64 MiB.
+    let mut big = exec_request(&"x".repeat(65 * 1024 * 1024));
+    big.session_id = driver.session_id.clone();
+    big.execution_id = uuid::Uuid::new_v4().to_string();
+    big.tool_call_id = "call_big".into();
+    let status = client
+        .clone()
+        .max_encoding_message_size(128 * 1024 * 1024)
+        .execute(big)
+        .await
+        .err()
+        .expect("a message over 64 MiB");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("the limit is: 67108864 bytes"),
+        "{status:?}"
+    );
+
+    // Malformed protobuf: bytes that do not decode as an ExecuteRequest.
+    grpc.ready().await.expect("ready");
+    let status = grpc
+        .unary::<RawBytes, proto::Empty, _>(
+            tonic::Request::new(RawBytes(vec![0x0a, 0xff, 0xff, 0xff])),
+            http::uri::PathAndQuery::from_static("/codex.code_mode.v1.CodeModeHost/CloseSession"),
+            RawCodec,
+        )
+        .await
+        .expect_err("malformed protobuf");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+
+    // After all of that, the host still works.
+    let outcome = driver
+        .run(exec_request(r#"text("still here")"#))
+        .await
+        .expect("execute");
+    assert!(status_of(&outcome).contains(r#"text "still here""#));
+}
+
+fn client_channel(host: &codex_code_mode_host::client::StdioHost) -> tonic::transport::Channel {
+    host.channel()
+}
+
+/// Bytes sent as they are, for malformed messages.
+#[derive(Debug, Clone)]
+struct RawBytes(Vec<u8>);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = RawBytes;
+    type Decode = proto::Empty;
+    type Encoder = RawEncoder;
+    type Decoder =
+        <tonic_prost::ProstCodec<proto::Empty, proto::Empty> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(
+            &mut tonic_prost::ProstCodec::<proto::Empty, proto::Empty>::default(),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = RawBytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: RawBytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item.0);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn yield_observation_preempts_an_execution_and_cancel_wait_ends_a_wait() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut driver = open(&host, 2).await;
+    let mut request =
+        exec_request(r#"text("early"); await new Promise(r => setTimeout(r, 20000));"#);
+    request.session_id = driver.session_id.clone();
+    request.execution_id = uuid::Uuid::new_v4().to_string();
+    request.tool_call_id = "call_1".into();
+    let execution_id = request.execution_id.clone();
+    let mut client = host.client.clone();
+    let started = Instant::now();
+    let execution = tokio::spawn(async move {
+        let mut stream = client.execute(request).await.expect("execute").into_inner();
+        let mut events = Vec::new();
+        while let Some(event) = stream.message().await.expect("an event") {
+            events.push(event);
+        }
+        events
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.client
+        .clone()
+        .yield_observation(proto::YieldObservationRequest {
+            session_id: driver.session_id.clone(),
+            observation_id: execution_id,
+        })
+        .await
+        .expect("yield");
+    let events = execution.await.expect("the execution");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the preempt returned the execution at once"
+    );
+    let outcome = outcome_of(&events);
+    assert_eq!(status_of(&outcome), r#"cell 1 yielded [text "early"]"#);
+
+    // A wait that is cancelled ends CANCELLED; the cell keeps running.
+    let wait_id = uuid::Uuid::new_v4().to_string();
+    let mut client = host.client.clone();
+    let session_id = driver.session_id.clone();
+    let wait_request = proto::WaitRequest {
+        session_id: session_id.clone(),
+        cell_id: "1".into(),
+        wait_id: wait_id.clone(),
+        yield_time_ms: 20_000,
+        max_tokens: None,
+    };
+    let wait = tokio::spawn(async move { client.wait(wait_request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.client
+        .clone()
+        .cancel_wait(proto::CancelWaitRequest {
+            session_id: session_id.clone(),
+            wait_id,
+        })
+        .await
+        .expect("cancel");
+    let status = wait.await.expect("the wait").expect_err("a cancelled wait");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Cancelled, "code-mode wait was cancelled")
+    );
+
+    // A wait can be preempted by its wait id too.
+    let wait_id = uuid::Uuid::new_v4().to_string();
+    let mut client = host.client.clone();
+    let wait_request = proto::WaitRequest {
+        session_id: session_id.clone(),
+        cell_id: "1".into(),
+        wait_id: wait_id.clone(),
+        yield_time_ms: 20_000,
+        max_tokens: None,
+    };
+    let wait = tokio::spawn(async move { client.wait(wait_request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.client
+        .clone()
+        .yield_observation(proto::YieldObservationRequest {
+            session_id: session_id.clone(),
+            observation_id: wait_id,
+        })
+        .await
+        .expect("yield");
+    let response = wait.await.expect("the wait").expect("a preempted wait");
+    assert!(
+        response
+            .metadata()
+            .get(codex_code_mode_host::grpc::BUFFERED_FOR_HEADER)
+            .is_some()
+    );
+    assert_eq!(status_of(&live(response.into_inner())), "cell 1 yielded []");
+
+    // Terminate, then the cell is gone.
+    let terminated = driver.terminate("1").await.expect("terminate");
+    match terminated.cell {
+        Some(proto::terminate_response::Cell::LiveCell(outcome)) => {
+            assert_eq!(status_of(&outcome), "cell 1 terminated []")
+        }
+        other => panic!("expected a live cell, got {other:?}"),
+    }
+    let missing = driver
+        .wait("1", 100, None)
+        .await
+        .expect("wait")
+        .into_inner();
+    match missing.cell {
+        Some(proto::wait_response::Cell::MissingCell(outcome)) => assert_eq!(
+            status_of(&outcome),
+            r#"cell 1 completed{error_text: "exec cell 1 not found"} [text "Script error:\nexec cell 1 not found"]"#
+        ),
+        other => panic!("expected a missing cell, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_session_ends_its_streams_and_forgets_it() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut client = host.client.clone();
+    let mut stream = client
+        .open_session(proto::OpenSessionRequest {
+            output_truncation: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("open")
+        .into_inner();
+    let Some(proto::session_event::Event::Opened(opened)) = stream
+        .message()
+        .await
+        .expect("opened")
+        .and_then(|event| event.event)
+    else {
+        panic!("the first event is `opened`");
+    };
+    assert!(
+        uuid::Uuid::parse_str(&opened.session_id).is_ok(),
+        "session ids are UUIDs"
+    );
+    assert_eq!(opened.output_truncation, 2);
+    let mut calls = client
+        .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
+            session_id: opened.session_id.clone(),
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    client
+        .close_session(proto::CloseSessionRequest {
+            session_id: opened.session_id.clone(),
+        })
+        .await
+        .expect("close");
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the session stream ends");
+    assert!(matches!(ended, Ok(None)), "ended with status 0: {ended:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), calls.message())
+        .await
+        .expect("the tool-call stream ends");
+    assert!(matches!(ended, Ok(None)), "ended with status 0: {ended:?}");
+    let status = client
+        .close_session(proto::CloseSessionRequest {
+            session_id: opened.session_id.clone(),
+        })
+        .await
+        .expect_err("a closed session is unknown");
+    assert_eq!(status.code(), Code::NotFound);
+
+    // A client's own truncation: the reply omits the mode.
+    let mut stream = client
+        .open_session(proto::OpenSessionRequest {
+            output_truncation: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("open")
+        .into_inner();
+    let Some(proto::session_event::Event::Opened(opened)) = stream
+        .message()
+        .await
+        .expect("opened")
+        .and_then(|event| event.event)
+    else {
+        panic!("the first event is `opened`");
+    };
+    assert_eq!(opened.output_truncation, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_metrics_are_answered_for_real() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut driver = open(&host, 2).await;
+    driver
+        .run(exec_request("text(1)"))
+        .await
+        .expect("a cell starts the runtime");
+    let metrics = host
+        .client
+        .clone()
+        .get_process_metrics(proto::GetProcessMetricsRequest {})
+        .await
+        .expect("metrics")
+        .into_inner();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        metrics.process_start_time_seconds > now - 600.0
+            && metrics.process_start_time_seconds <= now + 1.0,
+        "{metrics:?}"
+    );
+    assert!(metrics.runtime_pid > 0, "{metrics:?}");
+    assert!(
+        metrics.runtime_resident_memory_bytes > 1024 * 1024,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics.resident_memory_bytes > metrics.runtime_resident_memory_bytes,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics.cpu_seconds_total >= metrics.runtime_cpu_seconds_total
+            && metrics.cpu_seconds_total > 0.0,
+        "{metrics:?}"
+    );
+}
+
+async fn runtime_pid(host: &codex_code_mode_host::client::StdioHost) -> i32 {
+    let metrics = host
+        .client
+        .clone()
+        .get_process_metrics(proto::GetProcessMetricsRequest {})
+        .await
+        .expect("metrics")
+        .into_inner();
+    i32::try_from(metrics.runtime_pid).expect("a pid")
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_runtime_loses_only_its_running_cells_and_no_stored_value() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut driver = open(&host, 2).await;
+    let outcome = driver
+        .run(exec_request(r#"store("kept", {n: 41}); text("stored");"#))
+        .await
+        .expect("store");
+    assert!(status_of(&outcome).contains("stored"));
+    // A cell waits on the runtime when it is killed.
+    let mut request =
+        exec_request(r#"text("waiting"); await new Promise(r => setTimeout(r, 30000));"#);
+    request.yield_time_ms = 200;
+    let yielded = driver.run(request).await.expect("a running cell");
+    assert_eq!(status_of(&yielded), r#"cell 2 yielded [text "waiting"]"#);
+    let pid = runtime_pid(&host).await;
+    // SAFETY: kill(2) on the runtime process this host started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let lost = live(
+        driver
+            .wait("2", 10_000, None)
+            .await
+            .expect("wait on the lost cell")
+            .into_inner(),
+    );
+    let rendered = status_of(&lost);
+    assert!(
+        rendered.starts_with(r#"cell 2 completed{error_text: "the exec runtime was lost"#),
+        "{rendered}"
+    );
+    // The session goes on, on a fresh runtime, with its stored value.
+    let outcome = driver
+        .run(exec_request(r#"text(load("kept").n + 1);"#))
+        .await
+        .expect("the next exec");
+    assert_eq!(
+        status_of(&outcome),
+        r#"cell 3 completed{error_text: ""} [text "42"]"#
+    );
+    assert_ne!(runtime_pid(&host).await, pid, "a fresh runtime");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heap_bomb_fails_its_cell_and_a_bystander_keeps_working() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut bystander = open(&host, 2).await;
+    bystander
+        .run(exec_request(r#"store("mine", "safe");"#))
+        .await
+        .expect("store");
+    let mut bomber = open(&host, 2).await;
+    let mut request = exec_request("const a = []; while (true) a.push(new Array(1e5).fill(1));");
+    request.yield_time_ms = 60_000;
+    let started = Instant::now();
+    let outcome = bomber.run(request).await.expect("the bomb's outcome");
+    let rendered = status_of(&outcome);
+    assert!(
+        rendered.contains("Out of memory: the cell reached its heap limit"),
+        "{rendered}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let outcome = bystander
+        .run(exec_request(r#"text(load("mine"));"#))
+        .await
+        .expect("the bystander");
+    assert_eq!(
+        status_of(&outcome),
+        r#"cell 2 completed{error_text: ""} [text "safe"]"#
+    );
+    // The limit codex can send is applied: 16 MiB stops a cell that 128 MiB would not.
+    let mut small = crate::Driver::open(
+        host.client.clone(),
+        proto::OpenSessionRequest {
+            output_truncation: 2,
+            cell_execution_limits: Some(proto::SessionCellExecutionLimits {
+                max_yield_time_ms: 0,
+                max_heap_size_bytes: 16 * 1024 * 1024,
+            }),
+            ..Default::default()
+        },
+        crate::responder(),
+    )
+    .await
+    .expect("open");
+    let outcome = small.run(exec_request("const a = []; for (let i = 0; i < 60; i++) a.push(new Array(1e5).fill(1)); text('fits');")).await.expect("run");
+    assert!(
+        status_of(&outcome).contains("Out of memory"),
+        "{}",
+        status_of(&outcome)
+    );
+    let outcome = bystander.run(exec_request("const a = []; for (let i = 0; i < 60; i++) a.push(new Array(1e5).fill(1)); text('fits');")).await.expect("run");
+    assert!(
+        status_of(&outcome).contains(r#"text "fits""#),
+        "{}",
+        status_of(&outcome)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_yield_time_caps_every_observation() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut driver = crate::Driver::open(
+        host.client.clone(),
+        proto::OpenSessionRequest {
+            output_truncation: 2,
+            cell_execution_limits: Some(proto::SessionCellExecutionLimits {
+                max_yield_time_ms: 200,
+                max_heap_size_bytes: 0,
+            }),
+            ..Default::default()
+        },
+        crate::responder(),
+    )
+    .await
+    .expect("open");
+    let started = Instant::now();
+    let outcome = driver
+        .run(exec_request(
+            r#"text("a"); await new Promise(r => setTimeout(r, 5000));"#,
+        ))
+        .await
+        .expect("run");
+    assert_eq!(status_of(&outcome), r#"cell 1 yielded [text "a"]"#);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdout_carries_protocol_bytes_only_whatever_a_cell_throws() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut driver = open(&host, 2).await;
+    for source in [
+        r#"throw new Proxy(new Error("x"), { get() { throw 1 } });"#,
+        r#"throw { toString() { throw new Error("inner") } };"#,
+        r#"Promise.reject(new Proxy({}, { get() { throw 2 } })); text("after");"#,
+    ] {
+        let outcome = driver
+            .run(exec_request(source))
+            .await
+            .expect("the host answers");
+        assert!(!outcome.cell_id.is_empty());
+    }
+    // Another session on the same connection still works: the stream is intact.
+    let mut other = open(&host, 2).await;
+    let outcome = other
+        .run(exec_request(r#"text("intact")"#))
+        .await
+        .expect("execute");
+    assert_eq!(
+        status_of(&outcome),
+        r#"cell 1 completed{error_text: ""} [text "intact"]"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_vanishes_ends_every_cell_and_leaves_no_runtime() {
+    let mut host = spawn(&our_host(), &[]).await;
+    let mut driver = open(&host, 2).await;
+    let mut request = exec_request(r#"await new Promise(r => setTimeout(r, 60000));"#);
+    request.yield_time_ms = 100;
+    driver.run(request).await.expect("a running cell");
+    let runtime = runtime_pid(&host).await;
+    let pid = host.pid().expect("a pid") as i32;
+    drop(driver);
+    host.disconnect();
+    let status = tokio::time::timeout(Duration::from_secs(10), host.child().wait())
+        .await
+        .expect("the host exits")
+        .expect("wait");
+    assert!(
+        status.success(),
+        "a client going away is a clean end: {status:?}"
+    );
+    assert!(!alive(pid));
+    assert!(
+        eventually(10, || !alive(runtime)).await,
+        "the runtime process {runtime} is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_instead_of_http2_gets_an_error_and_nothing_else_on_stdout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut child = tokio::process::Command::new(our_host())
+        .args(["--listen", "grpc+stdio://"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nthis is not HTTP/2 at all\r\n")
+        .await
+        .unwrap();
+    let mut stdout = Vec::new();
+    let mut out = child.stdout.take().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = out.read_to_end(&mut stdout).await;
+        child.wait().await
+    })
+    .await
+    .expect("the host ends the connection")
+    .expect("wait");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        stderr.contains("the gRPC connection on stdio failed"),
+        "{stderr}"
+    );
+    // Only HTTP/2 frames went out: a SETTINGS frame first, then frames of known types.
+    let mut at = 0;
+    let mut kinds = Vec::new();
+    while at + 9 <= stdout.len() {
+        let length = u32::from_be_bytes([0, stdout[at], stdout[at + 1], stdout[at + 2]]) as usize;
+        kinds.push(stdout[at + 3]);
+        at += 9 + length;
+    }
+    assert_eq!(
+        at,
+        stdout.len(),
+        "stdout is a whole number of frames: {stdout:?}"
+    );
+    assert_eq!(kinds.first(), Some(&4), "SETTINGS first: {kinds:?}");
+    assert!(kinds.iter().all(|kind| *kind <= 9), "{kinds:?}");
+}
