@@ -588,7 +588,20 @@ impl Front {
                 };
                 started(&codex_id);
             });
-        let result = session.session.execute_with(request, hooks).await;
+        let mut result = session
+            .session
+            .execute_with(request.clone(), hooks.clone())
+            .await;
+        // The runtime died before it admitted the cell (found dead when the exec went
+        // out): nothing of the cell ran and none of its tool calls can have been sent,
+        // since a cell's callbacks follow its admission. It runs once more on the fresh
+        // runtime that now holds the session's stored values.
+        if matches!(result, Err(SessionError::RuntimeLost(_))) && lock(&admitted).is_none() {
+            tracing::info!(
+                "the runtime was lost before it admitted the cell; running it on a fresh one"
+            );
+            result = session.session.execute_with(request, hooks).await;
+        }
         if !execution.execution_id.is_empty() {
             lock(&session.state)
                 .preempts
