@@ -463,8 +463,6 @@ impl Front {
         if sessions.contains_key(&id) {
             return Err(FrontError::SessionAlreadyOpen(id));
         }
-        let mut options = SessionOptions::default();
-        options.max_yield_time_ms = limits.max_yield_time_ms.filter(|ms| *ms > 0);
         let mut cell_limits = CellLimits::default();
         if let Some(heap) = limits.max_heap_size_bytes.filter(|bytes| *bytes > 0) {
             cell_limits.heap_bytes = heap;
@@ -472,7 +470,11 @@ impl Front {
         if let Some(pending) = max_pending_delegate_calls.filter(|count| *count > 0) {
             cell_limits.max_in_flight_tool_calls = pending;
         }
-        options.limits = cell_limits;
+        let options = SessionOptions {
+            max_yield_time_ms: limits.max_yield_time_ms.filter(|ms| *ms > 0),
+            limits: cell_limits,
+            ..SessionOptions::default()
+        };
         let delegate = Arc::new(Delegate {
             session: std::sync::OnceLock::new(),
         });

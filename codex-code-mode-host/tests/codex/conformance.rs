@@ -90,8 +90,7 @@ async fn errors_carry_codexs_status_codes_and_texts() {
             ..Default::default()
         })
         .await
-        .err()
-        .expect("a non-UUID session id is refused");
+        .expect_err("a non-UUID session id is refused");
     assert_eq!(
         (status.code(), status.message()),
         (Code::InvalidArgument, "code-mode session ID must be a UUID")
@@ -117,8 +116,7 @@ async fn errors_carry_codexs_status_codes_and_texts() {
     let status = client
         .execute(request)
         .await
-        .err()
-        .expect("an empty tool call id");
+        .expect_err("an empty tool call id");
     assert_eq!(
         (status.code(), status.message()),
         (
@@ -150,8 +148,7 @@ async fn errors_carry_codexs_status_codes_and_texts() {
             ..Default::default()
         })
         .await
-        .err()
-        .expect("an unknown truncation mode");
+        .expect_err("an unknown truncation mode");
     assert_eq!(
         (status.code(), status.message()),
         (
@@ -252,8 +249,7 @@ async fn errors_carry_codexs_status_codes_and_texts() {
         .max_encoding_message_size(128 * 1024 * 1024)
         .execute(big)
         .await
-        .err()
-        .expect("a message over 64 MiB");
+        .expect_err("a message over 64 MiB");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(
         status.message().contains("the limit is: 67108864 bytes"),
