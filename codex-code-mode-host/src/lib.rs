@@ -16,6 +16,7 @@ pub mod bound;
 pub mod client;
 pub mod front;
 pub mod grpc;
+pub mod install;
 
 pub mod metrics;
 pub mod serve;

@@ -14,10 +14,19 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(
     name = "codex-code-mode-host",
-    version,
-    about = "Codex's code-mode host, running cells in the code-mode runtime"
+    version = concat!(env!("CARGO_PKG_VERSION"), " (code-mode)"),
+    about = "Codex's code-mode host, running cells in the code-mode runtime",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Say which host the codex install (--codex, or `codex` on PATH) runs, and exit.
+    #[arg(long)]
+    check: bool,
+    /// The codex executable (or npm's `codex` launcher) of the install to check.
+    #[arg(long, value_name = "PATH")]
+    codex: Option<PathBuf>,
     /// `grpc+stdio://` (gRPC on stdin/stdout, codex's default), `stdio` (the JSON
     /// protocol) or `grpc://IP:PORT`.
     #[arg(long, default_value = "stdio")]
@@ -37,8 +46,110 @@ struct Cli {
     runtime: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Put this host (and its runtime) where a codex install finds it.
+    Install {
+        /// The codex executable or npm launcher (default: `codex` on PATH).
+        #[arg(long, value_name = "PATH")]
+        codex: Option<PathBuf>,
+    },
+    /// Remove what `install` put there and restore codex's own host.
+    Uninstall {
+        /// The codex executable or npm launcher (default: `codex` on PATH).
+        #[arg(long, value_name = "PATH")]
+        codex: Option<PathBuf>,
+    },
+    /// Say which host a codex install runs.
+    Check {
+        /// The codex executable or npm launcher (default: `codex` on PATH).
+        #[arg(long, value_name = "PATH")]
+        codex: Option<PathBuf>,
+    },
+}
+
+/// `install`, `uninstall` and `check`: what they did goes to stdout (nothing serves
+/// the protocol in these modes).
+#[expect(
+    clippy::print_stdout,
+    reason = "the install commands report to the user"
+)]
+fn manage(command: Command) -> ExitCode {
+    use codex_code_mode_host::install::CodexInstall;
+    let (Command::Install { codex } | Command::Uninstall { codex } | Command::Check { codex }) =
+        &command;
+    let install = match CodexInstall::locate(codex.as_deref()) {
+        Ok(install) => install,
+        Err(error) => {
+            eprintln!("codex-code-mode-host: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result =
+        match command {
+            Command::Check { .. } => {
+                let choice = install.check();
+                println!("codex: {}", install.codex.display());
+                match &choice.path {
+                    Some(path) if choice.ours => {
+                        println!("host: {} (this code-mode host)", path.display());
+                    }
+                    Some(path) => println!("host: {} (codex's own host)", path.display()),
+                    None => println!("host: none found; codex's code mode will be unavailable"),
+                }
+                for path in &choice.searched {
+                    println!("searched: {}", path.display());
+                }
+                Ok(())
+            }
+            Command::Install { .. } => std::env::current_exe()
+                .map_err(|error| format!("cannot find this executable: {error}"))
+                .and_then(|host| {
+                    let runtime =
+                        code_mode_host::find_binary(None).map_err(|error| error.to_string())?;
+                    install
+                        .install(&host, &runtime)
+                        .map_err(|error| error.to_string())
+                })
+                .map(|written| {
+                    for path in written {
+                        println!("installed: {}", path.display());
+                    }
+                    println!("codex {} now runs this host", install.codex.display());
+                }),
+            Command::Uninstall { .. } => install
+                .uninstall()
+                .map_err(|error| error.to_string())
+                .map(|removed| {
+                    for path in removed {
+                        println!("removed: {}", path.display());
+                    }
+                    let choice = install.check();
+                    match choice.path {
+                        Some(path) => println!("codex runs {} again", path.display()),
+                        None => println!("no host is left for codex"),
+                    }
+                }),
+        };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("codex-code-mode-host: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.check {
+        return manage(Command::Check {
+            codex: cli.codex.take(),
+        });
+    }
+    if let Some(command) = cli.command.take() {
+        return manage(command);
+    }
     let listen: Listen = match cli.listen.parse() {
         Ok(listen) => listen,
         Err(error) => {

@@ -208,13 +208,17 @@ fn layout(name: &str) -> Layout {
         &package.join("codex-package.json"),
         &root.join("pkg/codex-package.json"),
     );
-    let ours = crate::our_host();
-    link_or_copy(
-        &ours,
-        &root.join("pkg/codex-resources/codex-code-mode-host"),
+    // Our host goes in with its own `install`, as a user puts it in place.
+    let installed = std::process::Command::new(crate::our_host())
+        .args(["install", "--codex"])
+        .arg(root.join("pkg/bin/codex"))
+        .output()
+        .expect("run install");
+    assert!(
+        installed.status.success(),
+        "install: {}",
+        String::from_utf8_lossy(&installed.stderr)
     );
-    let runtime = ours.parent().unwrap().join("code-mode-bin");
-    link_or_copy(&runtime, &root.join("pkg/codex-resources/code-mode-bin"));
     Layout { root }
 }
 

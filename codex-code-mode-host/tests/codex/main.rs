@@ -8,6 +8,7 @@
 mod cli;
 mod conformance;
 mod differential;
+mod install;
 
 use codex_code_mode_host::client::{Driver, Responder, StdioHost};
 use codex_code_mode_host::proto;
