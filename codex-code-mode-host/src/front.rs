@@ -737,8 +737,10 @@ impl Front {
     pub async fn close_session(&self, session: &Arc<FrontSession>) {
         lock(&self.sessions).remove(&session.id);
         lock(&session.state).closed = true;
-        session.closed.cancel();
+        // The cells it stops are reported closed on the session's streams, which end
+        // after that.
         session.session.shutdown().await;
+        session.closed.cancel();
         let mut state = lock(&session.state);
         state.pending_calls.clear();
         state.cells.clear();

@@ -17,6 +17,7 @@ pub mod client;
 pub mod front;
 pub mod grpc;
 pub mod install;
+pub mod json;
 
 pub mod metrics;
 pub mod serve;

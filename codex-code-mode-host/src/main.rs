@@ -257,8 +257,12 @@ async fn run(
             .await
             .map_err(|error| format!("cannot serve on {address}: {error}"))
         }
-        (Listen::JsonStdio, Some(_protocol)) => {
-            Err("the JSON protocol is not built yet".to_owned())
+        (Listen::JsonStdio, Some(protocol)) => {
+            let input = stdio::reader(protocol.input).map_err(|error| error.to_string())?;
+            let output = stdio::writer(protocol.output).map_err(|error| error.to_string())?;
+            codex_code_mode_host::json::serve_json(provider, input, output)
+                .await
+                .map_err(|error| error.to_string())
         }
         (_, None) => Err("stdio was not taken".to_owned()),
     }

@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod differential;
 mod install;
+mod json;
 
 use codex_code_mode_host::client::{Driver, Responder, StdioHost};
 use codex_code_mode_host::proto;

@@ -1,0 +1,512 @@
+//! Codex's JSON host protocol on stdio (`code_mode_host_grpc = false`): frames of a `u32`
+//! little-endian length and UTF-8 JSON both ways. `connection/hello` → `connection/ready`,
+//! then `operation/request`s (`session/open`, `session/execute`, `session/wait`,
+//! `session/terminate`, `session/shutdown`) with `operation/yield` and `operation/cancel`;
+//! the host asks for tool calls and delivers notifications with `delegate/request`, and
+//! reports closed cells with `cell/closed`. Messages are translated to [`Front`] calls.
+//!
+//! A frame that is not JSON, or not a known message, is logged and skipped (codex's own
+//! host exits on it); a frame over [`MAX_FRAME_BYTES`] cannot be skipped safely and ends
+//! the connection with an error.
+
+use crate::front::{
+    ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Observed, Outcome,
+    SessionEvent, Status, ToolName, Truncation,
+};
+use code_mode_host::ProcessProvider;
+use code_mode_host::protocol::{ContentItem, JsonText, ToolError, ToolKind};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The largest frame either way (64 MiB, as gRPC's message limit).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// The protocol versions this host speaks.
+pub const VERSIONS: [u64; 1] = [1];
+
+/// The capabilities this host offers.
+pub const CAPABILITIES: [&str; 4] = [
+    "bounded-output-v1",
+    "delegate-capacity-4096",
+    "session-cell-execution-resource-limits",
+    "yield-observation",
+];
+
+/// Why the JSON connection ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    #[error("reading the JSON protocol failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a frame of {0} bytes is over the limit of {MAX_FRAME_BYTES} bytes")]
+    FrameTooLarge(usize),
+    #[error("the client's hello was refused: {0}")]
+    Rejected(String),
+}
+
+/// An operation in flight: what `operation/yield` and `operation/cancel` reach.
+#[derive(Clone)]
+struct Operation {
+    cancel: CancellationToken,
+    /// The execution id (for an execute) or wait id (for a wait) to preempt.
+    observation: Option<(Arc<FrontSession>, String)>,
+}
+
+struct Connection {
+    front: Arc<Front>,
+    out: mpsc::UnboundedSender<Value>,
+    operations: Mutex<HashMap<u64, Operation>>,
+    /// Delegate request id → (session, invocation id).
+    delegates: Mutex<HashMap<u64, (Arc<FrontSession>, String)>>,
+    next_delegate: std::sync::atomic::AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<Option<Vec<u8>>, JsonError> {
+    let mut length = [0u8; 4];
+    match input.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error.into()),
+    }
+    let length = u32::from_le_bytes(length) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Err(JsonError::FrameTooLarge(length));
+    }
+    let mut frame = vec![0u8; length];
+    input.read_exact(&mut frame).await?;
+    Ok(Some(frame))
+}
+
+/// Serves the JSON protocol on one byte stream until the client closes it.
+pub async fn serve_json<R, W>(
+    provider: ProcessProvider,
+    mut input: R,
+    mut output: W,
+) -> Result<(), JsonError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out, mut outgoing) = mpsc::unbounded_channel::<Value>();
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            let bytes = message.to_string().into_bytes();
+            let length = u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes();
+            if output.write_all(&length).await.is_err() || output.write_all(&bytes).await.is_err() {
+                return;
+            }
+            let _ = output.flush().await;
+        }
+    });
+    let result = async {
+        let Some(hello) = read_frame(&mut input).await? else {
+            return Ok(());
+        };
+        let hello: Value = serde_json::from_slice(&hello).unwrap_or(Value::Null);
+        match handshake(&hello) {
+            Ok(ready) => {
+                let _ = out.send(ready);
+            }
+            Err((rejection, reason)) => {
+                let _ = out.send(rejection);
+                return Err(JsonError::Rejected(reason));
+            }
+        }
+        let connection = Arc::new(Connection {
+            front: Arc::new(Front::new(provider)),
+            out: out.clone(),
+            operations: Mutex::new(HashMap::new()),
+            delegates: Mutex::new(HashMap::new()),
+            next_delegate: std::sync::atomic::AtomicU64::new(1),
+        });
+        let ended = loop {
+            let frame = match read_frame(&mut input).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            };
+            match serde_json::from_slice::<Value>(&frame) {
+                Ok(message) => connection.clone().handle(message),
+                Err(error) => tracing::warn!(%error, "skipped a frame that is not JSON"),
+            }
+        };
+        connection.front.close_all().await;
+        ended
+    }
+    .await;
+    drop(out);
+    let _ = writer.await;
+    result
+}
+
+/// The answer to `connection/hello`: ready, or a rejection with its reason.
+fn handshake(hello: &Value) -> Result<Value, (Value, String)> {
+    let reject = |reason: Value| {
+        let text = reason.to_string();
+        (
+            json!({"type": "connection/rejected", "reason": reason}),
+            text,
+        )
+    };
+    if hello["type"] != "connection/hello" {
+        return Err(reject(
+            json!({"type": "invalidHello", "message": "the first message must be connection/hello"}),
+        ));
+    }
+    let supported: Vec<u64> = hello["supportedVersions"]
+        .as_array()
+        .map(|versions| versions.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let Some(version) = VERSIONS
+        .iter()
+        .copied()
+        .filter(|version| supported.contains(version))
+        .max()
+    else {
+        return Err(reject(
+            json!({"type": "noCompatibleVersion", "supportedVersions": VERSIONS}),
+        ));
+    };
+    let names = |key: &str| -> Vec<String> {
+        hello[key]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| name.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let required = names("requiredCapabilities");
+    if let Some(missing) = required
+        .iter()
+        .find(|name| !CAPABILITIES.contains(&name.as_str()))
+    {
+        return Err(reject(
+            json!({"type": "missingRequiredCapability", "capability": missing}),
+        ));
+    }
+    let optional = names("optionalCapabilities");
+    let granted: Vec<&str> = CAPABILITIES
+        .iter()
+        .copied()
+        .filter(|name| required.iter().chain(&optional).any(|asked| asked == name))
+        .collect();
+    Ok(json!({"type": "connection/ready", "selectedVersion": version, "capabilities": granted}))
+}
+
+fn item_json(item: &ContentItem) -> Value {
+    match item {
+        ContentItem::InputText { text } => json!({"type": "input_text", "text": text}),
+        ContentItem::InputImage { image_url, detail } => {
+            json!({"type": "input_image", "image_url": image_url, "detail": detail.as_str()})
+        }
+        ContentItem::InputAudio { audio_url } => {
+            json!({"type": "input_audio", "audio_url": audio_url})
+        }
+    }
+}
+
+fn nanos(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// An outcome as the JSON protocol writes it (`Result`, `Yielded` or `Terminated`).
+fn outcome_json(outcome: &Outcome) -> Value {
+    let items: Vec<Value> = outcome.items.iter().map(item_json).collect();
+    let duration = nanos(outcome.host_duration);
+    match &outcome.status {
+        Status::Completed { error_text } => json!({"Result": {
+            "cell_id": outcome.cell_id, "content_items": items, "error_text": error_text,
+            "result_buffered_for_ns": nanos(outcome.buffered_for), "code_mode_host_duration_ns": duration}}),
+        Status::Yielded => {
+            json!({"Yielded": {"cell_id": outcome.cell_id, "content_items": items, "code_mode_host_duration_ns": duration}})
+        }
+        Status::Terminated => {
+            json!({"Terminated": {"cell_id": outcome.cell_id, "content_items": items, "code_mode_host_duration_ns": duration}})
+        }
+    }
+}
+
+fn observed_json(observed: &Observed) -> Value {
+    match observed {
+        Observed::Live(outcome) => {
+            json!({"type": "wait/completed", "outcome": {"LiveCell": outcome_json(outcome)}})
+        }
+        Observed::Missing(outcome) => {
+            json!({"type": "wait/completed", "outcome": {"MissingCell": outcome_json(outcome)}})
+        }
+    }
+}
+
+fn ok(value: Value) -> Value {
+    json!({"status": "ok", "value": value})
+}
+
+fn error(message: impl std::fmt::Display) -> Value {
+    json!({"status": "error", "message": message.to_string()})
+}
+
+/// The text of a failed operation: the front's error, or what a cancel says.
+const CANCELLED: &str = "code-mode request cancelled";
+
+fn enabled_tool(tool: &Value) -> EnabledTool {
+    let js_name = tool["name"].as_str().unwrap_or_default().to_owned();
+    let name = tool["tool_name"]["name"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| js_name.clone());
+    EnabledTool {
+        tool_name: ToolName {
+            name,
+            namespace: tool["tool_name"]["namespace"]
+                .as_str()
+                .filter(|namespace| !namespace.is_empty())
+                .map(str::to_owned),
+        },
+        description: tool["description"].as_str().unwrap_or_default().to_owned(),
+        kind: if tool["kind"] == "freeform" {
+            ToolKind::Freeform
+        } else {
+            ToolKind::Function
+        },
+        js_name,
+    }
+}
+
+impl Connection {
+    fn send(&self, message: Value) {
+        let _ = self.out.send(message);
+    }
+
+    fn respond(&self, id: u64, result: Value) {
+        self.send(json!({"type": "operation/response", "id": id, "result": result}));
+    }
+
+    fn handle(self: Arc<Self>, message: Value) {
+        match message["type"].as_str().unwrap_or_default() {
+            "operation/request" => {
+                let Some(id) = message["id"].as_u64() else {
+                    tracing::warn!("skipped an operation without a numeric id");
+                    return;
+                };
+                tokio::spawn(self.operation(id, message["request"].clone()));
+            }
+            "operation/yield" => {
+                if let Some(operation) = message["id"]
+                    .as_u64()
+                    .and_then(|id| lock(&self.operations).get(&id).cloned())
+                    && let Some((session, observation)) = &operation.observation
+                {
+                    let _ = self.front.yield_observation(session, observation);
+                }
+            }
+            "operation/cancel" => {
+                if let Some(operation) = message["id"]
+                    .as_u64()
+                    .and_then(|id| lock(&self.operations).get(&id).cloned())
+                {
+                    operation.cancel.cancel();
+                }
+            }
+            "delegate/response" => {
+                let Some((session, invocation)) = message["id"]
+                    .as_u64()
+                    .and_then(|id| lock(&self.delegates).remove(&id))
+                else {
+                    return;
+                };
+                let result = &message["result"];
+                let answer = if result["status"] == "ok" {
+                    let value = &result["value"]["result"];
+                    Ok(JsonText::new(value.to_string()))
+                } else {
+                    Err(ToolError::new(
+                        result["message"].as_str().unwrap_or("tool call failed"),
+                    ))
+                };
+                let _ = self.front.complete_tool_call(&session, &invocation, answer);
+            }
+            other => tracing::warn!(kind = other, "skipped an unknown message"),
+        }
+    }
+
+    /// Streams a session's tool calls, notifications and closed cells as frames.
+    fn forward(self: &Arc<Self>, session: &Arc<FrontSession>) {
+        let (Some(mut invocations), Some(mut events)) = (session.invocations(), session.events())
+        else {
+            return;
+        };
+        let connection = self.clone();
+        let closed = session.closed();
+        let session = session.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    invocation = invocations.recv() => {
+                        let Some(invocation) = invocation else { return };
+                        let id = connection.next_delegate.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        lock(&connection.delegates).insert(id, (session.clone(), invocation.invocation_id.clone()));
+                        let input = if invocation.input_json.is_empty() {
+                            Value::Null
+                        } else {
+                            serde_json::from_str(&invocation.input_json).unwrap_or(Value::String(invocation.input_json.clone()))
+                        };
+                        connection.send(json!({"type": "delegate/request", "id": id, "sessionId": session.id(), "request": {
+                            "type": "tool/invoke", "invocation": {
+                                "cell_id": invocation.cell_id, "runtime_tool_call_id": invocation.runtime_tool_call_id,
+                                "tool_name": {"name": invocation.tool_name.name, "namespace": invocation.tool_name.namespace},
+                                "tool_kind": invocation.kind.as_str(), "input": input}}}));
+                    }
+                    event = events.recv() => {
+                        match event {
+                            Some(SessionEvent::Notification { cell_id, call_id, text, .. }) => {
+                                let id = connection.next_delegate.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                connection.send(json!({"type": "delegate/request", "id": id, "sessionId": session.id(), "request": {
+                                    "type": "notification/send", "callId": call_id, "cellId": cell_id, "text": text}}));
+                            }
+                            Some(SessionEvent::CellClosed { cell_id, .. }) => {
+                                connection.send(json!({"type": "cell/closed", "sessionId": session.id(), "cellId": cell_id}));
+                            }
+                            None => return,
+                        }
+                    }
+                    () = closed.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    async fn operation(self: Arc<Self>, id: u64, request: Value) {
+        let cancel = CancellationToken::new();
+        lock(&self.operations).insert(
+            id,
+            Operation {
+                cancel: cancel.clone(),
+                observation: None,
+            },
+        );
+        let work = self.clone().run(id, request);
+        let result = tokio::select! {
+            result = work => result,
+            () = cancel.cancelled() => Err(CANCELLED.to_owned()),
+        };
+        lock(&self.operations).remove(&id);
+        match result {
+            Ok(Some(value)) => self.respond(id, ok(value)),
+            Ok(None) => {}
+            Err(message) => self.respond(id, error(message)),
+        }
+    }
+
+    fn observe(&self, id: u64, session: &Arc<FrontSession>, observation: String) {
+        if let Some(operation) = lock(&self.operations).get_mut(&id) {
+            operation.observation = Some((session.clone(), observation));
+        }
+    }
+
+    /// Runs one operation; `Ok(None)` when it already answered (an execute).
+    async fn run(self: Arc<Self>, id: u64, request: Value) -> Result<Option<Value>, String> {
+        let text = |error: FrontError| error.to_string();
+        let session_id = request["sessionId"].as_str().unwrap_or_default().to_owned();
+        match request["method"].as_str().unwrap_or_default() {
+            "session/open" => {
+                let truncation = match request["outputTruncation"].as_str() {
+                    Some("client") => Truncation::Client,
+                    None | Some("server") => Truncation::Server,
+                    Some(_) => return Err(FrontError::UnknownTruncation.to_string()),
+                };
+                let limits = &request["cellExecutionLimits"];
+                let limits = ClientLimits {
+                    max_yield_time_ms: limits["maxYieldTimeMs"].as_u64(),
+                    max_heap_size_bytes: limits["maxHeapSizeBytes"].as_u64(),
+                };
+                let session = self
+                    .front
+                    .open_session(Some(session_id.clone()), truncation, limits, Some(4096))
+                    .map_err(text)?;
+                self.forward(&session);
+                Ok(Some(
+                    json!({"type": "session/ready", "sessionId": session_id}),
+                ))
+            }
+            "session/execute" => {
+                let session = self.front.session(&session_id, false).map_err(text)?;
+                let body = &request["request"];
+                let execution = Execution {
+                    execution_id: format!("json-{id}-{}", uuid::Uuid::new_v4()),
+                    tool_call_id: body["tool_call_id"].as_str().unwrap_or_default().to_owned(),
+                    source: body["source"].as_str().unwrap_or_default().to_owned(),
+                    tools: body["enabled_tools"]
+                        .as_array()
+                        .map(|tools| tools.iter().map(enabled_tool).collect())
+                        .unwrap_or_default(),
+                    yield_time_ms: body["yield_time_ms"].as_u64(),
+                    max_output_tokens: body["max_output_tokens"].as_u64(),
+                };
+                self.front.claim_execution(&execution).map_err(text)?;
+                self.observe(id, &session, execution.execution_id.clone());
+                let connection = self.clone();
+                let started = move |cell_id: &str| {
+                    connection.respond(
+                        id,
+                        ok(json!({"type": "execution/started", "cellId": cell_id})),
+                    );
+                };
+                let outcome = self.front.execute(&session, execution, started).await;
+                let result = match outcome {
+                    Ok(outcome) => ok(outcome_json(&outcome)),
+                    Err(failure) => error(failure),
+                };
+                self.send(json!({"type": "execute/initialResponse", "id": id, "result": result}));
+                Ok(None)
+            }
+            "session/wait" => {
+                let session = self.front.session(&session_id, false).map_err(text)?;
+                let body = &request["request"];
+                let wait_id = format!("json-wait-{id}");
+                self.observe(id, &session, wait_id.clone());
+                let observed = self
+                    .front
+                    .wait(
+                        &session,
+                        body["cell_id"].as_str().unwrap_or_default(),
+                        Some(wait_id),
+                        body["yield_time_ms"].as_u64(),
+                        request["maxOutputTokens"].as_u64(),
+                    )
+                    .await
+                    .map_err(text)?;
+                Ok(Some(observed_json(&observed)))
+            }
+            "session/terminate" => {
+                let session = self.front.session(&session_id, false).map_err(text)?;
+                let observed = self
+                    .front
+                    .terminate(&session, request["cellId"].as_str().unwrap_or_default())
+                    .await
+                    .map_err(text)?;
+                Ok(Some(observed_json(&observed)))
+            }
+            "session/shutdown" => {
+                let session = self.front.session(&session_id, false).map_err(text)?;
+                self.front.close_session(&session).await;
+                Ok(Some(
+                    json!({"type": "session/closed", "sessionId": session_id}),
+                ))
+            }
+            other => Err(format!("unknown code-mode method `{other}`")),
+        }
+    }
+}
