@@ -1,0 +1,257 @@
+//! Codex's own `codex-code-mode-host` against ours, through one gRPC client on stdio, as
+//! codex drives them: interleaved round by round in one run.
+//!
+//! `cargo build --release -p codex-code-mode-host -p code-mode-bin` first, and
+//! `scripts/test-deps.sh` for codex's host; then
+//! `cargo bench --bench codex_hosts -- [--rounds N] [--iterations M] [--calls K]`.
+//!
+//! Per host and round: cold (spawn to the first result: process start, OpenSession,
+//! SubscribeToToolCalls and one `text("bench")`), warm `text("bench")` execs with 0 and
+//! with 128 enabled tools (the tool list is sent whole on every exec, as codex does), and
+//! the cost of one nested tool call (a cell making K sequential calls, less a cell making
+//! none, over K). Each figure is the client's wall time; the host's own
+//! `host_duration_ns` is given beside the warm execs.
+
+use codex_code_mode_host::client::{Driver, Responder, StdioHost, exec_request, tool};
+use codex_code_mode_host::proto;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Options {
+    rounds: usize,
+    iterations: usize,
+    calls: usize,
+    hosts: Vec<(String, PathBuf)>,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        rounds: 5,
+        iterations: 60,
+        calls: 20,
+        hosts: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut number = || {
+            args.next()
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        };
+        match arg.as_str() {
+            "--rounds" => options.rounds = number().max(1),
+            "--iterations" => options.iterations = number().max(1),
+            "--calls" => options.calls = number().max(1),
+            "--host" => {
+                if let Some(path) = args.next() {
+                    options.hosts.push((path.clone(), PathBuf::from(path)));
+                }
+            }
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    if options.hosts.is_empty() {
+        let release = std::env::current_exe()
+            .ok()
+            .and_then(|exe| {
+                exe.parent()?
+                    .parent()
+                    .map(|dir| dir.join("codex-code-mode-host"))
+            })
+            .unwrap_or_default();
+        options.hosts.push(("ours".to_owned(), release));
+        let codex = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
+            "../codex-code-mode-host/tests/codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex-code-mode-host",
+        );
+        if codex.is_file() {
+            options.hosts.push(("codex".to_owned(), codex));
+        } else {
+            eprintln!(
+                "codex's host is not installed ({}); run scripts/test-deps.sh to compare",
+                codex.display()
+            );
+        }
+    }
+    options
+}
+
+#[derive(Default)]
+struct Figures {
+    cold: Vec<f64>,
+    warm: Vec<f64>,
+    warm_host: Vec<f64>,
+    warm_128: Vec<f64>,
+    warm_128_host: Vec<f64>,
+    call: Vec<f64>,
+}
+
+fn tools(count: usize) -> Vec<proto::ToolDefinition> {
+    (0..count)
+        .map(|index| {
+            let mut definition = tool(&format!("t{index}"), &format!("t{index}"), Some("bench"));
+            definition.description = format!(
+                "Tool number {index} of the bench.\n\ndeclare const tools: {{ t{index}(args: {{ i?: number }}): Promise<unknown> }};"
+            );
+            definition
+        })
+        .collect()
+}
+
+fn millis(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+async fn exec(driver: &mut Driver, source: &str, enabled: &[proto::ToolDefinition]) -> (f64, f64) {
+    let mut request = exec_request(source);
+    request.enabled_tools = enabled.to_vec();
+    let started = Instant::now();
+    let outcome = driver.run(request).await.expect("an outcome");
+    let wall = millis(started.elapsed());
+    match &outcome.status {
+        Some(proto::cell_outcome::Status::Completed(completed))
+            if completed.error_text.is_empty() => {}
+        other => panic!("the bench cell failed: {other:?}"),
+    }
+    (wall, outcome.host_duration_ns as f64 / 1e6)
+}
+
+async fn round(path: &std::path::Path, options: &Options, figures: &mut Figures) {
+    let responder: Responder = Arc::new(|call| Ok(format!("{{\"ok\":{}}}", call.sequence)));
+    let started = Instant::now();
+    let mut command = tokio::process::Command::new(path);
+    command
+        .args(["--listen", "grpc+stdio://"])
+        .stderr(std::process::Stdio::null());
+    let host = StdioHost::spawn(command).await.expect("spawn the host");
+    let mut driver = Driver::open(
+        host.client.clone(),
+        proto::OpenSessionRequest {
+            output_truncation: 2,
+            max_pending_delegate_calls: 4096,
+            ..Default::default()
+        },
+        responder,
+    )
+    .await
+    .expect("open a session");
+    exec(&mut driver, r#"text("bench")"#, &[]).await;
+    figures.cold.push(millis(started.elapsed()));
+    let none = tools(0);
+    let many = tools(128);
+    for _ in 0..3 {
+        exec(&mut driver, r#"text("bench")"#, &none).await;
+        exec(&mut driver, r#"text("bench")"#, &many).await;
+    }
+    for _ in 0..options.iterations {
+        let (wall, host) = exec(&mut driver, r#"text("bench")"#, &none).await;
+        figures.warm.push(wall);
+        figures.warm_host.push(host);
+    }
+    for _ in 0..options.iterations {
+        let (wall, host) = exec(&mut driver, r#"text("bench")"#, &many).await;
+        figures.warm_128.push(wall);
+        figures.warm_128_host.push(host);
+    }
+    let caller = tools(1);
+    let calls = format!(
+        r#"for (let i = 0; i < {}; i++) await tools.t0({{i}}); text("bench")"#,
+        options.calls
+    );
+    let mut base = Vec::new();
+    let mut with_calls = Vec::new();
+    for _ in 0..options.iterations.div_ceil(4) {
+        base.push(exec(&mut driver, r#"text("bench")"#, &caller).await.0);
+        with_calls.push(exec(&mut driver, &calls, &caller).await.0);
+    }
+    let baseline = median(&base);
+    figures.call.extend(
+        with_calls
+            .iter()
+            .map(|total| ((total - baseline) / options.calls as f64).max(0.0)),
+    );
+    let _ = driver.close().await;
+}
+
+fn median(values: &[f64]) -> f64 {
+    percentile(values, 0.5)
+}
+
+fn percentile(values: &[f64], fraction: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+fn show(milliseconds: f64) -> String {
+    if milliseconds >= 10.0 {
+        format!("{milliseconds:.1} ms")
+    } else {
+        format!("{:.0} µs", milliseconds * 1e3)
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's table is its output")]
+fn main() {
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut figures: Vec<Figures> = options.hosts.iter().map(|_| Figures::default()).collect();
+    for _ in 0..options.rounds {
+        for ((_, path), figures) in options.hosts.iter().zip(&mut figures) {
+            runtime.block_on(round(path, &options, figures));
+        }
+    }
+    let rows: [(&str, fn(&Figures) -> &Vec<f64>); 6] = [
+        ("cold: spawn → first result", |f| &f.cold),
+        ("warm exec, 0 tools", |f| &f.warm),
+        ("  host_duration_ns", |f| &f.warm_host),
+        ("warm exec, 128 tools", |f| &f.warm_128),
+        ("  host_duration_ns", |f| &f.warm_128_host),
+        ("one nested tool call", |f| &f.call),
+    ];
+    println!(
+        "rounds {} (interleaved), {} warm execs per round and tool count, {} calls per tool cell",
+        options.rounds, options.iterations, options.calls
+    );
+    println!(
+        "{:<28} {:<8} {:>8} {:>10} {:>10} {:>10}",
+        "figure", "host", "samples", "p50", "p95", "mean"
+    );
+    for (name, field) in rows {
+        for ((host, _), figures) in options.hosts.iter().zip(&figures) {
+            let values = field(figures);
+            println!(
+                "{name:<28} {host:<8} {:>8} {:>10} {:>10} {:>10}",
+                values.len(),
+                show(median(values)),
+                show(percentile(values, 0.95)),
+                show(mean(values))
+            );
+        }
+        if figures.len() == 2 {
+            let (ours, theirs) = (field(&figures[0]), field(&figures[1]));
+            println!(
+                "{name:<28} {:<8} {:>8} {:>10} {:>10} {:>10}",
+                "ratio",
+                "",
+                format!("{:.1}×", median(theirs) / median(ours)),
+                format!("{:.1}×", percentile(theirs, 0.95) / percentile(ours, 0.95)),
+                format!("{:.1}×", mean(theirs) / mean(ours))
+            );
+        }
+    }
+}
