@@ -202,6 +202,9 @@ fn show(milliseconds: f64) -> String {
     }
 }
 
+/// One figure of [`Figures`].
+type Field = fn(&Figures) -> &Vec<f64>;
+
 #[allow(clippy::print_stdout, reason = "the benchmark's table is its output")]
 fn main() {
     let options = options();
@@ -215,7 +218,7 @@ fn main() {
             runtime.block_on(round(path, &options, figures));
         }
     }
-    let rows: [(&str, fn(&Figures) -> &Vec<f64>); 6] = [
+    let rows: [(&str, Field); 6] = [
         ("cold: spawn → first result", |f| &f.cold),
         ("warm exec, 0 tools", |f| &f.warm),
         ("  host_duration_ns", |f| &f.warm_host),
