@@ -13,6 +13,7 @@
 //! asked the host to truncate.
 
 use crate::bound;
+use code_mode_host::protocol::model::replace_lone_surrogate_escapes;
 use code_mode_host::protocol::session::BoxFuture;
 use code_mode_host::protocol::{
     CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
@@ -361,10 +362,12 @@ impl CodeModeSessionDelegate for Delegate {
                 call.kind,
             ));
             // A call with no argument carries an empty input, as codex's host sends it.
+            // Lone surrogate halves become U+FFFD, as everywhere text leaves a cell: a
+            // strict JSON parser on the client's side refuses them.
             let input_json = call
                 .input
                 .as_ref()
-                .map(|text| text.as_str().to_owned())
+                .map(|text| replace_lone_surrogate_escapes(text.as_str()).into_owned())
                 .unwrap_or_default();
             let invocation = Invocation {
                 session_id: front.id.clone(),
@@ -422,18 +425,38 @@ impl CodeModeSessionDelegate for Delegate {
     }
 }
 
+/// What every connection's front shares: the runtime provider and the cell limits that
+/// apply where a client sets none.
+#[derive(Clone)]
+pub struct Settings {
+    pub provider: ProcessProvider,
+    pub limits: CellLimits,
+}
+
+impl Settings {
+    /// Our default limits over `provider`.
+    pub fn new(provider: ProcessProvider) -> Self {
+        Self {
+            provider,
+            limits: CellLimits::default(),
+        }
+    }
+}
+
 /// The host's sessions over one runtime provider.
 pub struct Front {
     provider: ProcessProvider,
+    limits: CellLimits,
     sessions: Mutex<HashMap<String, Arc<FrontSession>>>,
     executions: Mutex<HashSet<String>>,
     started: Instant,
 }
 
 impl Front {
-    pub fn new(provider: ProcessProvider) -> Self {
+    pub fn new(settings: Settings) -> Self {
         Self {
-            provider,
+            provider: settings.provider,
+            limits: settings.limits,
             sessions: Mutex::new(HashMap::new()),
             executions: Mutex::new(HashSet::new()),
             started: Instant::now(),
@@ -463,7 +486,7 @@ impl Front {
         if sessions.contains_key(&id) {
             return Err(FrontError::SessionAlreadyOpen(id));
         }
-        let mut cell_limits = CellLimits::default();
+        let mut cell_limits = self.limits;
         if let Some(heap) = limits.max_heap_size_bytes.filter(|bytes| *bytes > 0) {
             cell_limits.heap_bytes = heap;
         }

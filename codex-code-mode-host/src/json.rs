@@ -11,9 +11,8 @@
 
 use crate::front::{
     ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Observed, Outcome,
-    SessionEvent, Status, ToolName, Truncation,
+    SessionEvent, Settings, Status, ToolName, Truncation,
 };
-use code_mode_host::ProcessProvider;
 use code_mode_host::protocol::{ContentItem, JsonText, ToolError, ToolKind};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -88,7 +87,7 @@ async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<Option<Vec<u8
 
 /// Serves the JSON protocol on one byte stream until the client closes it.
 pub async fn serve_json<R, W>(
-    provider: ProcessProvider,
+    settings: Settings,
     mut input: R,
     mut output: W,
 ) -> Result<(), JsonError>
@@ -122,7 +121,7 @@ where
             }
         }
         let connection = Arc::new(Connection {
-            front: Arc::new(Front::new(provider)),
+            front: Arc::new(Front::new(settings)),
             out: out.clone(),
             operations: Mutex::new(HashMap::new()),
             delegates: Mutex::new(HashMap::new()),

@@ -44,6 +44,9 @@ struct Cli {
     /// executable, then PATH).
     #[arg(long)]
     runtime: Option<PathBuf>,
+    /// CPU time each cell may use, in milliseconds (codex sends no such limit).
+    #[arg(long, value_name = "MS", default_value_t = code_mode_host::protocol::session::DEFAULT_CPU_BUDGET_MS)]
+    cpu_budget_ms: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -212,6 +215,8 @@ async fn run(
         ..ProcessConfig::default()
     })
     .map_err(|error| error.to_string())?;
+    let mut settings = codex_code_mode_host::front::Settings::new(provider.clone());
+    settings.limits.cpu_budget_ms = cli.cpu_budget_ms;
     // The runtime starts while the client connects, so the first exec does not wait.
     let warm = provider.clone();
     tokio::spawn(async move {
@@ -223,7 +228,7 @@ async fn run(
         (Listen::GrpcStdio, Some(protocol)) => {
             let input = stdio::reader(protocol.input).map_err(|error| error.to_string())?;
             let output = stdio::writer(protocol.output).map_err(|error| error.to_string())?;
-            serve::serve_grpc_connection(provider, tokio::io::join(input, output))
+            serve::serve_grpc_connection(settings, tokio::io::join(input, output))
                 .await
                 .map_err(|error| format!("the gRPC connection on stdio failed: {error}"))
         }
@@ -250,7 +255,7 @@ async fn run(
                     None
                 }
             };
-            serve::serve_grpc_tcp(provider, address, tls, |bound| {
+            serve::serve_grpc_tcp(settings, address, tls, |bound| {
                 tracing::info!(%bound, "listening");
                 eprintln!("codex-code-mode-host: listening on grpc://{bound}");
             })
@@ -260,7 +265,7 @@ async fn run(
         (Listen::JsonStdio, Some(protocol)) => {
             let input = stdio::reader(protocol.input).map_err(|error| error.to_string())?;
             let output = stdio::writer(protocol.output).map_err(|error| error.to_string())?;
-            codex_code_mode_host::json::serve_json(provider, input, output)
+            codex_code_mode_host::json::serve_json(settings, input, output)
                 .await
                 .map_err(|error| error.to_string())
         }

@@ -3,9 +3,8 @@
 //! stdio. Each client connection gets a [`Front`] of its own over the shared runtime
 //! provider, so that when a client goes away every cell of its sessions ends.
 
-use crate::front::Front;
+use crate::front::{Front, Settings};
 use crate::grpc::Service;
-use code_mode_host::ProcessProvider;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
@@ -56,11 +55,11 @@ impl Listen {
 
 /// Serves one HTTP/2 connection with a front of its own; returns when the connection ends,
 /// after every session of the connection was closed.
-pub async fn serve_grpc_connection<I>(provider: ProcessProvider, io: I) -> Result<(), hyper::Error>
+pub async fn serve_grpc_connection<I>(settings: Settings, io: I) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let front = Arc::new(Front::new(provider));
+    let front = Arc::new(Front::new(settings));
     let routes = tonic::service::Routes::new(Service::new(front.clone()).into_server());
     let service = TowerToHyperService::new(routes);
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -100,7 +99,7 @@ fn client_went_away(error: &hyper::Error) -> bool {
 
 /// Serves gRPC on TCP, plaintext (loopback only, checked by the caller) or TLS.
 pub async fn serve_grpc_tcp(
-    provider: ProcessProvider,
+    settings: Settings,
     address: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
     bound: impl FnOnce(SocketAddr),
@@ -111,18 +110,18 @@ pub async fn serve_grpc_tcp(
     loop {
         let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let provider = provider.clone();
+        let settings = settings.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let result = match acceptor {
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => serve_grpc_connection(provider, stream).await,
+                    Ok(stream) => serve_grpc_connection(settings, stream).await,
                     Err(error) => {
                         tracing::warn!(%peer, %error, "TLS handshake failed");
                         return;
                     }
                 },
-                None => serve_grpc_connection(provider, stream).await,
+                None => serve_grpc_connection(settings, stream).await,
             };
             if let Err(error) = result {
                 tracing::warn!(%peer, %error, "gRPC connection ended with an error");

@@ -11,6 +11,7 @@
 
 pub mod chaos;
 pub mod delegate;
+pub mod hostile;
 pub mod loss;
 pub mod proxy;
 pub mod remote;

@@ -8,6 +8,7 @@
 mod cli;
 mod conformance;
 mod differential;
+mod hostile;
 mod install;
 mod json;
 
