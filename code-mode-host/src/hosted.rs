@@ -334,6 +334,40 @@ impl HostedSession {
         self.call_on(connection, session, call, hooks).await
     }
 
+    /// Runs an `Execute`. When the runtime turns out to be dead before it admitted the
+    /// cell (it died after the previous call, and the host learns it from this one), the
+    /// exec runs once more on a fresh runtime, as contract §7 promises the next call does:
+    /// nothing of the cell ran that anyone saw, and none of its tool calls can have been
+    /// sent, since the runtime reports a cell's admission before any of its callbacks.
+    async fn start_cell(
+        &self,
+        request: ExecRequest,
+        hooks: RequestHooks,
+    ) -> Result<(Arc<Connection>, StartedCell), SessionError> {
+        let admitted = Arc::new(AtomicBool::new(false));
+        let told = hooks.admitted.clone();
+        let flag = Arc::clone(&admitted);
+        let hooks = RequestHooks {
+            admitted: Some(Arc::new(move |cell_id: &CellId| {
+                flag.store(true, Ordering::SeqCst);
+                if let Some(told) = &told {
+                    told(cell_id);
+                }
+            })),
+            ..hooks
+        };
+        match self
+            .call(SessionCall::Execute(request.clone()), hooks.clone())
+            .await
+        {
+            Err(SessionError::RuntimeLost(cause)) if !admitted.load(Ordering::SeqCst) => {
+                tracing::info!(%cause, "the runtime was lost before it admitted the cell; running it on a fresh one");
+                self.call(SessionCall::Execute(request), hooks).await
+            }
+            other => other,
+        }
+    }
+
     /// Runs a call that names a cell, on the connection the cell id was translated for.
     /// `None` when the id belongs to another runtime generation (a missing cell).
     ///
@@ -476,8 +510,7 @@ impl CodeModeSession for HostedSession {
                 admitted: hooks.admitted,
                 preempt: hooks.preempt,
             };
-            let (connection, started): (_, StartedCell) =
-                self.call(SessionCall::Execute(request), hooks).await?;
+            let (connection, started): (_, StartedCell) = self.start_cell(request, hooks).await?;
             Ok(StartedCell {
                 cell_id: connection.external_cell_id(&started.cell_id),
                 initial_response: external_response(&connection, started.initial_response, None),

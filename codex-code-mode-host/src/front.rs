@@ -613,20 +613,9 @@ impl Front {
                 };
                 started(&codex_id);
             });
-        let mut result = session
-            .session
-            .execute_with(request.clone(), hooks.clone())
-            .await;
-        // The runtime died before it admitted the cell (found dead when the exec went
-        // out): nothing of the cell ran and none of its tool calls can have been sent,
-        // since a cell's callbacks follow its admission. It runs once more on the fresh
-        // runtime that now holds the session's stored values.
-        if matches!(result, Err(SessionError::RuntimeLost(_))) && lock(&admitted).is_none() {
-            tracing::info!(
-                "the runtime was lost before it admitted the cell; running it on a fresh one"
-            );
-            result = session.session.execute_with(request, hooks).await;
-        }
+        // A runtime found dead before it admitted the cell runs it on a fresh one inside
+        // the host crate; a loss after admission fails the cell below.
+        let result = session.session.execute_with(request, hooks).await;
         if !execution.execution_id.is_empty() {
             lock(&session.state)
                 .preempts
