@@ -26,6 +26,14 @@ use tokio_util::sync::CancellationToken;
 /// runtime's load until the session lets go of it.
 pub(crate) trait RuntimeSource: Send + Sync + 'static {
     fn place(&self) -> BoxFuture<'_, Result<Placed, HostError>>;
+
+    /// Whether an `Execute` that found its runtime lost before the cell was admitted runs
+    /// once more on a fresh runtime: where a lost runtime is gone for sure and a fresh one
+    /// starts at once (the supervised local process). A remote runtime may be alive behind
+    /// a broken network, and its loss is reported as it is.
+    fn reruns_unadmitted(&self) -> bool {
+        false
+    }
 }
 
 /// How many runtimes a session tries when the one it was placed on is draining.
@@ -360,7 +368,9 @@ impl HostedSession {
             .call(SessionCall::Execute(request.clone()), hooks.clone())
             .await
         {
-            Err(SessionError::RuntimeLost(cause)) if !admitted.load(Ordering::SeqCst) => {
+            Err(SessionError::RuntimeLost(cause))
+                if !admitted.load(Ordering::SeqCst) && self.provider.reruns_unadmitted() =>
+            {
                 tracing::info!(%cause, "the runtime was lost before it admitted the cell; running it on a fresh one");
                 self.call(SessionCall::Execute(request), hooks).await
             }

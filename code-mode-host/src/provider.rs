@@ -230,4 +230,9 @@ impl RuntimeSource for ProviderInner {
     fn place(&self) -> BoxFuture<'_, Result<Placed, HostError>> {
         Box::pin(async move { self.connection().await.map(Placed::new) })
     }
+
+    /// A lost local runtime is a process that ended; the next one is spawned at once.
+    fn reruns_unadmitted(&self) -> bool {
+        true
+    }
 }

@@ -19,7 +19,15 @@ pub struct StdioHost {
 impl StdioHost {
     /// Spawns `command` with piped stdin and stdout (stderr as the command says) and
     /// connects to it over HTTP/2 with prior knowledge, as codex does.
-    pub async fn spawn(mut command: Command) -> io::Result<Self> {
+    pub async fn spawn(command: Command) -> io::Result<Self> {
+        Self::spawn_with(command, |endpoint| endpoint).await
+    }
+
+    /// [`Self::spawn`] with the client's endpoint set up by `configure` (keepalive, ...).
+    pub async fn spawn_with(
+        mut command: Command,
+        configure: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> io::Result<Self> {
         command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -33,7 +41,7 @@ impl StdioHost {
             .stdout
             .take()
             .ok_or_else(|| io::Error::other("no stdout"))?;
-        let channel = connect(tokio::io::join(stdout, stdin)).await?;
+        let channel = connect_with(tokio::io::join(stdout, stdin), configure).await?;
         let client = CodeModeHostClient::new(channel.clone())
             .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::grpc::MAX_MESSAGE_BYTES);
@@ -74,6 +82,17 @@ pub async fn connect<I>(io: I) -> io::Result<Channel>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    connect_with(io, |endpoint| endpoint).await
+}
+
+/// [`connect`] with the endpoint set up by `configure`.
+pub async fn connect_with<I>(
+    io: I,
+    configure: impl FnOnce(Endpoint) -> Endpoint,
+) -> io::Result<Channel>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let slot = Arc::new(Mutex::new(Some(io)));
     let connector = tower::service_fn(move |_: Uri| {
         let io = slot.lock().ok().and_then(|mut slot| slot.take());
@@ -82,7 +101,7 @@ where
                 .ok_or_else(|| io::Error::other("the stdio connection was already used"))
         }
     });
-    Endpoint::from_static("http://code-mode-host")
+    configure(Endpoint::from_static("http://code-mode-host"))
         .connect_with_connector(connector)
         .await
         .map_err(io::Error::other)

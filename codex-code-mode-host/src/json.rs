@@ -61,6 +61,9 @@ struct Connection {
     /// Delegate request id → (session, invocation id).
     delegates: Mutex<HashMap<u64, (Arc<FrontSession>, String)>>,
     next_delegate: std::sync::atomic::AtomicU64,
+    /// Each session's forwarding task, awaited at shutdown so that the cells it closes
+    /// are reported before `session/closed`.
+    forwarders: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,6 +129,7 @@ where
             operations: Mutex::new(HashMap::new()),
             delegates: Mutex::new(HashMap::new()),
             next_delegate: std::sync::atomic::AtomicU64::new(1),
+            forwarders: Mutex::new(HashMap::new()),
         });
         let ended = loop {
             let frame = match read_frame(&mut input).await {
@@ -348,8 +352,9 @@ impl Connection {
         };
         let connection = self.clone();
         let closed = session.closed();
+        let id = session.id().to_owned();
         let session = session.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     biased;
@@ -385,6 +390,7 @@ impl Connection {
                 }
             }
         });
+        lock(&self.forwarders).insert(id, task);
     }
 
     async fn operation(self: Arc<Self>, id: u64, request: Value) {
@@ -501,6 +507,11 @@ impl Connection {
             "session/shutdown" => {
                 let session = self.front.session(&session_id, false).map_err(text)?;
                 self.front.close_session(&session).await;
+                // Its streams drain before they end: every `cell/closed` goes out first.
+                let forwarder = lock(&self.forwarders).remove(&session_id);
+                if let Some(forwarder) = forwarder {
+                    let _ = forwarder.await;
+                }
                 Ok(Some(
                     json!({"type": "session/closed", "sessionId": session_id}),
                 ))

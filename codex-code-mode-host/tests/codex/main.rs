@@ -11,6 +11,7 @@ mod differential;
 mod hostile;
 mod install;
 mod json;
+mod stdio;
 
 use codex_code_mode_host::client::{Driver, Responder, StdioHost};
 use codex_code_mode_host::proto;
@@ -50,6 +51,26 @@ pub async fn spawn(binary: &std::path::Path, extra_args: &[&str]) -> StdioHost {
     StdioHost::spawn(command)
         .await
         .unwrap_or_else(|error| panic!("spawn {}: {error}", binary.display()))
+}
+
+/// Our host with a client that pings every `interval` and gives up on a PING that is not
+/// answered within `timeout`.
+pub async fn spawn_with_keepalive(
+    interval: std::time::Duration,
+    timeout: std::time::Duration,
+) -> StdioHost {
+    let mut command = tokio::process::Command::new(our_host());
+    command
+        .args(["--listen", "grpc+stdio://"])
+        .stderr(std::process::Stdio::null());
+    StdioHost::spawn_with(command, |endpoint| {
+        endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(true)
+    })
+    .await
+    .expect("spawn")
 }
 
 /// The tools of the corpus: `echo` answers its input, `ns__search` (tool `search` in
