@@ -662,20 +662,8 @@ impl Front {
         if let Some(wait_id) = &wait_id {
             lock(&session.state).waits.remove(wait_id);
         }
-        let response = match result.ok_or(FrontError::WaitCancelled)? {
-            Ok(response) => response,
-            Err(SessionError::RuntimeLost(cause)) => {
-                let outcome = self.lost(session, &runtime_id, &cause, max_tokens, arrived);
-                return Ok(Observed::Live(outcome));
-            }
-            Err(error) => return Err(FrontError::Session(error)),
-        };
-        if response.is_missing_cell() {
-            return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
-        }
-        Ok(Observed::Live(
-            self.outcome(session, response, max_tokens, arrived),
-        ))
+        let result = result.ok_or(FrontError::WaitCancelled)?;
+        self.observed(session, cell_id, &runtime_id, result, max_tokens, arrived)
     }
 
     /// Terminates a cell.
@@ -688,20 +676,33 @@ impl Front {
         let Some(runtime_id) = self.runtime_id(session, cell_id) else {
             return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
         };
-        let response = match session.session.terminate(runtime_id.clone()).await {
-            Ok(response) => response,
-            Err(SessionError::RuntimeLost(cause)) => {
-                let outcome = self.lost(session, &runtime_id, &cause, None, arrived);
-                return Ok(Observed::Live(outcome));
+        let result = session.session.terminate(runtime_id.clone()).await;
+        self.observed(session, cell_id, &runtime_id, result, None, arrived)
+    }
+
+    /// A `Wait` or `Terminate` answer from our session's: a cell lost with its runtime
+    /// fails like a script, an id the runtime no longer knows is the missing outcome.
+    fn observed(
+        &self,
+        session: &FrontSession,
+        cell_id: &str,
+        runtime_id: &CellId,
+        result: Result<CellResponse, SessionError>,
+        max_tokens: Option<u64>,
+        arrived: Instant,
+    ) -> Result<Observed, FrontError> {
+        match result {
+            Ok(response) if response.is_missing_cell() => {
+                Ok(Observed::Missing(self.missing(session, cell_id, arrived)))
             }
-            Err(error) => return Err(FrontError::Session(error)),
-        };
-        if response.is_missing_cell() {
-            return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
+            Ok(response) => Ok(Observed::Live(
+                self.outcome(session, response, max_tokens, arrived),
+            )),
+            Err(SessionError::RuntimeLost(cause)) => Ok(Observed::Live(
+                self.lost(session, runtime_id, &cause, max_tokens, arrived),
+            )),
+            Err(error) => Err(FrontError::Session(error)),
         }
-        Ok(Observed::Live(
-            self.outcome(session, response, None, arrived),
-        ))
     }
 
     /// Answers a tool invocation.

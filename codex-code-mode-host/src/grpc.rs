@@ -2,8 +2,8 @@
 //! and status codes only; what happens is the front's.
 
 use crate::front::{
-    ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Observed, Outcome,
-    SessionEvent, Status, ToolName, Truncation,
+    ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Invocation, Lease,
+    Observed, Outcome, SessionEvent, Status, ToolName, Truncation,
 };
 use crate::metrics;
 use crate::proto::{self, code_mode_host_server::CodeModeHost};
@@ -14,6 +14,7 @@ use futures_util::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
 /// The header a `Wait` response carries: how long its result was buffered, in ns.
@@ -229,7 +230,7 @@ impl CodeModeHost for Service {
             .front
             .open_session(None, truncation, limits, pending)
             .map_err(status)?;
-        let mut events = session.events().ok_or_else(|| {
+        let events = session.events().ok_or_else(|| {
             tonic::Status::failed_precondition("session events already streaming")
         })?;
         let opened = proto::SessionEvent {
@@ -241,26 +242,7 @@ impl CodeModeHost for Service {
                 },
             })),
         };
-        let closed = session.closed();
-        let stream = async_stream(move |sender| async move {
-            if sender.send(Ok(opened)).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    biased;
-                    event = events.recv() => match event {
-                        Some(event) => {
-                            if sender.send(Ok(proto_event(event))).await.is_err() {
-                                return;
-                            }
-                        }
-                        None => return,
-                    },
-                    () = closed.cancelled() => return,
-                }
-            }
-        });
+        let stream = lease_stream(events, session.closed(), Some(opened), proto_event);
         Ok(Response::new(stream))
     }
 
@@ -269,41 +251,12 @@ impl CodeModeHost for Service {
         request: Request<proto::SubscribeToToolCallsRequest>,
     ) -> Result<Response<Self::SubscribeToToolCallsStream>, tonic::Status> {
         let session = self.session(&request.into_inner().session_id)?;
-        let mut invocations = session.invocations().ok_or_else(|| {
+        let invocations = session.invocations().ok_or_else(|| {
             tonic::Status::failed_precondition(
                 "this session's tool calls are already subscribed to",
             )
         })?;
-        let closed = session.closed();
-        let stream = async_stream(move |sender| async move {
-            loop {
-                tokio::select! {
-                    invocation = invocations.recv() => match invocation {
-                        Some(invocation) => {
-                            let message = proto::ToolInvocation {
-                                session_id: invocation.session_id,
-                                execution_id: invocation.execution_id,
-                                cell_id: invocation.cell_id,
-                                invocation_id: invocation.invocation_id,
-                                runtime_tool_call_id: invocation.runtime_tool_call_id,
-                                tool_name: Some(proto::ToolName {
-                                    name: invocation.tool_name.name,
-                                    namespace: invocation.tool_name.namespace.unwrap_or_default(),
-                                }),
-                                kind: proto_kind(invocation.kind),
-                                input_json: invocation.input_json,
-                                sequence: invocation.sequence,
-                            };
-                            if sender.send(Ok(message)).await.is_err() {
-                                return;
-                            }
-                        }
-                        None => return,
-                    },
-                    () = closed.cancelled() => return,
-                }
-            }
-        });
+        let stream = lease_stream(invocations, session.closed(), None, proto_invocation);
         Ok(Response::new(stream))
     }
 
@@ -472,6 +425,59 @@ impl CodeModeHost for Service {
         let snapshot = metrics::snapshot(runtime_pid)
             .map_err(|error| tonic::Status::internal(format!("process metrics: {error}")))?;
         Ok(Response::new(snapshot))
+    }
+}
+
+/// A session stream: `first` (if any), then what `lease` gives, converted by `convert`,
+/// until the session is closed. What the lease holds when it closes still goes out first:
+/// the session's last events (cells its shutdown closed) come before the end.
+fn lease_stream<T, U>(
+    mut lease: Lease<T>,
+    closed: CancellationToken,
+    first: Option<U>,
+    convert: fn(T) -> U,
+) -> EventStream<U>
+where
+    T: Send + 'static,
+    U: Send + 'static,
+{
+    async_stream(move |sender| async move {
+        if let Some(first) = first
+            && sender.send(Ok(first)).await.is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                item = lease.recv() => match item {
+                    Some(item) => {
+                        if sender.send(Ok(convert(item))).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                () = closed.cancelled() => return,
+            }
+        }
+    })
+}
+
+fn proto_invocation(invocation: Invocation) -> proto::ToolInvocation {
+    proto::ToolInvocation {
+        session_id: invocation.session_id,
+        execution_id: invocation.execution_id,
+        cell_id: invocation.cell_id,
+        invocation_id: invocation.invocation_id,
+        runtime_tool_call_id: invocation.runtime_tool_call_id,
+        tool_name: Some(proto::ToolName {
+            name: invocation.tool_name.name,
+            namespace: invocation.tool_name.namespace.unwrap_or_default(),
+        }),
+        kind: proto_kind(invocation.kind),
+        input_json: invocation.input_json,
+        sequence: invocation.sequence,
     }
 }
 

@@ -438,26 +438,35 @@ async fn yield_observation_preempts_an_execution_and_cancel_wait_ends_a_wait() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn close_session_ends_its_streams_and_forgets_it() {
-    let host = spawn(&our_host(), &[]).await;
-    let mut client = host.client.clone();
+/// `OpenSession` by hand: its stream and its `opened` event.
+async fn open_raw(
+    client: &mut proto::code_mode_host_client::CodeModeHostClient<tonic::transport::Channel>,
+    truncation: i32,
+) -> (tonic::Streaming<proto::SessionEvent>, proto::SessionOpened) {
     let mut stream = client
         .open_session(proto::OpenSessionRequest {
-            output_truncation: 2,
+            output_truncation: truncation,
             ..Default::default()
         })
         .await
         .expect("open")
         .into_inner();
-    let Some(proto::session_event::Event::Opened(opened)) = stream
+    let event = stream
         .message()
         .await
         .expect("opened")
-        .and_then(|event| event.event)
-    else {
-        panic!("the first event is `opened`");
+        .and_then(|event| event.event);
+    let Some(proto::session_event::Event::Opened(opened)) = event else {
+        panic!("the first event is `opened`: {event:?}");
     };
+    (stream, opened)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_session_ends_its_streams_and_forgets_it() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut client = host.client.clone();
+    let (mut stream, opened) = open_raw(&mut client, 2).await;
     assert!(
         uuid::Uuid::parse_str(&opened.session_id).is_ok(),
         "session ids are UUIDs"
@@ -493,22 +502,7 @@ async fn close_session_ends_its_streams_and_forgets_it() {
     assert_eq!(status.code(), Code::NotFound);
 
     // A client's own truncation: the reply omits the mode.
-    let mut stream = client
-        .open_session(proto::OpenSessionRequest {
-            output_truncation: 1,
-            ..Default::default()
-        })
-        .await
-        .expect("open")
-        .into_inner();
-    let Some(proto::session_event::Event::Opened(opened)) = stream
-        .message()
-        .await
-        .expect("opened")
-        .and_then(|event| event.event)
-    else {
-        panic!("the first event is `opened`");
-    };
+    let (_stream, opened) = open_raw(&mut client, 1).await;
     assert_eq!(opened.output_truncation, 0);
 }
 
