@@ -323,6 +323,30 @@ impl tonic::codec::Encoder for RawEncoder {
     }
 }
 
+type WaitTask =
+    tokio::task::JoinHandle<Result<tonic::Response<proto::WaitResponse>, tonic::Status>>;
+
+/// A 20 s `Wait` on `cell_id`, running in the background: its wait id and its task. It is
+/// given 300 ms to reach the host (nothing outside the host can see it arrive).
+async fn background_wait(
+    host: &codex_code_mode_host::client::StdioHost,
+    session_id: &str,
+    cell_id: &str,
+) -> (String, WaitTask) {
+    let wait_id = uuid::Uuid::new_v4().to_string();
+    let mut client = host.client.clone();
+    let request = proto::WaitRequest {
+        session_id: session_id.to_owned(),
+        cell_id: cell_id.to_owned(),
+        wait_id: wait_id.clone(),
+        yield_time_ms: 20_000,
+        max_tokens: None,
+    };
+    let wait = tokio::spawn(async move { client.wait(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (wait_id, wait)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn yield_observation_preempts_an_execution_and_cancel_wait_ends_a_wait() {
     let host = spawn(&our_host(), &[]).await;
@@ -361,18 +385,8 @@ async fn yield_observation_preempts_an_execution_and_cancel_wait_ends_a_wait() {
     assert_eq!(status_of(&outcome), r#"cell 1 yielded [text "early"]"#);
 
     // A wait that is cancelled ends CANCELLED; the cell keeps running.
-    let wait_id = uuid::Uuid::new_v4().to_string();
-    let mut client = host.client.clone();
     let session_id = driver.session_id.clone();
-    let wait_request = proto::WaitRequest {
-        session_id: session_id.clone(),
-        cell_id: "1".into(),
-        wait_id: wait_id.clone(),
-        yield_time_ms: 20_000,
-        max_tokens: None,
-    };
-    let wait = tokio::spawn(async move { client.wait(wait_request).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (wait_id, wait) = background_wait(&host, &session_id, "1").await;
     host.client
         .clone()
         .cancel_wait(proto::CancelWaitRequest {
@@ -388,17 +402,7 @@ async fn yield_observation_preempts_an_execution_and_cancel_wait_ends_a_wait() {
     );
 
     // A wait can be preempted by its wait id too.
-    let wait_id = uuid::Uuid::new_v4().to_string();
-    let mut client = host.client.clone();
-    let wait_request = proto::WaitRequest {
-        session_id: session_id.clone(),
-        cell_id: "1".into(),
-        wait_id: wait_id.clone(),
-        yield_time_ms: 20_000,
-        max_tokens: None,
-    };
-    let wait = tokio::spawn(async move { client.wait(wait_request).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (wait_id, wait) = background_wait(&host, &session_id, "1").await;
     host.client
         .clone()
         .yield_observation(proto::YieldObservationRequest {
