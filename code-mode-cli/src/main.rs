@@ -245,6 +245,7 @@ impl LimitArgs {
             },
             reuse_isolates,
             max_stored_bytes: self.max_stored_bytes,
+            surface: code_mode_protocol::Surface::Contract,
         }
     }
 }

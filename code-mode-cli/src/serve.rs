@@ -411,6 +411,7 @@ impl Server {
             max_stored_bytes: given
                 .max_stored_bytes
                 .unwrap_or(code_mode_protocol::stored::DEFAULT_MAX_STORED_BYTES),
+            surface: code_mode_protocol::Surface::Contract,
         };
         let stored_values: StoredValues = given
             .stored_values

@@ -32,6 +32,6 @@ pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name
 pub use session::{
     AdmittedHook, BoxFuture, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
     CodeModeSessionDelegate, ExecHooks, ExecRequest, NestedToolCall, PendingOutcome, SessionError,
-    SessionOptions, StartedCell, StartedPendingCell, WaitRequest,
+    SessionOptions, StartedCell, StartedPendingCell, Surface, WaitRequest,
 };
 pub use stored::StoredValues;

@@ -74,6 +74,16 @@ pub fn effective_yield_time_ms(requested_ms: u64, session_max_ms: Option<u64>) -
     session_max_ms.map_or(with_grace, |max| with_grace.min(max))
 }
 
+/// The globals a cell sees: the contract's (CONTRACT §2), or those of Codex's own host,
+/// for a front that must be indistinguishable from it (no `console`; a `content` helper
+/// for MCP content blocks; Codex's order; plain writable properties).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Surface {
+    #[default]
+    Contract,
+    Codex,
+}
+
 /// Options of one session, whatever the provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionOptions {
@@ -89,6 +99,8 @@ pub struct SessionOptions {
     /// ([`crate::stored`]); a `store` beyond it fails. Default
     /// [`crate::stored::DEFAULT_MAX_STORED_BYTES`] (64 MiB).
     pub max_stored_bytes: u64,
+    /// The globals its cells see. Default: the contract's.
+    pub surface: Surface,
 }
 
 impl Default for SessionOptions {
@@ -98,6 +110,7 @@ impl Default for SessionOptions {
             limits: CellLimits::default(),
             reuse_isolates: true,
             max_stored_bytes: crate::stored::DEFAULT_MAX_STORED_BYTES,
+            surface: Surface::Contract,
         }
     }
 }

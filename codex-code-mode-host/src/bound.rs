@@ -253,7 +253,8 @@ pub fn truncate_entries(entries: Vec<Entry>, max_tokens: u64) -> Vec<ContentItem
         return entries.into_iter().map(entry_item).collect();
     }
     // With images the items stay; text items share the budget in order, the one that
-    // crosses it is cut, and the ones after it are counted in a closing marker.
+    // crosses it is cut, and the ones after it are counted in a closing marker. Empty text
+    // items go.
     let mut remaining = budget;
     let mut omitted = 0usize;
     let mut out = Vec::with_capacity(entries.len());
@@ -265,6 +266,10 @@ pub fn truncate_entries(entries: Vec<Entry>, max_tokens: u64) -> Vec<ContentItem
                 continue;
             }
         };
+        // Codex's host drops empty text items from output with images (kept otherwise).
+        if text.is_empty() {
+            continue;
+        }
         if remaining == 0 {
             omitted += 1;
             continue;

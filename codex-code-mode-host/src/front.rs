@@ -18,7 +18,7 @@ use code_mode_host::protocol::session::BoxFuture;
 use code_mode_host::protocol::{
     CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
     ContentItem, ExecHooks, ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions,
-    ToolDefinition, ToolError, ToolKind, WaitRequest,
+    Surface, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
 use code_mode_host::{ProcessProvider, ProcessSession};
 use std::collections::{HashMap, HashSet};
@@ -496,6 +496,8 @@ impl Front {
         let options = SessionOptions {
             max_yield_time_ms: limits.max_yield_time_ms.filter(|ms| *ms > 0),
             limits: cell_limits,
+            // The globals of codex's own host: a model must not tell the two apart.
+            surface: Surface::Codex,
             ..SessionOptions::default()
         };
         let delegate = Arc::new(Delegate {

@@ -12,7 +12,7 @@ use std::fmt;
 /// 4: audio items, deferred tools, preempt and interrupt, admission and the exec call id.
 /// 5: responses carry the provider's time, sessions open with stored values, and the
 /// runtime reports every commit (`Committed`) so the host keeps the values.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

@@ -80,6 +80,8 @@ pub struct CellConfig {
     /// (`stored` plus its own writes) beyond it throws. `None`: no cap.
     pub max_stored_bytes: Option<u64>,
     pub limits: CellLimits,
+    /// The globals the cell sees.
+    pub surface: code_mode_protocol::Surface,
 }
 
 /// A nested tool call the cell started.
@@ -335,8 +337,10 @@ pub fn spawn_cell_from(
 ) -> Result<CellHandle, SpawnError> {
     crate::platform::init_v8();
     let heap_bytes = config.limits.heap_bytes;
+    let surface = config.surface;
     let (job, handle) = Job::new(config, events, None);
-    cell_thread().spawn(move || thread::run(Some(thread::prepare(heap_bytes, 0, source)), job))?;
+    cell_thread()
+        .spawn(move || thread::run(Some(thread::prepare(heap_bytes, 0, source, surface)), job))?;
     Ok(handle)
 }
 

@@ -147,6 +147,7 @@ fn spawn_worker() -> std::io::Result<Worker> {
             POOLED_HEAP_BYTES,
             tool_functions,
             ContextSource::preferred(),
+            code_mode_protocol::Surface::Contract,
         );
         if let Ok(job) = waiting.recv() {
             thread::run(Some(prepared), job);

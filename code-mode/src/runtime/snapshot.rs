@@ -131,7 +131,10 @@ const HELPERS_DATA_INDEX: usize = 0;
 /// Defines the helpers a context deserialised from the blob carries as its data (see
 /// [`super::helpers::new_helpers`]). Call it once, on a fresh context, before any cell
 /// code; `false` if the context had none (it was not made from the blob).
-pub(crate) fn define_snapshot_helpers(scope: &mut v8::PinScope<'_, '_>) -> bool {
+pub(crate) fn define_snapshot_helpers(
+    scope: &mut v8::PinScope<'_, '_>,
+    surface: code_mode_protocol::Surface,
+) -> bool {
     let Ok(helpers) = scope.get_context_data_from_snapshot_once::<v8::Array>(HELPERS_DATA_INDEX)
     else {
         return false;
@@ -139,7 +142,7 @@ pub(crate) fn define_snapshot_helpers(scope: &mut v8::PinScope<'_, '_>) -> bool 
     let helpers = (0..helpers.length())
         .filter_map(|index| helpers.get_index(scope, index))
         .collect::<Vec<_>>();
-    super::helpers::define_helpers(scope, &helpers);
+    super::helpers::define_helpers(scope, &helpers, surface);
     true
 }
 
@@ -164,9 +167,13 @@ pub(crate) fn effective(source: ContextSource) -> ContextSource {
 
 /// Gives a fresh context (entered) its helpers: from the snapshot's data when the isolate
 /// was made from the blob, else installed now.
-pub(crate) fn add_helpers(scope: &mut v8::PinScope<'_, '_>, source: ContextSource) {
-    if source == ContextSource::Built || !define_snapshot_helpers(scope) {
-        super::helpers::install_base(scope);
+pub(crate) fn add_helpers(
+    scope: &mut v8::PinScope<'_, '_>,
+    source: ContextSource,
+    surface: code_mode_protocol::Surface,
+) {
+    if source == ContextSource::Built || !define_snapshot_helpers(scope, surface) {
+        super::helpers::install_base(scope, surface);
     }
 }
 
@@ -191,6 +198,6 @@ impl ContextBench {
         v8::scope!(let scope, &mut self.isolate);
         let context = v8::Context::new(scope, Default::default());
         let scope = &mut v8::ContextScope::new(scope, context);
-        add_helpers(scope, self.source);
+        add_helpers(scope, self.source, code_mode_protocol::Surface::Contract);
     }
 }

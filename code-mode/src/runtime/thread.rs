@@ -15,6 +15,7 @@ use super::typescript;
 use super::values::{self, v8_str};
 use super::watchdog::{self, Watched};
 use super::{CellCommand, CellEvent, CellOutcome, Inbound};
+use code_mode_protocol::Surface;
 use code_mode_protocol::ToolDefinition;
 use code_mode_protocol::{CallId, JsonText, ToolError, texts};
 use std::cell::RefCell;
@@ -55,6 +56,8 @@ pub(crate) struct Prepared {
     pub(crate) heap_bytes: u64,
     /// Where its contexts come from (the startup snapshot, or built by hand).
     source: ContextSource,
+    /// The globals its context has.
+    surface: Surface,
 }
 
 /// A context made for the next cell, never entered before it runs.
@@ -71,7 +74,12 @@ struct FreshContext {
 
 /// Creates an isolate for a cell with `heap_bytes` of heap, its context with the helpers
 /// (from `source`), and `tool_functions` tool functions. Call it on the cell's thread.
-pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize, source: ContextSource) -> Prepared {
+pub(crate) fn prepare(
+    heap_bytes: u64,
+    tool_functions: usize,
+    source: ContextSource,
+    surface: Surface,
+) -> Prepared {
     let heap_guard = Box::new(HeapGuard::new());
     let source = snapshot::effective(source);
     let params = v8::CreateParams::default()
@@ -89,11 +97,12 @@ pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize, source: ContextSou
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
     Prepared {
-        fresh: new_context(&mut isolate, source, tool_functions, None),
+        fresh: new_context(&mut isolate, source, surface, tool_functions, None),
         isolate,
         heap_guard,
         heap_bytes,
         source,
+        surface,
     }
 }
 
@@ -103,6 +112,7 @@ pub(crate) fn prepare(heap_bytes: u64, tool_functions: usize, source: ContextSou
 fn new_context(
     isolate: &mut v8::OwnedIsolate,
     source: ContextSource,
+    surface: Surface,
     tool_functions: usize,
     likely_tools: Option<Arc<[ToolDefinition]>>,
 ) -> FreshContext {
@@ -110,7 +120,7 @@ fn new_context(
     let context = v8::Context::new(scope, Default::default());
     code_mode_protocol::hop!("fresh context created");
     let scope = &mut v8::ContextScope::new(scope, context);
-    snapshot::add_helpers(scope, source);
+    snapshot::add_helpers(scope, source, surface);
     code_mode_protocol::hop!("fresh context has its helpers");
     let tool_functions = (0..tool_functions)
         .map(|index| {
@@ -136,14 +146,25 @@ fn new_context(
 /// reusable, nobody takes it within [`super::reuse::IDLE_RELEASE`], or the shelf is gone.
 pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
     let mut prepared = match prepared {
-        Some(prepared) if prepared.heap_bytes == job.config.limits.heap_bytes => prepared,
-        _ => prepare(job.config.limits.heap_bytes, 0, ContextSource::preferred()),
+        Some(prepared)
+            if prepared.heap_bytes == job.config.limits.heap_bytes
+                && prepared.surface == job.config.surface =>
+        {
+            prepared
+        }
+        _ => prepare(
+            job.config.limits.heap_bytes,
+            0,
+            ContextSource::preferred(),
+            job.config.surface,
+        ),
     };
     let mut job = job;
     loop {
         let shelf = job.shelf.take();
         let tools = Arc::clone(&job.config.tools);
         let source = prepared.source;
+        let surface = prepared.surface;
         let (mut isolate, heap_guard, reusable, done) = run_cell(prepared, job);
         let shelf = shelf.filter(|_| reusable);
         let reset = shelf.is_some() && super::reuse::reset(&mut isolate, &heap_guard);
@@ -160,13 +181,14 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
         let heap_bytes = shelf.heap_bytes();
         // Functions ahead only for the tools bound eagerly.
         let eager = super::eager_tool_count(&tools);
-        let fresh = new_context(&mut isolate, source, eager, Some(tools));
+        let fresh = new_context(&mut isolate, source, surface, eager, Some(tools));
         prepared = Prepared {
             fresh,
             isolate,
             heap_guard,
             heap_bytes,
             source,
+            surface,
         };
         let parked = shelf.park();
         code_mode_protocol::hop!("fresh context parked");
@@ -236,6 +258,7 @@ fn run_cell(
             inbound: &inbound,
             tool_functions,
             built_tools,
+            surface: config.surface,
         };
         let outcome = driver.run(scope, &config.source);
         state.borrow_mut().release_handles();
@@ -289,6 +312,8 @@ struct Driver<'g> {
     tool_functions: Vec<v8::Global<v8::Function>>,
     /// `tools` and `ALL_TOOLS` built ahead, and for which tools.
     built_tools: Option<(Arc<[ToolDefinition]>, BuiltTools)>,
+    /// The globals the cell sees (how `tools` and `ALL_TOOLS` are defined).
+    surface: Surface,
 }
 
 impl Driver<'_> {
@@ -303,7 +328,7 @@ impl Driver<'_> {
             }
             _ => super::helpers::build_tools(scope, &tools, &self.tool_functions),
         };
-        super::helpers::define_tools(scope, built);
+        super::helpers::define_tools(scope, built, self.surface);
         if !self.state.borrow_mut().emit(CellEvent::Started) {
             return self.ended_by_flags().unwrap_or(CellOutcome::Terminated);
         }

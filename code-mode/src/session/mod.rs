@@ -197,6 +197,7 @@ impl Shared {
             stored_bytes,
             max_stored_bytes: Some(self.options.max_stored_bytes),
             limits: self.options.limits,
+            surface: self.options.surface,
         };
         let runtime = spawn_cell_on(config, events_tx, self.shelf.clone())
             .map_err(|e| SessionError::Runtime(e.to_string()))?;

@@ -226,6 +226,7 @@ impl Cell {
             stored: Arc::new(self.stored),
             max_stored_bytes: self.max_stored_bytes,
             limits: self.limits,
+            surface: code_mode_protocol::Surface::Contract,
         };
         let handle = match self.context {
             Some(source) => spawn_cell_from(config, events_tx, source),

@@ -12,6 +12,7 @@
 use super::state::{StateRef, Timer};
 use super::values::{self, Json, JsonTextError, throw_string, v8_str};
 use super::{CellEvent, ToolCallRequest};
+use code_mode_protocol::Surface;
 use code_mode_protocol::{ContentItem, js_tool_name, stored};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -218,9 +219,9 @@ const HELPER_NAMES: [&str; 14] = [
 /// Installs every helper that does not depend on the cell on the context's global object
 /// and removes the forbidden globals. Runs before the cell is known (on a prepared
 /// isolate); the helpers find the cell's state in the isolate slot when they are called.
-pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>) {
+pub(crate) fn install_base(scope: &mut v8::PinScope<'_, '_>, surface: Surface) {
     let helpers = new_helpers(scope);
-    define_helpers(scope, &helpers);
+    define_helpers(scope, &helpers, surface);
 }
 
 /// The values of [`HELPER_NAMES`], made in the current context. The startup snapshot
@@ -244,17 +245,131 @@ pub(crate) fn new_helpers<'s>(scope: &mut v8::PinScope<'s, '_>) -> Vec<v8::Local
     helpers
 }
 
-/// Defines `helpers` (the values of [`HELPER_NAMES`], in order) as read-only globals in
-/// place of V8's own `console`, and removes the globals a cell must not have (contract §2).
-pub(crate) fn define_helpers(scope: &v8::PinScope<'_, '_>, helpers: &[v8::Local<'_, v8::Value>]) {
+/// Defines `helpers` (the values of [`HELPER_NAMES`], in order) as the globals of
+/// `surface`, in place of V8's own `console`, and removes the globals a cell must not have
+/// (contract §2).
+///
+/// The contract's surface: read-only globals in [`HELPER_NAMES`] order. Codex's: no
+/// `console`, a `content` helper, plain (writable, configurable) properties in
+/// [`CODEX_ORDER`], with `tools` and `ALL_TOOLS` first as placeholders that each cell's
+/// own definitions replace in place.
+pub(crate) fn define_helpers(
+    scope: &v8::PinScope<'_, '_>,
+    helpers: &[v8::Local<'_, v8::Value>],
+    surface: Surface,
+) {
     let global = scope.get_current_context().global(scope);
     for name in REMOVED_GLOBALS.into_iter().chain(["console"]) {
         let key = v8_str(scope, name);
         global.delete(scope, key.into());
     }
-    for (name, value) in HELPER_NAMES.into_iter().zip(helpers) {
-        define_constant(scope, global, name, *value);
+    match surface {
+        Surface::Contract => {
+            for (name, value) in HELPER_NAMES.into_iter().zip(helpers) {
+                define_constant(scope, global, name, *value);
+            }
+        }
+        Surface::Codex => {
+            let helper = |name: &str| {
+                HELPER_NAMES
+                    .iter()
+                    .position(|known| *known == name)
+                    .and_then(|index| helpers.get(index).copied())
+            };
+            define_plain(scope, global, "tools", v8::Object::new(scope).into());
+            define_plain(scope, global, "ALL_TOOLS", v8::Array::new(scope, 0).into());
+            for name in CODEX_ORDER {
+                let value = if name == "content" {
+                    content_helper(scope, helper("text"), helper("image"), helper("audio"))
+                } else {
+                    helper(name)
+                };
+                if let Some(value) = value {
+                    define_plain(scope, global, name, value);
+                }
+            }
+        }
     }
+}
+
+/// The helpers of Codex's surface after `tools` and `ALL_TOOLS`, in Codex's order.
+pub(crate) const CODEX_ORDER: [&str; 14] = [
+    "clearTimeout",
+    "setTimeout",
+    "text",
+    "content",
+    "image",
+    "audio",
+    "generatedImage",
+    "store",
+    "load",
+    "notify",
+    "yield_control",
+    "exit",
+    "as_settled",
+    "stream_settled",
+];
+
+/// `content(block)` of Codex's surface: one MCP content block, or any other iterable of
+/// them, each emitted through `text`, `image` or `audio` (held in a closure, so that a
+/// cell replacing the globals does not change it). `resource` and `resource_link` blocks
+/// become their JSON text; anything else throws `content expects one MCP ContentBlock`.
+const CONTENT_SOURCE: &str = r#"(function (text, image, audio) {
+  const fail = "content expects one MCP ContentBlock";
+  const object = (value) => value !== null && typeof value === "object";
+  const mime = (block) => typeof block.mimeType === "string" ? block.mimeType : "application/octet-stream";
+  const emit = (block) => {
+    if (!object(block)) throw fail;
+    switch (block.type) {
+      case "text":
+        if (typeof block.text !== "string") throw fail;
+        return void text(block.text);
+      case "image":
+        if (typeof block.data !== "string") throw fail;
+        return void image({ type: "image", data: block.data, mimeType: mime(block), _meta: block._meta });
+      case "audio":
+        if (typeof block.data !== "string") throw fail;
+        return void audio("data:" + mime(block) + ";base64," + block.data);
+      case "resource":
+        if (!object(block.resource)) throw fail;
+        return void text(JSON.stringify(block));
+      case "resource_link":
+        if (typeof block.uri !== "string") throw fail;
+        return void text(JSON.stringify(block));
+      default:
+        throw fail;
+    }
+  };
+  return function content(value) {
+    if (typeof value !== "string" && value != null && typeof value[Symbol.iterator] === "function") {
+      for (const block of value) emit(block);
+      return;
+    }
+    emit(value);
+  };
+})"#;
+
+fn content_helper<'s>(
+    scope: &v8::PinScope<'s, '_>,
+    text: Option<v8::Local<'s, v8::Value>>,
+    image: Option<v8::Local<'s, v8::Value>>,
+    audio: Option<v8::Local<'s, v8::Value>>,
+) -> Option<v8::Local<'s, v8::Value>> {
+    let source = v8::String::new(scope, CONTENT_SOURCE)?;
+    let factory = v8::Script::compile(scope, source, None)?.run(scope)?;
+    let factory = v8::Local::<v8::Function>::try_from(factory).ok()?;
+    let receiver = v8::undefined(scope).into();
+    factory.call(scope, receiver, &[text?, image?, audio?])
+}
+
+fn define_plain(
+    scope: &v8::PinScope<'_, '_>,
+    object: v8::Local<'_, v8::Object>,
+    name: &str,
+    value: v8::Local<'_, v8::Value>,
+) {
+    let key = v8_str(scope, name);
+    object.define_own_property(scope, key.into(), value, v8::PropertyAttribute::NONE);
 }
 
 /// The global helpers that are native functions, by name.

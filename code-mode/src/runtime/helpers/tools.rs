@@ -9,7 +9,7 @@
 //! when first read. A cell cannot tell either from eager ones: `tools.<name>` and
 //! `name in tools` find the tool, `ALL_TOOLS` lists every tool with its description.
 
-use super::{define_constant, freeze, new_tool_function, v8_str};
+use super::{freeze, new_tool_function, v8_str};
 use crate::runtime::state::StateRef;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{ToolDefinition, js_tool_name};
@@ -168,19 +168,34 @@ pub(crate) fn build_tools(
     }
 }
 
-/// Makes built tools the cell's `tools` and `ALL_TOOLS` (read-only globals).
-pub(crate) fn define_tools(scope: &mut v8::PinScope<'_, '_>, built: BuiltTools) {
+/// Makes built tools the cell's `tools` and `ALL_TOOLS`: read-only globals on the
+/// contract's surface, plain (writable) ones in place of the placeholders on Codex's.
+pub(crate) fn define_tools(
+    scope: &mut v8::PinScope<'_, '_>,
+    built: BuiltTools,
+    surface: code_mode_protocol::Surface,
+) {
     let context = scope.get_current_context();
     let global = context.global(scope);
+    let attributes = move || match surface {
+        code_mode_protocol::Surface::Contract => {
+            v8::PropertyAttribute::READ_ONLY | v8::PropertyAttribute::DONT_DELETE
+        }
+        code_mode_protocol::Surface::Codex => v8::PropertyAttribute::NONE,
+    };
+    let define = |scope: &v8::PinScope<'_, '_>, name: &str, value: v8::Local<'_, v8::Value>| {
+        let key = v8_str(scope, name);
+        global.define_own_property(scope, key.into(), value, attributes());
+    };
     let tools = v8::Local::new(scope, built.tools);
-    define_constant(scope, global, "tools", tools.into());
+    define(scope, "tools", tools.into());
     if let Some(state) = scope.get_slot::<StateRef>() {
         state.borrow_mut().deferred = built.deferred;
     }
     match built.all_tools {
         Some(all_tools) => {
             let all_tools = v8::Local::new(scope, all_tools);
-            define_constant(scope, global, "ALL_TOOLS", all_tools.into());
+            define(scope, "ALL_TOOLS", all_tools.into());
         }
         None => {
             let name = v8_str(scope, "ALL_TOOLS").into();
@@ -190,7 +205,7 @@ pub(crate) fn define_tools(scope: &mut v8::PinScope<'_, '_>, built: BuiltTools) 
                 name,
                 all_tools_getter,
                 undefined,
-                v8::PropertyAttribute::READ_ONLY | v8::PropertyAttribute::DONT_DELETE,
+                attributes(),
                 v8::SideEffectType::HasNoSideEffect,
                 v8::SideEffectType::HasSideEffect,
             );
