@@ -3,7 +3,7 @@
 //! hostile session's next cell works. (Codex's own host is killed or hung by several of
 //! these; CODEX.md has the figures.)
 
-use code_mode_conformance::hostile::{CPU_BUDGET_MS, corpus};
+use code_mode_conformance::hostile::{CPU, CPU_BUDGET_MS, Outcome, corpus};
 use code_mode_host::protocol::{CellId, CellResponse, ContentItem};
 use codex_code_mode_host::client::{Driver, Responder, exec_request, tool};
 use codex_code_mode_host::proto;
@@ -49,6 +49,23 @@ fn response(outcome: &proto::CellOutcome) -> Option<CellResponse> {
     })
 }
 
+/// A case as it reads on Codex's surface, which the front's sessions have: its globals are
+/// writable (a cell can delete `text`), and it has no `console` (the flood goes through
+/// `text`, and must still meet the CPU budget).
+fn codex_surface(
+    (name, source, expected): (&'static str, &'static str, Outcome),
+) -> (&'static str, &'static str, Outcome) {
+    match name {
+        "20 overwriting helpers" => (
+            name,
+            source,
+            Outcome::ErrorStarting("ReferenceError: text is not defined"),
+        ),
+        "26 console flood" => (name, "for (;;) text('x');", Outcome::Error(CPU)),
+        _ => (name, source, expected),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_hostile_corpus_through_the_codex_front() {
     let budget = CPU_BUDGET_MS.to_string();
@@ -70,7 +87,7 @@ async fn the_hostile_corpus_through_the_codex_front() {
         .expect("hostile");
     let tools = vec![tool("echo", "echo", None), tool("big", "big", None)];
     let mut failures = Vec::new();
-    for (name, source, expected) in corpus() {
+    for (name, source, expected) in corpus().into_iter().map(codex_surface) {
         let mut request = exec_request(source);
         request.enabled_tools = tools.clone();
         request.yield_time_ms = 60_000;
