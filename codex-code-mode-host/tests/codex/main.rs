@@ -12,6 +12,7 @@ mod hostile;
 mod install;
 mod json;
 mod stdio;
+mod tcp;
 
 use codex_code_mode_host::client::{Driver, Responder, StdioHost};
 use codex_code_mode_host::proto;
