@@ -249,6 +249,9 @@ struct SessionState {
     cells: HashMap<String, Cell>,
     by_runtime_id: HashMap<CellId, String>,
     pending_calls: HashMap<String, oneshot::Sender<ToolResult>>,
+    /// Every execution id the session has used (each may be used once); dropped with the
+    /// session.
+    executions: HashSet<String>,
     /// In-flight executions' preempt signals, by execution id.
     preempts: HashMap<String, CancellationToken>,
     /// Pending waits' cancellation and preempt signals, by wait id.
@@ -448,7 +451,6 @@ pub struct Front {
     provider: ProcessProvider,
     limits: CellLimits,
     sessions: Mutex<HashMap<String, Arc<FrontSession>>>,
-    executions: Mutex<HashSet<String>>,
     started: Instant,
 }
 
@@ -458,7 +460,6 @@ impl Front {
             provider: settings.provider,
             limits: settings.limits,
             sessions: Mutex::new(HashMap::new()),
-            executions: Mutex::new(HashSet::new()),
             started: Instant::now(),
         }
     }
@@ -532,12 +533,18 @@ impl Front {
     /// Checks an execution before it starts, as codex's host does before it answers:
     /// a tool call id is required and an execution id is used once. Call it first; its
     /// errors are the call's status.
-    pub fn claim_execution(&self, execution: &Execution) -> Result<(), FrontError> {
+    pub fn claim_execution(
+        &self,
+        session: &FrontSession,
+        execution: &Execution,
+    ) -> Result<(), FrontError> {
         if execution.tool_call_id.is_empty() {
             return Err(FrontError::EmptyToolCallId);
         }
         if !execution.execution_id.is_empty()
-            && !lock(&self.executions).insert(execution.execution_id.clone())
+            && !lock(&session.state)
+                .executions
+                .insert(execution.execution_id.clone())
         {
             return Err(FrontError::ExecutionReused(execution.execution_id.clone()));
         }

@@ -278,7 +278,9 @@ impl CodeModeHost for Service {
             yield_time_ms: Some(request.yield_time_ms),
             max_output_tokens: request.max_output_tokens,
         };
-        self.front.claim_execution(&execution).map_err(status)?;
+        self.front
+            .claim_execution(&session, &execution)
+            .map_err(status)?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let front = self.front.clone();
         let started_sender = sender.clone();

@@ -460,7 +460,9 @@ impl Connection {
                     yield_time_ms: body["yield_time_ms"].as_u64(),
                     max_output_tokens: body["max_output_tokens"].as_u64(),
                 };
-                self.front.claim_execution(&execution).map_err(text)?;
+                self.front
+                    .claim_execution(&session, &execution)
+                    .map_err(text)?;
                 self.observe(id, &session, execution.execution_id.clone());
                 let connection = self.clone();
                 let started = move |cell_id: &str| {
