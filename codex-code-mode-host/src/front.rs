@@ -183,13 +183,6 @@ impl<T> Lease<T> {
     pub async fn recv(&mut self) -> Option<T> {
         self.receiver.as_mut()?.recv().await
     }
-
-    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
-        match self.receiver.as_mut() {
-            Some(receiver) => receiver.poll_recv(cx),
-            None => std::task::Poll::Ready(None),
-        }
-    }
 }
 
 impl<T> Drop for Lease<T> {
@@ -256,7 +249,6 @@ struct SessionState {
     preempts: HashMap<String, CancellationToken>,
     /// Pending waits' cancellation and preempt signals, by wait id.
     waits: HashMap<String, (CancellationToken, CancellationToken)>,
-    closed: bool,
 }
 
 /// One Codex session.
@@ -274,10 +266,6 @@ pub struct FrontSession {
 impl FrontSession {
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    pub fn truncation(&self) -> Truncation {
-        self.truncation
     }
 
     /// Fires when the session is closed: its streams end then.
@@ -451,7 +439,6 @@ pub struct Front {
     provider: ProcessProvider,
     limits: CellLimits,
     sessions: Mutex<HashMap<String, Arc<FrontSession>>>,
-    started: Instant,
 }
 
 impl Front {
@@ -460,17 +447,11 @@ impl Front {
             provider: settings.provider,
             limits: settings.limits,
             sessions: Mutex::new(HashMap::new()),
-            started: Instant::now(),
         }
     }
 
     pub fn provider(&self) -> &ProcessProvider {
         &self.provider
-    }
-
-    /// How long this front has been up.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
     }
 
     /// Opens a session: with a host-made UUID when `id` is `None` (gRPC), with the
@@ -758,7 +739,6 @@ impl Front {
     /// Closes a session: its streams end, its cells stop, its values are dropped.
     pub async fn close_session(&self, session: &Arc<FrontSession>) {
         lock(&self.sessions).remove(&session.id);
-        lock(&session.state).closed = true;
         // The cells it stops are reported closed on the session's streams, which end
         // after that.
         session.session.shutdown().await;

@@ -276,8 +276,20 @@ pub(crate) fn define_helpers(
                     .position(|known| *known == name)
                     .and_then(|index| helpers.get(index).copied())
             };
-            define_plain(scope, global, "tools", v8::Object::new(scope).into());
-            define_plain(scope, global, "ALL_TOOLS", v8::Array::new(scope, 0).into());
+            define_with(
+                scope,
+                global,
+                "tools",
+                v8::Object::new(scope).into(),
+                surface,
+            );
+            define_with(
+                scope,
+                global,
+                "ALL_TOOLS",
+                v8::Array::new(scope, 0).into(),
+                surface,
+            );
             for name in CODEX_ORDER {
                 let value = if name == "content" {
                     content_helper(scope, helper("text"), helper("image"), helper("audio"))
@@ -285,7 +297,7 @@ pub(crate) fn define_helpers(
                     helper(name)
                 };
                 if let Some(value) = value {
-                    define_plain(scope, global, name, value);
+                    define_with(scope, global, name, value, surface);
                 }
             }
         }
@@ -360,16 +372,6 @@ fn content_helper<'s>(
     let factory = v8::Local::<v8::Function>::try_from(factory).ok()?;
     let receiver = v8::undefined(scope).into();
     factory.call(scope, receiver, &[text?, image?, audio?])
-}
-
-fn define_plain(
-    scope: &v8::PinScope<'_, '_>,
-    object: v8::Local<'_, v8::Object>,
-    name: &str,
-    value: v8::Local<'_, v8::Value>,
-) {
-    let key = v8_str(scope, name);
-    object.define_own_property(scope, key.into(), value, v8::PropertyAttribute::NONE);
 }
 
 /// The global helpers that are native functions, by name.
@@ -448,9 +450,28 @@ fn define_constant(
     name: &str,
     value: v8::Local<'_, v8::Value>,
 ) {
+    define_with(scope, object, name, value, Surface::Contract);
+}
+
+/// Defines `name` on `object` as `surface` has its globals: read-only and permanent on the
+/// contract's, a plain writable, configurable property on Codex's.
+pub(crate) fn define_with(
+    scope: &v8::PinScope<'_, '_>,
+    object: v8::Local<'_, v8::Object>,
+    name: &str,
+    value: v8::Local<'_, v8::Value>,
+    surface: Surface,
+) {
     let key = v8_str(scope, name);
-    let attributes = v8::PropertyAttribute::READ_ONLY | v8::PropertyAttribute::DONT_DELETE;
-    object.define_own_property(scope, key.into(), value, attributes);
+    object.define_own_property(scope, key.into(), value, global_attributes(surface));
+}
+
+/// The attributes of a global helper on `surface` (see [`define_with`]).
+pub(crate) fn global_attributes(surface: Surface) -> v8::PropertyAttribute {
+    match surface {
+        Surface::Contract => v8::PropertyAttribute::READ_ONLY | v8::PropertyAttribute::DONT_DELETE,
+        Surface::Codex => v8::PropertyAttribute::NONE,
+    }
 }
 
 fn freeze(scope: &v8::PinScope<'_, '_>, object: v8::Local<'_, v8::Object>) {

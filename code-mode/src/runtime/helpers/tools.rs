@@ -9,7 +9,7 @@
 //! when first read. A cell cannot tell either from eager ones: `tools.<name>` and
 //! `name in tools` find the tool, `ALL_TOOLS` lists every tool with its description.
 
-use super::{freeze, new_tool_function, v8_str};
+use super::{define_with, freeze, global_attributes, new_tool_function, v8_str};
 use crate::runtime::state::StateRef;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{ToolDefinition, js_tool_name};
@@ -177,25 +177,15 @@ pub(crate) fn define_tools(
 ) {
     let context = scope.get_current_context();
     let global = context.global(scope);
-    let attributes = move || match surface {
-        code_mode_protocol::Surface::Contract => {
-            v8::PropertyAttribute::READ_ONLY | v8::PropertyAttribute::DONT_DELETE
-        }
-        code_mode_protocol::Surface::Codex => v8::PropertyAttribute::NONE,
-    };
-    let define = |scope: &v8::PinScope<'_, '_>, name: &str, value: v8::Local<'_, v8::Value>| {
-        let key = v8_str(scope, name);
-        global.define_own_property(scope, key.into(), value, attributes());
-    };
     let tools = v8::Local::new(scope, built.tools);
-    define(scope, "tools", tools.into());
+    define_with(scope, global, "tools", tools.into(), surface);
     if let Some(state) = scope.get_slot::<StateRef>() {
         state.borrow_mut().deferred = built.deferred;
     }
     match built.all_tools {
         Some(all_tools) => {
             let all_tools = v8::Local::new(scope, all_tools);
-            define(scope, "ALL_TOOLS", all_tools.into());
+            define_with(scope, global, "ALL_TOOLS", all_tools.into(), surface);
         }
         None => {
             let name = v8_str(scope, "ALL_TOOLS").into();
@@ -205,7 +195,7 @@ pub(crate) fn define_tools(
                 name,
                 all_tools_getter,
                 undefined,
-                attributes(),
+                global_attributes(surface),
                 v8::SideEffectType::HasNoSideEffect,
                 v8::SideEffectType::HasSideEffect,
             );
