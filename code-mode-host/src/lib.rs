@@ -13,6 +13,7 @@
 pub mod binary;
 mod connection;
 mod error;
+mod faults;
 mod hosted;
 mod process;
 mod provider;
@@ -23,6 +24,10 @@ pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::{CodeModeProvider, CodeModeSession};
 pub use connection::{HandshakeError, Liveness};
+/// Deliberate faults for the chaos test's proof (only with the `fault-injection` feature,
+/// only in builds with debug assertions).
+#[cfg(all(feature = "fault-injection", debug_assertions))]
+pub use faults::{Fault, arm as arm_fault};
 pub use process::SpawnError;
 pub use provider::{HostError, ProcessConfig, ProcessProvider, ProcessSession};
 pub use remote::{

@@ -1,44 +1,57 @@
 //! The chaos run (contract §7): sessions run cells that store, load and check values and
-//! make nested tool calls, while runtimes are killed (SIGKILL), drained (SIGTERM), and
-//! the connections to remote runtimes are cut, stalled and delayed by a [`FaultProxy`].
+//! make nested tool calls, while runtimes are killed (SIGKILL, some while a cell waits on
+//! a tool call), drained (SIGTERM), and the connections to remote runtimes are cut,
+//! stalled and delayed by a [`FaultProxy`].
 //!
-//! What it asserts, and panics on:
-//! - every `exec` and `wait` gets exactly one answer within [`ANSWER_DEADLINE`];
-//! - every value a finished cell committed is loadable afterwards with its exact content
-//!   (checked inside later cells, in a final cell per session, and in the host's copy),
-//!   unless a later cell overwrote it; a value of a cell that died with its runtime may be
-//!   there, exact, or not (sessions cycle through 32 keys, so memory stays bounded);
-//! - no tool call ran twice (each call carries a token used once);
+//! Each session keeps a model of its committed map. What the run asserts, and fails on:
+//! - **nothing committed is lost**: every cell loads every key the session used and the
+//!   result must be what the model allows (the exact committed value; after a cell lost
+//!   with its runtime, its value or the one before, and the next cell pins which); after
+//!   every completed cell the host's copy must equal the model, key for key; a final cell
+//!   per session checks every key again;
+//! - **every `exec` and `wait` gets exactly one answer**, its own, within the answer
+//!   deadline: each cell's result names its cell, and each tool answer its call;
+//! - **no tool call is sent twice**: each call carries a token used once;
+//! - **the only failures are faults**: a `RuntimeLost` must fall within the window of a
+//!   fault injected on the runtime the session was on; a refusal is excused only while
+//!   no remote runtime was up; any other error fails the run;
+//! - every fault kind happened, and cells were lost mid-flight: a kill waits for a cell
+//!   that is inside a tool call, and that cell must report its runtime lost;
 //! - no runtime process is left behind once the providers are gone;
 //! - the host's RSS stays flat (at the end at most twice what it was once warm, plus
 //!   32 MiB).
 //!
+//! A worker's panic ends the run at once, and the whole run has a time bound.
+//!
 //! The test suite runs it briefly ([`ChaosConfig::ci`]) through the `chaos` example, in a
-//! process of its own so that the RSS it checks is the chaos host's alone; `cargo run --release -p
-//! code-mode-conformance --example chaos -- --soak 30` runs it for 30 minutes and prints
-//! the RSS of the host and of every runtime each minute.
+//! process of its own so that the RSS it checks is the chaos host's alone, on a fixed seed
+//! and on one that varies per run; it also runs it with each of the host's deliberate
+//! faults armed (`--break`, `code_mode_host::arm_fault`) and checks that each is caught.
+//! `cargo run --release -p code-mode-conformance --example chaos -- --soak 30` runs it for
+//! 30 minutes and prints the RSS of the host and of every runtime each minute.
 
 use crate::loss::signal;
 use crate::proxy::FaultProxy;
 use crate::remote::{ListeningRuntime, RuntimeOptions};
-use code_mode_host::{Liveness, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider};
+use code_mode_host::{
+    Liveness, ProcessConfig, ProcessProvider, ProcessSession, RemoteConfig, RemoteProvider,
+    RemoteSession,
+};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
-    ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions, ToolDefinition, ToolError,
-    ToolKind, WaitRequest,
+    ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions, StoredValues,
+    ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// Every `exec` and `wait` must answer within this.
-pub const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How a chaos run is shaped.
 #[derive(Debug, Clone)]
@@ -53,6 +66,8 @@ pub struct ChaosConfig {
     /// The mean time between two faults.
     pub fault_every: Duration,
     pub seed: u64,
+    /// Every cell (its exec and every wait) must end within this.
+    pub answer_deadline: Duration,
     /// Print the RSS of the host and of each runtime this often (soak runs).
     pub rss_every: Option<Duration>,
 }
@@ -67,7 +82,21 @@ impl ChaosConfig {
             remote_runtimes: 2,
             fault_every: Duration::from_millis(1500),
             seed,
+            answer_deadline: Duration::from_secs(20),
             rss_every: None,
+        }
+    }
+
+    /// A shorter, lighter run for proving that an armed fault is caught: it is expected to
+    /// fail well before its end.
+    pub fn proof(seed: u64) -> Self {
+        Self {
+            duration: Duration::from_secs(8),
+            local_sessions: 2,
+            remote_sessions: 2,
+            remote_runtimes: 1,
+            answer_deadline: Duration::from_secs(10),
+            ..Self::ci(seed)
         }
     }
 
@@ -80,8 +109,66 @@ impl ChaosConfig {
             remote_runtimes: 2,
             fault_every: Duration::from_secs(3),
             seed,
+            answer_deadline: Duration::from_secs(60),
             rss_every: Some(Duration::from_secs(60)),
         }
+    }
+}
+
+/// The faults a run injects. The first eight faults of a run are one of each, in an order
+/// the seed shuffles; later ones are drawn at random.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// SIGKILL to the local runtime while one of its cells waits on a tool call.
+    LocalKillMidCell,
+    /// SIGKILL to the local runtime, whatever it is doing.
+    LocalKill,
+    /// SIGTERM to the local runtime (it drains).
+    LocalDrain,
+    /// SIGKILL to a remote runtime, replaced behind its proxy.
+    RemoteKill,
+    /// SIGTERM to a remote runtime, replaced once it exited.
+    RemoteDrain,
+    /// Every connection through a proxy closed at once.
+    Cut,
+    /// A proxy forwards nothing for 0.2 to 3.2 s (past the liveness timeout or not).
+    Stall,
+    /// A proxy holds each chunk 5 to 65 ms, for 2 s.
+    Delay,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::LocalKillMidCell,
+        FaultKind::LocalKill,
+        FaultKind::LocalDrain,
+        FaultKind::RemoteKill,
+        FaultKind::RemoteDrain,
+        FaultKind::Cut,
+        FaultKind::Stall,
+        FaultKind::Delay,
+    ];
+
+    /// The name the report prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::LocalKillMidCell => "local kills mid-cell",
+            FaultKind::LocalKill => "local kills",
+            FaultKind::LocalDrain => "local drains",
+            FaultKind::RemoteKill => "remote kills",
+            FaultKind::RemoteDrain => "remote drains",
+            FaultKind::Cut => "cuts",
+            FaultKind::Stall => "stalls",
+            FaultKind::Delay => "delays",
+        }
+    }
+
+    /// Whether the fault takes the local runtime away.
+    fn is_local(self) -> bool {
+        matches!(
+            self,
+            FaultKind::LocalKillMidCell | FaultKind::LocalKill | FaultKind::LocalDrain
+        )
     }
 }
 
@@ -90,16 +177,19 @@ impl ChaosConfig {
 pub struct ChaosReport {
     pub cells: u64,
     pub completed: u64,
-    /// Cells whose runtime was lost under them (the runtime-lost error, once).
+    /// Cells whose runtime was lost under them (the runtime-lost error, once), each within
+    /// the window of a fault on that runtime.
     pub lost: u64,
-    /// Execs refused because no runtime could take the session at that moment.
-    pub unavailable: u64,
-    pub kills: u64,
-    pub drains: u64,
-    pub cuts: u64,
-    pub stalls: u64,
-    pub delays: u64,
+    /// Cells the run killed while they waited on a tool call (all among `lost`).
+    pub lost_mid_flight: u64,
+    /// Execs refused while no remote runtime was up.
+    pub refused: u64,
+    /// How many faults of each kind were injected.
+    pub faults: BTreeMap<FaultKind, u64>,
+    /// Keys checked against the model inside cells (every key, every cell).
     pub values_checked: u64,
+    /// Times the host's copy of a session's map was compared with the model, whole.
+    pub host_copies_checked: u64,
     pub tool_calls: u64,
     /// RSS samples (soak runs).
     pub rss: Vec<RssSample>,
@@ -111,18 +201,23 @@ impl std::fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "cells {} (completed {}, lost with their runtime {}, refused while no runtime was up {}), tool calls {}, kills {}, drains {}, cuts {}, stalls {}, delays {}, values checked {}, host RSS {} KiB warm, {} KiB at the end",
+            "cells {} (completed {}, lost with their runtime {}, lost mid-flight {}, refused while no runtime was up {}), tool calls {}",
             self.cells,
             self.completed,
             self.lost,
-            self.unavailable,
+            self.lost_mid_flight,
+            self.refused,
             self.tool_calls,
-            self.kills,
-            self.drains,
-            self.cuts,
-            self.stalls,
-            self.delays,
+        )?;
+        for kind in FaultKind::ALL {
+            let count = self.faults.get(&kind).copied().unwrap_or(0);
+            write!(f, ", {} {count}", kind.name())?;
+        }
+        write!(
+            f,
+            ", values checked {}, host copies checked {}, host RSS {} KiB warm, {} KiB at the end",
             self.values_checked,
+            self.host_copies_checked,
             self.host_rss_warm_kib,
             self.host_rss_end_kib
         )
@@ -189,15 +284,33 @@ pub fn rss_kib(pid: &str) -> Option<u64> {
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }
 
+/// What the run found wrong outside a worker (in the delegate), reported by the main loop.
+#[derive(Default)]
+struct Violations(Mutex<Vec<String>>);
+
+impl Violations {
+    fn add(&self, violation: String) {
+        lock(&self.0).push(violation);
+    }
+
+    /// Fails the run if anything was found.
+    fn check(&self) {
+        let found = lock(&self.0);
+        assert!(found.is_empty(), "chaos: {}", found.join("; "));
+    }
+}
+
 /// The delegate of every chaos session: `echo` answers its input after a short pause.
-/// Each call's token is `<session>/<cell index>`; a session runs its cells one after the
-/// other and nothing is replayed, so each session's indexes must strictly increase: one
-/// that does not is a tool call that ran twice (or out of its cell's turn).
+/// Each call's token (`<session>/<cell index>`) is used by one call only: a token seen
+/// twice is a tool call sent twice. A mid-cell kill catches the next call of a local
+/// session and holds it until the runtime is gone.
 #[derive(Default)]
 struct ChaosDelegate {
-    last_index: Mutex<HashMap<String, u64>>,
-    duplicates: Mutex<Vec<String>>,
+    tokens: Mutex<HashSet<String>>,
     calls: AtomicU64,
+    violations: Arc<Violations>,
+    /// Armed by a mid-cell kill: the next local call is held, and its token sent here.
+    catch: Mutex<Option<oneshot::Sender<String>>>,
 }
 
 impl CodeModeSessionDelegate for ChaosDelegate {
@@ -213,20 +326,30 @@ impl CodeModeSessionDelegate for ChaosDelegate {
             .and_then(|input| input.to_value().ok())
             .and_then(|value| value["token"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        let pause = Duration::from_millis((token.len() % 7) as u64 * 3);
-        let (session, index) = token.rsplit_once('/').unwrap_or((&token, ""));
-        let index: u64 = index.parse().unwrap_or(0);
-        let mut last = lock(&self.last_index);
-        let previous = last.entry(session.to_owned()).or_insert(0);
-        if index <= *previous {
-            lock(&self.duplicates).push(token.clone());
+        if !lock(&self.tokens).insert(token.clone()) {
+            self.violations
+                .add(format!("the tool call of cell {token} was sent twice"));
         }
-        *previous = (*previous).max(index);
-        drop(last);
+        let caught = if token.starts_with("local") {
+            lock(&self.catch).take()
+        } else {
+            None
+        };
+        let held = caught.is_some_and(|catch| catch.send(token.clone()).is_ok());
+        let pause = if held {
+            // Until the kill cancels it; a call still held after this is answered with an
+            // error, and its cell fails the run.
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis((token.len() % 7) as u64 * 3)
+        };
         Box::pin(async move {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = cancel.cancelled() => return Err(ToolError::new("cancelled")),
+            }
+            if held {
+                return Err(ToolError::new("a call held for a kill outlived the kill"));
             }
             call.input
                 .ok_or_else(|| ToolError::new("echo needs an argument"))
@@ -250,14 +373,44 @@ struct Slot {
     busy: AtomicBool,
 }
 
+/// What a fault acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Local,
+    Slot(usize),
+}
+
+/// One injected fault and the time it may cause failures in.
+struct FaultRecord {
+    target: Target,
+    kind: FaultKind,
+    from: Instant,
+    /// When its effect ended (a replacement up, a stall over).
+    until: Instant,
+}
+
+/// How long after a fault's effect ended a failure it caused may still be reported (the
+/// liveness timeout, a process's exit noticed, a loaded machine).
+const FAULT_SLACK: Duration = Duration::from_secs(5);
+
+/// A refusal of a remote session: no runtime could take it within the connect timeout.
+const REFUSAL: &str = "no code-mode runtime could take the session";
+
 /// Everything the faults act on.
 struct Stage {
     binary: PathBuf,
     local: ProcessProvider,
     slots: Vec<Arc<Slot>>,
     options: RuntimeOptions,
+    delegate: Arc<ChaosDelegate>,
+    deadline: Duration,
     /// Every runtime process id seen, to check none is left at the end.
     pids: Mutex<BTreeSet<u32>>,
+    faults: Mutex<Vec<FaultRecord>>,
+    /// The tokens of cells killed while they waited on a tool call.
+    held: Mutex<Vec<String>>,
+    /// The tokens of cells that ended with their runtime lost.
+    lost: Mutex<HashSet<String>>,
     report: Mutex<ChaosReport>,
 }
 
@@ -281,18 +434,71 @@ impl Stage {
         })
     }
 
+    /// Records a fault about to be injected, its effect lasting `effect`; returns its index.
+    fn record(&self, target: Target, kind: FaultKind, effect: Duration) -> usize {
+        let now = Instant::now();
+        let mut faults = lock(&self.faults);
+        faults.push(FaultRecord {
+            target,
+            kind,
+            from: now,
+            until: now + effect,
+        });
+        faults.len() - 1
+    }
+
+    /// Whether a fault on `target` (any remote runtime when `None`) may have caused a
+    /// failure seen between `started` and `ended`.
+    fn fault_within(&self, target: Option<Target>, started: Instant, ended: Instant) -> bool {
+        lock(&self.faults).iter().any(|fault| {
+            let on_target = match target {
+                Some(target) => fault.target == target,
+                None => !fault.kind.is_local(),
+            };
+            on_target
+                && fault.kind != FaultKind::Delay
+                && fault.from <= ended
+                && fault.until + FAULT_SLACK >= started
+        })
+    }
+
+    /// Whether every remote runtime was down (being replaced, or stalled) at some time
+    /// between `started` and `ended`: a refusal is then what the provider owes.
+    fn remote_all_down(&self, started: Instant, ended: Instant) -> bool {
+        (0..self.slots.len()).all(|slot| {
+            lock(&self.faults).iter().any(|fault| {
+                fault.target == Target::Slot(slot)
+                    && matches!(
+                        fault.kind,
+                        FaultKind::RemoteKill | FaultKind::RemoteDrain | FaultKind::Stall
+                    )
+                    && fault.from <= ended
+                    && fault.until + FAULT_SLACK >= started
+            })
+        })
+    }
+
+    /// The slot whose proxy a remote session's runtime description names.
+    fn slot_of(&self, runtime: &str) -> Option<Target> {
+        self.slots
+            .iter()
+            .position(|slot| runtime.ends_with(&slot.proxy.address.to_string()))
+            .map(Target::Slot)
+    }
+
     /// Kills or drains slot `index`'s runtime, and puts a fresh one behind its proxy;
     /// `false` when that slot's runtime is being replaced already.
-    fn replace(self: &Arc<Self>, index: usize, drain: bool) -> bool {
+    fn replace(self: &Arc<Self>, index: usize, kind: FaultKind) -> bool {
         let slot = Arc::clone(&self.slots[index]);
         if slot.busy.swap(true, Ordering::SeqCst) {
             return false;
         }
+        let record = self.record(Target::Slot(index), kind, Duration::ZERO);
         let stage = Arc::clone(self);
         tokio::spawn(async move {
             let old = lock(&slot.runtime).take();
             if let Some(mut old) = old {
-                if drain {
+                if kind == FaultKind::RemoteDrain {
                     old.terminate();
                     // Cells here are short: the drain ends well within its timeout.
                     let exited = tokio::task::spawn_blocking(move || {
@@ -315,42 +521,78 @@ impl Stage {
             lock(&stage.pids).insert(fresh.pid());
             slot.proxy.retarget(fresh.address);
             *lock(&slot.runtime) = Some(fresh);
+            lock(&stage.faults)[record].until = Instant::now();
             slot.busy.store(false, Ordering::SeqCst);
         });
         true
     }
 
-    /// One fault of `kind` (0 to 7; 0 and 1 both kill the local runtime), its target
-    /// chosen at random. `false` when it could not be done now: the local runtime is
-    /// being restarted, or the remote one chosen is being replaced already.
-    async fn fault(self: &Arc<Self>, kind: u64, rng: &mut Rng) -> bool {
+    /// Kills the local runtime while one of its cells waits on a tool call: the next
+    /// local call is held, the runtime killed, and that cell must end lost. `false` when
+    /// no local cell made a call within 3 s.
+    async fn kill_mid_cell(&self) -> bool {
+        // A drain just before would leave the held cell on the old, draining runtime
+        // while the provider names its successor: let it end first.
+        let last_drain = lock(&self.faults)
+            .iter()
+            .filter(|fault| fault.kind == FaultKind::LocalDrain)
+            .map(|fault| fault.from)
+            .max();
+        if let Some(at) = last_drain {
+            tokio::time::sleep_until(at + Duration::from_secs(3)).await;
+        }
+        let (catch, caught) = oneshot::channel();
+        *lock(&self.delegate.catch) = Some(catch);
+        let caught = tokio::time::timeout(Duration::from_secs(3), caught).await;
+        lock(&self.delegate.catch).take();
+        let Ok(Ok(token)) = caught else {
+            return false;
+        };
+        let Some(pid) = self.local_pid().await else {
+            panic!("chaos: a local cell ({token}) is in a tool call, but no local runtime is up");
+        };
+        self.record(Target::Local, FaultKind::LocalKillMidCell, Duration::ZERO);
+        lock(&self.held).push(token);
+        signal(pid, "KILL");
+        true
+    }
+
+    /// One fault of `kind`, its target chosen at random. `false` when it could not be
+    /// done now: the local runtime is being restarted, the remote one chosen is being
+    /// replaced already, or no local cell reached a tool call to be killed in.
+    async fn fault(self: &Arc<Self>, kind: FaultKind, rng: &mut Rng) -> bool {
         let slots = self.slots.len() as u64;
         let slot = rng.below(slots.max(1)) as usize;
         let done = match kind {
-            0..=2 => match self.local_pid().await {
+            FaultKind::LocalKillMidCell => self.kill_mid_cell().await,
+            FaultKind::LocalKill | FaultKind::LocalDrain => match self.local_pid().await {
                 Some(pid) => {
-                    signal(pid, if kind == 2 { "TERM" } else { "KILL" });
+                    self.record(Target::Local, kind, Duration::ZERO);
+                    let drain = kind == FaultKind::LocalDrain;
+                    signal(pid, if drain { "TERM" } else { "KILL" });
                     true
                 }
                 None => false,
             },
             _ if slots == 0 => false,
-            3 => self.replace(slot, false),
-            4 => self.replace(slot, true),
-            5 => {
+            FaultKind::RemoteKill | FaultKind::RemoteDrain => self.replace(slot, kind),
+            FaultKind::Cut => {
+                self.record(Target::Slot(slot), kind, Duration::ZERO);
                 self.slots[slot].proxy.cut();
                 true
             }
-            6 => {
+            FaultKind::Stall => {
                 // Some stalls outlast the liveness timeout (the connection is given up),
                 // some do not (the bytes arrive late).
                 let stall = Duration::from_millis(200 + rng.below(3_000));
+                self.record(Target::Slot(slot), kind, stall);
                 self.slots[slot].proxy.stall(stall);
                 true
             }
-            _ => {
+            FaultKind::Delay => {
                 let target = Arc::clone(&self.slots[slot]);
                 let delay = Duration::from_millis(5 + rng.below(60));
+                self.record(Target::Slot(slot), kind, Duration::from_secs(2));
                 target.proxy.delay(delay);
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -360,14 +602,7 @@ impl Stage {
             }
         };
         if done {
-            let mut report = lock(&self.report);
-            match kind {
-                0 | 1 | 3 => report.kills += 1,
-                2 | 4 => report.drains += 1,
-                5 => report.cuts += 1,
-                6 => report.stalls += 1,
-                _ => report.delays += 1,
-            }
+            *lock(&self.report).faults.entry(kind).or_default() += 1;
         }
         done
     }
@@ -380,10 +615,10 @@ const KEYS: u64 = 32;
 /// What one session knows of one key.
 #[derive(Default)]
 struct Known {
-    /// The value the latest completed cell stored, exact JSON text.
+    /// The value committed last, exact JSON text (`None`: absent).
     committed: Option<String>,
-    /// Values of later cells that died with their runtime (or were refused): each may or
-    /// may not have been committed.
+    /// Values of later cells that died with their runtime: each may or may not have been
+    /// committed, until a cell's `load` shows which.
     maybe: Vec<String>,
 }
 
@@ -391,34 +626,107 @@ impl Known {
     /// Whether `found` (a `load`'s JSON text, `None` when absent) is a value this key may
     /// hold.
     fn allows(&self, found: Option<&str>) -> bool {
-        match found {
-            None => self.committed.is_none(),
-            Some(found) => {
-                self.committed.as_deref() == Some(found)
-                    || self.maybe.iter().any(|maybe| maybe == found)
-            }
-        }
+        self.committed.as_deref() == found || self.maybe.iter().any(|maybe| Some(&**maybe) == found)
     }
 }
 
-/// What one session knows of its values.
+/// A session's model of its committed map.
 #[derive(Default)]
 struct Ledger {
     keys: BTreeMap<String, Known>,
 }
 
-/// How a cell ended, as the worker saw it.
-enum Ended {
-    Completed(String),
-    Lost,
-    Unavailable,
+impl Ledger {
+    /// Checks what a cell loaded (key → JSON text or null) against the model, and pins
+    /// each key to what was found: a value a lost cell may have committed is now known.
+    fn check_and_pin(&mut self, name: &str, cell: &str, seen: &serde_json::Value) -> u64 {
+        for (key, known) in &mut self.keys {
+            let found = match &seen[key] {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(json) => Some(json.as_str()),
+                other => panic!("{name}: cell {cell} reported {key} as {other}"),
+            };
+            assert!(
+                known.allows(found),
+                "{name}: cell {cell} loaded {key} as {found:?}, but its committed value is {:?} (or one of {:?})",
+                known.committed,
+                known.maybe
+            );
+            *known = Known {
+                committed: found.map(str::to_owned),
+                maybe: Vec::new(),
+            };
+        }
+        self.keys.len() as u64
+    }
+
+    /// Checks the host's copy of the session's map against the model, whole: every key
+    /// committed with its exact value, and nothing else.
+    fn check_host_copy(&self, name: &str, after: &str, host: &StoredValues) {
+        let model: BTreeMap<&str, &str> = self
+            .keys
+            .iter()
+            .filter_map(|(key, known)| Some((key.as_str(), known.committed.as_deref()?)))
+            .collect();
+        let copy: BTreeMap<&str, &str> = host
+            .iter()
+            .map(|(key, json)| (key.as_str(), json.as_ref()))
+            .collect();
+        if model != copy {
+            let missing: Vec<&&str> = model
+                .keys()
+                .filter(|key| !copy.contains_key(*key))
+                .collect();
+            let extra: Vec<&&str> = copy
+                .keys()
+                .filter(|key| !model.contains_key(*key))
+                .collect();
+            let different: Vec<&&str> = model
+                .iter()
+                .filter(|(key, json)| copy.get(*key).is_some_and(|kept| kept != *json))
+                .map(|(key, _)| key)
+                .collect();
+            panic!(
+                "{name}: after {after}, the host's copy of the stored values is not the committed map: missing {missing:?}, extra {extra:?}, different {different:?}"
+            );
+        }
+    }
 }
 
-/// Runs `call` under the answer deadline; a missing answer fails the run.
-async fn answered<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(ANSWER_DEADLINE, call)
-        .await
-        .unwrap_or_else(|_| panic!("{what} got no answer within {ANSWER_DEADLINE:?}"))
+/// How a cell ended, as the worker saw it.
+enum Ended {
+    /// Its text output.
+    Completed(String),
+    /// Its runtime was lost under it, within a fault's window.
+    Lost,
+    /// Refused while no remote runtime was up.
+    Refused,
+}
+
+/// Where a session's cells run, as its provider names it.
+trait Placed {
+    fn placement(&self) -> Option<String>;
+    fn is_local() -> bool;
+}
+
+impl Placed for ProcessSession {
+    fn placement(&self) -> Option<String> {
+        self.runtime()
+    }
+
+    fn is_local() -> bool {
+        true
+    }
+}
+
+impl Placed for RemoteSession {
+    fn placement(&self) -> Option<String> {
+        self.runtime()
+    }
+
+    fn is_local() -> bool {
+        false
+    }
 }
 
 /// Follows a cell to its end: waits while it yields.
@@ -427,22 +735,36 @@ async fn follow<S: CodeModeSession>(
     mut response: CellResponse,
 ) -> Result<CellResponse, SessionError> {
     while let CellResponse::Yielded { cell_id, .. } = &response {
-        let request = WaitRequest::new(cell_id.clone()).with_yield_time_ms(30_000);
-        response = answered("wait", session.wait(request)).await?;
+        let request = WaitRequest::new(cell_id.clone()).with_yield_time_ms(5_000);
+        response = session.wait(request).await?;
     }
     Ok(response)
 }
 
-async fn run_cell<S: CodeModeSession>(session: &S, source: String) -> Ended {
-    let started = answered(
-        "exec",
-        session.execute(ExecRequest::new(source).with_tools(tools())),
-    )
-    .await;
-    let outcome = match started {
-        Ok(started) => follow(session, started.initial_response).await,
-        Err(error) => Err(error),
-    };
+/// Runs one cell to its end within the answer deadline and classifies how it ended;
+/// panics on anything the faults do not explain.
+async fn run_cell<S: CodeModeSession + Placed>(
+    stage: &Stage,
+    name: &str,
+    cell: &str,
+    session: &S,
+    source: String,
+) -> Ended {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(stage.deadline, async {
+        let started = session
+            .execute(ExecRequest::new(source).with_tools(tools()))
+            .await?;
+        follow(session, started.initial_response).await
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "{name}: cell {cell} got no answer within {:?}",
+            stage.deadline
+        )
+    });
+    let ended = Instant::now();
     match outcome {
         Ok(CellResponse::Result {
             content_items,
@@ -455,20 +777,33 @@ async fn run_cell<S: CodeModeSession>(session: &S, source: String) -> Ended {
                 .collect::<Vec<_>>()
                 .join("\n"),
         ),
-        Ok(other) => panic!("a chaos cell ended unexpectedly: {other:?}"),
-        Err(SessionError::RuntimeLost(_)) => Ended::Lost,
-        Err(SessionError::Runtime(message)) => {
-            tracing_free_note(&message);
-            Ended::Unavailable
+        Ok(other) => panic!("{name}: cell {cell} ended unexpectedly: {other:?}"),
+        Err(SessionError::RuntimeLost(cause)) => {
+            let target = if S::is_local() {
+                Some(Target::Local)
+            } else {
+                session
+                    .placement()
+                    .and_then(|runtime| stage.slot_of(&runtime))
+            };
+            assert!(
+                stage.fault_within(target, started, ended),
+                "{name}: cell {cell} lost its runtime ({target:?}) with no fault injected there: {cause}"
+            );
+            lock(&stage.lost).insert(cell.to_owned());
+            Ended::Lost
         }
-        Err(other) => panic!("a chaos cell failed unexpectedly: {other}"),
-    }
-}
-
-/// Where a refused exec's reason goes: stderr, only in soak runs' logs.
-fn tracing_free_note(message: &str) {
-    if std::env::var_os("CODE_MODE_CHAOS_VERBOSE").is_some() {
-        eprintln!("chaos: exec refused: {message}");
+        Err(SessionError::Runtime(message))
+            if !S::is_local()
+                && message.starts_with(REFUSAL)
+                && stage.remote_all_down(started, ended) =>
+        {
+            if std::env::var_os("CODE_MODE_CHAOS_VERBOSE").is_some() {
+                eprintln!("chaos: {name}: cell {cell} refused: {message}");
+            }
+            Ended::Refused
+        }
+        Err(other) => panic!("{name}: cell {cell} failed, and no fault explains it: {other}"),
     }
 }
 
@@ -477,8 +812,57 @@ fn js_string(text: &str) -> String {
     serde_json::Value::String(text.to_owned()).to_string()
 }
 
+/// The source of a cell that loads every key in `keys` and reports them, then (for a
+/// `store` of `(key, index, pad)`) calls `echo` with its token and stores a value.
+fn cell_source(token: &str, keys: &[&String], store: Option<(&str, u64, &str)>) -> String {
+    let mut source = format!(
+        "const seen = {{}};\nfor (const key of {}) seen[key] = JSON.stringify(load(key)) ?? null;\n",
+        serde_json::to_string(keys).expect("keys as JSON")
+    );
+    match store {
+        Some((key, index, pad)) => {
+            let _ = write!(
+                source,
+                "const answer = await tools.echo({{ token: {token} }});\n\
+                 store({key}, {{ i: {index}, token: answer.token, pad: {pad} }});\n\
+                 text(JSON.stringify({{ token: {token}, echoed: answer.token, seen }}));",
+                token = js_string(token),
+                key = js_string(key),
+                pad = js_string(pad),
+            );
+        }
+        None => {
+            let _ = write!(
+                source,
+                "text(JSON.stringify({{ token: {token}, echoed: {token}, seen }}));",
+                token = js_string(token)
+            );
+        }
+    }
+    source
+}
+
+/// Checks a completed cell's report: its own result, its own tool answer, every key
+/// as the model allows (then pinned).
+fn check_report(stage: &Stage, name: &str, cell: &str, ledger: &mut Ledger, text: &str) {
+    let report: serde_json::Value = serde_json::from_str(text)
+        .unwrap_or_else(|_| panic!("{name}: cell {cell} answered {text:?}"));
+    assert_eq!(
+        report["token"].as_str(),
+        Some(cell),
+        "{name}: cell {cell} was answered with another cell's result: {text}"
+    );
+    assert_eq!(
+        report["echoed"].as_str(),
+        Some(cell),
+        "{name}: cell {cell}'s tool call was answered with another call's answer: {text}"
+    );
+    let checked = ledger.check_and_pin(name, cell, &report["seen"]);
+    lock(&stage.report).values_checked += checked;
+}
+
 /// The cells of one session until `until`, then the final check of every value.
-async fn worker<S: CodeModeSession>(
+async fn worker<S: CodeModeSession + Placed>(
     name: String,
     session: S,
     until: Instant,
@@ -490,124 +874,109 @@ async fn worker<S: CodeModeSession>(
     while Instant::now() < until {
         index += 1;
         let key = format!("k{}", index % KEYS);
-        let token = format!("{name}/{index}");
+        let cell = format!("{name}/{index}");
         let pad = "x".repeat(rng.below(200) as usize);
-        let expected = format!(r#"{{"i":{index},"token":"{token}","pad":"{pad}"}}"#);
-        // Check three keys whose value is known exactly: the previous one and two others.
-        let exact: Vec<(&String, &String)> = ledger
-            .keys
-            .iter()
-            .filter(|(_, known)| known.maybe.is_empty())
-            .filter_map(|(key, known)| Some((key, known.committed.as_ref()?)))
-            .collect();
-        let mut checks: BTreeMap<&String, &String> = BTreeMap::new();
-        let previous = format!("k{}", (index - 1) % KEYS);
-        if let Some((key, json)) = exact.iter().find(|(key, _)| **key == previous) {
-            checks.insert(key, json);
-        }
-        for _ in 0..2 {
-            if !exact.is_empty() {
-                let (key, json) = exact[rng.below(exact.len() as u64) as usize];
-                checks.insert(key, json);
-            }
-        }
-        let mut source = String::from("const bad = [];\n");
-        for (key, json) in &checks {
-            let _ = writeln!(
-                source,
-                "if (JSON.stringify(load({})) !== {}) bad.push({});",
-                js_string(key),
-                js_string(json),
-                js_string(key)
-            );
-        }
-        let _ = write!(
-            source,
-            "const answer = await tools.echo({{ token: {} }});\n\
-             store({}, {{ i: {index}, token: answer.token, pad: {} }});\n\
-             text(bad.length ? \"BAD \" + bad.join(\",\") : \"ok\");",
-            js_string(&token),
-            js_string(&key),
-            js_string(&pad)
-        );
-        let checked = checks.len() as u64;
+        let expected = format!(r#"{{"i":{index},"token":"{cell}","pad":"{pad}"}}"#);
+        let keys: Vec<&String> = ledger.keys.keys().collect();
+        let source = cell_source(&cell, &keys, Some((&key, index, &pad)));
         lock(&stage.report).cells += 1;
-        let known = ledger.keys.entry(key).or_default();
-        match run_cell(&session, source).await {
+        match run_cell(&stage, &name, &cell, &session, source).await {
             Ended::Completed(text) => {
-                assert_eq!(text, "ok", "{name}: a committed value was not as stored");
-                lock(&stage.report).values_checked += checked;
-                lock(&stage.report).completed += 1;
-                *known = Known {
-                    committed: Some(expected),
-                    maybe: Vec::new(),
-                };
+                check_report(&stage, &name, &cell, &mut ledger, &text);
+                ledger.keys.insert(
+                    key,
+                    Known {
+                        committed: Some(expected),
+                        maybe: Vec::new(),
+                    },
+                );
+                ledger.check_host_copy(&name, &cell, &session.stored_values());
+                let mut report = lock(&stage.report);
+                report.completed += 1;
+                report.host_copies_checked += 1;
             }
             Ended::Lost => {
                 lock(&stage.report).lost += 1;
-                known.maybe.push(expected);
+                ledger.keys.entry(key).or_default().maybe.push(expected);
             }
-            Ended::Unavailable => {
-                lock(&stage.report).unavailable += 1;
-                known.maybe.push(expected);
+            Ended::Refused => {
+                lock(&stage.report).refused += 1;
+                ledger.keys.entry(key).or_default().maybe.push(expected);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(5 + rng.below(20))).await;
     }
-    final_check(&name, &session, &ledger, &stage).await;
-    answered("shutdown", session.shutdown()).await;
+    final_check(&name, &session, &mut ledger, &stage).await;
+    tokio::time::timeout(stage.deadline, session.shutdown())
+        .await
+        .unwrap_or_else(|_| panic!("{name}: shutdown got no answer within {:?}", stage.deadline));
 }
 
-/// Every key the session used, loaded in one cell (retried while runtimes come back), and
-/// compared with what the session knows and with the host's copy.
-async fn final_check<S: CodeModeSession>(name: &str, session: &S, ledger: &Ledger, stage: &Stage) {
-    let keys: Vec<&String> = ledger.keys.keys().collect();
-    let source = format!(
-        "const keys = {};\nconst seen = {{}};\nfor (const key of keys) seen[key] = JSON.stringify(load(key)) ?? null;\ntext(JSON.stringify(seen));",
-        serde_json::to_string(&keys).expect("keys as JSON")
-    );
-    let mut seen = None;
-    for _ in 0..20 {
-        match run_cell(session, source.clone()).await {
+/// Every key the session used, loaded in one cell (again while runtimes come back), and
+/// compared with the model and with the host's copy.
+async fn final_check<S: CodeModeSession + Placed>(
+    name: &str,
+    session: &S,
+    ledger: &mut Ledger,
+    stage: &Stage,
+) {
+    for attempt in 1..=20 {
+        let cell = format!("{name}/final{attempt}");
+        let keys: Vec<&String> = ledger.keys.keys().collect();
+        let source = cell_source(&cell, &keys, None);
+        match run_cell(stage, name, &cell, session, source).await {
             Ended::Completed(text) => {
-                seen = Some(text);
-                break;
+                check_report(stage, name, &cell, ledger, &text);
+                ledger.check_host_copy(name, &cell, &session.stored_values());
+                lock(&stage.report).host_copies_checked += 1;
+                return;
             }
-            Ended::Lost | Ended::Unavailable => {
+            Ended::Lost | Ended::Refused => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
-    let seen = seen.unwrap_or_else(|| panic!("{name}: the final check never ran"));
-    let seen: BTreeMap<String, Option<String>> =
-        serde_json::from_str(&seen).expect("the final check's JSON");
-    let host = session.stored_values();
-    for (key, known) in &ledger.keys {
-        let found = seen[key].as_deref();
-        assert!(
-            known.allows(found),
-            "{name}: {key} holds {found:?}, not its committed value {:?} (or one of {:?})",
-            known.committed,
-            known.maybe
-        );
-        let kept = host.get(key).map(|text| text.as_ref());
-        assert!(
-            known.allows(kept),
-            "{name}: the host's copy of {key} is {kept:?}, not {:?}",
-            known.committed
-        );
-    }
-    lock(&stage.report).values_checked += ledger.keys.len() as u64;
+    panic!("{name}: the final check never ran");
 }
 
 fn host_rss() -> u64 {
     rss_kib("self").unwrap_or(0)
 }
 
+/// Waits `pause`, failing the run at once if a worker panicked or the delegate found a
+/// violation meanwhile.
+async fn watch(workers: &mut tokio::task::JoinSet<()>, violations: &Violations, pause: Duration) {
+    let wake = Instant::now() + pause;
+    loop {
+        violations.check();
+        let now = Instant::now();
+        if now >= wake {
+            return;
+        }
+        let tick = wake.min(now + Duration::from_millis(100));
+        tokio::select! {
+            () = tokio::time::sleep_until(tick) => {}
+            Some(finished) = workers.join_next(), if !workers.is_empty() => {
+                if let Err(error) = finished {
+                    std::panic::resume_unwind(error.into_panic());
+                }
+            }
+        }
+    }
+}
+
 /// Runs the chaos test with the runtime `binary`; panics on any violation, returns the
-/// counts.
+/// counts. The whole run is bounded: past its duration and three answer deadlines more,
+/// it fails.
 pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
+    let bound = config.duration + config.answer_deadline * 3 + Duration::from_secs(60);
+    tokio::time::timeout(bound, run_unbounded(binary, config))
+        .await
+        .unwrap_or_else(|_| panic!("the chaos run did not end within {bound:?}"))
+}
+
+async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
     let liveness = Liveness {
         ping_interval: Duration::from_millis(300),
         timeout: Duration::from_millis(1500),
@@ -644,12 +1013,19 @@ pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
         ..RemoteConfig::insecure_loopback(endpoints)
     })
     .expect("a remote provider");
+    let delegate = Arc::new(ChaosDelegate::default());
+    let violations = Arc::clone(&delegate.violations);
     let stage = Arc::new(Stage {
         binary: binary.to_owned(),
         local,
         slots,
         options,
+        delegate: Arc::clone(&delegate),
+        deadline: config.answer_deadline,
         pids: Mutex::new(BTreeSet::new()),
+        faults: Mutex::new(Vec::new()),
+        held: Mutex::new(Vec::new()),
+        lost: Mutex::new(HashSet::new()),
         report: Mutex::new(ChaosReport::default()),
     });
     for slot in &stage.slots {
@@ -657,7 +1033,6 @@ pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
             lock(&stage.pids).insert(runtime.pid());
         }
     }
-    let delegate = Arc::new(ChaosDelegate::default());
     let started = Instant::now();
     let until = started + config.duration;
     let mut rng = Rng::new(config.seed);
@@ -687,29 +1062,32 @@ pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
         ));
     }
 
-    // Faults until the end, and RSS samples.
+    // Faults until the end, and RSS samples. The first faults are one of each kind, in an
+    // order the seed shuffles (a kind that cannot be done at its turn comes again next),
+    // so that even a short run meets every kind; later ones are drawn at random.
     let mut next_sample = config.rss_every.map(|every| started + every);
     let warm_at = started + config.duration / 5;
-    let mut faults = 0usize;
-    let mut first_kinds: Vec<u64> = (0..8).collect();
+    let mut first_kinds: Vec<FaultKind> = FaultKind::ALL.to_vec();
     for index in (1..first_kinds.len()).rev() {
         first_kinds.swap(index, rng.below(index as u64 + 1) as usize);
     }
+    first_kinds.reverse();
     while Instant::now() < until {
         let mean = config.fault_every.as_millis() as u64;
         let pause = Duration::from_millis(mean / 2 + rng.below(mean.max(1)));
-        tokio::time::sleep(pause.min(until.saturating_duration_since(Instant::now()))).await;
+        let pause = pause.min(until.saturating_duration_since(Instant::now()));
+        watch(&mut workers, &violations, pause).await;
         if Instant::now() >= until {
             break;
         }
-        // The first eight faults are one of each kind, in an order the seed shuffles, so
-        // that even a short run meets every kind; later ones are chosen at random.
-        let kind = first_kinds
-            .get(faults)
-            .copied()
-            .unwrap_or_else(|| rng.below(8));
-        stage.fault(kind, &mut rng).await;
-        faults += 1;
+        let kind = match first_kinds.pop() {
+            Some(kind) => kind,
+            None => FaultKind::ALL[rng.below(FaultKind::ALL.len() as u64) as usize],
+        };
+        let done = stage.fault(kind, &mut rng).await;
+        if !done && lock(&stage.report).faults.get(&kind).is_none() {
+            first_kinds.push(kind);
+        }
         if lock(&stage.report).host_rss_warm_kib == 0 && Instant::now() >= warm_at {
             lock(&stage.report).host_rss_warm_kib = host_rss();
         }
@@ -722,23 +1100,29 @@ pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
             next_sample = config.rss_every.map(|every| at + every);
         }
     }
-    // No more faults: let the replacements come up, stop any delay, then let the
-    // workers finish and check.
+    // No more faults: stop any delay, then let the workers finish and check.
     for slot in &stage.slots {
         slot.proxy.delay(Duration::ZERO);
     }
-    while let Some(finished) = workers.join_next().await {
-        if let Err(error) = finished {
-            std::panic::resume_unwind(error.into_panic());
-        }
+    while !workers.is_empty() {
+        watch(&mut workers, &violations, Duration::from_millis(200)).await;
     }
-    let duplicates = lock(&delegate.duplicates).clone();
+    violations.check();
+    let held = lock(&stage.held).clone();
+    let not_lost: Vec<&String> = held
+        .iter()
+        .filter(|cell| !lock(&stage.lost).contains(*cell))
+        .collect();
     assert!(
-        duplicates.is_empty(),
-        "tool calls ran twice: {duplicates:?}"
+        not_lost.is_empty(),
+        "cells killed while in a tool call did not report their runtime lost: {not_lost:?}"
     );
-    lock(&stage.report).tool_calls = delegate.calls.load(Ordering::Relaxed);
-    lock(&stage.report).host_rss_end_kib = host_rss();
+    {
+        let mut report = lock(&stage.report);
+        report.lost_mid_flight = held.len() as u64;
+        report.tool_calls = delegate.calls.load(Ordering::Relaxed);
+        report.host_rss_end_kib = host_rss();
+    }
 
     // Nothing left behind: the providers and runtimes go, and so do their processes.
     let _ = stage.local_pid().await;
@@ -770,9 +1154,23 @@ pub async fn run(binary: &Path, config: ChaosConfig) -> ChaosReport {
         }
     }
     let report = report.into_inner().unwrap_or_else(|p| p.into_inner());
-    // Faults come every second or so: most cells still complete. A run whose runtimes
-    // could not be reached (a stale binary of another protocol version, say) proves
-    // nothing and fails here.
+    // Every kind of fault happened, and cells were lost mid-flight: a run that never
+    // exercised the loss path proves nothing.
+    for kind in FaultKind::ALL {
+        if kind.is_local() || config.remote_runtimes > 0 {
+            assert!(
+                report.faults.get(&kind).is_some_and(|count| *count > 0),
+                "no fault of kind {:?} happened: {report}",
+                kind.name()
+            );
+        }
+    }
+    assert!(
+        report.lost_mid_flight > 0,
+        "no cell was lost mid-flight: {report}"
+    );
+    // Most cells still complete. A run whose runtimes could not be reached (a stale
+    // binary of another protocol version, say) fails here, if not before.
     assert!(
         report.completed * 2 >= report.cells,
         "only {} of {} cells completed",

@@ -36,10 +36,23 @@ impl Connection {
             delegate
         };
         let connection = Arc::clone(self);
+        let owner = Arc::as_ptr(self) as usize;
         // Polled once here, in the order the runtime sent the calls, then spawned.
         let mut task = Box::pin(async move {
-            let reply = connection.run_delegate_call(&*delegate, call, &token).await;
+            let is_tool_call = matches!(call, DelegateCall::InvokeTool { .. });
+            // Proof that the chaos test sees an answer given twice (a test-only switch):
+            // a tool answer kept below answers this call instead of the delegate.
+            let replayed = is_tool_call
+                .then(|| faults::replay(owner, session))
+                .flatten();
+            let reply = match replayed {
+                Some(reply) => Some(reply),
+                None => connection.run_delegate_call(&*delegate, call, &token).await,
+            };
             let reply = reply.unwrap_or(DelegateReply::Cancelled);
+            if is_tool_call && faults::fire(Fault::DuplicateAnswer) {
+                faults::keep_for_replay(owner, session, reply.clone());
+            }
             // A call of a lost connection needs no answer.
             if lock(&connection.state).delegate_calls.remove(&id).is_some() {
                 let message = ClientMessage::DelegateReply { id, reply };
@@ -87,6 +100,13 @@ impl Connection {
                     input,
                     exec_call_id,
                 };
+                if faults::fire(Fault::DuplicateCall) {
+                    // Proof that the chaos test sees a call made twice (a test-only
+                    // switch): the delegate runs it once more first, its answer unused.
+                    let _ =
+                        until_cancelled(token, delegate.invoke_tool(call.clone(), token.clone()))
+                            .await;
+                }
                 let result =
                     until_cancelled(token, delegate.invoke_tool(call, token.clone())).await?;
                 Some(DelegateReply::ToolResult(result))

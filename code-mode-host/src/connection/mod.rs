@@ -27,6 +27,7 @@
 mod answers;
 mod delegate;
 
+use crate::faults::{self, Fault};
 use crate::unclaimed::Unclaimed;
 pub(crate) use answers::Answer;
 use answers::{AbandonOnDrop, Deliver, deliver_to};
@@ -521,6 +522,8 @@ impl Connection {
                     .get(&session)
                     .map(|entry| Arc::clone(&entry.stored));
                 match stored {
+                    // Proof that the chaos test sees a lost commit (a test-only switch).
+                    Some(_) if !writes.is_empty() && faults::fire(Fault::DropCommit) => {}
                     Some(stored) => lock(&stored).merge(&writes),
                     // A session the host already forgot (shut down): nobody keeps it.
                     None => tracing::debug!(%session, "a commit for a session no longer open"),
@@ -586,6 +589,12 @@ impl Connection {
                 }
                 Response::Reply(_) | Response::ToolsRegistered => {}
             }
+        }
+        if is_final(&result) && faults::fire(Fault::LoseAnswer) {
+            // Proof that the chaos test sees a lost answer (a test-only switch): the
+            // caller waits for ever.
+            std::mem::forget(pending);
+            return Ok(());
         }
         let ack = match (pending.session, &result) {
             (Some(session), Ok(_)) => {
@@ -806,5 +815,18 @@ async fn read_loop<S: AsyncRead>(
     drop(reader);
     if let Some(connection) = connection.upgrade() {
         connection.on_lost(ended).await;
+    }
+}
+
+/// Whether a response ends a cell (its final result, to an exec or an observation).
+fn is_final(result: &Result<Response, WireError>) -> bool {
+    match result {
+        Ok(Response::Reply(SessionReply::Started(started))) => {
+            matches!(started.initial_response, CellResponse::Result { .. })
+        }
+        Ok(Response::Reply(SessionReply::Cell(response))) => {
+            matches!(response, CellResponse::Result { .. })
+        }
+        _ => false,
     }
 }
