@@ -443,9 +443,6 @@ impl HostedSession {
         let request = connection.session_request(session, call);
         match connection.call(request, hooks).await {
             Ok(answer) => Ok((connection, answer)),
-            Err(SessionError::Runtime(_)) if self.shutting_down.load(Ordering::SeqCst) => {
-                Err(SessionError::ShuttingDown)
-            }
             Err(error) => Err(error),
         }
     }

@@ -154,7 +154,9 @@ async fn pump(
 mod tests {
     use super::*;
 
-    async fn echo_server() -> SocketAddr {
+    /// A server that answers each chunk with `tag` and the chunk, so that a reply names the
+    /// server it came from.
+    async fn echo_server(tag: u8) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -162,7 +164,9 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buffer = [0u8; 1024];
                     while let Ok(read) = stream.read(&mut buffer).await {
-                        if read == 0 || stream.write_all(&buffer[..read]).await.is_err() {
+                        let mut reply = vec![tag];
+                        reply.extend_from_slice(&buffer[..read]);
+                        if read == 0 || stream.write_all(&reply).await.is_err() {
                             break;
                         }
                     }
@@ -172,27 +176,28 @@ mod tests {
         address
     }
 
+    /// Sends `text` and reads the server's tag and its echo.
     async fn round_trip(stream: &mut TcpStream, text: &[u8]) -> Vec<u8> {
         stream.write_all(text).await.unwrap();
-        let mut back = vec![0u8; text.len()];
+        let mut back = vec![0u8; text.len() + 1];
         stream.read_exact(&mut back).await.unwrap();
         back
     }
 
     #[tokio::test]
     async fn forwards_stalls_delays_and_cuts() {
-        let proxy = FaultProxy::start(echo_server().await).await;
+        let proxy = FaultProxy::start(echo_server(b'A').await).await;
         let mut stream = TcpStream::connect(proxy.address).await.unwrap();
-        assert_eq!(round_trip(&mut stream, b"hello").await, b"hello");
+        assert_eq!(round_trip(&mut stream, b"hello").await, b"Ahello");
 
         proxy.stall(Duration::from_millis(300));
         let started = Instant::now();
-        assert_eq!(round_trip(&mut stream, b"stalled").await, b"stalled");
+        assert_eq!(round_trip(&mut stream, b"stalled").await, b"Astalled");
         assert!(started.elapsed() >= Duration::from_millis(250));
 
         proxy.delay(Duration::from_millis(100));
         let started = Instant::now();
-        assert_eq!(round_trip(&mut stream, b"late").await, b"late");
+        assert_eq!(round_trip(&mut stream, b"late").await, b"Alate");
         // Both directions wait.
         assert!(started.elapsed() >= Duration::from_millis(200));
         proxy.delay(Duration::ZERO);
@@ -206,9 +211,11 @@ mod tests {
 
         // New connections go through again, and to a new target once retargeted.
         let mut again = TcpStream::connect(proxy.address).await.unwrap();
-        assert_eq!(round_trip(&mut again, b"again").await, b"again");
-        proxy.retarget(echo_server().await);
+        assert_eq!(round_trip(&mut again, b"again").await, b"Aagain");
+        proxy.retarget(echo_server(b'B').await);
         let mut moved = TcpStream::connect(proxy.address).await.unwrap();
-        assert_eq!(round_trip(&mut moved, b"moved").await, b"moved");
+        assert_eq!(round_trip(&mut moved, b"moved").await, b"Bmoved");
+        // A connection opened before the retarget stays with the old server.
+        assert_eq!(round_trip(&mut again, b"stays").await, b"Astays");
     }
 }

@@ -518,9 +518,10 @@ pub async fn shutdown_stops_cpu_bound_cells_and_refuses_new_ones<P: CodeModeProv
     );
     let begun = std::time::Instant::now();
     session.shutdown().await;
-    // Generous: "about one second" is the contract; this only catches a hang.
+    // "About one second" is the contract; three allow for a loaded two-core machine, not
+    // for a stop that waits on a timer or a hang.
     assert!(
-        begun.elapsed() < Duration::from_secs(10),
+        begun.elapsed() < Duration::from_secs(3),
         "shutdown took {:?}",
         begun.elapsed()
     );
@@ -551,6 +552,11 @@ pub async fn shutdown_racing_admission_closes_each_admitted_cell_once<P: CodeMod
                 .await
         }));
         if index == 6 {
+            // At least one cell is admitted for sure (it called its tool) before the
+            // shutdown starts; the later execs race it.
+            delegate
+                .wait_for(|record| matches!(record, Record::ToolStarted { .. }))
+                .await;
             let session = Arc::clone(&session);
             execs.push(tokio::spawn(async move {
                 session.shutdown().await;
@@ -573,6 +579,10 @@ pub async fn shutdown_racing_admission_closes_each_admitted_cell_once<P: CodeMod
             Err(other) => panic!("unexpected error {other}"),
         }
     }
+    assert!(
+        !admitted.is_empty(),
+        "no cell was admitted before the shutdown"
+    );
     session.shutdown().await;
     for cell_id in &admitted {
         assert_eq!(delegate.closed_count(cell_id), 1, "cell {cell_id}");
@@ -634,17 +644,23 @@ pub async fn exit_in_sixteen_places<P: CodeModeProvider>(provider: &P) {
 
 // 18
 pub async fn yield_time_grace_and_session_cap<P: CodeModeProvider>(provider: &P) {
-    // A tool that answers 10.5 s after the exec starts.
-    let source = r#"text(await tools.slow(10500));"#;
+    // The tool is answered when the test says: just past the requested 10 s (within the
+    // grace), or once the capped exec has yielded.
+    let source = r#"text(await tools.block());"#;
     let with_grace = async {
-        let (session, _d) = open(provider).await;
-        let started = session
-            .execute(request(source).with_yield_time_ms(10_000))
-            .await
-            .unwrap();
+        let (session, delegate) = open(provider).await;
+        let begun = tokio::time::Instant::now();
+        let exec = session.execute(request(source).with_yield_time_ms(10_000));
+        let release = async {
+            delegate.wait_started("1", "tool-1").await;
+            // The only timed step: 100 ms past the yield time, 900 ms before the grace ends.
+            tokio::time::sleep_until(begun + Duration::from_millis(10_100)).await;
+            delegate.release("1", "tool-1", Ok(json!("late"))).await;
+        };
+        let (started, ()) = tokio::join!(exec, release);
         assert_eq!(
-            started.initial_response.clone().timeless(),
-            result("1", &["slow done"], None)
+            started.unwrap().initial_response.timeless(),
+            result("1", &["late"], None)
         );
     };
     let capped = async {
@@ -652,7 +668,7 @@ pub async fn yield_time_grace_and_session_cap<P: CodeModeProvider>(provider: &P)
             max_yield_time_ms: Some(10_000),
             ..SessionOptions::default()
         };
-        let (session, _d) = open_with(provider, options).await;
+        let (session, delegate) = open_with(provider, options).await;
         let started = session
             .execute(request(source).with_yield_time_ms(10_000))
             .await
@@ -661,7 +677,8 @@ pub async fn yield_time_grace_and_session_cap<P: CodeModeProvider>(provider: &P)
             started.initial_response.clone().timeless(),
             yielded("1", &[])
         );
-        assert_eq!(wait(&session, "1").await, result("1", &["slow done"], None));
+        delegate.release("1", "tool-1", Ok(json!("capped"))).await;
+        assert_eq!(wait(&session, "1").await, result("1", &["capped"], None));
     };
     let zero_cap_does_not_leak = async {
         let options = SessionOptions {

@@ -461,6 +461,67 @@ async fn a_whole_session_over_raw_frames() {
     assert!(stderr.contains("handshake done"), "stderr: {stderr}");
 }
 
+/// A cell's writes reach the host in a `Committed` message before the response that ends
+/// the cell (contract §7: the host's copy is never behind what a caller was told).
+#[tokio::test]
+async fn a_cells_writes_are_committed_before_its_final_response() {
+    let mut host = Host::ready().await;
+    host.open_session(1, SessionId(1)).await;
+    host.request(
+        2,
+        Request::Session {
+            session: SessionId(1),
+            call: SessionCall::Execute(ExecRequest::new(
+                r#"store("k", { a: [1, "é"] }); store("gone", 1); store("gone", 2); text("done");"#,
+            )),
+        },
+    )
+    .await;
+    let first = host
+        .next_matching(|m| {
+            matches!(
+                m,
+                ServerMessage::Committed { .. } | ServerMessage::Response { .. }
+            )
+        })
+        .await;
+    let ServerMessage::Committed {
+        session,
+        cell_id,
+        writes,
+    } = first
+    else {
+        panic!("the response came before the commit: {first:?}");
+    };
+    assert_eq!((session, cell_id), (SessionId(1), "1".into()));
+    let mut writes: Vec<(String, String)> = writes
+        .into_iter()
+        .map(|(key, json)| (key, json.to_string()))
+        .collect();
+    writes.sort();
+    assert_eq!(
+        writes,
+        [
+            ("gone".to_owned(), "2".to_owned()),
+            ("k".to_owned(), r#"{"a":[1,"é"]}"#.to_owned())
+        ]
+    );
+    let response = timeless(host.response(2).await.expect("the cell's response"));
+    assert_eq!(
+        response,
+        Response::Reply(SessionReply::Started(StartedCell {
+            cell_id: "1".into(),
+            initial_response: CellResponse::Result {
+                cell_id: "1".into(),
+                content_items: vec![text("done")],
+                error_text: None,
+                missing_cell: false,
+                wall_time: std::time::Duration::ZERO,
+            },
+        }))
+    );
+}
+
 #[tokio::test]
 async fn pending_requests_can_be_cancelled_and_running_cells_die_with_the_connection() {
     let mut host = Host::ready().await;

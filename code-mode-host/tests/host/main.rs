@@ -91,9 +91,10 @@ async fn killing_the_runtime_fails_calls_at_once_closes_cells_and_the_next_exec_
 
     let error = waiting.await.unwrap().unwrap_err();
     let elapsed = killed_at.elapsed();
-    // "Within a second" is the contract; the bound here only catches a hang.
+    // "At once" is the contract (the socket's end, not a liveness timeout); two seconds
+    // allow for a loaded two-core machine, not for a timer.
     assert!(
-        elapsed < Duration::from_secs(5),
+        elapsed < Duration::from_secs(2),
         "the error took {elapsed:?}"
     );
     assert_eq!(

@@ -42,6 +42,17 @@ fn every_server_message_round_trips() {
 }
 
 #[test]
+fn the_server_samples_have_one_of_every_variant() {
+    let sampled: std::collections::BTreeSet<&str> = crate::samples::server_messages()
+        .iter()
+        .map(crate::samples::server_variant)
+        .collect();
+    let all: std::collections::BTreeSet<&str> =
+        crate::samples::SERVER_VARIANTS.into_iter().collect();
+    assert_eq!(sampled, all);
+}
+
+#[test]
 fn frames_arriving_byte_by_byte_decode_once_complete() {
     let mut codec = FrameCodec::<ServerMessage, ServerMessage>::new();
     let message = crate::samples::server_messages().remove(2);

@@ -135,6 +135,8 @@ pub struct Cell {
     terminate_after: Option<Duration>,
     shelf: Option<Arc<IsolateShelf>>,
     context: Option<ContextSource>,
+    /// Answer the first this many calls in reverse order.
+    reversed: Option<usize>,
 }
 
 pub fn cell(source: &str) -> Cell {
@@ -148,6 +150,7 @@ pub fn cell(source: &str) -> Cell {
         terminate_after: None,
         shelf: None,
         context: None,
+        reversed: None,
     }
 }
 
@@ -183,6 +186,13 @@ impl Cell {
         handler: impl Fn(&ToolCallRequest) -> Answer + Send + Sync + 'static,
     ) -> Self {
         self.handler = Arc::new(handler);
+        self
+    }
+
+    /// Holds the answers of the first `count` tool calls and sends them in reverse order
+    /// once all have been made.
+    pub fn answer_in_reverse(mut self, count: usize) -> Self {
+        self.reversed = Some(count);
         self
     }
 
@@ -235,6 +245,8 @@ impl Cell {
         let handle = Arc::new(handle.expect("spawn a cell"));
         let mut timers = HashMap::new();
         let mut events = Vec::new();
+        // Answers held back to be sent in reverse order (`answer_in_reverse`).
+        let mut held = Vec::new();
         loop {
             let event = events_rx
                 .recv()
@@ -252,10 +264,23 @@ impl Cell {
                 }
                 CellEvent::ToolCall(call) => {
                     if let Some(result) = (self.handler)(call) {
-                        handle.send(CellCommand::ToolResult {
+                        let command = CellCommand::ToolResult {
                             id: call.id,
                             result: result.map(JsonText::new).map_err(ToolError::new),
-                        });
+                        };
+                        match self.reversed {
+                            Some(count) => {
+                                held.push(command);
+                                if held.len() == count {
+                                    for command in held.drain(..).rev() {
+                                        handle.send(command);
+                                    }
+                                }
+                            }
+                            None => {
+                                handle.send(command);
+                            }
+                        }
                     }
                 }
                 CellEvent::TimerSet { id, delay } => {

@@ -89,13 +89,8 @@ fn parallel_tool_calls_resolve_independently() {
             text(results);
         "#,
     )
-    .answer(|call| {
-        // Answer in reverse order of the calls to show results are matched by id.
-        std::thread::sleep(std::time::Duration::from_millis(
-            10 * (4 - call.id.number().min(3)),
-        ));
-        crate::harness::default_answer(call)
-    })
+    // The answers arrive in reverse order of the calls: results are matched by id.
+    .answer_in_reverse(3)
     .run();
     assert_eq!(r.ok_texts(), [r#"[1,2,{"name":"Ada","id":1}]"#]);
     assert_eq!(
