@@ -1000,7 +1000,9 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: CodeModeProvider>(provi
         .any(|record| matches!(record, Record::NotifyStarted { .. }));
     assert!(!notified, "a finalizer of cell 1 ran later");
 
-    // Two sessions never share an isolate.
+    // Nothing of another session's cell reaches this one. (A global is cleared by a fresh
+    // context whether or not the isolate is shared: which isolate each cell ran on is
+    // checked at the provider, in the in-process tests' `isolate_reuse`.)
     let (other, other_delegate) = open(provider).await;
     exec(&other, "globalThis.mine = 'other session'; text('set');").await;
     other_delegate.wait_closed("1").await;

@@ -30,6 +30,7 @@
 use super::Job;
 use super::callbacks::HeapGuard;
 use code_mode_protocol::sync::lock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub(crate) const REUSE_MAX_HEAP_BYTES: usize = 16 * 1024 * 1024;
 pub struct IsolateShelf {
     /// One sender per parked thread, most recently parked last.
     parked: Mutex<Vec<mpsc::Sender<Job>>>,
+    /// How many cells ran on an isolate taken from this shelf.
+    reused: AtomicU64,
     /// The heap limit of the session's cells; isolates are created with it.
     heap_bytes: u64,
 }
@@ -61,6 +64,7 @@ impl IsolateShelf {
     pub fn new(heap_bytes: u64) -> Self {
         Self {
             parked: Mutex::new(Vec::new()),
+            reused: AtomicU64::new(0),
             heap_bytes,
         }
     }
@@ -72,6 +76,11 @@ impl IsolateShelf {
     /// How many isolates are parked.
     pub fn parked(&self) -> usize {
         lock(&self.parked).len()
+    }
+
+    /// How many cells ran on an isolate parked here (the shelf's reuses so far).
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
     }
 
     /// Releases every parked isolate (their threads dispose of them and end).
@@ -86,7 +95,10 @@ impl IsolateShelf {
                 return Some(job);
             };
             match parked.send(job) {
-                Ok(()) => return None,
+                Ok(()) => {
+                    self.reused.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
                 // That thread released its isolate meanwhile; try the next one.
                 Err(mpsc::SendError(unsent)) => job = unsent,
             }

@@ -285,6 +285,19 @@ impl InProcessSession {
     }
 }
 
+impl InProcessSession {
+    /// How many of this session's cells ran on an isolate an earlier cell of the session
+    /// left parked (CONTRACT §7); 0 when the session does not reuse isolates.
+    pub fn isolates_reused(&self) -> u64 {
+        self.shared.shelf.as_ref().map_or(0, |shelf| shelf.reused())
+    }
+
+    /// How many isolates this session has parked for its next cells now.
+    pub fn isolates_parked(&self) -> usize {
+        self.shared.shelf.as_ref().map_or(0, |shelf| shelf.parked())
+    }
+}
+
 impl Drop for InProcessSession {
     fn drop(&mut self) {
         self.shared.begin_shutdown();
