@@ -36,6 +36,15 @@ pub trait RuntimeFaults: Send + Sync {
         &'a self,
         session: &'a <Self::Provider as CodeModeProvider>::Session,
     ) -> BoxFuture<'a, ()>;
+
+    /// Stops the runtime under `session` with SIGSTOP: it reads and answers nothing until
+    /// killed.
+    fn stop(&self, session: &<Self::Provider as CodeModeProvider>::Session);
+
+    /// Whether an exec the lost runtime never admitted runs again on a fresh runtime (the
+    /// local process) rather than reporting the loss (a remote runtime, which may be alive
+    /// behind a broken network).
+    fn reruns_unadmitted(&self) -> bool;
 }
 
 /// Sends `signal` (`KILL`, `TERM`) to `pid` with the system's `kill` (this crate has no
@@ -197,6 +206,17 @@ pub async fn a_kill_during_a_cell_fails_it_once_and_keeps_earlier_values<F: Runt
         .await
         .expect_err("a wait on the dead cell");
     assert_eq!(again, error);
+    // So do the other calls that name the cell.
+    let terminated = session
+        .terminate(cell_id.clone())
+        .await
+        .expect_err("a terminate of the dead cell");
+    assert_eq!(terminated, error);
+    let pending = session
+        .wait_to_pending(cell_id.clone())
+        .await
+        .expect_err("a wait_to_pending on the dead cell");
+    assert_eq!(pending, error);
     delegate.wait_closed(&cell_id.to_string()).await;
     // The session goes on; the dead cell's writes were never committed.
     assert_eq!(texts_of(&*session, LOAD).await, [LOADED]);
@@ -206,6 +226,61 @@ pub async fn a_kill_during_a_cell_fails_it_once_and_keeps_earlier_values<F: Runt
     );
     assert_eq!(tool_calls(&delegate), 1, "no tool call was sent twice");
     assert_eq!(delegate.closed_count(&cell_id), 1);
+    session.shutdown().await;
+}
+
+/// An exec in flight when its runtime dies before admitting it: nothing of the cell ran,
+/// so the local provider runs it once on a fresh runtime, and a remote one reports the
+/// loss; either way no tool call is made twice, and earlier values are kept. The
+/// runtime is stopped first, so the exec is surely sent and surely not admitted.
+pub async fn an_exec_its_runtime_never_admitted_runs_once_or_reports_the_loss<
+    F: RuntimeFaults,
+>(
+    faults: &F,
+) {
+    let delegate = TestDelegate::new();
+    let session = Arc::new(
+        faults
+            .provider()
+            .open_session(delegate.clone(), SessionOptions::default()),
+    );
+    assert_eq!(texts_of(&*session, STORE).await, ["stored"]);
+    faults.stop(&session);
+    let exec = tokio::spawn({
+        let session = Arc::clone(&session);
+        async move {
+            session
+                .execute(request(
+                    r#"store("after", 1); text(await tools.echo("ran"));"#,
+                ))
+                .await
+        }
+    });
+    // However long the exec takes to reach the wire, the stopped runtime admits nothing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    faults.kill(&session).await;
+    let outcome = exec.await.expect("the exec task");
+    if faults.reruns_unadmitted() {
+        let started = outcome.expect("the exec runs on a fresh runtime");
+        assert_eq!(
+            started.initial_response.content_items(),
+            [code_mode_protocol::ContentItem::text("ran")]
+        );
+        assert_eq!(texts_of(&*session, r#"text(load("after"));"#).await, ["1"]);
+        assert_eq!(tool_calls(&delegate), 1, "no tool call was sent twice");
+    } else {
+        let error = outcome.expect_err("the loss is reported");
+        assert!(
+            matches!(error, SessionError::RuntimeLost(_)),
+            "not the runtime-lost error: {error}"
+        );
+        assert_eq!(
+            texts_of(&*session, r#"text(String(load("after")));"#).await,
+            ["undefined"]
+        );
+        assert_eq!(tool_calls(&delegate), 0, "nothing of the cell ran");
+    }
+    assert_eq!(texts_of(&*session, LOAD).await, [LOADED]);
     session.shutdown().await;
 }
 
@@ -287,6 +362,7 @@ macro_rules! runtime_loss_suite {
         $crate::runtime_loss_suite!(@tests $faults;
             a_kill_between_cells_keeps_every_committed_value,
             a_kill_during_a_cell_fails_it_once_and_keeps_earlier_values,
+            an_exec_its_runtime_never_admitted_runs_once_or_reports_the_loss,
             a_drain_between_cells_moves_the_session_without_an_error,
         );
     };

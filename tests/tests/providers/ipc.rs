@@ -52,6 +52,14 @@ impl RuntimeFaults for IpcFaults {
             panic!("the host never learnt that its runtime drains");
         })
     }
+
+    fn stop(&self, session: &ProcessSession) {
+        signal(pid_in(&self.runtime_of(session)), "STOP");
+    }
+
+    fn reruns_unadmitted(&self) -> bool {
+        true
+    }
 }
 
 mod loss {

@@ -107,6 +107,16 @@ impl RuntimeFaults for RemoteFaults {
             self.until(&endpoint, |runtime| runtime.draining).await;
         })
     }
+
+    fn stop(&self, session: &RemoteSession) {
+        let (index, _) = self.runtime_under(session);
+        let pid = self.runtimes.lock().unwrap()[index].pid();
+        code_mode_conformance::loss::signal(pid, "STOP");
+    }
+
+    fn reruns_unadmitted(&self) -> bool {
+        false
+    }
 }
 
 mod loss {
