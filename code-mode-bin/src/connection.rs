@@ -113,6 +113,10 @@ struct Connection {
     /// Every exec of a set gets the same `Arc`, so what the runtime works out per set
     /// (the search index, the cells' tool tables) is found by address.
     tool_sets: Mutex<VecDeque<(ToolSetId, Arc<[ToolDefinition]>)>>,
+    /// Set when the runtime stops serving with requests still in flight (its drain timeout
+    /// passed): they are answered with the runtime-lost error and this cause, as the cells
+    /// they observe die with the runtime.
+    ending: std::sync::OnceLock<&'static str>,
 }
 
 impl Connection {
@@ -245,11 +249,17 @@ where
         last_session: AtomicU64::new(0),
         requests: Mutex::new(HashMap::new()),
         tool_sets: Mutex::new(VecDeque::new()),
+        ending: std::sync::OnceLock::new(),
     });
     let tasks = TaskTracker::new();
     let outcome = read_loop(&connection, &mut reader, &tasks, &settings).await;
     if let Err(error) = &outcome {
         tracing::error!("closing the connection: {error}");
+    }
+    if settings.stop.is_cancelled() {
+        let _ = connection
+            .ending
+            .set(code_mode_protocol::texts::DRAIN_DEADLINE_PASSED);
     }
     for (_, in_flight) in lock(&connection.requests).drain() {
         in_flight.cancel.cancel();
@@ -373,7 +383,10 @@ async fn read_loop<S: AsyncRead>(
                     let result = tokio::select! {
                         biased;
                         result = connection.dispatch(id, request, preempt) => result,
-                        () = token.cancelled() => Err(WireError::Cancelled),
+                        () = token.cancelled() => Err(match connection.ending.get() {
+                            Some(cause) => WireError::RuntimeLost((*cause).to_owned()),
+                            None => WireError::Cancelled,
+                        }),
                     };
                     lock(&connection.requests).remove(&id);
                     respond(&connection.outbox, id, result);

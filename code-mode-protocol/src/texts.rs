@@ -38,6 +38,11 @@ pub fn runtime_lost(cause: &dyn fmt::Display) -> String {
     )
 }
 
+/// The cause a draining runtime gives, in the runtime-lost error, for a call still in
+/// flight when its drain timeout passed and it stopped the cells still running.
+pub const DRAIN_DEADLINE_PASSED: &str =
+    "the runtime's drain timeout passed while the cell was still running";
+
 /// The status line of a response: a cell still running.
 pub fn script_running(cell_id: &CellId) -> String {
     format!("Script running with cell ID {cell_id}")

@@ -122,3 +122,70 @@ impl RuntimeFaults for RemoteFaults {
 mod loss {
     code_mode_conformance::runtime_loss_suite!(super::faults());
 }
+
+/// The drain timeout (contract §7): a runtime told to drain lets its running cell go on
+/// until the timeout, then stops it and exits; the cell's caller gets the runtime-lost
+/// error and its tool call is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_timeout_cuts_a_running_cell_off() {
+    use code_mode_conformance::remote::ListeningRuntime;
+    use code_mode_conformance::{Record, TestDelegate};
+    use code_mode_protocol::{
+        CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, SessionError,
+        SessionOptions, WaitRequest,
+    };
+
+    let binary = find_binary(None).expect("the runtime binary");
+    let mut runtime = ListeningRuntime::start(
+        &binary,
+        &RuntimeOptions {
+            drain_timeout_secs: 1,
+            ..RuntimeOptions::insecure()
+        },
+    );
+    let provider = RemoteProvider::new(RemoteConfig::insecure_loopback(vec![runtime.endpoint()]))
+        .expect("a remote provider");
+    let delegate = TestDelegate::new();
+    let session = provider.open_session(delegate.clone(), SessionOptions::default());
+    let started = session
+        .execute(
+            ExecRequest::new(r#"store("k", 1); text(await tools.block());"#)
+                .with_tools(TestDelegate::tools())
+                .with_yield_time_ms(100),
+        )
+        .await
+        .expect("exec");
+    assert!(matches!(
+        started.initial_response,
+        CellResponse::Yielded { .. }
+    ));
+    delegate.wait_started("1", "tool-1").await;
+    let drained_at = std::time::Instant::now();
+    runtime.terminate();
+    let error = session
+        .wait(WaitRequest::new("1").with_yield_time_ms(30_000))
+        .await
+        .expect_err("the cell is cut off with its runtime");
+    assert!(
+        matches!(error, SessionError::RuntimeLost(_)),
+        "not the runtime-lost error: {error}"
+    );
+    // It ran until the drain timeout, not less.
+    assert!(
+        drained_at.elapsed() >= Duration::from_millis(900),
+        "cut off after {:?}",
+        drained_at.elapsed()
+    );
+    let status = tokio::task::spawn_blocking(move || runtime.wait_exit(Duration::from_secs(10)))
+        .await
+        .expect("wait for the exit");
+    assert!(status.is_some(), "the runtime did not exit after its drain");
+    delegate.wait_closed("1").await;
+    assert!(
+        delegate
+            .records()
+            .iter()
+            .any(|record| matches!(record, Record::ToolCancelled { .. })),
+        "the cut-off cell's tool call was not cancelled"
+    );
+}
