@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
             responses_carry_the_providers_measured_time,
             stored_values_snapshot_and_restore,
             a_store_beyond_the_session_cap_throws,
+            terminate_stops_an_output_flood,
         );
     };
     ($provider:expr) => {

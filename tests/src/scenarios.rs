@@ -1545,6 +1545,36 @@ pub async fn the_global_object_holds_only_the_contract_names<P: CodeModeProvider
     );
 }
 
+/// Contract 3.7: terminate works on an output flood. The cell writes without pause; the
+/// terminate stops it and returns the output not yet returned, so that the yield's items
+/// and the terminate's together are the flood's first items, in order, none twice.
+pub async fn terminate_stops_an_output_flood<P: CodeModeProvider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    let started = exec_short(&session, "for (let i = 0; ; i++) text(String(i % 10));").await;
+    let CellResponse::Yielded { content_items, .. } = started.initial_response else {
+        panic!("the flood did not yield: {:?}", started.initial_response);
+    };
+    let mut seen = content_items;
+    let stopped = session.terminate("1".into()).await.expect("terminate");
+    let CellResponse::Terminated { content_items, .. } = stopped else {
+        panic!("not terminated: {stopped:?}");
+    };
+    seen.extend(content_items);
+    assert!(!seen.is_empty());
+    for (index, item) in seen.iter().enumerate() {
+        let expected = (index % 10).to_string();
+        assert_eq!(item.as_text(), Some(expected.as_str()), "item {index}");
+    }
+    delegate.wait_closed("1").await;
+    assert_eq!(delegate.closed_count("1"), 1);
+    // The session goes on.
+    let started = exec(&session, r#"text("after");"#).await;
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        result("2", &["after"], None)
+    );
+}
+
 /// Contract 8.5: every response carries the time the provider measured for its
 /// observation, and the formatter's `Wall time` line shows it.
 pub async fn responses_carry_the_providers_measured_time<P: CodeModeProvider>(provider: &P) {

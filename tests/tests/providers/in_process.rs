@@ -71,3 +71,49 @@ mod isolate_reuse {
         );
     }
 }
+
+/// The default cap on a session's stored values is 64 MiB of keys and JSON text: a
+/// session with default options fills it to the byte, and one byte more is refused.
+/// (In process only: the values would not fit a wire frame, which has the same 64 MiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_stored_value_cap_is_64_mib() {
+    use code_mode::{InProcessConfig, InProcessProvider};
+    use code_mode_conformance::TestDelegate;
+    use code_mode_protocol::{CodeModeProvider, CodeModeSession, ExecRequest, SessionOptions};
+
+    const MIB: u64 = 1024 * 1024;
+    let provider = InProcessProvider::new(InProcessConfig::default());
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    // "a", "b" and "c" take 1 + (16 MiB + 2) bytes each (one value's JSON may not pass
+    // 32 MiB); "d" then fills the cap exactly.
+    let third = 16 * MIB;
+    let rest = 64 * MIB - 3 * (1 + third + 2) - (1 + 2);
+    let started = session
+        .execute(ExecRequest::new(format!(
+            r#"for (const key of ["a", "b", "c"]) store(key, "x".repeat({third}));
+            store("d", "y".repeat({rest}));
+            text("full");
+            try {{ store("e", 1); }} catch (e) {{ text(String(e)); }}"#
+        )))
+        .await
+        .expect("exec");
+    assert_eq!(started.initial_response.error_text(), None);
+    let texts: Vec<&str> = started
+        .initial_response
+        .content_items()
+        .iter()
+        .filter_map(|item| item.as_text())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "full",
+            &format!(
+                r#"Unable to store "e": the session's stored values would take {} bytes, more than their limit of {} bytes. Store less, or store smaller values."#,
+                64 * MIB + 2,
+                64 * MIB
+            ),
+        ]
+    );
+    assert_eq!(session.stored_values().len(), 4);
+}
