@@ -899,3 +899,100 @@ fn serve_jsonl_gives_stored_values_and_opens_a_session_with_them() {
     assert_eq!(unknown["error"]["code"], "unknown_session");
     assert!(server.finish().success());
 }
+
+/// The flags that had no test: `run --max-output-tokens` (the observation's budget),
+/// `run --save-media DIR` (each image and clip written with its bytes), and
+/// `serve --jsonl --max-stored-bytes` (the cap of every session it opens).
+#[test]
+fn output_budget_saved_media_and_stored_value_cap_flags() {
+    let scratch = Scratch::new();
+    scratch.write("long.js", "text('x'.repeat(100));");
+    let output = code_mode(
+        &scratch.0,
+        &["run", "long.js", "--json", "--max-output-tokens", "5"],
+        "",
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let items = report["response"]["content_items"].as_array().unwrap();
+    assert_eq!(items[0]["text"], "x".repeat(20), "5 tokens of output");
+    assert!(
+        items[1]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[... output truncated"),
+        "{report}"
+    );
+
+    // A 1×1 PNG and a 50 ms WAV (8 kHz, 8-bit mono), as data URLs.
+    use base64::Engine;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let decode = |data: &str| base64::engine::general_purpose::STANDARD.decode(data).unwrap();
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+    let samples = 400u32;
+    let mut clip = Vec::new();
+    clip.extend_from_slice(b"RIFF");
+    clip.extend_from_slice(&(36 + samples).to_le_bytes());
+    clip.extend_from_slice(b"WAVEfmt ");
+    clip.extend_from_slice(&16u32.to_le_bytes());
+    clip.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    clip.extend_from_slice(&1u16.to_le_bytes()); // mono
+    clip.extend_from_slice(&8000u32.to_le_bytes()); // samples per second
+    clip.extend_from_slice(&8000u32.to_le_bytes()); // bytes per second
+    clip.extend_from_slice(&1u16.to_le_bytes()); // block alignment
+    clip.extend_from_slice(&8u16.to_le_bytes()); // bits per sample
+    clip.extend_from_slice(b"data");
+    clip.extend_from_slice(&samples.to_le_bytes());
+    clip.extend((0..samples).map(|index| (index % 256) as u8));
+    let wav = encode(&clip);
+    scratch.write(
+        "media.js",
+        &format!(
+            "image('data:image/png;base64,{png}'); audio('data:audio/wav;base64,{wav}'); text('done');"
+        ),
+    );
+    let media = scratch.0.join("media");
+    let output = code_mode(
+        &scratch.0,
+        &["run", "media.js", "--save-media", media.to_str().unwrap()],
+        "",
+    );
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert_eq!(
+        std::fs::read(media.join("image-1.png")).expect("the saved image"),
+        decode(png)
+    );
+    assert_eq!(
+        std::fs::read(media.join("audio-2.wav")).expect("the saved clip"),
+        clip
+    );
+    assert!(
+        stdout.contains(&format!("saved to {}", media.join("image-1.png").display())),
+        "{stdout}"
+    );
+
+    // The MCP server over stdio, one exec: its session has the cap given.
+    let requests = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"test","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"exec","arguments":{"code":"store('a', 12345); try { store('b', 'xy'); } catch (e) { text(String(e)); }"}}}"#,
+    ];
+    let output = code_mode(
+        &scratch.0,
+        &["mcp", "--max-stored-bytes", "10"],
+        &(requests.join("\n") + "\n"),
+    );
+    let stdout = text(&output.stdout);
+    let answer: serde_json::Value = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|message| message["id"] == 2)
+        .unwrap_or_else(|| panic!("no answer to the exec: {stdout}{}", text(&output.stderr)));
+    let shown = answer["result"]["content"].to_string();
+    assert!(
+        shown.contains(r#"Unable to store \"b\": the session's stored values would take 11 bytes, more than their limit of 10 bytes."#),
+        "{answer}"
+    );
+}
