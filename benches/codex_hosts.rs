@@ -205,7 +205,7 @@ fn show(milliseconds: f64) -> String {
 /// One figure of [`Figures`].
 type Field = fn(&Figures) -> &Vec<f64>;
 
-#[allow(clippy::print_stdout, reason = "the benchmark's table is its output")]
+#[expect(clippy::print_stdout, reason = "the benchmark's table is its output")]
 fn main() {
     let options = options();
     let runtime = tokio::runtime::Builder::new_multi_thread()

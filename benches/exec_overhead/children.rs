@@ -96,7 +96,7 @@ pub(crate) async fn child(transport: &str, tool_spec: &str, warm_iterations: usi
             .collect::<Vec<_>>()
             .join(",")
     };
-    #[allow(
+    #[expect(
         clippy::print_stdout,
         reason = "the child reports to its parent on stdout"
     )]
@@ -156,7 +156,7 @@ pub(crate) async fn throughput_child(transport: &str, sessions: usize, secs: f64
     let cpu =
         (cpu_ns_of_self() + subject.runtime_pid.map_or(0, cpu_ns_of)).saturating_sub(cpu_before);
     subject.shutdown().await;
-    #[allow(
+    #[expect(
         clippy::print_stdout,
         reason = "the child reports to its parent on stdout"
     )]
@@ -232,7 +232,7 @@ pub(crate) async fn idle_child(transport: &str, cells: usize) {
     tokio::time::sleep(settle).await;
     let after = subject.rss_kib();
     subject.shutdown().await;
-    #[allow(
+    #[expect(
         clippy::print_stdout,
         reason = "the child reports to its parent on stdout"
     )]

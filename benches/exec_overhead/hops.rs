@@ -123,7 +123,7 @@ pub(crate) fn add_spans(
     }
 }
 
-#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+#[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
 pub(crate) fn print_spans(title: &str, spans: &mut [(String, Vec<u128>)]) {
     println!("{title:<72} {:>7} {:>10}", "count", "p50");
     for (key, times) in spans.iter_mut() {

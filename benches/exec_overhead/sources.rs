@@ -20,7 +20,7 @@ pub(crate) fn built(relative: &str) -> std::path::PathBuf {
 }
 
 /// Per-call time of nested calls through the `code-mode` CLI, per tool source.
-#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+#[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
 pub(crate) fn sources_table(options: &Options) {
     let cli = built("code-mode");
     let fixture = built("examples/mcp-fixture");

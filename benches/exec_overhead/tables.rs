@@ -58,7 +58,7 @@ pub(crate) fn format_duration(nanos: u128) -> String {
     }
 }
 
-#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+#[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
 pub(crate) fn exec_table(options: &Options) {
     println!(
         "{:<16} {:<10} {:>6} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -181,7 +181,7 @@ pub(crate) fn exec_table(options: &Options) {
     }
 }
 
-#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+#[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
 pub(crate) fn throughput_table(options: &Options) {
     println!();
     println!(
@@ -232,7 +232,7 @@ pub(crate) fn throughput_table(options: &Options) {
     }
 }
 
-#[allow(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+#[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
 pub(crate) fn idle_table(options: &Options) {
     println!();
     println!(

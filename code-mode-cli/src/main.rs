@@ -12,6 +12,7 @@
 
 mod mcp;
 mod output;
+mod program;
 mod repl;
 mod run;
 mod serve;
@@ -300,7 +301,7 @@ fn init_logging(verbose: u8) -> String {
     filter.to_owned()
 }
 
-#[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+#[expect(clippy::print_stdout, reason = "the CLI's output is its stdout")]
 async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> {
     if let Command::Run { runtime, .. }
     | Command::Repl { runtime, .. }
@@ -383,7 +384,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             runtime,
             no_isolate_reuse,
         } => {
-            mcp::server::serve(mcp::server::McpOptions {
+            mcp::serve(mcp::McpOptions {
                 tools: tools.tools,
                 builtins: tools.builtin,
                 http: http.options(),

@@ -49,7 +49,7 @@ impl Printer {
         Self { save_dir, saved: 0 }
     }
 
-    #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+    #[expect(clippy::print_stdout, reason = "the CLI's output is its stdout")]
     pub fn print(&mut self, item: &ContentItem) {
         match item {
             ContentItem::InputText { text } => println!("{}", terminal_safe(text)),

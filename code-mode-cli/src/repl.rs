@@ -44,7 +44,7 @@ Ctrl-C stops the running cells; Ctrl-C on an empty line, or Ctrl-D, quits. Comma
   :help                        this text
   :quit                        leave (end of input does too)";
 
-#[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+#[expect(clippy::print_stdout, reason = "the CLI's output is its stdout")]
 pub async fn repl(options: ReplOptions) -> Result<(), Failure> {
     let tools = ToolSet::load(options.tools.as_deref(), &options.builtins)
         .await
@@ -152,7 +152,7 @@ struct Repl {
 }
 
 impl Repl {
-    #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+    #[expect(clippy::print_stdout, reason = "the CLI's output is its stdout")]
     fn error(&mut self, message: &str) {
         self.failed = true;
         println!("code-mode: {}", terminal_safe(message));
@@ -219,12 +219,12 @@ impl Repl {
         true
     }
 
-    #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+    #[expect(clippy::print_stdout, reason = "the CLI's output is its stdout")]
     fn say(&self, text: &str) {
         println!("{text}");
     }
 
-    #[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+    #[expect(clippy::print_stdout, reason = "the CLI's output is its stdout")]
     fn show(&mut self, response: &CellResponse, max_tokens: u64) {
         if response.is_missing_cell() {
             let message = response

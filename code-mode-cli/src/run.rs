@@ -41,7 +41,7 @@ pub fn read_source(file: &PathBuf) -> Result<String, Failure> {
         .map_err(|error| Failure::usage(format!("cannot read {}: {error}", file.display())))
 }
 
-#[allow(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+#[expect(clippy::print_stdout, reason = "the CLI's output is its stdout")]
 pub async fn run(options: RunOptions) -> Result<(), Failure> {
     let source = read_source(&options.file)?;
     let parsed = parse_exec_source(&source).map_err(|error| Failure::usage(error.to_string()))?;

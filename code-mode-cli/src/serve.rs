@@ -600,10 +600,6 @@ impl Server {
 /// one thread the request task then writes the answer before the session runs again, so a
 /// `notify` made right after `yield_control()` comes out after the `exec` answer that
 /// yielded.
-#[allow(
-    clippy::print_stdout,
-    reason = "the JSON-lines protocol is the CLI's stdout"
-)]
 pub async fn serve(
     runtime: &RuntimeArgs,
     tools: ToolSet,

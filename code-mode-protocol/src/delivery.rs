@@ -29,7 +29,7 @@ pub const ACK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The acknowledgement of one answer: dropped when the caller took it (or never will).
 #[derive(Debug)]
-pub struct Ack(#[allow(dead_code, reason = "signals by being dropped")] oneshot::Sender<()>);
+pub struct Ack(#[expect(dead_code, reason = "signals by being dropped")] oneshot::Sender<()>);
 
 /// The producer's end of an [`Ack`]: resolves once the answer was taken.
 #[derive(Debug)]

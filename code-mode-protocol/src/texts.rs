@@ -5,24 +5,23 @@
 //! refused all come from here; the error types, the formatter, the runtime and the
 //! metrics that recognise a limit only choose which.
 
-use crate::ids::CellId;
 use std::fmt;
 
 /// A session call after its shutdown began.
 pub const SHUTTING_DOWN: &str = "code mode session is shutting down";
 
 /// A second observer of a cell that already has one.
-pub fn busy_observer(cell_id: &CellId) -> String {
+pub fn busy_observer(cell_id: &dyn fmt::Display) -> String {
     format!("exec cell {cell_id} already has an active observer")
 }
 
 /// A second `terminate` of a cell still being terminated.
-pub fn already_terminating(cell_id: &CellId) -> String {
+pub fn already_terminating(cell_id: &dyn fmt::Display) -> String {
     format!("exec cell {cell_id} is already terminating")
 }
 
 /// The error text of an observation of a cell id the session does not know.
-pub fn cell_not_found(cell_id: &CellId) -> String {
+pub fn cell_not_found(cell_id: &dyn fmt::Display) -> String {
     format!("exec cell {cell_id} not found")
 }
 
@@ -44,7 +43,7 @@ pub const DRAIN_DEADLINE_PASSED: &str =
     "the runtime's drain timeout passed while the cell was still running";
 
 /// The status line of a response: a cell still running.
-pub fn script_running(cell_id: &CellId) -> String {
+pub fn script_running(cell_id: &dyn fmt::Display) -> String {
     format!("Script running with cell ID {cell_id}")
 }
 
@@ -229,7 +228,7 @@ mod tests {
 
     #[test]
     fn texts_are_the_contracts() {
-        let cell = CellId::parse("g2:4");
+        let cell = "g2:4";
         assert_eq!(
             busy_observer(&cell),
             "exec cell g2:4 already has an active observer"
@@ -238,7 +237,7 @@ mod tests {
             already_terminating(&cell),
             "exec cell g2:4 is already terminating"
         );
-        assert_eq!(cell_not_found(&CellId::parse("x")), "exec cell x not found");
+        assert_eq!(cell_not_found(&"x"), "exec cell x not found");
         assert_eq!(script_running(&cell), "Script running with cell ID g2:4");
         assert_eq!(wall_time(1.34), "Wall time 1.3 seconds");
         assert_eq!(script_error("boom"), "Script error:\nboom");

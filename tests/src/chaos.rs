@@ -1085,7 +1085,7 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
             None => FaultKind::ALL[rng.below(FaultKind::ALL.len() as u64) as usize],
         };
         let done = stage.fault(kind, &mut rng).await;
-        if !done && lock(&stage.report).faults.get(&kind).is_none() {
+        if !done && !lock(&stage.report).faults.contains_key(&kind) {
             first_kinds.push(kind);
         }
         if lock(&stage.report).host_rss_warm_kib == 0 && Instant::now() >= warm_at {

@@ -233,9 +233,7 @@ pub async fn a_kill_during_a_cell_fails_it_once_and_keeps_earlier_values<F: Runt
 /// so the local provider runs it once on a fresh runtime, and a remote one reports the
 /// loss; either way no tool call is made twice, and earlier values are kept. The
 /// runtime is stopped first, so the exec is surely sent and surely not admitted.
-pub async fn an_exec_its_runtime_never_admitted_runs_once_or_reports_the_loss<
-    F: RuntimeFaults,
->(
+pub async fn an_exec_its_runtime_never_admitted_runs_once_or_reports_the_loss<F: RuntimeFaults>(
     faults: &F,
 ) {
     let delegate = TestDelegate::new();

@@ -292,7 +292,7 @@ impl McpServer {
                     env,
                     cwd,
                 } => {
-                    let path = crate::tools::resolve_program(program, cwd).ok_or_else(|| {
+                    let path = crate::program::resolve_program(program, cwd).ok_or_else(|| {
                         format!(
                             "MCP server `{}` could not be started: command `{program}` was not found",
                             self.config.name

@@ -10,3 +10,40 @@ mod expiry;
 pub mod http;
 mod line_cap;
 pub mod server;
+
+use crate::Failure;
+use crate::session::Sessions;
+use crate::tools::ToolSet;
+use code_mode_protocol::SessionOptions;
+use http::HttpOptions;
+use server::Shared;
+use std::path::PathBuf;
+
+/// What `code-mode mcp` was asked to do.
+pub struct McpOptions {
+    pub tools: Option<PathBuf>,
+    pub builtins: Vec<String>,
+    /// Serve streamable HTTP instead of stdio.
+    pub http: Option<HttpOptions>,
+    /// Where the cells run.
+    pub runtime: crate::session::RuntimeArgs,
+    /// Every session's options: limits, maximum yield time, isolate reuse.
+    pub session: SessionOptions,
+    pub runtime_log: String,
+}
+
+/// Runs `code-mode mcp` until its client goes away (stdio) or it is stopped (HTTP).
+pub async fn serve(options: McpOptions) -> Result<(), Failure> {
+    let tools = ToolSet::parse(options.tools.as_deref(), &options.builtins)
+        .map_err(|error| Failure::usage(error.to_string()))?;
+    let http = options.http.map(HttpOptions::check).transpose()?;
+    let sessions =
+        Sessions::new(&options.runtime, &options.runtime_log).map_err(Failure::runtime)?;
+    let shared = Shared::start(tools, sessions, options.session).await;
+    let outcome = match http {
+        Some(http) => http::serve(&shared, http).await,
+        None => server::serve_stdio(&shared).await,
+    };
+    shared.stop().await;
+    outcome
+}

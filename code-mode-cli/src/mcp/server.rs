@@ -9,7 +9,6 @@
 //! request, the output the preempted observation returned is held and comes first in the
 //! cell's next `wait`.
 
-use super::http::HttpOptions;
 use crate::Failure;
 use crate::session::Sessions;
 use crate::tools::{CliDelegate, NotificationSink, ToolSet};
@@ -32,23 +31,9 @@ use rmcp::{RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-/// What `code-mode mcp` was asked to do.
-pub struct McpOptions {
-    pub tools: Option<PathBuf>,
-    pub builtins: Vec<String>,
-    /// Serve streamable HTTP instead of stdio.
-    pub http: Option<HttpOptions>,
-    /// Where the cells run.
-    pub runtime: crate::session::RuntimeArgs,
-    /// Every session's options: limits, maximum yield time, isolate reuse.
-    pub session: SessionOptions,
-    pub runtime_log: String,
-}
 
 /// What every connection shares: the nested tools, where sessions run, the options each
 /// session is opened with, the connected clients (told when the tool list changes).
@@ -204,7 +189,7 @@ async fn notify_client(connection: Weak<Connection>, cell_id: CellId, text: Stri
             let _ = peer.notify_progress(params).await;
         }
         None => {
-            #[allow(
+            #[expect(
                 deprecated,
                 reason = "log messages are how clients of protocol versions before 2026-07-28 see notifications"
             )]
@@ -213,7 +198,7 @@ async fn notify_client(connection: Weak<Connection>, cell_id: CellId, text: Stri
                 json!({"cell_id": cell_id, "text": text}),
             )
             .with_logger("code-mode");
-            #[allow(deprecated, reason = "see above")]
+            #[expect(deprecated, reason = "see above")]
             let _ = peer.notify_logging_message(params).await;
         }
     }
@@ -432,7 +417,7 @@ fn media_block(url: &str, kind: &str, block: fn(String, String) -> ContentBlock)
 }
 
 impl ServerHandler for CodeModeServer {
-    #[allow(
+    #[expect(
         deprecated,
         reason = "logging is how clients before 2026-07-28 see notifications"
     )]
@@ -486,40 +471,44 @@ impl ServerHandler for CodeModeServer {
     }
 }
 
-/// Runs `code-mode mcp` until its client goes away (stdio) or it is stopped (HTTP).
-pub async fn serve(options: McpOptions) -> Result<(), Failure> {
-    let mut tools = ToolSet::parse(options.tools.as_deref(), &options.builtins)
-        .map_err(|error| Failure::usage(error.to_string()))?;
-    let http = options.http.map(HttpOptions::check).transpose()?;
-    let sessions =
-        Sessions::new(&options.runtime, &options.runtime_log).map_err(Failure::runtime)?;
-    // The tool list can change once servers start; `tools_changed` needs `Shared`, which
-    // needs the started tools: the callback reaches it through a cell set afterwards.
-    let shared_slot: Arc<Mutex<Weak<Shared>>> = Arc::new(Mutex::new(Weak::new()));
-    let slot = Arc::clone(&shared_slot);
-    tools
-        .start(Arc::new(move || {
-            if let Some(shared) = lock(&slot).upgrade() {
-                shared.tools_changed();
-            }
-        }))
-        .await;
-    let shared = Arc::new(Shared {
-        tools,
-        sessions,
-        session: options.session,
-        clients: Mutex::new(Vec::new()),
-    });
-    *lock(&shared_slot) = Arc::downgrade(&shared);
-    let outcome = match http {
-        Some(http) => super::http::serve(&shared, http).await,
-        None => serve_stdio(&shared).await,
-    };
-    shared.tools.stop().await;
-    outcome
+impl Shared {
+    /// Starts the nested tools (MCP servers included) and shares them with every
+    /// connection that `sessions` opens sessions for, with `session` as their options.
+    pub(super) async fn start(
+        mut tools: ToolSet,
+        sessions: Sessions,
+        session: SessionOptions,
+    ) -> Arc<Self> {
+        // The tool list can change once servers start; `tools_changed` needs `Shared`,
+        // which needs the started tools: the callback reaches it through a cell set
+        // afterwards.
+        let shared_slot: Arc<Mutex<Weak<Shared>>> = Arc::new(Mutex::new(Weak::new()));
+        let slot = Arc::clone(&shared_slot);
+        tools
+            .start(Arc::new(move || {
+                if let Some(shared) = lock(&slot).upgrade() {
+                    shared.tools_changed();
+                }
+            }))
+            .await;
+        let shared = Arc::new(Shared {
+            tools,
+            sessions,
+            session,
+            clients: Mutex::new(Vec::new()),
+        });
+        *lock(&shared_slot) = Arc::downgrade(&shared);
+        shared
+    }
+
+    /// Stops the nested tools (the MCP servers they started).
+    pub(super) async fn stop(&self) {
+        self.tools.stop().await;
+    }
 }
 
-async fn serve_stdio(shared: &Arc<Shared>) -> Result<(), Failure> {
+/// Serves one MCP client on stdin and stdout until it goes away.
+pub(super) async fn serve_stdio(shared: &Arc<Shared>) -> Result<(), Failure> {
     let server = CodeModeServer::new(shared);
     let running = server
         .serve(rmcp::transport::stdio())

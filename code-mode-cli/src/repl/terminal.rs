@@ -70,7 +70,7 @@ fn history_file() -> Option<PathBuf> {
 type LineEditor = Editor<EntryHelper, DefaultHistory>;
 
 /// Reads and runs entries until Ctrl-C at an empty prompt, Ctrl-D or `:quit`.
-#[allow(clippy::print_stderr, reason = "the REPL talks to its user on stderr")]
+#[expect(clippy::print_stderr, reason = "the REPL talks to its user on stderr")]
 pub(super) async fn run(repl: &mut Repl) -> Result<(), Failure> {
     let config = rustyline::Config::builder()
         .max_history_size(HISTORY_SIZE)

@@ -3,7 +3,7 @@
 //! exit rejects with the end of stderr).
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -11,28 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How much of a failed command's stderr is quoted in the rejection, in bytes.
 const STDERR_TAIL_BYTES: usize = 2_000;
-
-/// Finds a program the way a shell would: a path with a slash relative to `cwd`, else
-/// `PATH`.
-pub(crate) fn resolve_program(program: &str, cwd: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |path: &Path| {
-        std::fs::metadata(path)
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    };
-    // Absolute, because the child starts in `cwd`, where a relative path would be
-    // looked up again.
-    if program.contains('/') {
-        let path = std::path::absolute(cwd.join(program)).ok()?;
-        return executable(&path).then_some(path);
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(program))
-        .find(|path| executable(path))
-        .and_then(|path| std::path::absolute(path).ok())
-}
 
 /// The last `STDERR_TAIL_BYTES` of a command's stderr, trimmed.
 fn stderr_tail(stderr: &[u8]) -> String {

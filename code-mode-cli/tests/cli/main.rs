@@ -928,7 +928,11 @@ fn output_budget_saved_media_and_stored_value_cap_flags() {
     // A 1×1 PNG and a 50 ms WAV (8 kHz, 8-bit mono), as data URLs.
     use base64::Engine;
     let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-    let decode = |data: &str| base64::engine::general_purpose::STANDARD.decode(data).unwrap();
+    let decode = |data: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap()
+    };
     let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
     let samples = 400u32;
     let mut clip = Vec::new();

@@ -6,7 +6,7 @@
 //! Decoding may succeed, wait for more bytes, or fail; it must never panic, hang, or
 //! allocate beyond the frame cap.
 
-#![allow(
+#![expect(
     dead_code,
     reason = "each includer uses a part: the fuzz targets one decoder each, the tests the generator"
 )]

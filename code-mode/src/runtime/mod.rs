@@ -22,6 +22,7 @@ mod reuse;
 mod snapshot;
 mod state;
 mod thread;
+mod tool_table;
 mod typescript;
 mod values;
 pub mod watchdog;

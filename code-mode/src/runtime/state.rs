@@ -6,7 +6,7 @@
 //! puts it in an isolate slot; the helpers ([`super::helpers`]) find it there. Its own
 //! module so that neither of the two depends on the other for it.
 
-use super::helpers::ToolTable;
+use super::tool_table::ToolTable;
 use super::{CellConfig, CellControl, CellEvent, CellLimits, StoredValues};
 use code_mode_protocol::CallId;
 use code_mode_protocol::{ContentItem, ToolDefinition};

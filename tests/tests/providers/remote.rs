@@ -131,8 +131,8 @@ async fn the_drain_timeout_cuts_a_running_cell_off() {
     use code_mode_conformance::remote::ListeningRuntime;
     use code_mode_conformance::{Record, TestDelegate};
     use code_mode_protocol::{
-        CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, SessionError,
-        SessionOptions, WaitRequest,
+        CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, SessionError, SessionOptions,
+        WaitRequest,
     };
 
     let binary = find_binary(None).expect("the runtime binary");

@@ -111,7 +111,7 @@ mod media;
 mod settled;
 mod tools;
 
-pub(crate) use tools::{BuiltTools, ToolTable, build_tools, define_tools};
+pub(crate) use tools::{BuiltTools, build_tools, define_tools};
 
 /// Reports an event, or [`Fail::Stopped`] if the cell stopped meanwhile.
 fn emit(state: &StateRef, event: CellEvent) -> HelperResult {
