@@ -100,6 +100,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                         cell_id: CellId::new(12),
                         content_items: vec![ContentItem::text("3 files\nsrc/main.rs")],
                         error_text: None,
+                        failure: None,
                         missing_cell: false,
                         wall_time: std::time::Duration::from_micros(412),
                     },

@@ -9,7 +9,7 @@
 //! delegate counts nested calls and closed cells, the listener counts connections.
 
 use bytes::Bytes;
-use code_mode_protocol::{CellResponse, PendingOutcome, SessionReply, texts};
+use code_mode_protocol::{CellResponse, FailureKind, PendingOutcome, SessionReply, texts};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::collector::Collector;
@@ -365,11 +365,12 @@ fn classify(response: &CellResponse) -> Option<(Outcome, Option<Limit>)> {
         CellResponse::Result {
             content_items,
             error_text,
+            failure,
             ..
         } => {
-            let limit = match error_text.as_deref() {
-                Some(text) if text.starts_with(texts::OUT_OF_MEMORY_PREFIX) => Some(Limit::Heap),
-                Some(text) if text.starts_with(texts::CPU_BUDGET_PREFIX) => Some(Limit::Cpu),
+            let limit = match failure {
+                Some(FailureKind::OutOfMemory) => Some(Limit::Heap),
+                Some(FailureKind::CpuBudget) => Some(Limit::Cpu),
                 _ if output_cut(content_items) => Some(Limit::Output),
                 _ => None,
             };

@@ -172,6 +172,7 @@ mod tests {
             cell_id: CellId::new(3),
             content_items: items.iter().map(|item| text(item)).collect(),
             error_text: None,
+            failure: None,
             missing_cell: false,
             wall_time: std::time::Duration::ZERO,
         }

@@ -30,8 +30,9 @@ pub use ids::{CallId, CellId, NotACallId, ToolError};
 pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
-    AdmittedHook, BoxFuture, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
-    CodeModeSessionDelegate, ExecHooks, ExecRequest, NestedToolCall, PendingOutcome, SessionError,
-    SessionOptions, StartedCell, StartedPendingCell, Surface, WaitRequest,
+    AdmittedHook, BoxFuture, CellFailure, CellLimits, CellResponse, CodeModeProvider,
+    CodeModeSession, CodeModeSessionDelegate, ExecHooks, ExecRequest, FailureKind, NestedToolCall,
+    PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell, Surface,
+    WaitRequest,
 };
 pub use stored::StoredValues;

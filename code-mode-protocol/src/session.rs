@@ -295,16 +295,74 @@ pub enum CellResponse {
         content_items: Vec<ContentItem>,
         wall_time: Duration,
     },
-    /// The cell completed; `error_text` is set when it failed. `missing_cell` marks the
-    /// answer to a `wait` on an id the session does not know, so that a caller can tell it
-    /// from a real cell that failed.
+    /// The cell completed; `error_text` is set when it failed, and `failure` says how (set
+    /// exactly when `error_text` is). `missing_cell` marks the answer to a `wait` on an id
+    /// the session does not know (its failure is [`FailureKind::NotFound`]), so that a
+    /// caller can tell it from a real cell that failed.
     Result {
         cell_id: CellId,
         content_items: Vec<ContentItem>,
         error_text: Option<String>,
+        failure: Option<FailureKind>,
         missing_cell: bool,
         wall_time: Duration,
     },
+}
+
+/// How a cell failed, beside the text the model reads (`error_text`): for a caller that
+/// acts on the reason (metrics, retries, a user interface) without reading the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The script threw, or its module's promise was rejected: syntax and type errors,
+    /// an uncaught tool rejection, an exception in a timer callback.
+    ScriptError,
+    /// The cell reached its heap limit and was stopped (contract §7).
+    OutOfMemory,
+    /// The cell used its CPU budget and was stopped.
+    CpuBudget,
+    /// The script awaits a promise that nothing can settle: no tool call or timer is
+    /// pending.
+    Stalled,
+    /// The cell's thread stopped without reporting how it ended (a runtime fault).
+    StoppedUnexpectedly,
+    /// The runtime process under the cell was lost. Sessions report this as
+    /// [`SessionError::RuntimeLost`]; a front end that answers with a result instead (the
+    /// Codex front) marks it so.
+    RuntimeLost,
+    /// The id names no cell of the session.
+    NotFound,
+}
+
+impl FailureKind {
+    /// The name used in the JSON forms (JSON lines, MCP) and in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::ScriptError => "script_error",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::CpuBudget => "cpu_budget",
+            FailureKind::Stalled => "stalled",
+            FailureKind::StoppedUnexpectedly => "stopped_unexpectedly",
+            FailureKind::RuntimeLost => "runtime_lost",
+            FailureKind::NotFound => "not_found",
+        }
+    }
+}
+
+/// A failed cell's reason and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellFailure {
+    pub kind: FailureKind,
+    pub text: String,
+}
+
+impl CellFailure {
+    pub fn new(kind: FailureKind, text: impl Into<String>) -> Self {
+        Self {
+            kind,
+            text: text.into(),
+        }
+    }
 }
 
 impl CellResponse {
@@ -313,6 +371,7 @@ impl CellResponse {
         let cell_id = cell_id.into();
         CellResponse::Result {
             error_text: Some(texts::cell_not_found(&cell_id)),
+            failure: Some(FailureKind::NotFound),
             cell_id,
             content_items: Vec::new(),
             missing_cell: true,
@@ -391,6 +450,14 @@ impl CellResponse {
     pub fn error_text(&self) -> Option<&str> {
         match self {
             CellResponse::Result { error_text, .. } => error_text.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// How the cell failed, for a failed result.
+    pub fn failure(&self) -> Option<FailureKind> {
+        match self {
+            CellResponse::Result { failure, .. } => *failure,
             _ => None,
         }
     }

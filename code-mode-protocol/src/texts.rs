@@ -201,7 +201,7 @@ pub fn output_cap_reached(output_bytes: u64) -> String {
 }
 
 /// How the error of a cell stopped at its heap limit begins.
-pub const OUT_OF_MEMORY_PREFIX: &str = "Out of memory: the cell reached its heap limit";
+const OUT_OF_MEMORY_PREFIX: &str = "Out of memory: the cell reached its heap limit";
 
 /// The error of a cell stopped at its heap limit.
 pub fn out_of_memory(limit_mib: u64) -> String {
@@ -209,7 +209,7 @@ pub fn out_of_memory(limit_mib: u64) -> String {
 }
 
 /// How the error of a cell stopped by its CPU budget begins.
-pub const CPU_BUDGET_PREFIX: &str = "CPU budget exceeded";
+const CPU_BUDGET_PREFIX: &str = "CPU budget exceeded";
 
 /// The error of a cell stopped by its CPU budget.
 pub fn cpu_budget_exceeded(budget_secs: f64) -> String {
@@ -218,6 +218,9 @@ pub fn cpu_budget_exceeded(budget_secs: f64) -> String {
 
 /// The error of a cell whose thread stopped without reporting how it ended.
 pub const CELL_STOPPED_UNEXPECTEDLY: &str = "exec cell stopped unexpectedly";
+
+/// The error text of a cell that awaits something nothing can settle.
+pub const STALLED: &str = "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)";
 
 /// The error of a cell that failed with no exception to report.
 pub const FAILED_WITHOUT_EXCEPTION: &str = "exec cell failed without an exception";

@@ -798,6 +798,7 @@ impl Front {
             cell_id: runtime_id.clone(),
             content_items: Vec::new(),
             error_text: Some(SessionError::RuntimeLost(cause.to_owned()).to_string()),
+            failure: Some(code_mode_protocol::FailureKind::RuntimeLost),
             missing_cell: false,
             wall_time: Duration::ZERO,
         };

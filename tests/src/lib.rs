@@ -82,6 +82,7 @@ macro_rules! conformance_suite {
             stored_values_snapshot_and_restore,
             a_store_beyond_the_session_cap_throws,
             terminate_stops_an_output_flood,
+            failures_carry_their_kind,
         );
     };
     ($provider:expr) => {

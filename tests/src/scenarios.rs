@@ -3,7 +3,7 @@
 
 use crate::{Record, TestDelegate};
 use code_mode_protocol::{
-    CellId, CellResponse, CodeModeProvider, CodeModeSession, ContentItem, ExecRequest,
+    CellId, CellResponse, CodeModeProvider, CodeModeSession, ContentItem, ExecRequest, FailureKind,
     PendingOutcome, SessionError, SessionOptions, StartedCell, WaitRequest,
 };
 use serde_json::json;
@@ -88,11 +88,28 @@ fn yielded(cell_id: &str, items: &[&str]) -> CellResponse {
     }
 }
 
+/// A completed cell's result; with `error_text`, a script error.
 fn result(cell_id: &str, items: &[&str], error_text: Option<&str>) -> CellResponse {
+    match error_text {
+        Some(text) => failed(cell_id, items, FailureKind::ScriptError, text),
+        None => CellResponse::Result {
+            cell_id: cell_id.into(),
+            content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
+            error_text: None,
+            failure: None,
+            missing_cell: false,
+            wall_time: Duration::ZERO,
+        },
+    }
+}
+
+/// A failed cell's result, with its kind.
+fn failed(cell_id: &str, items: &[&str], kind: FailureKind, error_text: &str) -> CellResponse {
     CellResponse::Result {
         cell_id: cell_id.into(),
         content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
-        error_text: error_text.map(str::to_owned),
+        error_text: Some(error_text.to_owned()),
+        failure: Some(kind),
         missing_cell: false,
         wall_time: Duration::ZERO,
     }
@@ -1218,6 +1235,7 @@ pub async fn audio_items_cross_in_order<P: CodeModeProvider>(provider: &P) {
                 ),
             ],
             error_text: None,
+            failure: None,
             missing_cell: false,
             wall_time: Duration::ZERO,
         }
@@ -1542,6 +1560,47 @@ pub async fn the_global_object_holds_only_the_contract_names<P: CodeModeProvider
     assert_eq!(
         started.initial_response.clone().timeless(),
         result("1", &["", "", ""], None)
+    );
+}
+
+/// A failed result says how it failed (`failure`), beside its text, and the kind crosses
+/// every provider's wire: a script error, a stall, the heap limit, the CPU budget, and an
+/// unknown cell.
+pub async fn failures_carry_their_kind<P: CodeModeProvider>(provider: &P) {
+    let options = SessionOptions {
+        limits: code_mode_protocol::CellLimits {
+            heap_bytes: 64 * 1024 * 1024,
+            cpu_budget_ms: 300,
+            ..code_mode_protocol::CellLimits::default()
+        },
+        ..SessionOptions::default()
+    };
+    let (session, _delegate) = open_with(provider, options).await;
+    for (source, kind) in [
+        ("throw new Error('boom');", FailureKind::ScriptError),
+        ("await new Promise(() => {});", FailureKind::Stalled),
+        (
+            "const keep = []; for (;;) keep.push(new Array(1e6).fill(1));",
+            FailureKind::OutOfMemory,
+        ),
+        ("for (;;) {}", FailureKind::CpuBudget),
+    ] {
+        let started = session
+            .execute(request(source).with_yield_time_ms(30_000))
+            .await
+            .expect("exec");
+        let response = &started.initial_response;
+        assert!(response.error_text().is_some(), "{source}: {response:?}");
+        assert_eq!(response.failure(), Some(kind), "{source}: {response:?}");
+    }
+    let started = session
+        .execute(request("text('fine');"))
+        .await
+        .expect("exec");
+    assert_eq!(started.initial_response.failure(), None);
+    assert_eq!(
+        wait(&session, "99").await.failure(),
+        Some(FailureKind::NotFound)
     );
 }
 

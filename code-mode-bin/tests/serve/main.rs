@@ -515,6 +515,7 @@ async fn a_cells_writes_are_committed_before_its_final_response() {
                 cell_id: "1".into(),
                 content_items: vec![text("done")],
                 error_text: None,
+                failure: None,
                 missing_cell: false,
                 wall_time: std::time::Duration::ZERO,
             },
@@ -807,6 +808,7 @@ async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused(
                 cell_id: cell.into(),
                 content_items: vec![ContentItem::text("echo,block")],
                 error_text: None,
+                failure: None,
                 missing_cell: false,
                 wall_time: std::time::Duration::ZERO,
             }

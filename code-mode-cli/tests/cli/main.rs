@@ -87,8 +87,7 @@ impl Drop for Scratch {
 #[test]
 fn run_the_example_with_command_tools() {
     let stdout = run_example("examples/top_rust_files.js", "examples/tools.toml");
-    let readme =
-        std::fs::read_to_string(project_root().join("README.md")).expect("the README");
+    let readme = std::fs::read_to_string(project_root().join("README.md")).expect("the README");
     let shown = readme
         .split("```text\n[notify] counting the lines of ")
         .nth(1)
@@ -212,6 +211,7 @@ fn run_reports_failures_with_json_and_exit_codes() {
             .unwrap()
             .starts_with("Error: boom")
     );
+    assert_eq!(report["response"]["failure"], "script_error");
     let items = report["response"]["content_items"].as_array().unwrap();
     assert_eq!(
         items[0]["text"],
@@ -615,6 +615,7 @@ fn serve_jsonl_answers_errors_and_keeps_going() {
     assert_eq!(reply["id"], 5);
     assert_eq!(reply["result"]["missing_cell"], true);
     assert_eq!(reply["result"]["error_text"], "exec cell 7 not found");
+    assert_eq!(reply["result"]["failure"], "not_found");
     let reply = server.ask(r#"{"id": 6, "method": "exec", "params": {"session": "s1"}}"#);
     assert_eq!(reply["error"]["code"], "invalid_params");
     assert_eq!(reply["error"]["message"], "missing field `source`");

@@ -4,7 +4,7 @@
 
 use crate::calls::SessionReply;
 use crate::model::ContentItem;
-use crate::session::{CellResponse, PendingOutcome};
+use crate::session::{CellResponse, FailureKind, PendingOutcome};
 use serde_json::{Value, json};
 
 /// `{"type": "input_text", "text": ...}`, `{"type": "input_image", "image_url": ..., "detail": ...}`
@@ -51,11 +51,13 @@ pub fn response_json(response: &CellResponse) -> Value {
             cell_id,
             content_items,
             error_text,
+            failure,
             missing_cell,
             ..
         } => json!({
             "type": "result", "cell_id": cell_id, "content_items": items_json(content_items),
-            "error_text": error_text, "missing_cell": missing_cell, "wall_time_ms": wall_time_ms,
+            "error_text": error_text, "failure": failure.map(FailureKind::as_str),
+            "missing_cell": missing_cell, "wall_time_ms": wall_time_ms,
         }),
     }
 }

@@ -12,7 +12,10 @@ use std::fmt;
 /// 4: audio items, deferred tools, preempt and interrupt, admission and the exec call id.
 /// 5: responses carry the provider's time, sessions open with stored values, and the
 /// runtime reports every commit (`Committed`) so the host keeps the values.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 6: sessions choose their surface (the contract's, or Codex's).
+/// 7: a failed result carries its kind (`FailureKind`) beside its text, and a call in
+/// flight when a draining runtime's timeout passes is answered with the runtime-lost error.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

@@ -127,6 +127,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
             cell_id: "1".into(),
             content_items: items(),
             error_text: Some("Error: x".into()),
+            failure: Some(code_mode_protocol::FailureKind::ScriptError),
             missing_cell: false,
             wall_time: std::time::Duration::ZERO,
         })),

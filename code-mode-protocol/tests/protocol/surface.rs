@@ -428,6 +428,7 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
             cell_id: "7".into(),
             content_items: items.clone(),
             error_text: None,
+            failure: None,
             missing_cell: false,
             wall_time: std::time::Duration::ZERO,
         },
@@ -435,6 +436,7 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
             cell_id: "7".into(),
             content_items: items.clone(),
             error_text: Some("TypeError: x is not a function\n    at exec_main.mjs:3:1".into()),
+            failure: Some(code_mode_protocol::FailureKind::ScriptError),
             missing_cell: false,
             wall_time: std::time::Duration::ZERO,
         },
@@ -466,6 +468,7 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
         cell_id: "1".into(),
         content_items: vec![],
         error_text: Some("E".repeat(100)),
+        failure: Some(code_mode_protocol::FailureKind::ScriptError),
         missing_cell: false,
         wall_time: std::time::Duration::ZERO,
     };

@@ -183,19 +183,22 @@ fn the_handshake_picks_the_highest_common_version() {
 fn the_handshake_refuses_with_a_reason_for_each_failure() {
     let offer = ServerOffer::current("code-mode-bin 0.1.0", "none");
     let mut hello = ClientHello::current("host");
-    hello.versions = vec![7, 8];
+    // A peer of the version before (no failure kinds) and one from the future.
+    hello.versions = vec![PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1];
     let rejection = offer.negotiate(&hello).unwrap_err();
     assert_eq!(
         rejection,
         HandshakeRejection::NoCommonVersion {
-            client: vec![7, 8],
+            client: vec![PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1],
             server: vec![PROTOCOL_VERSION]
         }
     );
     assert_eq!(
         rejection.to_string(),
         format!(
-            "no common protocol version: the client speaks [7, 8], the runtime speaks [{PROTOCOL_VERSION}]"
+            "no common protocol version: the client speaks [{}, {}], the runtime speaks [{PROTOCOL_VERSION}]",
+            PROTOCOL_VERSION - 1,
+            PROTOCOL_VERSION + 1
         )
     );
 

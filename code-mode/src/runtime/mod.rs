@@ -27,7 +27,9 @@ mod typescript;
 mod values;
 pub mod watchdog;
 
-use code_mode_protocol::{CallId, ContentItem, JsonText, ToolDefinition, ToolError, ToolKind};
+use code_mode_protocol::{
+    CallId, CellFailure, ContentItem, JsonText, ToolDefinition, ToolError, ToolKind,
+};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -130,7 +132,7 @@ pub enum CellOutcome {
     /// The module settled, `exit()` ran, or an error ended the cell. `stored_writes` are the
     /// cell's own `store` calls (last write per key), to be merged into the session.
     Completed {
-        error_text: Option<String>,
+        failure: Option<CellFailure>,
         stored_writes: StoredValues,
     },
     /// The owner terminated the cell (or dropped its handle). Its writes are discarded.

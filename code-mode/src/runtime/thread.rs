@@ -17,7 +17,7 @@ use super::watchdog::{self, Watched};
 use super::{CellCommand, CellEvent, CellOutcome, Inbound};
 use code_mode_protocol::Surface;
 use code_mode_protocol::ToolDefinition;
-use code_mode_protocol::{CallId, JsonText, ToolError, texts};
+use code_mode_protocol::{CallId, CellFailure, FailureKind, JsonText, ToolError, texts};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
@@ -39,9 +39,6 @@ const SPIN_FOR_ANSWER: Duration = Duration::from_micros(60);
 /// The largest cell source, in bytes, for the compiler and the TypeScript stripper alike.
 /// Far beyond any script a model writes; it bounds what a hostile source costs to parse.
 pub(crate) const MAX_SOURCE_BYTES: usize = 16 * 1024 * 1024;
-
-/// The error text of a cell that awaits something nothing can settle.
-pub(crate) const STALLED_ERROR: &str = "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)";
 
 /// An isolate and its context created ahead of the cell, with everything that does not
 /// depend on the cell set up (the helpers, the removed globals). Used for exactly one cell,
@@ -420,10 +417,10 @@ impl Driver<'_> {
     ) -> Result<v8::Local<'s, v8::Promise>, CellOutcome> {
         v8::tc_scope!(let tc, scope);
         if source.len() > MAX_SOURCE_BYTES {
-            return Err(self.completed(Some(format!(
+            return Err(self.script_error(format!(
                 "SyntaxError: the script is {} bytes, more than the limit of {MAX_SOURCE_BYTES} bytes",
                 source.len()
-            ))));
+            )));
         }
         let module = match compile(tc, source) {
             Some(module) => module,
@@ -478,12 +475,12 @@ impl Driver<'_> {
         match typescript::strip(source) {
             Ok(stripped) if stripped != source => Ok(stripped),
             Ok(_) => Err(v8_error),
-            Err(typescript::StripError::Refused(text)) => Err(self.completed(Some(text))),
+            Err(typescript::StripError::Refused(text)) => Err(self.script_error(text)),
             Err(typescript::StripError::Syntax { message, position })
                 if position.is_some() && position > v8_position =>
             {
                 let text = typescript::syntax_error_text(&message, position);
-                Err(self.completed(Some(text)))
+                Err(self.script_error(text))
             }
             Err(typescript::StripError::Syntax { .. }) => Err(v8_error),
         }
@@ -498,19 +495,25 @@ impl Driver<'_> {
             return outcome;
         }
         let Some(exception) = tc.exception() else {
-            return self.completed(Some(texts::FAILED_WITHOUT_EXCEPTION.to_owned()));
+            return self.script_error(texts::FAILED_WITHOUT_EXCEPTION.to_owned());
         };
         let text = values::error_text(tc, exception, &|| self.state.borrow().stopped());
         self.ended_by_flags()
-            .unwrap_or_else(|| self.completed(Some(text)))
+            .unwrap_or_else(|| self.script_error(text))
     }
 
     /// A completed outcome carrying the cell's stored writes.
-    fn completed(&self, error_text: Option<String>) -> CellOutcome {
+    fn completed(&self, failure: Option<CellFailure>) -> CellOutcome {
         CellOutcome::Completed {
-            error_text,
+            failure,
             stored_writes: std::mem::take(&mut self.state.borrow_mut().writes),
         }
+    }
+
+    /// The outcome of a cell that ended with an error of its script's (an exception, a
+    /// syntax error, a rejected module promise).
+    fn script_error(&self, text: String) -> CellOutcome {
+        self.completed(Some(CellFailure::new(FailureKind::ScriptError, text)))
     }
 
     /// Ends decided by flags, in priority order: termination by the owner, the heap limit,
@@ -522,16 +525,18 @@ impl Driver<'_> {
         }
         if self.heap_guard.hit() {
             let limit_mib = self.state.borrow().limits.heap_bytes / (1024 * 1024);
-            return Some(self.completed(Some(texts::out_of_memory(limit_mib))));
+            let text = texts::out_of_memory(limit_mib);
+            return Some(self.completed(Some(CellFailure::new(FailureKind::OutOfMemory, text))));
         }
         if let Some(watched) = self.watched.filter(|watched| watched.exceeded()) {
             let budget = watched.budget().as_secs_f64();
-            return Some(self.completed(Some(texts::cpu_budget_exceeded(budget))));
+            let text = texts::cpu_budget_exceeded(budget);
+            return Some(self.completed(Some(CellFailure::new(FailureKind::CpuBudget, text))));
         }
         if exited {
             return Some(self.completed(None));
         }
-        timer_error.map(|text| self.completed(Some(text)))
+        timer_error.map(|text| self.script_error(text))
     }
 
     /// Whether the cell has ended, after microtasks were drained.
@@ -552,14 +557,16 @@ impl Driver<'_> {
                 // terminated: those win.
                 Some(
                     self.ended_by_flags()
-                        .unwrap_or_else(|| self.completed(Some(text))),
+                        .unwrap_or_else(|| self.script_error(text)),
                 )
             }
             v8::PromiseState::Pending => {
                 let state = self.state.borrow();
                 let nothing_pending = state.pending_calls.is_empty() && state.timers.is_empty();
                 drop(state);
-                nothing_pending.then(|| self.completed(Some(STALLED_ERROR.to_owned())))
+                nothing_pending.then(|| {
+                    self.completed(Some(CellFailure::new(FailureKind::Stalled, texts::STALLED)))
+                })
             }
         }
     }

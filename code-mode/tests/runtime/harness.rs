@@ -100,7 +100,17 @@ impl Run {
     /// The error text of a completed cell; panics if it was terminated.
     pub fn error(&self) -> Option<&str> {
         match &self.outcome {
-            CellOutcome::Completed { error_text, .. } => error_text.as_deref(),
+            CellOutcome::Completed { failure, .. } => {
+                failure.as_ref().map(|failure| failure.text.as_str())
+            }
+            CellOutcome::Terminated => panic!("cell was terminated, not completed"),
+        }
+    }
+
+    /// How a completed cell failed; panics if it was terminated.
+    pub fn failure(&self) -> Option<code_mode_protocol::FailureKind> {
+        match &self.outcome {
+            CellOutcome::Completed { failure, .. } => failure.as_ref().map(|failure| failure.kind),
             CellOutcome::Terminated => panic!("cell was terminated, not completed"),
         }
     }

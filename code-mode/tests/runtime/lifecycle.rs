@@ -111,13 +111,7 @@ fn exit_ends_the_cell_at_once_wherever_it_is_called() {
         let r = run(source);
         let outcome = &r.outcome;
         assert!(
-            matches!(
-                outcome,
-                CellOutcome::Completed {
-                    error_text: None,
-                    ..
-                }
-            ),
+            matches!(outcome, CellOutcome::Completed { failure: None, .. }),
             "exit {place}: expected success, got {outcome:?}"
         );
         let texts = r.texts();
@@ -529,6 +523,7 @@ fn a_cell_awaiting_what_nothing_can_settle_fails_at_once() {
             "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)"
         )
     );
+    assert_eq!(r.failure(), Some(code_mode_protocol::FailureKind::Stalled));
 }
 
 #[test]
@@ -598,6 +593,11 @@ fn heap_exhaustion_ends_only_the_cell() {
         assert_eq!(
             r.error(),
             Some("Out of memory: the cell reached its heap limit of 64 MiB and was stopped"),
+            "{source}"
+        );
+        assert_eq!(
+            r.failure(),
+            Some(code_mode_protocol::FailureKind::OutOfMemory),
             "{source}"
         );
     }

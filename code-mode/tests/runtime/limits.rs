@@ -31,6 +31,11 @@ fn the_cpu_budget_stops_busy_code_wherever_it_runs() {
             Some("CPU budget exceeded: the cell used its 0.3 s of CPU time and was stopped"),
             "{source}"
         );
+        assert_eq!(
+            r.failure(),
+            Some(code_mode_protocol::FailureKind::CpuBudget),
+            "{source}"
+        );
     }
 }
 

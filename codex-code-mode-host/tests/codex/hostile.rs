@@ -44,6 +44,8 @@ fn response(outcome: &proto::CellOutcome) -> Option<CellResponse> {
         cell_id: CellId::from(outcome.cell_id.clone()),
         content_items,
         error_text: Some(completed.error_text.clone()).filter(|text| !text.is_empty()),
+        // Codex's protocol carries the text only; the corpus checks texts.
+        failure: None,
         missing_cell: false,
         wall_time: Duration::ZERO,
     })

@@ -251,10 +251,11 @@ impl CellActor {
 
     pub(super) fn final_response(&self, decision: Final, items: Vec<ContentItem>) -> CellResponse {
         match decision {
-            Final::Completed(error_text) => CellResponse::Result {
+            Final::Completed(failure) => CellResponse::Result {
                 cell_id: self.cell_id.clone(),
                 content_items: items,
-                error_text,
+                failure: failure.as_ref().map(|failure| failure.kind),
+                error_text: failure.map(|failure| failure.text),
                 missing_cell: false,
                 wall_time: Duration::ZERO,
             },

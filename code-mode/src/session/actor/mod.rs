@@ -37,8 +37,8 @@ use code_mode_protocol::delivery::{Delivery, Unacked};
 use code_mode_protocol::search::SearchableTools;
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
-    BoxFuture, CallId, CellId, CellResponse, CodeModeSessionDelegate, ContentItem, JsonText,
-    NestedToolCall, PendingOutcome, SessionError, ToolError,
+    BoxFuture, CallId, CellFailure, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
+    FailureKind, JsonText, NestedToolCall, PendingOutcome, SessionError, ToolError,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -90,7 +90,7 @@ enum Internal {
 /// The terminal decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Final {
-    Completed(Option<String>),
+    Completed(Option<CellFailure>),
     Terminated,
 }
 
@@ -333,7 +333,10 @@ impl CellActor {
         tracing::error!(cell = %self.cell_id, "the cell thread stopped without reporting an outcome");
         let outcome = match self.life.phase {
             Phase::Running => CellOutcome::Completed {
-                error_text: Some(code_mode_protocol::texts::CELL_STOPPED_UNEXPECTEDLY.to_owned()),
+                failure: Some(CellFailure::new(
+                    FailureKind::StoppedUnexpectedly,
+                    code_mode_protocol::texts::CELL_STOPPED_UNEXPECTEDLY,
+                )),
                 stored_writes: Default::default(),
             },
             _ => CellOutcome::Terminated,
@@ -365,12 +368,12 @@ impl CellActor {
             (
                 Phase::Running,
                 CellOutcome::Completed {
-                    error_text,
+                    failure,
                     stored_writes,
                 },
             ) => {
                 self.shared.commit(&self.cell_id, stored_writes);
-                Final::Completed(error_text)
+                Final::Completed(failure)
             }
             // Termination already won: the writes are discarded with the outcome.
             (Phase::Running | Phase::Terminating, _) => Final::Terminated,
