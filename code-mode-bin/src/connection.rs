@@ -16,6 +16,7 @@
 //! or hostile host cannot make the runtime buffer without limit.
 
 use crate::delegate::{DelegateCalls, RemoteDelegate};
+use crate::drain::Drain;
 use crate::metrics::METRICS;
 use code_mode::InProcessSession;
 use code_mode_protocol::session::poll_once;
@@ -72,10 +73,9 @@ pub struct ServeSettings {
     /// Ping the host this often, and end the connection when no frame came for
     /// `liveness_timeout`; `None` for a local socket.
     pub liveness: Option<Liveness>,
-    /// Cancelled when the runtime starts draining: no new sessions.
-    pub draining: CancellationToken,
-    /// Cancelled when the connection must end now (the drain deadline passed).
-    pub stop: CancellationToken,
+    /// The runtime's drain: once it started, no new sessions; once it stopped, the
+    /// connection ends.
+    pub drain: Drain,
 }
 
 /// Sends a response; one too large for a frame becomes an error response instead.
@@ -117,6 +117,8 @@ struct Connection {
     /// passed): they are answered with the runtime-lost error and this cause, as the cells
     /// they observe die with the runtime.
     ending: std::sync::OnceLock<&'static str>,
+    /// The runtime's drain: refuses new sessions once started; counts the cells it waits for.
+    drain: Drain,
 }
 
 impl Connection {
@@ -159,7 +161,7 @@ impl Connection {
                 options,
                 stored_values,
             } => {
-                if METRICS.is_draining() {
+                if self.drain.is_draining() {
                     return Err(WireError::Draining);
                 }
                 if lock(&self.sessions).len() >= MAX_SESSIONS_PER_CONNECTION {
@@ -168,7 +170,11 @@ impl Connection {
                     });
                 }
                 let id = SessionId(self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
-                let delegate = RemoteDelegate::new(Arc::downgrade(&self.delegate_calls), id);
+                let delegate = RemoteDelegate::new(
+                    Arc::downgrade(&self.delegate_calls),
+                    id,
+                    self.drain.clone(),
+                );
                 if !stored_values.is_empty() {
                     METRICS.session_seeded();
                 }
@@ -183,7 +189,7 @@ impl Connection {
             let removed = lock(&self.sessions).remove(&id);
             if removed.is_some() {
                 METRICS.sessions_closed(1);
-                if METRICS.is_draining() {
+                if self.drain.is_draining() {
                     METRICS.session_moved_off();
                 }
             }
@@ -193,7 +199,7 @@ impl Connection {
         };
         let session = session.ok_or(WireError::MissingSession(id))?;
         let timed = call.starts_cell().then(Instant::now);
-        let _running = timed.map(|_| METRICS.execute_running());
+        let _running = timed.map(|_| self.drain.execute_running());
         // The admission goes out before the response and before any delegate call
         // of the cell (the session reports it before the cell's actor runs).
         let outbox = self.outbox.clone();
@@ -211,6 +217,13 @@ impl Connection {
             admitted: Some(admitted),
         };
         let reply = call.run_with(&*session, hooks).await?;
+        if matches!(
+            reply,
+            code_mode_protocol::SessionReply::Started(_)
+                | code_mode_protocol::SessionReply::StartedPending(_)
+        ) {
+            self.drain.cell_started();
+        }
         METRICS.reply(&reply, timed.map(|started| started.elapsed()));
         Ok(Response::Reply(reply))
     }
@@ -250,13 +263,14 @@ where
         requests: Mutex::new(HashMap::new()),
         tool_sets: Mutex::new(VecDeque::new()),
         ending: std::sync::OnceLock::new(),
+        drain: settings.drain.clone(),
     });
     let tasks = TaskTracker::new();
     let outcome = read_loop(&connection, &mut reader, &tasks, &settings).await;
     if let Err(error) = &outcome {
         tracing::error!("closing the connection: {error}");
     }
-    if settings.stop.is_cancelled() {
+    if settings.drain.is_stopped() {
         let _ = connection
             .ending
             .set(code_mode_protocol::texts::DRAIN_DEADLINE_PASSED);
@@ -329,15 +343,15 @@ async fn read_loop<S: AsyncRead>(
     });
     let mut told_draining = false;
     loop {
-        if settings.draining.is_cancelled() && !told_draining {
+        if settings.drain.is_draining() && !told_draining {
             told_draining = true;
             let _ = connection.outbox.send(&ServerMessage::Draining);
         }
         let next = tokio::select! {
             biased;
-            () = settings.stop.cancelled() => return Ok(()),
+            () = settings.drain.stopped() => return Ok(()),
             () = connection.outbox.stalled().cancelled() => return Err(ConnectionError::Stalled),
-            () = settings.draining.cancelled(), if !told_draining => continue,
+            () = settings.drain.started(), if !told_draining => continue,
             next = within(settings.liveness, reader.next()) => next?,
         };
         let Some(message) = next else {

@@ -5,6 +5,7 @@
 //! The connection owns the table and hands each session's delegate a weak reference, so a
 //! delegate that outlives its connection finds it gone instead of keeping it alive.
 
+use crate::drain::Drain;
 use crate::metrics::METRICS;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::wire::{
@@ -119,11 +120,17 @@ impl Drop for ForgetOnDrop {
 pub(crate) struct RemoteDelegate {
     calls: Weak<DelegateCalls>,
     session: SessionId,
+    /// Told when a cell closes: the drain waits for running cells.
+    drain: Drain,
 }
 
 impl RemoteDelegate {
-    pub(crate) fn new(calls: Weak<DelegateCalls>, session: SessionId) -> Self {
-        Self { calls, session }
+    pub(crate) fn new(calls: Weak<DelegateCalls>, session: SessionId, drain: Drain) -> Self {
+        Self {
+            calls,
+            session,
+            drain,
+        }
     }
 
     /// Sends a delegate call and waits for its reply or its cancellation (which is
@@ -208,6 +215,7 @@ impl CodeModeSessionDelegate for RemoteDelegate {
 
     fn cell_closed(&self, cell_id: &CellId) {
         METRICS.cell_closed();
+        self.drain.cell_closed();
         let Some(calls) = self.calls.upgrade() else {
             return;
         };

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How long a connection gets to complete its TLS handshake.
@@ -27,7 +26,7 @@ const STOP_PATIENCE: Duration = Duration::from_secs(5);
 pub struct ListenSettings {
     /// `None`: plaintext (`--insecure-loopback`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// The settings of every connection (its draining and stop tokens included).
+    /// The settings of every connection (the drain included).
     pub serve: ServeSettings,
     pub drain_timeout: Duration,
     pub max_connections: usize,
@@ -35,14 +34,13 @@ pub struct ListenSettings {
 
 /// Accepts and serves connections until a termination signal has been handled.
 pub async fn run(listener: TcpListener, settings: ListenSettings) {
-    let draining = settings.serve.draining.clone();
-    spawn_signal_watch(draining.clone());
+    let drain = settings.serve.drain.clone();
     let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             biased;
-            () = draining.cancelled() => break,
+            () = drain.started() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -72,7 +70,7 @@ pub async fn run(listener: TcpListener, settings: ListenSettings) {
         });
     }
     drop(listener);
-    drain(&settings, &connections).await;
+    wind_down(&settings, &connections).await;
 }
 
 /// The TLS handshake, then the connection.
@@ -105,9 +103,12 @@ async fn serve_one(
 }
 
 /// Waits for running cells to finish (up to the deadline), then stops every connection.
-async fn drain(settings: &ListenSettings, connections: &TaskTracker) {
-    until_idle(settings.drain_timeout, || connections.is_empty()).await;
-    settings.serve.stop.cancel();
+async fn wind_down(settings: &ListenSettings, connections: &TaskTracker) {
+    let drain = &settings.serve.drain;
+    drain
+        .until_idle(settings.drain_timeout, || connections.is_empty())
+        .await;
+    drain.stop();
     connections.close();
     if tokio::time::timeout(STOP_PATIENCE, connections.wait())
         .await
@@ -115,50 +116,4 @@ async fn drain(settings: &ListenSettings, connections: &TaskTracker) {
     {
         tracing::warn!("connections did not close within {STOP_PATIENCE:?}; exiting anyway");
     }
-}
-
-/// Waits until no cell runs and no `execute` is answering (or `gone()` says nobody is
-/// left to answer), at most `timeout`.
-pub(crate) async fn until_idle(timeout: Duration, gone: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    tracing::warn!(
-        active_cells = METRICS.active_cells(),
-        ?timeout,
-        "draining: no new connections or sessions; waiting for running cells"
-    );
-    while METRICS.busy() && !gone() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if METRICS.busy() && !gone() {
-        tracing::warn!(
-            cells = METRICS.active_cells(),
-            "drain deadline passed; stopping the cells still running"
-        );
-    } else {
-        tracing::info!("drained: no cell running");
-    }
-}
-
-/// Starts draining on SIGTERM or SIGINT.
-pub(crate) fn spawn_signal_watch(draining: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (term, int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::error!("cannot watch for termination signals: {error}");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        let (mut term, mut int) = (term, int);
-        tokio::select! {
-            _ = term.recv() => tracing::warn!("SIGTERM: draining"),
-            _ = int.recv() => tracing::warn!("SIGINT: draining"),
-        }
-        METRICS.set_draining();
-        draining.cancel();
-    });
 }

@@ -16,12 +16,14 @@
 
 mod connection;
 mod delegate;
+mod drain;
 mod listen;
 mod metrics;
 mod sandbox;
 
 use clap::Parser;
 use connection::ServeSettings;
+use drain::Drain;
 use interprocess::local_socket::tokio::Stream;
 use interprocess::os::unix::uds_local_socket::tokio::Stream as UdsStream;
 use std::io::IsTerminal;
@@ -30,7 +32,6 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// The code-mode runtime process: runs JavaScript cells in V8 for hosts, over a local
 /// socket (one host) or over TCP with mutual TLS (many hosts).
@@ -130,12 +131,12 @@ fn main() -> ExitCode {
         // SIGTERM (or SIGINT) drains, as a listening runtime does: the host is told, takes
         // new sessions elsewhere and moves idle ones; running cells get up to the drain
         // timeout to finish, then the connection ends.
-        listen::spawn_signal_watch(settings.draining.clone());
-        let (draining, stop) = (settings.draining.clone(), settings.stop.clone());
+        let drain = settings.drain.clone();
+        drain.start_on_signals();
         tokio::spawn(async move {
-            draining.cancelled().await;
-            listen::until_idle(drain_timeout, || false).await;
-            stop.cancel();
+            drain.started().await;
+            drain.until_idle(drain_timeout, || false).await;
+            drain.stop();
         });
         connected
             .set_nonblocking(true)
@@ -179,8 +180,7 @@ fn serve_settings(cli: &Cli, sandbox: String, remote: bool) -> ServeSettings {
             ping_interval: Duration::from_millis(cli.ping_interval_ms),
             timeout: Duration::from_millis(cli.liveness_timeout_ms),
         }),
-        draining: CancellationToken::new(),
-        stop: CancellationToken::new(),
+        drain: Drain::default(),
     }
 }
 
@@ -307,7 +307,10 @@ fn listen_main(cli: Cli) -> ExitCode {
             if let Ok(metrics_local) = metrics_listener.local_addr() {
                 tracing::info!("metrics on http://{metrics_local}/metrics");
             }
-            tokio::spawn(metrics::serve(metrics_listener));
+            tokio::spawn(metrics::serve(
+                metrics_listener,
+                settings.serve.drain.clone(),
+            ));
         }
         let mode = if settings.tls.is_some() {
             "mutual TLS"
@@ -315,6 +318,7 @@ fn listen_main(cli: Cli) -> ExitCode {
             "plaintext, loopback only"
         };
         tracing::info!(sandbox = %report, "listening on {local} ({mode})");
+        settings.serve.drain.start_on_signals();
         listen::run(listener, settings).await;
         Ok::<(), String>(())
     });

@@ -8,6 +8,7 @@
 //! (an outcome is counted when the host is told the cell's final response), the remote
 //! delegate counts nested calls and closed cells, the listener counts connections.
 
+use crate::drain::Drain;
 use bytes::Bytes;
 use code_mode_protocol::{CellResponse, FailureKind, PendingOutcome, SessionReply, texts};
 use http_body_util::Full;
@@ -19,7 +20,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the exec latency histogram's buckets, in seconds.
@@ -50,8 +51,6 @@ pub struct Metrics {
     sessions: AtomicU64,
     cells_started: AtomicU64,
     cells_closed: AtomicU64,
-    /// `execute` calls running (their cell may not have been reported started yet).
-    executes: AtomicU64,
     outcomes: [AtomicU64; 3],
     limits: [AtomicU64; 3],
     nested_calls: AtomicU64,
@@ -64,7 +63,6 @@ pub struct Metrics {
     /// above every bound.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
-    draining: AtomicBool,
 }
 
 /// The process's figures.
@@ -78,7 +76,6 @@ impl Metrics {
             sessions: AtomicU64::new(0),
             cells_started: AtomicU64::new(0),
             cells_closed: AtomicU64::new(0),
-            executes: AtomicU64::new(0),
             outcomes: [const { AtomicU64::new(0) }; 3],
             limits: [const { AtomicU64::new(0) }; 3],
             nested_calls: AtomicU64::new(0),
@@ -86,7 +83,6 @@ impl Metrics {
             sessions_moved_off: AtomicU64::new(0),
             latency_buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len() + 1],
             latency_sum_micros: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
         }
     }
 
@@ -121,38 +117,6 @@ impl Metrics {
 
     pub fn cell_closed(&self) {
         self.cells_closed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Cells started and not yet closed.
-    pub fn active_cells(&self) -> u64 {
-        let started = self.cells_started.load(Ordering::Relaxed);
-        started.saturating_sub(self.cells_closed.load(Ordering::Relaxed))
-    }
-
-    /// Whether any cell may be running: one started and not closed, or an `execute`
-    /// still answering (its cell is counted started only with the answer).
-    pub fn busy(&self) -> bool {
-        self.active_cells() > 0 || self.executes.load(Ordering::SeqCst) > 0
-    }
-
-    /// Counts an `execute` call until the guard drops.
-    pub fn execute_running(&'static self) -> impl Drop {
-        struct Running(&'static AtomicU64);
-        impl Drop for Running {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        self.executes.fetch_add(1, Ordering::SeqCst);
-        Running(&self.executes)
-    }
-
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
     }
 
     /// Counts what a reply tells: a started cell, and a final response's outcome and limit.
@@ -198,10 +162,11 @@ impl Metrics {
         self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    /// The figures in the OpenMetrics text format, which Prometheus scrapes.
-    pub fn render(&self) -> String {
+    /// The figures in the OpenMetrics text format, which Prometheus scrapes, with the
+    /// drain's state as `drain` reports it.
+    pub fn render(&self, drain: &Drain) -> String {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Figures));
+        registry.register_collector(Box::new(Figures(drain.clone())));
         let mut out = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
             tracing::warn!("metrics could not be encoded: {error}");
@@ -210,13 +175,15 @@ impl Metrics {
     }
 }
 
-/// [`METRICS`] as the metric families of a scrape, read when it happens.
+/// [`METRICS`] and the drain's state as the metric families of a scrape, read when it
+/// happens.
 #[derive(Debug)]
-struct Figures;
+struct Figures(Drain);
 
 impl Collector for Figures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let metrics = &METRICS;
+        let drain = &self.0;
         let get = |value: &AtomicU64| value.load(Ordering::Relaxed);
         let encoder = &mut encoder;
         // `code_mode_connections` is the counter (its sample `code_mode_connections_total`):
@@ -249,7 +216,7 @@ impl Collector for Figures {
             encoder,
             "code_mode_cells_active",
             "Cells started and not yet closed.",
-            metrics.active_cells(),
+            drain.active_cells(),
         )?;
         let outcome = |outcome: Outcome| get(&metrics.outcomes[outcome as usize]);
         counters(
@@ -297,7 +264,7 @@ impl Collector for Figures {
             encoder,
             "code_mode_draining",
             "1 once the runtime is draining.",
-            u64::from(metrics.is_draining()),
+            u64::from(drain.is_draining()),
         )?;
         let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
             .iter()
@@ -385,11 +352,11 @@ fn classify(response: &CellResponse) -> Option<(Outcome, Option<Limit>)> {
 }
 
 /// Answers one request of the metrics server.
-fn answer(path: &str) -> Response<Full<Bytes>> {
+fn answer(path: &str, drain: &Drain) -> Response<Full<Bytes>> {
     let (status, body) = match path {
-        "/metrics" => (StatusCode::OK, METRICS.render()),
+        "/metrics" => (StatusCode::OK, METRICS.render(drain)),
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-        "/readyz" if METRICS.is_draining() => {
+        "/readyz" if drain.is_draining() => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
         }
         "/readyz" => (StatusCode::OK, "ready\n".to_owned()),
@@ -415,7 +382,7 @@ fn answer(path: &str) -> Response<Full<Bytes>> {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` (bound before the sandbox)
 /// until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener) {
+pub async fn serve(listener: tokio::net::TcpListener, drain: Drain) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -425,9 +392,10 @@ pub async fn serve(listener: tokio::net::TcpListener) {
                 continue;
             }
         };
+        let drain = drain.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| {
-                let response = answer(request.uri().path());
+                let response = answer(request.uri().path(), &drain);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
