@@ -421,7 +421,7 @@ fn typescript(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------
 
 fn tool_search(c: &mut Criterion) {
-    use code_mode_protocol::search::{SearchableTools, ToolIndex};
+    use code_mode::session::search::{SearchableTools, ToolIndex};
     let set = tools_for("10000d");
     let mut group = c.benchmark_group("tool_search");
     group.bench_function("build_index_10000_deferred", |b| {

@@ -10,12 +10,12 @@
 //! their own OS threads, their actors are tokio tasks.
 
 mod actor;
+pub mod search;
 
 use crate::runtime::{
     CellConfig, EVENT_CHANNEL_CAPACITY, IsolateShelf, StoredValues, spawn_cell_on,
 };
 use actor::{ActorRequest, Answer, CellActor, Observer, Returnable, Routing};
-use code_mode_protocol::search::{SearchCache, SearchableTools};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms, measure};
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
@@ -24,6 +24,7 @@ use code_mode_protocol::{
     ExecHooks, ExecRequest, PendingOutcome, SessionError, SessionOptions, StartedCell,
     StartedPendingCell, WaitRequest,
 };
+use search::{SearchCache, SearchableTools};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -30,11 +30,11 @@ mod callbacks;
 
 use super::Shared;
 use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallRequest};
+use crate::session::search::SearchableTools;
 pub(crate) use answers::{Answer, Observer, Returnable, TerminateReply};
 use answers::{GivenBack, send_answer};
 use callbacks::{Callbacks, Timers, cancelled_some, sleep_until_some, start_now};
 use code_mode_protocol::delivery::{Delivery, Unacked};
-use code_mode_protocol::search::SearchableTools;
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
     BoxFuture, CallId, CellFailure, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
