@@ -8,6 +8,7 @@
 use crate::drain::Drain;
 use crate::metrics::METRICS;
 use code_mode_protocol::sync::lock;
+use code_mode_protocol::texts;
 use code_mode_protocol::wire::{
     DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId,
 };
@@ -101,8 +102,6 @@ impl PendingDelegateCall {
     }
 }
 
-const CONNECTION_CLOSED: &str = "the host connection closed";
-
 /// Forgets a delegate call when its waiter goes away (answered, cancelled or abandoned).
 struct ForgetOnDrop {
     calls: Weak<DelegateCalls>,
@@ -141,7 +140,7 @@ impl RemoteDelegate {
         pending: impl FnOnce(oneshot::Sender<T>) -> PendingDelegateCall,
         cancel: CancellationToken,
     ) -> Result<T, String> {
-        let calls = self.calls.upgrade().ok_or(CONNECTION_CLOSED)?;
+        let calls = self.calls.upgrade().ok_or(texts::HOST_CONNECTION_CLOSED)?;
         let (sender, reply) = oneshot::channel();
         let id = calls.register(pending(sender));
         let message = ServerMessage::Delegate {
@@ -152,7 +151,7 @@ impl RemoteDelegate {
         code_mode_protocol::hop!("runtime sends the tool call");
         if let Err(error) = calls.outbox.send(&message) {
             calls.forget(id);
-            return Err(format!("the call could not be sent to the host: {error}"));
+            return Err(texts::call_not_sent(&error));
         }
         drop(calls);
         let _forget = ForgetOnDrop {
@@ -161,7 +160,7 @@ impl RemoteDelegate {
         };
         tokio::pin!(reply);
         tokio::select! {
-            reply = &mut reply => reply.map_err(|_| CONNECTION_CLOSED.to_owned()),
+            reply = &mut reply => reply.map_err(|_| texts::HOST_CONNECTION_CLOSED.to_owned()),
             () = cancel.cancelled() => {
                 if let Some(calls) = self.calls.upgrade() {
                     let _ = calls.outbox.send(&ServerMessage::CancelDelegate { id });

@@ -219,6 +219,19 @@ pub fn cpu_budget_exceeded(budget_secs: f64) -> String {
 /// The error of a cell whose thread stopped without reporting how it ended.
 pub const CELL_STOPPED_UNEXPECTEDLY: &str = "exec cell stopped unexpectedly";
 
+/// A session call whose cell's actor went away without answering (a runtime fault).
+pub fn cell_stopped_without_answering(cell_id: &dyn fmt::Display) -> String {
+    format!("exec cell {cell_id} stopped without answering")
+}
+
+/// A nested call the runtime could not deliver: its host connection is gone.
+pub const HOST_CONNECTION_CLOSED: &str = "the host connection closed";
+
+/// A nested call the runtime could not send to its host.
+pub fn call_not_sent(error: &dyn fmt::Display) -> String {
+    format!("the call could not be sent to the host: {error}")
+}
+
 /// The error text of a cell that awaits something nothing can settle.
 pub const STALLED: &str = "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)";
 

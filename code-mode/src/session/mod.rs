@@ -307,7 +307,9 @@ impl Drop for InProcessSession {
 
 /// The error for an actor that went away without answering.
 fn actor_lost(cell_id: &CellId) -> SessionError {
-    SessionError::Runtime(format!("exec cell {cell_id} stopped without answering"))
+    SessionError::Runtime(code_mode_protocol::texts::cell_stopped_without_answering(
+        cell_id,
+    ))
 }
 
 impl CodeModeSession for InProcessSession {
