@@ -25,15 +25,15 @@ use support::{EchoTools, tools, tools_for};
 use bytes::BytesMut;
 use code_mode::InProcessSession;
 use code_mode_host::{ProcessConfig, ProcessProvider};
-use code_mode_protocol::wire::codec::{decode_body, encode_frame};
-use code_mode_protocol::wire::{
-    ClientMessage, DelegateCall, DelegateId, DelegateReply, Request, RequestId, Response,
-    ServerMessage, SessionId,
-};
 use code_mode_protocol::{
     BoxFuture, CallId, CellId, CellResponse, CodeModeProvider, CodeModeSession,
     CodeModeSessionDelegate, ContentItem, ExecRequest, JsonText, NestedToolCall, SessionCall,
     SessionOptions, SessionReply, StartedCell, ToolError, ToolKind, WaitRequest,
+};
+use code_mode_wire::codec::{decode_body, encode_frame};
+use code_mode_wire::{
+    ClientMessage, DelegateCall, DelegateId, DelegateReply, Request, RequestId, Response,
+    ServerMessage, SessionId,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;

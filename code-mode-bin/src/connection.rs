@@ -21,11 +21,11 @@ use crate::metrics::METRICS;
 use code_mode::InProcessSession;
 use code_mode_protocol::session::poll_once;
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
-use code_mode_protocol::wire::*;
 use code_mode_protocol::{
     AdmittedHook, CallHooks, CellId, CodeModeSession, SessionCall, ToolDefinition,
 };
+use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
+use code_mode_wire::*;
 use futures_util::StreamExt;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,7 +61,7 @@ pub const MAX_REQUESTS_IN_FLIGHT: usize = 4096;
 /// Most sessions open on one connection at once; more are refused.
 pub const MAX_SESSIONS_PER_CONNECTION: usize = 1024;
 
-pub use code_mode_protocol::wire::Liveness;
+pub use code_mode_wire::Liveness;
 
 /// How one connection is served.
 #[derive(Debug, Clone)]

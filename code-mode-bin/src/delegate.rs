@@ -9,12 +9,10 @@ use crate::drain::Drain;
 use crate::metrics::METRICS;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::texts;
-use code_mode_protocol::wire::{
-    DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId,
-};
 use code_mode_protocol::{
     BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, StoredValues, ToolError,
 };
+use code_mode_wire::{DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};

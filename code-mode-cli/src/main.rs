@@ -356,24 +356,21 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             let descriptions = tools.descriptions();
             let unavailable = tools.unavailable();
             tools.stop().await;
-            let catalog = code_mode_protocol::surface::Catalog {
+            let catalog = code_mode_surface::Catalog {
                 tools: &descriptions,
                 unavailable: &unavailable,
             };
             if json {
                 let specs = serde_json::json!([
-                    code_mode_protocol::surface::exec_tool_spec_of(catalog).to_json(),
-                    code_mode_protocol::surface::wait_tool_spec().to_json(),
+                    code_mode_surface::exec_tool_spec_of(catalog).to_json(),
+                    code_mode_surface::wait_tool_spec().to_json(),
                 ]);
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&specs).unwrap_or_default()
                 );
             } else {
-                print!(
-                    "{}",
-                    code_mode_protocol::surface::exec_description_of(catalog)
-                );
+                print!("{}", code_mode_surface::exec_description_of(catalog));
             }
             Ok(())
         }

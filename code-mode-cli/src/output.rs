@@ -1,5 +1,5 @@
 //! Printing what cells produce for a person (the JSON forms every front end shares are in
-//! `code_mode_protocol::surface::json`).
+//! `code_mode_surface::json`).
 //!
 //! **Terminal policy.** Text a cell produced (output, notifications, error texts, even an
 //! image's MIME type) is model-written and must never drive the user's terminal: the

@@ -13,10 +13,10 @@
 use crate::output::{Printer, terminal_safe};
 use crate::tools::{CliDelegate, ToolSet, sink_now};
 use crate::{Failure, session};
-use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
 use code_mode_protocol::{
     CellResponse, CodeModeSession, ExecRequest, SessionError, SessionOptions, WaitRequest, texts,
 };
+use code_mode_surface::{format_response, parse_exec_source, status_line};
 use futures_util::FutureExt;
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -4,11 +4,11 @@
 use crate::output::{Printer, terminal_safe};
 use crate::tools::{CliDelegate, ToolSet, sink_now};
 use crate::{Failure, session};
-use code_mode_protocol::surface::json::{items_json, response_json};
-use code_mode_protocol::surface::{format_response, parse_exec_source, status_line};
 use code_mode_protocol::{
     CellResponse, ContentItem, ExecRequest, SessionOptions, WaitRequest, texts,
 };
+use code_mode_surface::json::{items_json, response_json};
+use code_mode_surface::{format_response, parse_exec_source, status_line};
 use serde_json::json;
 use std::io::Read;
 use std::path::PathBuf;

@@ -12,22 +12,22 @@
 //!
 //! Parameters are parsed into typed structs (an error names the field); session calls run
 //! through the protocol crate's one adapter ([`SessionCall::run`]) and are answered in the
-//! shared JSON forms ([`code_mode_protocol::surface::json`]). The driver runs on a
+//! shared JSON forms ([`code_mode_surface::json`]). The driver runs on a
 //! current-thread runtime, so a session's answers and its later events reach stdout in the
 //! order the session produced them (see [`serve`]).
 
 use crate::Failure;
 use crate::session::{RuntimeArgs, Sessions};
 use crate::tools::ToolSet;
-use code_mode_protocol::surface::json::reply_json;
-use code_mode_protocol::surface::{
-    Catalog, ToolDescription, exec_description_of, exec_tool_spec_of, wait_tool_spec,
-};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     AdmittedHook, BoxFuture, CallHooks, CellId, CellLimits, CodeModeSession,
     CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall, SessionCall, SessionError,
     SessionOptions, SessionReply, StoredValues, ToolDefinition, ToolError, ToolKind, WaitRequest,
+};
+use code_mode_surface::json::reply_json;
+use code_mode_surface::{
+    Catalog, ToolDescription, exec_description_of, exec_tool_spec_of, wait_tool_spec,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

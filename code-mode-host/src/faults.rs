@@ -24,7 +24,7 @@ pub enum Fault {
 mod armed {
     use super::Fault;
     use code_mode_protocol::sync::lock;
-    use code_mode_protocol::wire::{DelegateReply, SessionId};
+    use code_mode_wire::{DelegateReply, SessionId};
     use std::sync::Mutex;
 
     /// The armed fault, until it fired.
@@ -84,8 +84,8 @@ pub(crate) fn fire(_fault: Fault) -> bool {
 #[inline(always)]
 pub(crate) fn keep_for_replay(
     _owner: usize,
-    _session: code_mode_protocol::wire::SessionId,
-    _reply: code_mode_protocol::wire::DelegateReply,
+    _session: code_mode_wire::SessionId,
+    _reply: code_mode_wire::DelegateReply,
 ) {
 }
 
@@ -93,7 +93,7 @@ pub(crate) fn keep_for_replay(
 #[inline(always)]
 pub(crate) fn replay(
     _owner: usize,
-    _session: code_mode_protocol::wire::SessionId,
-) -> Option<code_mode_protocol::wire::DelegateReply> {
+    _session: code_mode_wire::SessionId,
+) -> Option<code_mode_wire::DelegateReply> {
     None
 }

@@ -10,12 +10,12 @@ use crate::unclaimed::{Reclaim, Unclaimed};
 use code_mode_protocol::session::measure;
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::wire::{Request, SessionId};
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
     ExecRequest, PendingOutcome, SessionCall, SessionError, SessionOptions, StartedCell,
     StartedPendingCell, StoredValues, WaitRequest,
 };
+use code_mode_wire::{Request, SessionId};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -17,7 +17,7 @@ pub use crate::error::RemoteError;
 use crate::hosted::{RuntimeSource, hosted_session};
 use code_mode_protocol::BoxFuture;
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::wire::FrameError;
+use code_mode_wire::FrameError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::net::SocketAddr;

@@ -1,8 +1,11 @@
 //! Types that cross every boundary of code-mode: between a cell and its owner, between the
 //! runtime process and the host, and between the host and the agent core.
 //!
-//! This crate owns the vocabulary, the session API ([`CodeModeSession`]) and the wire
-//! format between host and runtime process ([`wire`]). It never links V8 and never spawns processes, so an
+//! This crate is the API: the vocabulary, the session and provider traits
+//! ([`CodeModeSession`], [`CodeModeProvider`]), requests and responses, ids, errors,
+//! limits and the contract's texts. The wire between host and runtime process is the
+//! internal `code-mode-wire` crate; what the model sees (tool specs, descriptions, the
+//! formatter) is `code-mode-surface`. It never links V8 and never spawns processes, so an
 //! agent core can depend on it (through `code-mode-host`) without paying for either.
 //!
 //! "Contract" references (`contract 3.2`, "contract section 6") are to the project's
@@ -11,7 +14,6 @@
 #![forbid(unsafe_code)]
 
 pub mod calls;
-pub mod delivery;
 pub mod hops;
 pub mod ids;
 pub mod json_text;
@@ -19,13 +21,10 @@ pub mod model;
 pub mod search;
 pub mod session;
 pub mod stored;
-pub mod surface;
 pub mod sync;
 pub mod texts;
-pub mod wire;
 
 pub use calls::{CallHooks, FromReply, SessionCall, SessionReply};
-pub use delivery::ACK_PATIENCE;
 pub use ids::{CallId, CellId, NotACallId, ToolError};
 pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};

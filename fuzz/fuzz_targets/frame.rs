@@ -2,7 +2,7 @@
 //! or fail, never panic. Run: `cd fuzz && cargo fuzz run frame -- -runs=1000000`.
 #![no_main]
 
-#[path = "../../code-mode-protocol/tests/protocol/fuzz_harness.rs"]
+#[path = "../../code-mode-wire/tests/wire/fuzz_harness.rs"]
 mod harness;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

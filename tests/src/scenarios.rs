@@ -1649,7 +1649,7 @@ pub async fn responses_carry_the_providers_measured_time<P: CodeModeProvider>(pr
         measured >= Duration::from_millis(300) && measured < Duration::from_secs(10),
         "{measured:?}"
     );
-    let shown = code_mode_protocol::surface::format_response(&slept.initial_response, 1_000);
+    let shown = code_mode_surface::format_response(&slept.initial_response, 1_000);
     let header = shown[0].as_text().expect("the header");
     assert_eq!(
         header,

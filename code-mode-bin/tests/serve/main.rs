@@ -2,11 +2,11 @@
 //! local socket in a fresh 0700 directory, spawns the binary, and speaks the wire protocol.
 
 use bytes::{BufMut, BytesMut};
-use code_mode_protocol::wire::*;
 use code_mode_protocol::{
     CallId, CellResponse, ContentItem, ExecRequest, SessionCall, SessionOptions, SessionReply,
     StartedCell, StartedPendingCell, ToolDefinition, ToolKind, WaitRequest,
 };
+use code_mode_wire::*;
 use futures_util::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::prelude::*;
 use interprocess::local_socket::tokio::{Listener, Stream};

@@ -8,8 +8,8 @@
 
 use super::line_cap::LineCap;
 use code_mode_protocol::ToolKind;
-use code_mode_protocol::surface::{ToolDescription, UnavailableSource};
 use code_mode_protocol::sync::lock;
+use code_mode_surface::{ToolDescription, UnavailableSource};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, Tool,
 };

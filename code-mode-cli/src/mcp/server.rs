@@ -12,14 +12,14 @@
 use crate::Failure;
 use crate::session::Sessions;
 use crate::tools::{CliDelegate, NotificationSink, ToolSet};
-use code_mode_protocol::surface::{
-    Catalog, EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, exec_code_argument_description_of,
-    format_response, parse_exec_source, parse_wait_arguments, wait_tool_spec,
-};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, ContentItem, ExecHooks, ExecRequest,
     SessionOptions, WaitRequest,
+};
+use code_mode_surface::{
+    Catalog, EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, exec_code_argument_description_of,
+    format_response, parse_exec_source, parse_wait_arguments, wait_tool_spec,
 };
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,

@@ -33,11 +33,11 @@ mod file;
 use crate::mcp::client::{McpServerConfig, McpSources};
 use crate::program::resolve_program;
 use builtins::{exec_command, list_dir, read_file, write_file};
-use code_mode_protocol::surface::{ToolDescription, UnavailableSource};
 use code_mode_protocol::{
     BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition,
     ToolError, ToolKind, js_tool_name,
 };
+use code_mode_surface::{ToolDescription, UnavailableSource};
 use command::run_command;
 use file::{KindName, ToolsFile, describe_toml_error, mcp_server_config, one_line};
 use serde_json::{Value, json};

@@ -34,13 +34,13 @@ use answers::{AbandonOnDrop, Deliver, deliver_to};
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::wire::transport::{self, FrameReader, Outbox, Transport};
-use code_mode_protocol::wire::*;
 use code_mode_protocol::{
     AdmittedHook, BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, FromReply,
     NestedToolCall, PendingOutcome, SessionCall, SessionError, SessionReply, StartedCell,
     StartedPendingCell, ToolDefinition, ToolError,
 };
+use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
+use code_mode_wire::*;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,9 +57,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a runtime that closed its socket gets to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
-use code_mode_protocol::delivery::{Ack, Delivery, Unacked};
+use code_mode_wire::delivery::{Ack, Delivery, Unacked};
 
-pub use code_mode_protocol::wire::Liveness;
+pub use code_mode_wire::Liveness;
 
 /// Why the reader stopped.
 enum Ended {

@@ -4,7 +4,7 @@
 //! untaken (contract 3.3: a dropped observation consumes nothing).
 
 use super::*;
-use code_mode_protocol::delivery::{Ack, Delivery};
+use code_mode_wire::delivery::{Ack, Delivery};
 
 /// An answer of the actor: a [`Delivery`] of the result, acknowledged when the caller
 /// takes it, which lets the actor start the cell's next delegate callbacks. An answer

@@ -34,12 +34,12 @@ use crate::session::search::SearchableTools;
 pub(crate) use answers::{Answer, Observer, Returnable, TerminateReply};
 use answers::{GivenBack, send_answer};
 use callbacks::{Callbacks, Timers, cancelled_some, sleep_until_some, start_now};
-use code_mode_protocol::delivery::{Delivery, Unacked};
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
     BoxFuture, CallId, CellFailure, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
     FailureKind, JsonText, NestedToolCall, PendingOutcome, SessionError, ToolError,
 };
+use code_mode_wire::delivery::{Delivery, Unacked};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;

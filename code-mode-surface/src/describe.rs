@@ -4,8 +4,8 @@
 use super::declarations::{
     call_tool_result_payload, schema_to_typescript, subschema_to_typescript,
 };
-use crate::model::{ToolDefinition, ToolKind, js_tool_name};
-use crate::search::{TOOL_SEARCH_DECLARATION, TOOL_SEARCH_NAME};
+use code_mode_protocol::model::{ToolDefinition, ToolKind, js_tool_name};
+use code_mode_protocol::search::{TOOL_SEARCH_DECLARATION, TOOL_SEARCH_NAME};
 use serde_json::Value;
 
 /// A nested tool as the description builder sees it.

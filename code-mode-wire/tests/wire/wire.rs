@@ -1,9 +1,9 @@
 //! The wire format: round trips, framing limits, garbage, handshake, pinned bytes.
 
 use bytes::{BufMut, BytesMut};
-use code_mode_protocol::wire::codec::{decode_body, encode_frame};
-use code_mode_protocol::wire::handshake::ServerOffer;
-use code_mode_protocol::wire::*;
+use code_mode_wire::codec::{decode_body, encode_frame};
+use code_mode_wire::handshake::ServerOffer;
+use code_mode_wire::*;
 use tokio_util::codec::Decoder;
 
 fn frame<T: serde::Serialize>(message: &T) -> BytesMut {

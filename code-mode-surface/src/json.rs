@@ -2,9 +2,9 @@
 //! and every [`SessionReply`]. One definition for every front end that speaks JSON (the
 //! CLI's `--json`, the JSON-lines driver, MCP), documented in `docs/jsonl.md`.
 
-use crate::calls::SessionReply;
-use crate::model::ContentItem;
-use crate::session::{CellResponse, FailureKind, PendingOutcome};
+use code_mode_protocol::calls::SessionReply;
+use code_mode_protocol::model::ContentItem;
+use code_mode_protocol::session::{CellResponse, FailureKind, PendingOutcome};
 use serde_json::{Value, json};
 
 /// `{"type": "input_text", "text": ...}`, `{"type": "input_image", "image_url": ..., "detail": ...}`

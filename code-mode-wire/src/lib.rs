@@ -1,7 +1,13 @@
+//! **Internal to code-mode; not for direct use.** Agent cores program against
+//! `code-mode-protocol`'s traits and `code-mode-host`'s providers; this crate is what those
+//! providers and the runtime process speak to each other, and it changes with every
+//! protocol version.
+//!
 //! The wire between a host (`code-mode-host`) and the runtime process (`code-mode-bin`):
 //! typed messages ([`ClientMessage`], [`ServerMessage`]), the frame codec ([`codec`]), the
-//! handshake ([`handshake`]) and the transport seam that both ends run a connection on
-//! ([`transport`]).
+//! handshake ([`handshake`]), the transport seam that both ends run a connection on
+//! ([`transport`]), rustls server settings from PEM files ([`tls`]), and how an answer
+//! reaches its caller ([`delivery`], shared with the in-process cell actor).
 //!
 //! Only these types cross the process boundary. They are externally tagged enums and plain
 //! structs, because bincode is not self-describing; JSON payloads (tool inputs and results)
@@ -22,16 +28,17 @@
 //! no new session there, and the runtime refuses one with [`WireError::Draining`].
 
 pub mod codec;
+pub mod delivery;
 pub mod handshake;
 pub mod tls;
 pub mod transport;
 
-use crate::calls::{SessionCall, SessionReply};
-use crate::ids::{CallId, CellId, ToolError};
-use crate::json_text::JsonText;
-use crate::model::{ToolDefinition, ToolKind};
-use crate::session::{SessionError, SessionOptions};
-use crate::texts;
+use code_mode_protocol::calls::{SessionCall, SessionReply};
+use code_mode_protocol::ids::{CallId, CellId, ToolError};
+use code_mode_protocol::json_text::JsonText;
+use code_mode_protocol::model::{ToolDefinition, ToolKind};
+use code_mode_protocol::session::{SessionError, SessionOptions};
+use code_mode_protocol::texts;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
@@ -168,7 +175,7 @@ pub enum Request {
     /// was lost or drains), or what an agent core restored (contract §7).
     OpenSession {
         options: SessionOptions,
-        stored_values: crate::stored::StoredValues,
+        stored_values: code_mode_protocol::stored::StoredValues,
     },
     /// A call of the session's methods; `Shutdown` also makes the server forget it.
     Session {
@@ -274,7 +281,7 @@ pub enum ServerMessage {
     Committed {
         session: SessionId,
         cell_id: CellId,
-        writes: crate::stored::StoredValues,
+        writes: code_mode_protocol::stored::StoredValues,
     },
 }
 

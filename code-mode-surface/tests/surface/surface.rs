@@ -2,8 +2,8 @@
 //! description, the tool specs and the response formatter, against golden files.
 
 use crate::golden::assert_golden;
-use code_mode_protocol::surface::*;
 use code_mode_protocol::{CellResponse, ContentItem, ImageDetail, ToolKind};
+use code_mode_surface::*;
 use serde_json::{Value, json};
 use std::fmt::Write;
 use std::time::Duration;
@@ -541,7 +541,7 @@ fn a_definition_carries_the_declaration_and_the_deferred_flag() {
 
 #[test]
 fn the_exec_description_names_unavailable_sources_on_one_line_each() {
-    use code_mode_protocol::surface::{Catalog, UnavailableSource, exec_description_of};
+    use code_mode_surface::{Catalog, UnavailableSource, exec_description_of};
     let unavailable = [
         UnavailableSource {
             name: "MCP server `github`".into(),

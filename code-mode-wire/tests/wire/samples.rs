@@ -1,11 +1,11 @@
 //! One sample of every message variant.
 
-use code_mode_protocol::wire::*;
 use code_mode_protocol::{
     CallId, CellResponse, ContentItem, ExecRequest, ImageDetail, PendingOutcome, SessionCall,
     SessionOptions, SessionReply, StartedCell, StartedPendingCell, ToolDefinition, ToolKind,
     WaitRequest,
 };
+use code_mode_wire::*;
 
 pub fn execute_request() -> ClientMessage {
     ClientMessage::Request {

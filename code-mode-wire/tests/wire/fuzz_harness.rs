@@ -12,8 +12,8 @@
 )]
 
 use bytes::BytesMut;
-use code_mode_protocol::wire::codec::{FrameCodec, decode_body, encode_frame};
-use code_mode_protocol::wire::{ClientMessage, ServerMessage};
+use code_mode_wire::codec::{FrameCodec, decode_body, encode_frame};
+use code_mode_wire::{ClientMessage, ServerMessage};
 use tokio_util::codec::Decoder;
 
 /// Feeds `bytes` to the frame codec (as a stream, then at end of input) for both message

@@ -7,9 +7,9 @@
 //! audio are always kept, and a marker line says how much was left out. The error text has its own
 //! budget of the same size, so a failure is never hidden by a flood of output.
 
-use crate::model::ContentItem;
-use crate::session::CellResponse;
-use crate::texts;
+use code_mode_protocol::model::ContentItem;
+use code_mode_protocol::session::CellResponse;
+use code_mode_protocol::texts;
 
 /// Bytes of UTF-8 text counted as one token.
 pub const BYTES_PER_TOKEN: u64 = 4;

@@ -3,8 +3,8 @@
 //! `wait`'s arguments.
 
 use super::describe::{Catalog, ToolDescription, exec_description_of};
-use crate::ids::CellId;
-use crate::session::DEFAULT_YIELD_TIME_MS;
+use code_mode_protocol::ids::CellId;
+use code_mode_protocol::session::DEFAULT_YIELD_TIME_MS;
 use serde_json::{Value, json};
 
 /// The name of the tool that runs a cell.
