@@ -303,7 +303,7 @@ async fn read_loop<S: AsyncRead>(
         Some(Ok(ClientMessage::Hello(hello))) => hello,
         Some(Ok(other)) => {
             let rejection =
-                HandshakeRejection::InvalidHello(format!("expected Hello, got {}", kind(&other)));
+                HandshakeRejection::InvalidHello(format!("expected Hello, got {}", other.kind()));
             let _ = connection
                 .outbox
                 .send(&ServerMessage::Rejected(rejection.clone()));
@@ -454,18 +454,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// A message's kind, for error messages (never its payload).
-fn kind(message: &ClientMessage) -> &'static str {
-    match message {
-        ClientMessage::Hello(_) => "Hello",
-        ClientMessage::Request { .. } => "Request",
-        ClientMessage::CancelRequest { .. } => "CancelRequest",
-        ClientMessage::Preempt { .. } => "Preempt",
-        ClientMessage::DelegateReply { .. } => "DelegateReply",
-        ClientMessage::Ping(_) => "Ping",
-        ClientMessage::Pong(_) => "Pong",
     }
 }

@@ -322,6 +322,55 @@ pub enum WireError {
     UnknownToolSet(ToolSetId),
 }
 
+impl ClientMessage {
+    /// The message's kind, for logs and error messages (never its payload).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello(_) => "Hello",
+            ClientMessage::Request { .. } => "Request",
+            ClientMessage::CancelRequest { .. } => "CancelRequest",
+            ClientMessage::Preempt { .. } => "Preempt",
+            ClientMessage::DelegateReply { .. } => "DelegateReply",
+            ClientMessage::Ping(_) => "Ping",
+            ClientMessage::Pong(_) => "Pong",
+        }
+    }
+}
+
+impl ServerMessage {
+    /// Every kind [`ServerMessage::kind`] names, in declaration order.
+    pub const KINDS: [&'static str; 11] = [
+        "Ready",
+        "Rejected",
+        "Response",
+        "Delegate",
+        "CancelDelegate",
+        "Admitted",
+        "CellClosed",
+        "Ping",
+        "Pong",
+        "Draining",
+        "Committed",
+    ];
+
+    /// The message's kind, for logs and error messages (never its payload).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Ready(_) => "Ready",
+            ServerMessage::Rejected(_) => "Rejected",
+            ServerMessage::Response { .. } => "Response",
+            ServerMessage::Delegate { .. } => "Delegate",
+            ServerMessage::CancelDelegate { .. } => "CancelDelegate",
+            ServerMessage::Admitted { .. } => "Admitted",
+            ServerMessage::CellClosed { .. } => "CellClosed",
+            ServerMessage::Ping(_) => "Ping",
+            ServerMessage::Pong(_) => "Pong",
+            ServerMessage::Draining => "Draining",
+            ServerMessage::Committed { .. } => "Committed",
+        }
+    }
+}
+
 impl From<SessionError> for WireError {
     fn from(error: SessionError) -> Self {
         match error {

@@ -7,7 +7,7 @@
 
 use crate::{Record, TestDelegate};
 use code_mode_protocol::{
-    BoxFuture, CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, SessionError,
+    BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, SessionError,
     SessionOptions, WaitRequest,
 };
 use serde_json::json;
@@ -112,6 +112,45 @@ fn tool_calls(delegate: &TestDelegate) -> usize {
         .count()
 }
 
+/// A session of the provider (shared, for tasks) that has stored [`STORE`]'s values.
+async fn stored_session<F: RuntimeFaults>(
+    faults: &F,
+) -> (
+    Arc<<F::Provider as CodeModeProvider>::Session>,
+    Arc<TestDelegate>,
+) {
+    let delegate = TestDelegate::new();
+    let session = Arc::new(
+        faults
+            .provider()
+            .open_session(delegate.clone(), SessionOptions::default()),
+    );
+    assert_eq!(texts_of(&*session, STORE).await, ["stored"]);
+    (session, delegate)
+}
+
+/// Starts `source`, which calls `tools.block()` first thing it waits on, and returns once
+/// the cell yielded and is inside that call; its id.
+pub async fn start_blocked<S: CodeModeSession>(
+    session: &S,
+    delegate: &TestDelegate,
+    source: &str,
+) -> CellId {
+    let started = session
+        .execute(request(source).with_yield_time_ms(100))
+        .await
+        .expect("exec");
+    assert!(
+        matches!(started.initial_response, CellResponse::Yielded { .. }),
+        "{:?}",
+        started.initial_response
+    );
+    delegate
+        .wait_started(&started.cell_id.to_string(), "tool-1")
+        .await;
+    started.cell_id
+}
+
 /// Kill between cells: the next exec runs on a fresh runtime without an error, and
 /// `load` sees every committed value, also one a cell committed after a tool call.
 pub async fn a_kill_between_cells_keeps_every_committed_value<F: RuntimeFaults>(faults: &F) {
@@ -153,26 +192,13 @@ pub async fn a_kill_between_cells_keeps_every_committed_value<F: RuntimeFaults>(
 pub async fn a_kill_during_a_cell_fails_it_once_and_keeps_earlier_values<F: RuntimeFaults>(
     faults: &F,
 ) {
-    let delegate = TestDelegate::new();
-    let session = Arc::new(
-        faults
-            .provider()
-            .open_session(delegate.clone(), SessionOptions::default()),
-    );
-    assert_eq!(texts_of(&*session, STORE).await, ["stored"]);
-    let started = session
-        .execute(
-            request(r#"store("plain", "overwritten"); store("lost", 1); await tools.block();"#)
-                .with_yield_time_ms(100),
-        )
-        .await
-        .expect("exec");
-    assert!(matches!(
-        started.initial_response,
-        CellResponse::Yielded { .. }
-    ));
-    let cell_id = started.cell_id;
-    delegate.wait_started(&cell_id.to_string(), "tool-1").await;
+    let (session, delegate) = stored_session(faults).await;
+    let cell_id = start_blocked(
+        &*session,
+        &delegate,
+        r#"store("plain", "overwritten"); store("lost", 1); await tools.block();"#,
+    )
+    .await;
     let waiting = tokio::spawn({
         let session = Arc::clone(&session);
         let cell_id = cell_id.clone();
@@ -236,13 +262,7 @@ pub async fn a_kill_during_a_cell_fails_it_once_and_keeps_earlier_values<F: Runt
 pub async fn an_exec_its_runtime_never_admitted_runs_once_or_reports_the_loss<F: RuntimeFaults>(
     faults: &F,
 ) {
-    let delegate = TestDelegate::new();
-    let session = Arc::new(
-        faults
-            .provider()
-            .open_session(delegate.clone(), SessionOptions::default()),
-    );
-    assert_eq!(texts_of(&*session, STORE).await, ["stored"]);
+    let (session, delegate) = stored_session(faults).await;
     faults.stop(&session);
     let exec = tokio::spawn({
         let session = Arc::clone(&session);

@@ -57,6 +57,21 @@ async fn exec(session: &impl CodeModeSession, source: &str) -> StartedCell {
         .unwrap_or_else(|error| panic!("exec failed: {error}"))
 }
 
+/// [`exec`], asserting its first response (times aside).
+async fn exec_is(
+    session: &impl CodeModeSession,
+    source: &str,
+    expected: CellResponse,
+) -> StartedCell {
+    let started = exec(session, source).await;
+    assert_eq!(
+        started.initial_response.clone().timeless(),
+        expected,
+        "{source}"
+    );
+    started
+}
+
 async fn exec_short(session: &impl CodeModeSession, source: &str) -> StartedCell {
     session
         .execute(request(source).with_yield_time_ms(SHORT_YIELD_MS))
@@ -288,15 +303,12 @@ pub async fn terminate_after_an_unobserved_completion_returns_the_completion<
     provider: &P,
 ) {
     let (session, delegate) = open(provider).await;
-    let started = exec(
+    exec_is(
         &session,
         r#"text("a"); yield_control(); await tools.slow(50); text("b");"#,
+        yielded("1", &["a"]),
     )
     .await;
-    assert_eq!(
-        started.initial_response.clone().timeless(),
-        yielded("1", &["a"])
-    );
     // Let the cell complete with nobody observing.
     delegate
         .wait_for(|r| matches!(r, Record::ToolStarted { tool, .. } if tool == "slow"))
@@ -427,15 +439,12 @@ pub async fn unawaited_tool_is_cancelled_when_the_cell_completes<P: CodeModeProv
     provider: &P,
 ) {
     let (session, delegate) = open(provider).await;
-    let started = exec(
+    exec_is(
         &session,
         r#"tools.block(); notify("progress"); text("done");"#,
+        result("1", &["done"], None),
     )
     .await;
-    assert_eq!(
-        started.initial_response.clone().timeless(),
-        result("1", &["done"], None)
-    );
     let records = delegate.records();
     let delivered = records
         .iter()
@@ -504,22 +513,19 @@ pub async fn writes_before_a_script_error_are_committed<P: CodeModeProvider>(pro
 pub async fn storing_undefined_keeps_the_old_value<P: CodeModeProvider>(provider: &P) {
     let (session, _delegate) = open(provider).await;
     exec(&session, r#"store("k", 1);"#).await;
-    let started = exec(
+    exec_is(
         &session,
         r#"try { store("k", undefined); } catch (e) { text(e); } text(String(load("k")));"#,
-    )
-    .await;
-    assert_eq!(
-        started.initial_response.clone().timeless(),
         result(
             "2",
             &[
                 r#"Unable to store "k". Only plain serializable objects can be stored."#,
-                "1"
+                "1",
             ],
-            None
-        )
-    );
+            None,
+        ),
+    )
+    .await;
     assert_eq!(loads(&session, &["k"]).await, ["1"]);
 }
 
@@ -818,7 +824,7 @@ pub async fn lone_surrogates_in_tool_arguments_become_replacement_characters<
     provider: &P,
 ) {
     let (session, delegate) = open(provider).await;
-    let started = exec(
+    exec_is(
         &session,
         r#"
         const half = "😀😀".slice(0, 3);
@@ -827,19 +833,16 @@ pub async fn lone_surrogates_in_tool_arguments_become_replacement_characters<
         text(answer.a === "😀\uFFFD");
         text(JSON.stringify(answer));
         "#,
-    )
-    .await;
-    assert_eq!(
-        started.initial_response.clone().timeless(),
         result(
             "1",
             &[
                 "true",
-                "{\"a\":\"😀\u{fffd}\",\"\u{fffd}\":[\"\u{fffd}x\"]}"
+                "{\"a\":\"😀\u{fffd}\",\"\u{fffd}\":[\"\u{fffd}x\"]}",
             ],
-            None
-        )
-    );
+            None,
+        ),
+    )
+    .await;
     let inputs: Vec<Option<serde_json::Value>> = delegate
         .records()
         .into_iter()
@@ -903,15 +906,7 @@ pub async fn parallel_calls_reach_the_delegate_in_call_order<P: CodeModeProvider
 // model's own, and constructs that need a transform are refused with their position.
 pub async fn typescript_cells_run_with_their_own_positions<P: CodeModeProvider>(provider: &P) {
     let (session, _delegate) = open(provider).await;
-    let started = exec(
-        &session,
-        "import type { Anything } from \"anywhere\";\nexport type Label = string;\ndeclare const injected: number;\ninterface Row { id: number; label?: Label }\ntype Ids = number[];\nfunction first<T>(items: T[], fallback?: T): T | undefined { return items[0] ?? fallback; }\nconst rows: Row[] = [{ id: 1 }, { id: 2, label: \"two\" }];\nconst ids: Ids = rows.map((row: Row): number => row.id) satisfies number[];\nconst echoed = (await tools.echo({ ids })) as { ids: Ids };\ntext(echoed.ids.join(\"+\") + \"/\" + first<number>(ids)!);\nstore(\"last\", rows.at(-1)!.label!);",
-    )
-    .await;
-    assert_eq!(
-        started.initial_response.clone().timeless(),
-        result("1", &["1+2/1"], None)
-    );
+    exec_is(&session, "import type { Anything } from \"anywhere\";\nexport type Label = string;\ndeclare const injected: number;\ninterface Row { id: number; label?: Label }\ntype Ids = number[];\nfunction first<T>(items: T[], fallback?: T): T | undefined { return items[0] ?? fallback; }\nconst rows: Row[] = [{ id: 1 }, { id: 2, label: \"two\" }];\nconst ids: Ids = rows.map((row: Row): number => row.id) satisfies number[];\nconst echoed = (await tools.echo({ ids })) as { ids: Ids };\ntext(echoed.ids.join(\"+\") + \"/\" + first<number>(ids)!);\nstore(\"last\", rows.at(-1)!.label!);", result("1", &["1+2/1"], None)).await;
     assert_eq!(loads(&session, &["last"]).await, [r#""two""#]);
 
     let started = exec(
@@ -940,7 +935,7 @@ pub async fn typescript_cells_run_with_their_own_positions<P: CodeModeProvider>(
 // next starts, so the next runs on the parked isolate (when the session reuses them).
 pub async fn cells_on_a_reused_isolate_are_kept_apart<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
-    let started = exec(
+    exec_is(
         &session,
         r#"
         globalThis.leak = 1;
@@ -959,14 +954,11 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: CodeModeProvider>(provi
         for (let i = 0; i < 5; i++) Promise.resolve().then(() => text("late " + i));
         text("cell 1");
         "#,
+        result("1", &["cell 1"], None),
     )
     .await;
-    assert_eq!(
-        started.initial_response.clone().timeless(),
-        result("1", &["cell 1"], None)
-    );
     delegate.wait_closed("1").await;
-    let started = exec(
+    exec_is(
         &session,
         r#"
         let junk = [];
@@ -987,16 +979,13 @@ pub async fn cells_on_a_reused_isolate_are_kept_apart<P: CodeModeProvider>(provi
             new Intl.NumberFormat("en-US").format(1234.5),
         ].join(" "));
         "#,
-    )
-    .await;
-    assert_eq!(
-        started.initial_response.clone().timeless(),
         result(
             "2",
             &["undefined undefined 2,4 7 object undefined 10 true undefined undefined 1,234.5"],
-            None
-        )
-    );
+            None,
+        ),
+    )
+    .await;
     delegate.wait_closed("2").await;
     // A terminated cell leaves nothing behind for the next either.
     let started = exec_short(&session, "globalThis.spin = 1; while (true) {}").await;
@@ -1037,7 +1026,7 @@ pub async fn tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them<P: CodeM
     provider: &P,
 ) {
     let (session, _delegate) = open(provider).await;
-    let started = exec(
+    exec_is(
         &session,
         r#"
         const seen = await tools.text_echo({ b: 1, a: [1.50, "\ud800", "é"] });
@@ -1045,10 +1034,6 @@ pub async fn tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them<P: CodeM
         try { await tools.bad_text(); text("resolved"); } catch (error) { text(error); }
         text(JSON.stringify(await tools.echo({ a: "\ud800" })));
         "#,
-    )
-    .await;
-    assert_eq!(
-        started.initial_response.clone().timeless(),
         result(
             "1",
             &[
@@ -1056,9 +1041,10 @@ pub async fn tool_payloads_reach_a_text_delegate_as_the_cell_wrote_them<P: CodeM
                 "tool result rejected: it is not valid JSON",
                 "{\"a\":\"\u{fffd}\"}",
             ],
-            None
-        )
-    );
+            None,
+        ),
+    )
+    .await;
 }
 
 /// Each turn of a cell's event loop releases what it made: a cell taking 160 results of
@@ -1740,24 +1726,16 @@ pub async fn a_store_beyond_the_session_cap_throws<P: CodeModeProvider>(provider
         ..SessionOptions::default()
     };
     let (session, _delegate) = open_with(provider, options).await;
-    let started = exec(
-        &session,
-        r#"store("a", "x".repeat(20));
+    exec_is(&session, r#"store("a", "x".repeat(20));
         try { store("b", "y".repeat(40)); } catch (e) { text(String(e)); }
-        text(String(load("b")));"#,
-    )
-    .await;
-    assert_eq!(
-        started.initial_response.clone().timeless(),
-        result(
+        text(String(load("b")));"#, result(
             "1",
             &[
                 r#"Unable to store "b": the session's stored values would take 66 bytes, more than their limit of 64 bytes. Store less, or store smaller values."#,
                 "undefined"
             ],
             None
-        )
-    );
+        )).await;
     assert_eq!(
         session.stored_values()["a"].as_ref(),
         format!("\"{}\"", "x".repeat(20))

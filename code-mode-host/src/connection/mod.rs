@@ -249,7 +249,7 @@ impl Connection {
         let ready = match first {
             ServerMessage::Ready(ready) => ready,
             ServerMessage::Rejected(rejection) => return Err(HandshakeError::Refused(rejection)),
-            other => return Err(HandshakeError::Unexpected(describe(&other).to_owned())),
+            other => return Err(HandshakeError::Unexpected(other.kind().to_owned())),
         };
         hello.accept(&ready)?;
         tracing::info!(generation, peer = %peer.describe(), %ready, "code-mode runtime ready");
@@ -542,7 +542,7 @@ impl Connection {
                 Ok(())
             }
             other @ (ServerMessage::Ready(_) | ServerMessage::Rejected(_)) => {
-                Err(format!("{} after the handshake", describe(&other)))
+                Err(format!("{} after the handshake", other.kind()))
             }
         }
     }
@@ -739,22 +739,6 @@ fn mark_alive(
 /// A runtime names its cells in its own first generation; the host adds its generation.
 fn is_runtime_cell_id(cell_id: &CellId) -> bool {
     cell_id.generation() == Some(1)
-}
-
-fn describe(message: &ServerMessage) -> &'static str {
-    match message {
-        ServerMessage::Ready(_) => "Ready",
-        ServerMessage::Rejected(_) => "Rejected",
-        ServerMessage::Response { .. } => "Response",
-        ServerMessage::Delegate { .. } => "Delegate",
-        ServerMessage::CancelDelegate { .. } => "CancelDelegate",
-        ServerMessage::CellClosed { .. } => "CellClosed",
-        ServerMessage::Admitted { .. } => "Admitted",
-        ServerMessage::Ping(_) => "Ping",
-        ServerMessage::Pong(_) => "Pong",
-        ServerMessage::Draining => "Draining",
-        ServerMessage::Committed { .. } => "Committed",
-    }
 }
 
 /// Whether a read error means the stream broke (the peer died) rather than misbehaved.

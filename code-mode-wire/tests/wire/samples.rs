@@ -237,35 +237,3 @@ pub fn server_messages() -> Vec<ServerMessage> {
     ]);
     messages
 }
-
-/// The name of a server message's variant. The match is exhaustive, so a new variant
-/// cannot be added without a name here, and [`SERVER_VARIANTS`] lists every name.
-pub fn server_variant(message: &ServerMessage) -> &'static str {
-    match message {
-        ServerMessage::Ready(_) => "Ready",
-        ServerMessage::Rejected(_) => "Rejected",
-        ServerMessage::Response { .. } => "Response",
-        ServerMessage::Delegate { .. } => "Delegate",
-        ServerMessage::CancelDelegate { .. } => "CancelDelegate",
-        ServerMessage::Admitted { .. } => "Admitted",
-        ServerMessage::CellClosed { .. } => "CellClosed",
-        ServerMessage::Ping(_) => "Ping",
-        ServerMessage::Pong(_) => "Pong",
-        ServerMessage::Draining => "Draining",
-        ServerMessage::Committed { .. } => "Committed",
-    }
-}
-
-pub const SERVER_VARIANTS: [&str; 11] = [
-    "Ready",
-    "Rejected",
-    "Response",
-    "Delegate",
-    "CancelDelegate",
-    "Admitted",
-    "CellClosed",
-    "Ping",
-    "Pong",
-    "Draining",
-    "Committed",
-];

@@ -131,8 +131,7 @@ async fn the_drain_timeout_cuts_a_running_cell_off() {
     use code_mode_conformance::remote::ListeningRuntime;
     use code_mode_conformance::{Record, TestDelegate};
     use code_mode_protocol::{
-        CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, SessionError, SessionOptions,
-        WaitRequest,
+        CodeModeProvider, CodeModeSession, SessionError, SessionOptions, WaitRequest,
     };
 
     let binary = find_binary(None).expect("the runtime binary");
@@ -147,19 +146,12 @@ async fn the_drain_timeout_cuts_a_running_cell_off() {
         .expect("a remote provider");
     let delegate = TestDelegate::new();
     let session = provider.open_session(delegate.clone(), SessionOptions::default());
-    let started = session
-        .execute(
-            ExecRequest::new(r#"store("k", 1); text(await tools.block());"#)
-                .with_tools(TestDelegate::tools())
-                .with_yield_time_ms(100),
-        )
-        .await
-        .expect("exec");
-    assert!(matches!(
-        started.initial_response,
-        CellResponse::Yielded { .. }
-    ));
-    delegate.wait_started("1", "tool-1").await;
+    code_mode_conformance::loss::start_blocked(
+        &session,
+        &delegate,
+        r#"store("k", 1); text(await tools.block());"#,
+    )
+    .await;
     let drained_at = std::time::Instant::now();
     runtime.terminate();
     let error = session
