@@ -43,7 +43,7 @@ use code_mode_protocol::{
     ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions, StoredValues,
     ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -301,12 +301,14 @@ impl Violations {
 }
 
 /// The delegate of every chaos session: `echo` answers its input after a short pause.
-/// Each call's token (`<session>/<cell index>`) is used by one call only: a token seen
-/// twice is a tool call sent twice. A mid-cell kill catches the next call of a local
-/// session and holds it until the runtime is gone.
+/// Each call's token is `<session>/<cell index>`, and a session's cells run one after the
+/// other, each making one call: so each session's indexes must strictly increase, and
+/// one that does not is a tool call sent twice (kept per session, so that memory stays
+/// flat over a soak). A mid-cell kill catches the next call of a local session and holds
+/// it until the runtime is gone.
 #[derive(Default)]
 struct ChaosDelegate {
-    tokens: Mutex<HashSet<String>>,
+    last_index: Mutex<HashMap<String, u64>>,
     calls: AtomicU64,
     violations: Arc<Violations>,
     /// Armed by a mid-cell kill: the next local call is held, and its token sent here.
@@ -326,10 +328,16 @@ impl CodeModeSessionDelegate for ChaosDelegate {
             .and_then(|input| input.to_value().ok())
             .and_then(|value| value["token"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        if !lock(&self.tokens).insert(token.clone()) {
+        let (session, index) = token.rsplit_once('/').unwrap_or((&token, ""));
+        let index: u64 = index.parse().unwrap_or(0);
+        let mut last = lock(&self.last_index);
+        let previous = last.get(session).copied();
+        if previous.is_some_and(|previous| index <= previous) {
             self.violations
                 .add(format!("the tool call of cell {token} was sent twice"));
         }
+        last.insert(session.to_owned(), previous.map_or(index, |p| p.max(index)));
+        drop(last);
         let caught = if token.starts_with("local") {
             lock(&self.catch).take()
         } else {
