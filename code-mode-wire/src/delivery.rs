@@ -184,6 +184,23 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Found missing by cargo-mutants: a delivery's debug form shows its state, never
+    /// its value (an answer may be large).
+    #[test]
+    fn a_delivery_shows_its_state_and_never_its_value() {
+        let (_, give_back) = returned();
+        let (ack, _taken) = acknowledgement();
+        let delivery = Delivery::new(7u32, Some(ack), Some(give_back));
+        assert_eq!(
+            format!("{delivery:?}"),
+            "Delivery { acknowledged: false, given_back: true, .. }"
+        );
+        assert_eq!(
+            format!("{:?}", Delivery::plain(7u32)),
+            "Delivery { acknowledged: true, given_back: false, .. }"
+        );
+    }
+
     fn returned() -> (Arc<Mutex<Vec<u32>>>, GiveBack<u32>) {
         let back = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&back);
