@@ -231,13 +231,17 @@ pub(crate) async fn idle_child(transport: &str, cells: usize) {
     }
     tokio::time::sleep(settle).await;
     let after = subject.rss_kib();
+    // Then every cell ends with its session, and the runtime sits idle: what does it keep
+    // 10 s later (issue 38: an idle runtime gives back what a burst took)?
     subject.shutdown().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = subject.rss_kib();
     #[expect(
         clippy::print_stdout,
         reason = "the child reports to its parent on stdout"
     )]
     {
-        println!("before_kib={before} after_kib={after}");
+        println!("before_kib={before} after_kib={after} idle_kib={idle}");
     }
 }
 

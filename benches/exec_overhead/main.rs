@@ -37,7 +37,8 @@
 //!   the CPU time per cell of both processes (user + system of the host and, over IPC,
 //!   the runtime, divided by cells), which shows the cost apart from the two-core limit;
 //! - idle: RSS growth per live idle cell, with `--idle-cells` cells (100) parked on a
-//!   nested tool call that never answers.
+//!   nested tool call that never answers, and the RSS 10 s after their session shut down
+//!   (and its ratio to the RSS before they were parked).
 //!
 //! On request, `--sections hops`: where one paced in-process exec and one nested tool call
 //! spend their time, from the runtime's hop marks (`code_mode::hops` trace events): the

@@ -236,8 +236,15 @@ pub(crate) fn throughput_table(options: &Options) {
 pub(crate) fn idle_table(options: &Options) {
     println!();
     println!(
-        "{:<16} {:<10} {:>6} {:>12} {:>12} {:>12}",
-        "idle", "transport", "cells", "rss before", "rss after", "per cell"
+        "{:<16} {:<10} {:>6} {:>12} {:>12} {:>12} {:>16} {:>8}",
+        "idle",
+        "transport",
+        "cells",
+        "rss before",
+        "rss after",
+        "per cell",
+        "10 s after end",
+        "/ before"
     );
     for transport in &options.transports {
         let line = run_child(&[
@@ -247,16 +254,18 @@ pub(crate) fn idle_table(options: &Options) {
         ]);
         let pairs = parse_pairs(&line);
         let kib = |key: &str| pairs.get(key).and_then(|v| v.first().copied()).unwrap_or(0);
-        let (before, after) = (kib("before_kib"), kib("after_kib"));
+        let (before, after, idle) = (kib("before_kib"), kib("after_kib"), kib("idle_kib"));
         let per_cell = after.saturating_sub(before) as f64 / options.idle_cells.max(1) as f64;
         println!(
-            "{:<16} {:<10} {:>6} {:>8.1} MiB {:>8.1} MiB {:>8.2} MiB",
+            "{:<16} {:<10} {:>6} {:>8.1} MiB {:>8.1} MiB {:>8.2} MiB {:>12.1} MiB {:>7.2}x",
             "parked_cells",
             transport,
             options.idle_cells,
             before as f64 / 1024.0,
             after as f64 / 1024.0,
-            per_cell / 1024.0
+            per_cell / 1024.0,
+            idle as f64 / 1024.0,
+            idle as f64 / before.max(1) as f64
         );
     }
 }

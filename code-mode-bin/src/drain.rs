@@ -82,6 +82,11 @@ impl Drain {
         self.work.cells_closed.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// How many cells were closed so far.
+    pub fn cells_closed(&self) -> u64 {
+        self.work.cells_closed.load(Ordering::SeqCst)
+    }
+
     /// Cells started and not yet closed.
     pub fn active_cells(&self) -> u64 {
         let started = self.work.cells_started.load(Ordering::SeqCst);

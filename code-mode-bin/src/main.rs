@@ -20,6 +20,7 @@ mod drain;
 mod listen;
 mod metrics;
 mod sandbox;
+mod trim;
 
 use clap::Parser;
 use connection::ServeSettings;
@@ -133,6 +134,7 @@ fn main() -> ExitCode {
         // timeout to finish, then the connection ends.
         let drain = settings.drain.clone();
         drain.start_on_signals();
+        trim::spawn(drain.clone());
         tokio::spawn(async move {
             drain.started().await;
             drain.until_idle(drain_timeout, || false).await;
@@ -319,6 +321,7 @@ fn listen_main(cli: Cli) -> ExitCode {
         };
         tracing::info!(sandbox = %report, "listening on {local} ({mode})");
         settings.serve.drain.start_on_signals();
+        trim::spawn(settings.serve.drain.clone());
         listen::run(listener, settings).await;
         Ok::<(), String>(())
     });
