@@ -10,7 +10,7 @@
 
 use crate::drain::Drain;
 use bytes::Bytes;
-use code_mode_protocol::{CellResponse, FailureKind, PendingOutcome, SessionReply, texts};
+use code_mode_protocol::{CellResponse, FailureKind, PendingOutcome, SessionReply};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::collector::Collector;
@@ -36,12 +36,12 @@ pub enum Outcome {
     Terminated,
 }
 
-/// A limit a cell hit, recognised by the contract's error texts.
+/// A limit that stopped a cell, by its failure kind (the output cap, which stops no
+/// cell, is counted by the runtime where it is reached).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Heap,
     Cpu,
-    Output,
 }
 
 /// Every figure of the process.
@@ -52,7 +52,7 @@ pub struct Metrics {
     cells_started: AtomicU64,
     cells_closed: AtomicU64,
     outcomes: [AtomicU64; 3],
-    limits: [AtomicU64; 3],
+    limits: [AtomicU64; 2],
     nested_calls: AtomicU64,
     /// Sessions opened with stored values (moved here from a lost or draining runtime, or
     /// restored by an agent core).
@@ -77,7 +77,7 @@ impl Metrics {
             cells_started: AtomicU64::new(0),
             cells_closed: AtomicU64::new(0),
             outcomes: [const { AtomicU64::new(0) }; 3],
-            limits: [const { AtomicU64::new(0) }; 3],
+            limits: [const { AtomicU64::new(0) }; 2],
             nested_calls: AtomicU64::new(0),
             sessions_seeded: AtomicU64::new(0),
             sessions_moved_off: AtomicU64::new(0),
@@ -239,7 +239,8 @@ impl Collector for Figures {
             &[
                 ("heap", limit(Limit::Heap)),
                 ("cpu", limit(Limit::Cpu)),
-                ("output", limit(Limit::Output)),
+                // Counted where the cap is reached, in the runtime (a cell goes on after).
+                ("output", code_mode::runtime::output_caps_reached()),
             ],
         )?;
         counter(
@@ -314,23 +315,13 @@ fn counters(
 /// A final response's outcome and the limit it reports, if any; `None` for a response
 /// that is not final or names an unknown cell.
 fn classify(response: &CellResponse) -> Option<(Outcome, Option<Limit>)> {
-    let output_cut = |items: &[code_mode_protocol::ContentItem]| {
-        items.iter().any(|item| {
-            matches!(item, code_mode_protocol::ContentItem::InputText { text }
-                if text.starts_with(texts::OUTPUT_CAP_PREFIX))
-        })
-    };
     match response {
         CellResponse::Yielded { .. } => None,
         CellResponse::Result {
             missing_cell: true, ..
         } => None,
-        CellResponse::Terminated { content_items, .. } => Some((
-            Outcome::Terminated,
-            output_cut(content_items).then_some(Limit::Output),
-        )),
+        CellResponse::Terminated { .. } => Some((Outcome::Terminated, None)),
         CellResponse::Result {
-            content_items,
             error_text,
             failure,
             ..
@@ -338,7 +329,6 @@ fn classify(response: &CellResponse) -> Option<(Outcome, Option<Limit>)> {
             let limit = match failure {
                 Some(FailureKind::OutOfMemory) => Some(Limit::Heap),
                 Some(FailureKind::CpuBudget) => Some(Limit::Cpu),
-                _ if output_cut(content_items) => Some(Limit::Output),
                 _ => None,
             };
             let outcome = if error_text.is_some() {

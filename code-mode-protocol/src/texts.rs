@@ -193,7 +193,7 @@ pub fn unsupported_import(specifier: &str) -> String {
 }
 
 /// How the marker of a cell that reached its output cap begins.
-pub const OUTPUT_CAP_PREFIX: &str = "[output truncated: this cell reached its output cap";
+const OUTPUT_CAP_PREFIX: &str = "[output truncated: this cell reached its output cap";
 
 /// The item that replaces the output of a cell past its output cap.
 pub fn output_cap_reached(output_bytes: u64) -> String {

@@ -567,6 +567,32 @@ async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
         }
     ));
 
+    // One cell at each limit, counted by kind (no text is read): the heap and the CPU
+    // budget stop their cells; the output cap cuts a cell that then completes.
+    let limited = provider.open_session(
+        TestDelegate::new(),
+        SessionOptions {
+            limits: code_mode_protocol::CellLimits {
+                heap_bytes: 64 * 1024 * 1024,
+                cpu_budget_ms: 300,
+                output_bytes: 1024,
+                ..code_mode_protocol::CellLimits::default()
+            },
+            ..SessionOptions::default()
+        },
+    );
+    for source in [
+        "const keep = []; for (;;) keep.push(new Array(1e6).fill(1));",
+        "for (;;) {}",
+        "text('x'.repeat(2000)); text('after the cap');",
+    ] {
+        limited
+            .execute(request(source).with_yield_time_ms(30_000))
+            .await
+            .unwrap();
+    }
+    limited.shutdown().await;
+
     assert_eq!(http_get(metrics, "/healthz").await.0, 200);
     assert_eq!(http_get(metrics, "/readyz").await.0, 200);
     assert_eq!(http_get(metrics, "/nowhere").await.0, 404);
@@ -575,7 +601,7 @@ async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
     assert_eq!(sample(&body, "code_mode_connections_open", "gauge", &[]), 1);
     assert_eq!(sample(&body, "code_mode_connections", "counter", &[]), 1);
     assert_eq!(sample(&body, "code_mode_sessions", "gauge", &[]), 1);
-    assert_eq!(sample(&body, "code_mode_cells_started", "counter", &[]), 2);
+    assert_eq!(sample(&body, "code_mode_cells_started", "counter", &[]), 5);
     let finished = |outcome| {
         sample(
             &body,
@@ -584,13 +610,13 @@ async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
             &[("outcome", outcome)],
         )
     };
-    assert_eq!(finished("ok"), 1);
-    assert_eq!(finished("error"), 1);
+    assert_eq!(finished("ok"), 2);
+    assert_eq!(finished("error"), 3);
     assert_eq!(finished("terminated"), 0);
     let limit = |kind| sample(&body, "code_mode_limit_hits", "counter", &[("kind", kind)]);
-    assert_eq!([limit("heap"), limit("cpu"), limit("output")], [0, 0, 0]);
+    assert_eq!([limit("heap"), limit("cpu"), limit("output")], [1, 1, 1]);
     assert_eq!(sample(&body, "code_mode_nested_calls", "counter", &[]), 1);
-    assert_eq!(sample(&body, "code_mode_exec_seconds", "histogram", &[]), 2);
+    assert_eq!(sample(&body, "code_mode_exec_seconds", "histogram", &[]), 5);
     assert_eq!(sample(&body, "code_mode_draining", "gauge", &[]), 0);
 
     // A cell is running when SIGTERM comes: it finishes; new sessions go nowhere.

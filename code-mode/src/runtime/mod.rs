@@ -31,9 +31,23 @@ use code_mode_protocol::{
     CallId, CellFailure, ContentItem, JsonText, ToolDefinition, ToolError, ToolKind,
 };
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
+
+/// How many cells of this process reached their output cap (read by the runtime
+/// process's metrics; a cell goes on after its cap, so no response says it).
+static OUTPUT_CAPS_REACHED: AtomicU64 = AtomicU64::new(0);
+
+/// How many cells of this process reached their output cap so far.
+pub fn output_caps_reached() -> u64 {
+    OUTPUT_CAPS_REACHED.load(Ordering::Relaxed)
+}
+
+/// Counts a cell that reached its output cap.
+pub(crate) fn output_cap_reached() {
+    OUTPUT_CAPS_REACHED.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Strips the TypeScript types from a cell's source, as the cell thread does for a source
 /// V8 refuses as JavaScript: the stripped JavaScript (same length, same positions), or the

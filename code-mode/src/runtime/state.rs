@@ -130,6 +130,7 @@ impl CellState {
             return true;
         }
         self.output_capped = true;
+        super::output_cap_reached();
         let marker = code_mode_protocol::texts::output_cap_reached(self.limits.output_bytes);
         self.send(CellEvent::Output(ContentItem::text(marker)))
     }
