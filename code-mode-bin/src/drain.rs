@@ -145,27 +145,3 @@ impl Drain {
         });
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_drain_counts_the_work_it_waits_for() {
-        let drain = Drain::default();
-        assert!(!drain.busy() && !drain.is_draining() && !drain.is_stopped());
-        let running = drain.execute_running();
-        assert!(drain.busy());
-        drain.cell_started();
-        drop(running);
-        assert!(drain.busy());
-        assert_eq!(drain.active_cells(), 1);
-        drain.cell_closed();
-        assert!(!drain.busy());
-        let clone = drain.clone();
-        clone.start();
-        assert!(drain.is_draining());
-        clone.stop();
-        assert!(drain.is_stopped());
-    }
-}
