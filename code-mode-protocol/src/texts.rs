@@ -235,6 +235,105 @@ pub fn call_not_sent(error: &dyn fmt::Display) -> String {
 /// The error text of a cell that awaits something nothing can settle.
 pub const STALLED: &str = "exec cell cannot finish: the script is awaiting a promise that nothing can settle (no nested tool calls or timers are pending)";
 
+/// A source beyond the size the runtime compiles.
+pub fn source_too_large(bytes: usize, max_bytes: usize) -> String {
+    format!("SyntaxError: the script is {bytes} bytes, more than the limit of {max_bytes} bytes")
+}
+
+/// A TypeScript source nested too deep to strip its types.
+pub fn typescript_too_deep(max_nesting: usize, line: usize, column: usize) -> String {
+    format!(
+        "SyntaxError: this script nests brackets more than {max_nesting} levels deep, too deep to strip its types (at {line}:{column})"
+    )
+}
+
+/// A TypeScript construct that needs a transform, refused: `what` it is (one of the
+/// `TYPESCRIPT_*` pairs' first half), `at` where (` at line L, column C`, or empty),
+/// `instead` what to write (the pair's second half), `location` the V8-style position.
+pub fn typescript_refused(what: &str, at: &str, instead: &str, location: &str) -> String {
+    format!(
+        "SyntaxError: {what}{at} is not supported: TypeScript types are stripped, not compiled, so {instead}\n    at {location}"
+    )
+}
+
+/// What a refused TypeScript construct is, and what to write instead.
+pub const TYPESCRIPT_ENUM: (&str, &str) = (
+    "a TypeScript `enum`",
+    "use a plain object instead, e.g. `const Color = { Red: \"red\", Blue: \"blue\" } as const;`",
+);
+pub const TYPESCRIPT_NAMESPACE: (&str, &str) = (
+    "a TypeScript `namespace` with values",
+    "declare the values at the top level or in a plain object",
+);
+pub const TYPESCRIPT_IMPORT_EQUALS: (&str, &str) = (
+    "a TypeScript `import ... = ...` declaration",
+    "cells cannot import modules; call the tools on the global `tools` object",
+);
+pub const TYPESCRIPT_EXPORT_ASSIGNMENT: (&str, &str) = (
+    "a TypeScript `export =` assignment",
+    "cells export nothing; remove it and output results with `text(...)`",
+);
+pub const TYPESCRIPT_PARAMETER_PROPERTY: (&str, &str) = (
+    "a TypeScript parameter property (`constructor(private x: T)`)",
+    "declare the field in the class body and assign it in the constructor",
+);
+pub const TYPESCRIPT_ANGLE_ASSERTION: (&str, &str) =
+    ("a `<T>expr` type assertion", "write `expr as T` instead");
+pub const TYPESCRIPT_DECORATOR: (&str, &str) = (
+    "a decorator",
+    "call the decorating function on the class or method yourself",
+);
+pub const TYPESCRIPT_JSX: (&str, &str) = (
+    "JSX",
+    "build strings or plain objects instead; there is no DOM or React here",
+);
+
+/// A helper that failed inside the runtime (a bug, reported rather than panicking).
+pub const HELPER_INTERNAL_ERROR: &str = "internal error in a code-mode helper";
+
+/// A tool function that lost its index (a bug).
+pub const TOOL_WITHOUT_INDEX: &str = "internal error: tool function without an index";
+
+/// A tool function whose index names no tool of the cell (a bug).
+pub const UNKNOWN_TOOL_INDEX: &str = "internal error: unknown tool index";
+
+/// A `store`/`load` key longer than the runtime takes.
+pub fn key_too_long(helper: &str, chars: usize, max_chars: usize) -> String {
+    format!("{helper} key is {chars} characters long, more than the limit of {max_chars}")
+}
+
+/// A value whose JSON passes the payload limit.
+pub fn value_too_large(bytes: usize, max_bytes: u64) -> String {
+    format!("the value is {bytes} bytes of JSON, more than the limit of {max_bytes} bytes")
+}
+
+/// A tool call refused because the cell has its most calls in flight.
+pub fn too_many_calls_in_flight(js_name: &str, limit: u64) -> String {
+    format!(
+        "tools.{js_name} was not called: this cell already has {limit} nested tool calls in flight, the most allowed"
+    )
+}
+
+/// A tool argument that could not become JSON; `detail` follows after a colon.
+pub fn argument_not_json(js_name: &str) -> String {
+    format!("tools.{js_name} could not convert its argument to JSON")
+}
+
+/// A tool argument whose JSON passes the payload limit.
+pub fn argument_too_large(js_name: &str, bytes: usize, max_bytes: u64) -> String {
+    format!(
+        "tools.{js_name} was not called: its argument is {bytes} bytes of JSON, more than the limit of {max_bytes} bytes"
+    )
+}
+
+/// The marker appended to a text the runtime cut.
+pub fn text_truncated(length: usize) -> String {
+    format!("\u{2026} [truncated: the text has {length} characters]")
+}
+
+/// An uncaught exception whose value has no description that runs no user code.
+pub const UNDESCRIBABLE_EXCEPTION: &str = "uncaught exception (its value could not be described)";
+
 /// The error of a cell that failed with no exception to report.
 pub const FAILED_WITHOUT_EXCEPTION: &str = "exec cell failed without an exception";
 

@@ -417,10 +417,7 @@ impl Driver<'_> {
     ) -> Result<v8::Local<'s, v8::Promise>, CellOutcome> {
         v8::tc_scope!(let tc, scope);
         if source.len() > MAX_SOURCE_BYTES {
-            return Err(self.script_error(format!(
-                "SyntaxError: the script is {} bytes, more than the limit of {MAX_SOURCE_BYTES} bytes",
-                source.len()
-            )));
+            return Err(self.script_error(texts::source_too_large(source.len(), MAX_SOURCE_BYTES)));
         }
         let module = match compile(tc, source) {
             Some(module) => module,

@@ -18,6 +18,7 @@
 //! stack, catching panics, so neither deep input nor a panic can take the runtime process
 //! down.
 
+use code_mode_protocol::texts;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, mpsc};
 use swc_common::errors::{DiagnosticBuilder, Emitter, Handler};
@@ -64,9 +65,10 @@ static STRIPPER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
 /// would pay for every time.
 pub(crate) fn strip(source: &str) -> Result<String, StripError> {
     if let Some(position) = nesting_beyond_limit(source) {
-        return Err(StripError::Refused(format!(
-            "SyntaxError: this script nests brackets more than {MAX_NESTING} levels deep, too deep to strip its types (at {}:{})",
-            position.line, position.column
+        return Err(StripError::Refused(texts::typescript_too_deep(
+            MAX_NESTING,
+            position.line,
+            position.column,
         )));
     }
     let internal = |what: &str| StripError::Syntax {
@@ -226,37 +228,14 @@ impl Construct {
     /// What it is and what to write instead.
     fn advice(self) -> (&'static str, &'static str) {
         match self {
-            Construct::Enum => (
-                "a TypeScript `enum`",
-                "use a plain object instead, e.g. `const Color = { Red: \"red\", Blue: \"blue\" } as const;`",
-            ),
-            Construct::Namespace => (
-                "a TypeScript `namespace` with values",
-                "declare the values at the top level or in a plain object",
-            ),
-            Construct::ImportEquals => (
-                "a TypeScript `import ... = ...` declaration",
-                "cells cannot import modules; call the tools on the global `tools` object",
-            ),
-            Construct::ExportAssignment => (
-                "a TypeScript `export =` assignment",
-                "cells export nothing; remove it and output results with `text(...)`",
-            ),
-            Construct::ParameterProperty => (
-                "a TypeScript parameter property (`constructor(private x: T)`)",
-                "declare the field in the class body and assign it in the constructor",
-            ),
-            Construct::AngleAssertion => {
-                ("a `<T>expr` type assertion", "write `expr as T` instead")
-            }
-            Construct::Decorator => (
-                "a decorator",
-                "call the decorating function on the class or method yourself",
-            ),
-            Construct::Jsx => (
-                "JSX",
-                "build strings or plain objects instead; there is no DOM or React here",
-            ),
+            Construct::Enum => texts::TYPESCRIPT_ENUM,
+            Construct::Namespace => texts::TYPESCRIPT_NAMESPACE,
+            Construct::ImportEquals => texts::TYPESCRIPT_IMPORT_EQUALS,
+            Construct::ExportAssignment => texts::TYPESCRIPT_EXPORT_ASSIGNMENT,
+            Construct::ParameterProperty => texts::TYPESCRIPT_PARAMETER_PROPERTY,
+            Construct::AngleAssertion => texts::TYPESCRIPT_ANGLE_ASSERTION,
+            Construct::Decorator => texts::TYPESCRIPT_DECORATOR,
+            Construct::Jsx => texts::TYPESCRIPT_JSX,
         }
     }
 }
@@ -268,14 +247,15 @@ fn refused(construct: Construct, position: Option<Position>) -> StripError {
     let at = position.map_or_else(String::new, |position| {
         format!(" at line {}, column {}", position.line, position.column)
     });
-    StripError::Refused(format!(
-        "SyntaxError: {what}{at} is not supported: TypeScript types are stripped, not compiled, so {instead}\n    at {}{}",
+    let location = format!(
+        "{}{}",
         super::MODULE_NAME,
         position.map_or_else(String::new, |position| format!(
             ":{}:{}",
             position.line, position.column
         ))
-    ))
+    );
+    StripError::Refused(texts::typescript_refused(what, &at, instead, &location))
 }
 
 /// The error text of a syntax error swc found, in V8's manner.

@@ -76,7 +76,7 @@ pub(crate) fn bounded_string(
 
 /// The marker appended to a text cut by [`bounded_string`].
 pub(crate) fn truncation_marker(length: usize) -> String {
-    format!("\u{2026} [truncated: the text has {length} characters]")
+    code_mode_protocol::texts::text_truncated(length)
 }
 
 /// [`bounded_string`] for a value known to be a string; other values give `None`.
@@ -220,7 +220,7 @@ fn side_effect_free_text(scope: &v8::PinScope<'_, '_>, value: v8::Local<'_, v8::
     value
         .to_detail_string(scope)
         .map(|text| bounded_string(scope, text, ERROR_TEXT_MAX_BYTES))
-        .unwrap_or_else(|| "uncaught exception (its value could not be described)".to_owned())
+        .unwrap_or_else(|| code_mode_protocol::texts::UNDESCRIBABLE_EXCEPTION.to_owned())
 }
 
 /// The error text of an uncaught exception (contract 3.5): the thrown value's `stack` when

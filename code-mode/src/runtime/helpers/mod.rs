@@ -88,7 +88,7 @@ fn run_helper<'s, 'i>(
         }
         Err(_) => {
             tracing::error!("a code-mode helper panicked");
-            throw_string(scope, "internal error in a code-mode helper");
+            throw_string(scope, texts::HELPER_INTERNAL_ERROR);
         }
     }
 }
@@ -185,9 +185,10 @@ fn storage_key(
     let key = key.to_string(scope).ok_or(Fail::Pending)?;
     ensure_running(state)?;
     if key.length() > KEY_MAX_CHARS {
-        return Err(Fail::Throw(format!(
-            "{helper} key is {} characters long, more than the limit of {KEY_MAX_CHARS}",
-            key.length()
+        return Err(Fail::Throw(texts::key_too_long(
+            helper,
+            key.length(),
+            KEY_MAX_CHARS,
         )));
     }
     Ok(key.to_rust_string_lossy(scope))
@@ -590,9 +591,7 @@ fn serialize_for_store(
     let max_bytes = state.borrow().limits.max_tool_payload_bytes;
     values::json_text(tc, text, max_bytes).map_err(|error| {
         let detail = match error {
-            JsonTextError::TooLarge(bytes) => format!(
-                "the value is {bytes} bytes of JSON, more than the limit of {max_bytes} bytes"
-            ),
+            JsonTextError::TooLarge(bytes) => texts::value_too_large(bytes, max_bytes),
             JsonTextError::TooDeep => values::depth_error_detail(),
         };
         Fail::Throw(texts::failed_to_serialize(&detail))
@@ -712,9 +711,9 @@ helper! {
     tool_helper, |scope, args, rv, state| {
         let index = v8::Local::<v8::Number>::try_from(args.data())
             .map(|number| number.value() as usize)
-            .map_err(|_| Fail::from("internal error: tool function without an index"))?;
+            .map_err(|_| Fail::from(texts::TOOL_WITHOUT_INDEX))?;
         let Some(tool) = state.borrow().tools.get(index).cloned() else {
-            return Err("internal error: unknown tool index".into());
+            return Err(texts::UNKNOWN_TOOL_INDEX.into());
         };
         let js_name = js_tool_name(&tool.name);
         let resolver = v8::PromiseResolver::new(scope).ok_or(Fail::Pending)?;
@@ -729,9 +728,7 @@ helper! {
             let state = state.borrow();
             let limit = state.limits.max_in_flight_tool_calls;
             if state.pending_calls.len() as u64 >= limit {
-                Err(format!(
-                    "tools.{js_name} was not called: this cell already has {limit} nested tool calls in flight, the most allowed"
-                ))
+                Err(texts::too_many_calls_in_flight(&js_name, limit))
             } else {
                 Ok(input)
             }
@@ -780,15 +777,15 @@ fn tool_input(
         return Err(Fail::Stopped);
     }
     ensure_running(state)?;
-    let prefix = format!("tools.{js_name} could not convert its argument to JSON");
+    let prefix = texts::argument_not_json(js_name);
     let max_bytes = state.borrow().limits.max_tool_payload_bytes;
     Ok(match json {
         Some(Json::Nothing) => Ok(None),
         Some(Json::Text(text)) => match values::json_text(tc, text, max_bytes) {
             Ok(text) => Ok(Some(text)),
-            Err(JsonTextError::TooLarge(bytes)) => Err(format!(
-                "tools.{js_name} was not called: its argument is {bytes} bytes of JSON, more than the limit of {max_bytes} bytes"
-            )),
+            Err(JsonTextError::TooLarge(bytes)) => {
+                Err(texts::argument_too_large(js_name, bytes, max_bytes))
+            }
             Err(JsonTextError::TooDeep) => {
                 Err(format!("{prefix}: {}", values::depth_error_detail()))
             }
