@@ -974,6 +974,31 @@ async fn watch(workers: &mut tokio::task::JoinSet<()>, violations: &Violations, 
     }
 }
 
+/// Opens `count` sessions of `provider` and starts a worker on each (`<name><index>`).
+fn spawn_workers<P>(
+    workers: &mut tokio::task::JoinSet<()>,
+    provider: &P,
+    name: &str,
+    count: usize,
+    (delegate, until, stage): (&Arc<ChaosDelegate>, Instant, &Arc<Stage>),
+    rng: &mut Rng,
+) where
+    P: CodeModeProvider,
+    P::Session: Placed + 'static,
+{
+    for index in 0..count {
+        let session = provider.open_session(delegate.clone(), SessionOptions::default());
+        let worker_rng = Rng::new(rng.next());
+        workers.spawn(worker(
+            format!("{name}{index}"),
+            session,
+            until,
+            Arc::clone(stage),
+            worker_rng,
+        ));
+    }
+}
+
 /// Runs the chaos test with the runtime `binary`; panics on any violation, returns the
 /// counts. The whole run is bounded: past its duration and three answer deadlines more,
 /// it fails.
@@ -1045,30 +1070,24 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
     let until = started + config.duration;
     let mut rng = Rng::new(config.seed);
     let mut workers = tokio::task::JoinSet::new();
-    for index in 0..config.local_sessions {
-        let session = stage
-            .local
-            .open_session(delegate.clone(), SessionOptions::default());
-        let worker_rng = Rng::new(rng.next());
-        workers.spawn(worker(
-            format!("local{index}"),
-            session,
-            until,
-            Arc::clone(&stage),
-            worker_rng,
-        ));
-    }
-    for index in 0..config.remote_sessions {
-        let session = remote.open_session(delegate.clone(), SessionOptions::default());
-        let worker_rng = Rng::new(rng.next());
-        workers.spawn(worker(
-            format!("remote{index}"),
-            session,
-            until,
-            Arc::clone(&stage),
-            worker_rng,
-        ));
-    }
+    let shared = (&delegate, until, &stage);
+    let local = &stage.local;
+    spawn_workers(
+        &mut workers,
+        local,
+        "local",
+        config.local_sessions,
+        shared,
+        &mut rng,
+    );
+    spawn_workers(
+        &mut workers,
+        &remote,
+        "remote",
+        config.remote_sessions,
+        shared,
+        &mut rng,
+    );
 
     // Faults until the end, and RSS samples. The first faults are one of each kind, in an
     // order the seed shuffles (a kind that cannot be done at its turn comes again next),
