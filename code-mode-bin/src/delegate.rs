@@ -211,7 +211,6 @@ impl CodeModeSessionDelegate for RemoteDelegate {
     }
 
     fn cell_closed(&self, cell_id: &CellId) {
-        METRICS.cell_closed();
         self.drain.cell_closed();
         let Some(calls) = self.calls.upgrade() else {
             return;

@@ -82,6 +82,11 @@ impl Drain {
         self.work.cells_closed.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// How many cells were started so far.
+    pub fn cells_started(&self) -> u64 {
+        self.work.cells_started.load(Ordering::SeqCst)
+    }
+
     /// How many cells were closed so far.
     pub fn cells_closed(&self) -> u64 {
         self.work.cells_closed.load(Ordering::SeqCst)

@@ -49,8 +49,6 @@ pub struct Metrics {
     connections: AtomicU64,
     connections_total: AtomicU64,
     sessions: AtomicU64,
-    cells_started: AtomicU64,
-    cells_closed: AtomicU64,
     outcomes: [AtomicU64; 3],
     limits: [AtomicU64; 2],
     nested_calls: AtomicU64,
@@ -74,8 +72,6 @@ impl Metrics {
             connections: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
-            cells_started: AtomicU64::new(0),
-            cells_closed: AtomicU64::new(0),
             outcomes: [const { AtomicU64::new(0) }; 3],
             limits: [const { AtomicU64::new(0) }; 2],
             nested_calls: AtomicU64::new(0),
@@ -115,25 +111,15 @@ impl Metrics {
         self.nested_calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn cell_closed(&self) {
-        self.cells_closed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts what a reply tells: a started cell, and a final response's outcome and limit.
-    /// `latency` is the time an `execute` took to answer.
+    /// Counts what a reply tells: a final response's outcome and limit (cells started are
+    /// the drain's count). `latency` is the time an `execute` took to answer.
     pub fn reply(&self, reply: &SessionReply, latency: Option<Duration>) {
         let last = match reply {
-            SessionReply::Started(started) => {
-                self.cells_started.fetch_add(1, Ordering::Relaxed);
-                Some(&started.initial_response)
-            }
-            SessionReply::StartedPending(started) => {
-                self.cells_started.fetch_add(1, Ordering::Relaxed);
-                match &started.outcome {
-                    PendingOutcome::Completed(response) => Some(response),
-                    PendingOutcome::Pending { .. } => None,
-                }
-            }
+            SessionReply::Started(started) => Some(&started.initial_response),
+            SessionReply::StartedPending(started) => match &started.outcome {
+                PendingOutcome::Completed(response) => Some(response),
+                PendingOutcome::Pending { .. } => None,
+            },
             SessionReply::Cell(response) => Some(response),
             SessionReply::Pending(PendingOutcome::Completed(response)) => Some(response),
             SessionReply::Pending(PendingOutcome::Pending { .. })
@@ -210,7 +196,7 @@ impl Collector for Figures {
             encoder,
             "code_mode_cells_started",
             "Cells started.",
-            get(&metrics.cells_started),
+            drain.cells_started(),
         )?;
         gauge(
             encoder,
