@@ -39,10 +39,11 @@ mod armed {
         *lock(&ARMED) = Some(fault);
     }
 
-    /// Whether `fault` fires now (true once after [`arm`]).
-    pub(crate) fn fire(fault: Fault) -> bool {
+    /// Whether `fault` fires now: once after [`arm`], at the first call whose `here`
+    /// says this is its place (asked only while the fault is armed).
+    pub(crate) fn fire(fault: Fault, here: impl FnOnce() -> bool) -> bool {
         let mut armed = lock(&ARMED);
-        if *armed == Some(fault) {
+        if *armed == Some(fault) && here() {
             *armed = None;
             return true;
         }
@@ -73,10 +74,10 @@ pub use armed::arm;
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 pub(crate) use armed::{fire, keep_for_replay, replay};
 
-/// Without the switch no fault ever fires.
+/// Without the switch no fault ever fires, and its place is never even asked.
 #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
 #[inline(always)]
-pub(crate) fn fire(_fault: Fault) -> bool {
+pub(crate) fn fire(_fault: Fault, _here: impl FnOnce() -> bool) -> bool {
     false
 }
 

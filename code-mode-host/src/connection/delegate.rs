@@ -50,7 +50,7 @@ impl Connection {
                 None => connection.run_delegate_call(&*delegate, call, &token).await,
             };
             let reply = reply.unwrap_or(DelegateReply::Cancelled);
-            if is_tool_call && faults::fire(Fault::DuplicateAnswer) {
+            if faults::fire(Fault::DuplicateAnswer, || is_tool_call) {
                 faults::keep_for_replay(owner, session, reply.clone());
             }
             // A call of a lost connection needs no answer.
@@ -100,7 +100,7 @@ impl Connection {
                     input,
                     exec_call_id,
                 };
-                if faults::fire(Fault::DuplicateCall) {
+                if faults::fire(Fault::DuplicateCall, || true) {
                     // Proof that the chaos test sees a call made twice (a test-only
                     // switch): the delegate runs it once more first, its answer unused.
                     let _ =

@@ -523,7 +523,7 @@ impl Connection {
                     .map(|entry| Arc::clone(&entry.stored));
                 match stored {
                     // Proof that the chaos test sees a lost commit (a test-only switch).
-                    Some(_) if !writes.is_empty() && faults::fire(Fault::DropCommit) => {}
+                    Some(_) if faults::fire(Fault::DropCommit, || !writes.is_empty()) => {}
                     Some(stored) => lock(&stored).merge(&writes),
                     // A session the host already forgot (shut down): nobody keeps it.
                     None => tracing::debug!(%session, "a commit for a session no longer open"),
@@ -590,7 +590,7 @@ impl Connection {
                 Response::Reply(_) | Response::ToolsRegistered => {}
             }
         }
-        if is_final(&result) && faults::fire(Fault::LoseAnswer) {
+        if faults::fire(Fault::LoseAnswer, || is_final(&result)) {
             // Proof that the chaos test sees a lost answer (a test-only switch): the
             // caller waits for ever.
             std::mem::forget(pending);
