@@ -18,7 +18,7 @@
 use crate::delegate::{DelegateCalls, RemoteDelegate};
 use crate::drain::Drain;
 use crate::metrics::METRICS;
-use code_mode::InProcessSession;
+use code_mode::{Handed, Held, InProcessSession};
 use code_mode_protocol::session::poll_once;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -78,27 +78,34 @@ pub struct ServeSettings {
     pub drain: Drain,
 }
 
-/// Sends a response; one too large for a frame becomes an error response instead.
-fn respond(outbox: &Outbox<ServerMessage>, id: RequestId, result: Result<Response, WireError>) {
+/// Sends a response; one too large for a frame becomes an error response instead (and
+/// `false` says so).
+fn respond(
+    outbox: &Outbox<ServerMessage>,
+    id: RequestId,
+    result: Result<Response, WireError>,
+) -> bool {
     let message = ServerMessage::Response { id, result };
     code_mode_protocol::hop!("runtime sends the response");
-    if let Err(error) = outbox.send(&message) {
-        tracing::warn!(%id, "response not sent as is: {error}");
-        let bytes = match error {
-            FrameError::TooLarge { bytes } => bytes,
-            _ => 0,
-        };
-        let fallback = ServerMessage::Response {
-            id,
-            result: Err(WireError::ResponseTooLarge {
-                bytes,
-                max: MAX_FRAME_BYTES as u64,
-            }),
-        };
-        if let Err(error) = outbox.send(&fallback) {
-            tracing::error!(%id, "even the error response could not be sent: {error}");
-        }
+    let Err(error) = outbox.send(&message) else {
+        return true;
+    };
+    tracing::warn!(%id, "response not sent as is: {error}");
+    let bytes = match error {
+        FrameError::TooLarge { bytes } => bytes,
+        _ => 0,
+    };
+    let fallback = ServerMessage::Response {
+        id,
+        result: Err(WireError::ResponseTooLarge {
+            bytes,
+            max: MAX_FRAME_BYTES as u64,
+        }),
+    };
+    if let Err(error) = outbox.send(&fallback) {
+        tracing::error!(%id, "even the error response could not be sent: {error}");
     }
+    false
 }
 
 /// State shared by the reader and the request tasks.
@@ -123,14 +130,15 @@ struct Connection {
 
 impl Connection {
     /// Runs request `request_id`: opens a session, registers a tool set, or runs a call of
-    /// a session through the shared adapter ([`SessionCall::run_with`]); `preempt` fires
-    /// when the host preempts it (an observation then answers `Yielded` at once).
+    /// a session ([`InProcessSession::call_untaken`]); `preempt` fires when the host
+    /// preempts it (an observation then answers `Yielded` at once). The answer of a call
+    /// that observes a cell comes back held, for the host's word.
     async fn dispatch(
         self: &Arc<Self>,
         request_id: RequestId,
         request: Request,
         preempt: CancellationToken,
-    ) -> Result<Response, WireError> {
+    ) -> Result<(Response, Held), WireError> {
         let (id, call) = match request {
             Request::RegisterTools { tool_set, tools } => {
                 let mut sets = lock(&self.tool_sets);
@@ -139,7 +147,7 @@ impl Connection {
                     sets.pop_front();
                 }
                 sets.push_back((tool_set, tools));
-                return Ok(Response::ToolsRegistered);
+                return Ok((Response::ToolsRegistered, Held::default()));
             }
             Request::SessionWithTools {
                 session,
@@ -182,7 +190,7 @@ impl Connection {
                     InProcessSession::with_values(Arc::new(delegate), options, stored_values);
                 lock(&self.sessions).insert(id, Arc::new(session));
                 METRICS.sessions_opened(1);
-                return Ok(Response::SessionOpened(id));
+                return Ok((Response::SessionOpened(id), Held::default()));
             }
         };
         let session = if matches!(call, SessionCall::Shutdown) {
@@ -216,7 +224,7 @@ impl Connection {
             preempt: Some(preempt),
             admitted: Some(admitted),
         };
-        let reply = call.run_with(&*session, hooks).await?;
+        let Handed { reply, held } = session.call_untaken(call, hooks).await?;
         if matches!(
             reply,
             code_mode_protocol::SessionReply::Started(_)
@@ -225,7 +233,7 @@ impl Connection {
             self.drain.cell_started();
         }
         METRICS.reply(&reply, timed.map(|started| started.elapsed()));
-        Ok(Response::Reply(reply))
+        Ok((Response::Reply(reply), held))
     }
 
     /// Shuts every session down (the connection is over).
@@ -240,9 +248,12 @@ impl Connection {
 }
 
 /// A request the runtime is running: how the host cancels it, and how it preempts it.
+/// Once answered, a request that observes a cell stays here with its answer held until the
+/// host says what became of it ([`ClientMessage::Taken`], [`ClientMessage::GivenBack`]).
 struct InFlight {
     cancel: CancellationToken,
     preempt: CancellationToken,
+    held: Option<Held>,
 }
 
 /// Serves one host connection until it ends (or `settings.stop` is cancelled).
@@ -357,7 +368,8 @@ async fn read_loop<S: AsyncRead>(
         let Some(message) = next else {
             return Ok(());
         };
-        match message? {
+        let message = message?;
+        match message {
             ClientMessage::Ping(nonce) => {
                 let _ = connection.outbox.send(&ServerMessage::Pong(nonce));
             }
@@ -386,10 +398,12 @@ async fn read_loop<S: AsyncRead>(
                         InFlight {
                             cancel: token.clone(),
                             preempt: preempt.clone(),
+                            held: None,
                         },
                     );
                 }
                 let connection = Arc::clone(connection);
+                let holds_answer = request.holds_answer();
                 let mut task = Box::pin(async move {
                     // Biased: the request gets its first poll even if a cancellation is
                     // already queued, so an `execute` cut short still admits its cell,
@@ -402,8 +416,31 @@ async fn read_loop<S: AsyncRead>(
                             None => WireError::Cancelled,
                         }),
                     };
-                    lock(&connection.requests).remove(&id);
-                    respond(&connection.outbox, id, result);
+                    // Every success of a request that observes a cell is held (an
+                    // empty one for a missing cell), before the response goes: the
+                    // host's word comes after it.
+                    let (result, held) = match result {
+                        Ok((response, held)) => (Ok(response), holds_answer.then_some(held)),
+                        Err(error) => (Err(error), None),
+                    };
+                    let holding = held.is_some();
+                    {
+                        let mut requests = lock(&connection.requests);
+                        match (held, requests.get_mut(&id)) {
+                            (Some(held), Some(in_flight)) => in_flight.held = Some(held),
+                            _ => drop(requests.remove(&id)),
+                        }
+                    }
+                    if !respond(&connection.outbox, id, result) && holding {
+                        // The host got an error instead of the answer: it says nothing of
+                        // it, and the answer, too large to send, is not kept either.
+                        if let Some(held) = lock(&connection.requests)
+                            .remove(&id)
+                            .and_then(|in_flight| in_flight.held)
+                        {
+                            held.take();
+                        }
+                    }
                 });
                 // Polled once here, in wire order (an `execute` hands its cell to a thread
                 // now, without waiting for a task of its own to be scheduled); spawned
@@ -422,6 +459,31 @@ async fn read_loop<S: AsyncRead>(
                 // As for a cancellation, an unknown id was answered already.
                 if let Some(in_flight) = lock(&connection.requests).get(&id) {
                     in_flight.preempt.cancel();
+                }
+            }
+            ClientMessage::Taken { id } | ClientMessage::GivenBack { id } => {
+                let taken = matches!(message, ClientMessage::Taken { .. });
+                let held = {
+                    let mut requests = lock(&connection.requests);
+                    match requests.get(&id) {
+                        Some(in_flight) if in_flight.held.is_some() => {
+                            requests.remove(&id).and_then(|in_flight| in_flight.held)
+                        }
+                        _ => None,
+                    }
+                };
+                let Some(held) = held else {
+                    return Err(ConnectionError::Violation(format!(
+                        "{} for {id}, which holds no answer",
+                        message.kind()
+                    )));
+                };
+                // At once, in wire order: an answer given back is the cell's again before
+                // any later request of the host reaches the cell.
+                if taken {
+                    held.take();
+                } else {
+                    drop(held);
                 }
             }
             ClientMessage::DelegateReply { id, reply } => {

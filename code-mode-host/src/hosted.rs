@@ -1,12 +1,12 @@
 //! The session of a runtime process, local or remote: [`HostedSession`] opens its session
-//! in the runtime on its first call, translates cell ids between the runtime's numbering
-//! and the generation the agent core sees, and gives an answer that crossed a dropped call
-//! to the cell's next observation (`unclaimed`). [`crate::ProcessSession`] and
-//! [`crate::RemoteSession`] are it under the name of their provider.
+//! in the runtime on its first call and translates cell ids between the runtime's
+//! numbering and the generation the agent core sees. An answer its caller dropped goes
+//! back to its cell in the runtime (see the connection's `answers`), so nothing here keeps
+//! one. [`crate::ProcessSession`] and [`crate::RemoteSession`] are it under the name of
+//! their provider.
 
-use crate::connection::{Answer, Connection, Opening, Placed, RequestHooks};
+use crate::connection::{Connection, FromResponse, Opening, Placed, RequestHooks};
 use crate::error::HostError;
-use crate::unclaimed::{Reclaim, Unclaimed};
 use code_mode_protocol::session::measure;
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
@@ -333,7 +333,7 @@ impl HostedSession {
     }
 
     /// Runs a call on the remote session.
-    async fn call<T: Answer>(
+    async fn call<T: FromResponse>(
         &self,
         call: SessionCall,
         hooks: RequestHooks,
@@ -380,15 +380,9 @@ impl HostedSession {
 
     /// Runs a call that names a cell, on the connection the cell id was translated for.
     /// `None` when the id belongs to another runtime generation (a missing cell).
-    ///
-    /// An answer the runtime gave to a dropped call of this cell (see `unclaimed`) comes
-    /// first: alone when it ends the cell or when `same_kind_settles` and it is of this
-    /// call's kind, otherwise before the runtime's answer to this call. Dropping this
-    /// call, or its failure, puts it back.
-    async fn call_on_cell<T: Answer + Reclaim>(
+    async fn call_on_cell<T: FromResponse>(
         &self,
         cell_id: &CellId,
-        same_kind_settles: bool,
         hooks: RequestHooks,
         make: impl FnOnce(CellId) -> SessionCall,
     ) -> Result<Option<(Arc<Connection>, T)>, SessionError> {
@@ -399,41 +393,14 @@ impl HostedSession {
         let Some(runtime_id) = connection.runtime_cell_id(cell_id) else {
             return Ok(None);
         };
-        let mut kept = KeptAnswer {
-            connection: &connection,
-            session,
-            unclaimed: connection.take_unclaimed(session, &runtime_id),
-        };
-        if let Some(unclaimed) = kept.unclaimed.take() {
-            match T::settled_by(unclaimed, same_kind_settles) {
-                Ok(answer) => return Ok(Some((Arc::clone(&connection), answer))),
-                Err(unclaimed) => kept.unclaimed = Some(unclaimed),
-            }
-        }
-        let (connection, answer) = self
-            .call_on(
-                Arc::clone(&connection),
-                session,
-                make(runtime_id.clone()),
-                hooks,
-            )
-            .await?;
-        // A dropped call of this cell whose answer crossed this one: it came first.
-        let crossed = connection.take_unclaimed(session, &runtime_id);
-        let earlier = match (kept.unclaimed.take(), crossed) {
-            (Some(first), Some(then)) => Some(first.then(then)),
-            (first, then) => first.or(then),
-        };
-        let answer = match earlier {
-            Some(earlier) => T::after(earlier, answer),
-            None => answer,
-        };
-        Ok(Some((connection, answer)))
+        self.call_on(connection, session, make(runtime_id), hooks)
+            .await
+            .map(Some)
     }
 
     /// Sends `call` for `session` on `connection`. A session the runtime no longer knows
     /// while this one shuts down reports `ShuttingDown`.
-    async fn call_on<T: Answer>(
+    async fn call_on<T: FromResponse>(
         &self,
         connection: Arc<Connection>,
         session: SessionId,
@@ -444,22 +411,6 @@ impl HostedSession {
         match connection.call(request, hooks).await {
             Ok(answer) => Ok((connection, answer)),
             Err(error) => Err(error),
-        }
-    }
-}
-
-/// An unclaimed answer taken for an observation: put back unless the observation returns
-/// it (a dropped or failed observation consumes nothing).
-struct KeptAnswer<'a> {
-    connection: &'a Connection,
-    session: SessionId,
-    unclaimed: Option<Unclaimed>,
-}
-
-impl Drop for KeptAnswer<'_> {
-    fn drop(&mut self) {
-        if let Some(unclaimed) = self.unclaimed.take() {
-            self.connection.restore_unclaimed(self.session, unclaimed);
         }
     }
 }
@@ -538,7 +489,7 @@ impl CodeModeSession for HostedSession {
                 ..RequestHooks::default()
             };
             let answer = self
-                .call_on_cell(&asked, true, hooks, |cell_id| {
+                .call_on_cell(&asked, hooks, |cell_id| {
                     SessionCall::Wait(WaitRequest {
                         cell_id,
                         yield_time_ms,
@@ -555,7 +506,7 @@ impl CodeModeSession for HostedSession {
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(measure(async move {
             let answer = self
-                .call_on_cell(&cell_id, false, RequestHooks::default(), |cell_id| {
+                .call_on_cell(&cell_id, RequestHooks::default(), |cell_id| {
                     SessionCall::Terminate { cell_id }
                 })
                 .await?;
@@ -590,7 +541,7 @@ impl CodeModeSession for HostedSession {
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(measure(async move {
             let answer = self
-                .call_on_cell(&cell_id, true, RequestHooks::default(), |cell_id| {
+                .call_on_cell(&cell_id, RequestHooks::default(), |cell_id| {
                     SessionCall::WaitToPending { cell_id }
                 })
                 .await?;

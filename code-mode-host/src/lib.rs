@@ -8,7 +8,7 @@
 //! the runtime process. Modules: `binary` finds the runtime, `process` spawns and
 //! supervises it, `connection` speaks the wire protocol and validates every message,
 //! `provider` supervises the local process, `hosted` is the session over a runtime (local
-//! or remote) that survives the runtime's death, `remote` is the pool of network runtimes, `unclaimed` keeps answers that crossed a dropped call.
+//! or remote) that survives the runtime's death, `remote` is the pool of network runtimes.
 
 pub mod binary;
 mod connection;
@@ -18,7 +18,6 @@ mod hosted;
 mod process;
 mod provider;
 mod remote;
-mod unclaimed;
 
 pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;

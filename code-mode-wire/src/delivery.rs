@@ -2,127 +2,43 @@
 //! wire: the in-process cell actor answering an observation, and the host's connection
 //! handing a runtime's response to its caller.
 //!
-//! An answer is *delivered* as a [`Delivery`]: the value, its acknowledgement ([`Ack`]) and
-//! the way back for when nobody takes it. The caller *takes* it ([`Delivery::take`]), which
-//! acknowledges it. A caller that goes away with the answer untaken (its future dropped
-//! while the answer waited in its channel) drops the delivery, and the value is *given
-//! back* to the cell's next observation: a dropped observation consumes nothing, and no
-//! answer is ever lost to a slow caller, because nothing here runs on a timer.
+//! An answer is *delivered* as a [`Delivery`]: the value and its [`Receipt`], which tells
+//! the producer what became of it. The caller *takes* it ([`Delivery::take`]). A caller
+//! that goes away with the answer untaken (its future dropped while the answer waited in
+//! its channel) drops the delivery, and the value is *given back*: a dropped observation
+//! consumes nothing, and no answer is ever lost to a slow caller, because nothing here runs
+//! on a timer.
 //!
-//! The producer keeps the other end of each acknowledgement in [`Unacked`] and holds the
-//! cell's next delegate callbacks back until the answers before them were taken, so that a
-//! front end sees answers and later events in the order they happened. That wait, and only
-//! that wait, gives up after [`ACK_PATIENCE`]: past it ordering gives way rather than
-//! stalling the cell; the answer itself still waits for its caller.
+//! The cell actor is the one owner of an answer's life. In process its receipt reaches it
+//! directly. Over the wire the runtime holds the actor's delivery while the response
+//! travels, and the host's delivery carries a receipt that only says, in one message,
+//! which of the two happened (`Taken` or `GivenBack`); the runtime then takes or drops the
+//! actor's delivery, and the actor's own receipt does the rest.
 
-use std::collections::VecDeque;
-use std::time::Duration;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
-/// How long a provider holds a cell's next delegate callback back for a caller that has
-/// its answer but has not taken it yet (its future is not polled), so that callbacks follow
-/// the answers they came after: past it, ordering gives way rather than stalling the cell.
-/// Only ordering: an answer itself is never dropped on a timer; one its caller drops
-/// untaken goes back to the cell's next observation.
-pub const ACK_PATIENCE: Duration = Duration::from_secs(1);
+/// What becomes of a delivered answer, told to its producer exactly once: taken, or given
+/// back with its value.
+pub trait Receipt<T>: Send {
+    /// The caller took the answer.
+    fn taken(self: Box<Self>);
 
-/// The acknowledgement of one answer: dropped when the caller took it (or never will).
-#[derive(Debug)]
-pub struct Ack(#[expect(dead_code, reason = "signals by being dropped")] oneshot::Sender<()>);
-
-/// The producer's end of an [`Ack`]: resolves once the answer was taken.
-#[derive(Debug)]
-pub struct Taken(oneshot::Receiver<()>);
-
-impl Taken {
-    /// Whether the answer was taken already (or its caller is gone).
-    pub fn is_taken(&mut self) -> bool {
-        !matches!(self.0.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-    }
-
-    /// Waits until the answer was taken.
-    pub async fn wait(self) {
-        let _ = self.0.await;
-    }
+    /// The caller dropped the answer untaken; `value` goes back to its producer.
+    fn given_back(self: Box<Self>, value: T);
 }
 
-/// A new acknowledgement: the [`Ack`] goes with the answer, the [`Taken`] stays.
-pub fn acknowledgement() -> (Ack, Taken) {
-    let (ack, taken) = oneshot::channel();
-    (Ack(ack), Taken(taken))
-}
-
-/// The answers a producer handed over and that were not taken yet, oldest first.
-#[derive(Debug, Default)]
-pub struct Unacked(VecDeque<Taken>);
-
-impl Unacked {
-    /// The acknowledgement of an answer about to be handed over, remembered here.
-    pub fn ack(&mut self) -> Ack {
-        let (ack, taken) = acknowledgement();
-        self.0.push_back(taken);
-        ack
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Forgets the answers already taken, so that a producer whose answers are taken at
-    /// once does not pile them up.
-    pub fn forget_taken(&mut self) {
-        self.0.retain_mut(|taken| !taken.is_taken());
-    }
-
-    /// Waits until the oldest answer was taken, or [`ACK_PATIENCE`] passed, and forgets
-    /// it. Resolves at once when there is none.
-    ///
-    /// Cancel safety: dropping the future before it resolves forgets nothing.
-    pub async fn oldest_taken(&mut self) {
-        if let Some(oldest) = self.0.front_mut() {
-            let _ = tokio::time::timeout(ACK_PATIENCE, &mut oldest.0).await;
-            self.0.pop_front();
-        }
-    }
-
-    /// Waits until every answer was taken, giving each at most [`ACK_PATIENCE`] (for
-    /// ordering only: see the module's documentation).
-    pub async fn all_taken_or_patience(self) {
-        for taken in self.0 {
-            let _ = tokio::time::timeout(ACK_PATIENCE, taken.wait()).await;
-        }
-    }
-
-    /// Waits until every answer was taken, however long that takes, or `stop` is
-    /// cancelled: for a final answer, which the cell waits for before it is closed.
-    pub async fn all_taken_or_stopped(self, stop: &CancellationToken) {
-        for taken in self.0 {
-            tokio::select! {
-                () = taken.wait() => {}
-                () = stop.cancelled() => return,
-            }
-        }
-    }
-}
-
-/// The way an untaken answer goes back to its cell.
-type GiveBack<T> = Box<dyn FnOnce(T) + Send>;
-
-/// An answer on its way to a caller: the value, its acknowledgement, and the way back for
-/// when the caller drops it untaken.
+/// An answer on its way to a caller: the value and, unless nobody cares what becomes of
+/// it, its receipt.
 pub struct Delivery<T> {
-    /// Present until taken.
+    /// Present until taken or given back.
     value: Option<T>,
-    ack: Option<Ack>,
-    give_back: Option<GiveBack<T>>,
+    receipt: Option<Box<dyn Receipt<T>>>,
 }
 
 impl<T> std::fmt::Debug for Delivery<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
-            .field("acknowledged", &self.ack.is_none())
-            .field("given_back", &self.give_back.is_some())
+            .field("with_receipt", &self.receipt.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -132,35 +48,41 @@ impl<T> Delivery<T> {
     pub fn plain(value: T) -> Self {
         Self {
             value: Some(value),
-            ack: None,
-            give_back: None,
+            receipt: None,
         }
     }
 
-    /// An answer acknowledged by `ack` and, if `give_back` is given, handed to it when
-    /// the caller drops it untaken.
-    pub fn new(value: T, ack: Option<Ack>, give_back: Option<GiveBack<T>>) -> Self {
+    /// An answer whose producer learns from `receipt` whether it was taken or given back.
+    pub fn new(value: T, receipt: Box<dyn Receipt<T>>) -> Self {
         Self {
             value: Some(value),
-            ack,
-            give_back,
+            receipt: Some(receipt),
         }
     }
 
-    /// Takes the answer; it is acknowledged as this returns, and nothing is given back.
+    /// The answer, still untaken (to send a copy of it on).
+    pub fn value(&self) -> &T {
+        self.value
+            .as_ref()
+            .expect("a delivery holds its value until taken")
+    }
+
+    /// Takes the answer; its producer is told as this returns.
     pub fn take(mut self) -> T {
-        self.give_back = None;
-        drop(self.ack.take());
+        if let Some(receipt) = self.receipt.take() {
+            receipt.taken();
+        }
         self.value
             .take()
             .expect("a delivery holds its value until taken")
     }
 
     /// Sends the answer to its caller. When the caller is gone already, the value comes
-    /// back here instead of being given back (the producer still has it in hand).
+    /// back here instead of being given back (the producer still has it in hand), and the
+    /// receipt is dropped unused.
     pub fn send(self, reply: oneshot::Sender<Self>) -> Result<(), T> {
         reply.send(self).map_err(|mut undelivered| {
-            undelivered.give_back = None;
+            undelivered.receipt = None;
             undelivered
                 .value
                 .take()
@@ -171,10 +93,8 @@ impl<T> Delivery<T> {
 
 impl<T> Drop for Delivery<T> {
     fn drop(&mut self) {
-        // Given back before the acknowledgement (a field, dropped after this) signals, so
-        // a producer that sees the acknowledgement finds the value back already.
-        if let (Some(value), Some(give_back)) = (self.value.take(), self.give_back.take()) {
-            give_back(value);
+        if let (Some(value), Some(receipt)) = (self.value.take(), self.receipt.take()) {
+            receipt.given_back(value);
         }
     }
 }
@@ -184,91 +104,79 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// What a test receipt was told.
+    #[derive(Debug, PartialEq)]
+    enum Told {
+        Taken,
+        GivenBack(u32),
+    }
+
+    struct Recorder(Arc<Mutex<Vec<Told>>>);
+
+    impl Receipt<u32> for Recorder {
+        fn taken(self: Box<Self>) {
+            self.0.lock().unwrap().push(Told::Taken);
+        }
+
+        fn given_back(self: Box<Self>, value: u32) {
+            self.0.lock().unwrap().push(Told::GivenBack(value));
+        }
+    }
+
+    fn recorded(value: u32) -> (Delivery<u32>, Arc<Mutex<Vec<Told>>>) {
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let delivery = Delivery::new(value, Box::new(Recorder(Arc::clone(&told))));
+        (delivery, told)
+    }
+
     /// Found missing by cargo-mutants: a delivery's debug form shows its state, never
     /// its value (an answer may be large).
     #[test]
     fn a_delivery_shows_its_state_and_never_its_value() {
-        let (_, give_back) = returned();
-        let (ack, _taken) = acknowledgement();
-        let delivery = Delivery::new(7u32, Some(ack), Some(give_back));
+        let (delivery, _) = recorded(7);
         assert_eq!(
             format!("{delivery:?}"),
-            "Delivery { acknowledged: false, given_back: true, .. }"
+            "Delivery { with_receipt: true, .. }"
         );
         assert_eq!(
             format!("{:?}", Delivery::plain(7u32)),
-            "Delivery { acknowledged: true, given_back: false, .. }"
+            "Delivery { with_receipt: false, .. }"
         );
     }
 
-    fn returned() -> (Arc<Mutex<Vec<u32>>>, GiveBack<u32>) {
-        let back = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&back);
-        let give_back: GiveBack<u32> = Box::new(move |value| sink.lock().unwrap().push(value));
-        (back, give_back)
-    }
-
     #[test]
-    fn a_taken_answer_is_acknowledged_and_not_given_back() {
-        let mut unacked = Unacked::default();
-        let (back, give_back) = returned();
-        let delivery = Delivery::new(7, Some(unacked.ack()), Some(give_back));
-        assert!(!unacked.is_empty());
-        unacked.forget_taken();
-        assert!(!unacked.is_empty(), "not taken yet");
+    fn a_taken_answer_is_told_taken_once_and_not_given_back() {
+        let (delivery, told) = recorded(7);
+        assert_eq!(*delivery.value(), 7);
+        assert!(told.lock().unwrap().is_empty(), "nothing before the take");
         assert_eq!(delivery.take(), 7);
-        unacked.forget_taken();
-        assert!(unacked.is_empty());
-        assert!(back.lock().unwrap().is_empty());
+        assert_eq!(*told.lock().unwrap(), [Told::Taken]);
     }
 
     #[test]
-    fn an_answer_dropped_untaken_is_given_back_before_its_acknowledgement() {
-        let (ack, mut taken) = acknowledgement();
-        let (back, give_back) = returned();
-        let delivery = Delivery::new(7, Some(ack), Some(give_back));
-        assert!(!taken.is_taken());
+    fn an_answer_dropped_untaken_is_given_back_with_its_value() {
+        let (delivery, told) = recorded(7);
         drop(delivery);
-        assert!(taken.is_taken());
-        assert_eq!(*back.lock().unwrap(), [7]);
+        assert_eq!(*told.lock().unwrap(), [Told::GivenBack(7)]);
+        // A plain answer has nobody to tell.
+        drop(Delivery::plain(8u32));
     }
 
     #[test]
-    fn an_answer_whose_caller_is_gone_comes_back_to_the_sender() {
-        let (back, give_back) = returned();
+    fn an_answer_whose_caller_is_gone_comes_back_to_the_sender_untold() {
+        let (delivery, told) = recorded(7);
         let (reply, gone) = oneshot::channel();
         drop(gone);
-        let delivery = Delivery::new(7, None, Some(give_back));
         assert_eq!(delivery.send(reply), Err(7));
-        assert!(back.lock().unwrap().is_empty());
+        assert!(told.lock().unwrap().is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn ordering_waits_for_an_untaken_answer_only_as_long_as_its_patience() {
-        let mut unacked = Unacked::default();
-        let _held = Delivery::new(1, Some(unacked.ack()), None);
-        let started = tokio::time::Instant::now();
-        unacked.oldest_taken().await;
-        assert_eq!(started.elapsed(), ACK_PATIENCE);
-        assert!(unacked.is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_final_answer_is_waited_for_past_any_patience_until_stopped() {
-        let mut unacked = Unacked::default();
-        let held = Delivery::new(1, Some(unacked.ack()), None);
-        let stop = CancellationToken::new();
-        let wait = tokio::spawn({
-            let stop = stop.clone();
-            async move { unacked.all_taken_or_stopped(&stop).await }
-        });
-        tokio::time::sleep(ACK_PATIENCE * 10).await;
-        assert!(!wait.is_finished());
-        assert_eq!(held.take(), 1);
-        wait.await.unwrap();
-        let mut unacked = Unacked::default();
-        let _never = unacked.ack();
-        stop.cancel();
-        unacked.all_taken_or_stopped(&stop).await;
+    #[test]
+    fn an_answer_left_in_its_channel_is_given_back_when_the_caller_drops_it() {
+        let (delivery, told) = recorded(7);
+        let (reply, answer) = oneshot::channel();
+        assert!(delivery.send(reply).is_ok());
+        drop(answer);
+        assert_eq!(*told.lock().unwrap(), [Told::GivenBack(7)]);
     }
 }

@@ -15,7 +15,9 @@ use std::fmt;
 /// 6: sessions choose their surface (the contract's, or Codex's).
 /// 7: a failed result carries its kind (`FailureKind`) beside its text, and a call in
 /// flight when a draining runtime's timeout passes is answered with the runtime-lost error.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: the runtime holds each answer to a cell observation until the host says it was taken
+/// or given back (`Taken`, `GivenBack`).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

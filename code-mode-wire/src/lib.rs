@@ -7,7 +7,7 @@
 //! typed messages ([`ClientMessage`], [`ServerMessage`]), the frame codec ([`codec`]), the
 //! handshake ([`handshake`]), the transport seam that both ends run a connection on
 //! ([`transport`]), rustls server settings from PEM files ([`tls`]), and how an answer
-//! reaches its caller ([`delivery`], shared with the in-process cell actor).
+//! reaches its caller ([`delivery`], shared by the cell actor and the host).
 //!
 //! Only these types cross the process boundary. They are externally tagged enums and plain
 //! structs, because bincode is not self-describing; JSON payloads (tool inputs and results)
@@ -19,6 +19,13 @@
 //! sends [`DelegateCall`]s (nested tool calls, notifications) with fresh [`DelegateId`]s,
 //! each answered by one [`ClientMessage::DelegateReply`] unless the server cancels it
 //! first ([`ServerMessage::CancelDelegate`]), and reports [`ServerMessage::CellClosed`].
+//!
+//! An answer's life stays with the cell's actor in the runtime: a successful response to
+//! a request that observes a cell ([`Request::holds_answer`]) is a copy, and the runtime
+//! holds the answer itself until the host says, once, that its caller took it
+//! ([`ClientMessage::Taken`]) or dropped it ([`ClientMessage::GivenBack`]). Until then the
+//! actor holds the cell's next delegate calls back (for at most a second), and a given-back
+//! answer goes to the cell's next observation. The host's reader never waits on a caller.
 //!
 //! Liveness: after the handshake each side sends a `Ping` every [`PING_INTERVAL`] (or its
 //! own interval) and answers every `Ping` with a `Pong` carrying the same number. A side
@@ -137,6 +144,26 @@ pub const RUNTIME_TOOL_SETS: usize = 64;
 /// How many registered tool sets a host remembers per connection.
 pub const HOST_TOOL_SETS: usize = 32;
 
+impl Request {
+    /// Whether the runtime holds this request's answer, when it succeeds, until the host
+    /// says what became of it ([`ClientMessage::Taken`] or [`ClientMessage::GivenBack`]):
+    /// the calls that observe a cell (execute, wait, terminate, and their pending-aware
+    /// forms), whose answers a dropped caller gives back.
+    pub fn holds_answer(&self) -> bool {
+        match self {
+            Request::OpenSession { .. } | Request::RegisterTools { .. } => false,
+            Request::Session { call, .. } | Request::SessionWithTools { call, .. } => matches!(
+                call,
+                SessionCall::Execute(_)
+                    | SessionCall::Wait(_)
+                    | SessionCall::Terminate { .. }
+                    | SessionCall::ExecuteToPending(_)
+                    | SessionCall::WaitToPending { .. }
+            ),
+        }
+    }
+}
+
 /// Everything a client (the host) sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientMessage {
@@ -163,6 +190,17 @@ pub enum ClientMessage {
     /// with the output so far, and the cell keeps running (contract 8.4). Ignored when
     /// the request is no longer in flight or observes nothing.
     Preempt {
+        id: RequestId,
+    },
+    /// The caller of `id` took its answer. Sent once for each successful response to a
+    /// request that observes a cell ([`Request::holds_answer`]); the runtime holds that
+    /// answer until it hears which of this and [`ClientMessage::GivenBack`] happened.
+    Taken {
+        id: RequestId,
+    },
+    /// The caller of `id` dropped its answer untaken (or had gone before it arrived): the
+    /// runtime gives it back to the cell, whose next observation returns it.
+    GivenBack {
         id: RequestId,
     },
 }
@@ -333,6 +371,8 @@ impl ClientMessage {
             ClientMessage::DelegateReply { .. } => "DelegateReply",
             ClientMessage::Ping(_) => "Ping",
             ClientMessage::Pong(_) => "Pong",
+            ClientMessage::Taken { .. } => "Taken",
+            ClientMessage::GivenBack { .. } => "GivenBack",
         }
     }
 }

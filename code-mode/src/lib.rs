@@ -21,4 +21,4 @@ pub use runtime::{
     ContextSource, IsolateShelf, SpawnError, StoredValues, ToolCallRequest, prewarm, spawn_cell,
     spawn_cell_from, spawn_cell_on, strip_typescript,
 };
-pub use session::{InProcessConfig, InProcessProvider, InProcessSession};
+pub use session::{Handed, Held, InProcessConfig, InProcessProvider, InProcessSession};

@@ -57,6 +57,8 @@ struct Host {
     framed: Framed<Stream, FrameCodec<ServerMessage, ClientMessage>>,
     /// Messages received while looking for another one.
     backlog: VecDeque<ServerMessage>,
+    /// Requests whose answer the runtime holds until this host says it was taken.
+    holding: std::collections::HashSet<u64>,
     _dir: PrivateDir,
 }
 
@@ -96,6 +98,7 @@ impl Host {
             child,
             framed: Framed::new(stream, FrameCodec::new()),
             backlog: VecDeque::new(),
+            holding: std::collections::HashSet::new(),
             _dir: dir,
         }
     }
@@ -125,6 +128,9 @@ impl Host {
     }
 
     async fn request(&mut self, id: u64, request: Request) {
+        if request.holds_answer() {
+            self.holding.insert(id);
+        }
         self.send(ClientMessage::Request {
             id: RequestId(id),
             request,
@@ -163,8 +169,18 @@ impl Host {
     }
 
     /// The response to request `id`, without the times the runtime measured (so that a
-    /// test compares what it says).
+    /// test compares what it says); an answer the runtime holds is taken, as a host's
+    /// caller takes it.
     async fn response(&mut self, id: u64) -> Result<Response, WireError> {
+        let response = self.response_untaken(id).await;
+        if response.is_ok() && self.holding.remove(&id) {
+            self.send(ClientMessage::Taken { id: RequestId(id) }).await;
+        }
+        response
+    }
+
+    /// [`Host::response`] without the word to the runtime.
+    async fn response_untaken(&mut self, id: u64) -> Result<Response, WireError> {
         match self
             .next_matching(|m| matches!(m, ServerMessage::Response { id: r, .. } if r.0 == id))
             .await
@@ -624,6 +640,79 @@ async fn an_oversized_frame_closes_the_connection_with_a_logged_reason() {
     assert!(stderr.contains("exceeds the maximum"), "stderr: {stderr}");
 }
 
+/// The runtime holds a cell's answer until the host says what became of it: one given
+/// back goes to the cell's next observation (the cell stays open for it), one taken closes
+/// the cell. A word twice is a violation.
+#[tokio::test]
+async fn an_answer_given_back_goes_to_the_next_observation_and_a_taken_one_closes_the_cell() {
+    let mut host = Host::ready().await;
+    host.open_session(1, SessionId(1)).await;
+    host.request(
+        2,
+        Request::Session {
+            session: SessionId(1),
+            call: SessionCall::Execute(ExecRequest::new(r#"text("kept");"#)),
+        },
+    )
+    .await;
+    let result = CellResponse::Result {
+        cell_id: "1".into(),
+        content_items: vec![text("kept")],
+        error_text: None,
+        failure: None,
+        missing_cell: false,
+        wall_time: std::time::Duration::ZERO,
+    };
+    assert_eq!(
+        host.response_untaken(2).await,
+        Ok(Response::Reply(SessionReply::Started(StartedCell {
+            cell_id: "1".into(),
+            initial_response: result.clone(),
+        })))
+    );
+    host.send(ClientMessage::GivenBack { id: RequestId(2) })
+        .await;
+    host.request(
+        3,
+        Request::Session {
+            session: SessionId(1),
+            call: SessionCall::Wait(WaitRequest::new("1")),
+        },
+    )
+    .await;
+    assert_eq!(
+        host.response_untaken(3).await,
+        Ok(Response::Reply(SessionReply::Cell(result)))
+    );
+    // The cell is not closed while its final answer is held: the close comes after the
+    // word.
+    assert!(
+        !host
+            .backlog
+            .iter()
+            .any(|m| matches!(m, ServerMessage::CellClosed { .. })),
+        "{:?}",
+        host.backlog
+    );
+    host.send(ClientMessage::Taken { id: RequestId(3) }).await;
+    assert_eq!(
+        host.next_matching(|m| matches!(m, ServerMessage::CellClosed { .. }))
+            .await,
+        ServerMessage::CellClosed {
+            session: SessionId(1),
+            cell_id: "1".into()
+        }
+    );
+    // The same word again: the answer is no longer held.
+    host.send(ClientMessage::Taken { id: RequestId(3) }).await;
+    let (code, _, stderr) = host.finish().await;
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("Taken for request 3, which holds no answer"),
+        "stderr: {stderr}"
+    );
+}
+
 #[tokio::test]
 async fn protocol_violations_close_the_connection() {
     // A duplicate request id in flight, a reply to a call never made, a second hello.
@@ -659,6 +748,18 @@ async fn protocol_violations_close_the_connection() {
             reply: DelegateReply::Notified,
         }],
         vec![ClientMessage::Hello(ClientHello::current("again"))],
+        // A word for an answer the runtime does not hold: an open session's is not held.
+        vec![
+            ClientMessage::Request {
+                id: RequestId(1),
+                request: Request::OpenSession {
+                    options: SessionOptions::default(),
+                    stored_values: Default::default(),
+                },
+            },
+            ClientMessage::Taken { id: RequestId(1) },
+        ],
+        vec![ClientMessage::GivenBack { id: RequestId(3) }],
     ];
     for messages in violations {
         let mut host = Host::ready().await;

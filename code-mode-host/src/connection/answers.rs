@@ -1,38 +1,34 @@
 //! How a runtime's response reaches the call that waits for it: typed once on arrival
-//! ([`Answer`]), handed over as a [`Delivery`] (acknowledged when taken, kept when dropped
-//! untaken), a call dropped before its answer came cancelled on the wire, and the answers
-//! nobody took kept for the cell's next observation (`crate::unclaimed`).
+//! ([`FromResponse`]) and handed over as a [`Delivery`]. For a call that observes a cell
+//! the runtime holds the answer itself, and the delivery's receipt ([`Word`]) tells it,
+//! once, whether the caller took the answer or dropped it; the cell's actor in the runtime
+//! does the rest. A call dropped before its answer came is cancelled on the wire, and an
+//! answer that crossed the cancellation is given back.
 
 use super::*;
+use code_mode_wire::delivery::Receipt;
 
 /// A typed answer to a request: the response of the one kind the request is answered
 /// with. The reader converts each response once, on arrival; a response of another kind is
 /// a protocol violation, so callers never match on the kind again.
-pub(crate) trait Answer: Sized + Send + 'static {
+pub(crate) trait FromResponse: Sized + Send + 'static {
     /// The answer, or the response back (boxed: it is large) when it is of another kind.
     fn from_response(response: Response) -> Result<Self, Box<Response>>;
-
-    /// The response this answer came in.
-    fn into_response(self) -> Response;
 }
 
-impl Answer for SessionId {
+impl FromResponse for SessionId {
     fn from_response(response: Response) -> Result<Self, Box<Response>> {
         match response {
             Response::SessionOpened(session) => Ok(session),
             other => Err(Box::new(other)),
         }
     }
-
-    fn into_response(self) -> Response {
-        Response::SessionOpened(self)
-    }
 }
 
 macro_rules! reply_answer {
     ($($ty:ty),* $(,)?) => {
         $(
-            impl Answer for $ty {
+            impl FromResponse for $ty {
                 fn from_response(response: Response) -> Result<Self, Box<Response>> {
                     match response {
                         Response::Reply(reply) => {
@@ -41,10 +37,6 @@ macro_rules! reply_answer {
                         }
                         other => Err(Box::new(other)),
                     }
-                }
-
-                fn into_response(self) -> Response {
-                    Response::Reply(self.into_reply())
                 }
             }
         )*
@@ -60,59 +52,69 @@ reply_answer!(
     (),
 );
 
-/// What a caller receives: the answer with its acknowledgement (until it is taken, the
-/// reader holds the session's next delegate events back, so a front end sees answers and
-/// later events in the order the runtime sent them) and its way back (an answer its caller
-/// drops untaken is kept for the cell's next observation).
+/// What a caller receives: the answer, with the host's word to the runtime as its receipt
+/// when the runtime holds it.
 pub(super) type Delivered<T> = Delivery<Result<T, SessionError>>;
 
-/// Hands a request's outcome (with its acknowledgement) to its caller, converted to the
-/// caller's type; gives the response back when it is of another kind.
+/// The host's word to the runtime about an answer it holds: taken, or given back.
+pub(super) struct Word {
+    pub(super) outbox: Outbox<ClientMessage>,
+    pub(super) id: RequestId,
+}
+
+impl Word {
+    fn say(&self, message: ClientMessage) {
+        // A connection that is gone took the held answer with it.
+        if let Err(error) = self.outbox.send(&message) {
+            tracing::debug!(id = %self.id, "{} not sent: {error}", message.kind());
+        }
+    }
+}
+
+impl<T> Receipt<T> for Word {
+    fn taken(self: Box<Self>) {
+        self.say(ClientMessage::Taken { id: self.id });
+    }
+
+    fn given_back(self: Box<Self>, _: T) {
+        self.say(ClientMessage::GivenBack { id: self.id });
+    }
+}
+
+/// Hands a request's outcome to its caller, converted to the caller's type, with the
+/// word the runtime waits for when it holds the answer; gives the response back when it
+/// is of another kind.
 pub(super) type Deliver = Box<
-    dyn FnOnce(
-            &Weak<Connection>,
-            Result<Response, SessionError>,
-            Option<Ack>,
-        ) -> Result<(), Box<Response>>
-        + Send,
+    dyn FnOnce(Result<Response, SessionError>, Option<Word>) -> Result<(), Box<Response>> + Send,
 >;
 
-/// The [`Deliver`] of a caller of `session` waiting for a `T` on `reply`.
-pub(super) fn deliver_to<T: Answer>(
-    reply: oneshot::Sender<Delivered<T>>,
-    session: Option<SessionId>,
-) -> Deliver {
-    Box::new(move |connection, result, ack| {
+/// The [`Deliver`] of a caller waiting for a `T` on `reply`.
+pub(super) fn deliver_to<T: FromResponse>(reply: oneshot::Sender<Delivered<T>>) -> Deliver {
+    Box::new(move |result, word| {
         let answer = match result {
             Ok(response) => Ok(T::from_response(response)?),
             Err(error) => Err(error),
         };
-        let connection = Weak::clone(connection);
-        let give_back = Box::new(move |result: Result<T, SessionError>| {
-            if let (Ok(answer), Some(connection)) = (result, connection.upgrade()) {
-                let state = lock(&connection.state);
-                let kept = connection.keep_unclaimed(state, session, Ok(answer.into_response()));
-                if let Err(error) = kept {
-                    tracing::warn!("an answer nobody took could not be kept: {error}");
-                }
-            }
-        });
+        let delivery = match word {
+            Some(word) => Delivery::new(answer, Box::new(word)),
+            None => Delivery::plain(answer),
+        };
         // A caller gone already drops the delivery, which gives the answer back.
-        let _ = reply.send(Delivery::new(answer, ack, Some(give_back)));
+        let _ = reply.send(delivery);
         Ok(())
     })
 }
 
-/// Cancels an abandoned request on drop, or keeps its answer when it had arrived and
-/// was not taken: a dropped call consumes nothing.
-pub(super) struct AbandonOnDrop<'a, T: Answer> {
+/// Cancels an abandoned request on drop. When its answer had arrived already, it waits in
+/// the channel untaken, and dropping the channel gives it back.
+pub(super) struct AbandonOnDrop<'a, T: FromResponse> {
     pub(super) connection: &'a Arc<Connection>,
     pub(super) id: RequestId,
     pub(super) answer: oneshot::Receiver<Delivered<T>>,
     pub(super) armed: bool,
 }
 
-impl<T: Answer> Drop for AbandonOnDrop<'_, T> {
+impl<T: FromResponse> Drop for AbandonOnDrop<'_, T> {
     fn drop(&mut self) {
         if !self.armed {
             return;
@@ -121,7 +123,11 @@ impl<T: Answer> Drop for AbandonOnDrop<'_, T> {
             let mut state = lock(&self.connection.state);
             let removed = state.pending.remove(&self.id);
             if let Some(pending) = &removed {
-                state.abandoned.insert(self.id, pending.session);
+                let abandoned = Abandoned {
+                    session: pending.session,
+                    holds_answer: pending.holds_answer,
+                };
+                state.abandoned.insert(self.id, abandoned);
                 if let Some(delegate) = &pending.hooks.cell_delegate {
                     state
                         .abandoned_delegates
@@ -130,9 +136,6 @@ impl<T: Answer> Drop for AbandonOnDrop<'_, T> {
             }
             removed.is_some()
         };
-        // Otherwise it was answered already: the answer waits in the channel (or is about
-        // to be sent to it), untaken. Dropping the receiver drops its delivery, which keeps
-        // the answer for the cell's next observation.
         if removed {
             let _ = self
                 .connection
@@ -142,17 +145,30 @@ impl<T: Answer> Drop for AbandonOnDrop<'_, T> {
     }
 }
 
+/// A request whose caller gave up before its answer came.
+#[derive(Clone, Copy)]
+pub(super) struct Abandoned {
+    pub(super) session: Option<SessionId>,
+    pub(super) holds_answer: bool,
+}
+
 impl Connection {
-    /// Keeps what the response to an abandoned request carries: the output of a cell for
-    /// its next observation, or a session nobody will use (which is shut down).
-    pub(super) fn keep_unclaimed(
+    /// The answer to an abandoned request came (the cancellation crossed it): an answer
+    /// the runtime holds is given back to its cell, a started cell is known alive, and a
+    /// session nobody will use is shut down.
+    pub(super) fn on_abandoned_response(
         self: &Arc<Self>,
         mut state: MutexGuard<'_, State>,
-        session: Option<SessionId>,
+        id: RequestId,
+        abandoned: Abandoned,
         result: Result<Response, WireError>,
     ) -> Result<(), String> {
-        let unclaimed = match result {
-            Ok(Response::SessionOpened(opened)) => {
+        let Ok(response) = result else {
+            return Ok(());
+        };
+        match &response {
+            Response::SessionOpened(opened) => {
+                let opened = *opened;
                 drop(state);
                 self.send_detached(Request::Session {
                     session: opened,
@@ -160,59 +176,18 @@ impl Connection {
                 });
                 return Ok(());
             }
-            Ok(Response::Reply(SessionReply::Started(started))) => {
-                mark_alive(&mut state, session, &started.cell_id)?;
-                Unclaimed::Response(started.initial_response)
+            Response::Reply(SessionReply::Started(started)) => {
+                mark_alive(&mut state, abandoned.session, &started.cell_id)?;
             }
-            Ok(Response::Reply(SessionReply::StartedPending(started))) => {
-                mark_alive(&mut state, session, &started.cell_id)?;
-                Unclaimed::Outcome(started.outcome)
+            Response::Reply(SessionReply::StartedPending(started)) => {
+                mark_alive(&mut state, abandoned.session, &started.cell_id)?;
             }
-            Ok(Response::Reply(SessionReply::Cell(response))) if !response.is_missing_cell() => {
-                Unclaimed::Response(response)
-            }
-            Ok(Response::Reply(SessionReply::Pending(outcome))) => Unclaimed::Outcome(outcome),
-            // Nothing to keep: a refusal, a missing cell, a shutdown.
-            _ => return Ok(()),
-        };
-        let cell_id = unclaimed.cell_id();
-        if !is_runtime_cell_id(cell_id) {
-            return Err(format!("a response names an invalid cell id {cell_id:?}"));
+            _ => {}
         }
-        if let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session)) {
-            let cell_id = cell_id.clone();
-            // Two dropped observations of one cell in a row: both answers are kept, in
-            // the order the runtime gave them.
-            let kept = match entry.unclaimed.remove(&cell_id) {
-                Some(earlier) => earlier.then(unclaimed),
-                None => unclaimed,
-            };
-            entry.unclaimed.insert(cell_id, kept);
+        drop(state);
+        if abandoned.holds_answer {
+            let _ = self.outbox.send(&ClientMessage::GivenBack { id });
         }
         Ok(())
-    }
-
-    /// Takes the answer kept for a cell whose caller had gone, if any.
-    pub(crate) fn take_unclaimed(&self, session: SessionId, cell_id: &CellId) -> Option<Unclaimed> {
-        lock(&self.state)
-            .sessions
-            .get_mut(&session)?
-            .unclaimed
-            .remove(cell_id)
-    }
-
-    /// Puts back an answer taken with [`Connection::take_unclaimed`] and not returned (its
-    /// observation failed or was dropped), before any kept since.
-    pub(crate) fn restore_unclaimed(&self, session: SessionId, unclaimed: Unclaimed) {
-        let mut state = lock(&self.state);
-        let Some(entry) = state.sessions.get_mut(&session) else {
-            return;
-        };
-        let cell_id = unclaimed.cell_id().clone();
-        let kept = match entry.unclaimed.remove(&cell_id) {
-            Some(later) => unclaimed.then(later),
-            None => unclaimed,
-        };
-        entry.unclaimed.insert(cell_id, kept);
     }
 }

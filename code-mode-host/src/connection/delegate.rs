@@ -1,6 +1,7 @@
 //! The runtime's calls to a session's delegate: nested tool calls and notifications run
-//! in the order the runtime sent them (behind the answers not yet taken), cancelled when
-//! the runtime asks, and the cell-closed events.
+//! in the order the runtime sent them (the runtime sends a cell's calls only after the
+//! answers before them were taken), cancelled when the runtime asks, and the cell-closed
+//! events.
 
 use super::*;
 
@@ -134,7 +135,11 @@ impl Connection {
                     pending.hooks.admitted.clone(),
                 ),
                 None => match state.abandoned.get(&id) {
-                    Some(session) => (*session, state.abandoned_delegates.remove(&id), None),
+                    Some(abandoned) => (
+                        abandoned.session,
+                        state.abandoned_delegates.remove(&id),
+                        None,
+                    ),
                     // Answered already and then abandoned: nothing waits for it.
                     None => return Err(format!("{id} admitted a cell but is not in flight")),
                 },
@@ -176,14 +181,5 @@ impl Connection {
         };
         delegate.cell_closed(&self.external_cell_id(&cell_id));
         Ok(())
-    }
-
-    /// Waits (at most `ACK_PATIENCE` each) until the callers took the answers `session`
-    /// was given, before its next delegate event is handled.
-    pub(super) async fn answers_taken(&self, session: SessionId) {
-        let unacked = lock(&self.state).unacked.remove(&session);
-        if let Some(unacked) = unacked {
-            unacked.all_taken_or_patience().await;
-        }
     }
 }

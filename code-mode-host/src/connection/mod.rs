@@ -21,16 +21,15 @@
 //! knows the other end only as a [`Peer`]: a child process it supervises, or a runtime on
 //! another machine reached over TCP and TLS.
 //!
-//! `answers` holds how a response reaches its caller (and what is kept when nobody takes
-//! it); `delegate` the runtime's calls to a session's delegate.
+//! `answers` holds how a response reaches its caller (and the word the runtime waits for
+//! when it holds the answer); `delegate` the runtime's calls to a session's delegate.
 
 mod answers;
 mod delegate;
 
 use crate::faults::{self, Fault};
-use crate::unclaimed::Unclaimed;
-pub(crate) use answers::Answer;
-use answers::{AbandonOnDrop, Deliver, deliver_to};
+pub(crate) use answers::FromResponse;
+use answers::{AbandonOnDrop, Abandoned, Deliver, Word, deliver_to};
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
@@ -57,7 +56,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a runtime that closed its socket gets to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
-use code_mode_wire::delivery::{Ack, Delivery, Unacked};
+use code_mode_wire::delivery::Delivery;
 
 pub use code_mode_wire::Liveness;
 
@@ -111,6 +110,8 @@ struct PendingRequest {
     deliver: Deliver,
     /// The session the request is for (none for `OpenSession`).
     session: Option<SessionId>,
+    /// The runtime holds the request's answer until the host's word (`Request::holds_answer`).
+    holds_answer: bool,
     hooks: RequestHooks,
 }
 
@@ -144,24 +145,20 @@ struct SessionEntry {
     /// Cells seen alive (by a response or a delegate call) and not yet closed.
     live_cells: HashSet<CellId>,
     closed_cells: HashSet<CellId>,
-    /// Per runtime cell id, an answer whose caller had gone when it arrived.
-    unclaimed: HashMap<CellId, Unclaimed>,
 }
 
 #[derive(Default)]
 struct State {
     last_request: u64,
     pending: HashMap<RequestId, PendingRequest>,
-    /// Requests whose caller gave up, with their session: one late response each is
-    /// expected; what it carries is kept for the cell's next observation.
-    abandoned: HashMap<RequestId, Option<SessionId>>,
+    /// Requests whose caller gave up: one late response each is expected; an answer it
+    /// carries is given back to its cell.
+    abandoned: HashMap<RequestId, Abandoned>,
     /// The cell delegates of abandoned `Execute` requests: their cells still run and
     /// still call them.
     abandoned_delegates: HashMap<RequestId, Arc<dyn CodeModeSessionDelegate>>,
     sessions: HashMap<SessionId, SessionEntry>,
     delegate_calls: HashMap<DelegateId, CancellationToken>,
-    /// Per session, answers handed to callers and not yet taken.
-    unacked: HashMap<SessionId, Unacked>,
     /// The tool sets registered on the runtime, oldest first (at most [`HOST_TOOL_SETS`]).
     registered_tools: std::collections::VecDeque<ToolSetId>,
     /// The ids of recently used tool sets, by address, so a caller that passes the same
@@ -332,13 +329,13 @@ impl Connection {
     }
 
     /// Whether `session` has nothing on this runtime that a move would leave behind: no
-    /// cell alive, no answer kept for a cell, no request in flight.
+    /// cell alive (an answer given back keeps its cell alive), no request in flight.
     pub(crate) fn session_is_idle(&self, session: SessionId) -> bool {
         let state = lock(&self.state);
         let quiet = state
             .sessions
             .get(&session)
-            .is_none_or(|entry| entry.live_cells.is_empty() && entry.unclaimed.is_empty());
+            .is_none_or(|entry| entry.live_cells.is_empty());
         quiet
             && !state
                 .pending
@@ -347,7 +344,7 @@ impl Connection {
             && !state
                 .abandoned
                 .values()
-                .any(|abandoned| *abandoned == Some(session))
+                .any(|abandoned| abandoned.session == Some(session))
     }
 
     fn lost_error(&self) -> SessionError {
@@ -376,20 +373,19 @@ impl Connection {
     /// Cancel safety: the request is sent during the first poll; dropping the future
     /// afterwards sends `CancelRequest`, and the runtime treats it like a dropped call in
     /// process (e.g. an `execute` still admits its cell, a `wait` consumes nothing).
-    pub(crate) async fn call<T: Answer>(
+    pub(crate) async fn call<T: FromResponse>(
         self: &Arc<Self>,
         request: Request,
         hooks: RequestHooks,
     ) -> Result<T, SessionError> {
         let preempt = hooks.preempt.clone();
         let (reply, answer) = oneshot::channel();
-        let session = session_of(&request);
         let id = {
             let mut state = lock(&self.state);
             if self.is_lost() {
                 return Err(self.lost_error());
             }
-            register(&mut state, &request, deliver_to::<T>(reply, session), hooks)
+            register(&mut state, &request, deliver_to::<T>(reply), hooks)
         };
         code_mode_protocol::hop!("host sends the request");
         if let Err(error) = self.outbox.send(&ClientMessage::Request { id, request }) {
@@ -464,7 +460,7 @@ impl Connection {
             let id = register(
                 &mut state,
                 &request,
-                Box::new(|_, _, _| Ok(())),
+                Box::new(|_, _| Ok(())),
                 RequestHooks::default(),
             );
             let _ = self.outbox.send(&ClientMessage::Request { id, request });
@@ -482,7 +478,7 @@ impl Connection {
         let id = register(
             &mut lock(&self.state),
             &request,
-            Box::new(|_, _, _| Ok(())),
+            Box::new(|_, _| Ok(())),
             RequestHooks::default(),
         );
         let _ = self.outbox.send(&ClientMessage::Request { id, request });
@@ -555,8 +551,8 @@ impl Connection {
         let mut state = lock(&self.state);
         let Some(pending) = state.pending.remove(&id) else {
             state.abandoned_delegates.remove(&id);
-            if let Some(session) = state.abandoned.remove(&id) {
-                return self.keep_unclaimed(state, session, result);
+            if let Some(abandoned) = state.abandoned.remove(&id) {
+                return self.on_abandoned_response(state, id, abandoned, result);
             }
             return Err(format!("a response to {id}, which is not in flight"));
         };
@@ -575,7 +571,6 @@ impl Connection {
                         cell_delegates: HashMap::new(),
                         live_cells: HashSet::new(),
                         closed_cells: HashSet::new(),
-                        unclaimed: HashMap::new(),
                     };
                     if state.sessions.insert(*session, entry).is_some() {
                         return Err(format!("{session} opened twice"));
@@ -596,28 +591,20 @@ impl Connection {
             std::mem::forget(pending);
             return Ok(());
         }
-        let ack = match (pending.session, &result) {
-            (Some(session), Ok(_)) => {
-                let unacked = state.unacked.entry(session).or_default();
-                unacked.forget_taken();
-                Some(unacked.ack())
-            }
-            _ => None,
-        };
         drop(state);
-        (pending.deliver)(
-            &Arc::downgrade(self),
-            result.map_err(WireError::into_session_error),
-            ack,
-        )
-        .map_err(|_| format!("{id} was answered with a response of another kind"))
+        // The runtime holds the answer until this word.
+        let word = (pending.holds_answer && result.is_ok()).then(|| Word {
+            outbox: self.outbox.clone(),
+            id,
+        });
+        (pending.deliver)(result.map_err(WireError::into_session_error), word)
+            .map_err(|_| format!("{id} was answered with a response of another kind"))
     }
 
     /// Forgets a session once its shutdown was answered.
     pub(crate) fn forget_session(&self, session: SessionId) {
         let mut state = lock(&self.state);
         state.sessions.remove(&session);
-        state.unacked.remove(&session);
     }
 
     /// Records the loss of the runtime and fails or closes everything that depended on it.
@@ -670,10 +657,9 @@ impl Connection {
             let _ = self.lost.set(cause.clone());
             std::mem::take(&mut *state)
         };
-        let this = Weak::new();
         for (_, pending) in state.pending {
             let error = SessionError::RuntimeLost(cause.clone());
-            let _ = (pending.deliver)(&this, Err(error), None);
+            let _ = (pending.deliver)(Err(error), None);
         }
         for (_, token) in state.delegate_calls {
             token.cancel();
@@ -702,6 +688,7 @@ fn register(
     let pending = PendingRequest {
         deliver,
         session: session_of(request),
+        holds_answer: request.holds_answer(),
         hooks,
     };
     state.pending.insert(id, pending);
@@ -785,11 +772,6 @@ async fn read_loop<S: AsyncRead>(
             }
             Ok(Some(Err(error))) => break Ended::Violation(error.to_string()),
             Ok(Some(Ok(message))) => {
-                if let ServerMessage::Delegate { session, .. }
-                | ServerMessage::CellClosed { session, .. } = &message
-                {
-                    connection.answers_taken(*session).await;
-                }
                 if let Err(violation) = connection.handle(message) {
                     break Ended::Violation(violation);
                 }

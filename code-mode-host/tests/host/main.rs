@@ -320,3 +320,69 @@ async fn the_runtime_process_runs_sandboxed() {
         [ContentItem::text("ok")]
     );
 }
+
+/// One caller holding its answers unpolled holds up nobody else: the runtime keeps an
+/// answer until the host says it was taken, and the host's reader never waits for a
+/// caller. Session A leaves four execs' answers untaken for 3 s, each cell then making a
+/// tool call (which the runtime holds back behind A's answers); meanwhile session B, on
+/// the same runtime and the same connection, runs execs with nested calls. A reader that
+/// waited for A's callers (as it once did, a second per untaken answer) would hold B's
+/// frames for the whole hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_holding_its_answers_unpolled_holds_up_no_other_session() {
+    const HOLD: Duration = Duration::from_secs(3);
+    const HELD: usize = 4;
+    let provider = provider();
+    let a = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let b = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    // Both sessions are open on the runtime first, so each call below is sent in its
+    // first poll.
+    for session in [&a, &b] {
+        session.execute(request("text('ready')")).await.unwrap();
+    }
+    let source = r#"text("a"); yield_control(); text(await tools.echo("after"));"#;
+    let mut held: Vec<_> = (0..HELD)
+        .map(|_| Box::pin(a.execute(request(source))))
+        .collect();
+    for call in &mut held {
+        let answered = tokio::select! {
+            biased;
+            _ = call.as_mut() => true,
+            () = std::future::ready(()) => false,
+        };
+        assert!(!answered, "an exec is not answered in its first poll");
+    }
+    let started = Instant::now();
+    let mut b_cells = 0;
+    while started.elapsed() < HOLD {
+        let round = b_cells + 1;
+        let cell = b
+            .execute(request(&format!("text(await tools.echo('b{round}'))")))
+            .await
+            .unwrap();
+        assert_eq!(
+            cell.initial_response.content_items(),
+            [ContentItem::text(format!("b{round}"))]
+        );
+        b_cells += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every one of A's answers is still there, and each cell then goes on.
+    for call in held {
+        let started = call.await.unwrap();
+        assert_eq!(
+            started.initial_response.content_items(),
+            [ContentItem::text("a")]
+        );
+        let mut wait = WaitRequest::new(started.cell_id);
+        wait.yield_time_ms = Some(10_000);
+        let rest = a.wait(wait).await.unwrap();
+        assert_eq!(rest.content_items(), [ContentItem::text("after")]);
+        assert!(matches!(rest, CellResponse::Result { .. }), "{rest:?}");
+    }
+    // Not timed: with B held up for the whole hold, it would finish no cell at all in it.
+    assert!(
+        b_cells >= 10,
+        "session B finished only {b_cells} cells while A held its answers"
+    );
+}

@@ -108,7 +108,12 @@ pub fn client_messages() -> Vec<ClientMessage> {
             reply,
         });
     }
-    messages.extend([ClientMessage::Ping(1), ClientMessage::Pong(u64::MAX)]);
+    messages.extend([
+        ClientMessage::Ping(1),
+        ClientMessage::Pong(u64::MAX),
+        ClientMessage::Taken { id: RequestId(11) },
+        ClientMessage::GivenBack { id: RequestId(12) },
+    ]);
     messages
 }
 

@@ -20,9 +20,9 @@ use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
-    ExecHooks, ExecRequest, PendingOutcome, SessionError, SessionOptions, StartedCell,
-    StartedPendingCell, WaitRequest,
+    BoxFuture, CallHooks, CellId, CellResponse, CodeModeProvider, CodeModeSession,
+    CodeModeSessionDelegate, ExecHooks, ExecRequest, PendingOutcome, SessionCall, SessionError,
+    SessionOptions, SessionReply, StartedCell, StartedPendingCell, WaitRequest,
 };
 use search::{SearchCache, SearchableTools};
 use std::collections::HashMap;
@@ -235,17 +235,17 @@ impl Shared {
         lock(&self.registry).cells.get(cell_id).cloned()
     }
 
-    /// Sends a request to a cell's actor and waits for its reply; `None` if the cell is
-    /// unknown or closed before answering.
+    /// Sends a request to a cell's actor and waits for its answer, untaken; `None` if the
+    /// cell is unknown or closed before answering.
     async fn ask<T: Returnable>(
         &self,
         cell_id: &CellId,
         request: impl FnOnce(oneshot::Sender<Answer<T>>) -> ActorRequest,
-    ) -> Option<Result<T, SessionError>> {
+    ) -> Option<Answer<T>> {
         let actor = self.actor(cell_id)?;
         let (reply, answer) = oneshot::channel();
         actor.send(request(reply)).await.ok()?;
-        answer.await.ok().map(Answer::take)
+        answer.await.ok()
     }
 }
 
@@ -312,6 +312,189 @@ fn actor_lost(cell_id: &CellId) -> SessionError {
     ))
 }
 
+/// A session's reply whose answer is still untaken: what a runtime process sends to its
+/// host (a copy of the answer) and the answer itself, held until the host says whether its
+/// caller took it.
+#[derive(Debug)]
+pub struct Handed {
+    pub reply: SessionReply,
+    /// The answer the reply carries, for the calls that observe a cell; empty for the
+    /// others, and for an answer nothing waits on (a missing cell).
+    pub held: Held,
+}
+
+/// An answer handed over and not yet taken (or nothing, for a reply that carries none).
+/// [`Held::take`] when its caller took it; dropping it gives it back to its cell, whose
+/// next observation returns it (a dropped observation consumes nothing).
+#[derive(Default)]
+pub struct Held(Option<Box<dyn TakeOnce>>);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held").finish_non_exhaustive()
+    }
+}
+
+impl Held {
+    /// The caller took the answer.
+    pub fn take(self) {
+        if let Some(answer) = self.0 {
+            answer.take();
+        }
+    }
+}
+
+/// A delivery taken without a value wanted.
+trait TakeOnce: Send {
+    fn take(self: Box<Self>);
+}
+
+impl<T: Send> TakeOnce for code_mode_wire::delivery::Delivery<T> {
+    fn take(self: Box<Self>) {
+        drop((*self).take());
+    }
+}
+
+/// `answer` handed on as the reply `reply` makes of a copy of it, the answer held; a
+/// failure is taken at once (nothing gives it back).
+fn hand<T: Clone + Send + 'static>(
+    answer: Answer<T>,
+    reply: impl FnOnce(T) -> SessionReply,
+) -> Result<Handed, SessionError> {
+    match answer.value() {
+        Ok(value) => Ok(Handed {
+            reply: reply(value.clone()),
+            held: Held(Some(Box::new(answer))),
+        }),
+        Err(error) => {
+            let error = error.clone();
+            drop(answer.take());
+            Err(error)
+        }
+    }
+}
+
+impl InProcessSession {
+    /// Runs `call` and hands its answer on untaken ([`Handed`]): for a runtime process,
+    /// which sends the reply over the wire and takes or drops the held answer when its
+    /// host says what became of it there. The cell's actor stays the one owner of the
+    /// answer's life: it holds the cell's next callbacks back until the answer is taken,
+    /// and gets it back if it is given back.
+    ///
+    /// Cancel safety: dropping the future before it resolves is a dropped call.
+    pub async fn call_untaken(
+        &self,
+        call: SessionCall,
+        hooks: CallHooks,
+    ) -> Result<Handed, SessionError> {
+        let missing = |cell_id: CellId| SessionReply::Cell(CellResponse::missing(cell_id));
+        let unheld = |reply| {
+            Ok(Handed {
+                reply,
+                held: Held::default(),
+            })
+        };
+        match call {
+            SessionCall::Execute(request) => {
+                let hooks = ExecHooks {
+                    delegate: None,
+                    preempt: hooks.preempt,
+                    admitted: hooks.admitted,
+                };
+                let (cell_id, answer) = self.execute_untaken(request, hooks).await?;
+                hand(answer, |initial_response| {
+                    SessionReply::Started(StartedCell {
+                        cell_id,
+                        initial_response,
+                    })
+                })
+            }
+            SessionCall::Wait(request) => {
+                let cell_id = request.cell_id.clone();
+                match self.wait_untaken(request, hooks.preempt).await {
+                    Some(answer) => hand(answer, SessionReply::Cell),
+                    None => unheld(missing(cell_id)),
+                }
+            }
+            SessionCall::Terminate { cell_id } => match self.terminate_untaken(&cell_id).await {
+                Some(answer) => hand(answer, SessionReply::Cell),
+                None => unheld(missing(cell_id)),
+            },
+            SessionCall::ExecuteToPending(request) => {
+                let (cell_id, answer) = self.execute_to_pending_untaken(request).await?;
+                hand(answer, |outcome| {
+                    SessionReply::StartedPending(StartedPendingCell { cell_id, outcome })
+                })
+            }
+            SessionCall::WaitToPending { cell_id } => {
+                match self.wait_to_pending_untaken(&cell_id).await {
+                    Some(answer) => hand(answer, SessionReply::Pending),
+                    None => unheld(SessionReply::Pending(PendingOutcome::Completed(
+                        CellResponse::missing(cell_id),
+                    ))),
+                }
+            }
+            call @ (SessionCall::Interrupt | SessionCall::Shutdown) => {
+                unheld(call.run_with(self, hooks).await?)
+            }
+        }
+    }
+
+    async fn execute_untaken(
+        &self,
+        request: ExecRequest,
+        hooks: ExecHooks,
+    ) -> Result<(CellId, Answer<CellResponse>), SessionError> {
+        let (reply, answer) = oneshot::channel();
+        let preempt = hooks.preempt.clone();
+        let cell_id = self.shared.start_cell(request, hooks, |deadline| {
+            Observer::yielding(deadline, preempt, reply)
+        })?;
+        let answer = answer.await.map_err(|_| actor_lost(&cell_id))?;
+        code_mode_protocol::hop!("exec answered");
+        Ok((cell_id, answer))
+    }
+
+    async fn wait_untaken(
+        &self,
+        request: WaitRequest,
+        preempt: Option<CancellationToken>,
+    ) -> Option<Answer<CellResponse>> {
+        let deadline = self.shared.deadline(request.yield_time_ms);
+        self.shared
+            .ask(&request.cell_id, |reply| {
+                ActorRequest::Observe(Observer::yielding(deadline, preempt, reply))
+            })
+            .await
+    }
+
+    async fn terminate_untaken(&self, cell_id: &CellId) -> Option<Answer<CellResponse>> {
+        self.shared
+            .ask(cell_id, |reply| ActorRequest::Terminate { reply })
+            .await
+    }
+
+    async fn execute_to_pending_untaken(
+        &self,
+        request: ExecRequest,
+    ) -> Result<(CellId, Answer<PendingOutcome>), SessionError> {
+        let (reply, answer) = oneshot::channel();
+        let cell_id = self
+            .shared
+            .start_cell(request, ExecHooks::default(), |_| Observer::pending(reply))?;
+        let answer = answer.await.map_err(|_| actor_lost(&cell_id))?;
+        Ok((cell_id, answer))
+    }
+
+    async fn wait_to_pending_untaken(&self, cell_id: &CellId) -> Option<Answer<PendingOutcome>> {
+        self.shared
+            .ask(cell_id, |reply| {
+                ActorRequest::Observe(Observer::pending(reply))
+            })
+            .await
+    }
+}
+
 impl CodeModeSession for InProcessSession {
     fn execute_with(
         &self,
@@ -319,16 +502,10 @@ impl CodeModeSession for InProcessSession {
         hooks: ExecHooks,
     ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
         Box::pin(measure(async move {
-            let (reply, answer) = oneshot::channel();
-            let preempt = hooks.preempt.clone();
-            let cell_id = self.shared.start_cell(request, hooks, |deadline| {
-                Observer::yielding(deadline, preempt, reply)
-            })?;
-            let initial_response = answer.await.map_err(|_| actor_lost(&cell_id))?.take()?;
-            code_mode_protocol::hop!("exec answered");
+            let (cell_id, answer) = self.execute_untaken(request, hooks).await?;
             Ok(StartedCell {
                 cell_id,
-                initial_response,
+                initial_response: answer.take()?,
             })
         }))
     }
@@ -339,14 +516,11 @@ impl CodeModeSession for InProcessSession {
         preempt: Option<CancellationToken>,
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(measure(async move {
-            let deadline = self.shared.deadline(request.yield_time_ms);
-            let answer = self
-                .shared
-                .ask(&request.cell_id, |reply| {
-                    ActorRequest::Observe(Observer::yielding(deadline, preempt, reply))
-                })
-                .await;
-            answer.unwrap_or_else(|| Ok(CellResponse::missing(request.cell_id)))
+            let cell_id = request.cell_id.clone();
+            match self.wait_untaken(request, preempt).await {
+                Some(answer) => answer.take(),
+                None => Ok(CellResponse::missing(cell_id)),
+            }
         }))
     }
 
@@ -382,11 +556,10 @@ impl CodeModeSession for InProcessSession {
 
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(measure(async move {
-            let answer = self
-                .shared
-                .ask(&cell_id, |reply| ActorRequest::Terminate { reply })
-                .await;
-            answer.unwrap_or_else(|| Ok(CellResponse::missing(cell_id)))
+            match self.terminate_untaken(&cell_id).await {
+                Some(answer) => answer.take(),
+                None => Ok(CellResponse::missing(cell_id)),
+            }
         }))
     }
 
@@ -395,12 +568,11 @@ impl CodeModeSession for InProcessSession {
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
         Box::pin(measure(async move {
-            let (reply, answer) = oneshot::channel();
-            let cell_id = self
-                .shared
-                .start_cell(request, ExecHooks::default(), |_| Observer::pending(reply))?;
-            let outcome = answer.await.map_err(|_| actor_lost(&cell_id))?.take()?;
-            Ok(StartedPendingCell { cell_id, outcome })
+            let (cell_id, answer) = self.execute_to_pending_untaken(request).await?;
+            Ok(StartedPendingCell {
+                cell_id,
+                outcome: answer.take()?,
+            })
         }))
     }
 
@@ -409,13 +581,10 @@ impl CodeModeSession for InProcessSession {
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(measure(async move {
-            let answer = self
-                .shared
-                .ask(&cell_id, |reply| {
-                    ActorRequest::Observe(Observer::pending(reply))
-                })
-                .await;
-            answer.unwrap_or_else(|| Ok(PendingOutcome::Completed(CellResponse::missing(cell_id))))
+            match self.wait_to_pending_untaken(&cell_id).await {
+                Some(answer) => answer.take(),
+                None => Ok(PendingOutcome::Completed(CellResponse::missing(cell_id))),
+            }
         }))
     }
 

@@ -3,13 +3,15 @@
 //! builds (yielded, at a frontier, final), and taking back an answer its caller dropped
 //! untaken (contract 3.3: a dropped observation consumes nothing).
 
+use super::acks::Ack;
 use super::*;
-use code_mode_wire::delivery::{Ack, Delivery};
+use code_mode_wire::delivery::Delivery;
 
 /// An answer of the actor: a [`Delivery`] of the result, acknowledged when the caller
 /// takes it, which lets the actor start the cell's next delegate callbacks. An answer
 /// dropped before its caller took it (the caller's future was dropped while the answer
-/// waited in its channel) goes back to the cell: a dropped observation consumes nothing.
+/// waited in its channel, or the host said it was given back) goes back to the cell: a
+/// dropped observation consumes nothing.
 pub(crate) type Answer<T> = Delivery<Result<T, SessionError>>;
 
 /// A value an answer carries, as it goes back to the cell when nobody took it.
@@ -61,18 +63,28 @@ impl Receipt {
     /// `value` as an answer: acknowledged when taken, given back to the actor if dropped
     /// untaken.
     pub(super) fn answer<T: Returnable>(self, value: T) -> Answer<T> {
+        Delivery::new(Ok(value), Box::new(self))
+    }
+}
+
+impl<T: Returnable> code_mode_wire::delivery::Receipt<Result<T, SessionError>> for Receipt {
+    fn taken(self: Box<Self>) {
+        // The acknowledgement signals as it drops.
+    }
+
+    fn given_back(self: Box<Self>, result: Result<T, SessionError>) {
         let Receipt {
             ack,
             returns,
             given,
-        } = self;
-        let give_back = Box::new(move |result: Result<T, SessionError>| {
-            if let Ok(value) = result {
-                let value = value.returned();
-                let _ = returns.send(GivenBack { value, given });
-            }
-        });
-        Delivery::new(Ok(value), Some(ack), Some(give_back))
+        } = *self;
+        if let Ok(value) = result {
+            let value = value.returned();
+            let _ = returns.send(GivenBack { value, given });
+        }
+        // Given back before the acknowledgement signals, so the actor, once it sees the
+        // acknowledgement, finds the value back already.
+        drop(ack);
     }
 }
 

@@ -83,7 +83,7 @@ impl Callbacks {
             Kind::Tool => self.tool_tasks.clone(),
             Kind::Notification => self.notify_tasks.clone(),
         };
-        if self.unacked.is_empty() && self.deferred.is_empty() {
+        if self.deferred.is_empty() && self.unacked.all_taken() {
             start_now(&tracker, task);
         } else {
             self.deferred.push_back((tracker, task));
@@ -194,11 +194,6 @@ impl CellActor {
 
     /// Removes the cell from the session, waits for its thread, and reports it closed.
     pub(super) async fn close(self) {
-        // Only now may the thread spend CPU on the isolate: not while the answer is
-        // still on its way to the caller. One yield first lets the caller's next step (in
-        // the runtime process: writing the response) run before the thread wakes.
-        tokio::task::yield_now().await;
-        self.runtime.release();
         self.shared.forget(&self.cell_id);
         let runtime = self.runtime;
         let joined = tokio::task::spawn_blocking(move || runtime.join()).await;

@@ -23,14 +23,17 @@
 //!   and later events in the order the cell produced them.
 //!
 //! `answers` holds who waits on the cell and the answers they get (and take back when
-//! dropped untaken); `callbacks` the delegate callbacks, their order and the timers.
+//! dropped untaken); `acks` which answers were not taken yet; `callbacks` the delegate
+//! callbacks, their order and the timers.
 
+mod acks;
 mod answers;
 mod callbacks;
 
 use super::Shared;
 use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallRequest};
 use crate::session::search::SearchableTools;
+use acks::Unacked;
 pub(crate) use answers::{Answer, Observer, Returnable, TerminateReply};
 use answers::{GivenBack, send_answer};
 use callbacks::{Callbacks, Timers, cancelled_some, sleep_until_some, start_now};
@@ -39,7 +42,7 @@ use code_mode_protocol::{
     BoxFuture, CallId, CellFailure, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
     FailureKind, JsonText, NestedToolCall, PendingOutcome, SessionError, ToolError,
 };
-use code_mode_wire::delivery::{Delivery, Unacked};
+use code_mode_wire::delivery::Delivery;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,6 +254,11 @@ impl CellActor {
                     Step::Acked => self.callbacks.on_acked(),
                 }
             }
+            // The cell's thread has nothing left to do for the cell: it may reset the
+            // isolate now. One yield first lets the caller's next step (in the runtime
+            // process: writing the response) run before the thread wakes.
+            tokio::task::yield_now().await;
+            self.runtime.release();
             // The final answer is taken before the cell is reported closed; one its
             // caller dropped untaken comes back and keeps the cell open for the next
             // observation. However long a caller holds it unpolled, the cell waits for
