@@ -16,8 +16,10 @@ pub mod loss;
 pub mod proxy;
 pub mod remote;
 pub mod scenarios;
+pub mod scratch;
 
 pub use delegate::{Record, TestDelegate};
+pub use scratch::Scratch;
 
 /// The README's Rust examples, compiled as doc tests so that they cannot rot. They live
 /// here because this crate may use both providers (as dev-dependencies) without making

@@ -2,6 +2,7 @@
 //! local socket in a fresh 0700 directory, spawns the binary, and speaks the wire protocol.
 
 use bytes::{BufMut, BytesMut};
+use code_mode_conformance::Scratch;
 use code_mode_protocol::{
     CallId, CellResponse, ContentItem, ExecRequest, SessionCall, SessionOptions, SessionReply,
     StartedCell, StartedPendingCell, ToolDefinition, ToolKind, WaitRequest,
@@ -12,10 +13,8 @@ use interprocess::local_socket::tokio::prelude::*;
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use std::collections::VecDeque;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
@@ -26,31 +25,6 @@ const MESSAGE_DEADLINE: Duration = Duration::from_secs(30);
 
 const BIN: &str = env!("CARGO_BIN_EXE_code-mode-bin");
 
-/// A private directory holding the socket, removed on drop.
-struct PrivateDir(PathBuf);
-
-impl PrivateDir {
-    fn new() -> Self {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "code-mode-serve-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .expect("create the socket directory");
-        Self(path)
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The host side of one runtime process.
 struct Host {
     child: Child,
@@ -59,11 +33,11 @@ struct Host {
     backlog: VecDeque<ServerMessage>,
     /// Requests whose answer the runtime holds until this host says it was taken.
     holding: std::collections::HashSet<u64>,
-    _dir: PrivateDir,
+    _dir: Scratch,
 }
 
-async fn listen() -> (Listener, PathBuf, PrivateDir) {
-    let dir = PrivateDir::new();
+async fn listen() -> (Listener, PathBuf, Scratch) {
+    let dir = Scratch::new();
     let path = dir.0.join("runtime.sock");
     let name = path.clone().to_fs_name::<GenericFilePath>().unwrap();
     let listener = ListenerOptions::new().name(name).create_tokio().unwrap();

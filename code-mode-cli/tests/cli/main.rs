@@ -1,11 +1,11 @@
 //! Drives the real `code-mode` binary: `run` with command tools and built-ins, `repl` over
 //! a pipe, `describe`, `serve --jsonl` through the Python example, and the error cases.
 
+use code_mode_conformance::Scratch;
 use code_mode_conformance::remote::{ListeningRuntime, Pki, RuntimeOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 mod mcp;
 mod mcp_http;
@@ -52,34 +52,6 @@ fn run_example(cell: &str, tools: &str) -> String {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "code-mode-cli-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn write(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The README's quickstart: the example cell on the fixed sample project prints what the

@@ -6,7 +6,7 @@ mod hostile;
 mod load;
 mod remote;
 
-use code_mode_conformance::{Record, TestDelegate};
+use code_mode_conformance::{Record, Scratch, TestDelegate};
 use code_mode_host::CodeModeProvider;
 use code_mode_host::{
     BINARY_NAME, CodeModeSession, ProcessConfig, ProcessProvider, binary::find_binary_in,
@@ -14,10 +14,8 @@ use code_mode_host::{
 use code_mode_protocol::{
     CellResponse, ContentItem, ExecRequest, SessionError, SessionOptions, WaitRequest,
 };
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 fn provider() -> ProcessProvider {
@@ -28,36 +26,6 @@ fn provider() -> ProcessProvider {
 
 fn request(source: &str) -> ExecRequest {
     ExecRequest::new(source).with_tools(TestDelegate::tools())
-}
-
-/// A scratch directory for fake runtimes, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "code-mode-host-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    /// Writes an executable script and returns its path.
-    fn script(&self, name: &str, body: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, body).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

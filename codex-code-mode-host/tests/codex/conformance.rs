@@ -747,15 +747,13 @@ async fn a_client_that_vanishes_ends_every_cell_and_leaves_no_runtime() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_instead_of_http2_gets_an_error_and_nothing_else_on_stdout() {
+    use std::process::Stdio;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut child = tokio::process::Command::new(our_host())
-        .args(["--listen", "grpc+stdio://"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = crate::spawn_child(
+        &our_host(),
+        &["--listen", "grpc+stdio://"],
+        [Stdio::piped(), Stdio::piped(), Stdio::piped()],
+    );
     let mut stdin = child.stdin.take().unwrap();
     stdin
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nthis is not HTTP/2 at all\r\n")

@@ -18,13 +18,9 @@ struct JsonHost {
 
 impl JsonHost {
     fn spawn(binary: &std::path::Path) -> Self {
-        let mut child = tokio::process::Command::new(binary)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
+        use std::process::Stdio;
+        let mut child =
+            crate::spawn_child(binary, &[], [Stdio::piped(), Stdio::piped(), Stdio::null()]);
         let input = child.stdin.take().unwrap();
         let output = child.stdout.take().unwrap();
         Self {

@@ -24,6 +24,22 @@ pub fn our_host() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_codex-code-mode-host"))
 }
 
+/// Starts `binary` with `args` and the given standard streams, killed when dropped.
+pub fn spawn_child(
+    binary: &std::path::Path,
+    args: &[&str],
+    [stdin, stdout, stderr]: [std::process::Stdio; 3],
+) -> tokio::process::Child {
+    tokio::process::Command::new(binary)
+        .args(args)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("spawning {}: {error}", binary.display()))
+}
+
 /// The npm package directory of codex's Linux binaries.
 pub fn codex_package() -> PathBuf {
     let package = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(

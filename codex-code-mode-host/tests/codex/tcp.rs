@@ -7,14 +7,12 @@ use tokio::io::AsyncBufReadExt;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_over_tcp_serves_sessions_on_loopback() {
-    let mut child = tokio::process::Command::new(crate::our_host())
-        .args(["--listen", "grpc://127.0.0.1:0"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    use std::process::Stdio;
+    let mut child = crate::spawn_child(
+        &crate::our_host(),
+        &["--listen", "grpc://127.0.0.1:0"],
+        [Stdio::null(), Stdio::null(), Stdio::piped()],
+    );
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let address = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         while let Ok(Some(line)) = lines.next_line().await {
