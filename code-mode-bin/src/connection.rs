@@ -431,13 +431,23 @@ async fn read_loop<S: AsyncRead>(
                             _ => drop(requests.remove(&id)),
                         }
                     }
-                    if !respond(&connection.outbox, id, result) && holding {
-                        // The host got an error instead of the answer: it says nothing of
-                        // it, and the answer, too large to send, is not kept either.
-                        if let Some(held) = lock(&connection.requests)
-                            .remove(&id)
-                            .and_then(|in_flight| in_flight.held)
+                    let sent = respond(&connection.outbox, id, result);
+                    if holding {
+                        let mut requests = lock(&connection.requests);
+                        if sent {
+                            // On its way: a final answer's cell thread may reset now.
+                            if let Some(held) = requests
+                                .get(&id)
+                                .and_then(|in_flight| in_flight.held.as_ref())
+                            {
+                                held.sent();
+                            }
+                        } else if let Some(held) =
+                            requests.remove(&id).and_then(|in_flight| in_flight.held)
                         {
+                            // The host got an error instead of the answer: it says nothing
+                            // of it, and the answer, too large to send, is not kept either.
+                            drop(requests);
                             held.take();
                         }
                     }

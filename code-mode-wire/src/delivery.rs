@@ -20,6 +20,10 @@ use tokio::sync::oneshot;
 /// What becomes of a delivered answer, told to its producer exactly once: taken, or given
 /// back with its value.
 pub trait Receipt<T>: Send {
+    /// The answer left for its caller: over the wire, its copy was queued for the host.
+    /// Told at most once, before `taken` or `given_back`; nothing by default.
+    fn sent(&self) {}
+
     /// The caller took the answer.
     fn taken(self: Box<Self>);
 
@@ -65,6 +69,13 @@ impl<T> Delivery<T> {
         self.value
             .as_ref()
             .expect("a delivery holds its value until taken")
+    }
+
+    /// Tells the producer that the answer left for its caller (see [`Receipt::sent`]).
+    pub fn sent(&self) {
+        if let Some(receipt) = &self.receipt {
+            receipt.sent();
+        }
     }
 
     /// Takes the answer; its producer is told as this returns.

@@ -224,6 +224,16 @@ impl CellControl {
     }
 }
 
+/// Releases a finished cell's thread ([`CellHandle::release`]); cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Releaser(mpsc::Sender<Inbound>);
+
+impl Releaser {
+    pub(crate) fn release(&self) {
+        let _ = self.0.send(Inbound::Release);
+    }
+}
+
 /// The owner's side of a running cell. Dropping it terminates the cell.
 pub struct CellHandle {
     commands: mpsc::Sender<Inbound>,
@@ -267,6 +277,12 @@ impl CellHandle {
     /// idempotent; harmless before the end (the thread looks for it only after the end).
     pub fn release(&self) {
         let _ = self.commands.send(Inbound::Release);
+    }
+
+    /// A handle that does [`CellHandle::release`] from elsewhere (where the cell's final
+    /// answer goes: it releases the thread once the answer is on its way).
+    pub(crate) fn releaser(&self) -> Releaser {
+        Releaser(self.commands.clone())
     }
 
     /// Waits until the cell thread is done with the cell: its isolate disposed, or reset

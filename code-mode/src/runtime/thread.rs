@@ -430,9 +430,11 @@ impl Driver<'_> {
                 }
             }
         };
+        code_mode_protocol::hop!("module compiled");
         if module.instantiate_module(tc, callbacks::resolve_module) != Some(true) {
             return Err(self.exception_outcome(tc));
         }
+        code_mode_protocol::hop!("module instantiated");
         let Some(result) = module.evaluate(tc) else {
             return Err(self.exception_outcome(tc));
         };

@@ -344,14 +344,27 @@ impl Held {
             answer.take();
         }
     }
+
+    /// The answer's copy is on its way to the host: the cell's thread, if the answer is
+    /// final, may spend the CPU on the isolate now.
+    pub fn sent(&self) {
+        if let Some(answer) = &self.0 {
+            answer.sent();
+        }
+    }
 }
 
 /// A delivery taken without a value wanted.
 trait TakeOnce: Send {
+    fn sent(&self);
     fn take(self: Box<Self>);
 }
 
 impl<T: Send> TakeOnce for code_mode_wire::delivery::Delivery<T> {
+    fn sent(&self) {
+        code_mode_wire::delivery::Delivery::sent(self);
+    }
+
     fn take(self: Box<Self>) {
         drop((*self).take());
     }

@@ -57,6 +57,9 @@ pub(super) struct Receipt {
     pub(super) ack: Ack,
     pub(super) returns: mpsc::UnboundedSender<GivenBack>,
     pub(super) given: Given,
+    /// For a final answer: the cell's thread, released once the answer is on its way (not
+    /// before: the isolate's reset must not compete with the answer's delivery).
+    pub(super) release: Option<Releaser>,
 }
 
 impl Receipt {
@@ -65,11 +68,22 @@ impl Receipt {
     pub(super) fn answer<T: Returnable>(self, value: T) -> Answer<T> {
         Delivery::new(Ok(value), Box::new(self))
     }
+
+    fn release_thread(&self) {
+        if let Some(release) = &self.release {
+            release.release();
+        }
+    }
 }
 
 impl<T: Returnable> code_mode_wire::delivery::Receipt<Result<T, SessionError>> for Receipt {
+    fn sent(&self) {
+        self.release_thread();
+    }
+
     fn taken(self: Box<Self>) {
-        // The acknowledgement signals as it drops.
+        // In process nothing says `sent`; the acknowledgement signals as it drops.
+        self.release_thread();
     }
 
     fn given_back(self: Box<Self>, result: Result<T, SessionError>) {
@@ -77,6 +91,7 @@ impl<T: Returnable> code_mode_wire::delivery::Receipt<Result<T, SessionError>> f
             ack,
             returns,
             given,
+            ..
         } = *self;
         if let Ok(value) = result {
             let value = value.returned();
@@ -290,6 +305,7 @@ impl CellActor {
         Receipt {
             ack: self.callbacks.unacked.ack(),
             returns: self.returns_tx.clone(),
+            release: matches!(self.life.phase, Phase::Finished(_)).then(|| self.runtime.releaser()),
             given: Given {
                 number: self.output.deliveries,
                 first_observation: !self.output.observed,

@@ -31,7 +31,7 @@ mod answers;
 mod callbacks;
 
 use super::Shared;
-use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, ToolCallRequest};
+use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, Releaser, ToolCallRequest};
 use crate::session::search::SearchableTools;
 use acks::Unacked;
 pub(crate) use answers::{Answer, Observer, Returnable, TerminateReply};
@@ -254,11 +254,6 @@ impl CellActor {
                     Step::Acked => self.callbacks.on_acked(),
                 }
             }
-            // The cell's thread has nothing left to do for the cell: it may reset the
-            // isolate now. One yield first lets the caller's next step (in the runtime
-            // process: writing the response) run before the thread wakes.
-            tokio::task::yield_now().await;
-            self.runtime.release();
             // The final answer is taken before the cell is reported closed; one its
             // caller dropped untaken comes back and keeps the cell open for the next
             // observation. However long a caller holds it unpolled, the cell waits for
