@@ -314,6 +314,7 @@ impl Drop for CellHandle {
 /// inherit (e.g. after sandboxing). Cheap to call again.
 pub fn prewarm() {
     crate::platform::init_v8();
+    snapshot::start_making();
     pool::refill();
 }
 

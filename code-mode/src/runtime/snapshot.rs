@@ -38,19 +38,43 @@ pub enum ContextSource {
 }
 
 impl ContextSource {
-    /// The source for new isolates: the snapshot, unless turned off or unavailable.
+    /// The source for a new isolate: the snapshot, unless turned off or unavailable, or
+    /// not made yet. Never waits for the blob: the first isolates of a process (the first
+    /// cell's among them) are built by hand while the blob is being made beside them
+    /// (about 12 ms), instead of waiting for it.
     pub fn preferred() -> Self {
-        static PREFERRED: OnceLock<ContextSource> = OnceLock::new();
-        *PREFERRED.get_or_init(|| {
-            let off = std::env::var(CONTEXT_SNAPSHOT_ENV)
-                .is_ok_and(|value| matches!(value.as_str(), "off" | "0" | "false"));
-            if off || blob().is_none() {
+        static OFF: OnceLock<bool> = OnceLock::new();
+        let off = *OFF.get_or_init(|| {
+            std::env::var(CONTEXT_SNAPSHOT_ENV)
+                .is_ok_and(|value| matches!(value.as_str(), "off" | "0" | "false"))
+        });
+        if off {
+            return ContextSource::Built;
+        }
+        match BLOB.get() {
+            Some(Some(_)) => ContextSource::Snapshot,
+            Some(None) => ContextSource::Built,
+            None => {
+                start_making();
                 ContextSource::Built
-            } else {
-                ContextSource::Snapshot
             }
-        })
+        }
     }
+}
+
+/// Starts making the process's blob on a thread of its own, once.
+pub(crate) fn start_making() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("code-mode-snapshot".to_owned())
+            .spawn(|| {
+                blob();
+            });
+        if let Err(error) = spawned {
+            tracing::warn!("cannot start making the startup snapshot: {error}");
+        }
+    });
 }
 
 /// The blob and the external references it was made with, both alive for the process.
@@ -66,9 +90,11 @@ unsafe impl Sync for Blob {}
 // SAFETY: as above: nothing in `Blob` is tied to the thread that made it.
 unsafe impl Send for Blob {}
 
+/// The process's blob, once made (`None` inside when V8 could not make one).
+static BLOB: OnceLock<Option<Blob>> = OnceLock::new();
+
 /// The process's blob, made on first use; `None` when V8 could not make one.
 fn blob() -> Option<&'static Blob> {
-    static BLOB: OnceLock<Option<Blob>> = OnceLock::new();
     BLOB.get_or_init(|| {
         crate::platform::init_v8();
         let made = make();
@@ -148,11 +174,15 @@ pub(crate) fn define_snapshot_helpers(
 
 /// `params` for an isolate whose contexts come from `source`.
 pub(crate) fn isolate_params(params: v8::CreateParams, source: ContextSource) -> v8::CreateParams {
-    match (source, blob()) {
-        (ContextSource::Snapshot, Some(blob)) => params
-            .snapshot_blob(v8::StartupData::from(&*blob.data))
-            .external_references(Cow::Borrowed(blob.references)),
-        _ => params,
+    // The blob is asked for only for the snapshot: one built by hand never waits for it.
+    match source {
+        ContextSource::Snapshot => match blob() {
+            Some(blob) => params
+                .snapshot_blob(v8::StartupData::from(&*blob.data))
+                .external_references(Cow::Borrowed(blob.references)),
+            None => params,
+        },
+        ContextSource::Built => params,
     }
 }
 

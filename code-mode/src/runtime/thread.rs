@@ -163,7 +163,11 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
         let source = prepared.source;
         let surface = prepared.surface;
         let (mut isolate, heap_guard, reusable, done) = run_cell(prepared, job);
-        let shelf = shelf.filter(|_| reusable);
+        // An isolate built by hand while the blob was being made is not kept once the
+        // blob is there: the session's next cells get a pool isolate of the snapshot.
+        let current =
+            source == ContextSource::Snapshot || ContextSource::preferred() == ContextSource::Built;
+        let shelf = shelf.filter(|_| reusable && current);
         let reset = shelf.is_some() && super::reuse::reset(&mut isolate, &heap_guard);
         code_mode_protocol::hop!("isolate reset");
         if !reset {
