@@ -7,8 +7,11 @@
 //! globals after those already there, so the helpers would come before them in the
 //! global object's key order where a built context has them after.
 //!
-//! The blob is made once per process, the first time an isolate is prepared, by a V8
-//! `SnapshotCreator` running [`super::helpers::new_helpers`] in its default context. It
+//! The blob is made once per process, on a thread of its own started by the prewarm (or by
+//! the first isolate prepared), by a V8 `SnapshotCreator` running
+//! [`super::helpers::new_helpers`] in its default context. Nothing waits for it: isolates
+//! prepared before it is there build their contexts by hand, and are not parked for reuse
+//! once it is. It
 //! is made in the process that uses it, so V8's flags (which a blob must match) and the
 //! addresses of the native callbacks are the same. The helpers' native callbacks are
 //! registered as external references, in one list ([`super::helpers::external_references`])
