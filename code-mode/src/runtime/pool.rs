@@ -29,6 +29,9 @@ pub(crate) const POOLED_HEAP_BYTES: u64 = DEFAULT_HEAP_LIMIT_BYTES;
 /// A prepared (or preparing) cell thread.
 pub(crate) struct Worker {
     jobs: mpsc::Sender<Job>,
+    /// Where its context comes from: built by hand while the process's snapshot was being
+    /// made, or from the snapshot.
+    source: ContextSource,
 }
 
 static POOL: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
@@ -105,8 +108,17 @@ fn pool_len() -> usize {
 
 /// The keeper's loop: fills the pool, then refills it after each take (see
 /// [`REFILL_DELAY`]).
+///
+/// The first fill comes before the process's startup snapshot is made (a cell that
+/// arrives meanwhile is not kept waiting for it), so its threads build their contexts by
+/// hand, and a session does not park such an isolate once the blob exists. Once the blob
+/// is made, the keeper replaces them with threads of the snapshot, off the cells' path:
+/// otherwise each of the session's first cells would take one and throw it away after,
+/// leaving the pool to be refilled while the next cells wait on it.
 fn keep(events: &mpsc::Receiver<KeeperEvent>) {
     top_up();
+    super::snapshot::wait_made();
+    replace_outdated();
     while let Ok(event) = events.recv() {
         if matches!(event, KeeperEvent::Taken) && pool_len() > 0 {
             // Wait for the delay to pass, a cell to finish, or the pool to run empty.
@@ -139,14 +151,26 @@ fn top_up() {
     }
 }
 
+/// Lets go of prepared threads whose contexts do not come from where new ones would (they
+/// were built by hand before the snapshot was made), and tops the pool up again.
+fn replace_outdated() {
+    let current = ContextSource::preferred();
+    // Dropping a worker's sender ends its thread once it is prepared.
+    POOL.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|worker| worker.source == current);
+    top_up();
+}
+
 fn spawn_worker() -> std::io::Result<Worker> {
     let (jobs, waiting) = mpsc::channel::<Job>();
+    let source = ContextSource::preferred();
     super::cell_thread().spawn(move || {
         let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
         let prepared: Prepared = thread::prepare(
             POOLED_HEAP_BYTES,
             tool_functions,
-            ContextSource::preferred(),
+            source,
             code_mode_protocol::Surface::Contract,
         );
         if let Ok(job) = waiting.recv() {
@@ -154,5 +178,39 @@ fn spawn_worker() -> std::io::Result<Worker> {
             tell_keeper(KEEPER.get().and_then(Option::as_ref), KeeperEvent::CellDone);
         }
     })?;
-    Ok(Worker { jobs })
+    Ok(Worker { jobs, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources() -> Vec<ContextSource> {
+        POOL.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|worker| worker.source)
+            .collect()
+    }
+
+    #[test]
+    fn once_the_snapshot_is_made_every_prepared_thread_is_of_it() {
+        crate::platform::init_v8();
+        // The first fill starts before the blob is made, so its threads build by hand.
+        refill();
+        super::super::snapshot::wait_made();
+        let current = ContextSource::preferred();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let sources = sources();
+            if sources.len() == POOL_SIZE && sources.iter().all(|source| *source == current) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a minute after the snapshot was made, the pool still holds {sources:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }

@@ -11,8 +11,8 @@
 //! the first isolate prepared), by a V8 `SnapshotCreator` running
 //! [`super::helpers::new_helpers`] in its default context. Nothing waits for it: isolates
 //! prepared before it is there build their contexts by hand, and are not parked for reuse
-//! once it is. It
-//! is made in the process that uses it, so V8's flags (which a blob must match) and the
+//! once it is (the pool's keeper waits for the blob, [`wait_made`], and then replaces the
+//! prepared threads it built by hand). It is made in the process that uses it, so V8's flags (which a blob must match) and the
 //! addresses of the native callbacks are the same. The helpers' native callbacks are
 //! registered as external references, in one list ([`super::helpers::external_references`])
 //! given both to the creator and to every isolate created from the blob.
@@ -46,12 +46,7 @@ impl ContextSource {
     /// cell's among them) are built by hand while the blob is being made beside them
     /// (about 12 ms), instead of waiting for it.
     pub fn preferred() -> Self {
-        static OFF: OnceLock<bool> = OnceLock::new();
-        let off = *OFF.get_or_init(|| {
-            std::env::var(CONTEXT_SNAPSHOT_ENV)
-                .is_ok_and(|value| matches!(value.as_str(), "off" | "0" | "false"))
-        });
-        if off {
+        if turned_off() {
             return ContextSource::Built;
         }
         match BLOB.get() {
@@ -65,6 +60,25 @@ impl ContextSource {
     }
 }
 
+/// Waits until the process's blob is made (or known impossible), starting it if needed.
+/// Returns at once when the snapshot is turned off.
+pub(crate) fn wait_made() {
+    if turned_off() {
+        return;
+    }
+    start_making();
+    BLOB.wait();
+}
+
+/// Whether [`CONTEXT_SNAPSHOT_ENV`] turns the snapshot off.
+fn turned_off() -> bool {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    *OFF.get_or_init(|| {
+        std::env::var(CONTEXT_SNAPSHOT_ENV)
+            .is_ok_and(|value| matches!(value.as_str(), "off" | "0" | "false"))
+    })
+}
+
 /// Starts making the process's blob on a thread of its own, once.
 pub(crate) fn start_making() {
     static STARTED: std::sync::Once = std::sync::Once::new();
@@ -76,6 +90,8 @@ pub(crate) fn start_making() {
             });
         if let Err(error) = spawned {
             tracing::warn!("cannot start making the startup snapshot: {error}");
+            // Contexts are built by hand, and nothing waits for a blob that never comes.
+            let _ = BLOB.set(None);
         }
     });
 }
