@@ -342,14 +342,22 @@ pub fn spawn_cell_on(
     let (job, handle) = Job::new(config, events, shelf.clone());
     let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
     let tool_count = eager_tool_count(&job.config.tools);
-    let job = match &shelf {
-        Some(shelf) => shelf.run(job),
-        None => Some(job),
-    };
-    let job = match job {
-        Some(job) if pooled => pool::run_prepared(job),
-        other => other,
-    };
+    // A parked isolate of the session, else a prepared pool thread, else the session's
+    // isolate being reset (about half a millisecond away), else a pool thread still being
+    // prepared, else a new thread.
+    let mut job = Some(job);
+    if let Some(shelf) = &shelf {
+        job = job.and_then(|job| shelf.run(job));
+    }
+    if pooled {
+        job = job.and_then(|job| pool::run_prepared(job, pool::Readiness::Ready));
+    }
+    if let Some(shelf) = &shelf {
+        job = job.and_then(|job| shelf.wait_for_reset(job));
+    }
+    if pooled {
+        job = job.and_then(|job| pool::run_prepared(job, pool::Readiness::Any));
+    }
     if let Some(job) = job {
         cell_thread().spawn(move || thread::run(None, job))?;
     }
@@ -358,6 +366,23 @@ pub fn spawn_cell_on(
         pool::refill();
     }
     Ok(handle)
+}
+
+/// Starts a job that waited for an isolate being reset which was not reusable after all:
+/// on a pool thread, else a new thread (where a thread cannot be started, the cell ends
+/// as its owner sees a thread that is gone).
+pub(crate) fn start_elsewhere(job: Job) {
+    let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
+    let job = if pooled {
+        pool::run_prepared(job, pool::Readiness::Any)
+    } else {
+        Some(job)
+    };
+    if let Some(job) = job
+        && let Err(error) = cell_thread().spawn(move || thread::run(None, job))
+    {
+        tracing::warn!("cannot start a thread for a cell: {error}");
+    }
 }
 
 /// [`spawn_cell`] on a new isolate whose contexts come from `source`, never a prepared or

@@ -4,8 +4,11 @@
 //! Every cell still gets a fresh isolate and a fresh, unshared context of its own; the
 //! pool only moves their creation off the critical path.
 //!
-//! A keeper thread tops the pool up whenever a prepared thread is taken, so `spawn_cell`
-//! itself neither spawns a thread nor creates an isolate. The keeper is started by the
+//! A keeper thread tops the pool up once cells stop starting for a moment after a
+//! prepared thread was taken, so `spawn_cell` itself neither spawns a thread nor creates
+//! an isolate, and the preparing does not compete with a burst of cells for the cores.
+//! Cells take a ready thread first; one still being prepared only when their session has
+//! no isolate being reset to wait for. The keeper is started by the
 //! first `refill` (from `prewarm`, or the first cell), and prepared threads are its
 //! children, so they inherit the restrictions of the thread that started it (the runtime
 //! process's sandbox).
@@ -14,8 +17,8 @@ use super::Job;
 use super::snapshot::ContextSource;
 use super::thread::{self, Prepared};
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 /// Prepared threads kept waiting. Each holds an idle isolate and context (a little over
@@ -29,6 +32,8 @@ pub(crate) const POOLED_HEAP_BYTES: u64 = DEFAULT_HEAP_LIMIT_BYTES;
 /// A prepared (or preparing) cell thread.
 pub(crate) struct Worker {
     jobs: mpsc::Sender<Job>,
+    /// Set once its isolate and context are made.
+    ready: Arc<AtomicBool>,
     /// Where its context comes from: built by hand while the process's snapshot was being
     /// made, or from the snapshot.
     source: ContextSource,
@@ -50,9 +55,28 @@ pub(crate) fn note_tool_count(count: usize) {
     PREPARED_TOOL_FUNCTIONS.store(count.min(MAX_PREPARED_TOOL_FUNCTIONS), Ordering::Relaxed);
 }
 
-/// Hands `job` to a prepared thread; gives the job back when none is ready.
-pub(crate) fn run_prepared(job: Job) -> Option<Job> {
-    let worker = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop();
+/// Which pool threads a job may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    /// Only a thread whose isolate and context are made.
+    Ready,
+    /// Any, the one still being prepared included (the job waits for the preparation).
+    Any,
+}
+
+/// Hands `job` to a pool thread of `readiness` (the most recently made of them); gives
+/// the job back when there is none.
+pub(crate) fn run_prepared(job: Job, readiness: Readiness) -> Option<Job> {
+    let worker = {
+        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = match readiness {
+            Readiness::Ready => pool
+                .iter()
+                .rposition(|worker| worker.ready.load(Ordering::Acquire)),
+            Readiness::Any => pool.len().checked_sub(1),
+        };
+        found.map(|index| pool.remove(index))
+    };
     let Some(worker) = worker else {
         return Some(job);
     };
@@ -60,28 +84,28 @@ pub(crate) fn run_prepared(job: Job) -> Option<Job> {
     worker.jobs.send(job).err().map(|mpsc::SendError(job)| job)
 }
 
-/// How long the keeper waits before replacing a taken thread while others are still
-/// prepared: preparing takes two milliseconds of CPU, and on a small machine doing it at
-/// once competes with the very cell that was just started. It starts earlier when that
-/// cell finishes, and at once when the pool is empty.
-const REFILL_DELAY: Duration = Duration::from_millis(5);
+/// How long no cell must have started before the keeper replaces taken threads.
+/// Preparing a thread takes one and a half to two milliseconds of CPU; done while cells
+/// keep coming (the pool is taken from when they come back to back, and by new sessions),
+/// it held the cores the cells needed, and on two cores a burst's cells waited on the
+/// refill for milliseconds. Meanwhile a cell that finds the pool empty waits for its
+/// session's isolate being reset, or gets a thread of its own.
+const REFILL_QUIET: Duration = Duration::from_millis(20);
 
-/// What the keeper hears about.
-enum KeeperEvent {
-    /// A prepared thread was taken (or the pool should be filled).
-    Taken,
-    /// A cell thread has finished (its isolate is gone).
-    CellDone,
-}
+/// The longest the keeper puts a refill off while cells keep starting.
+const REFILL_PATIENCE: Duration = Duration::from_millis(250);
+
+/// What the keeper hears about: a cell that could use the pool was started.
+struct Started;
 
 /// The keeper's inbox, once it is started.
-static KEEPER: OnceLock<Option<mpsc::Sender<KeeperEvent>>> = OnceLock::new();
+static KEEPER: OnceLock<Option<mpsc::Sender<Started>>> = OnceLock::new();
 
 /// Asks the keeper to top the pool up to [`POOL_SIZE`] prepared threads, starting the
 /// keeper on first use. Returns at once.
 pub(crate) fn refill() {
     let keeper = KEEPER.get_or_init(|| {
-        let (inbox, events) = mpsc::channel::<KeeperEvent>();
+        let (inbox, events) = mpsc::channel::<Started>();
         let started = std::thread::Builder::new()
             .name("code-mode-pool".to_owned())
             .spawn(move || keep(&events));
@@ -93,12 +117,8 @@ pub(crate) fn refill() {
             }
         }
     });
-    tell_keeper(keeper.as_ref(), KeeperEvent::Taken);
-}
-
-fn tell_keeper(keeper: Option<&mpsc::Sender<KeeperEvent>>, event: KeeperEvent) {
     if let Some(keeper) = keeper {
-        let _ = keeper.send(event);
+        let _ = keeper.send(Started);
     }
 }
 
@@ -106,8 +126,8 @@ fn pool_len() -> usize {
     POOL.lock().unwrap_or_else(PoisonError::into_inner).len()
 }
 
-/// The keeper's loop: fills the pool, then refills it after each take (see
-/// [`REFILL_DELAY`]).
+/// The keeper's loop: fills the pool, then refills it once cells stop starting for a
+/// moment (see [`REFILL_QUIET`]).
 ///
 /// The first fill comes before the process's startup snapshot is made (a cell that
 /// arrives meanwhile is not kept waiting for it), so its threads build their contexts by
@@ -115,20 +135,21 @@ fn pool_len() -> usize {
 /// is made, the keeper replaces them with threads of the snapshot, off the cells' path:
 /// otherwise each of the session's first cells would take one and throw it away after,
 /// leaving the pool to be refilled while the next cells wait on it.
-fn keep(events: &mpsc::Receiver<KeeperEvent>) {
+fn keep(events: &mpsc::Receiver<Started>) {
     top_up();
     super::snapshot::wait_made();
     replace_outdated();
-    while let Ok(event) = events.recv() {
-        if matches!(event, KeeperEvent::Taken) && pool_len() > 0 {
-            // Wait for the delay to pass, a cell to finish, or the pool to run empty.
-            let deadline = Instant::now() + REFILL_DELAY;
-            loop {
-                match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(KeeperEvent::Taken) if pool_len() > 0 => {}
-                    Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => break,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                }
+    while events.recv().is_ok() {
+        if pool_len() >= POOL_SIZE {
+            continue;
+        }
+        let deadline = Instant::now() + REFILL_PATIENCE;
+        loop {
+            let quiet = REFILL_QUIET.min(deadline.saturating_duration_since(Instant::now()));
+            match events.recv_timeout(quiet) {
+                Ok(Started) if Instant::now() < deadline => {}
+                Ok(Started) | Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
         top_up();
@@ -165,6 +186,8 @@ fn replace_outdated() {
 fn spawn_worker() -> std::io::Result<Worker> {
     let (jobs, waiting) = mpsc::channel::<Job>();
     let source = ContextSource::preferred();
+    let ready = Arc::new(AtomicBool::new(false));
+    let prepared_flag = Arc::clone(&ready);
     super::cell_thread().spawn(move || {
         let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
         let prepared: Prepared = thread::prepare(
@@ -173,12 +196,16 @@ fn spawn_worker() -> std::io::Result<Worker> {
             source,
             code_mode_protocol::Surface::Contract,
         );
+        prepared_flag.store(true, Ordering::Release);
         if let Ok(job) = waiting.recv() {
             thread::run(Some(prepared), job);
-            tell_keeper(KEEPER.get().and_then(Option::as_ref), KeeperEvent::CellDone);
         }
     })?;
-    Ok(Worker { jobs, source })
+    Ok(Worker {
+        jobs,
+        ready,
+        source,
+    })
 }
 
 #[cfg(test)]

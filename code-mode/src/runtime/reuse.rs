@@ -1,6 +1,9 @@
 //! Isolate reuse within a session (CONTRACT §7): an isolate whose cell ended normally is
 //! reset, given a fresh context, and parked on its session's [`IsolateShelf`]; the
-//! session's next cell starts there instead of paying for a new isolate.
+//! session's next cell starts there instead of paying for a new isolate. A cell that
+//! comes while its session's isolate is still being reset, and finds no prepared pool
+//! thread, waits for that reset (about half a millisecond) instead of preparing a new
+//! isolate (two or more).
 //!
 //! What makes a later cell unable to see an earlier one:
 //! - every cell gets a fresh context (fresh globals and built-ins), created on the parked
@@ -30,8 +33,9 @@
 use super::Job;
 use super::callbacks::HeapGuard;
 use code_mode_protocol::sync::lock;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 /// How long a parked isolate waits for its session's next cell before it is released.
@@ -49,21 +53,50 @@ pub(crate) const REUSE_MAX_HEAP_BYTES: usize = 16 * 1024 * 1024;
 
 /// The parked isolates of one session, ready for its next cells. Dropping the shelf (the
 /// session shut down) releases them.
+///
+/// A cell that arrives while none is parked but one is being reset for the session (its
+/// cell ended a moment ago: the usual case when cells come back to back) may wait for it
+/// ([`IsolateShelf::wait_for_reset`]) rather than take a pool thread that is still being
+/// prepared: a reset takes about half a millisecond, preparing a thread two or more. An
+/// isolate counts as being reset from the moment its cell's end is reported; its thread
+/// starts the reset once the owner releases the cell ([`super::RELEASE_PATIENCE`] at the
+/// most).
 #[derive(Debug)]
 pub struct IsolateShelf {
-    /// One sender per parked thread, most recently parked last.
-    parked: Mutex<Vec<mpsc::Sender<Job>>>,
+    state: Mutex<ShelfState>,
     /// How many cells ran on an isolate taken from this shelf.
     reused: AtomicU64,
     /// The heap limit of the session's cells; isolates are created with it.
     heap_bytes: u64,
 }
 
+/// What the shelf's lock guards.
+#[derive(Default)]
+struct ShelfState {
+    /// One sender per parked thread, most recently parked last.
+    parked: Vec<mpsc::Sender<Job>>,
+    /// Threads resetting an isolate for this shelf (each holds a [`Resetting`]).
+    resetting: usize,
+    /// Cells waiting for one of them, first come first served; never more than
+    /// `resetting`.
+    waiting: VecDeque<Job>,
+}
+
+impl std::fmt::Debug for ShelfState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShelfState")
+            .field("parked", &self.parked.len())
+            .field("resetting", &self.resetting)
+            .field("waiting", &self.waiting.len())
+            .finish()
+    }
+}
+
 impl IsolateShelf {
     /// An empty shelf for cells with `heap_bytes` of heap.
     pub fn new(heap_bytes: u64) -> Self {
         Self {
-            parked: Mutex::new(Vec::new()),
+            state: Mutex::new(ShelfState::default()),
             reused: AtomicU64::new(0),
             heap_bytes,
         }
@@ -75,7 +108,7 @@ impl IsolateShelf {
 
     /// How many isolates are parked.
     pub fn parked(&self) -> usize {
-        lock(&self.parked).len()
+        lock(&self.state).parked.len()
     }
 
     /// How many cells ran on an isolate parked here (the shelf's reuses so far).
@@ -83,15 +116,16 @@ impl IsolateShelf {
         self.reused.load(Ordering::Relaxed)
     }
 
-    /// Releases every parked isolate (their threads dispose of them and end).
+    /// Releases every parked isolate (their threads dispose of them and end). Isolates
+    /// being reset still run the cells that wait for them.
     pub fn clear(&self) {
-        lock(&self.parked).clear();
+        lock(&self.state).parked.clear();
     }
 
     /// Hands `job` to a parked isolate; gives it back when none is parked.
     pub(crate) fn run(&self, mut job: Job) -> Option<Job> {
         loop {
-            let Some(parked) = lock(&self.parked).pop() else {
+            let Some(parked) = lock(&self.state).parked.pop() else {
                 return Some(job);
             };
             match parked.send(job) {
@@ -105,11 +139,90 @@ impl IsolateShelf {
         }
     }
 
-    /// Puts the calling cell thread on the shelf; it then waits with [`Parked::wait`].
-    pub(crate) fn park(&self) -> Parked {
+    /// Queues `job` for an isolate being reset for this shelf, if one is not spoken for
+    /// already (or parked meanwhile: then it runs there); gives it back otherwise.
+    pub(crate) fn wait_for_reset(&self, job: Job) -> Option<Job> {
+        let mut state = lock(&self.state);
+        if let Some(parked) = state.parked.pop() {
+            drop(state);
+            return self.run_on(parked, job);
+        }
+        if state.waiting.len() >= state.resetting {
+            return Some(job);
+        }
+        state.waiting.push_back(job);
+        None
+    }
+
+    /// Sends `job` to a parked thread, or on to the next one if that thread is gone.
+    fn run_on(&self, parked: mpsc::Sender<Job>, job: Job) -> Option<Job> {
+        match parked.send(job) {
+            Ok(()) => {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(mpsc::SendError(unsent)) => self.run(unsent),
+        }
+    }
+
+    /// Notes that the calling thread is resetting an isolate for this shelf, until the
+    /// returned guard parks it or is dropped.
+    pub(crate) fn resetting(self: &Arc<Self>) -> Resetting {
+        lock(&self.state).resetting += 1;
+        Resetting {
+            shelf: Arc::clone(self),
+            placed: false,
+        }
+    }
+}
+
+/// A thread resetting an isolate for a shelf: [`Resetting::park`] when the isolate is
+/// ready; dropped unplaced when it is not reusable after all, which sends the cells that
+/// waited for it (those the shelf's other resets cannot take) elsewhere.
+#[derive(Debug)]
+pub(crate) struct Resetting {
+    shelf: Arc<IsolateShelf>,
+    placed: bool,
+}
+
+/// Where a reset isolate goes.
+pub(crate) enum Placed {
+    /// A cell was waiting for it: run it now.
+    Job(Job),
+    /// On the shelf, waiting for the session's next cell.
+    Parked(Parked),
+}
+
+impl Resetting {
+    /// The isolate is ready: it takes the first waiting cell, or goes on the shelf.
+    pub(crate) fn park(mut self) -> Placed {
+        self.placed = true;
+        let mut state = lock(&self.shelf.state);
+        state.resetting -= 1;
+        if let Some(job) = state.waiting.pop_front() {
+            self.shelf.reused.fetch_add(1, Ordering::Relaxed);
+            return Placed::Job(job);
+        }
         let (sender, jobs) = mpsc::channel();
-        lock(&self.parked).push(sender);
-        Parked(jobs)
+        state.parked.push(sender);
+        Placed::Parked(Parked(jobs))
+    }
+}
+
+impl Drop for Resetting {
+    fn drop(&mut self) {
+        if self.placed {
+            return;
+        }
+        let stranded = {
+            let mut state = lock(&self.shelf.state);
+            state.resetting -= 1;
+            let keep = state.resetting.min(state.waiting.len());
+            state.waiting.split_off(keep)
+        };
+        for job in stranded {
+            super::start_elsewhere(job);
+        }
     }
 }
 
@@ -181,4 +294,83 @@ pub(crate) fn reset(isolate: &mut v8::OwnedIsolate, heap_guard: &HeapGuard) -> b
     }
     isolate.cancel_terminate_execution();
     !heap_guard.hit() && used <= REUSE_MAX_HEAP_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{CellConfig, CellEvent, CellHandle, CellLimits, Job};
+    use super::*;
+
+    fn job(
+        shelf: &Arc<IsolateShelf>,
+        source: &str,
+    ) -> (Job, CellHandle, tokio::sync::mpsc::Receiver<CellEvent>) {
+        let (events, received) = tokio::sync::mpsc::channel(16);
+        let config = CellConfig {
+            source: source.to_owned(),
+            tools: Arc::from([]),
+            stored: Arc::default(),
+            stored_bytes: 0,
+            max_stored_bytes: None,
+            limits: CellLimits::default(),
+            surface: code_mode_protocol::Surface::Contract,
+        };
+        // Dropping the handle would stop the cell: the caller keeps it.
+        let (job, handle) = Job::new(config, events, Some(Arc::clone(shelf)));
+        (job, handle, received)
+    }
+
+    fn shelf() -> Arc<IsolateShelf> {
+        Arc::new(IsolateShelf::new(CellLimits::default().heap_bytes))
+    }
+
+    #[test]
+    fn a_cell_waits_for_an_isolate_being_reset_and_the_reset_isolate_runs_it() {
+        let shelf = shelf();
+        let (first, _first, _) = job(&shelf, "first");
+        // Nothing being reset: nothing to wait for.
+        let first = shelf.wait_for_reset(first).expect("given back");
+        let resetting = shelf.resetting();
+        assert!(
+            shelf.wait_for_reset(first).is_none(),
+            "queued for the reset"
+        );
+        // One reset, spoken for: the next cell is given back.
+        let (second, _second, _) = job(&shelf, "second");
+        assert!(
+            shelf.wait_for_reset(second).is_some(),
+            "only one reset to wait for"
+        );
+        match resetting.park() {
+            Placed::Job(job) => assert_eq!(job.config.source, "first"),
+            Placed::Parked(_) => panic!("the waiting cell was not handed over"),
+        }
+        assert_eq!((shelf.parked(), shelf.reused()), (0, 1));
+        // With nobody waiting, the next reset isolate goes on the shelf.
+        assert!(matches!(shelf.resetting().park(), Placed::Parked(_)));
+        assert_eq!(shelf.parked(), 1);
+    }
+
+    #[test]
+    fn a_reset_that_fails_sends_the_cell_waiting_for_it_elsewhere() {
+        crate::platform::init_v8();
+        let shelf = shelf();
+        let (waiting, _handle, mut events) = job(&shelf, "text('ran elsewhere')");
+        let resetting = shelf.resetting();
+        assert!(
+            shelf.wait_for_reset(waiting).is_none(),
+            "queued for the reset"
+        );
+        // The isolate was not reusable after all.
+        drop(resetting);
+        let mut texts = Vec::new();
+        while let Some(event) = events.blocking_recv() {
+            match event {
+                CellEvent::Output(item) => texts.extend(item.as_text().map(str::to_owned)),
+                CellEvent::Finished(_) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(texts, ["ran elsewhere"]);
+    }
 }

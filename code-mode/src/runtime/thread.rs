@@ -158,28 +158,26 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
     };
     let mut job = job;
     loop {
-        let shelf = job.shelf.take();
         let tools = Arc::clone(&job.config.tools);
         let source = prepared.source;
         let surface = prepared.surface;
-        let (mut isolate, heap_guard, reusable, done) = run_cell(prepared, job);
-        // An isolate built by hand while the blob was being made is not kept once the
-        // blob is there: the session's next cells get a pool isolate of the snapshot.
-        let current =
-            source == ContextSource::Snapshot || ContextSource::preferred() == ContextSource::Built;
-        let shelf = shelf.filter(|_| reusable && current);
-        let reset = shelf.is_some() && super::reuse::reset(&mut isolate, &heap_guard);
+        let heap_bytes = prepared.heap_bytes;
+        let (mut isolate, heap_guard, resetting, done) = run_cell(prepared, job);
+        let reset = resetting.is_some() && super::reuse::reset(&mut isolate, &heap_guard);
         code_mode_protocol::hop!("isolate reset");
-        if !reset {
-            // The isolate goes first: V8 points at the heap guard until then. The owner's
-            // `join` returns once both are gone.
-            drop(isolate);
-            drop(heap_guard);
-            drop(done);
-            return;
-        }
-        let Some(shelf) = shelf else { return };
-        let heap_bytes = shelf.heap_bytes();
+        let resetting = match (reset, resetting) {
+            (true, Some(resetting)) => resetting,
+            (_, resetting) => {
+                // Cells that waited for this isolate go elsewhere first. Then the isolate
+                // goes, before the heap guard V8 points at. The owner's `join` returns
+                // once both are gone.
+                drop(resetting);
+                drop(isolate);
+                drop(heap_guard);
+                drop(done);
+                return;
+            }
+        };
         // Functions ahead only for the tools bound eagerly.
         let eager = super::eager_tool_count(&tools);
         let fresh = new_context(&mut isolate, source, surface, eager, Some(tools));
@@ -191,7 +189,15 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
             source,
             surface,
         };
-        let parked = shelf.park();
+        let parked = match resetting.park() {
+            // A cell of the session waited for this isolate: it runs now.
+            super::reuse::Placed::Job(next) => {
+                drop(done);
+                job = next;
+                continue;
+            }
+            super::reuse::Placed::Parked(parked) => parked,
+        };
         code_mode_protocol::hop!("fresh context parked");
         // On the shelf: the owner's `join` returns, and the session's next cell can start.
         drop(done);
@@ -208,12 +214,18 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
     }
 }
 
-/// Runs one cell on a prepared isolate; gives the isolate back with whether it may serve
-/// the session's next cell (the cell ended normally: not terminated, no limit hit).
+/// Runs one cell on a prepared isolate; gives the isolate back, with its reset under way
+/// for the session's shelf when it may serve the session's next cell (the cell ended
+/// normally: not terminated, no limit hit).
 fn run_cell(
     prepared: Prepared,
     job: super::Job,
-) -> (v8::OwnedIsolate, Box<HeapGuard>, bool, mpsc::Sender<()>) {
+) -> (
+    v8::OwnedIsolate,
+    Box<HeapGuard>,
+    Option<super::reuse::Resetting>,
+    mpsc::Sender<()>,
+) {
     code_mode_protocol::hop!("cell thread has the job");
     let super::Job {
         config,
@@ -221,8 +233,9 @@ fn run_cell(
         inbound,
         control,
         done,
-        ..
+        shelf,
     } = job;
+    let source = prepared.source;
     let Prepared {
         fresh:
             FreshContext {
@@ -278,12 +291,21 @@ fn run_cell(
     // From here on nothing the cell left behind may take effect.
     state.borrow_mut().request_exit();
     tracing::trace!(?outcome, reusable, "cell finished");
+    // An isolate built by hand while the blob was being made is not kept once the blob
+    // is there: the session's next cells get a pool isolate of the snapshot.
+    let current =
+        source == ContextSource::Snapshot || ContextSource::preferred() == ContextSource::Built;
+    // Counted as being reset before the end is reported, so that the session's next cell,
+    // which may follow the report at once, can wait for it.
+    let resetting = shelf
+        .filter(|_| reusable && current)
+        .map(|shelf| shelf.resetting());
     // The owner may be gone already; nothing else to tell then.
     code_mode_protocol::hop!("cell thread reports the end");
     if events.blocking_send(CellEvent::Finished(outcome)).is_ok() {
         await_release(&inbound);
     }
-    (isolate, heap_guard, reusable, done)
+    (isolate, heap_guard, resetting, done)
 }
 
 /// Waits until the owner released the finished cell ([`super::CellHandle::release`]),
