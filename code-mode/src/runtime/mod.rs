@@ -309,12 +309,13 @@ impl Drop for CellHandle {
     }
 }
 
-/// Prepares cell threads ahead of demand (V8 initialised, isolates created), so that the
-/// first cells do not pay for it. Call it from the thread whose restrictions cells should
+/// Prepares cell threads ahead of demand (V8 initialised, isolates created, the CPU
+/// watchdog's thread started), so that the first cells do not pay for it. Call it from the thread whose restrictions cells should
 /// inherit (e.g. after sandboxing). Cheap to call again.
 pub fn prewarm() {
     crate::platform::init_v8();
     snapshot::start_making();
+    watchdog::start();
     pool::refill();
 }
 

@@ -113,6 +113,12 @@ struct Registry {
     wake: Condvar,
 }
 
+/// Starts the watchdog's thread ahead of the first cell (which would otherwise pay for
+/// the thread's creation). Cheap to call again.
+pub(crate) fn start() {
+    registry();
+}
+
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
