@@ -417,6 +417,7 @@ pub(crate) const MODULE_NAME: &str = "exec_main.mjs";
 
 /// What a cell thread needs to run its cell (handed to a prepared thread by the pool, or
 /// to a parked isolate's thread by its session's shelf).
+#[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) config: CellConfig,
     pub(crate) events: tokio::sync::mpsc::Sender<CellEvent>,

@@ -71,7 +71,7 @@ pub struct IsolateShelf {
 }
 
 /// What the shelf's lock guards.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ShelfState {
     /// One sender per parked thread, most recently parked last.
     parked: Vec<mpsc::Sender<Job>>,
@@ -80,16 +80,6 @@ struct ShelfState {
     /// Cells waiting for one of them, first come first served; never more than
     /// `resetting`.
     waiting: VecDeque<Job>,
-}
-
-impl std::fmt::Debug for ShelfState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShelfState")
-            .field("parked", &self.parked.len())
-            .field("resetting", &self.resetting)
-            .field("waiting", &self.waiting.len())
-            .finish()
-    }
 }
 
 impl IsolateShelf {
