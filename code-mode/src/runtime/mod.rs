@@ -114,11 +114,10 @@ pub struct ToolCallRequest {
     pub input: Option<String>,
 }
 
-/// What a cell reports to its owner, in order.
+/// What a cell reports to its owner, in order. Nothing is reported when a cell starts: an
+/// event there would wake the owner for nothing on every cell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CellEvent {
-    /// The isolate and the globals are ready; the module is about to be compiled.
-    Started,
     /// An output item (`text`, `image`, `console.*`, `generatedImage`).
     Output(ContentItem),
     /// `yield_control()` ran.
@@ -316,7 +315,7 @@ pub fn prewarm() {
     crate::platform::init_v8();
     snapshot::start_making();
     watchdog::start();
-    pool::refill();
+    pool::start();
 }
 
 /// Starts a cell on a thread of its own (prepared ahead of demand when possible). Events
@@ -364,7 +363,7 @@ pub fn spawn_cell_on(
     }
     if pooled {
         pool::note_tool_count(tool_count);
-        pool::refill();
+        pool::note_start();
     }
     Ok(handle)
 }

@@ -8,16 +8,16 @@
 //! prepared thread was taken, so `spawn_cell` itself neither spawns a thread nor creates
 //! an isolate, and the preparing does not compete with a burst of cells for the cores.
 //! Cells take a ready thread first; one still being prepared only when their session has
-//! no isolate being reset to wait for. The keeper is started by the
-//! first `refill` (from `prewarm`, or the first cell), and prepared threads are its
-//! children, so they inherit the restrictions of the thread that started it (the runtime
-//! process's sandbox).
+//! no isolate being reset to wait for. Cells wake the keeper only when the pool is short
+//! and it does not know yet; otherwise they record when they started. The keeper is
+//! started by `prewarm` or the first cell, and prepared threads are its children, so they
+//! inherit the restrictions of the thread that started it (the runtime process's sandbox).
 
 use super::Job;
 use super::snapshot::ContextSource;
 use super::thread::{self, Prepared};
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -95,31 +95,65 @@ const REFILL_QUIET: Duration = Duration::from_millis(20);
 /// The longest the keeper puts a refill off while cells keep starting.
 const REFILL_PATIENCE: Duration = Duration::from_millis(250);
 
-/// What the keeper hears about: a cell that could use the pool was started.
-struct Started;
+/// What the keeper hears about: the pool is short of threads.
+struct Short;
 
 /// The keeper's inbox, once it is started.
-static KEEPER: OnceLock<Option<mpsc::Sender<Started>>> = OnceLock::new();
+static KEEPER: OnceLock<Option<mpsc::Sender<Short>>> = OnceLock::new();
 
-/// Asks the keeper to top the pool up to [`POOL_SIZE`] prepared threads, starting the
-/// keeper on first use. Returns at once.
-pub(crate) fn refill() {
-    let keeper = KEEPER.get_or_init(|| {
-        let (inbox, events) = mpsc::channel::<Started>();
-        let started = std::thread::Builder::new()
-            .name("code-mode-pool".to_owned())
-            .spawn(move || keep(&events));
-        match started {
-            Ok(_) => Some(inbox),
-            Err(error) => {
-                tracing::warn!("cannot start the cell pool's keeper: {error}");
-                None
-            }
-        }
-    });
-    if let Some(keeper) = keeper {
-        let _ = keeper.send(Started);
+/// Set while the keeper knows the pool is short (so that one message, not one per cell,
+/// wakes it).
+static SHORT_TOLD: AtomicBool = AtomicBool::new(false);
+
+/// When the latest cell that could use the pool started, in nanoseconds since [`epoch`].
+static LAST_START: AtomicU64 = AtomicU64::new(0);
+
+/// The reference point of [`LAST_START`].
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Starts the keeper, which fills the pool to [`POOL_SIZE`] prepared threads. Cheap to
+/// call again.
+pub(crate) fn start() {
+    keeper();
+}
+
+/// Notes that a cell that could use the pool was started. Tells the keeper when the pool
+/// is short and it does not know yet; otherwise only records the time (no wake-up: cells
+/// start thousands of times a second).
+pub(crate) fn note_start() {
+    LAST_START.store(nanos_since_epoch(), Ordering::Relaxed);
+    if pool_len() < POOL_SIZE
+        && !SHORT_TOLD.swap(true, Ordering::AcqRel)
+        && let Some(keeper) = keeper()
+    {
+        let _ = keeper.send(Short);
     }
+}
+
+/// The keeper's inbox, starting the keeper on first use.
+fn keeper() -> Option<&'static mpsc::Sender<Short>> {
+    KEEPER
+        .get_or_init(|| {
+            let (inbox, events) = mpsc::channel::<Short>();
+            let started = std::thread::Builder::new()
+                .name("code-mode-pool".to_owned())
+                .spawn(move || keep(&events));
+            match started {
+                Ok(_) => Some(inbox),
+                Err(error) => {
+                    tracing::warn!("cannot start the cell pool's keeper: {error}");
+                    None
+                }
+            }
+        })
+        .as_ref()
 }
 
 fn pool_len() -> usize {
@@ -135,23 +169,25 @@ fn pool_len() -> usize {
 /// is made, the keeper replaces them with threads of the snapshot, off the cells' path:
 /// otherwise each of the session's first cells would take one and throw it away after,
 /// leaving the pool to be refilled while the next cells wait on it.
-fn keep(events: &mpsc::Receiver<Started>) {
+fn keep(events: &mpsc::Receiver<Short>) {
     top_up();
     super::snapshot::wait_made();
     replace_outdated();
     while events.recv().is_ok() {
-        if pool_len() >= POOL_SIZE {
-            continue;
-        }
+        // Sleep until no cell has started for the quiet time, or patience runs out.
         let deadline = Instant::now() + REFILL_PATIENCE;
         loop {
-            let quiet = REFILL_QUIET.min(deadline.saturating_duration_since(Instant::now()));
-            match events.recv_timeout(quiet) {
-                Ok(Started) if Instant::now() < deadline => {}
-                Ok(Started) | Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            let since = Duration::from_nanos(
+                nanos_since_epoch().saturating_sub(LAST_START.load(Ordering::Relaxed)),
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            if since >= REFILL_QUIET || left.is_zero() {
+                break;
             }
+            std::thread::sleep((REFILL_QUIET - since).min(left));
         }
+        // A take from here on tells the keeper again.
+        SHORT_TOLD.store(false, Ordering::Release);
         top_up();
     }
 }
@@ -224,7 +260,7 @@ mod tests {
     fn once_the_snapshot_is_made_every_prepared_thread_is_of_it() {
         crate::platform::init_v8();
         // The first fill starts before the blob is made, so its threads build by hand.
-        refill();
+        start();
         super::super::snapshot::wait_made();
         let current = ContextSource::preferred();
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -144,6 +144,15 @@ impl CellState {
         }
     }
 
+    /// Whether the owner stopped listening (it dropped its receiver): the cell then does
+    /// not start. Asks the channel, sends nothing (which would wake the owner).
+    pub(crate) fn owner_left(&mut self) -> bool {
+        if self.events.is_closed() {
+            self.owner_gone = true;
+        }
+        self.owner_gone
+    }
+
     fn send(&mut self, event: CellEvent) -> bool {
         if self.events.blocking_send(event).is_err() {
             // Nobody listens any more: stop running JS.

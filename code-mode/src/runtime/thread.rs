@@ -352,7 +352,7 @@ impl Driver<'_> {
             _ => super::helpers::build_tools(scope, &tools, &self.tool_functions),
         };
         super::helpers::define_tools(scope, built, self.surface);
-        if !self.state.borrow_mut().emit(CellEvent::Started) {
+        if self.state.borrow_mut().owner_left() {
             return self.ended_by_flags().unwrap_or(CellOutcome::Terminated);
         }
         code_mode_protocol::hop!("tools installed");

@@ -219,7 +219,7 @@ impl Cell {
         self
     }
 
-    /// Terminates the cell this long after it reported `Started`.
+    /// Terminates the cell this long after it was spawned.
     pub fn terminate_after(mut self, delay: Duration) -> Self {
         self.terminate_after = Some(delay);
         self
@@ -253,6 +253,13 @@ impl Cell {
             None => spawn_cell_on(config, events_tx, self.shelf.clone()),
         };
         let handle = Arc::new(handle.expect("spawn a cell"));
+        if let Some(delay) = self.terminate_after {
+            let handle = Arc::clone(&handle);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                handle.terminate();
+            });
+        }
         let mut timers = HashMap::new();
         let mut events = Vec::new();
         // Answers held back to be sent in reverse order (`answer_in_reverse`).
@@ -263,15 +270,6 @@ impl Cell {
                 .await
                 .expect("the cell stopped without a Finished event");
             match &event {
-                CellEvent::Started => {
-                    if let Some(delay) = self.terminate_after {
-                        let handle = Arc::clone(&handle);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            handle.terminate();
-                        });
-                    }
-                }
                 CellEvent::ToolCall(call) => {
                     if let Some(result) = (self.handler)(call) {
                         let command = CellCommand::ToolResult {

@@ -307,7 +307,6 @@ impl CellActor {
 
     fn on_event(&mut self, event: CellEvent) {
         match event {
-            CellEvent::Started => {}
             CellEvent::Output(item) => self.output.items.push(item),
             CellEvent::YieldRequested => self.on_yield_requested(),
             CellEvent::ToolCall(call) => self.start_tool_call(call),
