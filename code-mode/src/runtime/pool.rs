@@ -170,7 +170,9 @@ fn pool_len() -> usize {
 /// otherwise each of the session's first cells would take one and throw it away after,
 /// leaving the pool to be refilled while the next cells wait on it.
 fn keep(events: &mpsc::Receiver<Short>) {
-    top_up();
+    // One thread until the blob is made: the first cell needs one, and more would only
+    // compete with it and with the blob for the cores.
+    top_up_to(1);
     super::snapshot::wait_made();
     replace_outdated();
     while events.recv().is_ok() {
@@ -194,7 +196,11 @@ fn keep(events: &mpsc::Receiver<Short>) {
 
 /// Spawns prepared threads until the pool holds [`POOL_SIZE`]. Runs on the keeper thread.
 fn top_up() {
-    while pool_len() < POOL_SIZE {
+    top_up_to(POOL_SIZE);
+}
+
+fn top_up_to(size: usize) {
+    while pool_len() < size {
         match spawn_worker() {
             Ok(worker) => POOL
                 .lock()

@@ -93,14 +93,16 @@ pub(crate) fn prepare(
     isolate.set_microtasks_policy(v8::MicrotasksPolicy::Explicit);
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
-    Prepared {
+    let prepared = Prepared {
         fresh: new_context(&mut isolate, source, surface, tool_functions, None),
         isolate,
         heap_guard,
         heap_bytes,
         source,
         surface,
-    }
+    };
+    snapshot::note_isolate_prepared();
+    prepared
 }
 
 /// A fresh context on `isolate` with every cell-independent helper (the snapshot's, or
