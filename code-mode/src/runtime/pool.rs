@@ -163,11 +163,11 @@ fn pool_len() -> usize {
 /// The keeper's loop: fills the pool, then refills it once cells stop starting for a
 /// moment (see [`REFILL_QUIET`]).
 ///
-/// The first fill comes before the process's startup snapshot is made (a cell that
-/// arrives meanwhile is not kept waiting for it), so its threads build their contexts by
+/// The first fill, one thread, comes before the process's startup snapshot is made (a
+/// cell that arrives meanwhile is not kept waiting for it), so it builds its context by
 /// hand, and a session does not park such an isolate once the blob exists. Once the blob
-/// is made, the keeper replaces them with threads of the snapshot, off the cells' path:
-/// otherwise each of the session's first cells would take one and throw it away after,
+/// is made, the keeper replaces it with threads of the snapshot, off the cells' path:
+/// otherwise the session's first cells would take such threads and throw them away after,
 /// leaving the pool to be refilled while the next cells wait on it.
 fn keep(events: &mpsc::Receiver<Short>) {
     // One thread until the blob is made: the first cell needs one, and more would only
