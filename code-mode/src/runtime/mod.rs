@@ -340,7 +340,7 @@ pub fn spawn_cell_on(
     // A shelf only takes isolates of its own heap limit.
     let shelf = shelf.filter(|shelf| shelf.heap_bytes() == config.limits.heap_bytes);
     let (job, handle) = Job::new(config, events, shelf.clone());
-    let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
+    let pooled = job.pooled();
     let tool_count = eager_tool_count(&job.config.tools);
     // A parked isolate of the session, else a prepared pool thread, else the session's
     // isolate being reset (about half a millisecond away), else a pool thread still being
@@ -355,11 +355,8 @@ pub fn spawn_cell_on(
     if let Some(shelf) = &shelf {
         job = job.and_then(|job| shelf.wait_for_reset(job));
     }
-    if pooled {
-        job = job.and_then(|job| pool::run_prepared(job, pool::Readiness::Any));
-    }
     if let Some(job) = job {
-        cell_thread().spawn(move || thread::run(None, job))?;
+        start_unshelved(job)?;
     }
     if pooled {
         pool::note_tool_count(tool_count);
@@ -372,17 +369,23 @@ pub fn spawn_cell_on(
 /// on a pool thread, else a new thread (where a thread cannot be started, the cell ends
 /// as its owner sees a thread that is gone).
 pub(crate) fn start_elsewhere(job: Job) {
-    let pooled = job.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES;
-    let job = if pooled {
+    if let Err(error) = start_unshelved(job) {
+        tracing::warn!("cannot start a thread for a cell: {error}");
+    }
+}
+
+/// The last resorts for a job: a pool thread even if it is still being prepared (for the
+/// pool's heap limit), else a new thread.
+fn start_unshelved(job: Job) -> std::io::Result<()> {
+    let job = if job.pooled() {
         pool::run_prepared(job, pool::Readiness::Any)
     } else {
         Some(job)
     };
-    if let Some(job) = job
-        && let Err(error) = cell_thread().spawn(move || thread::run(None, job))
-    {
-        tracing::warn!("cannot start a thread for a cell: {error}");
+    if let Some(job) = job {
+        cell_thread().spawn(move || thread::run(None, job))?;
     }
+    Ok(())
 }
 
 /// [`spawn_cell`] on a new isolate whose contexts come from `source`, never a prepared or
@@ -453,6 +456,11 @@ impl Job {
             done: Mutex::new(Some(finished)),
         };
         (job, handle)
+    }
+
+    /// Whether the job's heap limit is the one pool threads are prepared with.
+    fn pooled(&self) -> bool {
+        self.config.limits.heap_bytes == pool::POOLED_HEAP_BYTES
     }
 }
 

@@ -113,20 +113,11 @@ impl IsolateShelf {
     }
 
     /// Hands `job` to a parked isolate; gives it back when none is parked.
-    pub(crate) fn run(&self, mut job: Job) -> Option<Job> {
-        loop {
-            let Some(parked) = lock(&self.state).parked.pop() else {
-                return Some(job);
-            };
-            match parked.send(job) {
-                Ok(()) => {
-                    self.reused.fetch_add(1, Ordering::Relaxed);
-                    return None;
-                }
-                // That thread released its isolate meanwhile; try the next one.
-                Err(mpsc::SendError(unsent)) => job = unsent,
-            }
-        }
+    pub(crate) fn run(&self, job: Job) -> Option<Job> {
+        let Some(parked) = lock(&self.state).parked.pop() else {
+            return Some(job);
+        };
+        self.run_on(parked, job)
     }
 
     /// Queues `job` for an isolate being reset for this shelf, if one is not spoken for
@@ -144,7 +135,8 @@ impl IsolateShelf {
         None
     }
 
-    /// Sends `job` to a parked thread, or on to the next one if that thread is gone.
+    /// Sends `job` to a parked thread, or on to the next one if that thread released its
+    /// isolate meanwhile.
     fn run_on(&self, parked: mpsc::Sender<Job>, job: Job) -> Option<Job> {
         match parked.send(job) {
             Ok(()) => {
