@@ -34,6 +34,26 @@ fn boot_time() -> io::Result<f64> {
         .ok_or_else(|| io::Error::other("/proc/stat has no btime"))
 }
 
+/// The CPU time process `pid` (0 for this one) has used, to the nanosecond, from its CPU
+/// clock; `None` when the clock cannot be read. `/proc/<pid>/stat` counts it in clock ticks
+/// (10 ms), which a process that started a moment ago has not used up yet.
+fn cpu_clock_seconds(pid: libc::pid_t) -> Option<f64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid out-pointer; the call only reads `pid`.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return None;
+    }
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid out-pointer and `clock` a clock id the kernel just gave.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return None;
+    }
+    Some(now.tv_sec as f64 + now.tv_nsec as f64 / 1e9)
+}
+
 /// The figures of process `pid` (`self` for this one).
 pub fn process(pid: &str) -> io::Result<ProcessFigures> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -52,9 +72,18 @@ pub fn process(pid: &str) -> io::Result<ProcessFigures> {
     };
     let ticks = clock_ticks();
     let rss_pages = field(24)?;
+    let clock_pid = if pid == "self" {
+        Some(0)
+    } else {
+        pid.parse::<libc::pid_t>().ok()
+    };
+    let cpu_seconds = match clock_pid.and_then(cpu_clock_seconds) {
+        Some(seconds) => seconds,
+        None => (field(14)? + field(15)?) / ticks,
+    };
     Ok(ProcessFigures {
         start_time_seconds: boot_time()? + field(22)? / ticks,
-        cpu_seconds: (field(14)? + field(15)?) / ticks,
+        cpu_seconds,
         resident_bytes: (rss_pages as u64).saturating_mul(page_size()),
     })
 }
