@@ -792,7 +792,7 @@ pub async fn yield_raced_with_creation_is_kept_for_the_first_observation<P: Code
         }
     };
     let first_observation = match answered_at_once {
-        Some(started) => started.initial_response,
+        Some(started) => started.initial_response.timeless(),
         None => {
             tokio::time::sleep(Duration::from_millis(500)).await;
             wait(&session, "2").await
