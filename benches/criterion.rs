@@ -57,7 +57,8 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                     call: SessionCall::Execute(ExecRequest::new(
                         "const files = await tools.mcp__bench__tool_0({ path: '.' });\ntext(files.length);",
                     )
-                    .with_tools(tools(32))),
+                    .with_tools(tools(32)))
+                    .into(),
                 },
             },
         ),
@@ -84,7 +85,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                     cell_id: CellId::new(12),
                     call_id: CallId::new(3),
                     tool_name: "mcp__bench__tool_0".to_owned(),
-                    kind: ToolKind::Function,
+                    kind: ToolKind::Function.into(),
                     input: Some(JsonText::new(r#"{"path":"."}"#)),
                     exec_call_id: Some("call_8f2a".to_owned()),
                 },
@@ -94,17 +95,18 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
             "completed_cell",
             ServerMessage::Response {
                 id: RequestId(7),
-                result: Ok(Response::Reply(SessionReply::Started(StartedCell {
-                    cell_id: CellId::new(12),
-                    initial_response: CellResponse::Result {
+                result: Ok(Response::Reply(
+                    SessionReply::Started(StartedCell {
                         cell_id: CellId::new(12),
-                        content_items: vec![ContentItem::text("3 files\nsrc/main.rs")],
-                        error_text: None,
-                        failure: None,
-                        missing_cell: false,
-                        wall_time: std::time::Duration::from_micros(412),
-                    },
-                }))),
+                        initial_response: CellResponse::Result {
+                            cell_id: CellId::new(12),
+                            content_items: vec![ContentItem::text("3 files\nsrc/main.rs")],
+                            failure: None,
+                            wall_time: std::time::Duration::from_micros(412),
+                        },
+                    })
+                    .into(),
+                )),
             },
         ),
     ]
@@ -231,11 +233,7 @@ async fn run_cell(session: &dyn CodeModeSession, request: ExecRequest) -> Durati
         response = session.wait(WaitRequest::new(cell_id)).await.expect("wait");
     }
     let elapsed = started.elapsed();
-    if let CellResponse::Result {
-        error_text: Some(error),
-        ..
-    } = &response
-    {
+    if let Some(error) = response.error_text() {
         panic!("the benchmarked cell failed: {error}");
     }
     elapsed

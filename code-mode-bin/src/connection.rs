@@ -24,6 +24,7 @@ use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     AdmittedHook, CallHooks, CellId, CodeModeSession, SessionCall, ToolDefinition,
 };
+use code_mode_wire::convert::tools_from_wire;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_wire::*;
 use futures_util::StreamExt;
@@ -146,25 +147,26 @@ impl Connection {
                 if sets.len() >= RUNTIME_TOOL_SETS {
                     sets.pop_front();
                 }
-                sets.push_back((tool_set, tools));
+                sets.push_back((tool_set, tools_from_wire(tools)));
                 return Ok((Response::ToolsRegistered, Held::default()));
             }
             Request::SessionWithTools {
                 session,
                 tool_set,
-                mut call,
+                call,
             } => {
                 let tools = lock(&self.tool_sets)
                     .iter()
                     .find(|(known, _)| *known == tool_set)
                     .map(|(_, tools)| Arc::clone(tools))
                     .ok_or(WireError::UnknownToolSet(tool_set))?;
+                let mut call = SessionCall::from(call);
                 if let Some(request) = call.exec_request_mut() {
                     request.tools = tools;
                 }
                 (session, call)
             }
-            Request::Session { session, call } => (session, call),
+            Request::Session { session, call } => (session, call.into()),
             Request::OpenSession {
                 options,
                 stored_values,
@@ -186,8 +188,11 @@ impl Connection {
                 if !stored_values.is_empty() {
                     METRICS.session_seeded();
                 }
-                let session =
-                    InProcessSession::with_values(Arc::new(delegate), options, stored_values);
+                let session = InProcessSession::with_values(
+                    Arc::new(delegate),
+                    options.into(),
+                    stored_values,
+                );
                 lock(&self.sessions).insert(id, Arc::new(session));
                 METRICS.sessions_opened(1);
                 return Ok((Response::SessionOpened(id), Held::default()));
@@ -233,7 +238,7 @@ impl Connection {
             self.drain.cell_started();
         }
         METRICS.reply(&reply, timed.map(|started| started.elapsed()));
-        Ok((Response::Reply(reply), held))
+        Ok((Response::Reply(reply.into()), held))
     }
 
     /// Shuts every session down (the connection is over).

@@ -186,7 +186,7 @@ impl CodeModeSessionDelegate for RemoteDelegate {
                 cell_id: call.cell_id,
                 call_id: call.call_id,
                 tool_name: call.tool_name,
-                kind: call.kind,
+                kind: call.kind.into(),
                 input: call.input,
                 exec_call_id: call.exec_call_id,
             };

@@ -303,27 +303,17 @@ fn counters(
 fn classify(response: &CellResponse) -> Option<(Outcome, Option<Limit>)> {
     match response {
         CellResponse::Yielded { .. } => None,
-        CellResponse::Result {
-            missing_cell: true, ..
-        } => None,
         CellResponse::Terminated { .. } => Some((Outcome::Terminated, None)),
+        CellResponse::Result { failure: None, .. } => Some((Outcome::Ok, None)),
         CellResponse::Result {
-            error_text,
-            failure,
+            failure: Some(failure),
             ..
-        } => {
-            let limit = match failure {
-                Some(FailureKind::OutOfMemory) => Some(Limit::Heap),
-                Some(FailureKind::CpuBudget) => Some(Limit::Cpu),
-                _ => None,
-            };
-            let outcome = if error_text.is_some() {
-                Outcome::Error
-            } else {
-                Outcome::Ok
-            };
-            Some((outcome, limit))
-        }
+        } => match failure.kind {
+            FailureKind::NotFound => None,
+            FailureKind::OutOfMemory => Some((Outcome::Error, Some(Limit::Heap))),
+            FailureKind::CpuBudget => Some((Outcome::Error, Some(Limit::Cpu))),
+            _ => Some((Outcome::Error, None)),
+        },
     }
 }
 

@@ -133,9 +133,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
         }
     }
     match response {
-        CellResponse::Result {
-            error_text: None, ..
-        } => Ok(()),
+        CellResponse::Result { failure: None, .. } => Ok(()),
         _ => Err(Failure::script()),
     }
 }

@@ -185,10 +185,7 @@ impl Drop for HostedSession {
         if let Some((placed, session)) = lock(&self.binding).take()
             && !placed.connection.is_lost()
         {
-            placed.connection.send_detached(Request::Session {
-                session,
-                call: SessionCall::Shutdown,
-            });
+            placed.connection.send_detached(Request::shutdown(session));
         }
     }
 }
@@ -286,10 +283,7 @@ impl HostedSession {
                     from = %connection.describe(),
                     "moving a session off a draining runtime"
                 );
-                connection.send_detached(Request::Session {
-                    session: *session,
-                    call: SessionCall::Shutdown,
-                });
+                connection.send_detached(Request::shutdown(*session));
                 connection.forget_session(*session);
                 *binding = None;
             }
@@ -304,7 +298,7 @@ impl HostedSession {
                 .map_err(|error| SessionError::Runtime(error.to_string()))?;
             let connection = Arc::clone(&placed.connection);
             let request = Request::OpenSession {
-                options: self.options.clone(),
+                options: self.options.clone().into(),
                 stored_values: self.committed_values(),
             };
             let hooks = RequestHooks {
@@ -590,10 +584,7 @@ impl CodeModeSession for HostedSession {
                 let connection = &placed.connection;
                 // Cell-closed events precede the answer on the wire, so every cell has
                 // been reported closed when this returns.
-                let request = Request::Session {
-                    session,
-                    call: SessionCall::Shutdown,
-                };
+                let request = Request::shutdown(session);
                 if let Err(error) = connection
                     .call::<()>(request, RequestHooks::default())
                     .await

@@ -12,12 +12,11 @@ use crate::session::{
     AdmittedHook, CellResponse, CodeModeSession, ExecHooks, ExecRequest, PendingOutcome,
     SessionError, StartedCell, StartedPendingCell, WaitRequest,
 };
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// One call of a session's methods. Opening a session is not one: that belongs to
 /// whatever holds the sessions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SessionCall {
     Execute(ExecRequest),
     Wait(WaitRequest),
@@ -43,7 +42,7 @@ pub struct CallHooks {
 }
 
 /// The answer to a [`SessionCall`], by the call's kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SessionReply {
     /// To `Execute`.
     Started(StartedCell),

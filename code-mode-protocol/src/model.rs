@@ -5,11 +5,10 @@
 //! not self-describing, so internally tagged or untagged representations would not
 //! round-trip over the wire.
 
-use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// How much detail the model should see in an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ImageDetail {
     Auto,
     Low,
@@ -50,7 +49,7 @@ impl fmt::Display for ImageDetail {
 }
 
 /// One item of a cell's output, in the order the cell produced it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentItem {
     /// `input_text { text }`
     InputText { text: String },
@@ -79,7 +78,7 @@ impl ContentItem {
 }
 
 /// How a nested tool takes its input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ToolKind {
     /// A JSON function tool: its input is a JSON value.
     #[default]
@@ -230,7 +229,7 @@ pub fn parse_json(text: &str) -> Result<serde_json::Value, JsonError> {
 
 /// A nested tool enabled for a cell: what the runtime needs to bind `tools.<js name>` and
 /// list it in `ALL_TOOLS`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolDefinition {
     /// The tool's original name, namespace included (e.g. `mcp__github__search`).
     pub name: String,

@@ -12,7 +12,6 @@ use crate::json_text::JsonText;
 use crate::model::{ContentItem, ToolDefinition, ToolKind};
 use crate::stored::StoredValues;
 use crate::texts;
-use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -77,7 +76,7 @@ pub fn effective_yield_time_ms(requested_ms: u64, session_max_ms: Option<u64>) -
 /// The globals a cell sees: the contract's (CONTRACT §2), or those of Codex's own host,
 /// for a front that must be indistinguishable from it (no `console`; a `content` helper
 /// for MCP content blocks; Codex's order; plain writable properties).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Surface {
     #[default]
     Contract,
@@ -85,7 +84,7 @@ pub enum Surface {
 }
 
 /// Options of one session, whatever the provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOptions {
     /// Caps every observation's yield time, grace included. `Some(0)` yields at once.
     pub max_yield_time_ms: Option<u64>,
@@ -134,7 +133,7 @@ pub const DEFAULT_MAX_IN_FLIGHT_TOOL_CALLS: u64 = 1024;
 pub const DEFAULT_MAX_TOOL_PAYLOAD_BYTES: u64 = 32 * 1024 * 1024;
 
 /// What one cell may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CellLimits {
     /// V8 heap limit of the cell's isolate, in bytes; `ArrayBuffer`s may use half of it.
     pub heap_bytes: u64,
@@ -162,7 +161,7 @@ impl Default for CellLimits {
 }
 
 /// An `exec` call: the source (pragma already parsed and removed) and the enabled tools.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecRequest {
     pub source: String,
     /// Every enabled nested tool, deferred ones included.
@@ -254,7 +253,7 @@ impl std::fmt::Debug for ExecHooks {
 }
 
 /// A `wait` call (without `terminate`, which is [`CodeModeSession::terminate`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitRequest {
     pub cell_id: CellId,
     /// `None`: [`DEFAULT_YIELD_TIME_MS`].
@@ -281,7 +280,7 @@ impl WaitRequest {
 /// observation, measured by the provider from the call's arrival to its answer (contract
 /// 8.5); the formatter's `Wall time` line shows it. [`CellResponse::timeless`] compares
 /// responses without it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CellResponse {
     /// The cell is still running; these are the items produced since the last observation.
     Yielded {
@@ -295,24 +294,21 @@ pub enum CellResponse {
         content_items: Vec<ContentItem>,
         wall_time: Duration,
     },
-    /// The cell completed; `error_text` is set when it failed, and `failure` says how (set
-    /// exactly when `error_text` is). `missing_cell` marks the answer to a `wait` on an id
-    /// the session does not know (its failure is [`FailureKind::NotFound`]), so that a
-    /// caller can tell it from a real cell that failed.
+    /// The cell completed: successfully when `failure` is `None`, else with the failure's
+    /// kind and the text the model reads. The answer to a `wait` on an id the session
+    /// does not know is a result whose failure is [`FailureKind::NotFound`]
+    /// ([`CellResponse::is_missing_cell`]).
     Result {
         cell_id: CellId,
         content_items: Vec<ContentItem>,
-        error_text: Option<String>,
-        failure: Option<FailureKind>,
-        missing_cell: bool,
+        failure: Option<CellFailure>,
         wall_time: Duration,
     },
 }
 
 /// How a cell failed, beside the text the model reads (`error_text`): for a caller that
 /// acts on the reason (metrics, retries, a user interface) without reading the text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {
     /// The script threw, or its module's promise was rejected: syntax and type errors,
     /// an uncaught tool rejection, an exception in a timer callback.
@@ -370,11 +366,27 @@ impl CellResponse {
     pub fn missing(cell_id: impl Into<CellId>) -> Self {
         let cell_id = cell_id.into();
         CellResponse::Result {
-            error_text: Some(texts::cell_not_found(&cell_id)),
-            failure: Some(FailureKind::NotFound),
+            failure: Some(CellFailure::new(
+                FailureKind::NotFound,
+                texts::cell_not_found(&cell_id),
+            )),
             cell_id,
             content_items: Vec::new(),
-            missing_cell: true,
+            wall_time: Duration::ZERO,
+        }
+    }
+
+    /// The result of a cell that ended, with `failure` when it failed (no time yet: the
+    /// provider stamps it).
+    pub fn result(
+        cell_id: impl Into<CellId>,
+        content_items: Vec<ContentItem>,
+        failure: Option<CellFailure>,
+    ) -> Self {
+        CellResponse::Result {
+            cell_id: cell_id.into(),
+            content_items,
+            failure,
             wall_time: Duration::ZERO,
         }
     }
@@ -446,30 +458,27 @@ impl CellResponse {
         self
     }
 
+    /// How a completed cell failed, for a failed result.
+    pub fn cell_failure(&self) -> Option<&CellFailure> {
+        match self {
+            CellResponse::Result { failure, .. } => failure.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The error text of a completed cell that failed.
     pub fn error_text(&self) -> Option<&str> {
-        match self {
-            CellResponse::Result { error_text, .. } => error_text.as_deref(),
-            _ => None,
-        }
+        self.cell_failure().map(|failure| failure.text.as_str())
     }
 
-    /// How the cell failed, for a failed result.
+    /// The kind of a completed cell's failure, for a failed result.
     pub fn failure(&self) -> Option<FailureKind> {
-        match self {
-            CellResponse::Result { failure, .. } => *failure,
-            _ => None,
-        }
+        self.cell_failure().map(|failure| failure.kind)
     }
 
+    /// Whether this is the answer for an id the session does not know.
     pub fn is_missing_cell(&self) -> bool {
-        matches!(
-            self,
-            CellResponse::Result {
-                missing_cell: true,
-                ..
-            }
-        )
+        self.failure() == Some(FailureKind::NotFound)
     }
 }
 
@@ -521,14 +530,14 @@ pub async fn measure<T: Measured, E>(
 }
 
 /// What `execute` returns: the new cell's id and its first observation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartedCell {
     pub cell_id: CellId,
     pub initial_response: CellResponse,
 }
 
 /// What a pending-aware observation returns (contract 3.4).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PendingOutcome {
     /// The cell has nothing runnable and is frozen until the next observation: it waits
     /// only on these nested tool calls (those started since the previous frontier) or on
@@ -580,7 +589,7 @@ impl PendingOutcome {
 }
 
 /// What `execute_to_pending` returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartedPendingCell {
     pub cell_id: CellId,
     pub outcome: PendingOutcome,

@@ -19,9 +19,7 @@ pub fn status_line(response: &CellResponse) -> String {
     match response {
         CellResponse::Yielded { cell_id, .. } => texts::script_running(cell_id),
         CellResponse::Terminated { .. } => texts::SCRIPT_TERMINATED.to_owned(),
-        CellResponse::Result {
-            error_text: None, ..
-        } => texts::SCRIPT_COMPLETED.to_owned(),
+        CellResponse::Result { failure: None, .. } => texts::SCRIPT_COMPLETED.to_owned(),
         CellResponse::Result { .. } => texts::SCRIPT_FAILED.to_owned(),
     }
 }

@@ -50,14 +50,11 @@ pub fn response_json(response: &CellResponse) -> Value {
         CellResponse::Result {
             cell_id,
             content_items,
-            error_text,
-            failure,
-            missing_cell,
             ..
         } => json!({
             "type": "result", "cell_id": cell_id, "content_items": items_json(content_items),
-            "error_text": error_text, "failure": failure.map(FailureKind::as_str),
-            "missing_cell": missing_cell, "wall_time_ms": wall_time_ms,
+            "error_text": response.error_text(), "failure": response.failure().map(FailureKind::as_str),
+            "missing_cell": response.is_missing_cell(), "wall_time_ms": wall_time_ms,
         }),
     }
 }

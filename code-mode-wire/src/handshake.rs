@@ -17,7 +17,10 @@ use std::fmt;
 /// flight when a draining runtime's timeout passes is answered with the runtime-lost error.
 /// 8: the runtime holds each answer to a cell observation until the host says it was taken
 /// or given back (`Taken`, `GivenBack`).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: the wire has payload types of its own (`payload`); a failed result carries one
+/// optional failure (kind and text) instead of a text, a kind and a missing-cell flag
+/// that had to agree.
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

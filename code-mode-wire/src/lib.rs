@@ -9,9 +9,11 @@
 //! ([`transport`]), rustls server settings from PEM files ([`tls`]), and how an answer
 //! reaches its caller ([`delivery`], shared by the cell actor and the host).
 //!
-//! Only these types cross the process boundary. They are externally tagged enums and plain
-//! structs, because bincode is not self-describing; JSON payloads (tool inputs and results)
-//! travel as JSON text for the same reason.
+//! Only these types cross the process boundary: the messages here and their payloads
+//! ([`payload`]), the wire's own counterparts of the API types, converted in one module
+//! ([`convert`]). They are externally tagged enums and plain structs, because bincode is
+//! not self-describing; JSON payloads (tool inputs and results) travel as JSON text for
+//! the same reason.
 //!
 //! A connection starts with [`ClientMessage::Hello`] answered by [`ServerMessage::Ready`]
 //! or [`ServerMessage::Rejected`]. Then the client sends [`Request`]s with fresh
@@ -35,20 +37,21 @@
 //! no new session there, and the runtime refuses one with [`WireError::Draining`].
 
 pub mod codec;
+pub mod convert;
 pub mod delivery;
 pub mod handshake;
+pub mod payload;
 pub mod tls;
 pub mod transport;
 
-use code_mode_protocol::calls::{SessionCall, SessionReply};
 use code_mode_protocol::ids::{CallId, CellId, ToolError};
 use code_mode_protocol::json_text::JsonText;
-use code_mode_protocol::model::{ToolDefinition, ToolKind};
-use code_mode_protocol::session::{SessionError, SessionOptions};
+use code_mode_protocol::model::ToolDefinition;
+use code_mode_protocol::session::SessionError;
 use code_mode_protocol::texts;
+use payload::{SessionCall, SessionOptions, SessionReply, ToolKind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::Arc;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME_BYTES};
 pub use handshake::{
@@ -145,6 +148,14 @@ pub const RUNTIME_TOOL_SETS: usize = 64;
 pub const HOST_TOOL_SETS: usize = 32;
 
 impl Request {
+    /// Shuts `session` down (the runtime forgets it afterwards).
+    pub fn shutdown(session: SessionId) -> Self {
+        Request::Session {
+            session,
+            call: SessionCall::Shutdown,
+        }
+    }
+
     /// Whether the runtime holds this request's answer, when it succeeds, until the host
     /// says what became of it ([`ClientMessage::Taken`] or [`ClientMessage::GivenBack`]):
     /// the calls that observe a cell (execute, wait, terminate, and their pending-aware
@@ -225,7 +236,7 @@ pub enum Request {
     /// Answered with [`Response::ToolsRegistered`]; handled before any later request.
     RegisterTools {
         tool_set: ToolSetId,
-        tools: Arc<[ToolDefinition]>,
+        tools: Vec<payload::ToolDefinition>,
     },
     /// A `call` (an `Execute` or `ExecuteToPending`, its tools left empty) that runs with
     /// the registered `tool_set`; [`WireError::UnknownToolSet`] when the runtime does not

@@ -16,9 +16,9 @@ use crate::bound;
 use code_mode_host::protocol::model::replace_lone_surrogate_escapes;
 use code_mode_host::protocol::session::BoxFuture;
 use code_mode_host::protocol::{
-    CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
-    ContentItem, ExecHooks, ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions,
-    Surface, ToolDefinition, ToolError, ToolKind, WaitRequest,
+    CellFailure, CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
+    CodeModeSessionDelegate, ContentItem, ExecHooks, ExecRequest, JsonText, NestedToolCall,
+    SessionError, SessionOptions, Surface, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
 use code_mode_host::{ProcessProvider, ProcessSession};
 use std::collections::{HashMap, HashSet};
@@ -770,7 +770,9 @@ impl Front {
             .to_owned();
         // The host adds the `Script error:` item only when it formats for the model.
         let items = match session.truncation {
-            Truncation::Server => vec![ContentItem::text(script_error(&error_text))],
+            Truncation::Server => vec![ContentItem::text(
+                code_mode_host::protocol::texts::script_error(&error_text),
+            )],
             Truncation::Client => Vec::new(),
         };
         Outcome {
@@ -794,14 +796,14 @@ impl Front {
         max_tokens: Option<u64>,
         arrived: Instant,
     ) -> Outcome {
-        let response = CellResponse::Result {
-            cell_id: runtime_id.clone(),
-            content_items: Vec::new(),
-            error_text: Some(SessionError::RuntimeLost(cause.to_owned()).to_string()),
-            failure: Some(code_mode_protocol::FailureKind::RuntimeLost),
-            missing_cell: false,
-            wall_time: Duration::ZERO,
-        };
+        let response = CellResponse::result(
+            runtime_id.clone(),
+            Vec::new(),
+            Some(CellFailure::new(
+                code_mode_protocol::FailureKind::RuntimeLost,
+                SessionError::RuntimeLost(cause.to_owned()).to_string(),
+            )),
+        );
         self.outcome(session, response, max_tokens, arrived)
     }
 
@@ -822,9 +824,14 @@ impl Front {
             CellResponse::Terminated { content_items, .. } => (content_items, Status::Terminated),
             CellResponse::Result {
                 content_items,
-                error_text,
+                failure,
                 ..
-            } => (content_items, Status::Completed { error_text }),
+            } => (
+                content_items,
+                Status::Completed {
+                    error_text: failure.map(|failure| failure.text),
+                },
+            ),
         };
         if session.truncation == Truncation::Server {
             let mut entries = bound::bound_items(items);
@@ -832,9 +839,9 @@ impl Front {
                 error_text: Some(error_text),
             } = &status
             {
-                entries.push(bound::Entry::Item(ContentItem::text(script_error(
-                    error_text,
-                ))));
+                entries.push(bound::Entry::Item(ContentItem::text(
+                    code_mode_host::protocol::texts::script_error(error_text),
+                )));
             }
             items =
                 bound::truncate_entries(entries, max_tokens.unwrap_or(bound::DEFAULT_MAX_TOKENS));
@@ -850,9 +857,4 @@ impl Front {
             buffered_for: Duration::ZERO,
         }
     }
-}
-
-/// The item Codex's host appends for a failed script.
-pub fn script_error(error_text: &str) -> String {
-    format!("Script error:\n{error_text}")
 }

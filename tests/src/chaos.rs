@@ -776,7 +776,7 @@ async fn run_cell<S: CodeModeSession + Placed>(
     match outcome {
         Ok(CellResponse::Result {
             content_items,
-            error_text: None,
+            failure: None,
             ..
         }) => Ended::Completed(
             content_items

@@ -34,14 +34,10 @@ pub const ERROR_TEXT_CAP: usize = 64 * 1024;
 
 impl Outcome {
     pub fn matches(&self, response: &CellResponse) -> bool {
-        let CellResponse::Result {
-            error_text,
-            content_items,
-            ..
-        } = response
-        else {
+        let CellResponse::Result { content_items, .. } = response else {
             return false;
         };
+        let error_text = response.error_text();
         match self {
             Outcome::Texts(expected) => {
                 error_text.is_none()
@@ -51,15 +47,15 @@ impl Outcome {
                         .collect::<Vec<_>>()
                         == expected.iter().map(|text| Some(*text)).collect::<Vec<_>>()
             }
-            Outcome::Error(expected) => error_text.as_deref() == Some(*expected),
-            Outcome::ErrorStarting(prefix) => error_text
-                .as_deref()
-                .is_some_and(|text| text.starts_with(prefix)),
+            Outcome::Error(expected) => error_text == Some(*expected),
+            Outcome::ErrorStarting(prefix) => {
+                error_text.is_some_and(|text| text.starts_with(prefix))
+            }
             Outcome::LastText(expected) => {
                 error_text.is_none()
                     && content_items.last().and_then(|item| item.as_text()) == Some(*expected)
             }
-            Outcome::ErrorCut(prefix) => error_text.as_deref().is_some_and(|text| {
+            Outcome::ErrorCut(prefix) => error_text.is_some_and(|text| {
                 let (cut, marker) = text.split_once('\u{2026}').unwrap_or((text, ""));
                 text.starts_with(prefix)
                     && cut.len() == ERROR_TEXT_CAP

@@ -89,7 +89,7 @@ async fn texts_of<S: CodeModeSession>(session: &S, source: &str) -> Vec<String> 
     match started.initial_response {
         CellResponse::Result {
             content_items,
-            error_text: None,
+            failure: None,
             ..
         } => content_items
             .iter()

@@ -110,9 +110,7 @@ fn result(cell_id: &str, items: &[&str], error_text: Option<&str>) -> CellRespon
         None => CellResponse::Result {
             cell_id: cell_id.into(),
             content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
-            error_text: None,
             failure: None,
-            missing_cell: false,
             wall_time: Duration::ZERO,
         },
     }
@@ -123,9 +121,10 @@ fn failed(cell_id: &str, items: &[&str], kind: FailureKind, error_text: &str) ->
     CellResponse::Result {
         cell_id: cell_id.into(),
         content_items: items.iter().map(|text| ContentItem::text(*text)).collect(),
-        error_text: Some(error_text.to_owned()),
-        failure: Some(kind),
-        missing_cell: false,
+        failure: Some(code_mode_protocol::CellFailure::new(
+            kind,
+            error_text.to_owned(),
+        )),
         wall_time: Duration::ZERO,
     }
 }
@@ -175,7 +174,7 @@ async fn loads(session: &impl CodeModeSession, keys: &[&str]) -> Vec<String> {
     let started = exec(session, &source).await;
     let CellResponse::Result {
         content_items,
-        error_text: None,
+        failure: None,
         ..
     } = &started.initial_response
     else {
@@ -734,8 +733,7 @@ pub async fn yield_time_grace_and_session_cap<P: CodeModeProvider>(provider: &P)
                 CellResponse::Result {
                     cell_id,
                     content_items,
-                    error_text: None,
-                    missing_cell: false,
+                    failure: None,
                     ..
                 } => {
                     assert_eq!(cell_id, "1");
@@ -1220,9 +1218,7 @@ pub async fn audio_items_cross_in_order<P: CodeModeProvider>(provider: &P) {
                     "Tool call failed: invalid audio output. Pass a base64 data URI instead"
                 ),
             ],
-            error_text: None,
             failure: None,
-            missing_cell: false,
             wall_time: Duration::ZERO,
         }
     );
@@ -1244,7 +1240,7 @@ pub async fn as_settled_reports_nested_calls_as_they_finish<P: CodeModeProvider>
     let started = exec(&session, source).await;
     let CellResponse::Result {
         content_items,
-        error_text: None,
+        failure: None,
         ..
     } = &started.initial_response
     else {

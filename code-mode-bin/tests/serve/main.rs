@@ -169,7 +169,7 @@ impl Host {
         self.request(
             id,
             Request::OpenSession {
-                options: SessionOptions::default(),
+                options: SessionOptions::default().into(),
                 stored_values: Default::default(),
             },
         )
@@ -240,7 +240,8 @@ async fn a_whole_session_over_raw_frames() {
                 ExecRequest::new(source)
                     .with_tools(tools())
                     .with_tool_call_id("call_7"),
-            ),
+            )
+            .into(),
         },
     )
     .await;
@@ -269,7 +270,7 @@ async fn a_whole_session_over_raw_frames() {
             cell_id: "1".into(),
             call_id: CallId::new(1),
             tool_name: "echo".into(),
-            kind: ToolKind::Function,
+            kind: ToolKind::Function.into(),
             input: Some(r#"{"a":1}"#.into()),
             exec_call_id: Some("call_7".into()),
         }
@@ -313,14 +314,17 @@ async fn a_whole_session_over_raw_frames() {
     .await;
     assert_eq!(
         host.response(2).await,
-        Ok(Response::Reply(SessionReply::Started(StartedCell {
-            cell_id: "1".into(),
-            initial_response: CellResponse::Yielded {
+        Ok(Response::Reply(
+            SessionReply::Started(StartedCell {
                 cell_id: "1".into(),
-                content_items: vec![text("start"), text("echo 42")],
-                wall_time: std::time::Duration::ZERO,
-            },
-        })))
+                initial_response: CellResponse::Yielded {
+                    cell_id: "1".into(),
+                    content_items: vec![text("start"), text("echo 42")],
+                    wall_time: std::time::Duration::ZERO,
+                },
+            })
+            .into()
+        ))
     );
 
     let (block_id, call) = host.delegate_call().await;
@@ -329,17 +333,20 @@ async fn a_whole_session_over_raw_frames() {
         3,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Wait(WaitRequest::new("1").with_yield_time_ms(200)),
+            call: SessionCall::Wait(WaitRequest::new("1").with_yield_time_ms(200)).into(),
         },
     )
     .await;
     assert_eq!(
         host.response(3).await,
-        Ok(Response::Reply(SessionReply::Cell(CellResponse::Yielded {
-            cell_id: "1".into(),
-            content_items: vec![text("after yield")],
-            wall_time: std::time::Duration::ZERO,
-        })))
+        Ok(Response::Reply(
+            SessionReply::Cell(CellResponse::Yielded {
+                cell_id: "1".into(),
+                content_items: vec![text("after yield")],
+                wall_time: std::time::Duration::ZERO,
+            })
+            .into()
+        ))
     );
 
     host.request(
@@ -348,7 +355,8 @@ async fn a_whole_session_over_raw_frames() {
             session: SessionId(1),
             call: SessionCall::Terminate {
                 cell_id: "1".into(),
-            },
+            }
+            .into(),
         },
     )
     .await;
@@ -365,13 +373,14 @@ async fn a_whole_session_over_raw_frames() {
     .await;
     assert_eq!(
         host.response(4).await,
-        Ok(Response::Reply(SessionReply::Cell(
-            CellResponse::Terminated {
+        Ok(Response::Reply(
+            SessionReply::Cell(CellResponse::Terminated {
                 cell_id: "1".into(),
                 content_items: vec![],
                 wall_time: std::time::Duration::ZERO,
-            }
-        )))
+            })
+            .into()
+        ))
     );
     let closed = host
         .next_matching(|m| matches!(m, ServerMessage::CellClosed { .. }))
@@ -395,7 +404,7 @@ async fn a_whole_session_over_raw_frames() {
         5,
         Request::Session {
             session: SessionId(9),
-            call: SessionCall::Wait(WaitRequest::new("1")),
+            call: SessionCall::Wait(WaitRequest::new("1")).into(),
         },
     )
     .await;
@@ -407,15 +416,15 @@ async fn a_whole_session_over_raw_frames() {
         6,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Wait(WaitRequest::new("7")),
+            call: SessionCall::Wait(WaitRequest::new("7")).into(),
         },
     )
     .await;
     assert_eq!(
         host.response(6).await,
-        Ok(Response::Reply(SessionReply::Cell(CellResponse::missing(
-            "7"
-        ))))
+        Ok(Response::Reply(
+            SessionReply::Cell(CellResponse::missing("7")).into()
+        ))
     );
 
     // A second session, then shutdown of the first.
@@ -424,19 +433,19 @@ async fn a_whole_session_over_raw_frames() {
         8,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Shutdown,
+            call: SessionCall::Shutdown.into(),
         },
     )
     .await;
     assert_eq!(
         host.response(8).await,
-        Ok(Response::Reply(SessionReply::ShutDown))
+        Ok(Response::Reply(SessionReply::ShutDown.into()))
     );
     host.request(
         9,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Execute(ExecRequest::new("1")),
+            call: SessionCall::Execute(ExecRequest::new("1")).into(),
         },
     )
     .await;
@@ -463,7 +472,8 @@ async fn a_cells_writes_are_committed_before_its_final_response() {
             session: SessionId(1),
             call: SessionCall::Execute(ExecRequest::new(
                 r#"store("k", { a: [1, "é"] }); store("gone", 1); store("gone", 2); text("done");"#,
-            )),
+            ))
+            .into(),
         },
     )
     .await;
@@ -499,17 +509,18 @@ async fn a_cells_writes_are_committed_before_its_final_response() {
     let response = timeless(host.response(2).await.expect("the cell's response"));
     assert_eq!(
         response,
-        Response::Reply(SessionReply::Started(StartedCell {
-            cell_id: "1".into(),
-            initial_response: CellResponse::Result {
+        Response::Reply(
+            SessionReply::Started(StartedCell {
                 cell_id: "1".into(),
-                content_items: vec![text("done")],
-                error_text: None,
-                failure: None,
-                missing_cell: false,
-                wall_time: std::time::Duration::ZERO,
-            },
-        }))
+                initial_response: CellResponse::Result {
+                    cell_id: "1".into(),
+                    content_items: vec![text("done")],
+                    failure: None,
+                    wall_time: std::time::Duration::ZERO,
+                },
+            })
+            .into()
+        )
     );
 }
 
@@ -523,19 +534,20 @@ async fn pending_requests_can_be_cancelled_and_running_cells_die_with_the_connec
             session: SessionId(1),
             call: SessionCall::Execute(
                 ExecRequest::new("text('spin'); while (true) {}").with_yield_time_ms(100),
-            ),
+            )
+            .into(),
         },
     )
     .await;
     assert!(matches!(
         host.response(2).await,
-        Ok(Response::Reply(SessionReply::Started(_)))
+        Ok(Response::Reply(payload::SessionReply::Started { .. }))
     ));
     host.request(
         3,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Wait(WaitRequest::new("1").with_yield_time_ms(60_000)),
+            call: SessionCall::Wait(WaitRequest::new("1").with_yield_time_ms(60_000)).into(),
         },
     )
     .await;
@@ -581,7 +593,7 @@ async fn a_request_before_the_hello_is_refused() {
         1,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Shutdown,
+            call: SessionCall::Shutdown.into(),
         },
     )
     .await;
@@ -625,24 +637,25 @@ async fn an_answer_given_back_goes_to_the_next_observation_and_a_taken_one_close
         2,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Execute(ExecRequest::new(r#"text("kept");"#)),
+            call: SessionCall::Execute(ExecRequest::new(r#"text("kept");"#)).into(),
         },
     )
     .await;
     let result = CellResponse::Result {
         cell_id: "1".into(),
         content_items: vec![text("kept")],
-        error_text: None,
         failure: None,
-        missing_cell: false,
         wall_time: std::time::Duration::ZERO,
     };
     assert_eq!(
         host.response_untaken(2).await,
-        Ok(Response::Reply(SessionReply::Started(StartedCell {
-            cell_id: "1".into(),
-            initial_response: result.clone(),
-        })))
+        Ok(Response::Reply(
+            SessionReply::Started(StartedCell {
+                cell_id: "1".into(),
+                initial_response: result.clone(),
+            })
+            .into()
+        ))
     );
     host.send(ClientMessage::GivenBack { id: RequestId(2) })
         .await;
@@ -650,13 +663,13 @@ async fn an_answer_given_back_goes_to_the_next_observation_and_a_taken_one_close
         3,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Wait(WaitRequest::new("1")),
+            call: SessionCall::Wait(WaitRequest::new("1")).into(),
         },
     )
     .await;
     assert_eq!(
         host.response_untaken(3).await,
-        Ok(Response::Reply(SessionReply::Cell(result)))
+        Ok(Response::Reply(SessionReply::Cell(result).into()))
     );
     // The cell is not closed while its final answer is held: the close comes after the
     // word.
@@ -698,7 +711,8 @@ async fn protocol_violations_close_the_connection() {
                     options: SessionOptions {
                         max_yield_time_ms: None,
                         ..SessionOptions::default()
-                    },
+                    }
+                    .into(),
                     stored_values: Default::default(),
                 },
             },
@@ -706,14 +720,14 @@ async fn protocol_violations_close_the_connection() {
                 id: RequestId(2),
                 request: Request::Session {
                     session: SessionId(1),
-                    call: SessionCall::Execute(ExecRequest::new("while (true) {}")),
+                    call: SessionCall::Execute(ExecRequest::new("while (true) {}")).into(),
                 },
             },
             ClientMessage::Request {
                 id: RequestId(2),
                 request: Request::Session {
                     session: SessionId(1),
-                    call: SessionCall::Shutdown,
+                    call: SessionCall::Shutdown.into(),
                 },
             },
         ],
@@ -727,7 +741,7 @@ async fn protocol_violations_close_the_connection() {
             ClientMessage::Request {
                 id: RequestId(1),
                 request: Request::OpenSession {
-                    options: SessionOptions::default(),
+                    options: SessionOptions::default().into(),
                     stored_values: Default::default(),
                 },
             },
@@ -856,7 +870,7 @@ async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused(
         2,
         Request::RegisterTools {
             tool_set: set,
-            tools: tools().into(),
+            tools: code_mode_wire::convert::tools_to_wire(&tools()),
         },
     )
     .await;
@@ -870,11 +884,15 @@ async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused(
                 tool_set: set,
                 call: SessionCall::Execute(ExecRequest::new(
                     "text(ALL_TOOLS.map((tool) => tool.name).join(','))",
-                )),
+                ))
+                .into(),
             },
         )
         .await;
-        let Ok(Response::Reply(SessionReply::Started(started))) = host.response(id).await else {
+        let Ok(Response::Reply(reply)) = host.response(id).await else {
+            panic!("exec {id} did not start");
+        };
+        let SessionReply::Started(started) = reply.into() else {
             panic!("exec {id} did not start");
         };
         assert_eq!(
@@ -882,9 +900,7 @@ async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused(
             CellResponse::Result {
                 cell_id: cell.into(),
                 content_items: vec![ContentItem::text("echo,block")],
-                error_text: None,
                 failure: None,
-                missing_cell: false,
                 wall_time: std::time::Duration::ZERO,
             }
         );
@@ -896,7 +912,7 @@ async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused(
         Request::SessionWithTools {
             session: SessionId(1),
             tool_set: unknown,
-            call: SessionCall::Execute(ExecRequest::new("text(1)")),
+            call: SessionCall::Execute(ExecRequest::new("text(1)")).into(),
         },
     )
     .await;
@@ -908,36 +924,36 @@ async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused(
         6,
         Request::Session {
             session: SessionId(1),
-            call: SessionCall::Execute(ExecRequest::new("text(2)")),
+            call: SessionCall::Execute(ExecRequest::new("text(2)")).into(),
         },
     )
     .await;
     assert!(matches!(
         host.response(6).await,
-        Ok(Response::Reply(SessionReply::Started(_)))
+        Ok(Response::Reply(payload::SessionReply::Started { .. }))
     ));
 }
 
 /// A response with the times it carries set to zero.
 fn timeless(response: Response) -> Response {
     match response {
-        Response::Reply(SessionReply::Started(started)) => {
-            Response::Reply(SessionReply::Started(StartedCell {
-                initial_response: started.initial_response.timeless(),
-                ..started
-            }))
-        }
-        Response::Reply(SessionReply::Cell(response)) => {
-            Response::Reply(SessionReply::Cell(response.timeless()))
-        }
-        Response::Reply(SessionReply::Pending(outcome)) => {
-            Response::Reply(SessionReply::Pending(outcome.timeless()))
-        }
-        Response::Reply(SessionReply::StartedPending(started)) => {
-            Response::Reply(SessionReply::StartedPending(StartedPendingCell {
-                outcome: started.outcome.timeless(),
-                ..started
-            }))
+        Response::Reply(reply) => {
+            let reply = match SessionReply::from(reply) {
+                SessionReply::Started(started) => SessionReply::Started(StartedCell {
+                    initial_response: started.initial_response.timeless(),
+                    ..started
+                }),
+                SessionReply::Cell(response) => SessionReply::Cell(response.timeless()),
+                SessionReply::Pending(outcome) => SessionReply::Pending(outcome.timeless()),
+                SessionReply::StartedPending(started) => {
+                    SessionReply::StartedPending(StartedPendingCell {
+                        outcome: started.outcome.timeless(),
+                        ..started
+                    })
+                }
+                other => other,
+            };
+            Response::Reply(reply.into())
         }
         other => other,
     }

@@ -32,8 +32,8 @@ macro_rules! reply_answer {
                 fn from_response(response: Response) -> Result<Self, Box<Response>> {
                     match response {
                         Response::Reply(reply) => {
-                            <$ty as FromReply>::from_reply(reply)
-                                .map_err(|reply| Box::new(Response::Reply(reply)))
+                            <$ty as FromReply>::from_reply(reply.into())
+                                .map_err(|reply| Box::new(Response::Reply(reply.into())))
                         }
                         other => Err(Box::new(other)),
                     }
@@ -170,17 +170,14 @@ impl Connection {
             Response::SessionOpened(opened) => {
                 let opened = *opened;
                 drop(state);
-                self.send_detached(Request::Session {
-                    session: opened,
-                    call: SessionCall::Shutdown,
-                });
+                self.send_detached(Request::shutdown(opened));
                 return Ok(());
             }
-            Response::Reply(SessionReply::Started(started)) => {
-                mark_alive(&mut state, abandoned.session, &started.cell_id)?;
-            }
-            Response::Reply(SessionReply::StartedPending(started)) => {
-                mark_alive(&mut state, abandoned.session, &started.cell_id)?;
+            Response::Reply(
+                payload::SessionReply::Started { cell_id, .. }
+                | payload::SessionReply::StartedPending { cell_id, .. },
+            ) => {
+                mark_alive(&mut state, abandoned.session, cell_id)?;
             }
             _ => {}
         }

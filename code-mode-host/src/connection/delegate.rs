@@ -97,7 +97,7 @@ impl Connection {
                     cell_id: self.external_cell_id(&cell_id),
                     call_id,
                     tool_name,
-                    kind,
+                    kind: kind.into(),
                     input,
                     exec_call_id,
                 };

@@ -35,9 +35,10 @@ use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     AdmittedHook, BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, FromReply,
-    NestedToolCall, PendingOutcome, SessionCall, SessionError, SessionReply, StartedCell,
-    StartedPendingCell, ToolDefinition, ToolError,
+    NestedToolCall, PendingOutcome, SessionCall, SessionError, StartedCell, StartedPendingCell,
+    ToolDefinition, ToolError,
 };
+use code_mode_wire::convert::tools_to_wire;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_wire::*;
 use futures_util::StreamExt;
@@ -429,10 +430,16 @@ impl Connection {
         mut call: SessionCall,
     ) -> Request {
         let Some(exec) = call.exec_request_mut() else {
-            return Request::Session { session, call };
+            return Request::Session {
+                session,
+                call: call.into(),
+            };
         };
         if exec.tools.is_empty() {
-            return Request::Session { session, call };
+            return Request::Session {
+                session,
+                call: call.into(),
+            };
         }
         let tools = std::mem::replace(&mut exec.tools, Arc::from(Vec::new()));
         let mut state = lock(&self.state);
@@ -456,7 +463,10 @@ impl Connection {
             state.registered_tools.push_back(tool_set);
             // Queued while the set is marked registered, under the same lock: another
             // session that finds it marked sends its exec after this registration.
-            let request = Request::RegisterTools { tool_set, tools };
+            let request = Request::RegisterTools {
+                tool_set,
+                tools: tools_to_wire(&tools),
+            };
             let id = register(
                 &mut state,
                 &request,
@@ -469,7 +479,7 @@ impl Connection {
         Request::SessionWithTools {
             session,
             tool_set,
-            call,
+            call: call.into(),
         }
     }
 
@@ -576,11 +586,11 @@ impl Connection {
                         return Err(format!("{session} opened twice"));
                     }
                 }
-                Response::Reply(SessionReply::Started(started)) => {
-                    mark_alive(&mut state, pending.session, &started.cell_id)?;
-                }
-                Response::Reply(SessionReply::StartedPending(started)) => {
-                    mark_alive(&mut state, pending.session, &started.cell_id)?;
+                Response::Reply(
+                    payload::SessionReply::Started { cell_id, .. }
+                    | payload::SessionReply::StartedPending { cell_id, .. },
+                ) => {
+                    mark_alive(&mut state, pending.session, cell_id)?;
                 }
                 Response::Reply(_) | Response::ToolsRegistered => {}
             }
@@ -787,12 +797,13 @@ async fn read_loop<S: AsyncRead>(
 /// Whether a response ends a cell (its final result, to an exec or an observation).
 fn is_final(result: &Result<Response, WireError>) -> bool {
     match result {
-        Ok(Response::Reply(SessionReply::Started(started))) => {
-            matches!(started.initial_response, CellResponse::Result { .. })
-        }
-        Ok(Response::Reply(SessionReply::Cell(response))) => {
-            matches!(response, CellResponse::Result { .. })
-        }
+        Ok(Response::Reply(
+            payload::SessionReply::Started {
+                initial_response: response,
+                ..
+            }
+            | payload::SessionReply::Cell(response),
+        )) => matches!(response, payload::CellResponse::Result { .. }),
         _ => false,
     }
 }

@@ -40,10 +40,7 @@ async fn the_hostile_corpus_over_ipc() {
         let next_works = next.is_ok_and(|started| {
             matches!(
                 started.initial_response,
-                CellResponse::Result {
-                    error_text: None,
-                    ..
-                }
+                CellResponse::Result { failure: None, .. }
             )
         });
         if !next_works {

@@ -60,7 +60,7 @@ async fn run_load<S: CodeModeSession + 'static>(label: &str, open: impl Fn() -> 
                     "const v = await tools.echo({cell}); store('c{cell}', v); text('s{session_index} c' + v);"
                 );
                 let started = session.execute(crate::request(&source)).await.unwrap();
-                let CellResponse::Result { content_items, error_text: None, .. } = started.initial_response else {
+                let CellResponse::Result { content_items, failure: None, .. } = started.initial_response else {
                     panic!("session {session_index} cell {cell}: {:?}", started.initial_response);
                 };
                 assert_eq!(content_items, [ContentItem::text(format!("s{session_index} c{cell}"))]);

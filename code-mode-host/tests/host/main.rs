@@ -88,9 +88,7 @@ async fn killing_the_runtime_fails_calls_at_once_closes_cells_and_the_next_exec_
         CellResponse::Result {
             cell_id: "g2:1".into(),
             content_items: vec![ContentItem::text("undefined")],
-            error_text: None,
             failure: None,
-            missing_cell: false,
             wall_time: Duration::ZERO,
         }
     );

@@ -562,7 +562,7 @@ async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
     assert!(matches!(
         failed.initial_response,
         CellResponse::Result {
-            error_text: Some(_),
+            failure: Some(_),
             ..
         }
     ));

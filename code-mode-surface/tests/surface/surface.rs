@@ -427,17 +427,16 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
         CellResponse::Result {
             cell_id: "7".into(),
             content_items: items.clone(),
-            error_text: None,
             failure: None,
-            missing_cell: false,
             wall_time: std::time::Duration::ZERO,
         },
         CellResponse::Result {
             cell_id: "7".into(),
             content_items: items.clone(),
-            error_text: Some("TypeError: x is not a function\n    at exec_main.mjs:3:1".into()),
-            failure: Some(code_mode_protocol::FailureKind::ScriptError),
-            missing_cell: false,
+            failure: Some(code_mode_protocol::CellFailure::new(
+                code_mode_protocol::FailureKind::ScriptError,
+                "TypeError: x is not a function\n    at exec_main.mjs:3:1",
+            )),
             wall_time: std::time::Duration::ZERO,
         },
         CellResponse::Terminated {
@@ -467,9 +466,10 @@ fn the_formatter_for_each_status_with_and_without_truncation() {
     let long_error = CellResponse::Result {
         cell_id: "1".into(),
         content_items: vec![],
-        error_text: Some("E".repeat(100)),
-        failure: Some(code_mode_protocol::FailureKind::ScriptError),
-        missing_cell: false,
+        failure: Some(code_mode_protocol::CellFailure::new(
+            code_mode_protocol::FailureKind::ScriptError,
+            "E".repeat(100),
+        )),
         wall_time: std::time::Duration::ZERO,
     };
     writeln!(out, "==== a long error / budget 5 tokens").unwrap();

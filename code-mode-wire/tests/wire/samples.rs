@@ -16,7 +16,8 @@ pub fn execute_request() -> ClientMessage {
                 ExecRequest::new(r#"text("hi")"#)
                     .with_tools(vec![ToolDefinition::new("echo", "e", ToolKind::Function)])
                     .with_yield_time_ms(10_000),
-            ),
+            )
+            .into(),
         },
     }
 }
@@ -41,50 +42,57 @@ pub fn client_messages() -> Vec<ClientMessage> {
             options: SessionOptions {
                 max_yield_time_ms: Some(0),
                 ..SessionOptions::default()
-            },
+            }
+            .into(),
             stored_values: Default::default(),
         },
         Request::Session {
             session,
-            call: SessionCall::Execute(ExecRequest::new("await tools.x()")),
+            call: SessionCall::Execute(ExecRequest::new("await tools.x()")).into(),
         },
         Request::Session {
             session,
-            call: SessionCall::Wait(WaitRequest::new("3").with_yield_time_ms(5)),
+            call: SessionCall::Wait(WaitRequest::new("3").with_yield_time_ms(5)).into(),
         },
         Request::Session {
             session,
             call: SessionCall::Terminate {
                 cell_id: "3".into(),
-            },
+            }
+            .into(),
         },
         Request::Session {
             session,
-            call: SessionCall::ExecuteToPending(ExecRequest::new("1")),
+            call: SessionCall::ExecuteToPending(ExecRequest::new("1")).into(),
         },
         Request::Session {
             session,
             call: SessionCall::WaitToPending {
                 cell_id: "3".into(),
-            },
+            }
+            .into(),
         },
         Request::Session {
             session,
-            call: SessionCall::Interrupt,
+            call: SessionCall::Interrupt.into(),
         },
         Request::RegisterTools {
             tool_set: ToolSetId(0xfeed),
-            tools: vec![ToolDefinition::new("far", "f", ToolKind::Function).with_deferred(true)]
-                .into(),
+            tools: code_mode_wire::convert::tools_to_wire(&[ToolDefinition::new(
+                "far",
+                "f",
+                ToolKind::Function,
+            )
+            .with_deferred(true)]),
         },
         Request::SessionWithTools {
             session,
             tool_set: ToolSetId(0xfeed),
-            call: SessionCall::Execute(ExecRequest::new("await tools.far()")),
+            call: SessionCall::Execute(ExecRequest::new("await tools.far()")).into(),
         },
         Request::Session {
             session,
-            call: SessionCall::Shutdown,
+            call: SessionCall::Shutdown.into(),
         },
     ];
     let mut messages = vec![ClientMessage::Hello(ClientHello::current("test"))];
@@ -120,41 +128,54 @@ pub fn client_messages() -> Vec<ClientMessage> {
 pub fn server_messages() -> Vec<ServerMessage> {
     let responses = vec![
         Response::SessionOpened(SessionId(1)),
-        Response::Reply(SessionReply::Started(StartedCell {
-            cell_id: "1".into(),
-            initial_response: CellResponse::Yielded {
+        Response::Reply(
+            SessionReply::Started(StartedCell {
+                cell_id: "1".into(),
+                initial_response: CellResponse::Yielded {
+                    cell_id: "1".into(),
+                    content_items: items(),
+                    wall_time: std::time::Duration::ZERO,
+                },
+            })
+            .into(),
+        ),
+        Response::Reply(
+            SessionReply::Cell(CellResponse::Result {
                 cell_id: "1".into(),
                 content_items: items(),
+                failure: Some(code_mode_protocol::CellFailure::new(
+                    code_mode_protocol::FailureKind::ScriptError,
+                    "Error: x",
+                )),
                 wall_time: std::time::Duration::ZERO,
-            },
-        })),
-        Response::Reply(SessionReply::Cell(CellResponse::Result {
-            cell_id: "1".into(),
-            content_items: items(),
-            error_text: Some("Error: x".into()),
-            failure: Some(code_mode_protocol::FailureKind::ScriptError),
-            missing_cell: false,
-            wall_time: std::time::Duration::ZERO,
-        })),
-        Response::Reply(SessionReply::Cell(CellResponse::Terminated {
-            cell_id: "1".into(),
-            content_items: vec![],
-            wall_time: std::time::Duration::ZERO,
-        })),
-        Response::Reply(SessionReply::StartedPending(StartedPendingCell {
-            cell_id: "2".into(),
-            outcome: PendingOutcome::Pending {
+            })
+            .into(),
+        ),
+        Response::Reply(
+            SessionReply::Cell(CellResponse::Terminated {
+                cell_id: "1".into(),
+                content_items: vec![],
+                wall_time: std::time::Duration::ZERO,
+            })
+            .into(),
+        ),
+        Response::Reply(
+            SessionReply::StartedPending(StartedPendingCell {
                 cell_id: "2".into(),
-                content_items: items(),
-                pending_tool_call_ids: vec![CallId::new(1), CallId::new(2)],
-                wall_time: std::time::Duration::ZERO,
-            },
-        })),
-        Response::Reply(SessionReply::Pending(PendingOutcome::Completed(
-            CellResponse::missing("9"),
-        ))),
-        Response::Reply(SessionReply::Interrupted(vec!["2".into(), "5".into()])),
-        Response::Reply(SessionReply::ShutDown),
+                outcome: PendingOutcome::Pending {
+                    cell_id: "2".into(),
+                    content_items: items(),
+                    pending_tool_call_ids: vec![CallId::new(1), CallId::new(2)],
+                    wall_time: std::time::Duration::ZERO,
+                },
+            })
+            .into(),
+        ),
+        Response::Reply(
+            SessionReply::Pending(PendingOutcome::Completed(CellResponse::missing("9"))).into(),
+        ),
+        Response::Reply(SessionReply::Interrupted(vec!["2".into(), "5".into()]).into()),
+        Response::Reply(SessionReply::ShutDown.into()),
         Response::ToolsRegistered,
     ];
     let errors = vec![
@@ -204,7 +225,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
                 cell_id: "1".into(),
                 call_id: CallId::new(1),
                 tool_name: "mcp__x__y".into(),
-                kind: ToolKind::Freeform,
+                kind: ToolKind::Freeform.into(),
                 input: Some(r#""raw""#.into()),
                 exec_call_id: Some("call_1".into()),
             },

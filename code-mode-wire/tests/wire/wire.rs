@@ -41,6 +41,66 @@ fn every_server_message_round_trips() {
     }
 }
 
+/// Every payload of the samples reads back into the API and converts to the same wire
+/// form: the conversions lose nothing and invent nothing.
+#[test]
+fn every_payload_converts_to_the_api_and_back_unchanged() {
+    use code_mode_protocol as api;
+    fn both_ways<A, W>(wire: &W)
+    where
+        W: Clone + PartialEq + std::fmt::Debug + From<A>,
+        A: From<W>,
+    {
+        let api = A::from(wire.clone());
+        assert_eq!(&W::from(api), wire);
+    }
+    let mut seen = 0;
+    for message in crate::samples::client_messages() {
+        let ClientMessage::Request { request, .. } = message else {
+            continue;
+        };
+        match request {
+            Request::OpenSession { options, .. } => both_ways::<api::SessionOptions, _>(&options),
+            Request::Session { call, .. } | Request::SessionWithTools { call, .. } => {
+                both_ways::<api::SessionCall, _>(&call)
+            }
+            Request::RegisterTools { tools, .. } => {
+                let api = code_mode_wire::convert::tools_from_wire(tools.clone());
+                assert_eq!(code_mode_wire::convert::tools_to_wire(&api), tools);
+            }
+        }
+        seen += 1;
+    }
+    for message in crate::samples::server_messages() {
+        if let ServerMessage::Response {
+            result: Ok(Response::Reply(reply)),
+            ..
+        } = message
+        {
+            both_ways::<api::SessionReply, _>(&reply);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 18, "every sample request and reply converts");
+
+    // Options with every field away from its default come back whole.
+    let options = api::SessionOptions {
+        max_yield_time_ms: Some(7),
+        limits: api::CellLimits {
+            heap_bytes: 1,
+            cpu_budget_ms: 2,
+            output_bytes: 3,
+            max_in_flight_tool_calls: 4,
+            max_tool_payload_bytes: 5,
+        },
+        reuse_isolates: false,
+        max_stored_bytes: 6,
+        surface: api::Surface::Codex,
+    };
+    let wire = payload::SessionOptions::from(options.clone());
+    assert_eq!(api::SessionOptions::from(wire), options);
+}
+
 #[test]
 fn the_server_samples_have_one_of_every_variant() {
     // `kind`'s match is exhaustive: a new variant cannot be added without a kind, nor
@@ -316,6 +376,25 @@ fn encodings_are_pinned() {
             // (name, description, kind, not deferred), yield Some(10000), no tool call id
             "1f0000000101010100 0a74657874282268692229
              01046563686f01650000 01fb1027 00",
+        ),
+        (
+            frame(&ServerMessage::Response {
+                id: RequestId(5),
+                result: Ok(Response::Reply(payload::SessionReply::Cell(
+                    payload::CellResponse::Result {
+                        cell_id: "1".into(),
+                        content_items: vec![payload::ContentItem::InputText { text: "a".into() }],
+                        failure: Some(payload::CellFailure {
+                            kind: payload::FailureKind::CpuBudget,
+                            text: "t".into(),
+                        }),
+                        wall_time: std::time::Duration::from_micros(3),
+                    },
+                ))),
+            }),
+            // length 20, Response 5, Ok, Reply, Cell, Result: "1", [text "a"], Some(CPU
+            // budget, "t"), wall time 0 s 3000 ns (0xfb marker, u16 little-endian)
+            "14000000 02 05 00 01 01 02 0131 01 00 0161 01 02 0174 00 fbb80b",
         ),
         (
             frame(&ServerMessage::CellClosed {

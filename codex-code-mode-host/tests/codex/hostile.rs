@@ -4,11 +4,10 @@
 //! these; CODEX.md has the figures.)
 
 use code_mode_conformance::hostile::{CPU, CPU_BUDGET_MS, Outcome, corpus};
-use code_mode_host::protocol::{CellId, CellResponse, ContentItem};
+use code_mode_host::protocol::{CellFailure, CellId, CellResponse, ContentItem, FailureKind};
 use codex_code_mode_host::client::{Driver, Responder, exec_request, tool};
 use codex_code_mode_host::proto;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// `echo` answers its argument; `big` a string of as many bytes as its argument.
 fn responder() -> Responder {
@@ -40,15 +39,16 @@ fn response(outcome: &proto::CellOutcome) -> Option<CellResponse> {
             _ => None,
         })
         .collect();
-    Some(CellResponse::Result {
-        cell_id: CellId::from(outcome.cell_id.clone()),
+    // Codex's protocol carries the text only; the corpus checks texts, so every failure is
+    // read as a script error.
+    let failure = Some(completed.error_text.clone())
+        .filter(|text| !text.is_empty())
+        .map(|text| CellFailure::new(FailureKind::ScriptError, text));
+    Some(CellResponse::result(
+        CellId::from(outcome.cell_id.clone()),
         content_items,
-        error_text: Some(completed.error_text.clone()).filter(|text| !text.is_empty()),
-        // Codex's protocol carries the text only; the corpus checks texts.
-        failure: None,
-        missing_cell: false,
-        wall_time: Duration::ZERO,
-    })
+        failure,
+    ))
 }
 
 /// A case as it reads on Codex's surface, which the front's sessions have: its globals are

@@ -219,3 +219,74 @@ async fn a_hello_we_cannot_serve_is_rejected() {
         assert_eq!(answer["reason"]["type"], reason);
     }
 }
+
+/// A request with a field missing or of the wrong type is refused with the field's path,
+/// never run with a default (an execute without `source` once ran an empty cell); the
+/// session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_operation_is_refused_with_the_field_it_names() {
+    let mut host = JsonHost::spawn(&crate::our_host());
+    let wait = Duration::from_secs(10);
+    host.send(json!({"type": "connection/hello", "supportedVersions": [1], "requiredCapabilities": [], "optionalCapabilities": []})).await;
+    assert_eq!(host.recv(wait).await.unwrap()["type"], "connection/ready");
+    host.send(request(
+        1,
+        json!({"method": "session/open", "sessionId": "session-1"}),
+    ))
+    .await;
+    assert_eq!(host.recv(wait).await.unwrap()["result"]["status"], "ok");
+
+    let refusals = [
+        (
+            json!({"method": "session/execute", "sessionId": "session-1", "request": {"tool_call_id": "c", "enabled_tools": []}}),
+            "invalid session/execute request: request: missing field `source`",
+        ),
+        (
+            json!({"method": "session/execute", "sessionId": "session-1", "request": {"tool_call_id": "c", "source": "text(1)", "enabled_tools": [{"name": "t", "kind": "other"}]}}),
+            "invalid session/execute request: request.enabled_tools[0].kind: unknown variant `other`, expected `function` or `freeform`",
+        ),
+        (
+            json!({"method": "session/wait", "sessionId": "session-1", "request": {"cell_id": 1}}),
+            "invalid session/wait request: request.cell_id: invalid type: integer `1`, expected a string",
+        ),
+        (
+            json!({"method": "session/terminate", "cellId": "1"}),
+            "invalid session/terminate request: missing field `sessionId`",
+        ),
+        (
+            json!({"method": "session/fly", "sessionId": "session-1"}),
+            "unknown code-mode method `session/fly`",
+        ),
+    ];
+    for (id, (body, expected)) in (2..).zip(refusals) {
+        host.send(request(id, body)).await;
+        let answer = host.recv(wait).await.expect("an answer");
+        assert_eq!(answer["type"], "operation/response", "{answer}");
+        assert_eq!(answer["id"], id, "{answer}");
+        assert_eq!(answer["result"]["status"], "error", "{answer}");
+        let message = answer["result"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(expected), "{message}");
+    }
+
+    host.send(execute(
+        9,
+        "call_9",
+        "text('still here')",
+        10_000,
+        json!([]),
+    ))
+    .await;
+    let mut seen = Vec::new();
+    while let Some(message) = host.recv(wait).await {
+        let done = message["type"] == "execute/initialResponse";
+        seen.push(message);
+        if done {
+            break;
+        }
+    }
+    let last = seen.last().expect("the execute was answered");
+    assert_eq!(
+        last["result"]["value"]["Result"]["content_items"][0]["text"], "still here",
+        "{seen:#?}"
+    );
+}

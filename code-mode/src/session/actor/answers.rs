@@ -278,14 +278,7 @@ impl CellActor {
 
     pub(super) fn final_response(&self, decision: Final, items: Vec<ContentItem>) -> CellResponse {
         match decision {
-            Final::Completed(failure) => CellResponse::Result {
-                cell_id: self.cell_id.clone(),
-                content_items: items,
-                failure: failure.as_ref().map(|failure| failure.kind),
-                error_text: failure.map(|failure| failure.text),
-                missing_cell: false,
-                wall_time: Duration::ZERO,
-            },
+            Final::Completed(failure) => CellResponse::result(self.cell_id.clone(), items, failure),
             Final::Terminated => self.terminated(items),
         }
     }

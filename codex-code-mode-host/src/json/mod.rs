@@ -5,15 +5,20 @@
 //! the host asks for tool calls and delivers notifications with `delegate/request`, and
 //! reports closed cells with `cell/closed`. Messages are translated to [`Front`] calls.
 //!
-//! A frame that is not JSON, or not a known message, is logged and skipped (codex's own
-//! host exits on it); a frame over [`MAX_FRAME_BYTES`] cannot be skipped safely and ends
-//! the connection with an error.
+//! Frames are read into the types of [`messages`]. A frame that is not JSON, or not a known
+//! message, is logged and skipped (codex's own host exits on it); an operation whose
+//! request is malformed is answered with an error that names the field; a frame over
+//! [`MAX_FRAME_BYTES`] cannot be skipped safely and ends the connection with an error.
+
+mod messages;
 
 use crate::front::{
     ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Observed, Outcome,
     SessionEvent, Settings, Status, ToolName, Truncation,
 };
-use code_mode_host::protocol::{ContentItem, JsonText, ToolError, ToolKind};
+use code_mode_host::protocol::{JsonText, ToolError, ToolKind};
+use code_mode_surface::json::item_json;
+use messages::{DelegateResult, Hello, Incoming};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,7 +53,7 @@ pub enum JsonError {
 
 /// An operation in flight: what `operation/yield` and `operation/cancel` reach.
 #[derive(Clone)]
-struct Operation {
+struct InFlight {
     cancel: CancellationToken,
     /// The execution id (for an execute) or wait id (for a wait) to preempt.
     observation: Option<(Arc<FrontSession>, String)>,
@@ -57,7 +62,7 @@ struct Operation {
 struct Connection {
     front: Arc<Front>,
     out: mpsc::UnboundedSender<Value>,
-    operations: Mutex<HashMap<u64, Operation>>,
+    operations: Mutex<HashMap<u64, InFlight>>,
     /// Delegate request id → (session, invocation id).
     delegates: Mutex<HashMap<u64, (Arc<FrontSession>, String)>>,
     next_delegate: std::sync::atomic::AtomicU64,
@@ -113,7 +118,6 @@ where
         let Some(hello) = read_frame(&mut input).await? else {
             return Ok(());
         };
-        let hello: Value = serde_json::from_slice(&hello).unwrap_or(Value::Null);
         match handshake(&hello) {
             Ok(ready) => {
                 let _ = out.send(ready);
@@ -137,9 +141,9 @@ where
                 Ok(None) => break Ok(()),
                 Err(error) => break Err(error),
             };
-            match serde_json::from_slice::<Value>(&frame) {
+            match serde_json::from_slice::<Incoming>(&frame) {
                 Ok(message) => connection.clone().handle(message),
-                Err(error) => tracing::warn!(%error, "skipped a frame that is not JSON"),
+                Err(error) => tracing::warn!(%error, "skipped a frame that is no known message"),
             }
         };
         connection.front.close_all().await;
@@ -152,7 +156,7 @@ where
 }
 
 /// The answer to `connection/hello`: ready, or a rejection with its reason.
-fn handshake(hello: &Value) -> Result<Value, (Value, String)> {
+fn handshake(frame: &[u8]) -> Result<Value, (Value, String)> {
     let reject = |reason: Value| {
         let text = reason.to_string();
         (
@@ -160,37 +164,32 @@ fn handshake(hello: &Value) -> Result<Value, (Value, String)> {
             text,
         )
     };
-    if hello["type"] != "connection/hello" {
-        return Err(reject(
-            json!({"type": "invalidHello", "message": "the first message must be connection/hello"}),
-        ));
-    }
-    let supported: Vec<u64> = hello["supportedVersions"]
-        .as_array()
-        .map(|versions| versions.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
+    let hello = match serde_path_to_error::deserialize::<_, Hello>(
+        &mut serde_json::Deserializer::from_slice(frame),
+    ) {
+        Ok(hello) if hello.kind == "connection/hello" => hello,
+        Ok(_) => {
+            return Err(reject(
+                json!({"type": "invalidHello", "message": "the first message must be connection/hello"}),
+            ));
+        }
+        Err(error) => {
+            return Err(reject(
+                json!({"type": "invalidHello", "message": format!("the hello is malformed: {error}")}),
+            ));
+        }
+    };
     let Some(version) = VERSIONS
         .iter()
         .copied()
-        .filter(|version| supported.contains(version))
+        .filter(|version| hello.supported_versions.contains(version))
         .max()
     else {
         return Err(reject(
             json!({"type": "noCompatibleVersion", "supportedVersions": VERSIONS}),
         ));
     };
-    let names = |key: &str| -> Vec<String> {
-        hello[key]
-            .as_array()
-            .map(|names| {
-                names
-                    .iter()
-                    .filter_map(|name| name.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let required = names("requiredCapabilities");
+    let required = &hello.required_capabilities;
     if let Some(missing) = required
         .iter()
         .find(|name| !CAPABILITIES.contains(&name.as_str()))
@@ -199,25 +198,17 @@ fn handshake(hello: &Value) -> Result<Value, (Value, String)> {
             json!({"type": "missingRequiredCapability", "capability": missing}),
         ));
     }
-    let optional = names("optionalCapabilities");
     let granted: Vec<&str> = CAPABILITIES
         .iter()
         .copied()
-        .filter(|name| required.iter().chain(&optional).any(|asked| asked == name))
+        .filter(|name| {
+            required
+                .iter()
+                .chain(&hello.optional_capabilities)
+                .any(|asked| asked == name)
+        })
         .collect();
     Ok(json!({"type": "connection/ready", "selectedVersion": version, "capabilities": granted}))
-}
-
-fn item_json(item: &ContentItem) -> Value {
-    match item {
-        ContentItem::InputText { text } => json!({"type": "input_text", "text": text}),
-        ContentItem::InputImage { image_url, detail } => {
-            json!({"type": "input_image", "image_url": image_url, "detail": detail.as_str()})
-        }
-        ContentItem::InputAudio { audio_url } => {
-            json!({"type": "input_audio", "audio_url": audio_url})
-        }
-    }
 }
 
 fn nanos(duration: std::time::Duration) -> u64 {
@@ -263,27 +254,22 @@ fn error(message: impl std::fmt::Display) -> Value {
 /// The text of a failed operation: the front's error, or what a cancel says.
 const CANCELLED: &str = "code-mode request cancelled";
 
-fn enabled_tool(tool: &Value) -> EnabledTool {
-    let js_name = tool["name"].as_str().unwrap_or_default().to_owned();
-    let name = tool["tool_name"]["name"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| js_name.clone());
+fn enabled_tool(tool: messages::Tool) -> EnabledTool {
+    let (name, namespace) = match tool.tool_name {
+        Some(qualified) => (qualified.name, qualified.namespace),
+        None => (tool.name.clone(), None),
+    };
     EnabledTool {
         tool_name: ToolName {
             name,
-            namespace: tool["tool_name"]["namespace"]
-                .as_str()
-                .filter(|namespace| !namespace.is_empty())
-                .map(str::to_owned),
+            namespace: namespace.filter(|namespace| !namespace.is_empty()),
         },
-        description: tool["description"].as_str().unwrap_or_default().to_owned(),
-        kind: if tool["kind"] == "freeform" {
-            ToolKind::Freeform
-        } else {
-            ToolKind::Function
+        description: tool.description,
+        kind: match tool.kind {
+            messages::Kind::Function => ToolKind::Function,
+            messages::Kind::Freeform => ToolKind::Freeform,
         },
-        js_name,
+        js_name: tool.name,
     }
 }
 
@@ -296,51 +282,36 @@ impl Connection {
         self.send(json!({"type": "operation/response", "id": id, "result": result}));
     }
 
-    fn handle(self: Arc<Self>, message: Value) {
-        match message["type"].as_str().unwrap_or_default() {
-            "operation/request" => {
-                let Some(id) = message["id"].as_u64() else {
-                    tracing::warn!("skipped an operation without a numeric id");
-                    return;
-                };
-                tokio::spawn(self.operation(id, message["request"].clone()));
+    fn handle(self: Arc<Self>, message: Incoming) {
+        match message {
+            Incoming::Request { id, request } => {
+                tokio::spawn(self.operation(id, request));
             }
-            "operation/yield" => {
-                if let Some(operation) = message["id"]
-                    .as_u64()
-                    .and_then(|id| lock(&self.operations).get(&id).cloned())
-                    && let Some((session, observation)) = &operation.observation
+            Incoming::Yield { id } => {
+                let operation = lock(&self.operations).get(&id).cloned();
+                if let Some(InFlight {
+                    observation: Some((session, observation)),
+                    ..
+                }) = operation
                 {
-                    let _ = self.front.yield_observation(session, observation);
+                    let _ = self.front.yield_observation(&session, &observation);
                 }
             }
-            "operation/cancel" => {
-                if let Some(operation) = message["id"]
-                    .as_u64()
-                    .and_then(|id| lock(&self.operations).get(&id).cloned())
-                {
+            Incoming::Cancel { id } => {
+                if let Some(operation) = lock(&self.operations).get(&id).cloned() {
                     operation.cancel.cancel();
                 }
             }
-            "delegate/response" => {
-                let Some((session, invocation)) = message["id"]
-                    .as_u64()
-                    .and_then(|id| lock(&self.delegates).remove(&id))
-                else {
+            Incoming::DelegateResponse { id, result } => {
+                let Some((session, invocation)) = lock(&self.delegates).remove(&id) else {
                     return;
                 };
-                let result = &message["result"];
-                let answer = if result["status"] == "ok" {
-                    let value = &result["value"]["result"];
-                    Ok(JsonText::new(value.to_string()))
-                } else {
-                    Err(ToolError::new(
-                        result["message"].as_str().unwrap_or("tool call failed"),
-                    ))
+                let answer = match result {
+                    DelegateResult::Ok { value } => Ok(JsonText::new(value.result.to_string())),
+                    DelegateResult::Error { message } => Err(ToolError::new(message)),
                 };
                 let _ = self.front.complete_tool_call(&session, &invocation, answer);
             }
-            other => tracing::warn!(kind = other, "skipped an unknown message"),
         }
     }
 
@@ -397,7 +368,7 @@ impl Connection {
         let cancel = CancellationToken::new();
         lock(&self.operations).insert(
             id,
-            Operation {
+            InFlight {
                 cancel: cancel.clone(),
                 observation: None,
             },
@@ -424,18 +395,22 @@ impl Connection {
     /// Runs one operation; `Ok(None)` when it already answered (an execute).
     async fn run(self: Arc<Self>, id: u64, request: Value) -> Result<Option<Value>, String> {
         let text = |error: FrontError| error.to_string();
-        let session_id = request["sessionId"].as_str().unwrap_or_default().to_owned();
-        match request["method"].as_str().unwrap_or_default() {
-            "session/open" => {
-                let truncation = match request["outputTruncation"].as_str() {
+        let operation = messages::Operation::read(request).map_err(|error| error.to_string())?;
+        match operation {
+            messages::Operation::Open(messages::Open {
+                session_id,
+                output_truncation,
+                cell_execution_limits,
+            }) => {
+                let truncation = match output_truncation.as_deref() {
                     Some("client") => Truncation::Client,
                     None | Some("server") => Truncation::Server,
                     Some(_) => return Err(FrontError::UnknownTruncation.to_string()),
                 };
-                let limits = &request["cellExecutionLimits"];
+                let limits = cell_execution_limits.unwrap_or_default();
                 let limits = ClientLimits {
-                    max_yield_time_ms: limits["maxYieldTimeMs"].as_u64(),
-                    max_heap_size_bytes: limits["maxHeapSizeBytes"].as_u64(),
+                    max_yield_time_ms: limits.max_yield_time_ms,
+                    max_heap_size_bytes: limits.max_heap_size_bytes,
                 };
                 let session = self
                     .front
@@ -446,19 +421,18 @@ impl Connection {
                     json!({"type": "session/ready", "sessionId": session_id}),
                 ))
             }
-            "session/execute" => {
+            messages::Operation::Execute(messages::Execute {
+                session_id,
+                request: body,
+            }) => {
                 let session = self.front.session(&session_id, false).map_err(text)?;
-                let body = &request["request"];
                 let execution = Execution {
                     execution_id: format!("json-{id}-{}", uuid::Uuid::new_v4()),
-                    tool_call_id: body["tool_call_id"].as_str().unwrap_or_default().to_owned(),
-                    source: body["source"].as_str().unwrap_or_default().to_owned(),
-                    tools: body["enabled_tools"]
-                        .as_array()
-                        .map(|tools| tools.iter().map(enabled_tool).collect())
-                        .unwrap_or_default(),
-                    yield_time_ms: body["yield_time_ms"].as_u64(),
-                    max_output_tokens: body["max_output_tokens"].as_u64(),
+                    tool_call_id: body.tool_call_id,
+                    source: body.source,
+                    tools: body.enabled_tools.into_iter().map(enabled_tool).collect(),
+                    yield_time_ms: body.yield_time_ms,
+                    max_output_tokens: body.max_output_tokens,
                 };
                 self.front
                     .claim_execution(&session, &execution)
@@ -479,34 +453,40 @@ impl Connection {
                 self.send(json!({"type": "execute/initialResponse", "id": id, "result": result}));
                 Ok(None)
             }
-            "session/wait" => {
+            messages::Operation::Wait(messages::Wait {
+                session_id,
+                request: body,
+                max_output_tokens,
+            }) => {
                 let session = self.front.session(&session_id, false).map_err(text)?;
-                let body = &request["request"];
                 let wait_id = format!("json-wait-{id}");
                 self.observe(id, &session, wait_id.clone());
                 let observed = self
                     .front
                     .wait(
                         &session,
-                        body["cell_id"].as_str().unwrap_or_default(),
+                        &body.cell_id,
                         Some(wait_id),
-                        body["yield_time_ms"].as_u64(),
-                        request["maxOutputTokens"].as_u64(),
+                        body.yield_time_ms,
+                        max_output_tokens,
                     )
                     .await
                     .map_err(text)?;
                 Ok(Some(observed_json(&observed)))
             }
-            "session/terminate" => {
+            messages::Operation::Terminate(messages::Terminate {
+                session_id,
+                cell_id,
+            }) => {
                 let session = self.front.session(&session_id, false).map_err(text)?;
                 let observed = self
                     .front
-                    .terminate(&session, request["cellId"].as_str().unwrap_or_default())
+                    .terminate(&session, &cell_id)
                     .await
                     .map_err(text)?;
                 Ok(Some(observed_json(&observed)))
             }
-            "session/shutdown" => {
+            messages::Operation::Shutdown(messages::Shutdown { session_id }) => {
                 let session = self.front.session(&session_id, false).map_err(text)?;
                 self.front.close_session(&session).await;
                 // Its streams drain before they end: every `cell/closed` goes out first.
@@ -518,7 +498,6 @@ impl Connection {
                     json!({"type": "session/closed", "sessionId": session_id}),
                 ))
             }
-            other => Err(format!("unknown code-mode method `{other}`")),
         }
     }
 }
