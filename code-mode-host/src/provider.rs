@@ -47,9 +47,9 @@ pub struct ProcessConfig {
     /// default (its death is seen at once as the end of its socket, and a host that drives
     /// its async runtime only now and then would take its own pause for a dead runtime).
     pub liveness: Option<Liveness>,
-    /// Runtime losses (crashes, failed starts) within [`CRASH_WINDOW`] after which the
+    /// Runtime losses (crashes, failed starts) within `CRASH_WINDOW` after which the
     /// provider stops starting runtimes and every call fails with the last cause.
-    /// Default [`MAX_CRASHES`].
+    /// Default `MAX_CRASHES`.
     pub max_crashes: usize,
 }
 

@@ -2,14 +2,16 @@
 //! [`CodeModeSession`] with its arguments, and a [`SessionReply`] is its answer.
 //!
 //! Every front end that drives sessions from messages uses this one adapter instead of a
-//! hand-written match over the methods: the runtime process (wire requests), the JSON-lines
-//! driver, and later ones (MCP). [`SessionCall::run`] is the only place that maps a call to
-//! a method; a front end only parses its own message format into a `SessionCall` and
-//! renders the `SessionReply` (the JSON forms are in [`crate::surface::json`]).
+//! hand-written match over the methods: the JSON-lines driver and MCP through
+//! [`SessionCall::run_with`], the runtime process (wire requests) through
+//! [`SessionCall::dispatch`] on a target that hands its answers on untaken.
+//! [`SessionCall::dispatch`] is the only place that maps a call to a method; a front end
+//! only parses its own message format into a `SessionCall` and renders the `SessionReply`
+//! (the JSON forms are in the `code-mode-surface` crate's `json` module).
 
 use crate::ids::CellId;
 use crate::session::{
-    AdmittedHook, CellResponse, CodeModeSession, ExecHooks, ExecRequest, PendingOutcome,
+    AdmittedHook, BoxFuture, CellResponse, CodeModeSession, ExecHooks, ExecRequest, PendingOutcome,
     SessionError, StartedCell, StartedPendingCell, WaitRequest,
 };
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,125 @@ pub enum SessionCall {
     Interrupt,
     /// Shuts the session down; whoever holds it forgets it afterwards.
     Shutdown,
+}
+
+/// What starting a cell gives a [`CallTarget`]: the cell's id and its first answer.
+pub type StartedWith<'a, A> = BoxFuture<'a, Result<(CellId, A), SessionError>>;
+
+/// What [`SessionCall::dispatch`] runs a call on: a session's methods, each answering in
+/// the target's own form ([`CallTarget::Answer`]). A session whose caller takes each answer
+/// at once is one ([`SessionCall::run_with`] wraps any [`CodeModeSession`]); the in-process
+/// session is another when a runtime process hands its answers on untaken, held until the
+/// host says what became of them.
+pub trait CallTarget: Sync {
+    /// An answer of type `V`, as this target hands it on.
+    type Answer<V: Send + 'static>: Send;
+
+    /// An answer that nothing holds (a missing cell, an interrupt, a shutdown).
+    fn ready<V: Send + 'static>(value: V) -> Self::Answer<V>;
+
+    /// The same answer, its value turned into another.
+    fn map<V: Send + 'static, W: Send + 'static>(
+        answer: Self::Answer<V>,
+        into: impl FnOnce(V) -> W,
+    ) -> Self::Answer<W>;
+
+    /// Starts a cell: its id and its first observation.
+    fn execute(
+        &self,
+        request: ExecRequest,
+        hooks: ExecHooks,
+    ) -> StartedWith<'_, Self::Answer<CellResponse>>;
+
+    /// Observes a cell; `None` when the session does not know it.
+    fn wait(
+        &self,
+        request: WaitRequest,
+        preempt: Option<CancellationToken>,
+    ) -> BoxFuture<'_, Result<Option<Self::Answer<CellResponse>>, SessionError>>;
+
+    /// Terminates a cell; `None` when the session does not know it.
+    fn terminate(
+        &self,
+        cell_id: CellId,
+    ) -> BoxFuture<'_, Result<Option<Self::Answer<CellResponse>>, SessionError>>;
+
+    /// Starts a cell observed to its first frontier.
+    fn execute_to_pending(
+        &self,
+        request: ExecRequest,
+    ) -> StartedWith<'_, Self::Answer<PendingOutcome>>;
+
+    /// Observes a cell to its next frontier; `None` when the session does not know it.
+    fn wait_to_pending(
+        &self,
+        cell_id: CellId,
+    ) -> BoxFuture<'_, Result<Option<Self::Answer<PendingOutcome>>, SessionError>>;
+
+    /// Terminates every running cell.
+    fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>>;
+
+    /// Shuts the session down.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Any session as a [`CallTarget`] whose answers are taken at once.
+struct Taking<'a, S: ?Sized>(&'a S);
+
+impl<S: CodeModeSession + ?Sized> CallTarget for Taking<'_, S> {
+    type Answer<V: Send + 'static> = V;
+
+    fn ready<V: Send + 'static>(value: V) -> V {
+        value
+    }
+
+    fn map<V: Send + 'static, W: Send + 'static>(answer: V, into: impl FnOnce(V) -> W) -> W {
+        into(answer)
+    }
+
+    fn execute(&self, request: ExecRequest, hooks: ExecHooks) -> StartedWith<'_, CellResponse> {
+        Box::pin(async move {
+            let started = self.0.execute_with(request, hooks).await?;
+            Ok((started.cell_id, started.initial_response))
+        })
+    }
+
+    fn wait(
+        &self,
+        request: WaitRequest,
+        preempt: Option<CancellationToken>,
+    ) -> BoxFuture<'_, Result<Option<CellResponse>, SessionError>> {
+        Box::pin(async move { self.0.wait_with(request, preempt).await.map(Some) })
+    }
+
+    fn terminate(
+        &self,
+        cell_id: CellId,
+    ) -> BoxFuture<'_, Result<Option<CellResponse>, SessionError>> {
+        Box::pin(async move { self.0.terminate(cell_id).await.map(Some) })
+    }
+
+    fn execute_to_pending(&self, request: ExecRequest) -> StartedWith<'_, PendingOutcome> {
+        Box::pin(async move {
+            let started = self.0.execute_to_pending(request).await?;
+            Ok((started.cell_id, started.outcome))
+        })
+    }
+
+    fn wait_to_pending(
+        &self,
+        cell_id: CellId,
+    ) -> BoxFuture<'_, Result<Option<PendingOutcome>, SessionError>> {
+        Box::pin(async move { self.0.wait_to_pending(cell_id).await.map(Some) })
+    }
+
+    fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {
+        self.0.interrupt()
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.0.shutdown()
+    }
 }
 
 /// What a front end attaches to a call beside its data: a preempt signal (for `Execute`
@@ -69,7 +190,7 @@ impl SessionCall {
         self.run_with(session, CallHooks::default()).await
     }
 
-    /// Runs the call on `session` with `hooks`.
+    /// Runs the call on `session` with `hooks`, its answer taken at once.
     ///
     /// Cancel safety: that of the session method it calls.
     pub async fn run_with<S>(
@@ -80,6 +201,21 @@ impl SessionCall {
     where
         S: CodeModeSession + ?Sized,
     {
+        self.dispatch(&Taking(session), hooks).await
+    }
+
+    /// Runs the call on `target`, its answer as the target hands answers on: the one
+    /// place that maps a call to a session's method and its answer to a reply.
+    ///
+    /// Cancel safety: that of the target's method it calls.
+    pub async fn dispatch<T>(
+        self,
+        target: &T,
+        hooks: CallHooks,
+    ) -> Result<T::Answer<SessionReply>, SessionError>
+    where
+        T: CallTarget + ?Sized,
+    {
         Ok(match self {
             SessionCall::Execute(request) => {
                 let hooks = ExecHooks {
@@ -87,24 +223,45 @@ impl SessionCall {
                     preempt: hooks.preempt,
                     admitted: hooks.admitted,
                 };
-                SessionReply::Started(session.execute_with(request, hooks).await?)
+                let (cell_id, answer) = target.execute(request, hooks).await?;
+                T::map(answer, |initial_response| {
+                    SessionReply::Started(StartedCell {
+                        cell_id,
+                        initial_response,
+                    })
+                })
             }
             SessionCall::Wait(request) => {
-                SessionReply::Cell(session.wait_with(request, hooks.preempt).await?)
+                let cell_id = request.cell_id.clone();
+                match target.wait(request, hooks.preempt).await? {
+                    Some(answer) => T::map(answer, SessionReply::Cell),
+                    None => T::ready(SessionReply::Cell(CellResponse::missing(cell_id))),
+                }
             }
-            SessionCall::Interrupt => SessionReply::Interrupted(session.interrupt().await?),
-            SessionCall::Terminate { cell_id } => {
-                SessionReply::Cell(session.terminate(cell_id).await?)
-            }
+            SessionCall::Terminate { cell_id } => match target.terminate(cell_id.clone()).await? {
+                Some(answer) => T::map(answer, SessionReply::Cell),
+                None => T::ready(SessionReply::Cell(CellResponse::missing(cell_id))),
+            },
             SessionCall::ExecuteToPending(request) => {
-                SessionReply::StartedPending(session.execute_to_pending(request).await?)
+                let (cell_id, answer) = target.execute_to_pending(request).await?;
+                T::map(answer, |outcome| {
+                    SessionReply::StartedPending(StartedPendingCell { cell_id, outcome })
+                })
             }
             SessionCall::WaitToPending { cell_id } => {
-                SessionReply::Pending(session.wait_to_pending(cell_id).await?)
+                match target.wait_to_pending(cell_id.clone()).await? {
+                    Some(answer) => T::map(answer, SessionReply::Pending),
+                    None => T::ready(SessionReply::Pending(PendingOutcome::Completed(
+                        CellResponse::missing(cell_id),
+                    ))),
+                }
+            }
+            SessionCall::Interrupt => {
+                T::ready(SessionReply::Interrupted(target.interrupt().await?))
             }
             SessionCall::Shutdown => {
-                session.shutdown().await;
-                SessionReply::ShutDown
+                target.shutdown().await;
+                T::ready(SessionReply::ShutDown)
             }
         })
     }

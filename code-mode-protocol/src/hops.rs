@@ -4,10 +4,14 @@
 //! `exec_overhead --sections hops` turns them on (in the runtime process too, through its
 //! `--log` filter) and prints the time between consecutive marks.
 
+/// The `tracing` crate, for [`hop!`]'s expansion in crates that do not depend on it.
+#[doc(hidden)]
+pub use tracing as __tracing;
+
 /// Marks that the exec or tool call being traced reached `$name`.
 #[macro_export]
 macro_rules! hop {
     ($name:literal) => {
-        ::tracing::trace!(target: "code_mode::hops", hop = $name)
+        $crate::hops::__tracing::trace!(target: "code_mode::hops", hop = $name)
     };
 }

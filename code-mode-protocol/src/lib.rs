@@ -24,7 +24,7 @@ pub mod stored;
 pub mod sync;
 pub mod texts;
 
-pub use calls::{CallHooks, FromReply, SessionCall, SessionReply};
+pub use calls::{CallHooks, CallTarget, FromReply, SessionCall, SessionReply};
 pub use ids::{CallId, CellId, NotACallId, ToolError};
 pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};

@@ -57,19 +57,40 @@ pub fn split_middle(text: &str, head: usize, tail: usize) -> (usize, &str, &str)
 /// tail around `…N tokens truncated…`. The second value is the original token count when
 /// cut.
 pub fn truncate_middle(text: &str, max_tokens: usize) -> (String, Option<usize>) {
+    match cut_middle(text, max_tokens) {
+        None => (text.to_owned(), None),
+        Some(cut) => (
+            format!("{}{}{}", cut.prefix, cut.marker, cut.suffix),
+            Some(cut.original_tokens),
+        ),
+    }
+}
+
+/// A text cut in its middle: the kept head and tail, and the marker between them.
+struct MiddleCut<'a> {
+    prefix: &'a str,
+    marker: String,
+    suffix: &'a str,
+    /// The whole text's size in (approximate) tokens.
+    original_tokens: usize,
+}
+
+/// `text` cut in its middle to `max_tokens`, or `None` when it fits.
+fn cut_middle(text: &str, max_tokens: usize) -> Option<MiddleCut<'_>> {
     let max_bytes = max_tokens.saturating_mul(BYTES_PER_TOKEN);
     if text.is_empty() || (max_tokens > 0 && text.len() <= max_bytes) {
-        return (text.to_owned(), None);
+        return None;
     }
     let head = max_bytes / 2;
     let tail = max_bytes - head;
     let (_, prefix, suffix) = split_middle(text, head, tail);
     let removed = text.len() - prefix.len() - suffix.len();
-    let out = format!(
-        "{prefix}…{} tokens truncated…{suffix}",
-        approx_tokens(removed)
-    );
-    (out, Some(approx_tokens(text.len())))
+    Some(MiddleCut {
+        prefix,
+        marker: format!("…{} tokens truncated…", approx_tokens(removed)),
+        suffix,
+        original_tokens: approx_tokens(text.len()),
+    })
 }
 
 /// One piece of bounded output: an item, or the marker of a gap the bound left.
@@ -222,10 +243,11 @@ pub fn truncate_entries(entries: Vec<Entry>, max_tokens: u64) -> Vec<ContentItem
             }
             first = false;
         }
-        if let (cut, Some(original)) = truncate_middle(&joined, budget) {
+        if let Some(cut) = cut_middle(&joined, budget) {
             let lines = joined.lines().count();
             let header = format!(
-                "Warning: truncated output (original token count: {original})\nTotal output lines: {lines}\n\n"
+                "Warning: truncated output (original token count: {})\nTotal output lines: {lines}\n\n",
+                cut.original_tokens
             );
             let gaps: Vec<&Gap> = entries
                 .iter()
@@ -234,19 +256,23 @@ pub fn truncate_entries(entries: Vec<Entry>, max_tokens: u64) -> Vec<ContentItem
                     Entry::Item(_) | Entry::Rest(_) => None,
                 })
                 .collect();
+            let MiddleCut {
+                prefix,
+                marker,
+                suffix,
+                ..
+            } = cut;
             if gaps.is_empty() {
-                return vec![ContentItem::text(format!("{header}{cut}"))];
+                return vec![ContentItem::text(format!(
+                    "{header}{prefix}{marker}{suffix}"
+                ))];
             }
             // The gap's marker stays where the gap was, in the cut middle: the head and
             // the marker of the cut before it, the tail after it.
-            let marker_end = cut
-                .rfind("tokens truncated…")
-                .map(|at| at + "tokens truncated…".len());
-            let (before, after) = cut.split_at(marker_end.unwrap_or(cut.len()));
-            let mut out = vec![ContentItem::text(format!("{header}{before}"))];
+            let mut out = vec![ContentItem::text(format!("{header}{prefix}{marker}"))];
             out.extend(gaps.iter().map(|gap| ContentItem::text(gap.marker())));
-            if !after.is_empty() {
-                out.push(ContentItem::text(after.to_owned()));
+            if !suffix.is_empty() {
+                out.push(ContentItem::text(suffix.to_owned()));
             }
             return out;
         }
@@ -340,5 +366,40 @@ mod tests {
                 Some(16)
             )
         );
+    }
+
+    #[test]
+    fn a_gap_marker_follows_the_cuts_own_marker_even_when_the_output_mimics_it() {
+        // The kept tail of the cell's output holds text shaped like the cut's marker: the
+        // gap's marker still goes right after the cut's real marker.
+        let entries = vec![
+            Entry::Item(ContentItem::text("a".repeat(400))),
+            Entry::Gap(Gap {
+                omitted_bytes: 7,
+                segments: 1,
+            }),
+            Entry::Item(ContentItem::text(format!(
+                "{}…9 tokens truncated…END",
+                "b".repeat(400)
+            ))),
+        ];
+        let out = truncate_entries(entries, 20);
+        let texts: Vec<&str> = out.iter().filter_map(ContentItem::as_text).collect();
+        assert_eq!(texts.len(), 3, "{texts:#?}");
+        assert!(
+            texts[0].starts_with("Warning: truncated output"),
+            "{texts:#?}"
+        );
+        assert!(texts[0].ends_with(" tokens truncated…"), "{texts:#?}");
+        assert!(!texts[0].contains("END"), "{texts:#?}");
+        assert_eq!(
+            texts[1],
+            Gap {
+                omitted_bytes: 7,
+                segments: 1
+            }
+            .marker()
+        );
+        assert!(texts[2].ends_with("…9 tokens truncated…END"), "{texts:#?}");
     }
 }

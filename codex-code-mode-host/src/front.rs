@@ -15,6 +15,7 @@
 use crate::bound;
 use code_mode_host::protocol::model::replace_lone_surrogate_escapes;
 use code_mode_host::protocol::session::BoxFuture;
+use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{
     CellFailure, CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
     CodeModeSessionDelegate, ContentItem, ExecHooks, ExecRequest, JsonText, NestedToolCall,
@@ -217,12 +218,6 @@ impl<T> Leased<T> {
             slot: self.slot.clone(),
         })
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One cell as the front knows it.

@@ -1,5 +1,5 @@
 //! The conformance suite: the contract's session rules (`docs/CONTRACT.md` sections 3 to 6),
-//! written once against [`CodeModeSession`] and run for every provider.
+//! written once against [`CodeModeSession`](code_mode_protocol::CodeModeSession) and run for every provider.
 //!
 //! `conformance_suite!(provider)` expands to one `#[tokio::test]` per scenario in
 //! [`scenarios`] for any [`code_mode_protocol::CodeModeProvider`], the public trait every

@@ -17,7 +17,7 @@ const SCENARIO_DEADLINE: Duration = Duration::from_secs(120);
 /// A yield time short enough to return quickly from a cell that blocks on a tool.
 const SHORT_YIELD_MS: u64 = 100;
 
-/// Runs a scenario under [`SCENARIO_DEADLINE`].
+/// Runs a scenario under a deadline of two minutes (`SCENARIO_DEADLINE`).
 pub async fn run_with_deadline(scenario: impl Future<Output = ()>) {
     tokio::time::timeout(SCENARIO_DEADLINE, scenario)
         .await

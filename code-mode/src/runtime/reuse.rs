@@ -56,7 +56,7 @@ pub(crate) const REUSE_MAX_HEAP_BYTES: usize = 16 * 1024 * 1024;
 ///
 /// A cell that arrives while none is parked but one is being reset for the session (its
 /// cell ended a moment ago: the usual case when cells come back to back) may wait for it
-/// ([`IsolateShelf::wait_for_reset`]) rather than take a pool thread that is still being
+/// (`IsolateShelf::wait_for_reset`) rather than take a pool thread that is still being
 /// prepared: a reset takes about half a millisecond, preparing a thread two or more. An
 /// isolate counts as being reset from the moment its cell's end is reported; its thread
 /// starts the reset once the owner releases the cell ([`super::RELEASE_PATIENCE`] at the

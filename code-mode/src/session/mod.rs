@@ -18,11 +18,12 @@ use crate::runtime::{
     CellConfig, EVENT_CHANNEL_CAPACITY, IsolateShelf, StoredValues, spawn_cell_on,
 };
 use actor::{ActorRequest, Answer, CellActor, Observer, Returnable, Routing};
+use code_mode_protocol::calls::StartedWith;
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms, measure};
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CallHooks, CellId, CellResponse, CodeModeProvider, CodeModeSession,
+    BoxFuture, CallHooks, CallTarget, CellId, CellResponse, CodeModeProvider, CodeModeSession,
     CodeModeSessionDelegate, ExecHooks, ExecRequest, PendingOutcome, SessionCall, SessionError,
     SessionOptions, SessionReply, StartedCell, StartedPendingCell, WaitRequest,
 };
@@ -318,8 +319,8 @@ fn actor_lost(cell_id: &CellId) -> SessionError {
 /// host (a copy of the answer) and the answer itself, held until the host says whether its
 /// caller took it.
 #[derive(Debug)]
-pub struct Handed {
-    pub reply: SessionReply,
+pub struct Handed<R = SessionReply> {
+    pub reply: R,
     /// The answer the reply carries, for the calls that observe a cell; empty for the
     /// others, and for an answer nothing waits on (a missing cell).
     pub held: Held,
@@ -370,15 +371,12 @@ impl<T: Send> TakeOnce for code_mode_wire::delivery::Delivery<T> {
     }
 }
 
-/// `answer` handed on as the reply `reply` makes of a copy of it, the answer held; a
-/// failure is taken at once (nothing gives it back).
-fn hand<T: Clone + Send + 'static>(
-    answer: Answer<T>,
-    reply: impl FnOnce(T) -> SessionReply,
-) -> Result<Handed, SessionError> {
+/// `answer` handed on as a copy of its value, the answer held; a failure is taken at once
+/// (nothing gives it back).
+fn hand<T: Clone + Send + 'static>(answer: Answer<T>) -> Result<Handed<T>, SessionError> {
     match answer.value() {
         Ok(value) => Ok(Handed {
-            reply: reply(value.clone()),
+            reply: value.clone(),
             held: Held(Some(Box::new(answer))),
         }),
         Err(error) => {
@@ -389,12 +387,103 @@ fn hand<T: Clone + Send + 'static>(
     }
 }
 
+/// The in-process session as a [`CallTarget`] that hands its answers on untaken.
+struct Untaken<'a>(&'a InProcessSession);
+
+impl CallTarget for Untaken<'_> {
+    type Answer<V: Send + 'static> = Handed<V>;
+
+    fn ready<V: Send + 'static>(value: V) -> Handed<V> {
+        Handed {
+            reply: value,
+            held: Held::default(),
+        }
+    }
+
+    fn map<V: Send + 'static, W: Send + 'static>(
+        answer: Handed<V>,
+        into: impl FnOnce(V) -> W,
+    ) -> Handed<W> {
+        Handed {
+            reply: into(answer.reply),
+            held: answer.held,
+        }
+    }
+
+    fn execute(
+        &self,
+        request: ExecRequest,
+        hooks: ExecHooks,
+    ) -> StartedWith<'_, Handed<CellResponse>> {
+        Box::pin(async move {
+            let (cell_id, answer) = self.0.execute_untaken(request, hooks).await?;
+            Ok((cell_id, hand(answer)?))
+        })
+    }
+
+    fn wait(
+        &self,
+        request: WaitRequest,
+        preempt: Option<CancellationToken>,
+    ) -> BoxFuture<'_, Result<Option<Handed<CellResponse>>, SessionError>> {
+        Box::pin(async move {
+            self.0
+                .wait_untaken(request, preempt)
+                .await
+                .map(hand)
+                .transpose()
+        })
+    }
+
+    fn terminate(
+        &self,
+        cell_id: CellId,
+    ) -> BoxFuture<'_, Result<Option<Handed<CellResponse>>, SessionError>> {
+        Box::pin(async move {
+            self.0
+                .terminate_untaken(&cell_id)
+                .await
+                .map(hand)
+                .transpose()
+        })
+    }
+
+    fn execute_to_pending(&self, request: ExecRequest) -> StartedWith<'_, Handed<PendingOutcome>> {
+        Box::pin(async move {
+            let (cell_id, answer) = self.0.execute_to_pending_untaken(request).await?;
+            Ok((cell_id, hand(answer)?))
+        })
+    }
+
+    fn wait_to_pending(
+        &self,
+        cell_id: CellId,
+    ) -> BoxFuture<'_, Result<Option<Handed<PendingOutcome>>, SessionError>> {
+        Box::pin(async move {
+            self.0
+                .wait_to_pending_untaken(&cell_id)
+                .await
+                .map(hand)
+                .transpose()
+        })
+    }
+
+    fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {
+        self.0.interrupt()
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.0.shutdown()
+    }
+}
+
 impl InProcessSession {
     /// Runs `call` and hands its answer on untaken ([`Handed`]): for a runtime process,
     /// which sends the reply over the wire and takes or drops the held answer when its
     /// host says what became of it there. The cell's actor stays the one owner of the
     /// answer's life: it holds the cell's next callbacks back until the answer is taken,
-    /// and gets it back if it is given back.
+    /// and gets it back if it is given back. The call is dispatched as every front end's
+    /// is ([`SessionCall::dispatch`]).
     ///
     /// Cancel safety: dropping the future before it resolves is a dropped call.
     pub async fn call_untaken(
@@ -402,57 +491,7 @@ impl InProcessSession {
         call: SessionCall,
         hooks: CallHooks,
     ) -> Result<Handed, SessionError> {
-        let missing = |cell_id: CellId| SessionReply::Cell(CellResponse::missing(cell_id));
-        let unheld = |reply| {
-            Ok(Handed {
-                reply,
-                held: Held::default(),
-            })
-        };
-        match call {
-            SessionCall::Execute(request) => {
-                let hooks = ExecHooks {
-                    delegate: None,
-                    preempt: hooks.preempt,
-                    admitted: hooks.admitted,
-                };
-                let (cell_id, answer) = self.execute_untaken(request, hooks).await?;
-                hand(answer, |initial_response| {
-                    SessionReply::Started(StartedCell {
-                        cell_id,
-                        initial_response,
-                    })
-                })
-            }
-            SessionCall::Wait(request) => {
-                let cell_id = request.cell_id.clone();
-                match self.wait_untaken(request, hooks.preempt).await {
-                    Some(answer) => hand(answer, SessionReply::Cell),
-                    None => unheld(missing(cell_id)),
-                }
-            }
-            SessionCall::Terminate { cell_id } => match self.terminate_untaken(&cell_id).await {
-                Some(answer) => hand(answer, SessionReply::Cell),
-                None => unheld(missing(cell_id)),
-            },
-            SessionCall::ExecuteToPending(request) => {
-                let (cell_id, answer) = self.execute_to_pending_untaken(request).await?;
-                hand(answer, |outcome| {
-                    SessionReply::StartedPending(StartedPendingCell { cell_id, outcome })
-                })
-            }
-            SessionCall::WaitToPending { cell_id } => {
-                match self.wait_to_pending_untaken(&cell_id).await {
-                    Some(answer) => hand(answer, SessionReply::Pending),
-                    None => unheld(SessionReply::Pending(PendingOutcome::Completed(
-                        CellResponse::missing(cell_id),
-                    ))),
-                }
-            }
-            call @ (SessionCall::Interrupt | SessionCall::Shutdown) => {
-                unheld(call.run_with(self, hooks).await?)
-            }
-        }
+        call.dispatch(&Untaken(self), hooks).await
     }
 
     async fn execute_untaken(

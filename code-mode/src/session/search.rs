@@ -40,7 +40,7 @@ const STOP_WORDS: [&str; 32] = [
 
 /// The words of `text`, as the index and the queries see them: split on everything that
 /// is not a letter or a digit, and on camelCase humps (`getWeather`, `HTTPServer`),
-/// lower-cased, with a plural `s` dropped (`files` finds `file`) and [`STOP_WORDS`] left
+/// lower-cased, with a plural `s` dropped (`files` finds `file`) and `STOP_WORDS` left
 /// out.
 pub fn tokens(text: &str) -> Vec<String> {
     let mut out = Vec::new();

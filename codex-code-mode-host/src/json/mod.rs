@@ -5,7 +5,7 @@
 //! the host asks for tool calls and delivers notifications with `delegate/request`, and
 //! reports closed cells with `cell/closed`. Messages are translated to [`Front`] calls.
 //!
-//! Frames are read into the types of [`messages`]. A frame that is not JSON, or not a known
+//! Frames are read into the types of the `messages` module. A frame that is not JSON, or not a known
 //! message, is logged and skipped (codex's own host exits on it); an operation whose
 //! request is malformed is answered with an error that names the field; a frame over
 //! [`MAX_FRAME_BYTES`] cannot be skipped safely and ends the connection with an error.
@@ -16,6 +16,7 @@ use crate::front::{
     ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Observed, Outcome,
     SessionEvent, Settings, Status, ToolName, Truncation,
 };
+use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{JsonText, ToolError, ToolKind};
 use code_mode_surface::json::item_json;
 use messages::{DelegateResult, Hello, Incoming};
@@ -69,12 +70,6 @@ struct Connection {
     /// Each session's forwarding task, awaited at shutdown so that the cells it closes
     /// are reported before `session/closed`.
     forwarders: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<Option<Vec<u8>>, JsonError> {
