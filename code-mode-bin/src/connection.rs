@@ -308,48 +308,15 @@ where
     outcome
 }
 
+/// Reads the host's messages until the connection ends: the handshake, then each message
+/// handled in wire order.
 async fn read_loop<S: AsyncRead>(
     connection: &Arc<Connection>,
     reader: &mut FrameReader<S, ClientMessage, ServerMessage>,
     tasks: &TaskTracker,
     settings: &ServeSettings,
 ) -> Result<(), ConnectionError> {
-    let first = within(settings.liveness, reader.next()).await?;
-    let hello = match first {
-        Some(Ok(ClientMessage::Hello(hello))) => hello,
-        Some(Ok(other)) => {
-            let rejection =
-                HandshakeRejection::InvalidHello(format!("expected Hello, got {}", other.kind()));
-            let _ = connection
-                .outbox
-                .send(&ServerMessage::Rejected(rejection.clone()));
-            return Err(ConnectionError::Refused(rejection));
-        }
-        Some(Err(error)) => return Err(error.into()),
-        None => return Err(ConnectionError::NoHello),
-    };
-    let mut offer = ServerOffer::current(
-        concat!("code-mode-bin ", env!("CARGO_PKG_VERSION")),
-        settings.sandbox.clone(),
-    );
-    if settings.remote {
-        offer = offer.with_capability(REMOTE_CAPABILITY);
-    }
-    match offer.negotiate(&hello) {
-        Ok(ready) => {
-            tracing::info!(client = %hello.client, %ready, "handshake done");
-            connection
-                .outbox
-                .send(&ServerMessage::Ready(ready))
-                .map_err(ConnectionError::Frame)?;
-        }
-        Err(rejection) => {
-            let _ = connection
-                .outbox
-                .send(&ServerMessage::Rejected(rejection.clone()));
-            return Err(ConnectionError::Refused(rejection));
-        }
-    }
+    handshake(connection, reader, settings).await?;
     let _stop_pinger = settings.liveness.map(|liveness| {
         AbortOnDrop(transport::spawn_pinger(
             connection.outbox.clone(),
@@ -373,8 +340,7 @@ async fn read_loop<S: AsyncRead>(
         let Some(message) = next else {
             return Ok(());
         };
-        let message = message?;
-        match message {
+        match message? {
             ClientMessage::Ping(nonce) => {
                 let _ = connection.outbox.send(&ServerMessage::Pong(nonce));
             }
@@ -383,86 +349,7 @@ async fn read_loop<S: AsyncRead>(
                 return Err(ConnectionError::Violation("a second Hello".to_owned()));
             }
             ClientMessage::Request { id, request } => {
-                code_mode_protocol::hop!("runtime has the request");
-                let token = CancellationToken::new();
-                let preempt = CancellationToken::new();
-                {
-                    let mut requests = lock(&connection.requests);
-                    if requests.contains_key(&id) {
-                        return Err(ConnectionError::Violation(format!(
-                            "{id} is already in flight"
-                        )));
-                    }
-                    if requests.len() >= MAX_REQUESTS_IN_FLIGHT {
-                        return Err(ConnectionError::Violation(format!(
-                            "more than {MAX_REQUESTS_IN_FLIGHT} requests in flight"
-                        )));
-                    }
-                    requests.insert(
-                        id,
-                        InFlight {
-                            cancel: token.clone(),
-                            preempt: preempt.clone(),
-                            held: None,
-                        },
-                    );
-                }
-                let connection = Arc::clone(connection);
-                let holds_answer = request.holds_answer();
-                let mut task = Box::pin(async move {
-                    // Biased: the request gets its first poll even if a cancellation is
-                    // already queued, so an `execute` cut short still admits its cell,
-                    // exactly as in process.
-                    let result = tokio::select! {
-                        biased;
-                        result = connection.dispatch(id, request, preempt) => result,
-                        () = token.cancelled() => Err(match connection.ending.get() {
-                            Some(cause) => WireError::RuntimeLost((*cause).to_owned()),
-                            None => WireError::Cancelled,
-                        }),
-                    };
-                    // Every success of a request that observes a cell is held (an
-                    // empty one for a missing cell), before the response goes: the
-                    // host's word comes after it.
-                    let (result, held) = match result {
-                        Ok((response, held)) => (Ok(response), holds_answer.then_some(held)),
-                        Err(error) => (Err(error), None),
-                    };
-                    let holding = held.is_some();
-                    {
-                        let mut requests = lock(&connection.requests);
-                        match (held, requests.get_mut(&id)) {
-                            (Some(held), Some(in_flight)) => in_flight.held = Some(held),
-                            _ => drop(requests.remove(&id)),
-                        }
-                    }
-                    let sent = respond(&connection.outbox, id, result);
-                    if holding {
-                        let mut requests = lock(&connection.requests);
-                        if sent {
-                            // On its way: a final answer's cell thread may reset now.
-                            if let Some(held) = requests
-                                .get(&id)
-                                .and_then(|in_flight| in_flight.held.as_ref())
-                            {
-                                held.sent();
-                            }
-                        } else if let Some(held) =
-                            requests.remove(&id).and_then(|in_flight| in_flight.held)
-                        {
-                            // The host got an error instead of the answer: it says nothing
-                            // of it, and the answer, too large to send, is not kept either.
-                            drop(requests);
-                            held.take();
-                        }
-                    }
-                });
-                // Polled once here, in wire order (an `execute` hands its cell to a thread
-                // now, without waiting for a task of its own to be scheduled); spawned
-                // only if it has to wait.
-                if poll_once(&mut task).is_none() {
-                    tasks.spawn(task);
-                }
+                start_request(connection, tasks, id, request)?;
             }
             ClientMessage::CancelRequest { id } => {
                 // Unknown ids are answered already: the cancellation crossed the response.
@@ -476,31 +363,8 @@ async fn read_loop<S: AsyncRead>(
                     in_flight.preempt.cancel();
                 }
             }
-            ClientMessage::Taken { id } | ClientMessage::GivenBack { id } => {
-                let taken = matches!(message, ClientMessage::Taken { .. });
-                let held = {
-                    let mut requests = lock(&connection.requests);
-                    match requests.get(&id) {
-                        Some(in_flight) if in_flight.held.is_some() => {
-                            requests.remove(&id).and_then(|in_flight| in_flight.held)
-                        }
-                        _ => None,
-                    }
-                };
-                let Some(held) = held else {
-                    return Err(ConnectionError::Violation(format!(
-                        "{} for {id}, which holds no answer",
-                        message.kind()
-                    )));
-                };
-                // At once, in wire order: an answer given back is the cell's again before
-                // any later request of the host reaches the cell.
-                if taken {
-                    held.take();
-                } else {
-                    drop(held);
-                }
-            }
+            ClientMessage::Taken { id } => settle_word(connection, id, Word::Taken)?,
+            ClientMessage::GivenBack { id } => settle_word(connection, id, Word::GivenBack)?,
             ClientMessage::DelegateReply { id, reply } => {
                 code_mode_protocol::hop!("runtime has the tool result");
                 connection
@@ -510,6 +374,177 @@ async fn read_loop<S: AsyncRead>(
             }
         }
     }
+}
+
+/// Reads the host's `Hello` and answers it: `Ready`, or `Rejected` and the end.
+async fn handshake<S: AsyncRead>(
+    connection: &Connection,
+    reader: &mut FrameReader<S, ClientMessage, ServerMessage>,
+    settings: &ServeSettings,
+) -> Result<(), ConnectionError> {
+    let refuse = |rejection: HandshakeRejection| {
+        let _ = connection
+            .outbox
+            .send(&ServerMessage::Rejected(rejection.clone()));
+        ConnectionError::Refused(rejection)
+    };
+    let hello = match within(settings.liveness, reader.next()).await? {
+        Some(Ok(ClientMessage::Hello(hello))) => hello,
+        Some(Ok(other)) => {
+            return Err(refuse(HandshakeRejection::InvalidHello(format!(
+                "expected Hello, got {}",
+                other.kind()
+            ))));
+        }
+        Some(Err(error)) => return Err(error.into()),
+        None => return Err(ConnectionError::NoHello),
+    };
+    let mut offer = ServerOffer::current(
+        concat!("code-mode-bin ", env!("CARGO_PKG_VERSION")),
+        settings.sandbox.clone(),
+    );
+    if settings.remote {
+        offer = offer.with_capability(REMOTE_CAPABILITY);
+    }
+    let ready = offer.negotiate(&hello).map_err(refuse)?;
+    tracing::info!(client = %hello.client, %ready, "handshake done");
+    connection
+        .outbox
+        .send(&ServerMessage::Ready(ready))
+        .map_err(ConnectionError::Frame)
+}
+
+/// Registers request `id` as in flight and starts it: polled once here, in wire order (an
+/// `execute` hands its cell to a thread now, without waiting for a task of its own to be
+/// scheduled), and spawned only if it has to wait.
+fn start_request(
+    connection: &Arc<Connection>,
+    tasks: &TaskTracker,
+    id: RequestId,
+    request: Request,
+) -> Result<(), ConnectionError> {
+    code_mode_protocol::hop!("runtime has the request");
+    let cancel = CancellationToken::new();
+    let preempt = CancellationToken::new();
+    {
+        let mut requests = lock(&connection.requests);
+        if requests.contains_key(&id) {
+            return Err(ConnectionError::Violation(format!(
+                "{id} is already in flight"
+            )));
+        }
+        if requests.len() >= MAX_REQUESTS_IN_FLIGHT {
+            return Err(ConnectionError::Violation(format!(
+                "more than {MAX_REQUESTS_IN_FLIGHT} requests in flight"
+            )));
+        }
+        requests.insert(
+            id,
+            InFlight {
+                cancel: cancel.clone(),
+                preempt: preempt.clone(),
+                held: None,
+            },
+        );
+    }
+    let mut task = Box::pin(run_request(
+        Arc::clone(connection),
+        id,
+        request,
+        cancel,
+        preempt,
+    ));
+    if poll_once(&mut task).is_none() {
+        tasks.spawn(task);
+    }
+    Ok(())
+}
+
+/// Runs request `id` to its response. Every success of a request that observes a cell is
+/// held (an empty one for a missing cell) before the response goes, for the host's word
+/// that comes after it.
+async fn run_request(
+    connection: Arc<Connection>,
+    id: RequestId,
+    request: Request,
+    cancel: CancellationToken,
+    preempt: CancellationToken,
+) {
+    let holds_answer = request.holds_answer();
+    // Biased: the request gets its first poll even if a cancellation is already queued,
+    // so an `execute` cut short still admits its cell, exactly as in process.
+    let result = tokio::select! {
+        biased;
+        result = connection.dispatch(id, request, preempt) => result,
+        () = cancel.cancelled() => Err(match connection.ending.get() {
+            Some(cause) => WireError::RuntimeLost((*cause).to_owned()),
+            None => WireError::Cancelled,
+        }),
+    };
+    let (result, held) = match result {
+        Ok((response, held)) => (Ok(response), holds_answer.then_some(held)),
+        Err(error) => (Err(error), None),
+    };
+    let holding = held.is_some();
+    {
+        let mut requests = lock(&connection.requests);
+        match (held, requests.get_mut(&id)) {
+            (Some(held), Some(in_flight)) => in_flight.held = Some(held),
+            _ => drop(requests.remove(&id)),
+        }
+    }
+    let sent = respond(&connection.outbox, id, result);
+    if !holding {
+        return;
+    }
+    let mut requests = lock(&connection.requests);
+    if sent {
+        // On its way: a final answer's cell thread may reset now.
+        if let Some(held) = requests
+            .get(&id)
+            .and_then(|in_flight| in_flight.held.as_ref())
+        {
+            held.sent();
+        }
+    } else if let Some(held) = requests.remove(&id).and_then(|in_flight| in_flight.held) {
+        // The host got an error instead of the answer: it says nothing of it, and the
+        // answer, too large to send, is not kept either.
+        drop(requests);
+        held.take();
+    }
+}
+
+/// What the host said of an answer the runtime holds.
+#[derive(Debug, Clone, Copy)]
+enum Word {
+    Taken,
+    GivenBack,
+}
+
+/// Settles the answer held for request `id` as the host's word says: taken, or given back
+/// to its cell. At once, in wire order: an answer given back is the cell's again before
+/// any later request of the host reaches the cell. A word for a request that holds no
+/// answer is a violation.
+fn settle_word(connection: &Connection, id: RequestId, word: Word) -> Result<(), ConnectionError> {
+    let held = {
+        let mut requests = lock(&connection.requests);
+        match requests.get(&id) {
+            Some(in_flight) if in_flight.held.is_some() => {
+                requests.remove(&id).and_then(|in_flight| in_flight.held)
+            }
+            _ => None,
+        }
+    };
+    let Some(held) = held else {
+        return Err(ConnectionError::Violation(format!(
+            "{word:?} for {id}, which holds no answer"
+        )));
+    };
+    match word {
+        Word::Taken => held.take(),
+        Word::GivenBack => drop(held),
+    }
+    Ok(())
 }
 
 /// Awaits `future`, within the liveness timeout when there is one.

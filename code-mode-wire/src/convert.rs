@@ -11,117 +11,76 @@ use code_mode_protocol::model as api_model;
 use code_mode_protocol::session as api;
 use std::sync::Arc;
 
-impl From<api::Surface> for wire::Surface {
-    fn from(surface: api::Surface) -> Self {
-        match surface {
-            api::Surface::Contract => wire::Surface::Contract,
-            api::Surface::Codex => wire::Surface::Codex,
+/// `From` both ways between an API enum and its wire twin whose variants carry nothing.
+macro_rules! mirror_enum {
+    ($api:ty, $wire:ty: $($variant:ident),+ $(,)?) => {
+        impl From<$api> for $wire {
+            fn from(value: $api) -> Self {
+                match value {
+                    $(<$api>::$variant => Self::$variant,)+
+                }
+            }
         }
-    }
+
+        impl From<$wire> for $api {
+            fn from(value: $wire) -> Self {
+                match value {
+                    $(<$wire>::$variant => Self::$variant,)+
+                }
+            }
+        }
+    };
 }
 
-impl From<wire::Surface> for api::Surface {
-    fn from(surface: wire::Surface) -> Self {
-        match surface {
-            wire::Surface::Contract => api::Surface::Contract,
-            wire::Surface::Codex => api::Surface::Codex,
+/// `From` both ways between an API struct and its wire twin, field by field (each field
+/// converted with `Into`; most are the same type on both sides).
+macro_rules! mirror_struct {
+    ($api:ty, $wire:ty: $($field:ident),+ $(,)?) => {
+        impl From<$api> for $wire {
+            fn from(value: $api) -> Self {
+                Self { $($field: value.$field.into(),)+ }
+            }
         }
-    }
+
+        impl From<$wire> for $api {
+            fn from(value: $wire) -> Self {
+                Self { $($field: value.$field.into(),)+ }
+            }
+        }
+    };
 }
 
-impl From<api::CellLimits> for wire::CellLimits {
-    fn from(limits: api::CellLimits) -> Self {
-        let api::CellLimits {
-            heap_bytes,
-            cpu_budget_ms,
-            output_bytes,
-            max_in_flight_tool_calls,
-            max_tool_payload_bytes,
-        } = limits;
-        Self {
-            heap_bytes,
-            cpu_budget_ms,
-            output_bytes,
-            max_in_flight_tool_calls,
-            max_tool_payload_bytes,
-        }
-    }
-}
-
-impl From<wire::CellLimits> for api::CellLimits {
-    fn from(limits: wire::CellLimits) -> Self {
-        let wire::CellLimits {
-            heap_bytes,
-            cpu_budget_ms,
-            output_bytes,
-            max_in_flight_tool_calls,
-            max_tool_payload_bytes,
-        } = limits;
-        Self {
-            heap_bytes,
-            cpu_budget_ms,
-            output_bytes,
-            max_in_flight_tool_calls,
-            max_tool_payload_bytes,
-        }
-    }
-}
-
-impl From<api::SessionOptions> for wire::SessionOptions {
-    fn from(options: api::SessionOptions) -> Self {
-        let api::SessionOptions {
-            max_yield_time_ms,
-            limits,
-            reuse_isolates,
-            max_stored_bytes,
-            surface,
-        } = options;
-        Self {
-            max_yield_time_ms,
-            limits: limits.into(),
-            reuse_isolates,
-            max_stored_bytes,
-            surface: surface.into(),
-        }
-    }
-}
-
-impl From<wire::SessionOptions> for api::SessionOptions {
-    fn from(options: wire::SessionOptions) -> Self {
-        let wire::SessionOptions {
-            max_yield_time_ms,
-            limits,
-            reuse_isolates,
-            max_stored_bytes,
-            surface,
-        } = options;
-        Self {
-            max_yield_time_ms,
-            limits: limits.into(),
-            reuse_isolates,
-            max_stored_bytes,
-            surface: surface.into(),
-        }
-    }
-}
-
-impl From<api_model::ToolKind> for wire::ToolKind {
-    fn from(kind: api_model::ToolKind) -> Self {
-        match kind {
-            api_model::ToolKind::Function => wire::ToolKind::Function,
-            api_model::ToolKind::Freeform => wire::ToolKind::Freeform,
-        }
-    }
-}
-
-impl From<wire::ToolKind> for api_model::ToolKind {
-    fn from(kind: wire::ToolKind) -> Self {
-        match kind {
-            wire::ToolKind::Function => api_model::ToolKind::Function,
-            wire::ToolKind::Freeform => api_model::ToolKind::Freeform,
-        }
-    }
-}
+mirror_enum!(api::Surface, wire::Surface: Contract, Codex);
+mirror_enum!(api_model::ToolKind, wire::ToolKind: Function, Freeform);
+mirror_enum!(api_model::ImageDetail, wire::ImageDetail: Auto, Low, High, Original);
+mirror_enum!(
+    api::FailureKind,
+    wire::FailureKind: ScriptError,
+    OutOfMemory,
+    CpuBudget,
+    Stalled,
+    StoppedUnexpectedly,
+    RuntimeLost,
+    NotFound,
+);
+mirror_struct!(
+    api::CellLimits,
+    wire::CellLimits: heap_bytes,
+    cpu_budget_ms,
+    output_bytes,
+    max_in_flight_tool_calls,
+    max_tool_payload_bytes,
+);
+mirror_struct!(
+    api::SessionOptions,
+    wire::SessionOptions: max_yield_time_ms,
+    limits,
+    reuse_isolates,
+    max_stored_bytes,
+    surface,
+);
+mirror_struct!(api::WaitRequest, wire::WaitRequest: cell_id, yield_time_ms);
+mirror_struct!(api::CellFailure, wire::CellFailure: kind, text);
 
 impl From<&api_model::ToolDefinition> for wire::ToolDefinition {
     fn from(tool: &api_model::ToolDefinition) -> Self {
@@ -185,24 +144,6 @@ impl From<wire::ExecRequest> for api::ExecRequest {
     }
 }
 
-impl From<api::WaitRequest> for wire::WaitRequest {
-    fn from(request: api::WaitRequest) -> Self {
-        Self {
-            cell_id: request.cell_id,
-            yield_time_ms: request.yield_time_ms,
-        }
-    }
-}
-
-impl From<wire::WaitRequest> for api::WaitRequest {
-    fn from(request: wire::WaitRequest) -> Self {
-        Self {
-            cell_id: request.cell_id,
-            yield_time_ms: request.yield_time_ms,
-        }
-    }
-}
-
 impl From<api_calls::SessionCall> for wire::SessionCall {
     fn from(call: api_calls::SessionCall) -> Self {
         use api_calls::SessionCall as Api;
@@ -229,28 +170,6 @@ impl From<wire::SessionCall> for api_calls::SessionCall {
             Wire::WaitToPending { cell_id } => Self::WaitToPending { cell_id },
             Wire::Interrupt => Self::Interrupt,
             Wire::Shutdown => Self::Shutdown,
-        }
-    }
-}
-
-impl From<api_model::ImageDetail> for wire::ImageDetail {
-    fn from(detail: api_model::ImageDetail) -> Self {
-        match detail {
-            api_model::ImageDetail::Auto => wire::ImageDetail::Auto,
-            api_model::ImageDetail::Low => wire::ImageDetail::Low,
-            api_model::ImageDetail::High => wire::ImageDetail::High,
-            api_model::ImageDetail::Original => wire::ImageDetail::Original,
-        }
-    }
-}
-
-impl From<wire::ImageDetail> for api_model::ImageDetail {
-    fn from(detail: wire::ImageDetail) -> Self {
-        match detail {
-            wire::ImageDetail::Auto => api_model::ImageDetail::Auto,
-            wire::ImageDetail::Low => api_model::ImageDetail::Low,
-            wire::ImageDetail::High => api_model::ImageDetail::High,
-            wire::ImageDetail::Original => api_model::ImageDetail::Original,
         }
     }
 }
@@ -286,51 +205,6 @@ impl From<wire::ContentItem> for api_model::ContentItem {
 /// Converts every item of a list.
 fn items<T, U: From<T>>(items: Vec<T>) -> Vec<U> {
     items.into_iter().map(U::from).collect()
-}
-
-impl From<api::FailureKind> for wire::FailureKind {
-    fn from(kind: api::FailureKind) -> Self {
-        use api::FailureKind as Api;
-        match kind {
-            Api::ScriptError => Self::ScriptError,
-            Api::OutOfMemory => Self::OutOfMemory,
-            Api::CpuBudget => Self::CpuBudget,
-            Api::Stalled => Self::Stalled,
-            Api::StoppedUnexpectedly => Self::StoppedUnexpectedly,
-            Api::RuntimeLost => Self::RuntimeLost,
-            Api::NotFound => Self::NotFound,
-        }
-    }
-}
-
-impl From<wire::FailureKind> for api::FailureKind {
-    fn from(kind: wire::FailureKind) -> Self {
-        use wire::FailureKind as Wire;
-        match kind {
-            Wire::ScriptError => Self::ScriptError,
-            Wire::OutOfMemory => Self::OutOfMemory,
-            Wire::CpuBudget => Self::CpuBudget,
-            Wire::Stalled => Self::Stalled,
-            Wire::StoppedUnexpectedly => Self::StoppedUnexpectedly,
-            Wire::RuntimeLost => Self::RuntimeLost,
-            Wire::NotFound => Self::NotFound,
-        }
-    }
-}
-
-impl From<api::CellFailure> for wire::CellFailure {
-    fn from(failure: api::CellFailure) -> Self {
-        Self {
-            kind: failure.kind.into(),
-            text: failure.text,
-        }
-    }
-}
-
-impl From<wire::CellFailure> for api::CellFailure {
-    fn from(failure: wire::CellFailure) -> Self {
-        api::CellFailure::new(failure.kind.into(), failure.text)
-    }
 }
 
 impl From<api::CellResponse> for wire::CellResponse {
