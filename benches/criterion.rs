@@ -448,7 +448,7 @@ fn tool_search(c: &mut Criterion) {
 /// A fresh context per cell (contract §7). `v8_context_new` is the floor: V8's own
 /// `Context::New` on a warm isolate, which deserialises a native context from V8's startup
 /// snapshot, with nothing of ours in it. `cell_context_built` adds our helpers by hand, as
-/// before issue 27; `cell_context_snapshot` is what a cell thread does now, on an isolate
+/// cells did before the startup snapshot; `cell_context_snapshot` is what a cell thread does now, on an isolate
 /// made from the runtime's startup snapshot. `exec_overhead --sections hops` shows the
 /// same steps inside a cell's reset ("fresh context created", "... has its helpers").
 fn context(c: &mut Criterion) {

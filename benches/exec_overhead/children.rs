@@ -232,7 +232,7 @@ pub(crate) async fn idle_child(transport: &str, cells: usize) {
     tokio::time::sleep(settle).await;
     let after = subject.rss_kib();
     // Then every cell ends with its session, and the runtime sits idle: what does it keep
-    // 10 s later (issue 38: an idle runtime gives back what a burst took)?
+    // 10 s later (an idle runtime gives back what a burst took)?
     subject.shutdown().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = subject.rss_kib();

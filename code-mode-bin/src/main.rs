@@ -250,8 +250,8 @@ fn listen_main(cli: Cli) -> ExitCode {
                 "--listen needs --tls-cert, --tls-key and --client-ca (mutual TLS), or --insecure-loopback on a loopback address".to_owned(),
             );
         };
-        match code_mode_wire::tls::server_config(
-            &code_mode_wire::tls::TlsFiles {
+        match code_mode_tls::server_config(
+            &code_mode_tls::TlsFiles {
                 cert,
                 key,
                 client_ca: Some(client_ca),

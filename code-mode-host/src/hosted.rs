@@ -12,8 +12,8 @@ use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
-    ExecRequest, PendingOutcome, SessionCall, SessionError, SessionOptions, StartedCell,
-    StartedPendingCell, StoredValues, WaitRequest,
+    ExecRequest, PendingOutcome, RuntimeFailure, SessionCall, SessionError, SessionOptions,
+    StartedCell, StartedPendingCell, StoredValues, WaitRequest,
 };
 use code_mode_wire::{Request, SessionId};
 use std::collections::VecDeque;
@@ -295,7 +295,7 @@ impl HostedSession {
                 .provider
                 .place()
                 .await
-                .map_err(|error| SessionError::Runtime(error.to_string()))?;
+                .map_err(|error| SessionError::Runtime(RuntimeFailure::caused_by(error)))?;
             let connection = Arc::clone(&placed.connection);
             let request = Request::OpenSession {
                 options: self.options.clone().into(),

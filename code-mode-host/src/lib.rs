@@ -22,7 +22,7 @@ mod remote;
 pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::{CodeModeProvider, CodeModeSession};
-pub use connection::{HandshakeError, Liveness};
+pub use connection::{HandshakeError, Liveness, Violation};
 /// Deliberate faults for the chaos test's proof (only with the `fault-injection` feature,
 /// only in builds with debug assertions).
 #[cfg(all(feature = "fault-injection", debug_assertions))]

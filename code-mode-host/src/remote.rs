@@ -18,8 +18,7 @@ use crate::hosted::{RuntimeSource, hosted_session};
 use code_mode_protocol::BoxFuture;
 use code_mode_protocol::sync::lock;
 use code_mode_wire::FrameError;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,39 +52,10 @@ impl std::fmt::Debug for ClientTls {
 impl ClientTls {
     /// From PEM text: the runtimes' CA, the host's certificate chain, its private key.
     pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, RemoteError> {
-        let tls = |what: &str, detail: String| RemoteError::Tls(format!("{what}: {detail}"));
-        let mut roots = rustls::RootCertStore::empty();
-        let cas = CertificateDer::pem_slice_iter(ca)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| tls("the CA", error.to_string()))?;
-        if cas.is_empty() {
-            return Err(tls("the CA", "no certificate in it".to_owned()));
-        }
-        for ca in cas {
-            roots
-                .add(ca)
-                .map_err(|error| tls("the CA", error.to_string()))?;
-        }
-        let chain = CertificateDer::pem_slice_iter(cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| tls("the client certificate", error.to_string()))?;
-        if chain.is_empty() {
-            return Err(tls(
-                "the client certificate",
-                "no certificate in it".to_owned(),
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_slice(key)
-            .map_err(|error| tls("the client key", error.to_string()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|error| tls("the protocol versions", error.to_string()))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(|error| tls("the client certificate and key", error.to_string()))?;
+        let config = code_mode_tls::client_config(ca, cert, key)
+            .map_err(|error| RemoteError::Tls(error.to_string()))?;
         Ok(Self {
-            config: Arc::new(config),
+            config,
             server_name: None,
         })
     }

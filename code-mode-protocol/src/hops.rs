@@ -8,7 +8,9 @@
 #[doc(hidden)]
 pub use tracing as __tracing;
 
-/// Marks that the exec or tool call being traced reached `$name`.
+/// Marks that the exec or tool call being traced reached `$name` (for the workspace's
+/// crates and the benchmark, not for agent cores).
+#[doc(hidden)]
 #[macro_export]
 macro_rules! hop {
     ($name:literal) => {

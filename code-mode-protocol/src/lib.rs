@@ -14,6 +14,8 @@
 #![forbid(unsafe_code)]
 
 pub mod calls;
+pub mod delivery;
+#[doc(hidden)]
 pub mod hops;
 pub mod ids;
 pub mod json_text;
@@ -22,6 +24,9 @@ pub mod search;
 pub mod session;
 pub mod stored;
 pub mod sync;
+/// The contract's fixed texts, shared by the workspace's crates; an agent core reads them
+/// through the errors and responses that display them.
+#[doc(hidden)]
 pub mod texts;
 
 pub use calls::{CallHooks, CallTarget, FromReply, SessionCall, SessionReply};
@@ -31,7 +36,7 @@ pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name
 pub use session::{
     AdmittedHook, BoxFuture, CellFailure, CellLimits, CellResponse, CodeModeProvider,
     CodeModeSession, CodeModeSessionDelegate, ExecHooks, ExecRequest, FailureKind, NestedToolCall,
-    PendingOutcome, SessionError, SessionOptions, StartedCell, StartedPendingCell, Surface,
-    WaitRequest,
+    PendingOutcome, RuntimeFailure, SessionError, SessionOptions, StartedCell, StartedPendingCell,
+    Surface, WaitRequest,
 };
 pub use stored::StoredValues;

@@ -666,14 +666,103 @@ pub enum SessionError {
     #[error("{}", texts::already_terminating(.0))]
     AlreadyTerminating(CellId),
     /// The runtime could not run the call (no thread or process could be started, ...).
+    /// Its [`RuntimeFailure`] keeps the typed cause when one is known.
     #[error("{}", texts::runtime_failure(.0))]
-    Runtime(String),
+    Runtime(#[source] RuntimeFailure),
     /// The runtime process died (or its connection was lost) while the call was in
     /// flight, or the call names a cell that was running there. The text names the cause.
     /// The session itself goes on: its next call runs on a fresh runtime with every
     /// committed stored value (contract §7).
     #[error("{}", texts::runtime_lost(.0))]
     RuntimeLost(String),
+}
+
+impl SessionError {
+    /// The typed cause of a [`SessionError::Runtime`], when one is known: for a host, its
+    /// `HostError` (a binary not found, a failed handshake, a remote pool with no
+    /// runtime), to downcast instead of reading the text.
+    pub fn runtime_cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            SessionError::Runtime(failure) => failure.cause(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a runtime could not run a call: the text every reader sees, and the error that
+/// caused it when the failure came from one. Two failures are equal when their texts are:
+/// the cause is for a caller that acts on it, not part of what the failure says.
+#[derive(Debug, Clone)]
+pub struct RuntimeFailure {
+    message: String,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl RuntimeFailure {
+    /// A failure with no typed cause.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A failure caused by `error`, worded as `error` displays.
+    pub fn caused_by(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            message: error.to_string(),
+            cause: Some(Arc::new(error)),
+        }
+    }
+
+    /// The same failure, caused by `error` (its text stays this failure's own).
+    pub fn with_cause(mut self, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(error));
+        self
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The error that caused the failure, if it came from one.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
+    }
+}
+
+impl std::fmt::Display for RuntimeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RuntimeFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for RuntimeFailure {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for RuntimeFailure {}
+
+impl From<String> for RuntimeFailure {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for RuntimeFailure {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
 }
 
 /// The agent core's side of a session: answers nested tool calls, receives notifications

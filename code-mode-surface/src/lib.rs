@@ -18,6 +18,6 @@ pub use describe::{
 pub use format::{BYTES_PER_TOKEN, format_response, status_line};
 pub use pragma::{DEFAULT_MAX_OUTPUT_TOKENS, ExecParseError, ParsedExec, parse_exec_source};
 pub use specs::{
-    EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, WaitArguments, exec_tool_spec, exec_tool_spec_of,
-    parse_wait_arguments, wait_tool_spec,
+    EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, WaitArguments, WaitArgumentsError, exec_tool_spec,
+    exec_tool_spec_of, parse_wait_arguments, wait_tool_spec,
 };

@@ -115,12 +115,31 @@ pub struct WaitArguments {
     pub terminate: bool,
 }
 
-/// Parses `wait`'s JSON arguments; the error is shown to the model.
-pub fn parse_wait_arguments(arguments: &str) -> Result<WaitArguments, String> {
+/// Why `wait`'s arguments were refused; the text is shown to the model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitArgumentsError {
+    #[error("wait expects a JSON object: {0}")]
+    NotJson(String),
+    #[error("wait expects a JSON object")]
+    NotAnObject,
+    #[error("wait `cell_id` must be a string")]
+    CellIdNotAString,
+    #[error("wait `{0}` must be a non-negative number")]
+    NotANonNegativeNumber(String),
+    #[error("wait `terminate` must be a boolean")]
+    TerminateNotABoolean,
+    #[error("wait does not support `{0}`")]
+    Unsupported(String),
+    #[error("wait requires `cell_id`")]
+    MissingCellId,
+}
+
+/// Parses `wait`'s JSON arguments.
+pub fn parse_wait_arguments(arguments: &str) -> Result<WaitArguments, WaitArgumentsError> {
     let value: Value = serde_json::from_str(arguments)
-        .map_err(|error| format!("wait expects a JSON object: {error}"))?;
+        .map_err(|error| WaitArgumentsError::NotJson(error.to_string()))?;
     let Value::Object(fields) = value else {
-        return Err("wait expects a JSON object".to_owned());
+        return Err(WaitArgumentsError::NotAnObject);
     };
     let mut parsed = WaitArguments {
         cell_id: CellId::parse(""),
@@ -133,7 +152,7 @@ pub fn parse_wait_arguments(arguments: &str) -> Result<WaitArguments, String> {
         match key.as_str() {
             "cell_id" => {
                 parsed.cell_id =
-                    CellId::parse(value.as_str().ok_or("wait `cell_id` must be a string")?);
+                    CellId::parse(value.as_str().ok_or(WaitArgumentsError::CellIdNotAString)?);
                 has_cell_id = true;
             }
             "yield_time_ms" => parsed.yield_time_ms = non_negative(value, key)?,
@@ -141,22 +160,22 @@ pub fn parse_wait_arguments(arguments: &str) -> Result<WaitArguments, String> {
             "terminate" => {
                 parsed.terminate = value
                     .as_bool()
-                    .ok_or("wait `terminate` must be a boolean")?;
+                    .ok_or(WaitArgumentsError::TerminateNotABoolean)?;
             }
-            other => return Err(format!("wait does not support `{other}`")),
+            other => return Err(WaitArgumentsError::Unsupported(other.to_owned())),
         }
     }
     if !has_cell_id {
-        return Err("wait requires `cell_id`".to_owned());
+        return Err(WaitArgumentsError::MissingCellId);
     }
     Ok(parsed)
 }
 
 /// A non-negative number, rounded down to whole units.
-fn non_negative(value: &Value, key: &str) -> Result<u64, String> {
+fn non_negative(value: &Value, key: &str) -> Result<u64, WaitArgumentsError> {
     value
         .as_f64()
         .filter(|number| number.is_finite() && *number >= 0.0)
         .map(|number| number as u64)
-        .ok_or_else(|| format!("wait `{key}` must be a non-negative number"))
+        .ok_or_else(|| WaitArgumentsError::NotANonNegativeNumber(key.to_owned()))
 }

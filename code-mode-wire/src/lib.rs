@@ -6,8 +6,7 @@
 //! The wire between a host (`code-mode-host`) and the runtime process (`code-mode-bin`):
 //! typed messages ([`ClientMessage`], [`ServerMessage`]), the frame codec ([`codec`]), the
 //! handshake ([`handshake`]), the transport seam that both ends run a connection on
-//! ([`transport`]), rustls server settings from PEM files ([`tls`]), and how an answer
-//! reaches its caller ([`delivery`], shared by the cell actor and the host).
+//! ([`transport`]).
 //!
 //! Only these types cross the process boundary: the messages here and their payloads
 //! ([`payload`]), the wire's own counterparts of the API types, converted in one module
@@ -38,10 +37,8 @@
 
 pub mod codec;
 pub mod convert;
-pub mod delivery;
 pub mod handshake;
 pub mod payload;
-pub mod tls;
 pub mod transport;
 
 use code_mode_protocol::ids::{CallId, CellId, ToolError};
@@ -428,7 +425,7 @@ impl From<SessionError> for WireError {
             SessionError::ShuttingDown => WireError::ShuttingDown,
             SessionError::BusyObserver(cell) => WireError::BusyObserver(cell),
             SessionError::AlreadyTerminating(cell) => WireError::AlreadyTerminating(cell),
-            SessionError::Runtime(message) => WireError::Internal(message),
+            SessionError::Runtime(failure) => WireError::Internal(failure.message().to_owned()),
             SessionError::RuntimeLost(cause) => WireError::RuntimeLost(cause),
         }
     }
@@ -443,14 +440,14 @@ impl WireError {
             WireError::ShuttingDown => SessionError::ShuttingDown,
             WireError::BusyObserver(cell) => SessionError::BusyObserver(cell),
             WireError::AlreadyTerminating(cell) => SessionError::AlreadyTerminating(cell),
-            WireError::Internal(message) => SessionError::Runtime(message),
+            WireError::Internal(message) => SessionError::Runtime(message.into()),
             WireError::RuntimeLost(cause) => SessionError::RuntimeLost(cause),
             other @ (WireError::MissingSession(_)
             | WireError::Cancelled
             | WireError::ResponseTooLarge { .. }
             | WireError::Draining
             | WireError::TooManySessions { .. }
-            | WireError::UnknownToolSet(_)) => SessionError::Runtime(other.to_string()),
+            | WireError::UnknownToolSet(_)) => SessionError::Runtime(other.to_string().into()),
         }
     }
 }

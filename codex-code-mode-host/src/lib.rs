@@ -9,10 +9,12 @@
 //! Modules: `front` owns Codex's sessions, cells, executions and invocations over ours;
 //! `bound` is Codex's output truncation; `grpc` and `json` translate the two protocols;
 //! `serve` listens; `stdio` keeps stdout for protocol bytes only; `install` puts the host
-//! where a codex install finds it; `metrics` answers `GetProcessMetrics`; `client` drives
-//! any host binary over stdio (tests, bench).
+//! where a codex install finds it; `metrics` answers `GetProcessMetrics`; `client` (only
+//! with the `test-client` feature) drives any host binary over stdio (tests, bench).
 
 pub mod bound;
+#[cfg(feature = "test-client")]
+#[doc(hidden)]
 pub mod client;
 pub mod front;
 pub mod grpc;

@@ -235,12 +235,12 @@ async fn run(
         (Listen::GrpcTcp(address), _) => {
             let tls = match (&cli.tls_cert, &cli.tls_key) {
                 (Some(cert), Some(key)) => {
-                    let files = code_mode_wire::tls::TlsFiles {
+                    let files = code_mode_tls::TlsFiles {
                         cert: cert.clone(),
                         key: key.clone(),
                         client_ca: cli.client_ca.clone(),
                     };
-                    let config = code_mode_wire::tls::server_config(&files, &[b"h2"])
+                    let config = code_mode_tls::server_config(&files, &[b"h2"])
                         .map_err(|error| error.to_string())?;
                     Some(config)
                 }

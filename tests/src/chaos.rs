@@ -803,7 +803,7 @@ async fn run_cell<S: CodeModeSession + Placed>(
         }
         Err(SessionError::Runtime(message))
             if !S::is_local()
-                && message.starts_with(REFUSAL)
+                && message.message().starts_with(REFUSAL)
                 && stage.remote_all_down(started, ended) =>
         {
             if std::env::var_os("CODE_MODE_CHAOS_VERBOSE").is_some() {

@@ -302,7 +302,7 @@ pub fn corpus() -> Vec<(&'static str, &'static str, Outcome)> {
             "await Promise.all(Array.from({ length: 1e6 }, () => tools.echo(1)));",
             AnyOf(&[Error(CAP), Error(HEAP), Error(CPU)]),
         ),
-        // Found after the corpus: issue 13.
+        // Found after the corpus was written.
         (
             "31 exit() in a stack getter, toString loops",
             "text('before'); throw { get stack() { exit(); for (;;) {} }, toString() { for (;;) {} } };",

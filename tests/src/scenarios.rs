@@ -597,7 +597,7 @@ pub async fn shutdown_racing_admission_closes_each_admitted_cell_once<P: CodeMod
                 admitted.push(started.cell_id);
             }
             Err(SessionError::ShuttingDown) => {}
-            Err(SessionError::Runtime(marker)) if marker == "shutdown marker" => {}
+            Err(SessionError::Runtime(marker)) if marker.message() == "shutdown marker" => {}
             Err(other) => panic!("unexpected error {other}"),
         }
     }

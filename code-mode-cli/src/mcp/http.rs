@@ -98,8 +98,8 @@ impl HttpOptions {
         }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(
-                code_mode_wire::tls::server_config(
-                    &code_mode_wire::tls::TlsFiles {
+                code_mode_tls::server_config(
+                    &code_mode_tls::TlsFiles {
                         cert: cert.clone(),
                         key: key.clone(),
                         client_ca: None,

@@ -359,7 +359,11 @@ impl CodeModeServer {
         let text = Value::Object(arguments.unwrap_or_default()).to_string();
         let arguments = match parse_wait_arguments(&text) {
             Ok(arguments) => arguments,
-            Err(error) => return Ok(CallToolResult::error(vec![ContentBlock::text(error)])),
+            Err(error) => {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(
+                    error.to_string(),
+                )]));
+            }
         };
         let preempt = CancellationToken::new();
         let observation: BoxFuture<'_, _> = if arguments.terminate {

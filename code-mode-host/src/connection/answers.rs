@@ -6,7 +6,7 @@
 //! answer that crossed the cancellation is given back.
 
 use super::*;
-use code_mode_wire::delivery::Receipt;
+use code_mode_protocol::delivery::Receipt;
 
 /// A typed answer to a request: the response of the one kind the request is answered
 /// with. The reader converts each response once, on arrival; a response of another kind is
@@ -162,7 +162,7 @@ impl Connection {
         id: RequestId,
         abandoned: Abandoned,
         result: Result<Response, WireError>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         let Ok(response) = result else {
             return Ok(());
         };

@@ -11,23 +11,26 @@ impl Connection {
         id: DelegateId,
         session: SessionId,
         call: DelegateCall,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         let cell_id = match &call {
             DelegateCall::InvokeTool { cell_id, .. } | DelegateCall::Notify { cell_id, .. } => {
                 cell_id
             }
         };
         if !is_runtime_cell_id(cell_id) {
-            return Err(format!("{id} names an invalid cell id {cell_id:?}"));
+            return Err(Violation::DelegateCellInvalid {
+                id,
+                cell_id: cell_id.clone(),
+            });
         }
         let token = CancellationToken::new();
         let delegate = {
             let mut state = lock(&self.state);
             if state.delegate_calls.contains_key(&id) {
-                return Err(format!("{id} is already in flight"));
+                return Err(Violation::DelegateInFlight(id));
             }
             let Some(entry) = state.sessions.get_mut(&session) else {
-                return Err(format!("{id} is for {session}, which is not open"));
+                return Err(Violation::DelegateSessionNotOpen { id, session });
             };
             if !entry.closed_cells.contains(cell_id) {
                 entry.live_cells.insert(cell_id.clone());
@@ -122,9 +125,9 @@ impl Connection {
 
     /// An `Execute` admitted its cell: its own delegate takes the cell's calls from now
     /// on (the runtime sends this before any of them), and the caller learns the id.
-    pub(super) fn on_admitted(&self, id: RequestId, cell_id: CellId) -> Result<(), String> {
+    pub(super) fn on_admitted(&self, id: RequestId, cell_id: CellId) -> Result<(), Violation> {
         if !is_runtime_cell_id(&cell_id) {
-            return Err(format!("{id} admitted an invalid cell id {cell_id:?}"));
+            return Err(Violation::AdmittedCellInvalid { id, cell_id });
         }
         let admitted = {
             let mut state = lock(&self.state);
@@ -141,11 +144,11 @@ impl Connection {
                         None,
                     ),
                     // Answered already and then abandoned: nothing waits for it.
-                    None => return Err(format!("{id} admitted a cell but is not in flight")),
+                    None => return Err(Violation::AdmittedNotInFlight(id)),
                 },
             };
             let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session)) else {
-                return Err(format!("{id} admitted a cell outside an open session"));
+                return Err(Violation::AdmittedOutsideSession(id));
             };
             if !entry.closed_cells.contains(&cell_id) {
                 entry.live_cells.insert(cell_id.clone());
@@ -161,17 +164,21 @@ impl Connection {
         Ok(())
     }
 
-    pub(super) fn on_cell_closed(&self, session: SessionId, cell_id: CellId) -> Result<(), String> {
+    pub(super) fn on_cell_closed(
+        &self,
+        session: SessionId,
+        cell_id: CellId,
+    ) -> Result<(), Violation> {
         if !is_runtime_cell_id(&cell_id) {
-            return Err(format!("a close event for an invalid cell id {cell_id:?}"));
+            return Err(Violation::ClosedCellInvalid(cell_id));
         }
         let delegate = {
             let mut state = lock(&self.state);
             let Some(entry) = state.sessions.get_mut(&session) else {
-                return Err(format!("a close event for {session}, which is not open"));
+                return Err(Violation::ClosedSessionNotOpen(session));
             };
             if !entry.closed_cells.insert(cell_id.clone()) {
-                return Err(format!("cell {cell_id} of {session} closed twice"));
+                return Err(Violation::ClosedTwice { session, cell_id });
             }
             entry.live_cells.remove(&cell_id);
             entry

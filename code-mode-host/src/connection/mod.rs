@@ -26,6 +26,7 @@
 
 mod answers;
 mod delegate;
+mod violation;
 
 use crate::faults::{self, Fault};
 pub(crate) use answers::FromResponse;
@@ -35,8 +36,8 @@ use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     AdmittedHook, BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, FromReply,
-    NestedToolCall, PendingOutcome, SessionCall, SessionError, StartedCell, StartedPendingCell,
-    ToolDefinition, ToolError,
+    NestedToolCall, PendingOutcome, RuntimeFailure, SessionCall, SessionError, StartedCell,
+    StartedPendingCell, ToolDefinition, ToolError,
 };
 use code_mode_wire::convert::tools_to_wire;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
@@ -50,6 +51,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
+pub use violation::Violation;
 
 /// How long the host waits for the runtime's answer to its hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +59,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a runtime that closed its socket gets to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
-use code_mode_wire::delivery::Delivery;
+use code_mode_protocol::delivery::Delivery;
 
 pub use code_mode_wire::Liveness;
 
@@ -68,7 +70,7 @@ enum Ended {
     /// The stream failed (reset, or closed without TLS's close_notify).
     Broken(String),
     /// A bad frame or a protocol violation.
-    Violation(String),
+    Violation(Violation),
     /// No frame within the liveness timeout.
     Silent(Duration),
     /// The runtime does not read what the host sends.
@@ -391,9 +393,8 @@ impl Connection {
         code_mode_protocol::hop!("host sends the request");
         if let Err(error) = self.outbox.send(&ClientMessage::Request { id, request }) {
             lock(&self.state).pending.remove(&id);
-            return Err(SessionError::Runtime(format!(
-                "the request could not be sent: {error}"
-            )));
+            let failure = RuntimeFailure::new(format!("the request could not be sent: {error}"));
+            return Err(SessionError::Runtime(failure.with_cause(error)));
         }
         let mut guard = AbandonOnDrop {
             connection: self,
@@ -495,7 +496,7 @@ impl Connection {
     }
 
     /// Handles one message from the runtime; `Err` is a protocol violation.
-    fn handle(self: &Arc<Self>, message: ServerMessage) -> Result<(), String> {
+    fn handle(self: &Arc<Self>, message: ServerMessage) -> Result<(), Violation> {
         match message {
             ServerMessage::Response { id, result } => {
                 code_mode_protocol::hop!("host has the response");
@@ -521,7 +522,7 @@ impl Connection {
                 writes,
             } => {
                 if !is_runtime_cell_id(&cell_id) {
-                    return Err(format!("a commit names an invalid cell id {cell_id:?}"));
+                    return Err(Violation::CommitCellInvalid(cell_id));
                 }
                 let stored = lock(&self.state)
                     .sessions
@@ -548,7 +549,7 @@ impl Connection {
                 Ok(())
             }
             other @ (ServerMessage::Ready(_) | ServerMessage::Rejected(_)) => {
-                Err(format!("{} after the handshake", other.kind()))
+                Err(Violation::AfterHandshake(other.kind()))
             }
         }
     }
@@ -557,14 +558,14 @@ impl Connection {
         self: &Arc<Self>,
         id: RequestId,
         result: Result<Response, WireError>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         let mut state = lock(&self.state);
         let Some(pending) = state.pending.remove(&id) else {
             state.abandoned_delegates.remove(&id);
             if let Some(abandoned) = state.abandoned.remove(&id) {
                 return self.on_abandoned_response(state, id, abandoned, result);
             }
-            return Err(format!("a response to {id}, which is not in flight"));
+            return Err(Violation::ResponseNotInFlight(id));
         };
         if matches!(result, Err(WireError::Draining)) {
             self.draining.store(true, Ordering::SeqCst);
@@ -573,7 +574,7 @@ impl Connection {
             match response {
                 Response::SessionOpened(session) => {
                     let Some(Opening { delegate, stored }) = pending.hooks.opening.clone() else {
-                        return Err(format!("{session} opened without a delegate"));
+                        return Err(Violation::OpenedWithoutDelegate(*session));
                     };
                     let entry = SessionEntry {
                         delegate,
@@ -583,7 +584,7 @@ impl Connection {
                         closed_cells: HashSet::new(),
                     };
                     if state.sessions.insert(*session, entry).is_some() {
-                        return Err(format!("{session} opened twice"));
+                        return Err(Violation::OpenedTwice(*session));
                     }
                 }
                 Response::Reply(
@@ -608,7 +609,7 @@ impl Connection {
             id,
         });
         (pending.deliver)(result.map_err(WireError::into_session_error), word)
-            .map_err(|_| format!("{id} was answered with a response of another kind"))
+            .map_err(|_| Violation::ResponseOfAnotherKind(id))
     }
 
     /// Forgets a session once its shutdown was answered.
@@ -721,9 +722,9 @@ fn mark_alive(
     state: &mut State,
     session: Option<SessionId>,
     cell_id: &CellId,
-) -> Result<(), String> {
+) -> Result<(), Violation> {
     if !is_runtime_cell_id(cell_id) {
-        return Err(format!("a response names an invalid cell id {cell_id:?}"));
+        return Err(Violation::ResponseCellInvalid(cell_id.clone()));
     }
     if let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session))
         && !entry.closed_cells.contains(cell_id)
@@ -780,7 +781,7 @@ async fn read_loop<S: AsyncRead>(
             Ok(Some(Err(FrameError::Io(error)))) if is_broken(&error) => {
                 break Ended::Broken(error.to_string());
             }
-            Ok(Some(Err(error))) => break Ended::Violation(error.to_string()),
+            Ok(Some(Err(error))) => break Ended::Violation(error.into()),
             Ok(Some(Ok(message))) => {
                 if let Err(violation) = connection.handle(message) {
                     break Ended::Violation(violation);

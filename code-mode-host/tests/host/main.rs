@@ -171,6 +171,45 @@ async fn a_missing_binary_names_every_place_searched() {
     assert_eq!(error.searched, ["/nope/runtime (CODE_MODE_BIN)"]);
 }
 
+/// A runtime that cannot be made available fails the call with the contract's text, and
+/// the host's typed error as its cause: a caller tells a runtime that never connected from
+/// any other failure without reading the text.
+#[tokio::test]
+async fn a_runtime_failure_keeps_the_hosts_error_as_its_cause() {
+    // A "runtime" that exits at once: spawned fine, but it never connects.
+    let provider = ProcessProvider::new(ProcessConfig {
+        binary: Some(PathBuf::from("/bin/true")),
+        ..ProcessConfig::default()
+    })
+    .expect("the binary exists");
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let error = session
+        .execute(ExecRequest::new("text(1)"))
+        .await
+        .expect_err("no runtime can run it");
+    assert!(
+        error.to_string().starts_with("exec runtime failure: "),
+        "{error}"
+    );
+    let cause = error
+        .runtime_cause()
+        .and_then(|cause| cause.downcast_ref::<code_mode_host::HostError>())
+        .unwrap_or_else(|| panic!("the cause is the host's error: {error:?}"));
+    assert!(
+        matches!(
+            cause,
+            code_mode_host::HostError::Spawn(code_mode_host::SpawnError::NoConnection { .. })
+        ),
+        "{cause:?}"
+    );
+    // The chain of sources reaches it too.
+    let source = std::error::Error::source(&error).expect("a source");
+    assert!(
+        std::error::Error::source(source)
+            .is_some_and(|cause| cause.is::<code_mode_host::HostError>())
+    );
+}
+
 #[tokio::test]
 async fn discovery_prefers_explicit_then_env_then_beside_then_path() {
     let scratch = Scratch::new();

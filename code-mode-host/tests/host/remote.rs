@@ -726,3 +726,79 @@ async fn an_idle_session_moves_off_a_draining_runtime_and_both_count_it() {
         .expect("the runtime exits once drained");
     assert!(status.success(), "{status:?}");
 }
+
+/// A runtime that breaks the protocol is dropped, and the call in flight fails with the
+/// violation named in its cause: here a close event for a session that is not open.
+#[tokio::test]
+async fn a_runtime_that_breaks_the_protocol_is_dropped_with_the_violation_named() {
+    use code_mode_wire::handshake::ServerOffer;
+    use code_mode_wire::transport::{self, Transport};
+    use code_mode_wire::{
+        ClientMessage, REMOTE_CAPABILITY, Request, Response, ServerMessage, SessionId,
+    };
+    use futures_util::StreamExt;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let Transport {
+            mut reader,
+            outbox,
+            writer,
+        } = transport::split::<_, ClientMessage, ServerMessage>(stream);
+        let Some(Ok(ClientMessage::Hello(hello))) = reader.next().await else {
+            panic!("no hello");
+        };
+        let ready = ServerOffer::current("a runtime that breaks the protocol", "none")
+            .with_capability(REMOTE_CAPABILITY)
+            .negotiate(&hello)
+            .expect("the host's hello");
+        outbox.send(&ServerMessage::Ready(ready)).unwrap();
+        while let Some(Ok(message)) = reader.next().await {
+            let ClientMessage::Request { id, request } = message else {
+                continue;
+            };
+            match request {
+                Request::OpenSession { .. } => outbox
+                    .send(&ServerMessage::Response {
+                        id,
+                        result: Ok(Response::SessionOpened(SessionId(1))),
+                    })
+                    .unwrap(),
+                _ => outbox
+                    .send(&ServerMessage::CellClosed {
+                        session: SessionId(9),
+                        cell_id: "1".into(),
+                    })
+                    .unwrap(),
+            }
+        }
+        drop(outbox);
+        let _ = writer.await;
+    });
+    let provider = remote(vec![format!("127.0.0.1:{}", address.port())], None);
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let error = tokio::time::timeout(
+        Duration::from_secs(20),
+        session.execute(code_mode_protocol::ExecRequest::new("text(1)")),
+    )
+    .await
+    .expect("the call ends")
+    .expect_err("the runtime was dropped");
+    let SessionError::RuntimeLost(cause) = &error else {
+        panic!("expected RuntimeLost, got {error}");
+    };
+    assert!(
+        cause.contains(
+            "protocol violation by the runtime: a close event for session 9, which is not open"
+        ),
+        "{cause}"
+    );
+    drop(session);
+    drop(provider);
+    tokio::time::timeout(Duration::from_secs(20), fake)
+        .await
+        .expect("the host closed the connection")
+        .unwrap();
+}

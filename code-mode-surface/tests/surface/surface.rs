@@ -379,7 +379,7 @@ fn wait_arguments() {
         ),
     ] {
         assert_eq!(
-            parse_wait_arguments(input),
+            parse_wait_arguments(input).map_err(|error| error.to_string()),
             Err(error.to_owned()),
             "{input}"
         );

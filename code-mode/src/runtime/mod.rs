@@ -39,7 +39,10 @@ use std::time::Duration;
 /// process's metrics; a cell goes on after its cap, so no response says it).
 static OUTPUT_CAPS_REACHED: AtomicU64 = AtomicU64::new(0);
 
-/// How many cells of this process reached their output cap so far.
+/// How many cells of this process reached their output cap so far (the runtime
+/// process's metrics; only with the `internals` feature).
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub fn output_caps_reached() -> u64 {
     OUTPUT_CAPS_REACHED.load(Ordering::Relaxed)
 }
@@ -51,18 +54,29 @@ pub(crate) fn output_cap_reached() {
 
 /// Strips the TypeScript types from a cell's source, as the cell thread does for a source
 /// V8 refuses as JavaScript: the stripped JavaScript (same length, same positions), or the
-/// error text the cell would fail with. Exposed for benchmarks and tools.
-pub fn strip_typescript(source: &str) -> Result<String, String> {
-    typescript::strip(source).map_err(|error| match error {
-        typescript::StripError::Refused(text) => text,
-        typescript::StripError::Syntax { message, position } => {
-            typescript::syntax_error_text(&message, position)
-        }
+/// error the cell would fail with. Exposed for benchmarks and tools.
+pub fn strip_typescript(source: &str) -> Result<String, TypeScriptRefused> {
+    typescript::strip(source).map_err(|error| {
+        TypeScriptRefused(match error {
+            typescript::StripError::Refused(text) => text,
+            typescript::StripError::Syntax { message, position } => {
+                typescript::syntax_error_text(&message, position)
+            }
+        })
     })
 }
 
+/// A source [`strip_typescript`] refused; it displays the error text the cell would fail
+/// with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TypeScriptRefused(pub String);
+
 pub use reuse::IsolateShelf;
-pub use snapshot::{CONTEXT_SNAPSHOT_ENV, ContextBench, ContextSource};
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub use snapshot::ContextBench;
+pub use snapshot::{CONTEXT_SNAPSHOT_ENV, ContextSource};
 
 /// The stack of a cell thread, in bytes. V8 keeps its own JS stack limit (about 1 MiB) well
 /// inside it, so the runtime's native callbacks still have room when JS is at its deepest.

@@ -15,7 +15,7 @@
 //!   Nothing then references the earlier context: its `FinalizationRegistry` objects die
 //!   with the targets they watch, in whichever collection finds them (a registry that is
 //!   itself garbage is never scheduled for cleanup), and its `WeakRef`s are unreachable;
-//! - the reset forces no collection on the exec path (contract §7, issue 27): a cell that
+//! - the reset forces no collection on the exec path (contract §7): a cell that
 //!   allocated little leaves its garbage to V8's own schedule, and a parked isolate that
 //!   waits [`IDLE_COLLECT`] for the next cell collects it then ([`collect_idle`]), while
 //!   the session is idle. A cell that left the heap larger than [`REUSE_MAX_HEAP_BYTES`]

@@ -1,4 +1,4 @@
-//! The startup snapshot of a cell's context (issue 27): a V8 startup blob whose default
+//! The startup snapshot of a cell's context: a V8 startup blob whose default
 //! context already holds every helper that does not depend on the cell, made and ready,
 //! as the context's data. A fresh context is V8's deserialisation of it, then fourteen
 //! property definitions on its global object ([`define_snapshot_helpers`]). They are not
@@ -257,13 +257,14 @@ pub(crate) fn add_helpers(
 }
 
 /// An isolate that makes fresh cell contexts as a cell thread does, for the benchmarks
-/// that compare the two sources.
-#[doc(hidden)]
+/// that compare the two sources (only with the `internals` feature).
+#[cfg(feature = "internals")]
 pub struct ContextBench {
     isolate: v8::OwnedIsolate,
     source: ContextSource,
 }
 
+#[cfg(feature = "internals")]
 impl ContextBench {
     pub fn new(source: ContextSource) -> Self {
         crate::platform::init_v8();

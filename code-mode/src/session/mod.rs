@@ -24,8 +24,8 @@ use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CallHooks, CallTarget, CellId, CellResponse, CodeModeProvider, CodeModeSession,
-    CodeModeSessionDelegate, ExecHooks, ExecRequest, PendingOutcome, SessionCall, SessionError,
-    SessionOptions, SessionReply, StartedCell, StartedPendingCell, WaitRequest,
+    CodeModeSessionDelegate, ExecHooks, ExecRequest, PendingOutcome, RuntimeFailure, SessionCall,
+    SessionError, SessionOptions, SessionReply, StartedCell, StartedPendingCell, WaitRequest,
 };
 use search::{SearchCache, SearchableTools};
 use std::collections::HashMap;
@@ -204,7 +204,7 @@ impl Shared {
             surface: self.options.surface,
         };
         let runtime = spawn_cell_on(config, events_tx, self.shelf.clone())
-            .map_err(|e| SessionError::Runtime(e.to_string()))?;
+            .map_err(|e| SessionError::Runtime(RuntimeFailure::caused_by(e)))?;
         code_mode_protocol::hop!("cell handed to its thread");
         registry.last_cell_id += 1;
         // The exec clock starts when the cell starts.
@@ -310,9 +310,7 @@ impl Drop for InProcessSession {
 
 /// The error for an actor that went away without answering.
 fn actor_lost(cell_id: &CellId) -> SessionError {
-    SessionError::Runtime(code_mode_protocol::texts::cell_stopped_without_answering(
-        cell_id,
-    ))
+    SessionError::Runtime(code_mode_protocol::texts::cell_stopped_without_answering(cell_id).into())
 }
 
 /// A session's reply whose answer is still untaken: what a runtime process sends to its
@@ -361,9 +359,9 @@ trait TakeOnce: Send {
     fn take(self: Box<Self>);
 }
 
-impl<T: Send> TakeOnce for code_mode_wire::delivery::Delivery<T> {
+impl<T: Send> TakeOnce for code_mode_protocol::delivery::Delivery<T> {
     fn sent(&self) {
-        code_mode_wire::delivery::Delivery::sent(self);
+        code_mode_protocol::delivery::Delivery::sent(self);
     }
 
     fn take(self: Box<Self>) {

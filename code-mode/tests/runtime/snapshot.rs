@@ -1,4 +1,4 @@
-//! Contexts from the startup snapshot against contexts built by hand (issue 27): a cell
+//! Contexts from the startup snapshot against contexts built by hand: a cell
 //! must not be able to tell them apart. Each probe runs once on each path, on isolates of
 //! their own, and everything it reports (output, tool calls, timers, notifications, the
 //! outcome with its stored writes) must be the same.

@@ -1,11 +1,11 @@
 //! How the actor answers its observers: who waits on a cell ([`Observer`]), the answer
-//! it is given (a [`Delivery`] with the actor's [`Receipt`]), the responses the actor
+//! it is given (a [`Delivery`] whose [`Receipt`] is the actor's [`ReturnPath`]), the responses the actor
 //! builds (yielded, at a frontier, final), and taking back an answer its caller dropped
 //! untaken (contract 3.3: a dropped observation consumes nothing).
 
 use super::acks::Ack;
 use super::*;
-use code_mode_wire::delivery::Delivery;
+use code_mode_protocol::delivery::{Delivery, Receipt};
 
 /// An answer of the actor: a [`Delivery`] of the result, acknowledged when the caller
 /// takes it, which lets the actor start the cell's next delegate callbacks. An answer
@@ -52,8 +52,10 @@ pub(crate) struct GivenBack {
     pub(super) given: Given,
 }
 
-/// The acknowledgement and the way back of an answer about to be given.
-pub(super) struct Receipt {
+/// An answer's way back to the actor, the actor's [`Receipt`]: the acknowledgement that
+/// lets the cell's next callbacks start when the answer is taken, and the channel that
+/// brings its value back when it is given back.
+pub(super) struct ReturnPath {
     pub(super) ack: Ack,
     pub(super) returns: mpsc::UnboundedSender<GivenBack>,
     pub(super) given: Given,
@@ -62,7 +64,7 @@ pub(super) struct Receipt {
     pub(super) release: Option<Releaser>,
 }
 
-impl Receipt {
+impl ReturnPath {
     /// `value` as an answer: acknowledged when taken, given back to the actor if dropped
     /// untaken.
     pub(super) fn answer<T: Returnable>(self, value: T) -> Answer<T> {
@@ -76,7 +78,7 @@ impl Receipt {
     }
 }
 
-impl<T: Returnable> code_mode_wire::delivery::Receipt<Result<T, SessionError>> for Receipt {
+impl<T: Returnable> Receipt<Result<T, SessionError>> for ReturnPath {
     fn sent(&self) {
         self.release_thread();
     }
@@ -87,7 +89,7 @@ impl<T: Returnable> code_mode_wire::delivery::Receipt<Result<T, SessionError>> f
     }
 
     fn given_back(self: Box<Self>, result: Result<T, SessionError>) {
-        let Receipt {
+        let ReturnPath {
             ack,
             returns,
             given,
@@ -152,17 +154,17 @@ impl Observer {
         }
     }
 
-    /// Delivers a response with its receipt; gives the response back if the caller is
+    /// Delivers a response with its way back; gives the response back if the caller is
     /// gone.
     pub(super) fn deliver(
         self,
         response: CellResponse,
-        receipt: Receipt,
+        path: ReturnPath,
     ) -> Result<(), Option<CellResponse>> {
         match self {
-            Observer::Yielding { reply, .. } => send_answer(reply, response, receipt),
+            Observer::Yielding { reply, .. } => send_answer(reply, response, path),
             Observer::Pending { reply } => {
-                send_answer(reply, PendingOutcome::Completed(response), receipt).map_err(|echo| {
+                send_answer(reply, PendingOutcome::Completed(response), path).map_err(|echo| {
                     match echo {
                         Some(PendingOutcome::Completed(response)) => Some(response),
                         _ => None,
@@ -177,9 +179,9 @@ impl Observer {
 pub(super) fn send_answer<T: Returnable>(
     reply: oneshot::Sender<Answer<T>>,
     value: T,
-    receipt: Receipt,
+    path: ReturnPath,
 ) -> Result<(), Option<T>> {
-    receipt.answer(value).send(reply).map_err(|echo| echo.ok())
+    path.answer(value).send(reply).map_err(|echo| echo.ok())
 }
 
 impl CellActor {
@@ -199,8 +201,8 @@ impl CellActor {
             content_items: items,
             wall_time: Duration::ZERO,
         };
-        let receipt = self.receipt(for_yield);
-        match observer.deliver(response, receipt) {
+        let path = self.return_path(for_yield);
+        match observer.deliver(response, path) {
             Ok(()) => self.output.observed = true,
             Err(response) => {
                 // A dropped observation consumes nothing, and a yield it missed before the
@@ -230,8 +232,8 @@ impl CellActor {
             pending_tool_call_ids: std::mem::take(&mut self.frontier.calls_since_frontier),
             wall_time: Duration::ZERO,
         };
-        let receipt = self.receipt(false);
-        match send_answer(reply, outcome, receipt) {
+        let path = self.return_path(false);
+        match send_answer(reply, outcome, path) {
             Ok(()) => {
                 self.output.observed = true;
                 self.frontier.frozen = true;
@@ -269,8 +271,8 @@ impl CellActor {
         };
         let items = std::mem::take(&mut self.output.items);
         let response = self.final_response(decision, items);
-        let receipt = self.receipt(false);
-        match observer.deliver(response, receipt) {
+        let path = self.return_path(false);
+        match observer.deliver(response, path) {
             Ok(()) => self.life.closed = true,
             Err(response) => self.restore(response),
         }
@@ -293,9 +295,9 @@ impl CellActor {
 
     /// The acknowledgement and the way back of an answer about to be given. `for_yield`:
     /// the answer is due to a `yield_control()`.
-    pub(super) fn receipt(&mut self, for_yield: bool) -> Receipt {
+    pub(super) fn return_path(&mut self, for_yield: bool) -> ReturnPath {
         self.output.deliveries += 1;
-        Receipt {
+        ReturnPath {
             ack: self.callbacks.unacked.ack(),
             returns: self.returns_tx.clone(),
             release: matches!(self.life.phase, Phase::Finished(_)).then(|| self.runtime.releaser()),

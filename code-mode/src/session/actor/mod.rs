@@ -37,12 +37,12 @@ use acks::Unacked;
 pub(crate) use answers::{Answer, Observer, Returnable, TerminateReply};
 use answers::{GivenBack, send_answer};
 use callbacks::{Callbacks, Timers, cancelled_some, sleep_until_some, start_now};
+use code_mode_protocol::delivery::Delivery;
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
     BoxFuture, CallId, CellFailure, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
     FailureKind, JsonText, NestedToolCall, PendingOutcome, SessionError, ToolError,
 };
-use code_mode_wire::delivery::Delivery;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -447,8 +447,8 @@ impl CellActor {
         if let Some(reply) = self.output.terminate_reply.take() {
             let items = std::mem::take(&mut self.output.items);
             let response = self.final_response(decision, items);
-            let receipt = self.receipt(false);
-            match send_answer(reply, response, receipt) {
+            let path = self.return_path(false);
+            match send_answer(reply, response, path) {
                 Ok(()) => self.life.closed = true,
                 Err(response) => self.restore(response),
             }
@@ -529,8 +529,8 @@ impl CellActor {
             Phase::Finished(decision) => {
                 let items = std::mem::take(&mut self.output.items);
                 let response = self.final_response(decision.clone(), items);
-                let receipt = self.receipt(false);
-                match send_answer(reply, response, receipt) {
+                let path = self.return_path(false);
+                match send_answer(reply, response, path) {
                     Ok(()) => self.life.closed = true,
                     Err(response) => self.restore(response),
                 }

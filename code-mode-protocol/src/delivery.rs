@@ -1,6 +1,7 @@
-//! How an answer travels to the caller waiting for it, written once for both sides of the
-//! wire: the in-process cell actor answering an observation, and the host's connection
-//! handing a runtime's response to its caller.
+//! How an answer travels to the caller waiting for it: the cell actor's contract with
+//! whoever observes a cell, written once for both sides of the wire (the in-process cell
+//! actor answering an observation, and the host's connection handing a runtime's response
+//! to its caller), so the runtime needs no wire code for it.
 //!
 //! An answer is *delivered* as a [`Delivery`]: the value and its [`Receipt`], which tells
 //! the producer what became of it. The caller *takes* it ([`Delivery::take`]). A caller

@@ -1,9 +1,10 @@
-//! TLS settings read from PEM files, for every server this workspace runs over TCP: the
+//! TLS settings read from PEM, for every TLS end this workspace runs over TCP. Servers: the
 //! runtime's `--listen` (mutual TLS: a host without a certificate issued by the client CA
-//! is refused during the handshake) and `code-mode mcp --http` (server authentication
-//! only; its clients present a bearer token instead). Everything is read when the server
-//! starts, before a sandbox forbids file access. The cryptography is rustls with the
-//! `ring` provider.
+//! is refused during the handshake), `code-mode mcp --http` (server authentication only;
+//! its clients present a bearer token instead) and the Codex front's `grpc://` listener.
+//! The client: a host dialling its remote runtimes ([`client_config`]), which presents its
+//! own certificate. Everything is read when the process starts, before a sandbox forbids
+//! file access. The cryptography is rustls with the `ring` provider.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -25,6 +26,9 @@ pub enum TlsError {
     ClientCa { path: PathBuf, detail: String },
     #[error("the server certificate and key do not make a TLS configuration: {0}")]
     Config(String),
+    /// PEM text given in memory (not a file) that is not usable.
+    #[error("{what}: {detail}")]
+    Pem { what: &'static str, detail: String },
 }
 
 /// The files of a TLS server.
@@ -104,5 +108,42 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(|error| TlsError::Config(error.to_string()))?;
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client configuration from PEM text: the CA that servers' certificates must chain to,
+/// the client's own certificate chain (leaf first) and its private key, which it presents
+/// to servers that ask for one.
+pub fn client_config(
+    ca: &[u8],
+    cert: &[u8],
+    key: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let pem = |what: &'static str, detail: String| TlsError::Pem { what, detail };
+    let certificates_in = |what: &'static str, text: &[u8]| {
+        let certs = CertificateDer::pem_slice_iter(text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| pem(what, error.to_string()))?;
+        if certs.is_empty() {
+            return Err(pem(what, "no certificate in it".to_owned()));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certificates_in("the CA", ca)? {
+        roots
+            .add(ca)
+            .map_err(|error| pem("the CA", error.to_string()))?;
+    }
+    let chain = certificates_in("the client certificate", cert)?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|error| pem("the client key", error.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| pem("the protocol versions", error.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|error| pem("the client certificate and key", error.to_string()))?;
     Ok(Arc::new(config))
 }
