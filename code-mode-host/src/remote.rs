@@ -124,18 +124,54 @@ struct Slot {
     host: String,
     /// Still among the addresses the endpoints resolve to.
     resolved: bool,
-    connection: Option<Arc<Connection>>,
-    connecting: bool,
-    failures: u32,
-    retry_at: Instant,
-    last_error: Option<String>,
-    /// The last failure was one dialling again cannot fix (see [`DialFailure`]).
-    hopeless: bool,
+    link: Link,
+}
+
+/// Where the pool's link to one runtime stands.
+enum Link {
+    /// Found and never dialled: due at once.
+    New,
+    /// An attempt is under way (the error of the one before it kept, to report
+    /// meanwhile).
+    Connecting { last_error: Option<String> },
+    /// Connected (the connection may have been lost since the pool last looked).
+    Up(Arc<Connection>),
+    /// The last attempt failed, or the connection was lost: dialled again at `retry_at`.
+    Backoff {
+        failures: u32,
+        retry_at: Instant,
+        error: String,
+        /// Dialling again cannot fix it (see [`DialFailure`]).
+        hopeless: bool,
+    },
 }
 
 impl Slot {
     fn live(&self) -> Option<&Arc<Connection>> {
-        self.connection.as_ref().filter(|c| !c.is_lost())
+        match &self.link {
+            Link::Up(connection) if !connection.is_lost() => Some(connection),
+            _ => None,
+        }
+    }
+
+    /// The error the last attempt (or the lost connection) left, while no connection is up.
+    fn last_error(&self) -> Option<&str> {
+        match &self.link {
+            Link::Connecting { last_error, .. } => last_error.as_deref(),
+            Link::Backoff { error, .. } => Some(error),
+            Link::New | Link::Up(_) => None,
+        }
+    }
+
+    /// When this runtime should be looked at again while a placement waits: a connection
+    /// up but not healthy at once (it may take sessions again), a backoff when it ends,
+    /// an attempt under way never (its end wakes the waiters).
+    fn next_look(&self, now: Instant) -> Option<Instant> {
+        match &self.link {
+            Link::New | Link::Up(_) => Some(now),
+            Link::Backoff { retry_at, .. } => Some(*retry_at),
+            Link::Connecting { .. } => None,
+        }
     }
 }
 
@@ -218,7 +254,7 @@ impl RemoteProvider {
                 connected: slot.live().is_some(),
                 draining: slot.live().is_some_and(|c| c.is_draining()),
                 sessions: slot.live().map_or(0, |c| c.placed()),
-                last_error: slot.last_error.clone(),
+                last_error: slot.last_error().map(str::to_owned),
             })
             .collect()
     }
@@ -295,12 +331,7 @@ impl RemoteInner {
                     address,
                     host,
                     resolved: true,
-                    connection: None,
-                    connecting: false,
-                    failures: 0,
-                    retry_at: Instant::now(),
-                    last_error: None,
-                    hopeless: false,
+                    link: Link::New,
                 });
             }
         }
@@ -314,21 +345,31 @@ impl RemoteInner {
     fn dial_due(self: &Arc<Self>, pool: &mut Pool) {
         let now = Instant::now();
         for slot in &mut pool.slots {
-            if let Some(connection) = &slot.connection
+            if let Link::Up(connection) = &slot.link
                 && connection.is_lost()
             {
                 // Lost since the last look: dial again after a backoff.
-                slot.connection = None;
-                slot.failures += 1;
-                slot.retry_at = now + backoff(slot.failures);
-                slot.last_error = Some("the connection was lost".to_owned());
-                slot.hopeless = false;
+                slot.link = Link::Backoff {
+                    failures: 1,
+                    retry_at: now + backoff(1),
+                    error: "the connection was lost".to_owned(),
+                    hopeless: false,
+                };
             }
-            if !slot.resolved || slot.connection.is_some() || slot.connecting || slot.retry_at > now
-            {
+            if !slot.resolved {
                 continue;
             }
-            slot.connecting = true;
+            let (failures, last_error) = match &slot.link {
+                Link::New => (0, None),
+                Link::Backoff {
+                    failures,
+                    retry_at,
+                    error,
+                    ..
+                } if *retry_at <= now => (*failures, Some(error.clone())),
+                Link::Backoff { .. } | Link::Connecting { .. } | Link::Up(_) => continue,
+            };
+            slot.link = Link::Connecting { last_error };
             let generation = self.last_generation.fetch_add(1, Ordering::SeqCst) + 1;
             let (address, host) = (slot.address, slot.host.clone());
             let inner = Arc::clone(self);
@@ -337,28 +378,24 @@ impl RemoteInner {
                 {
                     let mut pool = lock(&inner.pool);
                     if let Some(slot) = pool.slots.iter_mut().find(|s| s.address == address) {
-                        slot.connecting = false;
-                        match result {
-                            Ok(connection) => {
-                                slot.connection = Some(connection);
-                                slot.failures = 0;
-                                slot.last_error = None;
-                                slot.hopeless = false;
-                            }
+                        slot.link = match result {
+                            Ok(connection) => Link::Up(connection),
                             Err(failure) => {
                                 // Once per runtime as it becomes unreachable; the retries
                                 // that follow say the same, so they log at debug.
-                                if slot.failures == 0 {
+                                if failures == 0 {
                                     tracing::warn!(%address, "cannot reach a code-mode runtime: {}", failure.text);
                                 } else {
-                                    tracing::debug!(%address, failures = slot.failures + 1, "still cannot reach a code-mode runtime: {}", failure.text);
+                                    tracing::debug!(%address, failures = failures + 1, "still cannot reach a code-mode runtime: {}", failure.text);
                                 }
-                                slot.failures += 1;
-                                slot.retry_at = Instant::now() + backoff(slot.failures);
-                                slot.last_error = Some(failure.text);
-                                slot.hopeless = failure.hopeless;
+                                Link::Backoff {
+                                    failures: failures + 1,
+                                    retry_at: Instant::now() + backoff(failures + 1),
+                                    error: failure.text,
+                                    hopeless: failure.hopeless,
+                                }
                             }
-                        }
+                        };
                     }
                 }
                 inner.attempts.notify_waiters();
@@ -428,7 +465,7 @@ impl RemoteInner {
     fn hopeless(pool: &Pool) -> bool {
         let mut resolved = pool.slots.iter().filter(|slot| slot.resolved).peekable();
         resolved.peek().is_some()
-            && resolved.all(|slot| slot.connection.is_none() && !slot.connecting && slot.hopeless)
+            && resolved.all(|slot| matches!(slot.link, Link::Backoff { hopeless: true, .. }))
     }
 
     /// Why no runtime could take a session, runtime by runtime.
@@ -436,8 +473,8 @@ impl RemoteInner {
         let mut details: Vec<String> = pool
             .slots
             .iter()
-            .map(|slot| match (&slot.connection, &slot.last_error) {
-                (Some(connection), _) if connection.is_draining() => {
+            .map(|slot| match (&slot.link, slot.last_error()) {
+                (Link::Up(connection), _) if connection.is_draining() => {
                     format!("{}: draining", slot.address)
                 }
                 (_, Some(error)) => format!("{}: {error}", slot.address),
@@ -486,10 +523,11 @@ impl RuntimeSource for RemoteInner {
                         }
                         .into());
                     }
+                    let now = Instant::now();
                     pool.slots
                         .iter()
-                        .filter(|slot| slot.resolved && !slot.connecting)
-                        .map(|slot| slot.retry_at)
+                        .filter(|slot| slot.resolved)
+                        .filter_map(|slot| slot.next_look(now))
                         .min()
                 };
                 let wake = next_retry.map_or(deadline, |retry| retry.min(deadline));

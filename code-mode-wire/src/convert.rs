@@ -11,21 +11,51 @@ use code_mode_protocol::model as api_model;
 use code_mode_protocol::session as api;
 use std::sync::Arc;
 
-/// `From` both ways between an API enum and its wire twin whose variants carry nothing.
-macro_rules! mirror_enum {
-    ($api:ty, $wire:ty: $($variant:ident),+ $(,)?) => {
-        impl From<$api> for $wire {
-            fn from(value: $api) -> Self {
-                match value {
-                    $(<$api>::$variant => Self::$variant,)+
-                }
-            }
-        }
+/// One field across: with `Into` (most fields are the same type on both sides), or with
+/// the converter named beside it.
+macro_rules! cross {
+    ($value:expr) => {
+        ::core::convert::Into::into($value)
+    };
+    ($value:expr, $convert:path) => {
+        $convert($value)
+    };
+}
 
-        impl From<$wire> for $api {
-            fn from(value: $wire) -> Self {
+/// `From` both ways between an API enum and its wire twin with the same variants: those
+/// that carry nothing (`unit`), one value converted with `Into` (`tuple`), and named
+/// fields, each converted with `Into` or the converter after its colon (`fields`).
+macro_rules! mirror_enum {
+    ($api:ty, $wire:ty {
+        $(unit: $($unit:ident),+ ;)?
+        $(tuple: $($tuple:ident),+ ;)?
+        $(fields: $($variant:ident { $($field:ident $(: $convert:path)?),+ }),+ ;)?
+    }) => {
+        mirror_enum!(@one $api => $wire {
+            $(unit: $($unit),+ ;)?
+            $(tuple: $($tuple),+ ;)?
+            $(fields: $($variant { $($field $(: $convert)?),+ }),+ ;)?
+        });
+        mirror_enum!(@one $wire => $api {
+            $(unit: $($unit),+ ;)?
+            $(tuple: $($tuple),+ ;)?
+            $(fields: $($variant { $($field $(: $convert)?),+ }),+ ;)?
+        });
+    };
+    (@one $from:ty => $to:ty {
+        $(unit: $($unit:ident),+ ;)?
+        $(tuple: $($tuple:ident),+ ;)?
+        $(fields: $($variant:ident { $($field:ident $(: $convert:path)?),+ }),+ ;)?
+    }) => {
+        impl From<$from> for $to {
+            fn from(value: $from) -> Self {
+                type Source = $from;
                 match value {
-                    $(<$wire>::$variant => Self::$variant,)+
+                    $($(Source::$unit => Self::$unit,)+)?
+                    $($(Source::$tuple(inner) => Self::$tuple(inner.into()),)+)?
+                    $($(Source::$variant { $($field),+ } => Self::$variant {
+                        $($field: cross!($field $(, $convert)?),)+
+                    },)+)?
                 }
             }
         }
@@ -33,36 +63,48 @@ macro_rules! mirror_enum {
 }
 
 /// `From` both ways between an API struct and its wire twin, field by field (each field
-/// converted with `Into`; most are the same type on both sides).
+/// converted with `Into`, or with the converter after its colon).
 macro_rules! mirror_struct {
-    ($api:ty, $wire:ty: $($field:ident),+ $(,)?) => {
+    ($api:ty, $wire:ty: $($field:ident $(: $convert:path)?),+ $(,)?) => {
         impl From<$api> for $wire {
             fn from(value: $api) -> Self {
-                Self { $($field: value.$field.into(),)+ }
+                Self { $($field: cross!(value.$field $(, $convert)?),)+ }
             }
         }
 
         impl From<$wire> for $api {
             fn from(value: $wire) -> Self {
-                Self { $($field: value.$field.into(),)+ }
+                Self { $($field: cross!(value.$field $(, $convert)?),)+ }
             }
         }
     };
 }
 
-mirror_enum!(api::Surface, wire::Surface: Contract, Codex);
-mirror_enum!(api_model::ToolKind, wire::ToolKind: Function, Freeform);
-mirror_enum!(api_model::ImageDetail, wire::ImageDetail: Auto, Low, High, Original);
-mirror_enum!(
-    api::FailureKind,
-    wire::FailureKind: ScriptError,
-    OutOfMemory,
-    CpuBudget,
-    Stalled,
-    StoppedUnexpectedly,
-    RuntimeLost,
-    NotFound,
-);
+mirror_enum!(api::Surface, wire::Surface { unit: Contract, Codex; });
+mirror_enum!(api_model::ToolKind, wire::ToolKind { unit: Function, Freeform; });
+mirror_enum!(api_model::ImageDetail, wire::ImageDetail { unit: Auto, Low, High, Original; });
+mirror_enum!(api::FailureKind, wire::FailureKind {
+    unit: ScriptError, OutOfMemory, CpuBudget, Stalled, StoppedUnexpectedly, RuntimeLost,
+        NotFound;
+});
+mirror_enum!(api_calls::SessionCall, wire::SessionCall {
+    unit: Interrupt, Shutdown;
+    tuple: Execute, Wait, ExecuteToPending;
+    fields: Terminate { cell_id }, WaitToPending { cell_id };
+});
+mirror_enum!(api_model::ContentItem, wire::ContentItem {
+    fields: InputText { text }, InputImage { image_url, detail }, InputAudio { audio_url };
+});
+mirror_enum!(api::CellResponse, wire::CellResponse {
+    fields:
+        Yielded { cell_id, content_items: items, wall_time },
+        Terminated { cell_id, content_items: items, wall_time },
+        Result { cell_id, content_items: items, failure: option, wall_time };
+});
+mirror_enum!(api::PendingOutcome, wire::PendingOutcome {
+    tuple: Completed;
+    fields: Pending { cell_id, content_items: items, pending_tool_call_ids, wall_time };
+});
 mirror_struct!(
     api::CellLimits,
     wire::CellLimits: heap_bytes,
@@ -110,96 +152,34 @@ pub fn tools_from_wire(tools: Vec<wire::ToolDefinition>) -> Arc<[api_model::Tool
     tools.into_iter().map(Into::into).collect()
 }
 
-impl From<api::ExecRequest> for wire::ExecRequest {
-    fn from(request: api::ExecRequest) -> Self {
-        let api::ExecRequest {
-            source,
-            tools,
-            yield_time_ms,
-            tool_call_id,
-        } = request;
-        Self {
-            source,
-            tools: tools_to_wire(&tools),
-            yield_time_ms,
-            tool_call_id,
-        }
+mirror_struct!(
+    api::ExecRequest,
+    wire::ExecRequest: source,
+    tools: tool_list,
+    yield_time_ms,
+    tool_call_id,
+);
+
+/// A tool list across: the API shares one list among cells (`Arc<[_]>`), the wire sends
+/// a `Vec`.
+trait ToolList<To> {
+    fn cross(self) -> To;
+}
+
+impl ToolList<Vec<wire::ToolDefinition>> for Arc<[api_model::ToolDefinition]> {
+    fn cross(self) -> Vec<wire::ToolDefinition> {
+        tools_to_wire(&self)
     }
 }
 
-impl From<wire::ExecRequest> for api::ExecRequest {
-    fn from(request: wire::ExecRequest) -> Self {
-        let wire::ExecRequest {
-            source,
-            tools,
-            yield_time_ms,
-            tool_call_id,
-        } = request;
-        Self {
-            source,
-            tools: tools_from_wire(tools),
-            yield_time_ms,
-            tool_call_id,
-        }
+impl ToolList<Arc<[api_model::ToolDefinition]>> for Vec<wire::ToolDefinition> {
+    fn cross(self) -> Arc<[api_model::ToolDefinition]> {
+        tools_from_wire(self)
     }
 }
 
-impl From<api_calls::SessionCall> for wire::SessionCall {
-    fn from(call: api_calls::SessionCall) -> Self {
-        use api_calls::SessionCall as Api;
-        match call {
-            Api::Execute(request) => Self::Execute(request.into()),
-            Api::Wait(request) => Self::Wait(request.into()),
-            Api::Terminate { cell_id } => Self::Terminate { cell_id },
-            Api::ExecuteToPending(request) => Self::ExecuteToPending(request.into()),
-            Api::WaitToPending { cell_id } => Self::WaitToPending { cell_id },
-            Api::Interrupt => Self::Interrupt,
-            Api::Shutdown => Self::Shutdown,
-        }
-    }
-}
-
-impl From<wire::SessionCall> for api_calls::SessionCall {
-    fn from(call: wire::SessionCall) -> Self {
-        use wire::SessionCall as Wire;
-        match call {
-            Wire::Execute(request) => Self::Execute(request.into()),
-            Wire::Wait(request) => Self::Wait(request.into()),
-            Wire::Terminate { cell_id } => Self::Terminate { cell_id },
-            Wire::ExecuteToPending(request) => Self::ExecuteToPending(request.into()),
-            Wire::WaitToPending { cell_id } => Self::WaitToPending { cell_id },
-            Wire::Interrupt => Self::Interrupt,
-            Wire::Shutdown => Self::Shutdown,
-        }
-    }
-}
-
-impl From<api_model::ContentItem> for wire::ContentItem {
-    fn from(item: api_model::ContentItem) -> Self {
-        use api_model::ContentItem as Api;
-        match item {
-            Api::InputText { text } => Self::InputText { text },
-            Api::InputImage { image_url, detail } => Self::InputImage {
-                image_url,
-                detail: detail.into(),
-            },
-            Api::InputAudio { audio_url } => Self::InputAudio { audio_url },
-        }
-    }
-}
-
-impl From<wire::ContentItem> for api_model::ContentItem {
-    fn from(item: wire::ContentItem) -> Self {
-        use wire::ContentItem as Wire;
-        match item {
-            Wire::InputText { text } => Self::InputText { text },
-            Wire::InputImage { image_url, detail } => Self::InputImage {
-                image_url,
-                detail: detail.into(),
-            },
-            Wire::InputAudio { audio_url } => Self::InputAudio { audio_url },
-        }
-    }
+fn tool_list<To, From: ToolList<To>>(tools: From) -> To {
+    tools.cross()
 }
 
 /// Converts every item of a list.
@@ -207,116 +187,9 @@ fn items<T, U: From<T>>(items: Vec<T>) -> Vec<U> {
     items.into_iter().map(U::from).collect()
 }
 
-impl From<api::CellResponse> for wire::CellResponse {
-    fn from(response: api::CellResponse) -> Self {
-        use api::CellResponse as Api;
-        match response {
-            Api::Yielded {
-                cell_id,
-                content_items,
-                wall_time,
-            } => Self::Yielded {
-                cell_id,
-                content_items: items(content_items),
-                wall_time,
-            },
-            Api::Terminated {
-                cell_id,
-                content_items,
-                wall_time,
-            } => Self::Terminated {
-                cell_id,
-                content_items: items(content_items),
-                wall_time,
-            },
-            Api::Result {
-                cell_id,
-                content_items,
-                failure,
-                wall_time,
-            } => Self::Result {
-                cell_id,
-                content_items: items(content_items),
-                failure: failure.map(Into::into),
-                wall_time,
-            },
-        }
-    }
-}
-
-impl From<wire::CellResponse> for api::CellResponse {
-    fn from(response: wire::CellResponse) -> Self {
-        use wire::CellResponse as Wire;
-        match response {
-            Wire::Yielded {
-                cell_id,
-                content_items,
-                wall_time,
-            } => Self::Yielded {
-                cell_id,
-                content_items: items(content_items),
-                wall_time,
-            },
-            Wire::Terminated {
-                cell_id,
-                content_items,
-                wall_time,
-            } => Self::Terminated {
-                cell_id,
-                content_items: items(content_items),
-                wall_time,
-            },
-            Wire::Result {
-                cell_id,
-                content_items,
-                failure,
-                wall_time,
-            } => Self::Result {
-                cell_id,
-                content_items: items(content_items),
-                failure: failure.map(Into::into),
-                wall_time,
-            },
-        }
-    }
-}
-
-impl From<api::PendingOutcome> for wire::PendingOutcome {
-    fn from(outcome: api::PendingOutcome) -> Self {
-        match outcome {
-            api::PendingOutcome::Pending {
-                cell_id,
-                content_items,
-                pending_tool_call_ids,
-                wall_time,
-            } => Self::Pending {
-                cell_id,
-                content_items: items(content_items),
-                pending_tool_call_ids,
-                wall_time,
-            },
-            api::PendingOutcome::Completed(response) => Self::Completed(response.into()),
-        }
-    }
-}
-
-impl From<wire::PendingOutcome> for api::PendingOutcome {
-    fn from(outcome: wire::PendingOutcome) -> Self {
-        match outcome {
-            wire::PendingOutcome::Pending {
-                cell_id,
-                content_items,
-                pending_tool_call_ids,
-                wall_time,
-            } => Self::Pending {
-                cell_id,
-                content_items: items(content_items),
-                pending_tool_call_ids,
-                wall_time,
-            },
-            wire::PendingOutcome::Completed(response) => Self::Completed(response.into()),
-        }
-    }
+/// Converts an optional value.
+fn option<T, U: From<T>>(value: Option<T>) -> Option<U> {
+    value.map(U::from)
 }
 
 impl From<api_calls::SessionReply> for wire::SessionReply {

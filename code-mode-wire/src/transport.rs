@@ -4,8 +4,8 @@
 //! Both ends of the wire use it: the runtime process (`code-mode-bin`) and the host
 //! (`code-mode-host`). Framed reads are not cancel-safe inside `select!`, so the reader is
 //! polled by one loop. Writes never wait: a send whose frame finds nothing queued and the
-//! stream writable writes it at once, from the sender (no task hop on the way out: each
-//! one was 12–39 µs here); anything else is queued, and the writer task writes the queue
+//! stream writable writes it at once, from the sender (no task hop on the way out);
+//! anything else is queued, and the writer task writes the queue
 //! in order once the stream takes more, flushing whenever the queue runs dry. Both go
 //! through one lock around the write half, so frames never interleave or overtake.
 //!

@@ -26,8 +26,8 @@ pub(crate) fn platform() -> &'static v8::SharedRef<v8::Platform> {
         // compilation; idle tasks are not used.
         // An isolate torn down frees its pages instead of handing them to V8's
         // process-wide page pool: after a burst of cells (hundreds of isolates) the pool
-        // kept ~80 MiB of 256 KiB pages for good, and an idle runtime stayed at four times
-        // its resting size. Measured with `exec_overhead --sections idle` (BENCHMARKS).
+        // kept its pages for good, and an idle runtime stayed several times its resting
+        // size (`exec_overhead --sections idle`; the figures are in BENCHMARKS).
         v8::V8::set_flags_from_string("--no-memory-pool-share-memory-on-teardown");
         let platform = v8::new_default_platform(0, false).make_shared();
         v8::V8::initialize_platform(platform.clone());

@@ -100,9 +100,12 @@ pub struct Outcome {
     pub status: Status,
     /// Measured by the host from the call's arrival to its answer.
     pub host_duration: Duration,
-    /// How long the result had waited in the host before this observation took it.
-    pub buffered_for: Duration,
 }
+
+/// How long a result waited in the host before an observation took it, as both protocols
+/// report it: always zero here, since a cell's answer goes to the observation waiting
+/// for it as it is made and an answer nobody took stays with the cell, not in the host.
+pub const RESULT_BUFFERED_FOR: Duration = Duration::ZERO;
 
 /// A `Wait` or `Terminate` answer: a live cell, or an id the session does not know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,16 +452,26 @@ impl Front {
         &self.provider
     }
 
-    /// Opens a session: with a host-made UUID when `id` is `None` (gRPC), with the
-    /// client's id otherwise (the JSON protocol).
-    pub fn open_session(
+    /// Opens a session under a UUID the host makes (gRPC).
+    pub fn open_session_with_uuid(
         &self,
-        id: Option<String>,
         truncation: Truncation,
         limits: ClientLimits,
-        max_pending_delegate_calls: Option<u64>,
+        max_pending_delegate_calls: u64,
     ) -> Result<Arc<FrontSession>, FrontError> {
-        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = uuid::Uuid::new_v4().to_string();
+        self.open_session(id, truncation, limits, max_pending_delegate_calls)
+    }
+
+    /// Opens a session under the client's `id` (the JSON protocol); an id already open
+    /// is refused. A `max_pending_delegate_calls` of zero keeps the default.
+    pub fn open_session(
+        &self,
+        id: String,
+        truncation: Truncation,
+        limits: ClientLimits,
+        max_pending_delegate_calls: u64,
+    ) -> Result<Arc<FrontSession>, FrontError> {
         let mut sessions = lock(&self.sessions);
         if sessions.contains_key(&id) {
             return Err(FrontError::SessionAlreadyOpen(id));
@@ -467,8 +480,8 @@ impl Front {
         if let Some(heap) = limits.max_heap_size_bytes.filter(|bytes| *bytes > 0) {
             cell_limits.heap_bytes = heap;
         }
-        if let Some(pending) = max_pending_delegate_calls.filter(|count| *count > 0) {
-            cell_limits.max_in_flight_tool_calls = pending;
+        if max_pending_delegate_calls > 0 {
+            cell_limits.max_in_flight_tool_calls = max_pending_delegate_calls;
         }
         let options = SessionOptions {
             max_yield_time_ms: limits.max_yield_time_ms.filter(|ms| *ms > 0),
@@ -495,11 +508,16 @@ impl Front {
         Ok(front)
     }
 
-    /// The session `id`, checked as Codex's host checks it (`uuid` for gRPC ids).
-    pub fn session(&self, id: &str, uuid: bool) -> Result<Arc<FrontSession>, FrontError> {
-        if uuid && uuid::Uuid::parse_str(id).is_err() {
+    /// The session `id` of a gRPC call, which Codex's host first checks is a UUID.
+    pub fn session_by_uuid(&self, id: &str) -> Result<Arc<FrontSession>, FrontError> {
+        if uuid::Uuid::parse_str(id).is_err() {
             return Err(FrontError::InvalidSessionId);
         }
+        self.session(id)
+    }
+
+    /// The session `id` (any text: the JSON protocol's ids are the client's).
+    pub fn session(&self, id: &str) -> Result<Arc<FrontSession>, FrontError> {
         lock(&self.sessions)
             .get(id)
             .cloned()
@@ -777,7 +795,6 @@ impl Front {
                 error_text: Some(error_text),
             },
             host_duration: arrived.elapsed(),
-            buffered_for: Duration::ZERO,
         }
     }
 
@@ -849,7 +866,6 @@ impl Front {
             items,
             status,
             host_duration: arrived.elapsed(),
-            buffered_for: Duration::ZERO,
         }
     }
 }

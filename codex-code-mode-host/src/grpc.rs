@@ -3,7 +3,7 @@
 
 use crate::front::{
     ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Invocation, Lease,
-    Observed, Outcome, SessionEvent, Status, ToolName, Truncation,
+    Observed, Outcome, RESULT_BUFFERED_FOR, SessionEvent, Status, ToolName, Truncation,
 };
 use crate::metrics;
 use crate::proto::{self, code_mode_host_server::CodeModeHost};
@@ -44,7 +44,7 @@ impl Service {
     }
 
     fn session(&self, id: &str) -> Result<Arc<FrontSession>, tonic::Status> {
-        self.front.session(id, true).map_err(status)
+        self.front.session_by_uuid(id).map_err(status)
     }
 }
 
@@ -191,7 +191,7 @@ fn proto_event(event: SessionEvent) -> proto::SessionEvent {
 fn observed(observed: Observed) -> (Option<proto::wait_response::Cell>, u64) {
     match observed {
         Observed::Live(outcome) => {
-            let buffered = u64::try_from(outcome.buffered_for.as_nanos()).unwrap_or(u64::MAX);
+            let buffered = u64::try_from(RESULT_BUFFERED_FOR.as_nanos()).unwrap_or(u64::MAX);
             (
                 Some(proto::wait_response::Cell::LiveCell(proto_outcome(outcome))),
                 buffered,
@@ -225,10 +225,9 @@ impl CodeModeHost for Service {
                 max_heap_size_bytes: Some(limits.max_heap_size_bytes),
             })
             .unwrap_or_default();
-        let pending = Some(request.max_pending_delegate_calls);
         let session = self
             .front
-            .open_session(None, truncation, limits, pending)
+            .open_session_with_uuid(truncation, limits, request.max_pending_delegate_calls)
             .map_err(status)?;
         let events = session.events().ok_or_else(|| {
             tonic::Status::failed_precondition("session events already streaming")

@@ -38,10 +38,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1800;
 
 /// How many sessions may be open at once by default, sized for the 2-core, 24 GiB
-/// machines this runs on. At rest a session costs about 1.3 MiB (its parked isolate and
-/// host state); the bound is the worst case in which every session has a cell at the
-/// default heap limit (128 MiB of heap plus 64 MiB of `ArrayBuffer`s): 100 such cells
-/// take about 19 GiB, which leaves the rest of the machine room.
+/// machines this runs on. A session at rest costs little (its parked isolate and host
+/// state; docs/BENCHMARKS.md has the figure); the bound is the worst case in which every
+/// session has a cell at the default heap limit (128 MiB of heap plus 64 MiB of
+/// `ArrayBuffer`s): 100 such cells take about 19 GiB, which leaves the rest of the
+/// machine room.
 pub const DEFAULT_MAX_SESSIONS: usize = 100;
 
 /// Browser origins allowed by default on a loopback address: pages served from this

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
-/// Prepared threads kept waiting. Each holds an idle isolate and context (a little over
-/// 1 MiB of RSS; the benchmark's idle table measures a parked cell at ~1.2 MiB).
+/// Prepared threads kept waiting. Each holds an idle isolate and context (about what a
+/// parked cell costs: `exec_overhead --sections idle` measures it).
 const POOL_SIZE: usize = 3;
 
 /// The heap limit prepared isolates are created with; cells with other limits get a fresh

@@ -45,8 +45,8 @@ pub enum ContextSource {
 impl ContextSource {
     /// The source for a new isolate: the snapshot, unless turned off or unavailable, or
     /// not made yet. Never waits for the blob: the first isolates of a process (the first
-    /// cell's among them) are built by hand while the blob is being made beside them
-    /// (about 12 ms), instead of waiting for it.
+    /// cell's among them) are built by hand while the blob is being made beside them,
+    /// instead of waiting for it.
     pub fn preferred() -> Self {
         if turned_off() {
             return ContextSource::Built;
@@ -88,7 +88,7 @@ static FIRST_PREPARED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new
 const FIRST_ISOLATE_PATIENCE: Duration = Duration::from_millis(30);
 
 /// Tells the blob's thread that a cell isolate is prepared: the first cell's need not
-/// share the cores with the blob's making (about 12 ms of CPU), which waits for it.
+/// share the cores with the blob's making, which waits for it.
 pub(crate) fn note_isolate_prepared() {
     let (prepared, changed) = &FIRST_PREPARED;
     let mut prepared = prepared.lock().unwrap_or_else(PoisonError::into_inner);

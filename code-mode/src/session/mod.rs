@@ -4,7 +4,7 @@
 //! The session is a registry and router: it owns the cell registry, the stored values, the
 //! id allocator, the root cancellation token and the task tracker of its cell actors. Each
 //! cell's lifecycle (output, observer, yields, callbacks, the terminal decision, and each
-//! answer's life until it is taken) belongs to its actor (`actor.rs`); the session only
+//! answer's life until it is taken) belongs to its actor (`actor/`); the session only
 //! forwards requests to it. A runtime process gets answers untaken
 //! ([`InProcessSession::call_untaken`]) and takes or drops them on its host's word.
 //!

@@ -14,8 +14,12 @@ mod messages;
 
 use crate::front::{
     ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Observed, Outcome,
-    SessionEvent, Settings, Status, ToolName, Truncation,
+    RESULT_BUFFERED_FOR, SessionEvent, Settings, Status, ToolName, Truncation,
 };
+
+/// The pending-delegate-calls limit of a JSON session (its `session/open` has no such
+/// field; gRPC's `OpenSession` sends its own).
+const JSON_MAX_PENDING_DELEGATE_CALLS: u64 = 4096;
 use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{JsonText, ToolError, ToolKind};
 use code_mode_surface::json::item_json;
@@ -217,7 +221,7 @@ fn outcome_json(outcome: &Outcome) -> Value {
     match &outcome.status {
         Status::Completed { error_text } => json!({"Result": {
             "cell_id": outcome.cell_id, "content_items": items, "error_text": error_text,
-            "result_buffered_for_ns": nanos(outcome.buffered_for), "code_mode_host_duration_ns": duration}}),
+            "result_buffered_for_ns": nanos(RESULT_BUFFERED_FOR), "code_mode_host_duration_ns": duration}}),
         Status::Yielded => {
             json!({"Yielded": {"cell_id": outcome.cell_id, "content_items": items, "code_mode_host_duration_ns": duration}})
         }
@@ -409,7 +413,12 @@ impl Connection {
                 };
                 let session = self
                     .front
-                    .open_session(Some(session_id.clone()), truncation, limits, Some(4096))
+                    .open_session(
+                        session_id.clone(),
+                        truncation,
+                        limits,
+                        JSON_MAX_PENDING_DELEGATE_CALLS,
+                    )
                     .map_err(text)?;
                 self.forward(&session);
                 Ok(Some(
@@ -420,7 +429,7 @@ impl Connection {
                 session_id,
                 request: body,
             }) => {
-                let session = self.front.session(&session_id, false).map_err(text)?;
+                let session = self.front.session(&session_id).map_err(text)?;
                 let execution = Execution {
                     execution_id: format!("json-{id}-{}", uuid::Uuid::new_v4()),
                     tool_call_id: body.tool_call_id,
@@ -453,7 +462,7 @@ impl Connection {
                 request: body,
                 max_output_tokens,
             }) => {
-                let session = self.front.session(&session_id, false).map_err(text)?;
+                let session = self.front.session(&session_id).map_err(text)?;
                 let wait_id = format!("json-wait-{id}");
                 self.observe(id, &session, wait_id.clone());
                 let observed = self
@@ -473,7 +482,7 @@ impl Connection {
                 session_id,
                 cell_id,
             }) => {
-                let session = self.front.session(&session_id, false).map_err(text)?;
+                let session = self.front.session(&session_id).map_err(text)?;
                 let observed = self
                     .front
                     .terminate(&session, &cell_id)
@@ -482,7 +491,7 @@ impl Connection {
                 Ok(Some(observed_json(&observed)))
             }
             messages::Operation::Shutdown(messages::Shutdown { session_id }) => {
-                let session = self.front.session(&session_id, false).map_err(text)?;
+                let session = self.front.session(&session_id).map_err(text)?;
                 self.front.close_session(&session).await;
                 // Its streams drain before they end: every `cell/closed` goes out first.
                 let forwarder = lock(&self.forwarders).remove(&session_id);

@@ -83,46 +83,37 @@ async fn errors_carry_codexs_status_codes_and_texts() {
     let mut client = host.client.clone();
     let mut driver = open(&host, 2).await;
 
-    let status = client
-        .execute(proto::ExecuteRequest {
-            session_id: "session-1".into(),
-            tool_call_id: "c".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("a non-UUID session id is refused");
-    assert_eq!(
-        (status.code(), status.message()),
-        (Code::InvalidArgument, "code-mode session ID must be a UUID")
+    refused(
+        client
+            .execute(proto::ExecuteRequest {
+                session_id: "session-1".into(),
+                tool_call_id: "c".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "code-mode session ID must be a UUID",
     );
 
     let unknown = uuid::Uuid::new_v4().to_string();
-    let status = client
-        .close_session(proto::CloseSessionRequest {
-            session_id: unknown.clone(),
-        })
-        .await
-        .expect_err("an unknown session");
-    assert_eq!(status.code(), Code::NotFound);
-    assert_eq!(
-        status.message(),
-        format!("unknown code-mode session {unknown}")
+    refused(
+        client
+            .close_session(proto::CloseSessionRequest {
+                session_id: unknown.clone(),
+            })
+            .await,
+        Code::NotFound,
+        &format!("unknown code-mode session {unknown}"),
     );
 
     let mut request = exec_request("text(1)");
     request.tool_call_id = String::new();
     request.session_id = driver.session_id.clone();
     request.execution_id = uuid::Uuid::new_v4().to_string();
-    let status = client
-        .execute(request)
-        .await
-        .expect_err("an empty tool call id");
-    assert_eq!(
-        (status.code(), status.message()),
-        (
-            Code::InvalidArgument,
-            "code-mode tool call ID must not be empty"
-        )
+    refused(
+        client.execute(request).await,
+        Code::InvalidArgument,
+        "code-mode tool call ID must not be empty",
     );
 
     let execution_id = uuid::Uuid::new_v4().to_string();
@@ -132,60 +123,49 @@ async fn errors_carry_codexs_status_codes_and_texts() {
         .execute(request.clone())
         .await
         .expect("the first use of an execution id");
-    let status = driver
-        .execute(request)
-        .await
-        .expect_err("a reused execution id");
-    assert_eq!(status.code(), Code::AlreadyExists);
-    assert_eq!(
-        status.message(),
-        format!("code-mode execution ID `{execution_id}` was reused")
+    refused(
+        driver.execute(request).await,
+        Code::AlreadyExists,
+        &format!("code-mode execution ID `{execution_id}` was reused"),
     );
 
-    let status = client
-        .open_session(proto::OpenSessionRequest {
-            output_truncation: 3,
-            ..Default::default()
-        })
-        .await
-        .expect_err("an unknown truncation mode");
-    assert_eq!(
-        (status.code(), status.message()),
-        (
-            Code::InvalidArgument,
-            "unknown code-mode output truncation mode"
-        )
+    refused(
+        client
+            .open_session(proto::OpenSessionRequest {
+                output_truncation: 3,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "unknown code-mode output truncation mode",
     );
 
-    let status = client
-        .yield_observation(proto::YieldObservationRequest {
-            session_id: driver.session_id.clone(),
-            observation_id: String::new(),
-        })
-        .await
-        .expect_err("an observation without an id");
-    assert_eq!(
-        (status.code(), status.message()),
-        (Code::InvalidArgument, "missing code-mode observation ID")
+    refused(
+        client
+            .yield_observation(proto::YieldObservationRequest {
+                session_id: driver.session_id.clone(),
+                observation_id: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "missing code-mode observation ID",
     );
 
     let bogus = uuid::Uuid::new_v4().to_string();
-    let status = client
-        .complete_tool_call(proto::CompleteToolCallRequest {
-            session_id: driver.session_id.clone(),
-            invocation_id: bogus.clone(),
-            result: Some(proto::complete_tool_call_request::Result::Succeeded(
-                proto::ToolCallSucceeded {
-                    output_json: "1".into(),
-                },
-            )),
-        })
-        .await
-        .expect_err("an unknown invocation");
-    assert_eq!(status.code(), Code::NotFound);
-    assert_eq!(
-        status.message(),
-        format!("unknown code-mode tool invocation {bogus}")
+    refused(
+        client
+            .complete_tool_call(proto::CompleteToolCallRequest {
+                session_id: driver.session_id.clone(),
+                invocation_id: bogus.clone(),
+                result: Some(proto::complete_tool_call_request::Result::Succeeded(
+                    proto::ToolCallSucceeded {
+                        output_json: "1".into(),
+                    },
+                )),
+            })
+            .await,
+        Code::NotFound,
+        &format!("unknown code-mode tool invocation {bogus}"),
     );
 
     // An answered invocation cannot be answered again.
@@ -796,4 +776,11 @@ async fn garbage_instead_of_http2_gets_an_error_and_nothing_else_on_stdout() {
     );
     assert_eq!(kinds.first(), Some(&4), "SETTINGS first: {kinds:?}");
     assert!(kinds.iter().all(|kind| *kind <= 9), "{kinds:?}");
+}
+
+/// A call Codex's host refuses: it fails with exactly this code and text.
+#[track_caller]
+fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, message: &str) {
+    let status = result.expect_err(message);
+    assert_eq!((status.code(), status.message()), (code, message));
 }

@@ -273,7 +273,7 @@ impl CellActor {
         let response = self.final_response(decision, items);
         let path = self.return_path(false);
         match observer.deliver(response, path) {
-            Ok(()) => self.life.closed = true,
+            Ok(()) => self.life.close(),
             Err(response) => self.restore(response),
         }
     }
@@ -349,8 +349,8 @@ impl CellActor {
         if latest && delivery.first_observation {
             self.output.observed = false;
         }
-        if ended && matches!(self.life.phase, Phase::Finished(_)) && !self.life.shutting_down {
-            self.life.closed = false;
+        if ended && !self.life.shutting_down {
+            self.life.reopen();
         }
     }
 

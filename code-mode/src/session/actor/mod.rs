@@ -105,7 +105,11 @@ enum Phase {
     /// The JS thread stopped and the decision is made; notifications are being drained
     /// (natural completion) and callbacks cancelled. Requests are still answered.
     CleaningUp(Final),
+    /// Over, with its final answer still to be taken (or given back to it).
     Finished(Final),
+    /// Over and its final answer taken (or the session shut down): the actor ends, and
+    /// the cell is closed, unless that answer is given back first (`Finished` again).
+    Closed(Final),
 }
 
 /// What woke the actor.
@@ -152,11 +156,36 @@ struct Frontier {
 /// Where the cell is in its life.
 struct Life {
     phase: Phase,
-    /// The JS thread reported its end (or went away).
-    runtime_done: bool,
+    /// The session is shutting down: the cell is terminated and closes once finished.
     shutting_down: bool,
-    /// The actor is done; the cell is closed when the loop ends.
-    closed: bool,
+}
+
+impl Life {
+    /// The JS thread reported its end (or went away): nothing more comes from it.
+    fn runtime_done(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::CleaningUp(_) | Phase::Finished(_) | Phase::Closed(_)
+        )
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed(_))
+    }
+
+    /// The final answer was taken, or nobody will take it: a finished cell closes.
+    fn close(&mut self) {
+        if let Phase::Finished(decision) = &self.phase {
+            self.phase = Phase::Closed(decision.clone());
+        }
+    }
+
+    /// The final answer came back untaken: the cell stays open for the next observation.
+    fn reopen(&mut self) {
+        if let Phase::Closed(decision) = &self.phase {
+            self.phase = Phase::Finished(decision.clone());
+        }
+    }
 }
 
 pub(crate) struct CellActor {
@@ -229,9 +258,7 @@ impl CellActor {
             },
             life: Life {
                 phase: Phase::Running,
-                runtime_done: false,
                 shutting_down: false,
-                closed: false,
             },
             routing,
             interrupted: Vec::new(),
@@ -240,7 +267,7 @@ impl CellActor {
 
     pub(crate) async fn run(mut self) {
         loop {
-            while !self.life.closed {
+            while !self.life.is_closed() {
                 let step = self.next_step().await;
                 match step {
                     Step::Deadline => self.on_deadline(),
@@ -264,7 +291,7 @@ impl CellActor {
                 .all_taken_or_stopped(&root)
                 .await;
             self.take_returns();
-            if self.life.closed {
+            if self.life.is_closed() {
                 break;
             }
         }
@@ -293,7 +320,7 @@ impl CellActor {
             // shutdown is about to terminate (it could end the cell with that error first).
             () = root.cancelled(), if !self.life.shutting_down => Step::Shutdown,
             () = sleep_until_some(next_timer) => Step::TimersDue,
-            event = self.events.recv(), if !self.life.runtime_done => Step::Event(event),
+            event = self.events.recv(), if !self.life.runtime_done() => Step::Event(event),
             Some(given) = self.returns_rx.recv() => Step::Returned(given),
             Some(request) = self.requests.recv() => Step::Request(request),
             Some(message) = self.internal_rx.recv() => Step::Internal(message),
@@ -324,14 +351,12 @@ impl CellActor {
             }
             CellEvent::Finished(outcome) => {
                 code_mode_protocol::hop!("actor has the end");
-                self.life.runtime_done = true;
                 self.on_finished(outcome);
             }
         }
     }
 
     fn on_runtime_lost(&mut self) {
-        self.life.runtime_done = true;
         tracing::error!(cell = %self.cell_id, "the cell thread stopped without reporting an outcome");
         let outcome = match self.life.phase {
             Phase::Running => CellOutcome::Completed {
@@ -379,7 +404,7 @@ impl CellActor {
             }
             // Termination already won: the writes are discarded with the outcome.
             (Phase::Running | Phase::Terminating, _) => Final::Terminated,
-            (Phase::CleaningUp(_) | Phase::Finished(_), _) => return,
+            (Phase::CleaningUp(_) | Phase::Finished(_) | Phase::Closed(_), _) => return,
         };
         let natural = matches!(decision, Final::Completed(_));
         self.life.phase = Phase::CleaningUp(decision);
@@ -449,13 +474,13 @@ impl CellActor {
             let response = self.final_response(decision, items);
             let path = self.return_path(false);
             match send_answer(reply, response, path) {
-                Ok(()) => self.life.closed = true,
+                Ok(()) => self.life.close(),
                 Err(response) => self.restore(response),
             }
         }
         self.deliver_final();
         if self.life.shutting_down {
-            self.life.closed = true;
+            self.life.close();
         }
     }
 
@@ -510,7 +535,7 @@ impl CellActor {
         }
         match self.life.phase {
             Phase::Finished(_) => self.deliver_final(),
-            Phase::Terminating | Phase::CleaningUp(_) => {}
+            Phase::Terminating | Phase::CleaningUp(_) | Phase::Closed(_) => {}
             Phase::Running if pending_mode => self.respond_at_frontier(),
             Phase::Running => {
                 if !self.output.observed
@@ -526,12 +551,12 @@ impl CellActor {
         // Natural completion wins: take in what the cell already reported.
         self.take_in_reported_events();
         match &self.life.phase {
-            Phase::Finished(decision) => {
+            Phase::Finished(decision) | Phase::Closed(decision) => {
                 let items = std::mem::take(&mut self.output.items);
                 let response = self.final_response(decision.clone(), items);
                 let path = self.return_path(false);
                 match send_answer(reply, response, path) {
-                    Ok(()) => self.life.closed = true,
+                    Ok(()) => self.life.close(),
                     Err(response) => self.restore(response),
                 }
             }
@@ -560,8 +585,8 @@ impl CellActor {
                 self.life.phase = Phase::Terminating;
                 self.runtime.terminate();
             }
-            Phase::Terminating | Phase::CleaningUp(_) => {}
-            Phase::Finished(_) => self.life.closed = true,
+            Phase::Terminating | Phase::CleaningUp(_) | Phase::Closed(_) => {}
+            Phase::Finished(_) => self.life.close(),
         }
     }
 
@@ -574,7 +599,7 @@ impl CellActor {
 
     /// Handles the events the cell has already sent, while it runs.
     fn take_in_reported_events(&mut self) {
-        while !self.life.runtime_done && matches!(self.life.phase, Phase::Running) {
+        while matches!(self.life.phase, Phase::Running) {
             match self.events.try_recv() {
                 Ok(event) => self.on_event(event),
                 Err(_) => break,
