@@ -1101,14 +1101,14 @@ pub async fn answers_left_untaken_by_a_dropped_call_are_kept<P: CodeModeProvider
     // completed meanwhile; the rest comes with the next one.
     let source = r#"text("a"); yield_control(); text("b"); await new Promise((r) => setTimeout(r, 20)); text("c");"#;
     let first = match drop_untaken(session.execute(request(source))).await {
-        Some(started) => started.expect("exec").initial_response,
+        Some(started) => started.expect("exec").initial_response.timeless(),
         None => wait(&session, "2").await,
     };
     assert_eq!(first, yielded("2", &["a"]));
     assert_eq!(wait(&session, "2").await, result("2", &["b", "c"], None));
     // A result: the cell stays until an observation takes it, then closes once.
     let first = match drop_untaken(session.execute(request(r#"text("x");"#))).await {
-        Some(started) => started.expect("exec").initial_response,
+        Some(started) => started.expect("exec").initial_response.timeless(),
         None => wait(&session, "3").await,
     };
     assert_eq!(first, result("3", &["x"], None));
@@ -1141,7 +1141,7 @@ pub async fn an_answer_held_unpolled_by_a_slow_caller_is_kept<P: CodeModeProvide
     assert_eq!(warm_up.initial_response, result("1", &["ready"], None));
     // An exec whose cell completes at once.
     let first = match hold_untaken(session.execute(request(r#"text("slow");"#)), HOLD).await {
-        Some(started) => started.expect("exec").initial_response,
+        Some(started) => started.expect("exec").initial_response.timeless(),
         None => wait(&session, "2").await,
     };
     assert_eq!(first.timeless(), result("2", &["slow"], None));
