@@ -28,7 +28,9 @@ pub use connection::{HandshakeError, Liveness, Violation};
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 pub use faults::{Fault, arm as arm_fault};
 pub use process::SpawnError;
-pub use provider::{HostError, ProcessConfig, ProcessProvider, ProcessSession};
+pub use provider::{
+    CRASH_WINDOW, HostError, MAX_CRASHES, ProcessConfig, ProcessProvider, ProcessSession,
+};
 pub use remote::{
     ClientTls, FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, RemoteConfig, RemoteError,
     RemoteProvider, RemoteSession, RuntimeStatus,

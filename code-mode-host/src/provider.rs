@@ -74,7 +74,11 @@ struct Runtime {
 }
 
 struct ProviderInner {
-    binary: PathBuf,
+    /// Where the runtime binary is: found once when the provider was made ([`ProcessProvider::new`]),
+    /// or looked for at every start ([`ProcessProvider::deferred`]), the latest found kept.
+    binary: std::sync::Mutex<Option<PathBuf>>,
+    /// Whether the binary is looked for at every start.
+    deferred: bool,
     config: ProcessConfig,
     /// Serializes spawning; holds the current runtime.
     runtime: tokio::sync::Mutex<Runtime>,
@@ -89,7 +93,8 @@ pub struct ProcessProvider {
 impl std::fmt::Debug for ProcessProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessProvider")
-            .field("binary", &self.inner.binary)
+            .field("binary", &self.binary())
+            .field("deferred", &self.inner.deferred)
             .finish_non_exhaustive()
     }
 }
@@ -99,9 +104,24 @@ impl ProcessProvider {
     /// process itself starts on first use.
     pub fn new(config: ProcessConfig) -> Result<Self, HostError> {
         let binary = find_binary(config.binary.as_deref())?;
-        Ok(Self {
+        Ok(Self::with(config, Some(binary), false))
+    }
+
+    /// A provider that looks for its runtime binary at every start of a runtime instead of
+    /// once: it is made whether or not the binary is there, a call made while it is missing
+    /// fails with [`HostError::BinaryNotFound`] (every place searched named), and a binary
+    /// put in place later is found by the next call, with no new provider. A binary that is
+    /// missing counts as no crash, so finding it later is never held back by the restart
+    /// backoff. For a long-running front that must come up whatever the install looks like.
+    pub fn deferred(config: ProcessConfig) -> Self {
+        Self::with(config, None, true)
+    }
+
+    fn with(config: ProcessConfig, binary: Option<PathBuf>, deferred: bool) -> Self {
+        Self {
             inner: Arc::new(ProviderInner {
-                binary,
+                binary: std::sync::Mutex::new(binary),
+                deferred,
                 config,
                 runtime: tokio::sync::Mutex::new(Runtime {
                     current: None,
@@ -110,12 +130,13 @@ impl ProcessProvider {
                     last_failure: String::new(),
                 }),
             }),
-        })
+        }
     }
 
-    /// The runtime binary in use.
-    pub fn binary(&self) -> &std::path::Path {
-        &self.inner.binary
+    /// The runtime binary in use: the one found (for a deferred provider, at its latest
+    /// start; `None` before any was found).
+    pub fn binary(&self) -> Option<PathBuf> {
+        code_mode_protocol::sync::lock(&self.inner.binary).clone()
     }
 
     /// Starts the runtime process now (spawn and handshake) unless one is running, so that
@@ -206,6 +227,8 @@ impl ProviderInner {
                 runtime.current = Some(Arc::clone(&connection));
                 Ok(connection)
             }
+            // Nothing was started: no crash to back off from.
+            Err(error @ HostError::BinaryNotFound(_)) => Err(error),
             Err(error) => {
                 runtime.failures.push_back(Instant::now());
                 runtime.last_failure = error.to_string();
@@ -214,9 +237,24 @@ impl ProviderInner {
         }
     }
 
+    /// The binary to start: the one found when the provider was made, or for a deferred
+    /// provider, looked for now.
+    fn binary(&self) -> Result<PathBuf, HostError> {
+        let mut known = code_mode_protocol::sync::lock(&self.binary);
+        match (&*known, self.deferred) {
+            (Some(binary), false) => Ok(binary.clone()),
+            _ => {
+                let found = find_binary(self.config.binary.as_deref())?;
+                *known = Some(found.clone());
+                Ok(found)
+            }
+        }
+    }
+
     async fn start(&self, generation: u64) -> Result<Arc<Connection>, HostError> {
+        let binary = self.binary()?;
         let (process, stream) = process::spawn(
-            &self.binary,
+            &binary,
             &self.config.log_filter,
             self.config.connect_timeout,
         )

@@ -21,7 +21,9 @@ use code_mode_host::protocol::{
     CodeModeSessionDelegate, ContentItem, ExecHooks, ExecRequest, JsonText, NestedToolCall,
     SessionError, SessionOptions, Surface, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
-use code_mode_host::{ProcessProvider, ProcessSession};
+use code_mode_host::{
+    BINARY_ENV, BINARY_NAME, HandshakeError, HostError, ProcessProvider, ProcessSession, SpawnError,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -62,6 +64,63 @@ pub enum FrontError {
     /// The session refused or could not run the call.
     #[error("{0}")]
     Session(SessionError),
+    /// No runtime can be started: what is wrong, what to do about it, and the full
+    /// cause, in that order (codex shows the model the start of the text, cut).
+    #[error("code-mode runtime unavailable: {summary}. Fix: {fix}. Details: {cause}")]
+    RuntimeUnavailable {
+        summary: String,
+        fix: String,
+        cause: String,
+    },
+}
+
+impl FrontError {
+    /// A session's error as the front reports it: a runtime that could not be started
+    /// becomes [`FrontError::RuntimeUnavailable`] with its fix.
+    pub fn from_session(error: SessionError) -> Self {
+        match error
+            .runtime_cause()
+            .and_then(|cause| cause.downcast_ref::<HostError>())
+        {
+            Some(cause) => runtime_unavailable(cause),
+            None => FrontError::Session(error),
+        }
+    }
+}
+
+/// Why no runtime can be started, with the fix for that cause.
+pub fn runtime_unavailable(error: &HostError) -> FrontError {
+    let log = "set CODEX_CODE_MODE_HOST_LOG=info to see the host's and the runtime's log";
+    let (summary, fix) = match error {
+        HostError::BinaryNotFound(_) => (
+            format!("`{BINARY_NAME}` was not found"),
+            format!(
+                "put `{BINARY_NAME}` (it ships with codex-code-mode-host) next to {}, or set {BINARY_ENV} to its path; `codex-code-mode-host install` does this for a codex install, and the next session looks again",
+                std::env::current_exe()
+                    .map_or_else(|_| "this host".to_owned(), |exe| exe.display().to_string())
+            ),
+        ),
+        HostError::Spawn(SpawnError::Spawn { binary, .. }) => (
+            format!("{} could not be started", binary.display()),
+            format!(
+                "make it an executable `{BINARY_NAME}` built for this machine, or reinstall with `codex-code-mode-host install`"
+            ),
+        ),
+        HostError::Handshake(HandshakeError::Refused(_) | HandshakeError::Mismatch(_)) => (
+            "the runtime speaks another protocol version than this host".to_owned(),
+            format!("install the `{BINARY_NAME}` of the same release as codex-code-mode-host"),
+        ),
+        HostError::CrashLoop { .. } => (
+            "the runtime keeps failing at start".to_owned(),
+            format!("the host tries again after a pause; {log}"),
+        ),
+        _ => ("the runtime fails at start".to_owned(), log.to_owned()),
+    };
+    FrontError::RuntimeUnavailable {
+        summary,
+        fix,
+        cause: error.to_string(),
+    }
 }
 
 /// How a session's outcomes are bounded.
@@ -452,8 +511,17 @@ impl Front {
         &self.provider
     }
 
+    /// Whether a runtime runs or can be started now (it is started if none runs); the
+    /// cause and its fix when not.
+    pub async fn runtime_ready(&self) -> Result<(), FrontError> {
+        self.provider
+            .start()
+            .await
+            .map_err(|error| runtime_unavailable(&error))
+    }
+
     /// Opens a session under a UUID the host makes (gRPC).
-    pub fn open_session_with_uuid(
+    pub async fn open_session_with_uuid(
         &self,
         truncation: Truncation,
         limits: ClientLimits,
@@ -461,17 +529,21 @@ impl Front {
     ) -> Result<Arc<FrontSession>, FrontError> {
         let id = uuid::Uuid::new_v4().to_string();
         self.open_session(id, truncation, limits, max_pending_delegate_calls)
+            .await
     }
 
     /// Opens a session under the client's `id` (the JSON protocol); an id already open
-    /// is refused. A `max_pending_delegate_calls` of zero keeps the default.
-    pub fn open_session(
+    /// is refused. A `max_pending_delegate_calls` of zero keeps the default. A runtime
+    /// must be running, or start now: a session that could run nothing is refused with
+    /// the cause and its fix ([`FrontError::RuntimeUnavailable`]).
+    pub async fn open_session(
         &self,
         id: String,
         truncation: Truncation,
         limits: ClientLimits,
         max_pending_delegate_calls: u64,
     ) -> Result<Arc<FrontSession>, FrontError> {
+        self.runtime_ready().await?;
         let mut sessions = lock(&self.sessions);
         if sessions.contains_key(&id) {
             return Err(FrontError::SessionAlreadyOpen(id));
@@ -632,7 +704,7 @@ impl Front {
                 Some(runtime_id) => Ok(self.lost(session, &runtime_id, &cause, tokens, arrived)),
                 None => Err(FrontError::Session(SessionError::RuntimeLost(cause))),
             },
-            Err(error) => Err(FrontError::Session(error)),
+            Err(error) => Err(FrontError::from_session(error)),
         }
     }
 
@@ -704,7 +776,7 @@ impl Front {
             Err(SessionError::RuntimeLost(cause)) => Ok(Observed::Live(
                 self.lost(session, runtime_id, &cause, max_tokens, arrived),
             )),
-            Err(error) => Err(FrontError::Session(error)),
+            Err(error) => Err(FrontError::from_session(error)),
         }
     }
 

@@ -65,6 +65,7 @@ pub fn status(error: FrontError) -> tonic::Status {
             tonic::Status::already_exists(message)
         }
         FrontError::WaitCancelled => tonic::Status::cancelled(message),
+        FrontError::RuntimeUnavailable { .. } => tonic::Status::failed_precondition(message),
         FrontError::Session(error) => match error {
             SessionError::ShuttingDown
             | SessionError::BusyObserver(_)
@@ -228,6 +229,7 @@ impl CodeModeHost for Service {
         let session = self
             .front
             .open_session_with_uuid(truncation, limits, request.max_pending_delegate_calls)
+            .await
             .map_err(status)?;
         let events = session.events().ok_or_else(|| {
             tonic::Status::failed_precondition("session events already streaming")

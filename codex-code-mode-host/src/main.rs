@@ -210,11 +210,13 @@ async fn run(
     listen: Listen,
     protocol_stdio: Option<stdio::ProtocolStdio>,
 ) -> Result<(), String> {
-    let provider = ProcessProvider::new(ProcessConfig {
+    // The runtime is looked for at every start, not once: a front whose runtime is
+    // missing still comes up and tells each session why and how to fix it, and a runtime
+    // installed later is found by the next session.
+    let provider = ProcessProvider::deferred(ProcessConfig {
         binary: cli.runtime.clone(),
         ..ProcessConfig::default()
-    })
-    .map_err(|error| error.to_string())?;
+    });
     let mut settings = codex_code_mode_host::front::Settings::new(provider.clone());
     settings.limits.cpu_budget_ms = cli.cpu_budget_ms;
     // The runtime starts while the client connects, so the first exec does not wait.
@@ -240,7 +242,7 @@ async fn run(
                         key: key.clone(),
                         client_ca: cli.client_ca.clone(),
                     };
-                    let config = code_mode_tls::server_config(&files, &[b"h2"])
+                    let config = code_mode_tls::server_config(&files, &[b"h2", b"http/1.1"])
                         .map_err(|error| error.to_string())?;
                     Some(config)
                 }
@@ -255,8 +257,17 @@ async fn run(
                 }
             };
             serve::serve_grpc_tcp(settings, address, tls, |bound| {
-                tracing::info!(%bound, "listening");
-                eprintln!("codex-code-mode-host: listening on grpc://{bound}");
+                // As Codex's host: the bound URL, and nothing else, on stdout (launchers
+                // read that line to learn the port of `grpc://IP:0`).
+                let url = format!("http://{bound}");
+                use std::io::Write as _;
+                let mut stdout = std::io::stdout().lock();
+                let printed = writeln!(stdout, "{url}").and_then(|()| stdout.flush());
+                if let Err(error) = printed {
+                    tracing::warn!(%error, "cannot print the bound URL on stdout");
+                }
+                tracing::info!("codex-code-mode-host listening on {url}");
+                eprintln!("codex-code-mode-host listening on {url}");
             })
             .await
             .map_err(|error| format!("cannot serve on {address}: {error}"))

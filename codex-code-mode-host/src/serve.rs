@@ -1,10 +1,12 @@
 //! Serving the protocol: gRPC over stdio (`grpc+stdio://`, codex's default), gRPC over TCP
-//! (`grpc://IP:PORT`, for `codex app-server --code-mode-host`), and the JSON protocol on
-//! stdio. Each client connection gets a [`Front`] of its own over the shared runtime
+//! (`grpc://IP:PORT`, for `codex app-server --code-mode-host` and launchers, with Codex's
+//! HTTP/1 `GET /healthz` on the same port), and the JSON protocol on stdio. Each client connection gets a [`Front`] of its own over the shared runtime
 //! provider, so that when a client goes away every cell of its sessions ends.
 
 use crate::front::{Front, Settings};
 use crate::grpc::Service;
+use hyper::body::Incoming;
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
@@ -53,17 +55,66 @@ impl Listen {
     }
 }
 
-/// Serves one HTTP/2 connection with a front of its own; returns when the connection ends,
-/// after every session of the connection was closed.
-pub async fn serve_grpc_connection<I>(settings: Settings, io: I) -> Result<(), hyper::Error>
+/// Serves one gRPC connection (HTTP/2 with prior knowledge, as codex speaks it on stdio)
+/// with a front of its own; returns when the connection ends, after every session of the
+/// connection was closed.
+pub async fn serve_grpc_connection<I>(settings: Settings, io: I) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    serve_connection(settings, io, Protocols::Grpc).await
+}
+
+/// [`serve_grpc_connection`] for a connection to the TCP port, where Codex's host also
+/// answers launchers' HTTP/1 requests (`GET /healthz`, see [`http1_answer`]); the two are
+/// told apart by the connection's preface.
+pub async fn serve_tcp_connection<I>(settings: Settings, io: I) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    serve_connection(settings, io, Protocols::GrpcAndHealth).await
+}
+
+/// What a connection may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    /// gRPC only: anything else is an HTTP/2 protocol error.
+    Grpc,
+    /// gRPC, or HTTP/1 for the health check.
+    GrpcAndHealth,
+}
+
+async fn serve_connection<I>(
+    settings: Settings,
+    io: I,
+    protocols: Protocols,
+) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let front = Arc::new(Front::new(settings));
     let routes = tonic::service::Routes::new(Service::new(front.clone()).into_server());
-    let service = TowerToHyperService::new(routes);
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let grpc = TowerToHyperService::new(routes);
+    let health = front.clone();
+    let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let grpc = grpc.clone();
+        let front = health.clone();
+        async move {
+            let response: Result<_, std::convert::Infallible> =
+                if request.version() == http::Version::HTTP_2 {
+                    grpc.call(request).await
+                } else {
+                    Ok(http1_answer(&front, request.method(), request.uri().path()).await)
+                };
+            response
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if protocols == Protocols::Grpc {
+        builder = builder.http2_only();
+    }
     builder
+        .http2()
         .initial_stream_window_size(1024 * 1024)
         .initial_connection_window_size(2 * 1024 * 1024)
         .max_concurrent_streams(None)
@@ -71,7 +122,7 @@ where
     let result = builder.serve_connection(TokioIo::new(io), service).await;
     front.close_all().await;
     match result {
-        Err(error) if client_went_away(&error) => {
+        Err(error) if client_went_away(error.as_ref()) => {
             tracing::info!(%error, "the client went away");
             Ok(())
         }
@@ -79,9 +130,47 @@ where
     }
 }
 
+/// An error of a connection or a request.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What an HTTP/1 request gets, as Codex's host answers it: `GET /healthz` is `200` with
+/// an empty body while a runtime runs or can be started, else `503` with the cause and its
+/// fix as text; every other request is `505` (gRPC needs HTTP/2), with `allow: GET,HEAD`
+/// for another method on `/healthz`.
+pub async fn http1_answer(
+    front: &Front,
+    method: &http::Method,
+    path: &str,
+) -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::empty());
+    match (method, path) {
+        (&http::Method::GET, "/healthz") => {
+            if let Err(error) = front.runtime_ready().await {
+                *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                *response.body_mut() = tonic::body::Body::new(http_body_util::Full::new(
+                    bytes::Bytes::from(format!("{error}\n")),
+                ));
+            }
+        }
+        (method, "/healthz") if method != http::Method::HEAD => {
+            *response.status_mut() = http::StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+            response.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET,HEAD"),
+            );
+        }
+        _ => *response.status_mut() = http::StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+    }
+    response
+}
+
 /// Whether a connection error is only the client's end of the byte stream (codex exiting,
 /// killed, or dropping its channel): a normal end, not a failure of the host.
-fn client_went_away(error: &hyper::Error) -> bool {
+fn client_went_away(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
@@ -115,13 +204,13 @@ pub async fn serve_grpc_tcp(
         tokio::spawn(async move {
             let result = match acceptor {
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => serve_grpc_connection(settings, stream).await,
+                    Ok(stream) => serve_tcp_connection(settings, stream).await,
                     Err(error) => {
                         tracing::warn!(%peer, %error, "TLS handshake failed");
                         return;
                     }
                 },
-                None => serve_grpc_connection(settings, stream).await,
+                None => serve_tcp_connection(settings, stream).await,
             };
             if let Err(error) = result {
                 tracing::warn!(%peer, %error, "gRPC connection ended with an error");

@@ -419,6 +419,7 @@ impl Connection {
                         limits,
                         JSON_MAX_PENDING_DELEGATE_CALLS,
                     )
+                    .await
                     .map_err(text)?;
                 self.forward(&session);
                 Ok(Some(

@@ -224,7 +224,11 @@ fn layout(name: &str) -> Layout {
 
 /// Runs one `codex exec` turn against `steps` and returns every request the model got.
 async fn run_turn(name: &str, steps: Vec<Step>) -> (Vec<Value>, String) {
-    let layout = layout(name);
+    run_turn_in(&layout(name), steps).await
+}
+
+/// [`run_turn`] in a layout made (and perhaps changed) by the caller.
+async fn run_turn_in(layout: &Layout, steps: Vec<Step>) -> (Vec<Value>, String) {
     let server = model_server(steps).await;
     let config = format!(
         r#"model = "fake-model"
@@ -443,4 +447,28 @@ async fn a_runtime_killed_between_two_execs_loses_no_stored_value() {
         ["still here"],
         "the stored value outlived the runtime"
     );
+}
+
+/// The install lost its runtime (one file copied by hand, a packaging slip): the model
+/// is told why the exec could not run and what fixes it, rather than a broken pipe.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_runtime_missing_the_model_is_told_the_cause_and_the_fix() {
+    let layout = layout("missing-runtime");
+    std::fs::remove_file(layout.root.join("pkg/codex-resources/code-mode-bin"))
+        .expect("remove the installed runtime");
+    let (requests, _) = run_turn_in(
+        &layout,
+        vec![
+            exec_call("call_1", r#"text("never runs")"#),
+            message("done"),
+        ],
+    )
+    .await;
+    let seen = output_for(&requests, "call_1").join("\n");
+    assert!(
+        seen.contains("code-mode runtime unavailable: `code-mode-bin` was not found. Fix: put `code-mode-bin` (it ships with codex-code-mode-host) next to "),
+        "{seen}"
+    );
+    assert!(seen.contains("`codex-code-mode-host install`"), "{seen}");
+    assert!(!seen.contains("BrokenPipe"), "{seen}");
 }

@@ -19,8 +19,14 @@ struct JsonHost {
 impl JsonHost {
     fn spawn(binary: &std::path::Path) -> Self {
         use std::process::Stdio;
-        let mut child =
-            crate::spawn_child(binary, &[], [Stdio::piped(), Stdio::piped(), Stdio::null()]);
+        Self::of(crate::spawn_child(
+            binary,
+            &[],
+            [Stdio::piped(), Stdio::piped(), Stdio::null()],
+        ))
+    }
+
+    fn of(mut child: Child) -> Self {
         let input = child.stdin.take().unwrap();
         let output = child.stdout.take().unwrap();
         Self {
@@ -289,4 +295,52 @@ async fn a_malformed_operation_is_refused_with_the_field_it_names() {
         last["result"]["value"]["Result"]["content_items"][0]["text"], "still here",
         "{seen:#?}"
     );
+}
+
+/// With its runtime missing the JSON front still speaks its protocol: `session/open` is
+/// refused with the cause and the fix, and once the runtime is where it was looked for,
+/// the next `session/open` works with no restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_runtime_refuses_session_open_until_it_is_installed() {
+    let scratch = code_mode_conformance::Scratch::new();
+    let runtime = scratch.0.join("code-mode-bin");
+    let child = tokio::process::Command::new(crate::our_host())
+        .env("CODE_MODE_BIN", &runtime)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn our host");
+    let mut host = JsonHost::of(child);
+    let wait = Duration::from_secs(20);
+    host.send(json!({"type": "connection/hello", "supportedVersions": [1], "requiredCapabilities": [], "optionalCapabilities": []})).await;
+    assert_eq!(host.recv(wait).await.unwrap()["type"], "connection/ready");
+    let open = json!({"method": "session/open", "sessionId": "session-1"});
+    host.send(request(1, open.clone())).await;
+    let answer = host.recv(wait).await.expect("an answer");
+    assert_eq!(answer["result"]["status"], "error", "{answer}");
+    let message = answer["result"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("code-mode runtime unavailable: `code-mode-bin` was not found. Fix: "),
+        "{message}"
+    );
+    assert!(message.contains("CODE_MODE_BIN"), "{message}");
+
+    let built = code_mode_host::find_binary(None).expect("the runtime cargo built");
+    std::os::unix::fs::symlink(&built, &runtime).expect("install the runtime");
+    host.send(request(2, open)).await;
+    let answer = host.recv(wait).await.expect("an answer");
+    assert_eq!(answer["result"]["status"], "ok", "{answer}");
+    host.send(execute(3, "call_1", "text('found')", 30_000, json!([])))
+        .await;
+    let mut seen = Vec::new();
+    while let Some(message) = host.recv(wait).await {
+        let text = message.to_string();
+        seen.push(text.clone());
+        if text.contains(r#""text":"found""#) {
+            return;
+        }
+    }
+    panic!("the cell's output never came: {seen:?}");
 }
