@@ -12,6 +12,7 @@
 //! only translate messages. Outcomes are bounded here ([`crate::bound`]) when the session
 //! asked the host to truncate.
 
+use crate::admission::{self, Admission, Counted};
 use crate::bound;
 use code_mode_host::protocol::model::replace_lone_surrogate_escapes;
 use code_mode_host::protocol::session::BoxFuture;
@@ -66,6 +67,10 @@ pub enum FrontError {
     Session(SessionError),
     /// No runtime can be started: what is wrong, what to do about it, and the full
     /// cause, in that order (codex shows the model the start of the text, cut).
+    #[error("{}", admission::TOO_MANY_IN_FLIGHT_REQUESTS)]
+    TooManyInFlightRequests,
+    #[error("{}", admission::TOO_MANY_ACTIVE_CELLS)]
+    TooManyActiveCells,
     #[error("code-mode runtime unavailable: {summary}. Fix: {fix}. Details: {cause}")]
     RuntimeUnavailable {
         summary: String,
@@ -122,6 +127,9 @@ pub fn runtime_unavailable(error: &HostError) -> FrontError {
         cause: error.to_string(),
     }
 }
+
+/// A session's pending-delegate-call limit when its client sets none (codex sends 4096).
+pub const DEFAULT_MAX_PENDING_DELEGATE_CALLS: usize = 4096;
 
 /// How a session's outcomes are bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +299,8 @@ struct Cell {
     tool_calls: u64,
     /// `cell_closed` went out.
     closed_sent: bool,
+    /// The cell's place among the host's active cells, given back when it closes.
+    active: Option<Counted>,
 }
 
 #[derive(Default)]
@@ -312,6 +322,9 @@ struct SessionState {
 pub struct FrontSession {
     id: String,
     truncation: Truncation,
+    /// Tool calls of the session's cells waiting on the client at once (codex's
+    /// `max_pending_delegate_calls`).
+    max_pending_delegate_calls: usize,
     session: ProcessSession,
     state: Mutex<SessionState>,
     events: Leased<SessionEvent>,
@@ -358,6 +371,7 @@ impl FrontSession {
         };
         if !cell.closed_sent {
             cell.closed_sent = true;
+            cell.active = None;
             let _ = self.events.sender.send(SessionEvent::CellClosed {
                 execution_id: cell.execution_id.clone(),
                 cell_id: codex_id.clone(),
@@ -398,6 +412,11 @@ impl CodeModeSessionDelegate for Delegate {
             let Some(codex_id) = state.by_runtime_id.get(&call.cell_id).cloned() else {
                 return Box::pin(std::future::ready(Err(ToolError::cancelled())));
             };
+            if state.pending_calls.len() >= front.max_pending_delegate_calls {
+                return Box::pin(std::future::ready(Err(ToolError::new(
+                    admission::TOO_MANY_PENDING_DELEGATE_CALLS,
+                ))));
+            }
             let Some(cell) = state.cells.get_mut(&codex_id) else {
                 return Box::pin(std::future::ready(Err(ToolError::cancelled())));
             };
@@ -479,14 +498,17 @@ impl CodeModeSessionDelegate for Delegate {
 pub struct Settings {
     pub provider: ProcessProvider,
     pub limits: CellLimits,
+    /// The host's bounds, across every connection.
+    pub admission: Arc<Admission>,
 }
 
 impl Settings {
-    /// Our default limits over `provider`.
+    /// Our default limits and bounds over `provider`.
     pub fn new(provider: ProcessProvider) -> Self {
         Self {
             provider,
             limits: CellLimits::default(),
+            admission: Arc::new(Admission::default()),
         }
     }
 }
@@ -495,6 +517,7 @@ impl Settings {
 pub struct Front {
     provider: ProcessProvider,
     limits: CellLimits,
+    admission: Arc<Admission>,
     sessions: Mutex<HashMap<String, Arc<FrontSession>>>,
 }
 
@@ -503,6 +526,7 @@ impl Front {
         Self {
             provider: settings.provider,
             limits: settings.limits,
+            admission: settings.admission,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -569,6 +593,10 @@ impl Front {
         let front = Arc::new(FrontSession {
             id: id.clone(),
             truncation,
+            max_pending_delegate_calls: usize::try_from(max_pending_delegate_calls)
+                .ok()
+                .filter(|count| *count > 0)
+                .unwrap_or(DEFAULT_MAX_PENDING_DELEGATE_CALLS),
             session,
             state: Mutex::new(SessionState::default()),
             events: Leased::new(),
@@ -626,6 +654,17 @@ impl Front {
         started: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Outcome, FrontError> {
         let arrived = Instant::now();
+        let _in_flight = self
+            .admission
+            .request()
+            .ok_or(FrontError::TooManyInFlightRequests)?;
+        // The cell's place among the active cells, taken now and handed to the cell when
+        // it is admitted (given back at the end of this call if it never is).
+        let place = Arc::new(Mutex::new(Some(
+            self.admission
+                .cell()
+                .ok_or(FrontError::TooManyActiveCells)?,
+        )));
         let mut tool_map = HashMap::new();
         let mut definitions = Vec::with_capacity(execution.tools.len());
         for tool in &execution.tools {
@@ -659,6 +698,7 @@ impl Front {
         let admitted_session = Arc::downgrade(session);
         let execution_id = execution.execution_id.clone();
         let tool_call_id = execution.tool_call_id.clone();
+        let admitted_place = place.clone();
         let hooks = ExecHooks::default()
             .with_preempt(preempt)
             .on_admitted(move |runtime_id| {
@@ -682,6 +722,7 @@ impl Front {
                             tools: tools.clone(),
                             tool_calls: 0,
                             closed_sent: false,
+                            active: lock(&admitted_place).take(),
                         },
                     );
                     codex_id
@@ -718,6 +759,10 @@ impl Front {
         max_tokens: Option<u64>,
     ) -> Result<Observed, FrontError> {
         let arrived = Instant::now();
+        let _in_flight = self
+            .admission
+            .request()
+            .ok_or(FrontError::TooManyInFlightRequests)?;
         let Some(runtime_id) = self.runtime_id(session, cell_id) else {
             return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
         };
@@ -748,6 +793,10 @@ impl Front {
         cell_id: &str,
     ) -> Result<Observed, FrontError> {
         let arrived = Instant::now();
+        let _in_flight = self
+            .admission
+            .request()
+            .ok_or(FrontError::TooManyInFlightRequests)?;
         let Some(runtime_id) = self.runtime_id(session, cell_id) else {
             return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
         };

@@ -66,6 +66,9 @@ pub fn status(error: FrontError) -> tonic::Status {
         }
         FrontError::WaitCancelled => tonic::Status::cancelled(message),
         FrontError::RuntimeUnavailable { .. } => tonic::Status::failed_precondition(message),
+        FrontError::TooManyInFlightRequests | FrontError::TooManyActiveCells => {
+            tonic::Status::resource_exhausted(message)
+        }
         FrontError::Session(error) => match error {
             SessionError::ShuttingDown
             | SessionError::BusyObserver(_)

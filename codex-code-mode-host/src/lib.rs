@@ -7,11 +7,13 @@
 //! there, and each session keeps its stored values and goes on at its next exec.
 //!
 //! Modules: `front` owns Codex's sessions, cells, executions and invocations over ours;
-//! `bound` is Codex's output truncation; `grpc` and `json` translate the two protocols;
+//! `admission` bounds requests in flight, active cells and pending tool calls, with Codex's
+//! texts; `bound` is Codex's output truncation; `grpc` and `json` translate the two protocols;
 //! `serve` listens; `stdio` keeps stdout for protocol bytes only; `install` puts the host
 //! where a codex install finds it; `metrics` answers `GetProcessMetrics`; `client` (only
 //! with the `test-client` feature) drives any host binary over stdio (tests, bench).
 
+pub mod admission;
 pub mod bound;
 #[cfg(feature = "test-client")]
 #[doc(hidden)]

@@ -47,6 +47,14 @@ struct Cli {
     /// CPU time each cell may use, in milliseconds (codex sends no such limit).
     #[arg(long, value_name = "MS", default_value_t = code_mode_host::protocol::session::DEFAULT_CPU_BUDGET_MS)]
     cpu_budget_ms: u64,
+    /// Cells admitted and not yet closed at once, across every client; an Execute over it
+    /// is refused (RESOURCE_EXHAUSTED). Codex's own host allows 128.
+    #[arg(long, value_name = "N", default_value_t = codex_code_mode_host::admission::DEFAULT_MAX_ACTIVE_CELLS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_active_cells: usize,
+    /// Execute, Wait and Terminate calls in flight at once, across every client; one
+    /// over it is refused (RESOURCE_EXHAUSTED).
+    #[arg(long, value_name = "N", default_value_t = codex_code_mode_host::admission::DEFAULT_MAX_IN_FLIGHT_REQUESTS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_in_flight_requests: usize,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -219,6 +227,10 @@ async fn run(
     });
     let mut settings = codex_code_mode_host::front::Settings::new(provider.clone());
     settings.limits.cpu_budget_ms = cli.cpu_budget_ms;
+    settings.admission = std::sync::Arc::new(codex_code_mode_host::admission::Admission::new(
+        cli.max_in_flight_requests,
+        cli.max_active_cells,
+    ));
     // The runtime starts while the client connects, so the first exec does not wait.
     let warm = provider.clone();
     tokio::spawn(async move {

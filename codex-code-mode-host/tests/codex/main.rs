@@ -5,6 +5,7 @@
 //! file under `tests/codex-npm`); the tests that need it fail with that instruction when it
 //! is missing.
 
+mod admission;
 mod cli;
 mod conformance;
 mod differential;
