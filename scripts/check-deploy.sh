@@ -20,6 +20,8 @@ for file in "$root"/deploy/kubernetes/*.yaml; do
   [ "$(basename "$file")" = kustomization.yaml ] && continue # not a cluster resource
   manifests+=("$file")
 done
+# The Codex front next to an agent: an example applied on its own, checked the same way.
+manifests+=("$root/deploy/kubernetes/codex-front/agent.yaml")
 "$venv/bin/kubernetes-validate" --strict --quiet "${manifests[@]}"
 "$venv/bin/python" "$root/scripts/check_deploy.py" "$root" "$binary"
-echo "check-deploy: ${#manifests[@]} manifests valid; Deployment and Dockerfile agree with $(basename "$binary")"
+echo "check-deploy: ${#manifests[@]} manifests valid; Deployments and Dockerfiles agree with $(basename "$binary") and codex-code-mode-host"

@@ -100,6 +100,36 @@ for kind in ("Service", "PodDisruptionBudget"):
     if any(labels.get(k) != v for k, v in selector.items()):
         problems.append(f"{kind}: its selector does not match the Deployment's pods")
 
+# The Codex front next to an agent (kubernetes/codex-front/): its flags exist in the
+# front built beside the runtime, it reaches the runtimes through the headless Service's
+# port, and its probe is the front's own /healthz on its port.
+front_binary = str(Path(binary).with_name("codex-code-mode-host"))
+front_help = subprocess.run([front_binary, "--help"], capture_output=True, text=True, check=True).stdout
+front_flags = set(re.findall(r"--[a-z][a-z0-9-]*", front_help))
+agent = yaml.safe_load((root / "deploy/kubernetes/codex-front/agent.yaml").read_text())
+front = next(c for c in agent["spec"]["template"]["spec"]["containers"] if c["name"] == "code-mode-front")
+front_args = front["args"]
+front_values = {}
+for index, arg in enumerate(front_args):
+    if arg.startswith("--"):
+        if arg not in front_flags:
+            problems.append(f"codex-front: unknown flag {arg}")
+        front_values[arg] = front_args[index + 1] if index + 1 < len(front_args) else ""
+service_port = service["spec"]["ports"][0]["port"]
+if port(front_values.get("--runtimes", ":0")) != service_port:
+    problems.append("codex-front: --runtimes does not use the runtimes' Service port")
+front_port = {p["name"]: p["containerPort"] for p in front["ports"]}.get("front")
+if port(front_values.get("--listen", ":0").removeprefix("grpc://")) != front_port:
+    problems.append("codex-front: --listen does not use the `front` container port")
+probe = front.get("readinessProbe", {}).get("httpGet", {})
+if probe.get("path") != "/healthz" or probe.get("port") != "front":
+    problems.append("codex-front: readinessProbe must GET /healthz on the front port")
+front_docker = (root / "deploy/codex-front.Dockerfile").read_text()
+if not re.search(r"^USER (?!0\b|root\b)", front_docker, re.M):
+    problems.append("codex-front.Dockerfile: the image must not run as root")
+if str(front_port) not in re.findall(r"^EXPOSE (.*)$", front_docker, re.M)[0].split():
+    problems.append("codex-front.Dockerfile: the front port is not EXPOSEd")
+
 for problem in problems:
     print(f"check-deploy: {problem}", file=sys.stderr)
 sys.exit(1 if problems else 0)

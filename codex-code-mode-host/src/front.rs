@@ -3,10 +3,10 @@
 //! [`Front`] owns what Codex's protocol names and ours does not: the session ids, the cell
 //! ids `1`, `2`, ... per session (ours gain a generation prefix after a runtime loss), the
 //! execution ids and their preempt signals, the wait ids and their cancellation, and the
-//! pending tool invocations by their UUID. Each Codex session is one [`ProcessSession`] of
-//! the shared [`ProcessProvider`]; the runtime process runs every cell, and when it dies
-//! only the cells running there end: the session keeps its stored values (the host crate
-//! holds them) and goes on at its next exec.
+//! pending tool invocations by their UUID. Each Codex session is one session of the shared
+//! [`Runtimes`]: a local runtime process ([`ProcessProvider`]) or a pool of remote runtimes
+//! ([`RemoteProvider`]); when a runtime dies only the cells running there end: the session
+//! keeps its stored values (the host crate holds them) and goes on at its next exec.
 //!
 //! The gRPC service (`grpc`) and the JSON protocol (`json`) both drive this module and
 //! only translate messages. Outcomes are bounded here ([`crate::bound`]) when the session
@@ -23,7 +23,8 @@ use code_mode_host::protocol::{
     SessionError, SessionOptions, Surface, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
 use code_mode_host::{
-    BINARY_ENV, BINARY_NAME, HandshakeError, HostError, ProcessProvider, ProcessSession, SpawnError,
+    BINARY_ENV, BINARY_NAME, HandshakeError, HostError, ProcessProvider, RemoteError,
+    RemoteProvider, SpawnError,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -114,6 +115,10 @@ pub fn runtime_unavailable(error: &HostError) -> FrontError {
         HostError::Handshake(HandshakeError::Refused(_) | HandshakeError::Mismatch(_)) => (
             "the runtime speaks another protocol version than this host".to_owned(),
             format!("install the `{BINARY_NAME}` of the same release as codex-code-mode-host"),
+        ),
+        HostError::Remote(RemoteError::NoRuntime { .. } | RemoteError::Unusable { .. }) => (
+            "no remote runtime could take the session".to_owned(),
+            "check that the runtimes given with --runtimes are up (`code-mode-bin --listen`) and that this host's --runtimes-ca, --runtimes-cert and --runtimes-key match theirs".to_owned(),
         ),
         HostError::CrashLoop { .. } => (
             "the runtime keeps failing at start".to_owned(),
@@ -325,7 +330,7 @@ pub struct FrontSession {
     /// Tool calls of the session's cells waiting on the client at once (codex's
     /// `max_pending_delegate_calls`).
     max_pending_delegate_calls: usize,
-    session: ProcessSession,
+    session: Box<dyn CodeModeSession>,
     state: Mutex<SessionState>,
     events: Leased<SessionEvent>,
     invocations: Leased<Invocation>,
@@ -492,11 +497,50 @@ impl CodeModeSessionDelegate for Delegate {
     }
 }
 
-/// What every connection's front shares: the runtime provider and the cell limits that
-/// apply where a client sets none.
+/// Where the front's cells run.
+#[derive(Debug, Clone)]
+pub enum Runtimes {
+    /// One local runtime process, which the front starts and supervises.
+    Local(ProcessProvider),
+    /// A pool of runtimes listening elsewhere (`code-mode-bin --listen`), with its
+    /// placement, backoff and drain.
+    Remote(RemoteProvider),
+}
+
+impl Runtimes {
+    fn open_session(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+    ) -> Box<dyn CodeModeSession> {
+        match self {
+            Runtimes::Local(provider) => Box::new(provider.open_session(delegate, options)),
+            Runtimes::Remote(provider) => Box::new(provider.open_session(delegate, options)),
+        }
+    }
+
+    /// A runtime runs, or one starts (or is reached) now.
+    pub async fn start(&self) -> Result<(), HostError> {
+        match self {
+            Runtimes::Local(provider) => provider.start().await,
+            Runtimes::Remote(provider) => provider.start().await,
+        }
+    }
+
+    /// The local runtime process's pid, while it runs.
+    pub async fn runtime_pid(&self) -> Option<u32> {
+        match self {
+            Runtimes::Local(provider) => provider.runtime_pid().await,
+            Runtimes::Remote(_) => None,
+        }
+    }
+}
+
+/// What every connection's front shares: where cells run and the cell limits that apply
+/// where a client sets none.
 #[derive(Clone)]
 pub struct Settings {
-    pub provider: ProcessProvider,
+    pub provider: Runtimes,
     pub limits: CellLimits,
     /// The host's bounds, across every connection.
     pub admission: Arc<Admission>,
@@ -504,7 +548,7 @@ pub struct Settings {
 
 impl Settings {
     /// Our default limits and bounds over `provider`.
-    pub fn new(provider: ProcessProvider) -> Self {
+    pub fn new(provider: Runtimes) -> Self {
         Self {
             provider,
             limits: CellLimits::default(),
@@ -515,7 +559,7 @@ impl Settings {
 
 /// The host's sessions over one runtime provider.
 pub struct Front {
-    provider: ProcessProvider,
+    provider: Runtimes,
     limits: CellLimits,
     admission: Arc<Admission>,
     sessions: Mutex<HashMap<String, Arc<FrontSession>>>,
@@ -531,7 +575,7 @@ impl Front {
         }
     }
 
-    pub fn provider(&self) -> &ProcessProvider {
+    pub fn provider(&self) -> &Runtimes {
         &self.provider
     }
 

@@ -5,7 +5,8 @@
 //! `install`, `uninstall` and `--check` put this host where a codex install finds it.
 
 use clap::Parser;
-use code_mode_host::{ProcessConfig, ProcessProvider};
+use code_mode_host::{ClientTls, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider};
+use codex_code_mode_host::front::Runtimes;
 use codex_code_mode_host::serve::{self, Listen};
 use codex_code_mode_host::stdio;
 use std::path::PathBuf;
@@ -41,9 +42,24 @@ struct Cli {
     #[arg(long, requires = "tls_cert")]
     client_ca: Option<PathBuf>,
     /// The runtime binary (default: $CODE_MODE_BIN, then `code-mode-bin` next to this
-    /// executable, then PATH).
-    #[arg(long)]
+    /// executable, then PATH), looked for at every start of a runtime.
+    #[arg(long, conflicts_with = "runtimes")]
     runtime: Option<PathBuf>,
+    /// Run cells on runtimes listening elsewhere (`code-mode-bin --listen`) instead of a
+    /// local runtime process: HOST:PORT, repeated or comma-separated, or `dns://NAME:PORT`
+    /// for a name that resolves to many (resolved again as the pool runs).
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    runtimes: Vec<String>,
+    /// With --runtimes: the CA of the runtimes' certificates (PEM). With --runtimes-cert
+    /// and --runtimes-key; without the three, plaintext to loopback runtimes only.
+    #[arg(long, value_name = "PEM", requires = "runtimes")]
+    runtimes_ca: Option<PathBuf>,
+    /// With --runtimes: this host's client certificate (PEM).
+    #[arg(long, value_name = "PEM", requires = "runtimes")]
+    runtimes_cert: Option<PathBuf>,
+    /// With --runtimes: this host's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "runtimes")]
+    runtimes_key: Option<PathBuf>,
     /// CPU time each cell may use, in milliseconds (codex sends no such limit).
     #[arg(long, value_name = "MS", default_value_t = code_mode_host::protocol::session::DEFAULT_CPU_BUDGET_MS)]
     cpu_budget_ms: u64,
@@ -213,18 +229,51 @@ fn init_logging() {
         .init();
 }
 
+/// Where cells run: the remote runtimes of `--runtimes`, else a local runtime process.
+fn runtimes(cli: &Cli) -> Result<Runtimes, String> {
+    if cli.runtimes.is_empty() {
+        // The runtime is looked for at every start, not once: a front whose runtime is
+        // missing still comes up and tells each session why and how to fix it, and a
+        // runtime installed later is found by the next session.
+        return Ok(Runtimes::Local(ProcessProvider::deferred(ProcessConfig {
+            binary: cli.runtime.clone(),
+            ..ProcessConfig::default()
+        })));
+    }
+    let endpoints: Vec<String> = cli
+        .runtimes
+        .iter()
+        .map(|endpoint| {
+            endpoint
+                .strip_prefix("dns://")
+                .unwrap_or(endpoint)
+                .to_owned()
+        })
+        .collect();
+    let config = match (&cli.runtimes_ca, &cli.runtimes_cert, &cli.runtimes_key) {
+        (Some(ca), Some(cert), Some(key)) => RemoteConfig::new(
+            endpoints,
+            ClientTls::from_files(ca, cert, key).map_err(|error| error.to_string())?,
+        ),
+        (None, None, None) => RemoteConfig::insecure_loopback(endpoints),
+        _ => {
+            return Err(
+                "--runtimes-ca, --runtimes-cert and --runtimes-key go together (mutual TLS)"
+                    .to_owned(),
+            );
+        }
+    };
+    RemoteProvider::new(config)
+        .map(Runtimes::Remote)
+        .map_err(|error| error.to_string())
+}
+
 async fn run(
     cli: Cli,
     listen: Listen,
     protocol_stdio: Option<stdio::ProtocolStdio>,
 ) -> Result<(), String> {
-    // The runtime is looked for at every start, not once: a front whose runtime is
-    // missing still comes up and tells each session why and how to fix it, and a runtime
-    // installed later is found by the next session.
-    let provider = ProcessProvider::deferred(ProcessConfig {
-        binary: cli.runtime.clone(),
-        ..ProcessConfig::default()
-    });
+    let provider = runtimes(&cli)?;
     let mut settings = codex_code_mode_host::front::Settings::new(provider.clone());
     settings.limits.cpu_budget_ms = cli.cpu_budget_ms;
     settings.admission = std::sync::Arc::new(codex_code_mode_host::admission::Admission::new(

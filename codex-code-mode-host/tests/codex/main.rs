@@ -12,6 +12,7 @@ mod differential;
 mod hostile;
 mod install;
 mod json;
+mod remote;
 mod stdio;
 mod tcp;
 

@@ -1,0 +1,20 @@
+# The Codex front (codex-code-mode-host) as a small, non-root container image, for a
+# sidecar whose cells run on remote runtimes (--runtimes; kubernetes/codex-front/). It
+# links no V8, so it builds without the V8 archive.
+#
+#   docker build -f deploy/codex-front.Dockerfile -t codex-code-mode-host .
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p codex-code-mode-host --bin codex-code-mode-host \
+ && install -D -m 0755 target/release/codex-code-mode-host /out/codex-code-mode-host
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/codex-code-mode-host /usr/local/bin/codex-code-mode-host
+USER 65532:65532
+# 7400: agents (gRPC, and /healthz over HTTP/1).
+EXPOSE 7400
+ENTRYPOINT ["/usr/local/bin/codex-code-mode-host"]
