@@ -579,6 +579,13 @@ impl Front {
         &self.provider
     }
 
+    /// A request's place among those in flight, held until it is answered.
+    fn in_flight(&self) -> Result<Counted, FrontError> {
+        self.admission
+            .request()
+            .ok_or(FrontError::TooManyInFlightRequests)
+    }
+
     /// Whether a runtime runs or can be started now (it is started if none runs); the
     /// cause and its fix when not.
     pub async fn runtime_ready(&self) -> Result<(), FrontError> {
@@ -698,10 +705,7 @@ impl Front {
         started: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<Outcome, FrontError> {
         let arrived = Instant::now();
-        let _in_flight = self
-            .admission
-            .request()
-            .ok_or(FrontError::TooManyInFlightRequests)?;
+        let _in_flight = self.in_flight()?;
         // The cell's place among the active cells, taken now and handed to the cell when
         // it is admitted (given back at the end of this call if it never is).
         let place = Arc::new(Mutex::new(Some(
@@ -803,10 +807,7 @@ impl Front {
         max_tokens: Option<u64>,
     ) -> Result<Observed, FrontError> {
         let arrived = Instant::now();
-        let _in_flight = self
-            .admission
-            .request()
-            .ok_or(FrontError::TooManyInFlightRequests)?;
+        let _in_flight = self.in_flight()?;
         let Some(runtime_id) = self.runtime_id(session, cell_id) else {
             return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
         };
@@ -837,10 +838,7 @@ impl Front {
         cell_id: &str,
     ) -> Result<Observed, FrontError> {
         let arrived = Instant::now();
-        let _in_flight = self
-            .admission
-            .request()
-            .ok_or(FrontError::TooManyInFlightRequests)?;
+        let _in_flight = self.in_flight()?;
         let Some(runtime_id) = self.runtime_id(session, cell_id) else {
             return Ok(Observed::Missing(self.missing(session, cell_id, arrived)));
         };

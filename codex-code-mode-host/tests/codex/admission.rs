@@ -50,24 +50,14 @@ async fn an_execute_over_the_active_cell_cap_is_refused_until_a_cell_closes() {
             format!(r#"cell {cell} yielded [text "parked"]"#)
         );
     }
-    let status = driver
-        .run(exec_request("text('third')"))
-        .await
-        .expect_err("a third active cell");
-    assert_eq!(
-        (status.code(), status.message()),
-        (
-            Code::ResourceExhausted,
-            "code-mode host has too many active cells"
-        )
+    crate::refused(
+        driver.run(exec_request("text('third')")).await,
+        Code::ResourceExhausted,
+        "code-mode host has too many active cells",
     );
     driver.terminate("1").await.expect("terminate cell 1");
-    let outcome = driver
-        .run(exec_request("text('room again')"))
-        .await
-        .expect("a cell once one closed");
     assert_eq!(
-        render_outcome(&outcome),
+        crate::rendered(&mut driver, "text('room again')").await,
         r#"cell 3 completed{error_text: ""} [text "room again"]"#
     );
 }
@@ -89,28 +79,18 @@ async fn a_request_over_the_in_flight_bound_is_refused() {
         crate::eventually(10, || !calls.lock().unwrap().is_empty()).await,
         "the first cell never called its tool"
     );
-    let status = second
-        .run(exec_request("text('second')"))
-        .await
-        .expect_err("a second request in flight");
-    assert_eq!(
-        (status.code(), status.message()),
-        (
-            Code::ResourceExhausted,
-            "code-mode host has too many in-flight requests"
-        )
+    crate::refused(
+        second.run(exec_request("text('second')")).await,
+        Code::ResourceExhausted,
+        "code-mode host has too many in-flight requests",
     );
     let outcome = running.await.expect("join").expect("the first runs on");
     assert_eq!(
         render_outcome(&outcome),
         r#"cell 1 completed{error_text: ""} [text "first"]"#
     );
-    let outcome = second
-        .run(exec_request("text('second')"))
-        .await
-        .expect("room again");
     assert_eq!(
-        render_outcome(&outcome),
+        crate::rendered(&mut second, "text('second')").await,
         r#"cell 1 completed{error_text: ""} [text "second"]"#
     );
 }

@@ -2,6 +2,7 @@
 //! closing, real process metrics, and what codex's own host cannot do (a runtime killed
 //! under a session, a heap bomb beside a bystander, bytes on stdout that are not HTTP/2).
 
+use crate::refused;
 use crate::{corpus_tools, eventually, open, our_host, spawn};
 use codex_code_mode_host::client::{exec_request, render_outcome};
 use codex_code_mode_host::proto;
@@ -498,13 +499,7 @@ async fn process_metrics_are_answered_for_real() {
         .run(exec_request("text(1)"))
         .await
         .expect("a cell starts the runtime");
-    let metrics = host
-        .client
-        .clone()
-        .get_process_metrics(proto::GetProcessMetricsRequest {})
-        .await
-        .expect("metrics")
-        .into_inner();
+    let metrics = crate::process_metrics(&host).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -531,13 +526,7 @@ async fn process_metrics_are_answered_for_real() {
 }
 
 async fn runtime_pid(host: &codex_code_mode_host::client::StdioHost) -> i32 {
-    let metrics = host
-        .client
-        .clone()
-        .get_process_metrics(proto::GetProcessMetricsRequest {})
-        .await
-        .expect("metrics")
-        .into_inner();
+    let metrics = crate::process_metrics(host).await;
     i32::try_from(metrics.runtime_pid).expect("a pid")
 }
 
@@ -776,11 +765,4 @@ async fn garbage_instead_of_http2_gets_an_error_and_nothing_else_on_stdout() {
     );
     assert_eq!(kinds.first(), Some(&4), "SETTINGS first: {kinds:?}");
     assert!(kinds.iter().all(|kind| *kind <= 9), "{kinds:?}");
-}
-
-/// A call Codex's host refuses: it fails with exactly this code and text.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, message: &str) {
-    let status = result.expect_err(message);
-    assert_eq!((status.code(), status.message()), (code, message));
 }

@@ -141,3 +141,33 @@ pub async fn eventually(seconds: u64, mut condition: impl FnMut() -> bool) -> bo
     }
     condition()
 }
+
+/// The host's `GetProcessMetrics` answer.
+pub async fn process_metrics(host: &StdioHost) -> proto::GetProcessMetricsResponse {
+    host.client
+        .clone()
+        .get_process_metrics(proto::GetProcessMetricsRequest {})
+        .await
+        .expect("process metrics")
+        .into_inner()
+}
+
+/// Runs `source` in `driver`'s session and renders the outcome.
+pub async fn rendered(driver: &mut Driver, source: &str) -> String {
+    let outcome = driver
+        .run(codex_code_mode_host::client::exec_request(source))
+        .await
+        .expect("execute");
+    codex_code_mode_host::client::render_outcome(&outcome)
+}
+
+/// A call the host refuses: it fails with exactly this code and text.
+#[track_caller]
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    message: &str,
+) {
+    let status = result.expect_err(message);
+    assert_eq!((status.code(), status.message()), (code, message));
+}

@@ -132,13 +132,7 @@ async fn the_front_runs_on_remote_runtimes_and_a_killed_or_drained_one_keeps_eve
         "the drained runtime kept a session"
     );
     assert!(runtimes[2].is_running());
-    let metrics = host
-        .client
-        .clone()
-        .get_process_metrics(proto::GetProcessMetricsRequest {})
-        .await
-        .expect("metrics")
-        .into_inner();
+    let metrics = crate::process_metrics(&host).await;
     assert_eq!(
         metrics.runtime_resident_memory_bytes, 0,
         "no local runtime: {metrics:?}"

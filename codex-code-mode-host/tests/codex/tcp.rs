@@ -4,7 +4,7 @@
 //! whose runtime is missing or broken comes up all the same and says why.
 
 use code_mode_conformance::Scratch;
-use codex_code_mode_host::client::{Driver, exec_request, render_outcome};
+use codex_code_mode_host::client::Driver;
 use codex_code_mode_host::proto;
 use std::path::Path;
 use std::time::Duration;
@@ -146,12 +146,8 @@ async fn grpc_over_tcp_prints_its_url_answers_healthz_and_serves_sessions() {
     let mut driver = Driver::open(host.client().await, request, crate::responder())
         .await
         .expect("open");
-    let outcome = driver
-        .run(exec_request(r#"store("k", 1); text("over tcp")"#))
-        .await
-        .expect("execute");
     assert_eq!(
-        render_outcome(&outcome),
+        crate::rendered(&mut driver, r#"store("k", 1); text("over tcp")"#).await,
         r#"cell 1 completed{error_text: ""} [text "over tcp"]"#
     );
     assert_eq!(host.stop().await, "", "nothing else on stdout");
@@ -235,12 +231,8 @@ async fn a_missing_runtime_is_said_with_its_fix_and_found_once_installed() {
     )
     .await
     .expect("open once the runtime is there");
-    let outcome = driver
-        .run(exec_request(r#"text("found")"#))
-        .await
-        .expect("execute");
     assert_eq!(
-        render_outcome(&outcome),
+        crate::rendered(&mut driver, r#"text("found")"#).await,
         r#"cell 1 completed{error_text: ""} [text "found"]"#
     );
     host.stop().await;
