@@ -45,7 +45,7 @@ impl Admission {
     }
 
     /// A request in flight until the returned guard drops; `None` when the host has
-    /// [`Self::max_in_flight_requests`] already.
+    /// its bound of requests in flight already.
     pub fn request(&self) -> Option<Counted> {
         Counted::within(&self.in_flight, self.max_in_flight_requests)
     }
