@@ -222,14 +222,8 @@ fn layout(name: &str) -> Layout {
     Layout { root }
 }
 
-/// Runs one `codex exec` turn against `steps` and returns every request the model got.
-async fn run_turn(name: &str, steps: Vec<Step>) -> (Vec<Value>, String) {
-    run_turn_in(&layout(name), steps).await
-}
-
-/// [`run_turn`] in a layout made (and perhaps changed) by the caller.
-async fn run_turn_in(layout: &Layout, steps: Vec<Step>) -> (Vec<Value>, String) {
-    let server = model_server(steps).await;
+/// The config a layout's codex reads: the scripted model on `port`, code mode on.
+fn write_config(layout: &Layout, port: u16) {
     let config = format!(
         r#"model = "fake-model"
 model_provider = "fake"
@@ -239,7 +233,7 @@ check_for_update_on_startup = false
 
 [model_providers.fake]
 name = "fake"
-base_url = "http://127.0.0.1:{}/v1"
+base_url = "http://127.0.0.1:{port}/v1"
 wire_api = "responses"
 env_key = "FAKE_API_KEY"
 request_max_retries = 0
@@ -250,10 +244,20 @@ code_mode = true
 
 [analytics]
 enabled = false
-"#,
-        server.port
+"#
     );
     std::fs::write(layout.root.join("home/config.toml"), config).unwrap();
+}
+
+/// Runs one `codex exec` turn against `steps` and returns every request the model got.
+async fn run_turn(name: &str, steps: Vec<Step>) -> (Vec<Value>, String) {
+    run_turn_in(&layout(name), steps).await
+}
+
+/// [`run_turn`] in a layout made (and perhaps changed) by the caller.
+async fn run_turn_in(layout: &Layout, steps: Vec<Step>) -> (Vec<Value>, String) {
+    let server = model_server(steps).await;
+    write_config(layout, server.port);
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(120),
         tokio::process::Command::new(layout.root.join("pkg/bin/codex"))
@@ -471,4 +475,328 @@ async fn with_the_runtime_missing_the_model_is_told_the_cause_and_the_fix() {
     );
     assert!(seen.contains("`codex-code-mode-host install`"), "{seen}");
     assert!(!seen.contains("BrokenPipe"), "{seen}");
+}
+
+/// `codex app-server` on stdio (JSON-RPC, one message a line), driven as an IDE drives it.
+struct AppServer {
+    child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    next_id: u64,
+}
+
+impl AppServer {
+    fn start(layout: &Layout, args: &[&str], env: &[(&str, &Path)]) -> Self {
+        let mut child = tokio::process::Command::new(layout.root.join("pkg/bin/codex"))
+            .arg("app-server")
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(layout.root.join("work"))
+            .env("CODEX_HOME", layout.root.join("home"))
+            .env("FAKE_API_KEY", "test")
+            .env_remove("OPENAI_API_KEY")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("codex app-server runs");
+        let input = child.stdin.take().expect("stdin");
+        let output = child.stdout.take().expect("stdout");
+        use tokio::io::AsyncBufReadExt;
+        Self {
+            child,
+            input,
+            lines: tokio::io::BufReader::new(output).lines(),
+            next_id: 0,
+        }
+    }
+
+    async fn send(&mut self, message: Value) {
+        let mut line = message.to_string();
+        line.push('\n');
+        self.input.write_all(line.as_bytes()).await.expect("write");
+        self.input.flush().await.expect("flush");
+    }
+
+    /// A request; returns its result once the response comes (answering the server's own
+    /// requests with an empty result meanwhile, and noting its notifications).
+    async fn request(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        loop {
+            let message = self.next().await;
+            if message["id"] == id && message.get("method").is_none() {
+                assert!(message.get("error").is_none(), "{method}: {message}");
+                return message["result"].clone();
+            }
+        }
+    }
+
+    /// Reads until the notification `method` comes; returns it.
+    async fn until(&mut self, method: &str) -> Value {
+        loop {
+            let message = self.next().await;
+            if message["method"] == method && message.get("id").is_none() {
+                return message;
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), self.lines.next_line())
+            .await
+            .expect("app-server answers within 60 s")
+            .expect("read")
+            .expect("app-server is still running");
+        let message: Value = serde_json::from_str(&line).expect("a JSON-RPC line");
+        if message.get("method").is_some() && message.get("id").is_some() {
+            // A request of the server's (an approval, say): nothing to approve here.
+            let id = message["id"].clone();
+            self.send(json!({"jsonrpc": "2.0", "id": id, "result": {}}))
+                .await;
+        }
+        message
+    }
+
+    /// One turn: the user's `text`, until the turn completes.
+    async fn turn(&mut self, thread: &str, text: &str) {
+        self.request(
+            "turn/start",
+            json!({"threadId": thread, "input": [{"type": "text", "text": text}]}),
+        )
+        .await;
+        self.until("turn/completed").await;
+    }
+}
+
+/// A host listening where app-server connects (`--listen grpc://127.0.0.1:0`): its URL.
+struct RemoteHost {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl RemoteHost {
+    async fn start(args: &[&str]) -> Self {
+        Self::start_on("grpc://127.0.0.1:0", args).await
+    }
+
+    async fn start_on(listen: &str, args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(crate::our_host())
+            .args(["--listen", listen])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("our host runs");
+        let mut line = String::new();
+        tokio::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .await
+            .expect("the URL line");
+        Self {
+            child,
+            url: line.trim().to_owned(),
+        }
+    }
+
+    /// Kills the host's runtime processes (its children); how many.
+    fn kill_runtime(&self) -> usize {
+        let pid = self.child.id().expect("the host runs");
+        let mut killed = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|pid| pid.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a runtime process our host started for this test.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                killed += 1;
+            }
+        }
+        killed
+    }
+}
+
+/// What happens to our host between the two turns of [`app_server_turns`].
+enum Between {
+    Nothing,
+    /// Its runtime process is killed: the stored values live in the host.
+    KillTheRuntime,
+    /// The host process itself is killed and started again on the same port.
+    RestartTheHost,
+}
+
+/// Two turns of `codex app-server --code-mode-host URL` against our host listening on
+/// its own (`url` as codex dials it): a nested tool call and a stored value in the first,
+/// with `between` done after it; a yield and a wait in the second, which reads the value.
+/// Returns what the model got for the second turn's exec, wait and last exec.
+async fn app_server_turns(
+    host: &mut RemoteHost,
+    url: &str,
+    name: &str,
+    extra_env: &[(&str, &Path)],
+    between: Between,
+) -> [Vec<String>; 3] {
+    let layout = layout(name);
+    let server = model_server(vec![
+        exec_call(
+            "call_1",
+            r#"const r = await tools.exec_command({cmd: "echo nested"}); store("k", "kept"); text(String(JSON.stringify(r)).includes("nested") ? "nested ok" : JSON.stringify(r));"#,
+        ),
+        message("first turn done"),
+        exec_call(
+            "call_2",
+            r#"// @exec: {"yield_time_ms": 100}
+text(String(load("k"))); await new Promise((r) => setTimeout(r, 1000)); text("after the wait");"#,
+        ),
+        wait_call("call_3", json!({"cell_id": "2", "yield_time_ms": 10000})),
+        exec_call("call_4", r#"text("and on")"#),
+        message("second turn done"),
+    ])
+    .await;
+    write_config(&layout, server.port);
+    let mut app = AppServer::start(&layout, &["--code-mode-host", url], extra_env);
+    app.request(
+        "initialize",
+        json!({"clientInfo": {"name": "code-mode-test", "version": "0.1.0"}}),
+    )
+    .await;
+    app.send(json!({"jsonrpc": "2.0", "method": "initialized"}))
+        .await;
+    let thread = app.request("thread/start", json!({})).await;
+    let thread = thread["thread"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a thread id: {thread}"))
+        .to_owned();
+    app.turn(&thread, "run the first part").await;
+    let requests = server.requests.lock().unwrap().clone();
+    assert_eq!(
+        output_for(&requests, "call_1")[1..],
+        ["nested ok"],
+        "{requests:#?}"
+    );
+    match between {
+        Between::Nothing => {}
+        Between::KillTheRuntime => assert_eq!(host.kill_runtime(), 1, "one runtime killed"),
+        Between::RestartTheHost => {
+            let listen = host.url.replace("http://", "grpc://");
+            let _ = host.child.kill().await;
+            let args: Vec<String> = Vec::new();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            *host = RemoteHost::start_on(&listen, &args).await;
+        }
+    }
+    app.turn(&thread, "run the second part").await;
+    let requests = server.requests.lock().unwrap().clone();
+    let _ = app.child.kill().await;
+    ["call_2", "call_3", "call_4"].map(|call| output_for(&requests, call))
+}
+
+/// A turn that yields, then a wait that gets the rest: the second turn of a session that
+/// kept its stored value.
+fn assert_kept_and_waited([exec, waited, last]: &[Vec<String>; 3]) {
+    assert!(
+        header(exec).starts_with("Script running with cell ID 2"),
+        "{exec:?}"
+    );
+    assert_eq!(exec[1..], ["kept"], "{exec:?}");
+    assert_eq!(header(waited), "Script completed", "{waited:?}");
+    assert_eq!(waited[1..], ["after the wait"], "{waited:?}");
+    assert_eq!(last[1..], ["and on"], "{last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn app_server_runs_turns_on_our_host_over_http() {
+    let mut host = RemoteHost::start(&[]).await;
+    assert!(host.url.starts_with("http://127.0.0.1:"), "{}", host.url);
+    let url = host.url.clone();
+    let seen = app_server_turns(&mut host, &url, "app-server-http", &[], Between::Nothing).await;
+    assert_kept_and_waited(&seen);
+}
+
+/// The same over `https://`: our host serves TLS with a certificate of a CA made here,
+/// which codex is told to trust (`CODEX_CA_CERTIFICATE`; without it the turn fails).
+#[tokio::test(flavor = "multi_thread")]
+async fn app_server_runs_turns_on_our_host_over_https() {
+    let pki = code_mode_conformance::remote::Pki::new("app-server test CA");
+    let server = pki.server();
+    let scratch = code_mode_conformance::Scratch::new();
+    let cert = scratch.write("cert.pem", &server.cert_pem);
+    let key = scratch.write("key.pem", &server.key_pem);
+    let ca = scratch.write("ca.pem", &pki.ca_pem());
+    let mut host = RemoteHost::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let url = host.url.replace("http://", "https://");
+    let seen = app_server_turns(
+        &mut host,
+        &url,
+        "app-server-https",
+        &[("CODEX_CA_CERTIFICATE", ca.as_path())],
+        Between::Nothing,
+    )
+    .await;
+    assert_kept_and_waited(&seen);
+}
+
+/// Our runtime killed between two app-server turns: the session's stored value is there
+/// in the next turn, and the model sees no loss.
+#[tokio::test(flavor = "multi_thread")]
+async fn app_server_keeps_stored_values_when_our_runtime_dies_between_turns() {
+    let mut host = RemoteHost::start(&[]).await;
+    let url = host.url.clone();
+    let seen = app_server_turns(
+        &mut host,
+        &url,
+        "app-server-runtime-killed",
+        &[],
+        Between::KillTheRuntime,
+    )
+    .await;
+    assert_kept_and_waited(&seen);
+}
+
+/// The remote host process restarted between two turns: its sessions are gone with it,
+/// and codex says so to the model once, then goes on on the new host.
+#[tokio::test(flavor = "multi_thread")]
+async fn app_server_reports_a_restarted_host_once_and_goes_on() {
+    let mut host = RemoteHost::start(&[]).await;
+    let url = host.url.clone();
+    let seen = app_server_turns(
+        &mut host,
+        &url,
+        "app-server-host-restarted",
+        &[],
+        Between::RestartTheHost,
+    )
+    .await;
+    let [exec, waited, last] = seen;
+    assert_eq!(
+        exec,
+        [
+            "The exec runtime was replaced. Stored values and running cells were lost. Prior external tool operations may have completed; inspect their results before retrying. You may continue with a fresh exec call."
+        ]
+    );
+    assert_eq!(
+        waited,
+        ["cell belongs to a stale code-mode host generation"]
+    );
+    assert_eq!(header(&last), "Script completed", "{last:?}");
+    assert_eq!(last[1..], ["and on"], "the next exec runs on the new host");
 }
