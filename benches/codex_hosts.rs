@@ -1,7 +1,8 @@
 //! Codex's own `codex-code-mode-host` against ours, through one gRPC client on stdio, as
 //! codex drives them: interleaved round by round in one run.
 //!
-//! `cargo build --release -p codex-code-mode-host -p code-mode-bin` first, and
+//! `cargo build --release -p codex-code-mode-host` first (one file: it carries the
+//! runtime), and
 //! `scripts/test-deps.sh` for codex's host; then
 //! `cargo bench --bench codex_hosts -- [--rounds N] [--iterations M] [--calls K]`.
 //!
@@ -230,6 +231,15 @@ fn main() {
         "rounds {} (interleaved), {} warm execs per round and tool count, {} calls per tool cell",
         options.rounds, options.iterations, options.calls
     );
+    for (host, path) in &options.hosts {
+        // What an install of the host weighs: the one file (ours carries its runtime).
+        let bytes = std::fs::metadata(path).map_or(0, |metadata| metadata.len());
+        println!(
+            "{host}: {} ({:.1} MiB)",
+            path.display(),
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
     println!(
         "{:<28} {:<8} {:>8} {:>10} {:>10} {:>10}",
         "figure", "host", "samples", "p50", "p95", "mean"

@@ -190,6 +190,7 @@ impl Drop for PrivateDir {
 /// Starts the runtime and waits for it to connect. The handshake is the caller's.
 pub(crate) async fn spawn(
     binary: &Path,
+    runtime_args: &[std::ffi::OsString],
     log_filter: &str,
     connect_timeout: Duration,
 ) -> Result<(RuntimeProcess, Stream), SpawnError> {
@@ -212,6 +213,7 @@ pub(crate) async fn spawn(
 
     let mut command = tokio::process::Command::new(binary);
     command
+        .args(runtime_args)
         .arg("--socket")
         .arg(&socket)
         .arg("--log")

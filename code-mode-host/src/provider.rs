@@ -39,6 +39,10 @@ pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(2);
 pub struct ProcessConfig {
     /// The runtime binary; `None` to search (see [`find_binary`]).
     pub binary: Option<PathBuf>,
+    /// Arguments the binary is given before the runtime's own (`--socket`, `--log`): for
+    /// an executable that carries the runtime and becomes it when told so (the Codex
+    /// front's one file). Empty for `code-mode-bin`.
+    pub runtime_args: Vec<std::ffi::OsString>,
     /// The runtime's stderr log filter (`tracing` env-filter syntax).
     pub log_filter: String,
     /// How long a fresh runtime gets to connect.
@@ -57,6 +61,7 @@ impl Default for ProcessConfig {
     fn default() -> Self {
         Self {
             binary: None,
+            runtime_args: Vec::new(),
             log_filter: "warn".to_owned(),
             connect_timeout: Duration::from_secs(10),
             liveness: None,
@@ -255,6 +260,7 @@ impl ProviderInner {
         let binary = self.binary()?;
         let (process, stream) = process::spawn(
             &binary,
+            &self.config.runtime_args,
             &self.config.log_filter,
             self.config.connect_timeout,
         )

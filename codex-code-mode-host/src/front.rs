@@ -98,6 +98,13 @@ impl FrontError {
 pub fn runtime_unavailable(error: &HostError) -> FrontError {
     let log = "set CODEX_CODE_MODE_HOST_LOG=info to see the host's and the runtime's log";
     let (summary, fix) = match error {
+        // A host that carries the runtime looks for another only where it is named.
+        HostError::BinaryNotFound(_) if cfg!(feature = "runtime") => (
+            format!("the `{BINARY_NAME}` named by --runtime or {BINARY_ENV} was not found"),
+            format!(
+                "unset {BINARY_ENV} (and drop --runtime) so that this host runs the runtime it carries, or name an executable `{BINARY_NAME}`; the next session looks again"
+            ),
+        ),
         HostError::BinaryNotFound(_) => (
             format!("`{BINARY_NAME}` was not found"),
             format!(

@@ -7,7 +7,8 @@
 //! standalone layout), else `dirname(codex)/codex-code-mode-host`.
 //!
 //! In the package layout, `install` adds ours as `codex-resources/codex-code-mode-host`
-//! (with its runtime, `code-mode-bin`, beside it), which codex prefers, and touches
+//! (one file when the host carries the runtime, its default build; else with
+//! `code-mode-bin` beside it), which codex prefers, and touches
 //! nothing of codex's. In another layout it renames codex's host to
 //! `codex-code-mode-host.codex-original` first. A manifest in the same directory lists
 //! what was written, and `uninstall` removes exactly that and restores the original.
@@ -130,10 +131,14 @@ impl CodexInstall {
         }
     }
 
-    /// Installs `host` (this executable) and its `runtime` where codex runs them; returns
-    /// the paths written.
-    pub fn install(&self, host: &Path, runtime: &Path) -> Result<Vec<PathBuf>, InstallError> {
-        for source in [host, runtime] {
+    /// Installs `host` (this executable), and its `runtime` beside it unless the host
+    /// carries the runtime (`None`), where codex runs them; returns the paths written.
+    pub fn install(
+        &self,
+        host: &Path,
+        runtime: Option<&Path>,
+    ) -> Result<Vec<PathBuf>, InstallError> {
+        for source in std::iter::once(host).chain(runtime) {
             if !source.is_file() {
                 return Err(InstallError::Missing(source.to_path_buf()));
             }
@@ -150,8 +155,27 @@ impl CodexInstall {
         copy_executable(host, &target)?;
         written.push(target.clone());
         let runtime_target = dir.join(code_mode_host::BINARY_NAME);
-        copy_executable(runtime, &runtime_target)?;
-        written.push(runtime_target);
+        match runtime {
+            Some(runtime) => {
+                copy_executable(runtime, &runtime_target)?;
+                written.push(runtime_target);
+            }
+            // One file: a runtime an earlier install of ours put beside the host (its
+            // manifest lists it) goes, so that uninstall leaves nothing behind.
+            None => {
+                let earlier = std::fs::read_to_string(dir.join(MANIFEST_NAME)).unwrap_or_default();
+                if earlier
+                    .lines()
+                    .any(|line| Path::new(line) == runtime_target)
+                {
+                    match std::fs::remove_file(&runtime_target) {
+                        Ok(()) => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(error) => return Err(io("remove", &runtime_target)(error)),
+                    }
+                }
+            }
+        }
         let manifest = dir.join(MANIFEST_NAME);
         let listing: String = written
             .iter()

@@ -132,10 +132,15 @@ fn manage(command: Command) -> ExitCode {
             Command::Install { .. } => std::env::current_exe()
                 .map_err(|error| format!("cannot find this executable: {error}"))
                 .and_then(|host| {
-                    let runtime =
-                        code_mode_host::find_binary(None).map_err(|error| error.to_string())?;
+                    // One file when this executable carries the runtime; else the runtime
+                    // goes beside it.
+                    let runtime = if cfg!(feature = "runtime") {
+                        None
+                    } else {
+                        Some(code_mode_host::find_binary(None).map_err(|error| error.to_string())?)
+                    };
                     install
-                        .install(&host, &runtime)
+                        .install(&host, runtime.as_deref())
                         .map_err(|error| error.to_string())
                 })
                 .map(|written| {
@@ -167,7 +172,21 @@ fn manage(command: Command) -> ExitCode {
     }
 }
 
+/// The hidden first argument that makes this executable the runtime process (one-file
+/// installs): the front starts itself with it, never a user.
+#[cfg(feature = "runtime")]
+const RUNTIME_MODE: &str = "__code-mode-runtime";
+
 fn main() -> ExitCode {
+    // The runtime, in a process of its own: before anything of the front exists.
+    #[cfg(feature = "runtime")]
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == RUNTIME_MODE)
+    {
+        let program = std::ffi::OsString::from(code_mode_host::BINARY_NAME);
+        return code_mode_bin::run(std::iter::once(program).chain(std::env::args_os().skip(2)));
+    }
     let mut cli = Cli::parse();
     if cli.check {
         return manage(Command::Check {
@@ -229,16 +248,36 @@ fn init_logging() {
         .init();
 }
 
+/// The local runtime: the binary `--runtime` or `$CODE_MODE_BIN` names, else this very
+/// executable in its runtime mode (it carries the runtime), else `code-mode-bin` found
+/// beside it or on PATH. It is looked for at every start, not once: a front whose runtime
+/// is missing still comes up and tells each session why and how to fix it, and a runtime
+/// installed later is found by the next session.
+fn local_runtime(cli: &Cli) -> ProcessConfig {
+    #[cfg(feature = "runtime")]
+    {
+        let named = cli.runtime.is_some()
+            || std::env::var_os(code_mode_host::BINARY_ENV).is_some_and(|value| !value.is_empty());
+        if !named && let Ok(this) = std::env::current_exe() {
+            return ProcessConfig {
+                binary: Some(this),
+                runtime_args: vec![RUNTIME_MODE.into()],
+                ..ProcessConfig::default()
+            };
+        }
+    }
+    ProcessConfig {
+        binary: cli.runtime.clone(),
+        ..ProcessConfig::default()
+    }
+}
+
 /// Where cells run: the remote runtimes of `--runtimes`, else a local runtime process.
 fn runtimes(cli: &Cli) -> Result<Runtimes, String> {
     if cli.runtimes.is_empty() {
-        // The runtime is looked for at every start, not once: a front whose runtime is
-        // missing still comes up and tells each session why and how to fix it, and a
-        // runtime installed later is found by the next session.
-        return Ok(Runtimes::Local(ProcessProvider::deferred(ProcessConfig {
-            binary: cli.runtime.clone(),
-            ..ProcessConfig::default()
-        })));
+        return Ok(Runtimes::Local(ProcessProvider::deferred(local_runtime(
+            cli,
+        ))));
     }
     let endpoints: Vec<String> = cli
         .runtimes

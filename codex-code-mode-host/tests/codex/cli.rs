@@ -251,11 +251,16 @@ enabled = false
 
 /// Runs one `codex exec` turn against `steps` and returns every request the model got.
 async fn run_turn(name: &str, steps: Vec<Step>) -> (Vec<Value>, String) {
-    run_turn_in(&layout(name), steps).await
+    run_turn_in(&layout(name), steps, &[]).await
 }
 
-/// [`run_turn`] in a layout made (and perhaps changed) by the caller.
-async fn run_turn_in(layout: &Layout, steps: Vec<Step>) -> (Vec<Value>, String) {
+/// [`run_turn`] in a layout made (and perhaps changed) by the caller, with `env` added to
+/// codex's environment (which its host inherits).
+async fn run_turn_in(
+    layout: &Layout,
+    steps: Vec<Step>,
+    env: &[(&str, &Path)],
+) -> (Vec<Value>, String) {
     let server = model_server(steps).await;
     write_config(layout, server.port);
     let output = tokio::time::timeout(
@@ -266,6 +271,7 @@ async fn run_turn_in(layout: &Layout, steps: Vec<Step>) -> (Vec<Value>, String) 
             .arg("run the scenario")
             .env("CODEX_HOME", layout.root.join("home"))
             .env("FAKE_API_KEY", "test")
+            .envs(env.iter().copied())
             .env_remove("OPENAI_API_KEY")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -322,9 +328,10 @@ fn header(output: &[String]) -> String {
         .unwrap_or_default()
 }
 
-/// Kills the runtime processes under `root` (our host's `code-mode-bin` link there).
+/// Kills the runtime processes under `root`: our host installed there, started in its
+/// runtime mode (one file: the runtime is the host's own executable).
 fn kill_runtimes_under(root: &Path) -> usize {
-    let target = root.join("pkg/codex-resources/code-mode-bin");
+    let host = root.join("pkg/codex-resources/codex-code-mode-host");
     let mut killed = 0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -333,7 +340,12 @@ fn kill_runtimes_under(root: &Path) -> usize {
         let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
             continue;
         };
-        if exe == target {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let runtime_mode = cmdline
+            .split(|byte| *byte == 0)
+            .nth(1)
+            .is_some_and(|arg| arg == b"__code-mode-runtime");
+        if exe == host && runtime_mode {
             // SAFETY: kill(2) on a runtime process this test's codex started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             killed += 1;
@@ -453,27 +465,29 @@ async fn a_runtime_killed_between_two_execs_loses_no_stored_value() {
     );
 }
 
-/// The install lost its runtime (one file copied by hand, a packaging slip): the model
-/// is told why the exec could not run and what fixes it, rather than a broken pipe.
+/// The runtime the host is told to use is not there (here `CODE_MODE_BIN` naming a file
+/// that does not exist, as a build without the runtime in the host whose `code-mode-bin`
+/// went missing would be): the model is told why the exec could not run and what fixes
+/// it, rather than a broken pipe.
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_runtime_missing_the_model_is_told_the_cause_and_the_fix() {
     let layout = layout("missing-runtime");
-    std::fs::remove_file(layout.root.join("pkg/codex-resources/code-mode-bin"))
-        .expect("remove the installed runtime");
+    let missing = layout.root.join("pkg/codex-resources/code-mode-bin");
+    assert!(!missing.exists(), "one file was installed");
     let (requests, _) = run_turn_in(
         &layout,
         vec![
             exec_call("call_1", r#"text("never runs")"#),
             message("done"),
         ],
+        &[("CODE_MODE_BIN", missing.as_path())],
     )
     .await;
     let seen = output_for(&requests, "call_1").join("\n");
     assert!(
-        seen.contains("code-mode runtime unavailable: `code-mode-bin` was not found. Fix: put `code-mode-bin` (it ships with codex-code-mode-host) next to "),
+        seen.contains("code-mode runtime unavailable: the `code-mode-bin` named by --runtime or CODE_MODE_BIN was not found. Fix: unset CODE_MODE_BIN (and drop --runtime) so that this host runs the runtime it carries"),
         "{seen}"
     );
-    assert!(seen.contains("`codex-code-mode-host install`"), "{seen}");
     assert!(!seen.contains("BrokenPipe"), "{seen}");
 }
 

@@ -322,7 +322,7 @@ async fn a_missing_runtime_refuses_session_open_until_it_is_installed() {
     assert_eq!(answer["result"]["status"], "error", "{answer}");
     let message = answer["result"]["message"].as_str().unwrap_or_default();
     assert!(
-        message.starts_with("code-mode runtime unavailable: `code-mode-bin` was not found. Fix: "),
+        message.starts_with("code-mode runtime unavailable: the `code-mode-bin` named by --runtime or CODE_MODE_BIN was not found. Fix: "),
         "{message}"
     );
     assert!(message.contains("CODE_MODE_BIN"), "{message}");

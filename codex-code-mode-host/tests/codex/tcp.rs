@@ -176,7 +176,7 @@ async fn a_missing_runtime_is_said_with_its_fix_and_found_once_installed() {
     let (status, _, body) = host.http1("GET", "/healthz").await;
     assert_eq!(status, 503);
     assert!(
-        body.starts_with("code-mode runtime unavailable: `code-mode-bin` was not found. Fix: "),
+        body.starts_with("code-mode runtime unavailable: the `code-mode-bin` named by --runtime or CODE_MODE_BIN was not found. Fix: "),
         "{body}"
     );
     assert!(
@@ -186,7 +186,7 @@ async fn a_missing_runtime_is_said_with_its_fix_and_found_once_installed() {
         "{body}"
     );
     assert!(body.contains(&runtime.display().to_string()), "{body}");
-    assert!(body.contains("set CODE_MODE_BIN to its path"), "{body}");
+    assert!(body.contains("unset CODE_MODE_BIN"), "{body}");
     let mut client = host.client().await;
     let status = client
         .open_session(proto::OpenSessionRequest {
@@ -205,7 +205,7 @@ async fn a_missing_runtime_is_said_with_its_fix_and_found_once_installed() {
         status.message()
     );
     assert!(
-        status.message().contains("`codex-code-mode-host install`"),
+        status.message().contains("the runtime it carries"),
         "{}",
         status.message()
     );

@@ -1,0 +1,419 @@
+//! `code-mode-bin`: the standalone runtime process. It connects to the host's local socket
+//! (`--socket`), or listens for hosts on TCP with mutual TLS (`--listen`, see `listen`),
+//! sandboxes itself, answers the handshake, and serves any number of in-process sessions
+//! over the wire protocol of `code-mode-protocol`. Logs go to stderr through `tracing`;
+//! nothing is ever written to stdout (clap's `--help`/`--version` aside).
+//!
+//! Start-up order matters: V8 and its ICU data and the TLS files are loaded and the socket
+//! is connected (or the listeners bound) before the sandbox forbids file access and new
+//! sockets; the async runtime's threads are
+//! created after it, so they inherit every restriction.
+//!
+//! Exit codes: 0 when the host closed the connection cleanly (or a listener drained after
+//! SIGTERM), 1 when the connection failed
+//! (handshake refused, protocol violation, I/O error), 2 for bad command-line arguments,
+//! 70 when a cell could not be stopped.
+//!
+//! The process is this library's [`run`], so that another executable can carry the runtime
+//! and become it in a process of its own: `codex-code-mode-host` does, as one file. The
+//! `code-mode-bin` executable is `run` over its own arguments.
+
+mod connection;
+mod delegate;
+mod drain;
+mod listen;
+mod metrics;
+mod sandbox;
+mod trim;
+
+use clap::Parser;
+use connection::ServeSettings;
+use drain::Drain;
+use interprocess::local_socket::tokio::Stream;
+use interprocess::os::unix::uds_local_socket::tokio::Stream as UdsStream;
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The code-mode runtime process: runs JavaScript cells in V8 for hosts, over a local
+/// socket (one host) or over TCP with mutual TLS (many hosts).
+#[derive(Debug, Parser)]
+#[command(name = "code-mode-bin", version, about)]
+struct Cli {
+    /// Path of the host's local socket to connect to.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["sandbox_self_test", "listen"],
+        conflicts_with = "listen"
+    )]
+    socket: Option<PathBuf>,
+    /// Serve hosts on this TCP address (e.g. `0.0.0.0:7300`), with TLS and client
+    /// certificates (`--tls-cert`, `--tls-key`, `--client-ca`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// The server's certificate chain (PEM), with `--listen`.
+    #[arg(long, value_name = "PEM", requires = "listen")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM), with `--listen`.
+    #[arg(long, value_name = "PEM", requires = "listen")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that every host's client certificate must chain to, with `--listen`.
+    #[arg(long, value_name = "PEM", requires = "listen")]
+    client_ca: Option<PathBuf>,
+    /// Serve plaintext without client authentication: only on a loopback address.
+    #[arg(long, requires = "listen", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    insecure_loopback: bool,
+    /// Serve Prometheus metrics on `/metrics`, and `/healthz` and `/readyz`, on this
+    /// address (with `--listen`).
+    #[arg(long, value_name = "ADDR:PORT", requires = "listen")]
+    metrics: Option<String>,
+    /// After SIGTERM, how long running cells get to finish before they are stopped.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    drain_timeout_secs: u64,
+    /// How often the runtime pings each host (with `--listen`).
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    ping_interval_ms: u64,
+    /// A host that sends no frame for this long is gone (half-open connection; with
+    /// `--listen`).
+    #[arg(long, value_name = "MS", default_value_t = 6000, value_parser = clap::value_parser!(u64).range(20..))]
+    liveness_timeout_ms: u64,
+    /// Most host connections at once (with `--listen`).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_connections: usize,
+    /// Log filter for stderr, in `tracing` env-filter syntax (e.g. `info`, `code_mode=debug`).
+    #[arg(long, value_name = "FILTER", default_value = "warn")]
+    log: String,
+    /// Applies the sandbox, then tries `read:<path>` or `exec:<path>` and reports (tests).
+    #[arg(long, value_name = "ACTION", hide = true)]
+    sandbox_self_test: Option<String>,
+}
+
+/// Runs the runtime process with `args` (the program name first, as `std::env::args_os`
+/// gives it) and returns its exit code. Call it once, at the start of a process of its own
+/// and before any thread exists: it initialises V8, sandboxes the process and exits when
+/// its host is gone.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    init_logging(&cli.log);
+    if let Some(action) = &cli.sandbox_self_test {
+        return sandbox_self_test(action);
+    }
+    if cli.liveness_timeout_ms <= cli.ping_interval_ms {
+        eprintln!(
+            "code-mode-bin: --liveness-timeout-ms ({}) must be longer than --ping-interval-ms ({})",
+            cli.liveness_timeout_ms, cli.ping_interval_ms
+        );
+        return ExitCode::from(2);
+    }
+    if cli.listen.is_some() {
+        return listen_main(cli);
+    }
+    let Some(socket) = cli.socket.clone() else {
+        return ExitCode::from(2);
+    };
+    // V8 first, on the main thread, before any cell thread exists.
+    code_mode::platform::init_v8();
+    let connected = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(connected) => connected,
+        Err(error) => {
+            tracing::error!("cannot connect to {}: {error}", socket.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = sandbox::apply(false);
+    tracing::info!(socket = %socket.display(), sandbox = %report, "connected and sandboxed");
+    if !report.failures.is_empty() {
+        tracing::warn!("sandbox incomplete: {report}");
+    }
+    let Some(runtime) = async_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    // Cell threads created from here on inherit the sandbox.
+    code_mode::prewarm();
+    let settings = serve_settings(&cli, report.to_string(), false);
+    let drain_timeout = Duration::from_secs(cli.drain_timeout_secs);
+    let outcome = runtime.block_on(async {
+        // SIGTERM (or SIGINT) drains, as a listening runtime does: the host is told, takes
+        // new sessions elsewhere and moves idle ones; running cells get up to the drain
+        // timeout to finish, then the connection ends.
+        let drain = settings.drain.clone();
+        drain.start_on_signals();
+        trim::spawn(drain.clone());
+        tokio::spawn(async move {
+            drain.started().await;
+            drain.until_idle(drain_timeout, || false).await;
+            drain.stop();
+        });
+        connected
+            .set_nonblocking(true)
+            .map_err(|error| format!("cannot configure the socket: {error}"))?;
+        let stream = UdsStream::try_from(OwnedFd::from(connected))
+            .map(Stream::from)
+            .map_err(|error| format!("cannot adopt the socket: {error}"))?;
+        connection::serve(stream, settings)
+            .await
+            .map_err(|error| error.to_string())
+    });
+    finish(
+        runtime,
+        outcome,
+        "the host closed the connection (or it drained); exiting",
+    )
+}
+
+/// Stops the async runtime and turns the outcome into the exit code.
+fn finish(runtime: tokio::runtime::Runtime, outcome: Result<(), String>, done: &str) -> ExitCode {
+    // Cell threads may still be tearing down their isolates; don't wait for idle tasks.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(()) => {
+            tracing::info!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_settings(cli: &Cli, sandbox: String, remote: bool) -> ServeSettings {
+    ServeSettings {
+        sandbox,
+        remote,
+        // A local socket needs no timeout: the host's death is an end of input.
+        liveness: remote.then(|| connection::Liveness {
+            ping_interval: Duration::from_millis(cli.ping_interval_ms),
+            timeout: Duration::from_millis(cli.liveness_timeout_ms),
+        }),
+        drain: Drain::default(),
+    }
+}
+
+fn async_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("code-mode-bin")
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            tracing::error!("cannot start the async runtime: {error}");
+            None
+        }
+    }
+}
+
+/// Resolves a command-line address; an error message names the flag.
+fn resolve(flag: &str, address: &str) -> Result<SocketAddr, String> {
+    address
+        .to_socket_addrs()
+        .map_err(|error| format!("{flag} {address:?}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{flag} {address:?}: resolves to no address"))
+}
+
+/// Binds a TCP listener before the sandbox, ready for the async runtime.
+fn bind(flag: &str, address: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(|error| format!("{flag}: cannot listen on {address}: {error}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|error| format!("{flag}: cannot configure {address}: {error}"))?;
+    Ok(listener)
+}
+
+/// `--listen`: the flags checked, TLS loaded and sockets bound before the sandbox, then
+/// connections served until a termination signal has drained them.
+fn listen_main(cli: Cli) -> ExitCode {
+    let Some(listen) = cli.listen.as_deref() else {
+        return ExitCode::from(2);
+    };
+    let usage = |message: String| {
+        eprintln!("code-mode-bin: {message}");
+        ExitCode::from(2)
+    };
+    let address = match resolve("--listen", listen) {
+        Ok(address) => address,
+        Err(message) => return usage(message),
+    };
+    let tls = if cli.insecure_loopback {
+        if !address.ip().is_loopback() {
+            return usage(format!(
+                "--insecure-loopback serves plaintext only on a loopback address, not {address}; use --tls-cert, --tls-key and --client-ca"
+            ));
+        }
+        None
+    } else {
+        let (Some(cert), Some(key), Some(client_ca)) = (
+            cli.tls_cert.clone(),
+            cli.tls_key.clone(),
+            cli.client_ca.clone(),
+        ) else {
+            return usage(
+                "--listen needs --tls-cert, --tls-key and --client-ca (mutual TLS), or --insecure-loopback on a loopback address".to_owned(),
+            );
+        };
+        match code_mode_tls::server_config(
+            &code_mode_tls::TlsFiles {
+                cert,
+                key,
+                client_ca: Some(client_ca),
+            },
+            &[],
+        ) {
+            Ok(config) => Some(config),
+            Err(error) => return usage(error.to_string()),
+        }
+    };
+    let metrics_address = match cli.metrics.as_deref().map(|m| resolve("--metrics", m)) {
+        Some(Err(message)) => return usage(message),
+        Some(Ok(address)) => Some(address),
+        None => None,
+    };
+    code_mode::platform::init_v8();
+    let listener = match bind("--listen", address) {
+        Ok(listener) => listener,
+        Err(message) => {
+            tracing::error!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics_listener = match metrics_address.map(|address| bind("--metrics", address)) {
+        Some(Err(message)) => {
+            tracing::error!("{message}");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(listener)) => Some(listener),
+        None => None,
+    };
+    let report = sandbox::apply(true);
+    if !report.failures.is_empty() {
+        tracing::warn!("sandbox incomplete: {report}");
+    }
+    let Some(runtime) = async_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    code_mode::prewarm();
+    let settings = listen::ListenSettings {
+        tls,
+        serve: serve_settings(&cli, report.to_string(), true),
+        drain_timeout: Duration::from_secs(cli.drain_timeout_secs),
+        max_connections: cli.max_connections,
+    };
+    let outcome = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|error| format!("cannot adopt the listener: {error}"))?;
+        let local = listener
+            .local_addr()
+            .map_err(|error| format!("cannot read the listener's address: {error}"))?;
+        if let Some(metrics_listener) = metrics_listener {
+            let metrics_listener = tokio::net::TcpListener::from_std(metrics_listener)
+                .map_err(|error| format!("cannot adopt the metrics listener: {error}"))?;
+            if let Ok(metrics_local) = metrics_listener.local_addr() {
+                tracing::info!("metrics on http://{metrics_local}/metrics");
+            }
+            tokio::spawn(metrics::serve(
+                metrics_listener,
+                settings.serve.drain.clone(),
+            ));
+        }
+        let mode = if settings.tls.is_some() {
+            "mutual TLS"
+        } else {
+            "plaintext, loopback only"
+        };
+        tracing::info!(sandbox = %report, "listening on {local} ({mode})");
+        settings.serve.drain.start_on_signals();
+        trim::spawn(settings.serve.drain.clone());
+        listen::run(listener, settings).await;
+        Ok::<(), String>(())
+    });
+    finish(runtime, outcome, "drained; exiting")
+}
+
+/// Verifies the sandbox from the inside: exit 0 when the action was refused.
+fn sandbox_self_test(action: &str) -> ExitCode {
+    code_mode::platform::init_v8();
+    let report = sandbox::apply(false);
+    eprintln!("sandbox: {report}");
+    match action.split_once(':') {
+        Some(("read", path)) => match std::fs::read(path) {
+            Ok(bytes) => {
+                eprintln!("read {path}: {} bytes (NOT sandboxed)", bytes.len());
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("read {path}: refused: {error}");
+                ExitCode::SUCCESS
+            }
+        },
+        Some(("exec", path)) => {
+            // The seccomp filter kills the process here; returning means it did not.
+            let error = std::process::Command::new(path).status();
+            eprintln!("exec {path}: not killed ({error:?}) (NOT sandboxed)");
+            ExitCode::FAILURE
+        }
+        Some(("socket", _)) => {
+            // SAFETY: socket takes integer arguments only.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            eprintln!("socket: not killed (fd {fd}) (NOT sandboxed)");
+            ExitCode::FAILURE
+        }
+        #[cfg(target_arch = "x86_64")]
+        Some(("x32", _)) => {
+            // getpid through the x32 ABI (bit 30 set).
+            // SAFETY: getpid takes no arguments and touches no memory.
+            let pid = unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) };
+            eprintln!("x32 getpid: not killed ({pid}) (NOT sandboxed)");
+            ExitCode::FAILURE
+        }
+        Some(("clone3", _)) => {
+            // Answered ENOSYS (so that libc falls back to clone), not killed.
+            // SAFETY: clone3 with a null argument and size 0 is refused before it reads.
+            let result = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            eprintln!("clone3: {result}, errno {errno:?}");
+            if result == -1 && errno == Some(libc::ENOSYS) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Some(("thread", _)) => match std::thread::spawn(|| 6 * 7).join() {
+            Ok(42) => {
+                eprintln!("thread: ran");
+                ExitCode::SUCCESS
+            }
+            other => {
+                eprintln!("thread: {other:?}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("unknown self-test action {action:?}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|error| {
+        eprintln!("code-mode-bin: invalid --log filter {filter:?} ({error}); using `warn`");
+        tracing_subscriber::EnvFilter::new("warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
