@@ -1,6 +1,7 @@
 # The Codex front (codex-code-mode-host) as a small, non-root container image, for a
-# sidecar whose cells run on remote runtimes (--runtimes; kubernetes/codex-front/). It
-# links no V8, so it builds without the V8 archive.
+# sidecar whose cells run on remote runtimes (--runtimes; kubernetes/codex-front/). Built
+# without its `runtime` feature it carries no runtime and links no V8, so it builds
+# without the V8 archive.
 #
 #   docker build -f deploy/codex-front.Dockerfile -t codex-code-mode-host .
 
@@ -9,7 +10,7 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p codex-code-mode-host --bin codex-code-mode-host \
+RUN cargo build --release --locked -p codex-code-mode-host --no-default-features \
  && install -D -m 0755 target/release/codex-code-mode-host /out/codex-code-mode-host
 
 FROM gcr.io/distroless/cc-debian12:nonroot
