@@ -84,6 +84,11 @@ struct Cli {
     /// Most host connections at once (with `--listen`).
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections: usize,
+    /// Keep the startup snapshot of cell contexts in this directory between runs: read it
+    /// at start when this executable made it (checked whole), else make it at start and
+    /// write it there, so that later starts do not make it again.
+    #[arg(long, value_name = "DIR")]
+    snapshot_cache: Option<PathBuf>,
     /// Log filter for stderr, in `tracing` env-filter syntax (e.g. `info`, `code_mode=debug`).
     #[arg(long, value_name = "FILTER", default_value = "warn")]
     log: String,
@@ -121,6 +126,7 @@ where
     };
     // V8 first, on the main thread, before any cell thread exists.
     code_mode::platform::init_v8();
+    snapshot_cache(&cli);
     let connected = match std::os::unix::net::UnixStream::connect(&socket) {
         Ok(connected) => connected,
         Err(error) => {
@@ -167,6 +173,25 @@ where
         outcome,
         "the host closed the connection (or it drained); exiting",
     )
+}
+
+/// Uses the startup snapshot's disk cache of `--snapshot-cache`, before the sandbox.
+fn snapshot_cache(cli: &Cli) {
+    let Some(dir) = &cli.snapshot_cache else {
+        return;
+    };
+    match code_mode::runtime::use_disk_cache(dir) {
+        code_mode::runtime::CacheOutcome::Loaded(path) => {
+            tracing::info!(path = %path.display(), "startup snapshot read from the cache");
+        }
+        code_mode::runtime::CacheOutcome::Written(path) => {
+            tracing::info!(path = %path.display(), "startup snapshot made and cached");
+        }
+        code_mode::runtime::CacheOutcome::NotWritten(reason) => {
+            tracing::warn!("startup snapshot made, but not cached: {reason}");
+        }
+        code_mode::runtime::CacheOutcome::Unused => {}
+    }
 }
 
 /// Stops the async runtime and turns the outcome into the exit code.
@@ -280,6 +305,7 @@ fn listen_main(cli: Cli) -> ExitCode {
         None => None,
     };
     code_mode::platform::init_v8();
+    snapshot_cache(&cli);
     let listener = match bind("--listen", address) {
         Ok(listener) => listener,
         Err(message) => {

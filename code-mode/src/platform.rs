@@ -7,6 +7,9 @@ use std::sync::OnceLock;
 
 static PLATFORM: OnceLock<v8::SharedRef<v8::Platform>> = OnceLock::new();
 
+/// The V8 flags this process runs with (a startup snapshot must match them).
+pub(crate) const V8_FLAGS: &str = "--no-memory-pool-share-memory-on-teardown";
+
 /// Initialises V8 for this process: ICU data first (so `Intl` has real locale data), then
 /// the platform. Idempotent and thread-safe; later calls return at once.
 ///
@@ -28,7 +31,7 @@ pub(crate) fn platform() -> &'static v8::SharedRef<v8::Platform> {
         // process-wide page pool: after a burst of cells (hundreds of isolates) the pool
         // kept its pages for good, and an idle runtime stayed several times its resting
         // size (`exec_overhead --sections idle`; the figures are in BENCHMARKS).
-        v8::V8::set_flags_from_string("--no-memory-pool-share-memory-on-teardown");
+        v8::V8::set_flags_from_string(V8_FLAGS);
         let platform = v8::new_default_platform(0, false).make_shared();
         v8::V8::initialize_platform(platform.clone());
         v8::V8::initialize();

@@ -45,6 +45,11 @@ struct Cli {
     /// executable, then PATH), looked for at every start of a runtime.
     #[arg(long, conflicts_with = "runtimes")]
     runtime: Option<PathBuf>,
+    /// Where the local runtime keeps its startup snapshot between starts (default:
+    /// `$XDG_CACHE_HOME/code-mode`, else `~/.cache/code-mode`; `off` for none): a start
+    /// that finds it makes no snapshot.
+    #[arg(long, value_name = "DIR")]
+    snapshot_cache: Option<PathBuf>,
     /// Run cells on runtimes listening elsewhere (`code-mode-bin --listen`) instead of a
     /// local runtime process: HOST:PORT, repeated or comma-separated, or `dns://NAME:PORT`
     /// for a name that resolves to many (resolved again as the pool runs).
@@ -254,6 +259,9 @@ fn init_logging() {
 /// is missing still comes up and tells each session why and how to fix it, and a runtime
 /// installed later is found by the next session.
 fn local_runtime(cli: &Cli) -> ProcessConfig {
+    let cache: Vec<std::ffi::OsString> = snapshot_cache(cli)
+        .map(|dir| vec!["--snapshot-cache".into(), dir.into_os_string()])
+        .unwrap_or_default();
     #[cfg(feature = "runtime")]
     {
         let named = cli.runtime.is_some()
@@ -261,14 +269,36 @@ fn local_runtime(cli: &Cli) -> ProcessConfig {
         if !named && let Ok(this) = std::env::current_exe() {
             return ProcessConfig {
                 binary: Some(this),
-                runtime_args: vec![RUNTIME_MODE.into()],
+                runtime_args: std::iter::once(RUNTIME_MODE.into()).chain(cache).collect(),
                 ..ProcessConfig::default()
             };
         }
     }
     ProcessConfig {
         binary: cli.runtime.clone(),
+        runtime_args: cache,
         ..ProcessConfig::default()
+    }
+}
+
+/// The startup snapshot's cache directory (see `--snapshot-cache`), made if need be;
+/// `None` when turned off or when there is nowhere to keep it.
+fn snapshot_cache(cli: &Cli) -> Option<PathBuf> {
+    let dir = match &cli.snapshot_cache {
+        Some(dir) if dir.as_os_str() == "off" => return None,
+        Some(dir) => dir.clone(),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?
+            .join("code-mode"),
+    };
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => Some(dir),
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "no startup snapshot cache");
+            None
+        }
     }
 }
 

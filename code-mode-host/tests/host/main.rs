@@ -391,3 +391,66 @@ async fn a_caller_holding_its_answers_unpolled_holds_up_no_other_session() {
         "session B finished only {b_cells} cells while A held its answers"
     );
 }
+
+/// The runtime's startup snapshot kept on disk (`--snapshot-cache`): the first start makes
+/// and writes it, the next reads it (the file is not written again), a corrupt file is
+/// ignored and replaced, and two runtimes starting at once both run their cells and leave
+/// one whole file.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_startup_snapshot_cache_is_written_once_read_after_and_never_trusted_corrupt() {
+    use std::os::unix::fs::MetadataExt;
+    let scratch = Scratch::new();
+    let dir = scratch.0.join("cache");
+    let provider = || {
+        ProcessProvider::new(ProcessConfig {
+            runtime_args: vec!["--snapshot-cache".into(), dir.clone().into_os_string()],
+            ..ProcessConfig::default()
+        })
+        .expect("the runtime cargo built")
+    };
+    let runs = |provider: ProcessProvider| async move {
+        let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+        let started = session
+            .execute(ExecRequest::new("text(typeof tools + ' ' + (1 + 1))"))
+            .await
+            .expect("exec");
+        assert_eq!(
+            started.initial_response.content_items(),
+            [code_mode_protocol::ContentItem::text("object 2")]
+        );
+        session.shutdown().await;
+    };
+    let files = || -> Vec<PathBuf> {
+        std::fs::read_dir(&dir)
+            .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+            .unwrap_or_default()
+    };
+    runs(provider()).await;
+    let written = files();
+    assert_eq!(written.len(), 1, "one cache file: {written:?}");
+    let file = written[0].clone();
+    assert!(file.to_string_lossy().ends_with(".snapshot"), "{file:?}");
+    let inode = std::fs::metadata(&file).unwrap().ino();
+
+    runs(provider()).await;
+    assert_eq!(files(), std::slice::from_ref(&file));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().ino(),
+        inode,
+        "the second start read the file and did not write it again"
+    );
+
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    runs(provider()).await;
+    let rewritten = std::fs::read(&file).unwrap();
+    assert_ne!(rewritten, bytes, "the corrupt file was replaced");
+    assert_eq!(rewritten.len(), bytes.len());
+
+    std::fs::remove_file(&file).unwrap();
+    let (first, second) = (provider(), provider());
+    tokio::join!(runs(first), runs(second));
+    assert_eq!(files(), [file], "one whole file, no temporary left");
+}

@@ -20,6 +20,7 @@ mod helpers;
 mod pool;
 mod reuse;
 mod snapshot;
+mod snapshot_cache;
 mod state;
 mod thread;
 mod tool_table;
@@ -76,7 +77,7 @@ pub use reuse::IsolateShelf;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub use snapshot::ContextBench;
-pub use snapshot::{CONTEXT_SNAPSHOT_ENV, ContextSource};
+pub use snapshot::{CONTEXT_SNAPSHOT_ENV, CacheOutcome, ContextSource, use_disk_cache};
 
 /// The stack of a cell thread, in bytes. V8 keeps its own JS stack limit (about 1 MiB) well
 /// inside it, so the runtime's native callbacks still have room when JS is at its deepest.

@@ -142,6 +142,66 @@ unsafe impl Send for Blob {}
 /// The process's blob, once made (`None` inside when V8 could not make one).
 static BLOB: OnceLock<Option<Blob>> = OnceLock::new();
 
+/// What [`use_disk_cache`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// The blob was read from the cache: no snapshot is made in this process.
+    Loaded(std::path::PathBuf),
+    /// None could be trusted: the blob was made now and written there.
+    Written(std::path::PathBuf),
+    /// The blob was made now, but could not be written (the reason).
+    NotWritten(String),
+    /// No blob: the snapshot is turned off, or V8 made none.
+    Unused,
+}
+
+/// Takes the process's startup snapshot from `dir` when a blob this executable made is
+/// there and whole, else makes it now and writes it there for the next process (see
+/// [`super::snapshot_cache`]). Call it once, early, before the first cell and before a
+/// sandbox forbids file access; cells then never build a context by hand, and the blob is
+/// not made again in the background.
+pub fn use_disk_cache(dir: &std::path::Path) -> CacheOutcome {
+    if turned_off() {
+        return CacheOutcome::Unused;
+    }
+    crate::platform::init_v8();
+    let key = match super::snapshot_cache::key(v8::V8::get_version(), crate::platform::V8_FLAGS) {
+        Ok(key) => key,
+        Err(error) => {
+            return CacheOutcome::NotWritten(format!("cannot identify this executable: {error}"));
+        }
+    };
+    let path = super::snapshot_cache::path(dir, &key);
+    if BLOB.get().is_none()
+        && let Some(bytes) = super::snapshot_cache::read(dir, &key)
+    {
+        let loaded = Blob {
+            data: v8::StartupData::from(bytes),
+            references: external_references(),
+        };
+        if BLOB.set(Some(loaded)).is_ok() {
+            return CacheOutcome::Loaded(path);
+        }
+    }
+    match blob() {
+        Some(made) => match super::snapshot_cache::write(dir, &key, &made.data) {
+            Ok(()) => CacheOutcome::Written(path),
+            Err(error) => CacheOutcome::NotWritten(format!("{}: {error}", path.display())),
+        },
+        None => CacheOutcome::Unused,
+    }
+}
+
+/// The helpers' external references, null-terminated, alive for the process.
+fn external_references() -> &'static [v8::ExternalReference] {
+    let mut references = super::helpers::external_references();
+    // V8 reads the list up to a null entry; with it in place no copy is made per isolate.
+    references.push(v8::ExternalReference {
+        pointer: std::ptr::null_mut(),
+    });
+    Box::leak(references.into_boxed_slice())
+}
+
 /// The process's blob, made on first use; `None` when V8 could not make one.
 fn blob() -> Option<&'static Blob> {
     BLOB.get_or_init(|| {
@@ -158,12 +218,7 @@ fn blob() -> Option<&'static Blob> {
 /// Runs a `SnapshotCreator` over a context with the base helpers.
 fn make() -> Option<Blob> {
     let started = std::time::Instant::now();
-    let mut references = super::helpers::external_references();
-    // V8 reads the list up to a null entry; with it in place no copy is made per isolate.
-    references.push(v8::ExternalReference {
-        pointer: std::ptr::null_mut(),
-    });
-    let references: &'static [v8::ExternalReference] = Box::leak(references.into_boxed_slice());
+    let references = external_references();
     // The isolates of a process share one read-only heap, set up by the first isolate from
     // its blob. A creator that came first would set it up itself and grow it, and the
     // read-only part of its blob would then differ from V8's own: isolates of the two
