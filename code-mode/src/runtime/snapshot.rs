@@ -156,8 +156,9 @@ pub enum CacheOutcome {
 }
 
 /// Takes the process's startup snapshot from `dir` when a blob this executable made is
-/// there and whole, else makes it now and writes it there for the next process (see
-/// [`super::snapshot_cache`]). Call it once, early, before the first cell and before a
+/// there and whole, else makes it now and writes it there for the next process (the file
+/// carries a key of this executable, V8's version and flags, and the blob's checksum, all
+/// checked before V8 sees a byte). Call it once, early, before the first cell and before a
 /// sandbox forbids file access; cells then never build a context by hand, and the blob is
 /// not made again in the background.
 pub fn use_disk_cache(dir: &std::path::Path) -> CacheOutcome {
