@@ -30,6 +30,7 @@ pub use faults::{Fault, arm as arm_fault};
 pub use process::SpawnError;
 pub use provider::{
     CRASH_WINDOW, HostError, MAX_CRASHES, ProcessConfig, ProcessProvider, ProcessSession,
+    RuntimeUnavailable,
 };
 pub use remote::{
     ClientTls, FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, RemoteConfig, RemoteError,

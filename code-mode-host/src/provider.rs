@@ -150,6 +150,26 @@ impl ProcessProvider {
         self.inner.connection().await.map(drop)
     }
 
+    /// Whether a call now could find a runtime, without waiting for one to start: `Err`
+    /// when the latest start failed (the runtime's binary missing, a crash at start) and
+    /// none runs, or when a deferred provider finds no binary now. A start under way, a
+    /// runtime running, or none tried yet is `Ok`: the call itself waits for its runtime.
+    /// For a front that refuses a session early when no runtime can run it, without
+    /// making a session that could wait on the start it.
+    pub fn check(&self) -> Result<(), RuntimeUnavailable> {
+        if let Ok(runtime) = self.inner.runtime.try_lock() {
+            let running = runtime.current.as_ref().is_some_and(|c| !c.is_lost());
+            if !running && !runtime.last_failure.is_empty() {
+                return Err(RuntimeUnavailable::LastStartFailed);
+            }
+        }
+        if self.inner.deferred {
+            find_binary(self.inner.config.binary.as_deref())
+                .map_err(RuntimeUnavailable::BinaryNotFound)?;
+        }
+        Ok(())
+    }
+
     /// The pid of the current runtime process, if one is running.
     pub async fn runtime_pid(&self) -> Option<u32> {
         let runtime = self.inner.runtime.lock().await;
@@ -171,6 +191,15 @@ impl ProcessProvider {
             .as_ref()
             .is_some_and(|connection| !connection.is_lost() && connection.is_draining())
     }
+}
+
+/// Why [`ProcessProvider::check`] expects no runtime now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeUnavailable {
+    /// The latest start failed and none runs: starting again may tell more.
+    LastStartFailed,
+    /// The runtime's binary is not where it is looked for.
+    BinaryNotFound(crate::BinaryNotFound),
 }
 
 hosted_session!(

@@ -526,6 +526,24 @@ impl Runtimes {
         }
     }
 
+    /// Whether a session opened now can run cells, without waiting for a runtime that is
+    /// starting: a local runtime whose latest start failed is started again now (the
+    /// install may have been fixed), one whose binary is missing is refused at once, one
+    /// starting or running is taken as able (the session's first call waits for it); a
+    /// remote pool is reached now.
+    pub async fn able(&self) -> Result<(), HostError> {
+        match self {
+            Runtimes::Local(provider) => match provider.check() {
+                Ok(()) => Ok(()),
+                Err(code_mode_host::RuntimeUnavailable::BinaryNotFound(missing)) => {
+                    Err(HostError::BinaryNotFound(missing))
+                }
+                Err(code_mode_host::RuntimeUnavailable::LastStartFailed) => provider.start().await,
+            },
+            Runtimes::Remote(provider) => provider.start().await,
+        }
+    }
+
     /// A runtime runs, or one starts (or is reached) now.
     pub async fn start(&self) -> Result<(), HostError> {
         match self {
@@ -615,9 +633,10 @@ impl Front {
     }
 
     /// Opens a session under the client's `id` (the JSON protocol); an id already open
-    /// is refused. A `max_pending_delegate_calls` of zero keeps the default. A runtime
-    /// must be running, or start now: a session that could run nothing is refused with
-    /// the cause and its fix ([`FrontError::RuntimeUnavailable`]).
+    /// is refused. A `max_pending_delegate_calls` of zero keeps the default. A session
+    /// that could run nothing (see [`Runtimes::able`]) is refused with the cause and its
+    /// fix ([`FrontError::RuntimeUnavailable`]); one opened while its runtime starts does
+    /// not wait for it (its first call does, and fails the same way if the start does).
     pub async fn open_session(
         &self,
         id: String,
@@ -625,7 +644,10 @@ impl Front {
         limits: ClientLimits,
         max_pending_delegate_calls: u64,
     ) -> Result<Arc<FrontSession>, FrontError> {
-        self.runtime_ready().await?;
+        self.provider
+            .able()
+            .await
+            .map_err(|error| runtime_unavailable(&error))?;
         let mut sessions = lock(&self.sessions);
         if sessions.contains_key(&id) {
             return Err(FrontError::SessionAlreadyOpen(id));
