@@ -174,24 +174,39 @@ fn keep(events: &mpsc::Receiver<Short>) {
     // compete with it and with the blob for the cores.
     top_up_to(1);
     super::snapshot::wait_made();
-    replace_outdated();
-    while events.recv().is_ok() {
-        // Sleep until no cell has started for the quiet time, or patience runs out.
-        let deadline = Instant::now() + REFILL_PATIENCE;
-        loop {
-            let since = Duration::from_nanos(
-                nanos_since_epoch().saturating_sub(LAST_START.load(Ordering::Relaxed)),
-            );
-            let left = deadline.saturating_duration_since(Instant::now());
-            if since >= REFILL_QUIET || left.is_zero() {
-                break;
-            }
-            std::thread::sleep((REFILL_QUIET - since).min(left));
-        }
-        // A take from here on tells the keeper again.
-        SHORT_TOLD.store(false, Ordering::Release);
-        top_up();
+    if !replace_outdated() {
+        // The blob was there from the start (read from the disk cache): the one thread
+        // waits for the first cell alone, and the rest of the fill comes once cells pause,
+        // so that it does not take the cores from that cell.
+        let _ = events.recv_timeout(FIRST_CELL_PATIENCE);
+        refill_when_quiet();
     }
+    while events.recv().is_ok() {
+        refill_when_quiet();
+    }
+}
+
+/// How long a pool whose first thread was of the snapshot waits for the first cell before
+/// it fills up anyway.
+const FIRST_CELL_PATIENCE: Duration = Duration::from_millis(100);
+
+/// Sleeps until no cell has started for the quiet time, or patience runs out; then fills
+/// the pool.
+fn refill_when_quiet() {
+    let deadline = Instant::now() + REFILL_PATIENCE;
+    loop {
+        let since = Duration::from_nanos(
+            nanos_since_epoch().saturating_sub(LAST_START.load(Ordering::Relaxed)),
+        );
+        let left = deadline.saturating_duration_since(Instant::now());
+        if since >= REFILL_QUIET || left.is_zero() {
+            break;
+        }
+        std::thread::sleep((REFILL_QUIET - since).min(left));
+    }
+    // A take from here on tells the keeper again.
+    SHORT_TOLD.store(false, Ordering::Release);
+    top_up();
 }
 
 /// Spawns prepared threads until the pool holds [`POOL_SIZE`]. Runs on the keeper thread.
@@ -216,13 +231,21 @@ fn top_up_to(size: usize) {
 
 /// Lets go of prepared threads whose contexts do not come from where new ones would (they
 /// were built by hand before the snapshot was made), and tops the pool up again.
-fn replace_outdated() {
+/// Replaces the prepared threads of another context source than the current one, and
+/// fills the pool then; whether any was replaced.
+fn replace_outdated() -> bool {
     let current = ContextSource::preferred();
     // Dropping a worker's sender ends its thread once it is prepared.
-    POOL.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .retain(|worker| worker.source == current);
-    top_up();
+    let replaced = {
+        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = pool.len();
+        pool.retain(|worker| worker.source == current);
+        before != pool.len()
+    };
+    if replaced {
+        top_up();
+    }
+    replaced
 }
 
 fn spawn_worker() -> std::io::Result<Worker> {
