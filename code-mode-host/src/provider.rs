@@ -259,6 +259,8 @@ impl ProviderInner {
             Ok(connection) => {
                 runtime.last_generation = generation;
                 runtime.current = Some(Arc::clone(&connection));
+                // `check` reads a failure as the latest start's; this one succeeded.
+                runtime.last_failure.clear();
                 Ok(connection)
             }
             // Nothing was started: no crash to back off from.

@@ -66,12 +66,14 @@ pub enum FrontError {
     /// The session refused or could not run the call.
     #[error("{0}")]
     Session(SessionError),
-    /// No runtime can be started: what is wrong, what to do about it, and the full
-    /// cause, in that order (codex shows the model the start of the text, cut).
+    /// An `Execute`, `Wait` or `Terminate` over the host's bound of requests in flight.
     #[error("{}", admission::TOO_MANY_IN_FLIGHT_REQUESTS)]
     TooManyInFlightRequests,
+    /// An `Execute` over the host's cap of active cells.
     #[error("{}", admission::TOO_MANY_ACTIVE_CELLS)]
     TooManyActiveCells,
+    /// No runtime can be started: what is wrong, what to do about it, and the full
+    /// cause, in that order (codex shows the model the start of the text, cut).
     #[error("code-mode runtime unavailable: {summary}. Fix: {fix}. Details: {cause}")]
     RuntimeUnavailable {
         summary: String,

@@ -49,6 +49,15 @@ pub enum InstallError {
     },
 }
 
+/// Removes `path`; whether it was there.
+fn remove_if_there(path: &Path) -> Result<bool, InstallError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(io("remove", path)(error)),
+    }
+}
+
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
     let path = path.to_path_buf();
     move |source| InstallError::Io {
@@ -168,11 +177,7 @@ impl CodexInstall {
                     .lines()
                     .any(|line| Path::new(line) == runtime_target)
                 {
-                    match std::fs::remove_file(&runtime_target) {
-                        Ok(()) => {}
-                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(error) => return Err(io("remove", &runtime_target)(error)),
-                    }
+                    remove_if_there(&runtime_target)?;
                 }
             }
         }
@@ -200,10 +205,8 @@ impl CodexInstall {
             if path.parent() != Some(dir) {
                 continue;
             }
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed.push(path),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(io("remove", &path)(error)),
+            if remove_if_there(&path)? {
+                removed.push(path);
             }
         }
         let original = original_of(&target);

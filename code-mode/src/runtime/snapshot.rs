@@ -13,10 +13,13 @@
 //! [`super::helpers::new_helpers`] in its default context. Nothing waits for it: isolates
 //! prepared before it is there build their contexts by hand, and are not parked for reuse
 //! once it is (the pool's keeper waits for the blob, [`wait_made`], and then replaces the
-//! prepared threads it built by hand). It is made in the process that uses it, so V8's flags (which a blob must match) and the
-//! addresses of the native callbacks are the same. The helpers' native callbacks are
-//! registered as external references, in one list ([`super::helpers::external_references`])
-//! given both to the creator and to every isolate created from the blob.
+//! prepared threads it built by hand). A runtime process given a cache directory reads the
+//! blob from there instead, or makes it at start and writes it there ([`use_disk_cache`]):
+//! only a blob of this very executable, made with the same V8 flags (which a blob must
+//! match), is read. The helpers' native callbacks are registered as external references, in
+//! one list ([`super::helpers::external_references`]) given both to the creator and to
+//! every isolate created from the blob; a blob names them by their place in that list, not
+//! by address, so a blob of another process of the same executable fits.
 //!
 //! A context from the blob and one built by hand are the same to a cell: the same globals
 //! with the same attributes, the same helpers, nothing shared (each context deserialises
