@@ -100,7 +100,20 @@ pub struct SessionOptions {
     pub max_stored_bytes: u64,
     /// The globals its cells see. Default: the contract's.
     pub surface: Surface,
+    /// How long a cell waits on nothing but its nested calls before it hibernates: its
+    /// thread and isolate are given back, and it is rebuilt from its journal when an
+    /// answer arrives or an observation needs it (CONTRACT §7). `None`: never. Default
+    /// [`DEFAULT_HIBERNATE_AFTER_MS`].
+    pub hibernate_after_ms: Option<u64>,
 }
+
+/// Default of [`SessionOptions::hibernate_after_ms`]: 5 s.
+pub const DEFAULT_HIBERNATE_AFTER_MS: u64 = 5_000;
+
+/// The largest journal a cell keeps, in bytes (tool results, clock readings and the
+/// bookkeeping of each entry). A cell whose journal would pass it is no longer durable: it
+/// never hibernates, and it fails with its runtime as before.
+pub const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for SessionOptions {
     fn default() -> Self {
@@ -110,6 +123,7 @@ impl Default for SessionOptions {
             reuse_isolates: true,
             max_stored_bytes: crate::stored::DEFAULT_MAX_STORED_BYTES,
             surface: Surface::Contract,
+            hibernate_after_ms: Some(DEFAULT_HIBERNATE_AFTER_MS),
         }
     }
 }
@@ -328,6 +342,10 @@ pub enum FailureKind {
     RuntimeLost,
     /// The id names no cell of the session.
     NotFound,
+    /// The cell was being rebuilt from its journal (after hibernation or the loss of its
+    /// runtime) and made a nested call other than the one its journal holds at that
+    /// position; nothing was sent.
+    ReplayDiverged,
 }
 
 impl FailureKind {
@@ -341,6 +359,7 @@ impl FailureKind {
             FailureKind::StoppedUnexpectedly => "stopped_unexpectedly",
             FailureKind::RuntimeLost => "runtime_lost",
             FailureKind::NotFound => "not_found",
+            FailureKind::ReplayDiverged => "replay_diverged",
         }
     }
 }

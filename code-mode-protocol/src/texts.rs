@@ -219,6 +219,22 @@ pub fn cpu_budget_exceeded(budget_secs: f64) -> String {
 /// The error of a cell whose thread stopped without reporting how it ended.
 pub const CELL_STOPPED_UNEXPECTEDLY: &str = "exec cell stopped unexpectedly";
 
+/// The error of a cell that, rebuilt from its journal, made call `call` (the tool
+/// `tool`) other than the one its journal holds at that position.
+pub fn replay_diverged(call: u64, tool: &str) -> String {
+    format!(
+        "exec cell could not be rebuilt: its nested call {call} (tools.{tool}) differs from the call it made before; nothing was sent"
+    )
+}
+
+/// The error of a rebuilt cell that did not make again a call or timer its journal
+/// answers (`what`, e.g. `nested call 3`).
+pub fn replay_stalled(what: &str) -> String {
+    format!(
+        "exec cell could not be rebuilt: it did not make its {what} again; nothing was sent"
+    )
+}
+
 /// A session call whose cell's actor went away without answering (a runtime fault).
 pub fn cell_stopped_without_answering(cell_id: &dyn fmt::Display) -> String {
     format!("exec cell {cell_id} stopped without answering")

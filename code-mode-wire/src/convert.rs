@@ -85,7 +85,7 @@ mirror_enum!(api_model::ToolKind, wire::ToolKind { unit: Function, Freeform; });
 mirror_enum!(api_model::ImageDetail, wire::ImageDetail { unit: Auto, Low, High, Original; });
 mirror_enum!(api::FailureKind, wire::FailureKind {
     unit: ScriptError, OutOfMemory, CpuBudget, Stalled, StoppedUnexpectedly, RuntimeLost,
-        NotFound;
+        NotFound, ReplayDiverged;
 });
 mirror_enum!(api_calls::SessionCall, wire::SessionCall {
     unit: Interrupt, Shutdown;
@@ -120,6 +120,7 @@ mirror_struct!(
     reuse_isolates,
     max_stored_bytes,
     surface,
+    hibernate_after_ms,
 );
 mirror_struct!(api::WaitRequest, wire::WaitRequest: cell_id, yield_time_ms);
 mirror_struct!(api::CellFailure, wire::CellFailure: kind, text);

@@ -20,7 +20,9 @@ use std::fmt;
 /// 9: the wire has payload types of its own (`payload`); a failed result carries one
 /// optional failure (kind and text) instead of a text, a kind and a missing-cell flag
 /// that had to agree.
-pub const PROTOCOL_VERSION: u32 = 9;
+/// 10: sessions choose when their waiting cells hibernate, and a cell can fail because
+/// its rebuild from its journal diverged.
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

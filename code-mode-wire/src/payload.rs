@@ -33,6 +33,7 @@ pub struct SessionOptions {
     pub reuse_isolates: bool,
     pub max_stored_bytes: u64,
     pub surface: Surface,
+    pub hibernate_after_ms: Option<u64>,
 }
 
 /// What one cell may use.
@@ -123,6 +124,7 @@ pub enum FailureKind {
     StoppedUnexpectedly,
     RuntimeLost,
     NotFound,
+    ReplayDiverged,
 }
 
 /// A failed cell's reason and text.

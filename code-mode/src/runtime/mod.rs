@@ -114,6 +114,11 @@ pub struct CellConfig {
     pub limits: CellLimits,
     /// The globals the cell sees.
     pub surface: code_mode_protocol::Surface,
+    /// The seed of the cell's `Math.random()`.
+    pub seed: u64,
+    /// Readings the cell's clock gives before real time: a replayed cell's, in the order
+    /// its first run read them ([`CellEvent::Clock`]).
+    pub clock: Arc<[u64]>,
 }
 
 /// A nested tool call the cell started.
@@ -141,6 +146,9 @@ pub enum CellEvent {
     ToolCall(ToolCallRequest),
     /// `notify(...)` ran with this text.
     Notify(String),
+    /// The cell read its clock (`Date.now()`, `new Date()`, ...): these live readings, in
+    /// order, reported ahead of the next event. Replayed readings are not reported.
+    Clock(Vec<u64>),
     /// `setTimeout` armed timer `id`; answer with [`CellCommand::TimerFired`] after `delay`.
     TimerSet { id: u64, delay: Duration },
     /// `clearTimeout` disarmed timer `id`; the owner may forget it.

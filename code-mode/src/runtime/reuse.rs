@@ -296,6 +296,8 @@ mod tests {
             max_stored_bytes: None,
             limits: CellLimits::default(),
             surface: code_mode_protocol::Surface::Contract,
+            seed: 0,
+            clock: Arc::default(),
         };
         // Dropping the handle would stop the cell: the caller keeps it.
         let (job, handle) = Job::new(config, events, Some(Arc::clone(shelf)));

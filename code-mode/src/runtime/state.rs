@@ -52,6 +52,22 @@ pub(crate) struct CellState {
     /// created for those it used.
     pub(crate) deferred: Option<Arc<ToolTable>>,
     pub(crate) deferred_functions: HashMap<usize, v8::Global<v8::Function>>,
+    /// `Math.random`'s generator (SplitMix64), seeded from the cell's configuration.
+    random_state: u64,
+    /// Clock readings to give back before reading real time (a replayed cell's), and how
+    /// many were given.
+    clock_replay: Arc<[u64]>,
+    clock_replayed: usize,
+    /// Live clock readings not yet reported to the owner: they go ahead of the next event,
+    /// so that every reading that could have shaped what the owner saw is in its journal.
+    clock_unreported: Vec<u64>,
+}
+
+/// Real time, in whole milliseconds since the epoch (what `Date.now()` gives).
+pub(crate) fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub(crate) type StateRef = Rc<RefCell<CellState>>;
@@ -84,7 +100,34 @@ impl CellState {
             context: None,
             deferred: None,
             deferred_functions: HashMap::new(),
+            random_state: config.seed,
+            clock_replay: Arc::clone(&config.clock),
+            clock_replayed: 0,
+            clock_unreported: Vec::new(),
         }
+    }
+
+    /// A reading of the cell's clock: the next replayed one, else real time (reported to
+    /// the owner ahead of the next event).
+    pub(crate) fn now_ms(&mut self) -> u64 {
+        if let Some(&reading) = self.clock_replay.get(self.clock_replayed) {
+            self.clock_replayed += 1;
+            return reading;
+        }
+        let now = wall_clock_ms();
+        self.clock_unreported.push(now);
+        now
+    }
+
+    /// The next number of `Math.random()`, in [0, 1).
+    pub(crate) fn next_random(&mut self) -> f64 {
+        self.random_state = self.random_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.random_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // The top 53 bits, as a fraction.
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Whether the cell must not take any further effect: `exit()` ran, the owner asked for
@@ -154,6 +197,16 @@ impl CellState {
     }
 
     fn send(&mut self, event: CellEvent) -> bool {
+        if !self.clock_unreported.is_empty() {
+            let readings = std::mem::take(&mut self.clock_unreported);
+            if !self.send_now(CellEvent::Clock(readings)) {
+                return false;
+            }
+        }
+        self.send_now(event)
+    }
+
+    fn send_now(&mut self, event: CellEvent) -> bool {
         if self.events.blocking_send(event).is_err() {
             // Nobody listens any more: stop running JS.
             self.owner_gone = true;

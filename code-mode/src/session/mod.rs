@@ -12,6 +12,10 @@
 //! their own OS threads, their actors are tokio tasks.
 
 mod actor;
+
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub use actor::perturb_replayed_calls;
 pub mod search;
 
 use crate::runtime::{
@@ -29,6 +33,7 @@ use code_mode_protocol::{
 };
 use search::{SearchCache, SearchableTools};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -118,6 +123,10 @@ pub(crate) struct Shared {
     /// The searchable form of the tool set with deferred tools the last cell used, so the
     /// index behind `tools.tool_search` is built once per set (contract 8.3).
     search: SearchCache,
+    /// Cells hibernating now, and hibernations and wake-ups so far.
+    hibernating: AtomicU64,
+    hibernations: AtomicU64,
+    wakes: AtomicU64,
 }
 
 struct Registry {
@@ -202,8 +211,10 @@ impl Shared {
             max_stored_bytes: Some(self.options.max_stored_bytes),
             limits: self.options.limits,
             surface: self.options.surface,
+            seed: random_seed(),
+            clock: Arc::default(),
         };
-        let runtime = spawn_cell_on(config, events_tx, self.shelf.clone())
+        let runtime = spawn_cell_on(config.clone(), events_tx, self.shelf.clone())
             .map_err(|e| SessionError::Runtime(RuntimeFailure::caused_by(e)))?;
         code_mode_protocol::hop!("cell handed to its thread");
         registry.last_cell_id += 1;
@@ -213,6 +224,7 @@ impl Shared {
         let actor = CellActor::new(
             cell_id.clone(),
             Arc::clone(self),
+            config,
             runtime,
             events_rx,
             requests_rx,
@@ -284,12 +296,38 @@ impl InProcessSession {
                 stored: Mutex::new(CommittedValues::new(stored_values)),
                 shelf,
                 search: SearchCache::default(),
+                hibernating: AtomicU64::new(0),
+                hibernations: AtomicU64::new(0),
+                wakes: AtomicU64::new(0),
             }),
         }
     }
 }
 
+/// A seed for a cell's `Math.random()`: different for every cell of the process.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static CELLS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(CELLS.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
+}
+
 impl InProcessSession {
+    /// How many of this session's cells hibernate now (CONTRACT §7): their journal keeps
+    /// them, without a thread or an isolate.
+    pub fn cells_hibernating(&self) -> u64 {
+        self.shared.hibernating.load(Ordering::Relaxed)
+    }
+
+    /// How many times this session's cells hibernated, and how many times one was woken.
+    pub fn hibernation_counts(&self) -> (u64, u64) {
+        (
+            self.shared.hibernations.load(Ordering::Relaxed),
+            self.shared.wakes.load(Ordering::Relaxed),
+        )
+    }
+
     /// How many of this session's cells ran on an isolate an earlier cell of the session
     /// left parked (CONTRACT §7); 0 when the session does not reuse isolates.
     pub fn isolates_reused(&self) -> u64 {

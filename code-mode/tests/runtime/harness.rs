@@ -147,6 +147,8 @@ pub struct Cell {
     context: Option<ContextSource>,
     /// Answer the first this many calls in reverse order.
     reversed: Option<usize>,
+    seed: u64,
+    clock: Vec<u64>,
 }
 
 pub fn cell(source: &str) -> Cell {
@@ -161,6 +163,8 @@ pub fn cell(source: &str) -> Cell {
         shelf: None,
         context: None,
         reversed: None,
+        seed: 0,
+        clock: Vec::new(),
     }
 }
 
@@ -178,6 +182,18 @@ impl Cell {
     /// The session's cap on stored values (none by default).
     pub fn max_stored_bytes(mut self, max_bytes: u64) -> Self {
         self.max_stored_bytes = Some(max_bytes);
+        self
+    }
+
+    /// The seed of the cell's `Math.random()`.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Clock readings the cell gets before real time (a replayed cell's).
+    pub fn clock(mut self, readings: &[u64]) -> Self {
+        self.clock = readings.to_vec();
         self
     }
 
@@ -247,6 +263,8 @@ impl Cell {
             max_stored_bytes: self.max_stored_bytes,
             limits: self.limits,
             surface: code_mode_protocol::Surface::Contract,
+            seed: self.seed,
+            clock: Arc::from(self.clock.as_slice()),
         };
         let handle = match self.context {
             Some(source) => spawn_cell_from(config, events_tx, source),

@@ -107,6 +107,7 @@ macro_rules! helper {
     };
 }
 
+mod determinism;
 mod media;
 mod settled;
 mod tools;
@@ -243,12 +244,18 @@ pub(crate) fn new_helpers<'s>(scope: &mut v8::PinScope<'s, '_>) -> Vec<v8::Local
     helpers.push(console.into());
     helpers.extend(settled::new_functions(scope));
     debug_assert_eq!(helpers.len(), HELPER_NAMES.len());
+    // Last, and no global of its own: the installer of the deterministic globals.
+    match determinism::new_installer(scope) {
+        Some(installer) => helpers.push(installer),
+        None => tracing::error!("the deterministic globals could not be made"),
+    }
     helpers
 }
 
 /// Defines `helpers` (the values of [`HELPER_NAMES`], in order) as the globals of
-/// `surface`, in place of V8's own `console`, and removes the globals a cell must not have
-/// (contract §2).
+/// `surface`, in place of V8's own `console`, removes the globals a cell must not have
+/// (contract §2) and puts the deterministic clock, random numbers and weak references in
+/// place (`determinism`; the value after the named helpers).
 ///
 /// The contract's surface: read-only globals in [`HELPER_NAMES`] order. Codex's: no
 /// `console`, a `content` helper, plain (writable, configurable) properties in
@@ -263,6 +270,9 @@ pub(crate) fn define_helpers(
     for name in REMOVED_GLOBALS.into_iter().chain(["console"]) {
         let key = v8_str(scope, name);
         global.delete(scope, key.into());
+    }
+    if let Some(installer) = helpers.get(HELPER_NAMES.len()) {
+        determinism::install(scope, *installer);
     }
     match surface {
         Surface::Contract => {
@@ -399,6 +409,7 @@ pub(crate) fn external_references() -> Vec<v8::ExternalReference> {
         .into_iter()
         .map(|(_, callback)| callback)
         .chain([console_helper.map_fn_to()])
+        .chain(determinism::external_references())
         .map(|function| v8::ExternalReference { function })
         .collect()
 }

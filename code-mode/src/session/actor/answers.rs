@@ -300,7 +300,11 @@ impl CellActor {
         ReturnPath {
             ack: self.callbacks.unacked.ack(),
             returns: self.returns_tx.clone(),
-            release: matches!(self.life.phase, Phase::Finished(_)).then(|| self.runtime.releaser()),
+            release: self
+                .runtime
+                .as_ref()
+                .filter(|_| matches!(self.life.phase, Phase::Finished(_)))
+                .map(CellHandle::releaser),
             given: Given {
                 number: self.output.deliveries,
                 first_observation: !self.output.observed,

@@ -186,19 +186,26 @@ impl CellActor {
         }
     }
 
+    /// Journals a command and sends it (a hibernating cell is rebuilt for it first).
     pub(super) fn send_to_cell(&mut self, command: CellCommand) {
-        self.frontier.commands_sent += 1;
-        self.frontier.at_frontier = false;
-        self.runtime.send(command);
+        self.hibernate_at = None;
+        self.journal.enter(&self.cell_id, command);
+        if self.runtime.is_none() {
+            self.wake();
+        } else {
+            self.pump();
+        }
     }
 
     /// Removes the cell from the session, waits for its thread, and reports it closed.
-    pub(super) async fn close(self) {
+    pub(super) async fn close(mut self) {
         self.shared.forget(&self.cell_id);
-        let runtime = self.runtime;
-        let joined = tokio::task::spawn_blocking(move || runtime.join()).await;
-        if joined.is_err() {
-            tracing::error!(cell = %self.cell_id, "joining the cell thread failed");
+        self.set_asleep(false);
+        if let Some(runtime) = self.runtime {
+            let joined = tokio::task::spawn_blocking(move || runtime.join()).await;
+            if joined.is_err() {
+                tracing::error!(cell = %self.cell_id, "joining the cell thread failed");
+            }
         }
         self.routing.delegate.cell_closed(&self.cell_id);
     }

@@ -22,13 +22,22 @@
 //!   taken by its caller ([`Answer`]'s acknowledgement): a front end sees a cell's answers
 //!   and later events in the order the cell produced them.
 //!
+//! - A cell waiting on nothing but its nested calls hibernates after the session's
+//!   `hibernate_after_ms`: its thread and isolate are given back, and it is rebuilt from
+//!   its journal on a fresh isolate when a command is due or an observation needs a new
+//!   frontier (CONTRACT §7).
+//!
 //! `answers` holds who waits on the cell and the answers they get (and take back when
 //! dropped untaken); `acks` which answers were not taken yet; `callbacks` the delegate
-//! callbacks, their order and the timers.
+//! callbacks, their order and the timers; `journal` what entered the cell and its replay.
 
 mod acks;
 mod answers;
 mod callbacks;
+mod journal;
+
+#[cfg(feature = "internals")]
+pub use journal::perturb_replayed_calls;
 
 use super::Shared;
 use crate::runtime::{CellCommand, CellEvent, CellHandle, CellOutcome, Releaser, ToolCallRequest};
@@ -37,6 +46,7 @@ use acks::Unacked;
 pub(crate) use answers::{Answer, Observer, Returnable, TerminateReply};
 use answers::{GivenBack, send_answer};
 use callbacks::{Callbacks, Timers, cancelled_some, sleep_until_some, start_now};
+use journal::{Cursor, Journal, Seen};
 use code_mode_protocol::delivery::Delivery;
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
@@ -123,6 +133,8 @@ enum Step {
     Shutdown,
     /// The oldest answer not yet taken was taken.
     Acked,
+    /// The cell waited on nothing but nested calls for the session's hibernation delay.
+    Hibernate,
 }
 
 /// Output not yet returned and who waits for it (contract 3.3).
@@ -191,8 +203,16 @@ impl Life {
 pub(crate) struct CellActor {
     cell_id: CellId,
     shared: Arc<Shared>,
-    runtime: CellHandle,
+    /// The cell's current incarnation; `None` while it hibernates.
+    runtime: Option<CellHandle>,
     events: mpsc::Receiver<CellEvent>,
+    /// What entered the cell, and where its current incarnation is in it.
+    journal: Journal,
+    cursor: Cursor,
+    /// When the cell hibernates, unless something happens first.
+    hibernate_at: Option<Instant>,
+    /// Whether it hibernates now (counted in the session).
+    asleep: bool,
     requests: mpsc::Receiver<ActorRequest>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
@@ -210,9 +230,11 @@ pub(crate) struct CellActor {
 }
 
 impl CellActor {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cell_id: CellId,
         shared: Arc<Shared>,
+        config: crate::runtime::CellConfig,
         runtime: CellHandle,
         events: mpsc::Receiver<CellEvent>,
         requests: mpsc::Receiver<ActorRequest>,
@@ -225,8 +247,12 @@ impl CellActor {
         Self {
             cell_id,
             shared,
-            runtime,
+            runtime: Some(runtime),
             events,
+            journal: Journal::new(config),
+            cursor: Cursor::default(),
+            hibernate_at: None,
+            asleep: false,
             requests,
             internal_tx,
             internal_rx,
@@ -279,6 +305,7 @@ impl CellActor {
                     Step::Internal(message) => self.on_internal(message),
                     Step::Shutdown => self.on_shutdown(),
                     Step::Acked => self.callbacks.on_acked(),
+                    Step::Hibernate => self.hibernate(),
                 }
             }
             // The final answer is taken before the cell is reported closed; one its
@@ -305,7 +332,13 @@ impl CellActor {
             }) => (Some(*deadline), preempt.clone()),
             _ => (None, None),
         };
-        let next_timer = self.timers.next_due();
+        // Timers the journal fires are not fired by the clock while the cell replays.
+        let next_timer = if self.journal.caught_up(&self.cursor) {
+            self.timers.next_due()
+        } else {
+            None
+        };
+        let awake = self.runtime.is_some();
         let root = self.shared.root().clone();
         tokio::select! {
             biased;
@@ -320,11 +353,12 @@ impl CellActor {
             // shutdown is about to terminate (it could end the cell with that error first).
             () = root.cancelled(), if !self.life.shutting_down => Step::Shutdown,
             () = sleep_until_some(next_timer) => Step::TimersDue,
-            event = self.events.recv(), if !self.life.runtime_done() => Step::Event(event),
+            event = self.events.recv(), if awake && !self.life.runtime_done() => Step::Event(event),
             Some(given) = self.returns_rx.recv() => Step::Returned(given),
             Some(request) = self.requests.recv() => Step::Request(request),
             Some(message) = self.internal_rx.recv() => Step::Internal(message),
             () = self.callbacks.unacked.oldest_taken(), if !self.callbacks.unacked.is_empty() => Step::Acked,
+            () = sleep_until_some(self.hibernate_at) => Step::Hibernate,
         }
     }
 
@@ -333,21 +367,54 @@ impl CellActor {
     // -----------------------------------------------------------------------------------
 
     fn on_event(&mut self, event: CellEvent) {
+        self.hibernate_at = None;
         match event {
-            CellEvent::Output(item) => self.output.items.push(item),
-            CellEvent::YieldRequested => self.on_yield_requested(),
-            CellEvent::ToolCall(call) => self.start_tool_call(call),
-            CellEvent::Notify(text) => self.start_notification(text),
-            CellEvent::TimerSet { id, delay } => self.timers.arm(id, delay),
+            CellEvent::Output(item) => {
+                if let Seen::Live = self.journal.output(&mut self.cursor) {
+                    self.output.items.push(item);
+                }
+            }
+            CellEvent::YieldRequested => {
+                if let Seen::Live = self.journal.yielded(&mut self.cursor) {
+                    self.on_yield_requested();
+                }
+            }
+            CellEvent::ToolCall(call) => {
+                match self.journal.call(&self.cell_id, &mut self.cursor, &call) {
+                    Ok(Seen::Live) => self.start_tool_call(call),
+                    Ok(Seen::Replayed) => {}
+                    Err(text) => return self.diverge(text),
+                }
+                self.pump();
+            }
+            CellEvent::Notify(text) => {
+                if let Seen::Live = self.journal.notification(&mut self.cursor) {
+                    self.start_notification(text);
+                }
+            }
+            CellEvent::Clock(readings) => self.journal.clock_read(&self.cell_id, readings),
+            CellEvent::TimerSet { id, delay } => {
+                Journal::timer_set(&mut self.cursor, id);
+                self.timers.arm(id, delay);
+                self.pump();
+            }
             CellEvent::TimerCleared { id } => {
                 self.timers.cancel(id);
             }
             CellEvent::Idle { commands_applied } => {
                 // An `Idle` sent before the cell received our latest commands is stale.
-                if commands_applied == self.frontier.commands_sent {
-                    self.frontier.at_frontier = true;
-                    self.respond_at_frontier();
+                if commands_applied != self.frontier.commands_sent {
+                    return;
                 }
+                if !self.journal.caught_up(&self.cursor) {
+                    // Replaying, every command sent applied, and the next one answers
+                    // something the cell did not make again.
+                    let awaited = self.journal.awaited(&self.cursor).unwrap_or_default();
+                    return self.diverge(code_mode_protocol::texts::replay_stalled(&awaited));
+                }
+                self.frontier.at_frontier = true;
+                self.respond_at_frontier();
+                self.consider_hibernation();
             }
             CellEvent::Finished(outcome) => {
                 code_mode_protocol::hop!("actor has the end");
@@ -504,7 +571,7 @@ impl CellActor {
         if matches!(self.life.phase, Phase::Running) {
             self.life.phase = Phase::Terminating;
             self.interrupted.push(reply);
-            self.runtime.terminate();
+            self.terminate_runtime();
         } else {
             let _ = reply.send(false);
         }
@@ -536,6 +603,10 @@ impl CellActor {
         match self.life.phase {
             Phase::Finished(_) => self.deliver_final(),
             Phase::Terminating | Phase::CleaningUp(_) | Phase::Closed(_) => {}
+            // A hibernating cell is rebuilt to reach its next frontier.
+            Phase::Running if pending_mode && !self.frontier.at_frontier && self.runtime.is_none() => {
+                self.wake();
+            }
             Phase::Running if pending_mode => self.respond_at_frontier(),
             Phase::Running => {
                 if !self.output.observed
@@ -570,7 +641,7 @@ impl CellActor {
             Phase::Running => {
                 self.life.phase = Phase::Terminating;
                 self.output.terminate_reply = Some(reply);
-                self.runtime.terminate();
+                self.terminate_runtime();
             }
         }
     }
@@ -583,7 +654,7 @@ impl CellActor {
         match self.life.phase {
             Phase::Running => {
                 self.life.phase = Phase::Terminating;
-                self.runtime.terminate();
+                self.terminate_runtime();
             }
             Phase::Terminating | Phase::CleaningUp(_) | Phase::Closed(_) => {}
             Phase::Finished(_) => self.life.close(),

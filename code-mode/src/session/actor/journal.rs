@@ -1,0 +1,463 @@
+//! The cell's journal and its replay (CONTRACT §7, "Durable cells").
+//!
+//! A cell is deterministic apart from what enters it, so the journal holds exactly that:
+//! what it started from (source, tools, stored values, the seed of `Math.random`), every
+//! command that entered it in the order it entered (each nested call's answer, each timer
+//! that fired), every clock reading it took, and a hash of each nested call it made. It
+//! also counts what the cell already gave its owner: output items, notifications, yields.
+//!
+//! Replay starts the same cell on a fresh isolate with the journal's clock readings and
+//! sends it the journal's commands in order, each once the cell has made again the call or
+//! timer it answers. Calls the cell makes again are checked against their hashes and never
+//! sent; output, notifications and yields it gives again are dropped. When every command
+//! was applied, the cell is live again. A command that arrives during the replay is
+//! journaled behind the others and reaches the cell in that order.
+
+use super::*;
+use crate::runtime::{CellConfig, spawn_cell_on};
+use code_mode_protocol::session::MAX_JOURNAL_BYTES;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a journal entry costs beside its payload (its place in a vector, its tag).
+const ENTRY_OVERHEAD_BYTES: u64 = 16;
+
+/// Test hook: every replayed call's hash is taken as different from its journal's.
+static PERTURB_REPLAYED_CALLS: AtomicBool = AtomicBool::new(false);
+
+/// Makes every call of a replayed cell differ from its journal (so its rebuild diverges),
+/// or stops doing so: for the tests of divergence only.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub fn perturb_replayed_calls(on: bool) {
+    PERTURB_REPLAYED_CALLS.store(on, Ordering::SeqCst);
+}
+
+/// A nested call's identity as the journal checks it: FNV-1a over the tool's name and
+/// its argument's JSON text (stable across processes and builds).
+pub(crate) fn call_hash(name: &str, input: Option<&str>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(name.as_bytes());
+    match input {
+        Some(input) => {
+            eat(&[1]);
+            eat(input.as_bytes());
+        }
+        None => eat(&[0]),
+    }
+    hash
+}
+
+/// Everything that entered one cell, and what it gave out so far.
+pub(crate) struct Journal {
+    /// What the cell started from (its clock readings are [`Journal::clock`]).
+    config: CellConfig,
+    clock: Vec<u64>,
+    /// The hash of each nested call, in the order the cell made them (call `n` is at
+    /// `n - 1`), with its tool's name for the divergence error.
+    issued: Vec<(u64, String)>,
+    /// The commands the cell was sent, in order.
+    entered: Vec<CellCommand>,
+    outputs: u64,
+    notifications: u64,
+    yields: u64,
+    bytes: u64,
+    /// Whether the journal is whole: once it would pass [`MAX_JOURNAL_BYTES`], it is
+    /// dropped and the cell can no longer be rebuilt.
+    durable: bool,
+}
+
+/// Where the cell's current incarnation is in its journal.
+#[derive(Default)]
+pub(crate) struct Cursor {
+    /// The next command of the journal to send.
+    next: usize,
+    calls: u64,
+    timers: u64,
+    outputs: u64,
+    notifications: u64,
+    yields: u64,
+}
+
+/// What the actor does with an event of a (possibly replaying) cell.
+pub(crate) enum Seen {
+    /// New: handle it as a live cell's.
+    Live,
+    /// Given before this incarnation: drop it.
+    Replayed,
+}
+
+impl Journal {
+    pub(crate) fn new(config: CellConfig) -> Self {
+        let bytes = config.source.len() as u64;
+        Self {
+            config,
+            clock: Vec::new(),
+            issued: Vec::new(),
+            entered: Vec::new(),
+            outputs: 0,
+            notifications: 0,
+            yields: 0,
+            bytes,
+            durable: true,
+        }
+    }
+
+    pub(crate) fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// The configuration of a new incarnation: the start, with every clock reading so far.
+    pub(crate) fn config(&self) -> CellConfig {
+        let mut config = self.config.clone();
+        config.clock = Arc::from(self.clock.as_slice());
+        config
+    }
+
+    /// Counts `bytes` more; past the cap the journal stops being durable (said once in the
+    /// log), and what it holds is dropped once the cell has had all of it.
+    fn grow(&mut self, cell_id: &CellId, bytes: u64) {
+        if !self.durable {
+            return;
+        }
+        self.bytes = self.bytes.saturating_add(bytes + ENTRY_OVERHEAD_BYTES);
+        if self.bytes > MAX_JOURNAL_BYTES {
+            self.durable = false;
+            tracing::warn!(
+                cell = %cell_id,
+                max_bytes = MAX_JOURNAL_BYTES,
+                "the cell's journal passed its cap: the cell is no longer durable"
+            );
+        }
+    }
+
+    /// Live clock readings.
+    pub(crate) fn clock_read(&mut self, cell_id: &CellId, readings: Vec<u64>) {
+        self.grow(cell_id, 8 * readings.len() as u64);
+        if self.durable {
+            self.clock.extend(readings);
+        }
+    }
+
+    /// A command decided for the cell: journaled, to be sent by [`Journal::due`].
+    pub(crate) fn enter(&mut self, cell_id: &CellId, command: CellCommand) {
+        let bytes = match &command {
+            CellCommand::ToolResult { result, .. } => match result {
+                Ok(json) => json.as_str().len() as u64,
+                Err(error) => error.message().len() as u64,
+            },
+            CellCommand::TimerFired { .. } => 0,
+        };
+        self.grow(cell_id, bytes);
+        self.entered.push(command);
+    }
+
+    /// The next command to send to the incarnation at `cursor`, once the cell made the
+    /// call or timer it answers; `None` when there is none yet. A journal that is no
+    /// longer durable forgets what the cell has had.
+    pub(crate) fn due(&mut self, cursor: &mut Cursor) -> Option<CellCommand> {
+        let command = self.entered.get(cursor.next)?;
+        let ready = match command {
+            CellCommand::ToolResult { id, .. } => id.number() <= cursor.calls,
+            CellCommand::TimerFired { id } => *id <= cursor.timers,
+        };
+        if !ready {
+            return None;
+        }
+        let command = command.clone();
+        cursor.next += 1;
+        if !self.durable && cursor.next == self.entered.len() {
+            self.entered.clear();
+            cursor.next = 0;
+            self.issued = Vec::new();
+            self.clock = Vec::new();
+        }
+        Some(command)
+    }
+
+    /// Whether the incarnation at `cursor` has been sent every command of the journal.
+    pub(crate) fn caught_up(&self, cursor: &Cursor) -> bool {
+        cursor.next >= self.entered.len()
+    }
+
+    /// What the incarnation at `cursor` waits for to take the journal's next command
+    /// (for the error of a cell that went idle without making it).
+    pub(crate) fn awaited(&self, cursor: &Cursor) -> Option<String> {
+        match self.entered.get(cursor.next)? {
+            CellCommand::ToolResult { id, .. } => Some(format!("nested call {}", id.number())),
+            CellCommand::TimerFired { id } => Some(format!("timer {id}")),
+        }
+    }
+
+    /// A nested call the cell made: `Ok(Seen::Replayed)` when the journal has it (same
+    /// hash), `Ok(Seen::Live)` when it is new (now journaled), or the divergence error.
+    pub(crate) fn call(
+        &mut self,
+        cell_id: &CellId,
+        cursor: &mut Cursor,
+        call: &ToolCallRequest,
+    ) -> Result<Seen, String> {
+        cursor.calls = call.id.number();
+        let hash = call_hash(&call.name, call.input.as_deref());
+        let index = usize::try_from(call.id.number().saturating_sub(1)).unwrap_or(usize::MAX);
+        match self.issued.get(index) {
+            Some((logged, _)) => {
+                let perturbed = PERTURB_REPLAYED_CALLS.load(Ordering::SeqCst);
+                if *logged == hash && !perturbed {
+                    Ok(Seen::Replayed)
+                } else {
+                    Err(code_mode_protocol::texts::replay_diverged(
+                        call.id.number(),
+                        &call.name,
+                    ))
+                }
+            }
+            None => {
+                self.grow(cell_id, 8 + call.name.len() as u64);
+                if self.durable {
+                    self.issued.push((hash, call.name.clone()));
+                }
+                Ok(Seen::Live)
+            }
+        }
+    }
+
+    /// A timer the cell armed (`id`; ids count up from 1).
+    pub(crate) fn timer_set(cursor: &mut Cursor, id: u64) {
+        cursor.timers = cursor.timers.max(id);
+    }
+
+    /// An output item the cell gave.
+    pub(crate) fn output(&mut self, cursor: &mut Cursor) -> Seen {
+        Self::count(&mut self.outputs, &mut cursor.outputs)
+    }
+
+    /// A notification the cell made.
+    pub(crate) fn notification(&mut self, cursor: &mut Cursor) -> Seen {
+        Self::count(&mut self.notifications, &mut cursor.notifications)
+    }
+
+    /// A `yield_control()` the cell ran.
+    pub(crate) fn yielded(&mut self, cursor: &mut Cursor) -> Seen {
+        Self::count(&mut self.yields, &mut cursor.yields)
+    }
+
+    fn count(total: &mut u64, seen: &mut u64) -> Seen {
+        *seen += 1;
+        if *seen <= *total {
+            Seen::Replayed
+        } else {
+            *total = *seen;
+            Seen::Live
+        }
+    }
+
+    /// Starts a new incarnation of the cell from the journal, on `shelf`'s isolate when
+    /// there is one.
+    pub(crate) fn respawn(
+        &self,
+        shelf: Option<Arc<crate::runtime::IsolateShelf>>,
+    ) -> Result<(CellHandle, mpsc::Receiver<CellEvent>), crate::runtime::SpawnError> {
+        let (events_tx, events_rx) = mpsc::channel(crate::runtime::EVENT_CHANNEL_CAPACITY);
+        let handle = spawn_cell_on(self.config(), events_tx, shelf)?;
+        Ok((handle, events_rx))
+    }
+}
+
+impl CellActor {
+    /// Sends the cell every journal command it can take now.
+    pub(super) fn pump(&mut self) {
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        while let Some(command) = self.journal.due(&mut self.cursor) {
+            if let CellCommand::TimerFired { id } = command {
+                // Fired by the journal: the clock does not fire it again.
+                self.timers.cancel(id);
+            }
+            self.frontier.commands_sent += 1;
+            self.frontier.at_frontier = false;
+            runtime.send(command);
+        }
+    }
+
+    /// Starts the cell's next incarnation from its journal, which then replays.
+    pub(super) fn wake(&mut self) {
+        if self.runtime.is_some() || !matches!(self.life.phase, Phase::Running) {
+            return;
+        }
+        self.hibernate_at = None;
+        self.set_asleep(false);
+        self.shared.wakes.fetch_add(1, Ordering::Relaxed);
+        match self.journal.respawn(self.shared.shelf.clone()) {
+            Ok((runtime, events)) => {
+                tracing::debug!(cell = %self.cell_id, "hibernated cell woken");
+                self.runtime = Some(runtime);
+                self.events = events;
+                self.cursor = Cursor::default();
+                self.frontier.commands_sent = 0;
+                self.frontier.at_frontier = false;
+                // Timers of the hibernated incarnation are armed again by the new one.
+                self.timers = Timers::default();
+                self.pump();
+            }
+            Err(error) => {
+                tracing::error!(cell = %self.cell_id, %error, "cannot wake a hibernated cell");
+                self.on_runtime_lost();
+            }
+        }
+    }
+
+    /// Arms the hibernation of a cell at a frontier with nothing but nested calls (or
+    /// answers held back for the next observation) pending, when its session allows it.
+    pub(super) fn consider_hibernation(&mut self) {
+        let Some(after_ms) = self.shared.options.hibernate_after_ms else {
+            return;
+        };
+        if self.hibernatable() {
+            self.hibernate_at = Instant::now().checked_add(Duration::from_millis(after_ms));
+        }
+    }
+
+    fn hibernatable(&self) -> bool {
+        let waits_on_calls = !self.callbacks.tool_tasks.is_empty()
+            || !self.callbacks.deferred.is_empty()
+            || !self.frontier.held_back.is_empty();
+        matches!(self.life.phase, Phase::Running)
+            && !self.life.shutting_down
+            && self.runtime.is_some()
+            && self.journal.durable()
+            && self.journal.caught_up(&self.cursor)
+            && self.frontier.at_frontier
+            && self.timers.next_due().is_none()
+            && waits_on_calls
+    }
+
+    /// Gives the cell's thread and isolate back; the journal keeps the cell.
+    pub(super) fn hibernate(&mut self) {
+        self.hibernate_at = None;
+        if !self.hibernatable() {
+            return;
+        }
+        tracing::debug!(cell = %self.cell_id, "cell hibernates");
+        self.set_asleep(true);
+        self.shared.hibernations.fetch_add(1, Ordering::Relaxed);
+        self.drop_runtime();
+    }
+
+    /// Whether the cell hibernates now, counted in its session.
+    pub(super) fn set_asleep(&mut self, asleep: bool) {
+        if self.asleep != asleep {
+            self.asleep = asleep;
+            if asleep {
+                self.shared.hibernating.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.shared.hibernating.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lets the current incarnation go: its thread stops and disposes of its isolate, and
+    /// nothing it still reports is read.
+    fn drop_runtime(&mut self) {
+        self.runtime = None;
+        let (_, closed) = mpsc::channel(1);
+        self.events = closed;
+    }
+
+    /// Stops the cell for a termination decided already: its thread, or at once for a
+    /// hibernating cell, which has none.
+    pub(super) fn terminate_runtime(&mut self) {
+        match &self.runtime {
+            Some(runtime) => runtime.terminate(),
+            None => {
+                self.set_asleep(false);
+                self.on_finished(CellOutcome::Terminated);
+            }
+        }
+    }
+
+    /// The rebuilt cell left its journal: it fails with `text`, sending nothing.
+    pub(super) fn diverge(&mut self, text: String) {
+        tracing::warn!(cell = %self.cell_id, %text, "replay diverged");
+        self.drop_runtime();
+        self.on_finished(CellOutcome::Completed {
+            failure: Some(CellFailure::new(FailureKind::ReplayDiverged, text)),
+            stored_writes: Default::default(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_hash_tells_names_arguments_and_no_argument_apart() {
+        let hashes = [
+            call_hash("read", Some("{}")),
+            call_hash("read", Some("{} ")),
+            call_hash("reads", Some("{}")),
+            call_hash("read", None),
+            call_hash("read", Some("")),
+        ];
+        for (i, a) in hashes.iter().enumerate() {
+            for b in &hashes[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(call_hash("read", Some("{}")), hashes[0]);
+    }
+
+    #[test]
+    fn a_journal_past_its_cap_is_no_longer_durable_and_forgets_what_the_cell_had() {
+        let cell = CellId::new(1);
+        let mut journal = Journal::new(CellConfig::default());
+        let big = "x".repeat(usize::try_from(MAX_JOURNAL_BYTES / 2).unwrap());
+        for id in 1..=2 {
+            journal.enter(
+                &cell,
+                CellCommand::ToolResult {
+                    id: CallId::new(id),
+                    result: Ok(JsonText::new(format!("\"{big}\""))),
+                },
+            );
+        }
+        assert!(!journal.durable());
+        let mut cursor = Cursor {
+            calls: 2,
+            ..Cursor::default()
+        };
+        // Still sent in order, though no longer durable.
+        for id in 1..=2 {
+            let command = journal.due(&mut cursor);
+            assert!(
+                matches!(command, Some(CellCommand::ToolResult { id: got, .. }) if got.number() == id)
+            );
+        }
+        assert!(journal.entered.is_empty(), "what the cell had is kept");
+        assert!(journal.caught_up(&cursor));
+    }
+
+    #[test]
+    fn a_command_waits_until_the_cell_made_what_it_answers() {
+        let cell = CellId::new(1);
+        let mut journal = Journal::new(CellConfig::default());
+        journal.enter(&cell, CellCommand::TimerFired { id: 2 });
+        let mut cursor = Cursor::default();
+        Journal::timer_set(&mut cursor, 1);
+        assert!(journal.due(&mut cursor).is_none());
+        assert_eq!(journal.awaited(&cursor).as_deref(), Some("timer 2"));
+        Journal::timer_set(&mut cursor, 2);
+        assert_eq!(
+            journal.due(&mut cursor),
+            Some(CellCommand::TimerFired { id: 2 })
+        );
+        assert!(journal.caught_up(&cursor));
+    }
+}
