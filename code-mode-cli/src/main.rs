@@ -232,6 +232,13 @@ struct LimitArgs {
     /// beyond it throws.
     #[arg(long, value_name = "BYTES", default_value_t = code_mode_protocol::stored::DEFAULT_MAX_STORED_BYTES)]
     max_stored_bytes: u64,
+    /// How long a cell waits on nothing but its nested calls before it hibernates (gives
+    /// its thread and isolate back until an answer comes), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = code_mode_protocol::session::DEFAULT_HIBERNATE_AFTER_MS)]
+    hibernate_after_ms: u64,
+    /// Cells never hibernate.
+    #[arg(long)]
+    no_hibernation: bool,
 }
 
 impl LimitArgs {
@@ -247,6 +254,7 @@ impl LimitArgs {
             reuse_isolates,
             max_stored_bytes: self.max_stored_bytes,
             surface: code_mode_protocol::Surface::Contract,
+            hibernate_after_ms: (!self.no_hibernation).then_some(self.hibernate_after_ms),
         }
     }
 }

@@ -110,6 +110,10 @@ struct OpenSessionParams {
     reuse_isolates: Option<bool>,
     /// The session's cap on stored values, in bytes of keys and JSON text.
     max_stored_bytes: Option<u64>,
+    /// How long a cell waits on nothing but its nested calls before it hibernates.
+    hibernate_after_ms: Option<u64>,
+    /// `false`: the session's cells never hibernate (default true).
+    hibernate: Option<bool>,
     /// The committed stored values to open the session with (as `stored_values` returned
     /// them): key → any JSON value.
     #[serde(default)]
@@ -412,6 +416,11 @@ impl Server {
                 .max_stored_bytes
                 .unwrap_or(code_mode_protocol::stored::DEFAULT_MAX_STORED_BYTES),
             surface: code_mode_protocol::Surface::Contract,
+            hibernate_after_ms: given.hibernate.unwrap_or(true).then(|| {
+                given
+                    .hibernate_after_ms
+                    .unwrap_or(code_mode_protocol::session::DEFAULT_HIBERNATE_AFTER_MS)
+            }),
         };
         let stored_values: StoredValues = given
             .stored_values

@@ -230,9 +230,7 @@ pub fn replay_diverged(call: u64, tool: &str) -> String {
 /// The error of a rebuilt cell that did not make again a call or timer its journal
 /// answers (`what`, e.g. `nested call 3`).
 pub fn replay_stalled(what: &str) -> String {
-    format!(
-        "exec cell could not be rebuilt: it did not make its {what} again; nothing was sent"
-    )
+    format!("exec cell could not be rebuilt: it did not make its {what} again; nothing was sent")
 }
 
 /// A session call whose cell's actor went away without answering (a runtime fault).

@@ -11,6 +11,7 @@
 
 pub mod chaos;
 pub mod delegate;
+pub mod durable;
 pub mod hostile;
 pub mod loss;
 pub mod proxy;
@@ -85,6 +86,9 @@ macro_rules! conformance_suite {
             a_store_beyond_the_session_cap_throws,
             terminate_stops_an_output_flood,
             failures_carry_their_kind,
+            a_hibernating_cell_ends_with_its_fault_free_output,
+            a_hibernating_cell_is_terminated,
+            a_woken_cell_exits,
         );
     };
     ($provider:expr) => {

@@ -18,6 +18,11 @@ const SCENARIO_DEADLINE: Duration = Duration::from_secs(120);
 const SHORT_YIELD_MS: u64 = 100;
 
 /// Runs a scenario under a deadline of two minutes (`SCENARIO_DEADLINE`).
+pub use crate::durable::{
+    a_hibernating_cell_ends_with_its_fault_free_output, a_hibernating_cell_is_terminated,
+    a_woken_cell_exits,
+};
+
 pub async fn run_with_deadline(scenario: impl Future<Output = ()>) {
     tokio::time::timeout(SCENARIO_DEADLINE, scenario)
         .await

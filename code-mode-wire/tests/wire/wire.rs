@@ -96,6 +96,7 @@ fn every_payload_converts_to_the_api_and_back_unchanged() {
         reuse_isolates: false,
         max_stored_bytes: 6,
         surface: api::Surface::Codex,
+        hibernate_after_ms: Some(8),
     };
     let wire = payload::SessionOptions::from(options.clone());
     assert_eq!(api::SessionOptions::from(wire), options);

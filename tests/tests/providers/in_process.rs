@@ -117,3 +117,168 @@ async fn the_default_stored_value_cap_is_64_mib() {
     );
     assert_eq!(session.stored_values().len(), 4);
 }
+
+/// Durable cells in process (CONTRACT §7): the cell of the durable scenario hibernates at
+/// its waits (its thread and isolate given back) and is woken for each answer; 1 000 cells
+/// parked on unanswered calls hibernate and each completes correctly once answered, in a
+/// random order; a rebuilt cell that makes another call fails with the named divergence
+/// and sends nothing.
+mod hibernation {
+    use code_mode::{InProcessConfig, InProcessProvider, InProcessSession};
+    use code_mode_conformance::durable;
+    use code_mode_conformance::{Record, TestDelegate};
+    use code_mode_protocol::{
+        CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, FailureKind, WaitRequest,
+    };
+    use serde_json::json;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn open(after_ms: Option<u64>) -> (InProcessSession, Arc<TestDelegate>) {
+        let provider = InProcessProvider::new(InProcessConfig::default());
+        let delegate = TestDelegate::new();
+        let session = provider.open_session(delegate.clone(), durable::options(after_ms));
+        (session, delegate)
+    }
+
+    /// Waits until `count` cells of `session` hibernate.
+    async fn until_hibernating(session: &InProcessSession, count: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while session.cells_hibernating() != count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} cells hibernate, not {count}",
+                session.cells_hibernating()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Threads of this process now.
+    fn threads() -> usize {
+        std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_durable_cell_hibernates_at_its_waits_and_wakes_for_each_answer() {
+        let (session, delegate) = open(Some(0));
+        let outcome = durable::run_source(&session, &delegate).await;
+        durable::check(&outcome);
+        let (hibernations, wakes) = session.hibernation_counts();
+        // One hibernation per answered wait (the echo's is answered at once): 14 waits.
+        assert!(hibernations >= 10, "{hibernations} hibernations");
+        assert_eq!(hibernations, wakes);
+        assert_eq!(session.cells_hibernating(), 0);
+
+        // Off, the same cell never hibernates.
+        let (session, delegate) = open(None);
+        durable::check(&durable::run_source(&session, &delegate).await);
+        assert_eq!(session.hibernation_counts(), (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_parked_cells_hibernate_and_each_completes_once_answered() {
+        const CELLS: usize = 1_000;
+        let (session, delegate) = open(Some(0));
+        let before = threads();
+        for n in 0..CELLS {
+            let source = format!(
+                "const r = Math.random(); const v = await tools.block({{ n: {n}, r }}); text(v + ' ' + (r < 1));"
+            );
+            let started = session
+                .execute(
+                    ExecRequest::new(source)
+                        .with_tools(TestDelegate::tools())
+                        .with_yield_time_ms(0),
+                )
+                .await
+                .expect("exec");
+            assert!(matches!(
+                started.initial_response,
+                CellResponse::Yielded { .. }
+            ));
+        }
+        until_hibernating(&session, CELLS as u64).await;
+        let parked_threads = threads();
+        assert!(
+            parked_threads < before + 64,
+            "{parked_threads} threads with {CELLS} cells hibernating ({before} before)"
+        );
+        // Answered in a scrambled order.
+        let mut order: Vec<usize> = (1..=CELLS).collect();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for i in (1..order.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            order.swap(i, usize::try_from(state % (i as u64 + 1)).unwrap());
+        }
+        for cell in &order {
+            delegate
+                .release(&cell.to_string(), "tool-1", Ok(json!(format!("v{cell}"))))
+                .await;
+        }
+        for cell in 1..=CELLS {
+            let response = session
+                .wait(WaitRequest::new(cell.to_string()).with_yield_time_ms(30_000))
+                .await
+                .expect("wait");
+            assert_eq!(
+                response.timeless(),
+                CellResponse::Result {
+                    cell_id: cell.to_string().into(),
+                    content_items: vec![code_mode_protocol::ContentItem::text(format!(
+                        "v{cell} true"
+                    ))],
+                    failure: None,
+                    wall_time: Duration::ZERO,
+                }
+            );
+        }
+        let calls = durable::calls_started(&delegate.records());
+        assert_eq!(calls.get("tool-1"), Some(&CELLS));
+        assert_eq!(calls.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuilt_cell_that_makes_another_call_fails_and_sends_nothing() {
+        let (session, delegate) = open(Some(0));
+        session
+            .execute(
+                ExecRequest::new(
+                    r#"const a = await tools.block("divergent"); text(a); await tools.echo(a);"#,
+                )
+                .with_tools(TestDelegate::tools())
+                .with_yield_time_ms(0),
+            )
+            .await
+            .expect("exec");
+        delegate.wait_started("1", "tool-1").await;
+        until_hibernating(&session, 1).await;
+        code_mode::session::perturb_replayed_calls(Some("divergent"));
+        delegate.release("1", "tool-1", Ok(json!("x"))).await;
+        let response = session
+            .wait(WaitRequest::new("1").with_yield_time_ms(10_000))
+            .await
+            .expect("wait");
+        code_mode::session::perturb_replayed_calls(None);
+        let CellResponse::Result {
+            failure: Some(failure),
+            ..
+        } = &response
+        else {
+            panic!("the cell did not fail: {response:?}");
+        };
+        assert_eq!(failure.kind, FailureKind::ReplayDiverged);
+        assert_eq!(
+            failure.text,
+            code_mode_protocol::texts::replay_diverged(1, "block")
+        );
+        let started = delegate
+            .records()
+            .into_iter()
+            .filter(|record| matches!(record, Record::ToolStarted { .. }))
+            .count();
+        assert_eq!(started, 1, "a call was sent after the divergence");
+    }
+}

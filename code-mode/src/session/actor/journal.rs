@@ -16,20 +16,32 @@
 use super::*;
 use crate::runtime::{CellConfig, spawn_cell_on};
 use code_mode_protocol::session::MAX_JOURNAL_BYTES;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 /// What a journal entry costs beside its payload (its place in a vector, its tag).
 const ENTRY_OVERHEAD_BYTES: u64 = 16;
 
-/// Test hook: every replayed call's hash is taken as different from its journal's.
-static PERTURB_REPLAYED_CALLS: AtomicBool = AtomicBool::new(false);
+/// Test hook: a replayed call whose argument contains this text is taken as different
+/// from its journal's.
+static PERTURB_REPLAYED_CALLS: Mutex<Option<String>> = Mutex::new(None);
 
-/// Makes every call of a replayed cell differ from its journal (so its rebuild diverges),
-/// or stops doing so: for the tests of divergence only.
+/// Makes every replayed call whose argument's JSON text contains `marker` differ from its
+/// journal (so its cell's rebuild diverges), or (`None`) stops doing so: for the tests of
+/// divergence only.
 #[cfg(feature = "internals")]
 #[doc(hidden)]
-pub fn perturb_replayed_calls(on: bool) {
-    PERTURB_REPLAYED_CALLS.store(on, Ordering::SeqCst);
+pub fn perturb_replayed_calls(marker: Option<&str>) {
+    *code_mode_protocol::sync::lock(&PERTURB_REPLAYED_CALLS) = marker.map(str::to_owned);
+}
+
+/// Whether the test hook perturbs a replayed call with this argument.
+fn perturbed(input: Option<&str>) -> bool {
+    let marker = code_mode_protocol::sync::lock(&PERTURB_REPLAYED_CALLS);
+    match (marker.as_deref(), input) {
+        (Some(marker), Some(input)) => input.contains(marker),
+        _ => false,
+    }
 }
 
 /// A nested call's identity as the journal checks it: FNV-1a over the tool's name and
@@ -207,8 +219,7 @@ impl Journal {
         let index = usize::try_from(call.id.number().saturating_sub(1)).unwrap_or(usize::MAX);
         match self.issued.get(index) {
             Some((logged, _)) => {
-                let perturbed = PERTURB_REPLAYED_CALLS.load(Ordering::SeqCst);
-                if *logged == hash && !perturbed {
+                if *logged == hash && !perturbed(call.input.as_deref()) {
                     Ok(Seen::Replayed)
                 } else {
                     Err(code_mode_protocol::texts::replay_diverged(

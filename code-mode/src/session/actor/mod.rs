@@ -46,13 +46,13 @@ use acks::Unacked;
 pub(crate) use answers::{Answer, Observer, Returnable, TerminateReply};
 use answers::{GivenBack, send_answer};
 use callbacks::{Callbacks, Timers, cancelled_some, sleep_until_some, start_now};
-use journal::{Cursor, Journal, Seen};
 use code_mode_protocol::delivery::Delivery;
 use code_mode_protocol::session::{poll_once, until_cancelled};
 use code_mode_protocol::{
     BoxFuture, CallId, CellFailure, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
     FailureKind, JsonText, NestedToolCall, PendingOutcome, SessionError, ToolError,
 };
+use journal::{Cursor, Journal, Seen};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -604,7 +604,9 @@ impl CellActor {
             Phase::Finished(_) => self.deliver_final(),
             Phase::Terminating | Phase::CleaningUp(_) | Phase::Closed(_) => {}
             // A hibernating cell is rebuilt to reach its next frontier.
-            Phase::Running if pending_mode && !self.frontier.at_frontier && self.runtime.is_none() => {
+            Phase::Running
+                if pending_mode && !self.frontier.at_frontier && self.runtime.is_none() =>
+            {
                 self.wake();
             }
             Phase::Running if pending_mode => self.respond_at_frontier(),
