@@ -214,10 +214,15 @@ fn cpu_ns_of(pid: u32) -> u128 {
     (ticks(11) + ticks(12)) * 1_000_000_000 / per_second
 }
 
-/// Idle cells: RSS before and after parking `cells` cells on a tool call that never
-/// answers.
-pub(crate) async fn idle_child(transport: &str, cells: usize) {
-    let subject = Subject::open(transport, Arc::new(ParkingTools), 1).await;
+/// Idle cells: RSS and threads before and after parking `cells` cells on a tool call that
+/// never answers, with the session's cells hibernating after `hibernate_after_ms` (or
+/// never).
+pub(crate) async fn idle_child(transport: &str, cells: usize, hibernate_after_ms: Option<u64>) {
+    let options = SessionOptions {
+        hibernate_after_ms,
+        ..SessionOptions::default()
+    };
+    let subject = Subject::open_with(transport, Arc::new(ParkingTools), 1, options).await;
     let session = &subject.sessions[0];
     let park =
         || ExecRequest::new("await tools.park(); text('never');").with_tools(tools_named("park"));
@@ -226,11 +231,15 @@ pub(crate) async fn idle_child(transport: &str, cells: usize) {
     let settle = Duration::from_millis(300);
     tokio::time::sleep(settle).await;
     let before = subject.rss_kib();
+    let threads_before = subject.threads();
+    let started = Instant::now();
     for _ in 0..cells {
         park_one(session.as_ref(), park()).await;
     }
+    let parking = started.elapsed();
     tokio::time::sleep(settle).await;
     let after = subject.rss_kib();
+    let threads_after = subject.threads();
     // Then every cell ends with its session, and the runtime sits idle: what does it keep
     // 10 s later (an idle runtime gives back what a burst took)?
     subject.shutdown().await;
@@ -241,7 +250,10 @@ pub(crate) async fn idle_child(transport: &str, cells: usize) {
         reason = "the child reports to its parent on stdout"
     )]
     {
-        println!("before_kib={before} after_kib={after} idle_kib={idle}");
+        println!(
+            "before_kib={before} after_kib={after} idle_kib={idle} threads_before={threads_before} threads_after={threads_after} parking_ms={}",
+            parking.as_millis()
+        );
     }
 }
 

@@ -36,9 +36,13 @@
 //!   back for `--throughput-secs` seconds; cells per second, per-exec p50/p99 latency, and
 //!   the CPU time per cell of both processes (user + system of the host and, over IPC,
 //!   the runtime, divided by cells), which shows the cost apart from the two-core limit;
-//! - idle: RSS growth per live idle cell, with `--idle-cells` cells (100) parked on a
-//!   nested tool call that never answers, and the RSS 10 s after their session shut down
-//!   (and its ratio to the RSS before they were parked).
+//! - idle: RSS and thread growth per idle cell, with `--idle-cells` cells (100) parked on
+//!   a nested tool call that never answers, once with hibernation off and once with it at
+//!   0 ms (`--idle-modes off,0`), and the RSS 10 s after their session shut down (and its ratio to the RSS before
+//!   they were parked).
+//!
+//! On request, `--sections wake` (`wake.rs`): how long a hibernated cell takes to answer,
+//! against the length of its journal, beside the same cell kept live.
 //!
 //! On request, `--sections hops`: where one paced in-process exec and one nested tool call
 //! spend their time, from the runtime's hop marks (`code_mode::hops` trace events): the
@@ -62,6 +66,7 @@ mod subject;
 #[path = "../support.rs"]
 mod support;
 mod tables;
+mod wake;
 
 use children::*;
 use hops::*;
@@ -69,6 +74,7 @@ use sources::*;
 use subject::*;
 use support::{EchoTools, tools, tools_for};
 use tables::*;
+use wake::{wake_child, wake_table};
 
 use code_mode::{InProcessConfig, InProcessProvider};
 use code_mode_conformance::remote::{ListeningRuntime, Pki, RuntimeOptions};
@@ -131,6 +137,8 @@ pub(crate) struct Options {
     pub(crate) sessions: Vec<usize>,
     pub(crate) throughput_secs: f64,
     pub(crate) idle_cells: usize,
+    /// The idle table's hibernation settings: `off`, or a delay in milliseconds.
+    pub(crate) idle_modes: Vec<String>,
 }
 
 fn parse_options(args: &[String]) -> Options {
@@ -143,6 +151,7 @@ fn parse_options(args: &[String]) -> Options {
         sessions: vec![1, 2, 8, 32],
         throughput_secs: 3.0,
         idle_cells: 100,
+        idle_modes: vec!["off".into(), "0".into()],
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -195,6 +204,9 @@ fn parse_options(args: &[String]) -> Options {
                 options.throughput_secs = value().parse().unwrap_or(options.throughput_secs);
             }
             "--idle-cells" => options.idle_cells = value().parse().unwrap_or(options.idle_cells),
+            "--idle-modes" => {
+                options.idle_modes = value().split(',').map(str::to_owned).collect();
+            }
             // `cargo bench` passes `--bench`; other harness flags are ignored.
             _ => {}
         }
@@ -219,7 +231,9 @@ fn run_child(args: &[String]) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let child_mode = args.first().map(String::as_str);
-    if let Some(mode @ ("--child" | "--child-throughput" | "--child-idle")) = child_mode {
+    if let Some(mode @ ("--child" | "--child-throughput" | "--child-idle" | "--child-wake")) =
+        child_mode
+    {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -239,7 +253,14 @@ fn main() {
                 let secs = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(3.0);
                 runtime.block_on(throughput_child(&transport, number(2, 1), secs));
             }
-            _ => runtime.block_on(idle_child(&transport, number(2, 100))),
+            "--child-wake" => {
+                let on = args.get(3).is_some_and(|value| value == "true");
+                runtime.block_on(wake_child(&transport, number(2, 10), on, number(4, 30)));
+            }
+            _ => {
+                let hibernate = args.get(3).and_then(|value| value.parse().ok());
+                runtime.block_on(idle_child(&transport, number(2, 100), hibernate));
+            }
         }
         return;
     }
@@ -253,6 +274,9 @@ fn main() {
     }
     if wants("idle") {
         idle_table(&options);
+    }
+    if wants("wake") {
+        wake_table(&options);
     }
     if wants("sources") {
         sources_table(&options);

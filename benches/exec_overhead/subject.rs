@@ -93,10 +93,20 @@ impl Subject {
         delegate: Arc<dyn CodeModeSessionDelegate>,
         sessions: usize,
     ) -> Subject {
+        Self::open_with(transport, delegate, sessions, SessionOptions::default()).await
+    }
+
+    /// [`Subject::open`] with `options` (reuse turned off for `-fresh` transports).
+    pub(crate) async fn open_with(
+        transport: &str,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        sessions: usize,
+        options: SessionOptions,
+    ) -> Subject {
         // `-fresh` transports turn isolate reuse off: every cell gets a new isolate.
         let options = SessionOptions {
             reuse_isolates: !transport.ends_with("-fresh"),
-            ..SessionOptions::default()
+            ..options
         };
         let open_many = |provider: &dyn OpenSession| {
             (0..sessions)
@@ -180,6 +190,12 @@ impl Subject {
     /// Current RSS in KiB of the process that runs the cells.
     pub(crate) fn rss_kib(&self) -> u64 {
         rss_kib_of(self.runtime_pid.unwrap_or_else(std::process::id))
+    }
+
+    /// Threads of the process that runs the cells.
+    pub(crate) fn threads(&self) -> usize {
+        let pid = self.runtime_pid.unwrap_or_else(std::process::id);
+        std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
     }
 
     pub(crate) async fn shutdown(&self) {

@@ -236,36 +236,51 @@ pub(crate) fn throughput_table(options: &Options) {
 pub(crate) fn idle_table(options: &Options) {
     println!();
     println!(
-        "{:<16} {:<10} {:>6} {:>12} {:>12} {:>12} {:>16} {:>8}",
+        "{:<16} {:<10} {:>6} {:>12} {:>12} {:>12} {:>9} {:>10} {:>16} {:>8}",
         "idle",
         "transport",
         "cells",
         "rss before",
         "rss after",
         "per cell",
+        "threads",
+        "park p.c.",
         "10 s after end",
         "/ before"
     );
-    for transport in &options.transports {
-        let line = run_child(&[
-            "--child-idle".to_owned(),
-            (*transport).to_owned(),
-            options.idle_cells.to_string(),
-        ]);
-        let pairs = parse_pairs(&line);
-        let kib = |key: &str| pairs.get(key).and_then(|v| v.first().copied()).unwrap_or(0);
-        let (before, after, idle) = (kib("before_kib"), kib("after_kib"), kib("idle_kib"));
-        let per_cell = after.saturating_sub(before) as f64 / options.idle_cells.max(1) as f64;
-        println!(
-            "{:<16} {:<10} {:>6} {:>8.1} MiB {:>8.1} MiB {:>8.2} MiB {:>12.1} MiB {:>7.2}x",
-            "parked_cells",
-            transport,
-            options.idle_cells,
-            before as f64 / 1024.0,
-            after as f64 / 1024.0,
-            per_cell / 1024.0,
-            idle as f64 / 1024.0,
-            idle as f64 / before.max(1) as f64
-        );
+    // Hibernation off (the cells keep their isolates), or after a delay.
+    for hibernate in &options.idle_modes {
+        let label = if hibernate == "off" {
+            "parked_cells"
+        } else {
+            "hibernated_cells"
+        };
+        for transport in &options.transports {
+            let line = run_child(&[
+                "--child-idle".to_owned(),
+                (*transport).to_owned(),
+                options.idle_cells.to_string(),
+                hibernate.clone(),
+            ]);
+            let pairs = parse_pairs(&line);
+            let kib = |key: &str| pairs.get(key).and_then(|v| v.first().copied()).unwrap_or(0);
+            let (before, after, idle) = (kib("before_kib"), kib("after_kib"), kib("idle_kib"));
+            let per_cell = after.saturating_sub(before) as f64 / options.idle_cells.max(1) as f64;
+            let parking_us = kib("parking_ms") as f64 * 1000.0 / options.idle_cells.max(1) as f64;
+            println!(
+                "{:<16} {:<10} {:>6} {:>8.1} MiB {:>8.1} MiB {:>8.3} MiB {:>4}→{:<4} {:>7.0} µs {:>12.1} MiB {:>7.2}x",
+                label,
+                transport,
+                options.idle_cells,
+                before as f64 / 1024.0,
+                after as f64 / 1024.0,
+                per_cell / 1024.0,
+                kib("threads_before"),
+                kib("threads_after"),
+                parking_us,
+                idle as f64 / 1024.0,
+                idle as f64 / before.max(1) as f64
+            );
+        }
     }
 }
