@@ -18,6 +18,7 @@ pub mod delivery;
 #[doc(hidden)]
 pub mod hops;
 pub mod ids;
+pub mod journal;
 pub mod json_text;
 pub mod model;
 pub mod search;

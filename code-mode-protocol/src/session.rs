@@ -826,6 +826,19 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
     /// values so that they outlive the runtime (contract §7); an agent core may persist
     /// them as they come. Never block in it. The default does nothing.
     fn committed(&self, _: &CellId, _: &StoredValues) {}
+
+    /// Whether this delegate keeps the journals of the session's cells
+    /// ([`Self::journal`]): a runtime process's delegate does, for its host. Asked once per
+    /// cell. The default is `false`, and then no entry is made for it.
+    fn keeps_journals(&self) -> bool {
+        false
+    }
+
+    /// A cell's journal gained `entry` (CONTRACT §7, "Durable cells"). Called on the
+    /// session's delegate, in the order of the cell's life, and (for
+    /// [`crate::journal::JournalEntry::Started`]) in order with [`Self::committed`]. Never
+    /// block in it. The default does nothing.
+    fn journal(&self, _: &CellId, _: crate::journal::JournalEntry) {}
 }
 
 /// Something that opens sessions. One per place cells run: `code_mode::InProcessProvider`

@@ -21,7 +21,9 @@ pub mod search;
 use crate::runtime::{
     CellConfig, EVENT_CHANNEL_CAPACITY, IsolateShelf, StoredValues, spawn_cell_on,
 };
-use actor::{ActorRequest, Answer, CellActor, Observer, Returnable, Routing};
+use actor::{ActorRequest, Answer, CellActor, Journal, Observer, Returnable, Routing};
+use code_mode_protocol::journal::{CellJournal, JournalEntry};
+use code_mode_protocol::{CallId, JsonText, ToolError};
 use code_mode_protocol::calls::StartedWith;
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms, measure};
 use code_mode_protocol::stored::CommittedValues;
@@ -193,8 +195,15 @@ impl Shared {
             return Err(SessionError::ShuttingDown);
         }
         let cell_id = CellId::new(registry.last_cell_id + 1);
+        let sink = self.journal_sink();
+        let seed = random_seed();
         let (snapshot, stored_bytes) = {
             let stored = lock(&self.stored);
+            // Under the lock that commits take: the host has the cell's stored values at
+            // this entry.
+            if let Some(sink) = &sink {
+                sink.journal(&cell_id, JournalEntry::Started { seed });
+            }
             (stored.snapshot(), stored.bytes())
         };
         let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
@@ -211,7 +220,7 @@ impl Shared {
             max_stored_bytes: Some(self.options.max_stored_bytes),
             limits: self.options.limits,
             surface: self.options.surface,
-            seed: random_seed(),
+            seed,
             clock: Arc::default(),
         };
         let runtime = spawn_cell_on(config.clone(), events_tx, self.shelf.clone())
@@ -224,11 +233,11 @@ impl Shared {
         let actor = CellActor::new(
             cell_id.clone(),
             Arc::clone(self),
-            config,
-            runtime,
+            Journal::new(config, sink),
+            Some(runtime),
             events_rx,
             requests_rx,
-            observer,
+            Some(observer),
             Routing {
                 delegate: hooks
                     .delegate
@@ -242,6 +251,65 @@ impl Shared {
         // Admission is reported before the actor runs, so before any callback of the cell
         // (a runtime process sends it to its host ahead of the cell's first tool call).
         hooks.admit(&cell_id);
+        self.actors.spawn(actor.run());
+        Ok(cell_id)
+    }
+
+    /// Where the journals of this session's cells are reported, if anywhere.
+    fn journal_sink(&self) -> Option<Arc<dyn CodeModeSessionDelegate>> {
+        self.delegate
+            .keeps_journals()
+            .then(|| Arc::clone(&self.delegate))
+    }
+
+    /// Admits a cell rebuilt from `data`, another runtime's journal of it, with no
+    /// observer: it replays on a fresh isolate and then runs live (CONTRACT §7).
+    fn resume_cell(
+        self: &Arc<Self>,
+        data: CellJournal,
+        exec_call_id: Option<String>,
+        delegate: Option<Arc<dyn CodeModeSessionDelegate>>,
+    ) -> Result<CellId, SessionError> {
+        let mut registry = lock(&self.registry);
+        if registry.shutting_down {
+            return Err(SessionError::ShuttingDown);
+        }
+        registry.last_cell_id += 1;
+        let cell_id = CellId::new(registry.last_cell_id);
+        let searchable: Option<Arc<SearchableTools>> = self.search.get(&data.tools);
+        let tools = searchable
+            .as_ref()
+            .map_or_else(|| Arc::clone(&data.tools), |searchable| Arc::clone(&searchable.tools));
+        let stored_bytes = code_mode_protocol::stored::map_bytes(&data.stored);
+        let config = CellConfig {
+            source: data.source.clone(),
+            tools,
+            stored: Arc::new(data.stored.clone()),
+            stored_bytes,
+            max_stored_bytes: Some(self.options.max_stored_bytes),
+            limits: self.options.limits,
+            surface: self.options.surface,
+            seed: data.seed,
+            clock: Arc::default(),
+        };
+        let journal = Journal::resumed(config, data, self.journal_sink());
+        let (requests_tx, requests_rx) = mpsc::channel(ACTOR_REQUEST_CAPACITY);
+        let (_, closed) = mpsc::channel(1);
+        let actor = CellActor::new(
+            cell_id.clone(),
+            Arc::clone(self),
+            journal,
+            None,
+            closed,
+            requests_rx,
+            None,
+            Routing {
+                delegate: delegate.unwrap_or_else(|| Arc::clone(&self.delegate)),
+                exec_call_id,
+                searchable,
+            },
+        );
+        registry.cells.insert(cell_id.clone(), requests_tx);
         self.actors.spawn(actor.run());
         Ok(cell_id)
     }
@@ -314,6 +382,38 @@ fn random_seed() -> u64 {
 }
 
 impl InProcessSession {
+    /// Rebuilds a cell from `journal`, another runtime's journal of it (CONTRACT §7): the
+    /// cell replays on a fresh isolate, sending none of the calls, notifications or output
+    /// its journal has, and then runs on. Its callbacks go to `delegate` (else the
+    /// session's), its nested calls carry `exec_call_id`. Returns the cell's id here; it
+    /// has no observer until one asks.
+    pub fn resume(
+        &self,
+        journal: CellJournal,
+        exec_call_id: Option<String>,
+        delegate: Option<Arc<dyn CodeModeSessionDelegate>>,
+    ) -> Result<CellId, SessionError> {
+        self.shared.resume_cell(journal, exec_call_id, delegate)
+    }
+
+    /// Gives a resumed cell the answer to its nested call `call`, made on an earlier
+    /// runtime and answered after it was lost. `false` when the cell is not here (any
+    /// more).
+    pub async fn answer_call(
+        &self,
+        cell_id: &CellId,
+        call: CallId,
+        result: Result<JsonText, ToolError>,
+    ) -> bool {
+        let Some(actor) = self.shared.actor(cell_id) else {
+            return false;
+        };
+        actor
+            .send(ActorRequest::Answer { call, result })
+            .await
+            .is_ok()
+    }
+
     /// How many of this session's cells hibernate now (CONTRACT §7): their journal keeps
     /// them, without a thread or an isolate.
     pub fn cells_hibernating(&self) -> u64 {

@@ -282,3 +282,142 @@ mod hibernation {
         assert_eq!(started, 1, "a call was sent after the divergence");
     }
 }
+
+/// A cell rebuilt in another session from the journal its first session reported
+/// (CONTRACT §7), as a host rebuilds a cell whose runtime was lost: it replays without
+/// sending a call again or giving delivered output twice, takes the answer to the call
+/// that was in flight, and ends as it would have.
+mod resume {
+    use code_mode::{InProcessConfig, InProcessProvider};
+    use code_mode_conformance::{Record, TestDelegate};
+    use code_mode_protocol::journal::{CellJournal, JournalEntry};
+    use code_mode_protocol::sync::lock;
+    use code_mode_protocol::{
+        BoxFuture, CallId, CellId, CellResponse, CodeModeProvider, CodeModeSession,
+        CodeModeSessionDelegate, ContentItem, ExecRequest, JsonText, NestedToolCall,
+        SessionOptions, StoredValues, ToolError, WaitRequest,
+    };
+    use std::sync::{Arc, Mutex};
+    use tokio_util::sync::CancellationToken;
+
+    /// The test delegate, keeping the journals of its session's cells.
+    struct Journaling {
+        inner: Arc<TestDelegate>,
+        entries: Mutex<Vec<(CellId, JournalEntry)>>,
+    }
+
+    impl CodeModeSessionDelegate for Journaling {
+        fn invoke_tool(
+            &self,
+            call: NestedToolCall,
+            cancel: CancellationToken,
+        ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+            self.inner.invoke_tool(call, cancel)
+        }
+
+        fn committed(&self, cell_id: &CellId, writes: &StoredValues) {
+            self.inner.committed(cell_id, writes);
+        }
+
+        fn keeps_journals(&self) -> bool {
+            true
+        }
+
+        fn journal(&self, cell_id: &CellId, entry: JournalEntry) {
+            lock(&self.entries).push((cell_id.clone(), entry));
+        }
+    }
+
+    const SOURCE: &str = r#"
+        const r = Math.random(); const t0 = Date.now();
+        text("a " + typeof r);
+        const x = await tools.echo({ r: String(r), t0 });
+        text("b");
+        const y = await tools.block(1);
+        text("c " + y + " " + (x.t0 === t0) + " " + (x.r === String(r)));
+    "#;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cell_is_rebuilt_in_another_session_from_its_journal() {
+        let provider = InProcessProvider::new(InProcessConfig::default());
+        let first = Arc::new(Journaling {
+            inner: TestDelegate::new(),
+            entries: Mutex::new(Vec::new()),
+        });
+        let options = SessionOptions {
+            hibernate_after_ms: None,
+            ..SessionOptions::default()
+        };
+        let lost = provider.open_session(first.clone(), options.clone());
+        let started = lost
+            .execute(
+                ExecRequest::new(SOURCE)
+                    .with_tools(TestDelegate::tools())
+                    .with_yield_time_ms(0),
+            )
+            .await
+            .expect("exec");
+        first.inner.wait_started("1", "tool-2").await;
+        let mut delivered = started.initial_response.content_items().len();
+        let response = lost
+            .wait(WaitRequest::new("1").with_yield_time_ms(0))
+            .await
+            .expect("wait");
+        delivered += response.content_items().len();
+        let seen: Vec<ContentItem> = [started.initial_response, response]
+            .iter()
+            .flat_map(|response| response.content_items().to_vec())
+            .collect();
+        assert_eq!(seen, [ContentItem::text("a number"), ContentItem::text("b")]);
+
+        // What a host keeps of the cell.
+        let entries = lock(&first.entries).clone();
+        let Some((_, JournalEntry::Started { seed })) = entries.first() else {
+            panic!("the journal does not start with the seed: {entries:?}");
+        };
+        let mut journal = CellJournal::start(
+            SOURCE.to_owned(),
+            TestDelegate::tools(),
+            StoredValues::new(),
+            *seed,
+        );
+        for (cell, entry) in entries.into_iter().skip(1) {
+            assert_eq!(cell.to_string(), "1");
+            journal.apply(entry);
+        }
+        assert_eq!(journal.issued.len(), 2, "{journal:?}");
+        assert_eq!(journal.entered.len(), 1, "{journal:?}");
+        assert!(!journal.clock.is_empty());
+        journal.outputs = delivered as u64;
+
+        // The first session is gone; another takes the cell.
+        drop(lost);
+        let second = TestDelegate::new();
+        let session = provider.open_session(second.clone(), options);
+        let cell = session.resume(journal, None, None).expect("resume");
+        assert!(
+            session
+                .answer_call(&cell, CallId::new(2), Ok(JsonText::new("\"Y\"")))
+                .await
+        );
+        let response = session
+            .wait(WaitRequest::new(cell.clone()).with_yield_time_ms(10_000))
+            .await
+            .expect("wait");
+        assert_eq!(
+            response.timeless(),
+            CellResponse::Result {
+                cell_id: cell,
+                content_items: vec![ContentItem::text("c Y true true")],
+                failure: None,
+                wall_time: std::time::Duration::ZERO,
+            }
+        );
+        let calls: Vec<Record> = second
+            .records()
+            .into_iter()
+            .filter(|record| matches!(record, Record::ToolStarted { .. }))
+            .collect();
+        assert!(calls.is_empty(), "the rebuilt cell sent calls again: {calls:?}");
+    }
+}

@@ -15,6 +15,7 @@
 
 use super::*;
 use crate::runtime::{CellConfig, spawn_cell_on};
+use code_mode_protocol::journal::{CellJournal, JournalCommand, JournalEntry};
 use code_mode_protocol::session::MAX_JOURNAL_BYTES;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -82,6 +83,27 @@ pub(crate) struct Journal {
     /// Whether the journal is whole: once it would pass [`MAX_JOURNAL_BYTES`], it is
     /// dropped and the cell can no longer be rebuilt.
     durable: bool,
+    /// Where its entries are reported (a runtime process's delegate, for its host).
+    sink: Option<Arc<dyn CodeModeSessionDelegate>>,
+}
+
+/// A runtime command as the journal's data.
+fn to_data(command: &CellCommand) -> JournalCommand {
+    match command {
+        CellCommand::ToolResult { id, result } => JournalCommand::ToolResult {
+            call: *id,
+            result: result.clone(),
+        },
+        CellCommand::TimerFired { id } => JournalCommand::TimerFired { id: *id },
+    }
+}
+
+/// The journal's data as a runtime command.
+fn from_data(command: JournalCommand) -> CellCommand {
+    match command {
+        JournalCommand::ToolResult { call, result } => CellCommand::ToolResult { id: call, result },
+        JournalCommand::TimerFired { id } => CellCommand::TimerFired { id },
+    }
 }
 
 /// Where the cell's current incarnation is in its journal.
@@ -96,6 +118,17 @@ pub(crate) struct Cursor {
     yields: u64,
 }
 
+/// What a command costs the journal beside its entry.
+fn command_bytes(command: &CellCommand) -> u64 {
+    match command {
+        CellCommand::ToolResult { result, .. } => match result {
+            Ok(json) => json.as_str().len() as u64,
+            Err(error) => error.message().len() as u64,
+        },
+        CellCommand::TimerFired { .. } => 0,
+    }
+}
+
 /// What the actor does with an event of a (possibly replaying) cell.
 pub(crate) enum Seen {
     /// New: handle it as a live cell's.
@@ -105,7 +138,8 @@ pub(crate) enum Seen {
 }
 
 impl Journal {
-    pub(crate) fn new(config: CellConfig) -> Self {
+    /// The journal of a cell starting from `config`, its entries reported to `sink`.
+    pub(crate) fn new(config: CellConfig, sink: Option<Arc<dyn CodeModeSessionDelegate>>) -> Self {
         let bytes = config.source.len() as u64;
         Self {
             config,
@@ -117,6 +151,38 @@ impl Journal {
             yields: 0,
             bytes,
             durable: true,
+            sink,
+        }
+    }
+
+    /// The journal a cell is rebuilt from (`data`, from another runtime), with `config`
+    /// for the rest; later entries are reported to `sink`.
+    pub(crate) fn resumed(
+        config: CellConfig,
+        data: CellJournal,
+        sink: Option<Arc<dyn CodeModeSessionDelegate>>,
+    ) -> Self {
+        let mut journal = Self::new(config, sink);
+        journal.bytes = journal
+            .bytes
+            .saturating_add(8 * data.clock.len() as u64)
+            .saturating_add(data.issued.iter().map(|(_, tool)| 8 + tool.len() as u64).sum());
+        journal.clock = data.clock;
+        journal.issued = data.issued;
+        for command in data.entered {
+            let bytes = command_bytes(&from_data(command.clone()));
+            journal.bytes = journal.bytes.saturating_add(bytes + ENTRY_OVERHEAD_BYTES);
+            journal.entered.push(from_data(command));
+        }
+        journal.outputs = data.outputs;
+        journal.notifications = data.notifications;
+        journal.yields = data.yields;
+        journal
+    }
+
+    fn report(&self, cell_id: &CellId, entry: impl FnOnce() -> JournalEntry) {
+        if let Some(sink) = &self.sink {
+            sink.journal(cell_id, entry());
         }
     }
 
@@ -140,6 +206,7 @@ impl Journal {
         self.bytes = self.bytes.saturating_add(bytes + ENTRY_OVERHEAD_BYTES);
         if self.bytes > MAX_JOURNAL_BYTES {
             self.durable = false;
+            self.report(cell_id, || JournalEntry::NotDurable);
             tracing::warn!(
                 cell = %cell_id,
                 max_bytes = MAX_JOURNAL_BYTES,
@@ -152,20 +219,17 @@ impl Journal {
     pub(crate) fn clock_read(&mut self, cell_id: &CellId, readings: Vec<u64>) {
         self.grow(cell_id, 8 * readings.len() as u64);
         if self.durable {
+            self.report(cell_id, || JournalEntry::Clock(readings.clone()));
             self.clock.extend(readings);
         }
     }
 
     /// A command decided for the cell: journaled, to be sent by [`Journal::due`].
     pub(crate) fn enter(&mut self, cell_id: &CellId, command: CellCommand) {
-        let bytes = match &command {
-            CellCommand::ToolResult { result, .. } => match result {
-                Ok(json) => json.as_str().len() as u64,
-                Err(error) => error.message().len() as u64,
-            },
-            CellCommand::TimerFired { .. } => 0,
-        };
-        self.grow(cell_id, bytes);
+        self.grow(cell_id, command_bytes(&command));
+        if self.durable {
+            self.report(cell_id, || JournalEntry::Entered(to_data(&command)));
+        }
         self.entered.push(command);
     }
 
@@ -231,6 +295,10 @@ impl Journal {
             None => {
                 self.grow(cell_id, 8 + call.name.len() as u64);
                 if self.durable {
+                    self.report(cell_id, || JournalEntry::Issued {
+                        hash,
+                        tool: call.name.clone(),
+                    });
                     self.issued.push((hash, call.name.clone()));
                 }
                 Ok(Seen::Live)
@@ -254,8 +322,12 @@ impl Journal {
     }
 
     /// A `yield_control()` the cell ran.
-    pub(crate) fn yielded(&mut self, cursor: &mut Cursor) -> Seen {
-        Self::count(&mut self.yields, &mut cursor.yields)
+    pub(crate) fn yielded(&mut self, cell_id: &CellId, cursor: &mut Cursor) -> Seen {
+        let seen = Self::count(&mut self.yields, &mut cursor.yields);
+        if let Seen::Live = seen {
+            self.report(cell_id, || JournalEntry::Yielded);
+        }
+        seen
     }
 
     fn count(total: &mut u64, seen: &mut u64) -> Seen {
@@ -428,7 +500,7 @@ mod tests {
     #[test]
     fn a_journal_past_its_cap_is_no_longer_durable_and_forgets_what_the_cell_had() {
         let cell = CellId::new(1);
-        let mut journal = Journal::new(CellConfig::default());
+        let mut journal = Journal::new(CellConfig::default(), None);
         let big = "x".repeat(usize::try_from(MAX_JOURNAL_BYTES / 2).unwrap());
         for id in 1..=2 {
             journal.enter(
@@ -458,7 +530,7 @@ mod tests {
     #[test]
     fn a_command_waits_until_the_cell_made_what_it_answers() {
         let cell = CellId::new(1);
-        let mut journal = Journal::new(CellConfig::default());
+        let mut journal = Journal::new(CellConfig::default(), None);
         journal.enter(&cell, CellCommand::TimerFired { id: 2 });
         let mut cursor = Cursor::default();
         Journal::timer_set(&mut cursor, 1);

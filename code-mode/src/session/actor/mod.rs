@@ -52,7 +52,8 @@ use code_mode_protocol::{
     BoxFuture, CallId, CellFailure, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
     FailureKind, JsonText, NestedToolCall, PendingOutcome, SessionError, ToolError,
 };
-use journal::{Cursor, Journal, Seen};
+pub(crate) use journal::Journal;
+use journal::{Cursor, Seen};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +77,12 @@ pub(crate) enum ActorRequest {
     /// running.
     Interrupt {
         reply: oneshot::Sender<bool>,
+    },
+    /// The answer to a nested call the cell made on an earlier runtime, whose delegate
+    /// call outlived that runtime.
+    Answer {
+        call: CallId,
+        result: Result<JsonText, ToolError>,
     },
 }
 
@@ -230,15 +237,17 @@ pub(crate) struct CellActor {
 }
 
 impl CellActor {
+    /// The actor of a cell whose first incarnation is `runtime` (none: a cell resumed from
+    /// another runtime's journal, which [`CellActor::run`] rebuilds first).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cell_id: CellId,
         shared: Arc<Shared>,
-        config: crate::runtime::CellConfig,
-        runtime: CellHandle,
+        journal: Journal,
+        runtime: Option<CellHandle>,
         events: mpsc::Receiver<CellEvent>,
         requests: mpsc::Receiver<ActorRequest>,
-        observer: Observer,
+        observer: Option<Observer>,
         routing: Routing,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -247,9 +256,18 @@ impl CellActor {
         Self {
             cell_id,
             shared,
-            runtime: Some(runtime),
+            output: Output {
+                items: Vec::new(),
+                initial_yield: None,
+                // A resumed cell was observed on its first runtime.
+                observed: observer.is_none(),
+                deliveries: 0,
+                observer,
+                terminate_reply: None,
+            },
+            runtime,
             events,
-            journal: Journal::new(config),
+            journal,
             cursor: Cursor::default(),
             hibernate_at: None,
             asleep: false,
@@ -258,14 +276,6 @@ impl CellActor {
             internal_rx,
             returns_tx,
             returns_rx,
-            output: Output {
-                items: Vec::new(),
-                initial_yield: None,
-                observed: false,
-                deliveries: 0,
-                observer: Some(observer),
-                terminate_reply: None,
-            },
             frontier: Frontier {
                 frozen: false,
                 held_back: Vec::new(),
@@ -292,6 +302,10 @@ impl CellActor {
     }
 
     pub(crate) async fn run(mut self) {
+        if self.runtime.is_none() {
+            // Resumed from another runtime's journal: rebuilt before anything else.
+            self.wake();
+        }
         loop {
             while !self.life.is_closed() {
                 let step = self.next_step().await;
@@ -375,7 +389,7 @@ impl CellActor {
                 }
             }
             CellEvent::YieldRequested => {
-                if let Seen::Live = self.journal.yielded(&mut self.cursor) {
+                if let Seen::Live = self.journal.yielded(&self.cell_id, &mut self.cursor) {
                     self.on_yield_requested();
                 }
             }
@@ -562,6 +576,9 @@ impl CellActor {
             ActorRequest::Observe(observer) => self.on_observe(observer),
             ActorRequest::Terminate { reply } => self.on_terminate(reply),
             ActorRequest::Interrupt { reply } => self.on_interrupt(reply),
+            ActorRequest::Answer { call, result } => {
+                self.route(CellCommand::ToolResult { id: call, result });
+            }
         }
     }
 
