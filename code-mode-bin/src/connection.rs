@@ -167,6 +167,27 @@ impl Connection {
                 (session, call)
             }
             Request::Session { session, call } => (session, call.into()),
+            Request::Resume {
+                session,
+                journal,
+                exec_call_id,
+            } => {
+                let session = self.session(session)?;
+                let cell_id = session.resume(journal.into(), exec_call_id, None)?;
+                self.drain.cell_started();
+                METRICS.cell_resumed();
+                return Ok((Response::Resumed(cell_id), Held::default()));
+            }
+            Request::Answer {
+                session,
+                cell_id,
+                call,
+                result,
+            } => {
+                let session = self.session(session)?;
+                let taken = session.answer_call(&cell_id, call, result).await;
+                return Ok((Response::Answered(taken), Held::default()));
+            }
             Request::OpenSession {
                 options,
                 stored_values,
@@ -239,6 +260,14 @@ impl Connection {
         }
         METRICS.reply(&reply, timed.map(|started| started.elapsed()));
         Ok((Response::Reply(reply.into()), held))
+    }
+
+    /// An open session of this connection.
+    fn session(&self, id: SessionId) -> Result<Arc<InProcessSession>, WireError> {
+        lock(&self.sessions)
+            .get(&id)
+            .cloned()
+            .ok_or(WireError::MissingSession(id))
     }
 
     /// Shuts every session down (the connection is over).

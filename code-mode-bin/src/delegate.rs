@@ -239,4 +239,25 @@ impl CodeModeSessionDelegate for RemoteDelegate {
             tracing::error!(cell = %cell_id, "committed stored values not sent: {error}");
         }
     }
+
+    /// The host keeps every running cell's journal, to rebuild the cell on a fresh
+    /// runtime if this one is lost.
+    fn keeps_journals(&self) -> bool {
+        true
+    }
+
+    /// Sent at once, in order with the cell's calls, commits and responses.
+    fn journal(&self, cell_id: &CellId, entry: code_mode_protocol::journal::JournalEntry) {
+        let Some(calls) = self.calls.upgrade() else {
+            return;
+        };
+        let message = ServerMessage::Journal {
+            session: self.session,
+            cell_id: cell_id.clone(),
+            entry: entry.into(),
+        };
+        if let Err(error) = calls.outbox.send(&message) {
+            tracing::error!(cell = %cell_id, "journal entry not sent: {error}");
+        }
+    }
 }

@@ -55,6 +55,7 @@ pub struct Metrics {
     /// Sessions opened with stored values (moved here from a lost or draining runtime, or
     /// restored by an agent core).
     sessions_seeded: AtomicU64,
+    cells_resumed: AtomicU64,
     /// Sessions their host closed here while this runtime drained (moved elsewhere).
     sessions_moved_off: AtomicU64,
     /// Observations per bucket (the first whose bound they are within), plus one for those
@@ -76,6 +77,7 @@ impl Metrics {
             limits: [const { AtomicU64::new(0) }; 2],
             nested_calls: AtomicU64::new(0),
             sessions_seeded: AtomicU64::new(0),
+            cells_resumed: AtomicU64::new(0),
             sessions_moved_off: AtomicU64::new(0),
             latency_buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len() + 1],
             latency_sum_micros: AtomicU64::new(0),
@@ -101,6 +103,10 @@ impl Metrics {
 
     pub fn session_seeded(&self) {
         self.sessions_seeded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cell_resumed(&self) {
+        self.cells_resumed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn session_moved_off(&self) {
@@ -240,6 +246,12 @@ impl Collector for Figures {
             "code_mode_sessions_seeded",
             "Sessions opened with stored values: moved here from a lost or draining runtime, or restored.",
             get(&metrics.sessions_seeded),
+        )?;
+        counter(
+            encoder,
+            "code_mode_cells_resumed",
+            "Cells rebuilt here from the journal their host kept of a runtime that was lost.",
+            get(&metrics.cells_resumed),
         )?;
         counter(
             encoder,

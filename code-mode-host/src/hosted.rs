@@ -5,7 +5,9 @@
 //! one. [`crate::ProcessSession`] and [`crate::RemoteSession`] are it under the name of
 //! their provider.
 
-use crate::connection::{Connection, FromResponse, Opening, Placed, RequestHooks};
+use crate::connection::{
+    Connection, ExecJournal, FromResponse, LostCell, Opening, Placed, RequestHooks, Resumable,
+};
 use crate::error::HostError;
 use code_mode_protocol::session::measure;
 use code_mode_protocol::stored::CommittedValues;
@@ -152,6 +154,10 @@ pub(crate) use hosted_session;
 /// on one with the runtime-lost error.
 const DEAD_CELLS_KEPT: usize = 1024;
 
+/// How many runtimes a call on a cell tries before it gives the loss up to its caller
+/// (each loss rebuilds the cell on the next runtime).
+const REBUILD_ATTEMPTS: usize = 4;
+
 /// A session whose cells run in a runtime process. Dropping it starts its shutdown in the
 /// runtime.
 ///
@@ -167,6 +173,13 @@ pub(crate) struct HostedSession {
     stored: Arc<Mutex<CommittedValues>>,
     /// Cells that were running when their runtime was lost, with its cause, oldest first.
     dead_cells: Mutex<VecDeque<(CellId, String)>>,
+    /// Cells that were running when their runtime was lost and are rebuilt from their
+    /// journals on the session's next runtime (contract §7), by the id the agent core
+    /// knows.
+    resumable: Mutex<Vec<(CellId, Resumable)>>,
+    /// Every cell lost with a runtime and not dead: waiting to be rebuilt, being rebuilt,
+    /// or rebuilt. A call on one that fails with a loss goes again.
+    rebuilt: Mutex<std::collections::HashSet<CellId>>,
     /// The remote session, once opened, and its placement.
     binding: Mutex<Option<(Placed, SessionId)>>,
     /// Serializes opening the remote session.
@@ -203,6 +216,8 @@ impl HostedSession {
             options,
             stored: Arc::new(Mutex::new(CommittedValues::new(stored_values))),
             dead_cells: Mutex::new(VecDeque::new()),
+            resumable: Mutex::new(Vec::new()),
+            rebuilt: Mutex::new(std::collections::HashSet::new()),
             binding: Mutex::new(None),
             bind_lock: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -232,15 +247,64 @@ impl HostedSession {
         let Some(cause) = placed.connection.lost_cause() else {
             return;
         };
-        let dead = placed.connection.take_lost_cells(*session);
+        let lost = placed.connection.take_lost_cells(*session);
         *binding = None;
         drop(binding);
-        let mut dead_cells = lock(&self.dead_cells);
-        for cell_id in dead {
-            if dead_cells.len() >= DEAD_CELLS_KEPT {
-                dead_cells.pop_front();
+        for LostCell { cell_id, resumable } in lost {
+            match resumable {
+                Some(resumable) => {
+                    lock(&self.rebuilt).insert(cell_id.clone());
+                    lock(&self.resumable).push((cell_id, resumable));
+                }
+                None => self.bury(cell_id, cause.clone()),
             }
-            dead_cells.push_back((cell_id, cause.clone()));
+        }
+    }
+
+    /// Remembers a cell that died with its runtime, for later calls that name it.
+    fn bury(&self, cell_id: CellId, cause: String) {
+        lock(&self.rebuilt).remove(&cell_id);
+        let mut dead_cells = lock(&self.dead_cells);
+        if dead_cells.len() >= DEAD_CELLS_KEPT {
+            dead_cells.pop_front();
+        }
+        dead_cells.push_back((cell_id, cause));
+    }
+
+    /// Whether `cell_id` was lost with its runtime and is to be rebuilt (or was rebuilt
+    /// since): a call on it that failed with the loss goes again.
+    fn rebuilds(&self, cell_id: &CellId) -> bool {
+        self.forget_lost_runtime();
+        lock(&self.rebuilt).contains(cell_id)
+    }
+
+    /// A call on a lost cell gives up (its runtimes kept being lost): the cell is dead
+    /// from now on, and never rebuilt later behind its caller's back.
+    fn give_up(&self, cell_id: &CellId, cause: &str) {
+        self.forget_lost_runtime();
+        lock(&self.resumable).retain(|(lost, _)| lost != cell_id);
+        self.bury(cell_id.clone(), cause.to_owned());
+    }
+
+    /// Rebuilds the session's lost cells on `connection`, where the session is `session`.
+    /// A cell that cannot be rebuilt dies with the error that says why.
+    async fn resume_lost(&self, connection: &Arc<Connection>, session: SessionId) {
+        let lost = std::mem::take(&mut *lock(&self.resumable));
+        for (cell_id, resumable) in lost {
+            match connection.resume(session, &cell_id, &resumable).await {
+                Ok(runtime_id) => {
+                    tracing::info!(cell = %cell_id, on = %runtime_id, "cell rebuilt from its journal on a fresh runtime");
+                }
+                Err(error) => {
+                    tracing::error!(cell = %cell_id, %error, "a lost cell could not be rebuilt");
+                    let delegate = resumable
+                        .delegate
+                        .clone()
+                        .unwrap_or_else(|| Arc::clone(&self.delegate));
+                    delegate.cell_closed(&cell_id);
+                    self.bury(cell_id, error.to_string());
+                }
+            }
         }
     }
 
@@ -311,6 +375,7 @@ impl HostedSession {
             match connection.call::<SessionId>(request, hooks).await {
                 Ok(session) => {
                     *lock(&self.binding) = Some((placed, session));
+                    self.resume_lost(&connection, session).await;
                     return Ok((connection, session));
                 }
                 // A runtime that started draining or was lost meanwhile: another one takes
@@ -331,7 +396,7 @@ impl HostedSession {
         &self,
         call: SessionCall,
         hooks: RequestHooks,
-    ) -> Result<(Arc<Connection>, T), SessionError> {
+    ) -> Result<(Bound, T), SessionError> {
         let (connection, session) = self.bind(call.starts_cell()).await?;
         self.call_on(connection, session, call, hooks).await
     }
@@ -345,51 +410,110 @@ impl HostedSession {
         &self,
         request: ExecRequest,
         hooks: RequestHooks,
-    ) -> Result<(Arc<Connection>, StartedCell), SessionError> {
-        let admitted = Arc::new(AtomicBool::new(false));
+    ) -> Result<(Bound, StartedCell), SessionError> {
+        let admitted: Arc<Mutex<Option<CellId>>> = Arc::new(Mutex::new(None));
         let told = hooks.admitted.clone();
-        let flag = Arc::clone(&admitted);
+        let seen = Arc::clone(&admitted);
+        let yield_time_ms = request.yield_time_ms;
         let hooks = RequestHooks {
             admitted: Some(Arc::new(move |cell_id: &CellId| {
-                flag.store(true, Ordering::SeqCst);
+                *lock(&seen) = Some(cell_id.clone());
                 if let Some(told) = &told {
                     told(cell_id);
                 }
             })),
+            exec: Some(exec_journal(&request)),
             ..hooks
         };
-        match self
+        let outcome = self
             .call(SessionCall::Execute(request.clone()), hooks.clone())
-            .await
-        {
-            Err(SessionError::RuntimeLost(cause))
-                if !admitted.load(Ordering::SeqCst) && self.provider.reruns_unadmitted() =>
-            {
+            .await;
+        let Err(SessionError::RuntimeLost(cause)) = &outcome else {
+            return outcome;
+        };
+        let cell_id = lock(&admitted).clone();
+        match cell_id {
+            None if self.provider.reruns_unadmitted() => {
                 tracing::info!(%cause, "the runtime was lost before it admitted the cell; running it on a fresh one");
                 self.call(SessionCall::Execute(request), hooks).await
             }
-            other => other,
+            // Admitted and rebuilt: its first observation goes on as a wait.
+            Some(cell_id) if self.rebuilds(&cell_id) => {
+                let wait = |runtime_id| {
+                    SessionCall::Wait(WaitRequest {
+                        cell_id: runtime_id,
+                        yield_time_ms,
+                    })
+                };
+                let preempt = RequestHooks {
+                    preempt: hooks.preempt.clone(),
+                    ..RequestHooks::default()
+                };
+                match self
+                    .call_on_cell::<CellResponse>(&cell_id, preempt, wait)
+                    .await?
+                {
+                    Some((connection, response)) => {
+                        let started = StartedCell {
+                            cell_id: connection.runtime_cell_id(&cell_id).unwrap_or(cell_id),
+                            initial_response: response,
+                        };
+                        Ok((connection, started))
+                    }
+                    None => Ok((
+                        {
+                            let (connection, session) = self.bind(false).await?;
+                            Bound {
+                                connection,
+                                session,
+                            }
+                        },
+                        StartedCell {
+                            initial_response: CellResponse::missing(cell_id.clone()),
+                            cell_id,
+                        },
+                    )),
+                }
+            }
+            _ => outcome,
         }
     }
 
     /// Runs a call that names a cell, on the connection the cell id was translated for.
     /// `None` when the id belongs to another runtime generation (a missing cell).
+    ///
+    /// A call that fails because the runtime was lost goes again once the cell was
+    /// rebuilt from its journal on the session's next runtime (contract §7).
     async fn call_on_cell<T: FromResponse>(
         &self,
         cell_id: &CellId,
         hooks: RequestHooks,
-        make: impl FnOnce(CellId) -> SessionCall,
-    ) -> Result<Option<(Arc<Connection>, T)>, SessionError> {
-        if let Some(lost) = self.dead_cell(cell_id) {
-            return Err(lost);
+        make: impl Fn(CellId) -> SessionCall,
+    ) -> Result<Option<(Bound, T)>, SessionError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if let Some(lost) = self.dead_cell(cell_id) {
+                return Err(lost);
+            }
+            let (connection, session) = self.bind(false).await?;
+            let Some(runtime_id) = connection.runtime_cell_id(session, cell_id) else {
+                return Ok(None);
+            };
+            match self
+                .call_on(connection, session, make(runtime_id), hooks.clone())
+                .await
+            {
+                Err(SessionError::RuntimeLost(cause)) if self.rebuilds(cell_id) => {
+                    if attempt >= REBUILD_ATTEMPTS {
+                        self.give_up(cell_id, &cause);
+                        return Err(SessionError::RuntimeLost(cause));
+                    }
+                    tracing::info!(cell = %cell_id, %cause, "the cell's runtime was lost; going on with the cell rebuilt");
+                }
+                other => return other.map(Some),
+            }
         }
-        let (connection, session) = self.bind(false).await?;
-        let Some(runtime_id) = connection.runtime_cell_id(cell_id) else {
-            return Ok(None);
-        };
-        self.call_on(connection, session, make(runtime_id), hooks)
-            .await
-            .map(Some)
     }
 
     /// Sends `call` for `session` on `connection`. A session the runtime no longer knows
@@ -400,18 +524,50 @@ impl HostedSession {
         session: SessionId,
         call: SessionCall,
         hooks: RequestHooks,
-    ) -> Result<(Arc<Connection>, T), SessionError> {
+    ) -> Result<(Bound, T), SessionError> {
         let request = connection.session_request(session, call);
         match connection.call(request, hooks).await {
-            Ok(answer) => Ok((connection, answer)),
+            Ok(answer) => Ok((
+                Bound {
+                    connection,
+                    session,
+                },
+                answer,
+            )),
             Err(error) => Err(error),
         }
     }
 }
 
+/// The runtime and the session there that answered a call: where its cell ids are
+/// translated.
+pub(crate) struct Bound {
+    connection: Arc<Connection>,
+    session: SessionId,
+}
+
+impl Bound {
+    fn external_cell_id(&self, cell_id: &CellId) -> CellId {
+        self.connection.external_cell_id(self.session, cell_id)
+    }
+
+    fn runtime_cell_id(&self, external: &CellId) -> Option<CellId> {
+        self.connection.runtime_cell_id(self.session, external)
+    }
+}
+
+/// What an exec tells the host about its cell's journal.
+fn exec_journal(request: &ExecRequest) -> ExecJournal {
+    ExecJournal {
+        source: request.source.clone(),
+        tools: Arc::clone(&request.tools),
+        exec_call_id: request.tool_call_id.clone(),
+    }
+}
+
 /// Rewrites the runtime's cell ids in a response to the ids the agent core sees.
 fn external_response(
-    connection: &Connection,
+    connection: &Bound,
     response: CellResponse,
     asked: Option<&CellId>,
 ) -> CellResponse {
@@ -427,7 +583,7 @@ fn external_response(
 }
 
 fn external_outcome(
-    connection: &Connection,
+    connection: &Bound,
     outcome: PendingOutcome,
     asked: Option<&CellId>,
 ) -> PendingOutcome {
@@ -461,6 +617,7 @@ impl CodeModeSession for HostedSession {
                 cell_delegate: hooks.delegate,
                 admitted: hooks.admitted,
                 preempt: hooks.preempt,
+                ..RequestHooks::default()
             };
             let (connection, started): (_, StartedCell) = self.start_cell(request, hooks).await?;
             Ok(StartedCell {
@@ -516,11 +673,12 @@ impl CodeModeSession for HostedSession {
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
         Box::pin(measure(async move {
+            let hooks = RequestHooks {
+                exec: Some(exec_journal(&request)),
+                ..RequestHooks::default()
+            };
             let (connection, started): (_, StartedPendingCell) = self
-                .call(
-                    SessionCall::ExecuteToPending(request),
-                    RequestHooks::default(),
-                )
+                .call(SessionCall::ExecuteToPending(request), hooks)
                 .await?;
             Ok(StartedPendingCell {
                 cell_id: connection.external_cell_id(&started.cell_id),
@@ -558,7 +716,7 @@ impl CodeModeSession for HostedSession {
             if connection.is_lost() {
                 return Ok(Vec::new());
             }
-            let (connection, cell_ids): (_, Vec<CellId>) = self
+            let (bound, cell_ids): (_, Vec<CellId>) = self
                 .call_on(
                     connection,
                     session,
@@ -568,7 +726,7 @@ impl CodeModeSession for HostedSession {
                 .await?;
             Ok(cell_ids
                 .iter()
-                .map(|cell_id| connection.external_cell_id(cell_id))
+                .map(|cell_id| bound.external_cell_id(cell_id))
                 .collect())
         })
     }

@@ -52,7 +52,7 @@ pub struct CellJournal {
     /// Its tools.
     pub tools: Arc<[ToolDefinition]>,
     /// The stored values it started from.
-    pub stored: StoredValues,
+    pub stored: Arc<StoredValues>,
     pub seed: u64,
     /// Its clock readings, in order.
     pub clock: Vec<u64>,
@@ -82,7 +82,7 @@ impl CellJournal {
     pub fn start(
         source: String,
         tools: Arc<[ToolDefinition]>,
-        stored: StoredValues,
+        stored: Arc<StoredValues>,
         seed: u64,
     ) -> Self {
         Self {

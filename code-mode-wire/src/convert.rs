@@ -7,6 +7,7 @@
 
 use crate::payload as wire;
 use code_mode_protocol::calls as api_calls;
+use code_mode_protocol::journal as api_journal;
 use code_mode_protocol::model as api_model;
 use code_mode_protocol::session as api;
 use std::sync::Arc;
@@ -81,6 +82,48 @@ macro_rules! mirror_struct {
 }
 
 mirror_enum!(api::Surface, wire::Surface { unit: Contract, Codex; });
+mirror_enum!(api_journal::JournalCommand, wire::JournalCommand {
+    fields: ToolResult { call, result }, TimerFired { id };
+});
+mirror_enum!(api_journal::JournalEntry, wire::JournalEntry {
+    unit: Yielded, NotDurable;
+    tuple: Clock, Entered;
+    fields: Started { seed }, Issued { hash, tool };
+});
+
+impl From<api_journal::CellJournal> for wire::CellJournal {
+    fn from(journal: api_journal::CellJournal) -> Self {
+        Self {
+            source: journal.source,
+            tools: tools_to_wire(&journal.tools),
+            stored: journal.stored.as_ref().clone(),
+            seed: journal.seed,
+            clock: journal.clock,
+            issued: journal.issued,
+            entered: journal.entered.into_iter().map(Into::into).collect(),
+            outputs: journal.outputs,
+            notifications: journal.notifications,
+            yields: journal.yields,
+        }
+    }
+}
+
+impl From<wire::CellJournal> for api_journal::CellJournal {
+    fn from(journal: wire::CellJournal) -> Self {
+        Self {
+            source: journal.source,
+            tools: tools_from_wire(journal.tools),
+            stored: Arc::new(journal.stored),
+            seed: journal.seed,
+            clock: journal.clock,
+            issued: journal.issued,
+            entered: journal.entered.into_iter().map(Into::into).collect(),
+            outputs: journal.outputs,
+            notifications: journal.notifications,
+            yields: journal.yields,
+        }
+    }
+}
 mirror_enum!(api_model::ToolKind, wire::ToolKind { unit: Function, Freeform; });
 mirror_enum!(api_model::ImageDetail, wire::ImageDetail { unit: Auto, Low, High, Original; });
 mirror_enum!(api::FailureKind, wire::FailureKind {

@@ -159,7 +159,10 @@ impl Request {
     /// forms), whose answers a dropped caller gives back.
     pub fn holds_answer(&self) -> bool {
         match self {
-            Request::OpenSession { .. } | Request::RegisterTools { .. } => false,
+            Request::OpenSession { .. }
+            | Request::RegisterTools { .. }
+            | Request::Resume { .. }
+            | Request::Answer { .. } => false,
             Request::Session { call, .. } | Request::SessionWithTools { call, .. } => matches!(
                 call,
                 SessionCall::Execute(_)
@@ -228,6 +231,23 @@ pub enum Request {
         session: SessionId,
         call: SessionCall,
     },
+    /// Rebuilds a cell of the session from its journal, kept by the host from a runtime
+    /// that was lost (contract §7): answered with [`Response::Resumed`] and the cell's id
+    /// on this runtime. Its nested calls carry `exec_call_id`.
+    Resume {
+        session: SessionId,
+        journal: payload::CellJournal,
+        exec_call_id: Option<String>,
+    },
+    /// The answer to nested call `call` of a resumed cell, made on a runtime that was lost
+    /// while the host's delegate worked on it: answered with [`Response::Answered`]
+    /// (`false` when the cell is not there any more).
+    Answer {
+        session: SessionId,
+        cell_id: CellId,
+        call: CallId,
+        result: Result<JsonText, ToolError>,
+    },
     /// Registers a tool set on the connection, so that execs name it instead of carrying
     /// its definitions (a set of thousands of deferred tools is sent once, not per exec).
     /// Answered with [`Response::ToolsRegistered`]; handled before any later request.
@@ -253,6 +273,10 @@ pub enum Response {
     Reply(SessionReply),
     /// The answer to [`Request::RegisterTools`].
     ToolsRegistered,
+    /// The answer to [`Request::Resume`]: the cell's id on this runtime.
+    Resumed(CellId),
+    /// The answer to [`Request::Answer`]: whether the cell took it.
+    Answered(bool),
 }
 
 /// What the server asks of the session's delegate on the client side.
@@ -319,6 +343,13 @@ pub enum ServerMessage {
     Admitted {
         id: RequestId,
         cell_id: CellId,
+    },
+    /// A cell's journal gained `entry` (contract §7): the host keeps each running cell's
+    /// journal, to rebuild the cell elsewhere if this runtime is lost.
+    Journal {
+        session: SessionId,
+        cell_id: CellId,
+        entry: payload::JournalEntry,
     },
     /// A completed cell's stored-value writes were merged into its session: sent in the
     /// same step as the merge, so before the cell's final response. The host applies them
@@ -387,7 +418,7 @@ impl ClientMessage {
 
 impl ServerMessage {
     /// Every kind [`ServerMessage::kind`] names, in declaration order.
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 12] = [
         "Ready",
         "Rejected",
         "Response",
@@ -399,6 +430,7 @@ impl ServerMessage {
         "Pong",
         "Draining",
         "Committed",
+        "Journal",
     ];
 
     /// The message's kind, for logs and error messages (never its payload).
@@ -415,6 +447,7 @@ impl ServerMessage {
             ServerMessage::Pong(_) => "Pong",
             ServerMessage::Draining => "Draining",
             ServerMessage::Committed { .. } => "Committed",
+            ServerMessage::Journal { .. } => "Journal",
         }
     }
 }

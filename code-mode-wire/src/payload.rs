@@ -189,3 +189,41 @@ pub enum SessionReply {
     /// To `Shutdown`.
     ShutDown,
 }
+
+/// A command that entered a cell (`code_mode_protocol::journal::JournalCommand`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JournalCommand {
+    ToolResult {
+        call: CallId,
+        result: Result<code_mode_protocol::json_text::JsonText, code_mode_protocol::ids::ToolError>,
+    },
+    TimerFired {
+        id: u64,
+    },
+}
+
+/// What a cell's journal gained (`code_mode_protocol::journal::JournalEntry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JournalEntry {
+    Started { seed: u64 },
+    Clock(Vec<u64>),
+    Issued { hash: u64, tool: String },
+    Entered(JournalCommand),
+    Yielded,
+    NotDurable,
+}
+
+/// Everything a cell is rebuilt from (`code_mode_protocol::journal::CellJournal`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellJournal {
+    pub source: String,
+    pub tools: Vec<ToolDefinition>,
+    pub stored: code_mode_protocol::stored::StoredValues,
+    pub seed: u64,
+    pub clock: Vec<u64>,
+    pub issued: Vec<(u64, String)>,
+    pub entered: Vec<JournalCommand>,
+    pub outputs: u64,
+    pub notifications: u64,
+    pub yields: u64,
+}

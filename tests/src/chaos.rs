@@ -14,9 +14,13 @@
 //! - **no tool call is sent twice**: each call carries a token used once;
 //! - **the only failures are faults**: a `RuntimeLost` must fall within the window of a
 //!   fault injected on the runtime the session was on; a refusal is excused only while
-//!   no remote runtime was up; any other error fails the run;
-//! - every fault kind happened, and cells were lost mid-flight: a kill waits for a cell
-//!   that is inside a tool call, and that cell must report its runtime lost;
+//!   no remote runtime was up; any other error fails the run. Running cells are rebuilt
+//!   from their journals when their runtime is lost (durable cells), so a loss reaches a
+//!   cell only where nothing can be rebuilt: an exec a remote runtime never admitted, or a
+//!   cell whose runtimes kept being lost under it;
+//! - every fault kind happened, and cells were rebuilt mid-flight: a kill waits for a
+//!   cell that is inside a tool call, the call is answered after the kill, and that cell
+//!   must complete with its own result;
 //! - no runtime process is left behind once the providers are gone;
 //! - the host's RSS stays flat (at the end at most twice what it was once warm, plus
 //!   32 MiB).
@@ -180,8 +184,8 @@ pub struct ChaosReport {
     /// Cells whose runtime was lost under them (the runtime-lost error, once), each within
     /// the window of a fault on that runtime.
     pub lost: u64,
-    /// Cells the run killed while they waited on a tool call (all among `lost`).
-    pub lost_mid_flight: u64,
+    /// Cells the run killed while they waited on a tool call (each rebuilt and completed).
+    pub rebuilt_mid_flight: u64,
     /// Execs refused while no remote runtime was up.
     pub refused: u64,
     /// How many faults of each kind were injected.
@@ -201,11 +205,11 @@ impl std::fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "cells {} (completed {}, lost with their runtime {}, lost mid-flight {}, refused while no runtime was up {}), tool calls {}",
+            "cells {} (completed {}, lost with their runtime {}, rebuilt mid-flight {}, refused while no runtime was up {}), tool calls {}",
             self.cells,
             self.completed,
             self.lost,
-            self.lost_mid_flight,
+            self.rebuilt_mid_flight,
             self.refused,
             self.tool_calls,
         )?;
@@ -345,19 +349,21 @@ impl CodeModeSessionDelegate for ChaosDelegate {
         };
         let held = caught.is_some_and(|catch| catch.send(token.clone()).is_ok());
         let pause = if held {
-            // Until the kill cancels it; a call still held after this is answered with an
-            // error, and its cell fails the run.
-            Duration::from_secs(5)
+            // Past the kill, which does not cancel it: its answer reaches the cell rebuilt
+            // on the next runtime.
+            Duration::from_millis(500)
         } else {
             Duration::from_millis((token.len() % 7) as u64 * 3)
         };
         Box::pin(async move {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = cancel.cancelled() => return Err(ToolError::new("cancelled")),
-            }
-            if held {
-                return Err(ToolError::new("a call held for a kill outlived the kill"));
+                () = cancel.cancelled() => {
+                    if held {
+                        return Err(ToolError::new("a call held for a kill was cancelled by it"));
+                    }
+                    return Err(ToolError::new("cancelled"));
+                }
             }
             call.input
                 .ok_or_else(|| ToolError::new("echo needs an argument"))
@@ -419,6 +425,8 @@ struct Stage {
     held: Mutex<Vec<String>>,
     /// The tokens of cells that ended with their runtime lost.
     lost: Mutex<HashSet<String>>,
+    /// Cells that completed, by name.
+    completed: Mutex<HashSet<String>>,
     report: Mutex<ChaosReport>,
 }
 
@@ -536,8 +544,8 @@ impl Stage {
     }
 
     /// Kills the local runtime while one of its cells waits on a tool call: the next
-    /// local call is held, the runtime killed, and that cell must end lost. `false` when
-    /// no local cell made a call within 3 s.
+    /// local call is held, the runtime killed, and that cell must be rebuilt and complete.
+    /// `false` when no local cell made a call within 3 s.
     async fn kill_mid_cell(&self) -> bool {
         // A drain just before would leave the held cell on the old, draining runtime
         // while the provider names its successor: let it end first.
@@ -891,6 +899,7 @@ async fn worker<S: CodeModeSession + Placed>(
         match run_cell(&stage, &name, &cell, &session, source).await {
             Ended::Completed(text) => {
                 check_report(&stage, &name, &cell, &mut ledger, &text);
+                lock(&stage.completed).insert(cell.clone());
                 ledger.keys.insert(
                     key,
                     Known {
@@ -1059,6 +1068,7 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
         faults: Mutex::new(Vec::new()),
         held: Mutex::new(Vec::new()),
         lost: Mutex::new(HashSet::new()),
+        completed: Mutex::new(HashSet::new()),
         report: Mutex::new(ChaosReport::default()),
     });
     for slot in &stage.slots {
@@ -1136,17 +1146,17 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
     }
     violations.check();
     let held = lock(&stage.held).clone();
-    let not_lost: Vec<&String> = held
+    let not_rebuilt: Vec<&String> = held
         .iter()
-        .filter(|cell| !lock(&stage.lost).contains(*cell))
+        .filter(|cell| !lock(&stage.completed).contains(*cell))
         .collect();
     assert!(
-        not_lost.is_empty(),
-        "cells killed while in a tool call did not report their runtime lost: {not_lost:?}"
+        not_rebuilt.is_empty(),
+        "cells killed while in a tool call did not complete on a rebuilt runtime: {not_rebuilt:?}"
     );
     {
         let mut report = lock(&stage.report);
-        report.lost_mid_flight = held.len() as u64;
+        report.rebuilt_mid_flight = held.len() as u64;
         report.tool_calls = delegate.calls.load(Ordering::Relaxed);
         report.host_rss_end_kib = host_rss();
     }
@@ -1193,8 +1203,8 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
         }
     }
     assert!(
-        report.lost_mid_flight > 0,
-        "no cell was lost mid-flight: {report}"
+        report.rebuilt_mid_flight > 0,
+        "no cell was rebuilt mid-flight: {report}"
     );
     // Most cells still complete. A run whose runtimes could not be reached (a stale
     // binary of another protocol version, say) fails here, if not before.

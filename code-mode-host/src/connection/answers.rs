@@ -60,6 +60,9 @@ pub(super) type Delivered<T> = Delivery<Result<T, SessionError>>;
 pub(super) struct Word {
     pub(super) outbox: Outbox<ClientMessage>,
     pub(super) id: RequestId,
+    /// The cell the answer observes and how many output items it carries: once taken,
+    /// they count as delivered in the cell's journal (a rebuilt cell gives them no more).
+    pub(super) took: Option<(Weak<Connection>, SessionId, CellId, u64)>,
 }
 
 impl Word {
@@ -73,6 +76,12 @@ impl Word {
 
 impl<T> Receipt<T> for Word {
     fn taken(self: Box<Self>) {
+        if let Some((connection, session, cell_id, items)) = &self.took
+            && let Some(connection) = connection.upgrade()
+            && let Some(entry) = lock(&connection.state).sessions.get_mut(session)
+        {
+            entry.took_output(cell_id, *items);
+        }
         self.say(ClientMessage::Taken { id: self.id });
     }
 

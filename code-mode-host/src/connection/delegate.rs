@@ -35,8 +35,15 @@ impl Connection {
             if !entry.closed_cells.contains(cell_id) {
                 entry.live_cells.insert(cell_id.clone());
             }
+            let call_id = match &call {
+                DelegateCall::InvokeTool { call_id, .. } => Some(*call_id),
+                DelegateCall::Notify { .. } => None,
+            };
+            entry.call_started(cell_id, id, call_id);
             let delegate = Arc::clone(entry.cell_delegates.get(cell_id).unwrap_or(&entry.delegate));
-            state.delegate_calls.insert(id, token.clone());
+            state
+                .delegate_calls
+                .insert(id, (token.clone(), session, cell_id.clone()));
             delegate
         };
         let connection = Arc::clone(self);
@@ -51,14 +58,31 @@ impl Connection {
                 .flatten();
             let reply = match replayed {
                 Some(reply) => Some(reply),
-                None => connection.run_delegate_call(&*delegate, call, &token).await,
+                None => {
+                    connection
+                        .run_delegate_call(&*delegate, session, call, &token)
+                        .await
+                }
             };
             let reply = reply.unwrap_or(DelegateReply::Cancelled);
             if faults::fire(Fault::DuplicateAnswer, || is_tool_call) {
                 faults::keep_for_replay(owner, session, reply.clone());
             }
-            // A call of a lost connection needs no answer.
-            if lock(&connection.state).delegate_calls.remove(&id).is_some() {
+            let ended = {
+                let mut state = lock(&connection.state);
+                let ended = state.delegate_calls.remove(&id);
+                if let Some((_, session, cell_id)) = &ended
+                    && let Some(entry) = state.sessions.get_mut(session)
+                {
+                    entry.call_ended(cell_id, id, &reply);
+                }
+                ended
+            };
+            // A call of a lost connection: its answer goes to the cell's next incarnation,
+            // if the cell can be rebuilt; otherwise nobody needs it.
+            if ended.is_none() {
+                connection.deliver_late(id, &reply);
+            } else {
                 let message = ClientMessage::DelegateReply { id, reply };
                 code_mode_protocol::hop!("host sends the tool result");
                 if let Err(error) = connection.outbox.send(&message) {
@@ -82,6 +106,7 @@ impl Connection {
     pub(super) async fn run_delegate_call(
         &self,
         delegate: &dyn CodeModeSessionDelegate,
+        session: SessionId,
         call: DelegateCall,
         token: &CancellationToken,
     ) -> Option<DelegateReply> {
@@ -97,7 +122,7 @@ impl Connection {
                 // The argument is parsed only if the agent core's delegate wants a value
                 // (`NestedToolCall::answer_with`); the result goes back as its text.
                 let call = NestedToolCall {
-                    cell_id: self.external_cell_id(&cell_id),
+                    cell_id: self.external_cell_id(session, &cell_id),
                     call_id,
                     tool_name,
                     kind: kind.into(),
@@ -116,7 +141,7 @@ impl Connection {
                 Some(DelegateReply::ToolResult(result))
             }
             DelegateCall::Notify { cell_id, text } => {
-                let cell_id = self.external_cell_id(&cell_id);
+                let cell_id = self.external_cell_id(session, &cell_id);
                 until_cancelled(token, delegate.notify(cell_id, text, token.clone())).await?;
                 Some(DelegateReply::Notified)
             }
@@ -131,23 +156,27 @@ impl Connection {
         }
         let admitted = {
             let mut state = lock(&self.state);
-            let (session, delegate, admitted) = match state.pending.get(&id) {
+            let (session, delegate, admitted, exec) = match state.pending.get(&id) {
                 Some(pending) => (
                     pending.session,
                     pending.hooks.cell_delegate.clone(),
                     pending.hooks.admitted.clone(),
+                    pending.hooks.exec.clone(),
                 ),
                 None => match state.abandoned.get(&id) {
                     Some(abandoned) => (
                         abandoned.session,
                         state.abandoned_delegates.remove(&id),
                         None,
+                        None,
                     ),
                     // Answered already and then abandoned: nothing waits for it.
                     None => return Err(Violation::AdmittedNotInFlight(id)),
                 },
             };
-            let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session)) else {
+            let Some((session, entry)) =
+                session.and_then(|session| Some((session, state.sessions.get_mut(&session)?)))
+            else {
                 return Err(Violation::AdmittedOutsideSession(id));
             };
             if !entry.closed_cells.contains(&cell_id) {
@@ -156,10 +185,11 @@ impl Connection {
                     entry.cell_delegates.insert(cell_id.clone(), delegate);
                 }
             }
-            admitted
+            entry.admit_journal(&cell_id, exec);
+            admitted.map(|admitted| (admitted, session))
         };
-        if let Some(admitted) = admitted {
-            admitted(&self.external_cell_id(&cell_id));
+        if let Some((admitted, session)) = admitted {
+            admitted(&self.external_cell_id(session, &cell_id));
         }
         Ok(())
     }
@@ -181,12 +211,13 @@ impl Connection {
                 return Err(Violation::ClosedTwice { session, cell_id });
             }
             entry.live_cells.remove(&cell_id);
+            entry.journals.remove(&cell_id);
             entry
                 .cell_delegates
                 .remove(&cell_id)
                 .unwrap_or_else(|| Arc::clone(&entry.delegate))
         };
-        delegate.cell_closed(&self.external_cell_id(&cell_id));
+        delegate.cell_closed(&self.external_cell_id(session, &cell_id));
         Ok(())
     }
 }

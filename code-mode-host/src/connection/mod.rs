@@ -26,6 +26,7 @@
 
 mod answers;
 mod delegate;
+mod journals;
 mod violation;
 
 use crate::faults::{self, Fault};
@@ -43,6 +44,8 @@ use code_mode_wire::convert::tools_to_wire;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_wire::*;
 use futures_util::StreamExt;
+pub(crate) use journals::{ExecJournal, LostCell, Resumable};
+use journals::{Kept, LateCalls, ResumedHook};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -137,6 +140,10 @@ pub(crate) struct RequestHooks {
     pub(crate) admitted: Option<AdmittedHook>,
     /// For `Execute` and `Wait`: sends `Preempt` when it fires (contract 8.4).
     pub(crate) preempt: Option<CancellationToken>,
+    /// For `Execute`: what the cell's journal starts from (contract §7).
+    pub(crate) exec: Option<ExecJournal>,
+    /// For `Resume`: what the host keeps of the cell once the runtime took it.
+    pub(crate) resumed: Option<ResumedHook>,
 }
 
 struct SessionEntry {
@@ -148,6 +155,8 @@ struct SessionEntry {
     /// Cells seen alive (by a response or a delegate call) and not yet closed.
     live_cells: HashSet<CellId>,
     closed_cells: HashSet<CellId>,
+    /// The journals of its running cells (contract §7).
+    journals: HashMap<CellId, Kept>,
 }
 
 #[derive(Default)]
@@ -161,7 +170,8 @@ struct State {
     /// still call them.
     abandoned_delegates: HashMap<RequestId, Arc<dyn CodeModeSessionDelegate>>,
     sessions: HashMap<SessionId, SessionEntry>,
-    delegate_calls: HashMap<DelegateId, CancellationToken>,
+    /// Delegate calls in flight: how to cancel each, and its session and cell.
+    delegate_calls: HashMap<DelegateId, (CancellationToken, SessionId, CellId)>,
     /// The tool sets registered on the runtime, oldest first (at most [`HOST_TOOL_SETS`]).
     registered_tools: std::collections::VecDeque<ToolSetId>,
     /// The ids of recently used tool sets, by address, so a caller that passes the same
@@ -185,8 +195,15 @@ pub(crate) struct Connection {
     draining: AtomicBool,
     /// Sessions placed on this runtime by a provider (bound or being bound).
     placed: AtomicUsize,
-    /// Once lost: per session, the cells that were running (they died with the runtime).
-    lost_cells: Mutex<HashMap<SessionId, Vec<CellId>>>,
+    /// Once lost: per session, the cells that were running, each rebuildable from its
+    /// journal or dead with the runtime.
+    lost_cells: Mutex<HashMap<SessionId, Vec<LostCell>>>,
+    /// Once lost: the delegate calls of rebuildable cells still running, whose answers go
+    /// to the cells' next incarnations.
+    late_calls: Mutex<LateCalls>,
+    /// Cells resumed here from a lost runtime: their session and this runtime's id → the
+    /// id the agent core knows.
+    aliases: Mutex<HashMap<(SessionId, CellId), CellId>>,
     /// The pinger and writer tasks, stopped when the connection is lost or dropped (the
     /// pinger holds the outbox, which keeps the writer and so the stream alive).
     tasks: Mutex<Vec<AbortHandle>>,
@@ -271,6 +288,8 @@ impl Connection {
             draining: AtomicBool::new(false),
             placed: AtomicUsize::new(0),
             lost_cells: Mutex::new(HashMap::new()),
+            late_calls: Mutex::new(HashMap::new()),
+            aliases: Mutex::new(HashMap::new()),
             tasks: Mutex::new(tasks),
         });
         tokio::spawn(read_loop(
@@ -322,13 +341,10 @@ impl Connection {
     }
 
     /// The cells of `session` that were running when the connection was lost, as the
-    /// agent core knows them (taken: each is reported once).
-    pub(crate) fn take_lost_cells(&self, session: SessionId) -> Vec<CellId> {
-        let cells = lock(&self.lost_cells).remove(&session).unwrap_or_default();
-        cells
-            .iter()
-            .map(|cell_id| self.external_cell_id(cell_id))
-            .collect()
+    /// agent core knows them, each with its journal when it can be rebuilt (taken: each
+    /// is reported once).
+    pub(crate) fn take_lost_cells(&self, session: SessionId) -> Vec<LostCell> {
+        lock(&self.lost_cells).remove(&session).unwrap_or_default()
     }
 
     /// Whether `session` has nothing on this runtime that a move would leave behind: no
@@ -359,15 +375,25 @@ impl Connection {
         )
     }
 
-    /// The id the agent core sees for a runtime cell id: `1` in the first generation,
-    /// `g2:1` in the second, and so on.
-    pub(crate) fn external_cell_id(&self, cell_id: &CellId) -> CellId {
+    /// The id the agent core sees for a runtime cell id of `session`: `1` in the first
+    /// generation, `g2:1` in the second, and so on; a cell resumed here keeps the id it had.
+    pub(crate) fn external_cell_id(&self, session: SessionId, cell_id: &CellId) -> CellId {
+        if let Some(external) = lock(&self.aliases).get(&(session, cell_id.clone())) {
+            return external.clone();
+        }
         cell_id.in_generation(self.generation)
     }
 
-    /// The runtime's id for a cell id the agent core gave; `None` if it belongs to another
-    /// generation (its process is gone).
-    pub(crate) fn runtime_cell_id(&self, external: &CellId) -> Option<CellId> {
+    /// The runtime's id in `session` for a cell id the agent core gave; `None` if it
+    /// belongs to another generation (its process is gone) and was not resumed here.
+    pub(crate) fn runtime_cell_id(&self, session: SessionId, external: &CellId) -> Option<CellId> {
+        let aliased = lock(&self.aliases)
+            .iter()
+            .find(|((of, _), known)| *of == session && *known == external)
+            .map(|((_, runtime), _)| runtime.clone());
+        if aliased.is_some() {
+            return aliased;
+        }
         (external.generation() == Some(self.generation)).then(|| external.in_generation(1))
     }
 
@@ -509,13 +535,18 @@ impl Connection {
             ServerMessage::CancelDelegate { id } => {
                 // The task acknowledges once the delegate stopped; an unknown id was
                 // answered already (the cancellation crossed the answer).
-                if let Some(token) = lock(&self.state).delegate_calls.get(&id) {
+                if let Some((token, _, _)) = lock(&self.state).delegate_calls.get(&id) {
                     token.cancel();
                 }
                 Ok(())
             }
             ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
             ServerMessage::Admitted { id, cell_id } => self.on_admitted(id, cell_id),
+            ServerMessage::Journal {
+                session,
+                cell_id,
+                entry,
+            } => self.on_journal(session, cell_id, entry.into()),
             ServerMessage::Committed {
                 session,
                 cell_id,
@@ -524,10 +555,11 @@ impl Connection {
                 if !is_runtime_cell_id(&cell_id) {
                     return Err(Violation::CommitCellInvalid(cell_id));
                 }
-                let stored = lock(&self.state)
-                    .sessions
-                    .get(&session)
-                    .map(|entry| Arc::clone(&entry.stored));
+                let stored = lock(&self.state).sessions.get_mut(&session).map(|entry| {
+                    // The cell completed: it is never rebuilt (its writes are in).
+                    entry.journals.remove(&cell_id);
+                    Arc::clone(&entry.stored)
+                });
                 match stored {
                     // Proof that the chaos test sees a lost commit (a test-only switch).
                     Some(_) if faults::fire(Fault::DropCommit, || !writes.is_empty()) => {}
@@ -582,18 +614,31 @@ impl Connection {
                         cell_delegates: HashMap::new(),
                         live_cells: HashSet::new(),
                         closed_cells: HashSet::new(),
+                        journals: HashMap::new(),
                     };
                     if state.sessions.insert(*session, entry).is_some() {
                         return Err(Violation::OpenedTwice(*session));
                     }
                 }
-                Response::Reply(
-                    payload::SessionReply::Started { cell_id, .. }
-                    | payload::SessionReply::StartedPending { cell_id, .. },
-                ) => {
-                    mark_alive(&mut state, pending.session, cell_id)?;
+                Response::Resumed(cell_id) => {
+                    self.on_resumed(&mut state, pending.session, cell_id, &pending.hooks)?;
                 }
-                Response::Reply(_) | Response::ToolsRegistered => {}
+                Response::Reply(reply) => {
+                    if let payload::SessionReply::Started { cell_id, .. }
+                    | payload::SessionReply::StartedPending { cell_id, .. } = reply
+                    {
+                        mark_alive(&mut state, pending.session, cell_id)?;
+                    }
+                    // A cell whose final answer came is over: it is never rebuilt.
+                    if let Some(cell_id) = journals::finished_cell(reply)
+                        && let Some(entry) = pending
+                            .session
+                            .and_then(|session| state.sessions.get_mut(&session))
+                    {
+                        entry.journals.remove(cell_id);
+                    }
+                }
+                Response::ToolsRegistered | Response::Answered(_) => {}
             }
         }
         if faults::fire(Fault::LoseAnswer, || is_final(&result)) {
@@ -604,9 +649,15 @@ impl Connection {
         }
         drop(state);
         // The runtime holds the answer until this word.
+        let took = match (&result, pending.session) {
+            (Ok(Response::Reply(reply)), Some(session)) => journals::observed_items(reply)
+                .map(|(cell_id, items)| (Arc::downgrade(self), session, cell_id.clone(), items)),
+            _ => None,
+        };
         let word = (pending.holds_answer && result.is_ok()).then(|| Word {
             outbox: self.outbox.clone(),
             id,
+            took,
         });
         (pending.deliver)(result.map_err(WireError::into_session_error), word)
             .map_err(|_| Violation::ResponseOfAnotherKind(id))
@@ -658,13 +709,19 @@ impl Connection {
         );
         let state = {
             let mut state = lock(&self.state);
-            // The dead cells are known before the loss is: a caller that gets the error
+            // The lost cells are known before the loss is: a caller that gets the error
             // and asks about its cell at once finds it among them.
-            *lock(&self.lost_cells) = state
+            let mut late_calls = HashMap::new();
+            let lost: HashMap<SessionId, Vec<LostCell>> = state
                 .sessions
-                .iter()
-                .map(|(session, entry)| (*session, entry.live_cells.iter().cloned().collect()))
+                .iter_mut()
+                .map(|(session, entry)| {
+                    let external = |cell_id: &CellId| self.external_cell_id(*session, cell_id);
+                    (*session, entry.lost_cells(external, &mut late_calls))
+                })
                 .collect();
+            *lock(&self.lost_cells) = lost;
+            *lock(&self.late_calls) = late_calls;
             let _ = self.lost.set(cause.clone());
             std::mem::take(&mut *state)
         };
@@ -672,16 +729,34 @@ impl Connection {
             let error = SessionError::RuntimeLost(cause.clone());
             let _ = (pending.deliver)(Err(error), None);
         }
-        for (_, token) in state.delegate_calls {
-            token.cancel();
+        // The calls of cells that can be rebuilt go on; the others are cancelled.
+        let late_calls = lock(&self.late_calls).clone();
+        for (id, (token, _, _)) in state.delegate_calls {
+            if !late_calls.contains_key(&id) {
+                token.cancel();
+            }
         }
-        for mut entry in state.sessions.into_values() {
-            for cell_id in entry.live_cells {
+        for (session, entry) in state.sessions {
+            let dead = lock(&self.lost_cells)
+                .get(&session)
+                .map(|cells| {
+                    cells
+                        .iter()
+                        .filter(|cell| cell.resumable.is_none())
+                        .map(|cell| cell.cell_id.clone())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for cell_id in dead {
+                let runtime_id = self
+                    .runtime_cell_id(session, &cell_id)
+                    .unwrap_or(cell_id.clone());
                 let delegate = entry
                     .cell_delegates
-                    .remove(&cell_id)
+                    .get(&runtime_id)
+                    .cloned()
                     .unwrap_or_else(|| Arc::clone(&entry.delegate));
-                delegate.cell_closed(&self.external_cell_id(&cell_id));
+                delegate.cell_closed(&cell_id);
             }
         }
     }
@@ -710,9 +785,10 @@ fn register(
 fn session_of(request: &Request) -> Option<SessionId> {
     match request {
         Request::OpenSession { .. } | Request::RegisterTools { .. } => None,
-        Request::Session { session, .. } | Request::SessionWithTools { session, .. } => {
-            Some(*session)
-        }
+        Request::Session { session, .. }
+        | Request::SessionWithTools { session, .. }
+        | Request::Resume { session, .. }
+        | Request::Answer { session, .. } => Some(*session),
     }
 }
 

@@ -34,6 +34,8 @@ pub enum Violation {
     ClosedTwice { session: SessionId, cell_id: CellId },
     #[error("a commit names an invalid cell id {0:?}")]
     CommitCellInvalid(CellId),
+    #[error("a journal entry names an invalid cell id {0:?}")]
+    JournalCellInvalid(CellId),
     #[error("a response to {0}, which is not in flight")]
     ResponseNotInFlight(RequestId),
     #[error("a response names an invalid cell id {0:?}")]

@@ -90,6 +90,17 @@ pub fn client_messages() -> Vec<ClientMessage> {
             tool_set: ToolSetId(0xfeed),
             call: SessionCall::Execute(ExecRequest::new("await tools.far()")).into(),
         },
+        Request::Resume {
+            session,
+            journal: sample_journal().into(),
+            exec_call_id: Some("call_7".into()),
+        },
+        Request::Answer {
+            session,
+            cell_id: "2".into(),
+            call: CallId::new(3),
+            result: Err("late".into()),
+        },
         Request::Session {
             session,
             call: SessionCall::Shutdown.into(),
@@ -177,6 +188,8 @@ pub fn server_messages() -> Vec<ServerMessage> {
         Response::Reply(SessionReply::Interrupted(vec!["2".into(), "5".into()]).into()),
         Response::Reply(SessionReply::ShutDown.into()),
         Response::ToolsRegistered,
+        Response::Resumed("4".into()),
+        Response::Answered(true),
     ];
     let errors = vec![
         WireError::MissingSession(SessionId(3)),
@@ -261,5 +274,60 @@ pub fn server_messages() -> Vec<ServerMessage> {
             .collect(),
         },
     ]);
+    messages.extend(
+        journal_entries()
+            .into_iter()
+            .map(|entry| ServerMessage::Journal {
+                session: SessionId(1),
+                cell_id: "4".into(),
+                entry: entry.into(),
+            }),
+    );
     messages
+}
+
+/// A journal with one of everything.
+pub fn sample_journal() -> code_mode_protocol::journal::CellJournal {
+    use code_mode_protocol::journal::{CellJournal, JournalCommand};
+    let mut stored = code_mode_protocol::StoredValues::new();
+    stored.insert("k".into(), std::sync::Arc::from("[1]"));
+    let mut journal = CellJournal::start(
+        "await tools.x()".into(),
+        std::sync::Arc::from([ToolDefinition::new("x", "d", ToolKind::Function)]),
+        std::sync::Arc::new(stored),
+        42,
+    );
+    journal.clock = vec![1, 2];
+    journal.issued = vec![(7, "x".into())];
+    journal.entered = vec![
+        JournalCommand::ToolResult {
+            call: CallId::new(1),
+            result: Ok("{}".into()),
+        },
+        JournalCommand::TimerFired { id: 3 },
+    ];
+    journal.outputs = 1;
+    journal.notifications = 2;
+    journal.yields = 3;
+    journal
+}
+
+/// One journal entry of each kind.
+pub fn journal_entries() -> Vec<code_mode_protocol::journal::JournalEntry> {
+    use code_mode_protocol::journal::{JournalCommand, JournalEntry};
+    vec![
+        JournalEntry::Started { seed: 9 },
+        JournalEntry::Clock(vec![5]),
+        JournalEntry::Issued {
+            hash: 11,
+            tool: "x".into(),
+        },
+        JournalEntry::Entered(JournalCommand::TimerFired { id: 1 }),
+        JournalEntry::Entered(JournalCommand::ToolResult {
+            call: CallId::new(2),
+            result: Err("no".into()),
+        }),
+        JournalEntry::Yielded,
+        JournalEntry::NotDurable,
+    ]
 }

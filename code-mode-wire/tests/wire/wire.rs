@@ -68,8 +68,20 @@ fn every_payload_converts_to_the_api_and_back_unchanged() {
                 let api = code_mode_wire::convert::tools_from_wire(tools.clone());
                 assert_eq!(code_mode_wire::convert::tools_to_wire(&api), tools);
             }
+            Request::Resume { journal, .. } => {
+                both_ways::<api::journal::CellJournal, _>(&journal);
+                assert_eq!(
+                    api::journal::CellJournal::from(journal),
+                    crate::samples::sample_journal()
+                );
+            }
+            Request::Answer { .. } => {}
         }
         seen += 1;
+    }
+    for entry in crate::samples::journal_entries() {
+        let wire = payload::JournalEntry::from(entry.clone());
+        assert_eq!(api::journal::JournalEntry::from(wire), entry);
     }
     for message in crate::samples::server_messages() {
         if let ServerMessage::Response {
@@ -81,7 +93,7 @@ fn every_payload_converts_to_the_api_and_back_unchanged() {
             seen += 1;
         }
     }
-    assert_eq!(seen, 18, "every sample request and reply converts");
+    assert_eq!(seen, 20, "every sample request and reply converts");
 
     // Options with every field away from its default come back whole.
     let options = api::SessionOptions {

@@ -22,9 +22,8 @@ use crate::runtime::{
     CellConfig, EVENT_CHANNEL_CAPACITY, IsolateShelf, StoredValues, spawn_cell_on,
 };
 use actor::{ActorRequest, Answer, CellActor, Journal, Observer, Returnable, Routing};
-use code_mode_protocol::journal::{CellJournal, JournalEntry};
-use code_mode_protocol::{CallId, JsonText, ToolError};
 use code_mode_protocol::calls::StartedWith;
+use code_mode_protocol::journal::{CellJournal, JournalEntry};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms, measure};
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
@@ -33,6 +32,7 @@ use code_mode_protocol::{
     CodeModeSessionDelegate, ExecHooks, ExecRequest, PendingOutcome, RuntimeFailure, SessionCall,
     SessionError, SessionOptions, SessionReply, StartedCell, StartedPendingCell, WaitRequest,
 };
+use code_mode_protocol::{CallId, JsonText, ToolError};
 use search::{SearchCache, SearchableTools};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -277,14 +277,15 @@ impl Shared {
         registry.last_cell_id += 1;
         let cell_id = CellId::new(registry.last_cell_id);
         let searchable: Option<Arc<SearchableTools>> = self.search.get(&data.tools);
-        let tools = searchable
-            .as_ref()
-            .map_or_else(|| Arc::clone(&data.tools), |searchable| Arc::clone(&searchable.tools));
+        let tools = searchable.as_ref().map_or_else(
+            || Arc::clone(&data.tools),
+            |searchable| Arc::clone(&searchable.tools),
+        );
         let stored_bytes = code_mode_protocol::stored::map_bytes(&data.stored);
         let config = CellConfig {
             source: data.source.clone(),
             tools,
-            stored: Arc::new(data.stored.clone()),
+            stored: Arc::clone(&data.stored),
             stored_bytes,
             max_stored_bytes: Some(self.options.max_stored_bytes),
             limits: self.options.limits,

@@ -50,7 +50,7 @@ fn count(report: &str, name: &str) -> u64 {
 }
 
 /// One full short run on `seed`; panics with the run's output unless it passed and its
-/// counts show every fault kind and a cell lost mid-flight.
+/// counts show every fault kind and a cell rebuilt mid-flight.
 fn run_seed(seed: &str) {
     let output = chaos(&["--seed", seed]);
     let report = String::from_utf8_lossy(&output.stdout);
@@ -65,8 +65,7 @@ fn run_seed(seed: &str) {
     for name in [
         "cells",
         "completed",
-        "lost with their runtime",
-        "lost mid-flight",
+        "rebuilt mid-flight",
         "local kills mid-cell",
         "local kills",
         "local drains",

@@ -368,7 +368,10 @@ mod resume {
             .iter()
             .flat_map(|response| response.content_items().to_vec())
             .collect();
-        assert_eq!(seen, [ContentItem::text("a number"), ContentItem::text("b")]);
+        assert_eq!(
+            seen,
+            [ContentItem::text("a number"), ContentItem::text("b")]
+        );
 
         // What a host keeps of the cell.
         let entries = lock(&first.entries).clone();
@@ -378,7 +381,7 @@ mod resume {
         let mut journal = CellJournal::start(
             SOURCE.to_owned(),
             TestDelegate::tools(),
-            StoredValues::new(),
+            Arc::new(StoredValues::new()),
             *seed,
         );
         for (cell, entry) in entries.into_iter().skip(1) {
@@ -418,6 +421,9 @@ mod resume {
             .into_iter()
             .filter(|record| matches!(record, Record::ToolStarted { .. }))
             .collect();
-        assert!(calls.is_empty(), "the rebuilt cell sent calls again: {calls:?}");
+        assert!(
+            calls.is_empty(),
+            "the rebuilt cell sent calls again: {calls:?}"
+        );
     }
 }

@@ -166,7 +166,12 @@ impl Journal {
         journal.bytes = journal
             .bytes
             .saturating_add(8 * data.clock.len() as u64)
-            .saturating_add(data.issued.iter().map(|(_, tool)| 8 + tool.len() as u64).sum());
+            .saturating_add(
+                data.issued
+                    .iter()
+                    .map(|(_, tool)| 8 + tool.len() as u64)
+                    .sum(),
+            );
         journal.clock = data.clock;
         journal.issued = data.issued;
         for command in data.entered {

@@ -1,0 +1,452 @@
+//! The journals of the cells running on this runtime (CONTRACT §7, "Durable cells"), kept
+//! so that a cell outlives the runtime: built from the runtime's `Journal` messages, the
+//! exec that started the cell, the output its callers took and the notifications the host
+//! delivered. When the runtime is lost, each cell with a whole journal becomes a
+//! [`Resumable`] instead of a dead cell: its session rebuilds it on its next runtime, and
+//! the delegate calls it had in flight go on, their answers sent to the rebuilt cell
+//! ([`LateAnswers`]).
+
+use super::*;
+use code_mode_protocol::journal::{Applied, CellJournal, JournalCommand, JournalEntry};
+use code_mode_protocol::{CallId, JsonText};
+
+/// What the host keeps of one running cell.
+pub(super) struct Kept {
+    /// The journal so far; its source and tools come with the cell's admission.
+    journal: CellJournal,
+    /// Whether the exec that started the cell was seen (its source and tools are in).
+    admitted: bool,
+    exec_call_id: Option<String>,
+    /// Its delegate calls in flight, by the runtime's id of each: the nested call each
+    /// answers (`None` for a notification).
+    in_flight: HashMap<DelegateId, Option<CallId>>,
+    /// Answers sent to the runtime that its journal does not show entering the cell yet:
+    /// if the runtime is lost first, they go to the cell's next incarnation.
+    answered: HashMap<CallId, Result<JsonText, ToolError>>,
+}
+
+/// The delegate calls of rebuildable cells that outlived their runtime: where each answer
+/// goes, and the nested call it answers (`None`: a notification).
+pub(super) type LateCalls = HashMap<DelegateId, (Arc<LateAnswers>, Option<CallId>)>;
+
+/// What an `Execute` tells the host about the cell it starts.
+#[derive(Clone)]
+pub(crate) struct ExecJournal {
+    pub(crate) source: String,
+    pub(crate) tools: Arc<[ToolDefinition]>,
+    pub(crate) exec_call_id: Option<String>,
+}
+
+/// A cell that was running when its runtime was lost and can be rebuilt from its journal.
+pub(crate) struct Resumable {
+    pub(crate) journal: CellJournal,
+    pub(crate) exec_call_id: Option<String>,
+    /// The cell's own delegate, when its exec had one.
+    pub(crate) delegate: Option<Arc<dyn CodeModeSessionDelegate>>,
+    /// Answers to its calls that outlived the runtime.
+    pub(crate) late: Arc<LateAnswers>,
+}
+
+/// A cell of a lost runtime: rebuildable, or dead.
+pub(crate) struct LostCell {
+    /// Its id as the agent core knows it.
+    pub(crate) cell_id: CellId,
+    pub(crate) resumable: Option<Resumable>,
+}
+
+/// Where a rebuilt cell takes the answers to calls its lost runtime made.
+struct Target {
+    connection: Weak<Connection>,
+    session: SessionId,
+    cell_id: CellId,
+}
+
+/// The answers to a lost cell's delegate calls that were in flight when its runtime was
+/// lost: kept until the cell is rebuilt, then sent to it, each once.
+#[derive(Default)]
+pub(crate) struct LateAnswers {
+    state: Mutex<LateState>,
+}
+
+#[derive(Default)]
+struct LateState {
+    kept: Vec<(CallId, Result<JsonText, ToolError>)>,
+    target: Option<Target>,
+}
+
+impl LateAnswers {
+    /// The answer to `call` came.
+    fn deliver(&self, call: CallId, result: Result<JsonText, ToolError>) {
+        let mut state = lock(&self.state);
+        match &state.target {
+            Some(target) => send_answer(target, call, result),
+            None => state.kept.push((call, result)),
+        }
+    }
+
+    /// The cell was rebuilt as `cell_id` of `session` on `connection`: answers kept so far
+    /// go there now, later ones when they come.
+    pub(crate) fn rebuilt(
+        &self,
+        connection: &Arc<Connection>,
+        session: SessionId,
+        cell_id: CellId,
+    ) {
+        let mut state = lock(&self.state);
+        let target = Target {
+            connection: Arc::downgrade(connection),
+            session,
+            cell_id,
+        };
+        for (call, result) in std::mem::take(&mut state.kept) {
+            send_answer(&target, call, result);
+        }
+        state.target = Some(target);
+    }
+}
+
+/// Sends a late answer to its rebuilt cell (detached: the runtime answers whether the
+/// cell took it; a cell that is gone has no use for it).
+fn send_answer(target: &Target, call: CallId, result: Result<JsonText, ToolError>) {
+    let Some(connection) = target.connection.upgrade() else {
+        return;
+    };
+    let request = Request::Answer {
+        session: target.session,
+        cell_id: target.cell_id.clone(),
+        call,
+        result,
+    };
+    tokio::spawn(async move {
+        match connection
+            .call::<bool>(request, RequestHooks::default())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("a late answer found its cell gone"),
+            Err(error) => tracing::warn!("a late answer was not delivered: {error}"),
+        }
+    });
+}
+
+impl FromResponse for bool {
+    fn from_response(response: Response) -> Result<Self, Box<Response>> {
+        match response {
+            Response::Answered(taken) => Ok(taken),
+            other => Err(Box::new(other)),
+        }
+    }
+}
+
+impl Connection {
+    /// A `Journal` message from the runtime.
+    pub(super) fn on_journal(
+        &self,
+        session: SessionId,
+        cell_id: CellId,
+        entry: JournalEntry,
+    ) -> Result<(), Violation> {
+        if !is_runtime_cell_id(&cell_id) {
+            return Err(Violation::JournalCellInvalid(cell_id));
+        }
+        let mut state = lock(&self.state);
+        let Some(entry_of_session) = state.sessions.get_mut(&session) else {
+            // A session the host already forgot (shut down).
+            return Ok(());
+        };
+        match entry {
+            JournalEntry::Started { seed } => {
+                // Commits reach the host in order with this entry: its copy is the cell's
+                // snapshot now.
+                let stored = lock(&entry_of_session.stored).snapshot();
+                let journal = CellJournal::start(String::new(), Arc::from([]), stored, seed);
+                entry_of_session.journals.insert(
+                    cell_id,
+                    Kept {
+                        journal,
+                        admitted: false,
+                        exec_call_id: None,
+                        in_flight: HashMap::new(),
+                        answered: HashMap::new(),
+                    },
+                );
+            }
+            entry => {
+                let applied = entry_of_session.journals.get_mut(&cell_id).map(|kept| {
+                    if let JournalEntry::Entered(JournalCommand::ToolResult { call, .. }) = &entry {
+                        kept.answered.remove(call);
+                    }
+                    kept.journal.apply(entry)
+                });
+                if applied == Some(Applied::NotDurable) {
+                    entry_of_session.journals.remove(&cell_id);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Journals kept by a session entry, and what updates them outside `Journal` messages.
+impl SessionEntry {
+    /// The cell's exec was seen (its admission): its source, tools and exec call id.
+    pub(super) fn admit_journal(&mut self, cell_id: &CellId, exec: Option<ExecJournal>) {
+        let Some(kept) = self.journals.get_mut(cell_id) else {
+            return;
+        };
+        match exec {
+            Some(exec) => {
+                kept.journal.source = exec.source;
+                kept.journal.tools = exec.tools;
+                kept.exec_call_id = exec.exec_call_id;
+                kept.admitted = true;
+            }
+            // Started by a request the host no longer knows: it cannot be rebuilt.
+            None => {
+                self.journals.remove(cell_id);
+            }
+        }
+    }
+
+    /// A cell resumed here from `journal` (it goes on appending to it).
+    pub(super) fn resumed_journal(
+        &mut self,
+        cell_id: &CellId,
+        journal: CellJournal,
+        exec_call_id: Option<String>,
+    ) {
+        self.journals.insert(
+            cell_id.clone(),
+            Kept {
+                journal,
+                admitted: true,
+                exec_call_id,
+                in_flight: HashMap::new(),
+                answered: HashMap::new(),
+            },
+        );
+    }
+
+    /// The caller of an observation took `items` output items of the cell.
+    pub(super) fn took_output(&mut self, cell_id: &CellId, items: u64) {
+        if let Some(kept) = self.journals.get_mut(cell_id) {
+            kept.journal.outputs += items;
+        }
+    }
+
+    /// A delegate call of the cell started: counted (a notification is delivered once,
+    /// whatever happens to the runtime) and remembered until it ends.
+    pub(super) fn call_started(&mut self, cell_id: &CellId, id: DelegateId, call: Option<CallId>) {
+        if let Some(kept) = self.journals.get_mut(cell_id) {
+            if call.is_none() {
+                kept.journal.notifications += 1;
+            }
+            kept.in_flight.insert(id, call);
+        }
+    }
+
+    /// A delegate call of the cell ended (answered, or cancelled by the runtime), with
+    /// `reply` on its way to the runtime.
+    pub(super) fn call_ended(&mut self, cell_id: &CellId, id: DelegateId, reply: &DelegateReply) {
+        if let Some(kept) = self.journals.get_mut(cell_id)
+            && let Some(call) = kept.in_flight.remove(&id)
+            && let (Some(call), DelegateReply::ToolResult(result)) = (call, reply)
+        {
+            kept.answered.insert(call, result.clone());
+        }
+    }
+
+    /// The cells of this session lost with their runtime: each rebuildable when its journal
+    /// is whole. `late_calls` gains each rebuildable cell's delegate calls in flight.
+    pub(super) fn lost_cells(
+        &mut self,
+        external: impl Fn(&CellId) -> CellId,
+        late_calls: &mut LateCalls,
+    ) -> Vec<LostCell> {
+        let mut lost = Vec::new();
+        for cell_id in self.live_cells.drain() {
+            let resumable = self
+                .journals
+                .remove(&cell_id)
+                .filter(|kept| kept.admitted)
+                .map(|kept| {
+                    // Answers the runtime may not have had, then the calls still running.
+                    let late = Arc::new(LateAnswers::default());
+                    for (call, result) in kept.answered {
+                        late.deliver(call, result);
+                    }
+                    for (id, call) in kept.in_flight {
+                        late_calls.insert(id, (Arc::clone(&late), call));
+                    }
+                    Resumable {
+                        journal: kept.journal,
+                        exec_call_id: kept.exec_call_id,
+                        delegate: self.cell_delegates.remove(&cell_id),
+                        late,
+                    }
+                });
+            lost.push(LostCell {
+                cell_id: external(&cell_id),
+                resumable,
+            });
+        }
+        lost
+    }
+}
+
+impl Connection {
+    /// A delegate call of a lost runtime ended: its answer goes to the cell's next
+    /// incarnation. `false` when the call belonged to no rebuildable cell.
+    pub(super) fn deliver_late(&self, id: DelegateId, reply: &DelegateReply) -> bool {
+        let Some((late, call)) = lock(&self.late_calls).remove(&id) else {
+            return false;
+        };
+        if let (Some(call), DelegateReply::ToolResult(result)) = (call, reply) {
+            late.deliver(call, result.clone());
+        }
+        true
+    }
+
+    /// Rebuilds `resumable` (a cell known to the agent core as `external`) in `session` on
+    /// this runtime; its id here.
+    pub(crate) async fn resume(
+        self: &Arc<Self>,
+        session: SessionId,
+        external: &CellId,
+        resumable: &Resumable,
+    ) -> Result<CellId, SessionError> {
+        let request = Request::Resume {
+            session,
+            journal: resumable.journal.clone().into(),
+            exec_call_id: resumable.exec_call_id.clone(),
+        };
+        let hooks = RequestHooks {
+            cell_delegate: resumable.delegate.clone(),
+            resumed: Some(ResumedHook {
+                journal: resumable.journal.clone(),
+                exec_call_id: resumable.exec_call_id.clone(),
+                external: external.clone(),
+            }),
+            ..RequestHooks::default()
+        };
+        let cell_id: CellId = self.call(request, hooks).await?;
+        resumable.late.rebuilt(self, session, cell_id.clone());
+        Ok(cell_id)
+    }
+}
+
+/// For a `Resume` request: what the host keeps of the cell once the runtime took it.
+#[derive(Clone)]
+pub(crate) struct ResumedHook {
+    journal: CellJournal,
+    exec_call_id: Option<String>,
+    /// The cell's id as the agent core knows it.
+    external: CellId,
+}
+
+impl FromResponse for CellId {
+    fn from_response(response: Response) -> Result<Self, Box<Response>> {
+        match response {
+            Response::Resumed(cell_id) => Ok(cell_id),
+            other => Err(Box::new(other)),
+        }
+    }
+}
+
+impl Connection {
+    /// The runtime took a resumed cell as `cell_id`: it is alive here, known to the agent
+    /// core by its old id, with its journal kept on.
+    pub(super) fn on_resumed(
+        &self,
+        state: &mut State,
+        session: Option<SessionId>,
+        cell_id: &CellId,
+        hooks: &RequestHooks,
+    ) -> Result<(), Violation> {
+        if !is_runtime_cell_id(cell_id) {
+            return Err(Violation::ResponseCellInvalid(cell_id.clone()));
+        }
+        let Some(hook) = hooks.resumed.clone() else {
+            return Ok(());
+        };
+        let Some(session) = session else {
+            return Ok(());
+        };
+        lock(&self.aliases).insert((session, cell_id.clone()), hook.external);
+        if let Some(entry) = state.sessions.get_mut(&session) {
+            entry.live_cells.insert(cell_id.clone());
+            if let Some(delegate) = &hooks.cell_delegate {
+                entry
+                    .cell_delegates
+                    .insert(cell_id.clone(), Arc::clone(delegate));
+            }
+            entry.resumed_journal(cell_id, hook.journal, hook.exec_call_id);
+        }
+        Ok(())
+    }
+}
+
+/// The cell a reply observes, and how many output items it carries.
+pub(super) fn observed_items(reply: &payload::SessionReply) -> Option<(&CellId, u64)> {
+    fn of_outcome(outcome: &payload::PendingOutcome) -> (&CellId, u64) {
+        match outcome {
+            payload::PendingOutcome::Pending {
+                cell_id,
+                content_items,
+                ..
+            } => (cell_id, content_items.len() as u64),
+            payload::PendingOutcome::Completed(response) => of_response(response),
+        }
+    }
+    fn of_response(response: &payload::CellResponse) -> (&CellId, u64) {
+        match response {
+            payload::CellResponse::Yielded {
+                cell_id,
+                content_items,
+                ..
+            }
+            | payload::CellResponse::Terminated {
+                cell_id,
+                content_items,
+                ..
+            }
+            | payload::CellResponse::Result {
+                cell_id,
+                content_items,
+                ..
+            } => (cell_id, content_items.len() as u64),
+        }
+    }
+    match reply {
+        payload::SessionReply::Started {
+            initial_response, ..
+        } => Some(of_response(initial_response)),
+        payload::SessionReply::Cell(response) => Some(of_response(response)),
+        payload::SessionReply::StartedPending { outcome, .. }
+        | payload::SessionReply::Pending(outcome) => Some(of_outcome(outcome)),
+        payload::SessionReply::Interrupted(_) | payload::SessionReply::ShutDown => None,
+    }
+}
+
+/// The cell a reply gives the final answer of, if it does.
+pub(super) fn finished_cell(reply: &payload::SessionReply) -> Option<&CellId> {
+    fn of_response(response: &payload::CellResponse) -> Option<&CellId> {
+        match response {
+            payload::CellResponse::Yielded { .. } => None,
+            payload::CellResponse::Terminated { cell_id, .. }
+            | payload::CellResponse::Result { cell_id, .. } => Some(cell_id),
+        }
+    }
+    match reply {
+        payload::SessionReply::Started {
+            initial_response, ..
+        } => of_response(initial_response),
+        payload::SessionReply::Cell(response) => of_response(response),
+        payload::SessionReply::StartedPending { outcome, .. }
+        | payload::SessionReply::Pending(outcome) => match outcome {
+            payload::PendingOutcome::Completed(response) => of_response(response),
+            payload::PendingOutcome::Pending { .. } => None,
+        },
+        payload::SessionReply::Interrupted(_) | payload::SessionReply::ShutDown => None,
+    }
+}
