@@ -257,14 +257,17 @@ impl SessionEntry {
     }
 
     /// The cells of this session lost with their runtime: each rebuildable when its journal
-    /// is whole. `late_calls` gains each rebuildable cell's delegate calls in flight.
+    /// is whole. `late_calls` gains each rebuildable cell's delegate calls in flight, and
+    /// `closing` the dead cells with the delegate to report each closed to.
     pub(super) fn lost_cells(
         &mut self,
         external: impl Fn(&CellId) -> CellId,
         late_calls: &mut LateCalls,
+        closing: &mut Vec<(Arc<dyn CodeModeSessionDelegate>, CellId)>,
     ) -> Vec<LostCell> {
         let mut lost = Vec::new();
-        for cell_id in self.live_cells.drain() {
+        let live: Vec<CellId> = self.live_cells.drain().collect();
+        for cell_id in live {
             let resumable = self
                 .journals
                 .remove(&cell_id)
@@ -285,6 +288,14 @@ impl SessionEntry {
                         late,
                     }
                 });
+            if resumable.is_none() {
+                let delegate = self
+                    .cell_delegates
+                    .get(&cell_id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::clone(&self.delegate));
+                closing.push((delegate, external(&cell_id)));
+            }
             lost.push(LostCell {
                 cell_id: external(&cell_id),
                 resumable,

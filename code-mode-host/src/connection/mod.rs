@@ -707,6 +707,7 @@ impl Connection {
             peer = %self.peer.describe(),
             "code-mode runtime lost: {cause}"
         );
+        let mut closing = Vec::new();
         let state = {
             let mut state = lock(&self.state);
             // The lost cells are known before the loss is: a caller that gets the error
@@ -717,7 +718,10 @@ impl Connection {
                 .iter_mut()
                 .map(|(session, entry)| {
                     let external = |cell_id: &CellId| self.external_cell_id(*session, cell_id);
-                    (*session, entry.lost_cells(external, &mut late_calls))
+                    (
+                        *session,
+                        entry.lost_cells(external, &mut late_calls, &mut closing),
+                    )
                 })
                 .collect();
             *lock(&self.lost_cells) = lost;
@@ -736,28 +740,9 @@ impl Connection {
                 token.cancel();
             }
         }
-        for (session, entry) in state.sessions {
-            let dead = lock(&self.lost_cells)
-                .get(&session)
-                .map(|cells| {
-                    cells
-                        .iter()
-                        .filter(|cell| cell.resumable.is_none())
-                        .map(|cell| cell.cell_id.clone())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            for cell_id in dead {
-                let runtime_id = self
-                    .runtime_cell_id(session, &cell_id)
-                    .unwrap_or(cell_id.clone());
-                let delegate = entry
-                    .cell_delegates
-                    .get(&runtime_id)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::clone(&entry.delegate));
-                delegate.cell_closed(&cell_id);
-            }
+        // The dead cells are reported closed, each once.
+        for (delegate, cell_id) in closing {
+            delegate.cell_closed(&cell_id);
         }
     }
 }

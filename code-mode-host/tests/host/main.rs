@@ -28,19 +28,26 @@ fn request(source: &str) -> ExecRequest {
     ExecRequest::new(source).with_tools(TestDelegate::tools())
 }
 
+/// A cell whose journal passed its cap (three 25 MB answers: more than
+/// `MAX_JOURNAL_BYTES`) is no longer durable (contract §7): it dies with its runtime, as
+/// every running cell did before journals. (A durable cell is rebuilt instead: the
+/// conformance suite's loss scenarios.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_runtime_fails_calls_at_once_closes_cells_and_the_next_exec_works() {
+async fn killing_the_runtime_fails_a_cell_past_its_journal_cap_at_once_and_the_next_exec_works() {
     let provider = provider();
     let delegate = TestDelegate::new();
     let session = Arc::new(provider.open_session(delegate.clone(), SessionOptions::default()));
     let started = session
         .execute(
-            request("store('k', 1); text('before'); await tools.block();").with_yield_time_ms(100),
+            request(
+                "for (let i = 0; i < 3; i++) await tools.big(25000000); store('k', 1); text('before'); await tools.block();",
+            )
+            .with_yield_time_ms(10_000),
         )
         .await
         .unwrap();
     assert_eq!(started.cell_id, "1");
-    delegate.wait_started("1", "tool-1").await;
+    delegate.wait_started("1", "tool-4").await;
     let waiting = tokio::spawn({
         let session = Arc::clone(&session);
         async move {
@@ -106,7 +113,7 @@ async fn killing_the_runtime_fails_calls_at_once_closes_cells_and_the_next_exec_
             .iter()
             .filter(|r| matches!(r, Record::ToolStarted { .. }))
             .count(),
-        1,
+        4,
         "no tool call was replayed"
     );
     session.shutdown().await;

@@ -81,7 +81,7 @@ async fn echo_cell(session: &RemoteSession, tag: &str) -> Result<(), SessionErro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_spread_over_three_runtimes_and_only_the_dead_ones_sessions_notice() {
+async fn sessions_spread_over_three_runtimes_and_the_dead_ones_cells_go_on_elsewhere() {
     let pki = Pki::default();
     let binary = binary();
     let mut runtimes: Vec<ListeningRuntime> = (0..3)
@@ -134,28 +134,19 @@ async fn sessions_spread_over_three_runtimes_and_only_the_dead_ones_sessions_not
     let slow: Vec<_> = slow.collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     runtimes[1].kill();
-    let mut lost = 0;
+    // The slow cells of the dead runtime are rebuilt from their journals on the others,
+    // where the answers of their calls (which outlived the runtime) reach them: every
+    // cell completes (contract §7, durable cells).
     for (index, task) in slow.into_iter().enumerate() {
-        match task.await.unwrap() {
-            Ok(started) => {
-                assert_ne!(
-                    placed[index], victim,
-                    "session {index} survived its runtime"
-                );
-                assert_eq!(texts(&started.initial_response), ["slow done"]);
-            }
-            Err(SessionError::RuntimeLost(cause)) => {
-                assert_eq!(placed[index], victim, "session {index}: {cause}");
-                assert!(cause.contains(&victim), "{cause}");
-                lost += 1;
-            }
-            Err(other) => panic!("session {index}: {other}"),
-        }
+        let started = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|error| panic!("session {index} (on {}): {error}", placed[index]));
+        assert_eq!(texts(&started.initial_response), ["slow done"]);
     }
-    assert_eq!(lost, 8);
 
-    // The dead runtime's sessions run elsewhere at their next call, without an error; the
-    // others never notice.
+    // The dead runtime's sessions run elsewhere, without an error; the others never
+    // notice.
     for (index, session) in sessions.iter().enumerate() {
         for cell in 0..3 {
             echo_cell(session, &format!("s{index} after {cell}"))
