@@ -465,6 +465,59 @@ async fn a_runtime_killed_between_two_execs_loses_no_stored_value() {
     );
 }
 
+/// Our runtime killed while a cell waits on a slow nested tool (a shell command codex runs):
+/// the cell is rebuilt from its journal on a fresh runtime, codex's command goes on and its
+/// answer reaches the rebuilt cell, and the model's next request shows the cell's normal
+/// output, with no loss message (contract §7, durable cells).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_killed_during_a_nested_call_is_not_seen_by_the_model() {
+    let killed = Arc::new(Mutex::new(0usize));
+    let layout_root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("codex-cli-midcall-{}", std::process::id()));
+    let count = killed.clone();
+    let mut waited = wait_call("call_2", json!({"cell_id": "1", "yield_time_ms": 20000}));
+    waited.before = Some(Box::new(move || {
+        *count.lock().unwrap() += kill_runtimes_under(&layout_root);
+    }));
+    let (requests, stdout) = run_turn(
+        "midcall",
+        vec![
+            exec_call(
+                "call_1",
+                "// @exec: {\"yield_time_ms\": 500}\ntext(\"asking\");\nconst r = await tools.exec_command({cmd: \"sleep 3; echo slow done\"});\ntext(JSON.parse(typeof r === \"string\" ? r : JSON.stringify(r)).output ?? r);",
+            ),
+            waited,
+            message("done"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        *killed.lock().unwrap(),
+        1,
+        "one runtime was killed mid-call"
+    );
+    let first = output_for(&requests, "call_1");
+    assert_eq!(
+        header(&first),
+        "Script running with cell ID 1",
+        "{first:?}\n{stdout}"
+    );
+    assert_eq!(first[1..], ["asking"]);
+    let after = output_for(&requests, "call_2");
+    assert_eq!(header(&after), "Script completed", "{after:?}\n{stdout}");
+    assert_eq!(
+        after.len(),
+        2,
+        "only the cell's own output, once: {after:?}"
+    );
+    assert!(after[1].contains("slow done"), "{after:?}");
+    let everything = serde_json::to_string(&requests).unwrap();
+    assert!(
+        !everything.contains("was lost") && !everything.contains("was replaced"),
+        "the model saw the loss"
+    );
+}
+
 /// The runtime the host is told to use is not there (here `CODE_MODE_BIN` naming a file
 /// that does not exist, as a build without the runtime in the host whose `code-mode-bin`
 /// went missing would be): the model is told why the exec could not run and what fixes
