@@ -87,8 +87,8 @@ mirror_enum!(api_journal::JournalCommand, wire::JournalCommand {
 });
 mirror_enum!(api_journal::JournalEntry, wire::JournalEntry {
     unit: Yielded, NotDurable;
-    tuple: Clock, Entered;
-    fields: Started { seed }, Issued { hash, tool };
+    tuple: Clock;
+    fields: Started { seed }, Issued { call, hash, tool }, Entered { index, command };
 });
 
 impl From<api_journal::CellJournal> for wire::CellJournal {

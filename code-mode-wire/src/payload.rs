@@ -205,10 +205,19 @@ pub enum JournalCommand {
 /// What a cell's journal gained (`code_mode_protocol::journal::JournalEntry`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JournalEntry {
-    Started { seed: u64 },
+    Started {
+        seed: u64,
+    },
     Clock(Vec<u64>),
-    Issued { hash: u64, tool: String },
-    Entered(JournalCommand),
+    Issued {
+        call: CallId,
+        hash: u64,
+        tool: String,
+    },
+    Entered {
+        index: u64,
+        command: JournalCommand,
+    },
     Yielded,
     NotDurable,
 }

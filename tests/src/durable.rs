@@ -85,6 +85,17 @@ pub struct Outcome {
 /// Runs [`SOURCE`] on `session`, answering [`answers`] in order with a [`PAUSE`] before
 /// each, and collects every item of every observation until the result.
 pub async fn run_source(session: &impl CodeModeSession, delegate: &TestDelegate) -> Outcome {
+    run_source_with(session, delegate, &[], || Box::pin(async {})).await
+}
+
+/// [`run_source`], running `fault` (a kill of the runtime, say) before each answer to a
+/// call of `fault_before`, in the pause before it.
+pub async fn run_source_with<'a>(
+    session: &impl CodeModeSession,
+    delegate: &TestDelegate,
+    fault_before: &[&str],
+    fault: impl Fn() -> code_mode_protocol::BoxFuture<'a, ()>,
+) -> Outcome {
     let started = session
         .execute(
             ExecRequest::new(SOURCE)
@@ -98,6 +109,10 @@ pub async fn run_source(session: &impl CodeModeSession, delegate: &TestDelegate)
         for (call, answer) in answers() {
             delegate.wait_started(&cell.to_string(), &call).await;
             tokio::time::sleep(PAUSE).await;
+            if fault_before.contains(&call.as_str()) {
+                fault().await;
+                tokio::time::sleep(PAUSE).await;
+            }
             delegate.release(&cell.to_string(), &call, Ok(answer)).await;
         }
     };

@@ -45,6 +45,11 @@ pub trait RuntimeFaults: Send + Sync {
     /// local process) rather than reporting the loss (a remote runtime, which may be alive
     /// behind a broken network).
     fn reruns_unadmitted(&self) -> bool;
+
+    /// How many times in a row a scenario may kill the session's runtime and still have
+    /// one to go on with (the local provider's crash-loop bound; the remote pool's
+    /// runtimes beyond the first).
+    fn kills_to_spare(&self) -> usize;
 }
 
 /// Sends `signal` (`KILL`, `TERM`) to `pid` with the system's `kill` (this crate has no
@@ -263,6 +268,35 @@ pub async fn a_kill_during_a_cell_rebuilds_it_from_its_journal<F: RuntimeFaults>
     session.shutdown().await;
 }
 
+/// The durable scenario's cell (sequential calls, `Promise.all` answered out of order,
+/// `as_settled` with a failure, timers between calls, clock and random readings in
+/// arguments, stored values before and after, a notification, an image, `yield_control`)
+/// has its runtime killed at up to three of its waits (in `Promise.all`, between timers,
+/// at its last call; as many as the provider has runtimes to spare), each time with calls
+/// in flight that are answered after the kill: it ends with its fault-free output, every
+/// call and notification reaches the delegate once, and its writes are committed once.
+pub async fn the_durable_cell_is_rebuilt_at_each_of_its_waits<F: RuntimeFaults>(faults: &F) {
+    let delegate = TestDelegate::new();
+    let session = faults
+        .provider()
+        .open_session(delegate.clone(), crate::durable::options(None));
+    let kills = std::sync::atomic::AtomicUsize::new(0);
+    let points = ["tool-9", "tool-15", "tool-17"];
+    let points = &points[..faults.kills_to_spare().min(points.len())];
+    let outcome = crate::durable::run_source_with(&session, &delegate, points, || {
+        kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        faults.kill(&session)
+    })
+    .await;
+    crate::durable::check(&outcome);
+    assert!(!points.is_empty());
+    assert_eq!(
+        kills.load(std::sync::atomic::Ordering::SeqCst),
+        points.len()
+    );
+    session.shutdown().await;
+}
+
 /// An exec in flight when its runtime dies before admitting it: nothing of the cell ran,
 /// so the local provider runs it once on a fresh runtime, and a remote one reports the
 /// loss; either way no tool call is made twice, and earlier values are kept. The
@@ -388,6 +422,7 @@ macro_rules! runtime_loss_suite {
         $crate::runtime_loss_suite!(@tests $faults;
             a_kill_between_cells_keeps_every_committed_value,
             a_kill_during_a_cell_rebuilds_it_from_its_journal,
+            the_durable_cell_is_rebuilt_at_each_of_its_waits,
             an_exec_its_runtime_never_admitted_runs_once_or_reports_the_loss,
             a_drain_between_cells_moves_the_session_without_an_error,
         );

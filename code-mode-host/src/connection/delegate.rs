@@ -35,11 +35,7 @@ impl Connection {
             if !entry.closed_cells.contains(cell_id) {
                 entry.live_cells.insert(cell_id.clone());
             }
-            let call_id = match &call {
-                DelegateCall::InvokeTool { call_id, .. } => Some(*call_id),
-                DelegateCall::Notify { .. } => None,
-            };
-            entry.call_started(cell_id, id, call_id);
+            entry.call_started(cell_id, id, &call);
             let delegate = Arc::clone(entry.cell_delegates.get(cell_id).unwrap_or(&entry.delegate));
             state
                 .delegate_calls
@@ -68,31 +64,33 @@ impl Connection {
             if faults::fire(Fault::DuplicateAnswer, || is_tool_call) {
                 faults::keep_for_replay(owner, session, reply.clone());
             }
-            let ended = {
-                let mut state = lock(&connection.state);
-                let ended = state.delegate_calls.remove(&id);
-                if let Some((_, session, cell_id)) = &ended
-                    && let Some(entry) = state.sessions.get_mut(session)
-                {
-                    entry.call_ended(cell_id, id, &reply);
-                }
-                ended
-            };
-            // A call of a lost connection: its answer goes to the cell's next incarnation,
-            // if the cell can be rebuilt; otherwise nobody needs it.
-            if ended.is_none() {
+            // Sent under the state lock, so that a cell's answers join its journal in the
+            // order they are sent.
+            let mut state = lock(&connection.state);
+            let Some((_, session, cell_id)) = state.delegate_calls.remove(&id) else {
+                // A call of a lost connection: its answer goes to the cell's next
+                // incarnation, if the cell can be rebuilt; otherwise nobody needs it.
+                drop(state);
                 connection.deliver_late(id, &reply);
-            } else {
-                let message = ClientMessage::DelegateReply { id, reply };
-                code_mode_protocol::hop!("host sends the tool result");
-                if let Err(error) = connection.outbox.send(&message) {
-                    let reply = DelegateReply::ToolResult(Err(ToolError::new(format!(
-                        "the tool result could not be sent to the runtime: {error}"
-                    ))));
-                    let _ = connection
-                        .outbox
-                        .send(&ClientMessage::DelegateReply { id, reply });
-                }
+                return;
+            };
+            let message = ClientMessage::DelegateReply { id, reply };
+            code_mode_protocol::hop!("host sends the tool result");
+            let sent = connection.outbox.send(&message);
+            let ClientMessage::DelegateReply { reply, .. } = message else {
+                unreachable!("the message was built above");
+            };
+            if let Some(entry) = state.sessions.get_mut(&session) {
+                entry.call_ended(&cell_id, id, reply);
+            }
+            drop(state);
+            if let Err(error) = sent {
+                let reply = DelegateReply::ToolResult(Err(ToolError::new(format!(
+                    "the tool result could not be sent to the runtime: {error}"
+                ))));
+                let _ = connection
+                    .outbox
+                    .send(&ClientMessage::DelegateReply { id, reply });
             }
         });
         if poll_once(&mut task).is_none() {

@@ -7,22 +7,32 @@
 //! ([`LateAnswers`]).
 
 use super::*;
-use code_mode_protocol::journal::{Applied, CellJournal, JournalCommand, JournalEntry};
+use code_mode_protocol::journal::{CellJournal, JournalBuilder, JournalEntry};
 use code_mode_protocol::{CallId, JsonText};
 
 /// What the host keeps of one running cell.
 pub(super) struct Kept {
-    /// The journal so far; its source and tools come with the cell's admission.
-    journal: CellJournal,
+    /// The journal so far, from the runtime's entries and the host's own traffic with the
+    /// cell (its calls and the answers sent); its source and tools come with the cell's
+    /// admission.
+    builder: JournalBuilder,
     /// Whether the exec that started the cell was seen (its source and tools are in).
     admitted: bool,
     exec_call_id: Option<String>,
     /// Its delegate calls in flight, by the runtime's id of each: the nested call each
     /// answers (`None` for a notification).
     in_flight: HashMap<DelegateId, Option<CallId>>,
-    /// Answers sent to the runtime that its journal does not show entering the cell yet:
-    /// if the runtime is lost first, they go to the cell's next incarnation.
-    answered: HashMap<CallId, Result<JsonText, ToolError>>,
+}
+
+impl Kept {
+    fn new(journal: CellJournal, admitted: bool, exec_call_id: Option<String>) -> Self {
+        Self {
+            builder: JournalBuilder::new(journal),
+            admitted,
+            exec_call_id,
+            in_flight: HashMap::new(),
+        }
+    }
 }
 
 /// The delegate calls of rebuildable cells that outlived their runtime: where each answer
@@ -106,11 +116,15 @@ impl LateAnswers {
 }
 
 /// Sends a late answer to its rebuilt cell (detached: the runtime answers whether the
-/// cell took it; a cell that is gone has no use for it).
+/// cell took it; a cell that is gone has no use for it). The answer joins the cell's
+/// journal there, as any answer the host gives.
 fn send_answer(target: &Target, call: CallId, result: Result<JsonText, ToolError>) {
     let Some(connection) = target.connection.upgrade() else {
         return;
     };
+    if let Some(entry) = lock(&connection.state).sessions.get_mut(&target.session) {
+        entry.answered(&target.cell_id, call, result.clone());
+    }
     let request = Request::Answer {
         session: target.session,
         cell_id: target.cell_id.clone(),
@@ -160,26 +174,16 @@ impl Connection {
                 // snapshot now.
                 let stored = lock(&entry_of_session.stored).snapshot();
                 let journal = CellJournal::start(String::new(), Arc::from([]), stored, seed);
-                entry_of_session.journals.insert(
-                    cell_id,
-                    Kept {
-                        journal,
-                        admitted: false,
-                        exec_call_id: None,
-                        in_flight: HashMap::new(),
-                        answered: HashMap::new(),
-                    },
-                );
+                entry_of_session
+                    .journals
+                    .insert(cell_id, Kept::new(journal, false, None));
+            }
+            JournalEntry::NotDurable => {
+                entry_of_session.journals.remove(&cell_id);
             }
             entry => {
-                let applied = entry_of_session.journals.get_mut(&cell_id).map(|kept| {
-                    if let JournalEntry::Entered(JournalCommand::ToolResult { call, .. }) = &entry {
-                        kept.answered.remove(call);
-                    }
-                    kept.journal.apply(entry)
-                });
-                if applied == Some(Applied::NotDurable) {
-                    entry_of_session.journals.remove(&cell_id);
+                if let Some(kept) = entry_of_session.journals.get_mut(&cell_id) {
+                    kept.builder.apply(entry);
                 }
             }
         }
@@ -196,8 +200,9 @@ impl SessionEntry {
         };
         match exec {
             Some(exec) => {
-                kept.journal.source = exec.source;
-                kept.journal.tools = exec.tools;
+                let journal = kept.builder.journal_mut();
+                journal.source = exec.source;
+                journal.tools = exec.tools;
                 kept.exec_call_id = exec.exec_call_id;
                 kept.admitted = true;
             }
@@ -215,44 +220,57 @@ impl SessionEntry {
         journal: CellJournal,
         exec_call_id: Option<String>,
     ) {
-        self.journals.insert(
-            cell_id.clone(),
-            Kept {
-                journal,
-                admitted: true,
-                exec_call_id,
-                in_flight: HashMap::new(),
-                answered: HashMap::new(),
-            },
-        );
+        self.journals
+            .insert(cell_id.clone(), Kept::new(journal, true, exec_call_id));
     }
 
     /// The caller of an observation took `items` output items of the cell.
     pub(super) fn took_output(&mut self, cell_id: &CellId, items: u64) {
         if let Some(kept) = self.journals.get_mut(cell_id) {
-            kept.journal.outputs += items;
+            kept.builder.journal_mut().outputs += items;
         }
     }
 
-    /// A delegate call of the cell started: counted (a notification is delivered once,
-    /// whatever happens to the runtime) and remembered until it ends.
-    pub(super) fn call_started(&mut self, cell_id: &CellId, id: DelegateId, call: Option<CallId>) {
+    /// A delegate call of the cell started: a nested call joins the journal (its hash),
+    /// a notification is counted (delivered once, whatever happens to the runtime); both
+    /// are remembered until they end.
+    pub(super) fn call_started(&mut self, cell_id: &CellId, id: DelegateId, call: &DelegateCall) {
         if let Some(kept) = self.journals.get_mut(cell_id) {
-            if call.is_none() {
-                kept.journal.notifications += 1;
-            }
+            let call = match call {
+                DelegateCall::InvokeTool {
+                    call_id,
+                    tool_name,
+                    input,
+                    ..
+                } => {
+                    kept.builder
+                        .asked(*call_id, tool_name, input.as_ref().map(JsonText::as_str));
+                    Some(*call_id)
+                }
+                DelegateCall::Notify { .. } => {
+                    kept.builder.journal_mut().notifications += 1;
+                    None
+                }
+            };
             kept.in_flight.insert(id, call);
         }
     }
 
     /// A delegate call of the cell ended (answered, or cancelled by the runtime), with
-    /// `reply` on its way to the runtime.
-    pub(super) fn call_ended(&mut self, cell_id: &CellId, id: DelegateId, reply: &DelegateReply) {
+    /// `reply` sent to the runtime: an answer joins the journal, after those sent before.
+    pub(super) fn call_ended(&mut self, cell_id: &CellId, id: DelegateId, reply: DelegateReply) {
         if let Some(kept) = self.journals.get_mut(cell_id)
             && let Some(call) = kept.in_flight.remove(&id)
             && let (Some(call), DelegateReply::ToolResult(result)) = (call, reply)
         {
-            kept.answered.insert(call, result.clone());
+            kept.builder.answered(call, result);
+        }
+    }
+
+    /// A late answer to `call` was sent to the cell (rebuilt here).
+    fn answered(&mut self, cell_id: &CellId, call: CallId, result: Result<JsonText, ToolError>) {
+        if let Some(kept) = self.journals.get_mut(cell_id) {
+            kept.builder.answered(call, result);
         }
     }
 
@@ -272,21 +290,21 @@ impl SessionEntry {
                 .journals
                 .remove(&cell_id)
                 .filter(|kept| kept.admitted)
-                .map(|kept| {
-                    // Answers the runtime may not have had, then the calls still running.
+                .and_then(|kept| {
+                    // Answers sent are in the journal (entered, or about to be: the
+                    // rebuilt cell takes them in order); the calls still running answer
+                    // the rebuilt cell.
+                    let journal = kept.builder.build()?;
                     let late = Arc::new(LateAnswers::default());
-                    for (call, result) in kept.answered {
-                        late.deliver(call, result);
-                    }
                     for (id, call) in kept.in_flight {
                         late_calls.insert(id, (Arc::clone(&late), call));
                     }
-                    Resumable {
-                        journal: kept.journal,
+                    Some(Resumable {
+                        journal,
                         exec_call_id: kept.exec_call_id,
                         delegate: self.cell_delegates.remove(&cell_id),
                         late,
-                    }
+                    })
                 });
             if resumable.is_none() {
                 let delegate = self

@@ -319,14 +319,21 @@ pub fn journal_entries() -> Vec<code_mode_protocol::journal::JournalEntry> {
         JournalEntry::Started { seed: 9 },
         JournalEntry::Clock(vec![5]),
         JournalEntry::Issued {
+            call: CallId::new(4),
             hash: 11,
             tool: "x".into(),
         },
-        JournalEntry::Entered(JournalCommand::TimerFired { id: 1 }),
-        JournalEntry::Entered(JournalCommand::ToolResult {
-            call: CallId::new(2),
-            result: Err("no".into()),
-        }),
+        JournalEntry::Entered {
+            index: 0,
+            command: JournalCommand::TimerFired { id: 1 },
+        },
+        JournalEntry::Entered {
+            index: 7,
+            command: JournalCommand::ToolResult {
+                call: CallId::new(2),
+                result: Err("no".into()),
+            },
+        },
         JournalEntry::Yielded,
         JournalEntry::NotDurable,
     ]

@@ -290,7 +290,7 @@ mod hibernation {
 mod resume {
     use code_mode::{InProcessConfig, InProcessProvider};
     use code_mode_conformance::{Record, TestDelegate};
-    use code_mode_protocol::journal::{CellJournal, JournalEntry};
+    use code_mode_protocol::journal::{CellJournal, JournalBuilder, JournalEntry};
     use code_mode_protocol::sync::lock;
     use code_mode_protocol::{
         BoxFuture, CallId, CellId, CellResponse, CodeModeProvider, CodeModeSession,
@@ -300,10 +300,12 @@ mod resume {
     use std::sync::{Arc, Mutex};
     use tokio_util::sync::CancellationToken;
 
-    /// The test delegate, keeping the journals of its session's cells.
+    /// The test delegate, keeping the journal of its session's cell as a host does: the
+    /// session's entries, and its own calls and answers.
     struct Journaling {
         inner: Arc<TestDelegate>,
         entries: Mutex<Vec<(CellId, JournalEntry)>>,
+        builder: Mutex<Option<JournalBuilder>>,
     }
 
     impl CodeModeSessionDelegate for Journaling {
@@ -312,7 +314,21 @@ mod resume {
             call: NestedToolCall,
             cancel: CancellationToken,
         ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
-            self.inner.invoke_tool(call, cancel)
+            let call_id = call.call_id;
+            if let Some(builder) = lock(&self.builder).as_mut() {
+                builder.asked(
+                    call_id,
+                    &call.tool_name,
+                    call.input.as_ref().map(JsonText::as_str),
+                );
+            }
+            Box::pin(async move {
+                let result = self.inner.invoke_tool(call, cancel).await;
+                if let Some(builder) = lock(&self.builder).as_mut() {
+                    builder.answered(call_id, result.clone());
+                }
+                result
+            })
         }
 
         fn committed(&self, cell_id: &CellId, writes: &StoredValues) {
@@ -324,6 +340,19 @@ mod resume {
         }
 
         fn journal(&self, cell_id: &CellId, entry: JournalEntry) {
+            let mut builder = lock(&self.builder);
+            match (&entry, builder.as_mut()) {
+                (JournalEntry::Started { seed }, _) => {
+                    *builder = Some(JournalBuilder::new(CellJournal::start(
+                        SOURCE.to_owned(),
+                        TestDelegate::tools(),
+                        Arc::new(StoredValues::new()),
+                        *seed,
+                    )));
+                }
+                (_, Some(builder)) => builder.apply(entry.clone()),
+                (_, None) => panic!("an entry before the start: {entry:?}"),
+            }
             lock(&self.entries).push((cell_id.clone(), entry));
         }
     }
@@ -343,6 +372,7 @@ mod resume {
         let first = Arc::new(Journaling {
             inner: TestDelegate::new(),
             entries: Mutex::new(Vec::new()),
+            builder: Mutex::new(None),
         });
         let options = SessionOptions {
             hibernate_after_ms: None,
@@ -373,21 +403,25 @@ mod resume {
             [ContentItem::text("a number"), ContentItem::text("b")]
         );
 
-        // What a host keeps of the cell.
+        // What a host keeps of the cell: the session reported its start and its clock
+        // readings, and nothing of the calls the delegate saw itself.
         let entries = lock(&first.entries).clone();
-        let Some((_, JournalEntry::Started { seed })) = entries.first() else {
-            panic!("the journal does not start with the seed: {entries:?}");
-        };
-        let mut journal = CellJournal::start(
-            SOURCE.to_owned(),
-            TestDelegate::tools(),
-            Arc::new(StoredValues::new()),
-            *seed,
+        assert!(
+            entries.iter().all(|(cell, _)| cell.to_string() == "1"),
+            "{entries:?}"
         );
-        for (cell, entry) in entries.into_iter().skip(1) {
-            assert_eq!(cell.to_string(), "1");
-            journal.apply(entry);
-        }
+        assert!(
+            entries.iter().all(|(_, entry)| matches!(
+                entry,
+                JournalEntry::Started { .. } | JournalEntry::Clock(_)
+            )),
+            "{entries:?}"
+        );
+        let mut journal = lock(&first.builder)
+            .as_ref()
+            .expect("started")
+            .build()
+            .expect("a whole journal");
         assert_eq!(journal.issued.len(), 2, "{journal:?}");
         assert_eq!(journal.entered.len(), 1, "{journal:?}");
         assert!(!journal.clock.is_empty());

@@ -60,6 +60,11 @@ impl RuntimeFaults for IpcFaults {
     fn reruns_unadmitted(&self) -> bool {
         true
     }
+
+    /// The provider stops restarting a runtime that failed five times within a minute.
+    fn kills_to_spare(&self) -> usize {
+        3
+    }
 }
 
 mod loss {

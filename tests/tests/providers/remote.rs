@@ -117,6 +117,10 @@ impl RuntimeFaults for RemoteFaults {
     fn reruns_unadmitted(&self) -> bool {
         false
     }
+
+    fn kills_to_spare(&self) -> usize {
+        self.runtimes.lock().unwrap().len() - 1
+    }
 }
 
 mod loss {

@@ -15,8 +15,9 @@
 
 use super::*;
 use crate::runtime::{CellConfig, spawn_cell_on};
-use code_mode_protocol::journal::{CellJournal, JournalCommand, JournalEntry};
+use code_mode_protocol::journal::{CellJournal, JournalCommand, JournalEntry, call_hash};
 use code_mode_protocol::session::MAX_JOURNAL_BYTES;
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
@@ -45,27 +46,6 @@ fn perturbed(input: Option<&str>) -> bool {
     }
 }
 
-/// A nested call's identity as the journal checks it: FNV-1a over the tool's name and
-/// its argument's JSON text (stable across processes and builds).
-pub(crate) fn call_hash(name: &str, input: Option<&str>) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    eat(name.as_bytes());
-    match input {
-        Some(input) => {
-            eat(&[1]);
-            eat(input.as_bytes());
-        }
-        None => eat(&[0]),
-    }
-    hash
-}
-
 /// Everything that entered one cell, and what it gave out so far.
 pub(crate) struct Journal {
     /// What the cell started from (its clock readings are [`Journal::clock`]).
@@ -85,6 +65,9 @@ pub(crate) struct Journal {
     durable: bool,
     /// Where its entries are reported (a runtime process's delegate, for its host).
     sink: Option<Arc<dyn CodeModeSessionDelegate>>,
+    /// The calls the session answers itself (`tools.tool_search`): their answers are
+    /// reported, where the delegate's own are not.
+    internal_calls: HashSet<u64>,
 }
 
 /// A runtime command as the journal's data.
@@ -152,6 +135,7 @@ impl Journal {
             bytes,
             durable: true,
             sink,
+            internal_calls: HashSet::new(),
         }
     }
 
@@ -230,10 +214,20 @@ impl Journal {
     }
 
     /// A command decided for the cell: journaled, to be sent by [`Journal::due`].
+    /// Only what the delegate cannot know is reported: a timer, or an answer the session
+    /// gave itself, with its place among the commands.
     pub(crate) fn enter(&mut self, cell_id: &CellId, command: CellCommand) {
         self.grow(cell_id, command_bytes(&command));
-        if self.durable {
-            self.report(cell_id, || JournalEntry::Entered(to_data(&command)));
+        let own = match &command {
+            CellCommand::TimerFired { .. } => true,
+            CellCommand::ToolResult { id, .. } => self.internal_calls.contains(&id.number()),
+        };
+        if self.durable && own {
+            let index = self.entered.len() as u64;
+            self.report(cell_id, || JournalEntry::Entered {
+                index,
+                command: to_data(&command),
+            });
         }
         self.entered.push(command);
     }
@@ -277,11 +271,13 @@ impl Journal {
 
     /// A nested call the cell made: `Ok(Seen::Replayed)` when the journal has it (same
     /// hash), `Ok(Seen::Live)` when it is new (now journaled), or the divergence error.
+    /// `internal`: the session answers the call itself (the delegate never sees it).
     pub(crate) fn call(
         &mut self,
         cell_id: &CellId,
         cursor: &mut Cursor,
         call: &ToolCallRequest,
+        internal: bool,
     ) -> Result<Seen, String> {
         cursor.calls = call.id.number();
         let hash = call_hash(&call.name, call.input.as_deref());
@@ -300,10 +296,14 @@ impl Journal {
             None => {
                 self.grow(cell_id, 8 + call.name.len() as u64);
                 if self.durable {
-                    self.report(cell_id, || JournalEntry::Issued {
-                        hash,
-                        tool: call.name.clone(),
-                    });
+                    if internal {
+                        self.internal_calls.insert(call.id.number());
+                        self.report(cell_id, || JournalEntry::Issued {
+                            call: call.id,
+                            hash,
+                            tool: call.name.clone(),
+                        });
+                    }
                     self.issued.push((hash, call.name.clone()));
                 }
                 Ok(Seen::Live)
@@ -484,23 +484,6 @@ impl CellActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_call_hash_tells_names_arguments_and_no_argument_apart() {
-        let hashes = [
-            call_hash("read", Some("{}")),
-            call_hash("read", Some("{} ")),
-            call_hash("reads", Some("{}")),
-            call_hash("read", None),
-            call_hash("read", Some("")),
-        ];
-        for (i, a) in hashes.iter().enumerate() {
-            for b in &hashes[i + 1..] {
-                assert_ne!(a, b);
-            }
-        }
-        assert_eq!(call_hash("read", Some("{}")), hashes[0]);
-    }
 
     #[test]
     fn a_journal_past_its_cap_is_no_longer_durable_and_forgets_what_the_cell_had() {

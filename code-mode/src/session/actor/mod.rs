@@ -394,7 +394,12 @@ impl CellActor {
                 }
             }
             CellEvent::ToolCall(call) => {
-                match self.journal.call(&self.cell_id, &mut self.cursor, &call) {
+                let internal = call.name == code_mode_protocol::search::TOOL_SEARCH_NAME
+                    && self.routing.searchable.is_some();
+                match self
+                    .journal
+                    .call(&self.cell_id, &mut self.cursor, &call, internal)
+                {
                     Ok(Seen::Live) => self.start_tool_call(call),
                     Ok(Seen::Replayed) => {}
                     Err(text) => return self.diverge(text),
