@@ -407,7 +407,7 @@ mod resume {
         // readings, and nothing of the calls the delegate saw itself.
         let entries = lock(&first.entries).clone();
         assert!(
-            entries.iter().all(|(cell, _)| cell.to_string() == "1"),
+            entries.iter().all(|(cell, _)| *cell == "1"),
             "{entries:?}"
         );
         assert!(
