@@ -12,6 +12,11 @@
 //! the cost of one nested tool call (a cell making K sequential calls, less a cell making
 //! none, over K). Each figure is the client's wall time; the host's own
 //! `host_duration_ns` is given beside the warm execs.
+//!
+//! `-- --parked 300,1000` instead measures parked cells: per host, one session starts each
+//! number of cells that await a nested call nobody answers, then (past our host's
+//! hibernation delay) reads the RSS and threads of the host's processes (ours: the front
+//! and its runtime).
 
 use codex_code_mode_host::client::{Driver, Responder, StdioHost, exec_request, tool};
 use codex_code_mode_host::proto;
@@ -24,6 +29,8 @@ struct Options {
     iterations: usize,
     calls: usize,
     hosts: Vec<(String, PathBuf)>,
+    /// With `--parked`: the numbers of parked cells to measure instead.
+    parked: Vec<usize>,
 }
 
 fn options() -> Options {
@@ -32,6 +39,7 @@ fn options() -> Options {
         iterations: 60,
         calls: 20,
         hosts: Vec::new(),
+        parked: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -44,6 +52,14 @@ fn options() -> Options {
             "--rounds" => options.rounds = number().max(1),
             "--iterations" => options.iterations = number().max(1),
             "--calls" => options.calls = number().max(1),
+            "--parked" => {
+                options.parked = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+            }
             "--host" => {
                 if let Some(path) = args.next() {
                     options.hosts.push((path.clone(), PathBuf::from(path)));
@@ -206,6 +222,88 @@ fn show(milliseconds: f64) -> String {
 /// One figure of [`Figures`].
 type Field = fn(&Figures) -> &Vec<f64>;
 
+/// The RSS (KiB) and threads of `pid` and its descendants.
+fn tree_usage(pid: u32) -> (u64, usize) {
+    let mut pids = vec![pid];
+    let mut index = 0;
+    while index < pids.len() {
+        let parent = pids[index];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            if ppid == Some(parent) && !pids.contains(&child) {
+                pids.push(child);
+            }
+        }
+        index += 1;
+    }
+    let mut rss = 0;
+    let mut threads = 0;
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(value) = line.strip_prefix("VmRSS:") {
+                rss += value
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+            if let Some(value) = line.strip_prefix("Threads:") {
+                threads += value.trim().parse::<usize>().unwrap_or(0);
+            }
+        }
+    }
+    (rss, threads)
+}
+
+/// Starts `cells` cells awaiting a call nobody answers in one session of the host at
+/// `path`, waits past our host's hibernation delay, and returns the RSS growth (KiB) and
+/// the threads of the host's processes before and after.
+async fn parked(path: &std::path::Path, cells: usize) -> (u64, usize, usize) {
+    let responder: Responder = Arc::new(|_| Err(codex_code_mode_host::client::UNANSWERED.into()));
+    let mut command = tokio::process::Command::new(path);
+    command
+        .args(["--listen", "grpc+stdio://"])
+        .stderr(std::process::Stdio::null());
+    let host = StdioHost::spawn(command).await.expect("spawn the host");
+    let pid = host.pid().expect("the host's pid");
+    let mut driver = Driver::open(
+        host.client.clone(),
+        proto::OpenSessionRequest {
+            output_truncation: 2,
+            max_pending_delegate_calls: 1_000_000,
+            ..Default::default()
+        },
+        responder,
+    )
+    .await
+    .expect("open a session");
+    exec(&mut driver, r#"text("bench")"#, &[]).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (before, threads_before) = tree_usage(pid);
+    let park = tools(1);
+    for _ in 0..cells {
+        let mut request = exec_request("await tools.t0({}); text('never');");
+        request.enabled_tools = park.clone();
+        // Codex's host takes 0 as "no yield time"; a few milliseconds park the cell.
+        request.yield_time_ms = 10;
+        driver.run(request).await.expect("a parked cell");
+    }
+    // Past our hibernation delay (5 s).
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let (after, threads_after) = tree_usage(pid);
+    let _ = driver.close().await;
+    (after.saturating_sub(before), threads_before, threads_after)
+}
+
 #[expect(clippy::print_stdout, reason = "the benchmark's table is its output")]
 fn main() {
     let options = options();
@@ -213,6 +311,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
+    if !options.parked.is_empty() {
+        println!(
+            "{:<8} {:>7} {:>12} {:>12} {:>10}",
+            "host", "cells", "RSS growth", "per cell", "threads"
+        );
+        for cells in &options.parked {
+            for (host, path) in &options.hosts {
+                let (grown, before, after) = runtime.block_on(parked(path, *cells));
+                println!(
+                    "{host:<8} {cells:>7} {:>8.1} MiB {:>8.3} MiB {:>4}→{:<5}",
+                    grown as f64 / 1024.0,
+                    grown as f64 / 1024.0 / *cells as f64,
+                    before,
+                    after
+                );
+            }
+        }
+        return;
+    }
     let mut figures: Vec<Figures> = options.hosts.iter().map(|_| Figures::default()).collect();
     for _ in 0..options.rounds {
         for ((_, path), figures) in options.hosts.iter().zip(&mut figures) {

@@ -1,8 +1,9 @@
 //! Gives memory back once the runtime is idle. A burst of cells (hundreds of threads,
 //! isolates and their heaps) leaves the C allocator holding what they freed, in many
 //! arenas, so an idle runtime would keep its burst's size for ever. When cells ended and
-//! none runs, this asks the allocator to return its free pages to the system
-//! (`malloc_trim`), a few times over the next seconds while isolates finish disposing.
+//! none runs, or cells hibernated (their isolates disposed of while the cells live on),
+//! this asks the allocator to return its free pages to the system (`malloc_trim`), a few
+//! times over the next seconds while isolates finish disposing.
 
 use crate::drain::Drain;
 use std::time::Duration;
@@ -18,7 +19,9 @@ const TRIMS_AFTER_ACTIVITY: u32 = 3;
 pub fn spawn(drain: Drain) {
     tokio::spawn(async move {
         let mut closed_seen = drain.cells_closed();
+        let mut hibernated_seen = code_mode::session::hibernations_total();
         let mut trims_due = 0;
+        let mut after_hibernation = false;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -28,8 +31,19 @@ pub fn spawn(drain: Drain) {
                 closed_seen = closed;
                 trims_due = TRIMS_AFTER_ACTIVITY;
             }
-            if trims_due == 0 || drain.busy() {
+            // Cells that hibernated gave their isolates back while their cells still run:
+            // their memory goes back too, busy or not.
+            let hibernated = code_mode::session::hibernations_total();
+            if hibernated != hibernated_seen {
+                hibernated_seen = hibernated;
+                trims_due = TRIMS_AFTER_ACTIVITY;
+                after_hibernation = true;
+            }
+            if trims_due == 0 || (drain.busy() && !after_hibernation) {
                 continue;
+            }
+            if trims_due == 1 {
+                after_hibernation = false;
             }
             trims_due -= 1;
             let _ = tokio::task::spawn_blocking(give_back).await;

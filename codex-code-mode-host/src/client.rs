@@ -110,6 +110,10 @@ where
 /// A tool's answer in a [`Driver`]: the output JSON, or a failure message.
 pub type ToolAnswer = Result<String, String>;
 
+/// The failure message a [`Responder`] gives to leave a call unanswered, as a slow tool or
+/// a person would: the cell waits on it until the session ends.
+pub const UNANSWERED: &str = "\u{0}unanswered";
+
 /// Answers the nested tool calls of a [`Driver`]'s session.
 pub type Responder = Arc<dyn Fn(&crate::proto::ToolInvocation) -> ToolAnswer + Send + Sync>;
 
@@ -180,7 +184,11 @@ impl Driver {
                     invocations.push(invocation.clone());
                 }
                 use crate::proto::complete_tool_call_request::Result as Answer;
-                let result = match responder(&invocation) {
+                let answer = responder(&invocation);
+                if answer.as_ref().is_err_and(|message| message == UNANSWERED) {
+                    continue;
+                }
+                let result = match answer {
                     Ok(output_json) => {
                         Answer::Succeeded(crate::proto::ToolCallSucceeded { output_json })
                     }

@@ -373,6 +373,24 @@ impl InProcessSession {
     }
 }
 
+/// Hibernations of every session of the process (the runtime process gives memory back
+/// after them).
+static HIBERNATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a cell of this process hibernated (only with the `internals` feature:
+/// the runtime process's memory trim).
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub fn hibernations_total() -> u64 {
+    HIBERNATIONS.load(Ordering::Relaxed)
+}
+
+/// Counts a hibernation, for the session and for the process.
+pub(crate) fn count_hibernation(shared: &Shared) {
+    shared.hibernations.fetch_add(1, Ordering::Relaxed);
+    HIBERNATIONS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A seed for a cell's `Math.random()`: different for every cell of the process.
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};

@@ -406,10 +406,7 @@ mod resume {
         // What a host keeps of the cell: the session reported its start and its clock
         // readings, and nothing of the calls the delegate saw itself.
         let entries = lock(&first.entries).clone();
-        assert!(
-            entries.iter().all(|(cell, _)| *cell == "1"),
-            "{entries:?}"
-        );
+        assert!(entries.iter().all(|(cell, _)| *cell == "1"), "{entries:?}");
         assert!(
             entries.iter().all(|(_, entry)| matches!(
                 entry,

@@ -434,7 +434,7 @@ impl CellActor {
         }
         tracing::debug!(cell = %self.cell_id, "cell hibernates");
         self.set_asleep(true);
-        self.shared.hibernations.fetch_add(1, Ordering::Relaxed);
+        crate::session::count_hibernation(&self.shared);
         self.drop_runtime();
     }
 
