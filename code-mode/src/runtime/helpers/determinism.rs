@@ -16,7 +16,6 @@
 //! The JavaScript below is compiled once per context (into the startup snapshot's), before
 //! any cell code, and captures the intrinsics it uses at that moment.
 
-use super::super::state::StateRef;
 use v8::MapFnTo;
 
 /// Evaluates to a function of the native clock and random functions, which returns the
@@ -122,24 +121,13 @@ pub(super) fn external_references() -> [v8::FunctionCallback; 2] {
     [clock_helper.map_fn_to(), random_helper.map_fn_to()]
 }
 
-/// The cell's state, when the call comes from the running cell's own context.
-fn cell_state(scope: &v8::PinScope<'_, '_>) -> Option<StateRef> {
-    let state = scope.get_slot::<StateRef>()?.clone();
-    let own_context = state
-        .borrow()
-        .context
-        .as_ref()
-        .is_some_and(|context| *context == scope.get_current_context());
-    own_context.then_some(state)
-}
-
 /// `Date.now()` and every reading of the cell's clock: milliseconds since the epoch.
 fn clock_helper<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     _args: v8::FunctionCallbackArguments<'s>,
     mut rv: v8::ReturnValue<'s, v8::Value>,
 ) {
-    let now = match cell_state(scope) {
+    let now = match super::own_state(scope) {
         Some(state) => state.borrow_mut().now_ms(),
         // Outside a cell (a context being prepared): real time, logged nowhere.
         None => super::super::state::wall_clock_ms(),
@@ -153,7 +141,7 @@ fn random_helper<'s>(
     _args: v8::FunctionCallbackArguments<'s>,
     mut rv: v8::ReturnValue<'s, v8::Value>,
 ) {
-    let value = match cell_state(scope) {
+    let value = match super::own_state(scope) {
         Some(state) => state.borrow_mut().next_random(),
         None => 0.5,
     };

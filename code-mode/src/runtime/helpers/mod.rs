@@ -53,6 +53,18 @@ type Body<'a, 's, 'i> = dyn FnOnce(
     ) -> HelperResult
     + 'a;
 
+/// The cell state, when `scope` runs in the cell's own context (an isolate the session
+/// reused may still hold an earlier cell's objects; those reach nothing).
+fn own_state(scope: &v8::PinScope<'_, '_>) -> Option<StateRef> {
+    let state = scope.get_slot::<StateRef>()?.clone();
+    let own = state
+        .borrow()
+        .context
+        .as_ref()
+        .is_some_and(|context| *context == scope.get_current_context());
+    own.then_some(state)
+}
+
 /// Runs a helper body: skips it once the cell has stopped, turns [`Fail::Throw`] into a
 /// thrown string, and keeps a Rust panic from unwinding into V8 (it becomes a JS error).
 fn run_helper<'s, 'i>(
@@ -61,20 +73,11 @@ fn run_helper<'s, 'i>(
     mut rv: v8::ReturnValue<'s, v8::Value>,
     body: Box<Body<'_, 's, 'i>>,
 ) {
-    let Some(state) = scope.get_slot::<StateRef>().cloned() else {
+    let Some(state) = own_state(scope) else {
         return;
     };
-    {
-        let current = state.borrow();
-        // Code of an earlier cell's context (an isolate the session reused) reaches
-        // nothing of the running cell.
-        let own_context = current
-            .context
-            .as_ref()
-            .is_some_and(|context| *context == scope.get_current_context());
-        if current.stopped() || !own_context {
-            return;
-        }
+    if state.borrow().stopped() {
+        return;
     }
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         body(&mut *scope, &args, &mut rv, &state)

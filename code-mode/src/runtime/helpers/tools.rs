@@ -9,7 +9,7 @@
 //! when first read. A cell cannot tell either from eager ones: `tools.<name>` and
 //! `name in tools` find the tool, `ALL_TOOLS` lists every tool with its description.
 
-use super::{define_with, freeze, global_attributes, new_tool_function, v8_str};
+use super::{define_with, freeze, global_attributes, new_tool_function, own_state, v8_str};
 use crate::runtime::state::StateRef;
 use crate::runtime::tool_table::{ToolTable, tool_table};
 use code_mode_protocol::{ToolDefinition, js_tool_name};
@@ -147,18 +147,6 @@ pub(crate) fn define_tools(
             );
         }
     }
-}
-
-/// The cell state, when `scope` runs in the cell's own context (an isolate the session
-/// reused may still hold an earlier cell's objects; those reach nothing).
-fn own_state(scope: &v8::PinScope<'_, '_>) -> Option<StateRef> {
-    let state = scope.get_slot::<StateRef>()?.clone();
-    let own = state
-        .borrow()
-        .context
-        .as_ref()
-        .is_some_and(|context| *context == scope.get_current_context());
-    own.then_some(state)
 }
 
 /// `ALL_TOOLS`, built when first read: every tool of the cell, deferred ones included.
