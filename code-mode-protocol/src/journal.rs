@@ -161,11 +161,6 @@ impl JournalBuilder {
         &mut self.journal
     }
 
-    /// Whether the journal is still whole.
-    pub fn durable(&self) -> bool {
-        self.durable
-    }
-
     /// An entry the session reported.
     pub fn apply(&mut self, entry: JournalEntry) {
         match entry {

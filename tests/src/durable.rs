@@ -231,14 +231,17 @@ pub async fn a_hibernating_cell_ends_with_its_fault_free_output<P: CodeModeProvi
     assert_eq!(hibernating.items, fault_free.items);
 }
 
-/// A hibernating cell is terminated without being rebuilt: its writes are discarded and
-/// its call in flight is cancelled.
-pub async fn a_hibernating_cell_is_terminated<P: CodeModeProvider>(provider: &P) {
-    let delegate = TestDelegate::new();
-    let session = provider.open_session(delegate.clone(), options(Some(0)));
+/// Starts `source` as cell 1 of `session` (cells hibernating at once), and returns once
+/// its `tools.block` call started and it had time to hibernate: the output of its first
+/// observation.
+async fn start_hibernating(
+    session: &impl CodeModeSession,
+    delegate: &TestDelegate,
+    source: &str,
+) -> Vec<ContentItem> {
     let started = session
         .execute(
-            ExecRequest::new(r#"store("k", 1); text("a"); await tools.block(1); text("b");"#)
+            ExecRequest::new(source)
                 .with_tools(TestDelegate::tools())
                 .with_yield_time_ms(20),
         )
@@ -246,14 +249,27 @@ pub async fn a_hibernating_cell_is_terminated<P: CodeModeProvider>(provider: &P)
         .expect("exec");
     delegate.wait_started("1", "tool-1").await;
     tokio::time::sleep(PAUSE).await;
+    match started.initial_response {
+        CellResponse::Yielded { content_items, .. } => content_items,
+        other => panic!("the cell did not yield: {other:?}"),
+    }
+}
+
+/// A hibernating cell is terminated without being rebuilt: its writes are discarded and
+/// its call in flight is cancelled.
+pub async fn a_hibernating_cell_is_terminated<P: CodeModeProvider>(provider: &P) {
+    let delegate = TestDelegate::new();
+    let session = provider.open_session(delegate.clone(), options(Some(0)));
+    let mut items = start_hibernating(
+        &session,
+        &delegate,
+        r#"store("k", 1); text("a"); await tools.block(1); text("b");"#,
+    )
+    .await;
     let response = session.terminate("1".into()).await.expect("terminate");
     let CellResponse::Terminated { content_items, .. } = response else {
         panic!("not terminated: {response:?}");
     };
-    let mut items = Vec::new();
-    if let CellResponse::Yielded { content_items, .. } = started.initial_response {
-        items.extend(content_items);
-    }
     items.extend(content_items);
     assert_eq!(items, [ContentItem::text("a")]);
     delegate
@@ -268,23 +284,13 @@ pub async fn a_hibernating_cell_is_terminated<P: CodeModeProvider>(provider: &P)
 pub async fn a_woken_cell_exits<P: CodeModeProvider>(provider: &P) {
     let delegate = TestDelegate::new();
     let session = provider.open_session(delegate.clone(), options(Some(0)));
-    let started = session
-        .execute(
-            ExecRequest::new(
-                r#"text("a"); const v = await tools.block(1); text("b " + v); exit(); text("never");"#,
-            )
-            .with_tools(TestDelegate::tools())
-            .with_yield_time_ms(20),
-        )
-        .await
-        .expect("exec");
-    delegate.wait_started("1", "tool-1").await;
-    tokio::time::sleep(PAUSE).await;
+    let mut items = start_hibernating(
+        &session,
+        &delegate,
+        r#"text("a"); const v = await tools.block(1); text("b " + v); exit(); text("never");"#,
+    )
+    .await;
     delegate.release("1", "tool-1", Ok(json!("x"))).await;
-    let mut items = Vec::new();
-    if let CellResponse::Yielded { content_items, .. } = started.initial_response {
-        items.extend(content_items);
-    }
     let response = session
         .wait(WaitRequest::new("1").with_yield_time_ms(10_000))
         .await
