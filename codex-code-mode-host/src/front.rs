@@ -235,6 +235,8 @@ pub struct Invocation {
     pub kind: ToolKind,
     pub input_json: String,
     pub sequence: u64,
+    /// The W3C trace context of the `Execute` span of the cell (none when not traced).
+    pub traceparent: Option<String>,
 }
 
 /// What a session streams to its client besides tool calls.
@@ -315,6 +317,9 @@ struct Cell {
     closed_sent: bool,
     /// The cell's place among the host's active cells, given back when it closes.
     active: Option<Counted>,
+    /// The span of the `Execute` that started it: its nested calls' spans are children
+    /// of it, and each call streamed to the client carries it as `traceparent`.
+    trace: code_mode_trace::Parent,
 }
 
 #[derive(Default)]
@@ -421,7 +426,7 @@ impl CodeModeSessionDelegate for Delegate {
         };
         let invocation_id = uuid::Uuid::new_v4().to_string();
         let (sender, receiver) = oneshot::channel();
-        let invocation = {
+        let (invocation, span) = {
             let mut state = lock(&front.state);
             let Some(codex_id) = state.by_runtime_id.get(&call.cell_id).cloned() else {
                 return Box::pin(std::future::ready(Err(ToolError::cancelled())));
@@ -460,22 +465,35 @@ impl CodeModeSessionDelegate for Delegate {
                 kind,
                 input_json,
                 sequence: cell.tool_calls,
+                traceparent: cell.trace.traceparent(),
             };
+            let span = tracing::info_span!(
+                parent: None,
+                "code_mode.runtime.invoke_tool",
+                cell.id = %invocation.cell_id,
+                runtime_tool_call_id = %invocation.runtime_tool_call_id,
+                tool_name = %invocation.tool_name.name,
+            );
+            cell.trace.adopt(&span);
             state.pending_calls.insert(invocation_id.clone(), sender);
-            invocation
+            (invocation, span)
         };
         if front.invocations.sender.send(invocation).is_err() {
             lock(&front.state).pending_calls.remove(&invocation_id);
             return Box::pin(std::future::ready(Err(ToolError::cancelled())));
         }
-        Box::pin(async move {
-            let outcome = tokio::select! {
-                answer = receiver => answer.unwrap_or_else(|_| Err(ToolError::cancelled())),
-                () = cancel.cancelled() => Err(ToolError::cancelled()),
-            };
-            lock(&front.state).pending_calls.remove(&invocation_id);
-            outcome
-        })
+        // The call's span lasts from the call to its answer.
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let outcome = tokio::select! {
+                    answer = receiver => answer.unwrap_or_else(|_| Err(ToolError::cancelled())),
+                    () = cancel.cancelled() => Err(ToolError::cancelled()),
+                };
+                lock(&front.state).pending_calls.remove(&invocation_id);
+                outcome
+            },
+            span,
+        ))
     }
 
     fn notify(&self, cell_id: CellId, text: String, _: CancellationToken) -> BoxFuture<'_, ()> {
@@ -778,6 +796,7 @@ impl Front {
         let execution_id = execution.execution_id.clone();
         let tool_call_id = execution.tool_call_id.clone();
         let admitted_place = place.clone();
+        let trace = code_mode_trace::Parent::of(&tracing::Span::current());
         let hooks = ExecHooks::default()
             .with_preempt(preempt)
             .on_admitted(move |runtime_id| {
@@ -802,6 +821,7 @@ impl Front {
                             tool_calls: 0,
                             closed_sent: false,
                             active: lock(&admitted_place).take(),
+                            trace: trace.clone(),
                         },
                     );
                     codex_id

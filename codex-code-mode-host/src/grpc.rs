@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
+use tracing::Instrument as _;
 
 /// The header a `Wait` response carries: how long its result was buffered, in ns.
 pub const BUFFERED_FOR_HEADER: &str = "codex-code-mode-result-buffered-for-ns";
@@ -210,17 +211,12 @@ fn observed(observed: Observed) -> (Option<proto::wait_response::Cell>, u64) {
     }
 }
 
-#[tonic::async_trait]
-impl CodeModeHost for Service {
-    type OpenSessionStream = EventStream<proto::SessionEvent>;
-    type SubscribeToToolCallsStream = EventStream<proto::ToolInvocation>;
-    type ExecuteStream = EventStream<proto::ExecuteEvent>;
-
-    async fn open_session(
+/// The handlers' bodies, run inside their request's span.
+impl Service {
+    async fn open_session_traced(
         &self,
-        request: Request<proto::OpenSessionRequest>,
-    ) -> Result<Response<Self::OpenSessionStream>, tonic::Status> {
-        let request = request.into_inner();
+        request: proto::OpenSessionRequest,
+    ) -> Result<Response<EventStream<proto::SessionEvent>>, tonic::Status> {
         let truncation = truncation_mode(request.output_truncation).map_err(status)?;
         let limits = request
             .cell_execution_limits
@@ -250,25 +246,37 @@ impl CodeModeHost for Service {
         Ok(Response::new(stream))
     }
 
-    async fn subscribe_to_tool_calls(
+    async fn wait_traced(
         &self,
-        request: Request<proto::SubscribeToToolCallsRequest>,
-    ) -> Result<Response<Self::SubscribeToToolCallsStream>, tonic::Status> {
-        let session = self.session(&request.into_inner().session_id)?;
-        let invocations = session.invocations().ok_or_else(|| {
-            tonic::Status::failed_precondition(
-                "this session's tool calls are already subscribed to",
+        request: proto::WaitRequest,
+    ) -> Result<Response<proto::WaitResponse>, tonic::Status> {
+        let session = self.session(&request.session_id)?;
+        let wait_id = Some(request.wait_id).filter(|id| !id.is_empty());
+        let yield_time_ms = Some(request.yield_time_ms).filter(|ms| *ms > 0);
+        let result = self
+            .front
+            .wait(
+                &session,
+                &request.cell_id,
+                wait_id,
+                yield_time_ms,
+                request.max_tokens,
             )
-        })?;
-        let stream = lease_stream(invocations, session.closed(), None, proto_invocation);
-        Ok(Response::new(stream))
+            .await
+            .map_err(status)?;
+        let (cell, buffered) = observed(result);
+        let mut response = Response::new(proto::WaitResponse { cell });
+        if let Ok(value) = buffered.to_string().parse() {
+            response.metadata_mut().insert(BUFFERED_FOR_HEADER, value);
+        }
+        Ok(response)
     }
 
-    async fn execute(
+    async fn execute_traced(
         &self,
-        request: Request<proto::ExecuteRequest>,
-    ) -> Result<Response<Self::ExecuteStream>, tonic::Status> {
-        let request = request.into_inner();
+        request: proto::ExecuteRequest,
+        span: tracing::Span,
+    ) -> Result<Response<EventStream<proto::ExecuteEvent>>, tonic::Status> {
         let session = self.session(&request.session_id)?;
         let execution = Execution {
             execution_id: request.execution_id.clone(),
@@ -289,30 +297,99 @@ impl CodeModeHost for Service {
         let front = self.front.clone();
         let started_sender = sender.clone();
         let execution_id = request.execution_id;
-        // The cell outlives a client that drops the call: its output waits for `Wait`.
-        tokio::spawn(async move {
-            let started = move |cell_id: &str| {
-                let event = proto::ExecuteEvent {
-                    event: Some(proto::execute_event::Event::Started(
-                        proto::ExecutionStarted {
-                            execution_id: execution_id.clone(),
-                            cell_id: cell_id.to_owned(),
-                        },
-                    )),
+        // The cell outlives a client that drops the call: its output waits for `Wait`. The
+        // execute span lasts until the outcome is sent, as on Codex's host.
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let started = move |cell_id: &str| {
+                    let event = proto::ExecuteEvent {
+                        event: Some(proto::execute_event::Event::Started(
+                            proto::ExecutionStarted {
+                                execution_id: execution_id.clone(),
+                                cell_id: cell_id.to_owned(),
+                            },
+                        )),
+                    };
+                    let _ = started_sender.send(Ok(event));
                 };
-                let _ = started_sender.send(Ok(event));
-            };
-            let message = match front.execute(&session, execution, started).await {
-                Ok(outcome) => Ok(proto::ExecuteEvent {
-                    event: Some(proto::execute_event::Event::Outcome(proto_outcome(outcome))),
-                }),
-                Err(error) => Err(status(error)),
-            };
-            let _ = sender.send(message);
-        });
+                let message = match front.execute(&session, execution, started).await {
+                    Ok(outcome) => Ok(proto::ExecuteEvent {
+                        event: Some(proto::execute_event::Event::Outcome(proto_outcome(outcome))),
+                    }),
+                    Err(error) => Err(status(error)),
+                };
+                let _ = sender.send(message);
+            },
+            span,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(receiver),
         )))
+    }
+}
+
+/// `span`, parented on the request's W3C `traceparent` metadata when it has a well-formed
+/// one (a malformed value is ignored).
+fn request_span<T>(request: &Request<T>, span: tracing::Span) -> tracing::Span {
+    let traceparent = request
+        .metadata()
+        .get(code_mode_trace::TRACEPARENT)
+        .and_then(|value| value.to_str().ok());
+    code_mode_trace::adopt_traceparent(&span, traceparent);
+    span
+}
+
+#[tonic::async_trait]
+impl CodeModeHost for Service {
+    type OpenSessionStream = EventStream<proto::SessionEvent>;
+    type SubscribeToToolCallsStream = EventStream<proto::ToolInvocation>;
+    type ExecuteStream = EventStream<proto::ExecuteEvent>;
+
+    async fn open_session(
+        &self,
+        request: Request<proto::OpenSessionRequest>,
+    ) -> Result<Response<Self::OpenSessionStream>, tonic::Status> {
+        let span = request_span(
+            &request,
+            tracing::info_span!(parent: None, "code_mode_host.grpc.open_session"),
+        );
+        self.open_session_traced(request.into_inner())
+            .instrument(span)
+            .await
+    }
+
+    async fn subscribe_to_tool_calls(
+        &self,
+        request: Request<proto::SubscribeToToolCallsRequest>,
+    ) -> Result<Response<Self::SubscribeToToolCallsStream>, tonic::Status> {
+        let session = self.session(&request.into_inner().session_id)?;
+        let invocations = session.invocations().ok_or_else(|| {
+            tonic::Status::failed_precondition(
+                "this session's tool calls are already subscribed to",
+            )
+        })?;
+        let stream = lease_stream(invocations, session.closed(), None, proto_invocation);
+        Ok(Response::new(stream))
+    }
+
+    async fn execute(
+        &self,
+        request: Request<proto::ExecuteRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, tonic::Status> {
+        let span = request_span(
+            &request,
+            tracing::info_span!(
+                parent: None,
+                "code_mode_host.grpc.execute",
+                session.id = %request.get_ref().session_id,
+                execution.id = %request.get_ref().execution_id,
+                call_id = %request.get_ref().tool_call_id,
+            ),
+        );
+        let entered = span.clone();
+        self.execute_traced(request.into_inner(), span)
+            .instrument(entered)
+            .await
     }
 
     async fn complete_tool_call(
@@ -338,26 +415,14 @@ impl CodeModeHost for Service {
         request: Request<proto::WaitRequest>,
     ) -> Result<Response<proto::WaitResponse>, tonic::Status> {
         let request = request.into_inner();
-        let session = self.session(&request.session_id)?;
-        let wait_id = Some(request.wait_id).filter(|id| !id.is_empty());
-        let yield_time_ms = Some(request.yield_time_ms).filter(|ms| *ms > 0);
-        let result = self
-            .front
-            .wait(
-                &session,
-                &request.cell_id,
-                wait_id,
-                yield_time_ms,
-                request.max_tokens,
-            )
-            .await
-            .map_err(status)?;
-        let (cell, buffered) = observed(result);
-        let mut response = Response::new(proto::WaitResponse { cell });
-        if let Ok(value) = buffered.to_string().parse() {
-            response.metadata_mut().insert(BUFFERED_FOR_HEADER, value);
-        }
-        Ok(response)
+        let span = tracing::info_span!(
+            parent: None,
+            "code_mode_host.grpc.wait",
+            session.id = %request.session_id,
+            cell.id = %request.cell_id,
+            wait.id = %request.wait_id,
+        );
+        self.wait_traced(request).instrument(span).await
     }
 
     async fn terminate(
@@ -386,9 +451,19 @@ impl CodeModeHost for Service {
         &self,
         request: Request<proto::CloseSessionRequest>,
     ) -> Result<Response<proto::Empty>, tonic::Status> {
-        let session = self.session(&request.into_inner().session_id)?;
-        self.front.close_session(&session).await;
-        Ok(Response::new(proto::Empty {}))
+        let session_id = request.into_inner().session_id;
+        let span = tracing::info_span!(
+            parent: None,
+            "code_mode_host.grpc.close_session",
+            session.id = %session_id,
+        );
+        async move {
+            let session = self.session(&session_id)?;
+            self.front.close_session(&session).await;
+            Ok(Response::new(proto::Empty {}))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn yield_observation(
@@ -484,6 +559,7 @@ fn proto_invocation(invocation: Invocation) -> proto::ToolInvocation {
         kind: proto_kind(invocation.kind),
         input_json: invocation.input_json,
         sequence: invocation.sequence,
+        traceparent: invocation.traceparent,
     }
 }
 

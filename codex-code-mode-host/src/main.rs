@@ -76,6 +76,19 @@ struct Cli {
     /// over it is refused (RESOURCE_EXHAUSTED).
     #[arg(long, value_name = "N", default_value_t = codex_code_mode_host::admission::DEFAULT_MAX_IN_FLIGHT_REQUESTS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_in_flight_requests: usize,
+    /// Stream raw OTLP trace batches (JSON) to WebSocket clients of ws://IP:PORT; a
+    /// request with an `Origin` header is refused.
+    #[arg(long, value_name = "URL", conflicts_with = "otel_trace_exporter")]
+    otel_trace_listen: Option<String>,
+    /// Send traces as OTLP/HTTP JSON to this URL (a full path, such as
+    /// http://127.0.0.1:4318/v1/traces). Without either option, the standard
+    /// OTEL_EXPORTER_OTLP_* variables are read.
+    #[arg(long, value_name = "URL")]
+    otel_trace_exporter: Option<String>,
+    /// Let spans hold what the model wrote: `source`, `arguments` or both (comma-separated),
+    /// each capped at 4 KiB. Off by default.
+    #[arg(long, value_name = "WHAT", default_value = "none")]
+    trace_capture: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -220,7 +233,16 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    init_logging();
+    let telemetry = match telemetry(&cli) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("codex-code-mode-host: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(telemetry.as_ref());
+    // As Codex's host: a span for the start, then one for the serving life.
+    let startup = tracing::info_span!(parent: None, "code_mode_host.startup").entered();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -231,26 +253,61 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli, listen, protocol_stdio));
+    drop(startup);
+    let result = runtime.block_on(tracing::Instrument::instrument(
+        run(cli, listen, protocol_stdio),
+        tracing::info_span!(parent: None, "code_mode_host.run_main"),
+    ));
     // Sessions are closed; do not wait for tasks of a client that is gone.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
             eprintln!("codex-code-mode-host: {error}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // What is left of the traces goes out before the process ends.
+    drop(telemetry);
+    code
 }
 
-fn init_logging() {
+fn init_logging(telemetry: Option<&code_mode_trace::Telemetry>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CODEX_CODE_MODE_HOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    code_mode_trace::init_subscriber(filter, telemetry);
+}
+
+/// The trace exporter the options (else the OTEL_* environment) ask for, as Codex's host
+/// names its resource: `service.name = codex-code-mode-host`, `env = code-mode-host`.
+fn telemetry(cli: &Cli) -> Result<Option<code_mode_trace::Telemetry>, code_mode_trace::TraceError> {
+    use code_mode_trace::{Capture, Destination, TraceSettings};
+    const SERVICE: &str = "codex-code-mode-host";
+    let version = env!("CARGO_PKG_VERSION");
+    let settings = if let Some(url) = &cli.otel_trace_listen {
+        Some(TraceSettings::new(
+            Destination::websocket(url)?,
+            SERVICE,
+            version,
+        ))
+    } else if let Some(url) = &cli.otel_trace_exporter {
+        Some(TraceSettings::new(
+            Destination::otlp_json(url)?,
+            SERVICE,
+            version,
+        ))
+    } else {
+        TraceSettings::from_env(SERVICE, version)?
+    };
+    let Some(mut settings) = settings else {
+        return Ok(None);
+    };
+    settings
+        .resource
+        .push(("env".to_owned(), "code-mode-host".to_owned()));
+    settings.capture = Capture::parse(&cli.trace_capture)?;
+    code_mode_trace::Telemetry::start(settings).map(Some)
 }
 
 /// The local runtime: the binary `--runtime` or `$CODE_MODE_BIN` names, else this very

@@ -15,6 +15,7 @@ mod json;
 mod remote;
 mod stdio;
 mod tcp;
+mod traces;
 
 use codex_code_mode_host::client::{Driver, Responder, StdioHost};
 use codex_code_mode_host::proto;

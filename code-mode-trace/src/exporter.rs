@@ -1,0 +1,104 @@
+//! The span exporter behind the SDK's batch processor: OTLP over HTTP or the WebSocket
+//! stream, with every batch counted as delivered or dropped. The batch processor runs it
+//! on a thread of its own, so nothing here ever holds up a cell.
+
+use crate::settings::Protocol;
+use crate::websocket::Stream;
+use crate::{DROPPED_BATCHES, DROPPED_SPANS, EXPORTED_BATCHES, TraceError};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How long one batch may take to reach a collector before it is dropped.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub enum Sink {
+    Otlp(Box<opentelemetry_otlp::SpanExporter>),
+    Stream(Stream),
+}
+
+impl Sink {
+    pub fn otlp(endpoint: &str, protocol: Protocol) -> Result<Self, TraceError> {
+        let protocol = match protocol {
+            Protocol::HttpProtobuf => opentelemetry_otlp::Protocol::HttpBinary,
+            Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+        };
+        // The builder makes its blocking HTTP client on a thread of its own (reqwest's
+        // may not be made inside an async runtime, and fronts start tracing from one).
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .with_protocol(protocol)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map(|exporter| Sink::Otlp(Box::new(exporter)))
+            .map_err(|error| TraceError::Exporter {
+                endpoint: endpoint.to_owned(),
+                reason: error.to_string(),
+            })
+    }
+}
+
+/// A [`Sink`] that counts what it delivered and what it dropped.
+#[derive(Debug)]
+pub struct Counted {
+    sink: Sink,
+    resource: opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema,
+}
+
+impl Counted {
+    pub fn new(sink: Sink) -> Self {
+        Self {
+            sink,
+            resource: Default::default(),
+        }
+    }
+}
+
+impl SpanExporter for Counted {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = match &self.sink {
+            Sink::Otlp(exporter) => exporter.export(batch).await,
+            Sink::Stream(stream) => {
+                stream.send(batch, &self.resource);
+                Ok(())
+            }
+        };
+        match &result {
+            Ok(()) => {
+                EXPORTED_BATCHES.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                DROPPED_BATCHES.fetch_add(1, Ordering::Relaxed);
+                DROPPED_SPANS.fetch_add(spans, Ordering::Relaxed);
+                tracing::debug!(%error, spans, "a trace batch was dropped");
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        match &mut self.sink {
+            Sink::Otlp(exporter) => exporter.shutdown_with_timeout(timeout),
+            Sink::Stream(_) => Ok(()),
+        }
+    }
+
+    fn force_flush(&mut self) -> OTelSdkResult {
+        match &mut self.sink {
+            Sink::Otlp(exporter) => exporter.force_flush(),
+            Sink::Stream(_) => Ok(()),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.resource = resource.into();
+        if let Sink::Otlp(exporter) = &mut self.sink {
+            exporter.set_resource(resource);
+        }
+    }
+}

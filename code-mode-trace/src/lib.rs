@@ -1,0 +1,235 @@
+//! OpenTelemetry traces for every front: this crate owns turning the `tracing` spans the
+//! fronts, the host and the runtime make into OpenTelemetry spans, and sending them out.
+//!
+//! - [`TraceSettings`] says where spans go: OTLP over HTTP (protobuf or JSON) to a
+//!   collector, or raw OTLP JSON batches streamed to WebSocket clients (`--otel-trace-listen`,
+//!   as Codex's host does). [`TraceSettings::from_env`] reads the standard
+//!   `OTEL_EXPORTER_OTLP_*` and `OTEL_SERVICE_NAME` variables; `OTEL_TRACES_SAMPLER` is read
+//!   by the SDK.
+//! - [`Telemetry`] is the running exporter: batches go out on the SDK's own thread, so a
+//!   cell never waits on a collector. A batch that cannot be delivered is dropped and
+//!   counted ([`stats`]).
+//! - [`init_subscriber`] installs the process's `tracing` subscriber: the log lines on
+//!   stderr as before, plus the spans of our crates when a [`Telemetry`] is given. With none,
+//!   spans are disabled at their call site and cost what a disabled `tracing` span costs.
+//! - [`Parent`] carries W3C trace context (`traceparent`) in and out: from gRPC metadata,
+//!   JSON-lines requests and MCP `_meta`, and onto Codex's `ToolInvocation.traceparent`.
+//! - [`capture`] says whether spans may hold what a model wrote (source, arguments): off
+//!   unless an operator turns it on, and capped ([`CAPTURE_LIMIT_BYTES`]) when on.
+
+mod exporter;
+mod propagation;
+mod settings;
+mod websocket;
+
+pub use propagation::{Parent, TRACEPARENT, adopt_traceparent};
+pub use settings::{Capture, Destination, Protocol, TraceSettings};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The most bytes of a model's text (source, arguments) a span holds when capture is on.
+pub const CAPTURE_LIMIT_BYTES: usize = 4096;
+
+/// The crates whose spans are exported (every target starting with one of these).
+const TRACED_TARGETS: [&str; 2] = ["code_mode", "codex_code_mode_host"];
+
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{0}")]
+    Settings(String),
+    #[error("cannot build the OTLP trace exporter for {endpoint}: {reason}")]
+    Exporter { endpoint: String, reason: String },
+    #[error("cannot listen for trace streams on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Counts of what the exporter did since the process started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Batches delivered to the collector (or handed to the WebSocket stream).
+    pub exported_batches: u64,
+    /// Batches the collector did not take (down, slow past the timeout, refusing): dropped.
+    pub dropped_batches: u64,
+    /// Spans in those batches.
+    pub dropped_spans: u64,
+    /// Batches a slow WebSocket client missed (summed over clients).
+    pub stream_batches_missed: u64,
+}
+
+static EXPORTED_BATCHES: AtomicU64 = AtomicU64::new(0);
+static DROPPED_BATCHES: AtomicU64 = AtomicU64::new(0);
+static DROPPED_SPANS: AtomicU64 = AtomicU64::new(0);
+static STREAM_BATCHES_MISSED: AtomicU64 = AtomicU64::new(0);
+static CAPTURE: OnceLock<Capture> = OnceLock::new();
+
+/// What the exporter did so far.
+pub fn stats() -> Stats {
+    Stats {
+        exported_batches: EXPORTED_BATCHES.load(Ordering::Relaxed),
+        dropped_batches: DROPPED_BATCHES.load(Ordering::Relaxed),
+        dropped_spans: DROPPED_SPANS.load(Ordering::Relaxed),
+        stream_batches_missed: STREAM_BATCHES_MISSED.load(Ordering::Relaxed),
+    }
+}
+
+/// The counters in Prometheus' text format, for the `/metrics` pages.
+pub fn render_metrics() -> String {
+    let stats = stats();
+    let mut text = String::new();
+    for (name, help, value) in [
+        (
+            "code_mode_trace_batches_exported_total",
+            "Trace batches delivered to the collector or the WebSocket stream.",
+            stats.exported_batches,
+        ),
+        (
+            "code_mode_trace_batches_dropped_total",
+            "Trace batches dropped because the collector did not take them.",
+            stats.dropped_batches,
+        ),
+        (
+            "code_mode_trace_spans_dropped_total",
+            "Spans in the dropped trace batches.",
+            stats.dropped_spans,
+        ),
+        (
+            "code_mode_trace_stream_batches_missed_total",
+            "Trace batches slow WebSocket clients missed.",
+            stats.stream_batches_missed,
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    text
+}
+
+/// Whether spans may hold the model's source and arguments (never unless set on).
+pub fn capture() -> Capture {
+    CAPTURE.get().copied().unwrap_or_default()
+}
+
+/// `text` as a span may hold it: at most [`CAPTURE_LIMIT_BYTES`], cut on a character
+/// boundary.
+pub fn captured(text: &str) -> &str {
+    if text.len() <= CAPTURE_LIMIT_BYTES {
+        return text;
+    }
+    let mut end = CAPTURE_LIMIT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The running exporter. Dropping it (or [`Telemetry::shutdown`]) sends what is left.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    tracer: opentelemetry_sdk::trace::Tracer,
+    /// The bound address of the WebSocket stream, if that is the destination.
+    stream_address: Option<std::net::SocketAddr>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Telemetry")
+            .field("stream_address", &self.stream_address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// Starts exporting as `settings` say. A WebSocket destination is bound here, so a
+    /// port in use is an error at start.
+    pub fn start(settings: TraceSettings) -> Result<Self, TraceError> {
+        let _ = CAPTURE.set(settings.capture);
+        let mut resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                settings.service_version.clone(),
+            ));
+        for (key, value) in &settings.resource {
+            resource =
+                resource.with_attribute(opentelemetry::KeyValue::new(key.clone(), value.clone()));
+        }
+        let (sink, stream_address) = match &settings.destination {
+            Destination::Otlp { endpoint, protocol } => {
+                (exporter::Sink::otlp(endpoint, *protocol)?, None)
+            }
+            Destination::WebSocket(address) => {
+                let (stream, bound) = websocket::listen(*address)?;
+                (exporter::Sink::Stream(stream), Some(bound))
+            }
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource.build())
+            .with_batch_exporter(exporter::Counted::new(sink))
+            .build();
+        let tracer = provider.tracer(settings.scope.clone());
+        Ok(Self {
+            provider,
+            tracer,
+            stream_address,
+        })
+    }
+
+    /// Where the WebSocket stream listens (its port when 0 was asked for).
+    pub fn stream_address(&self) -> Option<std::net::SocketAddr> {
+        self.stream_address
+    }
+
+    /// The layer that turns our crates' spans into OpenTelemetry spans.
+    pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        let mut targets = tracing_subscriber::filter::Targets::new();
+        for target in TRACED_TARGETS {
+            targets = targets.with_target(target, tracing::Level::INFO);
+        }
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer.clone())
+            .with_filter(targets)
+    }
+
+    /// Sends what is left and stops.
+    pub fn shutdown(self) {}
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            tracing::debug!(%error, "trace exporter shutdown");
+        }
+    }
+}
+
+/// Installs the process's subscriber: log lines on stderr filtered by `filter`, and our
+/// spans exported through `telemetry` when given. Also makes W3C trace context the
+/// process's propagator.
+pub fn init_subscriber(filter: tracing_subscriber::EnvFilter, telemetry: Option<&Telemetry>) {
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let traces = telemetry.map(Telemetry::layer);
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init();
+}
