@@ -14,6 +14,10 @@ use std::time::Duration;
 /// How long one batch may take to reach a collector before it is dropped.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a process that ends waits for its WebSocket clients to take their last
+/// batches (a stalled client is given up on then).
+const STREAM_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub enum Sink {
     Otlp(Box<opentelemetry_otlp::SpanExporter>),
@@ -84,7 +88,12 @@ impl SpanExporter for Counted {
     fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
         match &mut self.sink {
             Sink::Otlp(exporter) => exporter.shutdown_with_timeout(timeout),
-            Sink::Stream(_) => Ok(()),
+            Sink::Stream(stream) => {
+                // The SDK may pass a timeout of nanoseconds; the clients get a fair time to
+                // take the last batches, never more than STREAM_DRAIN_TIMEOUT.
+                stream.shutdown(timeout.max(STREAM_DRAIN_TIMEOUT));
+                Ok(())
+            }
         }
     }
 

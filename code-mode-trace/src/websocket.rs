@@ -10,9 +10,8 @@ use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::trace::SpanData;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -20,28 +19,60 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 /// Batches a client may fall behind by before it misses some.
 const CLIENT_BACKLOG: usize = 64;
 
+/// One client's queue of batches.
+type Queue = tokio::sync::mpsc::Sender<Arc<Vec<u8>>>;
+
 /// The sending end: the exporter hands each batch here.
 #[derive(Debug)]
 pub struct Stream {
-    batches: broadcast::Sender<Arc<Vec<u8>>>,
+    /// The connected clients' queues; emptied at shutdown, which tells each client to
+    /// send what it has queued and close.
+    clients: Arc<Mutex<Vec<Queue>>>,
+    /// Clients still connected (counted off when their task ends).
+    connected: Arc<AtomicUsize>,
 }
 
 impl Stream {
-    /// Encodes `batch` once and offers it to every client (none connected: it is gone).
+    /// Encodes `batch` once and offers it to every client: a client whose queue is full
+    /// misses it (counted); nobody waits.
     pub fn send(&self, batch: Vec<SpanData>, resource: &ResourceAttributesWithSchema) {
-        if self.batches.receiver_count() == 0 {
+        let mut clients = lock(&self.clients);
+        clients.retain(|queue| !queue.is_closed());
+        if clients.is_empty() {
             return;
         }
         let request = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(batch, resource),
         };
-        match serde_json::to_vec_pretty(&request) {
-            Ok(bytes) => {
-                let _ = self.batches.send(Arc::new(bytes));
+        let bytes = match serde_json::to_vec_pretty(&request) {
+            Ok(bytes) => Arc::new(bytes),
+            Err(error) => {
+                tracing::debug!(%error, "a trace batch did not encode");
+                return;
             }
-            Err(error) => tracing::debug!(%error, "a trace batch did not encode"),
+        };
+        for queue in clients.iter() {
+            if queue.try_send(bytes.clone()).is_err() {
+                STREAM_BATCHES_MISSED.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
+
+    /// Lets every client take what is queued for it and closes it, waiting at most
+    /// `timeout` (the process is about to end: its last batches must not be lost).
+    pub fn shutdown(&self, timeout: std::time::Duration) {
+        lock(&self.clients).clear();
+        let deadline = std::time::Instant::now() + timeout;
+        while self.connected.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Binds `address` and serves the stream from a thread of its own.
@@ -50,8 +81,12 @@ pub fn listen(address: SocketAddr) -> Result<(Stream, SocketAddr), TraceError> {
     let listener = std::net::TcpListener::bind(address).map_err(failed)?;
     listener.set_nonblocking(true).map_err(failed)?;
     let bound = listener.local_addr().map_err(failed)?;
-    let (batches, _) = broadcast::channel(CLIENT_BACKLOG);
-    let clients = batches.clone();
+    let clients: Arc<Mutex<Vec<Queue>>> = Arc::default();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let stream = Stream {
+        clients: clients.clone(),
+        connected: connected.clone(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -71,13 +106,19 @@ pub fn listen(address: SocketAddr) -> Result<(Stream, SocketAddr), TraceError> {
                     let Ok((socket, _)) = listener.accept().await else {
                         continue;
                     };
-                    tokio::spawn(serve_client(socket, clients.subscribe()));
+                    connected.fetch_add(1, Ordering::AcqRel);
+                    let clients = clients.clone();
+                    let connected = connected.clone();
+                    tokio::spawn(async move {
+                        serve_client(socket, clients).await;
+                        connected.fetch_sub(1, Ordering::AcqRel);
+                    });
                 }
             });
         })
         .map_err(failed)?;
     tracing::info!("trace stream listening on ws://{bound}");
-    Ok((Stream { batches }, bound))
+    Ok((stream, bound))
 }
 
 /// Refuses browser pages: any request that carries an `Origin` header.
@@ -94,26 +135,27 @@ fn refuse_origins(request: &Request, response: Response) -> Result<Response, Err
     Ok(response)
 }
 
-async fn serve_client(
-    socket: tokio::net::TcpStream,
-    mut batches: broadcast::Receiver<Arc<Vec<u8>>>,
-) {
+async fn serve_client(socket: tokio::net::TcpStream, clients: Arc<Mutex<Vec<Queue>>>) {
     let Ok(socket) = tokio_tungstenite::accept_hdr_async(socket, refuse_origins).await else {
         return;
     };
+    let (queue, mut batches) = tokio::sync::mpsc::channel(CLIENT_BACKLOG);
+    lock(&clients).push(queue);
+    drop(clients);
     let (mut sender, mut receiver) = socket.split();
     loop {
         tokio::select! {
             batch = batches.recv() => match batch {
-                Ok(bytes) => {
+                Some(bytes) => {
                     if sender.send(Message::Binary(bytes.as_ref().clone().into())).await.is_err() {
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    STREAM_BATCHES_MISSED.fetch_add(missed, Ordering::Relaxed);
+                // The process is ending and everything queued went out.
+                None => {
+                    let _ = sender.send(Message::Close(None)).await;
+                    return;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
             },
             message = receiver.next() => match message {
                 Some(Ok(_)) => {}

@@ -473,7 +473,14 @@ impl CodeModeSessionDelegate for Delegate {
                 cell.id = %invocation.cell_id,
                 runtime_tool_call_id = %invocation.runtime_tool_call_id,
                 tool_name = %invocation.tool_name.name,
+                tool.arguments = tracing::field::Empty,
             );
+            if code_mode_trace::capture().arguments {
+                span.record(
+                    "tool.arguments",
+                    code_mode_trace::captured(&invocation.input_json),
+                );
+            }
             cell.trace.adopt(&span);
             state.pending_calls.insert(invocation_id.clone(), sender);
             (invocation, span)

@@ -384,8 +384,15 @@ impl CodeModeHost for Service {
                 session.id = %request.get_ref().session_id,
                 execution.id = %request.get_ref().execution_id,
                 call_id = %request.get_ref().tool_call_id,
+                cell.source = tracing::field::Empty,
             ),
         );
+        if code_mode_trace::capture().source {
+            span.record(
+                "cell.source",
+                code_mode_trace::captured(&request.get_ref().source),
+            );
+        }
         let entered = span.clone();
         self.execute_traced(request.into_inner(), span)
             .instrument(entered)

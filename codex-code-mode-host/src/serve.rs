@@ -136,7 +136,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What an HTTP/1 request gets, as Codex's host answers it: `GET /healthz` is `200` with
 /// an empty body while a runtime runs or can be started, else `503` with the cause and its
 /// fix as text; every other request is `505` (gRPC needs HTTP/2), with `allow: GET,HEAD`
-/// for another method on `/healthz`.
+/// for another method on `/healthz`. Beyond Codex's host, `GET /metrics` gives the trace
+/// exporter's counters (batches exported and dropped) in Prometheus' text format.
 pub async fn http1_answer(
     front: &Front,
     method: &http::Method,
@@ -155,6 +156,15 @@ pub async fn http1_answer(
                     bytes::Bytes::from(format!("{error}\n")),
                 ));
             }
+        }
+        (&http::Method::GET, "/metrics") => {
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            *response.body_mut() = tonic::body::Body::new(http_body_util::Full::new(
+                bytes::Bytes::from(code_mode_trace::render_metrics()),
+            ));
         }
         (method, "/healthz") if method != http::Method::HEAD => {
             *response.status_mut() = http::StatusCode::HTTP_VERSION_NOT_SUPPORTED;

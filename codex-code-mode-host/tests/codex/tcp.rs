@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 /// A host listening on `grpc://127.0.0.1:0`, and the address its stdout line named.
-struct Listening {
+pub struct Listening {
     child: tokio::process::Child,
     address: String,
     stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
@@ -21,10 +21,20 @@ struct Listening {
 impl Listening {
     /// Starts `binary --listen grpc://127.0.0.1:0` with `env` added; reads the URL line.
     async fn start(binary: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        Self::start_with(binary, &[], env).await
+    }
+
+    /// [`Self::start`] with more arguments.
+    pub async fn start_with(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         use std::process::Stdio;
         let mut command = tokio::process::Command::new(binary);
         command
             .args(["--listen", "grpc://127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -56,7 +66,7 @@ impl Listening {
 
     /// One HTTP/1.1 request on a connection of its own: the status code, the headers
     /// (names lowercased) and the body.
-    async fn http1(&self, method: &str, target: &str) -> (u16, Vec<(String, String)>, String) {
+    pub async fn http1(&self, method: &str, target: &str) -> (u16, Vec<(String, String)>, String) {
         let mut stream = tokio::net::TcpStream::connect(&self.address)
             .await
             .expect("connect");
@@ -83,7 +93,7 @@ impl Listening {
         (status, headers, body.to_owned())
     }
 
-    async fn client(
+    pub async fn client(
         &self,
     ) -> proto::code_mode_host_client::CodeModeHostClient<tonic::transport::Channel> {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))
@@ -96,7 +106,7 @@ impl Listening {
 
     /// Stops the host; what it wrote on stdout after the URL line (nothing, for a host
     /// that keeps stdout for that line).
-    async fn stop(mut self) -> String {
+    pub async fn stop(mut self) -> String {
         let _ = self.child.kill().await;
         let mut rest = String::new();
         let _ = self.stdout.read_to_string(&mut rest).await;
