@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond cargo, pinned in the repository:
 # - the reference MCP servers from npm (code-mode-cli/tests/mcp/package-lock.json, `npm ci`);
-# - the official Python MCP SDK in a virtualenv (code-mode-cli/tests/mcp/requirements.txt);
+# - the official Python MCP SDK and Arize Phoenix (the trace store the trace tests send
+#   OTLP to) in one virtualenv (code-mode-cli/tests/mcp/requirements.txt, every package
+#   pinned and installed with --no-deps);
 # - Codex 0.169.0 from npm, the Codex front's test oracle: its CLI and its own
 #   codex-code-mode-host (codex-code-mode-host/tests/codex-npm/package-lock.json, `npm ci`).
 # Idempotent: a second run with nothing changed only checks. `.ci/run` calls it before the tests.
@@ -27,10 +29,10 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements.txt .venv/requirements.ins
   rm -rf .venv
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
-  .venv/bin/python -c "import mcp" # the pins are complete (--no-deps) and import together
+  .venv/bin/python -c "import mcp, phoenix" # the pins are complete (--no-deps) and import together
   cp requirements.txt .venv/requirements.installed
 fi
-echo "test-deps: MCP servers (npm) and the Python MCP SDK are installed under code-mode-cli/tests/mcp"
+echo "test-deps: MCP servers (npm), the Python MCP SDK and Arize Phoenix are installed under code-mode-cli/tests/mcp"
 
 # Codex: its Linux binaries come in an optional dependency, installed for this platform.
 cd ../../../codex-code-mode-host/tests/codex-npm

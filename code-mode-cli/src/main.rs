@@ -22,6 +22,7 @@ mod tools;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tracing_subscriber::Layer as _;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +34,16 @@ struct Cli {
     /// Logs on stderr: -v for info, -vv for debug (the runtime process's too).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Export traces of cells and their nested calls over OTLP/HTTP to this collector
+    /// (e.g. http://127.0.0.1:4318; /v1/traces is added). Without it, the standard
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (and _PROTOCOL, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER)
+    /// decide.
+    #[arg(long, value_name = "URL", global = true)]
+    otel_endpoint: Option<String>,
+    /// Let spans hold what the model wrote: `source`, `arguments` or both (comma-separated),
+    /// each capped at 4 KiB. Off by default.
+    #[arg(long, value_name = "WHAT", global = true, default_value = "none")]
+    trace_capture: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -291,7 +302,33 @@ impl Failure {
     }
 }
 
-fn init_logging(verbose: u8) -> String {
+/// The trace exporter the options (else the OTEL_* environment) ask for.
+fn telemetry(cli: &Cli) -> Result<Option<code_mode_trace::Telemetry>, code_mode_trace::TraceError> {
+    use code_mode_trace::{Capture, TraceSettings};
+    const SERVICE: &str = "code-mode";
+    let version = env!("CARGO_PKG_VERSION");
+    let settings = match &cli.otel_endpoint {
+        Some(endpoint) => TraceSettings::from_lookup(SERVICE, version, |name| {
+            if name == "OTEL_EXPORTER_OTLP_ENDPOINT" {
+                return Some(endpoint.clone());
+            }
+            if name.ends_with("_ENDPOINT") || name == "OTEL_TRACES_EXPORTER" {
+                return None;
+            }
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+        })?,
+        None => TraceSettings::from_env(SERVICE, version)?,
+    };
+    let Some(mut settings) = settings else {
+        return Ok(None);
+    };
+    settings.capture = Capture::parse(&cli.trace_capture)?;
+    code_mode_trace::Telemetry::start(settings).map(Some)
+}
+
+fn init_logging(verbose: u8, telemetry: Option<&code_mode_trace::Telemetry>) -> String {
     let filter = match verbose {
         // rmcp warns about every error answer it sends (a client probing for a newer
         // protocol version, say) and logs an oversized MCP message that the call's own
@@ -300,13 +337,21 @@ fn init_logging(verbose: u8) -> String {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .init();
+        .with_filter(tracing_subscriber::EnvFilter::new(filter));
+    code_mode_trace::init_subscriber(logs, telemetry);
     filter.to_owned()
+}
+
+/// `span`, parented on the `TRACEPARENT` environment variable when it holds a well-formed
+/// W3C trace context (OpenTelemetry's carrier for a command started inside a trace).
+fn command_span(span: tracing::Span) -> tracing::Span {
+    let traceparent = std::env::var("TRACEPARENT").ok();
+    code_mode_trace::adopt_traceparent(&span, traceparent.as_deref());
+    span
 }
 
 #[expect(clippy::print_stdout, reason = "the CLI's output is its stdout")]
@@ -328,17 +373,21 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             runtime,
             save_media,
         } => {
-            run::run(run::RunOptions {
-                file,
-                tools: tools.tools,
-                builtins: tools.builtin,
-                yield_ms,
-                max_output_tokens,
-                json,
-                runtime,
-                save_media,
-                runtime_log,
-            })
+            let span = command_span(tracing::info_span!("code_mode.run"));
+            tracing::Instrument::instrument(
+                run::run(run::RunOptions {
+                    file,
+                    tools: tools.tools,
+                    builtins: tools.builtin,
+                    yield_ms,
+                    max_output_tokens,
+                    json,
+                    runtime,
+                    save_media,
+                    runtime_log,
+                }),
+                span,
+            )
             .await
         }
         Command::Repl {
@@ -347,14 +396,18 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             runtime,
             no_isolate_reuse,
         } => {
-            repl::repl(repl::ReplOptions {
-                tools: tools.tools,
-                builtins: tools.builtin,
-                yield_ms,
-                runtime,
-                reuse_isolates: !no_isolate_reuse,
-                runtime_log,
-            })
+            let span = command_span(tracing::info_span!("code_mode.repl"));
+            tracing::Instrument::instrument(
+                repl::repl(repl::ReplOptions {
+                    tools: tools.tools,
+                    builtins: tools.builtin,
+                    yield_ms,
+                    runtime,
+                    reuse_isolates: !no_isolate_reuse,
+                    runtime_log,
+                }),
+                span,
+            )
             .await
         }
         Command::Describe { tools, json } => {
@@ -414,7 +467,14 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime_log = init_logging(cli.verbose);
+    let telemetry = match telemetry(&cli) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("code-mode: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime_log = init_logging(cli.verbose, telemetry.as_ref());
     // The JSON-lines driver runs on one thread, so that each session's answers and later
     // events reach stdout in the order the session produced them (see `serve::serve`);
     // cells run on threads of their own either way.
@@ -432,6 +492,8 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(dispatch(cli.command, runtime_log));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // What is left of the traces goes out before the process ends.
+    drop(telemetry);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

@@ -677,14 +677,31 @@ pub async fn serve(
             }
             continue;
         }
+        // A request's span, parented on its `traceparent` field when it has a
+        // well-formed one (a malformed value is ignored).
+        let span = tracing::info_span!(
+            "code_mode.jsonl.request",
+            rpc.method = %method,
+            session.id = tracing::field::Empty,
+        );
+        if let Some(session) = given.get("session").and_then(Value::as_str) {
+            span.record("session.id", session);
+        }
+        code_mode_trace::adopt_traceparent(
+            &span,
+            message.get("traceparent").and_then(Value::as_str),
+        );
         let server = Arc::clone(&server);
-        tasks.spawn(async move {
-            let reply = match server.handle(&id, &method, given).await {
-                Ok(result) => json!({ "id": id, "result": result }),
-                Err(error) => error.to_json(id),
-            };
-            server.out.send(reply);
-        });
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let reply = match server.handle(&id, &method, given).await {
+                    Ok(result) => json!({ "id": id, "result": result }),
+                    Err(error) => error.to_json(id),
+                };
+                server.out.send(reply);
+            },
+            span,
+        ));
     }
     // End of input: shut every session down, then flush the last lines.
     let sessions: Vec<_> = lock(&server.sessions)

@@ -48,7 +48,7 @@ macro_rules! hosted_session {
     ($(#[$doc:meta])* $name:ident of $provider:ident) => {
         $(#[$doc])*
         #[derive(Debug)]
-        pub struct $name($crate::hosted::HostedSession);
+        pub struct $name(code_mode_protocol::traced::Traced<$crate::hosted::HostedSession>);
 
         impl code_mode_protocol::CodeModeProvider for $provider {
             type Session = $name;
@@ -59,11 +59,16 @@ macro_rules! hosted_session {
                 options: code_mode_protocol::SessionOptions,
                 stored_values: code_mode_protocol::StoredValues,
             ) -> $name {
-                $name($crate::hosted::HostedSession::new(
-                    self.inner.clone(),
-                    delegate,
-                    options,
-                    stored_values,
+                // Cells and nested calls traced as every provider traces them.
+                let traces = code_mode_protocol::traced::CellTraces::new();
+                $name(code_mode_protocol::traced::Traced::new(
+                    $crate::hosted::HostedSession::new(
+                        self.inner.clone(),
+                        traces.delegate(delegate),
+                        options,
+                        stored_values,
+                    ),
+                    traces,
                 ))
             }
         }

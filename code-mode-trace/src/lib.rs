@@ -155,6 +155,10 @@ impl Telemetry {
     /// port in use is an error at start.
     pub fn start(settings: TraceSettings) -> Result<Self, TraceError> {
         let _ = CAPTURE.set(settings.capture);
+        code_mode_protocol::traced::set_capture(
+            settings.capture.source,
+            settings.capture.arguments,
+        );
         let mut resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(settings.service_name.clone())
             .with_attribute(opentelemetry::KeyValue::new(
@@ -217,13 +221,14 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs the process's subscriber: log lines on stderr filtered by `filter`, and our
-/// spans exported through `telemetry` when given. Also makes W3C trace context the
-/// process's propagator.
-pub fn init_subscriber(filter: tracing_subscriber::EnvFilter, telemetry: Option<&Telemetry>) {
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
+/// Installs the process's subscriber: `logs` (the log lines on stderr, with their own
+/// filter), and our spans exported through `telemetry` when given. Also makes W3C trace
+/// context the process's propagator, and applies the settings' capture to the spans every
+/// provider makes (`code_mode_protocol::traced`).
+pub fn init_subscriber<L>(logs: L, telemetry: Option<&Telemetry>)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     let traces = telemetry.map(Telemetry::layer);
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
@@ -232,4 +237,14 @@ pub fn init_subscriber(filter: tracing_subscriber::EnvFilter, telemetry: Option<
         .with(logs)
         .with(traces)
         .try_init();
+}
+
+/// The usual log layer: lines on stderr, filtered by `filter`.
+pub fn stderr_logs<S>(filter: tracing_subscriber::EnvFilter) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter)
 }

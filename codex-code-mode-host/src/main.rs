@@ -276,7 +276,7 @@ fn main() -> ExitCode {
 fn init_logging(telemetry: Option<&code_mode_trace::Telemetry>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CODEX_CODE_MODE_HOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    code_mode_trace::init_subscriber(filter, telemetry);
+    code_mode_trace::init_subscriber(code_mode_trace::stderr_logs(filter), telemetry);
 }
 
 /// The trace exporter the options (else the OTEL_* environment) ask for, as Codex's host

@@ -14,6 +14,7 @@ pub mod delegate;
 pub mod durable;
 pub mod hostile;
 pub mod loss;
+pub mod phoenix;
 pub mod proxy;
 pub mod remote;
 pub mod scenarios;

@@ -461,9 +461,30 @@ impl ServerHandler for CodeModeServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         self.remember_peer(&context.peer);
+        // The call's span (OpenTelemetry's MCP conventions), parented on the request's
+        // `_meta.traceparent` (SEP-414) when it has a well-formed one.
+        let span = match request.name.as_ref() {
+            EXEC_TOOL_NAME => tracing::info_span!(
+                "tools/call exec",
+                mcp.method.name = "tools/call",
+                gen_ai.tool.name = EXEC_TOOL_NAME,
+            ),
+            _ => tracing::info_span!(
+                "tools/call wait",
+                mcp.method.name = "tools/call",
+                gen_ai.tool.name = %request.name,
+            ),
+        };
+        code_mode_trace::adopt_traceparent(&span, context.meta.get_traceparent());
         let result = match request.name.as_ref() {
-            EXEC_TOOL_NAME => self.exec(request.arguments, &context).await?,
-            WAIT_TOOL_NAME => self.wait(request.arguments, &context).await?,
+            EXEC_TOOL_NAME => {
+                tracing::Instrument::instrument(self.exec(request.arguments, &context), span)
+                    .await?
+            }
+            WAIT_TOOL_NAME => {
+                tracing::Instrument::instrument(self.wait(request.arguments, &context), span)
+                    .await?
+            }
             other => {
                 return Err(ErrorData::invalid_params(
                     format!("unknown tool `{other}` (the tools are `exec` and `wait`)"),

@@ -27,6 +27,7 @@ use code_mode_protocol::journal::{CellJournal, JournalEntry};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms, measure};
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
+use code_mode_protocol::traced::{CellTraces, Traced};
 use code_mode_protocol::{
     BoxFuture, CallHooks, CallTarget, CellId, CellResponse, CodeModeProvider, CodeModeSession,
     CodeModeSessionDelegate, ExecHooks, ExecRequest, PendingOutcome, RuntimeFailure, SessionCall,
@@ -77,23 +78,21 @@ impl InProcessProvider {
 }
 
 impl CodeModeProvider for InProcessProvider {
-    type Session = InProcessSession;
-
-    fn open_session(
-        &self,
-        delegate: Arc<dyn CodeModeSessionDelegate>,
-        options: SessionOptions,
-    ) -> InProcessSession {
-        InProcessSession::new(delegate, options)
-    }
+    /// The session, with its cells and nested calls traced as every provider traces them
+    /// (`code_mode_protocol::traced`); it dereferences to [`InProcessSession`].
+    type Session = Traced<InProcessSession>;
 
     fn open_session_with_values(
         &self,
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
         stored_values: StoredValues,
-    ) -> InProcessSession {
-        InProcessSession::with_values(delegate, options, stored_values)
+    ) -> Traced<InProcessSession> {
+        let traces = CellTraces::new();
+        Traced::new(
+            InProcessSession::with_values(traces.delegate(delegate), options, stored_values),
+            traces,
+        )
     }
 }
 

@@ -11,6 +11,7 @@ code_mode_conformance::conformance_suite!(InProcessProvider::new(InProcessConfig
 mod isolate_reuse {
     use code_mode::{InProcessConfig, InProcessProvider, InProcessSession};
     use code_mode_conformance::TestDelegate;
+    use code_mode_protocol::traced::Traced;
     use code_mode_protocol::{CodeModeProvider, CodeModeSession, ExecRequest, SessionOptions};
     use std::sync::Arc;
 
@@ -28,7 +29,7 @@ mod isolate_reuse {
     fn open(
         provider: &InProcessProvider,
         reuse_isolates: bool,
-    ) -> (InProcessSession, Arc<TestDelegate>) {
+    ) -> (Traced<InProcessSession>, Arc<TestDelegate>) {
         let delegate = TestDelegate::new();
         let options = SessionOptions {
             reuse_isolates,
@@ -127,6 +128,7 @@ mod hibernation {
     use code_mode::{InProcessConfig, InProcessProvider, InProcessSession};
     use code_mode_conformance::durable;
     use code_mode_conformance::{Record, TestDelegate};
+    use code_mode_protocol::traced::Traced;
     use code_mode_protocol::{
         CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, FailureKind, WaitRequest,
     };
@@ -134,7 +136,7 @@ mod hibernation {
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn open(after_ms: Option<u64>) -> (InProcessSession, Arc<TestDelegate>) {
+    fn open(after_ms: Option<u64>) -> (Traced<InProcessSession>, Arc<TestDelegate>) {
         let provider = InProcessProvider::new(InProcessConfig::default());
         let delegate = TestDelegate::new();
         let session = provider.open_session(delegate.clone(), durable::options(after_ms));

@@ -1,0 +1,146 @@
+//! Traces of the CLI's fronts in a real trace store (Arize Phoenix, started by the test
+//! binary): `serve --jsonl` with a request's `traceparent`, `mcp` over stdio with a call's
+//! `_meta.traceparent`, and `run` with the `TRACEPARENT` environment variable. Each runs a
+//! cell with two nested calls out of process and in process; the trace must hang the front's
+//! span under the caller's, the cell under it and each call under the cell.
+
+use super::BIN;
+use code_mode_conformance::Scratch;
+use code_mode_conformance::phoenix::{assert_cell_tree, caller, phoenix};
+use serde_json::{Value, json};
+use std::io::{BufRead as _, Write as _};
+use std::process::{Command, Stdio};
+
+/// The cell: two nested calls of two built-in tools.
+const CELL: &str = r#"const listed = await tools.list_dir({path: "."}); const read = await tools.read_file({path: "cell.txt"}); text(typeof listed, typeof read);"#;
+
+/// `code-mode` with `args`, exporting to Phoenix, in a scratch directory with `cell.txt`.
+fn traced(args: &[&str], scratch: &Scratch) -> Command {
+    scratch.write("cell.txt", "hello\n");
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .current_dir(&scratch.0)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", phoenix().endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// The trace once it holds the front's span, a cell and both calls.
+fn cell_trace(trace_id: &str, front: &str) -> Vec<Value> {
+    phoenix().trace_when(trace_id, |spans| {
+        let named = |name: &str| spans.iter().filter(|span| span["name"] == name).count();
+        named(front) >= 1 && named("code_mode.cell") >= 1 && named("code_mode.tool_call") >= 2
+    })
+}
+
+fn modes() -> [&'static [&'static str]; 2] {
+    [&[], &["--in-process"]]
+}
+
+#[test]
+fn serve_jsonl_traces_a_cell_under_the_requests_traceparent() {
+    for mode in modes() {
+        let scratch = Scratch::new();
+        let (trace_id, traceparent) = caller("jsonl");
+        let mut args = vec!["serve", "--jsonl", "--builtin", "fs"];
+        args.extend_from_slice(mode);
+        let mut child = traced(&args, &scratch)
+            .spawn()
+            .expect("spawn serve --jsonl");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut ask = |message: Value| -> Value {
+            writeln!(stdin, "{message}").expect("write");
+            stdin.flush().expect("flush");
+            loop {
+                let line = lines.next().expect("a reply").expect("a line");
+                let reply: Value = serde_json::from_str(&line).expect("JSON");
+                if reply.get("event").is_none() {
+                    return reply;
+                }
+            }
+        };
+        ask(json!({"id": 0, "method": "open_session", "params": {}}));
+        let reply = ask(json!({
+            "id": 1, "method": "exec", "traceparent": traceparent,
+            "params": {"session": "s1", "source": CELL, "yield_time_ms": 30000}
+        }));
+        assert_eq!(reply["result"]["response"]["type"], "result", "{reply}");
+        drop(ask);
+        drop(stdin);
+        assert!(child.wait().expect("wait").success());
+        let spans = cell_trace(&trace_id, "code_mode.jsonl.request");
+        assert_cell_tree(&spans, "code_mode.jsonl.request", ["list_dir", "read_file"]);
+    }
+}
+
+#[test]
+fn mcp_traces_a_cell_under_the_calls_meta_traceparent() {
+    for mode in modes() {
+        let scratch = Scratch::new();
+        let (trace_id, traceparent) = caller("mcp");
+        let mut args = vec!["mcp", "--builtin", "fs"];
+        args.extend_from_slice(mode);
+        let mut child = traced(&args, &scratch).spawn().expect("spawn mcp");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut send = |message: Value| {
+            writeln!(stdin, "{message}").expect("write");
+            stdin.flush().expect("flush");
+        };
+        let mut answer = |id: u64| -> Value {
+            loop {
+                let line = lines.next().expect("an answer").expect("a line");
+                let message: Value = serde_json::from_str(&line).expect("JSON");
+                if message["id"] == id {
+                    return message;
+                }
+            }
+        };
+        send(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "trace-test", "version": "1"}}}),
+        );
+        answer(1);
+        send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        send(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "exec", "arguments": {"code": CELL},
+            "_meta": {"traceparent": traceparent}}}),
+        );
+        let called = answer(2);
+        assert!(
+            called["result"]["content"].to_string().contains("object"),
+            "{called}"
+        );
+        drop(send);
+        drop(stdin);
+        assert!(child.wait().expect("wait").success());
+        let spans = cell_trace(&trace_id, "tools/call exec");
+        assert_cell_tree(&spans, "tools/call exec", ["list_dir", "read_file"]);
+    }
+}
+
+#[test]
+fn run_traces_a_cell_under_the_traceparent_environment_variable() {
+    for mode in modes() {
+        let scratch = Scratch::new();
+        let (trace_id, traceparent) = caller("run");
+        let cell = scratch.write("cell.js", CELL);
+        let mut args = vec!["run", cell.to_str().expect("UTF-8"), "--builtin", "fs"];
+        args.extend_from_slice(mode);
+        let output = traced(&args, &scratch)
+            .env("TRACEPARENT", &traceparent)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert!(output.status.success(), "{output:?}");
+        let spans = cell_trace(&trace_id, "code_mode.run");
+        assert_cell_tree(&spans, "code_mode.run", ["list_dir", "read_file"]);
+    }
+}

@@ -1,0 +1,426 @@
+//! Spans of cells and their nested calls, made the same way by every provider: a
+//! [`Traced`] session wraps a provider's own session and a [`CellTraces`] wraps its
+//! delegate.
+//!
+//! - `code_mode.cell` starts when `execute` is called, as a child of the caller's current
+//!   `tracing` span, so an agent core that exports its own traces sees each cell under
+//!   its own span with no extra code. It ends when the cell is closed. It holds the cell's
+//!   id, its outcome (`status`: completed, error, terminated; `error.kind` as
+//!   [`FailureKind::as_str`]; `error.text`, capped), the text bytes it output, its nested
+//!   calls and observations. A yield is an event on it.
+//! - `code_mode.tool_call` is a child of its cell's span, from the call to its answer:
+//!   tool name, call id, kind and `status` (ok, error).
+//! - `code_mode.wait` and `code_mode.terminate` are the caller's observations, with the
+//!   cell's id.
+//!
+//! Nothing the model wrote is in a span (no source, arguments or output text) unless the
+//! process turned capture on ([`set_capture`]). With no subscriber interested, spans are
+//! disabled at their call site and nothing else is done.
+
+use crate::session::{
+    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks, ExecRequest,
+    NestedToolCall, PendingOutcome, SessionError, StartedCell, StartedPendingCell, WaitRequest,
+};
+use crate::stored::StoredValues;
+use crate::sync::lock;
+use crate::{CellId, JsonText, ToolError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+/// The most bytes of text a span attribute holds (error texts; captured source and
+/// arguments).
+pub const SPAN_TEXT_LIMIT_BYTES: usize = 4096;
+
+const CAPTURE_SOURCE: u8 = 1;
+const CAPTURE_ARGUMENTS: u8 = 2;
+static CAPTURE: AtomicU8 = AtomicU8::new(0);
+
+/// Lets spans hold the cells' source and the nested calls' arguments (each capped at
+/// [`SPAN_TEXT_LIMIT_BYTES`]). Off unless a process turns it on.
+pub fn set_capture(source: bool, arguments: bool) {
+    let mut bits = 0;
+    if source {
+        bits |= CAPTURE_SOURCE;
+    }
+    if arguments {
+        bits |= CAPTURE_ARGUMENTS;
+    }
+    CAPTURE.store(bits, Ordering::Relaxed);
+}
+
+fn capturing(bit: u8) -> bool {
+    CAPTURE.load(Ordering::Relaxed) & bit != 0
+}
+
+/// `text` cut to at most [`SPAN_TEXT_LIMIT_BYTES`] on a character boundary.
+pub fn capped(text: &str) -> &str {
+    if text.len() <= SPAN_TEXT_LIMIT_BYTES {
+        return text;
+    }
+    let mut end = SPAN_TEXT_LIMIT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// One traced cell: its span and what is summed over its life.
+struct CellTrace {
+    span: tracing::Span,
+    output_bytes: u64,
+    tool_calls: u64,
+}
+
+/// The spans of a session's live cells, by id. A span ends when its cell is closed.
+#[derive(Default)]
+pub struct CellTraces {
+    cells: Mutex<HashMap<CellId, CellTrace>>,
+}
+
+impl std::fmt::Debug for CellTraces {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CellTraces")
+            .field("cells", &lock(&self.cells).len())
+            .finish()
+    }
+}
+
+impl CellTraces {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// `delegate` with each nested call traced under its cell's span, and each cell's
+    /// span ended when the cell closes.
+    pub fn delegate(
+        self: &Arc<Self>,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+    ) -> Arc<dyn CodeModeSessionDelegate> {
+        Arc::new(TracedDelegate {
+            inner: delegate,
+            traces: self.clone(),
+        })
+    }
+
+    fn admit(&self, cell_id: &CellId, span: tracing::Span) {
+        span.record("cell.id", tracing::field::display(cell_id));
+        lock(&self.cells).insert(
+            cell_id.clone(),
+            CellTrace {
+                span,
+                output_bytes: 0,
+                tool_calls: 0,
+            },
+        );
+    }
+
+    /// Records an observation of a cell on its span.
+    fn observed(&self, response: &CellResponse) {
+        let mut cells = lock(&self.cells);
+        let Some(cell) = cells.get_mut(response.cell_id()) else {
+            return;
+        };
+        cell.output_bytes += response
+            .content_items()
+            .iter()
+            .filter_map(|item| item.as_text())
+            .map(|text| text.len() as u64)
+            .sum::<u64>();
+        let span = &cell.span;
+        span.record("output.bytes", cell.output_bytes);
+        match response {
+            CellResponse::Yielded { .. } => {
+                tracing::info!(parent: span, "yielded");
+            }
+            CellResponse::Terminated { .. } => {
+                span.record("status", "terminated");
+            }
+            CellResponse::Result { failure, .. } => match failure {
+                None => {
+                    span.record("status", "completed");
+                }
+                Some(failure) => {
+                    span.record("status", "error");
+                    span.record("error.kind", failure.kind.as_str());
+                    span.record("error.text", capped(&failure.text));
+                }
+            },
+        }
+    }
+
+    fn pending(&self, outcome: &PendingOutcome) {
+        match outcome {
+            PendingOutcome::Completed(response) => self.observed(response),
+            PendingOutcome::Pending { cell_id, .. } => {
+                if let Some(cell) = lock(&self.cells).get(cell_id) {
+                    tracing::info!(parent: &cell.span, "pending");
+                }
+            }
+        }
+    }
+
+    fn closed(&self, cell_id: &CellId) {
+        // Dropping the last handle ends the span.
+        lock(&self.cells).remove(cell_id);
+    }
+
+    /// A span for a nested call of a traced cell, or `None` when the cell is not traced.
+    fn call_span(&self, call: &NestedToolCall) -> Option<tracing::Span> {
+        let mut cells = lock(&self.cells);
+        let cell = cells.get_mut(&call.cell_id)?;
+        cell.tool_calls += 1;
+        cell.span.record("tool_calls", cell.tool_calls);
+        let span = tracing::info_span!(
+            parent: &cell.span,
+            "code_mode.tool_call",
+            cell.id = %call.cell_id,
+            tool.name = %call.tool_name,
+            tool.call_id = %call.call_id,
+            tool.kind = call.kind.as_str(),
+            status = tracing::field::Empty,
+            tool.arguments = tracing::field::Empty,
+        );
+        if capturing(CAPTURE_ARGUMENTS)
+            && let Some(input) = &call.input
+        {
+            span.record("tool.arguments", capped(input.as_str()));
+        }
+        Some(span)
+    }
+}
+
+/// A delegate whose nested calls are traced under their cells' spans.
+struct TracedDelegate {
+    inner: Arc<dyn CodeModeSessionDelegate>,
+    traces: Arc<CellTraces>,
+}
+
+impl CodeModeSessionDelegate for TracedDelegate {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        let Some(span) = self.traces.call_span(&call) else {
+            return self.inner.invoke_tool(call, cancel);
+        };
+        let answer = self.inner.invoke_tool(call, cancel);
+        let recorded = span.clone();
+        Box::pin(
+            async move {
+                let result = answer.await;
+                recorded.record("status", if result.is_ok() { "ok" } else { "error" });
+                result
+            }
+            .instrument(span),
+        )
+    }
+
+    fn notify(
+        &self,
+        cell_id: CellId,
+        text: String,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, ()> {
+        self.inner.notify(cell_id, text, cancel)
+    }
+
+    fn cell_closed(&self, cell_id: &CellId) {
+        self.traces.closed(cell_id);
+        self.inner.cell_closed(cell_id);
+    }
+
+    fn committed(&self, cell_id: &CellId, values: &StoredValues) {
+        self.inner.committed(cell_id, values);
+    }
+
+    fn keeps_journals(&self) -> bool {
+        self.inner.keeps_journals()
+    }
+
+    fn journal(&self, cell_id: &CellId, entry: crate::journal::JournalEntry) {
+        self.inner.journal(cell_id, entry);
+    }
+}
+
+/// A provider's session with its cells traced (see the module's documentation). It
+/// dereferences to the provider's own session for what only that session has.
+pub struct Traced<S> {
+    inner: S,
+    traces: Arc<CellTraces>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Traced<S> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(formatter)
+    }
+}
+
+impl<S> Traced<S> {
+    /// `inner`, whose delegate must be `traces.delegate(...)` (for the cells' ends and
+    /// the nested calls).
+    pub fn new(inner: S, traces: Arc<CellTraces>) -> Self {
+        Self { inner, traces }
+    }
+
+    /// The provider's own session.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S> std::ops::Deref for Traced<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// The span of an observation of `cell_id` by the caller.
+fn observation_span(name: &'static str, cell_id: &CellId) -> tracing::Span {
+    match name {
+        "code_mode.terminate" => tracing::info_span!("code_mode.terminate", cell.id = %cell_id),
+        _ => tracing::info_span!("code_mode.wait", cell.id = %cell_id),
+    }
+}
+
+impl<S: CodeModeSession> CodeModeSession for Traced<S> {
+    fn execute_with(
+        &self,
+        request: ExecRequest,
+        mut hooks: ExecHooks,
+    ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
+        let span = tracing::info_span!(
+            "code_mode.cell",
+            cell.id = tracing::field::Empty,
+            status = tracing::field::Empty,
+            error.kind = tracing::field::Empty,
+            error.text = tracing::field::Empty,
+            output.bytes = tracing::field::Empty,
+            tool_calls = tracing::field::Empty,
+            cell.source = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.inner.execute_with(request, hooks);
+        }
+        if capturing(CAPTURE_SOURCE) {
+            span.record("cell.source", capped(&request.source));
+        }
+        if let Some(delegate) = hooks.delegate.take() {
+            hooks.delegate = Some(self.traces.delegate(delegate));
+        }
+        let earlier = hooks.admitted.take();
+        let traces = self.traces.clone();
+        let admitted_span = span.clone();
+        hooks.admitted = Some(Arc::new(move |cell_id: &CellId| {
+            traces.admit(cell_id, admitted_span.clone());
+            if let Some(earlier) = &earlier {
+                earlier(cell_id);
+            }
+        }));
+        let started = self.inner.execute_with(request, hooks);
+        let traces = self.traces.clone();
+        Box::pin(
+            async move {
+                let started = started.await;
+                match &started {
+                    Ok(started) => traces.observed(&started.initial_response),
+                    Err(error) => {
+                        let span = tracing::Span::current();
+                        span.record("status", "error");
+                        span.record("error.text", capped(&error.to_string()));
+                    }
+                }
+                started
+            }
+            .instrument(span),
+        )
+    }
+
+    fn wait_with(
+        &self,
+        request: WaitRequest,
+        preempt: Option<CancellationToken>,
+    ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        let span = observation_span("code_mode.wait", &request.cell_id);
+        if span.is_disabled() {
+            return self.inner.wait_with(request, preempt);
+        }
+        let response = self.inner.wait_with(request, preempt);
+        Box::pin(
+            async move {
+                let response = response.await;
+                if let Ok(response) = &response {
+                    self.traces.observed(response);
+                }
+                response
+            }
+            .instrument(span),
+        )
+    }
+
+    fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {
+        self.inner.interrupt()
+    }
+
+    fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        let span = observation_span("code_mode.terminate", &cell_id);
+        if span.is_disabled() {
+            return self.inner.terminate(cell_id);
+        }
+        let response = self.inner.terminate(cell_id);
+        Box::pin(
+            async move {
+                let response = response.await;
+                if let Ok(response) = &response {
+                    self.traces.observed(response);
+                }
+                response
+            }
+            .instrument(span),
+        )
+    }
+
+    fn execute_to_pending(
+        &self,
+        request: ExecRequest,
+    ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
+        // The pending-aware pair is traced through its own observations only: its cells
+        // are frozen between them and their calls are answered through the delegate.
+        self.inner.execute_to_pending(request)
+    }
+
+    fn wait_to_pending(
+        &self,
+        cell_id: CellId,
+    ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
+        let span = observation_span("code_mode.wait", &cell_id);
+        if span.is_disabled() {
+            return self.inner.wait_to_pending(cell_id);
+        }
+        let outcome = self.inner.wait_to_pending(cell_id);
+        Box::pin(
+            async move {
+                let outcome = outcome.await;
+                if let Ok(outcome) = &outcome {
+                    self.traces.pending(outcome);
+                }
+                outcome
+            }
+            .instrument(span),
+        )
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.inner.shutdown()
+    }
+
+    fn stored_values(&self) -> StoredValues {
+        self.inner.stored_values()
+    }
+}

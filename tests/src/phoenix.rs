@@ -1,0 +1,264 @@
+//! Arize Phoenix, a real trace store that takes OTLP, for the trace tests of every front.
+//!
+//! `scripts/test-deps.sh` installs it (pinned) in the virtualenv the MCP tests use. One
+//! Phoenix serves a whole test binary: it starts on free loopback ports the first time a
+//! test asks, keeps its data in a scratch directory, and stops when the test binary exits
+//! (a small Python parent ends it when our end of its stdin closes). Tests look spans up
+//! by trace id through Phoenix's REST API.
+
+use serde_json::Value;
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A running Phoenix.
+pub struct Phoenix {
+    /// The HTTP port: the UI, the REST API and OTLP/HTTP (`/v1/traces`, protobuf).
+    pub port: u16,
+    _parent: std::process::Child,
+    _dir: crate::Scratch,
+}
+
+impl std::fmt::Debug for Phoenix {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Phoenix")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// The virtualenv `scripts/test-deps.sh` makes.
+fn virtualenv() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../code-mode-cli/tests/mcp/.venv")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The test binary's Phoenix, started on first use (it takes some seconds).
+pub fn phoenix() -> &'static Phoenix {
+    static PHOENIX: OnceLock<Phoenix> = OnceLock::new();
+    PHOENIX.get_or_init(Phoenix::start)
+}
+
+impl Phoenix {
+    fn start() -> Self {
+        let python = virtualenv().join("bin/python");
+        let phoenix = virtualenv().join("bin/phoenix");
+        assert!(
+            phoenix.is_file(),
+            "Arize Phoenix is not installed at {}: run scripts/test-deps.sh",
+            phoenix.display()
+        );
+        let dir = crate::Scratch::new();
+        let port = free_port();
+        // Phoenix as the child of a Python parent that ends it when its stdin (our pipe)
+        // closes: when this test binary exits, however it exits.
+        let parent_script = "import subprocess, sys\n\
+             child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)\n\
+             sys.stdin.read()\n\
+             child.terminate()\n\
+             try:\n    child.wait(10)\n\
+             except subprocess.TimeoutExpired:\n    child.kill()\n";
+        let log = std::fs::File::create(dir.0.join("phoenix.log")).expect("a log file");
+        let parent = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(parent_script)
+            .arg(&phoenix)
+            .arg("serve")
+            .env("PHOENIX_WORKING_DIR", &dir.0)
+            .env("PHOENIX_HOST", "127.0.0.1")
+            .env("PHOENIX_PORT", port.to_string())
+            .env("PHOENIX_GRPC_PORT", free_port().to_string())
+            .env("PHOENIX_TELEMETRY_ENABLED", "false")
+            .env("DO_NOT_TRACK", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(log.try_clone().expect("the log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {}: {error}", python.display()));
+        let phoenix = Self {
+            port,
+            _parent: parent,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if phoenix
+                .get("/healthz")
+                .is_ok_and(|(status, _)| status == 200)
+            {
+                return phoenix;
+            }
+            if Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(phoenix._dir.0.join("phoenix.log")).unwrap_or_default();
+                panic!("Phoenix did not come up within 120 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The base URL an OTLP exporter is given (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One HTTP/1.0 GET (no chunked answers): the status and the body.
+    fn get(&self, target: &str) -> std::io::Result<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            stream,
+            "GET {target} HTTP/1.0\r\nhost: 127.0.0.1\r\naccept: application/json\r\n\r\n"
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("no header block"))?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no status"))?;
+        Ok((status, body.to_owned()))
+    }
+
+    /// Every span Phoenix holds of the trace `trace_id` (its default project).
+    pub fn trace(&self, trace_id: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get("/v1/projects/default/spans?limit=1000")
+            .expect("Phoenix's span API");
+        assert_eq!(status, 200, "Phoenix's span API: {body}");
+        let page: Value = serde_json::from_str(&body).expect("JSON from Phoenix");
+        page["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|span| span["context"]["trace_id"] == trace_id)
+            .cloned()
+            .collect()
+    }
+
+    /// The spans of `trace_id` once `complete` holds of them, waiting for the batches to
+    /// arrive (at most 60 s); the last spans seen when it never does.
+    pub fn trace_when(&self, trace_id: &str, complete: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let spans = self.trace(trace_id);
+            if complete(&spans) || Instant::now() > deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A trace id of its own for one test, and the `traceparent` of a caller's span in it.
+pub fn caller(test: &str) -> (String, String) {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    test.hash(&mut hasher);
+    std::process::id().hash(&mut hasher);
+    Instant::now().hash(&mut hasher);
+    let high = hasher.finish();
+    (high ^ 0x5bd1_e995).hash(&mut hasher);
+    let low = hasher.finish();
+    let trace_id = format!("{high:016x}{low:016x}");
+    let traceparent = format!("00-{trace_id}-{CALLER_SPAN_ID}-01");
+    (trace_id, traceparent)
+}
+
+/// The span id of the callers' spans of [`caller`].
+pub const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
+
+/// One span as the assertions read it: name, ids and string attributes.
+pub fn name(span: &Value) -> &str {
+    span["name"].as_str().unwrap_or_default()
+}
+
+pub fn span_id(span: &Value) -> &str {
+    span["context"]["span_id"].as_str().unwrap_or_default()
+}
+
+pub fn parent_id(span: &Value) -> &str {
+    span["parent_id"].as_str().unwrap_or_default()
+}
+
+pub fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["attributes"].get(key)
+}
+
+/// The children of `parent` named `child_name`.
+pub fn children<'a>(spans: &'a [Value], parent: &Value, child_name: &str) -> Vec<&'a Value> {
+    spans
+        .iter()
+        .filter(|span| parent_id(span) == span_id(parent) && name(span) == child_name)
+        .collect()
+}
+
+/// Asserts the tree every front must give a cell with two nested calls (`first`, then
+/// `second`): `front` (the front's request span) is a child of the caller's span, the
+/// `code_mode.cell` its child with the outcome `completed`, and one `code_mode.tool_call`
+/// for each tool under the cell, each answered `ok`. Returns the cell's span.
+pub fn assert_cell_tree<'a>(spans: &'a [Value], front: &str, tools: [&str; 2]) -> &'a Value {
+    let rendered = || {
+        spans
+            .iter()
+            .map(|span| {
+                format!(
+                    "{} {} <- {} {}",
+                    name(span),
+                    span_id(span),
+                    parent_id(span),
+                    span["attributes"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let request = spans
+        .iter()
+        .find(|span| name(span) == front)
+        .unwrap_or_else(|| panic!("no {front} span in the trace:\n{}", rendered()));
+    assert_eq!(
+        parent_id(request),
+        CALLER_SPAN_ID,
+        "the front's span is the caller's child"
+    );
+    let cells = children(spans, request, "code_mode.cell");
+    let [cell] = cells[..] else {
+        panic!("one cell span under {front}:\n{}", rendered());
+    };
+    assert_eq!(
+        attribute(cell, "status").and_then(Value::as_str),
+        Some("completed"),
+        "the cell's outcome:\n{}",
+        rendered()
+    );
+    let calls = children(spans, cell, "code_mode.tool_call");
+    let mut names: Vec<&str> = calls
+        .iter()
+        .filter_map(|call| attribute(call, "tool.name").and_then(Value::as_str))
+        .collect();
+    names.sort_unstable();
+    let mut expected = tools.to_vec();
+    expected.sort_unstable();
+    assert_eq!(names, expected, "the cell's tool calls:\n{}", rendered());
+    for call in calls {
+        assert_eq!(
+            attribute(call, "status").and_then(Value::as_str),
+            Some("ok"),
+            "each call's outcome"
+        );
+    }
+    cell
+}
