@@ -209,6 +209,15 @@ impl Telemetry {
             .with_filter(targets)
     }
 
+    /// A layer for every span of the process, whatever its target: for an agent core
+    /// that exports its own spans through this exporter, so that cells hang under them.
+    pub fn layer_for_every_target<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer().with_tracer(self.tracer.clone())
+    }
+
     /// Sends what is left and stops.
     pub fn shutdown(self) {}
 }

@@ -5,6 +5,7 @@
 mod hostile;
 mod load;
 mod remote;
+mod traces;
 
 use code_mode_conformance::{Record, Scratch, TestDelegate};
 use code_mode_host::CodeModeProvider;

@@ -529,3 +529,53 @@ async fn spans_hold_no_source_or_arguments_unless_asked() {
         "capture on: the arguments are in a span"
     );
 }
+
+#[tokio::test]
+async fn a_real_trace_store_shows_the_cell_under_the_callers_span() {
+    use code_mode_conformance::phoenix::{assert_cell_tree, caller, children, phoenix};
+    let phoenix = tokio::task::spawn_blocking(phoenix).await.expect("Phoenix");
+    let (trace_id, traceparent) = caller("codex front");
+    let mut command = tokio::process::Command::new(our_host());
+    command
+        .args(["--listen", "grpc+stdio://"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", phoenix.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stderr(std::process::Stdio::null());
+    let mut host = StdioHost::spawn(command).await.expect("spawn our host");
+    let mut driver = open(&host, 0).await;
+    execute_with_traceparent(
+        &mut driver,
+        "await tools.echo({a: 1}); await tools.ns__search({b: 2});",
+        &traceparent,
+    )
+    .await;
+    drop(driver);
+    host.disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(20), host.child().wait()).await;
+    let spans = tokio::task::spawn_blocking(move || {
+        phoenix.trace_when(&trace_id, |spans| {
+            spans
+                .iter()
+                .filter(|span| span["name"] == "code_mode.runtime.invoke_tool")
+                .count()
+                >= 2
+                && spans.iter().any(|span| span["name"] == "code_mode.cell")
+        })
+    })
+    .await
+    .expect("the trace");
+    assert_cell_tree(
+        &spans,
+        "code_mode_host.grpc.execute",
+        ["echo", "ns__search"],
+    );
+    let execute = spans
+        .iter()
+        .find(|span| span["name"] == "code_mode_host.grpc.execute")
+        .expect("the execute span");
+    assert_eq!(
+        children(&spans, execute, "code_mode.runtime.invoke_tool").len(),
+        2,
+        "Codex's span for each nested call, under the execute span"
+    );
+}
