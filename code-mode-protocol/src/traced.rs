@@ -6,7 +6,7 @@
 //!   `tracing` span, so an agent core that exports its own traces sees each cell under
 //!   its own span with no extra code. It ends when the cell is closed. It holds the cell's
 //!   id, its outcome (`status`: completed, error, terminated; `error.kind` as
-//!   [`FailureKind::as_str`]; `error.text`, capped), the text bytes it output, its nested
+//!   [`crate::FailureKind::as_str`]; `error.text`, capped), the text bytes it output, its nested
 //!   calls and observations. A yield is an event on it.
 //! - `code_mode.tool_call` is a child of its cell's span, from the call to its answer:
 //!   tool name, call id, kind and `status` (ok, error).

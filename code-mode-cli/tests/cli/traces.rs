@@ -70,7 +70,6 @@ fn serve_jsonl_traces_a_cell_under_the_requests_traceparent() {
             "params": {"session": "s1", "source": CELL, "yield_time_ms": 30000}
         }));
         assert_eq!(reply["result"]["response"]["type"], "result", "{reply}");
-        drop(ask);
         drop(stdin);
         assert!(child.wait().expect("wait").success());
         let spans = cell_trace(&trace_id, "code_mode.jsonl.request");
@@ -118,7 +117,6 @@ fn mcp_traces_a_cell_under_the_calls_meta_traceparent() {
             called["result"]["content"].to_string().contains("object"),
             "{called}"
         );
-        drop(send);
         drop(stdin);
         assert!(child.wait().expect("wait").success());
         let spans = cell_trace(&trace_id, "tools/call exec");
