@@ -139,6 +139,11 @@ pub(crate) struct Options {
     pub(crate) idle_cells: usize,
     /// The idle table's hibernation settings: `off`, or a delay in milliseconds.
     pub(crate) idle_modes: Vec<String>,
+    /// The exec table's tracing modes (`--tracing off,dead`): `off`, no exporter (what
+    /// every user without one runs); `dead`, every span exported over OTLP to a collector
+    /// that refuses connections (batches dropped and counted); `bare`, in process only,
+    /// the session without the providers' tracing wrapper (the floor of `off`).
+    pub(crate) tracing: Vec<String>,
 }
 
 fn parse_options(args: &[String]) -> Options {
@@ -152,6 +157,7 @@ fn parse_options(args: &[String]) -> Options {
         throughput_secs: 3.0,
         idle_cells: 100,
         idle_modes: vec!["off".into(), "0".into()],
+        tracing: vec!["off".into()],
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -204,6 +210,13 @@ fn parse_options(args: &[String]) -> Options {
                 options.throughput_secs = value().parse().unwrap_or(options.throughput_secs);
             }
             "--idle-cells" => options.idle_cells = value().parse().unwrap_or(options.idle_cells),
+            "--tracing" => {
+                options.tracing = value()
+                    .split(',')
+                    .filter(|mode| matches!(*mode, "off" | "dead" | "bare"))
+                    .map(str::to_owned)
+                    .collect();
+            }
             "--idle-modes" => {
                 options.idle_modes = value().split(',').map(str::to_owned).collect();
             }
@@ -216,8 +229,20 @@ fn parse_options(args: &[String]) -> Options {
 
 /// Runs this binary as a child with `args`; returns the last line it printed.
 fn run_child(args: &[String]) -> String {
+    run_child_traced(args, "off")
+}
+
+/// The environment variable that tells a child its tracing mode.
+pub(crate) const TRACING_ENV: &str = "CODE_MODE_BENCH_TRACING";
+
+/// [`run_child`] in a tracing mode (see [`Options::tracing`]).
+fn run_child_traced(args: &[String], tracing: &str) -> String {
     let exe = std::env::current_exe().expect("this benchmark's path");
-    let output = Command::new(exe).args(args).output().expect("run a child");
+    let output = Command::new(exe)
+        .args(args)
+        .env(TRACING_ENV, tracing)
+        .output()
+        .expect("run a child");
     let stdout = String::from_utf8_lossy(&output.stdout);
     match stdout.lines().last() {
         Some(line) if output.status.success() => line.to_owned(),
@@ -234,6 +259,21 @@ fn main() {
     if let Some(mode @ ("--child" | "--child-throughput" | "--child-idle" | "--child-wake")) =
         child_mode
     {
+        // `dead`: every span goes to an exporter whose collector refuses connections.
+        let _telemetry = (std::env::var(TRACING_ENV).as_deref() == Ok("dead")).then(|| {
+            let telemetry = code_mode_trace::Telemetry::start(code_mode_trace::TraceSettings::new(
+                code_mode_trace::Destination::Otlp {
+                    endpoint: "http://127.0.0.1:9/v1/traces".to_owned(),
+                    protocol: code_mode_trace::Protocol::HttpProtobuf,
+                },
+                "bench",
+                "0",
+            ))
+            .expect("an exporter");
+            let logs = code_mode_trace::stderr_logs(tracing_subscriber::EnvFilter::new("off"));
+            code_mode_trace::init_subscriber(logs, Some(&telemetry));
+            telemetry
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -158,8 +158,23 @@ impl Subject {
             }
             _ => {
                 code_mode::platform::init_v8();
+                let provider = InProcessProvider::new(InProcessConfig::default());
+                // `--tracing bare`: the session without the provider's tracing wrapper,
+                // the floor the `off` figures are compared with.
+                let sessions = if std::env::var(crate::TRACING_ENV).as_deref() == Ok("bare") {
+                    (0..sessions)
+                        .map(|_| {
+                            Arc::new(code_mode::InProcessSession::new(
+                                Arc::clone(&delegate),
+                                options.clone(),
+                            )) as Arc<dyn CodeModeSession>
+                        })
+                        .collect()
+                } else {
+                    open_many(&provider)
+                };
                 Subject {
-                    sessions: open_many(&InProcessProvider::new(InProcessConfig::default())),
+                    sessions,
                     spawn: None,
                     runtime_pid: None,
                     _provider: None,

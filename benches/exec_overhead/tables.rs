@@ -2,6 +2,7 @@
 
 use super::*;
 
+#[derive(Clone)]
 pub(crate) struct Sample {
     pub(crate) cold: u128,
     pub(crate) spawn: u128,
@@ -76,18 +77,50 @@ pub(crate) fn exec_table(options: &Options) {
     );
     for transport in &options.transports {
         for tool_count in &options.tool_counts {
-            let samples: Vec<Sample> = (0..options.samples)
-                .map(|_| {
-                    let line = run_child(&[
-                        "--child".to_owned(),
-                        (*transport).to_owned(),
-                        tool_count.clone(),
-                        options.warm_iterations.to_string(),
-                    ]);
-                    parse_sample(&line)
-                        .unwrap_or_else(|| panic!("a sample printed an unreadable line: {line}"))
-                })
-                .collect();
+            // With more than one tracing mode, their samples alternate, so that the
+            // machine's drift falls on each alike.
+            let mut by_mode: Vec<Vec<Sample>> = vec![Vec::new(); options.tracing.len()];
+            for _ in 0..options.samples {
+                for (mode, samples) in options.tracing.iter().zip(by_mode.iter_mut()) {
+                    let line = run_child_traced(
+                        &[
+                            "--child".to_owned(),
+                            (*transport).to_owned(),
+                            tool_count.clone(),
+                            options.warm_iterations.to_string(),
+                        ],
+                        mode,
+                    );
+                    samples.push(
+                        parse_sample(&line).unwrap_or_else(|| {
+                            panic!("a sample printed an unreadable line: {line}")
+                        }),
+                    );
+                }
+            }
+            for (mode, samples) in options.tracing.iter().zip(by_mode) {
+                let label = if mode == "off" {
+                    (*transport).to_owned()
+                } else {
+                    format!("{transport}+{mode}")
+                };
+                exec_rows(options, &label, transport, tool_count, &samples);
+            }
+        }
+    }
+}
+
+/// The rows of one transport, tool count and tracing mode.
+#[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+fn exec_rows(
+    options: &Options,
+    label: &str,
+    transport: &str,
+    tool_count: &str,
+    samples: &[Sample],
+) {
+    {
+        {
             let mut rss: Vec<u128> = samples
                 .iter()
                 .map(|s| u128::from(s.rss_delta_kib))
@@ -139,7 +172,7 @@ pub(crate) fn exec_table(options: &Options) {
                     1,
                 ));
             }
-            if transport.starts_with("ipc") || *transport == "tcp-tls" {
+            if transport.starts_with("ipc") || transport == "tcp-tls" {
                 rows.insert(
                     0,
                     (
@@ -165,7 +198,7 @@ pub(crate) fn exec_table(options: &Options) {
                 println!(
                     "{:<16} {:<10} {:>6} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
                     scenario,
-                    transport,
+                    label,
                     tool_count,
                     options.samples,
                     warmups,
