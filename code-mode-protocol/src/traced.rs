@@ -142,9 +142,11 @@ impl CellTraces {
             CellResponse::Result { failure, .. } => match failure {
                 None => {
                     span.record("status", "completed");
+                    span.record("otel.status_code", "ok");
                 }
                 Some(failure) => {
                     span.record("status", "error");
+                    span.record("otel.status_code", "error");
                     span.record("error.kind", failure.kind.as_str());
                     span.record("error.text", capped(&failure.text));
                 }
@@ -182,6 +184,7 @@ impl CellTraces {
             tool.call_id = %call.call_id,
             tool.kind = call.kind.as_str(),
             status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
             tool.arguments = tracing::field::Empty,
         );
         if capturing(CAPTURE_ARGUMENTS)
@@ -213,7 +216,9 @@ impl CodeModeSessionDelegate for TracedDelegate {
         Box::pin(
             async move {
                 let result = answer.await;
-                recorded.record("status", if result.is_ok() { "ok" } else { "error" });
+                let status = if result.is_ok() { "ok" } else { "error" };
+                recorded.record("status", status);
+                recorded.record("otel.status_code", status);
                 result
             }
             .instrument(span),
@@ -299,6 +304,7 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
             "code_mode.cell",
             cell.id = tracing::field::Empty,
             status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
             error.kind = tracing::field::Empty,
             error.text = tracing::field::Empty,
             output.bytes = tracing::field::Empty,
@@ -333,6 +339,7 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
                     Err(error) => {
                         let span = tracing::Span::current();
                         span.record("status", "error");
+                        span.record("otel.status_code", "error");
                         span.record("error.text", capped(&error.to_string()));
                     }
                 }
