@@ -12,6 +12,10 @@
 //!   tool name, call id, kind and `status` (ok, error).
 //! - `code_mode.wait` and `code_mode.terminate` are the caller's observations, with the
 //!   cell's id.
+//! - The provider's own session runs inside the cell's span, so what it traces of the
+//!   cell's inner life hangs under it: in process, each timer that fires is an event of
+//!   the cell's span, and `code_mode.hibernated` and `code_mode.replay` spans show a
+//!   hibernation and the rebuild that woke the cell.
 //!
 //! Nothing the model wrote is in a span (no source, arguments or output text) unless the
 //! process turned capture on ([`set_capture`]). With no subscriber interested, spans are
@@ -329,7 +333,9 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
                 earlier(cell_id);
             }
         }));
-        let started = self.inner.execute_with(request, hooks);
+        // Inside the cell's span: a provider that traces the cell's inner life (timers,
+        // hibernation, replay) hangs it under this span.
+        let started = span.in_scope(|| self.inner.execute_with(request, hooks));
         let traces = self.traces.clone();
         Box::pin(
             async move {

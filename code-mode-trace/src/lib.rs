@@ -209,13 +209,15 @@ impl Telemetry {
             .with_filter(targets)
     }
 
-    /// A layer for every span of the process, whatever its target: for an agent core
+    /// A layer for every span of the process at `INFO` or above, whatever its target: for an agent core
     /// that exports its own spans through this exporter, so that cells hang under them.
     pub fn layer_for_every_target<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        tracing_opentelemetry::layer().with_tracer(self.tracer.clone())
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer.clone())
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     }
 
     /// Sends what is left and stops.

@@ -244,6 +244,7 @@ impl Shared {
                     .unwrap_or_else(|| Arc::clone(&self.delegate)),
                 exec_call_id: request.tool_call_id,
                 searchable,
+                span: tracing::Span::current(),
             },
         );
         registry.cells.insert(cell_id.clone(), requests_tx);
@@ -307,6 +308,7 @@ impl Shared {
                 delegate: delegate.unwrap_or_else(|| Arc::clone(&self.delegate)),
                 exec_call_id,
                 searchable,
+                span: tracing::Span::current(),
             },
         );
         registry.cells.insert(cell_id.clone(), requests_tx);

@@ -130,7 +130,8 @@ mod hibernation {
     use code_mode_conformance::{Record, TestDelegate};
     use code_mode_protocol::traced::Traced;
     use code_mode_protocol::{
-        CellResponse, CodeModeProvider, CodeModeSession, ExecRequest, FailureKind, WaitRequest,
+        CellResponse, CodeModeProvider, CodeModeSession, ContentItem, ExecRequest, FailureKind,
+        WaitRequest,
     };
     use serde_json::json;
     use std::sync::Arc;
@@ -159,6 +160,98 @@ mod hibernation {
     /// Threads of this process now.
     fn threads() -> usize {
         std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count())
+    }
+
+    /// In process, the cell's inner life is in its trace: a timer that fired is an event
+    /// of the cell's span, and a hibernation and the replay that woke the cell are spans
+    /// under it (checked in Phoenix, under an agent core's own span).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hibernated_cell_shows_its_sleep_and_its_replay_in_its_trace() {
+        use code_mode_conformance::phoenix::{caller, children, phoenix, span_id};
+        use code_mode_trace::{Destination, Protocol, Telemetry, TraceSettings};
+        use tracing::Instrument as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let phoenix = tokio::task::spawn_blocking(phoenix).await.expect("Phoenix");
+        let (trace_id, traceparent) = caller("in-process hibernation");
+        let telemetry = Telemetry::start(TraceSettings::new(
+            Destination::Otlp {
+                endpoint: format!("{}/v1/traces", phoenix.endpoint()),
+                protocol: Protocol::HttpProtobuf,
+            },
+            "agent-core",
+            "1",
+        ))
+        .expect("an exporter");
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(telemetry.layer_for_every_target()),
+        );
+        let turn = tracing::info_span!("agent.turn");
+        code_mode_trace::adopt_traceparent(&turn, Some(&traceparent));
+        async {
+            let (session, delegate) = open(Some(0));
+            session
+                .execute(
+                    ExecRequest::new(
+                        "await new Promise((r) => setTimeout(r, 5)); const v = await tools.block(1); text('got ' + v);",
+                    )
+                    .with_tools(TestDelegate::tools())
+                    .with_yield_time_ms(0),
+                )
+                .await
+                .expect("exec");
+            until_hibernating(&session, 1).await;
+            delegate.release("1", "tool-1", Ok(json!("x"))).await;
+            let response = session
+                .wait(WaitRequest::new("1").with_yield_time_ms(30_000))
+                .await
+                .expect("wait");
+            assert_eq!(response.content_items(), [ContentItem::text("got x")]);
+            session.shutdown().await;
+        }
+        .instrument(turn)
+        .await;
+        drop(guard);
+        tokio::task::spawn_blocking(move || drop(telemetry))
+            .await
+            .expect("the exporter stops");
+        let spans = tokio::task::spawn_blocking(move || {
+            phoenix.trace_when(&trace_id, |spans| {
+                spans.iter().any(|span| span["name"] == "code_mode.replay")
+                    && spans.iter().any(|span| span["name"] == "code_mode.cell")
+            })
+        })
+        .await
+        .expect("the trace");
+        let turn = spans
+            .iter()
+            .find(|span| span["name"] == "agent.turn")
+            .expect("the agent's span");
+        let cells = children(&spans, turn, "code_mode.cell");
+        let [cell] = cells[..] else {
+            panic!("one cell under the agent's span: {spans:#?}")
+        };
+        assert_eq!(
+            children(&spans, cell, "code_mode.hibernated").len(),
+            1,
+            "{spans:#?}"
+        );
+        assert_eq!(
+            children(&spans, cell, "code_mode.replay").len(),
+            1,
+            "{spans:#?}"
+        );
+        assert_eq!(children(&spans, cell, "code_mode.tool_call").len(), 1);
+        let events: Vec<&str> = cell["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|event| event["name"].as_str())
+            .collect();
+        assert!(
+            events.contains(&"timer fired"),
+            "{events:?} of {}",
+            span_id(cell)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

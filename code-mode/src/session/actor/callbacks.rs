@@ -155,6 +155,7 @@ impl CellActor {
     /// Fires every timer that is due, in order; frozen cells get them later.
     pub(super) fn fire_due_timers(&mut self) {
         while let Some(id) = self.timers.pop_due(Instant::now()) {
+            tracing::info!(parent: &self.routing.span, timer.id = id, "timer fired");
             self.route(CellCommand::TimerFired { id });
         }
     }

@@ -381,6 +381,12 @@ impl CellActor {
         }
         self.hibernate_at = None;
         self.set_asleep(false);
+        self.sleep_span = None;
+        self.replay_span = Some(tracing::info_span!(
+            parent: &self.routing.span,
+            "code_mode.replay",
+            cell.id = %self.cell_id,
+        ));
         self.shared.wakes.fetch_add(1, Ordering::Relaxed);
         match self.journal.respawn(self.shared.shelf.clone()) {
             Ok((runtime, events)) => {
@@ -433,6 +439,11 @@ impl CellActor {
             return;
         }
         tracing::debug!(cell = %self.cell_id, "cell hibernates");
+        self.sleep_span = Some(tracing::info_span!(
+            parent: &self.routing.span,
+            "code_mode.hibernated",
+            cell.id = %self.cell_id,
+        ));
         self.set_asleep(true);
         crate::session::count_hibernation(&self.shared);
         self.drop_runtime();

@@ -95,6 +95,9 @@ pub(crate) struct Routing {
     /// The cell's deferred tools and their index: `tools.tool_search` is answered here,
     /// never by the delegate.
     pub(crate) searchable: Option<Arc<SearchableTools>>,
+    /// The span current when the cell started (the provider's `code_mode.cell`): what
+    /// happens inside the cell (timers firing, hibernation, replay) is traced under it.
+    pub(crate) span: tracing::Span,
 }
 
 /// Messages from the actor's own helper tasks.
@@ -220,6 +223,10 @@ pub(crate) struct CellActor {
     hibernate_at: Option<Instant>,
     /// Whether it hibernates now (counted in the session).
     asleep: bool,
+    /// While it hibernates: the `code_mode.hibernated` span; while a woken cell replays
+    /// its journal: the `code_mode.replay` span.
+    sleep_span: Option<tracing::Span>,
+    replay_span: Option<tracing::Span>,
     requests: mpsc::Receiver<ActorRequest>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
@@ -271,6 +278,8 @@ impl CellActor {
             cursor: Cursor::default(),
             hibernate_at: None,
             asleep: false,
+            sleep_span: None,
+            replay_span: None,
             requests,
             internal_tx,
             internal_rx,
@@ -431,6 +440,8 @@ impl CellActor {
                     let awaited = self.journal.awaited(&self.cursor).unwrap_or_default();
                     return self.diverge(code_mode_protocol::texts::replay_stalled(&awaited));
                 }
+                // Caught up with its journal: a woken cell is live again.
+                self.replay_span = None;
                 self.frontier.at_frontier = true;
                 self.respond_at_frontier();
                 self.consider_hibernation();
