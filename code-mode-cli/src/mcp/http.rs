@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The one path served.
 const ENDPOINT: &str = "/mcp";
+/// The trace exporter's counters, in Prometheus' text format.
+const METRICS: &str = "/metrics";
 
 /// The header that names a request's MCP session.
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -265,6 +267,17 @@ async fn handle(
             Verdict::Accepted => {}
             verdict => return unauthorized(verdict),
         }
+    }
+    // The trace exporter's counters (batches delivered and dropped), behind the same
+    // credentials as the endpoint.
+    if request.uri().path() == METRICS && request.method() == http::Method::GET {
+        let mut response =
+            hyper::Response::new(Full::new(Bytes::from(code_mode_trace::render_metrics())).boxed());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return response;
     }
     if request.uri().path() != ENDPOINT {
         return plain(

@@ -142,3 +142,61 @@ fn run_traces_a_cell_under_the_traceparent_environment_variable() {
         assert_cell_tree(&spans, "code_mode.run", ["list_dir", "read_file"]);
     }
 }
+
+#[test]
+fn mcp_over_http_with_its_collector_down_serves_cells_and_counts_the_dropped_batches() {
+    use super::mcp::{check_driven, drive, one_fixture};
+    let scratch = Scratch::new();
+    let tools = one_fixture(&scratch);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let server = super::mcp_http::HttpServer::start(
+        &[
+            "mcp",
+            "--tools",
+            tools.to_str().expect("UTF-8"),
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("http://127.0.0.1:{dead}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .expect("the server starts");
+    // The Python SDK's whole session: every cell as without traces.
+    check_driven(&drive(&["http", &server.url]));
+    let metrics_url = server.url.replace("/mcp", "/metrics");
+    let address = metrics_url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port")
+        .to_owned();
+    let dropped = || -> u64 {
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        write!(stream, "GET /metrics HTTP/1.0\r\nhost: {address}\r\n\r\n").expect("write");
+        let mut page = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut page).expect("read");
+        assert!(
+            page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"),
+            "{page}"
+        );
+        page.lines()
+            .find_map(|line| line.strip_prefix("code_mode_trace_batches_dropped_total "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no dropped-batch counter: {page}"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dropped() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dropped batch was counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
