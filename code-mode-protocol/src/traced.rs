@@ -13,9 +13,10 @@
 //! - `code_mode.wait` and `code_mode.terminate` are the caller's observations, with the
 //!   cell's id.
 //! - The provider's own session runs inside the cell's span, so what it traces of the
-//!   cell's inner life hangs under it: in process, each timer that fires is an event of
-//!   the cell's span, and `code_mode.hibernated` and `code_mode.replay` spans show a
-//!   hibernation and the rebuild that woke the cell.
+//!   cell's inner life hangs under it: in process, `code_mode.compile` and
+//!   `code_mode.evaluate`, each timer that fires (an event of the cell's span), and
+//!   `code_mode.hibernated` and `code_mode.replay` spans for a hibernation and the rebuild
+//!   that woke the cell ([`under`] makes them with the cell span's subscriber).
 //!
 //! Nothing the model wrote is in a span (no source, arguments or output text) unless the
 //! process turned capture on ([`set_capture`]). With no subscriber interested, spans are
@@ -69,6 +70,14 @@ pub fn capped(text: &str) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// Runs `make` with `parent`'s own subscriber as the thread's, or not at all when `parent`
+/// is disabled: a child span (or event) made on a thread of the cell's (its V8 thread, a
+/// runtime worker) reaches the subscriber of the span it belongs under, even one the
+/// caller set for its own thread only.
+pub fn under<T>(parent: &tracing::Span, make: impl FnOnce() -> T) -> Option<T> {
+    parent.with_subscriber(|(_, dispatch)| tracing::dispatcher::with_default(dispatch, make))
 }
 
 /// One traced cell: its span and what is summed over its life.

@@ -96,7 +96,7 @@ pub use code_mode_protocol::StoredValues;
 pub use code_mode_protocol::CellLimits;
 
 /// Everything a cell needs to start.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CellConfig {
     /// The JavaScript source, pragma already removed. Runs as the module `exec_main.mjs`.
     pub source: String,
@@ -119,6 +119,27 @@ pub struct CellConfig {
     /// Readings the cell's clock gives before real time: a replayed cell's, in the order
     /// its first run read them ([`CellEvent::Clock`]).
     pub clock: Arc<[u64]>,
+    /// The span the cell's compile and evaluation are traced under (its session's span of
+    /// the cell, or of the replay that rebuilds it); disabled when nothing traces.
+    pub span: tracing::Span,
+}
+
+impl Default for CellConfig {
+    /// An empty cell with default limits, traced under nothing.
+    fn default() -> Self {
+        Self {
+            source: String::new(),
+            tools: Arc::from([]),
+            stored: Arc::default(),
+            stored_bytes: 0,
+            max_stored_bytes: None,
+            limits: CellLimits::default(),
+            surface: code_mode_protocol::Surface::default(),
+            seed: 0,
+            clock: Arc::default(),
+            span: tracing::Span::none(),
+        }
+    }
 }
 
 /// A nested tool call the cell started.

@@ -170,7 +170,7 @@ pub(crate) struct Resetting {
 /// Where a reset isolate goes.
 pub(crate) enum Placed {
     /// A cell was waiting for it: run it now.
-    Job(Job),
+    Job(Box<Job>),
     /// On the shelf, waiting for the session's next cell.
     Parked(Parked),
 }
@@ -183,7 +183,7 @@ impl Resetting {
         state.resetting -= 1;
         if let Some(job) = state.waiting.pop_front() {
             self.shelf.reused.fetch_add(1, Ordering::Relaxed);
-            return Placed::Job(job);
+            return Placed::Job(Box::new(job));
         }
         let (sender, jobs) = mpsc::channel();
         state.parked.push(sender);
@@ -213,7 +213,7 @@ pub(crate) struct Parked(mpsc::Receiver<Job>);
 
 /// What a parked isolate waited for.
 pub(crate) enum Waited {
-    Job(Job),
+    Job(Box<Job>),
     /// Nobody came within the time given.
     Idle,
     /// The shelf was cleared (or dropped): the isolate is released.
@@ -224,7 +224,7 @@ impl Parked {
     /// Waits at most `patience` for the session's next cell.
     pub(crate) fn wait(&self, patience: Duration) -> Waited {
         match self.0.recv_timeout(patience) {
-            Ok(job) => Waited::Job(job),
+            Ok(job) => Waited::Job(Box::new(job)),
             Err(mpsc::RecvTimeoutError::Timeout) => Waited::Idle,
             Err(mpsc::RecvTimeoutError::Disconnected) => Waited::Released,
         }
@@ -298,6 +298,7 @@ mod tests {
             surface: code_mode_protocol::Surface::Contract,
             seed: 0,
             clock: Arc::default(),
+            span: tracing::Span::none(),
         };
         // Dropping the handle would stop the cell: the caller keeps it.
         let (job, handle) = Job::new(config, events, Some(Arc::clone(shelf)));

@@ -17,6 +17,7 @@ use super::watchdog::{self, Watched};
 use super::{CellCommand, CellEvent, CellOutcome, Inbound};
 use code_mode_protocol::Surface;
 use code_mode_protocol::ToolDefinition;
+use code_mode_protocol::traced::under;
 use code_mode_protocol::{CallId, CellFailure, FailureKind, JsonText, ToolError, texts};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -195,7 +196,7 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
             // A cell of the session waited for this isolate: it runs now.
             super::reuse::Placed::Job(next) => {
                 drop(done);
-                job = next;
+                job = *next;
                 continue;
             }
             super::reuse::Placed::Parked(parked) => parked,
@@ -210,7 +211,7 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
             next = parked.wait(super::reuse::IDLE_RELEASE);
         }
         match next {
-            super::reuse::Waited::Job(next) => job = next,
+            super::reuse::Waited::Job(next) => job = *next,
             super::reuse::Waited::Idle | super::reuse::Waited::Released => return,
         }
     }
@@ -275,6 +276,7 @@ fn run_cell(
             tool_functions,
             built_tools,
             surface: config.surface,
+            span: config.span.clone(),
         };
         let outcome = driver.run(scope, &config.source);
         state.borrow_mut().release_handles();
@@ -339,6 +341,8 @@ struct Driver<'g> {
     built_tools: Option<(Arc<[ToolDefinition]>, BuiltTools)>,
     /// The globals the cell sees (how `tools` and `ALL_TOOLS` are defined).
     surface: Surface,
+    /// The span compile and evaluation are traced under ([`super::CellConfig::span`]).
+    span: tracing::Span,
 }
 
 impl Driver<'_> {
@@ -447,9 +451,20 @@ impl Driver<'_> {
         if source.len() > MAX_SOURCE_BYTES {
             return Err(self.script_error(texts::source_too_large(source.len(), MAX_SOURCE_BYTES)));
         }
+        let compiling = under(&self.span, || {
+            tracing::info_span!(
+                parent: &self.span,
+                "code_mode.compile",
+                source.bytes = source.len(),
+                typescript = tracing::field::Empty,
+            )
+        })
+        .unwrap_or_else(tracing::Span::none);
+        let entered = compiling.enter();
         let module = match compile(tc, source) {
             Some(module) => module,
             None => {
+                compiling.record("typescript", true);
                 let stripped = self.typescript_source(tc, source)?;
                 tc.reset();
                 match compile(tc, &stripped) {
@@ -458,7 +473,16 @@ impl Driver<'_> {
                 }
             }
         };
+        drop(entered);
+        drop(compiling);
         code_mode_protocol::hop!("module compiled");
+        // The module's synchronous part, up to its first wait.
+        let evaluating = under(
+            &self.span,
+            || tracing::info_span!(parent: &self.span, "code_mode.evaluate"),
+        )
+        .unwrap_or_else(tracing::Span::none);
+        let _entered = evaluating.enter();
         if module.instantiate_module(tc, callbacks::resolve_module) != Some(true) {
             return Err(self.exception_outcome(tc));
         }

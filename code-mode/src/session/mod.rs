@@ -221,6 +221,7 @@ impl Shared {
             surface: self.options.surface,
             seed,
             clock: Arc::default(),
+            span: tracing::Span::current(),
         };
         let runtime = spawn_cell_on(config.clone(), events_tx, self.shelf.clone())
             .map_err(|e| SessionError::Runtime(RuntimeFailure::caused_by(e)))?;
@@ -292,6 +293,7 @@ impl Shared {
             surface: self.options.surface,
             seed: data.seed,
             clock: Arc::default(),
+            span: tracing::Span::current(),
         };
         let journal = Journal::resumed(config, data, self.journal_sink());
         let (requests_tx, requests_rx) = mpsc::channel(ACTOR_REQUEST_CAPACITY);

@@ -265,6 +265,7 @@ impl Cell {
             surface: code_mode_protocol::Surface::Contract,
             seed: self.seed,
             clock: Arc::from(self.clock.as_slice()),
+            span: tracing::Span::none(),
         };
         let handle = match self.context {
             Some(source) => spawn_cell_from(config, events_tx, source),

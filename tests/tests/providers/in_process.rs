@@ -162,9 +162,10 @@ mod hibernation {
         std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count())
     }
 
-    /// In process, the cell's inner life is in its trace: a timer that fired is an event
-    /// of the cell's span, and a hibernation and the replay that woke the cell are spans
-    /// under it (checked in Phoenix, under an agent core's own span).
+    /// In process, the cell's inner life is in its trace: its compile and evaluation, a
+    /// timer that fired (an event of the cell's span), a hibernation and the replay that
+    /// woke the cell (with the rebuilt incarnation's compile under it); checked in
+    /// Phoenix, under an agent core's own span.
     #[tokio::test(flavor = "current_thread")]
     async fn a_hibernated_cell_shows_its_sleep_and_its_replay_in_its_trace() {
         use code_mode_conformance::phoenix::{caller, children, phoenix, span_id};
@@ -241,6 +242,24 @@ mod hibernation {
             "{spans:#?}"
         );
         assert_eq!(children(&spans, cell, "code_mode.tool_call").len(), 1);
+        // The first incarnation's compile and evaluation under the cell; the rebuilt one's
+        // under its replay.
+        assert_eq!(
+            children(&spans, cell, "code_mode.compile").len(),
+            1,
+            "{spans:#?}"
+        );
+        assert_eq!(
+            children(&spans, cell, "code_mode.evaluate").len(),
+            1,
+            "{spans:#?}"
+        );
+        let replay = children(&spans, cell, "code_mode.replay")[0];
+        assert_eq!(
+            children(&spans, replay, "code_mode.compile").len(),
+            1,
+            "{spans:#?}"
+        );
         let events: Vec<&str> = cell["events"]
             .as_array()
             .into_iter()

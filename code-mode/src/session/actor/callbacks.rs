@@ -4,6 +4,7 @@
 
 use super::*;
 use code_mode_protocol::search::TOOL_SEARCH_NAME;
+use code_mode_protocol::traced::under;
 
 /// A delegate callback not started yet (an answer was not taken), with its tracker.
 pub(super) type Deferred = (TaskTracker, BoxFuture<'static, ()>);
@@ -155,7 +156,11 @@ impl CellActor {
     /// Fires every timer that is due, in order; frozen cells get them later.
     pub(super) fn fire_due_timers(&mut self) {
         while let Some(id) = self.timers.pop_due(Instant::now()) {
-            tracing::info!(parent: &self.routing.span, timer.id = id, "timer fired");
+            let span = &self.routing.span;
+            under(
+                span,
+                || tracing::info!(parent: span, timer.id = id, "timer fired"),
+            );
             self.route(CellCommand::TimerFired { id });
         }
     }

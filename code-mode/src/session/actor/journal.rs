@@ -17,6 +17,7 @@ use super::*;
 use crate::runtime::{CellConfig, spawn_cell_on};
 use code_mode_protocol::journal::{CellJournal, JournalCommand, JournalEntry, call_hash};
 use code_mode_protocol::session::MAX_JOURNAL_BYTES;
+use code_mode_protocol::traced::under;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -177,6 +178,11 @@ impl Journal {
 
     pub(crate) fn durable(&self) -> bool {
         self.durable
+    }
+
+    /// Traces the next incarnations' compile and evaluation under `span`.
+    pub(crate) fn trace_under(&mut self, span: tracing::Span) {
+        self.config.span = span;
     }
 
     /// The configuration of a new incarnation: the start, with every clock reading so far.
@@ -382,11 +388,14 @@ impl CellActor {
         self.hibernate_at = None;
         self.set_asleep(false);
         self.sleep_span = None;
-        self.replay_span = Some(tracing::info_span!(
-            parent: &self.routing.span,
-            "code_mode.replay",
-            cell.id = %self.cell_id,
-        ));
+        let cell = &self.routing.span;
+        let replay = under(
+            cell,
+            || tracing::info_span!(parent: cell, "code_mode.replay", cell.id = %self.cell_id),
+        )
+        .unwrap_or_else(tracing::Span::none);
+        self.journal.trace_under(replay.clone());
+        self.replay_span = Some(replay);
         self.shared.wakes.fetch_add(1, Ordering::Relaxed);
         match self.journal.respawn(self.shared.shelf.clone()) {
             Ok((runtime, events)) => {
@@ -439,11 +448,11 @@ impl CellActor {
             return;
         }
         tracing::debug!(cell = %self.cell_id, "cell hibernates");
-        self.sleep_span = Some(tracing::info_span!(
-            parent: &self.routing.span,
-            "code_mode.hibernated",
-            cell.id = %self.cell_id,
-        ));
+        let cell = &self.routing.span;
+        self.sleep_span = under(
+            cell,
+            || tracing::info_span!(parent: cell, "code_mode.hibernated", cell.id = %self.cell_id),
+        );
         self.set_asleep(true);
         crate::session::count_hibernation(&self.shared);
         self.drop_runtime();
