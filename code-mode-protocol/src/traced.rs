@@ -299,6 +299,32 @@ impl<S> std::ops::Deref for Traced<S> {
     }
 }
 
+impl<S: CodeModeSession> Traced<S> {
+    /// Runs the observation `call` makes inside `span`, recording what it observed with
+    /// `record`; with `span` disabled, just runs it.
+    fn observe<'a, T: Send + 'a>(
+        &'a self,
+        span: tracing::Span,
+        record: fn(&CellTraces, &T),
+        call: impl FnOnce(&'a S) -> BoxFuture<'a, Result<T, SessionError>>,
+    ) -> BoxFuture<'a, Result<T, SessionError>> {
+        if span.is_disabled() {
+            return call(&self.inner);
+        }
+        let observed = call(&self.inner);
+        Box::pin(
+            async move {
+                let observed = observed.await;
+                if let Ok(observed) = &observed {
+                    record(&self.traces, observed);
+                }
+                observed
+            }
+            .instrument(span),
+        )
+    }
+}
+
 /// The span of an observation of `cell_id` by the caller.
 fn observation_span(name: &'static str, cell_id: &CellId) -> tracing::Span {
     match name {
@@ -370,20 +396,9 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
         preempt: Option<CancellationToken>,
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         let span = observation_span("code_mode.wait", &request.cell_id);
-        if span.is_disabled() {
-            return self.inner.wait_with(request, preempt);
-        }
-        let response = self.inner.wait_with(request, preempt);
-        Box::pin(
-            async move {
-                let response = response.await;
-                if let Ok(response) = &response {
-                    self.traces.observed(response);
-                }
-                response
-            }
-            .instrument(span),
-        )
+        self.observe(span, CellTraces::observed, |inner| {
+            inner.wait_with(request, preempt)
+        })
     }
 
     fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {
@@ -392,20 +407,7 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
 
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         let span = observation_span("code_mode.terminate", &cell_id);
-        if span.is_disabled() {
-            return self.inner.terminate(cell_id);
-        }
-        let response = self.inner.terminate(cell_id);
-        Box::pin(
-            async move {
-                let response = response.await;
-                if let Ok(response) = &response {
-                    self.traces.observed(response);
-                }
-                response
-            }
-            .instrument(span),
-        )
+        self.observe(span, CellTraces::observed, |inner| inner.terminate(cell_id))
     }
 
     fn execute_to_pending(
@@ -422,20 +424,9 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         let span = observation_span("code_mode.wait", &cell_id);
-        if span.is_disabled() {
-            return self.inner.wait_to_pending(cell_id);
-        }
-        let outcome = self.inner.wait_to_pending(cell_id);
-        Box::pin(
-            async move {
-                let outcome = outcome.await;
-                if let Ok(outcome) = &outcome {
-                    self.traces.pending(outcome);
-                }
-                outcome
-            }
-            .instrument(span),
-        )
+        self.observe(span, CellTraces::pending, |inner| {
+            inner.wait_to_pending(cell_id)
+        })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -262,3 +262,54 @@ pub fn assert_cell_tree<'a>(spans: &'a [Value], front: &str, tools: [&str; 2]) -
     }
     cell
 }
+
+/// An agent core's own tracing, on this thread: every span it makes (`INFO` and above)
+/// goes to `phoenix` as service `agent-core`. Dropping the telemetry (off the async
+/// runtime: its shutdown blocks) sends what is left.
+pub fn agent_core_tracing(
+    phoenix: &Phoenix,
+) -> (
+    code_mode_trace::Telemetry,
+    tracing::subscriber::DefaultGuard,
+) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let telemetry = code_mode_trace::Telemetry::start(code_mode_trace::TraceSettings::new(
+        code_mode_trace::Destination::Otlp {
+            endpoint: format!("{}/v1/traces", phoenix.endpoint()),
+            protocol: code_mode_trace::Protocol::HttpProtobuf,
+        },
+        "agent-core",
+        "1",
+    ))
+    .expect("an exporter");
+    let guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(telemetry.layer_for_every_target()),
+    );
+    (telemetry, guard)
+}
+
+/// The agent core's span of one turn, a child of the caller's span `traceparent` names.
+pub fn agent_turn(traceparent: &str) -> tracing::Span {
+    let turn = tracing::info_span!("agent.turn");
+    code_mode_trace::adopt_traceparent(&turn, Some(traceparent));
+    turn
+}
+
+/// Ends [`agent_core_tracing`] (what is left goes out), then waits for the trace
+/// `trace_id` to hold what `complete` asks, off the async runtime.
+pub async fn flushed_trace(
+    (telemetry, guard): (
+        code_mode_trace::Telemetry,
+        tracing::subscriber::DefaultGuard,
+    ),
+    trace_id: String,
+    complete: impl Fn(&[Value]) -> bool + Send + 'static,
+) -> Vec<Value> {
+    drop(guard);
+    tokio::task::spawn_blocking(move || {
+        drop(telemetry);
+        phoenix().trace_when(&trace_id, complete)
+    })
+    .await
+    .expect("the trace")
+}

@@ -5,31 +5,20 @@
 
 use crate::{provider, request};
 use code_mode_conformance::TestDelegate;
-use code_mode_conformance::phoenix::{assert_cell_tree, caller, phoenix};
+use code_mode_conformance::phoenix::{
+    agent_core_tracing, agent_turn, assert_cell_tree, caller, flushed_trace, phoenix,
+};
 use code_mode_host::CodeModeProvider;
 use code_mode_protocol::{CodeModeSession, SessionOptions};
-use code_mode_trace::{Destination, Protocol, Telemetry, TraceSettings};
 use tracing::Instrument as _;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_exec_runs_inside_the_callers_current_span() {
     let phoenix = tokio::task::spawn_blocking(phoenix).await.expect("Phoenix");
     let (trace_id, traceparent) = caller("host crate");
     // The agent core's own tracing: every span it makes goes to the trace store.
-    let telemetry = Telemetry::start(TraceSettings::new(
-        Destination::Otlp {
-            endpoint: format!("{}/v1/traces", phoenix.endpoint()),
-            protocol: Protocol::HttpProtobuf,
-        },
-        "agent-core",
-        "1",
-    ))
-    .expect("an exporter");
-    let subscriber = tracing_subscriber::registry().with(telemetry.layer_for_every_target());
-    let guard = tracing::subscriber::set_default(subscriber);
-    let turn = tracing::info_span!("agent.turn");
-    code_mode_trace::adopt_traceparent(&turn, Some(&traceparent));
+    let exporting = agent_core_tracing(phoenix);
+    let turn = agent_turn(&traceparent);
     async {
         let delegate = TestDelegate::new();
         let session = provider().open_session(delegate, SessionOptions::default());
@@ -47,21 +36,13 @@ async fn an_exec_runs_inside_the_callers_current_span() {
     }
     .instrument(turn)
     .await;
-    drop(guard);
-    // The last batch goes out as the exporter stops.
-    tokio::task::spawn_blocking(move || drop(telemetry))
-        .await
-        .expect("the exporter stops");
-    let spans = tokio::task::spawn_blocking(move || {
-        phoenix.trace_when(&trace_id, |spans| {
-            spans
-                .iter()
-                .filter(|span| span["name"] == "code_mode.tool_call")
-                .count()
-                >= 2
-        })
+    let spans = flushed_trace(exporting, trace_id, |spans| {
+        spans
+            .iter()
+            .filter(|span| span["name"] == "code_mode.tool_call")
+            .count()
+            >= 2
     })
-    .await
-    .expect("the trace");
+    .await;
     assert_cell_tree(&spans, "agent.turn", ["echo", "text_echo"]);
 }

@@ -168,26 +168,14 @@ mod hibernation {
     /// Phoenix, under an agent core's own span.
     #[tokio::test(flavor = "current_thread")]
     async fn a_hibernated_cell_shows_its_sleep_and_its_replay_in_its_trace() {
-        use code_mode_conformance::phoenix::{caller, children, phoenix, span_id};
-        use code_mode_trace::{Destination, Protocol, Telemetry, TraceSettings};
+        use code_mode_conformance::phoenix::{
+            agent_core_tracing, agent_turn, caller, children, flushed_trace, phoenix, span_id,
+        };
         use tracing::Instrument as _;
-        use tracing_subscriber::layer::SubscriberExt as _;
         let phoenix = tokio::task::spawn_blocking(phoenix).await.expect("Phoenix");
         let (trace_id, traceparent) = caller("in-process hibernation");
-        let telemetry = Telemetry::start(TraceSettings::new(
-            Destination::Otlp {
-                endpoint: format!("{}/v1/traces", phoenix.endpoint()),
-                protocol: Protocol::HttpProtobuf,
-            },
-            "agent-core",
-            "1",
-        ))
-        .expect("an exporter");
-        let guard = tracing::subscriber::set_default(
-            tracing_subscriber::registry().with(telemetry.layer_for_every_target()),
-        );
-        let turn = tracing::info_span!("agent.turn");
-        code_mode_trace::adopt_traceparent(&turn, Some(&traceparent));
+        let exporting = agent_core_tracing(phoenix);
+        let turn = agent_turn(&traceparent);
         async {
             let (session, delegate) = open(Some(0));
             session
@@ -211,18 +199,11 @@ mod hibernation {
         }
         .instrument(turn)
         .await;
-        drop(guard);
-        tokio::task::spawn_blocking(move || drop(telemetry))
-            .await
-            .expect("the exporter stops");
-        let spans = tokio::task::spawn_blocking(move || {
-            phoenix.trace_when(&trace_id, |spans| {
-                spans.iter().any(|span| span["name"] == "code_mode.replay")
-                    && spans.iter().any(|span| span["name"] == "code_mode.cell")
-            })
+        let spans = flushed_trace(exporting, trace_id, |spans| {
+            spans.iter().any(|span| span["name"] == "code_mode.replay")
+                && spans.iter().any(|span| span["name"] == "code_mode.cell")
         })
-        .await
-        .expect("the trace");
+        .await;
         let turn = spans
             .iter()
             .find(|span| span["name"] == "agent.turn")
