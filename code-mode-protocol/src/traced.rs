@@ -60,6 +60,16 @@ fn capturing(bit: u8) -> bool {
     CAPTURE.load(Ordering::Relaxed) & bit != 0
 }
 
+/// Whether spans may hold the cells' source ([`set_capture`]).
+pub fn capturing_source() -> bool {
+    capturing(CAPTURE_SOURCE)
+}
+
+/// Whether spans may hold the nested calls' arguments ([`set_capture`]).
+pub fn capturing_arguments() -> bool {
+    capturing(CAPTURE_ARGUMENTS)
+}
+
 /// `text` cut to at most [`SPAN_TEXT_LIMIT_BYTES`] on a character boundary.
 pub fn capped(text: &str) -> &str {
     if text.len() <= SPAN_TEXT_LIMIT_BYTES {
@@ -325,14 +335,6 @@ impl<S: CodeModeSession> Traced<S> {
     }
 }
 
-/// The span of an observation of `cell_id` by the caller.
-fn observation_span(name: &'static str, cell_id: &CellId) -> tracing::Span {
-    match name {
-        "code_mode.terminate" => tracing::info_span!("code_mode.terminate", cell.id = %cell_id),
-        _ => tracing::info_span!("code_mode.wait", cell.id = %cell_id),
-    }
-}
-
 impl<S: CodeModeSession> CodeModeSession for Traced<S> {
     fn execute_with(
         &self,
@@ -395,7 +397,7 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
         request: WaitRequest,
         preempt: Option<CancellationToken>,
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
-        let span = observation_span("code_mode.wait", &request.cell_id);
+        let span = tracing::info_span!("code_mode.wait", cell.id = %request.cell_id);
         self.observe(span, CellTraces::observed, |inner| {
             inner.wait_with(request, preempt)
         })
@@ -406,7 +408,7 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
     }
 
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
-        let span = observation_span("code_mode.terminate", &cell_id);
+        let span = tracing::info_span!("code_mode.terminate", cell.id = %cell_id);
         self.observe(span, CellTraces::observed, |inner| inner.terminate(cell_id))
     }
 
@@ -423,7 +425,7 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
         &self,
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
-        let span = observation_span("code_mode.wait", &cell_id);
+        let span = tracing::info_span!("code_mode.wait", cell.id = %cell_id);
         self.observe(span, CellTraces::pending, |inner| {
             inner.wait_to_pending(cell_id)
         })

@@ -15,7 +15,8 @@
 //! - [`Parent`] carries W3C trace context (`traceparent`) in and out: from gRPC metadata,
 //!   JSON-lines requests and MCP `_meta`, and onto Codex's `ToolInvocation.traceparent`.
 //! - [`capture`] says whether spans may hold what a model wrote (source, arguments): off
-//!   unless an operator turns it on, and capped ([`CAPTURE_LIMIT_BYTES`]) when on.
+//!   unless an operator turns it on, and capped ([`captured`]) when on. It is the one
+//!   switch `code_mode_protocol::traced` reads too.
 
 mod exporter;
 mod propagation;
@@ -27,14 +28,10 @@ pub use settings::{Capture, Destination, Protocol, TraceSettings};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-
-/// The most bytes of a model's text (source, arguments) a span holds when capture is on.
-pub const CAPTURE_LIMIT_BYTES: usize = 4096;
 
 /// The crates whose spans are exported (every target starting with one of these).
 const TRACED_TARGETS: [&str; 2] = ["code_mode", "codex_code_mode_host"];
@@ -70,7 +67,6 @@ static EXPORTED_BATCHES: AtomicU64 = AtomicU64::new(0);
 static DROPPED_BATCHES: AtomicU64 = AtomicU64::new(0);
 static DROPPED_SPANS: AtomicU64 = AtomicU64::new(0);
 static STREAM_BATCHES_MISSED: AtomicU64 = AtomicU64::new(0);
-static CAPTURE: OnceLock<Capture> = OnceLock::new();
 
 /// What the exporter did so far.
 pub fn stats() -> Stats {
@@ -117,23 +113,19 @@ pub fn render_metrics() -> String {
 
 /// Whether spans may hold the model's source and arguments (never unless set on).
 pub fn capture() -> Capture {
-    CAPTURE.get().copied().unwrap_or_default()
+    Capture {
+        source: code_mode_protocol::traced::capturing_source(),
+        arguments: code_mode_protocol::traced::capturing_arguments(),
+    }
 }
 
-/// `text` as a span may hold it: at most [`CAPTURE_LIMIT_BYTES`], cut on a character
-/// boundary.
+/// `text` as a span may hold it: at most `code_mode_protocol::traced::SPAN_TEXT_LIMIT_BYTES`,
+/// cut on a character boundary.
 pub fn captured(text: &str) -> &str {
-    if text.len() <= CAPTURE_LIMIT_BYTES {
-        return text;
-    }
-    let mut end = CAPTURE_LIMIT_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    code_mode_protocol::traced::capped(text)
 }
 
-/// The running exporter. Dropping it (or [`Telemetry::shutdown`]) sends what is left.
+/// The running exporter. Dropping it sends what is left.
 pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: opentelemetry_sdk::trace::Tracer,
@@ -154,7 +146,6 @@ impl Telemetry {
     /// Starts exporting as `settings` say. A WebSocket destination is bound here, so a
     /// port in use is an error at start.
     pub fn start(settings: TraceSettings) -> Result<Self, TraceError> {
-        let _ = CAPTURE.set(settings.capture);
         code_mode_protocol::traced::set_capture(
             settings.capture.source,
             settings.capture.arguments,
@@ -219,9 +210,6 @@ impl Telemetry {
             .with_tracer(self.tracer.clone())
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     }
-
-    /// Sends what is left and stops.
-    pub fn shutdown(self) {}
 }
 
 impl Drop for Telemetry {

@@ -78,7 +78,7 @@ impl Destination {
 /// no output in any span.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capture {
-    /// The cell's source, capped at [`crate::CAPTURE_LIMIT_BYTES`].
+    /// The cell's source, capped ([`crate::captured`]).
     pub source: bool,
     /// Each nested call's arguments, capped likewise.
     pub arguments: bool,
