@@ -10,6 +10,7 @@ use code_mode_protocol::calls as api_calls;
 use code_mode_protocol::journal as api_journal;
 use code_mode_protocol::model as api_model;
 use code_mode_protocol::session as api;
+use code_mode_protocol::stored::StoredValues;
 use std::sync::Arc;
 
 /// One field across: with `Into` (most fields are the same type on both sides), or with
@@ -91,39 +92,42 @@ mirror_enum!(api_journal::JournalEntry, wire::JournalEntry {
     fields: Started { seed }, Issued { call, hash, tool }, Entered { index, command };
 });
 
-impl From<api_journal::CellJournal> for wire::CellJournal {
-    fn from(journal: api_journal::CellJournal) -> Self {
-        Self {
-            source: journal.source,
-            tools: tools_to_wire(&journal.tools),
-            stored: journal.stored.as_ref().clone(),
-            seed: journal.seed,
-            clock: journal.clock,
-            issued: journal.issued,
-            entered: journal.entered.into_iter().map(Into::into).collect(),
-            outputs: journal.outputs,
-            notifications: journal.notifications,
-            yields: journal.yields,
-        }
+mirror_struct!(
+    api_journal::CellJournal,
+    wire::CellJournal: source,
+    tools: tool_list,
+    stored: stored_map,
+    seed,
+    clock,
+    issued,
+    entered: items,
+    outputs,
+    notifications,
+    yields,
+);
+
+/// A cell's starting stored values across: the API shares the map (`Arc`), the wire sends
+/// it.
+trait StoredMap<To> {
+    fn cross(self) -> To;
+}
+
+impl StoredMap<StoredValues> for Arc<StoredValues> {
+    fn cross(self) -> StoredValues {
+        Arc::unwrap_or_clone(self)
     }
 }
 
-impl From<wire::CellJournal> for api_journal::CellJournal {
-    fn from(journal: wire::CellJournal) -> Self {
-        Self {
-            source: journal.source,
-            tools: tools_from_wire(journal.tools),
-            stored: Arc::new(journal.stored),
-            seed: journal.seed,
-            clock: journal.clock,
-            issued: journal.issued,
-            entered: journal.entered.into_iter().map(Into::into).collect(),
-            outputs: journal.outputs,
-            notifications: journal.notifications,
-            yields: journal.yields,
-        }
+impl StoredMap<Arc<StoredValues>> for StoredValues {
+    fn cross(self) -> Arc<StoredValues> {
+        Arc::new(self)
     }
 }
+
+fn stored_map<To, From: StoredMap<To>>(stored: From) -> To {
+    stored.cross()
+}
+
 mirror_enum!(api_model::ToolKind, wire::ToolKind { unit: Function, Freeform; });
 mirror_enum!(api_model::ImageDetail, wire::ImageDetail { unit: Auto, Low, High, Original; });
 mirror_enum!(api::FailureKind, wire::FailureKind {
