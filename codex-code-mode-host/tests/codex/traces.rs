@@ -333,6 +333,20 @@ async fn traceparent_metadata_parents_the_execute_span_and_comes_back_on_each_to
     }
 }
 
+/// A session on a host listening on TCP, answered by the corpus's responder.
+async fn open_over_tcp(host: &Listening) -> Driver {
+    Driver::open(
+        host.client().await,
+        proto::OpenSessionRequest {
+            max_pending_delegate_calls: 16,
+            ..Default::default()
+        },
+        responder(),
+    )
+    .await
+    .expect("open")
+}
+
 /// The count in a `/metrics` page of the counter `name`.
 fn counter(metrics: &str, name: &str) -> u64 {
     metrics
@@ -401,16 +415,7 @@ async fn every_stream_client_gets_every_batch_browsers_are_refused_and_a_stalled
     let (stalled, _) = tokio_tungstenite::client_async(listen.as_str(), stream)
         .await
         .expect("the stalled client connects");
-    let mut driver = Driver::open(
-        host.client().await,
-        proto::OpenSessionRequest {
-            max_pending_delegate_calls: 16,
-            ..Default::default()
-        },
-        responder(),
-    )
-    .await
-    .expect("open");
+    let mut driver = open_over_tcp(&host).await;
     let pad = "x".repeat(4000);
     let cells = 400;
     for n in 0..cells {
@@ -453,17 +458,7 @@ async fn an_exporter_that_is_down_costs_cells_nothing_and_its_dropped_batches_ar
         &[("OTEL_BSP_SCHEDULE_DELAY", std::ffi::OsStr::new("50"))],
     )
     .await;
-    let channel = host.client().await;
-    let mut driver = Driver::open(
-        channel,
-        proto::OpenSessionRequest {
-            max_pending_delegate_calls: 16,
-            ..Default::default()
-        },
-        responder(),
-    )
-    .await
-    .expect("open");
+    let mut driver = open_over_tcp(&host).await;
     for n in 0..20 {
         let mut request = exec_request(&format!("text(await tools.echo({{n: {n}}}));"));
         request.enabled_tools = corpus_tools();
