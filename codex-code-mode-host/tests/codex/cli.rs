@@ -331,7 +331,9 @@ fn header(output: &[String]) -> String {
 /// Kills the runtime processes under `root`: our host installed there, started in its
 /// runtime mode (one file: the runtime is the host's own executable).
 fn kill_runtimes_under(root: &Path) -> usize {
+    // `/proc/PID/exe` names the file with every symbolic link resolved.
     let host = root.join("pkg/codex-resources/codex-code-mode-host");
+    let host = std::fs::canonicalize(&host).unwrap_or(host);
     let mut killed = 0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
