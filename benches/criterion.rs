@@ -60,6 +60,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                     .with_tools(tools(32)))
                     .into(),
                 },
+                trace: None,
             },
         ),
         (

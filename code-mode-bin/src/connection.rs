@@ -25,6 +25,7 @@ use code_mode_protocol::{
     AdmittedHook, CallHooks, CellId, CodeModeSession, SessionCall, ToolDefinition,
 };
 use code_mode_wire::convert::tools_from_wire;
+use code_mode_wire::payload::TraceContext;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_wire::*;
 use futures_util::StreamExt;
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 /// Why a connection ended other than by a clean end of input.
 #[derive(Debug, thiserror::Error)]
@@ -377,8 +379,8 @@ async fn read_loop<S: AsyncRead>(
             ClientMessage::Hello(_) => {
                 return Err(ConnectionError::Violation("a second Hello".to_owned()));
             }
-            ClientMessage::Request { id, request } => {
-                start_request(connection, tasks, id, request)?;
+            ClientMessage::Request { id, request, trace } => {
+                start_request(connection, tasks, id, request, trace)?;
             }
             ClientMessage::CancelRequest { id } => {
                 // Unknown ids are answered already: the cancellation crossed the response.
@@ -445,12 +447,14 @@ async fn handshake<S: AsyncRead>(
 
 /// Registers request `id` as in flight and starts it: polled once here, in wire order (an
 /// `execute` hands its cell to a thread now, without waiting for a task of its own to be
-/// scheduled), and spawned only if it has to wait.
+/// scheduled), and spawned only if it has to wait. A request the host traces runs under
+/// a span whose children are handed back to the host (`spans`).
 fn start_request(
     connection: &Arc<Connection>,
     tasks: &TaskTracker,
     id: RequestId,
     request: Request,
+    trace: Option<TraceContext>,
 ) -> Result<(), ConnectionError> {
     code_mode_protocol::hop!("runtime has the request");
     let cancel = CancellationToken::new();
@@ -476,13 +480,13 @@ fn start_request(
             },
         );
     }
-    let mut task = Box::pin(run_request(
-        Arc::clone(connection),
-        id,
-        request,
-        cancel,
-        preempt,
-    ));
+    let span = match trace {
+        Some(trace) => crate::spans::runtime_span(trace, request.session(), &connection.outbox),
+        None => tracing::Span::none(),
+    };
+    let mut task = Box::pin(
+        run_request(Arc::clone(connection), id, request, cancel, preempt).instrument(span),
+    );
     if poll_once(&mut task).is_none() {
         tasks.spawn(task);
     }

@@ -24,6 +24,7 @@ mod drain;
 mod listen;
 mod metrics;
 mod sandbox;
+mod spans;
 mod trim;
 
 use clap::Parser;
@@ -436,10 +437,16 @@ fn init_logging(filter: &str) {
         eprintln!("code-mode-bin: invalid --log filter {filter:?} ({error}); using `warn`");
         tracing_subscriber::EnvFilter::new("warn")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
-        .init();
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans::layer())
+        .try_init();
 }

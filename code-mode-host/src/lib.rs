@@ -18,6 +18,7 @@ mod hosted;
 mod process;
 mod provider;
 mod remote;
+mod spans;
 
 pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;

@@ -143,8 +143,9 @@ impl std::fmt::Debug for Telemetry {
 }
 
 impl Telemetry {
-    /// Starts exporting as `settings` say. A WebSocket destination is bound here, so a
-    /// port in use is an error at start.
+    /// Starts exporting as `settings` say, and makes this exporter the process's global
+    /// tracer provider (the host crate exports the runtime's spans through it). A
+    /// WebSocket destination is bound here, so a port in use is an error at start.
     pub fn start(settings: TraceSettings) -> Result<Self, TraceError> {
         code_mode_protocol::traced::set_capture(
             settings.capture.source,
@@ -174,6 +175,9 @@ impl Telemetry {
             .with_batch_exporter(exporter::Counted::new(sink))
             .build();
         let tracer = provider.tracer(settings.scope.clone());
+        // The global provider too: the host crate exports the spans its runtimes hand
+        // back through it.
+        opentelemetry::global::set_tracer_provider(provider.clone());
         Ok(Self {
             provider,
             tracer,

@@ -22,7 +22,9 @@ use std::fmt;
 /// that had to agree.
 /// 10: sessions choose when their waiting cells hibernate, and a cell can fail because
 /// its rebuild from its journal diverged.
-pub const PROTOCOL_VERSION: u32 = 10;
+/// 11: a request carries the trace context it runs under, and the runtime hands the spans
+/// of that work back (`Spans`).
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

@@ -145,6 +145,32 @@ pub const RUNTIME_TOOL_SETS: usize = 64;
 pub const HOST_TOOL_SETS: usize = 32;
 
 impl Request {
+    /// The session a request is for (none for `OpenSession` and `RegisterTools`).
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Request::OpenSession { .. } | Request::RegisterTools { .. } => None,
+            Request::Session { session, .. }
+            | Request::SessionWithTools { session, .. }
+            | Request::Resume { session, .. }
+            | Request::Answer { session, .. } => Some(*session),
+        }
+    }
+
+    /// Whether the request starts a cell (an `Execute`, an `ExecuteToPending`) or rebuilds
+    /// one (`Resume`): the requests a trace context goes with.
+    pub fn starts_cell(&self) -> bool {
+        match self {
+            Request::Session { call, .. } | Request::SessionWithTools { call, .. } => matches!(
+                call,
+                SessionCall::Execute(_) | SessionCall::ExecuteToPending(_)
+            ),
+            Request::Resume { .. } => true,
+            Request::OpenSession { .. }
+            | Request::RegisterTools { .. }
+            | Request::Answer { .. } => false,
+        }
+    }
+
     /// Shuts `session` down (the runtime forgets it afterwards).
     pub fn shutdown(session: SessionId) -> Self {
         Request::Session {
@@ -180,15 +206,17 @@ impl Request {
 pub enum ClientMessage {
     /// The first message, and only the first.
     Hello(ClientHello),
+    /// A request, and the trace context it runs under when the host traces it (the
+    /// runtime traces the cell an `Execute`, `ExecuteToPending` or `Resume` starts under
+    /// it, and hands those spans back in [`ServerMessage::Spans`]).
     Request {
         id: RequestId,
         request: Request,
+        trace: Option<payload::TraceContext>,
     },
     /// The client no longer wants the answer; the server answers `Err(Cancelled)` unless
     /// the response was already on its way.
-    CancelRequest {
-        id: RequestId,
-    },
+    CancelRequest { id: RequestId },
     DelegateReply {
         id: DelegateId,
         reply: DelegateReply,
@@ -200,20 +228,14 @@ pub enum ClientMessage {
     /// The observation `id` (an `Execute` or a `Wait`) is preempted: it answers `Yielded`
     /// with the output so far, and the cell keeps running (contract 8.4). Ignored when
     /// the request is no longer in flight or observes nothing.
-    Preempt {
-        id: RequestId,
-    },
+    Preempt { id: RequestId },
     /// The caller of `id` took its answer. Sent once for each successful response to a
     /// request that observes a cell ([`Request::holds_answer`]); the runtime holds that
     /// answer until it hears which of this and [`ClientMessage::GivenBack`] happened.
-    Taken {
-        id: RequestId,
-    },
+    Taken { id: RequestId },
     /// The caller of `id` dropped its answer untaken (or had gone before it arrived): the
     /// runtime gives it back to the cell, whose next observation returns it.
-    GivenBack {
-        id: RequestId,
-    },
+    GivenBack { id: RequestId },
 }
 
 /// A request: open a session, or one call of an open session's methods.
@@ -360,6 +382,10 @@ pub enum ServerMessage {
         cell_id: CellId,
         writes: code_mode_protocol::stored::StoredValues,
     },
+    /// Spans the runtime ended, of work done under a request's trace context: the host
+    /// exports them (the sandboxed runtime has no network), so an operator configures one
+    /// endpoint.
+    Spans(Vec<payload::SpanRecord>),
 }
 
 /// Stable error kinds on the wire; the host maps them back to the contract's strings.
@@ -418,7 +444,7 @@ impl ClientMessage {
 
 impl ServerMessage {
     /// Every kind [`ServerMessage::kind`] names, in declaration order.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "Ready",
         "Rejected",
         "Response",
@@ -431,6 +457,7 @@ impl ServerMessage {
         "Draining",
         "Committed",
         "Journal",
+        "Spans",
     ];
 
     /// The message's kind, for logs and error messages (never its payload).
@@ -448,6 +475,7 @@ impl ServerMessage {
             ServerMessage::Draining => "Draining",
             ServerMessage::Committed { .. } => "Committed",
             ServerMessage::Journal { .. } => "Journal",
+            ServerMessage::Spans(_) => "Spans",
         }
     }
 }

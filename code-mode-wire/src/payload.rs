@@ -236,3 +236,54 @@ pub struct CellJournal {
     pub notifications: u64,
     pub yields: u64,
 }
+
+/// The W3C trace context a request runs under (the host's span of the cell it starts or
+/// rebuilds): the runtime's spans of that work are its children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// W3C trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+/// A span attribute's value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SpanValue {
+    Bool(bool),
+    I64(i64),
+    F64(f64),
+    Text(String),
+}
+
+/// A span's outcome, as OpenTelemetry states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpanStatus {
+    Unset,
+    Ok,
+    Error(String),
+}
+
+/// An event on a span: its name, when, and its attributes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanEvent {
+    pub name: String,
+    pub unix_nanos: u64,
+    pub attributes: Vec<(String, SpanValue)>,
+}
+
+/// A span the runtime ended, handed back for the host to export: its ids, its parent's
+/// (the host's span, or another of these), its times in nanoseconds since the Unix epoch
+/// by the runtime's clock, and what it recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: [u8; 8],
+    pub name: String,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    pub attributes: Vec<(String, SpanValue)>,
+    pub events: Vec<SpanEvent>,
+    pub status: SpanStatus,
+}

@@ -263,6 +263,67 @@ pub fn assert_cell_tree<'a>(spans: &'a [Value], front: &str, tools: [&str; 2]) -
     cell
 }
 
+/// Where a cell ran, for [`assert_cell_work`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    InProcess,
+    /// In a runtime process, whose spans the host exported for it.
+    OutOfProcess,
+}
+
+/// Whether `spans` hold the cell's inner work yet: its compile and its evaluate (those of a
+/// runtime process come in batches of their own).
+pub fn has_cell_work(spans: &[Value]) -> bool {
+    ["code_mode.compile", "code_mode.evaluate"]
+        .iter()
+        .all(|wanted| spans.iter().any(|span| name(span) == *wanted))
+}
+
+/// Asserts the cell's inner work is in its trace: in process, `code_mode.compile` and
+/// `code_mode.evaluate` are children of the cell's span; out of process, they are children
+/// of one `code_mode.runtime` span (the runtime process's pid on it), the cell's child.
+pub fn assert_cell_work(spans: &[Value], cell: &Value, placement: Placement) {
+    let rendered = || {
+        spans
+            .iter()
+            .map(|span| format!("{} {} <- {}", name(span), span_id(span), parent_id(span)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let runtimes = children(spans, cell, "code_mode.runtime");
+    let parent = match placement {
+        Placement::InProcess => {
+            assert!(
+                runtimes.is_empty(),
+                "no runtime span in process:\n{}",
+                rendered()
+            );
+            cell
+        }
+        Placement::OutOfProcess => {
+            let [runtime] = runtimes[..] else {
+                panic!("one code_mode.runtime span under the cell:\n{}", rendered());
+            };
+            let pid = attribute(runtime, "process.pid").and_then(Value::as_i64);
+            assert!(
+                pid.is_some_and(|pid| pid > 0 && pid != i64::from(std::process::id())),
+                "the runtime span names the runtime process: {}",
+                runtime["attributes"]
+            );
+            runtime
+        }
+    };
+    for work in ["code_mode.compile", "code_mode.evaluate"] {
+        assert_eq!(
+            children(spans, parent, work).len(),
+            1,
+            "one {work} under {}:\n{}",
+            name(parent),
+            rendered()
+        );
+    }
+}
+
 /// An agent core's own tracing, on this thread: every span it makes (`INFO` and above)
 /// goes to `phoenix` as service `agent-core`. Dropping the telemetry (off the async
 /// runtime: its shutdown blocks) sends what is left.

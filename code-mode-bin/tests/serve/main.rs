@@ -108,6 +108,7 @@ impl Host {
         self.send(ClientMessage::Request {
             id: RequestId(id),
             request,
+            trace: None,
         })
         .await;
     }
@@ -715,6 +716,7 @@ async fn protocol_violations_close_the_connection() {
                     .into(),
                     stored_values: Default::default(),
                 },
+                trace: None,
             },
             ClientMessage::Request {
                 id: RequestId(2),
@@ -722,6 +724,7 @@ async fn protocol_violations_close_the_connection() {
                     session: SessionId(1),
                     call: SessionCall::Execute(ExecRequest::new("while (true) {}")).into(),
                 },
+                trace: None,
             },
             ClientMessage::Request {
                 id: RequestId(2),
@@ -729,6 +732,7 @@ async fn protocol_violations_close_the_connection() {
                     session: SessionId(1),
                     call: SessionCall::Shutdown.into(),
                 },
+                trace: None,
             },
         ],
         vec![ClientMessage::DelegateReply {
@@ -744,6 +748,7 @@ async fn protocol_violations_close_the_connection() {
                     options: SessionOptions::default().into(),
                     stored_values: Default::default(),
                 },
+                trace: None,
             },
             ClientMessage::Taken { id: RequestId(1) },
         ],

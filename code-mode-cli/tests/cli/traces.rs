@@ -6,7 +6,9 @@
 
 use super::BIN;
 use code_mode_conformance::Scratch;
-use code_mode_conformance::phoenix::{assert_cell_tree, caller, phoenix};
+use code_mode_conformance::phoenix::{
+    Placement, assert_cell_tree, assert_cell_work, caller, has_cell_work, phoenix,
+};
 use serde_json::{Value, json};
 use std::io::{BufRead as _, Write as _};
 use std::process::{Command, Stdio};
@@ -33,17 +35,23 @@ fn traced(args: &[&str], scratch: &Scratch) -> Command {
 fn cell_trace(trace_id: &str, front: &str) -> Vec<Value> {
     phoenix().trace_when(trace_id, |spans| {
         let named = |name: &str| spans.iter().filter(|span| span["name"] == name).count();
-        named(front) >= 1 && named("code_mode.cell") >= 1 && named("code_mode.tool_call") >= 2
+        named(front) >= 1
+            && named("code_mode.cell") >= 1
+            && named("code_mode.tool_call") >= 2
+            && has_cell_work(spans)
     })
 }
 
-fn modes() -> [&'static [&'static str]; 2] {
-    [&[], &["--in-process"]]
+fn modes() -> [(&'static [&'static str], Placement); 2] {
+    [
+        (&[], Placement::OutOfProcess),
+        (&["--in-process"], Placement::InProcess),
+    ]
 }
 
 #[test]
 fn serve_jsonl_traces_a_cell_under_the_requests_traceparent() {
-    for mode in modes() {
+    for (mode, placement) in modes() {
         let scratch = Scratch::new();
         let (trace_id, traceparent) = caller("jsonl");
         let mut args = vec!["serve", "--jsonl", "--builtin", "fs"];
@@ -73,13 +81,14 @@ fn serve_jsonl_traces_a_cell_under_the_requests_traceparent() {
         drop(stdin);
         assert!(child.wait().expect("wait").success());
         let spans = cell_trace(&trace_id, "code_mode.jsonl.request");
-        assert_cell_tree(&spans, "code_mode.jsonl.request", ["list_dir", "read_file"]);
+        let cell = assert_cell_tree(&spans, "code_mode.jsonl.request", ["list_dir", "read_file"]);
+        assert_cell_work(&spans, cell, placement);
     }
 }
 
 #[test]
 fn mcp_traces_a_cell_under_the_calls_meta_traceparent() {
-    for mode in modes() {
+    for (mode, placement) in modes() {
         let scratch = Scratch::new();
         let (trace_id, traceparent) = caller("mcp");
         let mut args = vec!["mcp", "--builtin", "fs"];
@@ -120,13 +129,14 @@ fn mcp_traces_a_cell_under_the_calls_meta_traceparent() {
         drop(stdin);
         assert!(child.wait().expect("wait").success());
         let spans = cell_trace(&trace_id, "tools/call exec");
-        assert_cell_tree(&spans, "tools/call exec", ["list_dir", "read_file"]);
+        let cell = assert_cell_tree(&spans, "tools/call exec", ["list_dir", "read_file"]);
+        assert_cell_work(&spans, cell, placement);
     }
 }
 
 #[test]
 fn run_traces_a_cell_under_the_traceparent_environment_variable() {
-    for mode in modes() {
+    for (mode, placement) in modes() {
         let scratch = Scratch::new();
         let (trace_id, traceparent) = caller("run");
         let cell = scratch.write("cell.js", CELL);
@@ -139,7 +149,8 @@ fn run_traces_a_cell_under_the_traceparent_environment_variable() {
             .expect("run");
         assert!(output.status.success(), "{output:?}");
         let spans = cell_trace(&trace_id, "code_mode.run");
-        assert_cell_tree(&spans, "code_mode.run", ["list_dir", "read_file"]);
+        let cell = assert_cell_tree(&spans, "code_mode.run", ["list_dir", "read_file"]);
+        assert_cell_work(&spans, cell, placement);
     }
 }
 

@@ -417,7 +417,16 @@ impl Connection {
             register(&mut state, &request, deliver_to::<T>(reply), hooks)
         };
         code_mode_protocol::hop!("host sends the request");
-        if let Err(error) = self.outbox.send(&ClientMessage::Request { id, request }) {
+        // A request that starts or rebuilds a cell carries the span it is made under (the
+        // cell's), so that the runtime's spans of the cell hang under it.
+        let trace = request
+            .starts_cell()
+            .then(|| crate::spans::trace_of(&tracing::Span::current()))
+            .flatten();
+        if let Err(error) = self
+            .outbox
+            .send(&ClientMessage::Request { id, request, trace })
+        {
             lock(&self.state).pending.remove(&id);
             let failure = RuntimeFailure::new(format!("the request could not be sent: {error}"));
             return Err(SessionError::Runtime(failure.with_cause(error)));
@@ -500,7 +509,11 @@ impl Connection {
                 Box::new(|_, _| Ok(())),
                 RequestHooks::default(),
             );
-            let _ = self.outbox.send(&ClientMessage::Request { id, request });
+            let _ = self.outbox.send(&ClientMessage::Request {
+                id,
+                request,
+                trace: None,
+            });
         }
         drop(state);
         Request::SessionWithTools {
@@ -518,7 +531,11 @@ impl Connection {
             Box::new(|_, _| Ok(())),
             RequestHooks::default(),
         );
-        let _ = self.outbox.send(&ClientMessage::Request { id, request });
+        let _ = self.outbox.send(&ClientMessage::Request {
+            id,
+            request,
+            trace: None,
+        });
     }
 
     /// Handles one message from the runtime; `Err` is a protocol violation.
@@ -542,6 +559,10 @@ impl Connection {
             }
             ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
             ServerMessage::Admitted { id, cell_id } => self.on_admitted(id, cell_id),
+            ServerMessage::Spans(records) => {
+                crate::spans::export(records);
+                Ok(())
+            }
             ServerMessage::Journal {
                 session,
                 cell_id,
@@ -758,23 +779,12 @@ fn register(
     let id = RequestId(state.last_request);
     let pending = PendingRequest {
         deliver,
-        session: session_of(request),
+        session: request.session(),
         holds_answer: request.holds_answer(),
         hooks,
     };
     state.pending.insert(id, pending);
     id
-}
-
-/// The session a request is for (none for `OpenSession`).
-fn session_of(request: &Request) -> Option<SessionId> {
-    match request {
-        Request::OpenSession { .. } | Request::RegisterTools { .. } => None,
-        Request::Session { session, .. }
-        | Request::SessionWithTools { session, .. }
-        | Request::Resume { session, .. }
-        | Request::Answer { session, .. } => Some(*session),
-    }
 }
 
 /// Records a started cell as alive in its session (unless it already closed: the close

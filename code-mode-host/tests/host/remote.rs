@@ -747,7 +747,7 @@ async fn a_runtime_that_breaks_the_protocol_is_dropped_with_the_violation_named(
             .expect("the host's hello");
         outbox.send(&ServerMessage::Ready(ready)).unwrap();
         while let Some(Ok(message)) = reader.next().await {
-            let ClientMessage::Request { id, request } = message else {
+            let ClientMessage::Request { id, request, .. } = message else {
                 continue;
             };
             match request {

@@ -19,6 +19,7 @@ pub fn execute_request() -> ClientMessage {
             )
             .into(),
         },
+        trace: None,
     }
 }
 
@@ -111,6 +112,12 @@ pub fn client_messages() -> Vec<ClientMessage> {
         ClientMessage::Request {
             id: RequestId(index as u64),
             request,
+            // Every other request traced, with the flags of a sampled and an unsampled one.
+            trace: (index % 2 == 1).then_some(payload::TraceContext {
+                trace_id: [0xab; 16],
+                span_id: [7; 8],
+                flags: (index % 4 == 1) as u8,
+            }),
         }
     }));
     messages.push(execute_request());
@@ -283,6 +290,50 @@ pub fn server_messages() -> Vec<ServerMessage> {
                 entry: entry.into(),
             }),
     );
+    messages.push(ServerMessage::Spans(vec![
+        payload::SpanRecord {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: [3; 8],
+            name: "code_mode.compile".into(),
+            start_unix_nanos: 1_700_000_000_000_000_000,
+            end_unix_nanos: 1_700_000_000_000_500_000,
+            attributes: vec![
+                ("typescript".into(), payload::SpanValue::Bool(false)),
+                ("source.bytes".into(), payload::SpanValue::I64(-1)),
+                ("ratio".into(), payload::SpanValue::F64(0.5)),
+                ("cell.id".into(), payload::SpanValue::Text("\u{e9}".into())),
+            ],
+            events: vec![payload::SpanEvent {
+                name: "timer fired".into(),
+                unix_nanos: 1_700_000_000_000_100_000,
+                attributes: vec![("timer.id".into(), payload::SpanValue::I64(4))],
+            }],
+            status: payload::SpanStatus::Error("boom".into()),
+        },
+        payload::SpanRecord {
+            trace_id: [1; 16],
+            span_id: [3; 8],
+            parent_span_id: [9; 8],
+            name: "code_mode.runtime".into(),
+            start_unix_nanos: 0,
+            end_unix_nanos: u64::MAX,
+            attributes: vec![],
+            events: vec![],
+            status: payload::SpanStatus::Ok,
+        },
+    ]));
+    messages.push(ServerMessage::Spans(vec![payload::SpanRecord {
+        trace_id: [0; 16],
+        span_id: [0; 8],
+        parent_span_id: [0; 8],
+        name: String::new(),
+        start_unix_nanos: 0,
+        end_unix_nanos: 0,
+        attributes: vec![],
+        events: vec![],
+        status: payload::SpanStatus::Unset,
+    }]));
     messages
 }
 

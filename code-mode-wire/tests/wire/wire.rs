@@ -385,10 +385,11 @@ fn encodings_are_pinned() {
         ),
         (
             frame(&crate::samples::execute_request()),
-            // length 31, Request 1: Session 1, call Execute: source, one function tool
-            // (name, description, kind, not deferred), yield Some(10000), no tool call id
-            "1f0000000101010100 0a74657874282268692229
-             01046563686f01650000 01fb1027 00",
+            // length 32, Request 1: Session 1, call Execute: source, one function tool
+            // (name, description, kind, not deferred), yield Some(10000), no tool call id;
+            // no trace context
+            "200000000101010100 0a74657874282268692229
+             01046563686f01650000 01fb1027 00 00",
         ),
         (
             frame(&ServerMessage::Response {

@@ -1,0 +1,204 @@
+//! The spans of traced work, handed back to the host. The sandbox allows no socket, so the
+//! runtime cannot export; and an operator should configure one endpoint, not two. A
+//! request that carries a trace context (the host's span of the cell it starts or
+//! rebuilds) runs under a `code_mode.runtime` span, a child of that context; what the
+//! runtime traces of the cell (compile, evaluate, timers, hibernation, replay) hangs under
+//! it. Each span that ends goes back on the connection that asked for it, as
+//! [`ServerMessage::Spans`], and the host exports it with its own.
+//!
+//! Work that carries no trace context makes no span: the cell's span is disabled, so its
+//! children are never made. A span is routed by its trace id to the connection whose
+//! request started that trace here; a route lives while the `code_mode.runtime` spans it
+//! was made for do.
+
+use code_mode_protocol::sync::lock;
+use code_mode_wire::payload::{SpanEvent, SpanRecord, SpanStatus, SpanValue, TraceContext};
+use code_mode_wire::transport::Outbox;
+use code_mode_wire::{ServerMessage, SessionId};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::SystemTime;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer as _;
+
+/// The name of the span a traced request runs under.
+pub(crate) const RUNTIME_SPAN: &str = "code_mode.runtime";
+
+/// The targets whose spans are traced: the runtime's own crates.
+const TRACED_TARGETS: [&str; 3] = ["code_mode", "code_mode_bin", "code_mode_protocol"];
+
+/// Where the spans of one trace go: the connection that started it, and the
+/// `code_mode.runtime` spans still open on it.
+struct Route {
+    outbox: Outbox<ServerMessage>,
+    open: Vec<SpanId>,
+}
+
+/// The routes of every traced request of this process, by trace id.
+static ROUTES: LazyLock<Mutex<HashMap<TraceId, Route>>> = LazyLock::new(Mutex::default);
+
+/// The tracer provider the layer makes spans with: it samples only children of a sampled
+/// host span (a root here is never exported) and hands each span back as it ends.
+static PROVIDER: LazyLock<SdkTracerProvider> = LazyLock::new(|| {
+    SdkTracerProvider::builder()
+        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::AlwaysOff,
+        )))
+        .with_simple_exporter(HandBack)
+        .build()
+});
+
+/// The layer that turns the runtime's spans into OpenTelemetry spans to hand back.
+pub(crate) fn layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    let mut targets = tracing_subscriber::filter::Targets::new();
+    for target in TRACED_TARGETS {
+        targets = targets.with_target(target, tracing::Level::INFO);
+    }
+    tracing_opentelemetry::layer()
+        .with_tracer(PROVIDER.tracer("code-mode-bin"))
+        .with_filter(targets)
+}
+
+/// The span a request traced by the host runs under (disabled when `trace` is not
+/// sampled): a child of the host's span, its spans routed back through `outbox`.
+pub(crate) fn runtime_span(
+    trace: TraceContext,
+    session: Option<SessionId>,
+    outbox: &Outbox<ServerMessage>,
+) -> tracing::Span {
+    let flags = TraceFlags::new(trace.flags);
+    let parent = SpanContext::new(
+        TraceId::from_bytes(trace.trace_id),
+        SpanId::from_bytes(trace.span_id),
+        flags,
+        true,
+        TraceState::default(),
+    );
+    if !flags.is_sampled() || !parent.is_valid() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: "code_mode_bin",
+        RUNTIME_SPAN,
+        // The runtime's own number of the session (not the id its agent core knows).
+        runtime.session = session.map(|session| session.0.to_string()),
+        process.pid = i64::from(std::process::id()),
+    );
+    if span
+        .set_parent(opentelemetry::Context::new().with_remote_span_context(parent.clone()))
+        .is_err()
+    {
+        return tracing::Span::none();
+    }
+    let own = span.context().span().span_context().span_id();
+    if own == SpanId::INVALID {
+        return tracing::Span::none();
+    }
+    let mut routes = lock(&ROUTES);
+    let route = routes.entry(parent.trace_id()).or_insert_with(|| Route {
+        outbox: outbox.clone(),
+        open: Vec::new(),
+    });
+    // The latest connection to trace here wins (one trace across two hosts is rare).
+    route.outbox = outbox.clone();
+    route.open.push(own);
+    span
+}
+
+/// The span exporter: each span goes back to its route's connection.
+#[derive(Debug)]
+struct HandBack;
+
+impl SpanExporter for HandBack {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut by_trace: Vec<(TraceId, Outbox<ServerMessage>, Vec<SpanRecord>)> = Vec::new();
+        {
+            let mut routes = lock(&ROUTES);
+            for span in batch {
+                let trace_id = span.span_context.trace_id();
+                let Some(route) = routes.get_mut(&trace_id) else {
+                    tracing::debug!(name = %span.name, "a span with no route is dropped");
+                    continue;
+                };
+                let outbox = route.outbox.clone();
+                if span.name == RUNTIME_SPAN {
+                    let own = span.span_context.span_id();
+                    route.open.retain(|open| *open != own);
+                    if route.open.is_empty() {
+                        routes.remove(&trace_id);
+                    }
+                }
+                let record = record(span);
+                match by_trace.iter_mut().find(|(known, ..)| *known == trace_id) {
+                    Some((.., records)) => records.push(record),
+                    None => by_trace.push((trace_id, outbox, vec![record])),
+                }
+            }
+        }
+        for (_, outbox, records) in by_trace {
+            // A connection that is gone or stalled loses its spans, never the cell's time.
+            let _ = outbox.send(&ServerMessage::Spans(records));
+        }
+        Ok(())
+    }
+}
+
+/// A span as the wire carries it.
+fn record(span: SpanData) -> SpanRecord {
+    SpanRecord {
+        trace_id: span.span_context.trace_id().to_bytes(),
+        span_id: span.span_context.span_id().to_bytes(),
+        parent_span_id: span.parent_span_id.to_bytes(),
+        name: span.name.into_owned(),
+        start_unix_nanos: unix_nanos(span.start_time),
+        end_unix_nanos: unix_nanos(span.end_time),
+        attributes: attributes(span.attributes),
+        events: span
+            .events
+            .events
+            .into_iter()
+            .map(|event| SpanEvent {
+                name: event.name.into_owned(),
+                unix_nanos: unix_nanos(event.timestamp),
+                attributes: attributes(event.attributes),
+            })
+            .collect(),
+        status: match span.status {
+            opentelemetry::trace::Status::Unset => SpanStatus::Unset,
+            opentelemetry::trace::Status::Ok => SpanStatus::Ok,
+            opentelemetry::trace::Status::Error { description } => {
+                SpanStatus::Error(description.into_owned())
+            }
+        },
+    }
+}
+
+fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
+fn attributes(values: Vec<opentelemetry::KeyValue>) -> Vec<(String, SpanValue)> {
+    values
+        .into_iter()
+        .map(|pair| {
+            let value = match pair.value {
+                opentelemetry::Value::Bool(value) => SpanValue::Bool(value),
+                opentelemetry::Value::I64(value) => SpanValue::I64(value),
+                opentelemetry::Value::F64(value) => SpanValue::F64(value),
+                other => SpanValue::Text(other.to_string()),
+            };
+            (pair.key.as_str().to_owned(), value)
+        })
+        .collect()
+}
