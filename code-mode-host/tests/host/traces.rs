@@ -6,7 +6,8 @@
 use crate::{provider, request};
 use code_mode_conformance::TestDelegate;
 use code_mode_conformance::phoenix::{
-    agent_core_tracing, agent_turn, assert_cell_tree, caller, flushed_trace, phoenix,
+    Placement, agent_core_tracing, agent_turn, assert_cell_tree, assert_cell_work, caller,
+    flushed_trace, has_cell_work, phoenix,
 };
 use code_mode_host::CodeModeProvider;
 use code_mode_protocol::{CodeModeSession, SessionOptions};
@@ -42,7 +43,11 @@ async fn an_exec_runs_inside_the_callers_current_span() {
             .filter(|span| span["name"] == "code_mode.tool_call")
             .count()
             >= 2
+            && has_cell_work(spans)
     })
     .await;
-    assert_cell_tree(&spans, "agent.turn", ["echo", "text_echo"]);
+    let cell = assert_cell_tree(&spans, "agent.turn", ["echo", "text_echo"]);
+    // The runtime process's spans, handed back and exported by the host crate through the
+    // agent core's exporter.
+    assert_cell_work(&spans, cell, Placement::OutOfProcess);
 }

@@ -527,7 +527,9 @@ async fn spans_hold_no_source_or_arguments_unless_asked() {
 
 #[tokio::test]
 async fn a_real_trace_store_shows_the_cell_under_the_callers_span() {
-    use code_mode_conformance::phoenix::{assert_cell_tree, caller, children, phoenix};
+    use code_mode_conformance::phoenix::{
+        Placement, assert_cell_tree, assert_cell_work, caller, children, has_cell_work, phoenix,
+    };
     let phoenix = tokio::task::spawn_blocking(phoenix).await.expect("Phoenix");
     let (trace_id, traceparent) = caller("codex front");
     let mut command = tokio::process::Command::new(our_host());
@@ -555,15 +557,18 @@ async fn a_real_trace_store_shows_the_cell_under_the_callers_span() {
                 .count()
                 >= 2
                 && spans.iter().any(|span| span["name"] == "code_mode.cell")
+                && has_cell_work(spans)
         })
     })
     .await
     .expect("the trace");
-    assert_cell_tree(
+    let cell = assert_cell_tree(
         &spans,
         "code_mode_host.grpc.execute",
         ["echo", "ns__search"],
     );
+    // The runtime (this executable in its runtime mode) handed its spans back to the front.
+    assert_cell_work(&spans, cell, Placement::OutOfProcess);
     let execute = spans
         .iter()
         .find(|span| span["name"] == "code_mode_host.grpc.execute")
