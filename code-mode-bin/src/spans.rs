@@ -1,10 +1,15 @@
 //! The spans of traced work, handed back to the host. The sandbox allows no socket, so the
 //! runtime cannot export; and an operator should configure one endpoint, not two. A
 //! request that carries a trace context (the host's span of the cell it starts or
-//! rebuilds) runs under a `code_mode.runtime` span, a child of that context; what the
+//! rebuilds) runs under a `code_mode.runtime` span, a child of that context, and what the
 //! runtime traces of the cell (compile, evaluate, timers, hibernation, replay) hangs under
 //! it. Each span that ends goes back on the connection that asked for it, as
-//! [`ServerMessage::Spans`], and the host exports it with its own.
+//! [`ServerMessage::Spans`], and the host exports it with its own, with this process's id
+//! (`process.pid`).
+//!
+//! The `code_mode.runtime` span itself is not handed back: it lives as long as its cell,
+//! and a runtime that is killed never ends it, which would leave its children pointing at a
+//! span no receiver has. Its children are handed back as children of the host's span.
 //!
 //! Work that carries no trace context makes no span: the cell's span is disabled, so its
 //! children are never made. A span is routed by its trace id to the connection whose
@@ -33,10 +38,10 @@ pub(crate) const RUNTIME_SPAN: &str = "code_mode.runtime";
 const TRACED_TARGETS: [&str; 3] = ["code_mode", "code_mode_bin", "code_mode_protocol"];
 
 /// Where the spans of one trace go: the connection that started it, and the
-/// `code_mode.runtime` spans still open on it.
+/// `code_mode.runtime` spans still open on it, each with the host's span it stands for.
 struct Route {
     outbox: Outbox<ServerMessage>,
-    open: Vec<SpanId>,
+    open: Vec<(SpanId, SpanId)>,
 }
 
 /// The routes of every traced request of this process, by trace id.
@@ -109,7 +114,7 @@ pub(crate) fn runtime_span(
     });
     // The latest connection to trace here wins (one trace across two hosts is rare).
     route.outbox = outbox.clone();
-    route.open.push(own);
+    route.open.push((own, parent.span_id()));
     span
 }
 
@@ -131,12 +136,21 @@ impl SpanExporter for HandBack {
                 let outbox = route.outbox.clone();
                 if span.name == RUNTIME_SPAN {
                     let own = span.span_context.span_id();
-                    route.open.retain(|open| *open != own);
+                    route.open.retain(|(open, _)| *open != own);
                     if route.open.is_empty() {
                         routes.remove(&trace_id);
                     }
+                    continue;
                 }
-                let record = record(span);
+                let mut record = record(span);
+                let parent = SpanId::from_bytes(record.parent_span_id);
+                if let Some((_, host)) = route.open.iter().find(|(open, _)| *open == parent) {
+                    record.parent_span_id = host.to_bytes();
+                }
+                record.attributes.push((
+                    "process.pid".to_owned(),
+                    SpanValue::I64(i64::from(std::process::id())),
+                ));
                 match by_trace.iter_mut().find(|(known, ..)| *known == trace_id) {
                     Some((.., records)) => records.push(record),
                     None => by_trace.push((trace_id, outbox, vec![record])),

@@ -12,6 +12,7 @@ use crate::error::HostError;
 use code_mode_protocol::session::measure;
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
+use code_mode_protocol::traced::{capped, under};
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
     ExecRequest, PendingOutcome, RuntimeFailure, SessionCall, SessionError, SessionOptions,
@@ -22,6 +23,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Where sessions get their runtime: the supervised local process, or a pool of remote
 /// runtimes. Each call places one session; the [`Placed`] guard counts it toward the
@@ -255,7 +257,20 @@ impl HostedSession {
         let lost = placed.connection.take_lost_cells(*session);
         *binding = None;
         drop(binding);
-        for LostCell { cell_id, resumable } in lost {
+        for LostCell {
+            cell_id,
+            resumable,
+            span,
+        } in lost
+        {
+            under(&span, || {
+                tracing::warn!(
+                    parent: &span,
+                    cause = %cause,
+                    rebuildable = resumable.is_some(),
+                    "runtime lost"
+                );
+            });
             match resumable {
                 Some(resumable) => {
                     lock(&self.rebuilt).insert(cell_id.clone());
@@ -296,7 +311,28 @@ impl HostedSession {
     async fn resume_lost(&self, connection: &Arc<Connection>, session: SessionId) {
         let lost = std::mem::take(&mut *lock(&self.resumable));
         for (cell_id, resumable) in lost {
-            match connection.resume(session, &cell_id, &resumable).await {
+            // The rebuild's span, under the cell's: the request carries it, so the new
+            // runtime's spans of the rebuilt cell (its replay) hang under it.
+            let rebuild = under(&resumable.span, || {
+                tracing::info_span!(
+                    parent: &resumable.span,
+                    "code_mode.rebuild",
+                    cell.id = %cell_id,
+                    entries = i64::try_from(resumable.journal.entered.len()).unwrap_or(i64::MAX),
+                    otel.status_code = tracing::field::Empty,
+                    error.text = tracing::field::Empty,
+                )
+            })
+            .unwrap_or_else(tracing::Span::none);
+            let resumed = connection
+                .resume(session, &cell_id, &resumable)
+                .instrument(rebuild.clone())
+                .await;
+            if let Err(error) = &resumed {
+                rebuild.record("otel.status_code", "error");
+                rebuild.record("error.text", capped(&error.to_string()));
+            }
+            match resumed {
                 Ok(runtime_id) => {
                     tracing::info!(cell = %cell_id, on = %runtime_id, "cell rebuilt from its journal on a fresh runtime");
                 }
@@ -567,6 +603,7 @@ fn exec_journal(request: &ExecRequest) -> ExecJournal {
         source: request.source.clone(),
         tools: Arc::clone(&request.tools),
         exec_call_id: request.tool_call_id.clone(),
+        span: tracing::Span::current(),
     }
 }
 

@@ -12,16 +12,20 @@ pub struct Scratch(pub PathBuf);
 impl Scratch {
     pub fn new() -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "code-mode-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .unwrap_or_else(|error| panic!("creating {}: {error}", path.display()));
-        Self(path)
+        loop {
+            let path = std::env::temp_dir().join(format!(
+                "code-mode-test-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Self(path),
+                // Left by an earlier process with the same id (one that kept a scratch
+                // directory in a static, or was killed): never reused, the next is tried.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(error) => panic!("creating {}: {error}", path.display()),
+            }
+        }
     }
 
     /// Writes `content` to the file `name` in the directory; returns its path.

@@ -22,6 +22,8 @@ pub(super) struct Kept {
     /// Its delegate calls in flight, by the runtime's id of each: the nested call each
     /// answers (`None` for a notification).
     in_flight: HashMap<DelegateId, Option<CallId>>,
+    /// The cell's span (disabled when it is not traced): a loss and a rebuild hang there.
+    span: tracing::Span,
 }
 
 impl Kept {
@@ -31,6 +33,7 @@ impl Kept {
             admitted,
             exec_call_id,
             in_flight: HashMap::new(),
+            span: tracing::Span::none(),
         }
     }
 }
@@ -45,6 +48,8 @@ pub(crate) struct ExecJournal {
     pub(crate) source: String,
     pub(crate) tools: Arc<[ToolDefinition]>,
     pub(crate) exec_call_id: Option<String>,
+    /// The span the exec was made under: the cell's.
+    pub(crate) span: tracing::Span,
 }
 
 /// A cell that was running when its runtime was lost and can be rebuilt from its journal.
@@ -55,6 +60,8 @@ pub(crate) struct Resumable {
     pub(crate) delegate: Option<Arc<dyn CodeModeSessionDelegate>>,
     /// Answers to its calls that outlived the runtime.
     pub(crate) late: Arc<LateAnswers>,
+    /// The cell's span: its rebuild is traced under it.
+    pub(crate) span: tracing::Span,
 }
 
 /// A cell of a lost runtime: rebuildable, or dead.
@@ -62,6 +69,8 @@ pub(crate) struct LostCell {
     /// Its id as the agent core knows it.
     pub(crate) cell_id: CellId,
     pub(crate) resumable: Option<Resumable>,
+    /// The cell's span (disabled when it is not traced, or its exec was not seen).
+    pub(crate) span: tracing::Span,
 }
 
 /// Where a rebuilt cell takes the answers to calls its lost runtime made.
@@ -204,6 +213,7 @@ impl SessionEntry {
                 journal.source = exec.source;
                 journal.tools = exec.tools;
                 kept.exec_call_id = exec.exec_call_id;
+                kept.span = exec.span;
                 kept.admitted = true;
             }
             // Started by a request the host no longer knows: it cannot be rebuilt.
@@ -219,9 +229,11 @@ impl SessionEntry {
         cell_id: &CellId,
         journal: CellJournal,
         exec_call_id: Option<String>,
+        span: tracing::Span,
     ) {
-        self.journals
-            .insert(cell_id.clone(), Kept::new(journal, true, exec_call_id));
+        let mut kept = Kept::new(journal, true, exec_call_id);
+        kept.span = span;
+        self.journals.insert(cell_id.clone(), kept);
     }
 
     /// The caller of an observation took `items` output items of the cell.
@@ -286,26 +298,27 @@ impl SessionEntry {
         let mut lost = Vec::new();
         let live: Vec<CellId> = self.live_cells.drain().collect();
         for cell_id in live {
-            let resumable = self
-                .journals
-                .remove(&cell_id)
-                .filter(|kept| kept.admitted)
-                .and_then(|kept| {
-                    // Answers sent are in the journal (entered, or about to be: the
-                    // rebuilt cell takes them in order); the calls still running answer
-                    // the rebuilt cell.
-                    let journal = kept.builder.build()?;
-                    let late = Arc::new(LateAnswers::default());
-                    for (id, call) in kept.in_flight {
-                        late_calls.insert(id, (Arc::clone(&late), call));
-                    }
-                    Some(Resumable {
-                        journal,
-                        exec_call_id: kept.exec_call_id,
-                        delegate: self.cell_delegates.remove(&cell_id),
-                        late,
-                    })
-                });
+            let kept = self.journals.remove(&cell_id);
+            let span = kept
+                .as_ref()
+                .map_or_else(tracing::Span::none, |kept| kept.span.clone());
+            let resumable = kept.filter(|kept| kept.admitted).and_then(|kept| {
+                // Answers sent are in the journal (entered, or about to be: the
+                // rebuilt cell takes them in order); the calls still running answer
+                // the rebuilt cell.
+                let journal = kept.builder.build()?;
+                let late = Arc::new(LateAnswers::default());
+                for (id, call) in kept.in_flight {
+                    late_calls.insert(id, (Arc::clone(&late), call));
+                }
+                Some(Resumable {
+                    journal,
+                    exec_call_id: kept.exec_call_id,
+                    delegate: self.cell_delegates.remove(&cell_id),
+                    late,
+                    span: kept.span,
+                })
+            });
             if resumable.is_none() {
                 let delegate = self
                     .cell_delegates
@@ -317,6 +330,7 @@ impl SessionEntry {
             lost.push(LostCell {
                 cell_id: external(&cell_id),
                 resumable,
+                span,
             });
         }
         lost
@@ -355,6 +369,7 @@ impl Connection {
                 journal: resumable.journal.clone(),
                 exec_call_id: resumable.exec_call_id.clone(),
                 external: external.clone(),
+                span: resumable.span.clone(),
             }),
             ..RequestHooks::default()
         };
@@ -371,6 +386,8 @@ pub(crate) struct ResumedHook {
     exec_call_id: Option<String>,
     /// The cell's id as the agent core knows it.
     external: CellId,
+    /// The cell's span, kept for a later loss.
+    span: tracing::Span,
 }
 
 impl FromResponse for CellId {
@@ -409,7 +426,7 @@ impl Connection {
                     .cell_delegates
                     .insert(cell_id.clone(), Arc::clone(delegate));
             }
-            entry.resumed_journal(cell_id, hook.journal, hook.exec_call_id);
+            entry.resumed_journal(cell_id, hook.journal, hook.exec_call_id, hook.span);
         }
         Ok(())
     }
