@@ -335,28 +335,41 @@ impl<S: CodeModeSession> Traced<S> {
     }
 }
 
+/// The span of a cell `request` starts (disabled when no subscriber wants it).
+fn cell_span(request: &ExecRequest) -> tracing::Span {
+    let span = tracing::info_span!(
+        "code_mode.cell",
+        cell.id = tracing::field::Empty,
+        status = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        error.kind = tracing::field::Empty,
+        error.text = tracing::field::Empty,
+        output.bytes = tracing::field::Empty,
+        tool_calls = tracing::field::Empty,
+        cell.source = tracing::field::Empty,
+    );
+    if !span.is_disabled() && capturing(CAPTURE_SOURCE) {
+        span.record("cell.source", capped(&request.source));
+    }
+    span
+}
+
+/// Records on a cell's span that its exec failed with `error`.
+fn failed(span: &tracing::Span, error: &SessionError) {
+    span.record("status", "error");
+    span.record("otel.status_code", "error");
+    span.record("error.text", capped(&error.to_string()));
+}
+
 impl<S: CodeModeSession> CodeModeSession for Traced<S> {
     fn execute_with(
         &self,
         request: ExecRequest,
         mut hooks: ExecHooks,
     ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
-        let span = tracing::info_span!(
-            "code_mode.cell",
-            cell.id = tracing::field::Empty,
-            status = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-            error.kind = tracing::field::Empty,
-            error.text = tracing::field::Empty,
-            output.bytes = tracing::field::Empty,
-            tool_calls = tracing::field::Empty,
-            cell.source = tracing::field::Empty,
-        );
+        let span = cell_span(&request);
         if span.is_disabled() {
             return self.inner.execute_with(request, hooks);
-        }
-        if capturing(CAPTURE_SOURCE) {
-            span.record("cell.source", capped(&request.source));
         }
         if let Some(delegate) = hooks.delegate.take() {
             hooks.delegate = Some(self.traces.delegate(delegate));
@@ -379,12 +392,7 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
                 let started = started.await;
                 match &started {
                     Ok(started) => traces.observed(&started.initial_response),
-                    Err(error) => {
-                        let span = tracing::Span::current();
-                        span.record("status", "error");
-                        span.record("otel.status_code", "error");
-                        span.record("error.text", capped(&error.to_string()));
-                    }
+                    Err(error) => failed(&tracing::Span::current(), error),
                 }
                 started
             }
@@ -416,9 +424,31 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
         &self,
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
-        // The pending-aware pair is traced through its own observations only: its cells
-        // are frozen between them and their calls are answered through the delegate.
-        self.inner.execute_to_pending(request)
+        let span = cell_span(&request);
+        if span.is_disabled() {
+            return self.inner.execute_to_pending(request);
+        }
+        let started = span.in_scope(|| self.inner.execute_to_pending(request));
+        let traces = self.traces.clone();
+        let admitted = span.clone();
+        Box::pin(
+            async move {
+                let started = started.await;
+                match &started {
+                    Ok(started) => {
+                        // Known by its id from here on (its later observations and close).
+                        traces.admit(&started.cell_id, admitted);
+                        traces.pending(&started.outcome);
+                        if let PendingOutcome::Completed(_) = started.outcome {
+                            traces.closed(&started.cell_id);
+                        }
+                    }
+                    Err(error) => failed(&tracing::Span::current(), error),
+                }
+                started
+            }
+            .instrument(span),
+        )
     }
 
     fn wait_to_pending(

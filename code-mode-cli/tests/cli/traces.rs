@@ -7,7 +7,7 @@
 use super::BIN;
 use code_mode_conformance::Scratch;
 use code_mode_conformance::phoenix::{
-    Placement, assert_cell_tree, assert_cell_work, caller, has_cell_work, phoenix,
+    Placement, assert_cell_tree, assert_cell_work, caller, children, has_cell_work, phoenix,
 };
 use serde_json::{Value, json};
 use std::io::{BufRead as _, Write as _};
@@ -78,10 +78,29 @@ fn serve_jsonl_traces_a_cell_under_the_requests_traceparent() {
             "params": {"session": "s1", "source": CELL, "yield_time_ms": 30000}
         }));
         assert_eq!(reply["result"]["response"]["type"], "result", "{reply}");
+        // The pending-aware exec traces its cell too.
+        let (pending_trace_id, pending_traceparent) = caller("jsonl pending");
+        let reply = ask(json!({
+            "id": 2, "method": "execute_to_pending", "traceparent": pending_traceparent,
+            "params": {"session": "s1", "source": "text('p');"}
+        }));
+        assert!(reply.get("result").is_some(), "{reply}");
         drop(stdin);
         assert!(child.wait().expect("wait").success());
         let spans = cell_trace(&trace_id, "code_mode.jsonl.request");
         let cell = assert_cell_tree(&spans, "code_mode.jsonl.request", ["list_dir", "read_file"]);
+        assert_cell_work(&spans, cell, placement);
+        let spans = phoenix().trace_when(&pending_trace_id, |spans| {
+            spans.iter().any(|span| span["name"] == "code_mode.cell") && has_cell_work(spans)
+        });
+        let request = spans
+            .iter()
+            .find(|span| span["name"] == "code_mode.jsonl.request")
+            .expect("the pending exec's request span");
+        let [cell] = children(&spans, request, "code_mode.cell")[..] else {
+            panic!("one cell under the pending exec's request: {spans:#?}");
+        };
+        assert_eq!(cell["attributes"]["status"], "completed", "{cell}");
         assert_cell_work(&spans, cell, placement);
     }
 }
