@@ -7,9 +7,10 @@
 //! [`ServerMessage::Spans`], and the host exports it with its own, with this process's id
 //! (`process.pid`).
 //!
-//! The `code_mode.runtime` span itself is not handed back: it lives as long as its cell,
-//! and a runtime that is killed never ends it, which would leave its children pointing at a
-//! span no receiver has. Its children are handed back as children of the host's span.
+//! The `code_mode.runtime` span lives as long as its cell here and holds what the runtime
+//! knows of the whole (the CPU time, the timers that fired). A runtime that is killed never
+//! ends it, so its children are handed back as children of the host's span instead of its
+//! own: none is left pointing at a span no receiver has.
 //!
 //! Work that carries no trace context makes no span: the cell's span is disabled, so its
 //! children are never made. A span is routed by its trace id to the connection whose
@@ -96,6 +97,7 @@ pub(crate) fn runtime_span(
         // The runtime's own number of the session (not the id its agent core knows).
         runtime.session = session.map(|session| session.0.to_string()),
         process.pid = i64::from(std::process::id()),
+        cpu.time_ms = tracing::field::Empty,
     );
     if span
         .set_parent(opentelemetry::Context::new().with_remote_span_context(parent.clone()))
@@ -134,23 +136,26 @@ impl SpanExporter for HandBack {
                     continue;
                 };
                 let outbox = route.outbox.clone();
-                if span.name == RUNTIME_SPAN {
-                    let own = span.span_context.span_id();
-                    route.open.retain(|(open, _)| *open != own);
+                let ends_route = span.name == RUNTIME_SPAN;
+                let mut record = record(span);
+                if ends_route {
+                    // It has its pid already, and its parent is the host's span.
+                    route
+                        .open
+                        .retain(|(open, _)| open.to_bytes() != record.span_id);
                     if route.open.is_empty() {
                         routes.remove(&trace_id);
                     }
-                    continue;
+                } else {
+                    let parent = SpanId::from_bytes(record.parent_span_id);
+                    if let Some((_, host)) = route.open.iter().find(|(open, _)| *open == parent) {
+                        record.parent_span_id = host.to_bytes();
+                    }
+                    record.attributes.push((
+                        "process.pid".to_owned(),
+                        SpanValue::I64(i64::from(std::process::id())),
+                    ));
                 }
-                let mut record = record(span);
-                let parent = SpanId::from_bytes(record.parent_span_id);
-                if let Some((_, host)) = route.open.iter().find(|(open, _)| *open == parent) {
-                    record.parent_span_id = host.to_bytes();
-                }
-                record.attributes.push((
-                    "process.pid".to_owned(),
-                    SpanValue::I64(i64::from(std::process::id())),
-                ));
                 match by_trace.iter_mut().find(|(known, ..)| *known == trace_id) {
                     Some((.., records)) => records.push(record),
                     None => by_trace.push((trace_id, outbox, vec![record])),

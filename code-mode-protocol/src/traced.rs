@@ -7,7 +7,8 @@
 //!   its own span with no extra code. It ends when the cell is closed. It holds the cell's
 //!   id, its outcome (`status`: completed, error, terminated; `error.kind` as
 //!   [`crate::FailureKind::as_str`]; `error.text`, capped), the text bytes it output, its nested
-//!   calls and observations. A yield is an event on it.
+//!   calls and observations, and in process the CPU time its (last) incarnation used
+//!   (`cpu.time_ms`). A yield is an event on it.
 //! - `code_mode.tool_call` is a child of its cell's span, from the call to its answer:
 //!   tool name, call id, kind and `status` (ok, error).
 //! - `code_mode.wait` and `code_mode.terminate` are the caller's observations, with the
@@ -346,6 +347,7 @@ fn cell_span(request: &ExecRequest) -> tracing::Span {
         error.text = tracing::field::Empty,
         output.bytes = tracing::field::Empty,
         tool_calls = tracing::field::Empty,
+        cpu.time_ms = tracing::field::Empty,
         cell.source = tracing::field::Empty,
     );
     if !span.is_disabled() && capturing(CAPTURE_SOURCE) {

@@ -271,17 +271,25 @@ pub enum Placement {
     OutOfProcess,
 }
 
-/// Whether `spans` hold the cell's inner work yet: its compile and its evaluate (those of a
-/// runtime process come in batches of their own).
-pub fn has_cell_work(spans: &[Value]) -> bool {
-    ["code_mode.compile", "code_mode.evaluate"]
+/// Whether `spans` hold the cell's inner work yet: its compile and its evaluate, and out of
+/// process the runtime's span of the cell (a runtime process's spans come in batches of
+/// their own, that one at the cell's close).
+pub fn has_cell_work(spans: &[Value], placement: Placement) -> bool {
+    let mut wanted = vec!["code_mode.compile", "code_mode.evaluate"];
+    if placement == Placement::OutOfProcess {
+        wanted.push("code_mode.runtime");
+    }
+    wanted
         .iter()
         .all(|wanted| spans.iter().any(|span| name(span) == *wanted))
 }
 
 /// Asserts the cell's inner work is in its trace: one `code_mode.compile` and one
 /// `code_mode.evaluate`, children of the cell's span; out of process, each names the
-/// runtime process it ran in (`process.pid`, not this process), in process none does.
+/// runtime process it ran in (`process.pid`, not this process), in process none does. The
+/// CPU time the cell used (`cpu.time_ms`) is on the cell's span in process, and on the
+/// runtime's span of the cell (one `code_mode.runtime`, the cell's child, with the same
+/// pid) out of process.
 pub fn assert_cell_work(spans: &[Value], cell: &Value, placement: Placement) {
     let rendered = || {
         spans
@@ -304,6 +312,28 @@ pub fn assert_cell_work(spans: &[Value], cell: &Value, placement: Placement) {
             ),
         }
     }
+    let cpu_holder = match placement {
+        Placement::InProcess => cell,
+        Placement::OutOfProcess => {
+            let [runtime] = children(spans, cell, "code_mode.runtime")[..] else {
+                panic!("one code_mode.runtime under the cell:\n{}", rendered());
+            };
+            let compile = children(spans, cell, "code_mode.compile")[0];
+            assert_eq!(
+                attribute(runtime, "process.pid"),
+                attribute(compile, "process.pid"),
+                "the runtime span and the compile ran in one process"
+            );
+            runtime
+        }
+    };
+    let cpu = attribute(cpu_holder, "cpu.time_ms").and_then(Value::as_f64);
+    assert!(
+        cpu.is_some_and(|cpu| cpu > 0.0),
+        "the cell's CPU time on {}: {}",
+        name(cpu_holder),
+        cpu_holder["attributes"]
+    );
 }
 
 /// An agent core's own tracing, on this thread: every span it makes (`INFO` and above)

@@ -32,13 +32,13 @@ fn traced(args: &[&str], scratch: &Scratch) -> Command {
 }
 
 /// The trace once it holds the front's span, a cell and both calls.
-fn cell_trace(trace_id: &str, front: &str) -> Vec<Value> {
+fn cell_trace(trace_id: &str, front: &str, placement: Placement) -> Vec<Value> {
     phoenix().trace_when(trace_id, |spans| {
         let named = |name: &str| spans.iter().filter(|span| span["name"] == name).count();
         named(front) >= 1
             && named("code_mode.cell") >= 1
             && named("code_mode.tool_call") >= 2
-            && has_cell_work(spans)
+            && has_cell_work(spans, placement)
     })
 }
 
@@ -87,11 +87,12 @@ fn serve_jsonl_traces_a_cell_under_the_requests_traceparent() {
         assert!(reply.get("result").is_some(), "{reply}");
         drop(stdin);
         assert!(child.wait().expect("wait").success());
-        let spans = cell_trace(&trace_id, "code_mode.jsonl.request");
+        let spans = cell_trace(&trace_id, "code_mode.jsonl.request", placement);
         let cell = assert_cell_tree(&spans, "code_mode.jsonl.request", ["list_dir", "read_file"]);
         assert_cell_work(&spans, cell, placement);
         let spans = phoenix().trace_when(&pending_trace_id, |spans| {
-            spans.iter().any(|span| span["name"] == "code_mode.cell") && has_cell_work(spans)
+            spans.iter().any(|span| span["name"] == "code_mode.cell")
+                && has_cell_work(spans, placement)
         });
         let request = spans
             .iter()
@@ -147,7 +148,7 @@ fn mcp_traces_a_cell_under_the_calls_meta_traceparent() {
         );
         drop(stdin);
         assert!(child.wait().expect("wait").success());
-        let spans = cell_trace(&trace_id, "tools/call exec");
+        let spans = cell_trace(&trace_id, "tools/call exec", placement);
         let cell = assert_cell_tree(&spans, "tools/call exec", ["list_dir", "read_file"]);
         assert_cell_work(&spans, cell, placement);
     }
@@ -167,7 +168,7 @@ fn run_traces_a_cell_under_the_traceparent_environment_variable() {
             .output()
             .expect("run");
         assert!(output.status.success(), "{output:?}");
-        let spans = cell_trace(&trace_id, "code_mode.run");
+        let spans = cell_trace(&trace_id, "code_mode.run", placement);
         let cell = assert_cell_tree(&spans, "code_mode.run", ["list_dir", "read_file"]);
         assert_cell_work(&spans, cell, placement);
     }

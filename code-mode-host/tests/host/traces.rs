@@ -43,7 +43,7 @@ async fn an_exec_runs_inside_the_callers_current_span() {
             .filter(|span| span["name"] == "code_mode.tool_call")
             .count()
             >= 2
-            && has_cell_work(spans)
+            && has_cell_work(spans, Placement::OutOfProcess)
     })
     .await;
     let cell = assert_cell_tree(&spans, "agent.turn", ["echo", "text_echo"]);

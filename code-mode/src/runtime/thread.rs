@@ -286,6 +286,12 @@ fn run_cell(
     // session's next cell may run on it); a stop requested before this is cancelled by
     // the reset.
     control.detach();
+    // The CPU time this incarnation used, on the cell's span (a field it declares).
+    if let Some(used) = watched.as_deref().and_then(Watched::cpu_time) {
+        config
+            .span
+            .record("cpu.time_ms", used.as_secs_f64() * 1_000.0);
+    }
     let exceeded = watched.as_deref().is_some_and(Watched::exceeded);
     drop(watched);
     let reusable = matches!(outcome, CellOutcome::Completed { .. })
@@ -455,7 +461,7 @@ impl Driver<'_> {
             tracing::info_span!(
                 parent: &self.span,
                 "code_mode.compile",
-                source.bytes = source.len(),
+                source.bytes = i64::try_from(source.len()).unwrap_or(i64::MAX),
                 typescript = tracing::field::Empty,
             )
         })

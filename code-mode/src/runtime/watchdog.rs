@@ -57,7 +57,7 @@ impl Watched {
     }
 
     /// CPU time counted against the budget: the thread's, less what was excused.
-    fn cpu_time(&self) -> Option<Duration> {
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
         let excused = Duration::from_nanos(self.excused_nanos.load(Ordering::Relaxed));
         self.thread_cpu_time()
             .map(|used| used.saturating_sub(excused))

@@ -557,7 +557,7 @@ async fn a_real_trace_store_shows_the_cell_under_the_callers_span() {
                 .count()
                 >= 2
                 && spans.iter().any(|span| span["name"] == "code_mode.cell")
-                && has_cell_work(spans)
+                && has_cell_work(spans, Placement::OutOfProcess)
         })
     })
     .await

@@ -159,7 +159,7 @@ impl CellActor {
             let span = &self.routing.span;
             under(
                 span,
-                || tracing::info!(parent: span, timer.id = id, "timer fired"),
+                || tracing::info!(parent: span, timer.id = i64::try_from(id).unwrap_or(i64::MAX), "timer fired"),
             );
             self.route(CellCommand::TimerFired { id });
         }
