@@ -18,6 +18,14 @@ pub enum Fault {
     DuplicateAnswer,
     /// One cell's final answer never reaches its caller.
     LoseAnswer,
+    /// One rebuilt cell's journal loses its last issued call: the rebuilt cell sends that
+    /// call (in flight when its runtime was lost) to the delegate again.
+    ReplayedCall,
+    /// One rebuilt cell's journal has its first two entered events swapped.
+    ReorderedEntry,
+    /// One rebuilt cell's journal counts one output item fewer than its caller took: the
+    /// item is delivered twice.
+    DuplicateOutput,
 }
 
 #[cfg(all(feature = "fault-injection", debug_assertions))]

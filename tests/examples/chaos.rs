@@ -69,6 +69,9 @@ fn arm(name: &str) {
         "duplicate-call" => Fault::DuplicateCall,
         "duplicate-answer" => Fault::DuplicateAnswer,
         "lose-answer" => Fault::LoseAnswer,
+        "replayed-call" => Fault::ReplayedCall,
+        "reordered-entry" => Fault::ReorderedEntry,
+        "duplicate-output" => Fault::DuplicateOutput,
         _ => usage("--break"),
     };
     eprintln!("chaos: {fault:?} armed");

@@ -745,16 +745,26 @@ impl Placed for RemoteSession {
     }
 }
 
-/// Follows a cell to its end: waits while it yields.
+/// Follows a cell to its end, waiting while it yields: its final response, and the text
+/// of every observation before it (where a cell's yields fall may move when it is rebuilt;
+/// its whole output may not).
 async fn follow<S: CodeModeSession>(
     session: &S,
     mut response: CellResponse,
-) -> Result<CellResponse, SessionError> {
+) -> Result<(CellResponse, Vec<String>), SessionError> {
+    let mut earlier = Vec::new();
     while let CellResponse::Yielded { cell_id, .. } = &response {
         let request = WaitRequest::new(cell_id.clone()).with_yield_time_ms(5_000);
+        earlier.extend(
+            response
+                .content_items()
+                .iter()
+                .filter_map(|item| item.as_text())
+                .map(str::to_owned),
+        );
         response = session.wait(request).await?;
     }
-    Ok(response)
+    Ok((response, earlier))
 }
 
 /// Runs one cell to its end within the answer deadline and classifies how it ended;
@@ -782,18 +792,22 @@ async fn run_cell<S: CodeModeSession + Placed>(
     });
     let ended = Instant::now();
     match outcome {
-        Ok(CellResponse::Result {
-            content_items,
-            failure: None,
-            ..
-        }) => Ended::Completed(
-            content_items
+        Ok((
+            CellResponse::Result {
+                content_items,
+                failure: None,
+                ..
+            },
+            earlier,
+        )) => Ended::Completed(
+            earlier
                 .iter()
-                .filter_map(|item| item.as_text())
+                .map(String::as_str)
+                .chain(content_items.iter().filter_map(|item| item.as_text()))
                 .collect::<Vec<_>>()
                 .join("\n"),
         ),
-        Ok(other) => panic!("{name}: cell {cell} ended unexpectedly: {other:?}"),
+        Ok((other, _)) => panic!("{name}: cell {cell} ended unexpectedly: {other:?}"),
         Err(SessionError::RuntimeLost(cause)) => {
             let target = if S::is_local() {
                 Some(Target::Local)
@@ -829,7 +843,10 @@ fn js_string(text: &str) -> String {
 }
 
 /// The source of a cell that loads every key in `keys` and reports them, then (for a
-/// `store` of `(key, index, pad)`) calls `echo` with its token and stores a value.
+/// `store` of `(key, index, pad)`) says `calling` and yields it to its caller, waits for
+/// two timers, calls `echo` with its token and stores a value. So a cell rebuilt at its
+/// call has output its caller took and two timers in its journal: an output delivered
+/// twice or events replayed out of order show in its result.
 fn cell_source(token: &str, keys: &[&String], store: Option<(&str, u64, &str)>) -> String {
     let mut source = format!(
         "const seen = {{}};\nfor (const key of {}) seen[key] = JSON.stringify(load(key)) ?? null;\n",
@@ -839,7 +856,9 @@ fn cell_source(token: &str, keys: &[&String], store: Option<(&str, u64, &str)>) 
         Some((key, index, pad)) => {
             let _ = write!(
                 source,
-                "const answer = await tools.echo({{ token: {token} }});\n\
+                "text(\"calling\"); yield_control();\n\
+                 for (let i = 0; i < 2; i++) await new Promise((done) => setTimeout(done, i));\n\
+                 const answer = await tools.echo({{ token: {token} }});\n\
                  store({key}, {{ i: {index}, token: answer.token, pad: {pad} }});\n\
                  text(JSON.stringify({{ token: {token}, echoed: answer.token, seen }}));",
                 token = js_string(token),
@@ -858,9 +877,24 @@ fn cell_source(token: &str, keys: &[&String], store: Option<(&str, u64, &str)>) 
     source
 }
 
-/// Checks a completed cell's report: its own result, its own tool answer, every key
-/// as the model allows (then pinned).
-fn check_report(stage: &Stage, name: &str, cell: &str, ledger: &mut Ledger, text: &str) {
+/// Checks a completed cell's whole output (`calling` once, for a cell that makes a call,
+/// then its report): its own result, its own tool answer, every key as the model allows
+/// (then pinned).
+fn check_report(
+    stage: &Stage,
+    name: &str,
+    cell: &str,
+    ledger: &mut Ledger,
+    text: &str,
+    calls: bool,
+) {
+    let text = if calls {
+        text.strip_prefix("calling\n").unwrap_or_else(|| {
+            panic!("{name}: cell {cell}'s output does not start with its one `calling`: {text:?}")
+        })
+    } else {
+        text
+    };
     let report: serde_json::Value = serde_json::from_str(text)
         .unwrap_or_else(|_| panic!("{name}: cell {cell} answered {text:?}"));
     assert_eq!(
@@ -898,7 +932,7 @@ async fn worker<S: CodeModeSession + Placed>(
         lock(&stage.report).cells += 1;
         match run_cell(&stage, &name, &cell, &session, source).await {
             Ended::Completed(text) => {
-                check_report(&stage, &name, &cell, &mut ledger, &text);
+                check_report(&stage, &name, &cell, &mut ledger, &text, true);
                 lock(&stage.completed).insert(cell.clone());
                 ledger.keys.insert(
                     key,
@@ -944,7 +978,7 @@ async fn final_check<S: CodeModeSession + Placed>(
         let source = cell_source(&cell, &keys, None);
         match run_cell(stage, name, &cell, session, source).await {
             Ended::Completed(text) => {
-                check_report(stage, name, &cell, ledger, &text);
+                check_report(stage, name, &cell, ledger, &text, false);
                 ledger.check_host_copy(name, &cell, &session.stored_values());
                 lock(&stage.report).host_copies_checked += 1;
                 return;

@@ -60,9 +60,10 @@ pub(super) type Delivered<T> = Delivery<Result<T, SessionError>>;
 pub(super) struct Word {
     pub(super) outbox: Outbox<ClientMessage>,
     pub(super) id: RequestId,
-    /// The cell the answer observes and how many output items it carries: once taken,
-    /// they count as delivered in the cell's journal (a rebuilt cell gives them no more).
-    pub(super) took: Option<(Weak<Connection>, SessionId, CellId, u64)>,
+    /// The count of output items taken of the cell the answer observes, and how many the
+    /// answer carries: once taken, they count as delivered in the cell's journal (a
+    /// rebuilt cell gives them no more, even when the runtime was lost in between).
+    pub(super) took: Option<(Arc<std::sync::atomic::AtomicU64>, u64)>,
 }
 
 impl Word {
@@ -76,11 +77,8 @@ impl Word {
 
 impl<T> Receipt<T> for Word {
     fn taken(self: Box<Self>) {
-        if let Some((connection, session, cell_id, items)) = &self.took
-            && let Some(connection) = connection.upgrade()
-            && let Some(entry) = lock(&connection.state).sessions.get_mut(session)
-        {
-            entry.took_output(cell_id, *items);
+        if let Some((taken, items)) = &self.took {
+            taken.fetch_add(*items, std::sync::atomic::Ordering::SeqCst);
         }
         self.say(ClientMessage::Taken { id: self.id });
     }

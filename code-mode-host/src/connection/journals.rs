@@ -9,6 +9,7 @@
 use super::*;
 use code_mode_protocol::journal::{CellJournal, JournalBuilder, JournalEntry};
 use code_mode_protocol::{CallId, JsonText};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the host keeps of one running cell.
 pub(super) struct Kept {
@@ -24,11 +25,17 @@ pub(super) struct Kept {
     in_flight: HashMap<DelegateId, Option<CallId>>,
     /// The cell's span (disabled when it is not traced): a loss and a rebuild hang there.
     span: tracing::Span,
+    /// The output items the cell's callers took, shared with every answer still on its way
+    /// to a caller and with the cell's next incarnations: an answer taken after the runtime
+    /// was lost still counts when the cell is rebuilt (it is not delivered again).
+    taken: Arc<AtomicU64>,
 }
 
 impl Kept {
     fn new(journal: CellJournal, admitted: bool, exec_call_id: Option<String>) -> Self {
+        let taken = Arc::new(AtomicU64::new(journal.outputs));
         Self {
+            taken,
             builder: JournalBuilder::new(journal),
             admitted,
             exec_call_id,
@@ -62,6 +69,8 @@ pub(crate) struct Resumable {
     pub(crate) late: Arc<LateAnswers>,
     /// The cell's span: its rebuild is traced under it.
     pub(crate) span: tracing::Span,
+    /// The output items its callers took, up to the rebuild ([`Kept`]).
+    pub(crate) taken: Arc<AtomicU64>,
 }
 
 /// A cell of a lost runtime: rebuildable, or dead.
@@ -230,17 +239,20 @@ impl SessionEntry {
         journal: CellJournal,
         exec_call_id: Option<String>,
         span: tracing::Span,
+        taken: Arc<AtomicU64>,
     ) {
         let mut kept = Kept::new(journal, true, exec_call_id);
         kept.span = span;
+        kept.taken = taken;
         self.journals.insert(cell_id.clone(), kept);
     }
 
-    /// The caller of an observation took `items` output items of the cell.
-    pub(super) fn took_output(&mut self, cell_id: &CellId, items: u64) {
-        if let Some(kept) = self.journals.get_mut(cell_id) {
-            kept.builder.journal_mut().outputs += items;
-        }
+    /// The count of output items taken of the cell, for an answer about to go to a caller
+    /// (its caller adds what it takes).
+    pub(super) fn taken_output(&self, cell_id: &CellId) -> Option<Arc<AtomicU64>> {
+        self.journals
+            .get(cell_id)
+            .map(|kept| Arc::clone(&kept.taken))
     }
 
     /// A delegate call of the cell started: a nested call joins the journal (its hash),
@@ -306,7 +318,8 @@ impl SessionEntry {
                 // Answers sent are in the journal (entered, or about to be: the
                 // rebuilt cell takes them in order); the calls still running answer
                 // the rebuilt cell.
-                let journal = kept.builder.build()?;
+                let mut journal = kept.builder.build()?;
+                journal.outputs = kept.taken.load(Ordering::SeqCst);
                 let late = Arc::new(LateAnswers::default());
                 for (id, call) in kept.in_flight {
                     late_calls.insert(id, (Arc::clone(&late), call));
@@ -317,6 +330,7 @@ impl SessionEntry {
                     delegate: self.cell_delegates.remove(&cell_id),
                     late,
                     span: kept.span,
+                    taken: kept.taken,
                 })
             });
             if resumable.is_none() {
@@ -358,9 +372,13 @@ impl Connection {
         external: &CellId,
         resumable: &Resumable,
     ) -> Result<CellId, SessionError> {
+        let mut journal = resumable.journal.clone();
+        // What callers took since the loss counts too.
+        journal.outputs = resumable.taken.load(Ordering::SeqCst);
+        break_on_purpose(&mut journal);
         let request = Request::Resume {
             session,
-            journal: resumable.journal.clone().into(),
+            journal: journal.into(),
             exec_call_id: resumable.exec_call_id.clone(),
         };
         let hooks = RequestHooks {
@@ -370,12 +388,27 @@ impl Connection {
                 exec_call_id: resumable.exec_call_id.clone(),
                 external: external.clone(),
                 span: resumable.span.clone(),
+                taken: Arc::clone(&resumable.taken),
             }),
             ..RequestHooks::default()
         };
         let cell_id: CellId = self.call(request, hooks).await?;
         resumable.late.rebuilt(self, session, cell_id.clone());
         Ok(cell_id)
+    }
+}
+
+/// Breaks a journal about to rebuild its cell, when the chaos test armed a fault that does
+/// (never otherwise: [`faults::fire`] is a constant `false` in a real build).
+fn break_on_purpose(journal: &mut CellJournal) {
+    if faults::fire(Fault::ReplayedCall, || !journal.issued.is_empty()) {
+        journal.issued.pop();
+    }
+    if faults::fire(Fault::ReorderedEntry, || journal.entered.len() >= 2) {
+        journal.entered.swap(0, 1);
+    }
+    if faults::fire(Fault::DuplicateOutput, || journal.outputs > 0) {
+        journal.outputs -= 1;
     }
 }
 
@@ -388,6 +421,8 @@ pub(crate) struct ResumedHook {
     external: CellId,
     /// The cell's span, kept for a later loss.
     span: tracing::Span,
+    /// The output items taken of the cell, counted on through this incarnation.
+    taken: Arc<AtomicU64>,
 }
 
 impl FromResponse for CellId {
@@ -426,7 +461,13 @@ impl Connection {
                     .cell_delegates
                     .insert(cell_id.clone(), Arc::clone(delegate));
             }
-            entry.resumed_journal(cell_id, hook.journal, hook.exec_call_id, hook.span);
+            entry.resumed_journal(
+                cell_id,
+                hook.journal,
+                hook.exec_call_id,
+                hook.span,
+                hook.taken,
+            );
         }
         Ok(())
     }

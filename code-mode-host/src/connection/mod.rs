@@ -668,13 +668,16 @@ impl Connection {
             std::mem::forget(pending);
             return Ok(());
         }
-        drop(state);
         // The runtime holds the answer until this word.
         let took = match (&result, pending.session) {
             (Ok(Response::Reply(reply)), Some(session)) => journals::observed_items(reply)
-                .map(|(cell_id, items)| (Arc::downgrade(self), session, cell_id.clone(), items)),
+                .and_then(|(cell_id, items)| {
+                    let taken = state.sessions.get(&session)?.taken_output(cell_id)?;
+                    Some((taken, items))
+                }),
             _ => None,
         };
+        drop(state);
         let word = (pending.holds_answer && result.is_ok()).then(|| Word {
             outbox: self.outbox.clone(),
             id,
