@@ -74,6 +74,9 @@ pub struct ChaosConfig {
     pub answer_deadline: Duration,
     /// Print the RSS of the host and of each runtime this often (soak runs).
     pub rss_every: Option<Duration>,
+    /// Whether the first fault is a kill mid-cell (a proof run: a cell is rebuilt from its
+    /// journal early, for the faults that break a rebuild).
+    pub rebuild_first: bool,
 }
 
 impl ChaosConfig {
@@ -88,6 +91,7 @@ impl ChaosConfig {
             seed,
             answer_deadline: Duration::from_secs(20),
             rss_every: None,
+            rebuild_first: false,
         }
     }
 
@@ -100,6 +104,7 @@ impl ChaosConfig {
             remote_sessions: 2,
             remote_runtimes: 1,
             answer_deadline: Duration::from_secs(10),
+            rebuild_first: true,
             ..Self::ci(seed)
         }
     }
@@ -115,6 +120,7 @@ impl ChaosConfig {
             seed,
             answer_deadline: Duration::from_secs(60),
             rss_every: Some(Duration::from_secs(60)),
+            rebuild_first: false,
         }
     }
 }
@@ -1143,6 +1149,11 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
         first_kinds.swap(index, rng.below(index as u64 + 1) as usize);
     }
     first_kinds.reverse();
+    if config.rebuild_first {
+        // Popped first.
+        first_kinds.retain(|kind| *kind != FaultKind::LocalKillMidCell);
+        first_kinds.push(FaultKind::LocalKillMidCell);
+    }
     while Instant::now() < until {
         let mean = config.fault_every.as_millis() as u64;
         let pause = Duration::from_millis(mean / 2 + rng.below(mean.max(1)));
