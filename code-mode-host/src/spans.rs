@@ -9,6 +9,9 @@
 //! exports with `tracing-opentelemetry` sets that provider as it sets its layer
 //! (`opentelemetry::global::set_tracer_provider`); without one, the runtime's spans are
 //! dropped and the cell's own spans are still there.
+//!
+//! A runtime's spans are exported only in traces the host sent it ([`SentTraces`]): a
+//! runtime cannot put spans into another trace of the host's collector.
 
 use code_mode_wire::payload::{SpanRecord, SpanStatus, SpanValue, TraceContext};
 use opentelemetry::trace::{
@@ -16,11 +19,40 @@ use opentelemetry::trace::{
     Tracer as _,
 };
 use opentelemetry::{KeyValue, Value};
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The instrumentation scope the runtime's spans are exported with.
 const RUNTIME_SCOPE: &str = "code-mode-bin";
+
+/// How many trace ids a connection remembers having sent (the oldest is forgotten first).
+const SENT_TRACES_KEPT: usize = 4096;
+
+/// The trace ids a connection's requests carried, the latest [`SENT_TRACES_KEPT`].
+#[derive(Debug, Default)]
+pub(crate) struct SentTraces {
+    order: VecDeque<[u8; 16]>,
+    known: HashSet<[u8; 16]>,
+}
+
+impl SentTraces {
+    pub(crate) fn remember(&mut self, trace_id: [u8; 16]) {
+        if !self.known.insert(trace_id) {
+            return;
+        }
+        self.order.push_back(trace_id);
+        if self.order.len() > SENT_TRACES_KEPT
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.known.remove(&oldest);
+        }
+    }
+
+    fn knows(&self, trace_id: &[u8; 16]) -> bool {
+        self.known.contains(trace_id)
+    }
+}
 
 /// The context to send with a request made under `span`: `None` unless the span is
 /// exported and sampled.
@@ -37,10 +69,15 @@ pub(crate) fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     })
 }
 
-/// Exports spans a runtime handed back, each with its own ids and times.
-pub(crate) fn export(records: Vec<SpanRecord>) {
+/// Exports spans a runtime handed back, each with its own ids and times: those of traces
+/// the host sent it (`sent`); the others are dropped.
+pub(crate) fn export(records: Vec<SpanRecord>, sent: &SentTraces) {
     let tracer = opentelemetry::global::tracer(RUNTIME_SCOPE);
     for record in records {
+        if !sent.knows(&record.trace_id) {
+            tracing::debug!(name = %record.name, "a handed-back span of a trace never sent is dropped");
+            continue;
+        }
         let parent = SpanContext::new(
             TraceId::from_bytes(record.trace_id),
             SpanId::from_bytes(record.parent_span_id),
@@ -100,4 +137,33 @@ fn key_values(attributes: Vec<(String, SpanValue)>) -> Vec<KeyValue> {
             KeyValue::new(key, value)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: usize) -> [u8; 16] {
+        let mut id = [0; 16];
+        id[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        id
+    }
+
+    #[test]
+    fn a_connection_remembers_the_latest_traces_it_sent_and_forgets_the_oldest() {
+        let mut sent = SentTraces::default();
+        sent.remember(id(0));
+        // Sent again: still one entry, so it is not forgotten twice as early.
+        sent.remember(id(0));
+        for n in 1..SENT_TRACES_KEPT {
+            sent.remember(id(n));
+        }
+        assert!(sent.knows(&id(0)), "exactly as many as are kept");
+        sent.remember(id(SENT_TRACES_KEPT));
+        assert!(!sent.knows(&id(0)), "the oldest is forgotten");
+        assert!(sent.knows(&id(1)) && sent.knows(&id(SENT_TRACES_KEPT)));
+        assert!(!sent.knows(&id(SENT_TRACES_KEPT + 1)), "never sent");
+        assert_eq!(sent.order.len(), SENT_TRACES_KEPT);
+        assert_eq!(sent.known.len(), SENT_TRACES_KEPT);
+    }
 }

@@ -207,6 +207,8 @@ pub(crate) struct Connection {
     /// The pinger and writer tasks, stopped when the connection is lost or dropped (the
     /// pinger holds the outbox, which keeps the writer and so the stream alive).
     tasks: Mutex<Vec<AbortHandle>>,
+    /// The traces its requests carried: the runtime's spans are exported only in those.
+    sent_traces: Mutex<crate::spans::SentTraces>,
 }
 
 impl Drop for Connection {
@@ -291,6 +293,7 @@ impl Connection {
             late_calls: Mutex::new(HashMap::new()),
             aliases: Mutex::new(HashMap::new()),
             tasks: Mutex::new(tasks),
+            sent_traces: Mutex::default(),
         });
         tokio::spawn(read_loop(
             Arc::downgrade(&connection),
@@ -423,6 +426,9 @@ impl Connection {
             .starts_cell()
             .then(|| crate::spans::trace_of(&tracing::Span::current()))
             .flatten();
+        if let Some(trace) = &trace {
+            lock(&self.sent_traces).remember(trace.trace_id);
+        }
         if let Err(error) = self
             .outbox
             .send(&ClientMessage::Request { id, request, trace })
@@ -560,7 +566,7 @@ impl Connection {
             ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
             ServerMessage::Admitted { id, cell_id } => self.on_admitted(id, cell_id),
             ServerMessage::Spans(records) => {
-                crate::spans::export(records);
+                crate::spans::export(records, &lock(&self.sent_traces));
                 Ok(())
             }
             ServerMessage::Journal {
