@@ -183,13 +183,15 @@ impl ProcessProvider {
 
 impl ProcessProvider {
     /// Whether the current runtime announced that it drains (it got SIGTERM): the next
-    /// session, and every idle session at its next exec, goes to a fresh process.
+    /// session, and every idle session at its next exec, goes to a fresh process. Still
+    /// `true` once the host left it to move its running cells to a fresh process, until
+    /// that process starts.
     pub async fn runtime_draining(&self) -> bool {
         let runtime = self.inner.runtime.lock().await;
         runtime
             .current
             .as_ref()
-            .is_some_and(|connection| !connection.is_lost() && connection.is_draining())
+            .is_some_and(|connection| connection.is_draining())
     }
 }
 

@@ -423,7 +423,10 @@ impl RemoteInner {
                     DialFailure::retry(format!("cannot connect: {error}{hint}"))
                 })?;
             let _ = tcp.set_nodelay(true);
-            let peer = Box::new(RemotePeer { address });
+            let peer = Box::new(RemotePeer {
+                address,
+                pool: self.this.clone(),
+            });
             let liveness = Some(self.config.liveness);
             match &self.config.tls {
                 None => Connection::establish(peer, tcp, generation, liveness)
@@ -543,6 +546,8 @@ impl RuntimeSource for RemoteInner {
 /// A runtime reached over the network.
 struct RemotePeer {
     address: SocketAddr,
+    /// The pool it belongs to, to find another runtime for its cells.
+    pool: std::sync::Weak<RemoteInner>,
 }
 
 impl Peer for RemotePeer {
@@ -564,6 +569,19 @@ impl Peer for RemotePeer {
 
     fn exit_cause(&self, _patience: Duration) -> BoxFuture<'_, String> {
         Box::pin(async { "closed the connection".to_owned() })
+    }
+
+    /// Another runtime of the pool is up and takes sessions.
+    fn elsewhere(&self) -> bool {
+        self.pool.upgrade().is_some_and(|inner| {
+            lock(&inner.pool).slots.iter().any(|slot| {
+                slot.resolved
+                    && slot.address != self.address
+                    && slot
+                        .live()
+                        .is_some_and(|connection| connection.is_healthy())
+            })
+        })
     }
 }
 

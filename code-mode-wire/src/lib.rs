@@ -171,6 +171,18 @@ impl Request {
         }
     }
 
+    /// Whether the request is a `Wait`: an observation that goes on when its cell is
+    /// rebuilt on another runtime.
+    pub fn is_wait(&self) -> bool {
+        matches!(
+            self,
+            Request::Session {
+                call: SessionCall::Wait(_),
+                ..
+            }
+        )
+    }
+
     /// Shuts `session` down (the runtime forgets it afterwards).
     pub fn shutdown(session: SessionId) -> Self {
         Request::Session {

@@ -345,7 +345,10 @@ pub async fn an_exec_its_runtime_never_admitted_runs_once_or_reports_the_loss<F:
 }
 
 /// Drain between cells: an idle session moves at its next exec, values and all, without
-/// an error, while a busy session's running cell finishes where it runs.
+/// an error. A busy session's running cell, waiting on a tool call, moves too when another
+/// runtime can take it (CONTRACT §7: a drain waits for no long cell): it is rebuilt there
+/// from its journal at once, and the answer given after the drain completes it, the call
+/// sent once. With nowhere to go it finishes where it runs.
 pub async fn a_drain_between_cells_moves_the_session_without_an_error<F: RuntimeFaults>(
     faults: &F,
 ) {
@@ -390,7 +393,7 @@ pub async fn a_drain_between_cells_moves_the_session_without_an_error<F: Runtime
         "the idle session did not move"
     );
 
-    // The busy cell finishes on the draining runtime, and its values are kept.
+    // The busy cell finishes (moved, or on the draining runtime), and its values are kept.
     busy_delegate
         .release(&busy_cell.to_string(), "tool-1", Ok(json!("finished")))
         .await;
@@ -402,6 +405,13 @@ pub async fn a_drain_between_cells_moves_the_session_without_an_error<F: Runtime
         response.content_items(),
         [code_mode_protocol::ContentItem::text("finished")]
     );
+    if faults.kills_to_spare() > 0 {
+        assert_ne!(
+            faults.runtime_of(&busy),
+            before,
+            "the running cell did not move off the draining runtime"
+        );
+    }
     assert_eq!(
         texts_of(&busy, r#"text(String(load("busy")));"#).await,
         ["true"]

@@ -247,6 +247,16 @@ impl SessionEntry {
         self.journals.insert(cell_id.clone(), kept);
     }
 
+    /// Whether every running cell of the session could be rebuilt from its journal now
+    /// (its exec seen, its journal whole).
+    pub(super) fn all_rebuildable(&self) -> bool {
+        self.live_cells.iter().all(|cell_id| {
+            self.journals
+                .get(cell_id)
+                .is_some_and(|kept| kept.admitted && kept.builder.build().is_some())
+        })
+    }
+
     /// The count of output items taken of the cell, for an answer about to go to a caller
     /// (its caller adds what it takes).
     pub(super) fn taken_output(&self, cell_id: &CellId) -> Option<Arc<AtomicU64>> {

@@ -78,6 +78,8 @@ enum Ended {
     Silent(Duration),
     /// The runtime does not read what the host sends.
     Stalled,
+    /// The runtime drains, and the host moved its running cells to another runtime.
+    Moved,
 }
 
 /// The other end of a connection, beyond its byte stream.
@@ -93,6 +95,9 @@ pub(crate) trait Peer: Send + Sync + 'static {
     /// Why the peer's stream ended, waiting up to `patience` to learn it (e.g. `exited
     /// with status 1`, `was killed by signal 9 (SIGKILL)`).
     fn exit_cause(&self, patience: Duration) -> BoxFuture<'_, String>;
+    /// Whether another runtime can take this one's cells now (a fresh local process; a
+    /// healthy runtime of the pool): a draining runtime's cells then move at once.
+    fn elsewhere(&self) -> bool;
 }
 
 /// Why a handshake failed.
@@ -118,6 +123,8 @@ struct PendingRequest {
     session: Option<SessionId>,
     /// The runtime holds the request's answer until the host's word (`Request::holds_answer`).
     holds_answer: bool,
+    /// A `wait`: it goes on if its cell is rebuilt elsewhere.
+    observes: bool,
     hooks: RequestHooks,
 }
 
@@ -307,6 +314,33 @@ impl Connection {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
+    }
+
+    /// Whether the host should leave this draining runtime now and rebuild its running
+    /// cells on another (CONTRACT §7): a rolling update then waits for no long cell and
+    /// kills none. Only when another runtime can take them, at least one cell runs here,
+    /// every running cell can be rebuilt from a whole journal, and nothing but
+    /// observations of them is in flight (an exec or a call that would fail with the loss
+    /// is waited for; each later message asks again).
+    fn moves_cells(&self) -> bool {
+        if !self.is_draining() || self.is_lost() {
+            return false;
+        }
+        {
+            let state = lock(&self.state);
+            let mut running = false;
+            for entry in state.sessions.values() {
+                running |= !entry.live_cells.is_empty();
+                if !entry.all_rebuildable() {
+                    return false;
+                }
+            }
+            if !running || !state.pending.values().all(|pending| pending.observes) {
+                return false;
+            }
+        }
+        // Asked without this connection's lock: it looks at the provider's other runtimes.
+        self.peer.elsewhere()
     }
 
     /// The runtime announced that it is draining (or refused a session for it).
@@ -720,6 +754,13 @@ impl Connection {
                     self.peer.noun()
                 )
             }
+            Ended::Moved => {
+                self.peer.kill();
+                format!(
+                    "{} is draining; its running cells moved to another runtime",
+                    self.peer.noun()
+                )
+            }
             Ended::Closed => format!(
                 "{} {}",
                 self.peer.noun(),
@@ -790,6 +831,7 @@ fn register(
         deliver,
         session: request.session(),
         holds_answer: request.holds_answer(),
+        observes: request.is_wait(),
         hooks,
     };
     state.pending.insert(id, pending);
@@ -865,6 +907,9 @@ async fn read_loop<S: AsyncRead>(
             Ok(Some(Ok(message))) => {
                 if let Err(violation) = connection.handle(message) {
                     break Ended::Violation(violation);
+                }
+                if connection.moves_cells() {
+                    break Ended::Moved;
                 }
             }
         }

@@ -104,7 +104,10 @@ impl RuntimeFaults for RemoteFaults {
         Box::pin(async move {
             let (index, endpoint) = self.runtime_under(session);
             self.runtimes.lock().unwrap()[index].terminate();
-            self.until(&endpoint, |runtime| runtime.draining).await;
+            // Draining, or already left: with another runtime up, the host moves the
+            // running cells off a draining runtime and disconnects at once.
+            self.until(&endpoint, |runtime| runtime.draining || !runtime.connected)
+                .await;
         })
     }
 
