@@ -193,31 +193,61 @@ impl JournalBuilder {
     /// The whole journal, or `None` when it is not whole (past its cap, or a call or a
     /// command missing from it).
     pub fn build(&self) -> Option<CellJournal> {
+        let mut journal = self.journal.clone();
+        self.walk(|step| match step {
+            Step::Issued(index, call) if index < journal.issued.len() => {
+                journal.issued[index] = call.clone();
+            }
+            Step::Issued(_, call) => journal.issued.push(call.clone()),
+            Step::Entered(command) => journal.entered.push(command.clone()),
+        })?;
+        Some(journal)
+    }
+
+    /// Whether [`Self::build`] would give a journal, without making it.
+    pub fn is_whole(&self) -> bool {
+        self.walk(|_| {}).is_some()
+    }
+
+    /// Goes through what is added to the journal it started from, in order: each call made
+    /// since at its place (replacing one there, or next), then each command after those
+    /// already entered (the session's reports at their places, the delegate's answers in
+    /// between). `None` as soon as something is missing.
+    fn walk<'a>(&'a self, mut step: impl FnMut(Step<'a>)) -> Option<()> {
         if !self.durable {
             return None;
         }
-        let mut journal = self.journal.clone();
-        for (number, issued) in &self.issued {
+        let mut issued = self.journal.issued.len();
+        for (number, call) in &self.issued {
             let index = usize::try_from(number.checked_sub(1)?).ok()?;
-            match index.cmp(&journal.issued.len()) {
-                std::cmp::Ordering::Less => journal.issued[index] = issued.clone(),
-                std::cmp::Ordering::Equal => journal.issued.push(issued.clone()),
+            match index.cmp(&issued) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => issued += 1,
                 std::cmp::Ordering::Greater => return None,
             }
+            step(Step::Issued(index, call));
         }
         let mut answers = self.answers.iter();
         let mut reported = self.reported.iter().peekable();
-        let total = journal.entered.len() + self.reported.len() + self.answers.len();
-        for index in journal.entered.len()..total {
+        let entered = self.journal.entered.len();
+        for index in entered..entered + self.reported.len() + self.answers.len() {
             let index = index as u64;
             let command = match reported.peek() {
                 Some((at, _)) if **at == index => reported.next().map(|(_, command)| command),
                 _ => answers.next(),
             };
-            journal.entered.push(command?.clone());
+            step(Step::Entered(command?));
         }
-        Some(journal)
+        Some(())
     }
+}
+
+/// One thing [`JournalBuilder::walk`] adds to a journal.
+enum Step<'a> {
+    /// A call, at its index in `issued`.
+    Issued(usize, &'a (u64, String)),
+    /// The next command entered.
+    Entered(&'a JournalCommand),
 }
 
 #[cfg(test)]
@@ -269,6 +299,7 @@ mod tests {
             index: 3,
             command: answer(3),
         });
+        assert!(builder.is_whole());
         let journal = builder.build().expect("whole");
         assert_eq!(
             journal.entered,
@@ -291,10 +322,17 @@ mod tests {
         // A call missing from the middle, or a cap passed, leaves no journal.
         let mut gap = JournalBuilder::new(journal.clone());
         gap.asked(CallId::new(6), "c", None);
-        assert!(gap.build().is_none());
+        assert!(gap.build().is_none() && !gap.is_whole());
+        // A command missing: the session reported the one after the next.
+        let mut hole = JournalBuilder::new(journal.clone());
+        hole.apply(JournalEntry::Entered {
+            index: 5,
+            command: JournalCommand::TimerFired { id: 2 },
+        });
+        assert!(hole.build().is_none() && !hole.is_whole());
         let mut capped = JournalBuilder::new(journal);
         capped.apply(JournalEntry::NotDurable);
-        assert!(capped.build().is_none());
+        assert!(capped.build().is_none() && !capped.is_whole());
     }
 
     impl JournalCommand {

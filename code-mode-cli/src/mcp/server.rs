@@ -209,7 +209,7 @@ async fn notify_client(connection: Weak<Connection>, cell_id: CellId, text: Stri
 pub(super) struct CodeModeServer {
     shared: Arc<Shared>,
     connection: Arc<Connection>,
-    session: Box<dyn CodeModeSession>,
+    session: Arc<dyn CodeModeSession>,
 }
 
 impl CodeModeServer {
@@ -228,7 +228,7 @@ impl CodeModeServer {
             Box::pin(notify_client(Weak::clone(&client), cell_id, text))
         });
         let delegate = Arc::new(CliDelegate::new(shared.tools.clone(), notifications));
-        let session = shared.sessions.open(delegate, shared.session.clone());
+        let session = Arc::from(shared.sessions.open(delegate, shared.session.clone()));
         Self {
             shared: Arc::clone(shared),
             connection,
@@ -532,13 +532,26 @@ impl Shared {
     }
 }
 
+/// How long `mcp` waits for its session to shut down once its client went away.
+const SHUTDOWN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves one MCP client on stdin and stdout until it goes away.
 pub(super) async fn serve_stdio(shared: &Arc<Shared>) -> Result<(), Failure> {
     let server = CodeModeServer::new(shared);
+    let session = Arc::clone(&server.session);
     let running = server
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|error| Failure::runtime(format!("MCP initialization failed: {error}")))?;
     let _ = running.waiting().await;
+    // The client went away: the session is shut down, and waited for, before the process
+    // ends, so that its cells end in order and what they hand back (their last spans)
+    // arrives. Bounded: a runtime that does not answer does not hold the exit up.
+    if tokio::time::timeout(SHUTDOWN_PATIENCE, session.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the session did not shut down within {SHUTDOWN_PATIENCE:?}; exiting");
+    }
     Ok(())
 }

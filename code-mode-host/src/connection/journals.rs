@@ -253,7 +253,7 @@ impl SessionEntry {
         self.live_cells.iter().all(|cell_id| {
             self.journals
                 .get(cell_id)
-                .is_some_and(|kept| kept.admitted && kept.builder.build().is_some())
+                .is_some_and(|kept| kept.admitted && kept.builder.is_whole())
         })
     }
 
