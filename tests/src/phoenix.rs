@@ -339,13 +339,17 @@ pub fn assert_cell_work(spans: &[Value], cell: &Value, placement: Placement) {
 /// An agent core's own tracing, on this thread: every span it makes (`INFO` and above)
 /// goes to `phoenix` as service `agent-core`. Dropping the telemetry (off the async
 /// runtime: its shutdown blocks) sends what is left.
-pub fn agent_core_tracing(
-    phoenix: &Phoenix,
-) -> (
-    code_mode_trace::Telemetry,
-    tracing::subscriber::DefaultGuard,
-) {
+///
+/// Its exporter is also the process's global tracer provider, through which the host
+/// crate exports the spans its runtimes hand back; so one test at a time traces this way
+/// in a test binary (another's start would take its runtime spans, and its end drop them).
+/// The lock is held until [`flushed_trace`] has the trace.
+pub fn agent_core_tracing(phoenix: &Phoenix) -> AgentCoreTracing {
     use tracing_subscriber::layer::SubscriberExt as _;
+    static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let exclusive = EXCLUSIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let telemetry = code_mode_trace::Telemetry::start(code_mode_trace::TraceSettings::new(
         code_mode_trace::Destination::Otlp {
             endpoint: format!("{}/v1/traces", phoenix.endpoint()),
@@ -358,7 +362,18 @@ pub fn agent_core_tracing(
     let guard = tracing::subscriber::set_default(
         tracing_subscriber::registry().with(telemetry.layer_for_every_target()),
     );
-    (telemetry, guard)
+    AgentCoreTracing {
+        telemetry,
+        guard,
+        _exclusive: exclusive,
+    }
+}
+
+/// What [`agent_core_tracing`] set up, until [`flushed_trace`] ends it.
+pub struct AgentCoreTracing {
+    telemetry: code_mode_trace::Telemetry,
+    guard: tracing::subscriber::DefaultGuard,
+    _exclusive: std::sync::MutexGuard<'static, ()>,
 }
 
 /// The agent core's span of one turn, a child of the caller's span `traceparent` names.
@@ -371,13 +386,15 @@ pub fn agent_turn(traceparent: &str) -> tracing::Span {
 /// Ends [`agent_core_tracing`] (what is left goes out), then waits for the trace
 /// `trace_id` to hold what `complete` asks, off the async runtime.
 pub async fn flushed_trace(
-    (telemetry, guard): (
-        code_mode_trace::Telemetry,
-        tracing::subscriber::DefaultGuard,
-    ),
+    exporting: AgentCoreTracing,
     trace_id: String,
     complete: impl Fn(&[Value]) -> bool + Send + 'static,
 ) -> Vec<Value> {
+    let AgentCoreTracing {
+        telemetry,
+        guard,
+        _exclusive,
+    } = exporting;
     drop(guard);
     tokio::task::spawn_blocking(move || {
         drop(telemetry);
