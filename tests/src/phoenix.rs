@@ -346,10 +346,7 @@ pub fn assert_cell_work(spans: &[Value], cell: &Value, placement: Placement) {
 /// The lock is held until [`flushed_trace`] has the trace.
 pub fn agent_core_tracing(phoenix: &Phoenix) -> AgentCoreTracing {
     use tracing_subscriber::layer::SubscriberExt as _;
-    static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let exclusive = EXCLUSIVE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let exclusive = Turn::take();
     let telemetry = code_mode_trace::Telemetry::start(code_mode_trace::TraceSettings::new(
         code_mode_trace::Destination::Otlp {
             endpoint: format!("{}/v1/traces", phoenix.endpoint()),
@@ -365,7 +362,7 @@ pub fn agent_core_tracing(phoenix: &Phoenix) -> AgentCoreTracing {
     AgentCoreTracing {
         telemetry,
         guard,
-        _exclusive: exclusive,
+        exclusive,
     }
 }
 
@@ -373,7 +370,37 @@ pub fn agent_core_tracing(phoenix: &Phoenix) -> AgentCoreTracing {
 pub struct AgentCoreTracing {
     telemetry: code_mode_trace::Telemetry,
     guard: tracing::subscriber::DefaultGuard,
-    _exclusive: std::sync::MutexGuard<'static, ()>,
+    exclusive: Turn,
+}
+
+/// One test's turn at the global tracer provider, given back when dropped. (Not a mutex
+/// guard: it is held across awaits and handed to the blocking task that flushes.)
+pub struct Turn(());
+
+static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Turn {
+    /// Waits (on this test's own thread) until no other test has the turn.
+    fn take() -> Self {
+        while TAKEN
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .is_err()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(())
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        TAKEN.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The agent core's span of one turn, a child of the caller's span `traceparent` names.
@@ -393,12 +420,14 @@ pub async fn flushed_trace(
     let AgentCoreTracing {
         telemetry,
         guard,
-        _exclusive,
+        exclusive,
     } = exporting;
     drop(guard);
     tokio::task::spawn_blocking(move || {
         drop(telemetry);
-        phoenix().trace_when(&trace_id, complete)
+        let spans = phoenix().trace_when(&trace_id, complete);
+        drop(exclusive);
+        spans
     })
     .await
     .expect("the trace")
