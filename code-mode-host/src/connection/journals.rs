@@ -328,8 +328,8 @@ impl SessionEntry {
                 // Answers sent are in the journal (entered, or about to be: the
                 // rebuilt cell takes them in order); the calls still running answer
                 // the rebuilt cell.
-                let mut journal = kept.builder.build()?;
-                journal.outputs = kept.taken.load(Ordering::SeqCst);
+                // Its output count is read from `taken` when it is rebuilt.
+                let journal = kept.builder.build()?;
                 let late = Arc::new(LateAnswers::default());
                 for (id, call) in kept.in_flight {
                     late_calls.insert(id, (Arc::clone(&late), call));
