@@ -75,6 +75,8 @@ macro_rules! hosted_session {
             }
         }
 
+        $crate::durable::durable_session!($name);
+
         impl $name {
             /// Where the session's cells run now (e.g. `pid 1234`,
             /// `runtime at 10.0.0.7:7300`), once it has run something.
@@ -183,7 +185,7 @@ pub(crate) struct HostedSession {
     /// Cells that were running when their runtime was lost and are rebuilt from their
     /// journals on the session's next runtime (contract §7), by the id the agent core
     /// knows.
-    resumable: Mutex<Vec<(CellId, Resumable)>>,
+    resumable: Mutex<Vec<(CellId, Arc<Resumable>)>>,
     /// Every cell lost with a runtime and not dead: waiting to be rebuilt, being rebuilt,
     /// or rebuilt. A call on one that fails with a loss goes again.
     rebuilt: Mutex<std::collections::HashSet<CellId>>,
@@ -274,7 +276,7 @@ impl HostedSession {
             match resumable {
                 Some(resumable) => {
                     lock(&self.rebuilt).insert(cell_id.clone());
-                    lock(&self.resumable).push((cell_id, resumable));
+                    lock(&self.resumable).push((cell_id, Arc::new(resumable)));
                 }
                 None => self.bury(cell_id, cause.clone()),
             }
@@ -308,8 +310,11 @@ impl HostedSession {
 
     /// Rebuilds the session's lost cells on `connection`, where the session is `session`.
     /// A cell that cannot be rebuilt dies with the error that says why.
+    ///
+    /// Each cell stays among the session's resumable ones until the runtime took it (or it
+    /// died), so that [`Self::durable_state`] never misses it in between.
     async fn resume_lost(&self, connection: &Arc<Connection>, session: SessionId) {
-        let lost = std::mem::take(&mut *lock(&self.resumable));
+        let lost = lock(&self.resumable).clone();
         for (cell_id, resumable) in lost {
             // The rebuild's span, under the cell's: the request carries it, so the new
             // runtime's spans of the rebuilt cell (its replay) hang under it.
@@ -343,10 +348,38 @@ impl HostedSession {
                         .clone()
                         .unwrap_or_else(|| Arc::clone(&self.delegate));
                     delegate.cell_closed(&cell_id);
-                    self.bury(cell_id, error.to_string());
+                    self.bury(cell_id.clone(), error.to_string());
                 }
             }
+            lock(&self.resumable).retain(|(_, kept)| !Arc::ptr_eq(kept, &resumable));
         }
+    }
+
+    /// What [`crate::durable`] takes of the cells running on the session's runtime now.
+    pub(crate) fn bound_durable_cells(&self) -> Vec<crate::durable::DurableCell> {
+        self.forget_lost_runtime();
+        let bound = lock(&self.binding)
+            .as_ref()
+            .map(|(placed, session)| (Arc::clone(&placed.connection), *session));
+        bound.map_or_else(Vec::new, |(connection, session)| {
+            connection.durable_cells(session)
+        })
+    }
+
+    /// The cells lost with a runtime (or restored) and not rebuilt yet.
+    pub(crate) fn resumable_cells(&self) -> Vec<(CellId, Arc<Resumable>)> {
+        lock(&self.resumable).clone()
+    }
+
+    /// The committed stored values now (the host's copy).
+    pub(crate) fn stored_values_now(&self) -> StoredValues {
+        self.committed_values()
+    }
+
+    /// A cell an earlier process ran, to be rebuilt on the session's next runtime.
+    pub(crate) fn add_resumable(&self, cell_id: CellId, resumable: Resumable) {
+        lock(&self.rebuilt).insert(cell_id.clone());
+        lock(&self.resumable).push((cell_id, Arc::new(resumable)));
     }
 
     /// The runtime-lost error for a cell that died with its runtime.

@@ -12,6 +12,7 @@
 
 pub mod binary;
 mod connection;
+pub mod durable;
 mod error;
 mod faults;
 mod hosted;
@@ -24,6 +25,7 @@ pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::{CodeModeProvider, CodeModeSession};
 pub use connection::{HandshakeError, Liveness, Violation};
+pub use durable::{DurableCell, DurableSession, DurableState, RestoredCall};
 /// Deliberate faults for the chaos test's proof (only with the `fault-injection` feature,
 /// only in builds with debug assertions).
 #[cfg(all(feature = "fault-injection", debug_assertions))]

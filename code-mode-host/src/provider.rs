@@ -55,6 +55,11 @@ pub struct ProcessConfig {
     /// provider stops starting runtimes and every call fails with the last cause.
     /// Default `MAX_CRASHES`.
     pub max_crashes: usize,
+    /// Runtime generations an earlier process of the same sessions used (what its
+    /// [`ProcessProvider::generations_used`] said): this provider's first runtime is the
+    /// next one, so that the ids of new cells never repeat those of cells that process
+    /// gave. 0 for a fresh start.
+    pub generations_before: u64,
 }
 
 impl Default for ProcessConfig {
@@ -66,6 +71,7 @@ impl Default for ProcessConfig {
             connect_timeout: Duration::from_secs(10),
             liveness: None,
             max_crashes: MAX_CRASHES,
+            generations_before: 0,
         }
     }
 }
@@ -87,6 +93,9 @@ struct ProviderInner {
     config: ProcessConfig,
     /// Serializes spawning; holds the current runtime.
     runtime: tokio::sync::Mutex<Runtime>,
+    /// The generation of the latest runtime started (the earlier process's last before
+    /// the first).
+    generations: std::sync::atomic::AtomicU64,
 }
 
 /// Creates [`ProcessSession`]s that share one runtime process.
@@ -123,19 +132,30 @@ impl ProcessProvider {
     }
 
     fn with(config: ProcessConfig, binary: Option<PathBuf>, deferred: bool) -> Self {
+        let before = config.generations_before;
         Self {
             inner: Arc::new(ProviderInner {
                 binary: std::sync::Mutex::new(binary),
                 deferred,
                 config,
+                generations: std::sync::atomic::AtomicU64::new(before),
                 runtime: tokio::sync::Mutex::new(Runtime {
                     current: None,
-                    last_generation: 0,
+                    last_generation: before,
                     failures: VecDeque::new(),
                     last_failure: String::new(),
                 }),
             }),
         }
+    }
+
+    /// The generation of the latest runtime this provider started (the one it was told
+    /// came before, if none yet): what a restarted process passes as
+    /// [`ProcessConfig::generations_before`].
+    pub fn generations_used(&self) -> u64 {
+        self.inner
+            .generations
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The runtime binary in use: the one found (for a deferred provider, at its latest

@@ -93,6 +93,10 @@ pub struct RemoteConfig {
     /// Pings and the liveness timeout (always on over the network). The host's async
     /// runtime must keep running for its pings to go out.
     pub liveness: Liveness,
+    /// Connection generations an earlier process of the same sessions used (what its
+    /// [`RemoteProvider::generations_used`] said); 0 for a fresh start. As
+    /// `ProcessConfig::generations_before`.
+    pub generations_before: u64,
 }
 
 impl RemoteConfig {
@@ -113,6 +117,7 @@ impl RemoteConfig {
             connect_timeout: Duration::from_secs(10),
             resolve_interval: Duration::from_secs(10),
             liveness: Liveness::default(),
+            generations_before: 0,
         }
     }
 }
@@ -220,18 +225,26 @@ pub struct RuntimeStatus {
 }
 
 impl RemoteProvider {
+    /// The generation of the latest connection this pool made (the one it was told came
+    /// before, if none yet): what a restarted process passes as
+    /// [`RemoteConfig::generations_before`].
+    pub fn generations_used(&self) -> u64 {
+        self.inner.last_generation.load(Ordering::SeqCst)
+    }
+
     /// Checks the configuration; nothing is dialled until [`Self::start`] or a session's
     /// first call.
     pub fn new(config: RemoteConfig) -> Result<Self, HostError> {
         if config.endpoints.is_empty() {
             return Err(RemoteError::NoEndpoints.into());
         }
+        let before = config.generations_before;
         Ok(Self {
             inner: Arc::new_cyclic(|this| RemoteInner {
                 config,
                 pool: Mutex::new(Pool::default()),
                 attempts: Notify::new(),
-                last_generation: AtomicU64::new(0),
+                last_generation: AtomicU64::new(before),
                 resolving: tokio::sync::Mutex::new(()),
                 this: this.clone(),
             }),

@@ -7,8 +7,9 @@
 //! ([`LateAnswers`]).
 
 use super::*;
-use code_mode_protocol::journal::{CellJournal, JournalBuilder, JournalEntry};
-use code_mode_protocol::{CallId, JsonText};
+use crate::durable::DurableCell;
+use code_mode_protocol::journal::{CellJournal, JournalBuilder, JournalCommand, JournalEntry};
+use code_mode_protocol::{CallId, JsonText, NestedToolCall};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the host keeps of one running cell.
@@ -23,6 +24,10 @@ pub(super) struct Kept {
     /// Its delegate calls in flight, by the runtime's id of each: the nested call each
     /// answers (`None` for a notification).
     in_flight: HashMap<DelegateId, Option<CallId>>,
+    /// Its nested calls not answered yet, by number, as the delegate was asked them (with
+    /// the runtime's cell id): those of an earlier incarnation too. A restarted host asks
+    /// its delegate again for these ([`crate::durable`]).
+    calls: std::collections::BTreeMap<u64, NestedToolCall>,
     /// The cell's span (disabled when it is not traced): a loss and a rebuild hang there.
     span: tracing::Span,
     /// The output items the cell's callers took, shared with every answer still on its way
@@ -40,8 +45,32 @@ impl Kept {
             admitted,
             exec_call_id,
             in_flight: HashMap::new(),
+            calls: std::collections::BTreeMap::new(),
             span: tracing::Span::none(),
         }
+    }
+
+    /// What a restarted host needs of the cell (known to the agent core as `external`), or
+    /// `None` when its journal is not whole.
+    fn durable(&self, external: &CellId) -> Option<DurableCell> {
+        if !self.admitted {
+            return None;
+        }
+        let mut journal = self.builder.build()?;
+        journal.outputs = self.taken.load(Ordering::SeqCst);
+        Some(DurableCell {
+            cell_id: external.clone(),
+            journal,
+            exec_call_id: self.exec_call_id.clone(),
+            in_flight: self
+                .calls
+                .values()
+                .map(|call| NestedToolCall {
+                    cell_id: external.clone(),
+                    ..call.clone()
+                })
+                .collect(),
+        })
     }
 }
 
@@ -71,6 +100,35 @@ pub(crate) struct Resumable {
     pub(crate) span: tracing::Span,
     /// The output items its callers took, up to the rebuild ([`Kept`]).
     pub(crate) taken: Arc<AtomicU64>,
+    /// Its nested calls not answered when the runtime was lost ([`Kept`]).
+    pub(crate) in_flight: Vec<NestedToolCall>,
+}
+
+impl Resumable {
+    /// What a restarted host needs of the cell (known to the agent core as `cell_id`): its
+    /// journal with the answers that came since the loss entered after it, and the calls
+    /// still unanswered.
+    pub(crate) fn durable(&self, cell_id: &CellId) -> DurableCell {
+        let mut journal = self.journal.clone();
+        journal.outputs = self.taken.load(Ordering::SeqCst);
+        let late = lock(&self.late.state).kept.clone();
+        let mut in_flight = self.in_flight.clone();
+        for (call, result) in late {
+            in_flight.retain(|asked| asked.call_id != call);
+            journal
+                .entered
+                .push(JournalCommand::ToolResult { call, result });
+        }
+        for call in &mut in_flight {
+            call.cell_id = cell_id.clone();
+        }
+        DurableCell {
+            cell_id: cell_id.clone(),
+            journal,
+            exec_call_id: self.exec_call_id.clone(),
+            in_flight,
+        }
+    }
 }
 
 /// A cell of a lost runtime: rebuildable, or dead.
@@ -104,7 +162,7 @@ struct LateState {
 
 impl LateAnswers {
     /// The answer to `call` came.
-    fn deliver(&self, call: CallId, result: Result<JsonText, ToolError>) {
+    pub(crate) fn deliver(&self, call: CallId, result: Result<JsonText, ToolError>) {
         let mut state = lock(&self.state);
         match &state.target {
             Some(target) => send_answer(target, call, result),
@@ -240,10 +298,21 @@ impl SessionEntry {
         exec_call_id: Option<String>,
         span: tracing::Span,
         taken: Arc<AtomicU64>,
+        in_flight: &[NestedToolCall],
     ) {
         let mut kept = Kept::new(journal, true, exec_call_id);
         kept.span = span;
         kept.taken = taken;
+        kept.calls = in_flight
+            .iter()
+            .map(|call| {
+                let call = NestedToolCall {
+                    cell_id: cell_id.clone(),
+                    ..call.clone()
+                };
+                (call.call_id.number(), call)
+            })
+            .collect();
         self.journals.insert(cell_id.clone(), kept);
     }
 
@@ -272,13 +341,26 @@ impl SessionEntry {
         if let Some(kept) = self.journals.get_mut(cell_id) {
             let call = match call {
                 DelegateCall::InvokeTool {
+                    cell_id,
                     call_id,
                     tool_name,
+                    kind,
                     input,
-                    ..
+                    exec_call_id,
                 } => {
                     kept.builder
                         .asked(*call_id, tool_name, input.as_ref().map(JsonText::as_str));
+                    kept.calls.insert(
+                        call_id.number(),
+                        NestedToolCall {
+                            cell_id: cell_id.clone(),
+                            call_id: *call_id,
+                            tool_name: tool_name.clone(),
+                            kind: (*kind).into(),
+                            input: input.clone(),
+                            exec_call_id: exec_call_id.clone(),
+                        },
+                    );
                     Some(*call_id)
                 }
                 DelegateCall::Notify { .. } => {
@@ -294,16 +376,19 @@ impl SessionEntry {
     /// `reply` sent to the runtime: an answer joins the journal, after those sent before.
     pub(super) fn call_ended(&mut self, cell_id: &CellId, id: DelegateId, reply: DelegateReply) {
         if let Some(kept) = self.journals.get_mut(cell_id)
-            && let Some(call) = kept.in_flight.remove(&id)
-            && let (Some(call), DelegateReply::ToolResult(result)) = (call, reply)
+            && let Some(Some(call)) = kept.in_flight.remove(&id)
         {
-            kept.builder.answered(call, result);
+            kept.calls.remove(&call.number());
+            if let DelegateReply::ToolResult(result) = reply {
+                kept.builder.answered(call, result);
+            }
         }
     }
 
     /// A late answer to `call` was sent to the cell (rebuilt here).
     fn answered(&mut self, cell_id: &CellId, call: CallId, result: Result<JsonText, ToolError>) {
         if let Some(kept) = self.journals.get_mut(cell_id) {
+            kept.calls.remove(&call.number());
             kept.builder.answered(call, result);
         }
     }
@@ -331,6 +416,7 @@ impl SessionEntry {
                 // Its output count is read from `taken` when it is rebuilt.
                 let journal = kept.builder.build()?;
                 let late = Arc::new(LateAnswers::default());
+                let in_flight = kept.calls.into_values().collect();
                 for (id, call) in kept.in_flight {
                     late_calls.insert(id, (Arc::clone(&late), call));
                 }
@@ -341,6 +427,7 @@ impl SessionEntry {
                     late,
                     span: kept.span,
                     taken: kept.taken,
+                    in_flight,
                 })
             });
             if resumable.is_none() {
@@ -358,6 +445,25 @@ impl SessionEntry {
             });
         }
         lost
+    }
+}
+
+impl Connection {
+    /// What a restarted host needs of `session`'s running cells here: each one whose
+    /// journal is whole, by the id the agent core knows.
+    pub(crate) fn durable_cells(&self, session: SessionId) -> Vec<DurableCell> {
+        let state = lock(&self.state);
+        let Some(entry) = state.sessions.get(&session) else {
+            return Vec::new();
+        };
+        entry
+            .live_cells
+            .iter()
+            .filter_map(|cell_id| {
+                let kept = entry.journals.get(cell_id)?;
+                kept.durable(&self.external_cell_id(session, cell_id))
+            })
+            .collect()
     }
 }
 
@@ -399,6 +505,7 @@ impl Connection {
                 external: external.clone(),
                 span: resumable.span.clone(),
                 taken: Arc::clone(&resumable.taken),
+                in_flight: resumable.in_flight.clone(),
             }),
             ..RequestHooks::default()
         };
@@ -433,6 +540,8 @@ pub(crate) struct ResumedHook {
     span: tracing::Span,
     /// The output items taken of the cell, counted on through this incarnation.
     taken: Arc<AtomicU64>,
+    /// Its nested calls not answered yet.
+    in_flight: Vec<NestedToolCall>,
 }
 
 impl FromResponse for CellId {
@@ -477,6 +586,7 @@ impl Connection {
                 hook.exec_call_id,
                 hook.span,
                 hook.taken,
+                &hook.in_flight,
             );
         }
         Ok(())

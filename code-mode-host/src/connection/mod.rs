@@ -44,7 +44,7 @@ use code_mode_wire::convert::tools_to_wire;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_wire::*;
 use futures_util::StreamExt;
-pub(crate) use journals::{ExecJournal, LostCell, Resumable};
+pub(crate) use journals::{ExecJournal, LateAnswers, LostCell, Resumable};
 use journals::{Kept, LateCalls, ResumedHook};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
