@@ -128,6 +128,11 @@ enum Command {
         tools: ToolArgs,
         #[command(flatten)]
         runtime: session::RuntimeArgs,
+        /// Keep the sessions, their stored values and their running cells' journals in
+        /// this directory, so that a server started again with it goes on with them (see
+        /// docs/jsonl.md, "Restarts"). Not with --in-process.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -456,11 +461,12 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             jsonl: _,
             tools,
             runtime,
+            state_dir,
         } => {
             let tools = tools::ToolSet::load(tools.tools.as_deref(), &tools.builtin)
                 .await
                 .map_err(|error| Failure::usage(error.to_string()))?;
-            serve::serve(&runtime, tools, runtime_log).await
+            serve::serve(&runtime, tools, runtime_log, state_dir.as_deref()).await
         }
     }
 }

@@ -16,15 +16,20 @@
 //! current-thread runtime, so a session's answers and its later events reach stdout in the
 //! order the session produced them (see [`serve`]).
 
+mod state;
+
 use crate::Failure;
 use crate::session::{RuntimeArgs, Sessions};
 use crate::tools::ToolSet;
+use code_mode_host::DurableSession;
+use code_mode_protocol::CallId;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     AdmittedHook, BoxFuture, CallHooks, CellId, CellLimits, CodeModeSession,
     CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall, SessionCall, SessionError,
     SessionOptions, SessionReply, StoredValues, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
+use code_mode_state::{AnswerRecord, CallRecord, Checkpoint, Saved};
 use code_mode_surface::json::reply_json;
 use code_mode_surface::{
     Catalog, ToolDescription, exec_description_of, exec_tool_spec_of, wait_tool_spec,
@@ -32,7 +37,10 @@ use code_mode_surface::{
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use state::{Durability, state_error};
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -311,8 +319,16 @@ fn session_call(
 // The server
 // ---------------------------------------------------------------------------------------
 
+/// A tool call waiting for the client's answer: whose it is, and where the answer goes.
+struct PendingCall {
+    session: String,
+    cell_id: CellId,
+    call: CallId,
+    reply: oneshot::Sender<Result<Value, String>>,
+}
+
 /// Tool calls waiting for the client's answer, by call id (`c1`, `c2`, ...).
-type PendingCalls = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Value, String>>>>>;
+type PendingCalls = Arc<Mutex<HashMap<String, PendingCall>>>;
 
 /// The observations (`exec`, `wait`) in flight, by session and cell: what `preempt`
 /// cancels. An `exec`'s is registered when its cell is admitted.
@@ -329,6 +345,8 @@ struct Server {
     last_call: Arc<AtomicU64>,
     /// The driver's own tools (`--tools`, `--builtin`).
     tools: ToolSet,
+    /// With `--state-dir`: where the sessions are kept across restarts.
+    state: Option<Durability>,
 }
 
 /// The delegate of a served session: tool calls and notifications become events, written
@@ -354,18 +372,15 @@ impl CodeModeSessionDelegate for JsonlDelegate {
         call.answer_with(|call| async move {
             let id = format!("c{}", self.last_call.fetch_add(1, Ordering::SeqCst) + 1);
             let (reply, answer) = oneshot::channel();
-            lock(&self.calls).insert(id.clone(), reply);
-            self.out.send(json!({
-                "event": "tool_call",
-                "call": id,
-                "session": self.session,
-                "cell_id": call.cell_id,
-                "call_id": call.call_id,
-                "tool": call.tool_name,
-                "kind": call.kind.as_str(),
-                "input": call.input,
-                "exec_call_id": call.exec_call_id,
-            }));
+            let pending = PendingCall {
+                session: self.session.clone(),
+                cell_id: call.cell_id.clone(),
+                call: call.call_id,
+                reply,
+            };
+            lock(&self.calls).insert(id.clone(), pending);
+            self.out
+                .send(tool_call_event(&id, &self.session, &call, false));
             tokio::select! {
                 answer = answer => answer
                     .unwrap_or_else(|_| Err("the client went away".to_owned()))
@@ -407,43 +422,79 @@ impl Server {
     }
 
     fn open_session(&self, given: Value) -> Result<Value, ErrorReply> {
+        // What a restarted server opens the session again with: the options without the
+        // stored values (those are kept as they change).
+        let mut options_text = given.clone();
+        if let Some(map) = options_text.as_object_mut() {
+            map.remove("stored_values");
+        }
         let given: OpenSessionParams = params(given)?;
-        let options = SessionOptions {
-            max_yield_time_ms: given.max_yield_time_ms,
-            limits: given.limits.into_limits(),
-            reuse_isolates: given.reuse_isolates.unwrap_or(true),
-            max_stored_bytes: given
-                .max_stored_bytes
-                .unwrap_or(code_mode_protocol::stored::DEFAULT_MAX_STORED_BYTES),
-            surface: code_mode_protocol::Surface::Contract,
-            hibernate_after_ms: given.hibernate.unwrap_or(true).then(|| {
-                given
-                    .hibernate_after_ms
-                    .unwrap_or(code_mode_protocol::session::DEFAULT_HIBERNATE_AFTER_MS)
-            }),
-        };
         let stored_values: StoredValues = given
             .stored_values
-            .into_iter()
-            .map(|(key, value)| (key, Arc::from(value.to_string())))
+            .iter()
+            .map(|(key, value)| (key.clone(), Arc::from(value.to_string())))
             .collect();
+        let options = session_options(given);
         let id = format!("s{}", self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
+        self.start_session(&id, options, stored_values, options_text.to_string());
+        Ok(json!({ "session": id }))
+    }
+
+    /// Opens session `id` (new, or kept by an earlier process); with a state directory the
+    /// session is kept there from now on. Returns it, for its restored cells.
+    fn start_session(
+        &self,
+        id: &str,
+        options: SessionOptions,
+        stored_values: StoredValues,
+        options_text: String,
+    ) -> Option<Arc<dyn DurableSession>> {
         let delegate = Arc::new(JsonlDelegate {
-            session: id.clone(),
+            session: id.to_owned(),
             out: self.out.clone(),
             calls: Arc::clone(&self.calls),
             last_call: Arc::clone(&self.last_call),
             tools: self.tools.clone(),
         });
+        if let Some(state) = &self.state
+            && let Some(durable) =
+                self.provider
+                    .open_durable(delegate.clone(), options.clone(), stored_values.clone())
+        {
+            state.keep(id, Arc::clone(&durable), options_text);
+            let session: Arc<dyn CodeModeSession> = durable.clone();
+            lock(&self.sessions).insert(id.to_owned(), session);
+            return Some(durable);
+        }
         let session: Arc<dyn CodeModeSession> = Arc::from(self.provider.open_with_values(
             delegate,
             options,
             stored_values,
         ));
-        lock(&self.sessions).insert(id.clone(), session);
-        Ok(json!({ "session": id }))
+        lock(&self.sessions).insert(id.to_owned(), session);
+        None
     }
+}
 
+/// A session's options from `open_session`'s parameters.
+fn session_options(given: OpenSessionParams) -> SessionOptions {
+    SessionOptions {
+        max_yield_time_ms: given.max_yield_time_ms,
+        limits: given.limits.into_limits(),
+        reuse_isolates: given.reuse_isolates.unwrap_or(true),
+        max_stored_bytes: given
+            .max_stored_bytes
+            .unwrap_or(code_mode_protocol::stored::DEFAULT_MAX_STORED_BYTES),
+        surface: code_mode_protocol::Surface::Contract,
+        hibernate_after_ms: given.hibernate.unwrap_or(true).then(|| {
+            given
+                .hibernate_after_ms
+                .unwrap_or(code_mode_protocol::session::DEFAULT_HIBERNATE_AFTER_MS)
+        }),
+    }
+}
+
+impl Server {
     /// The `exec` description and both tool specs for the given tools, as a model would
     /// see them (`code-mode describe`), their input schemas rendered as declarations.
     fn describe(&self, given: Value) -> Result<Value, ErrorReply> {
@@ -541,6 +592,9 @@ impl Server {
         let reply = reply?;
         if shutdown {
             lock(&self.sessions).remove(&session_id);
+            if let Some(state) = &self.state {
+                state.forget(&session_id);
+            }
         }
         Ok(reply_json(&reply))
     }
@@ -587,7 +641,8 @@ impl Server {
         }
     }
 
-    /// Hands a client's `tool_result` to the waiting call.
+    /// Hands a client's `tool_result` to the waiting call. With a state directory the
+    /// answer is on disk before the cell gets it.
     fn tool_result(&self, given: Value) -> Result<(), ErrorReply> {
         let given: ToolResultParams = params(given)?;
         let result = match (given.result, given.error) {
@@ -595,12 +650,188 @@ impl Server {
             (result, None) => Ok(result.unwrap_or(Value::Null)),
         };
         // Unknown calls were cancelled meanwhile (a `tool_cancelled` event is on its way).
-        if let Some(reply) = lock(&self.calls).remove(&given.call) {
-            let _ = reply.send(result);
+        let pending = lock(&self.calls).remove(&given.call);
+        match (&self.state, pending) {
+            (None, Some(pending)) => {
+                let _ = pending.reply.send(result);
+            }
+            (Some(state), Some(pending)) => {
+                let record = AnswerRecord {
+                    session: pending.session,
+                    cell_id: pending.cell_id,
+                    call: pending.call,
+                    result: answer_text(&result),
+                };
+                let reply = pending.reply;
+                state.record_then(&self.out, record, move || {
+                    let _ = reply.send(result);
+                });
+            }
+            (Some(state), None) => state.answer_restored(&self.out, &given.call, &result),
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Everything served now, as the state directory keeps it.
+    fn checkpoint(&self, state: &Durability) -> Checkpoint {
+        let calls = lock(&self.calls)
+            .iter()
+            .map(|(id, pending)| CallRecord {
+                session: pending.session.clone(),
+                cell_id: pending.cell_id.clone(),
+                call: pending.call,
+                front_id: id.clone(),
+            })
+            .collect();
+        let counters = vec![
+            (
+                LAST_SESSION.to_owned(),
+                self.last_session.load(Ordering::SeqCst),
+            ),
+            (LAST_CALL.to_owned(), self.last_call.load(Ordering::SeqCst)),
+            (GENERATIONS.to_owned(), self.provider.generations_used()),
+        ];
+        state.checkpoint(counters, calls)
+    }
+
+    /// With a state directory: writes the checkpoint of everything served now, before
+    /// the lines that depend on it go out. `Some` error text when it could not be written.
+    async fn persist(&self) -> Option<String> {
+        let state = self.state.as_ref()?;
+        if state.is_closed() {
+            return None;
+        }
+        let checkpoint = self.checkpoint(state);
+        state.write(checkpoint).await.err()
+    }
+
+    /// Opens again the sessions an earlier process kept, with their running cells, and
+    /// deals with the calls those cells wait on: an answer that came is given, a call of
+    /// the driver's own tools (which died with that process) fails, and every other is
+    /// the client's to answer: announced again with its id.
+    fn reopen(&self, saved: &Saved) -> Result<(), Failure> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        for record in &saved.sessions {
+            let given: Value = serde_json::from_str(&record.options).map_err(|error| {
+                Failure::runtime(format!(
+                    "the kept options of session {}: {error}",
+                    record.id
+                ))
+            })?;
+            let given: OpenSessionParams = params(given).map_err(|error| {
+                Failure::runtime(format!(
+                    "the kept options of session {}: {}",
+                    record.id, error.message
+                ))
+            })?;
+            let Some(session) = self.start_session(
+                &record.id,
+                session_options(given),
+                record.state.stored.clone(),
+                record.options.clone(),
+            ) else {
+                continue;
+            };
+            let cells = record.state.cells.len();
+            let calls = session.restore(record.state.cells.clone());
+            tracing::info!(session = %record.id, cells, calls = calls.len(), "session restored from the state directory");
+            for restored in calls {
+                let call = &restored.call;
+                if let Some(result) = saved.answer(&record.id, &call.cell_id, call.call_id) {
+                    restored.answer(result.clone());
+                } else if self.tools.has(&call.tool_name) {
+                    restored.answer(Err(ToolError::new(
+                        code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
+                    )));
+                } else {
+                    let id = saved
+                        .front_id(&record.id, &call.cell_id, call.call_id)
+                        .map_or_else(
+                            || format!("c{}", self.last_call.fetch_add(1, Ordering::SeqCst) + 1),
+                            str::to_owned,
+                        );
+                    // The argument as the client first saw it: parsed (it was checked then).
+                    let event = match call.clone().parsed() {
+                        Ok(parsed) => tool_call_event(&id, &record.id, &parsed, true),
+                        Err(_) => tool_call_event(&id, &record.id, call, true),
+                    };
+                    self.out.send(event);
+                    state.await_client(id, record.id.clone(), restored);
+                }
+            }
         }
         Ok(())
     }
 }
+
+/// A client's answer as the cell gets it.
+fn answer_text(result: &Result<Value, String>) -> Result<JsonText, ToolError> {
+    match result {
+        Ok(value) => Ok(JsonText::from_value(value)),
+        Err(error) => Err(ToolError::new(error.clone())),
+    }
+}
+
+/// The `tool_call` event of a call (`restored`: announced again after a restart).
+fn tool_call_event<T: serde::Serialize>(
+    id: &str,
+    session: &str,
+    call: &NestedToolCall<T>,
+    restored: bool,
+) -> Value {
+    let mut event = json!({
+        "event": "tool_call",
+        "call": id,
+        "session": session,
+        "cell_id": call.cell_id,
+        "call_id": call.call_id,
+        "tool": call.tool_name,
+        "kind": call.kind.as_str(),
+        "input": call.input,
+        "exec_call_id": call.exec_call_id,
+    });
+    if restored && let Some(map) = event.as_object_mut() {
+        map.insert("restored".to_owned(), Value::Bool(true));
+    }
+    event
+}
+
+/// Writes the lines to stdout in order, a batch at a time: with a state directory, the
+/// checkpoint of everything served goes to disk before a batch goes out, so nothing the
+/// client reads is lost to a restart (a failed write goes out first as a `state_error`).
+async fn write_lines(mut lines: mpsc::UnboundedReceiver<String>, server: Weak<Server>) {
+    let mut stdout = tokio::io::stdout();
+    let mut batch = Vec::new();
+    while let Some(line) = lines.recv().await {
+        batch.push(line);
+        while let Ok(line) = lines.try_recv() {
+            batch.push(line);
+        }
+        let server = server.upgrade();
+        if let Some(server) = server
+            && let Some(message) = server.persist().await
+        {
+            tracing::error!("{message}");
+            batch.insert(0, state_error(&message).to_string());
+        }
+        for line in batch.drain(..) {
+            if stdout.write_all(line.as_bytes()).await.is_err()
+                || stdout.write_all(b"\n").await.is_err()
+            {
+                return;
+            }
+        }
+        let _ = stdout.flush().await;
+    }
+}
+
+/// The driver's counters in the state directory.
+const LAST_SESSION: &str = "last_session";
+const LAST_CALL: &str = "last_call";
+const GENERATIONS: &str = "generations";
 
 /// Serves JSON lines until end of input.
 ///
@@ -613,30 +844,37 @@ pub async fn serve(
     runtime: &RuntimeArgs,
     tools: ToolSet,
     runtime_log: String,
+    state_dir: Option<&Path>,
 ) -> Result<(), Failure> {
-    let provider = Sessions::new(runtime, &runtime_log).map_err(Failure::runtime)?;
-    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
-    let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
-        while let Some(line) = lines_rx.recv().await {
-            if stdout.write_all(line.as_bytes()).await.is_err()
-                || stdout.write_all(b"\n").await.is_err()
-            {
-                return;
-            }
-            let _ = stdout.flush().await;
+    let (state, saved) = match state_dir {
+        Some(_) if runtime.in_process => {
+            return Err(Failure::usage(
+                "--state-dir keeps each running cell's journal on the host's side of the runtime process; it cannot be used with --in-process",
+            ));
         }
-    });
+        Some(dir) => {
+            let (state, saved) =
+                Durability::open(dir).map_err(|error| Failure::runtime(error.to_string()))?;
+            (Some(state), saved)
+        }
+        None => (None, Saved::default()),
+    };
+    let provider = Sessions::after(runtime, &runtime_log, saved.counter(GENERATIONS))
+        .map_err(Failure::runtime)?;
+    let (lines_tx, lines_rx) = mpsc::unbounded_channel::<String>();
     let server = Arc::new(Server {
         out: Out(lines_tx),
         observations: Arc::new(Mutex::new(HashMap::new())),
         provider,
         sessions: Mutex::new(HashMap::new()),
-        last_session: AtomicU64::new(0),
+        last_session: AtomicU64::new(saved.counter(LAST_SESSION)),
         calls: Arc::new(Mutex::new(HashMap::new())),
-        last_call: Arc::new(AtomicU64::new(0)),
+        last_call: Arc::new(AtomicU64::new(saved.counter(LAST_CALL))),
         tools,
+        state,
     });
+    let writer = tokio::spawn(write_lines(lines_rx, Arc::downgrade(&server)));
+    server.reopen(&saved)?;
     let tasks = TaskTracker::new();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines
@@ -703,7 +941,15 @@ pub async fn serve(
             span,
         ));
     }
-    // End of input: shut every session down, then flush the last lines.
+    // End of input. With a state directory the sessions are kept as they are now (the
+    // next process goes on with them), and what the shutdown does to them is not.
+    if let Some(state) = &server.state {
+        if let Some(message) = server.persist().await {
+            server.out.send(state_error(&message));
+        }
+        state.close();
+    }
+    // Shut every session down, then flush the last lines.
     let sessions: Vec<_> = lock(&server.sessions)
         .drain()
         .map(|(_, session)| session)

@@ -3,8 +3,8 @@
 //! TLS through `--runtime-ca`, `--runtime-cert` and `--runtime-key`).
 
 use code_mode::{InProcessConfig, InProcessProvider};
-use code_mode_host::CodeModeProvider;
 use code_mode_host::{ClientTls, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider};
+use code_mode_host::{CodeModeProvider, DurableSession};
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, StoredValues};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,20 +59,63 @@ pub enum Sessions {
 impl Sessions {
     /// The provider the arguments ask for; the error is one line for the user.
     pub fn new(args: &RuntimeArgs, runtime_log: &str) -> Result<Self, String> {
+        Self::after(args, runtime_log, 0)
+    }
+
+    /// [`Self::new`] for a process that goes on with the sessions of an earlier one, whose
+    /// runtimes reached generation `generations_before` (new cell ids never repeat its).
+    pub fn after(
+        args: &RuntimeArgs,
+        runtime_log: &str,
+        generations_before: u64,
+    ) -> Result<Self, String> {
         if args.in_process {
             return Ok(Self::InProcess(InProcessProvider::new(
                 InProcessConfig::default(),
             )));
         }
         if !args.runtime.is_empty() {
-            return remote(args).map(Self::Remote);
+            return remote(args, generations_before).map(Self::Remote);
         }
         ProcessProvider::new(ProcessConfig {
             log_filter: runtime_log.to_owned(),
+            generations_before,
             ..ProcessConfig::default()
         })
         .map(Self::Process)
         .map_err(|error| error.to_string())
+    }
+
+    /// The runtime generation the provider reached (0 in process).
+    pub fn generations_used(&self) -> u64 {
+        match self {
+            Self::InProcess(_) => 0,
+            Self::Process(provider) => provider.generations_used(),
+            Self::Remote(provider) => provider.generations_used(),
+        }
+    }
+
+    /// Opens a session whose state can outlive this process; `None` in process (there
+    /// is no host side to keep a cell's journal on).
+    pub fn open_durable(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        stored_values: StoredValues,
+    ) -> Option<Arc<dyn DurableSession>> {
+        match self {
+            Self::InProcess(_) => None,
+            Self::Process(provider) => Some(Arc::new(provider.open_session_with_values(
+                delegate,
+                options,
+                stored_values,
+            ))),
+            Self::Remote(provider) => Some(Arc::new(provider.open_session_with_values(
+                delegate,
+                options,
+                stored_values,
+            ))),
+        }
     }
 
     /// Opens a session.
@@ -107,8 +150,8 @@ impl Sessions {
 
 /// The remote provider of `--runtime`: mutual TLS with all three files, plaintext (to
 /// loopback only) with none.
-fn remote(args: &RuntimeArgs) -> Result<RemoteProvider, String> {
-    let config = match (&args.runtime_ca, &args.runtime_cert, &args.runtime_key) {
+fn remote(args: &RuntimeArgs, generations_before: u64) -> Result<RemoteProvider, String> {
+    let mut config = match (&args.runtime_ca, &args.runtime_cert, &args.runtime_key) {
         (Some(ca), Some(cert), Some(key)) => {
             let tls = ClientTls::from_files(ca, cert, key).map_err(|error| error.to_string())?;
             RemoteConfig::new(args.runtime.clone(), tls)
@@ -121,6 +164,7 @@ fn remote(args: &RuntimeArgs) -> Result<RemoteProvider, String> {
             );
         }
     };
+    config.generations_before = generations_before;
     RemoteProvider::new(config).map_err(|error| error.to_string())
 }
 

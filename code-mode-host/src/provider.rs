@@ -280,6 +280,8 @@ impl ProviderInner {
         match self.start(generation).await {
             Ok(connection) => {
                 runtime.last_generation = generation;
+                self.generations
+                    .store(generation, std::sync::atomic::Ordering::SeqCst);
                 runtime.current = Some(Arc::clone(&connection));
                 // `check` reads a failure as the latest start's; this one succeeded.
                 runtime.last_failure.clear();

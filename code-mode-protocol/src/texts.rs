@@ -42,6 +42,11 @@ pub fn runtime_lost(cause: &dyn fmt::Display) -> String {
 pub const DRAIN_DEADLINE_PASSED: &str =
     "the runtime's drain timeout passed while the cell was still running";
 
+/// The error a restored cell's nested call gets when the tool ran in the serving process
+/// that was restarted (its own tools): it is not run again, since it may have had its
+/// effect.
+pub const TOOL_LOST_IN_RESTART: &str = "the tool call was cut short by a restart of the server that ran it; it may have had its effect, so it is not run again: inspect its result before retrying";
+
 /// The status line of a response: a cell still running.
 pub fn script_running(cell_id: &dyn fmt::Display) -> String {
     format!("Script running with cell ID {cell_id}")
