@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 mod mcp;
 mod mcp_http;
+mod restart;
 mod traces;
 
 const BIN: &str = env!("CARGO_BIN_EXE_code-mode");

@@ -1,0 +1,333 @@
+//! `code-mode serve --jsonl --state-dir`: a server killed with SIGKILL while its cells wait
+//! on calls, started again on the same directory, goes on with them. Each cell's whole
+//! output, across both processes, is what a run without the kill gives; no call is
+//! announced twice (only announced again, marked `restored`, while it waits for its
+//! answer); the stored values are whole.
+
+use super::JsonlServer;
+use code_mode_conformance::Scratch;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+
+/// Three cells: parallel calls, a timer, the clock and the random numbers in arguments, a
+/// yield, and stored values written before and after the kill.
+const CELLS: [&str; 3] = [
+    r"store('a_before', 1); text('A start');
+      const t = Date.now();
+      const [x, y] = await Promise.all([tools.work({cell: 'A', n: 1, t}), tools.work({cell: 'A', n: 2})]);
+      text('A got ' + x + ' ' + y);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      const z = await tools.work({cell: 'A', n: 3});
+      store('a_after', z);
+      text('A t=' + t + ' z=' + z);",
+    r"const r = String(Math.random()); text('B start');
+      const v = await tools.work({cell: 'B', n: 1, r});
+      text('B got ' + v + ' r=' + r);",
+    r"text('C'); yield_control();
+      const v = await tools.work({cell: 'C', n: 1});
+      text('C got ' + v);",
+];
+
+/// The client's side: it answers each call from its argument, and keeps what it saw.
+#[derive(Default)]
+struct Client {
+    /// Output texts by cell, in the order they came.
+    output: BTreeMap<String, Vec<String>>,
+    /// Announcements of each call (cell, call id) that were not marked restored.
+    announced: HashMap<(String, String), usize>,
+    /// Calls announced (first or again) and not answered yet: client id → (cell, input).
+    waiting: BTreeMap<String, (String, Value)>,
+    /// Each call's first argument, by (cell, call id).
+    inputs: HashMap<(String, String), Value>,
+    /// Answers to requests, by id.
+    replies: HashMap<u64, Value>,
+}
+
+impl Client {
+    /// Takes one line in.
+    fn take(&mut self, line: Value) {
+        match line.get("event").and_then(Value::as_str) {
+            Some("tool_call") => {
+                let cell = line["cell_id"].as_str().expect("a cell").to_owned();
+                let call_id = line["call_id"].as_str().expect("a call id").to_owned();
+                let key = (cell.clone(), call_id);
+                if line.get("restored") != Some(&Value::Bool(true)) {
+                    *self.announced.entry(key.clone()).or_default() += 1;
+                }
+                let input = line["input"].clone();
+                if let Some(first) = self.inputs.get(&key) {
+                    assert_eq!(
+                        first, &input,
+                        "a call announced again with another argument"
+                    );
+                }
+                self.inputs.insert(key, input.clone());
+                let id = line["call"].as_str().expect("an id").to_owned();
+                self.waiting.insert(id, (cell, input));
+            }
+            Some(_) => {}
+            None => {
+                let id = line["id"].as_u64().expect("a request id");
+                let result = line.get("result").cloned().unwrap_or_else(|| {
+                    panic!("request {id} failed: {line}");
+                });
+                let response = result.get("response").unwrap_or(&result);
+                if let Some(items) = response.get("content_items").and_then(Value::as_array) {
+                    let cell = response["cell_id"].as_str().expect("a cell").to_owned();
+                    let texts = self.output.entry(cell).or_default();
+                    texts.extend(
+                        items
+                            .iter()
+                            .map(|item| item["text"].as_str().unwrap_or_default().to_owned()),
+                    );
+                }
+                self.replies.insert(id, result);
+            }
+        }
+    }
+
+    /// Reads lines until request `id` is answered; its result.
+    fn until_reply(&mut self, server: &mut JsonlServer, id: u64) -> Value {
+        while !self.replies.contains_key(&id) {
+            let line = server.next();
+            self.take(line);
+        }
+        self.replies[&id].clone()
+    }
+
+    /// Reads lines until a call whose argument matches `wanted` waits.
+    fn until_call(&mut self, server: &mut JsonlServer, wanted: &Value) -> String {
+        loop {
+            if let Some((id, _)) = self.waiting.iter().find(|(_, (_, input))| {
+                wanted
+                    .as_object()
+                    .expect("an object")
+                    .iter()
+                    .all(|(key, value)| input.get(key) == Some(value))
+            }) {
+                return id.clone();
+            }
+            let line = server.next();
+            self.take(line);
+        }
+    }
+
+    /// Answers call `id` from its argument.
+    fn answer(&mut self, server: &mut JsonlServer, id: &str) {
+        let (_, input) = self.waiting.remove(id).expect("a waiting call");
+        let answer = format!(
+            "{}{}",
+            input["cell"].as_str().expect("a cell"),
+            input["n"].as_u64().expect("a number")
+        );
+        server.send(
+            &json!({"method": "tool_result", "params": {"call": id, "result": answer}}).to_string(),
+        );
+    }
+
+    fn answer_all(&mut self, server: &mut JsonlServer) {
+        let ids: Vec<String> = self.waiting.keys().cloned().collect();
+        for id in ids {
+            self.answer(server, &id);
+        }
+    }
+}
+
+fn request(server: &mut JsonlServer, id: u64, method: &str, params: &Value) {
+    server.send(&json!({"id": id, "method": method, "params": params}).to_string());
+}
+
+/// Opens the session and starts the three cells; their exec answers are read.
+fn start_cells(server: &mut JsonlServer, client: &mut Client) {
+    request(
+        server,
+        1,
+        "open_session",
+        &json!({"stored_values": {"base": 1}}),
+    );
+    assert_eq!(client.until_reply(server, 1), json!({"session": "s1"}));
+    for (n, source) in CELLS.iter().enumerate() {
+        let id = 2 + n as u64;
+        let params = json!({"session": "s1", "source": source, "tools": [{"name": "work"}], "yield_time_ms": 100});
+        request(server, id, "exec", &params);
+        client.until_reply(server, id);
+    }
+}
+
+/// Waits on every cell until it completed, answering calls as they come; then the stored
+/// values.
+fn finish_cells(server: &mut JsonlServer, client: &mut Client, first_id: u64) -> Value {
+    let mut id = first_id;
+    for cell in ["1", "2", "3"] {
+        loop {
+            client.answer_all(server);
+            id += 1;
+            let params = json!({"session": "s1", "cell_id": cell, "yield_time_ms": 200});
+            request(server, id, "wait", &params);
+            let response = client.until_reply(server, id);
+            if response["type"] == "result" {
+                assert_eq!(response["error_text"], Value::Null, "{response}");
+                break;
+            }
+            assert_eq!(response["type"], "yielded", "{response}");
+        }
+    }
+    id += 1;
+    request(server, id, "stored_values", &json!({"session": "s1"}));
+    client.until_reply(server, id)["stored_values"].clone()
+}
+
+/// Each cell's whole output, with its clock reading and random number checked against
+/// the arguments the client was given and then left out.
+fn outputs(client: &Client) -> BTreeMap<String, String> {
+    let t = client.inputs[&("1".to_owned(), "tool-1".to_owned())]["t"].clone();
+    let r = client.inputs[&("2".to_owned(), "tool-1".to_owned())]["r"]
+        .as_str()
+        .expect("the random number, as text")
+        .to_owned();
+    client
+        .output
+        .iter()
+        .map(|(cell, texts)| {
+            let whole = texts
+                .join("\n")
+                .replace(&format!("t={t}"), "t=T")
+                .replace(&format!("r={r}"), "r=R");
+            (cell.clone(), whole)
+        })
+        .collect()
+}
+
+fn state_server(dir: &std::path::Path) -> JsonlServer {
+    let dir = dir.to_str().expect("a UTF-8 path");
+    JsonlServer::start_with(&["serve", "--jsonl", "--state-dir", dir])
+}
+
+#[test]
+fn serve_jsonl_with_a_state_dir_goes_on_with_its_cells_after_a_kill() {
+    // Without a kill: what each cell gives.
+    let scratch = Scratch::new();
+    let mut server = state_server(&scratch.0.join("plain"));
+    let mut plain = Client::default();
+    start_cells(&mut server, &mut plain);
+    let plain_stored = finish_cells(&mut server, &mut plain, 10);
+    assert!(server.finish().success());
+    let expected = outputs(&plain);
+    assert!(expected["1"].contains("A t=T z=A3"), "{expected:?}");
+    assert!(expected["2"].contains("B got B1 r=R"), "{expected:?}");
+
+    // The same cells, the server killed twice while they wait on calls.
+    let dir = scratch.0.join("killed");
+    let mut server = state_server(&dir);
+    let mut client = Client::default();
+    start_cells(&mut server, &mut client);
+    let a1 = client.until_call(&mut server, &json!({"cell": "A", "n": 1}));
+    client.answer(&mut server, &a1);
+    let a2 = client.until_call(&mut server, &json!({"cell": "A", "n": 2}));
+    client.answer(&mut server, &a2);
+    // A got its answers and called again, after its timer.
+    client.until_call(&mut server, &json!({"cell": "A", "n": 3}));
+    // B's answer is sent right before the kill: it reaches the cell or not, and the
+    // client's record of it on disk or not. Either way it is delivered once.
+    let b1 = client.until_call(&mut server, &json!({"cell": "B", "n": 1}));
+    client.answer(&mut server, &b1);
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+
+    // Started again: the calls still waiting are announced again, before any answer.
+    let mut server = state_server(&dir);
+    client.waiting.clear();
+    request(&mut server, 20, "stored_values", &json!({"session": "s1"}));
+    let stored = client.until_reply(&mut server, 20)["stored_values"].clone();
+    assert_eq!(stored["base"], 1, "{stored}");
+    let still: Vec<&Value> = client.waiting.values().map(|(_, input)| input).collect();
+    assert!(
+        still.contains(&&json!({"cell": "A", "n": 3}))
+            && still.contains(&&json!({"cell": "C", "n": 1})),
+        "the restarted server announces the calls still waiting: {still:?}"
+    );
+    // Killed again while A's rebuilt cell waits (its wait made it run once more).
+    request(
+        &mut server,
+        21,
+        "wait",
+        &json!({"session": "s1", "cell_id": "1", "yield_time_ms": 100}),
+    );
+    client.until_reply(&mut server, 21);
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+
+    let mut server = state_server(&dir);
+    client.waiting.clear();
+    request(&mut server, 30, "stored_values", &json!({"session": "s1"}));
+    client.until_reply(&mut server, 30);
+    let stored = finish_cells(&mut server, &mut client, 40);
+    // A new cell after the restarts never takes the id of one before them.
+    request(
+        &mut server,
+        99,
+        "exec",
+        &json!({"session": "s1", "source": "text('after')"}),
+    );
+    let started = client.until_reply(&mut server, 99);
+    assert!(server.finish().success());
+
+    let new_cell = started["cell_id"].as_str().expect("a cell id");
+    let mut got = outputs(&client);
+    assert_eq!(got.remove(new_cell).as_deref(), Some("after"));
+    assert_eq!(got, expected, "each cell's output, once");
+    assert_eq!(stored, plain_stored, "the stored values, whole");
+    let announced: Vec<_> = client.announced.values().copied().collect();
+    assert_eq!(
+        announced, [1; 5],
+        "each call announced once: {:?}",
+        client.announced
+    );
+    assert!(
+        !["1", "2", "3"].contains(&new_cell) && new_cell.starts_with('g'),
+        "{started}"
+    );
+}
+
+#[test]
+fn serve_jsonl_refuses_a_state_dir_it_cannot_use() {
+    let scratch = Scratch::new();
+    // In process there is no host side to keep a cell's journal on.
+    let dir = scratch.0.join("state");
+    let dir = dir.to_str().expect("a UTF-8 path");
+    let output = std::process::Command::new(super::BIN)
+        .args(["serve", "--jsonl", "--in-process", "--state-dir", dir])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot be used with --in-process"),
+        "{stderr}"
+    );
+    // A file that is not a database is refused, named, and left as it was.
+    std::fs::create_dir_all(scratch.0.join("bad")).expect("a directory");
+    let file = scratch.write("bad/jsonl.sqlite3", &"not a database ".repeat(200));
+    let bad = scratch.0.join("bad");
+    let output = std::process::Command::new(super::BIN)
+        .args([
+            "serve",
+            "--jsonl",
+            "--state-dir",
+            bad.to_str().expect("UTF-8"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("jsonl.sqlite3") && stderr.contains("not whole"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(file).expect("kept"),
+        "not a database ".repeat(200)
+    );
+}
