@@ -117,6 +117,11 @@ enum Command {
         /// Give every cell a fresh isolate instead of reusing the session's.
         #[arg(long)]
         no_isolate_reuse: bool,
+        /// With --http: keep the MCP sessions, their stored values and their running
+        /// cells' journals in this directory, so that a server started again with it goes
+        /// on with them (see docs/MCP.md, "Restarts").
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<std::path::PathBuf>,
     },
     /// Serve sessions over a JSON-lines protocol on stdin/stdout (see docs/jsonl.md).
     Serve {
@@ -446,6 +451,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             limits,
             runtime,
             no_isolate_reuse,
+            state_dir,
         } => {
             mcp::serve(mcp::McpOptions {
                 tools: tools.tools,
@@ -454,6 +460,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
                 runtime,
                 session: limits.session_options(!no_isolate_reuse),
                 runtime_log,
+                state_dir,
             })
             .await
         }

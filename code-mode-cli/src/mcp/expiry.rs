@@ -14,6 +14,7 @@
 use futures_util::Stream;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::transport::WorkerTransport;
+use rmcp::transport::streamable_http_server::session::RestoreOutcome;
 use rmcp::transport::streamable_http_server::session::ServerSseMessage;
 use rmcp::transport::streamable_http_server::session::local::{
     LocalSessionManager, LocalSessionManagerError, LocalSessionWorker,
@@ -222,6 +223,34 @@ impl SessionManager for ExpiringSessions {
         id: &SessionId,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
         Ok(self.local.create_standalone_stream(id).await?)
+    }
+
+    async fn restore_session(
+        &self,
+        id: SessionId,
+    ) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
+        let _creating = self.creating.lock().await;
+        if self.full() {
+            return Err(ExpiryError::Full {
+                max: self.max_sessions,
+            });
+        }
+        let outcome = self.local.restore_session(id.clone()).await?;
+        if matches!(outcome, RestoreOutcome::Restored(_)) {
+            let open = {
+                let mut activity = lock(&self.activity);
+                activity.insert(
+                    id.clone(),
+                    Activity {
+                        in_flight: 0,
+                        last: Instant::now(),
+                    },
+                );
+                activity.len()
+            };
+            tracing::info!(session = %id, open, max = self.max_sessions, "MCP session restored");
+        }
+        Ok(outcome)
     }
 
     async fn resume(

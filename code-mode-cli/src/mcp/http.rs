@@ -174,10 +174,15 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
         options.idle_timeout,
     ));
     let factory_shared = Arc::clone(shared);
+    let mut config = options.service_config(&stop);
+    if let Some(state) = &shared.state {
+        // A session a restarted server kept is found again by its id.
+        config.session_store = Some(Arc::clone(state) as _);
+    }
     let service = StreamableHttpService::new(
         move || Ok(CodeModeServer::new(&factory_shared)),
         Arc::clone(&sessions),
-        options.service_config(&stop),
+        config,
     );
     let front = Arc::new(Front {
         service,
@@ -227,6 +232,11 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
                 }
             }
         });
+    }
+    // What stopping does to the sessions is not kept: a server started again with the
+    // same state directory goes on with them as they were.
+    if let Some(state) = &shared.state {
+        state.close();
     }
     stop.cancel();
     Ok(())

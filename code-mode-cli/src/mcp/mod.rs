@@ -10,6 +10,7 @@ mod expiry;
 pub mod http;
 mod line_cap;
 pub mod server;
+mod state;
 
 use crate::Failure;
 use crate::session::Sessions;
@@ -18,6 +19,7 @@ use code_mode_protocol::SessionOptions;
 use http::HttpOptions;
 use server::Shared;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What `code-mode mcp` was asked to do.
 pub struct McpOptions {
@@ -30,6 +32,8 @@ pub struct McpOptions {
     /// Every session's options: limits, maximum yield time, isolate reuse.
     pub session: SessionOptions,
     pub runtime_log: String,
+    /// With `--http`: keep the sessions in this directory across restarts.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Runs `code-mode mcp` until its client goes away (stdio) or it is stopped (HTTP).
@@ -37,9 +41,26 @@ pub async fn serve(options: McpOptions) -> Result<(), Failure> {
     let tools = ToolSet::parse(options.tools.as_deref(), &options.builtins)
         .map_err(|error| Failure::usage(error.to_string()))?;
     let http = options.http.map(HttpOptions::check).transpose()?;
-    let sessions =
-        Sessions::new(&options.runtime, &options.runtime_log).map_err(Failure::runtime)?;
-    let shared = Shared::start(tools, sessions, options.session).await;
+    let state = match &options.state_dir {
+        None => None,
+        Some(_) if http.is_none() => {
+            return Err(Failure::usage(
+                "--state-dir keeps the sessions of `mcp --http`; over stdio the session ends with its client",
+            ));
+        }
+        Some(_) if options.runtime.in_process => {
+            return Err(Failure::usage(
+                "--state-dir keeps each running cell's journal on the host's side of the runtime process; it cannot be used with --in-process",
+            ));
+        }
+        Some(dir) => Some(Arc::new(
+            state::McpState::open(dir).map_err(|error| Failure::runtime(error.to_string()))?,
+        )),
+    };
+    let generations = state.as_ref().map_or(0, |state| state.generations_before());
+    let sessions = Sessions::after(&options.runtime, &options.runtime_log, generations)
+        .map_err(Failure::runtime)?;
+    let shared = Shared::start(tools, sessions, options.session, state).await;
     let outcome = match http {
         Some(http) => http::serve(&shared, http).await,
         None => server::serve_stdio(&shared).await,

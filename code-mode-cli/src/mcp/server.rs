@@ -9,13 +9,14 @@
 //! request, the output the preempted observation returned is held and comes first in the
 //! cell's next `wait`.
 
+use super::state::McpState;
 use crate::Failure;
 use crate::session::Sessions;
 use crate::tools::{CliDelegate, NotificationSink, ToolSet};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CellId, CellResponse, CodeModeSession, ContentItem, ExecHooks, ExecRequest,
-    SessionOptions, WaitRequest,
+    BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem,
+    ExecHooks, ExecRequest, SessionOptions, WaitRequest,
 };
 use code_mode_surface::{
     Catalog, EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, exec_code_argument_description_of,
@@ -31,7 +32,7 @@ use rmcp::{RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,8 @@ pub(super) struct Shared {
     sessions: Sessions,
     session: SessionOptions,
     clients: Mutex<Vec<Weak<Connection>>>,
+    /// With `--state-dir` (over HTTP): where the sessions are kept across restarts.
+    pub(super) state: Option<Arc<McpState>>,
 }
 
 impl Shared {
@@ -209,7 +212,21 @@ async fn notify_client(connection: Weak<Connection>, cell_id: CellId, text: Stri
 pub(super) struct CodeModeServer {
     shared: Arc<Shared>,
     connection: Arc<Connection>,
-    session: Arc<dyn CodeModeSession>,
+    delegate: Arc<dyn CodeModeSessionDelegate>,
+    /// Its code-mode session: opened with the handler, or with a state directory at the
+    /// first call, which names the MCP session (the one kept by an earlier process, if
+    /// any, is taken back then).
+    session: OnceLock<Arc<dyn CodeModeSession>>,
+    /// The MCP session id it was opened under, with a state directory.
+    mcp_id: OnceLock<String>,
+}
+
+impl Drop for CodeModeServer {
+    fn drop(&mut self) {
+        if let (Some(state), Some(id)) = (&self.shared.state, self.mcp_id.get()) {
+            state.forget(id);
+        }
+    }
 }
 
 impl CodeModeServer {
@@ -227,12 +244,58 @@ impl CodeModeServer {
         let notifications: NotificationSink = Arc::new(move |cell_id, text| {
             Box::pin(notify_client(Weak::clone(&client), cell_id, text))
         });
-        let delegate = Arc::new(CliDelegate::new(shared.tools.clone(), notifications));
-        let session = Arc::from(shared.sessions.open(delegate, shared.session.clone()));
-        Self {
+        let delegate: Arc<dyn CodeModeSessionDelegate> =
+            Arc::new(CliDelegate::new(shared.tools.clone(), notifications));
+        let server = Self {
             shared: Arc::clone(shared),
             connection,
-            session,
+            delegate,
+            session: OnceLock::new(),
+            mcp_id: OnceLock::new(),
+        };
+        if shared.state.is_none() {
+            let _ = server.session.set(server.open_plain());
+        }
+        server
+    }
+
+    fn open_plain(&self) -> Arc<dyn CodeModeSession> {
+        Arc::from(
+            self.shared
+                .sessions
+                .open(Arc::clone(&self.delegate), self.shared.session.clone()),
+        )
+    }
+
+    /// The handler's code-mode session, opened by the first call that needs it.
+    fn session(&self, context: &RequestContext<RoleServer>) -> &Arc<dyn CodeModeSession> {
+        self.session.get_or_init(|| {
+            let id = context
+                .extensions
+                .get::<http::request::Parts>()
+                .and_then(|parts| parts.headers.get("mcp-session-id"))
+                .and_then(|value| value.to_str().ok());
+            if let (Some(state), Some(id)) = (&self.shared.state, id) {
+                let _ = self.mcp_id.set(id.to_owned());
+                let sessions = &self.shared.sessions;
+                if let Some(session) = state.open_session(
+                    id,
+                    |delegate, options, stored| sessions.open_durable(delegate, options, stored),
+                    Arc::clone(&self.delegate),
+                    self.shared.session.clone(),
+                ) {
+                    return session;
+                }
+            }
+            self.open_plain()
+        })
+    }
+
+    /// With a state directory: every session as it is now goes to disk before an answer
+    /// goes out.
+    async fn persist(&self) {
+        if let Some(state) = &self.shared.state {
+            state.persist(self.shared.sessions.generations_used()).await;
         }
     }
 
@@ -341,8 +404,9 @@ impl CodeModeServer {
         request.tool_call_id = Some(context.id.to_string());
         let preempt = CancellationToken::new();
         let hooks = ExecHooks::default().with_preempt(preempt.clone());
+        let session = self.session(context);
         let observation = Box::pin(async move {
-            self.session
+            session
                 .execute_with(request, hooks)
                 .await
                 .map(|started| started.initial_response)
@@ -366,12 +430,13 @@ impl CodeModeServer {
             }
         };
         let preempt = CancellationToken::new();
+        let session = self.session(context);
         let observation: BoxFuture<'_, _> = if arguments.terminate {
-            Box::pin(self.session.terminate(arguments.cell_id))
+            Box::pin(session.terminate(arguments.cell_id))
         } else {
             let mut request = WaitRequest::new(arguments.cell_id);
             request.yield_time_ms = Some(arguments.yield_time_ms);
-            Box::pin(self.session.wait_with(request, Some(preempt.clone())))
+            Box::pin(session.wait_with(request, Some(preempt.clone())))
         };
         self.observe(observation, preempt, arguments.max_tokens, context)
             .await
@@ -492,6 +557,7 @@ impl ServerHandler for CodeModeServer {
                 ));
             }
         };
+        self.persist().await;
         Ok(CallToolResponse::Complete(result))
     }
 }
@@ -503,6 +569,7 @@ impl Shared {
         mut tools: ToolSet,
         sessions: Sessions,
         session: SessionOptions,
+        state: Option<Arc<McpState>>,
     ) -> Arc<Self> {
         // The tool list can change once servers start; `tools_changed` needs `Shared`,
         // which needs the started tools: the callback reaches it through a cell set
@@ -521,6 +588,7 @@ impl Shared {
             sessions,
             session,
             clients: Mutex::new(Vec::new()),
+            state,
         });
         *lock(&shared_slot) = Arc::downgrade(&shared);
         shared
@@ -538,7 +606,7 @@ const SHUTDOWN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5)
 /// Serves one MCP client on stdin and stdout until it goes away.
 pub(super) async fn serve_stdio(shared: &Arc<Shared>) -> Result<(), Failure> {
     let server = CodeModeServer::new(shared);
-    let session = Arc::clone(&server.session);
+    let session = Arc::clone(server.session.get().expect("opened with the handler"));
     let running = server
         .serve(rmcp::transport::stdio())
         .await

@@ -497,3 +497,63 @@ fn abandoned_sessions_are_shut_down_after_the_idle_timeout() {
     // Every place is free again.
     assert_eq!(service("probe", &url, &[])["status"], 200);
 }
+
+/// `--state-dir`: the server killed with SIGKILL while a session's cell waits on a call of
+/// the server's own tool and a timer, started again on the same port and directory. The
+/// client's next request names its session: rmcp takes it back, the `wait` rebuilds the
+/// cell (its tool call, cut short, fails with the text that says so; nothing is run
+/// twice; the output the first answer gave is not given again) and the stored value is
+/// there.
+#[test]
+fn a_session_outlives_a_killed_server_with_a_state_dir() {
+    let scratch = Scratch::new();
+    let tools = scratch.write(
+        "tools.toml",
+        "[[tool]]\nname = \"slow\"\ndescription = \"Takes its time.\"\ncommand = [\"sleep\", \"20\"]\n",
+    );
+    let state = scratch.0.join("state");
+    let args = |address: &str| -> Vec<String> {
+        [
+            "mcp",
+            "--http",
+            address,
+            "--tools",
+            tools.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let first_args = args("127.0.0.1:0");
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let mut server = HttpServer::start(&first_args, &[]).expect("starts");
+    let begun = service("begin", &server.url, &[]);
+    let session = begun["session"].as_str().expect("a session id").to_owned();
+    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
+    let url = server.url.clone();
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+
+    let again_args = args(&address);
+    let again_args: Vec<&str> = again_args.iter().map(String::as_str).collect();
+    let server = HttpServer::start(&again_args, &[]).expect("starts again");
+    assert_eq!(server.url, url);
+    let resumed = service("resume", &server.url, &["--session", &session]);
+    let waited: Vec<String> = serde_json::from_value(resumed["wait"].clone())
+        .unwrap_or_else(|_| panic!("a result: {resumed}"));
+    assert!(waited[0].starts_with("Script completed"), "{waited:?}");
+    let output = &waited[1..];
+    assert_eq!(output.len(), 2, "{waited:?}");
+    assert!(
+        output[0].starts_with("slow failed: ")
+            && output[0].contains("cut short by a restart of the server"),
+        "{waited:?}"
+    );
+    assert_eq!(output[1], "after v", "{waited:?}");
+    assert_result(&resumed["after"], "Script completed", &["v"]);
+}

@@ -16,6 +16,12 @@ expiry. Each mode prints one JSON object; the Rust tests assert on it.
     http_service.py cap <url> [--token T]
         with --max-sessions 2: two SDK sessions, a third refused, the first two still
         working, then a place freed by closing one
+    http_service.py begin <url> [--token T]
+        a raw session whose cell stores a value, calls the server's `slow` tool and is
+        still running when its `exec` yields: the session id and that first answer
+    http_service.py resume <url> --session ID [--token T]
+        in that session (on a restarted server): `wait` on its cell, then a new `exec`
+        that reads the stored value
 """
 
 import asyncio
@@ -235,6 +241,57 @@ async def cap(url, opts):
     return seen
 
 
+DURABLE_CELL = """// @exec: {"yield_time_ms": 500}
+store("k", "v"); text("before");
+let slow;
+try { slow = await tools.slow({}); } catch (error) { slow = "slow failed: " + error; }
+text(slow);
+await new Promise((resolve) => setTimeout(resolve, 200));
+text("after " + load("k"));"""
+
+
+async def call(client, session, number, name, arguments):
+    """One raw `tools/call` in `session`: the texts of its result."""
+    headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+    body = {
+        "jsonrpc": "2.0",
+        "id": number,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+    response = await client.post(URL[0], headers=headers, json=body)
+    text = (await response.aread()).decode(errors="replace")
+    message = sse_message(text)
+    if response.status_code != 200 or message is None or "result" not in message:
+        return {"status": response.status_code, "body": text[:2000]}
+    return [block["text"] for block in message["result"]["content"] if block["type"] == "text"]
+
+
+URL = [None]
+
+
+async def begin(url, opts):
+    URL[0] = url
+    async with http_client(opts) as client:
+        response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
+        await response.aread()
+        session = response.headers["mcp-session-id"]
+        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        await client.post(url, headers=headers, json=initialized)
+        first = await call(client, session, 2, "exec", {"code": DURABLE_CELL})
+        return {"session": session, "exec": first}
+
+
+async def resume(url, opts):
+    URL[0] = url
+    session = opts["session"]
+    async with http_client(opts) as client:
+        waited = await call(client, session, 3, "wait", {"cell_id": "1", "yield_time_ms": 10000})
+        after = await call(client, session, 4, "exec", {"code": 'text(load("k"))'})
+        return {"wait": waited, "after": after}
+
+
 def main():
     mode, url = sys.argv[1], sys.argv[2]
     opts = options(sys.argv[3:])
@@ -252,6 +309,10 @@ def main():
         result = asyncio.run(long(url, int(opts["rest"][0]), opts))
     elif mode == "cap":
         result = asyncio.run(cap(url, opts))
+    elif mode == "begin":
+        result = asyncio.run(begin(url, opts))
+    elif mode == "resume":
+        result = asyncio.run(resume(url, opts))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))
