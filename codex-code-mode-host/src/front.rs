@@ -14,18 +14,20 @@
 
 use crate::admission::{self, Admission, Counted};
 use crate::bound;
+use crate::state::{CodexState, KeptCell, KeptSession, KeptTool, Orphan};
 use code_mode_host::protocol::model::replace_lone_surrogate_escapes;
 use code_mode_host::protocol::session::BoxFuture;
 use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{
-    CellFailure, CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSession,
-    CodeModeSessionDelegate, ContentItem, ExecHooks, ExecRequest, JsonText, NestedToolCall,
-    SessionError, SessionOptions, Surface, ToolDefinition, ToolError, ToolKind, WaitRequest,
+    CellFailure, CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSessionDelegate,
+    ContentItem, ExecHooks, ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions,
+    StoredValues, Surface, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
 use code_mode_host::{
-    BINARY_ENV, BINARY_NAME, HandshakeError, HostError, ProcessProvider, RemoteError,
-    RemoteProvider, SpawnError,
+    BINARY_ENV, BINARY_NAME, DurableSession, HandshakeError, HostError, ProcessProvider,
+    RemoteError, RemoteProvider, SpawnError,
 };
+use code_mode_state::{CallRecord, SessionRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -322,12 +324,104 @@ struct Cell {
     trace: code_mode_trace::Parent,
 }
 
+/// An invocation the client answers: one of this process's, or one of a cell an earlier
+/// process ran.
+enum Waiting {
+    Live(PendingInvocation),
+    Restored(code_mode_host::RestoredCall),
+}
+
+impl Waiting {
+    /// The cell (our session's id of it) and the call.
+    fn call(&self) -> (CellId, code_mode_host::protocol::CallId) {
+        match self {
+            Waiting::Live(pending) => (pending.runtime_id.clone(), pending.call),
+            Waiting::Restored(restored) => (restored.call.cell_id.clone(), restored.call.call_id),
+        }
+    }
+
+    fn answer(self, result: ToolResult) {
+        match self {
+            // The cell may have stopped wanting it meanwhile; the answer is then dropped.
+            Waiting::Live(pending) => {
+                let _ = pending.answer.send(result);
+            }
+            Waiting::Restored(restored) => restored.answer(result),
+        }
+    }
+}
+
+/// The invocation `invocation_id` of `session`, no longer waiting.
+fn take_invocation(session: &FrontSession, invocation_id: &str) -> Result<Waiting, FrontError> {
+    let mut state = lock(&session.state);
+    if let Some(pending) = state.pending_calls.remove(invocation_id) {
+        return Ok(Waiting::Live(pending));
+    }
+    state
+        .restored_calls
+        .remove(invocation_id)
+        .map(Waiting::Restored)
+        .ok_or_else(|| FrontError::UnknownInvocation(invocation_id.to_owned()))
+}
+
+/// A tool invocation streamed to the client and waiting for its answer.
+struct PendingInvocation {
+    /// The cell (our session's id of it) and the call.
+    runtime_id: CellId,
+    call: code_mode_host::protocol::CallId,
+    answer: oneshot::Sender<ToolResult>,
+}
+
+impl Cell {
+    /// Its nested call `call` as the tool invocation streamed to the client (the cell's
+    /// count of calls goes up).
+    fn invocation(
+        &mut self,
+        session_id: &str,
+        codex_id: String,
+        call: &NestedToolCall,
+        invocation_id: String,
+    ) -> Invocation {
+        self.tool_calls += 1;
+        let (tool_name, kind) = self.tools.get(&call.tool_name).cloned().unwrap_or((
+            ToolName {
+                name: call.tool_name.clone(),
+                namespace: None,
+            },
+            call.kind,
+        ));
+        // A call with no argument carries an empty input, as codex's host sends it. Lone
+        // surrogate halves become U+FFFD, as everywhere text leaves a cell: a strict JSON
+        // parser on the client's side refuses them.
+        let input_json = call
+            .input
+            .as_ref()
+            .map(|text| replace_lone_surrogate_escapes(text.as_str()).into_owned())
+            .unwrap_or_default();
+        Invocation {
+            session_id: session_id.to_owned(),
+            execution_id: self.execution_id.clone(),
+            cell_id: codex_id,
+            invocation_id,
+            runtime_tool_call_id: call.call_id.to_string(),
+            tool_name,
+            kind,
+            input_json,
+            sequence: self.tool_calls,
+            traceparent: self.trace.traceparent(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct SessionState {
     next_cell: u64,
     cells: HashMap<String, Cell>,
     by_runtime_id: HashMap<CellId, String>,
-    pending_calls: HashMap<String, oneshot::Sender<ToolResult>>,
+    pending_calls: HashMap<String, PendingInvocation>,
+    /// Calls of cells an earlier process ran (with a state directory) that wait for the
+    /// client's answer, by invocation id.
+    restored_calls: HashMap<String, code_mode_host::RestoredCall>,
     /// Every execution id the session has used (each may be used once); dropped with the
     /// session.
     executions: HashSet<String>,
@@ -341,10 +435,14 @@ struct SessionState {
 pub struct FrontSession {
     id: String,
     truncation: Truncation,
+    /// The limits and pending-call bound it was opened with, as the client gave them
+    /// (kept in a state directory).
+    limits: ClientLimits,
+    max_pending_asked: u64,
     /// Tool calls of the session's cells waiting on the client at once (codex's
     /// `max_pending_delegate_calls`).
     max_pending_delegate_calls: usize,
-    session: Box<dyn CodeModeSession>,
+    session: Arc<dyn DurableSession>,
     state: Mutex<SessionState>,
     events: Leased<SessionEvent>,
     invocations: Leased<Invocation>,
@@ -404,6 +502,68 @@ impl FrontSession {
     }
 }
 
+impl FrontSession {
+    /// The session as a state directory keeps it: what Codex's ids map to, our session's
+    /// durable state, and the invocations waiting for the client's answer.
+    pub(crate) fn durable(&self) -> (SessionRecord, Vec<CallRecord>) {
+        let (kept, calls) =
+            {
+                let state = lock(&self.state);
+                let cells = state
+                    .cells
+                    .iter()
+                    .map(|(codex_id, cell)| KeptCell {
+                        codex_id: codex_id.clone(),
+                        execution_id: cell.execution_id.clone(),
+                        tool_call_id: cell.tool_call_id.clone(),
+                        runtime_id: cell.runtime_id.to_string(),
+                        tools: cell
+                            .tools
+                            .iter()
+                            .map(|(js_name, (name, kind))| KeptTool {
+                                js_name: js_name.clone(),
+                                name: name.name.clone(),
+                                namespace: name.namespace.clone(),
+                                freeform: *kind == ToolKind::Freeform,
+                            })
+                            .collect(),
+                        tool_calls: cell.tool_calls,
+                    })
+                    .collect();
+                let waiting =
+                    state
+                        .pending_calls
+                        .iter()
+                        .map(|(id, pending)| (id, &pending.runtime_id, pending.call))
+                        .chain(state.restored_calls.iter().map(|(id, restored)| {
+                            (id, &restored.call.cell_id, restored.call.call_id)
+                        }))
+                        .map(|(id, cell_id, call)| CallRecord {
+                            session: self.id.clone(),
+                            cell_id: cell_id.clone(),
+                            call,
+                            front_id: id.clone(),
+                        })
+                        .collect();
+                let kept = KeptSession {
+                    server_truncation: self.truncation == Truncation::Server,
+                    max_yield_time_ms: self.limits.max_yield_time_ms,
+                    max_heap_size_bytes: self.limits.max_heap_size_bytes,
+                    max_pending_delegate_calls: self.max_pending_asked,
+                    next_cell: state.next_cell,
+                    cells,
+                };
+                (kept, waiting)
+            };
+        let record = SessionRecord {
+            id: self.id.clone(),
+            options: serde_json::to_string(&kept).unwrap_or_default(),
+            state: self.session.durable_state(),
+        };
+        (record, calls)
+    }
+}
+
 /// The session's delegate in the runtime: sends tool calls and events to the client.
 struct Delegate {
     session: std::sync::OnceLock<Weak<FrontSession>>,
@@ -439,34 +599,7 @@ impl CodeModeSessionDelegate for Delegate {
             let Some(cell) = state.cells.get_mut(&codex_id) else {
                 return Box::pin(std::future::ready(Err(ToolError::cancelled())));
             };
-            cell.tool_calls += 1;
-            let (tool_name, kind) = cell.tools.get(&call.tool_name).cloned().unwrap_or((
-                ToolName {
-                    name: call.tool_name.clone(),
-                    namespace: None,
-                },
-                call.kind,
-            ));
-            // A call with no argument carries an empty input, as codex's host sends it.
-            // Lone surrogate halves become U+FFFD, as everywhere text leaves a cell: a
-            // strict JSON parser on the client's side refuses them.
-            let input_json = call
-                .input
-                .as_ref()
-                .map(|text| replace_lone_surrogate_escapes(text.as_str()).into_owned())
-                .unwrap_or_default();
-            let invocation = Invocation {
-                session_id: front.id.clone(),
-                execution_id: cell.execution_id.clone(),
-                cell_id: codex_id,
-                invocation_id: invocation_id.clone(),
-                runtime_tool_call_id: call.call_id.to_string(),
-                tool_name,
-                kind,
-                input_json,
-                sequence: cell.tool_calls,
-                traceparent: cell.trace.traceparent(),
-            };
+            let invocation = cell.invocation(&front.id, codex_id, &call, invocation_id.clone());
             let span = tracing::info_span!(
                 parent: None,
                 "code_mode.runtime.invoke_tool",
@@ -482,7 +615,14 @@ impl CodeModeSessionDelegate for Delegate {
                 );
             }
             cell.trace.adopt(&span);
-            state.pending_calls.insert(invocation_id.clone(), sender);
+            state.pending_calls.insert(
+                invocation_id.clone(),
+                PendingInvocation {
+                    runtime_id: call.cell_id.clone(),
+                    call: call.call_id,
+                    answer: sender,
+                },
+            );
             (invocation, span)
         };
         if front.invocations.sender.send(invocation).is_err() {
@@ -546,10 +686,23 @@ impl Runtimes {
         &self,
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
-    ) -> Box<dyn CodeModeSession> {
+        stored: StoredValues,
+    ) -> Arc<dyn DurableSession> {
         match self {
-            Runtimes::Local(provider) => Box::new(provider.open_session(delegate, options)),
-            Runtimes::Remote(provider) => Box::new(provider.open_session(delegate, options)),
+            Runtimes::Local(provider) => {
+                Arc::new(provider.open_session_with_values(delegate, options, stored))
+            }
+            Runtimes::Remote(provider) => {
+                Arc::new(provider.open_session_with_values(delegate, options, stored))
+            }
+        }
+    }
+
+    /// The runtime generation the provider reached.
+    pub fn generations_used(&self) -> u64 {
+        match self {
+            Runtimes::Local(provider) => provider.generations_used(),
+            Runtimes::Remote(provider) => provider.generations_used(),
         }
     }
 
@@ -596,6 +749,8 @@ pub struct Settings {
     pub limits: CellLimits,
     /// The host's bounds, across every connection.
     pub admission: Arc<Admission>,
+    /// With `--state-dir`: where sessions are kept across restarts of the host.
+    pub state: Option<Arc<CodexState>>,
 }
 
 impl Settings {
@@ -605,6 +760,7 @@ impl Settings {
             provider,
             limits: CellLimits::default(),
             admission: Arc::new(Admission::default()),
+            state: None,
         }
     }
 }
@@ -615,6 +771,7 @@ pub struct Front {
     limits: CellLimits,
     admission: Arc<Admission>,
     sessions: Mutex<HashMap<String, Arc<FrontSession>>>,
+    state: Option<Arc<CodexState>>,
 }
 
 impl Front {
@@ -624,6 +781,20 @@ impl Front {
             limits: settings.limits,
             admission: settings.admission,
             sessions: Mutex::new(HashMap::new()),
+            state: settings.state,
+        }
+    }
+
+    /// Whether the front keeps its sessions in a state directory.
+    pub fn keeps_state(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// With a state directory: everything kept is on disk before an answer that depends
+    /// on it goes out.
+    pub async fn flush(&self) {
+        if let Some(state) = &self.state {
+            state.flush(self.provider.generations_used()).await;
         }
     }
 
@@ -676,9 +847,31 @@ impl Front {
             .await
             .map_err(|error| runtime_unavailable(&error))?;
         let mut sessions = lock(&self.sessions);
-        if sessions.contains_key(&id) {
+        if sessions.contains_key(&id) || self.state.as_ref().is_some_and(|state| state.is_kept(&id))
+        {
             return Err(FrontError::SessionAlreadyOpen(id));
         }
+        let front = self.new_session(
+            id.clone(),
+            truncation,
+            limits,
+            max_pending_delegate_calls,
+            StoredValues::new(),
+        );
+        sessions.insert(id, front.clone());
+        Ok(front)
+    }
+
+    /// A session of this front, opened with what a client asked for (or what an earlier
+    /// process kept: its stored values).
+    fn new_session(
+        &self,
+        id: String,
+        truncation: Truncation,
+        limits: ClientLimits,
+        max_pending_delegate_calls: u64,
+        stored: StoredValues,
+    ) -> Arc<FrontSession> {
         let mut cell_limits = self.limits;
         if let Some(heap) = limits.max_heap_size_bytes.filter(|bytes| *bytes > 0) {
             cell_limits.heap_bytes = heap;
@@ -696,10 +889,14 @@ impl Front {
         let delegate = Arc::new(Delegate {
             session: std::sync::OnceLock::new(),
         });
-        let session = self.provider.open_session(delegate.clone(), options);
+        let session = self
+            .provider
+            .open_session(delegate.clone(), options, stored);
         let front = Arc::new(FrontSession {
-            id: id.clone(),
+            id,
             truncation,
+            limits,
+            max_pending_asked: max_pending_delegate_calls,
             max_pending_delegate_calls: usize::try_from(max_pending_delegate_calls)
                 .ok()
                 .filter(|count| *count > 0)
@@ -711,8 +908,105 @@ impl Front {
             closed: CancellationToken::new(),
         });
         let _ = delegate.session.set(Arc::downgrade(&front));
-        sessions.insert(id, front.clone());
-        Ok(front)
+        if let Some(state) = &self.state {
+            state.keep(&front);
+        }
+        front
+    }
+
+    /// Takes back a session an earlier process of the host kept: Codex's ids as they
+    /// were, its stored values, its running cells (rebuilt at their next call). A call they
+    /// wait on gets the answer that came before the restart, or waits for the client's
+    /// under the invocation id the client was given; one the client was never given is
+    /// streamed now.
+    fn adopt(&self, orphan: Orphan) -> Arc<FrontSession> {
+        let kept = &orphan.kept;
+        let truncation = if kept.server_truncation {
+            Truncation::Server
+        } else {
+            Truncation::Client
+        };
+        let limits = ClientLimits {
+            max_yield_time_ms: kept.max_yield_time_ms,
+            max_heap_size_bytes: kept.max_heap_size_bytes,
+        };
+        let front = self.new_session(
+            orphan.record.id.clone(),
+            truncation,
+            limits,
+            kept.max_pending_delegate_calls,
+            orphan.record.state.stored.clone(),
+        );
+        {
+            let mut state = lock(&front.state);
+            state.next_cell = kept.next_cell;
+            for cell in &kept.cells {
+                let Ok(runtime_id) = cell.runtime_id.parse::<CellId>();
+                let tools = cell
+                    .tools
+                    .iter()
+                    .map(|tool| {
+                        let kind = if tool.freeform {
+                            ToolKind::Freeform
+                        } else {
+                            ToolKind::Function
+                        };
+                        let name = ToolName {
+                            name: tool.name.clone(),
+                            namespace: tool.namespace.clone(),
+                        };
+                        (tool.js_name.clone(), (name, kind))
+                    })
+                    .collect();
+                if !cell.execution_id.is_empty() {
+                    state.executions.insert(cell.execution_id.clone());
+                }
+                state
+                    .by_runtime_id
+                    .insert(runtime_id.clone(), cell.codex_id.clone());
+                state.cells.insert(
+                    cell.codex_id.clone(),
+                    Cell {
+                        execution_id: cell.execution_id.clone(),
+                        tool_call_id: cell.tool_call_id.clone(),
+                        runtime_id,
+                        tools: Arc::new(tools),
+                        tool_calls: cell.tool_calls,
+                        closed_sent: false,
+                        active: self.admission.cell(),
+                        trace: code_mode_trace::Parent::of(&tracing::Span::none()),
+                    },
+                );
+            }
+        }
+        let restored = front.session.restore(orphan.record.state.cells.clone());
+        tracing::info!(session = %front.id, cells = kept.cells.len(), calls = restored.len(), "session taken back from the state directory");
+        for call in restored {
+            let (cell_id, call_id) = (call.call.cell_id.clone(), call.call.call_id);
+            if let Some(answer) = orphan.answer(&cell_id, call_id) {
+                call.answer(answer);
+                continue;
+            }
+            let mut state = lock(&front.state);
+            match orphan.front_id(&cell_id, call_id) {
+                Some(id) => {
+                    state.restored_calls.insert(id, call);
+                }
+                None => {
+                    let Some(codex_id) = state.by_runtime_id.get(&cell_id).cloned() else {
+                        continue;
+                    };
+                    let Some(cell) = state.cells.get_mut(&codex_id) else {
+                        continue;
+                    };
+                    let id = uuid::Uuid::new_v4().to_string();
+                    let invocation = cell.invocation(&front.id, codex_id, &call.call, id.clone());
+                    state.restored_calls.insert(id, call);
+                    let _ = front.invocations.sender.send(invocation);
+                }
+            }
+        }
+        front
     }
 
     /// The session `id` of a gRPC call, which Codex's host first checks is a UUID.
@@ -725,10 +1019,18 @@ impl Front {
 
     /// The session `id` (any text: the JSON protocol's ids are the client's).
     pub fn session(&self, id: &str) -> Result<Arc<FrontSession>, FrontError> {
-        lock(&self.sessions)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| FrontError::UnknownSession(id.to_owned()))
+        if let Some(session) = lock(&self.sessions).get(id).cloned() {
+            return Ok(session);
+        }
+        // A session an earlier process of the host kept: this connection takes it back.
+        if let Some(state) = &self.state
+            && let Some(kept) = state.take_orphan(id)
+        {
+            let session = self.adopt(kept);
+            lock(&self.sessions).insert(id.to_owned(), Arc::clone(&session));
+            return Ok(session);
+        }
+        Err(FrontError::UnknownSession(id.to_owned()))
     }
 
     /// Checks an execution before it starts, as codex's host does before it answers:
@@ -929,18 +1231,34 @@ impl Front {
         }
     }
 
-    /// Answers a tool invocation.
-    pub fn complete_tool_call(
+    /// Answers a tool invocation. With a state directory the answer is on disk before
+    /// the cell gets it.
+    pub async fn complete_tool_call(
         &self,
         session: &Arc<FrontSession>,
         invocation_id: &str,
         result: ToolResult,
     ) -> Result<(), FrontError> {
-        let sender = lock(&session.state).pending_calls.remove(invocation_id);
-        let sender =
-            sender.ok_or_else(|| FrontError::UnknownInvocation(invocation_id.to_owned()))?;
-        // The cell may have stopped wanting it meanwhile; the answer is then dropped.
-        let _ = sender.send(result);
+        let waiting = take_invocation(session, invocation_id)?;
+        if let Some(state) = &self.state {
+            let (cell_id, call) = waiting.call();
+            state
+                .record_answer(&session.id, cell_id, call, &result)
+                .await;
+        }
+        waiting.answer(result);
+        Ok(())
+    }
+
+    /// [`Self::complete_tool_call`] for a front that keeps no state (the JSON protocol on
+    /// stdio): the answer goes to the cell at once.
+    pub fn complete_tool_call_now(
+        &self,
+        session: &Arc<FrontSession>,
+        invocation_id: &str,
+        result: ToolResult,
+    ) -> Result<(), FrontError> {
+        take_invocation(session, invocation_id)?.answer(result);
         Ok(())
     }
 
@@ -973,6 +1291,9 @@ impl Front {
     /// Closes a session: its streams end, its cells stop, its values are dropped.
     pub async fn close_session(&self, session: &Arc<FrontSession>) {
         lock(&self.sessions).remove(&session.id);
+        if let Some(state) = &self.state {
+            state.forget(&session.id);
+        }
         // The cells it stops are reported closed on the session's streams, which end
         // after that.
         session.session.shutdown().await;

@@ -242,7 +242,9 @@ impl Service {
                 },
             })),
         };
-        let stream = lease_stream(events, session.closed(), Some(opened), proto_event);
+        // The session is on disk before its client learns its id.
+        self.front.flush().await;
+        let stream = lease_stream(events, session.closed(), Some(opened), proto_event, None);
         Ok(Response::new(stream))
     }
 
@@ -264,6 +266,7 @@ impl Service {
             )
             .await
             .map_err(status)?;
+        self.front.flush().await;
         let (cell, buffered) = observed(result);
         let mut response = Response::new(proto::WaitResponse { cell });
         if let Ok(value) = buffered.to_string().parse() {
@@ -322,9 +325,23 @@ impl Service {
             },
             span,
         ));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::UnboundedReceiverStream::new(receiver),
-        )))
+        if !self.front.keeps_state() {
+            return Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::UnboundedReceiverStream::new(receiver),
+            )));
+        }
+        // With a state directory, the cell's start and its outcome are on disk before the
+        // client sees them.
+        let front = self.front.clone();
+        Ok(Response::new(async_stream(move |out| async move {
+            let mut receiver = receiver;
+            while let Some(message) = receiver.recv().await {
+                front.flush().await;
+                if out.send(message).await.is_err() {
+                    return;
+                }
+            }
+        })))
     }
 }
 
@@ -368,7 +385,9 @@ impl CodeModeHost for Service {
                 "this session's tool calls are already subscribed to",
             )
         })?;
-        let stream = lease_stream(invocations, session.closed(), None, proto_invocation);
+        // With a state directory, each invocation is on disk before the client sees it.
+        let flush = self.front.keeps_state().then(|| self.front.clone());
+        let stream = lease_stream(invocations, session.closed(), None, proto_invocation, flush);
         Ok(Response::new(stream))
     }
 
@@ -413,6 +432,7 @@ impl CodeModeHost for Service {
         };
         self.front
             .complete_tool_call(&session, &request.invocation_id, result)
+            .await
             .map_err(status)?;
         Ok(Response::new(proto::Empty {}))
     }
@@ -443,6 +463,7 @@ impl CodeModeHost for Service {
             .terminate(&session, &request.cell_id)
             .await
             .map_err(status)?;
+        self.front.flush().await;
         let cell = match result {
             Observed::Live(outcome) => {
                 proto::terminate_response::Cell::LiveCell(proto_outcome(outcome))
@@ -524,6 +545,7 @@ fn lease_stream<T, U>(
     closed: CancellationToken,
     first: Option<U>,
     convert: fn(T) -> U,
+    flush: Option<Arc<Front>>,
 ) -> EventStream<U>
 where
     T: Send + 'static,
@@ -540,6 +562,9 @@ where
                 biased;
                 item = lease.recv() => match item {
                     Some(item) => {
+                        if let Some(front) = &flush {
+                            front.flush().await;
+                        }
                         if sender.send(Ok(convert(item))).await.is_err() {
                             return;
                         }

@@ -25,6 +25,7 @@ pub mod json;
 
 pub mod metrics;
 pub mod serve;
+pub mod state;
 pub mod stdio;
 
 /// The generated messages, client and server of `proto/code_mode.proto`.

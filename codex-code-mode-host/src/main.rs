@@ -50,6 +50,11 @@ struct Cli {
     /// that finds it makes no snapshot.
     #[arg(long, value_name = "DIR")]
     snapshot_cache: Option<PathBuf>,
+    /// With `--listen grpc://`: keep the sessions, their stored values and their running
+    /// cells' journals in this directory, so that the host started again with it goes on
+    /// with them (a client names a kept session by its id; see docs/CODEX.md).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Run cells on runtimes listening elsewhere (`code-mode-bin --listen`) instead of a
     /// local runtime process: HOST:PORT, repeated or comma-separated, or `dns://NAME:PORT`
     /// for a name that resolves to many (resolved again as the pool runs).
@@ -360,11 +365,13 @@ fn snapshot_cache(cli: &Cli) -> Option<PathBuf> {
 }
 
 /// Where cells run: the remote runtimes of `--runtimes`, else a local runtime process.
-fn runtimes(cli: &Cli) -> Result<Runtimes, String> {
+/// `generations_before`: the runtime generation an earlier process of the kept sessions
+/// reached.
+fn runtimes(cli: &Cli, generations_before: u64) -> Result<Runtimes, String> {
     if cli.runtimes.is_empty() {
-        return Ok(Runtimes::Local(ProcessProvider::deferred(local_runtime(
-            cli,
-        ))));
+        let mut config = local_runtime(cli);
+        config.generations_before = generations_before;
+        return Ok(Runtimes::Local(ProcessProvider::deferred(config)));
     }
     let endpoints: Vec<String> = cli
         .runtimes
@@ -376,7 +383,7 @@ fn runtimes(cli: &Cli) -> Result<Runtimes, String> {
                 .to_owned()
         })
         .collect();
-    let config = match (&cli.runtimes_ca, &cli.runtimes_cert, &cli.runtimes_key) {
+    let mut config = match (&cli.runtimes_ca, &cli.runtimes_cert, &cli.runtimes_key) {
         (Some(ca), Some(cert), Some(key)) => RemoteConfig::new(
             endpoints,
             ClientTls::from_files(ca, cert, key).map_err(|error| error.to_string())?,
@@ -389,6 +396,7 @@ fn runtimes(cli: &Cli) -> Result<Runtimes, String> {
             );
         }
     };
+    config.generations_before = generations_before;
     RemoteProvider::new(config)
         .map(Runtimes::Remote)
         .map_err(|error| error.to_string())
@@ -399,8 +407,22 @@ async fn run(
     listen: Listen,
     protocol_stdio: Option<stdio::ProtocolStdio>,
 ) -> Result<(), String> {
-    let provider = runtimes(&cli)?;
+    let state = match (&cli.state_dir, &listen) {
+        (None, _) => None,
+        (Some(dir), Listen::GrpcTcp(_)) => Some(std::sync::Arc::new(
+            codex_code_mode_host::state::CodexState::open(dir)
+                .map_err(|error| error.to_string())?,
+        )),
+        (Some(_), _) => {
+            return Err(
+                "--state-dir keeps the sessions of a host that serves `--listen grpc://IP:PORT`; on stdio the host lives and dies with the one codex that started it".to_owned(),
+            );
+        }
+    };
+    let generations = state.as_ref().map_or(0, |state| state.generations_before());
+    let provider = runtimes(&cli, generations)?;
     let mut settings = codex_code_mode_host::front::Settings::new(provider.clone());
+    settings.state = state;
     settings.limits.cpu_budget_ms = cli.cpu_budget_ms;
     settings.admission = std::sync::Arc::new(codex_code_mode_host::admission::Admission::new(
         cli.max_in_flight_requests,

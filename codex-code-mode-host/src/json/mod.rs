@@ -309,7 +309,9 @@ impl Connection {
                     DelegateResult::Ok { value } => Ok(JsonText::new(value.result.to_string())),
                     DelegateResult::Error { message } => Err(ToolError::new(message)),
                 };
-                let _ = self.front.complete_tool_call(&session, &invocation, answer);
+                let _ = self
+                    .front
+                    .complete_tool_call_now(&session, &invocation, answer);
             }
         }
     }

@@ -13,6 +13,7 @@ mod hostile;
 mod install;
 mod json;
 mod remote;
+mod restart;
 mod stdio;
 mod tcp;
 mod traces;

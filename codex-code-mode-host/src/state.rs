@@ -1,0 +1,237 @@
+//! `--state-dir` (with `--listen grpc://`): the host's sessions kept across its restarts
+//! (docs/CODEX.md, "Restarts"). Each session's Codex ids (cells, executions, tools), its
+//! stored values and running cells ([`code_mode_host::DurableSession`]), the invocations
+//! waiting for the client and the answers that came go to `code-mode-state`'s database
+//! (`codex.sqlite3`). The front writes a checkpoint before it answers anything that
+//! depends on it ([`crate::front::Front::flush`]) and records a client's answer before its
+//! cell gets it. After a restart a kept session belongs to no connection until a call
+//! names it: that connection takes it back ([`Orphan`]).
+
+use crate::front::FrontSession;
+use code_mode_host::protocol::sync::lock;
+use code_mode_host::protocol::{CallId, CellId, JsonText, ToolError};
+use code_mode_state::{
+    AnswerRecord, CallRecord, Checkpoint, SessionRecord, StateError, StateStore,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// The database's name in the state directory (`codex.sqlite3`).
+const FRONT: &str = "codex";
+
+/// The counter of runtime generations in the database.
+const GENERATIONS: &str = "generations";
+
+/// A session's own state as kept: how it was opened and what Codex's ids map to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct KeptSession {
+    pub(crate) server_truncation: bool,
+    pub(crate) max_yield_time_ms: Option<u64>,
+    pub(crate) max_heap_size_bytes: Option<u64>,
+    pub(crate) max_pending_delegate_calls: u64,
+    pub(crate) next_cell: u64,
+    pub(crate) cells: Vec<KeptCell>,
+}
+
+/// A cell as Codex knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct KeptCell {
+    pub(crate) codex_id: String,
+    pub(crate) execution_id: String,
+    pub(crate) tool_call_id: String,
+    /// Our session's id of it.
+    pub(crate) runtime_id: String,
+    pub(crate) tools: Vec<KeptTool>,
+    pub(crate) tool_calls: u64,
+}
+
+/// A tool an execution enabled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct KeptTool {
+    pub(crate) js_name: String,
+    pub(crate) name: String,
+    pub(crate) namespace: Option<String>,
+    pub(crate) freeform: bool,
+}
+
+/// A session an earlier process kept that no connection took back yet.
+pub(crate) struct Orphan {
+    pub(crate) record: SessionRecord,
+    pub(crate) kept: KeptSession,
+    calls: Vec<CallRecord>,
+    answers: Vec<AnswerRecord>,
+}
+
+impl Orphan {
+    /// The answer that came for a call before the restart.
+    pub(crate) fn answer(
+        &self,
+        cell_id: &CellId,
+        call: CallId,
+    ) -> Option<Result<JsonText, ToolError>> {
+        self.answers
+            .iter()
+            .find(|answer| answer.cell_id == *cell_id && answer.call == call)
+            .map(|answer| answer.result.clone())
+    }
+
+    /// The invocation id the client was given for a call.
+    pub(crate) fn front_id(&self, cell_id: &CellId, call: CallId) -> Option<String> {
+        self.calls
+            .iter()
+            .find(|record| record.cell_id == *cell_id && record.call == call)
+            .map(|record| record.front_id.clone())
+    }
+}
+
+/// What the state directory keeps of the host's sessions, across every connection.
+pub struct CodexState {
+    store: Arc<StateStore>,
+    orphans: Mutex<HashMap<String, Orphan>>,
+    sessions: Mutex<HashMap<String, Weak<FrontSession>>>,
+    generations: AtomicU64,
+    /// One checkpoint at a time.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for CodexState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodexState")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CodexState {
+    /// Opens the state directory and reads what it keeps; a kept session whose own state
+    /// does not read is an error that names it.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let store = StateStore::open(dir, FRONT)?;
+        let saved = store.load()?;
+        let mut orphans = HashMap::new();
+        for record in saved.sessions.iter().cloned() {
+            let kept: KeptSession =
+                serde_json::from_str(&record.options).map_err(|error| StateError::Read {
+                    path: store.path().to_owned(),
+                    detail: format!("session {}: {error}", record.id),
+                })?;
+            let of = |id: &str| id == record.id;
+            let calls = saved
+                .calls
+                .iter()
+                .filter(|call| of(&call.session))
+                .cloned()
+                .collect();
+            let answers = saved
+                .answers
+                .iter()
+                .filter(|answer| of(&answer.session))
+                .cloned()
+                .collect();
+            orphans.insert(
+                record.id.clone(),
+                Orphan {
+                    record,
+                    kept,
+                    calls,
+                    answers,
+                },
+            );
+        }
+        tracing::info!(path = %store.path().display(), sessions = orphans.len(), "state directory opened");
+        Ok(Self {
+            store: Arc::new(store),
+            generations: AtomicU64::new(saved.counter(GENERATIONS)),
+            orphans: Mutex::new(orphans),
+            sessions: Mutex::new(HashMap::new()),
+            writing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The runtime generation the earlier process reached.
+    pub fn generations_before(&self) -> u64 {
+        self.generations.load(Ordering::SeqCst)
+    }
+
+    /// Whether an earlier process kept session `id` (no new session may take its id).
+    pub(crate) fn is_kept(&self, id: &str) -> bool {
+        lock(&self.orphans).contains_key(id)
+    }
+
+    /// Keeps `session` from now on.
+    pub(crate) fn keep(&self, session: &Arc<FrontSession>) {
+        lock(&self.sessions).insert(session.id().to_owned(), Arc::downgrade(session));
+    }
+
+    /// Session `id` was closed: it is gone from the next checkpoint.
+    pub(crate) fn forget(&self, id: &str) {
+        lock(&self.sessions).remove(id);
+    }
+
+    /// The kept session `id`, for the connection that names it first.
+    pub(crate) fn take_orphan(&self, id: &str) -> Option<Orphan> {
+        lock(&self.orphans).remove(id)
+    }
+
+    /// Writes the checkpoint of every session as it is now (`generations`: the runtime
+    /// generation the provider reached). A failure is logged; the database keeps the
+    /// state before it.
+    pub(crate) async fn flush(&self, generations: u64) {
+        let _writing = self.writing.lock().await;
+        self.generations.fetch_max(generations, Ordering::SeqCst);
+        let live: Vec<Arc<FrontSession>> = lock(&self.sessions)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut sessions = Vec::new();
+        let mut calls = Vec::new();
+        for orphan in lock(&self.orphans).values() {
+            sessions.push(orphan.record.clone());
+            calls.extend(orphan.calls.iter().cloned());
+        }
+        for session in live {
+            let (record, waiting) = session.durable();
+            sessions.push(record);
+            calls.extend(waiting);
+        }
+        let checkpoint = Checkpoint {
+            counters: vec![(
+                GENERATIONS.to_owned(),
+                self.generations.load(Ordering::SeqCst),
+            )],
+            sessions,
+            calls,
+        };
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!("{error}"),
+            Err(error) => tracing::error!("the state writer failed: {error}"),
+        }
+    }
+
+    /// Records the client's answer to a call, before its cell gets it.
+    pub(crate) async fn record_answer(
+        &self,
+        session: &str,
+        cell_id: CellId,
+        call: CallId,
+        result: &Result<JsonText, ToolError>,
+    ) {
+        let answer = AnswerRecord {
+            session: session.to_owned(),
+            cell_id,
+            call,
+            result: result.clone(),
+        };
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.record_answer(&answer)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!("{error}"),
+            Err(error) => tracing::error!("the state writer failed: {error}"),
+        }
+    }
+}
