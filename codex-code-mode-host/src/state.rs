@@ -5,7 +5,7 @@
 //! (`codex.sqlite3`). The front writes a checkpoint before it answers anything that
 //! depends on it ([`crate::front::Front::flush`]) and records a client's answer before its
 //! cell gets it. After a restart a kept session belongs to no connection until a call
-//! names it: that connection takes it back ([`Orphan`]).
+//! names it: that connection takes it back.
 
 use crate::front::FrontSession;
 use code_mode_host::protocol::sync::lock;
