@@ -1,0 +1,199 @@
+//! What `--state-dir` costs a JSON-lines client: `code-mode serve --jsonl` with and
+//! without it, interleaved round by round in one run.
+//!
+//! `cargo build --release -p code-mode-cli -p code-mode-bin` first; then
+//! `cargo bench --bench state_dir -- [--rounds N] [--iterations M] [--calls K]`.
+//!
+//! Per server and round, in one session: `exec` of `text(1)` (request to answer: with a
+//! state directory, a checkpoint is written before the answer goes out), and a cell making
+//! K sequential nested calls the client answers at once, over K (each call's `tool_call`
+//! event waits for a checkpoint, and each answer is recorded before its cell gets it).
+//! Printed: samples, p50, p95 and mean per figure and server, and the ratio of medians.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+struct Options {
+    rounds: usize,
+    iterations: usize,
+    calls: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        rounds: 5,
+        iterations: 40,
+        calls: 20,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => options.rounds = number(args.next()),
+            "--iterations" => options.iterations = number(args.next()),
+            "--calls" => options.calls = number(args.next()),
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    options
+}
+
+fn number(arg: Option<String>) -> usize {
+    arg.and_then(|value| value.parse().ok())
+        .filter(|value| *value > 0)
+        .unwrap_or_else(|| panic!("a positive number is expected"))
+}
+
+/// One `serve --jsonl` process and its session `s1`.
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+    _state: Option<PathBuf>,
+}
+
+impl Server {
+    fn start(binary: &PathBuf, state: Option<PathBuf>) -> Self {
+        let mut command = Command::new(binary);
+        command.args(["serve", "--jsonl"]);
+        if let Some(dir) = &state {
+            command.arg("--state-dir").arg(dir);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawning {}: {error}", binary.display()));
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut server = Self {
+            child,
+            stdin,
+            stdout,
+            next_id: 0,
+            _state: state,
+        };
+        server.request("open_session", &serde_json::json!({}));
+        server
+    }
+
+    fn send(&mut self, message: &serde_json::Value) {
+        writeln!(self.stdin, "{message}").expect("write");
+        self.stdin.flush().expect("flush");
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line:?}"))
+    }
+
+    /// Sends a request and answers every tool call at once until its answer comes.
+    fn request(&mut self, method: &str, params: &serde_json::Value) -> serde_json::Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(&serde_json::json!({"id": id, "method": method, "params": params}));
+        loop {
+            let line = self.line();
+            if line.get("event").and_then(|event| event.as_str()) == Some("tool_call") {
+                let call = line["call"].clone();
+                self.send(&serde_json::json!({"method": "tool_result", "params": {"call": call, "result": 1}}));
+                continue;
+            }
+            if line.get("id").and_then(serde_json::Value::as_u64) == Some(id) {
+                assert!(line.get("error").is_none(), "{line}");
+                return line;
+            }
+        }
+    }
+
+    /// The wall time of one `exec` of `source`, in microseconds.
+    fn exec(&mut self, source: &str) -> f64 {
+        let params =
+            serde_json::json!({"session": "s1", "source": source, "tools": [{"name": "t"}]});
+        let started = Instant::now();
+        let answer = self.request("exec", &params);
+        let elapsed = started.elapsed().as_secs_f64() * 1e6;
+        assert_eq!(answer["result"]["response"]["type"], "result", "{answer}");
+        elapsed
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn summary(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    (percentile(values, 0.5), percentile(values, 0.95), mean)
+}
+
+fn main() {
+    let options = options();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(|dir| dir.join("code-mode")))
+        .unwrap_or_default();
+    let scratch =
+        std::env::temp_dir().join(format!("code-mode-state-bench-{}", std::process::id()));
+    let calls_source = format!(
+        "for (let i = 0; i < {}; i++) await tools.t({{i}});",
+        options.calls
+    );
+    let names = ["plain", "state-dir"];
+    // [server][figure] samples: exec, per nested call.
+    let mut samples: [[Vec<f64>; 2]; 2] = Default::default();
+    for round in 0..options.rounds {
+        for (which, name) in names.iter().enumerate() {
+            let state = (which == 1).then(|| scratch.join(format!("round-{round}")));
+            let mut server = Server::start(&binary, state);
+            // Warm up: the runtime process, the session's isolate.
+            for _ in 0..3 {
+                server.exec("text(1)");
+            }
+            for _ in 0..options.iterations {
+                samples[which][0].push(server.exec("text(1)"));
+            }
+            for _ in 0..(options.iterations / 4).max(1) {
+                let with_calls = server.exec(&calls_source);
+                let without = server.exec("text(1)");
+                samples[which][1].push((with_calls - without) / options.calls as f64);
+            }
+            eprintln!("round {round}: {name} done");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!(
+        "{:<22} {:<10} {:>8} {:>10} {:>10} {:>10}",
+        "figure", "server", "samples", "p50 µs", "p95 µs", "mean µs"
+    );
+    let figures = ["exec text(1)", "nested call"];
+    let mut medians = [[0.0; 2]; 2];
+    for (figure, label) in figures.iter().enumerate() {
+        for (which, name) in names.iter().enumerate() {
+            let values = &mut samples[which][figure];
+            let count = values.len();
+            let (p50, p95, mean) = summary(values);
+            medians[which][figure] = p50;
+            println!("{label:<22} {name:<10} {count:>8} {p50:>10.0} {p95:>10.0} {mean:>10.0}");
+        }
+    }
+    for (figure, label) in figures.iter().enumerate() {
+        println!(
+            "{label}: state-dir / plain p50 = {:.2}",
+            medians[1][figure] / medians[0][figure]
+        );
+    }
+}
