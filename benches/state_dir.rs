@@ -140,6 +140,7 @@ fn summary(values: &mut [f64]) -> (f64, f64, f64) {
     (percentile(values, 0.5), percentile(values, 0.95), mean)
 }
 
+#[expect(clippy::print_stdout, reason = "the benchmark's table is its output")]
 fn main() {
     let options = options();
     let binary = std::env::current_exe()
