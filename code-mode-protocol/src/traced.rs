@@ -96,12 +96,22 @@ struct CellTrace {
     span: tracing::Span,
     output_bytes: u64,
     tool_calls: u64,
+    /// Whether its final outcome is recorded on the span.
+    ended: bool,
 }
 
-/// The spans of a session's live cells, by id. A span ends when its cell is closed.
+/// Most closed cells whose final outcome has not reached their span yet (see
+/// [`CellTraces::closed`]); past it the oldest span ends without its outcome.
+const CLOSING_LIMIT: usize = 256;
+
+/// The spans of a session's live cells, by id. A span ends when its cell is closed and
+/// its final outcome is recorded.
 #[derive(Default)]
 pub struct CellTraces {
     cells: Mutex<HashMap<CellId, CellTrace>>,
+    /// Cells closed before their caller recorded the final answer it took: a cell is
+    /// closed once its answer is taken, which can come before the taker records it.
+    closing: Mutex<std::collections::VecDeque<(CellId, CellTrace)>>,
 }
 
 impl std::fmt::Debug for CellTraces {
@@ -138,16 +148,34 @@ impl CellTraces {
                 span,
                 output_bytes: 0,
                 tool_calls: 0,
+                ended: false,
             },
         );
     }
 
-    /// Records an observation of a cell on its span.
+    /// Records an observation of a cell on its span; a final one of a cell closed already
+    /// ends the span.
     fn observed(&self, response: &CellResponse) {
         let mut cells = lock(&self.cells);
-        let Some(cell) = cells.get_mut(response.cell_id()) else {
+        if let Some(cell) = cells.get_mut(response.cell_id()) {
+            Self::record(cell, response);
             return;
-        };
+        }
+        // Under the cells' lock, as `closed` moves a cell: none is between the two.
+        let mut closing = lock(&self.closing);
+        if let Some(index) = closing
+            .iter()
+            .position(|(cell_id, _)| cell_id == response.cell_id())
+        {
+            let cell = &mut closing[index].1;
+            Self::record(cell, response);
+            if cell.ended {
+                closing.remove(index);
+            }
+        }
+    }
+
+    fn record(cell: &mut CellTrace, response: &CellResponse) {
         cell.output_bytes += response
             .content_items()
             .iter()
@@ -162,17 +190,20 @@ impl CellTraces {
             }
             CellResponse::Terminated { .. } => {
                 span.record("status", "terminated");
+                cell.ended = true;
             }
             CellResponse::Result { failure, .. } => match failure {
                 None => {
                     span.record("status", "completed");
                     span.record("otel.status_code", "ok");
+                    cell.ended = true;
                 }
                 Some(failure) => {
                     span.record("status", "error");
                     span.record("otel.status_code", "error");
                     span.record("error.kind", failure.kind.as_str());
                     span.record("error.text", capped(&failure.text));
+                    cell.ended = true;
                 }
             },
         }
@@ -189,9 +220,22 @@ impl CellTraces {
         }
     }
 
+    /// The cell is closed: its span ends now if its final outcome is recorded, else once
+    /// the caller that took the final answer records it (dropping the last handle ends
+    /// the span).
     fn closed(&self, cell_id: &CellId) {
-        // Dropping the last handle ends the span.
-        lock(&self.cells).remove(cell_id);
+        let mut cells = lock(&self.cells);
+        let Some(cell) = cells.remove(cell_id) else {
+            return;
+        };
+        if cell.ended {
+            return;
+        }
+        let mut closing = lock(&self.closing);
+        if closing.len() == CLOSING_LIMIT {
+            closing.pop_front();
+        }
+        closing.push_back((cell_id.clone(), cell));
     }
 
     /// A span for a nested call of a traced cell, or `None` when the cell is not traced.
@@ -469,5 +513,95 @@ impl<S: CodeModeSession> CodeModeSession for Traced<S> {
 
     fn stored_values(&self) -> StoredValues {
         self.inner.stored_values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    /// Keeps the `status` each span had when it closed.
+    #[derive(Clone, Default)]
+    struct Statuses(Arc<Mutex<Vec<Option<String>>>>);
+
+    struct Status(Option<String>);
+
+    impl tracing::field::Visit for Status {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            if field.name() == "status" {
+                self.0 = Some(value.to_owned());
+            }
+        }
+        fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S> tracing_subscriber::Layer<S> for Statuses
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            _: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            context: Context<'_, S>,
+        ) {
+            if let Some(span) = context.span(id) {
+                span.extensions_mut().insert(Status(None));
+            }
+        }
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            context: Context<'_, S>,
+        ) {
+            if let Some(span) = context.span(id)
+                && let Some(status) = span.extensions_mut().get_mut::<Status>()
+            {
+                values.record(status);
+            }
+        }
+        fn on_close(&self, id: tracing::span::Id, context: Context<'_, S>) {
+            if let Some(span) = context.span(&id) {
+                let status = span.extensions().get::<Status>().and_then(|s| s.0.clone());
+                lock(&self.0).push(status);
+            }
+        }
+    }
+
+    fn completed(cell_id: &CellId) -> CellResponse {
+        CellResponse::Result {
+            cell_id: cell_id.clone(),
+            content_items: Vec::new(),
+            failure: None,
+            wall_time: std::time::Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_cell_closed_before_its_taker_records_the_final_answer_ends_with_its_outcome() {
+        let statuses = Statuses::default();
+        let subscriber = tracing_subscriber::registry().with(statuses.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let traces = CellTraces::new();
+            let early = CellId::new(1);
+            traces.admit(&early, cell_span(&ExecRequest::new("text(1)")));
+            // The answer was taken, so the cell closed; its taker records it after.
+            traces.closed(&early);
+            assert!(
+                lock(&statuses.0).is_empty(),
+                "the span ended without its outcome"
+            );
+            traces.observed(&completed(&early));
+            assert_eq!(*lock(&statuses.0), [Some("completed".to_owned())]);
+            // The usual order: recorded, then closed.
+            let usual = CellId::new(2);
+            traces.admit(&usual, cell_span(&ExecRequest::new("text(2)")));
+            traces.observed(&completed(&usual));
+            traces.closed(&usual);
+            assert_eq!(lock(&statuses.0).len(), 2);
+            assert_eq!(lock(&statuses.0)[1].as_deref(), Some("completed"));
+        });
     }
 }
