@@ -90,12 +90,35 @@ struct Cli {
     /// write it there, so that later starts do not make it again.
     #[arg(long, value_name = "DIR")]
     snapshot_cache: Option<PathBuf>,
+    /// The surface of the sessions this runtime serves: the cell isolates it prepares ahead
+    /// of demand get that surface's helpers (`codex`: the Codex front's; a session of
+    /// another surface still works, and turns the preparing to its own).
+    #[arg(long, value_name = "SURFACE", value_enum, default_value_t = PreparedSurface::Contract)]
+    prepare_surface: PreparedSurface,
     /// Log filter for stderr, in `tracing` env-filter syntax (e.g. `info`, `code_mode=debug`).
     #[arg(long, value_name = "FILTER", default_value = "warn")]
     log: String,
     /// Applies the sandbox, then tries `read:<path>` or `exec:<path>` and reports (tests).
     #[arg(long, value_name = "ACTION", hide = true)]
     sandbox_self_test: Option<String>,
+}
+
+/// The surfaces `--prepare-surface` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PreparedSurface {
+    /// The contract's (CONTRACT.md).
+    Contract,
+    /// The Codex front's.
+    Codex,
+}
+
+impl From<PreparedSurface> for code_mode_protocol::Surface {
+    fn from(surface: PreparedSurface) -> Self {
+        match surface {
+            PreparedSurface::Contract => Self::Contract,
+            PreparedSurface::Codex => Self::Codex,
+        }
+    }
 }
 
 /// Runs the runtime process with `args` (the program name first, as `std::env::args_os`
@@ -144,7 +167,7 @@ where
         return ExitCode::FAILURE;
     };
     // Cell threads created from here on inherit the sandbox.
-    code_mode::prewarm();
+    code_mode::prewarm_for(cli.prepare_surface.into());
     let settings = serve_settings(&cli, report.to_string(), false);
     let drain_timeout = Duration::from_secs(cli.drain_timeout_secs);
     let outcome = runtime.block_on(async {
@@ -329,7 +352,7 @@ fn listen_main(cli: Cli) -> ExitCode {
     let Some(runtime) = async_runtime() else {
         return ExitCode::FAILURE;
     };
-    code_mode::prewarm();
+    code_mode::prewarm_for(cli.prepare_surface.into());
     let settings = listen::ListenSettings {
         tls,
         serve: serve_settings(&cli, report.to_string(), true),

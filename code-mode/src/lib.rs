@@ -19,6 +19,6 @@ pub use code_mode_protocol::ToolDefinition;
 pub use runtime::{
     CONTEXT_SNAPSHOT_ENV, CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome,
     ContextSource, IsolateShelf, SpawnError, StoredValues, ToolCallRequest, TypeScriptRefused,
-    prewarm, spawn_cell, spawn_cell_from, spawn_cell_on, strip_typescript,
+    prewarm, prewarm_for, spawn_cell, spawn_cell_from, spawn_cell_on, strip_typescript,
 };
 pub use session::{Handed, Held, InProcessConfig, InProcessProvider, InProcessSession};

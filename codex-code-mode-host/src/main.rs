@@ -331,7 +331,14 @@ fn local_runtime(cli: &Cli) -> ProcessConfig {
         if !named && let Ok(this) = std::env::current_exe() {
             return ProcessConfig {
                 binary: Some(this),
-                runtime_args: std::iter::once(RUNTIME_MODE.into()).chain(cache).collect(),
+                // Its cells all have the Codex surface: the isolates it prepares ahead
+                // are made for it, so the first exec finds one ready. (A runtime named
+                // by hand may be of another build, and learns it at the first session.)
+                runtime_args: [RUNTIME_MODE, "--prepare-surface", "codex"]
+                    .into_iter()
+                    .map(std::ffi::OsString::from)
+                    .chain(cache)
+                    .collect(),
                 ..ProcessConfig::default()
             };
         }

@@ -353,13 +353,28 @@ impl Drop for CellHandle {
 }
 
 /// Prepares cell threads ahead of demand (V8 initialised, isolates created, the CPU
-/// watchdog's thread started), so that the first cells do not pay for it. Call it from the thread whose restrictions cells should
-/// inherit (e.g. after sandboxing). Cheap to call again.
+/// watchdog's thread started), so that the first cells do not pay for it. Call it from the
+/// thread whose restrictions cells should inherit (e.g. after sandboxing). Cheap to call
+/// again.
 pub fn prewarm() {
     crate::platform::init_v8();
     snapshot::start_making();
     watchdog::start();
     pool::start();
+}
+
+/// [`prewarm`] for a process whose sessions have `surface`: the cell threads prepared
+/// ahead have that surface's helpers, so the first cell of such a session finds one ready
+/// (a cell of another surface cannot use them and makes its own isolate as it starts).
+/// Sessions opened later with another surface turn the preparing to theirs.
+pub fn prewarm_for(surface: code_mode_protocol::Surface) {
+    pool::prepare_for(surface);
+    prewarm();
+}
+
+/// Notes the surface of a session being opened, for the cell threads prepared ahead.
+pub(crate) fn note_session_surface(surface: code_mode_protocol::Surface) {
+    pool::note_surface(surface);
 }
 
 /// Starts a cell on a thread of its own (prepared ahead of demand when possible). Events

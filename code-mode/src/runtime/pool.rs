@@ -16,8 +16,9 @@
 use super::Job;
 use super::snapshot::ContextSource;
 use super::thread::{self, Prepared};
+use code_mode_protocol::Surface;
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub(crate) struct Worker {
     /// Where its context comes from: built by hand while the process's snapshot was being
     /// made, or from the snapshot.
     source: ContextSource,
+    /// The surface its context has helpers for: a cell of another surface cannot use it.
+    surface: Surface,
 }
 
 static POOL: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
@@ -55,6 +58,49 @@ pub(crate) fn note_tool_count(count: usize) {
     PREPARED_TOOL_FUNCTIONS.store(count.min(MAX_PREPARED_TOOL_FUNCTIONS), Ordering::Relaxed);
 }
 
+/// The surface new prepared threads are made for ([`SURFACE_CONTRACT`] or
+/// [`SURFACE_CODEX`]): that of the sessions the process serves, as the latest session
+/// opened (or the process's start, [`prepare_for`]) said.
+static SURFACE: AtomicU8 = AtomicU8::new(SURFACE_CONTRACT);
+const SURFACE_CONTRACT: u8 = 0;
+const SURFACE_CODEX: u8 = 1;
+
+fn surface_code(surface: Surface) -> u8 {
+    match surface {
+        Surface::Contract => SURFACE_CONTRACT,
+        Surface::Codex => SURFACE_CODEX,
+    }
+}
+
+/// The surface new prepared threads are made for.
+fn current_surface() -> Surface {
+    match SURFACE.load(Ordering::Relaxed) {
+        SURFACE_CODEX => Surface::Codex,
+        _ => Surface::Contract,
+    }
+}
+
+/// Makes prepared threads for `surface` from now on; the keeper replaces those of another
+/// surface at its next refill. A process whose sessions all have one surface (the Codex
+/// front's runtime) says so before its first fill ([`super::prewarm_for`]), so that its
+/// first cell finds a thread prepared for it; a session opened with another one says so
+/// too ([`note_surface`]).
+pub(crate) fn prepare_for(surface: Surface) {
+    SURFACE.store(surface_code(surface), Ordering::Relaxed);
+}
+
+/// Notes the surface of a session being opened: when it is not the one prepared threads
+/// are made for, they are made for it from now on, and the keeper is told.
+pub(crate) fn note_surface(surface: Surface) {
+    let code = surface_code(surface);
+    if SURFACE.swap(code, Ordering::Relaxed) != code
+        && !SHORT_TOLD.swap(true, Ordering::AcqRel)
+        && let Some(Some(keeper)) = KEEPER.get()
+    {
+        let _ = keeper.send(Short);
+    }
+}
+
 /// Which pool threads a job may go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Readiness {
@@ -67,14 +113,13 @@ pub(crate) enum Readiness {
 /// Hands `job` to a pool thread of `readiness` (the most recently made of them); gives
 /// the job back when there is none.
 pub(crate) fn run_prepared(job: Job, readiness: Readiness) -> Option<Job> {
+    let surface = job.config.surface;
     let worker = {
         let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-        let found = match readiness {
-            Readiness::Ready => pool
-                .iter()
-                .rposition(|worker| worker.ready.load(Ordering::Acquire)),
-            Readiness::Any => pool.len().checked_sub(1),
-        };
+        let found = pool.iter().rposition(|worker| {
+            worker.surface == surface
+                && (readiness == Readiness::Any || worker.ready.load(Ordering::Acquire))
+        });
         found.map(|index| pool.remove(index))
     };
     let Some(worker) = worker else {
@@ -206,6 +251,12 @@ fn refill_when_quiet() {
     }
     // A take from here on tells the keeper again.
     SHORT_TOLD.store(false, Ordering::Release);
+    // Threads of a surface the sessions no longer use go; their isolates would be made
+    // again at each cell's start.
+    let surface = current_surface();
+    POOL.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|worker| worker.surface == surface);
     top_up();
 }
 
@@ -239,7 +290,8 @@ fn replace_outdated() -> bool {
     let replaced = {
         let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
         let before = pool.len();
-        pool.retain(|worker| worker.source == current);
+        let surface = current_surface();
+        pool.retain(|worker| worker.source == current && worker.surface == surface);
         before != pool.len()
     };
     if replaced {
@@ -251,16 +303,13 @@ fn replace_outdated() -> bool {
 fn spawn_worker() -> std::io::Result<Worker> {
     let (jobs, waiting) = mpsc::channel::<Job>();
     let source = ContextSource::preferred();
+    let surface = current_surface();
     let ready = Arc::new(AtomicBool::new(false));
     let prepared_flag = Arc::clone(&ready);
     super::cell_thread().spawn(move || {
         let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
-        let prepared: Prepared = thread::prepare(
-            POOLED_HEAP_BYTES,
-            tool_functions,
-            source,
-            code_mode_protocol::Surface::Contract,
-        );
+        let prepared: Prepared =
+            thread::prepare(POOLED_HEAP_BYTES, tool_functions, source, surface);
         prepared_flag.store(true, Ordering::Release);
         if let Ok(job) = waiting.recv() {
             thread::run(Some(prepared), job);
@@ -270,6 +319,7 @@ fn spawn_worker() -> std::io::Result<Worker> {
         jobs,
         ready,
         source,
+        surface,
     })
 }
 
@@ -283,6 +333,61 @@ mod tests {
             .iter()
             .map(|worker| worker.source)
             .collect()
+    }
+
+    fn surfaces() -> Vec<Surface> {
+        POOL.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|worker| worker.ready.load(Ordering::Acquire))
+            .map(|worker| worker.surface)
+            .collect()
+    }
+
+    fn wait_for_full_pool_of(surface: Surface) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let surfaces = surfaces();
+            if surfaces.len() == POOL_SIZE && surfaces.iter().all(|made| *made == surface) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a minute after a session of {surface:?} opened, the pool holds {surfaces:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A cell of the Codex surface finds a thread prepared for it once such a session was
+    /// opened: the pool's threads follow the sessions' surface, and a cell never takes a
+    /// thread of another surface (its isolate would be made again as it starts).
+    #[test]
+    fn prepared_threads_follow_the_surface_of_the_sessions() {
+        crate::platform::init_v8();
+        start();
+        note_surface(Surface::Codex);
+        wait_for_full_pool_of(Surface::Codex);
+        let job = |surface| {
+            let (events, _) = tokio::sync::mpsc::channel(1);
+            let config = super::super::CellConfig {
+                surface,
+                ..super::super::CellConfig::default()
+            };
+            Job::new(config, events, None)
+        };
+        let (contract, _contract) = job(Surface::Contract);
+        assert!(
+            run_prepared(contract, Readiness::Any).is_some(),
+            "a cell of the contract's surface took a thread prepared for Codex's"
+        );
+        let (codex, _codex) = job(Surface::Codex);
+        assert!(
+            run_prepared(codex, Readiness::Ready).is_none(),
+            "the cell of the Codex surface found no thread prepared for it"
+        );
+        note_surface(Surface::Contract);
+        wait_for_full_pool_of(Surface::Contract);
     }
 
     #[test]

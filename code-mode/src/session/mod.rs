@@ -350,6 +350,7 @@ impl InProcessSession {
         options: SessionOptions,
         stored_values: StoredValues,
     ) -> Self {
+        crate::runtime::note_session_surface(options.surface);
         crate::runtime::prewarm();
         let shelf = options
             .reuse_isolates
