@@ -148,9 +148,10 @@ where
     let Some(socket) = cli.socket.clone() else {
         return ExitCode::from(2);
     };
-    // V8 first, on the main thread, before any cell thread exists.
-    code_mode::platform::init_v8();
+    // V8 first, on the main thread, before any cell thread exists (the snapshot's cache
+    // starts it, reading the file beside it).
     snapshot_cache(&cli);
+    code_mode::platform::init_v8();
     let connected = match std::os::unix::net::UnixStream::connect(&socket) {
         Ok(connected) => connected,
         Err(error) => {
@@ -328,8 +329,8 @@ fn listen_main(cli: Cli) -> ExitCode {
         Some(Ok(address)) => Some(address),
         None => None,
     };
-    code_mode::platform::init_v8();
     snapshot_cache(&cli);
+    code_mode::platform::init_v8();
     let listener = match bind("--listen", address) {
         Ok(listener) => listener,
         Err(message) => {

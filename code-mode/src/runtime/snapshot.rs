@@ -168,16 +168,28 @@ pub fn use_disk_cache(dir: &std::path::Path) -> CacheOutcome {
     if turned_off() {
         return CacheOutcome::Unused;
     }
+    // Reading and checking the file needs no V8 (its version is a constant): it goes on
+    // on a thread of its own while V8 starts, off a cold start's path.
+    let reading = {
+        let dir = dir.to_owned();
+        std::thread::Builder::new()
+            .name("code-mode-snapshot-cache".to_owned())
+            .spawn(move || read_cache(&dir))
+    };
     crate::platform::init_v8();
-    let key = match super::snapshot_cache::key(v8::V8::get_version(), crate::platform::V8_FLAGS) {
-        Ok(key) => key,
-        Err(error) => {
-            return CacheOutcome::NotWritten(format!("cannot identify this executable: {error}"));
-        }
+    let read = match reading {
+        Ok(reading) => reading
+            .join()
+            .unwrap_or_else(|_| Err("the thread reading it panicked".to_owned())),
+        Err(_) => read_cache(dir),
+    };
+    let (key, bytes) = match read {
+        Ok(read) => read,
+        Err(error) => return CacheOutcome::NotWritten(error),
     };
     let path = super::snapshot_cache::path(dir, &key);
     if BLOB.get().is_none()
-        && let Some(bytes) = super::snapshot_cache::read(dir, &key)
+        && let Some(bytes) = bytes
     {
         let loaded = Blob {
             data: v8::StartupData::from(bytes),
@@ -194,6 +206,16 @@ pub fn use_disk_cache(dir: &std::path::Path) -> CacheOutcome {
         },
         None => CacheOutcome::Unused,
     }
+}
+
+/// This executable's cache key and the blob `dir` holds for it, if one is there and whole.
+fn read_cache(
+    dir: &std::path::Path,
+) -> Result<(super::snapshot_cache::Key, Option<Vec<u8>>), String> {
+    let key = super::snapshot_cache::key(v8::V8::get_version(), crate::platform::V8_FLAGS)
+        .map_err(|error| format!("cannot identify this executable: {error}"))?;
+    let bytes = super::snapshot_cache::read(dir, &key);
+    Ok((key, bytes))
 }
 
 /// The helpers' external references, null-terminated, alive for the process.
