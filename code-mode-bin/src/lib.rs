@@ -148,6 +148,7 @@ where
     let Some(socket) = cli.socket.clone() else {
         return ExitCode::from(2);
     };
+    die_with_parent();
     // V8 first, on the main thread, before any cell thread exists (the snapshot's cache
     // starts it, reading the file beside it).
     snapshot_cache(&cli);
@@ -198,6 +199,21 @@ where
         outcome,
         "the host closed the connection (or it drained); exiting",
     )
+}
+
+/// A runtime serving one host's socket dies with the thread that started it (the host
+/// starts it with `posix_spawn`, which cannot ask for this before the exec). A host that
+/// died before this leaves no listener on the socket, and the runtime exits when it
+/// cannot connect.
+fn die_with_parent() {
+    // SAFETY: `prctl(PR_SET_PDEATHSIG)` only sets a field of this process; it reads no
+    // memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } == -1 {
+        tracing::warn!(
+            "cannot ask to die with the host: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Uses the startup snapshot's disk cache of `--snapshot-cache`, before the sandbox.

@@ -3,9 +3,11 @@
 //! The socket lives in a fresh 0700 directory that only this user can enter, and is
 //! removed as soon as the runtime connected. The child gets a cleared environment, no
 //! stdin or stdout, its stderr forwarded to `tracing`, kill-on-drop, and a parent-death
-//! signal. The child is forked from a dedicated thread that lives until the child has been
-//! reaped: Linux delivers the parent-death signal when the *thread* that forked exits, so
-//! forking from a short-lived pool thread could kill a healthy runtime.
+//! signal (which the runtime asks for itself, first thing: the child is started with
+//! `posix_spawn`, cheaper than a fork of this process). The child is started from a
+//! dedicated thread that lives until the child has been reaped: Linux delivers the
+//! parent-death signal when the *thread* that started it exits, so starting it from a
+//! short-lived pool thread could kill a healthy runtime.
 
 use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::tokio::prelude::*;
@@ -231,18 +233,12 @@ pub(crate) async fn spawn(
         // A process group of its own: a Ctrl-C typed at the agent core's terminal goes to
         // the terminal's foreground group, and must not kill the runtime under the
         // sessions (the agent core decides what Ctrl-C means, e.g. `interrupt`). It still
-        // dies with its host (below) and ends at the end of its socket.
+        // dies with its host (it asks for that itself) and ends at the end of its socket.
         .process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only calls `prctl`,
-    // which is async-signal-safe; it allocates nothing and touches no locks.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // No `pre_exec`: without one the child is started with `posix_spawn`, which does not
+    // copy this process's page tables as a fork does (a cold start waits for it). The
+    // runtime asks to die with the thread that started it itself, first thing
+    // (`code_mode_bin::run`); one whose host died before that finds no socket to connect to.
     let (child, reaped) =
         spawn_from_dedicated_thread(command).map_err(|source| SpawnError::Spawn {
             binary: binary.to_path_buf(),
@@ -309,7 +305,7 @@ pub(crate) async fn spawn(
 
 type SpawnResult = std::io::Result<tokio::process::Child>;
 
-/// Forks the child from a thread that stays alive until `reaped` is dropped.
+/// Starts the child from a thread that stays alive until `reaped` is dropped.
 fn spawn_from_dedicated_thread(
     mut command: tokio::process::Command,
 ) -> std::io::Result<(oneshot::Receiver<SpawnResult>, std::sync::mpsc::Sender<()>)> {
