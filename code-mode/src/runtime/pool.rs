@@ -93,9 +93,12 @@ pub(crate) fn prepare_for(surface: Surface) {
 /// are made for, they are made for it from now on, and the keeper is told.
 pub(crate) fn note_surface(surface: Surface) {
     let code = surface_code(surface);
+    // Told only when there is a keeper to tell: a flag set with nobody told would keep
+    // every later cell from telling it that the pool is short. (A keeper started later
+    // makes its threads for the surface set here.)
     if SURFACE.swap(code, Ordering::Relaxed) != code
-        && !SHORT_TOLD.swap(true, Ordering::AcqRel)
         && let Some(Some(keeper)) = KEEPER.get()
+        && !SHORT_TOLD.swap(true, Ordering::AcqRel)
     {
         let _ = keeper.send(Short);
     }
@@ -362,8 +365,12 @@ mod tests {
     /// A cell of the Codex surface finds a thread prepared for it once such a session was
     /// opened: the pool's threads follow the sessions' surface, and a cell never takes a
     /// thread of another surface (its isolate would be made again as it starts).
+    /// The pool is the process's: its tests take turns.
+    static TURN: Mutex<()> = Mutex::new(());
+
     #[test]
     fn prepared_threads_follow_the_surface_of_the_sessions() {
+        let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
         crate::platform::init_v8();
         start();
         note_surface(Surface::Codex);
@@ -386,12 +393,15 @@ mod tests {
             run_prepared(codex, Readiness::Ready).is_none(),
             "the cell of the Codex surface found no thread prepared for it"
         );
+        // As `spawn_cell` does after a take: the keeper hears that the pool is short.
+        note_start();
         note_surface(Surface::Contract);
         wait_for_full_pool_of(Surface::Contract);
     }
 
     #[test]
     fn once_the_snapshot_is_made_every_prepared_thread_is_of_it() {
+        let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
         crate::platform::init_v8();
         // The first fill starts before the blob is made, so its threads build by hand.
         start();
