@@ -330,44 +330,45 @@ fn spawn_worker() -> std::io::Result<Worker> {
 mod tests {
     use super::*;
 
-    fn sources() -> Vec<ContextSource> {
-        POOL.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|worker| worker.source)
-            .collect()
-    }
+    /// The pool is the process's: its tests take turns.
+    static TURN: Mutex<()> = Mutex::new(());
 
-    fn surfaces() -> Vec<Surface> {
-        POOL.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|worker| worker.ready.load(Ordering::Acquire))
-            .map(|worker| worker.surface)
-            .collect()
-    }
-
-    fn wait_for_full_pool_of(surface: Surface) {
+    /// Waits (up to a minute) until the pool holds [`POOL_SIZE`] threads (`ready` ones
+    /// only, if asked) whose `field` is `wanted`; `after` says what should have made it so.
+    fn wait_for_full_pool<T: PartialEq + std::fmt::Debug>(
+        field: impl Fn(&Worker) -> T,
+        wanted: &T,
+        ready: bool,
+        after: &str,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let surfaces = surfaces();
-            if surfaces.len() == POOL_SIZE && surfaces.iter().all(|made| *made == surface) {
+            let held: Vec<T> = POOL
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter(|worker| !ready || worker.ready.load(Ordering::Acquire))
+                .map(&field)
+                .collect();
+            if held.len() == POOL_SIZE && held.iter().all(|value| value == wanted) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "a minute after a session of {surface:?} opened, the pool holds {surfaces:?}"
+                "a minute after {after}, the pool still holds {held:?}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
+    fn wait_for_full_pool_of(surface: Surface) {
+        let after = format!("a session of {surface:?} opened");
+        wait_for_full_pool(|worker| worker.surface, &surface, true, &after);
+    }
+
     /// A cell of the Codex surface finds a thread prepared for it once such a session was
     /// opened: the pool's threads follow the sessions' surface, and a cell never takes a
     /// thread of another surface (its isolate would be made again as it starts).
-    /// The pool is the process's: its tests take turns.
-    static TURN: Mutex<()> = Mutex::new(());
-
     #[test]
     fn prepared_threads_follow_the_surface_of_the_sessions() {
         let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
@@ -407,17 +408,11 @@ mod tests {
         start();
         super::super::snapshot::wait_made();
         let current = ContextSource::preferred();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let sources = sources();
-            if sources.len() == POOL_SIZE && sources.iter().all(|source| *source == current) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "a minute after the snapshot was made, the pool still holds {sources:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_full_pool(
+            |worker| worker.source,
+            &current,
+            false,
+            "the snapshot was made",
+        );
     }
 }
