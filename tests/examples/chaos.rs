@@ -19,6 +19,8 @@ fn main() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);
+        // No destructor runs after `exit`: the runtimes the run started go first.
+        code_mode_conformance::remote::kill_listening_runtimes();
         std::process::exit(101);
     }));
     let mut args = std::env::args().skip(1);

@@ -136,6 +136,21 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The listening runtimes of this process not dropped yet, by pid.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Kills every listening runtime this process started and has not dropped: for a process
+/// about to exit without running destructors (a panic hook that exits), which would leave
+/// them running after it.
+pub fn kill_listening_runtimes() {
+    let pids = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|p| p.into_inner()));
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
 /// A `code-mode-bin --listen` process on an ephemeral loopback port; killed on drop.
 pub struct ListeningRuntime {
     child: Child,
@@ -226,6 +241,9 @@ impl ListeningRuntime {
                 metrics = found.parse().ok();
             }
         }
+        LIVE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child.id());
         Self {
             child,
             address: address.expect("an address"),
@@ -253,6 +271,10 @@ impl ListeningRuntime {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let pid = self.child.id();
+        LIVE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|live| *live != pid);
     }
 
     /// Sends SIGTERM (the runtime drains), with the system's `kill` (this crate has no
