@@ -199,9 +199,17 @@ mod hibernation {
         }
         .instrument(turn)
         .await;
+        // Phoenix stores what it receives in batches of its own: wait until every kind of
+        // span checked below is there (or a minute passed).
         let spans = flushed_trace(exporting, trace_id, |spans| {
-            spans.iter().any(|span| span["name"] == "code_mode.replay")
-                && spans.iter().any(|span| span["name"] == "code_mode.cell")
+            [
+                "code_mode.replay",
+                "code_mode.cell",
+                "code_mode.hibernated",
+                "code_mode.tool_call",
+            ]
+            .iter()
+            .all(|name| spans.iter().any(|span| span["name"] == *name))
         })
         .await;
         let turn = spans
