@@ -300,38 +300,45 @@ impl StateStore {
         }
     }
 
+    /// Every row `sql` selects, made by `row`; a failure is a read error.
+    fn rows<R>(
+        &self,
+        db: &rusqlite::Connection,
+        sql: &str,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    ) -> Result<Vec<R>, StateError> {
+        let mut statement = db.prepare(sql).map_err(|error| self.read_error(error))?;
+        let rows = statement
+            .query_map([], row)
+            .map_err(|error| self.read_error(error))?;
+        rows.collect::<rusqlite::Result<Vec<R>>>()
+            .map_err(|error| self.read_error(error))
+    }
+
     /// Everything the database holds. A row that does not decode is an error that names
     /// it (nothing is dropped quietly).
     pub fn load(&self) -> Result<Saved, StateError> {
         let db = code_mode_protocol::sync::lock(&self.db);
         let mut saved = Saved::default();
-        let read = |error: rusqlite::Error| self.read_error(error);
-        let mut counters = db
-            .prepare("SELECT name, value FROM counters")
-            .map_err(read)?;
-        let rows = counters
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })
-            .map_err(read)?;
-        for row in rows {
-            let (name, value) = row.map_err(read)?;
+        let two_texts_and_bytes = |row: &rusqlite::Row<'_>| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
+        };
+        let counters = self.rows(&db, "SELECT name, value FROM counters", |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        for (name, value) in counters {
             saved.counters.insert(name, value.cast_unsigned());
         }
-        let mut sessions = db
-            .prepare("SELECT id, options, stored FROM sessions ORDER BY rowid")
-            .map_err(read)?;
-        let rows = sessions
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                ))
-            })
-            .map_err(read)?;
-        for row in rows {
-            let (id, options, stored) = row.map_err(read)?;
+        let sessions = self.rows(
+            &db,
+            "SELECT id, options, stored FROM sessions ORDER BY rowid",
+            two_texts_and_bytes,
+        )?;
+        for (id, options, stored) in sessions {
             let stored: std::collections::BTreeMap<String, std::sync::Arc<str>> = decode(&stored)
                 .map_err(
                 |error| self.read_error(format!("session {id}'s stored values: {error}")),
@@ -346,20 +353,12 @@ impl StateStore {
                 },
             });
         }
-        let mut cells = db
-            .prepare("SELECT session, cell, record FROM cells ORDER BY rowid")
-            .map_err(read)?;
-        let rows = cells
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                ))
-            })
-            .map_err(read)?;
-        for row in rows {
-            let (session, cell, record) = row.map_err(read)?;
+        let cells = self.rows(
+            &db,
+            "SELECT session, cell, record FROM cells ORDER BY rowid",
+            two_texts_and_bytes,
+        )?;
+        for (session, cell, record) in cells {
             let what = || format!("cell {cell} of session {session}");
             let Ok(cell_id) = cell.parse::<CellId>();
             let record: CellRow =
@@ -369,21 +368,19 @@ impl StateStore {
             };
             of.state.cells.push(durable_cell(cell_id, record));
         }
-        let mut calls = db
-            .prepare("SELECT session, cell, call, front_id FROM calls ORDER BY rowid")
-            .map_err(read)?;
-        let rows = calls
-            .query_map([], |row| {
+        let calls = self.rows(
+            &db,
+            "SELECT session, cell, call, front_id FROM calls ORDER BY rowid",
+            |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, i64>(2)?,
                     row.get::<_, String>(3)?,
                 ))
-            })
-            .map_err(read)?;
-        for row in rows {
-            let (session, cell, call, front_id) = row.map_err(read)?;
+            },
+        )?;
+        for (session, cell, call, front_id) in calls {
             let Ok(cell_id) = cell.parse::<CellId>();
             saved.calls.push(CallRecord {
                 session,
@@ -392,21 +389,19 @@ impl StateStore {
                 front_id,
             });
         }
-        let mut answers = db
-            .prepare("SELECT session, cell, call, result FROM answers ORDER BY rowid")
-            .map_err(read)?;
-        let rows = answers
-            .query_map([], |row| {
+        let answers = self.rows(
+            &db,
+            "SELECT session, cell, call, result FROM answers ORDER BY rowid",
+            |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, i64>(2)?,
                     row.get::<_, Vec<u8>>(3)?,
                 ))
-            })
-            .map_err(read)?;
-        for row in rows {
-            let (session, cell, call, result) = row.map_err(read)?;
+            },
+        )?;
+        for (session, cell, call, result) in answers {
             let Ok(cell_id) = cell.parse::<CellId>();
             let result = decode(&result).map_err(|error| self.read_error(error))?;
             saved.answers.push(AnswerRecord {

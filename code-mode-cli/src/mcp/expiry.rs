@@ -71,6 +71,20 @@ impl ExpiringSessions {
         lock(&self.activity).len()
     }
 
+    /// Starts tracking the activity of session `id` (new or restored); the sessions open
+    /// now.
+    fn track(&self, id: &SessionId) -> usize {
+        let mut activity = lock(&self.activity);
+        activity.insert(
+            id.clone(),
+            Activity {
+                in_flight: 0,
+                last: Instant::now(),
+            },
+        );
+        activity.len()
+    }
+
     /// Whether another session would be refused.
     pub fn full(&self) -> bool {
         self.open() >= self.max_sessions
@@ -167,17 +181,7 @@ impl SessionManager for ExpiringSessions {
             });
         }
         let (id, transport) = self.local.create_session().await?;
-        let open = {
-            let mut activity = lock(&self.activity);
-            activity.insert(
-                id.clone(),
-                Activity {
-                    in_flight: 0,
-                    last: Instant::now(),
-                },
-            );
-            activity.len()
-        };
+        let open = self.track(&id);
         tracing::info!(session = %id, open, max = self.max_sessions, "MCP session opened");
         Ok((id, transport))
     }
@@ -237,17 +241,7 @@ impl SessionManager for ExpiringSessions {
         }
         let outcome = self.local.restore_session(id.clone()).await?;
         if matches!(outcome, RestoreOutcome::Restored(_)) {
-            let open = {
-                let mut activity = lock(&self.activity);
-                activity.insert(
-                    id.clone(),
-                    Activity {
-                        in_flight: 0,
-                        last: Instant::now(),
-                    },
-                );
-                activity.len()
-            };
+            let open = self.track(&id);
             tracing::info!(session = %id, open, max = self.max_sessions, "MCP session restored");
         }
         Ok(outcome)
