@@ -48,10 +48,14 @@ struct Cli {
     #[arg(
         long,
         value_name = "PATH",
-        required_unless_present_any = ["sandbox_self_test", "listen"],
-        conflicts_with = "listen"
+        required_unless_present_any = ["sandbox_self_test", "listen", "socket_fd"],
+        conflicts_with_all = ["listen", "socket_fd"]
     )]
     socket: Option<PathBuf>,
+    /// A socket already connected to the host, inherited as this descriptor (a runtime
+    /// its host forked, or started with the socket in place).
+    #[arg(long, value_name = "FD", conflicts_with = "listen")]
+    socket_fd: Option<i32>,
     /// Serve hosts on this TCP address (e.g. `0.0.0.0:7300`), with TLS and client
     /// certificates (`--tls-cert`, `--tls-key`, `--client-ca`).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -145,31 +149,43 @@ where
     if cli.listen.is_some() {
         return listen_main(cli);
     }
-    let Some(socket) = cli.socket.clone() else {
-        return ExitCode::from(2);
+    let host = match (&cli.socket, cli.socket_fd) {
+        (_, Some(fd)) => match inherited_socket(fd) {
+            Ok(connected) => Host::Inherited(connected, fd),
+            Err(error) => {
+                eprintln!("code-mode-bin: --socket-fd {fd}: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        (Some(path), None) => Host::Path(path.clone()),
+        (None, None) => return ExitCode::from(2),
     };
     die_with_parent();
     // V8 first, on the main thread, before any cell thread exists (the snapshot's cache
     // starts it, reading the file beside it).
     snapshot_cache(&cli);
     code_mode::platform::init_v8();
-    let connected = match std::os::unix::net::UnixStream::connect(&socket) {
-        Ok(connected) => connected,
-        Err(error) => {
-            tracing::error!("cannot connect to {}: {error}", socket.display());
-            return ExitCode::FAILURE;
-        }
+    let (connected, socket) = match host {
+        Host::Inherited(connected, fd) => (connected, format!("descriptor {fd}")),
+        Host::Path(path) => match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(connected) => (connected, path.display().to_string()),
+            Err(error) => {
+                tracing::error!("cannot connect to {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let report = sandbox::apply(false);
-    tracing::info!(socket = %socket.display(), sandbox = %report, "connected and sandboxed");
+    tracing::info!(%socket, sandbox = %report, "connected and sandboxed");
     if !report.failures.is_empty() {
         tracing::warn!("sandbox incomplete: {report}");
     }
+    // Cell threads created from here on inherit the sandbox. The first isolate is
+    // prepared while the async runtime starts.
+    code_mode::prewarm_for(cli.prepare_surface.into());
     let Some(runtime) = async_runtime() else {
         return ExitCode::FAILURE;
     };
-    // Cell threads created from here on inherit the sandbox.
-    code_mode::prewarm_for(cli.prepare_surface.into());
     let settings = serve_settings(&cli, report.to_string(), false);
     let drain_timeout = Duration::from_secs(cli.drain_timeout_secs);
     let outcome = runtime.block_on(async {
@@ -199,6 +215,37 @@ where
         outcome,
         "the host closed the connection (or it drained); exiting",
     )
+}
+
+/// Where the one host is: a socket path to connect to, or a connected socket inherited.
+enum Host {
+    Path(PathBuf),
+    Inherited(std::os::unix::net::UnixStream, i32),
+}
+
+/// Takes descriptor `fd` as the host's connected socket, after checking that it is one
+/// (a wrong number must not make the runtime speak to a file or a terminal).
+fn inherited_socket(fd: i32) -> Result<std::os::unix::net::UnixStream, String> {
+    use std::os::fd::FromRawFd;
+    if fd < 0 {
+        return Err("not a descriptor".to_owned());
+    }
+    // SAFETY: fstat(2) into a zeroed stat this function owns; a closed `fd` fails.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err("not a socket".to_owned());
+    }
+    // SAFETY: `fd` is an open socket that this process hands to the runtime alone (the
+    // option's contract); from here the stream owns it.
+    let connected = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    // Not inherited by anything this process could start.
+    // SAFETY: fcntl(2) on the descriptor the stream owns.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(connected)
 }
 
 /// A runtime serving one host's socket dies with the thread that started it (the host
@@ -366,10 +413,10 @@ fn listen_main(cli: Cli) -> ExitCode {
     if !report.failures.is_empty() {
         tracing::warn!("sandbox incomplete: {report}");
     }
+    code_mode::prewarm_for(cli.prepare_surface.into());
     let Some(runtime) = async_runtime() else {
         return ExitCode::FAILURE;
     };
-    code_mode::prewarm_for(cli.prepare_surface.into());
     let settings = listen::ListenSettings {
         tls,
         serve: serve_settings(&cli, report.to_string(), true),

@@ -6,7 +6,8 @@
 //!
 //! This crate never links V8: a V8 crash, an out-of-memory or a hostile script stays in
 //! the runtime process. Modules: `binary` finds the runtime, `process` spawns and
-//! supervises it, `connection` speaks the wire protocol and validates every message,
+//! supervises it (`prelaunch` forks the first one instead, from an executable that carries
+//! the runtime), `connection` speaks the wire protocol and validates every message,
 //! `provider` supervises the local process, `hosted` is the session over a runtime (local
 //! or remote) that survives the runtime's death, `remote` is the pool of network runtimes.
 
@@ -16,6 +17,7 @@ pub mod durable;
 mod error;
 mod faults;
 mod hosted;
+mod prelaunch;
 mod process;
 mod provider;
 mod remote;
@@ -30,6 +32,7 @@ pub use durable::{DurableCell, DurableSession, DurableState, RestoredCall};
 /// only in builds with debug assertions).
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 pub use faults::{Fault, arm as arm_fault};
+pub use prelaunch::{ForkError, Forked, Prelaunched, SOCKET_FD, fork_runtime};
 pub use process::SpawnError;
 pub use provider::{
     CRASH_WINDOW, HostError, MAX_CRASHES, ProcessConfig, ProcessProvider, ProcessSession,

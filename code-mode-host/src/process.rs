@@ -51,6 +51,8 @@ pub enum SpawnError {
     },
     #[error("accepting the runtime's connection failed: {0}")]
     Accept(std::io::Error),
+    #[error("cannot take over the runtime forked at start: {0}")]
+    Adopt(std::io::Error),
 }
 
 fn exit_note(exit: &Option<String>) -> String {
@@ -258,23 +260,13 @@ pub(crate) async fn spawn(
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(forward_stderr(stderr, pid));
     }
-    let (exit_tx, exit) = watch::channel(None);
-    let kill = CancellationToken::new();
-    let supervisor_kill = kill.clone();
-    tokio::spawn(async move {
-        let status = tokio::select! {
-            status = child.wait() => status,
-            () = supervisor_kill.cancelled() => {
-                let _ = child.start_kill();
-                child.wait().await
-            }
-        };
-        let cause = describe_exit(status);
-        tracing::debug!(pid, "code-mode-bin {cause}");
-        let _ = exit_tx.send(Some(cause));
-        drop(reaped);
-    });
-    let process = RuntimeProcess { pid, exit, kill };
+    let process = supervise(
+        pid,
+        SpawnedChild {
+            child,
+            _reaped: reaped,
+        },
+    );
 
     let accepted = tokio::select! {
         accepted = tokio::time::timeout(connect_timeout, listener.accept()) => accepted,
@@ -324,8 +316,55 @@ fn spawn_from_dedicated_thread(
     Ok((child_rx, reaped))
 }
 
+/// A child process as the supervisor sees it: waited for, killed.
+pub(crate) trait Child: Send + 'static {
+    /// Waits until the child has exited and been reaped.
+    fn wait(&mut self) -> impl std::future::Future<Output = std::io::Result<ExitStatus>> + Send;
+    /// Sends the child SIGKILL, unless it is already reaped.
+    fn start_kill(&mut self);
+}
+
+/// A child of `tokio::process`, started from its spawner thread.
+struct SpawnedChild {
+    child: tokio::process::Child,
+    /// Dropped once the child is reaped: the spawner thread may end then.
+    _reaped: std::sync::mpsc::Sender<()>,
+}
+
+impl Child for SpawnedChild {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    fn start_kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Watches `child` until it exits: its exit, in words, goes to the process's `exit`, and
+/// [`RuntimeProcess::kill`] (or dropping it) kills it.
+pub(crate) fn supervise(pid: u32, mut child: impl Child) -> RuntimeProcess {
+    let (exit_tx, exit) = watch::channel(None);
+    let kill = CancellationToken::new();
+    let supervisor_kill = kill.clone();
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = supervisor_kill.cancelled() => {
+                child.start_kill();
+                child.wait().await
+            }
+        };
+        let cause = describe_exit(status);
+        tracing::debug!(pid, "code-mode-bin {cause}");
+        let _ = exit_tx.send(Some(cause));
+        drop(child);
+    });
+    RuntimeProcess { pid, exit, kill }
+}
+
 /// Forwards the runtime's stderr lines to `tracing`.
-async fn forward_stderr(stderr: tokio::process::ChildStderr, pid: u32) {
+pub(crate) async fn forward_stderr(stderr: impl tokio::io::AsyncRead + Unpin, pid: u32) {
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "code_mode_bin", pid, "{line}");

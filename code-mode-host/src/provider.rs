@@ -96,6 +96,9 @@ struct ProviderInner {
     /// The generation of the latest runtime started (the earlier process's last before
     /// the first).
     generations: std::sync::atomic::AtomicU64,
+    /// A runtime forked at the process's start ([`ProcessProvider::adopt`]): the next
+    /// start takes it instead of spawning one.
+    prelaunched: std::sync::Mutex<Option<crate::Prelaunched>>,
 }
 
 /// Creates [`ProcessSession`]s that share one runtime process.
@@ -139,6 +142,7 @@ impl ProcessProvider {
                 deferred,
                 config,
                 generations: std::sync::atomic::AtomicU64::new(before),
+                prelaunched: std::sync::Mutex::new(None),
                 runtime: tokio::sync::Mutex::new(Runtime {
                     current: None,
                     last_generation: before,
@@ -162,6 +166,13 @@ impl ProcessProvider {
     /// start; `None` before any was found).
     pub fn binary(&self) -> Option<PathBuf> {
         code_mode_protocol::sync::lock(&self.inner.binary).clone()
+    }
+
+    /// Takes `runtime`, forked from this process at its start ([`crate::fork_runtime`]),
+    /// as the runtime its next start uses instead of spawning one. The handshake is then
+    /// that start's, as for a spawned runtime; a runtime that replaces it is spawned.
+    pub fn adopt(&self, runtime: crate::Prelaunched) {
+        *code_mode_protocol::sync::lock(&self.inner.prelaunched) = Some(runtime);
     }
 
     /// Starts the runtime process now (spawn and handshake) unless one is running, so that
@@ -312,14 +323,20 @@ impl ProviderInner {
     }
 
     async fn start(&self, generation: u64) -> Result<Arc<Connection>, HostError> {
-        let binary = self.binary()?;
-        let (process, stream) = process::spawn(
-            &binary,
-            &self.config.runtime_args,
-            &self.config.log_filter,
-            self.config.connect_timeout,
-        )
-        .await?;
+        let prelaunched = code_mode_protocol::sync::lock(&self.prelaunched).take();
+        let (process, stream) = match prelaunched {
+            Some(runtime) => crate::prelaunch::adopt(runtime)?,
+            None => {
+                let binary = self.binary()?;
+                process::spawn(
+                    &binary,
+                    &self.config.runtime_args,
+                    &self.config.log_filter,
+                    self.config.connect_timeout,
+                )
+                .await?
+            }
+        };
         let liveness = self.config.liveness;
         Ok(Connection::establish(Box::new(process), stream, generation, liveness).await?)
     }

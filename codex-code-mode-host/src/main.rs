@@ -226,6 +226,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // First of all, while this process has one thread and little memory: the runtime.
+    let prelaunched = prelaunch(&cli);
+    let prelaunched = match prelaunched {
+        #[cfg(feature = "runtime")]
+        Prelaunch::Child(args) => return code_mode_bin::run(args),
+        Prelaunch::Parent(prelaunched) => prelaunched,
+    };
     // Before any thread or child exists: stdout is the protocol's alone from here on.
     let protocol_stdio = if listen.is_stdio() {
         match stdio::take_protocol_stdio() {
@@ -259,8 +266,13 @@ fn main() -> ExitCode {
         }
     };
     drop(startup);
+    let prelaunched = prelaunched.and_then(|forked| {
+        forked
+            .map_err(|error| tracing::warn!(%error, "no runtime forked at start; one is spawned"))
+            .ok()
+    });
     let result = runtime.block_on(tracing::Instrument::instrument(
-        run(cli, listen, protocol_stdio),
+        run(cli, listen, protocol_stdio, prelaunched),
         tracing::info_span!(parent: None, "code_mode_host.run_main"),
     ));
     // Sessions are closed; do not wait for tasks of a client that is gone.
@@ -315,6 +327,54 @@ fn telemetry(cli: &Cli) -> Result<Option<code_mode_trace::Telemetry>, code_mode_
     code_mode_trace::Telemetry::start(settings).map(Some)
 }
 
+/// What [`prelaunch`] made of this process.
+enum Prelaunch {
+    /// The front, with the runtime it forked (or why it did not), if it tried.
+    Parent(Option<Result<code_mode_host::Prelaunched, code_mode_host::ForkError>>),
+    /// The forked runtime: `code_mode_bin::run`'s arguments.
+    #[cfg(feature = "runtime")]
+    Child(Vec<std::ffi::OsString>),
+}
+
+/// Forks the local runtime from this process, first thing, when this executable carries
+/// it and is the runtime to use (see `code_mode_host::fork_runtime`): the runtime then
+/// skips the exec and load that a spawned one pays for on the cold start's path. The
+/// provider adopts the child at its first start; a later runtime is spawned.
+fn prelaunch(cli: &Cli) -> Prelaunch {
+    #[cfg(feature = "runtime")]
+    if cli.runtimes.is_empty() && !runtime_named(cli) {
+        let config = local_runtime(cli);
+        return match code_mode_host::fork_runtime() {
+            Ok(code_mode_host::Forked::Child(socket)) => {
+                // The descriptor is the child's for good: the runtime takes it by number.
+                let fd = std::os::fd::IntoRawFd::into_raw_fd(socket);
+                let program = std::ffi::OsString::from(code_mode_host::BINARY_NAME);
+                let args = std::iter::once(program)
+                    .chain(config.runtime_args.into_iter().skip(1))
+                    .chain([
+                        "--socket-fd".into(),
+                        fd.to_string().into(),
+                        "--log".into(),
+                        config.log_filter.into(),
+                    ])
+                    .collect();
+                Prelaunch::Child(args)
+            }
+            Ok(code_mode_host::Forked::Parent(runtime)) => Prelaunch::Parent(Some(Ok(runtime))),
+            Err(error) => Prelaunch::Parent(Some(Err(error))),
+        };
+    }
+    let _ = cli;
+    Prelaunch::Parent(None)
+}
+
+/// Whether `--runtime` or `$CODE_MODE_BIN` names the runtime binary.
+#[cfg(feature = "runtime")]
+fn runtime_named(cli: &Cli) -> bool {
+    cli.runtime.is_some()
+        || std::env::var_os(code_mode_host::BINARY_ENV).is_some_and(|value| !value.is_empty())
+}
+
 /// The local runtime: the binary `--runtime` or `$CODE_MODE_BIN` names, else this very
 /// executable in its runtime mode (it carries the runtime), else `code-mode-bin` found
 /// beside it or on PATH. It is looked for at every start, not once: a front whose runtime
@@ -326,9 +386,9 @@ fn local_runtime(cli: &Cli) -> ProcessConfig {
         .unwrap_or_default();
     #[cfg(feature = "runtime")]
     {
-        let named = cli.runtime.is_some()
-            || std::env::var_os(code_mode_host::BINARY_ENV).is_some_and(|value| !value.is_empty());
-        if !named && let Ok(this) = std::env::current_exe() {
+        if !runtime_named(cli)
+            && let Ok(this) = std::env::current_exe()
+        {
             return ProcessConfig {
                 binary: Some(this),
                 // Its cells all have the Codex surface: the isolates it prepares ahead
@@ -374,11 +434,19 @@ fn snapshot_cache(cli: &Cli) -> Option<PathBuf> {
 /// Where cells run: the remote runtimes of `--runtimes`, else a local runtime process.
 /// `generations_before`: the runtime generation an earlier process of the kept sessions
 /// reached.
-fn runtimes(cli: &Cli, generations_before: u64) -> Result<Runtimes, String> {
+fn runtimes(
+    cli: &Cli,
+    generations_before: u64,
+    prelaunched: Option<code_mode_host::Prelaunched>,
+) -> Result<Runtimes, String> {
     if cli.runtimes.is_empty() {
         let mut config = local_runtime(cli);
         config.generations_before = generations_before;
-        return Ok(Runtimes::Local(ProcessProvider::deferred(config)));
+        let provider = ProcessProvider::deferred(config);
+        if let Some(runtime) = prelaunched {
+            provider.adopt(runtime);
+        }
+        return Ok(Runtimes::Local(provider));
     }
     let endpoints: Vec<String> = cli
         .runtimes
@@ -413,6 +481,7 @@ async fn run(
     cli: Cli,
     listen: Listen,
     protocol_stdio: Option<stdio::ProtocolStdio>,
+    prelaunched: Option<code_mode_host::Prelaunched>,
 ) -> Result<(), String> {
     let state = match (&cli.state_dir, &listen) {
         (None, _) => None,
@@ -427,7 +496,7 @@ async fn run(
         }
     };
     let generations = state.as_ref().map_or(0, |state| state.generations_before());
-    let provider = runtimes(&cli, generations)?;
+    let provider = runtimes(&cli, generations, prelaunched)?;
     let mut settings = codex_code_mode_host::front::Settings::new(provider.clone());
     settings.state = state;
     settings.limits.cpu_budget_ms = cli.cpu_budget_ms;

@@ -77,9 +77,62 @@ impl Host {
         }
     }
 
+    /// Spawns the runtime with its socket already connected, as descriptor 3
+    /// (`--socket-fd`), as a host that forks its runtime hands it over.
+    fn start_inherited() -> Self {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt as _;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        let inherited = theirs.as_raw_fd();
+        let mut command = std::process::Command::new(BIN);
+        command
+            .args(["--socket-fd", "3", "--log", "info"])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: between fork and exec, only dup2(2) and fcntl(2), which are
+        // async-signal-safe, on a descriptor the child inherited.
+        unsafe {
+            command.pre_exec(move || {
+                let placed = if inherited == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(inherited, 3)
+                };
+                if placed < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn code-mode-bin");
+        drop(theirs);
+        ours.set_nonblocking(true).expect("non-blocking");
+        let stream =
+            interprocess::os::unix::uds_local_socket::tokio::Stream::try_from(OwnedFd::from(ours))
+                .map(Stream::from)
+                .expect("adopt the socket");
+        Self {
+            child,
+            framed: Framed::new(stream, FrameCodec::new()),
+            backlog: VecDeque::new(),
+            holding: std::collections::HashSet::new(),
+            _dir: Scratch::new(),
+        }
+    }
+
     /// Spawns the runtime and completes the handshake.
     async fn ready() -> Self {
-        let mut host = Self::start().await;
+        Self::start().await.handshake().await
+    }
+
+    /// Says hello and checks the runtime's Ready (sandboxed).
+    async fn handshake(self) -> Self {
+        let mut host = self;
         host.send(ClientMessage::Hello(ClientHello::current("serve test")))
             .await;
         match host.next().await {
@@ -801,6 +854,67 @@ async fn the_command_line_is_checked() {
         "{}",
         String::from_utf8_lossy(&nowhere.stderr)
     );
+}
+
+#[tokio::test]
+async fn a_socket_handed_over_as_a_descriptor_is_served_and_anything_else_is_refused() {
+    let mut host = Host::start_inherited().handshake().await;
+    host.open_session(1, SessionId(1)).await;
+    host.request(
+        2,
+        Request::Session {
+            session: SessionId(1),
+            call: SessionCall::Execute(ExecRequest::new(r#"text("over fd " + (6 * 7));"#)).into(),
+        },
+    )
+    .await;
+    let finished = host
+        .next_matching(|m| {
+            matches!(
+                m,
+                ServerMessage::Response {
+                    id: RequestId(2),
+                    ..
+                }
+            )
+        })
+        .await;
+    assert!(
+        format!("{finished:?}").contains("over fd 42"),
+        "{finished:?}"
+    );
+
+    // A descriptor that is no socket, or none at all, is a usage error said plainly.
+    let not_a_socket = Command::new(BIN)
+        .args(["--socket-fd", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(not_a_socket.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&not_a_socket.stderr).contains("--socket-fd 0: not a socket"),
+        "{}",
+        String::from_utf8_lossy(&not_a_socket.stderr)
+    );
+    let closed = Command::new(BIN)
+        .args(["--socket-fd", "97"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(closed.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&closed.stderr).contains("--socket-fd 97: Bad file descriptor"),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+    let both = Command::new(BIN)
+        .args(["--socket-fd", "3", "--socket", "/x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
 }
 
 #[tokio::test]

@@ -358,9 +358,10 @@ impl Drop for CellHandle {
 /// again.
 pub fn prewarm() {
     crate::platform::init_v8();
+    // The pool first: a cold start's first cell waits for its first isolate.
+    pool::start();
     snapshot::start_making();
     watchdog::start();
-    pool::start();
 }
 
 /// [`prewarm`] for a process whose sessions have `surface`: the cell threads prepared

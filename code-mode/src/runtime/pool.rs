@@ -169,6 +169,11 @@ fn nanos_since_epoch() -> u64 {
 /// Starts the keeper, which fills the pool to [`POOL_SIZE`] prepared threads. Cheap to
 /// call again.
 pub(crate) fn start() {
+    // The first thread is started from here rather than by the keeper: one thread start
+    // fewer before the first isolate is prepared.
+    if KEEPER.get().is_none() {
+        top_up_to(1);
+    }
     keeper();
 }
 

@@ -328,26 +328,28 @@ fn header(output: &[String]) -> String {
         .unwrap_or_default()
 }
 
-/// Kills the runtime processes under `root`: our host installed there, started in its
-/// runtime mode (one file: the runtime is the host's own executable).
+/// Kills the runtime processes under `root`: our host installed there, whose runtimes are
+/// processes of the host's own executable started by a host (one file: the first is
+/// forked from the host, a later one spawned from it in its runtime mode).
 fn kill_runtimes_under(root: &Path) -> usize {
     // `/proc/PID/exe` names the file with every symbolic link resolved.
     let host = root.join("pkg/codex-resources/codex-code-mode-host");
     let host = std::fs::canonicalize(&host).unwrap_or(host);
+    let is_host =
+        |pid: &str| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == host);
     let mut killed = 0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let runtime_mode = cmdline
-            .split(|byte| *byte == 0)
-            .nth(1)
-            .is_some_and(|arg| arg == b"__code-mode-runtime");
-        if exe == host && runtime_mode {
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let parent = status
+            .lines()
+            .find_map(|line| line.strip_prefix("PPid:"))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        if is_host(&pid.to_string()) && is_host(&parent) {
             // SAFETY: kill(2) on a runtime process this test's codex started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             killed += 1;

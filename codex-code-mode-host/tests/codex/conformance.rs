@@ -580,6 +580,76 @@ async fn a_killed_runtime_rebuilds_its_running_cell_and_keeps_every_stored_value
     assert_ne!(runtime_pid(&host).await, pid, "a fresh runtime");
 }
 
+/// A process's field from `/proc/PID/status` (`PPid`, `State`), if it still exists.
+fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        line.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(|value| value.trim().to_owned())
+    })
+}
+
+/// The first runtime is forked from the front (one file, no exec on the cold start's
+/// path), so it must be cleaned as a spawned one is: none of the front's environment,
+/// whether in its table or in its memory (codex's environment holds credentials); neither
+/// of the protocol's standard streams; and it dies with a front that is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_forked_runtime_keeps_no_environment_no_stdio_and_dies_with_its_front() {
+    const SECRET: &str = "forked-runtime-secret-4e1d9b";
+    let mut command = tokio::process::Command::new(our_host());
+    command
+        .args(["--listen", "grpc+stdio://"])
+        .env("CODE_MODE_TEST_SECRET", SECRET)
+        .stderr(std::process::Stdio::null());
+    let host = codex_code_mode_host::client::StdioHost::spawn(command)
+        .await
+        .expect("spawn");
+    let mut driver = open(&host, 2).await;
+    let outcome = driver
+        .run(exec_request(r#"text("up");"#))
+        .await
+        .expect("an exec");
+    assert!(status_of(&outcome).contains("up"));
+    let runtime = runtime_pid(&host).await;
+    let front = i32::try_from(host.pid().expect("a pid")).expect("a pid");
+    // Forked: a child of the front, of the same executable, never started again.
+    assert_eq!(
+        proc_status(runtime, "PPid"),
+        Some(front.to_string()),
+        "the runtime is the front's child"
+    );
+    let contains = |bytes: &[u8]| bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
+    // The front has the variable where the kernel put it; the runtime's copy of that
+    // memory holds none of it.
+    let front_environ = std::fs::read(format!("/proc/{front}/environ")).expect("front environ");
+    assert!(
+        contains(&front_environ),
+        "the probe sees the front's variable"
+    );
+    let runtime_environ =
+        std::fs::read(format!("/proc/{runtime}/environ")).expect("runtime environ");
+    assert!(
+        !contains(&runtime_environ),
+        "the runtime's environment memory still holds the front's variable"
+    );
+    for fd in [0, 1] {
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{runtime}/fd/{fd}")).expect("a descriptor"),
+            std::path::PathBuf::from("/dev/null"),
+            "descriptor {fd} of the runtime"
+        );
+    }
+    // SAFETY: kill(2) on the front process this test started.
+    assert_eq!(unsafe { libc::kill(front, libc::SIGKILL) }, 0);
+    assert!(
+        eventually(10, || proc_status(runtime, "State")
+            .is_none_or(|state| state.starts_with('Z')))
+        .await,
+        "the runtime {runtime} died with its front"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_heap_bomb_fails_its_cell_and_a_bystander_keeps_working() {
     let host = spawn(&our_host(), &[]).await;

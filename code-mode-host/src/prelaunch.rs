@@ -1,0 +1,356 @@
+//! A runtime forked from this very process as it starts, for an executable that carries
+//! the runtime (the Codex front's one file).
+//!
+//! Started with `posix_spawn`, a runtime first pays for an exec and the load of a
+//! 200 MiB executable: on a cold start that is the longest step before the first cell can
+//! run, and it comes after the front's own load of the same file. A fork of the front made
+//! first thing in `main`, while it has one thread and has touched few pages, starts the
+//! runtime with all of that done: the child goes straight to V8.
+//!
+//! The child is cleaned as the spawned one would be: descriptors 0 and 1 on `/dev/null`,
+//! 2 on a pipe the provider forwards to `tracing`, the connected socket on 3 and nothing
+//! else open; a process group of its own; a parent-death signal; and the environment
+//! wiped, its bytes overwritten (a spawned runtime gets a cleared environment, and a
+//! forked one must not keep the front's, which may hold credentials, in its memory). It
+//! then sandboxes itself as every runtime does. It shares the front's address-space
+//! layout (a fork is not a fresh exec), which a spawned runtime would not.
+//!
+//! Only the first runtime is forked; a runtime that replaces it is spawned as usual.
+
+use crate::process::{self, RuntimeProcess, SpawnError};
+use interprocess::local_socket::tokio::Stream;
+use interprocess::os::unix::uds_local_socket::tokio::Stream as UdsStream;
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// The descriptor the forked runtime finds its connected socket on.
+pub const SOCKET_FD: RawFd = 3;
+
+/// A runtime process this process forked from itself, waiting to be adopted by a
+/// [`crate::ProcessProvider`] ([`crate::ProcessProvider::adopt`]). Dropped unadopted, it
+/// is killed and reaped.
+#[derive(Debug)]
+pub struct Prelaunched {
+    pid: libc::pid_t,
+    socket: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+impl Prelaunched {
+    /// The forked runtime's process id.
+    pub fn pid(&self) -> u32 {
+        u32::try_from(self.pid).unwrap_or(0)
+    }
+}
+
+impl Drop for Prelaunched {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            // SAFETY: kill(2) and waitpid(2) on our own unreaped child: its pid cannot
+            // have been reused while it is unreaped.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+/// Each side of [`fork_runtime`].
+#[derive(Debug)]
+pub enum Forked {
+    /// In this process: the runtime, for [`crate::ProcessProvider::adopt`].
+    Parent(Prelaunched),
+    /// In the new process: the socket connected to the parent (descriptor
+    /// [`SOCKET_FD`]). The caller becomes the runtime now (`code_mode_bin::run` with
+    /// `--socket-fd 3`) and returns from `main` when it is done.
+    Child(OwnedFd),
+}
+
+/// Why no runtime was forked.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    #[error("this process has {0} threads; a runtime is forked only from a process that has one")]
+    Threads(usize),
+    #[error("cannot count this process's threads: {0}")]
+    Unknown(io::Error),
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> ForkError {
+    move |source| ForkError::Io { what, source }
+}
+
+/// Forks a runtime from this process (see the module docs). Refuses unless this process
+/// has exactly one thread, the caller's (a fork copies only the calling thread, and a lock
+/// held by another one would stay locked in the child for good): call it first thing in
+/// `main`, before anything starts a thread.
+pub fn fork_runtime() -> Result<Forked, ForkError> {
+    let threads = thread_count().map_err(ForkError::Unknown)?;
+    if threads != 1 {
+        return Err(ForkError::Threads(threads));
+    }
+    let (ours, theirs) = socket_pair().map_err(io_error("make the runtime's socket pair"))?;
+    let (stderr_read, stderr_write) = pipe().map_err(io_error("make the runtime's stderr"))?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(io_error("open /dev/null"))?;
+    // SAFETY: getpid(2) has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: this process has one thread (checked above, and only that thread could have
+    // started another since), so the child is a whole copy of it: no lock is held by a
+    // thread that does not exist there.
+    match unsafe { libc::fork() } {
+        -1 => Err(ForkError::Io {
+            what: "fork",
+            source: io::Error::last_os_error(),
+        }),
+        0 => {
+            // The child: every descriptor is placed by number, then all others closed,
+            // so none of these may be closed again by a drop.
+            let theirs = theirs.into_raw_fd();
+            let stderr_write = stderr_write.into_raw_fd();
+            let null = null.into_raw_fd();
+            let _ = (ours.into_raw_fd(), stderr_read.into_raw_fd());
+            become_runtime(parent, theirs, stderr_write, null);
+            // SAFETY: `become_runtime` left the socket on SOCKET_FD and closed every
+            // other descriptor above 2; nothing else owns it.
+            Ok(Forked::Child(unsafe { OwnedFd::from_raw_fd(SOCKET_FD) }))
+        }
+        pid => {
+            drop((theirs, stderr_write, null));
+            Ok(Forked::Parent(Prelaunched {
+                pid,
+                socket: Some(ours),
+                stderr: Some(stderr_read),
+            }))
+        }
+    }
+}
+
+/// In the forked child: the descriptors, process group, parent-death signal, name and
+/// environment of a runtime. Exits at once if the parent is already gone.
+fn become_runtime(parent: libc::pid_t, socket: RawFd, stderr: RawFd, null: RawFd) {
+    // SAFETY: plain system calls on this process and on descriptors it holds (the child
+    // has one thread; each number below is open or is the target of a dup).
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        // Ctrl-C at the agent core's terminal is not the runtime's (as for a spawned one).
+        libc::setpgid(0, 0);
+        // Above the numbers they go to first: a parent started with a standard descriptor
+        // closed could have been given one of them.
+        let [socket, stderr, null] =
+            [socket, stderr, null].map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10));
+        if socket < 0 || stderr < 0 || null < 0 {
+            libc::_exit(1);
+        }
+        libc::dup2(null, 0);
+        libc::dup2(null, 1);
+        libc::dup2(stderr, 2);
+        libc::dup3(socket, SOCKET_FD, libc::O_CLOEXEC);
+        close_from(SOCKET_FD + 1);
+        libc::prctl(libc::PR_SET_NAME, c"code-mode-rt".as_ptr(), 0, 0, 0);
+    }
+    wipe_environment();
+}
+
+/// Closes every descriptor from `first` up.
+fn close_from(first: RawFd) {
+    let first = u32::try_from(first).unwrap_or(0);
+    // SAFETY: close_range(2) on descriptors of this single-threaded child, none of which
+    // is owned by a live Rust value.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    if closed == 0 {
+        return;
+    }
+    // Kernels before 5.9: close each possible descriptor.
+    // SAFETY: sysconf(3) has no preconditions.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let max = i32::try_from(max).unwrap_or(i32::MAX).clamp(1024, 1 << 20);
+    for fd in i32::try_from(first).unwrap_or(i32::MAX)..max {
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Overwrites the bytes of every environment string with zeros, then clears the
+/// environment: no variable of the front's, in value or in memory.
+fn wipe_environment() {
+    unsafe extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    // SAFETY: the child has one thread, so nothing reads or changes the environment
+    // meanwhile; each entry is a NUL-terminated string of the process, written over
+    // within its length, and the table is then emptied by clearenv(3).
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let string = *entry;
+            let length = libc::strlen(string);
+            for offset in 0..length {
+                std::ptr::write_volatile(string.add(offset), 0);
+            }
+            entry = entry.add(1);
+        }
+        libc::clearenv();
+    }
+}
+
+fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no thread count in /proc/self/status"))
+}
+
+fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair(2) writes two descriptors into `fds`.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2(2) writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Takes `prelaunched` under supervision (in a tokio runtime): its stderr forwarded, its
+/// exit watched, its socket as the connection's stream.
+pub(crate) fn adopt(mut prelaunched: Prelaunched) -> Result<(RuntimeProcess, Stream), SpawnError> {
+    let pid = std::mem::replace(&mut prelaunched.pid, 0);
+    let (Some(socket), Some(stderr)) = (prelaunched.socket.take(), prelaunched.stderr.take())
+    else {
+        return Err(SpawnError::Adopt(io::Error::other(
+            "the forked runtime was already adopted",
+        )));
+    };
+    let reaped = Arc::new(Mutex::new(false));
+    let status = reap_on_thread(pid, Arc::clone(&reaped)).map_err(SpawnError::Adopt)?;
+    let process = process::supervise(
+        u32::try_from(pid).unwrap_or(0),
+        ForkedChild {
+            pid,
+            status: Some(status),
+            reaped,
+        },
+    );
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(stderr) {
+        Ok(stderr) => {
+            tokio::spawn(process::forward_stderr(stderr, process.pid()));
+        }
+        Err(error) => tracing::warn!(%error, "the forked runtime's stderr is not forwarded"),
+    }
+    let socket = std::os::unix::net::UnixStream::from(socket);
+    let stream = socket
+        .set_nonblocking(true)
+        .and_then(|()| UdsStream::try_from(OwnedFd::from(socket)))
+        .map(Stream::from)
+        .map_err(SpawnError::Adopt)?;
+    Ok((process, stream))
+}
+
+/// Waits for the child on a thread of its own: first without reaping it, then marks it
+/// reaped and reaps it under `reaped`'s lock, so that a kill under the same lock never
+/// reaches a pid the kernel has given to another process.
+fn reap_on_thread(
+    pid: libc::pid_t,
+    reaped: Arc<Mutex<bool>>,
+) -> io::Result<oneshot::Receiver<io::Result<ExitStatus>>> {
+    let (status_tx, status) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("code-mode-reaper".to_owned())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let waited = loop {
+                // SAFETY: waitid(2) on our own child, into a zeroed siginfo it owns.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: as above; WNOWAIT leaves it unreaped.
+                let result = unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        libc::id_t::try_from(pid).unwrap_or(0),
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                let error = io::Error::last_os_error();
+                if result == 0 || error.kind() != io::ErrorKind::Interrupted {
+                    break if result == 0 { Ok(()) } else { Err(error) };
+                }
+            };
+            let status = waited.and_then(|()| {
+                let mut done = code_mode_protocol::sync::lock(&reaped);
+                *done = true;
+                let mut status = 0;
+                // SAFETY: waitpid(2) on our own exited child, into a local.
+                if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+                    Ok(ExitStatus::from_raw(status))
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+            let _ = status_tx.send(status);
+        })?;
+    Ok(status)
+}
+
+/// The forked runtime, for the supervisor.
+struct ForkedChild {
+    pid: libc::pid_t,
+    status: Option<oneshot::Receiver<io::Result<ExitStatus>>>,
+    reaped: Arc<Mutex<bool>>,
+}
+
+impl process::Child for ForkedChild {
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        let Some(status) = self.status.as_mut() else {
+            return Err(io::Error::other("already waited for"));
+        };
+        let outcome = status
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the reaper thread stopped")));
+        self.status = None;
+        outcome
+    }
+
+    fn start_kill(&mut self) {
+        let reaped = code_mode_protocol::sync::lock(&self.reaped);
+        if !*reaped {
+            // SAFETY: kill(2) on our child, which is not reaped while this lock is held.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
