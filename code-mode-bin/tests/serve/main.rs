@@ -885,36 +885,28 @@ async fn a_socket_handed_over_as_a_descriptor_is_served_and_anything_else_is_ref
     );
 
     // A descriptor that is no socket, or none at all, is a usage error said plainly.
-    let not_a_socket = Command::new(BIN)
-        .args(["--socket-fd", "0"])
+    let stderr = usage_error(&["--socket-fd", "0"]).await;
+    assert!(stderr.contains("--socket-fd 0: not a socket"), "{stderr}");
+    let stderr = usage_error(&["--socket-fd", "97"]).await;
+    assert!(
+        stderr.contains("--socket-fd 97: Bad file descriptor"),
+        "{stderr}"
+    );
+    let stderr = usage_error(&["--socket-fd", "3", "--socket", "/x"]).await;
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+/// Runs the binary with `args` (stdin on /dev/null), checks that it refused them as a
+/// usage error (exit 2), and returns what it said on stderr.
+async fn usage_error(args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .await
         .unwrap();
-    assert_eq!(not_a_socket.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&not_a_socket.stderr).contains("--socket-fd 0: not a socket"),
-        "{}",
-        String::from_utf8_lossy(&not_a_socket.stderr)
-    );
-    let closed = Command::new(BIN)
-        .args(["--socket-fd", "97"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(closed.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&closed.stderr).contains("--socket-fd 97: Bad file descriptor"),
-        "{}",
-        String::from_utf8_lossy(&closed.stderr)
-    );
-    let both = Command::new(BIN)
-        .args(["--socket-fd", "3", "--socket", "/x"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(both.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+    assert_eq!(output.status.code(), Some(2), "{args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[tokio::test]
