@@ -10,6 +10,12 @@
 //! written whole under a name of its own, then renamed into place: two processes starting
 //! at once each write theirs, and either one wins, whole.
 //!
+//! Files do not pile up as builds come and go: a read marks its file used (its
+//! modification time, at most once a day), and a write, which is the first start of a
+//! build, removes the cache files (and writers' leftover temporaries) that no start has
+//! used for [`UNUSED_FOR`]. Only names of this module's own making are ever removed, so a
+//! directory shared with other files loses none of them.
+//!
 //! Everything here happens before the runtime's sandbox forbids file access:
 //! [`load_or_make`] is called once, at start.
 
@@ -17,9 +23,20 @@ use sha2::{Digest, Sha256};
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// The first bytes of a cache file.
 const MAGIC: &[u8; 8] = b"CMSNAP01";
+
+/// How long a cache file no start has used is kept.
+const UNUSED_FOR: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// How long a writer's temporary file may be left before it is taken for a crashed
+/// writer's.
+const TEMPORARY_FOR: Duration = Duration::from_secs(60 * 60);
+
+/// How often a used file's modification time is brought up to date.
+const MARK_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The header: magic, key, length (u64, little-endian), the blob's SHA-256.
 const HEADER_LEN: usize = 8 + 32 + 8 + 32;
@@ -117,7 +134,10 @@ pub(crate) fn read(dir: &Path, key: &Key) -> Option<Vec<u8>> {
         }
     };
     match decode(key, file) {
-        Ok(blob) => Some(blob),
+        Ok(blob) => {
+            mark_used(&path);
+            Some(blob)
+        }
         Err(rejected) => {
             tracing::warn!(path = %path.display(), %rejected, "startup snapshot cache ignored; making the snapshot again");
             None
@@ -145,7 +165,83 @@ pub(crate) fn write(dir: &Path, key: &Key, blob: &[u8]) -> std::io::Result<()> {
     if written.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
+    prune(dir, &path);
     written
+}
+
+/// How long ago `path` was last modified, if it can be told.
+fn age(path: &Path) -> Option<Duration> {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    SystemTime::now().duration_since(modified).ok()
+}
+
+/// Brings the modification time of a file just read up to date, when it is older than
+/// [`MARK_EVERY`]: it is in use, and [`prune`] keeps it.
+fn mark_used(path: &Path) {
+    if age(path).is_some_and(|age| age > MARK_EVERY) {
+        let marked = std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_modified(SystemTime::now()));
+        if let Err(error) = marked {
+            tracing::debug!(path = %path.display(), %error, "cannot mark the snapshot cache file used");
+        }
+    }
+}
+
+/// Removes from `dir` the cache files no start has used for [`UNUSED_FOR`], and writers'
+/// temporaries older than [`TEMPORARY_FOR`], except `keep`. Names this module does not
+/// make are left alone.
+fn prune(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let patience = if is_cache_name(name) {
+            UNUSED_FOR
+        } else if is_temporary_name(name) {
+            TEMPORARY_FOR
+        } else {
+            continue;
+        };
+        if path != keep && age(&path).is_some_and(|age| age > patience) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "an unused startup snapshot cache file removed")
+                }
+                Err(error) => {
+                    tracing::debug!(path = %path.display(), %error, "cannot remove an unused snapshot cache file")
+                }
+            }
+        }
+    }
+}
+
+/// `<64 hex digits>.snapshot`, as [`path`] names a cache file.
+fn is_cache_name(name: &str) -> bool {
+    name.strip_suffix(".snapshot").is_some_and(|stem| {
+        stem.len() == 64
+            && stem
+                .bytes()
+                .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// `.<pid>.<nanoseconds>.tmp`, as [`write`] names its temporary file.
+fn is_temporary_name(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|rest| rest.strip_suffix(".tmp"))
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(pid, nanos)| {
+            [pid, nanos]
+                .iter()
+                .all(|part| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit()))
+        })
 }
 
 #[cfg(test)]
@@ -192,6 +288,59 @@ mod tests {
         assert_eq!(names.len(), 1, "{names:?}");
         std::fs::write(path(&dir, &KEY), b"garbage").unwrap();
         assert_eq!(read(&dir, &KEY), None, "a corrupt file is not trusted");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Sets `path`'s modification time `days` back.
+    fn backdate(path: &Path, days: u64) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(days * 24 * 60 * 60))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_write_removes_only_cache_files_no_start_used_for_a_month() {
+        let dir =
+            std::env::temp_dir().join(format!("code-mode-snapshot-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (old, used, recent, new) = ([1; 32], [2; 32], [3; 32], [4; 32]);
+        for key in [&old, &used, &recent] {
+            write(&dir, key, b"blob").expect("write");
+        }
+        backdate(&path(&dir, &old), 40);
+        backdate(&path(&dir, &used), 40);
+        // Read at a start: in use again.
+        assert!(read(&dir, &used).is_some());
+        // A crashed writer's leftover, and files that are not the cache's, however old.
+        let leftover = dir.join(".123.456.tmp");
+        let strangers = [dir.join("notes.snapshot"), dir.join("keep.txt")];
+        for file in strangers.iter().chain([&leftover]) {
+            std::fs::write(file, b"x").unwrap();
+            backdate(file, 400);
+        }
+        write(&dir, &new, b"blob").expect("write");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut expected: Vec<String> = [&new, &recent, &used]
+            .iter()
+            .map(|key| {
+                path(&dir, key)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .chain(["keep.txt".to_owned(), "notes.snapshot".to_owned()])
+            .collect();
+        expected.sort();
+        assert_eq!(names, expected);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
