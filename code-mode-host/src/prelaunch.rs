@@ -98,8 +98,13 @@ pub fn fork_runtime() -> Result<Forked, ForkError> {
     if threads != 1 {
         return Err(ForkError::Threads(threads));
     }
-    let (ours, theirs) = socket_pair().map_err(io_error("make the runtime's socket pair"))?;
-    let (stderr_read, stderr_write) = pipe().map_err(io_error("make the runtime's stderr"))?;
+    // Both close on exec; the child places its ends by number.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map(|(ours, theirs)| (OwnedFd::from(ours), OwnedFd::from(theirs)))
+        .map_err(io_error("make the runtime's socket pair"))?;
+    let (stderr_read, stderr_write) = io::pipe()
+        .map(|(read, write)| (OwnedFd::from(read), OwnedFd::from(write)))
+        .map_err(io_error("make the runtime's stderr"))?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -217,34 +222,6 @@ fn thread_count() -> io::Result<usize> {
         .find_map(|line| line.strip_prefix("Threads:"))
         .and_then(|count| count.trim().parse().ok())
         .ok_or_else(|| io::Error::other("no thread count in /proc/self/status"))
-}
-
-fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair(2) writes two descriptors into `fds`.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are fresh descriptors owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2(2) writes two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are fresh descriptors owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Takes `prelaunched` under supervision (in a tokio runtime): its stderr forwarded, its

@@ -227,8 +227,8 @@ fn main() -> ExitCode {
         }
     };
     // First of all, while this process has one thread and little memory: the runtime.
-    let prelaunched = prelaunch(&cli);
-    let prelaunched = match prelaunched {
+    let local = cli.runtimes.is_empty().then(|| local_runtime(&cli));
+    let prelaunched = match prelaunch(local.as_ref()) {
         #[cfg(feature = "runtime")]
         Prelaunch::Child(args) => return code_mode_bin::run(args),
         Prelaunch::Parent(prelaunched) => prelaunched,
@@ -266,13 +266,18 @@ fn main() -> ExitCode {
         }
     };
     drop(startup);
-    let prelaunched = prelaunched.and_then(|forked| {
-        forked
-            .map_err(|error| tracing::warn!(%error, "no runtime forked at start; one is spawned"))
-            .ok()
+    let local = local.map(|config| LocalRuntime {
+        config,
+        prelaunched: prelaunched.and_then(|forked| {
+            forked
+                .map_err(
+                    |error| tracing::warn!(%error, "no runtime forked at start; one is spawned"),
+                )
+                .ok()
+        }),
     });
     let result = runtime.block_on(tracing::Instrument::instrument(
-        run(cli, listen, protocol_stdio, prelaunched),
+        run(cli, listen, protocol_stdio, local),
         tracing::info_span!(parent: None, "code_mode_host.run_main"),
     ));
     // Sessions are closed; do not wait for tasks of a client that is gone.
@@ -336,26 +341,37 @@ enum Prelaunch {
     Child(Vec<std::ffi::OsString>),
 }
 
-/// Forks the local runtime from this process, first thing, when this executable carries
-/// it and is the runtime to use (see `code_mode_host::fork_runtime`): the runtime then
-/// skips the exec and load that a spawned one pays for on the cold start's path. The
-/// provider adopts the child at its first start; a later runtime is spawned.
-fn prelaunch(cli: &Cli) -> Prelaunch {
+/// The local runtime's configuration, and the runtime forked at start, if one was.
+struct LocalRuntime {
+    config: ProcessConfig,
+    prelaunched: Option<code_mode_host::Prelaunched>,
+}
+
+/// Forks the local runtime (`config`, if cells run on one) from this process, first
+/// thing, when it is this executable in its runtime mode (see
+/// `code_mode_host::fork_runtime`): the runtime then skips the exec and load that a
+/// spawned one pays for on the cold start's path. The provider adopts the child at its
+/// first start; a later runtime is spawned.
+fn prelaunch(config: Option<&ProcessConfig>) -> Prelaunch {
     #[cfg(feature = "runtime")]
-    if cli.runtimes.is_empty() && !runtime_named(cli) {
-        let config = local_runtime(cli);
+    if let Some(config) = config
+        && config
+            .runtime_args
+            .first()
+            .is_some_and(|arg| arg == RUNTIME_MODE)
+    {
         return match code_mode_host::fork_runtime() {
             Ok(code_mode_host::Forked::Child(socket)) => {
                 // The descriptor is the child's for good: the runtime takes it by number.
                 let fd = std::os::fd::IntoRawFd::into_raw_fd(socket);
                 let program = std::ffi::OsString::from(code_mode_host::BINARY_NAME);
                 let args = std::iter::once(program)
-                    .chain(config.runtime_args.into_iter().skip(1))
+                    .chain(config.runtime_args.iter().skip(1).cloned())
                     .chain([
                         "--socket-fd".into(),
                         fd.to_string().into(),
                         "--log".into(),
-                        config.log_filter.into(),
+                        config.log_filter.clone().into(),
                     ])
                     .collect();
                 Prelaunch::Child(args)
@@ -364,7 +380,7 @@ fn prelaunch(cli: &Cli) -> Prelaunch {
             Err(error) => Prelaunch::Parent(Some(Err(error))),
         };
     }
-    let _ = cli;
+    let _ = config;
     Prelaunch::Parent(None)
 }
 
@@ -437,10 +453,13 @@ fn snapshot_cache(cli: &Cli) -> Option<PathBuf> {
 fn runtimes(
     cli: &Cli,
     generations_before: u64,
-    prelaunched: Option<code_mode_host::Prelaunched>,
+    local: Option<LocalRuntime>,
 ) -> Result<Runtimes, String> {
-    if cli.runtimes.is_empty() {
-        let mut config = local_runtime(cli);
+    if let Some(LocalRuntime {
+        mut config,
+        prelaunched,
+    }) = local
+    {
         config.generations_before = generations_before;
         let provider = ProcessProvider::deferred(config);
         if let Some(runtime) = prelaunched {
@@ -481,7 +500,7 @@ async fn run(
     cli: Cli,
     listen: Listen,
     protocol_stdio: Option<stdio::ProtocolStdio>,
-    prelaunched: Option<code_mode_host::Prelaunched>,
+    local: Option<LocalRuntime>,
 ) -> Result<(), String> {
     let state = match (&cli.state_dir, &listen) {
         (None, _) => None,
@@ -496,7 +515,7 @@ async fn run(
         }
     };
     let generations = state.as_ref().map_or(0, |state| state.generations_before());
-    let provider = runtimes(&cli, generations, prelaunched)?;
+    let provider = runtimes(&cli, generations, local)?;
     let mut settings = codex_code_mode_host::front::Settings::new(provider.clone());
     settings.state = state;
     settings.limits.cpu_budget_ms = cli.cpu_budget_ms;
