@@ -1,7 +1,9 @@
 //! `--listen`: the runtime serves hosts over TCP, with mutual TLS (or plaintext on
-//! loopback with `--insecure-loopback`). Each accepted connection gets the TLS handshake
-//! (bounded in time), then the wire protocol's handshake, then its own sessions; a
-//! connection that fails either step is refused and logged, and the others carry on.
+//! loopback with `--insecure-loopback`). Connections come in through the workspace's one
+//! door (`code_mode_tls::gate`: accept errors backed off, a connection cap, the opening
+//! bounded in time); each gets the TLS handshake, then the wire protocol's handshake, then
+//! its own sessions; a connection that fails either step is refused and logged, and the
+//! others carry on.
 //!
 //! Drain: on SIGTERM or SIGINT the runtime stops accepting, marks itself not ready, tells
 //! every host it is draining (no new sessions), lets running cells finish until the drain
@@ -10,14 +12,12 @@
 
 use crate::connection::{self, ServeSettings};
 use crate::metrics::METRICS;
+use code_mode_tls::gate::{self, Gate};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
-
-/// How long a connection gets to complete its TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long connections get to close after the drain deadline stopped them.
 const STOP_PATIENCE: Duration = Duration::from_secs(5);
@@ -37,35 +37,20 @@ pub async fn run(listener: TcpListener, settings: ListenSettings) {
     let drain = settings.serve.drain.clone();
     let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let connections = TaskTracker::new();
+    let gate = Gate::new("runtime", settings.max_connections);
     loop {
-        let accepted = tokio::select! {
+        let admitted = tokio::select! {
             biased;
             () = drain.started() => break,
-            accepted = listener.accept() => accepted,
+            admitted = gate.accept(&listener) => admitted,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // E.g. out of file descriptors: wait instead of spinning.
-                tracing::warn!("accepting a connection failed: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if connections.len() >= settings.max_connections {
-            tracing::warn!(
-                %peer,
-                max = settings.max_connections,
-                "connection refused: the runtime serves its maximum of connections"
-            );
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let serve = settings.serve.clone();
         connections.spawn(async move {
             METRICS.connection_opened();
+            let gate::Admitted { stream, peer, slot } = admitted;
             serve_one(stream, peer, acceptor, serve).await;
+            drop(slot);
             METRICS.connection_closed();
         });
     }
@@ -80,21 +65,15 @@ async fn serve_one(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     settings: ServeSettings,
 ) {
+    if !gate::first_byte(&stream, peer).await {
+        return;
+    }
     let outcome = match acceptor {
         None => connection::serve(stream, settings).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Err(_) => {
-                    tracing::warn!(%peer, "connection refused: no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}");
-                    return;
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(%peer, "connection refused: TLS handshake failed: {error}");
-                    return;
-                }
-                Ok(Ok(stream)) => connection::serve(stream, settings).await,
-            }
-        }
+        Some(acceptor) => match gate::handshake(&acceptor, stream, peer).await {
+            Some(stream) => connection::serve(stream, settings).await,
+            None => return,
+        },
     };
     match outcome {
         Ok(()) => tracing::info!(%peer, "connection ended"),

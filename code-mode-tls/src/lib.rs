@@ -6,6 +6,8 @@
 //! own certificate. Everything is read when the process starts, before a sandbox forbids
 //! file access. The cryptography is rustls with the `ring` provider.
 
+pub mod gate;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};

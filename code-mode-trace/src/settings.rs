@@ -53,11 +53,19 @@ impl Destination {
             ))
         })?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        rest.parse().map(Self::WebSocket).map_err(|_| {
+        let address: std::net::SocketAddr = rest.parse().map_err(|_| {
             TraceError::Settings(format!(
                 "--otel-trace-listen takes ws://IP:PORT with a numeric IP, not `{url}`"
             ))
-        })
+        })?;
+        // The stream authenticates no one and its spans name sessions and tools: it is for
+        // this machine only.
+        if !address.ip().is_loopback() {
+            return Err(TraceError::Settings(format!(
+                "--otel-trace-listen serves spans to anyone who connects, so it listens on a loopback address only (ws://127.0.0.1:PORT), not `{url}`; send traces off the machine with --otel-trace-exporter"
+            )));
+        }
+        Ok(Self::WebSocket(address))
     }
 
     /// `--otel-trace-exporter URL`: OTLP/HTTP JSON to that URL, as Codex's host sends it.
@@ -268,6 +276,9 @@ mod tests {
         );
         assert!(Destination::websocket("http://127.0.0.1:1").is_err());
         assert!(Destination::websocket("ws://localhost:1").is_err());
+        let refused = Destination::websocket("ws://0.0.0.0:4319").unwrap_err();
+        assert!(refused.to_string().contains("loopback"), "{refused}");
+        assert!(Destination::websocket("ws://[::1]:4319").is_ok());
         assert!(Destination::otlp_json("127.0.0.1:4318").is_err());
         assert_eq!(
             Capture::parse("source, arguments").unwrap(),

@@ -28,7 +28,7 @@ use code_mode_host::{
     RemoteError, RemoteProvider, SpawnError,
 };
 use code_mode_state::{CallRecord, SessionRecord};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -74,6 +74,13 @@ pub enum FrontError {
     /// An `Execute` over the host's cap of active cells.
     #[error("{}", admission::TOO_MANY_ACTIVE_CELLS)]
     TooManyActiveCells,
+    /// An `OpenSession` over the connection's cap of open sessions.
+    #[error("this connection already has {0} open code-mode sessions; close one first")]
+    TooManySessions(usize),
+    /// The state directory could not keep what the answer depends on: the call is refused
+    /// rather than answered with what a restart could not give back.
+    #[error("code-mode state could not be written: {0}")]
+    StateUnavailable(String),
     /// No runtime can be started: what is wrong, what to do about it, and the full
     /// cause, in that order (codex shows the model the start of the text, cut).
     #[error("code-mode runtime unavailable: {summary}. Fix: {fix}. Details: {cause}")]
@@ -262,15 +269,26 @@ pub enum SessionEvent {
 pub type ToolResult = Result<JsonText, ToolError>;
 
 /// A receiver handed out once at a time: it goes back to its slot when the lease ends, so
-/// that a client whose stream broke can subscribe again and misses nothing.
+/// that a client whose stream broke can subscribe again and misses nothing. An item taken
+/// but not sent can be given back: the next `recv`, of this lease or a later one, gets it
+/// first.
 pub struct Lease<T> {
     receiver: Option<mpsc::UnboundedReceiver<T>>,
     slot: Arc<Mutex<Option<mpsc::UnboundedReceiver<T>>>>,
+    unsent: Arc<Mutex<VecDeque<T>>>,
 }
 
 impl<T> Lease<T> {
     pub async fn recv(&mut self) -> Option<T> {
+        if let Some(item) = lock(&self.unsent).pop_front() {
+            return Some(item);
+        }
         self.receiver.as_mut()?.recv().await
+    }
+
+    /// `item`, taken by [`Lease::recv`], was not sent: it comes first again.
+    pub fn give_back(&self, item: T) {
+        lock(&self.unsent).push_front(item);
     }
 }
 
@@ -288,6 +306,7 @@ impl<T> Drop for Lease<T> {
 struct Leased<T> {
     sender: mpsc::UnboundedSender<T>,
     slot: Arc<Mutex<Option<mpsc::UnboundedReceiver<T>>>>,
+    unsent: Arc<Mutex<VecDeque<T>>>,
 }
 
 impl<T> Leased<T> {
@@ -296,6 +315,7 @@ impl<T> Leased<T> {
         Self {
             sender,
             slot: Arc::new(Mutex::new(Some(receiver))),
+            unsent: Arc::default(),
         }
     }
 
@@ -304,6 +324,7 @@ impl<T> Leased<T> {
         Some(Lease {
             receiver: Some(receiver),
             slot: self.slot.clone(),
+            unsent: self.unsent.clone(),
         })
     }
 }
@@ -347,6 +368,24 @@ impl Waiting {
                 let _ = pending.answer.send(result);
             }
             Waiting::Restored(restored) => restored.answer(result),
+        }
+    }
+}
+
+/// `waiting` waits for its answer again under `invocation_id` (its answer could not be
+/// recorded).
+fn put_back_invocation(session: &FrontSession, invocation_id: &str, waiting: Waiting) {
+    let mut state = lock(&session.state);
+    match waiting {
+        Waiting::Live(pending) => {
+            state
+                .pending_calls
+                .insert(invocation_id.to_owned(), pending);
+        }
+        Waiting::Restored(restored) => {
+            state
+                .restored_calls
+                .insert(invocation_id.to_owned(), restored);
         }
     }
 }
@@ -448,6 +487,8 @@ pub struct FrontSession {
     invocations: Leased<Invocation>,
     /// Ends the session's streams when the session is closed.
     closed: CancellationToken,
+    /// The client identity that opened it (kept in a state directory).
+    owner: Option<Owner>,
 }
 
 impl FrontSession {
@@ -552,6 +593,7 @@ impl FrontSession {
                     max_pending_delegate_calls: self.max_pending_asked,
                     next_cell: state.next_cell,
                     cells,
+                    owner: self.owner.clone(),
                 };
                 (kept, waiting)
             };
@@ -741,6 +783,20 @@ impl Runtimes {
     }
 }
 
+/// Who a connection's client is, as far as the listener can tell: the sessions it opens
+/// belong to it, and after a restart of the host (`--state-dir`) only the same identity
+/// takes a kept session back. A connection without one (stdio, plaintext on loopback, TLS
+/// without client certificates, all on this machine) owns its sessions as `None` does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Owner {
+    /// The client certificate's SHA-256, in hex (mutual TLS).
+    Certificate(String),
+}
+
+/// Sessions one connection may have open at once unless told otherwise; an
+/// `OpenSession` over it is refused (`RESOURCE_EXHAUSTED`). Codex opens one per thread.
+pub const DEFAULT_MAX_SESSIONS_PER_CONNECTION: usize = 256;
+
 /// What every connection's front shares: where cells run and the cell limits that apply
 /// where a client sets none.
 #[derive(Clone)]
@@ -751,6 +807,10 @@ pub struct Settings {
     pub admission: Arc<Admission>,
     /// With `--state-dir`: where sessions are kept across restarts of the host.
     pub state: Option<Arc<CodexState>>,
+    /// The connection's client, set per connection by the listener.
+    pub owner: Option<Owner>,
+    /// Sessions one connection may have open at once.
+    pub max_sessions_per_connection: usize,
 }
 
 impl Settings {
@@ -761,6 +821,8 @@ impl Settings {
             limits: CellLimits::default(),
             admission: Arc::new(Admission::default()),
             state: None,
+            owner: None,
+            max_sessions_per_connection: DEFAULT_MAX_SESSIONS_PER_CONNECTION,
         }
     }
 }
@@ -772,6 +834,8 @@ pub struct Front {
     admission: Arc<Admission>,
     sessions: Mutex<HashMap<String, Arc<FrontSession>>>,
     state: Option<Arc<CodexState>>,
+    owner: Option<Owner>,
+    max_sessions: usize,
 }
 
 impl Front {
@@ -782,6 +846,8 @@ impl Front {
             admission: settings.admission,
             sessions: Mutex::new(HashMap::new()),
             state: settings.state,
+            owner: settings.owner,
+            max_sessions: settings.max_sessions_per_connection,
         }
     }
 
@@ -791,10 +857,15 @@ impl Front {
     }
 
     /// With a state directory: everything kept is on disk before an answer that depends
-    /// on it goes out.
-    pub async fn flush(&self) {
-        if let Some(state) = &self.state {
-            state.flush(self.provider.generations_used()).await;
+    /// on it goes out. A write that failed (a full disk, say) is the answer's error: what
+    /// depends on it must not go out.
+    pub async fn flush(&self) -> Result<(), FrontError> {
+        match &self.state {
+            Some(state) => state
+                .flush(self.provider.generations_used())
+                .await
+                .map_err(FrontError::StateUnavailable),
+            None => Ok(()),
         }
     }
 
@@ -851,6 +922,9 @@ impl Front {
         {
             return Err(FrontError::SessionAlreadyOpen(id));
         }
+        if sessions.len() >= self.max_sessions {
+            return Err(FrontError::TooManySessions(self.max_sessions));
+        }
         let front = self.new_session(
             id.clone(),
             truncation,
@@ -906,6 +980,7 @@ impl Front {
             events: Leased::new(),
             invocations: Leased::new(),
             closed: CancellationToken::new(),
+            owner: self.owner.clone(),
         });
         let _ = delegate.session.set(Arc::downgrade(&front));
         if let Some(state) = &self.state {
@@ -1022,9 +1097,10 @@ impl Front {
         if let Some(session) = lock(&self.sessions).get(id).cloned() {
             return Ok(session);
         }
-        // A session an earlier process of the host kept: this connection takes it back.
+        // A session an earlier process of the host kept: this connection takes it back if
+        // its client is the one that owned it (to any other it is unknown).
         if let Some(state) = &self.state
-            && let Some(kept) = state.take_orphan(id)
+            && let Some(kept) = state.take_orphan(id, self.owner.as_ref())
         {
             let session = self.adopt(kept);
             lock(&self.sessions).insert(id.to_owned(), Arc::clone(&session));
@@ -1242,9 +1318,15 @@ impl Front {
         let waiting = take_invocation(session, invocation_id)?;
         if let Some(state) = &self.state {
             let (cell_id, call) = waiting.call();
-            state
+            // An answer that is not on disk does not reach the cell: the invocation waits
+            // for it again, and the client is told why (it may answer again).
+            if let Err(error) = state
                 .record_answer(&session.id, cell_id, call, &result)
-                .await;
+                .await
+            {
+                put_back_invocation(session, invocation_id, waiting);
+                return Err(FrontError::StateUnavailable(error));
+            }
         }
         waiting.answer(result);
         Ok(())

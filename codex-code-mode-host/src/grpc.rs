@@ -67,9 +67,10 @@ pub fn status(error: FrontError) -> tonic::Status {
         }
         FrontError::WaitCancelled => tonic::Status::cancelled(message),
         FrontError::RuntimeUnavailable { .. } => tonic::Status::failed_precondition(message),
-        FrontError::TooManyInFlightRequests | FrontError::TooManyActiveCells => {
-            tonic::Status::resource_exhausted(message)
-        }
+        FrontError::TooManyInFlightRequests
+        | FrontError::TooManyActiveCells
+        | FrontError::TooManySessions(_) => tonic::Status::resource_exhausted(message),
+        FrontError::StateUnavailable(_) => tonic::Status::unavailable(message),
         FrontError::Session(error) => match error {
             SessionError::ShuttingDown
             | SessionError::BusyObserver(_)
@@ -243,7 +244,10 @@ impl Service {
             })),
         };
         // The session is on disk before its client learns its id.
-        self.front.flush().await;
+        if let Err(error) = self.front.flush().await {
+            self.front.close_session(&session).await;
+            return Err(status(error));
+        }
         let stream = lease_stream(events, session.closed(), Some(opened), proto_event, None);
         Ok(Response::new(stream))
     }
@@ -266,7 +270,7 @@ impl Service {
             )
             .await
             .map_err(status)?;
-        self.front.flush().await;
+        self.front.flush().await.map_err(status)?;
         let (cell, buffered) = observed(result);
         let mut response = Response::new(proto::WaitResponse { cell });
         if let Ok(value) = buffered.to_string().parse() {
@@ -336,7 +340,11 @@ impl Service {
         Ok(Response::new(async_stream(move |out| async move {
             let mut receiver = receiver;
             while let Some(message) = receiver.recv().await {
-                front.flush().await;
+                // What the disk does not have does not go out; the stream ends with why.
+                if let Err(error) = front.flush().await {
+                    let _ = out.send(Err(status(error))).await;
+                    return;
+                }
                 if out.send(message).await.is_err() {
                     return;
                 }
@@ -463,7 +471,7 @@ impl CodeModeHost for Service {
             .terminate(&session, &request.cell_id)
             .await
             .map_err(status)?;
-        self.front.flush().await;
+        self.front.flush().await.map_err(status)?;
         let cell = match result {
             Observed::Live(outcome) => {
                 proto::terminate_response::Cell::LiveCell(proto_outcome(outcome))
@@ -562,8 +570,16 @@ where
                 biased;
                 item = lease.recv() => match item {
                     Some(item) => {
-                        if let Some(front) = &flush {
-                            front.flush().await;
+                        // An invocation is streamed only once the checkpoint that holds it
+                        // is on disk: else a restart would replay its call and stream it
+                        // again. A failed write ends the stream with why; the invocation
+                        // is streamed after a restart, from what the disk has.
+                        if let Some(front) = &flush
+                            && let Err(error) = front.flush().await
+                        {
+                            lease.give_back(item);
+                            let _ = sender.send(Err(status(error))).await;
+                            return;
                         }
                         if sender.send(Ok(convert(item))).await.is_err() {
                             return;

@@ -81,8 +81,17 @@ struct Cli {
     /// over it is refused (RESOURCE_EXHAUSTED).
     #[arg(long, value_name = "N", default_value_t = codex_code_mode_host::admission::DEFAULT_MAX_IN_FLIGHT_REQUESTS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_in_flight_requests: usize,
-    /// Stream raw OTLP trace batches (JSON) to WebSocket clients of ws://IP:PORT; a
-    /// request with an `Origin` header is refused.
+    /// With `--listen grpc://`: connections served at once (lowered to what the open-file
+    /// limit leaves); one over it is closed at once.
+    #[arg(long, value_name = "N", default_value_t = code_mode_tls::gate::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+    /// With `--listen grpc://`: sessions one connection may have open at once; an
+    /// OpenSession over it is refused (RESOURCE_EXHAUSTED).
+    #[arg(long, value_name = "N", default_value_t = codex_code_mode_host::front::DEFAULT_MAX_SESSIONS_PER_CONNECTION, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_sessions_per_connection: usize,
+    /// Stream raw OTLP trace batches (JSON) to WebSocket clients of ws://IP:PORT, a
+    /// loopback address only (the spans name sessions); a request with an `Origin` header
+    /// is refused.
     #[arg(long, value_name = "URL", conflicts_with = "otel_trace_exporter")]
     otel_trace_listen: Option<String>,
     /// Send traces as OTLP/HTTP JSON to this URL (a full path, such as
@@ -539,6 +548,13 @@ async fn run(
                 .map_err(|error| format!("the gRPC connection on stdio failed: {error}"))
         }
         (Listen::GrpcTcp(address), _) => {
+            // Off loopback, only clients with a certificate from --client-ca are served:
+            // anyone who reaches the port could otherwise run cells and take kept sessions.
+            if !address.ip().is_loopback() && cli.client_ca.is_none() {
+                return Err(format!(
+                    "--listen grpc://{address} is off loopback: clients there must be authenticated, so give --tls-cert, --tls-key and --client-ca (the CA of the clients' certificates), or listen on 127.0.0.1"
+                ));
+            }
             let tls = match (&cli.tls_cert, &cli.tls_key) {
                 (Some(cert), Some(key)) => {
                     let files = code_mode_tls::TlsFiles {
@@ -560,7 +576,8 @@ async fn run(
                     None
                 }
             };
-            serve::serve_grpc_tcp(settings, address, tls, |bound| {
+            settings.max_sessions_per_connection = cli.max_sessions_per_connection;
+            serve::serve_grpc_tcp(settings, address, tls, cli.max_connections, |bound| {
                 // As Codex's host: the bound URL, and nothing else, on stdout (launchers
                 // read that line to learn the port of `grpc://IP:0`).
                 let url = format!("http://{bound}");

@@ -3,15 +3,30 @@
 //! HTTP/1 `GET /healthz` on the same port), and the JSON protocol on stdio. Each client connection gets a [`Front`] of its own over the shared runtime
 //! provider, so that when a client goes away every cell of its sessions ends.
 
-use crate::front::{Front, Settings};
+use crate::front::{Front, Owner, Settings};
 use crate::grpc::Service;
 use hyper::body::Incoming;
 use hyper::service::Service as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// HTTP/2 streams one connection may have open at once. Codex keeps one session stream,
+/// one tool-call stream and its calls in flight per session; the front's own bounds
+/// (requests in flight, sessions per connection) come first, this keeps a client from
+/// opening streams without end.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// How often an idle HTTP/2 connection is pinged, and how long the client has to answer:
+/// a half-open connection (the client's machine gone) ends, and with it its sessions and
+/// their cells, instead of holding them for ever.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How long an HTTP/1 request (`/healthz`, `/metrics`) has to send its headers.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where to listen, as `--listen` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,10 +130,22 @@ where
     }
     builder
         .http2()
+        .timer(TokioTimer::new())
         .initial_stream_window_size(1024 * 1024)
         .initial_connection_window_size(2 * 1024 * 1024)
-        .max_concurrent_streams(None)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .max_header_list_size(16 * 1024);
+    if protocols == Protocols::GrpcAndHealth {
+        // On TCP only: on stdio the client is the parent process, and its end is the pipe's.
+        builder
+            .http2()
+            .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+    }
     let result = builder.serve_connection(TokioIo::new(io), service).await;
     front.close_all().await;
     match result {
@@ -196,29 +223,39 @@ fn client_went_away(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Serves gRPC on TCP, plaintext (loopback only, checked by the caller) or TLS.
+/// Serves gRPC on TCP, plaintext (loopback only, checked by the caller) or TLS. Connections
+/// come in through the workspace's door (`code_mode_tls::gate`): an accept error is backed
+/// off, never fatal; at most `max_connections` are served at once; a connection must send
+/// its first byte and finish its TLS handshake in time. Returns only if it cannot bind.
 pub async fn serve_grpc_tcp(
     settings: Settings,
     address: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
+    max_connections: usize,
     bound: impl FnOnce(SocketAddr),
 ) -> std::io::Result<()> {
+    use code_mode_tls::gate::{self, Gate};
     let listener = tokio::net::TcpListener::bind(address).await?;
     bound(listener.local_addr()?);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let gate = Gate::new("codex front", max_connections);
     loop {
-        let (stream, peer) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        let settings = settings.clone();
+        let gate::Admitted { stream, peer, slot } = gate.accept(&listener).await;
+        let mut settings = settings.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            if !gate::first_byte(&stream, peer).await {
+                return;
+            }
             let result = match acceptor {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => serve_tcp_connection(settings, stream).await,
-                    Err(error) => {
-                        tracing::warn!(%peer, %error, "TLS handshake failed");
-                        return;
+                Some(acceptor) => match gate::handshake(&acceptor, stream, peer).await {
+                    Some(stream) => {
+                        // Sessions kept across a restart belong to this certificate.
+                        settings.owner = gate::peer_identity(&stream).map(Owner::Certificate);
+                        serve_tcp_connection(settings, stream).await
                     }
+                    None => return,
                 },
                 None => serve_tcp_connection(settings, stream).await,
             };

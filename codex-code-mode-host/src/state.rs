@@ -7,7 +7,7 @@
 //! cell gets it. After a restart a kept session belongs to no connection until a call
 //! names it: that connection takes it back.
 
-use crate::front::FrontSession;
+use crate::front::{FrontSession, Owner};
 use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{CallId, CellId, JsonText, ToolError};
 use code_mode_state::{
@@ -34,6 +34,10 @@ pub(crate) struct KeptSession {
     pub(crate) max_pending_delegate_calls: u64,
     pub(crate) next_cell: u64,
     pub(crate) cells: Vec<KeptCell>,
+    /// The client identity that opened it: only the same identity takes it back (absent in
+    /// a state written before owners were kept: no identity).
+    #[serde(default)]
+    pub(crate) owner: Option<Owner>,
 }
 
 /// A cell as Codex knows it.
@@ -171,15 +175,24 @@ impl CodexState {
         lock(&self.sessions).remove(id);
     }
 
-    /// The kept session `id`, for the connection that names it first.
-    pub(crate) fn take_orphan(&self, id: &str) -> Option<Orphan> {
-        lock(&self.orphans).remove(id)
+    /// The kept session `id`, for the first connection that names it whose client owned
+    /// it; another client gets nothing (and the session stays kept for its owner).
+    pub(crate) fn take_orphan(&self, id: &str, owner: Option<&Owner>) -> Option<Orphan> {
+        let mut orphans = lock(&self.orphans);
+        if orphans.get(id)?.kept.owner.as_ref() != owner {
+            tracing::warn!(
+                session = id,
+                "a kept session was named by a client that does not own it"
+            );
+            return None;
+        }
+        orphans.remove(id)
     }
 
     /// Writes the checkpoint of every session as it is now (`generations`: the runtime
-    /// generation the provider reached). A failure is logged; the database keeps the
-    /// state before it.
-    pub(crate) async fn flush(&self, generations: u64) {
+    /// generation the provider reached). A failure is returned (and logged); the database
+    /// keeps the state before it, and nothing that depends on the write may go out.
+    pub(crate) async fn flush(&self, generations: u64) -> Result<(), String> {
         let _writing = self.writing.lock().await;
         self.generations.fetch_max(generations, Ordering::SeqCst);
         let live: Vec<Arc<FrontSession>> = lock(&self.sessions)
@@ -206,21 +219,18 @@ impl CodexState {
             calls,
         };
         let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!("{error}"),
-            Err(error) => tracing::error!("the state writer failed: {error}"),
-        }
+        written(tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint)).await)
     }
 
-    /// Records the client's answer to a call, before its cell gets it.
+    /// Records the client's answer to a call, before its cell gets it; a failure is
+    /// returned, and the answer must not reach the cell.
     pub(crate) async fn record_answer(
         &self,
         session: &str,
         cell_id: CellId,
         call: CallId,
         result: &Result<JsonText, ToolError>,
-    ) {
+    ) -> Result<(), String> {
         let answer = AnswerRecord {
             session: session.to_owned(),
             cell_id,
@@ -228,10 +238,17 @@ impl CodexState {
             result: result.clone(),
         };
         let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || store.record_answer(&answer)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!("{error}"),
-            Err(error) => tracing::error!("the state writer failed: {error}"),
-        }
+        written(tokio::task::spawn_blocking(move || store.record_answer(&answer)).await)
     }
+}
+
+/// A write's outcome as the caller's error text, logged when it failed.
+fn written(outcome: Result<Result<(), StateError>, tokio::task::JoinError>) -> Result<(), String> {
+    let error = match outcome {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => format!("the state writer failed: {error}"),
+    };
+    tracing::error!("{error}");
+    Err(error)
 }

@@ -54,6 +54,8 @@ macro_rules! conformance_suite {
             terminate_waits_for_the_notification_to_be_cancelled,
             terminated_writes_are_discarded,
             second_terminate_during_cleanup_is_refused,
+            an_exec_observing_a_terminated_cell_gets_terminated,
+            a_wait_observing_a_terminated_cell_gets_terminated,
             second_concurrent_wait_is_refused,
             unawaited_tool_is_cancelled_when_the_cell_completes,
             stored_values_are_per_session,

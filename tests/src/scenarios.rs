@@ -300,6 +300,46 @@ pub async fn tool_started_by_a_timer_reported_at_the_next_frontier<P: CodeModePr
     );
 }
 
+/// Starts a long `wait` on `cell_id` and returns once it is the cell's observer. A probe
+/// `wait` that is refused as a second observer proves it; a probe that comes first returns
+/// at once (yield time 0, nothing taken: the cell has no unreturned output), and the long
+/// wait, refused meanwhile, asks again.
+async fn observe_registered<S: CodeModeSession + 'static>(
+    session: &Arc<S>,
+    cell_id: &str,
+) -> tokio::task::JoinHandle<Result<CellResponse, SessionError>> {
+    let busy = SessionError::BusyObserver(cell_id.into());
+    let observer = tokio::spawn({
+        let (session, cell_id, busy) = (Arc::clone(session), cell_id.to_owned(), busy.clone());
+        async move {
+            loop {
+                let answer = session
+                    .wait(WaitRequest::new(cell_id.as_str()).with_yield_time_ms(60_000))
+                    .await;
+                if answer.as_ref().err() != Some(&busy) {
+                    break answer.map(CellResponse::timeless);
+                }
+            }
+        }
+    });
+    loop {
+        let probe = session
+            .wait(WaitRequest::new(cell_id).with_yield_time_ms(0))
+            .await;
+        match probe {
+            Err(error) if error == busy => break,
+            Ok(response) => assert_eq!(
+                response.timeless(),
+                yielded(cell_id, &[]),
+                "a probe took output"
+            ),
+            Err(error) => panic!("probe wait: {error}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    observer
+}
+
 // 5
 pub async fn terminate_after_an_unobserved_completion_returns_the_completion<
     P: CodeModeProvider,
@@ -409,6 +449,68 @@ pub async fn second_terminate_during_cleanup_is_refused<P: CodeModeProvider>(pro
     assert_eq!(delegate.closed_count("1"), 1);
 }
 
+/// Contract 3.7: an exec still awaiting its first answer when its cell is terminated gets
+/// the terminate's `Terminated`, with the same output not yet returned (as Codex's host).
+pub async fn an_exec_observing_a_terminated_cell_gets_terminated<P: CodeModeProvider>(
+    provider: &P,
+) {
+    let (session, delegate) = open(provider).await;
+    let session = Arc::new(session);
+    let exec = tokio::spawn({
+        let session = Arc::clone(&session);
+        async move {
+            session
+                .execute(
+                    request(r#"text("a"); await tools.block(); text("never");"#)
+                        .with_yield_time_ms(60_000),
+                )
+                .await
+                .map(timeless)
+        }
+    });
+    // The exec observes its cell from the start; the tool call says the cell runs.
+    delegate.wait_started("1", "tool-1").await;
+    assert_eq!(
+        session
+            .terminate("1".into())
+            .await
+            .map(CellResponse::timeless),
+        Ok(terminated("1", &["a"]))
+    );
+    let started = exec
+        .await
+        .unwrap()
+        .unwrap_or_else(|error| panic!("exec: {error}"));
+    assert_eq!(started.initial_response, terminated("1", &["a"]));
+    delegate.wait_closed("1").await;
+    assert_eq!(delegate.closed_count("1"), 1);
+}
+
+/// Contract 3.7: a wait observing a yielded cell when it is terminated gets `Terminated`,
+/// never "not found".
+pub async fn a_wait_observing_a_terminated_cell_gets_terminated<P: CodeModeProvider>(provider: &P) {
+    let (session, delegate) = open(provider).await;
+    exec_is(
+        &session,
+        r#"text("a"); yield_control(); await tools.block(); text("never");"#,
+        yielded("1", &["a"]),
+    )
+    .await;
+    delegate.wait_started("1", "tool-1").await;
+    let session = Arc::new(session);
+    let observer = observe_registered(&session, "1").await;
+    assert_eq!(
+        session
+            .terminate("1".into())
+            .await
+            .map(CellResponse::timeless),
+        Ok(terminated("1", &[]))
+    );
+    assert_eq!(observer.await.unwrap(), Ok(terminated("1", &[])));
+    delegate.wait_closed("1").await;
+    assert_eq!(delegate.closed_count("1"), 1);
+}
+
 // 9
 pub async fn second_concurrent_wait_is_refused<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;
@@ -418,15 +520,7 @@ pub async fn second_concurrent_wait_is_refused<P: CodeModeProvider>(provider: &P
         yielded("1", &[])
     );
     let session = Arc::new(session);
-    let first = tokio::spawn({
-        let session = Arc::clone(&session);
-        async move {
-            session
-                .wait(WaitRequest::new("1").with_yield_time_ms(30_000))
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = observe_registered(&session, "1").await;
     assert_eq!(
         session.wait(WaitRequest::new("1")).await,
         Err(SessionError::BusyObserver("1".into()))

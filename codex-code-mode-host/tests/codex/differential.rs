@@ -348,3 +348,191 @@ fn stack_positions_are_normalized() {
     );
     assert_eq!(normalize("no stack"), "no stack");
 }
+
+/// How a `Wait` or `Terminate` answered, as one line.
+fn answered<T>(
+    response: Result<T, tonic::Status>,
+    cell: impl FnOnce(T) -> Option<proto::wait_response::Cell>,
+) -> String {
+    match response {
+        Ok(response) => observed(cell(response)),
+        Err(status) => format!("status {:?} {}", status.code(), status.message()),
+    }
+}
+
+fn terminate_cell(response: proto::TerminateResponse) -> Option<proto::wait_response::Cell> {
+    response.cell.map(|cell| match cell {
+        proto::terminate_response::Cell::LiveCell(outcome) => {
+            proto::wait_response::Cell::LiveCell(outcome)
+        }
+        proto::terminate_response::Cell::MissingCell(outcome) => {
+            proto::wait_response::Cell::MissingCell(outcome)
+        }
+    })
+}
+
+/// A cell terminated while someone observes it (contract 3.7): an `Execute` still awaiting
+/// its first answer, then a `Wait`. Each observer's answer, the terminate's and the
+/// session's closes, one line each.
+async fn terminate_while_observed(binary: &std::path::Path) -> Vec<String> {
+    use futures_util::StreamExt;
+    let host = spawn(binary, &[]).await;
+    let mut driver = open(&host, 2).await;
+    let mut lines = Vec::new();
+    let deadline = std::time::Duration::from_secs(60);
+    // 1. The exec observes from the start; the tool call says the cell wrote its text.
+    let source = r#"text("t"); await tools.echo({x: 1}); await new Promise(r => setTimeout(r, 40000)); text("never");"#;
+    let mut request = exec_request(source);
+    request.enabled_tools = corpus_tools();
+    request.session_id = driver.session_id.clone();
+    request.execution_id = driver.execution_id();
+    request.tool_call_id = "call_observed".to_owned();
+    request.yield_time_ms = 60_000;
+    let mut stream = driver
+        .client
+        .clone()
+        .execute(request)
+        .await
+        .expect("execute")
+        .into_inner();
+    let first = tokio::time::timeout(deadline, stream.next())
+        .await
+        .expect("the exec's first event in time");
+    match first.and_then(Result::ok).and_then(|event| event.event) {
+        Some(proto::execute_event::Event::Started(started)) => {
+            lines.push(format!("exec started {}", started.cell_id));
+        }
+        other => panic!("the exec's first event is not `started`: {other:?}"),
+    }
+    let called = crate::eventually(60, || {
+        driver
+            .invocations
+            .lock()
+            .is_ok_and(|calls| !calls.is_empty())
+    })
+    .await;
+    assert!(called, "the cell never called its tool");
+    let terminate = tokio::time::timeout(deadline, driver.terminate("1"))
+        .await
+        .expect("terminate answered in time");
+    lines.push(format!(
+        "terminate: {}",
+        answered(terminate, terminate_cell)
+    ));
+    let rest = tokio::time::timeout(deadline, stream.collect::<Vec<_>>())
+        .await
+        .expect("the exec answered in time");
+    for event in rest {
+        lines.push(match event.map(|event| event.event) {
+            Ok(Some(proto::execute_event::Event::Outcome(outcome))) => {
+                format!("exec: {}", render_outcome(&outcome))
+            }
+            Ok(other) => format!("exec: event {other:?}"),
+            Err(status) => format!("exec: status {:?} {}", status.code(), status.message()),
+        });
+    }
+
+    // 2. A wait observes a yielded cell. It is registered once a second wait is refused as
+    // a second observer (a probe that comes first returns at once, empty, and is retried).
+    let source = r#"text("t"); yield_control(); await new Promise(r => setTimeout(r, 40000)); text("never");"#;
+    let mut request = exec_request(source);
+    request.yield_time_ms = 60_000;
+    let outcome = tokio::time::timeout(deadline, driver.run(request))
+        .await
+        .expect("the second exec in time")
+        .expect("the second exec");
+    lines.push(format!("exec: {}", render_outcome(&outcome)));
+    let waiting = {
+        let mut client = driver.client.clone();
+        let session_id = driver.session_id.clone();
+        tokio::spawn(async move {
+            loop {
+                let answer = client
+                    .wait(proto::WaitRequest {
+                        session_id: session_id.clone(),
+                        cell_id: "2".to_owned(),
+                        wait_id: uuid::Uuid::new_v4().to_string(),
+                        yield_time_ms: 60_000,
+                        max_tokens: None,
+                    })
+                    .await;
+                // Refused because a probe observed first: ask again.
+                if let Err(status) = &answer
+                    && status.message().contains("active observer")
+                {
+                    continue;
+                }
+                break answer;
+            }
+        })
+    };
+    let registered = tokio::time::timeout(deadline, async {
+        loop {
+            match driver.wait("2", 0, None).await {
+                Err(status) if status.message().contains("active observer") => break,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    assert!(registered.is_ok(), "the wait never became the observer");
+    let terminate = tokio::time::timeout(deadline, driver.terminate("2"))
+        .await
+        .expect("terminate answered in time");
+    lines.push(format!(
+        "terminate: {}",
+        answered(terminate, terminate_cell)
+    ));
+    let wait = tokio::time::timeout(deadline, waiting)
+        .await
+        .expect("the wait answered in time")
+        .expect("the waiting task");
+    lines.push(format!(
+        "wait: {}",
+        answered(wait, |response| response.into_inner().cell)
+    ));
+    crate::eventually(10, || {
+        driver.events.lock().is_ok_and(|events| {
+            events
+                .iter()
+                .filter(|event| {
+                    matches!(
+                        event.event,
+                        Some(proto::session_event::Event::CellClosed(_))
+                    )
+                })
+                .count()
+                >= 2
+        })
+    })
+    .await;
+    for event in driver.events.lock().map(|e| e.clone()).unwrap_or_default() {
+        if let Some(proto::session_event::Event::CellClosed(closed)) = event.event {
+            lines.push(format!("closed cell {}", closed.cell_id));
+        }
+    }
+    let _ = driver.close().await;
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminated_cells_observer_gets_what_codexs_host_gives() {
+    let (codex, our) = (codex_host(), our_host());
+    let (theirs, ours) = tokio::join!(
+        terminate_while_observed(&codex),
+        terminate_while_observed(&our)
+    );
+    assert_eq!(ours, theirs, "ours (left) against codex's host (right)");
+    // Whatever codex's host does, an observer of a terminated cell is told it was
+    // terminated, never an error (contract 3.7).
+    assert!(
+        ours.iter()
+            .any(|line| line.starts_with("exec: cell 1 terminated")),
+        "{ours:?}"
+    );
+    assert!(
+        ours.iter()
+            .any(|line| line.starts_with("wait: live cell 2 terminated")),
+        "{ours:?}"
+    );
+}

@@ -44,6 +44,9 @@ pub(super) struct Given {
     pub(super) number: u64,
     pub(super) first_observation: bool,
     pub(super) for_yield: bool,
+    /// A copy of an answer given to someone else too (a terminated cell's observer gets
+    /// the terminate's answer): given back, it changes nothing.
+    pub(super) copy: bool,
 }
 
 /// An answer back from a caller that dropped it.
@@ -252,6 +255,18 @@ impl CellActor {
         }
     }
 
+    /// Gives a terminated cell's observer (an exec awaiting its first answer, a wait) a
+    /// copy of the terminate's answer, the same items included (contract 3.7, as Codex's
+    /// host does); the copy comes back to nobody if dropped.
+    pub(super) fn deliver_copy_to_observer(&mut self, response: &CellResponse) {
+        let Some(observer) = self.output.observer.take() else {
+            return;
+        };
+        let mut path = self.return_path(false);
+        path.given.copy = true;
+        let _ = observer.deliver(response.clone(), path);
+    }
+
     /// Answers the observer (if any) with the final response once the cell has finished.
     pub(super) fn deliver_final(&mut self) {
         let Phase::Finished(decision) = &self.life.phase else {
@@ -309,6 +324,7 @@ impl CellActor {
                 number: self.output.deliveries,
                 first_observation: !self.output.observed,
                 for_yield,
+                copy: false,
             },
         }
     }
@@ -325,6 +341,9 @@ impl CellActor {
     /// observation is still to come, a finished cell stays open for its result).
     pub(super) fn on_returned(&mut self, given: GivenBack) {
         let delivery = given.given;
+        if delivery.copy {
+            return;
+        }
         let latest = delivery.number == self.output.deliveries;
         let ended = match given.value {
             Returned::Response(response)

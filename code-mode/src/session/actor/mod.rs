@@ -566,9 +566,13 @@ impl CellActor {
         for interrupted in self.interrupted.drain(..) {
             let _ = interrupted.send(true);
         }
+        // The terminate call gets the output not yet returned, and an observer waiting on
+        // the cell (an exec awaiting its first answer, a wait) the same answer (contract
+        // 3.7); the observer is answered before the cell closes.
         if let Some(reply) = self.output.terminate_reply.take() {
             let items = std::mem::take(&mut self.output.items);
             let response = self.final_response(decision, items);
+            self.deliver_copy_to_observer(&response);
             let path = self.return_path(false);
             match send_answer(reply, response, path) {
                 Ok(()) => self.life.close(),
