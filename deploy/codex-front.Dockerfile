@@ -16,6 +16,7 @@ RUN cargo build --release --locked -p codex-code-mode-host --no-default-features
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/codex-code-mode-host /usr/local/bin/codex-code-mode-host
 USER 65532:65532
-# 7400: agents (gRPC, and /healthz over HTTP/1).
-EXPOSE 7400
+# 7400: agents (gRPC, and /healthz over HTTP/1), on loopback in the sidecar, or off it
+# with --client-ca; 7401: /healthz only (--health-listen), for the kubelet's probes.
+EXPOSE 7400 7401
 ENTRYPOINT ["/usr/local/bin/codex-code-mode-host"]

@@ -118,17 +118,35 @@ for index, arg in enumerate(front_args):
 service_port = service["spec"]["ports"][0]["port"]
 if port(front_values.get("--runtimes", ":0")) != service_port:
     problems.append("codex-front: --runtimes does not use the runtimes' Service port")
-front_port = {p["name"]: p["containerPort"] for p in front["ports"]}.get("front")
-if port(front_values.get("--listen", ":0").removeprefix("grpc://")) != front_port:
+# The front opens sessions for whoever reaches it: off loopback only with client
+# certificates (--client-ca), as the front itself refuses to start otherwise.
+front_listen = front_values.get("--listen", "")
+front_host = front_listen.removeprefix("grpc://").rsplit(":", 1)[0].strip("[]")
+if front_host not in ("127.0.0.1", "::1") and "--client-ca" not in front_values:
+    problems.append(f"codex-front: --listen {front_listen} is off loopback without --client-ca")
+front_ports = {p["name"]: p["containerPort"] for p in front.get("ports", [])}
+if front_host in ("127.0.0.1", "::1"):
+    if "front" in front_ports:
+        problems.append("codex-front: a loopback --listen must not be a container port")
+elif port(front_listen.removeprefix("grpc://") or ":0") != front_ports.get("front"):
     problems.append("codex-front: --listen does not use the `front` container port")
+# Probes reach the pod's address: the health port, which serves /healthz and nothing else.
+health_port = port(front_values.get("--health-listen", ":0"))
+if health_port != front_ports.get("health"):
+    problems.append("codex-front: --health-listen does not use the `health` container port")
 probe = front.get("readinessProbe", {}).get("httpGet", {})
-if probe.get("path") != "/healthz" or probe.get("port") != "front":
-    problems.append("codex-front: readinessProbe must GET /healthz on the front port")
+if probe.get("path") != "/healthz" or probe.get("port") != "health":
+    problems.append("codex-front: readinessProbe must GET /healthz on the health port")
+for name in ("readinessProbe", "livenessProbe"):
+    probed = front.get(name, {})
+    target = probed.get("httpGet", probed.get("tcpSocket", {})).get("port")
+    if target != "health":
+        problems.append(f"codex-front: {name} must probe the health port")
 front_docker = (root / "deploy/codex-front.Dockerfile").read_text()
 if not re.search(r"^USER (?!0\b|root\b)", front_docker, re.M):
     problems.append("codex-front.Dockerfile: the image must not run as root")
-if str(front_port) not in re.findall(r"^EXPOSE (.*)$", front_docker, re.M)[0].split():
-    problems.append("codex-front.Dockerfile: the front port is not EXPOSEd")
+if str(health_port) not in re.findall(r"^EXPOSE (.*)$", front_docker, re.M)[0].split():
+    problems.append("codex-front.Dockerfile: the health port is not EXPOSEd")
 
 for problem in problems:
     print(f"check-deploy: {problem}", file=sys.stderr)

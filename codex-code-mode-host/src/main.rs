@@ -81,6 +81,11 @@ struct Cli {
     /// over it is refused (RESOURCE_EXHAUSTED).
     #[arg(long, value_name = "N", default_value_t = codex_code_mode_host::admission::DEFAULT_MAX_IN_FLIGHT_REQUESTS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_in_flight_requests: usize,
+    /// With `--listen grpc://`: also answer `GET /healthz` (and nothing else) in plain
+    /// HTTP/1 on IP:PORT, for probes from off the machine while the front itself listens
+    /// on loopback.
+    #[arg(long, value_name = "IP:PORT")]
+    health_listen: Option<std::net::SocketAddr>,
     /// With `--listen grpc://`: connections served at once (lowered to what the open-file
     /// limit leaves); one over it is closed at once.
     #[arg(long, value_name = "N", default_value_t = code_mode_tls::gate::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -577,6 +582,13 @@ async fn run(
                 }
             };
             settings.max_sessions_per_connection = cli.max_sessions_per_connection;
+            if let Some(health) = cli.health_listen {
+                let listener = tokio::net::TcpListener::bind(health)
+                    .await
+                    .map_err(|error| format!("cannot serve --health-listen {health}: {error}"))?;
+                tracing::info!("health checks on http://{health}/healthz");
+                tokio::spawn(serve::serve_health(settings.clone(), listener));
+            }
             serve::serve_grpc_tcp(settings, address, tls, cli.max_connections, |bound| {
                 // As Codex's host: the bound URL, and nothing else, on stdout (launchers
                 // read that line to learn the port of `grpc://IP:0`).

@@ -265,3 +265,44 @@ pub async fn serve_grpc_tcp(
         });
     }
 }
+
+/// Connections the health port serves at once: it is for the kubelet's probes.
+const HEALTH_MAX_CONNECTIONS: usize = 16;
+
+/// `--health-listen IP:PORT` on `listener`: plain HTTP/1 that answers `GET /healthz` as
+/// the gRPC port does (200, or 503 with the cause and its fix) and nothing else (404), so
+/// that a probe from off the pod needs no port that opens sessions.
+pub async fn serve_health(settings: Settings, listener: tokio::net::TcpListener) {
+    use code_mode_tls::gate::{self, Gate};
+    let front = Arc::new(Front::new(settings));
+    let gate = Gate::new("health", HEALTH_MAX_CONNECTIONS);
+    loop {
+        let gate::Admitted { stream, peer, slot } = gate.accept(&listener).await;
+        let front = front.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                let front = front.clone();
+                async move {
+                    let response = if request.uri().path() == "/healthz" {
+                        http1_answer(&front, request.method(), "/healthz").await
+                    } else {
+                        let mut response = http::Response::new(tonic::body::Body::empty());
+                        *response.status_mut() = http::StatusCode::NOT_FOUND;
+                        response
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "health connection ended with an error");
+            }
+        });
+    }
+}

@@ -9,6 +9,7 @@ mod admission;
 mod cli;
 mod conformance;
 mod differential;
+mod doors;
 mod hostile;
 mod install;
 mod json;

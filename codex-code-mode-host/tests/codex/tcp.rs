@@ -326,7 +326,7 @@ async fn plaintext_is_refused_off_loopback() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("serves plaintext only on a loopback address"),
+        stderr.contains("is off loopback: clients there must be authenticated"),
         "{stderr}"
     );
     let output = tokio::process::Command::new(crate::our_host())
