@@ -31,11 +31,9 @@ const FORMAT: &str = "code-mode-state 1, wire ";
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot create the state directory {path}: {source}")]
-    Directory {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The directory or a database file is not private to this user (or cannot be made).
+    #[error(transparent)]
+    Private(#[from] code_mode_files::FilesError),
     #[error(
         "the state database {path} is in use by another process (one process at a time serves a state directory)"
     )]
@@ -184,11 +182,18 @@ impl StateStore {
     /// when another process holds it, when it is not whole, or when another version or
     /// front end wrote it.
     pub fn open(dir: &Path, front: &str) -> Result<Self, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Directory {
-            path: dir.to_owned(),
-            source,
-        })?;
+        // It holds tool inputs and results, stored values and session ids: this user's
+        // only, 0700 and 0600, no link followed (code_mode_files).
+        code_mode_files::private_dir("the state directory", dir)?;
         let path = dir.join(format!("{front}.sqlite3"));
+        code_mode_files::private_file("the state database", &path)?;
+        // SQLite makes these with the database's mode; ones left by an earlier process
+        // are checked the same way.
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.clone().into_os_string();
+            name.push(suffix);
+            code_mode_files::check_if_present("the state database", Path::new(&name))?;
+        }
         let corrupt = |error: rusqlite::Error| StateError::Corrupt {
             path: path.clone(),
             detail: error.to_string(),

@@ -204,3 +204,38 @@ fn a_write_torn_by_a_kill_is_rolled_back_to_the_one_before() {
     assert_eq!(saved.sessions[0].state.cells, vec![cell(1, 0)]);
     drop(store);
 }
+
+#[test]
+fn the_directory_and_its_database_are_private_to_their_owner() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let mode = |path: &Path| std::fs::symlink_metadata(path).expect("stat").mode() & 0o777;
+    let dir = scratch("private").join("state");
+    let store = StateStore::open(&dir, "jsonl").expect("opens");
+    store
+        .checkpoint(&checkpoint(vec![cell(1, 0)], "\"secret\""))
+        .expect("written");
+    assert_eq!(mode(&dir), 0o700);
+    for name in ["jsonl.sqlite3", "jsonl.sqlite3-wal", "jsonl.sqlite3-shm"] {
+        let path = dir.join(name);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{name}");
+        }
+    }
+    drop(store);
+    // A directory others may write is refused, and left as it is.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let error = StateStore::open(&dir, "jsonl").expect_err("refused");
+    assert!(error.to_string().contains("chmod 700"), "{error}");
+    assert_eq!(mode(&dir), 0o770);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A database planted as a link is not followed.
+    let elsewhere = scratch("private-elsewhere").join("other.sqlite3");
+    std::fs::write(&elsewhere, b"").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("mcp.sqlite3")).unwrap();
+    let error = StateStore::open(&dir, "mcp").expect_err("refused");
+    assert!(error.to_string().contains("symbolic link"), "{error}");
+    // A state directory named through a link is refused too.
+    let link = scratch("private-link").join("state");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    assert!(StateStore::open(&link, "jsonl").is_err());
+}

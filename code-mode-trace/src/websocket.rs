@@ -89,6 +89,7 @@ pub fn listen(address: SocketAddr) -> Result<(Stream, SocketAddr), TraceError> {
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(failed)?;
     std::thread::Builder::new()
@@ -103,8 +104,15 @@ pub fn listen(address: SocketAddr) -> Result<(Stream, SocketAddr), TraceError> {
                     }
                 };
                 loop {
-                    let Ok((socket, _)) = listener.accept().await else {
-                        continue;
+                    let socket = match listener.accept().await {
+                        Ok((socket, _)) => socket,
+                        Err(error) => {
+                            // Out of descriptors, say: wait for one to be freed instead of
+                            // spinning on the error.
+                            tracing::warn!(%error, "the trace stream cannot accept a client");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
                     };
                     connected.fetch_add(1, Ordering::AcqRel);
                     let clients = clients.clone();

@@ -31,8 +31,8 @@ const METRICS: &str = "/metrics";
 /// The header that names a request's MCP session.
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// How long a client may take for its TLS handshake, and for sending a request's headers.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take for sending a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an idle session lives by default: half an hour, long enough for a person
 /// who steps away from an agent in the middle of a task, short enough that abandoned
@@ -205,29 +205,29 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
         "MCP HTTP service started"
     );
     tokio::spawn(Arc::clone(&sessions).reap(stop.clone()));
+    // The workspace's one door: accept errors backed off, a connection cap, the opening
+    // bounded in time.
+    let gate =
+        code_mode_tls::gate::Gate::new("mcp http", code_mode_tls::gate::DEFAULT_MAX_CONNECTIONS);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    continue;
-                }
-            },
+        let admitted = tokio::select! {
+            admitted = gate.accept(&listener) => admitted,
             _ = tokio::signal::ctrl_c() => break,
         };
         let front = Arc::clone(&front);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let code_mode_tls::gate::Admitted { stream, peer, slot } = admitted;
+            let _slot = slot;
+            if !code_mode_tls::gate::first_byte(&stream, peer).await {
+                return;
+            }
             match acceptor {
                 None => serve_connection(front, stream).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(front, tls).await,
-                        Ok(Err(error)) => {
-                            tracing::info!(%peer, %error, "TLS handshake failed");
-                        }
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    if let Some(tls) = code_mode_tls::gate::handshake(&acceptor, stream, peer).await
+                    {
+                        serve_connection(front, tls).await;
                     }
                 }
             }
@@ -254,7 +254,7 @@ where
     let io = hyper_util::rt::TokioIo::new(stream);
     if let Err(error) = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(io, handler)
         .await
     {

@@ -38,6 +38,13 @@ const TEMPORARY_FOR: Duration = Duration::from_secs(60 * 60);
 /// How often a used file's modification time is brought up to date.
 const MARK_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// What the cache is called in refusals.
+const WHAT: &str = "the startup snapshot cache";
+
+/// The largest cache file read: a blob is well under a megabyte; anything this large is
+/// not one of ours.
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The header: magic, key, length (u64, little-endian), the blob's SHA-256.
 const HEADER_LEN: usize = 8 + 32 + 8 + 32;
 
@@ -54,6 +61,11 @@ pub(crate) fn key(v8_version: &str, flags: &str) -> std::io::Result<Key> {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }
+    // The build itself: two builds copied over one another with their times kept (`cp
+    // -p`) share a path, a size and a time, never a build id.
+    let build = build_id();
+    hasher.update((build.len() as u64).to_le_bytes());
+    hasher.update(&build);
     for number in [
         metadata.dev(),
         metadata.ino(),
@@ -64,6 +76,71 @@ pub(crate) fn key(v8_version: &str, flags: &str) -> std::io::Result<Key> {
         hasher.update(number.to_le_bytes());
     }
     Ok(hasher.finalize().into())
+}
+
+/// The GNU build id of this executable (`NT_GNU_BUILD_ID`, which the linker derives from
+/// the whole output), read from its loaded note segments; empty if it has none.
+fn build_id() -> Vec<u8> {
+    /// The note type of a build id, and its owner's name.
+    const NT_GNU_BUILD_ID: u32 = 3;
+    const GNU: &[u8] = b"GNU\0";
+
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        found: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader hands a valid `info` for the duration of the call; `found` is
+        // the `Vec` `build_id` passed in, borrowed mutably for the whole iteration.
+        let (info, found) = unsafe { (&*info, &mut *found.cast::<Vec<u8>>()) };
+        // The first object is the executable itself; stop after it either way.
+        let headers = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers of the object.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+        };
+        for header in headers
+            .iter()
+            .filter(|header| header.p_type == libc::PT_NOTE)
+        {
+            let start = info.dlpi_addr as usize + header.p_vaddr as usize;
+            // SAFETY: a PT_NOTE segment is loaded, readable, `p_memsz` bytes at its address.
+            let notes =
+                unsafe { std::slice::from_raw_parts(start as *const u8, header.p_memsz as usize) };
+            if let Some(id) = find_build_id(notes) {
+                found.extend_from_slice(id);
+                break;
+            }
+        }
+        1
+    }
+
+    /// The build id's descriptor in a note segment's bytes.
+    fn find_build_id(mut notes: &[u8]) -> Option<&[u8]> {
+        let word = |bytes: &[u8], at: usize| -> Option<usize> {
+            let word: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+            Some(u32::from_ne_bytes(word) as usize)
+        };
+        let aligned = |length: usize| length.div_ceil(4) * 4;
+        while notes.len() >= 12 {
+            let (name_size, desc_size, kind) = (word(notes, 0)?, word(notes, 4)?, word(notes, 8)?);
+            let name = notes.get(12..12 + name_size)?;
+            let desc_at = 12 + aligned(name_size);
+            let desc = notes.get(desc_at..desc_at + desc_size)?;
+            if kind == NT_GNU_BUILD_ID as usize && name == GNU {
+                return Some(desc);
+            }
+            notes = notes.get(desc_at + aligned(desc_size)..)?;
+        }
+        None
+    }
+
+    let mut found = Vec::new();
+    // SAFETY: `each` only reads what the loader hands it and writes to `found`, which
+    // outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut found).cast()) };
+    found
 }
 
 /// The cache file of `key` in `dir`.
@@ -122,14 +199,18 @@ pub(crate) fn decode(key: &Key, mut file: Vec<u8>) -> Result<Vec<u8>, Rejected> 
     Ok(file)
 }
 
-/// Reads the blob of `key` from `dir`; `None` (logged) when there is none to trust.
+/// Reads the blob of `key` from `dir`; `None` (logged) when there is none to trust: the
+/// directory and the file must be this user's alone (`code_mode_files`: no link followed,
+/// no FIFO waited on, nothing over [`MAX_FILE_BYTES`] read).
 pub(crate) fn read(dir: &Path, key: &Key) -> Option<Vec<u8>> {
     let path = path(dir, key);
-    let file = match std::fs::read(&path) {
+    let file = code_mode_files::private_dir(WHAT, dir)
+        .and_then(|()| code_mode_files::read_private(WHAT, &path, MAX_FILE_BYTES));
+    let file = match file {
         Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) if error.io_kind() == Some(std::io::ErrorKind::NotFound) => return None,
         Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "cannot read the startup snapshot cache; making the snapshot");
+            tracing::warn!(%error, "startup snapshot cache not used; making the snapshot");
             return None;
         }
     };
@@ -147,7 +228,7 @@ pub(crate) fn read(dir: &Path, key: &Key) -> Option<Vec<u8>> {
 
 /// Writes the blob of `key` to `dir`, whole or not at all.
 pub(crate) fn write(dir: &Path, key: &Key, blob: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    code_mode_files::private_dir(WHAT, dir).map_err(std::io::Error::other)?;
     let path = path(dir, key);
     let temporary = dir.join(format!(
         ".{}.{}.tmp",
@@ -157,7 +238,8 @@ pub(crate) fn write(dir: &Path, key: &Key, blob: &[u8]) -> std::io::Result<()> {
             .map_or(0, |since| since.as_nanos())
     ));
     let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
+        let mut file =
+            code_mode_files::create_new_private(WHAT, &temporary).map_err(std::io::Error::other)?;
         file.write_all(&encode(key, blob))?;
         file.sync_all()?;
         std::fs::rename(&temporary, &path)
@@ -179,9 +261,8 @@ fn age(path: &Path) -> Option<Duration> {
 /// [`MARK_EVERY`]: it is in use, and [`prune`] keeps it.
 fn mark_used(path: &Path) {
     if age(path).is_some_and(|age| age > MARK_EVERY) {
-        let marked = std::fs::File::options()
-            .write(true)
-            .open(path)
+        let marked = code_mode_files::private_file(WHAT, path)
+            .map_err(std::io::Error::other)
             .and_then(|file| file.set_modified(SystemTime::now()));
         if let Err(error) = marked {
             tracing::debug!(path = %path.display(), %error, "cannot mark the snapshot cache file used");
@@ -289,6 +370,50 @@ mod tests {
         std::fs::write(path(&dir, &KEY), b"garbage").unwrap();
         assert_eq!(read(&dir, &KEY), None, "a corrupt file is not trusted");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_files_of_this_user_in_a_private_directory_are_read() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir =
+            std::env::temp_dir().join(format!("code-mode-snapshot-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write(&dir, &KEY, b"blob").expect("write");
+        let mode = |path: &Path| std::fs::symlink_metadata(path).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path(&dir, &KEY)), 0o600);
+        assert_eq!(read(&dir, &KEY).as_deref(), Some(&b"blob"[..]));
+        // A directory others may write: nothing in it is trusted, nothing is written.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(read(&dir, &KEY), None);
+        assert!(write(&dir, &KEY, b"other").is_err());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A link planted under the name (to a file of the right bytes, even) is not
+        // followed; nor is a FIFO waited on.
+        let elsewhere = dir.with_extension("elsewhere");
+        std::fs::write(&elsewhere, encode(&KEY, b"planted")).unwrap();
+        std::fs::remove_file(path(&dir, &KEY)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, path(&dir, &KEY)).unwrap();
+        assert_eq!(read(&dir, &KEY), None);
+        std::fs::remove_file(path(&dir, &KEY)).unwrap();
+        let name =
+            std::ffi::CString::new(path(&dir, &KEY).into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        assert_eq!(read(&dir, &KEY), None);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&elsewhere);
+    }
+
+    #[test]
+    fn the_key_holds_this_builds_id() {
+        let id = build_id();
+        assert_eq!(id.len(), 20, "a 160-bit GNU build id: {id:?}");
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(
+            exe.windows(id.len()).any(|window| window == id.as_slice()),
+            "the id read from memory is the one in the executable's file"
+        );
     }
 
     /// Sets `path`'s modification time `days` back.
