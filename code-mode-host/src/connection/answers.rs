@@ -133,6 +133,7 @@ impl<T: FromResponse> Drop for AbandonOnDrop<'_, T> {
                 let abandoned = Abandoned {
                     session: pending.session,
                     holds_answer: pending.holds_answer,
+                    tools: pending.hooks.exec.as_ref().map(|exec| exec.tools.clone()),
                 };
                 state.abandoned.insert(self.id, abandoned);
                 if let Some(delegate) = &pending.hooks.cell_delegate {
@@ -153,10 +154,12 @@ impl<T: FromResponse> Drop for AbandonOnDrop<'_, T> {
 }
 
 /// A request whose caller gave up before its answer came.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) struct Abandoned {
     pub(super) session: Option<SessionId>,
     pub(super) holds_answer: bool,
+    /// An exec's tools: the cell it may still admit calls only these.
+    pub(super) tools: Option<Arc<[ToolDefinition]>>,
 }
 
 impl Connection {

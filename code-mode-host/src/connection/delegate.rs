@@ -32,9 +32,7 @@ impl Connection {
             let Some(entry) = state.sessions.get_mut(&session) else {
                 return Err(Violation::DelegateSessionNotOpen { id, session });
             };
-            if !entry.closed_cells.contains(cell_id) {
-                entry.live_cells.insert(cell_id.clone());
-            }
+            entry.guard(id, session, cell_id, &call)?;
             entry.call_started(cell_id, id, &call);
             let delegate = Arc::clone(entry.cell_delegates.get(cell_id).unwrap_or(&entry.delegate));
             state
@@ -154,19 +152,21 @@ impl Connection {
         }
         let admitted = {
             let mut state = lock(&self.state);
-            let (session, delegate, admitted, exec) = match state.pending.get(&id) {
+            let (session, delegate, admitted, exec, tools) = match state.pending.get(&id) {
                 Some(pending) => (
                     pending.session,
                     pending.hooks.cell_delegate.clone(),
                     pending.hooks.admitted.clone(),
                     pending.hooks.exec.clone(),
+                    pending.hooks.exec.as_ref().map(|exec| exec.tools.clone()),
                 ),
-                None => match state.abandoned.get(&id) {
+                None => match state.abandoned.get(&id).cloned() {
                     Some(abandoned) => (
                         abandoned.session,
                         state.abandoned_delegates.remove(&id),
                         None,
                         None,
+                        abandoned.tools,
                     ),
                     // Answered already and then abandoned: nothing waits for it.
                     None => return Err(Violation::AdmittedNotInFlight(id)),
@@ -177,11 +177,18 @@ impl Connection {
             else {
                 return Err(Violation::AdmittedOutsideSession(id));
             };
+            // Only an exec admits a cell, and every exec names its tools.
+            let Some(tools) = tools else {
+                return Err(Violation::AdmittedNotAnExec(id));
+            };
             if !entry.closed_cells.contains(&cell_id) {
                 entry.live_cells.insert(cell_id.clone());
                 if let Some(delegate) = delegate {
                     entry.cell_delegates.insert(cell_id.clone(), delegate);
                 }
+                entry
+                    .guards
+                    .insert(cell_id.clone(), CellGuard::new(&tools, 0));
             }
             entry.admit_journal(&cell_id, exec);
             admitted.map(|admitted| (admitted, session))
@@ -210,12 +217,63 @@ impl Connection {
             }
             entry.live_cells.remove(&cell_id);
             entry.journals.remove(&cell_id);
+            entry.guards.remove(&cell_id);
             entry
                 .cell_delegates
                 .remove(&cell_id)
                 .unwrap_or_else(|| Arc::clone(&entry.delegate))
         };
         delegate.cell_closed(&self.external_cell_id(session, &cell_id));
+        Ok(())
+    }
+}
+
+impl SessionEntry {
+    /// The host's wall: a delegate call of `cell_id` is let through only for a cell
+    /// admitted or resumed in this session on this connection and not closed, a nested call
+    /// only for a tool its exec enabled and under a call number above every one before.
+    fn guard(
+        &mut self,
+        id: DelegateId,
+        session: SessionId,
+        cell_id: &CellId,
+        call: &DelegateCall,
+    ) -> Result<(), Violation> {
+        if self.closed_cells.contains(cell_id) {
+            return Err(Violation::DelegateCellClosed {
+                id,
+                cell_id: cell_id.clone(),
+            });
+        }
+        let Some(guard) = self.guards.get_mut(cell_id) else {
+            return Err(Violation::DelegateCellUnknown {
+                id,
+                session,
+                cell_id: cell_id.clone(),
+            });
+        };
+        if let DelegateCall::InvokeTool {
+            call_id, tool_name, ..
+        } = call
+        {
+            if !guard.tools.contains(tool_name) {
+                return Err(Violation::ToolNotEnabled {
+                    id,
+                    cell_id: cell_id.clone(),
+                    tool: tool_name.clone(),
+                });
+            }
+            let number = call_id.number();
+            if number <= guard.last_call {
+                return Err(Violation::CallIdReused {
+                    id,
+                    cell_id: cell_id.clone(),
+                    call: number,
+                    last: guard.last_call,
+                });
+            }
+            guard.last_call = number;
+        }
         Ok(())
     }
 }

@@ -575,6 +575,18 @@ impl Connection {
         lock(&self.aliases).insert((session, cell_id.clone()), hook.external);
         if let Some(entry) = state.sessions.get_mut(&session) {
             entry.live_cells.insert(cell_id.clone());
+            // Its calls go on above those its journal and its calls in flight hold.
+            let last_call = hook
+                .in_flight
+                .iter()
+                .map(|call| call.call_id.number())
+                .chain([hook.journal.issued.len() as u64])
+                .max()
+                .unwrap_or(0);
+            entry.guards.insert(
+                cell_id.clone(),
+                CellGuard::new(&hook.journal.tools, last_call),
+            );
             if let Some(delegate) = &hooks.cell_delegate {
                 entry
                     .cell_delegates

@@ -164,6 +164,28 @@ struct SessionEntry {
     closed_cells: HashSet<CellId>,
     /// The journals of its running cells (contract §7).
     journals: HashMap<CellId, Kept>,
+    /// What each cell admitted or resumed here may ask of the delegate (the host's wall
+    /// against a runtime that escaped its cells), until it closes.
+    guards: HashMap<CellId, CellGuard>,
+}
+
+/// What the host lets one cell's runtime ask of its delegate: only tools its exec enabled,
+/// each call under a number above every one it issued before. A runtime that asks anything
+/// else is dropped with the violation named, before any delegate sees the call.
+struct CellGuard {
+    /// The names of the tools its exec enabled.
+    tools: HashSet<String>,
+    /// The highest call number it issued (or its journal holds).
+    last_call: u64,
+}
+
+impl CellGuard {
+    fn new(tools: &[ToolDefinition], last_call: u64) -> Self {
+        Self {
+            tools: tools.iter().map(|tool| tool.name.clone()).collect(),
+            last_call,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -676,6 +698,7 @@ impl Connection {
                         live_cells: HashSet::new(),
                         closed_cells: HashSet::new(),
                         journals: HashMap::new(),
+                        guards: HashMap::new(),
                     };
                     if state.sessions.insert(*session, entry).is_some() {
                         return Err(Violation::OpenedTwice(*session));

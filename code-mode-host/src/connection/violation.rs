@@ -20,12 +20,37 @@ pub enum Violation {
     DelegateInFlight(DelegateId),
     #[error("{id} is for {session}, which is not open")]
     DelegateSessionNotOpen { id: DelegateId, session: SessionId },
+    #[error("{id} is for cell {cell_id} of {session}, which was not admitted or resumed there")]
+    DelegateCellUnknown {
+        id: DelegateId,
+        session: SessionId,
+        cell_id: CellId,
+    },
+    #[error("{id} is for cell {cell_id}, which has closed")]
+    DelegateCellClosed { id: DelegateId, cell_id: CellId },
+    #[error("{id} calls tool {tool:?}, which the exec of cell {cell_id} did not enable")]
+    ToolNotEnabled {
+        id: DelegateId,
+        cell_id: CellId,
+        tool: String,
+    },
+    #[error(
+        "{id} issues call {call} of cell {cell_id} again (its calls are numbered above {last}): a call is never sent twice"
+    )]
+    CallIdReused {
+        id: DelegateId,
+        cell_id: CellId,
+        call: u64,
+        last: u64,
+    },
     #[error("{id} admitted an invalid cell id {cell_id:?}")]
     AdmittedCellInvalid { id: RequestId, cell_id: CellId },
     #[error("{0} admitted a cell but is not in flight")]
     AdmittedNotInFlight(RequestId),
     #[error("{0} admitted a cell outside an open session")]
     AdmittedOutsideSession(RequestId),
+    #[error("{0} admitted a cell but is not an exec")]
+    AdmittedNotAnExec(RequestId),
     #[error("a close event for an invalid cell id {0:?}")]
     ClosedCellInvalid(CellId),
     #[error("a close event for {0}, which is not open")]

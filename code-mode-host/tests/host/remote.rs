@@ -793,3 +793,203 @@ async fn a_runtime_that_breaks_the_protocol_is_dropped_with_the_violation_named(
         .expect("the host closed the connection")
         .unwrap();
 }
+
+/// What a fake runtime that escaped its cells asks of the host, after admitting cell 1 in
+/// the first session.
+#[derive(Clone, Copy, Debug)]
+enum Escape {
+    /// A nested call of a cell that was admitted in the first session, sent for the
+    /// second (also open on the connection).
+    CallForAnotherSession,
+    /// A call of a tool its exec did not enable.
+    ToolNotEnabled,
+    /// A call answered once, sent again under its id.
+    CallIdAgain,
+}
+
+/// A runtime that speaks the protocol. The first exec it gets stays unanswered (its
+/// session is then open on the connection), and `queued` is told; at the second it admits
+/// cell 1 in that exec's session, then does `escape`. Returns the delegate replies it got.
+async fn escaping_runtime(
+    escape: Escape,
+    queued: tokio::sync::oneshot::Sender<()>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+    use code_mode_protocol::{CallId, CellId};
+    use code_mode_wire::handshake::ServerOffer;
+    use code_mode_wire::transport::{self, Transport};
+    use code_mode_wire::{
+        ClientMessage, DelegateCall, DelegateId, REMOTE_CAPABILITY, Request, Response,
+        ServerMessage, SessionId,
+    };
+    use futures_util::StreamExt;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let Transport {
+            mut reader,
+            outbox,
+            writer,
+        } = transport::split::<_, ClientMessage, ServerMessage>(stream);
+        let Some(Ok(ClientMessage::Hello(hello))) = reader.next().await else {
+            panic!("no hello");
+        };
+        let ready = ServerOffer::current("a runtime that escaped its cells", "none")
+            .with_capability(REMOTE_CAPABILITY)
+            .negotiate(&hello)
+            .expect("the host's hello");
+        outbox.send(&ServerMessage::Ready(ready)).unwrap();
+        let mut sessions = 0;
+        let mut replies = Vec::new();
+        let mut queued = Some(queued);
+        let mut waiting_session = None;
+        let call = |id: u64, session: SessionId, tool: &str, call: u64| ServerMessage::Delegate {
+            id: DelegateId(id),
+            session,
+            call: DelegateCall::InvokeTool {
+                cell_id: CellId::parse("1"),
+                call_id: CallId::new(call),
+                tool_name: tool.to_owned(),
+                kind: code_mode_wire::payload::ToolKind::Function,
+                input: None,
+                exec_call_id: None,
+            },
+        };
+        let mut admitted_in = None;
+        while let Some(Ok(message)) = reader.next().await {
+            match message {
+                ClientMessage::Request { id, request, .. } => match request {
+                    Request::OpenSession { .. } => {
+                        sessions += 1;
+                        outbox
+                            .send(&ServerMessage::Response {
+                                id,
+                                result: Ok(Response::SessionOpened(SessionId(sessions))),
+                            })
+                            .unwrap();
+                    }
+                    Request::RegisterTools { .. } => outbox
+                        .send(&ServerMessage::Response {
+                            id,
+                            result: Ok(Response::ToolsRegistered),
+                        })
+                        .unwrap(),
+                    Request::Session { session, .. }
+                    | Request::SessionWithTools { session, .. } => {
+                        if let Some(queued) = queued.take() {
+                            waiting_session = Some(session);
+                            let _ = queued.send(());
+                            continue;
+                        }
+                        outbox
+                            .send(&ServerMessage::Admitted {
+                                id,
+                                cell_id: CellId::parse("1"),
+                            })
+                            .unwrap();
+                        admitted_in = Some(session);
+                        let other = waiting_session.expect("the first exec's session");
+                        let first = match escape {
+                            Escape::CallForAnotherSession => call(1, other, "echo", 1),
+                            Escape::ToolNotEnabled => call(1, session, "rm_rf", 1),
+                            Escape::CallIdAgain => call(1, session, "echo", 1),
+                        };
+                        outbox.send(&first).unwrap();
+                    }
+                    _ => {}
+                },
+                ClientMessage::DelegateReply { id, reply } => {
+                    replies.push(format!("{id} {reply:?}"));
+                    if let (Escape::CallIdAgain, Some(session)) = (escape, admitted_in)
+                        && id == DelegateId(1)
+                    {
+                        // The same call again, as a new delegate request.
+                        outbox.send(&call(2, session, "echo", 1)).unwrap();
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(outbox);
+        let _ = writer.await;
+        replies
+    });
+    (address, fake)
+}
+
+/// The host is the second wall against a runtime that escaped its cells: a delegate call
+/// for a cell not admitted in its session, for a tool the exec did not enable, or under a
+/// call id already issued is a protocol violation that drops the runtime, and the delegate
+/// never sees it.
+#[tokio::test]
+async fn a_runtime_that_escaped_its_cells_is_dropped_before_the_delegate_sees_its_call() {
+    let cases = [
+        (
+            Escape::CallForAnotherSession,
+            "delegate call 1 is for cell 1 of session 1, which was not admitted or resumed there",
+            0,
+        ),
+        (
+            Escape::ToolNotEnabled,
+            "delegate call 1 calls tool \"rm_rf\", which the exec of cell 1 did not enable",
+            0,
+        ),
+        (
+            Escape::CallIdAgain,
+            "delegate call 2 issues call 1 of cell 1 again (its calls are numbered above 1): a call is never sent twice",
+            1,
+        ),
+    ];
+    for (escape, violation, calls_seen) in cases {
+        let (queued, exec_queued) = tokio::sync::oneshot::channel();
+        let (address, fake) = escaping_runtime(escape, queued).await;
+        let provider = Arc::new(remote(vec![format!("127.0.0.1:{}", address.port())], None));
+        // The other session's exec waits on the runtime: that session is open there.
+        let other_delegate = TestDelegate::new();
+        let other =
+            Arc::new(provider.open_session(other_delegate.clone(), SessionOptions::default()));
+        let waiting = tokio::spawn({
+            let other = Arc::clone(&other);
+            async move { other.execute(request("text(1)")).await }
+        });
+        tokio::time::timeout(Duration::from_secs(20), exec_queued)
+            .await
+            .expect("the other exec reached the runtime")
+            .unwrap();
+        let delegate = TestDelegate::new();
+        let session = provider.open_session(delegate.clone(), SessionOptions::default());
+        let error = tokio::time::timeout(
+            Duration::from_secs(20),
+            session.execute(request("await tools.echo()")),
+        )
+        .await
+        .expect("the call ends")
+        .expect_err("the runtime was dropped");
+        let SessionError::RuntimeLost(cause) = &error else {
+            panic!("{escape:?}: expected RuntimeLost, got {error}");
+        };
+        assert!(
+            cause.contains(&format!("protocol violation by the runtime: {violation}")),
+            "{escape:?}: {cause}"
+        );
+        let started = |delegate: &TestDelegate| {
+            delegate
+                .records()
+                .iter()
+                .filter(|record| {
+                    matches!(record, code_mode_conformance::Record::ToolStarted { .. })
+                })
+                .count()
+        };
+        assert_eq!(started(&delegate), calls_seen, "{escape:?}");
+        assert_eq!(started(&other_delegate), 0, "{escape:?}");
+        let _ = waiting.await;
+        drop((session, other, provider));
+        let replies = tokio::time::timeout(Duration::from_secs(20), fake)
+            .await
+            .expect("the host closed the connection")
+            .unwrap();
+        assert_eq!(replies.len(), calls_seen, "{escape:?}: {replies:?}");
+    }
+}
