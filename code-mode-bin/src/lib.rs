@@ -490,6 +490,25 @@ fn sandbox_self_test(action: &str) -> ExitCode {
             eprintln!("x32 getpid: not killed ({pid}) (NOT sandboxed)");
             ExitCode::FAILURE
         }
+        Some(("signal", target)) => {
+            // Signal 0 checks the target without disturbing it.
+            // SAFETY: getpid has no preconditions.
+            let own = unsafe { libc::getpid() };
+            let pid = if target == "self" {
+                own
+            } else {
+                target.parse().unwrap_or(own)
+            };
+            // SAFETY: kill takes integers only; signal 0 sends nothing.
+            let result = unsafe { libc::kill(pid, 0) };
+            eprintln!("kill({pid}, 0): {result}");
+            // Reached only when the filter let it through: only ours may be.
+            if pid == own && result == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Some(("clone3", _)) => {
             // Answered ENOSYS (so that libc falls back to clone), not killed.
             // SAFETY: clone3 with a null argument and size 0 is refused before it reads.

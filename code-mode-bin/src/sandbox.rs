@@ -17,7 +17,10 @@
 //!    `socketpair` stays allowed: the async runtime's signal driver needs one, and an
 //!    anonymous connected pair reaches nothing outside the process. A listening runtime
 //!    (`--listen`, `--metrics`) binds its sockets before this step and keeps `accept`:
-//!    taking connections on a socket it already has opens nothing new outward.
+//!    taking connections on a socket it already has opens nothing new outward. Signals
+//!    reach this process only: `kill`, `tgkill` and `rt_(tg)sigqueueinfo` at another pid
+//!    (a group, or -1 for every process of the user) kill the sender; `tkill` and
+//!    `pidfd_send_signal`, whose target the filter cannot see, are refused.
 //!
 //! Each step is reported; the level reached goes into the handshake and the logs.
 //!
@@ -248,6 +251,25 @@ fn filters(accepts: bool) -> Result<Vec<seccompiler::BpfProgram>, String> {
         libc::SYS_clone,
         vec![SeccompRule::new(vec![not_a_thread]).map_err(error)?],
     );
+    // Signals reach this process only: `kill`, `tgkill` and the `sigqueue` pair name the
+    // target process first, and any other (a process group, -1 for every process of the
+    // user) kills the sender. This is enforced whatever Landlock's signal scoping the
+    // kernel has.
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let pid = unsafe { libc::getpid() } as u64;
+    for call in [
+        libc::SYS_kill,
+        libc::SYS_tgkill,
+        libc::SYS_rt_sigqueueinfo,
+        libc::SYS_rt_tgsigqueueinfo,
+    ] {
+        let elsewhere = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, pid)
+            .map_err(error)?;
+        killed.insert(
+            call,
+            vec![SeccompRule::new(vec![elsewhere]).map_err(error)?],
+        );
+    }
     let kill = SeccompFilter::new(
         killed,
         SeccompAction::Allow,
@@ -262,8 +284,20 @@ fn filters(accepts: bool) -> Result<Vec<seccompiler::BpfProgram>, String> {
         arch,
     )
     .map_err(error)?;
+    // Signals whose target cannot be told from the arguments (a thread id alone, a pidfd)
+    // are refused: nothing in the runtime sends them (raise and pthread_kill use tgkill).
+    let unknown_targets = SeccompFilter::new(
+        BTreeMap::from([
+            (libc::SYS_tkill, Vec::new()),
+            (libc::SYS_pidfd_send_signal, Vec::new()),
+        ]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(error)?;
     let mut programs = Vec::new();
-    for filter in [kill, no_clone3] {
+    for filter in [kill, no_clone3, unknown_targets] {
         programs.push(seccompiler::BpfProgram::try_from(filter).map_err(error)?);
     }
     Ok(programs)

@@ -9,10 +9,12 @@
 //!
 //! The child is cleaned as the spawned one would be: descriptors 0 and 1 on `/dev/null`,
 //! 2 on a pipe the provider forwards to `tracing`, the connected socket on 3 and nothing
-//! else open; a process group of its own; a parent-death signal; and the environment
-//! wiped, its bytes overwritten (a spawned runtime gets a cleared environment, and a
-//! forked one must not keep the front's, which may hold credentials, in its memory). It
-//! then sandboxes itself as every runtime does. It shares the front's address-space
+//! else open (closed with `close_range`, else by the list in `/proc/self/fd`); a process
+//! group of its own; a parent-death signal; no signal blocked; and the environment wiped
+//! and the command line overwritten with the runtime's name, their bytes gone (a spawned
+//! runtime gets a cleared environment, and a forked one must not keep the front's, which
+//! may hold credentials, such as an exporter URL's, in its memory). It then sandboxes
+//! itself as every runtime does. It shares the front's address-space
 //! layout (a fork is not a fresh exec), which a spawned runtime would not.
 //!
 //! Only the first runtime is forked; a runtime that replaces it is spawned as usual.
@@ -169,8 +171,44 @@ fn become_runtime(parent: libc::pid_t, socket: RawFd, stderr: RawFd, null: RawFd
         libc::dup3(socket, SOCKET_FD, libc::O_CLOEXEC);
         close_from(SOCKET_FD + 1);
         libc::prctl(libc::PR_SET_NAME, c"code-mode-rt".as_ptr(), 0, 0, 0);
+        // The front's blocked signals are not the runtime's (a spawned one starts with
+        // none blocked by us either).
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
     wipe_environment();
+    wipe_arguments();
+}
+
+/// Overwrites the front's command line in this process's memory (an exporter URL there
+/// can hold credentials) with the runtime's name: `/proc/<pid>/cmdline` and every copy of
+/// the memory show `code-mode-rt` and nothing else. The runtime's own arguments were
+/// parsed before the fork.
+fn wipe_arguments() {
+    let Some((start, end)) = argument_area() else {
+        return;
+    };
+    let name = b"code-mode-rt";
+    // SAFETY: [start, end) is this process's argument area (the kernel's `arg_start` and
+    // `arg_end`), mapped and writable on its stack; the child has one thread, and nothing
+    // holds a reference into it (Rust's `std::env::args` is not read after the fork).
+    unsafe {
+        for (offset, address) in (start..end).enumerate() {
+            let byte = name.get(offset).copied().unwrap_or(0);
+            std::ptr::write_volatile(address as *mut u8, byte);
+        }
+    }
+}
+
+/// `arg_start` and `arg_end` of this process, from `/proc/self/stat` (fields 48 and 49).
+fn argument_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command's name (in parentheses, which may hold spaces) start at 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |number: usize| fields.get(number - 3)?.parse::<usize>().ok();
+    let (start, end) = (field(48)?, field(49)?);
+    (start < end && end - start < (1 << 24)).then_some((start, end))
 }
 
 /// Closes every descriptor from `first` up.
@@ -182,11 +220,36 @@ fn close_from(first: RawFd) {
     if closed == 0 {
         return;
     }
-    // Kernels before 5.9: close each possible descriptor.
-    // SAFETY: sysconf(3) has no preconditions.
-    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
-    let max = i32::try_from(max).unwrap_or(i32::MAX).clamp(1024, 1 << 20);
-    for fd in i32::try_from(first).unwrap_or(i32::MAX)..max {
+    let first = i32::try_from(first).unwrap_or(i32::MAX);
+    // Kernels before 5.9: close what /proc/self/fd lists (read whole first: the listing's
+    // own descriptor is among them)...
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        let open: Vec<i32> = entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd >= first)
+            .collect();
+        for fd in open {
+            // SAFETY: as above.
+            unsafe { libc::close(fd) };
+        }
+        return;
+    }
+    // ...or, without /proc, every number up to the hard limit (a descriptor can be open
+    // above a soft limit that was lowered after it was opened).
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let max = if known && limit.rlim_max != libc::RLIM_INFINITY {
+        i32::try_from(limit.rlim_max).unwrap_or(i32::MAX)
+    } else {
+        1 << 20
+    }
+    .clamp(1024, 1 << 20);
+    for fd in first..max {
         // SAFETY: as above.
         unsafe { libc::close(fd) };
     }

@@ -76,10 +76,12 @@ pub trait CallTarget: Sync {
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<Option<Self::Answer<CellResponse>>, SessionError>>;
 
-    /// Starts a cell observed to its first frontier.
+    /// Starts a cell observed to its first frontier; `admitted` is told its id as soon as
+    /// it is admitted, before any of its callbacks.
     fn execute_to_pending(
         &self,
         request: ExecRequest,
+        admitted: Option<AdmittedHook>,
     ) -> StartedWith<'_, Self::Answer<PendingOutcome>>;
 
     /// Observes a cell to its next frontier; `None` when the session does not know it.
@@ -131,9 +133,17 @@ impl<S: CodeModeSession + ?Sized> CallTarget for Taking<'_, S> {
         Box::pin(async move { self.0.terminate(cell_id).await.map(Some) })
     }
 
-    fn execute_to_pending(&self, request: ExecRequest) -> StartedWith<'_, PendingOutcome> {
+    fn execute_to_pending(
+        &self,
+        request: ExecRequest,
+        admitted: Option<AdmittedHook>,
+    ) -> StartedWith<'_, PendingOutcome> {
         Box::pin(async move {
             let started = self.0.execute_to_pending(request).await?;
+            // The trait's method reports no admission of its own: told with the answer.
+            if let Some(admitted) = admitted {
+                admitted(&started.cell_id);
+            }
             Ok((started.cell_id, started.outcome))
         })
     }
@@ -243,7 +253,7 @@ impl SessionCall {
                 None => T::ready(SessionReply::Cell(CellResponse::missing(cell_id))),
             },
             SessionCall::ExecuteToPending(request) => {
-                let (cell_id, answer) = target.execute_to_pending(request).await?;
+                let (cell_id, answer) = target.execute_to_pending(request, hooks.admitted).await?;
                 T::map(answer, |outcome| {
                     SessionReply::StartedPending(StartedPendingCell { cell_id, outcome })
                 })

@@ -12,12 +12,13 @@
 //! - **every `exec` and `wait` gets exactly one answer**, its own, within the answer
 //!   deadline: each cell's result names its cell, and each tool answer its call;
 //! - **no tool call is sent twice**: each call carries a token used once;
-//! - **the only failures are faults**: a `RuntimeLost` must fall within the window of a
-//!   fault injected on the runtime the session was on; a refusal is excused only while
-//!   no remote runtime was up; any other error fails the run. Running cells are rebuilt
-//!   from their journals when their runtime is lost (durable cells), so a loss reaches a
-//!   cell only where nothing can be rebuilt: an exec a remote runtime never admitted, or a
-//!   cell whose runtimes kept being lost under it;
+//! - **nothing is lost but what cannot be rebuilt**: a local session loses no cell (a
+//!   running cell is rebuilt from its journal, an exec a dead local runtime never admitted
+//!   runs again); a remote session may fail only an exec its runtime never admitted, never
+//!   a `wait` and never an admitted cell, and then only within the window of a fault
+//!   injected on the runtime it was on (cuts and stalls of the proxy included); a refusal
+//!   is excused only while no remote runtime was up; any other error fails the run; at
+//!   least 95 % of cells complete with their fault-free output;
 //! - every fault kind happened, and cells were rebuilt mid-flight: a kill waits for a
 //!   cell that is inside a tool call, the call is answered after the kill, and that cell
 //!   must complete with its own result;
@@ -783,11 +784,19 @@ async fn run_cell<S: CodeModeSession + Placed>(
     source: String,
 ) -> Ended {
     let started = Instant::now();
+    // Whether the runtime admitted the cell: from then on it is rebuilt, never lost.
+    let admitted = Arc::new(AtomicBool::new(false));
     let outcome = tokio::time::timeout(stage.deadline, async {
+        let flag = Arc::clone(&admitted);
+        let hooks = code_mode_protocol::ExecHooks::default()
+            .on_admitted(move |_| flag.store(true, Ordering::SeqCst));
         let started = session
-            .execute(ExecRequest::new(source).with_tools(tools()))
-            .await?;
-        follow(session, started.initial_response).await
+            .execute_with(ExecRequest::new(source).with_tools(tools()), hooks)
+            .await
+            .map_err(|error| (Phase::Exec, error))?;
+        follow(session, started.initial_response)
+            .await
+            .map_err(|error| (Phase::Wait, error))
     })
     .await
     .unwrap_or_else(|_| {
@@ -814,7 +823,21 @@ async fn run_cell<S: CodeModeSession + Placed>(
                 .join("\n"),
         ),
         Ok((other, _)) => panic!("{name}: cell {cell} ended unexpectedly: {other:?}"),
-        Err(SessionError::RuntimeLost(cause)) => {
+        // A local session loses nothing: a cell of a dead local runtime is rebuilt, and an
+        // exec it never admitted runs again.
+        Err((phase, SessionError::RuntimeLost(cause))) if S::is_local() => {
+            panic!("{name}: cell {cell} of a local session was lost at its {phase:?}: {cause}")
+        }
+        // A remote session may fail only an exec its runtime never admitted (a pool never
+        // runs one again); an admitted cell is rebuilt, and a wait is never lost.
+        Err((phase, SessionError::RuntimeLost(cause)))
+            if phase == Phase::Wait || admitted.load(Ordering::SeqCst) =>
+        {
+            panic!(
+                "{name}: cell {cell} was lost after its runtime admitted it (at its {phase:?}): {cause}"
+            )
+        }
+        Err((_, SessionError::RuntimeLost(cause))) => {
             let target = if S::is_local() {
                 Some(Target::Local)
             } else {
@@ -829,7 +852,7 @@ async fn run_cell<S: CodeModeSession + Placed>(
             lock(&stage.lost).insert(cell.to_owned());
             Ended::Lost
         }
-        Err(SessionError::Runtime(message))
+        Err((Phase::Exec, SessionError::Runtime(message)))
             if !S::is_local()
                 && message.message().starts_with(REFUSAL)
                 && stage.remote_all_down(started, ended) =>
@@ -839,8 +862,19 @@ async fn run_cell<S: CodeModeSession + Placed>(
             }
             Ended::Refused
         }
-        Err(other) => panic!("{name}: cell {cell} failed, and no fault explains it: {other}"),
+        Err((phase, other)) => {
+            panic!("{name}: cell {cell} failed at its {phase:?}, and no fault explains it: {other}")
+        }
     }
+}
+
+/// Where a cell's call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its `exec`.
+    Exec,
+    /// A `wait` on it after the exec yielded.
+    Wait,
 }
 
 /// A JavaScript string literal of `text` (ASCII and JSON text only).
@@ -1251,10 +1285,12 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
         report.rebuilt_mid_flight > 0,
         "no cell was rebuilt mid-flight: {report}"
     );
-    // Most cells still complete. A run whose runtimes could not be reached (a stale
-    // binary of another protocol version, say) fails here, if not before.
+    // At least 95 % of cells complete with their fault-free output (every local cell
+    // does, or the run has failed already; a remote exec never admitted may fail). A run
+    // whose runtimes could not be reached (a stale binary of another protocol version,
+    // say) fails here, if not before.
     assert!(
-        report.completed * 2 >= report.cells,
+        report.completed * 100 >= report.cells * 95,
         "only {} of {} cells completed",
         report.completed,
         report.cells

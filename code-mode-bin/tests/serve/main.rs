@@ -947,7 +947,7 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
             .await
             .unwrap()
     };
-    let mut killed = vec!["socket:"];
+    let mut killed = vec!["socket:", "signal:1", "signal:0", "signal:-1"];
     if cfg!(target_arch = "x86_64") {
         killed.push("x32:");
     }
@@ -961,7 +961,7 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    for action in ["clone3:", "thread:"] {
+    for action in ["clone3:", "thread:", "signal:self"] {
         let output = probe(action).await;
         assert!(
             output.status.success(),

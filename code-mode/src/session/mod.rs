@@ -28,12 +28,12 @@ use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::traced::{CellTraces, Traced};
+use code_mode_protocol::{AdmittedHook, CallId, JsonText, ToolError};
 use code_mode_protocol::{
     BoxFuture, CallHooks, CallTarget, CellId, CellResponse, CodeModeProvider, CodeModeSession,
     CodeModeSessionDelegate, ExecHooks, ExecRequest, PendingOutcome, RuntimeFailure, SessionCall,
     SessionError, SessionOptions, SessionReply, StartedCell, StartedPendingCell, WaitRequest,
 };
-use code_mode_protocol::{CallId, JsonText, ToolError};
 use search::{SearchCache, SearchableTools};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -607,9 +607,13 @@ impl CallTarget for Untaken<'_> {
         })
     }
 
-    fn execute_to_pending(&self, request: ExecRequest) -> StartedWith<'_, Handed<PendingOutcome>> {
+    fn execute_to_pending(
+        &self,
+        request: ExecRequest,
+        admitted: Option<AdmittedHook>,
+    ) -> StartedWith<'_, Handed<PendingOutcome>> {
         Box::pin(async move {
-            let (cell_id, answer) = self.0.execute_to_pending_untaken(request).await?;
+            let (cell_id, answer) = self.0.execute_to_pending_untaken(request, admitted).await?;
             Ok((cell_id, hand(answer)?))
         })
     }
@@ -690,11 +694,16 @@ impl InProcessSession {
     async fn execute_to_pending_untaken(
         &self,
         request: ExecRequest,
+        admitted: Option<AdmittedHook>,
     ) -> Result<(CellId, Answer<PendingOutcome>), SessionError> {
         let (reply, answer) = oneshot::channel();
+        let hooks = ExecHooks {
+            admitted,
+            ..ExecHooks::default()
+        };
         let cell_id = self
             .shared
-            .start_cell(request, ExecHooks::default(), |_| Observer::pending(reply))?;
+            .start_cell(request, hooks, |_| Observer::pending(reply))?;
         let answer = answer.await.map_err(|_| actor_lost(&cell_id))?;
         Ok((cell_id, answer))
     }
@@ -781,7 +790,7 @@ impl CodeModeSession for InProcessSession {
         request: ExecRequest,
     ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
         Box::pin(measure(async move {
-            let (cell_id, answer) = self.execute_to_pending_untaken(request).await?;
+            let (cell_id, answer) = self.execute_to_pending_untaken(request, None).await?;
             Ok(StartedPendingCell {
                 cell_id,
                 outcome: answer.take()?,

@@ -597,11 +597,31 @@ fn proc_status(pid: i32, field: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_forked_runtime_keeps_no_environment_no_stdio_and_dies_with_its_front() {
     const SECRET: &str = "forked-runtime-secret-4e1d9b";
+    const ARGUMENT_SECRET: &str = "argument-secret-77c2a0";
     let mut command = tokio::process::Command::new(our_host());
+    // An exporter URL with credentials on the command line (nothing listens there: its
+    // batches are dropped), and a signal blocked as the front starts (masks are inherited).
+    let exporter = format!("http://user:{ARGUMENT_SECRET}@127.0.0.1:9/v1/traces");
     command
-        .args(["--listen", "grpc+stdio://"])
+        .args([
+            "--listen",
+            "grpc+stdio://",
+            "--otel-trace-exporter",
+            &exporter,
+        ])
         .env("CODE_MODE_TEST_SECRET", SECRET)
         .stderr(std::process::Stdio::null());
+    // SAFETY: between fork and exec, only async-signal-safe calls on this process's own
+    // signal mask.
+    unsafe {
+        command.pre_exec(|| {
+            let mut blocked: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut blocked);
+            libc::sigaddset(&mut blocked, libc::SIGUSR2);
+            libc::sigprocmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
+            Ok(())
+        });
+    }
     let host = codex_code_mode_host::client::StdioHost::spawn(command)
         .await
         .expect("spawn");
@@ -619,6 +639,40 @@ async fn the_forked_runtime_keeps_no_environment_no_stdio_and_dies_with_its_fron
         Some(front.to_string()),
         "the runtime is the front's child"
     );
+    // Forked, not spawned: a spawned runtime is named after its file (code-mode-bin or the
+    // front's own), only the fork renames itself.
+    assert_eq!(
+        proc_status(runtime, "Name").as_deref(),
+        Some("code-mode-rt")
+    );
+    // The front's blocked signal is not the runtime's.
+    let blocked = |pid: i32| {
+        u64::from_str_radix(&proc_status(pid, "SigBlk").expect("SigBlk"), 16).expect("a mask")
+    };
+    let usr2 = 1u64 << (libc::SIGUSR2 - 1);
+    assert_ne!(blocked(front) & usr2, 0, "the probe sees the front's mask");
+    assert_eq!(blocked(runtime), 0, "the runtime blocks no signal");
+    // Nor is its command line, in the table or in memory.
+    let has_argument = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .expect("cmdline")
+            .windows(ARGUMENT_SECRET.len())
+            .any(|window| window == ARGUMENT_SECRET.as_bytes())
+    };
+    assert!(has_argument(front), "the probe sees the front's arguments");
+    assert!(
+        !has_argument(runtime),
+        "the runtime keeps the front's arguments"
+    );
+    let cmdline = std::fs::read(format!("/proc/{runtime}/cmdline")).expect("cmdline");
+    let (name, rest) = cmdline.split_at(
+        cmdline
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(cmdline.len()),
+    );
+    assert_eq!(name, b"code-mode-rt", "{cmdline:?}");
+    assert!(rest.iter().all(|byte| *byte == 0), "{cmdline:?}");
     let contains = |bytes: &[u8]| bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
     // The front has the variable where the kernel put it; the runtime's copy of that
     // memory holds none of it.
