@@ -346,7 +346,7 @@ struct Server {
     /// The driver's own tools (`--tools`, `--builtin`).
     tools: ToolSet,
     /// With `--state-dir`: where the sessions are kept across restarts.
-    state: Option<Durability>,
+    state: Option<Arc<Durability>>,
 }
 
 /// The delegate of a served session: tool calls and notifications become events, written
@@ -657,14 +657,19 @@ impl Server {
             }
             (Some(state), Some(pending)) => {
                 let record = AnswerRecord {
-                    session: pending.session,
-                    cell_id: pending.cell_id,
+                    session: pending.session.clone(),
+                    cell_id: pending.cell_id.clone(),
                     call: pending.call,
                     result: answer_text(&result),
                 };
-                let reply = pending.reply;
-                state.record_then(&self.out, record, move || {
-                    let _ = reply.send(result);
+                // An answer not on disk does not reach the cell: the call waits again.
+                let (calls, key) = (Arc::clone(&self.calls), given.call.clone());
+                state.record_then(&self.out, &given.call, record, move |recorded| {
+                    if recorded {
+                        let _ = pending.reply.send(result);
+                    } else {
+                        lock(&calls).insert(key, pending);
+                    }
                 });
             }
             (Some(state), None) => state.answer_restored(&self.out, &given.call, &result),
@@ -799,23 +804,47 @@ fn tool_call_event<T: serde::Serialize>(
     event
 }
 
+/// How long the writer waits before it tries again a checkpoint that failed, at first and
+/// at most (doubling in between).
+const PERSIST_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const PERSIST_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Writes the lines to stdout in order, a batch at a time: with a state directory, the
 /// checkpoint of everything served goes to disk before a batch goes out, so nothing the
-/// client reads is lost to a restart (a failed write goes out first as a `state_error`).
+/// client reads is lost to a restart, and no call it is told of is told again after one.
+/// A write that fails holds the batch back (a `state_error` event says why, once per
+/// cause) and is tried again until it succeeds: nothing goes out that the disk lacks.
 async fn write_lines(mut lines: mpsc::UnboundedReceiver<String>, server: Weak<Server>) {
     let mut stdout = tokio::io::stdout();
     let mut batch = Vec::new();
     while let Some(line) = lines.recv().await {
         batch.push(line);
-        while let Ok(line) = lines.try_recv() {
-            batch.push(line);
-        }
-        let server = server.upgrade();
-        if let Some(server) = server
-            && let Some(message) = server.persist().await
-        {
-            tracing::error!("{message}");
-            batch.insert(0, state_error(&message).to_string());
+        let mut pause = PERSIST_RETRY_MIN;
+        let mut said = None;
+        loop {
+            while let Ok(line) = lines.try_recv() {
+                batch.push(line);
+            }
+            let Some(server) = server.upgrade() else {
+                break;
+            };
+            let Some(message) = server.persist().await else {
+                break;
+            };
+            if said.as_ref() != Some(&message) {
+                tracing::error!("{message}; the lines that depend on it are held back");
+                let event = state_error(&message).to_string();
+                if stdout.write_all(event.as_bytes()).await.is_err()
+                    || stdout.write_all(b"\n").await.is_err()
+                    || stdout.flush().await.is_err()
+                {
+                    return;
+                }
+                said = Some(message);
+            }
+            drop(server);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(PERSIST_RETRY_MAX);
         }
         for line in batch.drain(..) {
             if stdout.write_all(line.as_bytes()).await.is_err()
@@ -855,7 +884,7 @@ pub async fn serve(
         Some(dir) => {
             let (state, saved) =
                 Durability::open(dir).map_err(|error| Failure::runtime(error.to_string()))?;
-            (Some(state), saved)
+            (Some(Arc::new(state)), saved)
         }
         None => (None, Saved::default()),
     };

@@ -547,6 +547,17 @@ impl StateStore {
         Ok(())
     }
 
+    /// Caps the database at about `bytes` (whole pages, at least the pages it has): a
+    /// write past the cap fails as a full disk does, and keeps what was written before.
+    pub fn cap_bytes(&self, bytes: u64) -> Result<(), StateError> {
+        let page_size: i64 = {
+            let db = code_mode_protocol::sync::lock(&self.db);
+            db.query_row("PRAGMA page_size", [], |row| row.get(0))
+                .map_err(|error| self.write_error(error))?
+        };
+        self.cap_pages(bytes / page_size.max(512).cast_unsigned())
+    }
+
     /// Caps the database at `pages` pages of its page size (tests: a full disk without
     /// filling one).
     #[doc(hidden)]

@@ -37,6 +37,10 @@ use tokio_util::sync::CancellationToken;
 /// The yield time of an `Execute` that names none (codex always sends one).
 pub const DEFAULT_EXEC_YIELD_MS: u64 = 30_000;
 
+/// How long a state-directory write that fails is tried again before the request that
+/// depends on it fails (`UNAVAILABLE`): a disk full for a moment loses nothing.
+pub const STATE_PATIENCE: Duration = Duration::from_secs(10);
+
 /// The yield time of a `Wait` that names none.
 pub const DEFAULT_WAIT_YIELD_MS: u64 = 10_000;
 
@@ -857,15 +861,24 @@ impl Front {
     }
 
     /// With a state directory: everything kept is on disk before an answer that depends
-    /// on it goes out. A write that failed (a full disk, say) is the answer's error: what
-    /// depends on it must not go out.
+    /// on it goes out. A write that fails (a full disk, say) is tried again for
+    /// [`STATE_PATIENCE`], then is the answer's error: what depends on it must not go out.
     pub async fn flush(&self) -> Result<(), FrontError> {
-        match &self.state {
-            Some(state) => state
-                .flush(self.provider.generations_used())
-                .await
-                .map_err(FrontError::StateUnavailable),
-            None => Ok(()),
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + STATE_PATIENCE;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let error = match state.flush(self.provider.generations_used()).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(FrontError::StateUnavailable(error));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 

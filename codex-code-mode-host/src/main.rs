@@ -55,6 +55,11 @@ struct Cli {
     /// with them (a client names a kept session by its id; see docs/CODEX.md).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// With --state-dir: the most its database may hold, in bytes. A write past it fails
+    /// as on a full disk: the call that needs it is refused (UNAVAILABLE) and nothing that
+    /// depends on it goes out.
+    #[arg(long, value_name = "BYTES", requires = "state_dir")]
+    state_max_bytes: Option<u64>,
     /// Run cells on runtimes listening elsewhere (`code-mode-bin --listen`) instead of a
     /// local runtime process: HOST:PORT, repeated or comma-separated, or `dns://NAME:PORT`
     /// for a name that resolves to many (resolved again as the pool runs).
@@ -519,7 +524,7 @@ async fn run(
     let state = match (&cli.state_dir, &listen) {
         (None, _) => None,
         (Some(dir), Listen::GrpcTcp(_)) => Some(std::sync::Arc::new(
-            codex_code_mode_host::state::CodexState::open(dir)
+            codex_code_mode_host::state::CodexState::open(dir, cli.state_max_bytes)
                 .map_err(|error| error.to_string())?,
         )),
         (Some(_), _) => {

@@ -111,9 +111,13 @@ impl std::fmt::Debug for CodexState {
 
 impl CodexState {
     /// Opens the state directory and reads what it keeps; a kept session whose own state
-    /// does not read is an error that names it.
-    pub fn open(dir: &Path) -> Result<Self, StateError> {
+    /// does not read is an error that names it. With `max_bytes`, the database holds no
+    /// more: a write past it fails as on a full disk (the request that needs it fails).
+    pub fn open(dir: &Path, max_bytes: Option<u64>) -> Result<Self, StateError> {
         let store = StateStore::open(dir, FRONT)?;
+        if let Some(bytes) = max_bytes {
+            store.cap_bytes(bytes)?;
+        }
         let saved = store.load()?;
         let mut orphans = HashMap::new();
         for record in saved.sessions.iter().cloned() {

@@ -126,11 +126,11 @@ impl McpState {
     }
 
     /// Writes the checkpoint of every MCP session as it is now; `generations` is the
-    /// runtime generation the provider reached. A failure is logged: the answer goes out
-    /// anyway, and the database keeps the state before.
-    pub(crate) async fn persist(&self, generations: u64) {
+    /// runtime generation the provider reached. A failure is returned (and logged), and
+    /// the database keeps the state before it: what depends on the write must not go out.
+    pub(crate) async fn persist(&self, generations: u64) -> Result<(), String> {
         if self.closed.load(Ordering::SeqCst) {
-            return;
+            return Ok(());
         }
         let _writing = self.writing.lock().await;
         self.generations.fetch_max(generations, Ordering::SeqCst);
@@ -155,11 +155,13 @@ impl McpState {
             calls: Vec::new(),
         };
         let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!("{error}"),
-            Err(error) => tracing::error!("the state writer failed: {error}"),
-        }
+        let error = match tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => error.to_string(),
+            Err(error) => format!("the state writer failed: {error}"),
+        };
+        tracing::error!("{error}");
+        Err(error)
     }
 }
 
@@ -195,7 +197,7 @@ impl SessionStore for McpState {
                 session: None,
             })
             .init = init;
-        self.persist(0).await;
+        self.persist(0).await?;
         Ok(())
     }
 
@@ -205,7 +207,7 @@ impl SessionStore for McpState {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.forget(session_id);
         lock(&self.saved).remove(session_id);
-        self.persist(0).await;
+        self.persist(0).await?;
         Ok(())
     }
 }

@@ -126,17 +126,20 @@ impl Durability {
         }
     }
 
-    /// Records `answer`, then runs `deliver`: the answer is on disk before its cell has
-    /// it. A failed write is reported to the client (`state_error`), and the answer still
-    /// goes to the cell.
+    /// Records the answer to call `call` (the client's id of it), then runs `then` with
+    /// whether it is on disk: only a recorded answer may reach its cell. A failed write is
+    /// told to the client (`state_error` naming the call); `then` puts the call back to
+    /// wait for an answer, which the client may give again.
     pub(super) fn record_then(
         &self,
         out: &Out,
+        call: &str,
         answer: AnswerRecord,
-        deliver: impl FnOnce() + Send + 'static,
+        then: impl FnOnce(bool) + Send + 'static,
     ) {
         let store = Arc::clone(&self.store);
         let out = out.clone();
+        let call = call.to_owned();
         tokio::spawn(async move {
             let recorded = tokio::task::spawn_blocking(move || store.record_answer(&answer)).await;
             let error = match recorded {
@@ -144,32 +147,51 @@ impl Durability {
                 Ok(Err(error)) => Some(error.to_string()),
                 Err(error) => Some(format!("the state writer failed: {error}")),
             };
-            if let Some(message) = error {
-                tracing::error!("{message}");
-                out.send(state_error(&message));
+            if let Some(message) = &error {
+                tracing::error!(call, "{message}");
             }
-            deliver();
+            then(error.is_none());
+            if let Some(message) = error {
+                out.send(unrecorded_answer(&call, &message));
+            }
         });
     }
 
     /// The client answered `id`, a call of a restored cell (if it is one).
-    pub(super) fn answer_restored(&self, out: &Out, id: &str, result: &Result<Value, String>) {
+    pub(super) fn answer_restored(
+        self: &Arc<Self>,
+        out: &Out,
+        id: &str,
+        result: &Result<Value, String>,
+    ) {
         let Some(restored) = lock(&self.restored).remove(id) else {
             return;
         };
         let answer = answer_text(result);
         let record = AnswerRecord {
-            session: restored.session,
+            session: restored.session.clone(),
             cell_id: restored.call.call.cell_id.clone(),
             call: restored.call.call.call_id,
             result: answer.clone(),
         };
-        let call = restored.call;
-        self.record_then(out, record, move || call.answer(answer));
+        let (state, key) = (Arc::clone(self), id.to_owned());
+        self.record_then(out, id, record, move |recorded| {
+            if recorded {
+                restored.call.answer(answer);
+            } else {
+                lock(&state.restored).insert(key, restored);
+            }
+        });
     }
 }
 
 /// The event that tells the client the state directory could not be written.
 pub(super) fn state_error(message: &str) -> Value {
     json!({ "event": "state_error", "message": message })
+}
+
+/// The event that tells the client its answer to `call` could not be recorded: the cell
+/// did not get it, and the call waits for an answer again.
+fn unrecorded_answer(call: &str, message: &str) -> Value {
+    json!({ "event": "state_error", "call": call, "message": message })
 }

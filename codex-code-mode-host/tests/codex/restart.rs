@@ -115,3 +115,175 @@ text("got " + r.v); store("k2", r.v);"#,
     );
     host.stop().await;
 }
+
+/// A state store that fills up (`--state-max-bytes`: SQLite refuses the write as on a full
+/// disk) while a cell runs: the invocation whose checkpoint did not fit is never streamed
+/// (the stream ends with UNAVAILABLE and why); the host then dies. Started again with
+/// room, it gives the recorded answer to the cell's first call and streams its second
+/// once: each call runs exactly once, counted by what the tool itself wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_state_store_sends_no_call_twice_across_a_crash() {
+    const BIG: usize = 600 * 1024;
+    const STEP: Duration = Duration::from_secs(60);
+    let scratch = Scratch::new();
+    let state = scratch.0.join("state");
+    let state = state.to_str().expect("UTF-8");
+    let ran = scratch.0.join("ran.log");
+    // The tool: each run appends its input to the log.
+    let run = |invocation: &proto::ToolInvocation| {
+        use std::io::Write as _;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ran)
+            .expect("the tool's log");
+        writeln!(log, "{}", invocation.input_json).expect("a line");
+    };
+    let answer = |session: &str, invocation: &proto::ToolInvocation, output_json: String| {
+        proto::CompleteToolCallRequest {
+            session_id: session.to_owned(),
+            invocation_id: invocation.invocation_id.clone(),
+            result: Some(proto::complete_tool_call_request::Result::Succeeded(
+                proto::ToolCallSucceeded { output_json },
+            )),
+        }
+    };
+    // Room for the first answer, not for a checkpoint that holds it again.
+    let capped = ["--state-dir", state, "--state-max-bytes", "1000000"];
+    let host = Listening::start_with(&crate::our_host(), &capped, &[]).await;
+    let mut client = host.client().await;
+    let mut events = client
+        .open_session(proto::OpenSessionRequest {
+            output_truncation: proto::OutputTruncation::Server as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("a session")
+        .into_inner();
+    let Some(Ok(proto::SessionEvent {
+        event: Some(proto::session_event::Event::Opened(opened)),
+    })) = events.next().await
+    else {
+        panic!("no opened event");
+    };
+    let session = opened.session_id;
+    let mut calls = client
+        .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
+            session_id: session.clone(),
+        })
+        .await
+        .expect("the tool calls")
+        .into_inner();
+    let mut request = exec_request(
+        r#"const a = await tools.lookup({n: 1});
+const b = await tools.lookup({n: 2});
+text(a.size + " " + b.n);"#,
+    );
+    request.session_id = session.clone();
+    request.execution_id = uuid::Uuid::new_v4().to_string();
+    request.tool_call_id = "call_full".to_owned();
+    request.enabled_tools = vec![tool("lookup", "lookup", None)];
+    request.yield_time_ms = 300;
+    let started: Vec<_> = client
+        .execute(request)
+        .await
+        .expect("an exec")
+        .into_inner()
+        .collect()
+        .await;
+    assert!(
+        started.iter().all(Result::is_ok),
+        "the exec yields: {started:?}"
+    );
+    let first = tokio::time::timeout(STEP, calls.next())
+        .await
+        .expect("the first call in time")
+        .expect("the first call")
+        .expect("streamed");
+    assert_eq!(first.input_json, r#"{"n":1}"#);
+    run(&first);
+    let big = format!(r#"{{"size": {BIG}, "pad": "{}"}}"#, "x".repeat(BIG));
+    client
+        .complete_tool_call(answer(&session, &first, big))
+        .await
+        .expect("the answer fits: it is recorded, then given to the cell");
+    // The cell's second call needs a checkpoint with the first answer in its journal,
+    // which does not fit: it is not streamed, and the stream says why.
+    let second = tokio::time::timeout(STEP, calls.next())
+        .await
+        .expect("the stream ends in time (the write is tried again, then given up)");
+    match second {
+        Some(Err(status)) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .starts_with("code-mode state could not be written:"),
+                "{status:?}"
+            );
+        }
+        other => panic!("a call streamed with no checkpoint behind it: {other:?}"),
+    }
+    // The host dies with its client still connected.
+    host.stop().await;
+    drop((client, calls, events));
+
+    let host = Listening::start_with(&crate::our_host(), &["--state-dir", state], &[]).await;
+    let mut client = host.client().await;
+    let mut calls = client
+        .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
+            session_id: session.clone(),
+        })
+        .await
+        .expect("the kept session")
+        .into_inner();
+    let waited = tokio::spawn({
+        let mut client = client.clone();
+        let session = session.clone();
+        async move {
+            client
+                .wait(proto::WaitRequest {
+                    session_id: session,
+                    cell_id: "1".to_owned(),
+                    wait_id: "w-after".to_owned(),
+                    yield_time_ms: 30_000,
+                    max_tokens: None,
+                })
+                .await
+        }
+    });
+    // Rebuilt at the wait, the cell gets its recorded first answer and makes its second
+    // call, streamed now for the first time.
+    let second = tokio::time::timeout(STEP, calls.next())
+        .await
+        .expect("the second call in time")
+        .expect("the second call")
+        .expect("streamed");
+    assert_eq!(second.input_json, r#"{"n":2}"#);
+    run(&second);
+    client
+        .complete_tool_call(answer(&session, &second, r#"{"n": 2}"#.to_owned()))
+        .await
+        .expect("the second answer");
+    let waited = tokio::time::timeout(STEP, waited)
+        .await
+        .expect("the wait in time")
+        .expect("the waiting task")
+        .expect("the wait")
+        .into_inner();
+    let Some(proto::wait_response::Cell::LiveCell(outcome)) = waited.cell else {
+        panic!("the cell is live: {waited:?}");
+    };
+    assert_eq!(
+        render_outcome(&outcome),
+        format!(r#"cell 1 completed{{error_text: ""}} [text "{BIG} 2"]"#)
+    );
+    // Nothing else is streamed, and each call ran once.
+    let again = tokio::time::timeout(Duration::from_millis(300), calls.next()).await;
+    assert!(again.is_err(), "nothing streamed again: {again:?}");
+    assert_eq!(
+        std::fs::read_to_string(&ran).expect("the tool's log"),
+        "{\"n\":1}\n{\"n\":2}\n"
+    );
+    host.stop().await;
+}
