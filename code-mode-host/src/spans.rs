@@ -10,8 +10,17 @@
 //! (`opentelemetry::global::set_tracer_provider`); without one, the runtime's spans are
 //! dropped and the cell's own spans are still there.
 //!
-//! A runtime's spans are exported only in traces the host sent it ([`SentTraces`]): a
-//! runtime cannot put spans into another trace of the host's collector.
+//! A runtime's spans are checked before they are exported ([`SentTraces`]), since a cell
+//! that escaped V8 controls what its runtime sends:
+//! - only spans of traces the host sent that runtime are exported (others are dropped);
+//! - a span hangs under the span the host sent, or under a span this runtime handed back
+//!   in that trace; spans end before their parents, so one whose parent has not come yet
+//!   waits for it (a bounded number; one whose parent never comes is dropped);
+//! - a span id that is the host's own, or one the runtime already used, is refused;
+//! - a span's name, attributes and events are bounded in count and length;
+//! - at most [`MAX_SPANS_PER_SECOND`] spans a second per connection (more are dropped).
+//!
+//! A refused span is a protocol violation that drops the runtime; a dropped one is logged.
 
 use code_mode_wire::payload::{SpanRecord, SpanStatus, SpanValue, TraceContext};
 use opentelemetry::trace::{
@@ -19,8 +28,8 @@ use opentelemetry::trace::{
     Tracer as _,
 };
 use opentelemetry::{KeyValue, Value};
-use std::collections::{HashSet, VecDeque};
-use std::time::{Duration, SystemTime};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The instrumentation scope the runtime's spans are exported with.
@@ -29,29 +38,230 @@ const RUNTIME_SCOPE: &str = "code-mode-bin";
 /// How many trace ids a connection remembers having sent (the oldest is forgotten first).
 const SENT_TRACES_KEPT: usize = 4096;
 
-/// The trace ids a connection's requests carried, the latest [`SENT_TRACES_KEPT`].
+/// Span ids a connection remembers (handed back, or waiting for their parent), across its
+/// traces: past it, new spans are dropped until old traces are forgotten.
+const SPANS_KEPT: usize = 1 << 18;
+
+/// Spans that wait for their parent at once, per connection.
+const WAITING_KEPT: usize = 4096;
+
+/// The spans a connection may hand back in one second; more are dropped.
+pub(crate) const MAX_SPANS_PER_SECOND: u32 = 20_000;
+
+/// Bounds of one span, far above what the runtime's own spans hold (its longest text is a
+/// capture of 4 KiB).
+const MAX_NAME_BYTES: usize = 256;
+const MAX_ATTRIBUTES: usize = 64;
+const MAX_KEY_BYTES: usize = 256;
+const MAX_TEXT_BYTES: usize = 16 * 1024;
+const MAX_EVENTS: usize = 128;
+
+/// A span the host refuses: the runtime that sent it is dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum SpanRefusal {
+    #[error("a span whose {what} is over its bound of {bound}")]
+    OverBound { what: &'static str, bound: usize },
+    #[error("a span {span} whose id is one the host sent")]
+    HostsId { span: String },
+    #[error("a span {span} whose id was handed back before")]
+    IdAgain { span: String },
+}
+
+/// What a connection knows of one trace it sent: the host's spans, and the runtime's.
 #[derive(Debug, Default)]
+struct TraceSpans {
+    /// The host's spans the runtime was sent under.
+    sent: HashSet<[u8; 8]>,
+    /// The runtime's spans handed back and exported.
+    returned: HashSet<[u8; 8]>,
+    /// Spans handed back whose parent has not come yet, by that parent.
+    waiting: HashMap<[u8; 8], Vec<SpanRecord>>,
+}
+
+/// The traces a connection's requests carried (the latest [`SENT_TRACES_KEPT`]), and
+/// what the runtime handed back in each.
+#[derive(Debug)]
 pub(crate) struct SentTraces {
     order: VecDeque<[u8; 16]>,
-    known: HashSet<[u8; 16]>,
+    traces: HashMap<[u8; 16], TraceSpans>,
+    /// Span ids kept across the traces, and spans waiting.
+    spans: usize,
+    waiting: usize,
+    /// The current second and the spans handed back in it.
+    window: Instant,
+    in_window: u32,
+    dropped: u64,
+}
+
+impl Default for SentTraces {
+    fn default() -> Self {
+        Self {
+            order: VecDeque::new(),
+            traces: HashMap::new(),
+            spans: 0,
+            waiting: 0,
+            window: Instant::now(),
+            in_window: 0,
+            dropped: 0,
+        }
+    }
 }
 
 impl SentTraces {
-    pub(crate) fn remember(&mut self, trace_id: [u8; 16]) {
-        if !self.known.insert(trace_id) {
-            return;
+    /// A request goes out under the host's span `span_id` of trace `trace_id`.
+    pub(crate) fn remember(&mut self, trace_id: [u8; 16], span_id: [u8; 8]) {
+        if !self.traces.contains_key(&trace_id) {
+            self.order.push_back(trace_id);
+            if self.order.len() > SENT_TRACES_KEPT
+                && let Some(oldest) = self.order.pop_front()
+                && let Some(forgotten) = self.traces.remove(&oldest)
+            {
+                self.spans -= forgotten.returned.len();
+                let waiting: usize = forgotten.waiting.values().map(Vec::len).sum();
+                self.spans -= waiting;
+                self.waiting -= waiting;
+            }
         }
-        self.order.push_back(trace_id);
-        if self.order.len() > SENT_TRACES_KEPT
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.known.remove(&oldest);
-        }
+        self.traces
+            .entry(trace_id)
+            .or_default()
+            .sent
+            .insert(span_id);
     }
 
     fn knows(&self, trace_id: &[u8; 16]) -> bool {
-        self.known.contains(trace_id)
+        self.traces.contains_key(trace_id)
     }
+
+    /// Whether one more span fits this second.
+    fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                tracing::warn!(
+                    dropped = self.dropped,
+                    "handed-back spans over the rate were dropped"
+                );
+            }
+            self.window = now;
+            self.in_window = 0;
+            self.dropped = 0;
+        }
+        self.in_window += 1;
+        let admitted = self.in_window <= MAX_SPANS_PER_SECOND && self.spans < SPANS_KEPT;
+        if !admitted {
+            self.dropped += 1;
+        }
+        admitted
+    }
+
+    /// Checks spans a runtime handed back and exports each whose parent is known, with
+    /// its own ids and times; one whose parent is the runtime's and has not come yet
+    /// waits for it. Spans of traces never sent, or over the rate, are dropped.
+    pub(crate) fn export(&mut self, records: Vec<SpanRecord>) -> Result<(), SpanRefusal> {
+        for record in records {
+            check_bounds(&record)?;
+            if !self.knows(&record.trace_id) {
+                tracing::debug!(name = %record.name, "a handed-back span of a trace never sent is dropped");
+                continue;
+            }
+            if record.span_id == [0; 8] || record.parent_span_id == [0; 8] {
+                tracing::debug!(name = %record.name, "a handed-back span without valid ids is dropped");
+                continue;
+            }
+            if !self.admit() {
+                continue;
+            }
+            let trace = self.traces.get_mut(&record.trace_id).expect("known above");
+            let span = hex(&record.span_id);
+            if trace.sent.contains(&record.span_id) {
+                return Err(SpanRefusal::HostsId { span });
+            }
+            let waits = trace
+                .waiting
+                .values()
+                .flatten()
+                .any(|w| w.span_id == record.span_id);
+            if trace.returned.contains(&record.span_id) || waits {
+                return Err(SpanRefusal::IdAgain { span });
+            }
+            let parent_known = trace.sent.contains(&record.parent_span_id)
+                || trace.returned.contains(&record.parent_span_id);
+            if !parent_known {
+                if self.waiting >= WAITING_KEPT {
+                    tracing::debug!(name = %record.name, "a handed-back span whose parent has not come is dropped: too many wait");
+                    continue;
+                }
+                trace
+                    .waiting
+                    .entry(record.parent_span_id)
+                    .or_default()
+                    .push(record);
+                self.waiting += 1;
+                self.spans += 1;
+                continue;
+            }
+            // This span, then every span that waited for it (and for those), in turn.
+            let trace_id = record.trace_id;
+            let mut ready = vec![record];
+            while let Some(record) = ready.pop() {
+                let trace = self.traces.get_mut(&trace_id).expect("known above");
+                trace.returned.insert(record.span_id);
+                if let Some(children) = trace.waiting.remove(&record.span_id) {
+                    self.waiting -= children.len();
+                    self.spans -= children.len();
+                    ready.extend(children);
+                }
+                self.spans += 1;
+                emit(record);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// A span within its bounds (name, attributes, events, and the text of each).
+fn check_bounds(record: &SpanRecord) -> Result<(), SpanRefusal> {
+    let over = |what, bound| Err(SpanRefusal::OverBound { what, bound });
+    let attributes_fit = |attributes: &[(String, SpanValue)]| {
+        if attributes.len() > MAX_ATTRIBUTES {
+            return over("attribute count", MAX_ATTRIBUTES);
+        }
+        for (key, value) in attributes {
+            if key.len() > MAX_KEY_BYTES {
+                return over("attribute key length", MAX_KEY_BYTES);
+            }
+            if let SpanValue::Text(text) = value
+                && text.len() > MAX_TEXT_BYTES
+            {
+                return over("attribute text length", MAX_TEXT_BYTES);
+            }
+        }
+        Ok(())
+    };
+    if record.name.len() > MAX_NAME_BYTES {
+        return over("name length", MAX_NAME_BYTES);
+    }
+    attributes_fit(&record.attributes)?;
+    if record.events.len() > MAX_EVENTS {
+        return over("event count", MAX_EVENTS);
+    }
+    for event in &record.events {
+        if event.name.len() > MAX_NAME_BYTES {
+            return over("event name length", MAX_NAME_BYTES);
+        }
+        attributes_fit(&event.attributes)?;
+    }
+    if let SpanStatus::Error(text) = &record.status
+        && text.len() > MAX_TEXT_BYTES
+    {
+        return over("status text length", MAX_TEXT_BYTES);
+    }
+    Ok(())
 }
 
 /// The context to send with a request made under `span`: `None` unless the span is
@@ -69,55 +279,43 @@ pub(crate) fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     })
 }
 
-/// Exports spans a runtime handed back, each with its own ids and times: those of traces
-/// the host sent it (`sent`); the others are dropped.
-pub(crate) fn export(records: Vec<SpanRecord>, sent: &SentTraces) {
+/// Exports one checked span with its own ids, parent and times.
+fn emit(record: SpanRecord) {
     let tracer = opentelemetry::global::tracer(RUNTIME_SCOPE);
-    for record in records {
-        if !sent.knows(&record.trace_id) {
-            tracing::debug!(name = %record.name, "a handed-back span of a trace never sent is dropped");
-            continue;
-        }
-        let parent = SpanContext::new(
-            TraceId::from_bytes(record.trace_id),
-            SpanId::from_bytes(record.parent_span_id),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::default(),
-        );
-        let span_id = SpanId::from_bytes(record.span_id);
-        if !parent.is_valid() || span_id == SpanId::INVALID {
-            tracing::debug!(name = %record.name, "a handed-back span without valid ids is dropped");
-            continue;
-        }
-        let parent = opentelemetry::Context::new().with_remote_span_context(parent);
-        let builder = tracer
-            .span_builder(record.name)
-            .with_span_id(span_id)
-            .with_start_time(time(record.start_unix_nanos))
-            .with_attributes(key_values(record.attributes))
-            .with_events(
-                record
-                    .events
-                    .into_iter()
-                    .map(|event| {
-                        opentelemetry::trace::Event::new(
-                            event.name,
-                            time(event.unix_nanos),
-                            key_values(event.attributes),
-                            0,
-                        )
-                    })
-                    .collect(),
-            )
-            .with_status(match record.status {
-                SpanStatus::Unset => opentelemetry::trace::Status::Unset,
-                SpanStatus::Ok => opentelemetry::trace::Status::Ok,
-                SpanStatus::Error(description) => opentelemetry::trace::Status::error(description),
-            });
-        let mut span = tracer.build_with_context(builder, &parent);
-        span.end_with_timestamp(time(record.end_unix_nanos));
-    }
+    let parent = SpanContext::new(
+        TraceId::from_bytes(record.trace_id),
+        SpanId::from_bytes(record.parent_span_id),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let parent = opentelemetry::Context::new().with_remote_span_context(parent);
+    let builder = tracer
+        .span_builder(record.name)
+        .with_span_id(SpanId::from_bytes(record.span_id))
+        .with_start_time(time(record.start_unix_nanos))
+        .with_attributes(key_values(record.attributes))
+        .with_events(
+            record
+                .events
+                .into_iter()
+                .map(|event| {
+                    opentelemetry::trace::Event::new(
+                        event.name,
+                        time(event.unix_nanos),
+                        key_values(event.attributes),
+                        0,
+                    )
+                })
+                .collect(),
+        )
+        .with_status(match record.status {
+            SpanStatus::Unset => opentelemetry::trace::Status::Unset,
+            SpanStatus::Ok => opentelemetry::trace::Status::Ok,
+            SpanStatus::Error(description) => opentelemetry::trace::Status::error(description),
+        });
+    let mut span = tracer.build_with_context(builder, &parent);
+    span.end_with_timestamp(time(record.end_unix_nanos));
 }
 
 fn time(unix_nanos: u64) -> SystemTime {
@@ -149,21 +347,112 @@ mod tests {
         id
     }
 
+    const HOST_SPAN: [u8; 8] = [9; 8];
+
+    fn span(trace: [u8; 16], span: u8, parent: [u8; 8]) -> SpanRecord {
+        SpanRecord {
+            trace_id: trace,
+            span_id: [span; 8],
+            parent_span_id: parent,
+            name: format!("span {span}"),
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            attributes: Vec::new(),
+            events: Vec::new(),
+            status: SpanStatus::Unset,
+        }
+    }
+
     #[test]
     fn a_connection_remembers_the_latest_traces_it_sent_and_forgets_the_oldest() {
         let mut sent = SentTraces::default();
-        sent.remember(id(0));
+        sent.remember(id(0), HOST_SPAN);
         // Sent again: still one entry, so it is not forgotten twice as early.
-        sent.remember(id(0));
+        sent.remember(id(0), HOST_SPAN);
         for n in 1..SENT_TRACES_KEPT {
-            sent.remember(id(n));
+            sent.remember(id(n), HOST_SPAN);
         }
         assert!(sent.knows(&id(0)), "exactly as many as are kept");
-        sent.remember(id(SENT_TRACES_KEPT));
+        sent.remember(id(SENT_TRACES_KEPT), HOST_SPAN);
         assert!(!sent.knows(&id(0)), "the oldest is forgotten");
         assert!(sent.knows(&id(1)) && sent.knows(&id(SENT_TRACES_KEPT)));
         assert!(!sent.knows(&id(SENT_TRACES_KEPT + 1)), "never sent");
         assert_eq!(sent.order.len(), SENT_TRACES_KEPT);
-        assert_eq!(sent.known.len(), SENT_TRACES_KEPT);
+        assert_eq!(sent.traces.len(), SENT_TRACES_KEPT);
+    }
+
+    #[test]
+    fn spans_hang_under_the_hosts_span_or_one_handed_back_and_children_wait_for_parents() {
+        let mut sent = SentTraces::default();
+        sent.remember(id(1), HOST_SPAN);
+        // A grandchild and a child end before their parent, which hangs under the host's.
+        sent.export(vec![span(id(1), 3, [2; 8]), span(id(1), 2, [1; 8])])
+            .unwrap();
+        assert!(sent.traces[&id(1)].returned.is_empty(), "nothing known yet");
+        sent.export(vec![span(id(1), 1, HOST_SPAN)]).unwrap();
+        let returned = &sent.traces[&id(1)].returned;
+        assert_eq!(
+            returned.len(),
+            3,
+            "the parent brings its waiting descendants"
+        );
+        assert_eq!(sent.waiting, 0);
+        // Under a span of another trace, or of none: it waits, and is never exported.
+        sent.remember(id(2), [7; 8]);
+        sent.export(vec![span(id(1), 4, [7; 8])]).unwrap();
+        assert!(!sent.traces[&id(1)].returned.contains(&[4; 8]));
+        // A trace never sent: dropped.
+        sent.export(vec![span(id(3), 5, HOST_SPAN)]).unwrap();
+        assert!(!sent.knows(&id(3)));
+    }
+
+    #[test]
+    fn a_span_with_the_hosts_id_an_id_again_or_over_its_bounds_is_refused() {
+        let mut sent = SentTraces::default();
+        sent.remember(id(1), HOST_SPAN);
+        let mut hosts = span(id(1), 9, HOST_SPAN);
+        hosts.span_id = HOST_SPAN;
+        assert!(matches!(
+            sent.export(vec![hosts]),
+            Err(SpanRefusal::HostsId { .. })
+        ));
+        sent.export(vec![span(id(1), 1, HOST_SPAN)]).unwrap();
+        assert!(matches!(
+            sent.export(vec![span(id(1), 1, HOST_SPAN)]),
+            Err(SpanRefusal::IdAgain { .. })
+        ));
+        let mut long = span(id(1), 2, HOST_SPAN);
+        long.name = "n".repeat(MAX_NAME_BYTES + 1);
+        assert!(matches!(
+            sent.export(vec![long]),
+            Err(SpanRefusal::OverBound { .. })
+        ));
+        let mut many = span(id(1), 3, HOST_SPAN);
+        many.attributes = (0..=MAX_ATTRIBUTES)
+            .map(|n| (n.to_string(), SpanValue::I64(0)))
+            .collect();
+        assert!(sent.export(vec![many]).is_err());
+        let mut text = span(id(1), 4, HOST_SPAN);
+        text.attributes = vec![("k".into(), SpanValue::Text("x".repeat(MAX_TEXT_BYTES + 1)))];
+        assert!(sent.export(vec![text]).is_err());
+    }
+
+    #[test]
+    fn spans_over_the_rate_are_dropped() {
+        let mut sent = SentTraces::default();
+        sent.remember(id(1), HOST_SPAN);
+        let over = MAX_SPANS_PER_SECOND as usize + 10;
+        let records = (0..over)
+            .map(|n| {
+                let mut record = span(id(1), 0, HOST_SPAN);
+                record.span_id = (n as u64 + 1).to_le_bytes();
+                record
+            })
+            .collect();
+        sent.export(records).unwrap();
+        assert_eq!(
+            sent.traces[&id(1)].returned.len(),
+            MAX_SPANS_PER_SECOND as usize
+        );
     }
 }

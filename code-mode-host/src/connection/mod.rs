@@ -483,7 +483,7 @@ impl Connection {
             .then(|| crate::spans::trace_of(&tracing::Span::current()))
             .flatten();
         if let Some(trace) = &trace {
-            lock(&self.sent_traces).remember(trace.trace_id);
+            lock(&self.sent_traces).remember(trace.trace_id, trace.span_id);
         }
         if let Err(error) = self
             .outbox
@@ -621,10 +621,9 @@ impl Connection {
             }
             ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
             ServerMessage::Admitted { id, cell_id } => self.on_admitted(id, cell_id),
-            ServerMessage::Spans(records) => {
-                crate::spans::export(records, &lock(&self.sent_traces));
-                Ok(())
-            }
+            ServerMessage::Spans(records) => lock(&self.sent_traces)
+                .export(records)
+                .map_err(Violation::Span),
             ServerMessage::Journal {
                 session,
                 cell_id,

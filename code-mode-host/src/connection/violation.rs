@@ -71,4 +71,6 @@ pub enum Violation {
     OpenedWithoutDelegate(SessionId),
     #[error("{0} opened twice")]
     OpenedTwice(SessionId),
+    #[error("{0}")]
+    Span(#[from] crate::spans::SpanRefusal),
 }
