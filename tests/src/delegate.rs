@@ -256,6 +256,19 @@ impl CodeModeSessionDelegate for TestDelegate {
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        // The tools that answer with text are recorded as the others are: every call that
+        // reaches the delegate is counted.
+        if matches!(call.tool_name.as_str(), "text_echo" | "bad_text" | "whoami") {
+            self.record(Record::ToolStarted {
+                cell_id: call.cell_id.to_string(),
+                call_id: call.call_id.to_string(),
+                tool: call.tool_name.clone(),
+                input: call
+                    .input
+                    .as_ref()
+                    .and_then(|input| serde_json::from_str(input.as_str()).ok()),
+            });
+        }
         match call.tool_name.as_str() {
             "text_echo" => {
                 let text = call.input.map(JsonText::into_string).unwrap_or_default();

@@ -343,8 +343,14 @@ fn serve_jsonl_through_the_python_example() {
 /// A `serve --jsonl` process driven line by line.
 struct JsonlServer {
     child: std::process::Child,
-    stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// Its stdout, line by line, read on a thread of its own so that every read has a
+    /// deadline.
+    stdout: std::sync::mpsc::Receiver<String>,
 }
+
+/// How long a read of the JSON-lines server may wait for its next line before the test
+/// fails instead of hanging.
+const LINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl JsonlServer {
     fn start() -> Self {
@@ -359,8 +365,25 @@ impl JsonlServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn code-mode serve");
-        let stdout = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let (sender, stdout) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
         Self { child, stdout }
+    }
+
+    /// The next line of stdout, within [`LINE_DEADLINE`].
+    fn line(&mut self) -> String {
+        self.stdout
+            .recv_timeout(LINE_DEADLINE)
+            .unwrap_or_else(|error| {
+                panic!("no line from the server within {LINE_DEADLINE:?}: {error}")
+            })
     }
 
     /// Sends one line and returns the next reply (events, e.g. `cell_closed`, are skipped).
@@ -369,7 +392,7 @@ impl JsonlServer {
         writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
         loop {
-            let reply = self.stdout.next().expect("a reply").expect("a line");
+            let reply = self.line();
             let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
             if reply.get("event").is_none() {
                 return reply;
@@ -386,7 +409,7 @@ impl JsonlServer {
 
     /// The next line, whatever it is.
     fn next(&mut self) -> serde_json::Value {
-        let line = self.stdout.next().expect("a line").expect("a line");
+        let line = self.line();
         serde_json::from_str(&line).unwrap()
     }
 
@@ -482,7 +505,7 @@ fn serve_jsonl_accepts_lone_surrogate_escapes_in_tool_results() {
     .unwrap();
     stdin.flush().unwrap();
     let call = loop {
-        let line = server.stdout.next().expect("a line").expect("a line");
+        let line = server.line();
         let message: serde_json::Value = serde_json::from_str(&line).unwrap();
         if message["event"] == "tool_call" {
             break message;

@@ -153,8 +153,19 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
     let host = spawn(binary, &[]).await;
     let mut driver = open(&host, truncation).await;
     let mut lines = Vec::new();
+    // Each execution id as `exec#N`, N its exec's place in the corpus: an id the host
+    // echoes in the wrong place shows as another number (or `exec#?`).
+    let mut executions: Vec<String> = Vec::new();
+    let exec_label = |executions: &[String], id: &str| {
+        executions
+            .iter()
+            .position(|known| known == id)
+            .map_or_else(|| format!("exec#?{id}"), |n| format!("exec#{}", n + 1))
+    };
     for case in corpus() {
         let mut request = exec_request(&case.source);
+        request.execution_id = driver.execution_id();
+        executions.push(request.execution_id.clone());
         request.enabled_tools = corpus_tools();
         request.yield_time_ms = case.yield_ms;
         request.max_output_tokens = case.max_tokens;
@@ -166,7 +177,12 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
                     match event.event {
                         Some(proto::execute_event::Event::Started(started)) => {
                             cell_id = started.cell_id.clone();
-                            lines.push(format!("{}: started {}", case.name, started.cell_id));
+                            lines.push(format!(
+                                "{}: started {} by {}",
+                                case.name,
+                                started.cell_id,
+                                exec_label(&executions, &started.execution_id)
+                            ));
                         }
                         Some(proto::execute_event::Event::Outcome(outcome)) => {
                             lines.push(format!("{}: {}", case.name, render_outcome(&outcome)));
@@ -270,7 +286,8 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
             call.invocation_id
         );
         lines.push(format!(
-            "call cell {} {} {:?} kind {} input {:?} seq {}",
+            "call {} cell {} {} {:?} kind {} input {:?} seq {}",
+            exec_label(&executions, &call.execution_id),
             call.cell_id,
             call.runtime_tool_call_id,
             call.tool_name,
@@ -292,13 +309,18 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
             Some(proto::session_event::Event::Notification(notification)) => {
                 assert!(uuid::Uuid::parse_str(&notification.notification_id).is_ok());
                 format!(
-                    "notification cell {} call {} {:?}",
-                    notification.cell_id, notification.call_id, notification.text
+                    "notification {} cell {} call {} {:?}",
+                    exec_label(&executions, &notification.execution_id),
+                    notification.cell_id,
+                    notification.call_id,
+                    notification.text
                 )
             }
             Some(proto::session_event::Event::CellClosed(closed)) => format!(
-                "closed cell {} tools {}",
-                closed.cell_id, closed.tool_call_count
+                "closed {} cell {} tools {}",
+                exec_label(&executions, &closed.execution_id),
+                closed.cell_id,
+                closed.tool_call_count
             ),
             None => "empty event".to_owned(),
         });
@@ -328,6 +350,8 @@ async fn compare(truncation: i32) {
         differences.join("\n\n")
     );
     assert!(theirs.len() > corpus().len(), "the corpus ran");
+    let unknown: Vec<&String> = ours.iter().filter(|line| line.contains("exec#?")).collect();
+    assert!(unknown.is_empty(), "execution ids never sent: {unknown:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
