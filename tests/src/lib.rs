@@ -56,6 +56,7 @@ macro_rules! conformance_suite {
             second_terminate_during_cleanup_is_refused,
             an_exec_observing_a_terminated_cell_gets_terminated,
             a_wait_observing_a_terminated_cell_gets_terminated,
+            cells_are_reported_closed_in_the_order_they_ended,
             second_concurrent_wait_is_refused,
             unawaited_tool_is_cancelled_when_the_cell_completes,
             stored_values_are_per_session,

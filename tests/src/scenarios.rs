@@ -511,6 +511,40 @@ pub async fn a_wait_observing_a_terminated_cell_gets_terminated<P: CodeModeProvi
     assert_eq!(delegate.closed_count("1"), 1);
 }
 
+/// Cells that end one after the other are reported closed in that order, each once, even
+/// when each leaves its isolate work to do (a large heap to reset) after its answer.
+pub async fn cells_are_reported_closed_in_the_order_they_ended<P: CodeModeProvider>(
+    provider: &P,
+) {
+    const CELLS: usize = 24;
+    let (session, delegate) = open(provider).await;
+    for n in 1..=CELLS {
+        exec_is(
+            &session,
+            &format!(
+                "const heap = Array.from({{length: 200000}}, (_, i) => ({{i}})); text('{n} ' + heap.length);"
+            ),
+            result(&n.to_string(), &[&format!("{n} 200000")], None),
+        )
+        .await;
+    }
+    delegate.wait_closed(&CELLS.to_string()).await;
+    // Every earlier one too (the last may overtake none).
+    for n in 1..CELLS {
+        delegate.wait_closed(&n.to_string()).await;
+    }
+    let closed: Vec<String> = delegate
+        .records()
+        .into_iter()
+        .filter_map(|record| match record {
+            Record::CellClosed(cell) => Some(cell),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = (1..=CELLS).map(|n| n.to_string()).collect();
+    assert_eq!(closed, expected, "closed in the order they ended, once each");
+}
+
 // 9
 pub async fn second_concurrent_wait_is_refused<P: CodeModeProvider>(provider: &P) {
     let (session, delegate) = open(provider).await;

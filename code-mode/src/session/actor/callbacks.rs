@@ -203,17 +203,20 @@ impl CellActor {
         }
     }
 
-    /// Removes the cell from the session, waits for its thread, and reports it closed.
+    /// Removes the cell from the session, reports it closed, then waits for its thread.
+    /// Closed is reported before the join: the thread's own end (an isolate reset and
+    /// parked, or disposed of) takes its time, and a cell started after this one ended
+    /// must not be reported closed first (contract 8.5: in the order cells ended).
     pub(super) async fn close(mut self) {
         self.shared.forget(&self.cell_id);
         self.set_asleep(false);
+        self.routing.delegate.cell_closed(&self.cell_id);
         if let Some(runtime) = self.runtime {
             let joined = tokio::task::spawn_blocking(move || runtime.join()).await;
             if joined.is_err() {
                 tracing::error!(cell = %self.cell_id, "joining the cell thread failed");
             }
         }
-        self.routing.delegate.cell_closed(&self.cell_id);
     }
 }
 
