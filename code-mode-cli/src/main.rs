@@ -517,3 +517,35 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The session options `code-mode mcp` opens its sessions with, from its arguments.
+    fn mcp_session(args: &[&str]) -> code_mode_protocol::SessionOptions {
+        let cli = Cli::try_parse_from(["code-mode", "mcp"].iter().chain(args))
+            .expect("the arguments parse");
+        match cli.command {
+            Command::Mcp {
+                limits,
+                no_isolate_reuse,
+                ..
+            } => limits.session_options(!no_isolate_reuse),
+            other => panic!("not mcp: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_hibernation_flags_reach_the_sessions() {
+        assert_eq!(
+            mcp_session(&[]).hibernate_after_ms,
+            Some(code_mode_protocol::session::DEFAULT_HIBERNATE_AFTER_MS)
+        );
+        assert_eq!(
+            mcp_session(&["--hibernate-after-ms", "7"]).hibernate_after_ms,
+            Some(7)
+        );
+        assert_eq!(mcp_session(&["--no-hibernation"]).hibernate_after_ms, None);
+    }
+}

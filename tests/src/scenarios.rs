@@ -513,9 +513,7 @@ pub async fn a_wait_observing_a_terminated_cell_gets_terminated<P: CodeModeProvi
 
 /// Cells that end one after the other are reported closed in that order, each once, even
 /// when each leaves its isolate work to do (a large heap to reset) after its answer.
-pub async fn cells_are_reported_closed_in_the_order_they_ended<P: CodeModeProvider>(
-    provider: &P,
-) {
+pub async fn cells_are_reported_closed_in_the_order_they_ended<P: CodeModeProvider>(provider: &P) {
     const CELLS: usize = 24;
     let (session, delegate) = open(provider).await;
     for n in 1..=CELLS {
@@ -542,7 +540,10 @@ pub async fn cells_are_reported_closed_in_the_order_they_ended<P: CodeModeProvid
         })
         .collect();
     let expected: Vec<String> = (1..=CELLS).map(|n| n.to_string()).collect();
-    assert_eq!(closed, expected, "closed in the order they ended, once each");
+    assert_eq!(
+        closed, expected,
+        "closed in the order they ended, once each"
+    );
 }
 
 // 9
