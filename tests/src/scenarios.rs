@@ -304,7 +304,7 @@ pub async fn tool_started_by_a_timer_reported_at_the_next_frontier<P: CodeModePr
 /// `wait` that is refused as a second observer proves it; a probe that comes first returns
 /// at once (yield time 0, nothing taken: the cell has no unreturned output), and the long
 /// wait, refused meanwhile, asks again.
-async fn observe_registered<S: CodeModeSession + 'static>(
+pub async fn observe_registered<S: CodeModeSession + 'static>(
     session: &Arc<S>,
     cell_id: &str,
 ) -> tokio::task::JoinHandle<Result<CellResponse, SessionError>> {

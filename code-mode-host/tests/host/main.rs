@@ -49,15 +49,8 @@ async fn killing_the_runtime_fails_a_cell_past_its_journal_cap_at_once_and_the_n
         .unwrap();
     assert_eq!(started.cell_id, "1");
     delegate.wait_started("1", "tool-4").await;
-    let waiting = tokio::spawn({
-        let session = Arc::clone(&session);
-        async move {
-            session
-                .wait(WaitRequest::new("1").with_yield_time_ms(60_000))
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The wait is the cell's observer before the kill.
+    let waiting = code_mode_conformance::scenarios::observe_registered(&session, "1").await;
 
     let pid = provider.runtime_pid().await.expect("a runtime runs");
     let killed_at = Instant::now();

@@ -89,8 +89,13 @@ async fn sessions_spread_over_three_runtimes_and_the_dead_ones_cells_go_on_elsew
         .collect();
     let endpoints = runtimes.iter().map(ListeningRuntime::endpoint).collect();
     let provider = remote(endpoints, Some(client_tls(&pki, &pki.client("host"))));
-    let sessions: Vec<Arc<RemoteSession>> = (0..24)
-        .map(|_| Arc::new(provider.open_session(TestDelegate::new(), SessionOptions::default())))
+    // Each session's delegate is kept: it counts the calls that reach it.
+    let delegates: Vec<Arc<TestDelegate>> = (0..24).map(|_| TestDelegate::new()).collect();
+    let sessions: Vec<Arc<RemoteSession>> = delegates
+        .iter()
+        .map(|delegate| {
+            Arc::new(provider.open_session(delegate.clone(), SessionOptions::default()))
+        })
         .collect();
 
     // Placement: least sessions first, so 24 sessions make 8 per runtime.
@@ -132,7 +137,23 @@ async fn sessions_spread_over_three_runtimes_and_the_dead_ones_cells_go_on_elsew
         })
     });
     let slow: Vec<_> = slow.collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Killed once every session's slow call is in flight (its delegate has it).
+    let slow_calls = |delegate: &TestDelegate| {
+        delegate
+            .records()
+            .iter()
+            .filter(|record| {
+                matches!(record, code_mode_conformance::Record::ToolStarted { tool, .. } if tool == "slow")
+            })
+            .count()
+    };
+    for delegate in &delegates {
+        delegate
+            .wait_for(|record| {
+                matches!(record, code_mode_conformance::Record::ToolStarted { tool, .. } if tool == "slow")
+            })
+            .await;
+    }
     runtimes[1].kill();
     // The slow cells of the dead runtime are rebuilt from their journals on the others,
     // where the answers of their calls (which outlived the runtime) reach them: every
@@ -143,6 +164,16 @@ async fn sessions_spread_over_three_runtimes_and_the_dead_ones_cells_go_on_elsew
             .unwrap()
             .unwrap_or_else(|error| panic!("session {index} (on {}): {error}", placed[index]));
         assert_eq!(texts(&started.initial_response), ["slow done"]);
+    }
+    // Each session's slow call reached its delegate once: a rebuilt cell sends none of
+    // its calls again.
+    for (index, delegate) in delegates.iter().enumerate() {
+        assert_eq!(
+            slow_calls(delegate),
+            1,
+            "session {index} (on {})",
+            placed[index]
+        );
     }
 
     // The dead runtime's sessions run elsewhere, without an error; the others never
