@@ -148,19 +148,35 @@ impl Phoenix {
             .collect()
     }
 
-    /// The spans of `trace_id` once `complete` holds of them, waiting for the batches to
-    /// arrive (at most 60 s); the last spans seen when it never does.
+    /// The spans of `trace_id` once `complete` holds of them and their count is stable
+    /// (the same over [`STABLE_FOR`], so that a span sent twice, or one more batch, is
+    /// seen before a test counts), waiting for the batches to arrive (at most 60 s); the
+    /// last spans seen when that never happens.
     pub fn trace_when(&self, trace_id: &str, complete: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut complete_since: Option<(Instant, usize)> = None;
         loop {
             let spans = self.trace(trace_id);
-            if complete(&spans) || Instant::now() > deadline {
+            if Instant::now() > deadline {
                 return spans;
             }
+            complete_since = match complete_since {
+                _ if !complete(&spans) => None,
+                Some((since, count)) if count == spans.len() => {
+                    if since.elapsed() >= STABLE_FOR {
+                        return spans;
+                    }
+                    Some((since, count))
+                }
+                _ => Some((Instant::now(), spans.len())),
+            };
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
+
+/// How long a trace's span count must stay the same before a test reads it as whole.
+const STABLE_FOR: Duration = Duration::from_secs(1);
 
 /// A trace id of its own for one test, and the `traceparent` of a caller's span in it.
 pub fn caller(test: &str) -> (String, String) {

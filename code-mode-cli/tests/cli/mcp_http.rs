@@ -507,9 +507,15 @@ fn abandoned_sessions_are_shut_down_after_the_idle_timeout() {
 #[test]
 fn a_session_outlives_a_killed_server_with_a_state_dir() {
     let scratch = Scratch::new();
+    // The tool writes a line each time it runs: what it did is counted by its own side
+    // effect, not read from a text.
+    let ran = scratch.0.join("ran.log");
     let tools = scratch.write(
         "tools.toml",
-        "[[tool]]\nname = \"slow\"\ndescription = \"Takes its time.\"\ncommand = [\"sleep\", \"20\"]\n",
+        &format!(
+            "[[tool]]\nname = \"slow\"\ndescription = \"Takes its time.\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; sleep 20\"]\n",
+            ran.display()
+        ),
     );
     let state = scratch.0.join("state");
     let args = |address: &str| -> Vec<String> {
@@ -536,6 +542,12 @@ fn a_session_outlives_a_killed_server_with_a_state_dir() {
         .trim_start_matches("http://")
         .trim_end_matches("/mcp")
         .to_owned();
+    // Killed once the tool runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&ran).unwrap_or_default().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the tool never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     server.child.kill().expect("SIGKILL");
     server.child.wait().expect("reaped");
 
@@ -556,4 +568,9 @@ fn a_session_outlives_a_killed_server_with_a_state_dir() {
     );
     assert_eq!(output[1], "after v", "{waited:?}");
     assert_result(&resumed["after"], "Script completed", &["v"]);
+    assert_eq!(
+        std::fs::read_to_string(&ran).expect("the tool's log"),
+        "ran\n",
+        "the tool ran once, and never again after the restart"
+    );
 }

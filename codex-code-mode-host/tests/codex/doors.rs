@@ -452,3 +452,35 @@ async fn the_health_port_answers_healthz_and_nothing_else() {
         .await
         .expect("a session on the front's port");
 }
+
+/// Over TLS, a client that does not trust the front's certificate (another CA's), or one
+/// that speaks plaintext, opens nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_front_serves_no_client_that_distrusts_it_or_speaks_plaintext() {
+    let certificates = Certificates::new();
+    let front = Front::start("grpc://127.0.0.1:0", &certificates.args(false), None).await;
+    // The front's own CA: served (no client certificate needed on loopback).
+    let client = front
+        .tls_client(certificates.client(None))
+        .await
+        .expect("a client that trusts the front");
+    open(client).await.expect("a session over TLS");
+    // Another CA: the handshake fails.
+    let stranger = Certificates::new();
+    assert!(
+        front.tls_client(stranger.client(None)).await.is_err(),
+        "a client trusting another CA connected"
+    );
+    // Plaintext to the TLS port: no session.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", front.address()))
+        .expect("an endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        assert!(
+            open(CodeModeHostClient::new(channel)).await.is_err(),
+            "a plaintext client opened a session on the TLS port"
+        );
+    }
+}
