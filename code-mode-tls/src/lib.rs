@@ -8,6 +8,13 @@
 
 pub mod gate;
 
+/// Makes `ring` the process's default rustls crypto provider, for the TLS ends this
+/// workspace does not configure itself (reqwest's, in the MCP client and the trace
+/// exporter): one crypto library in every binary. Harmless if a default is already set.
+pub fn use_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};

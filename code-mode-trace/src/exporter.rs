@@ -5,7 +5,7 @@
 use crate::settings::Protocol;
 use crate::websocket::Stream;
 use crate::{DROPPED_BATCHES, DROPPED_SPANS, EXPORTED_BATCHES, TraceError};
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::sync::atomic::Ordering;
@@ -30,10 +30,24 @@ impl Sink {
             Protocol::HttpProtobuf => opentelemetry_otlp::Protocol::HttpBinary,
             Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
         };
-        // The builder makes its blocking HTTP client on a thread of its own (reqwest's
-        // may not be made inside an async runtime, and fronts start tracing from one).
+        let failed = |reason: String| TraceError::Exporter {
+            endpoint: endpoint.to_owned(),
+            reason,
+        };
+        // The blocking HTTP client is made on a thread of its own (reqwest's may not be
+        // made inside an async runtime, and fronts start tracing from one).
+        code_mode_tls::use_ring();
+        let client = std::thread::spawn(|| {
+            reqwest::blocking::Client::builder()
+                .timeout(EXPORT_TIMEOUT)
+                .build()
+        })
+        .join()
+        .map_err(|_| failed("the HTTP client could not be made".to_owned()))?
+        .map_err(|error| failed(error.to_string()))?;
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(BlockingHttp(client))
             .with_endpoint(endpoint)
             .with_protocol(protocol)
             .with_timeout(EXPORT_TIMEOUT)
@@ -43,6 +57,27 @@ impl Sink {
                 endpoint: endpoint.to_owned(),
                 reason: error.to_string(),
             })
+    }
+}
+
+/// OTLP over HTTP with reqwest's blocking client: the SDK's batch thread waits on it.
+#[derive(Debug)]
+struct BlockingHttp(reqwest::blocking::Client);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for BlockingHttp {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let request: reqwest::blocking::Request = request.try_into()?;
+        let mut response = self.0.execute(request)?.error_for_status()?;
+        let headers = std::mem::take(response.headers_mut());
+        let mut answer = http::Response::builder()
+            .status(response.status())
+            .body(response.bytes()?)?;
+        *answer.headers_mut() = headers;
+        Ok(answer)
     }
 }
 

@@ -363,6 +363,8 @@ impl McpServer {
                             })?;
                         custom.insert(name, value);
                     }
+                    // reqwest's rustls has no provider of its own: ring, the workspace's.
+                    code_mode_tls::use_ring();
                     let config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.as_str())
                         .custom_headers(custom);
                     handler
