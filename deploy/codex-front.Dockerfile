@@ -10,8 +10,8 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p codex-code-mode-host --no-default-features \
- && install -D -m 0755 target/release/codex-code-mode-host /out/codex-code-mode-host
+RUN cargo build --profile dist --locked -p codex-code-mode-host --no-default-features \
+ && install -D -m 0755 target/dist/codex-code-mode-host /out/codex-code-mode-host
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/codex-code-mode-host /usr/local/bin/codex-code-mode-host

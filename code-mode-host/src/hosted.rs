@@ -300,6 +300,11 @@ impl HostedSession {
         lock(&self.rebuilt).contains(cell_id)
     }
 
+    /// Whether `cell_id` waits to be rebuilt (an earlier rebuild was cut short).
+    fn awaits_rebuild(&self, cell_id: &CellId) -> bool {
+        lock(&self.resumable).iter().any(|(lost, _)| lost == cell_id)
+    }
+
     /// A call on a lost cell gives up (its runtimes kept being lost): the cell is dead
     /// from now on, and never rebuilt later behind its caller's back.
     fn give_up(&self, cell_id: &CellId, cause: &str) {
@@ -340,6 +345,13 @@ impl HostedSession {
             match resumed {
                 Ok(runtime_id) => {
                     tracing::info!(cell = %cell_id, on = %runtime_id, "cell rebuilt from its journal on a fresh runtime");
+                }
+                // The runtime it was being rebuilt on was lost too: the cell stays to be
+                // rebuilt on the next one (its journal is as it was; the call on it tries
+                // again, up to its bound).
+                Err(error) if connection.is_lost() => {
+                    tracing::warn!(cell = %cell_id, %error, "the rebuild was cut short by another loss; trying again on the next runtime");
+                    continue;
                 }
                 Err(error) => {
                     tracing::error!(cell = %cell_id, %error, "a lost cell could not be rebuilt");
@@ -572,6 +584,18 @@ impl HostedSession {
             }
             let (connection, session) = self.bind(false).await?;
             let Some(runtime_id) = connection.runtime_cell_id(session, cell_id) else {
+                // Its rebuild was cut short by the loss of that runtime too: again on the
+                // next one, up to the bound.
+                if self.awaits_rebuild(cell_id) {
+                    let cause = connection
+                        .lost_cause()
+                        .unwrap_or_else(|| "the runtime was lost".to_owned());
+                    if attempt >= REBUILD_ATTEMPTS {
+                        self.give_up(cell_id, &cause);
+                        return Err(SessionError::RuntimeLost(cause));
+                    }
+                    continue;
+                }
                 return Ok(None);
             };
             match self
