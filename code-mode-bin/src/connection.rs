@@ -132,25 +132,21 @@ struct Connection {
 }
 
 impl Connection {
-    /// Runs request `request_id`: opens a session, registers a tool set, or runs a call of
-    /// a session ([`InProcessSession::call_untaken`]); `preempt` fires when the host
-    /// preempts it (an observation then answers `Yielded` at once). The answer of a call
-    /// that observes a cell comes back held, for the host's word.
+    /// Runs request `request_id`: opens a session, registers a tool set, rebuilds a cell,
+    /// gives a late answer, or runs a call of a session ([`Self::run_call`]); `preempt`
+    /// fires when the host preempts it (an observation then answers `Yielded` at once).
+    /// The answer of a call that observes a cell comes back held, for the host's word.
     async fn dispatch(
         self: &Arc<Self>,
         request_id: RequestId,
         request: Request,
         preempt: CancellationToken,
     ) -> Result<(Response, Held), WireError> {
-        let (id, call) = match request {
+        let unheld = |response| Ok((response, Held::default()));
+        match request {
             Request::RegisterTools { tool_set, tools } => {
-                let mut sets = lock(&self.tool_sets);
-                sets.retain(|(known, _)| *known != tool_set);
-                if sets.len() >= RUNTIME_TOOL_SETS {
-                    sets.pop_front();
-                }
-                sets.push_back((tool_set, tools_from_wire(tools)));
-                return Ok((Response::ToolsRegistered, Held::default()));
+                self.register_tools(tool_set, tools);
+                unheld(Response::ToolsRegistered)
             }
             Request::SessionWithTools {
                 session,
@@ -166,9 +162,12 @@ impl Connection {
                 if let Some(request) = call.exec_request_mut() {
                     request.tools = tools;
                 }
-                (session, call)
+                self.run_call(request_id, session, call, preempt).await
             }
-            Request::Session { session, call } => (session, call.into()),
+            Request::Session { session, call } => {
+                self.run_call(request_id, session, call.into(), preempt)
+                    .await
+            }
             Request::Resume {
                 session,
                 journal,
@@ -178,7 +177,7 @@ impl Connection {
                 let cell_id = session.resume(journal.into(), exec_call_id, None)?;
                 self.drain.cell_started();
                 METRICS.cell_resumed();
-                return Ok((Response::Resumed(cell_id), Held::default()));
+                unheld(Response::Resumed(cell_id))
             }
             Request::Answer {
                 session,
@@ -188,39 +187,68 @@ impl Connection {
             } => {
                 let session = self.session(session)?;
                 let taken = session.answer_call(&cell_id, call, result).await;
-                return Ok((Response::Answered(taken), Held::default()));
+                unheld(Response::Answered(taken))
             }
             Request::OpenSession {
                 options,
                 stored_values,
-            } => {
-                if self.drain.is_draining() {
-                    return Err(WireError::Draining);
-                }
-                if lock(&self.sessions).len() >= MAX_SESSIONS_PER_CONNECTION {
-                    return Err(WireError::TooManySessions {
-                        max: MAX_SESSIONS_PER_CONNECTION as u64,
-                    });
-                }
-                let id = SessionId(self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
-                let delegate = RemoteDelegate::new(
-                    Arc::downgrade(&self.delegate_calls),
-                    id,
-                    self.drain.clone(),
-                );
-                if !stored_values.is_empty() {
-                    METRICS.session_seeded();
-                }
-                let session = InProcessSession::with_values(
-                    Arc::new(delegate),
-                    options.into(),
-                    stored_values,
-                );
-                lock(&self.sessions).insert(id, Arc::new(session));
-                METRICS.sessions_opened(1);
-                return Ok((Response::SessionOpened(id), Held::default()));
-            }
-        };
+            } => unheld(Response::SessionOpened(
+                self.open_session(options, stored_values)?,
+            )),
+        }
+    }
+
+    /// Keeps a tool set the host registered (the oldest goes past [`RUNTIME_TOOL_SETS`]).
+    fn register_tools(
+        &self,
+        tool_set: ToolSetId,
+        tools: Vec<code_mode_wire::payload::ToolDefinition>,
+    ) {
+        let mut sets = lock(&self.tool_sets);
+        sets.retain(|(known, _)| *known != tool_set);
+        if sets.len() >= RUNTIME_TOOL_SETS {
+            sets.pop_front();
+        }
+        sets.push_back((tool_set, tools_from_wire(tools)));
+    }
+
+    /// Opens a session with `stored_values` committed, unless the runtime drains or the
+    /// connection has its maximum of sessions.
+    fn open_session(
+        &self,
+        options: code_mode_wire::payload::SessionOptions,
+        stored_values: code_mode_protocol::stored::StoredValues,
+    ) -> Result<SessionId, WireError> {
+        if self.drain.is_draining() {
+            return Err(WireError::Draining);
+        }
+        if lock(&self.sessions).len() >= MAX_SESSIONS_PER_CONNECTION {
+            return Err(WireError::TooManySessions {
+                max: MAX_SESSIONS_PER_CONNECTION as u64,
+            });
+        }
+        let id = SessionId(self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
+        let delegate =
+            RemoteDelegate::new(Arc::downgrade(&self.delegate_calls), id, self.drain.clone());
+        if !stored_values.is_empty() {
+            METRICS.session_seeded();
+        }
+        let session =
+            InProcessSession::with_values(Arc::new(delegate), options.into(), stored_values);
+        lock(&self.sessions).insert(id, Arc::new(session));
+        METRICS.sessions_opened(1);
+        Ok(id)
+    }
+
+    /// Runs a call of session `id` ([`InProcessSession::call_untaken`]), its admission
+    /// reported before its answer; a shutdown also forgets the session.
+    async fn run_call(
+        self: &Arc<Self>,
+        request_id: RequestId,
+        id: SessionId,
+        call: SessionCall,
+        preempt: CancellationToken,
+    ) -> Result<(Response, Held), WireError> {
         let session = if matches!(call, SessionCall::Shutdown) {
             let removed = lock(&self.sessions).remove(&id);
             if removed.is_some() {

@@ -346,6 +346,39 @@ fn bind(flag: &str, address: SocketAddr) -> Result<std::net::TcpListener, String
 
 /// `--listen`: the flags checked, TLS loaded and sockets bound before the sandbox, then
 /// connections served until a termination signal has drained them.
+/// `--listen`'s TLS: mutual TLS from the three files, or none with `--insecure-loopback`
+/// on a loopback address; the usage error otherwise.
+fn listen_tls(
+    cli: &Cli,
+    address: std::net::SocketAddr,
+) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, String> {
+    if cli.insecure_loopback {
+        if !address.ip().is_loopback() {
+            return Err(format!(
+                "--insecure-loopback serves plaintext only on a loopback address, not {address}; use --tls-cert, --tls-key and --client-ca"
+            ));
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key), Some(client_ca)) = (
+        cli.tls_cert.clone(),
+        cli.tls_key.clone(),
+        cli.client_ca.clone(),
+    ) else {
+        return Err(
+            "--listen needs --tls-cert, --tls-key and --client-ca (mutual TLS), or --insecure-loopback on a loopback address".to_owned(),
+        );
+    };
+    let files = code_mode_tls::TlsFiles {
+        cert,
+        key,
+        client_ca: Some(client_ca),
+    };
+    code_mode_tls::server_config(&files, &[])
+        .map(Some)
+        .map_err(|error| error.to_string())
+}
+
 fn listen_main(cli: Cli) -> ExitCode {
     let Some(listen) = cli.listen.as_deref() else {
         return ExitCode::from(2);
@@ -358,34 +391,9 @@ fn listen_main(cli: Cli) -> ExitCode {
         Ok(address) => address,
         Err(message) => return usage(message),
     };
-    let tls = if cli.insecure_loopback {
-        if !address.ip().is_loopback() {
-            return usage(format!(
-                "--insecure-loopback serves plaintext only on a loopback address, not {address}; use --tls-cert, --tls-key and --client-ca"
-            ));
-        }
-        None
-    } else {
-        let (Some(cert), Some(key), Some(client_ca)) = (
-            cli.tls_cert.clone(),
-            cli.tls_key.clone(),
-            cli.client_ca.clone(),
-        ) else {
-            return usage(
-                "--listen needs --tls-cert, --tls-key and --client-ca (mutual TLS), or --insecure-loopback on a loopback address".to_owned(),
-            );
-        };
-        match code_mode_tls::server_config(
-            &code_mode_tls::TlsFiles {
-                cert,
-                key,
-                client_ca: Some(client_ca),
-            },
-            &[],
-        ) {
-            Ok(config) => Some(config),
-            Err(error) => return usage(error.to_string()),
-        }
+    let tls = match listen_tls(&cli, address) {
+        Ok(tls) => tls,
+        Err(message) => return usage(message),
     };
     let metrics_address = match cli.metrics.as_deref().map(|m| resolve("--metrics", m)) {
         Some(Err(message)) => return usage(message),

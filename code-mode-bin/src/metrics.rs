@@ -210,31 +210,7 @@ impl Collector for Figures {
             "Cells started and not yet closed.",
             drain.active_cells(),
         )?;
-        let outcome = |outcome: Outcome| get(&metrics.outcomes[outcome as usize]);
-        counters(
-            encoder,
-            "code_mode_cells_finished",
-            "Cells whose final response reached the host, by outcome.",
-            "outcome",
-            &[
-                ("ok", outcome(Outcome::Ok)),
-                ("error", outcome(Outcome::Error)),
-                ("terminated", outcome(Outcome::Terminated)),
-            ],
-        )?;
-        let limit = |limit: Limit| get(&metrics.limits[limit as usize]);
-        counters(
-            encoder,
-            "code_mode_limit_hits",
-            "Cells stopped or cut by a limit, by kind.",
-            "kind",
-            &[
-                ("heap", limit(Limit::Heap)),
-                ("cpu", limit(Limit::Cpu)),
-                // Counted where the cap is reached, in the runtime (a cell goes on after).
-                ("output", code_mode::runtime::output_caps_reached()),
-            ],
-        )?;
+        cell_ends(encoder, metrics)?;
         counter(
             encoder,
             "code_mode_nested_calls",
@@ -265,23 +241,59 @@ impl Collector for Figures {
             "1 once the runtime is draining.",
             u64::from(drain.is_draining()),
         )?;
-        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(metrics.latency_buckets.iter().map(get))
-            .collect();
-        let count = buckets.iter().map(|(_, count)| count).sum();
-        let sum = get(&metrics.latency_sum_micros) as f64 / 1e6;
-        encoder
-            .encode_descriptor(
-                "code_mode_exec_seconds",
-                "Time an exec took to give its first response.",
-                None,
-                MetricType::Histogram,
-            )?
-            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        exec_latency(encoder, metrics)
     }
+}
+
+/// How cells ended: by outcome, and by the limit that stopped or cut them.
+fn cell_ends(encoder: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
+    let get = |value: &AtomicU64| value.load(Ordering::Relaxed);
+    let outcome = |outcome: Outcome| get(&metrics.outcomes[outcome as usize]);
+    counters(
+        encoder,
+        "code_mode_cells_finished",
+        "Cells whose final response reached the host, by outcome.",
+        "outcome",
+        &[
+            ("ok", outcome(Outcome::Ok)),
+            ("error", outcome(Outcome::Error)),
+            ("terminated", outcome(Outcome::Terminated)),
+        ],
+    )?;
+    let limit = |limit: Limit| get(&metrics.limits[limit as usize]);
+    counters(
+        encoder,
+        "code_mode_limit_hits",
+        "Cells stopped or cut by a limit, by kind.",
+        "kind",
+        &[
+            ("heap", limit(Limit::Heap)),
+            ("cpu", limit(Limit::Cpu)),
+            // Counted where the cap is reached, in the runtime (a cell goes on after).
+            ("output", code_mode::runtime::output_caps_reached()),
+        ],
+    )
+}
+
+/// The histogram of the time execs took to give their first response.
+fn exec_latency(encoder: &mut DescriptorEncoder, metrics: &Metrics) -> fmt::Result {
+    let get = |value: &AtomicU64| value.load(Ordering::Relaxed);
+    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .zip(metrics.latency_buckets.iter().map(get))
+        .collect();
+    let count = buckets.iter().map(|(_, count)| count).sum();
+    let sum = get(&metrics.latency_sum_micros) as f64 / 1e6;
+    encoder
+        .encode_descriptor(
+            "code_mode_exec_seconds",
+            "Time an exec took to give its first response.",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
 }
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {

@@ -365,6 +365,33 @@ fn command_span(span: tracing::Span) -> tracing::Span {
 }
 
 #[expect(clippy::print_stdout, reason = "the CLI's output is its stdout")]
+/// `code-mode describe`: the `exec` description (or both tool specs as JSON) for the tools.
+async fn describe(tools: ToolArgs, json: bool) -> Result<(), Failure> {
+    let tools = tools::ToolSet::load(tools.tools.as_deref(), &tools.builtin)
+        .await
+        .map_err(|error| Failure::usage(error.to_string()))?;
+    let descriptions = tools.descriptions();
+    let unavailable = tools.unavailable();
+    tools.stop().await;
+    let catalog = code_mode_surface::Catalog {
+        tools: &descriptions,
+        unavailable: &unavailable,
+    };
+    if json {
+        let specs = serde_json::json!([
+            code_mode_surface::exec_tool_spec_of(catalog).to_json(),
+            code_mode_surface::wait_tool_spec().to_json(),
+        ]);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&specs).unwrap_or_default()
+        );
+    } else {
+        print!("{}", code_mode_surface::exec_description_of(catalog));
+    }
+    Ok(())
+}
+
 async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> {
     if let Command::Run { runtime, .. }
     | Command::Repl { runtime, .. }
@@ -420,31 +447,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             )
             .await
         }
-        Command::Describe { tools, json } => {
-            let tools = tools::ToolSet::load(tools.tools.as_deref(), &tools.builtin)
-                .await
-                .map_err(|error| Failure::usage(error.to_string()))?;
-            let descriptions = tools.descriptions();
-            let unavailable = tools.unavailable();
-            tools.stop().await;
-            let catalog = code_mode_surface::Catalog {
-                tools: &descriptions,
-                unavailable: &unavailable,
-            };
-            if json {
-                let specs = serde_json::json!([
-                    code_mode_surface::exec_tool_spec_of(catalog).to_json(),
-                    code_mode_surface::wait_tool_spec().to_json(),
-                ]);
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&specs).unwrap_or_default()
-                );
-            } else {
-                print!("{}", code_mode_surface::exec_description_of(catalog));
-            }
-            Ok(())
-        }
+        Command::Describe { tools, json } => describe(tools, json).await,
         Command::Mcp {
             tools,
             http,

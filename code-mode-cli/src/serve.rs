@@ -875,33 +875,7 @@ pub async fn serve(
     runtime_log: String,
     state_dir: Option<&Path>,
 ) -> Result<(), Failure> {
-    let (state, saved) = match state_dir {
-        Some(_) if runtime.in_process => {
-            return Err(Failure::usage(
-                "--state-dir keeps each running cell's journal on the host's side of the runtime process; it cannot be used with --in-process",
-            ));
-        }
-        Some(dir) => {
-            let (state, saved) =
-                Durability::open(dir).map_err(|error| Failure::runtime(error.to_string()))?;
-            (Some(Arc::new(state)), saved)
-        }
-        None => (None, Saved::default()),
-    };
-    let provider = Sessions::after(runtime, &runtime_log, saved.counter(GENERATIONS))
-        .map_err(Failure::runtime)?;
-    let (lines_tx, lines_rx) = mpsc::unbounded_channel::<String>();
-    let server = Arc::new(Server {
-        out: Out(lines_tx),
-        observations: Arc::new(Mutex::new(HashMap::new())),
-        provider,
-        sessions: Mutex::new(HashMap::new()),
-        last_session: AtomicU64::new(saved.counter(LAST_SESSION)),
-        calls: Arc::new(Mutex::new(HashMap::new())),
-        last_call: Arc::new(AtomicU64::new(saved.counter(LAST_CALL))),
-        tools,
-        state,
-    });
+    let (server, lines_rx, saved) = Server::start(runtime, tools, runtime_log, state_dir)?;
     let writer = tokio::spawn(write_lines(lines_rx, Arc::downgrade(&server)));
     server.reopen(&saved)?;
     let tasks = TaskTracker::new();
@@ -911,19 +885,70 @@ pub async fn serve(
         .await
         .map_err(|error| Failure::usage(format!("cannot read stdin: {error}")))?
     {
-        if line.trim().is_empty() {
-            continue;
+        if !line.trim().is_empty() {
+            server.take_line(&line, &tasks);
         }
+    }
+    server.finish(tasks).await;
+    let _ = writer.await;
+    Ok(())
+}
+
+impl Server {
+    /// The server over the providers `runtime` names, with the sessions a state directory
+    /// kept (`saved`, to reopen), and the receiver of the lines it writes.
+    #[allow(
+        clippy::type_complexity,
+        reason = "the server, its writer's end and what was kept: used once, by `serve`"
+    )]
+    fn start(
+        runtime: &RuntimeArgs,
+        tools: ToolSet,
+        runtime_log: String,
+        state_dir: Option<&Path>,
+    ) -> Result<(Arc<Server>, mpsc::UnboundedReceiver<String>, Saved), Failure> {
+        let (state, saved) = match state_dir {
+            Some(_) if runtime.in_process => {
+                return Err(Failure::usage(
+                    "--state-dir keeps each running cell's journal on the host's side of the runtime process; it cannot be used with --in-process",
+                ));
+            }
+            Some(dir) => {
+                let (state, saved) =
+                    Durability::open(dir).map_err(|error| Failure::runtime(error.to_string()))?;
+                (Some(Arc::new(state)), saved)
+            }
+            None => (None, Saved::default()),
+        };
+        let provider = Sessions::after(runtime, &runtime_log, saved.counter(GENERATIONS))
+            .map_err(Failure::runtime)?;
+        let (lines_tx, lines_rx) = mpsc::unbounded_channel::<String>();
+        let server = Arc::new(Server {
+            out: Out(lines_tx),
+            observations: Arc::new(Mutex::new(HashMap::new())),
+            provider,
+            sessions: Mutex::new(HashMap::new()),
+            last_session: AtomicU64::new(saved.counter(LAST_SESSION)),
+            calls: Arc::new(Mutex::new(HashMap::new())),
+            last_call: Arc::new(AtomicU64::new(saved.counter(LAST_CALL))),
+            tools,
+            state,
+        });
+        Ok((server, lines_rx, saved))
+    }
+
+    /// One line of input: a `tool_result` is taken at once, in order; any other request
+    /// runs on a task of its own (`tasks`) under its span, and answers when it is done.
+    fn take_line(self: &Arc<Self>, line: &str, tasks: &TaskTracker) {
         // A client may send what JavaScript's `JSON.stringify` writes, lone surrogate
         // escapes included: those become U+FFFD, as in every tool result.
-        let line = code_mode_protocol::model::replace_lone_surrogate_escapes(&line);
+        let line = code_mode_protocol::model::replace_lone_surrogate_escapes(line);
         let message: Value = match serde_json::from_str(&line) {
             Ok(message) => message,
             Err(error) => {
-                server
-                    .out
+                self.out
                     .send(ErrorReply::new("invalid_json", error.to_string()).to_json(Value::Null));
-                continue;
+                return;
             }
         };
         let id = message.get("id").cloned().unwrap_or(Value::Null);
@@ -932,17 +957,17 @@ pub async fn serve(
             .and_then(Value::as_str)
             .map(str::to_owned)
         else {
-            server.out.send(
+            self.out.send(
                 ErrorReply::new("invalid_request", "a message needs a string `method`").to_json(id),
             );
-            continue;
+            return;
         };
         let given = message.get("params").cloned().unwrap_or_else(|| json!({}));
         if method == "tool_result" {
-            if let Err(error) = server.tool_result(given) {
-                server.out.send(error.to_json(id));
+            if let Err(error) = self.tool_result(given) {
+                self.out.send(error.to_json(id));
             }
-            continue;
+            return;
         }
         // A request's span, parented on its `traceparent` field when it has a
         // well-formed one (a malformed value is ignored).
@@ -958,7 +983,7 @@ pub async fn serve(
             &span,
             message.get("traceparent").and_then(Value::as_str),
         );
-        let server = Arc::clone(&server);
+        let server = Arc::clone(self);
         tasks.spawn(tracing::Instrument::instrument(
             async move {
                 let reply = match server.handle(&id, &method, given).await {
@@ -970,26 +995,26 @@ pub async fn serve(
             span,
         ));
     }
-    // End of input. With a state directory the sessions are kept as they are now (the
-    // next process goes on with them), and what the shutdown does to them is not.
-    if let Some(state) = &server.state {
-        if let Some(message) = server.persist().await {
-            server.out.send(state_error(&message));
+
+    /// End of input. With a state directory the sessions are kept as they are now (the
+    /// next process goes on with them), and what the shutdown does to them is not; then
+    /// every session is shut down and the requests still running end.
+    async fn finish(self: Arc<Self>, tasks: TaskTracker) {
+        if let Some(state) = &self.state {
+            if let Some(message) = self.persist().await {
+                self.out.send(state_error(&message));
+            }
+            state.close();
         }
-        state.close();
+        let sessions: Vec<_> = lock(&self.sessions)
+            .drain()
+            .map(|(_, session)| session)
+            .collect();
+        for session in sessions {
+            session.shutdown().await;
+        }
+        tasks.close();
+        tasks.wait().await;
+        self.tools.stop().await;
     }
-    // Shut every session down, then flush the last lines.
-    let sessions: Vec<_> = lock(&server.sessions)
-        .drain()
-        .map(|(_, session)| session)
-        .collect();
-    for session in sessions {
-        session.shutdown().await;
-    }
-    tasks.close();
-    tasks.wait().await;
-    server.tools.stop().await;
-    drop(server);
-    let _ = writer.await;
-    Ok(())
 }

@@ -165,7 +165,15 @@ const DEAD_CELLS_KEPT: usize = 1024;
 
 /// How many runtimes a call on a cell tries before it gives the loss up to its caller
 /// (each loss rebuilds the cell on the next runtime).
-const REBUILD_ATTEMPTS: usize = 4;
+pub const REBUILD_ATTEMPTS: usize = 4;
+
+/// The cause a call gives up with after [`REBUILD_ATTEMPTS`] losses, the last one's
+/// `cause` inside: the cell is not rebuilt again.
+fn given_up(cause: &str) -> String {
+    format!(
+        "{cause}; the cell's runtime was lost {REBUILD_ATTEMPTS} times during one call, so it is not rebuilt again"
+    )
+}
 
 /// A session whose cells run in a runtime process. Dropping it starts its shutdown in the
 /// runtime.
@@ -302,7 +310,9 @@ impl HostedSession {
 
     /// Whether `cell_id` waits to be rebuilt (an earlier rebuild was cut short).
     fn awaits_rebuild(&self, cell_id: &CellId) -> bool {
-        lock(&self.resumable).iter().any(|(lost, _)| lost == cell_id)
+        lock(&self.resumable)
+            .iter()
+            .any(|(lost, _)| lost == cell_id)
     }
 
     /// A call on a lost cell gives up (its runtimes kept being lost): the cell is dead
@@ -591,6 +601,7 @@ impl HostedSession {
                         .lost_cause()
                         .unwrap_or_else(|| "the runtime was lost".to_owned());
                     if attempt >= REBUILD_ATTEMPTS {
+                        let cause = given_up(&cause);
                         self.give_up(cell_id, &cause);
                         return Err(SessionError::RuntimeLost(cause));
                     }
@@ -604,6 +615,7 @@ impl HostedSession {
             {
                 Err(SessionError::RuntimeLost(cause)) if self.rebuilds(cell_id) => {
                     if attempt >= REBUILD_ATTEMPTS {
+                        let cause = given_up(&cause);
                         self.give_up(cell_id, &cause);
                         return Err(SessionError::RuntimeLost(cause));
                     }

@@ -32,6 +32,7 @@ pub use durable::{DurableCell, DurableSession, DurableState, RestoredCall};
 /// only in builds with debug assertions).
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 pub use faults::{Fault, arm as arm_fault};
+pub use hosted::REBUILD_ATTEMPTS;
 pub use prelaunch::{ForkError, Forked, Prelaunched, SOCKET_FD, fork_runtime};
 pub use process::SpawnError;
 pub use provider::{

@@ -177,23 +177,68 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
+/// Deletes the cells (and their answers) and the sessions a checkpoint no longer has.
+fn remove_gone(
+    tx: &rusqlite::Transaction<'_>,
+    cells_kept: &HashSet<(String, String)>,
+    sessions: &HashSet<&str>,
+) -> rusqlite::Result<()> {
+    let mut gone: Vec<(String, String)> = Vec::new();
+    {
+        let mut rows = tx.prepare("SELECT session, cell FROM cells")?;
+        for row in rows.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
+            let row: (String, String) = row?;
+            if !cells_kept.contains(&row) {
+                gone.push(row);
+            }
+        }
+    }
+    for (session, cell) in &gone {
+        for table in ["cells", "answers"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE session = ?1 AND cell = ?2"),
+                params![session, cell],
+            )?;
+        }
+    }
+    let mut gone_sessions: Vec<String> = Vec::new();
+    {
+        let mut rows = tx.prepare("SELECT id FROM sessions")?;
+        for row in rows.query_map([], |row| row.get(0))? {
+            let id: String = row?;
+            if !sessions.contains(id.as_str()) {
+                gone_sessions.push(id);
+            }
+        }
+    }
+    for id in &gone_sessions {
+        tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+    }
+    Ok(())
+}
+
+/// `front`'s database file in `dir`, made (or checked) private to this user: it holds
+/// tool inputs and results, stored values and session ids, so `0700` and `0600`, no link
+/// followed (`code_mode_files`). SQLite makes the `-wal` and `-shm` files with the
+/// database's mode; ones left by an earlier process are checked the same way.
+fn private_database(dir: &Path, front: &str) -> Result<PathBuf, StateError> {
+    code_mode_files::private_dir("the state directory", dir)?;
+    let path = dir.join(format!("{front}.sqlite3"));
+    code_mode_files::private_file("the state database", &path)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.clone().into_os_string();
+        name.push(suffix);
+        code_mode_files::check_if_present("the state database", Path::new(&name))?;
+    }
+    Ok(path)
+}
+
 impl StateStore {
     /// Opens (or creates) `front`'s database in `dir`: `<dir>/<front>.sqlite3`. Refused
     /// when another process holds it, when it is not whole, or when another version or
     /// front end wrote it.
     pub fn open(dir: &Path, front: &str) -> Result<Self, StateError> {
-        // It holds tool inputs and results, stored values and session ids: this user's
-        // only, 0700 and 0600, no link followed (code_mode_files).
-        code_mode_files::private_dir("the state directory", dir)?;
-        let path = dir.join(format!("{front}.sqlite3"));
-        code_mode_files::private_file("the state database", &path)?;
-        // SQLite makes these with the database's mode; ones left by an earlier process
-        // are checked the same way.
-        for suffix in ["-wal", "-shm"] {
-            let mut name = path.clone().into_os_string();
-            name.push(suffix);
-            code_mode_files::check_if_present("the state database", Path::new(&name))?;
-        }
+        let path = private_database(dir, front)?;
         let corrupt = |error: rusqlite::Error| StateError::Corrupt {
             path: path.clone(),
             detail: error.to_string(),
@@ -467,50 +512,12 @@ impl StateStore {
             }
         }
         // What is gone from the front is gone from the database.
-        let mut gone: Vec<(String, String)> = Vec::new();
-        {
-            let mut rows = tx
-                .prepare("SELECT session, cell FROM cells")
-                .map_err(write)?;
-            let listed = rows
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(write)?;
-            for row in listed {
-                let row: (String, String) = row.map_err(write)?;
-                if !cells_kept.contains(&row) {
-                    gone.push(row);
-                }
-            }
-        }
-        for (session, cell) in &gone {
-            for table in ["cells", "answers"] {
-                tx.execute(
-                    &format!("DELETE FROM {table} WHERE session = ?1 AND cell = ?2"),
-                    params![session, cell],
-                )
-                .map_err(write)?;
-            }
-        }
         let sessions: HashSet<&str> = checkpoint
             .sessions
             .iter()
             .map(|session| session.id.as_str())
             .collect();
-        let mut gone_sessions: Vec<String> = Vec::new();
-        {
-            let mut rows = tx.prepare("SELECT id FROM sessions").map_err(write)?;
-            let listed = rows.query_map([], |row| row.get(0)).map_err(write)?;
-            for row in listed {
-                let id: String = row.map_err(write)?;
-                if !sessions.contains(id.as_str()) {
-                    gone_sessions.push(id);
-                }
-            }
-        }
-        for id in &gone_sessions {
-            tx.execute("DELETE FROM sessions WHERE id = ?1", [id])
-                .map_err(write)?;
-        }
+        remove_gone(&tx, &cells_kept, &sessions).map_err(write)?;
         tx.execute("DELETE FROM calls", []).map_err(write)?;
         for call in &checkpoint.calls {
             tx.execute(

@@ -227,60 +227,70 @@ pub fn truncate_entries(entries: Vec<Entry>, max_tokens: u64) -> Vec<ContentItem
         Entry::Rest(_) | Entry::Gap(_) => true,
     });
     if all_text {
-        // Items joined by newlines; a kept rest continues its item's head directly.
-        let mut joined = String::new();
-        let mut first = true;
-        for entry in &entries {
-            match entry {
-                Entry::Item(item) => {
-                    if !first {
-                        joined.push('\n');
-                    }
-                    joined.push_str(item.as_text().unwrap_or_default());
-                }
-                Entry::Rest(rest) => joined.push_str(rest),
-                Entry::Gap(_) => continue,
-            }
-            first = false;
-        }
-        if let Some(cut) = cut_middle(&joined, budget) {
-            let lines = joined.lines().count();
-            let header = format!(
-                "Warning: truncated output (original token count: {})\nTotal output lines: {lines}\n\n",
-                cut.original_tokens
-            );
-            let gaps: Vec<&Gap> = entries
-                .iter()
-                .filter_map(|entry| match entry {
-                    Entry::Gap(gap) => Some(gap),
-                    Entry::Item(_) | Entry::Rest(_) => None,
-                })
-                .collect();
-            let MiddleCut {
-                prefix,
-                marker,
-                suffix,
-                ..
-            } = cut;
-            if gaps.is_empty() {
-                return vec![ContentItem::text(format!(
-                    "{header}{prefix}{marker}{suffix}"
-                ))];
-            }
-            // The gap's marker stays where the gap was, in the cut middle: the head and
-            // the marker of the cut before it, the tail after it.
-            let mut out = vec![ContentItem::text(format!("{header}{prefix}{marker}"))];
-            out.extend(gaps.iter().map(|gap| ContentItem::text(gap.marker())));
-            if !suffix.is_empty() {
-                out.push(ContentItem::text(suffix.to_owned()));
-            }
-            return out;
-        }
-        return entries.into_iter().map(entry_item).collect();
+        truncate_text(entries, budget)
+    } else {
+        truncate_beside_media(entries, budget)
     }
-    // With images the items stay; text items share the budget in order, the one that
-    // crosses it is cut, and the ones after it are counted in a closing marker. Empty text
-    // items go.
+}
+
+/// Text only: the items joined by newlines (a kept rest continues its item's head
+/// directly), cut in the middle under a header; a gap's marker stays in the cut middle.
+fn truncate_text(entries: Vec<Entry>, budget: usize) -> Vec<ContentItem> {
+    let mut joined = String::new();
+    let mut first = true;
+    for entry in &entries {
+        match entry {
+            Entry::Item(item) => {
+                if !first {
+                    joined.push('\n');
+                }
+                joined.push_str(item.as_text().unwrap_or_default());
+            }
+            Entry::Rest(rest) => joined.push_str(rest),
+            Entry::Gap(_) => continue,
+        }
+        first = false;
+    }
+    let Some(cut) = cut_middle(&joined, budget) else {
+        return entries.into_iter().map(entry_item).collect();
+    };
+    let lines = joined.lines().count();
+    let header = format!(
+        "Warning: truncated output (original token count: {})\nTotal output lines: {lines}\n\n",
+        cut.original_tokens
+    );
+    let gaps: Vec<&Gap> = entries
+        .iter()
+        .filter_map(|entry| match entry {
+            Entry::Gap(gap) => Some(gap),
+            Entry::Item(_) | Entry::Rest(_) => None,
+        })
+        .collect();
+    let MiddleCut {
+        prefix,
+        marker,
+        suffix,
+        ..
+    } = cut;
+    if gaps.is_empty() {
+        return vec![ContentItem::text(format!(
+            "{header}{prefix}{marker}{suffix}"
+        ))];
+    }
+    // The gap's marker stays where the gap was, in the cut middle: the head and the
+    // marker of the cut before it, the tail after it.
+    let mut out = vec![ContentItem::text(format!("{header}{prefix}{marker}"))];
+    out.extend(gaps.iter().map(|gap| ContentItem::text(gap.marker())));
+    if !suffix.is_empty() {
+        out.push(ContentItem::text(suffix.to_owned()));
+    }
+    out
+}
+
+/// With images the items stay; text items share the budget in order, the one that
+/// crosses it is cut, and the ones after it are counted in a closing marker. Empty text
+/// items go (Codex's host drops them from output with images; kept otherwise).
+fn truncate_beside_media(entries: Vec<Entry>, budget: usize) -> Vec<ContentItem> {
     let mut remaining = budget;
     let mut omitted = 0usize;
     let mut out = Vec::with_capacity(entries.len());
@@ -292,7 +302,6 @@ pub fn truncate_entries(entries: Vec<Entry>, max_tokens: u64) -> Vec<ContentItem
                 continue;
             }
         };
-        // Codex's host drops empty text items from output with images (kept otherwise).
         if text.is_empty() {
             continue;
         }

@@ -515,6 +515,58 @@ fn runtimes(
         .map_err(|error| error.to_string())
 }
 
+/// `--listen grpc://IP:PORT`: off loopback only with mutual TLS; the health port beside
+/// it if asked for; the bound URL alone on stdout.
+async fn serve_tcp(
+    cli: &Cli,
+    mut settings: codex_code_mode_host::front::Settings,
+    address: std::net::SocketAddr,
+) -> Result<(), String> {
+    // Off loopback, only clients with a certificate from --client-ca are served: anyone
+    // who reaches the port could otherwise run cells and take kept sessions.
+    if !address.ip().is_loopback() && cli.client_ca.is_none() {
+        return Err(format!(
+            "--listen grpc://{address} is off loopback: clients there must be authenticated, so give --tls-cert, --tls-key and --client-ca (the CA of the clients' certificates), or listen on 127.0.0.1"
+        ));
+    }
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = code_mode_tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: cli.client_ca.clone(),
+            };
+            let config = code_mode_tls::server_config(&files, &[b"h2", b"http/1.1"])
+                .map_err(|error| error.to_string())?;
+            Some(config)
+        }
+        _ => None,
+    };
+    settings.max_sessions_per_connection = cli.max_sessions_per_connection;
+    if let Some(health) = cli.health_listen {
+        let listener = tokio::net::TcpListener::bind(health)
+            .await
+            .map_err(|error| format!("cannot serve --health-listen {health}: {error}"))?;
+        tracing::info!("health checks on http://{health}/healthz");
+        tokio::spawn(serve::serve_health(settings.clone(), listener));
+    }
+    serve::serve_grpc_tcp(settings, address, tls, cli.max_connections, |bound| {
+        // As Codex's host: the bound URL, and nothing else, on stdout (launchers read
+        // that line to learn the port of `grpc://IP:0`).
+        let url = format!("http://{bound}");
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let printed = writeln!(stdout, "{url}").and_then(|()| stdout.flush());
+        if let Err(error) = printed {
+            tracing::warn!(%error, "cannot print the bound URL on stdout");
+        }
+        tracing::info!("codex-code-mode-host listening on {url}");
+        eprintln!("codex-code-mode-host listening on {url}");
+    })
+    .await
+    .map_err(|error| format!("cannot serve on {address}: {error}"))
+}
+
 async fn run(
     cli: Cli,
     listen: Listen,
@@ -557,59 +609,7 @@ async fn run(
                 .await
                 .map_err(|error| format!("the gRPC connection on stdio failed: {error}"))
         }
-        (Listen::GrpcTcp(address), _) => {
-            // Off loopback, only clients with a certificate from --client-ca are served:
-            // anyone who reaches the port could otherwise run cells and take kept sessions.
-            if !address.ip().is_loopback() && cli.client_ca.is_none() {
-                return Err(format!(
-                    "--listen grpc://{address} is off loopback: clients there must be authenticated, so give --tls-cert, --tls-key and --client-ca (the CA of the clients' certificates), or listen on 127.0.0.1"
-                ));
-            }
-            let tls = match (&cli.tls_cert, &cli.tls_key) {
-                (Some(cert), Some(key)) => {
-                    let files = code_mode_tls::TlsFiles {
-                        cert: cert.clone(),
-                        key: key.clone(),
-                        client_ca: cli.client_ca.clone(),
-                    };
-                    let config = code_mode_tls::server_config(&files, &[b"h2", b"http/1.1"])
-                        .map_err(|error| error.to_string())?;
-                    Some(config)
-                }
-                _ => {
-                    if !address.ip().is_loopback() {
-                        return Err(format!(
-                            "--listen grpc://{address} serves plaintext only on a loopback address; give --tls-cert and --tls-key to listen on {}",
-                            address.ip()
-                        ));
-                    }
-                    None
-                }
-            };
-            settings.max_sessions_per_connection = cli.max_sessions_per_connection;
-            if let Some(health) = cli.health_listen {
-                let listener = tokio::net::TcpListener::bind(health)
-                    .await
-                    .map_err(|error| format!("cannot serve --health-listen {health}: {error}"))?;
-                tracing::info!("health checks on http://{health}/healthz");
-                tokio::spawn(serve::serve_health(settings.clone(), listener));
-            }
-            serve::serve_grpc_tcp(settings, address, tls, cli.max_connections, |bound| {
-                // As Codex's host: the bound URL, and nothing else, on stdout (launchers
-                // read that line to learn the port of `grpc://IP:0`).
-                let url = format!("http://{bound}");
-                use std::io::Write as _;
-                let mut stdout = std::io::stdout().lock();
-                let printed = writeln!(stdout, "{url}").and_then(|()| stdout.flush());
-                if let Err(error) = printed {
-                    tracing::warn!(%error, "cannot print the bound URL on stdout");
-                }
-                tracing::info!("codex-code-mode-host listening on {url}");
-                eprintln!("codex-code-mode-host listening on {url}");
-            })
-            .await
-            .map_err(|error| format!("cannot serve on {address}: {error}"))
-        }
+        (Listen::GrpcTcp(address), _) => serve_tcp(&cli, settings, address).await,
         (Listen::JsonStdio, Some(protocol)) => {
             let input = stdio::reader(protocol.input).map_err(|error| error.to_string())?;
             let output = stdio::writer(protocol.output).map_err(|error| error.to_string())?;

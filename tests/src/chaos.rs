@@ -195,6 +195,9 @@ pub struct ChaosReport {
     pub rebuilt_mid_flight: u64,
     /// Execs refused while no remote runtime was up.
     pub refused: u64,
+    /// Cells given up after their runtime was lost at each of the rebuilds one call makes
+    /// (counted in `lost` too), each with as many faults within its time.
+    pub gave_up: u64,
     /// How many faults of each kind were injected.
     pub faults: BTreeMap<FaultKind, u64>,
     /// Keys checked against the model inside cells (every key, every cell).
@@ -212,10 +215,12 @@ impl std::fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "cells {} (completed {}, lost with their runtime {}, rebuilt mid-flight {}, refused while no runtime was up {}), tool calls {}",
+            "cells {} (completed {}, lost with their runtime {} of which {} gave up after {} losses in one call, rebuilt mid-flight {}, refused while no runtime was up {}), tool calls {}",
             self.cells,
             self.completed,
             self.lost,
+            self.gave_up,
+            code_mode_host::REBUILD_ATTEMPTS,
             self.rebuilt_mid_flight,
             self.refused,
             self.tool_calls,
@@ -414,6 +419,9 @@ struct FaultRecord {
 /// liveness timeout, a process's exit noticed, a loaded machine).
 const FAULT_SLACK: Duration = Duration::from_secs(5);
 
+/// What a call says when it gave its cell up after the bound of rebuilds of one call.
+const GAVE_UP: &str = "times during one call, so it is not rebuilt again";
+
 /// A refusal of a remote session: no runtime could take it within the connect timeout.
 const REFUSAL: &str = "no code-mode runtime could take the session";
 
@@ -483,6 +491,18 @@ impl Stage {
                 && fault.from <= ended
                 && fault.until + FAULT_SLACK >= started
         })
+    }
+
+    /// How many faults (delays aside) acted between `started` and `ended`, anywhere.
+    fn faults_within(&self, started: Instant, ended: Instant) -> usize {
+        lock(&self.faults)
+            .iter()
+            .filter(|fault| {
+                fault.kind != FaultKind::Delay
+                    && fault.from <= ended
+                    && fault.until + FAULT_SLACK >= started
+            })
+            .count()
     }
 
     /// Whether every remote runtime was down (being replaced, or stalled) at some time
@@ -823,8 +843,21 @@ async fn run_cell<S: CodeModeSession + Placed>(
                 .join("\n"),
         ),
         Ok((other, _)) => panic!("{name}: cell {cell} ended unexpectedly: {other:?}"),
-        // A local session loses nothing: a cell of a dead local runtime is rebuilt, and an
-        // exec it never admitted runs again.
+        // A cell is rebuilt at each loss of its runtime, up to the bound of one call: one
+        // that gave up is a loss the run allows only when that many faults fell within it.
+        Err((phase, SessionError::RuntimeLost(cause)))
+            if cause.contains(GAVE_UP)
+                && stage.faults_within(started, ended) >= code_mode_host::REBUILD_ATTEMPTS =>
+        {
+            lock(&stage.report).gave_up += 1;
+            if std::env::var_os("CODE_MODE_CHAOS_VERBOSE").is_some() {
+                eprintln!("chaos: {name}: cell {cell} gave up at its {phase:?}: {cause}");
+            }
+            lock(&stage.lost).insert(cell.to_owned());
+            Ended::Lost
+        }
+        // A local session loses nothing else: a cell of a dead local runtime is rebuilt,
+        // and an exec it never admitted runs again.
         Err((phase, SessionError::RuntimeLost(cause))) if S::is_local() => {
             panic!("{name}: cell {cell} of a local session was lost at its {phase:?}: {cause}")
         }

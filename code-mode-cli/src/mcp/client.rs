@@ -124,6 +124,35 @@ impl StderrTail {
 
 type Client = RunningService<RoleClient, ClientSide>;
 
+/// Why an MCP server could not be started; each names the server (and, where it has
+/// one, ends with the end of its stderr).
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("MCP server `{server}` could not be started: command `{program}` was not found")]
+    NotFound { server: String, program: String },
+    #[error("MCP server `{server}` could not be started ({}): {source}", path.display())]
+    Spawn {
+        server: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("MCP server `{server}`: header `{name}`: {detail}")]
+    Header {
+        server: String,
+        name: String,
+        detail: String,
+    },
+    /// The MCP handshake failed (the text names the server and its stderr).
+    #[error("{0}")]
+    Initialize(String),
+    /// `tools/list` failed.
+    #[error("{0}")]
+    ListTools(String),
+    /// Neither answered within the startup timeout.
+    #[error("{0}")]
+    Timeout(String),
+}
+
 /// A server's connection state; its async lock serialises (re)starts.
 #[derive(Default)]
 struct Link {
@@ -278,112 +307,33 @@ impl McpServer {
 
     /// Starts the server and lists its tools, within the startup timeout.
     /// A stdio server's process comes back beside its client; on failure it is killed.
-    async fn connect(self: &Arc<Self>) -> Result<(Client, Option<tokio::process::Child>), String> {
+    async fn connect(
+        self: &Arc<Self>,
+    ) -> Result<(Client, Option<tokio::process::Child>), ConnectError> {
         let started = Instant::now();
-        let mut spawned = None;
         let attempt = async {
             let handler = ClientSide {
                 server: Arc::downgrade(self),
             };
-            let client = match &self.config.transport {
+            let (client, child) = match &self.config.transport {
                 McpTransport::Stdio {
                     program,
                     args,
                     env,
                     cwd,
                 } => {
-                    let path = crate::program::resolve_program(program, cwd).ok_or_else(|| {
-                        format!(
-                            "MCP server `{}` could not be started: command `{program}` was not found",
-                            self.config.name
-                        )
-                    })?;
-                    let mut command = tokio::process::Command::new(&path);
-                    command
-                        .args(args)
-                        .envs(env)
-                        .current_dir(cwd)
-                        .stdin(Stdio::piped())
-                        .stdout(Stdio::piped())
-                        .stderr(Stdio::piped())
-                        .kill_on_drop(true);
-                    let mut child = command.spawn().map_err(|error| {
-                        format!(
-                            "MCP server `{}` could not be started ({}): {error}",
-                            self.config.name,
-                            path.display()
-                        )
-                    })?;
-                    let (Some(stdin), Some(stdout), Some(mut stderr)) =
-                        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-                    else {
-                        unreachable!("all three pipes were asked for");
-                    };
-                    let tail = Arc::clone(&self.stderr);
-                    let name = self.config.name.clone();
-                    let reader = tokio::spawn(async move {
-                        let mut buffer = [0u8; 4096];
-                        while let Ok(read) = stderr.read(&mut buffer).await {
-                            if read == 0 {
-                                break;
-                            }
-                            let chunk = &buffer[..read];
-                            tracing::debug!(server = %name, stderr = %String::from_utf8_lossy(chunk).trim_end(), "MCP server stderr");
-                            lock(&tail).push(chunk);
-                        }
-                    });
-                    *lock(&self.stderr_reader) = Some(reader);
-                    self.oversized.store(false, Ordering::Relaxed);
-                    // The notification is flagged as it is read, before the answer after
-                    // it reaches its call: see `settled`.
-                    let stdout =
-                        LineCap::new(stdout, MAX_MCP_MESSAGE_BYTES, Arc::clone(&self.oversized))
-                            .watching(
-                                b"notifications/tools/list_changed",
-                                Arc::clone(&self.changes),
-                            );
-                    spawned = Some(child);
-                    handler.serve((stdout, stdin)).await
+                    let (client, child) =
+                        self.start_stdio(handler, program, args, env, cwd).await?;
+                    (client, Some(child))
                 }
                 McpTransport::Http { url, headers } => {
-                    let mut custom = HashMap::new();
-                    for (name, value) in headers {
-                        let name = http::HeaderName::try_from(name.as_str()).map_err(|error| {
-                            format!(
-                                "MCP server `{}`: header `{name}`: {error}",
-                                self.config.name
-                            )
-                        })?;
-                        let value =
-                            http::HeaderValue::try_from(value.as_str()).map_err(|error| {
-                                format!(
-                                    "MCP server `{}`: header `{name}`: {error}",
-                                    self.config.name
-                                )
-                            })?;
-                        custom.insert(name, value);
-                    }
-                    // reqwest's rustls has no provider of its own: ring, the workspace's.
-                    code_mode_tls::use_ring();
-                    let config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.as_str())
-                        .custom_headers(custom);
-                    handler
-                        .serve(StreamableHttpClientTransport::from_config(config))
-                        .await
+                    (self.connect_http(handler, url, headers).await?, None)
                 }
             };
-            let client = match client {
-                Ok(client) => client,
-                Err(error) => {
-                    self.stderr_settled().await;
-                    return Err(self.failure(&format!("failed to initialize: {error}")));
-                }
-            };
-            let tools = client
-                .list_all_tools()
-                .await
-                .map_err(|error| self.failure(&format!("failed to list its tools: {error}")))?;
-            Ok::<_, String>((client, tools))
+            let tools = client.list_all_tools().await.map_err(|error| {
+                ConnectError::ListTools(self.failure(&format!("failed to list its tools: {error}")))
+            })?;
+            Ok::<_, ConnectError>((client, child, tools))
         };
         let notice = async {
             tokio::time::sleep(SLOW_START_NOTICE).await;
@@ -395,22 +345,124 @@ impl McpServer {
             );
             std::future::pending::<()>().await;
         };
+        // A start that times out drops the attempt, and with it the process it spawned.
         let outcome = tokio::select! {
             outcome = tokio::time::timeout(self.config.startup_timeout, attempt) => outcome,
             () = notice => unreachable!("the notice never ends"),
         };
-        match outcome {
-            Ok(Ok((client, tools))) => {
-                tracing::info!(server = %self.config.name, tools = tools.len(), elapsed_ms = started.elapsed().as_millis() as u64, "MCP server started");
-                self.set_tools(tools);
-                Ok((client, spawned))
-            }
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(self.failure(&format!(
+        let (client, child, tools) = outcome.map_err(|_| {
+            ConnectError::Timeout(self.failure(&format!(
                 "did not start within {} ms (no answer to `initialize` or `tools/list`)",
                 self.config.startup_timeout.as_millis()
-            ))),
+            )))
+        })??;
+        tracing::info!(server = %self.config.name, tools = tools.len(), elapsed_ms = started.elapsed().as_millis() as u64, "MCP server started");
+        self.set_tools(tools);
+        Ok((client, child))
+    }
+
+    /// Spawns a stdio server (its stderr kept for failures) and initializes it. The process
+    /// comes back beside its client; on failure it is dropped, which kills it.
+    async fn start_stdio(
+        self: &Arc<Self>,
+        handler: ClientSide,
+        program: &str,
+        args: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+        cwd: &std::path::Path,
+    ) -> Result<(Client, tokio::process::Child), ConnectError> {
+        let name = &self.config.name;
+        let path = crate::program::resolve_program(program, cwd).ok_or_else(|| {
+            ConnectError::NotFound {
+                server: name.clone(),
+                program: program.to_owned(),
+            }
+        })?;
+        let mut command = tokio::process::Command::new(&path);
+        command
+            .args(args)
+            .envs(env)
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|source| ConnectError::Spawn {
+            server: name.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        let (Some(stdin), Some(stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            unreachable!("all three pipes were asked for");
+        };
+        let tail = Arc::clone(&self.stderr);
+        let server = name.clone();
+        let reader = tokio::spawn(async move {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = stderr.read(&mut buffer).await {
+                if read == 0 {
+                    break;
+                }
+                let chunk = &buffer[..read];
+                tracing::debug!(server = %server, stderr = %String::from_utf8_lossy(chunk).trim_end(), "MCP server stderr");
+                lock(&tail).push(chunk);
+            }
+        });
+        *lock(&self.stderr_reader) = Some(reader);
+        self.oversized.store(false, Ordering::Relaxed);
+        // The notification is flagged as it is read, before the answer after it reaches
+        // its call: see `settled`.
+        let stdout = LineCap::new(stdout, MAX_MCP_MESSAGE_BYTES, Arc::clone(&self.oversized))
+            .watching(
+                b"notifications/tools/list_changed",
+                Arc::clone(&self.changes),
+            );
+        match handler.serve((stdout, stdin)).await {
+            Ok(client) => Ok((client, child)),
+            Err(error) => {
+                self.stderr_settled().await;
+                Err(ConnectError::Initialize(
+                    self.failure(&format!("failed to initialize: {error}")),
+                ))
+            }
         }
+    }
+
+    /// Connects to a streamable-HTTP server with its headers and initializes it.
+    async fn connect_http(
+        self: &Arc<Self>,
+        handler: ClientSide,
+        url: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Client, ConnectError> {
+        let header = |name: &str, detail: String| ConnectError::Header {
+            server: self.config.name.clone(),
+            name: name.to_owned(),
+            detail,
+        };
+        let mut custom = HashMap::new();
+        for (name, value) in headers {
+            let key = http::HeaderName::try_from(name.as_str())
+                .map_err(|error| header(name, error.to_string()))?;
+            let value = http::HeaderValue::try_from(value.as_str())
+                .map_err(|error| header(name, error.to_string()))?;
+            custom.insert(key, value);
+        }
+        // reqwest's rustls has no provider of its own: ring, the workspace's.
+        code_mode_tls::use_ring();
+        let config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                url,
+            )
+            .custom_headers(custom);
+        handler
+            .serve(StreamableHttpClientTransport::from_config(config))
+            .await
+            .map_err(|error| {
+                ConnectError::Initialize(self.failure(&format!("failed to initialize: {error}")))
+            })
     }
 
     /// A live client: the current one, or a new start (after the backoff of earlier
@@ -435,7 +487,7 @@ impl McpServer {
         lock(&self.stderr).0.clear();
         // A cancelled start kills what it spawned (dropping the attempt drops the child).
         let attempt = tokio::select! {
-            attempt = self.connect() => attempt,
+            attempt = self.connect() => attempt.map_err(|error| error.to_string()),
             () = cancel.cancelled() => return Err("cancelled".to_owned()),
         };
         match attempt {

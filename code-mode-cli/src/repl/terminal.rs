@@ -191,6 +191,106 @@ fn skip_regex(characters: &mut std::iter::Peekable<std::str::Chars<'_>>) -> bool
     false
 }
 
+/// The characters of an entry being read.
+type Characters<'a> = std::iter::Peekable<std::str::Chars<'a>>;
+
+/// Skips a line comment after its `//`: to the end of its line.
+fn skip_line_comment(characters: &mut Characters<'_>) {
+    for next in characters.by_ref() {
+        if next == '\n' {
+            break;
+        }
+    }
+}
+
+/// Skips a block comment after its `/*`; `false` if the input ends first.
+fn skip_block_comment(characters: &mut Characters<'_>) -> bool {
+    let mut previous = '\0';
+    for next in characters.by_ref() {
+        if previous == '*' && next == '/' {
+            return true;
+        }
+        previous = next;
+    }
+    false
+}
+
+/// Skips a string literal after its opening `quote`; `false` if its line or the input
+/// ends first.
+fn skip_string(characters: &mut Characters<'_>, quote: char) -> bool {
+    while let Some(next) = characters.next() {
+        match next {
+            '\\' => {
+                characters.next();
+            }
+            '\n' => return false,
+            _ if next == quote => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Inside a template literal: skips to its end (`Some('`')`) or to a `${`
+/// (`Some('{')`, which opens a bracket); `None` if the input ends first.
+fn skip_template(characters: &mut Characters<'_>) -> Option<char> {
+    while let Some(next) = characters.next() {
+        match next {
+            '\\' => {
+                characters.next();
+            }
+            '`' => return Some('`'),
+            '$' if characters.peek() == Some(&'{') => {
+                characters.next();
+                return Some('{');
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The last significant character outside strings and comments, and the word it ends:
+/// what tells a regular expression from a division.
+#[derive(Default)]
+struct Before {
+    last: Option<char>,
+    word: String,
+}
+
+impl Before {
+    fn saw(&mut self, character: char) {
+        if character.is_whitespace() {
+            return;
+        }
+        let in_word = |c: char| c.is_alphanumeric() || matches!(c, '_' | '$');
+        if in_word(character) {
+            if !self.last.is_some_and(in_word) {
+                self.word.clear();
+            }
+            self.word.push(character);
+        } else {
+            self.word.clear();
+        }
+        self.last = Some(character);
+    }
+}
+
+/// Whether the entry's last line asks for more: a line continuation, or a trailing
+/// operator (`a +`, `x =`; not `i++`).
+fn asks_for_more(trimmed: &str) -> bool {
+    let last_line = trimmed.lines().last().unwrap_or_default().trim_end();
+    if last_line.ends_with('\\') {
+        return true;
+    }
+    let ends_with_operator = [
+        '+', '-', '*', '/', '%', '=', '&', '|', '^', '!', '<', '>', '?', ':', ',', '.',
+    ]
+    .iter()
+    .any(|operator| last_line.ends_with(*operator));
+    ends_with_operator && !last_line.ends_with("++") && !last_line.ends_with("--")
+}
+
 /// Whether `source` is a complete entry: no bracket, string, template literal or block
 /// comment left open, and no line continuation or trailing operator that asks for more.
 /// Commands (`:wait 1`) are always complete. A heuristic, as node's REPL has one: whether
@@ -203,132 +303,55 @@ pub(super) fn is_complete(source: &str) -> bool {
     }
     let mut open: Vec<char> = Vec::new();
     let mut characters = source.chars().peekable();
-    // The last significant character outside strings and comments, and the word it ends.
-    let mut last: Option<char> = None;
-    let mut word = String::new();
+    let mut before = Before::default();
     while let Some(character) = characters.next() {
-        let mut significant = Some(character);
         match character {
             '/' if characters.peek() == Some(&'/') => {
-                // A line comment runs to the end of its line.
-                for next in characters.by_ref() {
-                    if next == '\n' {
-                        break;
-                    }
-                }
-                significant = None;
+                skip_line_comment(&mut characters);
+                continue;
             }
             '/' if characters.peek() == Some(&'*') => {
                 characters.next();
-                let mut closed = false;
-                let mut previous = '\0';
-                for next in characters.by_ref() {
-                    if previous == '*' && next == '/' {
-                        closed = true;
-                        break;
-                    }
-                    previous = next;
-                }
-                if !closed {
+                if !skip_block_comment(&mut characters) {
                     return false;
                 }
-                significant = None;
+                continue;
             }
-            '/' if regex_can_start(last, &word) => {
+            '/' if regex_can_start(before.last, &before.word) => {
                 if !skip_regex(&mut characters) {
                     return true;
                 }
                 // The literal is an operand, like a name: a `/` after it divides.
-                significant = Some('a');
+                before.saw('a');
+                continue;
             }
             '"' | '\'' => {
-                let mut closed = false;
-                while let Some(next) = characters.next() {
-                    match next {
-                        '\\' => {
-                            characters.next();
-                        }
-                        '\n' => break,
-                        quote if quote == character => {
-                            closed = true;
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-                if !closed {
+                if !skip_string(&mut characters, character) {
                     return false;
                 }
             }
             '`' => open.push('`'),
             '(' | '[' | '{' => open.push(character),
-            ')' | ']' | '}' => {
-                // A stray closer is a syntax error V8 reports better: the entry is done.
-                open.pop();
-            }
+            // A stray closer is a syntax error V8 reports better: the entry is done.
+            ')' | ']' | '}' => drop(open.pop()),
             _ => {}
         }
-        match significant {
-            Some(character) if character.is_whitespace() => {}
-            Some(character) => {
-                if character.is_alphanumeric() || matches!(character, '_' | '$') {
-                    if !last.is_some_and(|last| last.is_alphanumeric() || matches!(last, '_' | '$'))
-                    {
-                        word.clear();
-                    }
-                    word.push(character);
-                } else {
-                    word.clear();
-                }
-                last = Some(character);
-            }
-            None => {}
-        }
+        before.saw(character);
         // Inside a template literal, only its end and `${` matter.
         while open.last() == Some(&'`') {
-            let mut ended = false;
-            while let Some(next) = characters.next() {
-                match next {
-                    '\\' => {
-                        characters.next();
-                    }
-                    '`' => {
-                        open.pop();
-                        ended = true;
-                        last = Some('`');
-                        word.clear();
-                        break;
-                    }
-                    '$' if characters.peek() == Some(&'{') => {
-                        characters.next();
-                        open.push('{');
-                        ended = true;
-                        last = Some('{');
-                        word.clear();
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            if !ended {
+            let Some(reached) = skip_template(&mut characters) else {
                 return false;
+            };
+            if reached == '`' {
+                open.pop();
+            } else {
+                open.push(reached);
             }
+            before = Before::default();
+            before.saw(reached);
         }
     }
-    if !open.is_empty() {
-        return false;
-    }
-    let last_line = trimmed.lines().last().unwrap_or_default().trim_end();
-    if last_line.ends_with('\\') {
-        return false;
-    }
-    // `a +` and `x =` ask for more; `i++` and `=>`-less closers do not.
-    let ends_with_operator = [
-        '+', '-', '*', '/', '%', '=', '&', '|', '^', '!', '<', '>', '?', ':', ',', '.',
-    ]
-    .iter()
-    .any(|operator| last_line.ends_with(*operator));
-    !ends_with_operator || last_line.ends_with("++") || last_line.ends_with("--")
+    open.is_empty() && !asks_for_more(trimmed)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 mod actor;
 
-#[cfg(feature = "internals")]
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub use actor::perturb_replayed_calls;
 pub mod search;

@@ -398,66 +398,9 @@ impl Connection {
         let text = |error: FrontError| error.to_string();
         let operation = messages::Operation::read(request).map_err(|error| error.to_string())?;
         match operation {
-            messages::Operation::Open(messages::Open {
-                session_id,
-                output_truncation,
-                cell_execution_limits,
-            }) => {
-                let truncation = match output_truncation.as_deref() {
-                    Some("client") => Truncation::Client,
-                    None | Some("server") => Truncation::Server,
-                    Some(_) => return Err(FrontError::UnknownTruncation.to_string()),
-                };
-                let limits = cell_execution_limits.unwrap_or_default();
-                let limits = ClientLimits {
-                    max_yield_time_ms: limits.max_yield_time_ms,
-                    max_heap_size_bytes: limits.max_heap_size_bytes,
-                };
-                let session = self
-                    .front
-                    .open_session(
-                        session_id.clone(),
-                        truncation,
-                        limits,
-                        JSON_MAX_PENDING_DELEGATE_CALLS,
-                    )
-                    .await
-                    .map_err(text)?;
-                self.forward(&session);
-                Ok(Some(
-                    json!({"type": "session/ready", "sessionId": session_id}),
-                ))
-            }
-            messages::Operation::Execute(messages::Execute {
-                session_id,
-                request: body,
-            }) => {
-                let session = self.front.session(&session_id).map_err(text)?;
-                let execution = Execution {
-                    execution_id: format!("json-{id}-{}", uuid::Uuid::new_v4()),
-                    tool_call_id: body.tool_call_id,
-                    source: body.source,
-                    tools: body.enabled_tools.into_iter().map(enabled_tool).collect(),
-                    yield_time_ms: body.yield_time_ms,
-                    max_output_tokens: body.max_output_tokens,
-                };
-                self.front
-                    .claim_execution(&session, &execution)
-                    .map_err(text)?;
-                self.observe(id, &session, execution.execution_id.clone());
-                let connection = self.clone();
-                let started = move |cell_id: &str| {
-                    connection.respond(
-                        id,
-                        ok(json!({"type": "execution/started", "cellId": cell_id})),
-                    );
-                };
-                let outcome = self.front.execute(&session, execution, started).await;
-                let result = match outcome {
-                    Ok(outcome) => ok(outcome_json(&outcome)),
-                    Err(failure) => error(failure),
-                };
-                self.send(json!({"type": "execute/initialResponse", "id": id, "result": result}));
+            messages::Operation::Open(open) => self.open(open).await.map(Some),
+            messages::Operation::Execute(execute) => {
+                self.execute(id, execute).await?;
                 Ok(None)
             }
             messages::Operation::Wait(messages::Wait {
@@ -506,5 +449,75 @@ impl Connection {
                 ))
             }
         }
+    }
+
+    /// `session/open`: a session under the client's id, its events forwarded.
+    async fn open(self: &Arc<Self>, open: messages::Open) -> Result<Value, String> {
+        let messages::Open {
+            session_id,
+            output_truncation,
+            cell_execution_limits,
+        } = open;
+        let truncation = match output_truncation.as_deref() {
+            Some("client") => Truncation::Client,
+            None | Some("server") => Truncation::Server,
+            Some(_) => return Err(FrontError::UnknownTruncation.to_string()),
+        };
+        let limits = cell_execution_limits.unwrap_or_default();
+        let limits = ClientLimits {
+            max_yield_time_ms: limits.max_yield_time_ms,
+            max_heap_size_bytes: limits.max_heap_size_bytes,
+        };
+        let session = self
+            .front
+            .open_session(
+                session_id.clone(),
+                truncation,
+                limits,
+                JSON_MAX_PENDING_DELEGATE_CALLS,
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+        self.forward(&session);
+        Ok(json!({"type": "session/ready", "sessionId": session_id}))
+    }
+
+    /// `session/execute`: `execution/started` as soon as the cell is admitted, then the
+    /// initial response, both sent here (the request's own answer is nothing).
+    async fn execute(self: &Arc<Self>, id: u64, execute: messages::Execute) -> Result<(), String> {
+        let messages::Execute {
+            session_id,
+            request: body,
+        } = execute;
+        let session = self
+            .front
+            .session(&session_id)
+            .map_err(|error| error.to_string())?;
+        let execution = Execution {
+            execution_id: format!("json-{id}-{}", uuid::Uuid::new_v4()),
+            tool_call_id: body.tool_call_id,
+            source: body.source,
+            tools: body.enabled_tools.into_iter().map(enabled_tool).collect(),
+            yield_time_ms: body.yield_time_ms,
+            max_output_tokens: body.max_output_tokens,
+        };
+        self.front
+            .claim_execution(&session, &execution)
+            .map_err(|error| error.to_string())?;
+        self.observe(id, &session, execution.execution_id.clone());
+        let connection = Arc::clone(self);
+        let started = move |cell_id: &str| {
+            connection.respond(
+                id,
+                ok(json!({"type": "execution/started", "cellId": cell_id})),
+            );
+        };
+        let outcome = self.front.execute(&session, execution, started).await;
+        let result = match outcome {
+            Ok(outcome) => ok(outcome_json(&outcome)),
+            Err(failure) => error(failure),
+        };
+        self.send(json!({"type": "execute/initialResponse", "id": id, "result": result}));
+        Ok(())
     }
 }

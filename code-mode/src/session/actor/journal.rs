@@ -19,32 +19,41 @@ use code_mode_protocol::journal::{CellJournal, JournalCommand, JournalEntry, cal
 use code_mode_protocol::session::MAX_JOURNAL_BYTES;
 use code_mode_protocol::traced::under;
 use std::collections::HashSet;
+#[cfg(feature = "test-hooks")]
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 /// What a journal entry costs beside its payload (its place in a vector, its tag).
 const ENTRY_OVERHEAD_BYTES: u64 = 16;
 
-/// Test hook: a replayed call whose argument contains this text is taken as different
-/// from its journal's.
+/// Test hook (the `test-hooks` feature, which no shipped binary turns on): a replayed
+/// call whose argument contains this text is taken as different from its journal's.
+#[cfg(feature = "test-hooks")]
 static PERTURB_REPLAYED_CALLS: Mutex<Option<String>> = Mutex::new(None);
 
 /// Makes every replayed call whose argument's JSON text contains `marker` differ from its
 /// journal (so its cell's rebuild diverges), or (`None`) stops doing so: for the tests of
 /// divergence only.
-#[cfg(feature = "internals")]
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub fn perturb_replayed_calls(marker: Option<&str>) {
     *code_mode_protocol::sync::lock(&PERTURB_REPLAYED_CALLS) = marker.map(str::to_owned);
 }
 
 /// Whether the test hook perturbs a replayed call with this argument.
+#[cfg(feature = "test-hooks")]
 fn perturbed(input: Option<&str>) -> bool {
     let marker = code_mode_protocol::sync::lock(&PERTURB_REPLAYED_CALLS);
     match (marker.as_deref(), input) {
         (Some(marker), Some(input)) => input.contains(marker),
         _ => false,
     }
+}
+
+/// Without the test hooks, no replayed call is perturbed (and no lock is taken).
+#[cfg(not(feature = "test-hooks"))]
+fn perturbed(_input: Option<&str>) -> bool {
+    false
 }
 
 /// Everything that entered one cell, and what it gave out so far.

@@ -36,7 +36,7 @@ mod answers;
 mod callbacks;
 mod journal;
 
-#[cfg(feature = "internals")]
+#[cfg(feature = "test-hooks")]
 pub use journal::perturb_replayed_calls;
 
 use super::Shared;
