@@ -325,11 +325,7 @@ pub(super) fn is_complete(source: &str) -> bool {
                 before.saw('a');
                 continue;
             }
-            '"' | '\'' => {
-                if !skip_string(&mut characters, character) {
-                    return false;
-                }
-            }
+            '"' | '\'' if !skip_string(&mut characters, character) => return false,
             '`' => open.push('`'),
             '(' | '[' | '{' => open.push(character),
             // A stray closer is a syntax error V8 reports better: the entry is done.
