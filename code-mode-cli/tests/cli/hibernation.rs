@@ -15,7 +15,7 @@ const PARKED: usize = 50;
 const POOL_SLACK: usize = 8;
 
 /// The runtime process of the server `pid` (its one child).
-fn runtime_of(pid: u32) -> u32 {
+pub(super) fn runtime_of(pid: u32) -> u32 {
     let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("the server's tasks")
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())

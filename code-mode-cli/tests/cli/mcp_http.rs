@@ -92,18 +92,7 @@ impl HttpServer {
 
     /// The runtime process the server started (its one child).
     fn runtime_pid(&self) -> u32 {
-        let pid = self.child.id();
-        let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
-            .flat_map(|list| {
-                list.split_whitespace()
-                    .filter_map(|child| child.parse().ok())
-                    .collect::<Vec<u32>>()
-            })
-            .collect();
-        assert_eq!(children.len(), 1, "one runtime process: {children:?}");
-        children[0]
+        super::hibernation::runtime_of(self.child.id())
     }
 }
 

@@ -749,34 +749,48 @@ async fn an_idle_session_moves_off_a_draining_runtime_and_both_count_it() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A fake runtime's side of the handshake on the first connection `listener` takes: the
+/// host's hello read, `Ready` sent (the remote capability, no sandbox).
+async fn fake_handshake(
+    listener: &TcpListener,
+    version: &str,
+) -> code_mode_wire::transport::Transport<
+    TcpStream,
+    code_mode_wire::ClientMessage,
+    code_mode_wire::ServerMessage,
+> {
+    use code_mode_wire::handshake::ServerOffer;
+    use code_mode_wire::{ClientMessage, REMOTE_CAPABILITY, ServerMessage};
+    use futures_util::StreamExt;
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut transport = code_mode_wire::transport::split::<_, ClientMessage, ServerMessage>(stream);
+    let Some(Ok(ClientMessage::Hello(hello))) = transport.reader.next().await else {
+        panic!("no hello");
+    };
+    let ready = ServerOffer::current(version, "none")
+        .with_capability(REMOTE_CAPABILITY)
+        .negotiate(&hello)
+        .expect("the host's hello");
+    transport.outbox.send(&ServerMessage::Ready(ready)).unwrap();
+    transport
+}
+
 /// A runtime that breaks the protocol is dropped, and the call in flight fails with the
 /// violation named in its cause: here a close event for a session that is not open.
 #[tokio::test]
 async fn a_runtime_that_breaks_the_protocol_is_dropped_with_the_violation_named() {
-    use code_mode_wire::handshake::ServerOffer;
-    use code_mode_wire::transport::{self, Transport};
-    use code_mode_wire::{
-        ClientMessage, REMOTE_CAPABILITY, Request, Response, ServerMessage, SessionId,
-    };
+    use code_mode_wire::transport::Transport;
+    use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
     use futures_util::StreamExt;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
         let Transport {
             mut reader,
             outbox,
             writer,
-        } = transport::split::<_, ClientMessage, ServerMessage>(stream);
-        let Some(Ok(ClientMessage::Hello(hello))) = reader.next().await else {
-            panic!("no hello");
-        };
-        let ready = ServerOffer::current("a runtime that breaks the protocol", "none")
-            .with_capability(REMOTE_CAPABILITY)
-            .negotiate(&hello)
-            .expect("the host's hello");
-        outbox.send(&ServerMessage::Ready(ready)).unwrap();
+        } = fake_handshake(&listener, "a runtime that breaks the protocol").await;
         while let Some(Ok(message)) = reader.next().await {
             let ClientMessage::Request { id, request, .. } = message else {
                 continue;
@@ -846,31 +860,20 @@ async fn escaping_runtime(
     queued: tokio::sync::oneshot::Sender<()>,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
     use code_mode_protocol::{CallId, CellId};
-    use code_mode_wire::handshake::ServerOffer;
-    use code_mode_wire::transport::{self, Transport};
+    use code_mode_wire::transport::Transport;
     use code_mode_wire::{
-        ClientMessage, DelegateCall, DelegateId, REMOTE_CAPABILITY, Request, Response,
-        ServerMessage, SessionId,
+        ClientMessage, DelegateCall, DelegateId, Request, Response, ServerMessage, SessionId,
     };
     use futures_util::StreamExt;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
         let Transport {
             mut reader,
             outbox,
             writer,
-        } = transport::split::<_, ClientMessage, ServerMessage>(stream);
-        let Some(Ok(ClientMessage::Hello(hello))) = reader.next().await else {
-            panic!("no hello");
-        };
-        let ready = ServerOffer::current("a runtime that escaped its cells", "none")
-            .with_capability(REMOTE_CAPABILITY)
-            .negotiate(&hello)
-            .expect("the host's hello");
-        outbox.send(&ServerMessage::Ready(ready)).unwrap();
+        } = fake_handshake(&listener, "a runtime that escaped its cells").await;
         let mut sessions = 0;
         let mut replies = Vec::new();
         let mut queued = Some(queued);

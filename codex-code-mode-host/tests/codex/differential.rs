@@ -147,6 +147,25 @@ fn observed(cell: Option<proto::wait_response::Cell>) -> String {
     }
 }
 
+/// How many `cell_closed` events the driver's session stream has given so far.
+fn closed_count(driver: &Driver) -> usize {
+    driver
+        .events
+        .lock()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|event| {
+                    matches!(
+                        event.event,
+                        Some(proto::session_event::Event::CellClosed(_))
+                    )
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Runs the corpus on one host in one session and returns one line per observation,
 /// then the tool invocations and session events.
 async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
@@ -220,15 +239,11 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
                 let response = driver.terminate(&cell_id).await;
                 lines.push(match response {
                     Ok(response) => {
-                        let cell = response.cell.map(|cell| match cell {
-                            proto::terminate_response::Cell::LiveCell(outcome) => {
-                                proto::wait_response::Cell::LiveCell(outcome)
-                            }
-                            proto::terminate_response::Cell::MissingCell(outcome) => {
-                                proto::wait_response::Cell::MissingCell(outcome)
-                            }
-                        });
-                        format!("{}: terminate {}", case.name, observed(cell))
+                        format!(
+                            "{}: terminate {}",
+                            case.name,
+                            observed(terminate_cell(response))
+                        )
                     }
                     Err(status) => format!(
                         "{}: terminate status {:?} {}",
@@ -256,24 +271,7 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
         .iter()
         .filter(|line| line.contains(": started "))
         .count();
-    let closed = |driver: &Driver| {
-        driver
-            .events
-            .lock()
-            .map(|events| {
-                events
-                    .iter()
-                    .filter(|event| {
-                        matches!(
-                            event.event,
-                            Some(proto::session_event::Event::CellClosed(_))
-                        )
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    crate::eventually(10, || closed(&driver) >= cells).await;
+    crate::eventually(10, || closed_count(&driver) >= cells).await;
     for call in driver
         .invocations
         .lock()
@@ -515,21 +513,7 @@ async fn terminate_while_observed(binary: &std::path::Path) -> Vec<String> {
         "wait: {}",
         answered(wait, |response| response.into_inner().cell)
     ));
-    crate::eventually(10, || {
-        driver.events.lock().is_ok_and(|events| {
-            events
-                .iter()
-                .filter(|event| {
-                    matches!(
-                        event.event,
-                        Some(proto::session_event::Event::CellClosed(_))
-                    )
-                })
-                .count()
-                >= 2
-        })
-    })
-    .await;
+    crate::eventually(10, || closed_count(&driver) >= 2).await;
     for event in driver.events.lock().map(|e| e.clone()).unwrap_or_default() {
         if let Some(proto::session_event::Event::CellClosed(closed)) = event.event {
             lines.push(format!("closed cell {}", closed.cell_id));
