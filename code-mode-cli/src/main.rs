@@ -138,6 +138,11 @@ enum Command {
         /// docs/jsonl.md, "Restarts"). Not with --in-process.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<std::path::PathBuf>,
+        /// With --state-dir: the most its database may hold, in bytes. A write past it
+        /// fails as on a full disk: the lines that depend on it are held back (a
+        /// `state_error` event says why) until a write succeeds.
+        #[arg(long, value_name = "BYTES", requires = "state_dir")]
+        state_max_bytes: Option<u64>,
     },
 }
 
@@ -472,11 +477,18 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             tools,
             runtime,
             state_dir,
+            state_max_bytes,
         } => {
             let tools = tools::ToolSet::load(tools.tools.as_deref(), &tools.builtin)
                 .await
                 .map_err(|error| Failure::usage(error.to_string()))?;
-            serve::serve(&runtime, tools, runtime_log, state_dir.as_deref()).await
+            serve::serve(
+                &runtime,
+                tools,
+                runtime_log,
+                state_dir.as_deref().map(|dir| (dir, state_max_bytes)),
+            )
+            .await
         }
     }
 }

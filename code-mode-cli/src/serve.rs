@@ -873,7 +873,7 @@ pub async fn serve(
     runtime: &RuntimeArgs,
     tools: ToolSet,
     runtime_log: String,
-    state_dir: Option<&Path>,
+    state_dir: Option<(&Path, Option<u64>)>,
 ) -> Result<(), Failure> {
     let (server, lines_rx, saved) = Server::start(runtime, tools, runtime_log, state_dir)?;
     let writer = tokio::spawn(write_lines(lines_rx, Arc::downgrade(&server)));
@@ -905,7 +905,7 @@ impl Server {
         runtime: &RuntimeArgs,
         tools: ToolSet,
         runtime_log: String,
-        state_dir: Option<&Path>,
+        state_dir: Option<(&Path, Option<u64>)>,
     ) -> Result<(Arc<Server>, mpsc::UnboundedReceiver<String>, Saved), Failure> {
         let (state, saved) = match state_dir {
             Some(_) if runtime.in_process => {
@@ -913,9 +913,9 @@ impl Server {
                     "--state-dir keeps each running cell's journal on the host's side of the runtime process; it cannot be used with --in-process",
                 ));
             }
-            Some(dir) => {
-                let (state, saved) =
-                    Durability::open(dir).map_err(|error| Failure::runtime(error.to_string()))?;
+            Some((dir, max_bytes)) => {
+                let (state, saved) = Durability::open(dir, max_bytes)
+                    .map_err(|error| Failure::runtime(error.to_string()))?;
                 (Some(Arc::new(state)), saved)
             }
             None => (None, Saved::default()),

@@ -43,9 +43,13 @@ pub(super) struct Durability {
 }
 
 impl Durability {
-    /// Opens the state directory and reads what it keeps.
-    pub(super) fn open(dir: &Path) -> Result<(Self, Saved), StateError> {
+    /// Opens the state directory and reads what it keeps; with `max_bytes`, its database
+    /// holds no more (a write past it fails as on a full disk).
+    pub(super) fn open(dir: &Path, max_bytes: Option<u64>) -> Result<(Self, Saved), StateError> {
         let store = StateStore::open(dir, FRONT)?;
+        if let Some(bytes) = max_bytes {
+            store.cap_bytes(bytes)?;
+        }
         let saved = store.load()?;
         tracing::info!(path = %store.path().display(), sessions = saved.sessions.len(), "state directory opened");
         Ok((

@@ -378,6 +378,12 @@ impl JsonlServer {
         Self { child, stdout }
     }
 
+    /// The next line of stdout if one comes within `within`.
+    fn line_within(&mut self, within: std::time::Duration) -> Option<serde_json::Value> {
+        let line = self.stdout.recv_timeout(within).ok()?;
+        Some(serde_json::from_str(&line).unwrap())
+    }
+
     /// The next line of stdout, within [`LINE_DEADLINE`].
     fn line(&mut self) -> String {
         self.stdout

@@ -377,3 +377,117 @@ fn serve_jsonl_refuses_a_state_dir_it_cannot_use() {
         "not a database ".repeat(200)
     );
 }
+
+/// A state store that fills up (`--state-max-bytes`) while a cell runs: the line that
+/// announces its second call is held back (a `state_error` event says why) since the
+/// checkpoint behind it does not fit; the server then dies. Started again with room, it
+/// gives the recorded answer to the first call and announces the second once: each call
+/// runs exactly once, counted by the client's own log of what it ran.
+#[test]
+fn serve_jsonl_on_a_full_store_announces_no_call_twice_across_a_crash() {
+    const BIG: usize = 600 * 1024;
+    let scratch = Scratch::new();
+    let dir = scratch.0.join("full");
+    let dir_text = dir.to_str().expect("a UTF-8 path").to_owned();
+    let mut ran: Vec<Value> = Vec::new();
+    let mut server = JsonlServer::start_with(&[
+        "serve",
+        "--jsonl",
+        "--state-dir",
+        &dir_text,
+        "--state-max-bytes",
+        "1000000",
+    ]);
+    request(&mut server, 1, "open_session", &json!({}));
+    let source = "const a = await tools.work({n: 1}); const b = await tools.work({n: 2}); text(a.length + ' ' + b);";
+    request(
+        &mut server,
+        2,
+        "exec",
+        &json!({"session": "s1", "source": source, "tools": [{"name": "work"}], "yield_time_ms": 100}),
+    );
+    // The first call: run (logged) and answered with more than half the cap.
+    let first = loop {
+        let line = server.next();
+        if line["event"] == "tool_call" {
+            break line;
+        }
+    };
+    assert_eq!(first["input"], json!({"n": 1}), "{first}");
+    ran.push(first["input"].clone());
+    let big = "x".repeat(BIG);
+    server.send(
+        &json!({"method": "tool_result", "params": {"call": first["call"], "result": big}})
+            .to_string(),
+    );
+    // The second call's announcement needs a checkpoint that holds the first answer: it
+    // does not fit, so a state_error comes, and no announcement before it.
+    let said = loop {
+        let line = server.next();
+        assert_ne!(
+            line["event"], "tool_call",
+            "a call announced with no checkpoint behind it: {line}"
+        );
+        if line["event"] == "state_error" {
+            break line;
+        }
+    };
+    assert!(
+        said["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("full")),
+        "{said}"
+    );
+    // Nothing that depends on the write goes out after it either (a client runs what it
+    // is told of: an announcement here would run again after the restart).
+    while let Some(line) = server.line_within(std::time::Duration::from_secs(2)) {
+        if line["event"] == "tool_call" {
+            ran.push(line["input"].clone());
+        }
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+
+    let mut server = JsonlServer::start_with(&["serve", "--jsonl", "--state-dir", &dir_text]);
+    // Rebuilt at its wait, the cell gets its recorded first answer and makes its second
+    // call, announced now for the first time (the first is not announced again).
+    request(
+        &mut server,
+        3,
+        "wait",
+        &json!({"session": "s1", "cell_id": "1", "yield_time_ms": 30000}),
+    );
+    let second = loop {
+        let line = server.next();
+        if line["event"] == "tool_call" {
+            break line;
+        }
+        assert!(line.get("id").is_none(), "the wait ended first: {line}");
+    };
+    assert_eq!(second["input"], json!({"n": 2}), "{second}");
+    assert_ne!(second.get("restored"), Some(&Value::Bool(true)), "{second}");
+    ran.push(second["input"].clone());
+    server.send(
+        &json!({"method": "tool_result", "params": {"call": second["call"], "result": 2}})
+            .to_string(),
+    );
+    let waited = loop {
+        let line = server.next();
+        assert_ne!(line["event"], "tool_call", "a call announced again: {line}");
+        if line["id"] == 3 {
+            break line;
+        }
+    };
+    assert_eq!(waited["result"]["type"], "result", "{waited}");
+    assert_eq!(
+        waited["result"]["content_items"],
+        json!([{"type": "input_text", "text": format!("{BIG} 2")}]),
+        "{waited}"
+    );
+    assert!(server.finish().success());
+    assert_eq!(
+        ran,
+        [json!({"n": 1}), json!({"n": 2})],
+        "each call ran once"
+    );
+}
