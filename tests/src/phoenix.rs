@@ -149,7 +149,7 @@ impl Phoenix {
     }
 
     /// The spans of `trace_id` once `complete` holds of them and their count is stable
-    /// (the same over [`STABLE_FOR`], so that a span sent twice, or one more batch, is
+    /// (the same over `STABLE_FOR`, so that a span sent twice, or one more batch, is
     /// seen before a test counts), waiting for the batches to arrive (at most 60 s); the
     /// last spans seen when that never happens.
     pub fn trace_when(&self, trace_id: &str, complete: impl Fn(&[Value]) -> bool) -> Vec<Value> {
