@@ -216,11 +216,19 @@ pub async fn a_kill_during_a_cell_rebuilds_it_from_its_journal<F: RuntimeFaults>
     );
     delegate.wait_started(&cell_id.to_string(), "tool-1").await;
     let before = faults.runtime_of(&*session);
-    // The wait is the cell's observer before the kill.
-    let waiting = crate::scenarios::observe_registered(&session, &cell_id.to_string()).await;
-    // The answer comes after the kill: `kill` returns once the host saw the runtime gone
-    // (reaped by the local provider, or its connection down for a remote one).
+    let waiting = tokio::spawn({
+        let session = Arc::clone(&session);
+        let cell_id = cell_id.clone();
+        async move {
+            session
+                .wait(WaitRequest::new(cell_id).with_yield_time_ms(60_000))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     faults.kill(&session).await;
+    // The answer comes after the kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     delegate
         .release(
             &cell_id.to_string(),

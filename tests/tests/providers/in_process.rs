@@ -15,7 +15,21 @@ mod isolate_reuse {
     use code_mode_protocol::{CodeModeProvider, CodeModeSession, ExecRequest, SessionOptions};
     use std::sync::Arc;
 
-    /// Runs one cell to its end and waits until it is closed (its isolate parked).
+    /// Waits (at most 20 s) until `session` has `count` isolates parked: a cell is
+    /// reported closed before its thread has reset and parked its isolate.
+    async fn until_parked(session: &InProcessSession, count: usize) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while session.isolates_parked() != count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} isolates parked, not {count}",
+                session.isolates_parked()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Runs one cell to its end and waits until it is closed.
     async fn run(session: &InProcessSession, delegate: &TestDelegate, cell: &str) {
         let started = session
             .execute(ExecRequest::new(format!("text({cell:?});")))
@@ -43,8 +57,10 @@ mod isolate_reuse {
         let provider = InProcessProvider::new(InProcessConfig::default());
         let (first, first_delegate) = open(&provider, true);
         run(&first, &first_delegate, "1").await;
+        until_parked(&first, 1).await;
         assert_eq!((first.isolates_reused(), first.isolates_parked()), (0, 1));
         run(&first, &first_delegate, "2").await;
+        until_parked(&first, 1).await;
         assert_eq!(
             (first.isolates_reused(), first.isolates_parked()),
             (1, 1),
@@ -53,6 +69,7 @@ mod isolate_reuse {
 
         let (second, second_delegate) = open(&provider, true);
         run(&second, &second_delegate, "1").await;
+        until_parked(&second, 1).await;
         assert_eq!(
             (second.isolates_reused(), first.isolates_parked()),
             (0, 1),
