@@ -521,18 +521,27 @@ impl HostedSession {
             exec: Some(exec_journal(&request)),
             ..hooks
         };
-        let outcome = self
-            .call(SessionCall::Execute(request.clone()), hooks.clone())
-            .await;
-        let Err(SessionError::RuntimeLost(cause)) = &outcome else {
-            return outcome;
-        };
-        let cell_id = lock(&admitted).clone();
-        match cell_id {
-            None if self.provider.reruns_unadmitted() => {
-                tracing::info!(%cause, "the runtime was lost before it admitted the cell; running it on a fresh one");
-                self.call(SessionCall::Execute(request), hooks).await
+        let mut attempt = 0;
+        let (outcome, cell_id) = loop {
+            attempt += 1;
+            let outcome = self
+                .call(SessionCall::Execute(request.clone()), hooks.clone())
+                .await;
+            let Err(SessionError::RuntimeLost(cause)) = &outcome else {
+                return outcome;
+            };
+            let cell_id = lock(&admitted).clone();
+            if cell_id.is_some() || !self.provider.reruns_unadmitted() {
+                break (outcome, cell_id);
             }
+            // Never admitted: run again on a fresh runtime (the next may be lost before it
+            // admits the cell too), up to the bound of one call.
+            if attempt >= REBUILD_ATTEMPTS {
+                return Err(SessionError::RuntimeLost(given_up(cause)));
+            }
+            tracing::info!(%cause, "the runtime was lost before it admitted the cell; running it on a fresh one");
+        };
+        match cell_id {
             // Admitted and rebuilt: its first observation goes on as a wait.
             Some(cell_id) if self.rebuilds(&cell_id) => {
                 let wait = |runtime_id| {
