@@ -315,6 +315,23 @@ impl HostedSession {
             .any(|(lost, _)| lost == cell_id)
     }
 
+    /// After `attempt` losses of `cell_id`'s runtime during one call: `Ok` to go on with
+    /// the cell rebuilt, or, past [`REBUILD_ATTEMPTS`], the loss the call gives up with
+    /// (the cell is dead from then on).
+    fn again_or_give_up(
+        &self,
+        cell_id: &CellId,
+        attempt: usize,
+        cause: &str,
+    ) -> Result<(), SessionError> {
+        if attempt < REBUILD_ATTEMPTS {
+            return Ok(());
+        }
+        let cause = given_up(cause);
+        self.give_up(cell_id, &cause);
+        Err(SessionError::RuntimeLost(cause))
+    }
+
     /// A call on a lost cell gives up (its runtimes kept being lost): the cell is dead
     /// from now on, and never rebuilt later behind its caller's back.
     fn give_up(&self, cell_id: &CellId, cause: &str) {
@@ -609,11 +626,7 @@ impl HostedSession {
                     let cause = connection
                         .lost_cause()
                         .unwrap_or_else(|| "the runtime was lost".to_owned());
-                    if attempt >= REBUILD_ATTEMPTS {
-                        let cause = given_up(&cause);
-                        self.give_up(cell_id, &cause);
-                        return Err(SessionError::RuntimeLost(cause));
-                    }
+                    self.again_or_give_up(cell_id, attempt, &cause)?;
                     continue;
                 }
                 return Ok(None);
@@ -623,11 +636,7 @@ impl HostedSession {
                 .await
             {
                 Err(SessionError::RuntimeLost(cause)) if self.rebuilds(cell_id) => {
-                    if attempt >= REBUILD_ATTEMPTS {
-                        let cause = given_up(&cause);
-                        self.give_up(cell_id, &cause);
-                        return Err(SessionError::RuntimeLost(cause));
-                    }
+                    self.again_or_give_up(cell_id, attempt, &cause)?;
                     tracing::info!(cell = %cell_id, %cause, "the cell's runtime was lost; going on with the cell rebuilt");
                 }
                 other => return other.map(Some),
