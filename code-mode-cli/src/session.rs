@@ -3,8 +3,8 @@
 //! TLS through `--runtime-ca`, `--runtime-cert` and `--runtime-key`).
 
 use code_mode::{InProcessConfig, InProcessProvider};
-use code_mode_host::{ClientTls, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider};
 use code_mode_host::{CodeModeProvider, DurableSession};
+use code_mode_host::{ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider, Runtimes};
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, StoredValues};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,8 +52,7 @@ impl RuntimeArgs {
 /// serves all of a command's sessions.
 pub enum Sessions {
     InProcess(InProcessProvider),
-    Process(ProcessProvider),
-    Remote(RemoteProvider),
+    Hosted(Runtimes),
 }
 
 impl Sessions {
@@ -74,24 +73,25 @@ impl Sessions {
                 InProcessConfig::default(),
             )));
         }
-        if !args.runtime.is_empty() {
-            return remote(args, generations_before).map(Self::Remote);
-        }
-        ProcessProvider::new(ProcessConfig {
-            log_filter: runtime_log.to_owned(),
-            generations_before,
-            ..ProcessConfig::default()
-        })
-        .map(Self::Process)
-        .map_err(|error| error.to_string())
+        let runtimes = if args.runtime.is_empty() {
+            ProcessProvider::new(ProcessConfig {
+                log_filter: runtime_log.to_owned(),
+                generations_before,
+                ..ProcessConfig::default()
+            })
+            .map(Runtimes::Local)
+            .map_err(|error| error.to_string())?
+        } else {
+            Runtimes::Remote(remote(args, generations_before)?)
+        };
+        Ok(Self::Hosted(runtimes))
     }
 
     /// The runtime generation the provider reached (0 in process).
     pub fn generations_used(&self) -> u64 {
         match self {
             Self::InProcess(_) => 0,
-            Self::Process(provider) => provider.generations_used(),
-            Self::Remote(provider) => provider.generations_used(),
+            Self::Hosted(runtimes) => runtimes.generations_used(),
         }
     }
 
@@ -105,12 +105,7 @@ impl Sessions {
     ) -> Option<Arc<dyn DurableSession>> {
         match self {
             Self::InProcess(_) => None,
-            Self::Process(provider) => Some(Arc::new(provider.open_session_with_values(
-                delegate,
-                options,
-                stored_values,
-            ))),
-            Self::Remote(provider) => Some(Arc::new(provider.open_session_with_values(
+            Self::Hosted(runtimes) => Some(Arc::new(runtimes.open_session_with_values(
                 delegate,
                 options,
                 stored_values,
@@ -138,32 +133,23 @@ impl Sessions {
             Self::InProcess(provider) => {
                 Box::new(provider.open_session_with_values(delegate, options, stored_values))
             }
-            Self::Process(provider) => {
-                Box::new(provider.open_session_with_values(delegate, options, stored_values))
-            }
-            Self::Remote(provider) => {
-                Box::new(provider.open_session_with_values(delegate, options, stored_values))
+            Self::Hosted(runtimes) => {
+                Box::new(runtimes.open_session_with_values(delegate, options, stored_values))
             }
         }
     }
 }
 
 /// The remote provider of `--runtime`: mutual TLS with all three files, plaintext (to
-/// loopback only) with none.
+/// loopback only) with none ([`RuntimeArgs::check`] refused one or two).
 fn remote(args: &RuntimeArgs, generations_before: u64) -> Result<RemoteProvider, String> {
-    let mut config = match (&args.runtime_ca, &args.runtime_cert, &args.runtime_key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            let tls = ClientTls::from_files(ca, cert, key).map_err(|error| error.to_string())?;
-            RemoteConfig::new(args.runtime.clone(), tls)
-        }
-        (None, None, None) => RemoteConfig::insecure_loopback(args.runtime.clone()),
-        _ => {
-            return Err(
-                "--runtime-ca, --runtime-cert and --runtime-key go together (mutual TLS)"
-                    .to_owned(),
-            );
-        }
-    };
+    let mut config = RemoteConfig::from_pem_files(
+        args.runtime.clone(),
+        args.runtime_ca.as_deref(),
+        args.runtime_cert.as_deref(),
+        args.runtime_key.as_deref(),
+    )
+    .map_err(|error| error.to_string())?;
     config.generations_before = generations_before;
     RemoteProvider::new(config).map_err(|error| error.to_string())
 }

@@ -10,36 +10,11 @@
 //! it in `code-mode-state`'s database); this module only takes it out and puts it back.
 
 use crate::connection::{LateAnswers, Resumable};
-use crate::hosted::HostedSession;
-use code_mode_protocol::journal::CellJournal;
-use code_mode_protocol::{
-    CellId, CodeModeSession, JsonText, NestedToolCall, StoredValues, ToolError,
-};
+use crate::hosted::{HostedSession, RuntimeSession};
+use code_mode_protocol::durable::{DurableCell, DurableState};
+use code_mode_protocol::{CodeModeSession, JsonText, NestedToolCall, ToolError};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-
-/// A session as a restarted process needs it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DurableState {
-    /// The committed stored values.
-    pub stored: StoredValues,
-    /// Its running cells that can be rebuilt (a cell whose journal passed its cap cannot,
-    /// and is not here).
-    pub cells: Vec<DurableCell>,
-}
-
-/// A running cell as a restarted process rebuilds it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DurableCell {
-    /// Its id as the agent core knows it.
-    pub cell_id: CellId,
-    /// Everything it is rebuilt from, the output its callers took included.
-    pub journal: CellJournal,
-    /// The model's id of the exec that started it.
-    pub exec_call_id: Option<String>,
-    /// The nested calls it made that were not answered yet, as the delegate was asked them.
-    pub in_flight: Vec<NestedToolCall>,
-}
 
 /// A nested call a restored cell still waits on. Its delegate was asked it by the process
 /// that ran the cell before; whoever answers it now gives the answer here, once.
@@ -115,21 +90,12 @@ impl HostedSession {
     }
 }
 
-/// Implements [`DurableSession`] for a provider's session type (`hosted_session!`).
-macro_rules! durable_session {
-    ($name:ident) => {
-        impl $crate::durable::DurableSession for $name {
-            fn durable_state(&self) -> $crate::durable::DurableState {
-                self.0.inner().durable_state()
-            }
+impl DurableSession for RuntimeSession {
+    fn durable_state(&self) -> DurableState {
+        self.inner().durable_state()
+    }
 
-            fn restore(
-                &self,
-                cells: Vec<$crate::durable::DurableCell>,
-            ) -> Vec<$crate::durable::RestoredCall> {
-                self.0.inner().restore(cells)
-            }
-        }
-    };
+    fn restore(&self, cells: Vec<DurableCell>) -> Vec<RestoredCall> {
+        self.inner().restore(cells)
+    }
 }
-pub(crate) use durable_session;

@@ -1,11 +1,12 @@
-//! The host's errors: why a runtime could not be made available ([`HostError`]), and the
-//! remote provider's own reasons ([`RemoteError`]). Their own module, so that the
+//! The host's errors: why a runtime could not be made available ([`HostError`]), and why a
+//! process did not start ([`SpawnError`]), a handshake failed ([`HandshakeError`]) or a
+//! remote runtime could not be used ([`RemoteError`]). Their own module, so that the
 //! providers depend on it and not on each other.
 
 use crate::binary::BinaryNotFound;
-use crate::connection::HandshakeError;
-use crate::process::SpawnError;
+use code_mode_wire::{FrameError, HandshakeRejection, ReadyMismatch};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Why a runtime could not be made available.
@@ -37,6 +38,10 @@ pub enum RemoteError {
     #[error("no endpoint was given")]
     NoEndpoints,
     #[error(
+        "mutual TLS needs the runtimes' CA, this host's certificate and its key together: give the three, or none for plaintext to loopback"
+    )]
+    PartialTls,
+    #[error(
         "plaintext is only allowed to loopback addresses, but {endpoint} resolved to {address}; give TLS settings"
     )]
     PlaintextNotLoopback {
@@ -49,4 +54,57 @@ pub enum RemoteError {
     /// mismatch, a certificate refused): no point waiting out the connect timeout.
     #[error("no code-mode runtime can take the session: {details}")]
     Unusable { details: String },
+}
+
+/// Why a runtime process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create the private socket directory {path}: {source}")]
+    SocketDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the runtime {binary} did not connect within {timeout:?}{}", exit_note(.exit))]
+    NoConnection {
+        binary: PathBuf,
+        timeout: Duration,
+        exit: Option<String>,
+    },
+    #[error("accepting the runtime's connection failed: {0}")]
+    Accept(std::io::Error),
+    #[error("cannot take over the runtime forked at start: {0}")]
+    Adopt(std::io::Error),
+}
+
+fn exit_note(exit: &Option<String>) -> String {
+    exit.as_ref()
+        .map(|cause| format!(" (it {cause})"))
+        .unwrap_or_default()
+}
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("the runtime refused the handshake: {0}")]
+    Refused(HandshakeRejection),
+    #[error(transparent)]
+    Mismatch(#[from] ReadyMismatch),
+    #[error("the runtime did not answer the handshake within {0:?}")]
+    Timeout(Duration),
+    #[error("the runtime closed the connection during the handshake ({0})")]
+    Closed(String),
+    #[error("unexpected first message from the runtime: {0}")]
+    Unexpected(String),
+    #[error("the handshake failed: {0}")]
+    Frame(#[from] FrameError),
 }

@@ -12,7 +12,7 @@ use crate::error::HostError;
 use code_mode_protocol::session::measure;
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::traced::{capped, under};
+use code_mode_protocol::traced::{CellTraces, Traced, capped, under};
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
     ExecRequest, PendingOutcome, RuntimeFailure, SessionCall, SessionError, SessionOptions,
@@ -43,121 +43,24 @@ pub(crate) trait RuntimeSource: Send + Sync + 'static {
 /// How many runtimes a session tries when the one it was placed on is draining.
 const PLACEMENT_ATTEMPTS: usize = 4;
 
-/// Defines the public session type of a provider (a [`HostedSession`] under its own
-/// name) and the provider's [`code_mode_protocol::CodeModeProvider`] implementation, which
-/// opens one over the provider's `inner` runtime source.
-macro_rules! hosted_session {
-    ($(#[$doc:meta])* $name:ident of $provider:ident) => {
-        $(#[$doc])*
-        #[derive(Debug)]
-        pub struct $name(code_mode_protocol::traced::Traced<$crate::hosted::HostedSession>);
+/// The session of every provider here, local process or remote pool: a [`HostedSession`]
+/// whose cells and nested calls are traced as every provider traces them. It derefs to the
+/// [`HostedSession`] (e.g. [`HostedSession::runtime`]).
+pub type RuntimeSession = Traced<HostedSession>;
 
-        impl code_mode_protocol::CodeModeProvider for $provider {
-            type Session = $name;
-
-            fn open_session_with_values(
-                &self,
-                delegate: std::sync::Arc<dyn code_mode_protocol::CodeModeSessionDelegate>,
-                options: code_mode_protocol::SessionOptions,
-                stored_values: code_mode_protocol::StoredValues,
-            ) -> $name {
-                // Cells and nested calls traced as every provider traces them.
-                let traces = code_mode_protocol::traced::CellTraces::new();
-                $name(code_mode_protocol::traced::Traced::new(
-                    $crate::hosted::HostedSession::new(
-                        self.inner.clone(),
-                        traces.delegate(delegate),
-                        options,
-                        stored_values,
-                    ),
-                    traces,
-                ))
-            }
-        }
-
-        $crate::durable::durable_session!($name);
-
-        impl $name {
-            /// Where the session's cells run now (e.g. `pid 1234`,
-            /// `runtime at 10.0.0.7:7300`), once it has run something.
-            pub fn runtime(&self) -> Option<String> {
-                self.0.runtime()
-            }
-        }
-
-        impl code_mode_protocol::CodeModeSession for $name {
-            fn execute_with(
-                &self,
-                request: code_mode_protocol::ExecRequest,
-                hooks: code_mode_protocol::ExecHooks,
-            ) -> code_mode_protocol::BoxFuture<
-                '_,
-                Result<code_mode_protocol::StartedCell, code_mode_protocol::SessionError>,
-            > {
-                self.0.execute_with(request, hooks)
-            }
-
-            fn wait_with(
-                &self,
-                request: code_mode_protocol::WaitRequest,
-                preempt: Option<tokio_util::sync::CancellationToken>,
-            ) -> code_mode_protocol::BoxFuture<
-                '_,
-                Result<code_mode_protocol::CellResponse, code_mode_protocol::SessionError>,
-            > {
-                self.0.wait_with(request, preempt)
-            }
-
-            fn interrupt(
-                &self,
-            ) -> code_mode_protocol::BoxFuture<
-                '_,
-                Result<Vec<code_mode_protocol::CellId>, code_mode_protocol::SessionError>,
-            > {
-                self.0.interrupt()
-            }
-
-            fn terminate(
-                &self,
-                cell_id: code_mode_protocol::CellId,
-            ) -> code_mode_protocol::BoxFuture<
-                '_,
-                Result<code_mode_protocol::CellResponse, code_mode_protocol::SessionError>,
-            > {
-                self.0.terminate(cell_id)
-            }
-
-            fn execute_to_pending(
-                &self,
-                request: code_mode_protocol::ExecRequest,
-            ) -> code_mode_protocol::BoxFuture<
-                '_,
-                Result<code_mode_protocol::StartedPendingCell, code_mode_protocol::SessionError>,
-            > {
-                self.0.execute_to_pending(request)
-            }
-
-            fn wait_to_pending(
-                &self,
-                cell_id: code_mode_protocol::CellId,
-            ) -> code_mode_protocol::BoxFuture<
-                '_,
-                Result<code_mode_protocol::PendingOutcome, code_mode_protocol::SessionError>,
-            > {
-                self.0.wait_to_pending(cell_id)
-            }
-
-            fn shutdown(&self) -> code_mode_protocol::BoxFuture<'_, ()> {
-                self.0.shutdown()
-            }
-
-            fn stored_values(&self) -> code_mode_protocol::StoredValues {
-                self.0.stored_values()
-            }
-        }
-    };
+/// Opens a session over `source`'s runtimes (each provider's `open_session_with_values`).
+pub(crate) fn open(
+    source: Arc<dyn RuntimeSource>,
+    delegate: Arc<dyn CodeModeSessionDelegate>,
+    options: SessionOptions,
+    stored_values: StoredValues,
+) -> RuntimeSession {
+    let traces = CellTraces::new();
+    Traced::new(
+        HostedSession::new(source, traces.delegate(delegate), options, stored_values),
+        traces,
+    )
 }
-pub(crate) use hosted_session;
 
 /// How many cells that died with a runtime a session remembers, to answer a later `wait`
 /// on one with the runtime-lost error.
@@ -175,14 +78,14 @@ fn given_up(cause: &str) -> String {
     )
 }
 
-/// A session whose cells run in a runtime process. Dropping it starts its shutdown in the
-/// runtime.
+/// A session whose cells run in a runtime process, local or remote ([`RuntimeSession`] is
+/// it traced). Dropping it starts its shutdown in the runtime.
 ///
 /// The host keeps the session's committed stored values (every runtime reports each
 /// commit before the cell's final response), so when the runtime is lost or drains the
 /// session opens again on a fresh or another runtime with them, at its next call
 /// (contract §7).
-pub(crate) struct HostedSession {
+pub struct HostedSession {
     provider: Arc<dyn RuntimeSource>,
     delegate: Arc<dyn CodeModeSessionDelegate>,
     options: SessionOptions,
@@ -243,7 +146,7 @@ impl HostedSession {
 
     /// Where the session's cells run now (e.g. `pid 1234`, `runtime at 10.0.0.7:7300`),
     /// once it has run something.
-    pub(crate) fn runtime(&self) -> Option<String> {
+    pub fn runtime(&self) -> Option<String> {
         lock(&self.binding)
             .as_ref()
             .map(|(placed, _)| placed.connection.describe())
@@ -395,7 +298,7 @@ impl HostedSession {
     }
 
     /// What [`crate::durable`] takes of the cells running on the session's runtime now.
-    pub(crate) fn bound_durable_cells(&self) -> Vec<crate::durable::DurableCell> {
+    pub(crate) fn bound_durable_cells(&self) -> Vec<code_mode_protocol::durable::DurableCell> {
         self.forget_lost_runtime();
         let bound = lock(&self.binding)
             .as_ref()

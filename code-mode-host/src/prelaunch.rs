@@ -19,7 +19,8 @@
 //!
 //! Only the first runtime is forked; a runtime that replaces it is spawned as usual.
 
-use crate::process::{self, RuntimeProcess, SpawnError};
+use crate::error::SpawnError;
+use crate::process::{self, RuntimeProcess};
 use interprocess::local_socket::tokio::Stream;
 use interprocess::os::unix::uds_local_socket::tokio::Stream as UdsStream;
 use std::io;

@@ -9,6 +9,7 @@
 //! parent-death signal when the *thread* that started it exits, so starting it from a
 //! short-lived pool thread could kill a healthy runtime.
 
+use crate::error::SpawnError;
 use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::tokio::prelude::*;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
@@ -24,42 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a killed process gets to be reaped.
 const KILL_PATIENCE: Duration = Duration::from_secs(5);
-
-/// Why a runtime process could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum SpawnError {
-    #[error("cannot create the private socket directory {path}: {source}")]
-    SocketDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot listen on {path}: {source}")]
-    Listen {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot start {binary}: {source}")]
-    Spawn {
-        binary: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the runtime {binary} did not connect within {timeout:?}{}", exit_note(.exit))]
-    NoConnection {
-        binary: PathBuf,
-        timeout: Duration,
-        exit: Option<String>,
-    },
-    #[error("accepting the runtime's connection failed: {0}")]
-    Accept(std::io::Error),
-    #[error("cannot take over the runtime forked at start: {0}")]
-    Adopt(std::io::Error),
-}
-
-fn exit_note(exit: &Option<String>) -> String {
-    exit.as_ref()
-        .map(|cause| format!(" (it {cause})"))
-        .unwrap_or_default()
-}
 
 /// A running runtime process.
 pub(crate) struct RuntimeProcess {

@@ -13,9 +13,10 @@
 use crate::binary::find_binary;
 use crate::connection::{Connection, Liveness, Placed};
 pub use crate::error::HostError;
-use crate::hosted::{RuntimeSource, hosted_session};
+use crate::hosted::RuntimeSource;
 use crate::process;
 use code_mode_protocol::BoxFuture;
+use code_mode_protocol::{CodeModeProvider, CodeModeSessionDelegate, SessionOptions, StoredValues};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -235,11 +236,22 @@ pub enum RuntimeUnavailable {
     BinaryNotFound(crate::BinaryNotFound),
 }
 
-hosted_session!(
-    /// A session whose cells run in the [`ProcessProvider`]'s runtime process, which
-    /// starts at its first call. Dropping it starts its shutdown in the runtime.
-    ProcessSession of ProcessProvider
-);
+/// A session whose cells run in the [`ProcessProvider`]'s runtime process, which starts at
+/// its first call. Dropping it starts its shutdown in the runtime.
+pub type ProcessSession = crate::hosted::RuntimeSession;
+
+impl CodeModeProvider for ProcessProvider {
+    type Session = ProcessSession;
+
+    fn open_session_with_values(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        stored_values: StoredValues,
+    ) -> ProcessSession {
+        crate::hosted::open(self.inner.clone(), delegate, options, stored_values)
+    }
+}
 
 impl ProviderInner {
     /// The live runtime, starting one if needed.

@@ -11,12 +11,14 @@
 //! Nothing is replayed. Connections of the pool share one generation sequence, so cell
 //! ids never collide between runtimes (`1`, `g2:1`, `g3:1`, ...).
 
-use crate::connection::{Connection, HandshakeError, Liveness, Peer, Placed};
+use crate::connection::{Connection, Liveness, Peer, Placed};
+use crate::error::HandshakeError;
 use crate::error::HostError;
 pub use crate::error::RemoteError;
-use crate::hosted::{RuntimeSource, hosted_session};
+use crate::hosted::RuntimeSource;
 use code_mode_protocol::BoxFuture;
 use code_mode_protocol::sync::lock;
+use code_mode_protocol::{CodeModeProvider, CodeModeSessionDelegate, SessionOptions, StoredValues};
 use code_mode_wire::FrameError;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
@@ -106,6 +108,24 @@ impl RemoteConfig {
             endpoints,
             tls: Some(tls),
             ..Self::insecure_loopback(Vec::new())
+        }
+    }
+
+    /// What a command line gives (`--runtime-ca`, `--runtime-cert`, `--runtime-key` or
+    /// their like): mutual TLS from the three PEM files, or plaintext to loopback with none.
+    /// One or two of them is refused: they go together.
+    pub fn from_pem_files(
+        endpoints: Vec<String>,
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Self, RemoteError> {
+        match (ca, cert, key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Ok(Self::new(endpoints, ClientTls::from_files(ca, cert, key)?))
+            }
+            (None, None, None) => Ok(Self::insecure_loopback(endpoints)),
+            _ => Err(RemoteError::PartialTls),
         }
     }
 
@@ -281,11 +301,22 @@ fn backoff(failures: u32) -> Duration {
         .min(MAX_RECONNECT_DELAY)
 }
 
-hosted_session!(
-    /// A session whose cells run on one of a [`RemoteProvider`]'s runtimes, chosen at its
-    /// first call. Dropping it starts its shutdown in that runtime.
-    RemoteSession of RemoteProvider
-);
+/// A session whose cells run on one of a [`RemoteProvider`]'s runtimes, chosen at its first
+/// call. Dropping it starts its shutdown in that runtime.
+pub type RemoteSession = crate::hosted::RuntimeSession;
+
+impl CodeModeProvider for RemoteProvider {
+    type Session = RemoteSession;
+
+    fn open_session_with_values(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        stored_values: StoredValues,
+    ) -> RemoteSession {
+        crate::hosted::open(self.inner.clone(), delegate, options, stored_values)
+    }
+}
 
 impl RemoteInner {
     /// Resolves the endpoints again when it is due.

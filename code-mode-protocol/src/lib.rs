@@ -15,6 +15,7 @@
 
 pub mod calls;
 pub mod delivery;
+pub mod durable;
 #[doc(hidden)]
 pub mod hops;
 pub mod ids;

@@ -4,8 +4,8 @@
 //! ids `1`, `2`, ... per session (ours gain a generation prefix after a runtime loss), the
 //! execution ids and their preempt signals, the wait ids and their cancellation, and the
 //! pending tool invocations by their UUID. Each Codex session is one session of the shared
-//! [`Runtimes`]: a local runtime process ([`ProcessProvider`]) or a pool of remote runtimes
-//! ([`RemoteProvider`]); when a runtime dies only the cells running there end: the session
+//! [`Runtimes`]: a local runtime process ([`code_mode_host::ProcessProvider`]) or a pool of
+//! remote runtimes ([`code_mode_host::RemoteProvider`]); when a runtime dies only the cells running there end: the session
 //! keeps its stored values (the host crate holds them) and goes on at its next exec.
 //!
 //! The gRPC service (`grpc`) and the JSON protocol (`json`) both drive this module and
@@ -14,7 +14,8 @@
 
 use crate::admission::{self, Admission, Counted};
 use crate::bound;
-use crate::state::{CodexState, KeptCell, KeptSession, KeptTool, Orphan};
+pub use crate::state::Owner;
+use crate::state::{Checkpointed, CodexState, KeptCell, KeptSession, KeptTool, Orphan};
 use code_mode_host::protocol::model::replace_lone_surrogate_escapes;
 use code_mode_host::protocol::session::BoxFuture;
 use code_mode_host::protocol::sync::lock;
@@ -24,8 +25,8 @@ use code_mode_host::protocol::{
     StoredValues, Surface, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
 use code_mode_host::{
-    BINARY_ENV, BINARY_NAME, DurableSession, HandshakeError, HostError, ProcessProvider,
-    RemoteError, RemoteProvider, SpawnError,
+    BINARY_ENV, BINARY_NAME, DurableSession, HandshakeError, HostError, RemoteError, Runtimes,
+    SpawnError,
 };
 use code_mode_state::{CallRecord, SessionRecord};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -547,10 +548,14 @@ impl FrontSession {
     }
 }
 
-impl FrontSession {
+impl Checkpointed for FrontSession {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The session as a state directory keeps it: what Codex's ids map to, our session's
     /// durable state, and the invocations waiting for the client's answer.
-    pub(crate) fn durable(&self) -> (SessionRecord, Vec<CallRecord>) {
+    fn durable(&self) -> (SessionRecord, Vec<CallRecord>) {
         let (kept, calls) =
             {
                 let state = lock(&self.state);
@@ -715,86 +720,6 @@ impl CodeModeSessionDelegate for Delegate {
             front.close_cell(cell_id, false);
         }
     }
-}
-
-/// Where the front's cells run.
-#[derive(Debug, Clone)]
-pub enum Runtimes {
-    /// One local runtime process, which the front starts and supervises.
-    Local(ProcessProvider),
-    /// A pool of runtimes listening elsewhere (`code-mode-bin --listen`), with its
-    /// placement, backoff and drain.
-    Remote(RemoteProvider),
-}
-
-impl Runtimes {
-    fn open_session(
-        &self,
-        delegate: Arc<dyn CodeModeSessionDelegate>,
-        options: SessionOptions,
-        stored: StoredValues,
-    ) -> Arc<dyn DurableSession> {
-        match self {
-            Runtimes::Local(provider) => {
-                Arc::new(provider.open_session_with_values(delegate, options, stored))
-            }
-            Runtimes::Remote(provider) => {
-                Arc::new(provider.open_session_with_values(delegate, options, stored))
-            }
-        }
-    }
-
-    /// The runtime generation the provider reached.
-    pub fn generations_used(&self) -> u64 {
-        match self {
-            Runtimes::Local(provider) => provider.generations_used(),
-            Runtimes::Remote(provider) => provider.generations_used(),
-        }
-    }
-
-    /// Whether a session opened now can run cells, without waiting for a runtime that is
-    /// starting: a local runtime whose latest start failed is started again now (the
-    /// install may have been fixed), one whose binary is missing is refused at once, one
-    /// starting or running is taken as able (the session's first call waits for it); a
-    /// remote pool is reached now.
-    pub async fn able(&self) -> Result<(), HostError> {
-        match self {
-            Runtimes::Local(provider) => match provider.check() {
-                Ok(()) => Ok(()),
-                Err(code_mode_host::RuntimeUnavailable::BinaryNotFound(missing)) => {
-                    Err(HostError::BinaryNotFound(missing))
-                }
-                Err(code_mode_host::RuntimeUnavailable::LastStartFailed) => provider.start().await,
-            },
-            Runtimes::Remote(provider) => provider.start().await,
-        }
-    }
-
-    /// A runtime runs, or one starts (or is reached) now.
-    pub async fn start(&self) -> Result<(), HostError> {
-        match self {
-            Runtimes::Local(provider) => provider.start().await,
-            Runtimes::Remote(provider) => provider.start().await,
-        }
-    }
-
-    /// The local runtime process's pid, while it runs.
-    pub async fn runtime_pid(&self) -> Option<u32> {
-        match self {
-            Runtimes::Local(provider) => provider.runtime_pid().await,
-            Runtimes::Remote(_) => None,
-        }
-    }
-}
-
-/// Who a connection's client is, as far as the listener can tell: the sessions it opens
-/// belong to it, and after a restart of the host (`--state-dir`) only the same identity
-/// takes a kept session back. A connection without one (stdio, plaintext on loopback, TLS
-/// without client certificates, all on this machine) owns its sessions as `None` does.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Owner {
-    /// The client certificate's SHA-256, in hex (mutual TLS).
-    Certificate(String),
 }
 
 /// Sessions one connection may have open at once unless told otherwise; an
@@ -976,9 +901,11 @@ impl Front {
         let delegate = Arc::new(Delegate {
             session: std::sync::OnceLock::new(),
         });
-        let session = self
-            .provider
-            .open_session(delegate.clone(), options, stored);
+        let session: Arc<dyn DurableSession> = Arc::new(self.provider.open_session_with_values(
+            delegate.clone(),
+            options,
+            stored,
+        ));
         let front = Arc::new(FrontSession {
             id,
             truncation,

@@ -5,8 +5,7 @@
 //! `install`, `uninstall` and `--check` put this host where a codex install finds it.
 
 use clap::Parser;
-use code_mode_host::{ClientTls, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider};
-use codex_code_mode_host::front::Runtimes;
+use code_mode_host::{ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider, Runtimes};
 use codex_code_mode_host::serve::{self, Listen};
 use codex_code_mode_host::stdio;
 use std::path::PathBuf;
@@ -496,19 +495,13 @@ fn runtimes(
                 .to_owned()
         })
         .collect();
-    let mut config = match (&cli.runtimes_ca, &cli.runtimes_cert, &cli.runtimes_key) {
-        (Some(ca), Some(cert), Some(key)) => RemoteConfig::new(
-            endpoints,
-            ClientTls::from_files(ca, cert, key).map_err(|error| error.to_string())?,
-        ),
-        (None, None, None) => RemoteConfig::insecure_loopback(endpoints),
-        _ => {
-            return Err(
-                "--runtimes-ca, --runtimes-cert and --runtimes-key go together (mutual TLS)"
-                    .to_owned(),
-            );
-        }
-    };
+    let mut config = RemoteConfig::from_pem_files(
+        endpoints,
+        cli.runtimes_ca.as_deref(),
+        cli.runtimes_cert.as_deref(),
+        cli.runtimes_key.as_deref(),
+    )
+    .map_err(|error| error.to_string())?;
     config.generations_before = generations_before;
     RemoteProvider::new(config)
         .map(Runtimes::Remote)

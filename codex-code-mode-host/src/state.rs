@@ -7,7 +7,6 @@
 //! cell gets it. After a restart a kept session belongs to no connection until a call
 //! names it: that connection takes it back.
 
-use crate::front::{FrontSession, Owner};
 use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{CallId, CellId, JsonText, ToolError};
 use code_mode_state::{
@@ -24,6 +23,25 @@ const FRONT: &str = "codex";
 
 /// The counter of runtime generations in the database.
 const GENERATIONS: &str = "generations";
+
+/// Who a connection's client is, as far as the listener can tell: the sessions it opens
+/// belong to it, and after a restart of the host (`--state-dir`) only the same identity
+/// takes a kept session back. A connection without one (stdio, plaintext on loopback, TLS
+/// without client certificates, all on this machine) owns its sessions as `None` does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Owner {
+    /// The client certificate's SHA-256, in hex (mutual TLS).
+    Certificate(String),
+}
+
+/// A live session as a checkpoint takes it: its own record and the invocations it waits on
+/// the client for (the front's sessions; this module knows no more of them).
+pub(crate) trait Checkpointed: Send + Sync + 'static {
+    /// Its id (the key it is kept under).
+    fn id(&self) -> &str;
+    /// Its record and its calls waiting for the client, as they are now.
+    fn durable(&self) -> (SessionRecord, Vec<CallRecord>);
+}
 
 /// A session's own state as kept: how it was opened and what Codex's ids map to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,7 +113,7 @@ impl Orphan {
 pub struct CodexState {
     store: Arc<StateStore>,
     orphans: Mutex<HashMap<String, Orphan>>,
-    sessions: Mutex<HashMap<String, Weak<FrontSession>>>,
+    sessions: Mutex<HashMap<String, Weak<dyn Checkpointed>>>,
     generations: AtomicU64,
     /// One checkpoint at a time.
     writing: tokio::sync::Mutex<()>,
@@ -170,8 +188,9 @@ impl CodexState {
     }
 
     /// Keeps `session` from now on.
-    pub(crate) fn keep(&self, session: &Arc<FrontSession>) {
-        lock(&self.sessions).insert(session.id().to_owned(), Arc::downgrade(session));
+    pub(crate) fn keep<S: Checkpointed>(&self, session: &Arc<S>) {
+        let weak: Weak<dyn Checkpointed> = Arc::downgrade(session) as Weak<S>;
+        lock(&self.sessions).insert(session.id().to_owned(), weak);
     }
 
     /// Session `id` was closed: it is gone from the next checkpoint.
@@ -199,7 +218,7 @@ impl CodexState {
     pub(crate) async fn flush(&self, generations: u64) -> Result<(), String> {
         let _writing = self.writing.lock().await;
         self.generations.fetch_max(generations, Ordering::SeqCst);
-        let live: Vec<Arc<FrontSession>> = lock(&self.sessions)
+        let live: Vec<Arc<dyn Checkpointed>> = lock(&self.sessions)
             .values()
             .filter_map(Weak::upgrade)
             .collect();

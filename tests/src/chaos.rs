@@ -39,8 +39,8 @@ use crate::loss::signal;
 use crate::proxy::FaultProxy;
 use crate::remote::{ListeningRuntime, RuntimeOptions};
 use code_mode_host::{
-    Liveness, ProcessConfig, ProcessProvider, ProcessSession, RemoteConfig, RemoteProvider,
-    RemoteSession,
+    Liveness, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider, RuntimeSession,
+    Runtimes,
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -746,32 +746,6 @@ enum Ended {
     Refused,
 }
 
-/// Where a session's cells run, as its provider names it.
-trait Placed {
-    fn placement(&self) -> Option<String>;
-    fn is_local() -> bool;
-}
-
-impl Placed for ProcessSession {
-    fn placement(&self) -> Option<String> {
-        self.runtime()
-    }
-
-    fn is_local() -> bool {
-        true
-    }
-}
-
-impl Placed for RemoteSession {
-    fn placement(&self) -> Option<String> {
-        self.runtime()
-    }
-
-    fn is_local() -> bool {
-        false
-    }
-}
-
 /// Follows a cell to its end, waiting while it yields: its final response, and the text
 /// of every observation before it (where a cell's yields fall may move when it is rebuilt;
 /// its whole output may not).
@@ -796,11 +770,11 @@ async fn follow<S: CodeModeSession>(
 
 /// Runs one cell to its end within the answer deadline and classifies how it ended;
 /// panics on anything the faults do not explain.
-async fn run_cell<S: CodeModeSession + Placed>(
+async fn run_cell(
     stage: &Stage,
     name: &str,
     cell: &str,
-    session: &S,
+    (session, local): (&RuntimeSession, bool),
     source: String,
 ) -> Ended {
     let started = Instant::now();
@@ -858,7 +832,7 @@ async fn run_cell<S: CodeModeSession + Placed>(
         }
         // A local session loses nothing else: a cell of a dead local runtime is rebuilt,
         // and an exec it never admitted runs again.
-        Err((phase, SessionError::RuntimeLost(cause))) if S::is_local() => {
+        Err((phase, SessionError::RuntimeLost(cause))) if local => {
             panic!("{name}: cell {cell} of a local session was lost at its {phase:?}: {cause}")
         }
         // A remote session may fail only an exec its runtime never admitted (a pool never
@@ -871,11 +845,11 @@ async fn run_cell<S: CodeModeSession + Placed>(
             )
         }
         Err((_, SessionError::RuntimeLost(cause))) => {
-            let target = if S::is_local() {
+            let target = if local {
                 Some(Target::Local)
             } else {
                 session
-                    .placement()
+                    .runtime()
                     .and_then(|runtime| stage.slot_of(&runtime))
             };
             assert!(
@@ -886,7 +860,7 @@ async fn run_cell<S: CodeModeSession + Placed>(
             Ended::Lost
         }
         Err((Phase::Exec, SessionError::Runtime(message)))
-            if !S::is_local()
+            if !local
                 && message.message().starts_with(REFUSAL)
                 && stage.remote_all_down(started, ended) =>
         {
@@ -985,9 +959,9 @@ fn check_report(
 }
 
 /// The cells of one session until `until`, then the final check of every value.
-async fn worker<S: CodeModeSession + Placed>(
+async fn worker(
     name: String,
-    session: S,
+    (session, local): (RuntimeSession, bool),
     until: Instant,
     stage: Arc<Stage>,
     mut rng: Rng,
@@ -1003,7 +977,7 @@ async fn worker<S: CodeModeSession + Placed>(
         let keys: Vec<&String> = ledger.keys.keys().collect();
         let source = cell_source(&cell, &keys, Some((&key, index, &pad)));
         lock(&stage.report).cells += 1;
-        match run_cell(&stage, &name, &cell, &session, source).await {
+        match run_cell(&stage, &name, &cell, (&session, local), source).await {
             Ended::Completed(text) => {
                 check_report(&stage, &name, &cell, &mut ledger, &text, true);
                 lock(&stage.completed).insert(cell.clone());
@@ -1031,7 +1005,7 @@ async fn worker<S: CodeModeSession + Placed>(
         }
         tokio::time::sleep(Duration::from_millis(5 + rng.below(20))).await;
     }
-    final_check(&name, &session, &mut ledger, &stage).await;
+    final_check(&name, (&session, local), &mut ledger, &stage).await;
     tokio::time::timeout(stage.deadline, session.shutdown())
         .await
         .unwrap_or_else(|_| panic!("{name}: shutdown got no answer within {:?}", stage.deadline));
@@ -1039,9 +1013,9 @@ async fn worker<S: CodeModeSession + Placed>(
 
 /// Every key the session used, loaded in one cell (again while runtimes come back), and
 /// compared with the model and with the host's copy.
-async fn final_check<S: CodeModeSession + Placed>(
+async fn final_check(
     name: &str,
-    session: &S,
+    (session, local): (&RuntimeSession, bool),
     ledger: &mut Ledger,
     stage: &Stage,
 ) {
@@ -1049,7 +1023,7 @@ async fn final_check<S: CodeModeSession + Placed>(
         let cell = format!("{name}/final{attempt}");
         let keys: Vec<&String> = ledger.keys.keys().collect();
         let source = cell_source(&cell, &keys, None);
-        match run_cell(stage, name, &cell, session, source).await {
+        match run_cell(stage, name, &cell, (session, local), source).await {
             Ended::Completed(text) => {
                 check_report(stage, name, &cell, ledger, &text, false);
                 ledger.check_host_copy(name, &cell, &session.stored_values());
@@ -1091,23 +1065,21 @@ async fn watch(workers: &mut tokio::task::JoinSet<()>, violations: &Violations, 
 }
 
 /// Opens `count` sessions of `provider` and starts a worker on each (`<name><index>`).
-fn spawn_workers<P>(
+fn spawn_workers(
     workers: &mut tokio::task::JoinSet<()>,
-    provider: &P,
+    provider: Runtimes,
     name: &str,
     count: usize,
     (delegate, until, stage): (&Arc<ChaosDelegate>, Instant, &Arc<Stage>),
     rng: &mut Rng,
-) where
-    P: CodeModeProvider,
-    P::Session: Placed + 'static,
-{
+) {
+    let local = matches!(provider, Runtimes::Local(_));
     for index in 0..count {
         let session = provider.open_session(delegate.clone(), SessionOptions::default());
         let worker_rng = Rng::new(rng.next());
         workers.spawn(worker(
             format!("{name}{index}"),
-            session,
+            (session, local),
             until,
             Arc::clone(stage),
             worker_rng,
@@ -1188,10 +1160,9 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
     let mut rng = Rng::new(config.seed);
     let mut workers = tokio::task::JoinSet::new();
     let shared = (&delegate, until, &stage);
-    let local = &stage.local;
     spawn_workers(
         &mut workers,
-        local,
+        Runtimes::Local(stage.local.clone()),
         "local",
         config.local_sessions,
         shared,
@@ -1199,7 +1170,7 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
     );
     spawn_workers(
         &mut workers,
-        &remote,
+        Runtimes::Remote(remote.clone()),
         "remote",
         config.remote_sessions,
         shared,

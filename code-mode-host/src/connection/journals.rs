@@ -7,7 +7,7 @@
 //! ([`LateAnswers`]).
 
 use super::*;
-use crate::durable::DurableCell;
+use code_mode_protocol::durable::DurableCell;
 use code_mode_protocol::journal::{CellJournal, JournalBuilder, JournalCommand, JournalEntry};
 use code_mode_protocol::{CallId, JsonText, NestedToolCall};
 use std::sync::atomic::{AtomicU64, Ordering};

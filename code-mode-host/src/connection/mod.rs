@@ -29,6 +29,7 @@ mod delegate;
 mod journals;
 mod violation;
 
+use crate::error::HandshakeError;
 use crate::faults::{self, Fault};
 pub(crate) use answers::FromResponse;
 use answers::{AbandonOnDrop, Abandoned, Deliver, Word, deliver_to};
@@ -98,23 +99,6 @@ pub(crate) trait Peer: Send + Sync + 'static {
     /// Whether another runtime can take this one's cells now (a fresh local process; a
     /// healthy runtime of the pool): a draining runtime's cells then move at once.
     fn elsewhere(&self) -> bool;
-}
-
-/// Why a handshake failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    #[error("the runtime refused the handshake: {0}")]
-    Refused(HandshakeRejection),
-    #[error(transparent)]
-    Mismatch(#[from] ReadyMismatch),
-    #[error("the runtime did not answer the handshake within {0:?}")]
-    Timeout(Duration),
-    #[error("the runtime closed the connection during the handshake ({0})")]
-    Closed(String),
-    #[error("unexpected first message from the runtime: {0}")]
-    Unexpected(String),
-    #[error("the handshake failed: {0}")]
-    Frame(#[from] FrameError),
 }
 
 struct PendingRequest {
