@@ -30,13 +30,9 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::SystemTime;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::Layer as _;
 
 /// The name of the span a traced request runs under.
 pub(crate) const RUNTIME_SPAN: &str = "code_mode.runtime";
-
-/// The targets whose spans are traced: the runtime's own crates.
-const TRACED_TARGETS: [&str; 3] = ["code_mode", "code_mode_bin", "code_mode_protocol"];
 
 /// Where the spans of one trace go: the connection that started it, and the
 /// `code_mode.runtime` spans still open on it, each with the host's span it stands for.
@@ -64,13 +60,7 @@ pub(crate) fn layer<S>() -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
-    let mut targets = tracing_subscriber::filter::Targets::new();
-    for target in TRACED_TARGETS {
-        targets = targets.with_target(target, tracing::Level::INFO);
-    }
-    tracing_opentelemetry::layer()
-        .with_tracer(PROVIDER.tracer("code-mode-bin"))
-        .with_filter(targets)
+    code_mode_trace::layer(PROVIDER.tracer("code-mode-bin"))
 }
 
 /// The span a request traced by the host runs under (disabled when `trace` is not

@@ -41,7 +41,7 @@ pub use hosted::{HostedSession, REBUILD_ATTEMPTS, RuntimeSession};
 pub use prelaunch::{ForkError, Forked, Prelaunched, SOCKET_FD, fork_runtime};
 pub use provider::{
     CRASH_WINDOW, HostError, MAX_CRASHES, ProcessConfig, ProcessProvider, ProcessSession,
-    RuntimeUnavailable,
+    RuntimeSocket, RuntimeUnavailable,
 };
 pub use remote::{
     ClientTls, FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, RemoteConfig, RemoteError,

@@ -162,10 +162,10 @@ impl Drop for PrivateDir {
 }
 
 /// Starts the runtime and waits for it to connect. The handshake is the caller's.
+/// `argv`: the runtime's arguments, given the path of the socket it dials.
 pub(crate) async fn spawn(
     binary: &Path,
-    runtime_args: &[std::ffi::OsString],
-    log_filter: &str,
+    argv: impl FnOnce(&Path) -> Vec<std::ffi::OsString>,
     connect_timeout: Duration,
 ) -> Result<(RuntimeProcess, Stream), SpawnError> {
     let dir = PrivateDir::create()?;
@@ -187,11 +187,7 @@ pub(crate) async fn spawn(
 
     let mut command = tokio::process::Command::new(binary);
     command
-        .args(runtime_args)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--log")
-        .arg(log_filter)
+        .args(argv(&socket))
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -63,6 +63,37 @@ pub struct ProcessConfig {
     pub generations_before: u64,
 }
 
+/// Where a runtime finds its connection to the host, as its command line says.
+#[derive(Debug, Clone, Copy)]
+pub enum RuntimeSocket<'a> {
+    /// A spawned runtime dials the host's private socket (`--socket PATH`).
+    Path(&'a std::path::Path),
+    /// A forked runtime holds its end already (`--socket-fd N`).
+    Fd(std::os::fd::RawFd),
+}
+
+impl ProcessConfig {
+    /// The runtime's arguments after its program name: [`Self::runtime_args`], where its
+    /// socket is, and its log filter. The one place they are built, for a spawned runtime
+    /// and a forked one alike.
+    pub fn runtime_argv(&self, socket: RuntimeSocket<'_>) -> Vec<std::ffi::OsString> {
+        let mut argv = self.runtime_args.clone();
+        match socket {
+            RuntimeSocket::Path(path) => {
+                argv.push("--socket".into());
+                argv.push(path.as_os_str().to_owned());
+            }
+            RuntimeSocket::Fd(fd) => {
+                argv.push("--socket-fd".into());
+                argv.push(fd.to_string().into());
+            }
+        }
+        argv.push("--log".into());
+        argv.push(self.log_filter.clone().into());
+        argv
+    }
+}
+
 impl Default for ProcessConfig {
     fn default() -> Self {
         Self {
@@ -340,13 +371,10 @@ impl ProviderInner {
             Some(runtime) => crate::prelaunch::adopt(runtime)?,
             None => {
                 let binary = self.binary()?;
-                process::spawn(
-                    &binary,
-                    &self.config.runtime_args,
-                    &self.config.log_filter,
-                    self.config.connect_timeout,
-                )
-                .await?
+                let argv = |socket: &std::path::Path| {
+                    self.config.runtime_argv(RuntimeSocket::Path(socket))
+                };
+                process::spawn(&binary, argv, self.config.connect_timeout).await?
             }
         };
         let liveness = self.config.liveness;

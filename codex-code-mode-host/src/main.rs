@@ -383,14 +383,15 @@ fn prelaunch(config: Option<&ProcessConfig>) -> Prelaunch {
                 // The descriptor is the child's for good: the runtime takes it by number.
                 let fd = std::os::fd::IntoRawFd::into_raw_fd(socket);
                 let program = std::ffi::OsString::from(code_mode_host::BINARY_NAME);
+                // In place of the runtime mode that tells this executable to become the
+                // runtime: the forked child is the runtime already.
                 let args = std::iter::once(program)
-                    .chain(config.runtime_args.iter().skip(1).cloned())
-                    .chain([
-                        "--socket-fd".into(),
-                        fd.to_string().into(),
-                        "--log".into(),
-                        config.log_filter.clone().into(),
-                    ])
+                    .chain(
+                        config
+                            .runtime_argv(code_mode_host::RuntimeSocket::Fd(fd))
+                            .into_iter()
+                            .skip(1),
+                    )
                     .collect();
                 Prelaunch::Child(args)
             }

@@ -1,0 +1,27 @@
+//! What is traced, and how: the one list of our crates whose spans become OpenTelemetry
+//! spans, and the one layer that turns them, for the fronts' exporter and for the spans the
+//! runtime hands back to its host alike.
+
+use opentelemetry::trace::Tracer;
+use tracing_subscriber::Layer as _;
+
+/// The crates whose spans are traced: every target that starts with one of these (the
+/// runtime's, the host's, the protocol's and the fronts').
+pub const TRACED_TARGETS: [&str; 2] = ["code_mode", "codex_code_mode_host"];
+
+/// The layer that turns the spans of [`TRACED_TARGETS`] at `INFO` or above into
+/// OpenTelemetry spans made by `tracer`.
+pub fn layer<S, T>(tracer: T) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    T: Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync,
+{
+    let mut targets = tracing_subscriber::filter::Targets::new();
+    for target in TRACED_TARGETS {
+        targets = targets.with_target(target, tracing::Level::INFO);
+    }
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(targets)
+}

@@ -1,0 +1,219 @@
+//! The running exporter ([`Telemetry`]), its counters, and the process's subscriber.
+
+use crate::settings::{Capture, Destination, TraceSettings};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{0}")]
+    Settings(String),
+    #[error("cannot build the OTLP trace exporter for {endpoint}: {reason}")]
+    Exporter { endpoint: String, reason: String },
+    #[error("cannot listen for trace streams on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Counts of what the exporter did since the process started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Batches delivered to the collector (or handed to the WebSocket stream).
+    pub exported_batches: u64,
+    /// Batches the collector did not take (down, slow past the timeout, refusing): dropped.
+    pub dropped_batches: u64,
+    /// Spans in those batches.
+    pub dropped_spans: u64,
+    /// Batches a slow WebSocket client missed (summed over clients).
+    pub stream_batches_missed: u64,
+}
+
+pub(crate) static EXPORTED_BATCHES: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DROPPED_BATCHES: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DROPPED_SPANS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static STREAM_BATCHES_MISSED: AtomicU64 = AtomicU64::new(0);
+
+/// What the exporter did so far.
+pub fn stats() -> Stats {
+    Stats {
+        exported_batches: EXPORTED_BATCHES.load(Ordering::Relaxed),
+        dropped_batches: DROPPED_BATCHES.load(Ordering::Relaxed),
+        dropped_spans: DROPPED_SPANS.load(Ordering::Relaxed),
+        stream_batches_missed: STREAM_BATCHES_MISSED.load(Ordering::Relaxed),
+    }
+}
+
+/// The counters in Prometheus' text format, for the `/metrics` pages.
+pub fn render_metrics() -> String {
+    let stats = stats();
+    let mut text = String::new();
+    for (name, help, value) in [
+        (
+            "code_mode_trace_batches_exported_total",
+            "Trace batches delivered to the collector or the WebSocket stream.",
+            stats.exported_batches,
+        ),
+        (
+            "code_mode_trace_batches_dropped_total",
+            "Trace batches dropped because the collector did not take them.",
+            stats.dropped_batches,
+        ),
+        (
+            "code_mode_trace_spans_dropped_total",
+            "Spans in the dropped trace batches.",
+            stats.dropped_spans,
+        ),
+        (
+            "code_mode_trace_stream_batches_missed_total",
+            "Trace batches slow WebSocket clients missed.",
+            stats.stream_batches_missed,
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    text
+}
+
+/// Whether spans may hold the model's source and arguments (never unless set on).
+pub fn capture() -> Capture {
+    Capture {
+        source: code_mode_protocol::traced::capturing_source(),
+        arguments: code_mode_protocol::traced::capturing_arguments(),
+    }
+}
+
+/// `text` as a span may hold it: at most `code_mode_protocol::traced::SPAN_TEXT_LIMIT_BYTES`,
+/// cut on a character boundary.
+pub fn captured(text: &str) -> &str {
+    code_mode_protocol::traced::capped(text)
+}
+
+/// The running exporter. Dropping it sends what is left.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    tracer: opentelemetry_sdk::trace::Tracer,
+    /// The bound address of the WebSocket stream, if that is the destination.
+    stream_address: Option<std::net::SocketAddr>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Telemetry")
+            .field("stream_address", &self.stream_address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// Starts exporting as `settings` say, and makes this exporter the process's global
+    /// tracer provider (the host crate exports the runtime's spans through it). A
+    /// WebSocket destination is bound here, so a port in use is an error at start.
+    pub fn start(settings: TraceSettings) -> Result<Self, TraceError> {
+        code_mode_protocol::traced::set_capture(
+            settings.capture.source,
+            settings.capture.arguments,
+        );
+        let mut resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                settings.service_version.clone(),
+            ));
+        for (key, value) in &settings.resource {
+            resource =
+                resource.with_attribute(opentelemetry::KeyValue::new(key.clone(), value.clone()));
+        }
+        let (sink, stream_address) = match &settings.destination {
+            Destination::Otlp { endpoint, protocol } => {
+                (crate::exporter::Sink::otlp(endpoint, *protocol)?, None)
+            }
+            Destination::WebSocket(address) => {
+                let (stream, bound) = crate::websocket::listen(*address)?;
+                (crate::exporter::Sink::Stream(stream), Some(bound))
+            }
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource.build())
+            .with_batch_exporter(crate::exporter::Counted::new(sink))
+            .build();
+        let tracer = provider.tracer(settings.scope.clone());
+        // The global provider too: the host crate exports the spans its runtimes hand
+        // back through it.
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        Ok(Self {
+            provider,
+            tracer,
+            stream_address,
+        })
+    }
+
+    /// Where the WebSocket stream listens (its port when 0 was asked for).
+    pub fn stream_address(&self) -> Option<std::net::SocketAddr> {
+        self.stream_address
+    }
+
+    /// The layer that turns our crates' spans into OpenTelemetry spans ([`crate::layer`]).
+    pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        crate::layer(self.tracer.clone())
+    }
+
+    /// A layer for every span of the process at `INFO` or above, whatever its target: for an agent core
+    /// that exports its own spans through this exporter, so that cells hang under them.
+    pub fn layer_for_every_target<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer.clone())
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            tracing::debug!(%error, "trace exporter shutdown");
+        }
+    }
+}
+
+/// Installs the process's subscriber: `logs` (the log lines on stderr, with their own
+/// filter), and our spans exported through `telemetry` when given. Also makes W3C trace
+/// context the process's propagator, and applies the settings' capture to the spans every
+/// provider makes (`code_mode_protocol::traced`).
+pub fn init_subscriber<L>(logs: L, telemetry: Option<&Telemetry>)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    let traces = telemetry.map(Telemetry::layer);
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init();
+}
+
+/// The usual log layer: lines on stderr, filtered by `filter`.
+pub fn stderr_logs<S>(filter: tracing_subscriber::EnvFilter) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter)
+}
