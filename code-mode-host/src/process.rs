@@ -90,11 +90,6 @@ impl crate::connection::Peer for RuntimeProcess {
     fn exit_cause(&self, patience: Duration) -> code_mode_protocol::BoxFuture<'_, String> {
         Box::pin(RuntimeProcess::exit_cause(self, patience))
     }
-
-    /// The provider starts a fresh runtime process for the next call.
-    fn elsewhere(&self) -> bool {
-        true
-    }
 }
 
 impl Drop for RuntimeProcess {

@@ -11,7 +11,7 @@
 //! up with a clear error.
 
 use crate::binary::find_binary;
-use crate::connection::{Connection, Liveness, Placed};
+use crate::connection::{Connection, Liveness, Placed, Placement};
 pub use crate::error::HostError;
 use crate::hosted::RuntimeSource;
 use crate::process;
@@ -378,7 +378,18 @@ impl ProviderInner {
             }
         };
         let liveness = self.config.liveness;
-        Ok(Connection::establish(Box::new(process), stream, generation, liveness).await?)
+        let ends = (Box::new(process) as _, Box::new(FreshProcess) as _);
+        Ok(Connection::establish(ends, stream, generation, liveness).await?)
+    }
+}
+
+/// Where the local runtime's cells go when it drains: the provider starts a fresh runtime
+/// process for the next call.
+struct FreshProcess;
+
+impl Placement for FreshProcess {
+    fn elsewhere(&self, _generation: u64) -> bool {
+        true
     }
 }
 

@@ -11,7 +11,7 @@
 //! Nothing is replayed. Connections of the pool share one generation sequence, so cell
 //! ids never collide between runtimes (`1`, `g2:1`, `g3:1`, ...).
 
-use crate::connection::{Connection, Liveness, Peer, Placed};
+use crate::connection::{Connection, Liveness, Peer, Placed, Placement};
 use crate::error::HandshakeError;
 use crate::error::HostError;
 pub use crate::error::RemoteError;
@@ -467,13 +467,13 @@ impl RemoteInner {
                     DialFailure::retry(format!("cannot connect: {error}{hint}"))
                 })?;
             let _ = tcp.set_nodelay(true);
-            let peer = Box::new(RemotePeer {
-                address,
-                pool: self.this.clone(),
-            });
+            let ends = (
+                Box::new(RemotePeer { address }) as Box<dyn Peer>,
+                Box::new(self.this.clone()) as Box<dyn Placement>,
+            );
             let liveness = Some(self.config.liveness);
             match &self.config.tls {
-                None => Connection::establish(peer, tcp, generation, liveness)
+                None => Connection::establish(ends, tcp, generation, liveness)
                     .await
                     .map_err(|error| DialFailure::plaintext_handshake(&error)),
                 Some(tls) => {
@@ -485,7 +485,7 @@ impl RemoteInner {
                         .connect(name, tcp)
                         .await
                         .map_err(|error| DialFailure::tls_handshake(&error))?;
-                    Connection::establish(peer, stream, generation, liveness)
+                    Connection::establish(ends, stream, generation, liveness)
                         .await
                         .map_err(|error| DialFailure::tls_session(&error))
                 }
@@ -590,8 +590,6 @@ impl RuntimeSource for RemoteInner {
 /// A runtime reached over the network.
 struct RemotePeer {
     address: SocketAddr,
-    /// The pool it belongs to, to find another runtime for its cells.
-    pool: std::sync::Weak<RemoteInner>,
 }
 
 impl Peer for RemotePeer {
@@ -614,16 +612,18 @@ impl Peer for RemotePeer {
     fn exit_cause(&self, _patience: Duration) -> BoxFuture<'_, String> {
         Box::pin(async { "closed the connection".to_owned() })
     }
+}
 
+/// The pool, as one of its runtimes that drains asks it.
+impl Placement for std::sync::Weak<RemoteInner> {
     /// Another runtime of the pool is up and takes sessions.
-    fn elsewhere(&self) -> bool {
-        self.pool.upgrade().is_some_and(|inner| {
+    fn elsewhere(&self, generation: u64) -> bool {
+        self.upgrade().is_some_and(|inner| {
             lock(&inner.pool).slots.iter().any(|slot| {
                 slot.resolved
-                    && slot.address != self.address
-                    && slot
-                        .live()
-                        .is_some_and(|connection| connection.is_healthy())
+                    && slot.live().is_some_and(|connection| {
+                        connection.generation != generation && connection.is_healthy()
+                    })
             })
         })
     }

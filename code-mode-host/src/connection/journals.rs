@@ -78,6 +78,72 @@ impl Kept {
 /// goes, and the nested call it answers (`None`: a notification).
 pub(super) type LateCalls = HashMap<DelegateId, (Arc<LateAnswers>, Option<CallId>)>;
 
+/// What the connection keeps of cells that outlive a runtime, in its one state (under its
+/// one lock): the cells rebuilt here under the ids the agent core knows, and, once the
+/// runtime is lost, the cells that were running on it and their delegate calls still in
+/// flight.
+#[derive(Default)]
+pub(super) struct Rebuilds {
+    /// Cells resumed here from a lost runtime: their session and this runtime's id → the
+    /// id the agent core knows.
+    aliases: HashMap<(SessionId, CellId), CellId>,
+    /// Once lost: per session, the cells that were running, each rebuildable from its
+    /// journal or dead with the runtime.
+    lost_cells: HashMap<SessionId, Vec<LostCell>>,
+    /// Once lost: the delegate calls of rebuildable cells still running, whose answers go
+    /// to the cells' next incarnations.
+    late_calls: LateCalls,
+}
+
+impl Rebuilds {
+    /// The id the agent core sees for a runtime cell id of `session` on the runtime of
+    /// `generation`: `1` in the first generation, `g2:1` in the second, and so on; a cell
+    /// resumed here keeps the id it had.
+    pub(super) fn external(&self, generation: u64, session: SessionId, cell_id: &CellId) -> CellId {
+        match self.aliases.get(&(session, cell_id.clone())) {
+            Some(external) => external.clone(),
+            None => cell_id.in_generation(generation),
+        }
+    }
+
+    /// The runtime's id in `session` for a cell id the agent core gave; `None` if it
+    /// belongs to another generation (its process is gone) and was not resumed here.
+    pub(super) fn runtime(
+        &self,
+        generation: u64,
+        session: SessionId,
+        external: &CellId,
+    ) -> Option<CellId> {
+        let aliased = self
+            .aliases
+            .iter()
+            .find(|((of, _), known)| *of == session && *known == external)
+            .map(|((_, runtime), _)| runtime.clone());
+        if aliased.is_some() {
+            return aliased;
+        }
+        (external.generation() == Some(generation)).then(|| external.in_generation(1))
+    }
+
+    /// The runtime was lost: `lost` were running on it, and `late` are their calls that go
+    /// on. Returns the ids of those calls.
+    pub(super) fn lose(
+        &mut self,
+        lost: HashMap<SessionId, Vec<LostCell>>,
+        late: LateCalls,
+    ) -> HashSet<DelegateId> {
+        let ids = late.keys().copied().collect();
+        self.lost_cells = lost;
+        self.late_calls = late;
+        ids
+    }
+
+    /// The cells of `session` lost with the runtime (taken: each is reported once).
+    pub(super) fn take_lost(&mut self, session: SessionId) -> Vec<LostCell> {
+        self.lost_cells.remove(&session).unwrap_or_default()
+    }
+}
+
 /// What an `Execute` tells the host about the cell it starts.
 #[derive(Clone)]
 pub(crate) struct ExecJournal {
@@ -461,7 +527,7 @@ impl Connection {
             .iter()
             .filter_map(|cell_id| {
                 let kept = entry.journals.get(cell_id)?;
-                kept.durable(&self.external_cell_id(session, cell_id))
+                kept.durable(&state.rebuilds.external(self.generation, session, cell_id))
             })
             .collect()
     }
@@ -471,7 +537,7 @@ impl Connection {
     /// A delegate call of a lost runtime ended: its answer goes to the cell's next
     /// incarnation. `false` when the call belonged to no rebuildable cell.
     pub(super) fn deliver_late(&self, id: DelegateId, reply: &DelegateReply) -> bool {
-        let Some((late, call)) = lock(&self.late_calls).remove(&id) else {
+        let Some((late, call)) = lock(&self.state).rebuilds.late_calls.remove(&id) else {
             return false;
         };
         if let (Some(call), DelegateReply::ToolResult(result)) = (call, reply) {
@@ -572,7 +638,10 @@ impl Connection {
         let Some(session) = session else {
             return Ok(());
         };
-        lock(&self.aliases).insert((session, cell_id.clone()), hook.external);
+        state
+            .rebuilds
+            .aliases
+            .insert((session, cell_id.clone()), hook.external);
         if let Some(entry) = state.sessions.get_mut(&session) {
             entry.live_cells.insert(cell_id.clone());
             // Its calls go on above those its journal and its calls in flight hold.

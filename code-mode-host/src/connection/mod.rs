@@ -46,7 +46,7 @@ use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_wire::*;
 use futures_util::StreamExt;
 pub(crate) use journals::{ExecJournal, LateAnswers, LostCell, Resumable};
-use journals::{Kept, LateCalls, ResumedHook};
+use journals::{Kept, Rebuilds, ResumedHook};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -96,9 +96,15 @@ pub(crate) trait Peer: Send + Sync + 'static {
     /// Why the peer's stream ended, waiting up to `patience` to learn it (e.g. `exited
     /// with status 1`, `was killed by signal 9 (SIGKILL)`).
     fn exit_cause(&self, patience: Duration) -> BoxFuture<'_, String>;
-    /// Whether another runtime can take this one's cells now (a fresh local process; a
-    /// healthy runtime of the pool): a draining runtime's cells then move at once.
-    fn elsewhere(&self) -> bool;
+}
+
+/// The provider that placed sessions on a runtime, as the runtime's connection asks it
+/// when the runtime drains.
+pub(crate) trait Placement: Send + Sync + 'static {
+    /// Whether a runtime other than the one of connection `generation` can take its cells
+    /// now (a fresh local process; a healthy runtime of the pool): a draining runtime's
+    /// cells then move at once.
+    fn elsewhere(&self, generation: u64) -> bool;
 }
 
 struct PendingRequest {
@@ -190,6 +196,8 @@ struct State {
     /// The ids of recently used tool sets, by address, so a caller that passes the same
     /// `Arc` to every exec is not hashed again.
     tool_set_ids: Vec<(std::sync::Weak<[ToolDefinition]>, ToolSetId)>,
+    /// Cells that outlive a runtime: those rebuilt here, and once lost, those to rebuild.
+    rebuilds: Rebuilds,
 }
 
 /// How many tool sets' ids a connection remembers by address.
@@ -200,6 +208,7 @@ pub(crate) struct Connection {
     /// pool numbers all of its connections in one sequence).
     pub(crate) generation: u64,
     peer: Box<dyn Peer>,
+    placement: Box<dyn Placement>,
     outbox: Outbox<ClientMessage>,
     state: Mutex<State>,
     /// Set once, when the connection is lost: its cause.
@@ -208,15 +217,6 @@ pub(crate) struct Connection {
     draining: AtomicBool,
     /// Sessions placed on this runtime by a provider (bound or being bound).
     placed: AtomicUsize,
-    /// Once lost: per session, the cells that were running, each rebuildable from its
-    /// journal or dead with the runtime.
-    lost_cells: Mutex<HashMap<SessionId, Vec<LostCell>>>,
-    /// Once lost: the delegate calls of rebuildable cells still running, whose answers go
-    /// to the cells' next incarnations.
-    late_calls: Mutex<LateCalls>,
-    /// Cells resumed here from a lost runtime: their session and this runtime's id → the
-    /// id the agent core knows.
-    aliases: Mutex<HashMap<(SessionId, CellId), CellId>>,
     /// The pinger and writer tasks, stopped when the connection is lost or dropped (the
     /// pinger holds the outbox, which keeps the writer and so the stream alive).
     tasks: Mutex<Vec<AbortHandle>>,
@@ -254,7 +254,7 @@ impl Connection {
     /// Completes the handshake on a fresh stream to `peer` and starts the reader and
     /// writer tasks.
     pub(crate) async fn establish<S>(
-        peer: Box<dyn Peer>,
+        (peer, placement): (Box<dyn Peer>, Box<dyn Placement>),
         stream: S,
         generation: u64,
         liveness: Option<Liveness>,
@@ -297,14 +297,12 @@ impl Connection {
         let connection = Arc::new(Self {
             generation,
             peer,
+            placement,
             outbox,
             state: Mutex::new(State::default()),
             lost: OnceLock::new(),
             draining: AtomicBool::new(false),
             placed: AtomicUsize::new(0),
-            lost_cells: Mutex::new(HashMap::new()),
-            late_calls: Mutex::new(HashMap::new()),
-            aliases: Mutex::new(HashMap::new()),
             tasks: Mutex::new(tasks),
             sent_traces: Mutex::default(),
         });
@@ -346,7 +344,7 @@ impl Connection {
             }
         }
         // Asked without this connection's lock: it looks at the provider's other runtimes.
-        self.peer.elsewhere()
+        self.placement.elsewhere(self.generation)
     }
 
     /// The runtime announced that it is draining (or refused a session for it).
@@ -387,7 +385,7 @@ impl Connection {
     /// agent core knows them, each with its journal when it can be rebuilt (taken: each
     /// is reported once).
     pub(crate) fn take_lost_cells(&self, session: SessionId) -> Vec<LostCell> {
-        lock(&self.lost_cells).remove(&session).unwrap_or_default()
+        lock(&self.state).rebuilds.take_lost(session)
     }
 
     /// Whether `session` has nothing on this runtime that a move would leave behind: no
@@ -418,26 +416,19 @@ impl Connection {
         )
     }
 
-    /// The id the agent core sees for a runtime cell id of `session`: `1` in the first
-    /// generation, `g2:1` in the second, and so on; a cell resumed here keeps the id it had.
+    /// The id the agent core sees for a runtime cell id of `session` ([`Rebuilds::external`]).
     pub(crate) fn external_cell_id(&self, session: SessionId, cell_id: &CellId) -> CellId {
-        if let Some(external) = lock(&self.aliases).get(&(session, cell_id.clone())) {
-            return external.clone();
-        }
-        cell_id.in_generation(self.generation)
+        lock(&self.state)
+            .rebuilds
+            .external(self.generation, session, cell_id)
     }
 
-    /// The runtime's id in `session` for a cell id the agent core gave; `None` if it
-    /// belongs to another generation (its process is gone) and was not resumed here.
+    /// The runtime's id in `session` for a cell id the agent core gave
+    /// ([`Rebuilds::runtime`]).
     pub(crate) fn runtime_cell_id(&self, session: SessionId, external: &CellId) -> Option<CellId> {
-        let aliased = lock(&self.aliases)
-            .iter()
-            .find(|((of, _), known)| *of == session && *known == external)
-            .map(|((_, runtime), _)| runtime.clone());
-        if aliased.is_some() {
-            return aliased;
-        }
-        (external.generation() == Some(self.generation)).then(|| external.in_generation(1))
+        lock(&self.state)
+            .rebuilds
+            .runtime(self.generation, session, external)
     }
 
     /// Sends a request and waits for its response.
@@ -549,17 +540,7 @@ impl Connection {
                 tool_set,
                 tools: tools_to_wire(&tools),
             };
-            let id = register(
-                &mut state,
-                &request,
-                Box::new(|_, _| Ok(())),
-                RequestHooks::default(),
-            );
-            let _ = self.outbox.send(&ClientMessage::Request {
-                id,
-                request,
-                trace: None,
-            });
+            self.send_detached_locked(&mut state, request);
         }
         drop(state);
         Request::SessionWithTools {
@@ -571,8 +552,14 @@ impl Connection {
 
     /// Sends a request whose answer nobody waits for (used when a session is dropped).
     pub(crate) fn send_detached(self: &Arc<Self>, request: Request) {
+        self.send_detached_locked(&mut lock(&self.state), request);
+    }
+
+    /// [`Self::send_detached`] under the state lock the caller holds: queued in the order
+    /// of that lock.
+    fn send_detached_locked(&self, state: &mut State, request: Request) {
         let id = register(
-            &mut lock(&self.state),
+            state,
             &request,
             Box::new(|_, _| Ok(())),
             RequestHooks::default(),
@@ -785,35 +772,45 @@ impl Connection {
             "code-mode runtime lost: {cause}"
         );
         let mut closing = Vec::new();
+        let late;
         let state = {
             let mut state = lock(&self.state);
             // The lost cells are known before the loss is: a caller that gets the error
             // and asks about its cell at once finds it among them.
             let mut late_calls = HashMap::new();
-            let lost: HashMap<SessionId, Vec<LostCell>> = state
-                .sessions
+            let State {
+                sessions, rebuilds, ..
+            } = &mut *state;
+            let lost: HashMap<SessionId, Vec<LostCell>> = sessions
                 .iter_mut()
                 .map(|(session, entry)| {
-                    let external = |cell_id: &CellId| self.external_cell_id(*session, cell_id);
+                    let external =
+                        |cell_id: &CellId| rebuilds.external(self.generation, *session, cell_id);
                     (
                         *session,
                         entry.lost_cells(external, &mut late_calls, &mut closing),
                     )
                 })
                 .collect();
-            *lock(&self.lost_cells) = lost;
-            *lock(&self.late_calls) = late_calls;
+            late = rebuilds.lose(lost, late_calls);
             let _ = self.lost.set(cause.clone());
-            std::mem::take(&mut *state)
+            // Everything else of the runtime's state is over.
+            let rebuilds = std::mem::take(&mut state.rebuilds);
+            std::mem::replace(
+                &mut *state,
+                State {
+                    rebuilds,
+                    ..State::default()
+                },
+            )
         };
         for (_, pending) in state.pending {
             let error = SessionError::RuntimeLost(cause.clone());
             let _ = (pending.deliver)(Err(error), None);
         }
         // The calls of cells that can be rebuilt go on; the others are cancelled.
-        let late_calls = lock(&self.late_calls).clone();
         for (id, (token, _, _)) in state.delegate_calls {
-            if !late_calls.contains_key(&id) {
+            if !late.contains(&id) {
                 token.cancel();
             }
         }
