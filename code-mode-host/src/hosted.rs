@@ -12,12 +12,12 @@ use crate::error::HostError;
 use code_mode_protocol::session::measure;
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::traced::{CellTraces, Traced, capped, under};
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
     ExecRequest, PendingOutcome, RuntimeFailure, SessionCall, SessionError, SessionOptions,
     StartedCell, StartedPendingCell, StoredValues, WaitRequest,
 };
+use code_mode_trace::traced::{CellTraces, Traced, capped, under};
 use code_mode_wire::{Request, SessionId};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -30,7 +30,6 @@ pub mod sync;
 /// through the errors and responses that display them.
 #[doc(hidden)]
 pub mod texts;
-pub mod traced;
 
 pub use calls::{CallHooks, CallTarget, FromReply, SessionCall, SessionReply};
 pub use ids::{CallId, CellId, NotACallId, ToolError};

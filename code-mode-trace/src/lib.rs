@@ -16,9 +16,10 @@
 //!   JSON-lines requests and MCP `_meta`, and onto Codex's `ToolInvocation.traceparent`.
 //! - [`capture`] says whether spans may hold what a model wrote (source, arguments): off
 //!   unless an operator turns it on, and capped ([`captured`]) when on. It is the one
-//!   switch `code_mode_protocol::traced` reads too.
+//!   switch [`traced`] reads too.
 
 mod layer;
+pub mod traced;
 pub use layer::{TRACED_TARGETS, layer};
 
 #[cfg(feature = "export")]

@@ -86,15 +86,15 @@ pub fn render_metrics() -> String {
 /// Whether spans may hold the model's source and arguments (never unless set on).
 pub fn capture() -> Capture {
     Capture {
-        source: code_mode_protocol::traced::capturing_source(),
-        arguments: code_mode_protocol::traced::capturing_arguments(),
+        source: crate::traced::capturing_source(),
+        arguments: crate::traced::capturing_arguments(),
     }
 }
 
-/// `text` as a span may hold it: at most `code_mode_protocol::traced::SPAN_TEXT_LIMIT_BYTES`,
+/// `text` as a span may hold it: at most `crate::traced::SPAN_TEXT_LIMIT_BYTES`,
 /// cut on a character boundary.
 pub fn captured(text: &str) -> &str {
-    code_mode_protocol::traced::capped(text)
+    crate::traced::capped(text)
 }
 
 /// The running exporter. Dropping it sends what is left.
@@ -119,10 +119,7 @@ impl Telemetry {
     /// tracer provider (the host crate exports the runtime's spans through it). A
     /// WebSocket destination is bound here, so a port in use is an error at start.
     pub fn start(settings: TraceSettings) -> Result<Self, TraceError> {
-        code_mode_protocol::traced::set_capture(
-            settings.capture.source,
-            settings.capture.arguments,
-        );
+        crate::traced::set_capture(settings.capture.source, settings.capture.arguments);
         let mut resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(settings.service_name.clone())
             .with_attribute(opentelemetry::KeyValue::new(
@@ -193,7 +190,7 @@ impl Drop for Telemetry {
 /// Installs the process's subscriber: `logs` (the log lines on stderr, with their own
 /// filter), and our spans exported through `telemetry` when given. Also makes W3C trace
 /// context the process's propagator, and applies the settings' capture to the spans every
-/// provider makes (`code_mode_protocol::traced`).
+/// provider makes (`crate::traced`).
 pub fn init_subscriber<L>(logs: L, telemetry: Option<&Telemetry>)
 where
     L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,

@@ -27,13 +27,13 @@ use code_mode_protocol::journal::{CellJournal, JournalEntry};
 use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms, measure};
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::traced::{CellTraces, Traced};
 use code_mode_protocol::{AdmittedHook, CallId, JsonText, ToolError};
 use code_mode_protocol::{
     BoxFuture, CallHooks, CallTarget, CellId, CellResponse, CodeModeProvider, CodeModeSession,
     CodeModeSessionDelegate, ExecHooks, ExecRequest, PendingOutcome, RuntimeFailure, SessionCall,
     SessionError, SessionOptions, SessionReply, StartedCell, StartedPendingCell, WaitRequest,
 };
+use code_mode_trace::traced::{CellTraces, Traced};
 use search::{SearchCache, SearchableTools};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,7 +79,7 @@ impl InProcessProvider {
 
 impl CodeModeProvider for InProcessProvider {
     /// The session, with its cells and nested calls traced as every provider traces them
-    /// (`code_mode_protocol::traced`); it dereferences to [`InProcessSession`].
+    /// (`code_mode_trace::traced`); it dereferences to [`InProcessSession`].
     type Session = Traced<InProcessSession>;
 
     fn open_session_with_values(

@@ -11,8 +11,8 @@ code_mode_conformance::conformance_suite!(InProcessProvider::new(InProcessConfig
 mod isolate_reuse {
     use code_mode::{InProcessConfig, InProcessProvider, InProcessSession};
     use code_mode_conformance::TestDelegate;
-    use code_mode_protocol::traced::Traced;
     use code_mode_protocol::{CodeModeProvider, CodeModeSession, ExecRequest, SessionOptions};
+    use code_mode_trace::traced::Traced;
     use std::sync::Arc;
 
     /// Waits (at most 20 s) until `session` has `count` isolates parked: a cell is
@@ -145,11 +145,11 @@ mod hibernation {
     use code_mode::{InProcessConfig, InProcessProvider, InProcessSession};
     use code_mode_conformance::durable;
     use code_mode_conformance::{Record, TestDelegate};
-    use code_mode_protocol::traced::Traced;
     use code_mode_protocol::{
         CellResponse, CodeModeProvider, CodeModeSession, ContentItem, ExecRequest, FailureKind,
         WaitRequest,
     };
+    use code_mode_trace::traced::Traced;
     use serde_json::json;
     use std::sync::Arc;
     use std::time::Duration;

@@ -4,7 +4,7 @@
 
 use super::*;
 use code_mode_protocol::search::TOOL_SEARCH_NAME;
-use code_mode_protocol::traced::under;
+use code_mode_trace::traced::under;
 
 /// A delegate callback not started yet (an answer was not taken), with its tracker.
 pub(super) type Deferred = (TaskTracker, BoxFuture<'static, ()>);

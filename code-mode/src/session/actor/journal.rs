@@ -17,7 +17,7 @@ use super::*;
 use crate::runtime::{CellConfig, spawn_cell_on};
 use code_mode_protocol::journal::{CellJournal, JournalCommand, JournalEntry, call_hash};
 use code_mode_protocol::session::MAX_JOURNAL_BYTES;
-use code_mode_protocol::traced::under;
+use code_mode_trace::traced::under;
 use std::collections::HashSet;
 #[cfg(feature = "test-hooks")]
 use std::sync::Mutex;
@@ -58,17 +58,12 @@ fn perturbed(_input: Option<&str>) -> bool {
 
 /// Everything that entered one cell, and what it gave out so far.
 pub(crate) struct Journal {
-    /// What the cell started from (its clock readings are [`Journal::clock`]).
+    /// How each incarnation runs beside what the journal holds (limits, surface, span); its
+    /// source is the journal's, and its clock readings are the journal's.
     config: CellConfig,
-    clock: Vec<u64>,
-    /// The hash of each nested call, in the order the cell made them (call `n` is at
-    /// `n - 1`), with its tool's name for the divergence error.
-    issued: Vec<(u64, String)>,
-    /// The commands the cell was sent, in order.
-    entered: Vec<CellCommand>,
-    outputs: u64,
-    notifications: u64,
-    yields: u64,
+    /// What the cell started from, and everything that entered it since: the same data a
+    /// host keeps and a cell is rebuilt from elsewhere.
+    data: CellJournal,
     bytes: u64,
     /// Whether the journal is whole: once it would pass [`MAX_JOURNAL_BYTES`], it is
     /// dropped and the cell can no longer be rebuilt.
@@ -112,13 +107,13 @@ pub(crate) struct Cursor {
 }
 
 /// What a command costs the journal beside its entry.
-fn command_bytes(command: &CellCommand) -> u64 {
+fn data_bytes(command: &JournalCommand) -> u64 {
     match command {
-        CellCommand::ToolResult { result, .. } => match result {
+        JournalCommand::ToolResult { result, .. } => match result {
             Ok(json) => json.as_str().len() as u64,
             Err(error) => error.message().len() as u64,
         },
-        CellCommand::TimerFired { .. } => 0,
+        JournalCommand::TimerFired { .. } => 0,
     }
 }
 
@@ -132,16 +127,26 @@ pub(crate) enum Seen {
 
 impl Journal {
     /// The journal of a cell starting from `config`, its entries reported to `sink`.
-    pub(crate) fn new(config: CellConfig, sink: Option<Arc<dyn CodeModeSessionDelegate>>) -> Self {
+    pub(crate) fn new(
+        mut config: CellConfig,
+        sink: Option<Arc<dyn CodeModeSessionDelegate>>,
+    ) -> Self {
         let bytes = config.source.len() as u64;
-        Self {
-            config,
+        let data = CellJournal {
+            source: std::mem::take(&mut config.source),
+            tools: Arc::clone(&config.tools),
+            stored: Arc::clone(&config.stored),
+            seed: config.seed,
             clock: Vec::new(),
             issued: Vec::new(),
             entered: Vec::new(),
             outputs: 0,
             notifications: 0,
             yields: 0,
+        };
+        Self {
+            config,
+            data,
             bytes,
             durable: true,
             sink,
@@ -150,7 +155,8 @@ impl Journal {
     }
 
     /// The journal a cell is rebuilt from (`data`, from another runtime), with `config`
-    /// for the rest; later entries are reported to `sink`.
+    /// for the rest (what the cell starts from is the exec's, as `config` has it); later
+    /// entries are reported to `sink`.
     pub(crate) fn resumed(
         config: CellConfig,
         data: CellJournal,
@@ -166,16 +172,19 @@ impl Journal {
                     .map(|(_, tool)| 8 + tool.len() as u64)
                     .sum(),
             );
-        journal.clock = data.clock;
-        journal.issued = data.issued;
-        for command in data.entered {
-            let bytes = command_bytes(&from_data(command.clone()));
+        for command in &data.entered {
+            let bytes = data_bytes(command);
             journal.bytes = journal.bytes.saturating_add(bytes + ENTRY_OVERHEAD_BYTES);
-            journal.entered.push(from_data(command));
         }
-        journal.outputs = data.outputs;
-        journal.notifications = data.notifications;
-        journal.yields = data.yields;
+        journal.data = CellJournal {
+            clock: data.clock,
+            issued: data.issued,
+            entered: data.entered,
+            outputs: data.outputs,
+            notifications: data.notifications,
+            yields: data.yields,
+            ..journal.data
+        };
         journal
     }
 
@@ -197,7 +206,8 @@ impl Journal {
     /// The configuration of a new incarnation: the start, with every clock reading so far.
     pub(crate) fn config(&self) -> CellConfig {
         let mut config = self.config.clone();
-        config.clock = Arc::from(self.clock.as_slice());
+        config.source.clone_from(&self.data.source);
+        config.clock = Arc::from(self.data.clock.as_slice());
         config
     }
 
@@ -224,7 +234,7 @@ impl Journal {
         self.grow(cell_id, 8 * readings.len() as u64);
         if self.durable {
             self.report(cell_id, || JournalEntry::Clock(readings.clone()));
-            self.clock.extend(readings);
+            self.data.clock.extend(readings);
         }
     }
 
@@ -232,55 +242,58 @@ impl Journal {
     /// Only what the delegate cannot know is reported: a timer, or an answer the session
     /// gave itself, with its place among the commands.
     pub(crate) fn enter(&mut self, cell_id: &CellId, command: CellCommand) {
-        self.grow(cell_id, command_bytes(&command));
+        let command = to_data(&command);
+        self.grow(cell_id, data_bytes(&command));
         let own = match &command {
-            CellCommand::TimerFired { .. } => true,
-            CellCommand::ToolResult { id, .. } => self.internal_calls.contains(&id.number()),
+            JournalCommand::TimerFired { .. } => true,
+            JournalCommand::ToolResult { call, .. } => self.internal_calls.contains(&call.number()),
         };
         if self.durable && own {
-            let index = self.entered.len() as u64;
+            let index = self.data.entered.len() as u64;
             self.report(cell_id, || JournalEntry::Entered {
                 index,
-                command: to_data(&command),
+                command: command.clone(),
             });
         }
-        self.entered.push(command);
+        self.data.entered.push(command);
     }
 
     /// The next command to send to the incarnation at `cursor`, once the cell made the
     /// call or timer it answers; `None` when there is none yet. A journal that is no
     /// longer durable forgets what the cell has had.
     pub(crate) fn due(&mut self, cursor: &mut Cursor) -> Option<CellCommand> {
-        let command = self.entered.get(cursor.next)?;
+        let command = self.data.entered.get(cursor.next)?;
         let ready = match command {
-            CellCommand::ToolResult { id, .. } => id.number() <= cursor.calls,
-            CellCommand::TimerFired { id } => *id <= cursor.timers,
+            JournalCommand::ToolResult { call, .. } => call.number() <= cursor.calls,
+            JournalCommand::TimerFired { id } => *id <= cursor.timers,
         };
         if !ready {
             return None;
         }
-        let command = command.clone();
+        let command = from_data(command.clone());
         cursor.next += 1;
-        if !self.durable && cursor.next == self.entered.len() {
-            self.entered.clear();
+        if !self.durable && cursor.next == self.data.entered.len() {
+            self.data.entered.clear();
             cursor.next = 0;
-            self.issued = Vec::new();
-            self.clock = Vec::new();
+            self.data.issued = Vec::new();
+            self.data.clock = Vec::new();
         }
         Some(command)
     }
 
     /// Whether the incarnation at `cursor` has been sent every command of the journal.
     pub(crate) fn caught_up(&self, cursor: &Cursor) -> bool {
-        cursor.next >= self.entered.len()
+        cursor.next >= self.data.entered.len()
     }
 
     /// What the incarnation at `cursor` waits for to take the journal's next command
     /// (for the error of a cell that went idle without making it).
     pub(crate) fn awaited(&self, cursor: &Cursor) -> Option<String> {
-        match self.entered.get(cursor.next)? {
-            CellCommand::ToolResult { id, .. } => Some(format!("nested call {}", id.number())),
-            CellCommand::TimerFired { id } => Some(format!("timer {id}")),
+        match self.data.entered.get(cursor.next)? {
+            JournalCommand::ToolResult { call, .. } => {
+                Some(format!("nested call {}", call.number()))
+            }
+            JournalCommand::TimerFired { id } => Some(format!("timer {id}")),
         }
     }
 
@@ -297,7 +310,7 @@ impl Journal {
         cursor.calls = call.id.number();
         let hash = call_hash(&call.name, call.input.as_deref());
         let index = usize::try_from(call.id.number().saturating_sub(1)).unwrap_or(usize::MAX);
-        match self.issued.get(index) {
+        match self.data.issued.get(index) {
             Some((logged, _)) => {
                 if *logged == hash && !perturbed(call.input.as_deref()) {
                     Ok(Seen::Replayed)
@@ -319,7 +332,7 @@ impl Journal {
                             tool: call.name.clone(),
                         });
                     }
-                    self.issued.push((hash, call.name.clone()));
+                    self.data.issued.push((hash, call.name.clone()));
                 }
                 Ok(Seen::Live)
             }
@@ -333,17 +346,17 @@ impl Journal {
 
     /// An output item the cell gave.
     pub(crate) fn output(&mut self, cursor: &mut Cursor) -> Seen {
-        Self::count(&mut self.outputs, &mut cursor.outputs)
+        Self::count(&mut self.data.outputs, &mut cursor.outputs)
     }
 
     /// A notification the cell made.
     pub(crate) fn notification(&mut self, cursor: &mut Cursor) -> Seen {
-        Self::count(&mut self.notifications, &mut cursor.notifications)
+        Self::count(&mut self.data.notifications, &mut cursor.notifications)
     }
 
     /// A `yield_control()` the cell ran.
     pub(crate) fn yielded(&mut self, cell_id: &CellId, cursor: &mut Cursor) -> Seen {
-        let seen = Self::count(&mut self.yields, &mut cursor.yields);
+        let seen = Self::count(&mut self.data.yields, &mut cursor.yields);
         if let Seen::Live = seen {
             self.report(cell_id, || JournalEntry::Yielded);
         }
@@ -540,7 +553,7 @@ mod tests {
                 matches!(command, Some(CellCommand::ToolResult { id: got, .. }) if got.number() == id)
             );
         }
-        assert!(journal.entered.is_empty(), "what the cell had is kept");
+        assert!(journal.data.entered.is_empty(), "what the cell had is kept");
         assert!(journal.caught_up(&cursor));
     }
 

@@ -6,7 +6,7 @@
 //!   `tracing` span, so an agent core that exports its own traces sees each cell under
 //!   its own span with no extra code. It ends when the cell is closed. It holds the cell's
 //!   id, its outcome (`status`: completed, error, terminated; `error.kind` as
-//!   [`crate::FailureKind::as_str`]; `error.text`, capped), the text bytes it output, its nested
+//!   [`code_mode_protocol::FailureKind::as_str`]; `error.text`, capped), the text bytes it output, its nested
 //!   calls and observations, and in process the CPU time its (last) incarnation used
 //!   (`cpu.time_ms`). A yield is an event on it.
 //! - `code_mode.tool_call` is a child of its cell's span, from the call to its answer:
@@ -23,13 +23,13 @@
 //! process turned capture on ([`set_capture`]). With no subscriber interested, spans are
 //! disabled at their call site and nothing else is done.
 
-use crate::session::{
+use code_mode_protocol::session::{
     BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks, ExecRequest,
     NestedToolCall, PendingOutcome, SessionError, StartedCell, StartedPendingCell, WaitRequest,
 };
-use crate::stored::StoredValues;
-use crate::sync::lock;
-use crate::{CellId, JsonText, ToolError};
+use code_mode_protocol::stored::StoredValues;
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{CellId, JsonText, ToolError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -315,7 +315,7 @@ impl CodeModeSessionDelegate for TracedDelegate {
         self.inner.keeps_journals()
     }
 
-    fn journal(&self, cell_id: &CellId, entry: crate::journal::JournalEntry) {
+    fn journal(&self, cell_id: &CellId, entry: code_mode_protocol::journal::JournalEntry) {
         self.inner.journal(cell_id, entry);
     }
 }
