@@ -144,6 +144,15 @@ impl HostedSession {
         }
     }
 
+    /// Whether the runtime the session is bound to stopped after a drain, closing its end
+    /// cleanly: an exec it never admitted runs again elsewhere, remote or not (the runtime
+    /// is gone for sure, and none of the cell's calls reached a delegate).
+    fn left_by_drain(&self) -> bool {
+        lock(&self.binding)
+            .as_ref()
+            .is_some_and(|(placed, _)| placed.connection.left_by_drain())
+    }
+
     /// Where the session's cells run now (e.g. `pid 1234`, `runtime at 10.0.0.7:7300`),
     /// once it has run something.
     pub fn runtime(&self) -> Option<String> {
@@ -451,7 +460,7 @@ impl HostedSession {
                 return outcome;
             };
             let cell_id = lock(&admitted).clone();
-            if cell_id.is_some() || !self.provider.reruns_unadmitted() {
+            if cell_id.is_some() || !(self.provider.reruns_unadmitted() || self.left_by_drain()) {
                 break (outcome, cell_id);
             }
             // Never admitted: run again on a fresh runtime (the next may be lost before it

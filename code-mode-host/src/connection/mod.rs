@@ -215,6 +215,10 @@ pub(crate) struct Connection {
     lost: OnceLock<String>,
     /// The runtime announced it is draining.
     draining: AtomicBool,
+    /// The runtime closed its end cleanly after it announced a drain: it stopped, and
+    /// everything it sent arrived (so an exec it never reported admitted ran nothing that
+    /// anyone saw).
+    left_by_drain: AtomicBool,
     /// Sessions placed on this runtime by a provider (bound or being bound).
     placed: AtomicUsize,
     /// The pinger and writer tasks, stopped when the connection is lost or dropped (the
@@ -302,6 +306,7 @@ impl Connection {
             state: Mutex::new(State::default()),
             lost: OnceLock::new(),
             draining: AtomicBool::new(false),
+            left_by_drain: AtomicBool::new(false),
             placed: AtomicUsize::new(0),
             tasks: Mutex::new(tasks),
             sent_traces: Mutex::default(),
@@ -370,6 +375,12 @@ impl Connection {
     /// The runtime's process id, when it is a local process.
     pub(crate) fn pid(&self) -> Option<u32> {
         self.peer.pid()
+    }
+
+    /// Whether the runtime stopped after a drain and closed its end cleanly (set before
+    /// the loss is reported to any caller).
+    pub(crate) fn left_by_drain(&self) -> bool {
+        self.left_by_drain.load(Ordering::SeqCst)
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -728,6 +739,9 @@ impl Connection {
 
     /// Records the loss of the runtime and fails or closes everything that depended on it.
     async fn on_lost(&self, ended: Ended) {
+        if matches!(ended, Ended::Closed) && self.is_draining() {
+            self.left_by_drain.store(true, Ordering::SeqCst);
+        }
         let cause = match ended {
             Ended::Violation(violation) => {
                 self.peer.kill();
