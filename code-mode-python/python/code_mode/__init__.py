@@ -1,0 +1,48 @@
+"""Code mode for Python agents: a model writes a small async JavaScript program (a *cell*)
+that calls your tools (``await tools.search({q: "..."})``), loops and prints only what
+matters; this package runs it in a sandboxed V8 runtime process beside your agent, with
+your Python functions as its tools.
+
+>>> import code_mode
+>>> def add(a: int, b: int) -> int:
+...     '''Adds two numbers.'''
+...     return a + b
+>>> code_mode.run("text(await tools.add({a: 1, b: 2}))", tools=[add]).text
+'3'
+
+``Session`` and ``AsyncSession`` keep stored values across cells and follow running
+cells (``wait``, ``terminate``); ``session.tool_specs()`` gives the ``exec`` and ``wait``
+tools to hand a model. Integrations: ``code_mode.pydantic_ai`` and ``code_mode.agents``.
+"""
+
+from ._native import (
+    CellError,
+    CodeModeError,
+    LimitExceeded,
+    RuntimeLost,
+    RuntimeUnavailable,
+    SessionClosed,
+    __version__,
+)
+from ._session import AsyncSession, AudioItem, ImageItem, Item, Result, Session, TextItem, run
+from ._tools import Tool, ToolInputError
+
+__all__ = [
+    "AsyncSession",
+    "AudioItem",
+    "CellError",
+    "CodeModeError",
+    "ImageItem",
+    "Item",
+    "LimitExceeded",
+    "Result",
+    "RuntimeLost",
+    "RuntimeUnavailable",
+    "Session",
+    "SessionClosed",
+    "TextItem",
+    "Tool",
+    "ToolInputError",
+    "__version__",
+    "run",
+]

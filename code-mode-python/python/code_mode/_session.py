@@ -1,0 +1,423 @@
+"""Sessions: ``Session`` (blocking) and ``AsyncSession`` (asyncio), the ``Result`` of a
+cell, and ``run``, one cell in one call.
+
+A session's cells run in the runtime process the package ships (a V8 crash or a heap
+bomb ends a cell there, never Python). Nested tool calls come back to Python: an async
+tool runs on the event loop of the session (``AsyncSession``) or on a background loop
+(``Session``), a sync tool on a worker thread; the GIL is released while Rust waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import os
+import threading
+import weakref
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
+
+from . import _native
+from ._tools import Tool, ToolInputError, as_tool, to_json
+
+__all__ = [
+    "AsyncSession",
+    "AudioItem",
+    "ImageItem",
+    "Item",
+    "Result",
+    "Session",
+    "TextItem",
+    "run",
+]
+
+CodeModeError = _native.CodeModeError
+CellError = _native.CellError
+LimitExceeded = _native.LimitExceeded
+RuntimeUnavailable = _native.RuntimeUnavailable
+RuntimeLost = _native.RuntimeLost
+SessionClosed = _native.SessionClosed
+
+_ERRORS = {
+    "CodeModeError": CodeModeError,
+    "RuntimeUnavailable": RuntimeUnavailable,
+    "RuntimeLost": RuntimeLost,
+    "SessionClosed": SessionClosed,
+}
+
+# Failures that are a limit reached rather than the script's own error.
+_LIMITS = {"out_of_memory", "cpu_budget"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextItem:
+    """Text the cell output (``text(...)``)."""
+
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageItem:
+    """An image the cell output (``image(...)``): a data URL and its detail."""
+
+    image_url: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioItem:
+    """Audio the cell output (``audio(...)``), as a data URL."""
+
+    audio_url: str
+
+
+Item = Union[TextItem, ImageItem, AudioItem]
+
+
+def _item(value: Mapping[str, Any]) -> Item:
+    kind = value["type"]
+    if kind == "input_text":
+        return TextItem(value["text"])
+    if kind == "input_image":
+        return ImageItem(value["image_url"], value.get("detail", "auto"))
+    return AudioItem(value["audio_url"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What one observation of a cell answered (an ``exec``, ``wait`` or ``terminate``)."""
+
+    cell_id: str
+    """The cell's id in its session; ``wait`` and ``terminate`` take it."""
+    items: list[Item]
+    """What the cell output since the last observation, in order."""
+    status: Literal["completed", "running", "terminated"]
+    error: str | None
+    """The text a model reads of the cell's failure, or ``None``."""
+    failure: str | None
+    """The failure's kind (``script_error``, ``out_of_memory``, ``cpu_budget``, ...)."""
+    wall_time_ms: float
+    model_text: str
+    """The whole answer as a model reads it: status line, wall time and output."""
+
+    @property
+    def text(self) -> str:
+        """The text items, joined by newlines."""
+        return "\n".join(item.text for item in self.items if isinstance(item, TextItem))
+
+    @property
+    def running(self) -> bool:
+        """The cell yielded and goes on: ``wait`` for more."""
+        return self.status == "running"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def raise_for_error(self) -> "Result":
+        """Raises ``LimitExceeded`` or ``CellError`` if the cell failed; returns ``self``."""
+        if self.error is None:
+            return self
+        if self.failure in _LIMITS:
+            raise LimitExceeded(self.error)
+        raise CellError(self.error)
+
+    @classmethod
+    def _from_json(cls, payload: str) -> "Result":
+        value = json.loads(payload)
+        status = {"result": "completed", "yielded": "running", "terminated": "terminated"}[value["type"]]
+        error = value.get("error_text") or None
+        return cls(
+            cell_id=str(value["cell_id"]),
+            items=[_item(item) for item in value["content_items"]],
+            status=status,  # type: ignore[arg-type]
+            error=error,
+            failure=value.get("failure"),
+            wall_time_ms=value["wall_time_ms"],
+            model_text="\n".join(
+                item["text"] for item in value["model_items"] if item["type"] == "input_text"
+            ),
+        )
+
+
+def _raise(payload: str) -> None:
+    error = json.loads(payload)
+    raise _ERRORS.get(error["kind"], CodeModeError)(error["message"])
+
+
+def _default_runtime() -> str | None:
+    """The runtime executable the wheel ships, when it is there."""
+    shipped = os.path.join(os.path.dirname(__file__), "bin", "code-mode-bin")
+    return shipped if os.path.isfile(shipped) else None
+
+
+_background: asyncio.AbstractEventLoop | None = None
+_background_lock = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """The event loop async tools of blocking sessions run on (one thread, made once)."""
+    global _background
+    with _background_lock:
+        if _background is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="code-mode-tools", daemon=True)
+            thread.start()
+            _background = loop
+        return _background
+
+
+class _Dispatcher:
+    """Runs the session's tools for its nested calls; the native session calls
+    ``dispatch`` and ``cancel`` from its own threads, with the GIL."""
+
+    def __init__(self, tools: Mapping[str, Tool], loop: asyncio.AbstractEventLoop | None) -> None:
+        self.tools = dict(tools)
+        self.loop = loop
+        self.native: "weakref.ReferenceType[_native.NativeSession] | None" = None
+        self.running: dict[int, "asyncio.Future[Any] | concurrent.futures.Future[Any]"] = {}
+        self.pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="code-mode-tool")
+
+    def _answer(self, token: int, ok: bool, text: str) -> None:
+        self.running.pop(token, None)
+        native = self.native() if self.native is not None else None
+        if native is not None:
+            native.answer(token, ok, text)
+
+    def _outcome(self, token: int, tool: Tool, call: Callable[[], Any]) -> None:
+        try:
+            self._answer(token, True, to_json(call()))
+        except ToolInputError as error:
+            self._answer(token, False, str(error))
+        except Exception as error:  # the cell's call rejects with the message
+            self._answer(token, False, str(error) or type(error).__name__)
+
+    def dispatch(self, token: int, name: str, input_json: str | None, cell_id: str) -> None:
+        tool = self.tools.get(name)
+        if tool is None:
+            self._answer(token, False, f"no tool named {name}")
+            return
+        if tool.is_async:
+            loop = self.loop or _background_loop()
+            loop.call_soon_threadsafe(self._start_async, token, tool, input_json)
+        else:
+            self.running[token] = self.pool.submit(
+                self._outcome, token, tool, lambda: tool.fn(**tool.arguments(input_json))
+            )
+
+    def _start_async(self, token: int, tool: Tool, input_json: str | None) -> None:
+        async def call() -> None:
+            try:
+                result = await tool.fn(**tool.arguments(input_json))
+                self._answer(token, True, to_json(result))
+            except asyncio.CancelledError:
+                self.running.pop(token, None)
+            except ToolInputError as error:
+                self._answer(token, False, str(error))
+            except Exception as error:
+                self._answer(token, False, str(error) or type(error).__name__)
+
+        self.running[token] = asyncio.ensure_future(call())
+
+    def cancel(self, token: int) -> None:
+        running = self.running.pop(token, None)
+        if running is None:
+            return
+        if isinstance(running, asyncio.Future):
+            running.get_loop().call_soon_threadsafe(running.cancel)
+        else:
+            running.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _options(options: Mapping[str, Any]) -> str:
+    known = {
+        "heap_mb",
+        "cpu_ms",
+        "output_bytes",
+        "max_tool_payload_bytes",
+        "max_in_flight_tool_calls",
+        "max_stored_bytes",
+        "surface",
+        "hibernate_after_ms",
+        "reuse_isolates",
+    }
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown session options: {', '.join(sorted(unknown))}")
+    return json.dumps(dict(options))
+
+
+class _Base:
+    def __init__(
+        self,
+        tools: Iterable[Tool | Callable[..., Any]],
+        loop: asyncio.AbstractEventLoop | None,
+        stored_values: Mapping[str, Any] | None,
+        runtime: str | os.PathLike[str] | None,
+        options: Mapping[str, Any],
+    ) -> None:
+        described = [as_tool(tool) for tool in tools]
+        by_name = {tool.name: tool for tool in described}
+        if len(by_name) != len(described):
+            raise ValueError("two tools have the same name")
+        self._dispatcher = _Dispatcher(by_name, loop)
+        path = os.fspath(runtime) if runtime is not None else _default_runtime()
+        self._native = _native.NativeSession(
+            self._dispatcher,
+            json.dumps([tool.description_json() for tool in described]),
+            _options(options),
+            json.dumps(dict(stored_values)) if stored_values is not None else None,
+            path,
+        )
+        self._dispatcher.native = weakref.ref(self._native)
+
+    @property
+    def stored_values(self) -> dict[str, Any]:
+        """The values committed cells stored (``store``), as JSON values."""
+        return json.loads(self._native.stored_values())
+
+    def tool_specs(self) -> list[dict[str, Any]]:
+        """The ``exec`` and ``wait`` tools to give a model: ``exec`` is a freeform tool whose
+        description explains cells and declares this session's tools in TypeScript."""
+        return json.loads(self._native.tool_specs())
+
+    @property
+    def runtime(self) -> str | None:
+        """Where the session's cells run now (e.g. ``pid 1234``), once one ran."""
+        return self._native.runtime()
+
+    @property
+    def closed(self) -> bool:
+        return self._native.is_closed()
+
+
+class Session(_Base):
+    """A session whose calls block (the GIL is released while they wait).
+
+    ``tools`` are functions (sync or async) or ``Tool``\\ s. Options: ``heap_mb``,
+    ``cpu_ms``, ``output_bytes``, ``max_tool_payload_bytes``,
+    ``max_in_flight_tool_calls``, ``max_stored_bytes``, ``surface`` (``"contract"`` or
+    ``"codex"``), ``hibernate_after_ms`` (``None``: never), ``reuse_isolates``.
+    """
+
+    def __init__(
+        self,
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        *,
+        stored_values: Mapping[str, Any] | None = None,
+        runtime: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(tools, None, stored_values, runtime, options)
+
+    def exec(self, source: str, *, yield_time_ms: int | None = None) -> Result:
+        """Runs a cell until it completes or yields (its first line may be the
+        ``// @exec:`` pragma)."""
+        return Result._from_json(self._native.exec(source, yield_time_ms))
+
+    def wait(self, cell_id: str, *, yield_time_ms: int | None = None) -> Result:
+        """Waits on a running cell until it completes or yields again."""
+        return Result._from_json(self._native.wait(cell_id, yield_time_ms))
+
+    def terminate(self, cell_id: str) -> Result:
+        """Stops a running cell; the result holds what it output and had not returned."""
+        return Result._from_json(self._native.terminate(cell_id))
+
+    def close(self) -> None:
+        """Shuts the session down (running cells stop). Idempotent."""
+        self._native.close()
+        self._dispatcher.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class AsyncSession(_Base):
+    """A session for asyncio: the same as ``Session``, its calls awaited. Async tools run
+    on the event loop the session was opened on; cancelling an ``exec`` terminates its
+    cell."""
+
+    def __init__(
+        self,
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        *,
+        stored_values: Mapping[str, Any] | None = None,
+        runtime: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        super().__init__(tools, loop, stored_values, runtime, options)
+
+    async def _call(self, start: Callable[[Callable[[bool, str], None]], Any]) -> Result:
+        loop = asyncio.get_running_loop()
+        if self._dispatcher.loop is None:
+            self._dispatcher.loop = loop
+        future: asyncio.Future[tuple[bool, str]] = loop.create_future()
+
+        def settle(ok: bool, payload: str) -> None:
+            if not future.done():
+                future.set_result((ok, payload))
+
+        def done(ok: bool, payload: str) -> None:  # on a native thread
+            loop.call_soon_threadsafe(settle, ok, payload)
+
+        handle = start(done)
+        try:
+            ok, payload = await future
+        except asyncio.CancelledError:
+            if handle is not None:
+                # The cell is terminated; the cancellation ends once it is, so that the
+                # caller's next call finds it gone.
+                handle.cancel()
+                try:
+                    await asyncio.shield(future)
+                except BaseException:  # noqa: BLE001 - only the wait is of interest
+                    pass
+            raise
+        if not ok:
+            _raise(payload)
+        return Result._from_json(payload)
+
+    async def exec(self, source: str, *, yield_time_ms: int | None = None) -> Result:
+        """Runs a cell until it completes or yields; cancelling the await terminates it."""
+        return await self._call(lambda done: self._native.exec_async(source, yield_time_ms, done))
+
+    async def wait(self, cell_id: str, *, yield_time_ms: int | None = None) -> Result:
+        return await self._call(lambda done: self._native.wait_async(cell_id, yield_time_ms, done))
+
+    async def terminate(self, cell_id: str) -> Result:
+        return await self._call(lambda done: self._native.terminate_async(cell_id, done))
+
+    async def close(self) -> None:
+        """Shuts the session down (running cells stop). Idempotent."""
+        await asyncio.get_running_loop().run_in_executor(None, self._native.close)
+        self._dispatcher.close()
+
+    async def __aenter__(self) -> "AsyncSession":
+        if self._dispatcher.loop is None:
+            self._dispatcher.loop = asyncio.get_running_loop()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+def run(
+    source: str,
+    tools: Sequence[Tool | Callable[..., Any]] = (),
+    **options: Any,
+) -> Result:
+    """Runs one cell in a fresh session and returns its result (the session is closed
+    after; a cell still running is stopped)."""
+    with Session(tools, **options) as session:
+        return session.exec(source)

@@ -1,0 +1,105 @@
+//! The session's delegate: each nested tool call goes to the Python dispatcher, which
+//! runs the tool (on the calling event loop or a worker thread) and gives the answer back
+//! through [`Answers::give`], by the call's token. A cancelled call tells the dispatcher
+//! too, so that an async tool is cancelled rather than left running.
+
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError};
+use pyo3::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// The answers nested calls wait for, by token.
+#[derive(Default)]
+pub(crate) struct Answers {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Result<JsonText, ToolError>>>>,
+}
+
+impl Answers {
+    /// A fresh token and the receiver of its answer.
+    fn open(&self) -> (u64, oneshot::Receiver<Result<JsonText, ToolError>>) {
+        let token = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.waiting).insert(token, sender);
+        (token, receiver)
+    }
+
+    /// Gives call `token` its answer; `false` when nothing waits for it any more (it was
+    /// cancelled, or answered already).
+    pub(crate) fn give(&self, token: u64, answer: Result<JsonText, ToolError>) -> bool {
+        match lock(&self.waiting).remove(&token) {
+            Some(sender) => sender.send(answer).is_ok(),
+            None => false,
+        }
+    }
+
+    fn forget(&self, token: u64) {
+        lock(&self.waiting).remove(&token);
+    }
+}
+
+/// A session's delegate over a Python dispatcher: `dispatch(token, name, input, cell_id)`
+/// starts a call (`input` is the argument's JSON text or `None`), `cancel(token)` gives it
+/// up. Both return at once; the answer comes through [`Answers::give`].
+pub(crate) struct PyDelegate {
+    pub(crate) dispatcher: Py<PyAny>,
+    pub(crate) answers: Arc<Answers>,
+}
+
+impl PyDelegate {
+    fn start(&self, call: &NestedToolCall, token: u64) -> Result<(), ToolError> {
+        Python::attach(|py| {
+            let input = call.input.as_ref().map(|input| input.as_str().to_owned());
+            self.dispatcher
+                .call_method1(
+                    py,
+                    "dispatch",
+                    (
+                        token,
+                        call.tool_name.as_str(),
+                        input,
+                        call.cell_id.to_string(),
+                    ),
+                )
+                .map(drop)
+                .map_err(|error| ToolError::new(format!("the tool could not be started: {error}")))
+        })
+    }
+
+    fn cancel(&self, token: u64) {
+        self.answers.forget(token);
+        Python::attach(|py| {
+            if let Err(error) = self.dispatcher.call_method1(py, "cancel", (token,)) {
+                error.print(py);
+            }
+        });
+    }
+}
+
+impl CodeModeSessionDelegate for PyDelegate {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        Box::pin(async move {
+            let (token, answer) = self.answers.open();
+            if let Err(error) = self.start(&call, token) {
+                self.answers.forget(token);
+                return Err(error);
+            }
+            tokio::select! {
+                answer = answer => answer.unwrap_or_else(|_| Err(ToolError::cancelled())),
+                () = cancel.cancelled() => {
+                    self.cancel(token);
+                    Err(ToolError::cancelled())
+                }
+            }
+        })
+    }
+}

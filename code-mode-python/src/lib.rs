@@ -1,0 +1,27 @@
+//! `code_mode._native`, the native half of the Python package `code_mode`
+//! (`python/code_mode/`): sessions of the host crate, whose cells run in the sandboxed
+//! runtime process the wheel ships, driven from Python.
+//!
+//! `session` is the session and its blocking and callback forms; `delegate` hands nested
+//! calls to the Python dispatcher and takes their answers back; `options` reads what
+//! Python passes (as JSON); `runtime` holds the tokio runtime and the shared provider;
+//! `errors` the exceptions. Everything a Python user sees of the API is written in Python
+//! over these.
+
+mod delegate;
+mod errors;
+mod options;
+mod runtime;
+mod session;
+
+use pyo3::prelude::*;
+
+/// The native module.
+#[pymodule]
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<session::NativeSession>()?;
+    module.add_class::<session::ExecHandle>()?;
+    errors::register(module)?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

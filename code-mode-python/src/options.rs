@@ -1,0 +1,109 @@
+//! What Python hands a new session, as JSON: its tools, its options and the stored values
+//! it starts from. A bad value is a `ValueError` that names it.
+
+use code_mode_protocol::{CellLimits, JsonText, SessionOptions, StoredValues, Surface, ToolKind};
+use code_mode_surface::ToolDescription;
+use pyo3::PyResult;
+use pyo3::exceptions::PyValueError;
+use serde_json::{Map, Value};
+
+fn parse(what: &str, text: &str) -> PyResult<Value> {
+    serde_json::from_str(text).map_err(|error| PyValueError::new_err(format!("{what}: {error}")))
+}
+
+/// `[{"name", "description", "input_schema", "deferred"}]`.
+pub(crate) fn tools(text: &str) -> PyResult<Vec<ToolDescription>> {
+    let Value::Array(tools) = parse("tools", text)? else {
+        return Err(PyValueError::new_err("tools: expected a list"));
+    };
+    tools
+        .into_iter()
+        .map(|tool| {
+            let name = tool["name"]
+                .as_str()
+                .filter(|name| !name.is_empty())
+                .ok_or_else(|| PyValueError::new_err("a tool needs a name"))?;
+            Ok(ToolDescription {
+                name: name.to_owned(),
+                description: tool["description"].as_str().unwrap_or_default().to_owned(),
+                kind: ToolKind::Function,
+                input_schema: tool
+                    .get("input_schema")
+                    .filter(|schema| !schema.is_null())
+                    .cloned(),
+                output_schema: tool
+                    .get("output_schema")
+                    .filter(|schema| !schema.is_null())
+                    .cloned(),
+                deferred: tool["deferred"].as_bool().unwrap_or(false),
+                ..ToolDescription::default()
+            })
+        })
+        .collect()
+}
+
+/// A number option: absent or `null` is `None`, anything but a non-negative integer is
+/// refused.
+fn number(options: &Map<String, Value>, key: &str) -> PyResult<Option<u64>> {
+    match options.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "{key}: expected a non-negative integer, got {value}"
+            ))
+        }),
+    }
+}
+
+/// `{"heap_mb", "cpu_ms", "output_bytes", "max_tool_payload_bytes",
+/// "max_in_flight_tool_calls", "max_stored_bytes", "surface": "contract"|"codex",
+/// "hibernate_after_ms" (null: never), "reuse_isolates"}`.
+pub(crate) fn session_options(text: &str) -> PyResult<SessionOptions> {
+    let Value::Object(options) = parse("options", text)? else {
+        return Err(PyValueError::new_err("options: expected an object"));
+    };
+    let mut session = SessionOptions::default();
+    let defaults = CellLimits::default();
+    session.limits = CellLimits {
+        heap_bytes: number(&options, "heap_mb")?.map_or(defaults.heap_bytes, |mb| mb * 1024 * 1024),
+        cpu_budget_ms: number(&options, "cpu_ms")?.unwrap_or(defaults.cpu_budget_ms),
+        output_bytes: number(&options, "output_bytes")?.unwrap_or(defaults.output_bytes),
+        max_in_flight_tool_calls: number(&options, "max_in_flight_tool_calls")?
+            .unwrap_or(defaults.max_in_flight_tool_calls),
+        max_tool_payload_bytes: number(&options, "max_tool_payload_bytes")?
+            .unwrap_or(defaults.max_tool_payload_bytes),
+    };
+    if let Some(bytes) = number(&options, "max_stored_bytes")? {
+        session.max_stored_bytes = bytes;
+    }
+    session.surface = match options.get("surface").and_then(Value::as_str) {
+        None | Some("contract") => Surface::Contract,
+        Some("codex") => Surface::Codex,
+        Some(other) => {
+            return Err(PyValueError::new_err(format!(
+                "surface: expected \"contract\" or \"codex\", got {other:?}"
+            )));
+        }
+    };
+    if options.contains_key("hibernate_after_ms") {
+        session.hibernate_after_ms = number(&options, "hibernate_after_ms")?;
+    }
+    if let Some(reuse) = options.get("reuse_isolates").and_then(Value::as_bool) {
+        session.reuse_isolates = reuse;
+    }
+    Ok(session)
+}
+
+/// A JSON object of stored values (`None`: none).
+pub(crate) fn stored_values(text: Option<&str>) -> PyResult<StoredValues> {
+    let Some(text) = text else {
+        return Ok(StoredValues::new());
+    };
+    let Value::Object(values) = parse("stored values", text)? else {
+        return Err(PyValueError::new_err("stored values: expected an object"));
+    };
+    Ok(values
+        .iter()
+        .map(|(key, value)| (key.clone(), JsonText::from_value(value).as_str().into()))
+        .collect())
+}

@@ -1,0 +1,316 @@
+//! `NativeSession`: one host session with its tools, driven from Python. Every method has
+//! a blocking form, which releases the GIL while the runtime works, and an `_async` form,
+//! which runs on the extension's tokio runtime and reports to a Python callback once
+//! (`done(ok, payload)`); the Python layer makes an asyncio future of it.
+//!
+//! Answers cross as JSON text: a cell response in the JSON form every front end shares
+//! (`code_mode_surface::json`), with `model_items` beside it, the text a model reads for
+//! it (the formatter's, within the exec's `max_output_tokens`).
+
+use crate::delegate::{Answers, PyDelegate};
+use crate::errors::raise;
+use code_mode_host::{HostedSession, RuntimeSession};
+use code_mode_protocol::{
+    CellId, CellResponse, CodeModeProvider, CodeModeSession, ExecHooks, ExecRequest, JsonText,
+    SessionError, ToolDefinition, ToolError, WaitRequest,
+};
+use code_mode_surface::{
+    DEFAULT_MAX_OUTPUT_TOKENS, ToolDescription, exec_tool_spec, format_response, parse_exec_source,
+    wait_tool_spec,
+};
+use pyo3::prelude::*;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// A session of `code_mode`, with the tools every cell of it may call.
+#[pyclass(module = "code_mode._native", frozen, weakref)]
+pub struct NativeSession {
+    session: Arc<RuntimeSession>,
+    answers: Arc<Answers>,
+    descriptions: Vec<ToolDescription>,
+    tools: Arc<[ToolDefinition]>,
+    closed: AtomicBool,
+}
+
+/// A running `exec_async`: cancelling it terminates its cell (at once if the cell was
+/// admitted, else as soon as it is).
+#[pyclass(module = "code_mode._native", frozen)]
+pub struct ExecHandle {
+    cancel: CancellationToken,
+}
+
+#[pymethods]
+impl ExecHandle {
+    /// Terminates the cell this exec started (once it is admitted).
+    fn cancel(&self) {
+        self.cancel.cancel();
+    }
+}
+
+#[pymethods]
+impl NativeSession {
+    /// Opens a session on the runtime `runtime` names (the executable the package ships,
+    /// by default); `tools` is a JSON list of `{name, description, input_schema, deferred}`,
+    /// `options` a JSON object (see `code_mode.Session`), `stored` the JSON object of the
+    /// stored values to start from.
+    #[new]
+    #[pyo3(signature = (dispatcher, tools, options, stored=None, runtime=None))]
+    fn new(
+        dispatcher: Py<PyAny>,
+        tools: &str,
+        options: &str,
+        stored: Option<&str>,
+        runtime: Option<String>,
+    ) -> PyResult<Self> {
+        let descriptions = crate::options::tools(tools)?;
+        let options = crate::options::session_options(options)?;
+        let stored = crate::options::stored_values(stored)?;
+        let provider = crate::runtime::provider(runtime)?;
+        let answers = Arc::new(Answers::default());
+        let delegate = Arc::new(PyDelegate {
+            dispatcher,
+            answers: Arc::clone(&answers),
+        });
+        let session = {
+            let _entered = crate::runtime::tokio().enter();
+            provider.open_session_with_values(delegate, options, stored)
+        };
+        let tools: Arc<[ToolDefinition]> = descriptions
+            .iter()
+            .map(ToolDescription::definition)
+            .collect();
+        Ok(Self {
+            session: Arc::new(session),
+            answers,
+            descriptions,
+            tools,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs a cell (its first line may be the `// @exec:` pragma) until it completes or
+    /// yields; returns the response's JSON.
+    #[pyo3(signature = (source, yield_time_ms=None))]
+    fn exec(&self, py: Python<'_>, source: &str, yield_time_ms: Option<u64>) -> PyResult<String> {
+        let run = self.exec_future(source, yield_time_ms, CancellationToken::new())?;
+        block(py, run)
+    }
+
+    /// [`Self::exec`], reporting to `done(ok, payload)`.
+    #[pyo3(signature = (source, yield_time_ms, done))]
+    fn exec_async(
+        &self,
+        source: &str,
+        yield_time_ms: Option<u64>,
+        done: Py<PyAny>,
+    ) -> PyResult<ExecHandle> {
+        let cancel = CancellationToken::new();
+        let run = self.exec_future(source, yield_time_ms, cancel.clone())?;
+        spawn(run, done);
+        Ok(ExecHandle { cancel })
+    }
+
+    /// Waits on a running cell until it completes or yields again.
+    #[pyo3(signature = (cell_id, yield_time_ms=None))]
+    fn wait(&self, py: Python<'_>, cell_id: &str, yield_time_ms: Option<u64>) -> PyResult<String> {
+        let run = self.wait_future(cell_id, yield_time_ms)?;
+        block(py, run)
+    }
+
+    #[pyo3(signature = (cell_id, yield_time_ms, done))]
+    fn wait_async(
+        &self,
+        cell_id: &str,
+        yield_time_ms: Option<u64>,
+        done: Py<PyAny>,
+    ) -> PyResult<()> {
+        spawn(self.wait_future(cell_id, yield_time_ms)?, done);
+        Ok(())
+    }
+
+    /// Stops a running cell; returns what it produced and had not returned.
+    fn terminate(&self, py: Python<'_>, cell_id: &str) -> PyResult<String> {
+        block(py, self.terminate_future(cell_id)?)
+    }
+
+    fn terminate_async(&self, cell_id: &str, done: Py<PyAny>) -> PyResult<()> {
+        spawn(self.terminate_future(cell_id)?, done);
+        Ok(())
+    }
+
+    /// The committed stored values, as a JSON object.
+    fn stored_values(&self) -> String {
+        let values: serde_json::Map<String, Value> = self
+            .session
+            .stored_values()
+            .iter()
+            .map(|(key, value)| {
+                let value = serde_json::from_str(value).unwrap_or(Value::Null);
+                (key.clone(), value)
+            })
+            .collect();
+        Value::Object(values).to_string()
+    }
+
+    /// Gives nested call `token` its answer: the result's JSON text when `ok`, else the
+    /// error message the cell's call rejects with. `False` when nothing waits for it.
+    fn answer(&self, token: u64, ok: bool, text: String) -> bool {
+        let answer = if ok {
+            Ok(JsonText::new(text))
+        } else {
+            Err(ToolError::new(text))
+        };
+        self.answers.give(token, answer)
+    }
+
+    /// The `exec` and `wait` tool specs a model is given, as a JSON list: `exec`'s
+    /// description declares this session's tools in TypeScript.
+    fn tool_specs(&self) -> String {
+        let specs = [exec_tool_spec(&self.descriptions), wait_tool_spec()];
+        Value::Array(specs.iter().map(|spec| spec.to_json()).collect()).to_string()
+    }
+
+    /// Where the session's cells run now (e.g. `pid 1234`), once it has run one.
+    fn runtime(&self) -> Option<String> {
+        HostedSession::runtime(&self.session)
+    }
+
+    /// Shuts the session down: running cells are stopped. Idempotent.
+    fn close(&self, py: Python<'_>) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let session = Arc::clone(&self.session);
+        py.detach(|| crate::runtime::tokio().block_on(session.shutdown()));
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// What a call answers: a response and the output budget its model text is cut to.
+type Answer = Result<(CellResponse, u64), SessionError>;
+
+impl NativeSession {
+    fn check_open(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(crate::errors::SessionClosed::new_err(
+                "the session is closed",
+            ));
+        }
+        Ok(())
+    }
+
+    fn exec_future(
+        &self,
+        source: &str,
+        yield_time_ms: Option<u64>,
+        cancel: CancellationToken,
+    ) -> PyResult<impl Future<Output = Answer> + Send + 'static> {
+        self.check_open()?;
+        let parsed = parse_exec_source(source)
+            .map_err(|error| crate::errors::CodeModeError::new_err(error.to_string()))?;
+        let budget = parsed
+            .max_output_tokens
+            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+        let mut request = ExecRequest::new(parsed.source).with_tools(Arc::clone(&self.tools));
+        request.yield_time_ms = yield_time_ms.or(parsed.yield_time_ms);
+        let session = Arc::clone(&self.session);
+        // The cell is terminated when the caller gives up: at once if it was admitted,
+        // else as soon as it is.
+        let admitted: Arc<Mutex<Option<CellId>>> = Arc::default();
+        let seen = Arc::clone(&admitted);
+        let hooks = ExecHooks::default().on_admitted(move |cell_id| {
+            *code_mode_protocol::sync::lock(&seen) = Some(cell_id.clone());
+        });
+        Ok(async move {
+            let run = session.execute_with(request, hooks);
+            tokio::select! {
+                started = run => started.map(|started| (started.initial_response, budget)),
+                () = cancel.cancelled() => {
+                    let cell = code_mode_protocol::sync::lock(&admitted).clone();
+                    match cell {
+                        Some(cell_id) => session.terminate(cell_id).await.map(|r| (r, budget)),
+                        None => Err(SessionError::Runtime("the exec was cancelled before its cell started".into())),
+                    }
+                }
+            }
+        })
+    }
+
+    fn wait_future(
+        &self,
+        cell_id: &str,
+        yield_time_ms: Option<u64>,
+    ) -> PyResult<impl Future<Output = Answer> + Send + 'static> {
+        self.check_open()?;
+        let session = Arc::clone(&self.session);
+        let request = WaitRequest {
+            cell_id: CellId::from(cell_id),
+            yield_time_ms,
+        };
+        Ok(async move {
+            session
+                .wait(request)
+                .await
+                .map(|response| (response, DEFAULT_MAX_OUTPUT_TOKENS))
+        })
+    }
+
+    fn terminate_future(
+        &self,
+        cell_id: &str,
+    ) -> PyResult<impl Future<Output = Answer> + Send + 'static> {
+        self.check_open()?;
+        let session = Arc::clone(&self.session);
+        let cell_id = CellId::from(cell_id);
+        Ok(async move {
+            session
+                .terminate(cell_id)
+                .await
+                .map(|response| (response, DEFAULT_MAX_OUTPUT_TOKENS))
+        })
+    }
+}
+
+/// A response as Python reads it: the shared JSON form, and the model's text of it.
+fn response_text(response: &CellResponse, budget: u64) -> String {
+    let mut value = code_mode_surface::json::response_json(response);
+    let model = format_response(response, budget);
+    value["model_items"] = code_mode_surface::json::items_json(&model);
+    value.to_string()
+}
+
+/// Runs `run` to its end with the GIL released.
+fn block(py: Python<'_>, run: impl Future<Output = Answer> + Send + 'static) -> PyResult<String> {
+    match py.detach(|| crate::runtime::tokio().block_on(run)) {
+        Ok((response, budget)) => Ok(response_text(&response, budget)),
+        Err(error) => Err(raise(&error)),
+    }
+}
+
+/// Runs `run` on the runtime and calls `done(True, response)` or `done(False, error)`
+/// (the error as `{"kind": ..., "message": ...}`) once, with the GIL.
+fn spawn(run: impl Future<Output = Answer> + Send + 'static, done: Py<PyAny>) {
+    crate::runtime::tokio().spawn(async move {
+        let (ok, payload) = match run.await {
+            Ok((response, budget)) => (true, response_text(&response, budget)),
+            Err(error) => {
+                let (kind, message) = crate::errors::describe(&error);
+                (
+                    false,
+                    json!({ "kind": kind, "message": message }).to_string(),
+                )
+            }
+        };
+        Python::attach(|py| {
+            if let Err(error) = done.call1(py, (ok, payload)) {
+                error.print(py);
+            }
+        });
+    });
+}

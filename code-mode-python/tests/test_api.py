@@ -1,0 +1,198 @@
+"""The API: run, Session and AsyncSession, tools sync and async, results, errors."""
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+import code_mode
+
+
+def add(a: int, b: int) -> int:
+    """Adds two numbers.
+
+    More text that is not part of the summary.
+    """
+    return a + b
+
+
+async def slow_upper(text: str, delay_ms: int = 10) -> str:
+    """Upper-cases text, after a pause."""
+    await asyncio.sleep(delay_ms / 1000)
+    return text.upper()
+
+
+def explode(reason: str) -> None:
+    """Always fails."""
+    raise RuntimeError(f"exploded: {reason}")
+
+
+def test_run_calls_a_sync_tool_and_returns_the_text():
+    result = code_mode.run("text(await tools.add({a: 2, b: 40}))", tools=[add])
+    assert result.text == "42"
+    assert result.status == "completed" and result.ok and not result.running
+    assert result.error is None and result.failure is None
+    assert result.items == [code_mode.TextItem("42")]
+    assert result.model_text.startswith("Script completed")
+
+
+def test_an_async_tool_runs_in_a_blocking_session():
+    with code_mode.Session([slow_upper]) as session:
+        result = session.exec("text(await tools.slow_upper({text: 'abc'}))")
+    assert result.text == "ABC"
+
+
+def test_an_async_session_runs_sync_and_async_tools_on_its_loop():
+    seen = []
+
+    async def note(value: str) -> str:
+        seen.append((value, threading.current_thread() is threading.main_thread()))
+        return value
+
+    async def main():
+        async with code_mode.AsyncSession([add, note]) as session:
+            result = await session.exec(
+                "const [x, y] = await Promise.all([tools.add({a: 1, b: 2}), tools.note({value: 'v'})]); text(x); text(y)"
+            )
+            return result
+
+    result = asyncio.run(main())
+    assert result.text == "3\nv"
+    # The async tool ran on the session's own event loop, in the main thread.
+    assert seen == [("v", True)]
+
+
+def test_a_tool_that_raises_rejects_the_call_and_the_cell_goes_on():
+    source = """
+    try { await tools.explode({reason: 'boom'}); } catch (error) { text('caught: ' + error); }
+    text('after');
+    """
+    result = code_mode.run(source, tools=[explode])
+    assert result.text == "caught: exploded: boom\nafter"
+    uncaught = code_mode.run("await tools.explode({reason: 'x'})", tools=[explode])
+    assert uncaught.failure == "script_error"
+    assert "exploded: x" in uncaught.error
+    with pytest.raises(code_mode.CellError, match="exploded: x"):
+        uncaught.raise_for_error()
+
+
+def test_arguments_are_checked_against_the_schema():
+    result = code_mode.run(
+        "try { await tools.add({a: 'one'}); } catch (e) { text(String(e)); }", tools=[add]
+    )
+    assert result.text.startswith("invalid arguments:"), result.text
+    assert "a" in result.text and "b" in result.text
+
+
+def test_a_result_that_is_not_json_is_a_clear_error():
+    def handle() -> object:
+        """Returns something JSON cannot hold."""
+        return object()
+
+    result = code_mode.run("try { await tools.handle(); } catch (e) { text(String(e)); }", tools=[handle])
+    assert result.text.startswith("the tool's result is not JSON"), result.text
+
+
+def test_yield_then_wait_then_terminate():
+    with code_mode.Session() as session:
+        first = session.exec(
+            "text('one'); await new Promise((r) => setTimeout(r, 300)); text('two')",
+            yield_time_ms=50,
+        )
+        assert first.running and first.text == "one"
+        done = session.wait(first.cell_id, yield_time_ms=5000)
+        assert done.status == "completed" and done.text == "two"
+        endless = session.exec("text('x'); await new Promise((r) => setTimeout(r, 60000))", yield_time_ms=50)
+        assert endless.running
+        stopped = session.terminate(endless.cell_id)
+        assert stopped.status == "terminated"
+
+
+def test_stored_values_last_across_cells_and_can_start_a_session():
+    with code_mode.Session(stored_values={"seed": {"n": 1}}) as session:
+        session.exec("store('k', load('seed').n + 1)")
+        assert session.exec("text(load('k'))").text == "2"
+        assert session.stored_values == {"seed": {"n": 1}, "k": 2}
+
+
+def test_cancelling_an_async_exec_terminates_its_cell():
+    started = threading.Event()
+
+    def mark() -> str:
+        """Marks the cell as started."""
+        started.set()
+        return "ok"
+
+    async def main():
+        async with code_mode.AsyncSession([mark]) as session:
+            task = asyncio.ensure_future(
+                session.exec("await tools.mark(); await new Promise((r) => setTimeout(r, 60000))")
+            )
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The cell is gone: a wait on it answers at once (terminated or not found).
+            after = await session.wait("1", yield_time_ms=5000)
+            return after
+
+    after = asyncio.run(main())
+    assert after.status in ("terminated", "completed")
+    assert not after.running
+
+
+def test_tool_specs_declare_the_tools_in_typescript():
+    with code_mode.Session([add]) as session:
+        specs = session.tool_specs()
+    assert [spec["name"] for spec in specs] == ["exec", "wait"]
+    description = specs[0]["description"]
+    assert "add" in description and "Adds two numbers." in description
+    assert "a: number" in description and "b: number" in description
+    assert specs[1]["parameters"]["required"] == ["cell_id"]
+
+
+def test_an_explicit_tool_and_a_deferred_one():
+    lookup = code_mode.Tool(
+        name="lookup",
+        description="Looks a key up.",
+        schema={"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]},
+        fn=lambda key: {"key": key, "found": True},
+        deferred=True,
+    )
+    with code_mode.Session([lookup]) as session:
+        assert "Looks a key up." not in session.tool_specs()[0]["description"]
+        result = session.exec("const r = await tools.lookup({key: 'k'}); text(JSON.stringify(r))")
+    assert json.loads(result.text) == {"key": "k", "found": True}
+
+
+def test_unknown_options_and_a_closed_session_are_refused():
+    with pytest.raises(TypeError, match="heap_gb"):
+        code_mode.Session(heap_gb=1)
+    session = code_mode.Session()
+    session.close()
+    session.close()
+    with pytest.raises(code_mode.SessionClosed):
+        session.exec("text(1)")
+
+
+def test_a_missing_runtime_is_runtime_unavailable_with_its_fix(tmp_path):
+    with code_mode.Session(runtime=tmp_path / "no-such-runtime") as session:
+        with pytest.raises(code_mode.RuntimeUnavailable) as raised:
+            session.exec("text(1)")
+    assert "no-such-runtime" in str(raised.value)
+
+
+def test_a_ten_megabyte_argument_hits_the_payload_cap():
+    def echo(text: str) -> int:
+        """Returns the length of the text."""
+        return len(text)
+
+    result = code_mode.run(
+        "try { await tools.echo({text: 'x'.repeat(10 * 1024 * 1024)}); text('sent'); } catch (e) { text(String(e)); }",
+        tools=[echo],
+        max_tool_payload_bytes=1024 * 1024,
+    )
+    assert result.text != "sent"
+    assert "limit" in result.text or "bytes" in result.text, result.text

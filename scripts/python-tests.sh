@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The Python package's tests (code-mode-python/tests): builds the tests' wheel
+# (scripts/python-package.sh debug, which needs `cargo build -p code-mode-bin` first),
+# installs it into the package's pinned virtualenv and runs pytest there, from the tests'
+# directory so that `import code_mode` is the installed wheel. `.ci/run` runs it after the
+# Rust tests. Arguments go to pytest (e.g. `-k crash`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+wheel="$(scripts/python-package.sh debug)"
+cd code-mode-python
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+cd tests
+CODE_MODE_WHEEL="$wheel" exec ../.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
