@@ -45,6 +45,9 @@ create_exception!(
     "A cell reached one of its limits (heap, CPU time) and was stopped."
 );
 
+/// How to fix a runtime that could not start, for Python's user.
+const RUNTIME_FIX: &str = "to fix it, reinstall code-mode-runtime (its wheel ships the runtime as code_mode/bin/code-mode-bin), or pass runtime= (or set $CODE_MODE_BIN) to a code-mode-bin executable";
+
 /// The exception's name and message for `error`.
 pub(crate) fn describe(error: &SessionError) -> (&'static str, String) {
     let kind = match error {
@@ -61,7 +64,11 @@ pub(crate) fn describe(error: &SessionError) -> (&'static str, String) {
         | SessionError::BusyObserver(_)
         | SessionError::AlreadyTerminating(_) => "CodeModeError",
     };
-    (kind, error.to_string())
+    let message = match kind {
+        "RuntimeUnavailable" => format!("{error}; {RUNTIME_FIX}"),
+        _ => error.to_string(),
+    };
+    (kind, message)
 }
 
 /// The exception for `error`.

@@ -182,6 +182,7 @@ def test_a_missing_runtime_is_runtime_unavailable_with_its_fix(tmp_path):
         with pytest.raises(code_mode.RuntimeUnavailable) as raised:
             session.exec("text(1)")
     assert "no-such-runtime" in str(raised.value)
+    assert "to fix it" in str(raised.value) and "CODE_MODE_BIN" in str(raised.value)
 
 
 def test_a_ten_megabyte_argument_hits_the_payload_cap():

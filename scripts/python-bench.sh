@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The Python package's benchmark (benches/python/bench.py): builds the release wheel
+# (scripts/python-package.sh) and the Rust API's peer (`python_peer`, release), installs
+# the wheel and mini-racer (pinned in benches/python/requirements.txt) into a virtualenv
+# of their own, and runs the interleaved rounds. Arguments go to bench.py.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+wheel="$(scripts/python-package.sh)"
+peer="$(cargo bench --quiet -p code-mode-benches --bench python_peer --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')"
+venv=benches/python/.venv
+if [ ! -x "$venv/bin/python" ] || ! cmp -s benches/python/requirements.txt "$venv/requirements.installed"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r benches/python/requirements.txt
+  cp benches/python/requirements.txt "$venv/requirements.installed"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+# The peer's runtime is the same release build the wheel ships.
+CODE_MODE_BIN="$PWD/target/dist/code-mode-bin" "$venv/bin/python" benches/python/bench.py --peer "$peer" "$@"
