@@ -3,7 +3,8 @@
 # maturin from the pinned virtualenv (code-mode-python/.venv, made from
 # requirements-test.txt, every package pinned and installed with --no-deps; rebuilt when
 # the pins change). The wheel ships the runtime executable, stripped, beside the extension.
-#   scripts/python-package.sh          the wheel users install: the `dist` runtime and a
+#   scripts/python-package.sh          the wheel users install: the release runtime,
+#                                      stripped (what the `dist` profile would give), and a
 #                                      release extension (builds the runtime if need be)
 #   scripts/python-package.sh debug    the tests' wheel, from target/debug (quicker)
 # Prints the wheel's path.
@@ -17,8 +18,8 @@ command -v python3 >/dev/null || {
 }
 case "$mode" in
   release)
-    cargo build --quiet --profile dist -p code-mode-bin
-    runtime=target/dist/code-mode-bin
+    cargo build --quiet --release -p code-mode-bin
+    runtime=target/release/code-mode-bin
     release=(--release)
     ;;
   debug)
