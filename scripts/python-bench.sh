@@ -17,4 +17,4 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s benches/python/requirements.txt "$ven
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheel"
 # The peer's runtime is the same release build the wheel ships.
-CODE_MODE_BIN="$PWD/target/release/code-mode-bin" "$venv/bin/python" benches/python/bench.py --peer "$peer" "$@"
+CODE_MODE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/code-mode-bin" "$venv/bin/python" benches/python/bench.py --peer "$peer" "$@"

@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode="${1:-release}"
+target="${CARGO_TARGET_DIR:-$PWD/target}"
 
 command -v python3 >/dev/null || {
   echo "python-package: python3 (3.10 or later) is not installed" >&2
@@ -19,11 +20,11 @@ command -v python3 >/dev/null || {
 case "$mode" in
   release)
     cargo build --quiet --release -p code-mode-bin
-    runtime=target/release/code-mode-bin
+    runtime="$target/release/code-mode-bin"
     release=(--release)
     ;;
   debug)
-    runtime=target/debug/code-mode-bin
+    runtime="$target/debug/code-mode-bin"
     release=()
     [ -x "$runtime" ] || {
       echo "python-package: $runtime is missing; run \`cargo build -p code-mode-bin\` first" >&2
@@ -47,7 +48,7 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s requirements-test.txt "$venv/requirem
 fi
 
 mkdir -p python/code_mode/bin
-strip -o python/code_mode/bin/code-mode-bin "../$runtime"
+strip -o python/code_mode/bin/code-mode-bin "$runtime"
 rm -rf dist
 "$venv/bin/maturin" build --quiet "${release[@]}" --out dist --interpreter "$venv/bin/python" >&2
 ls "$PWD"/dist/*.whl

@@ -43,12 +43,16 @@ impl Answers {
     }
 }
 
-/// A session's delegate over a Python dispatcher: `dispatch(token, name, input, cell_id)`
-/// starts a call (`input` is the argument's JSON text or `None`), `cancel(token)` gives it
-/// up. Both return at once; the answer comes through [`Answers::give`].
+/// A session's delegate over a Python dispatcher. A sync tool runs on a thread of the
+/// runtime's blocking pool: `run_sync(name, input, cell_id)` returns `(ok, text)` (`input`
+/// is the argument's JSON text or `None`). An async tool is started on its event loop:
+/// `dispatch(token, name, input, cell_id)` returns at once, `cancel(token)` gives the call
+/// up, and the answer comes through [`Answers::give`].
 pub(crate) struct PyDelegate {
-    pub(crate) dispatcher: Py<PyAny>,
+    pub(crate) dispatcher: Arc<Py<PyAny>>,
     pub(crate) answers: Arc<Answers>,
+    /// The names of the tools that are coroutine functions.
+    pub(crate) async_tools: std::collections::HashSet<String>,
 }
 
 impl PyDelegate {
@@ -81,12 +85,43 @@ impl PyDelegate {
     }
 }
 
+/// Runs a sync tool on the calling thread (a blocking-pool thread), with the GIL.
+fn run_sync(dispatcher: &Py<PyAny>, call: &NestedToolCall) -> Result<JsonText, ToolError> {
+    Python::attach(|py| {
+        let input = call.input.as_ref().map(|input| input.as_str().to_owned());
+        let outcome = dispatcher
+            .call_method1(
+                py,
+                "run_sync",
+                (call.tool_name.as_str(), input, call.cell_id.to_string()),
+            )
+            .and_then(|outcome| outcome.extract::<(bool, String)>(py));
+        match outcome {
+            Ok((true, text)) => Ok(JsonText::new(text)),
+            Ok((false, message)) => Err(ToolError::new(message)),
+            Err(error) => Err(ToolError::new(format!("the tool failed: {error}"))),
+        }
+    })
+}
+
 impl CodeModeSessionDelegate for PyDelegate {
     fn invoke_tool(
         &self,
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        if !self.async_tools.contains(&call.tool_name) {
+            let dispatcher = Arc::clone(&self.dispatcher);
+            let run = tokio::task::spawn_blocking(move || run_sync(&dispatcher, &call));
+            return Box::pin(async move {
+                // A call given up leaves its thread to finish: a sync function cannot be
+                // stopped, and its answer is dropped.
+                tokio::select! {
+                    answer = run => answer.unwrap_or_else(|error| Err(ToolError::new(format!("the tool failed: {error}")))),
+                    () = cancel.cancelled() => Err(ToolError::cancelled()),
+                }
+            });
+        }
         Box::pin(async move {
             let (token, answer) = self.answers.open();
             if let Err(error) = self.start(&call, token) {

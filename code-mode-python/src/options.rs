@@ -42,6 +42,18 @@ pub(crate) fn tools(text: &str) -> PyResult<Vec<ToolDescription>> {
         .collect()
 }
 
+/// The names of the tools marked `"is_async": true` (their functions are coroutines).
+pub(crate) fn async_tools(text: &str) -> PyResult<std::collections::HashSet<String>> {
+    let Value::Array(tools) = parse("tools", text)? else {
+        return Err(PyValueError::new_err("tools: expected a list"));
+    };
+    Ok(tools
+        .iter()
+        .filter(|tool| tool["is_async"].as_bool().unwrap_or(false))
+        .filter_map(|tool| tool["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
 /// A number option: absent or `null` is `None`, anything but a non-negative integer is
 /// refused.
 fn number(options: &Map<String, Value>, key: &str) -> PyResult<Option<u64>> {

@@ -71,8 +71,9 @@ impl NativeSession {
         let provider = crate::runtime::provider(runtime)?;
         let answers = Arc::new(Answers::default());
         let delegate = Arc::new(PyDelegate {
-            dispatcher,
+            dispatcher: Arc::new(dispatcher),
             answers: Arc::clone(&answers),
+            async_tools: crate::options::async_tools(tools)?,
         });
         let session = {
             let _entered = crate::runtime::tokio().enter();

@@ -10,7 +10,6 @@ tool runs on the event loop of the session (``AsyncSession``) or on a background
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import json
 import os
@@ -169,15 +168,16 @@ def _background_loop() -> asyncio.AbstractEventLoop:
 
 
 class _Dispatcher:
-    """Runs the session's tools for its nested calls; the native session calls
-    ``dispatch`` and ``cancel`` from its own threads, with the GIL."""
+    """Runs the session's tools for its nested calls. The native session calls
+    ``run_sync`` for a sync tool on one of its worker threads, and ``dispatch`` and
+    ``cancel`` for an async one, which runs on the session's event loop (a background
+    loop for a blocking ``Session``) and answers through ``NativeSession.answer``."""
 
     def __init__(self, tools: Mapping[str, Tool], loop: asyncio.AbstractEventLoop | None) -> None:
         self.tools = dict(tools)
         self.loop = loop
         self.native: "weakref.ReferenceType[_native.NativeSession] | None" = None
-        self.running: dict[int, "asyncio.Future[Any] | concurrent.futures.Future[Any]"] = {}
-        self.pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="code-mode-tool")
+        self.running: dict[int, "asyncio.Future[Any]"] = {}
 
     def _answer(self, token: int, ok: bool, text: str) -> None:
         self.running.pop(token, None)
@@ -185,26 +185,25 @@ class _Dispatcher:
         if native is not None:
             native.answer(token, ok, text)
 
-    def _outcome(self, token: int, tool: Tool, call: Callable[[], Any]) -> None:
+    def run_sync(self, name: str, input_json: str | None, cell_id: str) -> tuple[bool, str]:
+        """Runs a sync tool on the calling (native worker) thread: ``(ok, text)``."""
+        tool = self.tools.get(name)
+        if tool is None:
+            return False, f"no tool named {name}"
         try:
-            self._answer(token, True, to_json(call()))
+            return True, to_json(tool.fn(**tool.arguments(input_json)))
         except ToolInputError as error:
-            self._answer(token, False, str(error))
+            return False, str(error)
         except Exception as error:  # the cell's call rejects with the message
-            self._answer(token, False, str(error) or type(error).__name__)
+            return False, str(error) or type(error).__name__
 
     def dispatch(self, token: int, name: str, input_json: str | None, cell_id: str) -> None:
         tool = self.tools.get(name)
         if tool is None:
             self._answer(token, False, f"no tool named {name}")
             return
-        if tool.is_async:
-            loop = self.loop or _background_loop()
-            loop.call_soon_threadsafe(self._start_async, token, tool, input_json)
-        else:
-            self.running[token] = self.pool.submit(
-                self._outcome, token, tool, lambda: tool.fn(**tool.arguments(input_json))
-            )
+        loop = self.loop or _background_loop()
+        loop.call_soon_threadsafe(self._start_async, token, tool, input_json)
 
     def _start_async(self, token: int, tool: Tool, input_json: str | None) -> None:
         async def call() -> None:
@@ -222,15 +221,8 @@ class _Dispatcher:
 
     def cancel(self, token: int) -> None:
         running = self.running.pop(token, None)
-        if running is None:
-            return
-        if isinstance(running, asyncio.Future):
+        if running is not None:
             running.get_loop().call_soon_threadsafe(running.cancel)
-        else:
-            running.cancel()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _options(options: Mapping[str, Any]) -> str:
@@ -330,7 +322,6 @@ class Session(_Base):
     def close(self) -> None:
         """Shuts the session down (running cells stop). Idempotent."""
         self._native.close()
-        self._dispatcher.close()
 
     def __enter__(self) -> "Session":
         return self
@@ -401,7 +392,6 @@ class AsyncSession(_Base):
     async def close(self) -> None:
         """Shuts the session down (running cells stop). Idempotent."""
         await asyncio.get_running_loop().run_in_executor(None, self._native.close)
-        self._dispatcher.close()
 
     async def __aenter__(self) -> "AsyncSession":
         if self._dispatcher.loop is None:

@@ -85,6 +85,7 @@ class Tool:
             "description": self.description,
             "input_schema": self.schema,
             "deferred": self.deferred,
+            "is_async": self.is_async,
         }
 
 
