@@ -85,8 +85,35 @@ impl PyDelegate {
     }
 }
 
+std::thread_local! {
+    /// Whether this thread keeps a Python thread state for good ([`keep_thread_state`]).
+    static KEEPS_THREAD_STATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Gives this thread (one of tokio's blocking pool, reused call after call) a Python
+/// thread state that outlives each call: every later attach takes the GIL with it instead
+/// of creating a thread state and destroying it again, which was most of what a nested
+/// call from Python cost beyond the wire's own.
+fn keep_thread_state() {
+    KEEPS_THREAD_STATE.with(|keeps| {
+        if keeps.replace(true) {
+            return;
+        }
+        // SAFETY: the interpreter is initialised (this module was imported into it), and
+        // both calls are the C API's way for a foreign thread to get a thread state:
+        // `PyGILState_Ensure` makes one and takes the GIL, `PyEval_SaveThread` releases
+        // the GIL and keeps the state. Nothing releases this `Ensure`, so the thread's
+        // state count never drops to zero and the state is not destroyed after a call.
+        unsafe {
+            let _ = pyo3::ffi::PyGILState_Ensure();
+            let _ = pyo3::ffi::PyEval_SaveThread();
+        }
+    });
+}
+
 /// Runs a sync tool on the calling thread (a blocking-pool thread), with the GIL.
 fn run_sync(dispatcher: &Py<PyAny>, call: &NestedToolCall) -> Result<JsonText, ToolError> {
+    keep_thread_state();
     Python::attach(|py| {
         let input = call.input.as_ref().map(|input| input.as_str().to_owned());
         let outcome = dispatcher
