@@ -60,7 +60,10 @@ async fn run(provider: &impl CodeModeProvider, cell: &str, iterations: usize) ->
     times
 }
 
-#[expect(clippy::print_stdout, reason = "the figures are the benchmark's output")]
+#[expect(
+    clippy::print_stdout,
+    reason = "the figures are the benchmark's output"
+)]
 fn main() {
     let mut transport = "ipc".to_owned();
     let mut cell = "trivial".to_owned();
