@@ -5,7 +5,7 @@
 //! `session` is the session and its blocking and callback forms; `delegate` hands nested
 //! calls to the Python dispatcher and takes their answers back; `options` reads what
 //! Python passes (as JSON); `runtime` holds the tokio runtime and the shared provider;
-//! `errors` the exceptions. Everything a Python user sees of the API is written in Python
+//! `tracing_setup` exports spans; `errors` the exceptions. Everything a Python user sees of the API is written in Python
 //! over these.
 
 mod delegate;
@@ -13,6 +13,7 @@ mod errors;
 mod options;
 mod runtime;
 mod session;
+mod tracing_setup;
 
 use pyo3::prelude::*;
 
@@ -21,6 +22,8 @@ use pyo3::prelude::*;
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<session::NativeSession>()?;
     module.add_class::<session::ExecHandle>()?;
+    module.add_function(wrap_pyfunction!(tracing_setup::configure_tracing, module)?)?;
+    module.add_function(wrap_pyfunction!(tracing_setup::shutdown_tracing, module)?)?;
     errors::register(module)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

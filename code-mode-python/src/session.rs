@@ -9,6 +9,7 @@
 
 use crate::delegate::{Answers, PyDelegate};
 use crate::errors::raise;
+use crate::tracing_setup::call_span;
 use code_mode_host::{HostedSession, RuntimeSession};
 use code_mode_protocol::{
     CellId, CellResponse, CodeModeProvider, CodeModeSession, ExecHooks, ExecRequest, JsonText,
@@ -93,52 +94,81 @@ impl NativeSession {
     }
 
     /// Runs a cell (its first line may be the `// @exec:` pragma) until it completes or
-    /// yields; returns the response's JSON.
-    #[pyo3(signature = (source, yield_time_ms=None))]
-    fn exec(&self, py: Python<'_>, source: &str, yield_time_ms: Option<u64>) -> PyResult<String> {
+    /// yields; returns the response's JSON. `traceparent`: the span the call hangs under.
+    #[pyo3(signature = (source, yield_time_ms=None, traceparent=None))]
+    fn exec(
+        &self,
+        py: Python<'_>,
+        source: &str,
+        yield_time_ms: Option<u64>,
+        traceparent: Option<&str>,
+    ) -> PyResult<String> {
         let run = self.exec_future(source, yield_time_ms, CancellationToken::new())?;
-        block(py, run)
+        block(py, run, call_span("exec", traceparent))
     }
 
     /// [`Self::exec`], reporting to `done(ok, payload)`.
-    #[pyo3(signature = (source, yield_time_ms, done))]
+    #[pyo3(signature = (source, yield_time_ms, done, traceparent=None))]
     fn exec_async(
         &self,
         source: &str,
         yield_time_ms: Option<u64>,
         done: Py<PyAny>,
+        traceparent: Option<&str>,
     ) -> PyResult<ExecHandle> {
         let cancel = CancellationToken::new();
         let run = self.exec_future(source, yield_time_ms, cancel.clone())?;
-        spawn(run, done);
+        spawn(run, done, call_span("exec", traceparent));
         Ok(ExecHandle { cancel })
     }
 
     /// Waits on a running cell until it completes or yields again.
-    #[pyo3(signature = (cell_id, yield_time_ms=None))]
-    fn wait(&self, py: Python<'_>, cell_id: &str, yield_time_ms: Option<u64>) -> PyResult<String> {
+    #[pyo3(signature = (cell_id, yield_time_ms=None, traceparent=None))]
+    fn wait(
+        &self,
+        py: Python<'_>,
+        cell_id: &str,
+        yield_time_ms: Option<u64>,
+        traceparent: Option<&str>,
+    ) -> PyResult<String> {
         let run = self.wait_future(cell_id, yield_time_ms)?;
-        block(py, run)
+        block(py, run, call_span("wait", traceparent))
     }
 
-    #[pyo3(signature = (cell_id, yield_time_ms, done))]
+    #[pyo3(signature = (cell_id, yield_time_ms, done, traceparent=None))]
     fn wait_async(
         &self,
         cell_id: &str,
         yield_time_ms: Option<u64>,
         done: Py<PyAny>,
+        traceparent: Option<&str>,
     ) -> PyResult<()> {
-        spawn(self.wait_future(cell_id, yield_time_ms)?, done);
+        let run = self.wait_future(cell_id, yield_time_ms)?;
+        spawn(run, done, call_span("wait", traceparent));
         Ok(())
     }
 
     /// Stops a running cell; returns what it produced and had not returned.
-    fn terminate(&self, py: Python<'_>, cell_id: &str) -> PyResult<String> {
-        block(py, self.terminate_future(cell_id)?)
+    #[pyo3(signature = (cell_id, traceparent=None))]
+    fn terminate(
+        &self,
+        py: Python<'_>,
+        cell_id: &str,
+        traceparent: Option<&str>,
+    ) -> PyResult<String> {
+        let run = self.terminate_future(cell_id)?;
+        block(py, run, call_span("terminate", traceparent))
     }
 
-    fn terminate_async(&self, cell_id: &str, done: Py<PyAny>) -> PyResult<()> {
-        spawn(self.terminate_future(cell_id)?, done);
+    #[pyo3(signature = (cell_id, done, traceparent=None))]
+    fn terminate_async(
+        &self,
+        cell_id: &str,
+        done: Py<PyAny>,
+        traceparent: Option<&str>,
+    ) -> PyResult<()> {
+        let run = self.terminate_future(cell_id)?;
+        spawn(run, done, call_span("terminate", traceparent));
         Ok(())
     }
 
@@ -286,8 +316,13 @@ fn response_text(response: &CellResponse, budget: u64) -> String {
     value.to_string()
 }
 
-/// Runs `run` to its end with the GIL released.
-fn block(py: Python<'_>, run: impl Future<Output = Answer> + Send + 'static) -> PyResult<String> {
+/// Runs `run` to its end under `span`, with the GIL released.
+fn block(
+    py: Python<'_>,
+    run: impl Future<Output = Answer> + Send + 'static,
+    span: tracing::Span,
+) -> PyResult<String> {
+    let run = tracing::Instrument::instrument(run, span);
     match py.detach(|| crate::runtime::tokio().block_on(run)) {
         Ok((response, budget)) => Ok(response_text(&response, budget)),
         Err(error) => Err(raise(&error)),
@@ -296,7 +331,8 @@ fn block(py: Python<'_>, run: impl Future<Output = Answer> + Send + 'static) -> 
 
 /// Runs `run` on the runtime and calls `done(True, response)` or `done(False, error)`
 /// (the error as `{"kind": ..., "message": ...}`) once, with the GIL.
-fn spawn(run: impl Future<Output = Answer> + Send + 'static, done: Py<PyAny>) {
+fn spawn(run: impl Future<Output = Answer> + Send + 'static, done: Py<PyAny>, span: tracing::Span) {
+    let run = tracing::Instrument::instrument(run, span);
     crate::runtime::tokio().spawn(async move {
         let (ok, payload) = match run.await {
             Ok((response, budget)) => (true, response_text(&response, budget)),

@@ -19,10 +19,11 @@ impl Parent {
     /// The context a `traceparent` value names, or `None` when the value is malformed (a
     /// malformed value is ignored, never an error).
     pub fn from_traceparent(value: &str) -> Option<Self> {
-        if !well_formed(value.trim()) {
+        let value = value.trim();
+        if !well_formed(value) {
             return None;
         }
-        let carrier = HashMap::from([(TRACEPARENT.to_owned(), value.trim().to_owned())]);
+        let carrier = HashMap::from([(TRACEPARENT.to_owned(), known_flags_only(value))]);
         let context = TraceContextPropagator::new().extract(&carrier);
         context
             .span()
@@ -72,6 +73,18 @@ fn well_formed(value: &str) -> bool {
         && hex(parts[3], 2)
 }
 
+/// The value with only the flag this process understands (sampled) kept: trace context
+/// level 2 adds a `random` flag (0x02) that recent SDKs set (OpenTelemetry Python 1.45
+/// does), and the parser refuses a version-00 value with any flag it does not know,
+/// where the W3C says a receiver ignores them.
+fn known_flags_only(value: &str) -> String {
+    let mut parts: Vec<&str> = value.split('-').collect();
+    let flags = u8::from_str_radix(parts[3], 16).unwrap_or(0) & 0x01;
+    let kept = format!("{flags:02x}");
+    parts[3] = &kept;
+    parts.join("-")
+}
+
 /// Parents `span` on the `traceparent` value, if there is one and it is well formed.
 pub fn adopt_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(parent) = traceparent.and_then(Parent::from_traceparent) {
@@ -99,5 +112,19 @@ mod tests {
             assert!(Parent::from_traceparent(bad).is_none(), "{bad:?} was taken");
         }
         assert_eq!(Parent::default().traceparent(), None);
+    }
+
+    #[test]
+    fn flags_this_process_does_not_know_are_ignored_not_refused() {
+        // Trace context level 2's random flag, as OpenTelemetry Python 1.45 sends it.
+        let value = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03";
+        let parent = Parent::from_traceparent(value).expect("a traceparent with the random flag");
+        assert_eq!(
+            parent.traceparent().as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02";
+        let parent = Parent::from_traceparent(unsampled).expect("random, not sampled");
+        assert!(parent.traceparent().unwrap().ends_with("-00"));
     }
 }

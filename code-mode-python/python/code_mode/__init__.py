@@ -24,7 +24,18 @@ from ._native import (
     SessionClosed,
     __version__,
 )
-from ._session import AsyncSession, AudioItem, ImageItem, Item, Result, Session, TextItem, run
+from ._session import (
+    AsyncSession,
+    AudioItem,
+    ImageItem,
+    Item,
+    Result,
+    Session,
+    TextItem,
+    configure_tracing,
+    run,
+    shutdown_tracing,
+)
 from ._tools import Tool, ToolInputError
 
 __all__ = [
@@ -44,5 +55,7 @@ __all__ = [
     "Tool",
     "ToolInputError",
     "__version__",
+    "configure_tracing",
     "run",
+    "shutdown_tracing",
 ]

@@ -10,6 +10,7 @@ tool runs on the event loop of the session (``AsyncSession``) or on a background
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import json
 import os
@@ -22,6 +23,7 @@ from ._tools import Tool, ToolInputError, as_tool, to_json
 
 __all__ = [
     "AsyncSession",
+    "configure_tracing",
     "AudioItem",
     "ImageItem",
     "Item",
@@ -143,6 +145,20 @@ class Result:
 def _raise(payload: str) -> None:
     error = json.loads(payload)
     raise _ERRORS.get(error["kind"], CodeModeError)(error["message"])
+
+
+def _traceparent() -> str | None:
+    """The W3C ``traceparent`` of the OpenTelemetry span current here, when
+    ``opentelemetry`` is installed and a span is recording: the call hangs under it."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    flags = int(context.trace_flags)
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
 
 
 def _default_runtime() -> str | None:
@@ -309,15 +325,15 @@ class Session(_Base):
     def exec(self, source: str, *, yield_time_ms: int | None = None) -> Result:
         """Runs a cell until it completes or yields (its first line may be the
         ``// @exec:`` pragma)."""
-        return Result._from_json(self._native.exec(source, yield_time_ms))
+        return Result._from_json(self._native.exec(source, yield_time_ms, _traceparent()))
 
     def wait(self, cell_id: str, *, yield_time_ms: int | None = None) -> Result:
         """Waits on a running cell until it completes or yields again."""
-        return Result._from_json(self._native.wait(cell_id, yield_time_ms))
+        return Result._from_json(self._native.wait(cell_id, yield_time_ms, _traceparent()))
 
     def terminate(self, cell_id: str) -> Result:
         """Stops a running cell; the result holds what it output and had not returned."""
-        return Result._from_json(self._native.terminate(cell_id))
+        return Result._from_json(self._native.terminate(cell_id, _traceparent()))
 
     def close(self) -> None:
         """Shuts the session down (running cells stop). Idempotent."""
@@ -381,13 +397,20 @@ class AsyncSession(_Base):
 
     async def exec(self, source: str, *, yield_time_ms: int | None = None) -> Result:
         """Runs a cell until it completes or yields; cancelling the await terminates it."""
-        return await self._call(lambda done: self._native.exec_async(source, yield_time_ms, done))
+        parent = _traceparent()
+        return await self._call(
+            lambda done: self._native.exec_async(source, yield_time_ms, done, parent)
+        )
 
     async def wait(self, cell_id: str, *, yield_time_ms: int | None = None) -> Result:
-        return await self._call(lambda done: self._native.wait_async(cell_id, yield_time_ms, done))
+        parent = _traceparent()
+        return await self._call(
+            lambda done: self._native.wait_async(cell_id, yield_time_ms, done, parent)
+        )
 
     async def terminate(self, cell_id: str) -> Result:
-        return await self._call(lambda done: self._native.terminate_async(cell_id, done))
+        parent = _traceparent()
+        return await self._call(lambda done: self._native.terminate_async(cell_id, done, parent))
 
     async def close(self) -> None:
         """Shuts the session down (running cells stop). Idempotent."""
@@ -411,3 +434,26 @@ def run(
     after; a cell still running is stopped)."""
     with Session(tools, **options) as session:
         return session.exec(source)
+
+
+def configure_tracing(
+    endpoint: str | None = None,
+    *,
+    protocol: str | None = None,
+    service_name: str | None = None,
+) -> bool:
+    """Exports the spans of cells and nested calls over OTLP/HTTP: to ``endpoint`` (a base
+    URL, ``/v1/traces`` is added) with ``protocol`` (``http/protobuf``, the default, or
+    ``http/json``), else as the standard ``OTEL_EXPORTER_OTLP_*`` variables say. Each
+    call hangs under the OpenTelemetry span current where it is made. Returns ``False``
+    when there is nowhere to send spans. Once per process; what is left is sent at exit.
+    """
+    configured = _native.configure_tracing(endpoint, protocol, service_name)
+    if configured:
+        atexit.register(_native.shutdown_tracing)
+    return configured
+
+
+def shutdown_tracing() -> None:
+    """Sends the spans not sent yet and stops exporting."""
+    _native.shutdown_tracing()
