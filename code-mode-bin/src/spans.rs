@@ -3,9 +3,10 @@
 //! request that carries a trace context (the host's span of the cell it starts or
 //! rebuilds) runs under a `code_mode.runtime` span, a child of that context, and what the
 //! runtime traces of the cell (compile, evaluate, timers, hibernation, replay) hangs under
-//! it. Each span that ends goes back on the connection that asked for it, as
-//! [`ServerMessage::Spans`], and the host exports it with its own, with this process's id
-//! (`process.pid`).
+//! it. The spans that end go back on the connection that asked for them, batched: in one
+//! [`ServerMessage::Spans`] when the request's own span ends, or a moment after the first
+//! of them (a long cell's spans are not held), and the host exports them with its own,
+//! with this process's id (`process.pid`).
 //!
 //! The `code_mode.runtime` span lives as long as its cell here and holds what the runtime
 //! knows of the whole (the CPU time, the timers that fired). A runtime that is killed never
@@ -34,12 +35,26 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// The name of the span a traced request runs under.
 pub(crate) const RUNTIME_SPAN: &str = "code_mode.runtime";
 
-/// Where the spans of one trace go: the connection that started it, and the
-/// `code_mode.runtime` spans still open on it, each with the host's span it stands for.
+/// Where the spans of one trace go: the connection that started it, the
+/// `code_mode.runtime` spans still open on it (each with the host's span it stands for),
+/// and the spans that ended and wait to go back together.
 struct Route {
     outbox: Outbox<ServerMessage>,
     open: Vec<(SpanId, SpanId)>,
+    /// Ended spans not sent yet: they go back in one message when the request's own span
+    /// ends, when [`BATCH_SPANS`] wait, or [`BATCH_DELAY`] after the first of them.
+    pending: Vec<SpanRecord>,
+    /// Where the delayed flush runs (the connection's runtime); without one, each span
+    /// goes back as it ends.
+    runtime: Option<tokio::runtime::Handle>,
 }
+
+/// The most ended spans a route holds before it sends them.
+const BATCH_SPANS: usize = 64;
+
+/// How long an ended span waits for others before it goes back anyway (a cell that runs
+/// for hours still shows its compile, timers and hibernations as they happen).
+const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The routes of every traced request of this process, by trace id.
 static ROUTES: LazyLock<Mutex<HashMap<TraceId, Route>>> = LazyLock::new(Mutex::default);
@@ -103,6 +118,8 @@ pub(crate) fn runtime_span(
     let route = routes.entry(parent.trace_id()).or_insert_with(|| Route {
         outbox: outbox.clone(),
         open: Vec::new(),
+        pending: Vec::new(),
+        runtime: tokio::runtime::Handle::try_current().ok(),
     });
     // The latest connection to trace here wins (one trace across two hosts is rare).
     route.outbox = outbox.clone();
@@ -110,13 +127,15 @@ pub(crate) fn runtime_span(
     span
 }
 
-/// The span exporter: each span goes back to its route's connection.
+/// The span exporter: each span joins its route's batch, which goes back to the route's
+/// connection in one message (one frame for a cell's spans instead of one per span).
 #[derive(Debug)]
 struct HandBack;
 
 impl SpanExporter for HandBack {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut by_trace: Vec<(TraceId, Outbox<ServerMessage>, Vec<SpanRecord>)> = Vec::new();
+        // Sent under the routes' lock (a send only queues), so that a delayed flush and
+        // this one reach the connection in the order they took their spans.
         {
             let mut routes = lock(&ROUTES);
             for span in batch {
@@ -125,7 +144,6 @@ impl SpanExporter for HandBack {
                     tracing::debug!(name = %span.name, "a span with no route is dropped");
                     continue;
                 };
-                let outbox = route.outbox.clone();
                 let ends_route = span.name == RUNTIME_SPAN;
                 let mut record = record(span);
                 if ends_route {
@@ -133,9 +151,6 @@ impl SpanExporter for HandBack {
                     route
                         .open
                         .retain(|(open, _)| open.to_bytes() != record.span_id);
-                    if route.open.is_empty() {
-                        routes.remove(&trace_id);
-                    }
                 } else {
                     let parent = SpanId::from_bytes(record.parent_span_id);
                     if let Some((_, host)) = route.open.iter().find(|(open, _)| *open == parent) {
@@ -146,18 +161,41 @@ impl SpanExporter for HandBack {
                         SpanValue::I64(i64::from(std::process::id())),
                     ));
                 }
-                match by_trace.iter_mut().find(|(known, ..)| *known == trace_id) {
-                    Some((.., records)) => records.push(record),
-                    None => by_trace.push((trace_id, outbox, vec![record])),
+                route.pending.push(record);
+                match &route.runtime {
+                    Some(runtime) if !ends_route && route.pending.len() < BATCH_SPANS => {
+                        if route.pending.len() == 1 {
+                            // The first of a batch goes back soon even if nothing follows.
+                            runtime.spawn(async move {
+                                tokio::time::sleep(BATCH_DELAY).await;
+                                flush(trace_id);
+                            });
+                        }
+                    }
+                    _ => send(&route.outbox, std::mem::take(&mut route.pending)),
+                }
+                if route.open.is_empty() {
+                    routes.remove(&trace_id);
                 }
             }
         }
-        for (_, outbox, records) in by_trace {
-            // A connection that is gone or stalled loses its spans, never the cell's time.
-            let _ = outbox.send(&ServerMessage::Spans(records));
-        }
         Ok(())
     }
+}
+
+/// Sends what the route of `trace_id` holds (the delayed flush).
+fn flush(trace_id: TraceId) {
+    if let Some(route) = lock(&ROUTES).get_mut(&trace_id)
+        && !route.pending.is_empty()
+    {
+        send(&route.outbox, std::mem::take(&mut route.pending));
+    }
+}
+
+/// Sends ended spans back. A connection that is gone or stalled loses its spans, never
+/// the cell's time.
+fn send(outbox: &Outbox<ServerMessage>, records: Vec<SpanRecord>) {
+    let _ = outbox.send(&ServerMessage::Spans(records));
 }
 
 /// A span as the wire carries it.
