@@ -6,26 +6,20 @@
 //! answers at once), and prints each exec's wall time in microseconds as one JSON array.
 //! The Python script runs it between its own rounds, so the two interleave in one run.
 
+#[expect(
+    dead_code,
+    reason = "only the shared delegate is used here, not the synthetic tools"
+)]
+mod support;
+
 use code_mode_host::protocol::{
-    BoxFuture, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate, ExecRequest, JsonText,
-    NestedToolCall, SessionOptions, ToolDefinition, ToolError, ToolKind,
+    CodeModeProvider, CodeModeSession, ExecRequest, SessionOptions, ToolDefinition, ToolKind,
 };
+// The tool answers with its argument, parsed and serialised as a typical agent core does
+// (the Python side parses and checks it too).
 use std::sync::Arc;
 use std::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-/// The benchmark's one tool: `echo` answers with its argument at once.
-struct Echo;
-
-impl CodeModeSessionDelegate for Echo {
-    fn invoke_tool(
-        &self,
-        call: NestedToolCall,
-        _: CancellationToken,
-    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
-        Box::pin(async move { Ok(call.input.unwrap_or_else(|| JsonText::new("null"))) })
-    }
-}
+use support::EchoTools;
 
 /// The cells, the same text the Python side runs.
 fn source(cell: &str) -> &'static str {
@@ -36,7 +30,7 @@ fn source(cell: &str) -> &'static str {
 }
 
 async fn run(provider: &impl CodeModeProvider, cell: &str, iterations: usize) -> Vec<u128> {
-    let session = provider.open_session(Arc::new(Echo), SessionOptions::default());
+    let session = provider.open_session(Arc::new(EchoTools), SessionOptions::default());
     let tools: Arc<[ToolDefinition]> = Arc::from([ToolDefinition::new(
         "echo",
         "Answers with its argument.",
