@@ -12,12 +12,11 @@
 
 mod mcp;
 mod output;
-mod program;
 mod repl;
 mod run;
 mod serve;
 mod session;
-mod tools;
+use code_mode_tools as tools;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
-//! The session's delegate: each nested tool call goes to the Python dispatcher, which
-//! runs the tool (on the calling event loop or a worker thread) and gives the answer back
+//! The session's delegate: a nested call of a tools file's tool runs here
+//! (`code_mode_tools`); any other goes to the Python dispatcher, which runs a sync tool on
+//! the calling thread, or starts an async one on its event loop and gives the answer back
 //! through [`Answers::give`], by the call's token. A cancelled call tells the dispatcher
 //! too, so that an async tool is cancelled rather than left running.
 
@@ -53,6 +54,8 @@ pub(crate) struct PyDelegate {
     pub(crate) answers: Arc<Answers>,
     /// The names of the tools that are coroutine functions.
     pub(crate) async_tools: std::collections::HashSet<String>,
+    /// The tools of a tools file (commands, built-ins, MCP servers), answered here.
+    pub(crate) file_tools: Option<Arc<code_mode_tools::ToolSet>>,
 }
 
 impl PyDelegate {
@@ -137,6 +140,11 @@ impl CodeModeSessionDelegate for PyDelegate {
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        if let Some(file_tools) = &self.file_tools
+            && file_tools.has(&call.tool_name)
+        {
+            return file_tools.answer(call, cancel);
+        }
         if !self.async_tools.contains(&call.tool_name) {
             let dispatcher = Arc::clone(&self.dispatcher);
             let run = tokio::task::spawn_blocking(move || run_sync(&dispatcher, &call));

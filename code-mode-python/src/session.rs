@@ -16,9 +16,10 @@ use code_mode_protocol::{
     SessionError, ToolDefinition, ToolError, WaitRequest,
 };
 use code_mode_surface::{
-    DEFAULT_MAX_OUTPUT_TOKENS, ToolDescription, exec_tool_spec, format_response, parse_exec_source,
-    wait_tool_spec,
+    Catalog, DEFAULT_MAX_OUTPUT_TOKENS, ToolDescription, UnavailableSource, exec_tool_spec_of,
+    format_response, parse_exec_source, wait_tool_spec,
 };
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use serde_json::{Value, json};
 use std::future::Future;
@@ -32,6 +33,8 @@ pub struct NativeSession {
     session: Arc<RuntimeSession>,
     answers: Arc<Answers>,
     descriptions: Vec<ToolDescription>,
+    /// The tools file's MCP servers that are down, as `exec`'s description names them.
+    unavailable: Vec<UnavailableSource>,
     tools: Arc<[ToolDefinition]>,
     closed: AtomicBool,
 }
@@ -58,23 +61,45 @@ impl NativeSession {
     /// `options` a JSON object (see `code_mode.Session`), `stored` the JSON object of the
     /// stored values to start from.
     #[new]
-    #[pyo3(signature = (dispatcher, tools, options, stored=None, runtime=None))]
+    #[pyo3(signature = (dispatcher, tools, options, stored=None, runtime=None, tools_file=None, builtins=Vec::new()))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the Python constructor's keyword arguments, each optional"
+    )]
     fn new(
+        py: Python<'_>,
         dispatcher: Py<PyAny>,
         tools: &str,
         options: &str,
         stored: Option<&str>,
         runtime: Option<String>,
+        tools_file: Option<String>,
+        builtins: Vec<String>,
     ) -> PyResult<Self> {
-        let descriptions = crate::options::tools(tools)?;
+        let mut descriptions = crate::options::tools(tools)?;
         let options = crate::options::session_options(options)?;
         let stored = crate::options::stored_values(stored)?;
         let provider = crate::runtime::provider(runtime)?;
+        let file_tools = load_tools_file(py, tools_file, &builtins)?;
+        let mut unavailable = Vec::new();
+        if let Some(file_tools) = &file_tools {
+            for tool in file_tools.descriptions() {
+                if descriptions.iter().any(|known| known.name == tool.name) {
+                    return Err(PyValueError::new_err(format!(
+                        "the tool {} is both a Python tool and one of the tools file's",
+                        tool.name
+                    )));
+                }
+                descriptions.push(tool);
+            }
+            unavailable = file_tools.unavailable();
+        }
         let answers = Arc::new(Answers::default());
         let delegate = Arc::new(PyDelegate {
             dispatcher: Arc::new(dispatcher),
             answers: Arc::clone(&answers),
             async_tools: crate::options::async_tools(tools)?,
+            file_tools,
         });
         let session = {
             let _entered = crate::runtime::tokio().enter();
@@ -88,6 +113,7 @@ impl NativeSession {
             session: Arc::new(session),
             answers,
             descriptions,
+            unavailable,
             tools,
             closed: AtomicBool::new(false),
         })
@@ -200,7 +226,11 @@ impl NativeSession {
     /// The `exec` and `wait` tool specs a model is given, as a JSON list: `exec`'s
     /// description declares this session's tools in TypeScript.
     fn tool_specs(&self) -> String {
-        let specs = [exec_tool_spec(&self.descriptions), wait_tool_spec()];
+        let catalog = Catalog {
+            tools: &self.descriptions,
+            unavailable: &self.unavailable,
+        };
+        let specs = [exec_tool_spec_of(catalog), wait_tool_spec()];
         Value::Array(specs.iter().map(|spec| spec.to_json()).collect()).to_string()
     }
 
@@ -252,24 +282,32 @@ impl NativeSession {
         request.yield_time_ms = yield_time_ms.or(parsed.yield_time_ms);
         let session = Arc::clone(&self.session);
         // The cell is terminated when the caller gives up: at once if it was admitted,
-        // else as soon as it is.
-        let admitted: Arc<Mutex<Option<CellId>>> = Arc::default();
+        // else as soon as it is. The exec's own observation then ends with the terminated
+        // response (contract 3.7), so that the caller's next call finds the cell gone.
+        let admitted: Arc<(Mutex<Option<CellId>>, tokio::sync::Notify)> = Arc::default();
         let seen = Arc::clone(&admitted);
         let hooks = ExecHooks::default().on_admitted(move |cell_id| {
-            *code_mode_protocol::sync::lock(&seen) = Some(cell_id.clone());
+            *code_mode_protocol::sync::lock(&seen.0) = Some(cell_id.clone());
+            seen.1.notify_one();
         });
         Ok(async move {
             let run = session.execute_with(request, hooks);
+            tokio::pin!(run);
             tokio::select! {
-                started = run => started.map(|started| (started.initial_response, budget)),
-                () = cancel.cancelled() => {
-                    let cell = code_mode_protocol::sync::lock(&admitted).clone();
-                    match cell {
-                        Some(cell_id) => session.terminate(cell_id).await.map(|r| (r, budget)),
-                        None => Err(SessionError::Runtime("the exec was cancelled before its cell started".into())),
-                    }
-                }
+                started = &mut run => return started.map(|started| (started.initial_response, budget)),
+                () = cancel.cancelled() => {}
             }
+            let cell_id = loop {
+                if let Some(cell_id) = code_mode_protocol::sync::lock(&admitted.0).clone() {
+                    break cell_id;
+                }
+                tokio::select! {
+                    started = &mut run => return started.map(|started| (started.initial_response, budget)),
+                    () = admitted.1.notified() => {}
+                }
+            };
+            let (started, _) = tokio::join!(run, session.terminate(cell_id));
+            started.map(|started| (started.initial_response, budget))
         })
     }
 
@@ -350,4 +388,23 @@ fn spawn(run: impl Future<Output = Answer> + Send + 'static, done: Py<PyAny>, sp
             }
         });
     });
+}
+
+/// The tools of `tools_file` and the `builtins` asked for (`fs`, `shell`), their MCP
+/// servers started (a server that fails is named in `exec`'s description); `None` when
+/// there are neither. A tools file that does not read is a `ValueError` naming the line.
+fn load_tools_file(
+    py: Python<'_>,
+    tools_file: Option<String>,
+    builtins: &[String],
+) -> PyResult<Option<Arc<code_mode_tools::ToolSet>>> {
+    if tools_file.is_none() && builtins.is_empty() {
+        return Ok(None);
+    }
+    let path = tools_file.map(std::path::PathBuf::from);
+    let load = code_mode_tools::ToolSet::load(path.as_deref(), builtins);
+    let loaded = py.detach(|| crate::runtime::tokio().block_on(load));
+    loaded
+        .map(|set| Some(Arc::new(set)))
+        .map_err(|error| PyValueError::new_err(error.to_string()))
 }

@@ -30,6 +30,8 @@ class NativeSession:
         options: str,
         stored: str | None = None,
         runtime: str | None = None,
+        tools_file: str | None = None,
+        builtins: list[str] = ...,
     ) -> None: ...
     def exec(self, source: str, yield_time_ms: int | None = None, traceparent: str | None = None) -> str: ...
     def exec_async(

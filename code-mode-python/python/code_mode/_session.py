@@ -266,8 +266,10 @@ class _Base:
         loop: asyncio.AbstractEventLoop | None,
         stored_values: Mapping[str, Any] | None,
         runtime: str | os.PathLike[str] | None,
+        sources: tuple[str | os.PathLike[str] | None, Sequence[str]],
         options: Mapping[str, Any],
     ) -> None:
+        tools_file, builtins = sources
         described = [as_tool(tool) for tool in tools]
         by_name = {tool.name: tool for tool in described}
         if len(by_name) != len(described):
@@ -280,6 +282,8 @@ class _Base:
             _options(options),
             json.dumps(dict(stored_values)) if stored_values is not None else None,
             path,
+            os.fspath(tools_file) if tools_file is not None else None,
+            list(builtins),
         )
         self._dispatcher.native = weakref.ref(self._native)
 
@@ -306,7 +310,9 @@ class _Base:
 class Session(_Base):
     """A session whose calls block (the GIL is released while they wait).
 
-    ``tools`` are functions (sync or async) or ``Tool``\\ s. Options: ``heap_mb``,
+    ``tools`` are functions (sync or async) or ``Tool``\\ s; ``tools_file`` adds the
+    command tools and MCP servers of a ``code-mode`` tools file (TOML), and ``builtins``
+    the built-ins (``"fs"``, ``"shell"``). Options: ``heap_mb``,
     ``cpu_ms``, ``output_bytes``, ``max_tool_payload_bytes``,
     ``max_in_flight_tool_calls``, ``max_stored_bytes``, ``surface`` (``"contract"`` or
     ``"codex"``), ``hibernate_after_ms`` (``None``: never), ``reuse_isolates``.
@@ -318,9 +324,11 @@ class Session(_Base):
         *,
         stored_values: Mapping[str, Any] | None = None,
         runtime: str | os.PathLike[str] | None = None,
+        tools_file: str | os.PathLike[str] | None = None,
+        builtins: Sequence[str] = (),
         **options: Any,
     ) -> None:
-        super().__init__(tools, None, stored_values, runtime, options)
+        super().__init__(tools, None, stored_values, runtime, (tools_file, builtins), options)
 
     def exec(self, source: str, *, yield_time_ms: int | None = None) -> Result:
         """Runs a cell until it completes or yields (its first line may be the
@@ -357,13 +365,15 @@ class AsyncSession(_Base):
         *,
         stored_values: Mapping[str, Any] | None = None,
         runtime: str | os.PathLike[str] | None = None,
+        tools_file: str | os.PathLike[str] | None = None,
+        builtins: Sequence[str] = (),
         **options: Any,
     ) -> None:
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        super().__init__(tools, loop, stored_values, runtime, options)
+        super().__init__(tools, loop, stored_values, runtime, (tools_file, builtins), options)
 
     async def _call(self, start: Callable[[Callable[[bool, str], None]], Any]) -> Result:
         loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@
 //!
 //! All MCP speaking is rmcp's; this module only decides what a cell sees.
 
-use super::line_cap::LineCap;
+use crate::line_cap::LineCap;
 use code_mode_protocol::ToolKind;
 use code_mode_protocol::sync::lock;
 use code_mode_surface::{ToolDescription, UnavailableSource};

@@ -1,7 +1,7 @@
 //! The opt-in built-in tools: `fs` (`read_file`, `list_dir`, `write_file`) and `shell`
 //! (`exec_command`).
 
-use super::DEFAULT_TOOL_TIMEOUT_MS;
+use crate::DEFAULT_TOOL_TIMEOUT_MS;
 use serde_json::{Value, json};
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The tools file's format (`[[tool]]`, `[[mcp_server]]`) and its errors' wording: what
-//! [`super::ToolSet::parse`] reads, checks and turns into tools and MCP server settings.
+//! [`crate::ToolSet::parse`] reads, checks and turns into tools and MCP server settings.
 
-use crate::mcp::client::{
+use crate::mcp::{
     DEFAULT_CALL_TIMEOUT_MS, DEFAULT_STARTUP_TIMEOUT_MS, McpServerConfig, McpTransport,
 };
 use serde::Deserialize;

@@ -1,7 +1,7 @@
 //! The tools a cell can call from the command line: tools defined in a TOML file (each runs
 //! a command with the JSON input on stdin) and the opt-in built-ins (`fs`: `read_file`,
 //! `list_dir`, `write_file`; `shell`: `exec_command`), plus the tools of MCP servers
-//! (`[[mcp_server]]`, see [`crate::mcp::client`]). Also the delegate that runs them.
+//! (`[[mcp_server]]`, see [`crate::mcp`]). Also the delegate that runs them.
 //! Its parts: [`file`] reads the tools file, [`command`] runs command tools, [`builtins`]
 //! are the built-ins; this module holds the set every front end uses and the delegate.
 //!
@@ -29,8 +29,11 @@
 mod builtins;
 mod command;
 mod file;
+mod line_cap;
+pub mod mcp;
+pub mod program;
 
-use crate::mcp::client::{McpServerConfig, McpSources};
+use crate::mcp::{McpServerConfig, McpSources};
 use crate::program::resolve_program;
 use builtins::{exec_command, list_dir, read_file, write_file};
 use code_mode_protocol::{
@@ -205,10 +208,10 @@ impl ToolSet {
                 deferred: entry.deferred,
                 ..ToolDescription::default()
             };
-            if entry.name.starts_with(crate::mcp::client::MCP_TOOL_PREFIX) {
+            if entry.name.starts_with(crate::mcp::MCP_TOOL_PREFIX) {
                 return Err(tool_error(format!(
                     "names starting with `{}` belong to MCP servers",
-                    crate::mcp::client::MCP_TOOL_PREFIX
+                    crate::mcp::MCP_TOOL_PREFIX
                 )));
             }
             let implementation = Implementation::Command {
