@@ -1,9 +1,12 @@
-//! The tools a cell can call from the command line: tools defined in a TOML file (each runs
-//! a command with the JSON input on stdin) and the opt-in built-ins (`fs`: `read_file`,
-//! `list_dir`, `write_file`; `shell`: `exec_command`), plus the tools of MCP servers
-//! (`[[mcp_server]]`, see [`crate::mcp`]). Also the delegate that runs them.
-//! Its parts: [`file`] reads the tools file, [`command`] runs command tools, [`builtins`]
-//! are the built-ins; this module holds the set every front end uses and the delegate.
+//! Tool sources beyond an agent core's own code, for every front end that offers them (the
+//! `code-mode` CLI and the Python package): tools defined in a TOML file (each runs a
+//! command with the JSON input on stdin), the opt-in built-ins (`fs`: `read_file`,
+//! `list_dir`, `write_file`; `shell`: `exec_command`), and the tools of MCP servers
+//! (`[[mcp_server]]`, see [`mcp`]). Also the delegate that runs them. Its parts: `file`
+//! reads the tools file, `command` runs command tools, `builtins` are the built-ins, [`mcp`]
+//! the MCP servers (with `line_cap`, the bound on a server's lines), [`program`] finds a
+//! program to run; this module holds the set every front end uses and the delegate. It
+//! never links V8.
 //!
 //! A tools file:
 //! ```toml
