@@ -89,17 +89,22 @@ def crate_graph(src: pathlib.Path):
                 if module is not None and module != ():
                     reexports[name] = module
     edges = {}
+
+    def link(module: tuple, target: tuple, name: str) -> None:
+        """`module` imports what `target` (a path) leads into, unless that is itself or a
+        module it is part of (`super::*`, the crate root's items): a child belongs to its
+        parent, which declares it. A module naming its own submodule's items is an import."""
+        found = resolve(mods, reexports, target)
+        if found is not None and found != module[: len(found)]:
+            edges.setdefault(module, {}).setdefault(found, set()).add(name)
+
     for module, path in mods.items():
         code = strip(path.read_text())
         # A child module declared here (`mod x;`) is named by a bare `x::` path too.
         for child in re.findall(r"\bmod\s+(\w+)\s*;", code):
             for rest in re.findall(r"(?<![\w:])" + child + r"((?:::(?:\{|\*|\w+))+)", code):
                 names = [p for p in rest.split("::") if p and p not in ("{", "*")]
-                found = resolve(mods, reexports, module + (child,) + tuple(names))
-                if found is not None and found != module[: len(found)]:
-                    edges.setdefault(module, {}).setdefault(found, set()).add(
-                        "::".join([child] + names)
-                    )
+                link(module, module + (child,) + tuple(names), "::".join([child] + names))
         for head, rest in PATH.findall(code):
             names = [p for p in rest.split("::") if p and p not in ("{", "*")]
             if head in ("crate", "$crate"):
@@ -111,13 +116,7 @@ def crate_graph(src: pathlib.Path):
                 supers = 1 + len(re.match(r"(::super)*", rest).group(0)) // len("::super")
                 names = names[supers - 1 :]
                 target = module[: max(len(module) - supers, 0)] + tuple(names)
-            found = resolve(mods, reexports, target)
-            if found is None or found == module[: len(found)]:
-                # Itself, or a module it is part of (`super::*`, the crate root's items):
-                # a child belongs to its parent, which declares it.
-                continue
-            # A module naming its own submodule's items through a path is still an import.
-            edges.setdefault(module, {}).setdefault(found, set()).add("::".join(names) or head)
+            link(module, target, "::".join(names) or head)
     return mods, edges
 
 

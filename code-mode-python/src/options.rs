@@ -6,52 +6,40 @@ use code_mode_surface::ToolDescription;
 use pyo3::PyResult;
 use pyo3::exceptions::PyValueError;
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 
 fn parse(what: &str, text: &str) -> PyResult<Value> {
     serde_json::from_str(text).map_err(|error| PyValueError::new_err(format!("{what}: {error}")))
 }
 
-/// `[{"name", "description", "input_schema", "deferred"}]`.
-pub(crate) fn tools(text: &str) -> PyResult<Vec<ToolDescription>> {
+/// The Python tools: `[{"name", "description", "input_schema", "deferred", "is_async"}]`,
+/// as their descriptions and the names of those that are coroutine functions.
+pub(crate) fn tools(text: &str) -> PyResult<(Vec<ToolDescription>, HashSet<String>)> {
     let Value::Array(tools) = parse("tools", text)? else {
         return Err(PyValueError::new_err("tools: expected a list"));
     };
-    tools
-        .into_iter()
-        .map(|tool| {
-            let name = tool["name"]
-                .as_str()
-                .filter(|name| !name.is_empty())
-                .ok_or_else(|| PyValueError::new_err("a tool needs a name"))?;
-            Ok(ToolDescription {
-                name: name.to_owned(),
-                description: tool["description"].as_str().unwrap_or_default().to_owned(),
-                kind: ToolKind::Function,
-                input_schema: tool
-                    .get("input_schema")
-                    .filter(|schema| !schema.is_null())
-                    .cloned(),
-                output_schema: tool
-                    .get("output_schema")
-                    .filter(|schema| !schema.is_null())
-                    .cloned(),
-                deferred: tool["deferred"].as_bool().unwrap_or(false),
-                ..ToolDescription::default()
-            })
-        })
-        .collect()
-}
-
-/// The names of the tools marked `"is_async": true` (their functions are coroutines).
-pub(crate) fn async_tools(text: &str) -> PyResult<std::collections::HashSet<String>> {
-    let Value::Array(tools) = parse("tools", text)? else {
-        return Err(PyValueError::new_err("tools: expected a list"));
-    };
-    Ok(tools
-        .iter()
-        .filter(|tool| tool["is_async"].as_bool().unwrap_or(false))
-        .filter_map(|tool| tool["name"].as_str().map(str::to_owned))
-        .collect())
+    let mut descriptions = Vec::with_capacity(tools.len());
+    let mut async_tools = HashSet::new();
+    for tool in tools {
+        let name = tool["name"]
+            .as_str()
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| PyValueError::new_err("a tool needs a name"))?;
+        if tool["is_async"].as_bool().unwrap_or(false) {
+            async_tools.insert(name.to_owned());
+        }
+        let schema = |key: &str| tool.get(key).filter(|schema| !schema.is_null()).cloned();
+        descriptions.push(ToolDescription {
+            name: name.to_owned(),
+            description: tool["description"].as_str().unwrap_or_default().to_owned(),
+            kind: ToolKind::Function,
+            input_schema: schema("input_schema"),
+            output_schema: schema("output_schema"),
+            deferred: tool["deferred"].as_bool().unwrap_or(false),
+            ..ToolDescription::default()
+        });
+    }
+    Ok((descriptions, async_tools))
 }
 
 /// A number option: absent or `null` is `None`, anything but a non-negative integer is

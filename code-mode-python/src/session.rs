@@ -76,7 +76,7 @@ impl NativeSession {
         tools_file: Option<String>,
         builtins: Vec<String>,
     ) -> PyResult<Self> {
-        let mut descriptions = crate::options::tools(tools)?;
+        let (mut descriptions, async_tools) = crate::options::tools(tools)?;
         let options = crate::options::session_options(options)?;
         let stored = crate::options::stored_values(stored)?;
         let provider = crate::runtime::provider(runtime)?;
@@ -98,7 +98,7 @@ impl NativeSession {
         let delegate = Arc::new(PyDelegate {
             dispatcher: Arc::new(dispatcher),
             answers: Arc::clone(&answers),
-            async_tools: crate::options::async_tools(tools)?,
+            async_tools,
             file_tools,
         });
         let session = {
