@@ -116,11 +116,8 @@ enum Command {
         /// Give every cell a fresh isolate instead of reusing the session's.
         #[arg(long)]
         no_isolate_reuse: bool,
-        /// With --http: keep the MCP sessions, their stored values and their running
-        /// cells' journals in this directory, so that a server started again with it goes
-        /// on with them (see docs/MCP.md, "Restarts").
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Serve sessions over a JSON-lines protocol on stdin/stdout (see docs/jsonl.md).
     Serve {
@@ -132,17 +129,44 @@ enum Command {
         tools: ToolArgs,
         #[command(flatten)]
         runtime: session::RuntimeArgs,
-        /// Keep the sessions, their stored values and their running cells' journals in
-        /// this directory, so that a server started again with it goes on with them (see
-        /// docs/jsonl.md, "Restarts"). Not with --in-process.
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<std::path::PathBuf>,
-        /// With --state-dir: the most its database may hold, in bytes. A write past it
-        /// fails as on a full disk: the lines that depend on it are held back (a
-        /// `state_error` event says why) until a write succeeds.
-        #[arg(long, value_name = "BYTES", requires = "state_dir")]
-        state_max_bytes: Option<u64>,
+        #[command(flatten)]
+        state: StateArgs,
     },
+}
+
+/// Where and how a serving process keeps its sessions across its restarts.
+#[derive(Debug, Args)]
+struct StateArgs {
+    /// Keep the sessions, their stored values and their running cells' journals in this
+    /// directory, so that a server started again with it goes on with them (docs/MCP.md,
+    /// docs/jsonl.md: "Restarts"). Not with --in-process; for `mcp`, with --http.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// With --state-dir: the most its database may hold, in bytes. Past seven eighths of
+    /// it a new session is refused, with the figures; a write past it fails as on a full
+    /// disk, and what depends on it is held back (`serve`: a `state_error` event says why)
+    /// or refused (`mcp`).
+    #[arg(long, value_name = "BYTES", requires = "state_dir")]
+    state_max_bytes: Option<u64>,
+    /// With --state-dir: a kept session that no client took back for this long is
+    /// deleted (90m, 24h, 7d, or never).
+    #[arg(long, value_name = "TIME", default_value = "24h", value_parser = code_mode_state::parse_ttl)]
+    state_ttl: code_mode_state::Ttl,
+}
+
+impl StateArgs {
+    /// The state directory and how its store is bounded, if one was given.
+    fn store(&self) -> Option<(PathBuf, code_mode_state::StoreOptions)> {
+        let dir = self.state_dir.clone()?;
+        Some((
+            dir,
+            code_mode_state::StoreOptions {
+                max_bytes: self.state_max_bytes,
+                ttl: self.state_ttl.0,
+                ..code_mode_state::StoreOptions::default()
+            },
+        ))
+    }
 }
 
 /// `code-mode mcp --http` and what secures it.
@@ -458,7 +482,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             limits,
             runtime,
             no_isolate_reuse,
-            state_dir,
+            state,
         } => {
             mcp::serve(mcp::McpOptions {
                 tools: tools.tools,
@@ -467,7 +491,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
                 runtime,
                 session: limits.session_options(!no_isolate_reuse),
                 runtime_log,
-                state_dir,
+                state: state.store(),
             })
             .await
         }
@@ -475,19 +499,12 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             jsonl: _,
             tools,
             runtime,
-            state_dir,
-            state_max_bytes,
+            state,
         } => {
             let tools = tools::ToolSet::load(tools.tools.as_deref(), &tools.builtin)
                 .await
                 .map_err(|error| Failure::usage(error.to_string()))?;
-            serve::serve(
-                &runtime,
-                tools,
-                runtime_log,
-                state_dir.as_deref().map(|dir| (dir, state_max_bytes)),
-            )
-            .await
+            serve::serve(&runtime, tools, runtime_log, state.store()).await
         }
     }
 }

@@ -29,7 +29,7 @@ use code_mode_protocol::{
     CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall, SessionCall, SessionError,
     SessionOptions, SessionReply, StoredValues, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
-use code_mode_state::{AnswerRecord, CallRecord, Checkpoint, Saved};
+use code_mode_state::{AnswerRecord, CallRecord, Changes, Saved, StoreOptions};
 use code_mode_surface::json::reply_json;
 use code_mode_surface::{
     Catalog, ToolDescription, exec_description_of, exec_tool_spec_of, wait_tool_spec,
@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use state::{Durability, state_error};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -435,6 +435,11 @@ impl Server {
             .map(|(key, value)| (key.clone(), Arc::from(value.to_string())))
             .collect();
         let options = session_options(given);
+        if let Some(state) = &self.state {
+            state
+                .admit()
+                .map_err(|error| ErrorReply::new("state_full", error))?;
+        }
         let id = format!("s{}", self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
         self.start_session(&id, options, stored_values, options_text.to_string());
         Ok(json!({ "session": id }))
@@ -679,7 +684,7 @@ impl Server {
     }
 
     /// Everything served now, as the state directory keeps it.
-    fn checkpoint(&self, state: &Durability) -> Checkpoint {
+    fn checkpoint(&self, state: &Durability) -> Changes {
         let calls = lock(&self.calls)
             .iter()
             .map(|(id, pending)| CallRecord {
@@ -873,7 +878,7 @@ pub async fn serve(
     runtime: &RuntimeArgs,
     tools: ToolSet,
     runtime_log: String,
-    state_dir: Option<(&Path, Option<u64>)>,
+    state_dir: Option<(PathBuf, StoreOptions)>,
 ) -> Result<(), Failure> {
     let (server, lines_rx, saved) = Server::start(runtime, tools, runtime_log, state_dir)?;
     let writer = tokio::spawn(write_lines(lines_rx, Arc::downgrade(&server)));
@@ -905,7 +910,7 @@ impl Server {
         runtime: &RuntimeArgs,
         tools: ToolSet,
         runtime_log: String,
-        state_dir: Option<(&Path, Option<u64>)>,
+        state_dir: Option<(PathBuf, StoreOptions)>,
     ) -> Result<(Arc<Server>, mpsc::UnboundedReceiver<String>, Saved), Failure> {
         let (state, saved) = match state_dir {
             Some(_) if runtime.in_process => {
@@ -913,8 +918,8 @@ impl Server {
                     "--state-dir keeps each running cell's journal on the host's side of the runtime process; it cannot be used with --in-process",
                 ));
             }
-            Some((dir, max_bytes)) => {
-                let (state, saved) = Durability::open(dir, max_bytes)
+            Some((dir, options)) => {
+                let (state, saved) = Durability::open(&dir, options)
                     .map_err(|error| Failure::runtime(error.to_string()))?;
                 (Some(Arc::new(state)), saved)
             }

@@ -1,6 +1,11 @@
 use super::*;
+use crate::sqlite::Sqlite;
+use crate::written::{Op, Undo, Written};
 use code_mode_protocol::ToolKind;
+use code_mode_protocol::journal::CellJournal;
 use code_mode_protocol::journal::JournalCommand;
+use code_mode_protocol::{NestedToolCall, StoredValues};
+use std::path::Path;
 use std::sync::Arc;
 
 /// A fresh directory of its own under the system's temporary directory.
@@ -48,8 +53,9 @@ fn cell(number: u64, answered: u64) -> DurableCell {
     }
 }
 
-fn checkpoint(cells: Vec<DurableCell>, value: &str) -> Checkpoint {
-    Checkpoint {
+fn checkpoint(cells: Vec<DurableCell>, value: &str) -> Changes {
+    Changes {
+        removed: Vec::new(),
         counters: vec![("last_session".to_owned(), 3)],
         sessions: vec![SessionRecord {
             id: "s1".to_owned(),
@@ -72,29 +78,60 @@ fn stored_value(saved: &Saved) -> String {
     saved.sessions[0].state.stored["k"].to_string()
 }
 
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}
+
+/// Options for tests: no time to live, no patience (a failure is the caller's at once).
+fn options() -> StoreOptions {
+    StoreOptions {
+        max_bytes: None,
+        ttl: None,
+        patience: std::time::Duration::ZERO,
+    }
+}
+
+fn open(dir: &Path) -> Result<(Keeper, Saved), StateError> {
+    Keeper::open_sqlite(dir, "jsonl", options())
+}
+
+fn write(keeper: &Keeper, changes: Changes) -> Result<(), StateError> {
+    block_on(keeper.write(changes))
+}
+
+fn removed(id: &str) -> Changes {
+    Changes {
+        removed: vec![id.to_owned()],
+        ..Changes::default()
+    }
+}
+
 #[test]
-fn a_checkpoint_comes_back_whole_in_the_next_process() {
+fn what_is_written_comes_back_whole_in_the_next_process() {
     let dir = scratch("round");
-    let store = StateStore::open(&dir, "jsonl").expect("opens");
-    store
-        .checkpoint(&checkpoint(vec![cell(1, 1), cell(2, 0)], "\"a\""))
-        .expect("written");
+    let (keeper, _) = open(&dir).expect("opens");
+    write(&keeper, checkpoint(vec![cell(1, 1), cell(2, 0)], "\"a\"")).expect("written");
     let answer = AnswerRecord {
         session: "s1".to_owned(),
         cell_id: CellId::new(1),
         call: CallId::new(2),
         result: Err(ToolError::new("no")),
     };
-    store.record_answer(&answer).expect("recorded");
-    drop(store);
-    let store = StateStore::open(&dir, "jsonl").expect("opens again");
-    let saved = store.load().expect("loads");
+    block_on(keeper.record_answer(answer)).expect("recorded");
+    drop(keeper);
+    let (keeper, saved) = open(&dir).expect("opens again");
     assert_eq!(saved.counter("last_session"), 3);
     assert_eq!(saved.counter("never"), 0);
     assert_eq!(saved.sessions.len(), 1);
     assert_eq!(saved.sessions[0].options, "{\"max_yield_time_ms\":100}");
     assert_eq!(stored_value(&saved), "\"a\"");
-    assert_eq!(saved.sessions[0].state.cells, vec![cell(1, 1), cell(2, 0)]);
+    let mut cells = saved.sessions[0].state.cells.clone();
+    cells.sort_by_key(|cell| cell.cell_id.to_string());
+    assert_eq!(cells, vec![cell(1, 1), cell(2, 0)]);
     assert_eq!(
         saved.front_id("s1", &CellId::new(1), CallId::new(2)),
         Some("c9")
@@ -103,31 +140,203 @@ fn a_checkpoint_comes_back_whole_in_the_next_process() {
         saved.answer("s1", &CellId::new(1), CallId::new(2)),
         Some(&Err(ToolError::new("no")))
     );
-    // A cell that is gone takes its answers with it; a session that is gone, its cells.
-    store
-        .checkpoint(&checkpoint(vec![cell(2, 1)], "\"b\""))
-        .expect("written");
-    let saved = store.load().expect("loads");
+    // A cell that grew is appended to; one that ended takes its answers with it.
+    write(&keeper, checkpoint(vec![cell(2, 1)], "\"b\"")).expect("written");
+    drop(keeper);
+    let (keeper, saved) = open(&dir).expect("opens again");
     assert_eq!(saved.sessions[0].state.cells, vec![cell(2, 1)]);
     assert_eq!(stored_value(&saved), "\"b\"");
     assert!(saved.answers.is_empty());
-    store.checkpoint(&Checkpoint::default()).expect("written");
-    let saved = store.load().expect("loads");
+    // A cell that grows after a restart goes on from what was read back.
+    write(&keeper, checkpoint(vec![cell(2, 2)], "\"b\"")).expect("written");
+    drop(keeper);
+    let (keeper, saved) = open(&dir).expect("opens again");
+    assert_eq!(saved.sessions[0].state.cells, vec![cell(2, 2)]);
+    // A session not named is left as it is; a removed one goes with all it had.
+    write(&keeper, Changes::default()).expect("written");
+    drop(keeper);
+    let (keeper, saved) = open(&dir).expect("opens again");
+    assert_eq!(saved.sessions.len(), 1, "a session not named stays");
+    write(&keeper, removed("s1")).expect("written");
+    drop(keeper);
+    let (_keeper, saved) = open(&dir).expect("opens again");
     assert!(saved.sessions.is_empty() && saved.calls.is_empty());
     assert_eq!(saved.counter("last_session"), 3, "counters stay");
 }
 
 #[test]
+fn only_what_changed_is_written() {
+    let mut written = Written::default();
+    let first = checkpoint(vec![cell(1, 0)], "\"a\"");
+    let ops = written.plan(&first, &mut Undo::default()).expect("planned");
+    assert!(ops.iter().any(|op| matches!(op, Op::CellStart { .. })));
+    let again = written.plan(&first, &mut Undo::default()).expect("planned");
+    assert!(
+        again.is_empty(),
+        "nothing changed, nothing written: {again:?}"
+    );
+    // One more answer: one appended batch, no header, no value, no session row.
+    let grown = written
+        .plan(&checkpoint(vec![cell(1, 1)], "\"a\""), &mut Undo::default())
+        .expect("planned");
+    assert!(
+        matches!(grown.as_slice(), [Op::CellGrowth { seq: 1, .. }]),
+        "{grown:?}"
+    );
+    // A value that changed is the only one written; the same text in another `Arc` is
+    // not a change.
+    let mut other = checkpoint(vec![cell(1, 1)], "\"a\"");
+    other.sessions[0]
+        .state
+        .stored
+        .insert("big".to_owned(), Arc::from("[1]"));
+    let ops = written.plan(&other, &mut Undo::default()).expect("planned");
+    assert!(
+        matches!(ops.as_slice(), [Op::Value { key, json: Some(_), .. }] if key == "big"),
+        "{ops:?}"
+    );
+    // Undone, the plan is as if it never was.
+    let mut undo = Undo::default();
+    let ops = written
+        .plan(&checkpoint(vec![cell(1, 2)], "\"c\""), &mut undo)
+        .expect("planned");
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    written.undo(undo);
+    let again = written
+        .plan(&checkpoint(vec![cell(1, 2)], "\"c\""), &mut Undo::default())
+        .expect("planned");
+    assert_eq!(again.len(), 3, "{again:?}");
+}
+
+#[test]
+fn a_second_write_of_one_journal_step_fails() {
+    let dir = scratch("append");
+    let (mut store, _) = Sqlite::open(&dir, "jsonl").expect("opens");
+    let growth = |seq| Op::CellGrowth {
+        session: "s1".to_owned(),
+        cell: "1".to_owned(),
+        seq,
+        growth: vec![1, 0, 0, 0],
+    };
+    crate::keeper::Backend::apply(&mut store, &[growth(0)]).expect("written");
+    let error = crate::keeper::Backend::apply(&mut store, &[growth(1), growth(0)])
+        .expect_err("step 0 was written");
+    assert!(error.to_string().contains("UNIQUE"), "{error}");
+    let steps: i64 = store
+        .connection()
+        .query_row("SELECT count(*) FROM growth", [], |row| row.get(0))
+        .expect("counted");
+    assert_eq!(steps, 1, "the failed transaction left nothing");
+}
+
+#[test]
+fn writes_queued_during_a_commit_share_the_next_one() {
+    let dir = scratch("group");
+    let (keeper, _) = open(&dir).expect("opens");
+    let keeper = Arc::new(keeper);
+    let writes = 64;
+    block_on(async {
+        let mut all = Vec::new();
+        for number in 0..writes {
+            let keeper = Arc::clone(&keeper);
+            let mut changes = checkpoint(vec![cell(1, 0)], "\"a\"");
+            changes.sessions[0].id = format!("s{number}");
+            changes.calls.clear();
+            all.push(async move { keeper.write(changes).await });
+        }
+        for outcome in join_all(all).await {
+            outcome.expect("written");
+        }
+    });
+    let commits = keeper.stats().commits;
+    assert!(
+        commits < writes / 4,
+        "{commits} commits for {writes} writes"
+    );
+    assert_eq!(keeper.stats().sessions, writes);
+    drop(keeper);
+    let (_, saved) = open(&dir).expect("opens again");
+    assert_eq!(saved.sessions.len() as u64, writes);
+}
+
+/// Polls every future in turn until all are done (each first poll queues its write).
+async fn join_all<T>(futures: Vec<impl std::future::Future<Output = T>>) -> Vec<T> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|context| {
+        for (future, slot) in futures.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none()
+                && let std::task::Poll::Ready(value) = future.as_mut().poll(context)
+            {
+                *slot = Some(value);
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().map(|slot| slot.expect("done")).collect()
+}
+
+#[test]
+fn a_database_of_format_one_is_rewritten_in_this_format_and_reads_whole() {
+    let dir = scratch("format-one");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/format-1.sqlite3");
+    std::fs::copy(&fixture, dir.join("jsonl.sqlite3")).expect("copied");
+    for round in 0..2 {
+        let (_keeper, saved) = open(&dir).unwrap_or_else(|error| panic!("round {round}: {error}"));
+        assert_eq!(saved.counter("last_session"), 3);
+        assert_eq!(saved.counter("generations"), 4);
+        let ids: Vec<&str> = saved
+            .sessions
+            .iter()
+            .map(|record| record.id.as_str())
+            .collect();
+        assert_eq!(ids, ["s1", "s2"]);
+        let mut cells = saved.sessions[0].state.cells.clone();
+        cells.sort_by_key(|cell| cell.cell_id.to_string());
+        assert_eq!(cells, vec![cell(1, 1), cell(2, 0)]);
+        let mut third = cell(3, 2);
+        third
+            .journal
+            .entered
+            .push(JournalCommand::TimerFired { id: 5 });
+        third.journal.tools = Arc::from([code_mode_protocol::ToolDefinition::new(
+            "slow",
+            "Slow.",
+            ToolKind::Function,
+        )]);
+        assert_eq!(saved.sessions[1].state.cells, vec![third]);
+        assert_eq!(&*saved.sessions[1].state.stored["big"], "[1,2,3]");
+        assert_eq!(
+            saved.answer("s1", &CellId::new(1), CallId::new(2)),
+            Some(&Err(ToolError::new("no")))
+        );
+        assert_eq!(
+            saved.answer("s2", &CellId::new(3), CallId::new(2)),
+            Some(&Ok(JsonText::new("{\"ok\":true}")))
+        );
+        assert_eq!(
+            saved.front_id("s1", &CellId::new(1), CallId::new(2)),
+            Some("c9")
+        );
+    }
+}
+
+#[test]
 fn one_process_at_a_time_holds_a_database() {
     let dir = scratch("busy");
-    let first = StateStore::open(&dir, "jsonl").expect("opens");
-    let second = StateStore::open(&dir, "jsonl").expect_err("held by the first");
+    let first = open(&dir).expect("opens");
+    let second = open(&dir).expect_err("held by the first");
     assert!(matches!(second, StateError::InUse { .. }), "{second}");
     drop(first);
-    StateStore::open(&dir, "jsonl").expect("free again");
+    open(&dir).expect("free again");
     // Another front's database in the same directory is its own.
-    let other = StateStore::open(&dir, "codex").expect("another file");
-    assert!(other.path().ends_with("codex.sqlite3"));
+    let (other, _) = Keeper::open_sqlite(&dir, "codex", options()).expect("another file");
+    assert!(other.describe().ends_with("codex.sqlite3"));
 }
 
 #[test]
@@ -136,58 +345,141 @@ fn a_file_that_is_not_a_database_is_refused_and_left_as_it_is() {
     let path = dir.join("jsonl.sqlite3");
     let garbage = b"this is not a database, and a front must not write over it".repeat(100);
     std::fs::write(&path, &garbage).expect("written");
-    let error = StateStore::open(&dir, "jsonl").expect_err("refused");
+    let error = open(&dir).expect_err("refused");
     assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
     assert!(error.to_string().contains("left as it is"), "{error}");
     assert_eq!(std::fs::read(&path).expect("still there"), garbage);
 }
 
 #[test]
-fn a_database_of_another_format_is_refused() {
+fn a_database_of_another_format_or_front_is_refused() {
     let dir = scratch("foreign");
-    let store = StateStore::open(&dir, "jsonl").expect("opens");
-    code_mode_protocol::sync::lock(&store.db)
+    let (store, _) = Sqlite::open(&dir, "jsonl").expect("opens");
+    store
+        .connection()
         .execute(
-            "UPDATE meta SET value = 'code-mode-state 0' WHERE key = 'format'",
+            "UPDATE meta SET value = 'code-mode-state 1, wire 0' WHERE key = 'format'",
             [],
         )
         .expect("rewritten");
     drop(store);
-    let error = StateStore::open(&dir, "jsonl").expect_err("refused");
+    let error = open(&dir).expect_err("refused");
     assert!(matches!(error, StateError::Foreign { .. }), "{error}");
+    let dir = scratch("other-front");
+    drop(open(&dir).expect("opens"));
+    std::fs::rename(dir.join("jsonl.sqlite3"), dir.join("mcp.sqlite3")).expect("renamed");
+    let error = Keeper::open_sqlite(&dir, "mcp", options()).expect_err("refused");
+    assert!(matches!(error, StateError::OtherFront { .. }), "{error}");
 }
 
 #[test]
 fn a_full_disk_refuses_the_write_and_keeps_the_state_before_it() {
     let dir = scratch("full");
-    let store = StateStore::open(&dir, "jsonl").expect("opens");
-    store
-        .checkpoint(&checkpoint(vec![cell(1, 0)], "\"small\""))
-        .expect("written");
-    store.cap_pages(8).expect("capped");
+    let capped = StoreOptions {
+        max_bytes: Some(256 * 1024),
+        ..options()
+    };
+    let (keeper, _) = Keeper::open_sqlite(&dir, "jsonl", capped.clone()).expect("opens");
+    write(&keeper, checkpoint(vec![cell(1, 0)], "\"small\"")).expect("written");
+    keeper.admit().expect("room for a new session");
     let big = format!("\"{}\"", "x".repeat(1 << 20));
-    let error = store
-        .checkpoint(&checkpoint(vec![cell(1, 1)], &big))
-        .expect_err("no room");
+    let error = write(&keeper, checkpoint(vec![cell(1, 1)], &big)).expect_err("no room");
     assert!(matches!(error, StateError::Write { .. }), "{error}");
     assert!(error.to_string().contains("full"), "{error}");
-    let saved = store.load().expect("loads");
+    // What was refused is not remembered as written: the next write tries it again.
+    write(&keeper, checkpoint(vec![cell(1, 1)], "\"small\"")).expect("written");
+    drop(keeper);
+    let (_, saved) = Keeper::open_sqlite(&dir, "jsonl", capped).expect("opens again");
     assert_eq!(stored_value(&saved), "\"small\"");
-    assert_eq!(saved.sessions[0].state.cells, vec![cell(1, 0)]);
+    assert_eq!(saved.sessions[0].state.cells, vec![cell(1, 1)]);
+}
+
+#[test]
+fn past_seven_eighths_of_the_cap_new_sessions_are_refused_with_the_figures() {
+    let dir = scratch("cap");
+    let (keeper, _) = open(&dir).expect("opens");
+    let big = format!("\"{}\"", "x".repeat(200 * 1024));
+    write(&keeper, checkpoint(vec![], &big)).expect("written");
+    let bytes = keeper.stats().bytes;
+    assert!(bytes > 200 * 1024, "{bytes}");
+    drop(keeper);
+    let capped = |max_bytes| StoreOptions {
+        max_bytes: Some(max_bytes),
+        ..options()
+    };
+    let (keeper, _) =
+        Keeper::open_sqlite(&dir, "jsonl", capped(bytes * 8 / 7 + 8192)).expect("opens");
+    keeper.admit().expect("under seven eighths");
+    drop(keeper);
+    let (keeper, _) = Keeper::open_sqlite(&dir, "jsonl", capped(bytes)).expect("opens");
+    let error = keeper.admit().expect_err("past seven eighths");
+    assert!(matches!(error, StateError::Full { .. }), "{error}");
+    assert!(error.to_string().contains("--state-max-bytes"), "{error}");
+    assert_eq!(keeper.stats().sessions, 1);
+}
+
+#[test]
+fn sessions_nobody_wrote_for_their_time_to_live_expire() {
+    let dir = scratch("ttl");
+    let (keeper, _) = open(&dir).expect("opens");
+    write(&keeper, checkpoint(vec![cell(1, 0)], "\"old\"")).expect("written");
+    let mut fresh = checkpoint(vec![cell(1, 0)], "\"new\"");
+    fresh.sessions[0].id = "s2".to_owned();
+    fresh.calls.clear();
+    write(&keeper, fresh).expect("written");
+    drop(keeper);
+    {
+        let (store, _) = Sqlite::open(&dir, "jsonl").expect("opens");
+        let two_days_ago = crate::sqlite::now() - 2 * 24 * 3600;
+        store
+            .connection()
+            .execute(
+                "UPDATE sessions SET touched = ?1 WHERE id = 's1'",
+                [two_days_ago],
+            )
+            .expect("aged");
+    }
+    let (keeper, saved) = Keeper::open_sqlite(
+        &dir,
+        "jsonl",
+        StoreOptions {
+            ttl: Some(DEFAULT_TTL),
+            ..options()
+        },
+    )
+    .expect("opens");
+    let ids: Vec<&str> = saved
+        .sessions
+        .iter()
+        .map(|record| record.id.as_str())
+        .collect();
+    assert_eq!(ids, ["s2"]);
+    assert!(saved.calls.is_empty(), "the expired session's calls went");
+    assert_eq!(keeper.stats().expired, 1);
+    assert_eq!(keeper.stats().sessions, 1);
+    drop(keeper);
+    let (store, _) = Sqlite::open(&dir, "jsonl").expect("opens");
+    for table in ["stored", "cells", "growth", "calls"] {
+        let left: i64 = store
+            .connection()
+            .query_row(
+                &format!("SELECT count(*) FROM {table} WHERE session = 's1'"),
+                [],
+                |row| row.get(0),
+            )
+            .expect("counted");
+        assert_eq!(left, 0, "{table}");
+    }
 }
 
 #[test]
 fn a_write_torn_by_a_kill_is_rolled_back_to_the_one_before() {
     let dir = scratch("torn");
-    let store = StateStore::open(&dir, "jsonl").expect("opens");
-    store
-        .checkpoint(&checkpoint(vec![cell(1, 0)], "\"first\""))
-        .expect("written");
+    let (keeper, _) = open(&dir).expect("opens");
+    write(&keeper, checkpoint(vec![cell(1, 0)], "\"first\"")).expect("written");
     let wal = dir.join("jsonl.sqlite3-wal");
     let first_len = std::fs::metadata(&wal).expect("a log").len();
-    store
-        .checkpoint(&checkpoint(vec![cell(1, 1)], "\"second\""))
-        .expect("written");
+    write(&keeper, checkpoint(vec![cell(1, 1)], "\"second\"")).expect("written");
     // What a kill in the middle of the second write leaves: the files as they are, with
     // the log cut inside the second transaction.
     let copy = scratch("torn-copy");
@@ -196,13 +488,10 @@ fn a_write_torn_by_a_kill_is_rolled_back_to_the_one_before() {
     assert!(log.len() as u64 > first_len + 100);
     let cut = usize::try_from(first_len).expect("fits") + 100;
     std::fs::write(copy.join("jsonl.sqlite3-wal"), &log[..cut]).expect("cut");
-    let saved = StateStore::open(&copy, "jsonl")
-        .expect("opens")
-        .load()
-        .expect("loads");
+    let (_, saved) = open(&copy).expect("opens");
     assert_eq!(stored_value(&saved), "\"first\"");
     assert_eq!(saved.sessions[0].state.cells, vec![cell(1, 0)]);
-    drop(store);
+    drop(keeper);
 }
 
 #[test]
@@ -210,10 +499,8 @@ fn the_directory_and_its_database_are_private_to_their_owner() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let mode = |path: &Path| std::fs::symlink_metadata(path).expect("stat").mode() & 0o777;
     let dir = scratch("private").join("state");
-    let store = StateStore::open(&dir, "jsonl").expect("opens");
-    store
-        .checkpoint(&checkpoint(vec![cell(1, 0)], "\"secret\""))
-        .expect("written");
+    let (keeper, _) = open(&dir).expect("opens");
+    write(&keeper, checkpoint(vec![cell(1, 0)], "\"secret\"")).expect("written");
     assert_eq!(mode(&dir), 0o700);
     for name in ["jsonl.sqlite3", "jsonl.sqlite3-wal", "jsonl.sqlite3-shm"] {
         let path = dir.join(name);
@@ -221,10 +508,10 @@ fn the_directory_and_its_database_are_private_to_their_owner() {
             assert_eq!(mode(&path), 0o600, "{name}");
         }
     }
-    drop(store);
+    drop(keeper);
     // A directory others may write is refused, and left as it is.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
-    let error = StateStore::open(&dir, "jsonl").expect_err("refused");
+    let error = open(&dir).expect_err("refused");
     assert!(error.to_string().contains("chmod 700"), "{error}");
     assert_eq!(mode(&dir), 0o770);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -232,10 +519,25 @@ fn the_directory_and_its_database_are_private_to_their_owner() {
     let elsewhere = scratch("private-elsewhere").join("other.sqlite3");
     std::fs::write(&elsewhere, b"").unwrap();
     std::os::unix::fs::symlink(&elsewhere, dir.join("mcp.sqlite3")).unwrap();
-    let error = StateStore::open(&dir, "mcp").expect_err("refused");
+    let error = Keeper::open_sqlite(&dir, "mcp", options()).expect_err("refused");
     assert!(error.to_string().contains("symbolic link"), "{error}");
     // A state directory named through a link is refused too.
     let link = scratch("private-link").join("state");
     std::os::unix::fs::symlink(&dir, &link).unwrap();
-    assert!(StateStore::open(&link, "jsonl").is_err());
+    assert!(open(&link).is_err());
+}
+
+#[test]
+fn a_time_to_live_reads_as_the_command_lines_write_it() {
+    let secs = |seconds| Ok(Ttl(Some(std::time::Duration::from_secs(seconds))));
+    assert_eq!(parse_ttl("90m"), secs(5400));
+    assert_eq!(parse_ttl("24h"), secs(86_400));
+    assert_eq!(parse_ttl("7d"), secs(604_800));
+    assert_eq!(parse_ttl("30"), secs(30));
+    assert_eq!(parse_ttl("45s"), secs(45));
+    assert_eq!(parse_ttl("never"), Ok(Ttl(None)));
+    for bad in ["", "0", "h", "-1h", "1w", "1.5h", "99999999999999999999d"] {
+        let error = parse_ttl(bad).expect_err(bad);
+        assert!(error.contains("not a time to live"), "{error}");
+    }
 }

@@ -38,10 +38,6 @@ use tokio_util::sync::CancellationToken;
 /// The yield time of an `Execute` that names none (codex always sends one).
 pub const DEFAULT_EXEC_YIELD_MS: u64 = 30_000;
 
-/// How long a state-directory write that fails is tried again before the request that
-/// depends on it fails (`UNAVAILABLE`): a disk full for a moment loses nothing.
-pub const STATE_PATIENCE: Duration = Duration::from_secs(10);
-
 /// The yield time of a `Wait` that names none.
 pub const DEFAULT_WAIT_YIELD_MS: u64 = 10_000;
 
@@ -86,6 +82,10 @@ pub enum FrontError {
     /// rather than answered with what a restart could not give back.
     #[error("code-mode state could not be written: {0}")]
     StateUnavailable(String),
+    /// The state directory is near its size cap: a new session is refused (the figures
+    /// and what frees room are in the text).
+    #[error("{0}")]
+    StateFull(String),
     /// No runtime can be started: what is wrong, what to do about it, and the full
     /// cause, in that order (codex shows the model the start of the text, cut).
     #[error("code-mode runtime unavailable: {summary}. Fix: {fix}. Details: {cause}")]
@@ -549,10 +549,6 @@ impl FrontSession {
 }
 
 impl Checkpointed for FrontSession {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
     /// The session as a state directory keeps it: what Codex's ids map to, our session's
     /// durable state, and the invocations waiting for the client's answer.
     fn durable(&self) -> (SessionRecord, Vec<CallRecord>) {
@@ -785,26 +781,27 @@ impl Front {
         self.state.is_some()
     }
 
-    /// With a state directory: everything kept is on disk before an answer that depends
-    /// on it goes out. A write that fails (a full disk, say) is tried again for
-    /// [`STATE_PATIENCE`], then is the answer's error: what depends on it must not go out.
-    pub async fn flush(&self) -> Result<(), FrontError> {
+    /// With a state directory: `session` as it is now is on disk before an answer that
+    /// depends on it goes out. A write that fails (a full disk, say) is tried again for
+    /// the keeper's patience, then is the answer's error: what depends on it must not go out.
+    pub async fn flush(&self, session: &FrontSession) -> Result<(), FrontError> {
         let Some(state) = &self.state else {
             return Ok(());
         };
-        let deadline = tokio::time::Instant::now() + STATE_PATIENCE;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let error = match state.flush(self.provider.generations_used()).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(FrontError::StateUnavailable(error));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
+        state
+            .flush(session, self.provider.generations_used())
+            .await
+            .map_err(FrontError::StateUnavailable)
+    }
+
+    /// The `/metrics` page: the trace exporter's counters, and the state store's figures
+    /// when the front keeps state.
+    pub fn render_metrics(&self) -> String {
+        let mut text = code_mode_trace::render_metrics();
+        if let Some(state) = &self.state {
+            text.push_str(&state.stats().render_metrics());
         }
+        text
     }
 
     pub fn provider(&self) -> &Runtimes {
@@ -862,6 +859,9 @@ impl Front {
         }
         if sessions.len() >= self.max_sessions {
             return Err(FrontError::TooManySessions(self.max_sessions));
+        }
+        if let Some(state) = &self.state {
+            state.admit().map_err(FrontError::StateFull)?;
         }
         let front = self.new_session(
             id.clone(),
@@ -923,9 +923,6 @@ impl Front {
             owner: self.owner.clone(),
         });
         let _ = delegate.session.set(Arc::downgrade(&front));
-        if let Some(state) = &self.state {
-            state.keep(&front);
-        }
         front
     }
 

@@ -69,7 +69,8 @@ pub fn status(error: FrontError) -> tonic::Status {
         FrontError::RuntimeUnavailable { .. } => tonic::Status::failed_precondition(message),
         FrontError::TooManyInFlightRequests
         | FrontError::TooManyActiveCells
-        | FrontError::TooManySessions(_) => tonic::Status::resource_exhausted(message),
+        | FrontError::TooManySessions(_)
+        | FrontError::StateFull(_) => tonic::Status::resource_exhausted(message),
         FrontError::StateUnavailable(_) => tonic::Status::unavailable(message),
         FrontError::Session(error) => match error {
             SessionError::ShuttingDown
@@ -244,7 +245,7 @@ impl Service {
             })),
         };
         // The session is on disk before its client learns its id.
-        if let Err(error) = self.front.flush().await {
+        if let Err(error) = self.front.flush(&session).await {
             self.front.close_session(&session).await;
             return Err(status(error));
         }
@@ -270,7 +271,7 @@ impl Service {
             )
             .await
             .map_err(status)?;
-        self.front.flush().await.map_err(status)?;
+        self.front.flush(&session).await.map_err(status)?;
         let (cell, buffered) = observed(result);
         let mut response = Response::new(proto::WaitResponse { cell });
         if let Ok(value) = buffered.to_string().parse() {
@@ -304,6 +305,7 @@ impl Service {
         let front = self.front.clone();
         let started_sender = sender.clone();
         let execution_id = request.execution_id;
+        let flushed = Arc::clone(&session);
         // The cell outlives a client that drops the call: its output waits for `Wait`. The
         // execute span lasts until the outcome is sent, as on Codex's host.
         tokio::spawn(tracing::Instrument::instrument(
@@ -341,7 +343,7 @@ impl Service {
             let mut receiver = receiver;
             while let Some(message) = receiver.recv().await {
                 // What the disk does not have does not go out; the stream ends with why.
-                if let Err(error) = front.flush().await {
+                if let Err(error) = front.flush(&flushed).await {
                     let _ = out.send(Err(status(error))).await;
                     return;
                 }
@@ -394,7 +396,10 @@ impl CodeModeHost for Service {
             )
         })?;
         // With a state directory, each invocation is on disk before the client sees it.
-        let flush = self.front.keeps_state().then(|| self.front.clone());
+        let flush = self
+            .front
+            .keeps_state()
+            .then(|| (self.front.clone(), Arc::clone(&session)));
         let stream = lease_stream(invocations, session.closed(), None, proto_invocation, flush);
         Ok(Response::new(stream))
     }
@@ -471,7 +476,7 @@ impl CodeModeHost for Service {
             .terminate(&session, &request.cell_id)
             .await
             .map_err(status)?;
-        self.front.flush().await.map_err(status)?;
+        self.front.flush(&session).await.map_err(status)?;
         let cell = match result {
             Observed::Live(outcome) => {
                 proto::terminate_response::Cell::LiveCell(proto_outcome(outcome))
@@ -553,7 +558,7 @@ fn lease_stream<T, U>(
     closed: CancellationToken,
     first: Option<U>,
     convert: fn(T) -> U,
-    flush: Option<Arc<Front>>,
+    flush: Option<(Arc<Front>, Arc<FrontSession>)>,
 ) -> EventStream<U>
 where
     T: Send + 'static,
@@ -574,8 +579,8 @@ where
                         // is on disk: else a restart would replay its call and stream it
                         // again. A failed write ends the stream with why; the invocation
                         // is streamed after a restart, from what the disk has.
-                        if let Some(front) = &flush
-                            && let Err(error) = front.flush().await
+                        if let Some((front, session)) = &flush
+                            && let Err(error) = front.flush(session).await
                         {
                             lease.give_back(item);
                             let _ = sender.send(Err(status(error))).await;

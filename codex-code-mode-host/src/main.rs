@@ -54,11 +54,16 @@ struct Cli {
     /// with them (a client names a kept session by its id; see docs/CODEX.md).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// With --state-dir: the most its database may hold, in bytes. A write past it fails
-    /// as on a full disk: the call that needs it is refused (UNAVAILABLE) and nothing that
-    /// depends on it goes out.
+    /// With --state-dir: the most its database may hold, in bytes. Past seven eighths of
+    /// it a new session is refused (RESOURCE_EXHAUSTED, with the figures); a write past it
+    /// fails as on a full disk: the call that needs it is refused (UNAVAILABLE) and
+    /// nothing that depends on it goes out.
     #[arg(long, value_name = "BYTES", requires = "state_dir")]
     state_max_bytes: Option<u64>,
+    /// With --state-dir: a kept session that no client took back for this long is
+    /// deleted (90m, 24h, 7d, or never).
+    #[arg(long, value_name = "TIME", default_value = "24h", value_parser = code_mode_state::parse_ttl, requires = "state_dir")]
+    state_ttl: code_mode_state::Ttl,
     /// Run cells on runtimes listening elsewhere (`code-mode-bin --listen`) instead of a
     /// local runtime process: HOST:PORT, repeated or comma-separated, or `dns://NAME:PORT`
     /// for a name that resolves to many (resolved again as the pool runs).
@@ -570,8 +575,15 @@ async fn run(
     let state = match (&cli.state_dir, &listen) {
         (None, _) => None,
         (Some(dir), Listen::GrpcTcp(_)) => Some(std::sync::Arc::new(
-            codex_code_mode_host::state::CodexState::open(dir, cli.state_max_bytes)
-                .map_err(|error| error.to_string())?,
+            codex_code_mode_host::state::CodexState::open(
+                dir,
+                code_mode_state::StoreOptions {
+                    max_bytes: cli.state_max_bytes,
+                    ttl: cli.state_ttl.0,
+                    ..code_mode_state::StoreOptions::default()
+                },
+            )
+            .map_err(|error| error.to_string())?,
         )),
         (Some(_), _) => {
             return Err(

@@ -164,7 +164,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// an empty body while a runtime runs or can be started, else `503` with the cause and its
 /// fix as text; every other request is `505` (gRPC needs HTTP/2), with `allow: GET,HEAD`
 /// for another method on `/healthz`. Beyond Codex's host, `GET /metrics` gives the trace
-/// exporter's counters (batches exported and dropped) in Prometheus' text format.
+/// exporter's counters (batches exported and dropped) and, with a state directory, the
+/// store's size and sessions, in Prometheus' text format.
 pub async fn http1_answer(
     front: &Front,
     method: &http::Method,
@@ -190,7 +191,7 @@ pub async fn http1_answer(
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             *response.body_mut() = tonic::body::Body::new(http_body_util::Full::new(
-                bytes::Bytes::from(code_mode_trace::render_metrics()),
+                bytes::Bytes::from(front.render_metrics()),
             ));
         }
         (method, "/healthz") if method != http::Method::HEAD => {

@@ -1,22 +1,22 @@
 //! `--state-dir` (with `--listen grpc://`): the host's sessions kept across its restarts
 //! (docs/CODEX.md, "Restarts"). Each session's Codex ids (cells, executions, tools), its
 //! stored values and running cells ([`code_mode_host::DurableSession`]), the invocations
-//! waiting for the client and the answers that came go to `code-mode-state`'s database
-//! (`codex.sqlite3`). The front writes a checkpoint before it answers anything that
-//! depends on it ([`crate::front::Front::flush`]) and records a client's answer before its
-//! cell gets it. After a restart a kept session belongs to no connection until a call
-//! names it: that connection takes it back.
+//! waiting for the client and the answers that came go to `code-mode-state`'s keeper
+//! (`codex.sqlite3`). The front writes a session's changes before it answers anything
+//! that depends on them ([`crate::front::Front::flush`]) and records a client's answer
+//! before its cell gets it. After a restart a kept session belongs to no connection until
+//! a call names it: that connection takes it back, unless it expired (`--state-ttl`).
 
 use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{CallId, CellId, JsonText, ToolError};
 use code_mode_state::{
-    AnswerRecord, CallRecord, Checkpoint, SessionRecord, StateError, StateStore,
+    AnswerRecord, CallRecord, Changes, Keeper, SessionRecord, StateError, StoreOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 
 /// The database's name in the state directory (`codex.sqlite3`).
 const FRONT: &str = "codex";
@@ -37,8 +37,6 @@ pub enum Owner {
 /// A live session as a checkpoint takes it: its own record and the invocations it waits on
 /// the client for (the front's sessions; this module knows no more of them).
 pub(crate) trait Checkpointed: Send + Sync + 'static {
-    /// Its id (the key it is kept under).
-    fn id(&self) -> &str;
     /// Its record and its calls waiting for the client, as they are now.
     fn durable(&self) -> (SessionRecord, Vec<CallRecord>);
 }
@@ -111,37 +109,31 @@ impl Orphan {
 
 /// What the state directory keeps of the host's sessions, across every connection.
 pub struct CodexState {
-    store: Arc<StateStore>,
+    keeper: Keeper,
     orphans: Mutex<HashMap<String, Orphan>>,
-    sessions: Mutex<HashMap<String, Weak<dyn Checkpointed>>>,
     generations: AtomicU64,
-    /// One checkpoint at a time.
-    writing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for CodexState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CodexState")
-            .field("store", &self.store)
+            .field("keeper", &self.keeper)
             .finish_non_exhaustive()
     }
 }
 
 impl CodexState {
     /// Opens the state directory and reads what it keeps; a kept session whose own state
-    /// does not read is an error that names it. With `max_bytes`, the database holds no
-    /// more: a write past it fails as on a full disk (the request that needs it fails).
-    pub fn open(dir: &Path, max_bytes: Option<u64>) -> Result<Self, StateError> {
-        let store = StateStore::open(dir, FRONT)?;
-        if let Some(bytes) = max_bytes {
-            store.cap_bytes(bytes)?;
-        }
-        let saved = store.load()?;
+    /// does not read is an error that names it. `options` bound the store (its size cap:
+    /// new sessions are refused near it, a write past it fails as on a full disk; its time
+    /// to live) and say how long a failed write is tried again.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StateError> {
+        let (keeper, saved) = Keeper::open_sqlite(dir, FRONT, options)?;
         let mut orphans = HashMap::new();
         for record in saved.sessions.iter().cloned() {
             let kept: KeptSession =
                 serde_json::from_str(&record.options).map_err(|error| StateError::Read {
-                    path: store.path().to_owned(),
+                    path: keeper.describe().into(),
                     detail: format!("session {}: {error}", record.id),
                 })?;
             let of = |id: &str| id == record.id;
@@ -167,13 +159,15 @@ impl CodexState {
                 },
             );
         }
-        tracing::info!(path = %store.path().display(), sessions = orphans.len(), "state directory opened");
+        tracing::info!(
+            store = keeper.describe(),
+            sessions = orphans.len(),
+            "state directory opened"
+        );
         Ok(Self {
-            store: Arc::new(store),
+            keeper,
             generations: AtomicU64::new(saved.counter(GENERATIONS)),
             orphans: Mutex::new(orphans),
-            sessions: Mutex::new(HashMap::new()),
-            writing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -187,21 +181,30 @@ impl CodexState {
         lock(&self.orphans).contains_key(id)
     }
 
-    /// Keeps `session` from now on.
-    pub(crate) fn keep<S: Checkpointed>(&self, session: &Arc<S>) {
-        let weak: Weak<dyn Checkpointed> = Arc::downgrade(session) as Weak<S>;
-        lock(&self.sessions).insert(session.id().to_owned(), weak);
+    /// Whether the store has room for one more session (refused near its size cap, with
+    /// the figures).
+    pub(crate) fn admit(&self) -> Result<(), String> {
+        self.keeper.admit().map_err(|error| error.to_string())
     }
 
-    /// Session `id` was closed: it is gone from the next checkpoint.
+    /// The store's size and contents, for metrics.
+    pub fn stats(&self) -> code_mode_state::StoreStats {
+        self.keeper.stats()
+    }
+
+    /// Session `id` was closed: it is deleted from the store.
     pub(crate) fn forget(&self, id: &str) {
-        lock(&self.sessions).remove(id);
+        self.keeper.remove(id);
     }
 
     /// The kept session `id`, for the first connection that names it whose client owned
     /// it; another client gets nothing (and the session stays kept for its owner).
     pub(crate) fn take_orphan(&self, id: &str, owner: Option<&Owner>) -> Option<Orphan> {
         let mut orphans = lock(&self.orphans);
+        if self.keeper.expired(id) {
+            orphans.remove(id);
+            return None;
+        }
         if orphans.get(id)?.kept.owner.as_ref() != owner {
             tracing::warn!(
                 session = id,
@@ -212,37 +215,30 @@ impl CodexState {
         orphans.remove(id)
     }
 
-    /// Writes the checkpoint of every session as it is now (`generations`: the runtime
-    /// generation the provider reached). A failure is returned (and logged); the database
-    /// keeps the state before it, and nothing that depends on the write may go out.
-    pub(crate) async fn flush(&self, generations: u64) -> Result<(), String> {
-        let _writing = self.writing.lock().await;
-        self.generations.fetch_max(generations, Ordering::SeqCst);
-        let live: Vec<Arc<dyn Checkpointed>> = lock(&self.sessions)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        let mut sessions = Vec::new();
-        let mut calls = Vec::new();
-        for orphan in lock(&self.orphans).values() {
-            sessions.push(orphan.record.clone());
-            calls.extend(orphan.calls.iter().cloned());
-        }
-        for session in live {
-            let (record, waiting) = session.durable();
-            sessions.push(record);
-            calls.extend(waiting);
-        }
-        let checkpoint = Checkpoint {
-            counters: vec![(
-                GENERATIONS.to_owned(),
-                self.generations.load(Ordering::SeqCst),
-            )],
-            sessions,
+    /// Writes `session` as it is now (`generations`: the runtime generation the provider
+    /// reached). A failure, once the keeper's patience is spent, is returned (and
+    /// logged); the store keeps what it had, and nothing that depends on the write may go
+    /// out.
+    pub(crate) async fn flush(
+        &self,
+        session: &dyn Checkpointed,
+        generations: u64,
+    ) -> Result<(), String> {
+        let generations = self
+            .generations
+            .fetch_max(generations, Ordering::SeqCst)
+            .max(generations);
+        let (record, calls) = session.durable();
+        let changes = Changes {
+            counters: vec![(GENERATIONS.to_owned(), generations)],
+            sessions: vec![record],
             calls,
+            removed: Vec::new(),
         };
-        let store = Arc::clone(&self.store);
-        written(tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint)).await)
+        self.keeper
+            .write(changes)
+            .await
+            .map_err(|error| error.to_string())
     }
 
     /// Records the client's answer to a call, before its cell gets it; a failure is
@@ -260,18 +256,9 @@ impl CodexState {
             call,
             result: result.clone(),
         };
-        let store = Arc::clone(&self.store);
-        written(tokio::task::spawn_blocking(move || store.record_answer(&answer)).await)
+        self.keeper
+            .record_answer(answer)
+            .await
+            .map_err(|error| error.to_string())
     }
-}
-
-/// A write's outcome as the caller's error text, logged when it failed.
-fn written(outcome: Result<Result<(), StateError>, tokio::task::JoinError>) -> Result<(), String> {
-    let error = match outcome {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(error)) => error.to_string(),
-        Err(error) => format!("the state writer failed: {error}"),
-    };
-    tracing::error!("{error}");
-    Err(error)
 }

@@ -156,6 +156,8 @@ struct Front {
     service: Service,
     sessions: Arc<ExpiringSessions>,
     token: Option<BearerToken>,
+    /// With a state directory: its store's figures join `/metrics`.
+    state: Option<Arc<super::state::McpState>>,
 }
 
 /// Serves until Ctrl-C.
@@ -188,6 +190,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
         service,
         sessions: Arc::clone(&sessions),
         token: checked.token,
+        state: shared.state.clone(),
     });
     let acceptor = checked.tls.map(tokio_rustls::TlsAcceptor::from);
     let scheme = if acceptor.is_some() { "https" } else { "http" };
@@ -278,11 +281,14 @@ async fn handle(
             verdict => return unauthorized(verdict),
         }
     }
-    // The trace exporter's counters (batches delivered and dropped), behind the same
-    // credentials as the endpoint.
+    // The trace exporter's counters (batches delivered and dropped) and the state store's
+    // figures, behind the same credentials as the endpoint.
     if request.uri().path() == METRICS && request.method() == http::Method::GET {
-        let mut response =
-            hyper::Response::new(Full::new(Bytes::from(code_mode_trace::render_metrics())).boxed());
+        let mut text = code_mode_trace::render_metrics();
+        if let Some(state) = &front.state {
+            text.push_str(&state.stats().render_metrics());
+        }
+        let mut response = hyper::Response::new(Full::new(Bytes::from(text)).boxed());
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

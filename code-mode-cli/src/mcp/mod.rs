@@ -30,8 +30,8 @@ pub struct McpOptions {
     /// Every session's options: limits, maximum yield time, isolate reuse.
     pub session: SessionOptions,
     pub runtime_log: String,
-    /// With `--http`: keep the sessions in this directory across restarts.
-    pub state_dir: Option<PathBuf>,
+    /// With `--http`: keep the sessions in this directory across restarts, bounded so.
+    pub state: Option<(PathBuf, code_mode_state::StoreOptions)>,
 }
 
 /// Runs `code-mode mcp` until its client goes away (stdio) or it is stopped (HTTP).
@@ -39,7 +39,7 @@ pub async fn serve(options: McpOptions) -> Result<(), Failure> {
     let tools = ToolSet::parse(options.tools.as_deref(), &options.builtins)
         .map_err(|error| Failure::usage(error.to_string()))?;
     let http = options.http.map(HttpOptions::check).transpose()?;
-    let state = match &options.state_dir {
+    let state = match options.state {
         None => None,
         Some(_) if http.is_none() => {
             return Err(Failure::usage(
@@ -51,8 +51,9 @@ pub async fn serve(options: McpOptions) -> Result<(), Failure> {
                 "--state-dir keeps each running cell's journal on the host's side of the runtime process; it cannot be used with --in-process",
             ));
         }
-        Some(dir) => Some(Arc::new(
-            state::McpState::open(dir).map_err(|error| Failure::runtime(error.to_string()))?,
+        Some((dir, store)) => Some(Arc::new(
+            state::McpState::open(&dir, store)
+                .map_err(|error| Failure::runtime(error.to_string()))?,
         )),
     };
     let generations = state.as_ref().map_or(0, |state| state.generations_before());

@@ -291,33 +291,26 @@ impl CodeModeServer {
         })
     }
 
-    /// With a state directory: every session as it is now goes to disk before an answer
-    /// goes out. A write that fails is tried again for [`PERSIST_PATIENCE`] (a disk that
-    /// fills up for a moment loses nothing), then fails the request: an answer that a
+    /// With a state directory: this MCP session as it is now goes to disk before an
+    /// answer goes out. A write that fails is tried again for the keeper's patience (a disk
+    /// that fills up for a moment loses nothing), then fails the request: an answer that a
     /// restart could not give back (and whose calls a restart would run again) does not
     /// go out.
     async fn persist(&self) -> Result<(), ErrorData> {
-        let Some(state) = &self.shared.state else {
+        let (Some(state), Some(id)) = (&self.shared.state, self.mcp_id.get()) else {
             return Ok(());
         };
-        let deadline = tokio::time::Instant::now() + PERSIST_PATIENCE;
-        let mut pause = std::time::Duration::from_millis(50);
-        loop {
-            let error = match state.persist(self.shared.sessions.generations_used()).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(ErrorData::internal_error(
+        state
+            .persist(id, self.shared.sessions.generations_used())
+            .await
+            .map_err(|error| {
+                ErrorData::internal_error(
                     format!(
                         "code-mode state could not be written: {error}; this answer is withheld, since a restart could not give it back"
                     ),
                     None,
-                ));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_secs(2));
-        }
+                )
+            })
     }
 
     /// Runs one observation (`exec` or `wait`, made with `preempt` as its preempt
@@ -620,9 +613,6 @@ impl Shared {
         self.tools.stop().await;
     }
 }
-
-/// How long a checkpoint that fails is tried again before the request it holds back fails.
-const PERSIST_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long `mcp` waits for its session to shut down once its client went away.
 const SHUTDOWN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -1,7 +1,7 @@
 //! `code-mode mcp --http --state-dir`: MCP sessions that outlive the server (docs/MCP.md,
 //! "Restarts"). Each MCP session's `initialize` parameters, its code-mode session's stored
-//! values and running cells go to `code-mode-state`'s database (`mcp.sqlite3`); a
-//! checkpoint is written before each `tools/call` answer goes out. A client that comes
+//! values and running cells go to `code-mode-state`'s keeper (`mcp.sqlite3`); what
+//! changed in a session is written before its `tools/call` answer goes out. A client that comes
 //! back to a restarted server with its `Mcp-Session-Id` finds the session again: rmcp
 //! replays its `initialize` from what is kept here ([`SessionStore`]), and the session's
 //! first call takes its code-mode session back, running cells rebuilt at their next
@@ -10,7 +10,7 @@
 use code_mode_host::DurableSession;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, ToolError};
-use code_mode_state::{Checkpoint, SessionRecord, StateError, StateStore};
+use code_mode_state::{Changes, Keeper, SessionRecord, StateError, StoreOptions};
 use rmcp::model::InitializeRequestParams;
 use rmcp::transport::streamable_http_server::session::{SessionState, SessionStore};
 use std::collections::HashMap;
@@ -34,7 +34,7 @@ struct Live {
 
 /// What the state directory keeps of the server's MCP sessions.
 pub(crate) struct McpState {
-    store: Arc<StateStore>,
+    keeper: Keeper,
     /// Sessions an earlier process kept that no client took back yet, by MCP session id.
     saved: Mutex<HashMap<String, SessionRecord>>,
     live: Mutex<HashMap<String, Live>>,
@@ -42,18 +42,19 @@ pub(crate) struct McpState {
     generations: AtomicU64,
     /// Set when the server stops: what the stop does to the sessions is not kept.
     closed: AtomicBool,
-    /// One checkpoint at a time.
-    writing: tokio::sync::Mutex<()>,
 }
 
 impl McpState {
-    /// Opens the state directory and reads what it keeps.
-    pub(crate) fn open(dir: &Path) -> Result<Self, StateError> {
-        let store = StateStore::open(dir, FRONT)?;
-        let saved = store.load()?;
-        tracing::info!(path = %store.path().display(), sessions = saved.sessions.len(), "state directory opened");
+    /// Opens the state directory and reads what it keeps, bounded by `options`.
+    pub(crate) fn open(dir: &Path, options: StoreOptions) -> Result<Self, StateError> {
+        let (keeper, saved) = Keeper::open_sqlite(dir, FRONT, options)?;
+        tracing::info!(
+            store = keeper.describe(),
+            sessions = saved.sessions.len(),
+            "state directory opened"
+        );
         Ok(Self {
-            store: Arc::new(store),
+            keeper,
             generations: AtomicU64::new(saved.counter(GENERATIONS)),
             saved: Mutex::new(
                 saved
@@ -64,7 +65,6 @@ impl McpState {
             ),
             live: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
-            writing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -88,7 +88,9 @@ impl McpState {
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
     ) -> Option<Arc<dyn CodeModeSession>> {
-        let record = lock(&self.saved).remove(id);
+        let record = lock(&self.saved)
+            .remove(id)
+            .filter(|_| !self.keeper.expired(id));
         let stored = record
             .as_ref()
             .map(|record| record.state.stored.clone())
@@ -113,11 +115,18 @@ impl McpState {
         Some(session)
     }
 
-    /// MCP session `id` ended (closed by its client, or idle past its timeout).
+    /// MCP session `id` ended (closed by its client, or idle past its timeout): it is
+    /// deleted from the store (unless the server is stopping: then it is kept).
     pub(crate) fn forget(&self, id: &str) {
         if !self.closed.load(Ordering::SeqCst) {
             lock(&self.live).remove(id);
+            self.keeper.remove(id);
         }
+    }
+
+    /// The store's size and contents, for metrics.
+    pub(crate) fn stats(&self) -> code_mode_state::StoreStats {
+        self.keeper.stats()
     }
 
     /// No checkpoint after this one.
@@ -125,43 +134,37 @@ impl McpState {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    /// Writes the checkpoint of every MCP session as it is now; `generations` is the
-    /// runtime generation the provider reached. A failure is returned (and logged), and
-    /// the database keeps the state before it: what depends on the write must not go out.
-    pub(crate) async fn persist(&self, generations: u64) -> Result<(), String> {
+    /// Writes MCP session `id` as it is now; `generations` is the runtime generation the
+    /// provider reached. A failure, once the keeper's patience is spent, is returned (and
+    /// logged), and the store keeps what it had: what depends on the write must not go
+    /// out.
+    pub(crate) async fn persist(&self, id: &str, generations: u64) -> Result<(), String> {
         if self.closed.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let _writing = self.writing.lock().await;
-        self.generations.fetch_max(generations, Ordering::SeqCst);
-        let mut sessions: Vec<SessionRecord> = lock(&self.saved).values().cloned().collect();
-        sessions.extend(lock(&self.live).iter().map(|(id, live)| {
-            SessionRecord {
-                id: id.clone(),
-                options: live.init.clone(),
-                state: live
-                    .session
-                    .as_ref()
-                    .map(|session| session.durable_state())
-                    .unwrap_or_default(),
-            }
-        }));
-        let checkpoint = Checkpoint {
-            counters: vec![(
-                GENERATIONS.to_owned(),
-                self.generations.load(Ordering::SeqCst),
-            )],
-            sessions,
+        let generations = self
+            .generations
+            .fetch_max(generations, Ordering::SeqCst)
+            .max(generations);
+        let record = lock(&self.live).get(id).map(|live| SessionRecord {
+            id: id.to_owned(),
+            options: live.init.clone(),
+            state: live
+                .session
+                .as_ref()
+                .map(|session| session.durable_state())
+                .unwrap_or_default(),
+        });
+        let changes = Changes {
+            counters: vec![(GENERATIONS.to_owned(), generations)],
+            sessions: record.into_iter().collect(),
             calls: Vec::new(),
+            removed: Vec::new(),
         };
-        let store = Arc::clone(&self.store);
-        let error = match tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(error)) => error.to_string(),
-            Err(error) => format!("the state writer failed: {error}"),
-        };
-        tracing::error!("{error}");
-        Err(error)
+        self.keeper
+            .write(changes)
+            .await
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -190,6 +193,10 @@ impl SessionStore for McpState {
         state: &SessionState,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let init = serde_json::to_string(&state.initialize_params)?;
+        let known = lock(&self.live).contains_key(session_id);
+        if !known {
+            self.keeper.admit()?;
+        }
         lock(&self.live)
             .entry(session_id.to_owned())
             .or_insert(Live {
@@ -197,7 +204,7 @@ impl SessionStore for McpState {
                 session: None,
             })
             .init = init;
-        self.persist(0).await?;
+        self.persist(session_id, 0).await?;
         Ok(())
     }
 
@@ -206,8 +213,9 @@ impl SessionStore for McpState {
         session_id: &str,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.forget(session_id);
-        lock(&self.saved).remove(session_id);
-        self.persist(0).await?;
+        if lock(&self.saved).remove(session_id).is_some() {
+            self.keeper.remove(session_id);
+        }
         Ok(())
     }
 }

@@ -1,14 +1,15 @@
 //! `serve --jsonl --state-dir`: what the driver keeps of its sessions so that they outlive
 //! it (docs/jsonl.md, "Restarts"). The sessions served, their stored values and running
 //! cells (through [`DurableSession`]), the tool calls the client was told about and the
-//! answers it gave go to `code-mode-state`'s database: a checkpoint before each batch of
-//! lines goes out, an answer before its cell gets it.
+//! answers it gave go to `code-mode-state`'s keeper: what changed before each batch of
+//! lines goes out, an answer before its cell gets it. The keeper does not try a failed
+//! write again: the driver holds the lines back and says why (`state_error`) instead.
 
 use super::{Out, answer_text};
 use code_mode_host::{DurableSession, RestoredCall};
 use code_mode_protocol::sync::lock;
 use code_mode_state::{
-    AnswerRecord, CallRecord, Checkpoint, Saved, SessionRecord, StateError, StateStore,
+    AnswerRecord, CallRecord, Changes, Keeper, Saved, SessionRecord, StateError, StoreOptions,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ struct Restored {
 }
 
 pub(super) struct Durability {
-    store: Arc<StateStore>,
+    keeper: Arc<Keeper>,
     sessions: Mutex<HashMap<String, Kept>>,
     /// Restored calls waiting for the client's answer, by the id the client knows.
     restored: Mutex<HashMap<String, Restored>>,
@@ -43,18 +44,26 @@ pub(super) struct Durability {
 }
 
 impl Durability {
-    /// Opens the state directory and reads what it keeps; with `max_bytes`, its database
-    /// holds no more (a write past it fails as on a full disk).
-    pub(super) fn open(dir: &Path, max_bytes: Option<u64>) -> Result<(Self, Saved), StateError> {
-        let store = StateStore::open(dir, FRONT)?;
-        if let Some(bytes) = max_bytes {
-            store.cap_bytes(bytes)?;
-        }
-        let saved = store.load()?;
-        tracing::info!(path = %store.path().display(), sessions = saved.sessions.len(), "state directory opened");
+    /// Opens the state directory and reads what it keeps, bounded by `options` (its size
+    /// cap: new sessions are refused near it and a write past it fails as on a full disk;
+    /// its time to live).
+    pub(super) fn open(dir: &Path, options: StoreOptions) -> Result<(Self, Saved), StateError> {
+        let (keeper, saved) = Keeper::open_sqlite(
+            dir,
+            FRONT,
+            StoreOptions {
+                patience: std::time::Duration::ZERO,
+                ..options
+            },
+        )?;
+        tracing::info!(
+            store = keeper.describe(),
+            sessions = saved.sessions.len(),
+            "state directory opened"
+        );
         Ok((
             Self {
-                store: Arc::new(store),
+                keeper: Arc::new(keeper),
                 sessions: Mutex::new(HashMap::new()),
                 restored: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
@@ -68,10 +77,19 @@ impl Durability {
         lock(&self.sessions).insert(id.to_owned(), Kept { session, options });
     }
 
-    /// Session `id` was shut down: it is gone from the next checkpoint.
+    /// Session `id` was shut down: it is deleted from the store (unless the driver is
+    /// stopping: then it is kept for the next process).
     pub(super) fn forget(&self, id: &str) {
         lock(&self.sessions).remove(id);
         lock(&self.restored).retain(|_, restored| restored.session != id);
+        if !self.is_closed() {
+            self.keeper.remove(id);
+        }
+    }
+
+    /// Whether a new session may be kept (refused near the store's size cap).
+    pub(super) fn admit(&self) -> Result<(), String> {
+        self.keeper.admit().map_err(|error| error.to_string())
     }
 
     /// A restored call of session `session` waits for the client's answer to `id`.
@@ -79,13 +97,13 @@ impl Durability {
         lock(&self.restored).insert(id, Restored { session, call });
     }
 
-    /// The checkpoint of every kept session as it is now, with the driver's counters and
-    /// its calls waiting for the client (`calls`, and the restored ones).
+    /// Every kept session as it is now, with the driver's counters and its calls waiting
+    /// for the client (`calls`, and the restored ones): the keeper writes what changed.
     pub(super) fn checkpoint(
         &self,
         counters: Vec<(String, u64)>,
         mut calls: Vec<CallRecord>,
-    ) -> Checkpoint {
+    ) -> Changes {
         let sessions = lock(&self.sessions)
             .iter()
             .map(|(id, kept)| SessionRecord {
@@ -104,10 +122,11 @@ impl Durability {
                     front_id: id.clone(),
                 }),
         );
-        Checkpoint {
+        Changes {
             counters,
             sessions,
             calls,
+            removed: Vec::new(),
         }
     }
 
@@ -120,14 +139,12 @@ impl Durability {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    /// Writes `checkpoint` (on a blocking thread); the error as the client reads it.
-    pub(super) async fn write(&self, checkpoint: Checkpoint) -> Result<(), String> {
-        let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(error) => Err(format!("the state writer failed: {error}")),
-        }
+    /// Writes `changes`; the error as the client reads it.
+    pub(super) async fn write(&self, changes: Changes) -> Result<(), String> {
+        self.keeper
+            .write(changes)
+            .await
+            .map_err(|error| error.to_string())
     }
 
     /// Records the answer to call `call` (the client's id of it), then runs `then` with
@@ -141,16 +158,15 @@ impl Durability {
         answer: AnswerRecord,
         then: impl FnOnce(bool) + Send + 'static,
     ) {
-        let store = Arc::clone(&self.store);
+        let keeper = Arc::clone(&self.keeper);
         let out = out.clone();
         let call = call.to_owned();
         tokio::spawn(async move {
-            let recorded = tokio::task::spawn_blocking(move || store.record_answer(&answer)).await;
-            let error = match recorded {
-                Ok(Ok(())) => None,
-                Ok(Err(error)) => Some(error.to_string()),
-                Err(error) => Some(format!("the state writer failed: {error}")),
-            };
+            let error = keeper
+                .record_answer(answer)
+                .await
+                .err()
+                .map(|error| error.to_string());
             if let Some(message) = &error {
                 tracing::error!(call, "{message}");
             }

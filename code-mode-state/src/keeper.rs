@@ -1,0 +1,546 @@
+//! The keeper: the one writer of a store. Every front and provider that keeps state hands
+//! it changes ([`Keeper::write`]) and answers ([`Keeper::record_answer`]) and awaits them;
+//! one thread owns the store and writes, in one transaction with one sync, everything
+//! queued while the last commit ran (group commit). A change is planned against what the
+//! keeper remembers writing ([`crate::written`]), so only what changed is encoded. A
+//! write that fails is tried again for the keeper's patience (a disk that fills for a
+//! moment loses nothing), then is the caller's error: what depends on it must not go out.
+//!
+//! The keeper also bounds the store: sessions no process wrote for the time to live
+//! expire (checked at open and every minute), and past seven eighths of the size cap new
+//! sessions are refused ([`Keeper::admit`]); the cap itself fails writes as a full disk.
+
+use crate::written::{Op, Undo, Written};
+use crate::{AnswerRecord, Changes, Saved, StateError};
+use code_mode_protocol::sync::lock;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a session nobody wrote is kept by default: a day.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long a failed write is tried again by default before the caller gets its error.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How often the keeper looks for expired sessions.
+const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+
+/// At most this many queued writes go in one transaction.
+const MAX_GROUP: usize = 256;
+
+/// A store's own operations, under the keeper's thread.
+pub(crate) trait Backend: Send + 'static {
+    /// Does `ops` in one transaction, durable when it returns.
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StateError>;
+    /// The bytes the store's data takes.
+    fn bytes(&mut self) -> Result<u64, StateError>;
+    /// Deletes the sessions last written before `before` (seconds since the epoch) that
+    /// are not in `live`, and marks those in `live` written now; returns the deleted ids.
+    fn expire(&mut self, before: i64, live: &HashSet<String>) -> Result<Vec<String>, StateError>;
+    /// Where the store is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// How a keeper bounds and waits for its store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The store's size cap: past seven eighths of it new sessions are refused, and a
+    /// write past it fails as on a full disk.
+    pub max_bytes: Option<u64>,
+    /// Sessions no process wrote for this long are deleted (`None`: kept for ever).
+    pub ttl: Option<Duration>,
+    /// How long a failed write is tried again before the caller gets its error.
+    pub patience: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_bytes: None,
+            ttl: Some(DEFAULT_TTL),
+            patience: DEFAULT_PATIENCE,
+        }
+    }
+}
+
+/// A time to live as the command lines give it (`--state-ttl`); `None`: never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(pub Option<Duration>);
+
+/// A time to live as the command lines take it (`--state-ttl`): a number with `s`, `m`,
+/// `h` or `d` (`90m`, `24h`, `7d`; a bare number is seconds), or `never`.
+pub fn parse_ttl(text: &str) -> Result<Ttl, String> {
+    let text = text.trim();
+    if text == "never" {
+        return Ok(Ttl(None));
+    }
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, 's')) => (&text[..at], 1),
+        Some((at, 'm')) => (&text[..at], 60),
+        Some((at, 'h')) => (&text[..at], 3600),
+        Some((at, 'd')) => (&text[..at], 86_400),
+        _ => (text, 1),
+    };
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(unit))
+        .filter(|seconds| *seconds > 0)
+        .ok_or_else(|| {
+            format!("`{text}` is not a time to live: write e.g. 90m, 24h, 7d or never")
+        })?;
+    Ok(Ttl(Some(Duration::from_secs(seconds))))
+}
+
+/// A store's size and contents, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes its data takes.
+    pub bytes: u64,
+    /// Sessions it holds (this process's and orphans).
+    pub sessions: u64,
+    /// Transactions committed by this process.
+    pub commits: u64,
+    /// Sessions that expired in this process.
+    pub expired: u64,
+}
+
+impl StoreStats {
+    /// The figures in Prometheus' text format, for the `/metrics` pages.
+    pub fn render_metrics(&self) -> String {
+        let mut text = String::new();
+        for (name, kind, help, value) in [
+            (
+                "code_mode_state_bytes",
+                "gauge",
+                "Bytes the state store's data takes.",
+                self.bytes,
+            ),
+            (
+                "code_mode_state_sessions",
+                "gauge",
+                "Sessions the state store holds, orphans of earlier processes included.",
+                self.sessions,
+            ),
+            (
+                "code_mode_state_commits_total",
+                "counter",
+                "Transactions this process committed to the state store.",
+                self.commits,
+            ),
+            (
+                "code_mode_state_sessions_expired_total",
+                "counter",
+                "Kept sessions deleted past their time to live by this process.",
+                self.expired,
+            ),
+        ] {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        text
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<(), StateError>>;
+
+enum Job {
+    Write(Arc<Changes>, Option<Reply>),
+    Answer(Arc<AnswerRecord>, Reply),
+}
+
+#[derive(Default)]
+struct Shared {
+    bytes: AtomicU64,
+    sessions: AtomicU64,
+    commits: AtomicU64,
+    expired_count: AtomicU64,
+    /// Sessions that expired while this process ran: a front must not take one back.
+    expired: Mutex<HashSet<String>>,
+}
+
+/// The one writer of a store.
+pub struct Keeper {
+    /// Taken when the keeper drops, so that its thread ends.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+    options: StoreOptions,
+    describe: String,
+}
+
+impl std::fmt::Debug for Keeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keeper")
+            .field("store", &self.describe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keeper {
+    /// The keeper of `front`'s SQLite database in `dir` (`<dir>/<front>.sqlite3`), with
+    /// what it holds. Refused when another process holds it, when it is not whole, or when
+    /// another version or front end wrote it; sessions past their time to live are gone
+    /// before it is read.
+    pub fn open_sqlite(
+        dir: &std::path::Path,
+        front: &str,
+        options: StoreOptions,
+    ) -> Result<(Self, Saved), StateError> {
+        let (store, loaded) = crate::sqlite::Sqlite::open(dir, front)?;
+        if let Some(bytes) = options.max_bytes {
+            store.cap_pages(bytes / store.page_size()?)?;
+        }
+        Self::start(store, loaded, options)
+    }
+
+    fn start(
+        mut store: impl Backend,
+        loaded: crate::sqlite::Loaded,
+        options: StoreOptions,
+    ) -> Result<(Self, Saved), StateError> {
+        let mut saved = loaded.saved;
+        let shared = Arc::new(Shared::default());
+        if let Some(ttl) = options.ttl {
+            let gone = store.expire(cutoff(ttl), &HashSet::new())?;
+            if !gone.is_empty() {
+                tracing::info!(store = %store.describe(), sessions = gone.len(), "expired sessions deleted");
+                let gone: HashSet<String> = gone.into_iter().collect();
+                saved.sessions.retain(|record| !gone.contains(&record.id));
+                saved.calls.retain(|call| !gone.contains(&call.session));
+                saved
+                    .answers
+                    .retain(|answer| !gone.contains(&answer.session));
+                shared
+                    .expired_count
+                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
+            }
+        }
+        let written = Written::loaded(
+            &saved.sessions,
+            &saved.calls,
+            &saved.counters,
+            |session, cell| {
+                loaded
+                    .next_seq
+                    .get(&(session.to_owned(), cell.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            },
+        );
+        shared.bytes.store(store.bytes()?, Ordering::Relaxed);
+        shared
+            .sessions
+            .store(written.sessions.len() as u64, Ordering::Relaxed);
+        let describe = store.describe();
+        let (jobs, queue) = mpsc::channel();
+        let writer = Writer {
+            store,
+            written,
+            shared: Arc::clone(&shared),
+            ttl: options.ttl,
+        };
+        let writer = std::thread::Builder::new()
+            .name("code-mode-state".to_owned())
+            .spawn(move || writer.run(&queue))
+            .map_err(|error| StateError::Write {
+                path: describe.clone().into(),
+                detail: format!("the state writer thread did not start: {error}"),
+            })?;
+        Ok((
+            Self {
+                jobs: Some(jobs),
+                writer: Some(writer),
+                shared,
+                options,
+                describe,
+            },
+            saved,
+        ))
+    }
+
+    /// Where the store is.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Writes `changes`, durable when it returns; tried again for the keeper's patience
+    /// when it fails, then its error.
+    pub async fn write(&self, changes: Changes) -> Result<(), StateError> {
+        let changes = Arc::new(changes);
+        self.patiently(|reply| Job::Write(Arc::clone(&changes), Some(reply)))
+            .await
+    }
+
+    /// Records the answer that came for a nested call, durable when it returns: the
+    /// caller hands it to the cell afterwards, so a restart between the two still
+    /// delivers it. Tried again for the keeper's patience when it fails.
+    pub async fn record_answer(&self, answer: AnswerRecord) -> Result<(), StateError> {
+        let answer = Arc::new(answer);
+        self.patiently(|reply| Job::Answer(Arc::clone(&answer), reply))
+            .await
+    }
+
+    /// Deletes session `id` with all it had, without waiting (a failure leaves it to
+    /// expire).
+    pub fn remove(&self, id: &str) {
+        let changes = Changes {
+            removed: vec![id.to_owned()],
+            ..Changes::default()
+        };
+        self.send(Job::Write(Arc::new(changes), None));
+    }
+
+    async fn patiently(&self, job: impl Fn(Reply) -> Job) -> Result<(), StateError> {
+        let deadline = tokio::time::Instant::now() + self.options.patience;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let error = if !self.send(job(reply)) {
+                self.stopped()
+            } else {
+                match answer.await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(error)) => error,
+                    Err(_) => self.stopped(),
+                }
+            };
+            if tokio::time::Instant::now() + pause > deadline {
+                tracing::error!(store = %self.describe, "{error}");
+                return Err(error);
+            }
+            tracing::warn!(store = %self.describe, "{error}; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Queues `job`; false when the writer stopped.
+    fn send(&self, job: Job) -> bool {
+        self.jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok())
+    }
+
+    fn stopped(&self) -> StateError {
+        StateError::Write {
+            path: self.describe.clone().into(),
+            detail: "the state writer stopped".to_owned(),
+        }
+    }
+
+    /// Whether a new session may be kept: refused past seven eighths of the size cap,
+    /// with the figures and what frees room.
+    pub fn admit(&self) -> Result<(), StateError> {
+        let Some(max) = self.options.max_bytes else {
+            return Ok(());
+        };
+        let bytes = self.shared.bytes.load(Ordering::Relaxed);
+        if bytes >= max / 8 * 7 {
+            return Err(StateError::Full {
+                store: self.describe.clone(),
+                bytes,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether session `id` expired while this process ran (its orphan must not be taken
+    /// back).
+    pub fn expired(&self, id: &str) -> bool {
+        lock(&self.shared.expired).contains(id)
+    }
+
+    /// The store's size and contents now.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            bytes: self.shared.bytes.load(Ordering::Relaxed),
+            sessions: self.shared.sessions.load(Ordering::Relaxed),
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            expired: self.shared.expired_count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Keeper {
+    /// Waits for the writes queued before: the store is free for the next keeper when the
+    /// drop returns.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Seconds since the epoch, `ttl` ago.
+fn cutoff(ttl: Duration) -> i64 {
+    crate::sqlite::now().saturating_sub(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The keeper's thread.
+struct Writer<B> {
+    store: B,
+    written: Written,
+    shared: Arc<Shared>,
+    ttl: Option<Duration>,
+}
+
+impl<B: Backend> Writer<B> {
+    fn run(mut self, queue: &mpsc::Receiver<Job>) {
+        let mut last_expiry = Instant::now();
+        loop {
+            let first = match queue.recv_timeout(EXPIRY_EVERY) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            if let Some(first) = first {
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                self.commit(jobs);
+            }
+            if last_expiry.elapsed() >= EXPIRY_EVERY {
+                last_expiry = Instant::now();
+                self.expire();
+                self.measure();
+            }
+        }
+    }
+
+    /// Brings the figures of [`Keeper::stats`] up to the store (before the callers of a
+    /// commit learn of it).
+    fn measure(&mut self) {
+        if let Ok(bytes) = self.store.bytes() {
+            self.shared.bytes.store(bytes, Ordering::Relaxed);
+        }
+        self.shared
+            .sessions
+            .store(self.written.sessions.len() as u64, Ordering::Relaxed);
+    }
+
+    /// A transaction was committed.
+    fn committed(&mut self) {
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        self.measure();
+    }
+
+    /// The writes of one job, the memory updated (`undo` takes it back).
+    fn plan(&mut self, job: &Job, undo: &mut Undo) -> Result<Vec<Op>, StateError> {
+        let planned = match job {
+            Job::Write(changes, _) => self.written.plan(changes, undo),
+            Job::Answer(answer, _) => crate::sqlite::answer_op(answer).map(|op| vec![op]),
+        };
+        planned.map_err(|detail| StateError::Write {
+            path: self.store.describe().into(),
+            detail,
+        })
+    }
+
+    /// Writes every job in one transaction; if that fails, each alone, so that each
+    /// caller gets its own outcome.
+    fn commit(&mut self, jobs: Vec<Job>) {
+        let mut undo = Undo::default();
+        let mut ops = Vec::new();
+        let mut planned = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut own = Undo::default();
+            match self.plan(&job, &mut own) {
+                Ok(more) => {
+                    ops.extend(more);
+                    undo.extend(own);
+                    planned.push(job);
+                }
+                Err(error) => {
+                    self.written.undo(own);
+                    reply(job, Err(error));
+                }
+            }
+        }
+        if planned.is_empty() {
+            return;
+        }
+        match self.store.apply(&ops) {
+            Ok(()) => {
+                self.committed();
+                for job in planned {
+                    reply(job, Ok(()));
+                }
+            }
+            Err(error) if planned.len() == 1 => {
+                self.written.undo(undo);
+                if let Some(job) = planned.pop() {
+                    reply(job, Err(error));
+                }
+            }
+            Err(_) => {
+                self.written.undo(undo);
+                for job in planned {
+                    let mut own = Undo::default();
+                    let outcome = self.plan(&job, &mut own).and_then(|ops| {
+                        let applied = self.store.apply(&ops);
+                        if applied.is_ok() {
+                            self.committed();
+                        }
+                        applied
+                    });
+                    if outcome.is_err() {
+                        self.written.undo(own);
+                    }
+                    reply(job, outcome);
+                }
+            }
+        }
+    }
+
+    /// Deletes the sessions past their time to live, keeping this process's own.
+    fn expire(&mut self) {
+        let Some(ttl) = self.ttl else {
+            return;
+        };
+        let live: HashSet<String> = self
+            .written
+            .sessions
+            .iter()
+            .filter(|(_, memory)| memory.live)
+            .map(|(id, _)| id.clone())
+            .collect();
+        match self.store.expire(cutoff(ttl), &live) {
+            Ok(gone) => {
+                if gone.is_empty() {
+                    return;
+                }
+                tracing::info!(store = %self.store.describe(), sessions = gone.len(), "expired sessions deleted");
+                self.shared
+                    .expired_count
+                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
+                let mut expired = lock(&self.shared.expired);
+                for id in gone {
+                    self.written.expired(&id);
+                    expired.insert(id);
+                }
+            }
+            Err(error) => tracing::warn!("expiring old sessions failed: {error}"),
+        }
+    }
+}
+
+fn reply(job: Job, outcome: Result<(), StateError>) {
+    let reply = match job {
+        Job::Write(_, reply) => reply,
+        Job::Answer(_, reply) => Some(reply),
+    };
+    if let Some(reply) = reply {
+        let _ = reply.send(outcome);
+    }
+}

@@ -1,0 +1,573 @@
+//! The SQLite store (`--state-dir`): one database per front (`<front>.sqlite3`, `rusqlite`
+//! bundled). WAL with `synchronous=FULL`, so a transaction is durable when it commits and
+//! a torn one is rolled back at the next open; one process at a time holds the file
+//! (`locking_mode=EXCLUSIVE`); a file that is not whole is refused at open and left as it
+//! is. A database of format 1 (journals in the wire's encoding) is rewritten in this
+//! crate's format at open, in one transaction.
+
+use crate::format::{self, FORMAT, Growth, Header, Tail};
+use crate::keeper::Backend;
+use crate::written::Op;
+use crate::{AnswerRecord, CallRecord, SessionRecord, StateError};
+use code_mode_protocol::durable::DurableState;
+use code_mode_protocol::{CallId, CellId};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a store gave back at open: its contents, and the next growth number of each cell.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    pub(crate) saved: crate::Saved,
+    pub(crate) next_seq: HashMap<(String, String), u64>,
+}
+
+/// An open SQLite store.
+pub(crate) struct Sqlite {
+    path: PathBuf,
+    db: Connection,
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, options TEXT NOT NULL, touched INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS stored (
+        session TEXT NOT NULL, key TEXT NOT NULL, json TEXT NOT NULL,
+        PRIMARY KEY (session, key));
+    CREATE TABLE IF NOT EXISTS cells (
+        session TEXT NOT NULL, cell TEXT NOT NULL, header BLOB NOT NULL, tail BLOB NOT NULL,
+        PRIMARY KEY (session, cell));
+    CREATE TABLE IF NOT EXISTS growth (
+        session TEXT NOT NULL, cell TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL,
+        PRIMARY KEY (session, cell, seq));
+    CREATE TABLE IF NOT EXISTS calls (
+        session TEXT NOT NULL, cell TEXT NOT NULL, call INTEGER NOT NULL,
+        front_id TEXT NOT NULL, PRIMARY KEY (session, cell, call));
+    CREATE TABLE IF NOT EXISTS answers (
+        session TEXT NOT NULL, cell TEXT NOT NULL, call INTEGER NOT NULL,
+        result BLOB NOT NULL, PRIMARY KEY (session, cell, call));";
+
+/// `front`'s database file in `dir`, made (or checked) private to this user: it holds
+/// tool inputs and results, stored values and session ids, so `0700` and `0600`, no link
+/// followed (`code_mode_files`). SQLite makes the `-wal` and `-shm` files with the
+/// database's mode; ones left by an earlier process are checked the same way.
+fn private_database(dir: &Path, front: &str) -> Result<PathBuf, StateError> {
+    code_mode_files::private_dir("the state directory", dir)?;
+    let path = dir.join(format!("{front}.sqlite3"));
+    code_mode_files::private_file("the state database", &path)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.clone().into_os_string();
+        name.push(suffix);
+        code_mode_files::check_if_present("the state database", Path::new(&name))?;
+    }
+    Ok(path)
+}
+
+/// Seconds since the epoch.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs().cast_signed())
+}
+
+impl Sqlite {
+    /// Opens (or creates) `front`'s database in `dir`. Refused when another process holds
+    /// it, when it is not whole, or when another version or front end wrote it.
+    pub(crate) fn open(dir: &Path, front: &str) -> Result<(Self, Loaded), StateError> {
+        let path = private_database(dir, front)?;
+        let corrupt = |error: rusqlite::Error| StateError::Corrupt {
+            path: path.clone(),
+            detail: error.to_string(),
+        };
+        let db = Connection::open(&path).map_err(corrupt)?;
+        // A database another process holds is refused at once, not after a wait.
+        db.busy_timeout(std::time::Duration::ZERO)
+            .map_err(corrupt)?;
+        // One process at a time: the lock is taken by the first read below and held.
+        db.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(corrupt)?;
+        let busy = |error: rusqlite::Error| match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StateError::InUse { path: path.clone() }
+            }
+            _ => StateError::Corrupt {
+                path: path.clone(),
+                detail: error.to_string(),
+            },
+        };
+        db.pragma_update(None, "journal_mode", "WAL")
+            .map_err(busy)?;
+        db.pragma_update(None, "synchronous", "FULL")
+            .map_err(busy)?;
+        let check: String = db
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(busy)?;
+        if check != "ok" {
+            return Err(StateError::Corrupt {
+                path,
+                detail: check,
+            });
+        }
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        )
+        .map_err(busy)?;
+        let mut store = Self { path, db };
+        let meta = |store: &Self, key: &str| -> Result<Option<String>, StateError> {
+            store
+                .db
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(|error| store.read_error(error))
+        };
+        if let Some(found) = meta(&store, "front")?
+            && found != front
+        {
+            return Err(StateError::OtherFront {
+                path: store.path,
+                found,
+                expected: front.to_owned(),
+            });
+        }
+        let found = meta(&store, "format")?;
+        let loaded = match found.as_deref() {
+            None => {
+                store.create(front)?;
+                Loaded::default()
+            }
+            Some(FORMAT) => store.load()?,
+            Some(older) if crate::legacy::reads(older) => {
+                let saved = crate::legacy::read(&store.db)
+                    .map_err(|detail| store.read_error(format!("format 1: {detail}")))?;
+                store.migrate(front, &saved)?;
+                tracing::info!(path = %store.path.display(), "state database rewritten from format 1");
+                store.load()?
+            }
+            Some(other) => {
+                return Err(StateError::Foreign {
+                    path: store.path,
+                    found: other.to_owned(),
+                    expected: FORMAT.to_owned(),
+                });
+            }
+        };
+        Ok((store, loaded))
+    }
+
+    /// Makes the tables of a new database.
+    fn create(&mut self, front: &str) -> Result<(), StateError> {
+        let tx = self.db.transaction().map_err(write_error(&self.path))?;
+        tx.execute_batch(SCHEMA).map_err(write_error(&self.path))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('format', ?1), ('front', ?2)",
+            params![FORMAT, front],
+        )
+        .map_err(write_error(&self.path))?;
+        tx.commit().map_err(write_error(&self.path))
+    }
+
+    /// Rewrites a format-1 database, read as `saved`, in this format: one transaction.
+    fn migrate(&mut self, front: &str, saved: &crate::Saved) -> Result<(), StateError> {
+        let mut written = crate::written::Written::default();
+        let changes = crate::Changes {
+            counters: Vec::new(),
+            sessions: saved.sessions.clone(),
+            calls: saved.calls.clone(),
+            removed: Vec::new(),
+        };
+        let mut ops = written
+            .plan(&changes, &mut crate::written::Undo::default())
+            .map_err(|detail| self.write_error(detail))?;
+        for answer in &saved.answers {
+            ops.push(answer_op(answer).map_err(|detail| self.write_error(detail))?);
+        }
+        let path = self.path.clone();
+        let tx = self.db.transaction().map_err(write_error(&path))?;
+        tx.execute_batch(
+            "DROP TABLE IF EXISTS sessions; DROP TABLE IF EXISTS cells;
+             DROP TABLE IF EXISTS answers; DROP TABLE IF EXISTS calls;",
+        )
+        .map_err(write_error(&path))?;
+        tx.execute_batch(SCHEMA).map_err(write_error(&path))?;
+        apply_in(&tx, &ops).map_err(write_error(&path))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('format', ?1), ('front', ?2)",
+            params![FORMAT, front],
+        )
+        .map_err(write_error(&path))?;
+        tx.commit().map_err(write_error(&path))
+    }
+
+    fn read_error(&self, error: impl std::fmt::Display) -> StateError {
+        StateError::Read {
+            path: self.path.clone(),
+            detail: error.to_string(),
+        }
+    }
+
+    fn write_error(&self, error: impl std::fmt::Display) -> StateError {
+        StateError::Write {
+            path: self.path.clone(),
+            detail: error.to_string(),
+        }
+    }
+
+    /// Every row `sql` selects, made by `row`; a failure is a read error.
+    fn rows<R>(
+        &self,
+        sql: &str,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    ) -> Result<Vec<R>, StateError> {
+        let mut statement = self
+            .db
+            .prepare(sql)
+            .map_err(|error| self.read_error(error))?;
+        let rows = statement
+            .query_map([], row)
+            .map_err(|error| self.read_error(error))?;
+        rows.collect::<rusqlite::Result<Vec<R>>>()
+            .map_err(|error| self.read_error(error))
+    }
+
+    /// Everything the database holds. A row that does not decode is an error that names
+    /// it (nothing is dropped quietly).
+    fn load(&self) -> Result<Loaded, StateError> {
+        let mut loaded = Loaded::default();
+        let saved = &mut loaded.saved;
+        for (name, value) in self.rows("SELECT name, value FROM counters", |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })? {
+            saved.counters.insert(name, value.cast_unsigned());
+        }
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (id, options) in self
+            .rows("SELECT id, options FROM sessions ORDER BY rowid", |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?
+        {
+            index.insert(id.clone(), saved.sessions.len());
+            saved.sessions.push(SessionRecord {
+                id,
+                options,
+                state: DurableState::default(),
+            });
+        }
+        for (session, key, json) in self.rows("SELECT session, key, json FROM stored", |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })? {
+            if let Some(&at) = index.get(&session) {
+                saved.sessions[at].state.stored.insert(key, Arc::from(json));
+            }
+        }
+        let mut growth: HashMap<(String, String), Vec<Growth>> = HashMap::new();
+        for (session, cell, seq, body) in self.rows(
+            "SELECT session, cell, seq, body FROM growth ORDER BY session, cell, seq",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Vec<u8>>(3)?,
+                ))
+            },
+        )? {
+            let grown: Growth = format::decode(&body).map_err(|error| {
+                self.read_error(format!("cell {cell} of session {session}: {error}"))
+            })?;
+            let key = (session, cell);
+            loaded.next_seq.insert(key.clone(), seq.cast_unsigned() + 1);
+            growth.entry(key).or_default().push(grown);
+        }
+        for (session, cell, header, tail) in self.rows(
+            "SELECT session, cell, header, tail FROM cells ORDER BY rowid",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                    row.get::<_, Vec<u8>>(3)?,
+                ))
+            },
+        )? {
+            let what = |error: String| {
+                self.read_error(format!("cell {cell} of session {session}: {error}"))
+            };
+            let header: Header = format::decode(&header).map_err(what)?;
+            let tail: Tail = format::decode(&tail).map_err(what)?;
+            let Ok(cell_id) = cell.parse::<CellId>();
+            let grown = growth
+                .remove(&(session.clone(), cell.clone()))
+                .unwrap_or_default();
+            if let Some(&at) = index.get(&session) {
+                saved.sessions[at]
+                    .state
+                    .cells
+                    .push(format::cell(cell_id, header, grown, tail));
+            }
+        }
+        for (session, cell, call, front_id) in self.rows(
+            "SELECT session, cell, call, front_id FROM calls ORDER BY rowid",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            },
+        )? {
+            let Ok(cell_id) = cell.parse::<CellId>();
+            saved.calls.push(CallRecord {
+                session,
+                cell_id,
+                call: CallId::new(call.cast_unsigned()),
+                front_id,
+            });
+        }
+        for (session, cell, call, result) in self.rows(
+            "SELECT session, cell, call, result FROM answers ORDER BY rowid",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Vec<u8>>(3)?,
+                ))
+            },
+        )? {
+            let Ok(cell_id) = cell.parse::<CellId>();
+            let result = format::decode(&result)
+                .map_err(|error| self.read_error(format!("an answer of cell {cell}: {error}")))?;
+            saved.answers.push(AnswerRecord {
+                session,
+                cell_id,
+                call: CallId::new(call.cast_unsigned()),
+                result: format::result_in(result),
+            });
+        }
+        Ok(loaded)
+    }
+
+    /// Caps the database at `pages` pages of its page size: a write past the cap fails as
+    /// a full disk does, and keeps what was written before.
+    pub(crate) fn cap_pages(&self, pages: u64) -> Result<(), StateError> {
+        self.db
+            .pragma_update(None, "max_page_count", pages.cast_signed())
+            .map_err(|error| self.write_error(error))
+    }
+
+    /// The database's page size.
+    pub(crate) fn page_size(&self) -> Result<u64, StateError> {
+        let size: i64 = self
+            .db
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(|error| self.read_error(error))?;
+        Ok(size.max(512).cast_unsigned())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.db
+    }
+}
+
+fn write_error(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+    move |error| StateError::Write {
+        path: path.to_owned(),
+        detail: error.to_string(),
+    }
+}
+
+/// The write that records `answer`.
+pub(crate) fn answer_op(answer: &AnswerRecord) -> Result<Op, String> {
+    Ok(Op::Answer {
+        session: answer.session.clone(),
+        cell: answer.cell_id.to_string(),
+        call: answer.call.number(),
+        result: format::encode(&format::result_out(&answer.result))?,
+    })
+}
+
+/// Does `ops` inside `tx`.
+fn apply_in(tx: &Transaction<'_>, ops: &[Op]) -> rusqlite::Result<()> {
+    let touched = now();
+    for op in ops {
+        match op {
+            Op::Counter { name, value } => {
+                tx.prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = ?2",
+                )?
+                .execute(params![name, value.cast_signed()])?;
+            }
+            Op::Session { id, options } => {
+                tx.prepare_cached(
+                    "INSERT INTO sessions (id, options, touched) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET options = ?2, touched = ?3",
+                )?
+                .execute(params![id, options, touched])?;
+            }
+            Op::Value { session, key, json } => match json {
+                Some(json) => {
+                    tx.prepare_cached(
+                        "INSERT INTO stored (session, key, json) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (session, key) DO UPDATE SET json = ?3",
+                    )?
+                    .execute(params![session, key, &**json])?;
+                }
+                None => {
+                    tx.prepare_cached("DELETE FROM stored WHERE session = ?1 AND key = ?2")?
+                        .execute(params![session, key])?;
+                }
+            },
+            Op::CellStart {
+                session,
+                cell,
+                header,
+                tail,
+            } => {
+                delete_cell(tx, session, cell, false)?;
+                tx.prepare_cached(
+                    "INSERT INTO cells (session, cell, header, tail) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![session, cell, header, tail])?;
+            }
+            Op::CellGrowth {
+                session,
+                cell,
+                seq,
+                growth,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO growth (session, cell, seq, body) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![session, cell, seq.cast_signed(), growth])?;
+            }
+            Op::CellTail {
+                session,
+                cell,
+                tail,
+            } => {
+                tx.prepare_cached("UPDATE cells SET tail = ?3 WHERE session = ?1 AND cell = ?2")?
+                    .execute(params![session, cell, tail])?;
+            }
+            Op::CellGone { session, cell } => delete_cell(tx, session, cell, true)?,
+            Op::Calls { session, calls } => {
+                tx.prepare_cached("DELETE FROM calls WHERE session = ?1")?
+                    .execute([session])?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO calls (session, cell, call, front_id) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for call in calls {
+                    insert.execute(params![
+                        session,
+                        call.cell_id.to_string(),
+                        call.call.number().cast_signed(),
+                        call.front_id
+                    ])?;
+                }
+            }
+            Op::Answer {
+                session,
+                cell,
+                call,
+                result,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO answers (session, cell, call, result) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (session, cell, call) DO UPDATE SET result = ?4",
+                )?
+                .execute(params![session, cell, call.cast_signed(), result])?;
+            }
+            Op::Touch { id } => {
+                tx.prepare_cached("UPDATE sessions SET touched = ?2 WHERE id = ?1")?
+                    .execute(params![id, touched])?;
+            }
+            Op::SessionGone { id } => {
+                for table in ["sessions", "stored", "cells", "growth", "calls", "answers"] {
+                    let column = if table == "sessions" { "id" } else { "session" };
+                    tx.prepare_cached(&format!("DELETE FROM {table} WHERE {column} = ?1"))?
+                        .execute([id])?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a cell's rows (its answers too when it ended, not when it starts again).
+fn delete_cell(
+    tx: &Transaction<'_>,
+    session: &str,
+    cell: &str,
+    with_answers: bool,
+) -> rusqlite::Result<()> {
+    let tables: &[&str] = if with_answers {
+        &["cells", "growth", "answers"]
+    } else {
+        &["cells", "growth"]
+    };
+    for table in tables {
+        tx.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE session = ?1 AND cell = ?2"
+        ))?
+        .execute(params![session, cell])?;
+    }
+    Ok(())
+}
+
+impl Backend for Sqlite {
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let tx = self.db.transaction().map_err(write_error(&path))?;
+        apply_in(&tx, ops).map_err(write_error(&path))?;
+        tx.commit().map_err(write_error(&path))
+    }
+
+    fn bytes(&mut self) -> Result<u64, StateError> {
+        let pages: i64 = self
+            .db
+            .query_row(
+                "SELECT page_count - freelist_count FROM pragma_page_count(), pragma_freelist_count()",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|error| self.read_error(error))?;
+        Ok(pages.max(0).cast_unsigned() * self.page_size()?)
+    }
+
+    fn expire(&mut self, before: i64, live: &HashSet<String>) -> Result<Vec<String>, StateError> {
+        let old: Vec<String> = {
+            let mut statement = self
+                .db
+                .prepare_cached("SELECT id FROM sessions WHERE touched < ?1")
+                .map_err(|error| self.read_error(error))?;
+            let rows = statement
+                .query_map([before], |row| row.get::<_, String>(0))
+                .map_err(|error| self.read_error(error))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(|error| self.read_error(error))?
+        };
+        let gone: Vec<String> = old.into_iter().filter(|id| !live.contains(id)).collect();
+        let mut ops: Vec<Op> = gone
+            .iter()
+            .map(|id| Op::SessionGone { id: id.clone() })
+            .collect();
+        ops.extend(live.iter().map(|id| Op::Touch { id: id.clone() }));
+        self.apply(&ops)?;
+        Ok(gone)
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
