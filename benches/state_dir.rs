@@ -1,14 +1,18 @@
-//! What `--state-dir` costs a JSON-lines client: `code-mode serve --jsonl` with and
-//! without it, interleaved round by round in one run.
+//! What `--state-dir` costs a JSON-lines client: `code-mode serve --jsonl` without it,
+//! with it, and both again beside 100 other sessions that each hold 1 MiB of stored
+//! values, interleaved round by round in one run.
 //!
 //! `cargo build --release -p code-mode-cli -p code-mode-bin` first; then
-//! `cargo bench --bench state_dir -- [--rounds N] [--iterations M] [--calls K]`.
+//! `cargo bench --bench state_dir -- [--rounds N] [--iterations M] [--calls K]
+//! [--others N] [--binary PATH] [--durability disk|process]` (`--binary`: another build's
+//! `code-mode`, to compare).
 //!
 //! Per server and round, in one session: `exec` of `text(1)` (request to answer: with a
-//! state directory, a checkpoint is written before the answer goes out), and a cell making
-//! K sequential nested calls the client answers at once, over K (each call's `tool_call`
-//! event waits for a checkpoint, and each answer is recorded before its cell gets it).
-//! Printed: samples, p50, p95 and mean per figure and server, and the ratio of medians.
+//! state directory, the session's changes are written before the answer goes out), and a
+//! cell making K sequential nested calls the client answers at once, over K (each call's
+//! `tool_call` event waits for a write, and each answer is recorded before its cell gets
+//! it). Printed: samples, p50, p95 and mean per figure and server, and the ratios of
+//! medians to the server without state.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -19,6 +23,10 @@ struct Options {
     rounds: usize,
     iterations: usize,
     calls: usize,
+    others: usize,
+    binary: Option<PathBuf>,
+    /// `--state-durability` for the servers with state (the default's when absent).
+    durability: Option<String>,
 }
 
 fn options() -> Options {
@@ -26,6 +34,9 @@ fn options() -> Options {
         rounds: 5,
         iterations: 40,
         calls: 20,
+        others: 100,
+        binary: None,
+        durability: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -33,6 +44,9 @@ fn options() -> Options {
             "--rounds" => options.rounds = number(args.next()),
             "--iterations" => options.iterations = number(args.next()),
             "--calls" => options.calls = number(args.next()),
+            "--others" => options.others = number(args.next()),
+            "--binary" => options.binary = args.next().map(PathBuf::from),
+            "--durability" => options.durability = args.next(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -55,11 +69,14 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &PathBuf, state: Option<PathBuf>) -> Self {
+    fn start(binary: &PathBuf, state: Option<PathBuf>, durability: Option<&str>) -> Self {
         let mut command = Command::new(binary);
         command.args(["serve", "--jsonl"]);
         if let Some(dir) = &state {
             command.arg("--state-dir").arg(dir);
+            if let Some(durability) = durability {
+                command.args(["--state-durability", durability]);
+            }
         }
         let mut child = command
             .stdin(Stdio::piped())
@@ -143,23 +160,37 @@ fn summary(values: &mut [f64]) -> (f64, f64, f64) {
 #[expect(clippy::print_stdout, reason = "the benchmark's table is its output")]
 fn main() {
     let options = options();
-    let binary = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent()?.parent().map(|dir| dir.join("code-mode")))
-        .unwrap_or_default();
+    let binary = options.binary.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent()?.parent().map(|dir| dir.join("code-mode")))
+            .unwrap_or_default()
+    });
+    // 1 MiB of JSON text: a string of that many bytes.
+    let big = serde_json::Value::String("x".repeat(1 << 20));
     let scratch =
         std::env::temp_dir().join(format!("code-mode-state-bench-{}", std::process::id()));
     let calls_source = format!(
         "for (let i = 0; i < {}; i++) await tools.t({{i}});",
         options.calls
     );
-    let names = ["plain", "state-dir"];
+    let names = ["plain", "state-dir", "plain+busy", "state+busy"];
     // [server][figure] samples: exec, per nested call.
-    let mut samples: [[Vec<f64>; 2]; 2] = Default::default();
+    let mut samples: [[Vec<f64>; 2]; 4] = Default::default();
     for round in 0..options.rounds {
         for (which, name) in names.iter().enumerate() {
-            let state = (which == 1).then(|| scratch.join(format!("round-{round}")));
-            let mut server = Server::start(&binary, state);
+            let state = (which % 2 == 1).then(|| scratch.join(format!("round-{round}-{which}")));
+            let mut server = Server::start(&binary, state, options.durability.as_deref());
+            if which >= 2 {
+                // Other sessions, each holding 1 MiB, opened before the measured one is
+                // used: what the state keeper must not write again on its behalf.
+                for _ in 0..options.others {
+                    server.request(
+                        "open_session",
+                        &serde_json::json!({"stored_values": {"big": big}}),
+                    );
+                }
+            }
             // Warm up: the runtime process, the session's isolate.
             for _ in 0..3 {
                 server.exec("text(1)");
@@ -181,7 +212,7 @@ fn main() {
         "figure", "server", "samples", "p50 µs", "p95 µs", "mean µs"
     );
     let figures = ["exec text(1)", "nested call"];
-    let mut medians = [[0.0; 2]; 2];
+    let mut medians = [[0.0; 2]; 4];
     for (figure, label) in figures.iter().enumerate() {
         for (which, name) in names.iter().enumerate() {
             let values = &mut samples[which][figure];
@@ -193,8 +224,10 @@ fn main() {
     }
     for (figure, label) in figures.iter().enumerate() {
         println!(
-            "{label}: state-dir / plain p50 = {:.2}",
-            medians[1][figure] / medians[0][figure]
+            "{label}: p50 ratios: state-dir / plain = {:.2}; state+busy / plain+busy = {:.2}; state+busy / state-dir = {:.2}",
+            medians[1][figure] / medians[0][figure],
+            medians[3][figure] / medians[2][figure],
+            medians[3][figure] / medians[1][figure]
         );
     }
 }

@@ -152,6 +152,11 @@ struct StateArgs {
     /// deleted (90m, 24h, 7d, or never).
     #[arg(long, value_name = "TIME", default_value = "24h", value_parser = code_mode_state::parse_ttl)]
     state_ttl: code_mode_state::Ttl,
+    /// With --state-dir: what a write survives before what depends on it goes out:
+    /// `disk` (synced: a machine crash too) or `process` (a crash of this process, not of
+    /// the machine; each write costs less).
+    #[arg(long, value_name = "disk|process", default_value = "disk")]
+    state_durability: code_mode_state::Durability,
 }
 
 impl StateArgs {
@@ -163,6 +168,7 @@ impl StateArgs {
             code_mode_state::StoreOptions {
                 max_bytes: self.state_max_bytes,
                 ttl: self.state_ttl.0,
+                durability: self.state_durability,
                 ..code_mode_state::StoreOptions::default()
             },
         ))

@@ -44,6 +44,31 @@ pub(crate) trait Backend: Send + 'static {
     fn describe(&self) -> String;
 }
 
+/// What a committed write survives before what depends on it goes out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (synced): it survives a crash of the machine, a power loss included.
+    #[default]
+    Disk,
+    /// Handed to the operating system, synced later: it survives a crash of the process
+    /// (`kill -9`, the OOM killer), not of the machine. Each write costs less.
+    Process,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "disk" => Ok(Self::Disk),
+            "process" => Ok(Self::Process),
+            other => Err(format!(
+                "`{other}` is no durability: `disk` (a write survives a machine crash) or `process` (a process crash)"
+            )),
+        }
+    }
+}
+
 /// How a keeper bounds and waits for its store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -54,6 +79,8 @@ pub struct StoreOptions {
     pub ttl: Option<Duration>,
     /// How long a failed write is tried again before the caller gets its error.
     pub patience: Duration,
+    /// What a committed write survives.
+    pub durability: Durability,
 }
 
 impl Default for StoreOptions {
@@ -62,6 +89,7 @@ impl Default for StoreOptions {
             max_bytes: None,
             ttl: Some(DEFAULT_TTL),
             patience: DEFAULT_PATIENCE,
+            durability: Durability::Disk,
         }
     }
 }
@@ -191,7 +219,7 @@ impl Keeper {
         front: &str,
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
-        let (store, loaded) = crate::sqlite::Sqlite::open(dir, front)?;
+        let (store, loaded) = crate::sqlite::Sqlite::open(dir, front, options.durability)?;
         if let Some(bytes) = options.max_bytes {
             store.cap_pages(bytes / store.page_size()?)?;
         }
@@ -470,6 +498,14 @@ impl<B: Backend> Writer<B> {
         if planned.is_empty() {
             return;
         }
+        if ops.is_empty() {
+            // Nothing changed: nothing to make durable.
+            for job in planned {
+                reply(job, Ok(()));
+            }
+            return;
+        }
+        tracing::debug!(writes = planned.len(), ops = ops.len(), "state commit");
         match self.store.apply(&ops) {
             Ok(()) => {
                 self.committed();

@@ -22,7 +22,9 @@ mod sqlite;
 mod written;
 
 pub use code_mode_protocol::durable::{DurableCell, DurableState};
-pub use keeper::{DEFAULT_PATIENCE, DEFAULT_TTL, Keeper, StoreOptions, StoreStats, Ttl, parse_ttl};
+pub use keeper::{
+    DEFAULT_PATIENCE, DEFAULT_TTL, Durability, Keeper, StoreOptions, StoreStats, Ttl, parse_ttl,
+};
 
 use code_mode_protocol::{CallId, CellId, JsonText, ToolError};
 use std::collections::HashMap;

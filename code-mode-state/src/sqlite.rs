@@ -1,6 +1,7 @@
 //! The SQLite store (`--state-dir`): one database per front (`<front>.sqlite3`, `rusqlite`
-//! bundled). WAL with `synchronous=FULL`, so a transaction is durable when it commits and
-//! a torn one is rolled back at the next open; one process at a time holds the file
+//! bundled). WAL with `synchronous=FULL` (or `NORMAL` for [`crate::Durability::Process`]),
+//! so a transaction is durable when it commits and a torn one is rolled back at the next
+//! open; one process at a time holds the file
 //! (`locking_mode=EXCLUSIVE`); a file that is not whole is refused at open and left as it
 //! is. A database of format 1 (journals in the wire's encoding) is rewritten in this
 //! crate's format at open, in one transaction.
@@ -76,7 +77,11 @@ pub(crate) fn now() -> i64 {
 impl Sqlite {
     /// Opens (or creates) `front`'s database in `dir`. Refused when another process holds
     /// it, when it is not whole, or when another version or front end wrote it.
-    pub(crate) fn open(dir: &Path, front: &str) -> Result<(Self, Loaded), StateError> {
+    pub(crate) fn open(
+        dir: &Path,
+        front: &str,
+        durability: crate::Durability,
+    ) -> Result<(Self, Loaded), StateError> {
         let path = private_database(dir, front)?;
         let corrupt = |error: rusqlite::Error| StateError::Corrupt {
             path: path.clone(),
@@ -100,7 +105,13 @@ impl Sqlite {
         };
         db.pragma_update(None, "journal_mode", "WAL")
             .map_err(busy)?;
-        db.pragma_update(None, "synchronous", "FULL")
+        // FULL syncs the log at every commit; NORMAL leaves the sync to checkpoints, so a
+        // commit survives the process but not the machine.
+        let synchronous = match durability {
+            crate::Durability::Disk => "FULL",
+            crate::Durability::Process => "NORMAL",
+        };
+        db.pragma_update(None, "synchronous", synchronous)
             .map_err(busy)?;
         let check: String = db
             .query_row("PRAGMA quick_check", [], |row| row.get(0))

@@ -92,6 +92,7 @@ fn options() -> StoreOptions {
         max_bytes: None,
         ttl: None,
         patience: std::time::Duration::ZERO,
+        durability: Durability::Disk,
     }
 }
 
@@ -115,6 +116,13 @@ fn what_is_written_comes_back_whole_in_the_next_process() {
     let dir = scratch("round");
     let (keeper, _) = open(&dir).expect("opens");
     write(&keeper, checkpoint(vec![cell(1, 1), cell(2, 0)], "\"a\"")).expect("written");
+    let commits = keeper.stats().commits;
+    write(&keeper, checkpoint(vec![cell(1, 1), cell(2, 0)], "\"a\"")).expect("written");
+    assert_eq!(
+        keeper.stats().commits,
+        commits,
+        "nothing changed, nothing committed"
+    );
     let answer = AnswerRecord {
         session: "s1".to_owned(),
         cell_id: CellId::new(1),
@@ -211,7 +219,7 @@ fn only_what_changed_is_written() {
 #[test]
 fn a_second_write_of_one_journal_step_fails() {
     let dir = scratch("append");
-    let (mut store, _) = Sqlite::open(&dir, "jsonl").expect("opens");
+    let (mut store, _) = Sqlite::open(&dir, "jsonl", Durability::Disk).expect("opens");
     let growth = |seq| Op::CellGrowth {
         session: "s1".to_owned(),
         cell: "1".to_owned(),
@@ -354,7 +362,7 @@ fn a_file_that_is_not_a_database_is_refused_and_left_as_it_is() {
 #[test]
 fn a_database_of_another_format_or_front_is_refused() {
     let dir = scratch("foreign");
-    let (store, _) = Sqlite::open(&dir, "jsonl").expect("opens");
+    let (store, _) = Sqlite::open(&dir, "jsonl", Durability::Disk).expect("opens");
     store
         .connection()
         .execute(
@@ -429,7 +437,7 @@ fn sessions_nobody_wrote_for_their_time_to_live_expire() {
     write(&keeper, fresh).expect("written");
     drop(keeper);
     {
-        let (store, _) = Sqlite::open(&dir, "jsonl").expect("opens");
+        let (store, _) = Sqlite::open(&dir, "jsonl", Durability::Disk).expect("opens");
         let two_days_ago = crate::sqlite::now() - 2 * 24 * 3600;
         store
             .connection()
@@ -458,7 +466,7 @@ fn sessions_nobody_wrote_for_their_time_to_live_expire() {
     assert_eq!(keeper.stats().expired, 1);
     assert_eq!(keeper.stats().sessions, 1);
     drop(keeper);
-    let (store, _) = Sqlite::open(&dir, "jsonl").expect("opens");
+    let (store, _) = Sqlite::open(&dir, "jsonl", Durability::Disk).expect("opens");
     for table in ["stored", "cells", "growth", "calls"] {
         let left: i64 = store
             .connection()
@@ -540,4 +548,61 @@ fn a_time_to_live_reads_as_the_command_lines_write_it() {
         let error = parse_ttl(bad).expect_err(bad);
         assert!(error.contains("not a time to live"), "{error}");
     }
+}
+
+#[test]
+#[ignore = "a measurement"]
+fn measure_write_latency() {
+    let dir = scratch("latency");
+    let (keeper, _) = open(&dir).expect("opens");
+    block_on(async {
+        let mut times = Vec::new();
+        for round in 0..400u64 {
+            let cells = if round % 2 == 0 {
+                vec![cell(1, 0)]
+            } else {
+                vec![]
+            };
+            let started = std::time::Instant::now();
+            keeper
+                .write(checkpoint(cells, "\"a\""))
+                .await
+                .expect("written");
+            times.push(started.elapsed().as_micros());
+        }
+        times.sort_unstable();
+        println!("p50 {} p95 {}", times[200], times[380]);
+        let mut times = Vec::new();
+        for round in 0..400u64 {
+            let started = std::time::Instant::now();
+            keeper
+                .record_answer(AnswerRecord {
+                    session: "s1".into(),
+                    cell_id: CellId::new(1),
+                    call: CallId::new(round),
+                    result: Ok(JsonText::new("1")),
+                })
+                .await
+                .expect("written");
+            times.push(started.elapsed().as_micros());
+        }
+        times.sort_unstable();
+        println!("answers p50 {} p95 {}", times[200], times[380]);
+    });
+}
+
+#[test]
+fn durability_disk_syncs_every_commit_and_process_leaves_it_to_the_system() {
+    for (durability, expected) in [(Durability::Disk, 2), (Durability::Process, 1)] {
+        let dir = scratch("durability");
+        let (store, _) = Sqlite::open(&dir, "jsonl", durability).expect("opens");
+        let synchronous: i64 = store
+            .connection()
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .expect("read");
+        assert_eq!(synchronous, expected, "{durability:?}");
+    }
+    assert_eq!("disk".parse(), Ok(Durability::Disk));
+    assert_eq!("process".parse(), Ok(Durability::Process));
+    assert!("fast".parse::<Durability>().is_err());
 }

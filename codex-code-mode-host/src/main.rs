@@ -64,6 +64,11 @@ struct Cli {
     /// deleted (90m, 24h, 7d, or never).
     #[arg(long, value_name = "TIME", default_value = "24h", value_parser = code_mode_state::parse_ttl, requires = "state_dir")]
     state_ttl: code_mode_state::Ttl,
+    /// With --state-dir: what a write survives before what depends on it goes out:
+    /// `disk` (synced: a machine crash too) or `process` (a crash of this process, not of
+    /// the machine; each write costs less).
+    #[arg(long, value_name = "disk|process", default_value = "disk")]
+    state_durability: code_mode_state::Durability,
     /// Run cells on runtimes listening elsewhere (`code-mode-bin --listen`) instead of a
     /// local runtime process: HOST:PORT, repeated or comma-separated, or `dns://NAME:PORT`
     /// for a name that resolves to many (resolved again as the pool runs).
@@ -580,6 +585,7 @@ async fn run(
                 code_mode_state::StoreOptions {
                     max_bytes: cli.state_max_bytes,
                     ttl: cli.state_ttl.0,
+                    durability: cli.state_durability,
                     ..code_mode_state::StoreOptions::default()
                 },
             )
