@@ -551,47 +551,6 @@ fn a_time_to_live_reads_as_the_command_lines_write_it() {
 }
 
 #[test]
-#[ignore = "a measurement"]
-fn measure_write_latency() {
-    let dir = scratch("latency");
-    let (keeper, _) = open(&dir).expect("opens");
-    block_on(async {
-        let mut times = Vec::new();
-        for round in 0..400u64 {
-            let cells = if round % 2 == 0 {
-                vec![cell(1, 0)]
-            } else {
-                vec![]
-            };
-            let started = std::time::Instant::now();
-            keeper
-                .write(checkpoint(cells, "\"a\""))
-                .await
-                .expect("written");
-            times.push(started.elapsed().as_micros());
-        }
-        times.sort_unstable();
-        println!("p50 {} p95 {}", times[200], times[380]);
-        let mut times = Vec::new();
-        for round in 0..400u64 {
-            let started = std::time::Instant::now();
-            keeper
-                .record_answer(AnswerRecord {
-                    session: "s1".into(),
-                    cell_id: CellId::new(1),
-                    call: CallId::new(round),
-                    result: Ok(JsonText::new("1")),
-                })
-                .await
-                .expect("written");
-            times.push(started.elapsed().as_micros());
-        }
-        times.sort_unstable();
-        println!("answers p50 {} p95 {}", times[200], times[380]);
-    });
-}
-
-#[test]
 fn durability_disk_syncs_every_commit_and_process_leaves_it_to_the_system() {
     for (durability, expected) in [(Durability::Disk, 2), (Durability::Process, 1)] {
         let dir = scratch("durability");
