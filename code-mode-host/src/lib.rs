@@ -25,11 +25,14 @@ mod provider;
 mod remote;
 mod runtimes;
 mod spans;
+pub mod stored;
 
 pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::durable::{DurableCell, DurableState};
 pub use code_mode_protocol::{CodeModeProvider, CodeModeSession};
+/// The store of [`StoredProvider`]'s sessions: `code-mode-state`, re-exported.
+pub use code_mode_state as state;
 pub use connection::{Liveness, Violation};
 pub use durable::{DurableSession, RestoredCall};
 pub use error::{HandshakeError, SpawnError};
@@ -48,3 +51,4 @@ pub use remote::{
     RemoteProvider, RemoteSession, RuntimeStatus,
 };
 pub use runtimes::Runtimes;
+pub use stored::{Interrupted, SessionStore, StoredError, StoredProvider, StoredSession};

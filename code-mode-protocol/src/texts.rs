@@ -47,6 +47,14 @@ pub const DRAIN_DEADLINE_PASSED: &str =
 /// effect.
 pub const TOOL_LOST_IN_RESTART: &str = "the tool call was cut short by a restart of the server that ran it; it may have had its effect, so it is not run again: inspect its result before retrying";
 
+/// The error a restored cell's call gets when it was in flight as its agent core stopped
+/// and the agent core chose to fail it: the model reads that it may have run.
+pub fn interrupted_call(tool: &str) -> String {
+    format!(
+        "interrupted: the call of `{tool}` was in flight when the agent stopped; it may have had its effect, so it is not run again: inspect its result before retrying"
+    )
+}
+
 /// The status line of a response: a cell still running.
 pub fn script_running(cell_id: &dyn fmt::Display) -> String {
     format!("Script running with cell ID {cell_id}")

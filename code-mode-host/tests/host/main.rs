@@ -5,6 +5,7 @@
 mod hostile;
 mod load;
 mod remote;
+mod stored;
 mod traces;
 
 use code_mode_conformance::{Record, Scratch, TestDelegate};

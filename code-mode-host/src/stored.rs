@@ -1,0 +1,480 @@
+//! Sessions that keep themselves in a store, so that an agent core that restarts goes on
+//! with them (CONTRACT §7, "Surviving a restart"). [`StoredProvider`] opens sessions on
+//! [`Runtimes`] that write their state to a [`SessionStore`] by themselves:
+//!
+//! - before an `exec`, `wait`, `terminate` or `interrupt` returns, the session as it is
+//!   then (stored values, running cells' journals) is in the store;
+//! - before a nested call reaches the agent core's delegate, the call is in the store; the
+//!   delegate's answer is recorded before the cell gets it.
+//!
+//! After a restart the agent core lists the kept sessions ([`StoredProvider::kept`]) and
+//! resumes each by id with its delegate ([`StoredProvider::resume`]): running cells are
+//! rebuilt by replay at their next call. A call that had a recorded answer gets it, and is
+//! never sent again. A call that was in flight when the agent core stopped has no answer,
+//! and no one knows whether it ran: the agent core says per call what happens
+//! ([`Interrupted`]); nothing is sent again unless it says so.
+//!
+//! The store is `code-mode-state`'s [`Keeper`] (SQLite, one writer, group commit), or the
+//! agent core's own through the small [`SessionStore`] trait.
+
+use crate::hosted::RuntimeSession;
+use crate::runtimes::Runtimes;
+use crate::{DurableSession, RestoredCall};
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{
+    BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
+    ExecHooks, ExecRequest, JsonText, NestedToolCall, PendingOutcome, SessionError, SessionOptions,
+    StartedCell, StartedPendingCell, StoredValues, ToolError, WaitRequest,
+};
+use code_mode_state::{
+    AnswerRecord, Changes, Keeper, Saved, SessionRecord, StateError, StoreStats,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use tokio_util::sync::CancellationToken;
+
+/// The counter of runtime generations in the store.
+const GENERATIONS: &str = "generations";
+
+/// Where sessions keep themselves: what [`StoredProvider`] needs of a store. `Keeper`
+/// implements it; an agent core may bring its own.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Writes `changes`, durable when the future resolves (or its error).
+    fn write(&self, changes: Changes) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Records the answer to a nested call, durable when the future resolves.
+    fn record_answer(&self, answer: AnswerRecord) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Deletes a session with everything it had.
+    fn remove(&self, session: &str);
+    /// The store's figures, for metrics (`None`: it keeps none).
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
+}
+
+impl SessionStore for Keeper {
+    fn write(&self, changes: Changes) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(Keeper::write(self, changes))
+    }
+
+    fn record_answer(&self, answer: AnswerRecord) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(Keeper::record_answer(self, answer))
+    }
+
+    fn remove(&self, session: &str) {
+        Keeper::remove(self, session);
+    }
+
+    fn stats(&self) -> Option<StoreStats> {
+        Some(Keeper::stats(self))
+    }
+}
+
+/// The runtime generation to start a provider at, after a process that kept `saved`
+/// (`ProcessConfig::generations_before`): a rebuilt cell's id never names a new one.
+pub fn generations_before(saved: &Saved) -> u64 {
+    saved.counter(GENERATIONS)
+}
+
+/// What happens to a nested call that was in flight when the agent core stopped: it has
+/// no recorded answer, and no one knows whether it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interrupted {
+    /// The agent core knows its result (it may have kept it itself).
+    Answer(Result<JsonText, ToolError>),
+    /// The call fails with [`code_mode_protocol::texts::interrupted_call`], which the
+    /// model reads: it may have had its effect.
+    Fail,
+    /// The call is sent to the delegate again (for a tool the agent core knows to be
+    /// idempotent).
+    Retry,
+}
+
+/// A session an earlier process kept that no one resumed yet.
+struct Kept {
+    record: SessionRecord,
+    answers: Vec<AnswerRecord>,
+}
+
+/// A provider whose sessions keep themselves in a store.
+pub struct StoredProvider {
+    runtimes: Runtimes,
+    store: Arc<dyn SessionStore>,
+    kept: Mutex<HashMap<String, Kept>>,
+}
+
+impl std::fmt::Debug for StoredProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredProvider")
+            .field("runtimes", &self.runtimes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a stored session could not be opened or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredError {
+    #[error("no kept session `{0}` (it was resumed already, closed, expired, or never kept)")]
+    NotKept(String),
+    #[error("a session `{0}` is kept already: resume it, or open a new one under another id")]
+    AlreadyKept(String),
+    #[error("code-mode state could not be written: {0}")]
+    State(#[from] StateError),
+}
+
+impl StoredProvider {
+    /// Sessions on `runtimes` that keep themselves in `store`; `saved` is what the store
+    /// held when it was opened (the sessions to resume). Start `runtimes` at
+    /// [`generations_before`]`(&saved)`.
+    pub fn new(runtimes: Runtimes, store: Arc<dyn SessionStore>, saved: Saved) -> Self {
+        let mut kept = HashMap::new();
+        for record in saved.sessions {
+            let answers = saved
+                .answers
+                .iter()
+                .filter(|answer| answer.session == record.id)
+                .cloned()
+                .collect();
+            kept.insert(record.id.clone(), Kept { record, answers });
+        }
+        Self {
+            runtimes,
+            store,
+            kept: Mutex::new(kept),
+        }
+    }
+
+    /// The ids of the sessions an earlier process kept that were not resumed yet.
+    pub fn kept(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.kept).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The store's figures, if it keeps any.
+    pub fn stats(&self) -> Option<StoreStats> {
+        self.store.stats()
+    }
+
+    /// A new session kept under `id`, written to the store before it is returned.
+    pub async fn open(
+        &self,
+        id: &str,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        stored_values: StoredValues,
+    ) -> Result<Arc<StoredSession>, StoredError> {
+        if lock(&self.kept).contains_key(id) {
+            return Err(StoredError::AlreadyKept(id.to_owned()));
+        }
+        let session = self.start(id, delegate, options, stored_values);
+        session.checkpoint().await?;
+        Ok(session)
+    }
+
+    /// Takes back session `id` that an earlier process kept, with `delegate` for its
+    /// calls. Its running cells are rebuilt at its next call; each call they wait on gets
+    /// its recorded answer, else what `interrupted` says (asked once per call).
+    pub async fn resume(
+        &self,
+        id: &str,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        interrupted: impl Fn(&NestedToolCall) -> Interrupted,
+    ) -> Result<Arc<StoredSession>, StoredError> {
+        let kept = lock(&self.kept)
+            .remove(id)
+            .ok_or_else(|| StoredError::NotKept(id.to_owned()))?;
+        let session = self.start(id, delegate, options, kept.record.state.stored.clone());
+        let restored = session.inner.restore(kept.record.state.cells.clone());
+        session.checkpoint().await?;
+        for call in restored {
+            let recorded = kept.answers.iter().find(|answer| {
+                answer.cell_id == call.call.cell_id && answer.call == call.call.call_id
+            });
+            if let Some(answer) = recorded {
+                call.answer(answer.result.clone());
+                continue;
+            }
+            match interrupted(&call.call) {
+                Interrupted::Answer(result) => session.give(call, result).await,
+                Interrupted::Fail => {
+                    let error = ToolError::new(code_mode_protocol::texts::interrupted_call(
+                        &call.call.tool_name,
+                    ));
+                    session.give(call, Err(error)).await;
+                }
+                Interrupted::Retry => {
+                    let session = Arc::clone(&session);
+                    tokio::spawn(async move {
+                        let result = session
+                            .delegate
+                            .invoke_tool(call.call.clone(), CancellationToken::new())
+                            .await;
+                        call.answer(result);
+                    });
+                }
+            }
+        }
+        Ok(session)
+    }
+
+    fn start(
+        &self,
+        id: &str,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        options: SessionOptions,
+        stored_values: StoredValues,
+    ) -> Arc<StoredSession> {
+        let storing = Arc::new(StoringDelegate {
+            inner: delegate,
+            keeper: Arc::new(Link {
+                id: id.to_owned(),
+                store: Arc::clone(&self.store),
+                runtimes: self.runtimes.clone(),
+                session: OnceLock::new(),
+            }),
+        });
+        let inner = Arc::new(self.runtimes.open_session_with_values(
+            Arc::clone(&storing) as Arc<dyn CodeModeSessionDelegate>,
+            options,
+            stored_values,
+        ));
+        let _ = storing.keeper.session.set(Arc::downgrade(&inner));
+        Arc::new(StoredSession {
+            link: Arc::clone(&storing.keeper),
+            inner,
+            delegate: storing,
+        })
+    }
+}
+
+/// What a stored session and its delegates share: where to write, and the session.
+struct Link {
+    id: String,
+    store: Arc<dyn SessionStore>,
+    runtimes: Runtimes,
+    session: OnceLock<Weak<RuntimeSession>>,
+}
+
+impl Link {
+    /// Writes the session as it is now.
+    async fn checkpoint(&self) -> Result<(), StateError> {
+        let Some(session) = self.session.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let changes = Changes {
+            counters: vec![(GENERATIONS.to_owned(), self.runtimes.generations_used())],
+            sessions: vec![SessionRecord {
+                id: self.id.clone(),
+                options: String::new(),
+                state: session.durable_state(),
+            }],
+            calls: Vec::new(),
+            removed: Vec::new(),
+        };
+        self.store.write(changes).await
+    }
+
+    /// Records `result` as the answer to `call`.
+    async fn record(
+        &self,
+        call: &NestedToolCall,
+        result: &Result<JsonText, ToolError>,
+    ) -> Result<(), StateError> {
+        self.store
+            .record_answer(AnswerRecord {
+                session: self.id.clone(),
+                cell_id: call.cell_id.clone(),
+                call: call.call_id,
+                result: result.clone(),
+            })
+            .await
+    }
+}
+
+/// The agent core's delegate, behind the store: a call is written before the delegate
+/// sees it, and its answer recorded before the cell gets it.
+struct StoringDelegate {
+    inner: Arc<dyn CodeModeSessionDelegate>,
+    keeper: Arc<Link>,
+}
+
+/// The error a cell gets for a call the store could not keep.
+fn unkept(what: &str, error: &StateError) -> ToolError {
+    ToolError::new(format!(
+        "code-mode state could not be written ({what}): {error}"
+    ))
+}
+
+impl CodeModeSessionDelegate for StoringDelegate {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        Box::pin(async move {
+            // The call is in the store before the agent core sees it: after a crash, it is
+            // known to have been asked (and its answer, once recorded, to have come).
+            if let Err(error) = self.keeper.checkpoint().await {
+                return Err(unkept("the call was not asked", &error));
+            }
+            let result = self.inner.invoke_tool(call.clone(), cancel).await;
+            match self.keeper.record(&call, &result).await {
+                Ok(()) => result,
+                Err(error) => Err(unkept("the tool ran, its answer was not kept", &error)),
+            }
+        })
+    }
+
+    fn notify(
+        &self,
+        cell_id: CellId,
+        text: String,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, ()> {
+        self.inner.notify(cell_id, text, cancel)
+    }
+
+    fn cell_closed(&self, cell_id: &CellId) {
+        self.inner.cell_closed(cell_id);
+    }
+
+    fn committed(&self, cell_id: &CellId, writes: &StoredValues) {
+        self.inner.committed(cell_id, writes);
+    }
+
+    fn keeps_journals(&self) -> bool {
+        self.inner.keeps_journals()
+    }
+
+    fn journal(&self, cell_id: &CellId, entry: code_mode_protocol::journal::JournalEntry) {
+        self.inner.journal(cell_id, entry);
+    }
+}
+
+/// A session that keeps itself in a store: every call returns once what it changed is
+/// there. Its calls are those of [`CodeModeSession`].
+pub struct StoredSession {
+    link: Arc<Link>,
+    inner: Arc<RuntimeSession>,
+    delegate: Arc<StoringDelegate>,
+}
+
+impl std::fmt::Debug for StoredSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSession")
+            .field("id", &self.link.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredSession {
+    /// The id it is kept under.
+    pub fn id(&self) -> &str {
+        &self.link.id
+    }
+
+    /// Writes the session as it is now.
+    async fn checkpoint(&self) -> Result<(), StateError> {
+        self.link.checkpoint().await
+    }
+
+    /// Records `result` for a restored call, then gives it to its cell.
+    async fn give(&self, call: RestoredCall, result: Result<JsonText, ToolError>) {
+        let result = match self.link.record(&call.call, &result).await {
+            Ok(()) => result,
+            Err(error) => Err(unkept("the answer was not kept", &error)),
+        };
+        call.answer(result);
+    }
+
+    /// `outcome` once the session's changes are in the store; the store's error instead
+    /// when they could not be written (what depends on them does not go out).
+    async fn kept<T>(&self, outcome: Result<T, SessionError>) -> Result<T, SessionError> {
+        let value = outcome?;
+        self.checkpoint().await.map_err(|error| {
+            SessionError::Runtime(format!("code-mode state could not be written: {error}").into())
+        })?;
+        Ok(value)
+    }
+
+    /// Closes the session and deletes it from the store.
+    pub async fn close(&self) {
+        self.inner.shutdown().await;
+        self.link.store.remove(&self.link.id);
+    }
+}
+
+impl CodeModeSession for StoredSession {
+    fn execute_with(
+        &self,
+        request: ExecRequest,
+        mut hooks: ExecHooks,
+    ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
+        if let Some(delegate) = hooks.delegate.take() {
+            hooks.delegate = Some(Arc::new(StoringDelegate {
+                inner: delegate,
+                keeper: Arc::clone(&self.link),
+            }));
+        }
+        Box::pin(async move {
+            let outcome = self.inner.execute_with(request, hooks).await;
+            self.kept(outcome).await
+        })
+    }
+
+    fn wait_with(
+        &self,
+        request: WaitRequest,
+        preempt: Option<CancellationToken>,
+    ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        Box::pin(async move {
+            let outcome = self.inner.wait_with(request, preempt).await;
+            self.kept(outcome).await
+        })
+    }
+
+    fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {
+        Box::pin(async move {
+            let outcome = self.inner.interrupt().await;
+            self.kept(outcome).await
+        })
+    }
+
+    fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        Box::pin(async move {
+            let outcome = self.inner.terminate(cell_id).await;
+            self.kept(outcome).await
+        })
+    }
+
+    fn execute_to_pending(
+        &self,
+        request: ExecRequest,
+    ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
+        Box::pin(async move {
+            let outcome = self.inner.execute_to_pending(request).await;
+            self.kept(outcome).await
+        })
+    }
+
+    fn wait_to_pending(
+        &self,
+        cell_id: CellId,
+    ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
+        Box::pin(async move {
+            let outcome = self.inner.wait_to_pending(cell_id).await;
+            self.kept(outcome).await
+        })
+    }
+
+    /// Shuts the session down in this process; it stays in the store (a later process
+    /// resumes it). [`StoredSession::close`] deletes it.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.inner.shutdown()
+    }
+
+    fn stored_values(&self) -> StoredValues {
+        self.inner.stored_values()
+    }
+}

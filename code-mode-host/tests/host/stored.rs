@@ -1,0 +1,134 @@
+//! An agent core that keeps its sessions in a store (`StoredProvider`) is killed with
+//! `kill -9` while three sessions' cells wait on a call and a fourth's waits on a timer
+//! after its call was answered, and started again: it resumes the sessions and every cell
+//! ends as it would have without the kill, the interrupted call as the agent core chose,
+//! and no call whose answer was recorded runs twice. The agent is the `stored_agent`
+//! example.
+
+use code_mode_conformance::Scratch;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The example, beside this test binary's directory (`cargo test -p code-mode-host`
+/// builds it), told where the runtime binary is.
+fn agent() -> Command {
+    let exe = std::env::current_exe().expect("the test binary");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = profile.join("examples").join("stored_agent");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test -p code-mode-host` builds it",
+        path.display()
+    );
+    let mut command = Command::new(path);
+    command.env(
+        code_mode_host::BINARY_ENV,
+        profile.join(code_mode_host::BINARY_NAME),
+    );
+    command
+}
+
+fn log_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn count(lines: &[String], line: &str) -> usize {
+    lines.iter().filter(|logged| *logged == line).count()
+}
+
+#[test]
+fn an_agent_core_killed_mid_call_resumes_its_sessions_and_runs_no_answered_call_twice() {
+    let scratch = Scratch::new();
+    let state = scratch.0.join("state");
+    let log = scratch.0.join("tools.log");
+    let mut first = agent()
+        .arg("start")
+        .arg("--state")
+        .arg(&state)
+        .arg("--log")
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the agent starts");
+    let mut started = String::new();
+    BufReader::new(first.stdout.take().expect("stdout"))
+        .read_line(&mut started)
+        .expect("read");
+    assert_eq!(started.trim(), "started");
+    // Killed once every session's second call is in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let in_flight = ["start a 1", "start b 1", "start c 1", "end d 0"];
+    while !in_flight
+        .iter()
+        .all(|line| count(&log_lines(&log), line) == 1)
+    {
+        assert!(Instant::now() < deadline, "{:?}", log_lines(&log));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().expect("kill -9");
+    first.wait().expect("reaped");
+
+    let mut second = agent()
+        .arg("resume")
+        .arg("--state")
+        .arg(&state)
+        .arg("--log")
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the agent starts again");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("waited") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the resumed agent did not finish: {:?}", log_lines(&log));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut second.stdout.take().expect("stdout"), &mut stdout)
+        .expect("read");
+    assert!(status.success(), "{status:?}: {stdout}");
+    let outputs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let interrupted = code_mode_protocol::texts::interrupted_call("slow");
+    let expected = [
+        ("a", serde_json::json!([0, interrupted, 2])),
+        ("b", serde_json::json!([0, 1, 2])),
+        ("c", serde_json::json!([0, "known", 2])),
+        ("d", serde_json::json!([0, 2])),
+    ];
+    assert_eq!(outputs.len(), expected.len(), "{outputs:?}");
+    for ((session, cell), output) in expected.iter().zip(&outputs) {
+        assert_eq!(output["session"], *session);
+        let text: serde_json::Value =
+            serde_json::from_str(output["text"].as_str().expect("text")).expect("JSON");
+        assert_eq!(text, *cell, "session {session}");
+    }
+    let lines = log_lines(&log);
+    for session in ["a", "b", "c", "d"] {
+        // The first call's answer was recorded before the kill: it never runs again.
+        assert_eq!(count(&lines, &format!("start {session} 0")), 1, "{lines:?}");
+        assert_eq!(count(&lines, &format!("start {session} 2")), 1, "{lines:?}");
+        assert_eq!(count(&lines, &format!("end {session} 2")), 1, "{lines:?}");
+    }
+    // The interrupted call: failed, sent again, or answered by the agent core.
+    assert_eq!(count(&lines, "start a 1"), 1, "{lines:?}");
+    assert_eq!(count(&lines, "start b 1"), 2, "{lines:?}");
+    assert_eq!(count(&lines, "end b 1"), 1, "{lines:?}");
+    assert_eq!(count(&lines, "start c 1"), 1, "{lines:?}");
+}
