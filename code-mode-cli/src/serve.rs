@@ -20,8 +20,8 @@ mod state;
 
 use crate::Failure;
 use crate::session::{RuntimeArgs, Sessions};
-use crate::tools::ToolSet;
-use code_mode_host::DurableSession;
+use crate::tools::{OnInterrupt, ToolSet};
+use code_mode_host::{DurableSession, RestoredCall};
 use code_mode_protocol::CallId;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -718,8 +718,9 @@ impl Server {
 
     /// Opens again the sessions an earlier process kept, with their running cells, and
     /// deals with the calls those cells wait on: an answer that came is given, a call of
-    /// the driver's own tools (which died with that process) fails, and every other is
-    /// the client's to answer: announced again with its id.
+    /// the driver's own tools (which died with that process) fails or, for a tool with
+    /// `on_interrupt = "retry"`, runs again, and every other is the client's to answer:
+    /// announced again with its id, marked `restored`.
     fn reopen(&self, saved: &Saved) -> Result<(), Failure> {
         let Some(state) = &self.state else {
             return Ok(());
@@ -753,9 +754,12 @@ impl Server {
                 if let Some(result) = saved.answer(&record.id, &call.cell_id, call.call_id) {
                     restored.answer(result.clone());
                 } else if self.tools.has(&call.tool_name) {
-                    restored.answer(Err(ToolError::new(
-                        code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
-                    )));
+                    match self.tools.on_interrupt(&call.tool_name) {
+                        OnInterrupt::Fail => restored.answer(Err(ToolError::new(
+                            code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
+                        ))),
+                        OnInterrupt::Retry => self.run_again(state, &record.id, restored),
+                    }
                 } else {
                     let id = saved
                         .front_id(&record.id, &call.cell_id, call.call_id)
@@ -774,6 +778,36 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+impl Server {
+    /// Runs again a call of the driver's own tools that a restart cut short (its tool says
+    /// `on_interrupt = "retry"`); its answer is recorded before the cell gets it.
+    fn run_again(&self, state: &Arc<Durability>, session: &str, restored: RestoredCall) {
+        let (tools, state, out) = (self.tools.clone(), Arc::clone(state), self.out.clone());
+        let session = session.to_owned();
+        tokio::spawn(async move {
+            let call = restored.call.clone();
+            tracing::info!(tool = %call.tool_name, cell = %call.cell_id, "a call cut short by the restart runs again");
+            let result = tools.answer(call.clone(), CancellationToken::new()).await;
+            let label = format!("{}/{}", call.cell_id, call.call_id);
+            let record = AnswerRecord {
+                session,
+                cell_id: call.cell_id.clone(),
+                call: call.call_id,
+                result: result.clone(),
+            };
+            state.record_then(&out, &label, record, move |recorded| {
+                restored.answer(if recorded {
+                    result
+                } else {
+                    Err(ToolError::new(
+                        "the tool ran again after the restart, and its answer could not be kept",
+                    ))
+                });
+            });
+        });
     }
 }
 

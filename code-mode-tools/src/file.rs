@@ -41,6 +41,9 @@ pub(super) struct McpServerEntry {
     /// Every tool of the server is deferred: found with `tools.tool_search`.
     #[serde(default)]
     pub(super) deferred: bool,
+    /// What happens to a call of its tools cut short by a restart of the serving process.
+    #[serde(default)]
+    pub(super) on_interrupt: crate::OnInterrupt,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +66,9 @@ pub(super) struct ToolEntry {
     /// Left out of the exec description: found with `tools.tool_search`.
     #[serde(default)]
     pub(super) deferred: bool,
+    /// What happens to a call cut short by a restart of the serving process.
+    #[serde(default)]
+    pub(super) on_interrupt: crate::OnInterrupt,
 }
 
 #[derive(Debug, Deserialize)]

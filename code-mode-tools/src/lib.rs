@@ -18,6 +18,7 @@
 //! cwd = "."                                 # optional, relative to the tools file
 //! kind = "function"                         # optional: "function" or "freeform"
 //! deferred = true                           # optional: found with tools.tool_search
+//! on_interrupt = "retry"                    # optional: "fail" (default) or "retry"
 //! [tool.input_schema]                       # optional JSON Schema, as a TOML table
 //! type = "object"
 //!
@@ -26,7 +27,8 @@
 //! command = ["npx", "server-filesystem", "."]  # stdio; or: url = "http://127.0.0.1:3001/mcp"
 //! # optional: env = { KEY = "v" }, cwd, enabled_tools = [...], disabled_tools = [...],
 //! #           startup_timeout_ms, call_timeout_ms, headers = { ... } (with url),
-//! #           deferred = true (every tool of the server: found with tools.tool_search)
+//! #           deferred = true (every tool of the server: found with tools.tool_search),
+//! #           on_interrupt = "retry" (every tool of the server)
 //! ```
 
 mod builtins;
@@ -52,6 +54,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// What happens to a call of a tool that a restart of the serving process cut short
+/// (`--state-dir`): it may have had its effect, and no one knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInterrupt {
+    /// The call fails with a text that says it may have run (the default).
+    #[default]
+    Fail,
+    /// The call runs again (for a tool that may run twice, e.g. one that only reads).
+    Retry,
+}
 
 /// Default timeout of a command tool, in milliseconds.
 pub const DEFAULT_TOOL_TIMEOUT_MS: u64 = 30_000;
@@ -106,6 +120,8 @@ struct Tool {
 #[derive(Clone, Default)]
 pub struct ToolSet {
     tools: BTreeMap<String, Tool>,
+    /// Tools (and MCP servers, by namespace prefix) whose calls run again after a restart.
+    retried: HashSet<String>,
     order: Vec<String>,
     /// The `[[mcp_server]]` entries, until [`ToolSet::start`] starts them.
     mcp_configs: Vec<McpServerConfig>,
@@ -217,6 +233,9 @@ impl ToolSet {
                     crate::mcp::MCP_TOOL_PREFIX
                 )));
             }
+            if entry.on_interrupt == OnInterrupt::Retry {
+                self.retried.insert(entry.name.clone());
+            }
             let implementation = Implementation::Command {
                 program,
                 args,
@@ -232,6 +251,10 @@ impl ToolSet {
             );
         }
         for entry in parsed.mcp_server {
+            if entry.on_interrupt == OnInterrupt::Retry {
+                self.retried
+                    .insert(format!("{}{}__", crate::mcp::MCP_TOOL_PREFIX, entry.name));
+            }
             let config = mcp_server_config(entry, &base).map_err(|(server, message)| {
                 ToolsError::McpServer {
                     path: path.to_path_buf(),
@@ -333,6 +356,21 @@ impl ToolSet {
     }
 
     /// Whether `name` is one of these tools (an MCP tool only while its server lists it).
+    /// What happens to a call of tool `name` cut short by a restart.
+    pub fn on_interrupt(&self, name: &str) -> OnInterrupt {
+        let retried = self.retried.contains(name)
+            || self.retried.iter().any(|entry| {
+                entry.ends_with("__")
+                    && entry.starts_with(crate::mcp::MCP_TOOL_PREFIX)
+                    && name.starts_with(entry.as_str())
+            });
+        if retried {
+            OnInterrupt::Retry
+        } else {
+            OnInterrupt::Fail
+        }
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.tools.contains_key(name)
             || self
@@ -447,5 +485,47 @@ impl CodeModeSessionDelegate for CliDelegate {
 
     fn cell_closed(&self, cell_id: &CellId) {
         tracing::debug!(cell = %cell_id, "cell closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools_file(text: &str) -> Result<ToolSet, ToolsError> {
+        let dir = std::env::temp_dir().join(format!(
+            "code-mode-tools-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let path = dir.join("tools.toml");
+        std::fs::write(&path, text).expect("written");
+        let parsed = ToolSet::parse(Some(&path), &[]);
+        let _ = std::fs::remove_dir_all(&dir);
+        parsed
+    }
+
+    #[test]
+    fn on_interrupt_says_which_tools_and_servers_run_again_after_a_restart() {
+        let set = tools_file(
+            "[[tool]]\nname = \"reader\"\ncommand = \"true\"\non_interrupt = \"retry\"\n\n\
+             [[tool]]\nname = \"writer\"\ncommand = \"true\"\n\n\
+             [[tool]]\nname = \"careful\"\ncommand = \"true\"\non_interrupt = \"fail\"\n\n\
+             [[mcp_server]]\nname = \"docs\"\ncommand = \"true\"\non_interrupt = \"retry\"\n\n\
+             [[mcp_server]]\nname = \"docsx\"\ncommand = \"true\"\n",
+        )
+        .expect("parses");
+        assert_eq!(set.on_interrupt("reader"), OnInterrupt::Retry);
+        assert_eq!(set.on_interrupt("writer"), OnInterrupt::Fail);
+        assert_eq!(set.on_interrupt("careful"), OnInterrupt::Fail);
+        assert_eq!(set.on_interrupt("mcp__docs__search"), OnInterrupt::Retry);
+        assert_eq!(set.on_interrupt("mcp__docsx__search"), OnInterrupt::Fail);
+        let error = tools_file(
+            "[[tool]]\nname = \"t\"\ncommand = \"true\"\non_interrupt = \"sometimes\"\n",
+        )
+        .err()
+        .expect("refused");
+        assert!(error.to_string().contains("sometimes"), "{error}");
     }
 }

@@ -283,6 +283,7 @@ impl CodeModeServer {
                     |delegate, options, stored| sessions.open_durable(delegate, options, stored),
                     Arc::clone(&self.delegate),
                     self.shared.session.clone(),
+                    &self.shared.tools,
                 ) {
                     return session;
                 }

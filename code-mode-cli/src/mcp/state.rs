@@ -5,8 +5,10 @@
 //! back to a restarted server with its `Mcp-Session-Id` finds the session again: rmcp
 //! replays its `initialize` from what is kept here ([`SessionStore`]), and the session's
 //! first call takes its code-mode session back, running cells rebuilt at their next
-//! `wait`.
+//! `wait`; a call of the server's tools they were waiting on fails, or runs again when its
+//! tool says `on_interrupt = "retry"`.
 
+use crate::tools::{OnInterrupt, ToolSet};
 use code_mode_host::DurableSession;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, ToolError};
@@ -75,7 +77,8 @@ impl McpState {
 
     /// The code-mode session of MCP session `id`: the one an earlier process kept (its
     /// running cells rebuilt at their next call; a call of the server's tools they were
-    /// waiting on fails, since it died with that process), else a new one. `None` when
+    /// waiting on fails, since it died with that process, unless `tools` says it runs
+    /// again), else a new one. `None` when
     /// the provider keeps no durable sessions (in process).
     pub(crate) fn open_session(
         &self,
@@ -87,6 +90,7 @@ impl McpState {
         ) -> Option<Arc<dyn DurableSession>>,
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
+        tools: &ToolSet,
     ) -> Option<Arc<dyn CodeModeSession>> {
         let record = lock(&self.saved)
             .remove(id)
@@ -100,9 +104,24 @@ impl McpState {
             let calls = session.restore(record.state.cells.clone());
             tracing::info!(session = %id, cells = record.state.cells.len(), "MCP session taken back from the state directory");
             for call in calls {
-                call.answer(Err(ToolError::new(
-                    code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
-                )));
+                if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry {
+                    // Its tool may run twice: it runs again, and its answer joins the
+                    // cell's journal (written with the session before the next answer).
+                    let tools = tools.clone();
+                    tokio::spawn(async move {
+                        let result = tools
+                            .answer(
+                                call.call.clone(),
+                                tokio_util::sync::CancellationToken::new(),
+                            )
+                            .await;
+                        call.answer(result);
+                    });
+                } else {
+                    call.answer(Err(ToolError::new(
+                        code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
+                    )));
+                }
             }
         }
         let init = record.map(|record| record.options).unwrap_or_default();

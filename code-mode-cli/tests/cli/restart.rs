@@ -491,3 +491,97 @@ fn serve_jsonl_on_a_full_store_announces_no_call_twice_across_a_crash() {
         "each call ran once"
     );
 }
+
+/// The driver's own tools cut short by a kill: after the restart, the one whose tools file
+/// entry says `on_interrupt = "retry"` runs again, the other fails with the text that says
+/// it may have run. Each logs its start to a file, so the runs are counted.
+#[test]
+fn serve_jsonl_runs_again_only_the_driver_tools_marked_retry_after_a_kill() {
+    let scratch = Scratch::new();
+    let log = scratch.0.join("runs.log");
+    let hold = scratch.0.join("hold");
+    std::fs::write(&hold, b"").expect("written");
+    // Each tool logs its start, then waits while the hold file exists (the first
+    // process is killed meanwhile), then answers its name.
+    let tool = |name: &str| {
+        format!(
+            "echo 'start {name}' >> '{log}'; while [ -e '{hold}' ]; do sleep 0.05; done; echo '\"{name} done\"'",
+            log = log.display(),
+            hold = hold.display()
+        )
+    };
+    let tools = scratch.write(
+        "tools.toml",
+        &format!(
+            "[[tool]]\nname = \"again\"\ncommand = \"{}\"\non_interrupt = \"retry\"\n\n\
+             [[tool]]\nname = \"once\"\ncommand = \"{}\"\n",
+            tool("again").replace('"', "\\\""),
+            tool("once").replace('"', "\\\"")
+        ),
+    );
+    let dir = scratch.0.join("state");
+    let args = [
+        "serve",
+        "--jsonl",
+        "--state-dir",
+        dir.to_str().expect("UTF-8"),
+        "--tools",
+        tools.to_str().expect("UTF-8"),
+    ];
+    let runs = |name: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| *line == format!("start {name}"))
+            .count()
+    };
+    let mut server = JsonlServer::start_with(&args);
+    let mut client = Client::default();
+    request(&mut server, 1, "open_session", &json!({}));
+    client.until_reply(&mut server, 1);
+    let source = "const [a, b] = await Promise.allSettled([tools.again({}), tools.once({})]);
+        const told = (settled) => settled.value ?? String(settled.reason?.message ?? settled.reason);
+        text(JSON.stringify([told(a), told(b)]));";
+    request(
+        &mut server,
+        2,
+        "exec",
+        &json!({"session": "s1", "source": source, "yield_time_ms": 100}),
+    );
+    client.until_reply(&mut server, 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while runs("again") < 1 || runs("once") < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tools did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+    std::fs::remove_file(&hold).expect("released");
+
+    let mut server = JsonlServer::start_with(&args);
+    request(
+        &mut server,
+        3,
+        "wait",
+        &json!({"session": "s1", "cell_id": "1", "yield_time_ms": 30000}),
+    );
+    let reply = client.until_reply(&mut server, 3);
+    let response = reply.get("response").unwrap_or(&reply);
+    let text = response["content_items"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"));
+    let got: Vec<String> = serde_json::from_str(text).expect("JSON");
+    assert_eq!(
+        got,
+        [
+            "again done".to_owned(),
+            code_mode_protocol::texts::TOOL_LOST_IN_RESTART.to_owned()
+        ]
+    );
+    assert_eq!(runs("again"), 2, "the retried tool ran again");
+    assert_eq!(runs("once"), 1, "the other did not");
+    assert!(server.finish().success());
+}
