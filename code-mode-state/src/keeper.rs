@@ -10,6 +10,7 @@
 //! expire (checked at open and every minute), and past seven eighths of the size cap new
 //! sessions are refused ([`Keeper::admit`]); the cap itself fails writes as a full disk.
 
+use crate::store::{Backend, Durability, Loaded};
 use crate::written::{Op, Undo, Written};
 use crate::{AnswerRecord, Changes, Saved, StateError};
 use code_mode_protocol::sync::lock;
@@ -30,44 +31,6 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 /// At most this many queued writes go in one transaction.
 const MAX_GROUP: usize = 256;
-
-/// A store's own operations, under the keeper's thread.
-pub(crate) trait Backend: Send + 'static {
-    /// Does `ops` in one transaction, durable when it returns.
-    fn apply(&mut self, ops: &[Op]) -> Result<(), StateError>;
-    /// The bytes the store's data takes.
-    fn bytes(&mut self) -> Result<u64, StateError>;
-    /// Deletes the sessions last written before `before` (seconds since the epoch) that
-    /// are not in `live`, and marks those in `live` written now; returns the deleted ids.
-    fn expire(&mut self, before: i64, live: &HashSet<String>) -> Result<Vec<String>, StateError>;
-    /// Where the store is, for messages.
-    fn describe(&self) -> String;
-}
-
-/// What a committed write survives before what depends on it goes out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Durability {
-    /// On disk (synced): it survives a crash of the machine, a power loss included.
-    #[default]
-    Disk,
-    /// Handed to the operating system, synced later: it survives a crash of the process
-    /// (`kill -9`, the OOM killer), not of the machine. Each write costs less.
-    Process,
-}
-
-impl std::str::FromStr for Durability {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "disk" => Ok(Self::Disk),
-            "process" => Ok(Self::Process),
-            other => Err(format!(
-                "`{other}` is no durability: `disk` (a write survives a machine crash) or `process` (a process crash)"
-            )),
-        }
-    }
-}
 
 /// How a keeper bounds and waits for its store.
 #[derive(Debug, Clone)]
@@ -228,7 +191,7 @@ impl Keeper {
 
     fn start(
         mut store: impl Backend,
-        loaded: crate::sqlite::Loaded,
+        loaded: Loaded,
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
         let mut saved = loaded.saved;
@@ -408,7 +371,7 @@ impl Drop for Keeper {
 
 /// Seconds since the epoch, `ttl` ago.
 fn cutoff(ttl: Duration) -> i64 {
-    crate::sqlite::now().saturating_sub(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+    crate::store::now().saturating_sub(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The keeper's thread.
@@ -467,7 +430,7 @@ impl<B: Backend> Writer<B> {
     fn plan(&mut self, job: &Job, undo: &mut Undo) -> Result<Vec<Op>, StateError> {
         let planned = match job {
             Job::Write(changes, _) => self.written.plan(changes, undo),
-            Job::Answer(answer, _) => crate::sqlite::answer_op(answer).map(|op| vec![op]),
+            Job::Answer(answer, _) => crate::written::answer_op(answer).map(|op| vec![op]),
         };
         planned.map_err(|detail| StateError::Write {
             path: self.store.describe().into(),

@@ -19,12 +19,12 @@ mod format;
 mod keeper;
 mod legacy;
 mod sqlite;
+mod store;
 mod written;
 
 pub use code_mode_protocol::durable::{DurableCell, DurableState};
-pub use keeper::{
-    DEFAULT_PATIENCE, DEFAULT_TTL, Durability, Keeper, StoreOptions, StoreStats, Ttl, parse_ttl,
-};
+pub use keeper::{DEFAULT_PATIENCE, DEFAULT_TTL, Keeper, StoreOptions, StoreStats, Ttl, parse_ttl};
+pub use store::Durability;
 
 use code_mode_protocol::{CallId, CellId, JsonText, ToolError};
 use std::collections::HashMap;

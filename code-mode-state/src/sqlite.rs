@@ -1,5 +1,5 @@
 //! The SQLite store (`--state-dir`): one database per front (`<front>.sqlite3`, `rusqlite`
-//! bundled). WAL with `synchronous=FULL` (or `NORMAL` for [`crate::Durability::Process`]),
+//! bundled). WAL with `synchronous=FULL` (or `NORMAL` for [`Durability::Process`]),
 //! so a transaction is durable when it commits and a torn one is rolled back at the next
 //! open; one process at a time holds the file
 //! (`locking_mode=EXCLUSIVE`); a file that is not whole is refused at open and left as it
@@ -7,8 +7,8 @@
 //! crate's format at open, in one transaction.
 
 use crate::format::{self, FORMAT, Growth, Header, Tail};
-use crate::keeper::Backend;
-use crate::written::Op;
+use crate::store::{Backend, Durability, Loaded, now};
+use crate::written::{Op, answer_op};
 use crate::{AnswerRecord, CallRecord, SessionRecord, StateError};
 use code_mode_protocol::durable::DurableState;
 use code_mode_protocol::{CallId, CellId};
@@ -16,13 +16,6 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// What a store gave back at open: its contents, and the next growth number of each cell.
-#[derive(Debug, Default)]
-pub(crate) struct Loaded {
-    pub(crate) saved: crate::Saved,
-    pub(crate) next_seq: HashMap<(String, String), u64>,
-}
 
 /// An open SQLite store.
 pub(crate) struct Sqlite {
@@ -67,20 +60,13 @@ fn private_database(dir: &Path, front: &str) -> Result<PathBuf, StateError> {
     Ok(path)
 }
 
-/// Seconds since the epoch.
-pub(crate) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs().cast_signed())
-}
-
 impl Sqlite {
     /// Opens (or creates) `front`'s database in `dir`. Refused when another process holds
     /// it, when it is not whole, or when another version or front end wrote it.
     pub(crate) fn open(
         dir: &Path,
         front: &str,
-        durability: crate::Durability,
+        durability: Durability,
     ) -> Result<(Self, Loaded), StateError> {
         let path = private_database(dir, front)?;
         let corrupt = |error: rusqlite::Error| StateError::Corrupt {
@@ -108,8 +94,8 @@ impl Sqlite {
         // FULL syncs the log at every commit; NORMAL leaves the sync to checkpoints, so a
         // commit survives the process but not the machine.
         let synchronous = match durability {
-            crate::Durability::Disk => "FULL",
-            crate::Durability::Process => "NORMAL",
+            Durability::Disk => "FULL",
+            Durability::Process => "NORMAL",
         };
         db.pragma_update(None, "synchronous", synchronous)
             .map_err(busy)?;
@@ -249,7 +235,17 @@ impl Sqlite {
     /// it (nothing is dropped quietly).
     fn load(&self) -> Result<Loaded, StateError> {
         let mut loaded = Loaded::default();
-        let saved = &mut loaded.saved;
+        let index = self.load_sessions(&mut loaded.saved)?;
+        self.load_cells(&mut loaded, &index)?;
+        self.load_calls(&mut loaded.saved)?;
+        Ok(loaded)
+    }
+
+    /// Counters, sessions and their stored values; each session's place, by id.
+    fn load_sessions(
+        &self,
+        saved: &mut crate::Saved,
+    ) -> Result<HashMap<String, usize>, StateError> {
         for (name, value) in self.rows("SELECT name, value FROM counters", |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
         })? {
@@ -279,6 +275,15 @@ impl Sqlite {
                 saved.sessions[at].state.stored.insert(key, Arc::from(json));
             }
         }
+        Ok(index)
+    }
+
+    /// Each running cell, put back together from its header, growth and tail.
+    fn load_cells(
+        &self,
+        loaded: &mut Loaded,
+        index: &HashMap<String, usize>,
+    ) -> Result<(), StateError> {
         let mut growth: HashMap<(String, String), Vec<Growth>> = HashMap::new();
         for (session, cell, seq, body) in self.rows(
             "SELECT session, cell, seq, body FROM growth ORDER BY session, cell, seq",
@@ -319,12 +324,17 @@ impl Sqlite {
                 .remove(&(session.clone(), cell.clone()))
                 .unwrap_or_default();
             if let Some(&at) = index.get(&session) {
-                saved.sessions[at]
+                loaded.saved.sessions[at]
                     .state
                     .cells
                     .push(format::cell(cell_id, header, grown, tail));
             }
         }
+        Ok(())
+    }
+
+    /// The calls waiting for the client and the answers that came.
+    fn load_calls(&self, saved: &mut crate::Saved) -> Result<(), StateError> {
         for (session, cell, call, front_id) in self.rows(
             "SELECT session, cell, call, front_id FROM calls ORDER BY rowid",
             |row| {
@@ -365,7 +375,7 @@ impl Sqlite {
                 result: format::result_in(result),
             });
         }
-        Ok(loaded)
+        Ok(())
     }
 
     /// Caps the database at `pages` pages of its page size: a write past the cap fails as
@@ -396,16 +406,6 @@ fn write_error(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
         path: path.to_owned(),
         detail: error.to_string(),
     }
-}
-
-/// The write that records `answer`.
-pub(crate) fn answer_op(answer: &AnswerRecord) -> Result<Op, String> {
-    Ok(Op::Answer {
-        session: answer.session.clone(),
-        cell: answer.cell_id.to_string(),
-        call: answer.call.number(),
-        result: format::encode(&format::result_out(&answer.result))?,
-    })
 }
 
 /// Does `ops` inside `tx`.
@@ -440,38 +440,10 @@ fn apply_in(tx: &Transaction<'_>, ops: &[Op]) -> rusqlite::Result<()> {
                         .execute(params![session, key])?;
                 }
             },
-            Op::CellStart {
-                session,
-                cell,
-                header,
-                tail,
-            } => {
-                delete_cell(tx, session, cell, false)?;
-                tx.prepare_cached(
-                    "INSERT INTO cells (session, cell, header, tail) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![session, cell, header, tail])?;
-            }
-            Op::CellGrowth {
-                session,
-                cell,
-                seq,
-                growth,
-            } => {
-                tx.prepare_cached(
-                    "INSERT INTO growth (session, cell, seq, body) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![session, cell, seq.cast_signed(), growth])?;
-            }
-            Op::CellTail {
-                session,
-                cell,
-                tail,
-            } => {
-                tx.prepare_cached("UPDATE cells SET tail = ?3 WHERE session = ?1 AND cell = ?2")?
-                    .execute(params![session, cell, tail])?;
-            }
-            Op::CellGone { session, cell } => delete_cell(tx, session, cell, true)?,
+            Op::CellStart { .. }
+            | Op::CellGrowth { .. }
+            | Op::CellTail { .. }
+            | Op::CellGone { .. } => apply_cell(tx, op)?,
             Op::Calls { session, calls } => {
                 tx.prepare_cached("DELETE FROM calls WHERE session = ?1")?
                     .execute([session])?;
@@ -511,6 +483,46 @@ fn apply_in(tx: &Transaction<'_>, ops: &[Op]) -> rusqlite::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Does one of the cell writes inside `tx`.
+fn apply_cell(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
+    match op {
+        Op::CellStart {
+            session,
+            cell,
+            header,
+            tail,
+        } => {
+            delete_cell(tx, session, cell, false)?;
+            tx.prepare_cached(
+                "INSERT INTO cells (session, cell, header, tail) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![session, cell, header, tail])?;
+        }
+        Op::CellGrowth {
+            session,
+            cell,
+            seq,
+            growth,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO growth (session, cell, seq, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![session, cell, seq.cast_signed(), growth])?;
+        }
+        Op::CellTail {
+            session,
+            cell,
+            tail,
+        } => {
+            tx.prepare_cached("UPDATE cells SET tail = ?3 WHERE session = ?1 AND cell = ?2")?
+                .execute(params![session, cell, tail])?;
+        }
+        Op::CellGone { session, cell } => delete_cell(tx, session, cell, true)?,
+        _ => {}
     }
     Ok(())
 }

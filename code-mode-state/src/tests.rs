@@ -226,8 +226,8 @@ fn a_second_write_of_one_journal_step_fails() {
         seq,
         growth: vec![1, 0, 0, 0],
     };
-    crate::keeper::Backend::apply(&mut store, &[growth(0)]).expect("written");
-    let error = crate::keeper::Backend::apply(&mut store, &[growth(1), growth(0)])
+    crate::store::Backend::apply(&mut store, &[growth(0)]).expect("written");
+    let error = crate::store::Backend::apply(&mut store, &[growth(1), growth(0)])
         .expect_err("step 0 was written");
     assert!(error.to_string().contains("UNIQUE"), "{error}");
     let steps: i64 = store
@@ -438,7 +438,7 @@ fn sessions_nobody_wrote_for_their_time_to_live_expire() {
     drop(keeper);
     {
         let (store, _) = Sqlite::open(&dir, "jsonl", Durability::Disk).expect("opens");
-        let two_days_ago = crate::sqlite::now() - 2 * 24 * 3600;
+        let two_days_ago = crate::store::now() - 2 * 24 * 3600;
         store
             .connection()
             .execute(

@@ -5,7 +5,7 @@
 //! tail is rewritten when it changed.
 
 use crate::format::{self, Growth, Header, Tail};
-use crate::{CallRecord, Changes, SessionRecord};
+use crate::{AnswerRecord, CallRecord, Changes, SessionRecord};
 use code_mode_protocol::durable::DurableCell;
 use code_mode_protocol::journal::CellJournal;
 use code_mode_protocol::{CellId, StoredValues, ToolDefinition};
@@ -303,6 +303,13 @@ fn plan_session(
         });
     }
     memory.live = true;
+    plan_values(record, memory, ops);
+    plan_cells(record, memory, ops)
+}
+
+/// The writes of a session's stored values: each value that changed, each key gone.
+fn plan_values(record: &SessionRecord, memory: &mut SessionMemory, ops: &mut Vec<Op>) {
+    let id = &record.id;
     let stored = &record.state.stored;
     for (key, json) in stored {
         let same = memory
@@ -332,6 +339,16 @@ fn plan_session(
             json: None,
         });
     }
+}
+
+/// The writes of a session's running cells: a new cell whole, a known one's growth and
+/// tail, an ended one's removal.
+fn plan_cells(
+    record: &SessionRecord,
+    memory: &mut SessionMemory,
+    ops: &mut Vec<Op>,
+) -> Result<(), String> {
+    let id = &record.id;
     let mut seen: HashSet<&CellId> = HashSet::new();
     for cell in &record.state.cells {
         seen.insert(&cell.cell_id);
@@ -401,4 +418,14 @@ fn plan_session(
         });
     }
     Ok(())
+}
+
+/// The write that records `answer`.
+pub(crate) fn answer_op(answer: &AnswerRecord) -> Result<Op, String> {
+    Ok(Op::Answer {
+        session: answer.session.clone(),
+        cell: answer.cell_id.to_string(),
+        call: answer.call.number(),
+        result: format::encode(&format::result_out(&answer.result))?,
+    })
 }
