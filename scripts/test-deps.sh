@@ -5,7 +5,8 @@
 #   OTLP to) in one virtualenv (code-mode-cli/tests/mcp/requirements.txt, every package
 #   pinned and installed with --no-deps);
 # - Codex 0.169.0 from npm, the Codex front's test oracle: its CLI and its own
-#   codex-code-mode-host (codex-code-mode-host/tests/codex-npm/package-lock.json, `npm ci`).
+#   codex-code-mode-host (codex-code-mode-host/tests/codex-npm/package-lock.json, `npm ci`);
+# - PostgreSQL's server (Debian's `postgresql`), for the state store tests.
 # Idempotent: a second run with nothing changed only checks. `.ci/run` calls it before the tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../code-mode-cli/tests/mcp"
@@ -47,3 +48,14 @@ for binary in codex codex-code-mode-host; do
   fi
 done
 echo "test-deps: codex 0.169.0 is installed under codex-code-mode-host/tests/codex-npm"
+
+# PostgreSQL: Debian's server package; the tests start throwaway clusters of their own
+# (initdb in a temporary directory, on a Unix socket), never the system's.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test-deps: PostgreSQL's server is not installed; as root: apt-get install postgresql" >&2
+    exit 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql >/dev/null
+fi
+echo "test-deps: PostgreSQL's server is installed ($(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | head -1))"

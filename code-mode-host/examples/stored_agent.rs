@@ -1,7 +1,7 @@
 //! An agent core that keeps its sessions in a store and goes on with them after it is
 //! killed: the host crate's restart test runs it twice (`code_mode_host::StoredProvider`).
 //!
-//! `stored_agent start --state DIR --log FILE`: opens sessions `a`, `b` and `c` on a
+//! `stored_agent start --state DIR --log FILE` (or `--state-url URL` for Postgres): opens sessions `a`, `b` and `c` on a
 //! runtime process, each running a cell that makes three calls of the slow tool `slow`;
 //! the second call of each never ends in this process (it sleeps), so the agent is killed
 //! with that call in flight. Session `d`'s cell is killed in a timer after its first call
@@ -103,23 +103,35 @@ fn tools() -> Vec<ToolDefinition> {
     )]
 }
 
-fn arg(name: &str) -> PathBuf {
+fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|arg| arg == name)
         .and_then(|at| args.get(at + 1))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{name} is required"))
+        .cloned()
 }
 
 #[tokio::main]
 #[expect(clippy::print_stdout, reason = "its lines are what the test reads")]
 async fn main() {
     let mode = std::env::args().nth(1).expect("start or resume");
-    let state = arg("--state");
-    let log = arg("--log");
-    let (keeper, saved) =
-        Keeper::open_sqlite(&state, "agent", StoreOptions::default()).expect("the store opens");
+    let log = PathBuf::from(arg("--log").expect("--log is required"));
+    // A state directory (SQLite), or a Postgres database (`--state-url`).
+    let (keeper, saved) = match (arg("--state"), arg("--state-url")) {
+        (Some(dir), None) => Keeper::open_sqlite(dir.as_ref(), "agent", StoreOptions::default()),
+        // The same replica name in both runs: the restarted agent takes its sessions back
+        // at once, without waiting for the killed one's leases to run out.
+        (None, Some(url)) => Keeper::open_postgres(
+            &url,
+            "agent",
+            StoreOptions {
+                replica: Some("agent-1".to_owned()),
+                ..StoreOptions::default()
+            },
+        ),
+        _ => panic!("--state DIR or --state-url URL is required"),
+    }
+    .expect("the store opens");
     let config = ProcessConfig {
         generations_before: code_mode_host::stored::generations_before(&saved),
         ..ProcessConfig::default()

@@ -14,7 +14,7 @@ use crate::store::{Backend, Durability, Loaded};
 use crate::written::{Op, Undo, Written};
 use crate::{AnswerRecord, Changes, Saved, StateError};
 use code_mode_protocol::sync::lock;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,11 @@ pub struct StoreOptions {
     pub patience: Duration,
     /// What a committed write survives.
     pub durability: Durability,
+    /// A store that processes share (Postgres): the name this process leases sessions
+    /// under. A process started again under the same name (a restarted container of the
+    /// same pod) takes its sessions back at once; another waits for their leases to run
+    /// out. `None`: a name of this process alone.
+    pub replica: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -53,6 +58,7 @@ impl Default for StoreOptions {
             ttl: Some(DEFAULT_TTL),
             patience: DEFAULT_PATIENCE,
             durability: Durability::Disk,
+            replica: None,
         }
     }
 }
@@ -142,6 +148,10 @@ type Reply = tokio::sync::oneshot::Sender<Result<(), StateError>>;
 enum Job {
     Write(Arc<Changes>, Option<Reply>),
     Answer(Arc<AnswerRecord>, Reply),
+    Claim(
+        String,
+        tokio::sync::oneshot::Sender<Result<Option<Saved>, StateError>>,
+    ),
 }
 
 #[derive(Default)]
@@ -182,66 +192,85 @@ impl Keeper {
         front: &str,
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
-        let (store, loaded) = crate::sqlite::Sqlite::open(dir, front, options.durability)?;
-        if let Some(bytes) = options.max_bytes {
-            store.cap_pages(bytes / store.page_size()?)?;
-        }
-        Self::start(store, loaded, options)
+        let (dir, front) = (dir.to_owned(), front.to_owned());
+        let (durability, max_bytes) = (options.durability, options.max_bytes);
+        Self::start(
+            move || {
+                let (store, loaded) = crate::sqlite::Sqlite::open(&dir, &front, durability)?;
+                if let Some(bytes) = max_bytes {
+                    store.cap_pages(bytes / store.page_size()?)?;
+                }
+                Ok((store, loaded))
+            },
+            options,
+        )
     }
 
-    fn start(
-        mut store: impl Backend,
-        loaded: Loaded,
+    /// The keeper of `front`'s tables in the Postgres database at `url` (a URL or a
+    /// `key=value` connection string; `sslmode=disable` for none, else TLS verified
+    /// against the system's roots), which other processes may share. What it gives back
+    /// are the sessions whose lease ran out, now this process's; [`Self::claim`] takes
+    /// over one more later. A size cap is checked against the tables' size.
+    pub fn open_postgres(
+        url: &str,
+        front: &str,
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
-        let mut saved = loaded.saved;
-        let shared = Arc::new(Shared::default());
-        if let Some(ttl) = options.ttl {
-            let gone = store.expire(cutoff(ttl), &HashSet::new())?;
-            if !gone.is_empty() {
-                tracing::info!(store = %store.describe(), sessions = gone.len(), "expired sessions deleted");
-                let gone: HashSet<String> = gone.into_iter().collect();
-                saved.sessions.retain(|record| !gone.contains(&record.id));
-                saved.calls.retain(|call| !gone.contains(&call.session));
-                saved
-                    .answers
-                    .retain(|answer| !gone.contains(&answer.session));
-                shared
-                    .expired_count
-                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
-            }
+        let (url, front) = (url.to_owned(), front.to_owned());
+        let replica = options.replica.clone();
+        Self::start(
+            move || crate::postgres::Postgres::open(&url, &front, replica),
+            options,
+        )
+    }
+
+    /// Takes over session `id` when the process that owned it is gone (its lease ran
+    /// out): from now on this process writes it, and the earlier owner's writes are
+    /// refused. `None` when the store has no such session, or another process holds it.
+    /// A store one process holds whole (SQLite) has none to take over.
+    pub async fn claim(&self, id: &str) -> Result<Option<Saved>, StateError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self.send(Job::Claim(id.to_owned(), reply)) {
+            return Err(self.stopped());
         }
-        let written = Written::loaded(
-            &saved.sessions,
-            &saved.calls,
-            &saved.counters,
-            |session, cell| {
-                loaded
-                    .next_seq
-                    .get(&(session.to_owned(), cell.to_string()))
-                    .copied()
-                    .unwrap_or(0)
-            },
-        );
-        shared.bytes.store(store.bytes()?, Ordering::Relaxed);
-        shared
-            .sessions
-            .store(written.sessions.len() as u64, Ordering::Relaxed);
-        let describe = store.describe();
+        answer.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Starts the keeper's thread, which opens the store with `open` (a blocking client
+    /// may not run on an async runtime's thread, and the caller may be on one), reads it
+    /// and then serves the keeper's jobs.
+    fn start<B: Backend>(
+        open: impl FnOnce() -> Result<(B, Loaded), StateError> + Send + 'static,
+        options: StoreOptions,
+    ) -> Result<(Self, Saved), StateError> {
+        let shared = Arc::new(Shared::default());
         let (jobs, queue) = mpsc::channel();
-        let writer = Writer {
-            store,
-            written,
-            shared: Arc::clone(&shared),
-            ttl: options.ttl,
-        };
+        let (opened, outcome) = mpsc::channel();
+        let ttl = options.ttl;
+        let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("code-mode-state".to_owned())
-            .spawn(move || writer.run(&queue))
+            .spawn(move || {
+                let writer = match Writer::open(open, thread_shared, ttl) {
+                    Ok((writer, saved)) => {
+                        let _ = opened.send(Ok((saved, writer.store.describe())));
+                        writer
+                    }
+                    Err(error) => {
+                        let _ = opened.send(Err(error));
+                        return;
+                    }
+                };
+                writer.run(&queue);
+            })
             .map_err(|error| StateError::Write {
-                path: describe.clone().into(),
+                path: "the state store".into(),
                 detail: format!("the state writer thread did not start: {error}"),
             })?;
+        let (saved, describe) = outcome.recv().map_err(|_| StateError::Write {
+            path: "the state store".into(),
+            detail: "the state writer thread stopped while opening the store".to_owned(),
+        })??;
         Ok((
             Self {
                 jobs: Some(jobs),
@@ -383,10 +412,57 @@ struct Writer<B> {
 }
 
 impl<B: Backend> Writer<B> {
+    /// Opens the store, deletes the sessions past their time to live, and remembers what
+    /// is left.
+    fn open(
+        open: impl FnOnce() -> Result<(B, Loaded), StateError>,
+        shared: Arc<Shared>,
+        ttl: Option<Duration>,
+    ) -> Result<(Self, Saved), StateError> {
+        let (mut store, loaded) = open()?;
+        let mut saved = loaded.saved;
+        if let Some(ttl) = ttl {
+            let gone = store.expire(cutoff(ttl), &HashSet::new())?;
+            if !gone.is_empty() {
+                tracing::info!(store = %store.describe(), sessions = gone.len(), "expired sessions deleted");
+                let gone: HashSet<String> = gone.into_iter().collect();
+                saved.sessions.retain(|record| !gone.contains(&record.id));
+                saved.calls.retain(|call| !gone.contains(&call.session));
+                saved
+                    .answers
+                    .retain(|answer| !gone.contains(&answer.session));
+                shared
+                    .expired_count
+                    .fetch_add(gone.len() as u64, Ordering::Relaxed);
+            }
+        }
+        let written = Written::loaded(
+            &saved.sessions,
+            &saved.calls,
+            &saved.counters,
+            |session, cell| {
+                loaded
+                    .next_seq
+                    .get(&(session.to_owned(), cell.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            },
+        );
+        let mut writer = Self {
+            store,
+            written,
+            shared,
+            ttl,
+        };
+        writer.measure();
+        Ok((writer, saved))
+    }
+
     fn run(mut self, queue: &mpsc::Receiver<Job>) {
         let mut last_expiry = Instant::now();
+        let tick = self.store.tick().min(EXPIRY_EVERY);
         loop {
-            let first = match queue.recv_timeout(EXPIRY_EVERY) {
+            let first = match queue.recv_timeout(tick) {
                 Ok(job) => Some(job),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -401,7 +477,7 @@ impl<B: Backend> Writer<B> {
                 }
                 self.commit(jobs);
             }
-            if last_expiry.elapsed() >= EXPIRY_EVERY {
+            if last_expiry.elapsed() >= tick {
                 last_expiry = Instant::now();
                 self.expire();
                 self.measure();
@@ -426,11 +502,35 @@ impl<B: Backend> Writer<B> {
         self.measure();
     }
 
+    /// Takes over session `id` and remembers what it read.
+    fn claim(&mut self, id: &str) -> Result<Option<Saved>, StateError> {
+        let Some(claimed) = self.store.claim(id)? else {
+            return Ok(None);
+        };
+        let loaded = claimed.loaded;
+        let read = Written::loaded(
+            &loaded.saved.sessions,
+            &loaded.saved.calls,
+            &HashMap::new(),
+            |session, cell| {
+                loaded
+                    .next_seq
+                    .get(&(session.to_owned(), cell.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            },
+        );
+        self.written.adopt(read);
+        self.measure();
+        Ok(Some(loaded.saved))
+    }
+
     /// The writes of one job, the memory updated (`undo` takes it back).
     fn plan(&mut self, job: &Job, undo: &mut Undo) -> Result<Vec<Op>, StateError> {
         let planned = match job {
             Job::Write(changes, _) => self.written.plan(changes, undo),
             Job::Answer(answer, _) => crate::written::answer_op(answer).map(|op| vec![op]),
+            Job::Claim(..) => Ok(Vec::new()),
         };
         planned.map_err(|detail| StateError::Write {
             path: self.store.describe().into(),
@@ -441,6 +541,16 @@ impl<B: Backend> Writer<B> {
     /// Writes every job in one transaction; if that fails, each alone, so that each
     /// caller gets its own outcome.
     fn commit(&mut self, jobs: Vec<Job>) {
+        // A claim reads and takes a lease in its own transaction, before the writes queued
+        // behind it.
+        let (claims, jobs): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|job| matches!(job, Job::Claim(..)));
+        for job in claims {
+            if let Job::Claim(id, reply) = job {
+                let _ = reply.send(self.claim(&id));
+            }
+        }
         let mut undo = Undo::default();
         let mut ops = Vec::new();
         let mut planned = Vec::with_capacity(jobs.len());
@@ -538,6 +648,10 @@ fn reply(job: Job, outcome: Result<(), StateError>) {
     let reply = match job {
         Job::Write(_, reply) => reply,
         Job::Answer(_, reply) => Some(reply),
+        Job::Claim(_, reply) => {
+            let _ = reply.send(outcome.map(|()| None));
+            return;
+        }
     };
     if let Some(reply) = reply {
         let _ = reply.send(outcome);

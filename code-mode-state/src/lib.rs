@@ -11,19 +11,22 @@
 //! written before, and is the caller's error once the keeper's patience is spent.
 //!
 //! Where it is written: SQLite, one database per front in a state directory
-//! (`sqlite.rs`). What is written is this crate's own format (`format.rs`), so a change of
+//! (`sqlite.rs`), or Postgres, which replicas share, each session leased to one process at
+//! a time with an epoch the database checks (`postgres.rs`). What is written is this crate's own format (`format.rs`), so a change of
 //! the wire protocol leaves a state directory readable; a database of the earlier format,
 //! which used the wire's encoding, is rewritten at open (`legacy.rs`).
 
 mod format;
 mod keeper;
 mod legacy;
+mod postgres;
 mod sqlite;
 mod store;
 mod written;
 
 pub use code_mode_protocol::durable::{DurableCell, DurableState};
 pub use keeper::{DEFAULT_PATIENCE, DEFAULT_TTL, Keeper, StoreOptions, StoreStats, Ttl, parse_ttl};
+pub use postgres::{GENERATION_BLOCK, LEASE};
 pub use store::Durability;
 
 use code_mode_protocol::{CallId, CellId, JsonText, ToolError};
@@ -58,6 +61,12 @@ pub enum StateError {
         found: String,
         expected: String,
     },
+    #[error("the state store {store} cannot be reached: {detail}")]
+    Connect { store: String, detail: String },
+    #[error(
+        "session {session} of the state store {store} was taken over by another process (its lease here ran out); this process's write was refused"
+    )]
+    Fenced { store: String, session: String },
     #[error("writing the state database {path} failed: {detail}; what it held before is kept")]
     Write { path: PathBuf, detail: String },
     #[error("reading the state database {path} failed: {detail}")]

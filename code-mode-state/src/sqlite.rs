@@ -6,16 +6,13 @@
 //! is. A database of format 1 (journals in the wire's encoding) is rewritten in this
 //! crate's format at open, in one transaction.
 
-use crate::format::{self, FORMAT, Growth, Header, Tail};
-use crate::store::{Backend, Durability, Loaded, now};
+use crate::StateError;
+use crate::format::FORMAT;
+use crate::store::{Backend, Durability, Loaded, Rows, now};
 use crate::written::{Op, answer_op};
-use crate::{AnswerRecord, CallRecord, SessionRecord, StateError};
-use code_mode_protocol::durable::DurableState;
-use code_mode_protocol::{CallId, CellId};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// An open SQLite store.
 pub(crate) struct Sqlite {
@@ -234,148 +231,35 @@ impl Sqlite {
     /// Everything the database holds. A row that does not decode is an error that names
     /// it (nothing is dropped quietly).
     fn load(&self) -> Result<Loaded, StateError> {
-        let mut loaded = Loaded::default();
-        let index = self.load_sessions(&mut loaded.saved)?;
-        self.load_cells(&mut loaded, &index)?;
-        self.load_calls(&mut loaded.saved)?;
-        Ok(loaded)
-    }
-
-    /// Counters, sessions and their stored values; each session's place, by id.
-    fn load_sessions(
-        &self,
-        saved: &mut crate::Saved,
-    ) -> Result<HashMap<String, usize>, StateError> {
-        for (name, value) in self.rows("SELECT name, value FROM counters", |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-        })? {
-            saved.counters.insert(name, value.cast_unsigned());
-        }
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for (id, options) in self
-            .rows("SELECT id, options FROM sessions ORDER BY rowid", |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })?
-        {
-            index.insert(id.clone(), saved.sessions.len());
-            saved.sessions.push(SessionRecord {
-                id,
-                options,
-                state: DurableState::default(),
-            });
-        }
-        for (session, key, json) in self.rows("SELECT session, key, json FROM stored", |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-            ))
-        })? {
-            if let Some(&at) = index.get(&session) {
-                saved.sessions[at].state.stored.insert(key, Arc::from(json));
-            }
-        }
-        Ok(index)
-    }
-
-    /// Each running cell, put back together from its header, growth and tail.
-    fn load_cells(
-        &self,
-        loaded: &mut Loaded,
-        index: &HashMap<String, usize>,
-    ) -> Result<(), StateError> {
-        let mut growth: HashMap<(String, String), Vec<Growth>> = HashMap::new();
-        for (session, cell, seq, body) in self.rows(
-            "SELECT session, cell, seq, body FROM growth ORDER BY session, cell, seq",
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, Vec<u8>>(3)?,
-                ))
-            },
-        )? {
-            let grown: Growth = format::decode(&body).map_err(|error| {
-                self.read_error(format!("cell {cell} of session {session}: {error}"))
-            })?;
-            let key = (session, cell);
-            loaded.next_seq.insert(key.clone(), seq.cast_unsigned() + 1);
-            growth.entry(key).or_default().push(grown);
-        }
-        for (session, cell, header, tail) in self.rows(
-            "SELECT session, cell, header, tail FROM cells ORDER BY rowid",
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                    row.get::<_, Vec<u8>>(3)?,
-                ))
-            },
-        )? {
-            let what = |error: String| {
-                self.read_error(format!("cell {cell} of session {session}: {error}"))
-            };
-            let header: Header = format::decode(&header).map_err(what)?;
-            let tail: Tail = format::decode(&tail).map_err(what)?;
-            let Ok(cell_id) = cell.parse::<CellId>();
-            let grown = growth
-                .remove(&(session.clone(), cell.clone()))
-                .unwrap_or_default();
-            if let Some(&at) = index.get(&session) {
-                loaded.saved.sessions[at]
-                    .state
-                    .cells
-                    .push(format::cell(cell_id, header, grown, tail));
-            }
-        }
-        Ok(())
-    }
-
-    /// The calls waiting for the client and the answers that came.
-    fn load_calls(&self, saved: &mut crate::Saved) -> Result<(), StateError> {
-        for (session, cell, call, front_id) in self.rows(
-            "SELECT session, cell, call, front_id FROM calls ORDER BY rowid",
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, String>(3)?,
-                ))
-            },
-        )? {
-            let Ok(cell_id) = cell.parse::<CellId>();
-            saved.calls.push(CallRecord {
-                session,
-                cell_id,
-                call: CallId::new(call.cast_unsigned()),
-                front_id,
-            });
-        }
-        for (session, cell, call, result) in self.rows(
-            "SELECT session, cell, call, result FROM answers ORDER BY rowid",
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, Vec<u8>>(3)?,
-                ))
-            },
-        )? {
-            let Ok(cell_id) = cell.parse::<CellId>();
-            let result = format::decode(&result)
-                .map_err(|error| self.read_error(format!("an answer of cell {cell}: {error}")))?;
-            saved.answers.push(AnswerRecord {
-                session,
-                cell_id,
-                call: CallId::new(call.cast_unsigned()),
-                result: format::result_in(result),
-            });
-        }
-        Ok(())
+        let text = |row: &rusqlite::Row<'_>, at: usize| row.get::<_, String>(at);
+        let rows = Rows {
+            counters: self.rows("SELECT name, value FROM counters", |row| {
+                Ok((text(row, 0)?, row.get(1)?))
+            })?,
+            sessions: self.rows("SELECT id, options FROM sessions ORDER BY rowid", |row| {
+                Ok((text(row, 0)?, text(row, 1)?))
+            })?,
+            stored: self.rows("SELECT session, key, json FROM stored", |row| {
+                Ok((text(row, 0)?, text(row, 1)?, text(row, 2)?))
+            })?,
+            growth: self.rows(
+                "SELECT session, cell, seq, body FROM growth ORDER BY session, cell, seq",
+                |row| Ok((text(row, 0)?, text(row, 1)?, row.get(2)?, row.get(3)?)),
+            )?,
+            cells: self.rows(
+                "SELECT session, cell, header, tail FROM cells ORDER BY rowid",
+                |row| Ok((text(row, 0)?, text(row, 1)?, row.get(2)?, row.get(3)?)),
+            )?,
+            calls: self.rows(
+                "SELECT session, cell, call, front_id FROM calls ORDER BY rowid",
+                |row| Ok((text(row, 0)?, text(row, 1)?, row.get(2)?, text(row, 3)?)),
+            )?,
+            answers: self.rows(
+                "SELECT session, cell, call, result FROM answers ORDER BY rowid",
+                |row| Ok((text(row, 0)?, text(row, 1)?, row.get(2)?, row.get(3)?)),
+            )?,
+        };
+        rows.assemble().map_err(|detail| self.read_error(detail))
     }
 
     /// Caps the database at `pages` pages of its page size: a write past the cap fails as

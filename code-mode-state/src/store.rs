@@ -2,15 +2,110 @@
 //! thread ([`Backend`]), what it gives back at open ([`Loaded`]), and what a committed
 //! write survives ([`Durability`]).
 
-use crate::StateError;
+use crate::format::{self, Growth, Header, Tail};
 use crate::written::Op;
+use crate::{AnswerRecord, CallRecord, SessionRecord, StateError};
+use code_mode_protocol::durable::DurableState;
+use code_mode_protocol::{CallId, CellId};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// What a store gave back at open: its contents, and the next growth number of each cell.
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
     pub(crate) saved: crate::Saved,
     pub(crate) next_seq: HashMap<(String, String), u64>,
+}
+
+/// A store's rows as every store keeps them (the same tables in SQLite and Postgres),
+/// before [`Rows::assemble`] puts them together. Growth comes ordered by session, cell
+/// and step.
+#[derive(Debug, Default)]
+pub(crate) struct Rows {
+    pub(crate) counters: Vec<(String, i64)>,
+    pub(crate) sessions: Vec<(String, String)>,
+    pub(crate) stored: Vec<(String, String, String)>,
+    pub(crate) growth: Vec<(String, String, i64, Vec<u8>)>,
+    pub(crate) cells: Vec<(String, String, Vec<u8>, Vec<u8>)>,
+    pub(crate) calls: Vec<(String, String, i64, String)>,
+    pub(crate) answers: Vec<(String, String, i64, Vec<u8>)>,
+}
+
+impl Rows {
+    /// The sessions, cells, calls and answers the rows hold. A row that does not decode is
+    /// an error that names it (nothing is dropped quietly).
+    pub(crate) fn assemble(self) -> Result<Loaded, String> {
+        let mut loaded = Loaded::default();
+        let saved = &mut loaded.saved;
+        for (name, value) in self.counters {
+            saved.counters.insert(name, value.cast_unsigned());
+        }
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (id, options) in self.sessions {
+            index.insert(id.clone(), saved.sessions.len());
+            saved.sessions.push(SessionRecord {
+                id,
+                options,
+                state: DurableState::default(),
+            });
+        }
+        for (session, key, json) in self.stored {
+            if let Some(&at) = index.get(&session) {
+                saved.sessions[at].state.stored.insert(key, Arc::from(json));
+            }
+        }
+        let mut growth: HashMap<(String, String), Vec<Growth>> = HashMap::new();
+        for (session, cell, seq, body) in self.growth {
+            let grown: Growth = format::decode(&body)
+                .map_err(|error| format!("cell {cell} of session {session}: {error}"))?;
+            let key = (session, cell);
+            loaded.next_seq.insert(key.clone(), seq.cast_unsigned() + 1);
+            growth.entry(key).or_default().push(grown);
+        }
+        for (session, cell, header, tail) in self.cells {
+            let what = |error: String| format!("cell {cell} of session {session}: {error}");
+            let header: Header = format::decode(&header).map_err(what)?;
+            let tail: Tail = format::decode(&tail).map_err(what)?;
+            let Ok(cell_id) = cell.parse::<CellId>();
+            let grown = growth
+                .remove(&(session.clone(), cell.clone()))
+                .unwrap_or_default();
+            if let Some(&at) = index.get(&session) {
+                loaded.saved.sessions[at]
+                    .state
+                    .cells
+                    .push(format::cell(cell_id, header, grown, tail));
+            }
+        }
+        let saved = &mut loaded.saved;
+        for (session, cell, call, front_id) in self.calls {
+            let Ok(cell_id) = cell.parse::<CellId>();
+            saved.calls.push(CallRecord {
+                session,
+                cell_id,
+                call: CallId::new(call.cast_unsigned()),
+                front_id,
+            });
+        }
+        for (session, cell, call, result) in self.answers {
+            let Ok(cell_id) = cell.parse::<CellId>();
+            let result = format::decode(&result)
+                .map_err(|error| format!("an answer of cell {cell}: {error}"))?;
+            saved.answers.push(AnswerRecord {
+                session,
+                cell_id,
+                call: CallId::new(call.cast_unsigned()),
+                result: format::result_in(result),
+            });
+        }
+        Ok(loaded)
+    }
+}
+
+/// Sessions a process took over from another ([`Backend::claim`]), read.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed {
+    pub(crate) loaded: Loaded,
 }
 
 /// A store's own operations, under the keeper's thread.
@@ -24,6 +119,16 @@ pub(crate) trait Backend: Send + 'static {
     fn expire(&mut self, before: i64, live: &HashSet<String>) -> Result<Vec<String>, StateError>;
     /// Where the store is, for messages.
     fn describe(&self) -> String;
+    /// Takes over session `id` from a process whose lease on it ran out, and reads it
+    /// (`None`: no such session, or another process holds it). A store one process holds
+    /// whole has nothing to take over.
+    fn claim(&mut self, _id: &str) -> Result<Option<Claimed>, StateError> {
+        Ok(None)
+    }
+    /// How often the keeper renews leases and looks for expired sessions.
+    fn tick(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
 }
 
 /// What a committed write survives before what depends on it goes out.

@@ -93,6 +93,7 @@ fn options() -> StoreOptions {
         ttl: None,
         patience: std::time::Duration::ZERO,
         durability: Durability::Disk,
+        replica: None,
     }
 }
 

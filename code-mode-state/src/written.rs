@@ -178,6 +178,15 @@ impl Written {
         written
     }
 
+    /// Takes in the memory of sessions read after open (taken over from another process).
+    pub(crate) fn adopt(&mut self, other: Written) {
+        for (id, mut memory) in other.sessions {
+            memory.live = false;
+            self.gone.remove(&id);
+            self.sessions.insert(id, memory);
+        }
+    }
+
     /// Undoes a plan whose writes failed, latest first.
     pub(crate) fn undo(&mut self, undo: Undo) {
         for (id, before) in undo.sessions.into_iter().rev() {

@@ -15,12 +15,14 @@ pub mod durable;
 pub mod hostile;
 pub mod loss;
 pub mod phoenix;
+pub mod postgres;
 pub mod proxy;
 pub mod remote;
 pub mod scenarios;
 pub mod scratch;
 
 pub use delegate::{Record, TestDelegate};
+pub use postgres::PgCluster;
 pub use scratch::Scratch;
 
 /// The README's Rust examples, compiled as doc tests so that they cannot rot. They live

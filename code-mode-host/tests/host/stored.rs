@@ -49,11 +49,24 @@ fn count(lines: &[String], line: &str) -> usize {
 fn an_agent_core_killed_mid_call_resumes_its_sessions_and_runs_no_answered_call_twice() {
     let scratch = Scratch::new();
     let state = scratch.0.join("state");
+    killed_and_resumed(&scratch, &["--state", state.to_str().expect("UTF-8")]);
+}
+
+/// The same, with the sessions in Postgres.
+#[test]
+fn an_agent_core_on_postgres_killed_mid_call_resumes_its_sessions() {
+    let scratch = Scratch::new();
+    let cluster = code_mode_conformance::PgCluster::start();
+    killed_and_resumed(&scratch, &["--state-url", &cluster.url]);
+}
+
+/// Runs the agent with `store` (its store arguments), kills it mid-call, runs it again,
+/// and checks every cell's output and every tool's runs.
+fn killed_and_resumed(scratch: &Scratch, store: &[&str]) {
     let log = scratch.0.join("tools.log");
     let mut first = agent()
         .arg("start")
-        .arg("--state")
-        .arg(&state)
+        .args(store)
         .arg("--log")
         .arg(&log)
         .stdout(Stdio::piped())
@@ -79,8 +92,7 @@ fn an_agent_core_killed_mid_call_resumes_its_sessions_and_runs_no_answered_call_
 
     let mut second = agent()
         .arg("resume")
-        .arg("--state")
-        .arg(&state)
+        .args(store)
         .arg("--log")
         .arg(&log)
         .stdout(Stdio::piped())
@@ -131,4 +143,90 @@ fn an_agent_core_killed_mid_call_resumes_its_sessions_and_runs_no_answered_call_
     assert_eq!(count(&lines, "start b 1"), 2, "{lines:?}");
     assert_eq!(count(&lines, "end b 1"), 1, "{lines:?}");
     assert_eq!(count(&lines, "start c 1"), 1, "{lines:?}");
+}
+
+/// Runs `statement` on the cluster and gives its first row's first column as text, on a
+/// thread of its own (the blocking client does not run on the test's async runtime).
+fn sql(url: &str, statement: &str) -> Option<String> {
+    let (url, statement) = (url.to_owned(), statement.to_owned());
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connects");
+        let rows = client.simple_query(&statement).expect("runs");
+        rows.into_iter().find_map(|message| match message {
+            postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+    })
+    .join()
+    .expect("the SQL thread")
+}
+
+/// One session as a front writes it: a stored value.
+fn one_session(id: &str, value: &str) -> code_mode_host::state::Changes {
+    code_mode_host::state::Changes {
+        sessions: vec![code_mode_host::state::SessionRecord {
+            id: id.to_owned(),
+            options: "{}".to_owned(),
+            state: code_mode_host::DurableState {
+                stored: [("k".to_owned(), std::sync::Arc::from(value))].into(),
+                cells: Vec::new(),
+            },
+        }],
+        ..Default::default()
+    }
+}
+
+/// Two processes on one Postgres database: a session belongs to the one that wrote it
+/// while its lease runs; once the lease ran out (the owner died), the other takes it over
+/// whole, and the earlier owner's late write is refused by the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_take_over_a_session_whose_lease_ran_out_and_fence_the_old_owner() {
+    use code_mode_host::state::{Keeper, StateError, StoreOptions};
+    let cluster = code_mode_conformance::PgCluster::start();
+    let options = StoreOptions {
+        patience: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    let (a, saved) = Keeper::open_postgres(&cluster.url, "mcp", options.clone()).expect("A opens");
+    assert!(saved.sessions.is_empty());
+    a.write(one_session("s1", "\"from A\""))
+        .await
+        .expect("A writes");
+    let (b, saved) = Keeper::open_postgres(&cluster.url, "mcp", options).expect("B opens");
+    assert!(
+        saved.sessions.is_empty(),
+        "A's session is A's while its lease runs"
+    );
+    assert!(b.claim("s1").await.expect("asked").is_none(), "held by A");
+    let refused = b
+        .write(one_session("s1", "\"from B\""))
+        .await
+        .expect_err("not B's");
+    assert!(matches!(refused, StateError::Fenced { .. }), "{refused}");
+    // A dies: its lease runs out.
+    sql(
+        &cluster.url,
+        "UPDATE code_mode_mcp.sessions SET lease_until = 0",
+    );
+    let taken = b.claim("s1").await.expect("asked").expect("taken over");
+    assert_eq!(&*taken.sessions[0].state.stored["k"], "\"from A\"");
+    b.write(one_session("s1", "\"from B\""))
+        .await
+        .expect("B writes");
+    // A, alive after all, writes late: the database refuses it, and B's value stays.
+    let late = a
+        .write(one_session("s1", "\"late A\""))
+        .await
+        .expect_err("fenced");
+    assert!(matches!(late, StateError::Fenced { .. }), "{late}");
+    let value = sql(
+        &cluster.url,
+        "SELECT json FROM code_mode_mcp.stored WHERE session = 's1' AND key = 'k'",
+    );
+    assert_eq!(value.as_deref(), Some("\"from B\""));
+    let epoch = sql(
+        &cluster.url,
+        "SELECT epoch FROM code_mode_mcp.sessions WHERE id = 's1'",
+    );
+    assert_eq!(epoch.as_deref(), Some("2"), "one takeover, one epoch more");
 }
