@@ -140,13 +140,37 @@ struct StateArgs {
     /// Keep the sessions, their stored values and their running cells' journals in this
     /// directory, so that a server started again with it goes on with them (docs/MCP.md,
     /// docs/jsonl.md: "Restarts"). Not with --in-process; for `mcp`, with --http.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", group = "store")]
     state_dir: Option<PathBuf>,
+    /// Keep them in this Postgres database instead (`postgres://user:pass@host/db`, or
+    /// `key=value` pairs; `sslmode=disable` for no TLS), which replicas share: a session
+    /// whose server died is taken over by the replica its client reaches next.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CODE_MODE_STATE_URL",
+        group = "store",
+        hide_env_values = true
+    )]
+    state_url: Option<String>,
+    /// With --state-url: the name this server leases sessions under (a pod's name). A
+    /// server started again under the same name takes its sessions back at once.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "CODE_MODE_STATE_REPLICA",
+        requires = "state_url"
+    )]
+    state_replica: Option<String>,
+    /// With --state-url: how long a lease lasts unless renewed; a session whose server
+    /// died is taken over after at most this long (e.g. 15s).
+    #[arg(long, value_name = "TIME", default_value = "15s", value_parser = code_mode_state::parse_ttl)]
+    state_lease: code_mode_state::Ttl,
     /// With --state-dir: the most its database may hold, in bytes. Past seven eighths of
     /// it a new session is refused, with the figures; a write past it fails as on a full
     /// disk, and what depends on it is held back (`serve`: a `state_error` event says why)
     /// or refused (`mcp`).
-    #[arg(long, value_name = "BYTES", requires = "state_dir")]
+    #[arg(long, value_name = "BYTES", requires = "store")]
     state_max_bytes: Option<u64>,
     /// With --state-dir: a kept session that no client took back for this long is
     /// deleted (90m, 24h, 7d, or never).
@@ -160,15 +184,26 @@ struct StateArgs {
 }
 
 impl StateArgs {
-    /// The state directory and how its store is bounded, if one was given.
-    fn store(&self) -> Option<(PathBuf, code_mode_state::StoreOptions)> {
-        let dir = self.state_dir.clone()?;
+    /// Where the store is and how it is bounded, if one was given.
+    fn store(
+        &self,
+    ) -> Option<(
+        code_mode_state::StoreLocation,
+        code_mode_state::StoreOptions,
+    )> {
+        let location = match (&self.state_dir, &self.state_url) {
+            (Some(dir), _) => code_mode_state::StoreLocation::Dir(dir.clone()),
+            (None, Some(url)) => code_mode_state::StoreLocation::Url(url.clone()),
+            (None, None) => return None,
+        };
         Some((
-            dir,
+            location,
             code_mode_state::StoreOptions {
                 max_bytes: self.state_max_bytes,
                 ttl: self.state_ttl.0,
                 durability: self.state_durability,
+                replica: self.state_replica.clone(),
+                lease: self.state_lease.0.unwrap_or(code_mode_state::LEASE),
                 ..code_mode_state::StoreOptions::default()
             },
         ))

@@ -29,7 +29,7 @@ use code_mode_protocol::{
     CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall, SessionCall, SessionError,
     SessionOptions, SessionReply, StoredValues, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
-use code_mode_state::{AnswerRecord, CallRecord, Changes, Saved, StoreOptions};
+use code_mode_state::{AnswerRecord, CallRecord, Changes, Saved, StoreLocation, StoreOptions};
 use code_mode_surface::json::reply_json;
 use code_mode_surface::{
     Catalog, ToolDescription, exec_description_of, exec_tool_spec_of, wait_tool_spec,
@@ -39,7 +39,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use state::{Durability, state_error};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -912,7 +911,7 @@ pub async fn serve(
     runtime: &RuntimeArgs,
     tools: ToolSet,
     runtime_log: String,
-    state_dir: Option<(PathBuf, StoreOptions)>,
+    state_dir: Option<(StoreLocation, StoreOptions)>,
 ) -> Result<(), Failure> {
     let (server, lines_rx, saved) = Server::start(runtime, tools, runtime_log, state_dir)?;
     let writer = tokio::spawn(write_lines(lines_rx, Arc::downgrade(&server)));
@@ -944,7 +943,7 @@ impl Server {
         runtime: &RuntimeArgs,
         tools: ToolSet,
         runtime_log: String,
-        state_dir: Option<(PathBuf, StoreOptions)>,
+        state_dir: Option<(StoreLocation, StoreOptions)>,
     ) -> Result<(Arc<Server>, mpsc::UnboundedReceiver<String>, Saved), Failure> {
         let (state, saved) = match state_dir {
             Some(_) if runtime.in_process => {

@@ -10,7 +10,7 @@
 //! expire (checked at open and every minute), and past seven eighths of the size cap new
 //! sessions are refused ([`Keeper::admit`]); the cap itself fails writes as a full disk.
 
-use crate::store::{Backend, Durability, Loaded};
+use crate::store::{Backend, Claim, Durability, Loaded};
 use crate::written::{Op, Undo, Written};
 use crate::{AnswerRecord, Changes, Saved, StateError};
 use code_mode_protocol::sync::lock;
@@ -32,6 +32,15 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// At most this many queued writes go in one transaction.
 const MAX_GROUP: usize = 256;
 
+/// Where a keeper's store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A state directory: SQLite, one process at a time (`--state-dir`).
+    Dir(std::path::PathBuf),
+    /// A Postgres database that replicas share (`--state-url`).
+    Url(String),
+}
+
 /// How a keeper bounds and waits for its store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -49,6 +58,9 @@ pub struct StoreOptions {
     /// same pod) takes its sessions back at once; another waits for their leases to run
     /// out. `None`: a name of this process alone.
     pub replica: Option<String>,
+    /// A shared store: how long a lease lasts unless its owner renews it (every third of
+    /// it); a session whose owner died is taken over after at most this long.
+    pub lease: Duration,
 }
 
 impl Default for StoreOptions {
@@ -59,6 +71,7 @@ impl Default for StoreOptions {
             patience: DEFAULT_PATIENCE,
             durability: Durability::Disk,
             replica: None,
+            lease: crate::LEASE,
         }
     }
 }
@@ -145,12 +158,23 @@ impl StoreStats {
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), StateError>>;
 
+/// What asking for a session another process may hold gave ([`Keeper::claim`]).
+#[derive(Debug)]
+pub enum Claimed {
+    /// Taken over: this process writes it from now on. Its record, calls and answers.
+    Taken(Saved),
+    /// Another process holds it, for this many more milliseconds unless it renews.
+    Held { for_ms: u64 },
+    /// The store has no such session.
+    Absent,
+}
+
 enum Job {
     Write(Arc<Changes>, Option<Reply>),
     Answer(Arc<AnswerRecord>, Reply),
     Claim(
         String,
-        tokio::sync::oneshot::Sender<Result<Option<Saved>, StateError>>,
+        tokio::sync::oneshot::Sender<Result<Claimed, StateError>>,
     ),
 }
 
@@ -206,6 +230,19 @@ impl Keeper {
         )
     }
 
+    /// The keeper of `front`'s store at `location`: [`Self::open_sqlite`] or
+    /// [`Self::open_postgres`].
+    pub fn open(
+        location: &StoreLocation,
+        front: &str,
+        options: StoreOptions,
+    ) -> Result<(Self, Saved), StateError> {
+        match location {
+            StoreLocation::Dir(dir) => Self::open_sqlite(dir, front, options),
+            StoreLocation::Url(url) => Self::open_postgres(url, front, options),
+        }
+    }
+
     /// The keeper of `front`'s tables in the Postgres database at `url` (a URL or a
     /// `key=value` connection string; `sslmode=disable` for none, else TLS verified
     /// against the system's roots), which other processes may share. What it gives back
@@ -217,23 +254,44 @@ impl Keeper {
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
         let (url, front) = (url.to_owned(), front.to_owned());
-        let replica = options.replica.clone();
+        let (replica, lease) = (options.replica.clone(), options.lease);
         Self::start(
-            move || crate::postgres::Postgres::open(&url, &front, replica),
+            move || crate::postgres::Postgres::open(&url, &front, replica, lease),
             options,
         )
     }
 
     /// Takes over session `id` when the process that owned it is gone (its lease ran
     /// out): from now on this process writes it, and the earlier owner's writes are
-    /// refused. `None` when the store has no such session, or another process holds it.
-    /// A store one process holds whole (SQLite) has none to take over.
-    pub async fn claim(&self, id: &str) -> Result<Option<Saved>, StateError> {
+    /// refused. A store one process holds whole (SQLite) has none to take over.
+    pub async fn claim(&self, id: &str) -> Result<Claimed, StateError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if !self.send(Job::Claim(id.to_owned(), reply)) {
             return Err(self.stopped());
         }
         answer.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// [`Self::claim`], waiting while another process holds the session: for up to the
+    /// lease's length, so that a session whose owner died is served once its lease runs
+    /// out (a live owner renews it, and keeps it). `None`: no such session, or its owner
+    /// lives.
+    pub async fn take_over(&self, id: &str) -> Result<Option<Saved>, StateError> {
+        let deadline = tokio::time::Instant::now() + self.options.lease + Duration::from_secs(1);
+        loop {
+            match self.claim(id).await? {
+                Claimed::Taken(saved) => return Ok(Some(saved)),
+                Claimed::Absent => return Ok(None),
+                Claimed::Held { for_ms } => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Ok(None);
+                    }
+                    let pause = Duration::from_millis(for_ms.clamp(20, 500));
+                    tokio::time::sleep(pause.min(deadline - now)).await;
+                }
+            }
+        }
     }
 
     /// Starts the keeper's thread, which opens the store with `open` (a blocking client
@@ -503,9 +561,11 @@ impl<B: Backend> Writer<B> {
     }
 
     /// Takes over session `id` and remembers what it read.
-    fn claim(&mut self, id: &str) -> Result<Option<Saved>, StateError> {
-        let Some(claimed) = self.store.claim(id)? else {
-            return Ok(None);
+    fn claim(&mut self, id: &str) -> Result<Claimed, StateError> {
+        let claimed = match self.store.claim(id)? {
+            Claim::Taken(claimed) => claimed,
+            Claim::Held { for_ms } => return Ok(Claimed::Held { for_ms }),
+            Claim::Absent => return Ok(Claimed::Absent),
         };
         let loaded = claimed.loaded;
         let read = Written::loaded(
@@ -522,7 +582,7 @@ impl<B: Backend> Writer<B> {
         );
         self.written.adopt(read);
         self.measure();
-        Ok(Some(loaded.saved))
+        Ok(Claimed::Taken(loaded.saved))
     }
 
     /// The writes of one job, the memory updated (`undo` takes it back).
@@ -649,7 +709,7 @@ fn reply(job: Job, outcome: Result<(), StateError>) {
         Job::Write(_, reply) => reply,
         Job::Answer(_, reply) => Some(reply),
         Job::Claim(_, reply) => {
-            let _ = reply.send(outcome.map(|()| None));
+            let _ = reply.send(outcome.map(|()| Claimed::Absent));
             return;
         }
     };

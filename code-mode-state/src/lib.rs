@@ -25,7 +25,10 @@ mod store;
 mod written;
 
 pub use code_mode_protocol::durable::{DurableCell, DurableState};
-pub use keeper::{DEFAULT_PATIENCE, DEFAULT_TTL, Keeper, StoreOptions, StoreStats, Ttl, parse_ttl};
+pub use keeper::{
+    Claimed, DEFAULT_PATIENCE, DEFAULT_TTL, Keeper, StoreLocation, StoreOptions, StoreStats, Ttl,
+    parse_ttl,
+};
 pub use postgres::{GENERATION_BLOCK, LEASE};
 pub use store::Durability;
 

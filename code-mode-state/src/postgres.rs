@@ -17,14 +17,14 @@
 
 use crate::StateError;
 use crate::format::FORMAT;
-use crate::store::{Backend, Claimed, Loaded, Rows};
+use crate::store::{Backend, Claim, Claimed, Loaded, Rows};
 use crate::written::Op;
 use postgres::types::ToSql;
 use postgres::{Client, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// How long a lease lasts without renewal.
+/// How long a lease lasts without renewal, by default.
 pub const LEASE: Duration = Duration::from_secs(15);
 
 /// The runtime generations a process reserves at open.
@@ -61,6 +61,8 @@ pub(crate) struct Postgres {
 /// What this process holds: the sessions it owns, at the epoch it took each.
 struct Leases {
     describe: String,
+    /// How long a lease lasts, in milliseconds.
+    lease_ms: i64,
     /// This process, as the lease rows name it.
     owner: String,
     epochs: HashMap<String, i64>,
@@ -73,10 +75,6 @@ fn now_ms() -> i64 {
         .map_or(0, |elapsed| {
             i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
         })
-}
-
-fn lease_ms() -> i64 {
-    i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A name that identifies this process among the replicas.
@@ -106,6 +104,7 @@ impl Postgres {
         url: &str,
         front: &str,
         replica: Option<String>,
+        lease: Duration,
     ) -> Result<(Self, Loaded), StateError> {
         let describe = redacted(url);
         let failed = |detail: String| StateError::Connect {
@@ -127,6 +126,7 @@ impl Postgres {
             client,
             leases: Leases {
                 describe,
+                lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1),
                 owner: replica.unwrap_or_else(process_name),
                 epochs: HashMap::new(),
             },
@@ -195,12 +195,12 @@ impl Postgres {
             None => tx.query(
                 "UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = $2
                  WHERE lease_until < $3 OR owner = $1 RETURNING id, epoch",
-                &[&leases.owner, &(now + lease_ms()), &now],
+                &[&leases.owner, &(now + leases.lease_ms), &now],
             ),
             Some(id) => tx.query(
                 "UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = $2
                  WHERE id = $4 AND (lease_until < $3 OR owner = $1) RETURNING id, epoch",
-                &[&leases.owner, &(now + lease_ms()), &now, &id],
+                &[&leases.owner, &(now + leases.lease_ms), &now, &id],
             ),
         }
         .map_err(|e| leases.error(e))?;
@@ -244,7 +244,7 @@ impl Leases {
                 "UPDATE sessions SET lease_until = $1, touched = $2
                  WHERE id = $3 AND owner = $4 AND epoch = $5",
                 &[
-                    &(now + lease_ms()),
+                    &(now + self.lease_ms),
                     &(now / 1000),
                     &session,
                     &self.owner,
@@ -286,7 +286,13 @@ impl Leases {
                     .execute(
                         "INSERT INTO sessions (id, options, touched, owner, epoch, lease_until)
                          VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (id) DO NOTHING",
-                        &[id, options, &(now / 1000), &self.owner, &(now + lease_ms())],
+                        &[
+                            id,
+                            options,
+                            &(now / 1000),
+                            &self.owner,
+                            &(now + self.lease_ms),
+                        ],
                     )
                     .map_err(|e| self.error(e))?;
                 if made == 0 {
@@ -553,7 +559,7 @@ impl Backend for Postgres {
         self.client
             .execute(
                 "UPDATE sessions SET lease_until = $1 WHERE owner = $2",
-                &[&(now + lease_ms()), &self.leases.owner],
+                &[&(now + self.leases.lease_ms), &self.leases.owner],
             )
             .map_err(|e| self.error(e))?;
         let old: Vec<String> = self
@@ -577,16 +583,26 @@ impl Backend for Postgres {
         Ok(old)
     }
 
-    fn claim(&mut self, id: &str) -> Result<Option<Claimed>, StateError> {
+    fn claim(&mut self, id: &str) -> Result<Claim, StateError> {
         let claimed = self.take_over(Some(id))?;
-        if claimed.loaded.saved.sessions.is_empty() {
-            return Ok(None);
+        if !claimed.loaded.saved.sessions.is_empty() {
+            return Ok(Claim::Taken(claimed));
         }
-        Ok(Some(claimed))
+        let until: Option<i64> = self
+            .client
+            .query_opt("SELECT lease_until FROM sessions WHERE id = $1", &[&id])
+            .map_err(|e| self.error(e))?
+            .map(|row| row.get(0));
+        Ok(match until {
+            Some(until) => Claim::Held {
+                for_ms: until.saturating_sub(now_ms()).max(0).cast_unsigned(),
+            },
+            None => Claim::Absent,
+        })
     }
 
     fn tick(&self) -> Duration {
-        LEASE / 3
+        Duration::from_millis(u64::try_from(self.leases.lease_ms / 3).unwrap_or(1).max(1))
     }
 
     fn describe(&self) -> String {

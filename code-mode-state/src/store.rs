@@ -108,6 +108,17 @@ pub(crate) struct Claimed {
     pub(crate) loaded: Loaded,
 }
 
+/// What asking for a session another process may hold gives.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// Taken over, and read.
+    Taken(Claimed),
+    /// Another process holds it, for this many more milliseconds unless it renews.
+    Held { for_ms: u64 },
+    /// The store has no such session.
+    Absent,
+}
+
 /// A store's own operations, under the keeper's thread.
 pub(crate) trait Backend: Send + 'static {
     /// Does `ops` in one transaction, durable when it returns.
@@ -119,11 +130,10 @@ pub(crate) trait Backend: Send + 'static {
     fn expire(&mut self, before: i64, live: &HashSet<String>) -> Result<Vec<String>, StateError>;
     /// Where the store is, for messages.
     fn describe(&self) -> String;
-    /// Takes over session `id` from a process whose lease on it ran out, and reads it
-    /// (`None`: no such session, or another process holds it). A store one process holds
-    /// whole has nothing to take over.
-    fn claim(&mut self, _id: &str) -> Result<Option<Claimed>, StateError> {
-        Ok(None)
+    /// Takes over session `id` from a process whose lease on it ran out, and reads it. A
+    /// store one process holds whole has nothing to take over.
+    fn claim(&mut self, _id: &str) -> Result<Claim, StateError> {
+        Ok(Claim::Absent)
     }
     /// How often the keeper renews leases and looks for expired sessions.
     fn tick(&self) -> std::time::Duration {

@@ -94,6 +94,7 @@ fn options() -> StoreOptions {
         patience: std::time::Duration::ZERO,
         durability: Durability::Disk,
         replica: None,
+        lease: LEASE,
     }
 }
 

@@ -52,17 +52,42 @@ struct Cli {
     /// With `--listen grpc://`: keep the sessions, their stored values and their running
     /// cells' journals in this directory, so that the host started again with it goes on
     /// with them (a client names a kept session by its id; see docs/CODEX.md).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", group = "store")]
     state_dir: Option<PathBuf>,
+    /// With `--listen grpc://`: keep them in this Postgres database instead
+    /// (`postgres://user:pass@host/db`, or `key=value` pairs; `sslmode=disable` for no
+    /// TLS), which several hosts share: a session whose host died is taken over by the
+    /// host its client reaches next.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CODE_MODE_STATE_URL",
+        group = "store",
+        hide_env_values = true
+    )]
+    state_url: Option<String>,
+    /// With --state-url: the name this host leases sessions under (a pod's name). A host
+    /// started again under the same name takes its sessions back at once.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "CODE_MODE_STATE_REPLICA",
+        requires = "state_url"
+    )]
+    state_replica: Option<String>,
+    /// With --state-url: how long a lease lasts unless renewed; a session whose host died
+    /// is taken over after at most this long.
+    #[arg(long, value_name = "TIME", default_value = "15s", value_parser = code_mode_state::parse_ttl)]
+    state_lease: code_mode_state::Ttl,
     /// With --state-dir: the most its database may hold, in bytes. Past seven eighths of
     /// it a new session is refused (RESOURCE_EXHAUSTED, with the figures); a write past it
     /// fails as on a full disk: the call that needs it is refused (UNAVAILABLE) and
     /// nothing that depends on it goes out.
-    #[arg(long, value_name = "BYTES", requires = "state_dir")]
+    #[arg(long, value_name = "BYTES", requires = "store")]
     state_max_bytes: Option<u64>,
     /// With --state-dir: a kept session that no client took back for this long is
     /// deleted (90m, 24h, 7d, or never).
-    #[arg(long, value_name = "TIME", default_value = "24h", value_parser = code_mode_state::parse_ttl, requires = "state_dir")]
+    #[arg(long, value_name = "TIME", default_value = "24h", value_parser = code_mode_state::parse_ttl, requires = "store")]
     state_ttl: code_mode_state::Ttl,
     /// With --state-dir: what a write survives before what depends on it goes out:
     /// `disk` (synced: a machine crash too) or `process` (a crash of this process, not of
@@ -577,15 +602,22 @@ async fn run(
     protocol_stdio: Option<stdio::ProtocolStdio>,
     local: Option<LocalRuntime>,
 ) -> Result<(), String> {
-    let state = match (&cli.state_dir, &listen) {
+    let location = match (&cli.state_dir, &cli.state_url) {
+        (Some(dir), _) => Some(code_mode_state::StoreLocation::Dir(dir.clone())),
+        (None, Some(url)) => Some(code_mode_state::StoreLocation::Url(url.clone())),
+        (None, None) => None,
+    };
+    let state = match (location, &listen) {
         (None, _) => None,
-        (Some(dir), Listen::GrpcTcp(_)) => Some(std::sync::Arc::new(
+        (Some(location), Listen::GrpcTcp(_)) => Some(std::sync::Arc::new(
             codex_code_mode_host::state::CodexState::open(
-                dir,
+                &location,
                 code_mode_state::StoreOptions {
                     max_bytes: cli.state_max_bytes,
                     ttl: cli.state_ttl.0,
                     durability: cli.state_durability,
+                    replica: cli.state_replica.clone(),
+                    lease: cli.state_lease.0.unwrap_or(code_mode_state::LEASE),
                     ..code_mode_state::StoreOptions::default()
                 },
             )
@@ -593,10 +625,11 @@ async fn run(
         )),
         (Some(_), _) => {
             return Err(
-                "--state-dir keeps the sessions of a host that serves `--listen grpc://IP:PORT`; on stdio the host lives and dies with the one codex that started it".to_owned(),
+                "--state-dir and --state-url keep the sessions of a host that serves `--listen grpc://IP:PORT`; on stdio the host lives and dies with the one codex that started it".to_owned(),
             );
         }
     };
+
     let generations = state.as_ref().map_or(0, |state| state.generations_before());
     let provider = runtimes(&cli, generations, local)?;
     let mut settings = codex_code_mode_host::front::Settings::new(provider.clone());

@@ -10,11 +10,11 @@
 use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{CallId, CellId, JsonText, ToolError};
 use code_mode_state::{
-    AnswerRecord, CallRecord, Changes, Keeper, SessionRecord, StateError, StoreOptions,
+    AnswerRecord, CallRecord, Changes, Keeper, SessionRecord, StateError, StoreLocation,
+    StoreOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -127,8 +127,8 @@ impl CodexState {
     /// does not read is an error that names it. `options` bound the store (its size cap:
     /// new sessions are refused near it, a write past it fails as on a full disk; its time
     /// to live) and say how long a failed write is tried again.
-    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StateError> {
-        let (keeper, saved) = Keeper::open_sqlite(dir, FRONT, options)?;
+    pub fn open(location: &StoreLocation, options: StoreOptions) -> Result<Self, StateError> {
+        let (keeper, saved) = Keeper::open(location, FRONT, options)?;
         let mut orphans = HashMap::new();
         for record in saved.sessions.iter().cloned() {
             let kept: KeptSession =

@@ -31,7 +31,10 @@ pub struct McpOptions {
     pub session: SessionOptions,
     pub runtime_log: String,
     /// With `--http`: keep the sessions in this directory across restarts, bounded so.
-    pub state: Option<(PathBuf, code_mode_state::StoreOptions)>,
+    pub state: Option<(
+        code_mode_state::StoreLocation,
+        code_mode_state::StoreOptions,
+    )>,
 }
 
 /// Runs `code-mode mcp` until its client goes away (stdio) or it is stopped (HTTP).

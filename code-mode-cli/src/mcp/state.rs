@@ -12,11 +12,10 @@ use crate::tools::{OnInterrupt, ToolSet};
 use code_mode_host::DurableSession;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, ToolError};
-use code_mode_state::{Changes, Keeper, SessionRecord, StateError, StoreOptions};
+use code_mode_state::{Changes, Keeper, SessionRecord, StateError, StoreLocation, StoreOptions};
 use rmcp::model::InitializeRequestParams;
 use rmcp::transport::streamable_http_server::session::{SessionState, SessionStore};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -48,8 +47,11 @@ pub(crate) struct McpState {
 
 impl McpState {
     /// Opens the state directory and reads what it keeps, bounded by `options`.
-    pub(crate) fn open(dir: &Path, options: StoreOptions) -> Result<Self, StateError> {
-        let (keeper, saved) = Keeper::open_sqlite(dir, FRONT, options)?;
+    pub(crate) fn open(
+        location: &StoreLocation,
+        options: StoreOptions,
+    ) -> Result<Self, StateError> {
+        let (keeper, saved) = Keeper::open(location, FRONT, options)?;
         tracing::info!(
             store = keeper.describe(),
             sessions = saved.sessions.len(),
@@ -196,9 +198,21 @@ impl SessionStore for McpState {
         &self,
         session_id: &str,
     ) -> Result<Option<SessionState>, Box<dyn std::error::Error + Send + Sync>> {
-        let init = lock(&self.saved)
+        let mut init = lock(&self.saved)
             .get(session_id)
             .map(|record| record.options.clone());
+        if init.is_none() {
+            // A session another server kept (a replica on the same Postgres): taken over
+            // once that server's lease on it ran out, which a live server keeps renewing.
+            if let Some(taken) = self.keeper.take_over(session_id).await? {
+                let mut saved = lock(&self.saved);
+                for record in taken.sessions {
+                    tracing::info!(session = %record.id, "MCP session taken over from another server");
+                    init = Some(record.options.clone());
+                    saved.insert(record.id.clone(), record);
+                }
+            }
+        }
         let Some(init) = init else {
             return Ok(None);
         };

@@ -9,11 +9,11 @@ use super::{Out, answer_text};
 use code_mode_host::{DurableSession, RestoredCall};
 use code_mode_protocol::sync::lock;
 use code_mode_state::{
-    AnswerRecord, CallRecord, Changes, Keeper, Saved, SessionRecord, StateError, StoreOptions,
+    AnswerRecord, CallRecord, Changes, Keeper, Saved, SessionRecord, StateError, StoreLocation,
+    StoreOptions,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -47,9 +47,12 @@ impl Durability {
     /// Opens the state directory and reads what it keeps, bounded by `options` (its size
     /// cap: new sessions are refused near it and a write past it fails as on a full disk;
     /// its time to live).
-    pub(super) fn open(dir: &Path, options: StoreOptions) -> Result<(Self, Saved), StateError> {
-        let (keeper, saved) = Keeper::open_sqlite(
-            dir,
+    pub(super) fn open(
+        location: &StoreLocation,
+        options: StoreOptions,
+    ) -> Result<(Self, Saved), StateError> {
+        let (keeper, saved) = Keeper::open(
+            location,
             FRONT,
             StoreOptions {
                 patience: std::time::Duration::ZERO,

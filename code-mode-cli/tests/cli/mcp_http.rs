@@ -487,6 +487,90 @@ fn abandoned_sessions_are_shut_down_after_the_idle_timeout() {
     assert_eq!(service("probe", &url, &[])["status"], 200);
 }
 
+/// Checks what a session taken back after its server was killed gives: the `wait` rebuilds
+/// the cell (its tool call, cut short, fails with the text that says so; the output the
+/// first answer gave is not given again), the stored value is there, and the tool ran once.
+fn assert_resumed(resumed: &Value, ran: &std::path::Path) {
+    let waited: Vec<String> = serde_json::from_value(resumed["wait"].clone())
+        .unwrap_or_else(|_| panic!("a result: {resumed}"));
+    assert!(waited[0].starts_with("Script completed"), "{waited:?}");
+    let output = &waited[1..];
+    assert_eq!(output.len(), 2, "{waited:?}");
+    assert!(
+        output[0].starts_with("slow failed: ")
+            && output[0].contains("cut short by a restart of the server"),
+        "{waited:?}"
+    );
+    assert_eq!(output[1], "after v", "{waited:?}");
+    assert_result(&resumed["after"], "Script completed", &["v"]);
+    assert_eq!(
+        std::fs::read_to_string(ran).expect("the tool's log"),
+        "ran\n",
+        "the tool ran once, and never again after the restart"
+    );
+}
+
+/// A tools file whose tool `slow` logs each run to `ran` and then takes 20 s.
+fn slow_tool(scratch: &Scratch, ran: &std::path::Path) -> std::path::PathBuf {
+    scratch.write(
+        "tools.toml",
+        &format!(
+            "[[tool]]\nname = \"slow\"\ndescription = \"Takes its time.\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; sleep 20\"]\n",
+            ran.display()
+        ),
+    )
+}
+
+/// Waits until the tool's log shows it ran.
+fn until_ran(ran: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(ran).unwrap_or_default().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the tool never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Two replicas of `mcp --http` on one Postgres (`--state-url`): a session opened on A,
+/// its cell waiting on a call of the server's own tool, A killed with SIGKILL; the
+/// client's next requests with the same session id go to B, which takes the session over
+/// once A's lease ran out, rebuilds the cell and has its stored value.
+#[test]
+fn a_replica_takes_over_the_session_of_a_killed_one_through_postgres() {
+    let scratch = Scratch::new();
+    let cluster = code_mode_conformance::PgCluster::start();
+    let ran = scratch.0.join("ran.log");
+    let tools = slow_tool(&scratch, &ran);
+    let args = [
+        "mcp",
+        "--http",
+        "127.0.0.1:0",
+        "--tools",
+        tools.to_str().unwrap(),
+        "--state-url",
+        &cluster.url,
+        "--state-lease",
+        "2s",
+    ];
+    let mut a = HttpServer::start(&args, &[]).expect("A starts");
+    let b = HttpServer::start(&args, &[]).expect("B starts");
+    assert_ne!(a.url, b.url);
+    let begun = service("begin", &a.url, &[]);
+    let session = begun["session"].as_str().expect("a session id").to_owned();
+    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
+    until_ran(&ran);
+    a.child.kill().expect("SIGKILL");
+    a.child.wait().expect("reaped");
+    let started = std::time::Instant::now();
+    let resumed = service("resume", &b.url, &["--session", &session]);
+    assert_resumed(&resumed, &ran);
+    // B waited for A's lease to run out, no longer.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// `--state-dir`: the server killed with SIGKILL while a session's cell waits on a call of
 /// the server's own tool and a timer, started again on the same port and directory. The
 /// client's next request names its session: rmcp takes it back, the `wait` rebuilds the
@@ -499,13 +583,7 @@ fn a_session_outlives_a_killed_server_with_a_state_dir() {
     // The tool writes a line each time it runs: what it did is counted by its own side
     // effect, not read from a text.
     let ran = scratch.0.join("ran.log");
-    let tools = scratch.write(
-        "tools.toml",
-        &format!(
-            "[[tool]]\nname = \"slow\"\ndescription = \"Takes its time.\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; sleep 20\"]\n",
-            ran.display()
-        ),
-    );
+    let tools = slow_tool(&scratch, &ran);
     let state = scratch.0.join("state");
     let args = |address: &str| -> Vec<String> {
         [
@@ -532,11 +610,7 @@ fn a_session_outlives_a_killed_server_with_a_state_dir() {
         .trim_end_matches("/mcp")
         .to_owned();
     // Killed once the tool runs.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&ran).unwrap_or_default().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the tool never ran");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_ran(&ran);
     server.child.kill().expect("SIGKILL");
     server.child.wait().expect("reaped");
 
@@ -545,21 +619,5 @@ fn a_session_outlives_a_killed_server_with_a_state_dir() {
     let server = HttpServer::start(&again_args, &[]).expect("starts again");
     assert_eq!(server.url, url);
     let resumed = service("resume", &server.url, &["--session", &session]);
-    let waited: Vec<String> = serde_json::from_value(resumed["wait"].clone())
-        .unwrap_or_else(|_| panic!("a result: {resumed}"));
-    assert!(waited[0].starts_with("Script completed"), "{waited:?}");
-    let output = &waited[1..];
-    assert_eq!(output.len(), 2, "{waited:?}");
-    assert!(
-        output[0].starts_with("slow failed: ")
-            && output[0].contains("cut short by a restart of the server"),
-        "{waited:?}"
-    );
-    assert_eq!(output[1], "after v", "{waited:?}");
-    assert_result(&resumed["after"], "Script completed", &["v"]);
-    assert_eq!(
-        std::fs::read_to_string(&ran).expect("the tool's log"),
-        "ran\n",
-        "the tool ran once, and never again after the restart"
-    );
+    assert_resumed(&resumed, &ran);
 }

@@ -181,7 +181,7 @@ fn one_session(id: &str, value: &str) -> code_mode_host::state::Changes {
 /// whole, and the earlier owner's late write is refused by the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_postgres_take_over_a_session_whose_lease_ran_out_and_fence_the_old_owner() {
-    use code_mode_host::state::{Keeper, StateError, StoreOptions};
+    use code_mode_host::state::{Claimed, Keeper, StateError, StoreOptions};
     let cluster = code_mode_conformance::PgCluster::start();
     let options = StoreOptions {
         patience: Duration::ZERO,
@@ -197,7 +197,10 @@ async fn replicas_on_postgres_take_over_a_session_whose_lease_ran_out_and_fence_
         saved.sessions.is_empty(),
         "A's session is A's while its lease runs"
     );
-    assert!(b.claim("s1").await.expect("asked").is_none(), "held by A");
+    let held = b.claim("s1").await.expect("asked");
+    assert!(matches!(held, Claimed::Held { .. }), "held by A: {held:?}");
+    let absent = b.claim("nobody").await.expect("asked");
+    assert!(matches!(absent, Claimed::Absent), "{absent:?}");
     let refused = b
         .write(one_session("s1", "\"from B\""))
         .await
@@ -208,7 +211,9 @@ async fn replicas_on_postgres_take_over_a_session_whose_lease_ran_out_and_fence_
         &cluster.url,
         "UPDATE code_mode_mcp.sessions SET lease_until = 0",
     );
-    let taken = b.claim("s1").await.expect("asked").expect("taken over");
+    let Claimed::Taken(taken) = b.claim("s1").await.expect("asked") else {
+        panic!("taken over");
+    };
     assert_eq!(&*taken.sessions[0].state.stored["k"], "\"from A\"");
     b.write(one_session("s1", "\"from B\""))
         .await
