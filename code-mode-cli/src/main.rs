@@ -117,7 +117,7 @@ enum Command {
         #[arg(long)]
         no_isolate_reuse: bool,
         #[command(flatten)]
-        state: StateArgs,
+        state: Box<StateArgs>,
     },
     /// Serve sessions over a JSON-lines protocol on stdin/stdout (see docs/jsonl.md).
     Serve {
@@ -130,7 +130,7 @@ enum Command {
         #[command(flatten)]
         runtime: session::RuntimeArgs,
         #[command(flatten)]
-        state: StateArgs,
+        state: Box<StateArgs>,
     },
 }
 
