@@ -22,6 +22,8 @@ for file in "$root"/deploy/kubernetes/*.yaml; do
 done
 # The Codex front next to an agent: an example applied on its own, checked the same way.
 manifests+=("$root/deploy/kubernetes/codex-front/agent.yaml")
+# `mcp --http` replicas on one Postgres: applied on its own, checked the same way.
+manifests+=("$root/deploy/kubernetes/mcp/mcp-http.yaml")
 "$venv/bin/kubernetes-validate" --strict --quiet "${manifests[@]}"
 "$venv/bin/python" "$root/scripts/check_deploy.py" "$root" "$binary"
-echo "check-deploy: ${#manifests[@]} manifests valid; Deployments and Dockerfiles agree with $(basename "$binary") and codex-code-mode-host"
+echo "check-deploy: ${#manifests[@]} manifests valid; Deployments and Dockerfiles agree with $(basename "$binary"), codex-code-mode-host and code-mode"

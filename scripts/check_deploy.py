@@ -148,6 +148,66 @@ if not re.search(r"^USER (?!0\b|root\b)", front_docker, re.M):
 if str(health_port) not in re.findall(r"^EXPOSE (.*)$", front_docker, re.M)[0].split():
     problems.append("codex-front.Dockerfile: the health port is not EXPOSEd")
 
+
+# `mcp --http` replicas (kubernetes/mcp/): the flags exist in `code-mode mcp`, several
+# replicas share their sessions through the Postgres the Secret names (never on the
+# command line, where a password would show), each leases sessions under its pod's name,
+# and the port, probes, Service and Dockerfile agree.
+cli_binary = str(Path(binary).with_name("code-mode"))
+mcp_help = subprocess.run([cli_binary, "mcp", "--help"], capture_output=True, text=True, check=True).stdout
+mcp_flags = set(re.findall(r"--[a-z][a-z0-9-]*", mcp_help))
+mcp_documents = {d["kind"]: d for d in yaml.safe_load_all((root / "deploy/kubernetes/mcp/mcp-http.yaml").read_text())}
+mcp_deployment = mcp_documents["Deployment"]
+mcp_pod = mcp_deployment["spec"]["template"]["spec"]
+mcp_container = mcp_pod["containers"][0]
+mcp_args = mcp_container["args"]
+if mcp_args[:1] != ["mcp"]:
+    problems.append("mcp: the container must run `code-mode mcp`")
+mcp_values = {}
+for index, arg in enumerate(mcp_args):
+    if arg.startswith("--"):
+        if arg not in mcp_flags:
+            problems.append(f"mcp: unknown flag {arg}")
+        following = mcp_args[index + 1] if index + 1 < len(mcp_args) else ""
+        mcp_values[arg] = "" if following.startswith("--") else following
+if "--state-url" in mcp_values or "--state-dir" in mcp_values:
+    problems.append("mcp: the store must come from the Secret (CODE_MODE_STATE_URL), not the command line")
+if mcp_deployment["spec"].get("replicas", 1) < 2:
+    problems.append("mcp: replicas that share sessions means at least 2")
+env = {e["name"]: e for e in mcp_container.get("env", [])}
+state_env = env.get("CODE_MODE_STATE_URL", {}).get("valueFrom", {}).get("secretKeyRef")
+if not state_env:
+    problems.append("mcp: CODE_MODE_STATE_URL must come from a Secret (secretKeyRef)")
+for name, flag in (("CODE_MODE_STATE_URL", "--state-url"), ("CODE_MODE_STATE_REPLICA", "--state-replica")):
+    if name not in mcp_help:
+        problems.append(f"mcp: `code-mode mcp` does not read {name} ({flag})")
+replica = env.get("CODE_MODE_STATE_REPLICA", {}).get("valueFrom", {}).get("fieldRef", {})
+if replica.get("fieldPath") != "metadata.name":
+    problems.append("mcp: CODE_MODE_STATE_REPLICA must be the pod's name (fieldRef metadata.name)")
+if "--auth-token-file" not in mcp_values:
+    problems.append("mcp: off loopback it needs --auth-token-file")
+mcp_ports = {p["name"]: p["containerPort"] for p in mcp_container["ports"]}
+if port(mcp_values.get("--http", ":0")) != mcp_ports.get("mcp"):
+    problems.append("mcp: --http does not use the `mcp` container port")
+token_dir, _, _ = mcp_values.get("--auth-token-file", "").rpartition("/")
+if token_dir not in {m["mountPath"] for m in mcp_container.get("volumeMounts", [])}:
+    problems.append("mcp: --auth-token-file is not under a mounted volume")
+if mcp_container.get("securityContext", {}).get("readOnlyRootFilesystem") is not True:
+    problems.append("mcp: the root file system must be read-only")
+if mcp_pod.get("securityContext", {}).get("runAsNonRoot") is not True:
+    problems.append("mcp: the pod must run as non-root")
+mcp_labels = mcp_deployment["spec"]["template"]["metadata"]["labels"]
+for kind in ("Service", "PodDisruptionBudget"):
+    spec = mcp_documents[kind]["spec"]
+    selector = spec["selector"].get("matchLabels", spec["selector"])
+    if any(mcp_labels.get(k) != v for k, v in selector.items()):
+        problems.append(f"mcp {kind}: its selector does not match the Deployment's pods")
+mcp_docker = (root / "deploy/mcp.Dockerfile").read_text()
+if not re.search(r"^USER (?!0\b|root\b)", mcp_docker, re.M):
+    problems.append("mcp.Dockerfile: the image must not run as root")
+if str(mcp_ports.get("mcp")) not in re.findall(r"^EXPOSE (.*)$", mcp_docker, re.M)[0].split():
+    problems.append("mcp.Dockerfile: the mcp port is not EXPOSEd")
+
 for problem in problems:
     print(f"check-deploy: {problem}", file=sys.stderr)
 sys.exit(1 if problems else 0)
