@@ -4,8 +4,9 @@
 //!
 //! `cargo build --release -p code-mode-cli -p code-mode-bin` first; then
 //! `cargo bench --bench state_dir -- [--rounds N] [--iterations M] [--calls K]
-//! [--others N] [--binary PATH] [--durability disk|process]` (`--binary`: another build's
-//! `code-mode`, to compare).
+//! [--others N] [--binary PATH] [--durability disk|process] [--state-url URL]`
+//! (`--binary`: another build's `code-mode`, to compare; `--state-url`: two more servers,
+//! their state in that Postgres database).
 //!
 //! Per server and round, in one session: `exec` of `text(1)` (request to answer: with a
 //! state directory, the session's changes are written before the answer goes out), and a
@@ -25,8 +26,11 @@ struct Options {
     calls: usize,
     others: usize,
     binary: Option<PathBuf>,
-    /// `--state-durability` for the servers with state (the default's when absent).
+    /// `--state-durability` for the servers with a state directory (the default's when
+    /// absent).
     durability: Option<String>,
+    /// A Postgres database: two more servers keep their state there.
+    state_url: Option<String>,
 }
 
 fn options() -> Options {
@@ -37,6 +41,7 @@ fn options() -> Options {
         others: 100,
         binary: None,
         durability: None,
+        state_url: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -47,6 +52,7 @@ fn options() -> Options {
             "--others" => options.others = number(args.next()),
             "--binary" => options.binary = args.next().map(PathBuf::from),
             "--durability" => options.durability = args.next(),
+            "--state-url" => options.state_url = args.next(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -59,24 +65,37 @@ fn number(arg: Option<String>) -> usize {
         .unwrap_or_else(|| panic!("a positive number is expected"))
 }
 
-/// One `serve --jsonl` process and its session `s1`.
+/// Where a server keeps its state.
+enum Store {
+    None,
+    Dir(PathBuf),
+    Url(String),
+}
+
+/// One `serve --jsonl` process and its measured session.
 struct Server {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     next_id: u64,
-    _state: Option<PathBuf>,
+    session: String,
 }
 
 impl Server {
-    fn start(binary: &PathBuf, state: Option<PathBuf>, durability: Option<&str>) -> Self {
+    fn start(binary: &PathBuf, store: &Store, durability: Option<&str>) -> Self {
         let mut command = Command::new(binary);
         command.args(["serve", "--jsonl"]);
-        if let Some(dir) = &state {
-            command.arg("--state-dir").arg(dir);
-            if let Some(durability) = durability {
-                command.args(["--state-durability", durability]);
+        match store {
+            Store::None => {}
+            Store::Dir(dir) => {
+                command.arg("--state-dir").arg(dir);
             }
+            Store::Url(url) => {
+                command.arg("--state-url").arg(url);
+            }
+        }
+        if let (Some(durability), Store::Dir(_)) = (durability, store) {
+            command.args(["--state-durability", durability]);
         }
         let mut child = command
             .stdin(Stdio::piped())
@@ -91,9 +110,13 @@ impl Server {
             stdin,
             stdout,
             next_id: 0,
-            _state: state,
+            session: String::new(),
         };
-        server.request("open_session", &serde_json::json!({}));
+        let opened = server.request("open_session", &serde_json::json!({}));
+        server.session = opened["result"]["session"]
+            .as_str()
+            .expect("a session id")
+            .to_owned();
         server
     }
 
@@ -130,7 +153,7 @@ impl Server {
     /// The wall time of one `exec` of `source`, in microseconds.
     fn exec(&mut self, source: &str) -> f64 {
         let params =
-            serde_json::json!({"session": "s1", "source": source, "tools": [{"name": "t"}]});
+            serde_json::json!({"session": self.session, "source": source, "tools": [{"name": "t"}]});
         let started = Instant::now();
         let answer = self.request("exec", &params);
         let elapsed = started.elapsed().as_secs_f64() * 1e6;
@@ -174,14 +197,22 @@ fn main() {
         "for (let i = 0; i < {}; i++) await tools.t({{i}});",
         options.calls
     );
-    let names = ["plain", "state-dir", "plain+busy", "state+busy"];
+    let mut names = vec!["plain", "state-dir", "plain+busy", "state+busy"];
+    if options.state_url.is_some() {
+        names.extend(["postgres", "pg+busy"]);
+    }
     // [server][figure] samples: exec, per nested call.
-    let mut samples: [[Vec<f64>; 2]; 4] = Default::default();
+    let mut samples: Vec<[Vec<f64>; 2]> = names.iter().map(|_| Default::default()).collect();
     for round in 0..options.rounds {
         for (which, name) in names.iter().enumerate() {
-            let state = (which % 2 == 1).then(|| scratch.join(format!("round-{round}-{which}")));
-            let mut server = Server::start(&binary, state, options.durability.as_deref());
-            if which >= 2 {
+            let store = match (which, &options.state_url) {
+                (0 | 2, _) => Store::None,
+                (1 | 3, _) => Store::Dir(scratch.join(format!("round-{round}-{which}"))),
+                (_, Some(url)) => Store::Url(url.clone()),
+                (_, None) => unreachable!("the Postgres servers come with --state-url"),
+            };
+            let mut server = Server::start(&binary, &store, options.durability.as_deref());
+            if name.ends_with("busy") {
                 // Other sessions, each holding 1 MiB, opened before the measured one is
                 // used: what the state keeper must not write again on its behalf.
                 for _ in 0..options.others {
@@ -212,7 +243,7 @@ fn main() {
         "figure", "server", "samples", "p50 µs", "p95 µs", "mean µs"
     );
     let figures = ["exec text(1)", "nested call"];
-    let mut medians = [[0.0; 2]; 4];
+    let mut medians = vec![[0.0; 2]; names.len()];
     for (figure, label) in figures.iter().enumerate() {
         for (which, name) in names.iter().enumerate() {
             let values = &mut samples[which][figure];
@@ -229,5 +260,12 @@ fn main() {
             medians[3][figure] / medians[2][figure],
             medians[3][figure] / medians[1][figure]
         );
+        if names.len() > 4 {
+            println!(
+                "{label}: p50 ratios: postgres / plain = {:.2}; pg+busy / plain+busy = {:.2}",
+                medians[4][figure] / medians[0][figure],
+                medians[5][figure] / medians[2][figure]
+            );
+        }
     }
 }
