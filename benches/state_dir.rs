@@ -152,8 +152,7 @@ impl Server {
 
     /// The wall time of one `exec` of `source`, in microseconds.
     fn exec(&mut self, source: &str) -> f64 {
-        let params =
-            serde_json::json!({"session": self.session, "source": source, "tools": [{"name": "t"}]});
+        let params = serde_json::json!({"session": self.session, "source": source, "tools": [{"name": "t"}]});
         let started = Instant::now();
         let answer = self.request("exec", &params);
         let elapsed = started.elapsed().as_secs_f64() * 1e6;

@@ -374,6 +374,11 @@ impl StoredSession {
         &self.link.id
     }
 
+    /// The runtime session underneath (where its cells run, for instance).
+    pub fn runtime_session(&self) -> &Arc<RuntimeSession> {
+        &self.inner
+    }
+
     /// Writes the session as it is now.
     async fn checkpoint(&self) -> Result<(), StateError> {
         self.link.checkpoint().await

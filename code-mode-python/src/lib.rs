@@ -22,6 +22,7 @@ use pyo3::prelude::*;
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<session::NativeSession>()?;
     module.add_class::<session::ExecHandle>()?;
+    module.add_function(wrap_pyfunction!(runtime::kept_sessions, module)?)?;
     module.add_function(wrap_pyfunction!(tracing_setup::configure_tracing, module)?)?;
     module.add_function(wrap_pyfunction!(tracing_setup::shutdown_tracing, module)?)?;
     errors::register(module)?;

@@ -1,13 +1,15 @@
 //! The process-wide parts: one tokio runtime for every session, and one provider per
 //! runtime executable, so that all of a Python process's sessions share one sandboxed
-//! runtime process (started at the first call, restarted after a crash).
+//! runtime process (started at the first call, restarted after a crash); and one provider
+//! of kept sessions per state directory.
 
-use code_mode_host::{ProcessConfig, ProcessProvider, Runtimes};
+use code_mode_host::state::{Keeper, StoreOptions};
+use code_mode_host::{ProcessConfig, ProcessProvider, Runtimes, StoredProvider};
 use code_mode_protocol::sync::lock;
 use pyo3::PyResult;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The runtime every session's work runs on.
 pub(crate) fn tokio() -> &'static tokio::runtime::Runtime {
@@ -40,4 +42,35 @@ pub(crate) fn provider(binary: Option<String>) -> PyResult<Runtimes> {
     }));
     providers.insert(binary, provider.clone());
     Ok(provider)
+}
+
+/// The provider of the sessions kept in state directory `dir` (one per directory and
+/// process: its database is held by one keeper), with its own runtime process, started at
+/// the runtime generation after the one the directory's last process reached.
+pub(crate) fn stored(dir: &str, binary: Option<String>) -> PyResult<Arc<StoredProvider>> {
+    static STORED: OnceLock<Mutex<HashMap<PathBuf, Arc<StoredProvider>>>> = OnceLock::new();
+    let dir = PathBuf::from(dir);
+    let mut providers = lock(STORED.get_or_init(Mutex::default));
+    if let Some(provider) = providers.get(&dir) {
+        return Ok(Arc::clone(provider));
+    }
+    let (keeper, saved) = Keeper::open_sqlite(&dir, "python", StoreOptions::default())
+        .map_err(|error| crate::errors::CodeModeError::new_err(error.to_string()))?;
+    let _entered = tokio().enter();
+    let runtimes = Runtimes::Local(ProcessProvider::deferred(ProcessConfig {
+        binary: binary.map(PathBuf::from),
+        generations_before: code_mode_host::stored::generations_before(&saved),
+        ..ProcessConfig::default()
+    }));
+    let provider = Arc::new(StoredProvider::new(runtimes, Arc::new(keeper), saved));
+    providers.insert(dir, Arc::clone(&provider));
+    Ok(provider)
+}
+
+/// The ids of the sessions an earlier process kept in state directory `dir` that no
+/// session of this process took back yet.
+#[pyo3::pyfunction]
+#[pyo3(signature = (dir, runtime=None))]
+pub(crate) fn kept_sessions(dir: &str, runtime: Option<String>) -> PyResult<Vec<String>> {
+    Ok(stored(dir, runtime)?.kept())
 }

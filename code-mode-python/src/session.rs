@@ -10,7 +10,7 @@
 use crate::delegate::{Answers, PyDelegate};
 use crate::errors::raise;
 use crate::tracing_setup::call_span;
-use code_mode_host::{HostedSession, RuntimeSession};
+use code_mode_host::{HostedSession, Interrupted, RuntimeSession, StoredSession};
 use code_mode_protocol::{
     CellId, CellResponse, CodeModeProvider, CodeModeSession, ExecHooks, ExecRequest, JsonText,
     SessionError, ToolDefinition, ToolError, WaitRequest,
@@ -30,13 +30,55 @@ use tokio_util::sync::CancellationToken;
 /// A session of `code_mode`, with the tools every cell of it may call.
 #[pyclass(module = "code_mode._native", frozen, weakref)]
 pub struct NativeSession {
-    session: Arc<RuntimeSession>,
+    session: Arc<dyn CodeModeSession>,
+    /// The runtime session underneath (the same one, or the one a kept session wraps).
+    runtime_session: Arc<RuntimeSession>,
+    /// With a state directory: the kept session, which `delete` removes from it.
+    stored: Option<Arc<StoredSession>>,
     answers: Arc<Answers>,
     descriptions: Vec<ToolDescription>,
     /// The tools file's MCP servers that are down, as `exec`'s description names them.
     unavailable: Vec<UnavailableSource>,
     tools: Arc<[ToolDefinition]>,
     closed: AtomicBool,
+}
+
+/// Session `id` of state directory `dir`: taken back with its running cells if an
+/// earlier process kept it (a call that was in flight then runs again if `retry`, else
+/// fails with the text that says it may have run), else opened and kept from now on.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "what a kept session is opened with, passed through"
+)]
+fn open_kept(
+    py: Python<'_>,
+    dir: &str,
+    id: &str,
+    retry: bool,
+    runtime: Option<String>,
+    delegate: Arc<PyDelegate>,
+    options: code_mode_protocol::SessionOptions,
+    stored: code_mode_protocol::StoredValues,
+) -> PyResult<Arc<StoredSession>> {
+    let provider = crate::runtime::stored(dir, runtime)?;
+    let id = id.to_owned();
+    let opened = py.detach(|| {
+        crate::runtime::tokio().block_on(async move {
+            if provider.kept().contains(&id) {
+                let outcome = if retry {
+                    Interrupted::Retry
+                } else {
+                    Interrupted::Fail
+                };
+                provider
+                    .resume(&id, delegate, options, move |_| outcome.clone())
+                    .await
+            } else {
+                provider.open(&id, delegate, options, stored).await
+            }
+        })
+    });
+    opened.map_err(|error| crate::errors::CodeModeError::new_err(error.to_string()))
 }
 
 /// A running `exec_async`: cancelling it terminates its cell (at once if the cell was
@@ -61,7 +103,7 @@ impl NativeSession {
     /// `options` a JSON object (see `code_mode.Session`), `stored` the JSON object of the
     /// stored values to start from.
     #[new]
-    #[pyo3(signature = (dispatcher, tools, options, stored=None, runtime=None, tools_file=None, builtins=Vec::new()))]
+    #[pyo3(signature = (dispatcher, tools, options, stored=None, runtime=None, tools_file=None, builtins=Vec::new(), state=None))]
     #[expect(
         clippy::too_many_arguments,
         reason = "the Python constructor's keyword arguments, each optional"
@@ -75,11 +117,11 @@ impl NativeSession {
         runtime: Option<String>,
         tools_file: Option<String>,
         builtins: Vec<String>,
+        state: Option<(String, String, bool)>,
     ) -> PyResult<Self> {
         let (mut descriptions, async_tools) = crate::options::tools(tools)?;
         let options = crate::options::session_options(options)?;
         let stored = crate::options::stored_values(stored)?;
-        let provider = crate::runtime::provider(runtime)?;
         let file_tools = load_tools_file(py, tools_file, &builtins)?;
         let mut unavailable = Vec::new();
         if let Some(file_tools) = &file_tools {
@@ -101,16 +143,28 @@ impl NativeSession {
             async_tools,
             file_tools,
         });
-        let session = {
-            let _entered = crate::runtime::tokio().enter();
-            provider.open_session_with_values(delegate, options, stored)
+        let (session, runtime_session, stored): (Arc<dyn CodeModeSession>, _, _) = match state {
+            Some((dir, id, retry)) => {
+                let kept = open_kept(py, &dir, &id, retry, runtime, delegate, options, stored)?;
+                let runtime_session = Arc::clone(kept.runtime_session());
+                (kept.clone(), runtime_session, Some(kept))
+            }
+            None => {
+                let provider = crate::runtime::provider(runtime)?;
+                let _entered = crate::runtime::tokio().enter();
+                let session =
+                    Arc::new(provider.open_session_with_values(delegate, options, stored));
+                (session.clone(), session, None)
+            }
         };
         let tools: Arc<[ToolDefinition]> = descriptions
             .iter()
             .map(ToolDescription::definition)
             .collect();
         Ok(Self {
-            session: Arc::new(session),
+            session,
+            runtime_session,
+            stored,
             answers,
             descriptions,
             unavailable,
@@ -236,7 +290,23 @@ impl NativeSession {
 
     /// Where the session's cells run now (e.g. `pid 1234`), once it has run one.
     fn runtime(&self) -> Option<String> {
-        HostedSession::runtime(&self.session)
+        HostedSession::runtime(&self.runtime_session)
+    }
+
+    /// Shuts the session down and deletes it from its state directory (a session without
+    /// one is only shut down).
+    fn delete(&self, py: Python<'_>) {
+        self.closed.store(true, Ordering::SeqCst);
+        match &self.stored {
+            Some(kept) => {
+                let kept = Arc::clone(kept);
+                py.detach(|| crate::runtime::tokio().block_on(kept.close()));
+            }
+            None => {
+                let session = Arc::clone(&self.session);
+                py.detach(|| crate::runtime::tokio().block_on(session.shutdown()));
+            }
+        }
     }
 
     /// Shuts the session down: running cells are stopped. Idempotent.

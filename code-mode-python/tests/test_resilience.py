@@ -105,3 +105,81 @@ def test_python_threads_run_while_a_cell_runs():
     # Held for the whole exec, the GIL would let the counter run a switch interval or
     # two (a few ms of the 300).
     assert busy > free * 0.3, (busy, free)
+
+
+_KEPT_AGENT = r'''
+import sys, time, code_mode
+
+state_dir, log = sys.argv[1], sys.argv[2]
+
+def slow(step: int) -> int:
+    """Logs each run; step 1 never ends in this process."""
+    with open(log, "a") as file:
+        file.write(f"start {step}\n")
+    if step == 1:
+        time.sleep(600)
+    return step * 10
+
+session = code_mode.Session([slow], state_dir=state_dir, session_id="conversation-1")
+started = session.exec(
+    "const out = [];"
+    "for (const step of [0, 1, 2]) {"
+    "  try { out.push(await tools.slow({step})); } catch (e) { out.push(String(e.message ?? e)); }"
+    "}"
+    "text(JSON.stringify(out));",
+    yield_time_ms=0,
+)
+print(started.cell_id, flush=True)
+time.sleep(600)
+'''
+
+
+def test_a_kept_session_goes_on_in_the_next_python_process_after_a_kill(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    state_dir, log = tmp_path / "state", tmp_path / "runs.log"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", _KEPT_AGENT, str(state_dir), str(log)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    cell_id = agent.stdout.readline().strip()
+    deadline = time.monotonic() + 60
+    while "start 1" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the second call never started"
+        time.sleep(0.02)
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.wait()
+
+    assert code_mode.kept_sessions(state_dir) == ["conversation-1"]
+
+    def slow(step: int) -> int:
+        with open(log, "a") as file:
+            file.write(f"start {step}\n")
+        return step * 10
+
+    with code_mode.Session([slow], state_dir=state_dir, session_id="conversation-1") as session:
+        result = session.wait(cell_id, yield_time_ms=30000)
+        out = json.loads(result.text)
+        assert out[0] == 0 and out[2] == 20, out
+        assert out[1].startswith("interrupted: the call of `slow` was in flight"), out
+        runs = log.read_text().splitlines()
+        # The answered call ran once; the interrupted one was not run again.
+        assert runs == ["start 0", "start 1", "start 2"], runs
+        session.delete()
+    assert code_mode.kept_sessions(state_dir) == []
+
+
+def test_kept_session_options_are_checked():
+    import pytest
+
+    with pytest.raises(TypeError, match="session_id"):
+        code_mode.Session([], state_dir="somewhere")
+    with pytest.raises(TypeError, match="state_dir"):
+        code_mode.Session([], session_id="x")
+    with pytest.raises(ValueError, match="on_interrupt"):
+        code_mode.Session([], state_dir="somewhere", session_id="x", on_interrupt="maybe")

@@ -33,6 +33,7 @@ from ._session import (
     Session,
     TextItem,
     configure_tracing,
+    kept_sessions,
     run,
     shutdown_tracing,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ToolInputError",
     "__version__",
     "configure_tracing",
+    "kept_sessions",
     "run",
     "shutdown_tracing",
 ]

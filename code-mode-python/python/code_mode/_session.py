@@ -161,6 +161,29 @@ def _traceparent() -> str | None:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
 
 
+def _state(options: dict[str, Any]) -> tuple[str, str, bool] | None:
+    """Takes the kept-session options out of ``options``: ``state_dir``, ``session_id`` and
+    ``on_interrupt`` (``"fail"`` or ``"retry"``)."""
+    state_dir = options.pop("state_dir", None)
+    session_id = options.pop("session_id", None)
+    on_interrupt = options.pop("on_interrupt", "fail")
+    if on_interrupt not in ("fail", "retry"):
+        raise ValueError(f'on_interrupt must be "fail" or "retry", not {on_interrupt!r}')
+    if state_dir is None:
+        if session_id is not None:
+            raise TypeError("session_id names a session kept in a state_dir: give state_dir too")
+        return None
+    if not isinstance(session_id, str) or not session_id:
+        raise TypeError("a session kept in a state_dir needs a session_id (a non-empty str)")
+    return (os.fspath(state_dir), session_id, on_interrupt == "retry")
+
+
+def kept_sessions(state_dir: str | os.PathLike[str]) -> list[str]:
+    """The ids of the sessions an earlier process kept in ``state_dir`` that no session of
+    this process took back yet."""
+    return list(_native.kept_sessions(os.fspath(state_dir), _default_runtime()))
+
+
 def _default_runtime() -> str | None:
     """The runtime executable the wheel ships, when it is there."""
     shipped = os.path.join(os.path.dirname(__file__), "bin", "code-mode-bin")
@@ -270,6 +293,8 @@ class _Base:
         options: Mapping[str, Any],
     ) -> None:
         tools_file, builtins = sources
+        options = dict(options)
+        state = _state(options)
         described = [as_tool(tool) for tool in tools]
         by_name = {tool.name: tool for tool in described}
         if len(by_name) != len(described):
@@ -284,6 +309,7 @@ class _Base:
             path,
             os.fspath(tools_file) if tools_file is not None else None,
             list(builtins),
+            state,
         )
         self._dispatcher.native = weakref.ref(self._native)
 
@@ -306,6 +332,11 @@ class _Base:
     def closed(self) -> bool:
         return self._native.is_closed()
 
+    def delete(self) -> None:
+        """Shuts the session down and deletes it from its ``state_dir``: no later process
+        takes it back. (``close`` keeps it: it expires a day after it was last written.)"""
+        self._native.delete()
+
 
 class Session(_Base):
     """A session whose calls block (the GIL is released while they wait).
@@ -316,6 +347,11 @@ class Session(_Base):
     ``cpu_ms``, ``output_bytes``, ``max_tool_payload_bytes``,
     ``max_in_flight_tool_calls``, ``max_stored_bytes``, ``surface`` (``"contract"`` or
     ``"codex"``), ``hibernate_after_ms`` (``None``: never), ``reuse_isolates``.
+
+    With ``state_dir`` and ``session_id`` the session keeps itself in that directory (SQLite):
+    a process started again after a crash opens it with the same id and its running cells
+    go on; a call that was in flight at the crash fails (``on_interrupt="fail"``, the
+    default) or runs again (``"retry"``), and no call whose answer was kept runs twice.
     """
 
     def __init__(
