@@ -160,7 +160,17 @@ struct Front {
     state: Option<Arc<super::state::McpState>>,
 }
 
-/// Serves until Ctrl-C.
+/// SIGTERM, once it comes (never, if it cannot be listened for).
+async fn terminated(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM.
 pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), Failure> {
     let options = &checked.options;
     let address = options.address;
@@ -210,12 +220,17 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
     tokio::spawn(Arc::clone(&sessions).reap(stop.clone()));
     // The workspace's one door: accept errors backed off, a connection cap, the opening
     // bounded in time.
+    // Listened for from here on, so that a SIGTERM between two accepts is not lost.
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let gate =
         code_mode_tls::gate::Gate::new("mcp http", code_mode_tls::gate::DEFAULT_MAX_CONNECTIONS);
     loop {
         let admitted = tokio::select! {
             admitted = gate.accept(&listener) => admitted,
             _ = tokio::signal::ctrl_c() => break,
+            // How an orchestrator stops it (a rolling update): the same clean stop.
+            () = terminated(&mut sigterm) => break,
         };
         let front = Arc::clone(&front);
         let acceptor = acceptor.clone();

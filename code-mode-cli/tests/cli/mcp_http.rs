@@ -552,7 +552,7 @@ fn a_replica_takes_over_the_session_of_a_killed_one_through_postgres() {
         "2s",
     ];
     let mut a = HttpServer::start(&args, &[]).expect("A starts");
-    let b = HttpServer::start(&args, &[]).expect("B starts");
+    let mut b = HttpServer::start(&args, &[]).expect("B starts");
     assert_ne!(a.url, b.url);
     let begun = service("begin", &a.url, &[]);
     let session = begun["session"].as_str().expect("a session id").to_owned();
@@ -568,6 +568,22 @@ fn a_replica_takes_over_the_session_of_a_killed_one_through_postgres() {
         started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
+    );
+    // A rolling update: B is replaced by C (stopped as Kubernetes stops it) while the
+    // session is idle; the client's next call, on C, finds it whole.
+    let c = HttpServer::start(&args, &[]).expect("C starts");
+    let stopped = Command::new("kill")
+        .args(["-TERM", &b.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(stopped.success());
+    b.child.wait().expect("B stopped");
+    let again = service("again", &c.url, &["--session", &session]);
+    assert_result(&again["after"], "Script completed", &["v"]);
+    assert_eq!(
+        std::fs::read_to_string(&ran).expect("the tool's log"),
+        "ran\n",
+        "nothing ran again on C"
     );
 }
 

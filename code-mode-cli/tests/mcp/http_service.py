@@ -292,6 +292,15 @@ async def resume(url, opts):
         return {"wait": waited, "after": after}
 
 
+async def again(url, opts):
+    """One more exec on a session a server kept (after a rolling update, say)."""
+    URL[0] = url
+    session = opts["session"]
+    async with http_client(opts) as client:
+        after = await call(client, session, 5, "exec", {"code": 'text(load("k"))'})
+        return {"after": after}
+
+
 def main():
     mode, url = sys.argv[1], sys.argv[2]
     opts = options(sys.argv[3:])
@@ -313,6 +322,8 @@ def main():
         result = asyncio.run(begin(url, opts))
     elif mode == "resume":
         result = asyncio.run(resume(url, opts))
+    elif mode == "again":
+        result = asyncio.run(again(url, opts))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))
