@@ -34,6 +34,18 @@ def check_args(where, args):
     return values
 
 
+def flag_values(where, args, flags):
+    """Each flag's value (empty for a switch); a flag the binary lacks is a problem."""
+    values = {}
+    for index, arg in enumerate(args):
+        if arg.startswith("--"):
+            if arg not in flags:
+                problems.append(f"{where}: unknown flag {arg}")
+            following = args[index + 1] if index + 1 < len(args) else ""
+            values[arg] = "" if following.startswith("--") else following
+    return values
+
+
 def port(address):
     return int(address.rsplit(":", 1)[1])
 
@@ -109,12 +121,7 @@ front_flags = set(re.findall(r"--[a-z][a-z0-9-]*", front_help))
 agent = yaml.safe_load((root / "deploy/kubernetes/codex-front/agent.yaml").read_text())
 front = next(c for c in agent["spec"]["template"]["spec"]["containers"] if c["name"] == "code-mode-front")
 front_args = front["args"]
-front_values = {}
-for index, arg in enumerate(front_args):
-    if arg.startswith("--"):
-        if arg not in front_flags:
-            problems.append(f"codex-front: unknown flag {arg}")
-        front_values[arg] = front_args[index + 1] if index + 1 < len(front_args) else ""
+front_values = flag_values("codex-front", front_args, front_flags)
 service_port = service["spec"]["ports"][0]["port"]
 if port(front_values.get("--runtimes", ":0")) != service_port:
     problems.append("codex-front: --runtimes does not use the runtimes' Service port")
@@ -163,13 +170,7 @@ mcp_container = mcp_pod["containers"][0]
 mcp_args = mcp_container["args"]
 if mcp_args[:1] != ["mcp"]:
     problems.append("mcp: the container must run `code-mode mcp`")
-mcp_values = {}
-for index, arg in enumerate(mcp_args):
-    if arg.startswith("--"):
-        if arg not in mcp_flags:
-            problems.append(f"mcp: unknown flag {arg}")
-        following = mcp_args[index + 1] if index + 1 < len(mcp_args) else ""
-        mcp_values[arg] = "" if following.startswith("--") else following
+mcp_values = flag_values("mcp", mcp_args, mcp_flags)
 if "--state-url" in mcp_values or "--state-dir" in mcp_values:
     problems.append("mcp: the store must come from the Secret (CODE_MODE_STATE_URL), not the command line")
 if mcp_deployment["spec"].get("replicas", 1) < 2:

@@ -117,7 +117,7 @@ enum Command {
         #[arg(long)]
         no_isolate_reuse: bool,
         #[command(flatten)]
-        state: Box<StateArgs>,
+        state: Box<code_mode_state::StateArgs>,
     },
     /// Serve sessions over a JSON-lines protocol on stdin/stdout (see docs/jsonl.md).
     Serve {
@@ -130,84 +130,8 @@ enum Command {
         #[command(flatten)]
         runtime: session::RuntimeArgs,
         #[command(flatten)]
-        state: Box<StateArgs>,
+        state: Box<code_mode_state::StateArgs>,
     },
-}
-
-/// Where and how a serving process keeps its sessions across its restarts.
-#[derive(Debug, Args)]
-struct StateArgs {
-    /// Keep the sessions, their stored values and their running cells' journals in this
-    /// directory, so that a server started again with it goes on with them (docs/MCP.md,
-    /// docs/jsonl.md: "Restarts"). Not with --in-process; for `mcp`, with --http.
-    #[arg(long, value_name = "DIR", group = "store")]
-    state_dir: Option<PathBuf>,
-    /// Keep them in this Postgres database instead (`postgres://user:pass@host/db`, or
-    /// `key=value` pairs; `sslmode=disable` for no TLS), which replicas share: a session
-    /// whose server died is taken over by the replica its client reaches next.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "CODE_MODE_STATE_URL",
-        group = "store",
-        hide_env_values = true
-    )]
-    state_url: Option<String>,
-    /// With --state-url: the name this server leases sessions under (a pod's name). A
-    /// server started again under the same name takes its sessions back at once.
-    #[arg(
-        long,
-        value_name = "NAME",
-        env = "CODE_MODE_STATE_REPLICA",
-        requires = "state_url"
-    )]
-    state_replica: Option<String>,
-    /// With --state-url: how long a lease lasts unless renewed; a session whose server
-    /// died is taken over after at most this long (e.g. 15s).
-    #[arg(long, value_name = "TIME", default_value = "15s", value_parser = code_mode_state::parse_ttl)]
-    state_lease: code_mode_state::Ttl,
-    /// With --state-dir: the most its database may hold, in bytes. Past seven eighths of
-    /// it a new session is refused, with the figures; a write past it fails as on a full
-    /// disk, and what depends on it is held back (`serve`: a `state_error` event says why)
-    /// or refused (`mcp`).
-    #[arg(long, value_name = "BYTES", requires = "store")]
-    state_max_bytes: Option<u64>,
-    /// With --state-dir: a kept session that no client took back for this long is
-    /// deleted (90m, 24h, 7d, or never).
-    #[arg(long, value_name = "TIME", default_value = "24h", value_parser = code_mode_state::parse_ttl)]
-    state_ttl: code_mode_state::Ttl,
-    /// With --state-dir: what a write survives before what depends on it goes out:
-    /// `disk` (synced: a machine crash too) or `process` (a crash of this process, not of
-    /// the machine; each write costs less).
-    #[arg(long, value_name = "disk|process", default_value = "disk")]
-    state_durability: code_mode_state::Durability,
-}
-
-impl StateArgs {
-    /// Where the store is and how it is bounded, if one was given.
-    fn store(
-        &self,
-    ) -> Option<(
-        code_mode_state::StoreLocation,
-        code_mode_state::StoreOptions,
-    )> {
-        let location = match (&self.state_dir, &self.state_url) {
-            (Some(dir), _) => code_mode_state::StoreLocation::Dir(dir.clone()),
-            (None, Some(url)) => code_mode_state::StoreLocation::Url(url.clone()),
-            (None, None) => return None,
-        };
-        Some((
-            location,
-            code_mode_state::StoreOptions {
-                max_bytes: self.state_max_bytes,
-                ttl: self.state_ttl.0,
-                durability: self.state_durability,
-                replica: self.state_replica.clone(),
-                lease: self.state_lease.0.unwrap_or(code_mode_state::LEASE),
-                ..code_mode_state::StoreOptions::default()
-            },
-        ))
-    }
 }
 
 /// `code-mode mcp --http` and what secures it.

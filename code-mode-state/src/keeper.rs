@@ -498,13 +498,7 @@ impl<B: Backend> Writer<B> {
             &saved.sessions,
             &saved.calls,
             &saved.counters,
-            |session, cell| {
-                loaded
-                    .next_seq
-                    .get(&(session.to_owned(), cell.to_string()))
-                    .copied()
-                    .unwrap_or(0)
-            },
+            &loaded.next_seq,
         );
         let mut writer = Self {
             store,
@@ -572,13 +566,7 @@ impl<B: Backend> Writer<B> {
             &loaded.saved.sessions,
             &loaded.saved.calls,
             &HashMap::new(),
-            |session, cell| {
-                loaded
-                    .next_seq
-                    .get(&(session.to_owned(), cell.to_string()))
-                    .copied()
-                    .unwrap_or(0)
-            },
+            &loaded.next_seq,
         );
         self.written.adopt(read);
         self.measure();

@@ -16,6 +16,8 @@
 //! the wire protocol leaves a state directory readable; a database of the earlier format,
 //! which used the wire's encoding, is rewritten at open (`legacy.rs`).
 
+#[cfg(feature = "cli")]
+mod args;
 mod format;
 mod keeper;
 mod legacy;
@@ -24,6 +26,8 @@ mod sqlite;
 mod store;
 mod written;
 
+#[cfg(feature = "cli")]
+pub use args::StateArgs;
 pub use code_mode_protocol::durable::{DurableCell, DurableState};
 pub use keeper::{
     Claimed, DEFAULT_PATIENCE, DEFAULT_TTL, Keeper, StoreLocation, StoreOptions, StoreStats, Ttl,

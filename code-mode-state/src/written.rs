@@ -148,7 +148,7 @@ impl Written {
         sessions: &[SessionRecord],
         calls: &[CallRecord],
         counters: &HashMap<String, u64>,
-        next_seq: impl Fn(&str, &CellId) -> u64,
+        next_seq: &HashMap<(String, String), u64>,
     ) -> Self {
         let mut written = Self {
             counters: counters.clone(),
@@ -168,7 +168,10 @@ impl Written {
             sort_calls(&mut memory.calls);
             for cell in &record.state.cells {
                 let tail = Tail::of(&cell.journal, &cell.in_flight);
-                let seq = next_seq(&record.id, &cell.cell_id);
+                let seq = next_seq
+                    .get(&(record.id.clone(), cell.cell_id.to_string()))
+                    .copied()
+                    .unwrap_or(0);
                 memory
                     .cells
                     .insert(cell.cell_id.clone(), remembered(cell, tail, seq));

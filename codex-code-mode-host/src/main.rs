@@ -49,51 +49,10 @@ struct Cli {
     /// that finds it makes no snapshot.
     #[arg(long, value_name = "DIR")]
     snapshot_cache: Option<PathBuf>,
-    /// With `--listen grpc://`: keep the sessions, their stored values and their running
-    /// cells' journals in this directory, so that the host started again with it goes on
-    /// with them (a client names a kept session by its id; see docs/CODEX.md).
-    #[arg(long, value_name = "DIR", group = "store")]
-    state_dir: Option<PathBuf>,
-    /// With `--listen grpc://`: keep them in this Postgres database instead
-    /// (`postgres://user:pass@host/db`, or `key=value` pairs; `sslmode=disable` for no
-    /// TLS), which several hosts share: a session whose host died is taken over by the
-    /// host its client reaches next.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "CODE_MODE_STATE_URL",
-        group = "store",
-        hide_env_values = true
-    )]
-    state_url: Option<String>,
-    /// With --state-url: the name this host leases sessions under (a pod's name). A host
-    /// started again under the same name takes its sessions back at once.
-    #[arg(
-        long,
-        value_name = "NAME",
-        env = "CODE_MODE_STATE_REPLICA",
-        requires = "state_url"
-    )]
-    state_replica: Option<String>,
-    /// With --state-url: how long a lease lasts unless renewed; a session whose host died
-    /// is taken over after at most this long.
-    #[arg(long, value_name = "TIME", default_value = "15s", value_parser = code_mode_state::parse_ttl)]
-    state_lease: code_mode_state::Ttl,
-    /// With --state-dir: the most its database may hold, in bytes. Past seven eighths of
-    /// it a new session is refused (RESOURCE_EXHAUSTED, with the figures); a write past it
-    /// fails as on a full disk: the call that needs it is refused (UNAVAILABLE) and
-    /// nothing that depends on it goes out.
-    #[arg(long, value_name = "BYTES", requires = "store")]
-    state_max_bytes: Option<u64>,
-    /// With --state-dir: a kept session that no client took back for this long is
-    /// deleted (90m, 24h, 7d, or never).
-    #[arg(long, value_name = "TIME", default_value = "24h", value_parser = code_mode_state::parse_ttl, requires = "store")]
-    state_ttl: code_mode_state::Ttl,
-    /// With --state-dir: what a write survives before what depends on it goes out:
-    /// `disk` (synced: a machine crash too) or `process` (a crash of this process, not of
-    /// the machine; each write costs less).
-    #[arg(long, value_name = "disk|process", default_value = "disk")]
-    state_durability: code_mode_state::Durability,
+    /// With `--listen grpc://`: where the sessions are kept across restarts, shared by
+    /// replicas with `--state-url` (see docs/CODEX.md, "Restarts").
+    #[command(flatten)]
+    state: code_mode_state::StateArgs,
     /// Run cells on runtimes listening elsewhere (`code-mode-bin --listen`) instead of a
     /// local runtime process: HOST:PORT, repeated or comma-separated, or `dns://NAME:PORT`
     /// for a name that resolves to many (resolved again as the pool runs).
@@ -602,26 +561,11 @@ async fn run(
     protocol_stdio: Option<stdio::ProtocolStdio>,
     local: Option<LocalRuntime>,
 ) -> Result<(), String> {
-    let location = match (&cli.state_dir, &cli.state_url) {
-        (Some(dir), _) => Some(code_mode_state::StoreLocation::Dir(dir.clone())),
-        (None, Some(url)) => Some(code_mode_state::StoreLocation::Url(url.clone())),
-        (None, None) => None,
-    };
-    let state = match (location, &listen) {
+    let state = match (cli.state.store(), &listen) {
         (None, _) => None,
-        (Some(location), Listen::GrpcTcp(_)) => Some(std::sync::Arc::new(
-            codex_code_mode_host::state::CodexState::open(
-                &location,
-                code_mode_state::StoreOptions {
-                    max_bytes: cli.state_max_bytes,
-                    ttl: cli.state_ttl.0,
-                    durability: cli.state_durability,
-                    replica: cli.state_replica.clone(),
-                    lease: cli.state_lease.0.unwrap_or(code_mode_state::LEASE),
-                    ..code_mode_state::StoreOptions::default()
-                },
-            )
-            .map_err(|error| error.to_string())?,
+        (Some((location, options)), Listen::GrpcTcp(_)) => Some(std::sync::Arc::new(
+            codex_code_mode_host::state::CodexState::open(&location, options)
+                .map_err(|error| error.to_string())?,
         )),
         (Some(_), _) => {
             return Err(
