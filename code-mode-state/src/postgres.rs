@@ -536,7 +536,14 @@ impl Backend for Postgres {
         let leases = &mut self.leases;
         let mut tx = self.client.transaction().map_err(|e| leases.error(e))?;
         leases.apply_in(&mut tx, ops)?;
-        tx.commit().map_err(|e| leases.error(e))
+        tx.commit().map_err(|e| leases.error(e))?;
+        // A session that is gone is no longer held (its id may be made again).
+        for op in ops {
+            if let Op::SessionGone { id } = op {
+                leases.epochs.remove(id);
+            }
+        }
+        Ok(())
     }
 
     fn bytes(&mut self) -> Result<u64, StateError> {
