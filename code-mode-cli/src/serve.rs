@@ -568,6 +568,7 @@ impl Server {
                 format!("unknown method `{method}`"),
             ));
         };
+        self.adopt(&session_id).await?;
         let session = self.session(&session_id)?;
         let shutdown = matches!(call, SessionCall::Shutdown);
         let preempt = Arc::new(CancellationToken::new());
@@ -725,55 +726,87 @@ impl Server {
             return Ok(());
         };
         for record in &saved.sessions {
-            let given: Value = serde_json::from_str(&record.options).map_err(|error| {
-                Failure::runtime(format!(
-                    "the kept options of session {}: {error}",
-                    record.id
-                ))
-            })?;
-            let given: OpenSessionParams = params(given).map_err(|error| {
-                Failure::runtime(format!(
-                    "the kept options of session {}: {}",
-                    record.id, error.message
-                ))
-            })?;
-            let Some(session) = self.start_session(
-                &record.id,
-                session_options(given),
-                record.state.stored.clone(),
-                record.options.clone(),
-            ) else {
-                continue;
-            };
-            let cells = record.state.cells.len();
-            let calls = session.restore(record.state.cells.clone());
-            tracing::info!(session = %record.id, cells, calls = calls.len(), "session restored from the state directory");
-            for restored in calls {
-                let call = &restored.call;
-                if let Some(result) = saved.answer(&record.id, &call.cell_id, call.call_id) {
-                    restored.answer(result.clone());
-                } else if self.tools.has(&call.tool_name) {
-                    match self.tools.on_interrupt(&call.tool_name) {
-                        OnInterrupt::Fail => restored.answer(Err(ToolError::new(
-                            code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
-                        ))),
-                        OnInterrupt::Retry => self.run_again(state, &record.id, restored),
-                    }
-                } else {
-                    let id = saved
-                        .front_id(&record.id, &call.cell_id, call.call_id)
-                        .map_or_else(
-                            || format!("c{}", self.last_call.fetch_add(1, Ordering::SeqCst) + 1),
-                            str::to_owned,
-                        );
-                    // The argument as the client first saw it: parsed (it was checked then).
-                    let event = match call.clone().parsed() {
-                        Ok(parsed) => tool_call_event(&id, &record.id, &parsed, true),
-                        Err(_) => tool_call_event(&id, &record.id, call, true),
-                    };
-                    self.out.send(event);
-                    state.await_client(id, record.id.clone(), restored);
+            self.reopen_one(state, record, saved)
+                .map_err(Failure::runtime)?;
+        }
+        Ok(())
+    }
+
+    /// Opens again one session an earlier process kept (`saved` holds its calls and
+    /// answers), as [`Self::reopen`] does for each; the error names what did not read.
+    fn reopen_one(
+        &self,
+        state: &Arc<Durability>,
+        record: &code_mode_state::SessionRecord,
+        saved: &Saved,
+    ) -> Result<(), String> {
+        let given: Value = serde_json::from_str(&record.options)
+            .map_err(|error| format!("the kept options of session {}: {error}", record.id))?;
+        let given: OpenSessionParams = params(given).map_err(|error| {
+            format!(
+                "the kept options of session {}: {}",
+                record.id, error.message
+            )
+        })?;
+        let Some(session) = self.start_session(
+            &record.id,
+            session_options(given),
+            record.state.stored.clone(),
+            record.options.clone(),
+        ) else {
+            return Ok(());
+        };
+        let cells = record.state.cells.len();
+        let calls = session.restore(record.state.cells.clone());
+        tracing::info!(session = %record.id, cells, calls = calls.len(), "session restored from the state directory");
+        for restored in calls {
+            let call = &restored.call;
+            if let Some(result) = saved.answer(&record.id, &call.cell_id, call.call_id) {
+                restored.answer(result.clone());
+            } else if self.tools.has(&call.tool_name) {
+                match self.tools.on_interrupt(&call.tool_name) {
+                    OnInterrupt::Fail => restored.answer(Err(ToolError::new(
+                        code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
+                    ))),
+                    OnInterrupt::Retry => self.run_again(state, &record.id, restored),
                 }
+            } else {
+                let id = saved
+                    .front_id(&record.id, &call.cell_id, call.call_id)
+                    .map_or_else(
+                        || format!("c{}", self.last_call.fetch_add(1, Ordering::SeqCst) + 1),
+                        str::to_owned,
+                    );
+                // The argument as the client first saw it: parsed (it was checked then).
+                let event = match call.clone().parsed() {
+                    Ok(parsed) => tool_call_event(&id, &record.id, &parsed, true),
+                    Err(_) => tool_call_event(&id, &record.id, call, true),
+                };
+                self.out.send(event);
+                state.await_client(id, record.id.clone(), restored);
+            }
+        }
+        Ok(())
+    }
+
+    /// With a store that servers share (`--state-url`): a session this server does not
+    /// have, named by the client, is taken over from the server that kept it once that
+    /// one's lease ran out, and opened again here.
+    async fn adopt(&self, id: &str) -> Result<(), ErrorReply> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        if lock(&self.sessions).contains_key(id) {
+            return Ok(());
+        }
+        let taken = state
+            .take_over(id)
+            .await
+            .map_err(|error| ErrorReply::new("state_error", error))?;
+        if let Some(saved) = taken {
+            for record in &saved.sessions {
+                self.reopen_one(state, record, &saved)
+                    .map_err(|error| ErrorReply::new("state_error", error))?;
             }
         }
         Ok(())

@@ -90,6 +90,15 @@ impl Durability {
         }
     }
 
+    /// Takes session `id` over from the server that kept it, once that one's lease ran out
+    /// (a shared store); what it kept of it, or `None`.
+    pub(super) async fn take_over(&self, id: &str) -> Result<Option<Saved>, String> {
+        self.keeper
+            .take_over(id)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
     /// Whether a new session may be kept (refused near the store's size cap).
     pub(super) fn admit(&self) -> Result<(), String> {
         self.keeper.admit().map_err(|error| error.to_string())

@@ -585,3 +585,58 @@ fn serve_jsonl_runs_again_only_the_driver_tools_marked_retry_after_a_kill() {
     assert_eq!(runs("once"), 1, "the other did not");
     assert!(server.finish().success());
 }
+
+/// `--state-url`: a server on Postgres killed while a cell waits on the client's call; a
+/// new server on the same database (another process, another name) takes the session
+/// over when the client names it, once the dead one's lease ran out, announces the call
+/// again (marked restored), and the cell completes with the client's answer.
+#[test]
+fn serve_jsonl_on_postgres_takes_a_killed_servers_session_over_when_named() {
+    let cluster = code_mode_conformance::PgCluster::start();
+    let args = [
+        "serve",
+        "--jsonl",
+        "--state-url",
+        &cluster.url,
+        "--state-lease",
+        "1s",
+    ];
+    let mut server = JsonlServer::start_with(&args);
+    let mut client = Client::default();
+    request(&mut server, 1, "open_session", &json!({}));
+    let opened = client.until_reply(&mut server, 1);
+    let session = opened["session"].as_str().expect("a session").to_owned();
+    let source = "const v = await tools.work({cell: 'P', n: 1}); text('P got ' + v);";
+    request(
+        &mut server,
+        2,
+        "exec",
+        &json!({"session": session, "source": source, "tools": [{"name": "work"}], "yield_time_ms": 100}),
+    );
+    client.until_call(&mut server, &json!({"cell": "P", "n": 1}));
+    client.until_reply(&mut server, 2);
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+    client.waiting.clear();
+
+    let mut server = JsonlServer::start_with(&args);
+    request(
+        &mut server,
+        3,
+        "wait",
+        &json!({"session": session, "cell_id": "1", "yield_time_ms": 30000}),
+    );
+    let call = client.until_call(&mut server, &json!({"cell": "P", "n": 1}));
+    client.answer(&mut server, &call);
+    let reply = client.until_reply(&mut server, 3);
+    let response = reply.get("response").unwrap_or(&reply);
+    assert_eq!(response["content_items"][0]["text"], "P got P1", "{reply}");
+    let key = ("1".to_owned(), "tool-1".to_owned());
+    assert_eq!(client.announced.get(&key), Some(&1), "announced once");
+    assert_eq!(
+        client.restored.get(&key),
+        Some(&1),
+        "and again, marked restored"
+    );
+    assert!(server.finish().success());
+}
