@@ -1029,6 +1029,22 @@ impl Front {
         self.session(id)
     }
 
+    /// With a store that hosts share: session `id`, if no process of this host has it, is
+    /// taken over from the host that kept it (once that one's lease ran out), so that
+    /// [`Self::session`] finds it. A failure of the store is the caller's error.
+    pub async fn take_over(&self, id: &str) -> Result<(), FrontError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        if lock(&self.sessions).contains_key(id) {
+            return Ok(());
+        }
+        state
+            .take_over(id)
+            .await
+            .map_err(FrontError::StateUnavailable)
+    }
+
     /// The session `id` (any text: the JSON protocol's ids are the client's).
     pub fn session(&self, id: &str) -> Result<Arc<FrontSession>, FrontError> {
         if let Some(session) = lock(&self.sessions).get(id).cloned() {

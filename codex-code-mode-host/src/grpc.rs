@@ -44,7 +44,12 @@ impl Service {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn session(&self, id: &str) -> Result<Arc<FrontSession>, tonic::Status> {
+    /// Session `id`: this host's, one a restart kept, or one taken over from a host that
+    /// shares the store and died.
+    async fn session(&self, id: &str) -> Result<Arc<FrontSession>, tonic::Status> {
+        if uuid::Uuid::parse_str(id).is_ok() {
+            self.front.take_over(id).await.map_err(status)?;
+        }
         self.front.session_by_uuid(id).map_err(status)
     }
 }
@@ -257,7 +262,7 @@ impl Service {
         &self,
         request: proto::WaitRequest,
     ) -> Result<Response<proto::WaitResponse>, tonic::Status> {
-        let session = self.session(&request.session_id)?;
+        let session = self.session(&request.session_id).await?;
         let wait_id = Some(request.wait_id).filter(|id| !id.is_empty());
         let yield_time_ms = Some(request.yield_time_ms).filter(|ms| *ms > 0);
         let result = self
@@ -285,7 +290,7 @@ impl Service {
         request: proto::ExecuteRequest,
         span: tracing::Span,
     ) -> Result<Response<EventStream<proto::ExecuteEvent>>, tonic::Status> {
-        let session = self.session(&request.session_id)?;
+        let session = self.session(&request.session_id).await?;
         let execution = Execution {
             execution_id: request.execution_id.clone(),
             tool_call_id: request.tool_call_id,
@@ -389,7 +394,7 @@ impl CodeModeHost for Service {
         &self,
         request: Request<proto::SubscribeToToolCallsRequest>,
     ) -> Result<Response<Self::SubscribeToToolCallsStream>, tonic::Status> {
-        let session = self.session(&request.into_inner().session_id)?;
+        let session = self.session(&request.into_inner().session_id).await?;
         let invocations = session.invocations().ok_or_else(|| {
             tonic::Status::failed_precondition(
                 "this session's tool calls are already subscribed to",
@@ -436,7 +441,7 @@ impl CodeModeHost for Service {
         request: Request<proto::CompleteToolCallRequest>,
     ) -> Result<Response<proto::Empty>, tonic::Status> {
         let request = request.into_inner();
-        let session = self.session(&request.session_id)?;
+        let session = self.session(&request.session_id).await?;
         use proto::complete_tool_call_request::Result as Answer;
         let result = match request.result {
             Some(Answer::Succeeded(succeeded)) => Ok(JsonText::new(succeeded.output_json)),
@@ -470,7 +475,7 @@ impl CodeModeHost for Service {
         request: Request<proto::TerminateRequest>,
     ) -> Result<Response<proto::TerminateResponse>, tonic::Status> {
         let request = request.into_inner();
-        let session = self.session(&request.session_id)?;
+        let session = self.session(&request.session_id).await?;
         let result = self
             .front
             .terminate(&session, &request.cell_id)
@@ -499,7 +504,7 @@ impl CodeModeHost for Service {
             session.id = %session_id,
         );
         async move {
-            let session = self.session(&session_id)?;
+            let session = self.session(&session_id).await?;
             self.front.close_session(&session).await;
             Ok(Response::new(proto::Empty {}))
         }
@@ -512,7 +517,7 @@ impl CodeModeHost for Service {
         request: Request<proto::YieldObservationRequest>,
     ) -> Result<Response<proto::Empty>, tonic::Status> {
         let request = request.into_inner();
-        let session = self.session(&request.session_id)?;
+        let session = self.session(&request.session_id).await?;
         self.front
             .yield_observation(&session, &request.observation_id)
             .map_err(status)?;
@@ -524,7 +529,7 @@ impl CodeModeHost for Service {
         request: Request<proto::CancelWaitRequest>,
     ) -> Result<Response<proto::Empty>, tonic::Status> {
         let request = request.into_inner();
-        let session = self.session(&request.session_id)?;
+        let session = self.session(&request.session_id).await?;
         self.front.cancel_wait(&session, &request.wait_id);
         Ok(Response::new(proto::Empty {}))
     }
@@ -535,7 +540,7 @@ impl CodeModeHost for Service {
     ) -> Result<Response<proto::Empty>, tonic::Status> {
         // Notifications are delivered when they are sent; an acknowledgement changes
         // nothing, as with Codex's own host (which accepts any id).
-        self.session(&request.into_inner().session_id)?;
+        self.session(&request.into_inner().session_id).await?;
         Ok(Response::new(proto::Empty {}))
     }
 

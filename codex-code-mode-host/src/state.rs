@@ -10,7 +10,7 @@
 use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{CallId, CellId, JsonText, ToolError};
 use code_mode_state::{
-    AnswerRecord, CallRecord, Changes, Keeper, SessionRecord, StateError, StoreLocation,
+    AnswerRecord, CallRecord, Changes, Keeper, Saved, SessionRecord, StateError, StoreLocation,
     StoreOptions,
 };
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,42 @@ impl std::fmt::Debug for CodexState {
     }
 }
 
+/// The kept sessions `saved` holds, each with its calls and answers; a session whose own
+/// state does not read is an error that names it.
+fn orphans_of(saved: &Saved, store: &str) -> Result<HashMap<String, Orphan>, StateError> {
+    let mut orphans = HashMap::new();
+    for record in saved.sessions.iter().cloned() {
+        let kept: KeptSession =
+            serde_json::from_str(&record.options).map_err(|error| StateError::Read {
+                path: store.into(),
+                detail: format!("session {}: {error}", record.id),
+            })?;
+        let of = |id: &str| id == record.id;
+        let calls = saved
+            .calls
+            .iter()
+            .filter(|call| of(&call.session))
+            .cloned()
+            .collect();
+        let answers = saved
+            .answers
+            .iter()
+            .filter(|answer| of(&answer.session))
+            .cloned()
+            .collect();
+        orphans.insert(
+            record.id.clone(),
+            Orphan {
+                record,
+                kept,
+                calls,
+                answers,
+            },
+        );
+    }
+    Ok(orphans)
+}
+
 impl CodexState {
     /// Opens the state directory and reads what it keeps; a kept session whose own state
     /// does not read is an error that names it. `options` bound the store (its size cap:
@@ -129,36 +165,7 @@ impl CodexState {
     /// to live) and say how long a failed write is tried again.
     pub fn open(location: &StoreLocation, options: StoreOptions) -> Result<Self, StateError> {
         let (keeper, saved) = Keeper::open(location, FRONT, options)?;
-        let mut orphans = HashMap::new();
-        for record in saved.sessions.iter().cloned() {
-            let kept: KeptSession =
-                serde_json::from_str(&record.options).map_err(|error| StateError::Read {
-                    path: keeper.describe().into(),
-                    detail: format!("session {}: {error}", record.id),
-                })?;
-            let of = |id: &str| id == record.id;
-            let calls = saved
-                .calls
-                .iter()
-                .filter(|call| of(&call.session))
-                .cloned()
-                .collect();
-            let answers = saved
-                .answers
-                .iter()
-                .filter(|answer| of(&answer.session))
-                .cloned()
-                .collect();
-            orphans.insert(
-                record.id.clone(),
-                Orphan {
-                    record,
-                    kept,
-                    calls,
-                    answers,
-                },
-            );
-        }
+        let orphans = orphans_of(&saved, keeper.describe())?;
         tracing::info!(
             store = keeper.describe(),
             sessions = orphans.len(),
@@ -169,6 +176,26 @@ impl CodexState {
             generations: AtomicU64::new(saved.counter(GENERATIONS)),
             orphans: Mutex::new(orphans),
         })
+    }
+
+    /// With a store that hosts share (`--state-url`): session `id`, which no process of
+    /// this host has, is taken over from the host that kept it once that one's lease ran
+    /// out, and waits here as a kept session for the connection that names it.
+    pub(crate) async fn take_over(&self, id: &str) -> Result<(), String> {
+        if lock(&self.orphans).contains_key(id) {
+            return Ok(());
+        }
+        let taken = self
+            .keeper
+            .take_over(id)
+            .await
+            .map_err(|error| error.to_string())?;
+        if let Some(saved) = taken {
+            let orphans =
+                orphans_of(&saved, self.keeper.describe()).map_err(|error| error.to_string())?;
+            lock(&self.orphans).extend(orphans);
+        }
+        Ok(())
     }
 
     /// The runtime generation the earlier process reached.

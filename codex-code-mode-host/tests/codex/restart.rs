@@ -17,7 +17,22 @@ async fn a_kept_session_goes_on_after_the_host_was_killed() {
     let scratch = Scratch::new();
     let state = scratch.0.join("state");
     let state = state.to_str().expect("UTF-8");
-    let host = Listening::start_with(&crate::our_host(), &["--state-dir", state], &[]).await;
+    kept_session_goes_on(&["--state-dir", state]).await;
+}
+
+/// The same with the sessions in Postgres (`--state-url`): the host started after the
+/// kill is another process under another name, and takes the session over when a call
+/// names it, once the killed host's lease ran out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_kept_in_postgres_is_taken_over_by_the_next_host() {
+    let cluster = code_mode_conformance::PgCluster::start();
+    kept_session_goes_on(&["--state-url", &cluster.url, "--state-lease", "1s"]).await;
+}
+
+/// A host with `store` (its state flags) killed while a cell waits on a streamed call; the
+/// next host goes on with the session.
+async fn kept_session_goes_on(store: &[&str]) {
+    let host = Listening::start_with(&crate::our_host(), store, &[]).await;
     let mut driver = Driver::open(
         host.client().await,
         proto::OpenSessionRequest {
@@ -53,7 +68,7 @@ text("got " + r.v); store("k2", r.v);"#,
     host.stop().await;
     drop(driver);
 
-    let host = Listening::start_with(&crate::our_host(), &["--state-dir", state], &[]).await;
+    let host = Listening::start_with(&crate::our_host(), store, &[]).await;
     let mut client = host.client().await;
     // The session is taken back by the first call that names it; the invocation the client
     // was given is not streamed again.
