@@ -19,21 +19,6 @@ help_text = subprocess.run([binary, "--help"], capture_output=True, text=True, c
 known_flags = set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
 
 
-def check_args(where, args):
-    """Flags must exist; returns the value of each flag."""
-    values = {}
-    for index, arg in enumerate(args):
-        if arg.startswith("--"):
-            if arg not in known_flags:
-                problems.append(f"{where}: unknown flag {arg}")
-            following = args[index + 1] if index + 1 < len(args) else ""
-            values[arg] = "" if following.startswith("--") else following
-    for needed in ("--listen", "--tls-cert", "--tls-key", "--client-ca", "--metrics"):
-        if needed not in values:
-            problems.append(f"{where}: {needed} is missing")
-    return values
-
-
 def flag_values(where, args, flags):
     """Each flag's value (empty for a switch); a flag the binary lacks is a problem."""
     values = {}
@@ -43,6 +28,15 @@ def flag_values(where, args, flags):
                 problems.append(f"{where}: unknown flag {arg}")
             following = args[index + 1] if index + 1 < len(args) else ""
             values[arg] = "" if following.startswith("--") else following
+    return values
+
+
+def check_args(where, args):
+    """The runtime's flags must exist, and those it serves with be there; their values."""
+    values = flag_values(where, args, known_flags)
+    for needed in ("--listen", "--tls-cert", "--tls-key", "--client-ca", "--metrics"):
+        if needed not in values:
+            problems.append(f"{where}: {needed} is missing")
     return values
 
 
