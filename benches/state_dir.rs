@@ -26,8 +26,7 @@ struct Options {
     calls: usize,
     others: usize,
     binary: Option<PathBuf>,
-    /// `--state-durability` for the servers with a state directory (the default's when
-    /// absent).
+    /// `--state-durability` for the servers with state (the default's when absent).
     durability: Option<String>,
     /// A Postgres database: two more servers keep their state there.
     state_url: Option<String>,
@@ -94,7 +93,7 @@ impl Server {
                 command.arg("--state-url").arg(url);
             }
         }
-        if let (Some(durability), Store::Dir(_)) = (durability, store) {
+        if let (Some(durability), Store::Dir(_) | Store::Url(_)) = (durability, store) {
             command.args(["--state-durability", durability]);
         }
         let mut child = command

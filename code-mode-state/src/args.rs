@@ -45,9 +45,9 @@ pub struct StateArgs {
     /// deleted (90m, 24h, 7d, or never).
     #[arg(long, value_name = "TIME", default_value = "24h", value_parser = crate::parse_ttl)]
     pub state_ttl: crate::Ttl,
-    /// With --state-dir: what a write survives before what depends on it goes out:
-    /// `disk` (synced: a machine crash too) or `process` (a crash of this process, not of
-    /// the machine; each write costs less).
+    /// What a write survives before what depends on it goes out: `disk` (synced: a
+    /// machine crash too) or `process` (a crash of this process, not of the machine that
+    /// holds the store; each write costs less; on Postgres, `synchronous_commit` off).
     #[arg(long, value_name = "disk|process", default_value = "disk")]
     pub state_durability: crate::Durability,
 }

@@ -254,9 +254,10 @@ impl Keeper {
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
         let (url, front) = (url.to_owned(), front.to_owned());
-        let (replica, lease) = (options.replica.clone(), options.lease);
+        let (replica, lease, durability) =
+            (options.replica.clone(), options.lease, options.durability);
         Self::start(
-            move || crate::postgres::Postgres::open(&url, &front, replica, lease),
+            move || crate::postgres::Postgres::open(&url, &front, replica, lease, durability),
             options,
         )
     }

@@ -17,7 +17,7 @@
 
 use crate::StateError;
 use crate::format::FORMAT;
-use crate::store::{Backend, Claim, Claimed, Loaded, Rows};
+use crate::store::{Backend, Claim, Claimed, Durability, Loaded, Rows};
 use crate::written::Op;
 use postgres::types::ToSql;
 use postgres::{Client, Transaction};
@@ -105,6 +105,7 @@ impl Postgres {
         front: &str,
         replica: Option<String>,
         lease: Duration,
+        durability: Durability,
     ) -> Result<(Self, Loaded), StateError> {
         let describe = redacted(url);
         let failed = |detail: String| StateError::Connect {
@@ -132,6 +133,14 @@ impl Postgres {
             },
         };
         store.schema(front)?;
+        if durability == Durability::Process {
+            // A commit returns before the server syncs it: it survives this process, not a
+            // crash of the database's machine.
+            store
+                .client
+                .batch_execute("SET synchronous_commit TO off")
+                .map_err(|e| store.error(e))?;
+        }
         let loaded = store.take_over(None)?;
         Ok((store, loaded.loaded))
     }

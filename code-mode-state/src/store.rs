@@ -147,8 +147,9 @@ pub enum Durability {
     /// On disk (synced): it survives a crash of the machine, a power loss included.
     #[default]
     Disk,
-    /// Handed to the operating system, synced later: it survives a crash of the process
-    /// (`kill -9`, the OOM killer), not of the machine. Each write costs less.
+    /// Handed to the operating system (or, on Postgres, committed without waiting for the
+    /// server's sync), synced later: it survives a crash of the process (`kill -9`, the
+    /// OOM killer), not of the machine that holds the store. Each write costs less.
     Process,
 }
 
