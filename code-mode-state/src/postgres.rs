@@ -66,6 +66,33 @@ struct Leases {
     /// This process, as the lease rows name it.
     owner: String,
     epochs: HashMap<String, i64>,
+    /// The statements of writes, prepared once on the connection.
+    statements: Statements,
+}
+
+/// Statements prepared once per connection, by their text: a write then costs one round
+/// trip, not a prepare and an execute.
+#[derive(Default)]
+struct Statements(HashMap<String, postgres::Statement>);
+
+impl Statements {
+    /// Runs `sql` in `tx` with `params`, preparing it the first time; the rows it changed.
+    fn run(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let statement = match self.0.get(sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = tx.prepare(sql)?;
+                self.0.insert(sql.to_owned(), statement.clone());
+                statement
+            }
+        };
+        tx.execute(&statement, params)
+    }
 }
 
 /// Milliseconds since the epoch.
@@ -130,6 +157,7 @@ impl Postgres {
                 lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1),
                 owner: replica.unwrap_or_else(process_name),
                 epochs: HashMap::new(),
+                statements: Statements::default(),
             },
         };
         store.schema(front)?;
@@ -244,12 +272,19 @@ impl Leases {
 
     /// Renews this process's lease on `session` inside `tx`, on the condition that it
     /// still owns it at the epoch it took; refused otherwise.
-    fn renew(&self, tx: &mut Transaction<'_>, session: &str, now: i64) -> Result<(), StateError> {
-        let Some(epoch) = self.epochs.get(session) else {
+    fn renew(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        session: &str,
+        now: i64,
+    ) -> Result<(), StateError> {
+        let Some(&epoch) = self.epochs.get(session) else {
             return Err(self.fenced(session));
         };
-        let renewed = tx
-            .execute(
+        let renewed = self
+            .statements
+            .run(
+                tx,
                 "UPDATE sessions SET lease_until = $1, touched = $2
                  WHERE id = $3 AND owner = $4 AND epoch = $5",
                 &[
@@ -257,7 +292,7 @@ impl Leases {
                     &(now / 1000),
                     &session,
                     &self.owner,
-                    epoch,
+                    &epoch,
                 ],
             )
             .map_err(|e| self.error(e))?;
@@ -291,8 +326,10 @@ impl Leases {
             {
                 // A session new to the store: this process owns it from epoch 1; one
                 // another process made under the same id is not taken.
-                let made = tx
-                    .execute(
+                let made = self
+                    .statements
+                    .run(
+                        tx,
                         "INSERT INTO sessions (id, options, touched, owner, epoch, lease_until)
                          VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (id) DO NOTHING",
                         &[
@@ -314,7 +351,7 @@ impl Leases {
             renewed.insert(session);
         }
         for op in ops {
-            write(tx, op, now).map_err(|e| self.error(e))?;
+            write(tx, &mut self.statements, op, now).map_err(|e| self.error(e))?;
         }
         Ok(())
     }
@@ -336,9 +373,14 @@ fn session_of(op: &Op) -> Option<&str> {
 }
 
 /// One op's statements.
-fn write(tx: &mut Transaction<'_>, op: &Op, now: i64) -> Result<(), postgres::Error> {
-    let run = |tx: &mut Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]| {
-        tx.execute(sql, params).map(|_| ())
+fn write(
+    tx: &mut Transaction<'_>,
+    statements: &mut Statements,
+    op: &Op,
+    now: i64,
+) -> Result<(), postgres::Error> {
+    let mut run = |tx: &mut Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]| {
+        statements.run(tx, sql, params).map(|_| ())
     };
     match op {
         Op::Counter { name, value } => run(
@@ -369,7 +411,7 @@ fn write(tx: &mut Transaction<'_>, op: &Op, now: i64) -> Result<(), postgres::Er
         Op::CellStart { .. }
         | Op::CellGrowth { .. }
         | Op::CellTail { .. }
-        | Op::CellGone { .. } => write_cell(tx, op),
+        | Op::CellGone { .. } => write_cell(tx, statements, op),
         Op::Calls { session, calls } => {
             run(tx, "DELETE FROM calls WHERE session = $1", &[session])?;
             for call in calls {
@@ -411,9 +453,13 @@ fn write(tx: &mut Transaction<'_>, op: &Op, now: i64) -> Result<(), postgres::Er
 }
 
 /// One cell op's statements.
-fn write_cell(tx: &mut Transaction<'_>, op: &Op) -> Result<(), postgres::Error> {
-    let run = |tx: &mut Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]| {
-        tx.execute(sql, params).map(|_| ())
+fn write_cell(
+    tx: &mut Transaction<'_>,
+    statements: &mut Statements,
+    op: &Op,
+) -> Result<(), postgres::Error> {
+    let mut run = |tx: &mut Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]| {
+        statements.run(tx, sql, params).map(|_| ())
     };
     match op {
         Op::CellStart {
@@ -589,11 +635,16 @@ impl Backend for Postgres {
             .map(|row| row.get(0))
             .filter(|id: &String| !live.contains(id))
             .collect();
-        let leases = &self.leases;
+        let leases = &mut self.leases;
         let mut tx = self.client.transaction().map_err(|e| leases.error(e))?;
         for id in &old {
-            write(&mut tx, &Op::SessionGone { id: id.clone() }, now)
-                .map_err(|e| leases.error(e))?;
+            write(
+                &mut tx,
+                &mut leases.statements,
+                &Op::SessionGone { id: id.clone() },
+                now,
+            )
+            .map_err(|e| leases.error(e))?;
         }
         tx.commit().map_err(|e| leases.error(e))?;
         Ok(old)
@@ -615,6 +666,11 @@ impl Backend for Postgres {
             },
             None => Claim::Absent,
         })
+    }
+
+    /// The tables' size is a catalog query: asked at each tick, not after each commit.
+    fn measures_cheaply(&self) -> bool {
+        false
     }
 
     fn tick(&self) -> Duration {

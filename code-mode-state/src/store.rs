@@ -135,6 +135,10 @@ pub(crate) trait Backend: Send + 'static {
     fn claim(&mut self, _id: &str) -> Result<Claim, StateError> {
         Ok(Claim::Absent)
     }
+    /// Whether [`Self::bytes`] costs little enough to ask after every commit.
+    fn measures_cheaply(&self) -> bool {
+        true
+    }
     /// How often the keeper renews leases and looks for expired sessions.
     fn tick(&self) -> std::time::Duration {
         std::time::Duration::from_secs(60)
