@@ -40,6 +40,21 @@ def check_args(where, args):
     return values
 
 
+def check_selectors(where, documents, labels):
+    """The Service and the PodDisruptionBudget must select the Deployment's pods."""
+    for kind in ("Service", "PodDisruptionBudget"):
+        spec = documents[kind]["spec"]
+        selector = spec["selector"].get("matchLabels", spec["selector"])
+        if any(labels.get(k) != v for k, v in selector.items()):
+            problems.append(f"{where}{kind}: its selector does not match the Deployment's pods")
+
+
+def check_non_root(name, dockerfile):
+    """An image must not run as root."""
+    if not re.search(r"^USER (?!0\b|root\b)", dockerfile, re.M):
+        problems.append(f"{name}: the image must not run as root")
+
+
 def port(address):
     return int(address.rsplit(":", 1)[1])
 
@@ -55,8 +70,7 @@ else:
     for flag in ("--listen", "--metrics"):
         if flag in docker_args and port(docker_args[flag]) not in exposed:
             problems.append(f"Dockerfile: the {flag} port is not EXPOSEd")
-    if not re.search(r"^USER (?!0\b|root\b)", dockerfile, re.M):
-        problems.append("Dockerfile: the image must not run as root")
+    check_non_root("Dockerfile", dockerfile)
 
 documents = {}
 for path in sorted((root / "deploy/kubernetes").glob("*.yaml")):
@@ -99,12 +113,7 @@ for flag in ("--tls-cert", "--tls-key", "--client-ca"):
 service = documents["Service"]
 if service["spec"].get("clusterIP") != "None":
     problems.append("Service: must be headless (clusterIP: None) so hosts see every runtime")
-labels = deployment["spec"]["template"]["metadata"]["labels"]
-for kind in ("Service", "PodDisruptionBudget"):
-    spec = documents[kind]["spec"]
-    selector = spec["selector"].get("matchLabels", spec["selector"])
-    if any(labels.get(k) != v for k, v in selector.items()):
-        problems.append(f"{kind}: its selector does not match the Deployment's pods")
+check_selectors("", documents, deployment["spec"]["template"]["metadata"]["labels"])
 
 # The Codex front next to an agent (kubernetes/codex-front/): its flags exist in the
 # front built beside the runtime, it reaches the runtimes through the headless Service's
@@ -144,8 +153,7 @@ for name in ("readinessProbe", "livenessProbe"):
     if target != "health":
         problems.append(f"codex-front: {name} must probe the health port")
 front_docker = (root / "deploy/codex-front.Dockerfile").read_text()
-if not re.search(r"^USER (?!0\b|root\b)", front_docker, re.M):
-    problems.append("codex-front.Dockerfile: the image must not run as root")
+check_non_root("codex-front.Dockerfile", front_docker)
 if str(health_port) not in re.findall(r"^EXPOSE (.*)$", front_docker, re.M)[0].split():
     problems.append("codex-front.Dockerfile: the health port is not EXPOSEd")
 
@@ -191,15 +199,9 @@ if mcp_container.get("securityContext", {}).get("readOnlyRootFilesystem") is not
     problems.append("mcp: the root file system must be read-only")
 if mcp_pod.get("securityContext", {}).get("runAsNonRoot") is not True:
     problems.append("mcp: the pod must run as non-root")
-mcp_labels = mcp_deployment["spec"]["template"]["metadata"]["labels"]
-for kind in ("Service", "PodDisruptionBudget"):
-    spec = mcp_documents[kind]["spec"]
-    selector = spec["selector"].get("matchLabels", spec["selector"])
-    if any(mcp_labels.get(k) != v for k, v in selector.items()):
-        problems.append(f"mcp {kind}: its selector does not match the Deployment's pods")
+check_selectors("mcp ", mcp_documents, mcp_deployment["spec"]["template"]["metadata"]["labels"])
 mcp_docker = (root / "deploy/mcp.Dockerfile").read_text()
-if not re.search(r"^USER (?!0\b|root\b)", mcp_docker, re.M):
-    problems.append("mcp.Dockerfile: the image must not run as root")
+check_non_root("mcp.Dockerfile", mcp_docker)
 if str(mcp_ports.get("mcp")) not in re.findall(r"^EXPOSE (.*)$", mcp_docker, re.M)[0].split():
     problems.append("mcp.Dockerfile: the mcp port is not EXPOSEd")
 
