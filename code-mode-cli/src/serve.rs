@@ -20,7 +20,7 @@ mod state;
 
 use crate::Failure;
 use crate::session::{RuntimeArgs, Sessions};
-use crate::tools::{OnInterrupt, ToolSet};
+use crate::tools::{BeforeCall, OnInterrupt, ToolSet};
 use code_mode_host::{DurableSession, RestoredCall};
 use code_mode_protocol::CallId;
 use code_mode_protocol::sync::lock;
@@ -346,6 +346,8 @@ struct Server {
     tools: ToolSet,
     /// With `--state-dir`: where the sessions are kept across restarts.
     state: Option<Arc<Durability>>,
+    /// Itself, for its sessions' delegates (their own tools' calls are written first).
+    me: Weak<Server>,
 }
 
 /// The delegate of a served session: tool calls and notifications become events, written
@@ -357,6 +359,8 @@ struct JsonlDelegate {
     calls: PendingCalls,
     last_call: Arc<AtomicU64>,
     tools: ToolSet,
+    /// With a state directory: the write before a call of the driver's own tools.
+    before_call: Option<BeforeCall>,
 }
 
 impl CodeModeSessionDelegate for JsonlDelegate {
@@ -366,7 +370,9 @@ impl CodeModeSessionDelegate for JsonlDelegate {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
         if self.tools.has(&call.tool_name) {
-            return self.tools.answer(call, cancel);
+            return self
+                .tools
+                .answer_after(self.before_call.as_ref(), call, cancel);
         }
         call.answer_with(|call| async move {
             let id = format!("c{}", self.last_call.fetch_add(1, Ordering::SeqCst) + 1);
@@ -459,6 +465,7 @@ impl Server {
             calls: Arc::clone(&self.calls),
             last_call: Arc::clone(&self.last_call),
             tools: self.tools.clone(),
+            before_call: self.state.as_ref().map(|_| self.before_call()),
         });
         if let Some(state) = &self.state
             && let Some(durable) =
@@ -716,6 +723,33 @@ impl Server {
         state.write(checkpoint).await.err()
     }
 
+    /// The write before a call of the driver's own tools: everything served, the call in
+    /// its cell's journal, goes to the state directory first, so that a restart does not
+    /// make the call again. A write that fails is tried again (the call waits, as the
+    /// lines do) until it succeeds; once the driver stops, no call is made.
+    fn before_call(&self) -> BeforeCall {
+        let me = Weak::clone(&self.me);
+        Arc::new(move || {
+            let me = Weak::clone(&me);
+            Box::pin(async move {
+                let mut pause = PERSIST_RETRY_MIN;
+                loop {
+                    let server = me.upgrade().ok_or_else(|| STOPPING.to_owned())?;
+                    if server.state.as_ref().is_some_and(|state| state.is_closed()) {
+                        return Err(STOPPING.to_owned());
+                    }
+                    let Some(message) = server.persist().await else {
+                        return Ok(());
+                    };
+                    tracing::error!("{message}; a call of the driver's tools waits for it");
+                    drop(server);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(PERSIST_RETRY_MAX);
+                }
+            })
+        })
+    }
+
     /// Opens again the sessions an earlier process kept, with their running cells, and
     /// deals with the calls those cells wait on: an answer that came is given, a call of
     /// the driver's own tools (which died with that process) fails or, for a tool with
@@ -928,6 +962,9 @@ async fn write_lines(mut lines: mpsc::UnboundedReceiver<String>, server: Weak<Se
     }
 }
 
+/// Why a call of the driver's own tools is not made while the driver stops.
+const STOPPING: &str = "the driver is stopping";
+
 /// The driver's counters in the state directory.
 const LAST_SESSION: &str = "last_session";
 const LAST_CALL: &str = "last_call";
@@ -994,7 +1031,8 @@ impl Server {
         let provider = Sessions::after(runtime, &runtime_log, saved.counter(GENERATIONS))
             .map_err(Failure::runtime)?;
         let (lines_tx, lines_rx) = mpsc::unbounded_channel::<String>();
-        let server = Arc::new(Server {
+        let server = Arc::new_cyclic(|me| Server {
+            me: Weak::clone(me),
             out: Out(lines_tx),
             observations: Arc::new(Mutex::new(HashMap::new())),
             provider,

@@ -301,9 +301,7 @@ struct StoringDelegate {
 
 /// The error a cell gets for a call the store could not keep.
 fn unkept(what: &str, error: &StateError) -> ToolError {
-    ToolError::new(format!(
-        "code-mode state could not be written ({what}): {error}"
-    ))
+    ToolError::new(code_mode_protocol::texts::state_unwritten(what, error))
 }
 
 impl CodeModeSessionDelegate for StoringDelegate {

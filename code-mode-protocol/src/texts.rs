@@ -55,6 +55,12 @@ pub fn interrupted_call(tool: &str) -> String {
     )
 }
 
+/// The error a cell's nested call gets when the state store could not be written around
+/// it (`what`: whether the call was made): a call the store cannot know of is not made.
+pub fn state_unwritten(what: &str, error: &dyn fmt::Display) -> String {
+    format!("code-mode state could not be written ({what}): {error}")
+}
+
 /// The status line of a response: a cell still running.
 pub fn script_running(cell_id: &dyn fmt::Display) -> String {
     format!("Script running with cell ID {cell_id}")

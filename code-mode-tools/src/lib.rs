@@ -379,6 +379,34 @@ impl ToolSet {
                 .is_some_and(|mcp| mcp.lookup(name).is_some())
     }
 
+    /// Answers a session's nested tool call with this set, once `before` (a front end's
+    /// state write, when it keeps one) succeeded: a call it could not write is not made,
+    /// and the cell's promise rejects with why.
+    pub fn answer_after<'a>(
+        &'a self,
+        before: Option<&'a BeforeCall>,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<JsonText, ToolError>> {
+        let Some(before) = before else {
+            return self.answer(call, cancel);
+        };
+        Box::pin(async move {
+            tokio::select! {
+                written = before() => {
+                    if let Err(error) = written {
+                        return Err(ToolError::new(code_mode_protocol::texts::state_unwritten(
+                            "the call was not made",
+                            &error,
+                        )));
+                    }
+                }
+                () = cancel.cancelled() => return Err(ToolError::cancelled()),
+            }
+            self.answer(call, cancel).await
+        })
+    }
+
     /// Answers a session's nested tool call with this set (the delegate method of every
     /// front end that runs its own tools).
     pub fn answer(
@@ -449,11 +477,18 @@ pub fn sink_now(handle: impl Fn(&str) + Send + Sync + 'static) -> NotificationSi
     })
 }
 
-/// The delegate of the CLI's sessions (`run`, `repl`, `mcp`): runs the tool set, hands
-/// notifications to a sink.
+/// What a front end that keeps its sessions in a state store does before one of its own
+/// tools runs: it writes the session, whose journal then holds the call, so that after a
+/// restart the call is known to have been made and is never made again by the rebuilt
+/// cell. An error (its text) means the call must not be made.
+pub type BeforeCall = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The delegate of the CLI's sessions (`run`, `repl`, `mcp`): runs the tool set (after
+/// its [`BeforeCall`], if it has one), hands notifications to a sink.
 pub struct CliDelegate {
     tools: ToolSet,
     notifications: NotificationSink,
+    before_call: Option<BeforeCall>,
 }
 
 impl CliDelegate {
@@ -461,7 +496,15 @@ impl CliDelegate {
         Self {
             tools,
             notifications,
+            before_call: None,
         }
+    }
+
+    /// Runs `before` before each tool call (a state write).
+    #[must_use]
+    pub fn with_before_call(mut self, before: Option<BeforeCall>) -> Self {
+        self.before_call = before;
+        self
     }
 }
 
@@ -471,7 +514,8 @@ impl CodeModeSessionDelegate for CliDelegate {
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
-        self.tools.answer(call, cancel)
+        self.tools
+            .answer_after(self.before_call.as_ref(), call, cancel)
     }
 
     fn notify(

@@ -12,7 +12,7 @@
 use super::state::McpState;
 use crate::Failure;
 use crate::session::Sessions;
-use crate::tools::{CliDelegate, NotificationSink, ToolSet};
+use crate::tools::{BeforeCall, CliDelegate, NotificationSink, ToolSet};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem,
@@ -207,6 +207,29 @@ async fn notify_client(connection: Weak<Connection>, cell_id: CellId, text: Stri
     }
 }
 
+/// With a state directory: the write before a call of the server's tools. The MCP
+/// session, the call in its cell's journal, is written first (patiently, as before an
+/// answer), so that after a restart the call is known to have been made and is not made
+/// again. Once the server stops, no call is made.
+fn before_call(shared: &Arc<Shared>, mcp_id: &Arc<OnceLock<String>>) -> Option<BeforeCall> {
+    shared.state.as_ref()?;
+    let (shared, mcp_id) = (Arc::downgrade(shared), Arc::clone(mcp_id));
+    Some(Arc::new(move || {
+        let (shared, mcp_id) = (Weak::clone(&shared), Arc::clone(&mcp_id));
+        Box::pin(async move {
+            let shared = shared
+                .upgrade()
+                .ok_or_else(|| "the server is stopping".to_owned())?;
+            let (Some(state), Some(id)) = (&shared.state, mcp_id.get()) else {
+                return Ok(());
+            };
+            state
+                .persist_call(id, shared.sessions.generations_used())
+                .await
+        })
+    }))
+}
+
 /// rmcp's server handler: one per MCP connection (per HTTP session). Dropping it drops
 /// its code-mode session, which shuts the session down.
 pub(super) struct CodeModeServer {
@@ -218,7 +241,7 @@ pub(super) struct CodeModeServer {
     /// any, is taken back then).
     session: OnceLock<Arc<dyn CodeModeSession>>,
     /// The MCP session id it was opened under, with a state directory.
-    mcp_id: OnceLock<String>,
+    mcp_id: Arc<OnceLock<String>>,
 }
 
 impl Drop for CodeModeServer {
@@ -244,14 +267,17 @@ impl CodeModeServer {
         let notifications: NotificationSink = Arc::new(move |cell_id, text| {
             Box::pin(notify_client(Weak::clone(&client), cell_id, text))
         });
-        let delegate: Arc<dyn CodeModeSessionDelegate> =
-            Arc::new(CliDelegate::new(shared.tools.clone(), notifications));
+        let mcp_id = Arc::new(OnceLock::new());
+        let delegate: Arc<dyn CodeModeSessionDelegate> = Arc::new(
+            CliDelegate::new(shared.tools.clone(), notifications)
+                .with_before_call(before_call(shared, &mcp_id)),
+        );
         let server = Self {
             shared: Arc::clone(shared),
             connection,
             delegate,
             session: OnceLock::new(),
-            mcp_id: OnceLock::new(),
+            mcp_id,
         };
         if shared.state.is_none() {
             let _ = server.session.set(server.open_plain());

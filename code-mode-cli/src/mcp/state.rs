@@ -155,6 +155,16 @@ impl McpState {
         self.closed.store(true, Ordering::SeqCst);
     }
 
+    /// Writes MCP session `id` as it is now, before a call of the server's tools it makes;
+    /// refused once the server stops (the stop's effects are not kept, so the call would be
+    /// made again after a restart).
+    pub(crate) async fn persist_call(&self, id: &str, generations: u64) -> Result<(), String> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err("the server is stopping".to_owned());
+        }
+        self.persist(id, generations).await
+    }
+
     /// Writes MCP session `id` as it is now; `generations` is the runtime generation the
     /// provider reached. A failure, once the keeper's patience is spent, is returned (and
     /// logged), and the store keeps what it had: what depends on the write must not go

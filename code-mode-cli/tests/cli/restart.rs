@@ -492,9 +492,10 @@ fn serve_jsonl_on_a_full_store_announces_no_call_twice_across_a_crash() {
     );
 }
 
-/// The driver's own tools cut short by a kill: after the restart, the one whose tools file
-/// entry says `on_interrupt = "retry"` runs again, the other fails with the text that says
-/// it may have run. Each logs its start to a file, so the runs are counted.
+/// The driver's own tools cut short by a kill, called after the cell's `exec` answered:
+/// after the restart, the one whose tools file entry says `on_interrupt = "retry"` runs
+/// again, the other fails with the text that says it may have run, and is not run again
+/// by the rebuilt cell. Each logs its start to a file, so the runs are counted.
 #[test]
 fn serve_jsonl_runs_again_only_the_driver_tools_marked_retry_after_a_kill() {
     let scratch = Scratch::new();
@@ -539,7 +540,10 @@ fn serve_jsonl_runs_again_only_the_driver_tools_marked_retry_after_a_kill() {
     let mut client = Client::default();
     request(&mut server, 1, "open_session", &json!({}));
     client.until_reply(&mut server, 1);
-    let source = "const [a, b] = await Promise.allSettled([tools.again({}), tools.once({})]);
+    // The calls start after the `exec` answered (and its checkpoint was written): only
+    // the write before each call tells the next process they were made.
+    let source = "await new Promise((resolve) => setTimeout(resolve, 400));
+        const [a, b] = await Promise.allSettled([tools.again({}), tools.once({})]);
         const told = (settled) => settled.value ?? String(settled.reason?.message ?? settled.reason);
         text(JSON.stringify([told(a), told(b)]));";
     request(

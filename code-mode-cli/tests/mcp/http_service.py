@@ -17,8 +17,8 @@ expiry. Each mode prints one JSON object; the Rust tests assert on it.
         with --max-sessions 2: two SDK sessions, a third refused, the first two still
         working, then a place freed by closing one
     http_service.py begin <url> [--token T]
-        a raw session whose cell stores a value, calls the server's `slow` tool and is
-        still running when its `exec` yields: the session id and that first answer
+        a raw session whose cell stores a value, yields, then calls the server's `slow`
+        tool (after its `exec` answered): the session id and that first answer
     http_service.py resume <url> --session ID [--token T]
         in that session (on a restarted server): `wait` on its cell, then a new `exec`
         that reads the stored value
@@ -243,6 +243,7 @@ async def cap(url, opts):
 
 DURABLE_CELL = """// @exec: {"yield_time_ms": 500}
 store("k", "v"); text("before");
+await new Promise((resolve) => setTimeout(resolve, 700));
 let slow;
 try { slow = await tools.slow({}); } catch (error) { slow = "slow failed: " + error; }
 text(slow);
