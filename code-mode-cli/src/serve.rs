@@ -654,7 +654,8 @@ impl Server {
     }
 
     /// Hands a client's `tool_result` to the waiting call. With a state directory the
-    /// answer is on disk before the cell gets it.
+    /// answer is recorded with the next write, before anything the cell does with it goes
+    /// out (a restored call's answer: before the cell gets it).
     fn tool_result(&self, given: Value) -> Result<(), ErrorReply> {
         let given: ToolResultParams = params(given)?;
         let result = match (given.result, given.error) {
@@ -674,15 +675,10 @@ impl Server {
                     call: pending.call,
                     result: answer_text(&result),
                 };
-                // An answer not on disk does not reach the cell: the call waits again.
-                let (calls, key) = (Arc::clone(&self.calls), given.call.clone());
-                state.record_then(&self.out, &given.call, record, move |recorded| {
-                    if recorded {
-                        let _ = pending.reply.send(result);
-                    } else {
-                        lock(&calls).insert(key, pending);
-                    }
-                });
+                // Queued before the cell gets the answer: the write behind the next line
+                // the cell causes commits it too, or after it.
+                state.record_soon(&self.out, &given.call, record);
+                let _ = pending.reply.send(result);
             }
             (Some(state), None) => state.answer_restored(&self.out, &given.call, &result),
             (None, None) => {}

@@ -1,7 +1,9 @@
 //! The keeper: the one writer of a store. Every front and provider that keeps state hands
-//! it changes ([`Keeper::write`]) and answers ([`Keeper::record_answer`]) and awaits them;
-//! one thread owns the store and writes, in one transaction with one sync, everything
-//! queued while the last commit ran (group commit). A change is planned against what the
+//! it changes ([`Keeper::write`]) and answers ([`Keeper::record_answer`]) and awaits them.
+//! A caller that finds the store free writes at once on its own thread; everything queued
+//! while a commit runs goes in the next transaction, with one sync (group commit, see
+//! `line.rs`); a thread of the keeper's writes what callers leave to it and does the
+//! periodic work. A change is planned against what the
 //! keeper remembers writing ([`crate::written`]), so only what changed is encoded. A
 //! write that fails is tried again for the keeper's patience (a disk that fills for a
 //! moment loses nothing), then is the caller's error: what depends on it must not go out.
@@ -10,15 +12,16 @@
 //! expire (checked at open and every minute), and past seven eighths of the size cap new
 //! sessions are refused ([`Keeper::admit`]); the cap itself fails writes as a full disk.
 
+use crate::line::{Commits, Enqueue, Line};
 use crate::store::{Backend, Claim, Durability, Loaded};
 use crate::written::{Op, Undo, Written};
 use crate::{AnswerRecord, Changes, Saved, StateError};
 use code_mode_protocol::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a session nobody wrote is kept by default: a day.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -29,8 +32,9 @@ pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(10);
 /// How often the keeper looks for expired sessions.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
-/// At most this many queued writes go in one transaction.
-const MAX_GROUP: usize = 256;
+/// How long an answer recorded with [`Keeper::record_answer_soon`] waits for a write to
+/// share a commit with before it is written alone.
+const SOON: Duration = Duration::from_millis(5);
 
 /// Where a keeper's store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,8 +194,7 @@ struct Shared {
 
 /// The one writer of a store.
 pub struct Keeper {
-    /// Taken when the keeper drops, so that its thread ends.
-    jobs: Option<mpsc::Sender<Job>>,
+    line: Arc<dyn Enqueue<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
     shared: Arc<Shared>,
     options: StoreOptions,
@@ -303,36 +306,39 @@ impl Keeper {
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
         let shared = Arc::new(Shared::default());
-        let (jobs, queue) = mpsc::channel();
         let (opened, outcome) = mpsc::channel();
         let ttl = options.ttl;
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("code-mode-state".to_owned())
             .spawn(move || {
-                let writer = match Writer::open(open, thread_shared, ttl) {
+                let line = match Writer::open(open, thread_shared, ttl) {
                     Ok((writer, saved)) => {
-                        let _ = opened.send(Ok((saved, writer.store.describe())));
-                        writer
+                        let describe = writer.store.describe();
+                        let inline = writer.store.commits_inline();
+                        let line = Arc::new(Line::new(writer, inline));
+                        let queue: Arc<dyn Enqueue<Job>> = line.clone();
+                        let _ = opened.send(Ok((saved, describe, queue)));
+                        line
                     }
                     Err(error) => {
                         let _ = opened.send(Err(error));
                         return;
                     }
                 };
-                writer.run(&queue);
+                line.serve();
             })
             .map_err(|error| StateError::Write {
                 path: "the state store".into(),
                 detail: format!("the state writer thread did not start: {error}"),
             })?;
-        let (saved, describe) = outcome.recv().map_err(|_| StateError::Write {
+        let (saved, describe, line) = outcome.recv().map_err(|_| StateError::Write {
             path: "the state store".into(),
             detail: "the state writer thread stopped while opening the store".to_owned(),
         })??;
         Ok((
             Self {
-                jobs: Some(jobs),
+                line,
                 writer: Some(writer),
                 shared,
                 options,
@@ -364,6 +370,33 @@ impl Keeper {
             .await
     }
 
+    /// Records the answer that came for a nested call with the next write (or alone within
+    /// a few milliseconds when none comes): queued now, durable when the future returns.
+    /// For a caller that hands the answer to its cell at once: everything the cell does
+    /// with it that anyone can see goes out after a later write, which makes the answer
+    /// durable first (its cell's journal holds it, and this record shares or precedes
+    /// that commit). A restart before then asks for the answer again, as when it came a
+    /// moment later. Not tried again.
+    pub fn record_answer_soon(
+        &self,
+        answer: AnswerRecord,
+    ) -> impl std::future::Future<Output = Result<(), StateError>> + Send + 'static {
+        let (reply, mut outcome) = tokio::sync::oneshot::channel();
+        let queued = self.line.push(Job::Answer(Arc::new(answer), reply), false);
+        let (line, stopped) = (Arc::clone(&self.line), self.stopped());
+        async move {
+            if !queued {
+                return Err(stopped);
+            }
+            tokio::select! {
+                written = &mut outcome => return written.unwrap_or(Err(stopped)),
+                () = tokio::time::sleep(SOON) => {}
+            }
+            line.flush();
+            outcome.await.unwrap_or(Err(stopped))
+        }
+    }
+
     /// Deletes session `id` with all it had, without waiting (a failure leaves it to
     /// expire).
     pub fn remove(&self, id: &str) {
@@ -379,9 +412,13 @@ impl Keeper {
         let mut pause = Duration::from_millis(50);
         loop {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let error = if !self.send(job(reply)) {
+            let error = if !self.line.push(job(reply), false) {
                 self.stopped()
             } else {
+                // The writes of every task ready now join the line before it is written:
+                // they share this commit.
+                yield_once().await;
+                self.line.flush();
                 match answer.await {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(error)) => error,
@@ -398,11 +435,9 @@ impl Keeper {
         }
     }
 
-    /// Queues `job`; false when the writer stopped.
+    /// Queues `job` to be written at once; false when the writer stopped.
     fn send(&self, job: Job) -> bool {
-        self.jobs
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok())
+        self.line.push(job, true)
     }
 
     fn stopped(&self) -> StateError {
@@ -450,11 +485,42 @@ impl Drop for Keeper {
     /// Waits for the writes queued before: the store is free for the next keeper when the
     /// drop returns.
     fn drop(&mut self) {
-        self.jobs.take();
+        self.line.close();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        // The line is the store's last owner now, and a blocking client (Postgres) must
+        // not be dropped on an async runtime's thread: it goes on a thread of its own.
+        let line = std::mem::replace(&mut self.line, Arc::new(Closed));
+        let _ = std::thread::spawn(move || drop(line)).join();
     }
+}
+
+/// The line of a keeper that dropped.
+struct Closed;
+
+impl Enqueue<Job> for Closed {
+    fn push(&self, _job: Job, _now: bool) -> bool {
+        false
+    }
+
+    fn flush(&self) {}
+
+    fn close(&self) {}
+}
+
+/// Lets every other task that is ready run once before the caller goes on.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|context| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        context.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
 }
 
 /// Seconds since the epoch, `ttl` ago.
@@ -511,33 +577,6 @@ impl<B: Backend> Writer<B> {
         Ok((writer, saved))
     }
 
-    fn run(mut self, queue: &mpsc::Receiver<Job>) {
-        let mut last_expiry = Instant::now();
-        let tick = self.store.tick().min(EXPIRY_EVERY);
-        loop {
-            let first = match queue.recv_timeout(tick) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            if let Some(first) = first {
-                let mut jobs = vec![first];
-                while jobs.len() < MAX_GROUP {
-                    match queue.try_recv() {
-                        Ok(job) => jobs.push(job),
-                        Err(_) => break,
-                    }
-                }
-                self.commit(jobs);
-            }
-            if last_expiry.elapsed() >= tick {
-                last_expiry = Instant::now();
-                self.expire();
-                self.measure();
-            }
-        }
-    }
-
     /// Brings the figures of [`Keeper::stats`] up to the store (before the callers of a
     /// commit learn of it).
     fn measure(&mut self) {
@@ -592,6 +631,19 @@ impl<B: Backend> Writer<B> {
             path: self.store.describe().into(),
             detail,
         })
+    }
+}
+
+impl<B: Backend> Commits for Writer<B> {
+    type Job = Job;
+
+    fn interval(&self) -> Duration {
+        self.store.tick().min(EXPIRY_EVERY)
+    }
+
+    fn tick(&mut self) {
+        self.expire();
+        self.measure();
     }
 
     /// Writes every job in one transaction; if that fails, each alone, so that each
@@ -667,7 +719,9 @@ impl<B: Backend> Writer<B> {
             }
         }
     }
+}
 
+impl<B: Backend> Writer<B> {
     /// Deletes the sessions past their time to live, keeping this process's own.
     fn expire(&mut self) {
         let Some(ttl) = self.ttl else {

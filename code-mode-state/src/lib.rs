@@ -4,10 +4,11 @@
 //!
 //! One [`Keeper`] per front writes it: a front hands it a session's changes
 //! ([`Keeper::write`]) before it tells its client anything that depends on them, and an
-//! answer ([`Keeper::record_answer`]) before the answer reaches its cell; the keeper
-//! gives it all back ([`Saved`]) in the next process. Only what changed is encoded and
-//! written, and writes queued during a commit share the next one (`keeper.rs`,
-//! `written.rs`). A write is durable when it returns; one that fails keeps what was
+//! answer ([`Keeper::record_answer`]) before the answer reaches its cell (or, for a front
+//! that holds back what the cell does until its next write, with that write:
+//! [`Keeper::record_answer_soon`]); the keeper gives it all back ([`Saved`]) in the next
+//! process. Only what changed is encoded and written, and writes queued during a commit
+//! share the next one (`keeper.rs`, `line.rs`, `written.rs`). A write is durable when it returns; one that fails keeps what was
 //! written before, and is the caller's error once the keeper's patience is spent.
 //!
 //! Where it is written: SQLite, one database per front in a state directory
@@ -21,6 +22,7 @@ mod args;
 mod format;
 mod keeper;
 mod legacy;
+mod line;
 mod postgres;
 mod sqlite;
 mod store;

@@ -673,6 +673,10 @@ impl Backend for Postgres {
         false
     }
 
+    fn commits_inline(&self) -> bool {
+        false
+    }
+
     fn tick(&self) -> Duration {
         Duration::from_millis(u64::try_from(self.leases.lease_ms / 3).unwrap_or(1).max(1))
     }

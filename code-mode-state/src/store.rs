@@ -139,6 +139,11 @@ pub(crate) trait Backend: Send + 'static {
     fn measures_cheaply(&self) -> bool {
         true
     }
+    /// Whether a caller may commit on its own thread when the store is free: a commit that
+    /// takes microseconds (SQLite), not a network round trip.
+    fn commits_inline(&self) -> bool {
+        true
+    }
     /// How often the keeper renews leases and looks for expired sessions.
     fn tick(&self) -> std::time::Duration {
         std::time::Duration::from_secs(60)

@@ -269,6 +269,46 @@ fn writes_queued_during_a_commit_share_the_next_one() {
     assert_eq!(saved.sessions.len() as u64, writes);
 }
 
+/// An answer recorded "soon" shares the commit of the write that follows it; alone, it is
+/// written within a few milliseconds. Either way it comes back in the next process.
+#[test]
+fn an_answer_recorded_soon_shares_the_next_commit_or_is_written_alone_shortly() {
+    let dir = scratch("soon");
+    let (keeper, _) = open(&dir).expect("opens");
+    write(&keeper, checkpoint(vec![cell(1, 1)], "\"a\"")).expect("written");
+    let answer = |call: u64, text: &str| AnswerRecord {
+        session: "s1".to_owned(),
+        cell_id: CellId::new(1),
+        call: CallId::new(call),
+        result: Err(ToolError::new(text)),
+    };
+    let before = keeper.stats().commits;
+    block_on(async {
+        let recorded = keeper.record_answer_soon(answer(2, "first"));
+        keeper
+            .write(checkpoint(vec![cell(1, 1)], "\"b\""))
+            .await
+            .expect("written");
+        recorded.await.expect("recorded");
+    });
+    assert_eq!(
+        keeper.stats().commits,
+        before + 1,
+        "the answer went with the write"
+    );
+    block_on(keeper.record_answer_soon(answer(3, "alone"))).expect("recorded");
+    assert_eq!(keeper.stats().commits, before + 2);
+    drop(keeper);
+    let (_, saved) = open(&dir).expect("opens again");
+    assert_eq!(stored_value(&saved), "\"b\"");
+    for (call, text) in [(2, "first"), (3, "alone")] {
+        assert_eq!(
+            saved.answer("s1", &CellId::new(1), CallId::new(call)),
+            Some(&Err(ToolError::new(text)))
+        );
+    }
+}
+
 /// Polls every future in turn until all are done (each first poll queues its write).
 async fn join_all<T>(futures: Vec<impl std::future::Future<Output = T>>) -> Vec<T> {
     let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();

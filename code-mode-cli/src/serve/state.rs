@@ -189,6 +189,24 @@ impl Durability {
         });
     }
 
+    /// Records the answer to call `call` (the client's id of it), which its cell gets at
+    /// once: the record joins the next write, and whatever the cell does with the answer
+    /// goes out after a write (the answer is in its journal by then). A record that fails
+    /// is told to the client (`state_error` naming the call); the lines behind it wait for
+    /// a write that succeeds, as always.
+    pub(super) fn record_soon(&self, out: &Out, call: &str, answer: AnswerRecord) {
+        let written = self.keeper.record_answer_soon(answer);
+        let out = out.clone();
+        let call = call.to_owned();
+        tokio::spawn(async move {
+            if let Err(error) = written.await {
+                let message = error.to_string();
+                tracing::error!(call, "{message}");
+                out.send(unrecorded_answer(&call, &message));
+            }
+        });
+    }
+
     /// The client answered `id`, a call of a restored cell (if it is one).
     pub(super) fn answer_restored(
         self: &Arc<Self>,
@@ -222,8 +240,9 @@ pub(super) fn state_error(message: &str) -> Value {
     json!({ "event": "state_error", "message": message })
 }
 
-/// The event that tells the client its answer to `call` could not be recorded: the cell
-/// did not get it, and the call waits for an answer again.
+/// The event that tells the client its answer to `call` could not be recorded. For a
+/// restored call the cell did not get it, and the call waits for an answer again; for
+/// another, the lines that depend on it are held back until a write succeeds.
 fn unrecorded_answer(call: &str, message: &str) -> Value {
     json!({ "event": "state_error", "call": call, "message": message })
 }
