@@ -223,9 +223,10 @@ impl Keeper {
         let (durability, max_bytes) = (options.durability, options.max_bytes);
         Self::start(
             move || {
-                let (store, loaded) = crate::sqlite::Sqlite::open(&dir, &front, durability)?;
+                let (mut store, loaded) = crate::sqlite::Sqlite::open(&dir, &front, durability)?;
                 if let Some(bytes) = max_bytes {
-                    store.cap_pages(bytes / store.page_size()?)?;
+                    let page_size = store.page_size()?;
+                    store.cap_pages(bytes / page_size)?;
                 }
                 Ok((store, loaded))
             },

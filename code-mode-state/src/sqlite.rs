@@ -10,7 +10,7 @@ use crate::StateError;
 use crate::format::FORMAT;
 use crate::store::{Backend, Durability, Loaded, Rows, now};
 use crate::written::{Op, answer_op};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 pub(crate) struct Sqlite {
     path: PathBuf,
     db: Connection,
+    /// Its page size, once read (it does not change once the database exists).
+    page_size: Option<u64>,
 }
 
 const SCHEMA: &str = "
@@ -109,7 +111,11 @@ impl Sqlite {
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
         .map_err(busy)?;
-        let mut store = Self { path, db };
+        let mut store = Self {
+            path,
+            db,
+            page_size: None,
+        };
         let meta = |store: &Self, key: &str| -> Result<Option<String>, StateError> {
             store
                 .db
@@ -271,12 +277,17 @@ impl Sqlite {
     }
 
     /// The database's page size.
-    pub(crate) fn page_size(&self) -> Result<u64, StateError> {
+    pub(crate) fn page_size(&mut self) -> Result<u64, StateError> {
+        if let Some(size) = self.page_size {
+            return Ok(size);
+        }
         let size: i64 = self
             .db
             .query_row("PRAGMA page_size", [], |row| row.get(0))
             .map_err(|error| self.read_error(error))?;
-        Ok(size.max(512).cast_unsigned())
+        let size = size.max(512).cast_unsigned();
+        self.page_size = Some(size);
+        Ok(size)
     }
 
     #[cfg(test)]
@@ -293,7 +304,7 @@ fn write_error(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
 }
 
 /// Does `ops` inside `tx`.
-fn apply_in(tx: &Transaction<'_>, ops: &[Op]) -> rusqlite::Result<()> {
+fn apply_in(tx: &Connection, ops: &[Op]) -> rusqlite::Result<()> {
     let touched = now();
     for op in ops {
         match op {
@@ -372,7 +383,7 @@ fn apply_in(tx: &Transaction<'_>, ops: &[Op]) -> rusqlite::Result<()> {
 }
 
 /// Does one of the cell writes inside `tx`.
-fn apply_cell(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
+fn apply_cell(tx: &Connection, op: &Op) -> rusqlite::Result<()> {
     match op {
         Op::CellStart {
             session,
@@ -413,7 +424,7 @@ fn apply_cell(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
 
 /// Deletes a cell's rows (its answers too when it ended, not when it starts again).
 fn delete_cell(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     session: &str,
     cell: &str,
     with_answers: bool,
@@ -434,20 +445,31 @@ fn delete_cell(
 
 impl Backend for Sqlite {
     fn apply(&mut self, ops: &[Op]) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let tx = self.db.transaction().map_err(write_error(&path))?;
-        apply_in(&tx, ops).map_err(write_error(&path))?;
-        tx.commit().map_err(write_error(&path))
+        // BEGIN and COMMIT as cached statements (a `Transaction` prepares both each time).
+        let statement = |sql: &str| {
+            self.db
+                .prepare_cached(sql)
+                .and_then(|mut statement| statement.execute([]))
+        };
+        statement("BEGIN").map_err(write_error(&self.path))?;
+        let applied = apply_in(&self.db, ops).and_then(|()| statement("COMMIT"));
+        if let Err(error) = applied {
+            // What the failed statement left is undone; a failed COMMIT already was.
+            if !self.db.is_autocommit() {
+                let _ = self.db.execute_batch("ROLLBACK");
+            }
+            return Err(write_error(&self.path)(error));
+        }
+        Ok(())
     }
 
     fn bytes(&mut self) -> Result<u64, StateError> {
         let pages: i64 = self
             .db
-            .query_row(
+            .prepare_cached(
                 "SELECT page_count - freelist_count FROM pragma_page_count(), pragma_freelist_count()",
-                [],
-                |row| row.get(0),
             )
+            .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
             .map_err(|error| self.read_error(error))?;
         Ok(pages.max(0).cast_unsigned() * self.page_size()?)
     }
