@@ -38,7 +38,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use state::{Durability, state_error};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,13 +47,27 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// A line on its way to stdout, with the session whose state it depends on (with a state
+/// directory, that session is written before the line goes out).
+type Line = (Option<String>, String);
+
 /// Lines on their way to stdout, in the order they are sent.
 #[derive(Clone)]
-struct Out(mpsc::UnboundedSender<String>);
+struct Out(mpsc::UnboundedSender<Line>);
 
 impl Out {
+    /// Sends a line that depends on the session it names (`"session"`), if any.
     fn send(&self, value: Value) {
-        let _ = self.0.send(value.to_string());
+        let session = value
+            .get("session")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        self.send_for(session, &value);
+    }
+
+    /// Sends a line that depends on `session`'s state.
+    fn send_for(&self, session: Option<String>, value: &Value) {
+        let _ = self.0.send((session, value.to_string()));
     }
 }
 
@@ -392,7 +406,10 @@ impl CodeModeSessionDelegate for JsonlDelegate {
                     .map_err(ToolError::new),
                 () = cancel.cancelled() => {
                     lock(&self.calls).remove(&id);
-                    self.out.send(json!({ "event": "tool_cancelled", "call": id }));
+                    self.out.send_for(
+                        Some(self.session.clone()),
+                        &json!({ "event": "tool_cancelled", "call": id }),
+                    );
                     Err(ToolError::cancelled())
                 }
             }
@@ -465,7 +482,7 @@ impl Server {
             calls: Arc::clone(&self.calls),
             last_call: Arc::clone(&self.last_call),
             tools: self.tools.clone(),
-            before_call: self.state.as_ref().map(|_| self.before_call()),
+            before_call: self.state.as_ref().map(|_| self.before_call(id)),
         });
         if let Some(state) = &self.state
             && let Some(durable) =
@@ -686,10 +703,13 @@ impl Server {
         Ok(())
     }
 
-    /// Everything served now, as the state directory keeps it.
-    fn checkpoint(&self, state: &Durability) -> Changes {
+    /// The sessions `only` names (all when `None`) as they are now, with the driver's
+    /// counters, as the state directory keeps them.
+    fn checkpoint(&self, state: &Durability, only: Option<&HashSet<String>>) -> Changes {
+        let named = |session: &String| only.is_none_or(|only| only.contains(session));
         let calls = lock(&self.calls)
             .iter()
+            .filter(|(_, pending)| named(&pending.session))
             .map(|(id, pending)| CallRecord {
                 session: pending.session.clone(),
                 cell_id: pending.cell_id.clone(),
@@ -705,17 +725,19 @@ impl Server {
             (LAST_CALL.to_owned(), self.last_call.load(Ordering::SeqCst)),
             (GENERATIONS.to_owned(), self.provider.generations_used()),
         ];
-        state.checkpoint(counters, calls)
+        state.checkpoint(counters, calls, &named)
     }
 
-    /// With a state directory: writes the checkpoint of everything served now, before
-    /// the lines that depend on it go out. `Some` error text when it could not be written.
-    async fn persist(&self) -> Option<String> {
+    /// With a state directory: writes the sessions `only` names (all when `None`) as they
+    /// are now, before the lines that depend on them go out (a line depends on its own
+    /// session's state, and on the counters). `Some` error text when it could not be
+    /// written.
+    async fn persist(&self, only: Option<&HashSet<String>>) -> Option<String> {
         let state = self.state.as_ref()?;
         if state.is_closed() {
             return None;
         }
-        let checkpoint = self.checkpoint(state);
+        let checkpoint = self.checkpoint(state, only);
         state.write(checkpoint).await.err()
     }
 
@@ -723,10 +745,11 @@ impl Server {
     /// its cell's journal, goes to the state directory first, so that a restart does not
     /// make the call again. A write that fails is tried again (the call waits, as the
     /// lines do) until it succeeds; once the driver stops, no call is made.
-    fn before_call(&self) -> BeforeCall {
+    fn before_call(&self, session: &str) -> BeforeCall {
         let me = Weak::clone(&self.me);
+        let session: Arc<HashSet<String>> = Arc::new(HashSet::from([session.to_owned()]));
         Arc::new(move || {
-            let me = Weak::clone(&me);
+            let (me, session) = (Weak::clone(&me), Arc::clone(&session));
             Box::pin(async move {
                 let mut pause = PERSIST_RETRY_MIN;
                 loop {
@@ -734,7 +757,7 @@ impl Server {
                     if server.state.as_ref().is_some_and(|state| state.is_closed()) {
                         return Err(STOPPING.to_owned());
                     }
-                    let Some(message) = server.persist().await else {
+                    let Some(message) = server.persist(Some(&session)).await else {
                         return Ok(());
                     };
                     tracing::error!("{message}; a call of the driver's tools waits for it");
@@ -915,9 +938,10 @@ const PERSIST_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5)
 /// client reads is lost to a restart, and no call it is told of is told again after one.
 /// A write that fails holds the batch back (a `state_error` event says why, once per
 /// cause) and is tried again until it succeeds: nothing goes out that the disk lacks.
-async fn write_lines(mut lines: mpsc::UnboundedReceiver<String>, server: Weak<Server>) {
+async fn write_lines(mut lines: mpsc::UnboundedReceiver<Line>, server: Weak<Server>) {
     let mut stdout = tokio::io::stdout();
     let mut batch = Vec::new();
+    let mut sessions = HashSet::new();
     while let Some(line) = lines.recv().await {
         batch.push(line);
         let mut pause = PERSIST_RETRY_MIN;
@@ -929,7 +953,9 @@ async fn write_lines(mut lines: mpsc::UnboundedReceiver<String>, server: Weak<Se
             let Some(server) = server.upgrade() else {
                 break;
             };
-            let Some(message) = server.persist().await else {
+            sessions.clear();
+            sessions.extend(batch.iter().filter_map(|(session, _)| session.clone()));
+            let Some(message) = server.persist(Some(&sessions)).await else {
                 break;
             };
             if said.as_ref() != Some(&message) {
@@ -947,7 +973,7 @@ async fn write_lines(mut lines: mpsc::UnboundedReceiver<String>, server: Weak<Se
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(PERSIST_RETRY_MAX);
         }
-        for line in batch.drain(..) {
+        for (_, line) in batch.drain(..) {
             if stdout.write_all(line.as_bytes()).await.is_err()
                 || stdout.write_all(b"\n").await.is_err()
             {
@@ -1010,7 +1036,7 @@ impl Server {
         tools: ToolSet,
         runtime_log: String,
         state_dir: Option<(StoreLocation, StoreOptions)>,
-    ) -> Result<(Arc<Server>, mpsc::UnboundedReceiver<String>, Saved), Failure> {
+    ) -> Result<(Arc<Server>, mpsc::UnboundedReceiver<Line>, Saved), Failure> {
         let (state, saved) = match state_dir {
             Some(_) if runtime.in_process => {
                 return Err(Failure::usage(
@@ -1026,7 +1052,7 @@ impl Server {
         };
         let provider = Sessions::after(runtime, &runtime_log, saved.counter(GENERATIONS))
             .map_err(Failure::runtime)?;
-        let (lines_tx, lines_rx) = mpsc::unbounded_channel::<String>();
+        let (lines_tx, lines_rx) = mpsc::unbounded_channel::<Line>();
         let server = Arc::new_cyclic(|me| Server {
             me: Weak::clone(me),
             out: Out(lines_tx),
@@ -1089,13 +1115,20 @@ impl Server {
             message.get("traceparent").and_then(Value::as_str),
         );
         let server = Arc::clone(self);
+        let session = given
+            .get("session")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         tasks.spawn(tracing::Instrument::instrument(
             async move {
                 let reply = match server.handle(&id, &method, given).await {
                     Ok(result) => json!({ "id": id, "result": result }),
                     Err(error) => error.to_json(id),
                 };
-                server.out.send(reply);
+                // The request's session, or the one it opened.
+                let session =
+                    session.or_else(|| reply["result"]["session"].as_str().map(str::to_owned));
+                server.out.send_for(session, &reply);
             },
             span,
         ));
@@ -1106,7 +1139,7 @@ impl Server {
     /// every session is shut down and the requests still running end.
     async fn finish(self: Arc<Self>, tasks: TaskTracker) {
         if let Some(state) = &self.state {
-            if let Some(message) = self.persist().await {
+            if let Some(message) = self.persist(None).await {
                 self.out.send(state_error(&message));
             }
             state.close();

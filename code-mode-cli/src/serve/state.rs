@@ -109,15 +109,18 @@ impl Durability {
         lock(&self.restored).insert(id, Restored { session, call });
     }
 
-    /// Every kept session as it is now, with the driver's counters and its calls waiting
-    /// for the client (`calls`, and the restored ones): the keeper writes what changed.
+    /// The kept sessions `named` accepts as they are now, with the driver's counters and
+    /// their calls waiting for the client (`calls`, and the restored ones): the keeper
+    /// writes what changed.
     pub(super) fn checkpoint(
         &self,
         counters: Vec<(String, u64)>,
         mut calls: Vec<CallRecord>,
+        named: &dyn Fn(&String) -> bool,
     ) -> Changes {
         let sessions = lock(&self.sessions)
             .iter()
+            .filter(|(id, _)| named(id))
             .map(|(id, kept)| SessionRecord {
                 id: id.clone(),
                 options: kept.options.clone(),
@@ -127,6 +130,7 @@ impl Durability {
         calls.extend(
             lock(&self.restored)
                 .iter()
+                .filter(|(_, restored)| named(&restored.session))
                 .map(|(id, restored)| CallRecord {
                     session: restored.session.clone(),
                     cell_id: restored.call.call.cell_id.clone(),
