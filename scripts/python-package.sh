@@ -6,7 +6,9 @@
 #   scripts/python-package.sh          the wheel users install: the release runtime,
 #                                      stripped (what the `dist` profile would give), and a
 #                                      release extension (builds the runtime if need be)
-#   scripts/python-package.sh debug    the tests' wheel, from target/debug (quicker)
+#   scripts/python-package.sh debug    the tests' wheel, from target/debug (quicker), with
+#                                      the `in-process` feature (V8 in the extension too,
+#                                      so `in_process=True` is tested; too big to ship)
 # Prints the wheel's path.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,10 +24,12 @@ case "$mode" in
     cargo build --quiet --release -p code-mode-bin
     runtime="$target/release/code-mode-bin"
     release=(--release)
+    features=()
     ;;
   debug)
     runtime="$target/debug/code-mode-bin"
     release=()
+    features=(--features in-process)
     [ -x "$runtime" ] || {
       echo "python-package: $runtime is missing; run \`cargo build -p code-mode-bin\` first" >&2
       exit 1
@@ -50,5 +54,5 @@ fi
 mkdir -p python/code_mode/bin
 strip -o python/code_mode/bin/code-mode-bin "$runtime"
 rm -rf dist
-"$venv/bin/maturin" build --quiet "${release[@]}" --out dist --interpreter "$venv/bin/python" >&2
+"$venv/bin/maturin" build --quiet "${release[@]}" "${features[@]}" --out dist --interpreter "$venv/bin/python" >&2
 ls "$PWD"/dist/*.whl

@@ -1,6 +1,7 @@
 //! `code_mode._native`, the native half of the Python package `code_mode`
 //! (`python/code_mode/`): sessions of the host crate, whose cells run in the sandboxed
-//! runtime process the wheel ships, driven from Python.
+//! runtime process the wheel ships (or, built with the `in-process` feature and asked
+//! for, on V8 in the Python process), driven from Python.
 //!
 //! `session` is the session and its blocking and callback forms; `delegate` hands nested
 //! calls to the Python dispatcher and takes their answers back; `options` reads what
@@ -27,5 +28,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(tracing_setup::shutdown_tracing, module)?)?;
     errors::register(module)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add("IN_PROCESS", runtime::IN_PROCESS)?;
     Ok(())
 }

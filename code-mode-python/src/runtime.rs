@@ -44,6 +44,49 @@ pub(crate) fn provider(binary: Option<String>) -> PyResult<Runtimes> {
     Ok(provider)
 }
 
+/// The provider whose sessions run their cells in this process (one per process, V8
+/// started at the first such session).
+#[cfg(feature = "in-process")]
+pub(crate) fn in_process() -> &'static code_mode::InProcessProvider {
+    static PROVIDER: OnceLock<code_mode::InProcessProvider> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| code_mode::InProcessProvider::new(code_mode::InProcessConfig::default()))
+}
+
+/// Whether this build can run cells in the Python process (`in_process=True`).
+pub(crate) const IN_PROCESS: bool = cfg!(feature = "in-process");
+
+/// A session of the in-process provider, or why there is none: this build has no V8 of
+/// its own, or the session would keep state (a state directory needs the runtime process:
+/// the cells' journals are kept on the host's side of it).
+pub(crate) fn open_in_process(
+    delegate: Arc<dyn code_mode_protocol::CodeModeSessionDelegate>,
+    options: code_mode_protocol::SessionOptions,
+    stored: code_mode_protocol::StoredValues,
+    keeps_state: bool,
+) -> PyResult<Arc<dyn code_mode_protocol::CodeModeSession>> {
+    if keeps_state {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "in_process=True cannot keep a session in a state_dir: its cells' journals are kept on the host's side of the runtime process",
+        ));
+    }
+    #[cfg(feature = "in-process")]
+    {
+        use code_mode_protocol::CodeModeProvider as _;
+        let _entered = tokio().enter();
+        Ok(Arc::new(
+            in_process().open_session_with_values(delegate, options, stored),
+        ))
+    }
+    #[cfg(not(feature = "in-process"))]
+    {
+        let _ = (delegate, options, stored);
+        Err(crate::errors::RuntimeUnavailable::new_err(
+            "this build of code_mode has no in-process runtime: cells run in the runtime process it ships (drop in_process=True), or build the package with `maturin build --features in-process`",
+        ))
+    }
+}
+
 /// The provider of the sessions kept in state directory `dir` (one per directory and
 /// process: its database is held by one keeper), with its own runtime process, started at
 /// the runtime generation after the one the directory's last process reached.

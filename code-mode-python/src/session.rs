@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 #[pyclass(module = "code_mode._native", frozen, weakref)]
 pub struct NativeSession {
     session: Arc<dyn CodeModeSession>,
-    /// The runtime session underneath (the same one, or the one a kept session wraps).
-    runtime_session: Arc<RuntimeSession>,
+    /// The runtime session underneath (the same one, or the one a kept session wraps);
+    /// `None` in process.
+    runtime_session: Option<Arc<RuntimeSession>>,
     /// With a state directory: the kept session, which `delete` removes from it.
     stored: Option<Arc<StoredSession>>,
     answers: Arc<Answers>,
@@ -103,7 +104,7 @@ impl NativeSession {
     /// `options` a JSON object (see `code_mode.Session`), `stored` the JSON object of the
     /// stored values to start from.
     #[new]
-    #[pyo3(signature = (dispatcher, tools, options, stored=None, runtime=None, tools_file=None, builtins=Vec::new(), state=None))]
+    #[pyo3(signature = (dispatcher, tools, options, stored=None, runtime=None, tools_file=None, builtins=Vec::new(), state=None, in_process=false))]
     #[expect(
         clippy::too_many_arguments,
         reason = "the Python constructor's keyword arguments, each optional"
@@ -118,6 +119,7 @@ impl NativeSession {
         tools_file: Option<String>,
         builtins: Vec<String>,
         state: Option<(String, String, bool)>,
+        in_process: bool,
     ) -> PyResult<Self> {
         let (mut descriptions, async_tools) = crate::options::tools(tools)?;
         let options = crate::options::session_options(options)?;
@@ -144,17 +146,22 @@ impl NativeSession {
             file_tools,
         });
         let (session, runtime_session, stored): (Arc<dyn CodeModeSession>, _, _) = match state {
+            _ if in_process => {
+                let session =
+                    crate::runtime::open_in_process(delegate, options, stored, state.is_some())?;
+                (session, None, None)
+            }
             Some((dir, id, retry)) => {
                 let kept = open_kept(py, &dir, &id, retry, runtime, delegate, options, stored)?;
                 let runtime_session = Arc::clone(kept.runtime_session());
-                (kept.clone(), runtime_session, Some(kept))
+                (kept.clone(), Some(runtime_session), Some(kept))
             }
             None => {
                 let provider = crate::runtime::provider(runtime)?;
                 let _entered = crate::runtime::tokio().enter();
                 let session =
                     Arc::new(provider.open_session_with_values(delegate, options, stored));
-                (session.clone(), session, None)
+                (session.clone(), Some(session), None)
             }
         };
         let tools: Arc<[ToolDefinition]> = descriptions
@@ -288,9 +295,13 @@ impl NativeSession {
         Value::Array(specs.iter().map(|spec| spec.to_json()).collect()).to_string()
     }
 
-    /// Where the session's cells run now (e.g. `pid 1234`), once it has run one.
+    /// Where the session's cells run now (e.g. `pid 1234`, or `in process`), once it has
+    /// run one.
     fn runtime(&self) -> Option<String> {
-        HostedSession::runtime(&self.runtime_session)
+        match &self.runtime_session {
+            Some(session) => HostedSession::runtime(session),
+            None => Some("in process".to_owned()),
+        }
     }
 
     /// Shuts the session down and deletes it from its state directory (a session without

@@ -192,6 +192,34 @@ def test_a_missing_runtime_is_runtime_unavailable_with_its_fix(tmp_path):
     assert "to fix it" in str(raised.value) and "CODE_MODE_BIN" in str(raised.value)
 
 
+def test_in_process_cells_run_inside_python_with_its_tools(tmp_path):
+    # The tests' wheel is built with the `in-process` feature (scripts/python-package.sh).
+    assert code_mode.IN_PROCESS, "the tests' wheel lacks the in-process feature"
+    # A runtime executable that does not exist: in process, none is started.
+    missing = tmp_path / "no-such-runtime"
+    with code_mode.Session([add, slow_upper], in_process=True, runtime=missing) as session:
+        result = session.exec("text(await tools.add({a: 2, b: 40})); text(await tools.slow_upper({text: 'x'}))")
+        assert result.text == "42\nX", result.model_text
+        assert session.runtime == "in process"
+        first = session.exec(
+            "store('k', 1); text('a'); await new Promise((r) => setTimeout(r, 200)); text('b')",
+            yield_time_ms=50,
+        )
+        assert first.running and first.text == "a"
+        assert session.wait(first.cell_id, yield_time_ms=5000).text == "b"
+        assert session.stored_values == {"k": 1}
+
+    async def on_a_loop():
+        async with code_mode.AsyncSession([slow_upper], in_process=True, runtime=missing) as session:
+            return (await session.exec("text(await tools.slow_upper({text: 'loop'}))")).text
+
+    assert asyncio.run(on_a_loop()) == "LOOP"
+    with pytest.raises(ValueError, match="state_dir"):
+        code_mode.Session(in_process=True, state_dir=tmp_path / "state", session_id="s")
+    with pytest.raises(TypeError, match="in_process"):
+        code_mode.Session(in_process="yes")
+
+
 def test_a_ten_megabyte_argument_hits_the_payload_cap():
     def echo(text: str) -> int:
         """Returns the length of the text."""

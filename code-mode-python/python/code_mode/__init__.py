@@ -13,9 +13,12 @@ your Python functions as its tools.
 ``Session`` and ``AsyncSession`` keep stored values across cells and follow running
 cells (``wait``, ``terminate``); ``session.tool_specs()`` gives the ``exec`` and ``wait``
 tools to hand a model. Integrations: ``code_mode.pydantic_ai`` and ``code_mode.agents``.
+``IN_PROCESS`` says whether this build can also run cells inside the Python process
+(``Session(in_process=True)``).
 """
 
 from ._native import (
+    IN_PROCESS,
     CellError,
     CodeModeError,
     LimitExceeded,
@@ -44,6 +47,7 @@ __all__ = [
     "AudioItem",
     "CellError",
     "CodeModeError",
+    "IN_PROCESS",
     "ImageItem",
     "Item",
     "LimitExceeded",

@@ -4,6 +4,7 @@ this module is its native half."""
 from typing import Any, Callable, Protocol
 
 __version__: str
+IN_PROCESS: bool
 
 class CodeModeError(Exception): ...
 class RuntimeUnavailable(CodeModeError): ...
@@ -33,6 +34,7 @@ class NativeSession:
         tools_file: str | None = None,
         builtins: list[str] = ...,
         state: tuple[str, str, bool] | None = None,
+        in_process: bool = False,
     ) -> None: ...
     def exec(self, source: str, yield_time_ms: int | None = None, traceparent: str | None = None) -> str: ...
     def exec_async(

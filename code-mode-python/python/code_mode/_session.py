@@ -295,6 +295,9 @@ class _Base:
         tools_file, builtins = sources
         options = dict(options)
         state = _state(options)
+        in_process = options.pop("in_process", False)
+        if not isinstance(in_process, bool):
+            raise TypeError(f"in_process must be a bool, not {type(in_process).__name__}")
         described = [as_tool(tool) for tool in tools]
         by_name = {tool.name: tool for tool in described}
         if len(by_name) != len(described):
@@ -310,6 +313,7 @@ class _Base:
             os.fspath(tools_file) if tools_file is not None else None,
             list(builtins),
             state,
+            in_process,
         )
         self._dispatcher.native = weakref.ref(self._native)
 
@@ -352,6 +356,11 @@ class Session(_Base):
     a process started again after a crash opens it with the same id and its running cells
     go on; a call that was in flight at the crash fails (``on_interrupt="fail"``, the
     default) or runs again (``"retry"``), and no call whose answer was kept runs twice.
+
+    ``in_process=True`` runs the cells on V8 inside this Python process instead of the
+    sandboxed runtime process: no process to start or talk to, but nothing between a V8
+    crash or a heap bomb and Python. Only a build with the ``in-process`` feature has it
+    (``code_mode.IN_PROCESS``); others raise ``RuntimeUnavailable``.
     """
 
     def __init__(
