@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The Python package's benchmark (benches/python/bench.py): builds the release wheel
-# (scripts/python-package.sh) and the Rust API's peer (`python_peer`, release), installs
+# The Python package's benchmark (benches/python/bench.py): builds the release wheel with
+# the `in-process` feature (scripts/python-package.sh release-in-process) and the Rust API's peer (`python_peer`, release), installs
 # the wheel and mini-racer (pinned in benches/python/requirements.txt) into a virtualenv
 # of their own, and runs the interleaved rounds. Arguments go to bench.py.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-wheel="$(scripts/python-package.sh)"
+wheel="$(scripts/python-package.sh release-in-process)"
 peer="$(cargo bench --quiet -p code-mode-benches --bench python_peer --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')"
 venv=benches/python/.venv

@@ -6,6 +6,9 @@
 #   scripts/python-package.sh          the wheel users install: the release runtime,
 #                                      stripped (what the `dist` profile would give), and a
 #                                      release extension (builds the runtime if need be)
+#   scripts/python-package.sh release-in-process
+#                                      the same with the `in-process` feature (V8 in the
+#                                      extension too: for the benchmark, or to build your own)
 #   scripts/python-package.sh debug    the tests' wheel, from target/debug (quicker), with
 #                                      the `in-process` feature (V8 in the extension too,
 #                                      so `in_process=True` is tested; too big to ship)
@@ -20,11 +23,12 @@ command -v python3 >/dev/null || {
   exit 1
 }
 case "$mode" in
-  release)
+  release | release-in-process)
     cargo build --quiet --release -p code-mode-bin
     runtime="$target/release/code-mode-bin"
     release=(--release)
     features=()
+    [ "$mode" = release ] || features=(--features in-process)
     ;;
   debug)
     runtime="$target/debug/code-mode-bin"
@@ -36,7 +40,7 @@ case "$mode" in
     }
     ;;
   *)
-    echo "python-package: unknown mode $mode (release or debug)" >&2
+    echo "python-package: unknown mode $mode (release, release-in-process or debug)" >&2
     exit 2
     ;;
 esac

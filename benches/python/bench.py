@@ -1,6 +1,8 @@
 """The Python package against its alternatives, interleaved round by round in one run:
 
 - `python`: `code_mode.Session.exec` from Python (the runtime process, as installed);
+- `python in-process`: the same with `in_process=True` (V8 inside Python; the wheel
+  built with the `in-process` feature, as scripts/python-bench.sh builds it);
 - `rust ipc` and `rust in-process`: the same cells through the Rust API
   (`benches/python_peer.rs`), over IPC (as the package runs them) and in process;
 - `node per cell`: a fresh `node` process per cell, its tool bridged over stdio, as a
@@ -95,12 +97,18 @@ def main() -> None:
     parser.add_argument("--node-cells", type=int, default=10)
     args = parser.parse_args()
     figures: dict[str, list[float]] = {}
-    with code_mode.Session([echo]) as session:
+    if not code_mode.IN_PROCESS:
+        raise SystemExit("this wheel has no in-process runtime: build it with scripts/python-package.sh release-in-process")
+    with code_mode.Session([echo]) as session, code_mode.Session([echo], in_process=True) as inside:
         for cell in CELLS:
             python_round(session, cell, 5)  # warm-up
+            python_round(inside, cell, 5)
         for _ in range(args.rounds):
             for cell in CELLS:
                 figures.setdefault(f"python {cell}", []).extend(python_round(session, cell, args.iterations))
+                figures.setdefault(f"python in-process {cell}", []).extend(
+                    python_round(inside, cell, args.iterations)
+                )
                 for transport in ("ipc", "in-process"):
                     figures.setdefault(f"rust {transport} {cell}", []).extend(
                         peer_round(args.peer, transport, cell, args.iterations)
@@ -117,6 +125,9 @@ def main() -> None:
         rust = statistics.median(figures[f"rust ipc {cell}"])
         node = statistics.median(figures[f"node per cell {cell}"])
         print(f"{cell}: python / rust ipc p50 = {ours / rust:.2f}x; node per cell / python p50 = {node / ours:.1f}x")
+        inside = statistics.median(figures[f"python in-process {cell}"])
+        rust_inside = statistics.median(figures[f"rust in-process {cell}"])
+        print(f"{cell}: python in-process / rust in-process p50 = {inside / rust_inside:.2f}x")
 
 
 if __name__ == "__main__":
