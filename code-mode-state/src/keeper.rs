@@ -487,27 +487,11 @@ impl Drop for Keeper {
     /// drop returns.
     fn drop(&mut self) {
         self.line.close();
+        // The thread writes what is queued and drops the store before it ends.
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
-        // The line is the store's last owner now, and a blocking client (Postgres) must
-        // not be dropped on an async runtime's thread: it goes on a thread of its own.
-        let line = std::mem::replace(&mut self.line, Arc::new(Closed));
-        let _ = std::thread::spawn(move || drop(line)).join();
     }
-}
-
-/// The line of a keeper that dropped.
-struct Closed;
-
-impl Enqueue<Job> for Closed {
-    fn push(&self, _job: Job, _now: bool) -> bool {
-        false
-    }
-
-    fn flush(&self) {}
-
-    fn close(&self) {}
 }
 
 /// Lets every other task that is ready run once before the caller goes on.

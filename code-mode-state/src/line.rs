@@ -49,7 +49,9 @@ pub(crate) struct Line<C: Commits> {
     queue: Mutex<Queue<C::Job>>,
     /// Wakes the thread: there is work it must do.
     wake: Condvar,
-    store: Mutex<C>,
+    /// The store, until the thread ends: it is dropped there, whoever holds the line last
+    /// (a blocking client must not be dropped on an async runtime's thread).
+    store: Mutex<Option<C>>,
     /// Whether callers write themselves when the store is free.
     inline: bool,
 }
@@ -62,7 +64,7 @@ impl<C: Commits> Line<C> {
                 closed: false,
             }),
             wake: Condvar::new(),
-            store: Mutex::new(store),
+            store: Mutex::new(Some(store)),
             inline,
         }
     }
@@ -74,7 +76,8 @@ impl<C: Commits> Line<C> {
         queue.jobs.drain(..count).collect()
     }
 
-    /// Writes every queued job, a group at a time, with the store held.
+    /// Writes every queued job, a group at a time, with the store held (the thread's
+    /// way: a caller writes one group at most, in `flush`).
     fn drain(&self, store: &mut C) {
         loop {
             let jobs = self.take();
@@ -88,7 +91,9 @@ impl<C: Commits> Line<C> {
     /// The keeper's thread: writes what callers leave to it, and ticks, until the line
     /// closes and is empty.
     pub(crate) fn serve(&self) {
-        let interval = lock(&self.store).interval();
+        let Some(interval) = lock(&self.store).as_ref().map(C::interval) else {
+            return;
+        };
         let mut ticked = Instant::now();
         loop {
             let closed = {
@@ -106,16 +111,23 @@ impl<C: Commits> Line<C> {
                 }
                 queue.closed
             };
-            let mut store = lock(&self.store);
-            self.drain(&mut store);
+            let mut guard = lock(&self.store);
+            let Some(store) = guard.as_mut() else {
+                return;
+            };
+            self.drain(store);
             if ticked.elapsed() >= interval {
                 ticked = Instant::now();
                 store.tick();
             }
-            drop(store);
             if closed && lock(&self.queue).jobs.is_empty() {
+                // The store goes here, on this thread.
+                let store = guard.take();
+                drop(guard);
+                drop(store);
                 return;
             }
+            drop(guard);
         }
     }
 }
@@ -142,7 +154,10 @@ where
         if self.inline {
             // One group at most: a caller does not stay to write others' jobs. Those
             // queued meanwhile found the store busy and woke the thread.
-            let group = |store: &mut C| {
+            let group = |store: &mut Option<C>| {
+                let Some(store) = store.as_mut() else {
+                    return;
+                };
                 let jobs = self.take();
                 if !jobs.is_empty() {
                     store.commit(jobs);
