@@ -76,16 +76,20 @@ impl<C: Commits> Line<C> {
         queue.jobs.drain(..count).collect()
     }
 
+    /// Writes the next group of queued jobs, with the store held; whether there was one.
+    fn commit_group(&self, store: &mut C) -> bool {
+        let jobs = self.take();
+        let any = !jobs.is_empty();
+        if any {
+            store.commit(jobs);
+        }
+        any
+    }
+
     /// Writes every queued job, a group at a time, with the store held (the thread's
     /// way: a caller writes one group at most, in `flush`).
     fn drain(&self, store: &mut C) {
-        loop {
-            let jobs = self.take();
-            if jobs.is_empty() {
-                return;
-            }
-            store.commit(jobs);
-        }
+        while self.commit_group(store) {}
     }
 
     /// The keeper's thread: writes what callers leave to it, and ticks, until the line
@@ -155,12 +159,8 @@ where
             // One group at most: a caller does not stay to write others' jobs. Those
             // queued meanwhile found the store busy and woke the thread.
             let group = |store: &mut Option<C>| {
-                let Some(store) = store.as_mut() else {
-                    return;
-                };
-                let jobs = self.take();
-                if !jobs.is_empty() {
-                    store.commit(jobs);
+                if let Some(store) = store.as_mut() {
+                    self.commit_group(store);
                 }
             };
             match self.store.try_lock() {
