@@ -10,8 +10,9 @@
 //! SubscribeToToolCalls and one `text("bench")`), warm `text("bench")` execs with 0 and
 //! with 128 enabled tools (the tool list is sent whole on every exec, as codex does), and
 //! the cost of one nested tool call (a cell making K sequential calls, less a cell making
-//! none, over K). Each figure is the client's wall time; the host's own
-//! `host_duration_ns` is given beside the warm execs.
+//! none, over K), and a `wait` on a cell that yielded to its exec and has finished since.
+//! Each figure is the client's wall time; the host's own `host_duration_ns` is given
+//! beside the warm execs and the waits.
 //!
 //! `-- --parked 300,1000` instead measures parked cells: per host, one session starts each
 //! number of cells that await a nested call nobody answers, then (past our host's
@@ -101,6 +102,8 @@ struct Figures {
     warm_128: Vec<f64>,
     warm_128_host: Vec<f64>,
     call: Vec<f64>,
+    wait: Vec<f64>,
+    wait_host: Vec<f64>,
 }
 
 fn tools(count: usize) -> Vec<proto::ToolDefinition> {
@@ -187,7 +190,45 @@ async fn round(path: &std::path::Path, options: &Options, figures: &mut Figures)
             .iter()
             .map(|total| ((total - baseline) / options.calls as f64).max(0.0)),
     );
+    waits(&mut driver, options.iterations, figures).await;
     let _ = driver.close().await;
+}
+
+/// `wait` on a yielded cell that has finished since: each cell yields its first text to
+/// the exec, then finishes after a short timer; the `wait` that follows collects the rest.
+async fn waits(driver: &mut Driver, iterations: usize, figures: &mut Figures) {
+    let source = r#"text("first"); yield_control(); await new Promise((done) => setTimeout(done, 1)); text("rest")"#;
+    for index in 0..iterations + 3 {
+        let outcome = driver.run(exec_request(source)).await.expect("an outcome");
+        assert!(
+            matches!(
+                outcome.status,
+                Some(proto::cell_outcome::Status::Yielded(_))
+            ),
+            "the wait bench's cell did not yield: {outcome:?}"
+        );
+        // Past the cell's timer: it has finished by the time it is waited on.
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        let started = Instant::now();
+        let response = driver
+            .wait(&outcome.cell_id, 10_000, None)
+            .await
+            .expect("a wait response")
+            .into_inner();
+        let wall = millis(started.elapsed());
+        let Some(proto::wait_response::Cell::LiveCell(waited)) = response.cell else {
+            panic!("the wait bench's cell was missing: {response:?}");
+        };
+        match &waited.status {
+            Some(proto::cell_outcome::Status::Completed(completed))
+                if completed.error_text.is_empty() => {}
+            other => panic!("the waited cell did not complete: {other:?}"),
+        }
+        if index >= 3 {
+            figures.wait.push(wall);
+            figures.wait_host.push(waited.host_duration_ns as f64 / 1e6);
+        }
+    }
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -336,13 +377,15 @@ fn main() {
             runtime.block_on(round(path, &options, figures));
         }
     }
-    let rows: [(&str, Field); 6] = [
+    let rows: [(&str, Field); 8] = [
         ("cold: spawn → first result", |f| &f.cold),
         ("warm exec, 0 tools", |f| &f.warm),
         ("  host_duration_ns", |f| &f.warm_host),
         ("warm exec, 128 tools", |f| &f.warm_128),
         ("  host_duration_ns", |f| &f.warm_128_host),
         ("one nested tool call", |f| &f.call),
+        ("wait on a finished cell", |f| &f.wait),
+        ("  host_duration_ns", |f| &f.wait_host),
     ];
     println!(
         "rounds {} (interleaved), {} warm execs per round and tool count, {} calls per tool cell",

@@ -129,6 +129,49 @@ struct Connection {
     ending: std::sync::OnceLock<&'static str>,
     /// The runtime's drain: refuses new sessions once started; counts the cells it waits for.
     drain: Drain,
+    /// The final answers offered to the host ([`ServerMessage::Offer`]), held until its word.
+    offers: Arc<Offers>,
+}
+
+/// The final answers this connection's sessions offered to the host, each held until the
+/// host takes it or gives it back (or the session or the connection ends).
+type Offers = Mutex<HashMap<(SessionId, CellId), Held>>;
+
+/// The sink of session `session`'s offers: each is held here, then sent; one that cannot
+/// be sent goes back to its cell at once.
+fn offer_sink(
+    session: SessionId,
+    offers: &Arc<Offers>,
+    outbox: &Outbox<ServerMessage>,
+) -> code_mode::OfferSink {
+    let offers = Arc::clone(offers);
+    let outbox = outbox.clone();
+    Arc::new(move |offer: code_mode::Offer| {
+        let code_mode::Offer {
+            cell_id,
+            response,
+            held,
+        } = offer;
+        let key = (session, cell_id.clone());
+        lock(&offers).insert(key.clone(), held);
+        let message = ServerMessage::Offer {
+            session,
+            cell_id,
+            response: response.into(),
+        };
+        match outbox.send(&message) {
+            Ok(()) => {
+                if let Some(held) = lock(&offers).get(&key) {
+                    held.sent();
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%session, "an offer not sent: {error}");
+                let held = lock(&offers).remove(&key);
+                drop(held);
+            }
+        }
+    })
 }
 
 impl Connection {
@@ -235,6 +278,7 @@ impl Connection {
         }
         let session =
             InProcessSession::with_values(Arc::new(delegate), options.into(), stored_values);
+        session.offer_finished(offer_sink(id, &self.offers, &self.outbox));
         lock(&self.sessions).insert(id, Arc::new(session));
         METRICS.sessions_opened(1);
         Ok(id)
@@ -257,6 +301,17 @@ impl Connection {
                     METRICS.session_moved_off();
                 }
             }
+            // Its offers go back to their cells, which the shutdown closes.
+            let offers: Vec<Held> = {
+                let mut offers = lock(&self.offers);
+                let keys: Vec<_> = offers
+                    .keys()
+                    .filter(|(session, _)| *session == id)
+                    .cloned()
+                    .collect();
+                keys.iter().filter_map(|key| offers.remove(key)).collect()
+            };
+            drop(offers);
             removed
         } else {
             lock(&self.sessions).get(&id).cloned()
@@ -339,6 +394,7 @@ where
         tool_sets: Mutex::new(VecDeque::new()),
         ending: std::sync::OnceLock::new(),
         drain: settings.drain.clone(),
+        offers: Arc::new(Mutex::new(HashMap::new())),
     });
     let tasks = TaskTracker::new();
     let outcome = read_loop(&connection, &mut reader, &tasks, &settings).await;
@@ -353,6 +409,11 @@ where
     for (_, in_flight) in lock(&connection.requests).drain() {
         in_flight.cancel.cancel();
     }
+    let offers: Vec<Held> = lock(&connection.offers)
+        .drain()
+        .map(|(_, held)| held)
+        .collect();
+    drop(offers);
     connection.shut_down_sessions().await;
     tasks.close();
     tasks.wait().await;
@@ -424,6 +485,12 @@ async fn read_loop<S: AsyncRead>(
             }
             ClientMessage::Taken { id } => settle_word(connection, id, Word::Taken)?,
             ClientMessage::GivenBack { id } => settle_word(connection, id, Word::GivenBack)?,
+            ClientMessage::OfferTaken { session, cell_id } => {
+                settle_offer(connection, session, cell_id, Word::Taken)?;
+            }
+            ClientMessage::OfferGivenBack { session, cell_id } => {
+                settle_offer(connection, session, cell_id, Word::GivenBack)?;
+            }
             ClientMessage::DelegateReply { id, reply } => {
                 code_mode_protocol::hop!("runtime has the tool result");
                 connection
@@ -600,6 +667,32 @@ fn settle_word(connection: &Connection, id: RequestId, word: Word) -> Result<(),
         return Err(ConnectionError::Violation(format!(
             "{word:?} for {id}, which holds no answer"
         )));
+    };
+    match word {
+        Word::Taken => held.take(),
+        Word::GivenBack => drop(held),
+    }
+    Ok(())
+}
+
+/// Settles the answer cell `cell_id` of `session` offered as the host's word says, at once
+/// and in wire order as [`settle_word`] does. A word for an offer the runtime does not
+/// hold is ignored when the session is gone (its shutdown gave its offers back), and a
+/// violation otherwise.
+fn settle_offer(
+    connection: &Connection,
+    session: SessionId,
+    cell_id: CellId,
+    word: Word,
+) -> Result<(), ConnectionError> {
+    let held = lock(&connection.offers).remove(&(session, cell_id.clone()));
+    let Some(held) = held else {
+        if lock(&connection.sessions).contains_key(&session) {
+            return Err(ConnectionError::Violation(format!(
+                "{word:?} for cell {cell_id} of {session}, which offered no answer"
+            )));
+        }
+        return Ok(());
     };
     match word {
         Word::Taken => held.take(),

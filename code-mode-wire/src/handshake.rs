@@ -24,7 +24,9 @@ use std::fmt;
 /// its rebuild from its journal diverged.
 /// 11: a request carries the trace context it runs under, and the runtime hands the spans
 /// of that work back (`Spans`).
-pub const PROTOCOL_VERSION: u32 = 11;
+/// 12: a cell that finished with nobody observing it offers its final answer to the host
+/// (`Offer`, `OfferTaken`, `OfferGivenBack`), which answers the next `wait` itself.
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

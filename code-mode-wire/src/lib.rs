@@ -248,6 +248,13 @@ pub enum ClientMessage {
     /// The caller of `id` dropped its answer untaken (or had gone before it arrived): the
     /// runtime gives it back to the cell, whose next observation returns it.
     GivenBack { id: RequestId },
+    /// The host answered an observation of the cell with its [`ServerMessage::Offer`]: the
+    /// runtime takes the offered answer (the cell closes).
+    OfferTaken { session: SessionId, cell_id: CellId },
+    /// The host does not keep the cell's [`ServerMessage::Offer`] (a request of its own
+    /// observes the cell already, or the session is gone): the runtime gives the answer
+    /// back to the cell, whose next observation returns it.
+    OfferGivenBack { session: SessionId, cell_id: CellId },
 }
 
 /// A request: open a session, or one call of an open session's methods.
@@ -398,6 +405,16 @@ pub enum ServerMessage {
     /// exports them (the sandboxed runtime has no network), so an operator configures one
     /// endpoint.
     Spans(Vec<payload::SpanRecord>),
+    /// The cell finished with nobody observing it, and every answer it gave before was
+    /// taken: its final answer, which the runtime holds for the host's word
+    /// ([`ClientMessage::OfferTaken`] or [`ClientMessage::OfferGivenBack`]), as it holds a
+    /// request's answer. The host answers the cell's next `wait` (or `terminate`) with it,
+    /// without a round trip; the runtime offers a cell's final answer at most once.
+    Offer {
+        session: SessionId,
+        cell_id: CellId,
+        response: payload::CellResponse,
+    },
 }
 
 /// Stable error kinds on the wire; the host maps them back to the contract's strings.
@@ -450,13 +467,15 @@ impl ClientMessage {
             ClientMessage::Pong(_) => "Pong",
             ClientMessage::Taken { .. } => "Taken",
             ClientMessage::GivenBack { .. } => "GivenBack",
+            ClientMessage::OfferTaken { .. } => "OfferTaken",
+            ClientMessage::OfferGivenBack { .. } => "OfferGivenBack",
         }
     }
 }
 
 impl ServerMessage {
     /// Every kind [`ServerMessage::kind`] names, in declaration order.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 14] = [
         "Ready",
         "Rejected",
         "Response",
@@ -470,6 +489,7 @@ impl ServerMessage {
         "Committed",
         "Journal",
         "Spans",
+        "Offer",
     ];
 
     /// The message's kind, for logs and error messages (never its payload).
@@ -488,6 +508,7 @@ impl ServerMessage {
             ServerMessage::Committed { .. } => "Committed",
             ServerMessage::Journal { .. } => "Journal",
             ServerMessage::Spans(_) => "Spans",
+            ServerMessage::Offer { .. } => "Offer",
         }
     }
 }

@@ -21,4 +21,6 @@ pub use runtime::{
     ContextSource, IsolateShelf, SpawnError, StoredValues, ToolCallRequest, TypeScriptRefused,
     prewarm, prewarm_for, spawn_cell, spawn_cell_from, spawn_cell_on, strip_typescript,
 };
-pub use session::{Handed, Held, InProcessConfig, InProcessProvider, InProcessSession};
+pub use session::{
+    Handed, Held, InProcessConfig, InProcessProvider, InProcessSession, Offer, OfferSink,
+};

@@ -218,6 +218,7 @@ impl Connection {
             entry.live_cells.remove(&cell_id);
             entry.journals.remove(&cell_id);
             entry.guards.remove(&cell_id);
+            entry.offers.remove(&cell_id);
             entry
                 .cell_delegates
                 .remove(&cell_id)

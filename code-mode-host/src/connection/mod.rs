@@ -27,6 +27,7 @@
 mod answers;
 mod delegate;
 mod journals;
+mod offers;
 mod violation;
 
 use crate::error::HandshakeError;
@@ -115,6 +116,9 @@ struct PendingRequest {
     holds_answer: bool,
     /// A `wait`: it goes on if its cell is rebuilt elsewhere.
     observes: bool,
+    /// The cell it observes (a wait, a pending-aware wait, a terminate): an offer of that
+    /// cell's final answer is given back, for the runtime to answer this request with it.
+    cell: Option<CellId>,
     hooks: RequestHooks,
 }
 
@@ -157,6 +161,8 @@ struct SessionEntry {
     /// What each cell admitted or resumed here may ask of the delegate (the host's wall
     /// against a runtime that escaped its cells), until it closes.
     guards: HashMap<CellId, CellGuard>,
+    /// The final answers the runtime offered, for the cells' next observation (`offers`).
+    offers: HashMap<CellId, CellResponse>,
 }
 
 /// What the host lets one cell's runtime ask of its delegate: only tools its exec enabled,
@@ -459,6 +465,13 @@ impl Connection {
             if self.is_lost() {
                 return Err(self.lost_error());
             }
+            // A cell that finished unobserved offered its final answer: no round trip.
+            if let Some(response) = self.answer_from_offer(&mut state, &request) {
+                drop(state);
+                return T::from_response(response).map_err(|_| {
+                    SessionError::Runtime("an offered answer of another kind".into())
+                });
+            }
             register(&mut state, &request, deliver_to::<T>(reply), hooks)
         };
         code_mode_protocol::hop!("host sends the request");
@@ -603,6 +616,11 @@ impl Connection {
             }
             ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
             ServerMessage::Admitted { id, cell_id } => self.on_admitted(id, cell_id),
+            ServerMessage::Offer {
+                session,
+                cell_id,
+                response,
+            } => self.on_offer(session, cell_id, response),
             ServerMessage::Spans(records) => lock(&self.sent_traces)
                 .export(records)
                 .map_err(Violation::Span),
@@ -680,6 +698,7 @@ impl Connection {
                         closed_cells: HashSet::new(),
                         journals: HashMap::new(),
                         guards: HashMap::new(),
+                        offers: HashMap::new(),
                     };
                     if state.sessions.insert(*session, entry).is_some() {
                         return Err(Violation::OpenedTwice(*session));
@@ -849,6 +868,7 @@ fn register(
         session: request.session(),
         holds_answer: request.holds_answer(),
         observes: request.is_wait(),
+        cell: offers::observed_cell(request),
         hooks,
     };
     state.pending.insert(id, pending);

@@ -71,6 +71,8 @@ pub enum Violation {
     OpenedWithoutDelegate(SessionId),
     #[error("{0} opened twice")]
     OpenedTwice(SessionId),
+    #[error("an offer for cell {0:?} that is not a final answer of that cell")]
+    OfferInvalid(CellId),
     #[error("{0}")]
     Span(#[from] crate::spans::SpanRefusal),
 }

@@ -456,3 +456,56 @@ async fn the_startup_snapshot_cache_is_written_once_read_after_and_never_trusted
     tokio::join!(runs(first), runs(second));
     assert_eq!(files(), [file], "one whole file, no temporary left");
 }
+
+/// A cell that finished with nobody observing it offers its final answer to the host, and
+/// the host answers the next `wait` with it, without asking the runtime: here the runtime
+/// is stopped (`SIGSTOP`) when the wait comes, and the wait still returns at once. The
+/// cell then closes in the runtime as if the wait had gone there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_a_finished_cell_is_answered_by_the_host_alone() {
+    let provider = provider();
+    let delegate = TestDelegate::new();
+    let session = provider.open_session(delegate.clone(), SessionOptions::default());
+    let started = session
+        .execute(request(
+            "text('first'); yield_control(); await tools.slow(5); text('rest');",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(started.initial_response, CellResponse::Yielded { .. }),
+        "{:?}",
+        started.initial_response
+    );
+    // The cell finishes within milliseconds; its offer follows on the wire.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = provider.runtime_pid().await.expect("a runtime runs");
+    // SAFETY: `kill` only sends a signal; `pid` is our own live child process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    let waited = tokio::time::timeout(
+        Duration::from_secs(3),
+        session.wait(WaitRequest::new(started.cell_id.clone())),
+    )
+    .await;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGCONT) }, 0);
+    let response = waited
+        .expect("the wait was answered while the runtime was stopped")
+        .expect("the wait");
+    assert_eq!(
+        response.content_items(),
+        &[ContentItem::text("rest")],
+        "{response:?}"
+    );
+    assert!(matches!(
+        response,
+        CellResponse::Result { failure: None, .. }
+    ));
+    // Taken: the runtime closes the cell, and a second wait finds it gone.
+    delegate
+        .wait_for(|record| matches!(record, Record::CellClosed(cell_id) if cell_id == "1"))
+        .await;
+    let again = session.wait(WaitRequest::new("1")).await.unwrap();
+    assert!(again.is_missing_cell(), "{again:?}");
+    session.shutdown().await;
+}

@@ -139,6 +139,14 @@ pub fn client_messages() -> Vec<ClientMessage> {
         ClientMessage::Pong(u64::MAX),
         ClientMessage::Taken { id: RequestId(11) },
         ClientMessage::GivenBack { id: RequestId(12) },
+        ClientMessage::OfferTaken {
+            session: SessionId(2),
+            cell_id: "5".into(),
+        },
+        ClientMessage::OfferGivenBack {
+            session: SessionId(2),
+            cell_id: "g3:6".into(),
+        },
     ]);
     messages
 }
@@ -334,6 +342,16 @@ pub fn server_messages() -> Vec<ServerMessage> {
         events: vec![],
         status: payload::SpanStatus::Unset,
     }]));
+    messages.push(ServerMessage::Offer {
+        session: SessionId(3),
+        cell_id: "7".into(),
+        response: CellResponse::result(
+            code_mode_protocol::CellId::from("7"),
+            vec![ContentItem::text("rest")],
+            None,
+        )
+        .into(),
+    });
     messages
 }
 

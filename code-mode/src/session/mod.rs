@@ -128,6 +128,9 @@ pub(crate) struct Shared {
     hibernating: AtomicU64,
     hibernations: AtomicU64,
     wakes: AtomicU64,
+    /// Where a cell that finished with nobody observing offers its final answer, when the
+    /// session's driver asked for that ([`InProcessSession::offer_finished`]).
+    offers: std::sync::OnceLock<OfferSink>,
 }
 
 struct Registry {
@@ -372,6 +375,7 @@ impl InProcessSession {
                 hibernating: AtomicU64::new(0),
                 hibernations: AtomicU64::new(0),
                 wakes: AtomicU64::new(0),
+                offers: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -466,6 +470,37 @@ impl InProcessSession {
 impl Drop for InProcessSession {
     fn drop(&mut self) {
         self.shared.begin_shutdown();
+    }
+}
+
+/// A cell's final answer, offered to the session's driver as soon as the cell finished with
+/// nobody observing it: a runtime process sends it to its host, which answers the cell's
+/// next `wait` (or `terminate`) with it without asking the runtime. Taken
+/// ([`Held::take`]), the cell closes as if an observation had returned it; dropped, it is
+/// given back and the cell's next observation returns it, as before the offer.
+#[derive(Debug)]
+pub struct Offer {
+    pub cell_id: CellId,
+    pub response: CellResponse,
+    pub held: Held,
+}
+
+/// Receives a session's [`Offer`]s, on the cell's actor: it must not block.
+pub type OfferSink = Arc<dyn Fn(Offer) + Send + Sync>;
+
+impl InProcessSession {
+    /// From now on, a cell of this session that finishes while nobody observes it offers
+    /// its final answer to `sink` (once per cell, and only once every answer it gave before
+    /// was taken, so the driver has seen them first). The first sink set stays.
+    pub fn offer_finished(&self, sink: OfferSink) {
+        let _ = self.shared.offers.set(sink);
+    }
+}
+
+impl Shared {
+    /// Where finished cells offer their final answers, if the driver asked for offers.
+    pub(crate) fn offer_sink(&self) -> Option<&OfferSink> {
+        self.offers.get()
     }
 }
 

@@ -282,6 +282,7 @@ impl CellActor {
             return;
         }
         let Some(observer) = self.output.observer.take() else {
+            self.offer_final();
             return;
         };
         let items = std::mem::take(&mut self.output.items);
@@ -291,6 +292,40 @@ impl CellActor {
             Ok(()) => self.life.close(),
             Err(response) => self.restore(response),
         }
+    }
+
+    /// Offers the final answer of a cell that finished with nobody observing it to the
+    /// session's driver ([`crate::session::Offer`]): once, and only after every answer
+    /// given before was taken, so the driver has seen those first. Not while a yield before
+    /// the first observation is remembered (that observation returns the items up to it),
+    /// nor at shutdown. The offer is an answer like any other: taken, the cell closes;
+    /// given back, its next observation returns it.
+    pub(super) fn offer_final(&mut self) {
+        let Phase::Finished(decision) = &self.life.phase else {
+            return;
+        };
+        if self.output.offered
+            || self.output.observer.is_some()
+            || self.life.shutting_down
+            || (!self.output.observed && self.output.initial_yield.is_some())
+            || !self.callbacks.unacked.all_taken()
+        {
+            return;
+        }
+        let Some(sink) = self.shared.offer_sink().cloned() else {
+            return;
+        };
+        let decision = decision.clone();
+        self.output.offered = true;
+        let items = std::mem::take(&mut self.output.items);
+        let response = self.final_response(decision, items);
+        let answer = self.return_path(false).answer(response.clone());
+        self.life.close();
+        sink(crate::session::Offer {
+            cell_id: self.cell_id.clone(),
+            response,
+            held: crate::session::Held(Some(Box::new(answer))),
+        });
     }
 
     pub(super) fn final_response(&self, decision: Final, items: Vec<ContentItem>) -> CellResponse {

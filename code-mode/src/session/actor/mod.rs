@@ -160,6 +160,8 @@ struct Output {
     deliveries: u64,
     observer: Option<Observer>,
     terminate_reply: Option<TerminateReply>,
+    /// The final answer was offered to the session's driver (once per cell).
+    offered: bool,
 }
 
 /// The pending frontier (contract 3.4): whether the cell is frozen, the commands held back
@@ -271,6 +273,7 @@ impl CellActor {
                 deliveries: 0,
                 observer,
                 terminate_reply: None,
+                offered: false,
             },
             runtime,
             events,
@@ -327,7 +330,10 @@ impl CellActor {
                     Step::Returned(given) => self.on_returned(given),
                     Step::Internal(message) => self.on_internal(message),
                     Step::Shutdown => self.on_shutdown(),
-                    Step::Acked => self.callbacks.on_acked(),
+                    Step::Acked => {
+                        self.callbacks.on_acked();
+                        self.offer_final();
+                    }
                     Step::Hibernate => self.hibernate(),
                 }
             }
@@ -336,13 +342,28 @@ impl CellActor {
             // observation. However long a caller holds it unpolled, the cell waits for
             // it (no timer ends the wait: it would close the cell under an answer that may
             // still come back); only the session's shutdown does.
+            // Meanwhile an interrupt finds nothing running here (a final answer offered to
+            // the host may be held for long); other requests wait for the outcome.
             let root = self.shared.root().clone();
-            std::mem::take(&mut self.callbacks.unacked)
-                .all_taken_or_stopped(&root)
-                .await;
+            let acks = std::mem::take(&mut self.callbacks.unacked).all_taken_or_stopped(&root);
+            tokio::pin!(acks);
+            let mut later = Vec::new();
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut acks => break,
+                    Some(request) = self.requests.recv() => match request {
+                        ActorRequest::Interrupt { reply } => drop(reply.send(false)),
+                        other => later.push(other),
+                    },
+                }
+            }
             self.take_returns();
             if self.life.is_closed() {
                 break;
+            }
+            for request in later {
+                self.on_request(request);
             }
         }
         self.close().await;

@@ -1,0 +1,101 @@
+//! The final answers runtimes offer ([`ServerMessage::Offer`]): a cell that finished with
+//! nobody observing it sends its final answer at once, and the host answers the cell's next
+//! `wait`, `wait_to_pending` or `terminate` (natural completion wins, contract 3.7) with it,
+//! with no round trip to the runtime. The runtime holds each offered answer as it holds a
+//! request's, until the host says, once, that it was taken ([`ClientMessage::OfferTaken`],
+//! the cell then closes) or is given back ([`ClientMessage::OfferGivenBack`]).
+//!
+//! An offer is given back at once when a request of the host already observes the cell
+//! (it crossed the offer on the wire, and the runtime answers it once the answer is back),
+//! when its session is not open here any more, or when the cell is not one of the session's
+//! live cells: what a host keeps is bounded by the cells it knows.
+
+use super::*;
+
+impl Connection {
+    /// A cell's final answer offered by the runtime: kept for the cell's next observation,
+    /// or given back (see the module docs). A response that is not final, or names another
+    /// cell, is a violation.
+    pub(super) fn on_offer(
+        &self,
+        session: SessionId,
+        cell_id: CellId,
+        response: payload::CellResponse,
+    ) -> Result<(), Violation> {
+        let response = CellResponse::from(response);
+        if !is_runtime_cell_id(&cell_id)
+            || *response.cell_id() != cell_id
+            || matches!(response, CellResponse::Yielded { .. })
+        {
+            return Err(Violation::OfferInvalid(cell_id));
+        }
+        let mut state = lock(&self.state);
+        let observed = state.pending.values().any(|pending| {
+            pending.session == Some(session) && pending.cell.as_ref() == Some(&cell_id)
+        });
+        let kept = match state.sessions.get_mut(&session) {
+            Some(entry) if !observed && entry.live_cells.contains(&cell_id) => {
+                entry.offers.insert(cell_id.clone(), response);
+                true
+            }
+            _ => false,
+        };
+        drop(state);
+        if !kept {
+            let word = ClientMessage::OfferGivenBack { session, cell_id };
+            if let Err(error) = self.outbox.send(&word) {
+                tracing::debug!(%session, "an offer's word not sent: {error}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer to `request` from an offer, when it observes a cell whose final answer
+    /// the host holds: the offer is taken (the runtime hears it), and the cell's journal
+    /// goes, as for any final answer.
+    pub(super) fn answer_from_offer(
+        &self,
+        state: &mut State,
+        request: &Request,
+    ) -> Option<Response> {
+        let session = request.session()?;
+        let Request::Session { call, .. } = request else {
+            return None;
+        };
+        let (cell_id, pending_aware) = match call {
+            payload::SessionCall::Wait(wait) => (&wait.cell_id, false),
+            payload::SessionCall::Terminate { cell_id } => (cell_id, false),
+            payload::SessionCall::WaitToPending { cell_id } => (cell_id, true),
+            _ => return None,
+        };
+        let entry = state.sessions.get_mut(&session)?;
+        let response = entry.offers.remove(cell_id)?;
+        entry.journals.remove(cell_id);
+        let word = ClientMessage::OfferTaken {
+            session,
+            cell_id: cell_id.clone(),
+        };
+        if let Err(error) = self.outbox.send(&word) {
+            tracing::debug!(%session, "an offer's word not sent: {error}");
+        }
+        let reply = if pending_aware {
+            code_mode_protocol::SessionReply::Pending(PendingOutcome::Completed(response))
+        } else {
+            code_mode_protocol::SessionReply::Cell(response)
+        };
+        Some(Response::Reply(reply.into()))
+    }
+}
+
+/// The cell a request observes (a wait, a pending-aware wait, a terminate), if any.
+pub(super) fn observed_cell(request: &Request) -> Option<CellId> {
+    match request {
+        Request::Session { call, .. } => match call {
+            payload::SessionCall::Wait(wait) => Some(wait.cell_id.clone()),
+            payload::SessionCall::Terminate { cell_id }
+            | payload::SessionCall::WaitToPending { cell_id } => Some(cell_id.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
