@@ -84,6 +84,17 @@ impl<M: Serialize> Outbox<M> {
     /// the transport is then stalled). Messages sent after the writer stopped are dropped:
     /// the connection is over.
     pub fn send(&self, message: &M) -> Result<(), FrameError> {
+        self.send_with(message, true)
+    }
+
+    /// [`Self::send`] for a message nobody waits on (a word about an answer already
+    /// given): always queued for the writer task, never written on the caller's thread, so
+    /// the caller's answer does not wait for the write nor for the peer it wakes.
+    pub fn send_behind(&self, message: &M) -> Result<(), FrameError> {
+        self.send_with(message, false)
+    }
+
+    fn send_with(&self, message: &M, at_once: bool) -> Result<(), FrameError> {
         let mut buffer = BytesMut::new();
         encode_frame(message, &mut buffer)?;
         let bytes = buffer.len();
@@ -96,7 +107,7 @@ impl<M: Serialize> Outbox<M> {
                 queued: before as u64,
             });
         }
-        self.senders.sink.push(buffer.freeze());
+        self.senders.sink.push(buffer.freeze(), at_once);
         Ok(())
     }
 
@@ -120,8 +131,9 @@ impl<M> Outbox<M> {
 
 /// The write side as the outbox sees it, whatever the stream.
 trait FrameSink: Send + Sync {
-    /// Writes `frame` now if it can go at once, else queues it for the writer task.
-    fn push(&self, frame: Bytes);
+    /// Writes `frame` now if it can go at once (and `at_once`), else queues it for the
+    /// writer task.
+    fn push(&self, frame: Bytes, at_once: bool);
     /// Every sender is gone: the writer task writes what is queued, then ends.
     fn senders_gone(&self);
     fn is_closed(&self) -> bool;
@@ -149,13 +161,13 @@ struct WriteState<W> {
 }
 
 impl<W: AsyncWrite + Unpin + Send> FrameSink for Writer<W> {
-    fn push(&self, frame: Bytes) {
+    fn push(&self, frame: Bytes, at_once: bool) {
         let mut state = lock(&self.state);
         if state.closed {
             self.queued.fetch_sub(frame.len(), Ordering::SeqCst);
             return;
         }
-        if state.frames.is_empty() && !state.unflushed {
+        if at_once && state.frames.is_empty() && !state.unflushed {
             // Nothing ahead of this frame: try to write it from here. A waker that does
             // nothing is enough, because whatever does not go now is the writer task's,
             // which polls again with its own.

@@ -75,7 +75,9 @@ impl Connection {
             session,
             cell_id: cell_id.clone(),
         };
-        if let Err(error) = self.outbox.send(&word) {
+        // Behind the answer: the caller does not wait for the write, nor for the runtime
+        // it wakes to close the cell.
+        if let Err(error) = self.outbox.send_behind(&word) {
             tracing::debug!(%session, "an offer's word not sent: {error}");
         }
         let reply = if pending_aware {
