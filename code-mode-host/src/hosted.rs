@@ -93,6 +93,9 @@ pub struct HostedSession {
     stored: Arc<Mutex<CommittedValues>>,
     /// Cells that were running when their runtime was lost, with its cause, oldest first.
     dead_cells: Mutex<VecDeque<(CellId, String)>>,
+    /// Cells that had finished when their runtime was lost, with the final answer they
+    /// offered (the host held it): their next observation returns it.
+    finished: Mutex<VecDeque<(CellId, CellResponse)>>,
     /// Cells that were running when their runtime was lost and are rebuilt from their
     /// journals on the session's next runtime (contract §7), by the id the agent core
     /// knows.
@@ -136,6 +139,7 @@ impl HostedSession {
             options,
             stored: Arc::new(Mutex::new(CommittedValues::new(stored_values))),
             dead_cells: Mutex::new(VecDeque::new()),
+            finished: Mutex::new(VecDeque::new()),
             resumable: Mutex::new(Vec::new()),
             rebuilt: Mutex::new(std::collections::HashSet::new()),
             binding: Mutex::new(None),
@@ -182,9 +186,18 @@ impl HostedSession {
         for LostCell {
             cell_id,
             resumable,
+            answer,
             span,
         } in lost
         {
+            if let Some(answer) = answer {
+                let mut finished = lock(&self.finished);
+                if finished.len() >= DEAD_CELLS_KEPT {
+                    finished.pop_front();
+                }
+                finished.push_back((cell_id, answer));
+                continue;
+            }
             under(&span, || {
                 tracing::warn!(
                     parent: &span,
@@ -331,6 +344,17 @@ impl HostedSession {
     pub(crate) fn add_resumable(&self, cell_id: CellId, resumable: Resumable) {
         lock(&self.rebuilt).insert(cell_id.clone());
         lock(&self.resumable).push((cell_id, Arc::new(resumable)));
+    }
+
+    /// The final answer of a cell that had finished when its runtime was lost, taken: the
+    /// observation that asks for it gets it, as the runtime would have given it.
+    fn finished_answer(&self, cell_id: &CellId) -> Option<CellResponse> {
+        self.forget_lost_runtime();
+        let mut finished = lock(&self.finished);
+        let index = finished
+            .iter()
+            .position(|(finished, _)| finished == cell_id)?;
+        finished.remove(index).map(|(_, answer)| answer)
     }
 
     /// The runtime-lost error for a cell that died with its runtime.
@@ -675,6 +699,9 @@ impl CodeModeSession for HostedSession {
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(measure(async move {
             let asked = request.cell_id.clone();
+            if let Some(answer) = self.finished_answer(&asked) {
+                return Ok(answer);
+            }
             let yield_time_ms = request.yield_time_ms;
             let hooks = RequestHooks {
                 preempt,
@@ -697,6 +724,10 @@ impl CodeModeSession for HostedSession {
 
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(measure(async move {
+            // Natural completion wins (contract 3.7).
+            if let Some(answer) = self.finished_answer(&cell_id) {
+                return Ok(answer);
+            }
             let answer = self
                 .call_on_cell(&cell_id, RequestHooks::default(), |cell_id| {
                     SessionCall::Terminate { cell_id }
@@ -733,6 +764,9 @@ impl CodeModeSession for HostedSession {
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(measure(async move {
+            if let Some(answer) = self.finished_answer(&cell_id) {
+                return Ok(PendingOutcome::Completed(answer));
+            }
             let answer = self
                 .call_on_cell(&cell_id, RequestHooks::default(), |cell_id| {
                     SessionCall::WaitToPending { cell_id }

@@ -202,6 +202,9 @@ pub(crate) struct LostCell {
     /// Its id as the agent core knows it.
     pub(crate) cell_id: CellId,
     pub(crate) resumable: Option<Resumable>,
+    /// The final answer it offered, which the host held when the runtime was lost (under
+    /// the cell's external id): the cell had finished, and its next observation gets it.
+    pub(crate) answer: Option<CellResponse>,
     /// The cell's span (disabled when it is not traced, or its exec was not seen).
     pub(crate) span: tracing::Span,
 }
@@ -471,7 +474,11 @@ impl SessionEntry {
         let mut lost = Vec::new();
         let live: Vec<CellId> = self.live_cells.drain().collect();
         for cell_id in live {
-            let kept = self.journals.remove(&cell_id);
+            let answer = self
+                .offers
+                .remove(&cell_id)
+                .map(|response| response.with_cell_id(external(&cell_id)));
+            let kept = self.journals.remove(&cell_id).filter(|_| answer.is_none());
             let span = kept
                 .as_ref()
                 .map_or_else(tracing::Span::none, |kept| kept.span.clone());
@@ -507,6 +514,7 @@ impl SessionEntry {
             lost.push(LostCell {
                 cell_id: external(&cell_id),
                 resumable,
+                answer,
                 span,
             });
         }
