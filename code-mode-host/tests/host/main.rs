@@ -509,3 +509,38 @@ async fn a_wait_on_a_finished_cell_is_answered_by_the_host_alone() {
     assert!(again.is_missing_cell(), "{again:?}");
     session.shutdown().await;
 }
+
+/// A cell that finished and offered its final answer is not lost with its runtime: the
+/// host held the answer, so the wait after a `SIGKILL` gets it, where it used to fail
+/// with the runtime-lost error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_cell_outlives_its_runtime_through_its_offer() {
+    let provider = provider();
+    let delegate = TestDelegate::new();
+    let session = provider.open_session(delegate.clone(), SessionOptions::default());
+    let started = session
+        .execute(request("store('k', 1); yield_control(); text('done');"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(started.initial_response, CellResponse::Yielded { .. }),
+        "{:?}",
+        started.initial_response
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = provider.runtime_pid().await.expect("a runtime runs");
+    // SAFETY: `kill` only sends a signal; `pid` is our own live child process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = session
+        .wait(WaitRequest::new(started.cell_id.clone()))
+        .await
+        .expect("the wait after the kill");
+    assert_eq!(
+        response.content_items(),
+        &[ContentItem::text("done")],
+        "{response:?}"
+    );
+    assert!(matches!(response, CellResponse::Result { failure: None, .. }));
+    session.shutdown().await;
+}
