@@ -541,6 +541,9 @@ async fn a_finished_cell_outlives_its_runtime_through_its_offer() {
         &[ContentItem::text("done")],
         "{response:?}"
     );
-    assert!(matches!(response, CellResponse::Result { failure: None, .. }));
+    assert!(matches!(
+        response,
+        CellResponse::Result { failure: None, .. }
+    ));
     session.shutdown().await;
 }
