@@ -1,7 +1,9 @@
 //! Format 1, read once to be rewritten: a database whose journals, stored values and
 //! answers were encoded with the wire's payload types (`code-mode-wire`, bincode), tagged
-//! `code-mode-state 1, wire <version>`. Only the wire version this build speaks can be
-//! read that way; a database of another one is refused, as format 1 always refused it.
+//! `code-mode-state 1, wire <version>`. Format 2 replaced it at wire 11, and the payload
+//! types format 1 stored have not changed since (wire 12 added messages only), so a
+//! database of wire 11 is read; one of an older wire is refused, as format 1 always
+//! refused another version's.
 
 use crate::{AnswerRecord, CallRecord, Saved, SessionRecord};
 use code_mode_protocol::durable::{DurableCell, DurableState};
@@ -13,13 +15,13 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Whether `format` is format 1 written with the wire version this build speaks.
+/// The wire version of the last format-1 databases: their payloads decode with this
+/// build's types (a change to one of those types must end this reading).
+const LAST_WIRE: u32 = 11;
+
+/// Whether `format` is format 1 written with [`LAST_WIRE`].
 pub(crate) fn reads(format: &str) -> bool {
-    format
-        == format!(
-            "code-mode-state 1, wire {}",
-            code_mode_wire::PROTOCOL_VERSION
-        )
+    format == format!("code-mode-state 1, wire {LAST_WIRE}")
 }
 
 /// A cell's row in format 1.
