@@ -17,23 +17,33 @@
 //! children are never made. A span is routed by its trace id to the connection whose
 //! request started that trace here; a route lives while the `code_mode.runtime` spans it
 //! was made for do.
+//!
+//! The spans are made straight into the wire's [`SpanRecord`]s by a layer of our own
+//! ([`HandBackLayer`]): the runtime keeps no OpenTelemetry SDK, and a span costs its
+//! record's allocation and two clock reads on the cell's thread, not a tracer's builder,
+//! sampler and processor.
 
 use code_mode_protocol::sync::lock;
 use code_mode_wire::payload::{SpanEvent, SpanRecord, SpanStatus, SpanValue, TraceContext};
 use code_mode_wire::transport::Outbox;
 use code_mode_wire::{ServerMessage, SessionId};
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
-};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::SystemTime;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
 
 /// The name of the span a traced request runs under.
 pub(crate) const RUNTIME_SPAN: &str = "code_mode.runtime";
+
+/// A trace id, as the wire carries it.
+type TraceId = [u8; 16];
+/// A span id, as the wire carries it.
+type SpanId = [u8; 8];
 
 /// Where the spans of one trace go: the connection that started it, the
 /// `code_mode.runtime` spans still open on it (each with the host's span it stands for),
@@ -59,23 +69,46 @@ const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 /// The routes of every traced request of this process, by trace id.
 static ROUTES: LazyLock<Mutex<HashMap<TraceId, Route>>> = LazyLock::new(Mutex::default);
 
-/// The tracer provider the layer makes spans with: it samples only children of a sampled
-/// host span (a root here is never exported) and hands each span back as it ends.
-static PROVIDER: LazyLock<SdkTracerProvider> = LazyLock::new(|| {
-    SdkTracerProvider::builder()
-        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-            opentelemetry_sdk::trace::Sampler::AlwaysOff,
-        )))
-        .with_simple_exporter(HandBack)
-        .build()
-});
+thread_local! {
+    /// The trace a `code_mode.runtime` span about to be made belongs to: the host's span
+    /// (its parent) and the span's own id, set by [`runtime_span`] around the span's
+    /// creation, which the layer sees on the same thread.
+    static MAKING: Cell<Option<(TraceId, SpanId, SpanId)>> = const { Cell::new(None) };
+    /// This thread's state for fresh span ids (xorshift, seeded once per thread).
+    static IDS: Cell<u64> = Cell::new(seed());
+}
 
-/// The layer that turns the runtime's spans into OpenTelemetry spans to hand back.
-pub(crate) fn layer<S>() -> impl tracing_subscriber::Layer<S>
+/// A seed for a thread's span ids: different for every thread and process.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(u64::from(std::process::id()));
+    hasher.finish() | 1
+}
+
+/// A fresh span id, never all zeroes.
+fn fresh_span_id() -> SpanId {
+    IDS.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x.max(1).to_be_bytes()
+    })
+}
+
+/// The layer that turns the runtime's spans into records to hand back (only those of
+/// `code_mode_trace::TRACED_TARGETS` at `INFO` or above, under a traced request).
+pub(crate) fn layer<S>() -> impl Layer<S>
 where
-    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
 {
-    code_mode_trace::layer(PROVIDER.tracer("code-mode-bin"))
+    let mut targets = tracing_subscriber::filter::Targets::new();
+    for target in code_mode_trace::TRACED_TARGETS {
+        targets = targets.with_target(target, tracing::Level::INFO);
+    }
+    HandBackLayer.with_filter(targets)
 }
 
 /// The span a request traced by the host runs under (disabled when `trace` is not
@@ -85,17 +118,12 @@ pub(crate) fn runtime_span(
     session: Option<SessionId>,
     outbox: &Outbox<ServerMessage>,
 ) -> tracing::Span {
-    let flags = TraceFlags::new(trace.flags);
-    let parent = SpanContext::new(
-        TraceId::from_bytes(trace.trace_id),
-        SpanId::from_bytes(trace.span_id),
-        flags,
-        true,
-        TraceState::default(),
-    );
-    if !flags.is_sampled() || !parent.is_valid() {
+    const SAMPLED: u8 = 1;
+    if trace.flags & SAMPLED == 0 || trace.trace_id == [0; 16] || trace.span_id == [0; 8] {
         return tracing::Span::none();
     }
+    let own = fresh_span_id();
+    MAKING.with(|making| making.set(Some((trace.trace_id, trace.span_id, own))));
     let span = tracing::info_span!(
         target: "code_mode_bin",
         RUNTIME_SPAN,
@@ -104,18 +132,14 @@ pub(crate) fn runtime_span(
         process.pid = i64::from(std::process::id()),
         cpu.time_ms = tracing::field::Empty,
     );
-    if span
-        .set_parent(opentelemetry::Context::new().with_remote_span_context(parent.clone()))
-        .is_err()
-    {
-        return tracing::Span::none();
-    }
-    let own = span.context().span().span_context().span_id();
-    if own == SpanId::INVALID {
+    // Taken by the layer when it made the span; a span it did not make (no layer) leaves
+    // it here.
+    let made = MAKING.with(Cell::take).is_none();
+    if span.is_disabled() || !made {
         return tracing::Span::none();
     }
     let mut routes = lock(&ROUTES);
-    let route = routes.entry(parent.trace_id()).or_insert_with(|| Route {
+    let route = routes.entry(trace.trace_id).or_insert_with(|| Route {
         outbox: outbox.clone(),
         open: Vec::new(),
         pending: Vec::new(),
@@ -123,63 +147,211 @@ pub(crate) fn runtime_span(
     });
     // The latest connection to trace here wins (one trace across two hosts is rare).
     route.outbox = outbox.clone();
-    route.open.push((own, parent.span_id()));
+    route.open.push((own, trace.span_id));
     span
 }
 
-/// The span exporter: each span joins its route's batch, which goes back to the route's
-/// connection in one message (one frame for a cell's spans instead of one per span).
-#[derive(Debug)]
-struct HandBack;
+/// A span being made: its record so far (ended, it goes back as it is).
+struct Open(SpanRecord);
 
-impl SpanExporter for HandBack {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        // Sent under the routes' lock (a send only queues), so that a delayed flush and
-        // this one reach the connection in the order they took their spans.
-        {
-            let mut routes = lock(&ROUTES);
-            for span in batch {
-                let trace_id = span.span_context.trace_id();
-                let Some(route) = routes.get_mut(&trace_id) else {
-                    tracing::debug!(name = %span.name, "a span with no route is dropped");
-                    continue;
-                };
-                let ends_route = span.name == RUNTIME_SPAN;
-                let mut record = record(span);
-                if ends_route {
-                    // It has its pid already, and its parent is the host's span.
-                    route
-                        .open
-                        .retain(|(open, _)| open.to_bytes() != record.span_id);
+/// Makes [`SpanRecord`]s of the spans under a traced request and hands each back as it
+/// closes.
+struct HandBackLayer;
+
+impl<S> Layer<S> for HandBackLayer
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    fn on_new_span(&self, attributes: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let ids = if span.name() == RUNTIME_SPAN {
+            MAKING.with(Cell::take)
+        } else {
+            let parent = match attributes.parent() {
+                Some(parent) => ctx.span(parent),
+                None if attributes.is_contextual() => ctx.lookup_current(),
+                None => None,
+            };
+            parent.and_then(|parent| {
+                let extensions = parent.extensions();
+                let Open(record) = extensions.get::<Open>()?;
+                // A child of a `code_mode.runtime` span hangs under the host's span that
+                // one stands for (see the module docs).
+                let under = if parent.name() == RUNTIME_SPAN {
+                    record.parent_span_id
                 } else {
-                    let parent = SpanId::from_bytes(record.parent_span_id);
-                    if let Some((_, host)) = route.open.iter().find(|(open, _)| *open == parent) {
-                        record.parent_span_id = host.to_bytes();
-                    }
-                    record.attributes.push((
-                        "process.pid".to_owned(),
-                        SpanValue::I64(i64::from(std::process::id())),
-                    ));
-                }
-                route.pending.push(record);
-                match &route.runtime {
-                    Some(runtime) if !ends_route && route.pending.len() < BATCH_SPANS => {
-                        if route.pending.len() == 1 {
-                            // The first of a batch goes back soon even if nothing follows.
-                            runtime.spawn(async move {
-                                tokio::time::sleep(BATCH_DELAY).await;
-                                flush(trace_id);
-                            });
-                        }
-                    }
-                    _ => send(&route.outbox, std::mem::take(&mut route.pending)),
-                }
-                if route.open.is_empty() {
-                    routes.remove(&trace_id);
-                }
+                    record.span_id
+                };
+                Some((record.trace_id, under, fresh_span_id()))
+            })
+        };
+        let Some((trace_id, parent_span_id, span_id)) = ids else {
+            return;
+        };
+        let mut record = SpanRecord {
+            trace_id,
+            span_id,
+            parent_span_id,
+            name: span.name().to_owned(),
+            start_unix_nanos: unix_nanos(SystemTime::now()),
+            end_unix_nanos: 0,
+            attributes: Vec::new(),
+            events: Vec::new(),
+            status: SpanStatus::Unset,
+        };
+        attributes.record(&mut Fields(&mut record.attributes));
+        span.extensions_mut().insert(Open(record));
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(Open(record)) = span.extensions_mut().get_mut::<Open>()
+        {
+            values.record(&mut Fields(&mut record.attributes));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.event_span(event) else {
+            return;
+        };
+        let mut extensions = span.extensions_mut();
+        let Some(Open(record)) = extensions.get_mut::<Open>() else {
+            return;
+        };
+        let mut attributes = Vec::new();
+        event.record(&mut Fields(&mut attributes));
+        let name = match attributes.iter().position(|(key, _)| key == "message") {
+            Some(index) => match attributes.remove(index).1 {
+                SpanValue::Text(text) => text,
+                other => format!("{other:?}"),
+            },
+            None => event.metadata().name().to_owned(),
+        };
+        record.events.push(SpanEvent {
+            name,
+            unix_nanos: unix_nanos(SystemTime::now()),
+            attributes,
+        });
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        let Some(Open(mut record)) = span.extensions_mut().remove::<Open>() else {
+            return;
+        };
+        record.end_unix_nanos = unix_nanos(SystemTime::now());
+        status_from_fields(&mut record);
+        hand_back(record);
+    }
+}
+
+/// The span's status from the `otel.status_code` and `otel.status_message` fields (as
+/// the fronts' layer reads them), which are not attributes.
+fn status_from_fields(record: &mut SpanRecord) {
+    let mut code = None;
+    let mut message = String::new();
+    record
+        .attributes
+        .retain(|(key, value)| match (key.as_str(), value) {
+            ("otel.status_code", SpanValue::Text(text)) => {
+                code = Some(text.to_ascii_lowercase());
+                false
+            }
+            ("otel.status_message", SpanValue::Text(text)) => {
+                message = text.clone();
+                false
+            }
+            _ => true,
+        });
+    record.status = match code.as_deref() {
+        Some("ok") => SpanStatus::Ok,
+        Some("error") => SpanStatus::Error(message),
+        _ => SpanStatus::Unset,
+    };
+}
+
+/// A span's fields as attributes: a field recorded again replaces its value.
+struct Fields<'a>(&'a mut Vec<(String, SpanValue)>);
+
+impl Fields<'_> {
+    fn set(&mut self, field: &Field, value: SpanValue) {
+        match self.0.iter_mut().find(|(key, _)| key == field.name()) {
+            Some((_, old)) => *old = value,
+            None => self.0.push((field.name().to_owned(), value)),
+        }
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.set(field, SpanValue::Bool(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.set(field, SpanValue::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.set(
+            field,
+            SpanValue::I64(i64::try_from(value).unwrap_or(i64::MAX)),
+        );
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.set(field, SpanValue::F64(value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.set(field, SpanValue::Text(value.to_owned()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.set(field, SpanValue::Text(format!("{value:?}")));
+    }
+}
+
+/// An ended span joins its route's batch, which goes back to the route's connection in
+/// one message (one frame for a cell's spans instead of one per span). Sent under the
+/// routes' lock (a send only queues), so that a delayed flush and this one reach the
+/// connection in the order they took their spans.
+fn hand_back(mut record: SpanRecord) {
+    let trace_id = record.trace_id;
+    let mut routes = lock(&ROUTES);
+    let Some(route) = routes.get_mut(&trace_id) else {
+        tracing::debug!(name = %record.name, "a span with no route is dropped");
+        return;
+    };
+    let ends_route = record.name == RUNTIME_SPAN;
+    if ends_route {
+        // It has its pid already, and its parent is the host's span.
+        route.open.retain(|(open, _)| *open != record.span_id);
+    } else {
+        record.attributes.push((
+            "process.pid".to_owned(),
+            SpanValue::I64(i64::from(std::process::id())),
+        ));
+    }
+    route.pending.push(record);
+    match &route.runtime {
+        Some(runtime) if !ends_route && route.pending.len() < BATCH_SPANS => {
+            if route.pending.len() == 1 {
+                // The first of a batch goes back soon even if nothing follows.
+                runtime.spawn(async move {
+                    tokio::time::sleep(BATCH_DELAY).await;
+                    flush(trace_id);
+                });
             }
         }
-        Ok(())
+        _ => send(&route.outbox, std::mem::take(&mut route.pending)),
+    }
+    if route.open.is_empty() {
+        routes.remove(&trace_id);
     }
 }
 
@@ -198,54 +370,9 @@ fn send(outbox: &Outbox<ServerMessage>, records: Vec<SpanRecord>) {
     let _ = outbox.send(&ServerMessage::Spans(records));
 }
 
-/// A span as the wire carries it.
-fn record(span: SpanData) -> SpanRecord {
-    SpanRecord {
-        trace_id: span.span_context.trace_id().to_bytes(),
-        span_id: span.span_context.span_id().to_bytes(),
-        parent_span_id: span.parent_span_id.to_bytes(),
-        name: span.name.into_owned(),
-        start_unix_nanos: unix_nanos(span.start_time),
-        end_unix_nanos: unix_nanos(span.end_time),
-        attributes: attributes(span.attributes),
-        events: span
-            .events
-            .events
-            .into_iter()
-            .map(|event| SpanEvent {
-                name: event.name.into_owned(),
-                unix_nanos: unix_nanos(event.timestamp),
-                attributes: attributes(event.attributes),
-            })
-            .collect(),
-        status: match span.status {
-            opentelemetry::trace::Status::Unset => SpanStatus::Unset,
-            opentelemetry::trace::Status::Ok => SpanStatus::Ok,
-            opentelemetry::trace::Status::Error { description } => {
-                SpanStatus::Error(description.into_owned())
-            }
-        },
-    }
-}
-
 fn unix_nanos(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| {
             u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
         })
-}
-
-fn attributes(values: Vec<opentelemetry::KeyValue>) -> Vec<(String, SpanValue)> {
-    values
-        .into_iter()
-        .map(|pair| {
-            let value = match pair.value {
-                opentelemetry::Value::Bool(value) => SpanValue::Bool(value),
-                opentelemetry::Value::I64(value) => SpanValue::I64(value),
-                opentelemetry::Value::F64(value) => SpanValue::F64(value),
-                other => SpanValue::Text(other.to_string()),
-            };
-            (pair.key.as_str().to_owned(), value)
-        })
-        .collect()
 }
