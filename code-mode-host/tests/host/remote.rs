@@ -1027,3 +1027,175 @@ async fn a_runtime_that_escaped_its_cells_is_dropped_before_the_delegate_sees_it
         assert_eq!(replies.len(), calls_seen, "{escape:?}: {replies:?}");
     }
 }
+
+/// A fake runtime whose cell 1 (of session 1) yields to its exec and then finishes with
+/// `done`. With `crossing`, it offers that answer only once the host's `Wait` for the cell
+/// arrived (the two crossed on the wire), and answers the wait once the offer came back;
+/// otherwise it offers the answer as soon as the exec's answer was taken. Returns the
+/// host's words and requests it saw after the exec, in order.
+async fn offering_runtime(
+    crossing: bool,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+    use code_mode_protocol::CellId;
+    use code_mode_wire::payload::{CellResponse as WireResponse, ContentItem, SessionReply};
+    use code_mode_wire::transport::Transport;
+    use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
+    use futures_util::StreamExt;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let Transport {
+            mut reader,
+            outbox,
+            writer,
+        } = fake_handshake(&listener, "a runtime that offers").await;
+        let cell = CellId::parse("1");
+        let done = WireResponse::Result {
+            cell_id: cell.clone(),
+            content_items: vec![ContentItem::InputText {
+                text: "done".into(),
+            }],
+            failure: None,
+            wall_time: Duration::ZERO,
+        };
+        let offer = ServerMessage::Offer {
+            session: SessionId(1),
+            cell_id: cell.clone(),
+            response: done.clone(),
+        };
+        let mut seen = Vec::new();
+        let mut exec = None;
+        let mut wait = None;
+        while let Some(Ok(message)) = reader.next().await {
+            match message {
+                ClientMessage::Ping(nonce) => outbox.send(&ServerMessage::Pong(nonce)).unwrap(),
+                ClientMessage::Request { id, request, .. } => match request {
+                    Request::OpenSession { .. } => outbox
+                        .send(&ServerMessage::Response {
+                            id,
+                            result: Ok(Response::SessionOpened(SessionId(1))),
+                        })
+                        .unwrap(),
+                    Request::Session { call, .. } if exec.is_none() => {
+                        assert!(matches!(
+                            call,
+                            code_mode_wire::payload::SessionCall::Execute(_)
+                        ));
+                        exec = Some(id);
+                        outbox
+                            .send(&ServerMessage::Admitted {
+                                id,
+                                cell_id: cell.clone(),
+                            })
+                            .unwrap();
+                        let started = SessionReply::Started {
+                            cell_id: cell.clone(),
+                            initial_response: WireResponse::Yielded {
+                                cell_id: cell.clone(),
+                                content_items: vec![],
+                                wall_time: Duration::ZERO,
+                            },
+                        };
+                        outbox
+                            .send(&ServerMessage::Response {
+                                id,
+                                result: Ok(Response::Reply(started)),
+                            })
+                            .unwrap();
+                    }
+                    // The session's shutdown when the test drops it.
+                    Request::Session {
+                        call: code_mode_wire::payload::SessionCall::Shutdown,
+                        ..
+                    } => {}
+                    Request::Session { call, .. } => {
+                        seen.push(format!("request {call:?}"));
+                        wait = Some(id);
+                        if crossing {
+                            outbox.send(&offer).unwrap();
+                        }
+                    }
+                    other => seen.push(format!("request {other:?}")),
+                },
+                ClientMessage::Taken { id } if Some(id) == exec => {
+                    if !crossing {
+                        outbox.send(&offer).unwrap();
+                    }
+                }
+                ClientMessage::OfferGivenBack { .. } => {
+                    seen.push("offer given back".to_owned());
+                    // The answer goes to the wait that crossed it.
+                    let id = wait.expect("a wait crossed the offer");
+                    outbox
+                        .send(&ServerMessage::Response {
+                            id,
+                            result: Ok(Response::Reply(SessionReply::Cell(done.clone()))),
+                        })
+                        .unwrap();
+                }
+                other @ (ClientMessage::OfferTaken { .. } | ClientMessage::Taken { .. }) => {
+                    seen.push(format!("{other:?}"));
+                }
+                _ => {}
+            }
+        }
+        drop(outbox);
+        let _ = writer.await;
+        seen
+    });
+    (address, fake)
+}
+
+/// A cell's final answer offered by its runtime answers the next `wait` on the host, with
+/// no request to the runtime (the runtime hears `OfferTaken`); an offer that crosses the
+/// host's own `Wait` for the cell goes back (`OfferGivenBack`), and that wait gets the
+/// answer from the runtime.
+#[tokio::test]
+async fn an_offered_answer_answers_the_next_wait_and_goes_back_when_a_wait_crossed_it() {
+    use code_mode_protocol::WaitRequest;
+    for crossing in [false, true] {
+        let (address, fake) = offering_runtime(crossing).await;
+        let provider = remote(vec![format!("127.0.0.1:{}", address.port())], None);
+        let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+        let started = session
+            .execute(code_mode_protocol::ExecRequest::new("text(1)"))
+            .await
+            .expect("the exec");
+        assert!(matches!(
+            started.initial_response,
+            CellResponse::Yielded { .. }
+        ));
+        if !crossing {
+            // The offer follows the exec's answer on the wire.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            session.wait(WaitRequest::new(started.cell_id.clone())),
+        )
+        .await
+        .expect("the wait is answered")
+        .expect("the wait");
+        assert_eq!(texts(&response), ["done"], "crossing {crossing}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(session);
+        drop(provider);
+        let seen = tokio::time::timeout(Duration::from_secs(20), fake)
+            .await
+            .expect("the host closed the connection")
+            .unwrap();
+        if crossing {
+            assert_eq!(seen.len(), 3, "{seen:?}");
+            assert!(seen[0].starts_with("request Wait("), "{seen:?}");
+            assert_eq!(seen[1], "offer given back", "{seen:?}");
+            assert!(seen[2].starts_with("Taken {"), "{seen:?}");
+        } else {
+            assert_eq!(
+                seen,
+                [r#"OfferTaken { session: SessionId(1), cell_id: CellId("1") }"#],
+                "no request reached the runtime"
+            );
+        }
+    }
+}
