@@ -1118,11 +1118,10 @@ async fn offering_runtime(
                     }
                     other => seen.push(format!("request {other:?}")),
                 },
-                ClientMessage::Taken { id } if Some(id) == exec => {
-                    if !crossing {
-                        outbox.send(&offer).unwrap();
-                    }
+                ClientMessage::Taken { id } if Some(id) == exec && !crossing => {
+                    outbox.send(&offer).unwrap();
                 }
+                ClientMessage::Taken { id } if Some(id) == exec => {}
                 ClientMessage::OfferGivenBack { .. } => {
                     seen.push("offer given back".to_owned());
                     // The answer goes to the wait that crossed it.
