@@ -457,21 +457,15 @@ async fn the_startup_snapshot_cache_is_written_once_read_after_and_never_trusted
     assert_eq!(files(), [file], "one whole file, no temporary left");
 }
 
-/// A cell that finished with nobody observing it offers its final answer to the host, and
-/// the host answers the next `wait` with it, without asking the runtime: here the runtime
-/// is stopped (`SIGSTOP`) when the wait comes, and the wait still returns at once. The
-/// cell then closes in the runtime as if the wait had gone there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wait_on_a_finished_cell_is_answered_by_the_host_alone() {
-    let provider = provider();
-    let delegate = TestDelegate::new();
+/// A session of `provider` whose cell `source` yielded to its exec and has finished since
+/// (so it offered its final answer), with the cell and the runtime's pid.
+async fn finished_unobserved(
+    provider: &ProcessProvider,
+    delegate: &Arc<TestDelegate>,
+    source: &str,
+) -> (impl CodeModeSession, code_mode_protocol::StartedCell, u32) {
     let session = provider.open_session(delegate.clone(), SessionOptions::default());
-    let started = session
-        .execute(request(
-            "text('first'); yield_control(); await tools.slow(5); text('rest');",
-        ))
-        .await
-        .unwrap();
+    let started = session.execute(request(source)).await.unwrap();
     assert!(
         matches!(started.initial_response, CellResponse::Yielded { .. }),
         "{:?}",
@@ -480,6 +474,23 @@ async fn a_wait_on_a_finished_cell_is_answered_by_the_host_alone() {
     // The cell finishes within milliseconds; its offer follows on the wire.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = provider.runtime_pid().await.expect("a runtime runs");
+    (session, started, pid)
+}
+
+/// A cell that finished with nobody observing it offers its final answer to the host, and
+/// the host answers the next `wait` with it, without asking the runtime: here the runtime
+/// is stopped (`SIGSTOP`) when the wait comes, and the wait still returns at once. The
+/// cell then closes in the runtime as if the wait had gone there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_a_finished_cell_is_answered_by_the_host_alone() {
+    let provider = provider();
+    let delegate = TestDelegate::new();
+    let (session, started, pid) = finished_unobserved(
+        &provider,
+        &delegate,
+        "text('first'); yield_control(); await tools.slow(5); text('rest');",
+    )
+    .await;
     // SAFETY: `kill` only sends a signal; `pid` is our own live child process.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
     let waited = tokio::time::timeout(
@@ -517,18 +528,12 @@ async fn a_wait_on_a_finished_cell_is_answered_by_the_host_alone() {
 async fn a_finished_cell_outlives_its_runtime_through_its_offer() {
     let provider = provider();
     let delegate = TestDelegate::new();
-    let session = provider.open_session(delegate.clone(), SessionOptions::default());
-    let started = session
-        .execute(request("store('k', 1); yield_control(); text('done');"))
-        .await
-        .unwrap();
-    assert!(
-        matches!(started.initial_response, CellResponse::Yielded { .. }),
-        "{:?}",
-        started.initial_response
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = provider.runtime_pid().await.expect("a runtime runs");
+    let (session, started, pid) = finished_unobserved(
+        &provider,
+        &delegate,
+        "store('k', 1); yield_control(); text('done');",
+    )
+    .await;
     // SAFETY: `kill` only sends a signal; `pid` is our own live child process.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -749,6 +749,30 @@ async fn an_idle_session_moves_off_a_draining_runtime_and_both_count_it() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A fake runtime on a loopback port: after the handshake (see [`fake_handshake`]),
+/// `body` runs with the connection. Returns its address and its task.
+async fn fake_runtime<T, F, Fut>(
+    version: &'static str,
+    body: F,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<T>)
+where
+    F: FnOnce(FakeConnection) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move { body(fake_handshake(&listener, version).await).await });
+    (address, task)
+}
+
+/// A fake runtime's side of a connection.
+type FakeConnection = code_mode_wire::transport::Transport<
+    TcpStream,
+    code_mode_wire::ClientMessage,
+    code_mode_wire::ServerMessage,
+>;
+
 /// A fake runtime's side of the handshake on the first connection `listener` takes: the
 /// host's hello read, `Ready` sent (the remote capability, no sandbox).
 async fn fake_handshake(
@@ -783,36 +807,38 @@ async fn a_runtime_that_breaks_the_protocol_is_dropped_with_the_violation_named(
     use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
     use futures_util::StreamExt;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let fake = tokio::spawn(async move {
-        let Transport {
-            mut reader,
-            outbox,
-            writer,
-        } = fake_handshake(&listener, "a runtime that breaks the protocol").await;
-        while let Some(Ok(message)) = reader.next().await {
-            let ClientMessage::Request { id, request, .. } = message else {
-                continue;
-            };
-            match request {
-                Request::OpenSession { .. } => outbox
-                    .send(&ServerMessage::Response {
-                        id,
-                        result: Ok(Response::SessionOpened(SessionId(1))),
-                    })
-                    .unwrap(),
-                _ => outbox
-                    .send(&ServerMessage::CellClosed {
-                        session: SessionId(9),
-                        cell_id: "1".into(),
-                    })
-                    .unwrap(),
+    let (address, fake) = fake_runtime(
+        "a runtime that breaks the protocol",
+        |transport| async move {
+            let Transport {
+                mut reader,
+                outbox,
+                writer,
+            } = transport;
+            while let Some(Ok(message)) = reader.next().await {
+                let ClientMessage::Request { id, request, .. } = message else {
+                    continue;
+                };
+                match request {
+                    Request::OpenSession { .. } => outbox
+                        .send(&ServerMessage::Response {
+                            id,
+                            result: Ok(Response::SessionOpened(SessionId(1))),
+                        })
+                        .unwrap(),
+                    _ => outbox
+                        .send(&ServerMessage::CellClosed {
+                            session: SessionId(9),
+                            cell_id: "1".into(),
+                        })
+                        .unwrap(),
+                }
             }
-        }
-        drop(outbox);
-        let _ = writer.await;
-    });
+            drop(outbox);
+            let _ = writer.await;
+        },
+    )
+    .await;
     let provider = remote(vec![format!("127.0.0.1:{}", address.port())], None);
     let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
     let error = tokio::time::timeout(
@@ -866,89 +892,92 @@ async fn escaping_runtime(
     };
     use futures_util::StreamExt;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let fake = tokio::spawn(async move {
-        let Transport {
-            mut reader,
-            outbox,
-            writer,
-        } = fake_handshake(&listener, "a runtime that escaped its cells").await;
-        let mut sessions = 0;
-        let mut replies = Vec::new();
-        let mut queued = Some(queued);
-        let mut waiting_session = None;
-        let call = |id: u64, session: SessionId, tool: &str, call: u64| ServerMessage::Delegate {
-            id: DelegateId(id),
-            session,
-            call: DelegateCall::InvokeTool {
-                cell_id: CellId::parse("1"),
-                call_id: CallId::new(call),
-                tool_name: tool.to_owned(),
-                kind: code_mode_wire::payload::ToolKind::Function,
-                input: None,
-                exec_call_id: None,
-            },
-        };
-        let mut admitted_in = None;
-        while let Some(Ok(message)) = reader.next().await {
-            match message {
-                ClientMessage::Request { id, request, .. } => match request {
-                    Request::OpenSession { .. } => {
-                        sessions += 1;
-                        outbox
+    let (address, fake) = fake_runtime(
+        "a runtime that escaped its cells",
+        move |transport| async move {
+            let Transport {
+                mut reader,
+                outbox,
+                writer,
+            } = transport;
+            let mut sessions = 0;
+            let mut replies = Vec::new();
+            let mut queued = Some(queued);
+            let mut waiting_session = None;
+            let call =
+                |id: u64, session: SessionId, tool: &str, call: u64| ServerMessage::Delegate {
+                    id: DelegateId(id),
+                    session,
+                    call: DelegateCall::InvokeTool {
+                        cell_id: CellId::parse("1"),
+                        call_id: CallId::new(call),
+                        tool_name: tool.to_owned(),
+                        kind: code_mode_wire::payload::ToolKind::Function,
+                        input: None,
+                        exec_call_id: None,
+                    },
+                };
+            let mut admitted_in = None;
+            while let Some(Ok(message)) = reader.next().await {
+                match message {
+                    ClientMessage::Request { id, request, .. } => match request {
+                        Request::OpenSession { .. } => {
+                            sessions += 1;
+                            outbox
+                                .send(&ServerMessage::Response {
+                                    id,
+                                    result: Ok(Response::SessionOpened(SessionId(sessions))),
+                                })
+                                .unwrap();
+                        }
+                        Request::RegisterTools { .. } => outbox
                             .send(&ServerMessage::Response {
                                 id,
-                                result: Ok(Response::SessionOpened(SessionId(sessions))),
+                                result: Ok(Response::ToolsRegistered),
                             })
-                            .unwrap();
-                    }
-                    Request::RegisterTools { .. } => outbox
-                        .send(&ServerMessage::Response {
-                            id,
-                            result: Ok(Response::ToolsRegistered),
-                        })
-                        .unwrap(),
-                    Request::Session { session, .. }
-                    | Request::SessionWithTools { session, .. } => {
-                        if let Some(queued) = queued.take() {
-                            waiting_session = Some(session);
-                            let _ = queued.send(());
-                            continue;
+                            .unwrap(),
+                        Request::Session { session, .. }
+                        | Request::SessionWithTools { session, .. } => {
+                            if let Some(queued) = queued.take() {
+                                waiting_session = Some(session);
+                                let _ = queued.send(());
+                                continue;
+                            }
+                            outbox
+                                .send(&ServerMessage::Admitted {
+                                    id,
+                                    cell_id: CellId::parse("1"),
+                                })
+                                .unwrap();
+                            admitted_in = Some(session);
+                            let other = waiting_session.expect("the first exec's session");
+                            let first = match escape {
+                                Escape::CallForAnotherSession => call(1, other, "echo", 1),
+                                Escape::ToolNotEnabled => call(1, session, "rm_rf", 1),
+                                Escape::CallIdAgain => call(1, session, "echo", 1),
+                            };
+                            outbox.send(&first).unwrap();
                         }
-                        outbox
-                            .send(&ServerMessage::Admitted {
-                                id,
-                                cell_id: CellId::parse("1"),
-                            })
-                            .unwrap();
-                        admitted_in = Some(session);
-                        let other = waiting_session.expect("the first exec's session");
-                        let first = match escape {
-                            Escape::CallForAnotherSession => call(1, other, "echo", 1),
-                            Escape::ToolNotEnabled => call(1, session, "rm_rf", 1),
-                            Escape::CallIdAgain => call(1, session, "echo", 1),
-                        };
-                        outbox.send(&first).unwrap();
+                        _ => {}
+                    },
+                    ClientMessage::DelegateReply { id, reply } => {
+                        replies.push(format!("{id} {reply:?}"));
+                        if let (Escape::CallIdAgain, Some(session)) = (escape, admitted_in)
+                            && id == DelegateId(1)
+                        {
+                            // The same call again, as a new delegate request.
+                            outbox.send(&call(2, session, "echo", 1)).unwrap();
+                        }
                     }
                     _ => {}
-                },
-                ClientMessage::DelegateReply { id, reply } => {
-                    replies.push(format!("{id} {reply:?}"));
-                    if let (Escape::CallIdAgain, Some(session)) = (escape, admitted_in)
-                        && id == DelegateId(1)
-                    {
-                        // The same call again, as a new delegate request.
-                        outbox.send(&call(2, session, "echo", 1)).unwrap();
-                    }
                 }
-                _ => {}
             }
-        }
-        drop(outbox);
-        let _ = writer.await;
-        replies
-    });
+            drop(outbox);
+            let _ = writer.await;
+            replies
+        },
+    )
+    .await;
     (address, fake)
 }
 
@@ -1042,14 +1071,12 @@ async fn offering_runtime(
     use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
     use futures_util::StreamExt;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let fake = tokio::spawn(async move {
+    let (address, fake) = fake_runtime("a runtime that offers", move |transport| async move {
         let Transport {
             mut reader,
             outbox,
             writer,
-        } = fake_handshake(&listener, "a runtime that offers").await;
+        } = transport;
         let cell = CellId::parse("1");
         let done = WireResponse::Result {
             cell_id: cell.clone(),
@@ -1142,7 +1169,8 @@ async fn offering_runtime(
         drop(outbox);
         let _ = writer.await;
         seen
-    });
+    })
+    .await;
     (address, fake)
 }
 
