@@ -1069,3 +1069,102 @@ fn timeless(response: Response) -> Response {
         other => other,
     }
 }
+
+/// A traced exec's spans come back as the runtime's own records: each under the host's
+/// span it was traced under, with its fields as attributes (one recorded later included),
+/// the runtime process's pid, and the cell's timer as an event of `code_mode.runtime`.
+#[tokio::test]
+async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
+    use code_mode_wire::payload::{SpanRecord, SpanValue, TraceContext};
+    let mut host = Host::ready().await;
+    host.open_session(1, SessionId(1)).await;
+    let (trace_id, host_span) = ([7; 16], [8; 8]);
+    // Type annotations make V8 refuse the source: the compile span records `typescript`.
+    let source = "const pause = (ms: number) => new Promise<void>((done) => setTimeout(done, ms));\nawait pause(1);\ntext(\"ok\");";
+    host.send(ClientMessage::Request {
+        id: RequestId(2),
+        request: Request::Session {
+            session: SessionId(1),
+            call: SessionCall::Execute(ExecRequest::new(source)).into(),
+        },
+        trace: Some(TraceContext {
+            trace_id,
+            span_id: host_span,
+            flags: 1,
+        }),
+    })
+    .await;
+    host.holding.insert(2);
+    host.response(2).await.expect("the cell's response");
+    let mut records: Vec<SpanRecord> = Vec::new();
+    while !records
+        .iter()
+        .any(|record| record.name == "code_mode.runtime")
+    {
+        match host
+            .next_matching(|m| matches!(m, ServerMessage::Spans(_)))
+            .await
+        {
+            ServerMessage::Spans(batch) => records.extend(batch),
+            _ => unreachable!("matched spans"),
+        }
+    }
+    let pid = i64::from(host.child.id().expect("the runtime runs"));
+    let named = |name: &str| {
+        records
+            .iter()
+            .find(|record| record.name == name)
+            .unwrap_or_else(|| panic!("no {name} among {records:#?}"))
+    };
+    let attribute = |record: &SpanRecord, key: &str| {
+        record
+            .attributes
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.clone())
+    };
+    for record in &records {
+        assert_eq!(record.trace_id, trace_id, "{record:?}");
+        assert_eq!(record.parent_span_id, host_span, "{record:?}");
+        assert_ne!(record.span_id, [0; 8], "{record:?}");
+        assert!(
+            record.end_unix_nanos >= record.start_unix_nanos,
+            "{record:?}"
+        );
+        assert_eq!(attribute(record, "process.pid"), Some(SpanValue::I64(pid)));
+    }
+    let mut ids: Vec<_> = records.iter().map(|record| record.span_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), records.len(), "span ids are unique");
+    let compile = named("code_mode.compile");
+    assert_eq!(
+        attribute(compile, "typescript"),
+        Some(SpanValue::Bool(true))
+    );
+    assert_eq!(
+        attribute(compile, "source.bytes"),
+        Some(SpanValue::I64(source.len() as i64))
+    );
+    named("code_mode.evaluate");
+    let runtime = named("code_mode.runtime");
+    assert_eq!(
+        attribute(runtime, "runtime.session"),
+        Some(SpanValue::Text("1".into()))
+    );
+    assert!(
+        matches!(attribute(runtime, "cpu.time_ms"), Some(SpanValue::F64(ms)) if ms > 0.0),
+        "{runtime:?}"
+    );
+    let fired: Vec<_> = runtime
+        .events
+        .iter()
+        .filter(|event| event.name == "timer fired")
+        .collect();
+    assert_eq!(fired.len(), 1, "{runtime:?}");
+    assert!(
+        matches!(fired[0].attributes[..], [(ref key, SpanValue::I64(_))] if key == "timer.id"),
+        "{:?}",
+        fired[0]
+    );
+}
