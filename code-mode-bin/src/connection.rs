@@ -215,9 +215,10 @@ impl Connection {
                 session,
                 journal,
                 exec_call_id,
+                committed,
             } => {
                 let session = self.session(session)?;
-                let cell_id = session.resume(journal.into(), exec_call_id, None)?;
+                let cell_id = session.resume(journal.into(), exec_call_id, None, committed)?;
                 self.drain.cell_started();
                 METRICS.cell_resumed();
                 unheld(Response::Resumed(cell_id))

@@ -56,8 +56,9 @@ impl HostedSession {
     pub(crate) fn durable_state(&self) -> DurableState {
         let mut cells = self.bound_durable_cells();
         for (cell_id, resumable) in self.resumable_cells() {
-            // A cell being rebuilt is in both until the runtime took it.
-            if !cells.iter().any(|cell| cell.cell_id == cell_id) {
+            // A cell being rebuilt is in both until the runtime took it; one rebuilt only
+            // for its final answer (its writes merged) is not kept, as before its loss.
+            if !resumable.committed && !cells.iter().any(|cell| cell.cell_id == cell_id) {
                 cells.push(resumable.durable(&cell_id));
             }
         }
@@ -83,6 +84,7 @@ impl HostedSession {
                 late,
                 span: tracing::Span::none(),
                 in_flight: cell.in_flight,
+                committed: false,
             };
             self.add_resumable(cell.cell_id, resumable);
         }

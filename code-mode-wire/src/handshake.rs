@@ -25,7 +25,8 @@ use std::fmt;
 /// 11: a request carries the trace context it runs under, and the runtime hands the spans
 /// of that work back (`Spans`).
 /// 12: a cell that finished with nobody observing it offers its final answer to the host
-/// (`Offer`, `OfferTaken`, `OfferGivenBack`), which answers the next `wait` itself.
+/// (`Offer`, `OfferTaken`, `OfferGivenBack`), which answers the next `wait` itself; a
+/// `Resume` says whether the cell's writes were committed already.
 pub const PROTOCOL_VERSION: u32 = 12;
 
 /// Every protocol version this build can speak, oldest first.

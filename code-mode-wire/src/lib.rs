@@ -274,11 +274,14 @@ pub enum Request {
     },
     /// Rebuilds a cell of the session from its journal, kept by the host from a runtime
     /// that was lost (contract §7): answered with [`Response::Resumed`] and the cell's id
-    /// on this runtime. Its nested calls carry `exec_call_id`.
+    /// on this runtime. Its nested calls carry `exec_call_id`. `committed`: the cell had
+    /// completed and its writes were merged (the host has them) when its runtime was lost
+    /// before its final answer; the rebuilt cell replays to that answer and merges nothing.
     Resume {
         session: SessionId,
         journal: payload::CellJournal,
         exec_call_id: Option<String>,
+        committed: bool,
     },
     /// The answer to nested call `call` of a resumed cell, made on a runtime that was lost
     /// while the host's delegate worked on it: answered with [`Response::Answered`]

@@ -1168,3 +1168,58 @@ async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
         fired[0]
     );
 }
+
+/// A cell rebuilt as one that committed already (`Resume` with `committed`) replays to its
+/// final answer and merges nothing: no `Committed` comes for it, where the same journal
+/// resumed as uncommitted merges its write again.
+#[tokio::test]
+async fn a_cell_resumed_after_its_commit_merges_nothing_again() {
+    use code_mode_protocol::journal::CellJournal;
+    let mut host = Host::ready().await;
+    host.open_session(1, SessionId(1)).await;
+    let journal = CellJournal::start(
+        "store('k', 2); text('again');".to_owned(),
+        std::sync::Arc::from([]),
+        std::sync::Arc::new(Default::default()),
+        7,
+    );
+    for (id, committed) in [(2u64, true), (4, false)] {
+        host.request(
+            id,
+            Request::Resume {
+                session: SessionId(1),
+                journal: journal.clone().into(),
+                exec_call_id: None,
+                committed,
+            },
+        )
+        .await;
+        let Ok(Response::Resumed(cell_id)) = host.response(id).await else {
+            panic!("the cell was not resumed");
+        };
+        host.request(
+            id + 1,
+            Request::Session {
+                session: SessionId(1),
+                call: SessionCall::Wait(WaitRequest::new(cell_id.clone())).into(),
+            },
+        )
+        .await;
+        let response = host.response(id + 1).await.expect("the wait");
+        let Response::Reply(code_mode_wire::payload::SessionReply::Cell(
+            code_mode_wire::payload::CellResponse::Result { content_items, .. },
+        )) = response
+        else {
+            panic!("not a final answer: {response:?}");
+        };
+        assert_eq!(content_items.len(), 1, "committed {committed}");
+        let commits = host
+            .backlog
+            .iter()
+            .filter(|message| {
+                matches!(message, ServerMessage::Committed { cell_id: of, .. } if *of == cell_id)
+            })
+            .count();
+        assert_eq!(commits, usize::from(!committed), "committed {committed}");
+    }
+}

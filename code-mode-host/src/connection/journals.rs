@@ -34,6 +34,10 @@ pub(super) struct Kept {
     /// to a caller and with the cell's next incarnations: an answer taken after the runtime
     /// was lost still counts when the cell is rebuilt (it is not delivered again).
     taken: Arc<AtomicU64>,
+    /// The cell completed and its writes were merged (`Committed` came) before its final
+    /// answer: kept to rebuild it if its runtime is lost before that answer, with nothing
+    /// merged again; never written to a store (a restart does not rebuild it).
+    pub(super) committed: bool,
 }
 
 impl Kept {
@@ -47,13 +51,14 @@ impl Kept {
             in_flight: HashMap::new(),
             calls: std::collections::BTreeMap::new(),
             span: tracing::Span::none(),
+            committed: false,
         }
     }
 
     /// What a restarted host needs of the cell (known to the agent core as `external`), or
     /// `None` when its journal is not whole.
     fn durable(&self, external: &CellId) -> Option<DurableCell> {
-        if !self.admitted {
+        if !self.admitted || self.committed {
             return None;
         }
         let mut journal = self.builder.build()?;
@@ -168,6 +173,8 @@ pub(crate) struct Resumable {
     pub(crate) taken: Arc<AtomicU64>,
     /// Its nested calls not answered when the runtime was lost ([`Kept`]).
     pub(crate) in_flight: Vec<NestedToolCall>,
+    /// Its writes were merged already ([`Kept::committed`]): rebuilt, it merges nothing.
+    pub(crate) committed: bool,
 }
 
 impl Resumable {
@@ -359,20 +366,14 @@ impl SessionEntry {
         }
     }
 
-    /// A cell resumed here from `journal` (it goes on appending to it).
-    pub(super) fn resumed_journal(
-        &mut self,
-        cell_id: &CellId,
-        journal: CellJournal,
-        exec_call_id: Option<String>,
-        span: tracing::Span,
-        taken: Arc<AtomicU64>,
-        in_flight: &[NestedToolCall],
-    ) {
-        let mut kept = Kept::new(journal, true, exec_call_id);
-        kept.span = span;
-        kept.taken = taken;
-        kept.calls = in_flight
+    /// A cell resumed here from its hook's journal (it goes on appending to it).
+    fn resumed_journal(&mut self, cell_id: &CellId, hook: ResumedHook) {
+        let mut kept = Kept::new(hook.journal, true, hook.exec_call_id);
+        kept.committed = hook.committed;
+        kept.span = hook.span;
+        kept.taken = hook.taken;
+        kept.calls = hook
+            .in_flight
             .iter()
             .map(|call| {
                 let call = NestedToolCall {
@@ -501,6 +502,7 @@ impl SessionEntry {
                     span: kept.span,
                     taken: kept.taken,
                     in_flight,
+                    committed: kept.committed,
                 })
             });
             if resumable.is_none() {
@@ -570,6 +572,7 @@ impl Connection {
             session,
             journal: journal.into(),
             exec_call_id: resumable.exec_call_id.clone(),
+            committed: resumable.committed,
         };
         let hooks = RequestHooks {
             cell_delegate: resumable.delegate.clone(),
@@ -580,6 +583,7 @@ impl Connection {
                 span: resumable.span.clone(),
                 taken: Arc::clone(&resumable.taken),
                 in_flight: resumable.in_flight.clone(),
+                committed: resumable.committed,
             }),
             ..RequestHooks::default()
         };
@@ -616,6 +620,8 @@ pub(crate) struct ResumedHook {
     taken: Arc<AtomicU64>,
     /// Its nested calls not answered yet.
     in_flight: Vec<NestedToolCall>,
+    /// Its writes were merged already (see [`Kept::committed`]).
+    committed: bool,
 }
 
 impl FromResponse for CellId {
@@ -649,7 +655,7 @@ impl Connection {
         state
             .rebuilds
             .aliases
-            .insert((session, cell_id.clone()), hook.external);
+            .insert((session, cell_id.clone()), hook.external.clone());
         if let Some(entry) = state.sessions.get_mut(&session) {
             entry.live_cells.insert(cell_id.clone());
             // Its calls go on above those its journal and its calls in flight hold.
@@ -669,14 +675,7 @@ impl Connection {
                     .cell_delegates
                     .insert(cell_id.clone(), Arc::clone(delegate));
             }
-            entry.resumed_journal(
-                cell_id,
-                hook.journal,
-                hook.exec_call_id,
-                hook.span,
-                hook.taken,
-                &hook.in_flight,
-            );
+            entry.resumed_journal(cell_id, hook);
         }
         Ok(())
     }

@@ -638,8 +638,11 @@ impl Connection {
                     return Err(Violation::CommitCellInvalid(cell_id));
                 }
                 let stored = lock(&self.state).sessions.get_mut(&session).map(|entry| {
-                    // The cell completed: it is never rebuilt (its writes are in).
-                    entry.journals.remove(&cell_id);
+                    // The cell completed and its writes are in: until its final answer
+                    // comes, it is rebuilt only to give that answer, merging nothing.
+                    if let Some(kept) = entry.journals.get_mut(&cell_id) {
+                        kept.committed = true;
+                    }
                     Arc::clone(&entry.stored)
                 });
                 match stored {

@@ -1226,3 +1226,177 @@ async fn an_offered_answer_answers_the_next_wait_and_goes_back_when_a_wait_cross
         }
     }
 }
+
+/// A cell whose writes were committed but whose runtime was lost before its final answer is
+/// rebuilt on the next runtime, told that it committed already (so it merges nothing
+/// again), and its wait gets the final answer. The fake's first connection admits the cell,
+/// commits `k = 1` and ends; its second takes the rebuild. Returns what the second saw.
+async fn runtime_lost_after_a_commit()
+-> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+    use code_mode_protocol::CellId;
+    use code_mode_wire::payload::{CellResponse as WireResponse, ContentItem, SessionReply};
+    use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
+    use futures_util::StreamExt;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let cell = CellId::parse("1");
+        let mut first = fake_handshake(&listener, "a runtime lost after a commit").await;
+        while let Some(Ok(message)) = first.reader.next().await {
+            let ClientMessage::Request { id, request, .. } = message else {
+                continue;
+            };
+            match request {
+                Request::OpenSession { .. } => first
+                    .outbox
+                    .send(&ServerMessage::Response {
+                        id,
+                        result: Ok(Response::SessionOpened(SessionId(1))),
+                    })
+                    .unwrap(),
+                Request::Session { .. } => {
+                    let session = SessionId(1);
+                    // As a runtime does: the journal starts before the admission.
+                    let messages = [
+                        ServerMessage::Journal {
+                            session,
+                            cell_id: cell.clone(),
+                            entry: code_mode_wire::payload::JournalEntry::Started { seed: 7 },
+                        },
+                        ServerMessage::Admitted {
+                            id,
+                            cell_id: cell.clone(),
+                        },
+                        ServerMessage::Response {
+                            id,
+                            result: Ok(Response::Reply(SessionReply::Started {
+                                cell_id: cell.clone(),
+                                initial_response: WireResponse::Yielded {
+                                    cell_id: cell.clone(),
+                                    content_items: vec![],
+                                    wall_time: Duration::ZERO,
+                                },
+                            })),
+                        },
+                        ServerMessage::Committed {
+                            session,
+                            cell_id: cell.clone(),
+                            writes: [("k".to_owned(), "1".into())].into_iter().collect(),
+                        },
+                    ];
+                    for message in &messages {
+                        first.outbox.send(message).unwrap();
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+        // Lost before the final answer: the connection ends.
+        drop(first);
+        let mut second = fake_handshake(&listener, "the next runtime").await;
+        let mut seen = Vec::new();
+        let mut resumed_session = None;
+        while let Some(Ok(message)) = second.reader.next().await {
+            match message {
+                ClientMessage::Ping(nonce) => {
+                    second.outbox.send(&ServerMessage::Pong(nonce)).unwrap();
+                }
+                ClientMessage::Request { id, request, .. } => {
+                    let response = match request {
+                        Request::OpenSession { stored_values, .. } => {
+                            let values: Vec<String> = stored_values
+                                .iter()
+                                .map(|(key, value)| format!("{key}={value}"))
+                                .collect();
+                            seen.push(format!("open with {values:?}"));
+                            Response::SessionOpened(SessionId(1))
+                        }
+                        Request::Resume {
+                            session,
+                            journal,
+                            committed,
+                            ..
+                        } => {
+                            seen.push(format!("resume {:?} committed {committed}", journal.source));
+                            resumed_session = Some(session);
+                            Response::Resumed(cell.clone())
+                        }
+                        Request::Session { call, .. } => {
+                            if matches!(call, code_mode_wire::payload::SessionCall::Shutdown) {
+                                continue;
+                            }
+                            seen.push("wait".to_owned());
+                            Response::Reply(SessionReply::Cell(WireResponse::Result {
+                                cell_id: cell.clone(),
+                                content_items: vec![ContentItem::InputText {
+                                    text: "done".into(),
+                                }],
+                                failure: None,
+                                wall_time: Duration::ZERO,
+                            }))
+                        }
+                        _ => continue,
+                    };
+                    second
+                        .outbox
+                        .send(&ServerMessage::Response {
+                            id,
+                            result: Ok(response),
+                        })
+                        .unwrap();
+                }
+                _ => {}
+            }
+        }
+        let _ = resumed_session;
+        seen
+    });
+    (address, fake)
+}
+
+/// A runtime lost between a cell's commit and its final answer loses neither: the cell is
+/// rebuilt on the next runtime as one that committed already, the wait gets its answer,
+/// and the stored value is the committed one, merged once.
+#[tokio::test]
+async fn a_cell_lost_between_its_commit_and_its_answer_is_rebuilt_without_a_second_commit() {
+    use code_mode_protocol::WaitRequest;
+    let (address, fake) = runtime_lost_after_a_commit().await;
+    let provider = remote(vec![format!("127.0.0.1:{}", address.port())], None);
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let started = session
+        .execute(code_mode_protocol::ExecRequest::new(
+            "store('k', 1); text('done')",
+        ))
+        .await
+        .expect("the exec");
+    let response = tokio::time::timeout(
+        Duration::from_secs(20),
+        session.wait(WaitRequest::new(started.cell_id.clone())),
+    )
+    .await
+    .expect("the wait is answered")
+    .expect("the wait goes on past the loss");
+    assert_eq!(texts(&response), ["done"]);
+    let stored: Vec<(String, String)> = session
+        .stored_values()
+        .iter()
+        .map(|(key, value)| (key.clone(), value.to_string()))
+        .collect();
+    assert_eq!(stored, [("k".to_owned(), "1".to_owned())]);
+    drop(session);
+    drop(provider);
+    let seen = tokio::time::timeout(Duration::from_secs(20), fake)
+        .await
+        .expect("the host closed the connection")
+        .unwrap();
+    assert_eq!(
+        seen,
+        [
+            r#"open with ["k=1"]"#.to_owned(),
+            r#"resume "store('k', 1); text('done')" committed true"#.to_owned(),
+            "wait".to_owned(),
+        ]
+    );
+}

@@ -95,6 +95,7 @@ pub fn client_messages() -> Vec<ClientMessage> {
             session,
             journal: sample_journal().into(),
             exec_call_id: Some("call_7".into()),
+            committed: true,
         },
         Request::Answer {
             session,

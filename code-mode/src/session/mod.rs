@@ -249,6 +249,7 @@ impl Shared {
                 exec_call_id: request.tool_call_id,
                 searchable,
                 span: tracing::Span::current(),
+                committed: false,
             },
         );
         registry.cells.insert(cell_id.clone(), requests_tx);
@@ -273,6 +274,7 @@ impl Shared {
         data: CellJournal,
         exec_call_id: Option<String>,
         delegate: Option<Arc<dyn CodeModeSessionDelegate>>,
+        committed: bool,
     ) -> Result<CellId, SessionError> {
         let mut registry = lock(&self.registry);
         if registry.shutting_down {
@@ -314,6 +316,7 @@ impl Shared {
                 exec_call_id,
                 searchable,
                 span: tracing::Span::current(),
+                committed,
             },
         );
         registry.cells.insert(cell_id.clone(), requests_tx);
@@ -413,14 +416,18 @@ impl InProcessSession {
     /// cell replays on a fresh isolate, sending none of the calls, notifications or output
     /// its journal has, and then runs on. Its callbacks go to `delegate` (else the
     /// session's), its nested calls carry `exec_call_id`. Returns the cell's id here; it
-    /// has no observer until one asks.
+    /// has no observer until one asks. `committed`: the cell had completed and its writes
+    /// were merged into the session before its runtime was lost (the session's values have
+    /// them): it replays to its final answer and merges nothing again.
     pub fn resume(
         &self,
         journal: CellJournal,
         exec_call_id: Option<String>,
         delegate: Option<Arc<dyn CodeModeSessionDelegate>>,
+        committed: bool,
     ) -> Result<CellId, SessionError> {
-        self.shared.resume_cell(journal, exec_call_id, delegate)
+        self.shared
+            .resume_cell(journal, exec_call_id, delegate, committed)
     }
 
     /// Gives a resumed cell the answer to its nested call `call`, made on an earlier

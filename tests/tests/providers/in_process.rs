@@ -548,7 +548,7 @@ mod resume {
         drop(lost);
         let second = TestDelegate::new();
         let session = provider.open_session(second.clone(), options);
-        let cell = session.resume(journal, None, None).expect("resume");
+        let cell = session.resume(journal, None, None, false).expect("resume");
         assert!(
             session
                 .answer_call(&cell, CallId::new(2), Ok(JsonText::new("\"Y\"")))

@@ -98,6 +98,9 @@ pub(crate) struct Routing {
     /// The span current when the cell started (the provider's `code_mode.cell`): what
     /// happens inside the cell (timers firing, hibernation, replay) is traced under it.
     pub(crate) span: tracing::Span,
+    /// The cell's writes were merged already: it is rebuilt after its completion, before
+    /// its final answer reached anyone, and its completion merges nothing again.
+    pub(crate) committed: bool,
 }
 
 /// Messages from the actor's own helper tasks.
@@ -517,7 +520,9 @@ impl CellActor {
                     stored_writes,
                 },
             ) => {
-                self.shared.commit(&self.cell_id, stored_writes);
+                if !self.routing.committed {
+                    self.shared.commit(&self.cell_id, stored_writes);
+                }
                 Final::Completed(failure)
             }
             // Termination already won: the writes are discarded with the outcome.
