@@ -750,24 +750,57 @@ async fn an_idle_session_moves_off_a_draining_runtime_and_both_count_it() {
 }
 
 /// A fake runtime on a loopback port: after the handshake (see [`fake_handshake`]),
-/// `body` runs with the connection. Returns its address and its task.
+/// `body` runs with the connection's reader and outbox; once it returns (its outbox
+/// dropped), what is queued is written. Returns its address and its task.
 async fn fake_runtime<T, F, Fut>(
     version: &'static str,
     body: F,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<T>)
 where
-    F: FnOnce(FakeConnection) -> Fut + Send + 'static,
+    F: FnOnce(FakeReader, code_mode_wire::transport::Outbox<code_mode_wire::ServerMessage>) -> Fut
+        + Send
+        + 'static,
     Fut: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move { body(fake_handshake(&listener, version).await).await });
+    let task = tokio::spawn(async move {
+        let code_mode_wire::transport::Transport {
+            reader,
+            outbox,
+            writer,
+        } = fake_handshake(&listener, version).await;
+        let result = body(reader, outbox).await;
+        let _ = writer.await;
+        result
+    });
     (address, task)
 }
 
-/// A fake runtime's side of a connection.
-type FakeConnection = code_mode_wire::transport::Transport<
+/// What a fake runtime's task returned, once the host closed its connection (in 20 s).
+async fn fake_ended<T>(fake: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), fake)
+        .await
+        .expect("the host closed the connection")
+        .unwrap()
+}
+
+/// A `wait` on `cell_id`, which must be answered within 20 s.
+async fn answered_wait(
+    session: &impl code_mode_protocol::CodeModeSession,
+    cell_id: &code_mode_protocol::CellId,
+) -> Result<CellResponse, SessionError> {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        session.wait(code_mode_protocol::WaitRequest::new(cell_id.clone())),
+    )
+    .await
+    .expect("the wait is answered")
+}
+
+/// A fake runtime's reader of the host's messages.
+type FakeReader = code_mode_wire::transport::FrameReader<
     TcpStream,
     code_mode_wire::ClientMessage,
     code_mode_wire::ServerMessage,
@@ -803,18 +836,12 @@ async fn fake_handshake(
 /// violation named in its cause: here a close event for a session that is not open.
 #[tokio::test]
 async fn a_runtime_that_breaks_the_protocol_is_dropped_with_the_violation_named() {
-    use code_mode_wire::transport::Transport;
     use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
     use futures_util::StreamExt;
 
     let (address, fake) = fake_runtime(
         "a runtime that breaks the protocol",
-        |transport| async move {
-            let Transport {
-                mut reader,
-                outbox,
-                writer,
-            } = transport;
+        |mut reader, outbox| async move {
             while let Some(Ok(message)) = reader.next().await {
                 let ClientMessage::Request { id, request, .. } = message else {
                     continue;
@@ -834,8 +861,6 @@ async fn a_runtime_that_breaks_the_protocol_is_dropped_with_the_violation_named(
                         .unwrap(),
                 }
             }
-            drop(outbox);
-            let _ = writer.await;
         },
     )
     .await;
@@ -886,7 +911,6 @@ async fn escaping_runtime(
     queued: tokio::sync::oneshot::Sender<()>,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
     use code_mode_protocol::{CallId, CellId};
-    use code_mode_wire::transport::Transport;
     use code_mode_wire::{
         ClientMessage, DelegateCall, DelegateId, Request, Response, ServerMessage, SessionId,
     };
@@ -894,12 +918,7 @@ async fn escaping_runtime(
 
     let (address, fake) = fake_runtime(
         "a runtime that escaped its cells",
-        move |transport| async move {
-            let Transport {
-                mut reader,
-                outbox,
-                writer,
-            } = transport;
+        move |mut reader, outbox| async move {
             let mut sessions = 0;
             let mut replies = Vec::new();
             let mut queued = Some(queued);
@@ -972,8 +991,6 @@ async fn escaping_runtime(
                     _ => {}
                 }
             }
-            drop(outbox);
-            let _ = writer.await;
             replies
         },
     )
@@ -1067,109 +1084,104 @@ async fn offering_runtime(
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
     use code_mode_protocol::CellId;
     use code_mode_wire::payload::{CellResponse as WireResponse, ContentItem, SessionReply};
-    use code_mode_wire::transport::Transport;
     use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
     use futures_util::StreamExt;
 
-    let (address, fake) = fake_runtime("a runtime that offers", move |transport| async move {
-        let Transport {
-            mut reader,
-            outbox,
-            writer,
-        } = transport;
-        let cell = CellId::parse("1");
-        let done = WireResponse::Result {
-            cell_id: cell.clone(),
-            content_items: vec![ContentItem::InputText {
-                text: "done".into(),
-            }],
-            failure: None,
-            wall_time: Duration::ZERO,
-        };
-        let offer = ServerMessage::Offer {
-            session: SessionId(1),
-            cell_id: cell.clone(),
-            response: done.clone(),
-        };
-        let mut seen = Vec::new();
-        let mut exec = None;
-        let mut wait = None;
-        while let Some(Ok(message)) = reader.next().await {
-            match message {
-                ClientMessage::Ping(nonce) => outbox.send(&ServerMessage::Pong(nonce)).unwrap(),
-                ClientMessage::Request { id, request, .. } => match request {
-                    Request::OpenSession { .. } => outbox
-                        .send(&ServerMessage::Response {
-                            id,
-                            result: Ok(Response::SessionOpened(SessionId(1))),
-                        })
-                        .unwrap(),
-                    Request::Session { call, .. } if exec.is_none() => {
-                        assert!(matches!(
-                            call,
-                            code_mode_wire::payload::SessionCall::Execute(_)
-                        ));
-                        exec = Some(id);
-                        outbox
-                            .send(&ServerMessage::Admitted {
+    let (address, fake) = fake_runtime(
+        "a runtime that offers",
+        move |mut reader, outbox| async move {
+            let cell = CellId::parse("1");
+            let done = WireResponse::Result {
+                cell_id: cell.clone(),
+                content_items: vec![ContentItem::InputText {
+                    text: "done".into(),
+                }],
+                failure: None,
+                wall_time: Duration::ZERO,
+            };
+            let offer = ServerMessage::Offer {
+                session: SessionId(1),
+                cell_id: cell.clone(),
+                response: done.clone(),
+            };
+            let mut seen = Vec::new();
+            let mut exec = None;
+            let mut wait = None;
+            while let Some(Ok(message)) = reader.next().await {
+                match message {
+                    ClientMessage::Ping(nonce) => outbox.send(&ServerMessage::Pong(nonce)).unwrap(),
+                    ClientMessage::Request { id, request, .. } => match request {
+                        Request::OpenSession { .. } => outbox
+                            .send(&ServerMessage::Response {
                                 id,
-                                cell_id: cell.clone(),
+                                result: Ok(Response::SessionOpened(SessionId(1))),
                             })
-                            .unwrap();
-                        let started = SessionReply::Started {
-                            cell_id: cell.clone(),
-                            initial_response: WireResponse::Yielded {
+                            .unwrap(),
+                        Request::Session { call, .. } if exec.is_none() => {
+                            assert!(matches!(
+                                call,
+                                code_mode_wire::payload::SessionCall::Execute(_)
+                            ));
+                            exec = Some(id);
+                            outbox
+                                .send(&ServerMessage::Admitted {
+                                    id,
+                                    cell_id: cell.clone(),
+                                })
+                                .unwrap();
+                            let started = SessionReply::Started {
                                 cell_id: cell.clone(),
-                                content_items: vec![],
-                                wall_time: Duration::ZERO,
-                            },
-                        };
+                                initial_response: WireResponse::Yielded {
+                                    cell_id: cell.clone(),
+                                    content_items: vec![],
+                                    wall_time: Duration::ZERO,
+                                },
+                            };
+                            outbox
+                                .send(&ServerMessage::Response {
+                                    id,
+                                    result: Ok(Response::Reply(started)),
+                                })
+                                .unwrap();
+                        }
+                        // The session's shutdown when the test drops it.
+                        Request::Session {
+                            call: code_mode_wire::payload::SessionCall::Shutdown,
+                            ..
+                        } => {}
+                        Request::Session { call, .. } => {
+                            seen.push(format!("request {call:?}"));
+                            wait = Some(id);
+                            if crossing {
+                                outbox.send(&offer).unwrap();
+                            }
+                        }
+                        other => seen.push(format!("request {other:?}")),
+                    },
+                    ClientMessage::Taken { id } if Some(id) == exec && !crossing => {
+                        outbox.send(&offer).unwrap();
+                    }
+                    ClientMessage::Taken { id } if Some(id) == exec => {}
+                    ClientMessage::OfferGivenBack { .. } => {
+                        seen.push("offer given back".to_owned());
+                        // The answer goes to the wait that crossed it.
+                        let id = wait.expect("a wait crossed the offer");
                         outbox
                             .send(&ServerMessage::Response {
                                 id,
-                                result: Ok(Response::Reply(started)),
+                                result: Ok(Response::Reply(SessionReply::Cell(done.clone()))),
                             })
                             .unwrap();
                     }
-                    // The session's shutdown when the test drops it.
-                    Request::Session {
-                        call: code_mode_wire::payload::SessionCall::Shutdown,
-                        ..
-                    } => {}
-                    Request::Session { call, .. } => {
-                        seen.push(format!("request {call:?}"));
-                        wait = Some(id);
-                        if crossing {
-                            outbox.send(&offer).unwrap();
-                        }
+                    other @ (ClientMessage::OfferTaken { .. } | ClientMessage::Taken { .. }) => {
+                        seen.push(format!("{other:?}"));
                     }
-                    other => seen.push(format!("request {other:?}")),
-                },
-                ClientMessage::Taken { id } if Some(id) == exec && !crossing => {
-                    outbox.send(&offer).unwrap();
+                    _ => {}
                 }
-                ClientMessage::Taken { id } if Some(id) == exec => {}
-                ClientMessage::OfferGivenBack { .. } => {
-                    seen.push("offer given back".to_owned());
-                    // The answer goes to the wait that crossed it.
-                    let id = wait.expect("a wait crossed the offer");
-                    outbox
-                        .send(&ServerMessage::Response {
-                            id,
-                            result: Ok(Response::Reply(SessionReply::Cell(done.clone()))),
-                        })
-                        .unwrap();
-                }
-                other @ (ClientMessage::OfferTaken { .. } | ClientMessage::Taken { .. }) => {
-                    seen.push(format!("{other:?}"));
-                }
-                _ => {}
             }
-        }
-        drop(outbox);
-        let _ = writer.await;
-        seen
-    })
+            seen
+        },
+    )
     .await;
     (address, fake)
 }
@@ -1180,7 +1192,6 @@ async fn offering_runtime(
 /// answer from the runtime.
 #[tokio::test]
 async fn an_offered_answer_answers_the_next_wait_and_goes_back_when_a_wait_crossed_it() {
-    use code_mode_protocol::WaitRequest;
     for crossing in [false, true] {
         let (address, fake) = offering_runtime(crossing).await;
         let provider = remote(vec![format!("127.0.0.1:{}", address.port())], None);
@@ -1197,21 +1208,14 @@ async fn an_offered_answer_answers_the_next_wait_and_goes_back_when_a_wait_cross
             // The offer follows the exec's answer on the wire.
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        let response = tokio::time::timeout(
-            Duration::from_secs(10),
-            session.wait(WaitRequest::new(started.cell_id.clone())),
-        )
-        .await
-        .expect("the wait is answered")
-        .expect("the wait");
+        let response = answered_wait(&session, &started.cell_id)
+            .await
+            .expect("the wait");
         assert_eq!(texts(&response), ["done"], "crossing {crossing}");
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(session);
         drop(provider);
-        let seen = tokio::time::timeout(Duration::from_secs(20), fake)
-            .await
-            .expect("the host closed the connection")
-            .unwrap();
+        let seen = fake_ended(fake).await;
         if crossing {
             assert_eq!(seen.len(), 3, "{seen:?}");
             assert!(seen[0].starts_with("request Wait("), "{seen:?}");
@@ -1361,7 +1365,6 @@ async fn runtime_lost_after_a_commit()
 /// and the stored value is the committed one, merged once.
 #[tokio::test]
 async fn a_cell_lost_between_its_commit_and_its_answer_is_rebuilt_without_a_second_commit() {
-    use code_mode_protocol::WaitRequest;
     let (address, fake) = runtime_lost_after_a_commit().await;
     let provider = remote(vec![format!("127.0.0.1:{}", address.port())], None);
     let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
@@ -1371,13 +1374,9 @@ async fn a_cell_lost_between_its_commit_and_its_answer_is_rebuilt_without_a_seco
         ))
         .await
         .expect("the exec");
-    let response = tokio::time::timeout(
-        Duration::from_secs(20),
-        session.wait(WaitRequest::new(started.cell_id.clone())),
-    )
-    .await
-    .expect("the wait is answered")
-    .expect("the wait goes on past the loss");
+    let response = answered_wait(&session, &started.cell_id)
+        .await
+        .expect("the wait goes on past the loss");
     assert_eq!(texts(&response), ["done"]);
     let stored: Vec<(String, String)> = session
         .stored_values()
@@ -1387,10 +1386,7 @@ async fn a_cell_lost_between_its_commit_and_its_answer_is_rebuilt_without_a_seco
     assert_eq!(stored, [("k".to_owned(), "1".to_owned())]);
     drop(session);
     drop(provider);
-    let seen = tokio::time::timeout(Duration::from_secs(20), fake)
-        .await
-        .expect("the host closed the connection")
-        .unwrap();
+    let seen = fake_ended(fake).await;
     assert_eq!(
         seen,
         [
