@@ -303,15 +303,10 @@ impl Connection {
                 }
             }
             // Its offers go back to their cells, which the shutdown closes.
-            let offers: Vec<Held> = {
-                let mut offers = lock(&self.offers);
-                let keys: Vec<_> = offers
-                    .keys()
-                    .filter(|(session, _)| *session == id)
-                    .cloned()
-                    .collect();
-                keys.iter().filter_map(|key| offers.remove(key)).collect()
-            };
+            let offers: Vec<Held> = lock(&self.offers)
+                .extract_if(|(session, _), _| *session == id)
+                .map(|(_, held)| held)
+                .collect();
             drop(offers);
             removed
         } else {

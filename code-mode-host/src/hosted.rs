@@ -72,6 +72,15 @@ pub const REBUILD_ATTEMPTS: usize = 4;
 
 /// The cause a call gives up with after [`REBUILD_ATTEMPTS`] losses, the last one's
 /// `cause` inside: the cell is not rebuilt again.
+/// Appends `entry` to a list of the last [`DEAD_CELLS_KEPT`] cells of a kind, the oldest
+/// going first.
+fn keep_last<T>(cells: &mut VecDeque<T>, entry: T) {
+    if cells.len() >= DEAD_CELLS_KEPT {
+        cells.pop_front();
+    }
+    cells.push_back(entry);
+}
+
 fn given_up(cause: &str) -> String {
     format!(
         "{cause}; the cell's runtime was lost {REBUILD_ATTEMPTS} times during one call, so it is not rebuilt again"
@@ -191,11 +200,7 @@ impl HostedSession {
         } in lost
         {
             if let Some(answer) = answer {
-                let mut finished = lock(&self.finished);
-                if finished.len() >= DEAD_CELLS_KEPT {
-                    finished.pop_front();
-                }
-                finished.push_back((cell_id, answer));
+                keep_last(&mut lock(&self.finished), (cell_id, answer));
                 continue;
             }
             under(&span, || {
@@ -219,11 +224,7 @@ impl HostedSession {
     /// Remembers a cell that died with its runtime, for later calls that name it.
     fn bury(&self, cell_id: CellId, cause: String) {
         lock(&self.rebuilt).remove(&cell_id);
-        let mut dead_cells = lock(&self.dead_cells);
-        if dead_cells.len() >= DEAD_CELLS_KEPT {
-            dead_cells.pop_front();
-        }
-        dead_cells.push_back((cell_id, cause));
+        keep_last(&mut lock(&self.dead_cells), (cell_id, cause));
     }
 
     /// Whether `cell_id` was lost with its runtime and is to be rebuilt (or was rebuilt

@@ -59,22 +59,18 @@ impl Connection {
         request: &Request,
     ) -> Option<Response> {
         let session = request.session()?;
-        let Request::Session { call, .. } = request else {
-            return None;
-        };
-        let (cell_id, pending_aware) = match call {
-            payload::SessionCall::Wait(wait) => (&wait.cell_id, false),
-            payload::SessionCall::Terminate { cell_id } => (cell_id, false),
-            payload::SessionCall::WaitToPending { cell_id } => (cell_id, true),
-            _ => return None,
-        };
+        let cell_id = observed_cell(request)?;
         let entry = state.sessions.get_mut(&session)?;
-        let response = entry.offers.remove(cell_id)?;
-        entry.journals.remove(cell_id);
-        let word = ClientMessage::OfferTaken {
-            session,
-            cell_id: cell_id.clone(),
-        };
+        let response = entry.offers.remove(&cell_id)?;
+        entry.journals.remove(&cell_id);
+        let pending_aware = matches!(
+            request,
+            Request::Session {
+                call: payload::SessionCall::WaitToPending { .. },
+                ..
+            }
+        );
+        let word = ClientMessage::OfferTaken { session, cell_id };
         // Behind the answer: the caller does not wait for the write, nor for the runtime
         // it wakes to close the cell.
         if let Err(error) = self.outbox.send_behind(&word) {
