@@ -267,10 +267,17 @@ fn main() -> ExitCode {
     init_logging(telemetry.as_ref());
     // As Codex's host: a span for the start, then one for the serving life.
     let startup = tracing::info_span!(parent: None, "code_mode_host.startup").entered();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // On stdio the front serves one codex and keeps no state store: it only moves
+    // messages between that codex and the runtime, microseconds each, so one thread does
+    // it all, and a task that wakes another (every hop of a call, a wait's events) does
+    // not wake a second thread with a system call. A TCP front serves many codexes and may
+    // commit a state store on the calling thread, which must not stall the others.
+    let mut builder = if listen.is_stdio() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");
