@@ -529,6 +529,18 @@ fn sandbox_self_test(action: &str) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some(("tkill", _)) => {
+            // Refused (EPERM): a signal whose target the filter cannot see.
+            // SAFETY: gettid has no preconditions; tkill with signal 0 sends nothing.
+            let result = unsafe { libc::syscall(libc::SYS_tkill, libc::gettid(), 0) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            eprintln!("tkill: {result}, errno {errno:?}");
+            if result == -1 && errno == Some(libc::EPERM) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Some(("thread", _)) => match std::thread::spawn(|| 6 * 7).join() {
             Ok(42) => {
                 eprintln!("thread: ran");

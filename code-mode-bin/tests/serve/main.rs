@@ -946,7 +946,9 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
     );
 
     // Rule by rule: a new socket and (on x86_64) any x32 system call kill the process;
-    // `clone3` answers ENOSYS so that libc falls back to `clone`; threads are allowed.
+    // `clone3` answers ENOSYS so that libc falls back to `clone`; `tkill` (whose target
+    // the filter cannot see) answers EPERM; threads are allowed. The rules are chained
+    // into one program: each is reached past the ones before it.
     let probe = |action: &'static str| async move {
         Command::new(BIN)
             .args(["--sandbox-self-test", action])
@@ -968,7 +970,7 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    for action in ["clone3:", "thread:", "signal:self"] {
+    for action in ["clone3:", "tkill:", "thread:", "signal:self"] {
         let output = probe(action).await;
         assert!(
             output.status.success(),
