@@ -134,7 +134,35 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::parse_from(args);
+    // V8 starts on a thread of its own while the command line is parsed and the logs are
+    // set up: it needs neither, and on a cold start it is the longest step before the
+    // first isolate. Whoever needs V8 next waits for it (`init_v8` is a once-cell). Its
+    // platform threads are made there, before the sandbox, as they were on this thread;
+    // they run no user code.
+    let _ = std::thread::Builder::new()
+        .name("code-mode-v8".to_owned())
+        .spawn(code_mode::platform::init_v8);
+    let code = run_parsed(args);
+    // An early exit (a wrong argument) does not leave the process while V8 is half made.
+    code_mode::platform::init_v8();
+    code
+}
+
+/// [`run`] once V8 is starting.
+fn run_parsed<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Usage on stderr with exit code 2, or help and version on stdout with 0, as
+            // clap's own exit would (which would not wait for V8).
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
     init_logging(&cli.log);
     if let Some(action) = &cli.sandbox_self_test {
         return sandbox_self_test(action);
