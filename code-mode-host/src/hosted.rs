@@ -367,6 +367,22 @@ impl HostedSession {
             .map(|(_, cause)| SessionError::RuntimeLost(cause.clone()))
     }
 
+    /// The session's binding as it stands (a lost runtime's forgotten first), for a call
+    /// that starts a cell (`moving`) or not.
+    fn binding_for(&self, moving: bool) -> Binding {
+        self.forget_lost_runtime();
+        let binding = lock(&self.binding);
+        let Some((placed, session)) = &*binding else {
+            return Binding::None;
+        };
+        let connection = Arc::clone(&placed.connection);
+        if moving && connection.is_draining() && connection.session_is_idle(*session) {
+            Binding::Leaving(connection, *session)
+        } else {
+            Binding::Serves(connection, *session)
+        }
+    }
+
     /// The remote session, opening it (and starting a runtime) if needed.
     ///
     /// A session whose runtime was lost opens again on a fresh one (or another of the
@@ -377,30 +393,28 @@ impl HostedSession {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(SessionError::ShuttingDown);
         }
+        // Bound already, as for every call after a session's first: nothing to wait for.
+        if let Binding::Serves(connection, session) = self.binding_for(moving) {
+            return Ok((connection, session));
+        }
         let _guard = self.bind_lock.lock().await;
         // Again under the lock: a shutdown that ran while this call waited for it has
         // unbound the session, and must not see a new remote session opened behind it.
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(SessionError::ShuttingDown);
         }
-        self.forget_lost_runtime();
-        {
-            let mut binding = lock(&self.binding);
-            if let Some((placed, session)) = &*binding {
-                let connection = &placed.connection;
-                let leaving =
-                    moving && connection.is_draining() && connection.session_is_idle(*session);
-                if !leaving {
-                    return Ok((Arc::clone(connection), *session));
-                }
+        match self.binding_for(moving) {
+            Binding::Serves(connection, session) => return Ok((connection, session)),
+            Binding::Leaving(connection, session) => {
                 tracing::info!(
                     from = %connection.describe(),
                     "moving a session off a draining runtime"
                 );
-                connection.send_detached(Request::shutdown(*session));
-                connection.forget_session(*session);
-                *binding = None;
+                connection.send_detached(Request::shutdown(session));
+                connection.forget_session(session);
+                *lock(&self.binding) = None;
             }
+            Binding::None => {}
         }
         let mut attempt = 0;
         loop {
@@ -602,6 +616,17 @@ impl HostedSession {
             Err(error) => Err(error),
         }
     }
+}
+
+/// A session's binding to a runtime, as a call finds it.
+enum Binding {
+    /// Not bound (never, or its runtime was lost): a runtime must be placed.
+    None,
+    /// Bound, and serves the call.
+    Serves(Arc<Connection>, SessionId),
+    /// Bound to a draining runtime where the session has nothing left, and the call starts
+    /// a cell: the session moves to another runtime.
+    Leaving(Arc<Connection>, SessionId),
 }
 
 /// The runtime and the session there that answered a call: where its cell ids are
