@@ -347,15 +347,31 @@ impl HostedSession {
         lock(&self.resumable).push((cell_id, Arc::new(resumable)));
     }
 
-    /// The final answer of a cell that had finished when its runtime was lost, taken: the
-    /// observation that asks for it gets it, as the runtime would have given it.
-    fn finished_answer(&self, cell_id: &CellId) -> Option<CellResponse> {
+    /// The final answer of `cell_id` the host holds, taken, so that the observation that
+    /// asks for it (a `wait`, `wait_to_pending` or `terminate`: natural completion wins)
+    /// needs no round trip: the answer the runtime offered when the cell finished with
+    /// nobody observing it, or the one kept when the runtime was lost after the cell had
+    /// finished. The observation gets it as the runtime would have given it.
+    fn held_answer(&self, cell_id: &CellId) -> Option<CellResponse> {
         self.forget_lost_runtime();
-        let mut finished = lock(&self.finished);
-        let index = finished
-            .iter()
-            .position(|(finished, _)| finished == cell_id)?;
-        finished.remove(index).map(|(_, answer)| answer)
+        {
+            let mut finished = lock(&self.finished);
+            if let Some(index) = finished
+                .iter()
+                .position(|(finished, _)| finished == cell_id)
+            {
+                return finished.remove(index).map(|(_, answer)| answer);
+            }
+        }
+        let bound = lock(&self.binding)
+            .as_ref()
+            .map(|(placed, session)| Bound {
+                connection: Arc::clone(&placed.connection),
+                session: *session,
+            })?;
+        let runtime_id = bound.runtime_cell_id(cell_id)?;
+        let response = bound.connection.take_offer(bound.session, &runtime_id)?;
+        Some(external_response(&bound, response, Some(cell_id)))
     }
 
     /// The runtime-lost error for a cell that died with its runtime.
@@ -725,7 +741,7 @@ impl CodeModeSession for HostedSession {
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(measure(async move {
             let asked = request.cell_id.clone();
-            if let Some(answer) = self.finished_answer(&asked) {
+            if let Some(answer) = self.held_answer(&asked) {
                 return Ok(answer);
             }
             let yield_time_ms = request.yield_time_ms;
@@ -751,7 +767,7 @@ impl CodeModeSession for HostedSession {
     fn terminate(&self, cell_id: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
         Box::pin(measure(async move {
             // Natural completion wins (contract 3.7).
-            if let Some(answer) = self.finished_answer(&cell_id) {
+            if let Some(answer) = self.held_answer(&cell_id) {
                 return Ok(answer);
             }
             let answer = self
@@ -790,7 +806,7 @@ impl CodeModeSession for HostedSession {
         cell_id: CellId,
     ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
         Box::pin(measure(async move {
-            if let Some(answer) = self.finished_answer(&cell_id) {
+            if let Some(answer) = self.held_answer(&cell_id) {
                 return Ok(PendingOutcome::Completed(answer));
             }
             let answer = self

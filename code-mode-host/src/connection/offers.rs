@@ -50,9 +50,17 @@ impl Connection {
         Ok(())
     }
 
+    /// The final answer runtime cell `cell_id` of `session` offered, taken: the caller
+    /// observes the cell and needs no round trip. The host's first resort for a `wait`,
+    /// `wait_to_pending` or `terminate` ([`crate::hosted`]); [`Self::call`] looks again
+    /// under the lock it registers a request with, for an offer that arrived in between.
+    pub(crate) fn take_offer(&self, session: SessionId, cell_id: &CellId) -> Option<CellResponse> {
+        let mut state = lock(&self.state);
+        self.take_offer_locked(&mut state, session, cell_id)
+    }
+
     /// The answer to `request` from an offer, when it observes a cell whose final answer
-    /// the host holds: the offer is taken (the runtime hears it), and the cell's journal
-    /// goes, as for any final answer.
+    /// the host holds (see [`Self::take_offer`]).
     pub(super) fn answer_from_offer(
         &self,
         state: &mut State,
@@ -60,9 +68,7 @@ impl Connection {
     ) -> Option<Response> {
         let session = request.session()?;
         let cell_id = observed_cell(request)?;
-        let entry = state.sessions.get_mut(&session)?;
-        let response = entry.offers.remove(&cell_id)?;
-        entry.journals.remove(&cell_id);
+        let response = self.take_offer_locked(state, session, &cell_id)?;
         let pending_aware = matches!(
             request,
             Request::Session {
@@ -70,18 +76,35 @@ impl Connection {
                 ..
             }
         );
-        let word = ClientMessage::OfferTaken { session, cell_id };
-        // Behind the answer: the caller does not wait for the write, nor for the runtime
-        // it wakes to close the cell.
-        if let Err(error) = self.outbox.send_behind(&word) {
-            tracing::debug!(%session, "an offer's word not sent: {error}");
-        }
         let reply = if pending_aware {
             code_mode_protocol::SessionReply::Pending(PendingOutcome::Completed(response))
         } else {
             code_mode_protocol::SessionReply::Cell(response)
         };
         Some(Response::Reply(reply.into()))
+    }
+
+    /// Takes the offer of `cell_id`: the runtime hears it, and the cell's journal goes, as
+    /// for any final answer.
+    fn take_offer_locked(
+        &self,
+        state: &mut State,
+        session: SessionId,
+        cell_id: &CellId,
+    ) -> Option<CellResponse> {
+        let entry = state.sessions.get_mut(&session)?;
+        let response = entry.offers.remove(cell_id)?;
+        entry.journals.remove(cell_id);
+        let word = ClientMessage::OfferTaken {
+            session,
+            cell_id: cell_id.clone(),
+        };
+        // Behind the answer: the caller does not wait for the write, nor for the runtime
+        // it wakes to close the cell.
+        if let Err(error) = self.outbox.send_behind(&word) {
+            tracing::debug!(%session, "an offer's word not sent: {error}");
+        }
+        Some(response)
     }
 }
 
