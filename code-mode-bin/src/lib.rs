@@ -134,14 +134,12 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    // V8 starts on a thread of its own while the command line is parsed and the logs are
-    // set up: it needs neither, and on a cold start it is the longest step before the
-    // first isolate. Whoever needs V8 next waits for it (`init_v8` is a once-cell). Its
-    // platform threads are made there, before the sandbox, as they were on this thread;
-    // they run no user code.
-    let _ = std::thread::Builder::new()
-        .name("code-mode-v8".to_owned())
-        .spawn(code_mode::platform::init_v8);
+    // V8 starts on a thread of its own while the command line is parsed, the logs are set
+    // up and the snapshot cache's file is read: it needs none of them, and on a cold start
+    // it is the longest step before the first isolate. Whoever needs V8 next waits for it.
+    // Its platform threads are made there, before the sandbox, as they were on this
+    // thread; they run no user code.
+    code_mode::platform::start_v8();
     let code = run_parsed(args);
     // An early exit (a wrong argument) does not leave the process while V8 is half made.
     code_mode::platform::init_v8();
@@ -189,8 +187,8 @@ where
         (None, None) => return ExitCode::from(2),
     };
     die_with_parent();
-    // V8 first, on the main thread, before any cell thread exists (the snapshot's cache
-    // starts it, reading the file beside it).
+    // V8 (started above) before any cell thread exists; the snapshot cache's file is read
+    // meanwhile.
     snapshot_cache(&cli);
     code_mode::platform::init_v8();
     let (connected, socket) = match host {

@@ -24,6 +24,22 @@ pub fn init_v8() {
     platform();
 }
 
+/// Starts [`init_v8`] on a thread of its own and returns at once, for a process that has
+/// other work before it needs V8 (its arguments, its logs, the snapshot cache's file): the
+/// next [`init_v8`] waits for it. Does nothing once V8 is started; if no thread can be
+/// made, the next [`init_v8`] initialises V8 itself. Its platform threads are made on that
+/// thread, with the restrictions it has then.
+pub fn start_v8() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        if PLATFORM.get().is_none() {
+            let _ = std::thread::Builder::new()
+                .name("code-mode-v8".to_owned())
+                .spawn(init_v8);
+        }
+    });
+}
+
 /// The process's V8 platform, initialising V8 on first use.
 pub(crate) fn platform() -> &'static v8::SharedRef<v8::Platform> {
     PLATFORM.get_or_init(|| {

@@ -168,21 +168,12 @@ pub fn use_disk_cache(dir: &std::path::Path) -> CacheOutcome {
     if turned_off() {
         return CacheOutcome::Unused;
     }
-    // Reading and checking the file needs no V8 (its version is a constant): it goes on
-    // on a thread of its own while V8 starts, off a cold start's path.
-    let reading = {
-        let dir = dir.to_owned();
-        std::thread::Builder::new()
-            .name("code-mode-snapshot-cache".to_owned())
-            .spawn(move || read_cache(&dir))
-    };
+    // Reading and checking the file needs no V8 (its version is a constant): it is done
+    // here while V8 starts on a thread of its own (started now if the caller did not),
+    // off a cold start's path.
+    crate::platform::start_v8();
+    let read = read_cache(dir);
     crate::platform::init_v8();
-    let read = match reading {
-        Ok(reading) => reading
-            .join()
-            .unwrap_or_else(|_| Err("the thread reading it panicked".to_owned())),
-        Err(_) => read_cache(dir),
-    };
     let (key, bytes) = match read {
         Ok(read) => read,
         Err(error) => return CacheOutcome::NotWritten(error),
