@@ -192,6 +192,24 @@ async fn round(path: &std::path::Path, options: &Options, figures: &mut Figures)
     );
     waits(&mut driver, options.iterations, figures).await;
     let _ = driver.close().await;
+    settle(host, driver).await;
+}
+
+/// Ends a round's host and lets the machine settle before the next host's cold start: the
+/// host is disconnected as codex leaves it, waited for, then given a moment for its
+/// children and the kernel's teardown of its memory, which would otherwise run on the
+/// same two cores as the next host's start (whichever host came second in a round was
+/// slower by about half a millisecond).
+async fn settle(mut host: StdioHost, driver: Driver) {
+    drop(driver);
+    host.disconnect();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), host.child().wait())
+        .await
+        .is_err()
+    {
+        let _ = host.child().kill().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
 }
 
 /// `wait` on a yielded cell that has finished since: each cell yields its first text to
