@@ -159,6 +159,9 @@ impl SentTraces {
     /// its own ids and times; one whose parent is the runtime's and has not come yet
     /// waits for it. Spans of traces never sent, or over the rate, are dropped.
     pub(crate) fn export(&mut self, records: Vec<SpanRecord>) -> Result<(), SpanRefusal> {
+        // One tracer for the whole batch: the global provider's, taken once a span is
+        // exported (each take locks the global provider and makes a boxed tracer).
+        let mut tracer = None;
         for record in records {
             check_bounds(&record)?;
             if !self.knows(&record.trace_id) {
@@ -202,6 +205,7 @@ impl SentTraces {
                 continue;
             }
             // This span, then every span that waited for it (and for those), in turn.
+            let tracer = tracer.get_or_insert_with(|| opentelemetry::global::tracer(RUNTIME_SCOPE));
             let trace_id = record.trace_id;
             let mut ready = vec![record];
             while let Some(record) = ready.pop() {
@@ -213,7 +217,7 @@ impl SentTraces {
                     ready.extend(children);
                 }
                 self.spans += 1;
-                emit(record);
+                emit(tracer, record);
             }
         }
         Ok(())
@@ -279,9 +283,8 @@ pub(crate) fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     })
 }
 
-/// Exports one checked span with its own ids, parent and times.
-fn emit(record: SpanRecord) {
-    let tracer = opentelemetry::global::tracer(RUNTIME_SCOPE);
+/// Exports one checked span with its own ids, parent and times, through `tracer`.
+fn emit(tracer: &opentelemetry::global::BoxedTracer, record: SpanRecord) {
     let parent = SpanContext::new(
         TraceId::from_bytes(record.trace_id),
         SpanId::from_bytes(record.parent_span_id),
