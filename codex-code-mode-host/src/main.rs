@@ -207,6 +207,21 @@ fn manage(command: Command) -> ExitCode {
     }
 }
 
+/// The front's async runtime. On stdio the front serves one codex and keeps no state
+/// store: it only moves messages between that codex and the runtime, microseconds each, so
+/// one thread does it all, and a task that wakes another (every hop of a call, a wait's
+/// events) does not wake a second thread with a system call. A TCP front serves many
+/// codexes and may commit a state store on the calling thread, which must not stall the
+/// others: it has a worker pool.
+fn async_runtime(listen: &Listen) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if listen.is_stdio() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
+}
+
 /// The hidden first argument that makes this executable the runtime process (one-file
 /// installs): the front starts itself with it, never a user.
 #[cfg(feature = "runtime")]
@@ -267,17 +282,7 @@ fn main() -> ExitCode {
     init_logging(telemetry.as_ref());
     // As Codex's host: a span for the start, then one for the serving life.
     let startup = tracing::info_span!(parent: None, "code_mode_host.startup").entered();
-    // On stdio the front serves one codex and keeps no state store: it only moves
-    // messages between that codex and the runtime, microseconds each, so one thread does
-    // it all, and a task that wakes another (every hop of a call, a wait's events) does
-    // not wake a second thread with a system call. A TCP front serves many codexes and may
-    // commit a state store on the calling thread, which must not stall the others.
-    let mut builder = if listen.is_stdio() {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match async_runtime(&listen) {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");
