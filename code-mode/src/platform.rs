@@ -8,12 +8,7 @@ use std::sync::OnceLock;
 static PLATFORM: OnceLock<v8::SharedRef<v8::Platform>> = OnceLock::new();
 
 /// The V8 flags this process runs with (a startup snapshot must match them).
-///
-/// `--no-expose-wasm`: a cell has no `WebAssembly` (contract §2), and V8 would build its
-/// namespace, a score of constructors with their prototypes, into every new context only
-/// for the cell's setup to delete it (criterion's `context/` group: 165 to 160 µs a
-/// context).
-pub(crate) const V8_FLAGS: &str = "--no-memory-pool-share-memory-on-teardown --no-expose-wasm";
+pub(crate) const V8_FLAGS: &str = "--no-memory-pool-share-memory-on-teardown";
 
 /// Initialises V8 for this process: ICU data first (so `Intl` has real locale data), then
 /// the platform. Idempotent and thread-safe; later calls return at once.
