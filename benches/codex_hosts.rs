@@ -7,8 +7,10 @@
 //! `cargo bench --bench codex_hosts -- [--rounds N] [--iterations M] [--calls K]`.
 //!
 //! Per host and round: cold (spawn to the first result: process start, OpenSession,
-//! SubscribeToToolCalls and one `text("bench")`), warm `text("bench")` execs with 0 and
-//! with 128 enabled tools (the tool list is sent whole on every exec, as codex does), and
+//! SubscribeToToolCalls and one `text("bench")`; the previous host was waited for and the
+//! machine given 30 ms, so no start shares the cores with a teardown), warm
+//! `text("bench")` execs with 0 and with 128 enabled tools (the tool list is sent whole on
+//! every exec, as codex does), and
 //! the cost of one nested tool call (a cell making K sequential calls, less a cell making
 //! none, over K), and a `wait` on a cell that yielded to its exec and has finished since.
 //! Each figure is the client's wall time; the host's own `host_duration_ns` is given
