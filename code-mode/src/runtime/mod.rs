@@ -170,8 +170,15 @@ pub enum CellEvent {
     /// The cell read its clock (`Date.now()`, `new Date()`, ...): these live readings, in
     /// order, reported ahead of the next event. Replayed readings are not reported.
     Clock(Vec<u64>),
-    /// `setTimeout` armed timer `id`; answer with [`CellCommand::TimerFired`] after `delay`.
-    TimerSet { id: u64, delay: Duration },
+    /// `setTimeout` armed timer `id` at `armed_at`; answer with [`CellCommand::TimerFired`]
+    /// once `delay` has passed since then (not since the owner heard of it: timers set one
+    /// after the other fire in the order of their due times, however late the owner reads
+    /// them).
+    TimerSet {
+        id: u64,
+        delay: Duration,
+        armed_at: std::time::Instant,
+    },
     /// `clearTimeout` disarmed timer `id`; the owner may forget it.
     TimerCleared { id: u64 },
     /// The cell has nothing runnable: microtasks are drained and it waits on tool answers

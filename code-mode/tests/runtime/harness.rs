@@ -310,8 +310,15 @@ impl Cell {
                         }
                     }
                 }
-                CellEvent::TimerSet { id, delay } => {
-                    let (id, delay) = (*id, *delay);
+                CellEvent::TimerSet {
+                    id,
+                    delay,
+                    armed_at,
+                } => {
+                    // Due `delay` after the cell set it, however late this reads it: timers
+                    // set one after the other fire in the order of their due times.
+                    let ago = std::time::Instant::now().saturating_duration_since(*armed_at);
+                    let (id, delay) = (*id, delay.saturating_sub(ago));
                     let handle = Arc::clone(&handle);
                     let task = tokio::spawn(async move {
                         tokio::time::sleep(delay).await;

@@ -12,12 +12,17 @@ fn same_on_both_paths(source: &str) -> Run {
     let snapshot = cell(source).context_source(ContextSource::Snapshot).run();
     let built = cell(source).context_source(ContextSource::Built).run();
     // `Idle` tells the owner when the thread went to sleep, which depends on when the
-    // answers came: timing, not anything the cell saw.
+    // answers came, and a timer's `armed_at` is when it was set: timing, not anything the
+    // cell saw.
     let seen = |run: &Run| {
         let events = run
             .events
             .iter()
             .filter(|event| !matches!(event, CellEvent::Idle { .. }))
+            .map(|event| match event {
+                CellEvent::TimerSet { id, delay, .. } => format!("TimerSet {id} {delay:?}"),
+                other => format!("{other:?}"),
+            })
             .collect::<Vec<_>>();
         format!("{events:?} {:?}", run.outcome)
     };

@@ -248,7 +248,7 @@ fn timers_fire_in_delay_order_with_arguments_and_numeric_ids() {
         .events
         .iter()
         .filter_map(|event| match event {
-            CellEvent::TimerSet { id, delay } => Some((*id, *delay)),
+            CellEvent::TimerSet { id, delay, .. } => Some((*id, *delay)),
             _ => None,
         })
         .collect();

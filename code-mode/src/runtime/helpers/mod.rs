@@ -689,7 +689,15 @@ helper! {
             id
         };
         let delay = Duration::from_secs_f64(delay_ms / 1000.0);
-        emit(state, CellEvent::TimerSet { id, delay })?;
+        let armed_at = std::time::Instant::now();
+        emit(
+            state,
+            CellEvent::TimerSet {
+                id,
+                delay,
+                armed_at,
+            },
+        )?;
         rv.set(v8::Number::new(scope, id as f64).into());
         Ok(())
     }

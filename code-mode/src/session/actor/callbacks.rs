@@ -29,9 +29,13 @@ pub(super) struct Callbacks {
 }
 
 impl Timers {
-    pub(super) fn arm(&mut self, id: u64, delay: Duration) {
+    /// Arms timer `id`, due `delay` after the cell set it (`armed_at`, on the cell
+    /// thread's clock: how long ago that was is taken off this clock's now).
+    pub(super) fn arm(&mut self, id: u64, armed_at: std::time::Instant, delay: Duration) {
         let now = Instant::now();
-        let due = now
+        let ago = std::time::Instant::now().saturating_duration_since(armed_at);
+        let armed_at = now.checked_sub(ago).unwrap_or(now);
+        let due = armed_at
             .checked_add(delay)
             .unwrap_or(now + Duration::from_secs(u32::MAX.into()));
         self.timers.insert((due, id));
@@ -241,5 +245,30 @@ pub(super) async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timer is due its delay after the cell set it, not after the owner read it: a
+    /// 10 ms timer set 20 ms ago fires before a 5 ms one set now.
+    #[test]
+    fn timers_are_due_from_when_the_cell_set_them() {
+        let mut timers = Timers::default();
+        let now = std::time::Instant::now();
+        let earlier = now
+            .checked_sub(Duration::from_millis(20))
+            .expect("the clock is past 20 ms");
+        timers.arm(2, now, Duration::from_millis(5));
+        timers.arm(1, earlier, Duration::from_millis(10));
+        let later = Instant::now() + Duration::from_secs(1);
+        assert_eq!(timers.pop_due(later), Some(1));
+        assert_eq!(timers.pop_due(later), Some(2));
+        assert_eq!(timers.pop_due(later), None);
+        // Set now with 10 ms, it is not due yet.
+        timers.arm(3, std::time::Instant::now(), Duration::from_millis(10));
+        assert_eq!(timers.pop_due(Instant::now()), None);
     }
 }

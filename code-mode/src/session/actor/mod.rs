@@ -445,9 +445,13 @@ impl CellActor {
                 }
             }
             CellEvent::Clock(readings) => self.journal.clock_read(&self.cell_id, readings),
-            CellEvent::TimerSet { id, delay } => {
+            CellEvent::TimerSet {
+                id,
+                delay,
+                armed_at,
+            } => {
                 Journal::timer_set(&mut self.cursor, id);
-                self.timers.arm(id, delay);
+                self.timers.arm(id, armed_at, delay);
                 self.pump();
             }
             CellEvent::TimerCleared { id } => {
