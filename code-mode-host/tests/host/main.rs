@@ -347,7 +347,10 @@ async fn a_caller_holding_its_answers_unpolled_holds_up_no_other_session() {
     for session in [&a, &b] {
         session.execute(request("text('ready')")).await.unwrap();
     }
-    let source = r#"text("a"); yield_control(); text(await tools.echo("after"));"#;
+    // Each cell answers 50 ms after its exec was sent: a first poll that sends the exec
+    // never lasts long enough to see the answer too (it did once in CI, its thread
+    // preempted for the millisecond the cell took).
+    let source = r#"await new Promise((r) => setTimeout(r, 50)); text("a"); yield_control(); text(await tools.echo("after"));"#;
     let mut held: Vec<_> = (0..HELD)
         .map(|_| Box::pin(a.execute(request(source))))
         .collect();
