@@ -339,7 +339,7 @@ struct Cell {
     execution_id: String,
     tool_call_id: String,
     runtime_id: CellId,
-    tools: Arc<HashMap<String, (ToolName, ToolKind)>>,
+    tools: Arc<ToolMap>,
     tool_calls: u64,
     /// `cell_closed` went out.
     closed_sent: bool,
@@ -494,9 +494,61 @@ pub struct FrontSession {
     closed: CancellationToken,
     /// The client identity that opened it (kept in a state directory).
     owner: Option<Owner>,
+    /// The tools the latest execution enabled, as they were passed on.
+    enabled: Mutex<Option<EnabledSet>>,
+}
+
+/// A cell's tools by their name on `tools`: the client's name and kind of each.
+type ToolMap = HashMap<String, (ToolName, ToolKind)>;
+
+/// The tools an execution enabled, as the front passes them on. A client enables the same
+/// tools exec after exec (codex sends the whole list every time), so an equal list takes
+/// the session's last one: the same map, the same definitions and so the tool set the
+/// runtime has registered, with nothing built or hashed again (for 128 tools, 384 strings
+/// copied and the list hashed, in every exec).
+struct EnabledSet {
+    tools: Vec<EnabledTool>,
+    map: Arc<ToolMap>,
+    definitions: Arc<[ToolDefinition]>,
 }
 
 impl FrontSession {
+    /// `tools` as the cell gets them (see [`EnabledSet`]); a tool without a name is refused.
+    fn enabled_set(
+        &self,
+        tools: Vec<EnabledTool>,
+    ) -> Result<(Arc<ToolMap>, Arc<[ToolDefinition]>), FrontError> {
+        let mut last = lock(&self.enabled);
+        if let Some(set) = &*last
+            && set.tools == tools
+        {
+            return Ok((Arc::clone(&set.map), Arc::clone(&set.definitions)));
+        }
+        let mut map = HashMap::new();
+        let mut definitions = Vec::with_capacity(tools.len());
+        for tool in &tools {
+            if tool.js_name.is_empty() {
+                return Err(FrontError::InvalidTools(
+                    "an enabled tool has no name".to_owned(),
+                ));
+            }
+            map.insert(tool.js_name.clone(), (tool.tool_name.clone(), tool.kind));
+            definitions.push(ToolDefinition::new(
+                tool.js_name.clone(),
+                tool.description.clone(),
+                tool.kind,
+            ));
+        }
+        let set = EnabledSet {
+            tools,
+            map: Arc::new(map),
+            definitions: definitions.into(),
+        };
+        let taken = (Arc::clone(&set.map), Arc::clone(&set.definitions));
+        *last = Some(set);
+        Ok(taken)
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -921,6 +973,7 @@ impl Front {
             invocations: Leased::new(),
             closed: CancellationToken::new(),
             owner: self.owner.clone(),
+            enabled: Mutex::new(None),
         });
         let _ = delegate.session.set(Arc::downgrade(&front));
         front
@@ -1100,22 +1153,7 @@ impl Front {
                 .cell()
                 .ok_or(FrontError::TooManyActiveCells)?,
         )));
-        let mut tool_map = HashMap::new();
-        let mut definitions = Vec::with_capacity(execution.tools.len());
-        for tool in &execution.tools {
-            if tool.js_name.is_empty() {
-                return Err(FrontError::InvalidTools(
-                    "an enabled tool has no name".to_owned(),
-                ));
-            }
-            tool_map.insert(tool.js_name.clone(), (tool.tool_name.clone(), tool.kind));
-            definitions.push(ToolDefinition::new(
-                tool.js_name.clone(),
-                tool.description.clone(),
-                tool.kind,
-            ));
-        }
-        let tools = Arc::new(tool_map);
+        let (tools, definitions) = session.enabled_set(execution.tools)?;
         let preempt = CancellationToken::new();
         if !execution.execution_id.is_empty() {
             lock(&session.state)

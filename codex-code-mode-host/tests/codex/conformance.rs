@@ -78,6 +78,45 @@ async fn execute_streams_started_then_one_outcome_and_numbers_cells() {
     }
 }
 
+/// Each exec's cell gets the tools that exec enabled: the same list again (the front then
+/// passes on the list it built last time), another list, then the first one again.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_exec_gets_the_tools_it_enabled_whether_the_list_changed_or_not() {
+    use codex_code_mode_host::client::tool;
+    let host = spawn(&our_host(), &[]).await;
+    let mut driver = open(&host, 2).await;
+    let one = corpus_tools();
+    let mut other = vec![tool("other", "other_tool", Some("ns"))];
+    other.extend(corpus_tools().into_iter().take(1));
+    let source = r#"text(ALL_TOOLS.map((t) => t.name).join(",")); text(await tools.echo({n: 1}));"#;
+    for (tools, names) in [
+        (&one, "echo,ns__search"),
+        (&one, "echo,ns__search"),
+        (&other, "other,echo"),
+        (&one, "echo,ns__search"),
+    ] {
+        let mut request = exec_request(source);
+        request.enabled_tools = tools.clone();
+        let events = driver.execute(request).await.expect("execute");
+        let outcome = outcome_of(&events);
+        let cell = &outcome.cell_id;
+        assert_eq!(
+            status_of(&outcome),
+            format!(
+                r#"cell {cell} completed{{error_text: ""}} [text "{names}", text "{{\"echo\":{{\"n\":1}}}}"]"#
+            )
+        );
+    }
+    let calls = driver.invocations.lock().unwrap().clone();
+    assert_eq!(calls.len(), 4);
+    for call in &calls {
+        assert_eq!(
+            call.tool_name.as_ref().map(|name| name.name.as_str()),
+            Some("echo")
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_carry_codexs_status_codes_and_texts() {
     let host = spawn(&our_host(), &[]).await;
