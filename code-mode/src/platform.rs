@@ -1,7 +1,8 @@
 //! V8 process-wide initialisation: ICU data, flags and the platform, exactly once.
 //!
 //! Called by [`crate::spawn_cell`] on first use, and meant to be called early by a binary
-//! (the runtime process starts it on a thread of its own while it parses its arguments). Nothing else in the crate touches V8 globals.
+//! (the runtime process starts it on a thread of its own while it parses its arguments).
+//! Nothing else in the crate touches V8 globals.
 
 use std::sync::OnceLock;
 
