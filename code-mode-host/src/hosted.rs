@@ -353,7 +353,9 @@ impl HostedSession {
     /// nobody observing it, or the one kept when the runtime was lost after the cell had
     /// finished. The observation gets it as the runtime would have given it.
     fn held_answer(&self, cell_id: &CellId) -> Option<CellResponse> {
-        self.forget_lost_runtime();
+        // A lost runtime is forgotten first: that is when its finished cells' answers are
+        // kept.
+        let binding = self.binding_for(false);
         {
             let mut finished = lock(&self.finished);
             if let Some(index) = finished
@@ -363,12 +365,13 @@ impl HostedSession {
                 return finished.remove(index).map(|(_, answer)| answer);
             }
         }
-        let bound = lock(&self.binding)
-            .as_ref()
-            .map(|(placed, session)| Bound {
-                connection: Arc::clone(&placed.connection),
-                session: *session,
-            })?;
+        let Binding::Serves(connection, session) = binding else {
+            return None;
+        };
+        let bound = Bound {
+            connection,
+            session,
+        };
         let runtime_id = bound.runtime_cell_id(cell_id)?;
         let response = bound.connection.take_offer(bound.session, &runtime_id)?;
         Some(external_response(&bound, response, Some(cell_id)))
