@@ -419,8 +419,22 @@ pub fn spawn_cell_on(
     if pooled {
         job = job.and_then(|job| pool::run_prepared(job, pool::Readiness::Ready));
     }
-    if let Some(shelf) = &shelf {
-        job = job.and_then(|job| shelf.wait_for_reset(job));
+    if let Some(shelf) = &shelf
+        && let Some(unplaced) = job.take()
+    {
+        let like = SpareLike {
+            heap_bytes: unplaced.config.limits.heap_bytes,
+            surface: unplaced.config.surface,
+            tools: Arc::clone(&unplaced.config.tools),
+        };
+        job = match shelf.wait_for_reset(unplaced) {
+            reuse::Queued::No(job) => Some(job),
+            reuse::Queued::Yes => None,
+            reuse::Queued::WithSpare(spare) => {
+                start_spare(spare, like);
+                None
+            }
+        };
     }
     if let Some(job) = job {
         start_unshelved(job)?;
@@ -432,12 +446,33 @@ pub fn spawn_cell_on(
     Ok(handle)
 }
 
+/// What a shelf's spare isolate is prepared for: the cell whose wait ordered it.
+pub(crate) struct SpareLike {
+    pub(crate) heap_bytes: u64,
+    pub(crate) surface: code_mode_protocol::Surface,
+    /// Its tools, whose `tools` and `ALL_TOOLS` the spare builds ahead.
+    pub(crate) tools: Arc<[ToolDefinition]>,
+}
+
+/// Starts the thread of a shelf's spare isolate; without a thread, the order lapses (the
+/// cells queued wait for the other resets, or go elsewhere).
+fn start_spare(spare: reuse::Spare, like: SpareLike) {
+    if let Err(error) = cell_thread().spawn(move || thread::run_spare(spare, &like)) {
+        tracing::debug!("cannot start a thread for a spare isolate: {error}");
+    }
+}
+
 /// Starts a job that waited for an isolate being reset which was not reusable after all:
 /// on a pool thread, else a new thread (where a thread cannot be started, the cell ends
 /// as its owner sees a thread that is gone).
 pub(crate) fn start_elsewhere(job: Job) {
+    let pooled = job.pooled();
     if let Err(error) = start_unshelved(job) {
         tracing::warn!("cannot start a thread for a cell: {error}");
+    }
+    // As after any start: the keeper hears if the pool is short now.
+    if pooled {
+        pool::note_start();
     }
 }
 

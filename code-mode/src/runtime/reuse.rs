@@ -5,6 +5,13 @@
 //! thread, waits for that reset (about half a millisecond) instead of preparing a new
 //! isolate (two or more).
 //!
+//! Such a wait says that the session's cells come back to back, faster than one isolate
+//! is reset: the shelf then gets one *spare* isolate, prepared on a thread of its own on
+//! the other core. From then on the two take turns, each reset while the other runs the
+//! next cell, and no cell waits for a reset. A spare that no cell took for
+//! [`IDLE_COLLECT`] (cells no longer come back to back) is released; the shelf may get
+//! another at the next wait.
+//!
 //! What makes a later cell unable to see an earlier one:
 //! - every cell gets a fresh context (fresh globals and built-ins), created on the parked
 //!   thread before it waits, off the critical path;
@@ -35,7 +42,7 @@ use super::callbacks::HeapGuard;
 use code_mode_protocol::sync::lock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::Duration;
 
 /// How long a parked isolate waits for its session's next cell before it is released.
@@ -73,13 +80,20 @@ pub struct IsolateShelf {
 /// What the shelf's lock guards.
 #[derive(Debug, Default)]
 struct ShelfState {
-    /// One sender per parked thread, most recently parked last.
-    parked: Vec<mpsc::Sender<Job>>,
-    /// Threads resetting an isolate for this shelf (each holds a [`Resetting`]).
+    /// One sender per parked thread, most recently parked last, with the number that
+    /// thread knows it by.
+    parked: Vec<(u64, mpsc::Sender<Job>)>,
+    /// The number the next parked thread gets.
+    next_parking: u64,
+    /// Threads resetting an isolate for this shelf, or preparing its spare (each holds a
+    /// [`Resetting`]).
     resetting: usize,
     /// Cells waiting for one of them, first come first served; never more than
     /// `resetting`.
     waiting: VecDeque<Job>,
+    /// Whether the shelf has its spare isolate (being prepared, running a cell, being
+    /// reset or parked): at most one.
+    spare: bool,
 }
 
 impl IsolateShelf {
@@ -112,9 +126,14 @@ impl IsolateShelf {
         lock(&self.state).parked.clear();
     }
 
+    /// Whether the shelf has its spare isolate (see the module documentation).
+    pub fn has_spare(&self) -> bool {
+        lock(&self.state).spare
+    }
+
     /// Hands `job` to a parked isolate; gives it back when none is parked.
     pub(crate) fn run(&self, job: Job) -> Option<Job> {
-        let Some(parked) = lock(&self.state).parked.pop() else {
+        let Some((_, parked)) = lock(&self.state).parked.pop() else {
             return Some(job);
         };
         self.run_on(parked, job)
@@ -122,17 +141,34 @@ impl IsolateShelf {
 
     /// Queues `job` for an isolate being reset for this shelf, if one is not spoken for
     /// already (or parked meanwhile: then it runs there); gives it back otherwise.
-    pub(crate) fn wait_for_reset(&self, job: Job) -> Option<Job> {
+    ///
+    /// A job queued while the shelf has no spare isolate comes with the order to prepare
+    /// one ([`Queued::WithSpare`]): the caller starts its thread.
+    pub(crate) fn wait_for_reset(self: &Arc<Self>, job: Job) -> Queued {
         let mut state = lock(&self.state);
-        if let Some(parked) = state.parked.pop() {
+        if let Some((_, parked)) = state.parked.pop() {
             drop(state);
-            return self.run_on(parked, job);
+            return match self.run_on(parked, job) {
+                Some(job) => Queued::No(job),
+                None => Queued::Yes,
+            };
         }
         if state.waiting.len() >= state.resetting {
-            return Some(job);
+            return Queued::No(job);
         }
         state.waiting.push_back(job);
-        None
+        if state.spare {
+            return Queued::Yes;
+        }
+        state.spare = true;
+        state.resetting += 1;
+        Queued::WithSpare(Spare {
+            preparing: Resetting {
+                shelf: Arc::clone(self),
+                placed: false,
+            },
+            guard: SpareGuard(Arc::downgrade(self)),
+        })
     }
 
     /// Sends `job` to a parked thread, or on to the next one if that thread released its
@@ -167,6 +203,54 @@ pub(crate) struct Resetting {
     placed: bool,
 }
 
+/// What [`IsolateShelf::wait_for_reset`] did with a job.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per cell start and taken apart at once; boxing the job would cost \
+              an allocation on the path of every cell that waits for nothing"
+)]
+pub(crate) enum Queued {
+    /// Nothing to wait for: the job is given back.
+    No(Job),
+    /// Queued (or handed to an isolate parked meanwhile).
+    Yes,
+    /// Queued, and the shelf's spare isolate is to be prepared: the caller starts a
+    /// thread for it (`thread::run_spare`), or drops the order when it cannot.
+    WithSpare(Spare),
+}
+
+/// The order to prepare a shelf's spare isolate, held by its thread for as long as the
+/// spare lives. Dropped unprepared (no thread could be started), the cells queued go to
+/// the other resets or elsewhere, and the shelf may get a spare again.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    /// The spare counts as being reset until it is first placed: the cells queued may
+    /// take it.
+    preparing: Resetting,
+    guard: SpareGuard,
+}
+
+impl Spare {
+    /// The spare is prepared: it is placed like a reset isolate, and from then on lives
+    /// as one (`SpareGuard` keeps it the shelf's spare until it goes).
+    pub(crate) fn prepared(self) -> (Resetting, SpareGuard) {
+        (self.preparing, self.guard)
+    }
+}
+
+/// Keeps an isolate its shelf's spare; dropped when the spare's thread ends. It does not
+/// keep the shelf: a shelf dropped with its session releases the spare parked on it too.
+#[derive(Debug)]
+pub(crate) struct SpareGuard(Weak<IsolateShelf>);
+
+impl Drop for SpareGuard {
+    fn drop(&mut self) {
+        if let Some(shelf) = self.0.upgrade() {
+            lock(&shelf.state).spare = false;
+        }
+    }
+}
+
 /// Where a reset isolate goes.
 pub(crate) enum Placed {
     /// A cell was waiting for it: run it now.
@@ -186,8 +270,14 @@ impl Resetting {
             return Placed::Job(Box::new(job));
         }
         let (sender, jobs) = mpsc::channel();
-        state.parked.push(sender);
-        Placed::Parked(Parked(jobs))
+        let number = state.next_parking;
+        state.next_parking += 1;
+        state.parked.push((number, sender));
+        Placed::Parked(Parked {
+            jobs,
+            number,
+            shelf: Arc::downgrade(&self.shelf),
+        })
     }
 }
 
@@ -208,8 +298,14 @@ impl Drop for Resetting {
     }
 }
 
-/// A cell thread on a shelf.
-pub(crate) struct Parked(mpsc::Receiver<Job>);
+/// A cell thread on a shelf. It does not keep the shelf: dropped (the session is gone),
+/// the shelf releases its parked isolates.
+pub(crate) struct Parked {
+    jobs: mpsc::Receiver<Job>,
+    /// What the shelf knows it by.
+    number: u64,
+    shelf: Weak<IsolateShelf>,
+}
 
 /// What a parked isolate waited for.
 pub(crate) enum Waited {
@@ -223,11 +319,26 @@ pub(crate) enum Waited {
 impl Parked {
     /// Waits at most `patience` for the session's next cell.
     pub(crate) fn wait(&self, patience: Duration) -> Waited {
-        match self.0.recv_timeout(patience) {
+        match self.jobs.recv_timeout(patience) {
             Ok(job) => Waited::Job(Box::new(job)),
             Err(mpsc::RecvTimeoutError::Timeout) => Waited::Idle,
             Err(mpsc::RecvTimeoutError::Disconnected) => Waited::Released,
         }
+    }
+
+    /// Takes the isolate off the shelf for good, unless a cell took it first: then that
+    /// cell (sent the moment it took it) is returned.
+    pub(crate) fn leave(self) -> Option<Box<Job>> {
+        if let Some(shelf) = self.shelf.upgrade() {
+            let mut state = lock(&shelf.state);
+            if let Some(at) = state.parked.iter().position(|(n, _)| *n == self.number) {
+                state.parked.remove(at);
+                return None;
+            }
+        }
+        // Taken (its sender is on the way with the job), or the shelf was cleared or
+        // dropped (then nothing comes).
+        self.jobs.recv().ok().map(Box::new)
     }
 }
 
@@ -314,16 +425,20 @@ mod tests {
         let shelf = shelf();
         let (first, _first, _) = job(&shelf, "first");
         // Nothing being reset: nothing to wait for.
-        let first = shelf.wait_for_reset(first).expect("given back");
+        let Queued::No(first) = shelf.wait_for_reset(first) else {
+            panic!("queued with nothing to wait for");
+        };
         let resetting = shelf.resetting();
-        assert!(
-            shelf.wait_for_reset(first).is_none(),
-            "queued for the reset"
-        );
+        let Queued::WithSpare(spare) = shelf.wait_for_reset(first) else {
+            panic!("not queued for the reset, or no spare ordered");
+        };
+        // No thread for the spare: the order lapses, the cell still waits for the reset.
+        drop(spare);
+        assert!(!shelf.has_spare());
         // One reset, spoken for: the next cell is given back.
         let (second, _second, _) = job(&shelf, "second");
         assert!(
-            shelf.wait_for_reset(second).is_some(),
+            matches!(shelf.wait_for_reset(second), Queued::No(_)),
             "only one reset to wait for"
         );
         match resetting.park() {
@@ -337,16 +452,98 @@ mod tests {
     }
 
     #[test]
+    fn the_first_wait_for_a_reset_orders_the_one_spare_and_a_spare_gone_may_be_ordered_again() {
+        let shelf = shelf();
+        let resetting = shelf.resetting();
+        let (first, _first, _) = job(&shelf, "first");
+        let Queued::WithSpare(spare) = shelf.wait_for_reset(first) else {
+            panic!("the first wait ordered no spare");
+        };
+        assert!(shelf.has_spare());
+        // The spare being prepared counts as a reset: a second cell may wait, and gets
+        // no second spare.
+        let (second, _second, _) = job(&shelf, "second");
+        assert!(matches!(shelf.wait_for_reset(second), Queued::Yes));
+        // The spare is prepared and placed: it takes the first cell that waited.
+        let (preparing, guard) = spare.prepared();
+        assert!(shelf.has_spare(), "a spare in use is still the spare");
+        match preparing.park() {
+            Placed::Job(job) => assert_eq!(job.config.source, "first"),
+            Placed::Parked(_) => panic!("the waiting cell was not handed to the spare"),
+        }
+        match resetting.park() {
+            Placed::Job(job) => assert_eq!(job.config.source, "second"),
+            Placed::Parked(_) => panic!("the second cell was not handed to the reset"),
+        }
+        // The spare's thread ends: the next wait orders another.
+        drop(guard);
+        assert!(!shelf.has_spare());
+        let _resetting = shelf.resetting();
+        let (third, _third, _) = job(&shelf, "third");
+        assert!(matches!(shelf.wait_for_reset(third), Queued::WithSpare(_)));
+    }
+
+    #[test]
+    fn a_spare_runs_the_cell_that_waited_and_leaves_once_cells_stop_coming() {
+        crate::platform::init_v8();
+        let shelf = shelf();
+        // A reset that takes long: the spare is placed first.
+        let resetting = shelf.resetting();
+        let (waiting, handle, mut events) = job(&shelf, "text('ran on the spare')");
+        let like = crate::runtime::SpareLike {
+            heap_bytes: waiting.config.limits.heap_bytes,
+            surface: waiting.config.surface,
+            tools: Arc::clone(&waiting.config.tools),
+        };
+        let Queued::WithSpare(spare) = shelf.wait_for_reset(waiting) else {
+            panic!("no spare ordered");
+        };
+        let spare_thread = crate::runtime::cell_thread()
+            .spawn(move || crate::runtime::thread::run_spare(spare, &like))
+            .expect("a thread for the spare");
+        let mut texts = Vec::new();
+        while let Some(event) = events.blocking_recv() {
+            match event {
+                CellEvent::Output(item) => texts.extend(item.as_text().map(str::to_owned)),
+                CellEvent::Finished(_) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(texts, ["ran on the spare"]);
+        // Released, the spare is reset and parked; no cell comes, so it leaves.
+        drop(handle);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while shelf.parked() == 0 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(shelf.parked(), 1, "the spare was parked after its cell");
+        // It leaves after its first wait (tens of milliseconds), long before an isolate
+        // that is not the spare would be released.
+        let deadline = std::time::Instant::now() + IDLE_RELEASE / 3;
+        while !spare_thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(spare_thread.is_finished(), "the idle spare did not leave");
+        spare_thread.join().expect("the spare's thread");
+        assert_eq!(
+            (shelf.parked(), shelf.has_spare()),
+            (0, false),
+            "the spare left the shelf"
+        );
+        drop(resetting);
+    }
+
+    #[test]
     fn a_reset_that_fails_sends_the_cell_waiting_for_it_elsewhere() {
         crate::platform::init_v8();
         let shelf = shelf();
         let (waiting, _handle, mut events) = job(&shelf, "text('ran elsewhere')");
         let resetting = shelf.resetting();
-        assert!(
-            shelf.wait_for_reset(waiting).is_none(),
-            "queued for the reset"
-        );
-        // The isolate was not reusable after all.
+        let Queued::WithSpare(spare) = shelf.wait_for_reset(waiting) else {
+            panic!("not queued for the reset");
+        };
+        // No spare comes, and the isolate was not reusable after all.
+        drop(spare);
         drop(resetting);
         let mut texts = Vec::new();
         while let Some(event) = events.blocking_recv() {

@@ -145,7 +145,7 @@ fn new_context(
 /// next cell (CONTRACT §7); the thread then runs that cell too, until the isolate is not
 /// reusable, nobody takes it within [`super::reuse::IDLE_RELEASE`], or the shelf is gone.
 pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
-    let mut prepared = match prepared {
+    let prepared = match prepared {
         Some(prepared)
             if prepared.heap_bytes == job.config.limits.heap_bytes
                 && prepared.surface == job.config.surface =>
@@ -159,7 +159,46 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
             job.config.surface,
         ),
     };
-    let mut job = job;
+    run_on_shelf(prepared, job, None);
+}
+
+/// The thread of a shelf's spare isolate (see [`super::reuse`]): prepares an isolate for
+/// cells `like` the one that ordered it, places it like a reset one, and then lives as
+/// any cell thread of the shelf, except that it leaves the shelf as soon as no cell took
+/// it for [`super::reuse::IDLE_COLLECT`].
+pub(super) fn run_spare(spare: super::reuse::Spare, like: &super::SpareLike) {
+    let tools = Arc::clone(&like.tools);
+    let mut prepared = prepare(
+        like.heap_bytes,
+        super::eager_tool_count(&tools),
+        ContextSource::preferred(),
+        like.surface,
+    );
+    prepared.fresh.built_tools = {
+        let FreshContext {
+            context,
+            tool_functions,
+            ..
+        } = &prepared.fresh;
+        v8::scope!(let scope, &mut prepared.isolate);
+        let context = v8::Local::new(scope, context);
+        let scope = &mut v8::ContextScope::new(scope, context);
+        let built = super::helpers::build_tools(scope, &tools, tool_functions);
+        Some((tools, built))
+    };
+    let (preparing, guard) = spare.prepared();
+    if let Some(job) = place(&mut prepared, preparing, None, Some(&guard)) {
+        run_on_shelf(prepared, *job, Some(guard));
+    }
+}
+
+/// Runs `job` on `prepared`, then each next cell the session's shelf hands the isolate
+/// (see [`run`]). `spare`: the isolate is the shelf's spare.
+fn run_on_shelf(
+    mut prepared: Prepared,
+    mut job: super::Job,
+    spare: Option<super::reuse::SpareGuard>,
+) {
     loop {
         let tools = Arc::clone(&job.config.tools);
         let source = prepared.source;
@@ -192,28 +231,46 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
             source,
             surface,
         };
-        let parked = match resetting.park() {
-            // A cell of the session waited for this isolate: it runs now.
-            super::reuse::Placed::Job(next) => {
-                drop(done);
-                job = *next;
-                continue;
-            }
-            super::reuse::Placed::Parked(parked) => parked,
-        };
-        code_mode_protocol::hop!("fresh context parked");
-        // On the shelf: the owner's `join` returns, and the session's next cell can start.
-        drop(done);
-        // The earlier cells' garbage is collected once the session is idle a moment.
-        let mut next = parked.wait(super::reuse::IDLE_COLLECT);
-        if matches!(next, super::reuse::Waited::Idle) {
-            super::reuse::collect_idle(&mut prepared.isolate);
-            next = parked.wait(super::reuse::IDLE_RELEASE);
+        match place(&mut prepared, resetting, Some(done), spare.as_ref()) {
+            Some(next) => job = *next,
+            None => return,
         }
-        match next {
-            super::reuse::Waited::Job(next) => job = *next,
-            super::reuse::Waited::Idle | super::reuse::Waited::Released => return,
+    }
+}
+
+/// Places a ready isolate: it takes the cell that waited for it, else goes on the shelf
+/// and waits for the session's next cell, which it returns. `None`: nobody came in time,
+/// or the shelf let the isolate go (it is then disposed of). The owner of the cell that
+/// ended (`done`) learns of the end once the isolate is placed. A spare leaves the shelf
+/// after the first wait without a cell; another isolate collects the garbage then and
+/// waits on.
+fn place(
+    prepared: &mut Prepared,
+    resetting: super::reuse::Resetting,
+    done: Option<mpsc::Sender<()>>,
+    spare: Option<&super::reuse::SpareGuard>,
+) -> Option<Box<super::Job>> {
+    let parked = match resetting.park() {
+        // A cell of the session waited for this isolate: it runs now.
+        super::reuse::Placed::Job(next) => return Some(next),
+        super::reuse::Placed::Parked(parked) => parked,
+    };
+    code_mode_protocol::hop!("fresh context parked");
+    // On the shelf: the owner's `join` returns, and the session's next cell can start.
+    drop(done);
+    // The earlier cells' garbage is collected once the session is idle a moment.
+    let mut next = parked.wait(super::reuse::IDLE_COLLECT);
+    if matches!(next, super::reuse::Waited::Idle) {
+        if spare.is_some() {
+            return parked.leave();
         }
+        super::reuse::collect_idle(&mut prepared.isolate);
+        next = parked.wait(super::reuse::IDLE_RELEASE);
+    }
+    match next {
+        super::reuse::Waited::Job(next) => Some(next),
+        super::reuse::Waited::Idle => parked.leave(),
+        super::reuse::Waited::Released => None,
     }
 }
 
