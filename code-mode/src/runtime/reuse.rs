@@ -5,9 +5,10 @@
 //! thread, waits for that reset (about half a millisecond) instead of preparing a new
 //! isolate (two or more).
 //!
-//! Such a wait says that the session's cells come back to back, faster than one isolate
-//! is reset: the shelf then gets one *spare* isolate, prepared on a thread of its own on
-//! the other core. From then on the two take turns, each reset while the other runs the
+//! Such a wait, when the cell came [`SPARE_AFTER`] or more after the one before it
+//! ended, says that the session's cells come back to back through a round trip outside
+//! the runtime that is shorter than a reset: the shelf then gets one *spare* isolate,
+//! prepared on a thread of its own on the other core. From then on the two take turns, each reset while the other runs the
 //! next cell, and no cell waits for a reset. A spare that no cell took for
 //! [`IDLE_COLLECT`] (cells no longer come back to back) is released; the shelf may get
 //! another at the next wait.
@@ -43,7 +44,15 @@ use code_mode_protocol::sync::lock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long after its session's latest cell ended a cell must come, to order a spare
+/// isolate when it has to wait for a reset. Such a cell's round trip outside the runtime
+/// (a host, its client and the model's agent loop) is long enough for a reset to be hidden
+/// behind the next one, so a spare makes every wait go. A cell that comes at once (an
+/// agent core running cells in process, back to back) would only have two resets compete
+/// for the cores, and the spare's making would cost more than it saves.
+pub(crate) const SPARE_AFTER: Duration = Duration::from_micros(100);
 
 /// How long a parked isolate waits for its session's next cell before it is released.
 pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(30);
@@ -94,6 +103,8 @@ struct ShelfState {
     /// Whether the shelf has its spare isolate (being prepared, running a cell, being
     /// reset or parked): at most one.
     spare: bool,
+    /// When the session's latest cell ended (its isolate's reset began).
+    last_end: Option<Instant>,
 }
 
 impl IsolateShelf {
@@ -142,9 +153,15 @@ impl IsolateShelf {
     /// Queues `job` for an isolate being reset for this shelf, if one is not spoken for
     /// already (or parked meanwhile: then it runs there); gives it back otherwise.
     ///
-    /// A job queued while the shelf has no spare isolate comes with the order to prepare
-    /// one ([`Queued::WithSpare`]): the caller starts its thread.
+    /// A job queued while the shelf has no spare isolate, [`SPARE_AFTER`] or more after
+    /// the session's latest cell ended, comes with the order to prepare one
+    /// ([`Queued::WithSpare`]): the caller starts its thread.
     pub(crate) fn wait_for_reset(self: &Arc<Self>, job: Job) -> Queued {
+        self.wait_for_reset_at(job, Instant::now())
+    }
+
+    /// [`IsolateShelf::wait_for_reset`] for a job that came at `now`.
+    fn wait_for_reset_at(self: &Arc<Self>, job: Job, now: Instant) -> Queued {
         let mut state = lock(&self.state);
         if let Some((_, parked)) = state.parked.pop() {
             drop(state);
@@ -157,7 +174,10 @@ impl IsolateShelf {
             return Queued::No(job);
         }
         state.waiting.push_back(job);
-        if state.spare {
+        let hidden = state
+            .last_end
+            .is_some_and(|ended| now.saturating_duration_since(ended) >= SPARE_AFTER);
+        if state.spare || !hidden {
             return Queued::Yes;
         }
         state.spare = true;
@@ -186,7 +206,10 @@ impl IsolateShelf {
     /// Notes that the calling thread is resetting an isolate for this shelf, until the
     /// returned guard parks it or is dropped.
     pub(crate) fn resetting(self: &Arc<Self>) -> Resetting {
-        lock(&self.state).resetting += 1;
+        let mut state = lock(&self.state);
+        state.resetting += 1;
+        state.last_end = Some(Instant::now());
+        drop(state);
         Resetting {
             shelf: Arc::clone(self),
             placed: false,
@@ -428,12 +451,13 @@ mod tests {
         let Queued::No(first) = shelf.wait_for_reset(first) else {
             panic!("queued with nothing to wait for");
         };
+        let ended = Instant::now();
         let resetting = shelf.resetting();
-        let Queued::WithSpare(spare) = shelf.wait_for_reset(first) else {
-            panic!("not queued for the reset, or no spare ordered");
-        };
-        // No thread for the spare: the order lapses, the cell still waits for the reset.
-        drop(spare);
+        // Come the moment the cell before it ended: queued, and no spare ordered.
+        assert!(
+            matches!(shelf.wait_for_reset_at(first, ended), Queued::Yes),
+            "not queued for the reset, or a spare ordered"
+        );
         assert!(!shelf.has_spare());
         // One reset, spoken for: the next cell is given back.
         let (second, _second, _) = job(&shelf, "second");
@@ -455,15 +479,20 @@ mod tests {
     fn the_first_wait_for_a_reset_orders_the_one_spare_and_a_spare_gone_may_be_ordered_again() {
         let shelf = shelf();
         let resetting = shelf.resetting();
+        // Come after a round trip outside the runtime.
+        let later = Instant::now() + SPARE_AFTER;
         let (first, _first, _) = job(&shelf, "first");
-        let Queued::WithSpare(spare) = shelf.wait_for_reset(first) else {
+        let Queued::WithSpare(spare) = shelf.wait_for_reset_at(first, later) else {
             panic!("the first wait ordered no spare");
         };
         assert!(shelf.has_spare());
         // The spare being prepared counts as a reset: a second cell may wait, and gets
         // no second spare.
         let (second, _second, _) = job(&shelf, "second");
-        assert!(matches!(shelf.wait_for_reset(second), Queued::Yes));
+        assert!(matches!(
+            shelf.wait_for_reset_at(second, later),
+            Queued::Yes
+        ));
         // The spare is prepared and placed: it takes the first cell that waited.
         let (preparing, guard) = spare.prepared();
         assert!(shelf.has_spare(), "a spare in use is still the spare");
@@ -480,7 +509,10 @@ mod tests {
         assert!(!shelf.has_spare());
         let _resetting = shelf.resetting();
         let (third, _third, _) = job(&shelf, "third");
-        assert!(matches!(shelf.wait_for_reset(third), Queued::WithSpare(_)));
+        assert!(matches!(
+            shelf.wait_for_reset_at(third, Instant::now() + SPARE_AFTER),
+            Queued::WithSpare(_)
+        ));
     }
 
     #[test]
@@ -495,7 +527,8 @@ mod tests {
             surface: waiting.config.surface,
             tools: Arc::clone(&waiting.config.tools),
         };
-        let Queued::WithSpare(spare) = shelf.wait_for_reset(waiting) else {
+        let later = Instant::now() + SPARE_AFTER;
+        let Queued::WithSpare(spare) = shelf.wait_for_reset_at(waiting, later) else {
             panic!("no spare ordered");
         };
         let spare_thread = crate::runtime::cell_thread()
@@ -538,12 +571,13 @@ mod tests {
         crate::platform::init_v8();
         let shelf = shelf();
         let (waiting, _handle, mut events) = job(&shelf, "text('ran elsewhere')");
+        let ended = Instant::now();
         let resetting = shelf.resetting();
-        let Queued::WithSpare(spare) = shelf.wait_for_reset(waiting) else {
-            panic!("not queued for the reset");
-        };
-        // No spare comes, and the isolate was not reusable after all.
-        drop(spare);
+        assert!(
+            matches!(shelf.wait_for_reset_at(waiting, ended), Queued::Yes),
+            "queued for the reset"
+        );
+        // The isolate was not reusable after all.
         drop(resetting);
         let mut texts = Vec::new();
         while let Some(event) = events.blocking_recv() {
