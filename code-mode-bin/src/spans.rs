@@ -4,9 +4,9 @@
 //! rebuilds) runs under a `code_mode.runtime` span, a child of that context, and what the
 //! runtime traces of the cell (compile, evaluate, timers, hibernation, replay) hangs under
 //! it. The spans that end go back on the connection that asked for them, batched: in one
-//! [`ServerMessage::Spans`] when the request's own span ends, or a moment after the first
-//! of them (a long cell's spans are not held), and the host exports them with its own,
-//! with this process's id (`process.pid`).
+//! [`ServerMessage::Spans`] when the request's own span ends, or at the route's flush every
+//! [`BATCH_DELAY`] meanwhile (a long cell's spans are not held), and the host exports them
+//! with its own, with this process's id (`process.pid`).
 //!
 //! The `code_mode.runtime` span lives as long as its cell here and holds what the runtime
 //! knows of the whole (the CPU time, the timers that fired). A runtime that is killed never
@@ -52,18 +52,34 @@ struct Route {
     outbox: Outbox<ServerMessage>,
     open: Vec<(SpanId, SpanId)>,
     /// Ended spans not sent yet: they go back in one message when the request's own span
-    /// ends, when [`BATCH_SPANS`] wait, or [`BATCH_DELAY`] after the first of them.
+    /// ends, when [`BATCH_SPANS`] wait, or at the route's next flush, every
+    /// [`BATCH_DELAY`].
     pending: Vec<SpanRecord>,
-    /// Where the delayed flush runs (the connection's runtime); without one, each span
+    /// Where the route's flush runs (the connection's runtime); without one, each span
     /// goes back as it ends.
     runtime: Option<tokio::runtime::Handle>,
+    /// The route's flush, every [`BATCH_DELAY`] while spans end: a task on `runtime`,
+    /// started with the route (on that runtime's thread, so that the cell's thread, where
+    /// most spans end, does not wake it to arm a timer), stopped after a round with
+    /// nothing to send (an idle cell costs no wake-ups) and started again by the next span
+    /// that ends; aborted with the route.
+    flusher: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        if let Some(flusher) = &self.flusher {
+            flusher.abort();
+        }
+    }
 }
 
 /// The most ended spans a route holds before it sends them.
 const BATCH_SPANS: usize = 64;
 
-/// How long an ended span waits for others before it goes back anyway (a cell that runs
-/// for hours still shows its compile, timers and hibernations as they happen).
+/// How often a route sends the spans that ended meanwhile (a cell that runs for hours
+/// still shows its compile, timers and hibernations as they happen). A cell shorter than
+/// this sends its spans once, as it ends.
 const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The routes of every traced request of this process, by trace id.
@@ -139,11 +155,18 @@ pub(crate) fn runtime_span(
         return tracing::Span::none();
     }
     let mut routes = lock(&ROUTES);
-    let route = routes.entry(trace.trace_id).or_insert_with(|| Route {
-        outbox: outbox.clone(),
-        open: Vec::new(),
-        pending: Vec::new(),
-        runtime: tokio::runtime::Handle::try_current().ok(),
+    let trace_id = trace.trace_id;
+    let route = routes.entry(trace_id).or_insert_with(|| {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Route {
+            outbox: outbox.clone(),
+            open: Vec::new(),
+            pending: Vec::new(),
+            flusher: runtime
+                .as_ref()
+                .map(|runtime| start_flusher(runtime, trace_id)),
+            runtime,
+        }
     });
     // The latest connection to trace here wins (one trace across two hosts is rare).
     route.outbox = outbox.clone();
@@ -340,28 +363,45 @@ fn hand_back(mut record: SpanRecord) {
     route.pending.push(record);
     match &route.runtime {
         Some(runtime) if !ends_route && route.pending.len() < BATCH_SPANS => {
-            if route.pending.len() == 1 {
-                // The first of a batch goes back soon even if nothing follows.
-                runtime.spawn(async move {
-                    tokio::time::sleep(BATCH_DELAY).await;
-                    flush(trace_id);
-                });
+            if route.flusher.is_none() {
+                route.flusher = Some(start_flusher(runtime, trace_id));
             }
         }
         _ => send(&route.outbox, std::mem::take(&mut route.pending)),
     }
     if route.open.is_empty() {
+        // Its flusher is aborted with it.
         routes.remove(&trace_id);
     }
 }
 
-/// Sends what the route of `trace_id` holds (the delayed flush).
-fn flush(trace_id: TraceId) {
-    if let Some(route) = lock(&ROUTES).get_mut(&trace_id)
-        && !route.pending.is_empty()
-    {
-        send(&route.outbox, std::mem::take(&mut route.pending));
+/// Starts the flush of the route of `trace_id` (see [`Route::flusher`]).
+fn start_flusher(runtime: &tokio::runtime::Handle, trace_id: TraceId) -> tokio::task::AbortHandle {
+    runtime
+        .spawn(async move {
+            loop {
+                tokio::time::sleep(BATCH_DELAY).await;
+                if !flush(trace_id) {
+                    return;
+                }
+            }
+        })
+        .abort_handle()
+}
+
+/// Sends what the route of `trace_id` holds (a round of its flush); whether the flush goes
+/// on. With nothing to send it stops, and the route's next span starts it again.
+fn flush(trace_id: TraceId) -> bool {
+    let mut routes = lock(&ROUTES);
+    let Some(route) = routes.get_mut(&trace_id) else {
+        return false;
+    };
+    if route.pending.is_empty() {
+        route.flusher = None;
+        return false;
     }
+    send(&route.outbox, std::mem::take(&mut route.pending));
+    true
 }
 
 /// Sends ended spans back. A connection that is gone or stalled loses its spans, never

@@ -1079,6 +1079,65 @@ fn timeless(response: Response) -> Response {
     }
 }
 
+/// The spans of a traced cell that runs on come back while it runs, not only when its
+/// request ends: its compile and evaluation arrive before its response, in a batch
+/// without the request's own span, which comes at the end.
+#[tokio::test]
+async fn a_long_cells_spans_come_back_before_it_ends() {
+    use code_mode_wire::payload::TraceContext;
+    let mut host = Host::ready().await;
+    host.open_session(1, SessionId(1)).await;
+    // Long enough that a flush due 20 ms in comes first even on a loaded machine.
+    let source = "await new Promise((done) => setTimeout(done, 1500)); text(\"late\");";
+    host.send(ClientMessage::Request {
+        id: RequestId(2),
+        request: Request::Session {
+            session: SessionId(1),
+            call: SessionCall::Execute(ExecRequest::new(source)).into(),
+        },
+        trace: Some(TraceContext {
+            trace_id: [9; 16],
+            span_id: [3; 8],
+            flags: 1,
+        }),
+    })
+    .await;
+    host.holding.insert(2);
+    let ServerMessage::Spans(first) = host
+        .next_matching(|m| matches!(m, ServerMessage::Spans(_)))
+        .await
+    else {
+        unreachable!("matched spans");
+    };
+    let names: Vec<&str> = first.iter().map(|record| record.name.as_str()).collect();
+    assert!(
+        names.contains(&"code_mode.compile") && !names.contains(&"code_mode.runtime"),
+        "the first batch is not the running cell's: {names:?}"
+    );
+    assert!(
+        !host
+            .backlog
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Response { .. })),
+        "the spans came only once the cell had ended"
+    );
+    host.response(2).await.expect("the cell's response");
+    loop {
+        let ServerMessage::Spans(batch) = host
+            .next_matching(|m| matches!(m, ServerMessage::Spans(_)))
+            .await
+        else {
+            unreachable!("matched spans");
+        };
+        if batch
+            .iter()
+            .any(|record| record.name == "code_mode.runtime")
+        {
+            break;
+        }
+    }
+}
+
 /// A traced exec's spans come back as the runtime's own records: each under the host's
 /// span it was traced under, with its fields as attributes (one recorded later included),
 /// the runtime process's pid, and the cell's timer as an event of `code_mode.runtime`.
