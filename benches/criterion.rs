@@ -463,6 +463,12 @@ fn context(c: &mut Criterion) {
         let mut maker = code_mode::runtime::ContextBench::new(source);
         group.bench_function(name, |b| b.iter(|| maker.fresh_context()));
     }
+    // With 128 tools built ahead, as the reset of a session whose cells have them.
+    let tools = tools(128);
+    let mut maker = code_mode::runtime::ContextBench::new(code_mode::ContextSource::Snapshot);
+    group.bench_function("cell_context_snapshot_128_tools", |b| {
+        b.iter(|| maker.fresh_context_with_tools(&tools));
+    });
     let mut isolate = v8::Isolate::new(v8::CreateParams::default());
     group.bench_function("v8_context_new", |b| {
         b.iter(|| {

@@ -185,3 +185,33 @@ fn each_cell_on_a_reused_isolate_gets_its_own_tools() {
         assert_eq!(shelf.parked(), 1, "the isolate serves the next cell");
     }
 }
+
+#[test]
+fn a_tool_function_one_cell_changed_is_a_fresh_one_in_the_next() {
+    use code_mode::ToolDefinition;
+    use code_mode::protocol::ToolKind;
+    let shelf = shelf();
+    let tools = vec![ToolDefinition::new("a", "the a tool", ToolKind::Function)];
+    // The isolate makes every cell's tool functions from the same template: what a cell
+    // does to its function stays with that cell's context.
+    let r = cell(
+        r#"
+        tools.a.mark = "cell 1";
+        Object.defineProperty(tools.a, "name", { value: "changed" });
+        Object.setPrototypeOf(tools.a, null);
+        text(tools.a.name);
+        "#,
+    )
+    .tools(tools.clone())
+    .on_shelf(&shelf)
+    .run();
+    assert_eq!(r.ok_texts(), ["changed"]);
+    assert_eq!(shelf.parked(), 1);
+    let r = cell(
+        r#"text([String(tools.a.mark), tools.a.name, Object.getPrototypeOf(tools.a) === Function.prototype].join(" "));"#,
+    )
+    .tools(tools)
+    .on_shelf(&shelf)
+    .run();
+    assert_eq!(r.ok_texts(), ["undefined a true"]);
+}

@@ -15,6 +15,7 @@ use super::{CellEvent, ToolCallRequest};
 use code_mode_protocol::Surface;
 use code_mode_protocol::{ContentItem, js_tool_name, stored};
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
 use std::time::Duration;
 use v8::MapFnTo;
 
@@ -417,20 +418,64 @@ pub(crate) fn external_references() -> Vec<v8::ExternalReference> {
         .collect()
 }
 
-/// Drops what [`new_helpers`] keeps in the isolate for later contexts (see
-/// `settled::forget_compiled`).
+/// Drops what the isolate keeps for later contexts (see `settled::forget_compiled`, and
+/// the tool functions' templates).
 pub(crate) fn forget_isolate_cache(isolate: &mut v8::Isolate) {
     settled::forget_compiled(isolate);
+    isolate.remove_slot::<ToolTemplates>();
+    isolate.remove_slot::<tools::EagerStringsSlot>();
 }
 
-/// A tool's function: the tool helper bound to the tool's index (named later).
+/// A tool's function: the tool helper bound to the tool's index (named later). A fresh
+/// function of the current context, instantiated from the isolate's template for the
+/// index (made once per isolate, for the first [`TEMPLATED_TOOLS`] indices): a context
+/// made for every cell costs an instantiation per tool, not a template and a function.
 pub(crate) fn new_tool_function<'s>(
-    scope: &v8::PinScope<'s, '_>,
+    scope: &mut v8::PinScope<'s, '_>,
     index: usize,
 ) -> v8::Local<'s, v8::Function> {
+    if index < TEMPLATED_TOOLS {
+        let templates = match scope.get_slot::<ToolTemplates>() {
+            Some(templates) => Rc::clone(templates),
+            None => {
+                let templates = ToolTemplates::default();
+                scope.set_slot(Rc::clone(&templates));
+                templates
+            }
+        };
+        let template = {
+            let mut templates = templates.borrow_mut();
+            if templates.len() <= index {
+                templates.resize(index + 1, None);
+            }
+            match &templates[index] {
+                Some(template) => v8::Local::new(scope, template),
+                None => {
+                    let data = v8::Number::new(scope, index as f64).into();
+                    let template = v8::FunctionTemplate::builder_raw(tool_helper.map_fn_to())
+                        .data(data)
+                        .constructor_behavior(v8::ConstructorBehavior::Throw)
+                        .build(scope);
+                    templates[index] = Some(v8::Global::new(scope, template));
+                    template
+                }
+            }
+        };
+        return template
+            .get_function(scope)
+            .expect("instantiating a native function cannot fail before any user code ran");
+    }
     let index = v8::Number::new(scope, index as f64).into();
     native_function(scope, tool_helper.map_fn_to(), Some(index))
 }
+
+/// The tool indices whose function templates an isolate keeps ([`new_tool_function`]);
+/// a tool further down the list (a deferred one among thousands) gets a function made
+/// from nothing.
+const TEMPLATED_TOOLS: usize = 1024;
+
+/// An isolate's function templates of tool functions, by index (an isolate slot).
+type ToolTemplates = Rc<std::cell::RefCell<Vec<Option<v8::Global<v8::FunctionTemplate>>>>>;
 
 fn new_function<'s>(
     scope: &v8::PinScope<'s, '_>,

@@ -13,7 +13,9 @@ use super::{define_with, freeze, global_attributes, new_tool_function, own_state
 use crate::runtime::state::StateRef;
 use crate::runtime::tool_table::{ToolTable, tool_table};
 use code_mode_protocol::{ToolDefinition, js_tool_name};
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// The `tools` object and, unless it is lazy, the `ALL_TOOLS` array of a cell, built
@@ -46,14 +48,13 @@ impl<'s> EntryParts<'s> {
         &self,
         scope: &v8::PinScope<'s, '_>,
         name: v8::Local<'s, v8::Value>,
-        description: &str,
+        description: v8::Local<'s, v8::String>,
     ) -> v8::Local<'s, v8::Value> {
-        let description = v8_str(scope, description).into();
         let entry = v8::Object::with_prototype_and_properties(
             scope,
             self.prototype,
             &[self.name, self.description],
-            &[name, description],
+            &[name, description.into()],
         );
         freeze(scope, entry);
         entry.into()
@@ -78,12 +79,16 @@ pub(crate) fn build_tools(
     // on every cell's critical path, for every eager tool).
     let table = tool_table(tools);
     let deferred = (!table.deferred.is_empty()).then(|| Arc::clone(&table));
+    let (eager_names, descriptions) = eager_strings(scope, &table, tools);
     let parts = EntryParts::new(scope);
     let mut names: Vec<v8::Local<v8::Name>> = Vec::with_capacity(table.eager.len());
     let mut functions: Vec<v8::Local<v8::Value>> = Vec::with_capacity(table.eager.len());
     let mut entries: Vec<v8::Local<v8::Value>> = Vec::new();
-    for (index, js_name) in &table.eager {
-        let name = v8_str(scope, js_name);
+    for ((index, _), (name, description)) in table
+        .eager
+        .iter()
+        .zip(eager_names.into_iter().zip(descriptions))
+    {
         let function = match prepared.get(*index) {
             Some(function) => v8::Local::new(scope, function),
             None => new_tool_function(scope, *index),
@@ -92,7 +97,7 @@ pub(crate) fn build_tools(
         names.push(name.into());
         functions.push(function.into());
         if deferred.is_none() {
-            entries.push(parts.entry(scope, name.into(), &tools[*index].description));
+            entries.push(parts.entry(scope, name.into(), description));
         }
     }
     let prototype = match &deferred {
@@ -112,6 +117,70 @@ pub(crate) fn build_tools(
         all_tools,
         deferred,
     }
+}
+
+/// The JavaScript names (internalized: they are property keys) and the descriptions of
+/// the eager tools of the latest tool set whose `tools` an isolate built, kept in the
+/// isolate (a slot) for its next contexts: a session's cells usually have the same set,
+/// and each fresh context would make the same strings again.
+pub(super) struct EagerStrings {
+    table: Arc<ToolTable>,
+    names: Vec<v8::Global<v8::String>>,
+    descriptions: Vec<v8::Global<v8::String>>,
+}
+
+/// The isolate slot of [`EagerStrings`].
+pub(super) type EagerStringsSlot = Rc<RefCell<Option<EagerStrings>>>;
+
+/// The names and descriptions of `table`'s eager tools, in its order: the isolate's kept
+/// strings when they are of this table, else made now and kept.
+fn eager_strings<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    table: &Arc<ToolTable>,
+    tools: &[ToolDefinition],
+) -> (
+    Vec<v8::Local<'s, v8::String>>,
+    Vec<v8::Local<'s, v8::String>>,
+) {
+    let slot = match scope.get_slot::<EagerStringsSlot>() {
+        Some(slot) => Rc::clone(slot),
+        None => {
+            let slot = EagerStringsSlot::default();
+            scope.set_slot(Rc::clone(&slot));
+            slot
+        }
+    };
+    let mut kept = slot.borrow_mut();
+    if let Some(strings) = kept.as_ref().filter(|kept| Arc::ptr_eq(&kept.table, table)) {
+        let local = |strings: &[v8::Global<v8::String>]| {
+            strings
+                .iter()
+                .map(|string| v8::Local::new(scope, string))
+                .collect::<Vec<_>>()
+        };
+        return (local(&strings.names), local(&strings.descriptions));
+    }
+    let mut names = Vec::with_capacity(table.eager.len());
+    let mut descriptions = Vec::with_capacity(table.eager.len());
+    for (index, js_name) in &table.eager {
+        let name =
+            v8::String::new_from_utf8(scope, js_name.as_bytes(), v8::NewStringType::Internalized)
+                .unwrap_or_else(|| v8::String::empty(scope));
+        names.push(name);
+        descriptions.push(v8_str(scope, &tools[*index].description));
+    }
+    let global = |strings: &[v8::Local<'s, v8::String>]| {
+        strings
+            .iter()
+            .map(|string| v8::Global::new(scope, *string))
+            .collect()
+    };
+    *kept = Some(EagerStrings {
+        table: Arc::clone(table),
+        names: global(&names),
+        descriptions: global(&descriptions),
+    });
+    (names, descriptions)
 }
 
 /// Makes built tools the cell's `tools` and `ALL_TOOLS`: read-only globals on the
@@ -167,7 +236,8 @@ fn all_tools_getter<'s>(
         let js_name = js_tool_name(&tool.name);
         if bound.insert(js_name.clone()) {
             let name = v8_str(scope, &js_name).into();
-            entries.push(parts.entry(scope, name, &tool.description));
+            let description = v8_str(scope, &tool.description);
+            entries.push(parts.entry(scope, name, description));
         }
     }
     let all_tools = v8::Array::new_with_elements(scope, &entries);
