@@ -125,6 +125,25 @@ impl Host {
         }
     }
 
+    /// Sends request `id`: an exec of `source` in session 1, traced under `span_id` of
+    /// `trace_id` (sampled), whose answer the test takes.
+    async fn traced_exec(&mut self, id: u64, source: &str, trace_id: [u8; 16], span_id: [u8; 8]) {
+        self.send(ClientMessage::Request {
+            id: RequestId(id),
+            request: Request::Session {
+                session: SessionId(1),
+                call: SessionCall::Execute(ExecRequest::new(source)).into(),
+            },
+            trace: Some(code_mode_wire::payload::TraceContext {
+                trace_id,
+                span_id,
+                flags: 1,
+            }),
+        })
+        .await;
+        self.holding.insert(id);
+    }
+
     /// Spawns the runtime and completes the handshake.
     async fn ready() -> Self {
         Self::start().await.handshake().await
@@ -1084,25 +1103,11 @@ fn timeless(response: Response) -> Response {
 /// without the request's own span, which comes at the end.
 #[tokio::test]
 async fn a_long_cells_spans_come_back_before_it_ends() {
-    use code_mode_wire::payload::TraceContext;
     let mut host = Host::ready().await;
     host.open_session(1, SessionId(1)).await;
     // Long enough that a flush due 20 ms in comes first even on a loaded machine.
     let source = "await new Promise((done) => setTimeout(done, 1500)); text(\"late\");";
-    host.send(ClientMessage::Request {
-        id: RequestId(2),
-        request: Request::Session {
-            session: SessionId(1),
-            call: SessionCall::Execute(ExecRequest::new(source)).into(),
-        },
-        trace: Some(TraceContext {
-            trace_id: [9; 16],
-            span_id: [3; 8],
-            flags: 1,
-        }),
-    })
-    .await;
-    host.holding.insert(2);
+    host.traced_exec(2, source, [9; 16], [3; 8]).await;
     let ServerMessage::Spans(first) = host
         .next_matching(|m| matches!(m, ServerMessage::Spans(_)))
         .await
@@ -1143,26 +1148,13 @@ async fn a_long_cells_spans_come_back_before_it_ends() {
 /// the runtime process's pid, and the cell's timer as an event of `code_mode.runtime`.
 #[tokio::test]
 async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
-    use code_mode_wire::payload::{SpanRecord, SpanValue, TraceContext};
+    use code_mode_wire::payload::{SpanRecord, SpanValue};
     let mut host = Host::ready().await;
     host.open_session(1, SessionId(1)).await;
     let (trace_id, host_span) = ([7; 16], [8; 8]);
     // Type annotations make V8 refuse the source: the compile span records `typescript`.
     let source = "const pause = (ms: number) => new Promise<void>((done) => setTimeout(done, ms));\nawait pause(1);\ntext(\"ok\");";
-    host.send(ClientMessage::Request {
-        id: RequestId(2),
-        request: Request::Session {
-            session: SessionId(1),
-            call: SessionCall::Execute(ExecRequest::new(source)).into(),
-        },
-        trace: Some(TraceContext {
-            trace_id,
-            span_id: host_span,
-            flags: 1,
-        }),
-    })
-    .await;
-    host.holding.insert(2);
+    host.traced_exec(2, source, trace_id, host_span).await;
     host.response(2).await.expect("the cell's response");
     let mut records: Vec<SpanRecord> = Vec::new();
     while !records

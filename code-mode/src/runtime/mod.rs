@@ -79,6 +79,16 @@ pub use reuse::IsolateShelf;
 pub use snapshot::ContextBench;
 pub use snapshot::{CONTEXT_SNAPSHOT_ENV, CacheOutcome, ContextSource, use_disk_cache};
 
+/// Waits until the process's startup snapshot is made (starting it if need be): from then
+/// on cells' contexts come from it, and a session's isolates are parked for its next
+/// cells (one built by hand before it is not). For tests that need that from their first
+/// cell.
+#[doc(hidden)]
+pub fn wait_for_startup_snapshot() {
+    crate::platform::init_v8();
+    snapshot::wait_made();
+}
+
 /// The stack of a cell thread, in bytes. V8 keeps its own JS stack limit (about 1 MiB) well
 /// inside it, so the runtime's native callbacks still have room when JS is at its deepest.
 pub const CELL_THREAD_STACK_BYTES: usize = 8 * 1024 * 1024;

@@ -443,6 +443,19 @@ mod tests {
         Arc::new(IsolateShelf::new(CellLimits::default().heap_bytes))
     }
 
+    /// The texts a cell printed, up to its end.
+    fn texts_until_finished(events: &mut tokio::sync::mpsc::Receiver<CellEvent>) -> Vec<String> {
+        let mut texts = Vec::new();
+        while let Some(event) = events.blocking_recv() {
+            match event {
+                CellEvent::Output(item) => texts.extend(item.as_text().map(str::to_owned)),
+                CellEvent::Finished(_) => break,
+                _ => {}
+            }
+        }
+        texts
+    }
+
     #[test]
     fn a_cell_waits_for_an_isolate_being_reset_and_the_reset_isolate_runs_it() {
         let shelf = shelf();
@@ -534,14 +547,7 @@ mod tests {
         let spare_thread = crate::runtime::cell_thread()
             .spawn(move || crate::runtime::thread::run_spare(spare, &like))
             .expect("a thread for the spare");
-        let mut texts = Vec::new();
-        while let Some(event) = events.blocking_recv() {
-            match event {
-                CellEvent::Output(item) => texts.extend(item.as_text().map(str::to_owned)),
-                CellEvent::Finished(_) => break,
-                _ => {}
-            }
-        }
+        let texts = texts_until_finished(&mut events);
         assert_eq!(texts, ["ran on the spare"]);
         // Released, the spare is reset and parked; no cell comes, so it leaves.
         drop(handle);
@@ -579,14 +585,7 @@ mod tests {
         );
         // The isolate was not reusable after all.
         drop(resetting);
-        let mut texts = Vec::new();
-        while let Some(event) = events.blocking_recv() {
-            match event {
-                CellEvent::Output(item) => texts.extend(item.as_text().map(str::to_owned)),
-                CellEvent::Finished(_) => break,
-                _ => {}
-            }
-        }
+        let texts = texts_until_finished(&mut events);
         assert_eq!(texts, ["ran elsewhere"]);
     }
 }

@@ -435,14 +435,7 @@ pub(crate) fn new_tool_function<'s>(
     index: usize,
 ) -> v8::Local<'s, v8::Function> {
     if index < TEMPLATED_TOOLS {
-        let templates = match scope.get_slot::<ToolTemplates>() {
-            Some(templates) => Rc::clone(templates),
-            None => {
-                let templates = ToolTemplates::default();
-                scope.set_slot(Rc::clone(&templates));
-                templates
-            }
-        };
+        let templates = isolate_cache::<ToolTemplates>(scope);
         let template = {
             let mut templates = templates.borrow_mut();
             if templates.len() <= index {
@@ -467,6 +460,17 @@ pub(crate) fn new_tool_function<'s>(
     }
     let index = v8::Number::new(scope, index as f64).into();
     native_function(scope, tool_helper.map_fn_to(), Some(index))
+}
+
+/// What the isolate keeps in its slot of type `T` (a shared cell, made empty on first
+/// use), for contexts to come.
+pub(super) fn isolate_cache<T: Default + Clone + 'static>(scope: &mut v8::PinScope<'_, '_>) -> T {
+    if let Some(kept) = scope.get_slot::<T>() {
+        return kept.clone();
+    }
+    let kept = T::default();
+    scope.set_slot(kept.clone());
+    kept
 }
 
 /// The tool indices whose function templates an isolate keeps ([`new_tool_function`]);

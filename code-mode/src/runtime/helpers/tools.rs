@@ -142,14 +142,7 @@ fn eager_strings<'s>(
     Vec<v8::Local<'s, v8::String>>,
     Vec<v8::Local<'s, v8::String>>,
 ) {
-    let slot = match scope.get_slot::<EagerStringsSlot>() {
-        Some(slot) => Rc::clone(slot),
-        None => {
-            let slot = EagerStringsSlot::default();
-            scope.set_slot(Rc::clone(&slot));
-            slot
-        }
-    };
+    let slot = super::isolate_cache::<EagerStringsSlot>(scope);
     let mut kept = slot.borrow_mut();
     if let Some(strings) = kept.as_ref().filter(|kept| Arc::ptr_eq(&kept.table, table)) {
         let local = |strings: &[v8::Global<v8::String>]| {
