@@ -114,6 +114,10 @@ fn wait_for_first_isolate() {
 /// the first cell isolate be prepared (see [`note_isolate_prepared`]).
 pub(crate) fn start_making() {
     static STARTED: std::sync::Once = std::sync::Once::new();
+    // A blob read from the disk cache needs no thread (one fewer on a cold start's path).
+    if BLOB.get().is_some() {
+        return;
+    }
     STARTED.call_once(|| {
         let spawned = std::thread::Builder::new()
             .name("code-mode-snapshot".to_owned())
