@@ -432,16 +432,11 @@ pub fn spawn_cell_on(
     if let Some(shelf) = &shelf
         && let Some(unplaced) = job.take()
     {
-        let like = SpareLike {
-            heap_bytes: unplaced.config.limits.heap_bytes,
-            surface: unplaced.config.surface,
-            tools: Arc::clone(&unplaced.config.tools),
-        };
         job = match shelf.wait_for_reset(unplaced) {
             reuse::Queued::No(job) => Some(job),
             reuse::Queued::Yes => None,
             reuse::Queued::WithSpare(spare) => {
-                start_spare(spare, like);
+                start_spare(spare);
                 None
             }
         };
@@ -457,6 +452,7 @@ pub fn spawn_cell_on(
 }
 
 /// What a shelf's spare isolate is prepared for: the cell whose wait ordered it.
+#[derive(Debug)]
 pub(crate) struct SpareLike {
     pub(crate) heap_bytes: u64,
     pub(crate) surface: code_mode_protocol::Surface,
@@ -466,8 +462,8 @@ pub(crate) struct SpareLike {
 
 /// Starts the thread of a shelf's spare isolate; without a thread, the order lapses (the
 /// cells queued wait for the other resets, or go elsewhere).
-fn start_spare(spare: reuse::Spare, like: SpareLike) {
-    if let Err(error) = cell_thread().spawn(move || thread::run_spare(spare, &like)) {
+fn start_spare(spare: reuse::Spare) {
+    if let Err(error) = cell_thread().spawn(move || thread::run_spare(spare)) {
         tracing::debug!("cannot start a thread for a spare isolate: {error}");
     }
 }
@@ -513,8 +509,12 @@ pub fn spawn_cell_from(
     let heap_bytes = config.limits.heap_bytes;
     let surface = config.surface;
     let (job, handle) = Job::new(config, events, None);
-    cell_thread()
-        .spawn(move || thread::run(Some(thread::prepare(heap_bytes, 0, source, surface)), job))?;
+    cell_thread().spawn(move || {
+        thread::run(
+            Some(thread::prepare(heap_bytes, 0, source, surface, None)),
+            job,
+        )
+    })?;
     Ok(handle)
 }
 

@@ -317,7 +317,7 @@ fn spawn_worker() -> std::io::Result<Worker> {
     super::cell_thread().spawn(move || {
         let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
         let prepared: Prepared =
-            thread::prepare(POOLED_HEAP_BYTES, tool_functions, source, surface);
+            thread::prepare(POOLED_HEAP_BYTES, tool_functions, source, surface, None);
         prepared_flag.store(true, Ordering::Release);
         if let Ok(job) = waiting.recv() {
             thread::run(Some(prepared), job);

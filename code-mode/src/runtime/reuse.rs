@@ -173,13 +173,19 @@ impl IsolateShelf {
         if state.waiting.len() >= state.resetting {
             return Queued::No(job);
         }
-        state.waiting.push_back(job);
         let hidden = state
             .last_end
             .is_some_and(|ended| now.saturating_duration_since(ended) >= SPARE_AFTER);
         if state.spare || !hidden {
+            state.waiting.push_back(job);
             return Queued::Yes;
         }
+        let like = super::SpareLike {
+            heap_bytes: job.config.limits.heap_bytes,
+            surface: job.config.surface,
+            tools: Arc::clone(&job.config.tools),
+        };
+        state.waiting.push_back(job);
         state.spare = true;
         state.resetting += 1;
         Queued::WithSpare(Spare {
@@ -188,6 +194,7 @@ impl IsolateShelf {
                 placed: false,
             },
             guard: SpareGuard(Arc::downgrade(self)),
+            like,
         })
     }
 
@@ -227,11 +234,6 @@ pub(crate) struct Resetting {
 }
 
 /// What [`IsolateShelf::wait_for_reset`] did with a job.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "made once per cell start and taken apart at once; boxing the job would cost \
-              an allocation on the path of every cell that waits for nothing"
-)]
 pub(crate) enum Queued {
     /// Nothing to wait for: the job is given back.
     No(Job),
@@ -251,9 +253,16 @@ pub(crate) struct Spare {
     /// take it.
     preparing: Resetting,
     guard: SpareGuard,
+    /// What it is prepared for: the cell whose wait ordered it.
+    like: super::SpareLike,
 }
 
 impl Spare {
+    /// What the spare is prepared for.
+    pub(crate) fn like(&self) -> &super::SpareLike {
+        &self.like
+    }
+
     /// The spare is prepared: it is placed like a reset isolate, and from then on lives
     /// as one (`SpareGuard` keeps it the shelf's spare until it goes).
     pub(crate) fn prepared(self) -> (Resetting, SpareGuard) {
@@ -535,17 +544,12 @@ mod tests {
         // A reset that takes long: the spare is placed first.
         let resetting = shelf.resetting();
         let (waiting, handle, mut events) = job(&shelf, "text('ran on the spare')");
-        let like = crate::runtime::SpareLike {
-            heap_bytes: waiting.config.limits.heap_bytes,
-            surface: waiting.config.surface,
-            tools: Arc::clone(&waiting.config.tools),
-        };
         let later = Instant::now() + SPARE_AFTER;
         let Queued::WithSpare(spare) = shelf.wait_for_reset_at(waiting, later) else {
             panic!("no spare ordered");
         };
         let spare_thread = crate::runtime::cell_thread()
-            .spawn(move || crate::runtime::thread::run_spare(spare, &like))
+            .spawn(move || crate::runtime::thread::run_spare(spare))
             .expect("a thread for the spare");
         let texts = texts_until_finished(&mut events);
         assert_eq!(texts, ["ran on the spare"]);

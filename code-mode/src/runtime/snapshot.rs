@@ -358,21 +358,18 @@ impl ContextBench {
     }
 
     /// Makes one fresh context with its helpers and `tools` built ahead, as a reset does
-    /// for a session whose cells have those tools, and lets it go.
+    /// (the cell thread's own `new_context`) for a session whose cells have those tools,
+    /// and lets it go.
     pub fn fresh_context_with_tools(
         &mut self,
         tools: &std::sync::Arc<[code_mode_protocol::ToolDefinition]>,
     ) {
-        v8::scope!(let scope, &mut self.isolate);
-        let context = v8::Context::new(scope, Default::default());
-        let scope = &mut v8::ContextScope::new(scope, context);
-        add_helpers(scope, self.source, code_mode_protocol::Surface::Contract);
-        let functions: Vec<_> = (0..tools.len())
-            .map(|index| {
-                let function = super::helpers::new_tool_function(scope, index);
-                v8::Global::new(scope, function)
-            })
-            .collect();
-        std::hint::black_box(super::helpers::build_tools(scope, tools, &functions));
+        std::hint::black_box(super::thread::new_context(
+            &mut self.isolate,
+            self.source,
+            code_mode_protocol::Surface::Contract,
+            super::eager_tool_count(tools),
+            Some(std::sync::Arc::clone(tools)),
+        ));
     }
 }

@@ -59,7 +59,7 @@ pub(crate) struct Prepared {
 }
 
 /// A context made for the next cell, never entered before it runs.
-struct FreshContext {
+pub(super) struct FreshContext {
     context: v8::Global<v8::Context>,
     /// Tool functions bound to indices 0, 1, ... (not reachable from JS until the cell's
     /// `tools` object is built from them).
@@ -71,12 +71,14 @@ struct FreshContext {
 }
 
 /// Creates an isolate for a cell with `heap_bytes` of heap, its context with the helpers
-/// (from `source`), and `tool_functions` tool functions. Call it on the cell's thread.
+/// (from `source`), `tool_functions` tool functions and (for `likely_tools`) the cell's
+/// `tools` and `ALL_TOOLS` built ahead. Call it on the cell's thread.
 pub(crate) fn prepare(
     heap_bytes: u64,
     tool_functions: usize,
     source: ContextSource,
     surface: Surface,
+    likely_tools: Option<Arc<[ToolDefinition]>>,
 ) -> Prepared {
     let heap_guard = Box::new(HeapGuard::new());
     let source = snapshot::effective(source);
@@ -95,7 +97,7 @@ pub(crate) fn prepare(
     isolate.set_host_import_module_dynamically_callback(callbacks::dynamic_import);
     isolate.add_near_heap_limit_callback(callbacks::near_heap_limit, heap_guard.as_callback_data());
     let prepared = Prepared {
-        fresh: new_context(&mut isolate, source, surface, tool_functions, None),
+        fresh: new_context(&mut isolate, source, surface, tool_functions, likely_tools),
         isolate,
         heap_guard,
         heap_bytes,
@@ -109,7 +111,7 @@ pub(crate) fn prepare(
 /// A fresh context on `isolate` with every cell-independent helper (the snapshot's, or
 /// installed now), `tool_functions` tool functions bound to indices 0, 1, ..., and (for
 /// `likely_tools`) the cell's `tools` and `ALL_TOOLS` built but not yet defined.
-fn new_context(
+pub(super) fn new_context(
     isolate: &mut v8::OwnedIsolate,
     source: ContextSource,
     surface: Surface,
@@ -157,35 +159,25 @@ pub(super) fn run(prepared: Option<Prepared>, job: super::Job) {
             0,
             ContextSource::preferred(),
             job.config.surface,
+            None,
         ),
     };
     run_on_shelf(prepared, job, None);
 }
 
 /// The thread of a shelf's spare isolate (see [`super::reuse`]): prepares an isolate for
-/// cells `like` the one that ordered it, places it like a reset one, and then lives as
-/// any cell thread of the shelf, except that it leaves the shelf as soon as no cell took
-/// it for [`super::reuse::IDLE_COLLECT`].
-pub(super) fn run_spare(spare: super::reuse::Spare, like: &super::SpareLike) {
-    let tools = Arc::clone(&like.tools);
+/// cells like the one that ordered it, places it like a reset one, and then lives as any
+/// cell thread of the shelf, except that it leaves the shelf as soon as no cell took it
+/// for [`super::reuse::IDLE_COLLECT`].
+pub(super) fn run_spare(spare: super::reuse::Spare) {
+    let like = spare.like();
     let mut prepared = prepare(
         like.heap_bytes,
-        super::eager_tool_count(&tools),
+        super::eager_tool_count(&like.tools),
         ContextSource::preferred(),
         like.surface,
+        Some(Arc::clone(&like.tools)),
     );
-    prepared.fresh.built_tools = {
-        let FreshContext {
-            context,
-            tool_functions,
-            ..
-        } = &prepared.fresh;
-        v8::scope!(let scope, &mut prepared.isolate);
-        let context = v8::Local::new(scope, context);
-        let scope = &mut v8::ContextScope::new(scope, context);
-        let built = super::helpers::build_tools(scope, &tools, tool_functions);
-        Some((tools, built))
-    };
     let (preparing, guard) = spare.prepared();
     if let Some(job) = place(&mut prepared, preparing, None, Some(&guard)) {
         run_on_shelf(prepared, *job, Some(guard));
