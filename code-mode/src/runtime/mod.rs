@@ -74,10 +74,10 @@ pub fn strip_typescript(source: &str) -> Result<String, TypeScriptRefused> {
 pub struct TypeScriptRefused(pub String);
 
 pub use reuse::IsolateShelf;
+pub use snapshot::{CONTEXT_SNAPSHOT_ENV, CacheOutcome, ContextSource, use_disk_cache};
 #[cfg(feature = "internals")]
 #[doc(hidden)]
-pub use snapshot::ContextBench;
-pub use snapshot::{CONTEXT_SNAPSHOT_ENV, CacheOutcome, ContextSource, use_disk_cache};
+pub use thread::ContextBench;
 
 /// Waits until the process's startup snapshot is made (starting it if need be): from then
 /// on cells' contexts come from it, and a session's isolates are parked for its next

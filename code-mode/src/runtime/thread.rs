@@ -59,7 +59,7 @@ pub(crate) struct Prepared {
 }
 
 /// A context made for the next cell, never entered before it runs.
-pub(super) struct FreshContext {
+struct FreshContext {
     context: v8::Global<v8::Context>,
     /// Tool functions bound to indices 0, 1, ... (not reachable from JS until the cell's
     /// `tools` object is built from them).
@@ -111,7 +111,7 @@ pub(crate) fn prepare(
 /// A fresh context on `isolate` with every cell-independent helper (the snapshot's, or
 /// installed now), `tool_functions` tool functions bound to indices 0, 1, ..., and (for
 /// `likely_tools`) the cell's `tools` and `ALL_TOOLS` built but not yet defined.
-pub(super) fn new_context(
+fn new_context(
     isolate: &mut v8::OwnedIsolate,
     source: ContextSource,
     surface: Surface,
@@ -805,4 +805,49 @@ fn compile<'s>(scope: &v8::PinScope<'s, '_>, source: &str) -> Option<v8::Local<'
 fn pump_platform_tasks(scope: &mut v8::PinScope<'_, '_>) {
     let platform = crate::platform::platform();
     while v8::Platform::pump_message_loop(platform, scope, false) {}
+}
+
+/// An isolate that makes fresh cell contexts as a cell thread does, for the benchmarks
+/// that compare the two sources (only with the `internals` feature).
+#[cfg(feature = "internals")]
+pub struct ContextBench {
+    isolate: v8::OwnedIsolate,
+    source: ContextSource,
+}
+
+#[cfg(feature = "internals")]
+impl ContextBench {
+    pub fn new(source: ContextSource) -> Self {
+        crate::platform::init_v8();
+        let source = snapshot::effective(source);
+        let isolate = v8::Isolate::new(snapshot::isolate_params(
+            v8::CreateParams::default(),
+            source,
+        ));
+        Self { isolate, source }
+    }
+
+    /// Makes one fresh context with its helpers, and lets it go.
+    pub fn fresh_context(&mut self) {
+        v8::scope!(let scope, &mut self.isolate);
+        let context = v8::Context::new(scope, Default::default());
+        let scope = &mut v8::ContextScope::new(scope, context);
+        snapshot::add_helpers(scope, self.source, code_mode_protocol::Surface::Contract);
+    }
+
+    /// Makes one fresh context with its helpers and `tools` built ahead, as a reset does
+    /// (the cell thread's own `new_context`) for a session whose cells have those tools,
+    /// and lets it go.
+    pub fn fresh_context_with_tools(
+        &mut self,
+        tools: &std::sync::Arc<[code_mode_protocol::ToolDefinition]>,
+    ) {
+        std::hint::black_box(new_context(
+            &mut self.isolate,
+            self.source,
+            code_mode_protocol::Surface::Contract,
+            super::eager_tool_count(tools),
+            Some(std::sync::Arc::clone(tools)),
+        ));
+    }
 }
