@@ -9,6 +9,10 @@
 //! in order once the stream takes more, flushing whenever the queue runs dry. Both go
 //! through one lock around the write half, so frames never interleave or overtake.
 //!
+//! A frame nobody waits for may ride instead ([`Outbox::send_riding`]): it goes out in the
+//! same write as the next frame sent, behind it, so it costs neither side a wake-up of its
+//! own; if no frame comes within [`RIDE_WITHIN`], the writer task writes it alone.
+//!
 //! The queue is bounded in bytes ([`MAX_QUEUED_BYTES`]): a peer that stops reading cannot
 //! make this side buffer without limit. A send that would pass the bound fails with
 //! [`FrameError::Backlog`] and cancels the transport's `stalled` token, on which the
@@ -38,6 +42,9 @@ pub type FrameReader<S, In, Out> = FramedRead<ReadHalf<S>, FrameCodec<In, Out>>;
 
 /// At most this many queued frames go to the stream in one vectored write.
 const FRAMES_PER_WRITE: usize = 64;
+
+/// The longest a riding frame waits for a frame to ride with before it goes alone.
+pub const RIDE_WITHIN: Duration = Duration::from_millis(20);
 
 /// Sends encoded `M` frames. Cloning it is cheap; the writer task ends once every clone is
 /// gone and the queue is written.
@@ -94,7 +101,24 @@ impl<M: Serialize> Outbox<M> {
         self.send_with(message, false)
     }
 
+    /// [`Self::send`] for a message nobody waits on and that may come late (spans handed
+    /// back): it rides behind the next frame sent, in the same write, or goes alone within
+    /// [`RIDE_WITHIN`]. Frames sent after it may overtake it by one frame; riders keep
+    /// their order among themselves.
+    pub fn send_riding(&self, message: &M) -> Result<(), FrameError> {
+        let frame = self.encode_counted(message)?;
+        self.senders.sink.ride(frame);
+        Ok(())
+    }
+
     fn send_with(&self, message: &M, at_once: bool) -> Result<(), FrameError> {
+        let frame = self.encode_counted(message)?;
+        self.senders.sink.push(frame, at_once);
+        Ok(())
+    }
+
+    /// Encodes `message` as a frame and counts it as queued, unless the queue is full.
+    fn encode_counted(&self, message: &M) -> Result<Bytes, FrameError> {
         let mut buffer = BytesMut::new();
         encode_frame(message, &mut buffer)?;
         let bytes = buffer.len();
@@ -107,8 +131,7 @@ impl<M: Serialize> Outbox<M> {
                 queued: before as u64,
             });
         }
-        self.senders.sink.push(buffer.freeze(), at_once);
-        Ok(())
+        Ok(buffer.freeze())
     }
 
     /// Bytes queued and not yet written.
@@ -134,6 +157,8 @@ trait FrameSink: Send + Sync {
     /// Writes `frame` now if it can go at once (and `at_once`), else queues it for the
     /// writer task.
     fn push(&self, frame: Bytes, at_once: bool);
+    /// Keeps `frame` to go behind the next frame pushed, or alone within [`RIDE_WITHIN`].
+    fn ride(&self, frame: Bytes);
     /// Every sender is gone: the writer task writes what is queued, then ends.
     fn senders_gone(&self);
     fn is_closed(&self) -> bool;
@@ -155,6 +180,13 @@ struct WriteState<W> {
     written: usize,
     /// Bytes written since the last flush.
     unflushed: bool,
+    /// Frames riding with the next frame pushed, in order.
+    riders: Vec<Bytes>,
+    /// When the writer task writes the riders alone if no frame took them: set by the
+    /// first rider after the last deadline passed (the task is woken to wait for it),
+    /// kept while later riders come and go with frames, so a stream of riders costs the
+    /// task one wake-up per [`RIDE_WITHIN`], not one each.
+    ride_deadline: Option<tokio::time::Instant>,
     senders_gone: bool,
     /// The writer task has stopped: frames sent later are dropped.
     closed: bool,
@@ -167,6 +199,7 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for Writer<W> {
             self.queued.fetch_sub(frame.len(), Ordering::SeqCst);
             return;
         }
+        let frame = state.take_riders_behind(frame);
         if at_once && state.frames.is_empty() && !state.unflushed {
             // Nothing ahead of this frame: try to write it from here. A waker that does
             // nothing is enough, because whatever does not go now is the writer task's,
@@ -199,6 +232,20 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for Writer<W> {
         self.work.notify_one();
     }
 
+    fn ride(&self, frame: Bytes) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            self.queued.fetch_sub(frame.len(), Ordering::SeqCst);
+            return;
+        }
+        state.riders.push(frame);
+        if state.ride_deadline.is_none() {
+            state.ride_deadline = Some(tokio::time::Instant::now() + RIDE_WITHIN);
+            drop(state);
+            self.work.notify_one();
+        }
+    }
+
     fn senders_gone(&self) {
         lock(&self.state).senders_gone = true;
         self.work.notify_one();
@@ -209,12 +256,50 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for Writer<W> {
     }
 }
 
+impl<W> WriteState<W> {
+    /// `frame` with the riders behind it, in one piece (one write), the riders gone.
+    fn take_riders_behind(&mut self, frame: Bytes) -> Bytes {
+        if self.riders.is_empty() {
+            return frame;
+        }
+        let riding: usize = self.riders.iter().map(Bytes::len).sum();
+        let mut joined = BytesMut::with_capacity(frame.len() + riding);
+        joined.extend_from_slice(&frame);
+        for rider in self.riders.drain(..) {
+            joined.extend_from_slice(&rider);
+        }
+        joined.freeze()
+    }
+
+    /// The riders join the queue, to be written alone.
+    fn release_riders(&mut self) {
+        self.frames.extend(self.riders.drain(..));
+    }
+}
+
 impl<W: AsyncWrite + Unpin> Writer<W> {
+    /// When the riders are due, if a deadline is set.
+    fn ride_deadline(&self) -> Option<tokio::time::Instant> {
+        lock(&self.state).ride_deadline
+    }
+
+    /// The ride deadline passed: the riders no frame took go alone, and the next rider
+    /// sets a new deadline.
+    fn riders_due(&self) {
+        let mut state = lock(&self.state);
+        state.ride_deadline = None;
+        state.release_riders();
+    }
+
     /// Writes the queue and flushes. Ready with whether the writer is done (every sender
     /// gone and everything written).
     fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
+        if state.senders_gone {
+            // Nothing will come for them to ride with.
+            state.release_riders();
+        }
         while !state.frames.is_empty() {
             code_mode_protocol::hop!("the writer task has the frame");
             let mut slices = Vec::with_capacity(state.frames.len().min(FRAMES_PER_WRITE));
@@ -257,9 +342,15 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// The writer task has stopped; later frames are dropped, queued ones uncounted.
     fn close(&self) {
-        let mut state = lock(&self.state);
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
         state.closed = true;
-        let dropped: usize = state.frames.drain(..).map(|frame| frame.len()).sum();
+        let dropped: usize = state
+            .frames
+            .drain(..)
+            .chain(state.riders.drain(..))
+            .map(|frame| frame.len())
+            .sum();
         self.queued.fetch_sub(dropped, Ordering::SeqCst);
     }
 }
@@ -286,6 +377,8 @@ where
             frames: VecDeque::new(),
             written: 0,
             unflushed: false,
+            riders: Vec::new(),
+            ride_deadline: None,
             senders_gone: false,
             closed: false,
         }),
@@ -319,8 +412,17 @@ async fn write_frames<W: AsyncWrite + Unpin>(writer: Arc<Writer<W>>) -> std::io:
         if done {
             return std::future::poll_fn(|cx| writer.0.poll_shutdown(cx)).await;
         }
-        // A send or the last sender's drop after the drain above left a permit.
-        writer.0.work.notified().await;
+        // A send or the last sender's drop after the drain above left a permit; a rider
+        // that set a deadline, too.
+        match writer.0.ride_deadline() {
+            None => writer.0.work.notified().await,
+            Some(deadline) => {
+                tokio::select! {
+                    () = writer.0.work.notified() => {}
+                    () = tokio::time::sleep_until(deadline) => writer.0.riders_due(),
+                }
+            }
+        }
     }
 }
 

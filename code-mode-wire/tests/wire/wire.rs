@@ -535,3 +535,105 @@ async fn frames_written_at_once_and_queued_ones_arrive_in_send_order() {
     let seen = reading.await.unwrap();
     assert_eq!(seen, (0..count).collect::<Vec<_>>());
 }
+
+/// A stream that counts the writes made to it.
+struct CountedWrites {
+    inner: tokio::io::DuplexStream,
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountedWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Riding frames go behind the next frame sent, in its write; with none to ride with,
+/// alone once [`RIDE_WITHIN`] has passed; and before the stream ends when the last sender
+/// goes.
+#[tokio::test]
+async fn a_riding_frame_goes_in_the_next_frames_write_or_alone_once_due() {
+    use futures_util::StreamExt;
+    use std::sync::atomic::Ordering;
+    let (left, right) = tokio::io::duplex(64 * 1024);
+    let writes = std::sync::Arc::default();
+    let counted = CountedWrites {
+        inner: left,
+        writes: std::sync::Arc::clone(&writes),
+    };
+    let Transport { outbox, writer, .. } =
+        transport::split::<_, ClientMessage, ServerMessage>(counted);
+    let Transport { mut reader, .. } = transport::split::<_, ServerMessage, ClientMessage>(right);
+    let mut next = async || reader.next().await.expect("a frame").expect("a message");
+
+    // The first rider sets the deadline: nothing is written before it.
+    let first_rider = std::time::Instant::now();
+    outbox.send_riding(&ServerMessage::Pong(1)).unwrap();
+    outbox.send_riding(&ServerMessage::Pong(2)).unwrap();
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        0,
+        "a rider went alone at once"
+    );
+    outbox.send(&ServerMessage::Pong(3)).unwrap();
+    assert_eq!(next().await, ServerMessage::Pong(3));
+    assert_eq!(next().await, ServerMessage::Pong(1));
+    assert_eq!(next().await, ServerMessage::Pong(2));
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        1,
+        "the riders took writes of their own"
+    );
+    assert_eq!(outbox.queued_bytes(), 0);
+
+    // Alone, a rider waits for the deadline its cycle's first rider set.
+    outbox.send_riding(&ServerMessage::Pong(4)).unwrap();
+    assert_eq!(next().await, ServerMessage::Pong(4));
+    assert!(
+        first_rider.elapsed() >= transport::RIDE_WITHIN,
+        "a rider went alone before its deadline"
+    );
+    assert_eq!(writes.load(Ordering::SeqCst), 2);
+
+    // The last sender gone, the riders go before the stream ends.
+    outbox.send_riding(&ServerMessage::Pong(5)).unwrap();
+    drop(outbox);
+    assert_eq!(next().await, ServerMessage::Pong(5));
+    writer.await.unwrap().unwrap();
+    assert!(reader.next().await.is_none());
+}
