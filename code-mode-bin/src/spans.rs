@@ -3,14 +3,15 @@
 //! request that carries a trace context (the host's span of the cell it starts or
 //! rebuilds) runs under a `code_mode.runtime` span, a child of that context, and what the
 //! runtime traces of the cell (compile, evaluate, timers, hibernation, replay) hangs under
-//! it. Each span that ends goes back on the connection that asked for it, as a
-//! [`ServerMessage::Spans`] that rides with the connection's next frame
-//! ([`Outbox::send_riding`]): in the same write, so a traced exec costs neither process a
-//! wake-up more than an untraced one (a cell's compile and evaluation go with its
-//! response, its `code_mode.runtime` span with the next cell's admission). With no frame
-//! to ride with, it goes alone within [`code_mode_wire::RIDE_WITHIN`], so a long cell's
-//! spans are not held until it ends. The host exports them with its own, with this
-//! process's id (`process.pid`).
+//! it. The spans that end go back on the connection that asked for them, batched: while
+//! the request runs, at the route's flush every [`BATCH_DELAY`] (a long cell's spans are
+//! not held); when the request's own span ends, in one [`ServerMessage::Spans`] that rides
+//! with the connection's next frame ([`Outbox::send_riding`]: ahead of it, in the same
+//! write, or alone within [`code_mode_wire::RIDE_WITHIN`]). So a traced exec costs neither
+//! process a wake-up more than an untraced one, and the host exports a cell's spans while
+//! the next cell runs, not between a response and its caller: after an exec, its spans go
+//! with the next cell's admission, or with the response to the session's shutdown. The
+//! host exports them with its own, with this process's id (`process.pid`).
 //!
 //! The `code_mode.runtime` span lives as long as its cell here and holds what the runtime
 //! knows of the whole (the CPU time, the timers that fired). A runtime that is killed never
@@ -49,12 +50,42 @@ type TraceId = [u8; 16];
 /// A span id, as the wire carries it.
 type SpanId = [u8; 8];
 
-/// Where the spans of one trace go: the connection that started it, and the
-/// `code_mode.runtime` spans still open on it (each with the host's span it stands for).
+/// Where the spans of one trace go: the connection that started it, the
+/// `code_mode.runtime` spans still open on it (each with the host's span it stands for),
+/// and the spans that ended and wait to go back together.
 struct Route {
     outbox: Outbox<ServerMessage>,
     open: Vec<(SpanId, SpanId)>,
+    /// Ended spans not sent yet: they go back in one message when the request's own span
+    /// ends (riding with the next frame), when [`BATCH_SPANS`] wait, or at the route's
+    /// next flush, every [`BATCH_DELAY`].
+    pending: Vec<SpanRecord>,
+    /// Where the route's flush runs (the connection's runtime); without one, each span
+    /// goes back as it ends.
+    runtime: Option<tokio::runtime::Handle>,
+    /// The route's flush, every [`BATCH_DELAY`] while spans end: a task on `runtime`,
+    /// started with the route (on that runtime's thread, so that the cell's thread, where
+    /// most spans end, does not wake it to arm a timer), stopped after a round with
+    /// nothing to send (an idle cell costs no wake-ups) and started again by the next span
+    /// that ends; aborted with the route.
+    flusher: Option<tokio::task::AbortHandle>,
 }
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        if let Some(flusher) = &self.flusher {
+            flusher.abort();
+        }
+    }
+}
+
+/// The most ended spans a route holds before it sends them.
+const BATCH_SPANS: usize = 64;
+
+/// How often a route sends the spans that ended meanwhile (a cell that runs for hours
+/// still shows its compile, timers and hibernations as they happen). A cell shorter than
+/// this sends its spans once, as it ends.
+const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The routes of every traced request of this process, by trace id.
 static ROUTES: LazyLock<Mutex<HashMap<TraceId, Route>>> = LazyLock::new(Mutex::default);
@@ -129,9 +160,18 @@ pub(crate) fn runtime_span(
         return tracing::Span::none();
     }
     let mut routes = lock(&ROUTES);
-    let route = routes.entry(trace.trace_id).or_insert_with(|| Route {
-        outbox: outbox.clone(),
-        open: Vec::new(),
+    let trace_id = trace.trace_id;
+    let route = routes.entry(trace_id).or_insert_with(|| {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Route {
+            outbox: outbox.clone(),
+            open: Vec::new(),
+            pending: Vec::new(),
+            flusher: runtime
+                .as_ref()
+                .map(|runtime| start_flusher(runtime, trace_id)),
+            runtime,
+        }
     });
     // The latest connection to trace here wins (one trace across two hosts is rare).
     route.outbox = outbox.clone();
@@ -304,9 +344,11 @@ impl Visit for Fields<'_> {
     }
 }
 
-/// An ended span goes back to its route's connection, riding with the next frame there.
-/// Sent under the routes' lock (a send only queues), so that the spans of a trace keep the
-/// order they ended in.
+/// An ended span joins its route's batch, which goes back to the route's connection in
+/// one message (one frame for a cell's spans instead of one per span); the last batch, at
+/// the request's own span's end, rides with the next frame. Sent under the routes' lock (a
+/// send only queues), so that a delayed flush and this one reach the connection in the
+/// order they took their spans.
 fn hand_back(mut record: SpanRecord) {
     let trace_id = record.trace_id;
     let mut routes = lock(&ROUTES);
@@ -314,7 +356,8 @@ fn hand_back(mut record: SpanRecord) {
         tracing::debug!(name = %record.name, "a span with no route is dropped");
         return;
     };
-    if record.name == RUNTIME_SPAN {
+    let ends_route = record.name == RUNTIME_SPAN;
+    if ends_route {
         // It has its pid already, and its parent is the host's span.
         route.open.retain(|(open, _)| *open != record.span_id);
     } else {
@@ -323,13 +366,59 @@ fn hand_back(mut record: SpanRecord) {
             SpanValue::I64(i64::from(std::process::id())),
         ));
     }
-    // A connection that is gone or stalled loses its spans, never the cell's time.
-    let _ = route
-        .outbox
-        .send_riding(&ServerMessage::Spans(vec![record]));
+    route.pending.push(record);
+    match &route.runtime {
+        _ if ends_route => {
+            let last = ServerMessage::Spans(std::mem::take(&mut route.pending));
+            // A connection that is gone or stalled loses its spans, never the cell's time.
+            let _ = route.outbox.send_riding(&last);
+        }
+        Some(runtime) if route.pending.len() < BATCH_SPANS => {
+            if route.flusher.is_none() {
+                route.flusher = Some(start_flusher(runtime, trace_id));
+            }
+        }
+        _ => send(&route.outbox, std::mem::take(&mut route.pending)),
+    }
     if route.open.is_empty() {
+        // Its flusher is aborted with it.
         routes.remove(&trace_id);
     }
+}
+
+/// Starts the flush of the route of `trace_id` (see [`Route::flusher`]).
+fn start_flusher(runtime: &tokio::runtime::Handle, trace_id: TraceId) -> tokio::task::AbortHandle {
+    runtime
+        .spawn(async move {
+            loop {
+                tokio::time::sleep(BATCH_DELAY).await;
+                if !flush(trace_id) {
+                    return;
+                }
+            }
+        })
+        .abort_handle()
+}
+
+/// Sends what the route of `trace_id` holds (a round of its flush); whether the flush goes
+/// on. With nothing to send it stops, and the route's next span starts it again.
+fn flush(trace_id: TraceId) -> bool {
+    let mut routes = lock(&ROUTES);
+    let Some(route) = routes.get_mut(&trace_id) else {
+        return false;
+    };
+    if route.pending.is_empty() {
+        route.flusher = None;
+        return false;
+    }
+    send(&route.outbox, std::mem::take(&mut route.pending));
+    true
+}
+
+/// Sends ended spans back. A connection that is gone or stalled loses its spans, never
+/// the cell's time.
+fn send(outbox: &Outbox<ServerMessage>, records: Vec<SpanRecord>) {
+    let _ = outbox.send(&ServerMessage::Spans(records));
 }
 
 fn unix_nanos(time: SystemTime) -> u64 {

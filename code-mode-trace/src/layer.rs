@@ -10,7 +10,10 @@ use tracing_subscriber::Layer as _;
 pub const TRACED_TARGETS: [&str; 2] = ["code_mode", "codex_code_mode_host"];
 
 /// The layer that turns the spans of [`TRACED_TARGETS`] at `INFO` or above into
-/// OpenTelemetry spans made by `tracer`.
+/// OpenTelemetry spans made by `tracer`: with their own fields and events, without the
+/// layer's extras (the source file and line in our crates, the thread that happened to
+/// poll, busy and idle times measured at each enter and exit), which say nothing about a
+/// cell and cost every span attributes and clock reads on the exec's path.
 pub fn layer<S, T>(tracer: T) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
@@ -23,5 +26,8 @@ where
     }
     tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(targets)
 }

@@ -10,8 +10,8 @@
 //! through one lock around the write half, so frames never interleave or overtake.
 //!
 //! A frame nobody waits for may ride instead ([`Outbox::send_riding`]): it goes out in the
-//! same write as the next frame sent, behind it, so it costs neither side a wake-up of its
-//! own; if no frame comes within [`RIDE_WITHIN`], the writer task writes it alone.
+//! same write as the next frame sent, ahead of it, so it costs neither side a wake-up of
+//! its own; if no frame comes within [`RIDE_WITHIN`], the writer task writes it alone.
 //!
 //! The queue is bounded in bytes ([`MAX_QUEUED_BYTES`]): a peer that stops reading cannot
 //! make this side buffer without limit. A send that would pass the bound fails with
@@ -102,9 +102,8 @@ impl<M: Serialize> Outbox<M> {
     }
 
     /// [`Self::send`] for a message nobody waits on and that may come late (spans handed
-    /// back): it rides behind the next frame sent, in the same write, or goes alone within
-    /// [`RIDE_WITHIN`]. Frames sent after it may overtake it by one frame; riders keep
-    /// their order among themselves.
+    /// back): it rides ahead of the next frame sent, in the same write, or goes alone
+    /// within [`RIDE_WITHIN`]. Frames still arrive in the order they were sent.
     pub fn send_riding(&self, message: &M) -> Result<(), FrameError> {
         let frame = self.encode_counted(message)?;
         self.senders.sink.ride(frame);
@@ -157,7 +156,7 @@ trait FrameSink: Send + Sync {
     /// Writes `frame` now if it can go at once (and `at_once`), else queues it for the
     /// writer task.
     fn push(&self, frame: Bytes, at_once: bool);
-    /// Keeps `frame` to go behind the next frame pushed, or alone within [`RIDE_WITHIN`].
+    /// Keeps `frame` to go ahead of the next frame pushed, or alone within [`RIDE_WITHIN`].
     fn ride(&self, frame: Bytes);
     /// Every sender is gone: the writer task writes what is queued, then ends.
     fn senders_gone(&self);
@@ -180,7 +179,7 @@ struct WriteState<W> {
     written: usize,
     /// Bytes written since the last flush.
     unflushed: bool,
-    /// Frames riding with the next frame pushed, in order.
+    /// Frames riding with the next frame pushed (ahead of it), in order.
     riders: Vec<Bytes>,
     /// When the writer task writes the riders alone if no frame took them: set by the
     /// first rider after the last deadline passed (the task is woken to wait for it),
@@ -199,7 +198,7 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for Writer<W> {
             self.queued.fetch_sub(frame.len(), Ordering::SeqCst);
             return;
         }
-        let frame = state.take_riders_behind(frame);
+        let frame = state.with_riders_ahead(frame);
         if at_once && state.frames.is_empty() && !state.unflushed {
             // Nothing ahead of this frame: try to write it from here. A waker that does
             // nothing is enough, because whatever does not go now is the writer task's,
@@ -257,17 +256,17 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for Writer<W> {
 }
 
 impl<W> WriteState<W> {
-    /// `frame` with the riders behind it, in one piece (one write), the riders gone.
-    fn take_riders_behind(&mut self, frame: Bytes) -> Bytes {
+    /// `frame` with the riders ahead of it, in one piece (one write), the riders gone.
+    fn with_riders_ahead(&mut self, frame: Bytes) -> Bytes {
         if self.riders.is_empty() {
             return frame;
         }
         let riding: usize = self.riders.iter().map(Bytes::len).sum();
-        let mut joined = BytesMut::with_capacity(frame.len() + riding);
-        joined.extend_from_slice(&frame);
+        let mut joined = BytesMut::with_capacity(riding + frame.len());
         for rider in self.riders.drain(..) {
             joined.extend_from_slice(&rider);
         }
+        joined.extend_from_slice(&frame);
         joined.freeze()
     }
 

@@ -583,7 +583,7 @@ impl tokio::io::AsyncWrite for CountedWrites {
     }
 }
 
-/// Riding frames go behind the next frame sent, in its write; with none to ride with,
+/// Riding frames go ahead of the next frame sent, in its write; with none to ride with,
 /// alone once [`RIDE_WITHIN`] has passed; and before the stream ends when the last sender
 /// goes.
 #[tokio::test]
@@ -611,9 +611,9 @@ async fn a_riding_frame_goes_in_the_next_frames_write_or_alone_once_due() {
         "a rider went alone at once"
     );
     outbox.send(&ServerMessage::Pong(3)).unwrap();
-    assert_eq!(next().await, ServerMessage::Pong(3));
     assert_eq!(next().await, ServerMessage::Pong(1));
     assert_eq!(next().await, ServerMessage::Pong(2));
+    assert_eq!(next().await, ServerMessage::Pong(3));
     assert_eq!(
         writes.load(Ordering::SeqCst),
         1,
