@@ -13,7 +13,11 @@ pub const TRACED_TARGETS: [&str; 2] = ["code_mode", "codex_code_mode_host"];
 /// OpenTelemetry spans made by `tracer`: with their own fields and events, without the
 /// layer's extras (the source file and line in our crates, the thread that happened to
 /// poll, busy and idle times measured at each enter and exit), which say nothing about a
-/// cell and cost every span attributes and clock reads on the exec's path.
+/// cell and cost every span attributes and clock reads on the exec's path. Nor does it
+/// make a span's OpenTelemetry context current each time the span is entered (a cell's
+/// span is entered at every poll of its exec): the one place where an agent core's own
+/// code runs under our spans, a nested tool call, is given its call's context
+/// (`traced`).
 pub fn layer<S, T>(tracer: T) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
@@ -29,5 +33,6 @@ where
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_filter(targets)
 }

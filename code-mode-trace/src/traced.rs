@@ -30,11 +30,13 @@ use code_mode_protocol::session::{
 use code_mode_protocol::stored::StoredValues;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CellId, JsonText, ToolError};
+use opentelemetry::trace::FutureExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The most bytes of text a span attribute holds (error texts; captured source and
 /// arguments).
@@ -279,7 +281,13 @@ impl CodeModeSessionDelegate for TracedDelegate {
         let Some(span) = self.traces.call_span(&call) else {
             return self.inner.invoke_tool(call, cancel);
         };
-        let answer = self.inner.invoke_tool(call, cancel);
+        // The tool runs in the call span's OpenTelemetry context as well, so that what an
+        // agent core instruments with OpenTelemetry itself (not `tracing`) hangs under the
+        // call: our layer does not make a span's context current on each enter (`layer`).
+        let answer = self
+            .inner
+            .invoke_tool(call, cancel)
+            .with_context(span.context());
         let recorded = span.clone();
         Box::pin(
             async move {
@@ -602,6 +610,69 @@ mod tests {
             traces.closed(&usual);
             assert_eq!(lock(&statuses.0).len(), 2);
             assert_eq!(lock(&statuses.0)[1].as_deref(), Some("completed"));
+        });
+    }
+
+    /// A delegate that keeps the OpenTelemetry span current while its tool runs.
+    #[cfg(feature = "export")]
+    struct SeesContext(Arc<Mutex<Option<opentelemetry::trace::SpanContext>>>);
+
+    #[cfg(feature = "export")]
+    impl CodeModeSessionDelegate for SeesContext {
+        fn invoke_tool(
+            &self,
+            _: NestedToolCall,
+            _: CancellationToken,
+        ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+            Box::pin(async move {
+                use opentelemetry::trace::TraceContextExt as _;
+                let current = opentelemetry::Context::current();
+                *lock(&self.0) = Some(current.span().span_context().clone());
+                Ok(JsonText::from_value(&serde_json::json!(1)))
+            })
+        }
+    }
+
+    /// A tool runs in its call span's OpenTelemetry context, under its cell's trace,
+    /// though the layer makes no span's context current on enter.
+    #[cfg(feature = "export")]
+    #[test]
+    fn a_tool_runs_in_its_calls_opentelemetry_context() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry().with(crate::layer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let traces = CellTraces::new();
+            let cell_id = CellId::new(1);
+            let cell = cell_span(&ExecRequest::new("await tools.t()"));
+            let cell_context = {
+                use opentelemetry::trace::TraceContextExt as _;
+                cell.context().span().span_context().clone()
+            };
+            traces.admit(&cell_id, cell);
+            let seen = Arc::default();
+            let delegate = traces.delegate(Arc::new(SeesContext(Arc::clone(&seen))));
+            let call = NestedToolCall {
+                cell_id,
+                call_id: code_mode_protocol::CallId::new(1),
+                tool_name: "t".to_owned(),
+                kind: code_mode_protocol::ToolKind::Function,
+                input: None,
+                exec_call_id: None,
+            };
+            let mut answer = delegate.invoke_tool(call, CancellationToken::new());
+            let polled = answer
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+            assert!(polled.is_ready());
+            let seen = lock(&seen).clone().expect("the tool ran");
+            assert!(seen.is_valid(), "the tool ran in no span's context");
+            assert_eq!(seen.trace_id(), cell_context.trace_id());
+            assert_ne!(
+                seen.span_id(),
+                cell_context.span_id(),
+                "the cell's, not the call's"
+            );
         });
     }
 }
