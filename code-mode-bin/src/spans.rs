@@ -367,18 +367,19 @@ fn hand_back(mut record: SpanRecord) {
         ));
     }
     route.pending.push(record);
-    match &route.runtime {
-        _ if ends_route => {
-            let last = ServerMessage::Spans(std::mem::take(&mut route.pending));
-            // A connection that is gone or stalled loses its spans, never the cell's time.
-            let _ = route.outbox.send_riding(&last);
-        }
-        Some(runtime) if route.pending.len() < BATCH_SPANS => {
-            if route.flusher.is_none() {
-                route.flusher = Some(start_flusher(runtime, trace_id));
+    if ends_route {
+        let last = ServerMessage::Spans(std::mem::take(&mut route.pending));
+        // A connection that is gone or stalled loses its spans, never the cell's time.
+        let _ = route.outbox.send_riding(&last);
+    } else {
+        match &route.runtime {
+            Some(runtime) if route.pending.len() < BATCH_SPANS => {
+                if route.flusher.is_none() {
+                    route.flusher = Some(start_flusher(runtime, trace_id));
+                }
             }
+            _ => send(&route.outbox, std::mem::take(&mut route.pending)),
         }
-        _ => send(&route.outbox, std::mem::take(&mut route.pending)),
     }
     if route.open.is_empty() {
         // Its flusher is aborted with it.

@@ -1,6 +1,6 @@
 //! What is traced, and how: the one list of our crates whose spans become OpenTelemetry
-//! spans, and the one layer that turns them, for the fronts' exporter and for the spans the
-//! runtime hands back to its host alike.
+//! spans (for the fronts' exporter and for the spans the runtime hands back to its host
+//! alike), and the layer that turns them for the fronts.
 
 use opentelemetry::trace::Tracer;
 use tracing_subscriber::Layer as _;

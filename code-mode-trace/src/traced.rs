@@ -613,7 +613,7 @@ mod tests {
         });
     }
 
-    /// A delegate that keeps the OpenTelemetry span current while its tool runs.
+    /// A delegate whose tool notes the OpenTelemetry span that is current while it runs.
     #[cfg(feature = "export")]
     struct SeesContext(Arc<Mutex<Option<opentelemetry::trace::SpanContext>>>);
 
