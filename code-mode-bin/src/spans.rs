@@ -29,6 +29,7 @@
 //! sampler and processor.
 
 use code_mode_protocol::sync::lock;
+use code_mode_trace::fresh_span_id;
 use code_mode_wire::payload::{SpanEvent, SpanRecord, SpanStatus, SpanValue, TraceContext};
 use code_mode_wire::transport::Outbox;
 use code_mode_wire::{ServerMessage, SessionId};
@@ -95,28 +96,6 @@ thread_local! {
     /// (its parent) and the span's own id, set by [`runtime_span`] around the span's
     /// creation, which the layer sees on the same thread.
     static MAKING: Cell<Option<(TraceId, SpanId, SpanId)>> = const { Cell::new(None) };
-    /// This thread's state for fresh span ids (xorshift, seeded once per thread).
-    static IDS: Cell<u64> = Cell::new(seed());
-}
-
-/// A seed for a thread's span ids: different for every thread and process.
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(u64::from(std::process::id()));
-    hasher.finish() | 1
-}
-
-/// A fresh span id, never all zeroes.
-fn fresh_span_id() -> SpanId {
-    IDS.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        x.max(1).to_be_bytes()
-    })
 }
 
 /// The layer that turns the runtime's spans into records to hand back (only those of

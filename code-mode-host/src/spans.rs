@@ -30,7 +30,6 @@ use opentelemetry::trace::{
 use opentelemetry::{KeyValue, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The instrumentation scope the runtime's spans are exported with.
 const RUNTIME_SCOPE: &str = "code-mode-bin";
@@ -274,7 +273,7 @@ pub(crate) fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     if span.is_disabled() {
         return None;
     }
-    let context = span.context();
+    let context = code_mode_trace::context_of(span);
     let span_context = context.span().span_context().clone();
     (span_context.is_valid() && span_context.is_sampled()).then(|| TraceContext {
         trace_id: span_context.trace_id().to_bytes(),

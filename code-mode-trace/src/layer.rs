@@ -1,53 +1,63 @@
-//! What is traced, and how: the one list of our crates whose spans become OpenTelemetry
-//! spans (for the fronts' exporter and for the spans the runtime hands back to its host
-//! alike), and the layer that turns them for the fronts.
+//! What is traced, and how a span's OpenTelemetry context is reached: the one list of our
+//! crates whose spans become OpenTelemetry spans (for the fronts' exporter and for the
+//! spans the runtime hands back to its host alike), and [`context_of`] and [`adopt`],
+//! which read and set a span's context whichever layer made it: the cells' own records
+//! (`records`, in a process that exports with [`crate::Telemetry`]) or
+//! `tracing-opentelemetry` (the Codex front's spans, an agent core's).
 
-use opentelemetry::trace::Tracer;
-use tracing_subscriber::Layer as _;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+use tracing::Dispatch;
+use tracing::span::Id;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The crates whose spans are traced: every target that starts with one of these (the
 /// runtime's, the host's, the protocol's and the fronts').
 pub const TRACED_TARGETS: [&str; 2] = ["code_mode", "codex_code_mode_host"];
 
 /// The Codex front's crate, whose spans are Codex's host's, attribute for attribute.
-const CODEX_FRONT: &str = "codex_code_mode_host";
+pub(crate) const CODEX_FRONT: &str = "codex_code_mode_host";
 
-/// The layer that turns the spans of [`TRACED_TARGETS`] at `INFO` or above into
-/// OpenTelemetry spans made by `tracer`.
-///
-/// The Codex front's spans carry everything `tracing-opentelemetry` adds, as Codex's own
-/// host's do (a test compares the two). The spans of cells (the `code_mode` crates) carry
-/// their own fields and events only, without the layer's extras (the source file and line
-/// in our crates, the thread that happened to poll, busy and idle times measured at each
-/// enter and exit), which say nothing about a cell and cost every span attributes and
-/// clock reads on the exec's path. Nor is a cell span's OpenTelemetry context made
-/// current each time the span is entered (a cell's span is entered at every poll of its
-/// exec): the one place where an agent core's own code runs under those spans, a nested
-/// tool call, is given its call's context (`traced`).
-pub fn layer<S, T>(tracer: T) -> impl tracing_subscriber::Layer<S>
-where
-    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
-    T: Tracer + Clone + Send + Sync + 'static,
-    T::Span: Send + Sync,
-{
-    let mut cells = tracing_subscriber::filter::Targets::new();
-    for target in TRACED_TARGETS
-        .into_iter()
-        .filter(|target| *target != CODEX_FRONT)
-    {
-        cells = cells.with_target(target, tracing::Level::INFO);
+/// The targets of [`TRACED_TARGETS`] whose spans are the cells' (all but the Codex front's).
+pub(crate) const CELL_TARGETS: [&str; 1] = ["code_mode"];
+
+/// How a span made by the cells' record layer is reached from a [`tracing::Span`]: the
+/// layer answers a downcast to this type with its own functions, as `tracing-opentelemetry`
+/// does for its spans.
+#[derive(Clone, Copy)]
+pub(crate) struct RecordAccess {
+    /// The span's context, if the layer made the span.
+    pub(crate) context: fn(&Dispatch, &Id) -> Option<SpanContext>,
+    /// Makes the context the span's parent; whether the layer made the span.
+    pub(crate) adopt: fn(&Dispatch, &Id, &opentelemetry::Context) -> bool,
+}
+
+/// The OpenTelemetry context of `span`: empty when the span is disabled or not exported.
+/// A child made in it, by any layer or by OpenTelemetry itself, hangs under the span.
+pub fn context_of(span: &tracing::Span) -> opentelemetry::Context {
+    let ours = span
+        .with_subscriber(|(id, dispatch)| {
+            let access = dispatch.downcast_ref::<RecordAccess>()?;
+            (access.context)(dispatch, id)
+        })
+        .flatten();
+    match ours {
+        Some(context) => opentelemetry::Context::new().with_remote_span_context(context),
+        None => span.context(),
     }
-    let front =
-        tracing_subscriber::filter::Targets::new().with_target(CODEX_FRONT, tracing::Level::INFO);
-    let lean = tracing_opentelemetry::layer()
-        .with_tracer(tracer.clone())
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_context_activation(false)
-        .with_filter(cells);
-    let as_codex = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(front);
-    lean.and_then(as_codex)
+}
+
+/// Makes `parent` the parent of `span` (a span that is not exported ignores it). Done
+/// before the span's context is handed out (to a child, a request, a tool), as a request's
+/// span adopts its caller's `traceparent` as it is made.
+pub fn adopt(span: &tracing::Span, parent: &opentelemetry::Context) {
+    let ours = span
+        .with_subscriber(|(id, dispatch)| {
+            dispatch
+                .downcast_ref::<RecordAccess>()
+                .is_some_and(|access| (access.adopt)(dispatch, id, parent))
+        })
+        .unwrap_or(false);
+    if !ours {
+        let _ = span.set_parent(parent.clone());
+    }
 }

@@ -18,14 +18,18 @@
 //!   unless an operator turns it on, and capped ([`captured`]) when on. It is the one
 //!   switch [`traced`] reads too.
 
+mod ids;
 mod layer;
 pub mod traced;
-pub use layer::{TRACED_TARGETS, layer};
+pub use ids::{fresh_span_id, fresh_trace_id};
+pub use layer::{TRACED_TARGETS, adopt, context_of};
 
 #[cfg(feature = "export")]
 mod exporter;
 #[cfg(feature = "export")]
 mod propagation;
+#[cfg(feature = "export")]
+mod records;
 #[cfg(feature = "export")]
 mod settings;
 #[cfg(feature = "export")]

@@ -6,7 +6,6 @@ use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use std::collections::HashMap;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The header (and field) name of W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
@@ -34,7 +33,7 @@ impl Parent {
 
     /// The context of `span` (empty when tracing is off or the span is disabled).
     pub fn of(span: &tracing::Span) -> Self {
-        Self(span.context())
+        Self(crate::context_of(span))
     }
 
     /// The `traceparent` value of this context, if it names a span.
@@ -49,7 +48,7 @@ impl Parent {
 
     /// Makes this context the parent of `span` (a span that is not exported ignores it).
     pub fn adopt(&self, span: &tracing::Span) {
-        let _ = span.set_parent(self.0.clone());
+        crate::adopt(span, &self.0);
     }
 }
 

@@ -1,8 +1,11 @@
 //! The running exporter ([`Telemetry`]), its counters, and the process's subscriber.
 
+use crate::layer::{CELL_TARGETS, CODEX_FRONT};
+use crate::records::{CellExport, SharedSampler};
 use crate::settings::{Capture, Destination, TraceSettings};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -20,6 +23,8 @@ pub enum TraceError {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the thread that exports the cells' spans: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Counts of what the exporter did since the process started.
@@ -101,6 +106,8 @@ pub fn captured(text: &str) -> &str {
 pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: opentelemetry_sdk::trace::Tracer,
+    /// Where the cells' spans go once they end (`crate::records`).
+    cells: Arc<CellExport>,
     /// The bound address of the WebSocket stream, if that is the destination.
     stream_address: Option<std::net::SocketAddr>,
 }
@@ -139,17 +146,23 @@ impl Telemetry {
                 (crate::exporter::Sink::Stream(stream), Some(bound))
             }
         };
+        // The sampler the standard variables name, shared with the cells' record layer,
+        // which decides a span's sampling as it starts.
+        let sampler = SharedSampler::new(opentelemetry_sdk::trace::Config::default().sampler);
         let provider = SdkTracerProvider::builder()
             .with_resource(resource.build())
+            .with_sampler(sampler.clone())
             .with_batch_exporter(crate::exporter::Counted::new(sink))
             .build();
         let tracer = provider.tracer(settings.scope.clone());
+        let cells = CellExport::start(tracer.clone(), sampler).map_err(TraceError::Thread)?;
         // The global provider too: the host crate exports the spans its runtimes hand
         // back through it.
         opentelemetry::global::set_tracer_provider(provider.clone());
         Ok(Self {
             provider,
             tracer,
+            cells,
             stream_address,
         })
     }
@@ -159,28 +172,58 @@ impl Telemetry {
         self.stream_address
     }
 
-    /// The layer that turns our crates' spans into OpenTelemetry spans ([`crate::layer`]).
+    /// The layer that turns our crates' spans at `INFO` or above into OpenTelemetry spans:
+    /// the cells' (the `code_mode` crates') as records exported off their path
+    /// (`crate::records`), the Codex front's with every extra `tracing-opentelemetry` adds,
+    /// as Codex's own host's spans have them (a test compares the two).
     pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        crate::layer(self.tracer.clone())
+        let mut cells = tracing_subscriber::filter::Targets::new();
+        for target in CELL_TARGETS {
+            cells = cells.with_target(target, tracing::Level::INFO);
+        }
+        let front = tracing_subscriber::filter::Targets::new()
+            .with_target(CODEX_FRONT, tracing::Level::INFO);
+        crate::records::layer(Arc::clone(&self.cells))
+            .with_filter(cells)
+            .and_then(
+                tracing_opentelemetry::layer()
+                    .with_tracer(self.tracer.clone())
+                    .with_filter(front),
+            )
     }
 
-    /// A layer for every span of the process at `INFO` or above, whatever its target: for an agent core
-    /// that exports its own spans through this exporter, so that cells hang under them.
+    /// A layer for every span of the process at `INFO` or above, whatever its target: for
+    /// an agent core that exports its own spans through this exporter, so that cells hang
+    /// under them. The cells' spans are records as in [`Self::layer`]; every other span is
+    /// `tracing-opentelemetry`'s.
     pub fn layer_for_every_target<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        tracing_opentelemetry::layer()
-            .with_tracer(self.tracer.clone())
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+        let mut cells = tracing_subscriber::filter::Targets::new();
+        let mut others =
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+        for target in CELL_TARGETS {
+            cells = cells.with_target(target, tracing::Level::INFO);
+            others = others.with_target(target, tracing_subscriber::filter::LevelFilter::OFF);
+        }
+        crate::records::layer(Arc::clone(&self.cells))
+            .with_filter(cells)
+            .and_then(
+                tracing_opentelemetry::layer()
+                    .with_tracer(self.tracer.clone())
+                    .with_filter(others),
+            )
     }
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
+        // The cells' ended spans reach the provider first.
+        self.cells.close();
         if let Err(error) = self.provider.shutdown() {
             tracing::debug!(%error, "trace exporter shutdown");
         }

@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The most bytes of text a span attribute holds (error texts; captured source and
 /// arguments).
@@ -287,7 +286,7 @@ impl CodeModeSessionDelegate for TracedDelegate {
         let answer = self
             .inner
             .invoke_tool(call, cancel)
-            .with_context(span.context());
+            .with_context(crate::context_of(&span));
         let recorded = span.clone();
         Box::pin(
             async move {
@@ -640,14 +639,21 @@ mod tests {
     fn a_tool_runs_in_its_calls_opentelemetry_context() {
         use opentelemetry::trace::TracerProvider as _;
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry().with(crate::layer(provider.tracer("test")));
+        let export = crate::records::CellExport::start(
+            provider.tracer("test"),
+            crate::records::SharedSampler::new(Box::new(
+                opentelemetry_sdk::trace::Sampler::AlwaysOn,
+            )),
+        )
+        .expect("the export thread");
+        let subscriber = tracing_subscriber::registry().with(crate::records::layer(export));
         tracing::subscriber::with_default(subscriber, || {
             let traces = CellTraces::new();
             let cell_id = CellId::new(1);
             let cell = cell_span(&ExecRequest::new("await tools.t()"));
             let cell_context = {
                 use opentelemetry::trace::TraceContextExt as _;
-                cell.context().span().span_context().clone()
+                crate::context_of(&cell).span().span_context().clone()
             };
             traces.admit(&cell_id, cell);
             let seen = Arc::default();
