@@ -14,12 +14,6 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// runtime's, the host's, the protocol's and the fronts').
 pub const TRACED_TARGETS: [&str; 2] = ["code_mode", "codex_code_mode_host"];
 
-/// The Codex front's crate, whose spans are Codex's host's, attribute for attribute.
-pub(crate) const CODEX_FRONT: &str = "codex_code_mode_host";
-
-/// The targets of [`TRACED_TARGETS`] whose spans are the cells' (all but the Codex front's).
-pub(crate) const CELL_TARGETS: [&str; 1] = ["code_mode"];
-
 /// How a span made by the cells' record layer is reached from a [`tracing::Span`]: the
 /// layer answers a downcast to this type with its own functions, as `tracing-opentelemetry`
 /// does for its spans.

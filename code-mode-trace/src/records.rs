@@ -647,3 +647,106 @@ impl Visit for EventFields<'_> {
         self.set(field, Value::from(format!("{value:?}")));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Keeps every span the SDK exports.
+    #[derive(Clone, Debug, Default)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Kept {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            lock(&self.0).extend(batch);
+            Ok(())
+        }
+    }
+
+    fn exporting(sampler: opentelemetry_sdk::trace::Sampler) -> (Kept, Arc<CellExport>) {
+        let kept = Kept::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let export = CellExport::start(
+            provider.tracer("test"),
+            SharedSampler::new(Box::new(sampler)),
+        )
+        .expect("the export thread");
+        (kept, export)
+    }
+
+    /// An ended span reaches the SDK with the ids its children and callers saw, its
+    /// parent, times, fields (recorded again: replaced), events and status; only once the
+    /// export thread's round comes, or at close.
+    #[test]
+    fn an_ended_span_is_exported_as_it_was_recorded() {
+        let (kept, export) = exporting(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+        let subscriber = tracing_subscriber::registry().with(layer(Arc::clone(&export)));
+        let (cell_context, call_context) = tracing::subscriber::with_default(subscriber, || {
+            let cell = tracing::info_span!(
+                "code_mode.cell",
+                output.bytes = 1_u64,
+                otel.status_code = tracing::field::Empty,
+            );
+            let call = tracing::info_span!(parent: &cell, "code_mode.tool_call", tool.name = "t");
+            let contexts = (
+                crate::context_of(&cell).span().span_context().clone(),
+                crate::context_of(&call).span().span_context().clone(),
+            );
+            cell.record("output.bytes", 7_u64);
+            cell.record("otel.status_code", "error");
+            tracing::info!(parent: &cell, reason = "asked", "yielded");
+            drop(call);
+            drop(cell);
+            contexts
+        });
+        assert!(lock(&kept.0).is_empty(), "exported on the span's own path");
+        export.close();
+        let spans = lock(&kept.0).clone();
+        let [call, cell] = &spans[..] else {
+            panic!("two spans: {spans:#?}")
+        };
+        assert_eq!(cell.name, "code_mode.cell");
+        assert_eq!(cell.span_context, cell_context);
+        assert_eq!(call.span_context, call_context);
+        assert_eq!(call.parent_span_id, cell_context.span_id());
+        assert_eq!(call.span_context.trace_id(), cell_context.trace_id());
+        assert_eq!(cell.parent_span_id, SpanId::INVALID);
+        assert!(cell.start_time <= call.start_time && call.end_time <= cell.end_time);
+        assert_eq!(
+            cell.attributes,
+            [KeyValue::new("output.bytes", 7_i64)],
+            "a field recorded again replaces its value; otel.* are not attributes"
+        );
+        assert_eq!(cell.status, Status::error(""));
+        let [event] = &cell.events.events[..] else {
+            panic!("one event: {:?}", cell.events)
+        };
+        assert_eq!(event.name, "yielded");
+        assert!(event.attributes.contains(&KeyValue::new("reason", "asked")));
+        assert!(event.attributes.contains(&KeyValue::new("level", "INFO")));
+    }
+
+    /// A span the sampler drops is not exported, and its children inherit the decision
+    /// through its context.
+    #[test]
+    fn a_span_the_sampler_drops_is_not_exported() {
+        let (kept, export) = exporting(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::AlwaysOff,
+        )));
+        let subscriber = tracing_subscriber::registry().with(layer(Arc::clone(&export)));
+        tracing::subscriber::with_default(subscriber, || {
+            let cell = tracing::info_span!("code_mode.cell");
+            let call = tracing::info_span!(parent: &cell, "code_mode.tool_call");
+            assert!(!crate::context_of(&call).span().span_context().is_sampled());
+            assert!(crate::context_of(&call).span().span_context().is_valid());
+        });
+        export.close();
+        assert!(lock(&kept.0).is_empty());
+    }
+}

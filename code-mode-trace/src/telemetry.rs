@@ -1,6 +1,5 @@
 //! The running exporter ([`Telemetry`]), its counters, and the process's subscriber.
 
-use crate::layer::{CELL_TARGETS, CODEX_FRONT};
 use crate::records::{CellExport, SharedSampler};
 use crate::settings::{Capture, Destination, TraceSettings};
 use opentelemetry::trace::TracerProvider as _;
@@ -10,6 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The Codex front's crate, whose spans are Codex's host's, attribute for attribute.
+const CODEX_FRONT: &str = "codex_code_mode_host";
+
+/// The targets of [`crate::TRACED_TARGETS`] whose spans are the cells' (all but the Codex
+/// front's).
+const CELL_TARGETS: [&str; 1] = ["code_mode"];
 
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]
@@ -256,4 +262,48 @@ where
     tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt as _;
+
+    /// Through the layers a front installs, a cell's span has a sampled context that a
+    /// request can carry, and a span adopts its caller's `traceparent`.
+    #[test]
+    fn a_cells_span_has_a_context_through_the_fronts_layers() {
+        let telemetry = Telemetry::start(TraceSettings::new(
+            Destination::Otlp {
+                endpoint: "http://127.0.0.1:9/v1/traces".to_owned(),
+                protocol: crate::Protocol::HttpProtobuf,
+            },
+            "test",
+            "0",
+        ))
+        .expect("an exporter");
+        let logs = stderr_logs(tracing_subscriber::EnvFilter::new("off"));
+        let subscriber = tracing_subscriber::registry()
+            .with(logs)
+            .with(Some(telemetry.layer()));
+        tracing::subscriber::with_default(subscriber, || {
+            let cell = tracing::info_span!(target: "code_mode_host", "code_mode.cell");
+            let context = crate::context_of(&cell);
+            let span = context.span();
+            assert!(
+                span.span_context().is_valid(),
+                "no context for a cell's span"
+            );
+            assert!(span.span_context().is_sampled());
+            let request = tracing::info_span!(target: "code_mode_cli", "request");
+            let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+            crate::adopt_traceparent(&request, Some(caller));
+            let child = tracing::info_span!(target: "code_mode", parent: &request, "child");
+            assert_eq!(
+                crate::Parent::of(&child).traceparent().unwrap()[3..35],
+                caller[3..35],
+                "the child is not in its caller's trace"
+            );
+        });
+    }
 }
