@@ -5,10 +5,13 @@
 //!   collector, or raw OTLP JSON batches streamed to WebSocket clients (`--otel-trace-listen`,
 //!   as Codex's host does). [`TraceSettings::from_env`] reads the standard
 //!   `OTEL_EXPORTER_OTLP_*` and `OTEL_SERVICE_NAME` variables; `OTEL_TRACES_SAMPLER` is read
-//!   by the SDK.
-//! - [`Telemetry`] is the running exporter: batches go out on the SDK's own thread, so a
-//!   cell never waits on a collector. A batch that cannot be delivered is dropped and
-//!   counted ([`stats`]).
+//!   by the SDK's configuration and shared with the cells' record layer.
+//! - [`Telemetry`] is the running exporter: the cells' spans are records until they end,
+//!   turned into SDK spans on a thread of its own (`records`), and batches go out on the
+//!   SDK's own thread, so a cell never waits on a collector. A batch that cannot be
+//!   delivered is dropped and counted ([`stats`]).
+//! - [`context_of`] and [`adopt`] read and set a span's OpenTelemetry context whichever
+//!   layer made it.
 //! - [`init_subscriber`] installs the process's `tracing` subscriber: the log lines on
 //!   stderr as before, plus the spans of our crates when a [`Telemetry`] is given. With none,
 //!   spans are disabled at their call site and cost what a disabled `tracing` span costs.
