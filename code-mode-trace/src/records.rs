@@ -433,7 +433,7 @@ where
         };
         let parent = parent_context(attributes, &ctx);
         let mut open = Open::new(span.name());
-        attributes.record(&mut Fields(&mut open));
+        attributes.record(&mut Visiting(&mut open));
         open.sample(&self.export.sampler, &parent);
         span.extensions_mut().insert(Recorded {
             open: Some(open),
@@ -448,7 +448,7 @@ where
                 .get_mut::<Recorded>()
                 .and_then(Recorded::open_mut)
         {
-            values.record(&mut Fields(open));
+            values.record(&mut Visiting(open));
         }
     }
 
@@ -476,15 +476,18 @@ where
             return;
         };
         let metadata = event.metadata();
-        let mut attributes = vec![
-            KeyValue::new("level", metadata.level().as_str()),
-            KeyValue::new("target", metadata.target()),
-        ];
-        let mut message = None;
-        event.record(&mut EventFields {
-            attributes: &mut attributes,
-            message: &mut message,
-        });
+        let mut fields = EventFields {
+            attributes: vec![
+                KeyValue::new("level", metadata.level().as_str()),
+                KeyValue::new("target", metadata.target()),
+            ],
+            message: None,
+        };
+        event.record(&mut Visiting(&mut fields));
+        let EventFields {
+            attributes,
+            message,
+        } = fields;
         let name = message.map_or(Cow::Borrowed(metadata.name()), Cow::Owned);
         let mut extensions = span.extensions_mut();
         let Some(open) = extensions
@@ -521,31 +524,70 @@ where
     }
 }
 
-/// A span's fields into its record: `otel.name`, `otel.kind`, `otel.status_code` and
-/// `otel.status_message` as `tracing-opentelemetry` reads them, every other field an
-/// attribute (a field recorded again replaces its value).
-struct Fields<'a>(&'a mut Open);
+/// Where a span's or an event's fields go, value by value ([`Visiting`] reads them).
+trait FieldSink {
+    fn set(&mut self, field: &Field, value: Value);
 
-impl Fields<'_> {
-    fn set(&mut self, field: &Field, value: Value) {
-        let key = field.name();
-        match self
-            .0
-            .attributes
-            .iter_mut()
-            .find(|kv| kv.key.as_str() == key)
-        {
-            Some(old) => old.value = value,
-            None => self.0.attributes.push(KeyValue::new(key, value)),
+    /// A text field.
+    fn text(&mut self, field: &Field, text: Cow<'_, str>) {
+        self.set(field, Value::from(text.into_owned()));
+    }
+}
+
+/// Reads fields into a [`FieldSink`], as `tracing-opentelemetry` turns them into values
+/// (an unsigned number past `i64` becomes text).
+struct Visiting<'a, T>(&'a mut T);
+
+impl<T: FieldSink> Visit for Visiting<'_, T> {
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.set(field, Value::Bool(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.set(field, Value::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match i64::try_from(value) {
+            Ok(value) => self.0.set(field, Value::I64(value)),
+            Err(_) => self.0.set(field, Value::from(value.to_string())),
         }
     }
 
-    /// A text field: special if it is one of the `otel.*` fields.
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.set(field, Value::F64(value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.text(field, Cow::Borrowed(value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.text(field, Cow::Owned(value.to_string()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.text(field, Cow::Owned(format!("{value:?}")));
+    }
+}
+
+/// A span's fields into its record: `otel.name`, `otel.kind`, `otel.status_code` and
+/// `otel.status_message` as `tracing-opentelemetry` reads them, every other field an
+/// attribute (a field recorded again replaces its value).
+impl FieldSink for Open {
+    fn set(&mut self, field: &Field, value: Value) {
+        let key = field.name();
+        match self.attributes.iter_mut().find(|kv| kv.key.as_str() == key) {
+            Some(old) => old.value = value,
+            None => self.attributes.push(KeyValue::new(key, value)),
+        }
+    }
+
     fn text(&mut self, field: &Field, text: Cow<'_, str>) {
         match field.name() {
-            "otel.name" => self.0.name = Cow::Owned(text.into_owned()),
+            "otel.name" => self.name = Cow::Owned(text.into_owned()),
             "otel.kind" => {
-                self.0.kind = match text.to_ascii_lowercase().as_str() {
+                self.kind = match text.to_ascii_lowercase().as_str() {
                     "client" => SpanKind::Client,
                     "server" => SpanKind::Server,
                     "producer" => SpanKind::Producer,
@@ -554,97 +596,31 @@ impl Fields<'_> {
                 };
             }
             "otel.status_code" => {
-                self.0.status_code = match text.to_ascii_lowercase().as_str() {
+                self.status_code = match text.to_ascii_lowercase().as_str() {
                     "ok" => Some(StatusCode::Ok),
                     "error" => Some(StatusCode::Error),
                     _ => Some(StatusCode::Unset),
                 };
             }
-            "otel.status_message" => self.0.status_message = Some(text.into_owned()),
+            "otel.status_message" => self.status_message = Some(text.into_owned()),
             _ => self.set(field, Value::from(text.into_owned())),
         }
     }
 }
 
-impl Visit for Fields<'_> {
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.set(field, Value::Bool(value));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.set(field, Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match i64::try_from(value) {
-            Ok(value) => self.set(field, Value::I64(value)),
-            Err(_) => self.set(field, Value::from(value.to_string())),
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.set(field, Value::F64(value));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.text(field, Cow::Borrowed(value));
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.text(field, Cow::Owned(value.to_string()));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.text(field, Cow::Owned(format!("{value:?}")));
-    }
-}
-
 /// An event's fields: its `message` is the event's name, the rest attributes.
-struct EventFields<'a> {
-    attributes: &'a mut Vec<KeyValue>,
-    message: &'a mut Option<String>,
+struct EventFields {
+    attributes: Vec<KeyValue>,
+    message: Option<String>,
 }
 
-impl EventFields<'_> {
+impl FieldSink for EventFields {
     fn set(&mut self, field: &Field, value: Value) {
         if field.name() == "message" {
-            *self.message = Some(value.as_str().into_owned());
+            self.message = Some(value.as_str().into_owned());
         } else {
             self.attributes.push(KeyValue::new(field.name(), value));
         }
-    }
-}
-
-impl Visit for EventFields<'_> {
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.set(field, Value::Bool(value));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.set(field, Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match i64::try_from(value) {
-            Ok(value) => self.set(field, Value::I64(value)),
-            Err(_) => self.set(field, Value::from(value.to_string())),
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.set(field, Value::F64(value));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.set(field, Value::from(value.to_owned()));
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.set(field, Value::from(value.to_string()));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.set(field, Value::from(format!("{value:?}")));
     }
 }
 
