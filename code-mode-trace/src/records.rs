@@ -44,7 +44,7 @@ use tracing_subscriber::registry::LookupSpan;
 /// How long ended spans gather before the export thread turns them into SDK spans: the
 /// cell whose span ended is still answering its caller, and spans that end together go in
 /// one round. The SDK's batch processor waits far longer before it sends.
-pub(crate) const EXPORT_DELAY: Duration = Duration::from_millis(20);
+const EXPORT_DELAY: Duration = Duration::from_millis(20);
 
 /// The sampler the tracer provider and the record layer share (the one the standard
 /// `OTEL_TRACES_SAMPLER` variables name): a span's decision is made once, as it starts,

@@ -186,19 +186,10 @@ impl Telemetry {
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        let mut cells = tracing_subscriber::filter::Targets::new();
-        for target in CELL_TARGETS {
-            cells = cells.with_target(target, tracing::Level::INFO);
-        }
-        let front = tracing_subscriber::filter::Targets::new()
-            .with_target(CODEX_FRONT, tracing::Level::INFO);
-        crate::records::layer(Arc::clone(&self.cells))
-            .with_filter(cells)
-            .and_then(
-                tracing_opentelemetry::layer()
-                    .with_tracer(self.tracer.clone())
-                    .with_filter(front),
-            )
+        self.cells_and(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(CODEX_FRONT, tracing::Level::INFO),
+        )
     }
 
     /// A layer for every span of the process at `INFO` or above, whatever its target: for
@@ -209,12 +200,26 @@ impl Telemetry {
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        let mut cells = tracing_subscriber::filter::Targets::new();
         let mut others =
             tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
         for target in CELL_TARGETS {
-            cells = cells.with_target(target, tracing::Level::INFO);
             others = others.with_target(target, tracing_subscriber::filter::LevelFilter::OFF);
+        }
+        self.cells_and(others)
+    }
+
+    /// The cells' spans (of [`CELL_TARGETS`], at `INFO` or above) as records, and the
+    /// spans `others` lets through as `tracing-opentelemetry` makes them.
+    fn cells_and<S>(
+        &self,
+        others: tracing_subscriber::filter::Targets,
+    ) -> impl tracing_subscriber::Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        let mut cells = tracing_subscriber::filter::Targets::new();
+        for target in CELL_TARGETS {
+            cells = cells.with_target(target, tracing::Level::INFO);
         }
         crate::records::layer(Arc::clone(&self.cells))
             .with_filter(cells)
