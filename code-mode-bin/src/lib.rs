@@ -172,6 +172,9 @@ where
         );
         return ExitCode::from(2);
     }
+    // While V8 starts on its own thread: the first traced request finds the spans' paths
+    // made once already.
+    spans::warm();
     if cli.listen.is_some() {
         return listen_main(cli);
     }

@@ -123,21 +123,9 @@ pub(crate) fn runtime_span(
         return tracing::Span::none();
     }
     let own = fresh_span_id();
-    MAKING.with(|making| making.set(Some((trace.trace_id, trace.span_id, own))));
-    let span = tracing::info_span!(
-        target: "code_mode_bin",
-        RUNTIME_SPAN,
-        // The runtime's own number of the session (not the id its agent core knows).
-        runtime.session = session.map(|session| session.0.to_string()),
-        process.pid = i64::from(std::process::id()),
-        cpu.time_ms = tracing::field::Empty,
-    );
-    // Taken by the layer when it made the span; a span it did not make (no layer) leaves
-    // it here.
-    let made = MAKING.with(Cell::take).is_none();
-    if span.is_disabled() || !made {
+    let Some(span) = made_span((trace.trace_id, trace.span_id, own), session) else {
         return tracing::Span::none();
-    }
+    };
     let mut routes = lock(&ROUTES);
     let trace_id = trace.trace_id;
     let route = routes.entry(trace_id).or_insert_with(|| {
@@ -156,6 +144,49 @@ pub(crate) fn runtime_span(
     route.outbox = outbox.clone();
     route.open.push((own, trace.span_id));
     span
+}
+
+/// The `code_mode.runtime` span of `ids` (its trace, the host's span it hangs under, its
+/// own id), if the layer made it (a disabled span, or one no layer of ours saw, is none).
+fn made_span(ids: (TraceId, SpanId, SpanId), session: Option<SessionId>) -> Option<tracing::Span> {
+    MAKING.with(|making| making.set(Some(ids)));
+    let span = tracing::info_span!(
+        target: "code_mode_bin",
+        RUNTIME_SPAN,
+        // The runtime's own number of the session (not the id its agent core knows).
+        runtime.session = session.map(|session| session.0.to_string()),
+        process.pid = i64::from(std::process::id()),
+        cpu.time_ms = tracing::field::Empty,
+    );
+    // Taken by the layer when it made the span; a span it did not make (no layer) leaves
+    // it here.
+    let made = MAKING.with(Cell::take).is_none();
+    (made && !span.is_disabled()).then_some(span)
+}
+
+/// A `code_mode.runtime` span of a trace no route is made for: it and its children are
+/// made as a traced request's are, and their records are dropped as they end (see
+/// [`hand_back`]). What the process warms its spans under ([`warm`], and each cell thread
+/// prepared ahead through [`code_mode::warm_cell_threads_under`]).
+pub(crate) fn warm_parent() -> tracing::Span {
+    let ids = (
+        code_mode_trace::fresh_trace_id(),
+        fresh_span_id(),
+        fresh_span_id(),
+    );
+    made_span(ids, Some(SessionId(0))).unwrap_or_else(tracing::Span::none)
+}
+
+/// Makes, enters and ends a traced request's spans once, as the first traced request will
+/// (under [`warm_parent`]), and has the cell threads prepared ahead do the same. The
+/// process does it as it starts, while V8 starts on its own thread, so that the first
+/// traced cell does not pay for what a span's first making costs: registering the call
+/// sites, the layer's first record, each thread's state and the routes' table.
+pub(crate) fn warm() {
+    let span = warm_parent();
+    let _entered = span.enter();
+    code_mode::warm_cell_spans(&span);
+    code_mode::warm_cell_threads_under(warm_parent);
 }
 
 /// A span being made: its record so far (ended, it goes back as it is).

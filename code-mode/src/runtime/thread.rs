@@ -384,6 +384,66 @@ fn await_release(inbound: &mpsc::Receiver<Inbound>) {
     }
 }
 
+/// The span of a cell's compile under `parent` (none when `parent` is disabled).
+fn compile_span(parent: &tracing::Span, source_bytes: usize) -> tracing::Span {
+    under(parent, || {
+        tracing::info_span!(
+            parent: parent,
+            "code_mode.compile",
+            source.bytes = i64::try_from(source_bytes).unwrap_or(i64::MAX),
+            typescript = tracing::field::Empty,
+        )
+    })
+    .unwrap_or_else(tracing::Span::none)
+}
+
+/// The span of a cell's evaluation under `parent` (none when `parent` is disabled).
+fn evaluate_span(parent: &tracing::Span) -> tracing::Span {
+    under(
+        parent,
+        || tracing::info_span!(parent: parent, "code_mode.evaluate"),
+    )
+    .unwrap_or_else(tracing::Span::none)
+}
+
+/// Makes, enters and ends a cell's compile and evaluate spans under `parent`, as a cell
+/// does, with nothing in between: a traced process does it as it starts, so that its
+/// first traced cell does not pay for what a span's first making costs (registering the
+/// call sites with the subscriber, the first use of the thread's state). What comes of the
+/// spans is the subscriber's to say: a runtime process makes `parent` one whose spans go
+/// nowhere. See also [`warm_cell_threads_under`].
+pub fn warm_cell_spans(parent: &tracing::Span) {
+    for span in [compile_span(parent, 0), evaluate_span(parent)] {
+        drop(span.enter());
+    }
+}
+
+/// What cell threads prepared ahead warm their spans under ([`warm_cell_threads_under`]).
+static WARM_UNDER: std::sync::OnceLock<fn() -> tracing::Span> = std::sync::OnceLock::new();
+
+/// Has every cell thread prepared ahead from now on, once its isolate is ready and no
+/// cell waits for it, run [`warm_cell_spans`] under a span `parent` makes: the state a
+/// span's making uses on a thread is then made before the thread's first traced cell.
+/// For a process whose spans under `parent` go nowhere (the runtime process); the first
+/// call wins.
+pub fn warm_cell_threads_under(parent: fn() -> tracing::Span) {
+    let _ = WARM_UNDER.set(parent);
+}
+
+/// The next job for a cell thread prepared ahead; while none is there, the thread first
+/// warms its spans (see [`warm_cell_threads_under`]). `None`: its owner let it go.
+pub(super) fn next_job<T>(waiting: &mpsc::Receiver<T>) -> Option<T> {
+    match waiting.try_recv() {
+        Ok(job) => return Some(job),
+        Err(mpsc::TryRecvError::Disconnected) => return None,
+        Err(mpsc::TryRecvError::Empty) => {}
+    }
+    if let Some(parent) = WARM_UNDER.get() {
+        warm_cell_spans(&parent());
+    }
+    waiting.recv().ok()
+}
+
 /// Runs one cell's module and event loop.
 struct Driver<'g> {
     state: StateRef,
@@ -506,15 +566,7 @@ impl Driver<'_> {
         if source.len() > MAX_SOURCE_BYTES {
             return Err(self.script_error(texts::source_too_large(source.len(), MAX_SOURCE_BYTES)));
         }
-        let compiling = under(&self.span, || {
-            tracing::info_span!(
-                parent: &self.span,
-                "code_mode.compile",
-                source.bytes = i64::try_from(source.len()).unwrap_or(i64::MAX),
-                typescript = tracing::field::Empty,
-            )
-        })
-        .unwrap_or_else(tracing::Span::none);
+        let compiling = compile_span(&self.span, source.len());
         let entered = compiling.enter();
         let module = match compile(tc, source) {
             Some(module) => module,
@@ -532,11 +584,7 @@ impl Driver<'_> {
         drop(compiling);
         code_mode_protocol::hop!("module compiled");
         // The module's synchronous part, up to its first wait.
-        let evaluating = under(
-            &self.span,
-            || tracing::info_span!(parent: &self.span, "code_mode.evaluate"),
-        )
-        .unwrap_or_else(tracing::Span::none);
+        let evaluating = evaluate_span(&self.span);
         let _entered = evaluating.enter();
         if module.instantiate_module(tc, callbacks::resolve_module) != Some(true) {
             return Err(self.exception_outcome(tc));
