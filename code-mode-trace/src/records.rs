@@ -31,6 +31,7 @@ use opentelemetry::{Context as OtelContext, KeyValue, Value};
 use opentelemetry_sdk::trace::ShouldSample;
 use std::any::TypeId;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -259,6 +260,18 @@ impl Open {
         self.sampler_attributes = result.attributes;
     }
 
+    /// Keeps the span's ids, but not sampled.
+    fn unsample(&mut self) {
+        let context = &self.context;
+        self.context = SpanContext::new(
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags().with_sampled(false),
+            false,
+            context.trace_state().clone(),
+        );
+    }
+
     fn status(&mut self) -> Status {
         match self.status_code {
             Some(StatusCode::Ok) => Status::Ok,
@@ -268,6 +281,25 @@ impl Open {
             Some(StatusCode::Unset) | None => Status::Unset,
         }
     }
+}
+
+thread_local! {
+    /// Set while this thread makes spans that must not be exported ([`muted`]).
+    static MUTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `make` with every span this layer starts on this thread meanwhile unsampled (so
+/// never exported, and its children not sampled by a parent-based sampler): for spans made
+/// only to warm their paths (see `Telemetry`'s subscriber).
+pub(crate) fn muted<T>(make: impl FnOnce() -> T) -> T {
+    struct Unmute(bool);
+    impl Drop for Unmute {
+        fn drop(&mut self) {
+            MUTED.with(|muted| muted.set(self.0));
+        }
+    }
+    let _unmute = Unmute(MUTED.with(|muted| muted.replace(true)));
+    make()
 }
 
 /// A span's record in its extensions. Dropped, the span ends: when it closes, and also
@@ -435,6 +467,9 @@ where
         let mut open = Open::new(span.name());
         attributes.record(&mut Visiting(&mut open));
         open.sample(&self.export.sampler, &parent);
+        if MUTED.with(Cell::get) {
+            open.unsample();
+        }
         span.extensions_mut().insert(Recorded {
             open: Some(open),
             export: Arc::clone(&self.export),
@@ -724,5 +759,27 @@ mod tests {
         });
         export.close();
         assert!(lock(&kept.0).is_empty());
+    }
+
+    /// What is made muted is not exported, whatever the sampler says, and the spans made
+    /// after it are.
+    #[test]
+    fn a_muted_span_is_not_exported() {
+        let (kept, export) = exporting(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+        let subscriber = tracing_subscriber::registry().with(layer(Arc::clone(&export)));
+        tracing::subscriber::with_default(subscriber, || {
+            muted(|| {
+                let cell = tracing::info_span!("code_mode.cell");
+                let call = tracing::info_span!(parent: &cell, "code_mode.tool_call");
+                assert!(crate::context_of(&call).span().span_context().is_valid());
+            });
+            drop(tracing::info_span!("code_mode.wait"));
+        });
+        export.close();
+        let names: Vec<String> = lock(&kept.0)
+            .iter()
+            .map(|span| span.name.to_string())
+            .collect();
+        assert_eq!(names, ["code_mode.wait"]);
     }
 }

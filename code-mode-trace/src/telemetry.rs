@@ -253,10 +253,16 @@ where
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(logs)
         .with(traces)
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed && telemetry.is_some() {
+        // The first cell's span finds its paths made once already (its call site
+        // registered, the layers' first record made): made here muted, it is not exported.
+        crate::records::muted(crate::traced::warm_cell_span);
+    }
 }
 
 /// The usual log layer: lines on stderr, filtered by `filter`.
