@@ -164,29 +164,22 @@ fn made_span(ids: (TraceId, SpanId, SpanId), session: Option<SessionId>) -> Opti
     (made && !span.is_disabled()).then_some(span)
 }
 
-/// A `code_mode.runtime` span of a trace no route is made for: it and its children are
-/// made as a traced request's are, and their records are dropped as they end (see
-/// [`hand_back`]). What the process warms its spans under ([`warm`], and each cell thread
-/// prepared ahead through [`code_mode::warm_cell_threads_under`]).
-pub(crate) fn warm_parent() -> tracing::Span {
+/// Makes, enters and ends a traced request's `code_mode.runtime` span once, as the first
+/// traced request will, for a trace no route is made for: its record is dropped as it ends
+/// (see [`hand_back`]). The process does it as it starts, while V8 starts on its own
+/// thread, so that the first traced request does not pay for what a span's first making
+/// costs: registering the call site, the layer's first record, the thread's state and the
+/// routes' table. (A cell's compile and evaluate spans are made off the answer's path; see
+/// `code_mode`'s cell thread.)
+pub(crate) fn warm() {
     let ids = (
         code_mode_trace::fresh_trace_id(),
         fresh_span_id(),
         fresh_span_id(),
     );
-    made_span(ids, Some(SessionId(0))).unwrap_or_else(tracing::Span::none)
-}
-
-/// Makes, enters and ends a traced request's spans once, as the first traced request will
-/// (under [`warm_parent`]), and has the cell threads prepared ahead do the same. The
-/// process does it as it starts, while V8 starts on its own thread, so that the first
-/// traced cell does not pay for what a span's first making costs: registering the call
-/// sites, the layer's first record, each thread's state and the routes' table.
-pub(crate) fn warm() {
-    let span = warm_parent();
-    let _entered = span.enter();
-    code_mode::warm_cell_spans(&span);
-    code_mode::warm_cell_threads_under(warm_parent);
+    if let Some(span) = made_span(ids, Some(SessionId(0))) {
+        drop(span.enter());
+    }
 }
 
 /// A span being made: its record so far (ended, it goes back as it is).
@@ -233,7 +226,7 @@ where
             span_id,
             parent_span_id,
             name: span.name().to_owned(),
-            start_unix_nanos: unix_nanos(SystemTime::now()),
+            start_unix_nanos: unix_nanos(code_mode_trace::span_start()),
             end_unix_nanos: 0,
             attributes: Vec::new(),
             events: Vec::new(),
@@ -275,6 +268,11 @@ where
         });
     }
 
+    // SAFETY: the pointer returned is to a static of the type asked for.
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        code_mode_trace::takes_times_downcast(id)
+    }
+
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(&id) else {
             return;
@@ -282,7 +280,7 @@ where
         let Some(Open(mut record)) = span.extensions_mut().remove::<Open>() else {
             return;
         };
-        record.end_unix_nanos = unix_nanos(SystemTime::now());
+        record.end_unix_nanos = unix_nanos(code_mode_trace::span_end());
         status_from_fields(&mut record);
         hand_back(record);
     }

@@ -3,9 +3,14 @@
 //! spans the runtime hands back to its host alike), and [`context_of`] and [`adopt`],
 //! which read and set a span's context whichever layer made it: the cells' own records
 //! (`records`, in a process that exports with [`crate::Telemetry`]) or
-//! `tracing-opentelemetry` (the Codex front's spans, an agent core's).
+//! `tracing-opentelemetry` (the Codex front's spans, an agent core's). Also how a span is
+//! made after its work ran, with the times it ran at, under a layer of ours that takes
+//! them ([`TakesTimes`], [`made_at`]).
 
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+use std::any::TypeId;
+use std::cell::Cell;
+use std::time::SystemTime;
 use tracing::Dispatch;
 use tracing::span::Id;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -54,4 +59,59 @@ pub fn adopt(span: &tracing::Span, parent: &opentelemetry::Context) {
     if !ours {
         let _ = span.set_parent(parent.clone());
     }
+}
+
+/// What a layer of ours answers a downcast to when it takes a span's times from
+/// [`made_at`] (the cells' record layer, the runtime's): a span measured as work ran can
+/// then be made afterwards, off that work's path, with the times it was measured at.
+/// `tracing-opentelemetry` and other layers stamp a span when it is made and closed, so
+/// under them a span is made as its work runs.
+pub struct TakesTimes(());
+
+/// The one [`TakesTimes`] the layers point a downcast at.
+static TAKES_TIMES: TakesTimes = TakesTimes(());
+
+/// A layer's `downcast_raw` answer for `id` if `id` asks for [`TakesTimes`].
+pub fn takes_times_downcast(id: TypeId) -> Option<*const ()> {
+    (id == TypeId::of::<TakesTimes>()).then(|| std::ptr::from_ref(&TAKES_TIMES).cast())
+}
+
+/// Whether the subscriber of `span` takes a span's times from [`made_at`] (a disabled span
+/// has none).
+pub fn takes_times(span: &tracing::Span) -> bool {
+    span.with_subscriber(|(_, dispatch)| dispatch.is::<TakesTimes>())
+        .unwrap_or(false)
+}
+
+thread_local! {
+    /// The start and end a span made on this thread now is given ([`made_at`]).
+    static MADE_AT: Cell<Option<(SystemTime, SystemTime)>> = const { Cell::new(None) };
+}
+
+/// Runs `make`, which makes a span and ends it, with `start` and `end` as that span's
+/// times for the layers that take them ([`TakesTimes`]; see [`span_start`] and
+/// [`span_end`]). For one span only: a span made inside it gets the same times.
+pub fn made_at<T>(start: SystemTime, end: SystemTime, make: impl FnOnce() -> T) -> T {
+    struct Reset(Option<(SystemTime, SystemTime)>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MADE_AT.with(|made_at| made_at.set(self.0));
+        }
+    }
+    let _reset = Reset(MADE_AT.with(|made_at| made_at.replace(Some((start, end)))));
+    make()
+}
+
+/// When a span made now starts: its [`made_at`] start, or now.
+pub fn span_start() -> SystemTime {
+    MADE_AT
+        .with(Cell::get)
+        .map_or_else(SystemTime::now, |(start, _)| start)
+}
+
+/// When a span that ends now ends: its [`made_at`] end, or now.
+pub fn span_end() -> SystemTime {
+    MADE_AT
+        .with(Cell::get)
+        .map_or_else(SystemTime::now, |(_, end)| end)
 }

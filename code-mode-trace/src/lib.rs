@@ -25,7 +25,10 @@ mod ids;
 mod layer;
 pub mod traced;
 pub use ids::{fresh_span_id, fresh_trace_id};
-pub use layer::{TRACED_TARGETS, adopt, context_of};
+pub use layer::{
+    TRACED_TARGETS, TakesTimes, adopt, context_of, made_at, span_end, span_start, takes_times,
+    takes_times_downcast,
+};
 
 #[cfg(feature = "export")]
 mod exporter;

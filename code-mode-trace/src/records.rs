@@ -217,7 +217,7 @@ impl Open {
             context: SpanContext::empty_context(),
             parent: SpanContext::empty_context(),
             sampler_attributes: Vec::new(),
-            start: SystemTime::now(),
+            start: crate::span_start(),
             attributes: Vec::new(),
             events: Vec::new(),
             links: Vec::new(),
@@ -327,7 +327,7 @@ impl Drop for Recorded {
         {
             self.export.push(Ended {
                 open,
-                end: SystemTime::now(),
+                end: crate::span_end(),
             });
         }
     }
@@ -554,7 +554,7 @@ where
         } else if id == TypeId::of::<RecordAccess>() {
             Some(std::ptr::from_ref(&self.access).cast())
         } else {
-            None
+            crate::takes_times_downcast(id)
         }
     }
 }
@@ -759,6 +759,32 @@ mod tests {
         });
         export.close();
         assert!(lock(&kept.0).is_empty());
+    }
+
+    /// A span made inside `made_at` has the times it was given, and the layer says it
+    /// takes them; a span made after it has its own.
+    #[test]
+    fn a_span_made_at_given_times_keeps_them() {
+        let (kept, export) = exporting(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+        let subscriber = tracing_subscriber::registry().with(layer(Arc::clone(&export)));
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let end = start + Duration::from_millis(40);
+        let before = SystemTime::now();
+        tracing::subscriber::with_default(subscriber, || {
+            let cell = tracing::info_span!("code_mode.cell");
+            assert!(crate::takes_times(&cell));
+            crate::made_at(start, end, || {
+                drop(tracing::info_span!(parent: &cell, "code_mode.compile"));
+            });
+        });
+        export.close();
+        let spans = lock(&kept.0).clone();
+        let [compile, cell] = &spans[..] else {
+            panic!("two spans: {spans:#?}")
+        };
+        assert_eq!(compile.name, "code_mode.compile");
+        assert_eq!((compile.start_time, compile.end_time), (start, end));
+        assert!(cell.start_time >= before && cell.end_time >= cell.start_time);
     }
 
     /// What is made muted is not exported, whatever the sampler says, and the spans made

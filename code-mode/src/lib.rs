@@ -20,7 +20,6 @@ pub use runtime::{
     CONTEXT_SNAPSHOT_ENV, CellCommand, CellConfig, CellEvent, CellHandle, CellLimits, CellOutcome,
     ContextSource, IsolateShelf, SpawnError, StoredValues, ToolCallRequest, TypeScriptRefused,
     prewarm, prewarm_for, spawn_cell, spawn_cell_from, spawn_cell_on, strip_typescript,
-    warm_cell_spans, warm_cell_threads_under,
 };
 pub use session::{
     Handed, Held, InProcessConfig, InProcessProvider, InProcessSession, Offer, OfferSink,

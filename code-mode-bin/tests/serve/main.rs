@@ -1145,7 +1145,8 @@ async fn a_long_cells_spans_come_back_before_it_ends() {
 
 /// A traced exec's spans come back as the runtime's own records: each under the host's
 /// span it was traced under, with its fields as attributes (one recorded later included),
-/// the runtime process's pid, and the cell's timer as an event of `code_mode.runtime`.
+/// the runtime process's pid, the cell's timer as an event of `code_mode.runtime`, and
+/// the times the work ran at (the evaluation's spans are made once the cell is idle).
 #[tokio::test]
 async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
     use code_mode_wire::payload::{SpanRecord, SpanValue};
@@ -1153,7 +1154,8 @@ async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
     host.open_session(1, SessionId(1)).await;
     let (trace_id, host_span) = ([7; 16], [8; 8]);
     // Type annotations make V8 refuse the source: the compile span records `typescript`.
-    let source = "const pause = (ms: number) => new Promise<void>((done) => setTimeout(done, ms));\nawait pause(1);\ntext(\"ok\");";
+    // Its evaluation takes 40 ms before the cell waits.
+    let source = "const pause = (ms: number) => new Promise<void>((done) => setTimeout(done, ms));\nconst until = Date.now() + 40;\nwhile (Date.now() < until) {}\nawait pause(1);\ntext(\"ok\");";
     host.traced_exec(2, source, trace_id, host_span).await;
     host.response(2).await.expect("the cell's response");
     let mut records: Vec<SpanRecord> = Vec::new();
@@ -1206,8 +1208,22 @@ async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
         attribute(compile, "source.bytes"),
         Some(SpanValue::I64(source.len() as i64))
     );
-    named("code_mode.evaluate");
+    let evaluate = named("code_mode.evaluate");
+    let took = |record: &SpanRecord| record.end_unix_nanos - record.start_unix_nanos;
+    assert!(
+        took(evaluate) >= 35_000_000,
+        "the evaluation's span does not hold its time: {evaluate:?}"
+    );
+    assert!(
+        compile.end_unix_nanos <= evaluate.start_unix_nanos,
+        "{compile:?} {evaluate:?}"
+    );
     let runtime = named("code_mode.runtime");
+    assert!(
+        runtime.start_unix_nanos <= compile.start_unix_nanos
+            && evaluate.end_unix_nanos <= runtime.end_unix_nanos,
+        "{runtime:?}"
+    );
     assert_eq!(
         attribute(runtime, "runtime.session"),
         Some(SpanValue::Text("1".into()))

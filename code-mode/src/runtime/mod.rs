@@ -78,7 +78,6 @@ pub use snapshot::{CONTEXT_SNAPSHOT_ENV, CacheOutcome, ContextSource, use_disk_c
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub use thread::ContextBench;
-pub use thread::{warm_cell_spans, warm_cell_threads_under};
 
 /// Waits until the process's startup snapshot is made (starting it if need be): from then
 /// on cells' contexts come from it, and a session's isolates are parked for its next

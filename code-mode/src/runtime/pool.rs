@@ -319,7 +319,7 @@ fn spawn_worker() -> std::io::Result<Worker> {
         let prepared: Prepared =
             thread::prepare(POOLED_HEAP_BYTES, tool_functions, source, surface, None);
         prepared_flag.store(true, Ordering::Release);
-        if let Some(job) = thread::next_job(&waiting) {
+        if let Ok(job) = waiting.recv() {
             thread::run(Some(prepared), job);
         }
     })?;
@@ -419,42 +419,5 @@ mod tests {
             false,
             "the snapshot was made",
         );
-    }
-
-    /// A thread prepared ahead warms its spans only while no job waits for it: a job that
-    /// is there already runs at once, and a thread its owner let go warms nothing.
-    #[test]
-    fn a_prepared_thread_warms_its_spans_only_while_no_job_waits() {
-        thread_local! {
-            static WARMED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-        }
-        // Other threads of this process warm under it too: a disabled span, counted on
-        // their own threads.
-        fn counted() -> tracing::Span {
-            WARMED.with(|warmed| warmed.set(warmed.get() + 1));
-            tracing::Span::none()
-        }
-        super::super::warm_cell_threads_under(counted);
-        let (jobs, waiting) = mpsc::channel();
-        jobs.send(1).expect("queued");
-        assert_eq!(thread::next_job(&waiting), Some(1));
-        assert_eq!(
-            WARMED.with(std::cell::Cell::get),
-            0,
-            "warmed with a job waiting"
-        );
-        let later = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
-            jobs.send(2).expect("queued");
-        });
-        assert_eq!(thread::next_job(&waiting), Some(2));
-        assert_eq!(
-            WARMED.with(std::cell::Cell::get),
-            1,
-            "no warming while idle"
-        );
-        later.join().expect("the sender ran");
-        assert_eq!(thread::next_job(&waiting), None, "let go");
-        assert_eq!(WARMED.with(std::cell::Cell::get), 1, "warmed once let go");
     }
 }

@@ -22,7 +22,7 @@ use code_mode_trace::traced::under;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// `ArrayBuffer`s may use 1/`ARRAY_BUFFER_SHARE` of the heap limit. V8 counts their
 /// external memory toward the heap limit too, so a smaller buffer budget makes an
@@ -326,6 +326,7 @@ fn run_cell(
             built_tools,
             surface: config.surface,
             span: config.span.clone(),
+            measured: code_mode_trace::takes_times(&config.span),
         };
         let outcome = driver.run(scope, &config.source);
         state.borrow_mut().release_handles();
@@ -335,12 +336,7 @@ fn run_cell(
     // session's next cell may run on it); a stop requested before this is cancelled by
     // the reset.
     control.detach();
-    // The CPU time this incarnation used, on the cell's span (a field it declares).
-    if let Some(used) = watched.as_deref().and_then(Watched::cpu_time) {
-        config
-            .span
-            .record("cpu.time_ms", used.as_secs_f64() * 1_000.0);
-    }
+    let cpu_time = watched.as_deref().and_then(Watched::cpu_time);
     let exceeded = watched.as_deref().is_some_and(Watched::exceeded);
     drop(watched);
     let reusable = matches!(outcome, CellOutcome::Completed { .. })
@@ -361,7 +357,17 @@ fn run_cell(
         .map(|shelf| shelf.resetting());
     // The owner may be gone already; nothing else to tell then.
     code_mode_protocol::hop!("cell thread reports the end");
-    if events.blocking_send(CellEvent::Finished(outcome)).is_ok() {
+    let reported = events.blocking_send(CellEvent::Finished(outcome)).is_ok();
+    // Off the end's path: the spans of the work measured, and the CPU time this
+    // incarnation used on the cell's span (a field it declares), which stays open while
+    // `config` holds it.
+    trace_measured(&config.span);
+    if let Some(used) = cpu_time {
+        config
+            .span
+            .record("cpu.time_ms", used.as_secs_f64() * 1_000.0);
+    }
+    if reported {
         await_release(&inbound);
     }
     (isolate, heap_guard, resetting, done)
@@ -406,42 +412,78 @@ fn evaluate_span(parent: &tracing::Span) -> tracing::Span {
     .unwrap_or_else(tracing::Span::none)
 }
 
-/// Makes, enters and ends a cell's compile and evaluate spans under `parent`, as a cell
-/// does, with nothing in between: a traced process does it as it starts, so that its
-/// first traced cell does not pay for what a span's first making costs (registering the
-/// call sites with the subscriber, the first use of the thread's state). What comes of the
-/// spans is the subscriber's to say: a runtime process makes `parent` one whose spans go
-/// nowhere. See also [`warm_cell_threads_under`].
-pub fn warm_cell_spans(parent: &tracing::Span) {
-    for span in [compile_span(parent, 0), evaluate_span(parent)] {
-        drop(span.enter());
+/// A piece of a cell's work traced under the cell's span.
+#[derive(Clone, Copy)]
+enum Work {
+    Compile { bytes: usize, typescript: bool },
+    Evaluate,
+}
+
+/// The span of `work` under `parent`.
+fn work_span(parent: &tracing::Span, work: Work) -> tracing::Span {
+    match work {
+        Work::Compile { bytes, typescript } => {
+            let span = compile_span(parent, bytes);
+            if typescript {
+                span.record("typescript", true);
+            }
+            span
+        }
+        Work::Evaluate => evaluate_span(parent),
     }
 }
 
-/// What cell threads prepared ahead warm their spans under ([`warm_cell_threads_under`]).
-static WARM_UNDER: std::sync::OnceLock<fn() -> tracing::Span> = std::sync::OnceLock::new();
-
-/// Has every cell thread prepared ahead from now on, once its isolate is ready and no
-/// cell waits for it, run [`warm_cell_spans`] under a span `parent` makes: the state a
-/// span's making uses on a thread is then made before the thread's first traced cell.
-/// For a process whose spans under `parent` go nowhere (the runtime process); the first
-/// call wins.
-pub fn warm_cell_threads_under(parent: fn() -> tracing::Span) {
-    let _ = WARM_UNDER.set(parent);
+/// A piece of a cell's work being traced.
+enum Traced {
+    /// Its span, entered: made as the work starts, ended as it ends.
+    Live(tracing::span::EnteredSpan),
+    /// Its times, kept for a span made later (ended: the work joins [`MEASURED`]).
+    Measured(Measured),
 }
 
-/// The next job for a cell thread prepared ahead; while none is there, the thread first
-/// warms its spans (see [`warm_cell_threads_under`]). `None`: its owner let it go.
-pub(super) fn next_job<T>(waiting: &mpsc::Receiver<T>) -> Option<T> {
-    match waiting.try_recv() {
-        Ok(job) => return Some(job),
-        Err(mpsc::TryRecvError::Disconnected) => return None,
-        Err(mpsc::TryRecvError::Empty) => {}
+impl Traced {
+    /// The source compiled is TypeScript, its types stripped.
+    fn typescript(&mut self) {
+        match self {
+            Self::Live(span) => {
+                span.record("typescript", true);
+            }
+            Self::Measured(Measured {
+                work: Work::Compile { typescript, .. },
+                ..
+            }) => *typescript = true,
+            Self::Measured(_) => {}
+        }
     }
-    if let Some(parent) = WARM_UNDER.get() {
-        warm_cell_spans(&parent());
+}
+
+/// Work measured as it runs; dropped as it ends, it joins the thread's [`MEASURED`].
+struct Measured {
+    work: Work,
+    start: SystemTime,
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        let ended = (self.work, self.start, SystemTime::now());
+        MEASURED.with(|measured| measured.borrow_mut().push(ended));
     }
-    waiting.recv().ok()
+}
+
+thread_local! {
+    /// The work this cell thread measured whose spans are not made yet.
+    static MEASURED: RefCell<Vec<(Work, SystemTime, SystemTime)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Makes the spans of the work this thread measured, under `parent` and with the times
+/// measured: once the cell is idle or has reported its end, so that the cell's answer
+/// does not wait for its spans.
+fn trace_measured(parent: &tracing::Span) {
+    let measured = MEASURED.with(|measured| std::mem::take(&mut *measured.borrow_mut()));
+    for (work, start, end) in measured {
+        code_mode_trace::made_at(start, end, || drop(work_span(parent, work)));
+    }
 }
 
 /// Runs one cell's module and event loop.
@@ -458,9 +500,24 @@ struct Driver<'g> {
     surface: Surface,
     /// The span compile and evaluation are traced under ([`super::CellConfig::span`]).
     span: tracing::Span,
+    /// Whether that span's subscriber takes times: compile and evaluation are then
+    /// measured, and their spans made once the thread is idle ([`trace_measured`]).
+    measured: bool,
 }
 
 impl Driver<'_> {
+    /// `work` traced under the cell's span as it runs: live, or measured (see
+    /// [`Self::measured`]).
+    fn traced(&self, work: Work) -> Traced {
+        if self.measured {
+            return Traced::Measured(Measured {
+                work,
+                start: SystemTime::now(),
+            });
+        }
+        Traced::Live(work_span(&self.span, work).entered())
+    }
+
     fn run(mut self, scope: &mut v8::PinScope<'_, '_>, source: &str) -> CellOutcome {
         if let Some(outcome) = self.ended_by_flags() {
             return outcome;
@@ -516,6 +573,7 @@ impl Driver<'_> {
                 }) {
                     return None; // stopped: the end check of the next turn decides how
                 }
+                trace_measured(&self.span);
                 match self.inbound.recv() {
                     Ok(message) => message,
                     Err(mpsc::RecvError) => return Some(CellOutcome::Terminated),
@@ -566,12 +624,14 @@ impl Driver<'_> {
         if source.len() > MAX_SOURCE_BYTES {
             return Err(self.script_error(texts::source_too_large(source.len(), MAX_SOURCE_BYTES)));
         }
-        let compiling = compile_span(&self.span, source.len());
-        let entered = compiling.enter();
+        let mut compiling = self.traced(Work::Compile {
+            bytes: source.len(),
+            typescript: false,
+        });
         let module = match compile(tc, source) {
             Some(module) => module,
             None => {
-                compiling.record("typescript", true);
+                compiling.typescript();
                 let stripped = self.typescript_source(tc, source)?;
                 tc.reset();
                 match compile(tc, &stripped) {
@@ -580,12 +640,10 @@ impl Driver<'_> {
                 }
             }
         };
-        drop(entered);
         drop(compiling);
         code_mode_protocol::hop!("module compiled");
         // The module's synchronous part, up to its first wait.
-        let evaluating = evaluate_span(&self.span);
-        let _entered = evaluating.enter();
+        let _evaluating = self.traced(Work::Evaluate);
         if module.instantiate_module(tc, callbacks::resolve_module) != Some(true) {
             return Err(self.exception_outcome(tc));
         }
