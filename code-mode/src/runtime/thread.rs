@@ -5,6 +5,11 @@
 //! command (a tool answer or a timer firing), sleeping on the inbound queue when it is
 //! empty. Every entry into JS is followed by the same end check, so `exit()`, termination
 //! and the heap limit are noticed wherever JS was running.
+//!
+//! The compile and the evaluation are traced under the cell's span. When that span's
+//! subscriber takes a span's times (`code_mode_trace::TakesTimes`: the runtime's layer, the
+//! fronts' records) they are only measured as they run, and their spans are made once the
+//! loop is idle or the end is reported, off the answer's path.
 
 use super::MODULE_NAME;
 use super::callbacks::{self, CountingAllocator, HeapGuard};
