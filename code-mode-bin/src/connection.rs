@@ -571,15 +571,20 @@ fn start_request(
             },
         );
     }
-    let span = match trace {
-        Some(trace) => crate::spans::runtime_span(trace, request.session(), &connection.outbox),
-        None => tracing::Span::none(),
-    };
+    let (span, route) = trace
+        .and_then(|trace| crate::spans::runtime_span(trace, request.session()))
+        .map_or((tracing::Span::none(), None), |(span, route)| {
+            (span, Some(route))
+        });
     let mut task = Box::pin(
         run_request(Arc::clone(connection), id, request, cancel, preempt).instrument(span),
     );
     if poll_once(&mut task).is_none() {
         tasks.spawn(task);
+    }
+    // After the request's first poll: an `execute`'s cell is compiling meanwhile.
+    if let Some(route) = route {
+        crate::spans::open_route(route, &connection.outbox);
     }
     Ok(())
 }

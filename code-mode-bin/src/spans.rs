@@ -111,39 +111,66 @@ where
     HandBackLayer.with_filter(targets)
 }
 
-/// The span a request traced by the host runs under (disabled when `trace` is not
-/// sampled): a child of the host's span, its spans routed back through `outbox`.
+/// The route a traced request's spans need, opened once the request is under way
+/// ([`open_route`]).
+pub(crate) struct RouteToOpen {
+    /// A handle on the request's span that keeps it from ending before its route is open.
+    held: tracing::Span,
+    trace_id: TraceId,
+    /// The span's own id and the host's span it stands for.
+    ids: (SpanId, SpanId),
+}
+
+/// The span a request traced by the host runs under, a child of the host's span; `None`
+/// when `trace` is not sampled. Its spans go back once [`open_route`] opened their route:
+/// the request's work is handed on first (its cell compiles meanwhile), since no span of
+/// it ends that soon.
 pub(crate) fn runtime_span(
     trace: TraceContext,
     session: Option<SessionId>,
-    outbox: &Outbox<ServerMessage>,
-) -> tracing::Span {
+) -> Option<(tracing::Span, RouteToOpen)> {
     const SAMPLED: u8 = 1;
     if trace.flags & SAMPLED == 0 || trace.trace_id == [0; 16] || trace.span_id == [0; 8] {
-        return tracing::Span::none();
+        return None;
     }
     let own = fresh_span_id();
-    let Some(span) = made_span((trace.trace_id, trace.span_id, own), session) else {
-        return tracing::Span::none();
+    let span = made_span((trace.trace_id, trace.span_id, own), session)?;
+    let route = RouteToOpen {
+        held: span.clone(),
+        trace_id: trace.trace_id,
+        ids: (own, trace.span_id),
     };
-    let mut routes = lock(&ROUTES);
-    let trace_id = trace.trace_id;
-    let route = routes.entry(trace_id).or_insert_with(|| {
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        Route {
-            outbox: outbox.clone(),
-            open: Vec::new(),
-            pending: Vec::new(),
-            flusher: runtime
-                .as_ref()
-                .map(|runtime| start_flusher(runtime, trace_id)),
-            runtime,
-        }
-    });
-    // The latest connection to trace here wins (one trace across two hosts is rare).
-    route.outbox = outbox.clone();
-    route.open.push((own, trace.span_id));
-    span
+    Some((span, route))
+}
+
+/// Opens `route` back through `outbox` (with its flush), then lets the request's span end
+/// when the request does. A span that ends before this goes nowhere.
+pub(crate) fn open_route(route: RouteToOpen, outbox: &Outbox<ServerMessage>) {
+    let RouteToOpen {
+        held,
+        trace_id,
+        ids,
+    } = route;
+    {
+        let mut routes = lock(&ROUTES);
+        let route = routes.entry(trace_id).or_insert_with(|| {
+            let runtime = tokio::runtime::Handle::try_current().ok();
+            Route {
+                outbox: outbox.clone(),
+                open: Vec::new(),
+                pending: Vec::new(),
+                flusher: runtime
+                    .as_ref()
+                    .map(|runtime| start_flusher(runtime, trace_id)),
+                runtime,
+            }
+        });
+        // The latest connection to trace here wins (one trace across two hosts is rare).
+        route.outbox = outbox.clone();
+        route.open.push(ids);
+    }
+    // Outside the routes' lock: the request's span may end here, and its end takes it.
+    drop(held);
 }
 
 /// The `code_mode.runtime` span of `ids` (its trace, the host's span it hangs under, its

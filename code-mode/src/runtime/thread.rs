@@ -360,22 +360,32 @@ fn run_cell(
     let resetting = shelf
         .filter(|_| reusable && current)
         .map(|shelf| shelf.resetting());
-    // The owner may be gone already; nothing else to tell then.
+    report_end(&events, &inbound, &config.span, outcome, cpu_time);
+    (isolate, heap_guard, resetting, done)
+}
+
+/// Reports the cell's end to its owner (who may be gone already; nothing else to tell
+/// then), traces what the cell left to trace under `span`, and waits for the owner's
+/// release.
+fn report_end(
+    events: &tokio::sync::mpsc::Sender<CellEvent>,
+    inbound: &mpsc::Receiver<Inbound>,
+    span: &tracing::Span,
+    outcome: CellOutcome,
+    cpu_time: Option<Duration>,
+) {
     code_mode_protocol::hop!("cell thread reports the end");
     let reported = events.blocking_send(CellEvent::Finished(outcome)).is_ok();
     // Off the end's path: the spans of the work measured, and the CPU time this
-    // incarnation used on the cell's span (a field it declares), which stays open while
-    // `config` holds it.
-    trace_measured(&config.span);
+    // incarnation used on the cell's span (a field it declares; the caller holds the
+    // span, so it is still open).
+    trace_measured(span);
     if let Some(used) = cpu_time {
-        config
-            .span
-            .record("cpu.time_ms", used.as_secs_f64() * 1_000.0);
+        span.record("cpu.time_ms", used.as_secs_f64() * 1_000.0);
     }
     if reported {
-        await_release(&inbound);
+        await_release(inbound);
     }
-    (isolate, heap_guard, resetting, done)
 }
 
 /// Waits until the owner released the finished cell ([`super::CellHandle::release`]),
