@@ -449,14 +449,14 @@ fn work_span(parent: &tracing::Span, work: Work) -> tracing::Span {
 }
 
 /// A piece of a cell's work being traced.
-enum Traced {
+enum WorkTrace {
     /// Its span, entered: made as the work starts, ended as it ends.
     Live(tracing::span::EnteredSpan),
     /// Its times, kept for a span made later (ended: the work joins [`MEASURED`]).
     Measured(Measured),
 }
 
-impl Traced {
+impl WorkTrace {
     /// The source compiled is TypeScript, its types stripped.
     fn typescript(&mut self) {
         match self {
@@ -523,14 +523,14 @@ struct Driver<'g> {
 impl Driver<'_> {
     /// `work` traced under the cell's span as it runs: live, or measured (see
     /// [`Self::measured`]).
-    fn traced(&self, work: Work) -> Traced {
+    fn traced(&self, work: Work) -> WorkTrace {
         if self.measured {
-            return Traced::Measured(Measured {
+            return WorkTrace::Measured(Measured {
                 work,
                 start: SystemTime::now(),
             });
         }
-        Traced::Live(work_span(&self.span, work).entered())
+        WorkTrace::Live(work_span(&self.span, work).entered())
     }
 
     fn run(mut self, scope: &mut v8::PinScope<'_, '_>, source: &str) -> CellOutcome {
