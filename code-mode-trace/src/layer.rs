@@ -92,14 +92,23 @@ thread_local! {
 /// times for the layers that take them ([`TakesTimes`]; see [`span_start`] and
 /// [`span_end`]). For one span only: a span made inside it gets the same times.
 pub fn made_at<T>(start: SystemTime, end: SystemTime, make: impl FnOnce() -> T) -> T {
-    struct Reset(Option<(SystemTime, SystemTime)>);
-    impl Drop for Reset {
+    with_set(&MADE_AT, Some((start, end)), make)
+}
+
+/// Runs `run` with this thread's `key` set to `value`, and its value before back after.
+pub(crate) fn with_set<V: Copy + 'static, T>(
+    key: &'static std::thread::LocalKey<Cell<V>>,
+    value: V,
+    run: impl FnOnce() -> T,
+) -> T {
+    struct Restore<V: Copy + 'static>(&'static std::thread::LocalKey<Cell<V>>, V);
+    impl<V: Copy + 'static> Drop for Restore<V> {
         fn drop(&mut self) {
-            MADE_AT.with(|made_at| made_at.set(self.0));
+            self.0.with(|cell| cell.set(self.1));
         }
     }
-    let _reset = Reset(MADE_AT.with(|made_at| made_at.replace(Some((start, end)))));
-    make()
+    let _restore = Restore(key, key.with(|cell| cell.replace(value)));
+    run()
 }
 
 /// When a span made now starts: its [`made_at`] start, or now.

@@ -292,14 +292,7 @@ thread_local! {
 /// never exported, and its children not sampled by a parent-based sampler): for spans made
 /// only to warm their paths (see `Telemetry`'s subscriber).
 pub(crate) fn muted<T>(make: impl FnOnce() -> T) -> T {
-    struct Unmute(bool);
-    impl Drop for Unmute {
-        fn drop(&mut self) {
-            MUTED.with(|muted| muted.set(self.0));
-        }
-    }
-    let _unmute = Unmute(MUTED.with(|muted| muted.replace(true)));
-    make()
+    crate::layer::with_set(&MUTED, true, make)
 }
 
 /// A span's record in its extensions. Dropped, the span ends: when it closes, and also

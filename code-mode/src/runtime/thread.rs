@@ -405,28 +405,6 @@ fn await_release(inbound: &mpsc::Receiver<Inbound>) {
     }
 }
 
-/// The span of a cell's compile under `parent` (none when `parent` is disabled).
-fn compile_span(parent: &tracing::Span, source_bytes: usize) -> tracing::Span {
-    under(parent, || {
-        tracing::info_span!(
-            parent: parent,
-            "code_mode.compile",
-            source.bytes = i64::try_from(source_bytes).unwrap_or(i64::MAX),
-            typescript = tracing::field::Empty,
-        )
-    })
-    .unwrap_or_else(tracing::Span::none)
-}
-
-/// The span of a cell's evaluation under `parent` (none when `parent` is disabled).
-fn evaluate_span(parent: &tracing::Span) -> tracing::Span {
-    under(
-        parent,
-        || tracing::info_span!(parent: parent, "code_mode.evaluate"),
-    )
-    .unwrap_or_else(tracing::Span::none)
-}
-
 /// A piece of a cell's work traced under the cell's span.
 #[derive(Clone, Copy)]
 enum Work {
@@ -434,18 +412,24 @@ enum Work {
     Evaluate,
 }
 
-/// The span of `work` under `parent`.
+/// The span of `work` under `parent` (none when `parent` is disabled).
 fn work_span(parent: &tracing::Span, work: Work) -> tracing::Span {
-    match work {
+    let span = under(parent, || match work {
         Work::Compile { bytes, typescript } => {
-            let span = compile_span(parent, bytes);
+            let span = tracing::info_span!(
+                parent: parent,
+                "code_mode.compile",
+                source.bytes = i64::try_from(bytes).unwrap_or(i64::MAX),
+                typescript = tracing::field::Empty,
+            );
             if typescript {
                 span.record("typescript", true);
             }
             span
         }
-        Work::Evaluate => evaluate_span(parent),
-    }
+        Work::Evaluate => tracing::info_span!(parent: parent, "code_mode.evaluate"),
+    });
+    span.unwrap_or_else(tracing::Span::none)
 }
 
 /// A piece of a cell's work being traced.
