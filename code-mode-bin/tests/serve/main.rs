@@ -1302,3 +1302,48 @@ async fn a_cell_resumed_after_its_commit_merges_nothing_again() {
         assert_eq!(commits, usize::from(!committed), "committed {committed}");
     }
 }
+
+/// Where the build linked with `startup-order.txt` (see `link.rs`), the functions it lists
+/// follow one another in the executable in the listed order: nearly every listed function
+/// lies after the one listed before it (by chance, half of them would). A list whose names
+/// the build lacks fails too.
+#[test]
+fn the_functions_a_cold_start_runs_are_placed_together() {
+    let Some("1") = option_env!("CODE_MODE_STARTUP_ORDERED") else {
+        eprintln!("not linked with the startup order (no rustc lld): nothing to check");
+        return;
+    };
+    let symbols = std::process::Command::new("nm")
+        .args(["--defined-only", BIN])
+        .output()
+        .expect("run nm (binutils, which the build's C compiler comes with)");
+    assert!(symbols.status.success(), "nm failed on {BIN}");
+    let addresses: std::collections::HashMap<String, u64> =
+        String::from_utf8_lossy(&symbols.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let kind = fields.next()?;
+                let name = fields.next()?;
+                matches!(kind, "T" | "t").then(|| (name.to_owned(), address))
+            })
+            .collect();
+    let order = include_str!("../../startup-order.txt");
+    let placed: Vec<u64> = order
+        .lines()
+        .filter_map(|name| addresses.get(name).copied())
+        .collect();
+    assert!(
+        placed.len() >= 500,
+        "only {} of the listed functions are in {BIN}: run scripts/startup-order.py",
+        placed.len()
+    );
+    let ascending = placed.windows(2).filter(|pair| pair[0] < pair[1]).count();
+    let share = ascending as f64 / (placed.len() - 1) as f64;
+    assert!(
+        share > 0.9,
+        "{ascending} of {} listed functions follow the one listed before them",
+        placed.len() - 1
+    );
+}
