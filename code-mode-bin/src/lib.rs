@@ -194,6 +194,11 @@ where
     // meanwhile.
     snapshot_cache(&cli);
     code_mode::platform::init_v8();
+    // The first cell thread makes its isolate while the host is reached and the process
+    // sandboxed, rather than after: it predates the sandbox, so it restricts itself first
+    // thing, and joins the pool only once the sandbox is on and its restriction matches.
+    let surface = cli.prepare_surface.into();
+    let first = sandbox::first_cell_thread(surface, || None);
     let (connected, socket) = match host {
         Host::Inherited(connected, fd) => (connected, format!("descriptor {fd}")),
         Host::Path(path) => match std::os::unix::net::UnixStream::connect(&path) {
@@ -204,14 +209,11 @@ where
             }
         },
     };
-    let report = sandbox::apply(false);
+    let report = sandboxed(false, first, surface);
     tracing::info!(%socket, sandbox = %report, "connected and sandboxed");
     if !report.failures.is_empty() {
         tracing::warn!("sandbox incomplete: {report}");
     }
-    // Cell threads created from here on inherit the sandbox. The first isolate is
-    // prepared while the async runtime starts.
-    code_mode::prewarm_for(cli.prepare_surface.into());
     let Some(runtime) = async_runtime() else {
         return ExitCode::FAILURE;
     };
@@ -431,6 +433,8 @@ fn listen_main(cli: Cli) -> ExitCode {
     };
     snapshot_cache(&cli);
     code_mode::platform::init_v8();
+    let surface = cli.prepare_surface.into();
+    let first = sandbox::first_cell_thread(surface, || None);
     let listener = match bind("--listen", address) {
         Ok(listener) => listener,
         Err(message) => {
@@ -446,11 +450,10 @@ fn listen_main(cli: Cli) -> ExitCode {
         Some(Ok(listener)) => Some(listener),
         None => None,
     };
-    let report = sandbox::apply(true);
+    let report = sandboxed(true, first, surface);
     if !report.failures.is_empty() {
         tracing::warn!("sandbox incomplete: {report}");
     }
-    code_mode::prewarm_for(cli.prepare_surface.into());
     let Some(runtime) = async_runtime() else {
         return ExitCode::FAILURE;
     };
@@ -492,10 +495,62 @@ fn listen_main(cli: Cli) -> ExitCode {
 }
 
 /// Verifies the sandbox from the inside: exit 0 when the action was refused.
+/// Sandboxes the process (`accepts`: see [`sandbox::apply`]), then hands the first cell
+/// thread, started before, to the pool if it restricted itself as far, and starts the rest
+/// of the pool: cell threads created from here on inherit the sandbox.
+fn sandboxed(
+    accepts: bool,
+    first: Option<code_mode::runtime::FirstCellThread<sandbox::ThreadRestriction>>,
+    surface: code_mode_protocol::Surface,
+) -> sandbox::SandboxReport {
+    let report = sandbox::apply(accepts);
+    if let Some(first) = first
+        && !first.release(|thread| sandbox::restricted_as(thread, &report))
+    {
+        tracing::warn!("the first cell thread did not restrict itself as the process did; unused");
+    }
+    code_mode::prewarm_for(surface);
+    report
+}
+
 fn sandbox_self_test(action: &str) -> ExitCode {
     code_mode::platform::init_v8();
+    // `first-cell:<action>` runs the action on the first cell thread, which the runtime
+    // starts before the sandbox (it restricts itself): once the process is sandboxed, as a
+    // cell on that thread would.
+    let (sandboxed, on_first) = std::sync::mpsc::channel::<()>();
+    let on_first_thread = action.strip_prefix("first-cell:").map(|action| {
+        let action = action.to_owned();
+        sandbox::first_cell_thread(code_mode_protocol::Surface::Contract, move || {
+            on_first.recv().ok().map(|()| self_test_action(&action))
+        })
+    });
     let report = sandbox::apply(false);
     eprintln!("sandbox: {report}");
+    let _ = sandboxed.send(());
+    let first = match on_first_thread {
+        None => return self_test_action(action),
+        Some(Some(first)) => first,
+        Some(None) => {
+            eprintln!("no first cell thread (NOT tested)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut outcome = None;
+    let joined = first.release(|thread| {
+        outcome = thread.probe;
+        sandbox::restricted_as(thread, &report)
+    });
+    eprintln!("first cell thread: landlock as the process: {joined}");
+    match outcome {
+        Some(outcome) if joined => outcome,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Tries `action` (`read:<path>`, `exec:<path>`, ...) on this thread of a sandboxed
+/// process, and says whether the sandbox answered as it should.
+fn self_test_action(action: &str) -> ExitCode {
     match action.split_once(':') {
         Some(("read", path)) => match std::fs::read(path) {
             Ok(bytes) => {

@@ -9,7 +9,9 @@
 //!    bind/connect and no abstract-socket or signal reach outside the domain). Landlock
 //!    binds the calling thread and the threads it creates later, which is why this runs
 //!    before the async runtime exists. V8's few platform threads predate it; they run no
-//!    user code.
+//!    user code. The first cell thread predates it too, so that its isolate is made
+//!    meanwhile: it applies Landlock to itself first thing ([`first_cell_thread`]), and
+//!    joins the pool only if it reached what the process did.
 //! 4. A seccomp filter on every thread (`TSYNC`), killing the whole process on a
 //!    forbidden system call: program execution, process creation (a `clone` without
 //!    `CLONE_THREAD`; `clone3` answers `ENOSYS` so that libc falls back to `clone`), new
@@ -139,6 +141,41 @@ pub fn apply(accepts: bool) -> SandboxReport {
         accepts,
         failures,
     }
+}
+
+/// What the first cell thread reached as it restricted itself ([`first_cell_thread`]).
+pub(crate) struct ThreadRestriction {
+    /// The Landlock ABI it enforces, if any.
+    landlock_abi: Option<i64>,
+    /// What the self test's probe gave, run on the thread once the process is sandboxed.
+    pub(crate) probe: Option<std::process::ExitCode>,
+}
+
+/// Starts the runtime's first cell thread before the sandbox
+/// (`code_mode::start_first_cell_thread`): it applies to itself first thing what does not
+/// reach threads already running (`no_new_privs`, which Landlock requires, then Landlock),
+/// then runs `probe` (the self test's; a runtime's returns `None` at once), then prepares
+/// its isolate. The seccomp filter reaches it from [`apply`] (`TSYNC`), the rest of
+/// [`apply`] is the process's.
+pub(crate) fn first_cell_thread(
+    surface: code_mode_protocol::Surface,
+    probe: impl FnOnce() -> Option<std::process::ExitCode> + Send + 'static,
+) -> Option<code_mode::runtime::FirstCellThread<ThreadRestriction>> {
+    code_mode::runtime::start_first_cell_thread(surface, move || {
+        // SAFETY: prctl with integer arguments only; it applies to the calling thread.
+        let no_new_privs = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0;
+        let landlock_abi = no_new_privs.then(landlock).and_then(Result::ok);
+        ThreadRestriction {
+            landlock_abi,
+            probe: probe(),
+        }
+    })
+}
+
+/// Whether `thread` restricted itself as far as [`apply`] restricted the process
+/// (`report`): the same Landlock ABI, or none on both where the kernel has none.
+pub(crate) fn restricted_as(thread: &ThreadRestriction, report: &SandboxReport) -> bool {
+    thread.landlock_abi == report.landlock_abi
 }
 
 /// Restricts the calling thread (and the threads it creates later) to no file-system access:

@@ -1347,3 +1347,37 @@ fn the_functions_a_cold_start_runs_are_placed_together() {
         placed.len() - 1
     );
 }
+
+/// The runtime's first cell thread starts before the process's sandbox, so that its isolate
+/// is made meanwhile; it must restrict itself. Run on that thread once the process is
+/// sandboxed, as a cell would be: a file cannot be read, and exec kills the process.
+#[tokio::test]
+async fn the_first_cell_thread_started_before_the_sandbox_is_restricted() {
+    use std::os::unix::process::ExitStatusExt;
+    let probe = |action: &'static str| async move {
+        Command::new(BIN)
+            .args(["--sandbox-self-test", action])
+            .output()
+            .await
+            .unwrap()
+    };
+    let read = probe("first-cell:read:/etc/passwd").await;
+    let stderr = String::from_utf8_lossy(&read.stderr);
+    assert!(read.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("read /etc/passwd: refused: Permission denied"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("first cell thread: landlock as the process: true"),
+        "{stderr}"
+    );
+    let exec = probe("first-cell:exec:/bin/true").await;
+    assert_eq!(
+        exec.status.signal(),
+        Some(libc::SIGSYS),
+        "{:?}: {}",
+        exec.status,
+        String::from_utf8_lossy(&exec.stderr)
+    );
+}

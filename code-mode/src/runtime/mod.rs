@@ -73,6 +73,7 @@ pub fn strip_typescript(source: &str) -> Result<String, TypeScriptRefused> {
 #[error("{0}")]
 pub struct TypeScriptRefused(pub String);
 
+pub use pool::FirstCellThread;
 pub use reuse::IsolateShelf;
 pub use snapshot::{CONTEXT_SNAPSHOT_ENV, CacheOutcome, ContextSource, use_disk_cache};
 #[cfg(feature = "internals")]
@@ -388,6 +389,24 @@ pub fn prewarm() {
 pub fn prewarm_for(surface: code_mode_protocol::Surface) {
     pool::prepare_for(surface);
     prewarm();
+}
+
+/// Starts the first cell thread prepared ahead, for a process about to sandbox itself
+/// (the runtime process): its isolate is made while the process applies its sandbox and
+/// reaches its host, rather than after. The thread runs `restrict` first thing, which must
+/// apply to the calling thread every restriction that does not reach threads already
+/// running (Landlock's), and reports what it returned. Once the process is sandboxed,
+/// [`FirstCellThread::release`] hands the thread to the pool if that report is
+/// right, and [`prewarm_for`] starts the rest as usual. `None` if no thread could start.
+pub fn start_first_cell_thread<R: Send + 'static>(
+    surface: code_mode_protocol::Surface,
+    restrict: impl FnOnce() -> R + Send + 'static,
+) -> Option<FirstCellThread<R>> {
+    crate::platform::init_v8();
+    pool::prepare_for(surface);
+    pool::start_first(restrict)
+        .inspect_err(|error| tracing::warn!("cannot start the first cell thread: {error}"))
+        .ok()
 }
 
 /// Notes the surface of a session being opened, for the cell threads prepared ahead.

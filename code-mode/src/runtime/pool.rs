@@ -12,6 +12,8 @@
 //! and it does not know yet; otherwise they record when they started. The keeper is
 //! started by `prewarm` or the first cell, and prepared threads are its children, so they
 //! inherit the restrictions of the thread that started it (the runtime process's sandbox).
+//! The one exception is a sandboxing process's first thread ([`FirstCellThread`]), started
+//! before the sandbox: it restricts itself, and joins the pool only once released.
 
 use super::Job;
 use super::snapshot::ContextSource;
@@ -309,12 +311,18 @@ fn replace_outdated() -> bool {
 }
 
 fn spawn_worker() -> std::io::Result<Worker> {
+    spawn_worker_after(|| {})
+}
+
+/// A prepared thread that runs `first` before anything else.
+fn spawn_worker_after(first: impl FnOnce() + Send + 'static) -> std::io::Result<Worker> {
     let (jobs, waiting) = mpsc::channel::<Job>();
     let source = ContextSource::preferred();
     let surface = current_surface();
     let ready = Arc::new(AtomicBool::new(false));
     let prepared_flag = Arc::clone(&ready);
     super::cell_thread().spawn(move || {
+        first();
         let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
         let prepared: Prepared =
             thread::prepare(POOLED_HEAP_BYTES, tool_functions, source, surface, None);
@@ -329,6 +337,47 @@ fn spawn_worker() -> std::io::Result<Worker> {
         source,
         surface,
     })
+}
+
+/// The first prepared thread of a process that sandboxes itself, started before the
+/// sandbox so that its isolate is prepared while the sandbox is applied
+/// ([`super::start_first_cell_thread`]). It restricts itself first thing, since it does not
+/// inherit the restrictions the process applies later, and joins the pool only once
+/// released ([`FirstCellThread::release`]): until then no cell can reach it.
+pub struct FirstCellThread<R> {
+    worker: Worker,
+    restricted: mpsc::Receiver<R>,
+}
+
+impl<R> FirstCellThread<R> {
+    /// Hands the thread to the pool if `accept` takes what its restriction gave (waiting
+    /// for it: the thread reports it before preparing its isolate); otherwise lets it end
+    /// without ever running a cell. Call it once the process is sandboxed. Whether the
+    /// thread joined the pool.
+    pub fn release(self, accept: impl FnOnce(&R) -> bool) -> bool {
+        let joined = self
+            .restricted
+            .recv()
+            .is_ok_and(|restricted| accept(&restricted));
+        if joined {
+            POOL.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(self.worker);
+        }
+        joined
+    }
+}
+
+/// Starts the thread of [`FirstCellThread`], which runs `restrict` first.
+pub(crate) fn start_first<R: Send + 'static>(
+    restrict: impl FnOnce() -> R + Send + 'static,
+) -> std::io::Result<FirstCellThread<R>> {
+    let (report, restricted) = mpsc::channel();
+    let worker = spawn_worker_after(move || {
+        // A receiver gone means the thread was not released: it then ends unused.
+        let _ = report.send(restrict());
+    })?;
+    Ok(FirstCellThread { worker, restricted })
 }
 
 #[cfg(test)]
@@ -403,6 +452,34 @@ mod tests {
         note_start();
         note_surface(Surface::Contract);
         wait_for_full_pool_of(Surface::Contract);
+    }
+
+    /// A first cell thread reports what its restriction gave, and joins the pool only when
+    /// released with that report accepted: until then, and after a refusal, no cell can
+    /// be handed to it.
+    #[test]
+    fn a_first_cell_thread_joins_the_pool_only_when_its_restriction_is_accepted() {
+        let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+        crate::platform::init_v8();
+        let in_pool = |ready: &Arc<AtomicBool>| {
+            POOL.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|worker| Arc::ptr_eq(&worker.ready, ready))
+        };
+        for (given, accepted) in [(6, false), (7, true)] {
+            let first = start_first(move || given).expect("start a first cell thread");
+            let ready = Arc::clone(&first.worker.ready);
+            assert!(!in_pool(&ready), "in the pool before its release");
+            let mut reported = None;
+            let joined = first.release(|restricted| {
+                reported = Some(*restricted);
+                *restricted == 7
+            });
+            assert_eq!(reported, Some(given));
+            assert_eq!(joined, accepted);
+            assert_eq!(in_pool(&ready), accepted, "released with {given}");
+        }
     }
 
     #[test]
