@@ -935,14 +935,19 @@ async fn usage_error(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Runs the runtime's sandbox self test `action` (`--sandbox-self-test`).
+async fn self_test(action: &str) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--sandbox-self-test", action])
+        .output()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_sandbox_refuses_files_and_kills_on_exec() {
     use std::os::unix::process::ExitStatusExt;
-    let read = Command::new(BIN)
-        .args(["--sandbox-self-test", "read:/etc/passwd"])
-        .output()
-        .await
-        .unwrap();
+    let read = self_test("read:/etc/passwd").await;
     let stderr = String::from_utf8_lossy(&read.stderr);
     assert!(read.status.success(), "{stderr}");
     assert!(
@@ -952,11 +957,7 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
     assert!(stderr.contains("landlock ABI"), "{stderr}");
     assert!(read.stdout.is_empty());
 
-    let exec = Command::new(BIN)
-        .args(["--sandbox-self-test", "exec:/bin/true"])
-        .output()
-        .await
-        .unwrap();
+    let exec = self_test("exec:/bin/true").await;
     assert_eq!(
         exec.status.signal(),
         Some(libc::SIGSYS),
@@ -968,19 +969,12 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
     // `clone3` answers ENOSYS so that libc falls back to `clone`; `tkill` (whose target
     // the filter cannot see) answers EPERM; threads are allowed. The rules are chained
     // into one program: each is reached past the ones before it.
-    let probe = |action: &'static str| async move {
-        Command::new(BIN)
-            .args(["--sandbox-self-test", action])
-            .output()
-            .await
-            .unwrap()
-    };
     let mut killed = vec!["socket:", "signal:1", "signal:0", "signal:-1"];
     if cfg!(target_arch = "x86_64") {
         killed.push("x32:");
     }
     for action in killed {
-        let output = probe(action).await;
+        let output = self_test(action).await;
         assert_eq!(
             output.status.signal(),
             Some(libc::SIGSYS),
@@ -990,7 +984,7 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
         );
     }
     for action in ["clone3:", "tkill:", "thread:", "signal:self"] {
-        let output = probe(action).await;
+        let output = self_test(action).await;
         assert!(
             output.status.success(),
             "{action} {:?}: {}",
@@ -1354,14 +1348,7 @@ fn the_functions_a_cold_start_runs_are_placed_together() {
 #[tokio::test]
 async fn the_first_cell_thread_started_before_the_sandbox_is_restricted() {
     use std::os::unix::process::ExitStatusExt;
-    let probe = |action: &'static str| async move {
-        Command::new(BIN)
-            .args(["--sandbox-self-test", action])
-            .output()
-            .await
-            .unwrap()
-    };
-    let read = probe("first-cell:read:/etc/passwd").await;
+    let read = self_test("first-cell:read:/etc/passwd").await;
     let stderr = String::from_utf8_lossy(&read.stderr);
     assert!(read.status.success(), "{stderr}");
     assert!(
@@ -1372,7 +1359,7 @@ async fn the_first_cell_thread_started_before_the_sandbox_is_restricted() {
         stderr.contains("first cell thread: landlock as the process: true"),
         "{stderr}"
     );
-    let exec = probe("first-cell:exec:/bin/true").await;
+    let exec = self_test("first-cell:exec:/bin/true").await;
     assert_eq!(
         exec.status.signal(),
         Some(libc::SIGSYS),
