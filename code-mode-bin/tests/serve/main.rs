@@ -944,11 +944,12 @@ async fn self_test(action: &str) -> std::process::Output {
         .unwrap()
 }
 
-#[tokio::test]
-async fn the_sandbox_refuses_files_and_kills_on_exec() {
+/// Checks that the self test refuses `/etc/passwd` to `<prefix>read:` and kills the
+/// process on `<prefix>exec:`; returns what the read printed.
+async fn refuses_a_read_and_kills_on_exec(prefix: &str) -> String {
     use std::os::unix::process::ExitStatusExt;
-    let read = self_test("read:/etc/passwd").await;
-    let stderr = String::from_utf8_lossy(&read.stderr);
+    let read = self_test(&format!("{prefix}read:/etc/passwd")).await;
+    let stderr = String::from_utf8_lossy(&read.stderr).into_owned();
     assert!(read.status.success(), "{stderr}");
     assert!(
         stderr.contains("read /etc/passwd: refused: Permission denied"),
@@ -956,14 +957,21 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
     );
     assert!(stderr.contains("landlock ABI"), "{stderr}");
     assert!(read.stdout.is_empty());
-
-    let exec = self_test("exec:/bin/true").await;
+    let exec = self_test(&format!("{prefix}exec:/bin/true")).await;
     assert_eq!(
         exec.status.signal(),
         Some(libc::SIGSYS),
-        "{:?}",
-        exec.status
+        "{:?}: {}",
+        exec.status,
+        String::from_utf8_lossy(&exec.stderr)
     );
+    stderr
+}
+
+#[tokio::test]
+async fn the_sandbox_refuses_files_and_kills_on_exec() {
+    use std::os::unix::process::ExitStatusExt;
+    refuses_a_read_and_kills_on_exec("").await;
 
     // Rule by rule: a new socket and (on x86_64) any x32 system call kill the process;
     // `clone3` answers ENOSYS so that libc falls back to `clone`; `tkill` (whose target
@@ -1347,24 +1355,9 @@ fn the_functions_a_cold_start_runs_are_placed_together() {
 /// sandboxed, as a cell would be: a file cannot be read, and exec kills the process.
 #[tokio::test]
 async fn the_first_cell_thread_started_before_the_sandbox_is_restricted() {
-    use std::os::unix::process::ExitStatusExt;
-    let read = self_test("first-cell:read:/etc/passwd").await;
-    let stderr = String::from_utf8_lossy(&read.stderr);
-    assert!(read.status.success(), "{stderr}");
+    let read = refuses_a_read_and_kills_on_exec("first-cell:").await;
     assert!(
-        stderr.contains("read /etc/passwd: refused: Permission denied"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("first cell thread: landlock as the process: true"),
-        "{stderr}"
-    );
-    let exec = self_test("first-cell:exec:/bin/true").await;
-    assert_eq!(
-        exec.status.signal(),
-        Some(libc::SIGSYS),
-        "{:?}: {}",
-        exec.status,
-        String::from_utf8_lossy(&exec.stderr)
+        read.contains("first cell thread: landlock as the process: true"),
+        "{read}"
     );
 }
