@@ -494,7 +494,6 @@ fn listen_main(cli: Cli) -> ExitCode {
     finish(runtime, outcome, "drained; exiting")
 }
 
-/// Verifies the sandbox from the inside: exit 0 when the action was refused.
 /// Sandboxes the process (`accepts`: see [`sandbox::apply`]), then hands the first cell
 /// thread, started before, to the pool if it restricted itself as far, and starts the rest
 /// of the pool: cell threads created from here on inherit the sandbox.
@@ -513,6 +512,7 @@ fn sandboxed(
     report
 }
 
+/// Verifies the sandbox from the inside: exit 0 when the action was refused.
 fn sandbox_self_test(action: &str) -> ExitCode {
     code_mode::platform::init_v8();
     // `first-cell:<action>` runs the action on the first cell thread, which the runtime
