@@ -134,7 +134,8 @@ pub(crate) fn runtime_span(
         return None;
     }
     let own = fresh_span_id();
-    let span = made_span((trace.trace_id, trace.span_id, own), session)?;
+    let ids = (trace.trace_id, trace.span_id, own);
+    let span = claimed_spare(ids, session).or_else(|| made_span(ids, session))?;
     let route = RouteToOpen {
         held: span.clone(),
         trace_id: trace.trace_id,
@@ -171,6 +172,46 @@ pub(crate) fn open_route(route: RouteToOpen, outbox: &Outbox<ServerMessage>) {
     }
     // Outside the routes' lock: the request's span may end here, and its end takes it.
     drop(held);
+    // The next traced request's span, made while this one's cell runs.
+    if lock(&SPARE).is_none() {
+        make_spare();
+    }
+}
+
+/// A `code_mode.runtime` span made ahead, with no ids yet: a traced request takes it
+/// ([`claimed_spare`]) rather than make its span on its path, where a span's first making
+/// since a pause costs some 20 µs of cold code (taking one, a few).
+static SPARE: Mutex<Option<tracing::Span>> = Mutex::new(None);
+
+/// Makes the spare span. Its record has no trace: ended unclaimed, it goes nowhere.
+fn make_spare() {
+    let spare = made_span(([0; 16], [0; 8], [0; 8]), None);
+    *lock(&SPARE) = spare;
+}
+
+/// The spare span, given `ids` (its trace, the host's span it hangs under, its own id),
+/// `session` and a start now; `None` when there is none, or it is not ours to give ids.
+fn claimed_spare(
+    ids: (TraceId, SpanId, SpanId),
+    session: Option<SessionId>,
+) -> Option<tracing::Span> {
+    let spare = lock(&SPARE).take()?;
+    let claimed = spare.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+        let span = registry.span(id)?;
+        let mut extensions = span.extensions_mut();
+        let Open(record) = extensions.get_mut::<Open>()?;
+        (record.trace_id, record.parent_span_id, record.span_id) = ids;
+        record.start_unix_nanos = unix_nanos(SystemTime::now());
+        if let Some(session) = session {
+            record.attributes.push((
+                "runtime.session".to_owned(),
+                SpanValue::Text(session.0.to_string()),
+            ));
+        }
+        Some(())
+    });
+    claimed.flatten().map(|()| spare)
 }
 
 /// The `code_mode.runtime` span of `ids` (its trace, the host's span it hangs under, its
@@ -196,8 +237,9 @@ fn made_span(ids: (TraceId, SpanId, SpanId), session: Option<SessionId>) -> Opti
 /// (see [`hand_back`]). The process does it as it starts, while V8 starts on its own
 /// thread, so that the first traced request does not pay for what a span's first making
 /// costs: registering the call site, the layer's first record, the thread's state and the
-/// routes' table. (A cell's compile and evaluate spans are made off the answer's path; see
-/// `code_mode`'s cell thread.)
+/// routes' table. Then it makes the first traced request's span ahead ([`SPARE`]). (A
+/// cell's compile and evaluate spans are made off the answer's path; see `code_mode`'s
+/// cell thread.)
 pub(crate) fn warm() {
     let ids = (
         code_mode_trace::fresh_trace_id(),
@@ -207,6 +249,7 @@ pub(crate) fn warm() {
     if let Some(span) = made_span(ids, Some(SessionId(0))) {
         drop(span.enter());
     }
+    make_spare();
 }
 
 /// A span being made: its record so far (ended, it goes back as it is).

@@ -1158,6 +1158,8 @@ async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
     // Type annotations make V8 refuse the source: the compile span records `typescript`.
     // Its evaluation takes 40 ms before the cell waits.
     let source = "const pause = (ms: number) => new Promise<void>((done) => setTimeout(done, ms));\nconst until = Date.now() + 40;\nwhile (Date.now() < until) {}\nawait pause(1);\ntext(\"ok\");";
+    // The runtime makes a request's span ahead, while idle; it starts when taken.
+    let sent = unix_nanos_now();
     host.traced_exec(2, source, trace_id, host_span).await;
     host.response(2).await.expect("the cell's response");
     let mut records: Vec<SpanRecord> = Vec::new();
@@ -1222,9 +1224,10 @@ async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
     );
     let runtime = named("code_mode.runtime");
     assert!(
-        runtime.start_unix_nanos <= compile.start_unix_nanos
+        sent <= runtime.start_unix_nanos
+            && runtime.start_unix_nanos <= compile.start_unix_nanos
             && evaluate.end_unix_nanos <= runtime.end_unix_nanos,
-        "{runtime:?}"
+        "sent at {sent}: {runtime:?}"
     );
     assert_eq!(
         attribute(runtime, "runtime.session"),
@@ -1245,6 +1248,44 @@ async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
         "{:?}",
         fired[0]
     );
+
+    // The next traced exec takes the span made ahead while the first one's cell ran.
+    let (trace_id, host_span) = ([9; 16], [10; 8]);
+    let sent = unix_nanos_now();
+    host.traced_exec(3, "text(\"again\")", trace_id, host_span)
+        .await;
+    host.response(3).await.expect("the second cell's response");
+    let runtime = loop {
+        let ServerMessage::Spans(batch) = host
+            .next_matching(|m| matches!(m, ServerMessage::Spans(_)))
+            .await
+        else {
+            unreachable!("matched spans")
+        };
+        if let Some(runtime) = batch
+            .into_iter()
+            .find(|record| record.name == "code_mode.runtime" && record.trace_id == trace_id)
+        {
+            break runtime;
+        }
+    };
+    assert_eq!(runtime.parent_span_id, host_span, "{runtime:?}");
+    assert!(
+        sent <= runtime.start_unix_nanos,
+        "sent at {sent}: {runtime:?}"
+    );
+    assert_eq!(
+        attribute(&runtime, "runtime.session"),
+        Some(SpanValue::Text("1".into()))
+    );
+}
+
+/// Now as nanoseconds since the Unix epoch, as span records give times.
+fn unix_nanos_now() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970");
+    u64::try_from(since.as_nanos()).expect("nanoseconds fit")
 }
 
 /// A cell rebuilt as one that committed already (`Resume` with `committed`) replays to its
