@@ -232,24 +232,17 @@ fn made_span(ids: (TraceId, SpanId, SpanId), session: Option<SessionId>) -> Opti
     (made && !span.is_disabled()).then_some(span)
 }
 
-/// Makes, enters and ends a traced request's `code_mode.runtime` span once, as the first
-/// traced request will, for a trace no route is made for: its record is dropped as it ends
-/// (see [`hand_back`]). The process does it as it starts, while V8 starts on its own
-/// thread, so that the first traced request does not pay for what a span's first making
-/// costs: registering the call site, the layer's first record, the thread's state and the
-/// routes' table. Then it makes the first traced request's span ahead ([`SPARE`]). (A
-/// cell's compile and evaluate spans are made off the answer's path; see `code_mode`'s
-/// cell thread.)
+/// Makes the first traced request's `code_mode.runtime` span ahead ([`SPARE`]) and enters
+/// it once, as that request will. The process does it as it starts, while V8 starts on its
+/// own thread, so that the first traced request pays neither for making its span nor for
+/// what a span's first making costs: registering the call site, the layer's first record,
+/// the thread's state. (A cell's compile and evaluate spans are made off the answer's
+/// path; see `code_mode`'s cell thread.)
 pub(crate) fn warm() {
-    let ids = (
-        code_mode_trace::fresh_trace_id(),
-        fresh_span_id(),
-        fresh_span_id(),
-    );
-    if let Some(span) = made_span(ids, Some(SessionId(0))) {
-        drop(span.enter());
-    }
     make_spare();
+    if let Some(spare) = &*lock(&SPARE) {
+        drop(spare.enter());
+    }
 }
 
 /// A span being made: its record so far (ended, it goes back as it is).
