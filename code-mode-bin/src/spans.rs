@@ -145,7 +145,8 @@ pub(crate) fn runtime_span(
 }
 
 /// Opens `route` back through `outbox` (with its flush), then lets the request's span end
-/// when the request does. A span that ends before this goes nowhere.
+/// when the request does. Spans of its trace that ended before (its cell ran ahead of this
+/// thread) join the route's batch.
 pub(crate) fn open_route(route: RouteToOpen, outbox: &Outbox<ServerMessage>) {
     let RouteToOpen {
         held,
@@ -169,6 +170,17 @@ pub(crate) fn open_route(route: RouteToOpen, outbox: &Outbox<ServerMessage>) {
         // The latest connection to trace here wins (one trace across two hosts is rare).
         route.outbox = outbox.clone();
         route.open.push(ids);
+        let early = take_early(&mut lock(&EARLY), trace_id);
+        if !early.is_empty() {
+            route.pending.extend(early);
+            match &route.runtime {
+                Some(runtime) if route.flusher.is_none() => {
+                    route.flusher = Some(start_flusher(runtime, trace_id));
+                }
+                Some(_) => {}
+                None => send(&route.outbox, std::mem::take(&mut route.pending)),
+            }
+        }
     }
     // Outside the routes' lock: the request's span may end here, and its end takes it.
     drop(held);
@@ -422,20 +434,25 @@ impl Visit for Fields<'_> {
 /// order they took their spans.
 fn hand_back(mut record: SpanRecord) {
     let trace_id = record.trace_id;
-    let mut routes = lock(&ROUTES);
-    let Some(route) = routes.get_mut(&trace_id) else {
-        tracing::debug!(name = %record.name, "a span with no route is dropped");
-        return;
-    };
     let ends_route = record.name == RUNTIME_SPAN;
-    if ends_route {
-        // It has its pid already, and its parent is the host's span.
-        route.open.retain(|(open, _)| *open != record.span_id);
-    } else {
+    if !ends_route {
+        // The request's own span has its pid already.
         record.attributes.push((
             "process.pid".to_owned(),
             SpanValue::I64(i64::from(std::process::id())),
         ));
+    }
+    let mut routes = lock(&ROUTES);
+    let Some(route) = routes.get_mut(&trace_id) else {
+        let name = record.name.clone();
+        if !keep_early(&mut lock(&EARLY), record) {
+            tracing::debug!(%name, "a span with no route is dropped");
+        }
+        return;
+    };
+    if ends_route {
+        // Its parent is the host's span.
+        route.open.retain(|(open, _)| *open != record.span_id);
     }
     route.pending.push(record);
     if ends_route {
@@ -456,6 +473,37 @@ fn hand_back(mut record: SpanRecord) {
         // Its flusher is aborted with it.
         routes.remove(&trace_id);
     }
+}
+
+/// Spans that ended before their route was open: a request's cell runs on its own thread
+/// as soon as the request is handed on, and the route opens after ([`open_route`]), so on
+/// a busy machine the cell's first spans may end first. They wait here for it, under the
+/// routes' lock (taken first).
+static EARLY: Mutex<Vec<SpanRecord>> = Mutex::new(Vec::new());
+
+/// The most spans [`EARLY`] holds; past it, a span with no route is dropped.
+const MAX_EARLY_SPANS: usize = 16 * BATCH_SPANS;
+
+/// Keeps `record`, which has no route yet, in `early`; `false` (dropped) when it belongs
+/// to no trace (a span made ahead that no request took) or `early` is full.
+fn keep_early(early: &mut Vec<SpanRecord>, record: SpanRecord) -> bool {
+    if record.trace_id == [0; 16] || early.len() >= MAX_EARLY_SPANS {
+        return false;
+    }
+    early.push(record);
+    true
+}
+
+/// Takes the spans of `trace_id` out of `early`, in the order they ended.
+fn take_early(early: &mut Vec<SpanRecord>, trace_id: TraceId) -> Vec<SpanRecord> {
+    if early.is_empty() {
+        return Vec::new();
+    }
+    let (taken, kept) = std::mem::take(early)
+        .into_iter()
+        .partition(|record| record.trace_id == trace_id);
+    *early = kept;
+    taken
 }
 
 /// Starts the flush of the route of `trace_id` (see [`Route::flusher`]).
@@ -498,4 +546,55 @@ fn unix_nanos(time: SystemTime) -> u64 {
         .map_or(0, |since| {
             u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(trace_id: TraceId, name: &str) -> SpanRecord {
+        SpanRecord {
+            trace_id,
+            span_id: [1; 8],
+            parent_span_id: [2; 8],
+            name: name.to_owned(),
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            attributes: Vec::new(),
+            events: Vec::new(),
+            status: SpanStatus::Unset,
+        }
+    }
+
+    /// Spans that end before their route opens wait for it, each trace's for its own, in
+    /// the order they ended; a span of no trace, or one past the bound, is dropped.
+    #[test]
+    fn spans_ended_before_their_route_wait_for_it() {
+        let mut early = Vec::new();
+        assert!(keep_early(&mut early, record([3; 16], "code_mode.compile")));
+        assert!(keep_early(&mut early, record([4; 16], "code_mode.compile")));
+        assert!(keep_early(
+            &mut early,
+            record([3; 16], "code_mode.evaluate")
+        ));
+        assert!(!keep_early(
+            &mut early,
+            record([0; 16], "code_mode.runtime")
+        ));
+        let names = |records: &[SpanRecord]| {
+            records
+                .iter()
+                .map(|record| record.name.clone())
+                .collect::<Vec<_>>()
+        };
+        let taken = take_early(&mut early, [3; 16]);
+        assert_eq!(names(&taken), ["code_mode.compile", "code_mode.evaluate"]);
+        assert_eq!(early.len(), 1);
+        assert_eq!(early[0].trace_id, [4; 16]);
+        assert!(take_early(&mut early, [3; 16]).is_empty());
+        while early.len() < MAX_EARLY_SPANS {
+            assert!(keep_early(&mut early, record([5; 16], "code_mode.timer")));
+        }
+        assert!(!keep_early(&mut early, record([5; 16], "code_mode.timer")));
+    }
 }
