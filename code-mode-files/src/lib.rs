@@ -8,14 +8,13 @@
 //! - A file is created `0600` and opened with `O_NOFOLLOW`. An existing one must be a
 //!   regular file of this user's that no one else can write; one others can read is
 //!   tightened to `0600`.
-//! - A file read whole ([`read_private`]) is opened non-blocking (a FIFO does not hang the
-//!   reader) and checked with `fstat` before a byte is read: a regular file of ours, under
-//!   a size cap.
+//! - A file read whole ([`map_private`]) is opened non-blocking (a FIFO does not hang the
+//!   reader) and checked with `fstat` before it is mapped: a regular file of ours, under a
+//!   size cap.
 //!
 //! Every refusal says what is wrong and how to fix it.
 
 use std::fs::File;
-use std::io::Read as _;
 use std::os::unix::fs::{
     DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
 };
@@ -240,15 +239,65 @@ pub fn check_if_present(what: &'static str, path: &Path) -> Result<(), FilesErro
     }
 }
 
-/// Reads a private file whole, if it is at most `max` bytes: opened non-blocking without
-/// following a link, and checked with `fstat` (a regular file of this user's that no one
-/// else can write) before anything is read.
-pub fn read_private(what: &'static str, path: &Path, max: u64) -> Result<Vec<u8>, FilesError> {
+/// A private file mapped read-only ([`map_private`]): its bytes, in the page cache's own
+/// pages, with no copy made.
+///
+/// The mapping is the file's, not a snapshot of it: a file truncated under it by another
+/// process of this user would fault the reader (`SIGBUS`). Only files that are replaced
+/// whole (written under another name, then renamed over) are mapped: a rename or an
+/// unlink leaves a mapping as it was.
+#[derive(Debug)]
+pub struct Mapped {
+    address: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value; nothing in it is tied to the
+// thread that made it, and shared reads of it are sound.
+unsafe impl Send for Mapped {}
+// SAFETY: as above: `&Mapped` only gives out shared reads of read-only memory.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    /// The bytes, for the rest of the process: the mapping is never unmapped.
+    pub fn into_static(self) -> &'static [u8] {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the mapping is valid for `len` bytes (an empty one is a dangling, aligned
+        // pointer with length 0) and, as it is not dropped, is never unmapped.
+        unsafe { std::slice::from_raw_parts(this.address.cast::<u8>().cast_const(), this.len) }
+    }
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the mapping is valid for `len` bytes while `self` lives (an empty one is a
+        // dangling, aligned pointer with length 0) and is never written.
+        unsafe { std::slice::from_raw_parts(self.address.cast::<u8>().cast_const(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: `address` and `len` are the mapping `map_private` made, unmapped once.
+            unsafe { libc::munmap(self.address, self.len) };
+        }
+    }
+}
+
+/// Maps the private file `path` read-only, whole, if it is at most `max` bytes: opened
+/// non-blocking without following a link, and checked with `fstat` as a regular file of
+/// this user's before it is mapped (see [`Mapped`] for what a mapping trusts). A mapping
+/// costs no copy, and no fault per page: the kernel maps the page cache's pages as they
+/// are read, several at a time.
+pub fn map_private(what: &'static str, path: &Path, max: u64) -> Result<Mapped, FilesError> {
     let file = options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path);
-    let mut file = opened(what, path, file)?;
+    let file = opened(what, path, file)?;
     let io = |source| FilesError::Io {
         what,
         path: path.to_owned(),
@@ -263,22 +312,36 @@ pub fn read_private(what: &'static str, path: &Path, max: u64) -> Result<Vec<u8>
             max,
         });
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    // A file that grew meanwhile is read no further than the cap (and then fails its
-    // reader's own checks).
-    (&mut file)
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > max {
+    let Ok(len) = usize::try_from(size) else {
         return Err(FilesError::TooLarge {
             what,
             path: path.to_owned(),
-            size: bytes.len() as u64,
-            max,
+            size,
+            max: usize::MAX as u64,
+        });
+    };
+    if len == 0 {
+        return Ok(Mapped {
+            address: std::ptr::NonNull::<u64>::dangling().as_ptr().cast(),
+            len: 0,
         });
     }
-    Ok(bytes)
+    // SAFETY: a new read-only private mapping of `len` bytes of an open file at offset 0;
+    // no existing memory is touched. The descriptor may close once it is made.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    Ok(Mapped { address, len })
 }
 
 #[cfg(test)]
@@ -355,7 +418,7 @@ mod tests {
         for result in [
             private_file("the database", &planted).map(drop),
             check_if_present("the database", &planted),
-            read_private("the cache", &planted, 10).map(drop),
+            map_private("the cache", &planted, 10).map(drop),
         ] {
             assert!(matches!(result, Err(FilesError::Link { .. })), "{result:?}");
         }
@@ -370,15 +433,25 @@ mod tests {
         let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: mkfifo reads the NUL-terminated path we own.
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
-        let error = read_private("the cache", &fifo, 10).unwrap_err();
+        let error = map_private("the cache", &fifo, 10).unwrap_err();
         assert!(matches!(error, FilesError::Kind { .. }), "{error}");
         let large = root.join("large");
-        std::fs::write(&large, [0u8; 11]).unwrap();
+        std::fs::write(&large, b"eleven byte").unwrap();
         std::fs::set_permissions(&large, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
-            read_private("the cache", &large, 10),
+            map_private("the cache", &large, 10),
             Err(FilesError::TooLarge { .. })
         ));
-        assert_eq!(read_private("the cache", &large, 11).unwrap().len(), 11);
+        let mapped = map_private("the cache", &large, 11).unwrap();
+        assert_eq!(&*mapped, b"eleven byte");
+        // Replaced whole under it (written aside, renamed over), the mapping keeps its bytes.
+        let aside = root.join("aside");
+        std::fs::write(&aside, b"other bytes").unwrap();
+        std::fs::rename(&aside, &large).unwrap();
+        assert_eq!(mapped.into_static(), b"eleven byte");
+        let empty = root.join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(map_private("the cache", &empty, 11).unwrap().is_empty());
     }
 }

@@ -187,7 +187,7 @@ pub fn use_disk_cache(dir: &std::path::Path) -> CacheOutcome {
         && let Some(bytes) = bytes
     {
         let loaded = Blob {
-            data: v8::StartupData::from(bytes),
+            data: v8::StartupData::from(bytes.into_static()),
             references: external_references(),
         };
         if BLOB.set(Some(loaded)).is_ok() {
@@ -206,7 +206,13 @@ pub fn use_disk_cache(dir: &std::path::Path) -> CacheOutcome {
 /// This executable's cache key and the blob `dir` holds for it, if one is there and whole.
 fn read_cache(
     dir: &std::path::Path,
-) -> Result<(super::snapshot_cache::Key, Option<Vec<u8>>), String> {
+) -> Result<
+    (
+        super::snapshot_cache::Key,
+        Option<super::snapshot_cache::CachedBlob>,
+    ),
+    String,
+> {
     let key = super::snapshot_cache::key(v8::V8::get_version(), crate::platform::V8_FLAGS)
         .map_err(|error| format!("cannot identify this executable: {error}"))?;
     let bytes = super::snapshot_cache::read(dir, &key);
