@@ -168,6 +168,12 @@ pub enum CacheOutcome {
 /// checked before V8 sees a byte). Call it once, early, before the first cell and before a
 /// sandbox forbids file access; cells then never build a context by hand, and the blob is
 /// not made again in the background.
+///
+/// The file read is mapped for the rest of the process, not copied: V8 reads it at every
+/// isolate's start. This module only ever replaces a cache file whole (a rename), which
+/// leaves a mapping as it was; a file truncated in place by another process of this user
+/// would end this one with `SIGBUS` at its next isolate. A runtime process that ends so is
+/// replaced, and the next one finds the file short and makes the blob again.
 pub fn use_disk_cache(dir: &std::path::Path) -> CacheOutcome {
     if turned_off() {
         return CacheOutcome::Unused;
