@@ -8,7 +8,7 @@
 //! - A file is created `0600` and opened with `O_NOFOLLOW`. An existing one must be a
 //!   regular file of this user's that no one else can write; one others can read is
 //!   tightened to `0600`.
-//! - A file read whole ([`map_private`]) is opened non-blocking (a FIFO does not hang the
+//! - A file mapped whole ([`map_private`]) is opened non-blocking (a FIFO does not hang the
 //!   reader) and checked with `fstat` before it is mapped: a regular file of ours, under a
 //!   size cap.
 //!

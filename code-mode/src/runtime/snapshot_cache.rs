@@ -5,13 +5,16 @@
 //! padded to 64 bytes, then the blob. It is mapped, not read ([`code_mode_files::Mapped`]):
 //! V8 deserialises every isolate straight from the page cache's pages, and a cold start
 //! neither copies the blob nor faults in a page of fresh memory for each 4 KiB of it. The
-//! padding keeps the blob as aligned in the mapping as in an allocation. The key is the SHA-256 of what a blob depends on: the format, V8's
-//! version and flags, and the identity of the executable that made it (device, inode,
-//! size, modification time), so that another build, or the same path rebuilt, never reads
-//! it. A file that is truncated, corrupt, foreign or unreadable is ignored (V8 is never
-//! given bytes that were not checked) and the blob is made and written again. A file is
-//! written whole under a name of its own, then renamed into place: two processes starting
-//! at once each write theirs, and either one wins, whole.
+//! padding keeps the blob as aligned in the mapping as in an allocation.
+//!
+//! The key is the SHA-256 of what a blob depends on: the format, V8's version and flags,
+//! and the identity of the executable that made it (device, inode, size, modification
+//! time), so that another build, or the same path rebuilt, never reads it. A file that is
+//! truncated, corrupt, foreign or unreadable is ignored (V8 is never given bytes that were
+//! not checked) and the blob is made and written again. A file is written whole under a
+//! name of its own, then renamed into place (never rewritten in place, which a mapping
+//! would not survive): two processes starting at once each write theirs, and either one
+//! wins, whole.
 //!
 //! Files do not pile up as builds come and go: a read marks its file used (its
 //! modification time, at most once a day), and a write, which is the first start of a
