@@ -72,6 +72,22 @@ struct Route {
     flusher: Option<tokio::task::AbortHandle>,
 }
 
+impl Route {
+    /// Spans joined `pending` (of the route of `trace_id`): they wait for the flush
+    /// (started if stopped) while fewer than [`BATCH_SPANS`] wait and a runtime can run
+    /// it, else go back now.
+    fn batched(&mut self, trace_id: TraceId) {
+        match &self.runtime {
+            Some(runtime) if self.pending.len() < BATCH_SPANS => {
+                if self.flusher.is_none() {
+                    self.flusher = Some(start_flusher(runtime, trace_id));
+                }
+            }
+            _ => send(&self.outbox, std::mem::take(&mut self.pending)),
+        }
+    }
+}
+
 impl Drop for Route {
     fn drop(&mut self) {
         if let Some(flusher) = &self.flusher {
@@ -173,13 +189,7 @@ pub(crate) fn open_route(route: RouteToOpen, outbox: &Outbox<ServerMessage>) {
         let early = take_early(&mut lock(&EARLY), trace_id);
         if !early.is_empty() {
             route.pending.extend(early);
-            match &route.runtime {
-                Some(runtime) if route.flusher.is_none() => {
-                    route.flusher = Some(start_flusher(runtime, trace_id));
-                }
-                Some(_) => {}
-                None => send(&route.outbox, std::mem::take(&mut route.pending)),
-            }
+            route.batched(trace_id);
         }
     }
     // Outside the routes' lock: the request's span may end here, and its end takes it.
@@ -460,14 +470,7 @@ fn hand_back(mut record: SpanRecord) {
         // A connection that is gone or stalled loses its spans, never the cell's time.
         let _ = route.outbox.send_riding(&last);
     } else {
-        match &route.runtime {
-            Some(runtime) if route.pending.len() < BATCH_SPANS => {
-                if route.flusher.is_none() {
-                    route.flusher = Some(start_flusher(runtime, trace_id));
-                }
-            }
-            _ => send(&route.outbox, std::mem::take(&mut route.pending)),
-        }
+        route.batched(trace_id);
     }
     if route.open.is_empty() {
         // Its flusher is aborted with it.
