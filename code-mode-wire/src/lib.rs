@@ -55,7 +55,7 @@ pub use handshake::{
     CAPABILITIES, ClientHello, HandshakeRejection, PROTOCOL_VERSION, REMOTE_CAPABILITY, Ready,
     ReadyMismatch, SUPPORTED_VERSIONS, ServerOffer,
 };
-pub use transport::{FrameReader, MAX_QUEUED_BYTES, Outbox, RIDE_WITHIN, Transport};
+pub use transport::{EncodedFrame, FrameReader, MAX_QUEUED_BYTES, Outbox, RIDE_WITHIN, Transport};
 
 /// How often each side pings the other by default.
 pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);

@@ -46,6 +46,21 @@ const FRAMES_PER_WRITE: usize = 64;
 /// The longest a riding frame waits for a frame to ride with before it goes alone.
 pub const RIDE_WITHIN: Duration = Duration::from_millis(20);
 
+/// An `M` encoded as a frame ahead of its sending ([`Outbox::encode`]), so that sending it
+/// ([`Outbox::send_behind`]) costs its sender only the queueing.
+pub struct EncodedFrame<M> {
+    bytes: Bytes,
+    message: PhantomData<fn(&M)>,
+}
+
+impl<M> std::fmt::Debug for EncodedFrame<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedFrame")
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
 /// Sends encoded `M` frames. Cloning it is cheap; the writer task ends once every clone is
 /// gone and the queue is written.
 pub struct Outbox<M> {
@@ -91,14 +106,31 @@ impl<M: Serialize> Outbox<M> {
     /// the transport is then stalled). Messages sent after the writer stopped are dropped:
     /// the connection is over.
     pub fn send(&self, message: &M) -> Result<(), FrameError> {
-        self.send_with(message, true)
+        let frame = self.encode_counted(message)?;
+        self.senders.sink.push(frame, true);
+        Ok(())
     }
 
-    /// [`Self::send`] for a message nobody waits on (a word about an answer already
-    /// given): always queued for the writer task, never written on the caller's thread, so
-    /// the caller's answer does not wait for the write nor for the peer it wakes.
-    pub fn send_behind(&self, message: &M) -> Result<(), FrameError> {
-        self.send_with(message, false)
+    /// `message` as a frame, to be sent later with [`Self::send_behind`]: a word known
+    /// before the moment it must go (it fails as [`Self::send`] would for a message too
+    /// large for a frame).
+    pub fn encode(message: &M) -> Result<EncodedFrame<M>, FrameError> {
+        let mut buffer = BytesMut::new();
+        encode_frame(message, &mut buffer)?;
+        Ok(EncodedFrame {
+            bytes: buffer.freeze(),
+            message: PhantomData,
+        })
+    }
+
+    /// [`Self::send`] for a word nobody waits on (about an answer being given), encoded
+    /// ahead: always queued for the writer task, never written on the caller's thread, so
+    /// the caller's answer waits neither for the encoding, nor for the write, nor for the
+    /// peer it wakes. Fails as [`Self::send`] does on a backlog.
+    pub fn send_behind(&self, frame: EncodedFrame<M>) -> Result<(), FrameError> {
+        let frame = self.counted(frame.bytes)?;
+        self.senders.sink.push(frame, false);
+        Ok(())
     }
 
     /// [`Self::send`] for a message nobody waits on and that may come late (spans handed
@@ -110,17 +142,14 @@ impl<M: Serialize> Outbox<M> {
         Ok(())
     }
 
-    fn send_with(&self, message: &M, at_once: bool) -> Result<(), FrameError> {
-        let frame = self.encode_counted(message)?;
-        self.senders.sink.push(frame, at_once);
-        Ok(())
-    }
-
     /// Encodes `message` as a frame and counts it as queued, unless the queue is full.
     fn encode_counted(&self, message: &M) -> Result<Bytes, FrameError> {
-        let mut buffer = BytesMut::new();
-        encode_frame(message, &mut buffer)?;
-        let bytes = buffer.len();
+        self.counted(Self::encode(message)?.bytes)
+    }
+
+    /// `frame`, counted as queued, unless the queue is full.
+    fn counted(&self, frame: Bytes) -> Result<Bytes, FrameError> {
+        let bytes = frame.len();
         let queued = &self.senders.queued;
         let before = queued.fetch_add(bytes, Ordering::SeqCst);
         if before > 0 && before + bytes > MAX_QUEUED_BYTES {
@@ -130,7 +159,7 @@ impl<M: Serialize> Outbox<M> {
                 queued: before as u64,
             });
         }
-        Ok(buffer.freeze())
+        Ok(frame)
     }
 
     /// Bytes queued and not yet written.

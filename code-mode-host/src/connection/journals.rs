@@ -478,7 +478,7 @@ impl SessionEntry {
             let answer = self
                 .offers
                 .remove(&cell_id)
-                .map(|response| response.with_cell_id(external(&cell_id)));
+                .map(|offer| offer.response.with_cell_id(external(&cell_id)));
             let kept = self.journals.remove(&cell_id).filter(|_| answer.is_none());
             let span = kept
                 .as_ref()

@@ -162,7 +162,7 @@ struct SessionEntry {
     /// against a runtime that escaped its cells), until it closes.
     guards: HashMap<CellId, CellGuard>,
     /// The final answers the runtime offered, for the cells' next observation (`offers`).
-    offers: HashMap<CellId, CellResponse>,
+    offers: HashMap<CellId, offers::Offer>,
 }
 
 /// What the host lets one cell's runtime ask of its delegate: only tools its exec enabled,

@@ -29,13 +29,21 @@ impl Connection {
         {
             return Err(Violation::OfferInvalid(cell_id));
         }
+        // The word that will say it was taken, made now rather than when a `wait` takes
+        // it: the answer then waits on nothing but the queueing.
+        let taken = Outbox::encode(&ClientMessage::OfferTaken {
+            session,
+            cell_id: cell_id.clone(),
+        });
         let mut state = lock(&self.state);
         let observed = state.pending.values().any(|pending| {
             pending.session == Some(session) && pending.cell.as_ref() == Some(&cell_id)
         });
-        let kept = match state.sessions.get_mut(&session) {
-            Some(entry) if !observed && entry.live_cells.contains(&cell_id) => {
-                entry.offers.insert(cell_id.clone(), response);
+        let kept = match (state.sessions.get_mut(&session), taken) {
+            (Some(entry), Ok(taken)) if !observed && entry.live_cells.contains(&cell_id) => {
+                entry
+                    .offers
+                    .insert(cell_id.clone(), Offer { response, taken });
                 true
             }
             _ => false,
@@ -93,19 +101,21 @@ impl Connection {
         cell_id: &CellId,
     ) -> Option<CellResponse> {
         let entry = state.sessions.get_mut(&session)?;
-        let response = entry.offers.remove(cell_id)?;
+        let Offer { response, taken } = entry.offers.remove(cell_id)?;
         entry.journals.remove(cell_id);
-        let word = ClientMessage::OfferTaken {
-            session,
-            cell_id: cell_id.clone(),
-        };
         // Behind the answer: the caller does not wait for the write, nor for the runtime
         // it wakes to close the cell.
-        if let Err(error) = self.outbox.send_behind(&word) {
+        if let Err(error) = self.outbox.send_behind(taken) {
             tracing::debug!(%session, "an offer's word not sent: {error}");
         }
         Some(response)
     }
+}
+
+/// A final answer the runtime offered, kept with the word that will say it was taken.
+pub(super) struct Offer {
+    pub(super) response: CellResponse,
+    taken: EncodedFrame<ClientMessage>,
 }
 
 /// The cell a request observes (a wait, a pending-aware wait, a terminate), if any.

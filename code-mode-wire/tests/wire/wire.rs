@@ -491,7 +491,7 @@ async fn the_pinger_sends_numbered_pings_until_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frames_written_at_once_and_queued_ones_arrive_in_send_order() {
+async fn frames_written_at_once_queued_or_encoded_ahead_arrive_in_send_order() {
     use futures_util::StreamExt;
     // A small pipe: some frames go out from the sender at once, others (and those behind
     // them) wait for the writer task while the reader is slow.
@@ -519,12 +519,22 @@ async fn frames_written_at_once_and_queued_ones_arrive_in_send_order() {
         }
         seen
     });
+    let message = |id: u64| ServerMessage::Response {
+        id: RequestId(id),
+        result: Err(WireError::Internal("x".repeat(((id % 7) * 100) as usize))),
+    };
+    // Every third frame is a word encoded ahead, all of them before any is sent and in
+    // the reverse order: each goes out where it is sent, behind the frames sent before it.
+    let mut ahead: std::collections::HashMap<u64, _> = (0..count)
+        .rev()
+        .filter(|id| id % 3 == 0)
+        .map(|id| (id, Outbox::encode(&message(id)).unwrap()))
+        .collect();
     for id in 0..count {
-        let message = ServerMessage::Response {
-            id: RequestId(id),
-            result: Err(WireError::Internal("x".repeat(((id % 7) * 100) as usize))),
-        };
-        outbox.send(&message).unwrap();
+        match ahead.remove(&id) {
+            Some(frame) => outbox.send_behind(frame).unwrap(),
+            None => outbox.send(&message(id)).unwrap(),
+        }
         if id % 40 == 0 {
             tokio::task::yield_now().await;
         }
