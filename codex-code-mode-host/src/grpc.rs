@@ -558,8 +558,13 @@ impl CodeModeHost for Service {
 /// A session stream: `first` (if any), then what `lease` gives, converted by `convert`,
 /// until the session is closed. What the lease holds when it closes still goes out first:
 /// the session's last events (cells its shutdown closed) come before the end.
+///
+/// The stream takes each item from the lease as the client's connection asks for it: no
+/// task and no channel stand between (one task wake-up less on every tool call), and a
+/// client that drops the stream gives the lease back at once, with every item it had not
+/// taken, for its next subscription.
 fn lease_stream<T, U>(
-    mut lease: Lease<T>,
+    lease: Lease<T>,
     closed: CancellationToken,
     first: Option<U>,
     convert: fn(T) -> U,
@@ -569,38 +574,51 @@ where
     T: Send + 'static,
     U: Send + 'static,
 {
-    async_stream(move |sender| async move {
-        if let Some(first) = first
-            && sender.send(Ok(first)).await.is_err()
-        {
-            return;
-        }
-        loop {
-            tokio::select! {
-                biased;
-                item = lease.recv() => match item {
-                    Some(item) => {
-                        // An invocation is streamed only once the checkpoint that holds it
-                        // is on disk: else a restart would replay its call and stream it
-                        // again. A failed write ends the stream with why; the invocation
-                        // is streamed after a restart, from what the disk has.
-                        if let Some((front, session)) = &flush
-                            && let Err(error) = front.flush(session).await
-                        {
-                            lease.give_back(item);
-                            let _ = sender.send(Err(status(error))).await;
-                            return;
-                        }
-                        if sender.send(Ok(convert(item))).await.is_err() {
-                            return;
-                        }
-                    }
-                    None => return,
-                },
-                () = closed.cancelled() => return,
+    let leased = Leasing {
+        lease,
+        closed,
+        first,
+        flush,
+        ended: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        leased,
+        move |mut leased| async move {
+            if leased.ended {
+                return None;
             }
-        }
-    })
+            if let Some(first) = leased.first.take() {
+                return Some((Ok(first), leased));
+            }
+            let item = tokio::select! {
+                biased;
+                item = leased.lease.recv() => item?,
+                () = leased.closed.cancelled() => return None,
+            };
+            // An invocation is streamed only once the checkpoint that holds it is on disk:
+            // else a restart would replay its call and stream it again. A failed write ends
+            // the stream with why; the invocation is streamed after a restart, from what the
+            // disk has.
+            if let Some((front, session)) = &leased.flush
+                && let Err(error) = front.flush(session).await
+            {
+                leased.lease.give_back(item);
+                leased.ended = true;
+                return Some((Err(status(error)), leased));
+            }
+            Some((Ok(convert(item)), leased))
+        },
+    ))
+}
+
+/// What a [`lease_stream`] holds between two items.
+struct Leasing<T, U> {
+    lease: Lease<T>,
+    closed: CancellationToken,
+    first: Option<U>,
+    flush: Option<(Arc<Front>, Arc<FrontSession>)>,
+    /// It ended with an error: the next poll ends it.
+    ended: bool,
 }
 
 fn proto_invocation(invocation: Invocation) -> proto::ToolInvocation {

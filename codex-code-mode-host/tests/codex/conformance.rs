@@ -531,6 +531,64 @@ async fn close_session_ends_its_streams_and_forgets_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
+    use codex_code_mode_host::client::tool;
+    let host = spawn(&our_host(), &[]).await;
+    let mut client = host.client.clone();
+    let (_stream, opened) = open_raw(&mut client, 2).await;
+    let subscribe = proto::SubscribeToToolCallsRequest {
+        session_id: opened.session_id.clone(),
+    };
+    let first = client
+        .subscribe_to_tool_calls(subscribe.clone())
+        .await
+        .expect("subscribe")
+        .into_inner();
+    drop(first);
+    // The client dropped its subscription with nothing streamed on it: the session's tool
+    // calls are free for the next one as soon as the host hears of it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut second = loop {
+        match client.subscribe_to_tool_calls(subscribe.clone()).await {
+            Ok(second) => break second.into_inner(),
+            Err(status) if Instant::now() < deadline => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("no second subscription within 5 s: {status:?}"),
+        }
+    };
+    let mut request = exec_request("await tools.lookup({ q: 1 }); text('done')");
+    request.session_id = opened.session_id.clone();
+    request.execution_id = uuid::Uuid::new_v4().to_string();
+    request.tool_call_id = "call_1".to_owned();
+    request.yield_time_ms = 200;
+    request.enabled_tools = vec![tool("lookup", "lookup", None)];
+    let mut executing = client.clone();
+    let execution = tokio::spawn(async move { executing.execute(request).await });
+    let invocation = tokio::time::timeout(Duration::from_secs(10), second.message()).await;
+    if invocation.is_err() {
+        panic!(
+            "no call on the second subscription; the exec gave {:?}",
+            execution.await
+        );
+    }
+    let invocation = invocation
+        .expect("the call reaches the second subscription")
+        .expect("a call, not an error")
+        .expect("a call, not the end");
+    assert_eq!(
+        invocation.tool_name.map(|name| name.name),
+        Some("lookup".to_owned())
+    );
+    assert_eq!(invocation.input_json, r#"{"q":1}"#);
+    execution
+        .await
+        .expect("the execute task")
+        .expect("the execute call");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn process_metrics_are_answered_for_real() {
     let host = spawn(&our_host(), &[]).await;
     let mut driver = open(&host, 2).await;
