@@ -545,8 +545,27 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
         .expect("subscribe")
         .into_inner();
     drop(first);
-    // The client dropped its subscription with nothing streamed on it: the session's tool
-    // calls are free for the next one as soon as the host hears of it.
+    // A call made while nobody is subscribed waits in the session for the next
+    // subscription: the exec yields with its call in flight.
+    let mut request = exec_request("await tools.lookup({ q: 1 }); text('done')");
+    request.session_id = opened.session_id.clone();
+    request.execution_id = uuid::Uuid::new_v4().to_string();
+    request.tool_call_id = "call_1".to_owned();
+    request.yield_time_ms = 200;
+    request.enabled_tools = vec![tool("lookup", "lookup", None)];
+    let mut events = client
+        .execute(request)
+        .await
+        .expect("the execute call")
+        .into_inner();
+    while events
+        .message()
+        .await
+        .expect("the execute stream")
+        .is_some()
+    {}
+    // The session's tool calls are free for the next subscription as soon as the host
+    // hears of the drop.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut second = loop {
         match client.subscribe_to_tool_calls(subscribe.clone()).await {
@@ -558,22 +577,8 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
             Err(status) => panic!("no second subscription within 5 s: {status:?}"),
         }
     };
-    let mut request = exec_request("await tools.lookup({ q: 1 }); text('done')");
-    request.session_id = opened.session_id.clone();
-    request.execution_id = uuid::Uuid::new_v4().to_string();
-    request.tool_call_id = "call_1".to_owned();
-    request.yield_time_ms = 200;
-    request.enabled_tools = vec![tool("lookup", "lookup", None)];
-    let mut executing = client.clone();
-    let execution = tokio::spawn(async move { executing.execute(request).await });
-    let invocation = tokio::time::timeout(Duration::from_secs(10), second.message()).await;
-    if invocation.is_err() {
-        panic!(
-            "no call on the second subscription; the exec gave {:?}",
-            execution.await
-        );
-    }
-    let invocation = invocation
+    let invocation = tokio::time::timeout(Duration::from_secs(10), second.message())
+        .await
         .expect("the call reaches the second subscription")
         .expect("a call, not an error")
         .expect("a call, not the end");
@@ -582,10 +587,6 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
         Some("lookup".to_owned())
     );
     assert_eq!(invocation.input_json, r#"{"q":1}"#);
-    execution
-        .await
-        .expect("the execute task")
-        .expect("the execute call");
 }
 
 #[tokio::test(flavor = "multi_thread")]
