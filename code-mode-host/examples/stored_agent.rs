@@ -11,14 +11,18 @@
 //! each cell's output as a JSON line `{"session", "text"}`.
 //!
 //! The tool appends `start <session> <n>` to the log when it starts and `end <session>
-//! <n>` when it ends, so the test counts how often each call ran.
+//! <n>` when it ends, so the test counts how often each call ran. The store appends
+//! `recorded <session> <answer>` once an answer is durable, so the test knows when a kill
+//! can no longer lose it.
 //!
 //! The runtime binary is found as the host crate finds it (`CODE_MODE_BIN`, beside the
 //! executable, or on the PATH).
 
+use code_mode_host::state::{AnswerRecord, Changes, StateError};
 use code_mode_host::state::{Keeper, StoreOptions};
 use code_mode_host::{
-    CodeModeSession, Interrupted, ProcessConfig, ProcessProvider, Runtimes, StoredProvider,
+    CodeModeSession, Interrupted, ProcessConfig, ProcessProvider, Runtimes, SessionStore,
+    StoredProvider,
 };
 use code_mode_protocol::{
     BoxFuture, CellResponse, CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall,
@@ -59,16 +63,49 @@ struct Slow {
     first_process: bool,
 }
 
+/// Appends `line` to the log in one write, so appends of concurrent calls never interleave.
+fn append(log: &std::path::Path, line: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("the log opens");
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("the log is written");
+}
+
 impl Slow {
     fn log(&self, line: &str) {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("the log opens");
-        // One write per line: appends of concurrent calls never interleave.
-        file.write_all(format!("{line}\n").as_bytes())
-            .expect("the log is written");
+        append(&self.log, line);
+    }
+}
+
+/// The keeper, logging each answer once the store has made it durable: an agent core may
+/// bring its own store, and this one only watches.
+struct Logged {
+    keeper: Keeper,
+    log: PathBuf,
+}
+
+impl SessionStore for Logged {
+    fn write(&self, changes: Changes) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(self.keeper.write(changes))
+    }
+
+    fn record_answer(&self, answer: AnswerRecord) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(async move {
+            let line = match &answer.result {
+                Ok(value) => format!("recorded {} {}", answer.session, value.as_str()),
+                Err(_) => format!("recorded {} error", answer.session),
+            };
+            self.keeper.record_answer(answer).await?;
+            append(&self.log, &line);
+            Ok(())
+        })
+    }
+
+    fn remove(&self, session: &str) {
+        self.keeper.remove(session);
     }
 }
 
@@ -139,7 +176,11 @@ async fn main() {
         ..ProcessConfig::default()
     };
     let provider = ProcessProvider::new(config).expect("a runtime binary");
-    let sessions = StoredProvider::new(Runtimes::Local(provider), Arc::new(keeper), saved);
+    let store = Logged {
+        keeper,
+        log: log.clone(),
+    };
+    let sessions = StoredProvider::new(Runtimes::Local(provider), Arc::new(store), saved);
     let first_process = mode == "start";
     let delegate = |session: &str| -> Arc<dyn CodeModeSessionDelegate> {
         Arc::new(Slow {
