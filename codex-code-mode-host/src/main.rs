@@ -602,22 +602,41 @@ async fn run(
             tracing::warn!(%error, "the runtime did not start ahead of the first call");
         }
     });
+    // The connection on stdio is served by a task, not by the runtime's `block_on`
+    // future: the current-thread scheduler polls its I/O driver once more (a system call)
+    // before each poll of a woken `block_on` future, which the connection's would be on
+    // every frame.
     match (listen, protocol_stdio) {
         (Listen::GrpcStdio, Some(protocol)) => {
             let input = stdio::reader(protocol.input).map_err(|error| error.to_string())?;
             let output = stdio::writer(protocol.output).map_err(|error| error.to_string())?;
-            serve::serve_grpc_connection(settings, tokio::io::join(input, output))
-                .await
-                .map_err(|error| format!("the gRPC connection on stdio failed: {error}"))
+            as_task(async move {
+                serve::serve_grpc_connection(settings, tokio::io::join(input, output))
+                    .await
+                    .map_err(|error| format!("the gRPC connection on stdio failed: {error}"))
+            })
+            .await
         }
         (Listen::GrpcTcp(address), _) => serve_tcp(&cli, settings, address).await,
         (Listen::JsonStdio, Some(protocol)) => {
             let input = stdio::reader(protocol.input).map_err(|error| error.to_string())?;
             let output = stdio::writer(protocol.output).map_err(|error| error.to_string())?;
-            codex_code_mode_host::json::serve_json(settings, input, output)
-                .await
-                .map_err(|error| error.to_string())
+            as_task(async move {
+                codex_code_mode_host::json::serve_json(settings, input, output)
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+            .await
         }
         (_, None) => Err("stdio was not taken".to_owned()),
     }
+}
+
+/// Runs `serve` as a task of its own and waits for it; a panic in it is an error.
+async fn as_task(
+    serve: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+) -> Result<(), String> {
+    tokio::spawn(serve)
+        .await
+        .unwrap_or_else(|error| Err(format!("the connection's task failed: {error}")))
 }
