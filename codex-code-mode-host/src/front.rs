@@ -308,14 +308,14 @@ impl<T> Drop for Lease<T> {
 }
 
 /// A channel whose receiver is leased ([`Lease`]).
-struct Leased<T> {
-    sender: mpsc::UnboundedSender<T>,
+pub(crate) struct Leased<T> {
+    pub(crate) sender: mpsc::UnboundedSender<T>,
     slot: Arc<Mutex<Option<mpsc::UnboundedReceiver<T>>>>,
     unsent: Arc<Mutex<VecDeque<T>>>,
 }
 
 impl<T> Leased<T> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         Self {
             sender,
@@ -324,7 +324,7 @@ impl<T> Leased<T> {
         }
     }
 
-    fn lease(&self) -> Option<Lease<T>> {
+    pub(crate) fn lease(&self) -> Option<Lease<T>> {
         let receiver = lock(&self.slot).take()?;
         Some(Lease {
             receiver: Some(receiver),

@@ -8,7 +8,7 @@ use crate::front::{
 use crate::metrics;
 use crate::proto::{self, code_mode_host_server::CodeModeHost};
 use code_mode_host::protocol::{
-    ContentItem, ImageDetail, JsonText, SessionError, ToolError, ToolKind,
+    BoxFuture, ContentItem, ImageDetail, JsonText, SessionError, ToolError, ToolKind,
 };
 use futures_util::Stream;
 use std::pin::Pin;
@@ -401,10 +401,13 @@ impl CodeModeHost for Service {
             )
         })?;
         // With a state directory, each invocation is on disk before the client sees it.
-        let flush = self
-            .front
-            .keeps_state()
-            .then(|| (self.front.clone(), Arc::clone(&session)));
+        let flush = self.front.keeps_state().then(|| {
+            let (front, session) = (self.front.clone(), Arc::clone(&session));
+            Box::new(move || -> BoxFuture<'static, Result<(), FrontError>> {
+                let (front, session) = (Arc::clone(&front), Arc::clone(&session));
+                Box::pin(async move { front.flush(&session).await })
+            }) as Flush
+        });
         let stream = lease_stream(invocations, session.closed(), None, proto_invocation, flush);
         Ok(Response::new(stream))
     }
@@ -568,7 +571,7 @@ fn lease_stream<T, U>(
     closed: CancellationToken,
     first: Option<U>,
     convert: fn(T) -> U,
-    flush: Option<(Arc<Front>, Arc<FrontSession>)>,
+    flush: Option<Flush>,
 ) -> EventStream<U>
 where
     T: Send + 'static,
@@ -598,17 +601,47 @@ where
             // An invocation is streamed only once the checkpoint that holds it is on disk:
             // else a restart would replay its call and stream it again. A failed write ends
             // the stream with why; the invocation is streamed after a restart, from what the
-            // disk has.
-            if let Some((front, session)) = &leased.flush
-                && let Err(error) = front.flush(session).await
-            {
-                leased.lease.give_back(item);
-                leased.ended = true;
-                return Some((Err(status(error)), leased));
-            }
+            // disk has. A client that drops the stream meanwhile leaves the invocation for
+            // its next subscription.
+            let item = match &leased.flush {
+                Some(flush) => {
+                    let mut unsent = Unsent {
+                        lease: &leased.lease,
+                        item: Some(item),
+                    };
+                    let flushed = flush().await;
+                    let item = unsent.item.take();
+                    drop(unsent);
+                    let item = item?;
+                    if let Err(error) = flushed {
+                        leased.lease.give_back(item);
+                        leased.ended = true;
+                        return Some((Err(status(error)), leased));
+                    }
+                    item
+                }
+                None => item,
+            };
             Some((Ok(convert(item)), leased))
         },
     ))
+}
+
+/// Makes the session's checkpoint durable before an invocation is streamed.
+type Flush = Box<dyn Fn() -> BoxFuture<'static, Result<(), FrontError>> + Send + Sync>;
+
+/// An item taken from a lease and not streamed yet: given back if dropped with it.
+struct Unsent<'a, T> {
+    lease: &'a Lease<T>,
+    item: Option<T>,
+}
+
+impl<T> Drop for Unsent<'_, T> {
+    fn drop(&mut self) {
+        if let Some(item) = self.item.take() {
+            self.lease.give_back(item);
+        }
+    }
 }
 
 /// What a [`lease_stream`] holds between two items.
@@ -616,7 +649,7 @@ struct Leasing<T, U> {
     lease: Lease<T>,
     closed: CancellationToken,
     first: Option<U>,
-    flush: Option<(Arc<Front>, Arc<FrontSession>)>,
+    flush: Option<Flush>,
     /// It ended with an error: the next poll ends it.
     ended: bool,
 }
@@ -650,4 +683,44 @@ where
     let (sender, receiver) = mpsc::channel(16);
     tokio::spawn(body(sender));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::front::Leased;
+    use futures_util::{FutureExt as _, StreamExt as _};
+
+    /// A flush that never ends (a checkpoint stuck on a slow disk).
+    fn stuck() -> Flush {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        Box::new(move || -> BoxFuture<'static, Result<(), FrontError>> {
+            let gate = Arc::clone(&gate);
+            Box::pin(async move {
+                gate.notified().await;
+                Ok(())
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn an_item_taken_while_its_checkpoint_is_flushed_is_kept_when_the_stream_is_dropped() {
+        let leased = Leased::<u32>::new();
+        leased.sender.send(7).expect("sent");
+        let lease = leased.lease().expect("the first lease");
+        let mut stream = lease_stream(lease, CancellationToken::new(), None, |n| n, Some(stuck()));
+        // The stream takes the item, then waits for its checkpoint.
+        assert!(
+            stream.next().now_or_never().is_none(),
+            "it waits on the flush"
+        );
+        assert!(leased.lease().is_none(), "still leased");
+        drop(stream);
+        let mut again = leased.lease().expect("the lease is back");
+        assert_eq!(
+            again.recv().now_or_never(),
+            Some(Some(7)),
+            "the item comes first"
+        );
+    }
 }
