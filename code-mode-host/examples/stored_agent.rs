@@ -150,13 +150,10 @@ fn arg(name: &str) -> Option<String> {
         .cloned()
 }
 
-#[tokio::main]
-#[expect(clippy::print_stdout, reason = "its lines are what the test reads")]
-async fn main() {
-    let mode = std::env::args().nth(1).expect("start or resume");
-    let log = PathBuf::from(arg("--log").expect("--log is required"));
-    // A state directory (SQLite), or a Postgres database (`--state-url`).
-    let (keeper, saved) = match (arg("--state"), arg("--state-url")) {
+/// The store the command line names: a state directory (SQLite), or a Postgres database
+/// (`--state-url`), with what it held.
+fn open_store() -> (Keeper, code_mode_host::state::Saved) {
+    match (arg("--state"), arg("--state-url")) {
         (Some(dir), None) => Keeper::open_sqlite(dir.as_ref(), "agent", StoreOptions::default()),
         // The same replica name in both runs: the restarted agent takes its sessions back
         // at once, without waiting for the killed one's leases to run out.
@@ -170,7 +167,15 @@ async fn main() {
         ),
         _ => panic!("--state DIR or --state-url URL is required"),
     }
-    .expect("the store opens");
+    .expect("the store opens")
+}
+
+#[tokio::main]
+#[expect(clippy::print_stdout, reason = "its lines are what the test reads")]
+async fn main() {
+    let mode = std::env::args().nth(1).expect("start or resume");
+    let log = PathBuf::from(arg("--log").expect("--log is required"));
+    let (keeper, saved) = open_store();
     let config = ProcessConfig {
         generations_before: code_mode_host::stored::generations_before(&saved),
         ..ProcessConfig::default()
