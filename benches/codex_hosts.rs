@@ -1,8 +1,9 @@
 //! Codex's own `codex-code-mode-host` against ours, through one gRPC client on stdio, as
 //! codex drives them: interleaved round by round in one run.
 //!
-//! `cargo build --release -p codex-code-mode-host` first (one file: it carries the
-//! runtime), and
+//! `cargo build --profile dist -p codex-code-mode-host` first (what users install: one
+//! file, link-time optimised, that carries the runtime; without it, the release build
+//! beside the bench is measured), and
 //! `scripts/test-deps.sh` for codex's host; then
 //! `cargo bench --bench codex_hosts -- [--rounds N] [--iterations M] [--calls K]`.
 //!
@@ -72,15 +73,19 @@ fn options() -> Options {
         }
     }
     if options.hosts.is_empty() {
+        // What users install (`target/dist`, link-time optimised) when it was built, else
+        // the release build beside this bench.
         let release = std::env::current_exe()
             .ok()
-            .and_then(|exe| {
-                exe.parent()?
-                    .parent()
-                    .map(|dir| dir.join("codex-code-mode-host"))
-            })
+            .and_then(|exe| exe.parent()?.parent().map(PathBuf::from))
             .unwrap_or_default();
-        options.hosts.push(("ours".to_owned(), release));
+        let dist = release.with_file_name("dist").join("codex-code-mode-host");
+        let ours = if dist.is_file() {
+            dist
+        } else {
+            release.join("codex-code-mode-host")
+        };
+        options.hosts.push(("ours".to_owned(), ours));
         let codex = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
             "../codex-code-mode-host/tests/codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex-code-mode-host",
         );
