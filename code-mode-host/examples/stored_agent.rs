@@ -18,8 +18,7 @@
 //! The runtime binary is found as the host crate finds it (`CODE_MODE_BIN`, beside the
 //! executable, or on the PATH).
 
-use code_mode_host::state::{AnswerRecord, Changes, StateError};
-use code_mode_host::state::{Keeper, StoreOptions};
+use code_mode_host::state::{AnswerRecord, Changes, Keeper, StateError, StoreOptions};
 use code_mode_host::{
     CodeModeSession, Interrupted, ProcessConfig, ProcessProvider, Runtimes, SessionStore,
     StoredProvider,

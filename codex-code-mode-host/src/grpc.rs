@@ -605,14 +605,12 @@ where
             // its next subscription.
             let item = match &leased.flush {
                 Some(flush) => {
-                    let mut unsent = Unsent {
+                    let unsent = Unsent {
                         lease: &leased.lease,
                         item: Some(item),
                     };
                     let flushed = flush().await;
-                    let item = unsent.item.take();
-                    drop(unsent);
-                    let item = item?;
+                    let item = unsent.taken()?;
                     if let Err(error) = flushed {
                         leased.lease.give_back(item);
                         leased.ended = true;
@@ -634,6 +632,13 @@ type Flush = Box<dyn Fn() -> BoxFuture<'static, Result<(), FrontError>> + Send +
 struct Unsent<'a, T> {
     lease: &'a Lease<T>,
     item: Option<T>,
+}
+
+impl<T> Unsent<'_, T> {
+    /// The item, no longer given back when this goes.
+    fn taken(mut self) -> Option<T> {
+        self.item.take()
+    }
 }
 
 impl<T> Drop for Unsent<'_, T> {
