@@ -107,6 +107,36 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HopLayer {
     }
 }
 
+/// Adds to `since_call` the time from the caller's call to each mark's first time among
+/// one exec's `marks`, in the order of the marks (the runtime's as well as this
+/// process's): where a mode's extra time builds up along the exec.
+pub(crate) fn add_since_call(
+    marks: &[(&'static str, Duration)],
+    since_call: &mut Vec<(String, Vec<u128>)>,
+) {
+    let mut marks = marks.to_vec();
+    marks.sort_by_key(|(_, at)| *at);
+    let Some(&(_, called)) = marks.iter().find(|(name, _)| *name == CALLER_CALLS) else {
+        return;
+    };
+    let mut seen = Vec::new();
+    for (name, at) in marks {
+        if at < called || seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        let nanos = at.saturating_sub(called).as_nanos();
+        match since_call.iter_mut().find(|(known, _)| known == name) {
+            Some((_, times)) => times.push(nanos),
+            None => since_call.push((name.to_owned(), vec![nanos])),
+        }
+    }
+}
+
+/// The marks the hops table makes around each paced exec, as its caller sees it.
+const CALLER_CALLS: &str = "the caller calls exec";
+const CALLER_HAS_ANSWER: &str = "the caller has the exec's answer";
+
 /// Adds the time between consecutive marks to `spans`, keyed `from → to`.
 pub(crate) fn add_spans(
     marks: &mut [(&'static str, Duration)],
@@ -137,27 +167,50 @@ pub(crate) fn print_spans(title: &str, spans: &mut [(String, Vec<u128>)]) {
 }
 
 /// Per-hop times of paced execs and of sequential nested calls, in process and over IPC
-/// (the runtime process's marks merged in by wall clock).
+/// (the runtime process's marks merged in by wall clock), once per `--tracing` mode, each
+/// in a child of its own (a process has one subscriber).
 pub(crate) fn hops_table(options: &Options) {
-    use tracing_subscriber::layer::SubscriberExt;
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    for mode in &options.tracing {
+        let status = Command::new(&exe)
+            .args(["--child-hops", &options.samples.to_string()])
+            .env(TRACING_ENV, mode)
+            .status()
+            .expect("run a child");
+        assert!(status.success(), "the hops child ({mode}) failed");
+    }
+}
+
+/// The hops child: its subscriber records the hop marks (and, traced, exports every span
+/// as the exec table's children do), then both transports' tables are printed.
+pub(crate) fn hops_child(samples: usize) {
+    use tracing_subscriber::Layer as _;
     TRACE_RUNTIME_HOPS.store(true, std::sync::atomic::Ordering::SeqCst);
-    let subscriber = tracing_subscriber::registry().with(HopLayer).with(
+    let marks = HopLayer.with_filter(
         tracing_subscriber::filter::Targets::new()
             .with_target("code_mode::hops", tracing::Level::TRACE)
             .with_target("code_mode_bin", tracing::Level::INFO),
     );
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    let telemetry = dead_collector_telemetry();
+    code_mode_trace::init_subscriber(marks, telemetry.as_ref());
+    #[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+    {
+        println!(
+            "hops, tracing {}",
+            std::env::var(TRACING_ENV).unwrap_or_default()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     for transport in ["in-process", "ipc"] {
-        runtime.block_on(hops_of(transport, options));
+        runtime.block_on(hops_of(transport, samples));
     }
 }
 
 /// The hops table of one transport.
-pub(crate) async fn hops_of(transport: &str, options: &Options) {
+pub(crate) async fn hops_of(transport: &str, samples: usize) {
     let subject = Subject::open(transport, Arc::new(EchoTools), 1).await;
     let session = &subject.sessions[0];
     tokio::time::sleep(COLD_PAUSE).await;
@@ -165,22 +218,46 @@ pub(crate) async fn hops_of(transport: &str, options: &Options) {
         .execute(ExecRequest::new(trivial_source()))
         .await
         .expect("warm-up exec");
-    let mut spans = Vec::new();
+    let (mut spans, mut since_call) = (Vec::new(), Vec::new());
     tokio::time::sleep(PACE).await;
     take_marks();
-    for _ in 0..options.samples.max(1) {
+    for _ in 0..samples.max(1) {
+        let wall = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+        };
+        let called = wall();
         session
             .execute(ExecRequest::new(trivial_source()))
             .await
             .expect("paced exec");
+        let answered = wall();
+        {
+            let mut marks = MARKS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            marks.push((CALLER_CALLS, called));
+            marks.push((CALLER_HAS_ANSWER, answered));
+        }
         // The isolate is reset for the next cell meanwhile, off the exec's path; its
         // marks belong to this sample (and the runtime's log lines arrive).
         tokio::time::sleep(PACE).await;
-        add_spans(&mut take_marks(), &mut spans);
+        let mut marks = take_marks();
+        add_since_call(&marks, &mut since_call);
+        add_spans(&mut marks, &mut spans);
     }
     print_spans(
         &format!("paced exec, {transport} (mark → next mark)"),
         &mut spans,
+    );
+    for (_, times) in &mut since_call {
+        times.sort_unstable();
+    }
+    since_call.sort_by_key(|(_, times)| percentile(times, 0.5));
+    print_spans(
+        &format!("paced exec, {transport} (each mark's first time since the caller's call)"),
+        &mut since_call,
     );
     tokio::time::sleep(PACE).await;
     let calls = ExecRequest::new(format!(

@@ -44,9 +44,12 @@
 //! On request, `--sections wake` (`wake.rs`): how long a hibernated cell takes to answer,
 //! against the length of its journal, beside the same cell kept live.
 //!
-//! On request, `--sections hops`: where one paced in-process exec and one nested tool call
-//! spend their time, from the runtime's hop marks (`code_mode::hops` trace events): the
-//! p50 time from each mark to the next, over `--samples` execs and 200 calls.
+//! On request, `--sections hops`: where one paced exec and one nested tool call spend
+//! their time, in process and over IPC, from the runtime's hop marks (`code_mode::hops`
+//! trace events): the p50 time from each mark to the next, over `--samples` execs and 200
+//! calls, and for the exec each mark's p50 time since the caller's call. Once per
+//! `--tracing` mode (`--tracing off,dead` shows where a traced exec's extra time builds
+//! up).
 //!
 //! And one table only on request, `--sections sources`: a nested call through the real
 //! `code-mode` CLI to each kind of tool source, timed inside the cell over sequential calls
@@ -253,27 +256,33 @@ fn run_child_traced(args: &[String], tracing: &str) -> String {
     }
 }
 
+/// In the tracing mode `dead` (see [`Options::tracing`]), an exporter of every span to a
+/// collector that refuses connections; `None` in the other modes.
+fn dead_collector_telemetry() -> Option<code_mode_trace::Telemetry> {
+    (std::env::var(TRACING_ENV).as_deref() == Ok("dead")).then(|| {
+        code_mode_trace::Telemetry::start(code_mode_trace::TraceSettings::new(
+            code_mode_trace::Destination::Otlp {
+                endpoint: "http://127.0.0.1:9/v1/traces".to_owned(),
+                protocol: code_mode_trace::Protocol::HttpProtobuf,
+            },
+            "bench",
+            "0",
+        ))
+        .expect("an exporter")
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let child_mode = args.first().map(String::as_str);
     if let Some(mode @ ("--child" | "--child-throughput" | "--child-idle" | "--child-wake")) =
         child_mode
     {
-        // `dead`: every span goes to an exporter whose collector refuses connections.
-        let _telemetry = (std::env::var(TRACING_ENV).as_deref() == Ok("dead")).then(|| {
-            let telemetry = code_mode_trace::Telemetry::start(code_mode_trace::TraceSettings::new(
-                code_mode_trace::Destination::Otlp {
-                    endpoint: "http://127.0.0.1:9/v1/traces".to_owned(),
-                    protocol: code_mode_trace::Protocol::HttpProtobuf,
-                },
-                "bench",
-                "0",
-            ))
-            .expect("an exporter");
+        let telemetry = dead_collector_telemetry();
+        if let Some(telemetry) = &telemetry {
             let logs = code_mode_trace::stderr_logs(tracing_subscriber::EnvFilter::new("off"));
-            code_mode_trace::init_subscriber(logs, Some(&telemetry));
-            telemetry
-        });
+            code_mode_trace::init_subscriber(logs, Some(telemetry));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -302,6 +311,14 @@ fn main() {
                 runtime.block_on(idle_child(&transport, number(2, 100), hibernate));
             }
         }
+        return;
+    }
+    if child_mode == Some("--child-hops") {
+        hops_child(
+            args.get(1)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(30),
+        );
         return;
     }
     let options = parse_options(&args);

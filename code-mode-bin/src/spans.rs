@@ -7,11 +7,12 @@
 //! the request runs, at the route's flush every [`BATCH_DELAY`] (a long cell's spans are
 //! not held); when the request's own span ends, in one [`ServerMessage::Spans`] that rides
 //! with the connection's next frame ([`Outbox::send_riding`]: ahead of it, in the same
-//! write, or alone within [`code_mode_wire::RIDE_WITHIN`]). So a traced exec costs neither
-//! process a wake-up more than an untraced one, and the host exports a cell's spans while
-//! the next cell runs, not between a response and its caller: after an exec, its spans go
-//! with the next cell's admission, or with the response to the session's shutdown. The
-//! host exports them with its own, with this process's id (`process.pid`).
+//! write, or alone within [`code_mode_wire::RIDE_WITHIN`]). So cells back to back cost
+//! neither process a wake-up more than untraced ones (a cell's spans go with the next
+//! cell's admission), and the host never exports them between a response and its caller;
+//! after a cell that no other follows at once, they go alone while the connection is
+//! quiet, not with the next cell's admission, where the host's export would compete with
+//! that cell. The host exports them with its own, with this process's id (`process.pid`).
 //!
 //! The `code_mode.runtime` span lives as long as its cell here and holds what the runtime
 //! knows of the whole (the CPU time, the timers that fired). A runtime that is killed never

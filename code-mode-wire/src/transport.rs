@@ -43,8 +43,11 @@ pub type FrameReader<S, In, Out> = FramedRead<ReadHalf<S>, FrameCodec<In, Out>>;
 /// At most this many queued frames go to the stream in one vectored write.
 const FRAMES_PER_WRITE: usize = 64;
 
-/// The longest a riding frame waits for a frame to ride with before it goes alone.
-pub const RIDE_WITHIN: Duration = Duration::from_millis(20);
+/// The longest a riding frame waits for a frame to ride with before it goes alone: frames
+/// of busy traffic come closer than this, so a rider goes with one of them; past it the
+/// connection is quiet, and the rider goes then, not at the start of the next exchange
+/// (where its reading would compete with that exchange).
+pub const RIDE_WITHIN: Duration = Duration::from_millis(1);
 
 /// An `M` encoded as a frame ahead of its sending ([`Outbox::encode`]), so that sending it
 /// ([`Outbox::send_behind`]) costs its sender only the queueing.

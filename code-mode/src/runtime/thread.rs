@@ -365,8 +365,8 @@ fn run_cell(
 }
 
 /// Reports the cell's end to its owner (who may be gone already; nothing else to tell
-/// then), traces what the cell left to trace under `span`, and waits for the owner's
-/// release.
+/// then), waits for the owner's release, then traces what the cell left to trace under
+/// `span`.
 fn report_end(
     events: &tokio::sync::mpsc::Sender<CellEvent>,
     inbound: &mpsc::Receiver<Inbound>,
@@ -375,16 +375,16 @@ fn report_end(
     cpu_time: Option<Duration>,
 ) {
     code_mode_protocol::hop!("cell thread reports the end");
-    let reported = events.blocking_send(CellEvent::Finished(outcome)).is_ok();
-    // Off the end's path: the spans of the work measured, and the CPU time this
-    // incarnation used on the cell's span (a field it declares; the caller holds the
-    // span, so it is still open).
+    if events.blocking_send(CellEvent::Finished(outcome)).is_ok() {
+        await_release(inbound);
+    }
+    // Once the answer is on its way (on two cores, spans made while the owner delivers
+    // it would compete with it for a core): the spans of the work measured, and the CPU
+    // time this incarnation used on the cell's span (a field it declares; this thread
+    // holds the span, so it is still open).
     trace_measured(span);
     if let Some(used) = cpu_time {
         span.record("cpu.time_ms", used.as_secs_f64() * 1_000.0);
-    }
-    if reported {
-        await_release(inbound);
     }
 }
 
