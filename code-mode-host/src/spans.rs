@@ -175,9 +175,10 @@ impl SentTraces {
                 continue;
             }
             let trace = self.traces.get_mut(&record.trace_id).expect("known above");
-            let span = hex(&record.span_id);
             if trace.sent.contains(&record.span_id) {
-                return Err(SpanRefusal::HostsId { span });
+                return Err(SpanRefusal::HostsId {
+                    span: hex(&record.span_id),
+                });
             }
             let waits = trace
                 .waiting
@@ -185,7 +186,9 @@ impl SentTraces {
                 .flatten()
                 .any(|w| w.span_id == record.span_id);
             if trace.returned.contains(&record.span_id) || waits {
-                return Err(SpanRefusal::IdAgain { span });
+                return Err(SpanRefusal::IdAgain {
+                    span: hex(&record.span_id),
+                });
             }
             let parent_known = trace.sent.contains(&record.parent_span_id)
                 || trace.returned.contains(&record.parent_span_id);

@@ -92,13 +92,87 @@ pub fn under<T>(parent: &tracing::Span, make: impl FnOnce() -> T) -> Option<T> {
     parent.with_subscriber(|(_, dispatch)| tracing::dispatcher::with_default(dispatch, make))
 }
 
-/// One traced cell: its span and what is summed over its life.
+/// Records several fields of `span` in one pass through its subscriber's layers (each
+/// `Span::record` makes a pass of its own); a field the span does not declare, or a
+/// `None` value, is left as it is.
+fn record_fields<const N: usize>(
+    span: &tracing::Span,
+    values: [(&str, Option<&dyn tracing::Value>); N],
+) {
+    let Some(metadata) = span.metadata() else {
+        return;
+    };
+    let fields = metadata.fields();
+    let named = values.map(|(name, value)| (fields.field(name), value));
+    if named.iter().any(|(field, _)| field.is_none()) {
+        return;
+    }
+    let present = named
+        .each_ref()
+        .map(|(field, value)| (field.as_ref().expect("checked above"), *value));
+    span.record_all(&fields.value_set(&present));
+}
+
+/// One traced cell: its span, and what is summed over its life, recorded on the span in
+/// one pass as its trace ends (dropped: when the cell closed and its final outcome was
+/// recorded, or when it is forgotten without one).
 struct CellTrace {
     span: tracing::Span,
+    cell_id: CellId,
     output_bytes: u64,
     tool_calls: u64,
-    /// Whether its final outcome is recorded on the span.
-    ended: bool,
+    /// Its final outcome, once observed.
+    outcome: Option<Outcome>,
+}
+
+/// A cell's final outcome, as its span holds it.
+enum Outcome {
+    Completed,
+    Terminated,
+    Failed { kind: &'static str, text: String },
+}
+
+impl CellTrace {
+    fn ended(&self) -> bool {
+        self.outcome.is_some()
+    }
+}
+
+/// A text field's value, if it has one.
+fn text_value<'a>(text: &'a Option<&'a str>) -> Option<&'a dyn tracing::Value> {
+    text.as_ref().map(|text| text as &dyn tracing::Value)
+}
+
+impl Drop for CellTrace {
+    fn drop(&mut self) {
+        let (status, code, kind, text) = match &self.outcome {
+            None => (None, None, None, None),
+            Some(Outcome::Completed) => (Some("completed"), Some("ok"), None, None),
+            Some(Outcome::Terminated) => (Some("terminated"), None, None, None),
+            Some(Outcome::Failed { kind, text }) => (
+                Some("error"),
+                Some("error"),
+                Some(*kind),
+                Some(text.as_str()),
+            ),
+        };
+        let cell_id = tracing::field::display(&self.cell_id);
+        record_fields(
+            &self.span,
+            [
+                ("cell.id", Some(&cell_id)),
+                ("output.bytes", Some(&self.output_bytes)),
+                (
+                    "tool_calls",
+                    (self.tool_calls > 0).then_some(&self.tool_calls as &dyn tracing::Value),
+                ),
+                ("status", text_value(&status)),
+                ("otel.status_code", text_value(&code)),
+                ("error.kind", text_value(&kind)),
+                ("error.text", text_value(&text)),
+            ],
+        );
+    }
 }
 
 /// Most closed cells whose final outcome has not reached their span yet (see
@@ -142,14 +216,14 @@ impl CellTraces {
     }
 
     fn admit(&self, cell_id: &CellId, span: tracing::Span) {
-        span.record("cell.id", tracing::field::display(cell_id));
         lock(&self.cells).insert(
             cell_id.clone(),
             CellTrace {
                 span,
+                cell_id: cell_id.clone(),
                 output_bytes: 0,
                 tool_calls: 0,
-                ended: false,
+                outcome: None,
             },
         );
     }
@@ -170,12 +244,14 @@ impl CellTraces {
         {
             let cell = &mut closing[index].1;
             Self::record(cell, response);
-            if cell.ended {
+            if cell.ended() {
                 closing.remove(index);
             }
         }
     }
 
+    /// Sums what `response` shows of the cell; a final one is its outcome. The span gets
+    /// them as the cell's trace ends (a yield is an event at once).
     fn record(cell: &mut CellTrace, response: &CellResponse) {
         cell.output_bytes += response
             .content_items()
@@ -183,31 +259,21 @@ impl CellTraces {
             .filter_map(|item| item.as_text())
             .map(|text| text.len() as u64)
             .sum::<u64>();
-        let span = &cell.span;
-        span.record("output.bytes", cell.output_bytes);
-        match response {
+        cell.outcome = match response {
             CellResponse::Yielded { .. } => {
-                tracing::info!(parent: span, "yielded");
+                tracing::info!(parent: &cell.span, "yielded");
+                return;
             }
-            CellResponse::Terminated { .. } => {
-                span.record("status", "terminated");
-                cell.ended = true;
-            }
-            CellResponse::Result { failure, .. } => match failure {
-                None => {
-                    span.record("status", "completed");
-                    span.record("otel.status_code", "ok");
-                    cell.ended = true;
-                }
-                Some(failure) => {
-                    span.record("status", "error");
-                    span.record("otel.status_code", "error");
-                    span.record("error.kind", failure.kind.as_str());
-                    span.record("error.text", capped(&failure.text));
-                    cell.ended = true;
-                }
-            },
-        }
+            CellResponse::Terminated { .. } => Some(Outcome::Terminated),
+            CellResponse::Result { failure: None, .. } => Some(Outcome::Completed),
+            CellResponse::Result {
+                failure: Some(failure),
+                ..
+            } => Some(Outcome::Failed {
+                kind: failure.kind.as_str(),
+                text: capped(&failure.text).to_owned(),
+            }),
+        };
     }
 
     fn pending(&self, outcome: &PendingOutcome) {
@@ -229,7 +295,7 @@ impl CellTraces {
         let Some(cell) = cells.remove(cell_id) else {
             return;
         };
-        if cell.ended {
+        if cell.ended() {
             return;
         }
         let mut closing = lock(&self.closing);
@@ -244,7 +310,6 @@ impl CellTraces {
         let mut cells = lock(&self.cells);
         let cell = cells.get_mut(&call.cell_id)?;
         cell.tool_calls += 1;
-        cell.span.record("tool_calls", cell.tool_calls);
         let span = tracing::info_span!(
             parent: &cell.span,
             "code_mode.tool_call",
@@ -292,8 +357,13 @@ impl CodeModeSessionDelegate for TracedDelegate {
             async move {
                 let result = answer.await;
                 let status = if result.is_ok() { "ok" } else { "error" };
-                recorded.record("status", status);
-                recorded.record("otel.status_code", status);
+                record_fields(
+                    &recorded,
+                    [
+                        ("status", Some(&status)),
+                        ("otel.status_code", Some(&status)),
+                    ],
+                );
                 result
             }
             .instrument(span),
@@ -537,22 +607,32 @@ mod tests {
     use super::*;
     use tracing_subscriber::layer::{Context, SubscriberExt};
 
-    /// Keeps the `status` each span had when it closed.
+    /// Keeps the fields each span had when it closed, by name, as text.
     #[derive(Clone, Default)]
-    struct Statuses(Arc<Mutex<Vec<Option<String>>>>);
+    struct Closed(Arc<Mutex<Vec<HashMap<String, String>>>>);
 
-    struct Status(Option<String>);
-
-    impl tracing::field::Visit for Status {
-        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-            if field.name() == "status" {
-                self.0 = Some(value.to_owned());
-            }
+    impl Closed {
+        fn statuses(&self) -> Vec<Option<String>> {
+            lock(&self.0)
+                .iter()
+                .map(|fields| fields.get("status").cloned())
+                .collect()
         }
-        fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
     }
 
-    impl<S> tracing_subscriber::Layer<S> for Statuses
+    #[derive(Default)]
+    struct Fields(HashMap<String, String>);
+
+    impl tracing::field::Visit for Fields {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+    }
+
+    impl<S> tracing_subscriber::Layer<S> for Closed
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
@@ -563,7 +643,7 @@ mod tests {
             context: Context<'_, S>,
         ) {
             if let Some(span) = context.span(id) {
-                span.extensions_mut().insert(Status(None));
+                span.extensions_mut().insert(Fields::default());
             }
         }
         fn on_record(
@@ -573,15 +653,17 @@ mod tests {
             context: Context<'_, S>,
         ) {
             if let Some(span) = context.span(id)
-                && let Some(status) = span.extensions_mut().get_mut::<Status>()
+                && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
             {
-                values.record(status);
+                values.record(fields);
             }
         }
         fn on_close(&self, id: tracing::span::Id, context: Context<'_, S>) {
-            if let Some(span) = context.span(&id) {
-                let status = span.extensions().get::<Status>().and_then(|s| s.0.clone());
-                lock(&self.0).push(status);
+            if let Some(span) = context.span(&id)
+                && span.name() == "code_mode.cell"
+            {
+                let fields = span.extensions().get::<Fields>().map(|f| f.0.clone());
+                lock(&self.0).push(fields.unwrap_or_default());
             }
         }
     }
@@ -597,8 +679,8 @@ mod tests {
 
     #[test]
     fn a_cell_closed_before_its_taker_records_the_final_answer_ends_with_its_outcome() {
-        let statuses = Statuses::default();
-        let subscriber = tracing_subscriber::registry().with(statuses.clone());
+        let closed = Closed::default();
+        let subscriber = tracing_subscriber::registry().with(closed.clone());
         tracing::subscriber::with_default(subscriber, || {
             let traces = CellTraces::new();
             let early = CellId::new(1);
@@ -606,18 +688,92 @@ mod tests {
             // The answer was taken, so the cell closed; its taker records it after.
             traces.closed(&early);
             assert!(
-                lock(&statuses.0).is_empty(),
+                closed.statuses().is_empty(),
                 "the span ended without its outcome"
             );
             traces.observed(&completed(&early));
-            assert_eq!(*lock(&statuses.0), [Some("completed".to_owned())]);
+            assert_eq!(closed.statuses(), [Some("completed".to_owned())]);
             // The usual order: recorded, then closed.
             let usual = CellId::new(2);
             traces.admit(&usual, cell_span(&ExecRequest::new("text(2)")));
             traces.observed(&completed(&usual));
             traces.closed(&usual);
-            assert_eq!(lock(&statuses.0).len(), 2);
-            assert_eq!(lock(&statuses.0)[1].as_deref(), Some("completed"));
+            assert_eq!(closed.statuses().len(), 2);
+            assert_eq!(closed.statuses()[1].as_deref(), Some("completed"));
+        });
+    }
+
+    /// A delegate whose tools answer at once.
+    struct Answers;
+
+    impl CodeModeSessionDelegate for Answers {
+        fn invoke_tool(
+            &self,
+            _: NestedToolCall,
+            _: CancellationToken,
+        ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+            Box::pin(async { Ok(JsonText::from_value(&serde_json::json!(1))) })
+        }
+    }
+
+    /// What a cell's life sums up reaches its span by the time it ends: its id, the text
+    /// bytes of every observation, its nested calls, and its final outcome.
+    #[test]
+    fn a_cells_span_ends_with_its_id_output_calls_and_outcome() {
+        let closed = Closed::default();
+        let subscriber = tracing_subscriber::registry().with(closed.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let traces = CellTraces::new();
+            let cell_id = CellId::new(7);
+            traces.admit(&cell_id, cell_span(&ExecRequest::new("")));
+            let delegate = traces.delegate(Arc::new(Answers));
+            for call in 1..=2 {
+                let call = NestedToolCall {
+                    cell_id: cell_id.clone(),
+                    call_id: code_mode_protocol::CallId::new(call),
+                    tool_name: "t".to_owned(),
+                    kind: code_mode_protocol::ToolKind::Function,
+                    input: None,
+                    exec_call_id: None,
+                };
+                let mut answer = delegate.invoke_tool(call, CancellationToken::new());
+                let waker = std::task::Waker::noop();
+                let polled = answer
+                    .as_mut()
+                    .poll(&mut std::task::Context::from_waker(waker));
+                assert!(polled.is_ready());
+            }
+            let text = |text: &str| code_mode_protocol::ContentItem::InputText {
+                text: text.to_owned(),
+            };
+            traces.observed(&CellResponse::Yielded {
+                cell_id: cell_id.clone(),
+                content_items: vec![text("abc")],
+                wall_time: std::time::Duration::ZERO,
+            });
+            traces.observed(&CellResponse::Result {
+                cell_id: cell_id.clone(),
+                content_items: vec![text("de")],
+                failure: Some(code_mode_protocol::session::CellFailure::new(
+                    code_mode_protocol::FailureKind::ScriptError,
+                    "boom",
+                )),
+                wall_time: std::time::Duration::ZERO,
+            });
+            assert!(closed.statuses().is_empty(), "ended before it closed");
+            traces.closed(&cell_id);
+            let ended = lock(&closed.0).clone();
+            let [fields] = &ended[..] else {
+                panic!("one cell span ended: {ended:?}");
+            };
+            let field = |name: &str| fields.get(name).map(String::as_str);
+            assert_eq!(field("cell.id"), Some("7"));
+            assert_eq!(field("output.bytes"), Some("5"));
+            assert_eq!(field("tool_calls"), Some("2"));
+            assert_eq!(field("status"), Some("error"));
+            assert_eq!(field("otel.status_code"), Some("error"));
+            assert_eq!(field("error.kind"), Some("script_error"));
+            assert_eq!(field("error.text"), Some("boom"));
         });
     }
 
