@@ -47,7 +47,7 @@ const FRAMES_PER_WRITE: usize = 64;
 /// of busy traffic come closer than this, so a rider goes with one of them; past it the
 /// connection is quiet, and the rider goes then, not at the start of the next exchange
 /// (where its reading would compete with that exchange).
-pub const RIDE_WITHIN: Duration = Duration::from_millis(1);
+pub const RIDE_WITHIN: Duration = Duration::from_millis(3);
 
 /// An `M` encoded as a frame ahead of its sending ([`Outbox::encode`]), so that sending it
 /// ([`Outbox::send_behind`]) costs its sender only the queueing.
