@@ -677,12 +677,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_cell_closed_before_its_taker_records_the_final_answer_ends_with_its_outcome() {
+    /// Runs `test` with fresh cell traces, under a subscriber that keeps the fields of each
+    /// cell span that closes.
+    fn with_closed_spans(test: impl FnOnce(&Closed, &Arc<CellTraces>)) {
         let closed = Closed::default();
         let subscriber = tracing_subscriber::registry().with(closed.clone());
-        tracing::subscriber::with_default(subscriber, || {
-            let traces = CellTraces::new();
+        tracing::subscriber::with_default(subscriber, || test(&closed, &CellTraces::new()));
+    }
+
+    #[test]
+    fn a_cell_closed_before_its_taker_records_the_final_answer_ends_with_its_outcome() {
+        with_closed_spans(|closed, traces| {
             let early = CellId::new(1);
             traces.admit(&early, cell_span(&ExecRequest::new("text(1)")));
             // The answer was taken, so the cell closed; its taker records it after.
@@ -720,10 +725,7 @@ mod tests {
     /// bytes of every observation, its nested calls, and its final outcome.
     #[test]
     fn a_cells_span_ends_with_its_id_output_calls_and_outcome() {
-        let closed = Closed::default();
-        let subscriber = tracing_subscriber::registry().with(closed.clone());
-        tracing::subscriber::with_default(subscriber, || {
-            let traces = CellTraces::new();
+        with_closed_spans(|closed, traces| {
             let cell_id = CellId::new(7);
             traces.admit(&cell_id, cell_span(&ExecRequest::new("")));
             let delegate = traces.delegate(Arc::new(Answers));
