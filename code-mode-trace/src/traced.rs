@@ -113,12 +113,11 @@ fn record_fields<const N: usize>(
     span.record_all(&fields.value_set(&present));
 }
 
-/// One traced cell: its span, and what is summed over its life, recorded on the span in
-/// one pass as its trace ends (dropped: when the cell closed and its final outcome was
+/// One traced cell: its span (with the cell's id), and what is summed over its life,
+/// recorded on the span in one pass as its trace ends (dropped: when the cell closed and its final outcome was
 /// recorded, or when it is forgotten without one).
 struct CellTrace {
     span: tracing::Span,
-    cell_id: CellId,
     output_bytes: u64,
     tool_calls: u64,
     /// Its final outcome, once observed.
@@ -156,11 +155,9 @@ impl Drop for CellTrace {
                 Some(text.as_str()),
             ),
         };
-        let cell_id = tracing::field::display(&self.cell_id);
         record_fields(
             &self.span,
             [
-                ("cell.id", Some(&cell_id)),
                 ("output.bytes", Some(&self.output_bytes)),
                 (
                     "tool_calls",
@@ -216,11 +213,12 @@ impl CellTraces {
     }
 
     fn admit(&self, cell_id: &CellId, span: tracing::Span) {
+        // At once, unlike what the cell sums up: log lines made inside the span show it.
+        span.record("cell.id", tracing::field::display(cell_id));
         lock(&self.cells).insert(
             cell_id.clone(),
             CellTrace {
                 span,
-                cell_id: cell_id.clone(),
                 output_bytes: 0,
                 tool_calls: 0,
                 outcome: None,

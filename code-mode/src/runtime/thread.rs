@@ -476,8 +476,8 @@ thread_local! {
 }
 
 /// Makes the spans of the work this thread measured, under `parent` and with the times
-/// measured: once the cell is idle or has reported its end, so that the cell's answer
-/// does not wait for its spans.
+/// measured: once the cell is idle, or its owner released it after its end, so that the
+/// cell's answer does not wait for its spans.
 fn trace_measured(parent: &tracing::Span) {
     let measured = MEASURED.with(|measured| std::mem::take(&mut *measured.borrow_mut()));
     for (work, start, end) in measured {
