@@ -86,9 +86,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HopLayer {
                 }
             }
         }
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let at = wall_clock();
         let mut fields = Fields(None, None);
         event.record(&mut fields);
         let mark = match fields {
@@ -99,12 +97,24 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HopLayer {
             _ => None,
         };
         if let Some(mark) = mark {
-            MARKS
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(mark);
+            add_mark(mark);
         }
     }
+}
+
+/// Now by the wall clock (which the runtime process's marks share).
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Keeps one mark for the next [`take_marks`].
+fn add_mark(mark: (&'static str, Duration)) {
+    MARKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(mark);
 }
 
 /// Adds to `since_call` the time from the caller's call to each mark's first time among
@@ -222,24 +232,13 @@ pub(crate) async fn hops_of(transport: &str, samples: usize) {
     tokio::time::sleep(PACE).await;
     take_marks();
     for _ in 0..samples.max(1) {
-        let wall = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-        };
-        let called = wall();
+        let called = wall_clock();
         session
             .execute(ExecRequest::new(trivial_source()))
             .await
             .expect("paced exec");
-        let answered = wall();
-        {
-            let mut marks = MARKS
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            marks.push((CALLER_CALLS, called));
-            marks.push((CALLER_HAS_ANSWER, answered));
-        }
+        add_mark((CALLER_CALLS, called));
+        add_mark((CALLER_HAS_ANSWER, wall_clock()));
         // The isolate is reset for the next cell meanwhile, off the exec's path; its
         // marks belong to this sample (and the runtime's log lines arrive).
         tokio::time::sleep(PACE).await;
