@@ -250,14 +250,12 @@ pub(crate) async fn hops_of(transport: &str, samples: usize) {
         &format!("paced exec, {transport} (mark → next mark)"),
         &mut spans,
     );
-    for (_, times) in &mut since_call {
-        times.sort_unstable();
-    }
-    since_call.sort_by_key(|(_, times)| percentile(times, 0.5));
-    print_spans(
+    print_since_call(
         &format!("paced exec, {transport} (each mark's first time since the caller's call)"),
         &mut since_call,
     );
+    tokio::time::sleep(PACE).await;
+    back_to_back(session, transport, samples).await;
     tokio::time::sleep(PACE).await;
     let calls = ExecRequest::new(format!(
         "for (let i = 0; i < {ROUND_TRIPS}; i++) await tools.mcp__bench__tool_0(i);"
@@ -286,4 +284,48 @@ pub(crate) async fn hops_of(transport: &str, samples: usize) {
         &mut spans,
     );
     subject.shutdown().await;
+}
+
+/// Prints `since_call` in the order of each mark's p50.
+fn print_since_call(title: &str, since_call: &mut [(String, Vec<u128>)]) {
+    for (_, times) in since_call.iter_mut() {
+        times.sort_unstable();
+    }
+    since_call.sort_by_key(|(_, times)| percentile(times, 0.5));
+    print_spans(title, since_call);
+}
+
+/// Each mark's first time since the caller's call among `samples` execs back to back: the
+/// marks of one exec are those between its call and its answer, so the end of the cell
+/// before it (the isolate's reset, its spans handed back) shows where it overlaps.
+async fn back_to_back(session: &Arc<dyn CodeModeSession>, transport: &str, samples: usize) {
+    take_marks();
+    let mut exchanges = Vec::with_capacity(samples.max(1));
+    for _ in 0..samples.max(1) {
+        let called = wall_clock();
+        session
+            .execute(ExecRequest::new(trivial_source()))
+            .await
+            .expect("back-to-back exec");
+        exchanges.push((called, wall_clock()));
+    }
+    // The runtime's log lines arrive.
+    tokio::time::sleep(PACE * 4).await;
+    let mut marks = take_marks();
+    marks.sort_by_key(|(_, at)| *at);
+    let mut since_call = Vec::new();
+    for (called, answered) in exchanges {
+        let mut within: Vec<_> = marks
+            .iter()
+            .filter(|(_, at)| *at >= called && *at <= answered)
+            .copied()
+            .collect();
+        within.push((CALLER_CALLS, called));
+        within.push((CALLER_HAS_ANSWER, answered));
+        add_since_call(&within, &mut since_call);
+    }
+    print_since_call(
+        &format!("back-to-back exec, {transport} (each mark's first time since the caller's call)"),
+        &mut since_call,
+    );
 }

@@ -36,6 +36,10 @@
 //!   back for `--throughput-secs` seconds; cells per second, per-exec p50/p99 latency, and
 //!   the CPU time per cell of both processes (user + system of the host and, over IPC,
 //!   the runtime, divided by cells), which shows the cost apart from the two-core limit;
+//!   once per `--tracing` mode, and with `--throughput-rounds N` each of N rounds runs
+//!   every mode in turn, each traced mode's p50 and mean minus the first mode's printed
+//!   per round and as their median (back to back, a steadier comparison of tracing's cost
+//!   than the table's 25 execs per sample);
 //! - idle: RSS and thread growth per idle cell, with `--idle-cells` cells (100) parked on
 //!   a nested tool call that never answers, once with hibernation off and once with it at
 //!   0 ms (`--idle-modes off,0`), and the RSS 10 s after their session shut down (and its ratio to the RSS before
@@ -139,10 +143,12 @@ pub(crate) struct Options {
     pub(crate) sections: Vec<String>,
     pub(crate) sessions: Vec<usize>,
     pub(crate) throughput_secs: f64,
+    /// Rounds of the throughput table, each running every `--tracing` mode once, in turn.
+    pub(crate) throughput_rounds: usize,
     pub(crate) idle_cells: usize,
     /// The idle table's hibernation settings: `off`, or a delay in milliseconds.
     pub(crate) idle_modes: Vec<String>,
-    /// The exec table's tracing modes (`--tracing off,dead`): `off`, no exporter (what
+    /// The tracing modes of the exec, throughput and hops tables (`--tracing off,dead`): `off`, no exporter (what
     /// every user without one runs); `dead`, every span exported over OTLP to a collector
     /// that refuses connections (batches dropped and counted); `bare`, in process only,
     /// the session without the providers' tracing wrapper (the floor of `off`).
@@ -158,6 +164,7 @@ fn parse_options(args: &[String]) -> Options {
         sections: vec!["table".into(), "throughput".into(), "idle".into()],
         sessions: vec![1, 2, 8, 32],
         throughput_secs: 3.0,
+        throughput_rounds: 1,
         idle_cells: 100,
         idle_modes: vec!["off".into(), "0".into()],
         tracing: vec!["off".into()],
@@ -211,6 +218,9 @@ fn parse_options(args: &[String]) -> Options {
             }
             "--throughput-secs" => {
                 options.throughput_secs = value().parse().unwrap_or(options.throughput_secs);
+            }
+            "--throughput-rounds" => {
+                options.throughput_rounds = value().parse().unwrap_or(options.throughput_rounds);
             }
             "--idle-cells" => options.idle_cells = value().parse().unwrap_or(options.idle_cells),
             "--tracing" => {

@@ -214,11 +214,50 @@ fn exec_rows(
     }
 }
 
+/// One throughput child's run: its cells' latencies (sorted), seconds and CPU time.
+struct ThroughputRun {
+    latencies: Vec<u128>,
+    seconds: f64,
+    cpu: u128,
+}
+
+impl ThroughputRun {
+    fn of(transport: &str, sessions: usize, options: &Options, mode: &str) -> Self {
+        let line = run_child_traced(
+            &[
+                "--child-throughput".to_owned(),
+                transport.to_owned(),
+                sessions.to_string(),
+                options.throughput_secs.to_string(),
+            ],
+            mode,
+        );
+        let pairs = parse_pairs(&line);
+        let first = |key: &str| pairs.get(key).and_then(|v| v.first().copied());
+        let mut latencies = pairs.get("latencies_ns").cloned().unwrap_or_default();
+        latencies.sort_unstable();
+        Self {
+            latencies,
+            seconds: first("elapsed_ns").unwrap_or(1) as f64 / 1e9,
+            cpu: first("cpu_ns").unwrap_or(0),
+        }
+    }
+
+    fn mean(&self) -> u128 {
+        self.latencies.iter().sum::<u128>() / self.latencies.len().max(1) as u128
+    }
+}
+
+/// Trivial cells back to back, per transport, session count and `--tracing` mode. With
+/// `--throughput-rounds` above one, each round runs every mode once, in turn, and a traced
+/// mode's rows end with its p50 and mean minus the first mode's, per round and their
+/// median: back to back the two cores are busy, so a mode's cost shows in the same
+/// round's figures, where the machine's speed from one minute to the next does not.
 #[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
 pub(crate) fn throughput_table(options: &Options) {
     println!();
     println!(
-        "{:<16} {:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "{:<16} {:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "throughput",
         "transport",
         "sessions",
@@ -226,42 +265,97 @@ pub(crate) fn throughput_table(options: &Options) {
         "cells",
         "cells/s",
         "p50/exec",
+        "mean/exec",
         "p99/exec",
         "cpu/cell"
     );
     for transport in &options.transports {
         for &sessions in &options.sessions {
-            let line = run_child(&[
-                "--child-throughput".to_owned(),
-                (*transport).to_owned(),
-                sessions.to_string(),
-                options.throughput_secs.to_string(),
-            ]);
-            let pairs = parse_pairs(&line);
-            let elapsed = pairs
-                .get("elapsed_ns")
-                .and_then(|v| v.first().copied())
-                .unwrap_or(1);
-            let cpu = pairs
-                .get("cpu_ns")
-                .and_then(|v| v.first().copied())
-                .unwrap_or(0);
-            let mut latencies = pairs.get("latencies_ns").cloned().unwrap_or_default();
-            latencies.sort_unstable();
-            let seconds = elapsed as f64 / 1e9;
-            println!(
-                "{:<16} {:<10} {:>8} {:>8.1} {:>8} {:>10.0} {:>10} {:>10} {:>10}",
-                "trivial_cells",
-                transport,
-                sessions,
-                seconds,
-                latencies.len(),
-                latencies.len() as f64 / seconds,
-                format_duration(percentile(&latencies, 0.5)),
-                format_duration(percentile(&latencies, 0.99)),
-                format_duration(cpu / latencies.len().max(1) as u128),
-            );
+            let mut by_mode: Vec<Vec<ThroughputRun>> =
+                options.tracing.iter().map(|_| Vec::new()).collect();
+            for _ in 0..options.throughput_rounds.max(1) {
+                for (mode, runs) in options.tracing.iter().zip(&mut by_mode) {
+                    runs.push(ThroughputRun::of(transport, sessions, options, mode));
+                }
+            }
+            for (mode, runs) in options.tracing.iter().zip(&by_mode) {
+                let label = if mode == "off" {
+                    (*transport).to_owned()
+                } else {
+                    format!("{transport}+{mode}")
+                };
+                let mut latencies: Vec<u128> = runs
+                    .iter()
+                    .flat_map(|run| run.latencies.iter().copied())
+                    .collect();
+                latencies.sort_unstable();
+                let seconds: f64 = runs.iter().map(|run| run.seconds).sum();
+                let cpu: u128 = runs.iter().map(|run| run.cpu).sum();
+                let cells = latencies.len();
+                println!(
+                    "{:<16} {:<10} {:>8} {:>8.1} {:>8} {:>10.0} {:>10} {:>10} {:>10} {:>10}",
+                    "trivial_cells",
+                    label,
+                    sessions,
+                    seconds,
+                    cells,
+                    cells as f64 / seconds,
+                    format_duration(percentile(&latencies, 0.5)),
+                    format_duration(latencies.iter().sum::<u128>() / cells.max(1) as u128),
+                    format_duration(percentile(&latencies, 0.99)),
+                    format_duration(cpu / cells.max(1) as u128),
+                );
+            }
+            if options.throughput_rounds > 1 {
+                round_differences(options, &by_mode);
+            }
         }
+    }
+}
+
+/// Each traced mode's p50 and mean minus the first mode's, round by round, and their
+/// medians.
+#[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+fn round_differences(options: &Options, by_mode: &[Vec<ThroughputRun>]) {
+    let Some((first, traced)) = by_mode.split_first() else {
+        return;
+    };
+    let signed = |after: u128, before: u128| after as i128 - before as i128;
+    let median = |mut values: Vec<i128>| {
+        values.sort_unstable();
+        values.get(values.len() / 2).copied().unwrap_or(0)
+    };
+    let micros = |values: &[i128]| {
+        values
+            .iter()
+            .map(|nanos| format!("{:+}", nanos / 1_000))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (mode, runs) in options.tracing.iter().skip(1).zip(traced) {
+        let p50: Vec<i128> = runs
+            .iter()
+            .zip(first)
+            .map(|(run, base)| {
+                signed(
+                    percentile(&run.latencies, 0.5),
+                    percentile(&base.latencies, 0.5),
+                )
+            })
+            .collect();
+        let mean: Vec<i128> = runs
+            .iter()
+            .zip(first)
+            .map(|(run, base)| signed(run.mean(), base.mean()))
+            .collect();
+        println!(
+            "  {mode} minus {}, per round (µs): p50 {}; mean {}; medians: p50 {:+} µs, mean {:+} µs",
+            options.tracing[0],
+            micros(&p50),
+            micros(&mean),
+            median(p50.clone()) / 1_000,
+            median(mean.clone()) / 1_000,
+        );
     }
 }
 
