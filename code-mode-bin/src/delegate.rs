@@ -246,17 +246,30 @@ impl CodeModeSessionDelegate for RemoteDelegate {
         true
     }
 
-    /// Sent at once, in order with the cell's calls, commits and responses.
+    /// In order with the cell's calls, commits and responses. A cell's first entry
+    /// (`Started`, made while its session admits it) rides ahead of the admission that
+    /// follows it ([`Outbox::send_riding`]), in the same write: the host reads both at once,
+    /// and the cell goes to its thread without waiting for a write of its own. Every other
+    /// entry is sent at once.
     fn journal(&self, cell_id: &CellId, entry: code_mode_protocol::journal::JournalEntry) {
         let Some(calls) = self.calls.upgrade() else {
             return;
         };
+        let rides = matches!(
+            entry,
+            code_mode_protocol::journal::JournalEntry::Started { .. }
+        );
         let message = ServerMessage::Journal {
             session: self.session,
             cell_id: cell_id.clone(),
             entry: entry.into(),
         };
-        if let Err(error) = calls.outbox.send(&message) {
+        let sent = if rides {
+            calls.outbox.send_riding(&message)
+        } else {
+            calls.outbox.send(&message)
+        };
+        if let Err(error) = sent {
             tracing::error!(cell = %cell_id, "journal entry not sent: {error}");
         }
     }
