@@ -232,13 +232,9 @@ pub(crate) async fn hops_of(transport: &str, samples: usize) {
     tokio::time::sleep(PACE).await;
     take_marks();
     for _ in 0..samples.max(1) {
-        let called = wall_clock();
-        session
-            .execute(ExecRequest::new(trivial_source()))
-            .await
-            .expect("paced exec");
+        let (called, answered) = timed_exec(session).await;
         add_mark((CALLER_CALLS, called));
-        add_mark((CALLER_HAS_ANSWER, wall_clock()));
+        add_mark((CALLER_HAS_ANSWER, answered));
         // The isolate is reset for the next cell meanwhile, off the exec's path; its
         // marks belong to this sample (and the runtime's log lines arrive).
         tokio::time::sleep(PACE).await;
@@ -302,12 +298,7 @@ async fn back_to_back(session: &Arc<dyn CodeModeSession>, transport: &str, sampl
     take_marks();
     let mut exchanges = Vec::with_capacity(samples.max(1));
     for _ in 0..samples.max(1) {
-        let called = wall_clock();
-        session
-            .execute(ExecRequest::new(trivial_source()))
-            .await
-            .expect("back-to-back exec");
-        exchanges.push((called, wall_clock()));
+        exchanges.push(timed_exec(session).await);
     }
     // The runtime's log lines arrive.
     tokio::time::sleep(PACE * 4).await;
@@ -328,4 +319,14 @@ async fn back_to_back(session: &Arc<dyn CodeModeSession>, transport: &str, sampl
         &format!("back-to-back exec, {transport} (each mark's first time since the caller's call)"),
         &mut since_call,
     );
+}
+
+/// One trivial exec: when the caller called and when it had the answer (wall clock).
+async fn timed_exec(session: &Arc<dyn CodeModeSession>) -> (Duration, Duration) {
+    let called = wall_clock();
+    session
+        .execute(ExecRequest::new(trivial_source()))
+        .await
+        .expect("an exec of the hops table");
+    (called, wall_clock())
 }
