@@ -34,11 +34,15 @@ fn virtualenv() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../code-mode-cli/tests/mcp/.venv")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+/// Two free ports, and never the same one twice: both are held while the second is
+/// found (a port freed at once may be handed out again by the next bind, and Phoenix's
+/// HTTP and gRPC servers once got the same port, so the second failed to start).
+fn two_free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port =
+        |listener: &std::net::TcpListener| listener.local_addr().expect("a bound address").port();
+    let (first, second) = (bind(), bind());
+    (port(&first), port(&second))
 }
 
 /// The test binary's Phoenix, started on first use (it takes some seconds).
@@ -47,8 +51,34 @@ pub fn phoenix() -> &'static Phoenix {
     PHOENIX.get_or_init(Phoenix::start)
 }
 
+/// How a start of Phoenix ended when it did not come up.
+enum Failed {
+    /// A port it was given was taken meanwhile (the ports are found free, then given).
+    PortTaken,
+    /// Anything else, with Phoenix's log.
+    Otherwise(String),
+}
+
 impl Phoenix {
+    /// Starts Phoenix, on other ports again if one it was given was taken before it bound
+    /// it (by any other process of a machine running tests in parallel).
     fn start() -> Self {
+        const ATTEMPTS: usize = 3;
+        for _ in 1..ATTEMPTS {
+            match Self::start_once() {
+                Ok(phoenix) => return phoenix,
+                Err(Failed::PortTaken) => continue,
+                Err(Failed::Otherwise(log)) => panic!("Phoenix did not come up:\n{log}"),
+            }
+        }
+        match Self::start_once() {
+            Ok(phoenix) => phoenix,
+            Err(Failed::PortTaken) => panic!("Phoenix found its ports taken {ATTEMPTS} times"),
+            Err(Failed::Otherwise(log)) => panic!("Phoenix did not come up:\n{log}"),
+        }
+    }
+
+    fn start_once() -> Result<Self, Failed> {
         let python = virtualenv().join("bin/python");
         let phoenix = virtualenv().join("bin/phoenix");
         assert!(
@@ -57,16 +87,17 @@ impl Phoenix {
             phoenix.display()
         );
         let dir = crate::Scratch::new();
-        let port = free_port();
+        let (port, grpc_port) = two_free_ports();
         // Phoenix as the child of a Python parent that ends it when its stdin (our pipe)
-        // closes: when this test binary exits, however it exits.
+        // closes: when this test binary exits, however it exits (or this attempt fails).
         let parent_script = "import subprocess, sys\n\
              child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)\n\
              sys.stdin.read()\n\
              child.terminate()\n\
              try:\n    child.wait(10)\n\
              except subprocess.TimeoutExpired:\n    child.kill()\n";
-        let log = std::fs::File::create(dir.0.join("phoenix.log")).expect("a log file");
+        let log_path = dir.0.join("phoenix.log");
+        let log = std::fs::File::create(&log_path).expect("a log file");
         let parent = std::process::Command::new(&python)
             .arg("-c")
             .arg(parent_script)
@@ -75,7 +106,7 @@ impl Phoenix {
             .env("PHOENIX_WORKING_DIR", &dir.0)
             .env("PHOENIX_HOST", "127.0.0.1")
             .env("PHOENIX_PORT", port.to_string())
-            .env("PHOENIX_GRPC_PORT", free_port().to_string())
+            .env("PHOENIX_GRPC_PORT", grpc_port.to_string())
             .env("PHOENIX_TELEMETRY_ENABLED", "false")
             .env("DO_NOT_TRACK", "1")
             .stdin(std::process::Stdio::piped())
@@ -94,12 +125,14 @@ impl Phoenix {
                 .get("/healthz")
                 .is_ok_and(|(status, _)| status == 200)
             {
-                return phoenix;
+                return Ok(phoenix);
+            }
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains("address already in use") {
+                return Err(Failed::PortTaken);
             }
             if Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(phoenix._dir.0.join("phoenix.log")).unwrap_or_default();
-                panic!("Phoenix did not come up within 120 s:\n{log}");
+                return Err(Failed::Otherwise(format!("not within 120 s:\n{log}")));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
