@@ -4,7 +4,7 @@
 //! rebuilds) runs under a `code_mode.runtime` span, a child of that context, and what the
 //! runtime traces of the cell (compile, evaluate, timers, hibernation, replay) hangs under
 //! it. The spans that end go back on the connection that asked for them, batched: while
-//! the request runs, at the route's flush every [`BATCH_DELAY`] (a long cell's spans are
+//! the request runs, at the flush once they waited [`BATCH_DELAY`] (a long cell's spans are
 //! not held); when the request's own span ends, in one [`ServerMessage::Spans`] that rides
 //! with the connection's next frame ([`Outbox::send_riding`]: ahead of it, in the same
 //! write, or alone within [`code_mode_wire::RIDE_WITHIN`]). So cells back to back cost
@@ -36,8 +36,9 @@ use code_mode_wire::transport::Outbox;
 use code_mode_wire::{ServerMessage, SessionId};
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::Layer;
@@ -59,40 +60,34 @@ struct Route {
     outbox: Outbox<ServerMessage>,
     open: Vec<(SpanId, SpanId)>,
     /// Ended spans not sent yet: they go back in one message when the request's own span
-    /// ends (riding with the next frame), when [`BATCH_SPANS`] wait, or at the route's
-    /// next flush, every [`BATCH_DELAY`].
+    /// ends (riding with the next frame), when [`BATCH_SPANS`] wait, or at the first
+    /// flush ([`FLUSHING`]) after they waited [`BATCH_DELAY`].
     pending: Vec<SpanRecord>,
-    /// Where the route's flush runs (the connection's runtime); without one, each span
-    /// goes back as it ends.
+    /// When the first of `pending` ended.
+    pending_since: Option<Instant>,
+    /// Where the flush runs (the connection's runtime); without one, each span goes back
+    /// as it ends.
     runtime: Option<tokio::runtime::Handle>,
-    /// The route's flush, every [`BATCH_DELAY`] while spans end: a task on `runtime`,
-    /// started with the route (on that runtime's thread, so that the cell's thread, where
-    /// most spans end, does not wake it to arm a timer), stopped after a round with
-    /// nothing to send (an idle cell costs no wake-ups) and started again by the next span
-    /// that ends; aborted with the route.
-    flusher: Option<tokio::task::AbortHandle>,
 }
 
 impl Route {
-    /// Spans joined `pending` (of the route of `trace_id`): they wait for the flush
-    /// (started if stopped) while fewer than [`BATCH_SPANS`] wait and a runtime can run
-    /// it, else go back now.
-    fn batched(&mut self, trace_id: TraceId) {
+    /// Spans joined `pending`: they wait for the flush (started if stopped) while fewer
+    /// than [`BATCH_SPANS`] wait and a runtime can run it, else go back now.
+    fn batched(&mut self) {
         match &self.runtime {
             Some(runtime) if self.pending.len() < BATCH_SPANS => {
-                if self.flusher.is_none() {
-                    self.flusher = Some(start_flusher(runtime, trace_id));
-                }
+                self.pending_since.get_or_insert_with(Instant::now);
+                keep_flushing(runtime);
             }
-            _ => send(&self.outbox, std::mem::take(&mut self.pending)),
+            _ => self.send_pending(),
         }
     }
-}
 
-impl Drop for Route {
-    fn drop(&mut self) {
-        if let Some(flusher) = &self.flusher {
-            flusher.abort();
+    /// Sends what waits, if anything.
+    fn send_pending(&mut self) {
+        self.pending_since = None;
+        if !self.pending.is_empty() {
+            send(&self.outbox, std::mem::take(&mut self.pending));
         }
     }
 }
@@ -100,10 +95,18 @@ impl Drop for Route {
 /// The most ended spans a route holds before it sends them.
 const BATCH_SPANS: usize = 64;
 
-/// How often a route sends the spans that ended meanwhile (a cell that runs for hours
-/// still shows its compile, timers and hibernations as they happen). A cell shorter than
-/// this sends its spans once, as it ends.
+/// How long a route's ended spans wait before the flush sends them (a cell that runs for
+/// hours still shows its compile, timers and hibernations as they happen). A cell shorter
+/// than this sends its spans once, as it ends.
 const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether the flush runs: one task of the process, every [`BATCH_DELAY`], that sends each
+/// route's spans that waited that long. Started by a route that opens (on its runtime's
+/// thread, so that the cell's thread, where most spans end, rarely wakes that thread to
+/// arm a timer) or by a span that joins a batch; it stops after a round that leaves no
+/// span waiting, so an idle process costs no wake-ups. One task for every traced request
+/// instead of one each. Read and written under the routes' lock only.
+static FLUSHING: AtomicBool = AtomicBool::new(false);
 
 /// The routes of every traced request of this process, by trace id.
 static ROUTES: LazyLock<Mutex<HashMap<TraceId, Route>>> = LazyLock::new(Mutex::default);
@@ -172,25 +175,23 @@ pub(crate) fn open_route(route: RouteToOpen, outbox: &Outbox<ServerMessage>) {
     } = route;
     {
         let mut routes = lock(&ROUTES);
-        let route = routes.entry(trace_id).or_insert_with(|| {
-            let runtime = tokio::runtime::Handle::try_current().ok();
-            Route {
-                outbox: outbox.clone(),
-                open: Vec::new(),
-                pending: Vec::new(),
-                flusher: runtime
-                    .as_ref()
-                    .map(|runtime| start_flusher(runtime, trace_id)),
-                runtime,
-            }
+        let route = routes.entry(trace_id).or_insert_with(|| Route {
+            outbox: outbox.clone(),
+            open: Vec::new(),
+            pending: Vec::new(),
+            pending_since: None,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         });
+        if let Some(runtime) = &route.runtime {
+            keep_flushing(runtime);
+        }
         // The latest connection to trace here wins (one trace across two hosts is rare).
         route.outbox = outbox.clone();
         route.open.push(ids);
         let early = take_early(&mut lock(&EARLY), trace_id);
         if !early.is_empty() {
             route.pending.extend(early);
-            route.batched(trace_id);
+            route.batched();
         }
     }
     // Outside the routes' lock: the request's span may end here, and its end takes it.
@@ -467,14 +468,14 @@ fn hand_back(mut record: SpanRecord) {
     }
     route.pending.push(record);
     if ends_route {
+        route.pending_since = None;
         let last = ServerMessage::Spans(std::mem::take(&mut route.pending));
         // A connection that is gone or stalled loses its spans, never the cell's time.
         let _ = route.outbox.send_riding(&last);
     } else {
-        route.batched(trace_id);
+        route.batched();
     }
     if route.open.is_empty() {
-        // Its flusher is aborted with it.
         routes.remove(&trace_id);
     }
 }
@@ -510,33 +511,54 @@ fn take_early(early: &mut Vec<SpanRecord>, trace_id: TraceId) -> Vec<SpanRecord>
     taken
 }
 
-/// Starts the flush of the route of `trace_id` (see [`Route::flusher`]).
-fn start_flusher(runtime: &tokio::runtime::Handle, trace_id: TraceId) -> tokio::task::AbortHandle {
-    runtime
-        .spawn(async move {
-            loop {
-                tokio::time::sleep(BATCH_DELAY).await;
-                if !flush(trace_id) {
-                    return;
-                }
+/// Starts the flush on `runtime` unless it runs ([`FLUSHING`]). Called under the routes'
+/// lock.
+fn keep_flushing(runtime: &tokio::runtime::Handle) {
+    if FLUSHING.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    runtime.spawn(async {
+        let running = Flushing;
+        loop {
+            tokio::time::sleep(BATCH_DELAY).await;
+            if !flush(&mut lock(&ROUTES), Instant::now()) {
+                // `flush` said it stopped.
+                std::mem::forget(running);
+                return;
             }
-        })
-        .abort_handle()
+        }
+    });
 }
 
-/// Sends what the route of `trace_id` holds (a round of its flush); whether the flush goes
-/// on. With nothing to send it stops, and the route's next span starts it again.
-fn flush(trace_id: TraceId) -> bool {
-    let mut routes = lock(&ROUTES);
-    let Some(route) = routes.get_mut(&trace_id) else {
-        return false;
-    };
-    if route.pending.is_empty() {
-        route.flusher = None;
-        return false;
+/// The flush task while it runs: dropped with its runtime (the task never ends on its
+/// own then), it lets the next route start another.
+struct Flushing;
+
+impl Drop for Flushing {
+    fn drop(&mut self) {
+        let _routes = lock(&ROUTES);
+        FLUSHING.store(false, Ordering::SeqCst);
     }
-    send(&route.outbox, std::mem::take(&mut route.pending));
-    true
+}
+
+/// A round of the flush at `now`: sends each route's spans that waited [`BATCH_DELAY`];
+/// whether any span still waits (the flush goes on). Otherwise the flush stops, and the
+/// next route or batched span starts it again.
+fn flush(routes: &mut HashMap<TraceId, Route>, now: Instant) -> bool {
+    let mut waiting = false;
+    for route in routes.values_mut() {
+        match route.pending_since {
+            Some(since) if now.saturating_duration_since(since) >= BATCH_DELAY => {
+                route.send_pending();
+            }
+            Some(_) => waiting = true,
+            None => {}
+        }
+    }
+    if !waiting {
+        FLUSHING.store(false, Ordering::SeqCst);
+    }
+    waiting
 }
 
 /// Sends ended spans back. A connection that is gone or stalled loses its spans, never
