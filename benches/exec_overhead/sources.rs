@@ -74,7 +74,7 @@ pub(crate) fn sources_table(options: &Options) {
             })
             .collect();
         per_call.sort_unstable();
-        let mean = per_call.iter().sum::<u128>() / per_call.len().max(1) as u128;
+        let mean = mean(&per_call);
         println!(
             "{:<28} {:>7} {:>6} {:>10} {:>10} {:>10}",
             label,

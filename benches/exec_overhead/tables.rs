@@ -51,6 +51,11 @@ pub(crate) fn percentile(sorted: &[u128], fraction: f64) -> u128 {
     sorted[index]
 }
 
+/// The mean of `times` (0 for none).
+pub(crate) fn mean(times: &[u128]) -> u128 {
+    times.iter().sum::<u128>() / times.len().max(1) as u128
+}
+
 pub(crate) fn format_duration(nanos: u128) -> String {
     if nanos >= 10_000_000 {
         format!("{:.1} ms", nanos as f64 / 1e6)
@@ -194,7 +199,7 @@ fn exec_rows(
             }
             for (scenario, mut times, iterations, warmups) in rows {
                 times.sort_unstable();
-                let mean = times.iter().sum::<u128>() / times.len().max(1) as u128;
+                let mean = mean(&times);
                 println!(
                     "{:<16} {:<10} {:>6} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
                     scenario,
@@ -244,7 +249,7 @@ impl ThroughputRun {
     }
 
     fn mean(&self) -> u128 {
-        self.latencies.iter().sum::<u128>() / self.latencies.len().max(1) as u128
+        mean(&self.latencies)
     }
 }
 
@@ -301,7 +306,7 @@ pub(crate) fn throughput_table(options: &Options) {
                     cells,
                     cells as f64 / seconds,
                     format_duration(percentile(&latencies, 0.5)),
-                    format_duration(latencies.iter().sum::<u128>() / cells.max(1) as u128),
+                    format_duration(mean(&latencies)),
                     format_duration(percentile(&latencies, 0.99)),
                     format_duration(cpu / cells.max(1) as u128),
                 );

@@ -136,7 +136,7 @@ pub(crate) fn wake_table(options: &Options) {
                 let pairs = parse_pairs(&line);
                 let mut times = pairs.get("wake_ns").cloned().unwrap_or_default();
                 times.sort_unstable();
-                let mean = times.iter().sum::<u128>() / times.len().max(1) as u128;
+                let mean = mean(&times);
                 println!(
                     "{:<10} {:<10} {:>6} {:>10} {:>10} {:>10}",
                     label,

@@ -93,8 +93,9 @@ pub fn under<T>(parent: &tracing::Span, make: impl FnOnce() -> T) -> Option<T> {
 }
 
 /// Records several fields of `span` in one pass through its subscriber's layers (each
-/// `Span::record` makes a pass of its own); a field the span does not declare, or a
-/// `None` value, is left as it is.
+/// `Span::record` makes a pass of its own); a field with a `None` value is left as it is.
+/// A span that lacks any of the fields gets none of them: callers name only fields their
+/// span declares.
 fn record_fields<const N: usize>(
     span: &tracing::Span,
     values: [(&str, Option<&dyn tracing::Value>); N],
@@ -114,8 +115,8 @@ fn record_fields<const N: usize>(
 }
 
 /// One traced cell: its span (with the cell's id), and what is summed over its life,
-/// recorded on the span in one pass as its trace ends (dropped: when the cell closed and its final outcome was
-/// recorded, or when it is forgotten without one).
+/// recorded on the span in one pass as its trace ends (dropped: when the cell closed and
+/// its final outcome was recorded, or when it is forgotten without one).
 struct CellTrace {
     span: tracing::Span,
     output_bytes: u64,

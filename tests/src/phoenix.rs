@@ -64,17 +64,14 @@ impl Phoenix {
     /// it (by any other process of a machine running tests in parallel).
     fn start() -> Self {
         const ATTEMPTS: usize = 3;
-        for _ in 1..ATTEMPTS {
+        let mut attempt = 1;
+        loop {
             match Self::start_once() {
                 Ok(phoenix) => return phoenix,
-                Err(Failed::PortTaken) => continue,
+                Err(Failed::PortTaken) if attempt < ATTEMPTS => attempt += 1,
+                Err(Failed::PortTaken) => panic!("Phoenix found its ports taken {ATTEMPTS} times"),
                 Err(Failed::Otherwise(log)) => panic!("Phoenix did not come up:\n{log}"),
             }
-        }
-        match Self::start_once() {
-            Ok(phoenix) => phoenix,
-            Err(Failed::PortTaken) => panic!("Phoenix found its ports taken {ATTEMPTS} times"),
-            Err(Failed::Otherwise(log)) => panic!("Phoenix did not come up:\n{log}"),
         }
     }
 
