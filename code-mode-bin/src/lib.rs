@@ -138,8 +138,9 @@ where
     // up and the snapshot cache's file is read: it needs none of them, and on a cold start
     // it is the longest step before the first isolate. Whoever needs V8 next waits for it.
     // Its platform threads are made there, before the sandbox, as they were on this
-    // thread; they run no user code.
-    code_mode::platform::start_v8();
+    // thread; they run no user code. That thread is a cell thread: it goes on as the first
+    // one (`sandbox::first_cell_thread`), and prepares its isolate as soon as V8 is up.
+    code_mode::runtime::start_v8_on_cell_thread();
     let code = run_parsed(args);
     // An early exit (a wrong argument) does not leave the process while V8 is half made.
     code_mode::platform::init_v8();
@@ -161,10 +162,22 @@ where
             return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
         }
     };
-    init_logging(&cli.log);
     if let Some(action) = &cli.sandbox_self_test {
+        init_logging(&cli.log);
         return sandbox_self_test(action);
     }
+    // First what the first cell thread waits for (the thread that started V8 makes its
+    // isolate as soon as V8 is up): the snapshot cache's blob, read while V8 starts. Its
+    // outcome is logged once the logs are set up.
+    let cache = snapshot_cache(&cli);
+    // The first cell thread makes its isolate while the logs are set up, the host reached
+    // and the process sandboxed, rather than after; it predates the sandbox, so it
+    // restricts itself, and joins the pool only once the sandbox is on and its restriction
+    // matches.
+    let surface = cli.prepare_surface.into();
+    let first = sandbox::first_cell_thread(surface, || None);
+    init_logging(&cli.log);
+    log_snapshot_cache(cache);
     if cli.liveness_timeout_ms <= cli.ping_interval_ms {
         eprintln!(
             "code-mode-bin: --liveness-timeout-ms ({}) must be longer than --ping-interval-ms ({})",
@@ -172,11 +185,13 @@ where
         );
         return ExitCode::from(2);
     }
-    // While V8 starts on its own thread: the first traced request finds the spans' paths
-    // made once already.
+    // While the first isolate is prepared: the first traced request finds the spans'
+    // paths made once already.
     spans::warm();
+    // V8 is up (its platform's threads made) before the sandbox.
+    code_mode::platform::init_v8();
     if cli.listen.is_some() {
-        return listen_main(cli);
+        return listen_main(cli, first, surface);
     }
     let host = match (&cli.socket, cli.socket_fd) {
         (_, Some(fd)) => match inherited_socket(fd) {
@@ -190,15 +205,6 @@ where
         (None, None) => return ExitCode::from(2),
     };
     die_with_parent();
-    // V8 (started above) before any cell thread exists; the snapshot cache's file is read
-    // meanwhile.
-    snapshot_cache(&cli);
-    code_mode::platform::init_v8();
-    // The first cell thread makes its isolate while the host is reached and the process
-    // sandboxed, rather than after: it predates the sandbox, so it restricts itself first
-    // thing, and joins the pool only once the sandbox is on and its restriction matches.
-    let surface = cli.prepare_surface.into();
-    let first = sandbox::first_cell_thread(surface, || None);
     let (connected, socket) = match host {
         Host::Inherited(connected, fd) => (connected, format!("descriptor {fd}")),
         Host::Path(path) => match std::os::unix::net::UnixStream::connect(&path) {
@@ -295,11 +301,16 @@ fn die_with_parent() {
 }
 
 /// Uses the startup snapshot's disk cache of `--snapshot-cache`, before the sandbox.
-fn snapshot_cache(cli: &Cli) {
-    let Some(dir) = &cli.snapshot_cache else {
-        return;
-    };
-    match code_mode::runtime::use_disk_cache(dir) {
+fn snapshot_cache(cli: &Cli) -> code_mode::runtime::CacheOutcome {
+    match &cli.snapshot_cache {
+        Some(dir) => code_mode::runtime::use_disk_cache(dir),
+        None => code_mode::runtime::CacheOutcome::Unused,
+    }
+}
+
+/// Logs what [`snapshot_cache`] did.
+fn log_snapshot_cache(outcome: code_mode::runtime::CacheOutcome) {
+    match outcome {
         code_mode::runtime::CacheOutcome::Loaded(path) => {
             tracing::info!(path = %path.display(), "startup snapshot read from the cache");
         }
@@ -410,7 +421,11 @@ fn listen_tls(
         .map_err(|error| error.to_string())
 }
 
-fn listen_main(cli: Cli) -> ExitCode {
+fn listen_main(
+    cli: Cli,
+    first: Option<code_mode::runtime::FirstCellThread<sandbox::ThreadRestriction>>,
+    surface: code_mode_protocol::Surface,
+) -> ExitCode {
     let Some(listen) = cli.listen.as_deref() else {
         return ExitCode::from(2);
     };
@@ -431,10 +446,6 @@ fn listen_main(cli: Cli) -> ExitCode {
         Some(Ok(address)) => Some(address),
         None => None,
     };
-    snapshot_cache(&cli);
-    code_mode::platform::init_v8();
-    let surface = cli.prepare_surface.into();
-    let first = sandbox::first_cell_thread(surface, || None);
     let listener = match bind("--listen", address) {
         Ok(listener) => listener,
         Err(message) => {

@@ -152,8 +152,8 @@ pub(crate) struct ThreadRestriction {
 }
 
 /// Starts the runtime's first cell thread before the sandbox
-/// (`code_mode::start_first_cell_thread`): it applies to itself first thing what does not
-/// reach threads already running (`no_new_privs`, which Landlock requires, then Landlock),
+/// (`code_mode::start_first_cell_thread`): once V8 is up, and before its isolate, it
+/// applies to itself what does not reach threads already running (`no_new_privs`, which Landlock requires, then Landlock),
 /// then runs `probe` (the self test's; a runtime's returns `None` at once), then prepares
 /// its isolate. The seccomp filter reaches it from [`apply`] (`TSYNC`), the rest of
 /// [`apply`] is the process's.

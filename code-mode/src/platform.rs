@@ -26,12 +26,21 @@ pub fn init_v8() {
 /// made, the next [`init_v8`] initialises V8 itself. Its platform threads are made on that
 /// thread, with the restrictions it has then.
 pub fn start_v8() {
+    start_v8_with(|| {
+        let _ = std::thread::Builder::new()
+            .name("code-mode-v8".to_owned())
+            .spawn(init_v8);
+    });
+}
+
+/// [`start_v8`] by `spawn`, which starts a thread that calls [`init_v8`] first thing (and
+/// may then do more: the first cell thread does, `crate::runtime::start_v8_on_cell_thread`).
+/// Like [`start_v8`], it does nothing once V8 is started or starting.
+pub(crate) fn start_v8_with(spawn: impl FnOnce()) {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
         if PLATFORM.get().is_none() {
-            let _ = std::thread::Builder::new()
-                .name("code-mode-v8".to_owned())
-                .spawn(init_v8);
+            spawn();
         }
     });
 }

@@ -393,20 +393,28 @@ pub fn prewarm_for(surface: code_mode_protocol::Surface) {
 
 /// Starts the first cell thread prepared ahead, for a process about to sandbox itself
 /// (the runtime process): its isolate is made while the process applies its sandbox and
-/// reaches its host, rather than after. The thread runs `restrict` first thing, which must
-/// apply to the calling thread every restriction that does not reach threads already
-/// running (Landlock's), and reports what it returned. Once the process is sandboxed,
+/// reaches its host, rather than after. The thread is the one that started V8 when
+/// [`start_v8_on_cell_thread`] started it and it waits, else a new one that waits for V8.
+/// It then runs `restrict`, which must apply to the calling thread every restriction that
+/// does not reach threads already running (Landlock's), and reports what it returned
+/// before it makes its isolate. Once the process is sandboxed,
 /// [`FirstCellThread::release`] hands the thread to the pool if that report is
 /// right, and [`prewarm_for`] starts the rest as usual. `None` if no thread could start.
 pub fn start_first_cell_thread<R: Send + 'static>(
     surface: code_mode_protocol::Surface,
     restrict: impl FnOnce() -> R + Send + 'static,
 ) -> Option<FirstCellThread<R>> {
-    crate::platform::init_v8();
     pool::prepare_for(surface);
     pool::start_first(restrict)
         .inspect_err(|error| tracing::warn!("cannot start the first cell thread: {error}"))
         .ok()
+}
+
+/// Starts V8 on a thread of its own, as [`crate::platform::start_v8`] does, for a process
+/// that will then start its first cell thread ([`start_first_cell_thread`]): that thread
+/// is then the one that started V8, and prepares its isolate as soon as V8 is up.
+pub fn start_v8_on_cell_thread() {
+    pool::start_v8_on_cell_thread();
 }
 
 /// Notes the surface of a session being opened, for the cell threads prepared ahead.

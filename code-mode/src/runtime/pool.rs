@@ -171,6 +171,13 @@ fn nanos_since_epoch() -> u64 {
 /// Starts the keeper, which fills the pool to [`POOL_SIZE`] prepared threads. Cheap to
 /// call again.
 pub(crate) fn start() {
+    // The thread that started V8 ends if it was not made the first cell thread.
+    drop(
+        V8_THREAD
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(),
+    );
     // The first thread is started from here rather than by the keeper: one thread start
     // fewer before the first isolate is prepared.
     if KEEPER.get().is_none() {
@@ -316,12 +323,20 @@ fn spawn_worker() -> std::io::Result<Worker> {
 
 /// A prepared thread that runs `first` before anything else.
 fn spawn_worker_after(first: impl FnOnce() + Send + 'static) -> std::io::Result<Worker> {
+    let (worker, life) = worker_after(first);
+    super::cell_thread().spawn(life)?;
+    Ok(worker)
+}
+
+/// A prepared thread's [`Worker`], and the life its thread is to live: `first`, then its
+/// isolate prepared, then the cell it is given.
+fn worker_after(first: impl FnOnce() + Send + 'static) -> (Worker, impl FnOnce() + Send + 'static) {
     let (jobs, waiting) = mpsc::channel::<Job>();
     let source = ContextSource::preferred();
     let surface = current_surface();
     let ready = Arc::new(AtomicBool::new(false));
     let prepared_flag = Arc::clone(&ready);
-    super::cell_thread().spawn(move || {
+    let life = move || {
         first();
         let tool_functions = PREPARED_TOOL_FUNCTIONS.load(Ordering::Relaxed);
         let prepared: Prepared =
@@ -330,13 +345,60 @@ fn spawn_worker_after(first: impl FnOnce() + Send + 'static) -> std::io::Result<
         if let Ok(job) = waiting.recv() {
             thread::run(Some(prepared), job);
         }
-    })?;
-    Ok(Worker {
+    };
+    let worker = Worker {
         jobs,
         ready,
         source,
         surface,
-    })
+    };
+    (worker, life)
+}
+
+/// A life for the cell thread that started V8 ([`start_v8_on_cell_thread`]).
+type Life = Box<dyn FnOnce() + Send>;
+
+/// The cell thread that is starting (or started) V8 and waits to become the first cell
+/// thread ([`start_first`]); `None` once it was given its life or let go.
+static V8_THREAD: Mutex<Option<mpsc::Sender<Life>>> = Mutex::new(None);
+
+/// Starts V8 on a cell thread that then waits to become the first cell thread of a
+/// sandboxing process ([`start_first`]): on a cold start, that thread's isolate is then
+/// prepared as soon as V8 is up, without a thread start between. Unused by the time the
+/// pool starts ([`start`]), it ends. Falls back to [`crate::platform::start_v8`] when no
+/// thread can start. Does nothing once V8 is started or starting.
+pub(crate) fn start_v8_on_cell_thread() {
+    crate::platform::start_v8_with(|| {
+        let (lives, waiting) = mpsc::channel::<Life>();
+        let spawned = super::cell_thread().spawn(move || {
+            crate::platform::init_v8();
+            if let Ok(life) = waiting.recv() {
+                life();
+            }
+        });
+        match spawned {
+            Ok(_) => *V8_THREAD.lock().unwrap_or_else(PoisonError::into_inner) = Some(lives),
+            Err(error) => {
+                tracing::debug!("cannot start V8 on a cell thread: {error}");
+                let _ = std::thread::Builder::new()
+                    .name("code-mode-v8".to_owned())
+                    .spawn(crate::platform::init_v8);
+            }
+        }
+    });
+}
+
+/// Gives `life` to the thread that started V8 if it waits for one; gives it back
+/// otherwise.
+fn give_to_v8_thread(life: Life) -> Result<(), Life> {
+    let waiting = V8_THREAD
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    match waiting {
+        Some(thread) => thread.send(life).map_err(|refused| refused.0),
+        None => Err(life),
+    }
 }
 
 /// The first prepared thread of a process that sandboxes itself, started before the
@@ -373,10 +435,17 @@ pub(crate) fn start_first<R: Send + 'static>(
     restrict: impl FnOnce() -> R + Send + 'static,
 ) -> std::io::Result<FirstCellThread<R>> {
     let (report, restricted) = mpsc::channel();
-    let worker = spawn_worker_after(move || {
+    let (worker, life) = worker_after(move || {
+        // V8 first (its platform's threads are made by whoever starts it, unrestricted as
+        // before the sandbox): usually started already, by this very thread.
+        crate::platform::init_v8();
         // A receiver gone means the thread was not released: it then ends unused.
         let _ = report.send(restrict());
-    })?;
+    });
+    // The thread that started V8, if it waits, else a new one.
+    if let Err(life) = give_to_v8_thread(Box::new(life)) {
+        super::cell_thread().spawn(life)?;
+    }
     Ok(FirstCellThread { worker, restricted })
 }
 

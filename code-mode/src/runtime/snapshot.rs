@@ -178,13 +178,11 @@ pub fn use_disk_cache(dir: &std::path::Path) -> CacheOutcome {
     if turned_off() {
         return CacheOutcome::Unused;
     }
-    // Reading and checking the file needs no V8 (its version is a constant): it is done
-    // here while V8 starts on a thread of its own (started now if the caller did not),
-    // off a cold start's path.
+    // Reading and checking the file, and taking its blob, need no V8 (its version is a
+    // constant): it is done here while V8 starts on a thread of its own (started now if
+    // the caller did not), off a cold start's path. Only a blob to make waits for V8.
     crate::platform::start_v8();
-    let read = read_cache(dir);
-    crate::platform::init_v8();
-    let (key, bytes) = match read {
+    let (key, bytes) = match read_cache(dir) {
         Ok(read) => read,
         Err(error) => return CacheOutcome::NotWritten(error),
     };
