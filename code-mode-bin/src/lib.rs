@@ -140,11 +140,18 @@ where
     // Its platform threads are made there, before the sandbox, as they were on this
     // thread; they run no user code. That thread is a cell thread: it goes on as the first
     // one (`sandbox::first_cell_thread`), and prepares its isolate as soon as V8 is up.
-    code_mode::runtime::start_v8_on_cell_thread();
+    start_v8();
     let code = run_parsed(args);
     // An early exit (a wrong argument) does not leave the process while V8 is half made.
     code_mode::platform::init_v8();
     code
+}
+
+/// Starts V8 on the thread that will be the first cell thread, as [`run`] does first
+/// thing, for a process that has work of its own before it calls [`run`] (a runtime forked
+/// by the Codex front waits for its command line). Does nothing once V8 is starting.
+pub fn start_v8() {
+    code_mode::runtime::start_v8_on_cell_thread();
 }
 
 /// [`run`] once V8 is starting.

@@ -41,7 +41,7 @@ pub use error::{HandshakeError, SpawnError};
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 pub use faults::{Fault, arm as arm_fault};
 pub use hosted::{HostedSession, REBUILD_ATTEMPTS, RuntimeSession};
-pub use prelaunch::{ForkError, Forked, Prelaunched, SOCKET_FD, fork_runtime};
+pub use prelaunch::{ForkError, Forked, Prelaunched, SOCKET_FD, fork_runtime, receive_arguments};
 pub use provider::{
     CRASH_WINDOW, HostError, MAX_CRASHES, ProcessConfig, ProcessProvider, ProcessSession,
     RuntimeSocket, RuntimeUnavailable,

@@ -48,6 +48,80 @@ impl Prelaunched {
     pub fn pid(&self) -> u32 {
         u32::try_from(self.pid).unwrap_or(0)
     }
+
+    /// Sends the forked runtime its command line (`code_mode_bin::run`'s arguments, its
+    /// program name first), for a runtime forked before the front had parsed its own: the
+    /// child waits for it ([`receive_arguments`]) while it starts V8. Call it once, before
+    /// the runtime is adopted: it goes ahead of everything else on the runtime's socket.
+    pub fn send_arguments(&mut self, args: &[std::ffi::OsString]) -> io::Result<()> {
+        use std::io::Write as _;
+        let socket = self
+            .socket
+            .take()
+            .ok_or_else(|| io::Error::other("the forked runtime was already adopted"))?;
+        let mut stream = std::os::unix::net::UnixStream::from(socket);
+        let sent = encode_arguments(args).and_then(|bytes| stream.write_all(&bytes));
+        self.socket = Some(OwnedFd::from(stream));
+        sent
+    }
+}
+
+/// The most bytes of command line a forked runtime takes from its front.
+const MAX_ARGUMENT_BYTES: usize = 64 * 1024;
+
+/// A command line as [`receive_arguments`] reads it: its length in bytes (four bytes,
+/// little-endian), then each argument followed by a NUL byte.
+fn encode_arguments(args: &[std::ffi::OsString]) -> io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut body = Vec::new();
+    for arg in args {
+        let bytes = arg.as_bytes();
+        if bytes.contains(&0) {
+            return Err(io::Error::other("a runtime argument holds a NUL byte"));
+        }
+        body.extend_from_slice(bytes);
+        body.push(0);
+    }
+    let length = u32::try_from(body.len())
+        .ok()
+        .filter(|length| *length as usize <= MAX_ARGUMENT_BYTES)
+        .ok_or_else(|| io::Error::other("the runtime's command line is too long"))?;
+    let mut message = length.to_le_bytes().to_vec();
+    message.append(&mut body);
+    Ok(message)
+}
+
+/// In a runtime forked before its front parsed its arguments: the command line the front
+/// sends ([`Prelaunched::send_arguments`]), read from `socket` (blocking) and nothing
+/// after it. An error if the front closed the socket first (it did not want the runtime)
+/// or sent something else.
+pub fn receive_arguments(socket: OwnedFd) -> (OwnedFd, io::Result<Vec<std::ffi::OsString>>) {
+    use std::io::Read as _;
+    use std::os::unix::ffi::OsStringExt as _;
+    let mut stream = std::os::unix::net::UnixStream::from(socket);
+    let received = (|| {
+        let mut length = [0u8; 4];
+        stream.read_exact(&mut length)?;
+        let length = u32::from_le_bytes(length) as usize;
+        if length > MAX_ARGUMENT_BYTES {
+            return Err(io::Error::other("the front sent a command line too long"));
+        }
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body)?;
+        if body.is_empty() {
+            return Ok(Vec::new());
+        }
+        if body.pop() != Some(0) {
+            return Err(io::Error::other(
+                "the front sent a command line not ended by NUL",
+            ));
+        }
+        Ok(body
+            .split(|byte| *byte == 0)
+            .map(|arg| std::ffi::OsString::from_vec(arg.to_vec()))
+            .collect())
+    })();
+    (OwnedFd::from(stream), received)
 }
 
 impl Drop for Prelaunched {

@@ -237,13 +237,23 @@ fn main() -> ExitCode {
         let program = std::ffi::OsString::from(code_mode_host::BINARY_NAME);
         return code_mode_bin::run(std::iter::once(program).chain(std::env::args_os().skip(2)));
     }
+    // First of all, while this process has one thread and has touched little: the
+    // runtime, forked before the arguments are parsed. It starts V8 while they are, then
+    // is sent its own command line, or killed if this front has no use for it.
+    let forked = match fork_first() {
+        #[cfg(feature = "runtime")]
+        First::Runtime(code) => return code,
+        First::Front(forked) => forked,
+    };
     let mut cli = Cli::parse();
     if cli.check {
+        drop(forked);
         return manage(Command::Check {
             codex: cli.codex.take(),
         });
     }
     if let Some(command) = cli.command.take() {
+        drop(forked);
         return manage(command);
     }
     let listen: Listen = match cli.listen.parse() {
@@ -253,13 +263,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // First of all, while this process has one thread and little memory: the runtime.
     let local = cli.runtimes.is_empty().then(|| local_runtime(&cli));
-    let prelaunched = match prelaunch(local.as_ref()) {
-        #[cfg(feature = "runtime")]
-        Prelaunch::Child(args) => return code_mode_bin::run(args),
-        Prelaunch::Parent(prelaunched) => prelaunched,
-    };
+    let prelaunched = prelaunch(local.as_ref(), forked);
     // Before any thread or child exists: stdout is the protocol's alone from here on.
     let protocol_stdio = if listen.is_stdio() {
         match stdio::take_protocol_stdio() {
@@ -356,13 +361,43 @@ fn telemetry(cli: &Cli) -> Result<Option<code_mode_trace::Telemetry>, code_mode_
     code_mode_trace::Telemetry::start(settings).map(Some)
 }
 
-/// What [`prelaunch`] made of this process.
-enum Prelaunch {
+/// What [`fork_first`] made of this process.
+enum First {
     /// The front, with the runtime it forked (or why it did not), if it tried.
-    Parent(Option<Result<code_mode_host::Prelaunched, code_mode_host::ForkError>>),
-    /// The forked runtime: `code_mode_bin::run`'s arguments.
+    Front(Option<Result<code_mode_host::Prelaunched, code_mode_host::ForkError>>),
+    /// The forked runtime, done: its exit code.
     #[cfg(feature = "runtime")]
-    Child(Vec<std::ffi::OsString>),
+    Runtime(ExitCode),
+}
+
+/// Forks a runtime from this process, first thing in `main`, when the executable carries
+/// one (see `code_mode_host::fork_runtime`): the runtime then skips the exec and load that
+/// a spawned one pays for on the cold start's path, and starts V8 while the front parses
+/// its arguments. The child waits for its command line ([`prelaunch`] sends it) and then
+/// runs as the runtime; a front that has no use for it (another runtime named, remote
+/// runtimes, a management command) drops it, which kills it.
+fn fork_first() -> First {
+    #[cfg(feature = "runtime")]
+    {
+        match code_mode_host::fork_runtime() {
+            Ok(code_mode_host::Forked::Child(socket)) => {
+                code_mode_bin::start_v8();
+                let (socket, args) = code_mode_host::receive_arguments(socket);
+                let Ok(args) = args else {
+                    // The front is gone, or did not want this runtime.
+                    return First::Runtime(ExitCode::FAILURE);
+                };
+                // The descriptor is the child's for good: the runtime takes it by number
+                // (`--socket-fd`, in the arguments the front sent).
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(socket);
+                First::Runtime(code_mode_bin::run(args))
+            }
+            Ok(code_mode_host::Forked::Parent(runtime)) => First::Front(Some(Ok(runtime))),
+            Err(error) => First::Front(Some(Err(error))),
+        }
+    }
+    #[cfg(not(feature = "runtime"))]
+    First::Front(None)
 }
 
 /// The local runtime's configuration, and the runtime forked at start, if one was.
@@ -371,12 +406,14 @@ struct LocalRuntime {
     prelaunched: Option<code_mode_host::Prelaunched>,
 }
 
-/// Forks the local runtime (`config`, if cells run on one) from this process, first
-/// thing, when it is this executable in its runtime mode (see
-/// `code_mode_host::fork_runtime`): the runtime then skips the exec and load that a
-/// spawned one pays for on the cold start's path. The provider adopts the child at its
-/// first start; a later runtime is spawned.
-fn prelaunch(config: Option<&ProcessConfig>) -> Prelaunch {
+/// The runtime forked at start ([`fork_first`]) for the local runtime (`config`, if
+/// cells run on one) when that is this executable in its runtime mode, sent its command
+/// line; otherwise it is dropped (killed). The provider adopts the child at its first
+/// start; a later runtime is spawned.
+fn prelaunch(
+    config: Option<&ProcessConfig>,
+    forked: Option<Result<code_mode_host::Prelaunched, code_mode_host::ForkError>>,
+) -> Option<Result<code_mode_host::Prelaunched, code_mode_host::ForkError>> {
     #[cfg(feature = "runtime")]
     if let Some(config) = config
         && config
@@ -384,29 +421,30 @@ fn prelaunch(config: Option<&ProcessConfig>) -> Prelaunch {
             .first()
             .is_some_and(|arg| arg == RUNTIME_MODE)
     {
-        return match code_mode_host::fork_runtime() {
-            Ok(code_mode_host::Forked::Child(socket)) => {
-                // The descriptor is the child's for good: the runtime takes it by number.
-                let fd = std::os::fd::IntoRawFd::into_raw_fd(socket);
-                let program = std::ffi::OsString::from(code_mode_host::BINARY_NAME);
-                // In place of the runtime mode that tells this executable to become the
-                // runtime: the forked child is the runtime already.
-                let args = std::iter::once(program)
-                    .chain(
-                        config
-                            .runtime_argv(code_mode_host::RuntimeSocket::Fd(fd))
-                            .into_iter()
-                            .skip(1),
-                    )
-                    .collect();
-                Prelaunch::Child(args)
-            }
-            Ok(code_mode_host::Forked::Parent(runtime)) => Prelaunch::Parent(Some(Ok(runtime))),
-            Err(error) => Prelaunch::Parent(Some(Err(error))),
-        };
+        let program = std::ffi::OsString::from(code_mode_host::BINARY_NAME);
+        // In place of the runtime mode that tells this executable to become the runtime:
+        // the forked child is the runtime already, its socket on a known descriptor.
+        let args: Vec<std::ffi::OsString> = std::iter::once(program)
+            .chain(
+                config
+                    .runtime_argv(code_mode_host::RuntimeSocket::Fd(code_mode_host::SOCKET_FD))
+                    .into_iter()
+                    .skip(1),
+            )
+            .collect();
+        return forked.map(|forked| {
+            let mut runtime = forked?;
+            runtime
+                .send_arguments(&args)
+                .map_err(|source| code_mode_host::ForkError::Io {
+                    what: "send the forked runtime its arguments",
+                    source,
+                })?;
+            Ok(runtime)
+        });
     }
     let _ = config;
-    Prelaunch::Parent(None)
+    None
 }
 
 /// Whether `--runtime` or `$CODE_MODE_BIN` names the runtime binary.

@@ -802,6 +802,47 @@ async fn the_forked_runtime_keeps_no_environment_no_stdio_and_dies_with_its_fron
     );
 }
 
+/// The front forks its runtime before it has parsed its arguments, and only then learns
+/// whether it wants it: a front told to use another runtime (here `CODE_MODE_BIN` naming a
+/// file that is not there) kills and reaps the one it forked, leaving no child behind,
+/// and still answers (each session is told the runtime is missing).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_front_told_to_use_another_runtime_leaves_no_forked_one_behind() {
+    let scratch = code_mode_conformance::Scratch::new();
+    let missing = scratch.0.join("code-mode-bin");
+    let mut command = tokio::process::Command::new(our_host());
+    command
+        .args(["--listen", "grpc+stdio://"])
+        .env("CODE_MODE_BIN", &missing)
+        .stderr(std::process::Stdio::null());
+    let host = codex_code_mode_host::client::StdioHost::spawn(command)
+        .await
+        .expect("spawn");
+    let refused = host
+        .client
+        .clone()
+        .open_session(proto::OpenSessionRequest::default())
+        .await
+        .expect_err("no runtime to open a session on");
+    assert!(
+        refused.message().contains("code-mode runtime unavailable"),
+        "{refused:?}"
+    );
+    let front = i32::try_from(host.pid().expect("a pid")).expect("a pid");
+    let children = || {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| proc_status(*pid, "PPid") == Some(front.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(10, || children().is_empty()).await,
+        "the front {front} keeps children {:?}",
+        children()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_heap_bomb_fails_its_cell_and_a_bystander_keeps_working() {
     let host = spawn(&our_host(), &[]).await;
