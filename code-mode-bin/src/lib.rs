@@ -198,8 +198,18 @@ where
     // V8 is up (its platform's threads made) before the sandbox.
     code_mode::platform::init_v8();
     if cli.listen.is_some() {
-        return listen_main(cli, first, surface);
+        listen_main(cli, first, surface)
+    } else {
+        socket_main(&cli, first, surface)
     }
+}
+
+/// Serves the one host of `--socket` or `--socket-fd`.
+fn socket_main(
+    cli: &Cli,
+    first: Option<code_mode::runtime::FirstCellThread<sandbox::ThreadRestriction>>,
+    surface: code_mode_protocol::Surface,
+) -> ExitCode {
     let host = match (&cli.socket, cli.socket_fd) {
         (_, Some(fd)) => match inherited_socket(fd) {
             Ok(connected) => Host::Inherited(connected, fd),
@@ -230,7 +240,7 @@ where
     let Some(runtime) = async_runtime() else {
         return ExitCode::FAILURE;
     };
-    let settings = serve_settings(&cli, report.to_string(), false);
+    let settings = serve_settings(cli, report.to_string(), false);
     let drain_timeout = Duration::from_secs(cli.drain_timeout_secs);
     let outcome = runtime.block_on(async {
         // SIGTERM (or SIGINT) drains, as a listening runtime does: the host is told, takes

@@ -5,7 +5,10 @@
 //! 200 MiB executable: on a cold start that is the longest step before the first cell can
 //! run, and it comes after the front's own load of the same file. A fork of the front made
 //! first thing in `main`, while it has one thread and has touched few pages, starts the
-//! runtime with all of that done: the child goes straight to V8.
+//! runtime with all of that done: the child goes straight to V8. The Codex front forks it
+//! before it even parses its arguments, so the child starts V8 while the front does, then
+//! reads its command line from its socket ([`receive_arguments`], sent by
+//! [`Prelaunched::send_arguments`]); a front with no use for it drops it, which kills it.
 //!
 //! The child is cleaned as the spawned one would be: descriptors 0 and 1 on `/dev/null`,
 //! 2 on a pipe the provider forwards to `tracing`, the connected socket on 3 and nothing
@@ -259,7 +262,7 @@ fn become_runtime(parent: libc::pid_t, socket: RawFd, stderr: RawFd, null: RawFd
 /// Overwrites the front's command line in this process's memory (an exporter URL there
 /// can hold credentials) with the runtime's name: `/proc/<pid>/cmdline` and every copy of
 /// the memory show `code-mode-rt` and nothing else. The runtime's own arguments were
-/// parsed before the fork.
+/// taken before the fork, or come over the socket (`receive_arguments`).
 fn wipe_arguments() {
     let Some((start, end)) = argument_area() else {
         return;
