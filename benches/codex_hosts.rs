@@ -203,11 +203,12 @@ async fn round(path: &std::path::Path, options: &Options, figures: &mut Figures)
 }
 
 /// Ends a round's host and lets the machine settle before the next host's cold start: the
-/// host is disconnected as codex leaves it, waited for, then given a moment for its
-/// children and the kernel's teardown of its memory, which would otherwise run on the
-/// same two cores as the next host's start (whichever host came second in a round was
-/// slower by about half a millisecond).
+/// host is disconnected as codex leaves it, waited for, and so are the processes it had
+/// started (ours has its runtime), then it is given a moment for the kernel's teardown of
+/// their memory, which would otherwise run on the same two cores as the next host's start
+/// (whichever host came second in a round was slower by about half a millisecond).
 async fn settle(mut host: StdioHost, driver: Driver) {
+    let children = host.pid().map(descendants).unwrap_or_default();
     drop(driver);
     host.disconnect();
     if tokio::time::timeout(std::time::Duration::from_secs(5), host.child().wait())
@@ -216,7 +217,41 @@ async fn settle(mut host: StdioHost, driver: Driver) {
     {
         let _ = host.child().kill().await;
     }
+    // A process that ended is gone, or a zombie once its memory is torn down.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while Instant::now() < deadline && children.iter().any(|pid| running(*pid)) {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+}
+
+/// The processes `pid` started, and theirs (from `/proc`'s lists of each thread's
+/// children; empty where the kernel keeps none).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let listed = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in listed.split_whitespace().filter_map(|pid| pid.parse().ok()) {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }
 
 /// `wait` on a yielded cell that has finished since: each cell yields its first text to
