@@ -472,3 +472,68 @@ impl process::Child for ForkedChild {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+    use std::io::Write as _;
+    use std::os::unix::ffi::OsStringExt as _;
+
+    fn pair() -> (std::os::unix::net::UnixStream, OwnedFd) {
+        let (front, runtime) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        (front, OwnedFd::from(runtime))
+    }
+
+    #[test]
+    fn a_command_line_sent_to_a_forked_runtime_arrives_whole_and_nothing_after_it() {
+        let args = vec![
+            OsString::from("code-mode-rt"),
+            OsString::from(""),
+            OsString::from_vec(vec![0xff, b'x']),
+            OsString::from("--socket-fd"),
+            OsString::from("3"),
+        ];
+        let (mut front, runtime) = pair();
+        let mut message = encode_arguments(&args).expect("encoded");
+        // What follows the command line on the socket stays there for the runtime.
+        message.extend_from_slice(b"hello");
+        front.write_all(&message).expect("sent");
+        let (runtime, received) = receive_arguments(runtime);
+        assert_eq!(received.expect("received"), args);
+        let mut rest = [0u8; 5];
+        std::io::Read::read_exact(
+            &mut std::os::unix::net::UnixStream::from(runtime),
+            &mut rest,
+        )
+        .expect("the rest");
+        assert_eq!(&rest, b"hello");
+    }
+
+    #[test]
+    fn a_bad_command_line_is_refused_on_either_side() {
+        assert!(encode_arguments(&[OsString::from_vec(b"a\0b".to_vec())]).is_err());
+        assert!(encode_arguments(&[OsString::from("x".repeat(MAX_ARGUMENT_BYTES))]).is_err());
+        // Too long (though whole and NUL-ended), not ended by NUL, or the front gone
+        // before the whole of it.
+        let length = MAX_ARGUMENT_BYTES + 1;
+        let mut too_long = u32::try_from(length).expect("fits").to_le_bytes().to_vec();
+        too_long.extend(std::iter::repeat_n(b'a', length - 1));
+        too_long.push(0);
+        for sent in [
+            too_long,
+            vec![2, 0, 0, 0, b'a', b'b'],
+            vec![9, 0, 0, 0, b'a'],
+        ] {
+            let (mut front, runtime) = pair();
+            front.write_all(&sent).expect("sent");
+            drop(front);
+            let (_, received) = receive_arguments(runtime);
+            assert!(
+                received.is_err(),
+                "{} bytes were taken: {received:?}",
+                sent.len()
+            );
+        }
+    }
+}
