@@ -204,12 +204,11 @@ where
     }
 }
 
+/// The first cell thread, started before the sandbox ([`sandbox::first_cell_thread`]).
+type FirstThread = Option<code_mode::runtime::FirstCellThread<sandbox::ThreadRestriction>>;
+
 /// Serves the one host of `--socket` or `--socket-fd`.
-fn socket_main(
-    cli: &Cli,
-    first: Option<code_mode::runtime::FirstCellThread<sandbox::ThreadRestriction>>,
-    surface: code_mode_protocol::Surface,
-) -> ExitCode {
+fn socket_main(cli: &Cli, first: FirstThread, surface: code_mode_protocol::Surface) -> ExitCode {
     let host = match (&cli.socket, cli.socket_fd) {
         (_, Some(fd)) => match inherited_socket(fd) {
             Ok(connected) => Host::Inherited(connected, fd),
@@ -438,11 +437,7 @@ fn listen_tls(
         .map_err(|error| error.to_string())
 }
 
-fn listen_main(
-    cli: Cli,
-    first: Option<code_mode::runtime::FirstCellThread<sandbox::ThreadRestriction>>,
-    surface: code_mode_protocol::Surface,
-) -> ExitCode {
+fn listen_main(cli: Cli, first: FirstThread, surface: code_mode_protocol::Surface) -> ExitCode {
     let Some(listen) = cli.listen.as_deref() else {
         return ExitCode::from(2);
     };
@@ -527,7 +522,7 @@ fn listen_main(
 /// of the pool: cell threads created from here on inherit the sandbox.
 fn sandboxed(
     accepts: bool,
-    first: Option<code_mode::runtime::FirstCellThread<sandbox::ThreadRestriction>>,
+    first: FirstThread,
     surface: code_mode_protocol::Surface,
 ) -> sandbox::SandboxReport {
     let report = sandbox::apply(accepts);

@@ -257,10 +257,10 @@ fn made_span(ids: (TraceId, SpanId, SpanId), session: Option<SessionId>) -> Opti
 }
 
 /// Makes the first traced request's `code_mode.runtime` span ahead ([`SPARE`]) and enters
-/// it once, as that request will. The process does it as it starts, while its first isolate is
-/// prepared, so that the first traced request pays neither for making its span nor for
-/// what a span's first making costs: registering the call site, the layer's first record,
-/// the thread's state. (A cell's compile and evaluate spans are made off the answer's
+/// it once, as that request will. The process does it as it starts, while its first
+/// isolate is prepared, so that the first traced request pays neither for making its span
+/// nor for what a span's first making costs: registering the call site, the layer's first
+/// record, the thread's state. (A cell's compile and evaluate spans are made off the answer's
 /// path; see `code_mode`'s cell thread.)
 pub(crate) fn warm() {
     make_spare();

@@ -26,11 +26,15 @@ pub fn init_v8() {
 /// made, the next [`init_v8`] initialises V8 itself. Its platform threads are made on that
 /// thread, with the restrictions it has then.
 pub fn start_v8() {
-    start_v8_with(|| {
-        let _ = std::thread::Builder::new()
-            .name("code-mode-v8".to_owned())
-            .spawn(init_v8);
-    });
+    start_v8_with(spawn_v8_thread);
+}
+
+/// Starts a thread of its own (`code-mode-v8`) that runs [`init_v8`]; without one, the next
+/// [`init_v8`] initialises V8 itself.
+pub(crate) fn spawn_v8_thread() {
+    let _ = std::thread::Builder::new()
+        .name("code-mode-v8".to_owned())
+        .spawn(init_v8);
 }
 
 /// [`start_v8`] by `spawn`, which starts a thread that calls [`init_v8`] first thing (and

@@ -361,10 +361,13 @@ fn telemetry(cli: &Cli) -> Result<Option<code_mode_trace::Telemetry>, code_mode_
     code_mode_trace::Telemetry::start(settings).map(Some)
 }
 
+/// The runtime forked at start, or why none was; `None` if none was tried.
+type ForkedRuntime = Option<Result<code_mode_host::Prelaunched, code_mode_host::ForkError>>;
+
 /// What [`fork_first`] made of this process.
 enum First {
     /// The front, with the runtime it forked (or why it did not), if it tried.
-    Front(Option<Result<code_mode_host::Prelaunched, code_mode_host::ForkError>>),
+    Front(ForkedRuntime),
     /// The forked runtime, done: its exit code.
     #[cfg(feature = "runtime")]
     Runtime(ExitCode),
@@ -410,10 +413,7 @@ struct LocalRuntime {
 /// cells run on one) when that is this executable in its runtime mode, sent its command
 /// line; otherwise it is dropped (killed). The provider adopts the child at its first
 /// start; a later runtime is spawned.
-fn prelaunch(
-    config: Option<&ProcessConfig>,
-    forked: Option<Result<code_mode_host::Prelaunched, code_mode_host::ForkError>>,
-) -> Option<Result<code_mode_host::Prelaunched, code_mode_host::ForkError>> {
+fn prelaunch(config: Option<&ProcessConfig>, forked: ForkedRuntime) -> ForkedRuntime {
     #[cfg(feature = "runtime")]
     if let Some(config) = config
         && config

@@ -380,9 +380,7 @@ pub(crate) fn start_v8_on_cell_thread() {
             Ok(_) => *V8_THREAD.lock().unwrap_or_else(PoisonError::into_inner) = Some(lives),
             Err(error) => {
                 tracing::debug!("cannot start V8 on a cell thread: {error}");
-                let _ = std::thread::Builder::new()
-                    .name("code-mode-v8".to_owned())
-                    .spawn(crate::platform::init_v8);
+                crate::platform::spawn_v8_thread();
             }
         }
     });
