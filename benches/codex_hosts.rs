@@ -481,9 +481,9 @@ fn main() {
                 "{name:<28} {:<8} {:>8} {:>10} {:>10} {:>10}",
                 "ratio",
                 "",
-                format!("{:.1}×", median(theirs) / median(ours)),
-                format!("{:.1}×", percentile(theirs, 0.95) / percentile(ours, 0.95)),
-                format!("{:.1}×", mean(theirs) / mean(ours))
+                format!("{:.2}×", median(theirs) / median(ours)),
+                format!("{:.2}×", percentile(theirs, 0.95) / percentile(ours, 0.95)),
+                format!("{:.2}×", mean(theirs) / mean(ours))
             );
         }
     }

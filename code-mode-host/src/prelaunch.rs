@@ -174,9 +174,10 @@ fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> ForkError {
 /// held by another one would stay locked in the child for good): call it first thing in
 /// `main`, before anything starts a thread.
 pub fn fork_runtime() -> Result<Forked, ForkError> {
-    let threads = thread_count().map_err(ForkError::Unknown)?;
-    if threads != 1 {
-        return Err(ForkError::Threads(threads));
+    // One read of the kernel's figures for both the check and the child's clean-up.
+    let stat = SelfStat::read().map_err(ForkError::Unknown)?;
+    if stat.threads != 1 {
+        return Err(ForkError::Threads(stat.threads));
     }
     // Both close on exec; the child places its ends by number.
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
@@ -208,7 +209,7 @@ pub fn fork_runtime() -> Result<Forked, ForkError> {
             let stderr_write = stderr_write.into_raw_fd();
             let null = null.into_raw_fd();
             let _ = (ours.into_raw_fd(), stderr_read.into_raw_fd());
-            become_runtime(parent, theirs, stderr_write, null);
+            become_runtime(parent, theirs, stderr_write, null, stat.arguments);
             // SAFETY: `become_runtime` left the socket on SOCKET_FD and closed every
             // other descriptor above 2; nothing else owns it.
             Ok(Forked::Child(unsafe { OwnedFd::from_raw_fd(SOCKET_FD) }))
@@ -226,7 +227,13 @@ pub fn fork_runtime() -> Result<Forked, ForkError> {
 
 /// In the forked child: the descriptors, process group, parent-death signal, name and
 /// environment of a runtime. Exits at once if the parent is already gone.
-fn become_runtime(parent: libc::pid_t, socket: RawFd, stderr: RawFd, null: RawFd) {
+fn become_runtime(
+    parent: libc::pid_t,
+    socket: RawFd,
+    stderr: RawFd,
+    null: RawFd,
+    arguments: Option<(usize, usize)>,
+) {
     // SAFETY: plain system calls on this process and on descriptors it holds (the child
     // has one thread; each number below is open or is the target of a dup).
     unsafe {
@@ -256,20 +263,20 @@ fn become_runtime(parent: libc::pid_t, socket: RawFd, stderr: RawFd, null: RawFd
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
     wipe_environment();
-    wipe_arguments();
+    if let Some(area) = arguments {
+        wipe_arguments(area);
+    }
 }
 
 /// Overwrites the front's command line in this process's memory (an exporter URL there
 /// can hold credentials) with the runtime's name: `/proc/<pid>/cmdline` and every copy of
 /// the memory show `code-mode-rt` and nothing else. The runtime's own arguments were
 /// taken before the fork, or come over the socket (`receive_arguments`).
-fn wipe_arguments() {
-    let Some((start, end)) = argument_area() else {
-        return;
-    };
+fn wipe_arguments((start, end): (usize, usize)) {
     let name = b"code-mode-rt";
     // SAFETY: [start, end) is this process's argument area (the kernel's `arg_start` and
-    // `arg_end`), mapped and writable on its stack; the child has one thread, and nothing
+    // `arg_end`, read by the parent it is a copy of), mapped and writable on its stack;
+    // the child has one thread, and nothing
     // holds a reference into it (Rust's `std::env::args` is not read after the fork).
     unsafe {
         for (offset, address) in (start..end).enumerate() {
@@ -279,14 +286,35 @@ fn wipe_arguments() {
     }
 }
 
-/// `arg_start` and `arg_end` of this process, from `/proc/self/stat` (fields 48 and 49).
-fn argument_area() -> Option<(usize, usize)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command's name (in parentheses, which may hold spaces) start at 3.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let field = |number: usize| fields.get(number - 3)?.parse::<usize>().ok();
-    let (start, end) = (field(48)?, field(49)?);
-    (start < end && end - start < (1 << 24)).then_some((start, end))
+/// What the fork needs of this process's `/proc/self/stat`, read once before it (the child
+/// is a copy: its argument area is at the same addresses).
+struct SelfStat {
+    /// `num_threads` (field 20).
+    threads: usize,
+    /// `arg_start` and `arg_end` (fields 48 and 49), when the kernel gives them and they
+    /// make a plausible area.
+    arguments: Option<(usize, usize)>,
+}
+
+impl SelfStat {
+    fn read() -> io::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        Self::parse(&stat).ok_or_else(|| io::Error::other("no thread count in /proc/self/stat"))
+    }
+
+    fn parse(stat: &str) -> Option<Self> {
+        // Fields after the command's name (in parentheses, which may hold spaces and
+        // parentheses of its own) start at 3.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |number: usize| fields.get(number - 3)?.parse::<usize>().ok();
+        let arguments = field(48)
+            .zip(field(49))
+            .filter(|(start, end)| start < end && end - start < (1 << 24));
+        Some(Self {
+            threads: field(20)?,
+            arguments,
+        })
+    }
 }
 
 /// Closes every descriptor from `first` up.
@@ -354,15 +382,6 @@ fn wipe_environment() {
         }
         libc::clearenv();
     }
-}
-
-fn thread_count() -> io::Result<usize> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Threads:"))
-        .and_then(|count| count.trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no thread count in /proc/self/status"))
 }
 
 /// Takes `prelaunched` under supervision (in a tokio runtime): its stderr forwarded, its
@@ -483,6 +502,42 @@ mod tests {
     fn pair() -> (std::os::unix::net::UnixStream, OwnedFd) {
         let (front, runtime) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
         (front, OwnedFd::from(runtime))
+    }
+
+    /// `/proc/self/stat` as the kernel writes it, with `name` as the command and
+    /// `threads`, `arg_start`, `arg_end` in fields 20, 48 and 49.
+    fn stat_line(name: &str, threads: usize, start: usize, end: usize) -> String {
+        let mut fields: Vec<String> = (3..=52).map(|number| (number * 11).to_string()).collect();
+        fields[20 - 3] = threads.to_string();
+        fields[48 - 3] = start.to_string();
+        fields[49 - 3] = end.to_string();
+        format!("4242 ({name}) {}\n", fields.join(" "))
+    }
+
+    #[test]
+    fn the_thread_count_and_argument_area_come_from_one_read_of_the_stat_line() {
+        // A command's name may hold spaces and parentheses: fields count from the last ')'.
+        let line = stat_line("a) (b c", 1, 0x7ffc_0000_1000, 0x7ffc_0000_1040);
+        let stat = SelfStat::parse(&line).expect("parsed");
+        assert_eq!(stat.threads, 1);
+        assert_eq!(stat.arguments, Some((0x7ffc_0000_1000, 0x7ffc_0000_1040)));
+        let stat = SelfStat::parse(&stat_line("host", 7, 10, 20)).expect("parsed");
+        assert_eq!(stat.threads, 7);
+        // An area that is empty, reversed or implausibly large is not wiped.
+        for (start, end) in [(20, 20), (30, 20), (0, 1 << 24)] {
+            let stat = SelfStat::parse(&stat_line("host", 1, start, end)).expect("parsed");
+            assert_eq!(stat.arguments, None, "{start}..{end}");
+        }
+        // Without a thread count there is no answer; without the area, no wipe.
+        assert!(SelfStat::parse("4242 (host) R 1 2 3").is_none());
+        let short = stat_line("host", 1, 10, 20);
+        let short = &short[..short.find(" 10 ").expect("the area's start")];
+        let stat = SelfStat::parse(short).expect("parsed");
+        assert_eq!((stat.threads, stat.arguments), (1, None));
+        // And this process's own line parses.
+        let stat = SelfStat::read().expect("this process's stat");
+        assert!(stat.threads >= 1);
+        assert!(stat.arguments.is_some());
     }
 
     #[test]
