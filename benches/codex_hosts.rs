@@ -1,9 +1,9 @@
 //! Codex's own `codex-code-mode-host` against ours, through one gRPC client on stdio, as
 //! codex drives them: interleaved round by round in one run.
 //!
-//! `cargo build --profile dist -p codex-code-mode-host` first (what users install: one
-//! file, link-time optimised, that carries the runtime; without it, the release build
-//! beside the bench is measured), and
+//! `scripts/dist.sh codex-code-mode-host` first (what users install: one static file,
+//! link-time optimised, that carries the runtime, in `target/dist/`; without it, the
+//! release build beside the bench is measured), and
 //! `scripts/test-deps.sh` for codex's host; then
 //! `cargo bench --bench codex_hosts -- [--rounds N] [--iterations M] [--calls K]`.
 //!
