@@ -17,7 +17,8 @@ if [[ -z "${RUSTY_V8_ARCHIVE:-}" && -f ../shared/v8/env.sh ]]; then
     # shellcheck disable=SC1091
     source ../shared/v8/env.sh
 fi
-target=x86_64-unknown-linux-gnu
+# This machine's own target (glibc's: on a musl target a static link is the default).
+target="$(rustc -vV | sed -n 's/^host: //p')"
 packages=("$@")
 if [[ ${#packages[@]} -eq 0 ]]; then
     packages=(codex-code-mode-host code-mode-cli code-mode-bin)

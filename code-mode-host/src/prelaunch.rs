@@ -276,8 +276,8 @@ fn wipe_arguments((start, end): (usize, usize)) {
     let name = b"code-mode-rt";
     // SAFETY: [start, end) is this process's argument area (the kernel's `arg_start` and
     // `arg_end`, read by the parent it is a copy of), mapped and writable on its stack;
-    // the child has one thread, and nothing
-    // holds a reference into it (Rust's `std::env::args` is not read after the fork).
+    // the child has one thread, and nothing holds a reference into it (Rust's
+    // `std::env::args` is not read after the fork).
     unsafe {
         for (offset, address) in (start..end).enumerate() {
             let byte = name.get(offset).copied().unwrap_or(0);
