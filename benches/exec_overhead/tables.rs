@@ -103,16 +103,64 @@ pub(crate) fn exec_table(options: &Options) {
                     );
                 }
             }
-            for (mode, samples) in options.tracing.iter().zip(by_mode) {
+            for (mode, samples) in options.tracing.iter().zip(&by_mode) {
                 let label = if mode == "off" {
                     (*transport).to_owned()
                 } else {
                     format!("{transport}+{mode}")
                 };
-                exec_rows(options, &label, transport, tool_count, &samples);
+                exec_rows(options, &label, transport, tool_count, samples);
+            }
+            if let Some(off) = options.tracing.iter().position(|mode| mode == "off") {
+                for (mode, samples) in options.tracing.iter().zip(&by_mode) {
+                    if mode != "off" {
+                        mode_differences(
+                            options,
+                            (transport, tool_count),
+                            (mode, &by_mode[off], samples),
+                        );
+                    }
+                }
             }
         }
     }
+}
+
+/// A row of the exec table: its scenario, its times (unsorted), and its iterations and
+/// warm-ups per sample.
+type Row = (&'static str, Vec<u128>, usize, usize);
+
+/// The rows of one transport and tool count, from `samples`.
+fn rows_of(options: &Options, transport: &str, tool_count: &str, samples: &[Sample]) -> Vec<Row> {
+    let each = |value: fn(&Sample) -> u128| samples.iter().map(value).collect::<Vec<_>>();
+    let all = |values: fn(&Sample) -> &Vec<u128>| {
+        samples
+            .iter()
+            .flat_map(|s| values(s).iter().copied())
+            .collect::<Vec<_>>()
+    };
+    let warm = options.warm_iterations;
+    let mut rows: Vec<Row> = vec![
+        ("cold_exec", each(|s| s.cold), 1, 0),
+        ("warm_exec", all(|s| &s.warm), warm, 1),
+        ("warm_exec_paced", all(|s| &s.paced), warm, 1),
+        ("warm_exec_js", all(|s| &s.typical_js), warm, 1),
+        ("warm_exec_ts", all(|s| &s.typical_ts), warm, 1),
+        (
+            "tool_round_trip",
+            each(|s| s.round_trip),
+            ROUND_TRIPS as usize,
+            0,
+        ),
+    ];
+    if tool_count.ends_with('d') {
+        rows.push(("tool_search", each(|s| s.search), ROUND_TRIPS as usize, 1));
+    }
+    if transport.starts_with("ipc") || transport == "tcp-tls" {
+        rows.insert(0, ("spawn+handshake", each(|s| s.spawn), 1, 0));
+        rows.insert(2, ("cold_exec+spawn", each(|s| s.cold + s.spawn), 1, 0));
+    }
+    rows
 }
 
 /// The rows of one transport, tool count and tracing mode.
@@ -124,98 +172,101 @@ fn exec_rows(
     tool_count: &str,
     samples: &[Sample],
 ) {
+    let mut rss: Vec<u128> = samples
+        .iter()
+        .map(|s| u128::from(s.rss_delta_kib))
+        .collect();
+    rss.sort_unstable();
+    let rss_p50 = format!("{:.1} MiB", percentile(&rss, 0.5) as f64 / 1024.0);
+    let rss_max = format!(
+        "{:.1} MiB",
+        rss.last().copied().unwrap_or(0) as f64 / 1024.0
+    );
+    for (scenario, mut times, iterations, warmups) in
+        rows_of(options, transport, tool_count, samples)
     {
-        {
-            let mut rss: Vec<u128> = samples
-                .iter()
-                .map(|s| u128::from(s.rss_delta_kib))
-                .collect();
-            rss.sort_unstable();
-            let rss_p50 = format!("{:.1} MiB", percentile(&rss, 0.5) as f64 / 1024.0);
-            let rss_max = format!(
-                "{:.1} MiB",
-                rss.last().copied().unwrap_or(0) as f64 / 1024.0
-            );
-            let mut rows: Vec<(&str, Vec<u128>, usize, usize)> = vec![
-                ("cold_exec", samples.iter().map(|s| s.cold).collect(), 1, 0),
-                (
-                    "warm_exec",
-                    samples.iter().flat_map(|s| s.warm.clone()).collect(),
-                    options.warm_iterations,
-                    1,
-                ),
-                (
-                    "warm_exec_paced",
-                    samples.iter().flat_map(|s| s.paced.clone()).collect(),
-                    options.warm_iterations,
-                    1,
-                ),
-                (
-                    "warm_exec_js",
-                    samples.iter().flat_map(|s| s.typical_js.clone()).collect(),
-                    options.warm_iterations,
-                    1,
-                ),
-                (
-                    "warm_exec_ts",
-                    samples.iter().flat_map(|s| s.typical_ts.clone()).collect(),
-                    options.warm_iterations,
-                    1,
-                ),
-                (
-                    "tool_round_trip",
-                    samples.iter().map(|s| s.round_trip).collect(),
-                    ROUND_TRIPS as usize,
-                    0,
-                ),
-            ];
-            if tool_count.ends_with('d') {
-                rows.push((
-                    "tool_search",
-                    samples.iter().map(|s| s.search).collect(),
-                    ROUND_TRIPS as usize,
-                    1,
-                ));
-            }
-            if transport.starts_with("ipc") || transport == "tcp-tls" {
-                rows.insert(
-                    0,
-                    (
-                        "spawn+handshake",
-                        samples.iter().map(|s| s.spawn).collect(),
-                        1,
-                        0,
-                    ),
-                );
-                rows.insert(
-                    2,
-                    (
-                        "cold_exec+spawn",
-                        samples.iter().map(|s| s.cold + s.spawn).collect(),
-                        1,
-                        0,
-                    ),
-                );
-            }
-            for (scenario, mut times, iterations, warmups) in rows {
+        times.sort_unstable();
+        let mean = mean(&times);
+        println!(
+            "{:<16} {:<10} {:>6} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            scenario,
+            label,
+            tool_count,
+            options.samples,
+            warmups,
+            iterations,
+            format_duration(mean),
+            format_duration(percentile(&times, 0.5)),
+            format_duration(percentile(&times, 0.95)),
+            rss_p50,
+            rss_max
+        );
+    }
+}
+
+/// How many times [`mode_differences`] resamples the children.
+const RESAMPLES: usize = 2_000;
+
+/// Each row's p50 in `mode` minus its p50 in `off`, with a 95% interval: the children
+/// are resampled with replacement, in the pairs they ran in (the i-th child of each mode
+/// ran back to back), so that the spread between children, and not only between the
+/// execs of one child, shows in the interval. One line per row.
+#[expect(clippy::print_stdout, reason = "the benchmark's tables are its output")]
+fn mode_differences(
+    options: &Options,
+    (transport, tool_count): (&str, &str),
+    (mode, off, on): (&str, &[Sample], &[Sample]),
+) {
+    let p50s = |samples: &[Sample]| -> Vec<i128> {
+        rows_of(options, transport, tool_count, samples)
+            .into_iter()
+            .map(|(_, mut times, _, _)| {
                 times.sort_unstable();
-                let mean = mean(&times);
-                println!(
-                    "{:<16} {:<10} {:>6} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                    scenario,
-                    label,
-                    tool_count,
-                    options.samples,
-                    warmups,
-                    iterations,
-                    format_duration(mean),
-                    format_duration(percentile(&times, 0.5)),
-                    format_duration(percentile(&times, 0.95)),
-                    rss_p50,
-                    rss_max
-                );
-            }
+                percentile(&times, 0.5) as i128
+            })
+            .collect()
+    };
+    let difference = |off: &[Sample], on: &[Sample]| -> Vec<i128> {
+        p50s(on)
+            .iter()
+            .zip(p50s(off))
+            .map(|(on, off)| on - off)
+            .collect()
+    };
+    let measured = difference(off, on);
+    let pairs = off.len().min(on.len());
+    if pairs == 0 {
+        return;
+    }
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut resampled: Vec<Vec<i128>> = vec![Vec::with_capacity(RESAMPLES); measured.len()];
+    for _ in 0..RESAMPLES {
+        let (mut off_drawn, mut on_drawn) = (Vec::new(), Vec::new());
+        for _ in 0..pairs {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let index = (state % pairs as u64) as usize;
+            off_drawn.push(off[index].clone());
+            on_drawn.push(on[index].clone());
         }
+        for (row, value) in resampled.iter_mut().zip(difference(&off_drawn, &on_drawn)) {
+            row.push(value);
+        }
+    }
+    println!("  {mode} minus off, p50 (95% interval, children resampled in pairs):");
+    let names = rows_of(options, transport, tool_count, off);
+    for ((name, ..), (value, mut spread)) in
+        names.into_iter().zip(measured.into_iter().zip(resampled))
+    {
+        spread.sort_unstable();
+        let at = |fraction: f64| spread[((spread.len() - 1) as f64 * fraction).round() as usize];
+        println!(
+            "    {name:<16} {:>+7.0} µs ({:+.0} to {:+.0})",
+            value as f64 / 1e3,
+            at(0.025) as f64 / 1e3,
+            at(0.975) as f64 / 1e3
+        );
     }
 }
 
