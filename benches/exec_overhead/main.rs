@@ -22,7 +22,11 @@
 //! `warm_exec_js` and `warm_exec_ts` are a typical small cell in JavaScript and the same
 //! cell in TypeScript, alternating (the TypeScript one is refused by V8 as JavaScript, then
 //! stripped and compiled). `tool_round_trip` is one nested tool call (JS → delegate → JS), timed as a cell making
-//! [`ROUND_TRIPS`] sequential calls to a tool that answers at once, per call.
+//! [`ROUND_TRIPS`] sequential calls to a tool that answers at once, per call. With more
+//! than one `--tracing` mode, the samples alternate the modes, and each row's p50 in a
+//! traced mode minus its p50 off is printed with a 95% interval: the children resampled
+//! with replacement, in the pairs they ran in (runs of one build differ by more than the
+//! 50 µs a traced exec may cost, so a lone difference of medians says little).
 //!
 //! `--transport` takes `in-process`, `ipc`, `both` (the default), their `-fresh` forms
 //! (`in-process-fresh`, `ipc-fresh`: isolate reuse off, a new isolate for every cell),
