@@ -15,7 +15,9 @@
 //! the cost of one nested tool call (a cell making K sequential calls, less a cell making
 //! none, over K), and a `wait` on a cell that yielded to its exec and has finished since.
 //! Each figure is the client's wall time; the host's own `host_duration_ns` is given
-//! beside the warm execs and the waits.
+//! beside the warm execs and the waits. Each ratio of the two hosts' p50s comes with a 95%
+//! interval: the rounds resampled with replacement, both hosts' figures of a drawn round
+//! together.
 //!
 //! `-- --parked 300,1000` instead measures parked cells: per host, one session starts each
 //! number of cells that await a nested call nobody answers, then (past our host's
@@ -323,6 +325,54 @@ fn show(milliseconds: f64) -> String {
 /// One figure of [`Figures`].
 type Field = fn(&Figures) -> &Vec<f64>;
 
+/// The figures of `rounds`, one after the other.
+fn merged(rounds: &[Figures]) -> Figures {
+    let all = |field: Field| {
+        rounds
+            .iter()
+            .flat_map(|r| field(r).iter().copied())
+            .collect()
+    };
+    Figures {
+        cold: all(|f| &f.cold),
+        warm: all(|f| &f.warm),
+        warm_host: all(|f| &f.warm_host),
+        warm_128: all(|f| &f.warm_128),
+        warm_128_host: all(|f| &f.warm_128_host),
+        call: all(|f| &f.call),
+        wait: all(|f| &f.wait),
+        wait_host: all(|f| &f.wait_host),
+    }
+}
+
+/// How many times [`ratio_interval`] resamples the rounds.
+const RESAMPLES: usize = 2_000;
+
+/// The 95% interval of Codex's p50 over ours for `field`: the rounds resampled with
+/// replacement, each drawn round bringing both hosts' figures of that round (they ran one
+/// after the other), so that the spread between rounds shows, not only within them.
+fn ratio_interval(ours: &[Figures], theirs: &[Figures], field: Field) -> (f64, f64) {
+    let count = ours.len().min(theirs.len());
+    if count == 0 {
+        return (0.0, 0.0);
+    }
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut ratios = Vec::with_capacity(RESAMPLES);
+    for _ in 0..RESAMPLES {
+        let (mut ours_drawn, mut theirs_drawn) = (Vec::new(), Vec::new());
+        for _ in 0..count {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let index = (state % count as u64) as usize;
+            ours_drawn.extend_from_slice(field(&ours[index]));
+            theirs_drawn.extend_from_slice(field(&theirs[index]));
+        }
+        ratios.push(median(&theirs_drawn) / median(&ours_drawn));
+    }
+    (percentile(&ratios, 0.025), percentile(&ratios, 0.975))
+}
+
 /// The RSS (KiB) and threads of `pid` and its descendants.
 fn tree_usage(pid: u32) -> (u64, usize) {
     let mut pids = vec![pid];
@@ -431,12 +481,16 @@ fn main() {
         }
         return;
     }
-    let mut figures: Vec<Figures> = options.hosts.iter().map(|_| Figures::default()).collect();
+    // Each host's figures round by round (for the ratios' intervals), and all together.
+    let mut rounds: Vec<Vec<Figures>> = options.hosts.iter().map(|_| Vec::new()).collect();
     for _ in 0..options.rounds {
-        for ((_, path), figures) in options.hosts.iter().zip(&mut figures) {
-            runtime.block_on(round(path, &options, figures));
+        for ((_, path), host_rounds) in options.hosts.iter().zip(&mut rounds) {
+            let mut figures = Figures::default();
+            runtime.block_on(round(path, &options, &mut figures));
+            host_rounds.push(figures);
         }
     }
+    let figures: Vec<Figures> = rounds.iter().map(|host| merged(host)).collect();
     let rows: [(&str, Field); 8] = [
         ("cold: spawn → first result", |f| &f.cold),
         ("warm exec, 0 tools", |f| &f.warm),
@@ -477,8 +531,9 @@ fn main() {
         }
         if figures.len() == 2 {
             let (ours, theirs) = (field(&figures[0]), field(&figures[1]));
+            let (low, high) = ratio_interval(&rounds[0], &rounds[1], field);
             println!(
-                "{name:<28} {:<8} {:>8} {:>10} {:>10} {:>10}",
+                "{name:<28} {:<8} {:>8} {:>10} {:>10} {:>10}   p50 ratio's 95% interval {low:.2}–{high:.2}×",
                 "ratio",
                 "",
                 format!("{:.2}×", median(theirs) / median(ours)),
