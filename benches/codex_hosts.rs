@@ -356,15 +356,10 @@ fn ratio_interval(ours: &[Figures], theirs: &[Figures], field: Field) -> (f64, f
     if count == 0 {
         return (0.0, 0.0);
     }
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
     let mut ratios = Vec::with_capacity(RESAMPLES);
-    for _ in 0..RESAMPLES {
+    for drawn in code_mode_benches::resamples(count, RESAMPLES) {
         let (mut ours_drawn, mut theirs_drawn) = (Vec::new(), Vec::new());
-        for _ in 0..count {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let index = (state % count as u64) as usize;
+        for index in drawn {
             ours_drawn.extend_from_slice(field(&ours[index]));
             theirs_drawn.extend_from_slice(field(&theirs[index]));
         }

@@ -238,15 +238,10 @@ fn mode_differences(
     if pairs == 0 {
         return;
     }
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
     let mut resampled: Vec<Vec<i128>> = vec![Vec::with_capacity(RESAMPLES); measured.len()];
-    for _ in 0..RESAMPLES {
+    for drawn in code_mode_benches::resamples(pairs, RESAMPLES) {
         let (mut off_drawn, mut on_drawn) = (Vec::new(), Vec::new());
-        for _ in 0..pairs {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let index = (state % pairs as u64) as usize;
+        for index in drawn {
             off_drawn.push(off[index].clone());
             on_drawn.push(on[index].clone());
         }
