@@ -43,9 +43,9 @@ pub(crate) fn parse_sample(line: &str) -> Option<Sample> {
     })
 }
 
-pub(crate) fn percentile(sorted: &[u128], fraction: f64) -> u128 {
+pub(crate) fn percentile<T: Copy + Default>(sorted: &[T], fraction: f64) -> T {
     if sorted.is_empty() {
-        return 0;
+        return T::default();
     }
     let index = ((sorted.len() - 1) as f64 * fraction).round() as usize;
     sorted[index]
@@ -217,27 +217,28 @@ fn mode_differences(
     (transport, tool_count): (&str, &str),
     (mode, off, on): (&str, &[Sample], &[Sample]),
 ) {
-    let p50s = |samples: &[Sample]| -> Vec<i128> {
+    // Each row's name and p50.
+    let p50s = |samples: &[Sample]| -> Vec<(&'static str, i128)> {
         rows_of(options, transport, tool_count, samples)
             .into_iter()
-            .map(|(_, mut times, _, _)| {
+            .map(|(name, mut times, _, _)| {
                 times.sort_unstable();
-                percentile(&times, 0.5) as i128
+                (name, percentile(&times, 0.5) as i128)
             })
             .collect()
     };
-    let difference = |off: &[Sample], on: &[Sample]| -> Vec<i128> {
+    let difference = |off: &[Sample], on: &[Sample]| -> Vec<(&'static str, i128)> {
         p50s(on)
-            .iter()
+            .into_iter()
             .zip(p50s(off))
-            .map(|(on, off)| on - off)
+            .map(|((name, on), (_, off))| (name, on - off))
             .collect()
     };
-    let measured = difference(off, on);
     let pairs = off.len().min(on.len());
     if pairs == 0 {
         return;
     }
+    let measured = difference(off, on);
     let mut resampled: Vec<Vec<i128>> = vec![Vec::with_capacity(RESAMPLES); measured.len()];
     for drawn in code_mode_benches::resamples(pairs, RESAMPLES) {
         let (mut off_drawn, mut on_drawn) = (Vec::new(), Vec::new());
@@ -245,22 +246,18 @@ fn mode_differences(
             off_drawn.push(off[index].clone());
             on_drawn.push(on[index].clone());
         }
-        for (row, value) in resampled.iter_mut().zip(difference(&off_drawn, &on_drawn)) {
+        for (row, (_, value)) in resampled.iter_mut().zip(difference(&off_drawn, &on_drawn)) {
             row.push(value);
         }
     }
     println!("  {mode} minus off, p50 (95% interval, children resampled in pairs):");
-    let names = rows_of(options, transport, tool_count, off);
-    for ((name, ..), (value, mut spread)) in
-        names.into_iter().zip(measured.into_iter().zip(resampled))
-    {
+    for ((name, value), mut spread) in measured.into_iter().zip(resampled) {
         spread.sort_unstable();
-        let at = |fraction: f64| spread[((spread.len() - 1) as f64 * fraction).round() as usize];
         println!(
             "    {name:<16} {:>+7.0} µs ({:+.0} to {:+.0})",
             value as f64 / 1e3,
-            at(0.025) as f64 / 1e3,
-            at(0.975) as f64 / 1e3
+            percentile(&spread, 0.025) as f64 / 1e3,
+            percentile(&spread, 0.975) as f64 / 1e3
         );
     }
 }
