@@ -20,8 +20,9 @@
 //! itself as every runtime does. It shares the front's address-space
 //! layout (a fork is not a fresh exec), which a spawned runtime would not.
 //!
-//! Right after the fork the front moves itself to another core ([`step_aside`]), so that
-//! the child, which the kernel queues on the front's core, runs at once.
+//! Right after the fork the front moves itself to another core
+//! (`code_mode_cores::step_aside`), so that the child, which the kernel queues on the
+//! front's core, runs at once.
 //!
 //! Only the first runtime is forked; a runtime that replaces it is spawned as usual.
 
@@ -219,53 +220,14 @@ pub fn fork_runtime() -> Result<Forked, ForkError> {
         }
         pid => {
             drop((theirs, stderr_write, null));
-            step_aside();
+            // The child is queued on this core: this process moves to another one.
+            code_mode_cores::step_aside();
             Ok(Forked::Parent(Prelaunched {
                 pid,
                 socket: Some(ours),
                 stderr: Some(stderr_read),
             }))
         }
-    }
-}
-
-/// In the parent, just after the fork: moves this process off the core it runs on, so the
-/// child starts there at once.
-///
-/// The kernel queues a forked child on its parent's core, and the other core, idle as it
-/// may be, does not take it while the parent runs on (its newly idle balancing is skipped
-/// when the core was idle only briefly of late). A cold start measured 0.8 to 1.3 ms of
-/// the child waiting for a core while the other one idled, until the parent slept or
-/// started a thread. The child's chain (V8, the first isolate) is the cold start's
-/// longest; the parent's own start is done long before it. So the parent steps aside: its
-/// affinity without this core moves it to another one now, and its own affinity, given
-/// back at once, leaves it there. Nothing is changed where there is one core to run on,
-/// or where the affinity cannot be read or set. Acts on the calling thread (the process's
-/// only one at the fork); `true` if it was moved.
-fn step_aside() -> bool {
-    // SAFETY: sched_getcpu(3) has no preconditions; `allowed` is a plain bit set written
-    // by sched_getaffinity(2) and read or copied by the CPU_* helpers within its size.
-    unsafe {
-        let here = libc::sched_getcpu();
-        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        let Ok(core) = usize::try_from(here) else {
-            return false;
-        };
-        if core >= 8 * size
-            || libc::sched_getaffinity(0, size, &mut allowed) != 0
-            || libc::CPU_COUNT(&allowed) < 2
-            || !libc::CPU_ISSET(core, &allowed)
-        {
-            return false;
-        }
-        let mut elsewhere = allowed;
-        libc::CPU_CLR(core, &mut elsewhere);
-        if libc::sched_setaffinity(0, size, &elsewhere) != 0 {
-            return false;
-        }
-        libc::sched_setaffinity(0, size, &allowed);
-        true
     }
 }
 
@@ -556,71 +518,6 @@ mod tests {
         fields[48 - 3] = start.to_string();
         fields[49 - 3] = end.to_string();
         format!("4242 ({name}) {}\n", fields.join(" "))
-    }
-
-    fn affinity() -> libc::cpu_set_t {
-        // SAFETY: a zeroed bit set, written by sched_getaffinity(2) within its size.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
-            set
-        }
-    }
-
-    fn set_affinity(set: &libc::cpu_set_t) {
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        // SAFETY: sets the calling thread's affinity from a whole bit set.
-        assert_eq!(unsafe { libc::sched_setaffinity(0, size, set) }, 0);
-    }
-
-    fn cores(set: &libc::cpu_set_t) -> Vec<usize> {
-        let bits = 8 * std::mem::size_of::<libc::cpu_set_t>();
-        // SAFETY: CPU_ISSET reads a bit below the set's size.
-        (0..bits)
-            .filter(|core| unsafe { libc::CPU_ISSET(*core, set) })
-            .collect()
-    }
-
-    #[test]
-    fn stepping_aside_leaves_the_affinity_as_it_was_and_does_nothing_with_one_core() {
-        // On a thread of its own: affinity is per thread.
-        std::thread::spawn(|| {
-            let all = affinity();
-            let allowed = cores(&all);
-            // With two cores or more, narrowed to two of them: moved, and given both back.
-            if let [first, second, ..] = allowed[..] {
-                // SAFETY: CPU_ZERO and CPU_SET on a local bit set, below its size.
-                let two = unsafe {
-                    let mut two: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_ZERO(&mut two);
-                    libc::CPU_SET(first, &mut two);
-                    libc::CPU_SET(second, &mut two);
-                    two
-                };
-                set_affinity(&two);
-                assert!(
-                    step_aside(),
-                    "with two cores to run on, the thread is moved"
-                );
-                assert_eq!(cores(&affinity()), vec![first, second]);
-            }
-            // One core: nothing to do, and the affinity is kept.
-            // SAFETY: as above.
-            let one = unsafe {
-                let mut one: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(allowed[0], &mut one);
-                one
-            };
-            set_affinity(&one);
-            assert!(!step_aside());
-            assert_eq!(cores(&affinity()), vec![allowed[0]]);
-            set_affinity(&all);
-            assert!(allowed.len() < 2 || step_aside());
-            assert_eq!(cores(&affinity()), allowed);
-        })
-        .join()
-        .expect("the affinity checks passed");
     }
 
     #[test]

@@ -377,7 +377,13 @@ pub(crate) fn start_v8_on_cell_thread() {
             }
         });
         match spawned {
-            Ok(_) => *V8_THREAD.lock().unwrap_or_else(PoisonError::into_inner) = Some(lives),
+            Ok(_) => {
+                *V8_THREAD.lock().unwrap_or_else(PoisonError::into_inner) = Some(lives);
+                // The new thread is queued on this core, and its chain (V8, then the first
+                // isolate) is a cold start's longest: this thread moves to another core,
+                // where its own later wake-ups then tend to go too.
+                code_mode_cores::step_aside();
+            }
             Err(error) => {
                 tracing::debug!("cannot start V8 on a cell thread: {error}");
                 crate::platform::spawn_v8_thread();
