@@ -412,7 +412,9 @@ pub fn start_first_cell_thread<R: Send + 'static>(
 
 /// Starts V8 on a thread of its own, as [`crate::platform::start_v8`] does, for a process
 /// that will then start its first cell thread ([`start_first_cell_thread`]): that thread
-/// is then the one that started V8, and prepares its isolate as soon as V8 is up.
+/// is then the one that started V8, and prepares its isolate as soon as V8 is up. The
+/// calling thread then moves to another core (`code_mode_cores::step_aside`), leaving its
+/// own to the new thread, which the kernel queued there.
 pub fn start_v8_on_cell_thread() {
     pool::start_v8_on_cell_thread();
 }
