@@ -19,63 +19,62 @@
 /// Nothing is done with fewer than two cores to run on, or where the affinity cannot be
 /// read (more cores than a `cpu_set_t` holds) or set. `true` if the thread was moved.
 pub fn step_aside() -> bool {
-    let size = std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: sched_getcpu(3) has no preconditions.
     let Ok(core) = usize::try_from(unsafe { libc::sched_getcpu() }) else {
         return false;
     };
-    if core >= 8 * size {
+    if core >= 8 * SET_BYTES {
         return false;
     }
-    // SAFETY: a zeroed bit set, written by sched_getaffinity(2) within its size and read by
-    // the CPU_* helpers below it (`core` is within it, checked above).
-    let allowed = unsafe {
-        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size, &mut allowed) != 0
-            || libc::CPU_COUNT(&allowed) < 2
-            || !libc::CPU_ISSET(core, &allowed)
-        {
-            return false;
-        }
-        allowed
+    let Some(allowed) = affinity() else {
+        return false;
     };
-    let mut elsewhere = allowed;
-    // SAFETY: clears a bit within the set's size; sched_setaffinity(2) sets the calling
-    // thread's affinity from whole sets, the second one the affinity it had.
+    // SAFETY: the CPU_* helpers read and clear a bit within the set's size (`core` is
+    // within it, checked above); sched_setaffinity(2) sets the calling thread's affinity
+    // from whole sets, the second one the affinity it had.
     unsafe {
-        libc::CPU_CLR(core, &mut elsewhere);
-        if libc::sched_setaffinity(0, size, &elsewhere) != 0 {
+        if libc::CPU_COUNT(&allowed) < 2 || !libc::CPU_ISSET(core, &allowed) {
             return false;
         }
-        libc::sched_setaffinity(0, size, &allowed);
+        let mut elsewhere = allowed;
+        libc::CPU_CLR(core, &mut elsewhere);
+        if libc::sched_setaffinity(0, SET_BYTES, &elsewhere) != 0 {
+            return false;
+        }
+        libc::sched_setaffinity(0, SET_BYTES, &allowed);
     }
     true
+}
+
+/// The size of a `cpu_set_t`, which the affinity calls take.
+const SET_BYTES: usize = std::mem::size_of::<libc::cpu_set_t>();
+
+/// The calling thread's affinity, if it can be read (not with more cores than a
+/// `cpu_set_t` holds).
+fn affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: a zeroed bit set, written by sched_getaffinity(2) within its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, SET_BYTES, &mut set) == 0).then_some(set)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn affinity() -> libc::cpu_set_t {
-        // SAFETY: a zeroed bit set, written by sched_getaffinity(2) within its size.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
-            set
-        }
+    fn read_affinity() -> libc::cpu_set_t {
+        affinity().expect("the thread's affinity")
     }
 
     fn set_affinity(set: &libc::cpu_set_t) {
-        let size = std::mem::size_of::<libc::cpu_set_t>();
         // SAFETY: sets the calling thread's affinity from a whole bit set.
-        assert_eq!(unsafe { libc::sched_setaffinity(0, size, set) }, 0);
+        assert_eq!(unsafe { libc::sched_setaffinity(0, SET_BYTES, set) }, 0);
     }
 
     fn cores(set: &libc::cpu_set_t) -> Vec<usize> {
-        let bits = 8 * std::mem::size_of::<libc::cpu_set_t>();
         // SAFETY: CPU_ISSET reads a bit below the set's size.
-        (0..bits)
+        (0..8 * SET_BYTES)
             .filter(|core| unsafe { libc::CPU_ISSET(*core, set) })
             .collect()
     }
@@ -95,7 +94,7 @@ mod tests {
     fn stepping_aside_moves_the_thread_and_leaves_its_affinity_as_it_was() {
         // On a thread of its own: affinity is per thread.
         std::thread::spawn(|| {
-            let all = affinity();
+            let all = read_affinity();
             let allowed = cores(&all);
             // Two cores or more, narrowed to two of them: moved, and both given back.
             if let [first, second, ..] = allowed[..] {
@@ -104,16 +103,16 @@ mod tests {
                     step_aside(),
                     "with two cores to run on, the thread is moved"
                 );
-                assert_eq!(cores(&affinity()), vec![first, second]);
+                assert_eq!(cores(&read_affinity()), vec![first, second]);
             }
             // One core: nothing to do, and the affinity is kept.
             set_affinity(&set_of(&allowed[..1]));
             assert!(!step_aside());
-            assert_eq!(cores(&affinity()), allowed[..1]);
+            assert_eq!(cores(&read_affinity()), allowed[..1]);
             // All of them again.
             set_affinity(&all);
             assert_eq!(step_aside(), allowed.len() > 1);
-            assert_eq!(cores(&affinity()), allowed);
+            assert_eq!(cores(&read_affinity()), allowed);
         })
         .join()
         .expect("the affinity checks passed");
