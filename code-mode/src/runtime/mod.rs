@@ -26,6 +26,7 @@ mod thread;
 mod tool_table;
 mod typescript;
 mod values;
+mod waiting;
 pub mod watchdog;
 
 use code_mode_protocol::{

@@ -2,8 +2,8 @@
 //! the cell's event loop until the cell completes or is terminated.
 //!
 //! The loop: drain microtasks, decide whether the cell has ended, otherwise apply the next
-//! command (a tool answer or a timer firing), sleeping on the inbound queue when it is
-//! empty. Every entry into JS is followed by the same end check, so `exit()`, termination
+//! command (a tool answer or a timer firing), waiting on the inbound queue when it is
+//! empty (`waiting.rs`). Every entry into JS is followed by the same end check, so `exit()`, termination
 //! and the heap limit are noticed wherever JS was running.
 //!
 //! The compile and the evaluation are traced under the cell's span. When that span's
@@ -18,6 +18,7 @@ use super::snapshot::{self, ContextSource};
 use super::state::{CellState, StateRef};
 use super::typescript;
 use super::values::{self, v8_str};
+use super::waiting::Waiting;
 use super::watchdog::{self, Watched};
 use super::{CellCommand, CellEvent, CellOutcome, Inbound};
 use code_mode_protocol::Surface;
@@ -33,14 +34,6 @@ use std::time::{Duration, SystemTime};
 /// external memory toward the heap limit too, so a smaller buffer budget makes an
 /// oversized allocation a catchable `RangeError` rather than the end of the cell.
 const ARRAY_BUFFER_SHARE: u64 = 2;
-
-/// How long a cell thread with tool answers outstanding polls its queue before it goes to
-/// sleep. Waking a sleeping thread costs tens of microseconds on small virtual machines,
-/// about as much as an in-process tool round trip; a fast answer is caught without it.
-/// Each poll yields the CPU, so a thread that delivers the answer on the same CPU runs
-/// at once instead of waiting for the spin to end. The spin runs no JS and its CPU time
-/// is excused from the cell's budget.
-const SPIN_FOR_ANSWER: Duration = Duration::from_micros(60);
 
 /// The largest cell source, in bytes, for the compiler and the TypeScript stripper alike.
 /// Far beyond any script a model writes; it bounds what a hostile source costs to parse.
@@ -326,7 +319,7 @@ fn run_cell(
             state: Rc::clone(&state),
             heap_guard: &heap_guard,
             watched: watched.as_deref(),
-            inbound: &inbound,
+            waiting: Waiting::new(&inbound, watched.as_deref()),
             tool_functions,
             built_tools,
             surface: config.surface,
@@ -490,7 +483,8 @@ struct Driver<'g> {
     state: StateRef,
     heap_guard: &'g HeapGuard,
     watched: Option<&'g Watched>,
-    inbound: &'g mpsc::Receiver<Inbound>,
+    /// The inbound queue, and how the thread waits on it.
+    waiting: Waiting<'g>,
     /// Tool functions prepared ahead of the cell, by index.
     tool_functions: Vec<v8::Global<v8::Function>>,
     /// `tools` and `ALL_TOOLS` built ahead, and for which tools.
@@ -563,7 +557,8 @@ impl Driver<'_> {
         if let Some(outcome) = self.settled(scope, module_promise) {
             return Some(outcome);
         }
-        let message = match self.next_soon() {
+        let answers_due = !self.state.borrow().pending_calls.is_empty();
+        let message = match self.waiting.soon(answers_due) {
             Ok(message) => message,
             Err(mpsc::TryRecvError::Empty) => {
                 pump_platform_tasks(scope);
@@ -573,7 +568,7 @@ impl Driver<'_> {
                     return None; // stopped: the end check of the next turn decides how
                 }
                 trace_measured(&self.span);
-                match self.inbound.recv() {
+                match self.waiting.next() {
                     Ok(message) => message,
                     Err(mpsc::RecvError) => return Some(CellOutcome::Terminated),
                 }
@@ -585,32 +580,6 @@ impl Driver<'_> {
             self.apply(scope, command);
         }
         None
-    }
-
-    /// The next queued message, polling for up to [`SPIN_FOR_ANSWER`] when a tool answer is
-    /// outstanding.
-    fn next_soon(&self) -> Result<Inbound, mpsc::TryRecvError> {
-        let first = self.inbound.try_recv();
-        if !matches!(first, Err(mpsc::TryRecvError::Empty))
-            || self.state.borrow().pending_calls.is_empty()
-        {
-            return first;
-        }
-        let spin = || {
-            let deadline = std::time::Instant::now() + SPIN_FOR_ANSWER;
-            loop {
-                match self.inbound.try_recv() {
-                    Err(mpsc::TryRecvError::Empty) if std::time::Instant::now() < deadline => {
-                        std::thread::yield_now();
-                    }
-                    other => return other,
-                }
-            }
-        };
-        match self.watched {
-            Some(watched) => watched.excused(spin),
-            None => spin(),
-        }
     }
 
     /// Compiles, instantiates and evaluates the module; returns its evaluation promise.
