@@ -3,8 +3,8 @@
 //!
 //! The loop: drain microtasks, decide whether the cell has ended, otherwise apply the next
 //! command (a tool answer or a timer firing), waiting on the inbound queue when it is
-//! empty (`waiting.rs`). Every entry into JS is followed by the same end check, so `exit()`, termination
-//! and the heap limit are noticed wherever JS was running.
+//! empty (`waiting.rs`). Every entry into JS is followed by the same end check, so
+//! `exit()`, termination and the heap limit are noticed wherever JS was running.
 //!
 //! The compile and the evaluation are traced under the cell's span. When that span's
 //! subscriber takes a span's times (`code_mode_trace::TakesTimes`: the runtime's layer, the
