@@ -60,6 +60,25 @@ fn waiting_does_not_count_against_the_cpu_budget() {
     );
 }
 
+/// A thread polls for answers that come within a fraction of a millisecond instead of
+/// sleeping: 250 answers 250 µs late keep it polling about 60 ms in all, far past a 40 ms
+/// budget that the cell's own work stays well within.
+#[test]
+fn polling_for_fast_answers_does_not_count_against_the_cpu_budget() {
+    let r = cell("for (let i = 0; i < 250; i++) await tools.echo(i); text('done');")
+        .limits(CellLimits {
+            cpu_budget_ms: 40,
+            ..limits()
+        })
+        .answer(|call| {
+            std::thread::sleep(Duration::from_micros(250));
+            crate::harness::default_answer(call)
+        })
+        .run();
+    assert_eq!(r.ok_texts(), ["done"]);
+    assert_eq!(r.tool_calls().len(), 250);
+}
+
 #[test]
 fn the_output_cap_drops_later_output_behind_a_marker() {
     let r = cell(
