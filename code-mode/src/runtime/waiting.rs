@@ -13,8 +13,8 @@
 //!   cell's recent waits ended within that time ([`Pace`]). An answer that crosses two
 //!   processes and a client (a front's nested call) comes in a few hundred microseconds:
 //!   it is caught by a running thread instead of waking a sleeping one. A cell whose tools
-//!   take longer stops polling after a few such waits, so a slow tool costs its thread
-//!   little CPU.
+//!   take longer stops polling after one such wait (two for a tool of a millisecond or
+//!   two), so a slow tool costs its thread little CPU.
 //!
 //! Each poll yields the CPU, so a thread that delivers the answer on the same CPU runs at
 //! once instead of waiting for the poll to end. Polling runs no JS, and its CPU time is
@@ -28,16 +28,16 @@ use std::time::{Duration, Instant};
 
 /// How long a cell thread with tool answers outstanding polls its queue before it reports
 /// the cell idle.
-pub(super) const SPIN_FOR_ANSWER: Duration = Duration::from_micros(60);
+const SPIN_FOR_ANSWER: Duration = Duration::from_micros(60);
 
 /// How long after a wait began the thread goes on polling once it reported the cell idle,
 /// when the cell's recent waits ended within this time; then it sleeps.
-pub(super) const SPIN_FOR_FAST_ANSWERS: Duration = Duration::from_micros(500);
+const SPIN_FOR_FAST_ANSWERS: Duration = Duration::from_micros(500);
 
 /// How soon a cell's waits with answers due have been ending: a moving average, each new
 /// wait a quarter of it.
 #[derive(Debug, Default)]
-pub(super) struct Pace {
+struct Pace {
     recent: Cell<Duration>,
 }
 
