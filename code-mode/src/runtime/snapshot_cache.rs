@@ -28,7 +28,7 @@
 //! checking a blob costs about 7 µs where its SHA-256 cost 200 µs of a cold start.
 //!
 //! Everything here happens before the runtime's sandbox forbids file access:
-//! [`load_or_make`] is called once, at start.
+//! [`use_disk_cache`](super::snapshot::use_disk_cache) is called once, at start.
 
 use sha2::{Digest, Sha256};
 use std::io::Write as _;
@@ -346,7 +346,7 @@ fn is_cache_name(name: &str) -> bool {
     })
 }
 
-/// `.<pid>.<nanoseconds>.tmp`, as [`write`] names its temporary file.
+/// `.<pid>.<nanoseconds>.tmp`, as [`write()`] names its temporary file.
 fn is_temporary_name(name: &str) -> bool {
     name.strip_prefix('.')
         .and_then(|rest| rest.strip_suffix(".tmp"))
