@@ -14,7 +14,9 @@
 //!   processes and a client (a front's nested call) comes in a few hundred microseconds:
 //!   it is caught by a running thread instead of waking a sleeping one. A cell whose tools
 //!   take longer stops polling after one such wait (two for a tool of a millisecond or
-//!   two), so a slow tool costs its thread little CPU.
+//!   two), so a slow tool costs its thread little CPU. At most half the cores' worth of
+//!   threads poll this way at once ([`polling_slots`]): with many cells waiting, the
+//!   rest sleep.
 //!
 //! Each poll yields the CPU, so a thread that delivers the answer on the same CPU runs at
 //! once instead of waiting for the poll to end. Polling runs no JS, and its CPU time is
@@ -23,7 +25,8 @@
 use super::Inbound;
 use super::watchdog::Watched;
 use std::cell::Cell;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a cell thread with tool answers outstanding polls its queue before it reports
@@ -51,6 +54,51 @@ impl Pace {
     /// Whether the recent waits ended soon enough for the thread to poll on for the next.
     fn fast(&self) -> bool {
         self.recent.get() <= SPIN_FOR_FAST_ANSWERS
+    }
+}
+
+/// The cell threads of this process polling past [`SPIN_FOR_ANSWER`].
+static POLLING: Pollers = Pollers::new();
+
+/// How many cell threads may poll past [`SPIN_FOR_ANSWER`] at once: half the cores, at
+/// least one. Polling buys a lone cell's latency; when many cells wait at once, the
+/// others sleep and leave the CPU to the threads that bring their answers.
+fn polling_slots() -> usize {
+    static SLOTS: LazyLock<usize> = LazyLock::new(|| {
+        std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+    });
+    *SLOTS
+}
+
+/// Threads polling now, counted against a number of places.
+struct Pollers {
+    polling: AtomicUsize,
+}
+
+impl Pollers {
+    const fn new() -> Self {
+        Self {
+            polling: AtomicUsize::new(0),
+        }
+    }
+
+    /// A place, if fewer than `slots` threads poll now; it is given back when dropped.
+    fn take(&self, slots: usize) -> Option<PollingSlot<'_>> {
+        self.polling
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |polling| {
+                (polling < slots).then_some(polling + 1)
+            })
+            .ok()
+            .map(|_| PollingSlot(&self.polling))
+    }
+}
+
+/// A place among the polling threads.
+struct PollingSlot<'p>(&'p AtomicUsize);
+
+impl Drop for PollingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -100,14 +148,18 @@ impl<'g> Waiting<'g> {
         let Some(began) = self.began.take() else {
             return self.inbound.recv();
         };
-        let message = if self.pace.fast() {
-            match self.poll_until(began + SPIN_FOR_FAST_ANSWERS) {
+        let polling = self
+            .pace
+            .fast()
+            .then(|| POLLING.take(polling_slots()))
+            .flatten();
+        let message = match polling {
+            Some(_slot) => match self.poll_until(began + SPIN_FOR_FAST_ANSWERS) {
                 Ok(message) => Ok(message),
                 Err(mpsc::TryRecvError::Disconnected) => Err(mpsc::RecvError),
                 Err(mpsc::TryRecvError::Empty) => self.inbound.recv(),
-            }
-        } else {
-            self.inbound.recv()
+            },
+            None => self.inbound.recv(),
         };
         self.pace.record(began.elapsed());
         message
@@ -163,6 +215,19 @@ mod tests {
             pace.record(Duration::from_micros(900));
         }
         assert!(!pace.fast());
+    }
+
+    #[test]
+    fn only_as_many_threads_poll_at_once_as_there_are_places() {
+        let pollers = Pollers::new();
+        let first = pollers.take(2).expect("a first place");
+        let second = pollers.take(2).expect("a second place");
+        assert!(pollers.take(2).is_none(), "two places, both taken");
+        drop(first);
+        let third = pollers.take(2).expect("a place given back is taken again");
+        drop((second, third));
+        assert_eq!(pollers.polling.load(Ordering::Acquire), 0);
+        assert!(polling_slots() >= 1, "a machine of one core still polls");
     }
 
     /// An answer that comes after the first stretch, within the second, is taken by the
