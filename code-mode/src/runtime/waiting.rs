@@ -110,6 +110,8 @@ pub(super) struct Waiting<'g> {
     pace: Pace,
     /// When the wait that [`Self::soon`] left to [`Self::next`] began.
     began: Cell<Option<Instant>>,
+    /// The places to poll past [`SPIN_FOR_ANSWER`] (the process's, [`POLLING`]).
+    pollers: &'g Pollers,
 }
 
 impl<'g> Waiting<'g> {
@@ -119,6 +121,7 @@ impl<'g> Waiting<'g> {
             watched,
             pace: Pace::default(),
             began: Cell::new(None),
+            pollers: &POLLING,
         }
     }
 
@@ -148,18 +151,17 @@ impl<'g> Waiting<'g> {
         let Some(began) = self.began.take() else {
             return self.inbound.recv();
         };
-        let polling = self
+        // The place is given back as the poll ends, before the thread sleeps.
+        let polled = self
             .pace
             .fast()
-            .then(|| POLLING.take(polling_slots()))
-            .flatten();
-        let message = match polling {
-            Some(_slot) => match self.poll_until(began + SPIN_FOR_FAST_ANSWERS) {
-                Ok(message) => Ok(message),
-                Err(mpsc::TryRecvError::Disconnected) => Err(mpsc::RecvError),
-                Err(mpsc::TryRecvError::Empty) => self.inbound.recv(),
-            },
-            None => self.inbound.recv(),
+            .then(|| self.pollers.take(polling_slots()))
+            .flatten()
+            .map(|_place| self.poll_until(began + SPIN_FOR_FAST_ANSWERS));
+        let message = match polled {
+            Some(Ok(message)) => Ok(message),
+            Some(Err(mpsc::TryRecvError::Disconnected)) => Err(mpsc::RecvError),
+            Some(Err(mpsc::TryRecvError::Empty)) | None => self.inbound.recv(),
         };
         self.pace.record(began.elapsed());
         message
@@ -228,6 +230,33 @@ mod tests {
         drop((second, third));
         assert_eq!(pollers.polling.load(Ordering::Acquire), 0);
         assert!(polling_slots() >= 1, "a machine of one core still polls");
+    }
+
+    /// A thread that polled in vain gives its place back before it sleeps: a cell parked
+    /// on a slow call does not keep the others from polling.
+    #[test]
+    fn a_thread_that_goes_to_sleep_gives_its_place_back() {
+        let pollers: &'static Pollers = Box::leak(Box::new(Pollers::new()));
+        let (sender, receiver) = mpsc::channel();
+        let waiting = Waiting {
+            pollers,
+            ..Waiting::new(&receiver, None)
+        };
+        assert!(matches!(waiting.soon(true), Err(mpsc::TryRecvError::Empty)));
+        let watcher = std::thread::spawn(move || {
+            // Well past the poll: the waiting thread sleeps by now.
+            std::thread::sleep(Duration::from_millis(50));
+            let polling = pollers.polling.load(Ordering::Acquire);
+            sender.send(command()).expect("the receiver is there");
+            polling
+        });
+        assert!(waiting.next().is_ok());
+        assert_eq!(
+            watcher.join().expect("the watcher"),
+            0,
+            "a sleeping thread holds no place"
+        );
+        assert_eq!(pollers.polling.load(Ordering::Acquire), 0);
     }
 
     /// An answer that comes after the first stretch, within the second, is taken by the
