@@ -39,20 +39,28 @@ fn the_cpu_budget_stops_busy_code_wherever_it_runs() {
     }
 }
 
+/// `source` under a CPU budget of `budget_ms`, each tool call answered `late`.
+fn answered_late(source: &str, budget_ms: u64, late: Duration) -> crate::harness::Run {
+    cell(source)
+        .limits(CellLimits {
+            cpu_budget_ms: budget_ms,
+            ..limits()
+        })
+        .answer(move |call| {
+            std::thread::sleep(late);
+            crate::harness::default_answer(call)
+        })
+        .run()
+}
+
 #[test]
 fn waiting_does_not_count_against_the_cpu_budget() {
     let started = Instant::now();
-    let r =
-        cell("await tools.echo(1); await new Promise((r) => setTimeout(r, 700)); text('done');")
-            .limits(CellLimits {
-                cpu_budget_ms: 200,
-                ..limits()
-            })
-            .answer(|call| {
-                std::thread::sleep(Duration::from_millis(500));
-                crate::harness::default_answer(call)
-            })
-            .run();
+    let r = answered_late(
+        "await tools.echo(1); await new Promise((r) => setTimeout(r, 700)); text('done');",
+        200,
+        Duration::from_millis(500),
+    );
     assert_eq!(r.ok_texts(), ["done"]);
     assert!(
         started.elapsed() > Duration::from_millis(1000),
@@ -65,16 +73,11 @@ fn waiting_does_not_count_against_the_cpu_budget() {
 /// budget that the cell's own work stays well within.
 #[test]
 fn polling_for_fast_answers_does_not_count_against_the_cpu_budget() {
-    let r = cell("for (let i = 0; i < 250; i++) await tools.echo(i); text('done');")
-        .limits(CellLimits {
-            cpu_budget_ms: 40,
-            ..limits()
-        })
-        .answer(|call| {
-            std::thread::sleep(Duration::from_micros(250));
-            crate::harness::default_answer(call)
-        })
-        .run();
+    let r = answered_late(
+        "for (let i = 0; i < 250; i++) await tools.echo(i); text('done');",
+        40,
+        Duration::from_micros(250),
+    );
     assert_eq!(r.ok_texts(), ["done"]);
     assert_eq!(r.tool_calls().len(), 250);
 }
