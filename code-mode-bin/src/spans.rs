@@ -27,10 +27,13 @@
 //! The spans are made straight into the wire's [`SpanRecord`]s by a layer of our own
 //! ([`HandBackLayer`]): the runtime keeps no OpenTelemetry SDK, and a span costs its
 //! record's allocation and two clock reads on the cell's thread, not a tracer's builder,
-//! sampler and processor.
+//! sampler and processor. A cell's compile and evaluate are not even `tracing` spans here:
+//! the cell's thread measures them and the layer makes their records straight from what
+//! was measured ([`code_mode_trace::TakesMeasured`]), without a span's slot in the registry,
+//! its extensions and its close.
 
 use code_mode_protocol::sync::lock;
-use code_mode_trace::fresh_span_id;
+use code_mode_trace::{MeasuredSpan, MeasuredValue, TakesMeasured, fresh_span_id};
 use code_mode_wire::payload::{SpanEvent, SpanRecord, SpanStatus, SpanValue, TraceContext};
 use code_mode_wire::transport::Outbox;
 use code_mode_wire::{ServerMessage, SessionId};
@@ -43,7 +46,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 /// The name of the span a traced request runs under.
 pub(crate) const RUNTIME_SPAN: &str = "code_mode.runtime";
@@ -247,7 +250,7 @@ fn made_span(ids: (TraceId, SpanId, SpanId), session: Option<SessionId>) -> Opti
         RUNTIME_SPAN,
         // The runtime's own number of the session (not the id its agent core knows).
         runtime.session = session.map(|session| session.0.to_string()),
-        process.pid = i64::from(std::process::id()),
+        process.pid = pid(),
         cpu.time_ms = tracing::field::Empty,
     );
     // Taken by the layer when it made the span; a span it did not make (no layer) leaves
@@ -267,6 +270,13 @@ pub(crate) fn warm() {
     if let Some(spare) = &*lock(&SPARE) {
         drop(spare.enter());
     }
+}
+
+/// This process's id, as its spans carry it: read once (each read is a system call, and
+/// the sandbox lets this process fork no child whose id would differ).
+fn pid() -> i64 {
+    static PID: LazyLock<i64> = LazyLock::new(|| i64::from(std::process::id()));
+    *PID
 }
 
 /// A span being made: its record so far (ended, it goes back as it is).
@@ -293,16 +303,8 @@ where
                 None => None,
             };
             parent.and_then(|parent| {
-                let extensions = parent.extensions();
-                let Open(record) = extensions.get::<Open>()?;
-                // A child of a `code_mode.runtime` span hangs under the host's span that
-                // one stands for (see the module docs).
-                let under = if parent.name() == RUNTIME_SPAN {
-                    record.parent_span_id
-                } else {
-                    record.span_id
-                };
-                Some((record.trace_id, under, fresh_span_id()))
+                let (trace_id, under) = child_ids(&parent)?;
+                Some((trace_id, under, fresh_span_id()))
             })
         };
         let Some((trace_id, parent_span_id, span_id)) = ids else {
@@ -357,6 +359,9 @@ where
 
     // SAFETY: the pointer returned is to a static of the type asked for.
     unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<TakesMeasured>() {
+            return Some(std::ptr::from_ref(&TAKES_MEASURED).cast());
+        }
         code_mode_trace::takes_times_downcast(id)
     }
 
@@ -371,6 +376,61 @@ where
         status_from_fields(&mut record);
         hand_back(record);
     }
+}
+
+/// The trace a child of `parent` (a span the layer made) belongs to and the span it hangs
+/// under: `parent` itself, or for a child of a `code_mode.runtime` span, the host's span
+/// that one stands for (see the module docs). `None` when `parent` has no record.
+fn child_ids<S>(parent: &SpanRef<'_, S>) -> Option<(TraceId, SpanId)>
+where
+    S: for<'span> LookupSpan<'span>,
+{
+    let extensions = parent.extensions();
+    let Open(record) = extensions.get::<Open>()?;
+    let under = if parent.name() == RUNTIME_SPAN {
+        record.parent_span_id
+    } else {
+        record.span_id
+    };
+    Some((record.trace_id, under))
+}
+
+/// How the layer makes the spans of work a cell measured: straight into records.
+static TAKES_MEASURED: TakesMeasured = TakesMeasured::new(take_measured);
+
+/// Hands back the record of `measured`, a child of the layer's span `parent`, as its
+/// span's close would have: the same ids, times, fields and `process.pid`.
+fn take_measured(dispatch: &tracing::Dispatch, parent: &Id, measured: &MeasuredSpan<'_>) {
+    let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>() else {
+        return;
+    };
+    let Some((trace_id, parent_span_id)) =
+        registry.span(parent).and_then(|parent| child_ids(&parent))
+    else {
+        return;
+    };
+    let attributes = measured
+        .fields
+        .iter()
+        .map(|&(key, value)| {
+            let value = match value {
+                MeasuredValue::I64(value) => SpanValue::I64(value),
+                MeasuredValue::Bool(value) => SpanValue::Bool(value),
+            };
+            (key.to_owned(), value)
+        })
+        .collect();
+    hand_back(SpanRecord {
+        trace_id,
+        span_id: fresh_span_id(),
+        parent_span_id,
+        name: measured.name.to_owned(),
+        start_unix_nanos: unix_nanos(measured.start),
+        end_unix_nanos: unix_nanos(measured.end),
+        attributes,
+        events: Vec::new(),
+        status: SpanStatus::Unset,
+    });
 }
 
 /// The span's status from the `otel.status_code` and `otel.status_message` fields (as
@@ -449,10 +509,9 @@ fn hand_back(mut record: SpanRecord) {
     let ends_route = record.name == RUNTIME_SPAN;
     if !ends_route {
         // The request's own span has its pid already.
-        record.attributes.push((
-            "process.pid".to_owned(),
-            SpanValue::I64(i64::from(std::process::id())),
-        ));
+        record
+            .attributes
+            .push(("process.pid".to_owned(), SpanValue::I64(pid())));
     }
     let mut routes = lock(&ROUTES);
     let Some(route) = routes.get_mut(&trace_id) else {

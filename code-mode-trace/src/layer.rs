@@ -5,7 +5,9 @@
 //! (`records`, in a process that exports with [`crate::Telemetry`]) or
 //! `tracing-opentelemetry` (the Codex front's spans, an agent core's). Also how a span is
 //! made after its work ran, with the times it ran at, under a layer of ours that takes
-//! them ([`TakesTimes`], [`made_at`]).
+//! them ([`TakesTimes`], [`made_at`]), or straight from what was measured, with no
+//! `tracing` span made at all, under a layer that makes its records itself
+//! ([`TakesMeasured`], [`take_measured`]).
 
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use std::any::TypeId;
@@ -81,6 +83,54 @@ pub fn takes_times_downcast(id: TypeId) -> Option<*const ()> {
 pub fn takes_times(span: &tracing::Span) -> bool {
     span.with_subscriber(|(_, dispatch)| dispatch.is::<TakesTimes>())
         .unwrap_or(false)
+}
+
+/// A field of a [`MeasuredSpan`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MeasuredValue {
+    I64(i64),
+    Bool(bool),
+}
+
+/// A piece of work measured as it ran, whose span is made once it ended: its name, times
+/// and fields.
+#[derive(Clone, Copy, Debug)]
+pub struct MeasuredSpan<'a> {
+    pub name: &'static str,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub fields: &'a [(&'static str, MeasuredValue)],
+}
+
+/// What a layer of ours answers a downcast to when it makes a [`MeasuredSpan`]'s record
+/// itself, under a span it made: no `tracing` span is made for the work, whose making
+/// through the registry (its slot, its extensions, its close) costs several times the
+/// record's. The runtime's layer does so; under any other, [`take_measured`] declines and
+/// the span is made through `tracing` with [`made_at`].
+pub struct TakesMeasured {
+    /// Makes the record of a measured span under the layer's span `parent`.
+    take: fn(&Dispatch, &Id, &MeasuredSpan<'_>),
+}
+
+impl TakesMeasured {
+    /// The capability, with the layer's function that makes the records.
+    pub const fn new(take: fn(&Dispatch, &Id, &MeasuredSpan<'_>)) -> Self {
+        Self { take }
+    }
+}
+
+/// Makes the span of `measured` under `parent` straight into the record of the layer
+/// that takes measured spans ([`TakesMeasured`]); `false` when `parent`'s subscriber has
+/// none (or `parent` is disabled), and nothing was made.
+pub fn take_measured(parent: &tracing::Span, measured: &MeasuredSpan<'_>) -> bool {
+    parent
+        .with_subscriber(|(id, dispatch)| {
+            let takes = dispatch.downcast_ref::<TakesMeasured>()?;
+            (takes.take)(dispatch, id, measured);
+            Some(())
+        })
+        .flatten()
+        .is_some()
 }
 
 thread_local! {

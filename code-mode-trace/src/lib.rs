@@ -26,8 +26,8 @@ mod layer;
 pub mod traced;
 pub use ids::{fresh_span_id, fresh_trace_id};
 pub use layer::{
-    TRACED_TARGETS, TakesTimes, adopt, context_of, made_at, span_end, span_start, takes_times,
-    takes_times_downcast,
+    MeasuredSpan, MeasuredValue, TRACED_TARGETS, TakesMeasured, TakesTimes, adopt, context_of,
+    made_at, span_end, span_start, take_measured, takes_times, takes_times_downcast,
 };
 
 #[cfg(feature = "export")]

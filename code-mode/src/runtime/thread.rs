@@ -9,7 +9,9 @@
 //! The compile and the evaluation are traced under the cell's span. When that span's
 //! subscriber takes a span's times (`code_mode_trace::TakesTimes`: the runtime's layer, the
 //! fronts' records) they are only measured as they run, and their spans are made once the
-//! loop is idle or the end is reported, off the answer's path.
+//! loop is idle or the end is reported, off the answer's path: straight into records under
+//! a layer that takes measured spans (`code_mode_trace::TakesMeasured`: the runtime's),
+//! else as `tracing` spans given the measured times.
 
 use super::MODULE_NAME;
 use super::callbacks::{self, CountingAllocator, HeapGuard};
@@ -405,13 +407,17 @@ enum Work {
     Evaluate,
 }
 
+/// The names of the spans of a cell's [`Work`].
+const COMPILE_SPAN: &str = "code_mode.compile";
+const EVALUATE_SPAN: &str = "code_mode.evaluate";
+
 /// The span of `work` under `parent` (none when `parent` is disabled).
 fn work_span(parent: &tracing::Span, work: Work) -> tracing::Span {
     let span = under(parent, || match work {
         Work::Compile { bytes, typescript } => {
             let span = tracing::info_span!(
                 parent: parent,
-                "code_mode.compile",
+                COMPILE_SPAN,
                 source.bytes = i64::try_from(bytes).unwrap_or(i64::MAX),
                 typescript = tracing::field::Empty,
             );
@@ -420,7 +426,7 @@ fn work_span(parent: &tracing::Span, work: Work) -> tracing::Span {
             }
             span
         }
-        Work::Evaluate => tracing::info_span!(parent: parent, "code_mode.evaluate"),
+        Work::Evaluate => tracing::info_span!(parent: parent, EVALUATE_SPAN),
     });
     span.unwrap_or_else(tracing::Span::none)
 }
@@ -471,10 +477,36 @@ thread_local! {
 /// Makes the spans of the work this thread measured, under `parent` and with the times
 /// measured: once the cell is idle, or its owner released it after its end, so that the
 /// cell's answer does not wait for its spans.
+/// Under a layer that takes measured spans (the runtime's), each goes straight into its
+/// record; under others, it is made as a `tracing` span with the times measured.
 fn trace_measured(parent: &tracing::Span) {
+    use code_mode_trace::{MeasuredSpan, MeasuredValue};
     let measured = MEASURED.with(|measured| std::mem::take(&mut *measured.borrow_mut()));
     for (work, start, end) in measured {
-        code_mode_trace::made_at(start, end, || drop(work_span(parent, work)));
+        let compile_fields;
+        let (name, fields): (_, &[_]) = match work {
+            Work::Compile { bytes, typescript } => {
+                compile_fields = [
+                    (
+                        "source.bytes",
+                        MeasuredValue::I64(i64::try_from(bytes).unwrap_or(i64::MAX)),
+                    ),
+                    ("typescript", MeasuredValue::Bool(true)),
+                ];
+                let kept = if typescript { 2 } else { 1 };
+                (COMPILE_SPAN, &compile_fields[..kept])
+            }
+            Work::Evaluate => (EVALUATE_SPAN, &[]),
+        };
+        let span = MeasuredSpan {
+            name,
+            start,
+            end,
+            fields,
+        };
+        if !code_mode_trace::take_measured(parent, &span) {
+            code_mode_trace::made_at(start, end, || drop(work_span(parent, work)));
+        }
     }
 }
 
