@@ -34,7 +34,7 @@
 
 use code_mode_protocol::sync::lock;
 use code_mode_trace::{MeasuredSpan, MeasuredValue, TakesMeasured, fresh_span_id};
-use code_mode_wire::payload::{SpanEvent, SpanRecord, SpanStatus, SpanValue, TraceContext};
+use code_mode_wire::payload::{Name, SpanEvent, SpanRecord, SpanStatus, SpanValue, TraceContext};
 use code_mode_wire::transport::Outbox;
 use code_mode_wire::{ServerMessage, SessionId};
 use std::cell::Cell;
@@ -232,7 +232,7 @@ fn claimed_spare(
         record.start_unix_nanos = unix_nanos(SystemTime::now());
         if let Some(session) = session {
             record.attributes.push((
-                "runtime.session".to_owned(),
+                Name::from("runtime.session"),
                 SpanValue::Text(session.0.to_string()),
             ));
         }
@@ -314,7 +314,7 @@ where
             trace_id,
             span_id,
             parent_span_id,
-            name: span.name().to_owned(),
+            name: Name::from(span.name()),
             start_unix_nanos: unix_nanos(code_mode_trace::span_start()),
             end_unix_nanos: 0,
             attributes: Vec::new(),
@@ -345,10 +345,10 @@ where
         event.record(&mut Fields(&mut attributes));
         let name = match attributes.iter().position(|(key, _)| key == "message") {
             Some(index) => match attributes.remove(index).1 {
-                SpanValue::Text(text) => text,
-                other => format!("{other:?}"),
+                SpanValue::Text(text) => Name::from(text),
+                other => Name::from(format!("{other:?}")),
             },
-            None => event.metadata().name().to_owned(),
+            None => Name::from(event.metadata().name()),
         };
         record.events.push(SpanEvent {
             name,
@@ -417,14 +417,14 @@ fn take_measured(dispatch: &tracing::Dispatch, parent: &Id, measured: &MeasuredS
                 MeasuredValue::I64(value) => SpanValue::I64(value),
                 MeasuredValue::Bool(value) => SpanValue::Bool(value),
             };
-            (key.to_owned(), value)
+            (Name::from(key), value)
         })
         .collect();
     hand_back(SpanRecord {
         trace_id,
         span_id: fresh_span_id(),
         parent_span_id,
-        name: measured.name.to_owned(),
+        name: Name::from(measured.name),
         start_unix_nanos: unix_nanos(measured.start),
         end_unix_nanos: unix_nanos(measured.end),
         attributes,
@@ -459,13 +459,13 @@ fn status_from_fields(record: &mut SpanRecord) {
 }
 
 /// A span's fields as attributes: a field recorded again replaces its value.
-struct Fields<'a>(&'a mut Vec<(String, SpanValue)>);
+struct Fields<'a>(&'a mut Vec<(Name, SpanValue)>);
 
 impl Fields<'_> {
     fn set(&mut self, field: &Field, value: SpanValue) {
-        match self.0.iter_mut().find(|(key, _)| key == field.name()) {
+        match self.0.iter_mut().find(|(key, _)| *key == field.name()) {
             Some((_, old)) => *old = value,
-            None => self.0.push((field.name().to_owned(), value)),
+            None => self.0.push((Name::from(field.name()), value)),
         }
     }
 }
@@ -511,7 +511,7 @@ fn hand_back(mut record: SpanRecord) {
         // The request's own span has its pid already.
         record
             .attributes
-            .push(("process.pid".to_owned(), SpanValue::I64(pid())));
+            .push((Name::from("process.pid"), SpanValue::I64(pid())));
     }
     let mut routes = lock(&ROUTES);
     let Some(route) = routes.get_mut(&trace_id) else {
@@ -642,7 +642,7 @@ mod tests {
             trace_id,
             span_id: [1; 8],
             parent_span_id: [2; 8],
-            name: name.to_owned(),
+            name: Name::from(name.to_owned()),
             start_unix_nanos: 1,
             end_unix_nanos: 2,
             attributes: Vec::new(),

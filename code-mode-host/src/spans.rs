@@ -22,7 +22,7 @@
 //!
 //! A refused span is a protocol violation that drops the runtime; a dropped one is logged.
 
-use code_mode_wire::payload::{SpanRecord, SpanStatus, SpanValue, TraceContext};
+use code_mode_wire::payload::{Name, SpanRecord, SpanStatus, SpanValue, TraceContext};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
     Tracer as _,
@@ -233,7 +233,7 @@ fn hex(bytes: &[u8]) -> String {
 /// A span within its bounds (name, attributes, events, and the text of each).
 fn check_bounds(record: &SpanRecord) -> Result<(), SpanRefusal> {
     let over = |what, bound| Err(SpanRefusal::OverBound { what, bound });
-    let attributes_fit = |attributes: &[(String, SpanValue)]| {
+    let attributes_fit = |attributes: &[(Name, SpanValue)]| {
         if attributes.len() > MAX_ATTRIBUTES {
             return over("attribute count", MAX_ATTRIBUTES);
         }
@@ -296,7 +296,7 @@ fn emit(tracer: &opentelemetry::global::BoxedTracer, record: SpanRecord) {
     );
     let parent = opentelemetry::Context::new().with_remote_span_context(parent);
     let builder = tracer
-        .span_builder(record.name)
+        .span_builder(record.name.into_cow())
         .with_span_id(SpanId::from_bytes(record.span_id))
         .with_start_time(time(record.start_unix_nanos))
         .with_attributes(key_values(record.attributes))
@@ -306,7 +306,7 @@ fn emit(tracer: &opentelemetry::global::BoxedTracer, record: SpanRecord) {
                 .into_iter()
                 .map(|event| {
                     opentelemetry::trace::Event::new(
-                        event.name,
+                        event.name.into_cow(),
                         time(event.unix_nanos),
                         key_values(event.attributes),
                         0,
@@ -327,7 +327,9 @@ fn time(unix_nanos: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_nanos(unix_nanos)
 }
 
-fn key_values(attributes: Vec<(String, SpanValue)>) -> Vec<KeyValue> {
+/// The attributes as OpenTelemetry's: a name that is static text (the runtime's own) is
+/// taken as such, not copied.
+fn key_values(attributes: Vec<(Name, SpanValue)>) -> Vec<KeyValue> {
     attributes
         .into_iter()
         .map(|(key, value)| {
@@ -337,7 +339,7 @@ fn key_values(attributes: Vec<(String, SpanValue)>) -> Vec<KeyValue> {
                 SpanValue::F64(value) => Value::F64(value),
                 SpanValue::Text(value) => Value::from(value),
             };
-            KeyValue::new(key, value)
+            KeyValue::new(key.into_cow(), value)
         })
         .collect()
 }
@@ -359,7 +361,7 @@ mod tests {
             trace_id: trace,
             span_id: [span; 8],
             parent_span_id: parent,
-            name: format!("span {span}"),
+            name: Name::from(format!("span {span}")),
             start_unix_nanos: 1,
             end_unix_nanos: 2,
             attributes: Vec::new(),
@@ -427,14 +429,14 @@ mod tests {
             Err(SpanRefusal::IdAgain { .. })
         ));
         let mut long = span(id(1), 2, HOST_SPAN);
-        long.name = "n".repeat(MAX_NAME_BYTES + 1);
+        long.name = "n".repeat(MAX_NAME_BYTES + 1).into();
         assert!(matches!(
             sent.export(vec![long]),
             Err(SpanRefusal::OverBound { .. })
         ));
         let mut many = span(id(1), 3, HOST_SPAN);
         many.attributes = (0..=MAX_ATTRIBUTES)
-            .map(|n| (n.to_string(), SpanValue::I64(0)))
+            .map(|n| (n.to_string().into(), SpanValue::I64(0)))
             .collect();
         assert!(sent.export(vec![many]).is_err());
         let mut text = span(id(1), 4, HOST_SPAN);

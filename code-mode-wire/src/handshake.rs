@@ -27,7 +27,9 @@ use std::fmt;
 /// 12: a cell that finished with nobody observing it offers its final answer to the host
 /// (`Offer`, `OfferTaken`, `OfferGivenBack`), which answers the next `wait` itself; a
 /// `Resume` says whether the cell's writes were committed already.
-pub const PROTOCOL_VERSION: u32 = 12;
+/// 13: trace and span ids (a request's trace context, a handed-back span's) cross as one
+/// byte string each, not as a tuple of bytes.
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

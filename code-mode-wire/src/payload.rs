@@ -241,7 +241,9 @@ pub struct CellJournal {
 /// rebuilds): the runtime's spans of that work are its children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceContext {
+    #[serde(with = "id_bytes")]
     pub trace_id: [u8; 16],
+    #[serde(with = "id_bytes")]
     pub span_id: [u8; 8],
     /// W3C trace flags (bit 0: sampled).
     pub flags: u8,
@@ -267,9 +269,9 @@ pub enum SpanStatus {
 /// An event on a span: its name, when, and its attributes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpanEvent {
-    pub name: String,
+    pub name: Name,
     pub unix_nanos: u64,
-    pub attributes: Vec<(String, SpanValue)>,
+    pub attributes: Vec<(Name, SpanValue)>,
 }
 
 /// A span the runtime ended, handed back for the host to export: its ids, its parent's
@@ -277,13 +279,161 @@ pub struct SpanEvent {
 /// by the runtime's clock, and what it recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpanRecord {
+    #[serde(with = "id_bytes")]
     pub trace_id: [u8; 16],
+    #[serde(with = "id_bytes")]
     pub span_id: [u8; 8],
+    #[serde(with = "id_bytes")]
     pub parent_span_id: [u8; 8],
-    pub name: String,
+    pub name: Name,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
-    pub attributes: Vec<(String, SpanValue)>,
+    pub attributes: Vec<(Name, SpanValue)>,
     pub events: Vec<SpanEvent>,
     pub status: SpanStatus,
+}
+
+/// Trace and span ids cross as one byte string each (its length, then its bytes): an
+/// array would cross as a tuple, each of its bytes encoded and decoded on its own.
+mod id_bytes {
+    use serde::de::{Error, Visitor};
+
+    pub(super) fn serialize<S: serde::Serializer, const N: usize>(
+        id: &[u8; N],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(id)
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>, const N: usize>(
+        deserializer: D,
+    ) -> Result<[u8; N], D::Error> {
+        deserializer.deserialize_bytes(IdBytes::<N>)
+    }
+
+    struct IdBytes<const N: usize>;
+
+    impl<const N: usize> Visitor<'_> for IdBytes<N> {
+        type Value = [u8; N];
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an id of {N} bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<[u8; N], E> {
+            bytes
+                .try_into()
+                .map_err(|_| E::invalid_length(bytes.len(), &self))
+        }
+    }
+}
+
+/// The name of a handed-back span, event or attribute. Made from a `&'static str` (as
+/// `tracing` gives names) it holds that text; decoded, a name among [`KNOWN_NAMES`] is that
+/// static text too, and only another name is allocated. It crosses as plain text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Name(std::borrow::Cow<'static, str>);
+
+/// The names the runtime's own spans use (theirs, their attributes' and their events'):
+/// decoded, each is a [`Name`] that allocates nothing. A name missing here still crosses,
+/// allocated; this list changes nothing on the wire.
+pub const KNOWN_NAMES: &[&str] = &[
+    "code_mode.runtime",
+    "code_mode.compile",
+    "code_mode.evaluate",
+    "code_mode.hibernated",
+    "code_mode.replay",
+    "process.pid",
+    "runtime.session",
+    "cpu.time_ms",
+    "source.bytes",
+    "typescript",
+    "cell.id",
+    "timer fired",
+    "timer.id",
+];
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name's text, borrowed from a static when it is one.
+    pub fn into_cow(self) -> std::borrow::Cow<'static, str> {
+        self.0
+    }
+
+    /// The static text of `text` when it is a known name.
+    fn known(text: &str) -> Option<&'static str> {
+        KNOWN_NAMES.iter().find(|known| **known == text).copied()
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&'static str> for Name {
+    fn from(name: &'static str) -> Self {
+        Self(std::borrow::Cow::Borrowed(name))
+    }
+}
+
+impl From<String> for Name {
+    fn from(name: String) -> Self {
+        Self(std::borrow::Cow::Owned(name))
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameText;
+
+        impl Visitor<'_> for NameText {
+            type Value = Name;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Name, E> {
+                Ok(Name::known(text).map_or_else(|| Name::from(text.to_owned()), Name::from))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Name, E> {
+                Ok(Name::known(&text).map_or(Name::from(text), Name::from))
+            }
+        }
+
+        use serde::de::Visitor;
+        deserializer.deserialize_str(NameText)
+    }
 }

@@ -336,7 +336,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
         trace_id: [0; 16],
         span_id: [0; 8],
         parent_span_id: [0; 8],
-        name: String::new(),
+        name: String::new().into(),
         start_unix_nanos: 0,
         end_unix_nanos: 0,
         attributes: vec![],

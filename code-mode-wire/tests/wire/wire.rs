@@ -418,12 +418,85 @@ fn encodings_are_pinned() {
             // length 5, CellClosed, session 2, "17"
             "050000000502023137",
         ),
+        (
+            frame(&ServerMessage::Spans(vec![payload::SpanRecord {
+                trace_id: [1; 16],
+                span_id: [2; 8],
+                parent_span_id: [3; 8],
+                name: "code_mode.evaluate".into(),
+                start_unix_nanos: 1,
+                end_unix_nanos: 2,
+                attributes: vec![("typescript".into(), payload::SpanValue::Bool(true))],
+                events: vec![],
+                status: payload::SpanStatus::Unset,
+            }])),
+            PINNED_SPANS,
+        ),
     ];
     for (encoded, expected) in cases {
         let expected: String = expected.split_whitespace().collect();
         assert_eq!(hex(&encoded), expected);
     }
 }
+
+/// A handed-back span's names decode as the static text of the runtime's own names, with
+/// no allocation; any other name still decodes, owned.
+#[test]
+fn the_runtimes_own_span_names_decode_without_allocating() {
+    use std::borrow::Cow;
+    let record = payload::SpanRecord {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        parent_span_id: [3; 8],
+        name: String::from("code_mode.compile").into(),
+        start_unix_nanos: 1,
+        end_unix_nanos: 2,
+        attributes: vec![
+            (
+                String::from("source.bytes").into(),
+                payload::SpanValue::I64(3),
+            ),
+            ("made.up".into(), payload::SpanValue::Bool(true)),
+        ],
+        events: vec![payload::SpanEvent {
+            name: String::from("timer fired").into(),
+            unix_nanos: 1,
+            attributes: vec![],
+        }],
+        status: payload::SpanStatus::Unset,
+    };
+    let mut codec = FrameCodec::<ServerMessage, ServerMessage>::new();
+    let mut buffer = frame(&ServerMessage::Spans(vec![record.clone()]));
+    let Some(ServerMessage::Spans(mut decoded)) = codec.decode(&mut buffer).unwrap() else {
+        panic!("spans decode as spans");
+    };
+    assert_eq!(decoded, [record]);
+    let decoded = decoded.remove(0);
+    assert!(matches!(
+        decoded.name.into_cow(),
+        Cow::Borrowed("code_mode.compile")
+    ));
+    let mut keys = decoded
+        .attributes
+        .into_iter()
+        .map(|(key, _)| key.into_cow());
+    assert!(matches!(keys.next(), Some(Cow::Borrowed("source.bytes"))));
+    assert!(matches!(keys.next(), Some(Cow::Owned(key)) if key == "made.up"));
+    let event = decoded.events.into_iter().next().unwrap();
+    assert!(matches!(
+        event.name.into_cow(),
+        Cow::Borrowed("timer fired")
+    ));
+}
+
+/// A handed-back span, pinned: length 74, Spans, one record: its trace id, span id and
+/// parent's id, each a byte string (length 16 or 8, then the bytes: protocol 13), the name
+/// (18 bytes), times 1 and 2, one attribute ("typescript", Bool true), no events, status
+/// unset.
+const PINNED_SPANS: &str = "4a000000 0c 01
+     10 01010101010101010101010101010101 08 0202020202020202 08 0303030303030303
+     12 636f64655f6d6f64652e6576616c75617465 01 02
+     01 0a 74797065736372697074 00 01 00 00";
 
 #[tokio::test]
 async fn a_peer_that_does_not_read_stalls_the_outbox_at_its_bound() {
