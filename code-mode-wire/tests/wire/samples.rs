@@ -301,10 +301,6 @@ pub fn server_messages() -> Vec<ServerMessage> {
     );
     messages.push(ServerMessage::Spans(vec![
         payload::SpanRecord {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: [3; 8],
-            name: "code_mode.compile".into(),
             start_unix_nanos: 1_700_000_000_000_000_000,
             end_unix_nanos: 1_700_000_000_000_500_000,
             attributes: vec![
@@ -319,6 +315,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
                 attributes: vec![("timer.id".into(), payload::SpanValue::I64(4))],
             }],
             status: payload::SpanStatus::Error("boom".into()),
+            ..span_record("code_mode.compile", vec![])
         },
         payload::SpanRecord {
             trace_id: [1; 16],
@@ -407,4 +404,23 @@ pub fn journal_entries() -> Vec<code_mode_protocol::journal::JournalEntry> {
         JournalEntry::Yielded,
         JournalEntry::NotDurable,
     ]
+}
+
+/// A handed-back span named `name` with `attributes`: trace id 1s, span id 2s, parent 3s,
+/// times 1 and 2, no events, status unset.
+pub fn span_record(
+    name: impl Into<payload::Name>,
+    attributes: Vec<(payload::Name, payload::SpanValue)>,
+) -> payload::SpanRecord {
+    payload::SpanRecord {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        parent_span_id: [3; 8],
+        name: name.into(),
+        start_unix_nanos: 1,
+        end_unix_nanos: 2,
+        attributes,
+        events: vec![],
+        status: payload::SpanStatus::Unset,
+    }
 }

@@ -419,17 +419,10 @@ fn encodings_are_pinned() {
             "050000000502023137",
         ),
         (
-            frame(&ServerMessage::Spans(vec![payload::SpanRecord {
-                trace_id: [1; 16],
-                span_id: [2; 8],
-                parent_span_id: [3; 8],
-                name: "code_mode.evaluate".into(),
-                start_unix_nanos: 1,
-                end_unix_nanos: 2,
-                attributes: vec![("typescript".into(), payload::SpanValue::Bool(true))],
-                events: vec![],
-                status: payload::SpanStatus::Unset,
-            }])),
+            frame(&ServerMessage::Spans(vec![crate::samples::span_record(
+                "code_mode.evaluate",
+                vec![("typescript".into(), payload::SpanValue::Bool(true))],
+            )])),
             PINNED_SPANS,
         ),
     ];
@@ -444,27 +437,21 @@ fn encodings_are_pinned() {
 #[test]
 fn the_runtimes_own_span_names_decode_without_allocating() {
     use std::borrow::Cow;
-    let record = payload::SpanRecord {
-        trace_id: [1; 16],
-        span_id: [2; 8],
-        parent_span_id: [3; 8],
-        name: String::from("code_mode.compile").into(),
-        start_unix_nanos: 1,
-        end_unix_nanos: 2,
-        attributes: vec![
+    let mut record = crate::samples::span_record(
+        String::from("code_mode.compile"),
+        vec![
             (
                 String::from("source.bytes").into(),
                 payload::SpanValue::I64(3),
             ),
             ("made.up".into(), payload::SpanValue::Bool(true)),
         ],
-        events: vec![payload::SpanEvent {
-            name: String::from("timer fired").into(),
-            unix_nanos: 1,
-            attributes: vec![],
-        }],
-        status: payload::SpanStatus::Unset,
-    };
+    );
+    record.events.push(payload::SpanEvent {
+        name: String::from("timer fired").into(),
+        unix_nanos: 1,
+        attributes: vec![],
+    });
     let mut codec = FrameCodec::<ServerMessage, ServerMessage>::new();
     let mut buffer = frame(&ServerMessage::Spans(vec![record.clone()]));
     let Some(ServerMessage::Spans(mut decoded)) = codec.decode(&mut buffer).unwrap() else {
