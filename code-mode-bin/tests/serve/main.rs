@@ -1198,6 +1198,26 @@ async fn a_traced_execs_spans_come_back_with_their_attributes_and_events() {
             "{record:?}"
         );
         assert_eq!(attribute(record, "process.pid"), Some(SpanValue::I64(pid)));
+        // Every name the runtime's spans use is in the wire's `KNOWN_NAMES`, which repeats
+        // them: the host decodes each without allocating.
+        let keys = |attributes: &[(code_mode_wire::payload::Name, SpanValue)]| {
+            attributes
+                .iter()
+                .map(|(key, _)| key.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut names = vec![record.name.clone()];
+        names.extend(keys(&record.attributes));
+        for event in &record.events {
+            names.push(event.name.clone());
+            names.extend(keys(&event.attributes));
+        }
+        for name in names {
+            assert!(
+                matches!(name.clone().into_cow(), std::borrow::Cow::Borrowed(_)),
+                "{name} is missing from code_mode_wire::payload::KNOWN_NAMES"
+            );
+        }
     }
     let mut ids: Vec<_> = records.iter().map(|record| record.span_id).collect();
     ids.sort_unstable();
