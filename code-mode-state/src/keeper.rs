@@ -65,6 +65,13 @@ pub struct StoreOptions {
     /// A shared store: how long a lease lasts unless its owner renews it (every third of
     /// it); a session whose owner died is taken over after at most this long.
     pub lease: Duration,
+    /// A shared store reached over TLS: a file of PEM certificates the server's chain is
+    /// checked against (`--state-ca`; else the URL's `sslrootcert`, else the system's
+    /// roots).
+    pub ca: Option<std::path::PathBuf>,
+    /// A shared store: the deployment whose sessions these are. Two deployments on one
+    /// database keep their sessions apart (a schema each); `None`, the front's own.
+    pub deployment: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -76,6 +83,8 @@ impl Default for StoreOptions {
             durability: Durability::Disk,
             replica: None,
             lease: crate::LEASE,
+            ca: None,
+            deployment: None,
         }
     }
 }
@@ -248,20 +257,28 @@ impl Keeper {
     }
 
     /// The keeper of `front`'s tables in the Postgres database at `url` (a URL or a
-    /// `key=value` connection string; `sslmode=disable` for none, else TLS verified
-    /// against the system's roots), which other processes may share. What it gives back
-    /// are the sessions whose lease ran out, now this process's; [`Self::claim`] takes
-    /// over one more later. A size cap is checked against the tables' size.
+    /// `key=value` connection string; its `sslmode` as libpq reads it, but off loopback
+    /// never plaintext unless `disable`: `pg_connect.rs`), which other processes may
+    /// share. What it gives back are the sessions whose lease ran out, now this
+    /// process's; [`Self::claim`] takes over one more later. A size cap is checked
+    /// against the rows every session takes. A lost connection is made again at the
+    /// next write.
     pub fn open_postgres(
         url: &str,
         front: &str,
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
         let (url, front) = (url.to_owned(), front.to_owned());
-        let (replica, lease, durability) =
-            (options.replica.clone(), options.lease, options.durability);
+        let settings = crate::postgres::Settings {
+            replica: options.replica.clone(),
+            lease: options.lease,
+            durability: options.durability,
+            max_bytes: options.max_bytes,
+            ca: options.ca.clone(),
+            deployment: options.deployment.clone(),
+        };
         Self::start(
-            move || crate::postgres::Postgres::open(&url, &front, replica, lease, durability),
+            move || crate::postgres::Postgres::open(&url, &front, settings),
             options,
         )
     }
@@ -626,7 +643,18 @@ impl<B: Backend> Commits for Writer<B> {
         self.store.tick().min(EXPIRY_EVERY)
     }
 
+    /// Renews the leases whatever the time to live (a session a live process holds is
+    /// never taken over), then expires and measures.
     fn tick(&mut self) {
+        match self.store.renew() {
+            Ok(lost) => {
+                if !lost.is_empty() {
+                    tracing::warn!(store = %self.store.describe(), sessions = lost.len(), "sessions this process held were expired or taken over by another");
+                }
+                self.forget(lost);
+            }
+            Err(error) => tracing::warn!("renewing the leases failed: {error}"),
+        }
         self.expire();
         self.measure();
     }
@@ -728,13 +756,22 @@ impl<B: Backend> Writer<B> {
                 self.shared
                     .expired_count
                     .fetch_add(gone.len() as u64, Ordering::Relaxed);
-                let mut expired = lock(&self.shared.expired);
-                for id in gone {
-                    self.written.expired(&id);
-                    expired.insert(id);
-                }
+                self.forget(gone);
             }
             Err(error) => tracing::warn!("expiring old sessions failed: {error}"),
+        }
+    }
+
+    /// Sessions that are gone from the store for this process: a front must not take
+    /// one back, and a later write of one makes it anew.
+    fn forget(&mut self, gone: Vec<String>) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut expired = lock(&self.shared.expired);
+        for id in gone {
+            self.written.expired(&id);
+            expired.insert(id);
         }
     }
 }

@@ -17,6 +17,7 @@
 
 use crate::StateError;
 use crate::format::FORMAT;
+use crate::pg_connect::{Target, explain};
 use crate::store::{Backend, Claim, Claimed, Durability, Loaded, Rows};
 use crate::written::Op;
 use postgres::types::ToSql;
@@ -29,6 +30,53 @@ pub const LEASE: Duration = Duration::from_secs(15);
 
 /// The runtime generations a process reserves at open.
 pub const GENERATION_BLOCK: u64 = 1000;
+
+/// The advisory lock replicas take while they make or check a schema (an arbitrary key,
+/// this crate's own: "code-mode" in ASCII).
+const SCHEMA_LOCK: i64 = 0x636f_6465_6d6f_6465;
+
+/// The longest schema name Postgres keeps whole (`NAMEDATALEN` - 1).
+const MAX_SCHEMA_CHARS: usize = 63;
+
+/// How a Postgres store is opened.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) replica: Option<String>,
+    pub(crate) lease: Duration,
+    pub(crate) durability: Durability,
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) ca: Option<std::path::PathBuf>,
+    pub(crate) deployment: Option<String>,
+}
+
+/// The schema of `front`'s tables for `deployment`: lower-case ASCII letters, digits and
+/// `_` only, since it is written into statements.
+fn schema_name(front: &str, deployment: Option<&str>) -> Result<String, String> {
+    let plain = |name: &str| {
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    if !plain(front) {
+        return Err(format!("`{front}` is not a front's name"));
+    }
+    let schema = match deployment {
+        None => format!("code_mode_{front}"),
+        Some(name) if plain(name) => format!("code_mode_{front}_{name}"),
+        Some(name) => {
+            return Err(format!(
+                "`{name}` is not a deployment name: use lower-case letters, digits and `_`"
+            ));
+        }
+    };
+    if schema.len() > MAX_SCHEMA_CHARS {
+        return Err(format!(
+            "the schema name `{schema}` is longer than Postgres keeps ({MAX_SCHEMA_CHARS} characters): use a shorter deployment name"
+        ));
+    }
+    Ok(schema)
+}
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,6 +104,16 @@ const SCHEMA: &str = "
 pub(crate) struct Postgres {
     client: Client,
     leases: Leases,
+    /// Where the server is and how to reach it again.
+    target: Target,
+    /// The front's schema (`code_mode_<front>`, or `code_mode_<front>_<deployment>`).
+    schema: String,
+    durability: Durability,
+    /// The size cap (`--state-max-bytes`): past it, a write that adds data fails as on a
+    /// full disk.
+    max_bytes: Option<u64>,
+    /// The data's size at the last measure.
+    measured: u64,
 }
 
 /// What this process holds: the sessions it owns, at the epoch it took each.
@@ -112,84 +170,99 @@ fn process_name() -> String {
     format!("{host}:{}:{}", std::process::id(), now_ms())
 }
 
-/// The store's address without its password, for messages.
-fn redacted(url: &str) -> String {
-    match url.parse::<postgres::Config>() {
-        Ok(config) => format!(
-            "postgres database {} on {:?}",
-            config.get_dbname().unwrap_or("(default)"),
-            config.get_hosts()
-        ),
-        Err(_) => "a postgres database".to_owned(),
-    }
-}
-
 impl Postgres {
-    /// Connects to `url`, makes `front`'s schema if needed, takes a block of runtime
+    /// Connects to `url`, makes `front`'s schema if needed (`deployment` keeps another
+    /// deployment's sessions on the same database apart), takes a block of runtime
     /// generations and takes over every session whose lease ran out.
     pub(crate) fn open(
         url: &str,
         front: &str,
-        replica: Option<String>,
-        lease: Duration,
-        durability: Durability,
+        settings: Settings,
     ) -> Result<(Self, Loaded), StateError> {
-        let describe = redacted(url);
+        let target = Target::new(url, settings.ca.as_deref())?;
+        let describe = target.describe.clone();
         let failed = |detail: String| StateError::Connect {
             store: describe.clone(),
             detail,
         };
-        if !front.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            return Err(failed(format!("`{front}` is not a front's name")));
-        }
-        let config: postgres::Config = url
-            .parse()
-            .map_err(|error| failed(format!("the URL does not read: {error}")))?;
-        let client = match config.get_ssl_mode() {
-            postgres::config::SslMode::Disable => config.connect(postgres::NoTls),
-            _ => config.connect(tls()?),
-        }
-        .map_err(|error| failed(error.to_string()))?;
+        let schema = schema_name(front, settings.deployment.as_deref()).map_err(failed)?;
+        let client = target.connect()?;
         let mut store = Self {
             client,
             leases: Leases {
                 describe,
-                lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1),
-                owner: replica.unwrap_or_else(process_name),
+                lease_ms: i64::try_from(settings.lease.as_millis())
+                    .unwrap_or(i64::MAX)
+                    .max(1),
+                owner: settings.replica.unwrap_or_else(process_name),
                 epochs: HashMap::new(),
                 statements: Statements::default(),
             },
+            target,
+            schema,
+            durability: settings.durability,
+            max_bytes: settings.max_bytes,
+            measured: 0,
         };
-        store.schema(front)?;
-        if durability == Durability::Process {
-            // A commit returns before the server syncs it: it survives this process, not a
-            // crash of the database's machine.
-            store
-                .client
-                .batch_execute("SET synchronous_commit TO off")
-                .map_err(|e| store.error(e))?;
-        }
+        store.make_schema(front)?;
+        store.session_settings()?;
         let loaded = store.take_over(None)?;
         Ok((store, loaded.loaded))
     }
 
-    fn error(&self, error: impl std::fmt::Display) -> StateError {
-        self.leases.error(error)
+    /// What this connection needs set: the schema, and with `process` durability commits
+    /// that return before the server syncs (they survive this process, not a crash of
+    /// the database's machine).
+    fn session_settings(&mut self) -> Result<(), StateError> {
+        let mut settings = format!("SET search_path TO {}", self.schema);
+        if self.durability == Durability::Process {
+            settings.push_str("; SET synchronous_commit TO off");
+        }
+        let leases = &self.leases;
+        self.client
+            .batch_execute(&settings)
+            .map_err(|e| leases.pg_error("setting up the connection", &e))
+    }
+
+    /// Connects again when the connection was lost (the server restarted, a network
+    /// fault): the keeper's patience tries a failed write again, and this makes the next
+    /// try reach the server. Statements are prepared again on the new connection.
+    fn reconnect_if_lost(&mut self) -> Result<(), StateError> {
+        if !self.client.is_closed() {
+            return Ok(());
+        }
+        tracing::warn!(store = %self.leases.describe, "the connection to the state store was lost; connecting again");
+        self.client = self.target.connect()?;
+        self.leases.statements = Statements::default();
+        self.session_settings()?;
+        tracing::info!(store = %self.leases.describe, "connected to the state store again");
+        Ok(())
     }
 
     /// Makes the schema and its tables, checks the format and the front, and reserves a
-    /// block of runtime generations.
-    fn schema(&mut self, front: &str) -> Result<(), StateError> {
-        let schema = format!("code_mode_{front}");
+    /// block of runtime generations. Replicas that start together on an empty database
+    /// take turns here (a transaction-scoped advisory lock): two `CREATE SCHEMA IF NOT
+    /// EXISTS` at once would otherwise race on the catalog.
+    fn make_schema(&mut self, front: &str) -> Result<(), StateError> {
+        let schema = self.schema.clone();
         let leases = &self.leases;
-        let mut tx = self.client.transaction().map_err(|e| leases.error(e))?;
+        let step = |what: &str| {
+            let what = format!("{what} of the schema {schema}");
+            move |e: postgres::Error| leases.pg_error(&what, &e)
+        };
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(step("starting the set-up"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .map_err(step("taking the lock"))?;
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; {SCHEMA}"
+            "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema}; {SCHEMA}"
         ))
-        .map_err(|e| leases.error(e))?;
+        .map_err(step("the making"))?;
         let found: Option<String> = tx
             .query_opt("SELECT value FROM meta WHERE key = 'format'", &[])
-            .map_err(|e| leases.error(e))?
+            .map_err(step("reading the format"))?
             .map(|row| row.get(0));
         match found {
             Some(found) if found != FORMAT => {
@@ -206,7 +279,7 @@ impl Postgres {
                      ON CONFLICT (key) DO NOTHING",
                     &[&FORMAT, &front],
                 )
-                .map_err(|e| leases.error(e))?;
+                .map_err(step("writing the format"))?;
             }
         }
         tx.execute(
@@ -214,11 +287,8 @@ impl Postgres {
              ON CONFLICT (name) DO UPDATE SET value = counters.value + $1",
             &[&GENERATION_BLOCK.cast_signed()],
         )
-        .map_err(|e| leases.error(e))?;
-        tx.commit().map_err(|e| leases.error(e))?;
-        self.client
-            .batch_execute(&format!("SET search_path TO {schema}"))
-            .map_err(|e| self.error(e))
+        .map_err(step("reserving runtime generations"))?;
+        tx.commit().map_err(step("the commit"))
     }
 
     /// Takes over the sessions whose lease ran out (`only`: that one session, if so) and
@@ -227,24 +297,33 @@ impl Postgres {
     fn take_over(&mut self, only: Option<&str>) -> Result<Claimed, StateError> {
         let now = now_ms();
         let leases = &mut self.leases;
-        let mut tx = self.client.transaction().map_err(|e| leases.error(e))?;
+        let mut tx = self.client.transaction().map_err(|e| leases.pg(&e))?;
         let rows = match only {
             None => tx.query(
                 "UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = $2
                  WHERE lease_until < $3 OR owner = $1 RETURNING id, epoch",
                 &[&leases.owner, &(now + leases.lease_ms), &now],
             ),
+            // A client asked for it: that counts as its use (its time to live starts
+            // again), in the statement that takes it, so an expiry cannot come between.
             Some(id) => tx.query(
-                "UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = $2
+                "UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = $2,
+                 touched = $5
                  WHERE id = $4 AND (lease_until < $3 OR owner = $1) RETURNING id, epoch",
-                &[&leases.owner, &(now + leases.lease_ms), &now, &id],
+                &[
+                    &leases.owner,
+                    &(now + leases.lease_ms),
+                    &now,
+                    &id,
+                    &(now / 1000),
+                ],
             ),
         }
-        .map_err(|e| leases.error(e))?;
+        .map_err(|e| leases.pg(&e))?;
         let taken: Vec<(String, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
         let ids: Vec<String> = taken.iter().map(|(id, _)| id.clone()).collect();
-        let rows = read_rows(&mut tx, &ids).map_err(|e| leases.error(e))?;
-        tx.commit().map_err(|e| leases.error(e))?;
+        let rows = read_rows(&mut tx, &ids).map_err(|e| leases.pg(&e))?;
+        tx.commit().map_err(|e| leases.pg(&e))?;
         let mut loaded = rows
             .assemble()
             .map_err(|detail| leases.error(format!("reading: {detail}")))?;
@@ -268,6 +347,16 @@ impl Leases {
             path: self.describe.clone().into(),
             detail: error.to_string(),
         }
+    }
+
+    /// A Postgres error, whole (the server's message, not the client's "db error").
+    fn pg(&self, error: &postgres::Error) -> StateError {
+        self.error(explain(error))
+    }
+
+    /// A Postgres error met while doing `what`.
+    fn pg_error(&self, what: &str, error: &postgres::Error) -> StateError {
+        self.error(format!("{what} failed: {}", explain(error)))
     }
 
     /// Renews this process's lease on `session` inside `tx`, on the condition that it
@@ -295,7 +384,7 @@ impl Leases {
                     &epoch,
                 ],
             )
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.pg(&e))?;
         if renewed == 1 {
             Ok(())
         } else {
@@ -325,13 +414,17 @@ impl Leases {
                 && !self.epochs.contains_key(id.as_str())
             {
                 // A session new to the store: this process owns it from epoch 1; one
-                // another process made under the same id is not taken.
+                // another process made under the same id is not taken. One this process
+                // made in a commit whose outcome it did not learn (the connection was
+                // lost while it committed) is its own still.
                 let made = self
                     .statements
                     .run(
                         tx,
                         "INSERT INTO sessions (id, options, touched, owner, epoch, lease_until)
-                         VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (id) DO NOTHING",
+                         VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (id) DO UPDATE
+                         SET lease_until = EXCLUDED.lease_until
+                         WHERE sessions.owner = EXCLUDED.owner AND sessions.epoch = 1",
                         &[
                             id,
                             options,
@@ -340,7 +433,7 @@ impl Leases {
                             &(now + self.lease_ms),
                         ],
                     )
-                    .map_err(|e| self.error(e))?;
+                    .map_err(|e| self.pg(&e))?;
                 if made == 0 {
                     return Err(self.fenced(id));
                 }
@@ -351,7 +444,7 @@ impl Leases {
             renewed.insert(session);
         }
         for op in ops {
-            write(tx, &mut self.statements, op, now).map_err(|e| self.error(e))?;
+            write(tx, &mut self.statements, op, now).map_err(|e| self.failed(&e))?;
         }
         Ok(())
     }
@@ -372,15 +465,43 @@ fn session_of(op: &Op) -> Option<&str> {
     }
 }
 
+/// Why an op's statements failed.
+enum WriteFailure {
+    Pg(postgres::Error),
+    /// A journal step is in the store with another body than the one written.
+    Diverged,
+}
+
+impl From<postgres::Error> for WriteFailure {
+    fn from(error: postgres::Error) -> Self {
+        Self::Pg(error)
+    }
+}
+
+impl Leases {
+    /// The error of a failed op.
+    fn failed(&self, failure: &WriteFailure) -> StateError {
+        match failure {
+            WriteFailure::Pg(error) => self.pg(error),
+            WriteFailure::Diverged => self.error(
+                "a journal step is in the store with another content than the one written (the cell's journal forked)",
+            ),
+        }
+    }
+}
+
 /// One op's statements.
 fn write(
     tx: &mut Transaction<'_>,
     statements: &mut Statements,
     op: &Op,
     now: i64,
-) -> Result<(), postgres::Error> {
+) -> Result<(), WriteFailure> {
     let mut run = |tx: &mut Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]| {
-        statements.run(tx, sql, params).map(|_| ())
+        statements
+            .run(tx, sql, params)
+            .map(|_| ())
+            .map_err(WriteFailure::from)
     };
     match op {
         Op::Counter { name, value } => run(
@@ -457,9 +578,12 @@ fn write_cell(
     tx: &mut Transaction<'_>,
     statements: &mut Statements,
     op: &Op,
-) -> Result<(), postgres::Error> {
+) -> Result<(), WriteFailure> {
     let mut run = |tx: &mut Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]| {
-        statements.run(tx, sql, params).map(|_| ())
+        statements
+            .run(tx, sql, params)
+            .map(|_| ())
+            .map_err(WriteFailure::from)
     };
     match op {
         Op::CellStart {
@@ -486,11 +610,23 @@ fn write_cell(
             cell,
             seq,
             growth,
-        } => run(
-            tx,
-            "INSERT INTO growth (session, cell, seq, body) VALUES ($1, $2, $3, $4)",
-            &[session, cell, &seq.cast_signed(), growth],
-        ),
+        } => {
+            // Written again after a commit whose outcome was not learned, a step that is
+            // there with the same body is kept; with another body, the journal forked
+            // and the write fails.
+            let written = statements.run(
+                tx,
+                "INSERT INTO growth (session, cell, seq, body) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (session, cell, seq) DO UPDATE SET body = EXCLUDED.body
+                 WHERE growth.body = EXCLUDED.body",
+                &[session, cell, &seq.cast_signed(), growth],
+            )?;
+            if written == 1 {
+                Ok(())
+            } else {
+                Err(WriteFailure::Diverged)
+            }
+        }
         Op::CellTail {
             session,
             cell,
@@ -567,31 +703,23 @@ fn read_rows(tx: &mut Transaction<'_>, ids: &[String]) -> Result<Rows, postgres:
     Ok(rows)
 }
 
-/// TLS for a store that asks for it: rustls (ring), verified against the system's roots.
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StateError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for certificate in found.certs {
-        let _ = roots.add(certificate);
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| StateError::Connect {
-            store: "a postgres database".to_owned(),
-            detail: error.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
 impl Backend for Postgres {
     fn apply(&mut self, ops: &[Op]) -> Result<(), StateError> {
+        self.reconnect_if_lost()?;
+        if let Some(max) = self.max_bytes
+            && self.measured >= max
+            && ops.iter().any(Op::adds_data)
+        {
+            return Err(StateError::Full {
+                store: self.leases.describe.clone(),
+                bytes: self.measured,
+                max,
+            });
+        }
         let leases = &mut self.leases;
-        let mut tx = self.client.transaction().map_err(|e| leases.error(e))?;
+        let mut tx = self.client.transaction().map_err(|e| leases.pg(&e))?;
         leases.apply_in(&mut tx, ops)?;
-        tx.commit().map_err(|e| leases.error(e))?;
+        tx.commit().map_err(|e| leases.pg(&e))?;
         // A session that is gone is no longer held (its id may be made again).
         for op in ops {
             if let Op::SessionGone { id } = op {
@@ -601,56 +729,99 @@ impl Backend for Postgres {
         Ok(())
     }
 
+    /// With a size cap, the bytes the rows of every session take (what expiry and
+    /// closing sessions give back); without, the tables' size on disk, cheaper to ask.
     fn bytes(&mut self) -> Result<u64, StateError> {
+        self.reconnect_if_lost()?;
+        let sql = if self.max_bytes.is_some() {
+            "SELECT (
+                (SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM sessions t)
+              + (SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM stored t)
+              + (SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM cells t)
+              + (SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM growth t)
+              + (SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM calls t)
+              + (SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM answers t))::BIGINT"
+        } else {
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        };
         let row = self
             .client
-            .query_one(
-                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = current_schema() AND c.relkind = 'r'",
-                &[],
-            )
-            .map_err(|e| self.error(e))?;
-        Ok(row.get::<_, i64>(0).max(0).cast_unsigned())
+            .query_one(sql, &[])
+            .map_err(|e| self.leases.pg(&e))?;
+        self.measured = row.get::<_, i64>(0).max(0).cast_unsigned();
+        Ok(self.measured)
     }
 
-    fn expire(&mut self, before: i64, live: &HashSet<String>) -> Result<Vec<String>, StateError> {
-        // Renew this process's leases, then delete what nobody wrote since `before` and
-        // nobody holds.
+    /// Renews the lease of every session this process holds, at the epoch it took each;
+    /// those it no longer holds (expired, or taken over) come back.
+    fn renew(&mut self) -> Result<Vec<String>, StateError> {
+        self.reconnect_if_lost()?;
+        if self.leases.epochs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, epochs): (Vec<String>, Vec<i64>) = self
+            .leases
+            .epochs
+            .iter()
+            .map(|(id, epoch)| (id.clone(), *epoch))
+            .unzip();
         let now = now_ms();
-        self.client
-            .execute(
-                "UPDATE sessions SET lease_until = $1 WHERE owner = $2",
-                &[&(now + self.leases.lease_ms), &self.leases.owner],
-            )
-            .map_err(|e| self.error(e))?;
-        let old: Vec<String> = self
+        let kept: HashSet<String> = self
             .client
             .query(
-                "SELECT id FROM sessions WHERE touched < $1 AND lease_until < $2",
-                &[&before, &now],
+                "UPDATE sessions s SET lease_until = $1
+                 FROM unnest($2::TEXT[], $3::BIGINT[]) AS held(id, epoch)
+                 WHERE s.id = held.id AND s.epoch = held.epoch AND s.owner = $4
+                 RETURNING s.id",
+                &[
+                    &(now + self.leases.lease_ms),
+                    &ids,
+                    &epochs,
+                    &self.leases.owner,
+                ],
             )
-            .map_err(|e| self.error(e))?
+            .map_err(|e| self.leases.pg(&e))?
             .iter()
             .map(|row| row.get(0))
-            .filter(|id: &String| !live.contains(id))
             .collect();
-        let leases = &mut self.leases;
-        let mut tx = self.client.transaction().map_err(|e| leases.error(e))?;
-        for id in &old {
-            write(
-                &mut tx,
-                &mut leases.statements,
-                &Op::SessionGone { id: id.clone() },
-                now,
-            )
-            .map_err(|e| leases.error(e))?;
+        let lost: Vec<String> = ids.into_iter().filter(|id| !kept.contains(id)).collect();
+        for id in &lost {
+            self.leases.epochs.remove(id);
         }
-        tx.commit().map_err(|e| leases.error(e))?;
-        Ok(old)
+        Ok(lost)
+    }
+
+    /// Deletes every session no process wrote since `before`, whoever holds it, in one
+    /// statement: a session a replica took or wrote meanwhile (its `touched` moved) is
+    /// not deleted, since the statement re-reads each row it would delete.
+    fn expire(&mut self, before: i64, _live: &HashSet<String>) -> Result<Vec<String>, StateError> {
+        self.reconnect_if_lost()?;
+        let gone: Vec<String> = self
+            .client
+            .query(
+                "WITH gone AS (DELETE FROM sessions WHERE touched < $1 RETURNING id),
+                 stored_gone AS (DELETE FROM stored WHERE session IN (SELECT id FROM gone)),
+                 cells_gone AS (DELETE FROM cells WHERE session IN (SELECT id FROM gone)),
+                 growth_gone AS (DELETE FROM growth WHERE session IN (SELECT id FROM gone)),
+                 calls_gone AS (DELETE FROM calls WHERE session IN (SELECT id FROM gone)),
+                 answers_gone AS (DELETE FROM answers WHERE session IN (SELECT id FROM gone))
+                 SELECT id FROM gone",
+                &[&before],
+            )
+            .map_err(|e| self.leases.pg(&e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for id in &gone {
+            self.leases.epochs.remove(id);
+        }
+        Ok(gone)
     }
 
     fn claim(&mut self, id: &str) -> Result<Claim, StateError> {
+        self.reconnect_if_lost()?;
         let claimed = self.take_over(Some(id))?;
         if !claimed.loaded.saved.sessions.is_empty() {
             return Ok(Claim::Taken(claimed));
@@ -658,7 +829,7 @@ impl Backend for Postgres {
         let until: Option<i64> = self
             .client
             .query_opt("SELECT lease_until FROM sessions WHERE id = $1", &[&id])
-            .map_err(|e| self.error(e))?
+            .map_err(|e| self.leases.pg(&e))?
             .map(|row| row.get(0));
         Ok(match until {
             Some(until) => Claim::Held {

@@ -130,6 +130,11 @@ pub(crate) trait Backend: Send + 'static {
     fn expire(&mut self, before: i64, live: &HashSet<String>) -> Result<Vec<String>, StateError>;
     /// Where the store is, for messages.
     fn describe(&self) -> String;
+    /// Renews this process's leases on the sessions it holds (a store processes share);
+    /// returns those it no longer holds (expired, or taken over by another process).
+    fn renew(&mut self) -> Result<Vec<String>, StateError> {
+        Ok(Vec::new())
+    }
     /// Takes over session `id` from a process whose lease on it ran out, and reads it. A
     /// store one process holds whole has nothing to take over.
     fn claim(&mut self, _id: &str) -> Result<Claim, StateError> {
@@ -144,7 +149,8 @@ pub(crate) trait Backend: Send + 'static {
     fn commits_inline(&self) -> bool {
         true
     }
-    /// How often the keeper renews leases and looks for expired sessions.
+    /// How often the keeper renews leases, measures the store and looks for expired
+    /// sessions.
     fn tick(&self) -> std::time::Duration {
         std::time::Duration::from_secs(60)
     }

@@ -95,6 +95,8 @@ fn options() -> StoreOptions {
         durability: Durability::Disk,
         replica: None,
         lease: LEASE,
+        ca: None,
+        deployment: None,
     }
 }
 

@@ -37,7 +37,9 @@ pub(crate) enum Op {
         header: Vec<u8>,
         tail: Vec<u8>,
     },
-    /// A batch the cell's journal grew by; a second write of one `seq` fails.
+    /// A batch the cell's journal grew by; a second write of one `seq` fails (on
+    /// Postgres, one with the same body is kept: a commit whose outcome was not learned,
+    /// written again).
     CellGrowth {
         session: String,
         cell: String,
@@ -73,6 +75,25 @@ pub(crate) enum Op {
     SessionGone {
         id: String,
     },
+}
+
+impl Op {
+    /// Whether the op may make the store bigger (refused past its size cap).
+    pub(crate) fn adds_data(&self) -> bool {
+        match self {
+            Op::Session { .. }
+            | Op::CellStart { .. }
+            | Op::CellGrowth { .. }
+            | Op::CellTail { .. }
+            | Op::Answer { .. } => true,
+            Op::Value { json, .. } => json.is_some(),
+            Op::Calls { calls, .. } => !calls.is_empty(),
+            Op::Counter { .. }
+            | Op::Touch { .. }
+            | Op::CellGone { .. }
+            | Op::SessionGone { .. } => false,
+        }
+    }
 }
 
 /// A cell as last written.

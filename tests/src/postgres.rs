@@ -15,6 +15,16 @@ pub struct PgCluster {
     bin: PathBuf,
     /// A connection string for `--state-url` and `postgres::Config`.
     pub url: String,
+    /// With [`PgCluster::start_tcp`]: the loopback port it listens on too.
+    pub port: Option<u16>,
+}
+
+/// A TCP port free on 127.0.0.1 now (the kernel's pick, released for the server).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// The directory of the server's programs: Debian's, or the PATH's.
@@ -74,8 +84,26 @@ fn nix_is_root() -> bool {
 }
 
 impl PgCluster {
-    /// Makes and starts a cluster.
+    /// Makes and starts a cluster on a Unix socket only.
     pub fn start() -> Self {
+        Self::start_with(None, false)
+    }
+
+    /// Makes and starts a cluster that listens on a loopback TCP port too, with TLS when
+    /// `tls` names its certificate and key (PEM); else TLS is off and the server declines
+    /// it.
+    pub fn start_tcp(tls: Option<&crate::remote::Identity>) -> Self {
+        Self::start_with(tls, true)
+    }
+
+    /// A `key=value` connection string over TCP to 127.0.0.1 (or `host`), with
+    /// `extra` parameters (e.g. `sslmode=verify-full`).
+    pub fn tcp_url(&self, host: &str, extra: &str) -> String {
+        let port = self.port.expect("a cluster started with start_tcp");
+        format!("host={host} port={port} user=postgres dbname=postgres {extra}")
+    }
+
+    fn start_with(tls: Option<&crate::remote::Identity>, tcp: bool) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let bin = server_bin();
         let dir = std::env::temp_dir().join(format!(
@@ -87,15 +115,41 @@ impl PgCluster {
             .mode(0o700)
             .create(&dir)
             .unwrap_or_else(|error| panic!("creating {}: {error}", dir.display()));
-        if nix_is_root() {
-            // The server runs as nobody: the directory is its own.
-            let nobody = 65534;
-            std::os::unix::fs::chown(&dir, Some(nobody), Some(nobody)).expect("chown");
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        }
         let data = dir.join("data");
         let data_text = data.to_str().expect("a UTF-8 path");
         let dir_text = dir.to_str().expect("a UTF-8 path");
+        let mut options = format!("-k {dir_text} -c max_connections=40");
+        let port = tcp.then(free_port);
+        match port {
+            Some(port) => options.push_str(&format!(" -c listen_addresses=127.0.0.1 -p {port}")),
+            None => options.push_str(" -c listen_addresses=''"),
+        }
+        if let Some(identity) = tls {
+            let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert, &identity.cert_pem).expect("the server certificate");
+            std::fs::write(&key, &identity.key_pem).expect("the server key");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod the key");
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
+        if nix_is_root() {
+            // The server runs as nobody: the directory and what is in it are its own.
+            let nobody = 65534;
+            for path in std::iter::once(dir.clone()).chain(
+                std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|entry| entry.path()),
+            ) {
+                std::os::unix::fs::chown(&path, Some(nobody), Some(nobody)).expect("chown");
+            }
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        }
         run(
             &bin,
             "initdb",
@@ -110,27 +164,61 @@ impl PgCluster {
                 "--no-sync",
             ],
         );
-        let options = format!("-k {dir_text} -c listen_addresses='' -c max_connections=40");
-        let log = dir.join("server.log");
+        let cluster = Self {
+            url: format!(
+                "host={dir_text}{} user=postgres dbname=postgres sslmode=disable",
+                port.map(|port| format!(" port={port}")).unwrap_or_default()
+            ),
+            dir,
+            bin,
+            port,
+        };
+        cluster.pg_ctl_start(&options);
+        std::fs::write(cluster.dir.join("options"), &options).expect("the server's options");
+        cluster
+    }
+
+    fn pg_ctl_start(&self, options: &str) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
         run(
-            &bin,
+            &self.bin,
             "pg_ctl",
             &[
                 "-D",
-                data_text,
+                data.to_str().expect("a UTF-8 path"),
                 "-l",
                 log.to_str().expect("a UTF-8 path"),
                 "-o",
-                &options,
+                options,
                 "-w",
                 "start",
             ],
         );
-        Self {
-            url: format!("host={dir_text} user=postgres dbname=postgres sslmode=disable"),
-            dir,
-            bin,
-        }
+    }
+
+    /// Stops the server at once (every connection cut, as in a crash of the database).
+    pub fn stop(&self) {
+        let data = self.dir.join("data");
+        run(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("a UTF-8 path"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Starts the server again after [`Self::stop`], with the options it had.
+    pub fn start_again(&self) {
+        let options =
+            std::fs::read_to_string(self.dir.join("options")).expect("the server's options");
+        self.pg_ctl_start(&options);
     }
 }
 

@@ -5,6 +5,7 @@
 mod hostile;
 mod load;
 mod remote;
+mod store_faults;
 mod stored;
 mod traces;
 

@@ -149,7 +149,7 @@ fn killed_and_resumed(scratch: &Scratch, store: &[&str]) {
 
 /// Runs `statement` on the cluster and gives its first row's first column as text, on a
 /// thread of its own (the blocking client does not run on the test's async runtime).
-fn sql(url: &str, statement: &str) -> Option<String> {
+pub(crate) fn sql(url: &str, statement: &str) -> Option<String> {
     let (url, statement) = (url.to_owned(), statement.to_owned());
     std::thread::spawn(move || {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connects");
@@ -164,7 +164,7 @@ fn sql(url: &str, statement: &str) -> Option<String> {
 }
 
 /// One session as a front writes it: a stored value.
-fn one_session(id: &str, value: &str) -> code_mode_host::state::Changes {
+pub(crate) fn one_session(id: &str, value: &str) -> code_mode_host::state::Changes {
     code_mode_host::state::Changes {
         sessions: vec![code_mode_host::state::SessionRecord {
             id: id.to_owned(),
