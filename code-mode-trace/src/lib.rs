@@ -31,6 +31,10 @@ pub use layer::{
 };
 
 #[cfg(feature = "export")]
+mod counts;
+#[cfg(feature = "export")]
+mod error;
+#[cfg(feature = "export")]
 mod exporter;
 #[cfg(feature = "export")]
 mod propagation;
@@ -43,6 +47,10 @@ mod telemetry;
 #[cfg(feature = "export")]
 mod websocket;
 
+#[cfg(feature = "export")]
+pub use counts::*;
+#[cfg(feature = "export")]
+pub use error::TraceError;
 #[cfg(feature = "export")]
 pub use propagation::{Parent, TRACEPARENT, adopt_traceparent};
 #[cfg(feature = "export")]
