@@ -1,7 +1,9 @@
 //! The opt-in built-in tools: `fs` (`read_file`, `list_dir`, `write_file`) and `shell`
-//! (`exec_command`).
+//! (`exec_command`, whose commands get the inherited few variables and what the tools
+//! file's `[builtin.shell]` names: `environment`).
 
 use crate::DEFAULT_TOOL_TIMEOUT_MS;
+use crate::environment::ToolEnv;
 use serde_json::{Value, json};
 use std::process::Stdio;
 use std::time::Duration;
@@ -81,6 +83,7 @@ pub(super) async fn write_file(input: &Value) -> Result<Value, String> {
 
 pub(super) async fn exec_command(
     input: &Value,
+    env: &ToolEnv,
     cancel: &CancellationToken,
 ) -> Result<Value, String> {
     let command = string_field(input, "command")?;
@@ -91,7 +94,9 @@ pub(super) async fn exec_command(
             .and_then(Value::as_u64)
             .unwrap_or(DEFAULT_TOOL_TIMEOUT_MS),
     );
-    let child = tokio::process::Command::new("sh")
+    let mut shell = tokio::process::Command::new("sh");
+    env.apply(&mut shell);
+    let child = shell
         .args(["-c", command])
         .current_dir(cwd)
         .stdin(Stdio::null())

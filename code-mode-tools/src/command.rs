@@ -1,9 +1,10 @@
-//! Command tools: finding the program, running it with the JSON input on stdin under its
-//! timeout and the call's cancellation, and the result (stdout as JSON or text; a non-zero
-//! exit rejects with the end of stderr).
+//! Command tools: running the program with the JSON input on stdin under its timeout and
+//! the call's cancellation, in the environment the tools file gives it (`environment`),
+//! and the result (stdout as JSON or text; a non-zero exit rejects with the end of stderr).
 
+use crate::environment::ToolEnv;
 use serde_json::Value;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -23,16 +24,35 @@ fn stderr_tail(stderr: &[u8]) -> String {
     text[start..].to_owned()
 }
 
+/// A `[[tool]]` of the tools file, checked: what runs when it is called.
+#[derive(Debug, Clone)]
+pub(super) struct CommandTool {
+    /// Found when the file was read (`program::resolve_program`).
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<String>,
+    pub(super) cwd: PathBuf,
+    pub(super) timeout: Duration,
+    /// Its environment beyond the inherited few.
+    pub(super) env: ToolEnv,
+}
+
 pub(super) async fn run_command(
     name: &str,
-    program: &Path,
-    args: &[String],
-    cwd: &Path,
-    timeout: Duration,
+    tool: &CommandTool,
     input: Option<Value>,
     cancel: &CancellationToken,
 ) -> Result<Value, String> {
-    let mut child = tokio::process::Command::new(program)
+    let CommandTool {
+        program,
+        args,
+        cwd,
+        timeout,
+        env,
+    } = tool;
+    let timeout = *timeout;
+    let mut command = tokio::process::Command::new(program);
+    env.apply(&mut command);
+    let mut child = command
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::piped())

@@ -1,6 +1,8 @@
-//! The tools file's format (`[[tool]]`, `[[mcp_server]]`) and its errors' wording: what
-//! [`crate::ToolSet::parse`] reads, checks and turns into tools and MCP server settings.
+//! The tools file's format (`[[tool]]`, `[[mcp_server]]`, `[builtin.shell]`) and its
+//! errors' wording: what [`crate::ToolSet::parse`] reads, checks and turns into tools and
+//! MCP server settings.
 
+use crate::environment::ToolEnv;
 use crate::mcp::{
     DEFAULT_CALL_TIMEOUT_MS, DEFAULT_STARTUP_TIMEOUT_MS, McpServerConfig, McpTransport,
 };
@@ -16,6 +18,27 @@ pub(super) struct ToolsFile {
     pub(super) tool: Vec<ToolEntry>,
     #[serde(default)]
     pub(super) mcp_server: Vec<McpServerEntry>,
+    #[serde(default)]
+    pub(super) builtin: BuiltinSettings,
+}
+
+/// `[builtin.*]`: settings of the built-in tool sets, which apply when they are turned on
+/// (`--builtin shell`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BuiltinSettings {
+    pub(super) shell: Option<ShellSettings>,
+}
+
+/// `[builtin.shell]`: the environment of `exec_command`'s commands beyond the inherited
+/// few, as a `[[tool]]` has it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ShellSettings {
+    #[serde(default)]
+    pub(super) env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) env_vars: Vec<String>,
 }
 
 /// A `[[mcp_server]]` entry as written.
@@ -28,8 +51,12 @@ pub(super) struct McpServerEntry {
     #[serde(default)]
     pub(super) args: Vec<String>,
     pub(super) url: Option<String>,
+    /// Variables set for a stdio server, beyond the few inherited (`environment`).
     #[serde(default)]
     pub(super) env: BTreeMap<String, String>,
+    /// Variables a stdio server takes from ours by name.
+    #[serde(default)]
+    pub(super) env_vars: Vec<String>,
     pub(super) cwd: Option<PathBuf>,
     pub(super) enabled_tools: Option<Vec<String>>,
     #[serde(default)]
@@ -57,6 +84,12 @@ pub(super) struct ToolEntry {
     pub(super) timeout_ms: Option<u64>,
     #[serde(default)]
     pub(super) cwd: Option<PathBuf>,
+    /// Variables set for the command, beyond the few inherited (`environment`).
+    #[serde(default)]
+    pub(super) env: BTreeMap<String, String>,
+    /// Variables the command takes from ours by name.
+    #[serde(default)]
+    pub(super) env_vars: Vec<String>,
     #[serde(default)]
     pub(super) kind: Option<KindName>,
     #[serde(default)]
@@ -96,6 +129,29 @@ impl Command {
             },
         }
     }
+}
+
+/// Checks an `env` table and an `env_vars` list: names a process can be given (not empty,
+/// no `=` and no NUL), values without NUL.
+pub(super) fn tool_env(
+    env: BTreeMap<String, String>,
+    env_vars: Vec<String>,
+) -> Result<ToolEnv, String> {
+    for name in env.keys().chain(&env_vars) {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(format!(
+                "`{}` is not a variable name (empty, or with `=` or NUL)",
+                name.escape_debug()
+            ));
+        }
+    }
+    if let Some((name, _)) = env.iter().find(|(_, value)| value.contains('\0')) {
+        return Err(format!("`env`: the value of `{name}` has a NUL"));
+    }
+    Ok(ToolEnv {
+        set: env,
+        pass: env_vars,
+    })
 }
 
 /// Checks an `[[mcp_server]]` entry; an error is the server's name and what is wrong.
@@ -146,14 +202,19 @@ pub(super) fn mcp_server_config(
             McpTransport::Stdio {
                 program,
                 args,
-                env: entry.env,
+                env: tool_env(entry.env, entry.env_vars).map_err(fail)?,
                 cwd,
             }
         }
         (None, Some(url)) => {
-            if !entry.env.is_empty() || entry.cwd.is_some() || !entry.args.is_empty() {
+            if !entry.env.is_empty()
+                || !entry.env_vars.is_empty()
+                || entry.cwd.is_some()
+                || !entry.args.is_empty()
+            {
                 return Err(fail(
-                    "`args`, `env` and `cwd` only apply to a `command` server".to_owned(),
+                    "`args`, `env`, `env_vars` and `cwd` only apply to a `command` server"
+                        .to_owned(),
                 ));
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {

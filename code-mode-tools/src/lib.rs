@@ -5,8 +5,13 @@
 //! (`[[mcp_server]]`, see [`mcp`]). Also the delegate that runs them. Its parts: `file`
 //! reads the tools file, `command` runs command tools, `builtins` are the built-ins, [`mcp`]
 //! the MCP servers (with `line_cap`, the bound on a server's lines), [`program`] finds a
-//! program to run; this module holds the set every front end uses and the delegate. It
-//! never links V8.
+//! program to run and [`environment`] says what environment it starts with; this module
+//! holds the set every front end uses and the delegate. It never links V8.
+//!
+//! Nothing secret of ours reaches a tool: a command tool, an MCP stdio server and the
+//! `shell` built-in's commands start with only the few variables of
+//! [`environment::INHERITED`] that we have (`PATH`, `HOME`, the locale, ...), plus what the
+//! tools file names for them: `env` (values) and `env_vars` (names taken from ours).
 //!
 //! A tools file:
 //! ```toml
@@ -16,6 +21,8 @@
 //! command = ["python3", "count_lines.py"]   # or a string, run with `sh -c`
 //! timeout_ms = 30000                        # optional
 //! cwd = "."                                 # optional, relative to the tools file
+//! env = { LOG_LEVEL = "info" }              # optional: set for it
+//! env_vars = ["GITHUB_TOKEN"]               # optional: passed from ours by name
 //! kind = "function"                         # optional: "function" or "freeform"
 //! deferred = true                           # optional: found with tools.tool_search
 //! on_interrupt = "retry"                    # optional: "fail" (default) or "retry"
@@ -25,14 +32,20 @@
 //! [[mcp_server]]
 //! name = "fs"                                  # tools.mcp__fs__<tool>
 //! command = ["npx", "server-filesystem", "."]  # stdio; or: url = "http://127.0.0.1:3001/mcp"
-//! # optional: env = { KEY = "v" }, cwd, enabled_tools = [...], disabled_tools = [...],
+//! # optional: env = { KEY = "v" }, env_vars = ["NAME"], cwd, enabled_tools = [...],
+//! #           disabled_tools = [...],
 //! #           startup_timeout_ms, call_timeout_ms, headers = { ... } (with url),
 //! #           deferred = true (every tool of the server: found with tools.tool_search),
 //! #           on_interrupt = "retry" (every tool of the server)
+//!
+//! [builtin.shell]                          # optional: for `--builtin shell`'s commands
+//! env = { PAGER = "cat" }
+//! env_vars = ["GITHUB_TOKEN"]
 //! ```
 
 mod builtins;
 mod command;
+pub mod environment;
 mod file;
 mod line_cap;
 pub mod mcp;
@@ -46,8 +59,11 @@ use code_mode_protocol::{
     ToolError, ToolKind, js_tool_name,
 };
 use code_mode_surface::{ToolDescription, UnavailableSource};
-use command::run_command;
-use file::{KindName, ToolsFile, describe_toml_error, mcp_server_config, one_line};
+use command::{CommandTool, run_command};
+use environment::ToolEnv;
+use file::{
+    KindName, ToolEntry, ToolsFile, describe_toml_error, mcp_server_config, one_line, tool_env,
+};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -98,12 +114,7 @@ pub enum ToolsError {
 /// How a tool is implemented.
 #[derive(Debug, Clone)]
 enum Implementation {
-    Command {
-        program: PathBuf,
-        args: Vec<String>,
-        cwd: PathBuf,
-        timeout: Duration,
-    },
+    Command(CommandTool),
     ReadFile,
     ListDir,
     WriteFile,
@@ -126,6 +137,8 @@ pub struct ToolSet {
     /// The `[[mcp_server]]` entries, until [`ToolSet::start`] starts them.
     mcp_configs: Vec<McpServerConfig>,
     mcp: Option<Arc<McpSources>>,
+    /// The environment of the `shell` built-in's commands (`[builtin.shell]`).
+    shell_env: ToolEnv,
 }
 
 impl ToolSet {
@@ -194,61 +207,7 @@ impl ToolSet {
             .filter(|parent| !parent.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         for entry in parsed.tool {
-            let tool_error = |message: String| ToolsError::Tool {
-                path: path.to_path_buf(),
-                tool: entry.name.clone(),
-                message,
-            };
-            if entry.name.is_empty() {
-                return Err(tool_error("`name` must not be empty".to_owned()));
-            }
-            if self.tools.contains_key(&entry.name) {
-                return Err(tool_error("defined twice".to_owned()));
-            }
-            let cwd = base.join(entry.cwd.clone().unwrap_or_default());
-            let (program, args) = entry.command.split().map_err(tool_error)?;
-            let program = resolve_program(&program, &cwd)
-                .ok_or_else(|| tool_error(format!("command `{program}` was not found")))?;
-            let schema = |value: &Option<toml::Value>| -> Result<Option<Value>, ToolsError> {
-                value
-                    .as_ref()
-                    .map(|value| serde_json::to_value(value).map_err(|e| tool_error(e.to_string())))
-                    .transpose()
-            };
-            let description = ToolDescription {
-                name: entry.name.clone(),
-                description: entry.description.clone(),
-                kind: match entry.kind {
-                    Some(KindName::Freeform) => ToolKind::Freeform,
-                    _ => ToolKind::Function,
-                },
-                input_schema: schema(&entry.input_schema)?,
-                output_schema: schema(&entry.output_schema)?,
-                deferred: entry.deferred,
-                ..ToolDescription::default()
-            };
-            if entry.name.starts_with(crate::mcp::MCP_TOOL_PREFIX) {
-                return Err(tool_error(format!(
-                    "names starting with `{}` belong to MCP servers",
-                    crate::mcp::MCP_TOOL_PREFIX
-                )));
-            }
-            if entry.on_interrupt == OnInterrupt::Retry {
-                self.retried.insert(entry.name.clone());
-            }
-            let implementation = Implementation::Command {
-                program,
-                args,
-                cwd,
-                timeout: Duration::from_millis(entry.timeout_ms.unwrap_or(DEFAULT_TOOL_TIMEOUT_MS)),
-            };
-            self.insert(
-                entry.name,
-                Tool {
-                    description,
-                    implementation,
-                },
-            );
+            self.add_command_tool(entry, path, &base)?;
         }
         for entry in parsed.mcp_server {
             if entry.on_interrupt == OnInterrupt::Retry {
@@ -275,6 +234,85 @@ impl ToolSet {
             }
             self.mcp_configs.push(config);
         }
+        if let Some(shell) = parsed.builtin.shell {
+            self.shell_env =
+                tool_env(shell.env, shell.env_vars).map_err(|message| ToolsError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!("[builtin.shell]: {message}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Checks a `[[tool]]` entry (`path` is the tools file, `base` its directory) and adds
+    /// it.
+    fn add_command_tool(
+        &mut self,
+        mut entry: ToolEntry,
+        path: &Path,
+        base: &Path,
+    ) -> Result<(), ToolsError> {
+        let tool_error = |message: String| ToolsError::Tool {
+            path: path.to_path_buf(),
+            tool: entry.name.clone(),
+            message,
+        };
+        if entry.name.is_empty() {
+            return Err(tool_error("`name` must not be empty".to_owned()));
+        }
+        if self.tools.contains_key(&entry.name) {
+            return Err(tool_error("defined twice".to_owned()));
+        }
+        let cwd = base.join(entry.cwd.clone().unwrap_or_default());
+        let env = tool_env(
+            std::mem::take(&mut entry.env),
+            std::mem::take(&mut entry.env_vars),
+        )
+        .map_err(tool_error)?;
+        let (program, args) = entry.command.split().map_err(tool_error)?;
+        let program = resolve_program(&program, &cwd)
+            .ok_or_else(|| tool_error(format!("command `{program}` was not found")))?;
+        let schema = |value: &Option<toml::Value>| -> Result<Option<Value>, ToolsError> {
+            value
+                .as_ref()
+                .map(|value| serde_json::to_value(value).map_err(|e| tool_error(e.to_string())))
+                .transpose()
+        };
+        let description = ToolDescription {
+            name: entry.name.clone(),
+            description: entry.description.clone(),
+            kind: match entry.kind {
+                Some(KindName::Freeform) => ToolKind::Freeform,
+                _ => ToolKind::Function,
+            },
+            input_schema: schema(&entry.input_schema)?,
+            output_schema: schema(&entry.output_schema)?,
+            deferred: entry.deferred,
+            ..ToolDescription::default()
+        };
+        if entry.name.starts_with(crate::mcp::MCP_TOOL_PREFIX) {
+            return Err(tool_error(format!(
+                "names starting with `{}` belong to MCP servers",
+                crate::mcp::MCP_TOOL_PREFIX
+            )));
+        }
+        if entry.on_interrupt == OnInterrupt::Retry {
+            self.retried.insert(entry.name.clone());
+        }
+        let implementation = Implementation::Command(CommandTool {
+            program,
+            args,
+            cwd,
+            timeout: Duration::from_millis(entry.timeout_ms.unwrap_or(DEFAULT_TOOL_TIMEOUT_MS)),
+            env,
+        });
+        self.insert(
+            entry.name,
+            Tool {
+                description,
+                implementation,
+            },
+        );
         Ok(())
     }
 
@@ -449,17 +487,12 @@ impl ToolSet {
             };
         };
         match &tool.implementation {
-            Implementation::Command {
-                program,
-                args,
-                cwd,
-                timeout,
-            } => run_command(name, program, args, cwd, *timeout, input, cancel).await,
+            Implementation::Command(command) => run_command(name, command, input, cancel).await,
             Implementation::ReadFile => read_file(&input.unwrap_or(Value::Null)).await,
             Implementation::ListDir => list_dir(&input.unwrap_or(Value::Null)).await,
             Implementation::WriteFile => write_file(&input.unwrap_or(Value::Null)).await,
             Implementation::ExecCommand => {
-                exec_command(&input.unwrap_or(Value::Null), cancel).await
+                exec_command(&input.unwrap_or(Value::Null), &self.shell_env, cancel).await
             }
         }
     }

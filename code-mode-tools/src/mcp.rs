@@ -6,6 +6,7 @@
 //!
 //! All MCP speaking is rmcp's; this module only decides what a cell sees.
 
+use crate::environment::ToolEnv;
 use crate::line_cap::LineCap;
 use code_mode_protocol::ToolKind;
 use code_mode_protocol::sync::lock;
@@ -66,10 +67,12 @@ pub enum McpTransport {
     /// names it, found (on `PATH`, or relative to `cwd`) each time the server starts: a
     /// server whose program is missing fails to start, like any other start failure, and
     /// is tried again in the background; the other servers are not affected.
+    /// Its environment is `env` over the few variables of ours every tool gets
+    /// (`environment`), nothing else of ours.
     Stdio {
         program: String,
         args: Vec<String>,
-        env: BTreeMap<String, String>,
+        env: ToolEnv,
         cwd: PathBuf,
     },
     /// A streamable-HTTP endpoint.
@@ -368,7 +371,7 @@ impl McpServer {
         handler: ClientSide,
         program: &str,
         args: &[String],
-        env: &std::collections::BTreeMap<String, String>,
+        env: &ToolEnv,
         cwd: &std::path::Path,
     ) -> Result<(Client, tokio::process::Child), ConnectError> {
         let name = &self.config.name;
@@ -379,9 +382,9 @@ impl McpServer {
             }
         })?;
         let mut command = tokio::process::Command::new(&path);
+        env.apply(&mut command);
         command
             .args(args)
-            .envs(env)
             .current_dir(cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
