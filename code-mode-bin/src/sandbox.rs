@@ -22,7 +22,11 @@
 //!    taking connections on a socket it already has opens nothing new outward. Signals
 //!    reach this process only: `kill`, `tgkill` and `rt_(tg)sigqueueinfo` at another pid
 //!    (a group, or -1 for every process of the user) kill the sender; `tkill` and
-//!    `pidfd_send_signal`, whose target the filter cannot see, are refused.
+//!    `pidfd_send_signal`, whose target the filter cannot see, are refused (`EPERM`), and
+//!    so is making a process a file's owner (`F_SETOWN` and the like), which `SIGIO` then
+//!    goes to. Limits, priorities, CPUs and scheduling can be set for this process only
+//!    (`prlimit64`, `setpriority`, `ioprio_set`, `sched_set*`; `EPERM` for any other
+//!    process, group or user).
 //!
 //! Each step is reported; the level reached goes into the handshake and the logs.
 //!
@@ -36,6 +40,8 @@
 
 use std::fmt;
 
+pub(crate) mod probes;
+
 /// `AUDIT_ARCH_X86_64` from `linux/audit.h`: the architecture the x32 guard is written for.
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E;
@@ -45,6 +51,21 @@ const AUDIT_ARCH: u32 = 0xC000_003E;
 const SECCOMP_DATA_NR: u32 = 0;
 #[cfg(target_arch = "x86_64")]
 const SECCOMP_DATA_ARCH: u32 = 4;
+
+/// `fcntl` commands that make a process a file's owner, which `SIGIO` (or the signal set
+/// by `F_SETSIG`, also refused) goes to, and the `ioctl` requests that do the same on a
+/// socket: `asm-generic/fcntl.h` and `asm-generic/sockios.h`, the values on every
+/// architecture seccompiler builds for (`libc` does not name them all for glibc).
+const F_SETOWN: u64 = 8;
+const F_SETSIG: u64 = 10;
+const F_SETOWN_EX: u64 = 15;
+const FIOSETOWN: u64 = 0x8901;
+const SIOCSPGRP: u64 = 0x8902;
+
+/// The `which` of `setpriority` (`linux/resource.h`) and `ioprio_set` (`linux/ioprio.h`)
+/// that names one process or thread; the others name a process group or a user.
+const PRIO_PROCESS: u64 = 0;
+const IOPRIO_WHO_PROCESS: u64 = 1;
 
 /// What the sandbox reached.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -262,9 +283,10 @@ fn forbidden_syscalls(accepts: bool) -> Vec<libc::c_long> {
     calls
 }
 
-/// The filters, most general first: the forbidden calls and `clone` without
-/// `CLONE_THREAD` kill the process; `clone3` answers `ENOSYS` (libc then falls back to
-/// `clone`); everything else is allowed. Each checks the architecture first.
+/// The filters, most general first: the forbidden calls, `clone` without `CLONE_THREAD`
+/// and signals at another process kill the process; `clone3` answers `ENOSYS` (libc then
+/// falls back to `clone`); [`refused_calls`] answer `EPERM`; everything else is allowed.
+/// Each checks the architecture first.
 fn filters(accepts: bool) -> Result<Vec<seccompiler::BpfProgram>, String> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -292,7 +314,8 @@ fn filters(accepts: bool) -> Result<Vec<seccompiler::BpfProgram>, String> {
     // Signals reach this process only: `kill`, `tgkill` and the `sigqueue` pair name the
     // target process first, and any other (a process group, -1 for every process of the
     // user) kills the sender. This is enforced whatever Landlock's signal scoping the
-    // kernel has.
+    // kernel has. `pid` is this process's: the filter is built by the process it is
+    // installed on (a forked runtime builds it after the fork).
     // SAFETY: getpid has no preconditions and cannot fail.
     let pid = unsafe { libc::getpid() } as u64;
     for call in [
@@ -322,24 +345,85 @@ fn filters(accepts: bool) -> Result<Vec<seccompiler::BpfProgram>, String> {
         arch,
     )
     .map_err(error)?;
-    // Signals whose target cannot be told from the arguments (a thread id alone, a pidfd)
-    // are refused: nothing in the runtime sends them (raise and pthread_kill use tgkill).
-    let unknown_targets = SeccompFilter::new(
-        BTreeMap::from([
-            (libc::SYS_tkill, Vec::new()),
-            (libc::SYS_pidfd_send_signal, Vec::new()),
-        ]),
+    let refused = SeccompFilter::new(
+        refused_calls(pid).map_err(error)?,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
         arch,
     )
     .map_err(error)?;
     let mut programs = Vec::new();
-    for filter in [kill, no_clone3, unknown_targets] {
+    for filter in [kill, no_clone3, refused] {
         programs.push(seccompiler::BpfProgram::try_from(filter).map_err(error)?);
     }
     Ok(programs)
 }
+
+/// The calls [`filters`] refuses with `EPERM`, where the runtime has no use for them:
+/// they reach another process (`pid` is this one's) or name one to signal.
+///
+/// - Signals whose target the filter cannot see (a thread id alone, a pidfd): `tkill`,
+///   `pidfd_send_signal`. Nothing in the runtime sends them (`raise` and `pthread_kill` use
+///   `tgkill`).
+/// - A file's owner, the process `SIGIO` (or the signal `F_SETSIG` chose) goes to once the
+///   file is ready: `fcntl`'s `F_SETOWN`, `F_SETOWN_EX` and `F_SETSIG`, the `FIOSETOWN` and
+///   `SIOCSPGRP` ioctls, whatever the process (before Linux 6.12 the signal reaches any
+///   process of the user). Neither V8 nor the async runtime sets one.
+/// - Limits, priorities, CPUs and scheduling of another process: `prlimit64`,
+///   `sched_setaffinity`, `sched_setscheduler`, `sched_setparam` and `sched_setattr` on any
+///   pid but 0 (the calling thread) and this process's; `setpriority` and `ioprio_set` for
+///   anything but one process or thread (not a process group or a user, where `who` 0 is
+///   the caller's whole group or every process of the user), and that one 0 or this
+///   process. A thread's own id cannot be allowed by a filter built once, so the runtime's
+///   threads name themselves 0 (`code_mode_cores::step_aside`; V8's threads lower their
+///   own priority with `setpriority(PRIO_PROCESS, 0, ...)`).
+///
+/// `pid` is read where the filter is built, in the runtime process itself (after the
+/// front's fork, for a forked runtime), the process that installs it.
+fn refused_calls(pid: u64) -> Result<SeccompRules, seccompiler::BackendError> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    // Every argument matched is an `int` (or `unsigned int`): the kernel reads its low 32
+    // bits only, and so does the filter, or high bits set would pass a comparison.
+    let arg = |index, op, value| SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value);
+    let is = |index, value| SeccompRule::new(vec![arg(index, SeccompCmpOp::Eq, value)?]);
+    let is_not = |index, value| SeccompRule::new(vec![arg(index, SeccompCmpOp::Ne, value)?]);
+    // Another process: neither 0 (the caller) nor this process's pid.
+    let elsewhere = |index| {
+        SeccompRule::new(vec![
+            arg(index, SeccompCmpOp::Ne, 0)?,
+            arg(index, SeccompCmpOp::Ne, pid)?,
+        ])
+    };
+    let mut refused = SeccompRules::from([
+        (libc::SYS_tkill, Vec::new()),
+        (libc::SYS_pidfd_send_signal, Vec::new()),
+        (
+            libc::SYS_fcntl,
+            vec![is(1, F_SETOWN)?, is(1, F_SETOWN_EX)?, is(1, F_SETSIG)?],
+        ),
+        (libc::SYS_ioctl, vec![is(1, FIOSETOWN)?, is(1, SIOCSPGRP)?]),
+    ]);
+    for call in [
+        libc::SYS_prlimit64,
+        libc::SYS_sched_setaffinity,
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_setparam,
+        libc::SYS_sched_setattr,
+    ] {
+        refused.insert(call, vec![elsewhere(0)?]);
+    }
+    // `which` first, `who` second.
+    for (call, one_process) in [
+        (libc::SYS_setpriority, PRIO_PROCESS),
+        (libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS),
+    ] {
+        refused.insert(call, vec![is_not(0, one_process)?, elsewhere(1)?]);
+    }
+    Ok(refused)
+}
+
+/// seccompiler's rules: by system call number, any of which matching is a match.
+type SeccompRules = std::collections::BTreeMap<i64, Vec<seccompiler::SeccompRule>>;
 
 /// The x32 guard (see the module docs), by hand: check the architecture, kill numbers
 /// with bit 30 set, allow the rest.

@@ -1002,6 +1002,63 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
     }
 }
 
+/// Signals, limits, priorities and scheduling reach the runtime's own process only. Each
+/// rule is probed at the runtime's parent, this test (`refused:<call>`, with values that
+/// change nothing should the rule fail open): a signal by `tgkill` or `rt_(tg)sigqueueinfo`
+/// kills the runtime; the others answer `EPERM`, and those refused whatever the target
+/// (a pidfd's signal, a file's owner for `SIGIO`) are probed at the runtime too. A process
+/// group or user's priority is refused whoever it is. The runtime's own (`allowed:<call>`,
+/// at 0 and at its pid) goes through.
+#[tokio::test]
+async fn the_sandbox_keeps_signals_limits_and_scheduling_to_the_runtime() {
+    use std::os::unix::process::ExitStatusExt;
+    for call in ["tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"] {
+        let output = self_test(&format!("refused:{call}")).await;
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGSYS),
+            "{call} {:?}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let own = [
+        "prlimit64",
+        "setpriority",
+        "ioprio_set",
+        "sched_setaffinity",
+        "sched_setscheduler",
+        "sched_setparam",
+        "sched_setattr",
+    ];
+    let refused = [
+        "pidfd_send_signal",
+        "F_SETOWN",
+        "F_SETOWN_EX",
+        "F_SETSIG",
+        "FIOSETOWN",
+        "SIOCSPGRP",
+        "setpriority-group",
+        "setpriority-user",
+        "ioprio_set-group",
+        "ioprio_set-user",
+    ];
+    let actions = (own
+        .iter()
+        .chain(&refused)
+        .map(|call| format!("refused:{call}")))
+    .chain(own.iter().map(|call| format!("allowed:{call}")));
+    for action in actions {
+        let output = self_test(&action).await;
+        assert!(
+            output.status.success(),
+            "{action} {:?}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_registered_tool_set_serves_later_execs_and_an_unknown_one_is_refused() {
     let mut host = Host::ready().await;
