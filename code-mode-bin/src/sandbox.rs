@@ -26,7 +26,8 @@
 //!    so is making a process a file's owner (`F_SETOWN` and the like), which `SIGIO` then
 //!    goes to. Limits, priorities, CPUs and scheduling can be set for this process only
 //!    (`prlimit64`, `setpriority`, `ioprio_set`, `sched_set*`; `EPERM` for any other
-//!    process, group or user).
+//!    process, group or user). `io_uring`, whose operations (a socket among them) the
+//!    filter would not see, is refused.
 //!
 //! Each step is reported; the level reached goes into the handshake and the logs.
 //!
@@ -369,6 +370,9 @@ fn filters(accepts: bool) -> Result<Vec<seccompiler::BpfProgram>, String> {
 ///   file is ready: `fcntl`'s `F_SETOWN`, `F_SETOWN_EX` and `F_SETSIG`, the `FIOSETOWN` and
 ///   `SIOCSPGRP` ioctls, whatever the process (before Linux 6.12 the signal reaches any
 ///   process of the user). Neither V8 nor the async runtime sets one.
+/// - `io_uring`, whose queued operations the filter never sees: among them opening a socket
+///   (`IORING_OP_SOCKET`), which the filter kills the process for as a system call. Nothing
+///   in the runtime uses it; a library that tries it falls back on the refusal.
 /// - Limits, priorities, CPUs and scheduling of another process: `prlimit64`,
 ///   `sched_setaffinity`, `sched_setscheduler`, `sched_setparam` and `sched_setattr` on any
 ///   pid but 0 (the calling thread) and this process's; `setpriority` and `ioprio_set` for
@@ -402,6 +406,9 @@ fn refused_calls(pid: u64) -> Result<SeccompRules, seccompiler::BackendError> {
             vec![is(1, F_SETOWN)?, is(1, F_SETOWN_EX)?, is(1, F_SETSIG)?],
         ),
         (libc::SYS_ioctl, vec![is(1, FIOSETOWN)?, is(1, SIOCSPGRP)?]),
+        (libc::SYS_io_uring_setup, Vec::new()),
+        (libc::SYS_io_uring_enter, Vec::new()),
+        (libc::SYS_io_uring_register, Vec::new()),
     ]);
     for call in [
         libc::SYS_prlimit64,

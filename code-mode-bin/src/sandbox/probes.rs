@@ -78,6 +78,7 @@ const PROBES: &[Probe] = &[
         everywhere: true,
         ..refused("SIOCSPGRP", |pid| socket_owner(pid, super::SIOCSPGRP))
     },
+    refused("io_uring_setup", io_uring_setup),
     refused("prlimit64", prlimit64),
     refused("setpriority", setpriority),
     refused("setpriority-group", |_| setpriority_group()),
@@ -270,6 +271,31 @@ fn socket_owner(pid: libc::pid_t, request: u64) -> Outcome {
     Ok(answer(unsafe {
         libc::syscall(libc::SYS_ioctl, socket.as_raw_fd(), request, &pid)
     }))
+}
+
+/// The size of `struct io_uring_params` (`linux/io_uring.h`): the setup reads and writes
+/// it; all zeroes asks for nothing special.
+const IO_URING_PARAMS_BYTES: usize = 120;
+
+/// The fewest entries a ring may have.
+const IO_URING_ENTRIES: u32 = 1;
+
+fn io_uring_setup(_: libc::pid_t) -> Outcome {
+    let mut parameters = [0u8; IO_URING_PARAMS_BYTES];
+    // SAFETY: `parameters` is a whole `io_uring_params`, valid for the call to read and
+    // write; a ring made is owned and closed at once below.
+    let made = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_setup,
+            IO_URING_ENTRIES,
+            parameters.as_mut_ptr(),
+        )
+    };
+    if made == -1 {
+        return Ok(answer(made));
+    }
+    drop(owned("io_uring_setup", made)?);
+    Ok(Ok(()))
 }
 
 fn prlimit64(pid: libc::pid_t) -> Outcome {

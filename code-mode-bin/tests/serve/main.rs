@@ -975,8 +975,9 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
 
     // Rule by rule: a new socket and (on x86_64) any x32 system call kill the process;
     // `clone3` answers ENOSYS so that libc falls back to `clone`; `tkill` (whose target
-    // the filter cannot see) answers EPERM; threads are allowed. The rules are chained
-    // into one program: each is reached past the ones before it.
+    // the filter cannot see) and `io_uring` (whose operations, a socket among them, it
+    // cannot see) answer EPERM; threads are allowed. The rules are chained into one
+    // program: each is reached past the ones before it.
     let mut killed = vec!["socket:", "signal:1", "signal:0", "signal:-1"];
     if cfg!(target_arch = "x86_64") {
         killed.push("x32:");
@@ -991,7 +992,13 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    for action in ["clone3:", "tkill:", "thread:", "signal:self"] {
+    for action in [
+        "clone3:",
+        "tkill:",
+        "refused:io_uring_setup",
+        "thread:",
+        "signal:self",
+    ] {
         let output = self_test(action).await;
         assert!(
             output.status.success(),
