@@ -24,7 +24,8 @@
 //!    (a group, or -1 for every process of the user) kill the sender; `tkill` and
 //!    `pidfd_send_signal`, whose target the filter cannot see, are refused (`EPERM`), and
 //!    so is making a process a file's owner (`F_SETOWN` and the like), which `SIGIO` then
-//!    goes to. Limits, priorities, CPUs and scheduling can be set for this process only
+//!    goes to, and typing into or signalling through a terminal (`TIOCSTI` and the like).
+//!    Limits, priorities, CPUs and scheduling can be set for this process only
 //!    (`prlimit64`, `setpriority`, `ioprio_set`, `sched_set*`; `EPERM` for any other
 //!    process, group or user). `io_uring`, whose operations (a socket among them) the
 //!    filter would not see, is refused.
@@ -62,6 +63,15 @@ const F_SETSIG: u64 = 10;
 const F_SETOWN_EX: u64 = 15;
 const FIOSETOWN: u64 = 0x8901;
 const SIOCSPGRP: u64 = 0x8902;
+
+/// Terminal `ioctl` requests that reach the processes behind a terminal the runtime may
+/// have inherited (its stderr, run by hand): typing into its input (`TIOCSTI`, and
+/// `TIOCLINUX`'s paste on a virtual console), choosing the process group its keys signal
+/// (`TIOCSPGRP`), signalling that group (`TIOCSIG`). `asm-generic/ioctls.h`.
+const TIOCSPGRP: u64 = 0x5410;
+const TIOCSTI: u64 = 0x5412;
+const TIOCLINUX: u64 = 0x541C;
+const TIOCSIG: u64 = 0x4004_5436;
 
 /// The `which` of `setpriority` (`linux/resource.h`) and `ioprio_set` (`linux/ioprio.h`)
 /// that names one process or thread; the others name a process group or a user.
@@ -370,6 +380,9 @@ fn filters(accepts: bool) -> Result<Vec<seccompiler::BpfProgram>, String> {
 ///   file is ready: `fcntl`'s `F_SETOWN`, `F_SETOWN_EX` and `F_SETSIG`, the `FIOSETOWN` and
 ///   `SIOCSPGRP` ioctls, whatever the process (before Linux 6.12 the signal reaches any
 ///   process of the user). Neither V8 nor the async runtime sets one.
+/// - A terminal's input, foreground process group and signals (`TIOCSTI`, `TIOCLINUX`,
+///   `TIOCSPGRP`, `TIOCSIG`), on any descriptor: a runtime run by hand may have its
+///   terminal as stderr, and typed input reaches the shell behind it.
 /// - `io_uring`, whose queued operations the filter never sees: among them opening a socket
 ///   (`IORING_OP_SOCKET`), which the filter kills the process for as a system call. Nothing
 ///   in the runtime uses it; a library that tries it falls back on the refusal.
@@ -405,7 +418,13 @@ fn refused_calls(pid: u64) -> Result<SeccompRules, seccompiler::BackendError> {
             libc::SYS_fcntl,
             vec![is(1, F_SETOWN)?, is(1, F_SETOWN_EX)?, is(1, F_SETSIG)?],
         ),
-        (libc::SYS_ioctl, vec![is(1, FIOSETOWN)?, is(1, SIOCSPGRP)?]),
+        (
+            libc::SYS_ioctl,
+            [FIOSETOWN, SIOCSPGRP, TIOCSPGRP, TIOCSTI, TIOCLINUX, TIOCSIG]
+                .map(|request| is(1, request))
+                .into_iter()
+                .collect::<Result<_, _>>()?,
+        ),
         (libc::SYS_io_uring_setup, Vec::new()),
         (libc::SYS_io_uring_enter, Vec::new()),
         (libc::SYS_io_uring_register, Vec::new()),

@@ -6,8 +6,9 @@
 //! test), which a runtime must not reach. Each is made with values that change nothing
 //! should a rule fail open: signal 0, a limit only read, a priority, I/O priority, affinity
 //! or policy set to what it already is, an owner set on a pipe or socket of this process's
-//! without `O_ASYNC` (so that no signal is ever sent); a process group this process is
-//! alone in, a user with no process, or a priority the kernel refuses before it acts.
+//! without `O_ASYNC` (so that no signal is ever sent), a terminal's request on a pipe; a
+//! process group this process is alone in, a user with no process, or a priority the
+//! kernel refuses before it acts.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -79,6 +80,10 @@ const PROBES: &[Probe] = &[
         ..refused("SIOCSPGRP", |pid| socket_owner(pid, super::SIOCSPGRP))
     },
     refused("io_uring_setup", io_uring_setup),
+    refused("TIOCSTI", |_| pipe_ioctl(super::TIOCSTI)),
+    refused("TIOCLINUX", |_| pipe_ioctl(super::TIOCLINUX)),
+    refused("TIOCSPGRP", |_| pipe_ioctl(super::TIOCSPGRP)),
+    refused("TIOCSIG", |_| pipe_ioctl(super::TIOCSIG)),
     refused("prlimit64", prlimit64),
     refused("setpriority", setpriority),
     refused("setpriority-group", |_| setpriority_group()),
@@ -270,6 +275,18 @@ fn socket_owner(pid: libc::pid_t, request: u64) -> Outcome {
     // is ever sent.
     Ok(answer(unsafe {
         libc::syscall(libc::SYS_ioctl, socket.as_raw_fd(), request, &pid)
+    }))
+}
+
+/// A terminal's `request` on a pipe, which is no terminal: a call let through answers
+/// `ENOTTY` before it reads its argument (a zero, as a character, pid or signal).
+fn pipe_ioctl(request: u64) -> Outcome {
+    use std::os::fd::AsRawFd;
+    let file = pipe()?;
+    let zero: libc::c_int = 0;
+    // SAFETY: a descriptor we own and an argument valid for the call to read.
+    Ok(answer(unsafe {
+        libc::syscall(libc::SYS_ioctl, file.as_raw_fd(), request, &zero)
     }))
 }
 

@@ -1013,7 +1013,8 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
 /// rule is probed at the runtime's parent, this test (`refused:<call>`, with values that
 /// change nothing should the rule fail open): a signal by `tgkill` or `rt_(tg)sigqueueinfo`
 /// kills the runtime; the others answer `EPERM`, and those refused whatever the target
-/// (a pidfd's signal, a file's owner for `SIGIO`) are probed at the runtime too. A process
+/// (a pidfd's signal, a file's owner for `SIGIO`) are probed at the runtime too, and a
+/// terminal's input, process group and signals are refused on any descriptor. A process
 /// group or user's priority is refused whoever it is. The runtime's own (`allowed:<call>`,
 /// at 0 and at its pid) goes through.
 #[tokio::test]
@@ -1045,6 +1046,10 @@ async fn the_sandbox_keeps_signals_limits_and_scheduling_to_the_runtime() {
         "F_SETSIG",
         "FIOSETOWN",
         "SIOCSPGRP",
+        "TIOCSTI",
+        "TIOCLINUX",
+        "TIOCSPGRP",
+        "TIOCSIG",
         "setpriority-group",
         "setpriority-user",
         "ioprio_set-group",
