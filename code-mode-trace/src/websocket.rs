@@ -1,9 +1,11 @@
 //! `--otel-trace-listen ws://IP:PORT`: every exported batch, as raw OTLP JSON, goes to
 //! every WebSocket client connected then, as Codex's host streams it (one binary frame a
 //! batch). A request with an `Origin` header (a browser page) is refused with 403. A slow
-//! client misses batches (counted) and never holds up the exporter or a cell.
+//! client misses batches (counted) and never holds up the exporter or a cell. Clients come
+//! in through the workspace's door (`code_mode_tls::gate`), as every listener's do.
 
 use crate::{STREAM_BATCHES_MISSED, TraceError};
+use code_mode_tls::gate::Gate;
 use futures_util::{SinkExt as _, StreamExt as _};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
@@ -12,6 +14,7 @@ use opentelemetry_sdk::trace::SpanData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -75,8 +78,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Binds `address` and serves the stream from a thread of its own.
+/// Clients the stream serves at once: a few people or tools watching one front's traces
+/// (each gets every batch, so each costs the front a copy of the traffic).
+const MAX_CLIENTS: usize = 16;
+
+/// Binds `address` and serves the stream from a thread of its own, through the workspace's
+/// door (`code_mode_tls::gate`: at most [`MAX_CLIENTS`], a share of them per peer, the first
+/// byte and the WebSocket handshake each within the opening timeout, accept errors backed
+/// off).
 pub fn listen(address: SocketAddr) -> Result<(Stream, SocketAddr), TraceError> {
+    listen_through(address, Gate::new("trace stream", MAX_CLIENTS))
+}
+
+/// [`listen`] through `gate`.
+fn listen_through(address: SocketAddr, gate: Gate) -> Result<(Stream, SocketAddr), TraceError> {
     let failed = |source| TraceError::Listen { address, source };
     let listener = std::net::TcpListener::bind(address).map_err(failed)?;
     listener.set_nonblocking(true).map_err(failed)?;
@@ -103,25 +118,17 @@ pub fn listen(address: SocketAddr) -> Result<(Stream, SocketAddr), TraceError> {
                         return;
                     }
                 };
-                loop {
-                    let socket = match listener.accept().await {
-                        Ok((socket, _)) => socket,
-                        Err(error) => {
-                            // Out of descriptors, say: wait for one to be freed instead of
-                            // spinning on the error.
-                            tracing::warn!(%error, "the trace stream cannot accept a client");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
+                let opening = gate.opening_timeout();
+                gate.serve(&listener, move |socket, peer| {
                     connected.fetch_add(1, Ordering::AcqRel);
                     let clients = clients.clone();
                     let connected = connected.clone();
-                    tokio::spawn(async move {
-                        serve_client(socket, clients).await;
+                    async move {
+                        serve_client(socket, peer, opening, clients).await;
                         connected.fetch_sub(1, Ordering::AcqRel);
-                    });
-                }
+                    }
+                })
+                .await;
             });
         })
         .map_err(failed)?;
@@ -143,9 +150,25 @@ fn refuse_origins(request: &Request, response: Response) -> Result<Response, Err
     Ok(response)
 }
 
-async fn serve_client(socket: tokio::net::TcpStream, clients: Arc<Mutex<Vec<Queue>>>) {
-    let Ok(socket) = tokio_tungstenite::accept_hdr_async(socket, refuse_origins).await else {
-        return;
+/// One client: its WebSocket handshake within `opening`, then every batch until either end
+/// closes.
+async fn serve_client(
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    opening: Duration,
+    clients: Arc<Mutex<Vec<Queue>>>,
+) {
+    let handshake = tokio_tungstenite::accept_hdr_async(socket, refuse_origins);
+    let socket = match tokio::time::timeout(opening, handshake).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "a trace stream client was refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "a trace stream client did not finish its handshake within {opening:?}");
+            return;
+        }
     };
     let (queue, mut batches) = tokio::sync::mpsc::channel(CLIENT_BACKLOG);
     lock(&clients).push(queue);
@@ -169,6 +192,65 @@ async fn serve_client(socket: tokio::net::TcpStream, clients: Arc<Mutex<Vec<Queu
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Whether the server closed `stream` (end of stream or reset) within `within`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buffer = [0u8; 1];
+        match tokio::time::timeout(within, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => true,
+            Ok(Ok(_)) | Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_nothing_is_closed_after_the_opening_timeout() {
+        let opening = Duration::from_millis(200);
+        let gate = Gate::new("test", MAX_CLIENTS).with_opening_timeout(opening);
+        let (_stream, bound) = listen_through("127.0.0.1:0".parse().unwrap(), gate).unwrap();
+        let mut silent = tokio::net::TcpStream::connect(bound).await.unwrap();
+        assert!(
+            closed_within(&mut silent, Duration::from_secs(3)).await,
+            "a silent client kept its connection"
+        );
+        // One that starts its handshake and stalls is closed too.
+        let mut stalled = tokio::net::TcpStream::connect(bound).await.unwrap();
+        stalled.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(
+            closed_within(&mut stalled, Duration::from_secs(3)).await,
+            "a stalled handshake kept its connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_over_the_cap_is_closed_at_once() {
+        // Long enough that only the cap can close the third connection within the test.
+        let opening = Duration::from_secs(30);
+        let gate = Gate::new("test", 2).with_opening_timeout(opening);
+        let (_stream, bound) = listen_through("127.0.0.1:0".parse().unwrap(), gate).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut client = tokio::net::TcpStream::connect(bound).await.unwrap();
+            client.write_all(b"G").await.unwrap();
+            held.push(client);
+        }
+        let mut over = tokio::net::TcpStream::connect(bound).await.unwrap();
+        assert!(
+            closed_within(&mut over, Duration::from_secs(3)).await,
+            "a client over the cap was kept"
+        );
+        for client in &mut held {
+            assert!(
+                !closed_within(client, Duration::from_millis(100)).await,
+                "a client within the cap was closed"
+            );
         }
     }
 }
