@@ -89,6 +89,10 @@ struct Cli {
     /// Most host connections at once (with `--listen`).
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections: usize,
+    /// How long a new connection (to `--listen` or `--metrics`) has to send its first
+    /// byte, and then to finish its TLS handshake; one that does not is closed.
+    #[arg(long, value_name = "MS", default_value_t = code_mode_tls::gate::OPENING_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..), hide = true)]
+    opening_timeout_ms: u64,
     /// Keep the startup snapshot of cell contexts in this directory between runs: read it
     /// at start when this executable made it (checked whole), else make it at start and
     /// write it there, so that later starts do not make it again.
@@ -485,6 +489,7 @@ fn listen_main(cli: Cli, first: FirstThread, surface: code_mode_protocol::Surfac
         serve: serve_settings(&cli, report.to_string(), true),
         drain_timeout: Duration::from_secs(cli.drain_timeout_secs),
         max_connections: cli.max_connections,
+        opening_timeout: Duration::from_millis(cli.opening_timeout_ms),
     };
     let outcome = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -498,9 +503,12 @@ fn listen_main(cli: Cli, first: FirstThread, surface: code_mode_protocol::Surfac
             if let Ok(metrics_local) = metrics_listener.local_addr() {
                 tracing::info!("metrics on http://{metrics_local}/metrics");
             }
+            let gate = code_mode_tls::gate::Gate::new("metrics", metrics::METRICS_MAX_CONNECTIONS)
+                .with_opening_timeout(settings.opening_timeout);
             tokio::spawn(metrics::serve(
                 metrics_listener,
                 settings.serve.drain.clone(),
+                gate,
             ));
         }
         let mode = if settings.tls.is_some() {

@@ -1,9 +1,9 @@
 //! `--listen`: the runtime serves hosts over TCP, with mutual TLS (or plaintext on
 //! loopback with `--insecure-loopback`). Connections come in through the workspace's one
-//! door (`code_mode_tls::gate`: accept errors backed off, a connection cap, the opening
-//! bounded in time); each gets the TLS handshake, then the wire protocol's handshake, then
-//! its own sessions; a connection that fails either step is refused and logged, and the
-//! others carry on.
+//! door (`code_mode_tls::gate`: accept errors backed off, a connection cap and a share of
+//! it per peer, the opening bounded in time); each gets the TLS handshake, then the wire
+//! protocol's handshake, then its own sessions; a connection that fails either step is
+//! refused and logged, and the others carry on.
 //!
 //! Drain: on SIGTERM or SIGINT the runtime stops accepting, marks itself not ready, tells
 //! every host it is draining (no new sessions), lets running cells finish until the drain
@@ -30,6 +30,8 @@ pub struct ListenSettings {
     pub serve: ServeSettings,
     pub drain_timeout: Duration,
     pub max_connections: usize,
+    /// How long a connection has for its first byte, and for its TLS handshake.
+    pub opening_timeout: Duration,
 }
 
 /// Accepts and serves connections until a termination signal has been handled.
@@ -37,7 +39,8 @@ pub async fn run(listener: TcpListener, settings: ListenSettings) {
     let drain = settings.serve.drain.clone();
     let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let connections = TaskTracker::new();
-    let gate = Gate::new("runtime", settings.max_connections);
+    let gate = Gate::new("runtime", settings.max_connections)
+        .with_opening_timeout(settings.opening_timeout);
     loop {
         let admitted = tokio::select! {
             biased;
@@ -46,10 +49,11 @@ pub async fn run(listener: TcpListener, settings: ListenSettings) {
         };
         let acceptor = acceptor.clone();
         let serve = settings.serve.clone();
+        let gate = gate.clone();
         connections.spawn(async move {
             METRICS.connection_opened();
             let gate::Admitted { stream, peer, slot } = admitted;
-            serve_one(stream, peer, acceptor, serve).await;
+            serve_one(&gate, stream, peer, acceptor, serve).await;
             drop(slot);
             METRICS.connection_closed();
         });
@@ -60,17 +64,18 @@ pub async fn run(listener: TcpListener, settings: ListenSettings) {
 
 /// The TLS handshake, then the connection.
 async fn serve_one(
+    gate: &Gate,
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     settings: ServeSettings,
 ) {
-    if !gate::first_byte(&stream, peer).await {
+    if !gate.first_byte(&stream, peer).await {
         return;
     }
     let outcome = match acceptor {
         None => connection::serve(stream, settings).await,
-        Some(acceptor) => match gate::handshake(&acceptor, stream, peer).await {
+        Some(acceptor) => match gate.handshake(&acceptor, stream, peer).await {
             Some(stream) => connection::serve(stream, settings).await,
             None => return,
         },

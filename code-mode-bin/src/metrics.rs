@@ -7,10 +7,15 @@
 //! connection code counts sessions, cells and their outcomes from the replies it sends
 //! (an outcome is counted when the host is told the cell's final response), the remote
 //! delegate counts nested calls and closed cells, the listener counts connections.
+//!
+//! The server takes connections through the workspace's door (`code_mode_tls::gate`), as
+//! `--listen` does: at most [`METRICS_MAX_CONNECTIONS`], a share of them per peer, each
+//! showing its first byte within the opening timeout.
 
 use crate::drain::Drain;
 use bytes::Bytes;
 use code_mode_protocol::{CellResponse, FailureKind, PendingOutcome, SessionReply};
+use code_mode_tls::gate::Gate;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::collector::Collector;
@@ -370,20 +375,20 @@ fn answer(path: &str, drain: &Drain) -> Response<Full<Bytes>> {
     response
 }
 
+/// Connections the metrics server serves at once: a scraper or two and the kubelet's
+/// probes, each done in milliseconds; a hundredth of the host connections' default.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
+
+/// How long a metrics request has to send its headers once it spoke.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` (bound before the sandbox)
-/// until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, drain: Drain) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!("metrics: accept failed: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+/// until the process ends, through `gate` (the workspace's door: a cap, a share per peer,
+/// the first byte in time, accept errors backed off).
+pub async fn serve(listener: tokio::net::TcpListener, drain: Drain, gate: Gate) {
+    gate.serve(&listener, move |stream, peer| {
         let drain = drain.clone();
-        tokio::spawn(async move {
+        async move {
             let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| {
                 let response = answer(request.uri().path(), &drain);
                 async move { Ok::<_, std::convert::Infallible>(response) }
@@ -391,11 +396,12 @@ pub async fn serve(listener: tokio::net::TcpListener, drain: Drain) {
             let io = hyper_util::rt::TokioIo::new(stream);
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(io, service);
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, "metrics connection ended: {error}");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
