@@ -270,27 +270,33 @@ pub async fn serve_grpc_tcp(
 /// Connections the health port serves at once: it is for the kubelet's probes.
 const HEALTH_MAX_CONNECTIONS: usize = 16;
 
-/// `--health-listen IP:PORT` on `listener`: plain HTTP/1 that answers `GET /healthz` as
-/// the gRPC port does (200, or 503 with the cause and its fix) and nothing else (404), so
-/// that a probe from off the pod needs no port that opens sessions.
+/// All the health port's `503` says: the port answers whoever reaches it, off the pod too,
+/// and the cause (paths searched, runtime addresses, settings) is for the log.
+pub const NO_RUNTIME: &str = "no runtime can start\n";
+
+/// `--health-listen IP:PORT` on `listener`: plain HTTP/1 that answers `GET /healthz` (200,
+/// or 503 with [`NO_RUNTIME`] only: see [`health_probe`]) and another method there as the
+/// gRPC port does, and nothing else (404), so that a probe from off the pod needs no port
+/// that opens sessions. Connections come through the workspace's door
+/// (`code_mode_tls::gate`): at most [`HEALTH_MAX_CONNECTIONS`], a share of them per peer,
+/// the first byte in time.
 pub async fn serve_health(settings: Settings, listener: tokio::net::TcpListener) {
-    use code_mode_tls::gate::{self, Gate};
     let front = Arc::new(Front::new(settings));
-    let gate = Gate::new("health", HEALTH_MAX_CONNECTIONS);
-    loop {
-        let gate::Admitted { stream, peer, slot } = gate.accept(&listener).await;
+    let gate = code_mode_tls::gate::Gate::new("health", HEALTH_MAX_CONNECTIONS);
+    gate.serve(&listener, move |stream, peer| {
         let front = front.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let front = front.clone();
                 async move {
-                    let response = if request.uri().path() == "/healthz" {
-                        http1_answer(&front, request.method(), "/healthz").await
-                    } else {
-                        let mut response = http::Response::new(tonic::body::Body::empty());
-                        *response.status_mut() = http::StatusCode::NOT_FOUND;
-                        response
+                    let response = match (request.method(), request.uri().path()) {
+                        (&http::Method::GET, "/healthz") => health_probe(&front).await,
+                        (method, "/healthz") => http1_answer(&front, method, "/healthz").await,
+                        _ => {
+                            let mut response = http::Response::new(tonic::body::Body::empty());
+                            *response.status_mut() = http::StatusCode::NOT_FOUND;
+                            response
+                        }
                     };
                     Ok::<_, std::convert::Infallible>(response)
                 }
@@ -304,6 +310,26 @@ pub async fn serve_health(settings: Settings, listener: tokio::net::TcpListener)
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "health connection ended with an error");
             }
-        });
+        }
+    })
+    .await;
+}
+
+/// `GET /healthz` on the health port: `200` with an empty body while a runtime runs or can
+/// be started, else `503` with [`NO_RUNTIME`], the cause logged at debug. The probe costs
+/// what the gRPC port's does: nothing while a runtime runs; else a start of the one shared
+/// provider, one at a time, backed off after a failure and refused outright in a crash loop.
+pub async fn health_probe(front: &Front) -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::empty());
+    if let Err(error) = front.runtime_ready().await {
+        tracing::debug!(%error, "health probe: no runtime can start");
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        *response.body_mut() =
+            tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(NO_RUNTIME)));
     }
+    response
 }

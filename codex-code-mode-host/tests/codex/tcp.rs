@@ -369,3 +369,45 @@ async fn stdio_with_a_scheme_is_the_json_protocol() {
         assert!(answer.contains("connection/rejected"), "{listen}: {answer}");
     }
 }
+
+/// The health port (`--health-listen`) answers whoever reaches it, off the pod too: its
+/// `503` says only that no runtime can start, never where the runtime was looked for or
+/// how the front is set up (the gRPC port, which serves only trusted clients off
+/// loopback, says the cause and its fix).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_ports_503_says_no_more_than_a_prober_needs() {
+    let scratch = Scratch::new();
+    let runtime = scratch.0.join("code-mode-bin");
+    let health = format!("127.0.0.1:{}", code_mode_conformance::remote::free_port());
+    let host = Listening::start_with(
+        &crate::our_host(),
+        &["--health-listen", &health],
+        &[("CODE_MODE_BIN", runtime.as_os_str())],
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(&health)
+        .await
+        .expect("connect to the health port");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("an answer within 20 s")
+    .expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header block");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(body, codex_code_mode_host::serve::NO_RUNTIME);
+    let (status, _, detailed) = host.http1("GET", "/healthz").await;
+    assert_eq!(status, 503);
+    assert!(
+        detailed.contains(&runtime.display().to_string()),
+        "{detailed}"
+    );
+    host.stop().await;
+}
