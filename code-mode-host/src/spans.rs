@@ -18,6 +18,9 @@
 //!   waits for it (a bounded number; one whose parent never comes is dropped);
 //! - a span id that is the host's own, or one the runtime already used, is refused;
 //! - a span's name, attributes and events are bounded in count and length;
+//! - a span is bounded in bytes too ([`MAX_SPAN_BYTES`]: the count and length bounds alone
+//!   let one hold some 64 MiB), and so are the spans waiting for a parent on one connection
+//!   ([`MAX_WAITING_BYTES`]); a span past either is dropped and counted, never kept;
 //! - at most [`MAX_SPANS_PER_SECOND`] spans a second per connection (more are dropped).
 //!
 //! A refused span is a protocol violation that drops the runtime; a dropped one is logged.
@@ -55,6 +58,17 @@ const MAX_KEY_BYTES: usize = 256;
 const MAX_TEXT_BYTES: usize = 16 * 1024;
 const MAX_EVENTS: usize = 128;
 
+/// The bytes of text and values one handed-back span may carry ([`span_bytes`]): the
+/// runtime's own spans carry a few captured texts of 4 KiB at most, so this is some 250 of
+/// them, while the count and length bounds above alone would let a span hold 128 events of
+/// 64 attributes of 16 KiB (about 64 MiB) for the host to copy and export.
+const MAX_SPAN_BYTES: usize = 1024 * 1024;
+
+/// The bytes the spans waiting for their parent may hold at once, per connection (as
+/// [`span_bytes`] counts them): sixteen spans at [`MAX_SPAN_BYTES`], thousands of the
+/// runtime's real ones, where [`WAITING_KEPT`] spans at that budget would be 4 GiB.
+const MAX_WAITING_BYTES: usize = 16 * 1024 * 1024;
+
 /// A span the host refuses: the runtime that sent it is dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum SpanRefusal {
@@ -83,9 +97,13 @@ struct TraceSpans {
 pub(crate) struct SentTraces {
     order: VecDeque<[u8; 16]>,
     traces: HashMap<[u8; 16], TraceSpans>,
-    /// Span ids kept across the traces, and spans waiting.
+    /// Span ids kept across the traces, and spans waiting (and their bytes).
     spans: usize,
     waiting: usize,
+    waiting_bytes: usize,
+    /// Spans dropped for their bytes, their own or the waiting spans' (the connection's
+    /// whole life).
+    over_budget: u64,
     /// The current second and the spans handed back in it.
     window: Instant,
     in_window: u32,
@@ -99,6 +117,8 @@ impl Default for SentTraces {
             traces: HashMap::new(),
             spans: 0,
             waiting: 0,
+            waiting_bytes: 0,
+            over_budget: 0,
             window: Instant::now(),
             in_window: 0,
             dropped: 0,
@@ -119,6 +139,12 @@ impl SentTraces {
                 let waiting: usize = forgotten.waiting.values().map(Vec::len).sum();
                 self.spans -= waiting;
                 self.waiting -= waiting;
+                self.waiting_bytes -= forgotten
+                    .waiting
+                    .values()
+                    .flatten()
+                    .map(span_bytes)
+                    .sum::<usize>();
             }
         }
         self.traces
@@ -163,6 +189,12 @@ impl SentTraces {
         let mut tracer = None;
         for record in records {
             check_bounds(&record)?;
+            let bytes = span_bytes(&record);
+            if bytes > MAX_SPAN_BYTES {
+                self.over_budget += 1;
+                tracing::debug!(name = %record.name, bytes, dropped = self.over_budget, "a handed-back span over its byte budget is dropped");
+                continue;
+            }
             if !self.knows(&record.trace_id) {
                 tracing::debug!(name = %record.name, "a handed-back span of a trace never sent is dropped");
                 continue;
@@ -197,12 +229,18 @@ impl SentTraces {
                     tracing::debug!(name = %record.name, "a handed-back span whose parent has not come is dropped: too many wait");
                     continue;
                 }
+                if self.waiting_bytes + bytes > MAX_WAITING_BYTES {
+                    self.over_budget += 1;
+                    tracing::debug!(name = %record.name, bytes, dropped = self.over_budget, "a handed-back span whose parent has not come is dropped: the waiting spans hold their budget of bytes");
+                    continue;
+                }
                 trace
                     .waiting
                     .entry(record.parent_span_id)
                     .or_default()
                     .push(record);
                 self.waiting += 1;
+                self.waiting_bytes += bytes;
                 self.spans += 1;
                 continue;
             }
@@ -215,6 +253,7 @@ impl SentTraces {
                 trace.returned.insert(record.span_id);
                 if let Some(children) = trace.waiting.remove(&record.span_id) {
                     self.waiting -= children.len();
+                    self.waiting_bytes -= children.iter().map(span_bytes).sum::<usize>();
                     self.spans -= children.len();
                     ready.extend(children);
                 }
@@ -224,6 +263,35 @@ impl SentTraces {
         }
         Ok(())
     }
+}
+
+/// The bytes of text and values a span carries: its name, status text, attributes (keys
+/// and values, a number or a flag as 8) and events (names, times, attributes). What the
+/// host copies and exports of it, give or take the containers.
+fn span_bytes(record: &SpanRecord) -> usize {
+    const SCALAR_BYTES: usize = 8;
+    let attributes = |attributes: &[(Name, SpanValue)]| -> usize {
+        attributes
+            .iter()
+            .map(|(key, value)| {
+                key.len()
+                    + match value {
+                        SpanValue::Text(text) => text.len(),
+                        SpanValue::Bool(_) | SpanValue::I64(_) | SpanValue::F64(_) => SCALAR_BYTES,
+                    }
+            })
+            .sum()
+    };
+    let events: usize = record
+        .events
+        .iter()
+        .map(|event| event.name.len() + SCALAR_BYTES + attributes(&event.attributes))
+        .sum();
+    let status = match &record.status {
+        SpanStatus::Error(text) => text.len(),
+        SpanStatus::Unset | SpanStatus::Ok => 0,
+    };
+    record.name.len() + status + attributes(&record.attributes) + events
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -442,6 +510,133 @@ mod tests {
         let mut text = span(id(1), 4, HOST_SPAN);
         text.attributes = vec![("k".into(), SpanValue::Text("x".repeat(MAX_TEXT_BYTES + 1)))];
         assert!(sent.export(vec![text]).is_err());
+    }
+
+    /// A span of `trace` under `parent` carrying `attributes` texts of the longest length.
+    fn heavy(trace: [u8; 16], span_id: [u8; 8], parent: [u8; 8], attributes: usize) -> SpanRecord {
+        let mut record = span(trace, 0, parent);
+        record.span_id = span_id;
+        record.attributes = (0..attributes)
+            .map(|n| {
+                (
+                    n.to_string().into(),
+                    SpanValue::Text("x".repeat(MAX_TEXT_BYTES)),
+                )
+            })
+            .collect();
+        record
+    }
+
+    #[test]
+    fn a_span_over_its_byte_budget_is_dropped_and_counted() {
+        let mut sent = SentTraces::default();
+        sent.remember(id(1), HOST_SPAN);
+        // Within every count and length bound, but its texts alone fill the budget.
+        let over = heavy(id(1), [1; 8], HOST_SPAN, MAX_ATTRIBUTES);
+        assert!(check_bounds(&over).is_ok());
+        assert!(span_bytes(&over) > MAX_SPAN_BYTES);
+        sent.export(vec![over]).unwrap();
+        assert!(sent.traces[&id(1)].returned.is_empty(), "exported");
+        assert_eq!(sent.over_budget, 1);
+        // Just under it: exported.
+        let under = heavy(id(1), [2; 8], HOST_SPAN, MAX_ATTRIBUTES - 1);
+        assert!(span_bytes(&under) <= MAX_SPAN_BYTES);
+        sent.export(vec![under]).unwrap();
+        assert!(sent.traces[&id(1)].returned.contains(&[2; 8]));
+        assert_eq!(sent.over_budget, 1);
+    }
+
+    #[test]
+    fn waiting_spans_past_their_byte_budget_are_dropped_and_a_parent_frees_theirs() {
+        let mut sent = SentTraces::default();
+        sent.remember(id(1), HOST_SPAN);
+        let each = span_bytes(&heavy(id(1), [1; 8], [0xaa; 8], MAX_ATTRIBUTES - 1));
+        let fit = MAX_WAITING_BYTES / each;
+        assert!(fit < WAITING_KEPT, "the byte budget binds before the count");
+        // Each waits for a parent of its own that has not come.
+        let waiting = |n: usize| {
+            let parent = (0x1000 + n as u64).to_le_bytes();
+            heavy(
+                id(1),
+                (n as u64 + 1).to_le_bytes(),
+                parent,
+                MAX_ATTRIBUTES - 1,
+            )
+        };
+        sent.export((0..=fit).map(waiting).collect()).unwrap();
+        assert_eq!(sent.waiting, fit, "the one past the budget waits");
+        assert_eq!(sent.waiting_bytes, fit * each);
+        assert_eq!(sent.over_budget, 1);
+        // The first one's parent comes: both go out, and their bytes are free again.
+        let mut parent = span(id(1), 0, HOST_SPAN);
+        parent.span_id = 0x1000u64.to_le_bytes();
+        sent.export(vec![parent]).unwrap();
+        assert_eq!(sent.waiting, fit - 1);
+        assert_eq!(sent.waiting_bytes, (fit - 1) * each);
+        sent.export(vec![waiting(fit + 1)]).unwrap();
+        assert_eq!(sent.waiting, fit, "room for one more");
+        assert_eq!(sent.over_budget, 1);
+    }
+
+    #[test]
+    fn a_forgotten_traces_waiting_spans_give_their_bytes_back() {
+        let mut sent = SentTraces::default();
+        sent.remember(id(0), HOST_SPAN);
+        sent.export(vec![heavy(id(0), [1; 8], [0xaa; 8], 2)])
+            .unwrap();
+        assert_eq!((sent.waiting, sent.spans), (1, 1));
+        assert!(sent.waiting_bytes > 0);
+        for n in 1..=SENT_TRACES_KEPT {
+            sent.remember(id(n), HOST_SPAN);
+        }
+        assert!(!sent.knows(&id(0)), "forgotten");
+        assert_eq!((sent.waiting, sent.waiting_bytes, sent.spans), (0, 0, 0));
+    }
+
+    #[test]
+    fn each_bound_on_events_keys_and_status_refuses_a_span() {
+        let mut sent = SentTraces::default();
+        sent.remember(id(1), HOST_SPAN);
+        let event =
+            |name: String, attributes: Vec<(Name, SpanValue)>| code_mode_wire::payload::SpanEvent {
+                name: name.into(),
+                unix_nanos: 1,
+                attributes,
+            };
+        let refused = |sent: &mut SentTraces, record: SpanRecord| match sent.export(vec![record]) {
+            Err(SpanRefusal::OverBound { what, .. }) => what,
+            other => panic!("not refused for a bound: {other:?}"),
+        };
+        let mut events = span(id(1), 1, HOST_SPAN);
+        events.events = (0..=MAX_EVENTS)
+            .map(|_| event("e".into(), Vec::new()))
+            .collect();
+        assert_eq!(refused(&mut sent, events), "event count");
+        let mut event_name = span(id(1), 2, HOST_SPAN);
+        event_name.events = vec![event("e".repeat(MAX_NAME_BYTES + 1), Vec::new())];
+        assert_eq!(refused(&mut sent, event_name), "event name length");
+        let mut event_text = span(id(1), 3, HOST_SPAN);
+        let long = SpanValue::Text("x".repeat(MAX_TEXT_BYTES + 1));
+        event_text.events = vec![event("e".into(), vec![("k".into(), long)])];
+        assert_eq!(refused(&mut sent, event_text), "attribute text length");
+        let mut key = span(id(1), 4, HOST_SPAN);
+        key.attributes = vec![("k".repeat(MAX_KEY_BYTES + 1).into(), SpanValue::Bool(true))];
+        assert_eq!(refused(&mut sent, key), "attribute key length");
+        let mut event_key = span(id(1), 5, HOST_SPAN);
+        let attributes = vec![("k".repeat(MAX_KEY_BYTES + 1).into(), SpanValue::I64(1))];
+        event_key.events = vec![event("e".into(), attributes)];
+        assert_eq!(refused(&mut sent, event_key), "attribute key length");
+        let mut status = span(id(1), 6, HOST_SPAN);
+        status.status = SpanStatus::Error("x".repeat(MAX_TEXT_BYTES + 1));
+        assert_eq!(refused(&mut sent, status), "status text length");
+        // At each bound exactly: exported.
+        let mut full = span(id(1), 7, HOST_SPAN);
+        full.events = (0..MAX_EVENTS)
+            .map(|_| event("e".repeat(MAX_NAME_BYTES), Vec::new()))
+            .collect();
+        full.attributes = vec![("k".repeat(MAX_KEY_BYTES).into(), SpanValue::Bool(true))];
+        sent.export(vec![full]).unwrap();
+        assert!(sent.traces[&id(1)].returned.contains(&[7; 8]));
     }
 
     #[test]
