@@ -108,7 +108,7 @@ enum Command {
         #[command(flatten)]
         tools: ToolArgs,
         #[command(flatten)]
-        http: McpHttpArgs,
+        http: Box<McpHttpArgs>,
         #[command(flatten)]
         limits: LimitArgs,
         #[command(flatten)]
@@ -149,6 +149,30 @@ struct McpHttpArgs {
     /// without it, CODE_MODE_MCP_TOKEN is used when set. Loopback needs none unless given.
     #[arg(long, value_name = "FILE", requires = "http")]
     auth_token_file: Option<PathBuf>,
+    /// A file of `NAME TOKEN` lines (`#` comments): each static bearer token names a
+    /// principal, and a session is reachable only by the principal that opened it.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    auth_tokens_file: Option<PathBuf>,
+    /// Accept OAuth 2.1 access tokens (JWTs) issued by this authorization server (`iss`);
+    /// needs --auth-jwt-jwks and --auth-resource. The principal is the token's `sub`.
+    #[arg(long, value_name = "URL", requires_all = ["http", "auth_jwt_jwks", "auth_resource"])]
+    auth_jwt_issuer: Option<String>,
+    /// The issuer's public keys (a JWKS): a file, or an https URL (read again every ten
+    /// minutes, and for a key id it does not hold).
+    #[arg(long, value_name = "FILE|URL", requires = "auth_jwt_issuer")]
+    auth_jwt_jwks: Option<String>,
+    /// What tokens must carry in `aud` (default: --auth-resource).
+    #[arg(long, value_name = "AUD", requires = "auth_jwt_issuer")]
+    auth_jwt_audience: Option<String>,
+    /// A signing algorithm accepted (repeat for more; default RS256 and ES256); shared-secret
+    /// HS* algorithms are refused.
+    #[arg(long, value_name = "ALG", requires = "auth_jwt_issuer", value_parser = mcp::http::parse_algorithm)]
+    auth_jwt_algorithm: Vec<jsonwebtoken::Algorithm>,
+    /// This server's MCP endpoint as clients reach it (e.g. https://mcp.example:3000/mcp):
+    /// the `resource` of its Protected Resource Metadata (RFC 9728), served at
+    /// /.well-known/oauth-protected-resource.
+    #[arg(long, value_name = "URL", requires = "auth_jwt_issuer")]
+    auth_resource: Option<String>,
     /// Serve HTTPS with this certificate chain (PEM); with --tls-key.
     #[arg(long, value_name = "PEM", requires_all = ["http", "tls_key"])]
     tls_cert: Option<PathBuf>,
@@ -217,6 +241,17 @@ impl McpHttpArgs {
             allow_remote: self.allow_remote,
             allow_plaintext_remote: self.allow_plaintext_remote,
             auth_token_file: self.auth_token_file,
+            auth_tokens_file: self.auth_tokens_file,
+            jwt: match (self.auth_jwt_issuer, self.auth_jwt_jwks, self.auth_resource) {
+                (Some(issuer), Some(jwks), Some(resource)) => Some(mcp::http::JwtOptions {
+                    issuer,
+                    jwks,
+                    audience: self.auth_jwt_audience,
+                    algorithms: self.auth_jwt_algorithm,
+                    resource,
+                }),
+                _ => None,
+            },
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             allowed_origins: self.allowed_origins,

@@ -10,6 +10,11 @@
 //! session as a `DELETE` would: its MCP handler is dropped, which shuts down its code-mode
 //! session (cells stopped, stored values gone), and a later request naming its id gets
 //! rmcp's `404 Session not found`.
+//!
+//! Each session is tracked with the principal that opened (or took back) it: rmcp creates
+//! and restores a session inline in that request, whose principal is
+//! [`super::principal::REQUESTER`]. The HTTP front asks [`ExpiringSessions::owner`] before
+//! a request reaches the session.
 
 use futures_util::Stream;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
@@ -25,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::principal::{Principal, requester};
 use code_mode_protocol::sync::lock;
 
 /// Why a session could not be created or reached.
@@ -36,10 +42,22 @@ pub enum ExpiryError {
     Local(#[from] LocalSessionManagerError),
 }
 
-/// When a session was last busy.
+/// When a session was last busy, and whose it is.
 struct Activity {
     in_flight: usize,
     last: Instant,
+    /// The principal of the request that opened or took it back (`None` only if that was
+    /// outside of a request: nobody may use it then).
+    owner: Option<Principal>,
+}
+
+/// Whose an open session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// No session of that id is open here.
+    NotOpen,
+    /// Open, and this principal's (`None`: nobody's).
+    Of(Option<Principal>),
 }
 
 /// The session manager of `code-mode mcp --http` (see the module docs).
@@ -80,9 +98,18 @@ impl ExpiringSessions {
             Activity {
                 in_flight: 0,
                 last: Instant::now(),
+                owner: requester(),
             },
         );
         activity.len()
+    }
+
+    /// Whose session `id` is, if it is open.
+    pub fn owner(&self, id: &str) -> Owner {
+        match lock(&self.activity).get(id) {
+            None => Owner::NotOpen,
+            Some(entry) => Owner::Of(entry.owner.clone()),
+        }
     }
 
     /// Whether another session would be refused.
@@ -142,12 +169,12 @@ impl ExpiringSessions {
             }
             for id in self.expired() {
                 tracing::info!(
-                    session = %id,
                     idle_secs = self.idle_timeout.as_secs_f64(),
                     "MCP session idle past its timeout: shutting it down"
                 );
+                tracing::debug!(session = %id, "the idle MCP session");
                 if let Err(error) = self.close_session(&id).await {
-                    tracing::warn!(session = %id, %error, "closing an idle MCP session failed");
+                    tracing::warn!(%error, "closing an idle MCP session failed");
                 }
             }
         }
@@ -182,7 +209,8 @@ impl SessionManager for ExpiringSessions {
         }
         let (id, transport) = self.local.create_session().await?;
         let open = self.track(&id);
-        tracing::info!(session = %id, open, max = self.max_sessions, "MCP session opened");
+        tracing::info!(open, max = self.max_sessions, "MCP session opened");
+        tracing::debug!(session = %id, "the MCP session opened");
         Ok((id, transport))
     }
 
@@ -201,7 +229,8 @@ impl SessionManager for ExpiringSessions {
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
         let removed = lock(&self.activity).remove(id).is_some();
         if removed {
-            tracing::info!(session = %id, open = self.open(), "MCP session closed");
+            tracing::info!(open = self.open(), "MCP session closed");
+            tracing::debug!(session = %id, "the MCP session closed");
         }
         Ok(self.local.close_session(id).await?)
     }
@@ -242,7 +271,8 @@ impl SessionManager for ExpiringSessions {
         let outcome = self.local.restore_session(id.clone()).await?;
         if matches!(outcome, RestoreOutcome::Restored(_)) {
             let open = self.track(&id);
-            tracing::info!(session = %id, open, max = self.max_sessions, "MCP session restored");
+            tracing::info!(open, max = self.max_sessions, "MCP session restored");
+            tracing::debug!(session = %id, "the MCP session restored");
         }
         Ok(outcome)
     }
@@ -262,7 +292,14 @@ mod tests {
 
     /// A session as the reaper sees it, without a worker behind it.
     fn insert(sessions: &ExpiringSessions, id: &str, last: Instant) {
-        lock(&sessions.activity).insert(id.into(), Activity { in_flight: 0, last });
+        lock(&sessions.activity).insert(
+            id.into(),
+            Activity {
+                in_flight: 0,
+                last,
+                owner: None,
+            },
+        );
     }
 
     #[test]

@@ -1,16 +1,24 @@
 //! `code-mode mcp --http`: the streamable-HTTP service in front of the MCP handler.
 //!
 //! It owns what makes the endpoint safe to expose: the start-up policy (a non-loopback
-//! address needs `--allow-remote`, a bearer token, and TLS or `--allow-plaintext-remote`),
-//! TLS (rustls, the settings the runtime's `--listen` loads), the bearer token on every
-//! request (`401` with `WWW-Authenticate: Bearer` without it), `Origin` validation (`403`
-//! for a foreign one; rmcp checks it, with the allow-list set here), the session cap (`503`
-//! to an `initialize` past `--max-sessions`) and the bookkeeping of which session is busy,
-//! which [`super::expiry`] uses to shut down idle ones. Only `/mcp` is served.
+//! address needs `--allow-remote`, a credential, and TLS or `--allow-plaintext-remote`),
+//! TLS (rustls, the settings the runtime's `--listen` loads), the credentials on every
+//! request ([`super::auth`]: `401` with `WWW-Authenticate: Bearer` without them), the
+//! sessions each principal may reach (another's session gets the `404` of an unknown one),
+//! `Origin` validation (`403` for a foreign one; rmcp checks it, with the allow-list set
+//! here), the session cap (`503` to an `initialize` past `--max-sessions`) and the
+//! bookkeeping of which session is busy, which [`super::expiry`] uses to shut down idle
+//! ones. `/mcp` is served, `/metrics` behind the same credentials, and with JWTs the
+//! Protected Resource Metadata ([`super::resource`]) to anyone.
 
-use super::auth::{BearerToken, Verdict};
-use super::expiry::{ExpiringSessions, InFlight};
+use super::auth::{Credentials, NamedTokens};
+use super::expiry::{ExpiringSessions, InFlight, Owner};
+pub use super::jwt::parse_algorithm;
+use super::jwt::{JwksSource, JwtSettings, JwtVerifier};
+use super::principal::{Principal, REQUESTER, Refusal};
+use super::resource::{ProtectedResource, challenge};
 use super::server::{CodeModeServer, Shared};
+use super::state::Use;
 use crate::Failure;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -58,12 +66,28 @@ const LOOPBACK_ORIGINS: [&str; 6] = [
     "https://[::1]:*",
 ];
 
+/// What `--auth-jwt-*` asked for: OAuth access tokens (JWTs) of one authorization server.
+pub struct JwtOptions {
+    /// The authorization server (`iss`).
+    pub issuer: String,
+    /// Its JWKS: a file, or an `https` URL.
+    pub jwks: String,
+    /// What tokens must carry in `aud`; the resource when not given.
+    pub audience: Option<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// This server's MCP endpoint as clients reach it (RFC 9728's `resource`).
+    pub resource: String,
+}
+
 /// What `--http` was asked to do.
 pub struct HttpOptions {
     pub address: SocketAddr,
     pub allow_remote: bool,
     pub allow_plaintext_remote: bool,
     pub auth_token_file: Option<PathBuf>,
+    /// `NAME TOKEN` lines: a principal per static token.
+    pub auth_tokens_file: Option<PathBuf>,
+    pub jwt: Option<JwtOptions>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub allowed_origins: Vec<String>,
@@ -74,14 +98,41 @@ pub struct HttpOptions {
 /// Settings the start-up policy accepted, with the token and TLS files loaded.
 pub struct Checked {
     options: HttpOptions,
-    token: Option<BearerToken>,
+    credentials: Credentials,
+    resource: Option<ProtectedResource>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+impl JwtOptions {
+    /// The verifier (its JWKS read once) and the metadata of this resource.
+    async fn start(&self) -> Result<(JwtVerifier, ProtectedResource), Failure> {
+        super::jwt::check_url(&self.issuer, "--auth-jwt-issuer").map_err(Failure::usage)?;
+        let resource = ProtectedResource::new(&self.resource, &[self.issuer.as_str()])
+            .map_err(Failure::usage)?;
+        let settings = JwtSettings {
+            issuer: self.issuer.clone(),
+            audience: self
+                .audience
+                .clone()
+                .unwrap_or_else(|| self.resource.clone()),
+            jwks: JwksSource::parse(&self.jwks).map_err(Failure::usage)?,
+            algorithms: if self.algorithms.is_empty() {
+                super::jwt::DEFAULT_ALGORITHMS.to_vec()
+            } else {
+                self.algorithms.clone()
+            },
+        };
+        let verifier = JwtVerifier::start(settings)
+            .await
+            .map_err(|error| Failure::usage(error.to_string()))?;
+        Ok((verifier, resource))
+    }
+}
+
 impl HttpOptions {
-    /// Loads the token and TLS files and applies the start-up policy; every refusal says
-    /// what to add. Runs before anything starts.
-    pub fn check(self) -> Result<Checked, Failure> {
+    /// Loads the token, JWKS and TLS files and applies the start-up policy; every refusal
+    /// says what to add. Runs before anything starts.
+    pub async fn check(self) -> Result<Checked, Failure> {
         let address = self.address;
         let remote = !address.ip().is_loopback();
         if remote && !self.allow_remote {
@@ -89,13 +140,26 @@ impl HttpOptions {
                 "--http {address} is not a loopback address; add --allow-remote to serve other machines"
             )));
         }
-        let token =
-            BearerToken::configured(self.auth_token_file.as_deref()).map_err(Failure::usage)?;
-        if remote && token.is_none() {
+        let tokens = NamedTokens::configured(
+            self.auth_token_file.as_deref(),
+            self.auth_tokens_file.as_deref(),
+        )
+        .map_err(|error| Failure::usage(error.to_string()))?;
+        let (jwt, resource) = match &self.jwt {
+            Some(jwt) => {
+                let (verifier, resource) = jwt.start().await?;
+                (Some(verifier), Some(resource))
+            }
+            None => (None, None),
+        };
+        let credentials = Credentials { tokens, jwt };
+        if remote && !credentials.required() {
             return Err(Failure::usage(format!(
                 "--http {address} serves other machines, so it needs a credential: put a bearer \
                  token (e.g. from `openssl rand -hex 32`) in a file and pass --auth-token-file FILE, \
-                 or set {}; clients then send `Authorization: Bearer <token>`",
+                 or set {}, or name a token per principal with --auth-tokens-file, or accept \
+                 OAuth access tokens with --auth-jwt-issuer; clients then send \
+                 `Authorization: Bearer <token>`",
                 super::auth::TOKEN_ENV
             )));
         }
@@ -125,7 +189,8 @@ impl HttpOptions {
         }
         Ok(Checked {
             options: self,
-            token,
+            credentials,
+            resource,
             tls,
         })
     }
@@ -155,7 +220,9 @@ type Service = StreamableHttpService<CodeModeServer, ExpiringSessions>;
 struct Front {
     service: Service,
     sessions: Arc<ExpiringSessions>,
-    token: Option<BearerToken>,
+    credentials: Credentials,
+    /// With JWTs: this server as a protected resource.
+    resource: Option<ProtectedResource>,
     /// With a state directory: its store's figures join `/metrics`.
     state: Option<Arc<super::state::McpState>>,
 }
@@ -199,7 +266,8 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
     let front = Arc::new(Front {
         service,
         sessions: Arc::clone(&sessions),
-        token: checked.token,
+        credentials: checked.credentials,
+        resource: checked.resource,
         state: shared.state.clone(),
     });
     let acceptor = checked.tls.map(tokio_rustls::TlsAcceptor::from);
@@ -214,7 +282,8 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
     tracing::info!(
         max_sessions = options.max_sessions,
         idle_timeout_secs = options.idle_timeout.as_secs(),
-        token = front.token.is_some(),
+        tokens = front.credentials.tokens.len(),
+        jwt = front.credentials.jwt.as_ref().map(JwtVerifier::issuer),
         "MCP HTTP service started"
     );
     tokio::spawn(Arc::clone(&sessions).reap(stop.clone()));
@@ -280,35 +349,35 @@ where
     }
 }
 
-/// One request, checked in order: credentials, path, session cap, then rmcp (which checks
-/// Host, Origin, the session id and the MCP message).
+/// One request, checked in order: the resource metadata (open to anyone), credentials,
+/// path, whose the named session is, the session cap, then rmcp (which checks Host,
+/// Origin, the session id and the MCP message), run as the request's principal.
 async fn handle(
     front: &Front,
     request: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<Body> {
-    if let Some(token) = &front.token {
+    if let Some(resource) = &front.resource
+        && request.method() == http::Method::GET
+        && resource.serves(request.uri().path())
+    {
+        return json(http::StatusCode::OK, resource.document().to_owned());
+    }
+    let principal = if front.credentials.required() {
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
-        match token.check(authorization) {
-            Verdict::Accepted => {}
-            verdict => return unauthorized(verdict),
+        match front.credentials.check(authorization).await {
+            Ok(principal) => principal,
+            Err(refusal) => return unauthorized(&refusal, front.resource.as_ref()),
         }
-    }
+    } else {
+        Principal::Anonymous
+    };
     // The trace exporter's counters (batches delivered and dropped) and the state store's
     // figures, behind the same credentials as the endpoint.
     if request.uri().path() == METRICS && request.method() == http::Method::GET {
-        let mut text = code_mode_trace::render_metrics();
-        if let Some(state) = &front.state {
-            text.push_str(&state.stats().render_metrics());
-        }
-        let mut response = hyper::Response::new(Full::new(Bytes::from(text)).boxed());
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
-        return response;
+        return metrics(front);
     }
     if request.uri().path() != ENDPOINT {
         return plain(
@@ -321,6 +390,12 @@ async fn handle(
         .headers()
         .get(SESSION_HEADER)
         .and_then(|value| value.to_str().ok());
+    if let Some(id) = session
+        && !may_use(front, id, &principal).await
+    {
+        tracing::debug!(%principal, session = id, "a request named another principal's session");
+        return session_not_found();
+    }
     let in_flight = match (session, &method) {
         (None, &http::Method::POST) if front.sessions.full() => return too_many_sessions(front),
         (Some(id), &http::Method::GET) => {
@@ -331,11 +406,59 @@ async fn handle(
         (None, _) => None,
     };
     let mut service = front.service.clone();
-    let response = match tower_service::Service::call(&mut service, request).await {
+    let answered = REQUESTER.scope(
+        principal,
+        tower_service::Service::call(&mut service, request),
+    );
+    let response = match answered.await {
         Ok(response) => response,
         Err(never) => match never {},
     };
     finish(response, &method, in_flight)
+}
+
+/// Whether `principal` may use session `id`: one open here must be its own; one kept by
+/// the state store is asked there (and taken over from a dead replica only for its owner).
+/// An id nobody knows passes, for rmcp to answer `404`.
+async fn may_use(front: &Front, id: &str, principal: &Principal) -> bool {
+    match front.sessions.owner(id) {
+        Owner::Of(owner) => owner.as_ref() == Some(principal),
+        Owner::NotOpen => match &front.state {
+            None => true,
+            Some(state) => match state.may_use(id, principal).await {
+                Ok(Use::Allowed | Use::Unknown) => true,
+                Ok(Use::Refused) => false,
+                Err(error) => {
+                    tracing::warn!(%error, "the state store could not say whose a session is");
+                    false
+                }
+            },
+        },
+    }
+}
+
+/// `/metrics`: the trace exporter's counters and the state store's figures.
+fn metrics(front: &Front) -> hyper::Response<Body> {
+    let mut text = code_mode_trace::render_metrics();
+    if let Some(state) = &front.state {
+        text.push_str(&state.stats().render_metrics());
+    }
+    let mut response = hyper::Response::new(Full::new(Bytes::from(text)).boxed());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// What rmcp answers for a session it does not know, word for word: a session of another
+/// principal gets it too, so that nothing tells the two apart.
+fn session_not_found() -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(
+        Full::new(Bytes::from_static(b"Not Found: Session not found")).boxed(),
+    );
+    *response.status_mut() = http::StatusCode::NOT_FOUND;
+    response
 }
 
 /// The response as sent: the session's request stays in flight until its body ends, and a
@@ -372,22 +495,30 @@ fn plain(status: http::StatusCode, text: &'static str) -> hyper::Response<Body> 
     response
 }
 
-/// `401`, with the challenge of RFC 6750: no credentials, or a wrong token.
-fn unauthorized(verdict: Verdict) -> hyper::Response<Body> {
-    let (challenge, text) = match verdict {
-        Verdict::Wrong => (
-            r#"Bearer realm="code-mode", error="invalid_token", error_description="the bearer token is not valid""#,
-            "unauthorized: the bearer token is not valid",
-        ),
-        _ => (
-            r#"Bearer realm="code-mode""#,
-            "unauthorized: send the server's token as `Authorization: Bearer <token>`",
-        ),
-    };
-    let mut response = plain(http::StatusCode::UNAUTHORIZED, text);
+/// `401`, with the challenge of RFC 6750 (and RFC 9728's metadata URL with JWTs): no
+/// credentials, or credentials not valid here.
+fn unauthorized(refusal: &Refusal, resource: Option<&ProtectedResource>) -> hyper::Response<Body> {
+    let text = format!("unauthorized: {refusal}");
+    let mut response = hyper::Response::new(Full::new(Bytes::from(text)).boxed());
+    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(value) = http::HeaderValue::try_from(challenge(refusal, resource)) {
+        headers.insert(http::header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// A JSON document.
+fn json(status: http::StatusCode, body: String) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
+    *response.status_mut() = status;
     response.headers_mut().insert(
-        http::header::WWW_AUTHENTICATE,
-        http::HeaderValue::from_static(challenge),
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
     );
     response
 }

@@ -1,12 +1,17 @@
 //! MCP both ways. The tools of MCP servers become tools of cells (`[[mcp_server]]` in the
 //! tools file: `code_mode_tools::mcp`). [`server`]: `code-mode mcp` serves code mode itself
 //! (`exec` and `wait`) to any MCP client, over stdio or, through [`http`], streamable HTTP
-//! with a bearer token ([`auth`]), TLS and sessions that expire ([`expiry`]). Both speak
-//! MCP through rmcp, the official SDK.
+//! with credentials that name principals ([`auth`]: static tokens, OAuth access tokens
+//! checked by [`jwt`], the server a protected resource by [`resource`]), TLS and sessions
+//! that expire ([`expiry`]), each reachable only by the principal that opened it. Both
+//! speak MCP through rmcp, the official SDK.
 
 mod auth;
 mod expiry;
 pub mod http;
+mod jwt;
+mod principal;
+mod resource;
 pub mod server;
 mod state;
 
@@ -41,7 +46,10 @@ pub struct McpOptions {
 pub async fn serve(options: McpOptions) -> Result<(), Failure> {
     let tools = ToolSet::parse(options.tools.as_deref(), &options.builtins)
         .map_err(|error| Failure::usage(error.to_string()))?;
-    let http = options.http.map(HttpOptions::check).transpose()?;
+    let http = match options.http {
+        Some(http) => Some(HttpOptions::check(http).await?),
+        None => None,
+    };
     let state = match options.state {
         None => None,
         Some(_) if http.is_none() => {

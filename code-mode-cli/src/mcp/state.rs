@@ -6,8 +6,10 @@
 //! replays its `initialize` from what is kept here ([`SessionStore`]), and the session's
 //! first call takes its code-mode session back, running cells rebuilt at their next
 //! `wait`; a call of the server's tools they were waiting on fails, or runs again when its
-//! tool says `on_interrupt = "retry"`.
+//! tool says `on_interrupt = "retry"`. Each session is kept with the [`Principal`] that
+//! opened it, and [`McpState::may_use`] lets only that principal take it back.
 
+use super::principal::{self, Principal};
 use crate::tools::{OnInterrupt, ToolSet};
 use code_mode_host::DurableSession;
 use code_mode_protocol::sync::lock;
@@ -25,10 +27,48 @@ const FRONT: &str = "mcp";
 /// The counter of runtime generations in the database.
 const GENERATIONS: &str = "generations";
 
+/// What a kept session's `options` hold: its `initialize` parameters and its owner.
+/// Sessions kept before principals existed hold the parameters alone.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    owner: Option<Principal>,
+    initialize: serde_json::Value,
+}
+
+/// The `options` a session is kept with.
+fn encode(owner: Option<&Principal>, init: &str) -> String {
+    let kept = Kept {
+        owner: owner.cloned(),
+        initialize: serde_json::from_str(init).unwrap_or(serde_json::Value::Null),
+    };
+    serde_json::to_string(&kept).unwrap_or_default()
+}
+
+/// The owner and `initialize` parameters (JSON) of a kept session's `options`.
+fn decode(options: &str) -> (Option<Principal>, String) {
+    match serde_json::from_str::<Kept>(options) {
+        Ok(kept) => (kept.owner, kept.initialize.to_string()),
+        Err(_) => (None, options.to_owned()),
+    }
+}
+
+/// Whether a principal may use a session, as far as the state directory knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// It is the principal's (or was kept without an owner, and is now the principal's).
+    Allowed,
+    /// It belongs to another principal.
+    Refused,
+    /// No session is kept by that id.
+    Unknown,
+}
+
 /// An MCP session of this process.
 struct Live {
     /// Its `initialize` parameters, as JSON.
     init: String,
+    /// The principal that opened it.
+    owner: Option<Principal>,
     /// Its code-mode session, once its first call opened it.
     session: Option<Arc<dyn DurableSession>>,
 }
@@ -104,7 +144,11 @@ impl McpState {
         let session = open(delegate, options, stored)?;
         if let Some(record) = &record {
             let calls = session.restore(record.state.cells.clone());
-            tracing::info!(session = %id, cells = record.state.cells.len(), "MCP session taken back from the state directory");
+            tracing::info!(
+                cells = record.state.cells.len(),
+                "MCP session taken back from the state directory"
+            );
+            tracing::debug!(session = %id, "the MCP session taken back");
             for call in calls {
                 if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry {
                     // Its tool may run twice: it runs again, and its answer joins the
@@ -126,10 +170,13 @@ impl McpState {
                 }
             }
         }
-        let init = record.map(|record| record.options).unwrap_or_default();
+        let (owner, init) = record
+            .map(|record| decode(&record.options))
+            .unwrap_or_default();
         let mut live = lock(&self.live);
         let entry = live.entry(id.to_owned()).or_insert(Live {
             init,
+            owner,
             session: None,
         });
         entry.session = Some(Arc::clone(&session));
@@ -142,6 +189,38 @@ impl McpState {
         if !self.closed.load(Ordering::SeqCst) {
             lock(&self.live).remove(id);
             self.keeper.remove(id);
+        }
+    }
+
+    /// Whether `principal` may take back kept session `id`: one an earlier process of this
+    /// directory kept, or, with a shared store, one whose server died and whose lease ran
+    /// out (taken over here, and then kept here for the client's next request). A session
+    /// kept without an owner (by a version before principals) becomes `principal`'s.
+    pub(crate) async fn may_use(&self, id: &str, principal: &Principal) -> Result<Use, StateError> {
+        if !lock(&self.saved).contains_key(id) {
+            // A session another server kept (a replica on the same Postgres): taken over
+            // once that server's lease on it ran out, which a live server keeps renewing.
+            let Some(taken) = self.keeper.take_over(id).await? else {
+                return Ok(Use::Unknown);
+            };
+            let mut saved = lock(&self.saved);
+            for record in taken.sessions {
+                tracing::info!("MCP session taken over from another server");
+                tracing::debug!(session = %record.id, "the MCP session taken over");
+                saved.insert(record.id.clone(), record);
+            }
+        }
+        let mut saved = lock(&self.saved);
+        let Some(record) = saved.get_mut(id) else {
+            return Ok(Use::Unknown);
+        };
+        match decode(&record.options) {
+            (Some(owner), _) if owner == *principal => Ok(Use::Allowed),
+            (Some(_), _) => Ok(Use::Refused),
+            (None, init) => {
+                record.options = encode(Some(principal), &init);
+                Ok(Use::Allowed)
+            }
         }
     }
 
@@ -179,7 +258,7 @@ impl McpState {
             .max(generations);
         let record = lock(&self.live).get(id).map(|live| SessionRecord {
             id: id.to_owned(),
-            options: live.init.clone(),
+            options: encode(live.owner.as_ref(), &live.init),
             state: live
                 .session
                 .as_ref()
@@ -208,21 +287,11 @@ impl SessionStore for McpState {
         &self,
         session_id: &str,
     ) -> Result<Option<SessionState>, Box<dyn std::error::Error + Send + Sync>> {
-        let mut init = lock(&self.saved)
+        // Only what `may_use` found for the request's principal (which the HTTP front asks
+        // before rmcp sees a session id it does not know) is taken back.
+        let init = lock(&self.saved)
             .get(session_id)
-            .map(|record| record.options.clone());
-        if init.is_none() {
-            // A session another server kept (a replica on the same Postgres): taken over
-            // once that server's lease on it ran out, which a live server keeps renewing.
-            if let Some(taken) = self.keeper.take_over(session_id).await? {
-                let mut saved = lock(&self.saved);
-                for record in taken.sessions {
-                    tracing::info!(session = %record.id, "MCP session taken over from another server");
-                    init = Some(record.options.clone());
-                    saved.insert(record.id.clone(), record);
-                }
-            }
-        }
+            .map(|record| decode(&record.options).1);
         let Some(init) = init else {
             return Ok(None);
         };
@@ -236,6 +305,8 @@ impl SessionStore for McpState {
         state: &SessionState,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let init = serde_json::to_string(&state.initialize_params)?;
+        // rmcp stores a session in the request that opened it.
+        let owner = principal::requester().ok_or("a session stored outside of a request")?;
         let known = lock(&self.live).contains_key(session_id);
         if !known {
             self.keeper.admit()?;
@@ -244,9 +315,13 @@ impl SessionStore for McpState {
             .entry(session_id.to_owned())
             .or_insert(Live {
                 init: String::new(),
+                owner: None,
                 session: None,
-            })
-            .init = init;
+            });
+        if let Some(live) = lock(&self.live).get_mut(session_id) {
+            live.init = init;
+            live.owner = Some(owner);
+        }
         self.persist(session_id, 0).await?;
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 mod hibernation;
 mod mcp;
 mod mcp_http;
+mod principals;
 mod restart;
 mod traces;
 

@@ -86,6 +86,12 @@ impl HttpServer {
         false
     }
 
+    /// Kills the server with SIGKILL, as a crash would.
+    pub(super) fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
     fn log_len(&self) -> usize {
         self.log.lock().unwrap().len()
     }
@@ -121,7 +127,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Runs `http_service.py <mode> <url> <args>` and returns its JSON.
-fn service(mode: &str, url: &str, args: &[&str]) -> Value {
+pub(super) fn service(mode: &str, url: &str, args: &[&str]) -> Value {
     let output = Command::new(dep(".venv/bin/python"))
         .arg(deps().join("http_service.py"))
         .args([mode, url])

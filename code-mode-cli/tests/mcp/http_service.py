@@ -22,6 +22,12 @@ expiry. Each mode prints one JSON object; the Rust tests assert on it.
     http_service.py resume <url> --session ID [--token T]
         in that session (on a restarted server): `wait` on its cell, then a new `exec`
         that reads the stored value
+    http_service.py open <url> <value> [--token T]
+        a raw session whose cell stores <value> as "k": the session id
+    http_service.py again <url> --session ID [--token T]
+        one `exec` in that session that reads "k": its texts, or the status and body
+    http_service.py request <url> <METHOD> --session ID [--token T]
+        a bare GET (an event stream) or DELETE naming that session: its status and body
 """
 
 import asyncio
@@ -302,6 +308,31 @@ async def again(url, opts):
         return {"after": after}
 
 
+async def open_session(url, value, opts):
+    async with http_client(opts) as client:
+        response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
+        await response.aread()
+        response.raise_for_status()
+        session = response.headers["mcp-session-id"]
+        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        await client.post(url, headers=headers, json=initialized)
+        URL[0] = url
+        stored = await call(client, session, 2, "exec", {"code": f"store('k', {json.dumps(value)})"})
+        return {"session": session, "exec": stored}
+
+
+async def bare(url, method, opts):
+    async with http_client(opts) as client:
+        headers = {
+            "Accept": "text/event-stream",
+            "Mcp-Session-Id": opts["session"],
+            "MCP-Protocol-Version": "2025-06-18",
+        }
+        response = await client.request(method, url, headers=headers)
+        return {"status": response.status_code, "body": (await response.aread()).decode()}
+
+
 def main():
     mode, url = sys.argv[1], sys.argv[2]
     opts = options(sys.argv[3:])
@@ -323,6 +354,10 @@ def main():
         result = asyncio.run(begin(url, opts))
     elif mode == "resume":
         result = asyncio.run(resume(url, opts))
+    elif mode == "open":
+        result = asyncio.run(open_session(url, opts["rest"][0], opts))
+    elif mode == "request":
+        result = asyncio.run(bare(url, opts["rest"][0], opts))
     elif mode == "again":
         result = asyncio.run(again(url, opts))
     else:
