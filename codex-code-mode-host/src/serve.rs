@@ -278,7 +278,7 @@ pub const NO_RUNTIME: &str = "no runtime can start\n";
 /// or 503 with [`NO_RUNTIME`] only: see [`health_probe`]) and another method there as the
 /// gRPC port does, and nothing else (404), so that a probe from off the pod needs no port
 /// that opens sessions. Connections come through the workspace's door
-/// (`code_mode_tls::gate`): at most [`HEALTH_MAX_CONNECTIONS`], a share of them per peer,
+/// (`code_mode_tls::gate`): at most 16, a share of them per peer,
 /// the first byte in time.
 pub async fn serve_health(settings: Settings, listener: tokio::net::TcpListener) {
     let front = Arc::new(Front::new(settings));
