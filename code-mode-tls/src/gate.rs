@@ -140,7 +140,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One peer's default share of a cap of `max`: an eighth, at least [`MIN_PEER_SHARE`],
+/// One peer's default share of a cap of `max`: an eighth, at least 4,
 /// never more than the cap.
 pub fn default_max_per_peer(max: usize) -> usize {
     (max / PEER_SHARE_DIVISOR).max(MIN_PEER_SHARE).min(max)
