@@ -189,6 +189,7 @@ enum Job {
         String,
         tokio::sync::oneshot::Sender<Result<Claimed, StateError>>,
     ),
+    Release(String, Reply),
 }
 
 #[derive(Default)]
@@ -259,8 +260,9 @@ impl Keeper {
     /// The keeper of `front`'s tables in the Postgres database at `url` (a URL or a
     /// `key=value` connection string; its `sslmode` as libpq reads it, but off loopback
     /// never plaintext unless `disable`: `pg_connect.rs`), which other processes may
-    /// share. What it gives back are the sessions whose lease ran out, now this
-    /// process's; [`Self::claim`] takes over one more later. A size cap is checked
+    /// share. What it gives back are the sessions leased under its own replica name (an
+    /// earlier incarnation of it), now this process's; [`Self::claim`] takes over one
+    /// whose holder died when a client asks for it. A size cap is checked
     /// against the rows every session takes. A lost connection is made again at the
     /// next write.
     pub fn open_postgres(
@@ -289,6 +291,17 @@ impl Keeper {
     pub async fn claim(&self, id: &str) -> Result<Claimed, StateError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if !self.send(Job::Claim(id.to_owned(), reply)) {
+            return Err(self.stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Gives up session `id`, which this process took over ([`Self::claim`]) and will not
+    /// serve (the client that asked for it did not own it): its lease ends now, so that
+    /// the next process asked for it takes it at once; nothing of it is deleted.
+    pub async fn release(&self, id: &str) -> Result<(), StateError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self.send(Job::Release(id.to_owned(), reply)) {
             return Err(self.stopped());
         }
         answer.await.unwrap_or_else(|_| Err(self.stopped()))
@@ -627,7 +640,7 @@ impl<B: Backend> Writer<B> {
         let planned = match job {
             Job::Write(changes, _) => self.written.plan(changes, undo),
             Job::Answer(answer, _) => crate::written::answer_op(answer).map(|op| vec![op]),
-            Job::Claim(..) => Ok(Vec::new()),
+            Job::Claim(..) | Job::Release(..) => Ok(Vec::new()),
         };
         planned.map_err(|detail| StateError::Write {
             path: self.store.describe().into(),
@@ -666,10 +679,20 @@ impl<B: Backend> Commits for Writer<B> {
         // behind it.
         let (claims, jobs): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
-            .partition(|job| matches!(job, Job::Claim(..)));
+            .partition(|job| matches!(job, Job::Claim(..) | Job::Release(..)));
         for job in claims {
-            if let Job::Claim(id, reply) = job {
-                let _ = reply.send(self.claim(&id));
+            match job {
+                Job::Claim(id, reply) => {
+                    let _ = reply.send(self.claim(&id));
+                }
+                Job::Release(id, reply) => {
+                    let released = self.store.release(&id);
+                    if released.is_ok() {
+                        self.written.expired(&id);
+                    }
+                    let _ = reply.send(released);
+                }
+                _ => {}
             }
         }
         let mut undo = Undo::default();
@@ -784,6 +807,7 @@ fn reply(job: Job, outcome: Result<(), StateError>) {
             let _ = reply.send(outcome.map(|()| Claimed::Absent));
             return;
         }
+        Job::Release(_, reply) => Some(reply),
     };
     if let Some(reply) = reply {
         let _ = reply.send(outcome);

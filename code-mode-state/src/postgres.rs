@@ -6,10 +6,11 @@
 //! Every transaction first renews the lease of each session it writes, on the condition
 //! that the row still names this process and the epoch it took: a process that lost a
 //! session (its lease ran out and another took it over) has its writes refused by the
-//! database, and writes nothing. At open, and when asked for one session
-//! ([`Postgres::claim`]), a process takes over sessions whose lease ran out, and those
-//! leased under its own replica name (an earlier incarnation of it): it bumps their
-//! epoch, so that the earlier owner's late writes are refused.
+//! database, and writes nothing. When asked for one session ([`Postgres::claim`]), a
+//! process takes it over if its lease ran out or it was leased under this process's own
+//! replica name (an earlier incarnation of it); at open it takes only the latter, never
+//! another process's sessions in bulk. A takeover bumps the epoch, so that the earlier
+//! owner's late writes are refused.
 //!
 //! Each process takes a block of runtime generations of its own at open (the counter
 //! grows by [`GENERATION_BLOCK`]), so that cells of a session that moves between replicas
@@ -173,7 +174,7 @@ fn process_name() -> String {
 impl Postgres {
     /// Connects to `url`, makes `front`'s schema if needed (`deployment` keeps another
     /// deployment's sessions on the same database apart), takes a block of runtime
-    /// generations and takes over every session whose lease ran out.
+    /// generations and takes back the sessions leased under its own replica name.
     pub(crate) fn open(
         url: &str,
         front: &str,
@@ -291,18 +292,22 @@ impl Postgres {
         tx.commit().map_err(step("the commit"))
     }
 
-    /// Takes over the sessions whose lease ran out (`only`: that one session, if so) and
-    /// reads them. The counters come with every read; the generations counter is where
-    /// this process's block ends, so the block starts [`GENERATION_BLOCK`] below it.
+    /// Takes over session `only` if its lease ran out, or (`None`) the sessions leased
+    /// under this process's own name, and reads them. The counters come with every read;
+    /// the generations counter is where this process's block ends, so the block starts
+    /// [`GENERATION_BLOCK`] below it.
     fn take_over(&mut self, only: Option<&str>) -> Result<Claimed, StateError> {
         let now = now_ms();
         let leases = &mut self.leases;
         let mut tx = self.client.transaction().map_err(|e| leases.pg(&e))?;
         let rows = match only {
+            // At open, only what was leased under this process's own name (an earlier
+            // incarnation of it, `--state-replica`): a session whose holder died is taken
+            // when a client that owns it asks for it, never in bulk.
             None => tx.query(
                 "UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = $2
-                 WHERE lease_until < $3 OR owner = $1 RETURNING id, epoch",
-                &[&leases.owner, &(now + leases.lease_ms), &now],
+                 WHERE owner = $1 RETURNING id, epoch",
+                &[&leases.owner, &(now + leases.lease_ms)],
             ),
             // A client asked for it: that counts as its use (its time to live starts
             // again), in the statement that takes it, so an expiry cannot come between.
@@ -837,6 +842,20 @@ impl Backend for Postgres {
             },
             None => Claim::Absent,
         })
+    }
+
+    fn release(&mut self, id: &str) -> Result<(), StateError> {
+        self.reconnect_if_lost()?;
+        let Some(epoch) = self.leases.epochs.remove(id) else {
+            return Ok(());
+        };
+        self.client
+            .execute(
+                "UPDATE sessions SET lease_until = 0 WHERE id = $1 AND owner = $2 AND epoch = $3",
+                &[&id, &self.leases.owner, &epoch],
+            )
+            .map_err(|e| self.leases.pg(&e))?;
+        Ok(())
     }
 
     /// The tables' size is a catalog query: asked at each tick, not after each commit.

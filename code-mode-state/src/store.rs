@@ -140,6 +140,11 @@ pub(crate) trait Backend: Send + 'static {
     fn claim(&mut self, _id: &str) -> Result<Claim, StateError> {
         Ok(Claim::Absent)
     }
+    /// Ends this process's lease on session `id` now (it took it and will not serve it);
+    /// a store one process holds whole has none.
+    fn release(&mut self, _id: &str) -> Result<(), StateError> {
+        Ok(())
+    }
     /// Whether [`Self::bytes`] costs little enough to ask after every commit.
     fn measures_cheaply(&self) -> bool {
         true

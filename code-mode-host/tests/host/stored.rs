@@ -194,7 +194,8 @@ async fn replicas_on_postgres_take_over_a_session_whose_lease_ran_out_and_fence_
     a.write(one_session("s1", "\"from A\""))
         .await
         .expect("A writes");
-    let (b, saved) = Keeper::open_postgres(&cluster.url, "mcp", options).expect("B opens");
+    let (b, saved) =
+        Keeper::open_postgres(&cluster.url, "mcp", options.clone()).expect("B opens");
     assert!(
         saved.sessions.is_empty(),
         "A's session is A's while its lease runs"
@@ -212,6 +213,14 @@ async fn replicas_on_postgres_take_over_a_session_whose_lease_ran_out_and_fence_
     sql(
         &cluster.url,
         "UPDATE code_mode_mcp.sessions SET lease_until = 0",
+    );
+    // A process that starts now takes no session in bulk: a session goes to whoever a
+    // client asks for it.
+    let (_c, saved) = Keeper::open_postgres(&cluster.url, "mcp", options).expect("C opens");
+    assert!(
+        saved.sessions.is_empty(),
+        "a process took a dead one's sessions at its start: {:?}",
+        saved.sessions.iter().map(|s| &s.id).collect::<Vec<_>>()
     );
     let Claimed::Taken(taken) = b.claim("s1").await.expect("asked") else {
         panic!("taken over");
