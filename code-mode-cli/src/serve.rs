@@ -37,10 +37,9 @@ use code_mode_surface::{
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use state::{Durability, state_error};
+use state::{Durability, ResumeToken, state_error};
 use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -273,6 +272,13 @@ struct SessionParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ResumeParams {
+    session: String,
+    resume_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ToolResultParams {
     call: String,
     result: Option<Value>,
@@ -353,9 +359,7 @@ struct Server {
     /// Where sessions run.
     provider: Sessions,
     sessions: Mutex<HashMap<String, Arc<dyn CodeModeSession>>>,
-    last_session: AtomicU64,
     calls: PendingCalls,
-    last_call: Arc<AtomicU64>,
     /// The driver's own tools (`--tools`, `--builtin`).
     tools: ToolSet,
     /// With `--state-dir`: where the sessions are kept across restarts.
@@ -371,7 +375,6 @@ struct JsonlDelegate {
     session: String,
     out: Out,
     calls: PendingCalls,
-    last_call: Arc<AtomicU64>,
     tools: ToolSet,
     /// With a state directory: the write before a call of the driver's own tools.
     before_call: Option<BeforeCall>,
@@ -389,7 +392,7 @@ impl CodeModeSessionDelegate for JsonlDelegate {
                 .answer_after(self.before_call.as_ref(), call, cancel);
         }
         call.answer_with(|call| async move {
-            let id = format!("c{}", self.last_call.fetch_add(1, Ordering::SeqCst) + 1);
+            let id = fresh_id('c');
             let (reply, answer) = oneshot::channel();
             let pending = PendingCall {
                 session: self.session.clone(),
@@ -437,10 +440,14 @@ impl CodeModeSessionDelegate for JsonlDelegate {
 
 impl Server {
     fn session(&self, id: &str) -> Result<Arc<dyn CodeModeSession>, ErrorReply> {
-        lock(&self.sessions)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ErrorReply::new("unknown_session", format!("no open session `{id}`")))
+        lock(&self.sessions).get(id).cloned().ok_or_else(|| {
+            let hint = if self.state.is_some() {
+                " (a kept session is taken back with `resume_session` and its `resume_token`)"
+            } else {
+                ""
+            };
+            ErrorReply::new("unknown_session", format!("no open session `{id}`{hint}"))
+        })
     }
 
     fn open_session(&self, given: Value) -> Result<Value, ErrorReply> {
@@ -462,9 +469,14 @@ impl Server {
                 .admit()
                 .map_err(|error| ErrorReply::new("state_full", error))?;
         }
-        let id = format!("s{}", self.last_session.fetch_add(1, Ordering::SeqCst) + 1);
-        self.start_session(&id, options, stored_values, options_text.to_string());
-        Ok(json!({ "session": id }))
+        let id = fresh_id('s');
+        let token = ResumeToken::fresh();
+        let kept = state::kept_options(&options_text, &token);
+        self.start_session(&id, options, stored_values, kept);
+        Ok(match &self.state {
+            Some(_) => json!({ "session": id, "resume_token": token.text() }),
+            None => json!({ "session": id }),
+        })
     }
 
     /// Opens session `id` (new, or kept by an earlier process); with a state directory the
@@ -480,7 +492,6 @@ impl Server {
             session: id.to_owned(),
             out: self.out.clone(),
             calls: Arc::clone(&self.calls),
-            last_call: Arc::clone(&self.last_call),
             tools: self.tools.clone(),
             before_call: self.state.as_ref().map(|_| self.before_call(id)),
         });
@@ -584,6 +595,7 @@ impl Server {
             "describe" => return self.describe(given),
             "preempt" => return self.preempt(given),
             "stored_values" => return self.stored_values(given),
+            "resume_session" => return self.resume_session(given).await,
             _ => {}
         }
         let Some((session_id, call)) = session_call(method, given, &self.tools)? else {
@@ -592,7 +604,6 @@ impl Server {
                 format!("unknown method `{method}`"),
             ));
         };
-        self.adopt(&session_id).await?;
         let session = self.session(&session_id)?;
         let shutdown = matches!(call, SessionCall::Shutdown);
         let preempt = Arc::new(CancellationToken::new());
@@ -717,14 +728,7 @@ impl Server {
                 front_id: id.clone(),
             })
             .collect();
-        let counters = vec![
-            (
-                LAST_SESSION.to_owned(),
-                self.last_session.load(Ordering::SeqCst),
-            ),
-            (LAST_CALL.to_owned(), self.last_call.load(Ordering::SeqCst)),
-            (GENERATIONS.to_owned(), self.provider.generations_used()),
-        ];
+        let counters = vec![(GENERATIONS.to_owned(), self.provider.generations_used())];
         state.checkpoint(counters, calls, &named)
     }
 
@@ -735,7 +739,9 @@ impl Server {
     async fn persist(&self, only: Option<&HashSet<String>>) -> Option<String> {
         let state = self.state.as_ref()?;
         if state.is_closed() {
-            return None;
+            // The last checkpoint was written, or failed for good: a line that depends on a
+            // session it did not write never goes out.
+            return state.unwritten_at_close();
         }
         let checkpoint = self.checkpoint(state, only);
         state.write(checkpoint).await.err()
@@ -769,32 +775,21 @@ impl Server {
         })
     }
 
-    /// Opens again the sessions an earlier process kept, with their running cells, and
-    /// deals with the calls those cells wait on: an answer that came is given, a call of
-    /// the driver's own tools (which died with that process) fails or, for a tool with
-    /// `on_interrupt = "retry"`, runs again, and every other is the client's to answer:
-    /// announced again with its id, marked `restored`.
-    fn reopen(&self, saved: &Saved) -> Result<(), Failure> {
-        let Some(state) = &self.state else {
-            return Ok(());
-        };
-        for record in &saved.sessions {
-            self.reopen_one(state, record, saved)
-                .map_err(Failure::runtime)?;
-        }
-        Ok(())
-    }
-
     /// Opens again one session an earlier process kept (`saved` holds its calls and
-    /// answers), as [`Self::reopen`] does for each; the error names what did not read.
+    /// answers) and deals with the calls its cells wait on: an answer that came is given,
+    /// a call of the driver's own tools (which died with that process) fails or, for a
+    /// tool with `on_interrupt = "retry"`, runs again, and every other is the client's to
+    /// answer: announced again with its id, marked `restored`. The error names what did
+    /// not read.
     fn reopen_one(
         &self,
         state: &Arc<Durability>,
         record: &code_mode_state::SessionRecord,
         saved: &Saved,
     ) -> Result<(), String> {
-        let given: Value = serde_json::from_str(&record.options)
+        let mut given: Value = serde_json::from_str(&record.options)
             .map_err(|error| format!("the kept options of session {}: {error}", record.id))?;
+        state::strip_token(&mut given);
         let given: OpenSessionParams = params(given).map_err(|error| {
             format!(
                 "the kept options of session {}: {}",
@@ -811,7 +806,7 @@ impl Server {
         };
         let cells = record.state.cells.len();
         let calls = session.restore(record.state.cells.clone());
-        tracing::info!(session = %record.id, cells, calls = calls.len(), "session restored from the state directory");
+        tracing::debug!(session = %record.id, cells, calls = calls.len(), "session restored from the state directory");
         for restored in calls {
             let call = &restored.call;
             if let Some(result) = saved.answer(&record.id, &call.cell_id, call.call_id) {
@@ -826,10 +821,7 @@ impl Server {
             } else {
                 let id = saved
                     .front_id(&record.id, &call.cell_id, call.call_id)
-                    .map_or_else(
-                        || format!("c{}", self.last_call.fetch_add(1, Ordering::SeqCst) + 1),
-                        str::to_owned,
-                    );
+                    .map_or_else(|| fresh_id('c'), str::to_owned);
                 // The argument as the client first saw it: parsed (it was checked then).
                 let event = match call.clone().parsed() {
                     Ok(parsed) => tool_call_event(&id, &record.id, &parsed, true),
@@ -842,27 +834,58 @@ impl Server {
         Ok(())
     }
 
-    /// With a store that servers share (`--state-url`): a session this server does not
-    /// have, named by the client, is taken over from the server that kept it once that
-    /// one's lease ran out, and opened again here.
-    async fn adopt(&self, id: &str) -> Result<(), ErrorReply> {
-        let Some(state) = &self.state else {
-            return Ok(());
+    /// `resume_session`: takes back a session an earlier server kept (`--state-dir`), or
+    /// one a server sharing the store kept and that died (`--state-url`, once its lease
+    /// ran out), for the client that holds its resume token: it is opened again here, and
+    /// each call its cells still wait on is announced again (`restored`), before this
+    /// answer. A wrong token, or no such session, gets the same `unknown_session` answer;
+    /// a session taken over for a wrong token is let go at once, untouched.
+    async fn resume_session(&self, given: Value) -> Result<Value, ErrorReply> {
+        let given: ResumeParams = params(given)?;
+        let unknown = || {
+            ErrorReply::new(
+                "unknown_session",
+                format!("no kept session `{}` with that resume token", given.session),
+            )
         };
-        if lock(&self.sessions).contains_key(id) {
-            return Ok(());
+        let Some(state) = &self.state else {
+            return Err(ErrorReply::new(
+                "unknown_session",
+                "this server keeps no sessions (start it with --state-dir or --state-url)",
+            ));
+        };
+        if lock(&self.sessions).contains_key(&given.session) {
+            return if state.owns(&given.session, &given.resume_token) {
+                Ok(json!({ "session": given.session }))
+            } else {
+                Err(unknown())
+            };
         }
-        let taken = state
-            .take_over(id)
-            .await
-            .map_err(|error| ErrorReply::new("state_error", error))?;
-        if let Some(saved) = taken {
-            for record in &saved.sessions {
-                self.reopen_one(state, record, &saved)
+        let (saved, taken_over) = match state.take(&given.session) {
+            Some(saved) => (saved, false),
+            None => {
+                let taken = state
+                    .take_over(&given.session)
+                    .await
                     .map_err(|error| ErrorReply::new("state_error", error))?;
+                (taken.ok_or_else(unknown)?, true)
             }
-        }
-        Ok(())
+        };
+        let owned = saved.sessions.iter().find(|record| {
+            record.id == given.session && state::token_matches(&record.options, &given.resume_token)
+        });
+        let Some(record) = owned else {
+            tracing::debug!(session = %given.session, "resume_session with a wrong token refused");
+            if taken_over {
+                state.release(&given.session).await;
+            } else {
+                state.put_back(&given.session, saved);
+            }
+            return Err(unknown());
+        };
+        self.reopen_one(state, record, &saved)
+            .map_err(|error| ErrorReply::new("state_error", error))?;
+        Ok(json!({ "session": given.session }))
     }
 }
 
@@ -938,7 +961,11 @@ const PERSIST_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5)
 /// client reads is lost to a restart, and no call it is told of is told again after one.
 /// A write that fails holds the batch back (a `state_error` event says why, once per
 /// cause) and is tried again until it succeeds: nothing goes out that the disk lacks.
-async fn write_lines(mut lines: mpsc::UnboundedReceiver<Line>, server: Weak<Server>) {
+async fn write_lines(
+    mut lines: mpsc::UnboundedReceiver<Line>,
+    server: Weak<Server>,
+    state: Option<Arc<Durability>>,
+) {
     let mut stdout = tokio::io::stdout();
     let mut batch = Vec::new();
     let mut sessions = HashSet::new();
@@ -951,6 +978,10 @@ async fn write_lines(mut lines: mpsc::UnboundedReceiver<Line>, server: Weak<Serv
                 batch.push(line);
             }
             let Some(server) = server.upgrade() else {
+                // The server stopped: its last checkpoint decides, as below.
+                if let Some(message) = state.as_ref().and_then(|state| state.unwritten_at_close()) {
+                    drop_unwritten(&mut batch, &message);
+                }
                 break;
             };
             sessions.clear();
@@ -958,6 +989,10 @@ async fn write_lines(mut lines: mpsc::UnboundedReceiver<Line>, server: Weak<Serv
             let Some(message) = server.persist(Some(&sessions)).await else {
                 break;
             };
+            if server.state.as_ref().is_some_and(|state| state.is_closed()) {
+                drop_unwritten(&mut batch, &message);
+                break;
+            }
             if said.as_ref() != Some(&message) {
                 tracing::error!("{message}; the lines that depend on it are held back");
                 let event = state_error(&message).to_string();
@@ -984,13 +1019,36 @@ async fn write_lines(mut lines: mpsc::UnboundedReceiver<Line>, server: Weak<Serv
     }
 }
 
+/// At end of input, after the last checkpoint failed (`message`) and none follows: what
+/// depends on a session is dropped, never sent unwritten.
+fn drop_unwritten(batch: &mut Vec<Line>, message: &str) {
+    let before = batch.len();
+    batch.retain(|(session, _)| session.is_none());
+    tracing::error!(
+        lines = before - batch.len(),
+        "{message}; at end of input, the lines that depend on it are not sent"
+    );
+}
+
 /// Why a call of the driver's own tools is not made while the driver stops.
 const STOPPING: &str = "the driver is stopping";
 
-/// The driver's counters in the state directory.
-const LAST_SESSION: &str = "last_session";
-const LAST_CALL: &str = "last_call";
+/// The driver's counter in the state directory: the runtime generations used.
 const GENERATIONS: &str = "generations";
+
+/// A fresh id of 128 random bits from the system's secure generator, in hex after
+/// `prefix` (`s` a session, `c` a call): unguessable, and never the same on two servers
+/// that share a store.
+fn fresh_id(prefix: char) -> String {
+    let mut bytes = [0_u8; 16];
+    state::random(&mut bytes);
+    let mut id = String::with_capacity(33);
+    id.push(prefix);
+    for byte in bytes {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
 
 /// Serves JSON lines until end of input.
 ///
@@ -1006,8 +1064,14 @@ pub async fn serve(
     state_dir: Option<(StoreLocation, StoreOptions)>,
 ) -> Result<(), Failure> {
     let (server, lines_rx, saved) = Server::start(runtime, tools, runtime_log, state_dir)?;
-    let writer = tokio::spawn(write_lines(lines_rx, Arc::downgrade(&server)));
-    server.reopen(&saved)?;
+    let writer = tokio::spawn(write_lines(
+        lines_rx,
+        Arc::downgrade(&server),
+        server.state.clone(),
+    ));
+    if let Some(state) = &server.state {
+        state.hold(saved);
+    }
     let tasks = TaskTracker::new();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines
@@ -1059,9 +1123,7 @@ impl Server {
             observations: Arc::new(Mutex::new(HashMap::new())),
             provider,
             sessions: Mutex::new(HashMap::new()),
-            last_session: AtomicU64::new(saved.counter(LAST_SESSION)),
             calls: Arc::new(Mutex::new(HashMap::new())),
-            last_call: Arc::new(AtomicU64::new(saved.counter(LAST_CALL))),
             tools,
             state,
         });
@@ -1139,10 +1201,11 @@ impl Server {
     /// every session is shut down and the requests still running end.
     async fn finish(self: Arc<Self>, tasks: TaskTracker) {
         if let Some(state) = &self.state {
-            if let Some(message) = self.persist(None).await {
-                self.out.send(state_error(&message));
+            let unwritten = self.persist(None).await;
+            if let Some(message) = &unwritten {
+                self.out.send(state_error(message));
             }
-            state.close();
+            state.close(unwritten);
         }
         let sessions: Vec<_> = lock(&self.sessions)
             .drain()

@@ -36,11 +36,86 @@ struct Restored {
 pub(super) struct Durability {
     keeper: Arc<Keeper>,
     sessions: Mutex<HashMap<String, Kept>>,
+    /// Sessions an earlier process kept that no client resumed yet: each waits for the
+    /// client that holds its resume token (`resume_session`), nothing of it announced.
+    held: Mutex<HashMap<String, Saved>>,
     /// Restored calls waiting for the client's answer, by the id the client knows.
     restored: Mutex<HashMap<String, Restored>>,
     /// Set once the driver stops: the last checkpoint was written, and what the shutdown
     /// does to the sessions is not.
     closed: AtomicBool,
+    /// Why the last checkpoint could not be written, if it could not.
+    unwritten: Mutex<Option<String>>,
+}
+
+/// The name of the resume token's digest in a kept session's options.
+const TOKEN_DIGEST: &str = "resume_token_sha256";
+
+/// What `open_session` gives a client to take its session back after a restart: 256
+/// random bits. Only its SHA-256 digest is kept, with the session.
+pub(super) struct ResumeToken(String);
+
+impl ResumeToken {
+    pub(super) fn fresh() -> Self {
+        let mut bytes = [0_u8; 32];
+        random(&mut bytes);
+        Self(hex(&bytes))
+    }
+
+    pub(super) fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Fills `bytes` from the system's secure random generator (ring's, through rustls, the
+/// process's one crypto library).
+pub(super) fn random(bytes: &mut [u8]) {
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(bytes)
+        .expect("the system's secure random generator works");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// `open_session`'s parameters as kept: with the digest of the session's resume token.
+pub(super) fn kept_options(options: &Value, token: &ResumeToken) -> String {
+    let mut options = options.clone();
+    if let Some(map) = options.as_object_mut() {
+        map.insert(
+            TOKEN_DIGEST.to_owned(),
+            Value::String(hex(&digest(token.text()))),
+        );
+    }
+    options.to_string()
+}
+
+/// Kept options back to `open_session`'s parameters.
+pub(super) fn strip_token(options: &mut Value) {
+    if let Some(map) = options.as_object_mut() {
+        map.remove(TOKEN_DIGEST);
+    }
+}
+
+/// Whether `token` is the resume token of the session kept with `options`, compared in
+/// constant time by digest. A session kept without one (by a version before resume
+/// tokens) matches none: it cannot be taken back, and expires.
+pub(super) fn token_matches(options: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let kept = serde_json::from_str::<Value>(options)
+        .ok()
+        .and_then(|options| options.get(TOKEN_DIGEST)?.as_str().map(str::to_owned));
+    let Some(kept) = kept else {
+        return false;
+    };
+    kept.as_bytes().ct_eq(hex(&digest(token)).as_bytes()).into()
 }
 
 impl Durability {
@@ -68,8 +143,10 @@ impl Durability {
             Self {
                 keeper: Arc::new(keeper),
                 sessions: Mutex::new(HashMap::new()),
+                held: Mutex::new(HashMap::new()),
                 restored: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                unwritten: Mutex::new(None),
             },
             saved,
         ))
@@ -88,6 +165,60 @@ impl Durability {
         if !self.is_closed() {
             self.keeper.remove(id);
         }
+    }
+
+    /// Holds what an earlier process kept until a client resumes it (each session apart,
+    /// with its calls and answers).
+    pub(super) fn hold(&self, saved: Saved) {
+        let mut held = lock(&self.held);
+        for record in saved.sessions {
+            let id = record.id.clone();
+            let own = Saved {
+                counters: HashMap::new(),
+                calls: saved
+                    .calls
+                    .iter()
+                    .filter(|call| call.session == id)
+                    .cloned()
+                    .collect(),
+                answers: saved
+                    .answers
+                    .iter()
+                    .filter(|answer| answer.session == id)
+                    .cloned()
+                    .collect(),
+                sessions: vec![record],
+            };
+            held.insert(id, own);
+        }
+    }
+
+    /// What this process holds of kept session `id`, taken out to resume it (`None`: not
+    /// held here, or expired meanwhile).
+    pub(super) fn take(&self, id: &str) -> Option<Saved> {
+        let saved = lock(&self.held).remove(id)?;
+        (!self.keeper.expired(id)).then_some(saved)
+    }
+
+    /// A held session whose resume was refused goes back to wait for its client.
+    pub(super) fn put_back(&self, id: &str, saved: Saved) {
+        lock(&self.held).insert(id.to_owned(), saved);
+    }
+
+    /// A session taken over for a client that did not own it is let go at once.
+    pub(super) async fn release(&self, id: &str) {
+        if let Err(error) = self.keeper.release(id).await {
+            tracing::warn!(
+                "letting a session go failed (it is taken over after its lease): {error}"
+            );
+        }
+    }
+
+    /// Whether `token` is the resume token of open session `id`.
+    pub(super) fn owns(&self, id: &str, token: &str) -> bool {
+        lock(&self.sessions)
+            .get(id)
+            .is_some_and(|kept| token_matches(&kept.options, token))
     }
 
     /// Takes session `id` over from the server that kept it, once that one's lease ran out
@@ -150,9 +281,18 @@ impl Durability {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// No checkpoint after this one.
-    pub(super) fn close(&self) {
+    /// No checkpoint after this one; `unwritten`, why it failed, if it did. The sessions
+    /// it kept are let go (each holds the way to the client's lines, which the line
+    /// writer, holding this, waits to see closed).
+    pub(super) fn close(&self, unwritten: Option<String>) {
+        *lock(&self.unwritten) = unwritten;
         self.closed.store(true, Ordering::SeqCst);
+        lock(&self.sessions).clear();
+    }
+
+    /// Once closed: why the last checkpoint was not written, if it was not.
+    pub(super) fn unwritten_at_close(&self) -> Option<String> {
+        lock(&self.unwritten).clone()
     }
 
     /// Writes `changes`; the error as the client reads it.

@@ -427,6 +427,27 @@ impl JsonlServer {
     }
 }
 
+/// The session id in an `open_session` reply.
+fn session_id(reply: &serde_json::Value) -> String {
+    reply["result"]["session"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session id in {reply}"))
+        .to_owned()
+}
+
+/// Asserts that `id` is a session id as `open_session` makes one: `s` and 32 lowercase
+/// hex digits (128 random bits).
+fn assert_session_id(id: &str) {
+    let hex = id.strip_prefix('s').unwrap_or_default();
+    assert!(
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')),
+        "not `s` and 32 lowercase hex digits: {id:?}"
+    );
+}
+
 #[test]
 fn run_shows_terminal_control_characters_as_escapes_and_json_keeps_them() {
     let scratch = Scratch::new();
@@ -504,11 +525,11 @@ command = ["cat"]
 #[test]
 fn serve_jsonl_accepts_lone_surrogate_escapes_in_tool_results() {
     let mut server = JsonlServer::start();
-    server.ask(r#"{"id": 1, "method": "open_session", "params": {}}"#);
+    let session = session_id(&server.ask(r#"{"id": 1, "method": "open_session", "params": {}}"#));
     let stdin = server.child.stdin.as_mut().unwrap();
     writeln!(
         stdin,
-        r#"{{"id": 2, "method": "exec", "params": {{"session": "s1", "tools": [{{"name": "half"}}], "source": "const r = await tools.half({{ a: '😀😀'.slice(0, 3) }}); text(JSON.stringify(r));"}}}}"#
+        r#"{{"id": 2, "method": "exec", "params": {{"session": "{session}", "tools": [{{"name": "half"}}], "source": "const r = await tools.half({{ a: '😀😀'.slice(0, 3) }}); text(JSON.stringify(r));"}}}}"#
     )
     .unwrap();
     stdin.flush().unwrap();
@@ -541,10 +562,11 @@ fn serve_jsonl_writes_answers_and_events_in_the_order_the_session_produced_them(
         &["serve", "--jsonl"][..],
     ] {
         let mut server = JsonlServer::start_with(args);
-        server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#);
+        let session =
+            session_id(&server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#));
         for round in 1..=15 {
             server.send(&format!(
-                r#"{{"id": {round}, "method": "exec", "params": {{"session": "s1", "source": "text('before'); yield_control(); notify('after yield {round}');"}}}}"#
+                r#"{{"id": {round}, "method": "exec", "params": {{"session": "{session}", "source": "text('before'); yield_control(); notify('after yield {round}');"}}}}"#
             ));
             // The answer that yielded, then the notification made after the yield.
             let mut order = Vec::new();
@@ -564,7 +586,7 @@ fn serve_jsonl_writes_answers_and_events_in_the_order_the_session_produced_them(
             );
             let cell_id = round.to_string();
             let reply = server.ask(&format!(
-                r#"{{"id": "w{round}", "method": "wait", "params": {{"session": "s1", "cell_id": "{cell_id}"}}}}"#
+                r#"{{"id": "w{round}", "method": "wait", "params": {{"session": "{session}", "cell_id": "{cell_id}"}}}}"#
             ));
             assert_eq!(reply["result"]["type"], "result", "{reply}");
         }
@@ -611,17 +633,19 @@ fn serve_jsonl_answers_errors_and_keeps_going() {
         server.ask(r#"{"id": 3, "method": "exec", "params": {"session": "s9", "source": "1"}}"#);
     assert_eq!(reply["error"]["code"], "unknown_session");
     assert_eq!(reply["error"]["message"], "no open session `s9`");
-    assert_eq!(
-        server.ask(r#"{"id": 4, "method": "open_session", "params": {}}"#)["result"]["session"],
-        "s1"
+    let session = session_id(&server.ask(r#"{"id": 4, "method": "open_session", "params": {}}"#));
+    assert_session_id(&session);
+    let reply = server.ask(
+        &serde_json::json!({"id": 5, "method": "wait", "params": {"session": session, "cell_id": "7"}})
+            .to_string(),
     );
-    let reply =
-        server.ask(r#"{"id": 5, "method": "wait", "params": {"session": "s1", "cell_id": "7"}}"#);
     assert_eq!(reply["id"], 5);
     assert_eq!(reply["result"]["missing_cell"], true);
     assert_eq!(reply["result"]["error_text"], "exec cell 7 not found");
     assert_eq!(reply["result"]["failure"], "not_found");
-    let reply = server.ask(r#"{"id": 6, "method": "exec", "params": {"session": "s1"}}"#);
+    let reply = server.ask(
+        &serde_json::json!({"id": 6, "method": "exec", "params": {"session": session}}).to_string(),
+    );
     assert_eq!(reply["error"]["code"], "invalid_params");
     assert_eq!(reply["error"]["message"], "missing field `source`");
     // Typed parameters: an error names the field at fault.
@@ -634,7 +658,8 @@ fn serve_jsonl_answers_errors_and_keeps_going() {
         "`limits.heap_bytes`: invalid type: string \"big\", expected u64"
     );
     let reply = server.ask(
-        r#"{"id": 62, "method": "exec", "params": {"session": "s1", "source": "1", "tools": [{"name": "t", "kind": "magic"}]}}"#,
+        &serde_json::json!({"id": 62, "method": "exec", "params": {"session": session, "source": "1", "tools": [{"name": "t", "kind": "magic"}]}})
+            .to_string(),
     );
     assert_eq!(reply["error"]["code"], "invalid_params");
     assert!(
@@ -644,8 +669,10 @@ fn serve_jsonl_answers_errors_and_keeps_going() {
             .starts_with("`tools[0].kind`: unknown variant `magic`"),
         "{reply}"
     );
-    let reply =
-        server.ask(r#"{"id": 63, "method": "wait", "params": {"session": "s1", "cell": "1"}}"#);
+    let reply = server.ask(
+        &serde_json::json!({"id": 63, "method": "wait", "params": {"session": session, "cell": "1"}})
+            .to_string(),
+    );
     assert!(
         reply["error"]["message"]
             .as_str()
@@ -654,7 +681,8 @@ fn serve_jsonl_answers_errors_and_keeps_going() {
         "{reply}"
     );
     let reply = server.ask(
-        r#"{"id": "seven", "method": "exec", "params": {"session": "s1", "source": "text('ok')"}}"#,
+        &serde_json::json!({"id": "seven", "method": "exec", "params": {"session": session, "source": "text('ok')"}})
+            .to_string(),
     );
     assert_eq!(reply["id"], "seven");
     assert_eq!(
@@ -697,7 +725,7 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
         ),
         (
             vec!["run", "ok.js", "--tools", "unknown_field.toml"],
-            "code-mode: bad tools file unknown_field.toml: line 3, column 1: unknown field `comand`, expected one of `name`, `description`, `command`, `timeout_ms`, `cwd`, `kind`, `input_schema`, `output_schema`, `deferred`, `on_interrupt`".into(),
+            "code-mode: bad tools file unknown_field.toml: line 3, column 1: unknown field `comand`, expected one of `name`, `description`, `command`, `timeout_ms`, `cwd`, `env`, `env_vars`, `kind`, `input_schema`, `output_schema`, `deferred`, `on_interrupt`".into(),
         ),
         (
             vec!["run", "ok.js", "--tools", "wrong_type.toml"],
@@ -772,11 +800,13 @@ fn serve_jsonl_admits_preempts_interrupts_and_searches_deferred_tools() {
         &["serve", "--jsonl"][..],
     ] {
         let mut server = JsonlServer::start_with(args);
-        server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#);
+        let session =
+            session_id(&server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#));
         // An exec that waits on the client's tool: admitted first, then the tool call,
         // carrying the exec's tool call id.
         server.send(
-            r#"{"id": 1, "method": "exec", "params": {"session": "s1", "tool_call_id": "call_9", "yield_time_ms": 60000, "tools": [{"name": "ask"}], "source": "text('asked'); const a = await tools.ask(); text('answer ' + a);"}}"#,
+            &serde_json::json!({"id": 1, "method": "exec", "params": {"session": session, "tool_call_id": "call_9", "yield_time_ms": 60000, "tools": [{"name": "ask"}], "source": "text('asked'); const a = await tools.ask(); text('answer ' + a);"}})
+                .to_string(),
         );
         let admitted = server.next();
         assert_eq!(
@@ -796,8 +826,10 @@ fn serve_jsonl_admits_preempts_interrupts_and_searches_deferred_tools() {
         };
         assert_eq!(call["exec_call_id"], "call_9", "{call}");
         // Preempting the cell's observation answers the exec at once; the cell goes on.
-        server
-            .send(r#"{"id": 2, "method": "preempt", "params": {"session": "s1", "cell_id": "1"}}"#);
+        server.send(
+            &serde_json::json!({"id": 2, "method": "preempt", "params": {"session": session, "cell_id": "1"}})
+                .to_string(),
+        );
         let mut replies = std::collections::HashMap::new();
         while replies.len() < 2 {
             let line = server.next();
@@ -817,40 +849,51 @@ fn serve_jsonl_admits_preempts_interrupts_and_searches_deferred_tools() {
             r#"{{"method": "tool_result", "params": {{"call": {}, "result": 5}}}}"#,
             call["call"]
         ));
-        let rest = server
-            .ask(r#"{"id": 3, "method": "wait", "params": {"session": "s1", "cell_id": "1"}}"#);
+        let rest = server.ask(
+            &serde_json::json!({"id": 3, "method": "wait", "params": {"session": session, "cell_id": "1"}})
+                .to_string(),
+        );
         assert_eq!(rest["result"]["type"], "result", "{rest}");
         assert_eq!(
             rest["result"]["content_items"][0]["text"], "answer 5",
             "{rest}"
         );
         // Nothing observes the cell any more: a preempt finds nothing.
-        let idle = server
-            .ask(r#"{"id": 4, "method": "preempt", "params": {"session": "s1", "cell_id": "1"}}"#);
+        let idle = server.ask(
+            &serde_json::json!({"id": 4, "method": "preempt", "params": {"session": session, "cell_id": "1"}})
+                .to_string(),
+        );
         assert_eq!(idle["result"]["preempted"], false, "{idle}");
         assert!(server.finish().success());
         // Interrupt and deferred tools on a fresh server.
         let mut server = JsonlServer::start_with(args);
-        server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#);
+        let session =
+            session_id(&server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#));
         let spinning = server.ask(
-            r#"{"id": 1, "method": "exec", "params": {"session": "s1", "yield_time_ms": 50, "source": "while (true) {}"}}"#,
+            &serde_json::json!({"id": 1, "method": "exec", "params": {"session": session, "yield_time_ms": 50, "source": "while (true) {}"}})
+                .to_string(),
         );
         assert_eq!(
             spinning["result"]["response"]["type"], "yielded",
             "{spinning}"
         );
-        let interrupted =
-            server.ask(r#"{"id": 2, "method": "interrupt", "params": {"session": "s1"}}"#);
+        let interrupted = server.ask(
+            &serde_json::json!({"id": 2, "method": "interrupt", "params": {"session": session}})
+                .to_string(),
+        );
         assert_eq!(
             interrupted["result"],
             serde_json::json!({ "cell_ids": ["1"] }),
             "{interrupted}"
         );
-        let waited = server
-            .ask(r#"{"id": 3, "method": "wait", "params": {"session": "s1", "cell_id": "1"}}"#);
+        let waited = server.ask(
+            &serde_json::json!({"id": 3, "method": "wait", "params": {"session": session, "cell_id": "1"}})
+                .to_string(),
+        );
         assert_eq!(waited["result"]["type"], "terminated", "{waited}");
         let found = server.ask(
-            r#"{"id": 4, "method": "exec", "params": {"session": "s1", "tools": [{"name": "get_weather", "description": "Current weather for a city.", "deferred": true}, {"name": "read_file", "description": "Reads a file.", "deferred": true}], "source": "const r = await tools.tool_search({ query: 'weather' }); text(r.tools.map((t) => t.name).join(','));"}}"#,
+            &serde_json::json!({"id": 4, "method": "exec", "params": {"session": session, "tools": [{"name": "get_weather", "description": "Current weather for a city.", "deferred": true}, {"name": "read_file", "description": "Reads a file.", "deferred": true}], "source": "const r = await tools.tool_search({ query: 'weather' }); text(r.tools.map((t) => t.name).join(','));"}})
+                .to_string(),
         );
         assert_eq!(
             found["result"]["response"]["content_items"][0]["text"], "get_weather",
@@ -864,24 +907,29 @@ fn serve_jsonl_admits_preempts_interrupts_and_searches_deferred_tools() {
 fn serve_jsonl_gives_stored_values_and_opens_a_session_with_them() {
     // Over the runtime process: the host's copy answers `stored_values`.
     let mut server = JsonlServer::start_with(&["serve", "--jsonl"]);
-    server.ask(r#"{"id": 1, "method": "open_session", "params": {}}"#);
+    let session = session_id(&server.ask(r#"{"id": 1, "method": "open_session", "params": {}}"#));
     let reply = server.ask(
-        r#"{"id": 2, "method": "exec", "params": {"session": "s1", "source": "store('n', 1); store('o', {a: [true, null], s: 'é'});"}}"#,
+        &serde_json::json!({"id": 2, "method": "exec", "params": {"session": session, "source": "store('n', 1); store('o', {a: [true, null], s: 'é'});"}})
+            .to_string(),
     );
     let wall_time_ms = &reply["result"]["response"]["wall_time_ms"];
     assert!(wall_time_ms.as_f64().is_some_and(|ms| ms > 0.0), "{reply}");
-    let stored = server.ask(r#"{"id": 3, "method": "stored_values", "params": {"session": "s1"}}"#);
+    let stored = server.ask(
+        &serde_json::json!({"id": 3, "method": "stored_values", "params": {"session": session}})
+            .to_string(),
+    );
     assert_eq!(
         stored["result"],
         serde_json::json!({"stored_values": {"n": 1, "o": {"a": [true, null], "s": "é"}}})
     );
     // What it gave opens another session with the same values.
     let values = stored["result"]["stored_values"].to_string();
-    server.ask(&format!(
+    let second = session_id(&server.ask(&format!(
         r#"{{"id": 4, "method": "open_session", "params": {{"stored_values": {values}, "max_stored_bytes": 100}}}}"#
-    ));
+    )));
     let reply = server.ask(
-        r#"{"id": 5, "method": "exec", "params": {"session": "s2", "source": "text(JSON.stringify([load('n'), load('o')])); try { store('big', 'x'.repeat(100)); } catch (e) { text(String(e)); }"}}"#,
+        &serde_json::json!({"id": 5, "method": "exec", "params": {"session": second, "source": "text(JSON.stringify([load('n'), load('o')])); try { store('big', 'x'.repeat(100)); } catch (e) { text(String(e)); }"}})
+            .to_string(),
     );
     let texts: Vec<&str> = reply["result"]["response"]["content_items"]
         .as_array()

@@ -4,7 +4,7 @@
 //! by `scripts/test-deps.sh`, pinned in `code-mode-cli/tests/mcp/`.
 
 use super::mcp_http::HttpServer;
-use super::{BIN, JsonlServer, Scratch, code_mode, project_root, run_example, text};
+use super::{BIN, JsonlServer, Scratch, code_mode, project_root, run_example, session_id, text};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -398,9 +398,10 @@ fn serve_jsonl_offers_mcp_tools_to_its_cells() {
     let tools = one_fixture(&scratch);
     let mut server =
         JsonlServer::start_with(&["serve", "--jsonl", "--tools", tools.to_str().unwrap()]);
-    server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#);
+    let session = session_id(&server.ask(r#"{"id": 0, "method": "open_session", "params": {}}"#));
     let reply = server.ask(
-        r#"{"id": 1, "method": "exec", "params": {"session": "s1", "source": "text((await tools.mcp__fx__echo({text: 'over jsonl'})).content[0].text)"}}"#,
+        &serde_json::json!({"id": 1, "method": "exec", "params": {"session": session, "source": "text((await tools.mcp__fx__echo({text: 'over jsonl'})).content[0].text)"}})
+            .to_string(),
     );
     assert_eq!(reply["result"]["response"]["type"], "result", "{reply}");
     assert_eq!(

@@ -43,6 +43,9 @@ struct Client {
     inputs: HashMap<(String, String), Value>,
     /// Answers to requests, by id.
     replies: HashMap<u64, Value>,
+    /// The session the client opened, and the token that takes it back after a restart.
+    session: String,
+    token: String,
 }
 
 impl Client {
@@ -142,18 +145,42 @@ fn request(server: &mut JsonlServer, id: u64, method: &str, params: &Value) {
     server.send(&json!({"id": id, "method": method, "params": params}).to_string());
 }
 
+/// Opens a session (request `id`) and keeps its id and resume token in `client`.
+fn open(server: &mut JsonlServer, client: &mut Client, id: u64, params: &Value) {
+    request(server, id, "open_session", params);
+    let opened = client.until_reply(server, id);
+    let session = opened["session"].as_str().expect("a session id");
+    let token = opened["resume_token"].as_str().expect("a resume token");
+    assert!(
+        session.len() == 33
+            && session.starts_with('s')
+            && session[1..].chars().all(|c| c.is_ascii_hexdigit()),
+        "a session id of 128 random bits: {opened}"
+    );
+    assert_eq!(
+        token.len(),
+        64,
+        "a resume token of 256 random bits: {opened}"
+    );
+    client.session = session.to_owned();
+    client.token = token.to_owned();
+}
+
+/// Takes the client's session back on a restarted server (request `id`); the calls its
+/// cells still wait on are announced again, marked restored, before the answer.
+fn resume(server: &mut JsonlServer, client: &mut Client, id: u64) {
+    let params = json!({"session": client.session, "resume_token": client.token});
+    request(server, id, "resume_session", &params);
+    let resumed = client.until_reply(server, id);
+    assert_eq!(resumed["session"], client.session, "{resumed}");
+}
+
 /// Opens the session and starts the three cells; their exec answers are read.
 fn start_cells(server: &mut JsonlServer, client: &mut Client) {
-    request(
-        server,
-        1,
-        "open_session",
-        &json!({"stored_values": {"base": 1}}),
-    );
-    assert_eq!(client.until_reply(server, 1), json!({"session": "s1"}));
+    open(server, client, 1, &json!({"stored_values": {"base": 1}}));
     for (n, source) in CELLS.iter().enumerate() {
         let id = 2 + n as u64;
-        let params = json!({"session": "s1", "source": source, "tools": [{"name": "work"}], "yield_time_ms": 100});
+        let params = json!({"session": client.session, "source": source, "tools": [{"name": "work"}], "yield_time_ms": 100});
         request(server, id, "exec", &params);
         client.until_reply(server, id);
     }
@@ -167,7 +194,7 @@ fn finish_cells(server: &mut JsonlServer, client: &mut Client, first_id: u64) ->
         loop {
             client.answer_all(server);
             id += 1;
-            let params = json!({"session": "s1", "cell_id": cell, "yield_time_ms": 200});
+            let params = json!({"session": client.session, "cell_id": cell, "yield_time_ms": 200});
             request(server, id, "wait", &params);
             let response = client.until_reply(server, id);
             if response["type"] == "result" {
@@ -178,7 +205,12 @@ fn finish_cells(server: &mut JsonlServer, client: &mut Client, first_id: u64) ->
         }
     }
     id += 1;
-    request(server, id, "stored_values", &json!({"session": "s1"}));
+    request(
+        server,
+        id,
+        "stored_values",
+        &json!({"session": client.session}),
+    );
     client.until_reply(server, id)["stored_values"].clone()
 }
 
@@ -239,10 +271,25 @@ fn serve_jsonl_with_a_state_dir_goes_on_with_its_cells_after_a_kill() {
     server.child.kill().expect("SIGKILL");
     server.child.wait().expect("reaped");
 
-    // Started again: the calls still waiting are announced again, before any answer.
+    // Started again: the session is not served until its client takes it back with its
+    // token; then the calls still waiting are announced again, before any answer.
     let mut server = state_server(&dir);
     client.waiting.clear();
-    request(&mut server, 20, "stored_values", &json!({"session": "s1"}));
+    request(
+        &mut server,
+        19,
+        "stored_values",
+        &json!({"session": client.session}),
+    );
+    let refused = server.next();
+    assert_eq!(refused["error"]["code"], "unknown_session", "{refused}");
+    resume(&mut server, &mut client, 18);
+    request(
+        &mut server,
+        20,
+        "stored_values",
+        &json!({"session": client.session}),
+    );
     let stored = client.until_reply(&mut server, 20)["stored_values"].clone();
     assert_eq!(stored["base"], 1, "{stored}");
     // Exactly the calls still waiting: A's third and C's, and B's only if its answer did
@@ -276,7 +323,7 @@ fn serve_jsonl_with_a_state_dir_goes_on_with_its_cells_after_a_kill() {
         &mut server,
         21,
         "wait",
-        &json!({"session": "s1", "cell_id": "1", "yield_time_ms": 100}),
+        &json!({"session": client.session, "cell_id": "1", "yield_time_ms": 100}),
     );
     client.until_reply(&mut server, 21);
     server.child.kill().expect("SIGKILL");
@@ -284,7 +331,13 @@ fn serve_jsonl_with_a_state_dir_goes_on_with_its_cells_after_a_kill() {
 
     let mut server = state_server(&dir);
     client.waiting.clear();
-    request(&mut server, 30, "stored_values", &json!({"session": "s1"}));
+    resume(&mut server, &mut client, 29);
+    request(
+        &mut server,
+        30,
+        "stored_values",
+        &json!({"session": client.session}),
+    );
     client.until_reply(&mut server, 30);
     let stored = finish_cells(&mut server, &mut client, 40);
     // A new cell after the restarts never takes the id of one before them.
@@ -292,7 +345,7 @@ fn serve_jsonl_with_a_state_dir_goes_on_with_its_cells_after_a_kill() {
         &mut server,
         99,
         "exec",
-        &json!({"session": "s1", "source": "text('after')"}),
+        &json!({"session": client.session, "source": "text('after')"}),
     );
     let started = client.until_reply(&mut server, 99);
     assert!(server.finish().success());
@@ -398,13 +451,14 @@ fn serve_jsonl_on_a_full_store_announces_no_call_twice_across_a_crash() {
         "--state-max-bytes",
         "1000000",
     ]);
-    request(&mut server, 1, "open_session", &json!({}));
+    let mut client = Client::default();
+    open(&mut server, &mut client, 1, &json!({}));
     let source = "const a = await tools.work({n: 1}); const b = await tools.work({n: 2}); text(a.length + ' ' + b);";
     request(
         &mut server,
         2,
         "exec",
-        &json!({"session": "s1", "source": source, "tools": [{"name": "work"}], "yield_time_ms": 100}),
+        &json!({"session": client.session, "source": source, "tools": [{"name": "work"}], "yield_time_ms": 100}),
     );
     // The first call: run (logged) and answered with more than half the cap.
     let first = loop {
@@ -451,11 +505,17 @@ fn serve_jsonl_on_a_full_store_announces_no_call_twice_across_a_crash() {
     let mut server = JsonlServer::start_with(&["serve", "--jsonl", "--state-dir", &dir_text]);
     // Rebuilt at its wait, the cell gets its recorded first answer and makes its second
     // call, announced now for the first time (the first is not announced again).
+    resume(&mut server, &mut client, 9);
+    assert!(
+        client.restored.is_empty() && client.announced.is_empty(),
+        "nothing announced again at the resume: {:?}",
+        client.restored
+    );
     request(
         &mut server,
         3,
         "wait",
-        &json!({"session": "s1", "cell_id": "1", "yield_time_ms": 30000}),
+        &json!({"session": client.session, "cell_id": "1", "yield_time_ms": 30000}),
     );
     let second = loop {
         let line = server.next();
@@ -538,8 +598,7 @@ fn serve_jsonl_runs_again_only_the_driver_tools_marked_retry_after_a_kill() {
     };
     let mut server = JsonlServer::start_with(&args);
     let mut client = Client::default();
-    request(&mut server, 1, "open_session", &json!({}));
-    client.until_reply(&mut server, 1);
+    open(&mut server, &mut client, 1, &json!({}));
     // The calls start after the `exec` answered (and its checkpoint was written): only
     // the write before each call tells the next process they were made.
     let source = "await new Promise((resolve) => setTimeout(resolve, 400));
@@ -550,7 +609,7 @@ fn serve_jsonl_runs_again_only_the_driver_tools_marked_retry_after_a_kill() {
         &mut server,
         2,
         "exec",
-        &json!({"session": "s1", "source": source, "yield_time_ms": 100}),
+        &json!({"session": client.session, "source": source, "yield_time_ms": 100}),
     );
     client.until_reply(&mut server, 2);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -566,11 +625,12 @@ fn serve_jsonl_runs_again_only_the_driver_tools_marked_retry_after_a_kill() {
     std::fs::remove_file(&hold).expect("released");
 
     let mut server = JsonlServer::start_with(&args);
+    resume(&mut server, &mut client, 9);
     request(
         &mut server,
         3,
         "wait",
-        &json!({"session": "s1", "cell_id": "1", "yield_time_ms": 30000}),
+        &json!({"session": client.session, "cell_id": "1", "yield_time_ms": 30000}),
     );
     let reply = client.until_reply(&mut server, 3);
     let response = reply.get("response").unwrap_or(&reply);
@@ -592,8 +652,9 @@ fn serve_jsonl_runs_again_only_the_driver_tools_marked_retry_after_a_kill() {
 
 /// `--state-url`: a server on Postgres killed while a cell waits on the client's call; a
 /// new server on the same database (another process, another name) takes the session
-/// over when the client names it, once the dead one's lease ran out, announces the call
-/// again (marked restored), and the cell completes with the client's answer.
+/// over when the client resumes it with its token, once the dead one's lease ran out,
+/// announces the call again (marked restored), and the cell completes with the client's
+/// answer.
 #[test]
 fn serve_jsonl_on_postgres_takes_a_killed_servers_session_over_when_named() {
     let cluster = code_mode_conformance::PgCluster::start();
@@ -607,9 +668,8 @@ fn serve_jsonl_on_postgres_takes_a_killed_servers_session_over_when_named() {
     ];
     let mut server = JsonlServer::start_with(&args);
     let mut client = Client::default();
-    request(&mut server, 1, "open_session", &json!({}));
-    let opened = client.until_reply(&mut server, 1);
-    let session = opened["session"].as_str().expect("a session").to_owned();
+    open(&mut server, &mut client, 1, &json!({}));
+    let session = client.session.clone();
     let source = "const v = await tools.work({cell: 'P', n: 1}); text('P got ' + v);";
     request(
         &mut server,
@@ -624,6 +684,7 @@ fn serve_jsonl_on_postgres_takes_a_killed_servers_session_over_when_named() {
     client.waiting.clear();
 
     let mut server = JsonlServer::start_with(&args);
+    resume(&mut server, &mut client, 9);
     request(
         &mut server,
         3,
@@ -643,4 +704,203 @@ fn serve_jsonl_on_postgres_takes_a_killed_servers_session_over_when_named() {
         "and again, marked restored"
     );
     assert!(server.finish().success());
+}
+
+/// Reads every line the server writes within `quiet` of the one before.
+fn drain(server: &mut JsonlServer, quiet: std::time::Duration) -> Vec<Value> {
+    let mut lines = Vec::new();
+    while let Some(line) = server.line_within(quiet) {
+        lines.push(line);
+    }
+    lines
+}
+
+/// Two clients, each with its own server on one Postgres database. Client A's cell waits
+/// on a call whose input is confidential and A stored a private value; A's server dies.
+/// B's server, started later for another client, announces nothing of A's session, and
+/// B's client can read none of it: not by naming it, not with a wrong resume token
+/// (which lets the session go at once, untouched). A's client, on a third server, takes
+/// it back with its token: its call is announced again there, and its cell completes.
+/// Ids from servers started together never meet.
+#[test]
+fn serve_jsonl_servers_on_one_store_keep_each_clients_sessions_its_own() {
+    let cluster = code_mode_conformance::PgCluster::start();
+    let args = [
+        "serve",
+        "--jsonl",
+        "--state-url",
+        &cluster.url,
+        "--state-lease",
+        "1s",
+    ];
+    let mut server_a = JsonlServer::start_with(&args);
+    let mut a = Client::default();
+    open(&mut server_a, &mut a, 1, &json!({}));
+    request(
+        &mut server_a,
+        2,
+        "exec",
+        &json!({"session": a.session, "source": "store('secret', 'A-private-token');"}),
+    );
+    a.until_reply(&mut server_a, 2);
+    let source = "const sent = await tools.send_email({body: 'Q3 numbers: confidential'}); text('sent ' + sent);";
+    request(
+        &mut server_a,
+        3,
+        "exec",
+        &json!({"session": a.session, "source": source, "tools": [{"name": "send_email"}], "yield_time_ms": 100}),
+    );
+    a.until_call(&mut server_a, &json!({"body": "Q3 numbers: confidential"}));
+    a.until_reply(&mut server_a, 3);
+    let cell = a.replies[&3]["cell_id"]
+        .as_str()
+        .expect("a cell")
+        .to_owned();
+    server_a.child.kill().expect("SIGKILL");
+    server_a.child.wait().expect("reaped");
+    a.waiting.clear();
+
+    // Two servers start together, for B and for A; A's lease runs out meanwhile.
+    let mut server_b = JsonlServer::start_with(&args);
+    let mut server_c = JsonlServer::start_with(&args);
+    let mut b = Client::default();
+    open(&mut server_b, &mut b, 1, &json!({}));
+    let mut c_probe = Client::default();
+    open(&mut server_c, &mut c_probe, 1, &json!({}));
+    assert_ne!(
+        b.session, c_probe.session,
+        "ids of two servers started together"
+    );
+    assert_ne!(b.session, a.session);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let seen = drain(&mut server_b, std::time::Duration::from_millis(500));
+    assert!(
+        seen.is_empty(),
+        "B's server announced something of another client's: {seen:?}"
+    );
+
+    let named = [
+        ("stored_values", json!({"session": a.session})),
+        (
+            "wait",
+            json!({"session": a.session, "cell_id": cell, "yield_time_ms": 100}),
+        ),
+        (
+            "exec",
+            json!({"session": a.session, "source": "text(load('secret'))"}),
+        ),
+        (
+            "resume_session",
+            json!({"session": a.session, "resume_token": b.token}),
+        ),
+        (
+            "resume_session",
+            json!({"session": a.session, "resume_token": "0".repeat(64)}),
+        ),
+    ];
+    for (n, (method, params)) in named.iter().enumerate() {
+        request(&mut server_b, 10 + n as u64, method, params);
+        let reply = server_b.next();
+        assert_eq!(
+            reply["error"]["code"], "unknown_session",
+            "{method} of another client's session: {reply}"
+        );
+        let text = reply.to_string();
+        assert!(
+            !text.contains("A-private-token") && !text.contains("confidential"),
+            "{text}"
+        );
+    }
+    let seen = drain(&mut server_b, std::time::Duration::from_millis(300));
+    assert!(seen.is_empty(), "{seen:?}");
+    assert!(server_b.finish().success());
+
+    // A's client, on the third server, takes its session back at once (the wrong token
+    // let it go) and finishes its cell.
+    let mut a_again = Client {
+        session: a.session.clone(),
+        token: a.token.clone(),
+        ..Client::default()
+    };
+    resume(&mut server_c, &mut a_again, 20);
+    let call = a_again.until_call(&mut server_c, &json!({"body": "Q3 numbers: confidential"}));
+    server_c.send(
+        &json!({"method": "tool_result", "params": {"call": call, "result": "yes"}}).to_string(),
+    );
+    request(
+        &mut server_c,
+        21,
+        "wait",
+        &json!({"session": a.session, "cell_id": cell, "yield_time_ms": 30000}),
+    );
+    let reply = a_again.until_reply(&mut server_c, 21);
+    let response = reply.get("response").unwrap_or(&reply);
+    assert_eq!(response["content_items"][0]["text"], "sent yes", "{reply}");
+    request(
+        &mut server_c,
+        22,
+        "stored_values",
+        &json!({"session": a.session}),
+    );
+    let stored = a_again.until_reply(&mut server_c, 22);
+    assert_eq!(
+        stored["stored_values"]["secret"], "A-private-token",
+        "{stored}"
+    );
+    assert!(server_c.finish().success());
+}
+
+/// End of input while the store cannot take a write (past `--state-max-bytes`): the
+/// lines held back behind the failed write are not sent at the end either (before, the
+/// store was closed first and the held lines then went out as if written). The
+/// `state_error` says why.
+#[test]
+fn serve_jsonl_at_end_of_input_sends_no_line_its_store_did_not_take() {
+    let scratch = Scratch::new();
+    let dir = scratch.0.join("full");
+    let mut server = JsonlServer::start_with(&[
+        "serve",
+        "--jsonl",
+        "--state-dir",
+        dir.to_str().expect("a UTF-8 path"),
+        "--state-max-bytes",
+        "1000000",
+    ]);
+    let mut client = Client::default();
+    open(&mut server, &mut client, 1, &json!({}));
+    let source = "const a = await tools.work({n: 1}); const b = await tools.work({n: 2}); text(a.length + ' ' + b);";
+    request(
+        &mut server,
+        2,
+        "exec",
+        &json!({"session": client.session, "source": source, "tools": [{"name": "work"}], "yield_time_ms": 100}),
+    );
+    let first = loop {
+        let line = server.next();
+        if line["event"] == "tool_call" {
+            break line;
+        }
+    };
+    let big = "x".repeat(600 * 1024);
+    server.send(
+        &json!({"method": "tool_result", "params": {"call": first["call"], "result": big}})
+            .to_string(),
+    );
+    loop {
+        let line = server.next();
+        assert_ne!(line["event"], "tool_call", "{line}");
+        if line["event"] == "state_error" {
+            break;
+        }
+    }
+    drop(server.child.stdin.take());
+    let rest = drain(&mut server, std::time::Duration::from_secs(5));
+    assert!(server.child.wait().expect("exits").success());
+    for line in &rest {
+        assert!(
+            line.get("event").is_none_or(|event| event == "state_error"),
+            "a line the store did not take went out at the end: {line}"
+        );
+        assert!(line.get("session").is_none(), "{line}");
+    }
 }

@@ -4,7 +4,7 @@
 //! cell with two nested calls out of process and in process; the trace must hang the front's
 //! span under the caller's, the cell under it and each call under the cell.
 
-use super::BIN;
+use super::{BIN, session_id};
 use code_mode_conformance::Scratch;
 use code_mode_conformance::phoenix::{
     Placement, assert_cell_tree, assert_cell_work, caller, children, has_cell_work, phoenix,
@@ -72,17 +72,19 @@ fn serve_jsonl_traces_a_cell_under_the_requests_traceparent() {
                 }
             }
         };
-        ask(json!({"id": 0, "method": "open_session", "params": {}}));
+        let session = session_id(&ask(
+            json!({"id": 0, "method": "open_session", "params": {}}),
+        ));
         let reply = ask(json!({
             "id": 1, "method": "exec", "traceparent": traceparent,
-            "params": {"session": "s1", "source": CELL, "yield_time_ms": 30000}
+            "params": {"session": session, "source": CELL, "yield_time_ms": 30000}
         }));
         assert_eq!(reply["result"]["response"]["type"], "result", "{reply}");
         // The pending-aware exec traces its cell too.
         let (pending_trace_id, pending_traceparent) = caller("jsonl pending");
         let reply = ask(json!({
             "id": 2, "method": "execute_to_pending", "traceparent": pending_traceparent,
-            "params": {"session": "s1", "source": "text('p');"}
+            "params": {"session": session, "source": "text('p');"}
         }));
         assert!(reply.get("result").is_some(), "{reply}");
         drop(stdin);
