@@ -194,8 +194,7 @@ async fn replicas_on_postgres_take_over_a_session_whose_lease_ran_out_and_fence_
     a.write(one_session("s1", "\"from A\""))
         .await
         .expect("A writes");
-    let (b, saved) =
-        Keeper::open_postgres(&cluster.url, "mcp", options.clone()).expect("B opens");
+    let (b, saved) = Keeper::open_postgres(&cluster.url, "mcp", options.clone()).expect("B opens");
     assert!(
         saved.sessions.is_empty(),
         "A's session is A's while its lease runs"
