@@ -74,22 +74,17 @@ pub enum SpawnError {
         binary: PathBuf,
         source: std::io::Error,
     },
-    #[error("the runtime {binary} did not connect within {timeout:?}{}", exit_note(.exit))]
-    NoConnection {
-        binary: PathBuf,
-        timeout: Duration,
-        exit: Option<String>,
-    },
+    /// The runtime process lived, but did not connect in time.
+    #[error("the runtime {binary} did not connect within {timeout:?}")]
+    NoConnection { binary: PathBuf, timeout: Duration },
+    /// The runtime process ended before it connected; `cause` says how (`exited with
+    /// status 1`, `was killed by signal 9 (SIGKILL)`).
+    #[error("the runtime {binary} {cause} before it connected")]
+    DiedAtStart { binary: PathBuf, cause: String },
     #[error("accepting the runtime's connection failed: {0}")]
     Accept(std::io::Error),
     #[error("cannot take over the runtime forked at start: {0}")]
     Adopt(std::io::Error),
-}
-
-fn exit_note(exit: &Option<String>) -> String {
-    exit.as_ref()
-        .map(|cause| format!(" (it {cause})"))
-        .unwrap_or_default()
 }
 
 /// Why a handshake failed.

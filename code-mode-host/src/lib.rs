@@ -43,8 +43,8 @@ pub use faults::{Fault, arm as arm_fault};
 pub use hosted::{HostedSession, REBUILD_ATTEMPTS, RuntimeSession};
 pub use prelaunch::{ForkError, Forked, Prelaunched, SOCKET_FD, fork_runtime, receive_arguments};
 pub use provider::{
-    CRASH_WINDOW, HostError, MAX_CRASHES, ProcessConfig, ProcessProvider, ProcessSession,
-    RuntimeSocket, RuntimeUnavailable,
+    BIRTH_TRIES, CRASH_WINDOW, HostError, MAX_CRASHES, ProcessConfig, ProcessProvider,
+    ProcessSession, RuntimeSocket, RuntimeUnavailable,
 };
 pub use remote::{
     ClientTls, FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, RemoteConfig, RemoteError,

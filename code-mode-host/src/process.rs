@@ -224,13 +224,13 @@ pub(crate) async fn spawn(
         },
     );
 
+    // A runtime that dies before it connects is noticed when it dies, not at the timeout.
     let accepted = tokio::select! {
         accepted = tokio::time::timeout(connect_timeout, listener.accept()) => accepted,
-        cause = process.wait_exit(connect_timeout) => {
-            return Err(SpawnError::NoConnection {
+        Some(cause) = process.wait_exit(connect_timeout) => {
+            return Err(SpawnError::DiedAtStart {
                 binary: binary.to_path_buf(),
-                timeout: connect_timeout,
-                exit: cause,
+                cause,
             });
         }
     };
@@ -241,7 +241,6 @@ pub(crate) async fn spawn(
             return Err(SpawnError::NoConnection {
                 binary: binary.to_path_buf(),
                 timeout: connect_timeout,
-                exit: None,
             });
         }
     };

@@ -7,8 +7,9 @@
 //! (the next *generation*, whose cell ids read `g2:1`, `g3:1`, ...) with the session's
 //! committed stored values, which the host keeps (contract §7). Nothing is replayed.
 //! A runtime that drains (SIGTERM) finishes its cells while a fresh one takes new sessions,
-//! and sessions move to it at their next exec. Restarts back off, and a crash loop gives
-//! up with a clear error.
+//! and sessions move to it at their next exec. A runtime that dies at birth is replaced
+//! at once, up to [`BIRTH_TRIES`] times per start; restarts back off, and a crash loop
+//! gives up with a clear error.
 
 use crate::binary::find_binary;
 use crate::connection::{Connection, Liveness, Placed, Placement};
@@ -34,6 +35,14 @@ pub const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
 
 /// The longest restart delay.
 pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(2);
+
+/// How many times one start tries a runtime that dies at birth (it ends before it
+/// connects, or drops its socket during the handshake) before the start fails.
+pub const BIRTH_TRIES: u32 = 4;
+
+/// The pause before the second try of a start; doubled before each further one (20, 40,
+/// 80 ms: at most 140 ms of pauses in all).
+pub const BIRTH_BACKOFF: Duration = Duration::from_millis(20);
 
 /// How the provider finds and starts its runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,7 +340,7 @@ impl ProviderInner {
             tokio::time::sleep(delay).await;
         }
         let generation = runtime.last_generation + 1;
-        match self.start(generation).await {
+        match self.start_retrying(generation).await {
             Ok(connection) => {
                 runtime.last_generation = generation;
                 self.generations
@@ -365,6 +374,31 @@ impl ProviderInner {
         }
     }
 
+    /// [`Self::start`], again while the runtime dies at birth: a process killed in its
+    /// first milliseconds (the OOM killer, an operator's `kill`, a socket it lost) costs
+    /// the call a fresh start, not an error. At most [`BIRTH_TRIES`] starts, paused
+    /// [`BIRTH_BACKOFF`] and then twice as long each time; a binary that cannot start at
+    /// all fails with the last try's cause (how it exited, or that it timed out).
+    async fn start_retrying(&self, generation: u64) -> Result<Arc<Connection>, HostError> {
+        let mut pause = BIRTH_BACKOFF;
+        let mut tries = 1;
+        loop {
+            match self.start(generation).await {
+                Err(error) if tries < BIRTH_TRIES && died_at_birth(&error) => {
+                    tracing::warn!(
+                        tries,
+                        ?pause,
+                        "the code-mode runtime died as it started ({error}); starting another"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = pause.saturating_mul(2);
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn start(&self, generation: u64) -> Result<Arc<Connection>, HostError> {
         let prelaunched = code_mode_protocol::sync::lock(&self.prelaunched).take();
         let (process, stream) = match prelaunched {
@@ -381,6 +415,20 @@ impl ProviderInner {
         let ends = (Box::new(process) as _, Box::new(FreshProcess) as _);
         Ok(Connection::establish(ends, stream, generation, liveness).await?)
     }
+}
+
+/// Whether a start failed because its runtime died at birth: it ended before it
+/// connected, its connection broke before or during the handshake, or the runtime forked
+/// at start was gone. Not a binary that is missing, a runtime that stayed silent past the
+/// timeout, or one that refused the handshake: trying again changes none of those.
+fn died_at_birth(error: &HostError) -> bool {
+    use crate::error::{HandshakeError, SpawnError};
+    matches!(
+        error,
+        HostError::Spawn(
+            SpawnError::DiedAtStart { .. } | SpawnError::Accept(_) | SpawnError::Adopt(_)
+        ) | HostError::Handshake(HandshakeError::Closed(_) | HandshakeError::Frame(_))
+    )
 }
 
 /// Where the local runtime's cells go when it drains: the provider starts a fresh runtime

@@ -201,9 +201,16 @@ async fn a_runtime_failure_keeps_the_hosts_error_as_its_cause() {
     assert!(
         matches!(
             cause,
-            code_mode_host::HostError::Spawn(code_mode_host::SpawnError::NoConnection { .. })
+            code_mode_host::HostError::Spawn(code_mode_host::SpawnError::DiedAtStart { .. })
         ),
         "{cause:?}"
+    );
+    // It says how the runtime ended, not that it timed out.
+    assert!(
+        error
+            .to_string()
+            .ends_with("/bin/true exited with status 0 before it connected"),
+        "{error}"
     );
     // The chain of sources reaches it too.
     let source = std::error::Error::source(&error).expect("a source");
@@ -211,6 +218,127 @@ async fn a_runtime_failure_keeps_the_hosts_error_as_its_cause() {
         std::error::Error::source(source)
             .is_some_and(|cause| cause.is::<code_mode_host::HostError>())
     );
+}
+
+/// A wrapper "runtime" that counts its starts in `count` and kills itself with SIGKILL,
+/// before it could connect, on each of its first `deaths` starts; later starts become the
+/// real runtime.
+fn dying_runtime(scratch: &Scratch, deaths: u32) -> (PathBuf, PathBuf) {
+    let real = code_mode_host::find_binary(None).expect("the runtime is built");
+    let count = scratch.0.join("starts");
+    let script = scratch.script(
+        "dying-runtime",
+        &format!(
+            "#!/bin/sh\necho started >> '{count}'\nif [ \"$(/usr/bin/wc -l < '{count}')\" -le {deaths} ]; then kill -9 $$; fi\nexec '{real}' \"$@\"\n",
+            count = count.display(),
+            real = real.display(),
+        ),
+    );
+    (script, count)
+}
+
+fn starts(count: &Path) -> usize {
+    std::fs::read_to_string(count).map_or(0, |text| text.lines().count())
+}
+
+/// A runtime killed before it connected is replaced at once, and the exec goes on with
+/// no error; one that dies at every start fails the exec after [`BIRTH_TRIES`] starts,
+/// saying how it died (not that it timed out).
+#[tokio::test]
+async fn a_runtime_that_dies_at_birth_is_replaced_and_the_exec_goes_on() {
+    use code_mode_host::BIRTH_TRIES;
+    let scratch = Scratch::new();
+    let (script, count) = dying_runtime(&scratch, BIRTH_TRIES - 1);
+    let provider = ProcessProvider::new(ProcessConfig {
+        binary: Some(script),
+        ..ProcessConfig::default()
+    })
+    .expect("the script exists");
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let started = Instant::now();
+    let done = session
+        .execute(ExecRequest::new("text('born')"))
+        .await
+        .expect("the exec runs on the runtime that lived");
+    assert_eq!(
+        done.initial_response.content_items(),
+        &[ContentItem::text("born")],
+        "{done:?}"
+    );
+    assert_eq!(starts(&count), BIRTH_TRIES as usize, "one start per try");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the deaths were noticed as they happened, not at the connect timeout: {:?}",
+        started.elapsed()
+    );
+    session.shutdown().await;
+
+    let scratch = Scratch::new();
+    let (script, count) = dying_runtime(&scratch, u32::MAX);
+    let provider = ProcessProvider::new(ProcessConfig {
+        binary: Some(script),
+        ..ProcessConfig::default()
+    })
+    .expect("the script exists");
+    let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+    let error = session
+        .execute(ExecRequest::new("text('never')"))
+        .await
+        .expect_err("no runtime lives");
+    assert_eq!(starts(&count), BIRTH_TRIES as usize, "bounded tries");
+    assert!(
+        error
+            .to_string()
+            .ends_with("was killed by signal 9 (SIGKILL) before it connected"),
+        "{error}"
+    );
+}
+
+/// A runtime killed with SIGKILL at a moment in its first 20 ms (before it connects,
+/// during its handshake, or as it runs the cell), 40 times with a fresh provider each:
+/// every exec ends with its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_killed_in_its_first_20_ms_costs_no_exec_its_output() {
+    let real = code_mode_host::find_binary(None).expect("the runtime is built");
+    for round in 0..40_u32 {
+        let scratch = Scratch::new();
+        let marker = scratch.0.join("killed-once");
+        // Spread over 0..20 ms, the same moments on every run.
+        let delay_us = (round * 7919) % 20_000;
+        let script = scratch.script(
+            "killed-runtime",
+            &format!(
+                "#!/bin/sh\nif [ ! -e '{marker}' ]; then : > '{marker}'; ( /bin/sleep 0.{delay_us:06}; kill -9 $$ ) & fi\nexec '{real}' \"$@\"\n",
+                marker = marker.display(),
+                real = real.display(),
+            ),
+        );
+        let provider = ProcessProvider::new(ProcessConfig {
+            binary: Some(script),
+            ..ProcessConfig::default()
+        })
+        .expect("the script exists");
+        let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+        let source = format!("text('round {round}')");
+        let started = session
+            .execute(ExecRequest::new(source.as_str()).with_yield_time_ms(30_000))
+            .await
+            .unwrap_or_else(|error| panic!("round {round} ({delay_us} us): {error}"));
+        let response = if matches!(started.initial_response, CellResponse::Yielded { .. }) {
+            session
+                .wait(WaitRequest::new(started.cell_id.clone()).with_yield_time_ms(30_000))
+                .await
+                .unwrap_or_else(|error| panic!("round {round} ({delay_us} us): {error}"))
+        } else {
+            started.initial_response
+        };
+        assert_eq!(
+            response.content_items(),
+            &[ContentItem::text(format!("round {round}"))],
+            "round {round} ({delay_us} us): {response:?}"
+        );
+        session.shutdown().await;
+    }
 }
 
 #[tokio::test]
