@@ -372,7 +372,8 @@ fn init_logging(verbose: u8, telemetry: Option<&code_mode_trace::Telemetry>) -> 
         // protocol version, say) and logs an oversized MCP message that the call's own
         // error already explains; neither is the operator's problem.
         0 => "warn,rmcp::service=error,rmcp::transport::async_rw=off",
-        1 => "info",
+        // rmcp logs each new MCP session's id at info; ids are named at debug only.
+        1 => "info,rmcp::transport::streamable_http_server=warn",
         _ => "debug",
     };
     let logs = tracing_subscriber::fmt::layer()

@@ -362,6 +362,10 @@ struct Server {
     calls: PendingCalls,
     /// The driver's own tools (`--tools`, `--builtin`).
     tools: ToolSet,
+    /// One `resume_session` at a time: two for one session (a right and a wrong token, or
+    /// the same twice) never both take it, and a release never ends a lease a right
+    /// token just took.
+    resuming: tokio::sync::Mutex<()>,
     /// With `--state-dir`: where the sessions are kept across restarts.
     state: Option<Arc<Durability>>,
     /// Itself, for its sessions' delegates (their own tools' calls are written first).
@@ -854,6 +858,7 @@ impl Server {
                 "this server keeps no sessions (start it with --state-dir or --state-url)",
             ));
         };
+        let _one_at_a_time = self.resuming.lock().await;
         if lock(&self.sessions).contains_key(&given.session) {
             return if state.owns(&given.session, &given.resume_token) {
                 Ok(json!({ "session": given.session }))
@@ -1125,6 +1130,7 @@ impl Server {
             sessions: Mutex::new(HashMap::new()),
             calls: Arc::new(Mutex::new(HashMap::new())),
             tools,
+            resuming: tokio::sync::Mutex::new(()),
             state,
         });
         Ok((server, lines_rx, saved))
@@ -1169,7 +1175,11 @@ impl Server {
             rpc.method = %method,
             session.id = tracing::field::Empty,
         );
-        if let Some(session) = given.get("session").and_then(Value::as_str) {
+        // A session id is half of what takes a session back: named only when debug
+        // logging is on (never in info lines or an info-level export).
+        if tracing::enabled!(tracing::Level::DEBUG)
+            && let Some(session) = given.get("session").and_then(Value::as_str)
+        {
             span.record("session.id", session);
         }
         code_mode_trace::adopt_traceparent(

@@ -72,6 +72,8 @@ impl TlsMode {
 pub(crate) struct Target {
     config: postgres::Config,
     tls: Option<rustls::ClientConfig>,
+    /// What `tls` checks of the server's certificate (`None`: plaintext).
+    verify: Option<Verify>,
     /// Where the store is, without its password, for messages.
     pub(crate) describe: String,
 }
@@ -80,7 +82,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
             .field("describe", &self.describe)
-            .field("tls", &self.tls.is_some())
+            .field("verify", &self.verify)
             .finish_non_exhaustive()
     }
 }
@@ -116,9 +118,16 @@ impl Target {
         let ca: Option<PathBuf> = ca
             .map(Path::to_owned)
             .or(taken.sslrootcert.map(PathBuf::from));
+        // `hostaddr` is where the client connects when given (the host names are then
+        // only for the certificate): it decides, as much as the names do.
         let hosts = config.get_hosts();
-        let unix_only = !hosts.is_empty() && hosts.iter().all(|host| matches!(host, Host::Unix(_)));
-        let loopback = hosts.iter().all(is_loopback);
+        let addresses = config.get_hostaddrs();
+        let unix_only = addresses.is_empty()
+            && !hosts.is_empty()
+            && hosts.iter().all(|host| matches!(host, Host::Unix(_)));
+        let loopback = hosts.iter().all(is_loopback)
+            && addresses.iter().all(std::net::IpAddr::is_loopback)
+            && !(hosts.is_empty() && addresses.is_empty());
         let verify = match (mode, unix_only, loopback) {
             (_, true, _) | (Some(TlsMode::Disable), ..) => None,
             (None | Some(TlsMode::Prefer), _, true) => {
@@ -161,6 +170,7 @@ impl Target {
         Ok(Self {
             config,
             tls,
+            verify,
             describe,
         })
     }
@@ -580,6 +590,20 @@ mod tests {
         let target = Target::new("postgres://u@db.example/app", None).expect("reads");
         assert_eq!(target.config.get_ssl_mode(), SslMode::Require);
         assert!(target.tls.is_some());
+        assert_eq!(target.verify, Some(Verify::Full));
+        // `hostaddr` is where the client goes: a loopback or socket name beside a remote
+        // address is off loopback.
+        for url in [
+            "host=/run/postgresql hostaddr=203.0.113.5 user=u sslmode=verify-full",
+            "host=localhost hostaddr=203.0.113.5 user=u",
+            "hostaddr=203.0.113.5 user=u",
+        ] {
+            let target = Target::new(url, None).expect("reads");
+            assert_eq!(target.config.get_ssl_mode(), SslMode::Require, "{url}");
+            assert_eq!(target.verify, Some(Verify::Full), "{url}");
+        }
+        let target = Target::new("host=localhost hostaddr=127.0.0.1 user=u", None).expect("reads");
+        assert_eq!(target.config.get_ssl_mode(), SslMode::Prefer);
         let target = Target::new("postgres://u@127.0.0.1/app", None).expect("reads");
         assert_eq!(target.config.get_ssl_mode(), SslMode::Prefer);
         let target =

@@ -125,6 +125,10 @@ struct Leases {
     /// This process, as the lease rows name it.
     owner: String,
     epochs: HashMap<String, i64>,
+    /// Of each session a client asked for: when it was last used before that (the claim
+    /// counts as a use), so that one let go unserved ([`Backend::release`]) is left as it
+    /// was found, its time to live not lengthened.
+    touched_before: HashMap<String, i64>,
     /// The statements of writes, prepared once on the connection.
     statements: Statements,
 }
@@ -197,6 +201,7 @@ impl Postgres {
                     .max(1),
                 owner: settings.replica.unwrap_or_else(process_name),
                 epochs: HashMap::new(),
+                touched_before: HashMap::new(),
                 statements: Statements::default(),
             },
             target,
@@ -306,15 +311,19 @@ impl Postgres {
             // when a client that owns it asks for it, never in bulk.
             None => tx.query(
                 "UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = $2
-                 WHERE owner = $1 RETURNING id, epoch",
+                 WHERE owner = $1 RETURNING id, epoch, touched",
                 &[&leases.owner, &(now + leases.lease_ms)],
             ),
             // A client asked for it: that counts as its use (its time to live starts
             // again), in the statement that takes it, so an expiry cannot come between.
+            // The use before it comes back too, for a release.
             Some(id) => tx.query(
-                "UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = $2,
+                "WITH before AS (SELECT id, touched FROM sessions WHERE id = $4 FOR UPDATE)
+                 UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = $2,
                  touched = $5
-                 WHERE id = $4 AND (lease_until < $3 OR owner = $1) RETURNING id, epoch",
+                 FROM before WHERE sessions.id = before.id
+                 AND (sessions.lease_until < $3 OR sessions.owner = $1)
+                 RETURNING sessions.id, sessions.epoch, before.touched",
                 &[
                     &leases.owner,
                     &(now + leases.lease_ms),
@@ -325,8 +334,11 @@ impl Postgres {
             ),
         }
         .map_err(|e| leases.pg(&e))?;
-        let taken: Vec<(String, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-        let ids: Vec<String> = taken.iter().map(|(id, _)| id.clone()).collect();
+        let taken: Vec<(String, i64, i64)> = rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect();
+        let ids: Vec<String> = taken.iter().map(|(id, ..)| id.clone()).collect();
         let rows = read_rows(&mut tx, &ids).map_err(|e| leases.pg(&e))?;
         tx.commit().map_err(|e| leases.pg(&e))?;
         let mut loaded = rows
@@ -339,7 +351,10 @@ impl Postgres {
                 end.saturating_sub(GENERATION_BLOCK),
             );
         }
-        for (id, epoch) in taken {
+        for (id, epoch, touched) in taken {
+            if only.is_some() {
+                leases.touched_before.insert(id.clone(), touched);
+            }
             leases.epochs.insert(id, epoch);
         }
         Ok(Claimed { loaded })
@@ -729,6 +744,7 @@ impl Backend for Postgres {
         for op in ops {
             if let Op::SessionGone { id } = op {
                 leases.epochs.remove(id);
+                leases.touched_before.remove(id);
             }
         }
         Ok(())
@@ -794,6 +810,7 @@ impl Backend for Postgres {
         let lost: Vec<String> = ids.into_iter().filter(|id| !kept.contains(id)).collect();
         for id in &lost {
             self.leases.epochs.remove(id);
+            self.leases.touched_before.remove(id);
         }
         Ok(lost)
     }
@@ -821,6 +838,7 @@ impl Backend for Postgres {
             .collect();
         for id in &gone {
             self.leases.epochs.remove(id);
+            self.leases.touched_before.remove(id);
         }
         Ok(gone)
     }
@@ -846,13 +864,16 @@ impl Backend for Postgres {
 
     fn release(&mut self, id: &str) -> Result<(), StateError> {
         self.reconnect_if_lost()?;
+        let touched = self.leases.touched_before.remove(id);
         let Some(epoch) = self.leases.epochs.remove(id) else {
             return Ok(());
         };
+        // Unserved: its lease ends now and its last use is the one before the claim.
         self.client
             .execute(
-                "UPDATE sessions SET lease_until = 0 WHERE id = $1 AND owner = $2 AND epoch = $3",
-                &[&id, &self.leases.owner, &epoch],
+                "UPDATE sessions SET lease_until = 0, touched = COALESCE($4, touched)
+                 WHERE id = $1 AND owner = $2 AND epoch = $3",
+                &[&id, &self.leases.owner, &epoch, &touched],
             )
             .map_err(|e| self.leases.pg(&e))?;
         Ok(())

@@ -197,6 +197,26 @@ impl PgCluster {
         );
     }
 
+    /// Runs `statement` with the cluster's own `psql`: the first row's columns, joined by
+    /// `|`, or `None` when it gives no row. A statement that fails fails the test.
+    pub fn query(&self, statement: &str) -> Option<String> {
+        let output = std::process::Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(&self.url)
+            .args(["-c", statement])
+            .output()
+            .unwrap_or_else(|error| panic!("running psql: {error}"));
+        assert!(
+            output.status.success(),
+            "psql {statement}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .map(str::to_owned)
+    }
+
     /// Stops the server at once (every connection cut, as in a crash of the database).
     pub fn stop(&self) {
         let data = self.dir.join("data");

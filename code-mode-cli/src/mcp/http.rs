@@ -385,18 +385,28 @@ async fn handle(
             "not found: the MCP endpoint is /mcp",
         );
     }
+    let mut request = request;
     let method = request.method().clone();
-    let session = request
+    let named = request
         .headers()
         .get(SESSION_HEADER)
-        .and_then(|value| value.to_str().ok());
-    if let Some(id) = session
-        && !may_use(front, id, &principal).await
-    {
-        tracing::debug!(%principal, session = id, "a request named another principal's session");
-        return session_not_found();
-    }
-    let in_flight = match (session, &method) {
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let session = match named {
+        Some(id) if !may_use(front, &id, &principal).await => {
+            tracing::debug!(%principal, session = id, "a request named another principal's session");
+            // rmcp answers it as it answers a session that does not exist, whatever the
+            // method and headers (404, 406, a DELETE's 202): nothing tells the two apart.
+            let unknown = unknown_session_id();
+            request.headers_mut().insert(
+                SESSION_HEADER,
+                http::HeaderValue::from_str(&unknown).expect("hex is a header value"),
+            );
+            Some(unknown)
+        }
+        other => other,
+    };
+    let in_flight = match (session.as_deref(), &method) {
         (None, &http::Method::POST) if front.sessions.full() => return too_many_sessions(front),
         (Some(id), &http::Method::GET) => {
             front.sessions.touch(id);
@@ -451,14 +461,14 @@ fn metrics(front: &Front) -> hyper::Response<Body> {
     response
 }
 
-/// What rmcp answers for a session it does not know, word for word: a session of another
-/// principal gets it too, so that nothing tells the two apart.
-fn session_not_found() -> hyper::Response<Body> {
-    let mut response = hyper::Response::new(
-        Full::new(Bytes::from_static(b"Not Found: Session not found")).boxed(),
-    );
-    *response.status_mut() = http::StatusCode::NOT_FOUND;
-    response
+/// A session id nobody has (128 random bits), put in place of another principal's.
+fn unknown_session_id() -> String {
+    let mut bytes = [0_u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .expect("the system's secure random generator works");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The response as sent: the session's request stays in flight until its body ends, and a

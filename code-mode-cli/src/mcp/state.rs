@@ -196,8 +196,11 @@ impl McpState {
     /// directory kept, or, with a shared store, one whose server died and whose lease ran
     /// out (taken over here, and then kept here for the client's next request). A session
     /// kept without an owner (by a version before principals) becomes `principal`'s.
+    /// A session taken over here for a principal that does not own it is let go at once
+    /// (its lease ends), so that its owner's next request, on any replica, takes it.
     pub(crate) async fn may_use(&self, id: &str, principal: &Principal) -> Result<Use, StateError> {
-        if !lock(&self.saved).contains_key(id) {
+        let taken_over = !lock(&self.saved).contains_key(id);
+        if taken_over {
             // A session another server kept (a replica on the same Postgres): taken over
             // once that server's lease on it ran out, which a live server keeps renewing.
             let Some(taken) = self.keeper.take_over(id).await? else {
@@ -210,18 +213,29 @@ impl McpState {
                 saved.insert(record.id.clone(), record);
             }
         }
-        let mut saved = lock(&self.saved);
-        let Some(record) = saved.get_mut(id) else {
-            return Ok(Use::Unknown);
+        let refused = {
+            let mut saved = lock(&self.saved);
+            let Some(record) = saved.get_mut(id) else {
+                return Ok(Use::Unknown);
+            };
+            match decode(&record.options) {
+                (Some(owner), _) if owner == *principal => return Ok(Use::Allowed),
+                (Some(_), _) => true,
+                (None, init) => {
+                    record.options = encode(Some(principal), &init);
+                    return Ok(Use::Allowed);
+                }
+            }
         };
-        match decode(&record.options) {
-            (Some(owner), _) if owner == *principal => Ok(Use::Allowed),
-            (Some(_), _) => Ok(Use::Refused),
-            (None, init) => {
-                record.options = encode(Some(principal), &init);
-                Ok(Use::Allowed)
+        if refused && taken_over {
+            lock(&self.saved).remove(id);
+            if let Err(error) = self.keeper.release(id).await {
+                tracing::warn!(
+                    "letting a session go failed (it is taken over after its lease): {error}"
+                );
             }
         }
+        Ok(Use::Refused)
     }
 
     /// The store's size and contents, for metrics.

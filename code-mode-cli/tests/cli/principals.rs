@@ -149,18 +149,27 @@ fn a_session_is_reachable_only_by_the_principal_that_opened_it() {
     assert_eq!(again(&url, &bob, "no-such-session"), not_found());
     assert_eq!(again(&url, &bob, &alices), not_found());
     assert_eq!(again(&url, ALICE, &bobs), not_found());
+    // Whatever rmcp answers for an id nobody has (a GET stream's 404, a DELETE's
+    // acknowledgement), another principal's session gets the same.
+    for (method, session, token) in [("GET", &bobs, ALICE), ("DELETE", &alices, bob.as_str())] {
+        let unknown = service(
+            "request",
+            &url,
+            &[method, "--session", "no-such-session", "--token", token],
+        );
+        let others = service(
+            "request",
+            &url,
+            &[method, "--session", session, "--token", token],
+        );
+        assert_eq!(others, unknown, "{method} of another principal's session");
+    }
     let stream = service(
         "request",
         &url,
         &["GET", "--session", &bobs, "--token", ALICE],
     );
     assert_eq!(stream, not_found());
-    let deleted = service(
-        "request",
-        &url,
-        &["DELETE", "--session", &alices, "--token", &bob],
-    );
-    assert_eq!(deleted, not_found());
     // Both sessions are whole.
     assert_result(
         &again(&url, ALICE, &alices),
@@ -281,4 +290,37 @@ fn a_kept_session_still_belongs_to_its_principal_after_a_restart() {
     );
     assert_result(&again(&url, &bob, &bobs), "Script completed", &["bob's"]);
     assert_eq!(again(&url, &bob, &alices), not_found());
+}
+
+/// Replicas on one Postgres: a dead replica's session named by another principal is taken
+/// over only to be let go at once (no lease left on it), so that its owner, on any other
+/// replica, takes it back; without that the replica that refused it would hold it, and
+/// the owner would get `404` everywhere else.
+#[test]
+fn a_session_another_principal_names_on_a_replica_is_let_go_for_its_owner() {
+    let scratch = Scratch::new();
+    let signer = Signer::new();
+    let cluster = code_mode_conformance::PgCluster::start();
+    let mut args = setup(&scratch, &signer);
+    args.extend(["--state-url", &cluster.url, "--state-lease", "1s"].map(str::to_owned));
+    let bob = signer.token(json!({}));
+    let mut first = start(&args);
+    let alices = open(&first.url, ALICE, "alice's");
+    first.kill();
+    // The dead replica's lease runs out.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+
+    let second = start(&args);
+    assert_eq!(again(&second.url, &bob, &alices), not_found());
+    let lease = cluster.query(&format!(
+        "SELECT lease_until FROM code_mode_mcp.sessions WHERE id = '{alices}'"
+    ));
+    assert_eq!(lease.as_deref(), Some("0"), "let go at once");
+    let third = start(&args);
+    assert_result(
+        &again(&third.url, ALICE, &alices),
+        "Script completed",
+        &["alice's"],
+    );
+    drop(second);
 }

@@ -759,6 +759,11 @@ fn serve_jsonl_servers_on_one_store_keep_each_clients_sessions_its_own() {
     server_a.child.kill().expect("SIGKILL");
     server_a.child.wait().expect("reaped");
     a.waiting.clear();
+    let row_of_a = format!(
+        "SELECT lease_until > 0, touched FROM code_mode_jsonl.sessions WHERE id = '{}'",
+        a.session
+    );
+    let before = cluster.query(&row_of_a).expect("A's session is kept");
 
     // Two servers start together, for B and for A; A's lease runs out meanwhile.
     let mut server_b = JsonlServer::start_with(&args);
@@ -813,6 +818,16 @@ fn serve_jsonl_servers_on_one_store_keep_each_clients_sessions_its_own() {
     }
     let seen = drain(&mut server_b, std::time::Duration::from_millis(300));
     assert!(seen.is_empty(), "{seen:?}");
+    // The wrong tokens took the session only to let it go: no lease left, and its last
+    // use as A left it (a guess does not lengthen its time to live).
+    let after = cluster.query(&row_of_a).expect("A's session is kept");
+    let touched = |row: &str| row.split('|').nth(1).map(str::to_owned);
+    assert_eq!(
+        after.split('|').next(),
+        Some("f"),
+        "the lease taken for a wrong token is let go: {after}"
+    );
+    assert_eq!(touched(&after), touched(&before), "{before} -> {after}");
     assert!(server_b.finish().success());
 
     // A's client, on the third server, takes its session back at once (the wrong token
