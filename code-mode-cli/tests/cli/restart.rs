@@ -283,6 +283,25 @@ fn serve_jsonl_with_a_state_dir_goes_on_with_its_cells_after_a_kill() {
     );
     let refused = server.next();
     assert_eq!(refused["error"]["code"], "unknown_session", "{refused}");
+    // A wrong token gets what an id nobody has gets, announces nothing, and leaves the
+    // session for its client.
+    let mut answers = Vec::new();
+    for (id, session, token) in [
+        (16, client.session.clone(), "0".repeat(64)),
+        (17, format!("s{}", "0".repeat(32)), "0".repeat(64)),
+    ] {
+        let params = json!({"session": session, "resume_token": token});
+        request(&mut server, id, "resume_session", &params);
+        let reply = server.next();
+        assert_eq!(reply["id"], id, "nothing before the refusal: {reply}");
+        let message = reply["error"]["message"].as_str().expect("a message");
+        answers.push((
+            reply["error"]["code"].clone(),
+            message.replace(&session, "<id>"),
+        ));
+    }
+    assert_eq!(answers[0], answers[1], "a wrong token and an unknown id");
+    assert_eq!(answers[0].0, "unknown_session");
     resume(&mut server, &mut client, 18);
     request(
         &mut server,
