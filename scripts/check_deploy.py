@@ -184,6 +184,12 @@ if not state_env:
 for name, flag in (("CODE_MODE_STATE_URL", "--state-url"), ("CODE_MODE_STATE_REPLICA", "--state-replica")):
     if name not in mcp_help:
         problems.append(f"mcp: `code-mode mcp` does not read {name} ({flag})")
+if "CODE_MODE_STATE_ADVERTISE" not in mcp_help:
+    problems.append("mcp: `code-mode mcp` does not read CODE_MODE_STATE_ADVERTISE (--state-advertise)")
+pod_ip = env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+advertise = env.get("CODE_MODE_STATE_ADVERTISE", {}).get("value", "")
+if pod_ip != "status.podIP" or advertise != f"http://$(POD_IP):{port(mcp_values.get('--http', ':0'))}":
+    problems.append("mcp: CODE_MODE_STATE_ADVERTISE must be http://$(POD_IP):<the --http port>, POD_IP the pod's IP")
 replica = env.get("CODE_MODE_STATE_REPLICA", {}).get("valueFrom", {}).get("fieldRef", {})
 if replica.get("fieldPath") != "metadata.name":
     problems.append("mcp: CODE_MODE_STATE_REPLICA must be the pod's name (fieldRef metadata.name)")

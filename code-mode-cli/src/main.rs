@@ -182,6 +182,17 @@ struct McpHttpArgs {
     /// Serve a non-loopback address without TLS (behind a TLS-terminating proxy).
     #[arg(long, requires = "allow_remote")]
     allow_plaintext_remote: bool,
+    /// With --state-url: the plain http:// address the other replicas reach this one at
+    /// (e.g. http://10.0.3.7:3000, a pod's IP): a request for a session this replica holds
+    /// that reaches another is forwarded here at once. Default: the address served, when
+    /// it is plaintext and not 0.0.0.0 or [::].
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CODE_MODE_STATE_ADVERTISE",
+        requires = "http"
+    )]
+    state_advertise: Option<String>,
     /// A browser origin allowed to call (scheme://host[:port], port `*` for any); repeat
     /// for more. Requests without an Origin header are always allowed; on loopback, pages
     /// from localhost are too.
@@ -240,6 +251,7 @@ impl McpHttpArgs {
             address: self.http?,
             allow_remote: self.allow_remote,
             allow_plaintext_remote: self.allow_plaintext_remote,
+            advertise: self.state_advertise,
             auth_token_file: self.auth_token_file,
             auth_tokens_file: self.auth_tokens_file,
             jwt: match (self.auth_jwt_issuer, self.auth_jwt_jwks, self.auth_resource) {

@@ -190,6 +190,11 @@ enum Job {
         tokio::sync::oneshot::Sender<Result<Claimed, StateError>>,
     ),
     Release(String, Reply),
+    Holder(
+        String,
+        tokio::sync::oneshot::Sender<Result<Option<String>, StateError>>,
+    ),
+    Advertise(String, Reply),
 }
 
 #[derive(Default)]
@@ -302,6 +307,28 @@ impl Keeper {
     pub async fn release(&self, id: &str) -> Result<(), StateError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if !self.send(Job::Release(id.to_owned(), reply)) {
+            return Err(self.stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Where the live process that holds session `id` can be reached (a shared store,
+    /// when that process advertised an address): a request for it is forwarded there, not
+    /// made to wait for its lease. `None`: no live process holds it, this one does, or its
+    /// holder gave no address.
+    pub async fn holder(&self, id: &str) -> Result<Option<String>, StateError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self.send(Job::Holder(id.to_owned(), reply)) {
+            return Err(self.stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Records `address` (e.g. `http://10.0.3.7:3000`) as where the other processes of a
+    /// shared store reach this one, for [`Self::holder`].
+    pub async fn advertise(&self, address: &str) -> Result<(), StateError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self.send(Job::Advertise(address.to_owned(), reply)) {
             return Err(self.stopped());
         }
         answer.await.unwrap_or_else(|_| Err(self.stopped()))
@@ -640,7 +667,9 @@ impl<B: Backend> Writer<B> {
         let planned = match job {
             Job::Write(changes, _) => self.written.plan(changes, undo),
             Job::Answer(answer, _) => crate::written::answer_op(answer).map(|op| vec![op]),
-            Job::Claim(..) | Job::Release(..) => Ok(Vec::new()),
+            Job::Claim(..) | Job::Release(..) | Job::Holder(..) | Job::Advertise(..) => {
+                Ok(Vec::new())
+            }
         };
         planned.map_err(|detail| StateError::Write {
             path: self.store.describe().into(),
@@ -677,9 +706,12 @@ impl<B: Backend> Commits for Writer<B> {
     fn commit(&mut self, jobs: Vec<Job>) {
         // A claim reads and takes a lease in its own transaction, before the writes queued
         // behind it.
-        let (claims, jobs): (Vec<Job>, Vec<Job>) = jobs
-            .into_iter()
-            .partition(|job| matches!(job, Job::Claim(..) | Job::Release(..)));
+        let (claims, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| {
+            matches!(
+                job,
+                Job::Claim(..) | Job::Release(..) | Job::Holder(..) | Job::Advertise(..)
+            )
+        });
         for job in claims {
             match job {
                 Job::Claim(id, reply) => {
@@ -691,6 +723,12 @@ impl<B: Backend> Commits for Writer<B> {
                         self.written.expired(&id);
                     }
                     let _ = reply.send(released);
+                }
+                Job::Holder(id, reply) => {
+                    let _ = reply.send(self.store.holder(&id));
+                }
+                Job::Advertise(address, reply) => {
+                    let _ = reply.send(self.store.advertise(&address));
                 }
                 _ => {}
             }
@@ -807,7 +845,11 @@ fn reply(job: Job, outcome: Result<(), StateError>) {
             let _ = reply.send(outcome.map(|()| Claimed::Absent));
             return;
         }
-        Job::Release(_, reply) => Some(reply),
+        Job::Release(_, reply) | Job::Advertise(_, reply) => Some(reply),
+        Job::Holder(_, reply) => {
+            let _ = reply.send(outcome.map(|()| None));
+            return;
+        }
     };
     if let Some(reply) = reply {
         let _ = reply.send(outcome);

@@ -99,7 +99,8 @@ const SCHEMA: &str = "
         front_id TEXT NOT NULL, PRIMARY KEY (session, cell, call));
     CREATE TABLE IF NOT EXISTS answers (
         session TEXT NOT NULL, cell TEXT NOT NULL, call BIGINT NOT NULL,
-        result BYTEA NOT NULL, PRIMARY KEY (session, cell, call));";
+        result BYTEA NOT NULL, PRIMARY KEY (session, cell, call));
+    CREATE TABLE IF NOT EXISTS replicas (owner TEXT PRIMARY KEY, address TEXT NOT NULL);";
 
 /// An open Postgres store.
 pub(crate) struct Postgres {
@@ -860,6 +861,32 @@ impl Backend for Postgres {
             },
             None => Claim::Absent,
         })
+    }
+
+    fn holder(&mut self, id: &str) -> Result<Option<String>, StateError> {
+        self.reconnect_if_lost()?;
+        let row = self
+            .client
+            .query_opt(
+                "SELECT replicas.address FROM sessions JOIN replicas
+                 ON replicas.owner = sessions.owner
+                 WHERE sessions.id = $1 AND sessions.lease_until > $2 AND sessions.owner <> $3",
+                &[&id, &now_ms(), &self.leases.owner],
+            )
+            .map_err(|e| self.leases.pg(&e))?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    fn advertise(&mut self, address: &str) -> Result<(), StateError> {
+        self.reconnect_if_lost()?;
+        self.client
+            .execute(
+                "INSERT INTO replicas (owner, address) VALUES ($1, $2)
+                 ON CONFLICT (owner) DO UPDATE SET address = EXCLUDED.address",
+                &[&self.leases.owner, &address],
+            )
+            .map_err(|e| self.leases.pg(&e))?;
+        Ok(())
     }
 
     fn release(&mut self, id: &str) -> Result<(), StateError> {

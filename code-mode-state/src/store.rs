@@ -145,6 +145,16 @@ pub(crate) trait Backend: Send + 'static {
     fn release(&mut self, _id: &str) -> Result<(), StateError> {
         Ok(())
     }
+    /// Where the live process that holds session `id` can be reached, when another
+    /// process does and said where ([`Self::advertise`]); `None` for a store one process
+    /// holds whole.
+    fn holder(&mut self, _id: &str) -> Result<Option<String>, StateError> {
+        Ok(None)
+    }
+    /// Records `address` as where other processes reach this one.
+    fn advertise(&mut self, _address: &str) -> Result<(), StateError> {
+        Ok(())
+    }
     /// Whether [`Self::bytes`] costs little enough to ask after every commit.
     fn measures_cheaply(&self) -> bool {
         true

@@ -84,6 +84,8 @@ pub struct HttpOptions {
     pub address: SocketAddr,
     pub allow_remote: bool,
     pub allow_plaintext_remote: bool,
+    /// `--state-advertise`: where the other replicas of a shared store reach this one.
+    pub advertise: Option<String>,
     pub auth_token_file: Option<PathBuf>,
     /// `NAME TOKEN` lines: a principal per static token.
     pub auth_tokens_file: Option<PathBuf>,
@@ -180,6 +182,14 @@ impl HttpOptions {
                 return Err(Failure::usage("--tls-cert and --tls-key go together"));
             }
         };
+        if let Some(advertise) = &self.advertise
+            && forward_target(advertise).is_none()
+        {
+            return Err(Failure::usage(format!(
+                "--state-advertise {advertise}: expected a plain http://HOST:PORT address, which \
+                 the other replicas forward requests to"
+            )));
+        }
         if remote && tls.is_none() && !self.allow_plaintext_remote {
             return Err(Failure::usage(format!(
                 "--http {address} serves other machines without TLS, so the token and every script \
@@ -272,6 +282,15 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
     });
     let acceptor = checked.tls.map(tokio_rustls::TlsAcceptor::from);
     let scheme = if acceptor.is_some() { "https" } else { "http" };
+    if let Some(state) = &shared.state {
+        // Where the other replicas forward a request for a session this one holds.
+        let address = options.advertise.clone().or_else(|| {
+            (acceptor.is_none() && !bound.ip().is_unspecified()).then(|| format!("http://{bound}"))
+        });
+        if let Some(address) = address {
+            state.advertise(&address).await;
+        }
+    }
     eprintln!("code-mode mcp: serving streamable HTTP on {scheme}://{bound}{ENDPOINT}");
     if !address.ip().is_loopback() && acceptor.is_none() {
         eprintln!(
@@ -392,6 +411,20 @@ async fn handle(
         .get(SESSION_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    // A session another live replica holds is served there, at once: the request goes to
+    // it whole, its credentials with it, to be checked there again.
+    if let Some(id) = &named
+        && request.headers().get(FORWARDED_HEADER).is_none()
+        && matches!(front.sessions.owner(id), Owner::NotOpen)
+        && let Some(state) = &front.state
+        && let Some(holder) = state.holder(id).await
+    {
+        match forward(&holder, request).await {
+            Ok(response) => return response,
+            // The holder cannot be reached (it died; its lease runs out soon): served here.
+            Err(back) => request = back,
+        }
+    }
     let session = match named {
         Some(id) if !may_use(front, &id, &principal).await => {
             tracing::debug!(%principal, session = id, "a request named another principal's session");
@@ -459,6 +492,83 @@ fn metrics(front: &Front) -> hyper::Response<Body> {
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// What a forwarded request carries: the replica it reaches serves it itself, never
+/// forwards it again.
+const FORWARDED_HEADER: &str = "x-code-mode-forwarded";
+
+/// How long forwarding waits to connect to the replica that holds a session.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `HOST:PORT` of a plain `http://HOST:PORT` address (a path, if any, is ignored).
+fn forward_target(address: &str) -> Option<String> {
+    let uri: http::Uri = address.parse().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let authority = uri.authority()?;
+    authority.port_u16()?;
+    Some(authority.as_str().to_owned())
+}
+
+/// Sends `request` to the replica at `holder` and gives its answer back as it streams (an
+/// MCP stream included). The request back when that replica cannot be reached.
+async fn forward(
+    holder: &str,
+    mut request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, hyper::Request<hyper::body::Incoming>> {
+    use futures_util::StreamExt as _;
+    let Some(target) = forward_target(holder) else {
+        return Err(request);
+    };
+    let connected = tokio::time::timeout(
+        FORWARD_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(&target),
+    )
+    .await;
+    let Ok(Ok(stream)) = connected else {
+        tracing::debug!(
+            holder,
+            "the replica that holds the session cannot be reached"
+        );
+        return Err(request);
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+    else {
+        return Err(request);
+    };
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "a forwarded request's connection ended");
+        }
+    });
+    request
+        .headers_mut()
+        .insert(FORWARDED_HEADER, http::HeaderValue::from_static("1"));
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            // The answer streams through; a broken stream ends it, as a dropped
+            // connection would.
+            let frames = http_body_util::BodyStream::new(body)
+                .scan((), |(), frame| std::future::ready(frame.ok()))
+                .map(Ok::<_, Infallible>);
+            Ok(hyper::Response::from_parts(
+                parts,
+                BodyExt::boxed(http_body_util::StreamBody::new(frames)),
+            ))
+        }
+        Err(error) => {
+            tracing::warn!(%error, holder, "a request forwarded to the replica that holds its session failed");
+            Ok(plain(
+                http::StatusCode::BAD_GATEWAY,
+                "the replica that holds this session did not answer; try again",
+            ))
+        }
+    }
 }
 
 /// A session id nobody has (128 random bits), put in place of another principal's.

@@ -238,6 +238,30 @@ impl McpState {
         Ok(Use::Refused)
     }
 
+    /// Where the live replica that holds session `id` is reached, if another one does.
+    pub(crate) async fn holder(&self, id: &str) -> Option<String> {
+        match self.keeper.holder(id).await {
+            Ok(holder) => holder,
+            Err(error) => {
+                tracing::warn!(%error, "the state store could not say which replica holds a session");
+                None
+            }
+        }
+    }
+
+    /// Records where the other replicas reach this one.
+    pub(crate) async fn advertise(&self, address: &str) {
+        match self.keeper.advertise(address).await {
+            Ok(()) => tracing::info!(
+                address,
+                "other replicas forward this one's sessions' requests here"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "recording this replica's address failed: requests for its sessions that reach another replica wait for their lease")
+            }
+        }
+    }
+
     /// The store's size and contents, for metrics.
     pub(crate) fn stats(&self) -> code_mode_state::StoreStats {
         self.keeper.stats()

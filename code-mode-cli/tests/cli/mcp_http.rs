@@ -643,3 +643,103 @@ fn a_session_outlives_a_killed_server_with_a_state_dir() {
     let resumed = service("resume", &server.url, &["--session", &session]);
     assert_resumed(&resumed, &ran);
 }
+
+/// A TCP balancer with no affinity: each new connection goes to the next backend in turn.
+/// Which backend each connection went to is kept.
+struct RoundRobin {
+    url: String,
+    chosen: Arc<Mutex<Vec<usize>>>,
+}
+
+impl RoundRobin {
+    fn start(backends: Vec<String>) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let url = format!("http://{}/mcp", listener.local_addr().expect("bound"));
+        let chosen = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&chosen);
+        std::thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                let Ok(client) = client else { continue };
+                let which = n % backends.len();
+                kept.lock().unwrap().push(which);
+                if let Ok(backend) = std::net::TcpStream::connect(&backends[which]) {
+                    pipe(client, backend);
+                }
+            }
+        });
+        Self { url, chosen }
+    }
+}
+
+/// Copies each way between `a` and `b` until each side ends.
+fn pipe(a: std::net::TcpStream, b: std::net::TcpStream) {
+    let (a2, b2) = (
+        a.try_clone().expect("a clone"),
+        b.try_clone().expect("a clone"),
+    );
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut &a, &mut &b);
+        let _ = b.shutdown(std::net::Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut &b2, &mut &a2);
+        let _ = a2.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+/// Three replicas on one Postgres behind a round-robin balancer with no affinity, the
+/// official SDK opening a new connection for every request: most requests reach a
+/// replica that does not hold the session, and each is served at once (forwarded to the
+/// holder), never after a wait for a lease (60 s here) nor with a 404. The cell yields,
+/// is waited on to its end, and later calls see its stored value.
+#[test]
+fn any_replica_serves_any_session_at_once_behind_a_balancer_with_no_affinity() {
+    let cluster = code_mode_conformance::PgCluster::start();
+    let args = [
+        "mcp",
+        "--http",
+        "127.0.0.1:0",
+        "--state-url",
+        &cluster.url,
+        "--state-lease",
+        "60s",
+    ];
+    let replicas: Vec<HttpServer> = (0..3)
+        .map(|_| HttpServer::start(&args, &[]).expect("a replica starts"))
+        .collect();
+    let backends = replicas
+        .iter()
+        .map(|replica| {
+            replica
+                .url
+                .trim_start_matches("http://")
+                .trim_end_matches("/mcp")
+                .to_owned()
+        })
+        .collect();
+    let balancer = RoundRobin::start(backends);
+    let started = Instant::now();
+    let spread = service("spread", &balancer.url, &[]);
+    assert!(spread.get("error").is_none(), "{spread}");
+    let calls = spread["calls"].as_array().expect("calls");
+    let texts: Vec<Value> = calls.iter().map(|call| call["texts"].clone()).collect();
+    assert_eq!(texts[0][1], "started", "{spread}");
+    assert!(
+        texts
+            .iter()
+            .any(|texts| texts.to_string().contains("finished kept")),
+        "the cell ran to its end: {spread}"
+    );
+    let last: Vec<&Value> = texts[texts.len() - 4..].iter().map(|t| &t[1]).collect();
+    assert_eq!(last, ["kept 0", "kept 1", "kept 2", "kept 3"], "{spread}");
+    // Every replica took connections: the session was served from each.
+    let chosen = balancer.chosen.lock().unwrap().clone();
+    for replica in 0..3 {
+        assert!(chosen.contains(&replica), "{chosen:?}");
+    }
+    // No request waited for a lease: the whole run is shorter than one.
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "a request waited for the holder's lease: {spread}"
+    );
+}

@@ -28,6 +28,14 @@ expiry. Each mode prints one JSON object; the Rust tests assert on it.
         one `exec` in that session that reads "k": its texts, or the status and body
     http_service.py request <url> <METHOD> --session ID [--token T]
         a bare GET (an event stream) or DELETE naming that session: its status and body
+    http_service.py hop <holder-url> <other-url> <n>
+        a raw session opened on the first replica, then n `exec`s of `text(1)` to it and n
+        to the second (which forwards them), alternated, each over a kept connection: the
+        latency figures of each, in ms
+    http_service.py spread <url> [--token T]
+        the official SDK with no connection kept alive (every request on a new one, as
+        through a balancer with no affinity): a cell that yields, waited on to its end,
+        then more calls in the session; each call's texts and how long it took
 """
 
 import asyncio
@@ -333,6 +341,78 @@ async def bare(url, method, opts):
         return {"status": response.status_code, "body": (await response.aread()).decode()}
 
 
+SPREAD_CELL = """// @exec: {"yield_time_ms": 100}
+store("k", "kept"); text("started");
+await new Promise((resolve) => setTimeout(resolve, 600));
+text("finished " + load("k"));"""
+
+
+async def spread(url, opts):
+    """Every request on a new connection: with replicas behind a round-robin balancer,
+    most reach a replica that does not hold the session."""
+    import time
+
+    calls = []
+
+    async def timed(client, name, arguments):
+        started = time.monotonic()
+        result = await client.call_tool(name, arguments)
+        texts = [block.text for block in result.content if block.type == "text"]
+        calls.append({"tool": name, "texts": texts, "ms": round((time.monotonic() - started) * 1000)})
+        return texts
+
+    limits = httpx2.Limits(max_keepalive_connections=0)
+    async with http_client(opts, limits=limits) as http:
+        try:
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                first = await timed(client, "exec", {"code": SPREAD_CELL})
+                cell = first[0].split("cell ID ", 1)[1].split()[0]
+                for _ in range(10):
+                    texts = await timed(client, "wait", {"cell_id": cell, "yield_time_ms": 200})
+                    if any(text.startswith("finished") for text in texts):
+                        break
+                for n in range(4):
+                    await timed(client, "exec", {"code": f"text(load('k') + ' {n}')"})
+                return {"calls": calls, "warnings": WARNINGS.seen}
+        except BaseException as error:
+            return {"error": describe(error), "calls": calls, "warnings": WARNINGS.seen}
+
+
+async def hop(holder, other, n, opts):
+    import statistics
+    import time
+
+    URL[0] = holder
+    async with http_client(opts) as to_holder, http_client(opts) as to_other:
+        response = await to_holder.post(holder, headers=ACCEPT, json=INITIALIZE)
+        await response.aread()
+        session = response.headers["mcp-session-id"]
+        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        await to_holder.post(holder, headers=headers, json=initialized)
+        times = {"holder": [], "forwarded": []}
+        for i in range(n + 10):
+            for name, client, url in (("holder", to_holder, holder), ("forwarded", to_other, other)):
+                URL[0] = url
+                started = time.perf_counter()
+                texts = await call(client, session, 100 + i, "exec", {"code": "text(1)"})
+                elapsed = (time.perf_counter() - started) * 1000
+                if texts[-1:] != ["1"]:
+                    return {"error": texts}
+                if i >= 10:  # the first ten warm up
+                    times[name].append(elapsed)
+
+        def figures(values):
+            values = sorted(values)
+            return {
+                "p50": round(statistics.median(values), 3),
+                "p95": round(values[int(len(values) * 0.95) - 1], 3),
+                "mean": round(statistics.fmean(values), 3),
+            }
+
+        return {name: figures(values) for name, values in times.items()}
+
+
 def main():
     mode, url = sys.argv[1], sys.argv[2]
     opts = options(sys.argv[3:])
@@ -360,6 +440,10 @@ def main():
         result = asyncio.run(bare(url, opts["rest"][0], opts))
     elif mode == "again":
         result = asyncio.run(again(url, opts))
+    elif mode == "hop":
+        result = asyncio.run(hop(url, opts["rest"][0], int(opts["rest"][1]), opts))
+    elif mode == "spread":
+        result = asyncio.run(spread(url, opts))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))
