@@ -516,12 +516,20 @@ pub fn sink_now(handle: impl Fn(&str) + Send + Sync + 'static) -> NotificationSi
 /// cell. An error (its text) means the call must not be made.
 pub type BeforeCall = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// Told each answer of the set's tools (its cell, its call, the result) just before the
+/// cell gets it: a front that keeps sessions queues the answer's record there, so that a
+/// cell that finishes on it keeps its output through a crash.
+pub type AfterAnswer =
+    Arc<dyn Fn(&CellId, code_mode_protocol::CallId, &Result<JsonText, ToolError>) + Send + Sync>;
+
 /// The delegate of the CLI's sessions (`run`, `repl`, `mcp`): runs the tool set (after
-/// its [`BeforeCall`], if it has one), hands notifications to a sink.
+/// its [`BeforeCall`], if it has one, and telling its [`AfterAnswer`]), hands
+/// notifications to a sink.
 pub struct CliDelegate {
     tools: ToolSet,
     notifications: NotificationSink,
     before_call: Option<BeforeCall>,
+    after_answer: Option<AfterAnswer>,
 }
 
 impl CliDelegate {
@@ -530,6 +538,7 @@ impl CliDelegate {
             tools,
             notifications,
             before_call: None,
+            after_answer: None,
         }
     }
 
@@ -537,6 +546,13 @@ impl CliDelegate {
     #[must_use]
     pub fn with_before_call(mut self, before: Option<BeforeCall>) -> Self {
         self.before_call = before;
+        self
+    }
+
+    /// Tells `after` each answer before its cell gets it (a state record).
+    #[must_use]
+    pub fn with_after_answer(mut self, after: Option<AfterAnswer>) -> Self {
+        self.after_answer = after;
         self
     }
 }
@@ -547,8 +563,20 @@ impl CodeModeSessionDelegate for CliDelegate {
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
-        self.tools
-            .answer_after(self.before_call.as_ref(), call, cancel)
+        let Some(after) = &self.after_answer else {
+            return self
+                .tools
+                .answer_after(self.before_call.as_ref(), call, cancel);
+        };
+        let (cell_id, call_id) = (call.cell_id.clone(), call.call_id);
+        Box::pin(async move {
+            let result = self
+                .tools
+                .answer_after(self.before_call.as_ref(), call, cancel)
+                .await;
+            after(&cell_id, call_id, &result);
+            result
+        })
     }
 
     fn notify(

@@ -230,6 +230,25 @@ fn before_call(shared: &Arc<Shared>, mcp_id: &Arc<OnceLock<String>>) -> Option<B
     }))
 }
 
+/// With a state directory: each answer of the server's tools is recorded as soon as it
+/// comes (queued before its cell gets it, written within milliseconds), so that a cell
+/// that finishes on it keeps its output through a crash before the client's next request.
+fn after_answer(
+    shared: &Arc<Shared>,
+    mcp_id: &Arc<OnceLock<String>>,
+) -> Option<crate::tools::AfterAnswer> {
+    shared.state.as_ref()?;
+    let (shared, mcp_id) = (Arc::downgrade(shared), Arc::clone(mcp_id));
+    Some(Arc::new(move |cell_id, call, result| {
+        let (Some(shared), Some(id)) = (shared.upgrade(), mcp_id.get()) else {
+            return;
+        };
+        if let Some(state) = &shared.state {
+            state.record_answer_soon(id, cell_id, call, result);
+        }
+    }))
+}
+
 /// rmcp's server handler: one per MCP connection (per HTTP session). Dropping it drops
 /// its code-mode session, which shuts the session down.
 pub(super) struct CodeModeServer {
@@ -270,7 +289,8 @@ impl CodeModeServer {
         let mcp_id = Arc::new(OnceLock::new());
         let delegate: Arc<dyn CodeModeSessionDelegate> = Arc::new(
             CliDelegate::new(shared.tools.clone(), notifications)
-                .with_before_call(before_call(shared, &mcp_id)),
+                .with_before_call(before_call(shared, &mcp_id))
+                .with_after_answer(after_answer(shared, &mcp_id)),
         );
         let server = Self {
             shared: Arc::clone(shared),

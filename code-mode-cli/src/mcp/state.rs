@@ -14,7 +14,9 @@ use crate::tools::{OnInterrupt, ToolSet};
 use code_mode_host::DurableSession;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, ToolError};
-use code_mode_state::{Changes, Keeper, SessionRecord, StateError, StoreLocation, StoreOptions};
+use code_mode_state::{
+    AnswerRecord, Changes, Keeper, SessionRecord, StateError, StoreLocation, StoreOptions,
+};
 use rmcp::model::InitializeRequestParams;
 use rmcp::transport::streamable_http_server::session::{SessionState, SessionStore};
 use std::collections::HashMap;
@@ -78,6 +80,8 @@ pub(crate) struct McpState {
     keeper: Keeper,
     /// Sessions an earlier process kept that no client took back yet, by MCP session id.
     saved: Mutex<HashMap<String, SessionRecord>>,
+    /// The answers of the server's tools that an earlier process recorded for their cells.
+    answers: Mutex<Vec<AnswerRecord>>,
     live: Mutex<HashMap<String, Live>>,
     /// The runtime generation the earlier process reached, then this one's.
     generations: AtomicU64,
@@ -107,6 +111,7 @@ impl McpState {
                     .map(|record| (record.id.clone(), record))
                     .collect(),
             ),
+            answers: Mutex::new(saved.answers),
             live: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         })
@@ -150,7 +155,18 @@ impl McpState {
             );
             tracing::debug!(session = %id, "the MCP session taken back");
             for call in calls {
-                if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry {
+                let answered = lock(&self.answers)
+                    .iter()
+                    .find(|answer| {
+                        answer.session == id
+                            && answer.cell_id == call.call.cell_id
+                            && answer.call == call.call.call_id
+                    })
+                    .map(|answer| answer.result.clone());
+                if let Some(result) = answered {
+                    // Its answer came before the restart: the cell gets it, nothing runs.
+                    call.answer(result);
+                } else if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry {
                     // Its tool may run twice: it runs again, and its answer joins the
                     // cell's journal (written with the session before the next answer).
                     let tools = tools.clone();
@@ -206,6 +222,7 @@ impl McpState {
             let Some(taken) = self.keeper.take_over(id).await? else {
                 return Ok(Use::Unknown);
             };
+            lock(&self.answers).extend(taken.answers);
             let mut saved = lock(&self.saved);
             for record in taken.sessions {
                 tracing::info!("MCP session taken over from another server");
@@ -236,6 +253,32 @@ impl McpState {
             }
         }
         Ok(Use::Refused)
+    }
+
+    /// Queues the record of an answer of the server's tools in MCP session `id`, before
+    /// its cell gets it: written with the next write, or alone within milliseconds. A
+    /// failure is logged; the answer then goes only with the session's next write.
+    pub(crate) fn record_answer_soon(
+        &self,
+        id: &str,
+        cell_id: &code_mode_protocol::CellId,
+        call: code_mode_protocol::CallId,
+        result: &Result<code_mode_protocol::JsonText, ToolError>,
+    ) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let written = self.keeper.record_answer_soon(AnswerRecord {
+            session: id.to_owned(),
+            cell_id: cell_id.clone(),
+            call,
+            result: result.clone(),
+        });
+        tokio::spawn(async move {
+            if let Err(error) = written.await {
+                tracing::warn!(%error, "recording a tool's answer failed; it is written with the session's next write");
+            }
+        });
     }
 
     /// Where the live replica that holds session `id` is reached, if another one does.

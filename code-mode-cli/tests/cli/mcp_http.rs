@@ -644,6 +644,64 @@ fn a_session_outlives_a_killed_server_with_a_state_dir() {
     assert_resumed(&resumed, &ran);
 }
 
+/// `--state-dir`: a cell whose call of the server's tool was answered, and which then ran
+/// to its end, with no request of the client since; the server killed with SIGKILL a
+/// second after. After the restart the client's `wait` gets the cell's whole output: the
+/// answer was recorded when it came, so the rebuilt cell gets it again and the tool is not
+/// run again (before, the journal ended at the call in flight: `cut short`).
+#[test]
+fn a_cell_that_finished_just_before_a_kill_gives_its_output_after_the_restart() {
+    let scratch = Scratch::new();
+    let ran = scratch.0.join("ran.log");
+    let tools = scratch.write(
+        "tools.toml",
+        &format!(
+            "[[tool]]\nname = \"slow\"\ndescription = \"Answers at once.\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; echo quick\"]\n",
+            ran.display()
+        ),
+    );
+    let state = scratch.0.join("state");
+    let args = |address: &str| -> Vec<String> {
+        [
+            "mcp",
+            "--http",
+            address,
+            "--tools",
+            tools.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let first_args = args("127.0.0.1:0");
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let mut server = HttpServer::start(&first_args, &[]).expect("starts");
+    let begun = service("begin", &server.url, &[]);
+    let session = begun["session"].as_str().expect("a session id").to_owned();
+    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
+    let url = server.url.clone();
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    // The tool answered; the cell ends 0.2 s later; the kill comes a second after that.
+    until_ran(&ran);
+    std::thread::sleep(Duration::from_millis(1200));
+    server.kill();
+
+    let again_args = args(&address);
+    let again_args: Vec<&str> = again_args.iter().map(String::as_str).collect();
+    let server = HttpServer::start(&again_args, &[]).expect("starts again");
+    let resumed = service("resume", &server.url, &["--session", &session]);
+    assert_result(&resumed["wait"], "Script completed", &["quick", "after v"]);
+    assert_eq!(
+        std::fs::read_to_string(&ran).expect("the tool's log"),
+        "ran\n",
+        "the tool ran once"
+    );
+}
+
 /// A TCP balancer with no affinity: each new connection goes to the next backend in turn.
 /// Which backend each connection went to is kept.
 struct RoundRobin {
