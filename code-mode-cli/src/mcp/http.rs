@@ -448,6 +448,7 @@ async fn handle(
         (Some(id), _) => front.sessions.begin(id),
         (None, _) => None,
     };
+    let resuming = method == http::Method::GET && request.headers().contains_key(LAST_EVENT_ID);
     let mut service = front.service.clone();
     let answered = REQUESTER.scope(
         principal,
@@ -457,7 +458,52 @@ async fn handle(
         Ok(response) => response,
         Err(never) => match never {},
     };
+    let response = if resuming {
+        resumed_or_gone(response).await
+    } else {
+        response
+    };
     finish(response, &method, in_flight)
+}
+
+/// The header a client resumes an event stream with.
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// How long a resumed stream has to show it is not the empty one rmcp gives for a stream
+/// it cannot resume.
+const RESUME_PATIENCE: Duration = Duration::from_millis(100);
+
+/// A stream resumed with `Last-Event-ID` that rmcp could not resume (it was this server's
+/// before a restart, say): rmcp answers it with an empty stream, on which the official
+/// SDKs reconnect again and again until their own timeout. It is answered `410 Gone`
+/// instead, which they act on at once (they stop reconnecting after their few tries and
+/// fail the request whose stream it was). A stream that gives a frame, or stays open, is
+/// passed on whole.
+async fn resumed_or_gone(response: hyper::Response<Body>) -> hyper::Response<Body> {
+    use futures_util::StreamExt as _;
+    if response.status() != http::StatusCode::OK {
+        return response;
+    }
+    let (parts, mut body) = response.into_parts();
+    match tokio::time::timeout(RESUME_PATIENCE, body.frame()).await {
+        Ok(None) => {
+            tracing::debug!("a stream resumed with Last-Event-ID is gone");
+            plain(
+                http::StatusCode::GONE,
+                "Gone: the event stream cannot be resumed (the server that had it restarted); \
+                 send the request again",
+            )
+        }
+        Ok(Some(first)) => {
+            let rest = http_body_util::BodyStream::new(body);
+            let frames = futures_util::stream::once(std::future::ready(first)).chain(rest);
+            hyper::Response::from_parts(
+                parts,
+                BodyExt::boxed(http_body_util::StreamBody::new(frames)),
+            )
+        }
+        Err(_) => hyper::Response::from_parts(parts, body),
+    }
 }
 
 /// Whether `principal` may use session `id`: one open here must be its own; one kept by

@@ -693,6 +693,20 @@ fn a_cell_that_finished_just_before_a_kill_gives_its_output_after_the_restart() 
     let again_args = args(&address);
     let again_args: Vec<&str> = again_args.iter().map(String::as_str).collect();
     let server = HttpServer::start(&again_args, &[]).expect("starts again");
+    // A client resuming the event stream it had before the kill is told at once that it
+    // is gone (an empty stream would have it reconnect until its timeout).
+    let stream = service(
+        "request",
+        &server.url,
+        &[
+            "GET",
+            "--session",
+            &session,
+            "--header",
+            "Last-Event-ID:0/2",
+        ],
+    );
+    assert_eq!(stream["status"], 410, "{stream}");
     let resumed = service("resume", &server.url, &["--session", &session]);
     assert_result(&resumed["wait"], "Script completed", &["quick", "after v"]);
     assert_eq!(

@@ -26,7 +26,7 @@ expiry. Each mode prints one JSON object; the Rust tests assert on it.
         a raw session whose cell stores <value> as "k": the session id
     http_service.py again <url> --session ID [--token T]
         one `exec` in that session that reads "k": its texts, or the status and body
-    http_service.py request <url> <METHOD> --session ID [--token T]
+    http_service.py request <url> <METHOD> --session ID [--token T] [--header NAME:VALUE]...
         a bare GET (an event stream) or DELETE naming that session: its status and body
     http_service.py hop <holder-url> <other-url> <n>
         a raw session opened on the first replica, then n `exec`s of `text(1)` to it and n
@@ -336,6 +336,7 @@ async def bare(url, method, opts):
             "Accept": "text/event-stream",
             "Mcp-Session-Id": opts["session"],
             "MCP-Protocol-Version": "2025-06-18",
+            **opts["headers"],
         }
         response = await client.request(method, url, headers=headers)
         return {"status": response.status_code, "body": (await response.aread()).decode()}
