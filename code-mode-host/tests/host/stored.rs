@@ -178,6 +178,57 @@ pub(crate) fn one_session(id: &str, value: &str) -> code_mode_host::state::Chang
     }
 }
 
+/// A process started again under the same replica name (a restarted container) while
+/// the earlier one still lives: it takes that name's sessions back at once, and the
+/// earlier one's late write is refused by the epoch alone (the owner column names both
+/// alike), so the newer value stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_replica_name_started_again_fences_the_earlier_process_by_its_epoch() {
+    use code_mode_host::state::{Keeper, StateError, StoreOptions};
+    let cluster = code_mode_conformance::PgCluster::start();
+    let options = StoreOptions {
+        patience: Duration::ZERO,
+        replica: Some("pod-0".to_owned()),
+        ..StoreOptions::default()
+    };
+    let (earlier, _) =
+        Keeper::open_postgres(&cluster.url, "mcp", options.clone()).expect("the first opens");
+    earlier
+        .write(one_session("s1", "\"first\""))
+        .await
+        .expect("the first writes");
+    let (later, saved) =
+        Keeper::open_postgres(&cluster.url, "mcp", options).expect("the second opens");
+    assert_eq!(
+        saved
+            .sessions
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
+        ["s1"],
+        "its own name's session, back at once"
+    );
+    later
+        .write(one_session("s1", "\"second\""))
+        .await
+        .expect("the second writes");
+    let late = earlier
+        .write(one_session("s1", "\"late first\""))
+        .await
+        .expect_err("fenced");
+    assert!(matches!(late, StateError::Fenced { .. }), "{late}");
+    let value = sql(
+        &cluster.url,
+        "SELECT json FROM code_mode_mcp.stored WHERE session = 's1' AND key = 'k'",
+    );
+    assert_eq!(value.as_deref(), Some("\"second\""));
+    let owner = sql(
+        &cluster.url,
+        "SELECT owner || ' ' || epoch FROM code_mode_mcp.sessions WHERE id = 's1'",
+    );
+    assert_eq!(owner.as_deref(), Some("pod-0 2"), "one name, a new epoch");
+}
+
 /// Two processes on one Postgres database: a session belongs to the one that wrote it
 /// while its lease runs; once the lease ran out (the owner died), the other takes it over
 /// whole, and the earlier owner's late write is refused by the database.
