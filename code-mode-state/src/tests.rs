@@ -577,17 +577,32 @@ fn a_write_torn_by_a_kill_is_rolled_back_to_the_one_before() {
 #[test]
 fn the_directory_and_its_database_are_private_to_their_owner() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    let mode = |path: &Path| std::fs::symlink_metadata(path).expect("stat").mode() & 0o777;
+    let mode = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .mode()
+            & 0o777
+    };
     let dir = scratch("private").join("state");
     let (keeper, _) = open(&dir).expect("opens");
     write(&keeper, checkpoint(vec![cell(1, 0)], "\"secret\"")).expect("written");
     assert_eq!(mode(&dir), 0o700);
-    for name in ["jsonl.sqlite3", "jsonl.sqlite3-wal", "jsonl.sqlite3-shm"] {
-        let path = dir.join(name);
-        if path.exists() {
-            assert_eq!(mode(&path), 0o600, "{name}");
-        }
-    }
+    // While the keeper has it open, the database has its log beside it (no shared-memory
+    // file: one process holds it): every file there is private, and both are there.
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("the directory reads")
+        .map(|entry| {
+            let entry = entry.expect("an entry");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert_eq!(mode(&entry.path()), 0o600, "{name}");
+            name
+        })
+        .collect();
+    names.sort();
+    assert!(
+        names.starts_with(&["jsonl.sqlite3".to_owned(), "jsonl.sqlite3-wal".to_owned()]),
+        "{names:?}"
+    );
     drop(keeper);
     // A directory others may write is refused, and left as it is.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
@@ -600,11 +615,30 @@ fn the_directory_and_its_database_are_private_to_their_owner() {
     std::fs::write(&elsewhere, b"").unwrap();
     std::os::unix::fs::symlink(&elsewhere, dir.join("mcp.sqlite3")).unwrap();
     let error = Keeper::open_sqlite(&dir, "mcp", options()).expect_err("refused");
-    assert!(error.to_string().contains("symbolic link"), "{error}");
-    // A state directory named through a link is refused too.
+    let planted = dir.join("mcp.sqlite3");
+    assert!(
+        error.to_string().contains(&format!(
+            "{} is a symbolic link, which is never followed",
+            planted.display()
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read(&elsewhere).unwrap(),
+        b"",
+        "the link's target is untouched"
+    );
+    // A state directory named through a link is refused too, as a link.
     let link = scratch("private-link").join("state");
     std::os::unix::fs::symlink(&dir, &link).unwrap();
-    assert!(open(&link).is_err());
+    let error = open(&link).expect_err("refused");
+    assert!(
+        error.to_string().contains(&format!(
+            "{} is a symbolic link, which is never followed",
+            link.display()
+        )),
+        "{error}"
+    );
 }
 
 #[test]
