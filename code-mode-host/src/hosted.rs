@@ -609,6 +609,13 @@ impl HostedSession {
                     self.again_or_give_up(cell_id, attempt, &cause)?;
                     tracing::info!(cell = %cell_id, %cause, "the cell's runtime was lost; going on with the cell rebuilt");
                 }
+                // The runtime names the cell by its own id: the caller's is the one asked.
+                Err(SessionError::BusyObserver(_)) => {
+                    return Err(SessionError::BusyObserver(cell_id.clone()));
+                }
+                Err(SessionError::AlreadyTerminating(_)) => {
+                    return Err(SessionError::AlreadyTerminating(cell_id.clone()));
+                }
                 other => return other.map(Some),
             }
         }

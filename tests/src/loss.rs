@@ -216,19 +216,10 @@ pub async fn a_kill_during_a_cell_rebuilds_it_from_its_journal<F: RuntimeFaults>
     );
     delegate.wait_started(&cell_id.to_string(), "tool-1").await;
     let before = faults.runtime_of(&*session);
-    let waiting = tokio::spawn({
-        let session = Arc::clone(&session);
-        let cell_id = cell_id.clone();
-        async move {
-            session
-                .wait(WaitRequest::new(cell_id).with_yield_time_ms(60_000))
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The wait is the cell's observer before the kill (known, not slept on), and the
+    // answer comes right after the kill, while the loss is being dealt with.
+    let waiting = crate::scenarios::observe_registered(&session, &cell_id.to_string()).await;
     faults.kill(&session).await;
-    // The answer comes after the kill.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     delegate
         .release(
             &cell_id.to_string(),
@@ -241,7 +232,7 @@ pub async fn a_kill_during_a_cell_rebuilds_it_from_its_journal<F: RuntimeFaults>
         .expect("the wait task")
         .expect("the wait goes on past the loss");
     assert_eq!(
-        response.timeless(),
+        response,
         CellResponse::Result {
             cell_id: cell_id.clone(),
             content_items: vec![code_mode_protocol::ContentItem::text("after late")],
