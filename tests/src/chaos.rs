@@ -493,14 +493,18 @@ impl Stage {
         })
     }
 
-    /// How many faults (delays aside) acted between `started` and `ended`, anywhere.
-    fn faults_within(&self, started: Instant, ended: Instant) -> usize {
+    /// How many faults on remote runtimes (delays aside) acted while a cell ran, between
+    /// `started` and `ended`, with no slack: those alone can have made a remote cell's
+    /// call lose one rebuilt runtime after another. Local faults never count: a local
+    /// cell is never excused.
+    fn remote_faults_within(&self, started: Instant, ended: Instant) -> usize {
         lock(&self.faults)
             .iter()
             .filter(|fault| {
-                fault.kind != FaultKind::Delay
+                !fault.kind.is_local()
+                    && fault.kind != FaultKind::Delay
                     && fault.from <= ended
-                    && fault.until + FAULT_SLACK >= started
+                    && fault.until >= started
             })
             .count()
     }
@@ -820,8 +824,10 @@ async fn run_cell(
         // A cell is rebuilt at each loss of its runtime, up to the bound of one call: one
         // that gave up is a loss the run allows only when that many faults fell within it.
         Err((phase, SessionError::RuntimeLost(cause)))
-            if cause.contains(GAVE_UP)
-                && stage.faults_within(started, ended) >= code_mode_host::REBUILD_ATTEMPTS =>
+            if !local
+                && cause.contains(GAVE_UP)
+                && stage.remote_faults_within(started, ended)
+                    >= code_mode_host::REBUILD_ATTEMPTS =>
         {
             lock(&stage.report).gave_up += 1;
             if std::env::var_os("CODE_MODE_CHAOS_VERBOSE").is_some() {
@@ -1289,6 +1295,21 @@ async fn run_unbounded(binary: &Path, config: ChaosConfig) -> ChaosReport {
         report.rebuilt_mid_flight > 0,
         "no cell was rebuilt mid-flight: {report}"
     );
+    // Only faults on remote runtimes excuse a loss: with none, nothing is lost.
+    let remote_faults: u64 = report
+        .faults
+        .iter()
+        .filter(|(kind, _)| !kind.is_local() && **kind != FaultKind::Delay)
+        .map(|(_, count)| *count)
+        .sum();
+    if remote_faults == 0 {
+        assert_eq!(
+            (report.lost, report.gave_up),
+            (0, 0),
+            "cells lost with no remote fault: {report}"
+        );
+    }
+    assert!(report.gave_up <= report.lost, "{report}");
     // At least 95 % of cells complete with their fault-free output (every local cell
     // does, or the run has failed already; a remote exec never admitted may fail). A run
     // whose runtimes could not be reached (a stale binary of another protocol version,
