@@ -13,7 +13,7 @@
 //! sessions are refused ([`Keeper::admit`]); the cap itself fails writes as a full disk.
 
 use crate::line::{Commits, Enqueue, Line};
-use crate::store::{Backend, Claim, Durability, Loaded};
+use crate::store::{Backend, Claim, Durability, Holder, Loaded};
 use crate::written::{Op, Undo, Written};
 use crate::{AnswerRecord, Changes, Saved, StateError};
 use code_mode_protocol::sync::lock;
@@ -192,9 +192,12 @@ enum Job {
     Release(String, Reply),
     Holder(
         String,
+        tokio::sync::oneshot::Sender<Result<Option<Holder>, StateError>>,
+    ),
+    Advertise(
+        String,
         tokio::sync::oneshot::Sender<Result<Option<String>, StateError>>,
     ),
-    Advertise(String, Reply),
 }
 
 #[derive(Default)]
@@ -316,7 +319,7 @@ impl Keeper {
     /// when that process advertised an address): a request for it is forwarded there, not
     /// made to wait for its lease. `None`: no live process holds it, this one does, or its
     /// holder gave no address.
-    pub async fn holder(&self, id: &str) -> Result<Option<String>, StateError> {
+    pub async fn holder(&self, id: &str) -> Result<Option<Holder>, StateError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if !self.send(Job::Holder(id.to_owned(), reply)) {
             return Err(self.stopped());
@@ -325,8 +328,9 @@ impl Keeper {
     }
 
     /// Records `address` (e.g. `http://10.0.3.7:3000`) as where the other processes of a
-    /// shared store reach this one, for [`Self::holder`].
-    pub async fn advertise(&self, address: &str) -> Result<(), StateError> {
+    /// shared store reach this one, for [`Self::holder`]; this process's name in the
+    /// leases, which a request forwarded to it names (`None` for a store it holds whole).
+    pub async fn advertise(&self, address: &str) -> Result<Option<String>, StateError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if !self.send(Job::Advertise(address.to_owned(), reply)) {
             return Err(self.stopped());
@@ -845,8 +849,12 @@ fn reply(job: Job, outcome: Result<(), StateError>) {
             let _ = reply.send(outcome.map(|()| Claimed::Absent));
             return;
         }
-        Job::Release(_, reply) | Job::Advertise(_, reply) => Some(reply),
+        Job::Release(_, reply) => Some(reply),
         Job::Holder(_, reply) => {
+            let _ = reply.send(outcome.map(|()| None));
+            return;
+        }
+        Job::Advertise(_, reply) => {
             let _ = reply.send(outcome.map(|()| None));
             return;
         }

@@ -37,7 +37,7 @@ pub use keeper::{
     parse_ttl,
 };
 pub use postgres::{GENERATION_BLOCK, LEASE};
-pub use store::Durability;
+pub use store::{Durability, Holder};
 
 use code_mode_protocol::{CallId, CellId, JsonText, ToolError};
 use std::collections::HashMap;

@@ -19,7 +19,7 @@
 use crate::StateError;
 use crate::format::FORMAT;
 use crate::pg_connect::{Target, explain};
-use crate::store::{Backend, Claim, Claimed, Durability, Loaded, Rows};
+use crate::store::{Backend, Claim, Claimed, Durability, Holder, Loaded, Rows};
 use crate::written::Op;
 use postgres::types::ToSql;
 use postgres::{Client, Transaction};
@@ -863,21 +863,24 @@ impl Backend for Postgres {
         })
     }
 
-    fn holder(&mut self, id: &str) -> Result<Option<String>, StateError> {
+    fn holder(&mut self, id: &str) -> Result<Option<Holder>, StateError> {
         self.reconnect_if_lost()?;
         let row = self
             .client
             .query_opt(
-                "SELECT replicas.address FROM sessions JOIN replicas
+                "SELECT sessions.owner, replicas.address FROM sessions JOIN replicas
                  ON replicas.owner = sessions.owner
                  WHERE sessions.id = $1 AND sessions.lease_until > $2 AND sessions.owner <> $3",
                 &[&id, &now_ms(), &self.leases.owner],
             )
             .map_err(|e| self.leases.pg(&e))?;
-        Ok(row.map(|row| row.get(0)))
+        Ok(row.map(|row| Holder {
+            name: row.get(0),
+            address: row.get(1),
+        }))
     }
 
-    fn advertise(&mut self, address: &str) -> Result<(), StateError> {
+    fn advertise(&mut self, address: &str) -> Result<Option<String>, StateError> {
         self.reconnect_if_lost()?;
         self.client
             .execute(
@@ -886,7 +889,7 @@ impl Backend for Postgres {
                 &[&self.leases.owner, &address],
             )
             .map_err(|e| self.leases.pg(&e))?;
-        Ok(())
+        Ok(Some(self.leases.owner.clone()))
     }
 
     fn release(&mut self, id: &str) -> Result<(), StateError> {

@@ -119,6 +119,15 @@ pub(crate) enum Claim {
     Absent,
 }
 
+/// The live process that holds a session, as another one reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its name in the leases (`--state-replica`, or one of its own).
+    pub name: String,
+    /// Where it said it is reached (`http://10.0.3.7:3000`).
+    pub address: String,
+}
+
 /// A store's own operations, under the keeper's thread.
 pub(crate) trait Backend: Send + 'static {
     /// Does `ops` in one transaction, durable when it returns.
@@ -145,15 +154,17 @@ pub(crate) trait Backend: Send + 'static {
     fn release(&mut self, _id: &str) -> Result<(), StateError> {
         Ok(())
     }
-    /// Where the live process that holds session `id` can be reached, when another
-    /// process does and said where ([`Self::advertise`]); `None` for a store one process
-    /// holds whole.
-    fn holder(&mut self, _id: &str) -> Result<Option<String>, StateError> {
+    /// The live process other than this one that holds session `id`, when it said where
+    /// it is reached ([`Self::advertise`]): its name and address. `None` for a store one
+    /// process holds whole.
+    fn holder(&mut self, _id: &str) -> Result<Option<Holder>, StateError> {
         Ok(None)
     }
-    /// Records `address` as where other processes reach this one.
-    fn advertise(&mut self, _address: &str) -> Result<(), StateError> {
-        Ok(())
+    /// Records `address` as where other processes reach this one; this process's name as
+    /// the leases give it, which a request forwarded here names. `None` for a store one
+    /// process holds whole.
+    fn advertise(&mut self, _address: &str) -> Result<Option<String>, StateError> {
+        Ok(None)
     }
     /// Whether [`Self::bytes`] costs little enough to ask after every commit.
     fn measures_cheaply(&self) -> bool {

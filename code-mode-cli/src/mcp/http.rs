@@ -182,6 +182,14 @@ impl HttpOptions {
                 return Err(Failure::usage("--tls-cert and --tls-key go together"));
             }
         };
+        if self.advertise.is_some() && tls.is_some() {
+            return Err(Failure::usage(
+                "--state-advertise names a plain http:// address, which a replica serving TLS \
+                 (--tls-cert) does not answer: the other replicas would send its clients' \
+                 tokens there in the clear; serve plaintext behind a TLS-terminating proxy \
+                 (--allow-plaintext-remote), or give no --state-advertise",
+            ));
+        }
         if let Some(advertise) = &self.advertise
             && forward_target(advertise).is_none()
         {
@@ -411,6 +419,17 @@ async fn handle(
         .get(SESSION_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    // A request another replica forwarded here names this replica: one that names another
+    // (an address reused since it was recorded) or none is refused, never served here.
+    if let Some(meant) = request.headers().get(FORWARDED_HEADER) {
+        let mine = front.state.as_ref().and_then(|state| state.name());
+        if mine.is_none_or(|mine| meant.as_bytes() != mine.as_bytes()) {
+            return plain(
+                http::StatusCode::MISDIRECTED_REQUEST,
+                "this replica is not the one the request was forwarded to; send it again",
+            );
+        }
+    }
     // A session another live replica holds is served there, at once: the request goes to
     // it whole, its credentials with it, to be checked there again.
     if let Some(id) = &named
@@ -540,8 +559,9 @@ fn metrics(front: &Front) -> hyper::Response<Body> {
     response
 }
 
-/// What a forwarded request carries: the replica it reaches serves it itself, never
-/// forwards it again.
+/// What a forwarded request carries: the name (in the leases) of the replica it is meant
+/// for, which serves it itself, never forwards it again, and refuses it (421) when the name
+/// is not its own.
 const FORWARDED_HEADER: &str = "x-code-mode-forwarded";
 
 /// How long forwarding waits to connect to the replica that holds a session.
@@ -561,13 +581,17 @@ fn forward_target(address: &str) -> Option<String> {
 /// Sends `request` to the replica at `holder` and gives its answer back as it streams (an
 /// MCP stream included). The request back when that replica cannot be reached.
 async fn forward(
-    holder: &str,
+    holder: &code_mode_state::Holder,
     mut request: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Body>, hyper::Request<hyper::body::Incoming>> {
     use futures_util::StreamExt as _;
-    let Some(target) = forward_target(holder) else {
+    let (Some(target), Ok(name)) = (
+        forward_target(&holder.address),
+        http::HeaderValue::from_str(&holder.name),
+    ) else {
         return Err(request);
     };
+    let holder = holder.address.as_str();
     let connected = tokio::time::timeout(
         FORWARD_CONNECT_TIMEOUT,
         tokio::net::TcpStream::connect(&target),
@@ -591,12 +615,24 @@ async fn forward(
             tracing::debug!(%error, "a forwarded request's connection ended");
         }
     });
-    request
-        .headers_mut()
-        .insert(FORWARDED_HEADER, http::HeaderValue::from_static("1"));
-    match sender.send_request(request).await {
+    strip_hop_by_hop(request.headers_mut());
+    request.headers_mut().insert(FORWARDED_HEADER, name);
+    let Ok(answered) =
+        tokio::time::timeout(FORWARD_ANSWER_TIMEOUT, sender.send_request(request)).await
+    else {
+        tracing::warn!(
+            holder,
+            "the replica that holds the session did not answer in time"
+        );
+        return Ok(plain(
+            http::StatusCode::GATEWAY_TIMEOUT,
+            "the replica that holds this session did not answer in time; try again",
+        ));
+    };
+    match answered {
         Ok(response) => {
-            let (parts, body) = response.into_parts();
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
             // The answer streams through; a broken stream ends it, as a dropped
             // connection would.
             let frames = http_body_util::BodyStream::new(body)
@@ -614,6 +650,38 @@ async fn forward(
                 "the replica that holds this session did not answer; try again",
             ))
         }
+    }
+}
+
+/// How long a forwarded request waits for the holder's answer to begin (its headers; an
+/// event stream then runs as long as it runs).
+const FORWARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Removes the headers that describe one connection, not the message (RFC 9110 7.6.1):
+/// `Connection` and those it names, and the fixed hop-by-hop set.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
     }
 }
 

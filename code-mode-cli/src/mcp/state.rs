@@ -82,6 +82,8 @@ pub(crate) struct McpState {
     saved: Mutex<HashMap<String, SessionRecord>>,
     /// The answers of the server's tools that an earlier process recorded for their cells.
     answers: Mutex<Vec<AnswerRecord>>,
+    /// This replica's name in the leases, once it advertised where it is reached.
+    name: std::sync::OnceLock<String>,
     live: Mutex<HashMap<String, Live>>,
     /// The runtime generation the earlier process reached, then this one's.
     generations: AtomicU64,
@@ -112,6 +114,7 @@ impl McpState {
                     .collect(),
             ),
             answers: Mutex::new(saved.answers),
+            name: std::sync::OnceLock::new(),
             live: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         })
@@ -186,6 +189,8 @@ impl McpState {
                 }
             }
         }
+        // Its recorded answers went to its cells; none is looked up again.
+        lock(&self.answers).retain(|answer| answer.session != id);
         let (owner, init) = record
             .map(|record| decode(&record.options))
             .unwrap_or_default();
@@ -265,7 +270,8 @@ impl McpState {
         call: code_mode_protocol::CallId,
         result: &Result<code_mode_protocol::JsonText, ToolError>,
     ) {
-        if self.closed.load(Ordering::SeqCst) {
+        // A session closed or expired meanwhile keeps nothing (its rows are gone).
+        if self.closed.load(Ordering::SeqCst) || !lock(&self.live).contains_key(id) {
             return;
         }
         let written = self.keeper.record_answer_soon(AnswerRecord {
@@ -281,8 +287,8 @@ impl McpState {
         });
     }
 
-    /// Where the live replica that holds session `id` is reached, if another one does.
-    pub(crate) async fn holder(&self, id: &str) -> Option<String> {
+    /// The live replica that holds session `id`, if another one does and said where.
+    pub(crate) async fn holder(&self, id: &str) -> Option<code_mode_state::Holder> {
         match self.keeper.holder(id).await {
             Ok(holder) => holder,
             Err(error) => {
@@ -292,13 +298,24 @@ impl McpState {
         }
     }
 
+    /// This replica's name in the leases, once it said where it is reached: a request
+    /// forwarded here must name it.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.get().map(String::as_str)
+    }
+
     /// Records where the other replicas reach this one.
     pub(crate) async fn advertise(&self, address: &str) {
         match self.keeper.advertise(address).await {
-            Ok(()) => tracing::info!(
-                address,
-                "other replicas forward this one's sessions' requests here"
-            ),
+            Ok(name) => {
+                if let Some(name) = name {
+                    let _ = self.name.set(name);
+                }
+                tracing::info!(
+                    address,
+                    "other replicas forward this one's sessions' requests here"
+                );
+            }
             Err(error) => {
                 tracing::warn!(%error, "recording this replica's address failed: requests for its sessions that reach another replica wait for their lease")
             }

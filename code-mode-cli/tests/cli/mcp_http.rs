@@ -809,6 +809,14 @@ fn any_replica_serves_any_session_at_once_behind_a_balancer_with_no_affinity() {
     for replica in 0..3 {
         assert!(chosen.contains(&replica), "{chosen:?}");
     }
+    // A request that claims to be forwarded, but names another replica than the one it
+    // reaches (an address reused, or a client's own header), is refused, not served.
+    let spoofed = service(
+        "probe",
+        &replicas[0].url,
+        &["--header", "x-code-mode-forwarded:another-replica"],
+    );
+    assert_eq!(spoofed["status"], 421, "{spoofed}");
     // No request waited for a lease: the whole run is shorter than one.
     assert!(
         started.elapsed() < Duration::from_secs(50),
