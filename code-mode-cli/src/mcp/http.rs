@@ -412,38 +412,16 @@ async fn handle(
             "not found: the MCP endpoint is /mcp",
         );
     }
-    let mut request = request;
     let method = request.method().clone();
     let named = request
         .headers()
         .get(SESSION_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    // A request another replica forwarded here names this replica: one that names another
-    // (an address reused since it was recorded) or none is refused, never served here.
-    if let Some(meant) = request.headers().get(FORWARDED_HEADER) {
-        let mine = front.state.as_ref().and_then(|state| state.name());
-        if mine.is_none_or(|mine| meant.as_bytes() != mine.as_bytes()) {
-            return plain(
-                http::StatusCode::MISDIRECTED_REQUEST,
-                "this replica is not the one the request was forwarded to; send it again",
-            );
-        }
-    }
-    // A session another live replica holds is served there, at once: the request goes to
-    // it whole, its credentials with it, to be checked there again.
-    if let Some(id) = &named
-        && request.headers().get(FORWARDED_HEADER).is_none()
-        && matches!(front.sessions.owner(id), Owner::NotOpen)
-        && let Some(state) = &front.state
-        && let Some(holder) = state.holder(id).await
-    {
-        match forward(&holder, request).await {
-            Ok(response) => return response,
-            // The holder cannot be reached (it died; its lease runs out soon): served here.
-            Err(back) => request = back,
-        }
-    }
+    let mut request = match between_replicas(front, named.as_deref(), request).await {
+        Ok(answered) => return answered,
+        Err(here) => here,
+    };
     let session = match named {
         Some(id) if !may_use(front, &id, &principal).await => {
             tracing::debug!(%principal, session = id, "a request named another principal's session");
@@ -523,6 +501,37 @@ async fn resumed_or_gone(response: hyper::Response<Body>) -> hyper::Response<Bod
         }
         Err(_) => hyper::Response::from_parts(parts, body),
     }
+}
+
+/// What replicas do with a request between them: one forwarded here must name this
+/// replica (one that names another, an address reused since it was recorded, or that a
+/// client sent itself, is refused with 421); one for a session another live replica holds
+/// goes there, at once, whole, its credentials with it, to be checked there again. The
+/// request back when this replica serves it (the holder cannot be reached: it died, and
+/// its lease runs out soon).
+async fn between_replicas(
+    front: &Front,
+    named: Option<&str>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, hyper::Request<hyper::body::Incoming>> {
+    if let Some(meant) = request.headers().get(FORWARDED_HEADER) {
+        let mine = front.state.as_ref().and_then(|state| state.name());
+        if mine.is_none_or(|mine| meant.as_bytes() != mine.as_bytes()) {
+            return Ok(plain(
+                http::StatusCode::MISDIRECTED_REQUEST,
+                "this replica is not the one the request was forwarded to; send it again",
+            ));
+        }
+        return Err(request);
+    }
+    if let Some(id) = named
+        && matches!(front.sessions.owner(id), Owner::NotOpen)
+        && let Some(state) = &front.state
+        && let Some(holder) = state.holder(id).await
+    {
+        return forward(&holder, request).await;
+    }
+    Err(request)
 }
 
 /// Whether `principal` may use session `id`: one open here must be its own; one kept by
