@@ -78,9 +78,13 @@ pub enum SpawnError {
     #[error("the runtime {binary} did not connect within {timeout:?}")]
     NoConnection { binary: PathBuf, timeout: Duration },
     /// The runtime process ended before it connected; `cause` says how (`exited with
-    /// status 1`, `was killed by signal 9 (SIGKILL)`).
+    /// status 1`, `was killed by signal 9 (SIGKILL)`), `killed` whether a signal ended it.
     #[error("the runtime {binary} {cause} before it connected")]
-    DiedAtStart { binary: PathBuf, cause: String },
+    DiedAtStart {
+        binary: PathBuf,
+        cause: String,
+        killed: bool,
+    },
     #[error("accepting the runtime's connection failed: {0}")]
     Accept(std::io::Error),
     #[error("cannot take over the runtime forked at start: {0}")]

@@ -103,12 +103,15 @@ pub(crate) fn describe_exit(status: std::io::Result<ExitStatus>) -> String {
     match status {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(signal)) => format!("was killed by signal {signal}{}", signal_name(signal)),
+            (None, Some(signal)) => format!("{KILLED_BY_SIGNAL} {signal}{}", signal_name(signal)),
             (None, None) => format!("ended ({status})"),
         },
         Err(error) => format!("could not be waited for ({error})"),
     }
 }
+
+/// How [`describe_exit`] begins for a process a signal ended.
+const KILLED_BY_SIGNAL: &str = "was killed by signal";
 
 fn signal_name(signal: i32) -> &'static str {
     match signal {
@@ -230,6 +233,7 @@ pub(crate) async fn spawn(
         Some(cause) = process.wait_exit(connect_timeout) => {
             return Err(SpawnError::DiedAtStart {
                 binary: binary.to_path_buf(),
+                killed: cause.starts_with(KILLED_BY_SIGNAL),
                 cause,
             });
         }

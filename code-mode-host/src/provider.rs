@@ -36,8 +36,8 @@ pub const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
 /// The longest restart delay.
 pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(2);
 
-/// How many times one start tries a runtime that dies at birth (it ends before it
-/// connects, or drops its socket during the handshake) before the start fails.
+/// How many times one start tries a runtime that dies at birth (a signal ends it before
+/// it connects, or its socket drops during the handshake) before the start fails.
 pub const BIRTH_TRIES: u32 = 4;
 
 /// The pause before the second try of a start; doubled before each further one (20, 40,
@@ -417,16 +417,20 @@ impl ProviderInner {
     }
 }
 
-/// Whether a start failed because its runtime died at birth: it ended before it
-/// connected, its connection broke before or during the handshake, or the runtime forked
-/// at start was gone. Not a binary that is missing, a runtime that stayed silent past the
-/// timeout, or one that refused the handshake: trying again changes none of those.
+/// Whether a start failed because its runtime died at birth: a signal ended it before it
+/// connected (the OOM killer, an operator's `kill`), its connection broke before or during
+/// the handshake, or the runtime forked at start was gone. Not a runtime that exited with
+/// a status (a flag it refuses, a library it lacks: it would exit again), a binary that is
+/// missing, one that stayed silent past the timeout, or one that refused the handshake:
+/// trying again changes none of those, and the crash-loop count deals with them.
 fn died_at_birth(error: &HostError) -> bool {
     use crate::error::{HandshakeError, SpawnError};
     matches!(
         error,
         HostError::Spawn(
-            SpawnError::DiedAtStart { .. } | SpawnError::Accept(_) | SpawnError::Adopt(_)
+            SpawnError::DiedAtStart { killed: true, .. }
+                | SpawnError::Accept(_)
+                | SpawnError::Adopt(_)
         ) | HostError::Handshake(HandshakeError::Closed(_) | HandshakeError::Frame(_))
     )
 }
