@@ -593,20 +593,15 @@ fn a_replica_takes_over_the_session_of_a_killed_one_through_postgres() {
     );
 }
 
-/// `--state-dir`: the server killed with SIGKILL while a session's cell waits on a call of
-/// the server's own tool and a timer, started again on the same port and directory. The
-/// client's next request names its session: rmcp takes it back, the `wait` rebuilds the
-/// cell (its tool call, cut short, fails with the text that says so; nothing is run
-/// twice; the output the first answer gave is not given again) and the stored value is
-/// there.
-#[test]
-fn a_session_outlives_a_killed_server_with_a_state_dir() {
-    let scratch = Scratch::new();
-    // The tool writes a line each time it runs: what it did is counted by its own side
-    // effect, not read from a text.
-    let ran = scratch.0.join("ran.log");
-    let tools = slow_tool(&scratch, &ran);
-    let state = scratch.0.join("state");
+/// `--state-dir` with `tools`: a server whose session `begin`s its durable cell, killed
+/// with SIGKILL `after` the tool first ran (its log `ran` shows it), and started again on
+/// the same port and directory. The restarted server and the session's id.
+fn killed_after_the_tool_ran(
+    tools: &std::path::Path,
+    state: &std::path::Path,
+    ran: &std::path::Path,
+    after: Duration,
+) -> (HttpServer, String) {
     let args = |address: &str| -> Vec<String> {
         [
             "mcp",
@@ -631,15 +626,32 @@ fn a_session_outlives_a_killed_server_with_a_state_dir() {
         .trim_start_matches("http://")
         .trim_end_matches("/mcp")
         .to_owned();
-    // Killed once the tool runs.
-    until_ran(&ran);
-    server.child.kill().expect("SIGKILL");
-    server.child.wait().expect("reaped");
-
+    until_ran(ran);
+    std::thread::sleep(after);
+    server.kill();
     let again_args = args(&address);
     let again_args: Vec<&str> = again_args.iter().map(String::as_str).collect();
     let server = HttpServer::start(&again_args, &[]).expect("starts again");
     assert_eq!(server.url, url);
+    (server, session)
+}
+
+/// `--state-dir`: the server killed with SIGKILL while a session's cell waits on a call of
+/// the server's own tool and a timer, started again on the same port and directory. The
+/// client's next request names its session: rmcp takes it back, the `wait` rebuilds the
+/// cell (its tool call, cut short, fails with the text that says so; nothing is run
+/// twice; the output the first answer gave is not given again) and the stored value is
+/// there.
+#[test]
+fn a_session_outlives_a_killed_server_with_a_state_dir() {
+    let scratch = Scratch::new();
+    // The tool writes a line each time it runs: what it did is counted by its own side
+    // effect, not read from a text.
+    let ran = scratch.0.join("ran.log");
+    let tools = slow_tool(&scratch, &ran);
+    // Killed once the tool runs.
+    let (server, session) =
+        killed_after_the_tool_ran(&tools, &scratch.0.join("state"), &ran, Duration::ZERO);
     let resumed = service("resume", &server.url, &["--session", &session]);
     assert_resumed(&resumed, &ran);
 }
@@ -660,39 +672,13 @@ fn a_cell_that_finished_just_before_a_kill_gives_its_output_after_the_restart() 
             ran.display()
         ),
     );
-    let state = scratch.0.join("state");
-    let args = |address: &str| -> Vec<String> {
-        [
-            "mcp",
-            "--http",
-            address,
-            "--tools",
-            tools.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    };
-    let first_args = args("127.0.0.1:0");
-    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
-    let mut server = HttpServer::start(&first_args, &[]).expect("starts");
-    let begun = service("begin", &server.url, &[]);
-    let session = begun["session"].as_str().expect("a session id").to_owned();
-    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
-    let url = server.url.clone();
-    let address = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .to_owned();
     // The tool answered; the cell ends 0.2 s later; the kill comes a second after that.
-    until_ran(&ran);
-    std::thread::sleep(Duration::from_millis(1200));
-    server.kill();
-
-    let again_args = args(&address);
-    let again_args: Vec<&str> = again_args.iter().map(String::as_str).collect();
-    let server = HttpServer::start(&again_args, &[]).expect("starts again");
+    let (server, session) = killed_after_the_tool_ran(
+        &tools,
+        &scratch.0.join("state"),
+        &ran,
+        Duration::from_millis(1200),
+    );
     // A client resuming the event stream it had before the kill is told at once that it
     // is gone (an empty stream would have it reconnect until its timeout).
     let stream = service(
