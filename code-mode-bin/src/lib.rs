@@ -556,6 +556,7 @@ fn sandbox_self_test(action: &str) -> ExitCode {
             on_first.recv().ok().map(|()| self_test_action(&action))
         })
     });
+    sandbox::probes::prepare();
     let report = sandbox::apply(false);
     eprintln!("sandbox: {report}");
     let _ = sandboxed.send(());

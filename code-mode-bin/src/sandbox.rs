@@ -22,8 +22,8 @@
 //!    taking connections on a socket it already has opens nothing new outward. Signals
 //!    reach this process only: `kill`, `tgkill` and `rt_(tg)sigqueueinfo` at another pid
 //!    (a group, or -1 for every process of the user) kill the sender; `tkill` and
-//!    `pidfd_send_signal`, whose target the filter cannot see, are refused (`EPERM`), and
-//!    so is making a process a file's owner (`F_SETOWN` and the like), which `SIGIO` then
+//!    `pidfd_send_signal`, whose target the filter cannot see, are refused (`EPERM`), as
+//!    is `pidfd_open` of any process but this one, and so is making a process a file's owner (`F_SETOWN` and the like), which `SIGIO` then
 //!    goes to, and typing into or signalling through a terminal (`TIOCSTI` and the like).
 //!    Limits, priorities, CPUs and scheduling can be set for this process only
 //!    (`prlimit64`, `setpriority`, `ioprio_set`, `sched_set*`; `EPERM` for any other
@@ -376,6 +376,11 @@ fn filters(accepts: bool) -> Result<Vec<seccompiler::BpfProgram>, String> {
 /// - Signals whose target the filter cannot see (a thread id alone, a pidfd): `tkill`,
 ///   `pidfd_send_signal`. Nothing in the runtime sends them (`raise` and `pthread_kill` use
 ///   `tgkill`).
+/// - A pidfd of another process (`pidfd_open` of any pid but this one's): the filter
+///   cannot see whose pidfd a later call is given, so none is made. Its signal is refused
+///   above and `pidfd_getfd` and `setns` kill the process, but a pidfd would still tell
+///   when that process exits and, by its `ioctl`s, who it runs as, and lend itself to
+///   calls yet to come. Nothing in the runtime opens one (it starts no process).
 /// - A file's owner, the process `SIGIO` (or the signal `F_SETSIG` chose) goes to once the
 ///   file is ready: `fcntl`'s `F_SETOWN`, `F_SETOWN_EX` and `F_SETSIG`, the `FIOSETOWN` and
 ///   `SIOCSPGRP` ioctls, whatever the process (before Linux 6.12 the signal reaches any
@@ -414,6 +419,7 @@ fn refused_calls(pid: u64) -> Result<SeccompRules, seccompiler::BackendError> {
     let mut refused = SeccompRules::from([
         (libc::SYS_tkill, Vec::new()),
         (libc::SYS_pidfd_send_signal, Vec::new()),
+        (libc::SYS_pidfd_open, vec![is_not(0, pid)?]),
         (
             libc::SYS_fcntl,
             vec![is(1, F_SETOWN)?, is(1, F_SETOWN_EX)?, is(1, F_SETSIG)?],

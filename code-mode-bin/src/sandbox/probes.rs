@@ -9,10 +9,14 @@
 //! without `O_ASYNC` (so that no signal is ever sent), a terminal's request on a pipe; a
 //! process group this process is alone in, a user with no process, or a priority the
 //! kernel refuses before it acts.
+//!
+//! The sandbox refuses a pidfd of the parent (`pidfd_open`), so `pidfd_send_signal` is
+//! probed at the parent with one opened before it ([`prepare`]).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 /// What a probe's call answered: `Ok` where it went through, else its `errno`; `Err`
 /// where getting the values to probe with failed (nothing was probed).
@@ -59,6 +63,7 @@ const PROBES: &[Probe] = &[
         everywhere: true,
         ..refused("pidfd_send_signal", pidfd_send_signal)
     },
+    refused("pidfd_open", pidfd_open),
     Probe {
         everywhere: true,
         ..refused("F_SETOWN", set_owner)
@@ -190,12 +195,39 @@ fn rt_tgsigqueueinfo(pid: libc::pid_t) -> Outcome {
     }))
 }
 
-fn pidfd_send_signal(pid: libc::pid_t) -> Outcome {
+/// A pidfd of the parent, opened by [`prepare`] before the sandbox.
+static PARENT_PIDFD: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
+
+/// Opens a pidfd of the parent, for [`pidfd_send_signal`]'s probe: called before the
+/// process is sandboxed, which refuses it after.
+pub(crate) fn prepare() {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getppid() };
     // SAFETY: integers only.
     let pidfd = owned("pidfd_open", unsafe {
-        libc::syscall(libc::SYS_pidfd_open, pid, 0)
-    })?;
+        libc::syscall(libc::SYS_pidfd_open, parent, 0)
+    });
+    let _ = PARENT_PIDFD.set(pidfd);
+}
+
+fn pidfd_send_signal(pid: libc::pid_t) -> Outcome {
     use std::os::fd::AsRawFd;
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    let opened;
+    let pidfd = if pid == parent {
+        match PARENT_PIDFD.get() {
+            Some(Ok(pidfd)) => pidfd.as_fd(),
+            Some(Err(error)) => return Err(format!("before the sandbox: {error}")),
+            None => return Err("no pidfd of the parent opened before the sandbox".to_owned()),
+        }
+    } else {
+        // SAFETY: integers only.
+        opened = owned("pidfd_open", unsafe {
+            libc::syscall(libc::SYS_pidfd_open, pid, 0)
+        })?;
+        opened.as_fd()
+    };
     // SAFETY: a pidfd we own; signal 0 sends nothing; no siginfo.
     Ok(answer(unsafe {
         libc::syscall(
@@ -206,6 +238,16 @@ fn pidfd_send_signal(pid: libc::pid_t) -> Outcome {
             0,
         )
     }))
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Outcome {
+    // SAFETY: integers only; a pidfd made is owned and closed at once below.
+    let made = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if made == -1 {
+        return Ok(answer(made));
+    }
+    drop(owned("pidfd_open", made)?);
+    Ok(Ok(()))
 }
 
 /// A pipe's read end, of this process's alone.

@@ -1013,8 +1013,10 @@ async fn the_sandbox_refuses_files_and_kills_on_exec() {
 /// rule is probed at the runtime's parent, this test (`refused:<call>`, with values that
 /// change nothing should the rule fail open): a signal by `tgkill` or `rt_(tg)sigqueueinfo`
 /// kills the runtime; the others answer `EPERM`, and those refused whatever the target
-/// (a pidfd's signal, a file's owner for `SIGIO`) are probed at the runtime too, and a
-/// terminal's input, process group and signals are refused on any descriptor. A process
+/// (a pidfd's signal, a file's owner for `SIGIO`) are probed at the runtime too, a pidfd
+/// of the parent is refused (`pidfd_open`; the self test signals the parent by one it
+/// opened before its sandbox), and a terminal's input, process group and signals are
+/// refused on any descriptor. A process
 /// group or user's priority is refused whoever it is. The runtime's own (`allowed:<call>`,
 /// at 0 and at its pid) goes through.
 #[tokio::test]
@@ -1041,6 +1043,7 @@ async fn the_sandbox_keeps_signals_limits_and_scheduling_to_the_runtime() {
     ];
     let refused = [
         "pidfd_send_signal",
+        "pidfd_open",
         "F_SETOWN",
         "F_SETOWN_EX",
         "F_SETSIG",
