@@ -52,17 +52,30 @@ fn pack_relative_relocations() {
 /// Only where rustc links with its own `lld` (the default for `x86_64-unknown-linux-gnu`
 /// since Rust 1.90), as GNU `ld` knows no such option: not when the build names another
 /// linker or linker flavour, and not with `CODE_MODE_STARTUP_ORDER=0`.
+///
+/// The package's tests get `CODE_MODE_STARTUP_ORDERED`: `1` where the functions were
+/// placed, else why not, so that the test of the placement fails saying so.
 fn order_startup_functions(order: &std::path::Path) {
     println!("cargo:rerun-if-changed={}", order.display());
     println!("cargo:rerun-if-env-changed=CODE_MODE_STARTUP_ORDER");
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
-    if std::env::var("CODE_MODE_STARTUP_ORDER").as_deref() == Ok("0")
-        || !native_linux_gnu()
-        || std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() != Ok("x86_64")
-        || std::env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some()
-        || !rustc_links_with_lld()
-        || !order.is_file()
-    {
+    let not_placed = if std::env::var("CODE_MODE_STARTUP_ORDER").as_deref() == Ok("0") {
+        Some("CODE_MODE_STARTUP_ORDER=0")
+    } else if !native_linux_gnu() {
+        Some("not a native build for Linux with glibc")
+    } else if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() != Ok("x86_64") {
+        Some("not x86_64")
+    } else if std::env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some() {
+        Some("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER names another linker")
+    } else if !rustc_links_with_lld() {
+        Some("rustc does not link with its own lld (before Rust 1.90, or the flags name a linker)")
+    } else if !order.is_file() {
+        Some("no startup-order.txt")
+    } else {
+        None
+    };
+    if let Some(why) = not_placed {
+        println!("cargo:rustc-env=CODE_MODE_STARTUP_ORDERED=not placed: {why}");
         return;
     }
     println!(
@@ -70,7 +83,6 @@ fn order_startup_functions(order: &std::path::Path) {
         order.display()
     );
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
-    // For the package's tests, which check the placement.
     println!("cargo:rustc-env=CODE_MODE_STARTUP_ORDERED=1");
 }
 
