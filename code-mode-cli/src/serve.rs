@@ -21,7 +21,7 @@ mod state;
 use crate::Failure;
 use crate::session::{RuntimeArgs, Sessions};
 use crate::tools::{BeforeCall, OnInterrupt, ToolSet};
-use code_mode_host::{DurableSession, RestoredCall};
+use code_mode_host::{DurableSession, HeldSession, RestoredCall};
 use code_mode_protocol::CallId;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -29,7 +29,7 @@ use code_mode_protocol::{
     CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall, SessionCall, SessionError,
     SessionOptions, SessionReply, StoredValues, ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
-use code_mode_state::{AnswerRecord, CallRecord, Changes, Saved, StoreLocation, StoreOptions};
+use code_mode_state::{AnswerRecord, CallRecord, StoreLocation, StoreOptions};
 use code_mode_surface::json::reply_json;
 use code_mode_surface::{
     Catalog, ToolDescription, exec_description_of, exec_tool_spec_of, wait_tool_spec,
@@ -718,9 +718,13 @@ impl Server {
         Ok(())
     }
 
-    /// The sessions `only` names (all when `None`) as they are now, with the driver's
-    /// counters, as the state directory keeps them.
-    fn checkpoint(&self, state: &Durability, only: Option<&HashSet<String>>) -> Changes {
+    /// Writes the sessions `only` names (all when `None`) as they are now, with the calls
+    /// they wait on the client for and the runtime generation reached.
+    async fn checkpoint(
+        &self,
+        state: &Durability,
+        only: Option<&HashSet<String>>,
+    ) -> Result<(), String> {
         let named = |session: &String| only.is_none_or(|only| only.contains(session));
         let calls = lock(&self.calls)
             .iter()
@@ -732,8 +736,9 @@ impl Server {
                 front_id: id.clone(),
             })
             .collect();
-        let counters = vec![(GENERATIONS.to_owned(), self.provider.generations_used())];
-        state.checkpoint(counters, calls, &named)
+        state
+            .write(self.provider.generations_used(), calls, &named)
+            .await
     }
 
     /// With a state directory: writes the sessions `only` names (all when `None`) as they
@@ -747,8 +752,7 @@ impl Server {
             // session it did not write never goes out.
             return state.unwritten_at_close();
         }
-        let checkpoint = self.checkpoint(state, only);
-        state.write(checkpoint).await.err()
+        self.checkpoint(state, only).await.err()
     }
 
     /// The write before a call of the driver's own tools: everything served, the call in
@@ -779,18 +783,14 @@ impl Server {
         })
     }
 
-    /// Opens again one session an earlier process kept (`saved` holds its calls and
+    /// Opens again one session an earlier process kept (`held`, with its calls and
     /// answers) and deals with the calls its cells wait on: an answer that came is given,
     /// a call of the driver's own tools (which died with that process) fails or, for a
     /// tool with `on_interrupt = "retry"`, runs again, and every other is the client's to
     /// answer: announced again with its id, marked `restored`. The error names what did
     /// not read.
-    fn reopen_one(
-        &self,
-        state: &Arc<Durability>,
-        record: &code_mode_state::SessionRecord,
-        saved: &Saved,
-    ) -> Result<(), String> {
+    fn reopen_one(&self, state: &Arc<Durability>, held: &HeldSession) -> Result<(), String> {
+        let record = &held.record;
         let mut given: Value = serde_json::from_str(&record.options)
             .map_err(|error| format!("the kept options of session {}: {error}", record.id))?;
         state::strip_token(&mut given);
@@ -809,13 +809,11 @@ impl Server {
             return Ok(());
         };
         let cells = record.state.cells.len();
-        let calls = session.restore(record.state.cells.clone());
-        tracing::debug!(session = %record.id, cells, calls = calls.len(), "session restored from the state directory");
+        let calls = held.restore(session.as_ref());
+        tracing::debug!(session = %record.id, cells, unanswered = calls.len(), "session restored from the state directory");
         for restored in calls {
             let call = &restored.call;
-            if let Some(result) = saved.answer(&record.id, &call.cell_id, call.call_id) {
-                restored.answer(result.clone());
-            } else if self.tools.has(&call.tool_name) {
+            if self.tools.has(&call.tool_name) {
                 match self.tools.on_interrupt(&call.tool_name) {
                     OnInterrupt::Fail => restored.answer(Err(ToolError::new(
                         code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
@@ -823,8 +821,8 @@ impl Server {
                     OnInterrupt::Retry => self.run_again(state, &record.id, restored),
                 }
             } else {
-                let id = saved
-                    .front_id(&record.id, &call.cell_id, call.call_id)
+                let id = held
+                    .front_id(&call.cell_id, call.call_id)
                     .map_or_else(|| fresh_id('c'), str::to_owned);
                 // The argument as the client first saw it: parsed (it was checked then).
                 let event = match call.clone().parsed() {
@@ -866,8 +864,8 @@ impl Server {
                 Err(unknown())
             };
         }
-        let (saved, taken_over) = match state.take(&given.session) {
-            Some(saved) => (saved, false),
+        let (held, taken_over) = match state.take(&given.session) {
+            Some(held) => (held, false),
             None => {
                 let taken = state
                     .take_over(&given.session)
@@ -876,19 +874,16 @@ impl Server {
                 (taken.ok_or_else(unknown)?, true)
             }
         };
-        let owned = saved.sessions.iter().find(|record| {
-            record.id == given.session && state::token_matches(&record.options, &given.resume_token)
-        });
-        let Some(record) = owned else {
+        if !state::token_matches(&held.record.options, &given.resume_token) {
             tracing::debug!(session = %given.session, "resume_session with a wrong token refused");
             if taken_over {
                 state.release(&given.session).await;
             } else {
-                state.put_back(&given.session, saved);
+                state.put_back(held);
             }
             return Err(unknown());
-        };
-        self.reopen_one(state, record, &saved)
+        }
+        self.reopen_one(state, &held)
             .map_err(|error| ErrorReply::new("state_error", error))?;
         Ok(json!({ "session": given.session }))
     }
@@ -1038,9 +1033,6 @@ fn drop_unwritten(batch: &mut Vec<Line>, message: &str) {
 /// Why a call of the driver's own tools is not made while the driver stops.
 const STOPPING: &str = "the driver is stopping";
 
-/// The driver's counter in the state directory: the runtime generations used.
-const GENERATIONS: &str = "generations";
-
 /// A fresh id of 128 random bits from the system's secure generator, in hex after
 /// `prefix` (`s` a session, `c` a call): unguessable, and never the same on two servers
 /// that share a store.
@@ -1068,15 +1060,12 @@ pub async fn serve(
     runtime_log: String,
     state_dir: Option<(StoreLocation, StoreOptions)>,
 ) -> Result<(), Failure> {
-    let (server, lines_rx, saved) = Server::start(runtime, tools, runtime_log, state_dir)?;
+    let (server, lines_rx) = Server::start(runtime, tools, runtime_log, state_dir)?;
     let writer = tokio::spawn(write_lines(
         lines_rx,
         Arc::downgrade(&server),
         server.state.clone(),
     ));
-    if let Some(state) = &server.state {
-        state.hold(saved);
-    }
     let tasks = TaskTracker::new();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines
@@ -1095,32 +1084,29 @@ pub async fn serve(
 
 impl Server {
     /// The server over the providers `runtime` names, with the sessions a state directory
-    /// kept (`saved`, to reopen), and the receiver of the lines it writes.
-    #[allow(
-        clippy::type_complexity,
-        reason = "the server, its writer's end and what was kept: used once, by `serve`"
-    )]
+    /// kept (held until their clients resume them), and the receiver of the lines it writes.
     fn start(
         runtime: &RuntimeArgs,
         tools: ToolSet,
         runtime_log: String,
         state_dir: Option<(StoreLocation, StoreOptions)>,
-    ) -> Result<(Arc<Server>, mpsc::UnboundedReceiver<Line>, Saved), Failure> {
-        let (state, saved) = match state_dir {
+    ) -> Result<(Arc<Server>, mpsc::UnboundedReceiver<Line>), Failure> {
+        let state = match state_dir {
             Some(_) if runtime.in_process => {
                 return Err(Failure::usage(
                     "--state-dir keeps each running cell's journal on the host's side of the runtime process; it cannot be used with --in-process",
                 ));
             }
             Some((dir, options)) => {
-                let (state, saved) = Durability::open(&dir, options)
+                let state = Durability::open(&dir, options)
                     .map_err(|error| Failure::runtime(error.to_string()))?;
-                (Some(Arc::new(state)), saved)
+                Some(Arc::new(state))
             }
-            None => (None, Saved::default()),
+            None => None,
         };
-        let provider = Sessions::after(runtime, &runtime_log, saved.counter(GENERATIONS))
-            .map_err(Failure::runtime)?;
+        let generations = state.as_ref().map_or(0, |state| state.generations_before());
+        let provider =
+            Sessions::after(runtime, &runtime_log, generations).map_err(Failure::runtime)?;
         let (lines_tx, lines_rx) = mpsc::unbounded_channel::<Line>();
         let server = Arc::new_cyclic(|me| Server {
             me: Weak::clone(me),
@@ -1133,7 +1119,7 @@ impl Server {
             resuming: tokio::sync::Mutex::new(()),
             state,
         });
-        Ok((server, lines_rx, saved))
+        Ok((server, lines_rx))
     }
 
     /// One line of input: a `tool_result` is taken at once, in order; any other request

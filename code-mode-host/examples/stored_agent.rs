@@ -20,8 +20,8 @@
 
 use code_mode_host::state::{AnswerRecord, Changes, Keeper, StateError, StoreOptions};
 use code_mode_host::{
-    CodeModeSession, Interrupted, ProcessConfig, ProcessProvider, Runtimes, SessionStore,
-    StoredProvider,
+    CodeModeSession, Interrupted, KeptSessions, ProcessConfig, ProcessProvider, Runtimes,
+    SessionStore, StoredProvider,
 };
 use code_mode_protocol::{
     BoxFuture, CellResponse, CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall,
@@ -175,16 +175,17 @@ async fn main() {
     let mode = std::env::args().nth(1).expect("start or resume");
     let log = PathBuf::from(arg("--log").expect("--log is required"));
     let (keeper, saved) = open_store();
-    let config = ProcessConfig {
-        generations_before: code_mode_host::stored::generations_before(&saved),
-        ..ProcessConfig::default()
-    };
-    let provider = ProcessProvider::new(config).expect("a runtime binary");
     let store = Logged {
         keeper,
         log: log.clone(),
     };
-    let sessions = StoredProvider::new(Runtimes::Local(provider), Arc::new(store), saved);
+    let kept = Arc::new(KeptSessions::over(Arc::new(store), saved));
+    let config = ProcessConfig {
+        generations_before: kept.generations_before(),
+        ..ProcessConfig::default()
+    };
+    let provider = ProcessProvider::new(config).expect("a runtime binary");
+    let sessions = StoredProvider::new(Runtimes::Local(provider), kept);
     let first_process = mode == "start";
     let delegate = |session: &str| -> Arc<dyn CodeModeSessionDelegate> {
         Arc::new(Slow {

@@ -10,7 +10,8 @@
 //! the runtime), `connection` speaks the wire protocol and validates every message,
 //! `provider` supervises the local process, `hosted` is the session over a runtime (local
 //! or remote) that survives the runtime's death, `durable` takes a session's state out of a
-//! process and puts it back, `remote` is the pool of network runtimes, `runtimes` the choice
+//! process and puts it back, `kept` is the one owner of sessions kept in a store (every front
+//! and `stored`'s provider keep theirs through it), `remote` is the pool of network runtimes, `runtimes` the choice
 //! between the two, `error` every error the providers return.
 
 pub mod binary;
@@ -19,6 +20,7 @@ pub mod durable;
 mod error;
 mod faults;
 mod hosted;
+pub mod kept;
 mod prelaunch;
 mod process;
 mod provider;
@@ -41,6 +43,7 @@ pub use error::{HandshakeError, SpawnError};
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 pub use faults::{Fault, arm as arm_fault};
 pub use hosted::{HostedSession, REBUILD_ATTEMPTS, RuntimeSession};
+pub use kept::{HeldSession, KeptSessions};
 pub use prelaunch::{ForkError, Forked, Prelaunched, SOCKET_FD, fork_runtime, receive_arguments};
 pub use provider::{
     BIRTH_TRIES, CRASH_WINDOW, HostError, MAX_CRASHES, ProcessConfig, ProcessProvider,

@@ -14,66 +14,22 @@
 //! and no one knows whether it ran: the agent core says per call what happens
 //! ([`Interrupted`]); nothing is sent again unless it says so.
 //!
-//! The store is `code-mode-state`'s [`Keeper`] (SQLite, one writer, group commit), or the
-//! agent core's own through the small [`SessionStore`] trait.
+//! The store is reached through [`KeptSessions`], the one owner of kept sessions:
+//! `code-mode-state`'s keeper, or the agent core's own through [`SessionStore`].
 
 use crate::hosted::RuntimeSession;
+use crate::kept::KeptSessions;
 use crate::runtimes::Runtimes;
-use crate::{DurableSession, RestoredCall};
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
     ExecHooks, ExecRequest, JsonText, NestedToolCall, PendingOutcome, SessionError, SessionOptions,
     StartedCell, StartedPendingCell, StoredValues, ToolError, WaitRequest,
 };
-use code_mode_state::{
-    AnswerRecord, Changes, Keeper, Saved, SessionRecord, StateError, StoreStats,
-};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use code_mode_state::{AnswerRecord, SessionRecord, StateError, StoreStats};
+use std::sync::{Arc, OnceLock, Weak};
 use tokio_util::sync::CancellationToken;
 
-/// The counter of runtime generations in the store.
-const GENERATIONS: &str = "generations";
-
-/// Where sessions keep themselves: what [`StoredProvider`] needs of a store. `Keeper`
-/// implements it; an agent core may bring its own.
-pub trait SessionStore: Send + Sync + 'static {
-    /// Writes `changes`, durable when the future resolves (or its error).
-    fn write(&self, changes: Changes) -> BoxFuture<'_, Result<(), StateError>>;
-    /// Records the answer to a nested call, durable when the future resolves.
-    fn record_answer(&self, answer: AnswerRecord) -> BoxFuture<'_, Result<(), StateError>>;
-    /// Deletes a session with everything it had.
-    fn remove(&self, session: &str);
-    /// The store's figures, for metrics (`None`: it keeps none).
-    fn stats(&self) -> Option<StoreStats> {
-        None
-    }
-}
-
-impl SessionStore for Keeper {
-    fn write(&self, changes: Changes) -> BoxFuture<'_, Result<(), StateError>> {
-        Box::pin(Keeper::write(self, changes))
-    }
-
-    fn record_answer(&self, answer: AnswerRecord) -> BoxFuture<'_, Result<(), StateError>> {
-        Box::pin(Keeper::record_answer(self, answer))
-    }
-
-    fn remove(&self, session: &str) {
-        Keeper::remove(self, session);
-    }
-
-    fn stats(&self) -> Option<StoreStats> {
-        Some(Keeper::stats(self))
-    }
-}
-
-/// The runtime generation to start a provider at, after a process that kept `saved`
-/// (`ProcessConfig::generations_before`): a rebuilt cell's id never names a new one.
-pub fn generations_before(saved: &Saved) -> u64 {
-    saved.counter(GENERATIONS)
-}
+pub use crate::kept::SessionStore;
 
 /// What happens to a nested call that was in flight when the agent core stopped: it has
 /// no recorded answer, and no one knows whether it ran.
@@ -89,23 +45,17 @@ pub enum Interrupted {
     Retry,
 }
 
-/// A session an earlier process kept that no one resumed yet.
-struct Kept {
-    record: SessionRecord,
-    answers: Vec<AnswerRecord>,
-}
-
 /// A provider whose sessions keep themselves in a store.
 pub struct StoredProvider {
     runtimes: Runtimes,
-    store: Arc<dyn SessionStore>,
-    kept: Mutex<HashMap<String, Kept>>,
+    kept: Arc<KeptSessions>,
 }
 
 impl std::fmt::Debug for StoredProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredProvider")
             .field("runtimes", &self.runtimes)
+            .field("kept", &self.kept)
             .finish_non_exhaustive()
     }
 }
@@ -122,37 +72,20 @@ pub enum StoredError {
 }
 
 impl StoredProvider {
-    /// Sessions on `runtimes` that keep themselves in `store`; `saved` is what the store
-    /// held when it was opened (the sessions to resume). Start `runtimes` at
-    /// [`generations_before`]`(&saved)`.
-    pub fn new(runtimes: Runtimes, store: Arc<dyn SessionStore>, saved: Saved) -> Self {
-        let mut kept = HashMap::new();
-        for record in saved.sessions {
-            let answers = saved
-                .answers
-                .iter()
-                .filter(|answer| answer.session == record.id)
-                .cloned()
-                .collect();
-            kept.insert(record.id.clone(), Kept { record, answers });
-        }
-        Self {
-            runtimes,
-            store,
-            kept: Mutex::new(kept),
-        }
+    /// Sessions on `runtimes` that keep themselves in `kept`'s store, whose held sessions
+    /// are the ones to resume. Start `runtimes` at [`KeptSessions::generations_before`].
+    pub fn new(runtimes: Runtimes, kept: Arc<KeptSessions>) -> Self {
+        Self { runtimes, kept }
     }
 
     /// The ids of the sessions an earlier process kept that were not resumed yet.
     pub fn kept(&self) -> Vec<String> {
-        let mut ids: Vec<String> = lock(&self.kept).keys().cloned().collect();
-        ids.sort();
-        ids
+        self.kept.held_ids()
     }
 
     /// The store's figures, if it keeps any.
     pub fn stats(&self) -> Option<StoreStats> {
-        self.store.stats()
+        self.kept.stats()
     }
 
     /// A new session kept under `id`, written to the store before it is returned.
@@ -163,7 +96,7 @@ impl StoredProvider {
         options: SessionOptions,
         stored_values: StoredValues,
     ) -> Result<Arc<StoredSession>, StoredError> {
-        if lock(&self.kept).contains_key(id) {
+        if self.kept.is_held(id) {
             return Err(StoredError::AlreadyKept(id.to_owned()));
         }
         let session = self.start(id, delegate, options, stored_values);
@@ -172,7 +105,7 @@ impl StoredProvider {
     }
 
     /// Takes back session `id` that an earlier process kept, with `delegate` for its
-    /// calls. Its running cells are rebuilt at its next call; each call they wait on gets
+    /// calls. Its running cells are rebuilt at their next call; each call they wait on gets
     /// its recorded answer, else what `interrupted` says (asked once per call).
     pub async fn resume(
         &self,
@@ -181,20 +114,14 @@ impl StoredProvider {
         options: SessionOptions,
         interrupted: impl Fn(&NestedToolCall) -> Interrupted,
     ) -> Result<Arc<StoredSession>, StoredError> {
-        let kept = lock(&self.kept)
-            .remove(id)
+        let held = self
+            .kept
+            .take(id)
             .ok_or_else(|| StoredError::NotKept(id.to_owned()))?;
-        let session = self.start(id, delegate, options, kept.record.state.stored.clone());
-        let restored = session.inner.restore(kept.record.state.cells.clone());
+        let session = self.start(id, delegate, options, held.record.state.stored.clone());
+        let unanswered = held.restore(session.inner.as_ref());
         session.checkpoint().await?;
-        for call in restored {
-            let recorded = kept.answers.iter().find(|answer| {
-                answer.cell_id == call.call.cell_id && answer.call == call.call.call_id
-            });
-            if let Some(answer) = recorded {
-                call.answer(answer.result.clone());
-                continue;
-            }
+        for call in unanswered {
             match interrupted(&call.call) {
                 Interrupted::Answer(result) => session.give(call, result).await,
                 Interrupted::Fail => {
@@ -229,7 +156,7 @@ impl StoredProvider {
             inner: delegate,
             keeper: Arc::new(Link {
                 id: id.to_owned(),
-                store: Arc::clone(&self.store),
+                kept: Arc::clone(&self.kept),
                 runtimes: self.runtimes.clone(),
                 session: OnceLock::new(),
             }),
@@ -251,7 +178,7 @@ impl StoredProvider {
 /// What a stored session and its delegates share: where to write, and the session.
 struct Link {
     id: String,
-    store: Arc<dyn SessionStore>,
+    kept: Arc<KeptSessions>,
     runtimes: Runtimes,
     session: OnceLock<Weak<RuntimeSession>>,
 }
@@ -262,17 +189,14 @@ impl Link {
         let Some(session) = self.session.get().and_then(Weak::upgrade) else {
             return Ok(());
         };
-        let changes = Changes {
-            counters: vec![(GENERATIONS.to_owned(), self.runtimes.generations_used())],
-            sessions: vec![SessionRecord {
-                id: self.id.clone(),
-                options: String::new(),
-                state: session.durable_state(),
-            }],
-            calls: Vec::new(),
-            removed: Vec::new(),
+        let record = SessionRecord {
+            id: self.id.clone(),
+            options: String::new(),
+            state: session.durable_state(),
         };
-        self.store.write(changes).await
+        self.kept
+            .write(vec![record], Vec::new(), self.runtimes.generations_used())
+            .await
     }
 
     /// Records `result` as the answer to `call`.
@@ -281,7 +205,7 @@ impl Link {
         call: &NestedToolCall,
         result: &Result<JsonText, ToolError>,
     ) -> Result<(), StateError> {
-        self.store
+        self.kept
             .record_answer(AnswerRecord {
                 session: self.id.clone(),
                 cell_id: call.cell_id.clone(),
@@ -383,7 +307,7 @@ impl StoredSession {
     }
 
     /// Records `result` for a restored call, then gives it to its cell.
-    async fn give(&self, call: RestoredCall, result: Result<JsonText, ToolError>) {
+    async fn give(&self, call: crate::RestoredCall, result: Result<JsonText, ToolError>) {
         let result = match self.link.record(&call.call, &result).await {
             Ok(()) => result,
             Err(error) => Err(unkept("the answer was not kept", &error)),
@@ -404,7 +328,7 @@ impl StoredSession {
     /// Closes the session and deletes it from the store.
     pub async fn close(&self) {
         self.inner.shutdown().await;
-        self.link.store.remove(&self.link.id);
+        self.link.kept.remove(&self.link.id);
     }
 }
 

@@ -3,7 +3,8 @@
 //! runtime process (started at the first call, restarted after a crash); and one provider
 //! of kept sessions per state directory.
 
-use code_mode_host::state::{Keeper, StoreOptions};
+use code_mode_host::KeptSessions;
+use code_mode_host::state::{StoreLocation, StoreOptions};
 use code_mode_host::{ProcessConfig, ProcessProvider, Runtimes, StoredProvider};
 use code_mode_protocol::sync::lock;
 use pyo3::PyResult;
@@ -97,15 +98,16 @@ pub(crate) fn stored(dir: &str, binary: Option<String>) -> PyResult<Arc<StoredPr
     if let Some(provider) = providers.get(&dir) {
         return Ok(Arc::clone(provider));
     }
-    let (keeper, saved) = Keeper::open_sqlite(&dir, "python", StoreOptions::default())
+    let location = StoreLocation::Dir(dir.clone());
+    let kept = KeptSessions::open(&location, "python", StoreOptions::default())
         .map_err(|error| crate::errors::CodeModeError::new_err(error.to_string()))?;
     let _entered = tokio().enter();
     let runtimes = Runtimes::Local(ProcessProvider::deferred(ProcessConfig {
         binary: binary.map(PathBuf::from),
-        generations_before: code_mode_host::stored::generations_before(&saved),
+        generations_before: kept.generations_before(),
         ..ProcessConfig::default()
     }));
-    let provider = Arc::new(StoredProvider::new(runtimes, Arc::new(keeper), saved));
+    let provider = Arc::new(StoredProvider::new(runtimes, Arc::new(kept)));
     providers.insert(dir, Arc::clone(&provider));
     Ok(provider)
 }

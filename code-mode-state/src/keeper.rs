@@ -119,7 +119,7 @@ pub fn parse_ttl(text: &str) -> Result<Ttl, String> {
 }
 
 /// A store's size and contents, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Bytes its data takes.
     pub bytes: u64,

@@ -996,11 +996,11 @@ impl Front {
             max_heap_size_bytes: kept.max_heap_size_bytes,
         };
         let front = self.new_session(
-            orphan.record.id.clone(),
+            orphan.held.id().to_owned(),
             truncation,
             limits,
             kept.max_pending_delegate_calls,
-            orphan.record.state.stored.clone(),
+            orphan.held.record.state.stored.clone(),
         );
         {
             let mut state = lock(&front.state);
@@ -1044,18 +1044,20 @@ impl Front {
                 );
             }
         }
-        let restored = front.session.restore(orphan.record.state.cells.clone());
-        tracing::info!(session = %front.id, cells = kept.cells.len(), calls = restored.len(), "session taken back from the state directory");
-        for call in restored {
+        // A call whose answer came before the restart got it; the others are the client's.
+        let unanswered = orphan.held.restore(front.session.as_ref());
+        tracing::info!(
+            cells = kept.cells.len(),
+            unanswered = unanswered.len(),
+            "session taken back from the state directory"
+        );
+        tracing::debug!(session = %front.id, "the session taken back");
+        for call in unanswered {
             let (cell_id, call_id) = (call.call.cell_id.clone(), call.call.call_id);
-            if let Some(answer) = orphan.answer(&cell_id, call_id) {
-                call.answer(answer);
-                continue;
-            }
             let mut state = lock(&front.state);
-            match orphan.front_id(&cell_id, call_id) {
+            match orphan.held.front_id(&cell_id, call_id) {
                 Some(id) => {
-                    state.restored_calls.insert(id, call);
+                    state.restored_calls.insert(id.to_owned(), call);
                 }
                 None => {
                     let Some(codex_id) = state.by_runtime_id.get(&cell_id).cloned() else {

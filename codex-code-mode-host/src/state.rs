@@ -1,28 +1,22 @@
 //! `--state-dir` (with `--listen grpc://`): the host's sessions kept across its restarts
 //! (docs/CODEX.md, "Restarts"). Each session's Codex ids (cells, executions, tools), its
 //! stored values and running cells ([`code_mode_host::DurableSession`]), the invocations
-//! waiting for the client and the answers that came go to `code-mode-state`'s keeper
-//! (`codex.sqlite3`). The front writes a session's changes before it answers anything
+//! waiting for the client and the answers that came go to the store through
+//! [`KeptSessions`], the host crate's one owner of kept sessions (`codex.sqlite3`, or
+//! Postgres); this module keeps only the front's own data in each session's options. The front writes a session's changes before it answers anything
 //! that depends on them ([`crate::front::Front::flush`]) and records a client's answer
 //! before its cell gets it. After a restart a kept session belongs to no connection until
 //! a call names it: that connection takes it back, unless it expired (`--state-ttl`).
 
-use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{CallId, CellId, JsonText, ToolError};
+use code_mode_host::{HeldSession, KeptSessions};
 use code_mode_state::{
-    AnswerRecord, CallRecord, Changes, Keeper, Saved, SessionRecord, StateError, StoreLocation,
-    StoreOptions,
+    AnswerRecord, CallRecord, SessionRecord, StateError, StoreLocation, StoreOptions,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The database's name in the state directory (`codex.sqlite3`).
 const FRONT: &str = "codex";
-
-/// The counter of runtime generations in the database.
-const GENERATIONS: &str = "generations";
 
 /// Who a connection's client is, as far as the listener can tell: the sessions it opens
 /// belong to it, and after a restart of the host (`--state-dir`) only the same identity
@@ -79,83 +73,32 @@ pub(crate) struct KeptTool {
 
 /// A session an earlier process kept that no connection took back yet.
 pub(crate) struct Orphan {
-    pub(crate) record: SessionRecord,
+    /// Its record, calls and answers as kept.
+    pub(crate) held: HeldSession,
+    /// The front's own data of it.
     pub(crate) kept: KeptSession,
-    calls: Vec<CallRecord>,
-    answers: Vec<AnswerRecord>,
-}
-
-impl Orphan {
-    /// The answer that came for a call before the restart.
-    pub(crate) fn answer(
-        &self,
-        cell_id: &CellId,
-        call: CallId,
-    ) -> Option<Result<JsonText, ToolError>> {
-        self.answers
-            .iter()
-            .find(|answer| answer.cell_id == *cell_id && answer.call == call)
-            .map(|answer| answer.result.clone())
-    }
-
-    /// The invocation id the client was given for a call.
-    pub(crate) fn front_id(&self, cell_id: &CellId, call: CallId) -> Option<String> {
-        self.calls
-            .iter()
-            .find(|record| record.cell_id == *cell_id && record.call == call)
-            .map(|record| record.front_id.clone())
-    }
 }
 
 /// What the state directory keeps of the host's sessions, across every connection.
 pub struct CodexState {
-    keeper: Keeper,
-    orphans: Mutex<HashMap<String, Orphan>>,
-    generations: AtomicU64,
+    kept: KeptSessions,
 }
 
 impl std::fmt::Debug for CodexState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CodexState")
-            .field("keeper", &self.keeper)
+            .field("kept", &self.kept)
             .finish_non_exhaustive()
     }
 }
 
-/// The kept sessions `saved` holds, each with its calls and answers; a session whose own
-/// state does not read is an error that names it.
-fn orphans_of(saved: &Saved, store: &str) -> Result<HashMap<String, Orphan>, StateError> {
-    let mut orphans = HashMap::new();
-    for record in saved.sessions.iter().cloned() {
-        let kept: KeptSession =
-            serde_json::from_str(&record.options).map_err(|error| StateError::Read {
-                path: store.into(),
-                detail: format!("session {}: {error}", record.id),
-            })?;
-        let of = |id: &str| id == record.id;
-        let calls = saved
-            .calls
-            .iter()
-            .filter(|call| of(&call.session))
-            .cloned()
-            .collect();
-        let answers = saved
-            .answers
-            .iter()
-            .filter(|answer| of(&answer.session))
-            .cloned()
-            .collect();
-        orphans.insert(
-            record.id.clone(),
-            Orphan {
-                record,
-                kept,
-                calls,
-                answers,
-            },
-        );
-    }
-    Ok(orphans)
+/// The front's own data of a kept session; an error that names the session when it does
+/// not read.
+fn front_data(held: &HeldSession, store: &str) -> Result<KeptSession, StateError> {
+    serde_json::from_str(&held.record.options).map_err(|error| StateError::Read {
+        path: store.into(),
+        detail: format!("session {}: {error}", held.id()),
+    })
 }
 
 impl CodexState {
@@ -164,82 +107,75 @@ impl CodexState {
     /// new sessions are refused near it, a write past it fails as on a full disk; its time
     /// to live) and say how long a failed write is tried again.
     pub fn open(location: &StoreLocation, options: StoreOptions) -> Result<Self, StateError> {
-        let (keeper, saved) = Keeper::open(location, FRONT, options)?;
-        let orphans = orphans_of(&saved, keeper.describe())?;
-        tracing::info!(
-            store = keeper.describe(),
-            sessions = orphans.len(),
-            "state directory opened"
-        );
-        Ok(Self {
-            keeper,
-            generations: AtomicU64::new(saved.counter(GENERATIONS)),
-            orphans: Mutex::new(orphans),
-        })
+        let kept = KeptSessions::open(location, FRONT, options)?;
+        kept.each_held(|held| front_data(held, kept.describe()).map(|_| ()))?;
+        Ok(Self { kept })
     }
 
     /// With a store that hosts share (`--state-url`): session `id`, which no process of
     /// this host has, is taken over from the host that kept it once that one's lease ran
     /// out, and waits here as a kept session for the connection that names it.
     pub(crate) async fn take_over(&self, id: &str) -> Result<(), String> {
-        if lock(&self.orphans).contains_key(id) {
-            return Ok(());
-        }
-        let taken = self
-            .keeper
+        let held = self
+            .kept
             .take_over(id)
             .await
             .map_err(|error| error.to_string())?;
-        if let Some(saved) = taken {
-            let orphans =
-                orphans_of(&saved, self.keeper.describe()).map_err(|error| error.to_string())?;
-            lock(&self.orphans).extend(orphans);
+        if held {
+            let store = self.kept.describe();
+            self.kept
+                .with_held(id, |held| front_data(held, store).map(|_| ()))
+                .transpose()
+                .map_err(|error| error.to_string())?;
         }
         Ok(())
     }
 
     /// The runtime generation the earlier process reached.
     pub fn generations_before(&self) -> u64 {
-        self.generations.load(Ordering::SeqCst)
+        self.kept.generations_before()
     }
 
     /// Whether an earlier process kept session `id` (no new session may take its id).
     pub(crate) fn is_kept(&self, id: &str) -> bool {
-        lock(&self.orphans).contains_key(id)
+        self.kept.is_held(id)
     }
 
     /// Whether the store has room for one more session (refused near its size cap, with
     /// the figures).
     pub(crate) fn admit(&self) -> Result<(), String> {
-        self.keeper.admit().map_err(|error| error.to_string())
+        self.kept.admit().map_err(|error| error.to_string())
     }
 
     /// The store's size and contents, for metrics.
     pub fn stats(&self) -> code_mode_state::StoreStats {
-        self.keeper.stats()
+        self.kept.stats().unwrap_or_default()
     }
 
     /// Session `id` was closed: it is deleted from the store.
     pub(crate) fn forget(&self, id: &str) {
-        self.keeper.remove(id);
+        self.kept.remove(id);
     }
 
     /// The kept session `id`, for the first connection that names it whose client owned
     /// it; another client gets nothing (and the session stays kept for its owner).
     pub(crate) fn take_orphan(&self, id: &str, owner: Option<&Owner>) -> Option<Orphan> {
-        let mut orphans = lock(&self.orphans);
-        if self.keeper.expired(id) {
-            orphans.remove(id);
+        let held = self.kept.take(id)?;
+        let kept = match front_data(&held, self.kept.describe()) {
+            Ok(kept) => kept,
+            Err(error) => {
+                tracing::error!(%error, "a kept session does not read");
+                self.kept.put_back(held);
+                return None;
+            }
+        };
+        if kept.owner.as_ref() != owner {
+            tracing::warn!("a kept session was named by a client that does not own it");
+            tracing::debug!(session = id, "the kept session named by another client");
+            self.kept.put_back(held);
             return None;
         }
-        if orphans.get(id)?.kept.owner.as_ref() != owner {
-            tracing::warn!(
-                session = id,
-                "a kept session was named by a client that does not own it"
-            );
-            return None;
-        }
-        orphans.remove(id)
+        Some(Orphan { held, kept })
     }
 
     /// Writes `session` as it is now (`generations`: the runtime generation the provider
@@ -251,19 +187,9 @@ impl CodexState {
         session: &dyn Checkpointed,
         generations: u64,
     ) -> Result<(), String> {
-        let generations = self
-            .generations
-            .fetch_max(generations, Ordering::SeqCst)
-            .max(generations);
         let (record, calls) = session.durable();
-        let changes = Changes {
-            counters: vec![(GENERATIONS.to_owned(), generations)],
-            sessions: vec![record],
-            calls,
-            removed: Vec::new(),
-        };
-        self.keeper
-            .write(changes)
+        self.kept
+            .write(vec![record], calls, generations)
             .await
             .map_err(|error| error.to_string())
     }
@@ -283,7 +209,7 @@ impl CodexState {
             call,
             result: result.clone(),
         };
-        self.keeper
+        self.kept
             .record_answer(answer)
             .await
             .map_err(|error| error.to_string())

@@ -1,6 +1,7 @@
 //! `code-mode mcp --http --state-dir`: MCP sessions that outlive the server (docs/MCP.md,
 //! "Restarts"). Each MCP session's `initialize` parameters, its code-mode session's stored
-//! values and running cells go to `code-mode-state`'s keeper (`mcp.sqlite3`); what
+//! values and running cells go to the store through [`KeptSessions`], the host crate's one
+//! owner of kept sessions (`mcp.sqlite3`, or Postgres); what
 //! changed in a session is written before its `tools/call` answer goes out. A client that comes
 //! back to a restarted server with its `Mcp-Session-Id` finds the session again: rmcp
 //! replays its `initialize` from what is kept here ([`SessionStore`]), and the session's
@@ -11,23 +12,18 @@
 
 use super::principal::{self, Principal};
 use crate::tools::{OnInterrupt, ToolSet};
-use code_mode_host::DurableSession;
+use code_mode_host::{DurableSession, KeptSessions};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, ToolError};
-use code_mode_state::{
-    AnswerRecord, Changes, Keeper, SessionRecord, StateError, StoreLocation, StoreOptions,
-};
+use code_mode_state::{AnswerRecord, SessionRecord, StateError, StoreLocation, StoreOptions};
 use rmcp::model::InitializeRequestParams;
 use rmcp::transport::streamable_http_server::session::{SessionState, SessionStore};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The database's name in the state directory (`mcp.sqlite3`).
 const FRONT: &str = "mcp";
-
-/// The counter of runtime generations in the database.
-const GENERATIONS: &str = "generations";
 
 /// What a kept session's `options` hold: its `initialize` parameters and its owner.
 /// Sessions kept before principals existed hold the parameters alone.
@@ -77,16 +73,12 @@ struct Live {
 
 /// What the state directory keeps of the server's MCP sessions.
 pub(crate) struct McpState {
-    keeper: Keeper,
-    /// Sessions an earlier process kept that no client took back yet, by MCP session id.
-    saved: Mutex<HashMap<String, SessionRecord>>,
-    /// The answers of the server's tools that an earlier process recorded for their cells.
-    answers: Mutex<Vec<AnswerRecord>>,
+    /// The store, and the sessions an earlier process kept that no client took back yet
+    /// (held there by MCP session id, with the answers recorded for their cells).
+    kept: Arc<KeptSessions>,
     /// This replica's name in the leases, once it advertised where it is reached.
     name: std::sync::OnceLock<String>,
     live: Mutex<HashMap<String, Live>>,
-    /// The runtime generation the earlier process reached, then this one's.
-    generations: AtomicU64,
     /// Set when the server stops: what the stop does to the sessions is not kept.
     closed: AtomicBool,
 }
@@ -97,23 +89,8 @@ impl McpState {
         location: &StoreLocation,
         options: StoreOptions,
     ) -> Result<Self, StateError> {
-        let (keeper, saved) = Keeper::open(location, FRONT, options)?;
-        tracing::info!(
-            store = keeper.describe(),
-            sessions = saved.sessions.len(),
-            "state directory opened"
-        );
         Ok(Self {
-            keeper,
-            generations: AtomicU64::new(saved.counter(GENERATIONS)),
-            saved: Mutex::new(
-                saved
-                    .sessions
-                    .into_iter()
-                    .map(|record| (record.id.clone(), record))
-                    .collect(),
-            ),
-            answers: Mutex::new(saved.answers),
+            kept: Arc::new(KeptSessions::open(location, FRONT, options)?),
             name: std::sync::OnceLock::new(),
             live: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -122,7 +99,7 @@ impl McpState {
 
     /// The runtime generation the earlier process reached.
     pub(crate) fn generations_before(&self) -> u64 {
-        self.generations.load(Ordering::SeqCst)
+        self.kept.generations_before()
     }
 
     /// The code-mode session of MCP session `id`: the one an earlier process kept (its
@@ -142,34 +119,23 @@ impl McpState {
         options: SessionOptions,
         tools: &ToolSet,
     ) -> Option<Arc<dyn CodeModeSession>> {
-        let record = lock(&self.saved)
-            .remove(id)
-            .filter(|_| !self.keeper.expired(id));
-        let stored = record
+        let held = self.kept.take(id);
+        let stored = held
             .as_ref()
-            .map(|record| record.state.stored.clone())
+            .map(|held| held.record.state.stored.clone())
             .unwrap_or_default();
         let session = open(delegate, options, stored)?;
-        if let Some(record) = &record {
-            let calls = session.restore(record.state.cells.clone());
+        if let Some(held) = &held {
+            let unanswered = held.restore(session.as_ref());
             tracing::info!(
-                cells = record.state.cells.len(),
+                cells = held.record.state.cells.len(),
                 "MCP session taken back from the state directory"
             );
             tracing::debug!(session = %id, "the MCP session taken back");
-            for call in calls {
-                let answered = lock(&self.answers)
-                    .iter()
-                    .find(|answer| {
-                        answer.session == id
-                            && answer.cell_id == call.call.cell_id
-                            && answer.call == call.call.call_id
-                    })
-                    .map(|answer| answer.result.clone());
-                if let Some(result) = answered {
-                    // Its answer came before the restart: the cell gets it, nothing runs.
-                    call.answer(result);
-                } else if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry {
+            // A call whose answer came before the restart got it; the others were calls of
+            // the server's tools, which died with that process.
+            for call in unanswered {
+                if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry {
                     // Its tool may run twice: it runs again, and its answer joins the
                     // cell's journal (written with the session before the next answer).
                     let tools = tools.clone();
@@ -189,8 +155,7 @@ impl McpState {
                 }
             }
         }
-        // Its recorded answers went to its cells; none is looked up again.
-        lock(&self.answers).retain(|answer| answer.session != id);
+        let record = held.map(|held| held.record);
         let (owner, init) = record
             .map(|record| decode(&record.options))
             .unwrap_or_default();
@@ -209,7 +174,7 @@ impl McpState {
     pub(crate) fn forget(&self, id: &str) {
         if !self.closed.load(Ordering::SeqCst) {
             lock(&self.live).remove(id);
-            self.keeper.remove(id);
+            self.kept.remove(id);
         }
     }
 
@@ -220,44 +185,31 @@ impl McpState {
     /// A session taken over here for a principal that does not own it is let go at once
     /// (its lease ends), so that its owner's next request, on any replica, takes it.
     pub(crate) async fn may_use(&self, id: &str, principal: &Principal) -> Result<Use, StateError> {
-        let taken_over = !lock(&self.saved).contains_key(id);
-        if taken_over {
-            // A session another server kept (a replica on the same Postgres): taken over
-            // once that server's lease on it ran out, which a live server keeps renewing.
-            let Some(taken) = self.keeper.take_over(id).await? else {
-                return Ok(Use::Unknown);
-            };
-            lock(&self.answers).extend(taken.answers);
-            let mut saved = lock(&self.saved);
-            for record in taken.sessions {
-                tracing::info!("MCP session taken over from another server");
-                tracing::debug!(session = %record.id, "the MCP session taken over");
-                saved.insert(record.id.clone(), record);
-            }
+        let taken_over = !self.kept.is_held(id);
+        // A session another server kept (a replica on the same Postgres) is taken over
+        // once that server's lease on it ran out, which a live server keeps renewing.
+        if taken_over && !self.kept.take_over(id).await? {
+            return Ok(Use::Unknown);
         }
-        let refused = {
-            let mut saved = lock(&self.saved);
-            let Some(record) = saved.get_mut(id) else {
-                return Ok(Use::Unknown);
-            };
-            match decode(&record.options) {
-                (Some(owner), _) if owner == *principal => return Ok(Use::Allowed),
-                (Some(_), _) => true,
+        let owned = self
+            .kept
+            .with_held(id, |held| match decode(&held.record.options) {
+                (Some(owner), _) => owner == *principal,
                 (None, init) => {
-                    record.options = encode(Some(principal), &init);
-                    return Ok(Use::Allowed);
+                    held.record.options = encode(Some(principal), &init);
+                    true
                 }
-            }
-        };
-        if refused && taken_over {
-            lock(&self.saved).remove(id);
-            if let Err(error) = self.keeper.release(id).await {
-                tracing::warn!(
-                    "letting a session go failed (it is taken over after its lease): {error}"
-                );
+            });
+        match owned {
+            None => Ok(Use::Unknown),
+            Some(true) => Ok(Use::Allowed),
+            Some(false) => {
+                if taken_over {
+                    self.kept.release(id).await;
+                }
+                Ok(Use::Refused)
             }
         }
-        Ok(Use::Refused)
     }
 
     /// Queues the record of an answer of the server's tools in MCP session `id`, before
@@ -274,28 +226,20 @@ impl McpState {
         if self.closed.load(Ordering::SeqCst) || !lock(&self.live).contains_key(id) {
             return;
         }
-        let written = self.keeper.record_answer_soon(AnswerRecord {
+        let answer = AnswerRecord {
             session: id.to_owned(),
             cell_id: cell_id.clone(),
             call,
             result: result.clone(),
-        });
-        tokio::spawn(async move {
-            if let Err(error) = written.await {
-                tracing::warn!(%error, "recording a tool's answer failed; it is written with the session's next write");
-            }
+        };
+        self.kept.record_answer_soon(answer, |error| {
+            tracing::warn!(%error, "recording a tool's answer failed; it is written with the session's next write");
         });
     }
 
     /// The live replica that holds session `id`, if another one does and said where.
     pub(crate) async fn holder(&self, id: &str) -> Option<code_mode_state::Holder> {
-        match self.keeper.holder(id).await {
-            Ok(holder) => holder,
-            Err(error) => {
-                tracing::warn!(%error, "the state store could not say which replica holds a session");
-                None
-            }
-        }
+        self.kept.holder(id).await
     }
 
     /// This replica's name in the leases, once it said where it is reached: a request
@@ -306,7 +250,7 @@ impl McpState {
 
     /// Records where the other replicas reach this one.
     pub(crate) async fn advertise(&self, address: &str) {
-        match self.keeper.advertise(address).await {
+        match self.kept.advertise(address).await {
             Ok(name) => {
                 if let Some(name) = name {
                     let _ = self.name.set(name);
@@ -324,7 +268,7 @@ impl McpState {
 
     /// The store's size and contents, for metrics.
     pub(crate) fn stats(&self) -> code_mode_state::StoreStats {
-        self.keeper.stats()
+        self.kept.stats().unwrap_or_default()
     }
 
     /// No checkpoint after this one.
@@ -350,10 +294,6 @@ impl McpState {
         if self.closed.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let generations = self
-            .generations
-            .fetch_max(generations, Ordering::SeqCst)
-            .max(generations);
         let record = lock(&self.live).get(id).map(|live| SessionRecord {
             id: id.to_owned(),
             options: encode(live.owner.as_ref(), &live.init),
@@ -363,14 +303,8 @@ impl McpState {
                 .map(|session| session.durable_state())
                 .unwrap_or_default(),
         });
-        let changes = Changes {
-            counters: vec![(GENERATIONS.to_owned(), generations)],
-            sessions: record.into_iter().collect(),
-            calls: Vec::new(),
-            removed: Vec::new(),
-        };
-        self.keeper
-            .write(changes)
+        self.kept
+            .write(record.into_iter().collect(), Vec::new(), generations)
             .await
             .map_err(|error| error.to_string())
     }
@@ -387,9 +321,9 @@ impl SessionStore for McpState {
     ) -> Result<Option<SessionState>, Box<dyn std::error::Error + Send + Sync>> {
         // Only what `may_use` found for the request's principal (which the HTTP front asks
         // before rmcp sees a session id it does not know) is taken back.
-        let init = lock(&self.saved)
-            .get(session_id)
-            .map(|record| decode(&record.options).1);
+        let init = self
+            .kept
+            .with_held(session_id, |held| decode(&held.record.options).1);
         let Some(init) = init else {
             return Ok(None);
         };
@@ -407,7 +341,7 @@ impl SessionStore for McpState {
         let owner = principal::requester().ok_or("a session stored outside of a request")?;
         let known = lock(&self.live).contains_key(session_id);
         if !known {
-            self.keeper.admit()?;
+            self.kept.admit()?;
         }
         lock(&self.live)
             .entry(session_id.to_owned())
@@ -429,8 +363,8 @@ impl SessionStore for McpState {
         session_id: &str,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.forget(session_id);
-        if lock(&self.saved).remove(session_id).is_some() {
-            self.keeper.remove(session_id);
+        if self.kept.is_held(session_id) {
+            self.kept.remove(session_id);
         }
         Ok(())
     }

@@ -1,16 +1,18 @@
 //! `serve --jsonl --state-dir`: what the driver keeps of its sessions so that they outlive
 //! it (docs/jsonl.md, "Restarts"). The sessions served, their stored values and running
 //! cells (through [`DurableSession`]), the tool calls the client was told about and the
-//! answers it gave go to `code-mode-state`'s keeper: what changed before each batch of
-//! lines goes out, an answer before its cell gets it. The keeper does not try a failed
-//! write again: the driver holds the lines back and says why (`state_error`) instead.
+//! answers it gave go to the store through [`KeptSessions`], the host crate's one owner of
+//! kept sessions: what changed before each batch of lines goes out, an answer before its
+//! cell gets it. The store does not try a failed write again: the driver holds the lines
+//! back and says why (`state_error`) instead. This module keeps only the front's own:
+//! each session's `open_session` parameters with its resume token's digest, and the
+//! restored calls that wait for the client.
 
 use super::{Out, answer_text};
-use code_mode_host::{DurableSession, RestoredCall};
+use code_mode_host::{DurableSession, HeldSession, KeptSessions, RestoredCall};
 use code_mode_protocol::sync::lock;
 use code_mode_state::{
-    AnswerRecord, CallRecord, Changes, Keeper, Saved, SessionRecord, StateError, StoreLocation,
-    StoreOptions,
+    AnswerRecord, CallRecord, SessionRecord, StateError, StoreLocation, StoreOptions,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -33,12 +35,12 @@ struct Restored {
     call: RestoredCall,
 }
 
+/// What the driver keeps of its sessions. The sessions an earlier process kept wait, held
+/// in [`KeptSessions`], for the client that holds the resume token (`resume_session`),
+/// nothing of them announced.
 pub(super) struct Durability {
-    keeper: Arc<Keeper>,
+    kept: Arc<KeptSessions>,
     sessions: Mutex<HashMap<String, Kept>>,
-    /// Sessions an earlier process kept that no client resumed yet: each waits for the
-    /// client that holds its resume token (`resume_session`), nothing of it announced.
-    held: Mutex<HashMap<String, Saved>>,
     /// Restored calls waiting for the client's answer, by the id the client knows.
     restored: Mutex<HashMap<String, Restored>>,
     /// Set once the driver stops: the last checkpoint was written, and what the shutdown
@@ -125,8 +127,8 @@ impl Durability {
     pub(super) fn open(
         location: &StoreLocation,
         options: StoreOptions,
-    ) -> Result<(Self, Saved), StateError> {
-        let (keeper, saved) = Keeper::open(
+    ) -> Result<Self, StateError> {
+        let kept = KeptSessions::open(
             location,
             FRONT,
             StoreOptions {
@@ -134,22 +136,18 @@ impl Durability {
                 ..options
             },
         )?;
-        tracing::info!(
-            store = keeper.describe(),
-            sessions = saved.sessions.len(),
-            "state directory opened"
-        );
-        Ok((
-            Self {
-                keeper: Arc::new(keeper),
-                sessions: Mutex::new(HashMap::new()),
-                held: Mutex::new(HashMap::new()),
-                restored: Mutex::new(HashMap::new()),
-                closed: AtomicBool::new(false),
-                unwritten: Mutex::new(None),
-            },
-            saved,
-        ))
+        Ok(Self {
+            kept: Arc::new(kept),
+            sessions: Mutex::new(HashMap::new()),
+            restored: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            unwritten: Mutex::new(None),
+        })
+    }
+
+    /// The runtime generation the earlier process reached.
+    pub(super) fn generations_before(&self) -> u64 {
+        self.kept.generations_before()
     }
 
     /// Keeps session `id` from now on.
@@ -163,55 +161,24 @@ impl Durability {
         lock(&self.sessions).remove(id);
         lock(&self.restored).retain(|_, restored| restored.session != id);
         if !self.is_closed() {
-            self.keeper.remove(id);
-        }
-    }
-
-    /// Holds what an earlier process kept until a client resumes it (each session apart,
-    /// with its calls and answers).
-    pub(super) fn hold(&self, saved: Saved) {
-        let mut held = lock(&self.held);
-        for record in saved.sessions {
-            let id = record.id.clone();
-            let own = Saved {
-                counters: HashMap::new(),
-                calls: saved
-                    .calls
-                    .iter()
-                    .filter(|call| call.session == id)
-                    .cloned()
-                    .collect(),
-                answers: saved
-                    .answers
-                    .iter()
-                    .filter(|answer| answer.session == id)
-                    .cloned()
-                    .collect(),
-                sessions: vec![record],
-            };
-            held.insert(id, own);
+            self.kept.remove(id);
         }
     }
 
     /// What this process holds of kept session `id`, taken out to resume it (`None`: not
     /// held here, or expired meanwhile).
-    pub(super) fn take(&self, id: &str) -> Option<Saved> {
-        let saved = lock(&self.held).remove(id)?;
-        (!self.keeper.expired(id)).then_some(saved)
+    pub(super) fn take(&self, id: &str) -> Option<HeldSession> {
+        self.kept.take(id)
     }
 
     /// A held session whose resume was refused goes back to wait for its client.
-    pub(super) fn put_back(&self, id: &str, saved: Saved) {
-        lock(&self.held).insert(id.to_owned(), saved);
+    pub(super) fn put_back(&self, held: HeldSession) {
+        self.kept.put_back(held);
     }
 
     /// A session taken over for a client that did not own it is let go at once.
     pub(super) async fn release(&self, id: &str) {
-        if let Err(error) = self.keeper.release(id).await {
-            tracing::warn!(
-                "letting a session go failed (it is taken over after its lease): {error}"
-            );
-        }
+        self.kept.release(id).await;
     }
 
     /// Whether `token` is the resume token of open session `id`.
@@ -223,16 +190,18 @@ impl Durability {
 
     /// Takes session `id` over from the server that kept it, once that one's lease ran out
     /// (a shared store); what it kept of it, or `None`.
-    pub(super) async fn take_over(&self, id: &str) -> Result<Option<Saved>, String> {
-        self.keeper
+    pub(super) async fn take_over(&self, id: &str) -> Result<Option<HeldSession>, String> {
+        let held = self
+            .kept
             .take_over(id)
             .await
-            .map_err(|error| error.to_string())
+            .map_err(|error| error.to_string())?;
+        Ok(if held { self.kept.take(id) } else { None })
     }
 
     /// Whether a new session may be kept (refused near the store's size cap).
     pub(super) fn admit(&self) -> Result<(), String> {
-        self.keeper.admit().map_err(|error| error.to_string())
+        self.kept.admit().map_err(|error| error.to_string())
     }
 
     /// A restored call of session `session` waits for the client's answer to `id`.
@@ -240,15 +209,15 @@ impl Durability {
         lock(&self.restored).insert(id, Restored { session, call });
     }
 
-    /// The kept sessions `named` accepts as they are now, with the driver's counters and
-    /// their calls waiting for the client (`calls`, and the restored ones): the keeper
-    /// writes what changed.
-    pub(super) fn checkpoint(
+    /// Writes the kept sessions `named` accepts as they are now, with their calls waiting
+    /// for the client (`calls`, and the restored ones) and the runtime generation the
+    /// provider reached: the store writes what changed. The error as the client reads it.
+    pub(super) async fn write(
         &self,
-        counters: Vec<(String, u64)>,
+        generations: u64,
         mut calls: Vec<CallRecord>,
-        named: &dyn Fn(&String) -> bool,
-    ) -> Changes {
+        named: &(dyn Fn(&String) -> bool + Sync),
+    ) -> Result<(), String> {
         let sessions = lock(&self.sessions)
             .iter()
             .filter(|(id, _)| named(id))
@@ -269,12 +238,10 @@ impl Durability {
                     front_id: id.clone(),
                 }),
         );
-        Changes {
-            counters,
-            sessions,
-            calls,
-            removed: Vec::new(),
-        }
+        self.kept
+            .write(sessions, calls, generations)
+            .await
+            .map_err(|error| error.to_string())
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -295,14 +262,6 @@ impl Durability {
         lock(&self.unwritten).clone()
     }
 
-    /// Writes `changes`; the error as the client reads it.
-    pub(super) async fn write(&self, changes: Changes) -> Result<(), String> {
-        self.keeper
-            .write(changes)
-            .await
-            .map_err(|error| error.to_string())
-    }
-
     /// Records the answer to call `call` (the client's id of it), then runs `then` with
     /// whether it is on disk: only a recorded answer may reach its cell. A failed write is
     /// told to the client (`state_error` naming the call); `then` puts the call back to
@@ -314,11 +273,11 @@ impl Durability {
         answer: AnswerRecord,
         then: impl FnOnce(bool) + Send + 'static,
     ) {
-        let keeper = Arc::clone(&self.keeper);
+        let kept = Arc::clone(&self.kept);
         let out = out.clone();
         let call = call.to_owned();
         tokio::spawn(async move {
-            let error = keeper
+            let error = kept
                 .record_answer(answer)
                 .await
                 .err()
@@ -339,15 +298,12 @@ impl Durability {
     /// is told to the client (`state_error` naming the call); the lines behind it wait for
     /// a write that succeeds, as always.
     pub(super) fn record_soon(&self, out: &Out, call: &str, answer: AnswerRecord) {
-        let written = self.keeper.record_answer_soon(answer);
         let out = out.clone();
         let call = call.to_owned();
-        tokio::spawn(async move {
-            if let Err(error) = written.await {
-                let message = error.to_string();
-                tracing::error!(call, "{message}");
-                out.send(unrecorded_answer(&call, &message));
-            }
+        self.kept.record_answer_soon(answer, move |error| {
+            let message = error.to_string();
+            tracing::error!(call, "{message}");
+            out.send(unrecorded_answer(&call, &message));
         });
     }
 
