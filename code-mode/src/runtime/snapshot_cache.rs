@@ -70,6 +70,12 @@ pub(crate) type Key = [u8; 32];
 pub(crate) fn key(v8_version: &str, flags: &str) -> std::io::Result<Key> {
     let exe = std::env::current_exe()?;
     let metadata = std::fs::metadata(&exe)?;
+    Ok(key_of(v8_version, flags, &build_id(), &metadata))
+}
+
+/// The key of blobs made with this V8 and these flags by the build whose id is `build`
+/// and whose executable's file is `executable`.
+fn key_of(v8_version: &str, flags: &str, build: &[u8], executable: &std::fs::Metadata) -> Key {
     let mut hasher = Sha256::new();
     hasher.update(MAGIC);
     for part in [v8_version, flags] {
@@ -78,19 +84,18 @@ pub(crate) fn key(v8_version: &str, flags: &str) -> std::io::Result<Key> {
     }
     // The build itself: two builds copied over one another with their times kept (`cp
     // -p`) share a path, a size and a time, never a build id.
-    let build = build_id();
     hasher.update((build.len() as u64).to_le_bytes());
-    hasher.update(&build);
+    hasher.update(build);
     for number in [
-        metadata.dev(),
-        metadata.ino(),
-        metadata.size(),
-        metadata.mtime() as u64,
-        metadata.mtime_nsec() as u64,
+        executable.dev(),
+        executable.ino(),
+        executable.size(),
+        executable.mtime() as u64,
+        executable.mtime_nsec() as u64,
     ] {
         hasher.update(number.to_le_bytes());
     }
-    Ok(hasher.finalize().into())
+    hasher.finalize().into()
 }
 
 /// The GNU build id of this executable (`NT_GNU_BUILD_ID`, which the linker derives from
@@ -440,15 +445,29 @@ mod tests {
         let _ = std::fs::remove_file(&elsewhere);
     }
 
+    /// The key is this build's id's: the id is the one in the executable, `key` hashes it,
+    /// and another id with all else the same (a build copied over this one with its path,
+    /// size and times kept) gives another key.
     #[test]
-    fn the_key_holds_this_builds_id() {
+    fn the_key_holds_this_builds_id_and_changes_with_it() {
         let id = build_id();
         assert_eq!(id.len(), 20, "a 160-bit GNU build id: {id:?}");
-        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let bytes = std::fs::read(&exe).unwrap();
         assert!(
-            exe.windows(id.len()).any(|window| window == id.as_slice()),
+            bytes
+                .windows(id.len())
+                .any(|window| window == id.as_slice()),
             "the id read from memory is the one in the executable's file"
         );
+        let metadata = std::fs::metadata(&exe).unwrap();
+        let (version, flags) = ("13.0.245.12", "--no-lazy-feedback-allocation");
+        let this = key(version, flags).unwrap();
+        assert_eq!(this, key_of(version, flags, &id, &metadata));
+        let mut other = id.clone();
+        other[19] ^= 1;
+        assert_ne!(key_of(version, flags, &other, &metadata), this);
+        assert_ne!(key_of(version, flags, &[], &metadata), this);
     }
 
     /// Sets `path`'s modification time `days` back.
