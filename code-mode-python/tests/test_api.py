@@ -118,36 +118,58 @@ def test_stored_values_last_across_cells_and_can_start_a_session():
 
 def test_cancelling_an_async_exec_terminates_its_cell():
     started = threading.Event()
+    late = []
 
     def mark() -> str:
         """Marks the cell as started."""
         started.set()
         return "ok"
 
+    def after() -> str:
+        """Called once the cell's timer fires: never, once the cell is terminated."""
+        late.append(True)
+        return "late"
+
     async def main():
-        async with code_mode.AsyncSession([mark]) as session:
+        async with code_mode.AsyncSession([mark, after]) as session:
+            # Not terminated, the cell would end within the wait below, with `after` called.
             task = asyncio.ensure_future(
-                session.exec("await tools.mark(); await new Promise((r) => setTimeout(r, 60000))")
+                session.exec(
+                    "await tools.mark(); await new Promise((r) => setTimeout(r, 300)); "
+                    "await tools.after(); text('finished')"
+                )
             )
             while not started.is_set():
                 await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            # The cell is gone: a wait on it answers at once (terminated or not found),
-            # once the runtime has the word that the exec's own terminated answer was
-            # taken (a wait that overtakes that word is refused as a second observer).
+            # The exec's own answer was the cell's terminated one, taken, which closes the
+            # cell: a wait on it answers that it is not found, once the runtime has the word
+            # that the answer was taken (a wait that overtakes that word is refused as a
+            # second observer).
             for _ in range(100):
                 try:
-                    return await session.wait("1", yield_time_ms=5000)
+                    gone = await session.wait("1", yield_time_ms=5000)
+                    break
                 except code_mode.CodeModeError as error:
                     assert "active observer" in str(error), error
                     await asyncio.sleep(0.01)
-            raise AssertionError("the cancelled cell kept an observer")
+            else:
+                raise AssertionError("the cancelled cell kept an observer")
+            # A cell started after it outlives its timer: had it gone on, `after` ran.
+            later = await session.exec("await new Promise((r) => setTimeout(r, 600)); text('later')")
+            return gone, later
 
-    after = asyncio.run(main())
-    assert after.status in ("terminated", "completed")
-    assert not after.running
+    gone, later = asyncio.run(main())
+    assert (gone.status, gone.failure, gone.error, gone.items) == (
+        "completed",
+        "not_found",
+        "exec cell 1 not found",
+        [],
+    ), gone.model_text
+    assert later.text == "later" and later.ok, later.model_text
+    assert late == []
 
 
 def test_tool_specs_declare_the_tools_in_typescript():
@@ -220,15 +242,27 @@ def test_in_process_cells_run_inside_python_with_its_tools(tmp_path):
         code_mode.Session(in_process="yes")
 
 
-def test_a_ten_megabyte_argument_hits_the_payload_cap():
+def test_a_ten_megabyte_argument_hits_a_one_mebibyte_cap_and_passes_the_default():
+    received = []
+
     def echo(text: str) -> int:
         """Returns the length of the text."""
+        received.append(len(text))
         return len(text)
 
-    result = code_mode.run(
-        "try { await tools.echo({text: 'x'.repeat(10 * 1024 * 1024)}); text('sent'); } catch (e) { text(String(e)); }",
-        tools=[echo],
-        max_tool_payload_bytes=1024 * 1024,
+    source = (
+        "try { text(String(await tools.echo({text: 'x'.repeat(10 * 1024 * 1024)}))); }"
+        " catch (e) { text(String(e)); }"
     )
-    assert result.text != "sent"
-    assert "limit" in result.text or "bytes" in result.text, result.text
+    capped = code_mode.run(source, tools=[echo], max_tool_payload_bytes=1024 * 1024)
+    # The argument's JSON, `{"text":"xx...x"}`, is refused before the tool is called.
+    argument = 10 * 1024 * 1024 + len('{"text":""}')
+    assert capped.text == (
+        f"tools.echo was not called: its argument is {argument} bytes of JSON, "
+        "more than the limit of 1048576 bytes"
+    ), capped.model_text
+    assert received == []
+    # The default cap (32 MiB) lets the same argument through, whole.
+    default = code_mode.run(source, tools=[echo])
+    assert default.text == str(10 * 1024 * 1024), default.model_text
+    assert received == [10 * 1024 * 1024]
