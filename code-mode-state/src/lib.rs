@@ -23,6 +23,7 @@ mod format;
 mod keeper;
 mod legacy;
 mod line;
+mod pg_batch;
 mod pg_connect;
 mod postgres;
 mod sqlite;

@@ -18,10 +18,10 @@
 
 use crate::StateError;
 use crate::format::FORMAT;
+use crate::pg_batch;
 use crate::pg_connect::{Target, explain};
 use crate::store::{Backend, Claim, Claimed, Durability, Holder, Loaded, Rows};
 use crate::written::Op;
-use postgres::types::ToSql;
 use postgres::{Client, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -130,33 +130,6 @@ struct Leases {
     /// counts as a use), so that one let go unserved ([`Backend::release`]) is left as it
     /// was found, its time to live not lengthened.
     touched_before: HashMap<String, i64>,
-    /// The statements of writes, prepared once on the connection.
-    statements: Statements,
-}
-
-/// Statements prepared once per connection, by their text: a write then costs one round
-/// trip, not a prepare and an execute.
-#[derive(Default)]
-struct Statements(HashMap<String, postgres::Statement>);
-
-impl Statements {
-    /// Runs `sql` in `tx` with `params`, preparing it the first time; the rows it changed.
-    fn run(
-        &mut self,
-        tx: &mut Transaction<'_>,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, postgres::Error> {
-        let statement = match self.0.get(sql) {
-            Some(statement) => statement.clone(),
-            None => {
-                let statement = tx.prepare(sql)?;
-                self.0.insert(sql.to_owned(), statement.clone());
-                statement
-            }
-        };
-        tx.execute(&statement, params)
-    }
 }
 
 /// Milliseconds since the epoch.
@@ -203,7 +176,6 @@ impl Postgres {
                 owner: settings.replica.unwrap_or_else(process_name),
                 epochs: HashMap::new(),
                 touched_before: HashMap::new(),
-                statements: Statements::default(),
             },
             target,
             schema,
@@ -221,7 +193,12 @@ impl Postgres {
     /// that return before the server syncs (they survive this process, not a crash of
     /// the database's machine).
     fn session_settings(&mut self) -> Result<(), StateError> {
-        let mut settings = format!("SET search_path TO {}", self.schema);
+        // Commits write their values as literals (`pg_batch.rs`), exact only with
+        // standard-conforming strings.
+        let mut settings = format!(
+            "SET search_path TO {}; SET standard_conforming_strings TO on",
+            self.schema
+        );
         if self.durability == Durability::Process {
             settings.push_str("; SET synchronous_commit TO off");
         }
@@ -233,14 +210,13 @@ impl Postgres {
 
     /// Connects again when the connection was lost (the server restarted, a network
     /// fault): the keeper's patience tries a failed write again, and this makes the next
-    /// try reach the server. Statements are prepared again on the new connection.
+    /// try reach the server.
     fn reconnect_if_lost(&mut self) -> Result<(), StateError> {
         if !self.client.is_closed() {
             return Ok(());
         }
         tracing::warn!(store = %self.leases.describe, "the connection to the state store was lost; connecting again");
         self.client = self.target.connect()?;
-        self.leases.statements = Statements::default();
         self.session_settings()?;
         tracing::info!(store = %self.leases.describe, "connected to the state store again");
         Ok(())
@@ -380,39 +356,7 @@ impl Leases {
         self.error(format!("{what} failed: {}", explain(error)))
     }
 
-    /// Renews this process's lease on `session` inside `tx`, on the condition that it
-    /// still owns it at the epoch it took; refused otherwise.
-    fn renew(
-        &mut self,
-        tx: &mut Transaction<'_>,
-        session: &str,
-        now: i64,
-    ) -> Result<(), StateError> {
-        let Some(&epoch) = self.epochs.get(session) else {
-            return Err(self.fenced(session));
-        };
-        let renewed = self
-            .statements
-            .run(
-                tx,
-                "UPDATE sessions SET lease_until = $1, touched = $2
-                 WHERE id = $3 AND owner = $4 AND epoch = $5",
-                &[
-                    &(now + self.lease_ms),
-                    &(now / 1000),
-                    &session,
-                    &self.owner,
-                    &epoch,
-                ],
-            )
-            .map_err(|e| self.pg(&e))?;
-        if renewed == 1 {
-            Ok(())
-        } else {
-            Err(self.fenced(session))
-        }
-    }
-
+    /// A write refused: this process no longer holds `session`'s lease.
     fn fenced(&self, session: &str) -> StateError {
         StateError::Fenced {
             store: self.describe.clone(),
@@ -420,254 +364,29 @@ impl Leases {
         }
     }
 
-    /// Does `ops` in `tx`: first the leases of the sessions they write, then the writes.
-    fn apply_in(&mut self, tx: &mut Transaction<'_>, ops: &[Op]) -> Result<(), StateError> {
-        let now = now_ms();
-        let mut renewed: HashSet<&str> = HashSet::new();
-        for op in ops {
-            let Some(session) = session_of(op) else {
-                continue;
-            };
-            if renewed.contains(session) {
-                continue;
+    /// The error of a commit that failed: a lease this process no longer holds (of
+    /// `sessions`, by the index the marker names), a journal that forked, or what the
+    /// server said.
+    fn commit_failed(&self, error: &postgres::Error, sessions: &[String]) -> StateError {
+        let message = error
+            .as_db_error()
+            .map(|db| db.message().to_owned())
+            .unwrap_or_default();
+        if let Some(at) = message.find(pg_batch::FENCED) {
+            let index = message[at + pg_batch::FENCED.len()..]
+                .split(':')
+                .next()
+                .and_then(|index| index.parse::<usize>().ok());
+            if let Some(session) = index.and_then(|index| sessions.get(index)) {
+                return self.fenced(session);
             }
-            if let Op::Session { id, options } = op
-                && !self.epochs.contains_key(id.as_str())
-            {
-                // A session new to the store: this process owns it from epoch 1; one
-                // another process made under the same id is not taken. One this process
-                // made in a commit whose outcome it did not learn (the connection was
-                // lost while it committed) is its own still.
-                let made = self
-                    .statements
-                    .run(
-                        tx,
-                        "INSERT INTO sessions (id, options, touched, owner, epoch, lease_until)
-                         VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (id) DO UPDATE
-                         SET lease_until = EXCLUDED.lease_until
-                         WHERE sessions.owner = EXCLUDED.owner AND sessions.epoch = 1",
-                        &[
-                            id,
-                            options,
-                            &(now / 1000),
-                            &self.owner,
-                            &(now + self.lease_ms),
-                        ],
-                    )
-                    .map_err(|e| self.pg(&e))?;
-                if made == 0 {
-                    return Err(self.fenced(id));
-                }
-                self.epochs.insert(id.clone(), 1);
-            } else {
-                self.renew(tx, session, now)?;
-            }
-            renewed.insert(session);
         }
-        for op in ops {
-            write(tx, &mut self.statements, op, now).map_err(|e| self.failed(&e))?;
-        }
-        Ok(())
-    }
-}
-
-/// The session an op writes.
-fn session_of(op: &Op) -> Option<&str> {
-    match op {
-        Op::Counter { .. } => None,
-        Op::Session { id, .. } | Op::Touch { id } | Op::SessionGone { id } => Some(id),
-        Op::Value { session, .. }
-        | Op::CellStart { session, .. }
-        | Op::CellGrowth { session, .. }
-        | Op::CellTail { session, .. }
-        | Op::CellGone { session, .. }
-        | Op::Calls { session, .. }
-        | Op::Answer { session, .. } => Some(session),
-    }
-}
-
-/// Why an op's statements failed.
-enum WriteFailure {
-    Pg(postgres::Error),
-    /// A journal step is in the store with another body than the one written.
-    Diverged,
-}
-
-impl From<postgres::Error> for WriteFailure {
-    fn from(error: postgres::Error) -> Self {
-        Self::Pg(error)
-    }
-}
-
-impl Leases {
-    /// The error of a failed op.
-    fn failed(&self, failure: &WriteFailure) -> StateError {
-        match failure {
-            WriteFailure::Pg(error) => self.pg(error),
-            WriteFailure::Diverged => self.error(
+        if message.contains(pg_batch::DIVERGED) {
+            return self.error(
                 "a journal step is in the store with another content than the one written (the cell's journal forked)",
-            ),
+            );
         }
-    }
-}
-
-/// One op's statements.
-fn write(
-    tx: &mut Transaction<'_>,
-    statements: &mut Statements,
-    op: &Op,
-    now: i64,
-) -> Result<(), WriteFailure> {
-    let mut run = |tx: &mut Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]| {
-        statements
-            .run(tx, sql, params)
-            .map(|_| ())
-            .map_err(WriteFailure::from)
-    };
-    match op {
-        Op::Counter { name, value } => run(
-            tx,
-            "INSERT INTO counters (name, value) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET value = GREATEST(counters.value, $2)",
-            &[name, &value.cast_signed()],
-        ),
-        Op::Session { id, options } => run(
-            tx,
-            "UPDATE sessions SET options = $2, touched = $3 WHERE id = $1",
-            &[id, options, &(now / 1000)],
-        ),
-        Op::Touch { .. } => Ok(()),
-        Op::Value { session, key, json } => match json {
-            Some(json) => run(
-                tx,
-                "INSERT INTO stored (session, key, json) VALUES ($1, $2, $3)
-                 ON CONFLICT (session, key) DO UPDATE SET json = $3",
-                &[session, key, &&**json],
-            ),
-            None => run(
-                tx,
-                "DELETE FROM stored WHERE session = $1 AND key = $2",
-                &[session, key],
-            ),
-        },
-        Op::CellStart { .. }
-        | Op::CellGrowth { .. }
-        | Op::CellTail { .. }
-        | Op::CellGone { .. } => write_cell(tx, statements, op),
-        Op::Calls { session, calls } => {
-            run(tx, "DELETE FROM calls WHERE session = $1", &[session])?;
-            for call in calls {
-                run(
-                    tx,
-                    "INSERT INTO calls (session, cell, call, front_id) VALUES ($1, $2, $3, $4)",
-                    &[
-                        session,
-                        &call.cell_id.to_string(),
-                        &call.call.number().cast_signed(),
-                        &call.front_id,
-                    ],
-                )?;
-            }
-            Ok(())
-        }
-        Op::Answer {
-            session,
-            cell,
-            call,
-            result,
-        } => run(
-            tx,
-            "INSERT INTO answers (session, cell, call, result) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (session, cell, call) DO UPDATE SET result = $4",
-            &[session, cell, &call.cast_signed(), result],
-        ),
-        Op::SessionGone { id } => {
-            for table in ["stored", "cells", "growth", "calls", "answers"] {
-                run(
-                    tx,
-                    &format!("DELETE FROM {table} WHERE session = $1"),
-                    &[id],
-                )?;
-            }
-            run(tx, "DELETE FROM sessions WHERE id = $1", &[id])
-        }
-    }
-}
-
-/// One cell op's statements.
-fn write_cell(
-    tx: &mut Transaction<'_>,
-    statements: &mut Statements,
-    op: &Op,
-) -> Result<(), WriteFailure> {
-    let mut run = |tx: &mut Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]| {
-        statements
-            .run(tx, sql, params)
-            .map(|_| ())
-            .map_err(WriteFailure::from)
-    };
-    match op {
-        Op::CellStart {
-            session,
-            cell,
-            header,
-            tail,
-        } => {
-            for table in ["cells", "growth"] {
-                run(
-                    tx,
-                    &format!("DELETE FROM {table} WHERE session = $1 AND cell = $2"),
-                    &[session, cell],
-                )?;
-            }
-            run(
-                tx,
-                "INSERT INTO cells (session, cell, header, tail) VALUES ($1, $2, $3, $4)",
-                &[session, cell, header, tail],
-            )
-        }
-        Op::CellGrowth {
-            session,
-            cell,
-            seq,
-            growth,
-        } => {
-            // Written again after a commit whose outcome was not learned, a step that is
-            // there with the same body is kept; with another body, the journal forked
-            // and the write fails.
-            let written = statements.run(
-                tx,
-                "INSERT INTO growth (session, cell, seq, body) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (session, cell, seq) DO UPDATE SET body = EXCLUDED.body
-                 WHERE growth.body = EXCLUDED.body",
-                &[session, cell, &seq.cast_signed(), growth],
-            )?;
-            if written == 1 {
-                Ok(())
-            } else {
-                Err(WriteFailure::Diverged)
-            }
-        }
-        Op::CellTail {
-            session,
-            cell,
-            tail,
-        } => run(
-            tx,
-            "UPDATE cells SET tail = $3 WHERE session = $1 AND cell = $2",
-            &[session, cell, tail],
-        ),
-        Op::CellGone { session, cell } => {
-            for table in ["cells", "growth", "answers"] {
-                run(
-                    tx,
-                    &format!("DELETE FROM {table} WHERE session = $1 AND cell = $2"),
-                    &[session, cell],
-                )?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
+        self.pg(error)
     }
 }
 
@@ -738,9 +457,28 @@ impl Backend for Postgres {
             });
         }
         let leases = &mut self.leases;
-        let mut tx = self.client.transaction().map_err(|e| leases.pg(&e))?;
-        leases.apply_in(&mut tx, ops)?;
-        tx.commit().map_err(|e| leases.pg(&e))?;
+        let holding = pg_batch::Holding {
+            owner: &leases.owner,
+            epochs: &leases.epochs,
+            lease_ms: leases.lease_ms,
+            now_ms: now_ms(),
+        };
+        let batch = pg_batch::commit(&holding, ops).map_err(|unwritable| match unwritable {
+            pg_batch::Unwritable::NotHeld(id) => leases.fenced(&id),
+            pg_batch::Unwritable::Nul => {
+                leases.error("text with a NUL character cannot be stored in Postgres")
+            }
+        })?;
+        // One round trip: the whole transaction is one query.
+        if let Err(error) = self.client.batch_execute(&batch.sql) {
+            // The server skipped what followed the failure; the transaction it left open
+            // is rolled back (a lost connection has none).
+            let _ = self.client.batch_execute("ROLLBACK");
+            return Err(leases.commit_failed(&error, &batch.sessions));
+        }
+        for id in batch.made {
+            leases.epochs.insert(id, 1);
+        }
         // A session that is gone is no longer held (its id may be made again).
         for op in ops {
             if let Op::SessionGone { id } = op {
