@@ -12,8 +12,11 @@
 //! state directory, the session's changes are written before the answer goes out), and a
 //! cell making K sequential nested calls the client answers at once, over K (each call's
 //! `tool_call` event waits for a write, and each answer is recorded before its cell gets
-//! it). Printed: samples, p50, p95 and mean per figure and server, and the ratios of
-//! medians to the server without state.
+//! it). Measured in the same rounds, the floors physics sets: one `fdatasync` of a 4 KiB
+//! write in the state directory's file system, and with `--state-url` one round trip to
+//! the database (`SELECT 1` on a connection of its own). Printed: samples, p50, p95 and
+//! mean per figure and server, the ratios of medians to the server without state, and
+//! what a durable exec and nested call add, in `fdatasync`s and round trips.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -167,6 +170,23 @@ impl Drop for Server {
     }
 }
 
+/// The wall time of one 4 KiB write and `fdatasync` of `file`, in microseconds.
+fn fdatasync(file: &mut std::fs::File) -> f64 {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0)).expect("seek");
+    let started = Instant::now();
+    file.write_all(&[7_u8; 4096]).expect("write");
+    file.sync_data().expect("fdatasync");
+    started.elapsed().as_secs_f64() * 1e6
+}
+
+/// The wall time of one `SELECT 1` on `client`, in microseconds.
+fn round_trip(client: &mut postgres::Client) -> f64 {
+    let started = Instant::now();
+    client.simple_query("SELECT 1").expect("SELECT 1");
+    started.elapsed().as_secs_f64() * 1e6
+}
+
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
     sorted[index.min(sorted.len() - 1)]
@@ -201,7 +221,19 @@ fn main() {
     }
     // [server][figure] samples: exec, per nested call.
     let mut samples: Vec<[Vec<f64>; 2]> = names.iter().map(|_| Default::default()).collect();
+    std::fs::create_dir_all(&scratch).expect("the scratch directory");
+    let mut synced = std::fs::File::create(scratch.join("fdatasync")).expect("a file to sync");
+    let mut database = options.state_url.as_ref().map(|url| {
+        postgres::Client::connect(url, postgres::NoTls).expect("the bench connects to Postgres")
+    });
+    let (mut syncs, mut trips) = (Vec::new(), Vec::new());
     for round in 0..options.rounds {
+        for _ in 0..options.iterations {
+            syncs.push(fdatasync(&mut synced));
+            if let Some(client) = database.as_mut() {
+                trips.push(round_trip(client));
+            }
+        }
         for (which, name) in names.iter().enumerate() {
             let store = match (which, &options.state_url) {
                 (0 | 2, _) => Store::None,
@@ -250,6 +282,35 @@ fn main() {
             medians[which][figure] = p50;
             println!("{label:<22} {name:<10} {count:>8} {p50:>10.0} {p95:>10.0} {mean:>10.0}");
         }
+    }
+    let floors = [("fdatasync 4 KiB", &mut syncs), ("SELECT 1", &mut trips)];
+    let mut floor = [0.0; 2];
+    for (which, (label, values)) in floors.into_iter().enumerate() {
+        if values.is_empty() {
+            continue;
+        }
+        let count = values.len();
+        let (p50, p95, mean) = summary(values);
+        floor[which] = p50;
+        println!(
+            "{label:<22} {:<10} {count:>8} {p50:>10.0} {p95:>10.0} {mean:>10.0}",
+            "-"
+        );
+    }
+    for (figure, label) in figures.iter().enumerate() {
+        let added = medians[1][figure] - medians[0][figure];
+        print!(
+            "{label}: state-dir adds {added:.0} µs p50 = {:.2} fdatasyncs",
+            added / floor[0]
+        );
+        if names.len() > 4 {
+            let added = medians[4][figure] - medians[0][figure];
+            print!(
+                "; postgres adds {added:.0} µs p50 = {:.2} round trips",
+                added / floor[1]
+            );
+        }
+        println!();
     }
     for (figure, label) in figures.iter().enumerate() {
         println!(

@@ -662,9 +662,13 @@ impl Server {
                 let admitted: AdmittedHook = Arc::new(move |cell_id: &CellId| {
                     lock(&observations)
                         .insert((session.clone(), cell_id.clone()), Arc::clone(&token));
-                    out.send(json!({
+                    // It depends on nothing kept: a cell is written only once a line that
+                    // depends on it goes out (a call, a yield, the answer), so an exec whose
+                    // cell calls nothing and stores nothing waits for no disk write.
+                    let event = json!({
                         "event": "admitted", "request": request, "session": session, "cell_id": cell_id,
-                    }));
+                    });
+                    out.send_for(None, &event);
                 });
                 CallHooks {
                     preempt: Some((**preempt).clone()),

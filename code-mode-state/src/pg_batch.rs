@@ -7,6 +7,10 @@
 //! was what a durable nested call cost before (issue 82, "a durable call at physics'
 //! cost").
 //!
+//! The statements a commit uses most are prepared once per connection ([`PREPARED`], run
+//! when the connection is set up): the query then names them (`EXECUTE cm_growth(…)`),
+//! and the server plans none of them again.
+//!
 //! Literals: text is quoted with its quotes doubled, which is exact because the connection
 //! sets `standard_conforming_strings` (a backslash is an ordinary character); text with a
 //! NUL is refused, as Postgres refuses it in any `text` (and a query is NUL-terminated);
@@ -23,6 +27,49 @@ pub(crate) const FENCED: &str = "code-mode-fenced:";
 
 /// The marker of a journal step in the store with another body than the one written.
 pub(crate) const DIVERGED: &str = "code-mode-diverged";
+
+/// The statements prepared on each connection, after its `search_path` is set: a lease
+/// renewed or a session made (each failing with [`FENCED`] and the index it is given
+/// unless exactly one row changed), and the writes of a nested call and of stored values.
+pub(crate) const PREPARED: &str = "
+PREPARE cm_renew(bigint, bigint, text, text, bigint, text) AS
+  WITH changed AS (UPDATE sessions SET lease_until = $1, touched = $2
+                   WHERE id = $3 AND owner = $4 AND epoch = $5 RETURNING 1)
+  SELECT CASE WHEN count(*) = 1 THEN 0
+         ELSE CAST(concat('code-mode-fenced:', $6, ':', count(*)) AS integer) END FROM changed;
+PREPARE cm_make(text, text, bigint, text, bigint, text) AS
+  WITH changed AS (INSERT INTO sessions (id, options, touched, owner, epoch, lease_until)
+                   VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (id) DO UPDATE
+                   SET lease_until = EXCLUDED.lease_until
+                   WHERE sessions.owner = EXCLUDED.owner AND sessions.epoch = 1 RETURNING 1)
+  SELECT CASE WHEN count(*) = 1 THEN 0
+         ELSE CAST(concat('code-mode-fenced:', $6, ':', count(*)) AS integer) END FROM changed;
+PREPARE cm_growth(text, text, bigint, bytea) AS
+  WITH changed AS (INSERT INTO growth (session, cell, seq, body) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (session, cell, seq) DO UPDATE SET body = EXCLUDED.body
+                   WHERE growth.body = EXCLUDED.body RETURNING 1)
+  SELECT CASE WHEN count(*) = 1 THEN 0
+         ELSE CAST(concat('code-mode-diverged:', count(*)) AS integer) END FROM changed;
+PREPARE cm_tail(text, text, bytea) AS
+  UPDATE cells SET tail = $3 WHERE session = $1 AND cell = $2;
+PREPARE cm_cell(text, text, bytea, bytea) AS
+  INSERT INTO cells (session, cell, header, tail) VALUES ($1, $2, $3, $4);
+PREPARE cm_calls_gone(text) AS DELETE FROM calls WHERE session = $1;
+PREPARE cm_call(text, text, bigint, text) AS
+  INSERT INTO calls (session, cell, call, front_id) VALUES ($1, $2, $3, $4);
+PREPARE cm_answer(text, text, bigint, bytea) AS
+  INSERT INTO answers (session, cell, call, result) VALUES ($1, $2, $3, $4)
+  ON CONFLICT (session, cell, call) DO UPDATE SET result = EXCLUDED.result;
+PREPARE cm_counter(text, bigint) AS
+  INSERT INTO counters (name, value) VALUES ($1, $2)
+  ON CONFLICT (name) DO UPDATE SET value = GREATEST(counters.value, EXCLUDED.value);
+PREPARE cm_options(text, text, bigint) AS
+  UPDATE sessions SET options = $2, touched = $3 WHERE id = $1;
+PREPARE cm_value(text, text, text) AS
+  INSERT INTO stored (session, key, json) VALUES ($1, $2, $3)
+  ON CONFLICT (session, key) DO UPDATE SET json = EXCLUDED.json;
+PREPARE cm_value_gone(text, text) AS DELETE FROM stored WHERE session = $1 AND key = $2;
+";
 
 /// A commit's text, and the sessions its lease checks name, by index.
 pub(crate) struct Batch {
@@ -77,16 +124,6 @@ fn bytes(bytes: &[u8]) -> String {
     literal
 }
 
-/// A statement that fails with `marker` followed by `detail` unless the rows of `cte`
-/// number exactly one. The marker is built from the count, so the planner cannot fold it
-/// into a constant and fail it whatever the count.
-fn exactly_one(cte: &str, marker: &str, detail: &str) -> String {
-    format!(
-        "WITH changed AS ({cte} RETURNING 1) SELECT CASE WHEN count(*) = 1 THEN 0 \
-         ELSE CAST(concat('{marker}{detail}:', count(*)) AS integer) END FROM changed;\n"
-    )
-}
-
 /// The session an op writes.
 pub(crate) fn session_of(op: &Op) -> Option<&str> {
     match op {
@@ -123,29 +160,24 @@ pub(crate) fn commit(holding: &Holding<'_>, ops: &[Op]) -> Result<Batch, Unwrita
         let index = batch.sessions.len();
         batch.sessions.push(session.to_owned());
         let id = text(session)?;
-        let cte = match (op, holding.epochs.get(session)) {
+        let _ = match (op, holding.epochs.get(session)) {
             // A session new to the store: this process owns it from epoch 1; one another
             // process made under the same id is not taken. One this process made in a
             // commit whose outcome it did not learn is its own still.
             (Op::Session { options, .. }, None) => {
                 batch.made.push(session.to_owned());
-                format!(
-                    "INSERT INTO sessions (id, options, touched, owner, epoch, lease_until) \
-                     VALUES ({id}, {}, {now_s}, {owner}, 1, {until}) ON CONFLICT (id) DO UPDATE \
-                     SET lease_until = EXCLUDED.lease_until \
-                     WHERE sessions.owner = EXCLUDED.owner AND sessions.epoch = 1",
+                writeln!(
+                    batch.sql,
+                    "EXECUTE cm_make({id}, {}, {now_s}, {owner}, {until}, '{index}');",
                     text(options)?
                 )
             }
-            (_, Some(epoch)) => format!(
-                "UPDATE sessions SET lease_until = {until}, touched = {now_s} \
-                 WHERE id = {id} AND owner = {owner} AND epoch = {epoch}"
+            (_, Some(epoch)) => writeln!(
+                batch.sql,
+                "EXECUTE cm_renew({until}, {now_s}, {id}, {owner}, {epoch}, '{index}');"
             ),
             (_, None) => return Err(Unwritable::NotHeld(session.to_owned())),
         };
-        batch
-            .sql
-            .push_str(&exactly_one(&cte, FENCED, &index.to_string()));
     }
     for op in ops {
         write(&mut batch.sql, op, now_s)?;
@@ -160,8 +192,7 @@ fn write(sql: &mut String, op: &Op, now_s: i64) -> Result<(), Unwritable> {
         Op::Counter { name, value } => {
             let _ = writeln!(
                 sql,
-                "INSERT INTO counters (name, value) VALUES ({}, {}) \
-                 ON CONFLICT (name) DO UPDATE SET value = GREATEST(counters.value, EXCLUDED.value);",
+                "EXECUTE cm_counter({}, {});",
                 text(name)?,
                 value.cast_signed()
             );
@@ -169,9 +200,9 @@ fn write(sql: &mut String, op: &Op, now_s: i64) -> Result<(), Unwritable> {
         Op::Session { id, options } => {
             let _ = writeln!(
                 sql,
-                "UPDATE sessions SET options = {}, touched = {now_s} WHERE id = {};",
-                text(options)?,
-                text(id)?
+                "EXECUTE cm_options({}, {}, {now_s});",
+                text(id)?,
+                text(options)?
             );
         }
         Op::Touch { .. } => {}
@@ -180,23 +211,19 @@ fn write(sql: &mut String, op: &Op, now_s: i64) -> Result<(), Unwritable> {
             let _ = match json {
                 Some(json) => writeln!(
                     sql,
-                    "INSERT INTO stored (session, key, json) VALUES ({session}, {key}, {}) \
-                     ON CONFLICT (session, key) DO UPDATE SET json = EXCLUDED.json;",
+                    "EXECUTE cm_value({session}, {key}, {});",
                     text(json)?
                 ),
-                None => writeln!(
-                    sql,
-                    "DELETE FROM stored WHERE session = {session} AND key = {key};"
-                ),
+                None => writeln!(sql, "EXECUTE cm_value_gone({session}, {key});"),
             };
         }
         Op::Calls { session, calls } => {
             let session = text(session)?;
-            let _ = writeln!(sql, "DELETE FROM calls WHERE session = {session};");
+            let _ = writeln!(sql, "EXECUTE cm_calls_gone({session});");
             for call in calls {
                 let _ = writeln!(
                     sql,
-                    "INSERT INTO calls (session, cell, call, front_id) VALUES ({session}, {}, {}, {});",
+                    "EXECUTE cm_call({session}, {}, {}, {});",
                     text(&call.cell_id.to_string())?,
                     call.call.number().cast_signed(),
                     text(&call.front_id)?
@@ -211,8 +238,7 @@ fn write(sql: &mut String, op: &Op, now_s: i64) -> Result<(), Unwritable> {
         } => {
             let _ = writeln!(
                 sql,
-                "INSERT INTO answers (session, cell, call, result) VALUES ({}, {}, {}, {}) \
-                 ON CONFLICT (session, cell, call) DO UPDATE SET result = EXCLUDED.result;",
+                "EXECUTE cm_answer({}, {}, {}, {});",
                 text(session)?,
                 text(cell)?,
                 call.cast_signed(),
@@ -252,7 +278,7 @@ fn write_cell(sql: &mut String, op: &Op) -> Result<(), Unwritable> {
             }
             let _ = writeln!(
                 sql,
-                "INSERT INTO cells (session, cell, header, tail) VALUES ({session}, {cell}, {}, {});",
+                "EXECUTE cm_cell({session}, {cell}, {}, {});",
                 bytes(header),
                 bytes(tail)
             );
@@ -266,16 +292,14 @@ fn write_cell(sql: &mut String, op: &Op) -> Result<(), Unwritable> {
             // Written again after a commit whose outcome was not learned, a step that is
             // there with the same body is kept; with another body, the journal forked and
             // the commit fails.
-            let cte = format!(
-                "INSERT INTO growth (session, cell, seq, body) VALUES ({}, {}, {}, {}) \
-                 ON CONFLICT (session, cell, seq) DO UPDATE SET body = EXCLUDED.body \
-                 WHERE growth.body = EXCLUDED.body",
+            let _ = writeln!(
+                sql,
+                "EXECUTE cm_growth({}, {}, {}, {});",
                 text(session)?,
                 text(cell)?,
                 seq.cast_signed(),
                 bytes(growth)
             );
-            sql.push_str(&exactly_one(&cte, DIVERGED, ""));
         }
         Op::CellTail {
             session,
@@ -284,10 +308,10 @@ fn write_cell(sql: &mut String, op: &Op) -> Result<(), Unwritable> {
         } => {
             let _ = writeln!(
                 sql,
-                "UPDATE cells SET tail = {} WHERE session = {} AND cell = {};",
-                bytes(tail),
+                "EXECUTE cm_tail({}, {}, {});",
                 text(session)?,
-                text(cell)?
+                text(cell)?,
+                bytes(tail)
             );
         }
         Op::CellGone { session, cell } => {

@@ -189,9 +189,10 @@ impl Postgres {
         Ok((store, loaded.loaded))
     }
 
-    /// What this connection needs set: the schema, and with `process` durability commits
-    /// that return before the server syncs (they survive this process, not a crash of
-    /// the database's machine).
+    /// What this connection needs set: the schema, standard-conforming strings, the
+    /// statements commits use (prepared), and with `process` durability commits that
+    /// return before the server syncs (they survive this process, not a crash of the
+    /// database's machine).
     fn session_settings(&mut self) -> Result<(), StateError> {
         // Commits write their values as literals (`pg_batch.rs`), exact only with
         // standard-conforming strings.
@@ -202,6 +203,10 @@ impl Postgres {
         if self.durability == Durability::Process {
             settings.push_str("; SET synchronous_commit TO off");
         }
+        // The statements commits use, planned once (after the search path names the
+        // schema their tables are in).
+        settings.push(';');
+        settings.push_str(pg_batch::PREPARED);
         let leases = &self.leases;
         self.client
             .batch_execute(&settings)

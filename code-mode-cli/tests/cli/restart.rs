@@ -938,3 +938,47 @@ fn serve_jsonl_at_end_of_input_sends_no_line_its_store_did_not_take() {
         assert!(line.get("session").is_none(), "{line}");
     }
 }
+
+/// The bytes of the state directory's write-ahead log: it grows by the pages of every
+/// commit (until a checkpoint, a thousand pages on), so an unchanged length means nothing
+/// was committed, and nothing synced.
+fn log_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::metadata(dir.join("jsonl.sqlite3-wal"))
+        .expect("the database's write-ahead log")
+        .len()
+}
+
+#[test]
+fn serve_jsonl_commits_nothing_for_an_exec_whose_cell_changes_nothing_kept() {
+    let scratch = Scratch::new();
+    let dir = scratch.0.join("state");
+    let mut server = state_server(&dir);
+    let mut client = Client::default();
+    open(&mut server, &mut client, 1, &json!({}));
+    let exec = |server: &mut JsonlServer, client: &mut Client, id: u64, source: &str| {
+        let params = json!({"session": client.session, "source": source});
+        request(server, id, "exec", &params);
+        let answer = client.until_reply(server, id);
+        assert_eq!(answer["response"]["type"], "result", "{answer}");
+    };
+    // The first cell starts the runtime: its generation is kept.
+    exec(&mut server, &mut client, 2, "text(1)");
+    let before = log_bytes(&dir);
+    for id in 3..8 {
+        exec(
+            &mut server,
+            &mut client,
+            id,
+            "text(1); await Promise.resolve(2)",
+        );
+    }
+    assert_eq!(
+        log_bytes(&dir),
+        before,
+        "cells that called nothing and stored nothing were committed"
+    );
+    // The measure sees a commit: a cell that stores a value is kept before its answer.
+    exec(&mut server, &mut client, 8, "store('k', 1); text(1)");
+    assert!(log_bytes(&dir) > before, "a stored value made no commit");
+    assert!(server.finish().success());
+}
