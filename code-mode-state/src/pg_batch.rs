@@ -209,11 +209,7 @@ fn write(sql: &mut String, op: &Op, now_s: i64) -> Result<(), Unwritable> {
         Op::Value { session, key, json } => {
             let (session, key) = (text(session)?, text(key)?);
             let _ = match json {
-                Some(json) => writeln!(
-                    sql,
-                    "EXECUTE cm_value({session}, {key}, {});",
-                    text(json)?
-                ),
+                Some(json) => writeln!(sql, "EXECUTE cm_value({session}, {key}, {});", text(json)?),
                 None => writeln!(sql, "EXECUTE cm_value_gone({session}, {key});"),
             };
         }
