@@ -2,7 +2,8 @@
 //! a keeper, TLS as `sslmode` says (verified against a test CA, and never plaintext when
 //! TLS is required), replicas that start together on an empty database, leases renewed
 //! whatever the time to live, a held session with no use past its time to live expired,
-//! the size cap counting every session, and deployments kept apart.
+//! the size cap counting every session, deployments kept apart, and a journal step the
+//! store has with another body failing its whole commit.
 
 use code_mode_conformance::PgCluster;
 use code_mode_conformance::remote::Pki;
@@ -318,4 +319,75 @@ async fn two_deployments_on_one_database_share_no_session() {
     assert!(matches!(claimed, Claimed::Absent), "{claimed:?}");
     let refused = open(&cluster.url, deployment("Blue-1")).expect_err("not a name");
     assert!(refused.to_string().contains("deployment name"), "{refused}");
+}
+
+/// A session with one cell whose journal has `answers` answers, and stored value `k`.
+fn with_cell(answers: u64, value: &str) -> code_mode_host::state::Changes {
+    use code_mode_host::protocol::journal::{CellJournal, JournalCommand};
+    use code_mode_host::protocol::{CallId, CellId, JsonText};
+    let mut changes = one_session("s1", value);
+    let mut journal = CellJournal::start(
+        "text(await tools.t()); text(await tools.t())".to_owned(),
+        std::sync::Arc::from([]),
+        std::sync::Arc::default(),
+        7,
+    );
+    journal.issued = (1..=answers).map(|_| (9, "t".to_owned())).collect();
+    journal.entered = (1..=answers)
+        .map(|call| JournalCommand::ToolResult {
+            call: CallId::new(call),
+            result: Ok(JsonText::new(format!("{call}"))),
+        })
+        .collect();
+    changes.sessions[0].state.cells = vec![code_mode_host::DurableCell {
+        cell_id: CellId::new(1),
+        journal,
+        exec_call_id: None,
+        in_flight: Vec::new(),
+    }];
+    changes
+}
+
+/// A journal step the store already has with another body (the cell's journal forked: a
+/// second writer, or a store edited by hand) fails the whole commit with the forked
+/// journal's error, nothing of it written (the stored value beside it stays as it was);
+/// the commit is one query, and the step's own statement stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_step_the_store_has_with_another_body_fails_the_whole_commit() {
+    let cluster = PgCluster::start();
+    let keeper = open(&cluster.url, options()).expect("opens");
+    keeper
+        .write(with_cell(1, "\"one\""))
+        .await
+        .expect("the cell");
+    keeper.write(with_cell(2, "\"two\"")).await.expect("a step");
+    let seq = sql(&cluster.url, "SELECT max(seq) FROM code_mode_jsonl.growth")
+        .expect("the step written")
+        .parse::<i64>()
+        .expect("a number");
+    sql(
+        &cluster.url,
+        &format!(
+            "INSERT INTO code_mode_jsonl.growth (session, cell, seq, body) \
+             SELECT session, cell, {}, '\\x00'::bytea FROM code_mode_jsonl.growth LIMIT 1",
+            seq + 1
+        ),
+    );
+    let forked = keeper
+        .write(with_cell(3, "\"three\""))
+        .await
+        .expect_err("the next step is in the store with another body");
+    assert!(
+        matches!(&forked, StateError::Write { detail, .. } if detail.contains("the cell's journal forked")),
+        "{forked}"
+    );
+    assert_eq!(
+        sql(
+            &cluster.url,
+            "SELECT json FROM code_mode_jsonl.stored WHERE session = 's1' AND key = 'k'"
+        )
+        .as_deref(),
+        Some("\"two\""),
+        "the failed commit wrote nothing"
+    );
 }
