@@ -1206,6 +1206,8 @@ impl Server {
                 self.out.send(state_error(message));
             }
             state.close(unwritten);
+            // Kept, not held: on a shared store another server takes each at once.
+            state.let_go().await;
         }
         let sessions: Vec<_> = lock(&self.sessions)
             .drain()

@@ -53,6 +53,11 @@ pub trait SessionStore: Send + Sync + 'static {
     fn release(&self, _id: &str) -> BoxFuture<'_, Result<(), StateError>> {
         Box::pin(async { Ok(()) })
     }
+    /// A store that processes share: ends this process's lease on every session it holds
+    /// (a clean stop, after the last write).
+    fn release_all(&self) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// A store that processes share: where the live process that holds `id` is reached.
     fn holder(&self, _id: &str) -> BoxFuture<'_, Result<Option<Holder>, StateError>> {
         Box::pin(async { Ok(None) })
@@ -108,6 +113,10 @@ impl SessionStore for Keeper {
     fn release(&self, id: &str) -> BoxFuture<'_, Result<(), StateError>> {
         let id = id.to_owned();
         Box::pin(async move { Keeper::release(self, &id).await })
+    }
+
+    fn release_all(&self) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(Keeper::release_all(self))
     }
 
     fn holder(&self, id: &str) -> BoxFuture<'_, Result<Option<Holder>, StateError>> {
@@ -311,6 +320,25 @@ impl KeptSessions {
         (!self.store.expired(id)).then_some(held)
     }
 
+    /// Takes held session `id` out when `owns` accepts it, in one step under the lock (no
+    /// moment in which it looks free to another client); `None` when it is not held here,
+    /// expired, or `owns` refuses it (then it stays held for its owner).
+    pub fn take_if(
+        &self,
+        id: &str,
+        owns: impl FnOnce(&HeldSession) -> bool,
+    ) -> Option<HeldSession> {
+        let mut held = lock(&self.held);
+        if self.store.expired(id) {
+            held.remove(id);
+            return None;
+        }
+        if !owns(held.get(id)?) {
+            return None;
+        }
+        held.remove(id)
+    }
+
     /// A held session whose client was refused goes back to wait for its owner.
     pub fn put_back(&self, held: HeldSession) {
         lock(&self.held).insert(held.record.id.clone(), held);
@@ -339,6 +367,18 @@ impl KeptSessions {
         if let Err(error) = self.store.release(id).await {
             tracing::warn!(
                 "letting a session go failed (it is taken over after its lease): {error}"
+            );
+        }
+    }
+
+    /// At a clean stop, after the last write: every session this process holds is let go
+    /// (on a shared store its lease ends now, so that a rolling update hands each to the
+    /// next replica at once, not after its lease). Nothing is deleted; a failure is
+    /// logged (the sessions are then taken over after their leases).
+    pub async fn let_go_all(&self) {
+        if let Err(error) = self.store.release_all().await {
+            tracing::warn!(
+                "letting the sessions go at the stop failed (they are taken over after their leases): {error}"
             );
         }
     }

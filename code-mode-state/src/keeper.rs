@@ -190,6 +190,8 @@ enum Job {
         tokio::sync::oneshot::Sender<Result<Claimed, StateError>>,
     ),
     Release(String, Reply),
+    /// Every lease this process holds ends now (a clean stop).
+    ReleaseAll(Reply),
     Holder(
         String,
         tokio::sync::oneshot::Sender<Result<Option<Holder>, StateError>>,
@@ -310,6 +312,17 @@ impl Keeper {
     pub async fn release(&self, id: &str) -> Result<(), StateError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if !self.send(Job::Release(id.to_owned(), reply)) {
+            return Err(self.stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Ends this process's lease on every session it holds, at a clean stop after its last
+    /// write: the next process asked for one takes it at once (a rolling update stalls no
+    /// client for a lease), and this one writes none of them again. Nothing is deleted.
+    pub async fn release_all(&self) -> Result<(), StateError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self.send(Job::ReleaseAll(reply)) {
             return Err(self.stopped());
         }
         answer.await.unwrap_or_else(|_| Err(self.stopped()))
@@ -671,9 +684,11 @@ impl<B: Backend> Writer<B> {
         let planned = match job {
             Job::Write(changes, _) => self.written.plan(changes, undo),
             Job::Answer(answer, _) => crate::written::answer_op(answer).map(|op| vec![op]),
-            Job::Claim(..) | Job::Release(..) | Job::Holder(..) | Job::Advertise(..) => {
-                Ok(Vec::new())
-            }
+            Job::Claim(..)
+            | Job::Release(..)
+            | Job::ReleaseAll(..)
+            | Job::Holder(..)
+            | Job::Advertise(..) => Ok(Vec::new()),
         };
         planned.map_err(|detail| StateError::Write {
             path: self.store.describe().into(),
@@ -713,7 +728,11 @@ impl<B: Backend> Commits for Writer<B> {
         let (claims, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| {
             matches!(
                 job,
-                Job::Claim(..) | Job::Release(..) | Job::Holder(..) | Job::Advertise(..)
+                Job::Claim(..)
+                    | Job::Release(..)
+                    | Job::ReleaseAll(..)
+                    | Job::Holder(..)
+                    | Job::Advertise(..)
             )
         });
         for job in claims {
@@ -727,6 +746,9 @@ impl<B: Backend> Commits for Writer<B> {
                         self.written.expired(&id);
                     }
                     let _ = reply.send(released);
+                }
+                Job::ReleaseAll(reply) => {
+                    let _ = reply.send(self.store.release_all());
                 }
                 Job::Holder(id, reply) => {
                     let _ = reply.send(self.store.holder(&id));
@@ -849,7 +871,7 @@ fn reply(job: Job, outcome: Result<(), StateError>) {
             let _ = reply.send(outcome.map(|()| Claimed::Absent));
             return;
         }
-        Job::Release(_, reply) => Some(reply),
+        Job::Release(_, reply) | Job::ReleaseAll(reply) => Some(reply),
         Job::Holder(_, reply) => {
             let _ = reply.send(outcome.map(|()| None));
             return;

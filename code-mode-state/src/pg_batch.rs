@@ -11,11 +11,13 @@
 //! when the connection is set up): the query then names them (`EXECUTE cm_growth(…)`),
 //! and the server plans none of them again.
 //!
-//! Literals: text is quoted with its quotes doubled, which is exact because the connection
-//! sets `standard_conforming_strings` (a backslash is an ordinary character); text with a
-//! NUL is refused, as Postgres refuses it in any `text` (and a query is NUL-terminated);
-//! bytes are written in `bytea`'s hex form; numbers as decimal integers. Nothing else is
-//! written into the query.
+//! Literals: text is an escape-string literal (`E'…'`) with its quotes and backslashes
+//! doubled, exact whatever `standard_conforming_strings` says; text with a NUL is refused,
+//! as Postgres refuses it in any `text` (and a query is NUL-terminated); bytes are written
+//! in `bytea`'s hex form (`E'\\x…'`); numbers as decimal integers. Nothing else is
+//! written into the query. The prepared statements live in the connection's session, so
+//! a pooler that hands one connection to several clients per transaction cannot stand
+//! between the keeper and Postgres.
 
 use crate::written::Op;
 use std::collections::HashMap;
@@ -96,16 +98,17 @@ pub(crate) enum Unwritable {
     Nul,
 }
 
-/// `text` as a literal.
+/// `text` as an escape-string literal (`E'…'`): quotes and backslashes doubled, exact
+/// whatever `standard_conforming_strings` says.
 fn text(text: &str) -> Result<String, Unwritable> {
     if text.contains('\0') {
         return Err(Unwritable::Nul);
     }
-    let mut literal = String::with_capacity(text.len() + 2);
-    literal.push('\'');
+    let mut literal = String::with_capacity(text.len() + 3);
+    literal.push_str("E'");
     for c in text.chars() {
-        if c == '\'' {
-            literal.push('\'');
+        if c == '\'' || c == '\\' {
+            literal.push(c);
         }
         literal.push(c);
     }
@@ -113,10 +116,11 @@ fn text(text: &str) -> Result<String, Unwritable> {
     Ok(literal)
 }
 
-/// `bytes` as a `bytea` literal (hex form).
+/// `bytes` as a `bytea` literal (hex form, in an escape string: exact whatever
+/// `standard_conforming_strings` says).
 fn bytes(bytes: &[u8]) -> String {
-    let mut literal = String::with_capacity(bytes.len() * 2 + 12);
-    literal.push_str("'\\x");
+    let mut literal = String::with_capacity(bytes.len() * 2 + 14);
+    literal.push_str("E'\\\\x");
     for byte in bytes {
         let _ = write!(literal, "{byte:02x}");
     }
@@ -329,11 +333,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_literals_double_quotes_keep_backslashes_and_refuse_nul() {
-        assert_eq!(text("it's").unwrap(), "'it''s'");
-        assert_eq!(text("a\\'; DROP").unwrap(), "'a\\''; DROP'");
+    fn literals_double_quotes_and_backslashes_and_refuse_nul() {
+        assert_eq!(text("it's").unwrap(), "E'it''s'");
+        assert_eq!(text("a\\'; DROP").unwrap(), "E'a\\\\''; DROP'");
         assert!(matches!(text("a\0b"), Err(Unwritable::Nul)));
-        assert_eq!(bytes(&[0, 255, 16]), "'\\x00ff10'::bytea");
+        assert_eq!(bytes(&[0, 255, 16]), "E'\\\\x00ff10'::bytea");
     }
 
     #[test]

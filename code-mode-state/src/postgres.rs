@@ -116,6 +116,9 @@ pub(crate) struct Postgres {
     max_bytes: Option<u64>,
     /// The data's size at the last measure.
     measured: u64,
+    /// Whether the connection was set up ([`Self::session_settings`]): one whose set-up
+    /// failed is made again at the next write, never used half set up.
+    ready: bool,
 }
 
 /// What this process holds: the sessions it owns, at the epoch it took each.
@@ -182,6 +185,7 @@ impl Postgres {
             durability: settings.durability,
             max_bytes: settings.max_bytes,
             measured: 0,
+            ready: false,
         };
         store.make_schema(front)?;
         store.session_settings()?;
@@ -189,17 +193,13 @@ impl Postgres {
         Ok((store, loaded.loaded))
     }
 
-    /// What this connection needs set: the schema, standard-conforming strings, the
-    /// statements commits use (prepared), and with `process` durability commits that
+    /// What this connection needs set: the schema, the statements commits use (prepared;
+    /// their values are escape-string literals, exact whatever the server's
+    /// `standard_conforming_strings`), and with `process` durability commits that
     /// return before the server syncs (they survive this process, not a crash of the
     /// database's machine).
     fn session_settings(&mut self) -> Result<(), StateError> {
-        // Commits write their values as literals (`pg_batch.rs`), exact only with
-        // standard-conforming strings.
-        let mut settings = format!(
-            "SET search_path TO {}; SET standard_conforming_strings TO on",
-            self.schema
-        );
+        let mut settings = format!("SET search_path TO {}", self.schema);
         if self.durability == Durability::Process {
             settings.push_str("; SET synchronous_commit TO off");
         }
@@ -208,19 +208,22 @@ impl Postgres {
         settings.push(';');
         settings.push_str(pg_batch::PREPARED);
         let leases = &self.leases;
+        self.ready = false;
         self.client
             .batch_execute(&settings)
-            .map_err(|e| leases.pg_error("setting up the connection", &e))
+            .map_err(|e| leases.pg_error("setting up the connection", &e))?;
+        self.ready = true;
+        Ok(())
     }
 
     /// Connects again when the connection was lost (the server restarted, a network
     /// fault): the keeper's patience tries a failed write again, and this makes the next
     /// try reach the server.
     fn reconnect_if_lost(&mut self) -> Result<(), StateError> {
-        if !self.client.is_closed() {
+        if self.ready && !self.client.is_closed() {
             return Ok(());
         }
-        tracing::warn!(store = %self.leases.describe, "the connection to the state store was lost; connecting again");
+        tracing::warn!(store = %self.leases.describe, "the connection to the state store was lost (or not set up); connecting again");
         self.client = self.target.connect()?;
         self.session_settings()?;
         tracing::info!(store = %self.leases.describe, "connected to the state store again");
@@ -647,6 +650,25 @@ impl Backend for Postgres {
                 "UPDATE sessions SET lease_until = 0, touched = COALESCE($4, touched)
                  WHERE id = $1 AND owner = $2 AND epoch = $3",
                 &[&id, &self.leases.owner, &epoch, &touched],
+            )
+            .map_err(|e| self.leases.pg(&e))?;
+        Ok(())
+    }
+
+    fn release_all(&mut self) -> Result<(), StateError> {
+        self.reconnect_if_lost()?;
+        let (ids, epochs): (Vec<String>, Vec<i64>) = self.leases.epochs.drain().unzip();
+        self.leases.touched_before.clear();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .execute(
+                "UPDATE sessions SET lease_until = 0
+                 FROM unnest($2::text[], $3::bigint[]) AS held(id, epoch)
+                 WHERE sessions.id = held.id AND sessions.epoch = held.epoch
+                 AND sessions.owner = $1",
+                &[&self.leases.owner, &ids, &epochs],
             )
             .map_err(|e| self.leases.pg(&e))?;
         Ok(())

@@ -154,6 +154,12 @@ pub(crate) trait Backend: Send + 'static {
     fn release(&mut self, _id: &str) -> Result<(), StateError> {
         Ok(())
     }
+    /// Ends this process's lease on every session it holds (a clean stop: the next
+    /// process asked for one takes it at once, not after its lease); from then on this
+    /// process writes none of them.
+    fn release_all(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
     /// The live process other than this one that holds session `id`, when it said where
     /// it is reached ([`Self::advertise`]): its name and address. `None` for a store one
     /// process holds whole.

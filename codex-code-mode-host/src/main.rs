@@ -655,7 +655,24 @@ async fn run(
             })
             .await
         }
-        (Listen::GrpcTcp(address), _) => serve_tcp(&cli, settings, address).await,
+        (Listen::GrpcTcp(address), _) => {
+            let state = settings.state.clone();
+            let mut sigterm =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(|error| format!("cannot listen for SIGTERM: {error}"))?;
+            tokio::select! {
+                served = serve_tcp(&cli, settings, address) => served,
+                // How an orchestrator stops it (a rolling update): every kept session is
+                // let go, so that the next host takes each at once, not after its lease.
+                _ = sigterm.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    if let Some(state) = state {
+                        state.let_go().await;
+                    }
+                    Ok(())
+                }
+            }
+        }
         (Listen::JsonStdio, Some(protocol)) => {
             let input = stdio::reader(protocol.input).map_err(|error| error.to_string())?;
             let output = stdio::writer(protocol.output).map_err(|error| error.to_string())?;

@@ -152,6 +152,12 @@ impl CodexState {
         self.kept.stats().unwrap_or_default()
     }
 
+    /// At a clean stop: every session this host holds is let go (on a shared store the next
+    /// host a client names one to takes it at once).
+    pub async fn let_go(&self) {
+        self.kept.let_go_all().await;
+    }
+
     /// Session `id` was closed: it is deleted from the store.
     pub(crate) fn forget(&self, id: &str) {
         self.kept.remove(id);
@@ -160,22 +166,27 @@ impl CodexState {
     /// The kept session `id`, for the first connection that names it whose client owned
     /// it; another client gets nothing (and the session stays kept for its owner).
     pub(crate) fn take_orphan(&self, id: &str, owner: Option<&Owner>) -> Option<Orphan> {
-        let held = self.kept.take(id)?;
-        let kept = match front_data(&held, self.kept.describe()) {
-            Ok(kept) => kept,
-            Err(error) => {
-                tracing::error!(%error, "a kept session does not read");
-                self.kept.put_back(held);
-                return None;
-            }
-        };
-        if kept.owner.as_ref() != owner {
-            tracing::warn!("a kept session was named by a client that does not own it");
-            tracing::debug!(session = id, "the kept session named by another client");
-            self.kept.put_back(held);
-            return None;
-        }
-        Some(Orphan { held, kept })
+        let store = self.kept.describe();
+        // Checked and taken in one step: the id never looks free to another connection.
+        let mut owned = None;
+        let held = self
+            .kept
+            .take_if(id, |held| match front_data(held, store) {
+                Ok(kept) if kept.owner.as_ref() == owner => {
+                    owned = Some(kept);
+                    true
+                }
+                Ok(_) => {
+                    tracing::warn!("a kept session was named by a client that does not own it");
+                    tracing::debug!(session = id, "the kept session named by another client");
+                    false
+                }
+                Err(error) => {
+                    tracing::error!(%error, "a kept session does not read");
+                    false
+                }
+            })?;
+        Some(Orphan { held, kept: owned? })
     }
 
     /// Writes `session` as it is now (`generations`: the runtime generation the provider

@@ -350,7 +350,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
     // What stopping does to the sessions is not kept: a server started again with the
     // same state directory goes on with them as they were.
     if let Some(state) = &shared.state {
-        state.close();
+        state.close().await;
     }
     stop.cancel();
     Ok(())

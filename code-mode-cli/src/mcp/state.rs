@@ -271,9 +271,11 @@ impl McpState {
         self.kept.stats().unwrap_or_default()
     }
 
-    /// No checkpoint after this one.
-    pub(crate) fn close(&self) {
+    /// No checkpoint after this one; every session this replica holds is let go (on a
+    /// shared store the next replica asked for one takes it at once).
+    pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.kept.let_go_all().await;
     }
 
     /// Writes MCP session `id` as it is now, before a call of the server's tools it makes;

@@ -257,6 +257,12 @@ impl Durability {
         lock(&self.sessions).clear();
     }
 
+    /// After the last checkpoint: every session this server holds is let go (on a shared
+    /// store the next server its client resumes it on takes it at once).
+    pub(super) async fn let_go(&self) {
+        self.kept.let_go_all().await;
+    }
+
     /// Once closed: why the last checkpoint was not written, if it was not.
     pub(super) fn unwritten_at_close(&self) -> Option<String> {
         lock(&self.unwritten).clone()

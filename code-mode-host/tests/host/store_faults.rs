@@ -391,3 +391,102 @@ async fn a_journal_step_the_store_has_with_another_body_fails_the_whole_commit()
         "the failed commit wrote nothing"
     );
 }
+
+/// Text a client chooses (stored values' keys and JSON, a session's options, a call's
+/// front id, an answer) goes into the one-query commit as literals: every character that
+/// means something to SQL, read back byte for byte by the next process, on a connection
+/// where backslashes are escapes (`standard_conforming_strings` off) as on one where not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_is_kept_byte_for_byte_in_the_one_query_commit() {
+    use code_mode_host::protocol::{CallId, CellId, JsonText};
+    use code_mode_host::state::{AnswerRecord, CallRecord};
+    let cluster = PgCluster::start();
+    sql(
+        &cluster.url,
+        "ALTER DATABASE postgres SET standard_conforming_strings = off",
+    );
+    let hostile = [
+        "'",
+        "\\",
+        "\\'",
+        "''",
+        "'; DROP TABLE stored; --",
+        "/* x */",
+        "$$",
+        "$q$",
+        "U&'\\0041'",
+        "E'\\x41'",
+        "ünïcødé ☃ 𝄞",
+        "\\x00ff",
+        "a\nb\tc\r",
+    ];
+    let options = StoreOptions {
+        replica: Some("pod-h".to_owned()),
+        ..options()
+    };
+    let keeper = {
+        let (url, options) = (cluster.url.clone(), options.clone());
+        std::thread::spawn(move || Keeper::open_postgres(&url, "jsonl", options).map(|(k, _)| k))
+            .join()
+            .expect("the opening thread")
+            .expect("opens")
+    };
+    let mut changes = one_session("s1", "\"plain\"");
+    let record = &mut changes.sessions[0];
+    record.options = hostile.concat();
+    for (index, text) in hostile.iter().enumerate() {
+        let json = serde_json::Value::String((*text).to_owned()).to_string();
+        record.state.stored.insert(
+            format!("{index}{text}"),
+            std::sync::Arc::from(json.as_str()),
+        );
+    }
+    changes.calls = vec![CallRecord {
+        session: "s1".to_owned(),
+        cell_id: CellId::new(1),
+        call: CallId::new(1),
+        front_id: hostile.concat(),
+    }];
+    let written = changes.sessions[0].clone();
+    keeper.write(changes).await.expect("written");
+    keeper
+        .record_answer(AnswerRecord {
+            session: "s1".to_owned(),
+            cell_id: CellId::new(1),
+            call: CallId::new(1),
+            result: Ok(JsonText::new(
+                serde_json::Value::String(hostile.concat()).to_string(),
+            )),
+        })
+        .await
+        .expect("the answer recorded");
+    assert_eq!(
+        sql(&cluster.url, "SELECT count(*) FROM code_mode_jsonl.stored").as_deref(),
+        Some("14"),
+        "every value is its own row"
+    );
+    drop(keeper);
+    let (_again, saved) = {
+        let url = cluster.url.clone();
+        std::thread::spawn(move || Keeper::open_postgres(&url, "jsonl", options))
+            .join()
+            .expect("the opening thread")
+            .expect("opens again")
+    };
+    let read = saved
+        .sessions
+        .iter()
+        .find(|record| record.id == "s1")
+        .expect("kept");
+    assert_eq!(read.options, written.options);
+    assert_eq!(read.state.stored, written.state.stored);
+    assert_eq!(saved.calls[0].front_id, hostile.concat());
+    assert_eq!(
+        saved.answers[0].result.as_ref().map(JsonText::as_str).ok(),
+        Some(
+            serde_json::Value::String(hostile.concat())
+                .to_string()
+                .as_str()
+        )
+    );
+}
