@@ -592,6 +592,11 @@ impl Backend for Postgres {
 
     fn claim(&mut self, id: &str) -> Result<Claim, StateError> {
         self.reconnect_if_lost()?;
+        if self.leases.epochs.contains_key(id) {
+            // This process holds it already (a front serves it on another connection):
+            // taking it again would make two live sessions of one id, both writing.
+            return Ok(Claim::Absent);
+        }
         let claimed = self.take_over(Some(id))?;
         if !claimed.loaded.saved.sessions.is_empty() {
             return Ok(Claim::Taken(claimed));

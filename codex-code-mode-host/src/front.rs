@@ -1095,7 +1095,7 @@ impl Front {
             return Ok(());
         }
         state
-            .take_over(id)
+            .take_over(id, self.owner.as_ref())
             .await
             .map_err(FrontError::StateUnavailable)
     }

@@ -115,18 +115,27 @@ impl CodexState {
     /// With a store that hosts share (`--state-url`): session `id`, which no process of
     /// this host has, is taken over from the host that kept it once that one's lease ran
     /// out, and waits here as a kept session for the connection that names it.
-    pub(crate) async fn take_over(&self, id: &str) -> Result<(), String> {
+    pub(crate) async fn take_over(&self, id: &str, owner: Option<&Owner>) -> Result<(), String> {
+        let was_held = self.kept.is_held(id);
         let held = self
             .kept
             .take_over(id)
             .await
             .map_err(|error| error.to_string())?;
-        if held {
-            let store = self.kept.describe();
-            self.kept
-                .with_held(id, |held| front_data(held, store).map(|_| ()))
-                .transpose()
-                .map_err(|error| error.to_string())?;
+        if !held || was_held {
+            return Ok(());
+        }
+        let store = self.kept.describe();
+        let kept = self
+            .kept
+            .with_held(id, |held| front_data(held, store))
+            .transpose()
+            .map_err(|error| error.to_string())?;
+        if kept.is_some_and(|kept| kept.owner.as_ref() != owner) {
+            // Taken over for a client that does not own it: let go at once, so that its
+            // owner's next call, on any host, takes it.
+            tracing::warn!("a session taken over for a client that does not own it is let go");
+            self.kept.release(id).await;
         }
         Ok(())
     }

@@ -490,3 +490,30 @@ async fn hostile_text_is_kept_byte_for_byte_in_the_one_query_commit() {
         )
     );
 }
+
+/// A session this process holds is not taken again by a claim (a front asked for it on
+/// another connection): taking it would bump its epoch under the live session and leave
+/// two live sessions of one id writing the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_this_process_holds_is_not_claimed_again() {
+    let cluster = PgCluster::start();
+    let keeper = open(&cluster.url, options()).expect("opens");
+    keeper
+        .write(one_session("s1", "\"held\""))
+        .await
+        .expect("written");
+    let claimed = keeper.claim("s1").await.expect("asked");
+    assert!(matches!(claimed, Claimed::Absent), "{claimed:?}");
+    keeper
+        .write(one_session("s1", "\"still held\""))
+        .await
+        .expect("the live session writes on at its epoch");
+    assert_eq!(
+        sql(
+            &cluster.url,
+            "SELECT epoch FROM code_mode_jsonl.sessions WHERE id = 's1'"
+        )
+        .as_deref(),
+        Some("1")
+    );
+}
