@@ -536,6 +536,42 @@ fn until_ran(ran: &std::path::Path) {
     }
 }
 
+/// `args` as `HttpServer::start` takes them.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The arguments of `mcp --http` replicas on `cluster` with `slow_tool` (logging to `ran`)
+/// and a lease of `lease`; the first replica, started, with a session whose cell waits on
+/// the tool, which ran.
+fn replicas_on_postgres(
+    scratch: &Scratch,
+    cluster: &code_mode_conformance::PgCluster,
+    ran: &std::path::Path,
+    lease: &str,
+) -> (Vec<String>, String, HttpServer) {
+    let tools = slow_tool(scratch, ran);
+    let args: Vec<String> = [
+        "mcp",
+        "--http",
+        "127.0.0.1:0",
+        "--tools",
+        tools.to_str().unwrap(),
+        "--state-url",
+        &cluster.url,
+        "--state-lease",
+        lease,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let first = HttpServer::start(&strs(&args), &[]).expect("the first replica starts");
+    let begun = service("begin", &first.url, &[]);
+    let session = begun["session"].as_str().expect("a session id").to_owned();
+    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
+    until_ran(ran);
+    (args, session, first)
+}
+
 /// Two replicas of `mcp --http` on one Postgres (`--state-url`): a session opened on A,
 /// its cell waiting on a call of the server's own tool, A killed with SIGKILL; the
 /// client's next requests with the same session id go to B, which takes the session over
@@ -545,25 +581,9 @@ fn a_replica_takes_over_the_session_of_a_killed_one_through_postgres() {
     let scratch = Scratch::new();
     let cluster = code_mode_conformance::PgCluster::start();
     let ran = scratch.0.join("ran.log");
-    let tools = slow_tool(&scratch, &ran);
-    let args = [
-        "mcp",
-        "--http",
-        "127.0.0.1:0",
-        "--tools",
-        tools.to_str().unwrap(),
-        "--state-url",
-        &cluster.url,
-        "--state-lease",
-        "2s",
-    ];
-    let mut a = HttpServer::start(&args, &[]).expect("A starts");
-    let mut b = HttpServer::start(&args, &[]).expect("B starts");
+    let (args, session, mut a) = replicas_on_postgres(&scratch, &cluster, &ran, "2s");
+    let mut b = HttpServer::start(&strs(&args), &[]).expect("B starts");
     assert_ne!(a.url, b.url);
-    let begun = service("begin", &a.url, &[]);
-    let session = begun["session"].as_str().expect("a session id").to_owned();
-    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
-    until_ran(&ran);
     a.child.kill().expect("SIGKILL");
     a.child.wait().expect("reaped");
     let started = std::time::Instant::now();
@@ -577,7 +597,7 @@ fn a_replica_takes_over_the_session_of_a_killed_one_through_postgres() {
     );
     // A rolling update: B is replaced by C (stopped as Kubernetes stops it) while the
     // session is idle; the client's next call, on C, finds it whole.
-    let c = HttpServer::start(&args, &[]).expect("C starts");
+    let c = HttpServer::start(&strs(&args), &[]).expect("C starts");
     let stopped = Command::new("kill")
         .args(["-TERM", &b.child.id().to_string()])
         .status()
@@ -820,24 +840,8 @@ fn a_rolling_update_hands_a_waiting_cell_to_the_next_replica_at_once() {
     let scratch = Scratch::new();
     let cluster = code_mode_conformance::PgCluster::start();
     let ran = scratch.0.join("ran.log");
-    let tools = slow_tool(&scratch, &ran);
-    let args = [
-        "mcp",
-        "--http",
-        "127.0.0.1:0",
-        "--tools",
-        tools.to_str().unwrap(),
-        "--state-url",
-        &cluster.url,
-        "--state-lease",
-        "90s",
-    ];
-    let mut b = HttpServer::start(&args, &[]).expect("B starts");
-    let c = HttpServer::start(&args, &[]).expect("C starts");
-    let begun = service("begin", &b.url, &[]);
-    let session = begun["session"].as_str().expect("a session id").to_owned();
-    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
-    until_ran(&ran);
+    let (args, session, mut b) = replicas_on_postgres(&scratch, &cluster, &ran, "90s");
+    let c = HttpServer::start(&strs(&args), &[]).expect("C starts");
     let stopped = Command::new("kill")
         .args(["-TERM", &b.child.id().to_string()])
         .status()
