@@ -88,6 +88,13 @@ impl StoredProvider {
         self.kept.stats()
     }
 
+    /// At a clean stop of the agent core, after its sessions' last calls returned: every
+    /// session it holds is let go, so that on a store processes share (Postgres) the next
+    /// process asked for one takes it at once, not after its lease. Nothing is deleted.
+    pub async fn let_go(&self) {
+        self.kept.let_go_all().await;
+    }
+
     /// A new session kept under `id`, written to the store before it is returned.
     pub async fn open(
         &self,
