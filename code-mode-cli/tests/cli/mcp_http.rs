@@ -858,3 +858,62 @@ fn a_rolling_update_hands_a_waiting_cell_to_the_next_replica_at_once() {
         started.elapsed()
     );
 }
+
+/// `--state-dir` with a size cap: the server's tool answers with more than the store has
+/// room for, so the answer's record fails (as on a full disk); the server is killed with
+/// SIGKILL and started again on the same directory with room. The call, whose answer was
+/// never kept, fails as cut short by the restart: the tool ran once, counted by its log.
+#[test]
+fn an_answer_the_full_store_did_not_take_is_never_got_by_running_the_tool_again() {
+    let scratch = Scratch::new();
+    let ran = scratch.0.join("ran.log");
+    let tools = scratch.write(
+        "tools.toml",
+        &format!(
+            "[[tool]]\nname = \"slow\"\ndescription = \"Answers at length.\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; head -c 1200000 /dev/zero | tr '\\\\000' x\"]\n",
+            ran.display()
+        ),
+    );
+    let state = scratch.0.join("state");
+    let args = |cap: bool| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "mcp",
+            "--http",
+            "127.0.0.1:0",
+            "--tools",
+            tools.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if cap {
+            args.extend(["--state-max-bytes".to_owned(), "1000000".to_owned()]);
+        }
+        args
+    };
+    let mut full = HttpServer::start(&strs(&args(true)), &[]).expect("starts with a cap");
+    let begun = service("begin", &full.url, &[]);
+    let session = begun["session"].as_str().expect("a session id").to_owned();
+    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
+    until_ran(&ran);
+    // The answer's record is tried within milliseconds of the answer; the log says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !full
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|line| line.contains("recording a tool's answer failed"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record never failed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    full.kill();
+    let roomy = HttpServer::start(&strs(&args(false)), &[]).expect("starts with room");
+    let resumed = service("resume", &roomy.url, &["--session", &session]);
+    assert_resumed(&resumed, &ran);
+}
