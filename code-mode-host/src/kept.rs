@@ -306,18 +306,18 @@ impl KeptSessions {
 
     /// Runs `look` on held session `id`, if it is held and did not expire.
     pub fn with_held<R>(&self, id: &str, look: impl FnOnce(&mut HeldSession) -> R) -> Option<R> {
+        let mut held = lock(&self.held);
         if self.store.expired(id) {
-            lock(&self.held).remove(id);
+            held.remove(id);
             return None;
         }
-        lock(&self.held).get_mut(id).map(look)
+        held.get_mut(id).map(look)
     }
 
     /// Takes held session `id` out to resume it; `None` when it is not held here, or
     /// expired meanwhile (then it is dropped).
     pub fn take(&self, id: &str) -> Option<HeldSession> {
-        let held = lock(&self.held).remove(id)?;
-        (!self.store.expired(id)).then_some(held)
+        self.take_if(id, |_| true)
     }
 
     /// Takes held session `id` out when `owns` accepts it, in one step under the lock (no

@@ -3,10 +3,11 @@
 //! stored values and running cells ([`code_mode_host::DurableSession`]), the invocations
 //! waiting for the client and the answers that came go to the store through
 //! [`KeptSessions`], the host crate's one owner of kept sessions (`codex.sqlite3`, or
-//! Postgres); this module keeps only the front's own data in each session's options. The front writes a session's changes before it answers anything
-//! that depends on them ([`crate::front::Front::flush`]) and records a client's answer
-//! before its cell gets it. After a restart a kept session belongs to no connection until
-//! a call names it: that connection takes it back, unless it expired (`--state-ttl`).
+//! Postgres); this module keeps only the front's own data in each session's options. The
+//! front writes a session's changes before it answers anything that depends on them
+//! ([`crate::front::Front::flush`]) and records a client's answer before its cell gets it.
+//! After a restart a kept session belongs to no connection until a call names it: that
+//! connection takes it back, unless it expired (`--state-ttl`).
 
 use code_mode_host::protocol::{CallId, CellId, JsonText, ToolError};
 use code_mode_host::{HeldSession, KeptSessions};
