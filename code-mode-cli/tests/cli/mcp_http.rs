@@ -518,10 +518,21 @@ fn assert_resumed(resumed: &Value, ran: &std::path::Path) {
 
 /// A tools file whose tool `slow` logs each run to `ran` and then takes 20 s.
 fn slow_tool(scratch: &Scratch, ran: &std::path::Path) -> std::path::PathBuf {
+    logging_tool(scratch, ran, "Takes its time.", "sleep 20")
+}
+
+/// A tools file whose tool `slow` (`description`) logs each run to `ran` and then runs the
+/// shell command `then`, whose output is its answer.
+fn logging_tool(
+    scratch: &Scratch,
+    ran: &std::path::Path,
+    description: &str,
+    then: &str,
+) -> std::path::PathBuf {
     scratch.write(
         "tools.toml",
         &format!(
-            "[[tool]]\nname = \"slow\"\ndescription = \"Takes its time.\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; sleep 20\"]\n",
+            "[[tool]]\nname = \"slow\"\ndescription = \"{description}\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; {then}\"]\n",
             ran.display()
         ),
     )
@@ -534,6 +545,19 @@ fn until_ran(ran: &std::path::Path) {
         assert!(std::time::Instant::now() < deadline, "the tool never ran");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The client's next requests on `session` go to the replica at `url`: it rebuilds the
+/// cell ([`assert_resumed`]) and answers within `bound`.
+fn resumed_within(url: &str, session: &str, ran: &std::path::Path, bound: Duration) {
+    let started = std::time::Instant::now();
+    let resumed = service("resume", url, &["--session", session]);
+    assert_resumed(&resumed, ran);
+    assert!(
+        started.elapsed() < bound,
+        "{:?} (at most {bound:?})",
+        started.elapsed()
+    );
 }
 
 /// `args` as `HttpServer::start` takes them.
@@ -586,15 +610,8 @@ fn a_replica_takes_over_the_session_of_a_killed_one_through_postgres() {
     assert_ne!(a.url, b.url);
     a.child.kill().expect("SIGKILL");
     a.child.wait().expect("reaped");
-    let started = std::time::Instant::now();
-    let resumed = service("resume", &b.url, &["--session", &session]);
-    assert_resumed(&resumed, &ran);
-    // B waited for A's lease to run out, no longer.
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    // B waits for A's lease (2 s) to run out, no longer.
+    resumed_within(&b.url, &session, &ran, Duration::from_secs(20));
     // A rolling update: B is replaced by C (stopped as Kubernetes stops it) while the
     // session is idle; the client's next call, on C, finds it whole.
     let c = HttpServer::start(&strs(&args), &[]).expect("C starts");
@@ -685,13 +702,7 @@ fn a_session_outlives_a_killed_server_with_a_state_dir() {
 fn a_cell_that_finished_just_before_a_kill_gives_its_output_after_the_restart() {
     let scratch = Scratch::new();
     let ran = scratch.0.join("ran.log");
-    let tools = scratch.write(
-        "tools.toml",
-        &format!(
-            "[[tool]]\nname = \"slow\"\ndescription = \"Answers at once.\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; echo quick\"]\n",
-            ran.display()
-        ),
-    );
+    let tools = logging_tool(&scratch, &ran, "Answers at once.", "echo quick");
     // The tool answered; the cell ends 0.2 s later; the kill comes a second after that.
     let (server, session) = killed_after_the_tool_ran(
         &tools,
@@ -848,15 +859,8 @@ fn a_rolling_update_hands_a_waiting_cell_to_the_next_replica_at_once() {
         .expect("kill -TERM");
     assert!(stopped.success());
     b.child.wait().expect("B stopped");
-    let started = std::time::Instant::now();
-    let resumed = service("resume", &c.url, &["--session", &session]);
-    assert_resumed(&resumed, &ran);
     // Without the lease let go, C would wait out B's 90 s lease and not find the session.
-    assert!(
-        started.elapsed() < Duration::from_secs(45),
-        "{:?}",
-        started.elapsed()
-    );
+    resumed_within(&c.url, &session, &ran, Duration::from_secs(45));
 }
 
 /// `--state-dir` with a size cap: the server's tool answers with more than the store has
@@ -867,12 +871,11 @@ fn a_rolling_update_hands_a_waiting_cell_to_the_next_replica_at_once() {
 fn an_answer_the_full_store_did_not_take_is_never_got_by_running_the_tool_again() {
     let scratch = Scratch::new();
     let ran = scratch.0.join("ran.log");
-    let tools = scratch.write(
-        "tools.toml",
-        &format!(
-            "[[tool]]\nname = \"slow\"\ndescription = \"Answers at length.\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; head -c 1200000 /dev/zero | tr '\\\\000' x\"]\n",
-            ran.display()
-        ),
+    let tools = logging_tool(
+        &scratch,
+        &ran,
+        "Answers at length.",
+        "head -c 1200000 /dev/zero | tr '\\\\000' x",
     );
     let state = scratch.0.join("state");
     let args = |cap: bool| -> Vec<String> {
