@@ -8,7 +8,7 @@ use super::mcp::{assert_result, check_driven, dep, deps, drive, one_fixture};
 use super::{BIN, Scratch, text};
 use code_mode_conformance::remote::Pki;
 use serde_json::Value;
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -574,8 +574,25 @@ fn replicas_on_postgres(
     ran: &std::path::Path,
     lease: &str,
 ) -> (Vec<String>, String, HttpServer) {
+    let args = replica_args(scratch, cluster, ran, lease);
+    let first = HttpServer::start(&strs(&args), &[]).expect("the first replica starts");
+    let begun = service("begin", &first.url, &[]);
+    let session = begun["session"].as_str().expect("a session id").to_owned();
+    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
+    until_ran(ran);
+    (args, session, first)
+}
+
+/// The arguments of `mcp --http` replicas on `cluster` with `slow_tool` (logging to `ran`)
+/// and a lease of `lease`.
+fn replica_args(
+    scratch: &Scratch,
+    cluster: &code_mode_conformance::PgCluster,
+    ran: &std::path::Path,
+    lease: &str,
+) -> Vec<String> {
     let tools = slow_tool(scratch, ran);
-    let args: Vec<String> = [
+    [
         "mcp",
         "--http",
         "127.0.0.1:0",
@@ -587,13 +604,7 @@ fn replicas_on_postgres(
         lease,
     ]
     .map(str::to_owned)
-    .to_vec();
-    let first = HttpServer::start(&strs(&args), &[]).expect("the first replica starts");
-    let begun = service("begin", &first.url, &[]);
-    let session = begun["session"].as_str().expect("a session id").to_owned();
-    assert_result(&begun["exec"], "Script running with cell ID 1", &["before"]);
-    until_ran(ran);
-    (args, session, first)
+    .to_vec()
 }
 
 /// Two replicas of `mcp --http` on one Postgres (`--state-url`): a session opened on A,
@@ -738,25 +749,45 @@ fn a_cell_that_finished_just_before_a_kill_gives_its_output_after_the_restart() 
 struct RoundRobin {
     url: String,
     chosen: Arc<Mutex<Vec<usize>>>,
+    backends: Arc<Mutex<Vec<String>>>,
 }
 
 impl RoundRobin {
+    /// Each new connection goes to the next backend; one that refuses the connection (a
+    /// replica gone) is passed over for the one after it, as a balancer's health check
+    /// takes a dead backend out.
     fn start(backends: Vec<String>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
         let url = format!("http://{}/mcp", listener.local_addr().expect("bound"));
         let chosen = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&chosen);
+        let backends = Arc::new(Mutex::new(backends));
+        let (kept, listed) = (Arc::clone(&chosen), Arc::clone(&backends));
         std::thread::spawn(move || {
             for (n, client) in listener.incoming().enumerate() {
                 let Ok(client) = client else { continue };
-                let which = n % backends.len();
-                kept.lock().unwrap().push(which);
-                if let Ok(backend) = std::net::TcpStream::connect(&backends[which]) {
+                let backends = listed.lock().unwrap().clone();
+                let reached = (0..backends.len()).find_map(|step| {
+                    let which = (n + step) % backends.len();
+                    let backend = std::net::TcpStream::connect(&backends[which]).ok()?;
+                    Some((which, backend))
+                });
+                if let Some((which, backend)) = reached {
+                    kept.lock().unwrap().push(which);
                     pipe(client, backend);
                 }
             }
         });
-        Self { url, chosen }
+        Self {
+            url,
+            chosen,
+            backends,
+        }
+    }
+
+    /// A replica added behind the balancer (`http://HOST:PORT/mcp`).
+    fn add(&self, url: &str) {
+        let backend = url.trim_start_matches("http://").trim_end_matches("/mcp");
+        self.backends.lock().unwrap().push(backend.to_owned());
     }
 }
 
@@ -841,26 +872,54 @@ fn any_replica_serves_any_session_at_once_behind_a_balancer_with_no_affinity() {
     );
 }
 
-/// A rolling update while a cell waits: two replicas of `mcp --http` on one Postgres with
-/// a lease of 90 s; a session's cell waits on a call of the server's own tool on B when B
-/// is stopped as Kubernetes stops it (SIGTERM). B lets its sessions go as it stops, so C
-/// takes the session at the client's next request, at once (not after the 90 s lease),
-/// rebuilds the cell, and the cut call fails as documented, the tool having run once.
+/// A rolling update while a cell waits, as the official SDK sees it through a balancer
+/// (every request on a new connection): two replicas of `mcp --http` on one Postgres with
+/// a lease of 90 s; the SDK's session, opened on B, has a cell waiting on a call of the
+/// server's own tool when C is added and B is stopped as Kubernetes stops it (SIGTERM). B
+/// lets its sessions go as it stops, so C takes the session at the SDK's next request, at
+/// once (not after the 90 s lease), rebuilds the cell, and the cut call fails as
+/// documented, the tool having run once.
 #[test]
 fn a_rolling_update_hands_a_waiting_cell_to_the_next_replica_at_once() {
     let scratch = Scratch::new();
     let cluster = code_mode_conformance::PgCluster::start();
     let ran = scratch.0.join("ran.log");
-    let (args, session, mut b) = replicas_on_postgres(&scratch, &cluster, &ran, "90s");
+    let args = replica_args(&scratch, &cluster, &ran, "90s");
+    let mut b = HttpServer::start(&strs(&args), &[]).expect("B starts");
+    let balancer = RoundRobin::start(Vec::new());
+    balancer.add(&b.url);
+    let mut client = Command::new(dep(".venv/bin/python"))
+        .arg(deps().join("http_service.py"))
+        .args(["rolling", &balancer.url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run http_service.py");
+    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("the first half").expect("a line");
+    let first: Value = serde_json::from_str(&first).unwrap_or_else(|_| panic!("{first}"));
+    assert_result(&first["exec"], "Script running with cell ID 1", &["before"]);
+    until_ran(&ran);
     let c = HttpServer::start(&strs(&args), &[]).expect("C starts");
+    balancer.add(&c.url);
     let stopped = Command::new("kill")
         .args(["-TERM", &b.child.id().to_string()])
         .status()
         .expect("kill -TERM");
     assert!(stopped.success());
     b.child.wait().expect("B stopped");
+    let started = Instant::now();
+    let mut go = client.stdin.take().expect("stdin");
+    go.write_all(b"go\n").expect("the second half begins");
+    let rest = lines.next().expect("the second half").expect("a line");
+    let resumed: Value = serde_json::from_str(&rest).unwrap_or_else(|_| panic!("{rest}"));
+    assert!(resumed.get("error").is_none(), "{resumed}");
     // Without the lease let go, C would wait out B's 90 s lease and not find the session.
-    resumed_within(&c.url, &session, &ran, Duration::from_secs(45));
+    assert_resumed(&resumed, &ran);
+    let bound = Duration::from_secs(45);
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+    assert!(client.wait().expect("the client ends").success());
+    let _ = c;
 }
 
 /// `--state-dir` with a size cap: the server's tool answers with more than the store has

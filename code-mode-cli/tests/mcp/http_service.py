@@ -36,6 +36,11 @@ expiry. Each mode prints one JSON object; the Rust tests assert on it.
         the official SDK with no connection kept alive (every request on a new one, as
         through a balancer with no affinity): a cell that yields, waited on to its end,
         then more calls in the session; each call's texts and how long it took
+    http_service.py rolling <url> [--token T]
+        the official SDK, every request on a new connection: the `begin` cell's first
+        answer is printed as a line ({"exec": ...}); after a line on stdin (the test has
+        replaced the replica meanwhile), `wait` on the cell and an `exec` reading the
+        stored value, as `resume` prints them
 """
 
 import asyncio
@@ -379,6 +384,28 @@ async def spread(url, opts):
             return {"error": describe(error), "calls": calls, "warnings": WARNINGS.seen}
 
 
+async def rolling(url, opts):
+    """One SDK session across a rolling update the test makes between its two halves."""
+    limits = httpx2.Limits(max_keepalive_connections=0)
+    loop = asyncio.get_running_loop()
+
+    async def texts(client, name, arguments):
+        result = await client.call_tool(name, arguments)
+        return [block.text for block in result.content if block.type == "text"]
+
+    async with http_client(opts, limits=limits) as http:
+        try:
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                first = await texts(client, "exec", {"code": DURABLE_CELL})
+                print(json.dumps({"exec": first}), flush=True)
+                await loop.run_in_executor(None, sys.stdin.readline)
+                waited = await texts(client, "wait", {"cell_id": "1", "yield_time_ms": 10000})
+                after = await texts(client, "exec", {"code": 'text(load("k"))'})
+                return {"wait": waited, "after": after, "warnings": WARNINGS.seen}
+        except BaseException as error:
+            return {"error": describe(error), "warnings": WARNINGS.seen}
+
+
 async def hop(holder, other, n, opts):
     import statistics
     import time
@@ -445,6 +472,8 @@ def main():
         result = asyncio.run(hop(url, opts["rest"][0], int(opts["rest"][1]), opts))
     elif mode == "spread":
         result = asyncio.run(spread(url, opts))
+    elif mode == "rolling":
+        result = asyncio.run(rolling(url, opts))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))
