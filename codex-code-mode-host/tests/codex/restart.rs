@@ -3,14 +3,237 @@
 //! the session goes on: the invocation it was given is answered under its id (and not
 //! streamed again), the cell's `Wait` gives the rest of its output once, the stored values
 //! are there and the next cell takes the next of Codex's ids.
+//!
+//! Every call on a host is bounded ([`bounded`]): a host that hangs fails the test. The
+//! client runs the tool for every invocation any host streams, and the tool counts its
+//! runs; what a subscription streamed is counted up to its end (the session closed), so
+//! that a call streamed twice, before or after the restart, shows as a second run.
 
 use crate::tcp::Listening;
 use code_mode_conformance::Scratch;
-use codex_code_mode_host::client::{Driver, UNANSWERED, exec_request, render_outcome, tool};
+use codex_code_mode_host::client::{exec_request, render_outcome, tool};
 use codex_code_mode_host::proto;
 use futures_util::StreamExt;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+type Client = proto::code_mode_host_client::CodeModeHostClient<tonic::transport::Channel>;
+
+/// The longest any one call on a host may take (a state write that fails is tried again
+/// for 10 s before the call that depends on it fails).
+const STEP: Duration = Duration::from_secs(30);
+
+/// `future`, a call on a host, within [`STEP`]; a host that does not answer in time fails
+/// the test with `what`.
+async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {STEP:?} (the host hangs)"))
+}
+
+/// The tool the cells call, run by the client for every invocation a host streams to it:
+/// it records each of its runs itself, so that a call streamed twice runs twice.
+struct Tool {
+    runs: Mutex<Vec<String>>,
+    /// Its output for an input.
+    output: fn(&str) -> String,
+}
+
+impl Tool {
+    fn new(output: fn(&str) -> String) -> Arc<Self> {
+        Arc::new(Self {
+            runs: Mutex::default(),
+            output,
+        })
+    }
+
+    /// Runs for `invocation` of `session`: the answer to send.
+    fn run(
+        &self,
+        session: &str,
+        invocation: &proto::ToolInvocation,
+    ) -> proto::CompleteToolCallRequest {
+        self.runs
+            .lock()
+            .unwrap()
+            .push(invocation.input_json.clone());
+        proto::CompleteToolCallRequest {
+            session_id: session.to_owned(),
+            invocation_id: invocation.invocation_id.clone(),
+            result: Some(proto::complete_tool_call_request::Result::Succeeded(
+                proto::ToolCallSucceeded {
+                    output_json: (self.output)(&invocation.input_json),
+                },
+            )),
+        }
+    }
+
+    /// The inputs of its runs so far, in order.
+    fn runs(&self) -> Vec<String> {
+        self.runs.lock().unwrap().clone()
+    }
+}
+
+/// What one subscription to a session's tool calls gave, read to its end.
+#[derive(Debug, Default)]
+struct Served {
+    /// The inputs of the invocations it streamed, in order (each run by the tool).
+    streamed: Vec<String>,
+    /// The host's reply to each answer sent (`Err`: refused, with why).
+    answers: Vec<Result<(), tonic::Status>>,
+    /// How it ended: `None` for a clean end, else the status it ended with.
+    end: Option<tonic::Status>,
+}
+
+/// The client's tool runner on one subscription, and what it served so far.
+struct Runner {
+    task: tokio::task::JoinHandle<()>,
+    served: Arc<Mutex<Served>>,
+}
+
+impl Runner {
+    /// Runs on `calls` until the stream ends: each invocation streamed is run by `tool`
+    /// and answered at once.
+    fn serve(
+        mut client: Client,
+        session: String,
+        mut calls: tonic::Streaming<proto::ToolInvocation>,
+        tool: Arc<Tool>,
+    ) -> Self {
+        let served = Arc::new(Mutex::new(Served::default()));
+        let serving = served.clone();
+        let task = tokio::spawn(async move {
+            while let Some(item) = calls.next().await {
+                let invocation = match item {
+                    Ok(invocation) => invocation,
+                    Err(status) => {
+                        serving.lock().unwrap().end = Some(status);
+                        break;
+                    }
+                };
+                let input = invocation.input_json.clone();
+                serving.lock().unwrap().streamed.push(input);
+                let answer = tool.run(&session, &invocation);
+                let reply = bounded("an answer", client.complete_tool_call(answer)).await;
+                serving.lock().unwrap().answers.push(reply.map(drop));
+            }
+        });
+        Self { task, served }
+    }
+
+    /// What it served, once its stream ended (within [`STEP`], else the test fails with
+    /// `what` and what it served so far).
+    async fn ended(self, what: &str) -> Served {
+        let mut task = self.task;
+        if let Ok(ran) = tokio::time::timeout(STEP, &mut task).await {
+            ran.expect("the tool runner");
+        } else {
+            task.abort();
+            let so_far = format!("{:?}", self.served.lock().unwrap());
+            panic!("{what}: the stream did not end within {STEP:?}; so far {so_far}");
+        }
+        std::mem::take(&mut *self.served.lock().unwrap())
+    }
+}
+
+/// A session opened on `client` (codex's request, server truncation) and its event stream,
+/// kept open by the caller (a client that leaves closes its sessions).
+async fn open(client: &mut Client) -> (String, tonic::Streaming<proto::SessionEvent>) {
+    let mut events = bounded(
+        "OpenSession",
+        client.open_session(proto::OpenSessionRequest {
+            output_truncation: proto::OutputTruncation::Server as i32,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("a session")
+    .into_inner();
+    let first = bounded("the opened event", events.next()).await;
+    let Some(Ok(proto::SessionEvent {
+        event: Some(proto::session_event::Event::Opened(opened)),
+    })) = first
+    else {
+        panic!("no opened event: {first:?}");
+    };
+    (opened.session_id, events)
+}
+
+/// `SubscribeToToolCalls` for `session` (the call that takes a kept session back).
+async fn subscribe(client: &mut Client, session: &str) -> tonic::Streaming<proto::ToolInvocation> {
+    bounded(
+        "SubscribeToToolCalls",
+        client.subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
+            session_id: session.to_owned(),
+        }),
+    )
+    .await
+    .expect("the session's tool calls")
+    .into_inner()
+}
+
+/// Runs `request` in `session`: its events, read to the end of the stream.
+async fn execute(
+    client: &mut Client,
+    session: &str,
+    mut request: proto::ExecuteRequest,
+) -> Vec<Result<proto::ExecuteEvent, tonic::Status>> {
+    request.session_id = session.to_owned();
+    request.execution_id = uuid::Uuid::new_v4().to_string();
+    let events = bounded("Execute", client.execute(request))
+        .await
+        .expect("an exec")
+        .into_inner();
+    bounded("the exec's events", events.collect()).await
+}
+
+/// The outcome that ends `events`.
+fn outcome(events: &[Result<proto::ExecuteEvent, tonic::Status>]) -> String {
+    match events.last() {
+        Some(Ok(proto::ExecuteEvent {
+            event: Some(proto::execute_event::Event::Outcome(outcome)),
+        })) => render_outcome(outcome),
+        _ => panic!("the exec ends with an outcome: {events:?}"),
+    }
+}
+
+/// `Wait` on `cell` of `session`: the live cell's outcome.
+async fn wait(mut client: Client, session: String, cell: &str, wait_id: &str) -> String {
+    let waited = bounded(
+        "Wait",
+        client.wait(proto::WaitRequest {
+            session_id: session,
+            cell_id: cell.to_owned(),
+            wait_id: wait_id.to_owned(),
+            yield_time_ms: 20_000,
+            max_tokens: None,
+        }),
+    )
+    .await
+    .expect("a wait")
+    .into_inner();
+    let Some(proto::wait_response::Cell::LiveCell(outcome)) = waited.cell else {
+        panic!("the cell is live: {waited:?}");
+    };
+    render_outcome(&outcome)
+}
+
+/// Closes `session`; then `runner`, serving its tool calls, sees its stream end: what it
+/// served, in full.
+async fn close(client: &mut Client, session: &str, runner: Runner) -> Served {
+    bounded(
+        "CloseSession",
+        client.close_session(proto::CloseSessionRequest {
+            session_id: session.to_owned(),
+        }),
+    )
+    .await
+    .expect("the session closed");
+    runner
+        .ended("the tool calls' stream ends once the session is closed")
+        .await
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_session_goes_on_after_the_host_was_killed() {
@@ -32,205 +255,161 @@ async fn a_session_kept_in_postgres_is_taken_over_by_the_next_host() {
 /// A host with `store` (its state flags) killed while a cell waits on a streamed call; the
 /// next host goes on with the session.
 async fn kept_session_goes_on(store: &[&str]) {
+    let lookup = Tool::new(|_| r#"{"v": 42}"#.to_owned());
     let host = Listening::start_with(&crate::our_host(), store, &[]).await;
-    let mut driver = Driver::open(
-        host.client().await,
-        proto::OpenSessionRequest {
-            output_truncation: proto::OutputTruncation::Server as i32,
-            ..Default::default()
-        },
-        Arc::new(|_| Err(UNANSWERED.to_owned())),
-    )
-    .await
-    .expect("a session");
-    let session = driver.session_id.clone();
+    let mut client = bounded("connecting", host.client()).await;
+    let (session, events) = open(&mut client).await;
+    let mut calls = subscribe(&mut client, &session).await;
     let mut request = exec_request(
         r#"store("k", "v"); text("before");
 const r = await tools.lookup({q: 1});
 text("got " + r.v); store("k2", r.v);"#,
     );
+    request.tool_call_id = "call_before".to_owned();
     request.enabled_tools = vec![tool("lookup", "lookup", None)];
     request.yield_time_ms = 300;
-    let first = driver.run(request).await.expect("an outcome");
-    assert_eq!(render_outcome(&first), r#"cell 1 yielded [text "before"]"#);
-    let invocation = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Some(invocation) = driver.invocations.lock().unwrap().first().cloned() {
-                break invocation;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let first = execute(&mut client, &session, request).await;
+    assert_eq!(outcome(&first), r#"cell 1 yielded [text "before"]"#);
+    // The client is given the invocation and runs the tool; the host is killed, its client
+    // still connected (a client that left first would have closed its session), before
+    // the answer is sent.
+    let given = bounded("the invocation", calls.next())
+        .await
+        .expect("the invocation")
+        .expect("streamed");
+    bounded("the host's kill", host.stop()).await;
+    // Whatever else the killed host streamed is run too, up to the stream's end (the
+    // connection is gone).
+    let mut before = vec![given];
+    let before_end = loop {
+        match bounded("the stream's end with its host", calls.next()).await {
+            Some(Ok(invocation)) => before.push(invocation),
+            end => break end,
         }
-    })
-    .await
-    .expect("the invocation is streamed in time");
-    // Killed with its client still connected (a client that left first would have
-    // closed its session).
-    host.stop().await;
-    drop(driver);
+    };
+    let held: Vec<_> = before
+        .iter()
+        .map(|invocation| lookup.run(&session, invocation))
+        .collect();
+    drop((client, events, calls));
 
     let host = Listening::start_with(&crate::our_host(), store, &[]).await;
-    let mut client = host.client().await;
-    // The session is taken back by the first call that names it; the invocation the client
-    // was given is not streamed again.
-    let mut calls = client
-        .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
-            session_id: session.clone(),
-        })
-        .await
-        .expect("the kept session")
-        .into_inner();
-    client
-        .complete_tool_call(proto::CompleteToolCallRequest {
-            session_id: session.clone(),
-            invocation_id: invocation.invocation_id.clone(),
-            result: Some(proto::complete_tool_call_request::Result::Succeeded(
-                proto::ToolCallSucceeded {
-                    output_json: r#"{"v": 42}"#.to_owned(),
-                },
-            )),
-        })
-        .await
-        .expect("the answer to the invocation given before the restart");
-    let waited = client
-        .wait(proto::WaitRequest {
-            session_id: session.clone(),
-            cell_id: "1".to_owned(),
-            wait_id: "w1".to_owned(),
-            yield_time_ms: 10_000,
-            max_tokens: None,
-        })
-        .await
-        .expect("a wait")
-        .into_inner();
-    let Some(proto::wait_response::Cell::LiveCell(outcome)) = waited.cell else {
-        panic!("the cell is live: {waited:?}");
-    };
+    let mut client = bounded("connecting", host.client()).await;
+    // The session is taken back by the first call that names it; what it streams from now
+    // on is run and answered, to the stream's end.
+    let calls = subscribe(&mut client, &session).await;
+    let runner = Runner::serve(client.clone(), session.clone(), calls, lookup.clone());
+    // The invocation the client was given is answered under its id.
+    let mut answers = Vec::new();
+    for answer in held {
+        let reply = bounded("the answer", client.complete_tool_call(answer)).await;
+        answers.push(reply.map(drop));
+    }
     // The rest of its output, once: not what the exec before the kill was given.
     assert_eq!(
-        render_outcome(&outcome),
+        wait(client.clone(), session.clone(), "1", "w1").await,
         r#"cell 1 completed{error_text: ""} [text "got 42"]"#
     );
-    let again = tokio::time::timeout(Duration::from_millis(300), calls.next()).await;
-    assert!(again.is_err(), "nothing streamed again: {again:?}");
-
     let mut next = exec_request(r#"text(load("k") + load("k2"))"#);
-    next.session_id = session.clone();
-    next.execution_id = uuid::Uuid::new_v4().to_string();
     next.tool_call_id = "call_after".to_owned();
-    let mut events = client.execute(next).await.expect("an exec").into_inner();
-    let mut last = None;
-    while let Some(event) = events.next().await {
-        last = Some(event.expect("an event"));
-    }
-    let Some(proto::execute_event::Event::Outcome(outcome)) = last.and_then(|event| event.event)
-    else {
-        panic!("an outcome");
-    };
+    let next = execute(&mut client, &session, next).await;
     assert_eq!(
-        render_outcome(&outcome),
+        outcome(&next),
         r#"cell 2 completed{error_text: ""} [text "v42"]"#
     );
-    host.stop().await;
+    let after = close(&mut client, &session, runner).await;
+
+    // The call ran once: the killed host streamed it once and the next host not again.
+    let streamed_before: Vec<_> = before.iter().map(|i| i.input_json.as_str()).collect();
+    assert_eq!(
+        lookup.runs(),
+        [r#"{"q":1}"#],
+        "the tool's runs; streamed before the kill: {streamed_before:?} (ended {before_end:?}), \
+         after: {after:?}"
+    );
+    assert!(
+        after.streamed.is_empty() && after.end.is_none(),
+        "nothing streamed after the restart, to the stream's clean end: {after:?}"
+    );
+    let refused: Vec<_> = answers
+        .iter()
+        .chain(&after.answers)
+        .filter_map(|reply| reply.as_ref().err())
+        .collect();
+    assert!(refused.is_empty(), "every answer is taken: {refused:?}");
+    bounded("the host's stop", host.stop()).await;
 }
 
 /// A state store that fills up (`--state-max-bytes`: SQLite refuses the write as on a full
 /// disk) while a cell runs: the invocation whose checkpoint did not fit is never streamed
 /// (the stream ends with UNAVAILABLE and why); the host then dies. Started again with
 /// room, it gives the recorded answer to the cell's first call and streams its second
-/// once: each call runs exactly once, counted by what the tool itself wrote.
+/// once: each call runs exactly once, counted by the tool, which the client runs for every
+/// invocation either host streams.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_state_store_sends_no_call_twice_across_a_crash() {
     const BIG: usize = 600 * 1024;
-    const STEP: Duration = Duration::from_secs(60);
     let scratch = Scratch::new();
     let state = scratch.0.join("state");
     let state = state.to_str().expect("UTF-8");
-    let ran = scratch.0.join("ran.log");
-    // The tool: each run appends its input to the log.
-    let run = |invocation: &proto::ToolInvocation| {
-        use std::io::Write as _;
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&ran)
-            .expect("the tool's log");
-        writeln!(log, "{}", invocation.input_json).expect("a line");
-    };
-    let answer = |session: &str, invocation: &proto::ToolInvocation, output_json: String| {
-        proto::CompleteToolCallRequest {
-            session_id: session.to_owned(),
-            invocation_id: invocation.invocation_id.clone(),
-            result: Some(proto::complete_tool_call_request::Result::Succeeded(
-                proto::ToolCallSucceeded { output_json },
-            )),
+    // The first call's answer is big: room for it, not for a checkpoint that holds it again.
+    let lookup = Tool::new(|input| {
+        if input == r#"{"n":1}"# {
+            format!(r#"{{"size": {BIG}, "pad": "{}"}}"#, "x".repeat(BIG))
+        } else {
+            r#"{"n": 2}"#.to_owned()
         }
-    };
-    // Room for the first answer, not for a checkpoint that holds it again.
+    });
     let capped = ["--state-dir", state, "--state-max-bytes", "1000000"];
     let host = Listening::start_with(&crate::our_host(), &capped, &[]).await;
-    let mut client = host.client().await;
-    let mut events = client
-        .open_session(proto::OpenSessionRequest {
-            output_truncation: proto::OutputTruncation::Server as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("a session")
-        .into_inner();
-    let Some(Ok(proto::SessionEvent {
-        event: Some(proto::session_event::Event::Opened(opened)),
-    })) = events.next().await
-    else {
-        panic!("no opened event");
-    };
-    let session = opened.session_id;
-    let mut calls = client
-        .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
-            session_id: session.clone(),
-        })
-        .await
-        .expect("the tool calls")
-        .into_inner();
+    let mut client = bounded("connecting", host.client()).await;
+    let (session, events) = open(&mut client).await;
+    let calls = subscribe(&mut client, &session).await;
     let mut request = exec_request(
         r#"const a = await tools.lookup({n: 1});
 const b = await tools.lookup({n: 2});
 text(a.size + " " + b.n);"#,
     );
-    request.session_id = session.clone();
-    request.execution_id = uuid::Uuid::new_v4().to_string();
     request.tool_call_id = "call_full".to_owned();
     request.enabled_tools = vec![tool("lookup", "lookup", None)];
     request.yield_time_ms = 300;
-    let started: Vec<_> = client
-        .execute(request)
-        .await
-        .expect("an exec")
-        .into_inner()
-        .collect()
-        .await;
+    let started = execute(&mut client, &session, request).await;
     assert!(
         started.iter().all(Result::is_ok),
         "the exec yields: {started:?}"
     );
-    let first = tokio::time::timeout(STEP, calls.next())
-        .await
-        .expect("the first call in time")
-        .expect("the first call")
-        .expect("streamed");
-    assert_eq!(first.input_json, r#"{"n":1}"#);
-    run(&first);
-    let big = format!(r#"{{"size": {BIG}, "pad": "{}"}}"#, "x".repeat(BIG));
-    client
-        .complete_tool_call(answer(&session, &first, big))
-        .await
-        .expect("the answer fits: it is recorded, then given to the cell");
-    // The cell's second call needs a checkpoint with the first answer in its journal,
-    // which does not fit: it is not streamed, and the stream says why.
-    let second = tokio::time::timeout(STEP, calls.next())
-        .await
-        .expect("the stream ends in time (the write is tried again, then given up)");
-    match second {
-        Some(Err(status)) => {
+    // The client runs the tool from now on. The cell's second call needs a checkpoint with
+    // the first answer in its journal, which does not fit: it is not streamed, and the
+    // stream ends saying why.
+    let runner = Runner::serve(client.clone(), session.clone(), calls, lookup.clone());
+    let before = runner
+        .ended("the second call's write tried again, then given up")
+        .await;
+    // The host dies with its client still connected.
+    bounded("the host's kill", host.stop()).await;
+    drop((client, events));
+
+    let host = Listening::start_with(&crate::our_host(), &["--state-dir", state], &[]).await;
+    let mut client = bounded("connecting", host.client()).await;
+    let calls = subscribe(&mut client, &session).await;
+    let runner = Runner::serve(client.clone(), session.clone(), calls, lookup.clone());
+    // Rebuilt at the wait, the cell gets its recorded first answer and makes its second
+    // call, streamed now for the first time.
+    assert_eq!(
+        wait(client.clone(), session.clone(), "1", "w-after").await,
+        format!(r#"cell 1 completed{{error_text: ""}} [text "{BIG} 2"]"#)
+    );
+    let after = close(&mut client, &session, runner).await;
+
+    // Each call ran once, and each host streamed what it should, to its stream's end.
+    assert_eq!(
+        lookup.runs(),
+        [r#"{"n":1}"#, r#"{"n":2}"#],
+        "the tool's runs; before the crash: {before:?}, after: {after:?}"
+    );
+    assert_eq!(before.streamed, [r#"{"n":1}"#], "{before:?}");
+    match &before.end {
+        Some(status) => {
             assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
             assert!(
                 status
@@ -239,68 +418,16 @@ text(a.size + " " + b.n);"#,
                 "{status:?}"
             );
         }
-        other => panic!("a call streamed with no checkpoint behind it: {other:?}"),
+        None => panic!("the stream ended with no reason: {before:?}"),
     }
-    // The host dies with its client still connected.
-    host.stop().await;
-    drop((client, calls, events));
-
-    let host = Listening::start_with(&crate::our_host(), &["--state-dir", state], &[]).await;
-    let mut client = host.client().await;
-    let mut calls = client
-        .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
-            session_id: session.clone(),
-        })
-        .await
-        .expect("the kept session")
-        .into_inner();
-    let waited = tokio::spawn({
-        let mut client = client.clone();
-        let session = session.clone();
-        async move {
-            client
-                .wait(proto::WaitRequest {
-                    session_id: session,
-                    cell_id: "1".to_owned(),
-                    wait_id: "w-after".to_owned(),
-                    yield_time_ms: 30_000,
-                    max_tokens: None,
-                })
-                .await
-        }
-    });
-    // Rebuilt at the wait, the cell gets its recorded first answer and makes its second
-    // call, streamed now for the first time.
-    let second = tokio::time::timeout(STEP, calls.next())
-        .await
-        .expect("the second call in time")
-        .expect("the second call")
-        .expect("streamed");
-    assert_eq!(second.input_json, r#"{"n":2}"#);
-    run(&second);
-    client
-        .complete_tool_call(answer(&session, &second, r#"{"n": 2}"#.to_owned()))
-        .await
-        .expect("the second answer");
-    let waited = tokio::time::timeout(STEP, waited)
-        .await
-        .expect("the wait in time")
-        .expect("the waiting task")
-        .expect("the wait")
-        .into_inner();
-    let Some(proto::wait_response::Cell::LiveCell(outcome)) = waited.cell else {
-        panic!("the cell is live: {waited:?}");
-    };
-    assert_eq!(
-        render_outcome(&outcome),
-        format!(r#"cell 1 completed{{error_text: ""}} [text "{BIG} 2"]"#)
-    );
-    // Nothing else is streamed, and each call ran once.
-    let again = tokio::time::timeout(Duration::from_millis(300), calls.next()).await;
-    assert!(again.is_err(), "nothing streamed again: {again:?}");
-    assert_eq!(
-        std::fs::read_to_string(&ran).expect("the tool's log"),
-        "{\"n\":1}\n{\"n\":2}\n"
-    );
-    host.stop().await;
+    assert_eq!(after.streamed, [r#"{"n":2}"#], "{after:?}");
+    assert!(after.end.is_none(), "the stream ended cleanly: {after:?}");
+    let refused: Vec<_> = before
+        .answers
+        .iter()
+        .chain(&after.answers)
+        .filter_map(|reply| reply.as_ref().err())
+        .collect();
+    assert!(refused.is_empty(), "every answer is taken: {refused:?}");
+    bounded("the host's stop", host.stop()).await;
 }
