@@ -620,7 +620,10 @@ impl Connection {
                 session,
                 cell_id,
                 response,
-            } => self.on_offer(session, cell_id, response),
+            } => {
+                code_mode_protocol::hop!("host has the offer");
+                self.on_offer(session, cell_id, response)
+            }
             ServerMessage::Spans(records) => lock(&self.sent_traces)
                 .export(records)
                 .map_err(Violation::Span),

@@ -505,6 +505,7 @@ async fn a_caller_holding_its_answers_unpolled_holds_up_no_other_session() {
             [ContentItem::text(format!("b{round}"))]
         );
         b_cells += 1;
+        // Paces B's own cells through the hold; not a wait for anything.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Every one of A's answers is still there, and each cell then goes on.
@@ -590,13 +591,56 @@ async fn the_startup_snapshot_cache_is_written_once_read_after_and_never_trusted
     assert_eq!(files(), [file], "one whole file, no temporary left");
 }
 
-/// A session of `provider` whose cell `source` yielded to its exec and has finished since
-/// (so it offered its final answer), with the cell and the runtime's pid.
+/// A `tracing` subscriber that tells its channel each time the host has a runtime's offer
+/// (the hop mark `host has the offer`), and sees nothing else. Set as the default of a
+/// current-thread test, it sees the marks of that test's runtime connections alone: their
+/// reader runs on the test's thread.
+struct OfferMarks(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl tracing::Subscriber for OfferMarks {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.is_event() && metadata.target() == "code_mode::hops"
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Offer(bool);
+        impl tracing::field::Visit for Offer {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0 |= field.name() == "hop" && value == "host has the offer";
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut offer = Offer(false);
+        event.record(&mut offer);
+        if offer.0 {
+            let _ = self.0.send(());
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A session of `provider` whose cell `source` yielded to its exec and has finished since,
+/// and whose offer of its final answer the host has, with the cell and the runtime's pid.
+/// For a current-thread test: the host's reader marks the offer on the test's thread just
+/// before it keeps it, and the test goes on only once that task yields, the offer kept.
 async fn finished_unobserved(
     provider: &ProcessProvider,
     delegate: &Arc<TestDelegate>,
     source: &str,
 ) -> (impl CodeModeSession, code_mode_protocol::StartedCell, u32) {
+    let (marks, mut offers) = tokio::sync::mpsc::unbounded_channel();
+    let watching = tracing::subscriber::set_default(OfferMarks(marks));
     let session = provider.open_session(delegate.clone(), SessionOptions::default());
     let started = session.execute(request(source)).await.unwrap();
     assert!(
@@ -605,7 +649,11 @@ async fn finished_unobserved(
         started.initial_response
     );
     // The cell finishes within milliseconds; its offer follows on the wire.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(20), offers.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the host had no offer of the finished cell within 20 s"))
+        .expect("the subscriber is set");
+    drop(watching);
     let pid = provider.runtime_pid().await.expect("a runtime runs");
     (session, started, pid)
 }
@@ -614,7 +662,7 @@ async fn finished_unobserved(
 /// the host answers the next `wait` with it, without asking the runtime: here the runtime
 /// is stopped (`SIGSTOP`) when the wait comes, and the wait still returns at once. The
 /// cell then closes in the runtime as if the wait had gone there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_wait_on_a_finished_cell_is_answered_by_the_host_alone() {
     let provider = provider();
     let delegate = TestDelegate::new();
@@ -657,7 +705,7 @@ async fn a_wait_on_a_finished_cell_is_answered_by_the_host_alone() {
 /// A cell that finished and offered its final answer is not lost with its runtime: the
 /// host held the answer, so the wait after a `SIGKILL` gets it, where it used to fail
 /// with the runtime-lost error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_finished_cell_outlives_its_runtime_through_its_offer() {
     let provider = provider();
     let delegate = TestDelegate::new();
@@ -669,7 +717,16 @@ async fn a_finished_cell_outlives_its_runtime_through_its_offer() {
     .await;
     // SAFETY: `kill` only sends a signal; `pid` is our own live child process.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The wait comes once the host knows its runtime is lost (polled: the loss is told
+    // to the calls it fails, and here none is in flight).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while provider.runtime_pid().await == Some(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the host did not see its runtime's SIGKILL within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let response = session
         .wait(WaitRequest::new(started.cell_id.clone()))
         .await

@@ -19,11 +19,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Waits (up to 10 s) until the runtime's log satisfies `check`: a runtime may close a
-/// socket a moment before it logs why.
+/// socket a moment before it logs why. Polled: a log file tells nobody it grew.
 async fn log_shows(runtime: &ListeningRuntime, check: impl Fn(&str) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check(&runtime.log()) {
-        assert!(Instant::now() < deadline, "{}", runtime.log());
+        assert!(
+            Instant::now() < deadline,
+            "the runtime's log did not show it within 10 s:\n{}",
+            runtime.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -231,8 +235,9 @@ async fn a_runtime_that_comes_up_later_is_dialled_again_and_takes_new_sessions()
             ..RuntimeOptions::tls(&pki)
         },
     );
-    // Backoff: the provider dials it again at its next attempt; the newcomer has no
-    // sessions, so the next sessions go there.
+    // Backoff: the provider dials it again at a placement once its retry is due; the
+    // newcomer has no sessions, so the next sessions go there. Polled by placing sessions
+    // (dialling happens only at a placement), up to a bound.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
@@ -240,7 +245,11 @@ async fn a_runtime_that_comes_up_later_is_dialled_again_and_takes_new_sessions()
         if session.runtime().unwrap() == format!("runtime at {later_endpoint}") {
             break;
         }
-        assert!(Instant::now() < deadline, "{:?}", provider.runtimes());
+        assert!(
+            Instant::now() < deadline,
+            "the runtime that came up later took no session within 15 s: {:?}",
+            provider.runtimes()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(provider.runtimes().iter().all(|runtime| runtime.connected));
@@ -461,7 +470,8 @@ async fn a_half_open_connection_is_found_by_the_liveness_timeout_on_both_sides()
     let provider = RemoteProvider::new(config).unwrap();
     let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
     echo_cell(&session, "through the relay").await.unwrap();
-    // Quiet for longer than the timeout: pings keep a healthy connection alive.
+    // Quiet for longer than the timeout: pings keep a healthy connection alive. (The
+    // sleep is the claim: a quiet stretch, not a wait for anything.)
     tokio::time::sleep(Duration::from_millis(2500)).await;
     echo_cell(&session, "still alive").await.unwrap();
 
@@ -557,6 +567,15 @@ fn sample(metrics: &str, family: &str, kind: &str, labels: &[(&str, &str)]) -> u
     value as u64
 }
 
+/// Waits (up to 20 s) until a `slow` call reached `delegate`: its cell runs.
+async fn slow_started(delegate: &TestDelegate) {
+    delegate
+        .wait_for(|record| {
+            matches!(record, code_mode_conformance::Record::ToolStarted { tool, .. } if tool == "slow")
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
     let options = RuntimeOptions {
@@ -575,7 +594,8 @@ async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
     );
     let metrics = runtime.metrics.expect("a metrics address");
     let provider = remote_within(vec![runtime.endpoint()], None, Duration::from_secs(1));
-    let session = Arc::new(provider.open_session(TestDelegate::new(), SessionOptions::default()));
+    let delegate = TestDelegate::new();
+    let session = Arc::new(provider.open_session(delegate.clone(), SessionOptions::default()));
     echo_cell(&session, "one").await.unwrap();
     let failed = session
         .execute(request("throw new Error('no')"))
@@ -650,8 +670,10 @@ async fn metrics_count_what_ran_and_sigterm_drains_running_cells_first() {
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Running: its call reached the delegate.
+    slow_started(&delegate).await;
     runtime.terminate();
+    // Polled: the runtime's readiness has no notification.
     let deadline = Instant::now() + Duration::from_secs(5);
     while http_get(metrics, "/readyz").await.0 != 503 {
         assert!(Instant::now() < deadline, "never reported not ready");
@@ -682,20 +704,21 @@ async fn an_idle_session_moves_off_a_draining_runtime_and_both_count_it() {
     // (Sessions placed on the second stay open, so placement by load reaches the first.)
     let (mut on_first, mut elsewhere) = (Vec::new(), Vec::new());
     while on_first.len() < 2 {
-        let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
+        let delegate = TestDelegate::new();
+        let session = provider.open_session(delegate.clone(), SessionOptions::default());
         echo_cell(&session, "placed").await.unwrap();
         if session
             .runtime()
             .is_some_and(|at| at.ends_with(&first.endpoint()))
         {
-            on_first.push(session);
+            on_first.push((session, delegate));
         } else {
             elsewhere.push(session);
         }
         assert!(elsewhere.len() < 8, "no session lands on the first runtime");
     }
-    let busy = on_first.pop().expect("a busy session");
-    let idle = on_first.pop().expect("an idle session");
+    let (busy, busy_delegate) = on_first.pop().expect("a busy session");
+    let (idle, _) = on_first.pop().expect("an idle session");
     idle.execute(request("store('kept', [1, 2])"))
         .await
         .unwrap();
@@ -705,8 +728,10 @@ async fn an_idle_session_moves_off_a_draining_runtime_and_both_count_it() {
             .await;
         (busy, started)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Running: its call reached the delegate.
+    slow_started(&busy_delegate).await;
     first.terminate();
+    // Polled: the provider's view of its runtimes has no notification.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !provider.runtimes().iter().any(|runtime| runtime.draining) {
         assert!(Instant::now() < deadline, "the host never saw the drain");
@@ -1074,22 +1099,43 @@ async fn a_runtime_that_escaped_its_cells_is_dropped_before_the_delegate_sees_it
     }
 }
 
+/// What [`offering_runtime`] gives the test.
+struct OfferingRuntime {
+    address: std::net::SocketAddr,
+    /// Its task: the host's words and requests it saw after the exec, in order.
+    task: tokio::task::JoinHandle<Vec<String>>,
+    /// Without `crossing`: told once the host has the offer (it answered the `Ping` the
+    /// fake sent right behind the offer, and the host's reader handles a connection's
+    /// messages in order).
+    offer_held: tokio::sync::oneshot::Receiver<()>,
+    /// Each of those words and requests, as the fake sees it.
+    seen: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+/// The number of the `Ping` an [`offering_runtime`] sends right behind its offer.
+const BEHIND_THE_OFFER: u64 = 0x00ff_e4ed;
+
 /// A fake runtime whose cell 1 (of session 1) yields to its exec and then finishes with
 /// `done`. With `crossing`, it offers that answer only once the host's `Wait` for the cell
 /// arrived (the two crossed on the wire), and answers the wait once the offer came back;
-/// otherwise it offers the answer as soon as the exec's answer was taken. Returns the
-/// host's words and requests it saw after the exec, in order.
-async fn offering_runtime(
-    crossing: bool,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+/// otherwise it offers the answer as soon as the exec's answer was taken, with a `Ping`
+/// behind it whose `Pong` says the host has the offer.
+async fn offering_runtime(crossing: bool) -> OfferingRuntime {
     use code_mode_protocol::CellId;
     use code_mode_wire::payload::{CellResponse as WireResponse, ContentItem, SessionReply};
     use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
     use futures_util::StreamExt;
 
-    let (address, fake) = fake_runtime(
+    let (held_tx, offer_held) = tokio::sync::oneshot::channel();
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (address, task) = fake_runtime(
         "a runtime that offers",
         move |mut reader, outbox| async move {
+            let mut held_tx = Some(held_tx);
+            let see = |seen: &mut Vec<String>, word: String| {
+                let _ = seen_tx.send(word.clone());
+                seen.push(word);
+            };
             let cell = CellId::parse("1");
             let done = WireResponse::Result {
                 cell_id: cell.clone(),
@@ -1150,20 +1196,26 @@ async fn offering_runtime(
                             ..
                         } => {}
                         Request::Session { call, .. } => {
-                            seen.push(format!("request {call:?}"));
+                            see(&mut seen, format!("request {call:?}"));
                             wait = Some(id);
                             if crossing {
                                 outbox.send(&offer).unwrap();
                             }
                         }
-                        other => seen.push(format!("request {other:?}")),
+                        other => see(&mut seen, format!("request {other:?}")),
                     },
                     ClientMessage::Taken { id } if Some(id) == exec && !crossing => {
                         outbox.send(&offer).unwrap();
+                        outbox.send(&ServerMessage::Ping(BEHIND_THE_OFFER)).unwrap();
                     }
                     ClientMessage::Taken { id } if Some(id) == exec => {}
+                    ClientMessage::Pong(BEHIND_THE_OFFER) => {
+                        if let Some(held) = held_tx.take() {
+                            let _ = held.send(());
+                        }
+                    }
                     ClientMessage::OfferGivenBack { .. } => {
-                        seen.push("offer given back".to_owned());
+                        see(&mut seen, "offer given back".to_owned());
                         // The answer goes to the wait that crossed it.
                         let id = wait.expect("a wait crossed the offer");
                         outbox
@@ -1174,7 +1226,7 @@ async fn offering_runtime(
                             .unwrap();
                     }
                     other @ (ClientMessage::OfferTaken { .. } | ClientMessage::Taken { .. }) => {
-                        seen.push(format!("{other:?}"));
+                        see(&mut seen, format!("{other:?}"));
                     }
                     _ => {}
                 }
@@ -1183,7 +1235,12 @@ async fn offering_runtime(
         },
     )
     .await;
-    (address, fake)
+    OfferingRuntime {
+        address,
+        task,
+        offer_held,
+        seen: seen_rx,
+    }
 }
 
 /// A cell's final answer offered by its runtime answers the next `wait` on the host, with
@@ -1193,7 +1250,12 @@ async fn offering_runtime(
 #[tokio::test]
 async fn an_offered_answer_answers_the_next_wait_and_goes_back_when_a_wait_crossed_it() {
     for crossing in [false, true] {
-        let (address, fake) = offering_runtime(crossing).await;
+        let OfferingRuntime {
+            address,
+            task: fake,
+            offer_held,
+            mut seen,
+        } = offering_runtime(crossing).await;
         let provider = remote(vec![format!("127.0.0.1:{}", address.port())], None);
         let session = provider.open_session(TestDelegate::new(), SessionOptions::default());
         let started = session
@@ -1205,17 +1267,37 @@ async fn an_offered_answer_answers_the_next_wait_and_goes_back_when_a_wait_cross
             CellResponse::Yielded { .. }
         ));
         if !crossing {
-            // The offer follows the exec's answer on the wire.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The offer follows the exec's answer on the wire: the wait comes once the
+            // host has it.
+            tokio::time::timeout(Duration::from_secs(20), offer_held)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("the host did not answer the ping behind the offer within 20 s")
+                })
+                .expect("the fake runs");
         }
         let response = answered_wait(&session, &started.cell_id)
             .await
             .expect("the wait");
         assert_eq!(texts(&response), ["done"], "crossing {crossing}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The host's last word (that the answer was taken) reached the fake before the
+        // connection ends.
+        let last = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let word = seen.recv().await.expect("the fake runs");
+                if word.starts_with("Taken {") || word.starts_with("OfferTaken {") {
+                    break word;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("crossing {crossing}: the host never said the answer was taken")
+        });
         drop(session);
         drop(provider);
         let seen = fake_ended(fake).await;
+        assert_eq!(seen.last(), Some(&last), "{seen:?}");
         if crossing {
             assert_eq!(seen.len(), 3, "{seen:?}");
             assert!(seen[0].starts_with("request Wait("), "{seen:?}");
