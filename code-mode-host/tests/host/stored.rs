@@ -147,6 +147,388 @@ fn killed_and_resumed(scratch: &Scratch, store: &[&str]) {
     assert_eq!(count(&lines, "start c 1"), 1, "{lines:?}");
 }
 
+/// The environment that makes this test binary the agent side of
+/// [`an_answer_the_full_store_did_not_take_reaches_no_cell_and_its_call_runs_once`]:
+/// `start` or `resume`.
+const AGENT_ROLE: &str = "CODE_MODE_TEST_UNKEPT_AGENT";
+/// The agent's state directory, and the file its tools log their runs to (outside the
+/// agent, so that the runs of a killed agent are counted).
+const AGENT_STATE: &str = "CODE_MODE_TEST_UNKEPT_STATE";
+const AGENT_RUNS: &str = "CODE_MODE_TEST_UNKEPT_RUNS";
+
+/// The first agent's store cap, and the length of the `big` tool's answer: more than the
+/// store has room for, so recording it fails as on a full disk.
+const UNKEPT_CAP: u64 = 1_000_000;
+const UNKEPT_ANSWER: usize = 1_200_000;
+
+/// The cell: the call of `big`, whose answer the store cannot take, and then the call of
+/// `after`, told whether the cell got the answer. The cell's output says what each call
+/// gave.
+const UNKEPT_SOURCE: &str = r#"
+let got = "an error";
+try { await tools.big({}); got = "the answer"; } catch (error) { text(String(error)); }
+try { text(await tools.after({ got })); } catch (error) { text(String(error)); }
+"#;
+
+/// What the agent tells the test, one line each on its stdout.
+const SAID: &str = "agent said: ";
+
+#[expect(
+    clippy::print_stdout,
+    reason = "the agent's lines are what the test reads"
+)]
+fn say(line: &str) {
+    println!("{SAID}{line}");
+}
+
+/// The agent's tools: each run is appended to the runs file. `after` never ends in the
+/// first agent (it is killed with that call in flight).
+struct UnkeptTools {
+    runs: std::path::PathBuf,
+    first: bool,
+}
+
+impl code_mode_protocol::CodeModeSessionDelegate for UnkeptTools {
+    fn invoke_tool(
+        &self,
+        call: code_mode_protocol::NestedToolCall,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> code_mode_protocol::BoxFuture<
+        '_,
+        Result<code_mode_protocol::JsonText, code_mode_protocol::ToolError>,
+    > {
+        Box::pin(async move {
+            let input = call.input.as_ref().map_or("", |input| input.as_str());
+            let run = match call.tool_name.as_str() {
+                "big" => "big".to_owned(),
+                _ => format!("{} {input}", call.tool_name),
+            };
+            let mut runs = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.runs)
+                .expect("the runs file opens");
+            std::io::Write::write_all(&mut runs, format!("{run}\n").as_bytes())
+                .expect("the run is logged");
+            match call.tool_name.as_str() {
+                "big" => {
+                    let answer = serde_json::to_string(&"x".repeat(UNKEPT_ANSWER)).expect("JSON");
+                    Ok(code_mode_protocol::JsonText::new(answer))
+                }
+                _ if self.first => {
+                    say(&format!("ran {run}"));
+                    cancel.cancelled().await;
+                    Err(code_mode_protocol::ToolError::cancelled())
+                }
+                _ => Ok(code_mode_protocol::JsonText::new("\"answered again\"")),
+            }
+        })
+    }
+}
+
+/// The agent's store: the keeper, telling the test when a write or an answer's record
+/// failed.
+struct Watched(code_mode_host::state::Keeper);
+
+impl code_mode_host::SessionStore for Watched {
+    fn write(
+        &self,
+        changes: code_mode_host::state::Changes,
+    ) -> code_mode_protocol::BoxFuture<'_, Result<(), code_mode_host::state::StateError>> {
+        Box::pin(async move {
+            let written = self.0.write(changes).await;
+            if let Err(error) = &written {
+                say(&format!("write failed: {error}"));
+            }
+            written
+        })
+    }
+
+    fn record_answer(
+        &self,
+        answer: code_mode_host::state::AnswerRecord,
+    ) -> code_mode_protocol::BoxFuture<'_, Result<(), code_mode_host::state::StateError>> {
+        Box::pin(async move {
+            let recorded = self.0.record_answer(answer).await;
+            if let Err(error) = &recorded {
+                say(&format!("record failed: {error}"));
+            }
+            recorded
+        })
+    }
+
+    fn remove(&self, session: &str) {
+        self.0.remove(session);
+    }
+}
+
+/// The agent side (in a child process, `role` from [`AGENT_ROLE`]): `start` opens session
+/// `s` on a store capped at [`UNKEPT_CAP`] and starts [`UNKEPT_SOURCE`] in it, then waits
+/// to be killed; `resume` opens the store with room, resumes `s` failing every call a
+/// restart cut short (as the Python package does unless told to retry), and says the
+/// cell's outcome.
+fn unkept_agent(role: &str) {
+    use code_mode_host::{
+        CodeModeSession, Interrupted, KeptSessions, ProcessConfig, ProcessProvider, Runtimes,
+        StoredProvider,
+    };
+    use code_mode_protocol::{CellResponse, ExecRequest, SessionOptions, WaitRequest};
+    let state = std::path::PathBuf::from(std::env::var_os(AGENT_STATE).expect("the state"));
+    let runs = std::path::PathBuf::from(std::env::var_os(AGENT_RUNS).expect("the runs file"));
+    let first = role == "start";
+    let options = code_mode_host::state::StoreOptions {
+        max_bytes: first.then_some(UNKEPT_CAP),
+        // Not the 10 s default: the write past the cap fails sooner, as it would later.
+        patience: Duration::from_millis(500),
+        ..code_mode_host::state::StoreOptions::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    runtime.block_on(async move {
+        let (keeper, saved) =
+            code_mode_host::state::Keeper::open_sqlite(&state, "agent", options).expect("opens");
+        let kept = std::sync::Arc::new(KeptSessions::over(
+            std::sync::Arc::new(Watched(keeper)),
+            saved,
+        ));
+        let config = ProcessConfig {
+            generations_before: kept.generations_before(),
+            ..ProcessConfig::default()
+        };
+        let provider = ProcessProvider::new(config).expect("the runtime is built");
+        let sessions = StoredProvider::new(Runtimes::Local(provider), kept);
+        let tools = std::sync::Arc::new(UnkeptTools { runs, first });
+        if first {
+            let session = sessions
+                .open(
+                    "s",
+                    tools.clone(),
+                    SessionOptions::default(),
+                    Default::default(),
+                )
+                .await
+                .expect("the session opens");
+            let definitions: std::sync::Arc<[code_mode_protocol::ToolDefinition]> =
+                ["big", "after"]
+                    .map(|name| {
+                        code_mode_protocol::ToolDefinition::new(
+                            name,
+                            "a tool of the test",
+                            code_mode_protocol::ToolKind::Function,
+                        )
+                    })
+                    .into();
+            let started = session
+                .execute(
+                    ExecRequest::new(UNKEPT_SOURCE)
+                        .with_tools(definitions)
+                        .with_yield_time_ms(0),
+                )
+                .await
+                .expect("the cell starts");
+            assert!(
+                matches!(started.initial_response, CellResponse::Yielded { .. }),
+                "{:?}",
+                started.initial_response
+            );
+            // Killed here, `after` in flight.
+            std::future::pending::<()>().await;
+        }
+        assert_eq!(sessions.kept(), ["s"]);
+        let session = sessions
+            .resume("s", tools, SessionOptions::default(), |call| {
+                say(&format!("interrupted {}", call.tool_name));
+                Interrupted::Fail
+            })
+            .await
+            .expect("the session resumes");
+        let outcome = loop {
+            let response = session
+                .wait(WaitRequest::new("1").with_yield_time_ms(10_000))
+                .await
+                .expect("the cell is waited on");
+            if !matches!(response, CellResponse::Yielded { .. }) {
+                break response;
+            }
+        };
+        let texts: Vec<&str> = outcome
+            .content_items()
+            .iter()
+            .filter_map(code_mode_protocol::ContentItem::as_text)
+            .collect();
+        let outcome = serde_json::json!({ "texts": texts, "error": outcome.error_text() });
+        say(&format!("outcome {outcome}"));
+        session.close().await;
+    });
+}
+
+/// An agent process, killed (SIGKILL) and reaped when dropped: a test that fails leaves
+/// none behind.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// This test binary, running this test alone as the agent side (`role`), its stdout
+/// piped (its lines come on the channel) and its stderr in `stderr`.
+fn spawn_unkept_agent(
+    role: &str,
+    state: &Path,
+    runs: &Path,
+    stderr: &Path,
+) -> (Agent, std::sync::mpsc::Receiver<String>) {
+    let module = module_path!()
+        .split_once("::")
+        .map_or(module_path!(), |(_, module)| module);
+    let name = format!(
+        "{module}::an_answer_the_full_store_did_not_take_reaches_no_cell_and_its_call_runs_once"
+    );
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(AGENT_ROLE, role)
+        .env(AGENT_STATE, state)
+        .env(AGENT_RUNS, runs)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(stderr).expect("the stderr file"))
+        .spawn()
+        .expect("the agent starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, said) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Agent(child), said)
+}
+
+/// The next line the agent said (up to `deadline`), or `None` once its stdout ended.
+fn next_said(
+    said: &std::sync::mpsc::Receiver<String>,
+    deadline: Instant,
+    waiting_for: &str,
+    stderr: &Path,
+) -> Option<String> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match said.recv_timeout(left) {
+            // (The harness may have begun the line: `test <name> ... `.)
+            Ok(line) => {
+                if let Some((_, said)) = line.split_once(SAID) {
+                    return Some(said.to_owned());
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                "the agent did not say {waiting_for} in time; its stderr:\n{}",
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// An agent core on `StoredProvider` whose tool answers with more than its store has
+/// room for: recording the answer fails (as on a full disk), so the cell gets no answer
+/// but the call's error (`code-mode state could not be written (the tool ran, its answer
+/// was not kept): <the store's error>`), and goes on to its next call. The agent is
+/// killed with SIGKILL there and started again on the same store with room: the rebuilt
+/// cell gets the same error for the first call (its journal, written before the next
+/// call went out, has it) and the restart's error for the call that was in flight
+/// (`interrupted: ...`: the agent fails such calls, as the Python package does unless
+/// told to retry), and neither call runs again. Counted by the tools themselves, in a
+/// file outside the killed process.
+#[test]
+fn an_answer_the_full_store_did_not_take_reaches_no_cell_and_its_call_runs_once() {
+    if let Ok(role) = std::env::var(AGENT_ROLE) {
+        unkept_agent(&role);
+        return;
+    }
+    let scratch = Scratch::new();
+    let state = scratch.0.join("state");
+    std::fs::create_dir_all(&state).expect("the state directory");
+    let runs = scratch.0.join("runs.log");
+    let stderr = scratch.0.join("start.stderr");
+    let (mut first, said) = spawn_unkept_agent("start", &state, &runs, &stderr);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = next_said(&said, deadline, "that the answer's record failed", &stderr)
+        .expect("the agent runs");
+    let store_error = failed
+        .strip_prefix("record failed: ")
+        .unwrap_or_else(|| panic!("said {failed:?} before any record failed"))
+        .to_owned();
+    assert!(
+        store_error.contains("database or disk is full"),
+        "{store_error}"
+    );
+    // Killed once the cell made its next call: it is past the answer it could not have.
+    let next = next_said(&said, deadline, "that `after` ran", &stderr).expect("the agent runs");
+    assert_eq!(
+        next, r#"ran after {"got":"an error"}"#,
+        "the cell went on with the error and its next call was kept"
+    );
+    first.0.kill().expect("kill -9");
+    first.0.wait().expect("reaped");
+    let runs_now = || -> Vec<String> {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(runs_now(), ["big", r#"after {"got":"an error"}"#]);
+
+    let stderr = scratch.0.join("resume.stderr");
+    let (mut second, said) = spawn_unkept_agent("resume", &state, &runs, &stderr);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    while let Some(line) = next_said(&said, deadline, "the cell's outcome", &stderr) {
+        lines.push(line);
+    }
+    let status = second.0.wait().expect("reaped");
+    assert!(
+        status.success(),
+        "{status:?}: {lines:?}\n{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    let (outcome, asked): (Vec<&String>, Vec<&String>) =
+        lines.iter().partition(|line| line.starts_with("outcome "));
+    assert_eq!(
+        asked,
+        ["interrupted after"],
+        "only the call in flight at the kill is one the restart cut short: the cell's \
+         journal has the error `big` gave it"
+    );
+    let outcome: serde_json::Value = serde_json::from_str(
+        outcome
+            .first()
+            .and_then(|line| line.strip_prefix("outcome "))
+            .unwrap_or_else(|| panic!("no outcome: {lines:?}")),
+    )
+    .expect("JSON");
+    assert_eq!(
+        runs_now(),
+        ["big", r#"after {"got":"an error"}"#],
+        "a call ran again"
+    );
+    let unkept = code_mode_protocol::texts::state_unwritten(
+        "the tool ran, its answer was not kept",
+        &store_error,
+    );
+    assert_eq!(
+        outcome,
+        serde_json::json!({
+            "texts": [unkept, code_mode_protocol::texts::interrupted_call("after")],
+            "error": null,
+        })
+    );
+}
+
 /// Runs `statement` on the cluster and gives its first row's first column as text, on a
 /// thread of its own (the blocking client does not run on the test's async runtime).
 pub(crate) fn sql(url: &str, statement: &str) -> Option<String> {
