@@ -39,6 +39,11 @@ const METRICS: &str = "/metrics";
 /// The header that names a request's MCP session.
 const SESSION_HEADER: &str = "mcp-session-id";
 
+/// How long the SDKs wait before they resume a broken event stream (the `retry` of the
+/// stream's first event; rmcp's default is 3 s): a request whose replica died fails after
+/// two tries, 2 s rather than 6 s, and one kept here ([`super::replay`]) resumes sooner.
+const SSE_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a client may take for sending a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -218,6 +223,7 @@ impl HttpOptions {
         let mut config = StreamableHttpServerConfig::default()
             .with_cancellation_token(stop.clone())
             .with_sse_keep_alive(Some(Duration::from_secs(15)))
+            .with_sse_retry(Some(SSE_RETRY))
             .enforce_origin_validation();
         let mut origins = self.allowed_origins.clone();
         if self.address.ip().is_loopback() {
@@ -243,6 +249,8 @@ struct Front {
     resource: Option<ProtectedResource>,
     /// With a state directory: its store's figures join `/metrics`.
     state: Option<Arc<super::state::McpState>>,
+    /// Requests' event streams, kept for a client whose connection broke.
+    recordings: super::replay::Recordings,
 }
 
 /// SIGTERM, once it comes (never, if it cannot be listened for).
@@ -287,6 +295,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, checked: Checked) -> Result<(), 
         credentials: checked.credentials,
         resource: checked.resource,
         state: shared.state.clone(),
+        recordings: super::replay::Recordings::default(),
     });
     let acceptor = checked.tls.map(tokio_rustls::TlsAcceptor::from);
     let scheme = if acceptor.is_some() { "https" } else { "http" };
@@ -446,6 +455,19 @@ async fn handle(
         (None, _) => None,
     };
     let resuming = method == http::Method::GET && request.headers().contains_key(LAST_EVENT_ID);
+    // A request's stream kept here after its connection broke (rmcp's is gone by then),
+    // resumed only by the principal whose open session it is.
+    if resuming
+        && let Some(id) = session.as_deref()
+        && matches!(front.sessions.owner(id), Owner::Of(_))
+        && let Some(last) = request
+            .headers()
+            .get(LAST_EVENT_ID)
+            .and_then(|value| value.to_str().ok())
+        && let Some(resumed) = front.recordings.resume(id, last)
+    {
+        return finish(resumed, &method, in_flight);
+    }
     let mut service = front.service.clone();
     let answered = REQUESTER.scope(
         principal,
@@ -455,10 +477,14 @@ async fn handle(
         Ok(response) => response,
         Err(never) => match never {},
     };
-    let response = if resuming {
-        resumed_or_gone(response).await
-    } else {
-        response
+    let response = match session.as_deref() {
+        _ if resuming => resumed_or_gone(response).await,
+        Some(id) if method == http::Method::POST => front.recordings.record(id, response),
+        Some(id) if method == http::Method::DELETE => {
+            front.recordings.forget(id);
+            response
+        }
+        _ => response,
     };
     finish(response, &method, in_flight)
 }

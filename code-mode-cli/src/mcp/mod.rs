@@ -3,7 +3,8 @@
 //! (`exec` and `wait`) to any MCP client, over stdio or, through [`http`], streamable HTTP
 //! with credentials that name principals ([`auth`]: static tokens, OAuth access tokens
 //! checked by [`jwt`], the server a protected resource by [`resource`]), TLS and sessions
-//! that expire ([`expiry`]), each reachable only by the principal that opened it. Both
+//! that expire ([`expiry`]), each reachable only by the principal that opened it, and a
+//! request's answer kept for a client whose connection broke ([`replay`]). Both
 //! speak MCP through rmcp, the official SDK.
 
 mod auth;
@@ -11,6 +12,7 @@ mod expiry;
 pub mod http;
 mod jwt;
 mod principal;
+mod replay;
 mod resource;
 pub mod server;
 mod state;

@@ -979,3 +979,142 @@ fn an_answer_the_full_store_did_not_take_is_never_got_by_running_the_tool_again(
     let resumed = service("resume", &roomy.url, &["--session", &session]);
     assert_resumed(&resumed, &ran);
 }
+
+/// The fleet under a kill: 3 replicas on one Postgres (lease 5 s) behind a round-robin
+/// balancer with no affinity, `FLEET_CLIENTS` (default 30) official-SDK clients at once,
+/// each with a cell that yields and calls the server's `count` tool. Once every cell runs,
+/// one replica is killed with SIGKILL mid-call and another started in its place. Every
+/// cell ends with its own output, or, where the kill cut its call short, the documented
+/// failure; every call ran at most once (the tool's own log), once where its answer came.
+/// The longest request any client saw is printed.
+#[test]
+fn a_replica_killed_under_many_sdk_clients_loses_no_cell_and_runs_no_call_twice() {
+    let scratch = Scratch::new();
+    let cluster = code_mode_conformance::PgCluster::start();
+    let ran = scratch.0.join("ran.log");
+    let script = scratch.write(
+        "count.sh",
+        &format!(
+            "input=$(cat)\necho \"$input\" >> '{}'\nsleep 1\necho \"counted $input\"\n",
+            ran.display()
+        ),
+    );
+    let tools = scratch.write(
+        "tools.toml",
+        &format!(
+            "[[tool]]\nname = \"count\"\ndescription = \"Counts.\"\ncommand = [\"sh\", \"{}\"]\n",
+            script.display()
+        ),
+    );
+    let args = [
+        "mcp",
+        "--http",
+        "127.0.0.1:0",
+        "--tools",
+        tools.to_str().unwrap(),
+        "--state-url",
+        &cluster.url,
+        "--state-lease",
+        "5s",
+    ];
+    let mut replicas: Vec<HttpServer> = (0..3)
+        .map(|_| HttpServer::start(&args, &[]).expect("a replica starts"))
+        .collect();
+    let balancer = RoundRobin::start(Vec::new());
+    for replica in &replicas {
+        balancer.add(&replica.url);
+    }
+    let clients: usize = std::env::var("FLEET_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30);
+    let mut fleet = Command::new(dep(".venv/bin/python"))
+        .arg(deps().join("http_service.py"))
+        .args(["fleet", &balancer.url, &clients.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run http_service.py");
+    let mut lines = BufReader::new(fleet.stdout.take().expect("stdout")).lines();
+    let started = lines.next().expect("a line").expect("a line");
+    assert_eq!(started, "started");
+    // Each cell calls the tool 300 ms after it started and the tool takes 1 s: the kill
+    // falls while calls are in flight on the killed replica.
+    std::thread::sleep(Duration::from_millis(500));
+    replicas[1].kill();
+    let restarted = HttpServer::start(&args, &[]).expect("a replica starts again");
+    balancer.add(&restarted.url);
+    let last = lines.next().expect("the result").expect("a line");
+    let result: Value = serde_json::from_str(&last).unwrap_or_else(|_| panic!("{last}"));
+    assert!(fleet.wait().expect("the clients end").success());
+    let log = std::fs::read_to_string(&ran).expect("the tool's log");
+    let runs = |n: usize| {
+        log.lines()
+            .filter(|line| line.trim() == format!("{{\"n\":{n}}}"))
+            .count()
+    };
+    let (mut cut, mut longest, mut sent_again) = (0, 0, 0);
+    let outcomes = result["clients"].as_array().expect("clients");
+    assert_eq!(outcomes.len(), clients, "{result}");
+    for outcome in outcomes {
+        let n = usize::try_from(outcome["n"].as_u64().expect("n")).unwrap();
+        assert!(outcome.get("error").is_none(), "client {n}: {outcome}");
+        let texts: Vec<&str> = outcome["texts"]
+            .as_array()
+            .expect("texts")
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|text| !text.starts_with("Script "))
+            .collect();
+        assert_eq!(texts.len(), 3, "client {n}: {outcome}");
+        assert_eq!(texts[0], format!("started {n}"), "client {n}: {outcome}");
+        assert_eq!(texts[2], format!("end v{n}"), "client {n}: {outcome}");
+        if texts[1].starts_with("count failed: ") {
+            assert!(
+                texts[1].contains("cut short by a restart of the server"),
+                "client {n}: {outcome}"
+            );
+            assert!(runs(n) <= 1, "client {n}'s call ran {} times", runs(n));
+            cut += 1;
+        } else {
+            assert_eq!(
+                texts[1],
+                format!("counted {{\"n\":{n}}}"),
+                "client {n}: {outcome}"
+            );
+            assert_eq!(runs(n), 1, "client {n}'s call ran {} times", runs(n));
+        }
+        longest = longest.max(outcome["longest_ms"].as_u64().expect("longest_ms"));
+        for failure in outcome["sent_again"].as_array().expect("sent_again") {
+            // Only a request whose stream died with its replica fails; the SDK's words.
+            let failure = failure.as_str().expect("a message");
+            assert!(
+                failure.contains("SSE stream") || failure.contains("410"),
+                "client {n}: {failure}"
+            );
+            sent_again += 1;
+        }
+    }
+    eprintln!(
+        "fleet under a kill: {clients} clients, {cut} calls cut short by the kill, {sent_again} requests sent again, longest request {longest} ms"
+    );
+    let _ = restarted;
+}
+
+/// A client whose connection broke while its request was answered (its network, or the
+/// replica that forwarded it dying) resumes the request's stream with `Last-Event-ID` and
+/// gets the result with the cell's output: the output a `wait` or `exec` took is never
+/// lost with the connection.
+#[test]
+fn a_request_whose_connection_broke_is_resumed_with_its_result() {
+    let server = HttpServer::start(&["mcp", "--http", "127.0.0.1:0"], &[]).expect("starts");
+    let broken = service("broken", &server.url, &[]);
+    assert_eq!(broken["status"], 200, "{broken}");
+    let texts = broken["texts"].as_array().expect("a result");
+    assert!(
+        texts[0]
+            .as_str()
+            .is_some_and(|status| status.starts_with("Script completed")),
+        "{broken}"
+    );
+    assert_eq!(texts[1..], [Value::from("late")], "{broken}");
+}

@@ -180,6 +180,16 @@ fn a_session_is_reachable_only_by_the_principal_that_opened_it() {
     // Another subject of the same issuer is another principal.
     let carol = signer.token(json!({"sub": "carol"}));
     assert_eq!(again(&url, &carol, &bobs), not_found());
+    // A request's stream kept after its connection broke resumes only for its principal:
+    // to another, with the session's and the event's ids, it is a stream nobody has.
+    let broken = service("broken", &url, &["--token", ALICE, &bob]);
+    assert_eq!(broken["other"]["status"], 404, "{broken}");
+    assert!(
+        !broken["other"]["body"].to_string().contains("late"),
+        "{broken}"
+    );
+    assert_eq!(broken["status"], 200, "{broken}");
+    assert_eq!(broken["texts"][1], "late", "{broken}");
 }
 
 #[test]

@@ -41,6 +41,19 @@ expiry. Each mode prints one JSON object; the Rust tests assert on it.
         answer is printed as a line ({"exec": ...}); after a line on stdin (the test has
         replaced the replica meanwhile), `wait` on the cell and an `exec` reading the
         stored value, as `resume` prints them
+    http_service.py broken <url> [--token T] [OTHER-TOKEN]
+        a raw session; an `exec` whose cell answers after 800 ms, its connection closed
+        once the stream's first event came; then the stream resumed with
+        `Last-Event-ID`: its status and the texts of the result it gave (with
+        OTHER-TOKEN, first resumed by that principal: its status and body)
+    http_service.py fleet <url> <n> [--token T]
+        n clients of the official SDK at once, every request on a new connection, each
+        with a cell that stores a value, yields, calls the server's `count` tool and
+        goes on; "started" is printed as a line once every cell runs, then each client
+        waits on its cell to its end, sending a `wait` that failed (its replica died
+        under it) again: each client's texts, its longest request (ms, a `wait` from its
+        first try to its answer), the failures of the requests it sent again and any
+        error
 """
 
 import asyncio
@@ -52,6 +65,7 @@ import sys
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INITIALIZE = {
@@ -384,6 +398,67 @@ async def spread(url, opts):
             return {"error": describe(error), "calls": calls, "warnings": WARNINGS.seen}
 
 
+async def broken(url, opts):
+    async with http_client(opts) as client:
+        response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
+        await response.aread()
+        session = response.headers["mcp-session-id"]
+        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        await client.post(url, headers=headers, json=initialized)
+    body = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {
+            "name": "exec",
+            "arguments": {
+                "code": '// @exec: {"yield_time_ms": 5000}\n'
+                "await new Promise((resolve) => setTimeout(resolve, 800)); text('late');"
+            },
+        },
+    }
+    last = None
+    async with http_client(opts) as client:
+        async with client.stream("POST", url, headers=headers, json=body) as response:
+            seen = b""
+            async for chunk in response.aiter_bytes():
+                seen += chunk
+                if b"\n\n" in seen:
+                    break
+        for line in seen.decode().splitlines():
+            if line.startswith("id:"):
+                last = line[3:].strip()
+    # The connection is gone with its client; the cell answers meanwhile.
+    await asyncio.sleep(1.5)
+    resume = {
+        "Accept": "text/event-stream",
+        "Mcp-Session-Id": session,
+        "MCP-Protocol-Version": "2025-06-18",
+        "Last-Event-ID": last,
+    }
+    other = None
+    if opts["rest"]:
+        # Another principal, knowing the session id and the event id, resumes first.
+        async with http_client({**opts, "token": opts["rest"][0]}) as client:
+            response = await client.get(url, headers=resume)
+            other = {"status": response.status_code, "body": (await response.aread()).decode()[:500]}
+    async with http_client(opts) as client:
+        response = await client.get(url, headers=resume)
+        text = (await response.aread()).decode(errors="replace")
+        message = sse_message(text)
+        texts = None
+        if message and "result" in message:
+            texts = [block["text"] for block in message["result"]["content"]]
+        return {
+            "last_event_id": last,
+            "status": response.status_code,
+            "texts": texts,
+            "body": text[:2000],
+            "other": other,
+        }
+
+
 async def rolling(url, opts):
     """One SDK session across a rolling update the test makes between its two halves."""
     limits = httpx2.Limits(max_keepalive_connections=0)
@@ -404,6 +479,78 @@ async def rolling(url, opts):
                 return {"wait": waited, "after": after, "warnings": WARNINGS.seen}
         except BaseException as error:
             return {"error": describe(error), "warnings": WARNINGS.seen}
+
+
+FLEET_CELL = """// @exec: {"yield_time_ms": 100}
+store("k", "v%d"); text("started %d");
+await new Promise((resolve) => setTimeout(resolve, 300));
+let got;
+try { got = await tools.count({n: %d}); } catch (error) { got = "count failed: " + error; }
+text(got);
+await new Promise((resolve) => setTimeout(resolve, 1500));
+text("end " + load("k"));"""
+
+
+async def fleet(url, n, opts):
+    """n SDK clients at once; the test kills and restarts a replica meanwhile."""
+    import time
+
+    limits = httpx2.Limits(max_keepalive_connections=0)
+    running = [0]
+    all_running = asyncio.Event()
+
+    async def one(number):
+        longest = [0]
+
+        async def texts(client, name, arguments):
+            started = time.monotonic()
+            result = await client.call_tool(name, arguments)
+            longest[0] = max(longest[0], round((time.monotonic() - started) * 1000))
+            return [block.text for block in result.content if block.type == "text"]
+
+        seen, again = [], []
+        try:
+            async with http_client(opts, limits=limits) as http:
+                async with Client(streamable_http_client(url, http_client=http)) as client:
+                    first = await texts(client, "exec", {"code": FLEET_CELL % (number, number, number)})
+                    seen.extend(first)
+                    running[0] += 1
+                    if running[0] == n:
+                        all_running.set()
+                    cell = first[0].split("cell ID ", 1)[1].split()[0]
+                    deadline = time.monotonic() + 120
+                    first_try = None
+                    while time.monotonic() < deadline:
+                        first_try = first_try or time.monotonic()
+                        try:
+                            waited = await texts(
+                                client, "wait", {"cell_id": cell, "yield_time_ms": 1000}
+                            )
+                        except MCPError as error:
+                            # A request whose replica died under it fails (its stream is
+                            # gone: 410 on resumption); a client sends it again.
+                            again.append(str(error))
+                            continue
+                        # The stall the client saw: from its first try to the answer.
+                        stalled = round((time.monotonic() - first_try) * 1000)
+                        longest[0] = max(longest[0], stalled)
+                        first_try = None
+                        seen.extend(waited)
+                        if not waited or not waited[0].startswith("Script running"):
+                            break
+            return {"n": number, "texts": seen, "longest_ms": longest[0], "sent_again": again}
+        except BaseException as error:
+            running[0] += 1
+            if running[0] >= n:
+                all_running.set()
+            return {"n": number, "texts": seen, "longest_ms": longest[0], "error": describe(error)}
+
+    async def announce():
+        await all_running.wait()
+        print("started", flush=True)
+
+    results = await asyncio.gather(announce(), *(one(number) for number in range(n)))
+    return {"clients": results[1:], "warnings": WARNINGS.seen}
 
 
 async def hop(holder, other, n, opts):
@@ -472,6 +619,10 @@ def main():
         result = asyncio.run(hop(url, opts["rest"][0], int(opts["rest"][1]), opts))
     elif mode == "spread":
         result = asyncio.run(spread(url, opts))
+    elif mode == "broken":
+        result = asyncio.run(broken(url, opts))
+    elif mode == "fleet":
+        result = asyncio.run(fleet(url, int(opts["rest"][0]), opts))
     elif mode == "rolling":
         result = asyncio.run(rolling(url, opts))
     else:
