@@ -95,7 +95,8 @@ impl StoredProvider {
         self.kept.let_go_all().await;
     }
 
-    /// A new session kept under `id`, written to the store before it is returned.
+    /// A new session kept under `id`, written to the store before it is returned; refused
+    /// (`StoredError::State`, the store full) past seven eighths of `max_bytes`.
     pub async fn open(
         &self,
         id: &str,
@@ -106,6 +107,9 @@ impl StoredProvider {
         if self.kept.is_held(id) {
             return Err(StoredError::AlreadyKept(id.to_owned()));
         }
+        // Past seven eighths of `max_bytes` a new session is refused, so that the sessions
+        // kept already have room to go on.
+        self.kept.admit()?;
         let session = self.start(id, delegate, options, stored_values);
         session.checkpoint().await?;
         Ok(session)

@@ -560,6 +560,66 @@ pub(crate) fn one_session(id: &str, value: &str) -> code_mode_host::state::Chang
     }
 }
 
+/// `max_bytes` bounds a provider's store as the CLI's fronts': past seven eighths of it a
+/// new session is refused with the store's figures, the sessions opened before it keep
+/// working, and nothing of the refused one is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_is_refused_near_the_stores_cap_and_the_others_go_on() {
+    use code_mode_conformance::TestDelegate;
+    use code_mode_host::state::{Keeper, StateError, StoreOptions};
+    use code_mode_host::{
+        CodeModeSession, KeptSessions, ProcessConfig, ProcessProvider, Runtimes, StoredError,
+        StoredProvider,
+    };
+    use code_mode_protocol::{ExecRequest, SessionOptions};
+    let scratch = Scratch::new();
+    let options = StoreOptions {
+        max_bytes: Some(400_000),
+        ..StoreOptions::default()
+    };
+    let (keeper, saved) = Keeper::open_sqlite(&scratch.0, "agent", options).expect("opens");
+    let kept = std::sync::Arc::new(KeptSessions::over(std::sync::Arc::new(keeper), saved));
+    let provider = ProcessProvider::new(ProcessConfig::default()).expect("the runtime is built");
+    let sessions = StoredProvider::new(Runtimes::Local(provider), kept);
+    let value: std::sync::Arc<str> = format!("\"{}\"", "x".repeat(50_000)).into();
+    let mut opened = Vec::new();
+    let refusal = loop {
+        let values = [("k".to_owned(), value.clone())].into_iter().collect();
+        let id = format!("s{}", opened.len());
+        match sessions
+            .open(&id, TestDelegate::new(), SessionOptions::default(), values)
+            .await
+        {
+            Ok(session) => opened.push(session),
+            Err(refused) => break refused,
+        }
+        assert!(opened.len() < 20, "20 sessions of 50 kB each fit in 400 kB");
+    };
+    assert!(
+        matches!(
+            refusal,
+            StoredError::State(StateError::Full { max: 400_000, .. })
+        ),
+        "{refusal}"
+    );
+    assert!(opened.len() >= 4, "refused too soon: {}", opened.len());
+    assert!(
+        !sessions
+            .kept()
+            .iter()
+            .any(|id| *id == format!("s{}", opened.len()))
+    );
+    let first = opened[0]
+        .execute(ExecRequest::new("text(load('k').length)"))
+        .await
+        .expect("the first session goes on");
+    assert_eq!(
+        first.initial_response.content_items(),
+        &[code_mode_protocol::ContentItem::text("50000")],
+        "{first:?}"
+    );
+}
+
 /// A process started again under the same replica name (a restarted container) while
 /// the earlier one still lives: it takes that name's sessions back at once, and the
 /// earlier one's late write is refused by the epoch alone (the owner column names both
