@@ -176,8 +176,12 @@ type Reply = tokio::sync::oneshot::Sender<Result<(), StateError>>;
 pub enum Claimed {
     /// Taken over: this process writes it from now on. Its record, calls and answers.
     Taken(Saved),
-    /// Another process holds it, for this many more milliseconds unless it renews.
+    /// Another process, not known to live, holds it for this many more milliseconds
+    /// unless it renews.
     Held { for_ms: u64 },
+    /// Another process that lives holds it (on Postgres: its connection holds its
+    /// liveness lock), and keeps it.
+    Live,
     /// The store has no such session.
     Absent,
 }
@@ -353,14 +357,14 @@ impl Keeper {
 
     /// [`Self::claim`], waiting while another process holds the session: for up to the
     /// lease's length, so that a session whose owner died is served once its lease runs
-    /// out (a live owner renews it, and keeps it). `None`: no such session, or its owner
-    /// lives.
+    /// out (a live owner renews it, and keeps it; on Postgres one known to live is not
+    /// waited for). `None`: no such session, or its owner lives.
     pub async fn take_over(&self, id: &str) -> Result<Option<Saved>, StateError> {
         let deadline = tokio::time::Instant::now() + self.options.lease + Duration::from_secs(1);
         loop {
             match self.claim(id).await? {
                 Claimed::Taken(saved) => return Ok(Some(saved)),
-                Claimed::Absent => return Ok(None),
+                Claimed::Absent | Claimed::Live => return Ok(None),
                 Claimed::Held { for_ms } => {
                     let now = tokio::time::Instant::now();
                     if now >= deadline {
@@ -665,6 +669,7 @@ impl<B: Backend> Writer<B> {
         let claimed = match self.store.claim(id)? {
             Claim::Taken(claimed) => claimed,
             Claim::Held { for_ms } => return Ok(Claimed::Held { for_ms }),
+            Claim::Live => return Ok(Claimed::Live),
             Claim::Absent => return Ok(Claimed::Absent),
         };
         let loaded = claimed.loaded;

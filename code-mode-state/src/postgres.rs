@@ -10,7 +10,10 @@
 //! process takes it over if its lease ran out or it was leased under this process's own
 //! replica name (an earlier incarnation of it); at open it takes only the latter, never
 //! another process's sessions in bulk. A takeover bumps the epoch, so that the earlier
-//! owner's late writes are refused.
+//! owner's late writes are refused. Each process holds a liveness lock on its connection
+//! (an advisory lock the server lets go when the connection ends): a session whose holder
+//! holds it is not waited for, so that a request for it elsewhere is answered at once; a
+//! dead holder's is taken over once its lease ran out.
 //!
 //! Each process takes a block of runtime generations of its own at open (the counter
 //! grows by [`GENERATION_BLOCK`]), so that cells of a session that moves between replicas
@@ -119,6 +122,8 @@ pub(crate) struct Postgres {
     /// Whether the connection was set up ([`Self::session_settings`]): one whose set-up
     /// failed is made again at the next write, never used half set up.
     ready: bool,
+    /// Whether this connection holds the process's liveness lock ([`Self::stay_alive`]).
+    alive: bool,
 }
 
 /// What this process holds: the sessions it owns, at the epoch it took each.
@@ -186,6 +191,7 @@ impl Postgres {
             max_bytes: settings.max_bytes,
             measured: 0,
             ready: false,
+            alive: false,
         };
         store.make_schema(front)?;
         store.session_settings()?;
@@ -213,6 +219,30 @@ impl Postgres {
             .batch_execute(&settings)
             .map_err(|e| leases.pg_error("setting up the connection", &e))?;
         self.ready = true;
+        self.alive = false;
+        self.stay_alive()
+    }
+
+    /// Takes this process's liveness lock on its connection, if it does not hold it yet: a
+    /// session-level advisory lock keyed by the schema and the owner name, which the
+    /// server lets go when the connection ends (the process died, or lost the server).
+    /// Another process asking for a session this one holds ([`Backend::claim`]) reads it:
+    /// held means the holder lives, and the session is not waited for. Taken at every
+    /// connection and tried again at each renewal (one that failed, because a claim was
+    /// reading it at that moment, is taken the next time).
+    fn stay_alive(&mut self) -> Result<(), StateError> {
+        if self.alive {
+            return Ok(());
+        }
+        let key = format!("{}:{}", self.schema, self.leases.owner);
+        self.alive = self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&key],
+            )
+            .map_err(|e| self.leases.pg_error("taking the liveness lock", &e))?
+            .get(0);
         Ok(())
     }
 
@@ -526,6 +556,7 @@ impl Backend for Postgres {
     /// those it no longer holds (expired, or taken over) come back.
     fn renew(&mut self) -> Result<Vec<String>, StateError> {
         self.reconnect_if_lost()?;
+        self.stay_alive()?;
         if self.leases.epochs.is_empty() {
             return Ok(Vec::new());
         }
@@ -601,13 +632,26 @@ impl Backend for Postgres {
         if !claimed.loaded.saved.sessions.is_empty() {
             return Ok(Claim::Taken(claimed));
         }
-        let until: Option<i64> = self
+        // Held by another process: whether that one lives is its liveness lock (taken here
+        // and let go at once when it is free). A live holder keeps the session, so it is
+        // not waited for; a dead one's lease is waited out, then the session is taken
+        // over.
+        let prefix = format!("{}:", self.schema);
+        let held: Option<(i64, bool)> = self
             .client
-            .query_opt("SELECT lease_until FROM sessions WHERE id = $1", &[&id])
+            .query_opt(
+                "SELECT lease_until, CASE
+                     WHEN pg_try_advisory_lock(hashtextextended($2 || owner, 0))
+                     THEN NOT pg_advisory_unlock(hashtextextended($2 || owner, 0))
+                     ELSE true END
+                 FROM sessions WHERE id = $1",
+                &[&id, &prefix],
+            )
             .map_err(|e| self.leases.pg(&e))?
-            .map(|row| row.get(0));
-        Ok(match until {
-            Some(until) => Claim::Held {
+            .map(|row| (row.get(0), row.get(1)));
+        Ok(match held {
+            Some((_, true)) => Claim::Live,
+            Some((until, false)) => Claim::Held {
                 for_ms: until.saturating_sub(now_ms()).max(0).cast_unsigned(),
             },
             None => Claim::Absent,

@@ -113,8 +113,11 @@ pub(crate) struct Claimed {
 pub(crate) enum Claim {
     /// Taken over, and read.
     Taken(Claimed),
-    /// Another process holds it, for this many more milliseconds unless it renews.
+    /// Another process, not known to live, holds it for this many more milliseconds
+    /// unless it renews.
     Held { for_ms: u64 },
+    /// Another process that lives holds it (and renews it).
+    Live,
     /// The store has no such session.
     Absent,
 }

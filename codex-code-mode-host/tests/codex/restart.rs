@@ -252,6 +252,49 @@ async fn a_session_kept_in_postgres_is_taken_over_by_the_next_host() {
     kept_session_goes_on(&["--state-url", &cluster.url, "--state-lease", "1s"]).await;
 }
 
+/// Two hosts on one Postgres: a session lives on its client's connection (as on Codex's
+/// host, where another connection does not know it either), so a call naming it on
+/// another host while its own lives is answered `NOT_FOUND` at once, not after the lease
+/// (60 s here), and the session goes on where it is, its stored value its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_its_live_host_holds_is_unknown_at_once_to_another_host() {
+    let cluster = code_mode_conformance::PgCluster::start();
+    let store = ["--state-url", cluster.url.as_str(), "--state-lease", "60s"];
+    let a = Listening::start_with(&crate::our_host(), &store, &[]).await;
+    let b = Listening::start_with(&crate::our_host(), &store, &[]).await;
+    let mut on_a = bounded("connecting", a.client()).await;
+    let (session, _events) = open(&mut on_a).await;
+    let mut request = exec_request(r#"store("k", "a's"); text("on a");"#);
+    request.tool_call_id = "call_a".to_owned();
+    let first = execute(&mut on_a, &session, request).await;
+    assert_eq!(
+        outcome(&first),
+        r#"cell 1 completed{error_text: ""} [text "on a"]"#
+    );
+    let mut on_b = bounded("connecting", b.client()).await;
+    let asked = std::time::Instant::now();
+    let mut request = exec_request(r#"text(load("k"))"#);
+    request.session_id = session.clone();
+    request.execution_id = uuid::Uuid::new_v4().to_string();
+    request.tool_call_id = "call_b".to_owned();
+    let refused = bounded("an Execute on the other host", on_b.execute(request))
+        .await
+        .expect_err("another host does not serve a session its live host holds");
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the refusal waited: {:?}",
+        asked.elapsed()
+    );
+    let mut request = exec_request(r#"text(load("k"))"#);
+    request.tool_call_id = "call_a2".to_owned();
+    let again = execute(&mut on_a, &session, request).await;
+    assert_eq!(
+        outcome(&again),
+        r#"cell 2 completed{error_text: ""} [text "a's"]"#
+    );
+}
+
 /// A host with `store` (its state flags) killed while a cell waits on a streamed call; the
 /// next host goes on with the session.
 async fn kept_session_goes_on(store: &[&str]) {
