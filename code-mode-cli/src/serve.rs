@@ -1038,9 +1038,9 @@ fn drop_unwritten(batch: &mut Vec<Line>, message: &str) {
 const STOPPING: &str = "the driver is stopping";
 
 /// A fresh id of 128 random bits from the system's secure generator, in hex after
-/// `prefix` (`s` a session, `c` a call): unguessable, and never the same on two servers
-/// that share a store.
-fn fresh_id(prefix: char) -> String {
+/// `prefix` (`s` a session, `c` a call; `m` an MCP session): unguessable, and never the
+/// same on two servers that share a store.
+pub(crate) fn fresh_id(prefix: char) -> String {
     let mut bytes = [0_u8; 16];
     state::random(&mut bytes);
     let mut id = String::with_capacity(33);

@@ -22,7 +22,7 @@ use rmcp::transport::WorkerTransport;
 use rmcp::transport::streamable_http_server::session::RestoreOutcome;
 use rmcp::transport::streamable_http_server::session::ServerSseMessage;
 use rmcp::transport::streamable_http_server::session::local::{
-    LocalSessionManager, LocalSessionManagerError, LocalSessionWorker,
+    LocalSessionManager, LocalSessionManagerError, LocalSessionWorker, create_local_session,
 };
 use rmcp::transport::streamable_http_server::{SessionId, SessionManager};
 use std::collections::HashMap;
@@ -207,7 +207,11 @@ impl SessionManager for ExpiringSessions {
                 max: self.max_sessions,
             });
         }
-        let (id, transport) = self.local.create_session().await?;
+        // rmcp's own ids are UUIDs (122 random bits); ours have 128, as every front's.
+        let id: SessionId = crate::serve::fresh_id('m').into();
+        let (handle, worker) = create_local_session(id.clone(), self.local.session_config.clone());
+        self.local.sessions.write().await.insert(id.clone(), handle);
+        let transport = WorkerTransport::spawn(worker);
         let open = self.track(&id);
         tracing::info!(open, max = self.max_sessions, "MCP session opened");
         tracing::debug!(session = %id, "the MCP session opened");

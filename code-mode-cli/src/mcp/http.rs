@@ -722,12 +722,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 
 /// A session id nobody has (128 random bits), put in place of another principal's.
 fn unknown_session_id() -> String {
-    let mut bytes = [0_u8; 16];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut bytes)
-        .expect("the system's secure random generator works");
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::serve::fresh_id('m')
 }
 
 /// The response as sent: the session's request stays in flight until its body ends, and a

@@ -94,7 +94,13 @@ fn start(args: &[String]) -> HttpServer {
 fn open(url: &str, token: &str, value: &str) -> String {
     let opened = service("open", url, &[value, "--token", token]);
     assert_result(&opened["exec"], "Script completed", &[]);
-    opened["session"].as_str().expect("a session id").to_owned()
+    let id = opened["session"].as_str().expect("a session id").to_owned();
+    // 128 random bits, in hex (rmcp's own ids are UUIDs: 122).
+    assert!(
+        id.len() == 33 && id.starts_with('m') && id[1..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    id
 }
 
 /// One `exec` in `session` as the holder of `token`.
