@@ -124,6 +124,8 @@ pub(crate) struct Postgres {
     ready: bool,
     /// Whether this connection holds the process's liveness lock ([`Self::stay_alive`]).
     alive: bool,
+    /// Where the other replicas reach this one, once it said ([`Backend::advertise`]).
+    advertised: Option<String>,
 }
 
 /// What this process holds: the sessions it owns, at the epoch it took each.
@@ -192,6 +194,7 @@ impl Postgres {
             measured: 0,
             ready: false,
             alive: false,
+            advertised: None,
         };
         store.make_schema(front)?;
         store.session_settings()?;
@@ -243,6 +246,24 @@ impl Postgres {
             )
             .map_err(|e| self.leases.pg_error("taking the liveness lock", &e))?
             .get(0);
+        // Without the lock, another replica may have taken this one's row for a dead one's.
+        if self.alive
+            && let Some(address) = self.advertised.clone()
+        {
+            self.upsert_replica(&address)?;
+        }
+        Ok(())
+    }
+
+    /// This replica's row in `replicas`: where it is reached.
+    fn upsert_replica(&mut self, address: &str) -> Result<(), StateError> {
+        self.client
+            .execute(
+                "INSERT INTO replicas (owner, address) VALUES ($1, $2)
+                 ON CONFLICT (owner) DO UPDATE SET address = EXCLUDED.address",
+                &[&self.leases.owner, &address],
+            )
+            .map_err(|e| self.leases.pg(&e))?;
         Ok(())
     }
 
@@ -677,13 +698,20 @@ impl Backend for Postgres {
 
     fn advertise(&mut self, address: &str) -> Result<Option<String>, StateError> {
         self.reconnect_if_lost()?;
+        // The rows of replicas that died (their liveness lock free) go as this one comes:
+        // each process adds one, and a fleet's rolling updates would pile them up.
+        let prefix = format!("{}:", self.schema);
         self.client
             .execute(
-                "INSERT INTO replicas (owner, address) VALUES ($1, $2)
-                 ON CONFLICT (owner) DO UPDATE SET address = EXCLUDED.address",
-                &[&self.leases.owner, &address],
+                "DELETE FROM replicas WHERE owner <> $1 AND CASE
+                     WHEN pg_try_advisory_lock(hashtextextended($2 || owner, 0))
+                     THEN pg_advisory_unlock(hashtextextended($2 || owner, 0))
+                     ELSE false END",
+                &[&self.leases.owner, &prefix],
             )
             .map_err(|e| self.leases.pg(&e))?;
+        self.upsert_replica(address)?;
+        self.advertised = Some(address.to_owned());
         Ok(Some(self.leases.owner.clone()))
     }
 
@@ -706,6 +734,11 @@ impl Backend for Postgres {
 
     fn release_all(&mut self) -> Result<(), StateError> {
         self.reconnect_if_lost()?;
+        // No request is forwarded here any more.
+        self.advertised = None;
+        self.client
+            .execute("DELETE FROM replicas WHERE owner = $1", &[&self.leases.owner])
+            .map_err(|e| self.leases.pg(&e))?;
         let (ids, epochs): (Vec<String>, Vec<i64>) = self.leases.epochs.drain().unzip();
         self.leases.touched_before.clear();
         if ids.is_empty() {

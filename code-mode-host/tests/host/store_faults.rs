@@ -2,8 +2,9 @@
 //! a keeper, TLS as `sslmode` says (verified against a test CA, and never plaintext when
 //! TLS is required), replicas that start together on an empty database, leases renewed
 //! whatever the time to live, a held session with no use past its time to live expired,
-//! the size cap counting every session, deployments kept apart, and a journal step the
-//! store has with another body failing its whole commit.
+//! the size cap counting every session, deployments kept apart, a journal step the
+//! store has with another body failing its whole commit, and a dead replica told from a
+//! live one (its liveness lock) with its `replicas` row pruned.
 
 use code_mode_conformance::PgCluster;
 use code_mode_conformance::remote::Pki;
@@ -516,4 +517,56 @@ async fn a_session_this_process_holds_is_not_claimed_again() {
         .as_deref(),
         Some("1")
     );
+}
+
+/// Each process holds a liveness lock on its connection: while it lives, another asking
+/// for its session hears `Live` at once (not `Held`, which it would wait out); once its
+/// connection is gone (the process died), its session is `Held` until the lease runs out,
+/// and the next replica to advertise itself deletes its row from `replicas`, keeping the
+/// live ones'. A clean stop deletes its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_is_told_from_a_live_one_and_its_row_goes() {
+    let cluster = PgCluster::start();
+    let a = open(&cluster.url, options()).expect("A opens");
+    let b = open(&cluster.url, options()).expect("B opens");
+    a.write(one_session("s1", "\"A's\""))
+        .await
+        .expect("A writes");
+    b.write(one_session("s2", "\"B's\""))
+        .await
+        .expect("B writes");
+    a.advertise("http://a.test:1").await.expect("A says where");
+    b.advertise("http://b.test:1").await.expect("B says where");
+    let c = open(&cluster.url, options()).expect("C opens");
+    let live = c.claim("s1").await.expect("asked");
+    assert!(matches!(live, Claimed::Live), "A lives: {live:?}");
+    // A's process dies: its keeper, and so its connection, ends.
+    drop(a);
+    let locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sql(&cluster.url, locks).as_deref() != Some("2") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's connection never ended: {:?} liveness locks",
+            sql(&cluster.url, locks)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = c.claim("s1").await.expect("asked");
+    assert!(matches!(dead, Claimed::Held { .. }), "A died: {dead:?}");
+    let live = c.claim("s2").await.expect("asked");
+    assert!(matches!(live, Claimed::Live), "B lives: {live:?}");
+    let rows = "SELECT string_agg(address, ' ' ORDER BY address) FROM code_mode_jsonl.replicas";
+    assert_eq!(
+        sql(&cluster.url, rows).as_deref(),
+        Some("http://a.test:1 http://b.test:1")
+    );
+    c.advertise("http://c.test:1").await.expect("C says where");
+    assert_eq!(
+        sql(&cluster.url, rows).as_deref(),
+        Some("http://b.test:1 http://c.test:1"),
+        "the dead replica's row went, the live one's stayed"
+    );
+    b.release_all().await.expect("B stops");
+    assert_eq!(sql(&cluster.url, rows).as_deref(), Some("http://c.test:1"));
 }
