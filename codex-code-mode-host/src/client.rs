@@ -171,6 +171,7 @@ impl Driver {
         let mut calls = client
             .subscribe_to_tool_calls(crate::proto::SubscribeToToolCallsRequest {
                 session_id: session_id.clone(),
+                heartbeat_interval_s: 0,
             })
             .await?
             .into_inner();

@@ -10,9 +10,10 @@ use crate::proto::{self, code_mode_host_server::CodeModeHost};
 use code_mode_host::protocol::{
     BoxFuture, ContentItem, ImageDetail, JsonText, SessionError, ToolError, ToolKind,
 };
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
@@ -255,7 +256,14 @@ impl Service {
             return Err(status(error));
         }
         let stream = lease_stream(events, session.closed(), Some(opened), proto_event, None);
-        Ok(Response::new(stream))
+        let beat = || proto::SessionEvent {
+            event: Some(proto::session_event::Event::Heartbeat(proto::Heartbeat {})),
+        };
+        Ok(Response::new(with_heartbeats(
+            stream,
+            request.heartbeat_interval_s,
+            beat,
+        )))
     }
 
     async fn wait_traced(
@@ -394,7 +402,8 @@ impl CodeModeHost for Service {
         &self,
         request: Request<proto::SubscribeToToolCallsRequest>,
     ) -> Result<Response<Self::SubscribeToToolCallsStream>, tonic::Status> {
-        let session = self.session(&request.into_inner().session_id).await?;
+        let request = request.into_inner();
+        let session = self.session(&request.session_id).await?;
         let invocations = session.invocations().ok_or_else(|| {
             tonic::Status::failed_precondition(
                 "this session's tool calls are already subscribed to",
@@ -409,7 +418,17 @@ impl CodeModeHost for Service {
             }) as Flush
         });
         let stream = lease_stream(invocations, session.closed(), None, proto_invocation, flush);
-        Ok(Response::new(stream))
+        let session_id = session.id().to_owned();
+        let beat = move || proto::ToolInvocation {
+            session_id: session_id.clone(),
+            heartbeat: Some(proto::Heartbeat {}),
+            ..proto::ToolInvocation::default()
+        };
+        Ok(Response::new(with_heartbeats(
+            stream,
+            request.heartbeat_interval_s,
+            beat,
+        )))
     }
 
     async fn execute(
@@ -674,8 +693,44 @@ fn proto_invocation(invocation: Invocation) -> proto::ToolInvocation {
         input_json: invocation.input_json,
         sequence: invocation.sequence,
         traceparent: invocation.traceparent,
+        heartbeat: None,
     }
 }
+
+/// `stream`, with a heartbeat from `beat` every `every_s` seconds when its request asked
+/// for them (Codex 0.171's `heartbeat_interval_s`; 0 asks for none, and none is ever sent
+/// unasked: Codex 0.169 reads one as an empty event and drops the session). The
+/// heartbeats end with the stream.
+fn with_heartbeats<U>(
+    stream: EventStream<U>,
+    every_s: u64,
+    beat: impl Fn() -> U + Send + 'static,
+) -> EventStream<U>
+where
+    U: Send + 'static,
+{
+    if every_s == 0 {
+        return stream;
+    }
+    let every = Duration::from_secs(every_s.min(MAX_HEARTBEAT_INTERVAL_S));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Box::pin(futures_util::stream::unfold(
+        (stream, ticks, beat),
+        |(mut stream, mut ticks, beat)| async move {
+            // The stream's own future lives in it: a tick that wins drops nothing of it.
+            let item = tokio::select! {
+                biased;
+                item = stream.next() => item?,
+                _ = ticks.tick() => Ok(beat()),
+            };
+            Some((item, (stream, ticks, beat)))
+        },
+    ))
+}
+
+/// The longest heartbeat interval honoured (a day): a larger one is taken as this.
+const MAX_HEARTBEAT_INTERVAL_S: u64 = 86_400;
 
 /// A stream fed by `body` through a bounded channel (one message in flight: a slow client
 /// holds the producer, not memory).
@@ -694,7 +749,7 @@ where
 mod tests {
     use super::*;
     use crate::front::Leased;
-    use futures_util::{FutureExt as _, StreamExt as _};
+    use futures_util::FutureExt as _;
 
     /// A flush that never ends (a checkpoint stuck on a slow disk).
     fn stuck() -> Flush {

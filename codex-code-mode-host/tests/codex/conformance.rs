@@ -499,6 +499,7 @@ async fn close_session_ends_its_streams_and_forgets_it() {
     let mut calls = client
         .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
             session_id: opened.session_id.clone(),
+            heartbeat_interval_s: 0,
         })
         .await
         .expect("subscribe")
@@ -538,6 +539,7 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
     let (_stream, opened) = open_raw(&mut client, 2).await;
     let subscribe = proto::SubscribeToToolCallsRequest {
         session_id: opened.session_id.clone(),
+        heartbeat_interval_s: 0,
     };
     let first = client
         .subscribe_to_tool_calls(subscribe.clone())
@@ -587,6 +589,117 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
         Some("lookup".to_owned())
     );
     assert_eq!(invocation.input_json, r#"{"q":1}"#);
+}
+
+/// Heartbeats as Codex 0.171's host sends them, only when asked: a session opened with
+/// `heartbeat_interval_s` gets an empty `heartbeat` event on its stream that often, and a
+/// subscription that asks gets invocations carrying only the session id and `heartbeat`;
+/// a session and a subscription that did not ask get none (Codex 0.169 drops a session on
+/// one), counted over the same time up to their streams' end.
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_come_when_asked_and_never_unasked() {
+    let host = spawn(&our_host(), &[]).await;
+    let mut client = host.client.clone();
+    let open = |heartbeat_interval_s| proto::OpenSessionRequest {
+        output_truncation: 2,
+        heartbeat_interval_s,
+        ..Default::default()
+    };
+    let mut asked = client
+        .open_session(open(1))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut unasked = client
+        .open_session(open(0))
+        .await
+        .expect("open")
+        .into_inner();
+    let mut ids = Vec::new();
+    for stream in [&mut asked, &mut unasked] {
+        let event = stream
+            .message()
+            .await
+            .expect("opened")
+            .and_then(|e| e.event);
+        let Some(proto::session_event::Event::Opened(opened)) = event else {
+            panic!("the first event is `opened`: {event:?}");
+        };
+        ids.push(opened.session_id);
+    }
+    let subscribe = |session: &str, heartbeat_interval_s| proto::SubscribeToToolCallsRequest {
+        session_id: session.to_owned(),
+        heartbeat_interval_s,
+    };
+    let mut asked_calls = client
+        .subscribe_to_tool_calls(subscribe(&ids[0], 1))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut unasked_calls = client
+        .subscribe_to_tool_calls(subscribe(&ids[1], 0))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    // Two heartbeats on each asked stream, a second apart.
+    let started = Instant::now();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(Duration::from_secs(5), asked.message())
+            .await
+            .expect("a heartbeat within 5 s")
+            .expect("the session's stream")
+            .expect("an event");
+        assert_eq!(
+            event.event,
+            Some(proto::session_event::Event::Heartbeat(proto::Heartbeat {}))
+        );
+        let beat = tokio::time::timeout(Duration::from_secs(5), asked_calls.message())
+            .await
+            .expect("a heartbeat within 5 s")
+            .expect("the calls' stream")
+            .expect("an invocation");
+        assert_eq!(
+            beat,
+            proto::ToolInvocation {
+                session_id: ids[0].clone(),
+                heartbeat: Some(proto::Heartbeat {}),
+                ..Default::default()
+            }
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    // The unasked streams, over the same time and to their end: nothing.
+    client
+        .close_session(proto::CloseSessionRequest {
+            session_id: ids[1].clone(),
+        })
+        .await
+        .expect("closed");
+    let events = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut seen = Vec::new();
+        while let Some(event) = unasked.message().await.expect("the stream") {
+            seen.push(event);
+        }
+        seen
+    })
+    .await
+    .expect("the session's stream ends once it is closed");
+    assert_eq!(events, [], "an unasked session's stream");
+    let calls = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut seen = Vec::new();
+        while let Some(call) = unasked_calls.message().await.expect("the stream") {
+            seen.push(call);
+        }
+        seen
+    })
+    .await
+    .expect("the calls' stream ends once the session is closed");
+    assert_eq!(calls, [], "an unasked subscription");
+    drop((asked, asked_calls));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -301,6 +301,7 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
         .unwrap_or_default()
     {
         lines.push(match event.event {
+            Some(proto::session_event::Event::Heartbeat(_)) => "heartbeat".to_owned(),
             Some(proto::session_event::Event::Opened(opened)) => {
                 format!("opened, truncation {}", opened.output_truncation)
             }
