@@ -49,6 +49,11 @@ pub trait SessionStore: Send + Sync + 'static {
     fn take_over(&self, _id: &str) -> BoxFuture<'_, Result<Option<Saved>, StateError>> {
         Box::pin(async { Ok(None) })
     }
+    /// [`Self::take_over`], except that a session whose holder is known to live is not
+    /// waited for (`None` at once). By default, `take_over`.
+    fn take_over_unless_live(&self, id: &str) -> BoxFuture<'_, Result<Option<Saved>, StateError>> {
+        self.take_over(id)
+    }
     /// A store that processes share: ends this process's lease on session `id` now.
     fn release(&self, _id: &str) -> BoxFuture<'_, Result<(), StateError>> {
         Box::pin(async { Ok(()) })
@@ -108,6 +113,11 @@ impl SessionStore for Keeper {
     fn take_over(&self, id: &str) -> BoxFuture<'_, Result<Option<Saved>, StateError>> {
         let id = id.to_owned();
         Box::pin(async move { Keeper::take_over(self, &id).await })
+    }
+
+    fn take_over_unless_live(&self, id: &str) -> BoxFuture<'_, Result<Option<Saved>, StateError>> {
+        let id = id.to_owned();
+        Box::pin(async move { Keeper::take_over_unless_live(self, &id).await })
     }
 
     fn release(&self, id: &str) -> BoxFuture<'_, Result<(), StateError>> {
@@ -348,10 +358,25 @@ impl KeptSessions {
     /// it once that one's lease ran out (a live holder keeps renewing it); it then waits
     /// here, held, for its client. Whether it is held here now.
     pub async fn take_over(&self, id: &str) -> Result<bool, StateError> {
+        self.take_over_waiting(id, true).await
+    }
+
+    /// [`Self::take_over`], except that a session whose holder is known to live is not
+    /// waited for: `false` at once (a front whose sessions are their connection's).
+    pub async fn take_over_unless_live(&self, id: &str) -> Result<bool, StateError> {
+        self.take_over_waiting(id, false).await
+    }
+
+    async fn take_over_waiting(&self, id: &str, wait_for_live: bool) -> Result<bool, StateError> {
         if self.is_held(id) {
             return Ok(true);
         }
-        if let Some(saved) = self.store.take_over(id).await? {
+        let taken = if wait_for_live {
+            self.store.take_over(id).await?
+        } else {
+            self.store.take_over_unless_live(id).await?
+        };
+        if let Some(saved) = taken {
             tracing::info!("a kept session taken over from another process");
             tracing::debug!(session = %id, "the session taken over");
             lock(&self.held).extend(split(saved));

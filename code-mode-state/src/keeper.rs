@@ -357,23 +357,42 @@ impl Keeper {
 
     /// [`Self::claim`], waiting while another process holds the session: for up to the
     /// lease's length, so that a session whose owner died is served once its lease runs
-    /// out (a live owner renews it, and keeps it; on Postgres one known to live is not
-    /// waited for). `None`: no such session, or its owner lives.
+    /// out (a live owner renews it, and keeps it). `None`: no such session, or its owner
+    /// lives. An owner that looks alive is waited for too: its liveness lock outlives it
+    /// for as long as its database connection does (until TCP keepalives end one whose
+    /// machine is gone), and its lease decides.
     pub async fn take_over(&self, id: &str) -> Result<Option<Saved>, StateError> {
+        self.take_over_waiting(id, true).await
+    }
+
+    /// [`Self::take_over`], except that a session whose owner is known to live
+    /// ([`Claimed::Live`]) is not waited for: `None` at once. For a front whose sessions
+    /// belong to their client's connection, where another host asking means the client is
+    /// not that connection.
+    pub async fn take_over_unless_live(&self, id: &str) -> Result<Option<Saved>, StateError> {
+        self.take_over_waiting(id, false).await
+    }
+
+    async fn take_over_waiting(
+        &self,
+        id: &str,
+        wait_for_live: bool,
+    ) -> Result<Option<Saved>, StateError> {
         let deadline = tokio::time::Instant::now() + self.options.lease + Duration::from_secs(1);
         loop {
-            match self.claim(id).await? {
+            let for_ms = match self.claim(id).await? {
                 Claimed::Taken(saved) => return Ok(Some(saved)),
-                Claimed::Absent | Claimed::Live => return Ok(None),
-                Claimed::Held { for_ms } => {
-                    let now = tokio::time::Instant::now();
-                    if now >= deadline {
-                        return Ok(None);
-                    }
-                    let pause = Duration::from_millis(for_ms.clamp(20, 500));
-                    tokio::time::sleep(pause.min(deadline - now)).await;
-                }
+                Claimed::Absent => return Ok(None),
+                Claimed::Live if !wait_for_live => return Ok(None),
+                Claimed::Live => 500,
+                Claimed::Held { for_ms } => for_ms,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
             }
+            let pause = Duration::from_millis(for_ms.clamp(20, 500));
+            tokio::time::sleep(pause.min(deadline - now)).await;
         }
     }
 

@@ -208,7 +208,15 @@ impl Postgres {
     /// return before the server syncs (they survive this process, not a crash of the
     /// database's machine).
     fn session_settings(&mut self) -> Result<(), StateError> {
-        let mut settings = format!("SET search_path TO {}", self.schema);
+        // The server notices a connection whose machine is gone within a third of the
+        // lease and a few probes (else its liveness lock would outlive it for the
+        // system's two hours); a Unix socket ignores these.
+        let idle_s = (self.leases.lease_ms / 3000).max(1);
+        let mut settings = format!(
+            "SET search_path TO {}; SET tcp_keepalives_idle TO {idle_s}; \
+             SET tcp_keepalives_interval TO 1; SET tcp_keepalives_count TO 3",
+            self.schema
+        );
         if self.durability == Durability::Process {
             settings.push_str("; SET synchronous_commit TO off");
         }
@@ -698,16 +706,20 @@ impl Backend for Postgres {
 
     fn advertise(&mut self, address: &str) -> Result<Option<String>, StateError> {
         self.reconnect_if_lost()?;
-        // The rows of replicas that died (their liveness lock free) go as this one comes:
-        // each process adds one, and a fleet's rolling updates would pile them up.
+        // The rows of replicas that died go as this one comes: each process adds one, and
+        // a fleet's rolling updates would pile them up. Dead: no lease of it runs (a live
+        // replica renews its own) and its liveness lock is free.
         let prefix = format!("{}:", self.schema);
         self.client
             .execute(
-                "DELETE FROM replicas WHERE owner <> $1 AND CASE
+                "DELETE FROM replicas WHERE owner <> $1
+                 AND NOT EXISTS (SELECT 1 FROM sessions
+                     WHERE sessions.owner = replicas.owner AND sessions.lease_until > $3)
+                 AND CASE
                      WHEN pg_try_advisory_lock(hashtextextended($2 || owner, 0))
                      THEN pg_advisory_unlock(hashtextextended($2 || owner, 0))
                      ELSE false END",
-                &[&self.leases.owner, &prefix],
+                &[&self.leases.owner, &prefix, &now_ms()],
             )
             .map_err(|e| self.leases.pg(&e))?;
         self.upsert_replica(address)?;
@@ -737,7 +749,10 @@ impl Backend for Postgres {
         // No request is forwarded here any more.
         self.advertised = None;
         self.client
-            .execute("DELETE FROM replicas WHERE owner = $1", &[&self.leases.owner])
+            .execute(
+                "DELETE FROM replicas WHERE owner = $1",
+                &[&self.leases.owner],
+            )
             .map_err(|e| self.leases.pg(&e))?;
         let (ids, epochs): (Vec<String>, Vec<i64>) = self.leases.epochs.drain().unzip();
         self.leases.touched_before.clear();

@@ -118,9 +118,11 @@ impl CodexState {
     /// out, and waits here as a kept session for the connection that names it.
     pub(crate) async fn take_over(&self, id: &str, owner: Option<&Owner>) -> Result<(), String> {
         let was_held = self.kept.is_held(id);
+        // A session lives on its client's connection: while its host lives, another
+        // connection asking does not wait for it (as on Codex's host, it is unknown).
         let held = self
             .kept
-            .take_over(id)
+            .take_over_unless_live(id)
             .await
             .map_err(|error| error.to_string())?;
         if !held || was_held {

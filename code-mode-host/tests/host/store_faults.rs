@@ -522,8 +522,8 @@ async fn a_session_this_process_holds_is_not_claimed_again() {
 /// Each process holds a liveness lock on its connection: while it lives, another asking
 /// for its session hears `Live` at once (not `Held`, which it would wait out); once its
 /// connection is gone (the process died), its session is `Held` until the lease runs out,
-/// and the next replica to advertise itself deletes its row from `replicas`, keeping the
-/// live ones'. A clean stop deletes its own.
+/// and once no lease of it runs, the next replica to advertise itself deletes its row from
+/// `replicas`, keeping the live ones'. A clean stop deletes its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replica_is_told_from_a_live_one_and_its_row_goes() {
     let cluster = PgCluster::start();
@@ -560,6 +560,17 @@ async fn a_dead_replica_is_told_from_a_live_one_and_its_row_goes() {
     assert_eq!(
         sql(&cluster.url, rows).as_deref(),
         Some("http://a.test:1 http://b.test:1")
+    );
+    // While a lease of A's runs, its row stays (a live replica's lock can be free for a
+    // moment; its leases are what it renews).
+    c.advertise("http://c.test:1").await.expect("C says where");
+    assert_eq!(
+        sql(&cluster.url, rows).as_deref(),
+        Some("http://a.test:1 http://b.test:1 http://c.test:1")
+    );
+    sql(
+        &cluster.url,
+        "UPDATE code_mode_jsonl.sessions SET lease_until = 0 WHERE id = 's1'",
     );
     c.advertise("http://c.test:1").await.expect("C says where");
     assert_eq!(
