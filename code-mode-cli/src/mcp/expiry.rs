@@ -71,10 +71,16 @@ pub struct ExpiringSessions {
     creating: tokio::sync::Mutex<()>,
 }
 
+/// How long the SDKs wait before they resume a broken event stream (the `retry` of each
+/// stream's first event; rmcp's default is 3 s): a request whose replica died fails after
+/// two tries, 2 s rather than 6 s, and one kept by [`super::replay`] resumes sooner.
+pub(super) const SSE_RETRY: Duration = Duration::from_secs(1);
+
 impl ExpiringSessions {
     pub fn new(max_sessions: usize, idle_timeout: Duration) -> Self {
         let mut local = LocalSessionManager::default();
         local.session_config.keep_alive = None;
+        local.session_config.sse_retry = Some(SSE_RETRY);
         Self {
             local,
             max_sessions,

@@ -39,11 +39,6 @@ const METRICS: &str = "/metrics";
 /// The header that names a request's MCP session.
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// How long the SDKs wait before they resume a broken event stream (the `retry` of the
-/// stream's first event; rmcp's default is 3 s): a request whose replica died fails after
-/// two tries, 2 s rather than 6 s, and one kept here ([`super::replay`]) resumes sooner.
-const SSE_RETRY: Duration = Duration::from_secs(1);
-
 /// How long a client may take for sending a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -223,7 +218,7 @@ impl HttpOptions {
         let mut config = StreamableHttpServerConfig::default()
             .with_cancellation_token(stop.clone())
             .with_sse_keep_alive(Some(Duration::from_secs(15)))
-            .with_sse_retry(Some(SSE_RETRY))
+            .with_sse_retry(Some(super::expiry::SSE_RETRY))
             .enforce_origin_validation();
         let mut origins = self.allowed_origins.clone();
         if self.address.ip().is_loopback() {
@@ -457,7 +452,9 @@ async fn handle(
     let resuming = method == http::Method::GET && request.headers().contains_key(LAST_EVENT_ID);
     // A request's stream kept here after its connection broke (rmcp's is gone by then),
     // resumed only by the principal whose open session it is.
+    // A browser's request (it has an `Origin`) goes to rmcp, which checks the origin.
     if resuming
+        && !request.headers().contains_key(http::header::ORIGIN)
         && let Some(id) = session.as_deref()
         && matches!(front.sessions.owner(id), Owner::Of(_))
         && let Some(last) = request

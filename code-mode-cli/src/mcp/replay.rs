@@ -36,8 +36,11 @@ pub(crate) struct Recordings {
     sessions: Mutex<HashMap<String, Vec<Arc<Recording>>>>,
 }
 
-/// One request's events, as rmcp gave them.
+/// One request's events, as rmcp gave them, their ids made this recording's own.
 struct Recording {
+    /// Put before each event's id (`TOKEN.ID`): rmcp numbers a session's requests from 0
+    /// again when it is restored, so its ids alone could name another request's events.
+    token: String,
     events: Mutex<Events>,
     /// Bumped at every event and at the end, for the readers.
     changed: watch::Sender<usize>,
@@ -70,10 +73,7 @@ impl Recordings {
         }
         let (parts, mut body) = response.into_parts();
         let (changed, _) = watch::channel(0);
-        let recording = Arc::new(Recording {
-            events: Mutex::new(Events::default()),
-            changed,
-        });
+        let recording = Arc::new(Recording::new(changed));
         self.keep(session, Arc::clone(&recording));
         let reading = Arc::clone(&recording);
         tokio::spawn(async move {
@@ -100,10 +100,16 @@ impl Recordings {
             let kept = sessions.get_mut(session)?;
             prune(kept);
             kept.iter().find_map(|recording| {
-                let at = lock(&recording.events)
+                let events = lock(&recording.events);
+                let at = events
                     .whole
                     .iter()
                     .position(|(id, _)| id.as_deref() == Some(last_event_id))?;
+                // An ended stream with nothing after that event: rmcp's `410` (resuming an
+                // empty stream, the SDKs would reconnect until their timeout).
+                if events.ended.is_some() && at + 1 >= events.whole.len() {
+                    return None;
+                }
                 Some((Arc::clone(recording), at + 1))
             })?
         };
@@ -164,14 +170,22 @@ fn prune(kept: &mut Vec<Arc<Recording>>) {
 }
 
 impl Recording {
-    /// Bytes of the stream: each event they end is kept whole with its `id`.
+    fn new(changed: watch::Sender<usize>) -> Self {
+        Self {
+            token: crate::serve::fresh_id('r'),
+            events: Mutex::new(Events::default()),
+            changed,
+        }
+    }
+
+    /// Bytes of the stream: each event they end is kept whole, its `id` made `TOKEN.ID`.
     fn push(&self, data: &[u8]) {
         let mut events = lock(&self.events);
         events.partial.extend_from_slice(data);
         while let Some(end) = event_end(&events.partial) {
             let event: Vec<u8> = events.partial.drain(..end).collect();
+            let (id, event) = own_id(&self.token, event);
             events.bytes += event.len();
-            let id = event_id(&event);
             events.whole.push((id, Bytes::from(event)));
         }
         let count = events.whole.len();
@@ -260,13 +274,28 @@ fn event_end(bytes: &[u8]) -> Option<usize> {
     None
 }
 
-/// The `id` field of one event, if it has one.
-fn event_id(event: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(event).ok()?;
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix("id:")?;
-        Some(value.strip_prefix(' ').unwrap_or(value).to_owned())
-    })
+/// One event with its `id` field, if it has one, made `TOKEN.ID`; that id.
+fn own_id(token: &str, event: Vec<u8>) -> (Option<String>, Vec<u8>) {
+    let Ok(text) = std::str::from_utf8(&event) else {
+        return (None, event);
+    };
+    let mut id = None;
+    let mut owned = String::with_capacity(text.len() + token.len() + 1);
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        match body.strip_prefix("id:") {
+            Some(value) if id.is_none() => {
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                let mine = format!("{token}.{value}");
+                owned.push_str("id: ");
+                owned.push_str(&mine);
+                owned.push_str(&line[body.len()..]);
+                id = Some(mine);
+            }
+            _ => owned.push_str(line),
+        }
+    }
+    (id, owned.into_bytes())
 }
 
 #[cfg(test)]
@@ -274,22 +303,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_are_split_at_their_blank_lines_with_their_ids() {
-        let recording = Recording {
-            events: Mutex::new(Events::default()),
-            changed: watch::channel(0).0,
-        };
+    fn events_are_split_at_their_blank_lines_with_ids_of_their_own() {
+        let recording = Recording::new(watch::channel(0).0);
         recording.push(b"data: \nid: 0/3\nretry: 3000\n\nda");
         recording.push(b"ta: {\"id\":2}\r\nid: 1/3\r\n\r\n: ping\n\n");
         recording.end();
         let events = lock(&recording.events);
-        let ids: Vec<Option<&str>> = events.whole.iter().map(|(id, _)| id.as_deref()).collect();
-        assert_eq!(ids, [Some("0/3"), Some("1/3"), None]);
+        let token = &recording.token;
+        let ids: Vec<Option<String>> = events.whole.iter().map(|(id, _)| id.clone()).collect();
         assert_eq!(
-            &events.whole[1].1[..],
-            b"data: {\"id\":2}\r\nid: 1/3\r\n\r\n"
+            ids,
+            [
+                Some(format!("{token}.0/3")),
+                Some(format!("{token}.1/3")),
+                None
+            ]
         );
+        assert_eq!(
+            String::from_utf8_lossy(&events.whole[1].1),
+            format!("data: {{\"id\":2}}\r\nid: {token}.1/3\r\n\r\n")
+        );
+        assert_eq!(&events.whole[2].1[..], b": ping\n\n");
         assert!(events.ended.is_some());
+        // Another recording (of a request rmcp numbers alike) has other ids.
+        assert_ne!(Recording::new(watch::channel(0).0).token, *token);
     }
 
     #[tokio::test]
@@ -318,22 +355,30 @@ mod tests {
             .send(Bytes::from_static(b"id: 0/7\n\n"))
             .await
             .unwrap();
+        let recording = Arc::clone(&lock(&recordings.sessions)["s"][0]);
+        let first = format!("{}.0/7", recording.token);
+        while lock(&recording.events).whole.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Resumed while the answer is still to come: the reader waits for it.
+        let resumed = recordings.resume("s", &first).expect("kept");
+        assert!(recordings.resume("other", &first).is_none());
+        assert!(recordings.resume("s", "0/7").is_none(), "rmcp's id alone");
+        let reading = tokio::spawn(resumed.into_body().collect());
         sender
             .send(Bytes::from_static(b"data: late\nid: 1/7\n\n"))
             .await
             .unwrap();
-        let resumed = loop {
-            if let Some(resumed) = recordings.resume("s", "0/7") {
-                break resumed;
-            }
-            tokio::task::yield_now().await;
-        };
-        assert!(recordings.resume("other", "0/7").is_none());
-        assert!(recordings.resume("s", "9/9").is_none());
         drop(sender);
-        let body = resumed.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"data: late\nid: 1/7\n\n");
+        let body = reading.await.unwrap().unwrap().to_bytes();
+        let last = format!("{}.1/7", recording.token);
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("data: late\nid: {last}\n\n")
+        );
+        // Ended, with nothing after its last event: not resumed (rmcp answers `410`).
+        assert!(recordings.resume("s", &last).is_none());
         recordings.forget("s");
-        assert!(recordings.resume("s", "0/7").is_none());
+        assert!(recordings.resume("s", &first).is_none());
     }
 }

@@ -791,6 +791,27 @@ impl RoundRobin {
     }
 }
 
+/// The lines of a child's stdout, read on a thread of their own so that each read has a
+/// deadline ([`next_line`]).
+fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
+/// The next line of `lines` within two minutes, else the test fails naming `what`.
+fn next_line(lines: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    lines
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|error| panic!("{what}: no line within 120 s ({error})"))
+}
+
 /// Copies each way between `a` and `b` until each side ends.
 fn pipe(a: std::net::TcpStream, b: std::net::TcpStream) {
     let (a2, b2) = (
@@ -895,8 +916,8 @@ fn a_rolling_update_hands_a_waiting_cell_to_the_next_replica_at_once() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run http_service.py");
-    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("the first half").expect("a line");
+    let lines = lines_of(client.stdout.take().expect("stdout"));
+    let first = next_line(&lines, "the first half");
     let first: Value = serde_json::from_str(&first).unwrap_or_else(|_| panic!("{first}"));
     assert_result(&first["exec"], "Script running with cell ID 1", &["before"]);
     until_ran(&ran);
@@ -911,7 +932,7 @@ fn a_rolling_update_hands_a_waiting_cell_to_the_next_replica_at_once() {
     let started = Instant::now();
     let mut go = client.stdin.take().expect("stdin");
     go.write_all(b"go\n").expect("the second half begins");
-    let rest = lines.next().expect("the second half").expect("a line");
+    let rest = next_line(&lines, "the second half");
     let resumed: Value = serde_json::from_str(&rest).unwrap_or_else(|_| panic!("{rest}"));
     assert!(resumed.get("error").is_none(), "{resumed}");
     // Without the lease let go, C would wait out B's 90 s lease and not find the session.
@@ -982,21 +1003,24 @@ fn an_answer_the_full_store_did_not_take_is_never_got_by_running_the_tool_again(
 
 /// The fleet under a kill: 3 replicas on one Postgres (lease 5 s) behind a round-robin
 /// balancer with no affinity, `FLEET_CLIENTS` (default 30) official-SDK clients at once,
-/// each with a cell that yields and calls the server's `count` tool. Once every cell runs,
-/// one replica is killed with SIGKILL mid-call and another started in its place. Every
-/// cell ends with its own output, or, where the kill cut its call short, the documented
-/// failure; every call ran at most once (the tool's own log), once where its answer came.
-/// The longest request any client saw is printed.
+/// each with a cell that yields and calls the server's `count` tool, which holds every
+/// call until the test lets it go. Once every call runs, one replica is killed with
+/// SIGKILL and another started in its place, and the calls are let go. Every cell ends
+/// with its own output, or, where the kill cut its call short (at least one), the
+/// documented failure; every call ran at most once (the tool's own log), once where its
+/// answer came. The longest request any client saw is printed.
 #[test]
 fn a_replica_killed_under_many_sdk_clients_loses_no_cell_and_runs_no_call_twice() {
     let scratch = Scratch::new();
     let cluster = code_mode_conformance::PgCluster::start();
     let ran = scratch.0.join("ran.log");
+    let release = scratch.0.join("release");
     let script = scratch.write(
         "count.sh",
         &format!(
-            "input=$(cat)\necho \"$input\" >> '{}'\nsleep 1\necho \"counted $input\"\n",
-            ran.display()
+            "input=$(cat)\necho \"$input\" >> '{}'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho \"counted $input\"\n",
+            ran.display(),
+            release.display()
         ),
     );
     let tools = scratch.write(
@@ -1034,16 +1058,25 @@ fn a_replica_killed_under_many_sdk_clients_loses_no_cell_and_runs_no_call_twice(
         .stdout(Stdio::piped())
         .spawn()
         .expect("run http_service.py");
-    let mut lines = BufReader::new(fleet.stdout.take().expect("stdout")).lines();
-    let started = lines.next().expect("a line").expect("a line");
-    assert_eq!(started, "started");
-    // Each cell calls the tool 300 ms after it started and the tool takes 1 s: the kill
-    // falls while calls are in flight on the killed replica.
-    std::thread::sleep(Duration::from_millis(500));
+    let lines = lines_of(fleet.stdout.take().expect("stdout"));
+    assert_eq!(next_line(&lines, "every cell running"), "started");
+    // Every call runs (each cell calls the tool 300 ms after it started), held by the
+    // tool: the kill falls while the killed replica's calls are in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&ran)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < clients
+    {
+        assert!(Instant::now() < deadline, "not every call ran within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     replicas[1].kill();
     let restarted = HttpServer::start(&args, &[]).expect("a replica starts again");
     balancer.add(&restarted.url);
-    let last = lines.next().expect("the result").expect("a line");
+    std::fs::write(&release, "").expect("the calls let go");
+    let last = next_line(&lines, "the clients' outcomes");
     let result: Value = serde_json::from_str(&last).unwrap_or_else(|_| panic!("{last}"));
     assert!(fleet.wait().expect("the clients end").success());
     let log = std::fs::read_to_string(&ran).expect("the tool's log");
@@ -1097,6 +1130,10 @@ fn a_replica_killed_under_many_sdk_clients_loses_no_cell_and_runs_no_call_twice(
     eprintln!(
         "fleet under a kill: {clients} clients, {cut} calls cut short by the kill, {sent_again} requests sent again, longest request {longest} ms"
     );
+    assert!(
+        cut > 0,
+        "the kill cut no call: the test shows nothing of a takeover"
+    );
     let _ = restarted;
 }
 
@@ -1108,6 +1145,8 @@ fn a_replica_killed_under_many_sdk_clients_loses_no_cell_and_runs_no_call_twice(
 fn a_request_whose_connection_broke_is_resumed_with_its_result() {
     let server = HttpServer::start(&["mcp", "--http", "127.0.0.1:0"], &[]).expect("starts");
     let broken = service("broken", &server.url, &[]);
+    // The SDKs try to resume a second after a break (rmcp's default is 3 s).
+    assert_eq!(broken["retry"], 1000, "{broken}");
     assert_eq!(broken["status"], 200, "{broken}");
     let texts = broken["texts"].as_array().expect("a result");
     assert!(

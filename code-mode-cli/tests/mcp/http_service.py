@@ -43,8 +43,8 @@ expiry. Each mode prints one JSON object; the Rust tests assert on it.
         stored value, as `resume` prints them
     http_service.py broken <url> [--token T] [OTHER-TOKEN]
         a raw session; an `exec` whose cell answers after 800 ms, its connection closed
-        once the stream's first event came; then the stream resumed with
-        `Last-Event-ID`: its status and the texts of the result it gave (with
+        once the stream's first event came (its `retry` noted); 200 ms later the stream
+        resumed with `Last-Event-ID`: its status and the texts of the result it gave (with
         OTHER-TOKEN, first resumed by that principal: its status and body)
     http_service.py fleet <url> <n> [--token T]
         n clients of the official SDK at once, every request on a new connection, each
@@ -426,11 +426,15 @@ async def broken(url, opts):
                 seen += chunk
                 if b"\n\n" in seen:
                     break
+        retry = None
         for line in seen.decode().splitlines():
             if line.startswith("id:"):
                 last = line[3:].strip()
-    # The connection is gone with its client; the cell answers meanwhile.
-    await asyncio.sleep(1.5)
+            if line.startswith("retry:"):
+                retry = int(line[6:].strip())
+    # The connection is gone with its client; the stream is resumed before the cell
+    # answers (the answer comes to the resumed stream as it is made).
+    await asyncio.sleep(0.2)
     resume = {
         "Accept": "text/event-stream",
         "Mcp-Session-Id": session,
@@ -452,6 +456,7 @@ async def broken(url, opts):
             texts = [block["text"] for block in message["result"]["content"]]
         return {
             "last_event_id": last,
+            "retry": retry,
             "status": response.status_code,
             "texts": texts,
             "body": text[:2000],
