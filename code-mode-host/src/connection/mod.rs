@@ -621,8 +621,9 @@ impl Connection {
                 cell_id,
                 response,
             } => {
+                let kept = self.on_offer(session, cell_id, response);
                 code_mode_protocol::hop!("host has the offer");
-                self.on_offer(session, cell_id, response)
+                kept
             }
             ServerMessage::Spans(records) => lock(&self.sent_traces)
                 .export(records)
