@@ -48,7 +48,7 @@ use code_mode_wire::*;
 use futures_util::StreamExt;
 pub(crate) use journals::{ExecJournal, LateAnswers, LostCell, Resumable};
 use journals::{Kept, Rebuilds, ResumedHook};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
@@ -155,7 +155,8 @@ struct SessionEntry {
     cell_delegates: HashMap<CellId, Arc<dyn CodeModeSessionDelegate>>,
     /// Cells seen alive (by a response or a delegate call) and not yet closed.
     live_cells: HashSet<CellId>,
-    closed_cells: HashSet<CellId>,
+    /// The cells closed lately, for the messages a close overtakes.
+    closed_cells: RecentlyClosed,
     /// The journals of its running cells (contract §7).
     journals: HashMap<CellId, Kept>,
     /// What each cell admitted or resumed here may ask of the delegate (the host's wall
@@ -163,6 +164,41 @@ struct SessionEntry {
     guards: HashMap<CellId, CellGuard>,
     /// The final answers the runtime offered, for the cells' next observation (`offers`).
     offers: HashMap<CellId, offers::Offer>,
+}
+
+/// The last [`CLOSED_CELLS_KEPT`] cells a session closed: a late message about one (its
+/// response, overtaken by its close; a second close; a delegate call) is known for what it
+/// is. Older ones are forgotten, so that a session that runs for ever keeps no more than
+/// this (before, every closed cell's id stayed for the session's life, some 60 bytes a
+/// cell). A call from a forgotten cell is still refused: no cell guard lets it through.
+#[derive(Default)]
+struct RecentlyClosed {
+    ids: HashSet<CellId>,
+    order: VecDeque<CellId>,
+}
+
+/// How many closed cells a session remembers ([`RecentlyClosed`]).
+const CLOSED_CELLS_KEPT: usize = 4096;
+
+impl RecentlyClosed {
+    fn contains(&self, cell_id: &CellId) -> bool {
+        self.ids.contains(cell_id)
+    }
+
+    /// Remembers `cell_id` as closed; `false` if it was already (the oldest goes past the
+    /// bound).
+    fn insert(&mut self, cell_id: CellId) -> bool {
+        if !self.ids.insert(cell_id.clone()) {
+            return false;
+        }
+        self.order.push_back(cell_id);
+        if self.order.len() > CLOSED_CELLS_KEPT
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+        true
+    }
 }
 
 /// What the host lets one cell's runtime ask of its delegate: only tools its exec enabled,
@@ -702,7 +738,7 @@ impl Connection {
                         stored,
                         cell_delegates: HashMap::new(),
                         live_cells: HashSet::new(),
-                        closed_cells: HashSet::new(),
+                        closed_cells: RecentlyClosed::default(),
                         journals: HashMap::new(),
                         guards: HashMap::new(),
                         offers: HashMap::new(),
@@ -975,5 +1011,24 @@ fn is_final(result: &Result<Response, WireError>) -> bool {
             | payload::SessionReply::Cell(response),
         )) => matches!(response, payload::CellResponse::Result { .. }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_remembers_only_its_latest_closed_cells() {
+        let mut closed = RecentlyClosed::default();
+        for number in 1..=CLOSED_CELLS_KEPT as u64 + 1000 {
+            assert!(closed.insert(CellId::new(number)));
+        }
+        assert!(!closed.insert(CellId::new(CLOSED_CELLS_KEPT as u64 + 1000)), "twice");
+        assert_eq!(closed.ids.len(), CLOSED_CELLS_KEPT);
+        assert_eq!(closed.order.len(), CLOSED_CELLS_KEPT);
+        assert!(!closed.contains(&CellId::new(1000)), "the oldest are forgotten");
+        assert!(closed.contains(&CellId::new(1001)));
+        assert!(closed.contains(&CellId::new(CLOSED_CELLS_KEPT as u64 + 1000)));
     }
 }
