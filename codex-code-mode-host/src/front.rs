@@ -15,7 +15,9 @@
 use crate::admission::{self, Admission, Counted};
 use crate::bound;
 pub use crate::state::Owner;
-use crate::state::{Checkpointed, CodexState, KeptCell, KeptSession, KeptTool, Orphan};
+use crate::state::{
+    Checkpointed, CodexState, KeptCatalog, KeptCatalogTool, KeptCell, KeptSession, KeptTool, Orphan,
+};
 use code_mode_host::protocol::model::replace_lone_surrogate_escapes;
 use code_mode_host::protocol::session::BoxFuture;
 use code_mode_host::protocol::sync::lock;
@@ -66,6 +68,15 @@ pub enum FrontError {
     MissingResult(String),
     #[error("the tool list of this execution is not valid: {0}")]
     InvalidTools(String),
+    /// Catalog revision 0 (Codex 0.171's revisions start at 1).
+    #[error("invalid code-mode catalog revision")]
+    InvalidCatalogRevision,
+    /// A revision sent without its tools that is not the session's latest.
+    #[error("unknown code-mode catalog revision")]
+    UnknownCatalogRevision,
+    /// The session's latest revision sent again with other tools.
+    #[error("conflicting code-mode catalog revision")]
+    ConflictingCatalogRevision,
     /// The session refused or could not run the call.
     #[error("{0}")]
     Session(SessionError),
@@ -233,6 +244,9 @@ pub struct Execution {
     pub tool_call_id: String,
     pub source: String,
     pub tools: Vec<EnabledTool>,
+    /// Codex 0.171's tool-catalog revision: with tools, they are the session's catalog
+    /// under it; without, the catalog it names is used (see [`Front::check_catalog`]).
+    pub catalog_revision: Option<u64>,
     pub yield_time_ms: Option<u64>,
     pub max_output_tokens: Option<u64>,
 }
@@ -496,6 +510,9 @@ pub struct FrontSession {
     owner: Option<Owner>,
     /// The tools the latest execution enabled, as they were passed on.
     enabled: Mutex<Option<EnabledSet>>,
+    /// The session's tool catalog under its latest revision (Codex 0.171's host keeps
+    /// only the latest), and its set as passed on.
+    catalog: Mutex<Option<(u64, EnabledSet)>>,
 }
 
 /// A cell's tools by their name on `tools`: the client's name and kind of each.
@@ -506,23 +523,113 @@ type ToolMap = HashMap<String, (ToolName, ToolKind)>;
 /// the session's last one: the same map, the same definitions and so the tool set the
 /// runtime has registered, with nothing built or hashed again (for 128 tools, 384 strings
 /// copied and the list hashed, in every exec).
+#[derive(Clone)]
 struct EnabledSet {
-    tools: Vec<EnabledTool>,
+    tools: Arc<Vec<EnabledTool>>,
     map: Arc<ToolMap>,
     definitions: Arc<[ToolDefinition]>,
 }
 
+/// Codex 0.171's host's rules for an execution's catalog `revision` and `tools` against
+/// the session's latest revision `kept`: revision 0 is invalid; a revision without tools
+/// must be the latest; the latest sent again must come with the same tools.
+fn check_catalog(
+    revision: Option<u64>,
+    tools: &[EnabledTool],
+    kept: Option<&(u64, EnabledSet)>,
+) -> Result<(), FrontError> {
+    let Some(revision) = revision else {
+        return Ok(());
+    };
+    let latest = kept.filter(|(latest, _)| *latest == revision);
+    match (revision, tools.is_empty(), latest) {
+        (0, _, _) => Err(FrontError::InvalidCatalogRevision),
+        (_, true, None) => Err(FrontError::UnknownCatalogRevision),
+        (_, false, Some((_, set))) if *set.tools != tools => {
+            Err(FrontError::ConflictingCatalogRevision)
+        }
+        _ => Ok(()),
+    }
+}
+
 impl FrontSession {
-    /// `tools` as the cell gets them (see [`EnabledSet`]); a tool without a name is refused.
+    /// `tools` (or, under a catalog revision and without tools, the catalog's) as the
+    /// cell gets them (see [`EnabledSet`]); a tool without a name is refused, and a
+    /// revision as [`check_catalog`] says.
     fn enabled_set(
         &self,
+        revision: Option<u64>,
         tools: Vec<EnabledTool>,
     ) -> Result<(Arc<ToolMap>, Arc<[ToolDefinition]>), FrontError> {
+        let Some(revision) = revision else {
+            return self.tool_set(tools).map(|set| (set.map, set.definitions));
+        };
+        let mut catalog = lock(&self.catalog);
+        check_catalog(Some(revision), &tools, catalog.as_ref())?;
+        if tools.is_empty()
+            && let Some((_, set)) = &*catalog
+        {
+            // A known revision: nothing of the list is read, built or compared.
+            return Ok((Arc::clone(&set.map), Arc::clone(&set.definitions)));
+        }
+        let set = self.tool_set(tools)?;
+        *catalog = Some((revision, set.clone()));
+        Ok((set.map, set.definitions))
+    }
+
+    /// The session's catalog, as kept in a state directory.
+    fn kept_catalog(&self) -> Option<KeptCatalog> {
+        let catalog = lock(&self.catalog);
+        let (revision, set) = catalog.as_ref()?;
+        let tools = set
+            .tools
+            .iter()
+            .map(|tool| KeptCatalogTool {
+                js_name: tool.js_name.clone(),
+                name: tool.tool_name.name.clone(),
+                namespace: tool.tool_name.namespace.clone(),
+                description: tool.description.clone(),
+                freeform: tool.kind == ToolKind::Freeform,
+            })
+            .collect();
+        Some(KeptCatalog {
+            revision: *revision,
+            tools,
+        })
+    }
+
+    /// Takes back the catalog a state directory kept.
+    fn restore_catalog(&self, kept: &KeptCatalog) {
+        let tools = kept
+            .tools
+            .iter()
+            .map(|tool| EnabledTool {
+                js_name: tool.js_name.clone(),
+                tool_name: ToolName {
+                    name: tool.name.clone(),
+                    namespace: tool.namespace.clone(),
+                },
+                description: tool.description.clone(),
+                kind: if tool.freeform {
+                    ToolKind::Freeform
+                } else {
+                    ToolKind::Function
+                },
+            })
+            .collect();
+        // Kept from a set that was taken once: its tools have names.
+        if let Ok(set) = self.tool_set(tools) {
+            *lock(&self.catalog) = Some((kept.revision, set));
+        }
+    }
+
+    /// `tools` as a set: the latest execution's if equal, else made and kept as the latest.
+    fn tool_set(&self, tools: Vec<EnabledTool>) -> Result<EnabledSet, FrontError> {
         let mut last = lock(&self.enabled);
         if let Some(set) = &*last
-            && set.tools == tools
+            && *set.tools == tools
         {
-            return Ok((Arc::clone(&set.map), Arc::clone(&set.definitions)));
+            return Ok(set.clone());
         }
         let mut map = HashMap::new();
         let mut definitions = Vec::with_capacity(tools.len());
@@ -540,13 +647,12 @@ impl FrontSession {
             ));
         }
         let set = EnabledSet {
-            tools,
+            tools: Arc::new(tools),
             map: Arc::new(map),
             definitions: definitions.into(),
         };
-        let taken = (Arc::clone(&set.map), Arc::clone(&set.definitions));
-        *last = Some(set);
-        Ok(taken)
+        *last = Some(set.clone());
+        Ok(set)
     }
 
     pub fn id(&self) -> &str {
@@ -651,6 +757,7 @@ impl Checkpointed for FrontSession {
                     next_cell: state.next_cell,
                     cells,
                     owner: self.owner.clone(),
+                    catalog: self.kept_catalog(),
                 };
                 (kept, waiting)
             };
@@ -974,6 +1081,7 @@ impl Front {
             closed: CancellationToken::new(),
             owner: self.owner.clone(),
             enabled: Mutex::new(None),
+            catalog: Mutex::new(None),
         });
         let _ = delegate.session.set(Arc::downgrade(&front));
         front
@@ -1002,6 +1110,9 @@ impl Front {
             kept.max_pending_delegate_calls,
             orphan.held.record.state.stored.clone(),
         );
+        if let Some(catalog) = &kept.catalog {
+            front.restore_catalog(catalog);
+        }
         {
             let mut state = lock(&front.state);
             state.next_cell = kept.next_cell;
@@ -1118,8 +1229,9 @@ impl Front {
     }
 
     /// Checks an execution before it starts, as codex's host does before it answers:
-    /// a tool call id is required and an execution id is used once. Call it first; its
-    /// errors are the call's status.
+    /// a tool call id is required, its catalog revision must be one the session can use
+    /// ([`check_catalog`]) and an execution id is used once. Call it first; its errors are
+    /// the call's status.
     pub fn claim_execution(
         &self,
         session: &FrontSession,
@@ -1128,6 +1240,11 @@ impl Front {
         if execution.tool_call_id.is_empty() {
             return Err(FrontError::EmptyToolCallId);
         }
+        check_catalog(
+            execution.catalog_revision,
+            &execution.tools,
+            lock(&session.catalog).as_ref(),
+        )?;
         if !execution.execution_id.is_empty()
             && !lock(&session.state)
                 .executions
@@ -1155,7 +1272,8 @@ impl Front {
                 .cell()
                 .ok_or(FrontError::TooManyActiveCells)?,
         )));
-        let (tools, definitions) = session.enabled_set(execution.tools)?;
+        let (tools, definitions) =
+            session.enabled_set(execution.catalog_revision, execution.tools)?;
         let preempt = CancellationToken::new();
         if !execution.execution_id.is_empty() {
             lock(&session.state)

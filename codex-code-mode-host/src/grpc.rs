@@ -72,7 +72,10 @@ pub fn status(error: FrontError) -> tonic::Status {
             tonic::Status::already_exists(message)
         }
         FrontError::WaitCancelled => tonic::Status::cancelled(message),
-        FrontError::RuntimeUnavailable { .. } => tonic::Status::failed_precondition(message),
+        FrontError::RuntimeUnavailable { .. }
+        | FrontError::InvalidCatalogRevision
+        | FrontError::UnknownCatalogRevision
+        | FrontError::ConflictingCatalogRevision => tonic::Status::failed_precondition(message),
         FrontError::TooManyInFlightRequests
         | FrontError::TooManyActiveCells
         | FrontError::TooManySessions(_)
@@ -248,6 +251,7 @@ impl Service {
                     Truncation::Server => proto::OutputTruncation::Server as i32,
                     Truncation::Client => 0,
                 },
+                supports_catalog_revision: true,
             })),
         };
         // The session is on disk before its client learns its id.
@@ -308,6 +312,7 @@ impl Service {
                 .into_iter()
                 .map(enabled_tool)
                 .collect(),
+            catalog_revision: request.catalog_revision,
             yield_time_ms: Some(request.yield_time_ms),
             max_output_tokens: request.max_output_tokens,
         };

@@ -49,6 +49,28 @@ pub(crate) struct KeptSession {
     /// a state written before owners were kept: no identity).
     #[serde(default)]
     pub(crate) owner: Option<Owner>,
+    /// Its tool catalog under its latest revision (Codex 0.171), so that an exec naming
+    /// that revision after a restart finds it.
+    #[serde(default)]
+    pub(crate) catalog: Option<KeptCatalog>,
+}
+
+/// A session's tool catalog and its revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct KeptCatalog {
+    pub(crate) revision: u64,
+    pub(crate) tools: Vec<KeptCatalogTool>,
+}
+
+/// A tool of a catalog: what an exec enables (its description too, which the cell's
+/// `tools` declare).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct KeptCatalogTool {
+    pub(crate) js_name: String,
+    pub(crate) name: String,
+    pub(crate) namespace: Option<String>,
+    pub(crate) description: String,
+    pub(crate) freeform: bool,
 }
 
 /// A cell as Codex knows it.

@@ -163,6 +163,10 @@ pub(super) struct ExecuteBody {
     pub source: String,
     #[serde(default)]
     pub enabled_tools: Vec<Tool>,
+    /// `tool-catalog-revision-v1`: the session's tool catalog under this revision (an
+    /// empty `enabled_tools` reuses the one kept under it).
+    #[serde(default)]
+    pub catalog_revision: Option<u64>,
     #[serde(default)]
     pub yield_time_ms: Option<u64>,
     #[serde(default)]

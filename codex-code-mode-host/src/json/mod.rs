@@ -38,10 +38,11 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 pub const VERSIONS: [u64; 1] = [1];
 
 /// The capabilities this host offers.
-pub const CAPABILITIES: [&str; 4] = [
+pub const CAPABILITIES: [&str; 5] = [
     "bounded-output-v1",
     "delegate-capacity-4096",
     "session-cell-execution-resource-limits",
+    "tool-catalog-revision-v1",
     "yield-observation",
 ];
 
@@ -498,6 +499,7 @@ impl Connection {
             tool_call_id: body.tool_call_id,
             source: body.source,
             tools: body.enabled_tools.into_iter().map(enabled_tool).collect(),
+            catalog_revision: body.catalog_revision,
             yield_time_ms: body.yield_time_ms,
             max_output_tokens: body.max_output_tokens,
         };

@@ -117,6 +117,80 @@ async fn each_exec_gets_the_tools_it_enabled_whether_the_list_changed_or_not() {
     }
 }
 
+/// Codex 0.171's tool-catalog revisions, as its host answers them: the session says it
+/// keeps catalogs; an exec with a revision and tools makes them the session's catalog
+/// under it (only the latest is kept); one with a revision and no tools uses that catalog
+/// if it is the latest; revision 0, an unknown revision without tools, and the latest
+/// with other tools are refused with status 9 and Codex's texts; an exec without a
+/// revision uses its own tools and leaves the catalog as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_revisions_are_kept_reused_and_refused_as_codexs_host_does() {
+    use codex_code_mode_host::client::tool;
+    let host = spawn(&our_host(), &[]).await;
+    let mut driver = open(&host, 2).await;
+    let opened = driver.events.lock().unwrap()[0].event.clone();
+    let Some(proto::session_event::Event::Opened(opened)) = opened else {
+        panic!("the first event is `opened`: {opened:?}");
+    };
+    assert!(opened.supports_catalog_revision);
+    let names = r#"text(ALL_TOOLS.map((t) => t.name).join(",") || "none")"#;
+    let mut run = async |revision: Option<u64>, tools: Vec<proto::ToolDefinition>| {
+        let mut request = exec_request(names);
+        request.tool_call_id = "call".to_owned();
+        request.catalog_revision = revision;
+        request.enabled_tools = tools;
+        match driver.execute(request).await {
+            Ok(events) => {
+                let outcome = outcome_of(&events);
+                match outcome
+                    .content_items
+                    .first()
+                    .and_then(|item| item.item.clone())
+                {
+                    Some(proto::content_item::Item::InputText(text)) => text.text,
+                    other => panic!("no text: {other:?}"),
+                }
+            }
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        }
+    };
+    let echo = || corpus_tools();
+    let other = || vec![tool("other", "other_tool", Some("ns"))];
+    let refused = |what: &str| format!("FailedPrecondition: {what} code-mode catalog revision");
+    assert_eq!(run(Some(0), echo()).await, refused("invalid"));
+    assert_eq!(run(Some(5), vec![]).await, refused("unknown"));
+    assert_eq!(run(Some(5), echo()).await, "echo,ns__search");
+    assert_eq!(
+        run(Some(5), vec![]).await,
+        "echo,ns__search",
+        "the catalog reused"
+    );
+    assert_eq!(
+        run(Some(5), echo()).await,
+        "echo,ns__search",
+        "sent again alike"
+    );
+    assert_eq!(run(Some(5), other()).await, refused("conflicting"));
+    assert_eq!(
+        run(None, other()).await,
+        "other",
+        "no revision: its own tools"
+    );
+    assert_eq!(
+        run(Some(5), vec![]).await,
+        "echo,ns__search",
+        "the catalog as it was"
+    );
+    assert_eq!(run(Some(6), other()).await, "other");
+    assert_eq!(
+        run(Some(5), vec![]).await,
+        refused("unknown"),
+        "only the latest"
+    );
+    assert_eq!(run(Some(6), vec![]).await, "other");
+    assert_eq!(run(None, vec![]).await, "none");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_carry_codexs_status_codes_and_texts() {
     let host = spawn(&our_host(), &[]).await;

@@ -297,6 +297,78 @@ async fn a_malformed_operation_is_refused_with_the_field_it_names() {
     );
 }
 
+/// `tool-catalog-revision-v1`, as Codex 0.171's host speaks it: granted when asked; an
+/// execute with `catalog_revision` and tools keeps them under it, one with the revision
+/// and `"enabled_tools": []` uses them, and an unknown revision is refused with Codex's
+/// text.
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_revisions_over_the_json_protocol() {
+    let mut host = JsonHost::spawn(&crate::our_host());
+    let wait = Duration::from_secs(10);
+    host.send(
+        json!({"type": "connection/hello", "supportedVersions": [1], "requiredCapabilities": [],
+        "optionalCapabilities": ["tool-catalog-revision-v1", "yield-observation"]}),
+    )
+    .await;
+    let ready = host.recv(wait).await.expect("ready");
+    assert_eq!(
+        ready["capabilities"],
+        json!(["tool-catalog-revision-v1", "yield-observation"]),
+        "{ready}"
+    );
+    host.send(request(
+        1,
+        json!({"method": "session/open", "sessionId": "session-1"}),
+    ))
+    .await;
+    assert_eq!(host.recv(wait).await.unwrap()["result"]["status"], "ok");
+    let tools = json!([{"name": "echo", "tool_name": {"name": "echo", "namespace": null}, "description": "d", "kind": "function", "input_schema": null, "output_schema": null}]);
+    let names = "text(ALL_TOOLS.map((t) => t.name).join(',') || 'none')";
+    let mut answers = Vec::new();
+    for (id, revision, tools) in [
+        (2, 4, json!([])),
+        (3, 4, tools),
+        (4, 4, json!([])),
+        (5, 5, json!([])),
+    ] {
+        host.send(request(
+            id,
+            json!({"method": "session/execute", "sessionId": "session-1", "request": {
+                "tool_call_id": format!("call_{id}"), "enabled_tools": tools, "source": names,
+                "yield_time_ms": 10_000, "catalog_revision": revision}}),
+        ))
+        .await;
+        let answer = loop {
+            let message = host.recv(wait).await.expect("an answer");
+            if message["id"] == id
+                && (message["type"] == "execute/initialResponse"
+                    || message["result"]["status"] == "error")
+            {
+                break message;
+            }
+        };
+        answers.push(match answer["result"]["status"].as_str() {
+            Some("error") => answer["result"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+            _ => answer["result"]["value"]["Result"]["content_items"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        });
+    }
+    assert_eq!(
+        answers,
+        [
+            "unknown code-mode catalog revision",
+            "echo",
+            "echo",
+            "unknown code-mode catalog revision"
+        ]
+    );
+}
+
 /// With its runtime missing the JSON front still speaks its protocol: `session/open` is
 /// refused with the cause and the fix, and once the runtime is where it was looked for,
 /// the next `session/open` works with no restart.

@@ -311,6 +311,8 @@ text("got " + r.v); store("k2", r.v);"#,
     );
     request.tool_call_id = "call_before".to_owned();
     request.enabled_tools = vec![tool("lookup", "lookup", None)];
+    // Codex 0.171's catalog revision: the tools are kept under it, across the restart.
+    request.catalog_revision = Some(3);
     request.yield_time_ms = 300;
     let first = execute(&mut client, &session, request).await;
     assert_eq!(outcome(&first), r#"cell 1 yielded [text "before"]"#);
@@ -354,12 +356,13 @@ text("got " + r.v); store("k2", r.v);"#,
         wait(client.clone(), session.clone(), "1", "w1").await,
         r#"cell 1 completed{error_text: ""} [text "got 42"]"#
     );
-    let mut next = exec_request(r#"text(load("k") + load("k2"))"#);
+    let mut next = exec_request(r#"text(load("k") + load("k2") + typeof tools.lookup)"#);
     next.tool_call_id = "call_after".to_owned();
+    next.catalog_revision = Some(3);
     let next = execute(&mut client, &session, next).await;
     assert_eq!(
         outcome(&next),
-        r#"cell 2 completed{error_text: ""} [text "v42"]"#
+        r#"cell 2 completed{error_text: ""} [text "v42function"]"#
     );
     let after = close(&mut client, &session, runner).await;
 
