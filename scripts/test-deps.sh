@@ -5,7 +5,8 @@
 #   OTLP to) in one virtualenv (code-mode-cli/tests/mcp/requirements.txt, every package
 #   pinned and installed with --no-deps);
 # - Codex 0.169.0 from npm, the Codex front's test oracle: its CLI and its own
-#   codex-code-mode-host (codex-code-mode-host/tests/codex-npm/package-lock.json, `npm ci`);
+#   codex-code-mode-host (codex-code-mode-host/tests/codex-npm/package-lock.json, `npm ci`),
+#   and 0.171.0's host for what 0.171 added (tests/codex-npm-0171);
 # - PostgreSQL's server (Debian's `postgresql`), for the state store tests.
 # Idempotent: a second run with nothing changed only checks. `.ci/run` calls it before the tests.
 set -euo pipefail
@@ -48,6 +49,17 @@ for binary in codex codex-code-mode-host; do
   fi
 done
 echo "test-deps: codex 0.169.0 is installed under codex-code-mode-host/tests/codex-npm"
+
+# Codex 0.171.0's own host, the oracle of what 0.171 added (catalog revisions, heartbeats).
+cd ../codex-npm-0171
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+if [ ! -x "$vendor/bin/codex-code-mode-host" ]; then
+  echo "test-deps: codex 0.171.0's codex-code-mode-host is missing under $PWD/$vendor" >&2
+  exit 1
+fi
+echo "test-deps: codex 0.171.0 is installed under codex-code-mode-host/tests/codex-npm-0171"
 
 # PostgreSQL: Debian's server package; the tests start throwaway clusters of their own
 # (initdb in a temporary directory, on a Unix socket), never the system's.

@@ -117,16 +117,22 @@ async fn each_exec_gets_the_tools_it_enabled_whether_the_list_changed_or_not() {
     }
 }
 
-/// Codex 0.171's tool-catalog revisions, as its host answers them: the session says it
-/// keeps catalogs; an exec with a revision and tools makes them the session's catalog
-/// under it (only the latest is kept); one with a revision and no tools uses that catalog
-/// if it is the latest; revision 0, an unknown revision without tools, and the latest
-/// with other tools are refused with status 9 and Codex's texts; an exec without a
-/// revision uses its own tools and leaves the catalog as it was.
+/// Codex 0.171's tool-catalog revisions, on our host and on 0.171's own alike: the
+/// session says it keeps catalogs; an exec with a revision and tools makes them the
+/// session's catalog under it (only the latest is kept); one with a revision and no tools
+/// uses that catalog if it is the latest; revision 0, an unknown revision without tools,
+/// and the latest with other tools are refused with status 9 and Codex's texts; an exec
+/// without a revision uses its own tools and leaves the catalog as it was.
 #[tokio::test(flavor = "multi_thread")]
 async fn catalog_revisions_are_kept_reused_and_refused_as_codexs_host_does() {
+    for host in [our_host(), crate::codex_host_0171()] {
+        catalog_revisions_on(&host).await;
+    }
+}
+
+async fn catalog_revisions_on(binary: &std::path::Path) {
     use codex_code_mode_host::client::tool;
-    let host = spawn(&our_host(), &[]).await;
+    let host = spawn(binary, &[]).await;
     let mut driver = open(&host, 2).await;
     let opened = driver.events.lock().unwrap()[0].event.clone();
     let Some(proto::session_event::Event::Opened(opened)) = opened else {
@@ -665,14 +671,21 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
     assert_eq!(invocation.input_json, r#"{"q":1}"#);
 }
 
-/// Heartbeats as Codex 0.171's host sends them, only when asked: a session opened with
-/// `heartbeat_interval_s` gets an empty `heartbeat` event on its stream that often, and a
-/// subscription that asks gets invocations carrying only the session id and `heartbeat`;
-/// a session and a subscription that did not ask get none (Codex 0.169 drops a session on
-/// one), counted over the same time up to their streams' end.
+/// Heartbeats as Codex 0.171's host sends them, only when asked, on our host and on
+/// 0.171's own alike: a session opened with `heartbeat_interval_s` gets an empty
+/// `heartbeat` event on its stream that often, and a subscription that asks gets
+/// invocations carrying only the session id and `heartbeat`; a session and a subscription
+/// that did not ask get none (Codex 0.169 drops a session on one), counted over the same
+/// time up to their streams' end.
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeats_come_when_asked_and_never_unasked() {
-    let host = spawn(&our_host(), &[]).await;
+    for host in [our_host(), crate::codex_host_0171()] {
+        heartbeats_on(&host).await;
+    }
+}
+
+async fn heartbeats_on(binary: &std::path::Path) {
+    let host = spawn(binary, &[]).await;
     let mut client = host.client.clone();
     let open = |heartbeat_interval_s| proto::OpenSessionRequest {
         output_truncation: 2,

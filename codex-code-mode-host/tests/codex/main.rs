@@ -2,8 +2,8 @@
 //! codex's own `codex-code-mode-host`, and the real codex CLI end to end.
 //!
 //! Codex 0.169.0 comes from npm (`scripts/test-deps.sh` installs it from the committed lock
-//! file under `tests/codex-npm`); the tests that need it fail with that instruction when it
-//! is missing.
+//! file under `tests/codex-npm`, and 0.171.0's host under `tests/codex-npm-0171`); the tests
+//! that need it fail with that instruction when it is missing.
 
 mod admission;
 mod cli;
@@ -61,6 +61,19 @@ pub fn codex_package() -> PathBuf {
 /// Codex's own host binary.
 pub fn codex_host() -> PathBuf {
     codex_package().join("bin/codex-code-mode-host")
+}
+
+/// Codex 0.171.0's own host binary: the oracle of what 0.171 added.
+pub fn codex_host_0171() -> PathBuf {
+    let host = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
+        "tests/codex-npm-0171/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex-code-mode-host",
+    );
+    assert!(
+        host.is_file(),
+        "codex 0.171.0's host is not installed at {}: run scripts/test-deps.sh",
+        host.display()
+    );
+    host
 }
 
 /// Spawns a host binary over gRPC on stdio, its stderr discarded unless asked for.
