@@ -172,6 +172,7 @@ impl Driver {
             .subscribe_to_tool_calls(crate::proto::SubscribeToToolCallsRequest {
                 session_id: session_id.clone(),
                 heartbeat_interval_s: 0,
+                tool_names: vec![],
             })
             .await?
             .into_inner();

@@ -14,6 +14,7 @@
 
 use crate::admission::{self, Admission, Counted};
 use crate::bound;
+use crate::dealer::{Dealer, Subscription};
 pub use crate::state::Owner;
 use crate::state::{
     Checkpointed, CodexState, KeptCatalog, KeptCatalogTool, KeptCell, KeptSession, KeptTool, Orphan,
@@ -311,6 +312,31 @@ impl<T> Lease<T> {
     }
 }
 
+/// What a session stream takes its items from: a [`Lease`] (the event stream) or a
+/// [`Subscription`] (tool invocations); an item taken and not sent is given back.
+pub trait Source<T>: Send + Sync + 'static {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send;
+    fn give_back(&self, item: T);
+}
+
+impl<T: Send + 'static> Source<T> for Lease<T> {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<T>> + Send {
+        Lease::recv(self)
+    }
+    fn give_back(&self, item: T) {
+        Lease::give_back(self, item);
+    }
+}
+
+impl Source<Invocation> for Subscription {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Invocation>> + Send {
+        Subscription::recv(self)
+    }
+    fn give_back(&self, item: Invocation) {
+        Subscription::give_back(self, item);
+    }
+}
+
 impl<T> Drop for Lease<T> {
     fn drop(&mut self) {
         if let Some(receiver) = self.receiver.take()
@@ -503,7 +529,7 @@ pub struct FrontSession {
     session: Arc<dyn DurableSession>,
     state: Mutex<SessionState>,
     events: Leased<SessionEvent>,
-    invocations: Leased<Invocation>,
+    invocations: Arc<Dealer>,
     /// Ends the session's streams when the session is closed.
     closed: CancellationToken,
     /// The client identity that opened it (kept in a state directory).
@@ -669,9 +695,11 @@ impl FrontSession {
         self.events.lease()
     }
 
-    /// The session's tool invocations (one lease at a time).
-    pub fn invocations(&self) -> Option<Lease<Invocation>> {
-        self.invocations.lease()
+    /// A subscription to the session's tool invocations: those of the tools `filter`
+    /// names (every tool if none), dealt round-robin among its subscriptions
+    /// ([`crate::dealer`]).
+    pub fn invocations(&self, filter: Vec<ToolName>) -> Subscription {
+        self.invocations.subscribe(filter)
     }
 
     fn codex_cell(&self, runtime_id: &CellId) -> Option<String> {
@@ -831,10 +859,7 @@ impl CodeModeSessionDelegate for Delegate {
             );
             (invocation, span)
         };
-        if front.invocations.sender.send(invocation).is_err() {
-            lock(&front.state).pending_calls.remove(&invocation_id);
-            return Box::pin(std::future::ready(Err(ToolError::cancelled())));
-        }
+        front.invocations.deal(invocation);
         // The call's span lasts from the call to its answer.
         Box::pin(tracing::Instrument::instrument(
             async move {
@@ -1077,7 +1102,7 @@ impl Front {
             session,
             state: Mutex::new(SessionState::default()),
             events: Leased::new(),
-            invocations: Leased::new(),
+            invocations: Arc::default(),
             closed: CancellationToken::new(),
             owner: self.owner.clone(),
             enabled: Mutex::new(None),
@@ -1180,7 +1205,7 @@ impl Front {
                     let id = uuid::Uuid::new_v4().to_string();
                     let invocation = cell.invocation(&front.id, codex_id, &call.call, id.clone());
                     state.restored_calls.insert(id, call);
-                    let _ = front.invocations.sender.send(invocation);
+                    front.invocations.deal(invocation);
                 }
             }
         }

@@ -2,8 +2,8 @@
 //! and status codes only; what happens is the front's.
 
 use crate::front::{
-    ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Invocation, Lease,
-    Observed, Outcome, RESULT_BUFFERED_FOR, SessionEvent, Status, ToolName, Truncation,
+    ClientLimits, EnabledTool, Execution, Front, FrontError, FrontSession, Invocation, Observed,
+    Outcome, RESULT_BUFFERED_FOR, SessionEvent, Source, Status, ToolName, Truncation,
 };
 use crate::metrics;
 use crate::proto::{self, code_mode_host_server::CodeModeHost};
@@ -409,11 +409,21 @@ impl CodeModeHost for Service {
     ) -> Result<Response<Self::SubscribeToToolCallsStream>, tonic::Status> {
         let request = request.into_inner();
         let session = self.session(&request.session_id).await?;
-        let invocations = session.invocations().ok_or_else(|| {
-            tonic::Status::failed_precondition(
-                "this session's tool calls are already subscribed to",
-            )
-        })?;
+        // Several subscriptions share the session's calls, each taking the tools it names
+        // (all if none), as on Codex's hosts.
+        let mut filter = Vec::with_capacity(request.tool_names.len());
+        for name in request.tool_names {
+            if name.name.is_empty() {
+                return Err(tonic::Status::invalid_argument(
+                    "code-mode tool name must not be empty",
+                ));
+            }
+            filter.push(ToolName {
+                name: name.name,
+                namespace: Some(name.namespace).filter(|namespace| !namespace.is_empty()),
+            });
+        }
+        let invocations = session.invocations(filter);
         // With a state directory, each invocation is on disk before the client sees it.
         let flush = self.front.keeps_state().then(|| {
             let (front, session) = (self.front.clone(), Arc::clone(&session));
@@ -590,8 +600,8 @@ impl CodeModeHost for Service {
 /// task and no channel stand between (one task wake-up less on every tool call), and a
 /// client that drops the stream gives the lease back at once, with every item it had not
 /// taken, for its next subscription.
-fn lease_stream<T, U>(
-    lease: Lease<T>,
+fn lease_stream<T, U, S>(
+    lease: S,
     closed: CancellationToken,
     first: Option<U>,
     convert: fn(T) -> U,
@@ -600,6 +610,7 @@ fn lease_stream<T, U>(
 where
     T: Send + 'static,
     U: Send + 'static,
+    S: Source<T>,
 {
     let leased = Leasing {
         lease,
@@ -653,19 +664,19 @@ where
 type Flush = Box<dyn Fn() -> BoxFuture<'static, Result<(), FrontError>> + Send + Sync>;
 
 /// An item taken from a lease and not streamed yet: given back if dropped with it.
-struct Unsent<'a, T> {
-    lease: &'a Lease<T>,
+struct Unsent<'a, T, S: Source<T>> {
+    lease: &'a S,
     item: Option<T>,
 }
 
-impl<T> Unsent<'_, T> {
+impl<T, S: Source<T>> Unsent<'_, T, S> {
     /// The item, no longer given back when this goes.
     fn taken(mut self) -> Option<T> {
         self.item.take()
     }
 }
 
-impl<T> Drop for Unsent<'_, T> {
+impl<T, S: Source<T>> Drop for Unsent<'_, T, S> {
     fn drop(&mut self) {
         if let Some(item) = self.item.take() {
             self.lease.give_back(item);
@@ -674,8 +685,8 @@ impl<T> Drop for Unsent<'_, T> {
 }
 
 /// What a [`lease_stream`] holds between two items.
-struct Leasing<T, U> {
-    lease: Lease<T>,
+struct Leasing<S, U> {
+    lease: S,
     closed: CancellationToken,
     first: Option<U>,
     flush: Option<Flush>,

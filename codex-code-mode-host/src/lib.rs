@@ -18,6 +18,7 @@ pub mod bound;
 #[cfg(feature = "test-client")]
 #[doc(hidden)]
 pub mod client;
+pub mod dealer;
 pub mod front;
 pub mod grpc;
 pub mod install;

@@ -319,10 +319,10 @@ impl Connection {
 
     /// Streams a session's tool calls, notifications and closed cells as frames.
     fn forward(self: &Arc<Self>, session: &Arc<FrontSession>) {
-        let (Some(mut invocations), Some(mut events)) = (session.invocations(), session.events())
-        else {
+        let Some(mut events) = session.events() else {
             return;
         };
+        let mut invocations = session.invocations(Vec::new());
         let connection = self.clone();
         let closed = session.closed();
         let id = session.id().to_owned();

@@ -580,6 +580,7 @@ async fn close_session_ends_its_streams_and_forgets_it() {
         .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
             session_id: opened.session_id.clone(),
             heartbeat_interval_s: 0,
+            tool_names: vec![],
         })
         .await
         .expect("subscribe")
@@ -620,6 +621,7 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
     let subscribe = proto::SubscribeToToolCallsRequest {
         session_id: opened.session_id.clone(),
         heartbeat_interval_s: 0,
+        tool_names: vec![],
     };
     let first = client
         .subscribe_to_tool_calls(subscribe.clone())
@@ -646,19 +648,13 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
         .expect("the execute stream")
         .is_some()
     {}
-    // The session's tool calls are free for the next subscription as soon as the host
-    // hears of the drop.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut second = loop {
-        match client.subscribe_to_tool_calls(subscribe.clone()).await {
-            Ok(second) => break second.into_inner(),
-            Err(status) if Instant::now() < deadline => {
-                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(status) => panic!("no second subscription within 5 s: {status:?}"),
-        }
-    };
+    // A second subscription is taken at once (a session may have several); the call the
+    // dropped one was dealt, or that waited, reaches it once the host hears of the drop.
+    let mut second = client
+        .subscribe_to_tool_calls(subscribe.clone())
+        .await
+        .expect("a second subscription")
+        .into_inner();
     let invocation = tokio::time::timeout(Duration::from_secs(10), second.message())
         .await
         .expect("the call reaches the second subscription")
@@ -717,6 +713,7 @@ async fn heartbeats_on(binary: &std::path::Path) {
     let subscribe = |session: &str, heartbeat_interval_s| proto::SubscribeToToolCallsRequest {
         session_id: session.to_owned(),
         heartbeat_interval_s,
+        tool_names: vec![],
     };
     let mut asked_calls = client
         .subscribe_to_tool_calls(subscribe(&ids[0], 1))
@@ -787,6 +784,95 @@ async fn heartbeats_on(binary: &std::path::Path) {
     .expect("the calls' stream ends once the session is closed");
     assert_eq!(calls, [], "an unasked subscription");
     drop((asked, asked_calls));
+}
+
+/// Several subscriptions to one session's tool calls, on our host and on Codex's (0.169
+/// and 0.171) alike: each call goes to one subscription whose `tool_names` filter takes it
+/// (name and namespace, exactly; none: every tool), round-robin in subscription order; a
+/// filter naming a tool without a name is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn several_subscriptions_share_a_sessions_calls_as_codexs_hosts_do() {
+    for host in [our_host(), crate::codex_host(), crate::codex_host_0171()] {
+        let name = |name: &str, namespace: &str| proto::ToolName {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        };
+        let (odd, even, all) = (vec![1, 3, 5], vec![2, 4, 6], vec![1, 2, 3, 4, 5, 6]);
+        for (filter, a, b) in [
+            (vec![], odd.clone(), even.clone()),
+            (vec![name("echo", "")], odd.clone(), even.clone()),
+            (vec![name("other_name", "ns")], even.clone(), odd.clone()),
+            (vec![name("other_name", "")], vec![], all.clone()),
+            (vec![name("other_js", "ns")], vec![], all.clone()),
+        ] {
+            let dealt = deal(&host, filter.clone()).await;
+            assert_eq!(dealt, Ok((a, b)), "{} with {filter:?}", host.display());
+        }
+        let refused = deal(&host, vec![name("", "")]).await;
+        assert_eq!(
+            refused,
+            Err("InvalidArgument: code-mode tool name must not be empty".to_owned()),
+            "{}",
+            host.display()
+        );
+    }
+}
+
+/// On a fresh session of `binary`: subscription A with `filter`, then B with none, and a
+/// cell making six calls at once (`echo` and `ns::other_name`, alternating); the sequence
+/// numbers each subscription got.
+async fn deal(
+    binary: &std::path::Path,
+    filter: Vec<proto::ToolName>,
+) -> Result<(Vec<u64>, Vec<u64>), String> {
+    use codex_code_mode_host::client::tool;
+    let host = spawn(binary, &[]).await;
+    let mut client = host.client.clone();
+    let (_events, opened) = open_raw(&mut client, 2).await;
+    let subscribe = |tool_names| proto::SubscribeToToolCallsRequest {
+        session_id: opened.session_id.clone(),
+        tool_names,
+        heartbeat_interval_s: 0,
+    };
+    let mut a = client
+        .subscribe_to_tool_calls(subscribe(filter))
+        .await
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
+        .into_inner();
+    let mut b = client
+        .subscribe_to_tool_calls(subscribe(vec![]))
+        .await
+        .expect("a second subscription")
+        .into_inner();
+    let mut request = exec_request(
+        "await Promise.all([0, 1, 2].flatMap((i) => [tools.echo({i}), tools.other_js({i})]));",
+    );
+    request.session_id = opened.session_id.clone();
+    request.execution_id = uuid::Uuid::new_v4().to_string();
+    request.tool_call_id = "call".to_owned();
+    request.yield_time_ms = 100;
+    request.enabled_tools = vec![
+        tool("echo", "echo", None),
+        tool("other_js", "other_name", Some("ns")),
+    ];
+    let _execution = client.execute(request).await.expect("the exec");
+    let mut got = (Vec::new(), Vec::new());
+    while got.0.len() + got.1.len() < 6 {
+        let (from_a, call) = tokio::select! {
+            call = a.message() => (true, call),
+            call = b.message() => (false, call),
+            () = tokio::time::sleep(Duration::from_secs(10)) => {
+                panic!("{}: six calls not dealt within 10 s: {got:?}", binary.display())
+            }
+        };
+        let call = call.expect("a call").expect("a call, not the end");
+        if from_a {
+            got.0.push(call.sequence);
+        } else {
+            got.1.push(call.sequence);
+        }
+    }
+    Ok(got)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -167,6 +167,7 @@ async fn subscribe(client: &mut Client, session: &str) -> tonic::Streaming<proto
         client.subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
             session_id: session.to_owned(),
             heartbeat_interval_s: 0,
+            tool_names: vec![],
         }),
     )
     .await

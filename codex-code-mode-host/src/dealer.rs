@@ -1,0 +1,259 @@
+//! A session's tool invocations dealt to its subscriptions (`SubscribeToToolCalls`), as
+//! Codex's hosts (0.169 and 0.171, observed) deal them: a session may have several
+//! subscriptions, each with an optional filter of tool names (name and namespace, exactly);
+//! each invocation goes to one subscription whose filter takes it, round-robin in the
+//! order they subscribed, the turn passing to the one after the one that got it. An
+//! invocation no subscription takes waits for one that does. A subscription that ends
+//! (its client's stream dropped) gives back every invocation it was dealt and had not
+//! sent, first in line again, for the others or the next to come: a client whose stream
+//! broke misses nothing.
+
+use crate::front::{Invocation, ToolName};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::mpsc;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A session's invocations and its subscriptions.
+#[derive(Default)]
+pub(crate) struct Dealer {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Invocations no subscription took yet, oldest first.
+    waiting: VecDeque<Invocation>,
+    /// In the order they subscribed.
+    subscribers: Vec<Subscriber>,
+    /// Where the next turn starts among `subscribers`.
+    turn: usize,
+    next_id: u64,
+}
+
+struct Subscriber {
+    id: u64,
+    /// The tools it takes; empty: every tool.
+    filter: Vec<ToolName>,
+    sender: mpsc::UnboundedSender<Invocation>,
+}
+
+impl Subscriber {
+    fn takes(&self, invocation: &Invocation) -> bool {
+        self.filter.is_empty() || self.filter.contains(&invocation.tool_name)
+    }
+}
+
+impl State {
+    /// Gives `invocation` to the next subscriber in turn that takes it; back if none.
+    fn deal(&mut self, invocation: Invocation) -> Option<Invocation> {
+        let count = self.subscribers.len();
+        let mut invocation = invocation;
+        for step in 0..count {
+            let at = (self.turn + step) % count;
+            let subscriber = &self.subscribers[at];
+            if !subscriber.takes(&invocation) {
+                continue;
+            }
+            match subscriber.sender.send(invocation) {
+                Ok(()) => {
+                    self.turn = (at + 1) % count;
+                    return None;
+                }
+                // Its subscription is ending: it gives its own back as it goes.
+                Err(mpsc::error::SendError(back)) => invocation = back,
+            }
+        }
+        Some(invocation)
+    }
+
+    /// Deals what waits to the subscribers there are, in order; the rest keeps waiting.
+    fn deal_waiting(&mut self) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for invocation in waiting {
+            if let Some(kept) = self.deal(invocation) {
+                self.waiting.push_back(kept);
+            }
+        }
+    }
+}
+
+impl Dealer {
+    /// A new invocation of the session's cells: dealt now, or kept for a subscription.
+    pub(crate) fn deal(&self, invocation: Invocation) {
+        let mut state = lock(&self.state);
+        if let Some(kept) = state.deal(invocation) {
+            state.waiting.push_back(kept);
+        }
+    }
+
+    /// A new subscription taking the tools `filter` names (every tool if it names none);
+    /// it is dealt at once what waits for it.
+    pub(crate) fn subscribe(self: &Arc<Self>, filter: Vec<ToolName>) -> Subscription {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut state = lock(&self.state);
+        let id = state.next_id;
+        state.next_id += 1;
+        state.subscribers.push(Subscriber { id, filter, sender });
+        state.deal_waiting();
+        Subscription {
+            dealer: Arc::clone(self),
+            id,
+            receiver,
+            unsent: Mutex::default(),
+        }
+    }
+
+    /// Subscription `id` ended: what it holds goes first in line again and is dealt anew.
+    fn unsubscribe(&self, id: u64, left: Vec<Invocation>) {
+        let mut state = lock(&self.state);
+        if let Some(at) = state.subscribers.iter().position(|s| s.id == id) {
+            state.subscribers.remove(at);
+            if state.turn > at {
+                state.turn -= 1;
+            }
+            let count = state.subscribers.len();
+            if state.turn >= count {
+                state.turn = 0;
+            }
+        }
+        for invocation in left.into_iter().rev() {
+            state.waiting.push_front(invocation);
+        }
+        state.deal_waiting();
+    }
+}
+
+/// One subscription's share of a session's invocations ([`Dealer::subscribe`]).
+pub struct Subscription {
+    dealer: Arc<Dealer>,
+    id: u64,
+    receiver: mpsc::UnboundedReceiver<Invocation>,
+    /// Taken by `recv` but not sent ([`Subscription::give_back`]): next first.
+    unsent: Mutex<VecDeque<Invocation>>,
+}
+
+impl Subscription {
+    /// The next invocation dealt to it.
+    pub async fn recv(&mut self) -> Option<Invocation> {
+        if let Some(invocation) = lock(&self.unsent).pop_front() {
+            return Some(invocation);
+        }
+        self.receiver.recv().await
+    }
+
+    /// `invocation`, taken by [`Subscription::recv`], was not sent: it comes first again
+    /// (here, or to the others once this subscription ends).
+    pub fn give_back(&self, invocation: Invocation) {
+        lock(&self.unsent).push_front(invocation);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut left: Vec<Invocation> = lock(&self.unsent).drain(..).collect();
+        self.receiver.close();
+        while let Ok(invocation) = self.receiver.try_recv() {
+            left.push(invocation);
+        }
+        self.dealer.unsubscribe(self.id, left);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use code_mode_host::protocol::ToolKind;
+
+    fn call(sequence: u64, name: &str, namespace: Option<&str>) -> Invocation {
+        Invocation {
+            session_id: "s".to_owned(),
+            execution_id: "e".to_owned(),
+            cell_id: "1".to_owned(),
+            invocation_id: format!("i{sequence}"),
+            runtime_tool_call_id: String::new(),
+            tool_name: ToolName {
+                name: name.to_owned(),
+                namespace: namespace.map(str::to_owned),
+            },
+            kind: ToolKind::Function,
+            input_json: String::new(),
+            sequence,
+            traceparent: None,
+        }
+    }
+
+    fn name(name: &str, namespace: Option<&str>) -> ToolName {
+        ToolName {
+            name: name.to_owned(),
+            namespace: namespace.map(str::to_owned),
+        }
+    }
+
+    /// What `subscription` holds now, by sequence.
+    fn drained(subscription: &mut Subscription) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while let Ok(invocation) = subscription.receiver.try_recv() {
+            seen.push(invocation.sequence);
+        }
+        seen
+    }
+
+    /// Six calls alternating `echo` and `ns::other`, dealt to A (with `filter`) and B.
+    fn dealt(filter: Vec<ToolName>) -> (Vec<u64>, Vec<u64>) {
+        let dealer = Arc::new(Dealer::default());
+        let mut a = dealer.subscribe(filter);
+        let mut b = dealer.subscribe(Vec::new());
+        for sequence in 1..=6 {
+            let invocation = if sequence % 2 == 1 {
+                call(sequence, "echo", None)
+            } else {
+                call(sequence, "other", Some("ns"))
+            };
+            dealer.deal(invocation);
+        }
+        (drained(&mut a), drained(&mut b))
+    }
+
+    /// The deals Codex 0.171's host made in the same runs (seen with its binary).
+    #[test]
+    fn calls_are_dealt_round_robin_among_the_subscriptions_whose_filter_takes_them() {
+        let odd = vec![1, 3, 5];
+        let even = vec![2, 4, 6];
+        assert_eq!(dealt(Vec::new()), (odd.clone(), even.clone()));
+        assert_eq!(dealt(vec![name("echo", None)]), (odd.clone(), even.clone()));
+        assert_eq!(
+            dealt(vec![name("other", Some("ns"))]),
+            (even.clone(), odd.clone())
+        );
+        assert_eq!(
+            dealt(vec![name("echo", None), name("other", Some("ns"))]),
+            (odd, even)
+        );
+        // Name and namespace must both match.
+        let all = vec![1, 2, 3, 4, 5, 6];
+        assert_eq!(dealt(vec![name("other", None)]), (vec![], all.clone()));
+        assert_eq!(dealt(vec![name("nothing", Some("zz"))]), (vec![], all));
+    }
+
+    #[test]
+    fn a_call_nobody_takes_waits_and_an_ended_subscription_gives_back_what_it_held() {
+        let dealer = Arc::new(Dealer::default());
+        let only_other = dealer.subscribe(vec![name("other", Some("ns"))]);
+        dealer.deal(call(1, "echo", None));
+        dealer.deal(call(2, "other", Some("ns")));
+        let mut any = dealer.subscribe(Vec::new());
+        assert_eq!(drained(&mut any), [1], "the waiting call, dealt at once");
+        // A holds call 2, unsent, and one taken and given back: both go to the other.
+        only_other.give_back(call(0, "other", Some("ns")));
+        drop(only_other);
+        assert_eq!(drained(&mut any), [0, 2]);
+        drop(any);
+        dealer.deal(call(3, "echo", None));
+        let mut late = dealer.subscribe(Vec::new());
+        assert_eq!(drained(&mut late), [3]);
+    }
+}
