@@ -1024,10 +1024,16 @@ mod tests {
         for number in 1..=CLOSED_CELLS_KEPT as u64 + 1000 {
             assert!(closed.insert(CellId::new(number)));
         }
-        assert!(!closed.insert(CellId::new(CLOSED_CELLS_KEPT as u64 + 1000)), "twice");
+        assert!(
+            !closed.insert(CellId::new(CLOSED_CELLS_KEPT as u64 + 1000)),
+            "twice"
+        );
         assert_eq!(closed.ids.len(), CLOSED_CELLS_KEPT);
         assert_eq!(closed.order.len(), CLOSED_CELLS_KEPT);
-        assert!(!closed.contains(&CellId::new(1000)), "the oldest are forgotten");
+        assert!(
+            !closed.contains(&CellId::new(1000)),
+            "the oldest are forgotten"
+        );
         assert!(closed.contains(&CellId::new(1001)));
         assert!(closed.contains(&CellId::new(CLOSED_CELLS_KEPT as u64 + 1000)));
     }
