@@ -596,9 +596,15 @@ impl FrontSession {
             && let Some((_, set)) = &*catalog
         {
             // A known revision: nothing of the list is read, built or compared.
+            tracing::debug!(revision, "an exec's tools taken from the session's catalog");
             return Ok((Arc::clone(&set.map), Arc::clone(&set.definitions)));
         }
         let set = self.tool_set(tools)?;
+        tracing::debug!(
+            revision,
+            tools = set.tools.len(),
+            "an exec's tools kept as the session's catalog"
+        );
         *catalog = Some((revision, set.clone()));
         Ok((set.map, set.definitions))
     }

@@ -728,6 +728,7 @@ where
     if every_s == 0 {
         return stream;
     }
+    tracing::debug!(every_s, "a stream with heartbeats");
     let every = Duration::from_secs(every_s.min(MAX_HEARTBEAT_INTERVAL_S));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

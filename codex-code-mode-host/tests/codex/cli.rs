@@ -196,7 +196,11 @@ fn link_or_copy(from: &Path, to: &Path) {
 }
 
 fn layout(name: &str) -> Layout {
-    let package = crate::codex_package();
+    layout_of(name, &crate::codex_package())
+}
+
+/// A layout of the codex in npm's `package` directory, with our host installed beside it.
+fn layout_of(name: &str, package: &Path) -> Layout {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("codex-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -224,7 +228,12 @@ fn layout(name: &str) -> Layout {
 
 /// The config a layout's codex reads: the scripted model on `port`, code mode on.
 fn write_config(layout: &Layout, port: u16) {
-    let config = format!(
+    write_config_with(layout, port, "");
+}
+
+/// [`write_config`] with `more` at its end (tables of codex's config).
+fn write_config_with(layout: &Layout, port: u16, more: &str) {
+    let mut config = format!(
         r#"model = "fake-model"
 model_provider = "fake"
 approval_policy = "never"
@@ -246,6 +255,7 @@ code_mode = true
 enabled = false
 "#
     );
+    config.push_str(more);
     std::fs::write(layout.root.join("home/config.toml"), config).unwrap();
 }
 
@@ -261,8 +271,18 @@ async fn run_turn_in(
     steps: Vec<Step>,
     env: &[(&str, &Path)],
 ) -> (Vec<Value>, String) {
+    run_turn_with(layout, steps, env, "").await
+}
+
+/// [`run_turn_in`] with `more` at the end of codex's config.
+async fn run_turn_with(
+    layout: &Layout,
+    steps: Vec<Step>,
+    env: &[(&str, &Path)],
+    more: &str,
+) -> (Vec<Value>, String) {
     let server = model_server(steps).await;
-    write_config(layout, server.port);
+    write_config_with(layout, server.port, more);
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(120),
         tokio::process::Command::new(layout.root.join("pkg/bin/codex"))
@@ -363,25 +383,117 @@ const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+
 
 #[tokio::test(flavor = "multi_thread")]
 async fn codex_runs_every_scenario_on_our_host() {
-    let (requests, stdout) = run_turn(
-        "scenarios",
-        vec![
-            exec_call("call_1", r#"const r = await tools.exec_command({cmd: "echo hi"}); text(JSON.parse(typeof r === "string" ? r : JSON.stringify(r)).output ?? r);"#),
-            exec_call("call_2", r#"store("answer", {n: 41}); text("stored");"#),
-            exec_call("call_3", r#"text(load("answer").n + 1);"#),
-            exec_call("call_4", "// @exec: {\"yield_time_ms\": 300}\ntext(\"before sleep\"); await new Promise(r => setTimeout(r, 1500)); text(\"after sleep\");"),
-            wait_call("call_5", json!({"cell_id": "4", "yield_time_ms": 10000})),
-            exec_call("call_6", "// @exec: {\"yield_time_ms\": 300}\ntext(\"long\"); await new Promise(r => setTimeout(r, 60000));"),
-            wait_call("call_7", json!({"cell_id": "5", "terminate": true})),
-            exec_call("call_8", r#"notify("hello from notify"); text("notified");"#),
-            exec_call("call_9", &format!(r#"image("data:image/png;base64,{PNG}");"#)),
-            exec_call("call_10", "text(\"about to throw\");\nthrow new Error(\"boom\");"),
-            exec_call("call_11", "// @exec: {\"max_output_tokens\": 10}\ntext(\"x\".repeat(100));"),
-            message("done"),
-        ],
+    let (requests, stdout) = run_turn("scenarios", scenarios()).await;
+    check_scenarios(&requests, &stdout);
+}
+
+/// Codex 0.171.0 with heartbeats on (`[code_mode] heartbeat_interval_s = 1`): every
+/// scenario as with 0.169, our host advertising catalog revisions, so that 0.171 tags each
+/// exec with one and sends its tools only when they change (a later exec calls a tool
+/// again through the kept catalog), and heartbeats flow on both streams throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_0171_runs_every_scenario_with_revisions_and_heartbeats() {
+    let package = crate::codex_host_0171()
+        .parent()
+        .and_then(Path::parent)
+        .expect("the package directory")
+        .to_path_buf();
+    let layout = layout_of("scenarios-0171", &package);
+    // Our host's log at debug, by a wrapper in its place that keeps its stderr (codex
+    // keeps no host's): it says how each exec got its tools, and which streams beat.
+    let log = layout.root.join("host.log");
+    let host = layout.root.join("pkg/codex-resources/codex-code-mode-host");
+    let real = layout.root.join("pkg/codex-resources/our-host");
+    std::fs::rename(&host, &real).expect("the installed host");
+    std::fs::write(
+        &host,
+        format!(
+            "#!/bin/sh\nexec '{}' \"$@\" 2>>'{}'\n",
+            real.display(),
+            log.display()
+        ),
     )
-    .await;
-    let out = |call: &str| output_for(&requests, call);
+    .expect("the wrapper");
+    std::fs::set_permissions(&host, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("the wrapper runs");
+    let mut steps = scenarios();
+    let done = steps.pop().expect("the last message");
+    steps.push(exec_call(
+        "call_12",
+        r#"const r = await tools.exec_command({cmd: "echo again"}); text(JSON.stringify(r).includes("again"));"#,
+    ));
+    steps.push(done);
+    let heartbeats = "\n[code_mode]\nheartbeat_interval_s = 1\n";
+    let debug = [(
+        "CODEX_CODE_MODE_HOST_LOG",
+        Path::new("codex_code_mode_host=debug"),
+    )];
+    let (requests, stdout) = run_turn_with(&layout, steps, &debug, heartbeats).await;
+    check_scenarios(&requests, &stdout);
+    let again = output_for(&requests, "call_12");
+    assert_eq!(
+        again[1..],
+        ["true"],
+        "a tool through the kept catalog: {again:?}"
+    );
+    let log = std::fs::read_to_string(&log).expect("the host's log");
+    let count = |what: &str| log.lines().filter(|line| line.contains(what)).count();
+    assert_eq!(
+        count("an exec's tools kept as the session's catalog"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        count("an exec's tools taken from the session's catalog"),
+        9,
+        "the nine execs after the first, under the kept catalog: {log}"
+    );
+    assert_eq!(count("a stream with heartbeats"), 2, "both streams: {log}");
+}
+
+/// The turn every scenario runs in: tools, stored values, yields and waits, termination,
+/// notifications, images, a throw and truncation.
+fn scenarios() -> Vec<Step> {
+    vec![
+        exec_call(
+            "call_1",
+            r#"const r = await tools.exec_command({cmd: "echo hi"}); text(JSON.parse(typeof r === "string" ? r : JSON.stringify(r)).output ?? r);"#,
+        ),
+        exec_call("call_2", r#"store("answer", {n: 41}); text("stored");"#),
+        exec_call("call_3", r#"text(load("answer").n + 1);"#),
+        exec_call(
+            "call_4",
+            "// @exec: {\"yield_time_ms\": 300}\ntext(\"before sleep\"); await new Promise(r => setTimeout(r, 1500)); text(\"after sleep\");",
+        ),
+        wait_call("call_5", json!({"cell_id": "4", "yield_time_ms": 10000})),
+        exec_call(
+            "call_6",
+            "// @exec: {\"yield_time_ms\": 300}\ntext(\"long\"); await new Promise(r => setTimeout(r, 60000));",
+        ),
+        wait_call("call_7", json!({"cell_id": "5", "terminate": true})),
+        exec_call(
+            "call_8",
+            r#"notify("hello from notify"); text("notified");"#,
+        ),
+        exec_call(
+            "call_9",
+            &format!(r#"image("data:image/png;base64,{PNG}");"#),
+        ),
+        exec_call(
+            "call_10",
+            "text(\"about to throw\");\nthrow new Error(\"boom\");",
+        ),
+        exec_call(
+            "call_11",
+            "// @exec: {\"max_output_tokens\": 10}\ntext(\"x\".repeat(100));",
+        ),
+        message("done"),
+    ]
+}
+
+/// What [`scenarios`] must give the model.
+fn check_scenarios(requests: &[Value], stdout: &str) {
+    let out = |call: &str| output_for(requests, call);
     let first = out("call_1");
     assert_eq!(header(&first), "Script completed", "{first:?}\n{stdout}");
     assert!(
