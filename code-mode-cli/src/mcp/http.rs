@@ -450,19 +450,7 @@ async fn handle(
         (None, _) => None,
     };
     let resuming = method == http::Method::GET && request.headers().contains_key(LAST_EVENT_ID);
-    // A request's stream kept here after its connection broke (rmcp's is gone by then),
-    // resumed only by the principal whose open session it is.
-    // A browser's request (it has an `Origin`) goes to rmcp, which checks the origin.
-    if resuming
-        && !request.headers().contains_key(http::header::ORIGIN)
-        && let Some(id) = session.as_deref()
-        && matches!(front.sessions.owner(id), Owner::Of(_))
-        && let Some(last) = request
-            .headers()
-            .get(LAST_EVENT_ID)
-            .and_then(|value| value.to_str().ok())
-        && let Some(resumed) = front.recordings.resume(id, last)
-    {
+    if resuming && let Some(resumed) = resumed_here(front, &request, session.as_deref()) {
         return finish(resumed, &method, in_flight);
     }
     let mut service = front.service.clone();
@@ -484,6 +472,26 @@ async fn handle(
         _ => response,
     };
     finish(response, &method, in_flight)
+}
+
+/// A request's stream kept here after its connection broke (rmcp's is gone by then),
+/// resumed with `Last-Event-ID`, only by the principal whose open session it is (another's
+/// `session` is an id nobody has by now). A browser's request (it has an `Origin`) goes to
+/// rmcp, which checks the origin.
+fn resumed_here(
+    front: &Front,
+    request: &hyper::Request<hyper::body::Incoming>,
+    session: Option<&str>,
+) -> Option<hyper::Response<Body>> {
+    if request.headers().contains_key(http::header::ORIGIN) {
+        return None;
+    }
+    let id = session?;
+    if !matches!(front.sessions.owner(id), Owner::Of(_)) {
+        return None;
+    }
+    let last = request.headers().get(LAST_EVENT_ID)?.to_str().ok()?;
+    front.recordings.resume(id, last)
 }
 
 /// The header a client resumes an event stream with.

@@ -15,9 +15,10 @@ const PARKED: usize = 50;
 /// (taken by cells, then made again by its keeper).
 const POOL_SLACK: usize = 8;
 
-/// The runtime process of the server `pid` (its one child).
+/// The runtime process of the server `pid`: its one child that is `code-mode-bin` (its
+/// tools' processes are children too).
 pub(super) fn runtime_of(pid: u32) -> u32 {
-    let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+    let runtimes: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("the server's tasks")
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
         .flat_map(|list| {
@@ -25,9 +26,13 @@ pub(super) fn runtime_of(pid: u32) -> u32 {
                 .filter_map(|pid| pid.parse().ok())
                 .collect::<Vec<u32>>()
         })
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/comm"))
+                .is_ok_and(|comm| comm.trim() == "code-mode-bin")
+        })
         .collect();
-    assert_eq!(children.len(), 1, "one runtime process: {children:?}");
-    children[0]
+    assert_eq!(runtimes.len(), 1, "one runtime process: {runtimes:?}");
+    runtimes[0]
 }
 
 fn threads(pid: u32) -> usize {
@@ -186,7 +191,7 @@ fn mcp_parking(args: &[&str]) -> (McpStdio, u32, usize) {
         .send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
     let warm = server.exec(2, "text('warm')");
     assert!(warm.to_string().contains("warm"), "{warm}");
-    let runtime = runtime_child(server.0.child.id());
+    let runtime = runtime_of(server.0.child.id());
     let before = threads(runtime);
     for n in 0..PARKED as u64 {
         let parked = server.exec(
@@ -227,24 +232,4 @@ impl McpStdio {
         let _ = self.0.child.kill();
         let _ = self.0.child.wait();
     }
-}
-
-/// The runtime process among the children of the server `pid` (its tools' processes are
-/// children too).
-fn runtime_child(pid: u32) -> u32 {
-    let runtimes: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("the server's tasks")
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|pid| pid.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/comm"))
-                .is_ok_and(|comm| comm.trim() == "code-mode-bin")
-        })
-        .collect();
-    assert_eq!(runtimes.len(), 1, "one runtime process: {runtimes:?}");
-    runtimes[0]
 }

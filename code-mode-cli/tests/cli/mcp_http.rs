@@ -591,7 +591,16 @@ fn replica_args(
     ran: &std::path::Path,
     lease: &str,
 ) -> Vec<String> {
-    let tools = slow_tool(scratch, ran);
+    replica_args_with(&slow_tool(scratch, ran), cluster, lease)
+}
+
+/// The arguments of `mcp --http` replicas on `cluster` with the tools file `tools` and a
+/// lease of `lease`.
+fn replica_args_with(
+    tools: &std::path::Path,
+    cluster: &code_mode_conformance::PgCluster,
+    lease: &str,
+) -> Vec<String> {
     [
         "mcp",
         "--http",
@@ -1030,17 +1039,8 @@ fn a_replica_killed_under_many_sdk_clients_loses_no_cell_and_runs_no_call_twice(
             script.display()
         ),
     );
-    let args = [
-        "mcp",
-        "--http",
-        "127.0.0.1:0",
-        "--tools",
-        tools.to_str().unwrap(),
-        "--state-url",
-        &cluster.url,
-        "--state-lease",
-        "5s",
-    ];
+    let owned = replica_args_with(&tools, &cluster, "5s");
+    let args = strs(&owned);
     let mut replicas: Vec<HttpServer> = (0..3)
         .map(|_| HttpServer::start(&args, &[]).expect("a replica starts"))
         .collect();

@@ -237,6 +237,16 @@ async fn close(client: &mut Client, session: &str, runner: Runner) -> Served {
         .await
 }
 
+/// No answer the client sent, before or after the restart, was refused.
+fn every_answer_taken(before: &[Result<(), tonic::Status>], after: &[Result<(), tonic::Status>]) {
+    let refused: Vec<_> = before
+        .iter()
+        .chain(after)
+        .filter_map(|reply| reply.as_ref().err())
+        .collect();
+    assert!(refused.is_empty(), "every answer is taken: {refused:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_session_goes_on_after_the_host_was_killed() {
     let scratch = Scratch::new();
@@ -379,12 +389,7 @@ text("got " + r.v); store("k2", r.v);"#,
         after.streamed.is_empty() && after.end.is_none(),
         "nothing streamed after the restart, to the stream's clean end: {after:?}"
     );
-    let refused: Vec<_> = answers
-        .iter()
-        .chain(&after.answers)
-        .filter_map(|reply| reply.as_ref().err())
-        .collect();
-    assert!(refused.is_empty(), "every answer is taken: {refused:?}");
+    every_answer_taken(&answers, &after.answers);
     bounded("the host's stop", host.stop()).await;
 }
 
@@ -470,12 +475,6 @@ text(a.size + " " + b.n);"#,
     }
     assert_eq!(after.streamed, [r#"{"n":2}"#], "{after:?}");
     assert!(after.end.is_none(), "the stream ended cleanly: {after:?}");
-    let refused: Vec<_> = before
-        .answers
-        .iter()
-        .chain(&after.answers)
-        .filter_map(|reply| reply.as_ref().err())
-        .collect();
-    assert!(refused.is_empty(), "every answer is taken: {refused:?}");
+    every_answer_taken(&before.answers, &after.answers);
     bounded("the host's stop", host.stop()).await;
 }
