@@ -8,7 +8,6 @@
 //! sent, first in line again, for the others or the next to come: a client whose stream
 //! broke misses nothing.
 
-use crate::front::{Invocation, ToolName};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::mpsc;
@@ -17,39 +16,57 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A session's invocations and its subscriptions.
-#[derive(Default)]
-pub(crate) struct Dealer {
-    state: Mutex<State>,
+/// What is dealt: an invocation, known by its tool's name.
+pub trait Dealt: Send + 'static {
+    /// A tool's name, as a filter names it.
+    type Name: PartialEq + Send + 'static;
+    fn name(&self) -> &Self::Name;
 }
 
-#[derive(Default)]
-struct State {
+/// A session's invocations and its subscriptions.
+pub(crate) struct Dealer<T: Dealt> {
+    state: Mutex<State<T>>,
+}
+
+impl<T: Dealt> Default for Dealer<T> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                waiting: VecDeque::new(),
+                subscribers: Vec::new(),
+                turn: 0,
+                next_id: 0,
+            }),
+        }
+    }
+}
+
+struct State<T: Dealt> {
     /// Invocations no subscription took yet, oldest first.
-    waiting: VecDeque<Invocation>,
+    waiting: VecDeque<T>,
     /// In the order they subscribed.
-    subscribers: Vec<Subscriber>,
+    subscribers: Vec<Subscriber<T>>,
     /// Where the next turn starts among `subscribers`.
     turn: usize,
     next_id: u64,
 }
 
-struct Subscriber {
+struct Subscriber<T: Dealt> {
     id: u64,
     /// The tools it takes; empty: every tool.
-    filter: Vec<ToolName>,
-    sender: mpsc::UnboundedSender<Invocation>,
+    filter: Vec<T::Name>,
+    sender: mpsc::UnboundedSender<T>,
 }
 
-impl Subscriber {
-    fn takes(&self, invocation: &Invocation) -> bool {
-        self.filter.is_empty() || self.filter.contains(&invocation.tool_name)
+impl<T: Dealt> Subscriber<T> {
+    fn takes(&self, invocation: &T) -> bool {
+        self.filter.is_empty() || self.filter.contains(invocation.name())
     }
 }
 
-impl State {
+impl<T: Dealt> State<T> {
     /// Gives `invocation` to the next subscriber in turn that takes it; back if none.
-    fn deal(&mut self, invocation: Invocation) -> Option<Invocation> {
+    fn deal(&mut self, invocation: T) -> Option<T> {
         let count = self.subscribers.len();
         let mut invocation = invocation;
         for step in 0..count {
@@ -81,9 +98,9 @@ impl State {
     }
 }
 
-impl Dealer {
+impl<T: Dealt> Dealer<T> {
     /// A new invocation of the session's cells: dealt now, or kept for a subscription.
-    pub(crate) fn deal(&self, invocation: Invocation) {
+    pub(crate) fn deal(&self, invocation: T) {
         let mut state = lock(&self.state);
         if let Some(kept) = state.deal(invocation) {
             state.waiting.push_back(kept);
@@ -92,7 +109,7 @@ impl Dealer {
 
     /// A new subscription taking the tools `filter` names (every tool if it names none);
     /// it is dealt at once what waits for it.
-    pub(crate) fn subscribe(self: &Arc<Self>, filter: Vec<ToolName>) -> Subscription {
+    pub(crate) fn subscribe(self: &Arc<Self>, filter: Vec<T::Name>) -> Subscription<T> {
         let (sender, receiver) = mpsc::unbounded_channel();
         let mut state = lock(&self.state);
         let id = state.next_id;
@@ -108,7 +125,7 @@ impl Dealer {
     }
 
     /// Subscription `id` ended: what it holds goes first in line again and is dealt anew.
-    fn unsubscribe(&self, id: u64, left: Vec<Invocation>) {
+    fn unsubscribe(&self, id: u64, left: Vec<T>) {
         let mut state = lock(&self.state);
         if let Some(at) = state.subscribers.iter().position(|s| s.id == id) {
             state.subscribers.remove(at);
@@ -127,18 +144,18 @@ impl Dealer {
     }
 }
 
-/// One subscription's share of a session's invocations ([`Dealer::subscribe`]).
-pub struct Subscription {
-    dealer: Arc<Dealer>,
+/// One subscription's share of a session's invocations (`FrontSession::invocations`).
+pub struct Subscription<T: Dealt> {
+    dealer: Arc<Dealer<T>>,
     id: u64,
-    receiver: mpsc::UnboundedReceiver<Invocation>,
+    receiver: mpsc::UnboundedReceiver<T>,
     /// Taken by `recv` but not sent ([`Subscription::give_back`]): next first.
-    unsent: Mutex<VecDeque<Invocation>>,
+    unsent: Mutex<VecDeque<T>>,
 }
 
-impl Subscription {
+impl<T: Dealt> Subscription<T> {
     /// The next invocation dealt to it.
-    pub async fn recv(&mut self) -> Option<Invocation> {
+    pub async fn recv(&mut self) -> Option<T> {
         if let Some(invocation) = lock(&self.unsent).pop_front() {
             return Some(invocation);
         }
@@ -147,14 +164,14 @@ impl Subscription {
 
     /// `invocation`, taken by [`Subscription::recv`], was not sent: it comes first again
     /// (here, or to the others once this subscription ends).
-    pub fn give_back(&self, invocation: Invocation) {
+    pub fn give_back(&self, invocation: T) {
         lock(&self.unsent).push_front(invocation);
     }
 }
 
-impl Drop for Subscription {
+impl<T: Dealt> Drop for Subscription<T> {
     fn drop(&mut self) {
-        let mut left: Vec<Invocation> = lock(&self.unsent).drain(..).collect();
+        let mut left: Vec<T> = lock(&self.unsent).drain(..).collect();
         self.receiver.close();
         while let Ok(invocation) = self.receiver.try_recv() {
             left.push(invocation);
@@ -166,44 +183,36 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use code_mode_host::protocol::ToolKind;
 
-    fn call(sequence: u64, name: &str, namespace: Option<&str>) -> Invocation {
-        Invocation {
-            session_id: "s".to_owned(),
-            execution_id: "e".to_owned(),
-            cell_id: "1".to_owned(),
-            invocation_id: format!("i{sequence}"),
-            runtime_tool_call_id: String::new(),
-            tool_name: ToolName {
-                name: name.to_owned(),
-                namespace: namespace.map(str::to_owned),
-            },
-            kind: ToolKind::Function,
-            input_json: String::new(),
-            sequence,
-            traceparent: None,
+    /// A call: its sequence number and its tool's (name, namespace).
+    struct Call(u64, (String, Option<String>));
+
+    impl Dealt for Call {
+        type Name = (String, Option<String>);
+        fn name(&self) -> &Self::Name {
+            &self.1
         }
     }
 
-    fn name(name: &str, namespace: Option<&str>) -> ToolName {
-        ToolName {
-            name: name.to_owned(),
-            namespace: namespace.map(str::to_owned),
-        }
+    fn name(name: &str, namespace: Option<&str>) -> (String, Option<String>) {
+        (name.to_owned(), namespace.map(str::to_owned))
+    }
+
+    fn call(sequence: u64, tool: &str, namespace: Option<&str>) -> Call {
+        Call(sequence, name(tool, namespace))
     }
 
     /// What `subscription` holds now, by sequence.
-    fn drained(subscription: &mut Subscription) -> Vec<u64> {
+    fn drained(subscription: &mut Subscription<Call>) -> Vec<u64> {
         let mut seen = Vec::new();
         while let Ok(invocation) = subscription.receiver.try_recv() {
-            seen.push(invocation.sequence);
+            seen.push(invocation.0);
         }
         seen
     }
 
     /// Six calls alternating `echo` and `ns::other`, dealt to A (with `filter`) and B.
-    fn dealt(filter: Vec<ToolName>) -> (Vec<u64>, Vec<u64>) {
+    fn dealt(filter: Vec<(String, Option<String>)>) -> (Vec<u64>, Vec<u64>) {
         let dealer = Arc::new(Dealer::default());
         let mut a = dealer.subscribe(filter);
         let mut b = dealer.subscribe(Vec::new());

@@ -14,7 +14,7 @@
 
 use crate::admission::{self, Admission, Counted};
 use crate::bound;
-use crate::dealer::{Dealer, Subscription};
+use crate::dealer::{Dealer, Dealt, Subscription};
 pub use crate::state::Owner;
 use crate::state::{
     Checkpointed, CodexState, KeptCatalog, KeptCatalogTool, KeptCell, KeptSession, KeptTool, Orphan,
@@ -246,7 +246,7 @@ pub struct Execution {
     pub source: String,
     pub tools: Vec<EnabledTool>,
     /// Codex 0.171's tool-catalog revision: with tools, they are the session's catalog
-    /// under it; without, the catalog it names is used (see [`Front::check_catalog`]).
+    /// under it; without, the catalog it names is used (see [`Front::claim_execution`]).
     pub catalog_revision: Option<u64>,
     pub yield_time_ms: Option<u64>,
     pub max_output_tokens: Option<u64>,
@@ -328,12 +328,19 @@ impl<T: Send + 'static> Source<T> for Lease<T> {
     }
 }
 
-impl Source<Invocation> for Subscription {
+impl Source<Invocation> for Subscription<Invocation> {
     fn recv(&mut self) -> impl std::future::Future<Output = Option<Invocation>> + Send {
         Subscription::recv(self)
     }
     fn give_back(&self, item: Invocation) {
         Subscription::give_back(self, item);
+    }
+}
+
+impl Dealt for Invocation {
+    type Name = ToolName;
+    fn name(&self) -> &ToolName {
+        &self.tool_name
     }
 }
 
@@ -529,7 +536,7 @@ pub struct FrontSession {
     session: Arc<dyn DurableSession>,
     state: Mutex<SessionState>,
     events: Leased<SessionEvent>,
-    invocations: Arc<Dealer>,
+    invocations: Arc<Dealer<Invocation>>,
     /// Ends the session's streams when the session is closed.
     closed: CancellationToken,
     /// The client identity that opened it (kept in a state directory).
@@ -704,7 +711,7 @@ impl FrontSession {
     /// A subscription to the session's tool invocations: those of the tools `filter`
     /// names (every tool if none), dealt round-robin among its subscriptions
     /// ([`crate::dealer`]).
-    pub fn invocations(&self, filter: Vec<ToolName>) -> Subscription {
+    pub fn invocations(&self, filter: Vec<ToolName>) -> Subscription<Invocation> {
         self.invocations.subscribe(filter)
     }
 
@@ -1261,7 +1268,7 @@ impl Front {
 
     /// Checks an execution before it starts, as codex's host does before it answers:
     /// a tool call id is required, its catalog revision must be one the session can use
-    /// ([`check_catalog`]) and an execution id is used once. Call it first; its errors are
+    /// (as Codex 0.171's host checks it) and an execution id is used once. Call it first; its errors are
     /// the call's status.
     pub fn claim_execution(
         &self,
