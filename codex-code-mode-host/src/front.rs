@@ -1268,8 +1268,8 @@ impl Front {
 
     /// Checks an execution before it starts, as codex's host does before it answers:
     /// a tool call id is required, its catalog revision must be one the session can use
-    /// (as Codex 0.171's host checks it) and an execution id is used once. Call it first; its errors are
-    /// the call's status.
+    /// (as Codex 0.171's host checks it) and an execution id is used once. Call it first;
+    /// its errors are the call's status.
     pub fn claim_execution(
         &self,
         session: &FrontSession,

@@ -4,7 +4,7 @@
 //! every session event must be the same. Where codex's host cannot run a cell (the heap
 //! bomb kills it), the conformance tests say what ours does instead.
 
-use crate::{codex_host, corpus_tools, open, our_host, spawn};
+use crate::{corpus_tools, open, our_host, spawn};
 use codex_code_mode_host::client::{Driver, exec_request, render_outcome};
 use codex_code_mode_host::proto;
 
@@ -329,8 +329,15 @@ async fn run_corpus(binary: &std::path::Path, truncation: i32) -> Vec<String> {
 }
 
 async fn compare(truncation: i32) {
-    let (codex, our) = (codex_host(), our_host());
-    let (theirs, ours) = tokio::join!(run_corpus(&codex, truncation), run_corpus(&our, truncation));
+    for codex in crate::codex_hosts() {
+        compare_with(&codex, truncation).await;
+    }
+}
+
+/// The corpus on `codex`'s host and on ours, line for line.
+async fn compare_with(codex: &std::path::Path, truncation: i32) {
+    let our = our_host();
+    let (theirs, ours) = tokio::join!(run_corpus(codex, truncation), run_corpus(&our, truncation));
     let mut differences = Vec::new();
     for index in 0..theirs.len().max(ours.len()) {
         let (a, b) = (theirs.get(index), ours.get(index));
@@ -344,8 +351,9 @@ async fn compare(truncation: i32) {
     }
     assert!(
         differences.is_empty(),
-        "{} lines differ (truncation mode {truncation}):\n{}",
+        "{} lines differ from {} (truncation mode {truncation}):\n{}",
         differences.len(),
+        codex.display(),
         differences.join("\n\n")
     );
     assert!(theirs.len() > corpus().len(), "the corpus ran");
@@ -526,12 +534,21 @@ async fn terminate_while_observed(binary: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminated_cells_observer_gets_what_codexs_host_gives() {
-    let (codex, our) = (codex_host(), our_host());
-    let (theirs, ours) = tokio::join!(
-        terminate_while_observed(&codex),
-        terminate_while_observed(&our)
-    );
-    assert_eq!(ours, theirs, "ours (left) against codex's host (right)");
+    let our = our_host();
+    let mut ours = Vec::new();
+    for codex in crate::codex_hosts() {
+        let theirs;
+        (theirs, ours) = tokio::join!(
+            terminate_while_observed(&codex),
+            terminate_while_observed(&our)
+        );
+        assert_eq!(
+            ours,
+            theirs,
+            "ours (left) against {} (right)",
+            codex.display()
+        );
+    }
     // Whatever codex's host does, an observer of a terminated cell is told it was
     // terminated, never an error (contract 3.7).
     assert!(

@@ -200,10 +200,12 @@ async fn conversation(binary: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_json_protocol_matches_codexs_host() {
-    let (codex, ours) = (crate::codex_host(), crate::our_host());
-    let (theirs, mine) = tokio::join!(conversation(&codex), conversation(&ours));
-    assert!(theirs.len() > 20, "{theirs:#?}");
-    assert_eq!(theirs, mine);
+    for codex in crate::codex_hosts() {
+        let ours = crate::our_host();
+        let (theirs, mine) = tokio::join!(conversation(&codex), conversation(&ours));
+        assert!(theirs.len() > 20, "{theirs:#?}");
+        assert_eq!(theirs, mine, "against {}", codex.display());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -45,11 +45,16 @@ pub fn spawn_child(
         .unwrap_or_else(|error| panic!("spawning {}: {error}", binary.display()))
 }
 
-/// The npm package directory of codex's Linux binaries.
+/// The npm package directory of codex's Linux binaries: 0.169.0's, or the one
+/// `CODE_MODE_CODEX_PACKAGE` names (`scripts/codex-latest.sh`: npm's newest).
 pub fn codex_package() -> PathBuf {
-    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
-        "tests/codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl",
-    );
+    let package = std::env::var_os("CODE_MODE_CODEX_PACKAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
+                "tests/codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl",
+            )
+        });
     assert!(
         package.join("bin/codex").is_file(),
         "codex 0.169.0 is not installed at {}: run scripts/test-deps.sh",
@@ -63,11 +68,21 @@ pub fn codex_host() -> PathBuf {
     codex_package().join("bin/codex-code-mode-host")
 }
 
-/// Codex 0.171.0's own host binary: the oracle of what 0.171 added.
+/// Both of Codex's own hosts the differential runs against: 0.169.0's and 0.171.0's.
+pub fn codex_hosts() -> [PathBuf; 2] {
+    [codex_host(), codex_host_0171()]
+}
+
+/// Codex 0.171.0's own host binary: the oracle of what 0.171 added (or the host of the
+/// package `CODE_MODE_CODEX_LATEST_PACKAGE` names: `scripts/codex-latest.sh`).
 pub fn codex_host_0171() -> PathBuf {
-    let host = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
-        "tests/codex-npm-0171/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex-code-mode-host",
-    );
+    let host = std::env::var_os("CODE_MODE_CODEX_LATEST_PACKAGE")
+        .map(|package| PathBuf::from(package).join("bin/codex-code-mode-host"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
+                "tests/codex-npm-0171/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex-code-mode-host",
+            )
+        });
     assert!(
         host.is_file(),
         "codex 0.171.0's host is not installed at {}: run scripts/test-deps.sh",
