@@ -181,7 +181,7 @@ impl Connection {
             let Some(tools) = tools else {
                 return Err(Violation::AdmittedNotAnExec(id));
             };
-            if !entry.closed_cells.contains(&cell_id) {
+            if !entry.closed(&cell_id) {
                 entry.live_cells.insert(cell_id.clone());
                 if let Some(delegate) = delegate {
                     entry.cell_delegates.insert(cell_id.clone(), delegate);
@@ -212,7 +212,7 @@ impl Connection {
             let Some(entry) = state.sessions.get_mut(&session) else {
                 return Err(Violation::ClosedSessionNotOpen(session));
             };
-            if !entry.closed_cells.insert(cell_id.clone()) {
+            if entry.closed(&cell_id) || !entry.closed_cells.insert(cell_id.clone()) {
                 return Err(Violation::ClosedTwice { session, cell_id });
             }
             entry.live_cells.remove(&cell_id);
@@ -230,6 +230,12 @@ impl Connection {
 }
 
 impl SessionEntry {
+    /// Whether `cell_id` closed: it is not open here (no guard) and is one of the cells
+    /// closed lately, or at or below the highest number forgotten ([`RecentlyClosed`]).
+    pub(super) fn closed(&self, cell_id: &CellId) -> bool {
+        !self.guards.contains_key(cell_id) && self.closed_cells.contains(cell_id)
+    }
+
     /// The host's wall: a delegate call of `cell_id` is let through only for a cell
     /// admitted or resumed in this session on this connection and not closed, a nested call
     /// only for a tool its exec enabled and under a call number above every one before.
@@ -240,7 +246,7 @@ impl SessionEntry {
         cell_id: &CellId,
         call: &DelegateCall,
     ) -> Result<(), Violation> {
-        if self.closed_cells.contains(cell_id) {
+        if self.closed(cell_id) {
             return Err(Violation::DelegateCellClosed {
                 id,
                 cell_id: cell_id.clone(),

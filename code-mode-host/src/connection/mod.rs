@@ -170,19 +170,28 @@ struct SessionEntry {
 /// response, overtaken by its close; a second close; a delegate call) is known for what it
 /// is. Older ones are forgotten, so that a session that runs for ever keeps no more than
 /// this (before, every closed cell's id stayed for the session's life, some 60 bytes a
-/// cell). A call from a forgotten cell is still refused: no cell guard lets it through.
+/// cell); a forgotten one's number is at or below the highest number forgotten, which
+/// counts as closed for any cell not open ([`SessionEntry::closed`]): a runtime that
+/// closes a cell, floods closes and admits it again finds it still closed.
 #[derive(Default)]
 struct RecentlyClosed {
     ids: HashSet<CellId>,
     order: VecDeque<CellId>,
+    /// The highest cell number forgotten.
+    forgotten_up_to: u64,
 }
 
 /// How many closed cells a session remembers ([`RecentlyClosed`]).
 const CLOSED_CELLS_KEPT: usize = 4096;
 
 impl RecentlyClosed {
+    /// Whether `cell_id` closed (or, forgotten, may have: [`SessionEntry::closed`] asks
+    /// only of cells not open).
     fn contains(&self, cell_id: &CellId) -> bool {
         self.ids.contains(cell_id)
+            || cell_id
+                .number()
+                .is_some_and(|number| number <= self.forgotten_up_to)
     }
 
     /// Remembers `cell_id` as closed; `false` if it was already (the oldest goes past the
@@ -196,6 +205,9 @@ impl RecentlyClosed {
             && let Some(oldest) = self.order.pop_front()
         {
             self.ids.remove(&oldest);
+            if let Some(number) = oldest.number() {
+                self.forgotten_up_to = self.forgotten_up_to.max(number);
+            }
         }
         true
     }
@@ -929,7 +941,7 @@ fn mark_alive(
         return Err(Violation::ResponseCellInvalid(cell_id.clone()));
     }
     if let Some(entry) = session.and_then(|session| state.sessions.get_mut(&session))
-        && !entry.closed_cells.contains(cell_id)
+        && !entry.closed(cell_id)
     {
         entry.live_cells.insert(cell_id.clone());
     }
@@ -1030,11 +1042,17 @@ mod tests {
         );
         assert_eq!(closed.ids.len(), CLOSED_CELLS_KEPT);
         assert_eq!(closed.order.len(), CLOSED_CELLS_KEPT);
-        assert!(
-            !closed.contains(&CellId::new(1000)),
-            "the oldest are forgotten"
+        assert_eq!(
+            closed.ids.len(),
+            CLOSED_CELLS_KEPT,
+            "the oldest ids are forgotten"
         );
+        assert!(!closed.ids.contains(&CellId::new(1000)));
+        // A forgotten one still counts as closed (a cell not open below the highest
+        // number forgotten); one above it that never closed does not.
+        assert!(closed.contains(&CellId::new(1000)));
         assert!(closed.contains(&CellId::new(1001)));
+        assert!(!closed.contains(&CellId::new(CLOSED_CELLS_KEPT as u64 + 2000)));
         assert!(closed.contains(&CellId::new(CLOSED_CELLS_KEPT as u64 + 1000)));
     }
 }
