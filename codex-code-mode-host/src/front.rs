@@ -250,6 +250,9 @@ pub struct Execution {
     pub catalog_revision: Option<u64>,
     pub yield_time_ms: Option<u64>,
     pub max_output_tokens: Option<u64>,
+    /// The tools as the cell gets them, resolved by [`Front::claim_execution`] (the
+    /// catalog revision's, checked and kept there, under one lock).
+    pub resolved: Option<(Arc<ToolMap>, Arc<[ToolDefinition]>)>,
 }
 
 /// A nested tool call for the client to run.
@@ -549,7 +552,7 @@ pub struct FrontSession {
 }
 
 /// A cell's tools by their name on `tools`: the client's name and kind of each.
-type ToolMap = HashMap<String, (ToolName, ToolKind)>;
+pub type ToolMap = HashMap<String, (ToolName, ToolKind)>;
 
 /// The tools an execution enabled, as the front passes them on. A client enables the same
 /// tools exec after exec (codex sends the whole list every time), so an equal list takes
@@ -1273,16 +1276,17 @@ impl Front {
     pub fn claim_execution(
         &self,
         session: &FrontSession,
-        execution: &Execution,
+        execution: &mut Execution,
     ) -> Result<(), FrontError> {
         if execution.tool_call_id.is_empty() {
             return Err(FrontError::EmptyToolCallId);
         }
-        check_catalog(
-            execution.catalog_revision,
-            &execution.tools,
-            lock(&session.catalog).as_ref(),
-        )?;
+        // Under a revision, its catalog is checked and kept now, in the order the execs
+        // came, not when each one's cell starts.
+        if execution.catalog_revision.is_some() {
+            let tools = std::mem::take(&mut execution.tools);
+            execution.resolved = Some(session.enabled_set(execution.catalog_revision, tools)?);
+        }
         if !execution.execution_id.is_empty()
             && !lock(&session.state)
                 .executions
@@ -1310,8 +1314,10 @@ impl Front {
                 .cell()
                 .ok_or(FrontError::TooManyActiveCells)?,
         )));
-        let (tools, definitions) =
-            session.enabled_set(execution.catalog_revision, execution.tools)?;
+        let (tools, definitions) = match execution.resolved {
+            Some(resolved) => resolved,
+            None => session.enabled_set(None, execution.tools)?,
+        };
         let preempt = CancellationToken::new();
         if !execution.execution_id.is_empty() {
             lock(&session.state)

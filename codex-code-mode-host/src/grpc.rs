@@ -303,7 +303,7 @@ impl Service {
         span: tracing::Span,
     ) -> Result<Response<EventStream<proto::ExecuteEvent>>, tonic::Status> {
         let session = self.session(&request.session_id).await?;
-        let execution = Execution {
+        let mut execution = Execution {
             execution_id: request.execution_id.clone(),
             tool_call_id: request.tool_call_id,
             source: request.source,
@@ -315,9 +315,10 @@ impl Service {
             catalog_revision: request.catalog_revision,
             yield_time_ms: Some(request.yield_time_ms),
             max_output_tokens: request.max_output_tokens,
+            resolved: None,
         };
         self.front
-            .claim_execution(&session, &execution)
+            .claim_execution(&session, &mut execution)
             .map_err(status)?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let front = self.front.clone();

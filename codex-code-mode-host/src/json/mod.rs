@@ -494,7 +494,7 @@ impl Connection {
             .front
             .session(&session_id)
             .map_err(|error| error.to_string())?;
-        let execution = Execution {
+        let mut execution = Execution {
             execution_id: format!("json-{id}-{}", uuid::Uuid::new_v4()),
             tool_call_id: body.tool_call_id,
             source: body.source,
@@ -502,9 +502,10 @@ impl Connection {
             catalog_revision: body.catalog_revision,
             yield_time_ms: body.yield_time_ms,
             max_output_tokens: body.max_output_tokens,
+            resolved: None,
         };
         self.front
-            .claim_execution(&session, &execution)
+            .claim_execution(&session, &mut execution)
             .map_err(|error| error.to_string())?;
         self.observe(id, &session, execution.execution_id.clone());
         let connection = Arc::clone(self);
