@@ -440,6 +440,10 @@ async fn handle(
         }
         other => other,
     };
+    let request = match taken_meanwhile(front, session.as_deref(), request).await {
+        Ok(answered) => return answered,
+        Err(here) => here,
+    };
     let in_flight = match (session.as_deref(), &method) {
         (None, &http::Method::POST) if front.sessions.full() => return too_many_sessions(front),
         (Some(id), &http::Method::GET) => {
@@ -558,6 +562,25 @@ async fn between_replicas(
     if let Some(id) = named
         && matches!(front.sessions.owner(id), Owner::NotOpen)
         && let Some(state) = &front.state
+        && let Some(holder) = state.holder(id).await
+    {
+        return forward(&holder, request).await;
+    }
+    Err(request)
+}
+
+/// A request for a session whose holder died, that another replica took over while this
+/// one waited out the lease too: it goes to that replica (else it would find the session
+/// unknown here, a 404 that loses the client's session).
+async fn taken_meanwhile(
+    front: &Front,
+    session: Option<&str>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, hyper::Request<hyper::body::Incoming>> {
+    if let Some(id) = session
+        && matches!(front.sessions.owner(id), Owner::NotOpen)
+        && let Some(state) = &front.state
+        && !state.holds(id)
         && let Some(holder) = state.holder(id).await
     {
         return forward(&holder, request).await;

@@ -238,6 +238,11 @@ impl McpState {
     }
 
     /// The live replica that holds session `id`, if another one does and said where.
+    /// Whether this replica holds session `id` (kept, waiting for its client).
+    pub(crate) fn holds(&self, id: &str) -> bool {
+        self.kept.is_held(id)
+    }
+
     pub(crate) async fn holder(&self, id: &str) -> Option<code_mode_state::Holder> {
         self.kept.holder(id).await
     }

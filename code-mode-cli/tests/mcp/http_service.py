@@ -506,6 +506,13 @@ async def fleet(url, n, opts):
 
     async def one(number):
         longest = [0]
+        session = []
+        cell = []
+
+        async def remember(response):
+            named = response.headers.get("mcp-session-id")
+            if named and not session:
+                session.append(named)
 
         async def texts(client, name, arguments):
             started = time.monotonic()
@@ -514,27 +521,30 @@ async def fleet(url, n, opts):
             return [block.text for block in result.content if block.type == "text"]
 
         seen, again = [], []
+        deadline = time.monotonic() + 120
+        counted = False
         try:
-            async with http_client(opts, limits=limits) as http:
+            async with http_client(opts, limits=limits, event_hooks={"response": [remember]}) as http:
                 async with Client(streamable_http_client(url, http_client=http)) as client:
                     first = await texts(client, "exec", {"code": FLEET_CELL % (number, number, number)})
                     seen.extend(first)
                     running[0] += 1
+                    counted = True
                     if running[0] == n:
                         all_running.set()
-                    cell = first[0].split("cell ID ", 1)[1].split()[0]
-                    deadline = time.monotonic() + 120
+                    cell.append(first[0].split("cell ID ", 1)[1].split()[0])
                     first_try = None
                     while time.monotonic() < deadline:
                         first_try = first_try or time.monotonic()
                         try:
                             waited = await texts(
-                                client, "wait", {"cell_id": cell, "yield_time_ms": 1000}
+                                client, "wait", {"cell_id": cell[0], "yield_time_ms": 1000}
                             )
-                        except MCPError as error:
+                        except (MCPError, httpx2.TransportError) as error:
                             # A request whose replica died under it fails (its stream is
-                            # gone: 410 on resumption); a client sends it again.
-                            again.append(str(error))
+                            # gone: 410 on resumption; or the connection closed before
+                            # any answer); a client sends it again.
+                            again.append(f"{type(error).__name__}: {error}")
                             continue
                         # The stall the client saw: from its first try to the answer.
                         stalled = round((time.monotonic() - first_try) * 1000)
@@ -545,10 +555,38 @@ async def fleet(url, n, opts):
                             break
             return {"n": number, "texts": seen, "longest_ms": longest[0], "sent_again": again}
         except BaseException as error:
-            running[0] += 1
-            if running[0] >= n:
-                all_running.set()
-            return {"n": number, "texts": seen, "longest_ms": longest[0], "error": describe(error)}
+            if not counted:
+                running[0] += 1
+                if running[0] >= n:
+                    all_running.set()
+            described = describe(error)
+            if not (session and cell and "Server disconnected" in described):
+                return {"n": number, "texts": seen, "longest_ms": longest[0], "error": described}
+            # The SDK gives up its whole client when a request's connection closes before
+            # any answer (its replica died under it); an agent would go on with the
+            # session: its `wait`s go on here over plain HTTP, under the same session id.
+            again.append(described)
+        URL[0] = url
+        first_try = time.monotonic()
+        async with http_client(opts, limits=limits) as raw:
+            number_id = 1000
+            while time.monotonic() < deadline:
+                number_id += 1
+                try:
+                    waited = await call(
+                        raw, session[0], number_id, "wait", {"cell_id": cell[0], "yield_time_ms": 1000}
+                    )
+                except httpx2.TransportError as error:
+                    again.append(f"RemoteProtocolError: Server disconnected ({type(error).__name__})")
+                    continue
+                if isinstance(waited, dict):
+                    return {"n": number, "texts": seen, "longest_ms": longest[0], "error": f"plain wait: {waited}"}
+                longest[0] = max(longest[0], round((time.monotonic() - first_try) * 1000))
+                first_try = time.monotonic()
+                seen.extend(waited)
+                if not waited or not waited[0].startswith("Script running"):
+                    break
+        return {"n": number, "texts": seen, "longest_ms": longest[0], "sent_again": again}
 
     async def announce():
         await all_running.wait()
