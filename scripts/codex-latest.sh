@@ -13,7 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 version="${1:-latest}"
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
-npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "@openai/codex@$version"
+# No install scripts: the package's binaries are all that is needed.
+npm install --prefix "$dir" --ignore-scripts --no-audit --no-fund --loglevel=error "@openai/codex@$version"
 vendor="$dir/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl"
 for binary in codex codex-code-mode-host; do
   if [ ! -x "$vendor/bin/$binary" ]; then
@@ -27,6 +28,7 @@ if [ -f ../shared/v8/env.sh ]; then
   # shellcheck disable=SC1091
   source ../shared/v8/env.sh
 fi
+# Both oracles are the newest (the 0.169 and 0.171 checks alike run against it).
 export CODE_MODE_CODEX_PACKAGE="$vendor" CODE_MODE_CODEX_LATEST_PACKAGE="$vendor"
 cargo build -p code-mode-bin
 cargo test -p codex-code-mode-host --test codex -- \

@@ -55,10 +55,12 @@ cd ../codex-npm-0171
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
-if [ ! -x "$vendor/bin/codex-code-mode-host" ]; then
-  echo "test-deps: codex 0.171.0's codex-code-mode-host is missing under $PWD/$vendor" >&2
-  exit 1
-fi
+for binary in codex codex-code-mode-host; do
+  if [ ! -x "$vendor/bin/$binary" ]; then
+    echo "test-deps: codex 0.171.0's $binary is missing under $PWD/$vendor" >&2
+    exit 1
+  fi
+done
 echo "test-deps: codex 0.171.0 is installed under codex-code-mode-host/tests/codex-npm-0171"
 
 # PostgreSQL: Debian's server package; the tests start throwaway clusters of their own

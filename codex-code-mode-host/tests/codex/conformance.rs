@@ -688,6 +688,8 @@ async fn heartbeats_on(binary: &std::path::Path) {
         heartbeat_interval_s,
         ..Default::default()
     };
+    // Before the asked session opens: its second beat is two seconds after it, at least.
+    let started = Instant::now();
     let mut asked = client
         .open_session(open(1))
         .await
@@ -726,7 +728,6 @@ async fn heartbeats_on(binary: &std::path::Path) {
         .expect("subscribe")
         .into_inner();
     // Two heartbeats on each asked stream, a second apart.
-    let started = Instant::now();
     for _ in 0..2 {
         let event = tokio::time::timeout(Duration::from_secs(5), asked.message())
             .await

@@ -57,7 +57,7 @@ pub fn codex_package() -> PathBuf {
         });
     assert!(
         package.join("bin/codex").is_file(),
-        "codex 0.169.0 is not installed at {}: run scripts/test-deps.sh",
+        "codex (0.169.0, or CODE_MODE_CODEX_PACKAGE's) is not installed at {}: run scripts/test-deps.sh",
         package.display()
     );
     package
