@@ -8,6 +8,25 @@
 //! handshake ([`handshake`]), the transport seam that both ends run a connection on
 //! ([`transport`]).
 //!
+//! The messages, and what answers each:
+//!
+//! | direction | message | answered by |
+//! |---|---|---|
+//! | host → runtime | `Hello` | `Ready` or `Rejected` (then the connection closes) |
+//! | host → runtime | `Request { id, OpenSession / Session / SessionWithTools / RegisterTools }` | one `Response { id, result }` |
+//! | host → runtime | `CancelRequest { id }`, `Preempt { id }` | nothing (the request answers `Cancelled`; the observation yields at once) |
+//! | host → runtime | `Taken { id }` or `GivenBack { id }`, once per successful response to an exec, wait, terminate or their pending forms | nothing; until then the runtime holds the answer (a word for an answer not held is a violation) |
+//! | runtime → host | `Admitted { id, cell_id }` | nothing; before the response of an exec (or its pending form) and any callback of the cell |
+//! | runtime → host | `Spans(records)` | nothing; a traced request's ended spans, batched (on a timer while it runs; the last batch rides ahead of a frame sent within `RIDE_WITHIN`, in its write, else goes alone), checked by the host before export |
+//! | runtime → host | `Delegate { id, session, InvokeTool / Notify }` | `DelegateReply { id, … }`, unless `CancelDelegate` |
+//! | runtime → host | `Committed { session, cell_id, writes }` | nothing; before the cell's final response |
+//! | runtime → host | `Journal { session, cell_id, entry }` | nothing; in order with the cell's calls, commits and answers (a cell's `Started` entry rides ahead of its admission, in one write) |
+//! | host → runtime | `Request { id, Resume { session, journal, exec_call_id, committed } }` | `Resumed(cell_id)`: the cell rebuilt there |
+//! | host → runtime | `Request { id, Answer { session, cell_id, call, result } }` | `Answered(taken)`: a late answer for a rebuilt cell |
+//! | runtime → host | `Offer { session, cell_id, response }`: a final answer nobody asked for yet | `OfferTaken` (a `wait` or `terminate` got it) or `OfferGivenBack` (a request of the host observes the cell already, or the cell is unknown) |
+//! | runtime → host | `CellClosed`, `Draining` | nothing |
+//! | either way | `Ping(n)` | `Pong(n)` |
+//!
 //! Only these types cross the process boundary: the messages here and their payloads
 //! ([`payload`]), the wire's own counterparts of the API types, converted in one module
 //! ([`convert`]). They are externally tagged enums and plain structs, because bincode is
