@@ -16,6 +16,7 @@ use super::expiry::{ExpiringSessions, InFlight, Owner};
 pub use super::jwt::parse_algorithm;
 use super::jwt::{JwksSource, JwtSettings, JwtVerifier};
 use super::principal::{Principal, REQUESTER, Refusal};
+use super::replay::Readers;
 use super::resource::{ProtectedResource, challenge};
 use super::server::{CodeModeServer, Shared};
 use super::state::Use;
@@ -457,6 +458,11 @@ async fn handle(
     if resuming && let Some(resumed) = resumed_here(front, &request, session.as_deref()) {
         return finish(resumed, &method, in_flight);
     }
+    // Who reads the answer: the handler asks before it lets an observation's output go
+    // (one nobody reads is held for the cell's next `wait`).
+    let readers = Readers::default();
+    let mut request = request;
+    request.extensions_mut().insert(readers.clone());
     let mut service = front.service.clone();
     let answered = REQUESTER.scope(
         principal,
@@ -468,7 +474,7 @@ async fn handle(
     };
     let response = match session.as_deref() {
         _ if resuming => resumed_or_gone(response).await,
-        Some(id) if method == http::Method::POST => front.recordings.record(id, response),
+        Some(id) if method == http::Method::POST => front.recordings.record(id, response, readers),
         Some(id) if method == http::Method::DELETE => {
             front.recordings.forget(id);
             response

@@ -4,13 +4,15 @@
 //! with credentials that name principals ([`auth`]: static tokens, OAuth access tokens
 //! checked by [`jwt`], the server a protected resource by [`resource`]), TLS and sessions
 //! that expire ([`expiry`]), each reachable only by the principal that opened it, and a
-//! request's answer kept for a client whose connection broke ([`replay`]). Both
+//! request's answer kept for a client whose connection broke ([`replay`]), and output no
+//! client received kept for the cell's next `wait` ([`observing`]). Both
 //! speak MCP through rmcp, the official SDK.
 
 mod auth;
 mod expiry;
 pub mod http;
 mod jwt;
+mod observing;
 mod principal;
 mod replay;
 mod resource;

@@ -10,6 +10,12 @@
 //! (the SDKs resume within seconds), at most [`KEPT_PER_SESSION`] of them and
 //! [`KEPT_BYTES_PER_SESSION`] per session (the oldest ended ones go first), and a
 //! session's go when it ends.
+//!
+//! It also tells the request's handler whether anyone still reads its answer
+//! ([`Readers`]): an observation whose stream nobody reads when it ends (its client's
+//! connection broke, and no resumption came back in time) holds its output for the
+//! cell's next `wait` instead ([`super::observing`]), since a client that saw no event id
+//! of the stream cannot resume it and sends its `wait` again.
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -36,6 +42,67 @@ pub(crate) struct Recordings {
     sessions: Mutex<HashMap<String, Vec<Arc<Recording>>>>,
 }
 
+/// Who reads one request's event stream now: the HTTP front puts it in the request (rmcp
+/// hands the request's parts to the handler) and in the request's recording, whose every
+/// reader (the client's first body, each resumption) counts itself while it lives.
+#[derive(Clone)]
+pub(crate) struct Readers(Arc<watch::Sender<ReaderCount>>);
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum ReaderCount {
+    /// No reader yet: the request is still being handled before its response exists, or
+    /// its response is not an event stream (it is answered whole, nothing to resume).
+    #[default]
+    NotYet,
+    Reading(usize),
+}
+
+impl Default for Readers {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(ReaderCount::NotYet)))
+    }
+}
+
+impl Readers {
+    /// Whether the stream had readers and has none now: its client's connection broke
+    /// and no resumption is reading it.
+    pub(crate) fn orphaned(&self) -> bool {
+        *self.0.borrow() == ReaderCount::Reading(0)
+    }
+
+    /// Returns once the stream has a reader again (a resumption), or at once if it has.
+    pub(crate) async fn read_again(&self) {
+        let mut changes = self.0.subscribe();
+        // The sender lives as long as `self`.
+        let _ = changes
+            .wait_for(|count| *count != ReaderCount::Reading(0))
+            .await;
+    }
+
+    fn attach(&self) -> Reading {
+        self.0.send_modify(|count| {
+            *count = match *count {
+                ReaderCount::NotYet => ReaderCount::Reading(1),
+                ReaderCount::Reading(n) => ReaderCount::Reading(n + 1),
+            };
+        });
+        Reading(self.clone())
+    }
+}
+
+/// One reader of a stream, counted in its [`Readers`] until it is dropped.
+struct Reading(Readers);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        (self.0).0.send_modify(|count| {
+            if let ReaderCount::Reading(n) = *count {
+                *count = ReaderCount::Reading(n.saturating_sub(1));
+            }
+        });
+    }
+}
+
 /// One request's events, as rmcp gave them, their ids made this recording's own.
 struct Recording {
     /// Put before each event's id (`TOKEN.ID`): rmcp numbers a session's requests from 0
@@ -44,6 +111,7 @@ struct Recording {
     events: Mutex<Events>,
     /// Bumped at every event and at the end, for the readers.
     changed: watch::Sender<usize>,
+    readers: Readers,
 }
 
 #[derive(Default)]
@@ -62,18 +130,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Recordings {
     /// Keeps `response` (to a request of `session`) if it is an event stream: it is read to
-    /// its end from now on, and the response given back reads what was kept.
+    /// its end from now on, and the response given back reads what was kept, counted in
+    /// `readers` (the request's own).
     pub(crate) fn record(
         &self,
         session: &str,
         response: hyper::Response<Body>,
+        readers: Readers,
     ) -> hyper::Response<Body> {
         if !is_event_stream(&response) {
             return response;
         }
         let (parts, mut body) = response.into_parts();
         let (changed, _) = watch::channel(0);
-        let recording = Arc::new(Recording::new(changed));
+        let recording = Arc::new(Recording::new(changed, readers));
         self.keep(session, Arc::clone(&recording));
         let reading = Arc::clone(&recording);
         tokio::spawn(async move {
@@ -170,11 +240,12 @@ fn prune(kept: &mut Vec<Arc<Recording>>) {
 }
 
 impl Recording {
-    fn new(changed: watch::Sender<usize>) -> Self {
+    fn new(changed: watch::Sender<usize>, readers: Readers) -> Self {
         Self {
             token: crate::serve::fresh_id('r'),
             events: Mutex::new(Events::default()),
             changed,
+            readers,
         }
     }
 
@@ -212,7 +283,10 @@ impl Recording {
 /// A body of `recording`'s events from index `next` on, to the stream's end.
 fn reader(recording: Arc<Recording>, next: usize) -> Body {
     let changed = recording.changed.subscribe();
+    let reading = recording.readers.attach();
     let events = futures_util::stream::unfold(next, move |next| {
+        // Counted as a reader while the body (which owns this closure) lives.
+        let _reading = &reading;
         let recording = Arc::clone(&recording);
         let mut changed = changed.clone();
         async move {
@@ -304,7 +378,7 @@ mod tests {
 
     #[test]
     fn events_are_split_at_their_blank_lines_with_ids_of_their_own() {
-        let recording = Recording::new(watch::channel(0).0);
+        let recording = Recording::new(watch::channel(0).0, Readers::default());
         recording.push(b"data: \nid: 0/3\nretry: 3000\n\nda");
         recording.push(b"ta: {\"id\":2}\r\nid: 1/3\r\n\r\n: ping\n\n");
         recording.end();
@@ -326,7 +400,10 @@ mod tests {
         assert_eq!(&events.whole[2].1[..], b": ping\n\n");
         assert!(events.ended.is_some());
         // Another recording (of a request rmcp numbers alike) has other ids.
-        assert_ne!(Recording::new(watch::channel(0).0).token, *token);
+        assert_ne!(
+            Recording::new(watch::channel(0).0, Readers::default()).token,
+            *token
+        );
     }
 
     #[tokio::test]
@@ -348,9 +425,13 @@ mod tests {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/event-stream"),
         );
-        let first = recordings.record("s", response);
+        let readers = Readers::default();
+        assert!(!readers.orphaned(), "no reader yet is not a reader gone");
+        let first = recordings.record("s", response, readers.clone());
+        assert!(!readers.orphaned());
         // The client's connection breaks at once: its body is dropped unread.
         drop(first);
+        assert!(readers.orphaned());
         sender
             .send(Bytes::from_static(b"id: 0/7\n\n"))
             .await
@@ -362,6 +443,8 @@ mod tests {
         }
         // Resumed while the answer is still to come: the reader waits for it.
         let resumed = recordings.resume("s", &first).expect("kept");
+        assert!(!readers.orphaned(), "a resumption reads it");
+        readers.read_again().await;
         assert!(recordings.resume("other", &first).is_none());
         assert!(recordings.resume("s", "0/7").is_none(), "rmcp's id alone");
         let reading = tokio::spawn(resumed.into_body().collect());

@@ -7,8 +7,11 @@
 //! for progress, and log messages otherwise. A cancelled MCP request preempts its
 //! observation (contract 8.4), never the cell; since MCP sends no response to a cancelled
 //! request, the output the preempted observation returned is held and comes first in the
-//! cell's next `wait`.
+//! cell's next `wait`; so is the output of one whose HTTP stream nobody reads at its end
+//! ([`super::observing`]).
 
+use super::observing::{Begun, Observations};
+use super::replay::Readers;
 use super::state::McpState;
 use crate::Failure;
 use crate::session::Sessions;
@@ -31,9 +34,7 @@ use rmcp::service::{Peer, RequestContext};
 use rmcp::{RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What every connection shares: the nested tools, where sessions run, the options each
@@ -114,58 +115,8 @@ struct Listener {
 struct Connection {
     peer: Mutex<Option<Peer<RoleServer>>>,
     listener: Mutex<Listener>,
-    /// The cancellation tokens of the observations (`exec`, `wait`) in flight.
-    observations: Mutex<Vec<CancellationToken>>,
-    /// Signalled whenever an observation ends.
-    observation_ended: Notify,
-    /// Output of preempted observations nobody received, per cell, for its next `wait`.
-    held: Mutex<HashMap<CellId, Vec<ContentItem>>>,
-}
-
-impl Connection {
-    /// Waits until every observation whose request the client cancelled has let go of its
-    /// cell. rmcp cancels a request's token and lets its handler end on its own task, so
-    /// the next request (the `wait` that follows a cancelled `exec`) can arrive first and
-    /// find the cancelled observation still holding the cell's observer slot.
-    async fn abandoned_observations_ended(&self) {
-        loop {
-            let ended = self.observation_ended.notified();
-            if !lock(&self.observations)
-                .iter()
-                .any(CancellationToken::is_cancelled)
-            {
-                return;
-            }
-            ended.await;
-        }
-    }
-}
-
-/// Keeps an observation's token in [`Connection::observations`] while it runs.
-struct Observing<'a> {
-    connection: &'a Connection,
-    token: CancellationToken,
-}
-
-impl<'a> Observing<'a> {
-    fn new(connection: &'a Connection, token: &CancellationToken) -> Self {
-        lock(&connection.observations).push(token.clone());
-        Self {
-            connection,
-            token: token.clone(),
-        }
-    }
-}
-
-impl Drop for Observing<'_> {
-    fn drop(&mut self) {
-        let mut observations = lock(&self.connection.observations);
-        if let Some(at) = observations.iter().position(|token| *token == self.token) {
-            observations.swap_remove(at);
-        }
-        drop(observations);
-        self.connection.observation_ended.notify_waiters();
-    }
+    /// The observations (`exec`, `wait`) in flight, and what unread ones took.
+    observations: Observations,
 }
 
 /// Sends a cell's notification to the MCP client of `connection`: as progress of the
@@ -276,9 +227,7 @@ impl CodeModeServer {
         let connection = Arc::new(Connection {
             peer: Mutex::new(None),
             listener: Mutex::new(Listener::default()),
-            observations: Mutex::new(Vec::new()),
-            observation_ended: Notify::new(),
-            held: Mutex::new(HashMap::new()),
+            observations: Observations::default(),
         });
         lock(&shared.clients).retain(|client| client.strong_count() > 0);
         lock(&shared.clients).push(Arc::downgrade(&connection));
@@ -360,18 +309,37 @@ impl CodeModeServer {
             })
     }
 
-    /// Runs one observation (`exec` or `wait`, made with `preempt` as its preempt
-    /// signal) and turns its response into a result. A cancelled request preempts it; what
-    /// it returned then is held for the cell's next observation.
+    /// Runs one observation (`exec`, or a `wait` on `cell`, made with `preempt` as its
+    /// preempt signal) and turns its response into a result. A cancelled request preempts
+    /// it; what an observation whose answer nobody receives returned (its request
+    /// cancelled, or over HTTP its stream unread) is held for the cell's next one
+    /// ([`Observations`]).
     async fn observe(
         &self,
         observation: BoxFuture<'_, Result<CellResponse, code_mode_protocol::SessionError>>,
-        preempt: CancellationToken,
+        (preempt, cell): (CancellationToken, Option<&CellId>),
         max_tokens: u64,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.connection.abandoned_observations_ended().await;
-        let _observing = Observing::new(&self.connection, &context.ct);
+        let readers = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Readers>());
+        let observations = &self.connection.observations;
+        let observing = observations
+            .begin(Begun {
+                request: &context.ct,
+                preempt: &preempt,
+                cell,
+                readers,
+            })
+            .await;
+        if let Some(ended) = cell.and_then(|cell| observations.take_end(cell)) {
+            // An unread observation took the cell's end: this `wait` answers with it.
+            return Ok(CallToolResult::success(content(&format_response(
+                &ended, max_tokens,
+            ))));
+        }
         lock(&self.connection.listener).progress =
             context.meta.get_progress_token().map(|token| (token, 0));
         let mut observation = observation;
@@ -383,21 +351,18 @@ impl CodeModeServer {
             }
         };
         lock(&self.connection.listener).progress = None;
-        if context.ct.is_cancelled() {
-            if let Ok(CellResponse::Yielded {
-                cell_id,
-                content_items,
-                ..
-            }) = outcome
-                && !content_items.is_empty()
-            {
-                lock(&self.connection.held)
-                    .entry(cell_id)
-                    .or_default()
-                    .extend(content_items);
+        observing.grace().await;
+        if observing.unread() {
+            if let Ok(response) = outcome {
+                observations.hold(response);
             }
+            let why = if context.ct.is_cancelled() {
+                "the request was cancelled"
+            } else {
+                "nobody read this answer (the connection broke)"
+            };
             return Err(ErrorData::internal_error(
-                "the request was cancelled; the script keeps running (call `wait` for its output)",
+                format!("{why}; the script keeps running (call `wait` for its output)"),
                 None,
             ));
         }
@@ -406,19 +371,11 @@ impl CodeModeServer {
                 error.to_string(),
             )])),
             Ok(response) => {
-                let response = self.with_held_output(response);
+                let response = observations.with_held_output(response);
                 Ok(CallToolResult::success(content(&format_response(
                     &response, max_tokens,
                 ))))
             }
-        }
-    }
-
-    /// `response` with the output held for its cell (from preempted observations) first.
-    fn with_held_output(&self, response: CellResponse) -> CellResponse {
-        match lock(&self.connection.held).remove(response.cell_id()) {
-            Some(held) => response.with_items_before(held),
-            None => response,
         }
     }
 
@@ -472,7 +429,7 @@ impl CodeModeServer {
                 .await
                 .map(|started| started.initial_response)
         });
-        self.observe(observation, preempt, max_tokens, context)
+        self.observe(observation, (preempt, None), max_tokens, context)
             .await
     }
 
@@ -492,6 +449,7 @@ impl CodeModeServer {
         };
         let preempt = CancellationToken::new();
         let session = self.session(context);
+        let cell = arguments.cell_id.clone();
         let observation: BoxFuture<'_, _> = if arguments.terminate {
             Box::pin(session.terminate(arguments.cell_id))
         } else {
@@ -499,7 +457,8 @@ impl CodeModeServer {
             request.yield_time_ms = Some(arguments.yield_time_ms);
             Box::pin(session.wait_with(request, Some(preempt.clone())))
         };
-        self.observe(observation, preempt, arguments.max_tokens, context)
+        let observed = (preempt, Some(&cell));
+        self.observe(observation, observed, arguments.max_tokens, context)
             .await
     }
 

@@ -1017,16 +1017,11 @@ fn an_answer_the_full_store_did_not_take_is_never_got_by_running_the_tool_again(
 /// SIGKILL and another started in its place, and the calls are let go. Every cell ends
 /// with its own output, or, where the kill cut its call short (at least one), the
 /// documented failure; every call ran at most once (the tool's own log), once where its
-/// answer came. The longest request any client saw is printed.
-///
-/// Run by hand (docs/BENCHMARKS.md), not in the suite: about one run in ten loses a cell's
-/// output to a bug this test found and that is still open (issue 82): a `wait` forwarded
-/// by the replica that is killed, cut before its answer's first byte reached the client,
-/// goes on observing the cell on the holder and takes output no client can resume (it has
-/// no event id), and the `wait` sent again is refused meanwhile (`already has an active
-/// observer`).
+/// answer came. The longest request any client saw is printed. A `wait` the killed
+/// replica forwarded and that was cut before its answer's first byte (its client has no
+/// event id) is sent again and takes the cell over on its holder, with the output the cut
+/// one took (about one run in ten lost it before).
 #[test]
-#[ignore = "about one run in ten loses output to an open bug (issue 82): run with --ignored"]
 fn a_replica_killed_under_many_sdk_clients_loses_no_cell_and_runs_no_call_twice() {
     let scratch = Scratch::new();
     let cluster = code_mode_conformance::PgCluster::start();
@@ -1149,6 +1144,33 @@ fn a_replica_killed_under_many_sdk_clients_loses_no_cell_and_runs_no_call_twice(
         "the kill cut no call: the test shows nothing of a takeover"
     );
     let _ = restarted;
+}
+
+/// A `wait` whose connection breaks before the first byte of its answer (its client saw no
+/// event id, so it cannot resume: the replica that forwarded it died, say) is sent again:
+/// the output the cut observation took comes first in the answer to the one sent again,
+/// which takes the cell over rather than being refused as a second observer; a cell that
+/// ended under a cut observation answers the next `wait` with its end.
+#[test]
+fn a_wait_cut_before_its_answer_loses_no_output_to_the_wait_sent_again() {
+    let server = HttpServer::start(&["mcp", "--http", "127.0.0.1:0"], &[]).expect("starts");
+    let cut = service("cut", &server.url, &[]);
+    let texts = |at: &str, which: usize| -> Vec<String> {
+        cut[at][which]
+            .as_array()
+            .unwrap_or_else(|| panic!("{cut}"))
+            .iter()
+            .map(|text| text.as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(texts("running", 0)[1..], ["begun"], "{cut}");
+    let running = texts("running", 1);
+    assert!(running[0].starts_with("Script completed"), "{cut}");
+    assert_eq!(running[1..], ["during", "late"], "{cut}");
+    assert_eq!(texts("ended", 0)[1..], ["a"], "{cut}");
+    let ended = texts("ended", 1);
+    assert!(ended[0].starts_with("Script completed"), "{cut}");
+    assert_eq!(ended[1..], ["b"], "{cut}");
 }
 
 /// A client whose connection broke while its request was answered (its network, or the

@@ -26,6 +26,8 @@ expiry. Each mode prints one JSON object; the Rust tests assert on it.
         a raw session whose cell stores <value> as "k": the session id
     http_service.py again <url> --session ID [--token T]
         one `exec` in that session that reads "k": its texts, or the status and body
+    http_service.py cut <url> [--token T]
+        `wait`s whose connections break before their answers' first bytes, sent again
     http_service.py request <url> <METHOD> --session ID [--token T] [--header NAME:VALUE]...
         a bare GET (an event stream) or DELETE naming that session: its status and body
     http_service.py hop <holder-url> <other-url> <n>
@@ -464,6 +466,54 @@ async def broken(url, opts):
         }
 
 
+async def cut_wait(url, session, headers, cell, opts):
+    """A `wait` whose connection is closed as soon as its answer's headers come, before
+    any event is read (its client has no event id to resume with)."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 100 + int(cell),
+        "method": "tools/call",
+        "params": {"name": "wait", "arguments": {"cell_id": cell, "yield_time_ms": 10000}},
+    }
+    async with http_client(opts, limits=httpx2.Limits(max_keepalive_connections=0)) as client:
+        async with client.stream("POST", url, headers=headers, json=body) as response:
+            assert response.status_code == 200, response.status_code
+
+
+async def cut(url, opts):
+    """Two cells, each observed by a `wait` whose connection breaks before its answer's
+    first byte, then waited on again: the first is still running (its cut observation
+    took output), the second ended while its cut observation watched it."""
+    URL[0] = url
+    async with http_client(opts) as client:
+        response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
+        await response.aread()
+        session = response.headers["mcp-session-id"]
+        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        await client.post(url, headers=headers, json=initialized)
+        sleep = "await new Promise((resolve) => setTimeout(resolve, %d));"
+        running = await call(
+            client, session, 2, "exec",
+            {"code": '// @exec: {"yield_time_ms": 100}\ntext("begun");'
+             + sleep % 600 + 'text("during");' + sleep % 1200 + 'text("late");'},
+        )
+        await cut_wait(url, session, headers, "1", opts)
+        await asyncio.sleep(0.9)
+        again_running = await call(client, session, 3, "wait", {"cell_id": "1", "yield_time_ms": 10000})
+        ending = await call(
+            client, session, 4, "exec",
+            {"code": '// @exec: {"yield_time_ms": 100}\ntext("a");' + sleep % 300 + 'text("b");'},
+        )
+        await cut_wait(url, session, headers, "2", opts)
+        await asyncio.sleep(0.8)
+        again_ended = await call(client, session, 5, "wait", {"cell_id": "2", "yield_time_ms": 10000})
+        return {
+            "running": [running, again_running],
+            "ended": [ending, again_ended],
+        }
+
+
 async def rolling(url, opts):
     """One SDK session across a rolling update the test makes between its two halves."""
     limits = httpx2.Limits(max_keepalive_connections=0)
@@ -666,6 +716,8 @@ def main():
         result = asyncio.run(broken(url, opts))
     elif mode == "fleet":
         result = asyncio.run(fleet(url, int(opts["rest"][0]), opts))
+    elif mode == "cut":
+        result = asyncio.run(cut(url, opts))
     elif mode == "rolling":
         result = asyncio.run(rolling(url, opts))
     else:
