@@ -1,0 +1,493 @@
+'use strict'
+// code-mode-runtime: run a model's JavaScript cells in a sandboxed V8 runtime process, with
+// the app's JavaScript functions as their tools. The native half (native.cjs, napi-rs)
+// drives the runtime process over IPC; this file is the API over it: tools and their
+// schemas, the dispatcher that runs nested calls on this event loop, sessions, typed
+// errors, and where the addon and the runtime executable are found (the platform
+// package code-mode-runtime-<platform>, never PATH). Nothing is loaded or started until
+// an API is used.
+
+const fs = require('node:fs')
+const path = require('node:path')
+
+/** Every error of code-mode-runtime. */
+class CodeModeError extends Error {
+  constructor(message, options) {
+    super(message, options)
+    this.name = new.target.name
+  }
+}
+/** No runtime could run the call: the message names the cause and its fix. */
+class RuntimeUnavailable extends CodeModeError {}
+/** The runtime process was lost while the call was in flight; the session goes on. */
+class RuntimeLost extends CodeModeError {}
+/** The session was closed, or is shutting down. */
+class SessionClosed extends CodeModeError {}
+/** A bad argument: an unknown option, a tool without a name, a schema that does not convert. */
+class InvalidArgument extends CodeModeError {}
+/** A cell failed (`throwOnError`): the message is the text the model reads. */
+class CellError extends CodeModeError {
+  constructor(message, result) {
+    super(message)
+    this.result = result
+  }
+}
+/** A cell reached one of its limits (heap, CPU time) and was stopped. */
+class LimitExceeded extends CellError {}
+
+const ERRORS = { CodeModeError, RuntimeUnavailable, RuntimeLost, SessionClosed, InvalidArgument }
+const LIMITS = new Set(['out_of_memory', 'cpu_budget'])
+
+/** The platform package of this machine, e.g. code-mode-runtime-linux-x64-gnu. */
+function platformPackage() {
+  const libc = process.platform === 'linux' ? (isMusl() ? '-musl' : '-gnu') : ''
+  return `code-mode-runtime-${process.platform}-${process.arch}${libc}`
+}
+
+function isMusl() {
+  const report = typeof process.report?.getReport === 'function' ? process.report.getReport() : null
+  return !!report && !report.header?.glibcVersionRuntime
+}
+
+const INSTALL_FIX = () =>
+  `install the platform package (npm install ${platformPackage()}; it is an optional dependency of code-mode-runtime, so an install with --omit=optional or --no-optional leaves it out), or build it from the repository with scripts/node-package.sh`
+
+let loaded = null
+/** The native half, loaded at the first use (its failure is a RuntimeUnavailable). */
+function native() {
+  if (loaded) return loaded
+  try {
+    loaded = require('./native.cjs')
+  } catch (error) {
+    throw new RuntimeUnavailable(
+      `the native part of code-mode-runtime for ${process.platform}-${process.arch} is not installed: ${INSTALL_FIX()}`,
+      { cause: error },
+    )
+  }
+  return loaded
+}
+
+/** The runtime executable: `explicit`, else $CODE_MODE_BIN, else the one the platform package ships. */
+function findRuntime(explicit) {
+  if (explicit) return { path: String(explicit) }
+  if (process.env.CODE_MODE_BIN) return { path: process.env.CODE_MODE_BIN }
+  const looked = []
+  try {
+    const dir = path.dirname(require.resolve(`${platformPackage()}/package.json`))
+    const bin = path.join(dir, 'bin', 'code-mode-bin')
+    if (fs.existsSync(bin)) return { path: bin }
+    looked.push(bin)
+  } catch {
+    looked.push(`the package ${platformPackage()} (not installed)`)
+  }
+  return {
+    path: null,
+    missing: `the code-mode runtime executable was not found (looked in ${looked.join(', ')}; $CODE_MODE_BIN is unset): ${INSTALL_FIX()}, or pass \`runtime\` (or set $CODE_MODE_BIN) to a code-mode-bin executable`,
+  }
+}
+
+// ---- tools -------------------------------------------------------------------------
+
+/** The JSON Schema of `schema`: a Zod schema (4, or any Standard Schema with JSON), an AI SDK `jsonSchema()`, or a JSON Schema. */
+function toJsonSchema(schema, name) {
+  if (schema == null) return undefined
+  if (typeof schema !== 'object' && typeof schema !== 'function') {
+    throw new InvalidArgument(`tool ${name}: its schema must be an object, not ${typeof schema}`)
+  }
+  const standard = schema['~standard']
+  if (standard?.jsonSchema?.input) return standard.jsonSchema.input({ target: 'draft-07' })
+  if (schema._zod) {
+    try {
+      return require('zod').toJSONSchema(schema, { io: 'input' })
+    } catch (error) {
+      throw new InvalidArgument(`tool ${name}: its Zod schema could not be converted to JSON Schema (${error.message})`)
+    }
+  }
+  if (schema._def) {
+    throw new InvalidArgument(`tool ${name}: Zod 3 schemas are not supported; use Zod 4 (or zod/v4), or a JSON Schema`)
+  }
+  if (schema.jsonSchema && typeof schema.jsonSchema === 'object') return schema.jsonSchema // ai's jsonSchema()
+  return schema
+}
+
+/** A checker of a tool's argument: Zod's (or a Standard Schema's) own, else none. */
+function validator(schema) {
+  if (schema && typeof schema.safeParseAsync === 'function') {
+    return async (value) => {
+      const parsed = await schema.safeParseAsync(value)
+      if (parsed.success) return parsed.data
+      const issues = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(argument)'}: ${issue.message}`)
+      throw new Error(`invalid argument: ${issues.join('; ')}`)
+    }
+  }
+  const standard = schema?.['~standard']
+  if (standard && typeof standard.validate === 'function') {
+    return async (value) => {
+      const parsed = await standard.validate(value)
+      if (!parsed.issues) return parsed.value
+      throw new Error(`invalid argument: ${parsed.issues.map((issue) => issue.message).join('; ')}`)
+    }
+  }
+  return (value) => value
+}
+
+/**
+ * One tool from what the app gives: a function (its name, no description, any
+ * argument), or `{ description, inputSchema | parameters, outputSchema, execute,
+ * deferred }` (an AI SDK tool is one), named by its key or its `name`.
+ */
+function asTool(name, tool) {
+  if (typeof tool === 'function') {
+    return { name: name || tool.name, description: '', execute: tool, check: (value) => value }
+  }
+  if (!tool || typeof tool !== 'object') throw new InvalidArgument(`tool ${name}: expected a function or a tool object`)
+  const execute = tool.execute ?? tool.fn ?? tool.invoke
+  const toolName = tool.name ?? name
+  if (typeof execute !== 'function') throw new InvalidArgument(`tool ${toolName}: it has no execute function`)
+  const schema = tool.inputSchema ?? tool.parameters
+  return {
+    name: toolName,
+    description: tool.description ?? '',
+    inputSchema: toJsonSchema(schema, toolName),
+    outputSchema: toJsonSchema(tool.outputSchema, toolName),
+    deferred: !!tool.deferred,
+    execute,
+    check: validator(schema),
+  }
+}
+
+/** The tools of `tools`: an object of name → tool, or an array of named tools. */
+function asTools(tools) {
+  const list = []
+  if (Array.isArray(tools)) {
+    for (const tool of tools) list.push(asTool(typeof tool === 'function' ? tool.name : tool?.name, tool))
+  } else if (tools && typeof tools === 'object') {
+    for (const [name, tool] of Object.entries(tools)) list.push(asTool(name, tool))
+  } else if (tools != null) {
+    throw new InvalidArgument('tools: expected an object of name → tool, or an array of tools')
+  }
+  const byName = new Map()
+  for (const tool of list) {
+    if (!tool.name) throw new InvalidArgument('tools: a tool needs a name (a named function, or a key)')
+    if (byName.has(tool.name)) throw new InvalidArgument(`tools: two tools are named ${tool.name}`)
+    byName.set(tool.name, tool)
+  }
+  return byName
+}
+
+function toolsJson(tools) {
+  return JSON.stringify(
+    [...tools.values()].map(({ name, description, inputSchema, outputSchema, deferred }) => ({
+      name,
+      description,
+      inputSchema,
+      outputSchema,
+      deferred,
+    })),
+  )
+}
+
+function message(error) {
+  if (error instanceof Error) return error.message || error.name
+  return String(error)
+}
+
+/**
+ * Runs the session's tools for its nested calls, on this event loop: the native half
+ * hands each call over through a threadsafe function, and takes the answer by token.
+ */
+class Dispatcher {
+  constructor(tools) {
+    this.tools = tools
+    this.native = null
+    this.running = new Map()
+    this.dispatch = this.dispatch.bind(this)
+  }
+
+  answer(token, ok, text) {
+    this.running.delete(token)
+    this.native?.answer(token, ok, text)
+  }
+
+  dispatch(call) {
+    try {
+      if (call.cancelled) {
+        const controller = this.running.get(call.token)
+        this.running.delete(call.token)
+        controller?.abort(new DOMException('the cell gave the call up (it was terminated)', 'AbortError'))
+        return
+      }
+      const tool = this.tools.get(call.name)
+      if (!tool) return this.answer(call.token, false, `no tool named ${call.name}`)
+      const controller = new AbortController()
+      this.running.set(call.token, controller)
+      const options = { signal: controller.signal, abortSignal: controller.signal, cellId: call.cellId, toolCallId: `code-mode-${call.cellId}-${call.token}` }
+      Promise.resolve()
+        .then(() => tool.check(call.input === undefined || call.input === null ? undefined : JSON.parse(call.input)))
+        .then((input) => tool.execute(input, options))
+        .then(
+          (value) => {
+            if (!this.running.has(call.token)) return
+            let text
+            try {
+              text = value === undefined ? 'null' : JSON.stringify(value)
+            } catch (error) {
+              return this.answer(call.token, false, `the tool's result is not JSON: ${message(error)}`)
+            }
+            this.answer(call.token, true, text ?? 'null')
+          },
+          (error) => {
+            if (this.running.has(call.token)) this.answer(call.token, false, message(error))
+          },
+        )
+    } catch (error) {
+      this.answer(call.token, false, message(error))
+    }
+  }
+}
+
+// ---- sessions ----------------------------------------------------------------------
+
+const OPTIONS = [
+  'heapMb', 'cpuMs', 'outputBytes', 'maxToolPayloadBytes', 'maxInFlightToolCalls',
+  'maxStoredBytes', 'surface', 'hibernateAfterMs', 'hibernate', 'reuseIsolates',
+]
+const SESSION_KEYS = new Set([...OPTIONS, 'tools', 'storedValues', 'runtime', 'stateDir', 'sessionId', 'onInterrupt'])
+
+function nativeOptions(options) {
+  const unknown = Object.keys(options).filter((key) => !SESSION_KEYS.has(key))
+  if (unknown.length) throw new InvalidArgument(`unknown session options: ${unknown.join(', ')}`)
+  const picked = {}
+  for (const key of OPTIONS) if (options[key] !== undefined) picked[key] = options[key]
+  return picked
+}
+
+function settle(outcome, throwOnError) {
+  if (outcome.error) throw new (ERRORS[outcome.error.kind] ?? CodeModeError)(outcome.error.message)
+  const result = outcome.result
+  if (throwOnError && result.error) {
+    throw LIMITS.has(result.failure) ? new LimitExceeded(result.error, result) : new CellError(result.error, result)
+  }
+  return result
+}
+
+function abortReason(signal) {
+  return signal.reason ?? new DOMException('This operation was aborted', 'AbortError')
+}
+
+let cancelTokens = 0
+const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')
+
+/**
+ * A session: cells that share stored values, with the tools every cell may call. Its
+ * cells run in the runtime process (started at the first cell, shared by the process's
+ * sessions); every call is a promise and never blocks the event loop.
+ */
+class Session {
+  #native = null
+  #ready = null
+  #dispatcher
+  #tools
+  #missing
+  #closed = false
+
+  constructor(options = {}) {
+    const { tools, storedValues, runtime, stateDir, sessionId, onInterrupt = 'fail' } = options
+    const native_ = native()
+    const limits = nativeOptions(options)
+    this.#tools = asTools(tools)
+    this.#dispatcher = new Dispatcher(this.#tools)
+    const found = findRuntime(runtime)
+    this.#missing = found.missing
+    const binary = found.path ?? '/nonexistent/code-mode-bin'
+    const stored = storedValues === undefined ? undefined : JSON.stringify(storedValues)
+    const json = toolsJson(this.#tools)
+    if (stateDir !== undefined) {
+      if (typeof sessionId !== 'string' || !sessionId) {
+        throw new InvalidArgument('a session kept in a stateDir needs a sessionId (a non-empty string)')
+      }
+      if (onInterrupt !== 'fail' && onInterrupt !== 'retry') {
+        throw new InvalidArgument(`onInterrupt must be "fail" or "retry", not ${JSON.stringify(onInterrupt)}`)
+      }
+      const state = { dir: String(stateDir), sessionId, retry: onInterrupt === 'retry' }
+      this.#ready = this.#missing
+        ? Promise.reject(new RuntimeUnavailable(this.#missing))
+        : wrapNative(() => native_.openKeptSession(json, limits, binary, this.#dispatcher.dispatch, state, stored)).then((session) => {
+            this.#native = session
+            this.#dispatcher.native = session
+          })
+      this.#ready.catch(() => {}) // told at the first call
+    } else {
+      if (sessionId !== undefined) throw new InvalidArgument('sessionId names a session kept in a stateDir: give stateDir too')
+      this.#native = wrapNativeSync(() => new native_.NativeSession(json, limits, binary, this.#dispatcher.dispatch, stored))
+      this.#dispatcher.native = this.#native
+    }
+  }
+
+  /** Opens a session and waits until it is ready (a kept session is taken back). */
+  static async open(options = {}) {
+    const session = new Session(options)
+    await session.#ready
+    return session
+  }
+
+  async #session() {
+    if (this.#closed) throw new SessionClosed('the session is closed')
+    if (this.#ready) await this.#ready
+    if (this.#missing) throw new RuntimeUnavailable(this.#missing)
+    return this.#native
+  }
+
+  /**
+   * Runs a cell until it completes or yields (its first line may be the `// @exec:`
+   * pragma). `signal` terminates the cell: the promise then rejects with its reason,
+   * once the cell is gone. `throwOnError` throws `CellError`/`LimitExceeded` for a failed cell.
+   */
+  async exec(source, { yieldTimeMs, signal, throwOnError = false } = {}) {
+    if (typeof source !== 'string') throw new InvalidArgument('exec: the source must be a string')
+    signal?.throwIfAborted()
+    const session = await this.#session()
+    signal?.throwIfAborted()
+    const token = (cancelTokens = (cancelTokens + 1) >>> 0)
+    const onAbort = () => session.cancel(token)
+    signal?.addEventListener('abort', onAbort, { once: true })
+    try {
+      const outcome = await session.exec(source, yieldTimeMs, token)
+      if (signal?.aborted) throw abortReason(signal)
+      return settle(outcome, throwOnError)
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+    }
+  }
+
+  /** Waits on a running cell until it completes or yields again. `signal` stops waiting (the cell goes on). */
+  async wait(cellId, { yieldTimeMs, signal, throwOnError = false } = {}) {
+    const session = await this.#session()
+    const waited = session.wait(String(cellId), yieldTimeMs)
+    if (!signal) return settle(await waited, throwOnError)
+    signal.throwIfAborted()
+    let onAbort
+    const aborted = new Promise((_, reject) => {
+      onAbort = () => reject(abortReason(signal))
+      signal.addEventListener('abort', onAbort, { once: true })
+    })
+    try {
+      return settle(await Promise.race([waited, aborted]), throwOnError)
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+    }
+  }
+
+  /** Stops a running cell; the result holds what it output and had not returned. */
+  async terminate(cellId) {
+    const session = await this.#session()
+    return settle(await session.terminate(String(cellId)), false)
+  }
+
+  /** The values committed cells stored (`store`), as JSON values. */
+  get storedValues() {
+    if (!this.#native) return {}
+    return JSON.parse(this.#native.storedValues())
+  }
+
+  /** The `exec` and `wait` tools to give a model, with Codex's descriptions: `exec`'s declares this session's tools in TypeScript. */
+  toolSpecs() {
+    return JSON.parse(native().toolSpecs(toolsJson(this.#tools)))
+  }
+
+  /** Where the session's cells run now (e.g. `pid 1234`), once one ran. */
+  get runtime() {
+    return this.#native?.runtime() ?? null
+  }
+
+  get closed() {
+    return this.#closed
+  }
+
+  /** Shuts the session down (running cells stop). Idempotent. A kept session stays in its stateDir. */
+  async close() {
+    if (this.#closed) return
+    this.#closed = true
+    await this.#ready?.catch(() => {})
+    if (this.#native) await this.#native.close(false)
+  }
+
+  /** Shuts the session down and deletes it from its stateDir: no later process takes it back. */
+  async delete() {
+    this.#closed = true
+    await this.#ready?.catch(() => {})
+    if (this.#native) await this.#native.close(true)
+  }
+
+  async [asyncDispose]() {
+    await this.close()
+  }
+}
+
+function wrapNativeSync(make) {
+  try {
+    return make()
+  } catch (error) {
+    if (error?.code === 'InvalidArg') throw new InvalidArgument(error.message)
+    throw error
+  }
+}
+
+async function wrapNative(make) {
+  try {
+    return await wrapNativeSync(make)
+  } catch (error) {
+    if (error instanceof CodeModeError) throw error
+    throw new CodeModeError(message(error), { cause: error })
+  }
+}
+
+const FOREVER_MS = 2 ** 31 - 1
+
+/**
+ * Runs one cell to its end in a fresh session and returns its result (output of every
+ * observation, in order); the session is closed after. Options: the session's, and
+ * `signal`, `throwOnError`.
+ */
+async function run(source, options = {}) {
+  const { signal, throwOnError, ...sessionOptions } = options
+  const session = new Session(sessionOptions)
+  try {
+    let result = await session.exec(source, { yieldTimeMs: FOREVER_MS, signal, throwOnError })
+    const items = [...result.items]
+    while (result.status === 'running') {
+      result = await session.wait(result.cellId, { yieldTimeMs: FOREVER_MS, signal, throwOnError })
+      items.push(...result.items)
+    }
+    const text = items.filter((item) => item.type === 'text').map((item) => item.text).join('\n')
+    return { ...result, items, text }
+  } finally {
+    await session.close()
+  }
+}
+
+/** The `exec` and `wait` tool specs for `tools`, without a session (nothing starts). */
+function toolSpecs(tools) {
+  return JSON.parse(native().toolSpecs(toolsJson(asTools(tools))))
+}
+
+/** The ids of the sessions an earlier process kept in `stateDir` that no session of this process took back yet. */
+function keptSessions(stateDir, { runtime } = {}) {
+  const found = findRuntime(runtime)
+  if (found.missing) throw new RuntimeUnavailable(found.missing)
+  return native().keptSessions(String(stateDir), found.path)
+}
+
+module.exports = {
+  run,
+  Session,
+  toolSpecs,
+  keptSessions,
+  CodeModeError,
+  RuntimeUnavailable,
+  RuntimeLost,
+  SessionClosed,
+  InvalidArgument,
+  CellError,
+  LimitExceeded,
+}

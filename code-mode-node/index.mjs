@@ -1,0 +1,17 @@
+// The ESM entry point of code-mode-runtime: the same API as index.cjs.
+import api from './index.cjs'
+
+export const {
+  run,
+  Session,
+  toolSpecs,
+  keptSessions,
+  CodeModeError,
+  RuntimeUnavailable,
+  RuntimeLost,
+  SessionClosed,
+  InvalidArgument,
+  CellError,
+  LimitExceeded,
+} = api
+export default api

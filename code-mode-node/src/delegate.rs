@@ -1,0 +1,120 @@
+//! The session's delegate: every nested call goes to the JS dispatcher through a
+//! threadsafe function, so a tool runs on the Node event loop, in order with the app's
+//! other work; its answer comes back through `Answers::give`, by the call's token. A
+//! call the cell gives up tells the dispatcher too, so that the tool's `AbortSignal` fires.
+
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError};
+use napi::Status;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// A nested call handed to JS: a tool to run (`cancelled` false), or a call given up.
+#[napi(object)]
+pub struct ToolCall {
+    /// The call's token: `answer` takes it.
+    pub token: u32,
+    /// The tool's name.
+    pub name: String,
+    /// The argument's JSON text, if the cell passed one.
+    pub input: Option<String>,
+    /// The cell that made the call.
+    pub cell_id: String,
+    /// The cell gave the call up (it was terminated): abort the tool.
+    pub cancelled: bool,
+}
+
+/// The JS dispatcher: weak, so an idle session never keeps Node's event loop alive (a
+/// call in flight does: its exec's promise is pending).
+pub(crate) type Dispatcher =
+    ThreadsafeFunction<ToolCall, napi::Unknown<'static>, ToolCall, Status, false, true>;
+
+/// The answers nested calls wait for, by token.
+#[derive(Default)]
+pub(crate) struct Answers {
+    next: AtomicU32,
+    waiting: Mutex<HashMap<u32, oneshot::Sender<Result<JsonText, ToolError>>>>,
+}
+
+impl Answers {
+    /// A fresh token and the receiver of its answer.
+    fn open(&self) -> (u32, oneshot::Receiver<Result<JsonText, ToolError>>) {
+        let token = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.waiting).insert(token, sender);
+        (token, receiver)
+    }
+
+    /// Gives call `token` its answer; `false` when nothing waits for it any more (it was
+    /// cancelled, or answered already).
+    pub(crate) fn give(&self, token: u32, answer: Result<JsonText, ToolError>) -> bool {
+        match lock(&self.waiting).remove(&token) {
+            Some(sender) => sender.send(answer).is_ok(),
+            None => false,
+        }
+    }
+
+    fn forget(&self, token: u32) -> bool {
+        lock(&self.waiting).remove(&token).is_some()
+    }
+}
+
+/// A session's delegate over the JS dispatcher.
+pub(crate) struct JsDelegate {
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) answers: std::sync::Arc<Answers>,
+}
+
+impl JsDelegate {
+    fn send(&self, call: ToolCall) -> Result<(), ToolError> {
+        match self
+            .dispatcher
+            .call(call, ThreadsafeFunctionCallMode::NonBlocking)
+        {
+            Status::Ok => Ok(()),
+            status => Err(ToolError::new(format!(
+                "the tool could not be started: the Node environment refused the call ({status})"
+            ))),
+        }
+    }
+}
+
+impl CodeModeSessionDelegate for JsDelegate {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        Box::pin(async move {
+            let (token, answer) = self.answers.open();
+            let name = call.tool_name.as_str().to_owned();
+            let cell_id = call.cell_id.to_string();
+            let started = self.send(ToolCall {
+                token,
+                name: name.clone(),
+                input: call.input.as_ref().map(|input| input.as_str().to_owned()),
+                cell_id: cell_id.clone(),
+                cancelled: false,
+            });
+            if let Err(error) = started {
+                self.answers.forget(token);
+                return Err(error);
+            }
+            tokio::select! {
+                answer = answer => answer.unwrap_or_else(|_| Err(ToolError::cancelled())),
+                () = cancel.cancelled() => {
+                    if self.answers.forget(token) {
+                        tracing::debug!(token, tool = %name, "nested call given up; aborting its tool");
+                        let _ = self.send(ToolCall { token, name, input: None, cell_id, cancelled: true });
+                    }
+                    Err(ToolError::cancelled())
+                }
+            }
+        })
+    }
+}

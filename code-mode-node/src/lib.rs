@@ -1,0 +1,22 @@
+//! The native half of the Node package `code-mode-runtime` (`index.cjs`, `index.mjs`):
+//! sessions of the host crate, whose cells run in the sandboxed runtime process the
+//! package's platform package ships, driven from Node through N-API (napi-rs).
+//!
+//! `session` is the session class (every call a promise, settled from the extension's own
+//! tokio runtime: the JS event loop never waits on a cell); `delegate` hands nested calls
+//! to the JS dispatcher and takes their answers back; `options` reads what JS passes;
+//! `outcome` shapes answers and errors for JS; `runtime` holds the tokio runtime and the
+//! shared providers. The API a Node user sees is written in JavaScript over these; the
+//! TypeScript declarations of everything here are generated from the `#[napi]` items.
+
+pub mod delegate;
+pub mod options;
+pub mod outcome;
+pub mod runtime;
+pub mod session;
+
+/// The version of the package's native half.
+#[napi_derive::napi]
+pub fn native_version() -> String {
+    env!("CARGO_PKG_VERSION").to_owned()
+}

@@ -1,0 +1,76 @@
+//! The process-wide parts: one tokio runtime for every session, one provider per runtime
+//! executable, so that all of a Node process's sessions share one sandboxed runtime
+//! process (started at the first cell, restarted after a crash), and one provider of
+//! kept sessions per state directory.
+
+use code_mode_host::KeptSessions;
+use code_mode_host::state::{StoreLocation, StoreOptions};
+use code_mode_host::{ProcessConfig, ProcessProvider, Runtimes, StoredProvider};
+use code_mode_protocol::sync::lock;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The runtime every session's work runs on (two workers: the work is waiting on the
+/// runtime process and on JS, never computing).
+pub(crate) fn tokio() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("code-mode")
+            .enable_all()
+            .build()
+            .expect("the tokio runtime of code-mode-runtime starts")
+    })
+}
+
+/// The provider of the runtime executable `binary`, made once per executable. The JS side
+/// always names the executable (never `PATH`); a missing one is told at the first cell.
+pub(crate) fn provider(binary: PathBuf) -> Runtimes {
+    static PROVIDERS: OnceLock<Mutex<HashMap<PathBuf, Runtimes>>> = OnceLock::new();
+    let mut providers = lock(PROVIDERS.get_or_init(Mutex::default));
+    if let Some(provider) = providers.get(&binary) {
+        return provider.clone();
+    }
+    let _entered = tokio().enter();
+    let provider = Runtimes::Local(ProcessProvider::deferred(ProcessConfig {
+        binary: Some(binary.clone()),
+        ..ProcessConfig::default()
+    }));
+    providers.insert(binary, provider.clone());
+    provider
+}
+
+/// The provider of the sessions kept in state directory `dir` (one per directory and
+/// process: its database is held by one keeper), with its own runtime process, started at
+/// the runtime generation after the one the directory's last process reached.
+pub(crate) fn stored(dir: &str, binary: PathBuf) -> Result<Arc<StoredProvider>, String> {
+    static STORED: OnceLock<Mutex<HashMap<PathBuf, Arc<StoredProvider>>>> = OnceLock::new();
+    let dir = PathBuf::from(dir);
+    let mut providers = lock(STORED.get_or_init(Mutex::default));
+    if let Some(provider) = providers.get(&dir) {
+        return Ok(Arc::clone(provider));
+    }
+    let location = StoreLocation::Dir(dir.clone());
+    let kept = KeptSessions::open(&location, "node", StoreOptions::default())
+        .map_err(|error| error.to_string())?;
+    let _entered = tokio().enter();
+    let runtimes = Runtimes::Local(ProcessProvider::deferred(ProcessConfig {
+        binary: Some(binary),
+        generations_before: kept.generations_before(),
+        ..ProcessConfig::default()
+    }));
+    let provider = Arc::new(StoredProvider::new(runtimes, Arc::new(kept)));
+    providers.insert(dir, Arc::clone(&provider));
+    Ok(provider)
+}
+
+/// The ids of the sessions an earlier process kept in state directory `dir` that no
+/// session of this process took back yet.
+#[napi_derive::napi]
+pub fn kept_sessions(dir: String, runtime: String) -> napi::Result<Vec<String>> {
+    stored(&dir, PathBuf::from(runtime))
+        .map(|provider| provider.kept())
+        .map_err(napi::Error::from_reason)
+}

@@ -1,0 +1,416 @@
+//! `NativeSession`: one host session with its tools, driven from JS. Every call returns a
+//! promise at once and runs on the extension's tokio runtime, so the JS event loop never
+//! waits on a cell; the promise settles with an [`Outcome`] (a result, or the error class
+//! and message the JS layer throws).
+
+use crate::delegate::{Answers, Dispatcher, JsDelegate};
+use crate::options::NativeOptions;
+use crate::outcome::{Outcome, failed};
+use code_mode_host::{HostedSession, Interrupted, RuntimeSession, StoredSession};
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{
+    CellId, CellResponse, CodeModeProvider, CodeModeSession, ExecHooks, ExecRequest, JsonText,
+    SessionError, ToolDefinition, ToolError, WaitRequest,
+};
+use code_mode_surface::{
+    Catalog, DEFAULT_MAX_OUTPUT_TOKENS, ToolDescription, exec_tool_spec_of, parse_exec_source,
+    wait_tool_spec,
+};
+use napi::bindgen_prelude::Object;
+use napi::{Env, Status};
+use napi_derive::napi;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// A session kept in a state directory: it outlives the process.
+#[napi(object)]
+pub struct KeptState {
+    /// The state directory (SQLite).
+    pub dir: String,
+    /// The session's id in it.
+    pub session_id: String,
+    /// A call in flight at a crash runs again (`true`) or fails (the default).
+    pub retry: Option<bool>,
+}
+
+/// A session of code mode, with the tools every cell of it may call.
+#[napi]
+pub struct NativeSession {
+    session: Arc<dyn CodeModeSession>,
+    runtime_session: Arc<RuntimeSession>,
+    /// With a state directory: the kept session, which `delete` removes from it.
+    stored: Option<Arc<StoredSession>>,
+    answers: Arc<Answers>,
+    descriptions: Vec<ToolDescription>,
+    tools: Arc<[ToolDefinition]>,
+    closed: Arc<AtomicBool>,
+    /// The cancellation of each exec started with a cancel token, by token.
+    cancels: Arc<Mutex<HashMap<u32, CancellationToken>>>,
+}
+
+/// What a session is opened with.
+struct Parts {
+    descriptions: Vec<ToolDescription>,
+    answers: Arc<Answers>,
+    delegate: Arc<JsDelegate>,
+    options: code_mode_protocol::SessionOptions,
+    stored: code_mode_protocol::StoredValues,
+}
+
+fn parts(
+    tools: &str,
+    options: &NativeOptions,
+    stored: Option<&str>,
+    dispatcher: Dispatcher,
+) -> napi::Result<Parts> {
+    let answers = Arc::new(Answers::default());
+    Ok(Parts {
+        descriptions: crate::options::tools(tools)?,
+        options: crate::options::session_options(options)?,
+        stored: crate::options::stored_values(stored)?,
+        delegate: Arc::new(JsDelegate {
+            dispatcher,
+            answers: Arc::clone(&answers),
+        }),
+        answers,
+    })
+}
+
+impl NativeSession {
+    fn of(
+        parts: Parts,
+        session: Arc<dyn CodeModeSession>,
+        runtime_session: Arc<RuntimeSession>,
+        stored: Option<Arc<StoredSession>>,
+    ) -> Self {
+        let tools = parts
+            .descriptions
+            .iter()
+            .map(ToolDescription::definition)
+            .collect();
+        Self {
+            session,
+            runtime_session,
+            stored,
+            answers: parts.answers,
+            descriptions: parts.descriptions,
+            tools,
+            closed: Arc::default(),
+            cancels: Arc::default(),
+        }
+    }
+}
+
+/// A promise of `run`'s outcome, settled from the tokio runtime.
+fn promise<'env>(
+    env: &'env Env,
+    run: impl Future<Output = Outcome> + Send + 'static,
+) -> napi::Result<Object<'env>> {
+    type Resolve = Box<dyn FnOnce(Env) -> napi::Result<Outcome> + Send>;
+    let (deferred, promise) = env.create_deferred::<Outcome, Resolve>()?;
+    crate::runtime::tokio().spawn(async move {
+        let outcome = run.await;
+        deferred.resolve(Box::new(move |_| Ok(outcome)));
+    });
+    Ok(promise)
+}
+
+/// The outcome of a call that answered `answer`, its model text cut to `budget` tokens.
+fn settle(answer: Result<CellResponse, SessionError>, budget: u64) -> Outcome {
+    match answer {
+        Ok(response) => Outcome {
+            result: Some(crate::outcome::result(&response, budget)),
+            error: None,
+        },
+        Err(error) => Outcome {
+            result: None,
+            error: Some(crate::outcome::error(&error)),
+        },
+    }
+}
+
+/// Opens session `state.session_id` of state directory `state.dir`: taken back with its
+/// running cells if an earlier process kept it, else opened and kept from now on. The
+/// promise settles with the session, or rejects with the reason it could not be opened.
+#[napi(ts_return_type = "Promise<NativeSession>")]
+pub fn open_kept_session<'env>(
+    env: &'env Env,
+    tools: String,
+    options: NativeOptions,
+    runtime: String,
+    #[napi(ts_arg_type = "(call: ToolCall) => void")] dispatcher: Dispatcher,
+    state: KeptState,
+    stored: Option<String>,
+) -> napi::Result<Object<'env>> {
+    let parts = parts(&tools, &options, stored.as_deref(), dispatcher)?;
+    let provider = crate::runtime::stored(&state.dir, PathBuf::from(runtime))
+        .map_err(|error| napi::Error::new(Status::GenericFailure, error))?;
+    type Resolve = Box<dyn FnOnce(Env) -> napi::Result<NativeSession> + Send>;
+    let (deferred, promise) = env.create_deferred::<NativeSession, Resolve>()?;
+    crate::runtime::tokio().spawn(async move {
+        let delegate: Arc<dyn code_mode_protocol::CodeModeSessionDelegate> = parts.delegate.clone();
+        let options = parts.options.clone();
+        let id = state.session_id.clone();
+        let opened = if provider.kept().contains(&id) {
+            let outcome = if state.retry.unwrap_or(false) {
+                Interrupted::Retry
+            } else {
+                Interrupted::Fail
+            };
+            let resume = provider.resume(&id, delegate, options, move |_| outcome.clone());
+            resume.await
+        } else {
+            let values = parts.stored.clone();
+            provider.open(&id, delegate, options, values).await
+        };
+        match opened {
+            Ok(kept) => {
+                let runtime_session = Arc::clone(kept.runtime_session());
+                let session = NativeSession::of(parts, kept.clone(), runtime_session, Some(kept));
+                deferred.resolve(Box::new(move |_| Ok(session)));
+            }
+            Err(error) => deferred.reject(napi::Error::from_reason(error.to_string())),
+        }
+    });
+    Ok(promise)
+}
+
+/// The `exec` and `wait` tool specs a model is given for `tools` (the JSON list a session
+/// takes), as JSON: `exec`'s description declares the tools in TypeScript.
+#[napi]
+pub fn tool_specs(tools: String) -> napi::Result<String> {
+    Ok(specs_json(&crate::options::tools(&tools)?))
+}
+
+fn specs_json(descriptions: &[ToolDescription]) -> String {
+    let catalog = Catalog {
+        tools: descriptions,
+        unavailable: &[],
+    };
+    let specs = [exec_tool_spec_of(catalog), wait_tool_spec()];
+    Value::Array(specs.iter().map(|spec| spec.to_json()).collect()).to_string()
+}
+
+#[napi]
+impl NativeSession {
+    /// Opens a session on the runtime executable `runtime` (nothing starts until its first
+    /// cell); `tools` is a JSON list of `{name, description, inputSchema, outputSchema,
+    /// deferred}`, `stored` the JSON object of the stored values to start from.
+    /// `dispatcher` runs the tools of nested calls.
+    #[napi(constructor)]
+    pub fn new(
+        tools: String,
+        options: NativeOptions,
+        runtime: String,
+        #[napi(ts_arg_type = "(call: ToolCall) => void")] dispatcher: Dispatcher,
+        stored: Option<String>,
+    ) -> napi::Result<Self> {
+        let parts = parts(&tools, &options, stored.as_deref(), dispatcher)?;
+        let provider = crate::runtime::provider(PathBuf::from(runtime));
+        let _entered = crate::runtime::tokio().enter();
+        let session = Arc::new(provider.open_session_with_values(
+            parts.delegate.clone(),
+            parts.options.clone(),
+            parts.stored.clone(),
+        ));
+        Ok(Self::of(parts, session.clone(), session, None))
+    }
+
+    /// Runs a cell (its first line may be the `// @exec:` pragma) until it completes or
+    /// yields. `cancel`: a token for `cancel()`, which terminates the cell.
+    #[napi(ts_return_type = "Promise<Outcome>")]
+    pub fn exec<'env>(
+        &self,
+        env: &'env Env,
+        source: String,
+        yield_time_ms: Option<u32>,
+        cancel: Option<u32>,
+    ) -> napi::Result<Object<'env>> {
+        if let Some(closed) = self.closed_outcome() {
+            return promise(env, async move { closed });
+        }
+        let parsed = match parse_exec_source(&source) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                let failed = failed("CodeModeError", error.to_string());
+                return promise(env, async move { failed });
+            }
+        };
+        let budget = parsed
+            .max_output_tokens
+            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+        let mut request = ExecRequest::new(parsed.source).with_tools(Arc::clone(&self.tools));
+        request.yield_time_ms = yield_time_ms.map(u64::from).or(parsed.yield_time_ms);
+        let token = CancellationToken::new();
+        if let Some(id) = cancel {
+            lock(&self.cancels).insert(id, token.clone());
+        }
+        let run = exec_until(Arc::clone(&self.session), request, token);
+        let cancels = Arc::clone(&self.cancels);
+        promise(env, async move {
+            let answer = run.await;
+            if let Some(id) = cancel {
+                lock(&cancels).remove(&id);
+            }
+            settle(answer, budget)
+        })
+    }
+
+    /// Terminates the cell of the exec started with cancel token `token` (once it is
+    /// admitted); `false` when no such exec is running.
+    #[napi]
+    pub fn cancel(&self, token: u32) -> bool {
+        match lock(&self.cancels).remove(&token) {
+            Some(cancel) => {
+                cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits on a running cell until it completes or yields again.
+    #[napi(ts_return_type = "Promise<Outcome>")]
+    pub fn wait<'env>(
+        &self,
+        env: &'env Env,
+        cell_id: String,
+        yield_time_ms: Option<u32>,
+    ) -> napi::Result<Object<'env>> {
+        if let Some(closed) = self.closed_outcome() {
+            return promise(env, async move { closed });
+        }
+        let session = Arc::clone(&self.session);
+        let request = WaitRequest {
+            cell_id: CellId::from(cell_id.as_str()),
+            yield_time_ms: yield_time_ms.map(u64::from),
+        };
+        promise(env, async move {
+            settle(session.wait(request).await, DEFAULT_MAX_OUTPUT_TOKENS)
+        })
+    }
+
+    /// Stops a running cell; the result holds what it output and had not returned.
+    #[napi(ts_return_type = "Promise<Outcome>")]
+    pub fn terminate<'env>(&self, env: &'env Env, cell_id: String) -> napi::Result<Object<'env>> {
+        if let Some(closed) = self.closed_outcome() {
+            return promise(env, async move { closed });
+        }
+        let session = Arc::clone(&self.session);
+        let cell_id = CellId::from(cell_id.as_str());
+        promise(env, async move {
+            settle(session.terminate(cell_id).await, DEFAULT_MAX_OUTPUT_TOKENS)
+        })
+    }
+
+    /// Gives nested call `token` its answer: the result's JSON text when `ok`, else the
+    /// message the cell's call rejects with. `false` when nothing waits for it.
+    #[napi]
+    pub fn answer(&self, token: u32, ok: bool, text: String) -> bool {
+        let answer = if ok {
+            Ok(JsonText::new(text))
+        } else {
+            Err(ToolError::new(text))
+        };
+        self.answers.give(token, answer)
+    }
+
+    /// The committed stored values, as a JSON object.
+    #[napi]
+    pub fn stored_values(&self) -> String {
+        let values: serde_json::Map<String, Value> = self
+            .session
+            .stored_values()
+            .iter()
+            .map(|(key, value)| {
+                let value = serde_json::from_str(value).unwrap_or(Value::Null);
+                (key.clone(), value)
+            })
+            .collect();
+        Value::Object(values).to_string()
+    }
+
+    /// The `exec` and `wait` tool specs of this session's tools, as JSON.
+    #[napi]
+    pub fn tool_specs(&self) -> String {
+        specs_json(&self.descriptions)
+    }
+
+    /// Where the session's cells run now (e.g. `pid 1234`), once it has run one.
+    #[napi]
+    pub fn runtime(&self) -> Option<String> {
+        HostedSession::runtime(&self.runtime_session)
+    }
+
+    /// Whether the session is closed.
+    #[napi(getter)]
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Shuts the session down (running cells stop); with `delete`, a kept session is also
+    /// deleted from its state directory. Idempotent.
+    #[napi(ts_return_type = "Promise<Outcome>")]
+    pub fn close<'env>(&self, env: &'env Env, delete: Option<bool>) -> napi::Result<Object<'env>> {
+        let first = !self.closed.swap(true, Ordering::SeqCst);
+        let session = Arc::clone(&self.session);
+        let kept = self.stored.clone().filter(|_| delete == Some(true));
+        promise(env, async move {
+            match kept {
+                Some(kept) => kept.close().await,
+                None if first => session.shutdown().await,
+                None => {}
+            }
+            Outcome {
+                result: None,
+                error: None,
+            }
+        })
+    }
+}
+
+impl NativeSession {
+    fn closed_outcome(&self) -> Option<Outcome> {
+        self.closed
+            .load(Ordering::SeqCst)
+            .then(|| failed("SessionClosed", "the session is closed".to_owned()))
+    }
+}
+
+/// Runs `request` until its cell completes or yields. The cell is terminated when
+/// `cancel` fires: at once if it was admitted, else as soon as it is; the exec's own
+/// observation then ends with the terminated response (contract 3.7).
+async fn exec_until(
+    session: Arc<dyn CodeModeSession>,
+    request: ExecRequest,
+    cancel: CancellationToken,
+) -> Result<CellResponse, SessionError> {
+    let admitted: Arc<(Mutex<Option<CellId>>, tokio::sync::Notify)> = Arc::default();
+    let seen = Arc::clone(&admitted);
+    let hooks = ExecHooks::default().on_admitted(move |cell_id| {
+        *lock(&seen.0) = Some(cell_id.clone());
+        seen.1.notify_one();
+    });
+    let run = session.execute_with(request, hooks);
+    tokio::pin!(run);
+    tokio::select! {
+        started = &mut run => return started.map(|started| started.initial_response),
+        () = cancel.cancelled() => {}
+    }
+    let cell_id = loop {
+        if let Some(cell_id) = lock(&admitted.0).clone() {
+            break cell_id;
+        }
+        tokio::select! {
+            started = &mut run => return started.map(|started| started.initial_response),
+            () = admitted.1.notified() => {}
+        }
+    };
+    let (started, _) = tokio::join!(run, session.terminate(cell_id));
+    started.map(|started| started.initial_response)
+}
