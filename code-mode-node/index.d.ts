@@ -1,0 +1,124 @@
+// The API of code-mode-runtime. The shapes of results, content items and options are
+// the ones napi-rs generates from the Rust side (native.d.ts); this file declares the
+// JavaScript layer over them (index.cjs).
+import type { CellResult, ContentItem, NativeOptions } from './native'
+
+export type { CellResult, ContentItem }
+
+/** Every error of code-mode-runtime. */
+export declare class CodeModeError extends Error {}
+/** No runtime could run the call (the platform package or the runtime executable is missing): the message names the fix. */
+export declare class RuntimeUnavailable extends CodeModeError {}
+/** The runtime process was lost while the call was in flight; the session goes on at its next call. */
+export declare class RuntimeLost extends CodeModeError {}
+/** The session was closed, or is shutting down. */
+export declare class SessionClosed extends CodeModeError {}
+/** A bad argument: an unknown option, a tool without a name, a schema that does not convert. */
+export declare class InvalidArgument extends CodeModeError {}
+/** A cell failed (with `throwOnError`): the message is the text the model reads. */
+export declare class CellError extends CodeModeError {
+  readonly result: CellResult
+}
+/** A cell reached one of its limits (heap, CPU time) and was stopped. */
+export declare class LimitExceeded extends CellError {}
+
+/** What a tool's function gets beside its argument. */
+export interface ToolCallOptions {
+  /** Aborted when the cell gives the call up (it was terminated, or its exec's signal fired). */
+  signal: AbortSignal
+  /** The same signal, under the AI SDK's name. */
+  abortSignal: AbortSignal
+  /** The cell that made the call. */
+  cellId: string
+  /** An id of the call, unique in the process. */
+  toolCallId: string
+}
+
+/** A tool's function: sync or async; its result is sent to the cell as JSON; a throw rejects the cell's call with its message. */
+export type ToolFunction = (input: any, options: ToolCallOptions) => unknown
+
+/**
+ * A tool: a function, or an object with a description and a schema of its argument — a
+ * JSON Schema, a Zod 4 schema, or an AI SDK `jsonSchema()`. An AI SDK `tool({...})` is one.
+ */
+export type Tool =
+  | ToolFunction
+  | {
+      name?: string
+      description?: string
+      inputSchema?: unknown
+      parameters?: unknown
+      outputSchema?: unknown
+      /** Kept out of `exec`'s description: cells find it with `tools.tool_search`. */
+      deferred?: boolean
+      execute: ToolFunction
+    }
+
+/** Tools by name, or an array of named tools (named functions, or objects with `name`). */
+export type Tools = Record<string, Tool> | Tool[]
+
+export interface SessionOptions extends NativeOptions {
+  /** The tools every cell may call, as `tools.<name>(arg)`. */
+  tools?: Tools
+  /** The stored values the session starts with (`load(key)` in a cell). */
+  storedValues?: Record<string, unknown>
+  /** The runtime executable (default: $CODE_MODE_BIN, else the platform package's). */
+  runtime?: string
+  /** A directory where the session keeps itself (SQLite): a process started again takes it back by `sessionId`. */
+  stateDir?: string
+  sessionId?: string
+  /** A call in flight at a crash runs again (`retry`) or fails (`fail`, the default) when the session is taken back. */
+  onInterrupt?: 'fail' | 'retry'
+}
+
+export interface ExecOptions {
+  /** How long the call waits before it returns a running cell's output so far. */
+  yieldTimeMs?: number
+  /** Terminates the cell; the call then rejects with the signal's reason once the cell is gone. */
+  signal?: AbortSignal
+  /** Throw `CellError` (or `LimitExceeded`) when the cell failed, instead of returning its result. */
+  throwOnError?: boolean
+}
+
+/** The `exec` (freeform) and `wait` (function) tools to give a model, with Codex's descriptions. */
+export type ToolSpec =
+  | { type: 'custom'; name: 'exec'; description: string }
+  | { type: 'function'; name: 'wait'; description: string; strict: false; parameters: Record<string, unknown> }
+
+/**
+ * A session: cells that share stored values, with the tools every cell may call. Cells
+ * run in the sandboxed runtime process (started at the first cell); no call blocks the
+ * event loop. `await using session = new Session({...})` closes it at the end of the scope.
+ */
+export declare class Session implements AsyncDisposable {
+  constructor(options?: SessionOptions)
+  /** Opens a session and waits until it is ready (a session kept in a stateDir is taken back). */
+  static open(options?: SessionOptions): Promise<Session>
+  /** Runs a cell until it completes or yields; its first line may be the `// @exec:` pragma. */
+  exec(source: string, options?: ExecOptions): Promise<CellResult>
+  /** Waits on a running cell until it completes or yields again; `signal` stops waiting (the cell goes on). */
+  wait(cellId: string, options?: ExecOptions): Promise<CellResult>
+  /** Stops a running cell; the result holds what it output and had not returned. */
+  terminate(cellId: string): Promise<CellResult>
+  /** The values committed cells stored (`store(key, value)`). */
+  readonly storedValues: Record<string, unknown>
+  /** The `exec` and `wait` tool specs; `exec`'s description declares this session's tools in TypeScript. */
+  toolSpecs(): ToolSpec[]
+  /** Where the session's cells run now (e.g. `pid 1234`), once one ran. */
+  readonly runtime: string | null
+  readonly closed: boolean
+  /** Shuts the session down (running cells stop). Idempotent; a kept session stays in its stateDir. */
+  close(): Promise<void>
+  /** Shuts the session down and deletes it from its stateDir. */
+  delete(): Promise<void>
+  [Symbol.asyncDispose](): Promise<void>
+}
+
+/** Runs one cell to its end in a fresh session (closed after) and returns its result: the output of every observation. */
+export declare function run(source: string, options?: SessionOptions & Omit<ExecOptions, 'yieldTimeMs'>): Promise<CellResult>
+
+/** The `exec` and `wait` tool specs for `tools`, without a session (nothing starts). */
+export declare function toolSpecs(tools?: Tools): ToolSpec[]
+
+/** The ids of the sessions an earlier process kept in `stateDir` that no session of this process took back yet. */
+export declare function keptSessions(stateDir: string, options?: { runtime?: string }): string[]
