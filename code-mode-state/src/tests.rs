@@ -552,22 +552,43 @@ fn sessions_nobody_wrote_for_their_time_to_live_expire() {
     }
 }
 
+/// Where each commit of the write-ahead log `log`'s current run ends (the end of its commit
+/// frame). The log is kept at its size and written over from its start after a
+/// checkpoint, so its length says nothing of where the last commit is: a run's frames
+/// carry the salts of the log's header, and a commit frame the database's size.
+fn commit_ends(log: &[u8]) -> Vec<usize> {
+    let word = |at: usize| u32::from_be_bytes(log[at..at + 4].try_into().expect("4 bytes"));
+    let frame = 24 + usize::try_from(word(8)).expect("a page size");
+    let salts = &log[16..24];
+    let (mut ends, mut at) = (Vec::new(), 32);
+    while at + frame <= log.len() && &log[at + 8..at + 16] == salts {
+        let commit = word(at + 4) != 0;
+        at += frame;
+        if commit {
+            ends.push(at);
+        }
+    }
+    ends
+}
+
 #[test]
 fn a_write_torn_by_a_kill_is_rolled_back_to_the_one_before() {
     let dir = scratch("torn");
     let (keeper, _) = open(&dir).expect("opens");
     write(&keeper, checkpoint(vec![cell(1, 0)], "\"first\"")).expect("written");
     let wal = dir.join("jsonl.sqlite3-wal");
-    let first_len = std::fs::metadata(&wal).expect("a log").len();
+    let first = commit_ends(&std::fs::read(&wal).expect("a log"));
     write(&keeper, checkpoint(vec![cell(1, 1)], "\"second\"")).expect("written");
     // What a kill in the middle of the second write leaves: the files as they are, with
     // the log cut inside the second transaction.
     let copy = scratch("torn-copy");
     std::fs::copy(dir.join("jsonl.sqlite3"), copy.join("jsonl.sqlite3")).expect("copied");
     let log = std::fs::read(&wal).expect("read");
-    assert!(log.len() as u64 > first_len + 100);
-    let cut = usize::try_from(first_len).expect("fits") + 100;
-    std::fs::write(copy.join("jsonl.sqlite3-wal"), &log[..cut]).expect("cut");
+    let second = commit_ends(&log);
+    assert_eq!(second.len(), first.len() + 1, "{first:?} {second:?}");
+    let first_end = *first.last().expect("the first write's commit");
+    assert!(second[first.len()] > first_end + 100);
+    std::fs::write(copy.join("jsonl.sqlite3-wal"), &log[..first_end + 100]).expect("cut");
     let (_, saved) = open(&copy).expect("opens");
     assert_eq!(stored_value(&saved), "\"first\"");
     assert_eq!(saved.sessions[0].state.cells, vec![cell(1, 0)]);
@@ -670,4 +691,43 @@ fn durability_disk_syncs_every_commit_and_process_leaves_it_to_the_system() {
     assert_eq!("disk".parse(), Ok(Durability::Disk));
     assert_eq!("process".parse(), Ok(Durability::Process));
     assert!("fast".parse::<Durability>().is_err());
+}
+
+#[test]
+fn with_disk_durability_the_log_is_written_to_its_size_before_the_first_commit() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch("warm-log");
+    let (store, _) = Sqlite::open(&dir, "jsonl", Durability::Disk).expect("opens");
+    let pragma = |name: &str| -> i64 {
+        store
+            .connection()
+            .query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
+            .expect("read")
+    };
+    let wraps_at = u64::try_from(pragma("page_size") * pragma("wal_autocheckpoint")).unwrap();
+    let log = std::fs::metadata(dir.join("jsonl.sqlite3-wal")).expect("the log");
+    assert!(log.len() >= wraps_at, "{} < {wraps_at}", log.len());
+    // Written blocks, not a hole the first commits would fill.
+    assert!(log.blocks() * 512 >= wraps_at, "{} blocks", log.blocks());
+    // The scratch table is gone, and the database did not grow by the log's size.
+    let scratch_tables: i64 = store
+        .connection()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'log_warmup'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("read");
+    assert_eq!(scratch_tables, 0);
+    let database = std::fs::metadata(dir.join("jsonl.sqlite3")).expect("the database");
+    assert!(database.len() < 256 * 1024, "{}", database.len());
+    drop(store);
+    // Opened again, it reads what it had; with process durability (no sync at commit) the
+    // log is left to grow as SQLite grows it.
+    let (_store, loaded) = Sqlite::open(&dir, "jsonl", Durability::Disk).expect("reopens");
+    assert!(loaded.saved.sessions.is_empty());
+    let other = scratch("cold-log");
+    let (_store, _) = Sqlite::open(&other, "jsonl", Durability::Process).expect("opens");
+    let log = std::fs::metadata(other.join("jsonl.sqlite3-wal")).map_or(0, |m| m.len());
+    assert!(log < wraps_at, "{log}");
 }

@@ -939,13 +939,24 @@ fn serve_jsonl_at_end_of_input_sends_no_line_its_store_did_not_take() {
     }
 }
 
-/// The bytes of the state directory's write-ahead log: it grows by the pages of every
-/// commit (until a checkpoint, a thousand pages on), so an unchanged length means nothing
-/// was committed, and nothing synced.
-fn log_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::metadata(dir.join("jsonl.sqlite3-wal"))
-        .expect("the database's write-ahead log")
-        .len()
+/// The frames (a page and its header each) in the current run of the state directory's
+/// write-ahead log: every commit adds its pages, so an unchanged count means nothing was
+/// committed, and nothing synced. The log is kept at its full size and written over from
+/// its start after a checkpoint, so its length says nothing; a run's frames are those
+/// from the start that carry the salts of the log's header.
+fn log_frames(dir: &std::path::Path) -> usize {
+    let log = std::fs::read(dir.join("jsonl.sqlite3-wal")).expect("the database's write-ahead log");
+    let word = |at: usize| u32::from_be_bytes(log[at..at + 4].try_into().expect("4 bytes"));
+    let frame = 24 + usize::try_from(word(8)).expect("a page size");
+    let mut count = 0;
+    while 32 + (count + 1) * frame <= log.len() {
+        let at = 32 + count * frame;
+        if log[at + 8..at + 16] != log[16..24] {
+            break;
+        }
+        count += 1;
+    }
+    count
 }
 
 #[test]
@@ -972,7 +983,7 @@ fn serve_jsonl_commits_nothing_for_an_exec_whose_cell_changes_nothing_kept() {
     };
     // The first cell starts the runtime: its generation is kept.
     exec(&mut server, &mut client, 2, "text(1)");
-    let before = log_bytes(&dir);
+    let before = log_frames(&dir);
     for id in 3..8 {
         exec(
             &mut server,
@@ -981,15 +992,15 @@ fn serve_jsonl_commits_nothing_for_an_exec_whose_cell_changes_nothing_kept() {
             "text(1); await Promise.resolve(2)",
         );
     }
-    // Counted in frames (a page and its header): the cells, written at admission and
-    // deleted at their answers, took eight for these five.
-    let frames = (log_bytes(&dir) - before).div_ceil(4096 + 24);
+    // The cells, written at admission and deleted at their answers, took eight frames
+    // for these five before.
+    let frames = log_frames(&dir) - before;
     assert_eq!(
         frames, 0,
         "cells that called nothing and stored nothing were committed"
     );
     // The measure sees a commit: a cell that stores a value is kept before its answer.
     exec(&mut server, &mut client, 8, "store('k', 1); text(1)");
-    assert!(log_bytes(&dir) > before, "a stored value made no commit");
+    assert!(log_frames(&dir) > before, "a stored value made no commit");
     assert!(server.finish().success());
 }
