@@ -1,0 +1,200 @@
+// The API: run, Session and its calls, tools as functions with their schemas, errors,
+// AbortSignal, the event loop, limits. Against the package built by
+// scripts/node-package.sh, found by its name (code-mode-runtime) as an app finds it.
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { isMainThread } from 'node:worker_threads'
+import path from 'node:path'
+import { test } from 'node:test'
+import { z } from 'zod'
+import {
+  CellError,
+  InvalidArgument,
+  LimitExceeded,
+  RuntimeUnavailable,
+  Session,
+  SessionClosed,
+  run,
+  toolSpecs,
+} from 'code-mode-runtime'
+import { repo, sleep } from './helpers.mjs'
+
+test('run: a cell calls sync and async JS tools and prints their results', async () => {
+  const result = await run('text(await tools.add({a: 1, b: 2})); text(await tools.greet({name: "Ada"}))', {
+    tools: {
+      add: ({ a, b }) => a + b,
+      greet: async ({ name }) => {
+        await sleep(10)
+        return `hello ${name}`
+      },
+    },
+  })
+  assert.equal(result.status, 'completed')
+  assert.equal(result.error, undefined)
+  assert.equal(result.text, '3\nhello Ada')
+  assert.match(result.modelText, /Script completed/)
+})
+
+test("a tool's thrown error rejects the cell's call with its message", async () => {
+  const result = await run('try { await tools.boom() } catch (error) { text("caught: " + error) }', {
+    tools: {
+      boom: async () => {
+        throw new Error('the disk is full')
+      },
+    },
+  })
+  assert.equal(result.text, 'caught: the disk is full')
+})
+
+test('a Zod schema declares the tool to the model and checks its argument', async () => {
+  const tools = {
+    get_weather: {
+      description: 'The weather in a city.',
+      inputSchema: z.object({ city: z.string(), days: z.number().int().optional() }),
+      execute: ({ city, days }) => ({ city, days: days ?? 1 }),
+    },
+  }
+  const exec = toolSpecs(tools).find((spec) => spec.name === 'exec')
+  assert.match(exec.description, /get_weather/)
+  assert.match(exec.description, /The weather in a city\./)
+  assert.match(exec.description, /city: string/)
+  const result = await run(
+    'text(JSON.stringify(await tools.get_weather({city: "Oslo"}))); try { await tools.get_weather({city: 3}) } catch (e) { text(String(e)) }',
+    { tools },
+  )
+  const [ok, refused] = result.text.split('\n')
+  assert.deepEqual(JSON.parse(ok), { city: 'Oslo', days: 1 })
+  assert.match(refused, /invalid argument: city: /)
+})
+
+test('a JSON Schema declares the tool to the model', () => {
+  const exec = toolSpecs([
+    { name: 'lookup', description: 'Looks a user up.', inputSchema: { type: 'object', properties: { id: { type: 'integer' } }, required: ['id'] }, execute: () => null },
+  ]).find((spec) => spec.name === 'exec')
+  assert.match(exec.description, /lookup/)
+  assert.match(exec.description, /id: number/)
+})
+
+test("toolSpecs gives exec and wait with the descriptions the code-mode CLI gives (Codex's)", () => {
+  const cli = path.join(repo, 'target', 'debug', 'code-mode')
+  const expected = JSON.parse(execFileSync(cli, ['describe', '--json'], { encoding: 'utf8' }))
+  assert.deepEqual(toolSpecs({}), expected)
+  assert.deepEqual(new Session().toolSpecs(), expected)
+})
+
+test('a session keeps stored values across cells, yields and is waited on, and terminates a cell', async () => {
+  const session = new Session({ storedValues: { start: 40 } })
+  try {
+    await session.exec('store("n", load("start") + 2)')
+    assert.deepEqual(session.storedValues, { start: 40, n: 42 })
+    const started = await session.exec('text("first"); yield_control(); text("second: " + load("n"))')
+    assert.equal(started.status, 'running')
+    assert.equal(started.text, 'first')
+    const done = await session.wait(started.cellId)
+    assert.equal(done.status, 'completed')
+    assert.equal(done.text, 'second: 42')
+    const endless = await session.exec('text("looping"); yield_control(); await new Promise((r) => setTimeout(r, 60000))')
+    assert.equal(endless.status, 'running')
+    const stopped = await session.terminate(endless.cellId)
+    assert.equal(stopped.status, 'terminated')
+    assert.match(session.runtime, /^pid \d+$/)
+  } finally {
+    await session.close()
+  }
+  assert.equal(session.closed, true)
+  await assert.rejects(session.exec('text(1)'), SessionClosed)
+})
+
+test('Symbol.asyncDispose closes the session (await using)', async () => {
+  const session = new Session()
+  await session.exec('text(1)')
+  await session[Symbol.asyncDispose]()
+  assert.equal(session.closed, true)
+  await assert.rejects(session.exec('text(1)'), SessionClosed)
+})
+
+test("an AbortSignal terminates the cell and aborts its tool's signal; the session goes on", async () => {
+  let toolSignal
+  const session = new Session({
+    tools: {
+      hang: (_, { signal }) => {
+        toolSignal = signal
+        return new Promise(() => {})
+      },
+    },
+  })
+  try {
+    const controller = new AbortController()
+    const started = session.exec('text("before"); await tools.hang(); text("never")', { signal: controller.signal })
+    while (!toolSignal) await sleep(5)
+    controller.abort()
+    await assert.rejects(started, { name: 'AbortError' })
+    assert.equal(toolSignal.aborted, true)
+    const next = await session.exec('text("next")')
+    assert.equal(next.text, 'next')
+  } finally {
+    await session.close()
+  }
+})
+
+test('the event loop runs while a cell computes, and tools run on the main thread', async () => {
+  let ticks = 0
+  const timer = setInterval(() => (ticks += 1), 10)
+  let onMain
+  try {
+    const result = await run('const t = Date.now(); while (Date.now() - t < 400) {} text(await tools.where())', {
+      tools: { where: () => ((onMain = isMainThread), 'done') },
+    })
+    assert.equal(result.text, 'done')
+  } finally {
+    clearInterval(timer)
+  }
+  assert.ok(ticks >= 10, `the interval ticked ${ticks} times during a 400 ms cell`)
+  assert.equal(onMain, true)
+})
+
+test('a heap bomb and an endless loop end at their limits; the next cell runs', async () => {
+  const session = new Session({ heapMb: 32, cpuMs: 300 })
+  try {
+    const bomb = await session.exec('const a = []; while (true) a.push(new Array(100000).fill(1))')
+    assert.equal(bomb.failure, 'out_of_memory')
+    await assert.rejects(session.exec('while (true) {}', { throwOnError: true }), (error) => {
+      assert.ok(error instanceof LimitExceeded)
+      assert.ok(error instanceof CellError)
+      assert.equal(error.result.failure, 'cpu_budget')
+      return true
+    })
+    await assert.rejects(session.exec('throw new Error("plain")', { throwOnError: true }), (error) => !(error instanceof LimitExceeded) && error instanceof CellError && /plain/.test(error.message))
+    assert.equal((await session.exec('text("alive")')).text, 'alive')
+  } finally {
+    await session.close()
+  }
+})
+
+test('bad arguments are InvalidArgument errors that name what is wrong', () => {
+  assert.throws(() => new Session({ heapMB: 1 }), (error) => error instanceof InvalidArgument && /heapMB/.test(error.message))
+  assert.throws(() => new Session({ surface: 'bogus' }), (error) => error instanceof InvalidArgument && /surface/.test(error.message))
+  assert.throws(() => new Session({ tools: [() => 1] }), (error) => error instanceof InvalidArgument && /needs a name/.test(error.message))
+  assert.throws(() => new Session({ sessionId: 'a' }), InvalidArgument)
+})
+
+test('a runtime executable that does not exist is a RuntimeUnavailable at the first cell', async () => {
+  const session = new Session({ runtime: '/nonexistent/code-mode-bin' })
+  await assert.rejects(session.exec('text(1)'), (error) => error instanceof RuntimeUnavailable && /nonexistent/.test(error.message))
+  await session.close()
+})
+
+test('a killed runtime process loses no stored value: the next cell runs on a fresh one', async () => {
+  const session = new Session()
+  try {
+    await session.exec('store("kept", "yes")')
+    const pid = Number(/pid (\d+)/.exec(session.runtime)[1])
+    process.kill(pid, 'SIGKILL')
+    await sleep(100)
+    const after = await session.exec('text(load("kept"))')
+    assert.equal(after.text, 'yes')
+    assert.notEqual(session.runtime, `pid ${pid}`)
+  } finally {
+    await session.close()
+  }
+})

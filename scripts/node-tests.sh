@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The Node package's tests (code-mode-node/test, Node's test runner): builds the tests'
+# package (scripts/node-package.sh debug, which needs `cargo build -p code-mode-bin`
+# first) and runs them against it, found by its name as an app finds it; the examples
+# (examples/node) resolve it, ai and @openai/agents through code-mode-node's node_modules
+# (pinned in its package-lock.json, installed by scripts/test-deps.sh). `.ci/run` runs it
+# after the Rust tests. Arguments go to `node --test` (e.g. `--test-name-pattern=abort`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/node-package.sh debug >/dev/null
+ln -sfn ../../code-mode-node/node_modules examples/node/node_modules
+cd code-mode-node
+exec node --test --test-concurrency=1 "$@" test/*.test.mjs
