@@ -1,0 +1,90 @@
+// The package as it ships: both tarballs of scripts/node-package.sh installed into a fresh
+// directory, CommonJS and ESM; the platform package missing; `npm pack` alone; no
+// runtime before the first cell; sessions kept in a state directory across processes.
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { cpSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { after, test } from 'node:test'
+import { children, node, packageDir } from './helpers.mjs'
+
+const scratch = mkdtempSync(path.join(tmpdir(), 'code-mode-node-'))
+after(() => rmSync(scratch, { recursive: true, force: true }))
+
+function npm(args, cwd) {
+  return new Promise((resolve) => {
+    execFile('npm', args, { cwd }, (error, stdout, stderr) => resolve({ code: error ? error.code : 0, stdout, stderr }))
+  })
+}
+
+test('the packed tarballs install offline into a fresh directory and run a cell, from CommonJS and ESM', async () => {
+  const app = path.join(scratch, 'app')
+  cpSync(path.join(packageDir, 'test', 'fixtures', 'app'), app, { recursive: true })
+  const dist = path.join(packageDir, 'dist')
+  const tarballs = readdirSync(dist).filter((name) => name.endsWith('.tgz')).map((name) => path.join(dist, name))
+  assert.equal(tarballs.length, 2, 'scripts/node-package.sh packs two packages')
+  const installed = await npm(['install', '--offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], app)
+  assert.equal(installed.code, 0, installed.stderr)
+  const cjs = await node("import { createRequire } from 'node:module'; const { run } = createRequire(process.cwd() + '/')('code-mode-runtime'); console.log((await run('text(await tools.twice({n: 21}))', { tools: { twice: ({ n }) => n * 2 } })).text)", { cwd: app })
+  assert.equal(cjs.stdout.trim(), '42', cjs.stderr)
+  const esm = await node("import { run } from 'code-mode-runtime'; console.log((await run('text(\"esm\")')).text)", { cwd: app })
+  assert.equal(esm.stdout.trim(), 'esm', esm.stderr)
+})
+
+test('without its platform package the first use is a RuntimeUnavailable that says what to install', async () => {
+  const bare = path.join(scratch, 'bare')
+  for (const file of ['package.json', 'index.cjs', 'index.mjs', 'native.cjs']) cpSync(path.join(packageDir, file), path.join(bare, file))
+  const loaded = await node(
+    `import * as api from ${JSON.stringify(path.join(bare, 'index.mjs'))}
+     console.log('imported')
+     try { new api.Session() } catch (error) { console.log(error instanceof api.RuntimeUnavailable, error.message) }`,
+    { cwd: bare, env: { CODE_MODE_BIN: '' } },
+  )
+  const [imported, thrown] = loaded.stdout.trim().split('\n')
+  assert.equal(imported, 'imported', loaded.stderr)
+  assert.match(thrown, /^true /)
+  assert.match(thrown, /npm install code-mode-runtime-linux-x64-gnu/)
+})
+
+test('npm pack in the package directory stops and says to run scripts/node-package.sh', async () => {
+  const packed = await npm(['pack', '--pack-destination', scratch], packageDir)
+  assert.notEqual(packed.code, 0)
+  assert.match(packed.stderr, /scripts\/node-package\.sh/)
+  assert.deepEqual(readdirSync(scratch).filter((name) => name.endsWith('.tgz')), [])
+})
+
+test('a process that only loads the package and opens a session starts no runtime; its first cell does', async () => {
+  const helpers = JSON.stringify(path.join(packageDir, 'test', 'helpers.mjs'))
+  const out = await node(`
+    import { Session, toolSpecs } from 'code-mode-runtime'
+    import { children } from ${helpers}
+    toolSpecs({})
+    const session = new Session()
+    console.log(JSON.stringify(children()))
+    await session.exec('text(1)')
+    console.log(JSON.stringify(children()))
+    await session.close()`)
+  const [before, afterCell] = out.stdout.trim().split('\n').map((line) => JSON.parse(line))
+  assert.deepEqual(before, [], out.stderr)
+  assert.deepEqual(afterCell, ['code-mode-bin'])
+  assert.deepEqual(children(), [], 'the test process itself started none')
+})
+
+test('a session kept in a stateDir is taken back by another process with its stored values', async () => {
+  const dir = path.join(scratch, 'state')
+  const first = await node(`
+    import { Session } from 'code-mode-runtime'
+    const session = await Session.open({ stateDir: ${JSON.stringify(dir)}, sessionId: 'agent-1' })
+    await session.exec('store("plan", ["read", "write"])')
+    await session.close()
+    console.log('kept')`)
+  assert.equal(first.stdout.trim(), 'kept', first.stderr)
+  const second = await node(`
+    import { Session, keptSessions } from 'code-mode-runtime'
+    console.log(JSON.stringify(keptSessions(${JSON.stringify(dir)})))
+    const session = await Session.open({ stateDir: ${JSON.stringify(dir)}, sessionId: 'agent-1' })
+    console.log((await session.exec('text(load("plan").join(","))')).text)
+    await session.delete()`)
+  assert.deepEqual(second.stdout.trim().split('\n'), ['["agent-1"]', 'read,write'], second.stderr)
+})
