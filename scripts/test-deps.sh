@@ -7,7 +7,9 @@
 # - Codex 0.169.0 from npm, the Codex front's test oracle: its CLI and its own
 #   codex-code-mode-host (codex-code-mode-host/tests/codex-npm/package-lock.json, `npm ci`),
 #   and 0.171.0's host for what 0.171 added (tests/codex-npm-0171);
-# - PostgreSQL's server (Debian's `postgresql`), for the state store tests.
+# - PostgreSQL's server (Debian's `postgresql`), for the state store tests;
+# - the Node package's build and test dependencies from npm (napi-rs's CLI, the AI SDK, the
+#   OpenAI Agents SDK, Zod: code-mode-node/package-lock.json, `npm ci --ignore-scripts`).
 # Idempotent: a second run with nothing changed only checks. `.ci/run` calls it before the tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../code-mode-cli/tests/mcp"
@@ -73,3 +75,11 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql >/dev/null
 fi
 echo "test-deps: PostgreSQL's server is installed ($(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | head -1))"
+
+# The Node package: napi-rs's CLI builds it; ai, @openai/agents and zod are what its tests
+# and examples run with. --ignore-scripts: its own `prepare` asks for a built package.
+cd ../../../code-mode-node
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+fi
+echo "test-deps: the Node package's npm dependencies are installed under code-mode-node"
