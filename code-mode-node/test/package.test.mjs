@@ -61,6 +61,7 @@ test('a process that only loads the package and opens a session starts no runtim
     import { children } from ${helpers}
     toolSpecs({})
     const session = new Session()
+    await new Promise((resolve) => setTimeout(resolve, 300)) // time enough for a runtime to start
     console.log(JSON.stringify(children()))
     await session.exec('text(1)')
     console.log(JSON.stringify(children()))
