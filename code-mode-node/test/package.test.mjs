@@ -3,11 +3,11 @@
 // runtime before the first cell; sessions kept in a state directory across processes.
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { cpSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, test } from 'node:test'
-import { children, node, packageDir } from './helpers.mjs'
+import { children, node, nodeFile, packageDir } from './helpers.mjs'
 
 const scratch = mkdtempSync(path.join(tmpdir(), 'code-mode-node-'))
 after(() => rmSync(scratch, { recursive: true, force: true }))
@@ -30,6 +30,10 @@ test('the packed tarballs install offline into a fresh directory and run a cell,
   assert.equal(cjs.stdout.trim(), '42', cjs.stderr)
   const esm = await node("import { run } from 'code-mode-runtime'; console.log((await run('text(\"esm\")')).text)", { cwd: app })
   assert.equal(esm.stdout.trim(), 'esm', esm.stderr)
+  // A 20-line AI SDK agent with the mock model: the SDK from the repository's pinned install.
+  symlinkSync(path.join(packageDir, 'node_modules', 'ai'), path.join(app, 'node_modules', 'ai'))
+  const agent = await nodeFile(path.join(app, 'agent.mjs'), { cwd: app })
+  assert.equal(agent.stdout.trim(), 'pear: 5; no stock data for pear', agent.stderr)
 })
 
 test('without its platform package the first use is a RuntimeUnavailable that says what to install', async () => {
