@@ -201,12 +201,21 @@ class Dispatcher {
     this.tools = tools
     this.native = null
     this.running = new Map()
+    // Answers of calls made before a kept session's native half reached JS (its cells may
+    // call tools while it is taken back): given once it has.
+    this.early = []
     this.dispatch = this.dispatch.bind(this)
+  }
+
+  attach(native) {
+    this.native = native
+    for (const [token, ok, text] of this.early.splice(0)) native.answer(token, ok, text)
   }
 
   answer(token, ok, text) {
     this.running.delete(token)
-    this.native?.answer(token, ok, text)
+    if (this.native) this.native.answer(token, ok, text)
+    else this.early.push([token, ok, text])
   }
 
   dispatch(call) {
@@ -314,13 +323,13 @@ class Session {
         ? Promise.reject(new RuntimeUnavailable(this.#missing))
         : wrapNative(() => native_.openKeptSession(json, limits, binary, this.#dispatcher.dispatch, state, stored)).then((session) => {
             this.#native = session
-            this.#dispatcher.native = session
+            this.#dispatcher.attach(session)
           })
       this.#ready.catch(() => {}) // told at the first call
     } else {
       if (sessionId !== undefined) throw new InvalidArgument('sessionId names a session kept in a stateDir: give stateDir too')
       this.#native = wrapNativeSync(() => new native_.NativeSession(json, limits, binary, this.#dispatcher.dispatch, stored))
-      this.#dispatcher.native = this.#native
+      this.#dispatcher.attach(this.#native)
     }
   }
 
