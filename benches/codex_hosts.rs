@@ -5,19 +5,23 @@
 //! link-time optimised, that carries the runtime, in `target/dist/`; without it, the
 //! release build beside the bench is measured), and
 //! `scripts/test-deps.sh` for codex's host; then
-//! `cargo bench --bench codex_hosts -- [--rounds N] [--iterations M] [--calls K]`.
+//! `cargo bench --bench codex_hosts -- [--rounds N] [--iterations M] [--delays 0,0.3,1]`.
 //!
 //! Per host and round: cold (spawn to the first result: process start, OpenSession,
 //! SubscribeToToolCalls and one `text("bench")`; the previous host was waited for and the
 //! machine given 30 ms, so no start shares the cores with a teardown), warm
-//! `text("bench")` execs with 0 and with 128 enabled tools (the tool list is sent whole on
-//! every exec, as codex does), and
-//! the cost of one nested tool call (a cell making K sequential calls, less a cell making
-//! none, over K), and a `wait` on a cell that yielded to its exec and has finished since.
+//! `text("bench")` execs with 0 and with 128 enabled tools (the tool list sent whole on
+//! every exec, as codex 0.169 does; and under a catalog revision the host knows, as 0.171
+//! does, with no tool list), the cost of nested tool calls (a cell making one, or ten
+//! sequential ones, less a cell making none) with the client's answers taking 0, 0.3 and
+//! 1 ms (`--delays`; an agent core in Python, or a real tool, is not instant), a `wait`
+//! sent at once on a cell that yielded to its exec and finishes a millisecond later (it
+//! races the cell's end), and a `wait` on such a cell once it has finished.
 //! Each figure is the client's wall time; the host's own `host_duration_ns` is given
 //! beside the warm execs and the waits. Each ratio of the two hosts' p50s comes with a 95%
 //! interval: the rounds resampled with replacement, both hosts' figures of a drawn round
-//! together.
+//! together. Codex's host is 0.171.0's (`tests/codex-npm-0171`), which knows catalog
+//! revisions; 0.169.0's when only it is installed.
 //!
 //! `-- --parked 300,1000` instead measures parked cells: per host, one session starts each
 //! number of cells that await a nested call nobody answers, then (past our host's
@@ -28,12 +32,14 @@ use codex_code_mode_host::client::{Driver, Responder, StdioHost, exec_request, t
 use codex_code_mode_host::proto;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 struct Options {
     rounds: usize,
     iterations: usize,
-    calls: usize,
+    /// How long the client takes to answer a nested call, each in turn (ms).
+    delays: Vec<f64>,
     hosts: Vec<(String, PathBuf)>,
     /// With `--parked`: the numbers of parked cells to measure instead.
     parked: Vec<usize>,
@@ -43,7 +49,7 @@ fn options() -> Options {
     let mut options = Options {
         rounds: 5,
         iterations: 60,
-        calls: 20,
+        delays: vec![0.0, 0.3, 1.0],
         hosts: Vec::new(),
         parked: Vec::new(),
     };
@@ -57,7 +63,14 @@ fn options() -> Options {
         match arg.as_str() {
             "--rounds" => options.rounds = number().max(1),
             "--iterations" => options.iterations = number().max(1),
-            "--calls" => options.calls = number().max(1),
+            "--delays" => {
+                options.delays = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+            }
             "--parked" => {
                 options.parked = args
                     .next()
@@ -88,9 +101,17 @@ fn options() -> Options {
             release.join("codex-code-mode-host")
         };
         options.hosts.push(("ours".to_owned(), ours));
-        let codex = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
-            "../codex-code-mode-host/tests/codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex-code-mode-host",
-        );
+        let installed = |package: &str| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+                "../codex-code-mode-host/tests/{package}/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex-code-mode-host"
+            ))
+        };
+        let newest = installed("codex-npm-0171");
+        let codex = if newest.is_file() {
+            newest
+        } else {
+            installed("codex-npm")
+        };
         if codex.is_file() {
             options.hosts.push(("codex".to_owned(), codex));
         } else {
@@ -103,16 +124,33 @@ fn options() -> Options {
     options
 }
 
+/// One host's figures of a round (or of all rounds, [`merged`]): each named series in
+/// the order it was first measured.
 #[derive(Default)]
 struct Figures {
-    cold: Vec<f64>,
-    warm: Vec<f64>,
-    warm_host: Vec<f64>,
-    warm_128: Vec<f64>,
-    warm_128_host: Vec<f64>,
-    call: Vec<f64>,
-    wait: Vec<f64>,
-    wait_host: Vec<f64>,
+    series: Vec<(String, Vec<f64>)>,
+}
+
+impl Figures {
+    fn push(&mut self, name: &str, value: f64) {
+        self.extend(name, [value]);
+    }
+
+    fn extend(&mut self, name: &str, values: impl IntoIterator<Item = f64>) {
+        match self.series.iter_mut().find(|(named, _)| named == name) {
+            Some((_, series)) => series.extend(values),
+            None => self
+                .series
+                .push((name.to_owned(), values.into_iter().collect())),
+        }
+    }
+
+    fn get(&self, name: &str) -> &[f64] {
+        self.series
+            .iter()
+            .find(|(named, _)| named == name)
+            .map_or(&[], |(_, values)| values.as_slice())
+    }
 }
 
 fn tools(count: usize) -> Vec<proto::ToolDefinition> {
@@ -131,9 +169,33 @@ fn millis(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
-async fn exec(driver: &mut Driver, source: &str, enabled: &[proto::ToolDefinition]) -> (f64, f64) {
+/// How long the client's answers to nested calls take now (ns), read at every call.
+type Delay = Arc<AtomicU64>;
+
+/// Answers every call after the session's current [`Delay`], blocking the client's
+/// answering task meanwhile as an agent core that computes the answer would.
+fn delayed_responder(delay: &Delay) -> Responder {
+    let delay = Arc::clone(delay);
+    Arc::new(move |call| {
+        let nanos = delay.load(Ordering::Relaxed);
+        if nanos > 0 {
+            std::thread::sleep(Duration::from_nanos(nanos));
+        }
+        Ok(format!("{{\"ok\":{}}}", call.sequence))
+    })
+}
+
+/// One exec of `source` with `enabled` tools (under `revision`, when given): the client's
+/// wall time and the host's `host_duration_ns`, in ms.
+async fn exec(
+    driver: &mut Driver,
+    source: &str,
+    enabled: &[proto::ToolDefinition],
+    revision: Option<u64>,
+) -> (f64, f64) {
     let mut request = exec_request(source);
     request.enabled_tools = enabled.to_vec();
+    request.catalog_revision = revision;
     let started = Instant::now();
     let outcome = driver.run(request).await.expect("an outcome");
     let wall = millis(started.elapsed());
@@ -146,7 +208,7 @@ async fn exec(driver: &mut Driver, source: &str, enabled: &[proto::ToolDefinitio
 }
 
 async fn round(path: &std::path::Path, options: &Options, figures: &mut Figures) {
-    let responder: Responder = Arc::new(|call| Ok(format!("{{\"ok\":{}}}", call.sequence)));
+    let delay = Delay::default();
     let started = Instant::now();
     let mut command = tokio::process::Command::new(path);
     command
@@ -160,48 +222,81 @@ async fn round(path: &std::path::Path, options: &Options, figures: &mut Figures)
             max_pending_delegate_calls: 4096,
             ..Default::default()
         },
-        responder,
+        delayed_responder(&delay),
     )
     .await
     .expect("open a session");
-    exec(&mut driver, r#"text("bench")"#, &[]).await;
-    figures.cold.push(millis(started.elapsed()));
-    let none = tools(0);
-    let many = tools(128);
-    for _ in 0..3 {
-        exec(&mut driver, r#"text("bench")"#, &none).await;
-        exec(&mut driver, r#"text("bench")"#, &many).await;
-    }
-    for _ in 0..options.iterations {
-        let (wall, host) = exec(&mut driver, r#"text("bench")"#, &none).await;
-        figures.warm.push(wall);
-        figures.warm_host.push(host);
-    }
-    for _ in 0..options.iterations {
-        let (wall, host) = exec(&mut driver, r#"text("bench")"#, &many).await;
-        figures.warm_128.push(wall);
-        figures.warm_128_host.push(host);
-    }
-    let caller = tools(1);
-    let calls = format!(
-        r#"for (let i = 0; i < {}; i++) await tools.t0({{i}}); text("bench")"#,
-        options.calls
-    );
-    let mut base = Vec::new();
-    let mut with_calls = Vec::new();
-    for _ in 0..options.iterations.div_ceil(4) {
-        base.push(exec(&mut driver, r#"text("bench")"#, &caller).await.0);
-        with_calls.push(exec(&mut driver, &calls, &caller).await.0);
-    }
-    let baseline = median(&base);
-    figures.call.extend(
-        with_calls
-            .iter()
-            .map(|total| ((total - baseline) / options.calls as f64).max(0.0)),
-    );
+    exec(&mut driver, r#"text("bench")"#, &[], None).await;
+    figures.push("cold: spawn → first result", millis(started.elapsed()));
+    warm(&mut driver, options, figures).await;
+    calls(&mut driver, options, &delay, figures).await;
     waits(&mut driver, options.iterations, figures).await;
     let _ = driver.close().await;
     settle(host, driver).await;
+}
+
+/// Warm execs of `text("bench")`: with no tools, with 128 sent whole, and with the 128
+/// under a catalog revision the host was given once.
+async fn warm(driver: &mut Driver, options: &Options, figures: &mut Figures) {
+    let none = tools(0);
+    let many = tools(128);
+    let bench = r#"text("bench")"#;
+    for _ in 0..3 {
+        exec(driver, bench, &none, None).await;
+        exec(driver, bench, &many, None).await;
+    }
+    let kinds: [(&str, &[proto::ToolDefinition], Option<u64>); 3] = [
+        ("warm exec, 0 tools", &none, None),
+        ("warm exec, 128 tools sent", &many, None),
+        ("warm exec, 128 tools, known revision", &[], Some(1)),
+    ];
+    let revisions = driver.events.lock().is_ok_and(|events| {
+        matches!(
+            events.first().and_then(|first| first.event.as_ref()),
+            Some(proto::session_event::Event::Opened(opened)) if opened.supports_catalog_revision
+        )
+    });
+    for (name, enabled, revision) in kinds {
+        if revision.is_some() && !revisions {
+            continue; // a host before 0.171 knows no revisions
+        }
+        if revision.is_some() {
+            // The catalog under that revision, given once (as codex's first exec does).
+            exec(driver, bench, &many, revision).await;
+        }
+        for _ in 0..options.iterations {
+            let (wall, host) = exec(driver, bench, enabled, revision).await;
+            figures.push(name, wall);
+            figures.push(&format!("  {name}: host_duration_ns"), host);
+        }
+    }
+}
+
+/// Nested calls at each of the client's answer delays: a cell making one call, and one
+/// making ten in sequence, less the median of a cell making none (alternated with them).
+async fn calls(driver: &mut Driver, options: &Options, delay: &Delay, figures: &mut Figures) {
+    let caller = tools(1);
+    let bench = r#"text("bench")"#;
+    let one = r#"await tools.t0({i: 0}); text("bench")"#;
+    let ten = r#"for (let i = 0; i < 10; i++) await tools.t0({i}); text("bench")"#;
+    for &ms in &options.delays {
+        delay.store((ms * 1e6) as u64, Ordering::Relaxed);
+        let (mut base, mut with_one, mut with_ten) = (Vec::new(), Vec::new(), Vec::new());
+        exec(driver, ten, &caller, None).await;
+        for _ in 0..options.iterations.div_ceil(2) {
+            base.push(exec(driver, bench, &caller, None).await.0);
+            with_one.push(exec(driver, one, &caller, None).await.0);
+            with_ten.push(exec(driver, ten, &caller, None).await.0);
+        }
+        let baseline = median(&base);
+        let added = |totals: Vec<f64>| totals.into_iter().map(move |t| (t - baseline).max(0.0));
+        figures.extend(&format!("one nested call, answer {ms} ms"), added(with_one));
+        figures.extend(
+            &format!("ten nested calls, answer {ms} ms"),
+            added(with_ten),
+        );
+    }
+    delay.store(0, Ordering::Relaxed);
 }
 
 /// Ends a round's host and lets the machine settle before the next host's cold start: the
@@ -256,11 +351,12 @@ fn running(pid: u32) -> bool {
     })
 }
 
-/// `wait` on a yielded cell that has finished since: each cell yields its first text to
-/// the exec, then finishes after a short timer; the `wait` that follows collects the rest.
+/// `wait`s on cells that yield their first text to the exec, then finish after a 1 ms
+/// timer: one sent at once (it races the cell's end), one sent once the cell has finished.
 async fn waits(driver: &mut Driver, iterations: usize, figures: &mut Figures) {
     let source = r#"text("first"); yield_control(); await new Promise((done) => setTimeout(done, 1)); text("rest")"#;
-    for index in 0..iterations + 3 {
+    for index in 0..2 * (iterations + 3) {
+        let racing = index % 2 == 0;
         let outcome = driver.run(exec_request(source)).await.expect("an outcome");
         assert!(
             matches!(
@@ -269,8 +365,10 @@ async fn waits(driver: &mut Driver, iterations: usize, figures: &mut Figures) {
             ),
             "the wait bench's cell did not yield: {outcome:?}"
         );
-        // Past the cell's timer: it has finished by the time it is waited on.
-        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        if !racing {
+            // Past the cell's timer: it has finished by the time it is waited on.
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
         let started = Instant::now();
         let response = driver
             .wait(&outcome.cell_id, 10_000, None)
@@ -286,9 +384,17 @@ async fn waits(driver: &mut Driver, iterations: usize, figures: &mut Figures) {
                 if completed.error_text.is_empty() => {}
             other => panic!("the waited cell did not complete: {other:?}"),
         }
-        if index >= 3 {
-            figures.wait.push(wall);
-            figures.wait_host.push(waited.host_duration_ns as f64 / 1e6);
+        if index >= 6 {
+            let name = if racing {
+                "wait racing its cell's end"
+            } else {
+                "wait on a finished cell"
+            };
+            figures.push(name, wall);
+            figures.push(
+                &format!("  {name}: host_duration_ns"),
+                waited.host_duration_ns as f64 / 1e6,
+            );
         }
     }
 }
@@ -322,36 +428,24 @@ fn show(milliseconds: f64) -> String {
     }
 }
 
-/// One figure of [`Figures`].
-type Field = fn(&Figures) -> &Vec<f64>;
-
 /// The figures of `rounds`, one after the other.
 fn merged(rounds: &[Figures]) -> Figures {
-    let all = |field: Field| {
-        rounds
-            .iter()
-            .flat_map(|r| field(r).iter().copied())
-            .collect()
-    };
-    Figures {
-        cold: all(|f| &f.cold),
-        warm: all(|f| &f.warm),
-        warm_host: all(|f| &f.warm_host),
-        warm_128: all(|f| &f.warm_128),
-        warm_128_host: all(|f| &f.warm_128_host),
-        call: all(|f| &f.call),
-        wait: all(|f| &f.wait),
-        wait_host: all(|f| &f.wait_host),
+    let mut all = Figures::default();
+    for round in rounds {
+        for (name, values) in &round.series {
+            all.extend(name, values.iter().copied());
+        }
     }
+    all
 }
 
 /// How many times [`ratio_interval`] resamples the rounds.
 const RESAMPLES: usize = 2_000;
 
-/// The 95% interval of Codex's p50 over ours for `field`: the rounds resampled with
+/// The 95% interval of Codex's p50 over ours for series `name`: the rounds resampled with
 /// replacement, each drawn round bringing both hosts' figures of that round (they ran one
 /// after the other), so that the spread between rounds shows, not only within them.
-fn ratio_interval(ours: &[Figures], theirs: &[Figures], field: Field) -> (f64, f64) {
+fn ratio_interval(ours: &[Figures], theirs: &[Figures], name: &str) -> (f64, f64) {
     let count = ours.len().min(theirs.len());
     if count == 0 {
         return (0.0, 0.0);
@@ -360,8 +454,8 @@ fn ratio_interval(ours: &[Figures], theirs: &[Figures], field: Field) -> (f64, f
     for drawn in code_mode_benches::resamples(count, RESAMPLES) {
         let (mut ours_drawn, mut theirs_drawn) = (Vec::new(), Vec::new());
         for index in drawn {
-            ours_drawn.extend_from_slice(field(&ours[index]));
-            theirs_drawn.extend_from_slice(field(&theirs[index]));
+            ours_drawn.extend_from_slice(ours[index].get(name));
+            theirs_drawn.extend_from_slice(theirs[index].get(name));
         }
         ratios.push(median(&theirs_drawn) / median(&ours_drawn));
     }
@@ -432,7 +526,7 @@ async fn parked(path: &std::path::Path, cells: usize) -> (u64, usize, usize) {
     )
     .await
     .expect("open a session");
-    exec(&mut driver, r#"text("bench")"#, &[]).await;
+    exec(&mut driver, r#"text("bench")"#, &[], None).await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let (before, threads_before) = tree_usage(pid);
     let park = tools(1);
@@ -486,19 +580,9 @@ fn main() {
         }
     }
     let figures: Vec<Figures> = rounds.iter().map(|host| merged(host)).collect();
-    let rows: [(&str, Field); 8] = [
-        ("cold: spawn → first result", |f| &f.cold),
-        ("warm exec, 0 tools", |f| &f.warm),
-        ("  host_duration_ns", |f| &f.warm_host),
-        ("warm exec, 128 tools", |f| &f.warm_128),
-        ("  host_duration_ns", |f| &f.warm_128_host),
-        ("one nested tool call", |f| &f.call),
-        ("wait on a finished cell", |f| &f.wait),
-        ("  host_duration_ns", |f| &f.wait_host),
-    ];
     println!(
-        "rounds {} (interleaved), {} warm execs per round and tool count, {} calls per tool cell",
-        options.rounds, options.iterations, options.calls
+        "rounds {} (interleaved), {} execs per round and figure, client answer delays {:?} ms",
+        options.rounds, options.iterations, options.delays
     );
     for (host, path) in &options.hosts {
         // What an install of the host weighs: the one file (ours carries its runtime).
@@ -510,25 +594,29 @@ fn main() {
         );
     }
     println!(
-        "{:<28} {:<8} {:>8} {:>10} {:>10} {:>10}",
+        "{:<42} {:<8} {:>8} {:>10} {:>10} {:>10}",
         "figure", "host", "samples", "p50", "p95", "mean"
     );
-    for (name, field) in rows {
-        for ((host, _), figures) in options.hosts.iter().zip(&figures) {
-            let values = field(figures);
+    let names: Vec<String> = figures
+        .first()
+        .map(|first| first.series.iter().map(|(name, _)| name.clone()).collect())
+        .unwrap_or_default();
+    for name in &names {
+        for ((host, _), host_figures) in options.hosts.iter().zip(&figures) {
+            let values = host_figures.get(name);
             println!(
-                "{name:<28} {host:<8} {:>8} {:>10} {:>10} {:>10}",
+                "{name:<42} {host:<8} {:>8} {:>10} {:>10} {:>10}",
                 values.len(),
                 show(median(values)),
                 show(percentile(values, 0.95)),
                 show(mean(values))
             );
         }
-        if figures.len() == 2 {
-            let (ours, theirs) = (field(&figures[0]), field(&figures[1]));
-            let (low, high) = ratio_interval(&rounds[0], &rounds[1], field);
+        if let [ours, theirs] = figures.as_slice() {
+            let (ours, theirs) = (ours.get(name), theirs.get(name));
+            let (low, high) = ratio_interval(&rounds[0], &rounds[1], name);
             println!(
-                "{name:<28} {:<8} {:>8} {:>10} {:>10} {:>10}   p50 ratio's 95% interval {low:.2}–{high:.2}×",
+                "{name:<42} {:<8} {:>8} {:>10} {:>10} {:>10}   p50 ratio's 95% interval {low:.2}–{high:.2}×",
                 "ratio",
                 "",
                 format!("{:.2}×", median(theirs) / median(ours)),

@@ -253,6 +253,47 @@ pub(crate) async fn hops_of(transport: &str, samples: usize) {
     tokio::time::sleep(PACE).await;
     back_to_back(session, transport, samples).await;
     tokio::time::sleep(PACE).await;
+    call_hops(session, &format!("nested tool call, {transport}")).await;
+    subject.shutdown().await;
+    // The same calls answered 0.3 ms late, as an agent core that computes its answers (a
+    // Python one, a real tool): where the answer's way back waits on threads that slept.
+    let delay = Duration::from_micros(300);
+    let subject = Subject::open(transport, Arc::new(SlowEcho(delay)), 1).await;
+    let session = &subject.sessions[0];
+    tokio::time::sleep(COLD_PAUSE).await;
+    session
+        .execute(ExecRequest::new(trivial_source()))
+        .await
+        .expect("warm-up exec");
+    tokio::time::sleep(PACE).await;
+    call_hops(
+        session,
+        &format!("nested tool call answered after {delay:?}, {transport}"),
+    )
+    .await;
+    subject.shutdown().await;
+}
+
+/// Answers every call with its input after a set time, off the runtime's threads (a
+/// blocking thread sleeps it).
+struct SlowEcho(Duration);
+
+impl CodeModeSessionDelegate for SlowEcho {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        _: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        let delay = self.0;
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
+            Ok(call.input.unwrap_or_else(|| JsonText::new("null")))
+        })
+    }
+}
+
+/// The hops of `ROUND_TRIPS` sequential nested calls in one cell, mark to next mark.
+async fn call_hops(session: &Arc<dyn CodeModeSession>, title: &str) {
     let calls = ExecRequest::new(format!(
         "for (let i = 0; i < {ROUND_TRIPS}; i++) await tools.mcp__bench__tool_0(i);"
     ))
@@ -275,11 +316,7 @@ pub(crate) async fn hops_of(transport: &str, samples: usize) {
     let mut calls_marks = marks[first..=last].to_vec();
     let mut spans = Vec::new();
     add_spans(&mut calls_marks, &mut spans);
-    print_spans(
-        &format!("nested tool call, {transport} (mark → next mark)"),
-        &mut spans,
-    );
-    subject.shutdown().await;
+    print_spans(&format!("{title} (mark → next mark)"), &mut spans);
 }
 
 /// Prints `since_call` in the order of each mark's p50.
