@@ -1,6 +1,6 @@
 // 100 idle sessions: each ran one cell that stored a value and is kept open; then the
 // resident memory of this process and of its children (our runtime process), in MB.
-//   node code-mode-node/bench/memory.mjs <code-mode-runtime | isolated-vm | quickjs-emscripten>
+//   node code-mode-node/bench/memory.mjs <code-mode-runtime[:no-reuse] | isolated-vm | quickjs-emscripten>
 // One engine per process (compare.mjs's docs say where the figures go).
 import { readFileSync, readdirSync } from 'node:fs'
 
@@ -24,10 +24,12 @@ function childPids() {
 
 const kept = []
 const before = rssMb(process.pid)
-if (engine === 'code-mode-runtime') {
+if (engine.startsWith('code-mode-runtime')) {
   const { Session } = await import('code-mode-runtime')
+  // code-mode-runtime:no-reuse: sessions keep no isolate between cells (reuseIsolates: false)
+  const options = engine.endsWith(':no-reuse') ? { reuseIsolates: false } : {}
   for (let i = 0; i < COUNT; i++) {
-    const session = new Session()
+    const session = new Session(options)
     await session.exec(cell)
     kept.push(session)
   }
