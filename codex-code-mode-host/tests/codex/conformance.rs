@@ -176,6 +176,25 @@ async fn catalog_revisions_on(binary: &std::path::Path) {
         "echo,ns__search",
         "sent again alike"
     );
+    // Tools that differ from the kept ones only in their schemas are the same catalog to
+    // both hosts; another description is not.
+    let reschemed = || {
+        let mut tools = echo();
+        tools[0].input_schema_json =
+            r#"{"type":"object","properties":{"x":{"type":"number"}}}"#.to_owned();
+        tools
+    };
+    assert_eq!(
+        run(Some(5), reschemed()).await,
+        "echo,ns__search",
+        "schemas are not compared"
+    );
+    let redescribed = || {
+        let mut tools = echo();
+        tools[0].description = "another description".to_owned();
+        tools
+    };
+    assert_eq!(run(Some(5), redescribed()).await, refused("conflicting"));
     assert_eq!(run(Some(5), other()).await, refused("conflicting"));
     assert_eq!(
         run(None, other()).await,

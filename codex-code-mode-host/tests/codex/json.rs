@@ -299,25 +299,35 @@ async fn a_malformed_operation_is_refused_with_the_field_it_names() {
     );
 }
 
-/// `tool-catalog-revision-v1`, as Codex 0.171's host speaks it: granted when asked; an
-/// execute with `catalog_revision` and tools keeps them under it, one with the revision
+/// `tool-catalog-revision-v1`, on our host and on Codex 0.171's alike: granted when asked;
+/// an execute with `catalog_revision` and tools keeps them under it, one with the revision
 /// and `"enabled_tools": []` uses them, and an unknown revision is refused with Codex's
-/// text.
+/// text. A client that did not ask for the capability is answered the same way (0.171's
+/// host reads the field whatever was negotiated).
 #[tokio::test(flavor = "multi_thread")]
 async fn catalog_revisions_over_the_json_protocol() {
-    let mut host = JsonHost::spawn(&crate::our_host());
+    for binary in [crate::our_host(), crate::codex_host_0171()] {
+        for asked in [true, false] {
+            catalog_revisions_over_json_on(&binary, asked).await;
+        }
+    }
+}
+
+async fn catalog_revisions_over_json_on(binary: &std::path::Path, asked: bool) {
+    let mut host = JsonHost::spawn(binary);
     let wait = Duration::from_secs(10);
+    let capabilities = if asked {
+        json!(["tool-catalog-revision-v1", "yield-observation"])
+    } else {
+        json!(["yield-observation"])
+    };
     host.send(
         json!({"type": "connection/hello", "supportedVersions": [1], "requiredCapabilities": [],
-        "optionalCapabilities": ["tool-catalog-revision-v1", "yield-observation"]}),
+        "optionalCapabilities": capabilities}),
     )
     .await;
     let ready = host.recv(wait).await.expect("ready");
-    assert_eq!(
-        ready["capabilities"],
-        json!(["tool-catalog-revision-v1", "yield-observation"]),
-        "{ready}"
-    );
+    assert_eq!(ready["capabilities"], capabilities, "{ready}");
     host.send(request(
         1,
         json!({"method": "session/open", "sessionId": "session-1"}),
@@ -367,7 +377,9 @@ async fn catalog_revisions_over_the_json_protocol() {
             "echo",
             "echo",
             "unknown code-mode catalog revision"
-        ]
+        ],
+        "{} (capability asked: {asked})",
+        binary.display()
     );
 }
 
