@@ -261,7 +261,7 @@ const OPTIONS = [
   'heapMb', 'cpuMs', 'outputBytes', 'maxToolPayloadBytes', 'maxInFlightToolCalls',
   'maxStoredBytes', 'surface', 'hibernateAfterMs', 'hibernate', 'reuseIsolates',
 ]
-const SESSION_KEYS = new Set([...OPTIONS, 'tools', 'storedValues', 'runtime', 'stateDir', 'sessionId', 'onInterrupt'])
+const SESSION_KEYS = new Set([...OPTIONS, 'tools', 'storedValues', 'runtime', 'stateDir', 'sessionId', 'onInterrupt', 'toolsFile', 'builtins'])
 
 function nativeOptions(options) {
   const unknown = Object.keys(options).filter((key) => !SESSION_KEYS.has(key))
@@ -298,10 +298,11 @@ class Session {
   #dispatcher
   #tools
   #missing
+  #deferred = false
   #closed = false
 
   constructor(options = {}) {
-    const { tools, storedValues, runtime, stateDir, sessionId, onInterrupt = 'fail' } = options
+    const { tools, storedValues, runtime, stateDir, sessionId, onInterrupt = 'fail', toolsFile, builtins } = options
     const native_ = native()
     const limits = nativeOptions(options)
     this.#tools = asTools(tools)
@@ -311,6 +312,10 @@ class Session {
     const binary = found.path ?? '/nonexistent/code-mode-bin'
     const stored = storedValues === undefined ? undefined : JSON.stringify(storedValues)
     const json = toolsJson(this.#tools)
+    if (builtins !== undefined && (!Array.isArray(builtins) || builtins.some((name) => typeof name !== 'string'))) {
+      throw new InvalidArgument('builtins: expected an array of names ("fs", "shell")')
+    }
+    let state
     if (stateDir !== undefined) {
       if (typeof sessionId !== 'string' || !sessionId) {
         throw new InvalidArgument('a session kept in a stateDir needs a sessionId (a non-empty string)')
@@ -318,16 +323,22 @@ class Session {
       if (onInterrupt !== 'fail' && onInterrupt !== 'retry') {
         throw new InvalidArgument(`onInterrupt must be "fail" or "retry", not ${JSON.stringify(onInterrupt)}`)
       }
-      const state = { dir: String(stateDir), sessionId, retry: onInterrupt === 'retry' }
+      state = { dir: String(stateDir), sessionId, retry: onInterrupt === 'retry' }
+    } else if (sessionId !== undefined) {
+      throw new InvalidArgument('sessionId names a session kept in a stateDir: give stateDir too')
+    }
+    if (state || toolsFile !== undefined || builtins?.length) {
+      // Opened off the event loop: MCP servers start, a kept session is taken back.
+      this.#deferred = true
+      const opening = { stored, state, toolsFile: toolsFile === undefined ? undefined : String(toolsFile), builtins }
       this.#ready = this.#missing
         ? Promise.reject(new RuntimeUnavailable(this.#missing))
-        : wrapNative(() => native_.openKeptSession(json, limits, binary, this.#dispatcher.dispatch, state, stored)).then((session) => {
+        : wrapNative(() => native_.openSession(json, limits, binary, this.#dispatcher.dispatch, opening)).then((session) => {
             this.#native = session
             this.#dispatcher.attach(session)
           })
       this.#ready.catch(() => {}) // told at the first call
     } else {
-      if (sessionId !== undefined) throw new InvalidArgument('sessionId names a session kept in a stateDir: give stateDir too')
       this.#native = wrapNativeSync(() => new native_.NativeSession(json, limits, binary, this.#dispatcher.dispatch, stored))
       this.#dispatcher.attach(this.#native)
     }
@@ -401,6 +412,10 @@ class Session {
 
   /** The `exec` and `wait` tools to give a model, with Codex's descriptions: `exec`'s declares this session's tools in TypeScript. */
   toolSpecs() {
+    if (this.#native) return JSON.parse(this.#native.toolSpecs())
+    if (this.#deferred) {
+      throw new InvalidArgument('this session is still opening (its tools file, or its stateDir): `await Session.open(options)` gives it ready')
+    }
     return JSON.parse(native().toolSpecs(toolsJson(this.#tools)))
   }
 
@@ -447,6 +462,7 @@ async function wrapNative(make) {
     return await wrapNativeSync(make)
   } catch (error) {
     if (error instanceof CodeModeError) throw error
+    if (error?.code === 'InvalidArg') throw new InvalidArgument(error.message)
     throw new CodeModeError(message(error), { cause: error })
   }
 }

@@ -69,6 +69,10 @@ export interface SessionOptions extends NativeOptions {
   sessionId?: string
   /** A call in flight at a crash runs again (`retry`) or fails (`fail`, the default) when the session is taken back. */
   onInterrupt?: 'fail' | 'retry'
+  /** A `code-mode` tools file (TOML): its command tools and MCP servers, beside the JS tools. */
+  toolsFile?: string
+  /** Built-ins: `"fs"` (read_file, list_dir, write_file), `"shell"` (exec_command). */
+  builtins?: string[]
 }
 
 export interface ExecOptions {

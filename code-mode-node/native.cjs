@@ -838,5 +838,5 @@ module.exports = nativeBinding
 module.exports.NativeSession = nativeBinding.NativeSession
 module.exports.keptSessions = nativeBinding.keptSessions
 module.exports.nativeVersion = nativeBinding.nativeVersion
-module.exports.openKeptSession = nativeBinding.openKeptSession
+module.exports.openSession = nativeBinding.openSession
 module.exports.toolSpecs = nativeBinding.toolSpecs

@@ -135,12 +135,27 @@ export interface NativeOptions {
 /** The version of the package's native half. */
 export declare function nativeVersion(): string
 
+/** What a session is opened with beyond its JS tools and options. */
+export interface Opening {
+  /**
+   * The JSON object of the stored values to start from (a kept session taken back has
+   * its own).
+   */
+  stored?: string
+  /** Keep the session in a state directory. */
+  state?: KeptState
+  /** A `code-mode` tools file (TOML): its command tools and MCP servers. */
+  toolsFile?: string
+  /** Built-ins: `fs` (`read_file`, `list_dir`, `write_file`), `shell` (`exec_command`). */
+  builtins?: Array<string>
+}
+
 /**
- * Opens session `state.session_id` of state directory `state.dir`: taken back with its
- * running cells if an earlier process kept it, else opened and kept from now on. The
- * promise settles with the session, or rejects with the reason it could not be opened.
+ * Opens a session on the runtime executable `runtime` as `opening` says; the promise
+ * settles with it, or rejects with why it could not be opened (a tools file that does not
+ * read, a name both the JS tools and the file have: `InvalidArg`).
  */
-export declare function openKeptSession(tools: string, options: NativeOptions, runtime: string, dispatcher: (call: ToolCall) => void, state: KeptState, stored?: string | undefined | null): Promise<NativeSession>
+export declare function openSession(tools: string, options: NativeOptions, runtime: string, dispatcher: (call: ToolCall) => void, opening: Opening): Promise<NativeSession>
 
 /** A call's outcome: exactly one of `result` and `error`. */
 export interface Outcome {

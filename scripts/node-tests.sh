@@ -7,6 +7,9 @@
 # after the Rust tests. Arguments go to `node --test` (e.g. `--test-name-pattern=abort`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The MCP server the tools-file test starts (the CLI's deterministic fixture; after
+# `cargo test --workspace` it is built already).
+cargo build --quiet -p code-mode-cli --example mcp-fixture
 scripts/node-package.sh debug >/dev/null
 ln -sfn ../../code-mode-node/node_modules examples/node/node_modules
 cd code-mode-node

@@ -134,3 +134,22 @@ for (const scenario of scenarios) {
   }
 }
 for (const engine of Object.values(engines)) await engine.close()
+
+// Hostile cells, ours only (the issue has isolated-vm's and QuickJS's): each ends at its
+// limit with a clear error, this process keeps its memory, and the next cell runs.
+const hostile = new Session({ tools, heapMb: 128, cpuMs: 2000 })
+await hostile.exec('text(0)')
+const rss = () => (process.memoryUsage().rss / 1048576).toFixed(0)
+console.log(`\nhostile cells (heap 128 MB, CPU 2 s); this process ${rss()} MB before`)
+for (const [name, source] of [
+  ['heap bomb', 'const a = []; while (true) a.push(new Array(1e5).fill(Math.random()))'],
+  ['while (true) {} before an await', 'while (true) {}'],
+  ['await tools.x(); while (true) {}', 'await tools.x(); while (true) {}'],
+]) {
+  const start = performance.now()
+  const result = await hostile.exec(source)
+  const elapsed = ((performance.now() - start) / 1000).toFixed(2)
+  const next = await hostile.exec('text("next")')
+  console.log(`  ${name.padEnd(34)} ${result.failure} after ${elapsed} s: ${JSON.stringify(result.error?.split('\n')[0])}; next cell: ${next.text}; this process ${rss()} MB`)
+}
+await hostile.close()

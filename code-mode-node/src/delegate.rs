@@ -1,4 +1,5 @@
-//! The session's delegate: every nested call goes to the JS dispatcher through a
+//! The session's delegate: a nested call of a tools file's tool runs here
+//! (`code_mode_tools`); any other goes to the JS dispatcher through a
 //! threadsafe function, so a tool runs on the Node event loop, in order with the app's
 //! other work; its answer comes back through `Answers::give`, by the call's token. A
 //! call the cell gives up tells the dispatcher too, so that the tool's `AbortSignal` fires.
@@ -68,6 +69,8 @@ impl Answers {
 pub(crate) struct JsDelegate {
     pub(crate) dispatcher: Dispatcher,
     pub(crate) answers: std::sync::Arc<Answers>,
+    /// The tools of a tools file and the built-ins (commands, MCP servers), answered here.
+    pub(crate) file_tools: Option<std::sync::Arc<code_mode_tools::ToolSet>>,
 }
 
 impl JsDelegate {
@@ -90,6 +93,11 @@ impl CodeModeSessionDelegate for JsDelegate {
         call: NestedToolCall,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        if let Some(file_tools) = &self.file_tools
+            && file_tools.has(&call.tool_name)
+        {
+            return file_tools.answer(call, cancel);
+        }
         Box::pin(async move {
             let (token, answer) = self.answers.open();
             let name = call.tool_name.as_str().to_owned();

@@ -3,13 +3,15 @@
 //! package's platform package ships, driven from Node through N-API (napi-rs).
 //!
 //! `session` is the session class (every call a promise, settled from the extension's own
-//! tokio runtime: the JS event loop never waits on a cell); `delegate` hands nested calls
+//! tokio runtime: the JS event loop never waits on a cell); `opening` opens the sessions
+//! that take time (a tools file's, a kept one) off the event loop; `delegate` hands nested calls
 //! to the JS dispatcher and takes their answers back; `options` reads what JS passes;
 //! `outcome` shapes answers and errors for JS; `runtime` holds the tokio runtime and the
 //! shared providers. The API a Node user sees is written in JavaScript over these; the
 //! TypeScript declarations of everything here are generated from the `#[napi]` items.
 
 pub mod delegate;
+pub mod opening;
 pub mod options;
 pub mod outcome;
 pub mod runtime;

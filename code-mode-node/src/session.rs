@@ -6,18 +6,18 @@
 use crate::delegate::{Answers, Dispatcher, JsDelegate};
 use crate::options::NativeOptions;
 use crate::outcome::{Outcome, failed};
-use code_mode_host::{HostedSession, Interrupted, RuntimeSession, StoredSession};
+use code_mode_host::{HostedSession, RuntimeSession, StoredSession};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     CellId, CellResponse, CodeModeProvider, CodeModeSession, ExecHooks, ExecRequest, JsonText,
     SessionError, ToolDefinition, ToolError, WaitRequest,
 };
 use code_mode_surface::{
-    Catalog, DEFAULT_MAX_OUTPUT_TOKENS, ToolDescription, exec_tool_spec_of, parse_exec_source,
-    wait_tool_spec,
+    Catalog, DEFAULT_MAX_OUTPUT_TOKENS, ToolDescription, UnavailableSource, exec_tool_spec_of,
+    parse_exec_source, wait_tool_spec,
 };
+use napi::Env;
 use napi::bindgen_prelude::Object;
-use napi::{Env, Status};
 use napi_derive::napi;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -26,17 +26,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
-
-/// A session kept in a state directory: it outlives the process.
-#[napi(object)]
-pub struct KeptState {
-    /// The state directory (SQLite).
-    pub dir: String,
-    /// The session's id in it.
-    pub session_id: String,
-    /// A call in flight at a crash runs again (`true`) or fails (the default).
-    pub retry: Option<bool>,
-}
 
 /// A session of code mode, with the tools every cell of it may call.
 #[napi]
@@ -47,6 +36,7 @@ pub struct NativeSession {
     stored: Option<Arc<StoredSession>>,
     answers: Arc<Answers>,
     descriptions: Vec<ToolDescription>,
+    unavailable: Vec<UnavailableSource>,
     tools: Arc<[ToolDefinition]>,
     closed: Arc<AtomicBool>,
     /// The cancellation of each exec started with a cancel token, by token.
@@ -54,35 +44,59 @@ pub struct NativeSession {
 }
 
 /// What a session is opened with.
-struct Parts {
+pub(crate) struct Parts {
     descriptions: Vec<ToolDescription>,
+    /// The tools file's MCP servers that are down, as `exec`'s description names them.
+    unavailable: Vec<UnavailableSource>,
     answers: Arc<Answers>,
-    delegate: Arc<JsDelegate>,
-    options: code_mode_protocol::SessionOptions,
-    stored: code_mode_protocol::StoredValues,
+    pub(crate) delegate: Arc<JsDelegate>,
+    pub(crate) options: code_mode_protocol::SessionOptions,
+    pub(crate) stored: code_mode_protocol::StoredValues,
 }
 
-fn parts(
+/// The parts of a session of JS tools `tools` (a JSON list) and, beside them, the tools of
+/// a tools file (`file_tools`); a name both have is refused.
+pub(crate) fn parts(
     tools: &str,
     options: &NativeOptions,
     stored: Option<&str>,
     dispatcher: Dispatcher,
+    file_tools: Option<Arc<code_mode_tools::ToolSet>>,
 ) -> napi::Result<Parts> {
+    let mut descriptions = crate::options::tools(tools)?;
+    let mut unavailable = Vec::new();
+    if let Some(file_tools) = &file_tools {
+        for tool in file_tools.descriptions() {
+            if descriptions.iter().any(|known| known.name == tool.name) {
+                return Err(crate::options::invalid(
+                    "toolsFile",
+                    format!(
+                        "the tool {} is both a JS tool and one of the tools file's",
+                        tool.name
+                    ),
+                ));
+            }
+            descriptions.push(tool);
+        }
+        unavailable = file_tools.unavailable();
+    }
     let answers = Arc::new(Answers::default());
     Ok(Parts {
-        descriptions: crate::options::tools(tools)?,
+        descriptions,
+        unavailable,
         options: crate::options::session_options(options)?,
         stored: crate::options::stored_values(stored)?,
         delegate: Arc::new(JsDelegate {
             dispatcher,
             answers: Arc::clone(&answers),
+            file_tools,
         }),
         answers,
     })
 }
 
 impl NativeSession {
-    fn of(
+    pub(crate) fn of(
         parts: Parts,
         session: Arc<dyn CodeModeSession>,
         runtime_session: Arc<RuntimeSession>,
@@ -99,6 +113,7 @@ impl NativeSession {
             stored,
             answers: parts.answers,
             descriptions: parts.descriptions,
+            unavailable: parts.unavailable,
             tools,
             closed: Arc::default(),
             cancels: Arc::default(),
@@ -134,63 +149,17 @@ fn settle(answer: Result<CellResponse, SessionError>, budget: u64) -> Outcome {
     }
 }
 
-/// Opens session `state.session_id` of state directory `state.dir`: taken back with its
-/// running cells if an earlier process kept it, else opened and kept from now on. The
-/// promise settles with the session, or rejects with the reason it could not be opened.
-#[napi(ts_return_type = "Promise<NativeSession>")]
-pub fn open_kept_session<'env>(
-    env: &'env Env,
-    tools: String,
-    options: NativeOptions,
-    runtime: String,
-    #[napi(ts_arg_type = "(call: ToolCall) => void")] dispatcher: Dispatcher,
-    state: KeptState,
-    stored: Option<String>,
-) -> napi::Result<Object<'env>> {
-    let parts = parts(&tools, &options, stored.as_deref(), dispatcher)?;
-    let provider = crate::runtime::stored(&state.dir, PathBuf::from(runtime))
-        .map_err(|error| napi::Error::new(Status::GenericFailure, error))?;
-    type Resolve = Box<dyn FnOnce(Env) -> napi::Result<NativeSession> + Send>;
-    let (deferred, promise) = env.create_deferred::<NativeSession, Resolve>()?;
-    crate::runtime::tokio().spawn(async move {
-        let delegate: Arc<dyn code_mode_protocol::CodeModeSessionDelegate> = parts.delegate.clone();
-        let options = parts.options.clone();
-        let id = state.session_id.clone();
-        let opened = if provider.kept().contains(&id) {
-            let outcome = if state.retry.unwrap_or(false) {
-                Interrupted::Retry
-            } else {
-                Interrupted::Fail
-            };
-            let resume = provider.resume(&id, delegate, options, move |_| outcome.clone());
-            resume.await
-        } else {
-            let values = parts.stored.clone();
-            provider.open(&id, delegate, options, values).await
-        };
-        match opened {
-            Ok(kept) => {
-                let runtime_session = Arc::clone(kept.runtime_session());
-                let session = NativeSession::of(parts, kept.clone(), runtime_session, Some(kept));
-                deferred.resolve(Box::new(move |_| Ok(session)));
-            }
-            Err(error) => deferred.reject(napi::Error::from_reason(error.to_string())),
-        }
-    });
-    Ok(promise)
-}
-
 /// The `exec` and `wait` tool specs a model is given for `tools` (the JSON list a session
 /// takes), as JSON: `exec`'s description declares the tools in TypeScript.
 #[napi]
 pub fn tool_specs(tools: String) -> napi::Result<String> {
-    Ok(specs_json(&crate::options::tools(&tools)?))
+    Ok(specs_json(&crate::options::tools(&tools)?, &[]))
 }
 
-fn specs_json(descriptions: &[ToolDescription]) -> String {
+fn specs_json(descriptions: &[ToolDescription], unavailable: &[UnavailableSource]) -> String {
     let catalog = Catalog {
         tools: descriptions,
-        unavailable: &[],
+        unavailable,
     };
     let specs = [exec_tool_spec_of(catalog), wait_tool_spec()];
     Value::Array(specs.iter().map(|spec| spec.to_json()).collect()).to_string()
@@ -210,7 +179,7 @@ impl NativeSession {
         #[napi(ts_arg_type = "(call: ToolCall) => void")] dispatcher: Dispatcher,
         stored: Option<String>,
     ) -> napi::Result<Self> {
-        let parts = parts(&tools, &options, stored.as_deref(), dispatcher)?;
+        let parts = parts(&tools, &options, stored.as_deref(), dispatcher, None)?;
         let provider = crate::runtime::provider(PathBuf::from(runtime));
         let _entered = crate::runtime::tokio().enter();
         let session = Arc::new(provider.open_session_with_values(
@@ -338,7 +307,7 @@ impl NativeSession {
     /// The `exec` and `wait` tool specs of this session's tools, as JSON.
     #[napi]
     pub fn tool_specs(&self) -> String {
-        specs_json(&self.descriptions)
+        specs_json(&self.descriptions, &self.unavailable)
     }
 
     /// Where the session's cells run now (e.g. `pid 1234`), once it has run one.
