@@ -6,7 +6,9 @@
 //! invocation no subscription takes waits for one that does. A subscription that ends
 //! (its client's stream dropped) gives back every invocation it was dealt and had not
 //! sent, first in line again, for the others or the next to come: a client whose stream
-//! broke misses nothing.
+//! broke misses nothing. An invocation whose call ended before any subscription sent it
+//! is dealt to none (as Codex's hosts: a subscription made after a cell was terminated
+//! gets none of its calls).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -21,6 +23,11 @@ pub trait Dealt: Send + 'static {
     /// A tool's name, as a filter names it.
     type Name: PartialEq + Send + 'static;
     fn name(&self) -> &Self::Name;
+
+    /// Whether it is still to be dealt (its call has not ended).
+    fn live(&self) -> bool {
+        true
+    }
 }
 
 /// A session's invocations and its subscriptions.
@@ -65,8 +72,12 @@ impl<T: Dealt> Subscriber<T> {
 }
 
 impl<T: Dealt> State<T> {
-    /// Gives `invocation` to the next subscriber in turn that takes it; back if none.
+    /// Gives `invocation` to the next subscriber in turn that takes it; back if none. One
+    /// whose call ended is dropped.
     fn deal(&mut self, invocation: T) -> Option<T> {
+        if !invocation.live() {
+            return None;
+        }
         let count = self.subscribers.len();
         let mut invocation = invocation;
         for step in 0..count {
@@ -105,6 +116,11 @@ impl<T: Dealt> Dealer<T> {
         if let Some(kept) = state.deal(invocation) {
             state.waiting.push_back(kept);
         }
+    }
+
+    /// Drops the waiting invocations whose calls ended.
+    pub(crate) fn drop_ended(&self) {
+        lock(&self.state).waiting.retain(Dealt::live);
     }
 
     /// A new subscription taking the tools `filter` names (every tool if it names none);
@@ -154,12 +170,18 @@ pub struct Subscription<T: Dealt> {
 }
 
 impl<T: Dealt> Subscription<T> {
-    /// The next invocation dealt to it.
+    /// The next invocation dealt to it whose call has not ended.
     pub async fn recv(&mut self) -> Option<T> {
-        if let Some(invocation) = lock(&self.unsent).pop_front() {
-            return Some(invocation);
+        loop {
+            let next = lock(&self.unsent).pop_front();
+            let invocation = match next {
+                Some(invocation) => invocation,
+                None => self.receiver.recv().await?,
+            };
+            if invocation.live() {
+                return Some(invocation);
+            }
         }
-        self.receiver.recv().await
     }
 
     /// `invocation`, taken by [`Subscription::recv`], was not sent: it comes first again
@@ -264,5 +286,48 @@ mod tests {
         dealer.deal(call(3, "echo", None));
         let mut late = dealer.subscribe(Vec::new());
         assert_eq!(drained(&mut late), [3]);
+    }
+
+    /// A call that can end, to any tool.
+    struct Ending(
+        u64,
+        Arc<std::sync::atomic::AtomicBool>,
+        (String, Option<String>),
+    );
+
+    impl Dealt for Ending {
+        type Name = (String, Option<String>);
+        fn name(&self) -> &Self::Name {
+            &self.2
+        }
+        fn live(&self) -> bool {
+            !self.1.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_that_ended_before_it_was_sent_is_dealt_to_no_one() {
+        let dealer = Arc::new(Dealer::default());
+        let ended = |sequence| {
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            (
+                Ending(sequence, Arc::clone(&flag), name("echo", None)),
+                flag,
+            )
+        };
+        // Waiting for a subscription when its call ends: dropped at once.
+        let (first, first_ended) = ended(1);
+        dealer.deal(first);
+        first_ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        dealer.drop_ended();
+        assert!(lock(&dealer.state).waiting.is_empty());
+        // Dealt to a subscription but not yet sent when its call ends: skipped.
+        let mut subscription = dealer.subscribe(Vec::new());
+        let (second, second_ended) = ended(2);
+        let (third, _) = ended(3);
+        dealer.deal(second);
+        dealer.deal(third);
+        second_ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(subscription.recv().await.map(|call| call.0), Some(3));
     }
 }

@@ -269,7 +269,33 @@ pub struct Invocation {
     pub sequence: u64,
     /// The W3C trace context of the `Execute` span of the cell (none when not traced).
     pub traceparent: Option<String>,
+    /// Whether its call ended (answered, cancelled, its cell gone): an invocation no
+    /// subscription took by then is dealt to none (Codex's hosts deal no stale call).
+    pub ended: CallEnded,
 }
+
+/// Whether an [`Invocation`]'s call ended; shared by the invocation's copies. Not part of
+/// what invocations are compared by.
+#[derive(Debug, Clone, Default)]
+pub struct CallEnded(Arc<std::sync::atomic::AtomicBool>);
+
+impl CallEnded {
+    pub fn end(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl PartialEq for CallEnded {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CallEnded {}
 
 /// What a session streams to its client besides tool calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,6 +370,10 @@ impl Dealt for Invocation {
     type Name = ToolName;
     fn name(&self) -> &ToolName {
         &self.tool_name
+    }
+
+    fn live(&self) -> bool {
+        !self.ended.is_ended()
     }
 }
 
@@ -503,6 +533,7 @@ impl Cell {
             input_json,
             sequence: self.tool_calls,
             traceparent: self.trace.traceparent(),
+            ended: CallEnded::default(),
         }
     }
 }
@@ -875,6 +906,7 @@ impl CodeModeSessionDelegate for Delegate {
             );
             (invocation, span)
         };
+        let ended = invocation.ended.clone();
         front.invocations.deal(invocation);
         // The call's span lasts from the call to its answer.
         Box::pin(tracing::Instrument::instrument(
@@ -884,6 +916,8 @@ impl CodeModeSessionDelegate for Delegate {
                     () = cancel.cancelled() => Err(ToolError::cancelled()),
                 };
                 lock(&front.state).pending_calls.remove(&invocation_id);
+                ended.end();
+                front.invocations.drop_ended();
                 outcome
             },
             span,

@@ -686,6 +686,63 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
     assert_eq!(invocation.input_json, r#"{"q":1}"#);
 }
 
+/// A call no subscription took, whose cell was terminated meanwhile: what a subscription
+/// made afterwards gets, on our host and on Codex's (0.169 and 0.171) alike. The cell
+/// ends with its call in flight; the call's invocation is stale by then.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_whose_cell_was_terminated_before_anyone_subscribed_reaches_no_one() {
+    for host in [our_host(), crate::codex_host(), crate::codex_host_0171()] {
+        let reached = stale_call_after_terminate(&host).await;
+        assert_eq!(reached, None, "{}", host.display());
+    }
+}
+
+/// The tool name of the first invocation a subscription made after the terminate gets
+/// within a second, if any.
+async fn stale_call_after_terminate(binary: &std::path::Path) -> Option<String> {
+    use codex_code_mode_host::client::tool;
+    let host = spawn(binary, &[]).await;
+    let mut client = host.client.clone();
+    let (_stream, opened) = open_raw(&mut client, 2).await;
+    let mut request = exec_request("await tools.lookup({ q: 1 }); text('done')");
+    request.session_id = opened.session_id.clone();
+    request.execution_id = uuid::Uuid::new_v4().to_string();
+    request.tool_call_id = "call_1".to_owned();
+    request.yield_time_ms = 200;
+    request.enabled_tools = vec![tool("lookup", "lookup", None)];
+    let mut events = client
+        .execute(request)
+        .await
+        .expect("the execute call")
+        .into_inner();
+    let mut cell_id = String::new();
+    while let Some(event) = events.message().await.expect("the execute stream") {
+        if let Some(proto::execute_event::Event::Started(started)) = event.event {
+            cell_id = started.cell_id;
+        }
+    }
+    client
+        .terminate(proto::TerminateRequest {
+            session_id: opened.session_id.clone(),
+            cell_id,
+        })
+        .await
+        .expect("terminate");
+    let mut calls = client
+        .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
+            session_id: opened.session_id.clone(),
+            heartbeat_interval_s: 0,
+            tool_names: vec![],
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    match tokio::time::timeout(Duration::from_secs(1), calls.message()).await {
+        Ok(Ok(Some(invocation))) => invocation.tool_name.map(|name| name.name),
+        _ => None,
+    }
+}
+
 /// Heartbeats as Codex 0.171's host sends them, only when asked, on our host and on
 /// 0.171's own alike: a session opened with `heartbeat_interval_s` gets an empty
 /// `heartbeat` event on its stream that often, and a subscription that asks gets
