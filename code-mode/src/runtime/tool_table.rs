@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex, Weak};
 pub(crate) struct ToolTable {
     pub(crate) eager: Vec<(usize, String)>,
     pub(crate) deferred: HashMap<String, usize>,
+    /// The length of the longest deferred name (names are ASCII: bytes and UTF-16 units
+    /// alike): a longer property key names none, and is not copied out of V8.
+    pub(crate) longest_deferred: usize,
 }
 
 /// How many tool sets' tables are kept ([`tool_table`]): a runtime serves a few.
@@ -48,6 +51,7 @@ pub(crate) fn tool_table(tools: &Arc<[ToolDefinition]>) -> Arc<ToolTable> {
                 "two tools share one JS name; only the first is callable"
             );
         } else if tool.deferred {
+            table.longest_deferred = table.longest_deferred.max(js_name.len());
             table.deferred.insert(js_name, index);
         } else {
             table.eager.push((index, js_name));

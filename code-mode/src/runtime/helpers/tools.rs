@@ -260,7 +260,14 @@ fn deferred_index(
     scope: &v8::PinScope<'_, '_>,
     key: v8::Local<'_, v8::Name>,
 ) -> Option<(StateRef, usize)> {
+    // A key longer than every deferred name is not copied out of V8 (a cell's key may be
+    // as long as its heap); symbols never reach here (the interceptor takes strings).
+    let key = v8::Local::<v8::String>::try_from(key).ok()?;
     let state = own_state(scope)?;
+    let longest = state.borrow().deferred.as_ref()?.longest_deferred;
+    if key.length() > longest {
+        return None;
+    }
     let key = key.to_rust_string_lossy(scope);
     let index = *state.borrow().deferred.as_ref()?.deferred.get(&key)?;
     Some((state, index))
