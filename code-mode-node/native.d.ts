@@ -47,9 +47,9 @@ export declare class NativeSession {
   get closed(): boolean
   /**
    * Shuts the session down (running cells stop); with `delete`, a kept session is also
-   * deleted from its state directory. Idempotent.
+   * deleted from its state directory (`remove`). Idempotent.
    */
-  close(delete?: boolean | undefined | null): Promise<Outcome>
+  close(remove?: boolean | undefined | null): Promise<Outcome>
 }
 
 /**

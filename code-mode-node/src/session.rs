@@ -323,12 +323,12 @@ impl NativeSession {
     }
 
     /// Shuts the session down (running cells stop); with `delete`, a kept session is also
-    /// deleted from its state directory. Idempotent.
+    /// deleted from its state directory (`remove`). Idempotent.
     #[napi(ts_return_type = "Promise<Outcome>")]
-    pub fn close<'env>(&self, env: &'env Env, delete: Option<bool>) -> napi::Result<Object<'env>> {
+    pub fn close<'env>(&self, env: &'env Env, remove: Option<bool>) -> napi::Result<Object<'env>> {
         let first = !self.closed.swap(true, Ordering::SeqCst);
         let session = Arc::clone(&self.session);
-        let kept = self.stored.clone().filter(|_| delete == Some(true));
+        let kept = self.stored.clone().filter(|_| remove == Some(true));
         promise(env, async move {
             match kept {
                 Some(kept) => kept.close().await,
