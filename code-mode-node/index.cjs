@@ -38,10 +38,13 @@ class LimitExceeded extends CellError {}
 const ERRORS = { CodeModeError, RuntimeUnavailable, RuntimeLost, SessionClosed, InvalidArgument }
 const LIMITS = new Set(['out_of_memory', 'cpu_budget'])
 
-/** The platform package of this machine, e.g. code-mode-runtime-linux-x64-gnu. */
+let platform = null
+/** The platform package of this machine, e.g. code-mode-runtime-linux-x64-gnu (found once: a report takes milliseconds). */
 function platformPackage() {
+  if (platform) return platform
   const libc = process.platform === 'linux' ? (isMusl() ? '-musl' : '-gnu') : ''
-  return `code-mode-runtime-${process.platform}-${process.arch}${libc}`
+  platform = `code-mode-runtime-${process.platform}-${process.arch}${libc}`
+  return platform
 }
 
 function isMusl() {
