@@ -193,8 +193,9 @@ def describe(error):
     return f"{type(error).__name__}: {error}"
 
 
-async def open_and_abandon(client, url):
-    """initialize, initialized, one cell; no DELETE. Returns the session id."""
+async def initialized(client, url):
+    """A raw session: `initialize`, then `notifications/initialized`. Its id, and the
+    headers its later requests carry."""
     response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
     await response.aread()
     response.raise_for_status()
@@ -204,6 +205,12 @@ async def open_and_abandon(client, url):
         url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
     )
     await notified.aread()
+    return session, headers
+
+
+async def open_and_abandon(client, url):
+    """initialize, initialized, one cell; no DELETE. Returns the session id."""
+    session, headers = await initialized(client, url)
     call = {
         "jsonrpc": "2.0",
         "id": 2,
@@ -309,12 +316,7 @@ URL = [None]
 async def begin(url, opts):
     URL[0] = url
     async with http_client(opts) as client:
-        response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
-        await response.aread()
-        session = response.headers["mcp-session-id"]
-        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
-        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        await client.post(url, headers=headers, json=initialized)
+        session, headers = await initialized(client, url)
         first = await call(client, session, 2, "exec", {"code": DURABLE_CELL})
         return {"session": session, "exec": first}
 
@@ -339,13 +341,7 @@ async def again(url, opts):
 
 async def open_session(url, value, opts):
     async with http_client(opts) as client:
-        response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
-        await response.aread()
-        response.raise_for_status()
-        session = response.headers["mcp-session-id"]
-        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
-        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        await client.post(url, headers=headers, json=initialized)
+        session, headers = await initialized(client, url)
         URL[0] = url
         stored = await call(client, session, 2, "exec", {"code": f"store('k', {json.dumps(value)})"})
         return {"session": session, "exec": stored}
@@ -402,12 +398,7 @@ async def spread(url, opts):
 
 async def broken(url, opts):
     async with http_client(opts) as client:
-        response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
-        await response.aread()
-        session = response.headers["mcp-session-id"]
-        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
-        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        await client.post(url, headers=headers, json=initialized)
+        session, headers = await initialized(client, url)
     body = {
         "jsonrpc": "2.0",
         "id": 2,
@@ -486,12 +477,7 @@ async def cut(url, opts):
     took output), the second ended while its cut observation watched it."""
     URL[0] = url
     async with http_client(opts) as client:
-        response = await client.post(url, headers=ACCEPT, json=INITIALIZE)
-        await response.aread()
-        session = response.headers["mcp-session-id"]
-        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
-        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        await client.post(url, headers=headers, json=initialized)
+        session, headers = await initialized(client, url)
         sleep = "await new Promise((resolve) => setTimeout(resolve, %d));"
         running = await call(
             client, session, 2, "exec",
@@ -652,12 +638,7 @@ async def hop(holder, other, n, opts):
 
     URL[0] = holder
     async with http_client(opts) as to_holder, http_client(opts) as to_other:
-        response = await to_holder.post(holder, headers=ACCEPT, json=INITIALIZE)
-        await response.aread()
-        session = response.headers["mcp-session-id"]
-        headers = {**ACCEPT, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
-        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        await to_holder.post(holder, headers=headers, json=initialized)
+        session, _ = await initialized(to_holder, holder)
         times = {"holder": [], "forwarded": []}
         for i in range(n + 10):
             for name, client, url in (("holder", to_holder, holder), ("forwarded", to_other, other)):

@@ -633,7 +633,6 @@ async fn close_session_ends_its_streams_and_forgets_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
-    use codex_code_mode_host::client::tool;
     let host = spawn(&our_host(), &[]).await;
     let mut client = host.client.clone();
     let (_stream, opened) = open_raw(&mut client, 2).await;
@@ -650,23 +649,7 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
     drop(first);
     // A call made while nobody is subscribed waits in the session for the next
     // subscription: the exec yields with its call in flight.
-    let mut request = exec_request("await tools.lookup({ q: 1 }); text('done')");
-    request.session_id = opened.session_id.clone();
-    request.execution_id = uuid::Uuid::new_v4().to_string();
-    request.tool_call_id = "call_1".to_owned();
-    request.yield_time_ms = 200;
-    request.enabled_tools = vec![tool("lookup", "lookup", None)];
-    let mut events = client
-        .execute(request)
-        .await
-        .expect("the execute call")
-        .into_inner();
-    while events
-        .message()
-        .await
-        .expect("the execute stream")
-        .is_some()
-    {}
+    lookup_in_flight(&mut client, &opened.session_id).await;
     // A second subscription is taken at once (a session may have several); the call the
     // dropped one was dealt, or that waited, reaches it once the host hears of the drop.
     let mut second = client
@@ -686,26 +669,15 @@ async fn a_dropped_tool_call_subscription_is_made_again_and_loses_no_call() {
     assert_eq!(invocation.input_json, r#"{"q":1}"#);
 }
 
-/// A call no subscription took, whose cell was terminated meanwhile: what a subscription
-/// made afterwards gets, on our host and on Codex's (0.169 and 0.171) alike. The cell
-/// ends with its call in flight; the call's invocation is stale by then.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_call_whose_cell_was_terminated_before_anyone_subscribed_reaches_no_one() {
-    for host in [our_host(), crate::codex_host(), crate::codex_host_0171()] {
-        let reached = stale_call_after_terminate(&host).await;
-        assert_eq!(reached, None, "{}", host.display());
-    }
-}
-
-/// The tool name of the first invocation a subscription made after the terminate gets
-/// within a second, if any.
-async fn stale_call_after_terminate(binary: &std::path::Path) -> Option<String> {
+/// Runs in session `session_id` a cell that calls `lookup` and yields (200 ms) with the
+/// call in flight; its cell id.
+async fn lookup_in_flight(
+    client: &mut proto::code_mode_host_client::CodeModeHostClient<tonic::transport::Channel>,
+    session_id: &str,
+) -> String {
     use codex_code_mode_host::client::tool;
-    let host = spawn(binary, &[]).await;
-    let mut client = host.client.clone();
-    let (_stream, opened) = open_raw(&mut client, 2).await;
     let mut request = exec_request("await tools.lookup({ q: 1 }); text('done')");
-    request.session_id = opened.session_id.clone();
+    request.session_id = session_id.to_owned();
     request.execution_id = uuid::Uuid::new_v4().to_string();
     request.tool_call_id = "call_1".to_owned();
     request.yield_time_ms = 200;
@@ -721,6 +693,27 @@ async fn stale_call_after_terminate(binary: &std::path::Path) -> Option<String> 
             cell_id = started.cell_id;
         }
     }
+    cell_id
+}
+
+/// A call no subscription took, whose cell was terminated meanwhile: what a subscription
+/// made afterwards gets, on our host and on Codex's (0.169 and 0.171) alike. The cell
+/// ends with its call in flight; the call's invocation is stale by then.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_whose_cell_was_terminated_before_anyone_subscribed_reaches_no_one() {
+    for host in [our_host(), crate::codex_host(), crate::codex_host_0171()] {
+        let reached = stale_call_after_terminate(&host).await;
+        assert_eq!(reached, None, "{}", host.display());
+    }
+}
+
+/// The tool name of the first invocation a subscription made after the terminate gets
+/// within a second, if any.
+async fn stale_call_after_terminate(binary: &std::path::Path) -> Option<String> {
+    let host = spawn(binary, &[]).await;
+    let mut client = host.client.clone();
+    let (_stream, opened) = open_raw(&mut client, 2).await;
+    let cell_id = lookup_in_flight(&mut client, &opened.session_id).await;
     client
         .terminate(proto::TerminateRequest {
             session_id: opened.session_id.clone(),
