@@ -26,15 +26,17 @@ function codeModeTools(tools = {}, options = {}) {
       additionalProperties: false,
     },
     strict: true,
-    execute: async ({ code }) => (await session.exec(code)).modelText,
+    execute: async ({ code }, _context, details) => (await session.exec(code, { signal: details?.signal })).modelText,
   })
   const wait = tool({
     name: 'wait',
     description: specs.wait.description,
     parameters: specs.wait.parameters,
     strict: false,
-    execute: async ({ cell_id: cellId, yield_time_ms: yieldTimeMs, terminate }) => {
-      const answer = terminate ? await session.terminate(cellId) : await session.wait(cellId, { yieldTimeMs })
+    execute: async ({ cell_id: cellId, yield_time_ms: yieldTimeMs, terminate }, _context, details) => {
+      const answer = terminate
+        ? await session.terminate(cellId)
+        : await session.wait(cellId, { yieldTimeMs, signal: details?.signal })
       return answer.modelText
     },
   })
