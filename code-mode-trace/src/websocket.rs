@@ -5,6 +5,7 @@
 //! in through the workspace's door (`code_mode_tls::gate`), as every listener's do.
 
 use crate::{STREAM_BATCHES_MISSED, TraceError};
+use code_mode_protocol::sync::lock;
 use code_mode_tls::gate::Gate;
 use futures_util::{SinkExt as _, StreamExt as _};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -70,12 +71,6 @@ impl Stream {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Clients the stream serves at once: a few people or tools watching one front's traces

@@ -10,13 +10,10 @@
 //! is dealt to none (as Codex's hosts: a subscription made after a cell was terminated
 //! gets none of its calls).
 
+use code_mode_protocol::sync::lock;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// What is dealt: an invocation, known by its tool's name.
 pub trait Dealt: Send + 'static {

@@ -18,11 +18,12 @@
 //! of the stream cannot resume it and sends its `wait` again.
 
 use bytes::Bytes;
+use code_mode_protocol::sync::lock;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -122,10 +123,6 @@ struct Events {
     partial: Vec<u8>,
     bytes: usize,
     ended: Option<Instant>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Recordings {

@@ -353,11 +353,7 @@ impl CellHandle {
     /// if already joined.
     pub fn join(&self) {
         self.release();
-        let done = self
-            .done
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let done = code_mode_protocol::sync::lock(&self.done).take();
         if let Some(done) = done {
             // Only ever disconnects: the thread drops its sender when done (or panicked).
             let _ = done.recv();

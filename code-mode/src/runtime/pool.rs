@@ -20,8 +20,9 @@ use super::snapshot::ContextSource;
 use super::thread::{self, Prepared};
 use code_mode_protocol::Surface;
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
+use code_mode_protocol::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 /// Prepared threads kept waiting. Each holds an idle isolate and context (about what a
@@ -120,7 +121,7 @@ pub(crate) enum Readiness {
 pub(crate) fn run_prepared(job: Job, readiness: Readiness) -> Option<Job> {
     let surface = job.config.surface;
     let worker = {
-        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pool = lock(&POOL);
         let found = pool.iter().rposition(|worker| {
             worker.surface == surface
                 && (readiness == Readiness::Any || worker.ready.load(Ordering::Acquire))
@@ -172,12 +173,7 @@ fn nanos_since_epoch() -> u64 {
 /// call again.
 pub(crate) fn start() {
     // The thread that started V8 ends if it was not made the first cell thread.
-    drop(
-        V8_THREAD
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take(),
-    );
+    drop(lock(&V8_THREAD).take());
     // The first thread is started from here rather than by the keeper: one thread start
     // fewer before the first isolate is prepared.
     if KEEPER.get().is_none() {
@@ -219,7 +215,7 @@ fn keeper() -> Option<&'static mpsc::Sender<Short>> {
 }
 
 fn pool_len() -> usize {
-    POOL.lock().unwrap_or_else(PoisonError::into_inner).len()
+    lock(&POOL).len()
 }
 
 /// The keeper's loop: fills the pool, then refills it once cells stop starting for a
@@ -271,9 +267,7 @@ fn refill_when_quiet() {
     // Threads of a surface the sessions no longer use go; their isolates would be made
     // again at each cell's start.
     let surface = current_surface();
-    POOL.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .retain(|worker| worker.surface == surface);
+    lock(&POOL).retain(|worker| worker.surface == surface);
     top_up();
 }
 
@@ -285,10 +279,7 @@ fn top_up() {
 fn top_up_to(size: usize) {
     while pool_len() < size {
         match spawn_worker() {
-            Ok(worker) => POOL
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(worker),
+            Ok(worker) => lock(&POOL).push(worker),
             Err(error) => {
                 tracing::warn!("cannot prepare a cell thread: {error}");
                 return;
@@ -305,7 +296,7 @@ fn replace_outdated() -> bool {
     let current = ContextSource::preferred();
     // Dropping a worker's sender ends its thread once it is prepared.
     let replaced = {
-        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pool = lock(&POOL);
         let before = pool.len();
         let surface = current_surface();
         pool.retain(|worker| worker.source == current && worker.surface == surface);
@@ -378,7 +369,7 @@ pub(crate) fn start_v8_on_cell_thread() {
         });
         match spawned {
             Ok(_) => {
-                *V8_THREAD.lock().unwrap_or_else(PoisonError::into_inner) = Some(lives);
+                *lock(&V8_THREAD) = Some(lives);
                 // The new thread is queued on this core, and its chain (V8, then the first
                 // isolate) is a cold start's longest: this thread moves to another core,
                 // where its own later wake-ups then tend to go too.
@@ -395,10 +386,7 @@ pub(crate) fn start_v8_on_cell_thread() {
 /// Gives `life` to the thread that started V8 if it waits for one; gives it back
 /// otherwise.
 fn give_to_v8_thread(life: Life) -> Result<(), Life> {
-    let waiting = V8_THREAD
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
+    let waiting = lock(&V8_THREAD).take();
     match waiting {
         Some(thread) => thread.send(life).map_err(|refused| refused.0),
         None => Err(life),
@@ -426,9 +414,7 @@ impl<R> FirstCellThread<R> {
             .recv()
             .is_ok_and(|restricted| accept(&restricted));
         if joined {
-            POOL.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(self.worker);
+            lock(&POOL).push(self.worker);
         }
         joined
     }
@@ -470,9 +456,7 @@ mod tests {
     ) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let held: Vec<T> = POOL
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            let held: Vec<T> = lock(&POOL)
                 .iter()
                 .filter(|worker| !ready || worker.ready.load(Ordering::Acquire))
                 .map(&field)
@@ -498,7 +482,7 @@ mod tests {
     /// thread of another surface (its isolate would be made again as it starts).
     #[test]
     fn prepared_threads_follow_the_surface_of_the_sessions() {
-        let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+        let _turn = lock(&TURN);
         crate::platform::init_v8();
         start();
         note_surface(Surface::Codex);
@@ -532,11 +516,10 @@ mod tests {
     /// be handed to it.
     #[test]
     fn a_first_cell_thread_joins_the_pool_only_when_its_restriction_is_accepted() {
-        let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+        let _turn = lock(&TURN);
         crate::platform::init_v8();
         let in_pool = |ready: &Arc<AtomicBool>| {
-            POOL.lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            lock(&POOL)
                 .iter()
                 .any(|worker| Arc::ptr_eq(&worker.ready, ready))
         };
@@ -557,7 +540,7 @@ mod tests {
 
     #[test]
     fn once_the_snapshot_is_made_every_prepared_thread_is_of_it() {
-        let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+        let _turn = lock(&TURN);
         crate::platform::init_v8();
         // The first fill starts before the blob is made, so its threads build by hand.
         start();

@@ -29,6 +29,7 @@
 //! `ProcessProvider` gets an empty environment, so this reaches in-process sessions and
 //! runtimes started by hand); a blob that cannot be made does the same, with a warning.
 
+use code_mode_protocol::sync::lock;
 use std::borrow::Cow;
 use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -94,7 +95,7 @@ const FIRST_ISOLATE_PATIENCE: Duration = Duration::from_millis(30);
 /// share the cores with the blob's making, which waits for it.
 pub(crate) fn note_isolate_prepared() {
     let (prepared, changed) = &FIRST_PREPARED;
-    let mut prepared = prepared.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut prepared = lock(prepared);
     if !*prepared {
         *prepared = true;
         changed.notify_all();
@@ -104,7 +105,7 @@ pub(crate) fn note_isolate_prepared() {
 /// Waits until a cell isolate is prepared, or [`FIRST_ISOLATE_PATIENCE`] has passed.
 fn wait_for_first_isolate() {
     let (prepared, changed) = &FIRST_PREPARED;
-    let guard = prepared.lock().unwrap_or_else(PoisonError::into_inner);
+    let guard = lock(prepared);
     let _ = changed
         .wait_timeout_while(guard, FIRST_ISOLATE_PATIENCE, |prepared| !*prepared)
         .unwrap_or_else(PoisonError::into_inner);

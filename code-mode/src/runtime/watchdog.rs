@@ -10,6 +10,7 @@
 //! reports the runtime lost and starts a fresh one.
 
 use super::CellControl;
+use code_mode_protocol::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -87,10 +88,7 @@ impl Watched {
         if used < self.budget {
             return;
         }
-        let mut exceeded_at = self
-            .exceeded_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut exceeded_at = lock(&self.exceeded_at);
         match *exceeded_at {
             None => {
                 *exceeded_at = Some(used);
@@ -141,10 +139,7 @@ fn watch() {
     let registry = registry();
     loop {
         let cells: Vec<Arc<Watched>> = {
-            let mut cells = registry
-                .cells
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut cells = lock(&registry.cells);
             cells.retain(|cell| cell.strong_count() > 0);
             while cells.is_empty() {
                 cells = registry
@@ -186,11 +181,7 @@ pub(crate) fn watch_current_thread(
         excused_nanos: AtomicU64::new(0),
     });
     let registry = registry();
-    registry
-        .cells
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(Arc::downgrade(&watched));
+    lock(&registry.cells).push(Arc::downgrade(&watched));
     registry.wake.notify_one();
     Some(watched)
 }
