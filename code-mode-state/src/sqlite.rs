@@ -190,7 +190,7 @@ impl Sqlite {
         let found = meta(&store, "format")?;
         let loaded = store.load_format(front, found.as_deref())?;
         if durability == Durability::Disk {
-            store.warm_log().map_err(write_error(&store.path))?;
+            store.warm_log();
         }
         Ok((store, loaded))
     }
@@ -227,13 +227,25 @@ impl Sqlite {
     /// the file longer, and its sync then also commits the file system's journal: on this
     /// machine a 4 KiB append with `fdatasync` costs about 2.7 times an overwrite, and
     /// until the log first wraps (a thousand pages, some 300 nested calls) every commit is
-    /// such an append. The log is filled by small transactions that are not synced, on a
-    /// scratch table dropped at the end (the database grows by a few pages, which stay
-    /// free for data), then synced once; SQLite starts the log over from its beginning
-    /// after the checkpoint, so commits overwrite written blocks from then on. Earlier
-    /// commits were checkpointed (and synced) first, so a crash in between loses nothing.
-    fn warm_log(&mut self) -> rusqlite::Result<()> {
+    /// such an append. The log is filled by small transactions that are not synced
+    /// (`synchronous=NORMAL`: checkpoints still are), on a scratch table dropped at the
+    /// end (the database grows by a few pages, which stay free for data), then synced
+    /// once; SQLite starts the log over from its beginning after the checkpoint, so
+    /// commits overwrite written blocks from then on. Earlier commits were checkpointed
+    /// (and synced) first. Best effort: a failure (a full disk) is logged, and the store
+    /// opens with `synchronous=FULL` as without it.
+    fn warm_log(&mut self) {
+        let outcome = self.fill_log();
+        let restored = self.db.pragma_update(None, "synchronous", "FULL");
+        if let Err(error) = outcome.and(restored) {
+            tracing::warn!(path = %self.path.display(), "the state log was not written ahead: {error}");
+        }
+    }
+
+    fn fill_log(&mut self) -> rusqlite::Result<()> {
         let db = &self.db;
+        // A scratch table a crash in an earlier fill left goes first.
+        db.execute_batch("DROP TABLE IF EXISTS log_warmup;")?;
         let page_size: i64 = db.query_row("PRAGMA page_size", [], |row| row.get(0))?;
         let pages: i64 = db.query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))?;
         let target = u64::try_from(page_size.saturating_mul(pages)).unwrap_or(0);
@@ -247,11 +259,8 @@ impl Sqlite {
             return Ok(());
         }
         db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        db.pragma_update(None, "synchronous", "OFF")?;
-        db.execute_batch(
-            "DROP TABLE IF EXISTS log_warmup; \
-             CREATE TABLE log_warmup (k INTEGER PRIMARY KEY, v BLOB) WITHOUT ROWID;",
-        )?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.execute_batch("CREATE TABLE log_warmup (k INTEGER PRIMARY KEY, v BLOB) WITHOUT ROWID;")?;
         // A row nearly a page long, rewritten in turn: each commit adds a few pages. Each
         // time it differs (SQLite writes nothing for a row rewritten as it was).
         let mut filler = vec![0x5a_u8; usize::try_from(page_size * 3 / 4).unwrap_or(3072)];

@@ -722,12 +722,22 @@ fn with_disk_durability_the_log_is_written_to_its_size_before_the_first_commit()
     let database = std::fs::metadata(dir.join("jsonl.sqlite3")).expect("the database");
     assert!(database.len() < 256 * 1024, "{}", database.len());
     drop(store);
-    // Opened again, it reads what it had; with process durability (no sync at commit) the
-    // log is left to grow as SQLite grows it.
-    let (_store, loaded) = Sqlite::open(&dir, "jsonl", Durability::Disk).expect("reopens");
-    assert!(loaded.saved.sessions.is_empty());
+    // Written to, then opened again (the log written ahead again), it reads what it had;
+    // with process durability (no sync at commit) the log is left to grow as SQLite grows
+    // it.
+    let (keeper, _) = open(&dir).expect("opens");
+    write(&keeper, checkpoint(vec![cell(1, 0)], "\"kept\"")).expect("written");
+    drop(keeper);
+    let (_, saved) = open(&dir).expect("reopens");
+    assert_eq!(stored_value(&saved), "\"kept\"");
+    assert_eq!(saved.sessions[0].state.cells, vec![cell(1, 0)]);
     let other = scratch("cold-log");
-    let (_store, _) = Sqlite::open(&other, "jsonl", Durability::Process).expect("opens");
+    let (store, _) = Sqlite::open(&other, "jsonl", Durability::Process).expect("opens");
+    let synchronous: i64 = store
+        .connection()
+        .query_row("PRAGMA synchronous", [], |row| row.get(0))
+        .expect("read");
+    assert_eq!(synchronous, 1, "process durability keeps NORMAL");
     let log = std::fs::metadata(other.join("jsonl.sqlite3-wal")).map_or(0, |m| m.len());
     assert!(log < wraps_at, "{log}");
 }

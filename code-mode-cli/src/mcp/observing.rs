@@ -9,7 +9,9 @@
 //! cell keeps running; what the observation took goes to the cell's next observation:
 //! output first in the next answer, an end (the cell completed meanwhile) as the next
 //! `wait`'s answer. A `wait` for a cell whose observation is unread preempts that
-//! observation instead of being refused as a second observer.
+//! observation instead of being refused as a second observer. What is held is bounded:
+//! [`HELD_FOR`], and per connection [`HELD_CELLS`] cells and [`HELD_BYTES`] (the oldest
+//! go first, with a warning).
 
 use super::replay::Readers;
 use code_mode_protocol::sync::lock;
@@ -17,7 +19,7 @@ use code_mode_protocol::{CellId, CellResponse, ContentItem};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -27,13 +29,20 @@ use tokio_util::sync::CancellationToken;
 /// the cell ends the grace at once.
 pub(super) const RESUME_GRACE: Duration = Duration::from_secs(5);
 
+/// How long output no client received is kept for the cell's next `wait`.
+pub(super) const HELD_FOR: Duration = Duration::from_secs(600);
+/// The most cells a connection keeps such output for.
+pub(super) const HELD_CELLS: usize = 64;
+/// The most bytes of such output a connection keeps (text and data URLs).
+pub(super) const HELD_BYTES: usize = 64 * 1024 * 1024;
+
 /// One connection's observations in flight and what unread ones took.
 #[derive(Default)]
 pub(super) struct Observations {
     running: Mutex<Vec<Observation>>,
     /// Signalled whenever an observation ends.
     ended: Notify,
-    held: Mutex<HashMap<CellId, Held>>,
+    held: Mutex<HashMap<CellId, Kept>>,
     next: AtomicU64,
 }
 
@@ -53,6 +62,62 @@ impl Observation {
     /// Whether it was let go: its request cancelled, or preempted for a later `wait`.
     fn abandoned(&self) -> bool {
         self.request.is_cancelled() || self.preempt.is_cancelled()
+    }
+}
+
+/// What unread observations took from a cell, since when, and its size.
+struct Kept {
+    held: Held,
+    since: Instant,
+    bytes: usize,
+}
+
+impl Kept {
+    fn new(held: Held) -> Self {
+        let items = match &held {
+            Held::Output(items) => items.as_slice(),
+            Held::Ended(response) => response.content_items(),
+        };
+        let bytes = items.iter().map(item_bytes).sum();
+        Self {
+            held,
+            since: Instant::now(),
+            bytes,
+        }
+    }
+}
+
+fn item_bytes(item: &ContentItem) -> usize {
+    match item {
+        ContentItem::InputText { text } => text.len(),
+        ContentItem::InputImage { image_url, .. } => image_url.len(),
+        ContentItem::InputAudio { audio_url } => audio_url.len(),
+    }
+}
+
+/// Drops what was held past [`HELD_FOR`], then the oldest past the count and byte bounds.
+fn prune(held: &mut HashMap<CellId, Kept>) {
+    let now = Instant::now();
+    held.retain(|cell, kept| {
+        let keep = now.duration_since(kept.since) < HELD_FOR;
+        if !keep {
+            tracing::warn!(%cell, "output no client received, kept for 10 minutes, dropped");
+        }
+        keep
+    });
+    let mut bytes: usize = held.values().map(|kept| kept.bytes).sum();
+    while held.len() > HELD_CELLS || bytes > HELD_BYTES {
+        let Some(oldest) = held
+            .iter()
+            .min_by_key(|(_, kept)| kept.since)
+            .map(|(cell, _)| cell.clone())
+        else {
+            break;
+        };
+        if let Some(kept) = held.remove(&oldest) {
+            bytes -= kept.bytes;
+        }
+        tracing::warn!(cell = %oldest, "output no client received dropped: the connection holds too much");
     }
 }
 
@@ -112,11 +177,11 @@ impl Observations {
     pub(super) fn hold(&self, response: CellResponse) {
         let mut held = lock(&self.held);
         let cell = response.cell_id().clone();
-        let before = match held.remove(&cell) {
+        let before = match held.remove(&cell).map(|kept| kept.held) {
             Some(Held::Output(items)) => items,
             Some(ended @ Held::Ended(_)) => {
                 // A cell ends once; an end already kept stays the answer.
-                held.insert(cell, ended);
+                held.insert(cell, Kept::new(ended));
                 return;
             }
             None => Vec::new(),
@@ -125,26 +190,27 @@ impl Observations {
             CellResponse::Yielded { content_items, .. } => {
                 let mut items = before;
                 items.extend(content_items);
-                if items.is_empty() {
-                    return;
-                }
                 Held::Output(items)
             }
-            // Nothing of an unknown cell is worth keeping.
-            ended if ended.is_missing_cell() => return,
+            // An unknown cell's answer adds nothing to what was kept.
+            ended if ended.is_missing_cell() => Held::Output(before),
             ended => Held::Ended(ended.with_items_before(before)),
         };
-        held.insert(cell, kept);
+        if !matches!(&kept, Held::Output(items) if items.is_empty()) {
+            held.insert(cell, Kept::new(kept));
+        }
+        prune(&mut held);
     }
 
     /// The end of `cell` an unread observation took, if one did: the answer to the
     /// cell's next `wait`, given once.
     pub(super) fn take_end(&self, cell: &CellId) -> Option<CellResponse> {
         let mut held = lock(&self.held);
-        match held.remove(cell)? {
+        let kept = held.remove(cell)?;
+        match kept.held {
             Held::Ended(response) => Some(response),
-            output @ Held::Output(_) => {
-                held.insert(cell.clone(), output);
+            Held::Output(_) => {
+                held.insert(cell.clone(), kept);
                 None
             }
         }
@@ -153,13 +219,15 @@ impl Observations {
     /// `response` with the output unread observations took from its cell first.
     pub(super) fn with_held_output(&self, response: CellResponse) -> CellResponse {
         let mut held = lock(&self.held);
-        match held.remove(response.cell_id()) {
-            Some(Held::Output(items)) => response.with_items_before(items),
-            Some(ended @ Held::Ended(_)) => {
-                held.insert(response.cell_id().clone(), ended);
+        let Some(kept) = held.remove(response.cell_id()) else {
+            return response;
+        };
+        match kept.held {
+            Held::Output(items) => response.with_items_before(items),
+            Held::Ended(_) => {
+                held.insert(response.cell_id().clone(), kept);
                 response
             }
-            None => response,
         }
     }
 }
@@ -218,5 +286,76 @@ impl Drop for Observing<'_> {
         }
         drop(running);
         self.observations.ended.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(text: &str) -> ContentItem {
+        ContentItem::InputText {
+            text: text.to_owned(),
+        }
+    }
+
+    fn yielded(cell: u64, items: &[&str]) -> CellResponse {
+        CellResponse::Yielded {
+            cell_id: CellId::new(cell),
+            content_items: items.iter().map(|item| text(item)).collect(),
+            wall_time: Duration::ZERO,
+        }
+    }
+
+    fn texts(response: &CellResponse) -> Vec<String> {
+        response
+            .content_items()
+            .iter()
+            .map(|item| match item {
+                ContentItem::InputText { text } => text.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_output_comes_first_once_and_a_held_end_answers_the_next_wait() {
+        let observations = Observations::default();
+        observations.hold(yielded(1, &["a"]));
+        observations.hold(yielded(1, &["b"]));
+        // An unknown cell's answer keeps what was held.
+        observations.hold(CellResponse::missing(CellId::new(1)));
+        let next = observations.with_held_output(yielded(1, &["c"]));
+        assert_eq!(texts(&next), ["a", "b", "c"]);
+        let again = observations.with_held_output(yielded(1, &["d"]));
+        assert_eq!(texts(&again), ["d"], "given once");
+        observations.hold(yielded(2, &["x"]));
+        observations.hold(CellResponse::result(CellId::new(2), vec![text("y")], None));
+        assert!(observations.take_end(&CellId::new(1)).is_none());
+        let end = observations.take_end(&CellId::new(2)).expect("the end");
+        assert_eq!(texts(&end), ["x", "y"]);
+        assert!(observations.take_end(&CellId::new(2)).is_none(), "once");
+    }
+
+    #[test]
+    fn held_output_is_bounded_the_oldest_going_first() {
+        let observations = Observations::default();
+        for cell in 0..(HELD_CELLS as u64 + 6) {
+            observations.hold(yielded(cell, &["out"]));
+        }
+        let held = lock(&observations.held);
+        assert_eq!(held.len(), HELD_CELLS);
+        assert!(!held.contains_key(&CellId::new(5)), "the oldest went");
+        assert!(held.contains_key(&CellId::new(6)));
+        drop(held);
+        let big = "x".repeat(HELD_BYTES / 2 + 1);
+        observations.hold(yielded(1000, &[&big]));
+        observations.hold(yielded(1001, &[&big]));
+        let held = lock(&observations.held);
+        assert!(
+            !held.contains_key(&CellId::new(1000)),
+            "past the byte bound"
+        );
+        assert!(held.contains_key(&CellId::new(1001)));
     }
 }

@@ -334,23 +334,25 @@ impl CodeModeServer {
                 readers,
             })
             .await;
-        if let Some(ended) = cell.and_then(|cell| observations.take_end(cell)) {
-            // An unread observation took the cell's end: this `wait` answers with it.
-            return Ok(CallToolResult::success(content(&format_response(
-                &ended, max_tokens,
-            ))));
-        }
-        lock(&self.connection.listener).progress =
-            context.meta.get_progress_token().map(|token| (token, 0));
-        let mut observation = observation;
-        let outcome = tokio::select! {
-            outcome = &mut observation => outcome,
-            () = context.ct.cancelled() => {
-                preempt.cancel();
-                observation.await
+        let outcome = match cell.and_then(|cell| observations.take_end(cell)) {
+            // An unread observation took the cell's end: this `wait` answers with it (and
+            // holds it again if this answer is not read either).
+            Some(ended) => Ok(ended),
+            None => {
+                lock(&self.connection.listener).progress =
+                    context.meta.get_progress_token().map(|token| (token, 0));
+                let mut observation = observation;
+                let outcome = tokio::select! {
+                    outcome = &mut observation => outcome,
+                    () = context.ct.cancelled() => {
+                        preempt.cancel();
+                        observation.await
+                    }
+                };
+                lock(&self.connection.listener).progress = None;
+                outcome
             }
         };
-        lock(&self.connection.listener).progress = None;
         observing.grace().await;
         if observing.unread() {
             if let Ok(response) = outcome {

@@ -687,40 +687,65 @@ async fn lookup_in_flight(
         .await
         .expect("the execute call")
         .into_inner();
-    let mut cell_id = String::new();
+    let (mut cell_id, mut yielded) = (String::new(), false);
     while let Some(event) = events.message().await.expect("the execute stream") {
-        if let Some(proto::execute_event::Event::Started(started)) = event.event {
-            cell_id = started.cell_id;
+        match event.event {
+            Some(proto::execute_event::Event::Started(started)) => cell_id = started.cell_id,
+            Some(proto::execute_event::Event::Outcome(outcome)) => {
+                yielded = matches!(
+                    outcome.status,
+                    Some(proto::cell_outcome::Status::Yielded(_))
+                );
+            }
+            None => {}
         }
     }
+    assert!(
+        !cell_id.is_empty() && yielded,
+        "the cell yields with its call in flight"
+    );
     cell_id
 }
 
-/// A call no subscription took, whose cell was terminated meanwhile: what a subscription
-/// made afterwards gets, on our host and on Codex's (0.169 and 0.171) alike. The cell
-/// ends with its call in flight; the call's invocation is stale by then.
+/// A call no subscription took, whose cell was terminated meanwhile, reaches no
+/// subscription made afterwards: its invocation is stale by then. (Our host keeps a call
+/// nobody is subscribed for until a subscription comes; Codex's hosts, 0.169 and 0.171,
+/// fail such a call at once, `no code-mode tool subscription matches the requested tool`,
+/// so they have nothing to compare here.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_whose_cell_was_terminated_before_anyone_subscribed_reaches_no_one() {
-    for host in [our_host(), crate::codex_host(), crate::codex_host_0171()] {
-        let reached = stale_call_after_terminate(&host).await;
-        assert_eq!(reached, None, "{}", host.display());
-    }
+    assert_eq!(stale_call_after_terminate(&our_host()).await, None);
 }
 
 /// The tool name of the first invocation a subscription made after the terminate gets
-/// within a second, if any.
+/// within a second, if any. Checked beside it: the terminate answers the cell as
+/// terminated, and the same subscription gets the call of a cell started afterwards (so
+/// that nothing else kept calls from it).
 async fn stale_call_after_terminate(binary: &std::path::Path) -> Option<String> {
     let host = spawn(binary, &[]).await;
     let mut client = host.client.clone();
     let (_stream, opened) = open_raw(&mut client, 2).await;
     let cell_id = lookup_in_flight(&mut client, &opened.session_id).await;
-    client
+    let terminated = client
         .terminate(proto::TerminateRequest {
             session_id: opened.session_id.clone(),
             cell_id,
         })
         .await
-        .expect("terminate");
+        .expect("terminate")
+        .into_inner();
+    assert!(
+        matches!(
+            terminated.cell,
+            Some(proto::terminate_response::Cell::LiveCell(
+                proto::CellOutcome {
+                    status: Some(proto::cell_outcome::Status::Terminated(_)),
+                    ..
+                }
+            ))
+        ),
+        "{terminated:?}"
+    );
     let mut calls = client
         .subscribe_to_tool_calls(proto::SubscribeToToolCallsRequest {
             session_id: opened.session_id.clone(),
@@ -730,10 +755,22 @@ async fn stale_call_after_terminate(binary: &std::path::Path) -> Option<String> 
         .await
         .expect("subscribe")
         .into_inner();
-    match tokio::time::timeout(Duration::from_secs(1), calls.message()).await {
+    let first = match tokio::time::timeout(Duration::from_secs(1), calls.message()).await {
+        Err(_) => None,
         Ok(Ok(Some(invocation))) => invocation.tool_name.map(|name| name.name),
-        _ => None,
-    }
+        Ok(other) => panic!("the subscription ended: {other:?}"),
+    };
+    lookup_in_flight(&mut client, &opened.session_id).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), calls.message())
+        .await
+        .expect("a later cell's call reaches the subscription")
+        .expect("a call, not an error")
+        .expect("a call, not the end");
+    assert_eq!(
+        next.tool_name.map(|name| name.name).as_deref(),
+        Some("lookup")
+    );
+    first
 }
 
 /// Heartbeats as Codex 0.171's host sends them, only when asked, on our host and on
