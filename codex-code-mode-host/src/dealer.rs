@@ -6,9 +6,10 @@
 //! invocation no subscription takes waits for one that does. A subscription that ends
 //! (its client's stream dropped) gives back every invocation it was dealt and had not
 //! sent, first in line again, for the others or the next to come: a client whose stream
-//! broke misses nothing. An invocation whose call ended before any subscription sent it
-//! is dealt to none (as Codex's hosts: a subscription made after a cell was terminated
-//! gets none of its calls).
+//! broke misses nothing (Codex's hosts differ here: they fail at once a call no
+//! subscription takes). An invocation whose call ended before any subscription sent it
+//! is dealt to none: a subscription made after a cell was terminated gets none of its
+//! calls.
 
 use code_mode_protocol::sync::lock;
 use std::collections::VecDeque;

@@ -270,7 +270,7 @@ pub struct Invocation {
     /// The W3C trace context of the `Execute` span of the cell (none when not traced).
     pub traceparent: Option<String>,
     /// Whether its call ended (answered, cancelled, its cell gone): an invocation no
-    /// subscription took by then is dealt to none (Codex's hosts deal no stale call).
+    /// subscription took by then is dealt to none.
     pub ended: CallEnded,
 }
 
