@@ -22,8 +22,8 @@ use crate::kept::KeptSessions;
 use crate::runtimes::Runtimes;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
-    ExecHooks, ExecRequest, JsonText, NestedToolCall, PendingOutcome, SessionError, SessionOptions,
-    StartedCell, StartedPendingCell, StoredValues, ToolError, WaitRequest,
+    DelegateLayer, ExecHooks, ExecRequest, JsonText, NestedToolCall, PendingOutcome, SessionError,
+    SessionOptions, StartedCell, StartedPendingCell, StoredValues, ToolError, WaitRequest,
 };
 use code_mode_state::{AnswerRecord, SessionRecord, StateError, StoreStats};
 use std::sync::{Arc, OnceLock, Weak};
@@ -144,10 +144,12 @@ impl StoredProvider {
                 Interrupted::Retry => {
                     let session = Arc::clone(&session);
                     tokio::spawn(async move {
-                        let result = session
-                            .delegate
-                            .invoke_tool(call.call.clone(), CancellationToken::new())
-                            .await;
+                        let result = DelegateLayer::invoke_tool(
+                            &*session.delegate,
+                            call.call.clone(),
+                            CancellationToken::new(),
+                        )
+                        .await;
                         call.answer(result);
                     });
                 }
@@ -239,7 +241,11 @@ fn unkept(what: &str, error: &StateError) -> ToolError {
     ToolError::new(code_mode_protocol::texts::state_unwritten(what, error))
 }
 
-impl CodeModeSessionDelegate for StoringDelegate {
+impl DelegateLayer for StoringDelegate {
+    fn inner(&self) -> &dyn CodeModeSessionDelegate {
+        &*self.inner
+    }
+
     fn invoke_tool(
         &self,
         call: NestedToolCall,
@@ -257,31 +263,6 @@ impl CodeModeSessionDelegate for StoringDelegate {
                 Err(error) => Err(unkept("the tool ran, its answer was not kept", &error)),
             }
         })
-    }
-
-    fn notify(
-        &self,
-        cell_id: CellId,
-        text: String,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, ()> {
-        self.inner.notify(cell_id, text, cancel)
-    }
-
-    fn cell_closed(&self, cell_id: &CellId) {
-        self.inner.cell_closed(cell_id);
-    }
-
-    fn committed(&self, cell_id: &CellId, writes: &StoredValues) {
-        self.inner.committed(cell_id, writes);
-    }
-
-    fn keeps_journals(&self) -> bool {
-        self.inner.keeps_journals()
-    }
-
-    fn journal(&self, cell_id: &CellId, entry: code_mode_protocol::journal::JournalEntry) {
-        self.inner.journal(cell_id, entry);
     }
 }
 

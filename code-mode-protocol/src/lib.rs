@@ -37,8 +37,8 @@ pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};
 pub use session::{
     AdmittedHook, BoxFuture, CellFailure, CellLimits, CellResponse, CodeModeProvider,
-    CodeModeSession, CodeModeSessionDelegate, ExecHooks, ExecRequest, FailureKind, NestedToolCall,
-    PendingOutcome, RuntimeFailure, SessionError, SessionOptions, StartedCell, StartedPendingCell,
-    Surface, WaitRequest,
+    CodeModeSession, CodeModeSessionDelegate, DelegateLayer, ExecHooks, ExecRequest, FailureKind,
+    NestedToolCall, PendingOutcome, RuntimeFailure, SessionError, SessionOptions, StartedCell,
+    StartedPendingCell, Surface, WaitRequest,
 };
 pub use stored::StoredValues;

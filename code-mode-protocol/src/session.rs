@@ -841,6 +841,90 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
     fn journal(&self, _: &CellId, _: crate::journal::JournalEntry) {}
 }
 
+/// A delegate in front of another (a store's, a tracer's): every method of
+/// [`CodeModeSessionDelegate`] goes to [`Self::inner`] unless the layer overrides it, so
+/// that a method the delegate trait gains reaches the agent core's delegate through every
+/// layer, with no forwarding written in each. Implement this, not the delegate trait: a
+/// layer is a delegate.
+pub trait DelegateLayer: Send + Sync + 'static {
+    /// The delegate this layer stands in front of.
+    fn inner(&self) -> &dyn CodeModeSessionDelegate;
+
+    /// [`CodeModeSessionDelegate::invoke_tool`]; by default the inner delegate's.
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        self.inner().invoke_tool(call, cancel)
+    }
+
+    /// [`CodeModeSessionDelegate::notify`]; by default the inner delegate's.
+    fn notify(
+        &self,
+        cell_id: CellId,
+        text: String,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, ()> {
+        self.inner().notify(cell_id, text, cancel)
+    }
+
+    /// [`CodeModeSessionDelegate::cell_closed`]; by default the inner delegate's.
+    fn cell_closed(&self, cell_id: &CellId) {
+        self.inner().cell_closed(cell_id);
+    }
+
+    /// [`CodeModeSessionDelegate::committed`]; by default the inner delegate's.
+    fn committed(&self, cell_id: &CellId, writes: &StoredValues) {
+        self.inner().committed(cell_id, writes);
+    }
+
+    /// [`CodeModeSessionDelegate::keeps_journals`]; by default the inner delegate's.
+    fn keeps_journals(&self) -> bool {
+        self.inner().keeps_journals()
+    }
+
+    /// [`CodeModeSessionDelegate::journal`]; by default the inner delegate's.
+    fn journal(&self, cell_id: &CellId, entry: crate::journal::JournalEntry) {
+        self.inner().journal(cell_id, entry);
+    }
+}
+
+impl<L: DelegateLayer> CodeModeSessionDelegate for L {
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        DelegateLayer::invoke_tool(self, call, cancel)
+    }
+
+    fn notify(
+        &self,
+        cell_id: CellId,
+        text: String,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, ()> {
+        DelegateLayer::notify(self, cell_id, text, cancel)
+    }
+
+    fn cell_closed(&self, cell_id: &CellId) {
+        DelegateLayer::cell_closed(self, cell_id);
+    }
+
+    fn committed(&self, cell_id: &CellId, writes: &StoredValues) {
+        DelegateLayer::committed(self, cell_id, writes);
+    }
+
+    fn keeps_journals(&self) -> bool {
+        DelegateLayer::keeps_journals(self)
+    }
+
+    fn journal(&self, cell_id: &CellId, entry: crate::journal::JournalEntry) {
+        DelegateLayer::journal(self, cell_id, entry);
+    }
+}
+
 /// Something that opens sessions. One per place cells run: `code_mode::InProcessProvider`
 /// (this process), `code_mode_host::ProcessProvider` (a runtime process it spawns) and
 /// `code_mode_host::RemoteProvider` (runtimes elsewhere, over TCP). An agent core written
@@ -965,6 +1049,107 @@ pub trait CodeModeSession: Send + Sync {
 
 #[cfg(test)]
 mod tests {
+    /// A delegate that records which of its methods were called.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<&'static str>>);
+
+    impl Recording {
+        fn saw(&self, what: &'static str) {
+            crate::sync::lock(&self.0).push(what);
+        }
+    }
+
+    impl CodeModeSessionDelegate for Recording {
+        fn invoke_tool(
+            &self,
+            _: NestedToolCall,
+            _: CancellationToken,
+        ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+            self.saw("invoke_tool");
+            Box::pin(std::future::ready(Ok(JsonText::new("1"))))
+        }
+        fn notify(&self, _: CellId, _: String, _: CancellationToken) -> BoxFuture<'_, ()> {
+            self.saw("notify");
+            Box::pin(std::future::ready(()))
+        }
+        fn cell_closed(&self, _: &CellId) {
+            self.saw("cell_closed");
+        }
+        fn committed(&self, _: &CellId, _: &StoredValues) {
+            self.saw("committed");
+        }
+        fn keeps_journals(&self) -> bool {
+            self.saw("keeps_journals");
+            true
+        }
+        fn journal(&self, _: &CellId, _: crate::journal::JournalEntry) {
+            self.saw("journal");
+        }
+    }
+
+    /// A layer that overrides nothing.
+    struct Bare(Recording);
+
+    impl DelegateLayer for Bare {
+        fn inner(&self) -> &dyn CodeModeSessionDelegate {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn a_layer_passes_every_method_it_does_not_override_to_its_inner_delegate() {
+        let layer = Bare(Recording::default());
+        let delegate: &dyn CodeModeSessionDelegate = &layer;
+        let cell = CellId::new(1);
+        let call = NestedToolCall {
+            cell_id: cell.clone(),
+            call_id: CallId::new(1),
+            tool_name: "t".to_owned(),
+            kind: crate::ToolKind::Function,
+            input: None,
+            exec_call_id: None,
+        };
+        let answered =
+            futures_executor_block_on(delegate.invoke_tool(call, CancellationToken::new()));
+        assert_eq!(
+            answered.map(|text| text.as_str().to_owned()),
+            Ok("1".to_owned())
+        );
+        futures_executor_block_on(delegate.notify(
+            cell.clone(),
+            "n".into(),
+            CancellationToken::new(),
+        ));
+        delegate.cell_closed(&cell);
+        delegate.committed(&cell, &StoredValues::default());
+        assert!(delegate.keeps_journals());
+        delegate.journal(&cell, crate::journal::JournalEntry::Started { seed: 1 });
+        assert_eq!(
+            *crate::sync::lock(&layer.0.0),
+            [
+                "invoke_tool",
+                "notify",
+                "cell_closed",
+                "committed",
+                "keeps_journals",
+                "journal"
+            ]
+        );
+    }
+
+    /// Polls a future that is ready at once.
+    fn futures_executor_block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        let mut future = std::pin::pin!(future);
+        let waker = std::task::Waker::noop();
+        match future
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(value) => value,
+            std::task::Poll::Pending => panic!("not ready at once"),
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -24,8 +24,9 @@
 //! disabled at their call site and nothing else is done.
 
 use code_mode_protocol::session::{
-    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks, ExecRequest,
-    NestedToolCall, PendingOutcome, SessionError, StartedCell, StartedPendingCell, WaitRequest,
+    BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, DelegateLayer, ExecHooks,
+    ExecRequest, NestedToolCall, PendingOutcome, SessionError, StartedCell, StartedPendingCell,
+    WaitRequest,
 };
 use code_mode_protocol::stored::StoredValues;
 use code_mode_protocol::sync::lock;
@@ -335,7 +336,11 @@ struct TracedDelegate {
     traces: Arc<CellTraces>,
 }
 
-impl CodeModeSessionDelegate for TracedDelegate {
+impl DelegateLayer for TracedDelegate {
+    fn inner(&self) -> &dyn CodeModeSessionDelegate {
+        &*self.inner
+    }
+
     fn invoke_tool(
         &self,
         call: NestedToolCall,
@@ -369,30 +374,9 @@ impl CodeModeSessionDelegate for TracedDelegate {
         )
     }
 
-    fn notify(
-        &self,
-        cell_id: CellId,
-        text: String,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, ()> {
-        self.inner.notify(cell_id, text, cancel)
-    }
-
     fn cell_closed(&self, cell_id: &CellId) {
         self.traces.closed(cell_id);
         self.inner.cell_closed(cell_id);
-    }
-
-    fn committed(&self, cell_id: &CellId, values: &StoredValues) {
-        self.inner.committed(cell_id, values);
-    }
-
-    fn keeps_journals(&self) -> bool {
-        self.inner.keeps_journals()
-    }
-
-    fn journal(&self, cell_id: &CellId, entry: code_mode_protocol::journal::JournalEntry) {
-        self.inner.journal(cell_id, entry);
     }
 }
 
