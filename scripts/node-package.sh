@@ -56,7 +56,8 @@ rm -rf dist
 mkdir -p dist/stage
 (cd "$platform" && npm pack --silent --pack-destination ../../dist >/dev/null)
 # The API package is packed from a copy without the development scripts and
-# dependencies: what users install runs no script of its own.
+# dependencies (what users install runs no script of its own), and with its platform
+# package as an optional dependency.
 CODE_MODE_NODE_PACKAGE=1 npm pack --silent --ignore-scripts --pack-destination dist/stage >/dev/null
 tar -xzf dist/stage/code-mode-runtime-*.tgz -C dist/stage
 node -e '
@@ -64,6 +65,9 @@ const fs = require("fs"), file = "dist/stage/package/package.json"
 const manifest = JSON.parse(fs.readFileSync(file, "utf8"))
 delete manifest.scripts
 delete manifest.devDependencies
+// The platform package, added here as the prepublish step of napi-rs adds it: not in the
+// package.json of the repository, where npm ci would look for it in the registry.
+manifest.optionalDependencies = { "code-mode-runtime-linux-x64-gnu": manifest.version }
 manifest.files = manifest.files.filter((entry) => !entry.startsWith("scripts/"))
 fs.writeFileSync(file, JSON.stringify(manifest, null, 2) + "\n")
 '

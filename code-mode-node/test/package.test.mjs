@@ -3,7 +3,7 @@
 // runtime before the first cell; sessions kept in a state directory across processes.
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { cpSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs'
+import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, test } from 'node:test'
@@ -26,6 +26,9 @@ test('the packed tarballs install offline into a fresh directory and run a cell,
   assert.equal(tarballs.length, 2, 'scripts/node-package.sh packs two packages')
   const installed = await npm(['install', '--offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], app)
   assert.equal(installed.code, 0, installed.stderr)
+  const manifest = JSON.parse(readFileSync(path.join(app, 'node_modules', 'code-mode-runtime', 'package.json'), 'utf8'))
+  assert.deepEqual(manifest.optionalDependencies, { 'code-mode-runtime-linux-x64-gnu': manifest.version })
+  assert.equal(manifest.scripts, undefined, 'what users install runs no script of its own')
   const cjs = await node("import { createRequire } from 'node:module'; const { run } = createRequire(process.cwd() + '/')('code-mode-runtime'); console.log((await run('text(await tools.twice({n: 21}))', { tools: { twice: ({ n }) => n * 2 } })).text)", { cwd: app })
   assert.equal(cjs.stdout.trim(), '42', cjs.stderr)
   const esm = await node("import { run } from 'code-mode-runtime'; console.log((await run('text(\"esm\")')).text)", { cwd: app })
