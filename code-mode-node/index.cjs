@@ -233,7 +233,13 @@ class Dispatcher {
       if (!tool) return this.answer(call.token, false, `no tool named ${call.name}`)
       const controller = new AbortController()
       this.running.set(call.token, controller)
-      const options = { signal: controller.signal, abortSignal: controller.signal, cellId: call.cellId, toolCallId: `code-mode-${call.cellId}-${call.token}` }
+      const options = {
+        signal: controller.signal,
+        abortSignal: controller.signal,
+        cellId: call.cellId,
+        toolCallId: `code-mode-${call.cellId}-${call.token}`,
+        messages: [],
+      }
       Promise.resolve()
         .then(() => tool.check(call.input === undefined || call.input === null ? undefined : JSON.parse(call.input)))
         .then((input) => tool.execute(input, options))

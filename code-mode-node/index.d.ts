@@ -32,6 +32,8 @@ export interface ToolCallOptions {
   cellId: string
   /** An id of the call, unique in the process. */
   toolCallId: string
+  /** Always empty: a cell's call has no conversation (there for AI SDK tools, which get one). */
+  messages: any[]
 }
 
 /** A tool's function: sync or async; its result is sent to the cell as JSON; a throw rejects the cell's call with its message. */
@@ -51,7 +53,11 @@ export type Tool =
       outputSchema?: unknown
       /** Kept out of `exec`'s description: cells find it with `tools.tool_search`. */
       deferred?: boolean
-      execute: ToolFunction
+      /**
+       * Runs the tool (required: a tool without it is an InvalidArgument; optional here as
+       * in the AI SDK's own type). A method, so that AI SDK tools' `execute` fits.
+       */
+      execute?(input: any, options: ToolCallOptions): unknown
     }
 
 /** Tools by name, or an array of named tools (named functions, or objects with `name`). */
