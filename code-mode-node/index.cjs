@@ -389,21 +389,23 @@ class Session {
     }
   }
 
-  /** Waits on a running cell until it completes or yields again. `signal` stops waiting (the cell goes on). */
+  /**
+   * Waits on a running cell until it completes or yields again. `signal` ends the wait:
+   * the call rejects with its reason, the cell goes on, and its output is kept for the next wait.
+   */
   async wait(cellId, { yieldTimeMs, signal, throwOnError = false } = {}) {
+    signal?.throwIfAborted()
     const session = await this.#session()
-    const waited = session.wait(String(cellId), yieldTimeMs)
-    if (!signal) return settle(await waited, throwOnError)
-    signal.throwIfAborted()
-    let onAbort
-    const aborted = new Promise((_, reject) => {
-      onAbort = () => reject(abortReason(signal))
-      signal.addEventListener('abort', onAbort, { once: true })
-    })
+    signal?.throwIfAborted()
+    const token = (cancelTokens = (cancelTokens + 1) >>> 0)
+    const onAbort = () => session.cancel(token)
+    signal?.addEventListener('abort', onAbort, { once: true })
     try {
-      return settle(await Promise.race([waited, aborted]), throwOnError)
+      const outcome = await session.wait(String(cellId), yieldTimeMs, token)
+      if (outcome.error?.kind === 'Aborted' && signal?.aborted) throw abortReason(signal)
+      return settle(outcome, throwOnError)
     } finally {
-      signal.removeEventListener('abort', onAbort)
+      signal?.removeEventListener('abort', onAbort)
     }
   }
 

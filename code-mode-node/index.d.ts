@@ -106,7 +106,7 @@ export declare class Session implements AsyncDisposable {
   static open(options?: SessionOptions): Promise<Session>
   /** Runs a cell until it completes or yields; its first line may be the `// @exec:` pragma. */
   exec(source: string, options?: ExecOptions): Promise<CellResult>
-  /** Waits on a running cell until it completes or yields again; `signal` stops waiting (the cell goes on). */
+  /** Waits on a running cell until it completes or yields again; `signal` ends the wait (the cell goes on, its output kept for the next wait). */
   wait(cellId: string, options?: ExecOptions): Promise<CellResult>
   /** Stops a running cell; the result holds what it output and had not returned. */
   terminate(cellId: string): Promise<CellResult>

@@ -25,11 +25,16 @@ export declare class NativeSession {
   exec(source: string, yieldTimeMs?: number | undefined | null, cancel?: number | undefined | null): Promise<Outcome>
   /**
    * Terminates the cell of the exec started with cancel token `token` (once it is
-   * admitted); `false` when no such exec is running.
+   * admitted), or ends the wait started with it; `false` when no such call is running.
    */
   cancel(token: number): boolean
-  /** Waits on a running cell until it completes or yields again. */
-  wait(cellId: string, yieldTimeMs?: number | undefined | null): Promise<Outcome>
+  /**
+   * Waits on a running cell until it completes or yields again.
+   * `cancel`: a token for `cancel()`, which ends the observation (the cell goes on, and
+   * what it output is kept for the next one): the promise then settles with an
+   * `Aborted` error.
+   */
+  wait(cellId: string, yieldTimeMs?: number | undefined | null, cancel?: number | undefined | null): Promise<Outcome>
   /** Stops a running cell; the result holds what it output and had not returned. */
   terminate(cellId: string): Promise<Outcome>
   /**

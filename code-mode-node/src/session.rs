@@ -231,7 +231,7 @@ impl NativeSession {
     }
 
     /// Terminates the cell of the exec started with cancel token `token` (once it is
-    /// admitted); `false` when no such exec is running.
+    /// admitted), or ends the wait started with it; `false` when no such call is running.
     #[napi]
     pub fn cancel(&self, token: u32) -> bool {
         match lock(&self.cancels).remove(&token) {
@@ -245,11 +245,15 @@ impl NativeSession {
 
     /// Waits on a running cell until it completes or yields again.
     #[napi(ts_return_type = "Promise<Outcome>")]
+    /// `cancel`: a token for `cancel()`, which ends the observation (the cell goes on, and
+    /// what it output is kept for the next one): the promise then settles with an
+    /// `Aborted` error.
     pub fn wait<'env>(
         &self,
         env: &'env Env,
         cell_id: String,
         yield_time_ms: Option<u32>,
+        cancel: Option<u32>,
     ) -> napi::Result<Object<'env>> {
         if let Some(closed) = self.closed_outcome() {
             return promise(env, async move { closed });
@@ -259,8 +263,20 @@ impl NativeSession {
             cell_id: CellId::from(cell_id.as_str()),
             yield_time_ms: yield_time_ms.map(u64::from),
         };
+        let token = CancellationToken::new();
+        if let Some(id) = cancel {
+            lock(&self.cancels).insert(id, token.clone());
+        }
+        let cancels = Arc::clone(&self.cancels);
         promise(env, async move {
-            settle(session.wait(request).await, DEFAULT_MAX_OUTPUT_TOKENS)
+            let outcome = tokio::select! {
+                answer = session.wait(request) => settle(answer, DEFAULT_MAX_OUTPUT_TOKENS),
+                () = token.cancelled() => failed("Aborted", "the wait was aborted".to_owned()),
+            };
+            if let Some(id) = cancel {
+                lock(&cancels).remove(&id);
+            }
+            outcome
         })
     }
 

@@ -198,3 +198,26 @@ test('a killed runtime process loses no stored value: the next cell runs on a fr
     await session.close()
   }
 })
+
+test("a wait's AbortSignal stops waiting and leaves the cell running", async () => {
+  const session = new Session()
+  try {
+    const started = await session.exec('text("a"); yield_control(); await new Promise((r) => setTimeout(r, 300)); text("b")')
+    assert.equal(started.status, 'running')
+    await assert.rejects(session.wait(started.cellId, { signal: AbortSignal.timeout(20) }), { name: 'TimeoutError' })
+    const done = await session.wait(started.cellId)
+    assert.equal(done.status, 'completed')
+    assert.equal(done.text, 'b')
+  } finally {
+    await session.close()
+  }
+})
+
+test('run waits through yields and gathers every observation; throwOnError throws the failure', async () => {
+  const result = await run('text("one"); yield_control(); await new Promise((r) => setTimeout(r, 50)); text("two")')
+  assert.equal(result.status, 'completed')
+  assert.equal(result.text, 'one\ntwo')
+  await assert.rejects(run('throw new Error("broken")', { throwOnError: true }), (error) => error instanceof CellError && /broken/.test(error.message))
+  const failed = await run('throw new Error("broken")')
+  assert.match(failed.error, /broken/)
+})
