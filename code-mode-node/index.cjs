@@ -293,6 +293,36 @@ function abortReason(signal) {
   return signal.reason ?? new DOMException('This operation was aborted', 'AbortError')
 }
 
+let otel
+/** The W3C traceparent of the OpenTelemetry span active here, when @opentelemetry/api is installed and a span records: the call hangs under it. */
+function currentTraceparent() {
+  if (otel === undefined) {
+    try {
+      otel = require('@opentelemetry/api')
+    } catch {
+      otel = null
+    }
+  }
+  const context = otel?.trace.getActiveSpan()?.spanContext()
+  if (!context || !otel.isSpanContextValid(context)) return undefined
+  return `00-${context.traceId}-${context.spanId}-${(context.traceFlags & 0xff).toString(16).padStart(2, '0')}`
+}
+
+/**
+ * Exports the spans of cells and nested calls over OTLP/HTTP: to `endpoint` (a base URL,
+ * `/v1/traces` is added) with `protocol` (`http/protobuf`, the default, or `http/json`),
+ * else as the standard OTEL_EXPORTER_OTLP_* variables say. `false` when there is nowhere
+ * to send spans. Once per process; `shutdownTracing()` sends what is left.
+ */
+function configureTracing({ endpoint, protocol, serviceName } = {}) {
+  return wrapNativeSync(() => native().configureTracing(endpoint, protocol, serviceName))
+}
+
+/** Sends the spans not sent yet and stops exporting. */
+function shutdownTracing() {
+  return native().shutdownTracing()
+}
+
 let cancelTokens = 0
 const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')
 
@@ -372,7 +402,7 @@ class Session {
    * pragma). `signal` terminates the cell: the promise then rejects with its reason,
    * once the cell is gone. `throwOnError` throws `CellError`/`LimitExceeded` for a failed cell.
    */
-  async exec(source, { yieldTimeMs, signal, throwOnError = false } = {}) {
+  async exec(source, { yieldTimeMs, signal, throwOnError = false, traceparent } = {}) {
     if (typeof source !== 'string') throw new InvalidArgument('exec: the source must be a string')
     signal?.throwIfAborted()
     const session = await this.#session()
@@ -381,7 +411,7 @@ class Session {
     const onAbort = () => session.cancel(token)
     signal?.addEventListener('abort', onAbort, { once: true })
     try {
-      const outcome = await session.exec(source, yieldTimeMs, token)
+      const outcome = await session.exec(source, yieldTimeMs, token, traceparent ?? currentTraceparent())
       if (signal?.aborted) throw abortReason(signal)
       return settle(outcome, throwOnError)
     } finally {
@@ -393,7 +423,7 @@ class Session {
    * Waits on a running cell until it completes or yields again. `signal` ends the wait:
    * the call rejects with its reason, the cell goes on, and its output is kept for the next wait.
    */
-  async wait(cellId, { yieldTimeMs, signal, throwOnError = false } = {}) {
+  async wait(cellId, { yieldTimeMs, signal, throwOnError = false, traceparent } = {}) {
     signal?.throwIfAborted()
     const session = await this.#session()
     signal?.throwIfAborted()
@@ -401,7 +431,7 @@ class Session {
     const onAbort = () => session.cancel(token)
     signal?.addEventListener('abort', onAbort, { once: true })
     try {
-      const outcome = await session.wait(String(cellId), yieldTimeMs, token)
+      const outcome = await session.wait(String(cellId), yieldTimeMs, token, traceparent ?? currentTraceparent())
       if (outcome.error?.kind === 'Aborted' && signal?.aborted) throw abortReason(signal)
       return settle(outcome, throwOnError)
     } finally {
@@ -410,9 +440,9 @@ class Session {
   }
 
   /** Stops a running cell; the result holds what it output and had not returned. */
-  async terminate(cellId) {
+  async terminate(cellId, { traceparent } = {}) {
     const session = await this.#session()
-    return settle(await session.terminate(String(cellId)), false)
+    return settle(await session.terminate(String(cellId), traceparent ?? currentTraceparent()), false)
   }
 
   /** The values committed cells stored (`store`), as JSON values. */
@@ -519,6 +549,8 @@ module.exports = {
   Session,
   toolSpecs,
   keptSessions,
+  configureTracing,
+  shutdownTracing,
   CodeModeError,
   RuntimeUnavailable,
   RuntimeLost,

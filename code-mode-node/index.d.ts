@@ -88,6 +88,8 @@ export interface ExecOptions {
   signal?: AbortSignal
   /** Throw `CellError` (or `LimitExceeded`) when the cell failed, instead of returning its result. */
   throwOnError?: boolean
+  /** The W3C traceparent the call's span hangs under (default: the active OpenTelemetry span, if any). */
+  traceparent?: string
 }
 
 /** The `exec` (freeform) and `wait` (function) tools to give a model, with Codex's descriptions. */
@@ -109,7 +111,7 @@ export declare class Session implements AsyncDisposable {
   /** Waits on a running cell until it completes or yields again; `signal` ends the wait (the cell goes on, its output kept for the next wait). */
   wait(cellId: string, options?: ExecOptions): Promise<CellResult>
   /** Stops a running cell; the result holds what it output and had not returned. */
-  terminate(cellId: string): Promise<CellResult>
+  terminate(cellId: string, options?: { traceparent?: string }): Promise<CellResult>
   /** The values committed cells stored (`store(key, value)`). */
   readonly storedValues: Record<string, unknown>
   /** The `exec` and `wait` tool specs; `exec`'s description declares this session's tools in TypeScript. */
@@ -132,3 +134,13 @@ export declare function toolSpecs(tools?: Tools): ToolSpec[]
 
 /** The ids of the sessions an earlier process kept in `stateDir` that no session of this process took back yet. */
 export declare function keptSessions(stateDir: string, options?: { runtime?: string }): string[]
+
+/**
+ * Exports the spans of cells and nested calls over OTLP/HTTP (`protocol`: `http/protobuf`,
+ * the default, or `http/json`), else as the OTEL_EXPORTER_OTLP_* variables say; `false`
+ * when there is nowhere to send them. Once per process.
+ */
+export declare function configureTracing(options?: { endpoint?: string; protocol?: 'http/protobuf' | 'http/json'; serviceName?: string }): boolean
+
+/** Sends the spans not sent yet and stops exporting. */
+export declare function shutdownTracing(): Promise<void>

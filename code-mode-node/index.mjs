@@ -6,6 +6,8 @@ export const {
   Session,
   toolSpecs,
   keptSessions,
+  configureTracing,
+  shutdownTracing,
   CodeModeError,
   RuntimeUnavailable,
   RuntimeLost,

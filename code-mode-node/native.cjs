@@ -836,7 +836,9 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeSession = nativeBinding.NativeSession
+module.exports.configureTracing = nativeBinding.configureTracing
 module.exports.keptSessions = nativeBinding.keptSessions
 module.exports.nativeVersion = nativeBinding.nativeVersion
 module.exports.openSession = nativeBinding.openSession
+module.exports.shutdownTracing = nativeBinding.shutdownTracing
 module.exports.toolSpecs = nativeBinding.toolSpecs

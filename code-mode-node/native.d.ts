@@ -22,7 +22,7 @@ export declare class NativeSession {
    * Runs a cell (its first line may be the `// @exec:` pragma) until it completes or
    * yields. `cancel`: a token for `cancel()`, which terminates the cell.
    */
-  exec(source: string, yieldTimeMs?: number | undefined | null, cancel?: number | undefined | null): Promise<Outcome>
+  exec(source: string, yieldTimeMs?: number | undefined | null, cancel?: number | undefined | null, traceparent?: string | undefined | null): Promise<Outcome>
   /**
    * Terminates the cell of the exec started with cancel token `token` (once it is
    * admitted), or ends the wait started with it; `false` when no such call is running.
@@ -34,9 +34,9 @@ export declare class NativeSession {
    * what it output is kept for the next one): the promise then settles with an
    * `Aborted` error.
    */
-  wait(cellId: string, yieldTimeMs?: number | undefined | null, cancel?: number | undefined | null): Promise<Outcome>
+  wait(cellId: string, yieldTimeMs?: number | undefined | null, cancel?: number | undefined | null, traceparent?: string | undefined | null): Promise<Outcome>
   /** Stops a running cell; the result holds what it output and had not returned. */
-  terminate(cellId: string): Promise<Outcome>
+  terminate(cellId: string, traceparent?: string | undefined | null): Promise<Outcome>
   /**
    * Gives nested call `token` its answer: the result's JSON text when `ok`, else the
    * message the cell's call rejects with. `false` when nothing waits for it.
@@ -85,6 +85,13 @@ export interface CellResult {
   /** The whole answer as a model reads it: status line, wall time and output. */
   modelText: string
 }
+
+/**
+ * Starts exporting spans: to `endpoint` (an OTLP/HTTP base URL) with `protocol`
+ * (`http/protobuf` or `http/json`), else as the `OTEL_EXPORTER_OTLP_*` variables say.
+ * `false` when there is nowhere to send them. Once per process.
+ */
+export declare function configureTracing(endpoint?: string | undefined | null, protocol?: string | undefined | null, serviceName?: string | undefined | null): boolean
 
 /** One item a cell output: `type` is `text`, `image` or `audio`. */
 export interface ContentItem {
@@ -167,6 +174,9 @@ export interface Outcome {
   result?: CellResult
   error?: CallError
 }
+
+/** Sends the spans not sent yet and stops the exporter, off the event loop. */
+export declare function shutdownTracing(): Promise<void>
 
 /** A nested call handed to JS: a tool to run (`cancelled` false), or a call given up. */
 export interface ToolCall {

@@ -7,7 +7,7 @@
 //! that take time (a tools file's, a kept one) off the event loop; `delegate` hands nested calls
 //! to the JS dispatcher and takes their answers back; `options` reads what JS passes;
 //! `outcome` shapes answers and errors for JS; `runtime` holds the tokio runtime and the
-//! shared providers. The API a Node user sees is written in JavaScript over these; the
+//! shared providers; `tracing_setup` exports spans. The API a Node user sees is written in JavaScript over these; the
 //! TypeScript declarations of everything here are generated from the `#[napi]` items.
 
 pub mod delegate;
@@ -16,6 +16,7 @@ pub mod options;
 pub mod outcome;
 pub mod runtime;
 pub mod session;
+pub mod tracing_setup;
 
 /// The version of the package's native half.
 #[napi_derive::napi]

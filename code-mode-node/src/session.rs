@@ -6,6 +6,7 @@
 use crate::delegate::{Answers, Dispatcher, JsDelegate};
 use crate::options::NativeOptions;
 use crate::outcome::{Outcome, failed};
+use crate::tracing_setup::call_span;
 use code_mode_host::{HostedSession, RuntimeSession, StoredSession};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// A session of code mode, with the tools every cell of it may call.
 #[napi]
@@ -199,6 +201,7 @@ impl NativeSession {
         source: String,
         yield_time_ms: Option<u32>,
         cancel: Option<u32>,
+        traceparent: Option<String>,
     ) -> napi::Result<Object<'env>> {
         if let Some(closed) = self.closed_outcome() {
             return promise(env, async move { closed });
@@ -221,13 +224,15 @@ impl NativeSession {
         }
         let run = exec_until(Arc::clone(&self.session), request, token);
         let cancels = Arc::clone(&self.cancels);
-        promise(env, async move {
+        let span = call_span("exec", traceparent.as_deref());
+        let run = async move {
             let answer = run.await;
             if let Some(id) = cancel {
                 lock(&cancels).remove(&id);
             }
             settle(answer, budget)
-        })
+        };
+        promise(env, run.instrument(span))
     }
 
     /// Terminates the cell of the exec started with cancel token `token` (once it is
@@ -254,6 +259,7 @@ impl NativeSession {
         cell_id: String,
         yield_time_ms: Option<u32>,
         cancel: Option<u32>,
+        traceparent: Option<String>,
     ) -> napi::Result<Object<'env>> {
         if let Some(closed) = self.closed_outcome() {
             return promise(env, async move { closed });
@@ -268,7 +274,8 @@ impl NativeSession {
             lock(&self.cancels).insert(id, token.clone());
         }
         let cancels = Arc::clone(&self.cancels);
-        promise(env, async move {
+        let span = call_span("wait", traceparent.as_deref());
+        let run = async move {
             let outcome = tokio::select! {
                 answer = session.wait(request) => settle(answer, DEFAULT_MAX_OUTPUT_TOKENS),
                 () = token.cancelled() => failed("Aborted", "the wait was aborted".to_owned()),
@@ -277,20 +284,27 @@ impl NativeSession {
                 lock(&cancels).remove(&id);
             }
             outcome
-        })
+        };
+        promise(env, run.instrument(span))
     }
 
     /// Stops a running cell; the result holds what it output and had not returned.
     #[napi(ts_return_type = "Promise<Outcome>")]
-    pub fn terminate<'env>(&self, env: &'env Env, cell_id: String) -> napi::Result<Object<'env>> {
+    pub fn terminate<'env>(
+        &self,
+        env: &'env Env,
+        cell_id: String,
+        traceparent: Option<String>,
+    ) -> napi::Result<Object<'env>> {
         if let Some(closed) = self.closed_outcome() {
             return promise(env, async move { closed });
         }
         let session = Arc::clone(&self.session);
         let cell_id = CellId::from(cell_id.as_str());
-        promise(env, async move {
-            settle(session.terminate(cell_id).await, DEFAULT_MAX_OUTPUT_TOKENS)
-        })
+        let span = call_span("terminate", traceparent.as_deref());
+        let run =
+            async move { settle(session.terminate(cell_id).await, DEFAULT_MAX_OUTPUT_TOKENS) };
+        promise(env, run.instrument(span))
     }
 
     /// Gives nested call `token` its answer: the result's JSON text when `ok`, else the
