@@ -1,4 +1,4 @@
-"""Tests of check_module_cycles.py and check_function_length.py: each builds small crates in
+"""Tests of check_module_cycles.py, check_function_length.py and api_surface.py: each builds small crates in
 a temporary directory and runs the script on them as `.ci/run` does.
 
 The first tests of each class are the ways the scripts were once fooled (a circle or a long
@@ -377,6 +377,87 @@ class FunctionLength(unittest.TestCase):
             self.assertEqual(len(found), 1, result.stderr)
             self.assertTrue(found[0].startswith("function length, test code (not failing): "), found[0])
         self.assertNotIn("integration", result.stderr)
+
+
+class ApiSurface(unittest.TestCase):
+    """scripts/api_surface.py: a change to a crate's public items fails `--check` with the
+    diff; a private change, a body's change or test code does not."""
+
+    BASE = {
+        "src/lib.rs": """
+            pub mod ids;
+            pub use ids::Id;
+            /// A documented function.
+            pub fn run(input: &str) -> Result<u64, String> { let x = 1; Ok(x) }
+            fn private() {}
+            #[cfg(test)]
+            mod tests { pub fn helper() {} }
+            """,
+        "src/ids.rs": """
+            #[derive(Debug)]
+            pub struct Id(u64);
+            impl Id {
+                pub const fn new(n: u64) -> Self { Self(n) }
+                pub(crate) fn inner(&self) -> u64 { self.0 }
+            }
+            pub enum Kind {
+                #[default]
+                Plain,
+                Tagged { tag: String },
+            }
+            impl std::fmt::Display for Id {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { Ok(()) }
+            }
+            """,
+    }
+
+    def check(self, changed: dict) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory() as root:
+            crate = pathlib.Path(root, "demo")
+            for name, text in self.BASE.items():
+                (crate / name).parent.mkdir(parents=True, exist_ok=True)
+                (crate / name).write_text(textwrap.dedent(text))
+            script = [sys.executable, str(SCRIPTS / "api_surface.py"), "--crate", str(crate)]
+            subprocess.run(script + ["--write"], check=True)
+            listed = (crate / "API.txt").read_text()
+            for name, text in changed.items():
+                (crate / name).write_text(textwrap.dedent(text))
+            result = subprocess.run(script + ["--check"], capture_output=True, text=True, check=False)
+            result.listed = listed
+            return result
+
+    def test_the_surface_lists_public_items_with_their_signatures(self):
+        listed = self.check({}).listed
+        for line in (
+            "crate | pub fn run(input:&str)-> Result<u64, String>",
+            "crate | pub use ids::Id",
+            "ids | pub struct Id(u64)",
+            "ids | impl Id | pub const fn new(n:u64)-> Self",
+            "ids | pub enum Kind | Plain",
+            "ids | pub enum Kind | Tagged{tag:String}",
+            "ids | impl std::fmt::Display for Id",
+        ):
+            self.assertIn(line + "\n", listed)
+        for absent in ("private", "inner", "helper", "let x"):
+            self.assertNotIn(absent, listed)
+
+    def test_a_changed_signature_a_new_item_or_variant_fails_with_the_diff(self):
+        for name, text in (
+            ("src/lib.rs", self.BASE["src/lib.rs"].replace("input: &str", "input: String")),
+            ("src/lib.rs", self.BASE["src/lib.rs"] + "pub const LIMIT: u64 = 3;\n"),
+            ("src/ids.rs", self.BASE["src/ids.rs"].replace("Plain,", "Plain,\n    Other,")),
+        ):
+            result = self.check({name: text})
+            self.assertEqual(result.returncode, 1, f"{name}: {result.stderr}")
+            self.assertIn("api_surface.py --write", result.stderr)
+            self.assertIn("\n+", result.stderr)
+
+    def test_bodies_private_items_and_tests_change_nothing(self):
+        lib = self.BASE["src/lib.rs"]
+        changed = lib.replace("let x = 1;", "let x = 2;").replace("fn private() {}", "fn private2() {}")
+        changed = changed.replace("pub fn helper() {}", "pub fn helper2() {}")
+        result = self.check({"src/lib.rs": changed})
+        self.assertEqual(result.returncode, 0, result.stderr)
 
 
 if __name__ == "__main__":
