@@ -63,22 +63,8 @@ fn options() -> Options {
         match arg.as_str() {
             "--rounds" => options.rounds = number().max(1),
             "--iterations" => options.iterations = number().max(1),
-            "--delays" => {
-                options.delays = args
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter_map(|n| n.parse().ok())
-                    .collect();
-            }
-            "--parked" => {
-                options.parked = args
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter_map(|n| n.parse().ok())
-                    .collect();
-            }
+            "--delays" => options.delays = list(args.next()),
+            "--parked" => options.parked = list(args.next()),
             "--host" => {
                 if let Some(path) = args.next() {
                     options.hosts.push((path.clone(), PathBuf::from(path)));
@@ -122,6 +108,18 @@ fn options() -> Options {
         }
     }
     options
+}
+
+/// A comma-separated list of numbers; a value that is not one stops the run.
+fn list<T: std::str::FromStr>(given: Option<String>) -> Vec<T> {
+    given
+        .unwrap_or_default()
+        .split(',')
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("`{n}` is not a number in a list argument"))
+        })
+        .collect()
 }
 
 /// One host's figures of a round (or of all rounds, [`merged`]): each named series in

@@ -221,13 +221,8 @@ pub(crate) fn hops_child(samples: usize) {
 
 /// The hops table of one transport.
 pub(crate) async fn hops_of(transport: &str, samples: usize) {
-    let subject = Subject::open(transport, Arc::new(EchoTools), 1).await;
+    let subject = warmed(transport, Arc::new(EchoTools)).await;
     let session = &subject.sessions[0];
-    tokio::time::sleep(COLD_PAUSE).await;
-    session
-        .execute(ExecRequest::new(trivial_source()))
-        .await
-        .expect("warm-up exec");
     let (mut spans, mut since_call) = (Vec::new(), Vec::new());
     tokio::time::sleep(PACE).await;
     take_marks();
@@ -258,13 +253,8 @@ pub(crate) async fn hops_of(transport: &str, samples: usize) {
     // The same calls answered 0.3 ms late, as an agent core that computes its answers (a
     // Python one, a real tool): where the answer's way back waits on threads that slept.
     let delay = Duration::from_micros(300);
-    let subject = Subject::open(transport, Arc::new(SlowEcho(delay)), 1).await;
+    let subject = warmed(transport, Arc::new(SlowEcho(delay))).await;
     let session = &subject.sessions[0];
-    tokio::time::sleep(COLD_PAUSE).await;
-    session
-        .execute(ExecRequest::new(trivial_source()))
-        .await
-        .expect("warm-up exec");
     tokio::time::sleep(PACE).await;
     call_hops(
         session,
@@ -272,6 +262,17 @@ pub(crate) async fn hops_of(transport: &str, samples: usize) {
     )
     .await;
     subject.shutdown().await;
+}
+
+/// A session on `transport` with `delegate`, past its cold start and one exec.
+async fn warmed(transport: &str, delegate: Arc<dyn CodeModeSessionDelegate>) -> Subject {
+    let subject = Subject::open(transport, delegate, 1).await;
+    tokio::time::sleep(COLD_PAUSE).await;
+    subject.sessions[0]
+        .execute(ExecRequest::new(trivial_source()))
+        .await
+        .expect("warm-up exec");
+    subject
 }
 
 /// Answers every call with its input after a set time, off the runtime's threads (a
