@@ -190,9 +190,15 @@ function toolsJson(tools) {
   )
 }
 
+/** A thrown value's text for the cell; never throws itself (a value with a hostile
+ * `toString`, or none, gets a fixed text). */
 function message(error) {
-  if (error instanceof Error) return error.message || error.name
-  return String(error)
+  try {
+    if (error instanceof Error) return String(error.message || error.name)
+    return String(error)
+  } catch {
+    return 'the tool failed (its error could not be read as text)'
+  }
 }
 
 /**
@@ -258,8 +264,16 @@ class Dispatcher {
             if (this.running.has(call.token)) this.answer(call.token, false, message(error))
           },
         )
+        // Nothing of the chain above may reject unhandled (it would end the process).
+        .catch(() => {
+          if (this.running.has(call.token)) this.answer(call.token, false, 'the tool failed')
+        })
     } catch (error) {
-      this.answer(call.token, false, message(error))
+      try {
+        this.answer(call.token, false, message(error))
+      } catch {
+        // The native half is gone (the session closed): nobody waits for the answer.
+      }
     }
   }
 }

@@ -10,7 +10,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # The MCP server the tools-file test starts (the CLI's deterministic fixture; after
 # `cargo test --workspace` it is built already).
 cargo build --quiet -p code-mode-cli --example mcp-fixture
+# The runtime as it ships: built alone, without the test crate's hooks, which
+# `cargo test --workspace` merges into it.
+cargo build --quiet -p code-mode-bin
 scripts/node-package.sh debug >/dev/null
 ln -sfn ../../code-mode-node/node_modules examples/node/node_modules
 cd code-mode-node
-exec node --test --test-concurrency=1 "$@" test/*.test.mjs
+# Each test is bounded: a hang fails it rather than stalling the run.
+exec node --test --test-concurrency=1 --test-timeout=120000 "$@" test/*.test.mjs

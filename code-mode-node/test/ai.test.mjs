@@ -74,6 +74,9 @@ test("the generation's abort signal terminates the running cell and aborts its t
     // The AI SDK reports a tool that rejected as a tool error of its step.
     const failed = result.content.find((part) => part.type === 'tool-error')
     assert.equal(failed?.error?.name, 'AbortError')
+    // The tool's abort comes from the native half by its own way: awaited, not assumed.
+    const deadline = Date.now() + 10_000
+    while (!toolAborted && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5))
     assert.equal(toolAborted, true)
     assert.equal((await tools.session.exec('text("after")')).text, 'after')
   } finally {

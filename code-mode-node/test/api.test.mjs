@@ -46,6 +46,24 @@ test("a tool's thrown error rejects the cell's call with its message", async () 
   assert.equal(result.text, 'caught: the disk is full')
 })
 
+test('a tool that throws a value with no text, or a hostile one, rejects the call; the process goes on', async () => {
+  const result = await run(
+    'for (const name of ["bare", "hostile"]) { try { await tools[name]() } catch (error) { text(name + ": " + error) } }',
+    {
+      tools: {
+        bare: async () => {
+          throw Object.create(null)
+        },
+        hostile: async () => {
+          throw { toString: 0, valueOf: 0 }
+        },
+      },
+    },
+  )
+  const failed = 'the tool failed (its error could not be read as text)'
+  assert.equal(result.text, `bare: ${failed}\nhostile: ${failed}`)
+})
+
 test('a Zod schema declares the tool to the model and checks its argument', async () => {
   const tools = {
     get_weather: {
@@ -129,6 +147,9 @@ test("an AbortSignal terminates the cell and aborts its tool's signal; the sessi
     while (!toolSignal) await sleep(5)
     controller.abort()
     await assert.rejects(started, { name: 'AbortError' })
+    // The tool's abort comes from the native half by its own way: awaited, not assumed.
+    const deadline = Date.now() + 10_000
+    while (!toolSignal.aborted && Date.now() < deadline) await sleep(5)
     assert.equal(toolSignal.aborted, true)
     const next = await session.exec('text("next")')
     assert.equal(next.text, 'next')

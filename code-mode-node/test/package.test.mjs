@@ -29,9 +29,11 @@ test('the packed tarballs install offline into a fresh directory and run a cell,
   const manifest = JSON.parse(readFileSync(path.join(app, 'node_modules', 'code-mode-runtime', 'package.json'), 'utf8'))
   assert.deepEqual(manifest.optionalDependencies, { 'code-mode-runtime-linux-x64-gnu': manifest.version })
   assert.equal(manifest.scripts, undefined, 'what users install runs no script of its own')
-  const cjs = await node("import { createRequire } from 'node:module'; const { run } = createRequire(process.cwd() + '/')('code-mode-runtime'); console.log((await run('text(await tools.twice({n: 21}))', { tools: { twice: ({ n }) => n * 2 } })).text)", { cwd: app })
+  // The installed platform package's runtime, not one the environment names.
+  const inApp = { cwd: app, env: { CODE_MODE_BIN: '' } }
+  const cjs = await node("import { createRequire } from 'node:module'; const { run } = createRequire(process.cwd() + '/')('code-mode-runtime'); console.log((await run('text(await tools.twice({n: 21}))', { tools: { twice: ({ n }) => n * 2 } })).text)", inApp)
   assert.equal(cjs.stdout.trim(), '42', cjs.stderr)
-  const esm = await node("import { run } from 'code-mode-runtime'; console.log((await run('text(\"esm\")')).text)", { cwd: app })
+  const esm = await node("import { run } from 'code-mode-runtime'; console.log((await run('text(\"esm\")')).text)", inApp)
   assert.equal(esm.stdout.trim(), 'esm', esm.stderr)
   // A 20-line AI SDK agent with the mock model: the SDK from the repository's pinned install.
   symlinkSync(path.join(packageDir, 'node_modules', 'ai'), path.join(app, 'node_modules', 'ai'))

@@ -5,6 +5,7 @@
 // errors against this @types/node, and checking them all took 30 s).
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
+import fs from 'node:fs'
 import path from 'node:path'
 import { test } from 'node:test'
 import { packageDir } from './helpers.mjs'
@@ -12,6 +13,11 @@ import { packageDir } from './helpers.mjs'
 test("the package's declarations type-check an app's use of it, strictly", async () => {
   const tsc = path.join(packageDir, 'node_modules', 'typescript', 'bin', 'tsc')
   const args = ['--noEmit', '--strict', '--skipLibCheck', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--lib', 'es2022,esnext.disposable,dom', '--types', 'node', 'test/fixtures/types.mts']
-  const output = await new Promise((resolve) => execFile(process.execPath, [tsc, ...args], { cwd: packageDir }, (_, stdout) => resolve(stdout)))
+  assert.ok(fs.existsSync(tsc), `tsc is installed (${tsc})`)
+  const { code, output } = await new Promise((resolve) =>
+    execFile(process.execPath, [tsc, ...args], { cwd: packageDir }, (error, stdout, stderr) =>
+      resolve({ code: error ? (error.code ?? 1) : 0, output: stdout + stderr })),
+  )
   assert.equal(output.trim(), '', 'tsc reported errors')
+  assert.equal(code, 0, 'tsc exited with an error')
 })
