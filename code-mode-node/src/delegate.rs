@@ -67,18 +67,27 @@ impl Answers {
 
 /// A session's delegate over the JS dispatcher.
 pub(crate) struct JsDelegate {
-    pub(crate) dispatcher: Dispatcher,
+    /// Taken when the session closes ([`JsDelegate::release`]): a threadsafe function
+    /// holds its JS function as a root, and that function (the dispatcher's) holds the
+    /// session's JS object, so while it lives nothing of the session is ever collected.
+    pub(crate) dispatcher: Mutex<Option<Dispatcher>>,
     pub(crate) answers: std::sync::Arc<Answers>,
     /// The tools of a tools file and the built-ins (commands, MCP servers), answered here.
     pub(crate) file_tools: Option<std::sync::Arc<code_mode_tools::ToolSet>>,
 }
 
 impl JsDelegate {
+    /// Lets the JS dispatcher go (the session closed); later calls fail.
+    pub(crate) fn release(&self) {
+        drop(lock(&self.dispatcher).take());
+    }
+
     fn send(&self, call: ToolCall) -> Result<(), ToolError> {
-        match self
-            .dispatcher
-            .call(call, ThreadsafeFunctionCallMode::NonBlocking)
-        {
+        let dispatcher = lock(&self.dispatcher);
+        let Some(dispatcher) = dispatcher.as_ref() else {
+            return Err(ToolError::new("the session is closed"));
+        };
+        match dispatcher.call(call, ThreadsafeFunctionCallMode::NonBlocking) {
             Status::Ok => Ok(()),
             status => Err(ToolError::new(format!(
                 "the tool could not be started: the Node environment refused the call ({status})"

@@ -43,6 +43,8 @@ pub struct NativeSession {
     closed: Arc<AtomicBool>,
     /// The cancellation of each exec started with a cancel token, by token.
     cancels: Arc<Mutex<HashMap<u32, CancellationToken>>>,
+    /// Its delegate, whose hold on the JS dispatcher `close` lets go.
+    delegate: Arc<JsDelegate>,
 }
 
 /// What a session is opened with.
@@ -89,7 +91,7 @@ pub(crate) fn parts(
         options: crate::options::session_options(options)?,
         stored: crate::options::stored_values(stored)?,
         delegate: Arc::new(JsDelegate {
-            dispatcher,
+            dispatcher: Mutex::new(Some(dispatcher)),
             answers: Arc::clone(&answers),
             file_tools,
         }),
@@ -119,6 +121,7 @@ impl NativeSession {
             tools,
             closed: Arc::default(),
             cancels: Arc::default(),
+            delegate: parts.delegate,
         }
     }
 }
@@ -359,12 +362,16 @@ impl NativeSession {
         let first = !self.closed.swap(true, Ordering::SeqCst);
         let session = Arc::clone(&self.session);
         let kept = self.stored.clone().filter(|_| remove == Some(true));
+        let delegate = Arc::clone(&self.delegate);
         promise(env, async move {
             match kept {
                 Some(kept) => kept.close().await,
                 None if first => session.shutdown().await,
                 None => {}
             }
+            // The cells are stopped: the JS dispatcher (and the tools it holds, and this
+            // session's JS object through it) is let go, or it would live as long as Node.
+            delegate.release();
             Outcome {
                 result: None,
                 error: None,

@@ -64,6 +64,37 @@ test('a tool that throws a value with no text, or a hostile one, rejects the cal
   assert.equal(result.text, `bare: ${failed}\nhostile: ${failed}`)
 })
 
+test('a closed session is let go: it and its tools are collected', async () => {
+  const v8 = await import('node:v8')
+  const vm = await import('node:vm')
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc')
+  let collected = 0
+  const registry = new FinalizationRegistry(() => {
+    collected += 1
+  })
+  // Each session lives only inside this function: nothing of the test holds it after.
+  const useAndClose = async (i) => {
+    const echo = (x) => x
+    const session = new Session({ tools: { echo } })
+    // The tool stands for what the app's tools hold (clients, caches): the dispatcher keeps
+    // it while the session may call it.
+    registry.register(echo, `tool ${i}`)
+    registry.register(session, `session ${i}`)
+    assert.equal((await session.exec('text(await tools.echo(7))')).text, '7')
+    await session.close()
+  }
+  const count = 5
+  for (let i = 0; i < count; i++) await useAndClose(i)
+  const expected = 2 * count
+  await sleep(50)
+  for (let round = 0; round < 100 && collected < expected; round++) {
+    gc()
+    await sleep(20)
+  }
+  assert.equal(collected, expected, 'closed sessions, or their tools, left uncollected')
+})
+
 test('a Zod schema declares the tool to the model and checks its argument', async () => {
   const tools = {
     get_weather: {
