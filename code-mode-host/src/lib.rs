@@ -14,6 +14,7 @@
 //! and `stored`'s provider keep theirs through it), `remote` is the pool of network runtimes, `runtimes` the choice
 //! between the two, `error` every error the providers return.
 
+pub mod approvals;
 pub mod binary;
 mod connection;
 pub mod durable;
@@ -29,6 +30,7 @@ mod runtimes;
 mod spans;
 pub mod stored;
 
+pub use approvals::{ApprovalGate, ApprovalWatch, Approvals, GateSite};
 pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::durable::{DurableCell, DurableState};

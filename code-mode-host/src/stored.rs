@@ -17,16 +17,23 @@
 //! The store is reached through [`KeptSessions`], the one owner of kept sessions:
 //! `code-mode-state`'s keeper, or the agent core's own through [`SessionStore`].
 
+use crate::approvals::{ApprovalGate, ApprovalWatch, Approvals, GateSite};
 use crate::hosted::RuntimeSession;
 use crate::kept::KeptSessions;
 use crate::runtimes::Runtimes;
+use code_mode_protocol::ContentItem;
+use code_mode_protocol::approval::{ApprovalNeed, Decision};
+use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
     DelegateLayer, ExecHooks, ExecRequest, JsonText, NestedToolCall, PendingOutcome, SessionError,
     SessionOptions, StartedCell, StartedPendingCell, StoredValues, ToolError, WaitRequest,
 };
-use code_mode_state::{AnswerRecord, SessionRecord, StateError, StoreStats};
-use std::sync::{Arc, OnceLock, Weak};
+use code_mode_state::{
+    AnswerRecord, Approval, ApprovalError, ApprovalState, SessionRecord, StateError, StoreStats,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::kept::SessionStore;
@@ -49,6 +56,8 @@ pub enum Interrupted {
 pub struct StoredProvider {
     runtimes: Runtimes,
     kept: Arc<KeptSessions>,
+    /// Where calls that need an approval wait, and the front name they are kept under.
+    approvals: Option<(Arc<Approvals>, String)>,
 }
 
 impl std::fmt::Debug for StoredProvider {
@@ -75,7 +84,25 @@ impl StoredProvider {
     /// Sessions on `runtimes` that keep themselves in `kept`'s store, whose held sessions
     /// are the ones to resume. Start `runtimes` at [`KeptSessions::generations_before`].
     pub fn new(runtimes: Runtimes, kept: Arc<KeptSessions>) -> Self {
-        Self { runtimes, kept }
+        Self {
+            runtimes,
+            kept,
+            approvals: None,
+        }
+    }
+
+    /// Calls that need an approval ([`CodeModeSessionDelegate::approval`]) wait in
+    /// `approvals` (the same store's, [`Approvals::open`]), kept under `front` (the name
+    /// this agent core's sessions are listed under). Without it no delegate is asked.
+    pub fn with_approvals(mut self, approvals: Arc<Approvals>, front: impl Into<String>) -> Self {
+        self.approvals = Some((approvals, front.into()));
+        self
+    }
+
+    /// The approvals of this provider's store, if it keeps them: list every waiting call
+    /// ([`Approvals::pending`]) and decide any ([`Approvals::decide`]), whichever session.
+    pub fn approvals(&self) -> Option<&Arc<Approvals>> {
+        self.approvals.as_ref().map(|(approvals, _)| approvals)
     }
 
     /// The ids of the sessions an earlier process kept that were not resumed yet.
@@ -133,6 +160,9 @@ impl StoredProvider {
         let unanswered = held.restore(session.inner.as_ref());
         session.checkpoint().await?;
         for call in unanswered {
+            let Some(call) = session.resume_waiting(call).await? else {
+                continue;
+            };
             match interrupted(&call.call) {
                 Interrupted::Answer(result) => session.give(call, result).await,
                 Interrupted::Fail => {
@@ -165,6 +195,7 @@ impl StoredProvider {
         options: SessionOptions,
         stored_values: StoredValues,
     ) -> Arc<StoredSession> {
+        let waiting = Arc::new(Waiting::default());
         let storing = Arc::new(StoringDelegate {
             inner: delegate,
             keeper: Arc::new(Link {
@@ -172,13 +203,25 @@ impl StoredProvider {
                 kept: Arc::clone(&self.kept),
                 runtimes: self.runtimes.clone(),
                 session: OnceLock::new(),
+                site: self.approvals.as_ref().map(|(approvals, front)| GateSite {
+                    approvals: Arc::clone(approvals),
+                    front: front.clone(),
+                    session: id.to_owned(),
+                    principal: None,
+                    watch: Arc::clone(&waiting) as Arc<dyn ApprovalWatch>,
+                }),
+                waiting,
             }),
         });
-        let inner = Arc::new(self.runtimes.open_session_with_values(
-            Arc::clone(&storing) as Arc<dyn CodeModeSessionDelegate>,
-            options,
-            stored_values,
-        ));
+        let inner = Arc::new(
+            self.runtimes.open_session_with_values(
+                storing
+                    .keeper
+                    .gated(Arc::clone(&storing) as Arc<dyn CodeModeSessionDelegate>),
+                options,
+                stored_values,
+            ),
+        );
         let _ = storing.keeper.session.set(Arc::downgrade(&inner));
         Arc::new(StoredSession {
             link: Arc::clone(&storing.keeper),
@@ -194,9 +237,24 @@ struct Link {
     kept: Arc<KeptSessions>,
     runtimes: Runtimes,
     session: OnceLock<Weak<RuntimeSession>>,
+    /// Where the session's calls wait on a person, when the provider keeps approvals.
+    site: Option<GateSite>,
+    /// Which of its calls wait here now, and the observations they end.
+    waiting: Arc<Waiting>,
 }
 
 impl Link {
+    /// `delegate` behind the approval gate, when the provider keeps approvals.
+    fn gated(
+        &self,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+    ) -> Arc<dyn CodeModeSessionDelegate> {
+        match &self.site {
+            Some(site) => Arc::new(ApprovalGate::new(delegate, site.clone())),
+            None => delegate,
+        }
+    }
+
     /// Writes the session as it is now.
     async fn checkpoint(&self) -> Result<(), StateError> {
         let Some(session) = self.session.get().and_then(Weak::upgrade) else {
@@ -317,10 +375,101 @@ impl StoredSession {
         Ok(value)
     }
 
-    /// Closes the session and deletes it from the store.
+    /// Closes the session and deletes it from the store (its approvals with it).
     pub async fn close(&self) {
         self.inner.shutdown().await;
         self.link.kept.remove(&self.link.id);
+        if let Some(site) = &self.link.site {
+            site.approvals
+                .session_closed(&site.front, &site.session)
+                .await;
+        }
+    }
+
+    /// This session's calls that wait on a person, oldest first (empty when its provider
+    /// keeps no approvals).
+    pub async fn pending_approvals(&self) -> Result<Vec<Approval>, StateError> {
+        match &self.link.site {
+            Some(site) => {
+                site.approvals
+                    .pending(Some(&site.front), Some(&site.session))
+                    .await
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Approves this session's waiting call `id`, with `input` (JSON text) sent instead
+    /// of the cell's when given; it then goes to the delegate, once.
+    pub async fn approve(
+        &self,
+        id: &str,
+        input: Option<String>,
+    ) -> Result<Approval, ApprovalError> {
+        self.decide(id, Decision::Approve { input }).await
+    }
+
+    /// Denies this session's waiting call `id`: it never reaches the delegate, and its
+    /// promise rejects with a text that carries `message`.
+    pub async fn deny(&self, id: &str, message: &str) -> Result<Approval, ApprovalError> {
+        self.decide(
+            id,
+            Decision::Deny {
+                message: message.to_owned(),
+            },
+        )
+        .await
+    }
+
+    async fn decide(&self, id: &str, decision: Decision) -> Result<Approval, ApprovalError> {
+        let not_waiting = || ApprovalError::NotWaiting(id.to_owned());
+        let site = self.link.site.as_ref().ok_or_else(not_waiting)?;
+        // Only this session's: an id of another is not waiting, as far as it can tell.
+        match site.approvals.get(id).await? {
+            Some(found) if found.front == site.front && found.session == site.session => {}
+            _ => return Err(not_waiting()),
+        }
+        site.approvals.decide(id, decision, None).await
+    }
+
+    /// A restored call that waits on a person (or needs one and was not asked yet) goes
+    /// back through the gate; `Some(call)` when it does not, for the interrupt policy.
+    async fn resume_waiting(
+        self: &Arc<Self>,
+        call: crate::RestoredCall,
+    ) -> Result<Option<crate::RestoredCall>, StateError> {
+        let Some(site) = &self.link.site else {
+            return Ok(Some(call));
+        };
+        let need = match site
+            .approvals
+            .find(&site.front, &site.session, &call.call)
+            .await?
+        {
+            // Taken to be sent before the stop: it may have run, so it is the policy's.
+            Some(found) if matches!(found.state, ApprovalState::Sending { .. }) => {
+                return Ok(Some(call));
+            }
+            Some(found) => ApprovalNeed {
+                reason: found.reason,
+            },
+            // Never asked: it was never sent, so it is asked now if it needs an approval.
+            None => match self.delegate.inner.approval(&call.call) {
+                Some(need) => need,
+                None => return Ok(Some(call)),
+            },
+        };
+        let gate = ApprovalGate::new(
+            Arc::clone(&self.delegate) as Arc<dyn CodeModeSessionDelegate>,
+            site.clone(),
+        );
+        tokio::spawn(async move {
+            let result = gate
+                .through(call.call.clone(), need, CancellationToken::new())
+                .await;
+            call.answer(result);
+        });
+        Ok(None)
     }
 }
 
@@ -331,13 +480,31 @@ impl CodeModeSession for StoredSession {
         mut hooks: ExecHooks,
     ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
         if let Some(delegate) = hooks.delegate.take() {
-            hooks.delegate = Some(Arc::new(StoringDelegate {
+            hooks.delegate = Some(self.link.gated(Arc::new(StoringDelegate {
                 inner: delegate,
                 keeper: Arc::clone(&self.link),
-            }));
+            })));
         }
+        // The observation ends when one of its cell's calls starts to wait on a person.
+        let preempt = hooks
+            .preempt
+            .as_ref()
+            .map_or_else(CancellationToken::new, CancellationToken::child_token);
+        hooks.preempt = Some(preempt.clone());
+        let earlier = hooks.admitted.take();
+        let waiting = Arc::clone(&self.link.waiting);
+        hooks.admitted = Some(Arc::new(move |cell_id: &CellId| {
+            waiting.observe(cell_id, preempt.clone());
+            if let Some(earlier) = &earlier {
+                earlier(cell_id);
+            }
+        }));
         Box::pin(async move {
             let outcome = self.inner.execute_with(request, hooks).await;
+            let outcome = outcome.map(|mut started| {
+                started.initial_response = self.link.waiting.ended(started.initial_response);
+                started
+            });
             self.kept(outcome).await
         })
     }
@@ -347,8 +514,13 @@ impl CodeModeSession for StoredSession {
         request: WaitRequest,
         preempt: Option<CancellationToken>,
     ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+        let preempt = preempt
+            .as_ref()
+            .map_or_else(CancellationToken::new, CancellationToken::child_token);
+        self.link.waiting.observe(&request.cell_id, preempt.clone());
         Box::pin(async move {
-            let outcome = self.inner.wait_with(request, preempt).await;
+            let outcome = self.inner.wait_with(request, Some(preempt)).await;
+            let outcome = outcome.map(|response| self.link.waiting.ended(response));
             self.kept(outcome).await
         })
     }
@@ -395,5 +567,74 @@ impl CodeModeSession for StoredSession {
 
     fn stored_values(&self) -> StoredValues {
         self.inner.stored_values()
+    }
+}
+
+/// A stored session's calls that wait on a person here, and its observations in flight:
+/// a call that starts to wait ends its cell's observation, which then ends with a line
+/// per waiting call.
+#[derive(Default)]
+struct Waiting {
+    calls: Mutex<Vec<Approval>>,
+    observers: Mutex<HashMap<CellId, CancellationToken>>,
+}
+
+impl Waiting {
+    /// An observation of `cell_id` begins; `preempt` ends it (at once if a call of the
+    /// cell waits already).
+    fn observe(&self, cell_id: &CellId, preempt: CancellationToken) {
+        if lock(&self.calls)
+            .iter()
+            .any(|call| call.cell_id == *cell_id)
+        {
+            preempt.cancel();
+        }
+        lock(&self.observers).insert(cell_id.clone(), preempt);
+    }
+
+    /// An observation ended with `response`: a cell still running gets a line for each of
+    /// its calls that waits on a person.
+    fn ended(&self, response: CellResponse) -> CellResponse {
+        lock(&self.observers).remove(response.cell_id());
+        match response {
+            CellResponse::Yielded {
+                cell_id,
+                mut content_items,
+                wall_time,
+            } => {
+                let calls = lock(&self.calls);
+                let mut waiting: Vec<&Approval> = calls
+                    .iter()
+                    .filter(|call| call.cell_id == cell_id)
+                    .collect();
+                waiting.sort_by_key(|call| call.call);
+                content_items.extend(waiting.into_iter().map(|call| ContentItem::InputText {
+                    text: code_mode_protocol::texts::approval_waiting(
+                        &call.tool,
+                        &call.call,
+                        call.reason.as_deref(),
+                    ),
+                }));
+                CellResponse::Yielded {
+                    cell_id,
+                    content_items,
+                    wall_time,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl ApprovalWatch for Waiting {
+    fn waiting(&self, approval: &Approval) {
+        lock(&self.calls).push(approval.clone());
+        if let Some(preempt) = lock(&self.observers).get(&approval.cell_id) {
+            preempt.cancel();
+        }
+    }
+
+    fn settled(&self, approval: &Approval) {
+        lock(&self.calls).retain(|call| call.id != approval.id);
     }
 }

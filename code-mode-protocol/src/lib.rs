@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod calls;
 pub mod delivery;
 pub mod durable;
@@ -31,6 +32,7 @@ pub mod sync;
 #[doc(hidden)]
 pub mod texts;
 
+pub use approval::ApprovalNeed;
 pub use calls::{CallHooks, CallTarget, FromReply, SessionCall, SessionReply};
 pub use ids::{CallId, CellId, NotACallId, ToolError};
 pub use json_text::JsonText;

@@ -839,6 +839,15 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
     /// [`crate::journal::JournalEntry::Started`]) in order with [`Self::committed`]. Never
     /// block in it. The default does nothing.
     fn journal(&self, _: &CellId, _: crate::journal::JournalEntry) {}
+
+    /// Whether `call` must wait for a person's approval before [`Self::invoke_tool`] runs
+    /// it, and why (the reason the approver and the model read). Asked once per call, by
+    /// a session that keeps approvals (a stored session, a front with a state store); a
+    /// session with nowhere to keep them never asks. It may decide from the input. Never
+    /// block in it. The default: no approval.
+    fn approval(&self, _: &NestedToolCall) -> Option<crate::approval::ApprovalNeed> {
+        None
+    }
 }
 
 /// A delegate in front of another (a store's, a tracer's): every method of
@@ -888,6 +897,11 @@ pub trait DelegateLayer: Send + Sync + 'static {
     fn journal(&self, cell_id: &CellId, entry: crate::journal::JournalEntry) {
         self.inner().journal(cell_id, entry);
     }
+
+    /// [`CodeModeSessionDelegate::approval`]; by default the inner delegate's.
+    fn approval(&self, call: &NestedToolCall) -> Option<crate::approval::ApprovalNeed> {
+        self.inner().approval(call)
+    }
 }
 
 impl<L: DelegateLayer> CodeModeSessionDelegate for L {
@@ -922,6 +936,10 @@ impl<L: DelegateLayer> CodeModeSessionDelegate for L {
 
     fn journal(&self, cell_id: &CellId, entry: crate::journal::JournalEntry) {
         DelegateLayer::journal(self, cell_id, entry);
+    }
+
+    fn approval(&self, call: &NestedToolCall) -> Option<crate::approval::ApprovalNeed> {
+        DelegateLayer::approval(self, call)
     }
 }
 
@@ -1085,6 +1103,10 @@ mod tests {
         fn journal(&self, _: &CellId, _: crate::journal::JournalEntry) {
             self.saw("journal");
         }
+        fn approval(&self, _: &NestedToolCall) -> Option<crate::ApprovalNeed> {
+            self.saw("approval");
+            Some(crate::ApprovalNeed::because("r"))
+        }
     }
 
     /// A layer that overrides nothing.
@@ -1109,6 +1131,10 @@ mod tests {
             input: None,
             exec_call_id: None,
         };
+        assert_eq!(
+            delegate.approval(&call),
+            Some(crate::ApprovalNeed::because("r"))
+        );
         let answered =
             futures_executor_block_on(delegate.invoke_tool(call, CancellationToken::new()));
         assert_eq!(
@@ -1127,6 +1153,7 @@ mod tests {
         assert_eq!(
             *crate::sync::lock(&layer.0.0),
             [
+                "approval",
                 "invoke_tool",
                 "notify",
                 "cell_closed",

@@ -55,6 +55,35 @@ pub fn interrupted_call(tool: &str) -> String {
     )
 }
 
+/// The line an observation ends with for each call of its cell that waits on a person
+/// (issue 86): the model reads which call waits and why, and that the cell goes on.
+pub fn approval_waiting(tool: &str, call: &dyn fmt::Display, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) => format!(
+            "Waiting for approval: `{tool}` (call {call}), because: {reason}. The cell goes on when a person decides."
+        ),
+        None => format!(
+            "Waiting for approval: `{tool}` (call {call}). The cell goes on when a person decides."
+        ),
+    }
+}
+
+/// The error a call gets when the person asked denied it: the tool never ran.
+pub fn approval_denied(tool: &str, message: &str) -> String {
+    format!("denied: the call of `{tool}` was not approved, so it did not run: {message}")
+}
+
+/// The message of a call's denial when no person decided within the store's time to live.
+pub const APPROVAL_EXPIRED: &str = "its approval expired (no one decided in time)";
+
+/// The error a call gets when what would be sent is not what was approved (the digest
+/// recorded with the approval differs), or its approval was used already: it is not sent.
+pub fn approval_mismatch(tool: &str) -> String {
+    format!(
+        "refused: the call of `{tool}` does not match its approval (the input approved is not the one it would send, or the approval was used already), so it did not run"
+    )
+}
+
 /// The error a cell's nested call gets when the state store could not be written around
 /// it (`what`: whether the call was made): a call the store cannot know of is not made.
 pub fn state_unwritten(what: &str, error: &dyn fmt::Display) -> String {

@@ -17,6 +17,7 @@
 //! the wire protocol leaves a state directory readable; a database of the earlier format,
 //! which used the wire's encoding, is rewritten at open (`legacy.rs`).
 
+mod approvals;
 #[cfg(feature = "cli")]
 mod args;
 mod format;
@@ -30,6 +31,7 @@ mod sqlite;
 mod store;
 mod written;
 
+pub use approvals::{Approval, ApprovalBook, ApprovalError, ApprovalRequest, ApprovalState};
 #[cfg(feature = "cli")]
 pub use args::StateArgs;
 pub use code_mode_protocol::durable::{DurableCell, DurableState};

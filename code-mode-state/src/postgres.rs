@@ -37,7 +37,7 @@ pub const GENERATION_BLOCK: u64 = 1000;
 
 /// The advisory lock replicas take while they make or check a schema (an arbitrary key,
 /// this crate's own: "code-mode" in ASCII).
-const SCHEMA_LOCK: i64 = 0x636f_6465_6d6f_6465;
+pub(crate) const SCHEMA_LOCK: i64 = 0x636f_6465_6d6f_6465;
 
 /// The longest schema name Postgres keeps whole (`NAMEDATALEN` - 1).
 const MAX_SCHEMA_CHARS: usize = 63;
@@ -55,7 +55,7 @@ pub(crate) struct Settings {
 
 /// The schema of `front`'s tables for `deployment`: lower-case ASCII letters, digits and
 /// `_` only, since it is written into statements.
-fn schema_name(front: &str, deployment: Option<&str>) -> Result<String, String> {
+pub(crate) fn schema_name(front: &str, deployment: Option<&str>) -> Result<String, String> {
     let plain = |name: &str| {
         !name.is_empty()
             && name

@@ -2,6 +2,7 @@
 //! the runtime's death, binary discovery, version skew, crash loops, shared processes,
 //! the sandbox, and the hostile corpus.
 
+mod approvals;
 mod hostile;
 mod load;
 mod remote;
@@ -20,6 +21,28 @@ use code_mode_protocol::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Example `name`, beside this test binary's directory (`cargo test -p code-mode-host`
+/// builds it), told where the runtime binary is.
+fn example(name: &str) -> std::process::Command {
+    let exe = std::env::current_exe().expect("the test binary");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = profile.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test -p code-mode-host` builds it",
+        path.display()
+    );
+    let mut command = std::process::Command::new(path);
+    command.env(
+        code_mode_host::BINARY_ENV,
+        profile.join(code_mode_host::BINARY_NAME),
+    );
+    command
+}
 
 fn provider() -> ProcessProvider {
     ProcessProvider::new(ProcessConfig::default()).unwrap_or_else(|error| {

@@ -11,26 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The example, beside this test binary's directory (`cargo test -p code-mode-host`
-/// builds it), told where the runtime binary is.
+/// The `stored_agent` example.
 fn agent() -> Command {
-    let exe = std::env::current_exe().expect("the test binary");
-    let profile = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = profile.join("examples").join("stored_agent");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test -p code-mode-host` builds it",
-        path.display()
-    );
-    let mut command = Command::new(path);
-    command.env(
-        code_mode_host::BINARY_ENV,
-        profile.join(code_mode_host::BINARY_NAME),
-    );
-    command
+    crate::example("stored_agent")
 }
 
 fn log_lines(log: &Path) -> Vec<String> {

@@ -1,0 +1,390 @@
+//! Calls that wait on a person (issue 86), on a real store: a call that needs an approval
+//! never reaches its delegate before one is recorded; it is listed with its exact input;
+//! approved (edited or not) it runs once with the input approved, denied it never runs and
+//! its promise rejects with the approver's message; a decision is taken once, and only on
+//! the session's own calls. An agent killed with -9 while 100 cells wait is started again
+//! (on Postgres, as another replica would): every approval is still listed, each
+//! approved call is sent once, each denied one never, and one taken to be sent before the
+//! kill is not sent again.
+
+use code_mode_conformance::Scratch;
+use code_mode_host::state::{
+    ApprovalBook, ApprovalError, ApprovalState, StoreLocation, StoreOptions,
+};
+use code_mode_host::{
+    Approvals, CodeModeSession, KeptSessions, ProcessConfig, ProcessProvider, Runtimes,
+    StoredProvider,
+};
+use code_mode_protocol::approval::Decision;
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{
+    ApprovalNeed, BoxFuture, CellResponse, CodeModeSessionDelegate, ContentItem, ExecRequest,
+    JsonText, NestedToolCall, SessionOptions, ToolDefinition, ToolError, ToolKind, WaitRequest,
+};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Tools `send` (needs an approval) and `free` (does not): every input each ran with.
+#[derive(Default)]
+struct Mail(Mutex<Vec<(String, String)>>);
+
+impl Mail {
+    fn sent(&self, tool: &str) -> Vec<String> {
+        lock(&self.0)
+            .iter()
+            .filter(|(name, _)| name == tool)
+            .map(|(_, input)| input.clone())
+            .collect()
+    }
+}
+
+impl CodeModeSessionDelegate for Mail {
+    fn approval(&self, call: &NestedToolCall) -> Option<ApprovalNeed> {
+        (call.tool_name == "send").then(|| ApprovalNeed::because("it sends mail"))
+    }
+
+    fn invoke_tool(
+        &self,
+        call: NestedToolCall,
+        _: CancellationToken,
+    ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
+        let input = call
+            .input
+            .map_or_else(|| "null".to_owned(), |text| text.as_str().to_owned());
+        lock(&self.0).push((call.tool_name, input.clone()));
+        Box::pin(std::future::ready(Ok(JsonText::new(input))))
+    }
+}
+
+fn mail_tools() -> Arc<[ToolDefinition]> {
+    ["send", "free"]
+        .map(|name| ToolDefinition::new(name, "A tool of the test.", ToolKind::Function))
+        .into()
+}
+
+fn texts(response: &CellResponse) -> Vec<String> {
+    response
+        .content_items()
+        .iter()
+        .filter_map(ContentItem::as_text)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits on cell `id` until it ends.
+async fn finished(session: &dyn CodeModeSession, id: &str) -> CellResponse {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = session
+            .wait(WaitRequest::new(id).with_yield_time_ms(10_000))
+            .await
+            .expect("waited");
+        if !matches!(response, CellResponse::Yielded { .. }) {
+            return response;
+        }
+        assert!(Instant::now() < deadline, "cell {id} did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const WAITING_LINE: &str = "Waiting for approval: `send` (call tool-2), because: it sends mail. The cell goes on when a person decides.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_for_its_approval_and_runs_once_approved_as_edited_or_never_when_denied() {
+    let scratch = Scratch::new();
+    let location = StoreLocation::Dir(scratch.0.join("state"));
+    let options = StoreOptions::default();
+    let kept = Arc::new(KeptSessions::open(&location, "agent", options.clone()).expect("opens"));
+    let approvals = Approvals::open(&location, &options).expect("the approvals open");
+    let provider = ProcessProvider::new(ProcessConfig::default()).expect("the runtime is built");
+    let sessions = StoredProvider::new(Runtimes::Local(provider), kept)
+        .with_approvals(Arc::clone(&approvals), "agent");
+    let mail = Arc::new(Mail::default());
+    let session = sessions
+        .open(
+            "one",
+            mail.clone(),
+            SessionOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect("opens");
+    let source = "const free = await tools.free({ a: 1 }); text('free ' + JSON.stringify(free)); \
+                  try { text('sent ' + JSON.stringify(await tools.send({ to: 'x' }))); } \
+                  catch (error) { text('failed ' + String(error)); }";
+    // An hour's observation: it ends because the call waits, with the line the model reads.
+    let started = session
+        .execute(
+            ExecRequest::new(source)
+                .with_tools(mail_tools())
+                .with_yield_time_ms(3_600_000),
+        )
+        .await
+        .expect("starts");
+    assert!(
+        matches!(started.initial_response, CellResponse::Yielded { .. }),
+        "{:?}",
+        started.initial_response
+    );
+    assert_eq!(
+        texts(&started.initial_response),
+        ["free {\"a\":1}", WAITING_LINE]
+    );
+    assert!(mail.sent("send").is_empty(), "sent before an approval");
+    assert_eq!(mail.sent("free"), ["{\"a\":1}"]);
+
+    let pending = session.pending_approvals().await.expect("listed");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let waiting = &pending[0];
+    assert_eq!(
+        (
+            waiting.tool.as_str(),
+            waiting.input.as_ref().map(JsonText::as_str),
+            waiting.reason.as_deref(),
+            waiting.session.as_str(),
+        ),
+        ("send", Some("{\"to\":\"x\"}"), Some("it sends mail"), "one")
+    );
+    // A wait while it still waits returns at once, with the line again.
+    let again = session
+        .wait(WaitRequest::new("1").with_yield_time_ms(3_600_000))
+        .await
+        .expect("waited");
+    assert_eq!(texts(&again), [WAITING_LINE]);
+
+    // Edited input that is not JSON is refused, and the call still waits.
+    let refused = session.approve(&waiting.id, Some("{to".to_owned())).await;
+    assert!(
+        matches!(refused, Err(ApprovalError::BadInput { .. })),
+        "{refused:?}"
+    );
+    // Another session cannot decide it.
+    let other = sessions
+        .open(
+            "two",
+            mail.clone(),
+            SessionOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect("opens");
+    let foreign = other.approve(&waiting.id, None).await;
+    assert!(
+        matches!(foreign, Err(ApprovalError::NotWaiting(_))),
+        "{foreign:?}"
+    );
+    assert!(mail.sent("send").is_empty());
+
+    session
+        .approve(&waiting.id, Some("{\"to\":\"y\"}".to_owned()))
+        .await
+        .expect("approved");
+    let done = finished(session.as_ref(), "1").await;
+    assert_eq!(texts(&done), ["sent {\"to\":\"y\"}"]);
+    assert_eq!(
+        mail.sent("send"),
+        ["{\"to\":\"y\"}"],
+        "the input approved, once"
+    );
+    let twice = session.approve(&waiting.id, None).await;
+    assert!(
+        matches!(twice, Err(ApprovalError::NotWaiting(_))),
+        "{twice:?}"
+    );
+
+    // Denied: the tool never runs, the model reads the message.
+    session
+        .execute(
+            ExecRequest::new(source)
+                .with_tools(mail_tools())
+                .with_yield_time_ms(0),
+        )
+        .await
+        .expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let pending = session.pending_approvals().await.expect("listed");
+        if let Some(found) = pending.into_iter().next() {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second call was never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    session.deny(&second.id, "not today").await.expect("denied");
+    let done = finished(session.as_ref(), "2").await;
+    assert_eq!(
+        texts(&done),
+        ["failed denied: the call of `send` was not approved, so it did not run: not today"]
+    );
+    assert_eq!(
+        mail.sent("send"),
+        ["{\"to\":\"y\"}"],
+        "nothing sent when denied"
+    );
+    session.close().await;
+    other.close().await;
+}
+
+/// The approvals test's agent, run on `store`'s arguments: killed with -9 while 100 cells
+/// wait, started again, every call decided from this process.
+fn killed_while_a_hundred_wait(store: &[&str], location: &StoreLocation) {
+    let scratch = Scratch::new();
+    let log = scratch.0.join("pay.log");
+    let mut first = crate::example("approval_agent")
+        .arg("start")
+        .args(store)
+        .arg("--log")
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the agent starts");
+    let mut lines = BufReader::new(first.stdout.take().expect("stdout")).lines();
+    let waiting: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("JSON");
+    assert_eq!(
+        waiting["waiting"],
+        "Waiting for approval: `pay` (call tool-1), because: it moves money. The cell goes on when a person decides."
+    );
+    assert_eq!(lines.next().expect("a line").expect("read"), "waiting 100");
+    assert!(!log.exists(), "a call was sent before its approval");
+    first.kill().expect("kill -9");
+    first.wait().expect("reaped");
+
+    let options = StoreOptions {
+        replica: Some("approver-2".to_owned()),
+        ..StoreOptions::default()
+    };
+    let book = ApprovalBook::open(location, &options).expect("the book opens");
+    let pending = book.pending(Some("agent"), None).expect("listed");
+    assert_eq!(pending.len(), 100, "every approval listed after the kill");
+    let by_n: HashMap<u64, String> = pending
+        .iter()
+        .map(|approval| {
+            assert_eq!(approval.tool, "pay");
+            assert_eq!(approval.reason.as_deref(), Some("it moves money"));
+            let input: serde_json::Value =
+                serde_json::from_str(approval.input.as_ref().expect("input").as_str())
+                    .expect("JSON");
+            (input["n"].as_u64().expect("n"), approval.id.clone())
+        })
+        .collect();
+    assert_eq!(by_n.len(), 100);
+    // Decided while no agent runs: n % 4 == 0 approved (0 with an edited input), 1 denied;
+    // n = 4 approved and taken to be sent, as a process killed right after would leave it.
+    for (n, id) in &by_n {
+        let decision = match n % 4 {
+            0 if *n == 0 => Decision::Approve {
+                input: Some("{\"n\":0,\"edited\":true}".to_owned()),
+            },
+            0 => Decision::Approve { input: None },
+            1 => Decision::Deny {
+                message: "no".to_owned(),
+            },
+            _ => continue,
+        };
+        book.decide(id, &decision, None).expect("decided");
+    }
+    assert!(book.take_to_send(&by_n[&4]).expect("taken"));
+    assert!(!book.take_to_send(&by_n[&4]).expect("asked"), "taken once");
+
+    let mut second = crate::example("approval_agent")
+        .arg("resume")
+        .args(store)
+        .arg("--log")
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the agent starts again");
+    let mut lines = BufReader::new(second.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("a line").expect("read"), "resumed");
+    // Decided from this process while the agent runs: it learns by looking.
+    for (n, id) in &by_n {
+        let decision = match n % 4 {
+            2 => Decision::Approve { input: None },
+            3 => Decision::Deny {
+                message: "later".to_owned(),
+            },
+            _ => continue,
+        };
+        book.decide(id, &decision, None).expect("decided");
+    }
+    let mut outputs = HashMap::new();
+    for line in lines.by_ref().take(100) {
+        let line: serde_json::Value = serde_json::from_str(&line.expect("read")).expect("JSON");
+        let session: u64 = line["session"].as_str().expect("session")[1..]
+            .parse()
+            .expect("p<number>");
+        let n = session * 10 + line["cell"].as_u64().expect("cell") - 1;
+        outputs.insert(n, line["text"].as_str().expect("text").to_owned());
+    }
+    assert!(second.wait().expect("ended").success());
+    assert_eq!(outputs.len(), 100, "every cell ended");
+    let sent = std::fs::read_to_string(&log).unwrap_or_default();
+    for n in 0..100_u64 {
+        let expected = match n % 4 {
+            _ if n == 0 => "paid {\"n\":0,\"edited\":true}".to_owned(),
+            _ if n == 4 => format!(
+                "failed {}",
+                code_mode_protocol::texts::interrupted_call("pay")
+            ),
+            0 | 2 => format!("paid {{\"n\":{n}}}"),
+            1 => "failed denied: the call of `pay` was not approved, so it did not run: no"
+                .to_owned(),
+            _ => "failed denied: the call of `pay` was not approved, so it did not run: later"
+                .to_owned(),
+        };
+        assert_eq!(outputs[&n], expected, "cell of n = {n}");
+        let input = if n == 0 {
+            "{\"n\":0,\"edited\":true}".to_owned()
+        } else {
+            format!("{{\"n\":{n}}}")
+        };
+        let runs = sent
+            .lines()
+            .filter(|line| *line == format!("pay {input}"))
+            .count();
+        let expected_runs = usize::from(n % 4 == 0 || n % 4 == 2) - usize::from(n == 4);
+        assert_eq!(runs, expected_runs, "runs of n = {n}");
+    }
+    let left = book.pending(Some("agent"), None).expect("listed");
+    assert!(left.is_empty(), "{left:?}");
+    let decided_again = book.decide(&by_n[&2], &Decision::Approve { input: None }, None);
+    assert!(
+        matches!(decided_again, Err(ApprovalError::NotWaiting(_))),
+        "{decided_again:?}"
+    );
+    // The denied ones were told, the approved ones sent: none is left to deliver.
+    for (n, id) in &by_n {
+        if let Some(row) = book.get(id).expect("read") {
+            assert!(
+                matches!(
+                    row.state,
+                    ApprovalState::Sending { .. } | ApprovalState::Told { .. }
+                ),
+                "n = {n}: {row:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_agent_killed_while_a_hundred_cells_wait_on_approvals_sends_each_approved_call_once() {
+    let scratch = Scratch::new();
+    let state = scratch.0.join("state");
+    let location = StoreLocation::Dir(state.clone());
+    killed_while_a_hundred_wait(&["--state", state.to_str().expect("UTF-8")], &location);
+}
+
+#[test]
+fn on_postgres_a_hundred_waiting_approvals_outlive_the_agent_and_another_process_decides_them() {
+    let cluster = code_mode_conformance::PgCluster::start();
+    let location = StoreLocation::Url(cluster.url.clone());
+    killed_while_a_hundred_wait(&["--state-url", &cluster.url], &location);
+}
