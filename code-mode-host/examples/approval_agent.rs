@@ -80,7 +80,6 @@ fn source(n: usize) -> String {
 }
 
 #[tokio::main]
-#[expect(clippy::print_stdout, reason = "its lines are what the test reads")]
 async fn main() {
     let mode = std::env::args().nth(1).expect("start or resume");
     let log = PathBuf::from(arg("--log").expect("--log is required"));
@@ -112,59 +111,76 @@ async fn main() {
     let tools: Arc<[ToolDefinition]> =
         vec![ToolDefinition::new("pay", "Pays.", ToolKind::Function)].into();
     if mode == "start" {
-        let mut open = Vec::new();
-        for s in 0..SESSIONS {
-            let session = sessions
-                .open(
-                    &format!("p{s}"),
-                    Arc::clone(&pay),
-                    SessionOptions::default(),
-                    Default::default(),
+        start(&sessions, &approvals, &pay, &tools).await;
+    }
+    resume(&sessions, &pay).await;
+}
+
+/// Opens the sessions, starts every cell, and waits to be killed once all are listed.
+#[expect(clippy::print_stdout, reason = "its lines are what the test reads")]
+async fn start(
+    sessions: &StoredProvider,
+    approvals: &Approvals,
+    pay: &Arc<dyn CodeModeSessionDelegate>,
+    tools: &Arc<[ToolDefinition]>,
+) {
+    let mut open = Vec::new();
+    for s in 0..SESSIONS {
+        let session = sessions
+            .open(
+                &format!("p{s}"),
+                Arc::clone(pay),
+                SessionOptions::default(),
+                Default::default(),
+            )
+            .await
+            .expect("the session opens");
+        for c in 0..CELLS {
+            let started = session
+                .execute(
+                    ExecRequest::new(source(s * CELLS + c))
+                        .with_tools(Arc::clone(tools))
+                        .with_yield_time_ms(3_600_000),
                 )
                 .await
-                .expect("the session opens");
-            for c in 0..CELLS {
-                let started = session
-                    .execute(
-                        ExecRequest::new(source(s * CELLS + c))
-                            .with_tools(Arc::clone(&tools))
-                            .with_yield_time_ms(3_600_000),
-                    )
-                    .await
-                    .expect("the cell starts");
-                let CellResponse::Yielded { content_items, .. } = &started.initial_response else {
-                    panic!("the cell did not wait: {:?}", started.initial_response);
-                };
-                if s == 0 && c == 0 {
-                    let line = content_items
-                        .iter()
-                        .filter_map(|item| item.as_text())
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    println!("{}", serde_json::json!({ "waiting": line }));
-                }
+                .expect("the cell starts");
+            let CellResponse::Yielded { content_items, .. } = &started.initial_response else {
+                panic!("the cell did not wait: {:?}", started.initial_response);
+            };
+            if s == 0 && c == 0 {
+                let line = content_items
+                    .iter()
+                    .filter_map(|item| item.as_text())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                println!("{}", serde_json::json!({ "waiting": line }));
             }
-            open.push(session);
         }
-        loop {
-            let listed = approvals
-                .pending(Some("agent"), None)
-                .await
-                .expect("listed")
-                .len();
-            if listed == SESSIONS * CELLS {
-                println!("waiting {listed}");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Killed here.
-        std::future::pending::<()>().await;
+        open.push(session);
     }
+    loop {
+        let listed = approvals
+            .pending(Some("agent"), None)
+            .await
+            .expect("listed")
+            .len();
+        if listed == SESSIONS * CELLS {
+            println!("waiting {listed}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Killed here.
+    std::future::pending::<()>().await;
+}
+
+/// Resumes every kept session and prints each cell's output as it ends.
+#[expect(clippy::print_stdout, reason = "its lines are what the test reads")]
+async fn resume(sessions: &StoredProvider, pay: &Arc<dyn CodeModeSessionDelegate>) {
     let mut resumed = Vec::new();
     for id in sessions.kept() {
         let session = sessions
-            .resume(&id, Arc::clone(&pay), SessionOptions::default(), |_| {
+            .resume(&id, Arc::clone(pay), SessionOptions::default(), |_| {
                 Interrupted::Fail
             })
             .await
