@@ -193,21 +193,29 @@ async fn resume(sessions: &StoredProvider, pay: &Arc<dyn CodeModeSessionDelegate
         for c in 1..=CELLS {
             let (id, session) = (id.clone(), Arc::clone(&session));
             waits.spawn(async move {
+                let mut text = String::new();
                 loop {
                     let response = session
                         .wait(WaitRequest::new(c.to_string()).with_yield_time_ms(10_000))
                         .await
                         .expect("the cell is waited on");
+                    // What the cell printed, without the lines that say its call waits.
+                    for item in response.content_items() {
+                        match item.as_text() {
+                            Some(line) if !line.starts_with("Waiting for approval") => {
+                                text.push_str(line);
+                            }
+                            _ => {}
+                        }
+                    }
                     if let CellResponse::Yielded { .. } = response {
                         // It still waits on a person: not too often.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
-                    let text: String = response
-                        .content_items()
-                        .iter()
-                        .filter_map(code_mode_protocol::ContentItem::as_text)
-                        .collect();
+                    if let Some(error) = response.error_text() {
+                        text.push_str(&format!("(cell error: {error})"));
+                    }
                     println!(
                         "{}",
                         serde_json::json!({ "session": id, "cell": c, "text": text })

@@ -360,6 +360,11 @@ impl ApprovalGate {
         site.watch.settled(&approval);
         let tool = call.tool_name.clone();
         match decided {
+            // Taken to be sent by a process that stopped: it may have run, and is never
+            // sent again.
+            None if matches!(approval.state, ApprovalState::Sending { .. }) => {
+                Err(ToolError::new(texts::interrupted_call(&tool)))
+            }
             None => {
                 site.approvals.forget(&approval.id);
                 Err(ToolError::new(texts::approval_mismatch(&tool)))

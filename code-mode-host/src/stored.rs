@@ -196,37 +196,37 @@ impl StoredProvider {
         stored_values: StoredValues,
     ) -> Arc<StoredSession> {
         let waiting = Arc::new(Waiting::default());
-        let storing = Arc::new(StoringDelegate {
-            inner: delegate,
-            keeper: Arc::new(Link {
-                id: id.to_owned(),
-                kept: Arc::clone(&self.kept),
-                runtimes: self.runtimes.clone(),
-                session: OnceLock::new(),
-                site: self.approvals.as_ref().map(|(approvals, front)| GateSite {
-                    approvals: Arc::clone(approvals),
-                    front: front.clone(),
-                    session: id.to_owned(),
-                    principal: None,
-                    watch: Arc::clone(&waiting) as Arc<dyn ApprovalWatch>,
-                }),
-                waiting,
+        let link = Arc::new(Link {
+            id: id.to_owned(),
+            kept: Arc::clone(&self.kept),
+            runtimes: self.runtimes.clone(),
+            session: OnceLock::new(),
+            site: self.approvals.as_ref().map(|(approvals, front)| GateSite {
+                approvals: Arc::clone(approvals),
+                front: front.clone(),
+                session: id.to_owned(),
+                principal: None,
+                watch: Arc::clone(&waiting) as Arc<dyn ApprovalWatch>,
             }),
+            waiting,
         });
-        let inner = Arc::new(
-            self.runtimes.open_session_with_values(
-                storing
-                    .keeper
-                    .gated(Arc::clone(&storing) as Arc<dyn CodeModeSessionDelegate>),
-                options,
-                stored_values,
-            ),
-        );
-        let _ = storing.keeper.session.set(Arc::downgrade(&inner));
+        // The store first: a call is in the session's journal before it waits on a person,
+        // so that after a restart it is one of the calls its cell still waits on.
+        let storing = Arc::new(StoringDelegate {
+            inner: link.gated(Arc::clone(&delegate)),
+            keeper: Arc::clone(&link),
+        });
+        let inner = Arc::new(self.runtimes.open_session_with_values(
+            Arc::clone(&storing) as Arc<dyn CodeModeSessionDelegate>,
+            options,
+            stored_values,
+        ));
+        let _ = link.session.set(Arc::downgrade(&inner));
         Arc::new(StoredSession {
-            link: Arc::clone(&storing.keeper),
+            link,
             inner,
             delegate: storing,
+            agent: delegate,
         })
     }
 }
@@ -330,6 +330,8 @@ pub struct StoredSession {
     link: Arc<Link>,
     inner: Arc<RuntimeSession>,
     delegate: Arc<StoringDelegate>,
+    /// The agent core's delegate, behind neither the store nor the gate.
+    agent: Arc<dyn CodeModeSessionDelegate>,
 }
 
 impl std::fmt::Debug for StoredSession {
@@ -454,20 +456,18 @@ impl StoredSession {
                 reason: found.reason,
             },
             // Never asked: it was never sent, so it is asked now if it needs an approval.
-            None => match self.delegate.inner.approval(&call.call) {
+            None => match self.agent.approval(&call.call) {
                 Some(need) => need,
                 None => return Ok(Some(call)),
             },
         };
-        let gate = ApprovalGate::new(
-            Arc::clone(&self.delegate) as Arc<dyn CodeModeSessionDelegate>,
-            site.clone(),
-        );
+        let gate = ApprovalGate::new(Arc::clone(&self.agent), site.clone());
+        let session = Arc::clone(self);
         tokio::spawn(async move {
             let result = gate
                 .through(call.call.clone(), need, CancellationToken::new())
                 .await;
-            call.answer(result);
+            session.give(call, result).await;
         });
         Ok(None)
     }
@@ -480,10 +480,10 @@ impl CodeModeSession for StoredSession {
         mut hooks: ExecHooks,
     ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
         if let Some(delegate) = hooks.delegate.take() {
-            hooks.delegate = Some(self.link.gated(Arc::new(StoringDelegate {
-                inner: delegate,
+            hooks.delegate = Some(Arc::new(StoringDelegate {
+                inner: self.link.gated(delegate),
                 keeper: Arc::clone(&self.link),
-            })));
+            }));
         }
         // The observation ends when one of its cell's calls starts to wait on a person.
         let preempt = hooks

@@ -75,16 +75,24 @@ fn texts(response: &CellResponse) -> Vec<String> {
         .collect()
 }
 
-/// Waits on cell `id` until it ends.
-async fn finished(session: &dyn CodeModeSession, id: &str) -> CellResponse {
+/// Waits on cell `id` until it ends: the texts of every observation on the way, but the
+/// lines that say a call waits.
+async fn finished(session: &dyn CodeModeSession, id: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
     loop {
         let response = session
             .wait(WaitRequest::new(id).with_yield_time_ms(10_000))
             .await
             .expect("waited");
+        seen.extend(
+            texts(&response)
+                .into_iter()
+                .filter(|text| text != WAITING_LINE),
+        );
         if !matches!(response, CellResponse::Yielded { .. }) {
-            return response;
+            assert!(response.error_text().is_none(), "{response:?}");
+            return seen;
         }
         assert!(Instant::now() < deadline, "cell {id} did not end");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -184,7 +192,7 @@ async fn a_call_waits_for_its_approval_and_runs_once_approved_as_edited_or_never
         .await
         .expect("approved");
     let done = finished(session.as_ref(), "1").await;
-    assert_eq!(texts(&done), ["sent {\"to\":\"y\"}"]);
+    assert_eq!(done, ["sent {\"to\":\"y\"}"]);
     assert_eq!(
         mail.sent("send"),
         ["{\"to\":\"y\"}"],
@@ -197,7 +205,7 @@ async fn a_call_waits_for_its_approval_and_runs_once_approved_as_edited_or_never
     );
 
     // Denied: the tool never runs, the model reads the message.
-    session
+    let second_start = session
         .execute(
             ExecRequest::new(source)
                 .with_tools(mail_tools())
@@ -219,9 +227,14 @@ async fn a_call_waits_for_its_approval_and_runs_once_approved_as_edited_or_never
     };
     session.deny(&second.id, "not today").await.expect("denied");
     let done = finished(session.as_ref(), "2").await;
+    let mut seen = texts(&second_start.initial_response);
+    seen.extend(done);
     assert_eq!(
-        texts(&done),
-        ["failed denied: the call of `send` was not approved, so it did not run: not today"]
+        seen,
+        [
+            "free {\"a\":1}",
+            "failed denied: the call of `send` was not approved, so it did not run: not today"
+        ]
     );
     assert_eq!(
         mail.sent("send"),
