@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod approvals;
 mod mcp;
 mod output;
 mod repl;
@@ -131,6 +132,11 @@ enum Command {
         runtime: session::RuntimeArgs,
         #[command(flatten)]
         state: Box<code_mode_state::StateArgs>,
+    },
+    /// The calls that wait on a person's approval, in a state store: list, approve, deny.
+    Approvals {
+        #[command(subcommand)]
+        action: approvals::Action,
     },
 }
 
@@ -508,6 +514,7 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
             })
             .await
         }
+        Command::Approvals { .. } => Ok(()),
         Command::Serve {
             jsonl: _,
             tools,
@@ -524,6 +531,18 @@ async fn dispatch(command: Command, runtime_log: String) -> Result<(), Failure> 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Approvals { action } = cli.command {
+        // Blocking, and before any async runtime (the Postgres client runs its own).
+        return match approvals::run(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => {
+                if let Some(message) = failure.message {
+                    eprintln!("code-mode: {message}");
+                }
+                ExitCode::from(failure.code)
+            }
+        };
+    }
     let telemetry = match telemetry(&cli) {
         Ok(telemetry) => telemetry,
         Err(error) => {

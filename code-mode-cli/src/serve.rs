@@ -16,12 +16,15 @@
 //! current-thread runtime, so a session's answers and its later events reach stdout in the
 //! order the session produced them (see [`serve`]).
 
+mod approvals;
 mod state;
 
 use crate::Failure;
 use crate::session::{RuntimeArgs, Sessions};
 use crate::tools::{BeforeCall, OnInterrupt, ToolSet};
+use approvals::JsonlApprovals;
 use code_mode_host::{DurableSession, HeldSession, RestoredCall};
+use code_mode_protocol::ApprovalNeed;
 use code_mode_protocol::CallId;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
@@ -176,7 +179,8 @@ enum KindParam {
     Freeform,
 }
 
-/// `{"name", "description"?, "kind"?, "input_schema"?, "output_schema"?, "deferred"?}`.
+/// `{"name", "description"?, "kind"?, "input_schema"?, "output_schema"?, "deferred"?,
+/// "approval"?, "approval_reason"?}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ToolParams {
@@ -189,6 +193,19 @@ struct ToolParams {
     output_schema: Option<Value>,
     #[serde(default)]
     deferred: bool,
+    /// `"always"`: each call waits on a person's approval (with a state store).
+    #[serde(default)]
+    approval: ApprovalParam,
+    approval_reason: Option<String>,
+}
+
+/// Whether a client's tool's calls wait on a person.
+#[derive(Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ApprovalParam {
+    #[default]
+    Never,
+    Always,
 }
 
 impl ToolParams {
@@ -368,6 +385,8 @@ struct Server {
     resuming: tokio::sync::Mutex<()>,
     /// With `--state-dir`: where the sessions are kept across restarts.
     state: Option<Arc<Durability>>,
+    /// With a state store: the calls that wait on a person.
+    approvals: Option<Arc<JsonlApprovals>>,
     /// Itself, for its sessions' delegates (their own tools' calls are written first).
     me: Weak<Server>,
 }
@@ -382,6 +401,8 @@ struct JsonlDelegate {
     tools: ToolSet,
     /// With a state directory: the write before a call of the driver's own tools.
     before_call: Option<BeforeCall>,
+    /// The client's tools whose calls wait on a person, as its `exec`s gave them.
+    needs: Arc<Mutex<HashMap<String, ApprovalNeed>>>,
 }
 
 impl CodeModeSessionDelegate for JsonlDelegate {
@@ -440,6 +461,13 @@ impl CodeModeSessionDelegate for JsonlDelegate {
         self.out
             .send(json!({ "event": "cell_closed", "session": self.session, "cell_id": cell_id }));
     }
+
+    fn approval(&self, call: &NestedToolCall) -> Option<ApprovalNeed> {
+        if self.tools.has(&call.tool_name) {
+            return self.tools.approval(&call.tool_name);
+        }
+        lock(&self.needs).get(&call.tool_name).cloned()
+    }
 }
 
 impl Server {
@@ -492,13 +520,19 @@ impl Server {
         stored_values: StoredValues,
         options_text: String,
     ) -> Option<Arc<dyn DurableSession>> {
-        let delegate = Arc::new(JsonlDelegate {
+        let needs = Arc::new(Mutex::new(HashMap::new()));
+        let jsonl = Arc::new(JsonlDelegate {
             session: id.to_owned(),
             out: self.out.clone(),
             calls: Arc::clone(&self.calls),
             tools: self.tools.clone(),
             before_call: self.state.as_ref().map(|_| self.before_call(id)),
+            needs: Arc::clone(&needs),
         });
+        let delegate: Arc<dyn CodeModeSessionDelegate> = match &self.approvals {
+            Some(approvals) => approvals.gate(id, jsonl, needs, &self.out),
+            None => jsonl,
+        };
         if let Some(state) = &self.state
             && let Some(durable) =
                 self.provider
@@ -600,6 +634,9 @@ impl Server {
             "preempt" => return self.preempt(given),
             "stored_values" => return self.stored_values(given),
             "resume_session" => return self.resume_session(given).await,
+            "list_approvals" => return self.jsonl_approvals()?.list(given).await,
+            "approve" | "deny" => return self.jsonl_approvals()?.decide(method, given).await,
+            "exec" | "execute_to_pending" => self.note_tools(&given),
             _ => {}
         }
         let Some((session_id, call)) = session_call(method, given, &self.tools)? else {
@@ -617,6 +654,20 @@ impl Server {
         };
         let hooks = self.observation_hooks(id, &session_id, &call, &preempt);
         let reply = call.run_with(&*session, hooks).await;
+        let reply = match &self.approvals {
+            Some(approvals) => reply.map(|reply| match reply {
+                SessionReply::Started(mut started) => {
+                    started.initial_response =
+                        approvals.ended(&session_id, started.initial_response);
+                    SessionReply::Started(started)
+                }
+                SessionReply::Cell(response) => {
+                    SessionReply::Cell(approvals.ended(&session_id, response))
+                }
+                other => other,
+            }),
+            None => reply,
+        };
         let observed = match &reply {
             Ok(SessionReply::Started(started)) => Some(started.cell_id.clone()),
             _ => waited,
@@ -639,6 +690,10 @@ impl Server {
             if let Some(state) = &self.state {
                 state.forget(&session_id);
             }
+            if let Some(approvals) = &self.approvals {
+                let stopping = self.state.as_ref().is_some_and(|state| state.is_closed());
+                approvals.closed(&session_id, !stopping).await;
+            }
         }
         Ok(reply_json(&reply))
     }
@@ -659,9 +714,13 @@ impl Server {
                 let observations = Arc::clone(&self.observations);
                 let (request, session) = (id.clone(), session_id.to_owned());
                 let token = Arc::clone(preempt);
+                let approvals = self.approvals.clone();
                 let admitted: AdmittedHook = Arc::new(move |cell_id: &CellId| {
                     lock(&observations)
                         .insert((session.clone(), cell_id.clone()), Arc::clone(&token));
+                    if let Some(approvals) = &approvals {
+                        approvals.observe(&session, cell_id, (*token).clone());
+                    }
                     // It depends on nothing kept: a cell is written only once a line that
                     // depends on it goes out (a call, a yield, the answer), so an exec whose
                     // cell calls nothing and stores nothing waits for no disk write.
@@ -680,6 +739,9 @@ impl Server {
                     (session_id.to_owned(), request.cell_id.clone()),
                     Arc::clone(preempt),
                 );
+                if let Some(approvals) = &self.approvals {
+                    approvals.observe(session_id, &request.cell_id, (**preempt).clone());
+                }
                 CallHooks {
                     preempt: Some((**preempt).clone()),
                     admitted: None,
@@ -793,7 +855,7 @@ impl Server {
     /// tool with `on_interrupt = "retry"`, runs again, and every other is the client's to
     /// answer: announced again with its id, marked `restored`. The error names what did
     /// not read.
-    fn reopen_one(&self, state: &Arc<Durability>, held: &HeldSession) -> Result<(), String> {
+    async fn reopen_one(&self, state: &Arc<Durability>, held: &HeldSession) -> Result<(), String> {
         let record = &held.record;
         let mut given: Value = serde_json::from_str(&record.options)
             .map_err(|error| format!("the kept options of session {}: {error}", record.id))?;
@@ -816,6 +878,13 @@ impl Server {
         let calls = held.restore(session.as_ref());
         tracing::debug!(session = %record.id, cells, unanswered = calls.len(), "session restored from the state directory");
         for restored in calls {
+            let restored = match &self.approvals {
+                Some(approvals) => match approvals.restore(&record.id, restored).await {
+                    Some(restored) => restored,
+                    None => continue,
+                },
+                None => restored,
+            };
             let call = &restored.call;
             if self.tools.has(&call.tool_name) {
                 match self.tools.on_interrupt(&call.tool_name) {
@@ -888,8 +957,45 @@ impl Server {
             return Err(unknown());
         }
         self.reopen_one(state, &held)
+            .await
             .map_err(|error| ErrorReply::new("state_error", error))?;
         Ok(json!({ "session": given.session }))
+    }
+}
+
+impl Server {
+    /// The approvals, or the error of a server that keeps none.
+    fn jsonl_approvals(&self) -> Result<&JsonlApprovals, ErrorReply> {
+        self.approvals.as_deref().ok_or_else(|| {
+            ErrorReply::new(
+                "no_approvals",
+                "this server keeps no approvals (start it with --state-dir or --state-url)",
+            )
+        })
+    }
+
+    /// An `exec`'s tools: which of the client's need an approval (read leniently here;
+    /// the request itself is checked as it runs).
+    fn note_tools(&self, given: &Value) {
+        let (Some(approvals), Some(session)) = (
+            &self.approvals,
+            given.get("session").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        let Some(Ok(tools)) = given
+            .get("tools")
+            .map(|tools| serde_json::from_value::<Vec<ToolParams>>(tools.clone()))
+        else {
+            return;
+        };
+        let needs = tools.into_iter().map(|tool| {
+            let need = (tool.approval == ApprovalParam::Always).then_some(ApprovalNeed {
+                reason: tool.approval_reason,
+            });
+            (tool.name, need)
+        });
+        approvals.note_tools(session, needs);
     }
 }
 
@@ -1102,12 +1208,20 @@ impl Server {
                 ));
             }
             Some((dir, options)) => {
+                let approvals = code_mode_host::Approvals::open(&dir, &options)
+                    .map_err(|error| Failure::runtime(error.to_string()))?;
                 let state = Durability::open(&dir, options)
                     .map_err(|error| Failure::runtime(error.to_string()))?;
-                Some(Arc::new(state))
+                Some((Arc::new(state), Arc::new(JsonlApprovals::new(approvals))))
+            }
+            None if tools.needs_approvals() => {
+                return Err(Failure::usage(
+                    "a tool of the tools file needs approvals (`approval = \"always\"`): they are kept in a state store, so give --state-dir or --state-url",
+                ));
             }
             None => None,
         };
+        let (state, approvals) = state.unzip();
         let generations = state.as_ref().map_or(0, |state| state.generations_before());
         let provider =
             Sessions::after(runtime, &runtime_log, generations).map_err(Failure::runtime)?;
@@ -1122,6 +1236,7 @@ impl Server {
             tools,
             resuming: tokio::sync::Mutex::new(()),
             state,
+            approvals,
         });
         Ok((server, lines_rx))
     }

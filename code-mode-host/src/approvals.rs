@@ -17,7 +17,8 @@ use code_mode_protocol::approval::{ApprovalNeed, Decision, input_digest};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::texts;
 use code_mode_protocol::{
-    BoxFuture, CellId, CodeModeSessionDelegate, DelegateLayer, JsonText, NestedToolCall, ToolError,
+    BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, ContentItem, DelegateLayer, JsonText,
+    NestedToolCall, ToolError,
 };
 use code_mode_state::{
     Approval, ApprovalBook, ApprovalError, ApprovalRequest, ApprovalState, StateError,
@@ -423,5 +424,70 @@ impl DelegateLayer for ApprovalGate {
             .approvals
             .cell_ended(&self.site.front, &self.site.session, cell_id);
         self.inner.cell_closed(cell_id);
+    }
+}
+
+/// A session's calls that wait on a person in this process, and its observations in
+/// flight: a call that starts to wait ends its cell's observation, which then ends with a
+/// line per waiting call (the model reads which call waits, and why).
+#[derive(Debug, Default)]
+pub struct WaitingCalls {
+    calls: Mutex<Vec<Approval>>,
+    observers: Mutex<HashMap<CellId, CancellationToken>>,
+}
+
+impl WaitingCalls {
+    /// An observation of `cell_id` begins; `preempt` ends it (at once if a call of the
+    /// cell waits already).
+    pub fn observe(&self, cell_id: &CellId, preempt: CancellationToken) {
+        if lock(&self.calls)
+            .iter()
+            .any(|call| call.cell_id == *cell_id)
+        {
+            preempt.cancel();
+        }
+        lock(&self.observers).insert(cell_id.clone(), preempt);
+    }
+
+    /// An observation ended with `response`: a cell still running gets a line for each of
+    /// its calls that waits on a person.
+    pub fn ended(&self, response: CellResponse) -> CellResponse {
+        lock(&self.observers).remove(response.cell_id());
+        match response {
+            CellResponse::Yielded {
+                cell_id,
+                mut content_items,
+                wall_time,
+            } => {
+                let calls = lock(&self.calls);
+                let mut waiting: Vec<&Approval> = calls
+                    .iter()
+                    .filter(|call| call.cell_id == cell_id)
+                    .collect();
+                waiting.sort_by_key(|call| call.call);
+                content_items.extend(waiting.into_iter().map(|call| ContentItem::InputText {
+                    text: texts::approval_waiting(&call.tool, &call.call, call.reason.as_deref()),
+                }));
+                CellResponse::Yielded {
+                    cell_id,
+                    content_items,
+                    wall_time,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl ApprovalWatch for WaitingCalls {
+    fn waiting(&self, approval: &Approval) {
+        lock(&self.calls).push(approval.clone());
+        if let Some(preempt) = lock(&self.observers).get(&approval.cell_id) {
+            preempt.cancel();
+        }
+    }
+
+    fn settled(&self, approval: &Approval) {
+        lock(&self.calls).retain(|call| call.id != approval.id);
     }
 }

@@ -30,7 +30,7 @@ mod runtimes;
 mod spans;
 pub mod stored;
 
-pub use approvals::{ApprovalGate, ApprovalWatch, Approvals, GateSite};
+pub use approvals::{ApprovalGate, ApprovalWatch, Approvals, GateSite, WaitingCalls};
 pub use binary::{BINARY_ENV, BINARY_NAME, BinaryNotFound, find_binary};
 pub use code_mode_protocol as protocol;
 pub use code_mode_protocol::durable::{DurableCell, DurableState};

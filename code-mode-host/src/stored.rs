@@ -17,13 +17,11 @@
 //! The store is reached through [`KeptSessions`], the one owner of kept sessions:
 //! `code-mode-state`'s keeper, or the agent core's own through [`SessionStore`].
 
-use crate::approvals::{ApprovalGate, ApprovalWatch, Approvals, GateSite};
+use crate::approvals::{ApprovalGate, ApprovalWatch, Approvals, GateSite, WaitingCalls};
 use crate::hosted::RuntimeSession;
 use crate::kept::KeptSessions;
 use crate::runtimes::Runtimes;
-use code_mode_protocol::ContentItem;
 use code_mode_protocol::approval::{ApprovalNeed, Decision};
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
     DelegateLayer, ExecHooks, ExecRequest, JsonText, NestedToolCall, PendingOutcome, SessionError,
@@ -32,8 +30,7 @@ use code_mode_protocol::{
 use code_mode_state::{
     AnswerRecord, Approval, ApprovalError, ApprovalState, SessionRecord, StateError, StoreStats,
 };
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::kept::SessionStore;
@@ -195,7 +192,7 @@ impl StoredProvider {
         options: SessionOptions,
         stored_values: StoredValues,
     ) -> Arc<StoredSession> {
-        let waiting = Arc::new(Waiting::default());
+        let waiting = Arc::new(WaitingCalls::default());
         let link = Arc::new(Link {
             id: id.to_owned(),
             kept: Arc::clone(&self.kept),
@@ -240,7 +237,7 @@ struct Link {
     /// Where the session's calls wait on a person, when the provider keeps approvals.
     site: Option<GateSite>,
     /// Which of its calls wait here now, and the observations they end.
-    waiting: Arc<Waiting>,
+    waiting: Arc<WaitingCalls>,
 }
 
 impl Link {
@@ -567,74 +564,5 @@ impl CodeModeSession for StoredSession {
 
     fn stored_values(&self) -> StoredValues {
         self.inner.stored_values()
-    }
-}
-
-/// A stored session's calls that wait on a person here, and its observations in flight:
-/// a call that starts to wait ends its cell's observation, which then ends with a line
-/// per waiting call.
-#[derive(Default)]
-struct Waiting {
-    calls: Mutex<Vec<Approval>>,
-    observers: Mutex<HashMap<CellId, CancellationToken>>,
-}
-
-impl Waiting {
-    /// An observation of `cell_id` begins; `preempt` ends it (at once if a call of the
-    /// cell waits already).
-    fn observe(&self, cell_id: &CellId, preempt: CancellationToken) {
-        if lock(&self.calls)
-            .iter()
-            .any(|call| call.cell_id == *cell_id)
-        {
-            preempt.cancel();
-        }
-        lock(&self.observers).insert(cell_id.clone(), preempt);
-    }
-
-    /// An observation ended with `response`: a cell still running gets a line for each of
-    /// its calls that waits on a person.
-    fn ended(&self, response: CellResponse) -> CellResponse {
-        lock(&self.observers).remove(response.cell_id());
-        match response {
-            CellResponse::Yielded {
-                cell_id,
-                mut content_items,
-                wall_time,
-            } => {
-                let calls = lock(&self.calls);
-                let mut waiting: Vec<&Approval> = calls
-                    .iter()
-                    .filter(|call| call.cell_id == cell_id)
-                    .collect();
-                waiting.sort_by_key(|call| call.call);
-                content_items.extend(waiting.into_iter().map(|call| ContentItem::InputText {
-                    text: code_mode_protocol::texts::approval_waiting(
-                        &call.tool,
-                        &call.call,
-                        call.reason.as_deref(),
-                    ),
-                }));
-                CellResponse::Yielded {
-                    cell_id,
-                    content_items,
-                    wall_time,
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-impl ApprovalWatch for Waiting {
-    fn waiting(&self, approval: &Approval) {
-        lock(&self.calls).push(approval.clone());
-        if let Some(preempt) = lock(&self.observers).get(&approval.cell_id) {
-            preempt.cancel();
-        }
-    }
-
-    fn settled(&self, approval: &Approval) {
-        lock(&self.calls).retain(|call| call.id != approval.id);
     }
 }

@@ -71,6 +71,12 @@ pub(super) struct McpServerEntry {
     /// What happens to a call of its tools cut short by a restart of the serving process.
     #[serde(default)]
     pub(super) on_interrupt: crate::OnInterrupt,
+    /// Whether a call of its tools waits on a person's approval before it runs.
+    #[serde(default)]
+    pub(super) approval: crate::ApprovalPolicy,
+    /// Why, as the approver and the model read it.
+    #[serde(default)]
+    pub(super) approval_reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +108,12 @@ pub(super) struct ToolEntry {
     /// What happens to a call cut short by a restart of the serving process.
     #[serde(default)]
     pub(super) on_interrupt: crate::OnInterrupt,
+    /// Whether a call waits on a person's approval before it runs.
+    #[serde(default)]
+    pub(super) approval: crate::ApprovalPolicy,
+    /// Why, as the approver and the model read it.
+    #[serde(default)]
+    pub(super) approval_reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

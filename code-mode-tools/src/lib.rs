@@ -26,6 +26,8 @@
 //! kind = "function"                         # optional: "function" or "freeform"
 //! deferred = true                           # optional: found with tools.tool_search
 //! on_interrupt = "retry"                    # optional: "fail" (default) or "retry"
+//! approval = "always"                       # optional: "never" (default) or "always":
+//! approval_reason = "it sends mail"         #   each call waits on a person (a state store)
 //! [tool.input_schema]                       # optional JSON Schema, as a TOML table
 //! type = "object"
 //!
@@ -36,7 +38,8 @@
 //! #           disabled_tools = [...],
 //! #           startup_timeout_ms, call_timeout_ms, headers = { ... } (with url),
 //! #           deferred = true (every tool of the server: found with tools.tool_search),
-//! #           on_interrupt = "retry" (every tool of the server)
+//! #           on_interrupt = "retry" (every tool of the server),
+//! #           approval = "always", approval_reason = "..." (every tool of the server)
 //!
 //! [builtin.shell]                          # optional: for `--builtin shell`'s commands
 //! env = { PAGER = "cat" }
@@ -55,8 +58,8 @@ use crate::mcp::{McpServerConfig, McpSources};
 use crate::program::resolve_program;
 use builtins::{exec_command, list_dir, read_file, write_file};
 use code_mode_protocol::{
-    BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition,
-    ToolError, ToolKind, js_tool_name,
+    ApprovalNeed, BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall,
+    ToolDefinition, ToolError, ToolKind, js_tool_name,
 };
 use code_mode_surface::{ToolDescription, UnavailableSource};
 use command::{CommandTool, run_command};
@@ -65,7 +68,7 @@ use file::{
     KindName, ToolEntry, ToolsFile, describe_toml_error, mcp_server_config, one_line, tool_env,
 };
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +84,25 @@ pub enum OnInterrupt {
     Fail,
     /// The call runs again (for a tool that may run twice, e.g. one that only reads).
     Retry,
+}
+
+/// Whether a tool's calls wait on a person's approval before they run (issue 86): only
+/// where the front keeps approvals (`--state-dir` or `--state-url`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalPolicy {
+    /// The call runs at once (the default).
+    #[default]
+    Never,
+    /// Every call waits until a person approves it (or denies it).
+    Always,
+}
+
+/// Whether `entry` names an MCP server's tools (`mcp__<server>__`) and `name` is one.
+fn server_prefix_of(entry: &str, name: &str) -> bool {
+    entry.ends_with("__")
+        && entry.starts_with(crate::mcp::MCP_TOOL_PREFIX)
+        && name.starts_with(entry)
 }
 
 /// Default timeout of a command tool, in milliseconds.
@@ -133,6 +155,9 @@ pub struct ToolSet {
     tools: BTreeMap<String, Tool>,
     /// Tools (and MCP servers, by namespace prefix) whose calls run again after a restart.
     retried: HashSet<String>,
+    /// Tools (and MCP servers, by namespace prefix) whose calls wait on a person, with the
+    /// reason given.
+    approved: HashMap<String, Option<String>>,
     order: Vec<String>,
     /// The `[[mcp_server]]` entries, until [`ToolSet::start`] starts them.
     mcp_configs: Vec<McpServerConfig>,
@@ -210,9 +235,12 @@ impl ToolSet {
             self.add_command_tool(entry, path, &base)?;
         }
         for entry in parsed.mcp_server {
+            let prefix = format!("{}{}__", crate::mcp::MCP_TOOL_PREFIX, entry.name);
             if entry.on_interrupt == OnInterrupt::Retry {
-                self.retried
-                    .insert(format!("{}{}__", crate::mcp::MCP_TOOL_PREFIX, entry.name));
+                self.retried.insert(prefix.clone());
+            }
+            if entry.approval == ApprovalPolicy::Always {
+                self.approved.insert(prefix, entry.approval_reason.clone());
             }
             let config = mcp_server_config(entry, &base).map_err(|(server, message)| {
                 ToolsError::McpServer {
@@ -298,6 +326,10 @@ impl ToolSet {
         }
         if entry.on_interrupt == OnInterrupt::Retry {
             self.retried.insert(entry.name.clone());
+        }
+        if entry.approval == ApprovalPolicy::Always {
+            self.approved
+                .insert(entry.name.clone(), entry.approval_reason.clone());
         }
         let implementation = Implementation::Command(CommandTool {
             program,
@@ -393,15 +425,13 @@ impl ToolSet {
             .collect()
     }
 
-    /// Whether `name` is one of these tools (an MCP tool only while its server lists it).
     /// What happens to a call of tool `name` cut short by a restart.
     pub fn on_interrupt(&self, name: &str) -> OnInterrupt {
         let retried = self.retried.contains(name)
-            || self.retried.iter().any(|entry| {
-                entry.ends_with("__")
-                    && entry.starts_with(crate::mcp::MCP_TOOL_PREFIX)
-                    && name.starts_with(entry.as_str())
-            });
+            || self
+                .retried
+                .iter()
+                .any(|entry| server_prefix_of(entry, name));
         if retried {
             OnInterrupt::Retry
         } else {
@@ -409,6 +439,25 @@ impl ToolSet {
         }
     }
 
+    /// Whether a call of tool `name` waits on a person's approval, and why.
+    pub fn approval(&self, name: &str) -> Option<ApprovalNeed> {
+        let reason = self.approved.get(name).or_else(|| {
+            self.approved
+                .iter()
+                .find(|(entry, _)| server_prefix_of(entry, name))
+                .map(|(_, reason)| reason)
+        })?;
+        Some(ApprovalNeed {
+            reason: reason.clone(),
+        })
+    }
+
+    /// Whether any tool's calls wait on a person (the front then needs a state store).
+    pub fn needs_approvals(&self) -> bool {
+        !self.approved.is_empty()
+    }
+
+    /// Whether `name` is one of these tools (an MCP tool only while its server lists it).
     pub fn has(&self, name: &str) -> bool {
         self.tools.contains_key(name)
             || self
@@ -588,6 +637,10 @@ impl CodeModeSessionDelegate for CliDelegate {
         (self.notifications)(cell_id, text)
     }
 
+    fn approval(&self, call: &NestedToolCall) -> Option<ApprovalNeed> {
+        self.tools.approval(&call.tool_name)
+    }
+
     fn cell_closed(&self, cell_id: &CellId) {
         tracing::debug!(cell = %cell_id, "cell closed");
     }
@@ -632,5 +685,36 @@ mod tests {
         .err()
         .expect("refused");
         assert!(error.to_string().contains("sometimes"), "{error}");
+    }
+
+    #[test]
+    fn approval_says_which_tools_and_servers_wait_on_a_person_and_why() {
+        let set = tools_file(
+            "[[tool]]\nname = \"send\"\ncommand = \"true\"\napproval = \"always\"\napproval_reason = \"it sends mail\"\n\n\
+             [[tool]]\nname = \"pay\"\ncommand = \"true\"\napproval = \"always\"\n\n\
+             [[tool]]\nname = \"read\"\ncommand = \"true\"\napproval = \"never\"\n\n\
+             [[mcp_server]]\nname = \"bank\"\ncommand = \"true\"\napproval = \"always\"\n\n\
+             [[mcp_server]]\nname = \"bankx\"\ncommand = \"true\"\n",
+        )
+        .expect("parses");
+        assert!(set.needs_approvals());
+        assert_eq!(
+            set.approval("send"),
+            Some(ApprovalNeed::because("it sends mail"))
+        );
+        assert_eq!(set.approval("pay"), Some(ApprovalNeed::required()));
+        assert_eq!(set.approval("read"), None);
+        assert_eq!(
+            set.approval("mcp__bank__transfer"),
+            Some(ApprovalNeed::required())
+        );
+        assert_eq!(set.approval("mcp__bankx__transfer"), None);
+        let error =
+            tools_file("[[tool]]\nname = \"t\"\ncommand = \"true\"\napproval = \"maybe\"\n")
+                .err()
+                .expect("refused");
+        assert!(error.to_string().contains("maybe"), "{error}");
+        let none = tools_file("[[tool]]\nname = \"t\"\ncommand = \"true\"\n").expect("parses");
+        assert!(!none.needs_approvals());
     }
 }

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod approvals;
 mod hibernation;
 mod mcp;
 mod mcp_http;

@@ -1,0 +1,298 @@
+//! `serve --jsonl` with a state store: calls that wait on a person (issue 86,
+//! docs/jsonl.md, "Approvals"). A call of a tool that needs an approval (the driver's own
+//! with `approval = "always"` in its tools file, a client's tool given with `"approval":
+//! "always"`) is kept in the store's approvals book and announced (`approval_required`)
+//! instead of being made; the observation of its cell ends with the line the model reads.
+//! The client lists (`list_approvals`), approves (`approve`, optionally with an edited
+//! `input`) or denies (`deny`, with a `message`) the approvals of its own open sessions;
+//! an operator does the same with `code-mode approvals` against the store. A restarted
+//! driver puts a resumed session's waiting calls back behind the gate.
+
+use super::{ErrorReply, Out, params};
+use code_mode_host::{
+    ApprovalGate, ApprovalWatch, Approvals, GateSite, RestoredCall, WaitingCalls,
+};
+use code_mode_protocol::approval::{ApprovalNeed, Decision};
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{CellId, CellResponse, CodeModeSessionDelegate, ToolError};
+use code_mode_state::{Approval, ApprovalError, ApprovalState, StateError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// The front name approvals are kept under (the store's `jsonl`).
+const FRONT: &str = "jsonl";
+
+/// A session's place behind the gate.
+struct Gated {
+    site: GateSite,
+    waiting: Arc<WaitingCalls>,
+    /// The session's delegate, in front of no gate (what an approved call goes to).
+    inner: Arc<dyn CodeModeSessionDelegate>,
+    /// The client's tools that need an approval, as its `exec`s gave them.
+    needs: Arc<Mutex<HashMap<String, ApprovalNeed>>>,
+}
+
+/// The driver's approvals: the store's book and each open session's gate.
+pub(super) struct JsonlApprovals {
+    approvals: Arc<Approvals>,
+    sessions: Mutex<HashMap<String, Gated>>,
+}
+
+/// Tells the client a call waits (`approval_required`), and ends its cell's observation.
+struct JsonlWatch {
+    out: Out,
+    waiting: Arc<WaitingCalls>,
+}
+
+impl ApprovalWatch for JsonlWatch {
+    fn waiting(&self, approval: &Approval) {
+        self.waiting.waiting(approval);
+        self.out.send(approval_json(approval, "approval_required"));
+    }
+
+    fn settled(&self, approval: &Approval) {
+        self.waiting.settled(approval);
+    }
+}
+
+/// An approval as the client reads it: an event (`event` given) or a listed one.
+fn approval_json(approval: &Approval, event: &str) -> Value {
+    let input = approval
+        .input
+        .as_ref()
+        .and_then(|text| text.to_value().ok())
+        .unwrap_or(Value::Null);
+    let mut value = json!({
+        "approval": approval.id,
+        "session": approval.session,
+        "cell_id": approval.cell_id,
+        "call_id": approval.call.to_string(),
+        "tool": approval.tool,
+        "input": input,
+        "reason": approval.reason,
+        "age_ms": u64::try_from(approval.age().as_millis()).unwrap_or(u64::MAX),
+    });
+    if !event.is_empty() {
+        value["event"] = json!(event);
+    }
+    value
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    session: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveParams {
+    approval: String,
+    input: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyParams {
+    approval: String,
+    message: String,
+}
+
+fn refused(error: ApprovalError) -> ErrorReply {
+    match error {
+        ApprovalError::NotWaiting(_) => ErrorReply::new("unknown_approval", error.to_string()),
+        ApprovalError::Expired(_) => ErrorReply::new("approval_expired", error.to_string()),
+        ApprovalError::BadInput { .. } => ErrorReply::new("invalid_params", error.to_string()),
+        ApprovalError::State(error) => state_refused(&error),
+    }
+}
+
+fn state_refused(error: &StateError) -> ErrorReply {
+    ErrorReply::new("state_error", error.to_string())
+}
+
+impl JsonlApprovals {
+    pub(super) fn new(approvals: Arc<Approvals>) -> Self {
+        Self {
+            approvals,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Session `session`'s delegate behind the gate; `needs` is where its `exec`s' tools
+    /// say which need an approval.
+    pub(super) fn gate(
+        &self,
+        session: &str,
+        delegate: Arc<dyn CodeModeSessionDelegate>,
+        needs: Arc<Mutex<HashMap<String, ApprovalNeed>>>,
+        out: &Out,
+    ) -> Arc<dyn CodeModeSessionDelegate> {
+        let waiting = Arc::new(WaitingCalls::default());
+        let site = GateSite {
+            approvals: Arc::clone(&self.approvals),
+            front: FRONT.to_owned(),
+            session: session.to_owned(),
+            principal: None,
+            watch: Arc::new(JsonlWatch {
+                out: out.clone(),
+                waiting: Arc::clone(&waiting),
+            }),
+        };
+        let gate = Arc::new(ApprovalGate::new(Arc::clone(&delegate), site.clone()));
+        lock(&self.sessions).insert(
+            session.to_owned(),
+            Gated {
+                site,
+                waiting,
+                inner: delegate,
+                needs,
+            },
+        );
+        gate
+    }
+
+    /// An `exec`'s tools: which of the client's need an approval from now on.
+    pub(super) fn note_tools(
+        &self,
+        session: &str,
+        tools: impl IntoIterator<Item = (String, Option<ApprovalNeed>)>,
+    ) {
+        let sessions = lock(&self.sessions);
+        let Some(gated) = sessions.get(session) else {
+            return;
+        };
+        let mut needs = lock(&gated.needs);
+        for (name, need) in tools {
+            match need {
+                Some(need) => needs.insert(name, need),
+                None => needs.remove(&name),
+            };
+        }
+    }
+
+    /// An observation of a cell of `session` begins: `preempt` ends it when one of the
+    /// cell's calls waits (at once, if one does already).
+    pub(super) fn observe(&self, session: &str, cell_id: &CellId, preempt: CancellationToken) {
+        if let Some(gated) = lock(&self.sessions).get(session) {
+            gated.waiting.observe(cell_id, preempt);
+        }
+    }
+
+    /// An observation of a cell of `session` ended with `response`: the lines of its
+    /// waiting calls join it.
+    pub(super) fn ended(&self, session: &str, response: CellResponse) -> CellResponse {
+        let waiting = lock(&self.sessions)
+            .get(session)
+            .map(|gated| Arc::clone(&gated.waiting));
+        match waiting {
+            Some(waiting) => waiting.ended(response),
+            None => response,
+        }
+    }
+
+    /// Session `session` was shut down (its approvals went with it) or its driver stops.
+    pub(super) async fn closed(&self, session: &str, delete: bool) {
+        lock(&self.sessions).remove(session);
+        if delete {
+            self.approvals.session_closed(FRONT, session).await;
+        }
+    }
+
+    /// `list_approvals`: the calls of this client's open sessions (or of one) that wait.
+    pub(super) async fn list(&self, given: Value) -> Result<Value, ErrorReply> {
+        let given: ListParams = params(given)?;
+        let pending = self
+            .approvals
+            .pending(Some(FRONT), given.session.as_deref())
+            .await
+            .map_err(|error| state_refused(&error))?;
+        let open = lock(&self.sessions);
+        let listed: Vec<Value> = pending
+            .iter()
+            .filter(|approval| open.contains_key(&approval.session))
+            .map(|approval| approval_json(approval, ""))
+            .collect();
+        Ok(json!({ "approvals": listed }))
+    }
+
+    /// `approve` and `deny`: only an approval of a session open here.
+    pub(super) async fn decide(&self, method: &str, given: Value) -> Result<Value, ErrorReply> {
+        let (id, decision) = if method == "approve" {
+            let given: ApproveParams = params(given)?;
+            let input = given.input.map(|value| value.to_string());
+            (given.approval, Decision::Approve { input })
+        } else {
+            let given: DenyParams = params(given)?;
+            (
+                given.approval,
+                Decision::Deny {
+                    message: given.message,
+                },
+            )
+        };
+        let unknown = || refused(ApprovalError::NotWaiting(id.clone()));
+        let found = self
+            .approvals
+            .get(&id)
+            .await
+            .map_err(|error| state_refused(&error))?
+            .ok_or_else(unknown)?;
+        if found.front != FRONT || !lock(&self.sessions).contains_key(&found.session) {
+            return Err(unknown());
+        }
+        let decided = self
+            .approvals
+            .decide(&id, decision, None)
+            .await
+            .map_err(refused)?;
+        let word = match decided.state {
+            ApprovalState::Denied { .. } | ApprovalState::Told { .. } => "denied",
+            _ => "approved",
+        };
+        Ok(json!({ "approval": id, "decision": word }))
+    }
+
+    /// A call of a resumed session's cell that the restart cut short: when it waits on a
+    /// person (or needs one and was never asked), it goes back behind the gate and `None`
+    /// is returned; else the call, for the driver's usual restart policy. A book that
+    /// cannot be read fails the call (it is never made unasked).
+    pub(super) async fn restore(
+        &self,
+        session: &str,
+        restored: RestoredCall,
+    ) -> Option<RestoredCall> {
+        let (site, inner) = {
+            let sessions = lock(&self.sessions);
+            let gated = sessions.get(session)?;
+            (gated.site.clone(), Arc::clone(&gated.inner))
+        };
+        let need = match self.approvals.find(FRONT, session, &restored.call).await {
+            Ok(Some(found)) if matches!(found.state, ApprovalState::Sending { .. }) => {
+                return Some(restored);
+            }
+            Ok(Some(found)) => ApprovalNeed {
+                reason: found.reason,
+            },
+            Ok(None) => inner.approval(&restored.call)?,
+            Err(error) => {
+                tracing::error!(%error, "the approvals could not be read; a restored call fails");
+                restored.answer(Err(ToolError::new(
+                    code_mode_protocol::texts::state_unwritten("the call was not asked", &error),
+                )));
+                return None;
+            }
+        };
+        let gate = ApprovalGate::new(inner, site);
+        tokio::spawn(async move {
+            let result = gate
+                .through(restored.call.clone(), need, CancellationToken::new())
+                .await;
+            restored.answer(result);
+        });
+        None
+    }
+}
