@@ -403,6 +403,52 @@ impl ApprovalGate {
     }
 }
 
+impl ApprovalGate {
+    /// A call of a restored cell that a restart cut short: when it waits on a person (or
+    /// needs one and was never asked: then it was never sent), it goes back through the
+    /// gate, its answer handed to `answered`, and `None` is returned. Else (no approval
+    /// needed, or it was taken to be sent before the stop and may have run) the call comes
+    /// back for the front's interrupt policy. A book that cannot be read fails the call:
+    /// it is never sent unasked.
+    pub async fn resume(
+        self: Arc<Self>,
+        restored: crate::RestoredCall,
+        answered: impl FnOnce(crate::RestoredCall, Result<JsonText, ToolError>) + Send + 'static,
+    ) -> Option<crate::RestoredCall> {
+        let site = &self.site;
+        let found = site
+            .approvals
+            .find(&site.front, &site.session, &restored.call)
+            .await;
+        let need = match found {
+            Ok(Some(found)) if matches!(found.state, ApprovalState::Sending { .. }) => {
+                return Some(restored);
+            }
+            Ok(Some(found)) => ApprovalNeed {
+                reason: found.reason,
+            },
+            Ok(None) => match self.inner.approval(&restored.call) {
+                Some(need) => need,
+                None => return Some(restored),
+            },
+            Err(error) => {
+                tracing::error!(%error, "the approvals could not be read; a restored call fails");
+                let error =
+                    ToolError::new(texts::state_unwritten("the call was not asked", &error));
+                answered(restored, Err(error));
+                return None;
+            }
+        };
+        tokio::spawn(async move {
+            let result = self
+                .through(restored.call.clone(), need, CancellationToken::new())
+                .await;
+            answered(restored, result);
+        });
+        None
+    }
+}
+
 impl DelegateLayer for ApprovalGate {
     fn inner(&self) -> &dyn CodeModeSessionDelegate {
         &*self.inner

@@ -21,14 +21,14 @@ use crate::approvals::{ApprovalGate, ApprovalWatch, Approvals, GateSite, Waiting
 use crate::hosted::RuntimeSession;
 use crate::kept::KeptSessions;
 use crate::runtimes::Runtimes;
-use code_mode_protocol::approval::{ApprovalNeed, Decision};
+use code_mode_protocol::approval::Decision;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
     DelegateLayer, ExecHooks, ExecRequest, JsonText, NestedToolCall, PendingOutcome, SessionError,
     SessionOptions, StartedCell, StartedPendingCell, StoredValues, ToolError, WaitRequest,
 };
 use code_mode_state::{
-    AnswerRecord, Approval, ApprovalError, ApprovalState, SessionRecord, StateError, StoreStats,
+    AnswerRecord, Approval, ApprovalError, SessionRecord, StateError, StoreStats,
 };
 use std::sync::{Arc, OnceLock, Weak};
 use tokio_util::sync::CancellationToken;
@@ -157,7 +157,7 @@ impl StoredProvider {
         let unanswered = held.restore(session.inner.as_ref());
         session.checkpoint().await?;
         for call in unanswered {
-            let Some(call) = session.resume_waiting(call).await? else {
+            let Some(call) = session.resume_waiting(call).await else {
                 continue;
             };
             match interrupted(&call.call) {
@@ -432,41 +432,21 @@ impl StoredSession {
     }
 
     /// A restored call that waits on a person (or needs one and was not asked yet) goes
-    /// back through the gate; `Some(call)` when it does not, for the interrupt policy.
+    /// back through the gate, its answer recorded before its cell gets it; `Some(call)`
+    /// when it does not, for the interrupt policy.
     async fn resume_waiting(
         self: &Arc<Self>,
         call: crate::RestoredCall,
-    ) -> Result<Option<crate::RestoredCall>, StateError> {
+    ) -> Option<crate::RestoredCall> {
         let Some(site) = &self.link.site else {
-            return Ok(Some(call));
+            return Some(call);
         };
-        let need = match site
-            .approvals
-            .find(&site.front, &site.session, &call.call)
-            .await?
-        {
-            // Taken to be sent before the stop: it may have run, so it is the policy's.
-            Some(found) if matches!(found.state, ApprovalState::Sending { .. }) => {
-                return Ok(Some(call));
-            }
-            Some(found) => ApprovalNeed {
-                reason: found.reason,
-            },
-            // Never asked: it was never sent, so it is asked now if it needs an approval.
-            None => match self.agent.approval(&call.call) {
-                Some(need) => need,
-                None => return Ok(Some(call)),
-            },
-        };
-        let gate = ApprovalGate::new(Arc::clone(&self.agent), site.clone());
+        let gate = Arc::new(ApprovalGate::new(Arc::clone(&self.agent), site.clone()));
         let session = Arc::clone(self);
-        tokio::spawn(async move {
-            let result = gate
-                .through(call.call.clone(), need, CancellationToken::new())
-                .await;
-            session.give(call, result).await;
-        });
-        Ok(None)
+        gate.resume(call, move |call, result| {
+            tokio::spawn(async move { session.give(call, result).await });
+        })
+        .await
     }
 }
 

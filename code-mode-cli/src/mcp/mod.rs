@@ -55,6 +55,11 @@ pub async fn serve(options: McpOptions) -> Result<(), Failure> {
         None => None,
     };
     let state = match options.state {
+        None if tools.needs_approvals() => {
+            return Err(Failure::usage(
+                "a tool of the tools file needs approvals (`approval = \"always\"`): they are kept in a state store, so serve over --http with --state-dir or --state-url",
+            ));
+        }
         None => None,
         Some(_) if http.is_none() => {
             return Err(Failure::usage(

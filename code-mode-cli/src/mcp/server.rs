@@ -16,6 +16,7 @@ use super::state::McpState;
 use crate::Failure;
 use crate::session::Sessions;
 use crate::tools::{BeforeCall, CliDelegate, NotificationSink, ToolSet};
+use code_mode_host::WaitingCalls;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem,
@@ -212,6 +213,8 @@ pub(super) struct CodeModeServer {
     session: OnceLock<Arc<dyn CodeModeSession>>,
     /// The MCP session id it was opened under, with a state directory.
     mcp_id: Arc<OnceLock<String>>,
+    /// Its calls that wait on a person, which end their cells' observations.
+    waiting: Arc<WaitingCalls>,
 }
 
 impl Drop for CodeModeServer {
@@ -247,6 +250,7 @@ impl CodeModeServer {
             delegate,
             session: OnceLock::new(),
             mcp_id,
+            waiting: Arc::new(WaitingCalls::default()),
         };
         if shared.state.is_none() {
             let _ = server.session.set(server.open_plain());
@@ -279,6 +283,7 @@ impl CodeModeServer {
                     Arc::clone(&self.delegate),
                     self.shared.session.clone(),
                     &self.shared.tools,
+                    Arc::clone(&self.waiting),
                 ) {
                     return session;
                 }
@@ -349,6 +354,8 @@ impl CodeModeServer {
                         observation.await
                     }
                 };
+                // A cell whose call waits on a person says which, and why.
+                let outcome = outcome.map(|response| self.waiting.ended(response));
                 lock(&self.connection.listener).progress = None;
                 outcome
             }
@@ -423,7 +430,13 @@ impl CodeModeServer {
         // (contract §8.5).
         request.tool_call_id = Some(context.id.to_string());
         let preempt = CancellationToken::new();
-        let hooks = ExecHooks::default().with_preempt(preempt.clone());
+        // A call that waits on a person ends the observation through a token of its own:
+        // the request's preempt signal also says the observation was let go.
+        let ends = preempt.child_token();
+        let (waiting, observed) = (Arc::clone(&self.waiting), ends.clone());
+        let hooks = ExecHooks::default()
+            .with_preempt(ends)
+            .on_admitted(move |cell_id| waiting.observe(cell_id, observed.clone()));
         let session = self.session(context);
         let observation = Box::pin(async move {
             session
@@ -455,9 +468,11 @@ impl CodeModeServer {
         let observation: BoxFuture<'_, _> = if arguments.terminate {
             Box::pin(session.terminate(arguments.cell_id))
         } else {
+            let ends = preempt.child_token();
+            self.waiting.observe(&arguments.cell_id, ends.clone());
             let mut request = WaitRequest::new(arguments.cell_id);
             request.yield_time_ms = Some(arguments.yield_time_ms);
-            Box::pin(session.wait_with(request, Some(preempt.clone())))
+            Box::pin(session.wait_with(request, Some(ends)))
         };
         let observed = (preempt, Some(&cell));
         self.observe(observation, observed, arguments.max_tokens, context)

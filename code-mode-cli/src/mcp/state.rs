@@ -12,7 +12,9 @@
 
 use super::principal::{self, Principal};
 use crate::tools::{OnInterrupt, ToolSet};
-use code_mode_host::{DurableSession, KeptSessions};
+use code_mode_host::{
+    ApprovalGate, Approvals, DurableSession, GateSite, KeptSessions, WaitingCalls,
+};
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, ToolError};
 use code_mode_state::{AnswerRecord, SessionRecord, StateError, StoreLocation, StoreOptions};
@@ -81,6 +83,8 @@ pub(crate) struct McpState {
     live: Mutex<HashMap<String, Live>>,
     /// Set when the server stops: what the stop does to the sessions is not kept.
     closed: AtomicBool,
+    /// The calls that wait on a person (the same store's).
+    approvals: Arc<Approvals>,
 }
 
 impl McpState {
@@ -89,7 +93,9 @@ impl McpState {
         location: &StoreLocation,
         options: StoreOptions,
     ) -> Result<Self, StateError> {
+        let approvals = Approvals::open(location, &options)?;
         Ok(Self {
+            approvals,
             kept: Arc::new(KeptSessions::open(location, FRONT, options)?),
             name: std::sync::OnceLock::new(),
             live: Mutex::new(HashMap::new()),
@@ -118,13 +124,30 @@ impl McpState {
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
         tools: &ToolSet,
+        waiting: Arc<WaitingCalls>,
     ) -> Option<Arc<dyn CodeModeSession>> {
         let held = self.kept.take(id);
         let stored = held
             .as_ref()
             .map(|held| held.record.state.stored.clone())
             .unwrap_or_default();
-        let session = open(delegate, options, stored)?;
+        // Calls that need an approval wait on a person behind the gate; the session's
+        // principal is theirs to decide (the operator's through `code-mode approvals`).
+        let gate = Arc::new(ApprovalGate::new(
+            delegate,
+            GateSite {
+                approvals: Arc::clone(&self.approvals),
+                front: FRONT.to_owned(),
+                session: id.to_owned(),
+                principal: principal::requester().map(|principal| principal.to_string()),
+                watch: waiting,
+            },
+        ));
+        let session = open(
+            Arc::clone(&gate) as Arc<dyn CodeModeSessionDelegate>,
+            options,
+            stored,
+        )?;
         if let Some(held) = &held {
             let unanswered = held.restore(session.as_ref());
             tracing::info!(
@@ -135,11 +158,16 @@ impl McpState {
             // A call whose answer came before the restart got it; the others were calls of
             // the server's tools, which died with that process.
             for call in unanswered {
-                if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry {
-                    // Its tool may run twice: it runs again, and its answer joins the
-                    // cell's journal (written with the session before the next answer).
-                    let tools = tools.clone();
-                    tokio::spawn(async move {
+                let (gate, tools) = (Arc::clone(&gate), tools.clone());
+                tokio::spawn(async move {
+                    // One that waits on a person goes back behind the gate.
+                    let Some(call) = gate.resume(call, |call, result| call.answer(result)).await
+                    else {
+                        return;
+                    };
+                    if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry {
+                        // Its tool may run twice: it runs again, and its answer joins the
+                        // cell's journal (written with the session before the next answer).
                         let result = tools
                             .answer(
                                 call.call.clone(),
@@ -147,12 +175,12 @@ impl McpState {
                             )
                             .await;
                         call.answer(result);
-                    });
-                } else {
-                    call.answer(Err(ToolError::new(
-                        code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
-                    )));
-                }
+                    } else {
+                        call.answer(Err(ToolError::new(
+                            code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
+                        )));
+                    }
+                });
             }
         }
         let record = held.map(|held| held.record);
@@ -175,6 +203,10 @@ impl McpState {
         if !self.closed.load(Ordering::SeqCst) {
             lock(&self.live).remove(id);
             self.kept.remove(id);
+            let (approvals, id) = (Arc::clone(&self.approvals), id.to_owned());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { approvals.session_closed(FRONT, &id).await });
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use code_mode_host::{
 };
 use code_mode_protocol::approval::{ApprovalNeed, Decision};
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::{CellId, CellResponse, CodeModeSessionDelegate, ToolError};
+use code_mode_protocol::{CellId, CellResponse, CodeModeSessionDelegate};
 use code_mode_state::{Approval, ApprovalError, ApprovalState, StateError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -256,43 +256,25 @@ impl JsonlApprovals {
         Ok(json!({ "approval": id, "decision": word }))
     }
 
-    /// A call of a resumed session's cell that the restart cut short: when it waits on a
-    /// person (or needs one and was never asked), it goes back behind the gate and `None`
-    /// is returned; else the call, for the driver's usual restart policy. A book that
-    /// cannot be read fails the call (it is never made unasked).
+    /// A call of a resumed session's cell that the restart cut short: back behind the
+    /// gate when it waits on a person (`None`), else returned for the driver's usual
+    /// restart policy ([`ApprovalGate::resume`]).
     pub(super) async fn restore(
         &self,
         session: &str,
         restored: RestoredCall,
     ) -> Option<RestoredCall> {
-        let (site, inner) = {
+        let gate = {
             let sessions = lock(&self.sessions);
-            let gated = sessions.get(session)?;
-            (gated.site.clone(), Arc::clone(&gated.inner))
-        };
-        let need = match self.approvals.find(FRONT, session, &restored.call).await {
-            Ok(Some(found)) if matches!(found.state, ApprovalState::Sending { .. }) => {
+            let Some(gated) = sessions.get(session) else {
                 return Some(restored);
-            }
-            Ok(Some(found)) => ApprovalNeed {
-                reason: found.reason,
-            },
-            Ok(None) => inner.approval(&restored.call)?,
-            Err(error) => {
-                tracing::error!(%error, "the approvals could not be read; a restored call fails");
-                restored.answer(Err(ToolError::new(
-                    code_mode_protocol::texts::state_unwritten("the call was not asked", &error),
-                )));
-                return None;
-            }
+            };
+            Arc::new(ApprovalGate::new(
+                Arc::clone(&gated.inner),
+                gated.site.clone(),
+            ))
         };
-        let gate = ApprovalGate::new(inner, site);
-        tokio::spawn(async move {
-            let result = gate
-                .through(restored.call.clone(), need, CancellationToken::new())
-                .await;
-            restored.answer(result);
-        });
-        None
+        gate.resume(restored, |call, result| call.answer(result))
+            .await
     }
 }

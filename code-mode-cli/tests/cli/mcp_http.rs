@@ -1193,3 +1193,90 @@ fn a_request_whose_connection_broke_is_resumed_with_its_result() {
     );
     assert_eq!(texts[1..], [Value::from("late")], "{broken}");
 }
+
+/// A tool with `approval = "always"` over MCP (the official Python SDK as the client): each
+/// `exec` ends as soon as its call waits, saying which call waits and why; the operator
+/// lists the call with `code-mode approvals` (with the session's principal) and approves
+/// it with an edited input, or denies it; the tool's own log shows it ran once, with the
+/// input approved, and never for the denied call.
+#[test]
+fn mcp_calls_wait_for_approval_and_the_operator_decides_them_from_the_command_line() {
+    let scratch = Scratch::new();
+    let ran = scratch.0.join("sent.log");
+    let tools = scratch.write(
+        "tools.toml",
+        &format!(
+            "[[tool]]\nname = \"send\"\ncommand = [\"sh\", \"-c\", \"cat >> {log}; echo >> {log}; echo true\"]\napproval = \"always\"\napproval_reason = \"it sends mail\"\n",
+            log = ran.display()
+        ),
+    );
+    let state = scratch.0.join("state");
+    let server = HttpServer::start(
+        &[
+            "mcp",
+            "--http",
+            "127.0.0.1:0",
+            "--tools",
+            tools.to_str().expect("UTF-8"),
+            "--state-dir",
+            state.to_str().expect("UTF-8"),
+        ],
+        &[],
+    )
+    .expect("starts");
+    let seen = service(
+        "approval",
+        &server.url,
+        &[BIN, state.to_str().expect("UTF-8")],
+    );
+    let line = "Waiting for approval: `send` (call tool-1), because: it sends mail. The cell goes on when a person decides.";
+    for n in 0..2 {
+        let started: Vec<String> =
+            serde_json::from_value(seen[format!("exec{n}")].clone()).expect("texts");
+        assert!(
+            started
+                .first()
+                .is_some_and(|header| header.starts_with("Script running")),
+            "{seen}"
+        );
+        assert!(started.iter().any(|text| text == line), "{seen}");
+        let listed = seen[format!("listed{n}")].as_array().expect("listed");
+        assert_eq!(listed.len(), 1, "{seen}");
+        assert_eq!(listed[0]["input"], serde_json::json!({"to": "a"}), "{seen}");
+        assert_eq!(listed[0]["tool"], "send", "{seen}");
+    }
+    let approved = seen["wait0"].to_string();
+    assert!(approved.contains("sent true"), "{seen}");
+    let denied = seen["wait1"].to_string();
+    assert!(
+        denied.contains(
+            "failed denied: the call of `send` was not approved, so it did not run: not now"
+        ),
+        "{seen}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ran).expect("the tool ran"),
+        "{\"to\":\"b\"}\n",
+        "the input approved, once; the denied call never"
+    );
+}
+
+/// Without a state store, a tools file whose tool needs approvals is refused at start.
+#[test]
+fn mcp_with_a_tool_that_needs_approval_and_no_store_is_refused() {
+    let scratch = Scratch::new();
+    let tools = scratch.write(
+        "tools.toml",
+        "[[tool]]\nname = \"send\"\ncommand = \"true\"\napproval = \"always\"\n",
+    );
+    let output = Command::new(BIN)
+        .args(["mcp", "--tools", tools.to_str().expect("UTF-8")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        text(&output.stderr).contains("needs approvals"),
+        "{output:?}"
+    );
+}

@@ -62,6 +62,7 @@ import asyncio
 import json
 import logging
 import ssl
+import subprocess
 import sys
 
 import httpx2
@@ -184,6 +185,49 @@ async def sdk(url, opts):
                 }
         except BaseException as error:  # an ExceptionGroup from the SDK's task group
             return {"error": describe(error), "warnings": WARNINGS.seen}
+
+
+APPROVAL_CELL = """
+try { text("sent " + JSON.stringify(await tools.send({ to: "a" }))); }
+catch (error) { text("failed " + String(error)); }"""
+
+
+def approvals_command(code_mode, state, *args):
+    """`code-mode approvals ...` against the server's state directory: its JSON lines."""
+    done = subprocess.run(
+        [code_mode, "approvals", *args, "--state-dir", state],
+        capture_output=True, text=True, check=True,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+async def approval(url, opts):
+    """With the official SDK: two cells whose `send` waits on a person; the first approved
+    with an edited input, the second denied, both from `code-mode approvals` (the
+    operator's command line) while the client waits. What each `exec` and `wait` said."""
+    code_mode, state = opts["rest"]
+    seen = {}
+    async with http_client(opts) as http:
+        async with Client(streamable_http_client(url, http_client=http)) as client:
+            for n, decision in enumerate(["approve", "deny"]):
+                started = await client.call_tool("exec", {"code": APPROVAL_CELL})
+                listed = approvals_command(code_mode, state, "list")
+                seen[f"exec{n}"] = [block.text for block in started.content if block.type == "text"]
+                seen[f"listed{n}"] = listed
+                pending = [entry for entry in listed if entry["front"] == "mcp"]
+                if decision == "approve":
+                    approvals_command(code_mode, state, "approve", pending[0]["approval"], "--input", '{"to":"b"}')
+                else:
+                    approvals_command(code_mode, state, "deny", pending[0]["approval"], "--message", "not now")
+                cell = "1" if n == 0 else "2"
+                texts = []
+                for _ in range(100):
+                    waited = await client.call_tool("wait", {"cell_id": cell, "yield_time_ms": 10000})
+                    texts = [block.text for block in waited.content if block.type == "text"]
+                    if any(text.startswith("Script completed") for text in texts):
+                        break
+                seen[f"wait{n}"] = texts
+    return seen
 
 
 def describe(error):
@@ -701,6 +745,8 @@ def main():
         result = asyncio.run(cut(url, opts))
     elif mode == "rolling":
         result = asyncio.run(rolling(url, opts))
+    elif mode == "approval":
+        result = asyncio.run(approval(url, opts))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))
