@@ -2,10 +2,14 @@
 //! (`code_mode_tools`); any other goes to the Python dispatcher, which runs a sync tool on
 //! the calling thread, or starts an async one on its event loop and gives the answer back
 //! through [`Answers::give`], by the call's token. A cancelled call tells the dispatcher
-//! too, so that an async tool is cancelled rather than left running.
+//! too, so that an async tool is cancelled rather than left running. Whether a call waits on
+//! a person first ([`CodeModeSessionDelegate::approval`]) is the tool's own declaration: a
+//! Python tool's `approval`, a tools file's `approval = "always"`.
 
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError};
+use code_mode_protocol::{
+    ApprovalNeed, BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError,
+};
 use pyo3::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +60,20 @@ pub(crate) struct PyDelegate {
     pub(crate) async_tools: std::collections::HashSet<String>,
     /// The tools of a tools file (commands, built-ins, MCP servers), answered here.
     pub(crate) file_tools: Option<Arc<code_mode_tools::ToolSet>>,
+    /// The Python tools whose every call waits on a person's approval, and why.
+    pub(crate) approvals: HashMap<String, ApprovalNeed>,
+}
+
+impl PyDelegate {
+    /// Whether any of the session's tools waits on a person (it then needs a state store,
+    /// where approvals are kept).
+    pub(crate) fn needs_approvals(&self) -> bool {
+        !self.approvals.is_empty()
+            || self
+                .file_tools
+                .as_ref()
+                .is_some_and(|tools| tools.needs_approvals())
+    }
 }
 
 impl PyDelegate {
@@ -135,6 +153,15 @@ fn run_sync(dispatcher: &Py<PyAny>, call: &NestedToolCall) -> Result<JsonText, T
 }
 
 impl CodeModeSessionDelegate for PyDelegate {
+    fn approval(&self, call: &NestedToolCall) -> Option<ApprovalNeed> {
+        // The tools file first, whether or not its tool is up: its names are never a
+        // Python tool's.
+        self.file_tools
+            .as_ref()
+            .and_then(|tools| tools.approval(&call.tool_name))
+            .or_else(|| self.approvals.get(&call.tool_name).cloned())
+    }
+
     fn invoke_tool(
         &self,
         call: NestedToolCall,

@@ -4,11 +4,13 @@
 //! for, on V8 in the Python process), driven from Python.
 //!
 //! `session` is the session and its blocking and callback forms; `delegate` hands nested
-//! calls to the Python dispatcher and takes their answers back; `options` reads what
-//! Python passes (as JSON); `runtime` holds the tokio runtime and the shared provider;
-//! `tracing_setup` exports spans; `errors` the exceptions. Everything a Python user sees of the API is written in Python
+//! calls to the Python dispatcher and takes their answers back (and says which wait on a
+//! person); `approvals` lists and decides the calls that wait on a person in a state
+//! directory; `options` reads what Python passes (as JSON); `runtime` holds the tokio
+//! runtime and the shared providers; `tracing_setup` exports spans; `errors` the exceptions. Everything a Python user sees of the API is written in Python
 //! over these.
 
+mod approvals;
 mod delegate;
 mod errors;
 mod options;
@@ -24,6 +26,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<session::NativeSession>()?;
     module.add_class::<session::ExecHandle>()?;
     module.add_function(wrap_pyfunction!(runtime::kept_sessions, module)?)?;
+    module.add_function(wrap_pyfunction!(approvals::pending_approvals, module)?)?;
+    module.add_function(wrap_pyfunction!(approvals::decide_approval, module)?)?;
     module.add_function(wrap_pyfunction!(tracing_setup::configure_tracing, module)?)?;
     module.add_function(wrap_pyfunction!(tracing_setup::shutdown_tracing, module)?)?;
     errors::register(module)?;

@@ -1,35 +1,55 @@
-//! What Python hands a new session, as JSON: its tools, its options and the stored values
-//! it starts from. A bad value is a `ValueError` that names it.
+//! What Python hands a new session, as JSON: its tools (and which need a person's
+//! approval), its options and the stored values it starts from. A bad value is a
+//! `ValueError` that names it.
 
-use code_mode_protocol::{CellLimits, JsonText, SessionOptions, StoredValues, Surface, ToolKind};
+use code_mode_protocol::{
+    ApprovalNeed, CellLimits, JsonText, SessionOptions, StoredValues, Surface, ToolKind,
+};
 use code_mode_surface::ToolDescription;
 use pyo3::PyResult;
 use pyo3::exceptions::PyValueError;
 use serde_json::{Map, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 fn parse(what: &str, text: &str) -> PyResult<Value> {
     serde_json::from_str(text).map_err(|error| PyValueError::new_err(format!("{what}: {error}")))
 }
 
-/// The Python tools: `[{"name", "description", "input_schema", "deferred", "is_async"}]`,
-/// as their descriptions and the names of those that are coroutine functions.
-pub(crate) fn tools(text: &str) -> PyResult<(Vec<ToolDescription>, HashSet<String>)> {
+/// The Python tools as the session reads them: their descriptions, the names of those that
+/// are coroutine functions, and the ones whose calls wait on a person's approval (issue 86).
+pub(crate) struct PythonTools {
+    pub(crate) descriptions: Vec<ToolDescription>,
+    pub(crate) async_tools: HashSet<String>,
+    pub(crate) approvals: HashMap<String, ApprovalNeed>,
+}
+
+/// The Python tools: `[{"name", "description", "input_schema", "deferred", "is_async",
+/// "approval", "approval_reason"}]` (`approval`: whether every call waits on a person;
+/// `approval_reason`: why, as the approver and the model read it).
+pub(crate) fn tools(text: &str) -> PyResult<PythonTools> {
     let Value::Array(tools) = parse("tools", text)? else {
         return Err(PyValueError::new_err("tools: expected a list"));
     };
-    let mut descriptions = Vec::with_capacity(tools.len());
-    let mut async_tools = HashSet::new();
+    let mut read = PythonTools {
+        descriptions: Vec::with_capacity(tools.len()),
+        async_tools: HashSet::new(),
+        approvals: HashMap::new(),
+    };
     for tool in tools {
         let name = tool["name"]
             .as_str()
             .filter(|name| !name.is_empty())
             .ok_or_else(|| PyValueError::new_err("a tool needs a name"))?;
         if tool["is_async"].as_bool().unwrap_or(false) {
-            async_tools.insert(name.to_owned());
+            read.async_tools.insert(name.to_owned());
+        }
+        if tool["approval"].as_bool().unwrap_or(false) {
+            let reason = tool["approval_reason"].as_str().map(str::to_owned);
+            read.approvals
+                .insert(name.to_owned(), ApprovalNeed { reason });
         }
         let schema = |key: &str| tool.get(key).filter(|schema| !schema.is_null()).cloned();
-        descriptions.push(ToolDescription {
+        read.descriptions.push(ToolDescription {
             name: name.to_owned(),
             description: tool["description"].as_str().unwrap_or_default().to_owned(),
             kind: ToolKind::Function,
@@ -39,7 +59,7 @@ pub(crate) fn tools(text: &str) -> PyResult<(Vec<ToolDescription>, HashSet<Strin
             ..ToolDescription::default()
         });
     }
-    Ok((descriptions, async_tools))
+    Ok(read)
 }
 
 /// A number option: absent or `null` is `None`, anything but a non-negative integer is

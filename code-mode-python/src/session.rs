@@ -10,6 +10,7 @@
 use crate::delegate::{Answers, PyDelegate};
 use crate::errors::raise;
 use crate::tracing_setup::call_span;
+use code_mode_host::state::ApprovalError;
 use code_mode_host::{HostedSession, Interrupted, RuntimeSession, StoredSession};
 use code_mode_protocol::{
     CellId, CellResponse, CodeModeProvider, CodeModeSession, ExecHooks, ExecRequest, JsonText,
@@ -43,6 +44,9 @@ pub struct NativeSession {
     tools: Arc<[ToolDefinition]>,
     closed: AtomicBool,
 }
+
+/// Why a session whose tools wait on a person cannot open without a state directory.
+const NO_STORE: &str = "a tool needs a person's approval (approval= on a Python tool, approval = \"always\" in the tools file): approvals are kept in a state store, so give state_dir= and session_id=";
 
 /// Session `id` of state directory `dir`: taken back with its running cells if an
 /// earlier process kept it (a call that was in flight then runs again if `retry`, else
@@ -121,7 +125,11 @@ impl NativeSession {
         state: Option<(String, String, bool)>,
         in_process: bool,
     ) -> PyResult<Self> {
-        let (mut descriptions, async_tools) = crate::options::tools(tools)?;
+        let crate::options::PythonTools {
+            mut descriptions,
+            async_tools,
+            approvals,
+        } = crate::options::tools(tools)?;
         let options = crate::options::session_options(options)?;
         let stored = crate::options::stored_values(stored)?;
         let file_tools = load_tools_file(py, tools_file, &builtins)?;
@@ -144,7 +152,11 @@ impl NativeSession {
             answers: Arc::clone(&answers),
             async_tools,
             file_tools,
+            approvals,
         });
+        if delegate.needs_approvals() && state.is_none() {
+            return Err(PyValueError::new_err(NO_STORE));
+        }
         let (session, runtime_session, stored): (Arc<dyn CodeModeSession>, _, _) = match state {
             _ if in_process => {
                 let session =
@@ -302,6 +314,45 @@ impl NativeSession {
             Some(session) => HostedSession::runtime(session),
             None => Some("in process".to_owned()),
         }
+    }
+
+    /// This session's calls that wait on a person, oldest first, as a JSON list (empty for
+    /// a session without a state directory: it has none).
+    fn pending_approvals(&self, py: Python<'_>) -> PyResult<String> {
+        self.check_open()?;
+        let Some(kept) = self.stored.clone() else {
+            return Ok("[]".to_owned());
+        };
+        let listed = crate::approvals::block(py, async move { kept.pending_approvals().await });
+        listed
+            .map(|listed| crate::approvals::list_json(&listed))
+            .map_err(|error| crate::approvals::unread(&error))
+    }
+
+    /// Decides this session's waiting call `id`, once: approves it (with `input`, the
+    /// edited input's JSON text, sent instead of the cell's) or, given `deny`, denies it
+    /// with that message. Returns the approval as decided (JSON).
+    #[pyo3(signature = (id, input=None, deny=None))]
+    fn decide(
+        &self,
+        py: Python<'_>,
+        id: String,
+        input: Option<String>,
+        deny: Option<String>,
+    ) -> PyResult<String> {
+        self.check_open()?;
+        let Some(kept) = self.stored.clone() else {
+            return Err(crate::approvals::refused(&ApprovalError::NotWaiting(id)));
+        };
+        let decided = crate::approvals::block(py, async move {
+            match deny {
+                Some(message) => kept.deny(&id, &message).await,
+                None => kept.approve(&id, input).await,
+            }
+        });
+        decided
+            .map(|decided| crate::approvals::approval_json(&decided).to_string())
+            .map_err(|error| crate::approvals::refused(&error))
     }
 
     /// Shuts the session down and deletes it from its state directory (a session without

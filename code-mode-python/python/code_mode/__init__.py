@@ -13,8 +13,10 @@ your Python functions as its tools.
 ``Session`` and ``AsyncSession`` keep stored values across cells and follow running
 cells (``wait``, ``terminate``); ``session.tool_specs()`` gives the ``exec`` and ``wait``
 tools to hand a model. Integrations: ``code_mode.pydantic_ai`` and ``code_mode.agents``.
-``IN_PROCESS`` says whether this build can also run cells inside the Python process
-(``Session(in_process=True)``).
+A tool may need a person's approval (``Tool(..., approval=True)``): its calls wait in the
+session's ``state_dir`` until ``approve`` or ``deny`` decides them (``Session.approve``, or
+``code_mode.approve`` from any process). ``IN_PROCESS`` says whether this build can also
+run cells inside the Python process (``Session(in_process=True)``).
 """
 
 from ._native import (
@@ -27,6 +29,7 @@ from ._native import (
     SessionClosed,
     __version__,
 )
+from ._approvals import Approval, approve, deny, pending_approvals
 from ._session import (
     AsyncSession,
     AudioItem,
@@ -43,6 +46,7 @@ from ._session import (
 from ._tools import Tool, ToolInputError
 
 __all__ = [
+    "Approval",
     "AsyncSession",
     "AudioItem",
     "CellError",
@@ -60,8 +64,11 @@ __all__ = [
     "Tool",
     "ToolInputError",
     "__version__",
+    "approve",
     "configure_tracing",
+    "deny",
     "kept_sessions",
+    "pending_approvals",
     "run",
     "shutdown_tracing",
 ]

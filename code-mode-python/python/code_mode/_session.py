@@ -19,6 +19,7 @@ import weakref
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
 
 from . import _native
+from ._approvals import Approval, input_json
 from ._tools import Tool, ToolInputError, as_tool, to_json
 
 __all__ = [
@@ -357,6 +358,12 @@ class Session(_Base):
     go on; a call that was in flight at the crash fails (``on_interrupt="fail"``, the
     default) or runs again (``"retry"``), and no call whose answer was kept runs twice.
 
+    A tool with ``approval=True`` (``Tool``) or ``approval = "always"`` (tools file) needs a
+    ``state_dir``: each call waits there until a person decides it. The observation of its
+    cell ends at once with a line that says which call waits and why; the cell goes on when
+    ``approve`` (optionally with edited input) or ``deny`` decides it, here or from any
+    process (``code_mode.approve``), and a restarted process finds it waiting still.
+
     ``in_process=True`` runs the cells on V8 inside this Python process instead of the
     sandboxed runtime process: no process to start or talk to, but nothing between a V8
     crash or a heap bomb and Python. Only a build with the ``in-process`` feature has it
@@ -387,6 +394,26 @@ class Session(_Base):
     def terminate(self, cell_id: str) -> Result:
         """Stops a running cell; the result holds what it output and had not returned."""
         return Result._from_json(self._native.terminate(cell_id, _traceparent()))
+
+    def pending_approvals(self) -> list[Approval]:
+        """This session's calls that wait on a person (tools with ``approval=True``, a tools
+        file's ``approval = "always"``), oldest first."""
+        return Approval._list(self._native.pending_approvals())
+
+    def approve(self, id: str, input: Any = None) -> Approval:
+        """Approves this session's waiting call ``id``, once: it runs with its own input, or
+        with ``input`` (a JSON value) instead when given; the cell goes on with its answer.
+        Raises ``CodeModeError`` when no such call of this session waits. Returns the
+        approval as decided."""
+        edited = input_json(input) if input is not None else None
+        return Approval._one(self._native.decide(id, edited, None))
+
+    def deny(self, id: str, message: str) -> Approval:
+        """Denies this session's waiting call ``id``, once: it never runs, and its promise
+        rejects with a text that carries ``message`` (the model reads it)."""
+        if not isinstance(message, str):
+            raise TypeError("message must be a str")
+        return Approval._one(self._native.decide(id, None, message))
 
     def close(self) -> None:
         """Shuts the session down (running cells stop). Idempotent."""
@@ -466,6 +493,25 @@ class AsyncSession(_Base):
     async def terminate(self, cell_id: str) -> Result:
         parent = _traceparent()
         return await self._call(lambda done: self._native.terminate_async(cell_id, done, parent))
+
+    async def pending_approvals(self) -> list[Approval]:
+        """This session's calls that wait on a person, oldest first (``Session``'s)."""
+        payload = await asyncio.get_running_loop().run_in_executor(None, self._native.pending_approvals)
+        return Approval._list(payload)
+
+    async def approve(self, id: str, input: Any = None) -> Approval:
+        """Approves this session's waiting call ``id``, once, with ``input`` instead of the
+        cell's when given (``Session.approve``)."""
+        edited = input_json(input) if input is not None else None
+        payload = await asyncio.get_running_loop().run_in_executor(None, self._native.decide, id, edited, None)
+        return Approval._one(payload)
+
+    async def deny(self, id: str, message: str) -> Approval:
+        """Denies this session's waiting call ``id``, once (``Session.deny``)."""
+        if not isinstance(message, str):
+            raise TypeError("message must be a str")
+        payload = await asyncio.get_running_loop().run_in_executor(None, self._native.decide, id, None, message)
+        return Approval._one(payload)
 
     async def close(self) -> None:
         """Shuts the session down (running cells stop). Idempotent."""

@@ -35,6 +35,13 @@ class Tool:
     coroutine function. ``schema`` is the JSON Schema of the argument object.
     ``deferred`` tools are callable and listed in ``ALL_TOOLS`` but left out of the
     ``exec`` description: a cell finds them with ``tools.tool_search``.
+
+    ``approval=True`` (or ``"always"``) makes every call wait on a person: the cell's call
+    stays pending, is kept with its exact input in the session's ``state_dir`` and runs
+    only once someone approves it (``Session.approve``, ``code_mode.approve``), with the
+    input approved; a denied call never runs and rejects with the approver's message.
+    ``approval_reason`` says why, to the approver and to the model. Such a tool needs a
+    session with a ``state_dir`` (approvals are kept there).
     """
 
     name: str
@@ -45,6 +52,21 @@ class Tool:
     validate: Callable[[dict[str, Any]], dict[str, Any]] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
+    approval: bool | str = False
+    approval_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.approval not in (True, False, "always", "never"):
+            raise ValueError(
+                f'approval must be True, False, "always" or "never", not {self.approval!r}'
+            )
+        if self.approval_reason is not None and not isinstance(self.approval_reason, str):
+            raise TypeError("approval_reason must be a str")
+
+    @property
+    def needs_approval(self) -> bool:
+        """Whether every call of the tool waits on a person's approval."""
+        return self.approval in (True, "always")
 
     @classmethod
     def from_function(
@@ -54,6 +76,8 @@ class Tool:
         name: str | None = None,
         description: str | None = None,
         deferred: bool = False,
+        approval: bool | str = False,
+        approval_reason: str | None = None,
     ) -> "Tool":
         """Describes ``fn`` from its signature, type hints and docstring."""
         schema, validate = _schema_of(fn)
@@ -64,6 +88,8 @@ class Tool:
             fn=fn,
             deferred=deferred,
             validate=validate,
+            approval=approval,
+            approval_reason=approval_reason,
         )
 
     @property
@@ -86,6 +112,8 @@ class Tool:
             "input_schema": self.schema,
             "deferred": self.deferred,
             "is_async": self.is_async,
+            "approval": self.needs_approval,
+            "approval_reason": self.approval_reason,
         }
 
 
