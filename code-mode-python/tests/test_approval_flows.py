@@ -57,15 +57,14 @@ async def cell_output(session: code_mode.AsyncSession, cell_id: str) -> list[str
     raise AssertionError(f"cell {cell_id} did not end")
 
 
-def test_pydantic_ai_defers_a_waiting_call_and_its_results_approve_edit_or_deny_it(tmp_path):
-    from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
-    from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
+def mailing_agent(toolset):
+    """A Pydantic AI agent whose FunctionModel mails whom the prompt names in a cell, then
+    answers with what `exec` returned."""
+    from pydantic_ai import Agent, DeferredToolRequests
+    from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
     from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-    from code_mode.pydantic_ai import CodeModeToolset
-
     def model(messages, info: AgentInfo) -> ModelResponse:
-        """Mails whom the prompt names in a cell, then answers with what `exec` returned."""
         last = messages[-1]
         returns = [part for part in last.parts if isinstance(part, ToolReturnPart)]
         if returns:
@@ -74,9 +73,17 @@ def test_pydantic_ai_defers_a_waiting_call_and_its_results_approve_edit_or_deny_
         to = prompt.split()[-1]
         return ModelResponse(parts=[ToolCallPart(tool_name="exec", args={"code": CELL % json.dumps(to)})])
 
+    return Agent(FunctionModel(model), toolsets=[toolset], output_type=[str, DeferredToolRequests])
+
+
+def test_pydantic_ai_defers_a_waiting_call_and_its_results_approve_edit_or_deny_it(tmp_path):
+    from pydantic_ai import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
+
+    from code_mode.pydantic_ai import CodeModeToolset
+
     mail = Mail()
     toolset = CodeModeToolset(mail.tools(), state_dir=tmp_path, session_id="pydantic")
-    agent = Agent(FunctionModel(model), toolsets=[toolset], output_type=[str, DeferredToolRequests])
+    agent = mailing_agent(toolset)
 
     async def deferred(to: str):
         result = await agent.run(f"mail {to}")
@@ -121,6 +128,66 @@ def test_pydantic_ai_defers_a_waiting_call_and_its_results_approve_edit_or_deny_
     assert mail.sent == ["ada", "bob@example.com"]
     # Each model call ran its cell once: the approval's run goes on with the same cell.
     assert mail.free_runs == 3
+
+
+PYDANTIC_AGENT = r"""
+import json, sys, time
+from pydantic_ai import DeferredToolRequests
+from pydantic_ai.messages import ModelMessagesTypeAdapter
+from code_mode.pydantic_ai import CodeModeToolset
+from test_approval_flows import Mail, mailing_agent
+
+async def main():
+    toolset = CodeModeToolset(Mail().tools(), state_dir=sys.argv[1], session_id="restarted")
+    result = await mailing_agent(toolset).run("mail bob")
+    assert isinstance(result.output, DeferredToolRequests)
+    messages = ModelMessagesTypeAdapter.dump_json(result.all_messages()).decode()
+    print(json.dumps({"messages": messages, "metadata": result.output.metadata}), flush=True)
+    time.sleep(600)
+
+import asyncio
+asyncio.run(main())
+"""
+
+
+def test_pydantic_ai_results_decide_a_call_that_waited_in_a_killed_process(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pydantic_ai import DeferredToolResults, ToolApproved
+    from pydantic_ai.messages import ModelMessagesTypeAdapter
+
+    from code_mode.pydantic_ai import CodeModeToolset
+
+    agent = subprocess.Popen([sys.executable, "-c", PYDANTIC_AGENT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    asked = json.loads(agent.stdout.readline())
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.wait()
+
+    mail = Mail()
+    toolset = CodeModeToolset(mail.tools(), state_dir=tmp_path, session_id="restarted")
+    ((call_id, metadata),) = asked["metadata"].items()
+    assert (metadata["tool"], metadata["input"]) == ("send", {"to": "bob"})
+
+    async def main():
+        try:
+            # The app's results carry the request's metadata: the new process's toolset
+            # finds the waiting call by it.
+            results = DeferredToolResults(
+                approvals={call_id: ToolApproved(override_args={"to": "bob@example.com"})},
+                metadata=asked["metadata"],
+            )
+            history = ModelMessagesTypeAdapter.validate_json(asked["messages"])
+            return await mailing_agent(toolset).run(message_history=history, deferred_tool_results=results)
+        finally:
+            await toolset.aclose()
+
+    result = asyncio.run(main())
+    assert "free 1" in result.output and 'sent {"to":"bob@example.com"}' in result.output, result.output
+    # The cell went on where it waited: `free` ran once (before the kill), `send` once.
+    assert mail.sent == ["bob@example.com"] and mail.free_runs == 0
 
 
 def scripted_model():

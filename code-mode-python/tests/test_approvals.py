@@ -293,3 +293,63 @@ def test_tools_that_need_approvals_need_a_state_dir(tmp_path):
         assert session.pending_approvals() == []
         with pytest.raises(code_mode.CodeModeError, match="is waiting"):
             session.approve("nope")
+
+
+AGENT = r"""
+import json, sys, time
+import code_mode
+
+state_dir, log = sys.argv[1], sys.argv[2]
+
+
+def send(to: str) -> dict:
+    with open(log, "a") as file:
+        file.write(to + "\n")
+    return {"to": to}
+
+
+def free(a: int) -> int:
+    return a
+
+
+tools = [code_mode.Tool.from_function(send, approval=True, approval_reason="it sends mail"), free]
+session = code_mode.Session(tools, state_dir=state_dir, session_id="kept")
+cells = [session.exec(CELL % json.dumps(to), yield_time_ms=3_600_000).cell_id for to in ("ada", "bob", "eve")]
+print(json.dumps(cells), flush=True)
+time.sleep(600)
+"""
+
+
+def test_waiting_calls_outlive_a_killed_process_and_are_decided_in_the_next(tmp_path):
+    import os
+    import signal
+
+    state_dir, log = tmp_path / "state", tmp_path / "sent.log"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", f"CELL = {CELL!r}\n" + AGENT, str(state_dir), str(log)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    cells = json.loads(agent.stdout.readline())
+    assert [p.input for p in code_mode.pending_approvals(state_dir)] == [{"to": "ada"}, {"to": "bob"}, {"to": "eve"}]
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.wait()
+
+    # Listed still, and decided before any process holds the session again.
+    pending = code_mode.pending_approvals(state_dir, session_id="kept")
+    assert [p.input for p in pending] == [{"to": "ada"}, {"to": "bob"}, {"to": "eve"}]
+    code_mode.approve(state_dir, pending[0].id, input={"to": "ada@example.com"})
+    mail = Mail()
+    with code_mode.Session(mail.tools(), state_dir=state_dir, session_id="kept") as session:
+        assert [p.id for p in session.pending_approvals()] == [p.id for p in pending[1:]]
+        session.approve(pending[1].id)
+        session.deny(pending[2].id, "not to eve")
+        outputs = [texts_until_done(session, cell) for cell in cells]
+    assert outputs == [
+        ['sent {"to":"ada@example.com"}'],
+        ['sent {"to":"bob"}'],
+        ["failed denied: the call of `send` was not approved, so it did not run: not to eve"],
+    ]
+    # Sent once each, by the process that holds the session; never by the killed one.
+    assert mail.sent == ["ada@example.com", "bob"]
+    assert not log.exists()
