@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How often a process with calls waiting looks for decisions another process took.
-pub const POLL_EVERY: Duration = Duration::from_millis(100);
+pub const POLL_EVERY: Duration = Duration::from_millis(25);
 
 /// What a waiting call learns.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -175,6 +175,19 @@ struct Pg {
     client: Option<postgres::Client>,
 }
 
+impl Drop for Pg {
+    /// The blocking client closes its connection by running an async runtime of its own,
+    /// which panics on an async runtime's thread (a book dropped by an async task): it is
+    /// closed on a thread of its own.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = std::thread::Builder::new()
+                .name("code-mode-approvals-close".to_owned())
+                .spawn(move || drop(client));
+        }
+    }
+}
+
 /// The approvals of a store: one connection, used by one call at a time.
 pub struct ApprovalBook {
     backend: Mutex<Backend>,
@@ -665,7 +678,12 @@ fn with_client<T>(
         match work(connected) {
             Ok(value) => return Ok(value),
             Err(error) if attempt == 0 && (error.is_closed() || connected.is_closed()) => {
-                *client = None;
+                if let Some(lost) = client.take() {
+                    // Closed off this thread, as a dropped book's is (see `Pg`'s drop).
+                    let _ = std::thread::Builder::new()
+                        .name("code-mode-approvals-close".to_owned())
+                        .spawn(move || drop(lost));
+                }
             }
             Err(error) => return Err(explain(&error)),
         }

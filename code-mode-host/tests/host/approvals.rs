@@ -401,3 +401,17 @@ fn on_postgres_a_hundred_waiting_approvals_outlive_the_agent_and_another_process
     let location = StoreLocation::Url(cluster.url.clone());
     killed_while_a_hundred_wait(&["--state-url", &cluster.url], &location);
 }
+
+/// A Postgres book dropped by an async task closes its connection without a panic (its
+/// blocking client's close runs an async runtime of its own, which an async runtime's
+/// thread refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_on_postgres_dropped_by_an_async_task_close_quietly() {
+    let cluster = code_mode_conformance::PgCluster::start();
+    let location = StoreLocation::Url(cluster.url.clone());
+    let approvals = Approvals::open(&location, &StoreOptions::default()).expect("opens");
+    let listed = approvals.pending(None, None).await.expect("listed");
+    assert!(listed.is_empty());
+    let dropped = tokio::spawn(async move { drop(approvals) }).await;
+    assert!(dropped.is_ok(), "the drop panicked: {dropped:?}");
+}
