@@ -7,8 +7,9 @@
 //! (`{ "n": <session * 10 + cell> }`). Each `exec` asks for a long observation, which ends
 //! as soon as its call waits on a person, with the line the model reads; the agent prints
 //! `{"waiting": <the line>}` for the first, then `waiting <count>` once the store lists
-//! every call, and waits to be killed. `approval_agent resume …`: resumes every kept
-//! session (a call that may have been sent fails: `Interrupted::Fail`), prints `resumed`,
+//! every call, and waits to be killed. `approval_agent resume …`: (on Postgres, as another
+//! replica: it takes each session over once the killed one's lease ran out) resumes every
+//! kept session (a call that may have been sent fails: `Interrupted::Fail`), prints `resumed`,
 //! and prints each cell's output as a JSON line `{"session", "cell", "text"}` as it ends.
 //!
 //! The tool appends `pay <input>` to the log each time it runs, so the test counts what was
@@ -85,12 +86,13 @@ async fn main() {
     let log = PathBuf::from(arg("--log").expect("--log is required"));
     let (location, options) = match (arg("--state"), arg("--state-url")) {
         (Some(dir), None) => (StoreLocation::Dir(dir.into()), StoreOptions::default()),
-        // The same replica name in both runs: the restarted agent takes its sessions back
-        // at once.
+        // Another replica resumes: it takes each session over once the killed one's
+        // lease (short here) ran out.
         (None, Some(url)) => (
             StoreLocation::Url(url),
             StoreOptions {
-                replica: Some("approver-1".to_owned()),
+                replica: Some(format!("approver-{mode}")),
+                lease: Duration::from_secs(2),
                 ..StoreOptions::default()
             },
         ),
@@ -105,13 +107,19 @@ async fn main() {
         ..ProcessConfig::default()
     };
     let provider = ProcessProvider::new(config).expect("a runtime binary");
-    let sessions = StoredProvider::new(Runtimes::Local(provider), kept)
+    let sessions = StoredProvider::new(Runtimes::Local(provider), Arc::clone(&kept))
         .with_approvals(Arc::clone(&approvals), "agent");
     let pay: Arc<dyn CodeModeSessionDelegate> = Arc::new(Pay { log });
     let tools: Arc<[ToolDefinition]> =
         vec![ToolDefinition::new("pay", "Pays.", ToolKind::Function)].into();
     if mode == "start" {
         start(&sessions, &approvals, &pay, &tools).await;
+    }
+    if arg("--state-url").is_some() {
+        for s in 0..SESSIONS {
+            let taken = kept.take_over(&format!("p{s}")).await.expect("taken over");
+            assert!(taken, "session p{s} is not in the store");
+        }
     }
     resume(&sessions, &pay).await;
 }
