@@ -54,8 +54,8 @@ fn book(state: &StateArgs) -> Result<ApprovalBook, Failure> {
     ApprovalBook::open(&location, &options).map_err(|error| Failure::runtime(error.to_string()))
 }
 
-/// A waiting call as `list` prints it.
-fn listed(approval: &Approval) -> Value {
+/// A waiting call as `list` prints it (and `serve --jsonl` shows it).
+pub(crate) fn listed(approval: &Approval) -> Value {
     let input = approval
         .input
         .as_ref()

@@ -58,23 +58,10 @@ impl ApprovalWatch for JsonlWatch {
     }
 }
 
-/// An approval as the client reads it: an event (`event` given) or a listed one.
+/// An approval as the client reads it: an event (`event` given) or a listed one (the form
+/// `code-mode approvals list` prints).
 fn approval_json(approval: &Approval, event: &str) -> Value {
-    let input = approval
-        .input
-        .as_ref()
-        .and_then(|text| text.to_value().ok())
-        .unwrap_or(Value::Null);
-    let mut value = json!({
-        "approval": approval.id,
-        "session": approval.session,
-        "cell_id": approval.cell_id,
-        "call_id": approval.call.to_string(),
-        "tool": approval.tool,
-        "input": input,
-        "reason": approval.reason,
-        "age_ms": u64::try_from(approval.age().as_millis()).unwrap_or(u64::MAX),
-    });
+    let mut value = crate::approvals::listed(approval);
     if !event.is_empty() {
         value["event"] = json!(event);
     }
