@@ -204,8 +204,9 @@ def scripted_model():
             if not outputs:
                 prompt = next(item["content"] for item in input if isinstance(item, dict) and item.get("role") == "user")
                 to = prompt.split()[-1]
+                code = "text(await tools.free({a: 7}))" if prompt == "no mail" else CELL % json.dumps(to)
                 call = ResponseFunctionToolCall(
-                    arguments=json.dumps({"code": CELL % json.dumps(to)}),
+                    arguments=json.dumps({"code": code}),
                     call_id=f"call_{to}",
                     name="exec",
                     type="function_call",
@@ -262,13 +263,18 @@ def test_openai_agents_interrupts_on_a_waiting_call_and_its_state_approves_edits
             assert refused.final_output == "not to eve"
             assert await cell_output(session, denied[2].cell_id) == [DENIED]
             assert await session.pending_approvals() == []
+            # A cell with no call to approve runs while the SDK asks, and its answer is the
+            # call's: no interruption, and the cell does not run again.
+            plain = await Runner.run(agent, "no mail", run_config=config)
+            assert plain.interruptions == [] and "Script completed" in plain.final_output
+            assert plain.final_output.endswith("7"), plain.final_output
         finally:
             await session.close()
 
     asyncio.run(main())
     assert mail.sent == ["ada", "bob@example.com"]
     # Each model call ran its cell once: the approval's run goes on with the same cell.
-    assert mail.free_runs == 3
+    assert mail.free_runs == 4
 
 
 def test_the_approval_examples_run_offline():
