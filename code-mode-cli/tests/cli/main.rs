@@ -726,7 +726,7 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
         ),
         (
             vec!["run", "ok.js", "--tools", "unknown_field.toml"],
-            "code-mode: bad tools file unknown_field.toml: line 3, column 1: unknown field `comand`, expected one of `name`, `description`, `command`, `timeout_ms`, `cwd`, `env`, `env_vars`, `kind`, `input_schema`, `output_schema`, `deferred`, `on_interrupt`".into(),
+            "code-mode: bad tools file unknown_field.toml: line 3, column 1: unknown field `comand`, expected one of `name`, `description`, `command`, `timeout_ms`, `cwd`, `env`, `env_vars`, `kind`, `input_schema`, `output_schema`, `deferred`, `on_interrupt`, `approval`, `approval_reason`".into(),
         ),
         (
             vec!["run", "ok.js", "--tools", "wrong_type.toml"],
