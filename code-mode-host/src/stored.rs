@@ -428,7 +428,11 @@ impl StoredSession {
             Some(found) if found.front == site.front && found.session == site.session => {}
             _ => return Err(not_waiting()),
         }
-        site.approvals.decide(id, decision, None).await
+        let decided = site.approvals.decide(id, decision, None).await?;
+        // Decided, the call no longer waits: an observation of its cell that begins now
+        // is not ended at once by it (its gate says so too, a moment later).
+        self.link.waiting.settled(&decided);
+        Ok(decided)
     }
 
     /// A restored call that waits on a person (or needs one and was not asked yet) goes

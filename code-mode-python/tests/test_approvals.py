@@ -353,3 +353,17 @@ def test_waiting_calls_outlive_a_killed_process_and_are_decided_in_the_next(tmp_
     # Sent once each, by the process that holds the session; never by the killed one.
     assert mail.sent == ["ada@example.com", "bob"]
     assert not log.exists()
+
+
+def test_once_approved_the_next_observation_waits_for_the_call_and_does_not_say_it_waits(tmp_path):
+    mail = Mail()
+    with code_mode.Session(mail.tools(), state_dir=tmp_path, session_id="next") as session:
+        # Many times over: a decision and the observation right after it once raced.
+        for n in range(20):
+            cell = start(session, f"n{n}")
+            (waiting,) = session.pending_approvals()
+            session.approve(waiting.id)
+            after = session.wait(cell.cell_id, yield_time_ms=60_000)
+            assert not after.running, after
+            assert [item.text for item in after.items] == [f'sent {{"to":"n{n}"}}']
+    assert mail.sent == [f"n{n}" for n in range(20)]
