@@ -1,5 +1,5 @@
 // The ESM entry point of code-mode-runtime/agents.
 import api from './agents.cjs'
 
-export const { codeModeTools } = api
+export const { codeModeTools, waitingCall, approveWithInput } = api
 export default api

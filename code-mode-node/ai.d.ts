@@ -1,4 +1,4 @@
-import type { Tool as AiTool } from 'ai'
+import type { StopCondition, Tool as AiTool } from 'ai'
 import type { Session, SessionOptions, Tools } from './index'
 
 /** The AI SDK tools `exec` and `wait`, with the session they run cells in. */
@@ -10,6 +10,12 @@ export type CodeModeAiTools = {
   readonly session: Session
   /** Closes the session. */
   close(): Promise<void>
+  /**
+   * A stop condition (`stopWhen`): true once a step's `exec` or `wait` left its cell
+   * waiting on a person's approval. Decide with `session.approve`/`deny`; the model's
+   * next `wait` reads on.
+   */
+  readonly awaitingApproval: StopCondition<any>
 }
 
 /** `exec` and `wait` as AI SDK tools whose cells call `tools` (AI SDK tools work as they are). */

@@ -3,9 +3,9 @@
 // the app's JavaScript functions as their tools. The native half (native.cjs, napi-rs)
 // drives the runtime process over IPC; this file is the API over it: tools and their
 // schemas, the dispatcher that runs nested calls on this event loop, sessions, typed
-// errors, and where the addon and the runtime executable are found (the platform
-// package code-mode-runtime-<platform>, never PATH). Nothing is loaded or started until
-// an API is used.
+// errors, calls that wait on a person's approval (issue 86), and where the addon and the
+// runtime executable are found (the platform package code-mode-runtime-<platform>, never
+// PATH). Nothing is loaded or started until an API is used.
 
 const fs = require('node:fs')
 const path = require('node:path')
@@ -34,8 +34,10 @@ class CellError extends CodeModeError {
 }
 /** A cell reached one of its limits (heap, CPU time) and was stopped. */
 class LimitExceeded extends CellError {}
+/** No such call waits on a person: it was decided already, its cell ended, it expired, or it is another session's. */
+class ApprovalNotWaiting extends CodeModeError {}
 
-const ERRORS = { CodeModeError, RuntimeUnavailable, RuntimeLost, SessionClosed, InvalidArgument }
+const ERRORS = { CodeModeError, RuntimeUnavailable, RuntimeLost, SessionClosed, InvalidArgument, ApprovalNotWaiting }
 const LIMITS = new Set(['out_of_memory', 'cpu_budget'])
 
 let platform = null
@@ -135,13 +137,38 @@ function validator(schema) {
 }
 
 /**
+ * Whether every call of tool `name` waits on a person's approval, and why: `needsApproval`
+ * is `true` or `false` (the AI SDK's and the Agents SDK's name). A function deciding per
+ * call is refused, never ignored: whether a call waits is decided in the native half when
+ * the call leaves its cell, where no JS runs (the call must wait at no cost and outlive
+ * this process), so a predicate could only be skipped, letting calls it would have held
+ * run unapproved.
+ */
+function approvalOf(name, tool) {
+  const { needsApproval, approvalReason } = tool
+  if (typeof needsApproval === 'function') {
+    throw new InvalidArgument(
+      `tool ${name}: needsApproval must be true or false, not a function: whether a call waits on a person is decided as the call leaves its cell, where no JavaScript runs; give true, and decide each call when you approve or deny it`,
+    )
+  }
+  if (needsApproval !== undefined && typeof needsApproval !== 'boolean') {
+    throw new InvalidArgument(`tool ${name}: needsApproval must be true or false`)
+  }
+  if (approvalReason !== undefined && typeof approvalReason !== 'string') {
+    throw new InvalidArgument(`tool ${name}: approvalReason must be a string`)
+  }
+  return { needsApproval: needsApproval === true, approvalReason: needsApproval === true ? approvalReason : undefined }
+}
+
+/**
  * One tool from what the app gives: a function (its name, no description, any
  * argument), or `{ description, inputSchema | parameters, outputSchema, execute,
- * deferred }` (an AI SDK tool is one), named by its key or its `name`.
+ * deferred, needsApproval, approvalReason }` (an AI SDK tool is one), named by its key or
+ * its `name`.
  */
 function asTool(name, tool) {
   if (typeof tool === 'function') {
-    return { name: name || tool.name, description: '', execute: tool, check: (value) => value }
+    return { name: name || tool.name, description: '', execute: tool, check: (value) => value, needsApproval: false }
   }
   if (!tool || typeof tool !== 'object') throw new InvalidArgument(`tool ${name}: expected a function or a tool object`)
   const execute = tool.execute ?? tool.fn ?? tool.invoke
@@ -154,6 +181,7 @@ function asTool(name, tool) {
     inputSchema: toJsonSchema(schema, toolName),
     outputSchema: toJsonSchema(tool.outputSchema, toolName),
     deferred: !!tool.deferred,
+    ...approvalOf(toolName, tool),
     execute,
     check: validator(schema),
   }
@@ -180,12 +208,14 @@ function asTools(tools) {
 
 function toolsJson(tools) {
   return JSON.stringify(
-    [...tools.values()].map(({ name, description, inputSchema, outputSchema, deferred }) => ({
+    [...tools.values()].map(({ name, description, inputSchema, outputSchema, deferred, needsApproval, approvalReason }) => ({
       name,
       description,
       inputSchema,
       outputSchema,
       deferred,
+      needsApproval,
+      approvalReason,
     })),
   )
 }
@@ -301,6 +331,60 @@ function settle(outcome, throwOnError) {
     throw LIMITS.has(result.failure) ? new LimitExceeded(result.error, result) : new CellError(result.error, result)
   }
   return result
+}
+
+// ---- approvals ---------------------------------------------------------------------
+
+/** Whether a session's tools wait on a person (for `ai.cjs` and `agents.cjs`: they read the book only then). */
+const NEEDS_APPROVALS = Symbol.for('code-mode-runtime.needsApprovals')
+
+/** An approval as the app reads it: the native half's, its input a JSON value. */
+function asApproval(found) {
+  return {
+    id: found.id,
+    tool: found.tool,
+    input: found.input == null ? undefined : JSON.parse(found.input),
+    reason: found.reason ?? undefined,
+    sessionId: found.sessionId,
+    cellId: found.cellId,
+    callId: found.callId,
+    front: found.front,
+    requestedAt: new Date(found.requestedAtMs),
+    ageMs: found.ageMs,
+    state: found.state,
+    waitingLine: found.waitingLine,
+  }
+}
+
+function settleApprovals(outcome) {
+  if (outcome.error) throw new (ERRORS[outcome.error.kind] ?? CodeModeError)(outcome.error.message)
+  return outcome.approvals.map(asApproval)
+}
+
+/** An edited input as the JSON text sent in place of the call's own (`undefined`: not edited). */
+function editedInput(input) {
+  if (input === undefined) return undefined
+  let text
+  try {
+    text = JSON.stringify(input)
+  } catch (error) {
+    throw new InvalidArgument(`approve: the edited input is not JSON (${message(error)})`)
+  }
+  if (text === undefined) throw new InvalidArgument('approve: the edited input is not JSON')
+  return text
+}
+
+/** A denial's message, which the model reads. */
+function denial(text) {
+  if (typeof text !== 'string') throw new InvalidArgument('deny: the message must be a string (the model reads it)')
+  return text
+}
+
+/** The id of an approval (or an approval). */
+function approvalId(id) {
+  const value = typeof id === 'object' && id !== null ? id.id : id
+  if (typeof value !== 'string' || !value) throw new InvalidArgument('the approval id must be a non-empty string (an Approval\'s id)')
+  return value
 }
 
 function abortReason(signal) {
@@ -459,6 +543,43 @@ class Session {
     return settle(await session.terminate(String(cellId), traceparent ?? currentTraceparent()), false)
   }
 
+  /**
+   * This session's calls that wait on a person (a tool's `needsApproval`, a tools file's
+   * `approval = "always"`), oldest first; none for a session without a `stateDir`.
+   */
+  async pendingApprovals() {
+    const session = await this.#session()
+    return settleApprovals(await session.pendingApprovals())
+  }
+
+  /**
+   * Approves this session's waiting call `id`, once: it runs with its own input, or with
+   * `input` (a JSON value) instead when given; the cell goes on with its answer. Rejects
+   * with `ApprovalNotWaiting` when no such call of this session waits. Resolves with the
+   * approval as decided.
+   */
+  async approve(id, input) {
+    const key = approvalId(id)
+    const edited = editedInput(input)
+    const session = await this.#session()
+    return settleApprovals(await session.decide(key, edited, undefined))[0]
+  }
+
+  /**
+   * Denies this session's waiting call `id`, once: it never runs, and the cell's call
+   * rejects with a text that carries `message` (the model reads it).
+   */
+  async deny(id, message) {
+    const key = approvalId(id)
+    const text = denial(message)
+    const session = await this.#session()
+    return settleApprovals(await session.decide(key, undefined, text))[0]
+  }
+
+  async [NEEDS_APPROVALS]() {
+    return (await this.#session()).needsApprovals()
+  }
+
   /** The values committed cells stored (`store`), as JSON values. */
   get storedValues() {
     if (!this.#native) return {}
@@ -558,11 +679,43 @@ function keptSessions(stateDir, { runtime } = {}) {
   return native().keptSessions(String(stateDir), found.path)
 }
 
+/**
+ * The calls waiting on a person in `stateDir`, oldest first: every session's, or
+ * `sessionId`'s, or those kept by `front` (`"node"` for this package's sessions; the
+ * directory may be shared with code-mode-python's and the CLI's). Any process may list
+ * them, whether or not it holds the sessions.
+ */
+async function pendingApprovals(stateDir, { sessionId, front } = {}) {
+  return settleApprovals(await native().pendingApprovals(String(stateDir), sessionId, front))
+}
+
+/**
+ * Approves waiting call `id` of `stateDir`, once, from any process: it runs with its own
+ * input, or with `input` (a JSON value) instead when given. The process whose session
+ * holds the call sends it at once if it is this one, within a moment if it is another,
+ * and when it takes the session back if none holds it now.
+ */
+async function approve(stateDir, id, input) {
+  const key = approvalId(id)
+  const edited = editedInput(input)
+  return settleApprovals(await native().decideApproval(String(stateDir), key, edited, undefined))[0]
+}
+
+/** Denies waiting call `id` of `stateDir`, once, from any process: it never runs, and its cell's call rejects with `message`. */
+async function deny(stateDir, id, message) {
+  const key = approvalId(id)
+  const text = denial(message)
+  return settleApprovals(await native().decideApproval(String(stateDir), key, undefined, text))[0]
+}
+
 module.exports = {
   run,
   Session,
   toolSpecs,
   keptSessions,
+  pendingApprovals,
+  approve,
+  deny,
   configureTracing,
   shutdownTracing,
   CodeModeError,
@@ -572,4 +725,5 @@ module.exports = {
   InvalidArgument,
   CellError,
   LimitExceeded,
+  ApprovalNotWaiting,
 }

@@ -21,6 +21,8 @@ export declare class CellError extends CodeModeError {
 }
 /** A cell reached one of its limits (heap, CPU time) and was stopped. */
 export declare class LimitExceeded extends CellError {}
+/** No such call waits on a person: it was decided already, its cell ended, it expired, or it is another session's. */
+export declare class ApprovalNotWaiting extends CodeModeError {}
 
 /** What a tool's function gets beside its argument. */
 export interface ToolCallOptions {
@@ -53,6 +55,15 @@ export type Tool =
       outputSchema?: unknown
       /** Kept out of `exec`'s description: cells find it with `tools.tool_search`. */
       deferred?: boolean
+      /**
+       * Every call waits on a person's approval before it runs (the session needs a
+       * `stateDir`): `approve` runs it (with edited input if given), `deny` refuses it.
+       * `true` or `false` only: a function deciding per call is refused (InvalidArgument),
+       * since whether a call waits is decided where no JavaScript runs.
+       */
+      needsApproval?: boolean
+      /** Why the tool needs an approval, as the approver and the model read it. */
+      approvalReason?: string
       /**
        * Runs the tool (required: a tool without it is an InvalidArgument; optional here as
        * in the AI SDK's own type). A method, so that AI SDK tools' `execute` fits.
@@ -92,6 +103,33 @@ export interface ExecOptions {
   traceparent?: string
 }
 
+/** A call of a cell that waits on a person (or waited: an approval as decided). */
+export interface Approval {
+  /** What `approve` and `deny` take. */
+  id: string
+  /** The tool the cell called. */
+  tool: string
+  /** The call's input as the cell passed it (a JSON value; `undefined` when it passed none). */
+  input: unknown
+  /** Why the tool needs an approval (its `approvalReason`, a tools file's `approval_reason`). */
+  reason?: string
+  /** The session's id in its state directory. */
+  sessionId: string
+  /** The cell that made the call. */
+  cellId: string
+  /** The call's id in its cell (`tool-2`), as the model's line names it. */
+  callId: string
+  /** What keeps the session: `node` for this package's sessions (`python`, `serve`, `mcp` for others sharing the directory). */
+  front: string
+  /** When the call began to wait. */
+  requestedAt: Date
+  /** How long it had waited when it was read, in milliseconds. */
+  ageMs: number
+  state: 'pending' | 'approved' | 'sending' | 'denied' | 'told'
+  /** The line the model read in the cell's observation while the call waited. */
+  waitingLine: string
+}
+
 /** The `exec` (freeform) and `wait` (function) tools to give a model, with Codex's descriptions. */
 export type ToolSpec =
   | { type: 'custom'; name: 'exec'; description: string }
@@ -112,6 +150,16 @@ export declare class Session implements AsyncDisposable {
   wait(cellId: string, options?: ExecOptions): Promise<CellResult>
   /** Stops a running cell; the result holds what it output and had not returned. */
   terminate(cellId: string, options?: { traceparent?: string }): Promise<CellResult>
+  /** This session's calls that wait on a person, oldest first (none without a `stateDir`). */
+  pendingApprovals(): Promise<Approval[]>
+  /**
+   * Approves this session's waiting call, once: it runs with its own input, or with
+   * `input` (a JSON value) instead when given. Rejects with `ApprovalNotWaiting` when no
+   * such call of this session waits. Resolves with the approval as decided.
+   */
+  approve(id: string | Approval, input?: unknown): Promise<Approval>
+  /** Denies this session's waiting call, once: it never runs, and the cell's call rejects with a text carrying `message`. */
+  deny(id: string | Approval, message: string): Promise<Approval>
   /** The values committed cells stored (`store(key, value)`). */
   readonly storedValues: Record<string, unknown>
   /** The `exec` and `wait` tool specs; `exec`'s description declares this session's tools in TypeScript. */
@@ -134,6 +182,21 @@ export declare function toolSpecs(tools?: Tools): ToolSpec[]
 
 /** The ids of the sessions an earlier process kept in `stateDir` that no session of this process took back yet. */
 export declare function keptSessions(stateDir: string, options?: { runtime?: string }): string[]
+
+/**
+ * The calls waiting on a person in `stateDir`, oldest first, from any process: every
+ * session's, or `sessionId`'s, or those kept by `front` (`"node"` for this package's sessions).
+ */
+export declare function pendingApprovals(stateDir: string, options?: { sessionId?: string; front?: string }): Promise<Approval[]>
+
+/**
+ * Approves waiting call `id` of `stateDir`, once, from any process (with `input` sent
+ * instead of the call's own when given); the process holding the session sends it.
+ */
+export declare function approve(stateDir: string, id: string | Approval, input?: unknown): Promise<Approval>
+
+/** Denies waiting call `id` of `stateDir`, once, from any process: it never runs; its cell's call rejects with `message`. */
+export declare function deny(stateDir: string, id: string | Approval, message: string): Promise<Approval>
 
 /**
  * Exports the spans of cells and nested calls over OTLP/HTTP (`protocol`: `http/protobuf`,

@@ -6,6 +6,9 @@ export const {
   Session,
   toolSpecs,
   keptSessions,
+  pendingApprovals,
+  approve,
+  deny,
   configureTracing,
   shutdownTracing,
   CodeModeError,
@@ -15,5 +18,6 @@ export const {
   InvalidArgument,
   CellError,
   LimitExceeded,
+  ApprovalNotWaiting,
 } = api
 export default api

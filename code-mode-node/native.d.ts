@@ -42,6 +42,22 @@ export declare class NativeSession {
    * message the cell's call rejects with. `false` when nothing waits for it.
    */
   answer(token: number, ok: boolean, text: string): boolean
+  /**
+   * Whether any of the session's tools waits on a person's approval (a JS tool's
+   * `needsApproval`, a tools file's `approval = "always"`).
+   */
+  needsApprovals(): boolean
+  /**
+   * This session's calls that wait on a person, oldest first (none for a session
+   * without a state directory: it keeps no approvals).
+   */
+  pendingApprovals(): Promise<ApprovalsOutcome>
+  /**
+   * Decides this session's waiting call `id`, once: approves it (with `input`, the
+   * edited input's JSON text, sent instead of the cell's) or, given `deny`, denies it
+   * with that message. The promise settles with the approval as decided.
+   */
+  decide(id: string, input?: string | undefined | null, deny?: string | undefined | null): Promise<ApprovalsOutcome>
   /** The committed stored values, as a JSON object. */
   storedValues(): string
   /** The `exec` and `wait` tool specs of this session's tools, as JSON. */
@@ -55,6 +71,16 @@ export declare class NativeSession {
    * deleted from its state directory (`remove`). Idempotent.
    */
   close(remove?: boolean | undefined | null): Promise<Outcome>
+}
+
+/**
+ * What an approvals call answers: the approvals (a decision's: the one it decided), or
+ * the error it failed with (`kind`: `ApprovalNotWaiting`, `InvalidArgument`,
+ * `SessionClosed` or `CodeModeError`).
+ */
+export interface ApprovalsOutcome {
+  approvals: Array<NativeApproval>
+  error?: CallError
 }
 
 /**
@@ -105,6 +131,14 @@ export interface ContentItem {
 }
 
 /**
+ * Decides approval `id` of state directory `dir`, once: approves it (with `input`, the
+ * edited input's JSON text, sent instead of the cell's) or, given `deny`, denies it with
+ * that message. A call waiting in this process goes on at once; one waiting in another
+ * within a moment (its process looks every 25 ms).
+ */
+export declare function decideApproval(dir: string, id: string, input?: string | undefined | null, deny?: string | undefined | null): Promise<ApprovalsOutcome>
+
+/**
  * The ids of the sessions an earlier process kept in state directory `dir` that no
  * session of this process took back yet.
  */
@@ -118,6 +152,33 @@ export interface KeptState {
   sessionId: string
   /** A call in flight at a crash runs again (`true`) or fails (the default). */
   retry?: boolean
+}
+
+/** A call that waits on a person (or waited: an approval as decided). */
+export interface NativeApproval {
+  /** What `approve` and `deny` take. */
+  id: string
+  /** What keeps the session: `node` for this package's sessions. */
+  front: string
+  /** The session's id in its state directory. */
+  sessionId: string
+  /** The cell that made the call. */
+  cellId: string
+  /** The call's id in its cell (`tool-2`), as the model's line names it. */
+  callId: string
+  /** The tool the cell called. */
+  tool: string
+  /** The call's input as the cell passed it, as JSON text (`None`: it passed none). */
+  input?: string
+  /** Why the tool needs an approval (its `approvalReason`). */
+  reason?: string
+  /** When the call began to wait, in milliseconds since the Unix epoch. */
+  requestedAtMs: number
+  /** How long it had waited when it was read, in milliseconds. */
+  ageMs: number
+  state: 'pending' | 'approved' | 'sending' | 'denied' | 'told'
+  /** The line the model read in the cell's observation while the call waited. */
+  waitingLine: string
 }
 
 /** A session's limits and behaviour; every field is optional (the runtime's defaults). */
@@ -174,6 +235,12 @@ export interface Outcome {
   result?: CellResult
   error?: CallError
 }
+
+/**
+ * The calls waiting on a person in state directory `dir`, oldest first: every session's,
+ * or `front`'s (`node` for this package's sessions), or one `session`'s of it.
+ */
+export declare function pendingApprovals(dir: string, session?: string | undefined | null, front?: string | undefined | null): Promise<ApprovalsOutcome>
 
 /** Sends the spans not sent yet and stops the exporter, off the event loop. */
 export declare function shutdownTracing(): Promise<void>

@@ -3,9 +3,14 @@
 //! threadsafe function, so a tool runs on the Node event loop, in order with the app's
 //! other work; its answer comes back through `Answers::give`, by the call's token. A
 //! call the cell gives up tells the dispatcher too, so that the tool's `AbortSignal` fires.
+//! Whether a call waits on a person first ([`CodeModeSessionDelegate::approval`]) is the
+//! tool's own declaration: a JS tool's `needsApproval`, a tools file's `approval =
+//! "always"`; it is answered here, off the event loop, never by running JS.
 
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::{BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError};
+use code_mode_protocol::{
+    ApprovalNeed, BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError,
+};
 use napi::Status;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -74,9 +79,21 @@ pub(crate) struct JsDelegate {
     pub(crate) answers: std::sync::Arc<Answers>,
     /// The tools of a tools file and the built-ins (commands, MCP servers), answered here.
     pub(crate) file_tools: Option<std::sync::Arc<code_mode_tools::ToolSet>>,
+    /// The JS tools whose every call waits on a person's approval, and why.
+    pub(crate) approvals: HashMap<String, ApprovalNeed>,
 }
 
 impl JsDelegate {
+    /// Whether any of the session's tools waits on a person (it then needs a state store,
+    /// where approvals are kept).
+    pub(crate) fn needs_approvals(&self) -> bool {
+        !self.approvals.is_empty()
+            || self
+                .file_tools
+                .as_ref()
+                .is_some_and(|tools| tools.needs_approvals())
+    }
+
     /// Lets the JS dispatcher go (the session closed); later calls fail.
     pub(crate) fn release(&self) {
         drop(lock(&self.dispatcher).take());
@@ -97,6 +114,15 @@ impl JsDelegate {
 }
 
 impl CodeModeSessionDelegate for JsDelegate {
+    fn approval(&self, call: &NestedToolCall) -> Option<ApprovalNeed> {
+        // The tools file first, whether or not its tool is up: a name both have is
+        // refused at open.
+        self.file_tools
+            .as_ref()
+            .and_then(|tools| tools.approval(&call.tool_name))
+            .or_else(|| self.approvals.get(call.tool_name.as_str()).cloned())
+    }
+
     fn invoke_tool(
         &self,
         call: NestedToolCall,

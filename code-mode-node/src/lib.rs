@@ -4,12 +4,16 @@
 //!
 //! `session` is the session class (every call a promise, settled from the extension's own
 //! tokio runtime: the JS event loop never waits on a cell); `opening` opens the sessions
-//! that take time (a tools file's, a kept one) off the event loop; `delegate` hands nested calls
-//! to the JS dispatcher and takes their answers back; `options` reads what JS passes;
-//! `outcome` shapes answers and errors for JS; `runtime` holds the tokio runtime and the
-//! shared providers; `tracing_setup` exports spans. The API a Node user sees is written in JavaScript over these; the
-//! TypeScript declarations of everything here are generated from the `#[napi]` items.
+//! that take time (a tools file's, a kept one) off the event loop; `delegate` hands nested
+//! calls to the JS dispatcher and takes their answers back (and says which calls wait on a
+//! person's approval); `approvals` lists and decides the calls that wait, a state
+//! directory's; `options` reads what JS passes; `outcome` shapes answers and errors for
+//! JS; `runtime` holds the tokio runtime, the shared providers and approvals;
+//! `tracing_setup` exports spans. The API a Node user sees is written in JavaScript over
+//! these; the TypeScript declarations of everything here are generated from the `#[napi]`
+//! items.
 
+pub mod approvals;
 pub mod delegate;
 pub mod opening;
 pub mod options;

@@ -90,6 +90,7 @@ async fn open(
         dispatcher,
         file_tools,
     )?;
+    parts.need_store(opening.state.is_some())?;
     let Some(state) = opening.state else {
         let provider = crate::runtime::provider(runtime);
         let session = Arc::new(provider.open_session_with_values(

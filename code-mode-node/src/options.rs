@@ -1,12 +1,16 @@
 //! What JS hands a new session: its options (a typed object, declared to TypeScript from
-//! here), its tools and the stored values it starts from (JSON text: schemas are any
-//! JSON). A bad value is a `TypeError`-like error (`InvalidArg`) that names it.
+//! here), its tools (and which of them wait on a person's approval) and the stored values
+//! it starts from (JSON text: schemas are any JSON). A bad value is a `TypeError`-like
+//! error (`InvalidArg`) that names it.
 
-use code_mode_protocol::{CellLimits, JsonText, SessionOptions, StoredValues, Surface, ToolKind};
+use code_mode_protocol::{
+    ApprovalNeed, CellLimits, JsonText, SessionOptions, StoredValues, Surface, ToolKind,
+};
 use code_mode_surface::ToolDescription;
 use napi::{Error, Status};
 use napi_derive::napi;
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// A session's limits and behaviour; every field is optional (the runtime's defaults).
 #[napi(object)]
@@ -83,24 +87,41 @@ pub(crate) fn session_options(options: &NativeOptions) -> napi::Result<SessionOp
     Ok(session)
 }
 
-/// The JS tools: a JSON list of `{name, description, inputSchema, outputSchema, deferred}`.
-pub(crate) fn tools(text: &str) -> napi::Result<Vec<ToolDescription>> {
+/// The JS tools as a session reads them: their descriptions, and the ones whose every
+/// call waits on a person's approval (issue 86), with why.
+pub(crate) struct JsTools {
+    pub(crate) descriptions: Vec<ToolDescription>,
+    pub(crate) approvals: HashMap<String, ApprovalNeed>,
+}
+
+/// The JS tools: a JSON list of `{name, description, inputSchema, outputSchema, deferred,
+/// needsApproval, approvalReason}` (`needsApproval`: whether every call waits on a
+/// person; `approvalReason`: why, as the approver and the model read it).
+pub(crate) fn tools(text: &str) -> napi::Result<JsTools> {
     let Value::Array(tools) =
         serde_json::from_str(text).map_err(|error| invalid("tools", error))?
     else {
         return Err(invalid("tools", "expected a list"));
     };
-    let mut descriptions: Vec<ToolDescription> = Vec::with_capacity(tools.len());
+    let mut read = JsTools {
+        descriptions: Vec::with_capacity(tools.len()),
+        approvals: HashMap::new(),
+    };
     for tool in tools {
         let name = tool["name"]
             .as_str()
             .filter(|name| !name.is_empty())
             .ok_or_else(|| invalid("tools", "a tool needs a name"))?;
-        if descriptions.iter().any(|known| known.name == name) {
+        if read.descriptions.iter().any(|known| known.name == name) {
             return Err(invalid("tools", format!("two tools are named {name}")));
         }
+        if tool["needsApproval"].as_bool().unwrap_or(false) {
+            let reason = tool["approvalReason"].as_str().map(str::to_owned);
+            read.approvals
+                .insert(name.to_owned(), ApprovalNeed { reason });
+        }
         let schema = |key: &str| tool.get(key).filter(|schema| !schema.is_null()).cloned();
-        descriptions.push(ToolDescription {
+        read.descriptions.push(ToolDescription {
             name: name.to_owned(),
             description: tool["description"].as_str().unwrap_or_default().to_owned(),
             kind: ToolKind::Function,
@@ -110,7 +131,7 @@ pub(crate) fn tools(text: &str) -> napi::Result<Vec<ToolDescription>> {
             ..ToolDescription::default()
         });
     }
-    Ok(descriptions)
+    Ok(read)
 }
 
 /// A JSON object of stored values (`None`: none).

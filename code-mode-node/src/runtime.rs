@@ -1,15 +1,20 @@
 //! The process-wide parts: one tokio runtime for every session, one provider per runtime
 //! executable, so that all of a Node process's sessions share one sandboxed runtime
-//! process (started at the first cell, restarted after a crash), and one provider of
-//! kept sessions per state directory.
+//! process (started at the first cell, restarted after a crash); one provider of kept
+//! sessions per state directory; and one set of approvals per state directory, which that
+//! provider's sessions and the store-level functions share (so that a decision taken in
+//! this process reaches the call waiting here at once).
 
-use code_mode_host::KeptSessions;
 use code_mode_host::state::{StoreLocation, StoreOptions};
+use code_mode_host::{Approvals, KeptSessions};
 use code_mode_host::{ProcessConfig, ProcessProvider, Runtimes, StoredProvider};
 use code_mode_protocol::sync::lock;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+
+/// The front name this package's sessions keep their approvals under.
+pub(crate) const FRONT: &str = "node";
 
 /// The runtime every session's work runs on (two workers: the work is waiting on the
 /// runtime process and on JS, never computing).
@@ -42,9 +47,26 @@ pub(crate) fn provider(binary: PathBuf) -> Runtimes {
     provider
 }
 
+/// The approvals of state directory `dir` (its `approvals.sqlite3`, shared with every
+/// process that opens the directory), opened once per directory and process. Blocks while
+/// it opens (on a thread of its own).
+pub(crate) fn approvals(dir: &Path) -> Result<Arc<Approvals>, String> {
+    static APPROVALS: OnceLock<Mutex<HashMap<PathBuf, Arc<Approvals>>>> = OnceLock::new();
+    let mut opened = lock(APPROVALS.get_or_init(Mutex::default));
+    if let Some(approvals) = opened.get(dir) {
+        return Ok(Arc::clone(approvals));
+    }
+    let location = StoreLocation::Dir(dir.to_path_buf());
+    let approvals =
+        Approvals::open(&location, &StoreOptions::default()).map_err(|error| error.to_string())?;
+    opened.insert(dir.to_path_buf(), Arc::clone(&approvals));
+    Ok(approvals)
+}
+
 /// The provider of the sessions kept in state directory `dir` (one per directory and
 /// process: its database is held by one keeper), with its own runtime process, started at
-/// the runtime generation after the one the directory's last process reached.
+/// the runtime generation after the one the directory's last process reached. Calls that
+/// need a person's approval wait in the directory's approvals, under the front `node`.
 pub(crate) fn stored(dir: &str, binary: PathBuf) -> Result<Arc<StoredProvider>, String> {
     static STORED: OnceLock<Mutex<HashMap<PathBuf, Arc<StoredProvider>>>> = OnceLock::new();
     let dir = PathBuf::from(dir);
@@ -61,7 +83,9 @@ pub(crate) fn stored(dir: &str, binary: PathBuf) -> Result<Arc<StoredProvider>, 
         generations_before: kept.generations_before(),
         ..ProcessConfig::default()
     }));
-    let provider = Arc::new(StoredProvider::new(runtimes, Arc::new(kept)));
+    let approvals = approvals(&dir)?;
+    let provider =
+        Arc::new(StoredProvider::new(runtimes, Arc::new(kept)).with_approvals(approvals, FRONT));
     providers.insert(dir, Arc::clone(&provider));
     Ok(provider)
 }

@@ -3,11 +3,14 @@
 //! waits on a cell; the promise settles with an [`Outcome`] (a result, or the error class
 //! and message the JS layer throws).
 
+use crate::approvals;
 use crate::delegate::{Answers, Dispatcher, JsDelegate};
 use crate::options::NativeOptions;
 use crate::outcome::{Outcome, failed};
 use crate::tracing_setup::call_span;
+use code_mode_host::state::ApprovalError;
 use code_mode_host::{HostedSession, RuntimeSession, StoredSession};
+use code_mode_protocol::approval::Decision;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     CellId, CellResponse, CodeModeProvider, CodeModeSession, ExecHooks, ExecRequest, JsonText,
@@ -18,7 +21,7 @@ use code_mode_surface::{
     parse_exec_source, wait_tool_spec,
 };
 use napi::Env;
-use napi::bindgen_prelude::Object;
+use napi::bindgen_prelude::{Object, ToNapiValue};
 use napi_derive::napi;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -47,6 +50,9 @@ pub struct NativeSession {
     delegate: Arc<JsDelegate>,
 }
 
+/// What a call of a closed session is told.
+const CLOSED: &str = "the session is closed";
+
 /// What a session is opened with.
 pub(crate) struct Parts {
     descriptions: Vec<ToolDescription>,
@@ -67,7 +73,10 @@ pub(crate) fn parts(
     dispatcher: Dispatcher,
     file_tools: Option<Arc<code_mode_tools::ToolSet>>,
 ) -> napi::Result<Parts> {
-    let mut descriptions = crate::options::tools(tools)?;
+    let crate::options::JsTools {
+        mut descriptions,
+        approvals,
+    } = crate::options::tools(tools)?;
     let mut unavailable = Vec::new();
     if let Some(file_tools) = &file_tools {
         for tool in file_tools.descriptions() {
@@ -94,9 +103,24 @@ pub(crate) fn parts(
             dispatcher: Mutex::new(Some(dispatcher)),
             answers: Arc::clone(&answers),
             file_tools,
+            approvals,
         }),
         answers,
     })
+}
+
+/// Why a session whose tools wait on a person cannot open without a state directory.
+const NO_STORE: &str = "a tool needs a person's approval (needsApproval on a JS tool, approval = \"always\" in the tools file): approvals are kept in a state store, so give stateDir and sessionId";
+
+impl Parts {
+    /// Refuses a session whose tools wait on a person when it has no state directory
+    /// (`kept`): its approvals would have nowhere to wait, and the calls would never run.
+    pub(crate) fn need_store(&self, kept: bool) -> napi::Result<()> {
+        if self.delegate.needs_approvals() && !kept {
+            return Err(crate::options::invalid("tools", NO_STORE));
+        }
+        Ok(())
+    }
 }
 
 impl NativeSession {
@@ -127,12 +151,12 @@ impl NativeSession {
 }
 
 /// A promise of `run`'s outcome, settled from the tokio runtime.
-fn promise<'env>(
+pub(crate) fn promise<'env, T: ToNapiValue + Send + 'static>(
     env: &'env Env,
-    run: impl Future<Output = Outcome> + Send + 'static,
+    run: impl Future<Output = T> + Send + 'static,
 ) -> napi::Result<Object<'env>> {
-    type Resolve = Box<dyn FnOnce(Env) -> napi::Result<Outcome> + Send>;
-    let (deferred, promise) = env.create_deferred::<Outcome, Resolve>()?;
+    type Resolve<T> = Box<dyn FnOnce(Env) -> napi::Result<T> + Send>;
+    let (deferred, promise) = env.create_deferred::<T, Resolve<T>>()?;
     crate::runtime::tokio().spawn(async move {
         let outcome = run.await;
         deferred.resolve(Box::new(move |_| Ok(outcome)));
@@ -158,7 +182,10 @@ fn settle(answer: Result<CellResponse, SessionError>, budget: u64) -> Outcome {
 /// takes), as JSON: `exec`'s description declares the tools in TypeScript.
 #[napi]
 pub fn tool_specs(tools: String) -> napi::Result<String> {
-    Ok(specs_json(&crate::options::tools(&tools)?, &[]))
+    Ok(specs_json(
+        &crate::options::tools(&tools)?.descriptions,
+        &[],
+    ))
 }
 
 fn specs_json(descriptions: &[ToolDescription], unavailable: &[UnavailableSource]) -> String {
@@ -185,6 +212,7 @@ impl NativeSession {
         stored: Option<String>,
     ) -> napi::Result<Self> {
         let parts = parts(&tools, &options, stored.as_deref(), dispatcher, None)?;
+        parts.need_store(false)?;
         let provider = crate::runtime::provider(PathBuf::from(runtime));
         let _entered = crate::runtime::tokio().enter();
         let session = Arc::new(provider.open_session_with_values(
@@ -322,6 +350,59 @@ impl NativeSession {
         self.answers.give(token, answer)
     }
 
+    /// Whether any of the session's tools waits on a person's approval (a JS tool's
+    /// `needsApproval`, a tools file's `approval = "always"`).
+    #[napi]
+    pub fn needs_approvals(&self) -> bool {
+        self.delegate.needs_approvals()
+    }
+
+    /// This session's calls that wait on a person, oldest first (none for a session
+    /// without a state directory: it keeps no approvals).
+    #[napi(ts_return_type = "Promise<ApprovalsOutcome>")]
+    pub fn pending_approvals<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return promise(env, async {
+                approvals::failed("SessionClosed", CLOSED.to_owned())
+            });
+        }
+        let kept = self.stored.clone();
+        promise(env, async move {
+            match kept {
+                Some(kept) => approvals::listed(kept.pending_approvals().await),
+                None => approvals::listed(Ok(Vec::new())),
+            }
+        })
+    }
+
+    /// Decides this session's waiting call `id`, once: approves it (with `input`, the
+    /// edited input's JSON text, sent instead of the cell's) or, given `deny`, denies it
+    /// with that message. The promise settles with the approval as decided.
+    #[napi(ts_return_type = "Promise<ApprovalsOutcome>")]
+    pub fn decide<'env>(
+        &self,
+        env: &'env Env,
+        id: String,
+        input: Option<String>,
+        deny: Option<String>,
+    ) -> napi::Result<Object<'env>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return promise(env, async {
+                approvals::failed("SessionClosed", CLOSED.to_owned())
+            });
+        }
+        let kept = self.stored.clone();
+        promise(env, async move {
+            let Some(kept) = kept else {
+                return approvals::decided(Err(ApprovalError::NotWaiting(id)));
+            };
+            approvals::decided(match approvals::decision(input, deny) {
+                Decision::Approve { input } => kept.approve(&id, input).await,
+                Decision::Deny { message } => kept.deny(&id, &message).await,
+            })
+        })
+    }
+
     /// The committed stored values, as a JSON object.
     #[napi]
     pub fn stored_values(&self) -> String {
@@ -384,7 +465,7 @@ impl NativeSession {
     fn closed_outcome(&self) -> Option<Outcome> {
         self.closed
             .load(Ordering::SeqCst)
-            .then(|| failed("SessionClosed", "the session is closed".to_owned()))
+            .then(|| failed("SessionClosed", CLOSED.to_owned()))
     }
 }
 
