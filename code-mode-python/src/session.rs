@@ -1,7 +1,10 @@
-//! `NativeSession`: one host session with its tools, driven from Python. Every method has
-//! a blocking form, which releases the GIL while the runtime works, and an `_async` form,
-//! which runs on the extension's tokio runtime and reports to a Python callback once
-//! (`done(ok, payload)`); the Python layer makes an asyncio future of it.
+//! `NativeSession`: one host session with its tools, driven from Python. Every method of a
+//! cell has a blocking form, which releases the GIL while the runtime works, and an
+//! `_async` form, which runs on the extension's tokio runtime and reports to a Python
+//! callback once (`done(ok, payload)`); the Python layer makes an asyncio future of it.
+//! The session's calls that wait on a person (`pending_approvals`, `decide`) block on the
+//! state directory's approvals with the GIL released (`AsyncSession` runs them in an
+//! executor).
 //!
 //! Answers cross as JSON text: a cell response in the JSON form every front end shares
 //! (`code_mode_surface::json`), with `model_items` beside it, the text a model reads for
