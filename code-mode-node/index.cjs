@@ -435,6 +435,7 @@ class Session {
   #dispatcher
   #tools
   #missing
+  /** Its catalog waits on the opening: a tools file's tools, or the built-ins, join the JS tools. */
   #deferred = false
   #closed = false
 
@@ -466,7 +467,7 @@ class Session {
     }
     if (state || toolsFile !== undefined || builtins?.length) {
       // Opened off the event loop: MCP servers start, a kept session is taken back.
-      this.#deferred = true
+      this.#deferred = toolsFile !== undefined || !!builtins?.length
       const opening = { stored, state, toolsFile: toolsFile === undefined ? undefined : String(toolsFile), builtins }
       this.#ready = this.#missing
         ? Promise.reject(new RuntimeUnavailable(this.#missing))
@@ -590,7 +591,7 @@ class Session {
   toolSpecs() {
     if (this.#native) return JSON.parse(this.#native.toolSpecs())
     if (this.#deferred) {
-      throw new InvalidArgument('this session is still opening (its tools file, or its stateDir): `await Session.open(options)` gives it ready')
+      throw new InvalidArgument('this session is still opening (its tools file, or its built-ins): `await Session.open(options)` gives it ready')
     }
     return JSON.parse(native().toolSpecs(toolsJson(this.#tools)))
   }

@@ -1,11 +1,17 @@
 // The AI SDK tools beyond the example: streamText with the mock model's streams, the
-// abort signal of a generation reaching the cell, and AI SDK tools passed as they are.
+// abort signal of a generation reaching the cell, AI SDK tools passed as they are, and a
+// call that waits on a person ending the generation (`awaitingApproval`), decided by the
+// app and read by the model's next `wait`.
 import assert from 'node:assert/strict'
-import { test } from 'node:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { after, test } from 'node:test'
 import { jsonSchema, streamText, generateText, stepCountIs, tool } from 'ai'
 import { MockLanguageModelV2, convertArrayToReadableStream } from 'ai/test'
 import { z } from 'zod'
 import { codeModeTools } from 'code-mode-runtime/ai'
+import { deny } from 'code-mode-runtime'
 
 const usage = { inputTokens: 1, outputTokens: 1, totalTokens: 2 }
 const callExec = (code) => ({ type: 'tool-call', toolCallId: 'c1', toolName: 'exec', input: JSON.stringify({ code }) })
@@ -79,6 +85,84 @@ test("the generation's abort signal terminates the running cell and aborts its t
     while (!toolAborted && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5))
     assert.equal(toolAborted, true)
     assert.equal((await tools.session.exec('text("after")')).text, 'after')
+  } finally {
+    await tools.close()
+  }
+})
+
+const scratch = mkdtempSync(path.join(tmpdir(), 'code-mode-node-ai-'))
+after(() => rmSync(scratch, { recursive: true, force: true }))
+
+/** A session's tools with `send`, an AI SDK tool that needs approval (every address it sent to is in `sent`). */
+function mailTools(sessionId) {
+  const sent = []
+  const send = tool({
+    description: 'Sends mail.',
+    inputSchema: z.object({ to: z.string() }),
+    needsApproval: true,
+    approvalReason: 'it sends mail',
+    execute: async ({ to }) => {
+      sent.push(to)
+      return `sent to ${to}`
+    },
+  })
+  const tools = codeModeTools({ send }, { stateDir: path.join(scratch, sessionId), sessionId })
+  return { sent, tools }
+}
+
+/** A model that execs a cell mailing ada, then (next generation) waits on that cell, then answers with what it read. */
+function mailingModel() {
+  let step = 0
+  return new MockLanguageModelV2({
+    doGenerate: async ({ prompt }) => {
+      step += 1
+      const outputs = prompt.filter((message) => message.role === 'tool').map((message) => message.content[0].output.value)
+      if (step === 1) {
+        const code = "try { text(await tools.send({ to: 'ada' })) } catch (error) { text('failed: ' + error) }"
+        return { content: [callExec(code)], finishReason: 'tool-calls', usage, warnings: [] }
+      }
+      if (step === 2) {
+        const cellId = /cell ID (\S+)/.exec(outputs[0])[1]
+        const wait = { type: 'tool-call', toolCallId: 'w1', toolName: 'wait', input: JSON.stringify({ cell_id: cellId, yield_time_ms: 10000 }) }
+        return { content: [wait], finishReason: 'tool-calls', usage, warnings: [] }
+      }
+      return { content: [{ type: 'text', text: outputs.at(-1).split('\n').at(-1) }], finishReason: 'stop', usage, warnings: [] }
+    },
+  })
+}
+
+test('a call waiting on a person ends the generation; approved with an edit, the next generation reads its result', async () => {
+  const { sent, tools } = mailTools('ai-approve')
+  const model = mailingModel()
+  try {
+    const first = await generateText({ model, tools, stopWhen: [stepCountIs(5), tools.awaitingApproval], prompt: 'mail ada' })
+    assert.equal(first.steps.length, 1, 'the generation ended at the step whose cell waits')
+    assert.match(first.toolResults[0].output, /Waiting for approval: `send` \(call tool-1\), because: it sends mail\./)
+    assert.deepEqual(sent, [], "the tool's own count: nothing sent without an approval")
+    const [waiting] = await tools.session.pendingApprovals()
+    assert.deepEqual([waiting.tool, waiting.input], ['send', { to: 'ada' }])
+    await tools.session.approve(waiting.id, { to: 'bob' })
+    const messages = [{ role: 'user', content: 'mail ada' }, ...first.response.messages]
+    const second = await generateText({ model, tools, stopWhen: [stepCountIs(5), tools.awaitingApproval], messages })
+    assert.equal(second.text, 'sent to bob')
+    assert.deepEqual(sent, ['bob'])
+  } finally {
+    await tools.close()
+  }
+})
+
+test('a call denied from the store is read by the next generation as denied, and never runs', async () => {
+  const { sent, tools } = mailTools('ai-deny')
+  const model = mailingModel()
+  try {
+    const first = await generateText({ model, tools, stopWhen: [stepCountIs(5), tools.awaitingApproval], prompt: 'mail ada' })
+    assert.equal(first.steps.length, 1)
+    const [waiting] = await tools.session.pendingApprovals()
+    await deny(path.join(scratch, 'ai-deny'), waiting.id, 'not her')
+    const messages = [{ role: 'user', content: 'mail ada' }, ...first.response.messages]
+    const second = await generateText({ model, tools, stopWhen: [stepCountIs(5), tools.awaitingApproval], messages })
+    assert.equal(second.text, 'failed: denied: the call of `send` was not approved, so it did not run: not her')
+    assert.deepEqual(sent, [])
   } finally {
     await tools.close()
   }
