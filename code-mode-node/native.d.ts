@@ -168,7 +168,7 @@ export interface NativeApproval {
   callId: string
   /** The tool the cell called. */
   tool: string
-  /** The call's input as the cell passed it, as JSON text (`None`: it passed none). */
+  /** The call's input as the cell passed it, as JSON text (absent: it passed none). */
   input?: string
   /** Why the tool needs an approval (its `approvalReason`). */
   reason?: string
