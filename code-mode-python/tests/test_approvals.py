@@ -110,11 +110,13 @@ def test_a_session_approves_as_asked_approves_edited_and_denies_and_nothing_runs
         assert [item.text for item in session.wait(asked.cell_id, yield_time_ms=3_600_000).items] == [WAITING]
 
         ids = [p.id for p in pending]
-        assert session.approve(ids[0]).state == "approved"
+        # The approval as read right after the decision: approved, or taken to be sent
+        # already by the process that holds the call (this one).
+        assert session.approve(ids[0]).state in ("approved", "sending")
         assert texts_until_done(session, asked.cell_id) == ['sent {"to":"ada"}']
-        assert session.approve(ids[1], {"to": "bob@example.com"}).state == "approved"
+        assert session.approve(ids[1], {"to": "bob@example.com"}).state in ("approved", "sending")
         assert texts_until_done(session, edited.cell_id) == ['sent {"to":"bob@example.com"}']
-        assert session.deny(ids[2], "not to eve").state == "denied"
+        assert session.deny(ids[2], "not to eve").state in ("denied", "told")
         assert texts_until_done(session, denied.cell_id) == [
             "failed denied: the call of `send` was not approved, so it did not run: not to eve"
         ]

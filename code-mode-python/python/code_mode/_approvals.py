@@ -46,6 +46,9 @@ class Approval:
     age: datetime.timedelta
     """How long it had waited when it was listed."""
     state: Literal["pending", "approved", "sending", "denied", "told"]
+    """``pending``; approved: ``approved``, then ``sending`` once the process that holds the
+    call took it to send; denied: ``denied``, then ``told`` once its cell got it. What
+    ``approve`` and ``deny`` return is read right after the decision."""
     waiting_line: str
     """The line the model read in the cell's observation while the call waited."""
 
