@@ -645,11 +645,26 @@ async function wrapNative(make) {
 }
 
 const FOREVER_MS = 2 ** 31 - 1
+/** How often `run` looks whether a person decided the calls its cell waits on. */
+const DECISIONS_EVERY_MS = 50
+
+/**
+ * Until no call of cell `cellId` waits on a person: its observation would end at once
+ * (saying again that it waits), so `run` looks at the book instead of observing the cell.
+ */
+async function decisions(session, cellId, signal) {
+  if (!(await session[NEEDS_APPROVALS]())) return
+  while ((await session.pendingApprovals()).some((approval) => approval.cellId === cellId)) {
+    signal?.throwIfAborted()
+    await new Promise((resolve) => setTimeout(resolve, DECISIONS_EVERY_MS))
+  }
+}
 
 /**
  * Runs one cell to its end in a fresh session and returns its result (output of every
  * observation, in order); the session is closed after. Options: the session's, and
- * `signal`, `throwOnError`.
+ * `signal`, `throwOnError`. A call that waits on a person (a tool with `needsApproval`,
+ * with a `stateDir`) is waited for until it is decided, from this process or another.
  */
 async function run(source, options = {}) {
   const { signal, throwOnError, ...sessionOptions } = options
@@ -658,6 +673,7 @@ async function run(source, options = {}) {
     let result = await session.exec(source, { yieldTimeMs: FOREVER_MS, signal, throwOnError })
     const items = [...result.items]
     while (result.status === 'running') {
+      await decisions(session, result.cellId, signal)
       result = await session.wait(result.cellId, { yieldTimeMs: FOREVER_MS, signal, throwOnError })
       items.push(...result.items)
     }

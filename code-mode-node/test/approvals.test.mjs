@@ -17,6 +17,7 @@ import {
   approve,
   deny,
   pendingApprovals,
+  run,
 } from 'code-mode-runtime'
 import { node, sleep } from './helpers.mjs'
 
@@ -240,6 +241,25 @@ test('a call waiting in a process killed with -9 waits still when the next proce
   } finally {
     await session.close()
   }
+})
+
+test('run waits for a call to be decided, looking at the store rather than observing the cell again and again', async () => {
+  const { sent, tools } = mail()
+  const dir = stateDir()
+  let decided = null
+  const deciding = (async () => {
+    for (;;) {
+      const [waiting] = await pendingApprovals(dir)
+      await sleep(waiting ? 500 : 20) // a person takes a while
+      if (waiting) return (decided = await approve(dir, waiting.id))
+    }
+  })()
+  const result = await run(CELL, { tools, stateDir: dir, sessionId: 'run' })
+  await deciding
+  assert.ok(decided)
+  assert.equal(result.status, 'completed')
+  assert.deepEqual(result.text.split('\n'), ['free {"a":1}', WAITING, 'sent {"sent":"ada"}'], 'the line that says the call waits, once')
+  assert.deepEqual(sent, ['ada'])
 })
 
 test('a tools file\'s tool with approval = "always" waits too, and runs once approved', async () => {
