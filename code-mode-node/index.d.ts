@@ -81,7 +81,10 @@ export interface SessionOptions extends NativeOptions {
   storedValues?: Record<string, unknown>
   /** The runtime executable (default: $CODE_MODE_BIN, else the platform package's). */
   runtime?: string
-  /** A directory where the session keeps itself (SQLite): a process started again takes it back by `sessionId`. */
+  /**
+   * A directory where the session keeps itself (SQLite): a process started again takes it
+   * back by `sessionId`. Tools with `needsApproval` need one: their calls wait there.
+   */
   stateDir?: string
   sessionId?: string
   /** A call in flight at a crash runs again (`retry`) or fails (`fail`, the default) when the session is taken back. */
