@@ -1321,6 +1321,9 @@ impl Server {
                 self.out.send(state_error(message));
             }
             state.close(unwritten);
+            if let Some(approvals) = &self.approvals {
+                approvals.stop();
+            }
             // Kept, not held: on a shared store another server takes each at once.
             state.let_go().await;
         }

@@ -308,6 +308,12 @@ pub struct GateSite {
     /// Who opened the session, when the front knows: only they decide through it.
     pub principal: Option<String>,
     pub watch: Arc<dyn ApprovalWatch>,
+    /// Set when the front stops, keeping its sessions for the next process: the cells
+    /// closed then keep their approvals (else a cell's go when it closes).
+    pub stopping: Arc<AtomicBool>,
+    /// Cancelled when the session ends in this process (closed, or its front stops): the
+    /// restored calls waiting here stop waiting, unanswered (a later process asks again).
+    pub ended: CancellationToken,
 }
 
 impl std::fmt::Debug for GateSite {
@@ -440,10 +446,14 @@ impl ApprovalGate {
             }
         };
         tokio::spawn(async move {
-            let result = self
-                .through(restored.call.clone(), need, CancellationToken::new())
-                .await;
-            answered(restored, result);
+            let ended = self.site.ended.clone();
+            tokio::select! {
+                result = self.through(restored.call.clone(), need, CancellationToken::new()) => {
+                    answered(restored, result);
+                }
+                // The session ended here: the call stays unanswered, for the next process.
+                () = ended.cancelled() => {}
+            }
         });
         None
     }
@@ -465,10 +475,18 @@ impl DelegateLayer for ApprovalGate {
         }
     }
 
+    /// The gate keeps the approvals its inner delegate asks for: to those in front of
+    /// it (the session), a call needs none ([`code_mode_protocol::approval::refused_unapproved`]).
+    fn approval(&self, _: &NestedToolCall) -> Option<ApprovalNeed> {
+        None
+    }
+
     fn cell_closed(&self, cell_id: &CellId) {
-        self.site
-            .approvals
-            .cell_ended(&self.site.front, &self.site.session, cell_id);
+        if !self.site.stopping.load(Ordering::SeqCst) {
+            self.site
+                .approvals
+                .cell_ended(&self.site.front, &self.site.session, cell_id);
+        }
         self.inner.cell_closed(cell_id);
     }
 }

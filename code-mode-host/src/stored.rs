@@ -204,6 +204,8 @@ impl StoredProvider {
                 session: id.to_owned(),
                 principal: None,
                 watch: Arc::clone(&waiting) as Arc<dyn ApprovalWatch>,
+                stopping: Arc::default(),
+                ended: CancellationToken::new(),
             }),
             waiting,
         });
@@ -312,7 +314,12 @@ impl DelegateLayer for StoringDelegate {
             if let Err(error) = self.keeper.checkpoint().await {
                 return Err(unkept("the call was not asked", &error));
             }
-            let result = self.inner.invoke_tool(call.clone(), cancel).await;
+            let result = self.inner.invoke_tool(call.clone(), cancel.clone()).await;
+            if cancel.is_cancelled() {
+                // Nobody wants it (the cell ended, or the session shut down and is kept):
+                // not kept, so that a later process asks again what is still unanswered.
+                return result;
+            }
             match self.keeper.record(&call, &result).await {
                 Ok(()) => result,
                 Err(error) => Err(unkept("the tool ran, its answer was not kept", &error)),
@@ -376,6 +383,9 @@ impl StoredSession {
 
     /// Closes the session and deletes it from the store (its approvals with it).
     pub async fn close(&self) {
+        if let Some(site) = &self.link.site {
+            site.ended.cancel();
+        }
         self.inner.shutdown().await;
         self.link.kept.remove(&self.link.id);
         if let Some(site) = &self.link.site {
@@ -541,8 +551,14 @@ impl CodeModeSession for StoredSession {
     }
 
     /// Shuts the session down in this process; it stays in the store (a later process
-    /// resumes it). [`StoredSession::close`] deletes it.
+    /// resumes it), with the approvals its cells wait on. [`StoredSession::close`] deletes
+    /// it.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
+        if let Some(site) = &self.link.site {
+            site.stopping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            site.ended.cancel();
+        }
         self.inner.shutdown()
     }
 

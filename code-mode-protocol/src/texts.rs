@@ -73,6 +73,13 @@ pub fn approval_denied(tool: &str, message: &str) -> String {
     format!("denied: the call of `{tool}` was not approved, so it did not run: {message}")
 }
 
+/// The error a call gets when it needs a person's approval and its session keeps none.
+pub fn approval_unkept(tool: &str) -> String {
+    format!(
+        "refused: the call of `{tool}` needs a person's approval, and this session keeps no approvals (they need a state store), so it did not run"
+    )
+}
+
 /// The message of a call's denial when no person decided within the store's time to live.
 pub const APPROVAL_EXPIRED: &str = "its approval expired (no one decided in time)";
 

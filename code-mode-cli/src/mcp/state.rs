@@ -85,6 +85,10 @@ pub(crate) struct McpState {
     closed: AtomicBool,
     /// The calls that wait on a person (the same store's).
     approvals: Arc<Approvals>,
+    /// Set when the server stops: the cells its sessions close then keep their approvals.
+    stopping: Arc<AtomicBool>,
+    /// Cancelled when the server stops (each session's gate has a child of it).
+    ended: tokio_util::sync::CancellationToken,
 }
 
 impl McpState {
@@ -96,6 +100,8 @@ impl McpState {
         let approvals = Approvals::open(location, &options)?;
         Ok(Self {
             approvals,
+            stopping: Arc::default(),
+            ended: tokio_util::sync::CancellationToken::new(),
             kept: Arc::new(KeptSessions::open(location, FRONT, options)?),
             name: std::sync::OnceLock::new(),
             live: Mutex::new(HashMap::new()),
@@ -141,6 +147,8 @@ impl McpState {
                 session: id.to_owned(),
                 principal: principal::requester().map(|principal| principal.to_string()),
                 watch: waiting,
+                stopping: Arc::clone(&self.stopping),
+                ended: self.ended.child_token(),
             },
         ));
         let session = open(
@@ -312,6 +320,8 @@ impl McpState {
     /// shared store the next replica asked for one takes it at once).
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
+        self.ended.cancel();
         self.kept.let_go_all().await;
     }
 

@@ -19,6 +19,7 @@ use code_mode_state::{Approval, ApprovalError, ApprovalState, StateError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +40,11 @@ struct Gated {
 pub(super) struct JsonlApprovals {
     approvals: Arc<Approvals>,
     sessions: Mutex<HashMap<String, Gated>>,
+    /// Set when the driver stops: its sessions' cells close then, kept with their
+    /// approvals for the next process.
+    stopping: Arc<AtomicBool>,
+    /// Cancelled when the driver stops; each session's own (a child) when it shuts down.
+    ended: CancellationToken,
 }
 
 /// Tells the client a call waits (`approval_required`), and ends its cell's observation.
@@ -106,6 +112,8 @@ impl JsonlApprovals {
         Self {
             approvals,
             sessions: Mutex::new(HashMap::new()),
+            stopping: Arc::default(),
+            ended: CancellationToken::new(),
         }
     }
 
@@ -128,6 +136,8 @@ impl JsonlApprovals {
                 out: out.clone(),
                 waiting: Arc::clone(&waiting),
             }),
+            stopping: Arc::clone(&self.stopping),
+            ended: self.ended.child_token(),
         };
         let gate = Arc::new(ApprovalGate::new(Arc::clone(&delegate), site.clone()));
         lock(&self.sessions).insert(
@@ -181,9 +191,17 @@ impl JsonlApprovals {
         }
     }
 
+    /// The driver stops: the sessions it keeps keep their cells' approvals.
+    pub(super) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.ended.cancel();
+    }
+
     /// Session `session` was shut down (its approvals went with it) or its driver stops.
     pub(super) async fn closed(&self, session: &str, delete: bool) {
-        lock(&self.sessions).remove(session);
+        if let Some(gated) = lock(&self.sessions).remove(session) {
+            gated.site.ended.cancel();
+        }
         if delete {
             self.approvals.session_closed(FRONT, session).await;
         }

@@ -108,6 +108,22 @@ fn approvals_command(dir: &std::path::Path, args: &[&str]) -> std::process::Outp
         .expect("code-mode approvals runs")
 }
 
+/// Ends the server's input and waits for it to exit, within 30 s (else kills it and fails).
+fn finish_within(mut server: JsonlServer) -> std::process::ExitStatus {
+    drop(server.child.stdin.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = server.child.try_wait().expect("waited") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = server.child.kill();
+            panic!("the server did not stop within 30 s of the end of its input");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 const CELL: &str = "const mail = await tools.send_mail({ to: 'a' }); text('mail ' + JSON.stringify(mail)); \
      try { text('pay ' + JSON.stringify(await tools.pay({ n: 1 }))); } catch (error) { text('pay failed ' + String(error)); }";
 
@@ -278,7 +294,7 @@ fn serve_jsonl_holds_calls_for_approval_across_a_kill_and_code_mode_approvals_de
         0,
         "a denied call is never announced"
     );
-    assert!(server.finish().success());
+    assert!(finish_within(server).success());
     assert_eq!(
         std::fs::read_to_string(&log).expect("the log"),
         "{\"to\":\"b\"}\n"
@@ -304,4 +320,81 @@ fn a_tool_that_needs_approval_without_a_state_store_is_refused_at_start() {
         String::from_utf8_lossy(&output.stderr).contains("needs approvals"),
         "{output:?}"
     );
+}
+
+/// `code-mode run` keeps no approvals: a call that needs one is refused, never made (the
+/// tool's own log stays empty), and the model reads why.
+#[test]
+fn run_refuses_a_call_that_needs_approval_and_never_makes_it() {
+    let scratch = Scratch::new();
+    let tools = tools_file(&scratch.0);
+    let cell = scratch.0.join("cell.js");
+    std::fs::write(
+        &cell,
+        "try { await tools.send_mail({ to: 'a' }); } catch (error) { text(String(error)); }",
+    )
+    .expect("written");
+    let output = Command::new(BIN)
+        .args(["run", cell.to_str().expect("UTF-8"), "--json", "--tools"])
+        .arg(&tools)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("refused: the call of `send_mail` needs a person's approval, and this session keeps no approvals (they need a state store), so it did not run"),
+        "{output:?}"
+    );
+    assert!(!scratch.0.join("mail.log").exists(), "the tool ran");
+}
+
+/// A clean stop (end of input) keeps the session and the approval its cell waits on: the
+/// command line lists it while no server runs, and the restarted server announces the same
+/// approval again when the session is resumed, and stops cleanly again while it waits.
+#[test]
+fn a_clean_stop_keeps_the_approvals_its_kept_cells_wait_on() {
+    let scratch = Scratch::new();
+    let tools = tools_file(&scratch.0);
+    let mut server = start_server(&scratch.0, &tools);
+    let mut seen = Seen::default();
+    let opened = seen.ask(&mut server, 1, "open_session", &json!({}));
+    let session = opened["result"]["session"]
+        .as_str()
+        .expect("a session")
+        .to_owned();
+    let token = opened["result"]["resume_token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    seen.ask(
+        &mut server,
+        2,
+        "exec",
+        &json!({"session": session, "source": "await tools.send_mail({ to: 'a' });", "yield_time_ms": 3_600_000}),
+    );
+    let required = seen.until_event(&mut server, "approval_required", "send_mail");
+    assert!(finish_within(server).success());
+
+    let listed = approvals_command(&scratch.0, &["list"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{listed:?}");
+    assert_eq!(lines[0]["approval"], required["approval"]);
+
+    for _ in 0..2 {
+        let mut server = start_server(&scratch.0, &tools);
+        let mut seen = Seen::default();
+        let resumed = seen.ask(
+            &mut server,
+            1,
+            "resume_session",
+            &json!({"session": session, "resume_token": token}),
+        );
+        assert_eq!(resumed["result"]["session"], json!(session), "{resumed}");
+        let again = seen.until_event(&mut server, "approval_required", "send_mail");
+        assert_eq!(again["approval"], required["approval"], "the same approval");
+        assert!(finish_within(server).success());
+    }
+    assert!(!scratch.0.join("mail.log").exists(), "the tool ran");
 }

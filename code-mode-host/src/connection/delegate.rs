@@ -125,6 +125,12 @@ impl Connection {
                     input,
                     exec_call_id,
                 };
+                // A call that needs an approval nothing here keeps is refused, never run.
+                if let Some(refused) =
+                    code_mode_protocol::approval::refused_unapproved(delegate, &call)
+                {
+                    return Some(DelegateReply::ToolResult(Err(refused)));
+                }
                 if faults::fire(Fault::DuplicateCall, || true) {
                     // Proof that the chaos test sees a call made twice (a test-only
                     // switch): the delegate runs it once more first, its answer unused.

@@ -415,3 +415,83 @@ async fn approvals_on_postgres_dropped_by_an_async_task_close_quietly() {
     let dropped = tokio::spawn(async move { drop(approvals) }).await;
     assert!(dropped.is_ok(), "the drop panicked: {dropped:?}");
 }
+
+/// A stored session shut down (not closed) while its call waits on a person keeps the call
+/// waiting for the next process: its approval stays listed, the call is not answered with
+/// the shutdown's cancellation, and once approved there it runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_session_shut_down_while_its_call_waits_keeps_it_for_the_next_process() {
+    use code_mode_host::Interrupted;
+    let scratch = Scratch::new();
+    let location = StoreLocation::Dir(scratch.0.join("state"));
+    let options = StoreOptions::default();
+    let open = || {
+        let kept =
+            Arc::new(KeptSessions::open(&location, "agent", options.clone()).expect("opens"));
+        let approvals = Approvals::open(&location, &options).expect("the approvals open");
+        let provider = ProcessProvider::new(ProcessConfig {
+            generations_before: kept.generations_before(),
+            ..ProcessConfig::default()
+        })
+        .expect("the runtime is built");
+        StoredProvider::new(Runtimes::Local(provider), kept).with_approvals(approvals, "agent")
+    };
+    let first = Arc::new(Mail::default());
+    let sessions = open();
+    let session = sessions
+        .open(
+            "kept",
+            first.clone(),
+            SessionOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect("opens");
+    let source = "text('sent ' + JSON.stringify(await tools.send({ to: 'x' })));";
+    let started = session
+        .execute(
+            ExecRequest::new(source)
+                .with_tools(mail_tools())
+                .with_yield_time_ms(3_600_000),
+        )
+        .await
+        .expect("starts");
+    assert_eq!(
+        texts(&started.initial_response),
+        [WAITING_LINE.replace("tool-2", "tool-1")]
+    );
+    let waiting = session.pending_approvals().await.expect("listed");
+    assert_eq!(waiting.len(), 1);
+    session.shutdown().await;
+    drop(session);
+    drop(sessions);
+
+    let second = Arc::new(Mail::default());
+    let sessions = open();
+    let resumed = sessions
+        .resume("kept", second.clone(), SessionOptions::default(), |_| {
+            Interrupted::Fail
+        })
+        .await
+        .expect("resumes");
+    let still = resumed.pending_approvals().await.expect("listed");
+    assert_eq!(
+        still
+            .iter()
+            .map(|approval| &approval.id)
+            .collect::<Vec<_>>(),
+        [&waiting[0].id],
+        "the same call still waits"
+    );
+    resumed
+        .approve(&waiting[0].id, None)
+        .await
+        .expect("approved");
+    assert_eq!(
+        finished(resumed.as_ref(), "1").await,
+        ["sent {\"to\":\"x\"}"]
+    );
+    assert_eq!(second.sent("send"), ["{\"to\":\"x\"}"]);
+    assert!(first.sent("send").is_empty());
+    resumed.close().await;
+}

@@ -137,8 +137,14 @@ impl CellActor {
         let internal = self.internal_tx.clone();
         let id = call.id;
         let task = Box::pin(async move {
+            // A call that needs an approval nothing here keeps is refused, never run.
             let answer =
-                until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await;
+                match code_mode_protocol::approval::refused_unapproved(&*delegate, &request) {
+                    Some(refused) => Some(Err(refused)),
+                    None => {
+                        until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await
+                    }
+                };
             if let Some(result) = answer {
                 code_mode_protocol::hop!("delegate answered");
                 let _ = internal.send(Internal::ToolDone { id, result });
