@@ -8,7 +8,8 @@
 //!    (`StoredProvider` with a state directory, a runtime process): the time until every
 //!    call is listed, the memory and threads of the runtime and of the agent once the
 //!    cells hibernated, the time to list them all (p50, p95, mean of 10), and after the
-//!    agent is gone, whether a new process lists them all, and in how long.
+//!    agent is gone, whether a new connection to the store (as a new process would open)
+//!    lists them all, and in how long.
 //! 2. **Approval to delegate.** M cells one after another, each approved the moment it
 //!    waits: the time from the approval (this process's `decide`, and another process's,
 //!    which the agent finds by looking every `POLL_EVERY`) to the call reaching its
@@ -210,7 +211,7 @@ async fn waiting(cells: usize, location: &StoreLocation, options: &StoreOptions)
         .expect("ran")
         .expect("listed");
     println!(
-        "  after the agent is gone, a new process lists {} of {cells} in {:.0} ms (open and list)",
+        "  after the agent is gone, a new connection to the store lists {} of {cells} in {:.0} ms (open and list)",
         listed.len(),
         at.elapsed().as_secs_f64() * 1000.0
     );
@@ -310,9 +311,9 @@ async fn main() {
         for elsewhere in [false, true] {
             let mut times = latency(options.samples, location, store, elsewhere).await;
             let by = if elsewhere {
-                "another process's decision"
+                "decided through another connection to the store (as another process)"
             } else {
-                "this process's decision"
+                "decided by the agent's own Approvals"
             };
             println!("  {name}, {by}: {}", figures(&mut times));
         }

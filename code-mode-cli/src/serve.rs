@@ -874,6 +874,11 @@ impl Server {
         ) else {
             return Ok(());
         };
+        // The client's tools that need an approval, known before its next `exec`: a
+        // restored call of one goes back behind the gate, never out unasked.
+        if let Some(approvals) = &self.approvals {
+            approvals.note_tools(&record.id, state::kept_needs(&record.options));
+        }
         let cells = record.state.cells.len();
         let calls = held.restore(session.as_ref());
         tracing::debug!(session = %record.id, cells, unanswered = calls.len(), "session restored from the state directory");
@@ -887,11 +892,16 @@ impl Server {
             };
             let call = &restored.call;
             if self.tools.has(&call.tool_name) {
+                // A call that needed an approval (taken to be sent, it may have run) is
+                // never sent again, whatever its tool says.
+                let approved = self.tools.approval(&call.tool_name).is_some();
                 match self.tools.on_interrupt(&call.tool_name) {
-                    OnInterrupt::Fail => restored.answer(Err(ToolError::new(
+                    OnInterrupt::Retry if !approved => {
+                        self.run_again(state, &record.id, restored);
+                    }
+                    _ => restored.answer(Err(ToolError::new(
                         code_mode_protocol::texts::TOOL_LOST_IN_RESTART,
                     ))),
-                    OnInterrupt::Retry => self.run_again(state, &record.id, restored),
                 }
             } else {
                 let id = held
@@ -995,7 +1005,10 @@ impl Server {
             });
             (tool.name, need)
         });
-        approvals.note_tools(session, needs);
+        let all = approvals.note_tools(session, needs);
+        if let (Some(state), Some(all)) = (&self.state, all) {
+            state.keep_needs(session, &all);
+        }
     }
 }
 

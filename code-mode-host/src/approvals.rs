@@ -34,6 +34,19 @@ use tokio_util::sync::CancellationToken;
 /// How often a process with calls waiting looks for decisions another process took.
 pub const POLL_EVERY: Duration = Duration::from_millis(25);
 
+/// How far apart the clocks of the processes that decide may be, for the decisions a look
+/// reads (a decision is stamped with its decider's clock).
+const DECIDERS_CLOCK_MARGIN_MS: i64 = 5_000;
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
 /// What a waiting call learns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Decided {
@@ -173,7 +186,13 @@ impl Approvals {
         request: ApprovalRequest,
         kept: impl FnOnce(&Approval),
     ) -> Result<(Approval, Option<Decided>), StateError> {
+        let (tool, input) = (request.tool.clone(), request.input.clone());
         let approval = self.on_book(move |book| book.request(&request)).await?;
+        // A row kept for another call under this call's number (a rebuilt cell that went
+        // another way) is not this call's: nothing is decided for it.
+        if approval.tool != tool || approval.input != input {
+            return Ok((approval, None));
+        }
         if approval.state != ApprovalState::Pending {
             let decided = Decided::of(&approval);
             return Ok((approval, decided));
@@ -199,7 +218,11 @@ impl Approvals {
         }
         let approvals = Arc::clone(self);
         tokio::spawn(async move {
-            loop {
+            // Each look reads the rows decided since the last one began, less a margin for
+            // the clocks of the processes that decide; a row decided before its call began
+            // to wait here was found when the call asked. Expiry every 40th look.
+            let mut since = now_ms().saturating_sub(DECIDERS_CLOCK_MARGIN_MS);
+            for round in 0_u64.. {
                 tokio::time::sleep(POLL_EVERY).await;
                 {
                     let mut waiters = lock(&approvals.waiters);
@@ -210,14 +233,18 @@ impl Approvals {
                         return;
                     }
                 }
+                let began = now_ms();
                 let decided = approvals
-                    .on_book(|book| {
-                        book.expire()?;
-                        book.decided(None)
+                    .on_book(move |book| {
+                        if round % 40 == 0 {
+                            book.expire()?;
+                        }
+                        book.decided_since(since)
                     })
                     .await;
                 match decided {
                     Ok(rows) => {
+                        since = began.saturating_sub(DECIDERS_CLOCK_MARGIN_MS);
                         for row in rows {
                             if let Some(told) = Decided::of(&row) {
                                 approvals.deliver(&row.id, told);
@@ -366,6 +393,9 @@ impl ApprovalGate {
         })?;
         site.watch.settled(&approval);
         let tool = call.tool_name.clone();
+        if approval.tool != tool || approval.input != call.input {
+            return Err(ToolError::new(texts::approval_mismatch(&tool)));
+        }
         match decided {
             // Taken to be sent by a process that stopped: it may have run, and is never
             // sent again.
@@ -394,7 +424,8 @@ impl ApprovalGate {
                     .await;
                 match taken {
                     Ok(true) => {}
-                    Ok(false) => return Err(ToolError::new(texts::approval_mismatch(&tool))),
+                    // Another process took it to send: it may be running there.
+                    Ok(false) => return Err(ToolError::new(texts::interrupted_call(&tool))),
                     Err(error) => {
                         return Err(ToolError::new(texts::state_unwritten(
                             "the approved call was not sent",

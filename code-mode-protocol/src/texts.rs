@@ -87,7 +87,7 @@ pub const APPROVAL_EXPIRED: &str = "its approval expired (no one decided in time
 /// recorded with the approval differs), or its approval was used already: it is not sent.
 pub fn approval_mismatch(tool: &str) -> String {
     format!(
-        "refused: the call of `{tool}` does not match its approval (the input approved is not the one it would send, or the approval was used already), so it did not run"
+        "refused: the call of `{tool}` does not match the approval kept for it (another call's, or an input other than the one approved), so it did not run"
     )
 }
 

@@ -8,8 +8,8 @@
 //! input to send and its digest) → `sending` (taken by the one process that sends it, in
 //! one conditional update: an approval is used once) → deleted with its cell; or
 //! `pending` → `denied` (with the approver's message) → `told` (the cell got it). A
-//! decision is taken once: only a `pending` row is decided. A `pending` row older than
-//! the store's time to live is denied as expired. Every method blocks: call it off an
+//! decision is taken once: only a `pending` row is decided. A `pending` row past the time
+//! to live of the process that asked it (kept with the row) is denied as expired. Every method blocks: call it off an
 //! async runtime's threads (`spawn_blocking`).
 
 use crate::pg_connect::{Target, explain};
@@ -39,9 +39,11 @@ const TABLE: &str = "
         digest TEXT,
         message TEXT,
         decided_at BIGINT,
+        expires_at BIGINT,
         UNIQUE (front, session, cell, call)
     );
-    CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals (state, front);";
+    CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals (state, front);
+    CREATE INDEX IF NOT EXISTS approvals_by_decision ON approvals (decided_at);";
 
 /// The columns an [`Approval`] is read from, in order.
 const COLUMNS: &str = "id, front, session, cell, call, tool, input, reason, principal, \
@@ -150,6 +152,7 @@ enum Param {
     Text(String),
     Maybe(Option<String>),
     Int(i64),
+    MaybeInt(Option<i64>),
 }
 
 /// A row as read, before it is an [`Approval`].
@@ -226,11 +229,15 @@ impl ApprovalBook {
     /// Keeps `request` as waiting; the row as it is (one asked before, with whatever was
     /// decided since, when the call was asked already: a rebuilt cell asks again).
     pub fn request(&self, request: &ApprovalRequest) -> Result<Approval, StateError> {
-        let id = fresh_id();
+        let id = fresh_id().map_err(|detail| self.write_error(detail))?;
+        let now = now_ms();
+        let expires = self
+            .ttl
+            .map(|ttl| now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
         self.execute(
             "INSERT INTO approvals (id, front, session, cell, call, tool, input, reason, \
-             principal, requested_at, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending') \
+             principal, requested_at, state, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11) \
              ON CONFLICT (front, session, cell, call) DO NOTHING",
             vec![
                 Param::Text(id),
@@ -242,7 +249,8 @@ impl ApprovalBook {
                 Param::Maybe(request.input.as_ref().map(|text| text.as_str().to_owned())),
                 Param::Maybe(request.reason.clone()),
                 Param::Maybe(request.principal.clone()),
-                Param::Int(now_ms()),
+                Param::Int(now),
+                Param::MaybeInt(expires),
             ],
         )?;
         self.find(
@@ -302,16 +310,13 @@ impl ApprovalBook {
         self.select(&filter, params)
     }
 
-    /// The decided calls (of `front`, or every front's) that no process took yet (approved, or denied and not
-    /// told): what a process that waits on some of them looks for.
-    pub fn decided(&self, front: Option<&str>) -> Result<Vec<Approval>, StateError> {
-        match front {
-            Some(front) => self.select(
-                "front = $1 AND state IN ('approved', 'denied')",
-                vec![Param::Text(front.to_owned())],
-            ),
-            None => self.select("state IN ('approved', 'denied')", Vec::new()),
-        }
+    /// The decided calls no process took yet (approved, or denied and not told) that were
+    /// decided at or after `since_ms`: what a process that waits on some of them looks for.
+    pub fn decided_since(&self, since_ms: i64) -> Result<Vec<Approval>, StateError> {
+        self.select(
+            "state IN ('approved', 'denied') AND decided_at >= $1",
+            vec![Param::Int(since_ms)],
+        )
     }
 
     /// Decides approval `id`, once: approved (with the input to send: the edited one, or
@@ -420,19 +425,15 @@ impl ApprovalBook {
         .map(drop)
     }
 
-    /// Denies, as expired, every pending approval older than the time to live; how many.
+    /// Denies, as expired, every pending approval past the time to live it was asked
+    /// with; how many.
     pub fn expire(&self) -> Result<u64, StateError> {
-        let Some(ttl) = self.ttl else {
-            return Ok(0);
-        };
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         self.execute(
             "UPDATE approvals SET state = 'denied', message = $1, decided_at = $2 \
-             WHERE state = 'pending' AND requested_at < $3",
+             WHERE state = 'pending' AND expires_at IS NOT NULL AND expires_at < $2",
             vec![
                 Param::Text(code_mode_protocol::texts::APPROVAL_EXPIRED.to_owned()),
                 Param::Int(now_ms()),
-                Param::Int(now_ms().saturating_sub(ttl_ms)),
             ],
         )
     }
@@ -498,17 +499,17 @@ impl ApprovalBook {
 }
 
 /// A fresh approval id: `a` and 128 random bits in hex.
-fn fresh_id() -> String {
+fn fresh_id() -> Result<String, String> {
     let mut bytes = [0_u8; 16];
     rustls::crypto::ring::default_provider()
         .secure_random
         .fill(&mut bytes)
-        .expect("the system's secure random generator works");
+        .map_err(|_| "the system's secure random generator failed".to_owned())?;
     let mut id = String::from("a");
     for byte in bytes {
         id.push_str(&format!("{byte:02x}"));
     }
-    id
+    Ok(id)
 }
 
 fn call_number(call: CallId) -> i64 {
@@ -592,6 +593,8 @@ fn sqlite_value(param: &Param) -> rusqlite::types::Value {
         Param::Maybe(Some(text)) => Value::Text(text.clone()),
         Param::Maybe(None) => Value::Null,
         Param::Int(number) => Value::Integer(*number),
+        Param::MaybeInt(Some(number)) => Value::Integer(*number),
+        Param::MaybeInt(None) => Value::Null,
     }
 }
 
@@ -633,6 +636,7 @@ fn pg_params(params: &[Param]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
                 Param::Text(text) => Box::new(text.clone()),
                 Param::Maybe(text) => Box::new(text.clone()),
                 Param::Int(number) => Box::new(*number),
+                Param::MaybeInt(number) => Box::new(*number),
             }
         })
         .collect()
@@ -764,4 +768,105 @@ fn open_postgres(url: &str, options: &StoreOptions) -> Result<(Backend, String),
         })),
         describe,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(dir: &Path, ttl: Option<Duration>) -> ApprovalBook {
+        let options = StoreOptions {
+            ttl,
+            ..StoreOptions::default()
+        };
+        ApprovalBook::open(&StoreLocation::Dir(dir.to_owned()), &options).expect("opens")
+    }
+
+    fn request(call: u64) -> ApprovalRequest {
+        ApprovalRequest {
+            front: "test".to_owned(),
+            session: "s".to_owned(),
+            cell_id: CellId::new(1),
+            call: CallId::new(call),
+            tool: "send".to_owned(),
+            input: Some(JsonText::new("{\"to\":\"a\"}")),
+            reason: None,
+            principal: Some("alice".to_owned()),
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("code-mode-approvals-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_call_waiting_past_the_ttl_it_was_asked_with_is_denied_as_expired_whoever_lists() {
+        let dir = scratch("expiry");
+        let asker = book(&dir, Some(Duration::from_millis(50)));
+        let waiting = asker.request(&request(1)).expect("kept");
+        // A lister with a far longer time to live does not keep it alive, nor end it early.
+        let lister = book(&dir, Some(Duration::from_secs(3600)));
+        assert_eq!(lister.pending(None, None).expect("listed").len(), 1);
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(lister.pending(None, None).expect("listed").is_empty());
+        let row = lister.get(&waiting.id).expect("read").expect("kept");
+        assert_eq!(
+            row.state,
+            ApprovalState::Denied {
+                message: code_mode_protocol::texts::APPROVAL_EXPIRED.to_owned()
+            }
+        );
+        let late = lister.decide(&waiting.id, &Decision::Approve { input: None }, None);
+        assert!(
+            matches!(late, Err(ApprovalError::NotWaiting(_))),
+            "{late:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_decision_is_taken_once_and_only_for_the_principal_of_the_session() {
+        let dir = scratch("once");
+        let book = book(&dir, None);
+        let waiting = book.request(&request(1)).expect("kept");
+        let approve = Decision::Approve { input: None };
+        let other = book.decide(&waiting.id, &approve, Some("mallory"));
+        assert!(
+            matches!(other, Err(ApprovalError::NotWaiting(_))),
+            "{other:?}"
+        );
+        let edited = Decision::Approve {
+            input: Some("{\"to\":\"b\"}".to_owned()),
+        };
+        let decided = book
+            .decide(&waiting.id, &edited, Some("alice"))
+            .expect("decided");
+        assert_eq!(
+            decided.state,
+            ApprovalState::Approved {
+                input: Some("{\"to\":\"b\"}".to_owned()),
+                digest: input_digest(Some("{\"to\":\"b\"}")),
+            }
+        );
+        let again = book.decide(
+            &waiting.id,
+            &Decision::Deny {
+                message: "no".into(),
+            },
+            None,
+        );
+        assert!(
+            matches!(again, Err(ApprovalError::NotWaiting(_))),
+            "{again:?}"
+        );
+        assert!(book.take_to_send(&waiting.id).expect("taken"));
+        assert!(
+            !book.take_to_send(&waiting.id).expect("asked"),
+            "taken once"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

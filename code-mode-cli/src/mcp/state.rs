@@ -173,7 +173,11 @@ impl McpState {
                     else {
                         return;
                     };
-                    if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry {
+                    // A call that needed an approval (taken to be sent, it may have run)
+                    // is never sent again, whatever its tool says.
+                    if tools.on_interrupt(&call.call.tool_name) == OnInterrupt::Retry
+                        && tools.approval(&call.call.tool_name).is_none()
+                    {
                         // Its tool may run twice: it runs again, and its answer joins the
                         // cell's journal (written with the session before the next answer).
                         let result = tools

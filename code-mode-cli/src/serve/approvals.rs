@@ -152,16 +152,15 @@ impl JsonlApprovals {
         gate
     }
 
-    /// An `exec`'s tools: which of the client's need an approval from now on.
+    /// An `exec`'s tools: which of the client's need an approval from now on; all of
+    /// them, as they are then (to be kept with the session).
     pub(super) fn note_tools(
         &self,
         session: &str,
         tools: impl IntoIterator<Item = (String, Option<ApprovalNeed>)>,
-    ) {
+    ) -> Option<HashMap<String, ApprovalNeed>> {
         let sessions = lock(&self.sessions);
-        let Some(gated) = sessions.get(session) else {
-            return;
-        };
+        let gated = sessions.get(session)?;
         let mut needs = lock(&gated.needs);
         for (name, need) in tools {
             match need {
@@ -169,6 +168,7 @@ impl JsonlApprovals {
                 None => needs.remove(&name),
             };
         }
+        Some(needs.clone())
     }
 
     /// An observation of a cell of `session` begins: `preempt` ends it when one of the

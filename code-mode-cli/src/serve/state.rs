@@ -10,6 +10,7 @@
 
 use super::{Out, answer_text};
 use code_mode_host::{DurableSession, HeldSession, KeptSessions, RestoredCall};
+use code_mode_protocol::ApprovalNeed;
 use code_mode_protocol::sync::lock;
 use code_mode_state::{
     AnswerRecord, CallRecord, SessionRecord, StateError, StoreLocation, StoreOptions,
@@ -103,7 +104,30 @@ pub(super) fn kept_options(options: &Value, token: &ResumeToken) -> String {
 pub(super) fn strip_token(options: &mut Value) {
     if let Some(map) = options.as_object_mut() {
         map.remove(TOKEN_DIGEST);
+        map.remove(APPROVAL_TOOLS);
     }
+}
+
+/// The name, in a kept session's options, of the client's tools whose calls wait on a
+/// person (tool → reason), as its `exec`s gave them: a restarted driver knows them before
+/// the client's next `exec`.
+const APPROVAL_TOOLS: &str = "approval_tools";
+
+/// The client's tools that need an approval, as a session was kept with them.
+pub(super) fn kept_needs(options: &str) -> Vec<(String, Option<ApprovalNeed>)> {
+    let kept = serde_json::from_str::<Value>(options).unwrap_or_default();
+    let Some(tools) = kept.get(APPROVAL_TOOLS).and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    tools
+        .iter()
+        .map(|(name, reason)| {
+            let need = ApprovalNeed {
+                reason: reason.as_str().map(str::to_owned),
+            };
+            (name.clone(), Some(need))
+        })
+        .collect()
 }
 
 /// Whether `token` is the resume token of the session kept with `options`, compared in
@@ -153,6 +177,24 @@ impl Durability {
     /// Keeps session `id` from now on.
     pub(super) fn keep(&self, id: &str, session: Arc<dyn DurableSession>, options: String) {
         lock(&self.sessions).insert(id.to_owned(), Kept { session, options });
+    }
+
+    /// Session `id`'s client tools that need an approval are now `needs`: kept with it
+    /// from its next write.
+    pub(super) fn keep_needs(&self, id: &str, needs: &HashMap<String, ApprovalNeed>) {
+        let mut sessions = lock(&self.sessions);
+        let Some(kept) = sessions.get_mut(id) else {
+            return;
+        };
+        let mut options = serde_json::from_str::<Value>(&kept.options).unwrap_or_default();
+        if let Some(map) = options.as_object_mut() {
+            let tools: serde_json::Map<String, Value> = needs
+                .iter()
+                .map(|(name, need)| (name.clone(), json!(need.reason)))
+                .collect();
+            map.insert(APPROVAL_TOOLS.to_owned(), Value::Object(tools));
+            kept.options = options.to_string();
+        }
     }
 
     /// Session `id` was shut down: it is deleted from the store (unless the driver is

@@ -125,7 +125,8 @@ fn finish_within(mut server: JsonlServer) -> std::process::ExitStatus {
 }
 
 const CELL: &str = "const mail = await tools.send_mail({ to: 'a' }); text('mail ' + JSON.stringify(mail)); \
-     try { text('pay ' + JSON.stringify(await tools.pay({ n: 1 }))); } catch (error) { text('pay failed ' + String(error)); }";
+     try { text('pay ' + JSON.stringify(await tools.pay({ n: 1 }))); } catch (error) { text('pay failed ' + String(error)); } \
+     try { await tools.pay({ n: 3 }); } catch (error) { text('second ' + String(error)); }";
 
 #[test]
 fn serve_jsonl_holds_calls_for_approval_across_a_kill_and_code_mode_approvals_decides_them() {
@@ -242,8 +243,26 @@ fn serve_jsonl_holds_calls_for_approval_across_a_kill_and_code_mode_approvals_de
         &json!({"method": "tool_result", "params": {"call": call["call"], "result": "paid"}})
             .to_string(),
     );
-    let mut output = Vec::new();
-    for id in 2.. {
+    // The cell's next call of the client's tool, after the restart and before any new
+    // `exec` that names the tool: it waits too (the tool's approval was kept). The `wait`
+    // rebuilds the cell and ends when that call waits.
+    let waited = seen.ask(
+        &mut server,
+        20,
+        "wait",
+        &json!({"session": session, "cell_id": "1", "yield_time_ms": 3_600_000}),
+    );
+    let mut output = texts(&waited);
+    let second = seen.until_event(&mut server, "approval_required", "pay");
+    assert_eq!(second["input"], json!({"n": 3}));
+    let denied = seen.ask(
+        &mut server,
+        2,
+        "deny",
+        &json!({"approval": second["approval"], "message": "one is enough"}),
+    );
+    assert_eq!(denied["result"]["decision"], "denied", "{denied}");
+    for id in 3.. {
         let reply = seen.ask(
             &mut server,
             id,
@@ -256,6 +275,13 @@ fn serve_jsonl_holds_calls_for_approval_across_a_kill_and_code_mode_approvals_de
         }
     }
     assert!(output.contains(&"pay \"paid\"".to_owned()), "{output:?}");
+    assert!(
+        output.contains(
+            &"second denied: the call of `pay` was not approved, so it did not run: one is enough"
+                .to_owned()
+        ),
+        "{output:?}"
+    );
     assert_eq!(seen.count("tool_call", "pay"), 0, "announced once");
 
     // Denied over JSON lines: the tool never runs.

@@ -1196,7 +1196,7 @@ fn a_request_whose_connection_broke_is_resumed_with_its_result() {
 
 /// A tool with `approval = "always"` over MCP (the official Python SDK as the client): each
 /// `exec` ends as soon as its call waits, saying which call waits and why; the operator
-/// lists the call with `code-mode approvals` (with the session's principal) and approves
+/// lists the call with `code-mode approvals` and approves
 /// it with an edited input, or denies it; the tool's own log shows it ran once, with the
 /// input approved, and never for the denied call.
 #[test]

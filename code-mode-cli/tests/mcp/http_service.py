@@ -221,11 +221,14 @@ async def approval(url, opts):
                     approvals_command(code_mode, state, "deny", pending[0]["approval"], "--message", "not now")
                 cell = "1" if n == 0 else "2"
                 texts = []
-                for _ in range(100):
+                deadline = asyncio.get_running_loop().time() + 60
+                while asyncio.get_running_loop().time() < deadline:
                     waited = await client.call_tool("wait", {"cell_id": cell, "yield_time_ms": 10000})
                     texts = [block.text for block in waited.content if block.type == "text"]
                     if any(text.startswith("Script completed") for text in texts):
                         break
+                    # Still waiting: the server finds the decision within a moment.
+                    await asyncio.sleep(0.05)
                 seen[f"wait{n}"] = texts
     return seen
 

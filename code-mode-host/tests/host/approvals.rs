@@ -495,3 +495,65 @@ async fn a_stored_session_shut_down_while_its_call_waits_keeps_it_for_the_next_p
     assert!(first.sent("send").is_empty());
     resumed.close().await;
 }
+
+/// A row the book keeps under a call's number for another call (a rebuilt cell that went
+/// another way, say) is not that call's: it is refused, never sent on that approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_kept_for_another_call_under_the_same_number_is_not_used() {
+    use code_mode_host::state::ApprovalRequest;
+    let scratch = Scratch::new();
+    let location = StoreLocation::Dir(scratch.0.join("state"));
+    let options = StoreOptions::default();
+    let kept = Arc::new(KeptSessions::open(&location, "agent", options.clone()).expect("opens"));
+    let approvals = Approvals::open(&location, &options).expect("the approvals open");
+    let provider = ProcessProvider::new(ProcessConfig::default()).expect("the runtime is built");
+    let sessions = StoredProvider::new(Runtimes::Local(provider), kept)
+        .with_approvals(Arc::clone(&approvals), "agent");
+    // Approved already, for a call of another tool with this session's cell 1, call 1.
+    let book = ApprovalBook::open(&location, &options).expect("opens");
+    let other = book
+        .request(&ApprovalRequest {
+            front: "agent".to_owned(),
+            session: "m".to_owned(),
+            cell_id: code_mode_protocol::CellId::new(1),
+            call: code_mode_protocol::CallId::new(1),
+            tool: "free".to_owned(),
+            input: None,
+            reason: None,
+            principal: None,
+        })
+        .expect("kept");
+    book.decide(&other.id, &Decision::Approve { input: None }, None)
+        .expect("approved");
+    let mail = Arc::new(Mail::default());
+    let session = sessions
+        .open(
+            "m",
+            mail.clone(),
+            SessionOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect("opens");
+    session
+        .execute(
+            ExecRequest::new(
+                "try { await tools.send({ to: 'x' }); } catch (error) { text(String(error)); }",
+            )
+            .with_tools(mail_tools())
+            .with_yield_time_ms(0),
+        )
+        .await
+        .expect("starts");
+    assert_eq!(
+        finished(session.as_ref(), "1").await,
+        [
+            "refused: the call of `send` does not match the approval kept for it (another call's, or an input other than the one approved), so it did not run"
+        ]
+    );
+    assert!(
+        mail.sent("send").is_empty(),
+        "sent on another call's approval"
+    );
+    session.close().await;
+}
