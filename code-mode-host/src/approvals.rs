@@ -507,7 +507,7 @@ impl DelegateLayer for ApprovalGate {
     }
 
     /// The gate keeps the approvals its inner delegate asks for: to those in front of
-    /// it (the session), a call needs none ([`code_mode_protocol::approval::refused_unapproved`]).
+    /// it (the session), a call needs none ([`code_mode_protocol::session::refused_unapproved`]).
     fn approval(&self, _: &NestedToolCall) -> Option<ApprovalNeed> {
         None
     }

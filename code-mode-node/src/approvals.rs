@@ -160,7 +160,7 @@ pub fn pending_approvals<'env>(
     session: Option<String>,
     front: Option<String>,
 ) -> napi::Result<Object<'env>> {
-    crate::session::promise(env, async move {
+    crate::runtime::promise(env, async move {
         match approvals_of(dir).await {
             Ok(approvals) => listed(
                 approvals
@@ -185,7 +185,7 @@ pub fn decide_approval<'env>(
     deny: Option<String>,
 ) -> napi::Result<Object<'env>> {
     let decision = decision(input, deny);
-    crate::session::promise(env, async move {
+    crate::runtime::promise(env, async move {
         match approvals_of(dir).await {
             Ok(approvals) => decided(approvals.decide(&id, decision, None).await),
             Err(error) => failed("CodeModeError", error),

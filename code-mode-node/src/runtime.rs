@@ -98,3 +98,17 @@ pub fn kept_sessions(dir: String, runtime: String) -> napi::Result<Vec<String>> 
         .map(|provider| provider.kept())
         .map_err(napi::Error::from_reason)
 }
+
+/// A promise of `run`'s outcome, settled from the tokio runtime.
+pub(crate) fn promise<'env, T: napi::bindgen_prelude::ToNapiValue + Send + 'static>(
+    env: &'env napi::Env,
+    run: impl std::future::Future<Output = T> + Send + 'static,
+) -> napi::Result<napi::bindgen_prelude::Object<'env>> {
+    type Resolve<T> = Box<dyn FnOnce(napi::Env) -> napi::Result<T> + Send>;
+    let (deferred, promise) = env.create_deferred::<T, Resolve<T>>()?;
+    tokio().spawn(async move {
+        let outcome = run.await;
+        deferred.resolve(Box::new(move |_| Ok(outcome)));
+    });
+    Ok(promise)
+}

@@ -7,6 +7,7 @@ use crate::approvals;
 use crate::delegate::{Answers, Dispatcher, JsDelegate};
 use crate::options::NativeOptions;
 use crate::outcome::{Outcome, failed};
+use crate::runtime::promise;
 use crate::tracing_setup::call_span;
 use code_mode_host::state::ApprovalError;
 use code_mode_host::{HostedSession, RuntimeSession, StoredSession};
@@ -21,11 +22,10 @@ use code_mode_surface::{
     parse_exec_source, wait_tool_spec,
 };
 use napi::Env;
-use napi::bindgen_prelude::{Object, ToNapiValue};
+use napi::bindgen_prelude::Object;
 use napi_derive::napi;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -148,20 +148,6 @@ impl NativeSession {
             delegate: parts.delegate,
         }
     }
-}
-
-/// A promise of `run`'s outcome, settled from the tokio runtime.
-pub(crate) fn promise<'env, T: ToNapiValue + Send + 'static>(
-    env: &'env Env,
-    run: impl Future<Output = T> + Send + 'static,
-) -> napi::Result<Object<'env>> {
-    type Resolve<T> = Box<dyn FnOnce(Env) -> napi::Result<T> + Send>;
-    let (deferred, promise) = env.create_deferred::<T, Resolve<T>>()?;
-    crate::runtime::tokio().spawn(async move {
-        let outcome = run.await;
-        deferred.resolve(Box::new(move |_| Ok(outcome)));
-    });
-    Ok(promise)
 }
 
 /// The outcome of a call that answered `answer`, its model text cut to `budget` tokens.

@@ -40,20 +40,6 @@ pub enum Decision {
     Deny { message: String },
 }
 
-/// What a call gets when its delegate says it needs a person's approval and nothing in
-/// front of the delegate keeps approvals (the session has no store, or the front none):
-/// it is refused, never run unapproved. `None` when no approval is needed (an approval
-/// gate in front answers that it handled the need). Every session asks this before it
-/// hands a call to its delegate.
-pub fn refused_unapproved(
-    delegate: &dyn crate::CodeModeSessionDelegate,
-    call: &crate::NestedToolCall,
-) -> Option<crate::ToolError> {
-    delegate
-        .approval(call)
-        .map(|_| crate::ToolError::new(crate::texts::approval_unkept(&call.tool_name)))
-}
-
 /// The digest an approval records of the input it approved (SHA-256, hex): what is sent
 /// must have it.
 pub fn input_digest(input: Option<&str>) -> String {

@@ -850,6 +850,20 @@ pub trait CodeModeSessionDelegate: Send + Sync + 'static {
     }
 }
 
+/// What a call gets when its delegate says it needs a person's approval and nothing in
+/// front of the delegate keeps approvals (the session has no store, or the front none):
+/// it is refused, never run unapproved. `None` when no approval is needed (an approval
+/// gate in front answers that it handled the need). Every session asks this before it
+/// hands a call to its delegate.
+pub fn refused_unapproved(
+    delegate: &dyn CodeModeSessionDelegate,
+    call: &NestedToolCall,
+) -> Option<ToolError> {
+    delegate
+        .approval(call)
+        .map(|_| ToolError::new(texts::approval_unkept(&call.tool_name)))
+}
+
 /// A delegate in front of another (a store's, a tracer's): every method of
 /// [`CodeModeSessionDelegate`] goes to [`Self::inner`] unless the layer overrides it, so
 /// that a method the delegate trait gains reaches the agent core's delegate through every

@@ -127,7 +127,7 @@ impl Connection {
                 };
                 // A call that needs an approval nothing here keeps is refused, never run.
                 if let Some(refused) =
-                    code_mode_protocol::approval::refused_unapproved(delegate, &call)
+                    code_mode_protocol::session::refused_unapproved(delegate, &call)
                 {
                     return Some(DelegateReply::ToolResult(Err(refused)));
                 }

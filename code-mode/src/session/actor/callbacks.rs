@@ -138,13 +138,11 @@ impl CellActor {
         let id = call.id;
         let task = Box::pin(async move {
             // A call that needs an approval nothing here keeps is refused, never run.
-            let answer =
-                match code_mode_protocol::approval::refused_unapproved(&*delegate, &request) {
-                    Some(refused) => Some(Err(refused)),
-                    None => {
-                        until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await
-                    }
-                };
+            let answer = match code_mode_protocol::session::refused_unapproved(&*delegate, &request)
+            {
+                Some(refused) => Some(Err(refused)),
+                None => until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await,
+            };
             if let Some(result) = answer {
                 code_mode_protocol::hop!("delegate answered");
                 let _ = internal.send(Internal::ToolDone { id, result });
