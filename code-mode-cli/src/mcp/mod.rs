@@ -8,6 +8,7 @@
 //! client received kept for the cell's next `wait` ([`observing`]). Both
 //! speak MCP through rmcp, the official SDK.
 
+mod asking;
 mod auth;
 mod expiry;
 pub mod http;

@@ -283,7 +283,14 @@ impl CodeModeServer {
                     Arc::clone(&self.delegate),
                     self.shared.session.clone(),
                     &self.shared.tools,
-                    Arc::clone(&self.waiting),
+                    Arc::new(super::asking::Asking {
+                        waiting: Arc::clone(&self.waiting),
+                        peer: {
+                            let connection = Arc::downgrade(&self.connection);
+                            Box::new(move || lock(&connection.upgrade()?.peer).clone())
+                        },
+                        approvals: Arc::clone(state.approvals()),
+                    }),
                 ) {
                     return session;
                 }

@@ -13,7 +13,7 @@
 use super::principal::{self, Principal};
 use crate::tools::{OnInterrupt, ToolSet};
 use code_mode_host::{
-    ApprovalGate, Approvals, DurableSession, GateSite, KeptSessions, WaitingCalls,
+    ApprovalGate, ApprovalWatch, Approvals, DurableSession, GateSite, KeptSessions,
 };
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, ToolError};
@@ -109,6 +109,11 @@ impl McpState {
         })
     }
 
+    /// The calls that wait on a person, in the same store.
+    pub(crate) fn approvals(&self) -> &Arc<Approvals> {
+        &self.approvals
+    }
+
     /// The runtime generation the earlier process reached.
     pub(crate) fn generations_before(&self) -> u64 {
         self.kept.generations_before()
@@ -130,7 +135,7 @@ impl McpState {
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
         tools: &ToolSet,
-        waiting: Arc<WaitingCalls>,
+        watch: Arc<dyn ApprovalWatch>,
     ) -> Option<Arc<dyn CodeModeSession>> {
         let held = self.kept.take(id);
         let stored = held
@@ -146,7 +151,7 @@ impl McpState {
                 front: FRONT.to_owned(),
                 session: id.to_owned(),
                 principal: principal::requester().map(|principal| principal.to_string()),
-                watch: waiting,
+                watch,
                 stopping: Arc::clone(&self.stopping),
                 ended: self.ended.child_token(),
             },

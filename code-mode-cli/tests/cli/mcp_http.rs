@@ -1280,3 +1280,53 @@ fn mcp_with_a_tool_that_needs_approval_and_no_store_is_refused() {
         "{output:?}"
     );
 }
+
+/// A client that can ask its user (the official Python SDK with an elicitation callback) is
+/// asked about each call that waits: the user's approval with an edited input sends the
+/// call once with that input, their denial never sends it and the model reads the message.
+#[test]
+fn an_mcp_client_that_can_ask_its_user_approves_and_denies_through_elicitation() {
+    let scratch = Scratch::new();
+    let ran = scratch.0.join("sent.log");
+    let tools = scratch.write(
+        "tools.toml",
+        &format!(
+            "[[tool]]\nname = \"send\"\ncommand = [\"sh\", \"-c\", \"cat >> {log}; echo >> {log}; echo true\"]\napproval = \"always\"\napproval_reason = \"it sends mail\"\n",
+            log = ran.display()
+        ),
+    );
+    let state = scratch.0.join("state");
+    let server = HttpServer::start(
+        &[
+            "mcp",
+            "--http",
+            "127.0.0.1:0",
+            "--tools",
+            tools.to_str().expect("UTF-8"),
+            "--state-dir",
+            state.to_str().expect("UTF-8"),
+        ],
+        &[],
+    )
+    .expect("starts");
+    let seen = service("elicited", &server.url, &[]);
+    let asked = seen["asked"].as_array().expect("asked");
+    assert_eq!(asked.len(), 2, "{seen}");
+    assert_eq!(
+        asked[0],
+        "A script wants to call `send` (it sends mail) with this input: {\"to\":\"a\"}. Approve it? (You may give an edited input as JSON; a denial may say why.)",
+        "{seen}"
+    );
+    assert!(seen["wait0"].to_string().contains("sent true"), "{seen}");
+    assert!(
+        seen["wait1"].to_string().contains(
+            "failed denied: the call of `send` was not approved, so it did not run: not this one"
+        ),
+        "{seen}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ran).expect("the tool ran"),
+        "{\"to\":\"b\"}\n",
+        "the input the user gave, once; the denied call never"
+    );
+}

@@ -233,6 +233,39 @@ async def approval(url, opts):
     return seen
 
 
+async def elicited(url, opts):
+    """With the official SDK as a client that can ask its user (an elicitation callback):
+    the first call is approved with an edited input, the second denied with a message,
+    each by the user's answer to the server's question. What the user was asked, and what
+    each cell's `wait` said."""
+    seen = {"asked": []}
+    answers = [
+        {"approve": True, "input": '{"to":"b"}'},
+        {"approve": False, "message": "not this one"},
+    ]
+
+    async def asked(context, params):
+        from mcp_types import ElicitResult
+
+        seen["asked"].append(params.message)
+        return ElicitResult(action="accept", content=answers[len(seen["asked"]) - 1])
+
+    async with http_client(opts) as http:
+        async with Client(streamable_http_client(url, http_client=http), elicitation_callback=asked) as client:
+            for n in range(2):
+                await client.call_tool("exec", {"code": APPROVAL_CELL})
+                texts = []
+                deadline = asyncio.get_running_loop().time() + 60
+                while asyncio.get_running_loop().time() < deadline:
+                    waited = await client.call_tool("wait", {"cell_id": str(n + 1), "yield_time_ms": 10000})
+                    texts = [block.text for block in waited.content if block.type == "text"]
+                    if any(text.startswith("Script completed") for text in texts):
+                        break
+                    await asyncio.sleep(0.05)
+                seen[f"wait{n}"] = texts
+    return seen
+
+
 def describe(error):
     """The innermost messages of an exception (group)."""
     if isinstance(error, BaseExceptionGroup):
@@ -750,6 +783,8 @@ def main():
         result = asyncio.run(rolling(url, opts))
     elif mode == "approval":
         result = asyncio.run(approval(url, opts))
+    elif mode == "elicited":
+        result = asyncio.run(elicited(url, opts))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result))
