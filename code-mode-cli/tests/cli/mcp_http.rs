@@ -1194,14 +1194,9 @@ fn a_request_whose_connection_broke_is_resumed_with_its_result() {
     assert_eq!(texts[1..], [Value::from("late")], "{broken}");
 }
 
-/// A tool with `approval = "always"` over MCP (the official Python SDK as the client): each
-/// `exec` ends as soon as its call waits, saying which call waits and why; the operator
-/// lists the call with `code-mode approvals` and approves
-/// it with an edited input, or denies it; the tool's own log shows it ran once, with the
-/// input approved, and never for the denied call.
-#[test]
-fn mcp_calls_wait_for_approval_and_the_operator_decides_them_from_the_command_line() {
-    let scratch = Scratch::new();
+/// `mcp --http` with a state directory and the tool `send`, which needs an approval and logs
+/// each run (its input) to the file returned; and the state directory.
+fn approval_server(scratch: &Scratch) -> (HttpServer, std::path::PathBuf, std::path::PathBuf) {
     let ran = scratch.0.join("sent.log");
     let tools = scratch.write(
         "tools.toml",
@@ -1224,6 +1219,18 @@ fn mcp_calls_wait_for_approval_and_the_operator_decides_them_from_the_command_li
         &[],
     )
     .expect("starts");
+    (server, ran, state)
+}
+
+/// A tool with `approval = "always"` over MCP (the official Python SDK as the client): each
+/// `exec` ends as soon as its call waits, saying which call waits and why; the operator
+/// lists the call with `code-mode approvals` and approves
+/// it with an edited input, or denies it; the tool's own log shows it ran once, with the
+/// input approved, and never for the denied call.
+#[test]
+fn mcp_calls_wait_for_approval_and_the_operator_decides_them_from_the_command_line() {
+    let scratch = Scratch::new();
+    let (server, ran, state) = approval_server(&scratch);
     let seen = service(
         "approval",
         &server.url,
@@ -1287,28 +1294,7 @@ fn mcp_with_a_tool_that_needs_approval_and_no_store_is_refused() {
 #[test]
 fn an_mcp_client_that_can_ask_its_user_approves_and_denies_through_elicitation() {
     let scratch = Scratch::new();
-    let ran = scratch.0.join("sent.log");
-    let tools = scratch.write(
-        "tools.toml",
-        &format!(
-            "[[tool]]\nname = \"send\"\ncommand = [\"sh\", \"-c\", \"cat >> {log}; echo >> {log}; echo true\"]\napproval = \"always\"\napproval_reason = \"it sends mail\"\n",
-            log = ran.display()
-        ),
-    );
-    let state = scratch.0.join("state");
-    let server = HttpServer::start(
-        &[
-            "mcp",
-            "--http",
-            "127.0.0.1:0",
-            "--tools",
-            tools.to_str().expect("UTF-8"),
-            "--state-dir",
-            state.to_str().expect("UTF-8"),
-        ],
-        &[],
-    )
-    .expect("starts");
+    let (server, ran, _) = approval_server(&scratch);
     let seen = service("elicited", &server.url, &[]);
     let asked = seen["asked"].as_array().expect("asked");
     assert_eq!(asked.len(), 2, "{seen}");

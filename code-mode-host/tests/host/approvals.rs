@@ -99,6 +99,21 @@ async fn finished(session: &dyn CodeModeSession, id: &str) -> Vec<String> {
     }
 }
 
+/// An agent core's sessions kept at `location` under the front `agent`, with its approvals
+/// (started past the store's runtime generations, as after a restart).
+fn agent(location: &StoreLocation, options: &StoreOptions) -> (StoredProvider, Arc<Approvals>) {
+    let kept = Arc::new(KeptSessions::open(location, "agent", options.clone()).expect("opens"));
+    let approvals = Approvals::open(location, options).expect("the approvals open");
+    let provider = ProcessProvider::new(ProcessConfig {
+        generations_before: kept.generations_before(),
+        ..ProcessConfig::default()
+    })
+    .expect("the runtime is built");
+    let sessions = StoredProvider::new(Runtimes::Local(provider), kept)
+        .with_approvals(Arc::clone(&approvals), "agent");
+    (sessions, approvals)
+}
+
 const WAITING_LINE: &str = "Waiting for approval: `send` (call tool-2), because: it sends mail. The cell goes on when a person decides.";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,11 +121,7 @@ async fn a_call_waits_for_its_approval_and_runs_once_approved_as_edited_or_never
     let scratch = Scratch::new();
     let location = StoreLocation::Dir(scratch.0.join("state"));
     let options = StoreOptions::default();
-    let kept = Arc::new(KeptSessions::open(&location, "agent", options.clone()).expect("opens"));
-    let approvals = Approvals::open(&location, &options).expect("the approvals open");
-    let provider = ProcessProvider::new(ProcessConfig::default()).expect("the runtime is built");
-    let sessions = StoredProvider::new(Runtimes::Local(provider), kept)
-        .with_approvals(Arc::clone(&approvals), "agent");
+    let (sessions, _) = agent(&location, &options);
     let mail = Arc::new(Mail::default());
     let session = sessions
         .open(
@@ -425,17 +436,7 @@ async fn a_stored_session_shut_down_while_its_call_waits_keeps_it_for_the_next_p
     let scratch = Scratch::new();
     let location = StoreLocation::Dir(scratch.0.join("state"));
     let options = StoreOptions::default();
-    let open = || {
-        let kept =
-            Arc::new(KeptSessions::open(&location, "agent", options.clone()).expect("opens"));
-        let approvals = Approvals::open(&location, &options).expect("the approvals open");
-        let provider = ProcessProvider::new(ProcessConfig {
-            generations_before: kept.generations_before(),
-            ..ProcessConfig::default()
-        })
-        .expect("the runtime is built");
-        StoredProvider::new(Runtimes::Local(provider), kept).with_approvals(approvals, "agent")
-    };
+    let open = || agent(&location, &options).0;
     let first = Arc::new(Mail::default());
     let sessions = open();
     let session = sessions
@@ -504,11 +505,7 @@ async fn an_approval_kept_for_another_call_under_the_same_number_is_not_used() {
     let scratch = Scratch::new();
     let location = StoreLocation::Dir(scratch.0.join("state"));
     let options = StoreOptions::default();
-    let kept = Arc::new(KeptSessions::open(&location, "agent", options.clone()).expect("opens"));
-    let approvals = Approvals::open(&location, &options).expect("the approvals open");
-    let provider = ProcessProvider::new(ProcessConfig::default()).expect("the runtime is built");
-    let sessions = StoredProvider::new(Runtimes::Local(provider), kept)
-        .with_approvals(Arc::clone(&approvals), "agent");
+    let (sessions, _) = agent(&location, &options);
     // Approved already, for a call of another tool with this session's cell 1, call 1.
     let book = ApprovalBook::open(&location, &options).expect("opens");
     let other = book
