@@ -11,12 +11,12 @@ import json
 import pathlib
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 import code_mode
+from test_approval_flows import Mail
 
 WAITING = "Waiting for approval: `send` (call tool-2), because: it sends mail. The cell goes on when a person decides."
 
@@ -27,30 +27,6 @@ text('free ' + JSON.stringify(f));
 try { text('sent ' + JSON.stringify(await tools.send({to: %s}))); }
 catch (error) { text('failed ' + String(error)); }
 """
-
-
-class Mail:
-    """The tools: `send` needs an approval, `free` does not; each counts its own runs."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.free_runs = 0
-        self.lock = threading.Lock()
-
-    def tools(self) -> list:
-        def send(to: str) -> dict:
-            """Sends mail."""
-            with self.lock:
-                self.sent.append(to)
-            return {"to": to}
-
-        def free(a: int) -> int:
-            """Needs no approval."""
-            with self.lock:
-                self.free_runs += 1
-            return a
-
-        return [code_mode.Tool.from_function(send, approval=True, approval_reason="it sends mail"), free]
 
 
 def texts_until_done(session: code_mode.Session, cell_id: str) -> list[str]:
