@@ -116,11 +116,6 @@ impl Approvals {
         self.book.describe()
     }
 
-    /// How many calls of this process wait on a person now.
-    pub fn waiting_here(&self) -> usize {
-        lock(&self.waiters).len()
-    }
-
     /// Runs `work` on the book off the async threads (the book blocks).
     async fn on_book<T: Send + 'static>(
         &self,
@@ -314,15 +309,6 @@ pub trait ApprovalWatch: Send + Sync + 'static {
     fn waiting(&self, approval: &Approval);
     /// `approval` was decided (or its cell stopped waiting).
     fn settled(&self, approval: &Approval);
-}
-
-/// A watch that is told nothing.
-#[derive(Debug, Default)]
-pub struct NoWatch;
-
-impl ApprovalWatch for NoWatch {
-    fn waiting(&self, _: &Approval) {}
-    fn settled(&self, _: &Approval) {}
 }
 
 /// Where a gate's calls are kept: the approvals, the front and session, who opened it.
