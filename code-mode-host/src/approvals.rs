@@ -530,24 +530,41 @@ impl WaitingCalls {
         lock(&self.observers).insert(cell_id.clone(), preempt);
     }
 
+    /// An observation of `cell_id` ended, and says nothing of its waiting calls (it goes
+    /// where something else says it, as an MCP task's input requests).
+    pub fn unobserve(&self, cell_id: &CellId) {
+        lock(&self.observers).remove(cell_id);
+    }
+
+    /// The calls of `cell_id` that wait on a person now, in the order they were made.
+    pub fn of(&self, cell_id: &CellId) -> Vec<Approval> {
+        let mut calls: Vec<Approval> = lock(&self.calls)
+            .iter()
+            .filter(|call| call.cell_id == *cell_id)
+            .cloned()
+            .collect();
+        calls.sort_by_key(|call| call.call);
+        calls
+    }
+
     /// An observation ended with `response`: a cell still running gets a line for each of
     /// its calls that waits on a person.
     pub fn ended(&self, response: CellResponse) -> CellResponse {
-        lock(&self.observers).remove(response.cell_id());
+        self.unobserve(response.cell_id());
         match response {
             CellResponse::Yielded {
                 cell_id,
                 mut content_items,
                 wall_time,
             } => {
-                let calls = lock(&self.calls);
-                let mut waiting: Vec<&Approval> = calls
-                    .iter()
-                    .filter(|call| call.cell_id == cell_id)
-                    .collect();
-                waiting.sort_by_key(|call| call.call);
-                content_items.extend(waiting.into_iter().map(|call| ContentItem::InputText {
-                    text: texts::approval_waiting(&call.tool, &call.call, call.reason.as_deref()),
+                content_items.extend(self.of(&cell_id).into_iter().map(|call| {
+                    ContentItem::InputText {
+                        text: texts::approval_waiting(
+                            &call.tool,
+                            &call.call,
+                            call.reason.as_deref(),
+                        ),
+                    }
                 }));
                 CellResponse::Yielded {
                     cell_id,

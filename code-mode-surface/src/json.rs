@@ -3,7 +3,7 @@
 //! CLI's `--json`, the JSON-lines driver, MCP), documented in `docs/jsonl.md`.
 
 use code_mode_protocol::calls::SessionReply;
-use code_mode_protocol::model::ContentItem;
+use code_mode_protocol::model::{ContentItem, ImageDetail};
 use code_mode_protocol::session::{CellResponse, FailureKind, PendingOutcome};
 use serde_json::{Value, json};
 
@@ -18,6 +18,24 @@ pub fn item_json(item: &ContentItem) -> Value {
         ContentItem::InputAudio { audio_url } => {
             json!({ "type": "input_audio", "audio_url": audio_url })
         }
+    }
+}
+
+/// The item [`item_json`] made `value` of; `None` for anything else.
+pub fn item_from_json(value: &Value) -> Option<ContentItem> {
+    let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
+    match value.get("type").and_then(Value::as_str)? {
+        "input_text" => Some(ContentItem::InputText {
+            text: field("text")?,
+        }),
+        "input_image" => Some(ContentItem::InputImage {
+            image_url: field("image_url")?,
+            detail: field("detail").and_then(|detail| ImageDetail::parse(&detail))?,
+        }),
+        "input_audio" => Some(ContentItem::InputAudio {
+            audio_url: field("audio_url")?,
+        }),
+        _ => None,
     }
 }
 

@@ -4,13 +4,14 @@
 //! `input`, edited JSON, when given), `approve: false` or a decline denies it (with
 //! `message`), and a cancel, a client that cannot ask or an error leaves it waiting for the
 //! operator (`code-mode approvals`). Every call still ends its cell's observation with the
-//! line the model reads ([`WaitingCalls`]).
+//! line the model reads ([`WaitingCalls`]). A client that declared MCP Tasks gets the same
+//! form ([`form`], [`decision`]) as its task's input request instead.
 
 use code_mode_host::{ApprovalWatch, Approvals, WaitingCalls};
 use code_mode_protocol::approval::Decision;
 use code_mode_state::Approval;
 use rmcp::RoleServer;
-use rmcp::model::{ElicitRequestParams, ElicitationAction, ElicitationSchema};
+use rmcp::model::{ElicitRequestParams, ElicitResult, ElicitationAction, ElicitationSchema};
 use rmcp::service::{ElicitationMode, Peer};
 use serde_json::Value;
 use std::sync::Arc;
@@ -32,9 +33,15 @@ impl ApprovalWatch for Asking {
         let Some(peer) = (self.peer)() else {
             return;
         };
-        if !peer
-            .supported_elicitation_modes()
-            .contains(&ElicitationMode::Form)
+        // A client that declared MCP Tasks is asked through its task's `input_required`
+        // ([`super::tasks`]), not here.
+        let tasks = peer
+            .peer_info()
+            .is_some_and(|info| info.capabilities.supports_tasks());
+        if tasks
+            || !peer
+                .supported_elicitation_modes()
+                .contains(&ElicitationMode::Form)
         {
             return;
         }
@@ -63,34 +70,33 @@ fn question(approval: &Approval) -> String {
     )
 }
 
-/// Asks the client's user about `approval` and decides it as they say.
-async fn ask(peer: Peer<RoleServer>, approvals: Arc<Approvals>, approval: Approval) {
-    let schema = match ElicitationSchema::builder()
+/// The form that asks about `approval`: the question, and a schema with `approve`, and
+/// optionally the edited `input` and a denial's `message`. `None` only if the schema
+/// could not be built.
+pub(super) fn form(approval: &Approval) -> Option<ElicitRequestParams> {
+    let schema = ElicitationSchema::builder()
         .required_bool("approve")
         .optional_string("input")
         .optional_string("message")
-        .build()
-    {
+        .build();
+    let schema = match schema {
         Ok(schema) => schema,
         Err(error) => {
             tracing::error!(%error, "the approval question's schema");
-            return;
+            return None;
         }
     };
-    let asked = peer
-        .create_elicitation(ElicitRequestParams::FormElicitationParams {
-            meta: None,
-            message: question(&approval),
-            requested_schema: schema,
-        })
-        .await;
-    let answer = match asked {
-        Ok(answer) => answer,
-        Err(error) => {
-            tracing::debug!(%error, "the client did not answer the approval question; the call waits for the operator");
-            return;
-        }
-    };
+    Some(ElicitRequestParams::FormElicitationParams {
+        meta: None,
+        message: question(approval),
+        requested_schema: schema,
+    })
+}
+
+/// What the user's answer to [`form`] decides: an approval (with the edited input, if
+/// given), a denial (with their message, or [`DECLINED`]), or nothing when they dismissed
+/// the question (the operator decides).
+pub(super) fn decision(answer: ElicitResult) -> Option<Decision> {
     let content = answer.content.unwrap_or(Value::Null);
     let text = |name: &str| {
         content
@@ -100,17 +106,34 @@ async fn ask(peer: Peer<RoleServer>, approvals: Arc<Approvals>, approval: Approv
             .filter(|text| !text.is_empty())
             .map(str::to_owned)
     };
-    let decision = match answer.action {
+    match answer.action {
         ElicitationAction::Accept if content.get("approve") == Some(&Value::Bool(true)) => {
-            Decision::Approve {
+            Some(Decision::Approve {
                 input: text("input"),
-            }
+            })
         }
-        ElicitationAction::Accept | ElicitationAction::Decline => Decision::Deny {
+        ElicitationAction::Accept | ElicitationAction::Decline => Some(Decision::Deny {
             message: text("message").unwrap_or_else(|| DECLINED.to_owned()),
-        },
-        // Dismissed (or an action this version does not know): the operator decides.
-        _ => return,
+        }),
+        // Dismissed (or an action this version does not know).
+        _ => None,
+    }
+}
+
+/// Asks the client's user about `approval` and decides it as they say.
+async fn ask(peer: Peer<RoleServer>, approvals: Arc<Approvals>, approval: Approval) {
+    let Some(form) = form(&approval) else {
+        return;
+    };
+    let answer = match peer.create_elicitation(form).await {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::debug!(%error, "the client did not answer the approval question; the call waits for the operator");
+            return;
+        }
+    };
+    let Some(decision) = decision(answer) else {
+        return;
     };
     if let Err(error) = approvals
         .decide(&approval.id, decision, approval.principal.as_deref())

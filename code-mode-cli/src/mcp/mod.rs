@@ -10,6 +10,7 @@
 
 mod asking;
 mod auth;
+mod blocks;
 mod expiry;
 pub mod http;
 mod jwt;
@@ -19,6 +20,7 @@ mod replay;
 mod resource;
 pub mod server;
 mod state;
+mod tasks;
 
 use crate::Failure;
 use crate::session::Sessions;

@@ -10,26 +10,29 @@
 //! cell's next `wait`; so is the output of one whose HTTP stream nobody reads at its end
 //! ([`super::observing`]).
 
+use super::blocks::content;
 use super::observing::{Begun, Observations};
 use super::replay::Readers;
-use super::state::McpState;
+use super::state::{Attached, McpState};
+use super::tasks::{self, Tasks};
 use crate::Failure;
 use crate::session::Sessions;
 use crate::tools::{BeforeCall, CliDelegate, NotificationSink, ToolSet};
 use code_mode_host::WaitingCalls;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ContentItem,
-    ExecHooks, ExecRequest, SessionOptions, WaitRequest,
+    BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
+    ExecRequest, SessionOptions, WaitRequest,
 };
 use code_mode_surface::{
     Catalog, EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, exec_code_argument_description_of,
     format_response, parse_exec_source, parse_wait_arguments, wait_tool_spec,
 };
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
-    Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-    ProgressToken, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    CreateTaskResult, ElicitResult, ErrorData, GetTaskParams, GetTaskResult, Implementation,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
+    ProtocolVersion, ServerCapabilities, ServerConfig, Tool, UpdateTaskParams,
 };
 use rmcp::service::{Peer, RequestContext};
 use rmcp::{RoleServer, ServerHandler, ServiceExt};
@@ -159,25 +162,37 @@ async fn notify_client(connection: Weak<Connection>, cell_id: CellId, text: Stri
     }
 }
 
-/// With a state directory: the write before a call of the server's tools. The MCP
-/// session, the call in its cell's journal, is written first (patiently, as before an
-/// answer), so that after a restart the call is known to have been made and is not made
-/// again. Once the server stops, no call is made.
-fn before_call(shared: &Arc<Shared>, mcp_id: &Arc<OnceLock<String>>) -> Option<BeforeCall> {
+/// With a state directory: a write of the MCP session as it is now (its cells' journals,
+/// its MCP tasks). `before_a_call`: the write before a call of the server's tools, written
+/// patiently, as before an answer, so that after a restart the call is known to have been
+/// made and is not made again; once the server stops, no such call is made. Otherwise the
+/// write after a slice a task followed.
+fn session_writer(
+    shared: &Arc<Shared>,
+    mcp_id: &Arc<OnceLock<String>>,
+    before_a_call: bool,
+) -> Option<BeforeCall> {
     shared.state.as_ref()?;
     let (shared, mcp_id) = (Arc::downgrade(shared), Arc::clone(mcp_id));
     Some(Arc::new(move || {
         let (shared, mcp_id) = (Weak::clone(&shared), Arc::clone(&mcp_id));
         Box::pin(async move {
-            let shared = shared
-                .upgrade()
-                .ok_or_else(|| "the server is stopping".to_owned())?;
+            let Some(shared) = shared.upgrade() else {
+                return if before_a_call {
+                    Err("the server is stopping".to_owned())
+                } else {
+                    Ok(())
+                };
+            };
             let (Some(state), Some(id)) = (&shared.state, mcp_id.get()) else {
                 return Ok(());
             };
-            state
-                .persist_call(id, shared.sessions.generations_used())
-                .await
+            let generations = shared.sessions.generations_used();
+            if before_a_call {
+                state.persist_call(id, generations).await
+            } else {
+                state.persist(id, generations).await
+            }
         })
     }))
 }
@@ -215,10 +230,13 @@ pub(super) struct CodeModeServer {
     mcp_id: Arc<OnceLock<String>>,
     /// Its calls that wait on a person, which end their cells' observations.
     waiting: Arc<WaitingCalls>,
+    /// Its MCP tasks: cells the server follows for a client that declared the extension.
+    tasks: Arc<Tasks>,
 }
 
 impl Drop for CodeModeServer {
     fn drop(&mut self) {
+        self.tasks.stop.cancel();
         if let (Some(state), Some(id)) = (&self.shared.state, self.mcp_id.get()) {
             state.forget(id);
         }
@@ -241,7 +259,7 @@ impl CodeModeServer {
         let mcp_id = Arc::new(OnceLock::new());
         let delegate: Arc<dyn CodeModeSessionDelegate> = Arc::new(
             CliDelegate::new(shared.tools.clone(), notifications)
-                .with_before_call(before_call(shared, &mcp_id))
+                .with_before_call(session_writer(shared, &mcp_id, true))
                 .with_after_answer(after_answer(shared, &mcp_id)),
         );
         let server = Self {
@@ -251,6 +269,7 @@ impl CodeModeServer {
             session: OnceLock::new(),
             mcp_id,
             waiting: Arc::new(WaitingCalls::default()),
+            tasks: Arc::default(),
         };
         if shared.state.is_none() {
             let _ = server.session.set(server.open_plain());
@@ -283,15 +302,22 @@ impl CodeModeServer {
                     Arc::clone(&self.delegate),
                     self.shared.session.clone(),
                     &self.shared.tools,
-                    Arc::new(super::asking::Asking {
-                        waiting: Arc::clone(&self.waiting),
-                        peer: {
-                            let connection = Arc::downgrade(&self.connection);
-                            Box::new(move || lock(&connection.upgrade()?.peer).clone())
-                        },
-                        approvals: Arc::clone(state.approvals()),
-                    }),
+                    Attached {
+                        watch: Arc::new(super::asking::Asking {
+                            waiting: Arc::clone(&self.waiting),
+                            peer: {
+                                let connection = Arc::downgrade(&self.connection);
+                                Box::new(move || lock(&connection.upgrade()?.peer).clone())
+                            },
+                            approvals: Arc::clone(state.approvals()),
+                        }),
+                        tasks: &self.tasks,
+                    },
                 ) {
+                    // The cells of tasks kept with the session are followed on.
+                    for cell in self.tasks.unfinished() {
+                        self.follow(&session, cell);
+                    }
                     return session;
                 }
             }
@@ -322,17 +348,40 @@ impl CodeModeServer {
     }
 
     /// Runs one observation (`exec`, or a `wait` on `cell`, made with `preempt` as its
-    /// preempt signal) and turns its response into a result. A cancelled request preempts
-    /// it; what an observation whose answer nobody receives returned (its request
-    /// cancelled, or over HTTP its stream unread) is held for the cell's next one
-    /// ([`Observations`]).
+    /// preempt signal) and turns its response into a result.
     async fn observe(
         &self,
         observation: BoxFuture<'_, Result<CellResponse, code_mode_protocol::SessionError>>,
-        (preempt, cell): (CancellationToken, Option<&CellId>),
+        observed: (CancellationToken, Option<&CellId>),
         max_tokens: u64,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        Ok(
+            match self
+                .observe_raw(observation, observed, context, false)
+                .await?
+            {
+                Err(error) => CallToolResult::error(vec![ContentBlock::text(error.to_string())]),
+                Ok(response) => {
+                    CallToolResult::success(content(&format_response(&response, max_tokens)))
+                }
+            },
+        )
+    }
+
+    /// Runs one observation, as [`Self::observe`], and returns its response, output held
+    /// for the cell included. A cancelled request preempts it; what an observation whose
+    /// answer nobody receives returned (its request cancelled, or over HTTP its stream
+    /// unread) is held for the cell's next one ([`Observations`]). The response of a cell
+    /// whose call waits on a person says which, and why, unless it goes to a task
+    /// (`for_task`), whose input requests say it.
+    async fn observe_raw(
+        &self,
+        observation: BoxFuture<'_, Result<CellResponse, code_mode_protocol::SessionError>>,
+        (preempt, cell): (CancellationToken, Option<&CellId>),
+        context: &RequestContext<RoleServer>,
+        for_task: bool,
+    ) -> Result<Result<CellResponse, code_mode_protocol::SessionError>, ErrorData> {
         let readers = context
             .extensions
             .get::<http::request::Parts>()
@@ -361,8 +410,14 @@ impl CodeModeServer {
                         observation.await
                     }
                 };
-                // A cell whose call waits on a person says which, and why.
-                let outcome = outcome.map(|response| self.waiting.ended(response));
+                let outcome = outcome.map(|response| {
+                    if for_task {
+                        self.waiting.unobserve(response.cell_id());
+                        response
+                    } else {
+                        self.waiting.ended(response)
+                    }
+                });
                 lock(&self.connection.listener).progress = None;
                 outcome
             }
@@ -382,50 +437,22 @@ impl CodeModeServer {
                 None,
             ));
         }
-        match outcome {
-            Err(error) => Ok(CallToolResult::error(vec![ContentBlock::text(
-                error.to_string(),
-            )])),
-            Ok(response) => {
-                let response = observations.with_held_output(response);
-                Ok(CallToolResult::success(content(&format_response(
-                    &response, max_tokens,
-                ))))
-            }
-        }
+        Ok(outcome.map(|response| observations.with_held_output(response)))
     }
 
+    /// `exec` (to a client that declared MCP Tasks, a cell still running when the call
+    /// would return becomes a task the server follows: [`super::tasks`]).
     async fn exec(
         &self,
         arguments: Option<serde_json::Map<String, Value>>,
         context: &RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, ErrorData> {
-        let code = match arguments
-            .as_ref()
-            .and_then(|arguments| arguments.get("code"))
-        {
-            Some(Value::String(code)) => code.clone(),
-            _ => {
-                return Ok(CallToolResult::error(vec![ContentBlock::text(
-                    "exec expects {\"code\": string}: the script's JavaScript source",
-                )]));
-            }
-        };
-        if let Some(extra) = arguments
-            .iter()
-            .flat_map(|arguments| arguments.keys())
-            .find(|key| *key != "code")
-        {
-            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                "exec takes only `code`, not `{extra}`"
-            ))]));
-        }
-        let parsed = match parse_exec_source(&code) {
+    ) -> Result<CallToolResponse, ErrorData> {
+        let parsed = match exec_source(arguments) {
             Ok(parsed) => parsed,
-            Err(error) => {
-                return Ok(CallToolResult::error(vec![ContentBlock::text(
-                    error.to_string(),
-                )]));
+            Err(refused) => {
+                return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                    ContentBlock::text(refused),
+                ])));
             }
         };
         let max_tokens = parsed.max_output_tokens_or_default();
@@ -451,8 +478,51 @@ impl CodeModeServer {
                 .await
                 .map(|started| started.initial_response)
         });
-        self.observe(observation, (preempt, None), max_tokens, context)
-            .await
+        let for_task = context
+            .client_capabilities()
+            .is_some_and(|capabilities| capabilities.supports_tasks());
+        if !for_task {
+            return self
+                .observe(observation, (preempt, None), max_tokens, context)
+                .await
+                .map(CallToolResponse::Complete);
+        }
+        Ok(
+            match self
+                .observe_raw(observation, (preempt, None), context, true)
+                .await?
+            {
+                Err(error) => {
+                    CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(
+                        error.to_string(),
+                    )]))
+                }
+                Ok(CellResponse::Yielded {
+                    cell_id,
+                    content_items,
+                    ..
+                }) => {
+                    let task = self.tasks.begin(&cell_id, content_items, max_tokens);
+                    self.follow(self.session(context), cell_id);
+                    CallToolResponse::Task(CreateTaskResult::new(task))
+                }
+                Ok(ended) => CallToolResponse::Complete(CallToolResult::success(content(
+                    &format_response(&ended, max_tokens),
+                ))),
+            },
+        )
+    }
+
+    /// Follows `cell` of `session` for its task, writing the session after each slice.
+    fn follow(&self, session: &Arc<dyn CodeModeSession>, cell: CellId) {
+        let persist: tasks::Persist = session_writer(&self.shared, &self.mcp_id, false)
+            .unwrap_or_else(|| Arc::new(|| Box::pin(async { Ok(()) })));
+        tokio::spawn(tasks::follow(
+            Arc::clone(&self.tasks),
+            Arc::clone(session),
+            cell,
+            persist,
+        ));
     }
 
     async fn wait(
@@ -472,6 +542,12 @@ impl CodeModeServer {
         let preempt = CancellationToken::new();
         let session = self.session(context);
         let cell = arguments.cell_id.clone();
+        // A cell a task follows is the task's: its output goes to the task's result.
+        if self.tasks.follows(&cell) {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(
+                tasks::followed(&cell),
+            )]));
+        }
         let observation: BoxFuture<'_, _> = if arguments.terminate {
             Box::pin(session.terminate(arguments.cell_id))
         } else {
@@ -494,39 +570,29 @@ impl CodeModeServer {
     }
 }
 
-/// The formatter's items as MCP content, a block each and in order (contract §1: what the
-/// agent core shows the model): the header (status, wall time, `Output:`), each item the
-/// cell wrote, then `Script error:` with the error text; images and audio clips as image and
-/// audio blocks (their data URLs split into data and MIME type).
-fn content(items: &[ContentItem]) -> Vec<ContentBlock> {
-    items
+/// `exec`'s arguments: its source, parsed, or the text that refuses them.
+fn exec_source(
+    arguments: Option<serde_json::Map<String, Value>>,
+) -> Result<code_mode_surface::ParsedExec, String> {
+    let code = match arguments
+        .as_ref()
+        .and_then(|arguments| arguments.get("code"))
+    {
+        Some(Value::String(code)) => code.clone(),
+        _ => {
+            return Err(
+                "exec expects {\"code\": string}: the script's JavaScript source".to_owned(),
+            );
+        }
+    };
+    if let Some(extra) = arguments
         .iter()
-        .map(|item| match item {
-            ContentItem::InputText { text } => ContentBlock::text(text.clone()),
-            ContentItem::InputImage { image_url, .. } => {
-                media_block(image_url, "image", ContentBlock::image)
-            }
-            ContentItem::InputAudio { audio_url } => {
-                media_block(audio_url, "audio", ContentBlock::audio)
-            }
-        })
-        .collect()
-}
-
-/// A `data:<mime>;base64,<data>` URL as the block `block` makes of its data and MIME
-/// type; anything else as a text block naming the `kind` and the URL.
-fn media_block(url: &str, kind: &str, block: fn(String, String) -> ContentBlock) -> ContentBlock {
-    let parsed = url
-        .strip_prefix("data:")
-        .and_then(|rest| rest.split_once(','))
-        .and_then(|(header, data)| {
-            let mime = header.strip_suffix(";base64")?;
-            Some((mime, data))
-        });
-    match parsed {
-        Some((mime, data)) => block(data.to_owned(), mime.to_owned()),
-        None => ContentBlock::text(format!("[{kind}: {url}]")),
+        .flat_map(|arguments| arguments.keys())
+        .find(|key| *key != "code")
+    {
+        return Err(format!("exec takes only `code`, not `{extra}`"));
     }
+    parse_exec_source(&code).map_err(|error| error.to_string())
 }
 
 impl ServerHandler for CodeModeServer {
@@ -540,6 +606,7 @@ impl ServerHandler for CodeModeServer {
                 .enable_tools()
                 .enable_tool_list_changed()
                 .enable_logging()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new("code-mode", env!("CARGO_PKG_VERSION")))
@@ -585,15 +652,15 @@ impl ServerHandler for CodeModeServer {
             ),
         };
         code_mode_trace::adopt_traceparent(&span, context.meta.get_traceparent());
-        let result = match request.name.as_ref() {
+        let response = match request.name.as_ref() {
             EXEC_TOOL_NAME => {
                 tracing::Instrument::instrument(self.exec(request.arguments, &context), span)
                     .await?
             }
-            WAIT_TOOL_NAME => {
+            WAIT_TOOL_NAME => CallToolResponse::Complete(
                 tracing::Instrument::instrument(self.wait(request.arguments, &context), span)
-                    .await?
-            }
+                    .await?,
+            ),
             other => {
                 return Err(ErrorData::invalid_params(
                     format!("unknown tool `{other}` (the tools are `exec` and `wait`)"),
@@ -601,8 +668,88 @@ impl ServerHandler for CodeModeServer {
                 ));
             }
         };
+        // A task goes out once it is kept: a restart, or the replica that takes the session
+        // over, follows its cell on.
         self.persist().await?;
-        Ok(CallToolResponse::Complete(result))
+        Ok(response)
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        self.remember_peer(&context.peer);
+        // A session kept by an earlier process comes back with its tasks.
+        self.session(&context);
+        self.tasks
+            .get(&request.task_id, |cell| self.waiting.of(cell))
+            .map(GetTaskResult::new)
+            .map_err(|error| ErrorData::invalid_params(error.to_string(), None))
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.remember_peer(&context.peer);
+        self.session(&context);
+        let refused = |error: String| ErrorData::invalid_params(error, None);
+        let asked = self
+            .tasks
+            .asked(&request.task_id, request.input_responses.keys(), |cell| {
+                self.waiting.of(cell)
+            })
+            .map_err(|error| refused(error.to_string()))?;
+        // Every answer is read before any is taken: a malformed one decides nothing.
+        let mut decisions = Vec::new();
+        for approval in asked {
+            let answer = request.input_responses[&approval.id].clone();
+            let answer: ElicitResult = serde_json::from_value(answer).map_err(|error| {
+                refused(format!(
+                    "the answer to `{}` is not an elicitation result: {error}",
+                    approval.id
+                ))
+            })?;
+            // A dismissed question leaves the call waiting (the operator decides).
+            if let Some(decision) = super::asking::decision(answer) {
+                decisions.push((approval, decision));
+            }
+        }
+        let Some(state) = &self.shared.state else {
+            return Err(refused("no call waits on a person here".to_owned()));
+        };
+        let principal = super::principal::requester().map(|principal| principal.to_string());
+        for (approval, decision) in decisions {
+            let principal = principal.as_deref().or(approval.principal.as_deref());
+            state
+                .approvals()
+                .decide(&approval.id, decision, principal)
+                .await
+                .map_err(|error| refused(error.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.remember_peer(&context.peer);
+        let session = Arc::clone(self.session(&context));
+        let cell = self
+            .tasks
+            .cancel(&request.task_id)
+            .map_err(|error| ErrorData::invalid_params(error.to_string(), None))?;
+        // The task's follower sees the cell end, and the task is cancelled.
+        tokio::spawn(async move {
+            if let Err(error) = session.terminate(cell).await {
+                tracing::warn!(%error, "a cancelled task's cell could not be terminated");
+            }
+        });
+        Ok(())
     }
 }
 

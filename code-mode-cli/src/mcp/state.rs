@@ -11,6 +11,7 @@
 //! opened it, and [`McpState::may_use`] lets only that principal take it back.
 
 use super::principal::{self, Principal};
+use super::tasks::{KeptTask, Tasks};
 use crate::tools::{OnInterrupt, ToolSet};
 use code_mode_host::{
     ApprovalGate, ApprovalWatch, Approvals, DurableSession, GateSite, KeptSessions,
@@ -27,28 +28,29 @@ use std::sync::{Arc, Mutex};
 /// The database's name in the state directory (`mcp.sqlite3`).
 const FRONT: &str = "mcp";
 
-/// What a kept session's `options` hold: its `initialize` parameters and its owner.
-/// Sessions kept before principals existed hold the parameters alone.
+/// What a kept session's `options` hold: its `initialize` parameters, its owner and its
+/// MCP tasks. Sessions kept before principals existed hold the parameters alone.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Kept {
     owner: Option<Principal>,
     initialize: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tasks: Vec<KeptTask>,
 }
 
-/// The `options` a session is kept with.
-fn encode(owner: Option<&Principal>, init: &str) -> String {
-    let kept = Kept {
-        owner: owner.cloned(),
-        initialize: serde_json::from_str(init).unwrap_or(serde_json::Value::Null),
-    };
-    serde_json::to_string(&kept).unwrap_or_default()
-}
+impl Kept {
+    /// The `options` a session is kept with.
+    fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 
-/// The owner and `initialize` parameters (JSON) of a kept session's `options`.
-fn decode(options: &str) -> (Option<Principal>, String) {
-    match serde_json::from_str::<Kept>(options) {
-        Ok(kept) => (kept.owner, kept.initialize.to_string()),
-        Err(_) => (None, options.to_owned()),
+    /// A kept session's `options`.
+    fn decode(options: &str) -> Self {
+        serde_json::from_str::<Kept>(options).unwrap_or_else(|_| Kept {
+            owner: None,
+            initialize: serde_json::from_str(options).unwrap_or(serde_json::Value::Null),
+            tasks: Vec::new(),
+        })
     }
 }
 
@@ -63,6 +65,13 @@ pub(crate) enum Use {
     Unknown,
 }
 
+/// What an MCP session's handler gives the code-mode session it opens: who hears of its
+/// calls that wait on a person, and the table its MCP tasks go to.
+pub(crate) struct Attached<'a> {
+    pub(crate) watch: Arc<dyn ApprovalWatch>,
+    pub(crate) tasks: &'a Arc<Tasks>,
+}
+
 /// An MCP session of this process.
 struct Live {
     /// Its `initialize` parameters, as JSON.
@@ -71,6 +80,8 @@ struct Live {
     owner: Option<Principal>,
     /// Its code-mode session, once its first call opened it.
     session: Option<Arc<dyn DurableSession>>,
+    /// Its MCP tasks, once its first call opened it.
+    tasks: Option<Arc<Tasks>>,
 }
 
 /// What the state directory keeps of the server's MCP sessions.
@@ -122,7 +133,7 @@ impl McpState {
     /// The code-mode session of MCP session `id`: the one an earlier process kept (its
     /// running cells rebuilt at their next call; a call of the server's tools they were
     /// waiting on fails, since it died with that process, unless `tools` says it runs
-    /// again), else a new one. `None` when
+    /// again), else a new one; its MCP tasks, kept with it, go back to `tasks`. `None` when
     /// the provider keeps no durable sessions (in process).
     pub(crate) fn open_session(
         &self,
@@ -135,7 +146,7 @@ impl McpState {
         delegate: Arc<dyn CodeModeSessionDelegate>,
         options: SessionOptions,
         tools: &ToolSet,
-        watch: Arc<dyn ApprovalWatch>,
+        Attached { watch, tasks }: Attached<'_>,
     ) -> Option<Arc<dyn CodeModeSession>> {
         let held = self.kept.take(id);
         let stored = held
@@ -200,17 +211,22 @@ impl McpState {
                 });
             }
         }
-        let record = held.map(|held| held.record);
-        let (owner, init) = record
-            .map(|record| decode(&record.options))
-            .unwrap_or_default();
+        let (owner, init) = match held.map(|held| Kept::decode(&held.record.options)) {
+            Some(kept) => {
+                tasks.restore(kept.tasks);
+                (kept.owner, kept.initialize.to_string())
+            }
+            None => (None, String::new()),
+        };
         let mut live = lock(&self.live);
         let entry = live.entry(id.to_owned()).or_insert(Live {
             init,
             owner,
             session: None,
+            tasks: None,
         });
         entry.session = Some(Arc::clone(&session));
+        entry.tasks = Some(Arc::clone(tasks));
         Some(session)
     }
 
@@ -240,15 +256,17 @@ impl McpState {
         if taken_over && !self.kept.take_over(id).await? {
             return Ok(Use::Unknown);
         }
-        let owned = self
-            .kept
-            .with_held(id, |held| match decode(&held.record.options) {
-                (Some(owner), _) => owner == *principal,
-                (None, init) => {
-                    held.record.options = encode(Some(principal), &init);
+        let owned = self.kept.with_held(id, |held| {
+            let mut kept = Kept::decode(&held.record.options);
+            match &kept.owner {
+                Some(owner) => *owner == *principal,
+                None => {
+                    kept.owner = Some(principal.clone());
+                    held.record.options = kept.encode();
                     true
                 }
-            });
+            }
+        });
         match owned {
             None => Ok(Use::Unknown),
             Some(true) => Ok(Use::Allowed),
@@ -354,7 +372,16 @@ impl McpState {
         }
         let record = lock(&self.live).get(id).map(|live| SessionRecord {
             id: id.to_owned(),
-            options: encode(live.owner.as_ref(), &live.init),
+            options: Kept {
+                owner: live.owner.clone(),
+                initialize: serde_json::from_str(&live.init).unwrap_or(serde_json::Value::Null),
+                tasks: live
+                    .tasks
+                    .as_ref()
+                    .map(|tasks| tasks.kept())
+                    .unwrap_or_default(),
+            }
+            .encode(),
             state: live
                 .session
                 .as_ref()
@@ -379,9 +406,9 @@ impl SessionStore for McpState {
     ) -> Result<Option<SessionState>, Box<dyn std::error::Error + Send + Sync>> {
         // Only what `may_use` found for the request's principal (which the HTTP front asks
         // before rmcp sees a session id it does not know) is taken back.
-        let init = self
-            .kept
-            .with_held(session_id, |held| decode(&held.record.options).1);
+        let init = self.kept.with_held(session_id, |held| {
+            Kept::decode(&held.record.options).initialize.to_string()
+        });
         let Some(init) = init else {
             return Ok(None);
         };
@@ -407,6 +434,7 @@ impl SessionStore for McpState {
                 init: String::new(),
                 owner: None,
                 session: None,
+                tasks: None,
             });
         if let Some(live) = lock(&self.live).get_mut(session_id) {
             live.init = init;

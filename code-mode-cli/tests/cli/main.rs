@@ -13,6 +13,7 @@ mod mcp;
 mod mcp_http;
 mod principals;
 mod restart;
+mod tasks;
 mod traces;
 
 const BIN: &str = env!("CARGO_BIN_EXE_code-mode");

@@ -65,7 +65,7 @@ impl HttpServer {
         self.url.replace("0.0.0.0", "127.0.0.1")
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
@@ -596,7 +596,7 @@ fn replica_args(
 
 /// The arguments of `mcp --http` replicas on `cluster` with the tools file `tools` and a
 /// lease of `lease`.
-fn replica_args_with(
+pub(super) fn replica_args_with(
     tools: &std::path::Path,
     cluster: &code_mode_conformance::PgCluster,
     lease: &str,
@@ -1196,7 +1196,9 @@ fn a_request_whose_connection_broke_is_resumed_with_its_result() {
 
 /// `mcp --http` with a state directory and the tool `send`, which needs an approval and logs
 /// each run (its input) to the file returned; and the state directory.
-fn approval_server(scratch: &Scratch) -> (HttpServer, std::path::PathBuf, std::path::PathBuf) {
+pub(super) fn approval_server(
+    scratch: &Scratch,
+) -> (HttpServer, std::path::PathBuf, std::path::PathBuf) {
     let ran = scratch.0.join("sent.log");
     let tools = scratch.write(
         "tools.toml",

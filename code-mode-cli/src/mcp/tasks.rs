@@ -1,0 +1,547 @@
+//! MCP Tasks (SEP-2663, the `io.modelcontextprotocol/tasks` extension) for `code-mode mcp`
+//! (issue 86). To a client that declares the extension, an `exec` whose cell still runs
+//! when the call would return answers with a task instead of a result: the server follows
+//! the cell to its end, the client (not the model) polls `tasks/get`, and the task's
+//! result is what one `exec` would have returned had it waited that long: every item the
+//! cell wrote, its status, its wall time. A call of the cell that waits on a person puts
+//! the task in `input_required`, its input request the `elicitation/create` form of
+//! [`super::asking`], answered through `tasks/update`; `tasks/cancel` terminates the cell.
+//!
+//! With a state store a session's tasks are kept with it (in its kept options, written
+//! after each slice the server followed, and a task's result before any client sees it),
+//! so a client fetches its task after a restart, or from the replica that takes its
+//! session over, which follows the cell on from where the store left it.
+
+use code_mode_protocol::sync::lock;
+use code_mode_protocol::{CellId, CellResponse, CodeModeSession, WaitRequest};
+use code_mode_state::Approval;
+use code_mode_surface::format_response;
+use code_mode_surface::json::{item_from_json, item_json};
+use rmcp::model::{
+    CallToolResult, ContentBlock, DetailedTask, ElicitRequest, InputRequest, InputRequests,
+    JsonObject, Task, TaskPayload, TaskStatus,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// How long each `wait` of a followed cell lasts: the output it took is kept after each.
+const SLICE_MS: u64 = 10_000;
+
+/// How often a client is asked to poll (`pollIntervalMs`).
+const POLL_INTERVAL_MS: u64 = 500;
+
+/// How long a result that could not be kept waits before the next try.
+const KEEP_RETRY: Duration = Duration::from_secs(1);
+
+/// Writes the MCP session as it is now (its tasks with it).
+pub(super) type Persist = crate::tools::BeforeCall;
+
+/// The answer to a `wait` on a cell a task follows.
+pub(super) fn followed(cell: &CellId) -> String {
+    format!(
+        "cell {cell} is followed by MCP task `{cell}`: its output and result come from `tasks/get`"
+    )
+}
+
+/// How a followed cell stands.
+#[derive(Debug, Clone, PartialEq)]
+enum End {
+    /// Still running.
+    Running,
+    /// `tasks/cancel` asked for it; its termination is on the way.
+    Cancelling,
+    /// It ended, with the result of the call (a `CallToolResult`); `shown` once the result
+    /// is kept, when clients may see it.
+    Done {
+        result: JsonObject,
+        cancelled: bool,
+        shown: bool,
+    },
+}
+
+/// One task: a cell the server follows for its client.
+struct Followed {
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    /// The `exec`'s output budget, for the result.
+    max_tokens: u64,
+    /// Everything the cell wrote so far.
+    items: Vec<code_mode_protocol::ContentItem>,
+    end: End,
+}
+
+/// A task as the store keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(super) struct KeptTask {
+    cell: String,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    max_tokens: u64,
+    items: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<JsonObject>,
+    #[serde(default)]
+    cancelled: bool,
+}
+
+/// Why a task request was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(super) enum TaskError {
+    #[error("no task `{0}` in this session")]
+    Unknown(String),
+    #[error("task `{0}` has ended already")]
+    Ended(String),
+    #[error(
+        "task `{task}` does not wait for `{key}`: the input requests it has now are {outstanding:?}"
+    )]
+    NotAsked {
+        task: String,
+        key: String,
+        outstanding: Vec<String>,
+    },
+}
+
+/// An MCP session's tasks, by cell.
+#[derive(Default)]
+pub(super) struct Tasks {
+    table: Mutex<HashMap<CellId, Followed>>,
+    /// Cancelled when the MCP session ends: its followers stop.
+    pub(super) stop: CancellationToken,
+}
+
+impl Tasks {
+    /// A task for `cell`, which wrote `items` so far; its seed state.
+    pub(super) fn begin(
+        &self,
+        cell: &CellId,
+        items: Vec<code_mode_protocol::ContentItem>,
+        max_tokens: u64,
+    ) -> Task {
+        let now = now_ms();
+        lock(&self.table).insert(
+            cell.clone(),
+            Followed {
+                created_at_ms: now,
+                updated_at_ms: now,
+                max_tokens,
+                items,
+                end: End::Running,
+            },
+        );
+        task(&cell.to_string(), now, now, TaskStatus::Working)
+    }
+
+    /// Whether the server follows `cell` for a task.
+    pub(super) fn follows(&self, cell: &CellId) -> bool {
+        lock(&self.table).contains_key(cell)
+    }
+
+    /// The cells whose tasks have not ended.
+    pub(super) fn unfinished(&self) -> Vec<CellId> {
+        lock(&self.table)
+            .iter()
+            .filter(|(_, followed)| !matches!(followed.end, End::Done { .. }))
+            .map(|(cell, _)| cell.clone())
+            .collect()
+    }
+
+    /// The tasks as the store keeps them (a result not shown yet included: it is kept
+    /// before it is shown).
+    pub(super) fn kept(&self) -> Vec<KeptTask> {
+        let mut kept: Vec<KeptTask> = lock(&self.table)
+            .iter()
+            .map(|(cell, followed)| {
+                let (result, cancelled) = match &followed.end {
+                    End::Done {
+                        result, cancelled, ..
+                    } => (Some(result.clone()), *cancelled),
+                    End::Running | End::Cancelling => (None, false),
+                };
+                KeptTask {
+                    cell: cell.to_string(),
+                    created_at_ms: followed.created_at_ms,
+                    updated_at_ms: followed.updated_at_ms,
+                    max_tokens: followed.max_tokens,
+                    items: followed.items.iter().map(item_json).collect(),
+                    result,
+                    cancelled,
+                }
+            })
+            .collect();
+        kept.sort_by_key(|task| task.created_at_ms);
+        kept
+    }
+
+    /// Takes back the tasks a store kept (an earlier process's).
+    pub(super) fn restore(&self, kept: Vec<KeptTask>) {
+        let mut table = lock(&self.table);
+        for task in kept {
+            let end = match task.result {
+                Some(result) => End::Done {
+                    result,
+                    cancelled: task.cancelled,
+                    shown: true,
+                },
+                None => End::Running,
+            };
+            table.insert(
+                CellId::parse(&task.cell),
+                Followed {
+                    created_at_ms: task.created_at_ms,
+                    updated_at_ms: task.updated_at_ms,
+                    max_tokens: task.max_tokens,
+                    items: task.items.iter().filter_map(item_from_json).collect(),
+                    end,
+                },
+            );
+        }
+    }
+
+    /// Task `id` as `tasks/get` shows it; `waiting` are its cell's calls that wait on a
+    /// person now.
+    pub(super) fn get(
+        &self,
+        id: &str,
+        waiting: impl FnOnce(&CellId) -> Vec<Approval>,
+    ) -> Result<DetailedTask, TaskError> {
+        let cell = CellId::parse(id);
+        let (created, updated, end) = {
+            let table = lock(&self.table);
+            let followed = table
+                .get(&cell)
+                .ok_or_else(|| TaskError::Unknown(id.to_owned()))?;
+            (
+                followed.created_at_ms,
+                followed.updated_at_ms,
+                followed.end.clone(),
+            )
+        };
+        let base = |status| task(id, created, updated, status);
+        Ok(match end {
+            End::Done {
+                result,
+                cancelled,
+                shown: true,
+            } => {
+                if cancelled {
+                    DetailedTask::new(base(TaskStatus::Cancelled), TaskPayload::Cancelled)
+                } else {
+                    DetailedTask::new(
+                        base(TaskStatus::Completed),
+                        TaskPayload::Completed { result },
+                    )
+                }
+            }
+            End::Running | End::Cancelling | End::Done { .. } => {
+                let waiting = waiting(&cell);
+                if waiting.is_empty() {
+                    DetailedTask::new(
+                        base(TaskStatus::Working)
+                            .with_status_message(code_mode_protocol::texts::script_running(&cell)),
+                        TaskPayload::Working,
+                    )
+                } else {
+                    let message = waiting
+                        .iter()
+                        .map(|call| {
+                            code_mode_protocol::texts::approval_waiting(
+                                &call.tool,
+                                &call.call,
+                                call.reason.as_deref(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    DetailedTask::new(
+                        base(TaskStatus::InputRequired).with_status_message(message),
+                        TaskPayload::InputRequired {
+                            input_requests: input_requests(&waiting),
+                        },
+                    )
+                }
+            }
+        })
+    }
+
+    /// Checks that task `id` has not ended and asks, now, for each key of `keys`: the
+    /// approvals they name (of `waiting`, its cell's calls that wait on a person).
+    pub(super) fn asked<'a>(
+        &self,
+        id: &str,
+        keys: impl IntoIterator<Item = &'a String>,
+        waiting: impl FnOnce(&CellId) -> Vec<Approval>,
+    ) -> Result<Vec<Approval>, TaskError> {
+        let cell = CellId::parse(id);
+        match lock(&self.table).get(&cell).map(|followed| &followed.end) {
+            None => return Err(TaskError::Unknown(id.to_owned())),
+            Some(End::Done { .. }) => return Err(TaskError::Ended(id.to_owned())),
+            Some(End::Running | End::Cancelling) => {}
+        }
+        let waiting = waiting(&cell);
+        keys.into_iter()
+            .map(|key| {
+                waiting
+                    .iter()
+                    .find(|call| call.id == *key)
+                    .cloned()
+                    .ok_or_else(|| TaskError::NotAsked {
+                        task: id.to_owned(),
+                        key: key.clone(),
+                        outstanding: waiting.iter().map(|call| call.id.clone()).collect(),
+                    })
+            })
+            .collect()
+    }
+
+    /// `tasks/cancel` of task `id`: its cell, to terminate, unless it ended already.
+    pub(super) fn cancel(&self, id: &str) -> Result<CellId, TaskError> {
+        let cell = CellId::parse(id);
+        let mut table = lock(&self.table);
+        let followed = table
+            .get_mut(&cell)
+            .ok_or_else(|| TaskError::Unknown(id.to_owned()))?;
+        if matches!(followed.end, End::Done { .. }) {
+            return Err(TaskError::Ended(id.to_owned()));
+        }
+        followed.end = End::Cancelling;
+        followed.updated_at_ms = now_ms();
+        Ok(cell)
+    }
+
+    /// The cell wrote `items`.
+    fn append(&self, cell: &CellId, items: Vec<code_mode_protocol::ContentItem>) {
+        if let Some(followed) = lock(&self.table).get_mut(cell) {
+            followed.items.extend(items);
+            followed.updated_at_ms = now_ms();
+        }
+    }
+
+    /// The cell ended with `outcome` (or its session failed with that text): the task's
+    /// result, not shown until [`Self::show`].
+    fn finish(&self, cell: &CellId, outcome: Result<CellResponse, String>) {
+        let mut table = lock(&self.table);
+        let Some(followed) = table.get_mut(cell) else {
+            return;
+        };
+        let now = now_ms();
+        let cancelled = followed.end == End::Cancelling;
+        let result = match outcome {
+            Ok(response) => {
+                followed
+                    .items
+                    .extend(response.content_items().iter().cloned());
+                let wall_time = Duration::from_millis(
+                    now.saturating_sub(followed.created_at_ms).cast_unsigned(),
+                );
+                let whole = match response {
+                    CellResponse::Result {
+                        cell_id, failure, ..
+                    } => CellResponse::Result {
+                        cell_id,
+                        content_items: followed.items.clone(),
+                        failure,
+                        wall_time,
+                    },
+                    CellResponse::Terminated { cell_id, .. }
+                    | CellResponse::Yielded { cell_id, .. } => CellResponse::Terminated {
+                        cell_id,
+                        content_items: followed.items.clone(),
+                        wall_time,
+                    },
+                };
+                CallToolResult::success(super::blocks::content(&format_response(
+                    &whole,
+                    followed.max_tokens,
+                )))
+            }
+            Err(text) => CallToolResult::error(vec![ContentBlock::text(text)]),
+        };
+        let result = match serde_json::to_value(result) {
+            Ok(Value::Object(result)) => result,
+            _ => JsonObject::new(),
+        };
+        followed.end = End::Done {
+            result,
+            cancelled,
+            shown: false,
+        };
+        followed.updated_at_ms = now;
+    }
+
+    /// The task's result is kept: clients may see it.
+    fn show(&self, cell: &CellId) {
+        if let Some(End::Done { shown, .. }) = lock(&self.table)
+            .get_mut(cell)
+            .map(|followed| &mut followed.end)
+        {
+            *shown = true;
+        }
+    }
+}
+
+/// Follows `cell` of `session` to its end for its task: each slice's output joins the
+/// task and the session is written; the result is kept, then shown. Ends early when the
+/// MCP session ends ([`Tasks::stop`]).
+pub(super) async fn follow(
+    tasks: Arc<Tasks>,
+    session: Arc<dyn CodeModeSession>,
+    cell: CellId,
+    persist: Persist,
+) {
+    loop {
+        let request = WaitRequest::new(cell.clone()).with_yield_time_ms(SLICE_MS);
+        let outcome = tokio::select! {
+            outcome = session.wait(request) => outcome,
+            () = tasks.stop.cancelled() => return,
+        };
+        match outcome {
+            Ok(CellResponse::Yielded { content_items, .. }) => {
+                if !content_items.is_empty() {
+                    tasks.append(&cell, content_items);
+                    if let Err(error) = persist().await {
+                        tracing::warn!(%error, "a task's output could not be kept; it is kept with the next write");
+                    }
+                }
+            }
+            Ok(ended) => {
+                tasks.finish(&cell, Ok(ended));
+                break;
+            }
+            Err(error) => {
+                tasks.finish(&cell, Err(error.to_string()));
+                break;
+            }
+        }
+    }
+    // A result a client saw is one a restart gives back: it is kept first.
+    loop {
+        match persist().await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(%error, "a task's result could not be kept yet; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(KEEP_RETRY) => {}
+                    () = tasks.stop.cancelled() => return,
+                }
+            }
+        }
+    }
+    tasks.show(&cell);
+}
+
+/// The input requests of a task whose cell's calls in `waiting` wait on a person: the
+/// form of each, by approval id.
+fn input_requests(waiting: &[Approval]) -> InputRequests {
+    waiting
+        .iter()
+        .filter_map(|call| {
+            let form = super::asking::form(call)?;
+            Some((
+                call.id.clone(),
+                InputRequest::Elicitation(ElicitRequest::new(form)),
+            ))
+        })
+        .collect()
+}
+
+/// A task's base fields.
+fn task(id: &str, created_ms: i64, updated_ms: i64, status: TaskStatus) -> Task {
+    Task::new(id, status, iso8601(created_ms), iso8601(updated_ms))
+        .with_poll_interval_ms(POLL_INTERVAL_MS)
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// `ms` since the Unix epoch as an ISO 8601 UTC time, to the millisecond
+/// (`2026-11-29T14:30:21.000Z`).
+fn iso8601(ms: i64) -> String {
+    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // The civil date of a day count (the proleptic Gregorian calendar, in 400-year eras).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (hours, minutes) = (in_day / 3_600_000, in_day / 60_000 % 60);
+    let (seconds, millis) = (in_day / 1000 % 60, in_day % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{hours:02}:{minutes:02}:{seconds:02}.{millis:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_iso_8601_in_utc() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(iso8601(1_795_962_621_123), "2026-11-29T14:30:21.123Z");
+        assert_eq!(iso8601(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn a_kept_task_comes_back_as_it_was_kept() {
+        let tasks = Tasks::default();
+        let cell = CellId::new(3);
+        tasks.begin(
+            &cell,
+            vec![code_mode_protocol::ContentItem::text("one")],
+            100,
+        );
+        tasks.append(&cell, vec![code_mode_protocol::ContentItem::text("two")]);
+        let kept = tasks.kept();
+        let again = Tasks::default();
+        again.restore(kept.clone());
+        assert_eq!(again.kept(), kept);
+        assert_eq!(again.unfinished(), vec![cell.clone()]);
+        // A result kept but not shown before the restart is shown after it.
+        tasks.finish(
+            &cell,
+            Ok(CellResponse::Result {
+                cell_id: cell.clone(),
+                content_items: vec![code_mode_protocol::ContentItem::text("three")],
+                failure: None,
+                wall_time: Duration::ZERO,
+            }),
+        );
+        assert_eq!(
+            tasks.get("3", |_| Vec::new()).map(|task| task.status()),
+            Ok(TaskStatus::Working),
+            "not shown until kept"
+        );
+        let restored = Tasks::default();
+        restored.restore(tasks.kept());
+        let shown = restored.get("3", |_| Vec::new()).expect("the task");
+        assert_eq!(shown.status(), TaskStatus::Completed);
+        let TaskPayload::Completed { result } = shown.payload else {
+            panic!("a result");
+        };
+        let texts: Vec<&str> = result["content"]
+            .as_array()
+            .expect("content")
+            .iter()
+            .filter_map(|block| block["text"].as_str())
+            .collect();
+        assert_eq!(texts[1..], ["one", "two", "three"], "{result:?}");
+        assert!(restored.unfinished().is_empty());
+    }
+}
