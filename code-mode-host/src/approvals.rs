@@ -370,9 +370,20 @@ impl ApprovalGate {
             reason: need.reason,
             principal: site.principal.clone(),
         };
+        // What was asked, for the watch to hear that it no longer waits if the cell stops.
+        let asked: Mutex<Option<Approval>> = Mutex::new(None);
+        let on_waiting = |approval: &Approval| {
+            *lock(&asked) = Some(approval.clone());
+            site.watch.waiting(approval);
+        };
         let waited = tokio::select! {
-            waited = site.approvals.wait(request, |approval| site.watch.waiting(approval)) => waited,
-            () = cancel.cancelled() => return Err(ToolError::new(texts::approval_denied(&call.tool_name, "the cell stopped waiting"))),
+            waited = site.approvals.wait(request, on_waiting) => waited,
+            () = cancel.cancelled() => {
+                if let Some(approval) = lock(&asked).take() {
+                    site.watch.settled(&approval);
+                }
+                return Err(ToolError::new(texts::approval_denied(&call.tool_name, "the cell stopped waiting")));
+            }
         };
         let (approval, decided) = waited.map_err(|error| {
             ToolError::new(texts::state_unwritten("the call was not asked", &error))

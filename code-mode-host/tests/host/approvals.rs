@@ -12,14 +12,15 @@ use code_mode_host::state::{
     ApprovalBook, ApprovalError, ApprovalState, StoreLocation, StoreOptions,
 };
 use code_mode_host::{
-    Approvals, CodeModeSession, KeptSessions, ProcessConfig, ProcessProvider, Runtimes,
-    StoredProvider,
+    ApprovalGate, Approvals, CodeModeSession, GateSite, KeptSessions, ProcessConfig,
+    ProcessProvider, Runtimes, StoredProvider, WaitingCalls,
 };
 use code_mode_protocol::approval::Decision;
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    ApprovalNeed, BoxFuture, CellResponse, CodeModeSessionDelegate, ContentItem, ExecRequest,
-    JsonText, NestedToolCall, SessionOptions, ToolDefinition, ToolError, ToolKind, WaitRequest,
+    ApprovalNeed, BoxFuture, CallId, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
+    ExecRequest, JsonText, NestedToolCall, SessionOptions, ToolDefinition, ToolError, ToolKind,
+    WaitRequest,
 };
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -553,4 +554,55 @@ async fn an_approval_kept_for_another_call_under_the_same_number_is_not_used() {
         "sent on another call's approval"
     );
     session.close().await;
+}
+
+/// A call whose cell stops waiting (terminated while its call waits on a person) is
+/// settled for the gate's watch: a front's list of waiting calls (the lines the model
+/// reads, an MCP task's input requests) does not keep it, and its delegate never ran it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_cell_stops_waiting_leaves_the_watch() {
+    let scratch = Scratch::new();
+    let location = StoreLocation::Dir(scratch.0.join("state"));
+    let approvals = Approvals::open(&location, &StoreOptions::default()).expect("opens");
+    let watch = Arc::new(WaitingCalls::default());
+    let mail = Arc::new(Mail::default());
+    let gate = Arc::new(ApprovalGate::new(
+        mail.clone(),
+        GateSite {
+            approvals,
+            front: "agent".to_owned(),
+            session: "one".to_owned(),
+            principal: None,
+            watch: watch.clone(),
+            stopping: Arc::default(),
+            ended: CancellationToken::new(),
+        },
+    ));
+    let cell = CellId::new(1);
+    let call = NestedToolCall {
+        cell_id: cell.clone(),
+        call_id: CallId::new(1),
+        tool_name: "send".to_owned(),
+        kind: ToolKind::Function,
+        input: Some(JsonText::new("{\"to\":\"x\"}")),
+        exec_call_id: None,
+    };
+    let stop = CancellationToken::new();
+    let through = tokio::spawn({
+        let (gate, stop) = (Arc::clone(&gate), stop.clone());
+        async move {
+            gate.through(call, ApprovalNeed::because("it sends mail"), stop)
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while watch.of(&cell).is_empty() {
+        assert!(Instant::now() < deadline, "the call never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    let answer = through.await.expect("the call ended");
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(watch.of(&cell).is_empty(), "{:?}", watch.of(&cell));
+    assert!(mail.sent("send").is_empty());
 }
