@@ -27,6 +27,17 @@ pub fn status_line(response: &CellResponse) -> String {
 /// The tool output for `response` within `max_output_tokens`. Its `Wall time` line is the
 /// time the provider measured for the observation (contract 8.5).
 pub fn format_response(response: &CellResponse, max_output_tokens: u64) -> Vec<ContentItem> {
+    format_response_omitting(response, max_output_tokens, 0)
+}
+
+/// [`format_response`] for a response whose text items were already cut by whoever
+/// gathered them: `omitted_bytes` more bytes of text came after them, and count in the
+/// marker line that says how much was left out.
+pub fn format_response_omitting(
+    response: &CellResponse,
+    max_output_tokens: u64,
+    omitted_bytes: u64,
+) -> Vec<ContentItem> {
     let header = format!(
         "{}\n{}\n{}",
         status_line(response),
@@ -60,6 +71,7 @@ pub fn format_response(response: &CellResponse, max_output_tokens: u64) -> Vec<C
             }
         }
     }
+    let omitted = omitted + omitted_bytes;
     if omitted > 0 {
         items.push(ContentItem::text(marker(omitted, max_output_tokens)));
     }

@@ -15,7 +15,7 @@ pub use describe::{
     Catalog, ToolDescription, UnavailableSource, exec_code_argument_description,
     exec_code_argument_description_of, exec_description, exec_description_of,
 };
-pub use format::{BYTES_PER_TOKEN, format_response, status_line};
+pub use format::{BYTES_PER_TOKEN, format_response, format_response_omitting, status_line};
 pub use pragma::{DEFAULT_MAX_OUTPUT_TOKENS, ExecParseError, ParsedExec, parse_exec_source};
 pub use specs::{
     EXEC_TOOL_NAME, ToolSpec, WAIT_TOOL_NAME, WaitArguments, WaitArgumentsError, exec_tool_spec,

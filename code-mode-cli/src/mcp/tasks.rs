@@ -15,8 +15,8 @@
 use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CellId, CellResponse, CodeModeSession, WaitRequest};
 use code_mode_state::Approval;
-use code_mode_surface::format_response;
 use code_mode_surface::json::{item_from_json, item_json};
+use code_mode_surface::{BYTES_PER_TOKEN, format_response_omitting};
 use rmcp::model::{
     CallToolResult, ContentBlock, DetailedTask, ElicitRequest, InputRequest, InputRequests,
     JsonObject, Task, TaskPayload, TaskStatus,
@@ -32,6 +32,9 @@ const SLICE_MS: u64 = 10_000;
 
 /// How often a client is asked to poll (`pollIntervalMs`).
 const POLL_INTERVAL_MS: u64 = 500;
+
+/// The most bytes of images and audio a task keeps; later ones count as left out.
+const MEDIA_KEPT: u64 = 8 << 20;
 
 /// How long a result that could not be kept waits before the next try.
 const KEEP_RETRY: Duration = Duration::from_secs(1);
@@ -68,9 +71,66 @@ struct Followed {
     updated_at_ms: i64,
     /// The `exec`'s output budget, for the result.
     max_tokens: u64,
-    /// Everything the cell wrote so far.
+    /// What the cell wrote so far, as far as the result can show it: text up to the
+    /// `exec`'s budget (the item that crosses it whole, for the formatter to cut), images
+    /// and audio up to [`MEDIA_KEPT`].
     items: Vec<code_mode_protocol::ContentItem>,
+    /// The bytes the cell wrote past those, which the result says were left out.
+    omitted: u64,
     end: End,
+}
+
+impl Followed {
+    /// The cell wrote `items`: kept within the bounds of [`Followed::items`] (the text
+    /// that crosses the budget cut at it), the rest counted as left out: a cell that
+    /// writes for hours costs a bounded task.
+    fn take(&mut self, items: Vec<code_mode_protocol::ContentItem>) {
+        let budget = self.max_tokens.saturating_mul(BYTES_PER_TOKEN);
+        let (mut text, mut media) = (0u64, 0u64);
+        for item in &self.items {
+            match item.as_text() {
+                Some(written) => text += written.len() as u64,
+                None => media += size(item),
+            }
+        }
+        for item in items {
+            let Some(written) = item.as_text() else {
+                media += size(&item);
+                if media <= MEDIA_KEPT {
+                    self.items.push(item);
+                } else {
+                    self.omitted += size(&item);
+                }
+                continue;
+            };
+            let room = usize::try_from(budget.saturating_sub(text)).unwrap_or(usize::MAX);
+            if written.len() <= room {
+                text += written.len() as u64;
+                self.items.push(item);
+                continue;
+            }
+            let mut end = room;
+            while !written.is_char_boundary(end) {
+                end -= 1;
+            }
+            if end > 0 {
+                self.items
+                    .push(code_mode_protocol::ContentItem::text(&written[..end]));
+            }
+            text = budget;
+            self.omitted += (written.len() - end) as u64;
+        }
+    }
+}
+
+/// The bytes of an item: its text, or its data URL.
+fn size(item: &code_mode_protocol::ContentItem) -> u64 {
+    use code_mode_protocol::ContentItem;
+    match item {
+        ContentItem::InputText { text } => text.len() as u64,
+        ContentItem::InputImage { image_url, .. } => image_url.len() as u64,
+        ContentItem::InputAudio { audio_url } => audio_url.len() as u64,
+    }
 }
 
 /// A task as the store keeps it.
@@ -81,6 +141,8 @@ pub(super) struct KeptTask {
     updated_at_ms: i64,
     max_tokens: u64,
     items: Vec<Value>,
+    #[serde(default)]
+    omitted: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<JsonObject>,
     #[serde(default)]
@@ -121,16 +183,16 @@ impl Tasks {
         max_tokens: u64,
     ) -> Task {
         let now = now_ms();
-        lock(&self.table).insert(
-            cell.clone(),
-            Followed {
-                created_at_ms: now,
-                updated_at_ms: now,
-                max_tokens,
-                items,
-                end: End::Running,
-            },
-        );
+        let mut followed = Followed {
+            created_at_ms: now,
+            updated_at_ms: now,
+            max_tokens,
+            items: Vec::new(),
+            omitted: 0,
+            end: End::Running,
+        };
+        followed.take(items);
+        lock(&self.table).insert(cell.clone(), followed);
         task(&cell.to_string(), now, now, TaskStatus::Working)
     }
 
@@ -166,6 +228,7 @@ impl Tasks {
                     updated_at_ms: followed.updated_at_ms,
                     max_tokens: followed.max_tokens,
                     items: followed.items.iter().map(item_json).collect(),
+                    omitted: followed.omitted,
                     result,
                     cancelled,
                 }
@@ -194,6 +257,7 @@ impl Tasks {
                     updated_at_ms: task.updated_at_ms,
                     max_tokens: task.max_tokens,
                     items: task.items.iter().filter_map(item_from_json).collect(),
+                    omitted: task.omitted,
                     end,
                 },
             );
@@ -314,7 +378,7 @@ impl Tasks {
     /// The cell wrote `items`.
     fn append(&self, cell: &CellId, items: Vec<code_mode_protocol::ContentItem>) {
         if let Some(followed) = lock(&self.table).get_mut(cell) {
-            followed.items.extend(items);
+            followed.take(items);
             followed.updated_at_ms = now_ms();
         }
     }
@@ -330,9 +394,7 @@ impl Tasks {
         let cancelled = followed.end == End::Cancelling;
         let result = match outcome {
             Ok(response) => {
-                followed
-                    .items
-                    .extend(response.content_items().iter().cloned());
+                followed.take(response.content_items().to_vec());
                 let wall_time = Duration::from_millis(
                     now.saturating_sub(followed.created_at_ms).cast_unsigned(),
                 );
@@ -352,9 +414,10 @@ impl Tasks {
                         wall_time,
                     },
                 };
-                CallToolResult::success(super::blocks::content(&format_response(
+                CallToolResult::success(super::blocks::content(&format_response_omitting(
                     &whole,
                     followed.max_tokens,
+                    followed.omitted,
                 )))
             }
             Err(text) => CallToolResult::error(vec![ContentBlock::text(text)]),
@@ -496,6 +559,69 @@ mod tests {
         assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(iso8601(1_795_962_621_123), "2026-11-29T14:30:21.123Z");
         assert_eq!(iso8601(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    /// A cell that writes past the `exec`'s budget costs the task the budget, and its
+    /// result says how much was left out, as one `exec` over the whole output would.
+    #[test]
+    fn a_task_keeps_its_budget_of_text_and_counts_the_rest() {
+        use code_mode_protocol::ContentItem;
+        let tasks = Tasks::default();
+        let cell = CellId::new(1);
+        tasks.begin(&cell, vec![ContentItem::text("a".repeat(30))], 10);
+        for _ in 0..1000 {
+            tasks.append(&cell, vec![ContentItem::text("b".repeat(30))]);
+        }
+        let kept: usize = lock(&tasks.table)[&cell]
+            .items
+            .iter()
+            .filter_map(ContentItem::as_text)
+            .map(str::len)
+            .sum();
+        assert_eq!(kept, 40, "the budget: 10 tokens");
+        let whole: Vec<ContentItem> = std::iter::once("a".repeat(30))
+            .chain(std::iter::repeat_n("b".repeat(30), 1001))
+            .map(ContentItem::text)
+            .collect();
+        let last = ContentItem::text("b".repeat(30));
+        tasks.finish(
+            &cell,
+            Ok(CellResponse::Result {
+                cell_id: cell.clone(),
+                content_items: vec![last],
+                failure: None,
+                wall_time: Duration::ZERO,
+            }),
+        );
+        tasks.show(&cell);
+        let TaskPayload::Completed { result } =
+            tasks.get("1", |_| Vec::new()).expect("the task").payload
+        else {
+            panic!("a result");
+        };
+        let texts: Vec<String> = result["content"]
+            .as_array()
+            .expect("content")
+            .iter()
+            .filter_map(|block| block["text"].as_str().map(str::to_owned))
+            .collect();
+        let expected = format_response_omitting(
+            &CellResponse::Result {
+                cell_id: cell.clone(),
+                content_items: whole,
+                failure: None,
+                wall_time: Duration::ZERO,
+            },
+            10,
+            0,
+        );
+        assert_eq!(
+            texts[1..],
+            expected[1..]
+                .iter()
+                .filter_map(ContentItem::as_text)
+                .collect::<Vec<_>>()[..]
+        );
     }
 
     #[test]
