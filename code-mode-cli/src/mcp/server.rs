@@ -162,15 +162,23 @@ async fn notify_client(connection: Weak<Connection>, cell_id: CellId, text: Stri
     }
 }
 
+/// Which write of an MCP session [`session_writer`] makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Before a call of the server's tools, written patiently, as before an answer, so
+    /// that after a restart the call is known to have been made and is not made again;
+    /// once the server stops, no such call is made.
+    BeforeCall,
+    /// As it is now (after a slice a task followed).
+    Now,
+}
+
 /// With a state directory: a write of the MCP session as it is now (its cells' journals,
-/// its MCP tasks). `before_a_call`: the write before a call of the server's tools, written
-/// patiently, as before an answer, so that after a restart the call is known to have been
-/// made and is not made again; once the server stops, no such call is made. Otherwise the
-/// write after a slice a task followed.
+/// its MCP tasks), as `write` says.
 fn session_writer(
     shared: &Arc<Shared>,
     mcp_id: &Arc<OnceLock<String>>,
-    before_a_call: bool,
+    write: Write,
 ) -> Option<BeforeCall> {
     shared.state.as_ref()?;
     let (shared, mcp_id) = (Arc::downgrade(shared), Arc::clone(mcp_id));
@@ -178,7 +186,7 @@ fn session_writer(
         let (shared, mcp_id) = (Weak::clone(&shared), Arc::clone(&mcp_id));
         Box::pin(async move {
             let Some(shared) = shared.upgrade() else {
-                return if before_a_call {
+                return if write == Write::BeforeCall {
                     Err("the server is stopping".to_owned())
                 } else {
                     Ok(())
@@ -188,7 +196,7 @@ fn session_writer(
                 return Ok(());
             };
             let generations = shared.sessions.generations_used();
-            if before_a_call {
+            if write == Write::BeforeCall {
                 state.persist_call(id, generations).await
             } else {
                 state.persist(id, generations).await
@@ -259,7 +267,7 @@ impl CodeModeServer {
         let mcp_id = Arc::new(OnceLock::new());
         let delegate: Arc<dyn CodeModeSessionDelegate> = Arc::new(
             CliDelegate::new(shared.tools.clone(), notifications)
-                .with_before_call(session_writer(shared, &mcp_id, true))
+                .with_before_call(session_writer(shared, &mcp_id, Write::BeforeCall))
                 .with_after_answer(after_answer(shared, &mcp_id)),
         );
         let server = Self {
@@ -314,8 +322,12 @@ impl CodeModeServer {
                         tasks: &self.tasks,
                     },
                 ) {
-                    // The cells of tasks kept with the session are followed on.
-                    for cell in self.tasks.unfinished() {
+                    // The cells of tasks kept with the session are followed on (and
+                    // one whose cancel was kept is terminated).
+                    for (cell, cancelling) in self.tasks.unfinished() {
+                        if cancelling {
+                            terminate(&session, cell.clone());
+                        }
                         self.follow(&session, cell);
                     }
                     return session;
@@ -500,9 +512,11 @@ impl CodeModeServer {
                 Ok(CellResponse::Yielded {
                     cell_id,
                     content_items,
-                    ..
+                    wall_time,
                 }) => {
-                    let task = self.tasks.begin(&cell_id, content_items, max_tokens);
+                    let task = self
+                        .tasks
+                        .begin(&cell_id, content_items, wall_time, max_tokens);
                     self.follow(self.session(context), cell_id);
                     CallToolResponse::Task(CreateTaskResult::new(task))
                 }
@@ -515,7 +529,7 @@ impl CodeModeServer {
 
     /// Follows `cell` of `session` for its task, writing the session after each slice.
     fn follow(&self, session: &Arc<dyn CodeModeSession>, cell: CellId) {
-        let persist: tasks::Persist = session_writer(&self.shared, &self.mcp_id, false)
+        let persist: tasks::Persist = session_writer(&self.shared, &self.mcp_id, Write::Now)
             .unwrap_or_else(|| Arc::new(|| Box::pin(async { Ok(()) })));
         tokio::spawn(tasks::follow(
             Arc::clone(&self.tasks),
@@ -568,6 +582,16 @@ impl CodeModeServer {
             *current = Some(peer.clone());
         }
     }
+}
+
+/// Terminates `cell` of `session`, in the background (its task's follower sees it end).
+fn terminate(session: &Arc<dyn CodeModeSession>, cell: CellId) {
+    let session = Arc::clone(session);
+    tokio::spawn(async move {
+        if let Err(error) = session.terminate(cell).await {
+            tracing::warn!(%error, "a task's cell could not be terminated");
+        }
+    });
 }
 
 /// `exec`'s arguments: its source, parsed, or the text that refuses them.
@@ -668,9 +692,17 @@ impl ServerHandler for CodeModeServer {
                 ));
             }
         };
-        // A task goes out once it is kept: a restart, or the replica that takes the session
-        // over, follows its cell on.
-        self.persist().await?;
+        // With a store, a task goes out once it is kept: a restart, or the replica that
+        // takes the session over, follows its cell on. One that could not be kept is
+        // dropped and its cell terminated: no client could ever reach it.
+        if let Err(error) = self.persist().await {
+            if let CallToolResponse::Task(created) = &response {
+                let cell = CellId::parse(&created.task.task_id);
+                self.tasks.drop_task(&cell);
+                terminate(self.session(&context), cell);
+            }
+            return Err(error);
+        }
         Ok(response)
     }
 
@@ -743,13 +775,11 @@ impl ServerHandler for CodeModeServer {
             .tasks
             .cancel(&request.task_id)
             .map_err(|error| ErrorData::invalid_params(error.to_string(), None))?;
-        // The task's follower sees the cell end, and the task is cancelled.
-        tokio::spawn(async move {
-            if let Err(error) = session.terminate(cell).await {
-                tracing::warn!(%error, "a cancelled task's cell could not be terminated");
-            }
-        });
-        Ok(())
+        // The cancel is kept (a restart terminates the cell); the task's follower sees the
+        // cell end, and the task is cancelled.
+        let kept = self.persist().await;
+        terminate(&session, cell);
+        kept
     }
 }
 

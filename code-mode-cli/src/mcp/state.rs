@@ -11,7 +11,7 @@
 //! opened it, and [`McpState::may_use`] lets only that principal take it back.
 
 use super::principal::{self, Principal};
-use super::tasks::{KeptTask, Tasks};
+use super::tasks::Tasks;
 use crate::tools::{OnInterrupt, ToolSet};
 use code_mode_host::{
     ApprovalGate, ApprovalWatch, Approvals, DurableSession, GateSite, KeptSessions,
@@ -34,8 +34,10 @@ const FRONT: &str = "mcp";
 struct Kept {
     owner: Option<Principal>,
     initialize: serde_json::Value,
+    /// Each read alone ([`Tasks::restore`]): one that cannot be read never costs the
+    /// session its owner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    tasks: Vec<KeptTask>,
+    tasks: Vec<serde_json::Value>,
 }
 
 impl Kept {

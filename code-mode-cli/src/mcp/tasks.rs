@@ -13,13 +13,15 @@
 //! session over, which follows the cell on from where the store left it.
 
 use code_mode_protocol::sync::lock;
-use code_mode_protocol::{CellId, CellResponse, CodeModeSession, WaitRequest};
+use code_mode_protocol::{
+    CellFailure, CellId, CellResponse, CodeModeSession, FailureKind, SessionError, WaitRequest,
+};
 use code_mode_state::Approval;
 use code_mode_surface::json::{item_from_json, item_json};
 use code_mode_surface::{BYTES_PER_TOKEN, format_response_omitting};
 use rmcp::model::{
-    CallToolResult, ContentBlock, DetailedTask, ElicitRequest, InputRequest, InputRequests,
-    JsonObject, Task, TaskPayload, TaskStatus,
+    CallToolResult, DetailedTask, ElicitRequest, InputRequest, InputRequests, JsonObject, Task,
+    TaskPayload, TaskStatus,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -34,13 +36,25 @@ const SLICE_MS: u64 = 10_000;
 const POLL_INTERVAL_MS: u64 = 500;
 
 /// The most bytes of images and audio a task keeps; later ones count as left out.
-const MEDIA_KEPT: u64 = 8 << 20;
+const MEDIA_KEPT: u64 = 2 << 20;
 
-/// How long a result that could not be kept waits before the next try.
-const KEEP_RETRY: Duration = Duration::from_secs(1);
+/// How long a result that could not be kept, or a `wait` that failed, waits before the
+/// next try.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// How many `wait`s in a row may fail (a runtime lost is rebuilt at the next one) before
+/// the task ends with the failure.
+const FOLLOW_ATTEMPTS: u32 = 5;
+
+/// How long a task is kept once it ended (its `ttlMs` then counts to it).
+const KEPT_AFTER_END_MS: i64 = 60 * 60 * 1000;
+
+/// The most ended tasks a session keeps: the oldest go first.
+const ENDED_KEPT: usize = 32;
 
 /// Writes the MCP session as it is now (its tasks with it).
-pub(super) type Persist = crate::tools::BeforeCall;
+pub(super) type Persist =
+    Arc<dyn Fn() -> code_mode_protocol::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// The answer to a `wait` on a cell a task follows.
 pub(super) fn followed(cell: &CellId) -> String {
@@ -133,9 +147,10 @@ fn size(item: &code_mode_protocol::ContentItem) -> u64 {
     }
 }
 
-/// A task as the store keeps it.
+/// A task as the store keeps it (as JSON in the session's kept options, each task read
+/// alone: one this version cannot read is left out, never the session's owner).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(super) struct KeptTask {
+struct KeptTask {
     cell: String,
     created_at_ms: i64,
     updated_at_ms: i64,
@@ -147,6 +162,8 @@ pub(super) struct KeptTask {
     result: Option<JsonObject>,
     #[serde(default)]
     cancelled: bool,
+    #[serde(default)]
+    cancelling: bool,
 }
 
 /// Why a task request was refused.
@@ -156,6 +173,8 @@ pub(super) enum TaskError {
     Unknown(String),
     #[error("task `{0}` has ended already")]
     Ended(String),
+    #[error("task `{0}` is being cancelled")]
+    Cancelling(String),
     #[error(
         "task `{task}` does not wait for `{key}`: the input requests it has now are {outstanding:?}"
     )]
@@ -175,16 +194,19 @@ pub(super) struct Tasks {
 }
 
 impl Tasks {
-    /// A task for `cell`, which wrote `items` so far; its seed state.
+    /// A task for `cell`, which wrote `items` in the `wall_time` of its first observation;
+    /// its seed state.
     pub(super) fn begin(
         &self,
         cell: &CellId,
         items: Vec<code_mode_protocol::ContentItem>,
+        wall_time: Duration,
         max_tokens: u64,
     ) -> Task {
         let now = now_ms();
+        let started = now.saturating_sub(i64::try_from(wall_time.as_millis()).unwrap_or(0));
         let mut followed = Followed {
-            created_at_ms: now,
+            created_at_ms: started,
             updated_at_ms: now,
             max_tokens,
             items: Vec::new(),
@@ -192,27 +214,36 @@ impl Tasks {
             end: End::Running,
         };
         followed.take(items);
-        lock(&self.table).insert(cell.clone(), followed);
-        task(&cell.to_string(), now, now, TaskStatus::Working)
+        let mut table = lock(&self.table);
+        table.insert(cell.clone(), followed);
+        prune(&mut table, now);
+        task(&cell.to_string(), started, now, TaskStatus::Working)
     }
 
-    /// Whether the server follows `cell` for a task.
+    /// Task `cell`, which could not be kept, is dropped (its client never learns of it).
+    pub(super) fn drop_task(&self, cell: &CellId) {
+        lock(&self.table).remove(cell);
+    }
+
+    /// Whether the server follows `cell` for a task that has not ended.
     pub(super) fn follows(&self, cell: &CellId) -> bool {
-        lock(&self.table).contains_key(cell)
+        lock(&self.table)
+            .get(cell)
+            .is_some_and(|followed| !matches!(followed.end, End::Done { .. }))
     }
 
-    /// The cells whose tasks have not ended.
-    pub(super) fn unfinished(&self) -> Vec<CellId> {
+    /// The cells whose tasks have not ended, and whether each is being cancelled.
+    pub(super) fn unfinished(&self) -> Vec<(CellId, bool)> {
         lock(&self.table)
             .iter()
             .filter(|(_, followed)| !matches!(followed.end, End::Done { .. }))
-            .map(|(cell, _)| cell.clone())
+            .map(|(cell, followed)| (cell.clone(), followed.end == End::Cancelling))
             .collect()
     }
 
     /// The tasks as the store keeps them (a result not shown yet included: it is kept
     /// before it is shown).
-    pub(super) fn kept(&self) -> Vec<KeptTask> {
+    pub(super) fn kept(&self) -> Vec<Value> {
         let mut kept: Vec<KeptTask> = lock(&self.table)
             .iter()
             .map(|(cell, followed)| {
@@ -231,23 +262,35 @@ impl Tasks {
                     omitted: followed.omitted,
                     result,
                     cancelled,
+                    cancelling: followed.end == End::Cancelling,
                 }
             })
             .collect();
         kept.sort_by_key(|task| task.created_at_ms);
-        kept
+        kept.iter()
+            .filter_map(|task| serde_json::to_value(task).ok())
+            .collect()
     }
 
-    /// Takes back the tasks a store kept (an earlier process's).
-    pub(super) fn restore(&self, kept: Vec<KeptTask>) {
+    /// Takes back the tasks a store kept (an earlier process's); one this version cannot
+    /// read is left out.
+    pub(super) fn restore(&self, kept: Vec<Value>) {
         let mut table = lock(&self.table);
         for task in kept {
+            let task: KeptTask = match serde_json::from_value(task) {
+                Ok(task) => task,
+                Err(error) => {
+                    tracing::warn!(%error, "a kept MCP task could not be read; it is left out");
+                    continue;
+                }
+            };
             let end = match task.result {
                 Some(result) => End::Done {
                     result,
                     cancelled: task.cancelled,
                     shown: true,
                 },
+                None if task.cancelling => End::Cancelling,
                 None => End::Running,
             };
             table.insert(
@@ -262,6 +305,7 @@ impl Tasks {
                 },
             );
         }
+        prune(&mut table, now_ms());
     }
 
     /// Task `id` as `tasks/get` shows it; `waiting` are its cell's calls that wait on a
@@ -273,7 +317,8 @@ impl Tasks {
     ) -> Result<DetailedTask, TaskError> {
         let cell = CellId::parse(id);
         let (created, updated, end) = {
-            let table = lock(&self.table);
+            let mut table = lock(&self.table);
+            prune(&mut table, now_ms());
             let followed = table
                 .get(&cell)
                 .ok_or_else(|| TaskError::Unknown(id.to_owned()))?;
@@ -284,29 +329,35 @@ impl Tasks {
             )
         };
         let base = |status| task(id, created, updated, status);
+        let working = |message: String| {
+            DetailedTask::new(
+                base(TaskStatus::Working).with_status_message(message),
+                TaskPayload::Working,
+            )
+        };
         Ok(match end {
             End::Done {
                 result,
                 cancelled,
                 shown: true,
             } => {
+                // Kept until an hour after it ended.
+                let ttl = updated.saturating_add(KEPT_AFTER_END_MS) - created;
+                let ended = |status| base(status).with_ttl_ms(ttl.max(0).cast_unsigned());
                 if cancelled {
-                    DetailedTask::new(base(TaskStatus::Cancelled), TaskPayload::Cancelled)
+                    DetailedTask::new(ended(TaskStatus::Cancelled), TaskPayload::Cancelled)
                 } else {
                     DetailedTask::new(
-                        base(TaskStatus::Completed),
+                        ended(TaskStatus::Completed),
                         TaskPayload::Completed { result },
                     )
                 }
             }
-            End::Running | End::Cancelling | End::Done { .. } => {
+            End::Cancelling => working(format!("cell {cell} is being terminated")),
+            End::Running | End::Done { .. } => {
                 let waiting = waiting(&cell);
                 if waiting.is_empty() {
-                    DetailedTask::new(
-                        base(TaskStatus::Working)
-                            .with_status_message(code_mode_protocol::texts::script_running(&cell)),
-                        TaskPayload::Working,
-                    )
+                    working(code_mode_protocol::texts::script_running(&cell))
                 } else {
                     let message = waiting
                         .iter()
@@ -330,8 +381,9 @@ impl Tasks {
         })
     }
 
-    /// Checks that task `id` has not ended and asks, now, for each key of `keys`: the
-    /// approvals they name (of `waiting`, its cell's calls that wait on a person).
+    /// Checks that task `id` still runs (not ended, not being cancelled) and asks, now,
+    /// for each key of `keys`: the approvals they name (of `waiting`, its cell's calls
+    /// that wait on a person).
     pub(super) fn asked<'a>(
         &self,
         id: &str,
@@ -342,7 +394,8 @@ impl Tasks {
         match lock(&self.table).get(&cell).map(|followed| &followed.end) {
             None => return Err(TaskError::Unknown(id.to_owned())),
             Some(End::Done { .. }) => return Err(TaskError::Ended(id.to_owned())),
-            Some(End::Running | End::Cancelling) => {}
+            Some(End::Cancelling) => return Err(TaskError::Cancelling(id.to_owned())),
+            Some(End::Running) => {}
         }
         let waiting = waiting(&cell);
         keys.into_iter()
@@ -383,8 +436,9 @@ impl Tasks {
         }
     }
 
-    /// The cell ended with `outcome` (or its session failed with that text): the task's
-    /// result, not shown until [`Self::show`].
+    /// The cell ended with `outcome` (or following it failed, with that text): the task's
+    /// result, everything it wrote included, not shown until [`Self::show`]. What it wrote
+    /// is dropped then: the result holds it.
     fn finish(&self, cell: &CellId, outcome: Result<CellResponse, String>) {
         let mut table = lock(&self.table);
         let Some(followed) = table.get_mut(cell) else {
@@ -392,36 +446,46 @@ impl Tasks {
         };
         let now = now_ms();
         let cancelled = followed.end == End::Cancelling;
-        let result = match outcome {
+        let wall_time =
+            Duration::from_millis(now.saturating_sub(followed.created_at_ms).cast_unsigned());
+        let (cell_id, failure) = match outcome {
             Ok(response) => {
                 followed.take(response.content_items().to_vec());
-                let wall_time = Duration::from_millis(
-                    now.saturating_sub(followed.created_at_ms).cast_unsigned(),
-                );
-                let whole = match response {
+                match response {
                     CellResponse::Result {
                         cell_id, failure, ..
-                    } => CellResponse::Result {
-                        cell_id,
-                        content_items: followed.items.clone(),
-                        failure,
-                        wall_time,
-                    },
+                    } => (cell_id, Ok(failure)),
                     CellResponse::Terminated { cell_id, .. }
-                    | CellResponse::Yielded { cell_id, .. } => CellResponse::Terminated {
-                        cell_id,
-                        content_items: followed.items.clone(),
-                        wall_time,
-                    },
-                };
-                CallToolResult::success(super::blocks::content(&format_response_omitting(
-                    &whole,
-                    followed.max_tokens,
-                    followed.omitted,
-                )))
+                    | CellResponse::Yielded { cell_id, .. } => (cell_id, Err(())),
+                }
             }
-            Err(text) => CallToolResult::error(vec![ContentBlock::text(text)]),
+            Err(text) => (
+                cell.clone(),
+                Ok(Some(CellFailure::new(
+                    FailureKind::StoppedUnexpectedly,
+                    text,
+                ))),
+            ),
         };
+        let content_items = std::mem::take(&mut followed.items);
+        let whole = match failure {
+            Ok(failure) => CellResponse::Result {
+                cell_id,
+                content_items,
+                failure,
+                wall_time,
+            },
+            Err(()) => CellResponse::Terminated {
+                cell_id,
+                content_items,
+                wall_time,
+            },
+        };
+        let result = CallToolResult::success(super::blocks::content(&format_response_omitting(
+            &whole,
+            followed.max_tokens,
+            followed.omitted,
+        )));
         let result = match serde_json::to_value(result) {
             Ok(Value::Object(result)) => result,
             _ => JsonObject::new(),
@@ -432,6 +496,7 @@ impl Tasks {
             shown: false,
         };
         followed.updated_at_ms = now;
+        prune(&mut table, now);
     }
 
     /// The task's result is kept: clients may see it.
@@ -445,15 +510,38 @@ impl Tasks {
     }
 }
 
+/// Drops the tasks that ended over [`KEPT_AFTER_END_MS`] ago, then the oldest ended ones
+/// past [`ENDED_KEPT`].
+fn prune(table: &mut HashMap<CellId, Followed>, now: i64) {
+    table.retain(|_, followed| {
+        !matches!(followed.end, End::Done { shown: true, .. })
+            || now - followed.updated_at_ms < KEPT_AFTER_END_MS
+    });
+    let mut ended: Vec<(i64, CellId)> = table
+        .iter()
+        .filter(|(_, followed)| matches!(followed.end, End::Done { shown: true, .. }))
+        .map(|(cell, followed)| (followed.updated_at_ms, cell.clone()))
+        .collect();
+    if ended.len() > ENDED_KEPT {
+        ended.sort_by_key(|(ended_at, _)| *ended_at);
+        for (_, cell) in &ended[..ended.len() - ENDED_KEPT] {
+            table.remove(cell);
+        }
+    }
+}
+
 /// Follows `cell` of `session` to its end for its task: each slice's output joins the
-/// task and the session is written; the result is kept, then shown. Ends early when the
-/// MCP session ends ([`Tasks::stop`]).
+/// task and the session is written; the result is kept, then shown. A `wait` that fails
+/// is tried again (a runtime lost is rebuilt at the next one) up to [`FOLLOW_ATTEMPTS`]
+/// times in a row. Ends early when the MCP session ends ([`Tasks::stop`]) or its session
+/// shuts down: the task stays as kept, for the process that takes the session back.
 pub(super) async fn follow(
     tasks: Arc<Tasks>,
     session: Arc<dyn CodeModeSession>,
     cell: CellId,
     persist: Persist,
 ) {
+    let mut failures = 0;
     loop {
         let request = WaitRequest::new(cell.clone()).with_yield_time_ms(SLICE_MS);
         let outcome = tokio::select! {
@@ -462,6 +550,7 @@ pub(super) async fn follow(
         };
         match outcome {
             Ok(CellResponse::Yielded { content_items, .. }) => {
+                failures = 0;
                 if !content_items.is_empty() {
                     tasks.append(&cell, content_items);
                     if let Err(error) = persist().await {
@@ -473,9 +562,18 @@ pub(super) async fn follow(
                 tasks.finish(&cell, Ok(ended));
                 break;
             }
+            Err(SessionError::ShuttingDown) => return,
             Err(error) => {
-                tasks.finish(&cell, Err(error.to_string()));
-                break;
+                failures += 1;
+                if failures >= FOLLOW_ATTEMPTS {
+                    tasks.finish(&cell, Err(error.to_string()));
+                    break;
+                }
+                tracing::debug!(%error, "following a task's cell failed; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                    () = tasks.stop.cancelled() => return,
+                }
             }
         }
     }
@@ -486,7 +584,7 @@ pub(super) async fn follow(
             Err(error) => {
                 tracing::warn!(%error, "a task's result could not be kept yet; trying again");
                 tokio::select! {
-                    () = tokio::time::sleep(KEEP_RETRY) => {}
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
                     () = tasks.stop.cancelled() => return,
                 }
             }
@@ -568,7 +666,12 @@ mod tests {
         use code_mode_protocol::ContentItem;
         let tasks = Tasks::default();
         let cell = CellId::new(1);
-        tasks.begin(&cell, vec![ContentItem::text("a".repeat(30))], 10);
+        tasks.begin(
+            &cell,
+            vec![ContentItem::text("a".repeat(30))],
+            Duration::ZERO,
+            10,
+        );
         for _ in 0..1000 {
             tasks.append(&cell, vec![ContentItem::text("b".repeat(30))]);
         }
@@ -624,6 +727,36 @@ mod tests {
         );
     }
 
+    /// Ended tasks are kept an hour after they ended, and at most [`ENDED_KEPT`] of them,
+    /// the oldest dropped first; tasks that run are never dropped.
+    #[test]
+    fn ended_tasks_are_dropped_oldest_first() {
+        let tasks = Tasks::default();
+        let running = CellId::new(1000);
+        tasks.begin(&running, Vec::new(), Duration::ZERO, 10);
+        for number in 0..(ENDED_KEPT as u64 + 3) {
+            let cell = CellId::new(number);
+            tasks.begin(&cell, Vec::new(), Duration::ZERO, 10);
+            tasks.finish(&cell, Err("gone".to_owned()));
+            tasks.show(&cell);
+            // Each ended a millisecond after the one before.
+            if let Some(followed) = lock(&tasks.table).get_mut(&cell) {
+                followed.updated_at_ms = i64::try_from(number).expect("small") + now_ms();
+            }
+        }
+        let now = now_ms() + 1000;
+        prune(&mut lock(&tasks.table), now);
+        let table = lock(&tasks.table);
+        assert!(table.contains_key(&running));
+        assert_eq!(table.len(), ENDED_KEPT + 1);
+        for number in 0..3 {
+            assert!(!table.contains_key(&CellId::new(number)), "{number}");
+        }
+        drop(table);
+        prune(&mut lock(&tasks.table), now + KEPT_AFTER_END_MS + 100);
+        assert_eq!(lock(&tasks.table).len(), 1, "only the one that runs");
+    }
+
     #[test]
     fn a_kept_task_comes_back_as_it_was_kept() {
         let tasks = Tasks::default();
@@ -631,14 +764,31 @@ mod tests {
         tasks.begin(
             &cell,
             vec![code_mode_protocol::ContentItem::text("one")],
+            Duration::ZERO,
             100,
         );
         tasks.append(&cell, vec![code_mode_protocol::ContentItem::text("two")]);
         let kept = tasks.kept();
         let again = Tasks::default();
-        again.restore(kept.clone());
+        // A task this version cannot read is left out; the others come back.
+        again.restore(
+            kept.iter()
+                .cloned()
+                .chain([serde_json::json!({"cell": 7})])
+                .collect(),
+        );
         assert_eq!(again.kept(), kept);
-        assert_eq!(again.unfinished(), vec![cell.clone()]);
+        assert_eq!(again.unfinished(), vec![(cell.clone(), false)]);
+        // A cancel is kept: after a restart the cell is terminated.
+        again.cancel("3").expect("cancelled");
+        let cancelled = Tasks::default();
+        cancelled.restore(again.kept());
+        assert_eq!(cancelled.unfinished(), vec![(cell.clone(), true)]);
+        assert_eq!(
+            cancelled.asked("3", &[], |_| Vec::new()),
+            Err(TaskError::Cancelling("3".to_owned())),
+            "a task being cancelled takes no more answers"
+        );
         // A result kept but not shown before the restart is shown after it.
         tasks.finish(
             &cell,

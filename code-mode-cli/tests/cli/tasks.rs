@@ -174,6 +174,15 @@ async fn mcp_tasks_follow_cells_and_take_approvals_as_input_requests() {
         .await
         .expect("wait answers");
     assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    assert_eq!(
+        refused.content[0].as_text().map(|text| text.text.as_str()),
+        Some(
+            format!(
+                "cell {id} is followed by MCP task `{id}`: its output and result come from `tasks/get`"
+            )
+            .as_str()
+        )
+    );
     // An answer to a request the task did not make is refused, and decides nothing.
     let stray = client
         .update_task(UpdateTaskParams::new(
@@ -205,6 +214,15 @@ async fn mcp_tasks_follow_cells_and_take_approvals_as_input_requests() {
         ["before", "sent true"],
         "the whole output, once"
     );
+    // An ended task takes no more answers; another session does not see it.
+    let late = client
+        .update_task(UpdateTaskParams::new(&id, Default::default()))
+        .await;
+    assert!(late.is_err(), "{late:?}");
+    let other = connect(&server.url).await;
+    let foreign = other.get_task(GetTaskParams::new(&id)).await;
+    assert!(foreign.is_err(), "{foreign:?}");
+    other.cancel().await.expect("the other client closes");
 
     let denied = task_id(
         exec(
