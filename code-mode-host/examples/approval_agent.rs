@@ -13,7 +13,9 @@
 //! and prints each cell's output as a JSON line `{"session", "cell", "text"}` as it ends.
 //!
 //! The tool appends `pay <input>` to the log each time it runs, so the test counts what was
-//! sent.
+//! sent. `--sessions N` and `--cells N` change the ten and ten; `--slow-ms MS` makes the
+//! tool wait that long before it pays (a process killed then was sent the call, which had
+//! no effect yet).
 
 use code_mode_host::state::{Keeper, StoreLocation, StoreOptions};
 use code_mode_host::{
@@ -30,12 +32,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const SESSIONS: usize = 10;
-const CELLS: usize = 10;
+/// How many sessions, and cells in each.
+#[derive(Clone, Copy)]
+struct Shape {
+    sessions: usize,
+    cells: usize,
+}
 
-/// The tool: needs an approval, and logs each run.
+/// The tool: needs an approval, and logs each run (`slow` after it was sent).
 struct Pay {
     log: PathBuf,
+    slow: Duration,
 }
 
 impl CodeModeSessionDelegate for Pay {
@@ -49,6 +56,7 @@ impl CodeModeSessionDelegate for Pay {
         _: CancellationToken,
     ) -> BoxFuture<'_, Result<JsonText, ToolError>> {
         Box::pin(async move {
+            tokio::time::sleep(self.slow).await;
             let input = call
                 .input
                 .map_or_else(|| "null".to_owned(), |text| text.as_str().to_owned());
@@ -109,19 +117,29 @@ async fn main() {
     let provider = ProcessProvider::new(config).expect("a runtime binary");
     let sessions = StoredProvider::new(Runtimes::Local(provider), Arc::clone(&kept))
         .with_approvals(Arc::clone(&approvals), "agent");
-    let pay: Arc<dyn CodeModeSessionDelegate> = Arc::new(Pay { log });
+    let number = |name: &str, default: u64| {
+        arg(name).map_or(default, |value| value.parse().expect("a number"))
+    };
+    let shape = Shape {
+        sessions: usize::try_from(number("--sessions", 10)).expect("small"),
+        cells: usize::try_from(number("--cells", 10)).expect("small"),
+    };
+    let pay: Arc<dyn CodeModeSessionDelegate> = Arc::new(Pay {
+        log,
+        slow: Duration::from_millis(number("--slow-ms", 0)),
+    });
     let tools: Arc<[ToolDefinition]> =
         vec![ToolDefinition::new("pay", "Pays.", ToolKind::Function)].into();
     if mode == "start" {
-        start(&sessions, &approvals, &pay, &tools).await;
+        start(&sessions, &approvals, &pay, &tools, shape).await;
     }
     if arg("--state-url").is_some() {
-        for s in 0..SESSIONS {
+        for s in 0..shape.sessions {
             let taken = kept.take_over(&format!("p{s}")).await.expect("taken over");
             assert!(taken, "session p{s} is not in the store");
         }
     }
-    resume(&sessions, &pay).await;
+    resume(&sessions, &pay, shape).await;
 }
 
 /// Opens the sessions, starts every cell, and waits to be killed once all are listed.
@@ -131,9 +149,13 @@ async fn start(
     approvals: &Approvals,
     pay: &Arc<dyn CodeModeSessionDelegate>,
     tools: &Arc<[ToolDefinition]>,
+    Shape {
+        sessions: count,
+        cells,
+    }: Shape,
 ) {
     let mut open = Vec::new();
-    for s in 0..SESSIONS {
+    for s in 0..count {
         let session = sessions
             .open(
                 &format!("p{s}"),
@@ -143,10 +165,10 @@ async fn start(
             )
             .await
             .expect("the session opens");
-        for c in 0..CELLS {
+        for c in 0..cells {
             let started = session
                 .execute(
-                    ExecRequest::new(source(s * CELLS + c))
+                    ExecRequest::new(source(s * cells + c))
                         .with_tools(Arc::clone(tools))
                         .with_yield_time_ms(3_600_000),
                 )
@@ -172,7 +194,7 @@ async fn start(
             .await
             .expect("listed")
             .len();
-        if listed == SESSIONS * CELLS {
+        if listed == count * cells {
             println!("waiting {listed}");
             break;
         }
@@ -184,7 +206,11 @@ async fn start(
 
 /// Resumes every kept session and prints each cell's output as it ends.
 #[expect(clippy::print_stdout, reason = "its lines are what the test reads")]
-async fn resume(sessions: &StoredProvider, pay: &Arc<dyn CodeModeSessionDelegate>) {
+async fn resume(
+    sessions: &StoredProvider,
+    pay: &Arc<dyn CodeModeSessionDelegate>,
+    Shape { cells, .. }: Shape,
+) {
     let mut resumed = Vec::new();
     for id in sessions.kept() {
         let session = sessions
@@ -198,7 +224,7 @@ async fn resume(sessions: &StoredProvider, pay: &Arc<dyn CodeModeSessionDelegate
     println!("resumed");
     let mut waits = tokio::task::JoinSet::new();
     for (id, session) in resumed {
-        for c in 1..=CELLS {
+        for c in 1..=cells {
             let (id, session) = (id.clone(), Arc::clone(&session));
             waits.spawn(async move {
                 let mut text = String::new();

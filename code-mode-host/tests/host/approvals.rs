@@ -5,7 +5,8 @@
 //! the session's own calls. An agent killed with -9 while 100 cells wait is started again
 //! (on Postgres, as another replica would): every approval is still listed, each
 //! approved call is sent once, each denied one never, and one taken to be sent before the
-//! kill is not sent again.
+//! kill is not sent again; an agent killed for real while an approved call is being sent
+//! sends it at most once.
 
 use code_mode_conformance::Scratch;
 use code_mode_host::state::{
@@ -604,4 +605,73 @@ async fn a_call_whose_cell_stops_waiting_leaves_the_watch() {
     let answer = through.await.expect("the call ended");
     assert!(answer.is_err(), "{answer:?}");
     assert!(watch.of(&cell).is_empty(), "{:?}", watch.of(&cell));
+}
+
+/// A kill between an approval's record and the call's effect, for real: the agent killed
+/// with -9 while a cell waits; the call approved from this process; the agent resumed with
+/// a tool that takes a minute after it is sent, and killed with -9 once the store says the
+/// call was taken to be sent; resumed again. The call was sent at most once: the tool's own
+/// log shows no payment, and the cell reads that its call was cut short (it is not sent
+/// again, whatever happened in the window).
+#[test]
+fn a_kill_between_an_approval_and_the_send_sends_the_call_at_most_once() {
+    let scratch = Scratch::new();
+    let state = scratch.0.join("state");
+    let log = scratch.0.join("pay.log");
+    let agent = |mode: &str, extra: &[&str]| {
+        crate::example("approval_agent")
+            .arg(mode)
+            .args(["--state", state.to_str().expect("UTF-8")])
+            .args(["--sessions", "1", "--cells", "1", "--log"])
+            .arg(&log)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the agent starts")
+    };
+    let mut first = agent("start", &[]);
+    let mut lines = BufReader::new(first.stdout.take().expect("stdout")).lines();
+    lines.next().expect("the waiting line").expect("read");
+    assert_eq!(lines.next().expect("a line").expect("read"), "waiting 1");
+    first.kill().expect("kill -9");
+    first.wait().expect("reaped");
+
+    let book = ApprovalBook::open(&StoreLocation::Dir(state.clone()), &StoreOptions::default())
+        .expect("the book opens");
+    let pending = book.pending(Some("agent"), None).expect("listed");
+    let id = pending[0].id.clone();
+    book.decide(&id, &Decision::Approve { input: None }, None)
+        .expect("approved");
+
+    let mut slow = agent("resume", &["--slow-ms", "60000"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = book.get(&id).expect("read").expect("the row");
+        if matches!(row.state, ApprovalState::Sending { .. }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never sent: {row:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    slow.kill().expect("kill -9 while the call is sent");
+    slow.wait().expect("reaped");
+
+    let mut last = agent("resume", &[]);
+    let mut lines = BufReader::new(last.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("a line").expect("read"), "resumed");
+    let ended: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("JSON");
+    assert!(last.wait().expect("ended").success());
+    assert_eq!(
+        ended["text"],
+        format!(
+            "failed {}",
+            code_mode_protocol::texts::interrupted_call("pay")
+        ),
+        "{ended}"
+    );
+    assert!(
+        std::fs::read_to_string(&log).unwrap_or_default().is_empty(),
+        "the call was not sent again"
+    );
 }
