@@ -343,47 +343,103 @@ impl ApprovalBook {
         {
             return Err(ApprovalError::Expired(id.to_owned()));
         }
+        let input = match decision {
+            Decision::Approve {
+                input: Some(edited),
+            } => Some(checked_input(id, edited)?),
+            _ => found.input.as_ref().map(|text| text.as_str().to_owned()),
+        };
+        self.record(id, decision, input, now_ms())
+    }
+
+    /// Records `decision` on pending approval `id` at `decided_at` (`input`: what an
+    /// approval sends). When the connection is lost after the update committed, the
+    /// update runs again and changes nothing: the row then says whether the decision it
+    /// holds is this one (its time, and its digest or message), which is then reported as
+    /// taken, not as another's.
+    fn record(
+        &self,
+        id: &str,
+        decision: &Decision,
+        input: Option<String>,
+        decided_at: i64,
+    ) -> Result<Approval, ApprovalError> {
+        let not_waiting = || ApprovalError::NotWaiting(id.to_owned());
+        let digest = input_digest(input.as_deref());
         let changed = match decision {
-            Decision::Approve { input } => {
-                let input = match input {
-                    Some(edited) => Some(checked_input(id, edited)?),
-                    None => found.input.as_ref().map(|text| text.as_str().to_owned()),
-                };
-                let digest = input_digest(input.as_deref());
-                self.execute(
-                    "UPDATE approvals SET state = 'approved', sent_input = $2, digest = $3, \
-                     decided_at = $4 WHERE id = $1 AND state = 'pending'",
-                    vec![
-                        Param::Text(id.to_owned()),
-                        Param::Maybe(input),
-                        Param::Text(digest),
-                        Param::Int(now_ms()),
-                    ],
-                )?
-            }
+            Decision::Approve { .. } => self.execute(
+                "UPDATE approvals SET state = 'approved', sent_input = $2, digest = $3, \
+                 decided_at = $4 WHERE id = $1 AND state = 'pending'",
+                vec![
+                    Param::Text(id.to_owned()),
+                    Param::Maybe(input),
+                    Param::Text(digest.clone()),
+                    Param::Int(decided_at),
+                ],
+            )?,
             Decision::Deny { message } => self.execute(
                 "UPDATE approvals SET state = 'denied', message = $2, decided_at = $3 \
                  WHERE id = $1 AND state = 'pending'",
                 vec![
                     Param::Text(id.to_owned()),
                     Param::Text(message.clone()),
-                    Param::Int(now_ms()),
+                    Param::Int(decided_at),
                 ],
             )?,
         };
+        // Whether a row's state holds this decision.
+        let ours = |state: &ApprovalState| match (decision, state) {
+            (
+                Decision::Approve { .. },
+                ApprovalState::Approved { digest: kept, .. }
+                | ApprovalState::Sending { digest: kept, .. },
+            ) => *kept == digest,
+            (
+                Decision::Deny { message },
+                ApprovalState::Denied { message: kept } | ApprovalState::Told { message: kept },
+            ) => kept == message,
+            _ => false,
+        };
+        let row = self.get(id)?.ok_or_else(not_waiting)?;
         if changed != 1 {
-            return Err(not_waiting());
+            let at_ours = !self
+                .select(
+                    "id = $1 AND decided_at = $2",
+                    vec![Param::Text(id.to_owned()), Param::Int(decided_at)],
+                )?
+                .is_empty();
+            if !(at_ours && ours(&row.state)) {
+                return Err(not_waiting());
+            }
         }
-        self.get(id)?.ok_or_else(not_waiting)
+        Ok(row)
     }
 
     /// Takes approved call `id` to send it: `true` for the one process whose update made
     /// it `sending`, `false` for any other (or when it is not approved).
     pub fn take_to_send(&self, id: &str) -> Result<bool, StateError> {
-        Ok(self.execute(
-            "UPDATE approvals SET state = 'sending' WHERE id = $1 AND state = 'approved'",
-            vec![Param::Text(id.to_owned())],
-        )? == 1)
+        let token = fresh_id().map_err(|error| self.write_error(error))?;
+        self.take_as(id, &token)
+    }
+
+    /// [`Self::take_to_send`] by the taker `token`, kept in the row's `message` (which a
+    /// row being sent has no other use for): when the connection is lost after the update
+    /// committed, the update runs again and changes nothing, and the token says the take
+    /// was this one.
+    fn take_as(&self, id: &str, token: &str) -> Result<bool, StateError> {
+        let changed = self.execute(
+            "UPDATE approvals SET state = 'sending', message = $2 \
+             WHERE id = $1 AND state = 'approved'",
+            vec![Param::Text(id.to_owned()), Param::Text(token.to_owned())],
+        )?;
+        if changed == 1 {
+            return Ok(true);
+        }
+        let taken = self.select(
+            "id = $1 AND state = 'sending' AND message = $2",
+            vec![Param::Text(id.to_owned()), Param::Text(token.to_owned())],
+        )?;
+        Ok(!taken.is_empty())
     }
 
     /// Denied call `id` was told to its cell.
@@ -823,6 +879,50 @@ mod tests {
         assert!(
             matches!(late, Err(ApprovalError::NotWaiting(_))),
             "{late:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A decision or a take whose update committed but whose answer was lost runs again
+    /// (the connection's one retry): the second run changes nothing, and is still reported
+    /// as taken when the row holds this decision or this take; never when it holds
+    /// another's.
+    #[test]
+    fn an_update_run_again_after_its_commit_is_taken_as_this_one() {
+        let dir = scratch("again");
+        let book = book(&dir, None);
+        let input = Some("{\"to\":\"a\"}".to_owned());
+        let approve = Decision::Approve { input: None };
+        let first = book.request(&request(1)).expect("kept");
+        book.record(&first.id, &approve, input.clone(), 1000)
+            .expect("decided");
+        let again = book.record(&first.id, &approve, input.clone(), 1000);
+        assert!(again.is_ok(), "the same decision, run again: {again:?}");
+        let other = book.record(&first.id, &approve, input.clone(), 1001);
+        assert!(
+            matches!(other, Err(ApprovalError::NotWaiting(_))),
+            "another approver's, a moment later: {other:?}"
+        );
+        let deny = Decision::Deny {
+            message: "no".to_owned(),
+        };
+        let late = book.record(&first.id, &deny, None, 1000);
+        assert!(
+            matches!(late, Err(ApprovalError::NotWaiting(_))),
+            "a denial at the same moment is not this approval: {late:?}"
+        );
+        let second = book.request(&request(2)).expect("kept");
+        book.record(&second.id, &deny, None, 2000).expect("denied");
+        assert!(book.record(&second.id, &deny, None, 2000).is_ok());
+
+        assert!(book.take_as(&first.id, "me").expect("taken"));
+        assert!(
+            book.take_as(&first.id, "me").expect("asked"),
+            "the same take, run again"
+        );
+        assert!(
+            !book.take_as(&first.id, "another").expect("asked"),
+            "another process's take"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
