@@ -233,6 +233,17 @@ impl std::fmt::Debug for Keeper {
     }
 }
 
+/// Refuses a front end's name that the approvals book's database or schema would share
+/// (`approvals.sqlite3`; `code_mode_approvals[_<deployment>]` on Postgres).
+fn not_reserved(front: &str) -> Result<(), StateError> {
+    if front == "approvals" || front.starts_with("approvals_") {
+        return Err(StateError::ReservedFront {
+            front: front.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 impl Keeper {
     /// The keeper of `front`'s SQLite database in `dir` (`<dir>/<front>.sqlite3`), with
     /// what it holds. Refused when another process holds it, when it is not whole, or when
@@ -243,6 +254,7 @@ impl Keeper {
         front: &str,
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
+        not_reserved(front)?;
         let (dir, front) = (dir.to_owned(), front.to_owned());
         let (durability, max_bytes) = (options.durability, options.max_bytes);
         Self::start(
@@ -284,6 +296,7 @@ impl Keeper {
         front: &str,
         options: StoreOptions,
     ) -> Result<(Self, Saved), StateError> {
+        not_reserved(front)?;
         let (url, front) = (url.to_owned(), front.to_owned());
         let settings = crate::postgres::Settings {
             replica: options.replica.clone(),

@@ -76,6 +76,11 @@ pub enum StateError {
     },
     #[error("the state store {store} cannot be reached: {detail}")]
     Connect { store: String, detail: String },
+    /// A front end's name that the approvals book's tables would share.
+    #[error(
+        "`{front}` cannot name a front end's sessions in a state store: `approvals` (and `approvals_…`) is the approvals book's"
+    )]
+    ReservedFront { front: String },
     #[error(
         "session {session} of the state store {store} was taken over by another process (its lease here ran out); this process's write was refused"
     )]

@@ -419,6 +419,28 @@ fn one_process_at_a_time_holds_a_database() {
     assert!(other.describe().ends_with("codex.sqlite3"));
 }
 
+/// The approvals book's name cannot name a front end's sessions: its database (and its
+/// Postgres schema) would be the book's.
+#[test]
+fn a_front_cannot_take_the_approvals_books_name() {
+    let dir = scratch("reserved");
+    for front in ["approvals", "approvals_eu"] {
+        let refused = Keeper::open_sqlite(&dir, front, options()).expect_err("reserved");
+        assert!(
+            matches!(refused, StateError::ReservedFront { .. }),
+            "{refused}"
+        );
+        let refused = Keeper::open_postgres("host=/nowhere", front, options())
+            .expect_err("reserved, before any connection");
+        assert!(
+            matches!(refused, StateError::ReservedFront { .. }),
+            "{refused}"
+        );
+    }
+    assert!(!dir.join("approvals.sqlite3").exists());
+    Keeper::open_sqlite(&dir, "approver", options()).expect("another name is a front's");
+}
+
 #[test]
 fn a_file_that_is_not_a_database_is_refused_and_left_as_it_is() {
     let dir = scratch("corrupt");
