@@ -3,6 +3,7 @@ runs the README's Python example."""
 
 import os
 import pathlib
+import shutil
 import re
 import subprocess
 import sys
@@ -38,3 +39,30 @@ def test_the_wheel_in_a_fresh_virtualenv_runs_the_readme_example(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "3", run.stdout
     assert sys.executable != str(python)
+
+
+def test_a_wheel_build_without_the_runtime_stops_and_says_what_to_run(tmp_path):
+    """`maturin build` (or `pip install ./code-mode-python`) with no runtime copied in stops
+    with what to run, instead of making a wheel that installs and fails at its first cell.
+    Built as maturin builds the extension (it sets `PYO3_ENVIRONMENT_SIGNATURE`); the copied
+    runtime is moved away for the build and put back."""
+    copied = ROOT / "code-mode-python" / "python" / "code_mode" / "bin"
+    away = tmp_path / "bin"
+    if copied.exists():
+        shutil.move(copied, away)
+    try:
+        env = dict(os.environ, PYO3_ENVIRONMENT_SIGNATURE="cpython-3.11-64bit")
+        build = subprocess.run(
+            ["cargo", "build", "--quiet", "-p", "code-mode-python"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        if away.exists():
+            shutil.move(away, copied)
+    assert build.returncode != 0, build.stderr
+    assert "scripts/python-package.sh" in build.stderr, build.stderr
+    assert "would not carry the runtime" in build.stderr, build.stderr
