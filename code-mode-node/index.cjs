@@ -57,10 +57,29 @@ function isMusl() {
 const INSTALL_FIX = () =>
   `install the platform package (npm install ${platformPackage()}; it is an optional dependency of code-mode-runtime, so an install with --omit=optional or --no-optional leaves it out), or build it from the repository with scripts/node-package.sh`
 
+/** The installed platform package's directory, or null; one of another version is a RuntimeUnavailable (its addon and runtime speak to this API's version only). */
+function platformDir() {
+  let manifest
+  try {
+    manifest = require.resolve(`${platformPackage()}/package.json`)
+  } catch {
+    return null
+  }
+  const found = JSON.parse(fs.readFileSync(manifest, 'utf8')).version
+  const wanted = require('./package.json').version
+  if (found !== wanted) {
+    throw new RuntimeUnavailable(
+      `the platform package ${platformPackage()} is version ${found}, but code-mode-runtime is ${wanted}: install the same version of both (npm install ${platformPackage()}@${wanted})`,
+    )
+  }
+  return path.dirname(manifest)
+}
+
 let loaded = null
 /** The native half, loaded at the first use (its failure is a RuntimeUnavailable). */
 function native() {
   if (loaded) return loaded
+  platformDir()
   try {
     loaded = require('./native.cjs')
   } catch (error) {
@@ -72,17 +91,17 @@ function native() {
   return loaded
 }
 
-/** The runtime executable: `explicit`, else $CODE_MODE_BIN, else the one the platform package ships. */
+/** The runtime executable: `explicit`, else $CODE_MODE_BIN, else the one the platform package ships. A name is a path (a bare one from the working directory), never looked up on PATH. */
 function findRuntime(explicit) {
-  if (explicit) return { path: String(explicit) }
-  if (process.env.CODE_MODE_BIN) return { path: process.env.CODE_MODE_BIN }
+  if (explicit) return { path: path.resolve(String(explicit)) }
+  if (process.env.CODE_MODE_BIN) return { path: path.resolve(process.env.CODE_MODE_BIN) }
   const looked = []
-  try {
-    const dir = path.dirname(require.resolve(`${platformPackage()}/package.json`))
+  const dir = platformDir()
+  if (dir) {
     const bin = path.join(dir, 'bin', 'code-mode-bin')
     if (fs.existsSync(bin)) return { path: bin }
     looked.push(bin)
-  } catch {
+  } else {
     looked.push(`the package ${platformPackage()} (not installed)`)
   }
   return {

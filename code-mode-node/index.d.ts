@@ -79,7 +79,7 @@ export interface SessionOptions extends NativeOptions {
   tools?: Tools
   /** The stored values the session starts with (`load(key)` in a cell). */
   storedValues?: Record<string, unknown>
-  /** The runtime executable (default: $CODE_MODE_BIN, else the platform package's). */
+  /** The runtime executable (default: $CODE_MODE_BIN, else the platform package's): a path; a bare name is taken from the working directory, never looked up on PATH. */
   runtime?: string
   /**
    * A directory where the session keeps itself (SQLite): a process started again takes it

@@ -1,9 +1,10 @@
 // The package as it ships: both tarballs of scripts/node-package.sh installed into a fresh
-// directory, CommonJS and ESM; the platform package missing; `npm pack` alone; no
+// directory, CommonJS and ESM; the platform package missing or of another version; a bare
+// runtime name; `npm pack` alone; no
 // runtime before the first cell; sessions kept in a state directory across processes.
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync } from 'node:fs'
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, test } from 'node:test'
@@ -54,6 +55,46 @@ test('without its platform package the first use is a RuntimeUnavailable that sa
   assert.equal(imported, 'imported', loaded.stderr)
   assert.match(thrown, /^true /)
   assert.match(thrown, /npm install code-mode-runtime-linux-x64-gnu/)
+})
+
+test('a platform package of another version is a RuntimeUnavailable that names both versions', async () => {
+  const app = path.join(scratch, 'mismatch')
+  for (const file of ['package.json', 'index.cjs', 'index.mjs', 'native.cjs']) cpSync(path.join(packageDir, file), path.join(app, file))
+  const shipped = path.join(packageDir, 'npm', 'linux-x64-gnu')
+  const installed = path.join(app, 'node_modules', 'code-mode-runtime-linux-x64-gnu')
+  mkdirSync(installed, { recursive: true })
+  const manifest = JSON.parse(readFileSync(path.join(shipped, 'package.json'), 'utf8'))
+  writeFileSync(path.join(installed, 'package.json'), JSON.stringify({ ...manifest, version: '0.0.9' }))
+  for (const entry of ['code-mode-runtime.linux-x64-gnu.node', 'bin']) symlinkSync(path.join(shipped, entry), path.join(installed, entry))
+  const loaded = await node(
+    `import * as api from ${JSON.stringify(path.join(app, 'index.mjs'))}
+     try { new api.Session(); console.log('opened') } catch (error) { console.log(error instanceof api.RuntimeUnavailable, error.message) }`,
+    { cwd: app, env: { CODE_MODE_BIN: '' } },
+  )
+  const version = JSON.parse(readFileSync(path.join(packageDir, 'package.json'), 'utf8')).version
+  assert.equal(
+    loaded.stdout.trim(),
+    `true the platform package code-mode-runtime-linux-x64-gnu is version 0.0.9, but code-mode-runtime is ${version}: install the same version of both (npm install code-mode-runtime-linux-x64-gnu@${version})`,
+    loaded.stderr,
+  )
+})
+
+test('a bare runtime name is a path from the working directory, never looked up on PATH', async () => {
+  // A runtime on PATH under the bare name; the working directory has none.
+  const onPath = path.join(scratch, 'on-path')
+  const elsewhere = path.join(scratch, 'elsewhere')
+  mkdirSync(onPath)
+  mkdirSync(elsewhere)
+  symlinkSync(path.join(packageDir, 'npm', 'linux-x64-gnu', 'bin', 'code-mode-bin'), path.join(onPath, 'code-mode-bin'))
+  const out = await node(
+    `import { Session, RuntimeUnavailable } from ${JSON.stringify(path.join(packageDir, 'index.mjs'))}
+     const session = new Session({ runtime: 'code-mode-bin' })
+     try { await session.exec('text(1)'); console.log('ran') } catch (error) { console.log(error instanceof RuntimeUnavailable, error.message) }
+     await session.close()`,
+    { cwd: elsewhere, env: { PATH: `${onPath}:${process.env.PATH}`, CODE_MODE_BIN: '' } },
+  )
+  assert.match(out.stdout, /^true /, out.stderr)
+  assert.ok(out.stdout.includes(path.join(elsewhere, 'code-mode-bin')), out.stdout)
 })
 
 test('npm pack in the package directory stops and says to run scripts/node-package.sh', async () => {
