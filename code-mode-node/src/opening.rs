@@ -53,16 +53,9 @@ pub fn open_session<'env>(
     // What JS passed is checked here, at once; the tools file's tools are added after.
     crate::options::session_options(&options)?;
     crate::options::tools(&tools)?;
-    type Resolve = Box<dyn FnOnce(Env) -> napi::Result<NativeSession> + Send>;
-    let (deferred, promise) = env.create_deferred::<NativeSession, Resolve>()?;
-    crate::runtime::tokio().spawn(async move {
-        let opened = open(tools, options, PathBuf::from(runtime), dispatcher, opening).await;
-        match opened {
-            Ok(session) => deferred.resolve(Box::new(move |_| Ok(session))),
-            Err(error) => deferred.reject(error),
-        }
-    });
-    Ok(promise)
+    crate::runtime::settled(env, async move {
+        open(tools, options, PathBuf::from(runtime), dispatcher, opening).await
+    })
 }
 
 async fn open(

@@ -104,11 +104,40 @@ pub(crate) fn promise<'env, T: napi::bindgen_prelude::ToNapiValue + Send + 'stat
     env: &'env napi::Env,
     run: impl std::future::Future<Output = T> + Send + 'static,
 ) -> napi::Result<napi::bindgen_prelude::Object<'env>> {
+    settled(env, async move { Ok(run.await) })
+}
+
+/// A promise settled from the tokio runtime with what `run` gives: its value, or its
+/// error as a rejection. A panic in `run` rejects it too, with what the panic said: a
+/// promise never settled would hang the app's `await` for good (a dropped deferred is
+/// never settled by napi).
+pub(crate) fn settled<'env, T: napi::bindgen_prelude::ToNapiValue + Send + 'static>(
+    env: &'env napi::Env,
+    run: impl std::future::Future<Output = napi::Result<T>> + Send + 'static,
+) -> napi::Result<napi::bindgen_prelude::Object<'env>> {
     type Resolve<T> = Box<dyn FnOnce(napi::Env) -> napi::Result<T> + Send>;
     let (deferred, promise) = env.create_deferred::<T, Resolve<T>>()?;
     tokio().spawn(async move {
-        let outcome = run.await;
-        deferred.resolve(Box::new(move |_| Ok(outcome)));
+        // Run as a task of its own, whose panic its handle reports.
+        match tokio().spawn(run).await {
+            Ok(Ok(value)) => deferred.resolve(Box::new(move |_| Ok(value))),
+            Ok(Err(error)) => deferred.reject(error),
+            Err(failed) => deferred.reject(napi::Error::from_reason(internal_failure(failed))),
+        }
     });
     Ok(promise)
+}
+
+/// The text of a task that panicked (or was cancelled as the runtime shut down).
+fn internal_failure(failed: tokio::task::JoinError) -> String {
+    if !failed.is_panic() {
+        return "code-mode-runtime: the work was cancelled as the process shut down".to_owned();
+    }
+    let panic = failed.into_panic();
+    let said = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    format!("code-mode-runtime: an internal error ({said}); please report it")
 }

@@ -67,11 +67,9 @@ pub fn configure_tracing(
 #[napi(ts_return_type = "Promise<void>")]
 pub fn shutdown_tracing(env: &Env) -> napi::Result<Object<'_>> {
     let telemetry = lock(&TELEMETRY).take();
-    type Resolve = Box<dyn FnOnce(Env) -> napi::Result<()> + Send>;
-    let (deferred, promise) = env.create_deferred::<(), Resolve>()?;
-    crate::runtime::tokio().spawn_blocking(move || {
-        drop(telemetry);
-        deferred.resolve(Box::new(|_| Ok(())));
-    });
-    Ok(promise)
+    crate::runtime::settled(env, async move {
+        tokio::task::spawn_blocking(move || drop(telemetry))
+            .await
+            .map_err(|error| napi::Error::from_reason(error.to_string()))
+    })
 }
