@@ -1194,11 +1194,9 @@ fn a_request_whose_connection_broke_is_resumed_with_its_result() {
     assert_eq!(texts[1..], [Value::from("late")], "{broken}");
 }
 
-/// `mcp --http` with a state directory and the tool `send`, which needs an approval and logs
-/// each run (its input) to the file returned; and the state directory.
-pub(super) fn approval_server(
-    scratch: &Scratch,
-) -> (HttpServer, std::path::PathBuf, std::path::PathBuf) {
+/// A tools file with the tool `send`, which needs an approval ("it sends mail") and logs
+/// each run (its input) to the file returned beside it.
+pub(super) fn approval_tools(scratch: &Scratch) -> (std::path::PathBuf, std::path::PathBuf) {
     let ran = scratch.0.join("sent.log");
     let tools = scratch.write(
         "tools.toml",
@@ -1207,6 +1205,15 @@ pub(super) fn approval_server(
             log = ran.display()
         ),
     );
+    (tools, ran)
+}
+
+/// `mcp --http` with a state directory and [`approval_tools`]: the server, the tool's log
+/// and the state directory.
+pub(super) fn approval_server(
+    scratch: &Scratch,
+) -> (HttpServer, std::path::PathBuf, std::path::PathBuf) {
+    let (tools, ran) = approval_tools(scratch);
     let state = scratch.0.join("state");
     let server = HttpServer::start(
         &[

@@ -4,7 +4,7 @@
 //! it from the replica that took its session over after its first one was killed.
 
 use super::Scratch;
-use super::mcp_http::{HttpServer, approval_server, replica_args_with};
+use super::mcp_http::{HttpServer, approval_server, approval_tools, replica_args_with};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelTaskParams, ClientCapabilities, ClientConfig,
     DetailedTask, ElicitRequestParams, GetTaskParams, Implementation, InputRequest, TaskPayload,
@@ -89,6 +89,23 @@ fn result_texts(task: &DetailedTask) -> Vec<String> {
         .iter()
         .filter_map(|block| block["text"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// `tasks/update` of task `id`: the approval form of input request `key` answered (accepted)
+/// with `content`.
+async fn answer(
+    client: &RunningService<RoleClient, TasksClient>,
+    id: &str,
+    key: &str,
+    content: Value,
+) -> Result<(), rmcp::ServiceError> {
+    let response = json!({"action": "accept", "content": content});
+    client
+        .update_task(UpdateTaskParams::new(
+            id,
+            [(key.to_owned(), response)].into(),
+        ))
+        .await
 }
 
 /// The one input request of an `input_required` task: its key and its question.
@@ -184,28 +201,16 @@ async fn mcp_tasks_follow_cells_and_take_approvals_as_input_requests() {
         )
     );
     // An answer to a request the task did not make is refused, and decides nothing.
-    let stray = client
-        .update_task(UpdateTaskParams::new(
-            &id,
-            [(
-                "not-asked".to_owned(),
-                json!({"action": "accept", "content": {"approve": true}}),
-            )]
-            .into(),
-        ))
-        .await;
+    let stray = answer(&client, &id, "not-asked", json!({"approve": true})).await;
     assert!(stray.is_err(), "{stray:?}");
-    client
-        .update_task(UpdateTaskParams::new(
-            &id,
-            [(
-                key,
-                json!({"action": "accept", "content": {"approve": true, "input": "{\"to\":\"b\"}"}}),
-            )]
-            .into(),
-        ))
-        .await
-        .expect("tasks/update answers");
+    answer(
+        &client,
+        &id,
+        &key,
+        json!({"approve": true, "input": "{\"to\":\"b\"}"}),
+    )
+    .await
+    .expect("tasks/update answers");
     let done = until(&client, &id, |task| task.status() == TaskStatus::Completed).await;
     let texts = result_texts(&done);
     assert!(texts[0].starts_with("Script completed"), "{texts:?}");
@@ -237,17 +242,14 @@ async fn mcp_tasks_follow_cells_and_take_approvals_as_input_requests() {
         })
         .await,
     );
-    client
-        .update_task(UpdateTaskParams::new(
-            &denied,
-            [(
-                key,
-                json!({"action": "accept", "content": {"approve": false, "message": "not now"}}),
-            )]
-            .into(),
-        ))
-        .await
-        .expect("tasks/update answers");
+    answer(
+        &client,
+        &denied,
+        &key,
+        json!({"approve": false, "message": "not now"}),
+    )
+    .await
+    .expect("tasks/update answers");
     let done = until(&client, &denied, |task| {
         task.status() == TaskStatus::Completed
     })
@@ -332,14 +334,7 @@ async fn call(url: &str, session: &str, method: &str, params: Value) -> Value {
 async fn an_mcp_task_outlives_its_replica_and_another_one_finishes_it() {
     let scratch = Scratch::new();
     let cluster = code_mode_conformance::PgCluster::start();
-    let ran = scratch.0.join("sent.log");
-    let tools = scratch.write(
-        "tools.toml",
-        &format!(
-            "[[tool]]\nname = \"send\"\ncommand = [\"sh\", \"-c\", \"cat >> {log}; echo >> {log}; echo true\"]\napproval = \"always\"\n",
-            log = ran.display()
-        ),
-    );
+    let (tools, ran) = approval_tools(&scratch);
     let args = replica_args_with(&tools, &cluster, "2s");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut a = HttpServer::start(&args, &[]).expect("A starts");
