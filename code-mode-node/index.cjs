@@ -65,7 +65,12 @@ function platformDir() {
   } catch {
     return null
   }
-  const found = JSON.parse(fs.readFileSync(manifest, 'utf8')).version
+  let found
+  try {
+    found = JSON.parse(fs.readFileSync(manifest, 'utf8')).version
+  } catch (error) {
+    throw new RuntimeUnavailable(`the platform package ${platformPackage()} is damaged (its package.json does not read): reinstall it`, { cause: error })
+  }
   const wanted = require('./package.json').version
   if (found !== wanted) {
     throw new RuntimeUnavailable(

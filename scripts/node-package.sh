@@ -52,6 +52,16 @@ strip -o "$platform/bin/code-mode-bin" "$runtime"
 # The tests and the examples find the package, and it its platform package, by name.
 ln -sfn ../npm/linux-x64-gnu node_modules/code-mode-runtime-linux-x64-gnu
 ln -sfn .. node_modules/code-mode-runtime
+# The platform package has the API's version: the API refuses one of another version.
+node -e '
+const fs = require("fs"), file = process.argv[1]
+const manifest = JSON.parse(fs.readFileSync(file, "utf8"))
+const version = require("./package.json").version
+if (manifest.version !== version) {
+  manifest.version = version
+  fs.writeFileSync(file, JSON.stringify(manifest, null, 2) + "\n")
+}
+' "$platform/package.json"
 rm -rf dist
 mkdir -p dist/stage
 (cd "$platform" && npm pack --silent --pack-destination ../../dist >/dev/null)

@@ -3,7 +3,6 @@ runs the README's Python example."""
 
 import os
 import pathlib
-import shutil
 import re
 import subprocess
 import sys
@@ -44,25 +43,34 @@ def test_the_wheel_in_a_fresh_virtualenv_runs_the_readme_example(tmp_path):
 def test_a_wheel_build_without_the_runtime_stops_and_says_what_to_run(tmp_path):
     """`maturin build` (or `pip install ./code-mode-python`) with no runtime copied in stops
     with what to run, instead of making a wheel that installs and fails at its first cell.
-    Built as maturin builds the extension (it sets `PYO3_ENVIRONMENT_SIGNATURE`); the copied
-    runtime is moved away for the build and put back."""
-    copied = ROOT / "code-mode-python" / "python" / "code_mode" / "bin"
-    away = tmp_path / "bin"
-    if copied.exists():
-        shutil.move(copied, away)
-    try:
-        env = dict(os.environ, PYO3_ENVIRONMENT_SIGNATURE="cpython-3.11-64bit")
-        build = subprocess.run(
-            ["cargo", "build", "--quiet", "-p", "code-mode-python"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-    finally:
-        if away.exists():
-            shutil.move(away, copied)
-    assert build.returncode != 0, build.stderr
-    assert "scripts/python-package.sh" in build.stderr, build.stderr
-    assert "would not carry the runtime" in build.stderr, build.stderr
+    The crate's build script (plain Rust, no dependency) is compiled alone and run as cargo
+    runs it, in a directory of its own: as maturin builds (it sets
+    `PYO3_ENVIRONMENT_SIGNATURE`) it reports a build error without the runtime, and none
+    with it or outside maturin."""
+    script = tmp_path / "build-script"
+    subprocess.run(
+        ["rustc", "--edition", "2024", "-o", script, ROOT / "code-mode-python" / "build.rs"],
+        check=True,
+        timeout=300,
+    )
+    crate = tmp_path / "crate"
+    crate.mkdir()
+
+    plain = {key: value for key, value in os.environ.items() if key != "PYO3_ENVIRONMENT_SIGNATURE"}
+
+    def build(**env):
+        run = subprocess.run([script], cwd=crate, env=dict(plain, **env), capture_output=True, text=True, check=True)
+        return [line for line in run.stdout.splitlines() if line.startswith("cargo::error=")]
+
+    under_maturin = {"PYO3_ENVIRONMENT_SIGNATURE": "cpython-3.11-64bit"}
+    assert build() == [], "a plain cargo build of the workspace is not checked"
+    refused = build(**under_maturin)
+    assert len(refused) == 1, refused
+    assert "would not carry the runtime" in refused[0], refused
+    assert "scripts/python-package.sh" in refused[0], refused
+    runtime = crate / "python" / "code_mode" / "bin" / "code-mode-bin"
+    runtime.parent.mkdir(parents=True)
+    runtime.write_bytes(b"\x7fELF")
+    assert len(build(**under_maturin)) == 1, "a runtime that is not executable is no runtime"
+    runtime.chmod(0o755)
+    assert build(**under_maturin) == []

@@ -6,7 +6,8 @@
 //!
 //! A row's life: `pending` (asked, with the call's exact input) → `approved` (with the
 //! input to send and its digest) → `sending` (taken by the one process that sends it, in
-//! one conditional update: an approval is used once) → deleted with its cell; or
+//! one conditional update: an approval is used once; the `message` column of a row being
+//! sent holds the token of the take, nothing an approver wrote) → deleted with its cell; or
 //! `pending` → `denied` (with the approver's message) → `told` (the cell got it). A
 //! decision is taken once: only a `pending` row is decided. A `pending` row past the time
 //! to live of the process that asked it (kept with the row) is denied as expired. Every method blocks: call it off an

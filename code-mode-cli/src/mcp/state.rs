@@ -46,13 +46,20 @@ impl Kept {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// A kept session's `options`.
-    fn decode(options: &str) -> Self {
-        serde_json::from_str::<Kept>(options).unwrap_or_else(|_| Kept {
-            owner: None,
-            initialize: serde_json::from_str(options).unwrap_or(serde_json::Value::Null),
-            tasks: Vec::new(),
-        })
+    /// A kept session's `options`: `None` when they do not read as this version keeps
+    /// them (a session whose owner cannot be read is nobody's to take). Only options
+    /// without an `initialize` (kept before principals: the parameters alone) are read as
+    /// ownerless.
+    fn decode(options: &str) -> Option<Self> {
+        let value: serde_json::Value = serde_json::from_str(options).ok()?;
+        if value.get("initialize").is_none() {
+            return Some(Kept {
+                owner: None,
+                initialize: value,
+                tasks: Vec::new(),
+            });
+        }
+        serde_json::from_value(value).ok()
     }
 }
 
@@ -213,7 +220,7 @@ impl McpState {
                 });
             }
         }
-        let (owner, init) = match held.map(|held| Kept::decode(&held.record.options)) {
+        let (owner, init) = match held.and_then(|held| Kept::decode(&held.record.options)) {
             Some(kept) => {
                 tasks.restore(kept.tasks);
                 (kept.owner, kept.initialize.to_string())
@@ -259,7 +266,10 @@ impl McpState {
             return Ok(Use::Unknown);
         }
         let owned = self.kept.with_held(id, |held| {
-            let mut kept = Kept::decode(&held.record.options);
+            let Some(mut kept) = Kept::decode(&held.record.options) else {
+                tracing::warn!(session = %id, "a kept MCP session's options do not read; nobody may take it");
+                return false;
+            };
             match &kept.owner {
                 Some(owner) => *owner == *principal,
                 None => {
@@ -409,9 +419,9 @@ impl SessionStore for McpState {
         // Only what `may_use` found for the request's principal (which the HTTP front asks
         // before rmcp sees a session id it does not know) is taken back.
         let init = self.kept.with_held(session_id, |held| {
-            Kept::decode(&held.record.options).initialize.to_string()
+            Kept::decode(&held.record.options).map(|kept| kept.initialize.to_string())
         });
-        let Some(init) = init else {
+        let Some(Some(init)) = init else {
             return Ok(None);
         };
         let params: InitializeRequestParams = serde_json::from_str(&init)?;
@@ -455,5 +465,40 @@ impl SessionStore for McpState {
             self.kept.remove(session_id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options kept before principals are ownerless (the first principal takes them);
+    /// options this version wrote keep their owner; options that do not read as this
+    /// version's (a `tasks` of another shape, a changed owner) are nobody's, never
+    /// ownerless.
+    #[test]
+    fn kept_options_never_lose_their_owner_to_a_field_that_does_not_read() {
+        let legacy = Kept::decode(r#"{"protocolVersion":"2025-06-18","capabilities":{}}"#)
+            .expect("the parameters alone");
+        assert_eq!(legacy.owner, None);
+        assert_eq!(legacy.initialize["protocolVersion"], "2025-06-18");
+        let owner = Principal::Token {
+            name: "alice".to_owned(),
+        };
+        let kept = Kept {
+            owner: Some(owner.clone()),
+            initialize: serde_json::json!({"protocolVersion": "2025-11-25"}),
+            tasks: vec![serde_json::json!({"cell": "1"})],
+        };
+        let read = Kept::decode(&kept.encode()).expect("this version's");
+        assert_eq!(read.owner, Some(owner));
+        assert_eq!(read.tasks.len(), 1);
+        for unreadable in [
+            r#"{"owner":{"token":{"name":"alice"}},"initialize":{},"tasks":5}"#,
+            r#"{"owner":{"group":"admins"},"initialize":{}}"#,
+            "not JSON",
+        ] {
+            assert!(Kept::decode(unreadable).is_none(), "{unreadable}");
+        }
     }
 }

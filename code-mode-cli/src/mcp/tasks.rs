@@ -2,8 +2,8 @@
 //! (issue 86). To a client that declares the extension, an `exec` whose cell still runs
 //! when the call would return answers with a task instead of a result: the server follows
 //! the cell to its end, the client (not the model) polls `tasks/get`, and the task's
-//! result is what one `exec` would have returned had it waited that long: every item the
-//! cell wrote, its status, its wall time. A call of the cell that waits on a person puts
+//! result is what one `exec` would have returned had it waited that long: what the cell
+//! wrote, within the `exec`'s output budget, its status, its whole wall time. A call of the cell that waits on a person puts
 //! the task in `input_required`, its input request the `elicitation/create` form of
 //! [`super::asking`], answered through `tasks/update`; `tasks/cancel` terminates the cell.
 //!
@@ -36,7 +36,7 @@ const SLICE_MS: u64 = 10_000;
 const POLL_INTERVAL_MS: u64 = 500;
 
 /// The most bytes of images and audio a task keeps; later ones count as left out.
-const MEDIA_KEPT: u64 = 2 << 20;
+const MEDIA_KEPT: u64 = 1 << 20;
 
 /// How long a result that could not be kept, or a `wait` that failed, waits before the
 /// next try.
@@ -49,8 +49,13 @@ const FOLLOW_ATTEMPTS: u32 = 5;
 /// How long a task is kept once it ended (its `ttlMs` then counts to it).
 const KEPT_AFTER_END_MS: i64 = 60 * 60 * 1000;
 
-/// The most ended tasks a session keeps: the oldest go first.
+/// The most ended tasks a session keeps, and the most bytes of results among them (all are
+/// written with the session): the oldest go first.
 const ENDED_KEPT: usize = 32;
+const ENDED_BYTES: usize = 4 << 20;
+
+/// The longest pause between two tries to keep a task's result.
+const KEEP_PAUSE_MAX: Duration = Duration::from_secs(30);
 
 /// Writes the MCP session as it is now (its tasks with it).
 pub(super) type Persist =
@@ -74,6 +79,8 @@ enum End {
     /// is kept, when clients may see it.
     Done {
         result: JsonObject,
+        /// The size of `result` as JSON.
+        bytes: usize,
         cancelled: bool,
         shown: bool,
     },
@@ -86,7 +93,7 @@ struct Followed {
     /// The `exec`'s output budget, for the result.
     max_tokens: u64,
     /// What the cell wrote so far, as far as the result can show it: text up to the
-    /// `exec`'s budget (the item that crosses it whole, for the formatter to cut), images
+    /// `exec`'s budget (the item that crosses it cut at it), images
     /// and audio up to [`MEDIA_KEPT`].
     items: Vec<code_mode_protocol::ContentItem>,
     /// The bytes the cell wrote past those, which the result says were left out.
@@ -286,6 +293,7 @@ impl Tasks {
             };
             let end = match task.result {
                 Some(result) => End::Done {
+                    bytes: json_size(&result),
                     result,
                     cancelled: task.cancelled,
                     shown: true,
@@ -340,9 +348,12 @@ impl Tasks {
                 result,
                 cancelled,
                 shown: true,
+                ..
             } => {
                 // Kept until an hour after it ended.
-                let ttl = updated.saturating_add(KEPT_AFTER_END_MS) - created;
+                let ttl = updated
+                    .saturating_add(KEPT_AFTER_END_MS)
+                    .saturating_sub(created);
                 let ended = |status| base(status).with_ttl_ms(ttl.max(0).cast_unsigned());
                 if cancelled {
                     DetailedTask::new(ended(TaskStatus::Cancelled), TaskPayload::Cancelled)
@@ -439,10 +450,10 @@ impl Tasks {
     /// The cell ended with `outcome` (or following it failed, with that text): the task's
     /// result, everything it wrote included, not shown until [`Self::show`]. What it wrote
     /// is dropped then: the result holds it.
-    fn finish(&self, cell: &CellId, outcome: Result<CellResponse, String>) {
+    fn finish(&self, cell: &CellId, outcome: Result<CellResponse, String>) -> bool {
         let mut table = lock(&self.table);
         let Some(followed) = table.get_mut(cell) else {
-            return;
+            return false;
         };
         let now = now_ms();
         let cancelled = followed.end == End::Cancelling;
@@ -491,12 +502,14 @@ impl Tasks {
             _ => JsonObject::new(),
         };
         followed.end = End::Done {
+            bytes: json_size(&result),
             result,
             cancelled,
             shown: false,
         };
         followed.updated_at_ms = now;
         prune(&mut table, now);
+        true
     }
 
     /// The task's result is kept: clients may see it.
@@ -511,23 +524,35 @@ impl Tasks {
 }
 
 /// Drops the tasks that ended over [`KEPT_AFTER_END_MS`] ago, then the oldest ended ones
-/// past [`ENDED_KEPT`].
+/// past [`ENDED_KEPT`] or [`ENDED_BYTES`].
 fn prune(table: &mut HashMap<CellId, Followed>, now: i64) {
     table.retain(|_, followed| {
         !matches!(followed.end, End::Done { shown: true, .. })
-            || now - followed.updated_at_ms < KEPT_AFTER_END_MS
+            || now.saturating_sub(followed.updated_at_ms) < KEPT_AFTER_END_MS
     });
-    let mut ended: Vec<(i64, CellId)> = table
+    let mut ended: Vec<(i64, usize, CellId)> = table
         .iter()
-        .filter(|(_, followed)| matches!(followed.end, End::Done { shown: true, .. }))
-        .map(|(cell, followed)| (followed.updated_at_ms, cell.clone()))
+        .filter_map(|(cell, followed)| match followed.end {
+            End::Done {
+                shown: true, bytes, ..
+            } => Some((followed.updated_at_ms, bytes, cell.clone())),
+            _ => None,
+        })
         .collect();
-    if ended.len() > ENDED_KEPT {
-        ended.sort_by_key(|(ended_at, _)| *ended_at);
-        for (_, cell) in &ended[..ended.len() - ENDED_KEPT] {
+    // Newest first: each is kept while the count and the bytes of those newer allow.
+    ended.sort_by_key(|(ended_at, _, _)| std::cmp::Reverse(*ended_at));
+    let mut total = 0usize;
+    for (kept, (_, bytes, cell)) in ended.iter().enumerate() {
+        total = total.saturating_add(*bytes);
+        if kept >= ENDED_KEPT || total > ENDED_BYTES {
             table.remove(cell);
         }
     }
+}
+
+/// The size of a result as JSON.
+fn json_size(result: &JsonObject) -> usize {
+    serde_json::to_string(result).map_or(0, |text| text.len())
 }
 
 /// Follows `cell` of `session` to its end for its task: each slice's output joins the
@@ -559,14 +584,19 @@ pub(super) async fn follow(
                 }
             }
             Ok(ended) => {
-                tasks.finish(&cell, Ok(ended));
+                if !tasks.finish(&cell, Ok(ended)) {
+                    // The task was dropped meanwhile: nothing to keep.
+                    return;
+                }
                 break;
             }
             Err(SessionError::ShuttingDown) => return,
             Err(error) => {
                 failures += 1;
                 if failures >= FOLLOW_ATTEMPTS {
-                    tasks.finish(&cell, Err(error.to_string()));
+                    if !tasks.finish(&cell, Err(error.to_string())) {
+                        return;
+                    }
                     break;
                 }
                 tracing::debug!(%error, "following a task's cell failed; trying again");
@@ -577,16 +607,19 @@ pub(super) async fn follow(
             }
         }
     }
-    // A result a client saw is one a restart gives back: it is kept first.
+    // A result a client saw is one a restart gives back: it is kept first (tried again
+    // at growing pauses while the store refuses it; the task shows `working` meanwhile).
+    let mut pause = RETRY_PAUSE;
     loop {
         match persist().await {
             Ok(()) => break,
             Err(error) => {
-                tracing::warn!(%error, "a task's result could not be kept yet; trying again");
+                tracing::warn!(%error, "a task's result could not be kept yet; trying again in {pause:?}");
                 tokio::select! {
-                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                    () = tokio::time::sleep(pause) => {}
                     () = tasks.stop.cancelled() => return,
                 }
+                pause = (pause * 2).min(KEEP_PAUSE_MAX);
             }
         }
     }
@@ -755,6 +788,31 @@ mod tests {
         drop(table);
         prune(&mut lock(&tasks.table), now + KEPT_AFTER_END_MS + 100);
         assert_eq!(lock(&tasks.table).len(), 1, "only the one that runs");
+    }
+
+    /// The ended tasks a session keeps hold at most [`ENDED_BYTES`] of results (they are
+    /// written with the session): the newest that fit.
+    #[test]
+    fn ended_tasks_keep_at_most_their_bytes() {
+        use code_mode_protocol::ContentItem;
+        let tasks = Tasks::default();
+        for number in 0..6_u64 {
+            let cell = CellId::new(number);
+            let written = vec![ContentItem::text("x".repeat(1 << 20))];
+            tasks.begin(&cell, written, Duration::ZERO, 1 << 20);
+            tasks.finish(&cell, Err("gone".to_owned()));
+            tasks.show(&cell);
+            if let Some(followed) = lock(&tasks.table).get_mut(&cell) {
+                followed.updated_at_ms = i64::try_from(number).expect("small") + now_ms();
+            }
+        }
+        prune(&mut lock(&tasks.table), now_ms() + 1000);
+        let mut kept: Vec<u64> = lock(&tasks.table)
+            .keys()
+            .filter_map(CellId::number)
+            .collect();
+        kept.sort_unstable();
+        assert_eq!(kept, [3, 4, 5], "each result a little over 1 MiB");
     }
 
     #[test]
