@@ -179,6 +179,7 @@ async fn with_waits(
     }
 }
 
+#[expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
 fn report(name: &str, cost: &Cost) {
     println!(
         "{name:<28} model calls {:>3}   model reads {:>5} B (~{:>4} tokens)   client polls {:>3}   result after {:>5.1} s",
@@ -191,6 +192,7 @@ fn report(name: &str, cost: &Cost) {
 }
 
 #[tokio::main]
+#[expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
 async fn main() {
     let mut seconds = 30;
     let mut args = std::env::args().skip(1);
