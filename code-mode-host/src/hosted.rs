@@ -9,6 +9,7 @@ use crate::connection::{
     Connection, ExecJournal, FromResponse, LostCell, Opening, Placed, RequestHooks, Resumable,
 };
 use crate::error::HostError;
+use crate::lost::LostCells;
 use code_mode_protocol::session::measure;
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::sync::lock;
@@ -19,7 +20,6 @@ use code_mode_protocol::{
 };
 use code_mode_trace::traced::{CellTraces, Traced, capped, under};
 use code_mode_wire::{Request, SessionId};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -62,25 +62,12 @@ pub(crate) fn open(
     )
 }
 
-/// How many cells that died with a runtime a session remembers, to answer a later `wait`
-/// on one with the runtime-lost error.
-const DEAD_CELLS_KEPT: usize = 1024;
-
 /// How many runtimes a call on a cell tries before it gives the loss up to its caller
 /// (each loss rebuilds the cell on the next runtime).
 pub const REBUILD_ATTEMPTS: usize = 4;
 
 /// The cause a call gives up with after [`REBUILD_ATTEMPTS`] losses, the last one's
 /// `cause` inside: the cell is not rebuilt again.
-/// Appends `entry` to a list of the last [`DEAD_CELLS_KEPT`] cells of a kind, the oldest
-/// going first.
-fn keep_last<T>(cells: &mut VecDeque<T>, entry: T) {
-    if cells.len() >= DEAD_CELLS_KEPT {
-        cells.pop_front();
-    }
-    cells.push_back(entry);
-}
-
 fn given_up(cause: &str) -> String {
     format!(
         "{cause}; the cell's runtime was lost {REBUILD_ATTEMPTS} times during one call, so it is not rebuilt again"
@@ -100,18 +87,9 @@ pub struct HostedSession {
     options: SessionOptions,
     /// The committed stored values, as the runtimes reported them.
     stored: Arc<Mutex<CommittedValues>>,
-    /// Cells that were running when their runtime was lost, with its cause, oldest first.
-    dead_cells: Mutex<VecDeque<(CellId, String)>>,
-    /// Cells that had finished when their runtime was lost, with the final answer they
-    /// offered (the host held it): their next observation returns it.
-    finished: Mutex<VecDeque<(CellId, CellResponse)>>,
-    /// Cells that were running when their runtime was lost and are rebuilt from their
-    /// journals on the session's next runtime (contract §7), by the id the agent core
-    /// knows.
-    resumable: Mutex<Vec<(CellId, Arc<Resumable>)>>,
-    /// Every cell lost with a runtime and not dead: waiting to be rebuilt, being rebuilt,
-    /// or rebuilt. A call on one that fails with a loss goes again.
-    rebuilt: Mutex<std::collections::HashSet<CellId>>,
+    /// What became of the cells lost with a runtime (rebuilt, finished, dead), by the id
+    /// the agent core knows.
+    lost: LostCells,
     /// The remote session, once opened, and its placement.
     binding: Mutex<Option<(Placed, SessionId)>>,
     /// Serializes opening the remote session.
@@ -147,10 +125,7 @@ impl HostedSession {
             delegate,
             options,
             stored: Arc::new(Mutex::new(CommittedValues::new(stored_values))),
-            dead_cells: Mutex::new(VecDeque::new()),
-            finished: Mutex::new(VecDeque::new()),
-            resumable: Mutex::new(Vec::new()),
-            rebuilt: Mutex::new(std::collections::HashSet::new()),
+            lost: LostCells::default(),
             binding: Mutex::new(None),
             bind_lock: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -200,7 +175,7 @@ impl HostedSession {
         } in lost
         {
             if let Some(answer) = answer {
-                keep_last(&mut lock(&self.finished), (cell_id, answer));
+                self.lost.finished(cell_id, answer);
                 continue;
             }
             under(&span, || {
@@ -212,33 +187,22 @@ impl HostedSession {
                 );
             });
             match resumable {
-                Some(resumable) => {
-                    lock(&self.rebuilt).insert(cell_id.clone());
-                    lock(&self.resumable).push((cell_id, Arc::new(resumable)));
-                }
-                None => self.bury(cell_id, cause.clone()),
+                Some(resumable) => self.lost.to_rebuild(cell_id, Arc::new(resumable)),
+                None => self.lost.bury(cell_id, cause.clone()),
             }
         }
-    }
-
-    /// Remembers a cell that died with its runtime, for later calls that name it.
-    fn bury(&self, cell_id: CellId, cause: String) {
-        lock(&self.rebuilt).remove(&cell_id);
-        keep_last(&mut lock(&self.dead_cells), (cell_id, cause));
     }
 
     /// Whether `cell_id` was lost with its runtime and is to be rebuilt (or was rebuilt
     /// since): a call on it that failed with the loss goes again.
     fn rebuilds(&self, cell_id: &CellId) -> bool {
         self.forget_lost_runtime();
-        lock(&self.rebuilt).contains(cell_id)
+        self.lost.rebuilds(cell_id)
     }
 
     /// Whether `cell_id` waits to be rebuilt (an earlier rebuild was cut short).
     fn awaits_rebuild(&self, cell_id: &CellId) -> bool {
-        lock(&self.resumable)
-            .iter()
-            .any(|(lost, _)| lost == cell_id)
+        self.lost.awaits_rebuild(cell_id)
     }
 
     /// After `attempt` losses of `cell_id`'s runtime during one call: `Ok` to go on with
@@ -262,8 +226,7 @@ impl HostedSession {
     /// from now on, and never rebuilt later behind its caller's back.
     fn give_up(&self, cell_id: &CellId, cause: &str) {
         self.forget_lost_runtime();
-        lock(&self.resumable).retain(|(lost, _)| lost != cell_id);
-        self.bury(cell_id.clone(), cause.to_owned());
+        self.lost.give_up(cell_id, cause);
     }
 
     /// Rebuilds the session's lost cells on `connection`, where the session is `session`.
@@ -272,8 +235,7 @@ impl HostedSession {
     /// Each cell stays among the session's resumable ones until the runtime took it (or it
     /// died), so that [`Self::durable_state`] never misses it in between.
     async fn resume_lost(&self, connection: &Arc<Connection>, session: SessionId) {
-        let lost = lock(&self.resumable).clone();
-        for (cell_id, resumable) in lost {
+        for (cell_id, resumable) in self.lost.waiting() {
             // The rebuild's span, under the cell's: the request carries it, so the new
             // runtime's spans of the rebuilt cell (its replay) hang under it.
             let rebuild = under(&resumable.span, || {
@@ -313,10 +275,10 @@ impl HostedSession {
                         .clone()
                         .unwrap_or_else(|| Arc::clone(&self.delegate));
                     delegate.cell_closed(&cell_id);
-                    self.bury(cell_id.clone(), error.to_string());
+                    self.lost.bury(cell_id.clone(), error.to_string());
                 }
             }
-            lock(&self.resumable).retain(|(_, kept)| !Arc::ptr_eq(kept, &resumable));
+            self.lost.taken(&resumable);
         }
     }
 
@@ -333,7 +295,7 @@ impl HostedSession {
 
     /// The cells lost with a runtime (or restored) and not rebuilt yet.
     pub(crate) fn resumable_cells(&self) -> Vec<(CellId, Arc<Resumable>)> {
-        lock(&self.resumable).clone()
+        self.lost.waiting()
     }
 
     /// The committed stored values now (the host's copy).
@@ -343,8 +305,7 @@ impl HostedSession {
 
     /// A cell an earlier process ran, to be rebuilt on the session's next runtime.
     pub(crate) fn add_resumable(&self, cell_id: CellId, resumable: Resumable) {
-        lock(&self.rebuilt).insert(cell_id.clone());
-        lock(&self.resumable).push((cell_id, Arc::new(resumable)));
+        self.lost.to_rebuild(cell_id, Arc::new(resumable));
     }
 
     /// The final answer of `cell_id` the host holds, taken, so that the observation that
@@ -356,14 +317,8 @@ impl HostedSession {
         // A lost runtime is forgotten first: that is when its finished cells' answers are
         // kept.
         let binding = self.binding_for(false);
-        {
-            let mut finished = lock(&self.finished);
-            if let Some(index) = finished
-                .iter()
-                .position(|(finished, _)| finished == cell_id)
-            {
-                return finished.remove(index).map(|(_, answer)| answer);
-            }
+        if let Some(answer) = self.lost.take_finished(cell_id) {
+            return Some(answer);
         }
         let Binding::Serves(connection, session) = binding else {
             return None;
@@ -380,10 +335,7 @@ impl HostedSession {
     /// The runtime-lost error for a cell that died with its runtime.
     fn dead_cell(&self, cell_id: &CellId) -> Option<SessionError> {
         self.forget_lost_runtime();
-        lock(&self.dead_cells)
-            .iter()
-            .find(|(dead, _)| dead == cell_id)
-            .map(|(_, cause)| SessionError::RuntimeLost(cause.clone()))
+        self.lost.dead(cell_id).map(SessionError::RuntimeLost)
     }
 
     /// The session's binding as it stands (a lost runtime's forgotten first), for a call

@@ -22,6 +22,7 @@ mod error;
 mod faults;
 mod hosted;
 pub mod kept;
+mod lost;
 mod prelaunch;
 mod process;
 mod provider;
