@@ -108,7 +108,7 @@ impl ExecHandle {
 impl NativeSession {
     /// Opens a session on the runtime `runtime` names (the executable the package ships,
     /// by default); `tools` is a JSON list of `{name, description, input_schema, deferred}`,
-    /// `options` a JSON object (see `code_mode.Session`), `stored` the JSON object of the
+    /// `options` the session's `Options`, `stored` the JSON object of the
     /// stored values to start from.
     #[new]
     #[pyo3(signature = (dispatcher, tools, options, stored=None, runtime=None, tools_file=None, builtins=Vec::new(), state=None, in_process=false))]
@@ -120,7 +120,7 @@ impl NativeSession {
         py: Python<'_>,
         dispatcher: Py<PyAny>,
         tools: &str,
-        options: &str,
+        options: PyRef<'_, crate::options::NativeOptions>,
         stored: Option<&str>,
         runtime: Option<String>,
         tools_file: Option<String>,
@@ -133,7 +133,7 @@ impl NativeSession {
             async_tools,
             approvals,
         } = crate::options::tools(tools)?;
-        let options = crate::options::session_options(options)?;
+        let options = crate::options::session_options(&options);
         let stored = crate::options::stored_values(stored)?;
         let file_tools = load_tools_file(py, tools_file, &builtins)?;
         let mut unavailable = Vec::new();

@@ -196,6 +196,23 @@ def test_an_explicit_tool_and_a_deferred_one():
     assert json.loads(result.text) == {"key": "k", "found": True}
 
 
+def test_options_cross_typed_and_a_bad_one_is_refused_by_name():
+    from code_mode import _native
+
+    typed = _native.Options(heap_mb=64, surface="codex", never_hibernate=True)
+    assert (typed.heap_mb, typed.surface, typed.never_hibernate, typed.cpu_ms) == (64, "codex", True, None)
+    with pytest.raises(ValueError, match="heap_mb: expected a non-negative integer, got -1"):
+        code_mode.Session(heap_mb=-1)
+    with pytest.raises(ValueError, match='surface: expected "contract" or "codex", got "other"'):
+        code_mode.Session(surface="other")
+    with pytest.raises(TypeError):
+        code_mode.Session(cpu_ms="fast")
+    # Given, each option reaches the session: a cell past its CPU budget is stopped.
+    with code_mode.Session(cpu_ms=200, hibernate_after_ms=None) as session:
+        result = session.exec("while (true) {}")
+    assert result.failure == "cpu_budget", result
+
+
 def test_unknown_options_and_a_closed_session_are_refused():
     with pytest.raises(TypeError, match="heap_gb"):
         code_mode.Session(heap_gb=1)

@@ -23,12 +23,40 @@ _Done = Callable[[bool, str], None]
 class ExecHandle:
     def cancel(self) -> None: ...
 
+class Options:
+    """A session's options, typed (each ``None`` is the default)."""
+
+    heap_mb: int | None
+    cpu_ms: int | None
+    output_bytes: int | None
+    max_tool_payload_bytes: int | None
+    max_in_flight_tool_calls: int | None
+    max_stored_bytes: int | None
+    surface: str | None
+    hibernate_after_ms: int | None
+    never_hibernate: bool
+    reuse_isolates: bool | None
+    def __init__(
+        self,
+        *,
+        heap_mb: int | None = None,
+        cpu_ms: int | None = None,
+        output_bytes: int | None = None,
+        max_tool_payload_bytes: int | None = None,
+        max_in_flight_tool_calls: int | None = None,
+        max_stored_bytes: int | None = None,
+        surface: str | None = None,
+        hibernate_after_ms: int | None = None,
+        never_hibernate: bool = False,
+        reuse_isolates: bool | None = None,
+    ) -> None: ...
+
 class NativeSession:
     def __init__(
         self,
         dispatcher: _Dispatcher,
         tools: str,
-        options: str,
+        options: Options,
         stored: str | None = None,
         runtime: str | None = None,
         tools_file: str | None = None,

@@ -265,7 +265,7 @@ class _Dispatcher:
             running.get_loop().call_soon_threadsafe(running.cancel)
 
 
-def _options(options: Mapping[str, Any]) -> str:
+def _options(options: Mapping[str, Any]) -> _native.Options:
     known = {
         "heap_mb",
         "cpu_ms",
@@ -280,7 +280,13 @@ def _options(options: Mapping[str, Any]) -> str:
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"unknown session options: {', '.join(sorted(unknown))}")
-    return json.dumps(dict(options))
+    given = dict(options)
+    # `hibernate_after_ms=None` asks for a session that never hibernates; not giving it
+    # keeps the default.
+    never = "hibernate_after_ms" in given and given["hibernate_after_ms"] is None
+    if never:
+        del given["hibernate_after_ms"]
+    return _native.Options(never_hibernate=never, **given)
 
 
 class _Base:
