@@ -20,8 +20,8 @@ use code_mode_host::{
     Approvals, CodeModeSession, KeptSessions, ProcessConfig, ProcessProvider, Runtimes,
     StoredProvider,
 };
+use code_mode_internal::sync::lock;
 use code_mode_protocol::approval::Decision;
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     ApprovalNeed, BoxFuture, CellResponse, CodeModeSessionDelegate, ExecRequest, JsonText,
     NestedToolCall, SessionOptions, ToolDefinition, ToolError, ToolKind,

@@ -25,10 +25,11 @@ use support::{EchoTools, tools, tools_for};
 use bytes::BytesMut;
 use code_mode::InProcessSession;
 use code_mode_host::{ProcessConfig, ProcessProvider};
+use code_mode_internal::{SessionCall, SessionReply};
 use code_mode_protocol::{
     BoxFuture, CallId, CellId, CellResponse, CodeModeProvider, CodeModeSession,
-    CodeModeSessionDelegate, ContentItem, ExecRequest, JsonText, NestedToolCall, SessionCall,
-    SessionOptions, SessionReply, StartedCell, ToolError, ToolKind, WaitRequest,
+    CodeModeSessionDelegate, ContentItem, ExecRequest, JsonText, NestedToolCall, SessionOptions,
+    StartedCell, ToolError, ToolKind, WaitRequest,
 };
 use code_mode_wire::codec::{decode_body, encode_frame};
 use code_mode_wire::{

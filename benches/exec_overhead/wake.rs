@@ -7,7 +7,7 @@
 //! cell.
 
 use super::*;
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{CellResponse, WaitRequest};
 use std::sync::Mutex;
 use tokio::sync::{Notify, oneshot};

@@ -19,11 +19,10 @@ use crate::delegate::{DelegateCalls, RemoteDelegate};
 use crate::drain::Drain;
 use crate::metrics::METRICS;
 use code_mode::{Handed, Held, InProcessSession};
-use code_mode_protocol::session::poll_once;
-use code_mode_protocol::sync::lock;
-use code_mode_protocol::{
-    AdmittedHook, CallHooks, CellId, CodeModeSession, SessionCall, ToolDefinition,
-};
+use code_mode_internal::futures::poll_once;
+use code_mode_internal::sync::lock;
+use code_mode_internal::{CallHooks, SessionCall};
+use code_mode_protocol::{AdmittedHook, CellId, CodeModeSession, ToolDefinition};
 use code_mode_wire::convert::tools_from_wire;
 use code_mode_wire::payload::TraceContext;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
@@ -89,7 +88,7 @@ fn respond(
     result: Result<Response, WireError>,
 ) -> bool {
     let message = ServerMessage::Response { id, result };
-    code_mode_protocol::hop!("runtime sends the response");
+    code_mode_internal::hop!("runtime sends the response");
     let Err(error) = outbox.send(&message) else {
         return true;
     };
@@ -334,8 +333,8 @@ impl Connection {
         let Handed { reply, held } = session.call_untaken(call, hooks).await?;
         if matches!(
             reply,
-            code_mode_protocol::SessionReply::Started(_)
-                | code_mode_protocol::SessionReply::StartedPending(_)
+            code_mode_internal::SessionReply::Started(_)
+                | code_mode_internal::SessionReply::StartedPending(_)
         ) {
             self.drain.cell_started();
         }
@@ -488,7 +487,7 @@ async fn read_loop<S: AsyncRead>(
                 settle_offer(connection, session, cell_id, Word::GivenBack)?;
             }
             ClientMessage::DelegateReply { id, reply } => {
-                code_mode_protocol::hop!("runtime has the tool result");
+                code_mode_internal::hop!("runtime has the tool result");
                 connection
                     .delegate_calls
                     .complete(id, reply)
@@ -547,7 +546,7 @@ fn start_request(
     request: Request,
     trace: Option<TraceContext>,
 ) -> Result<(), ConnectionError> {
-    code_mode_protocol::hop!("runtime has the request");
+    code_mode_internal::hop!("runtime has the request");
     let cancel = CancellationToken::new();
     let preempt = CancellationToken::new();
     {

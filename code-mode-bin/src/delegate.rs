@@ -7,7 +7,7 @@
 
 use crate::drain::Drain;
 use crate::metrics::METRICS;
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::texts;
 use code_mode_protocol::{
     BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, StoredValues, ToolError,
@@ -146,7 +146,7 @@ impl RemoteDelegate {
             session: self.session,
             call,
         };
-        code_mode_protocol::hop!("runtime sends the tool call");
+        code_mode_internal::hop!("runtime sends the tool call");
         if let Err(error) = calls.outbox.send(&message) {
             calls.forget(id);
             return Err(texts::call_not_sent(&error));

@@ -14,7 +14,8 @@
 
 use crate::drain::Drain;
 use bytes::Bytes;
-use code_mode_protocol::{CellResponse, FailureKind, PendingOutcome, SessionReply};
+use code_mode_internal::SessionReply;
+use code_mode_protocol::{CellResponse, FailureKind, PendingOutcome};
 use code_mode_tls::gate::Gate;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};

@@ -32,7 +32,7 @@
 //! was measured ([`code_mode_trace::TakesMeasured`]), without a span's slot in the registry,
 //! its extensions and its close.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_trace::{MeasuredSpan, MeasuredValue, TakesMeasured, fresh_span_id};
 use code_mode_wire::payload::{Name, SpanEvent, SpanRecord, SpanStatus, SpanValue, TraceContext};
 use code_mode_wire::transport::Outbox;

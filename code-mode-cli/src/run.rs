@@ -56,7 +56,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
     let notifications = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = if options.json {
         let notifications = Arc::clone(&notifications);
-        sink_now(move |text| code_mode_protocol::sync::lock(&notifications).push(text.to_owned()))
+        sink_now(move |text| code_mode_internal::sync::lock(&notifications).push(text.to_owned()))
     } else {
         sink_now(|text| println!("[notify] {}", terminal_safe(text)))
     };
@@ -113,7 +113,7 @@ pub async fn run(options: RunOptions) -> Result<(), Failure> {
             "status": status_line(&response),
             "cell_id": cell_id,
             "wall_time_ms": wall_time.as_millis() as u64,
-            "notifications": *code_mode_protocol::sync::lock(&notifications),
+            "notifications": *code_mode_internal::sync::lock(&notifications),
             "response": result,
         });
         println!("{report}");

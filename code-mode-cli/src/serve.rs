@@ -24,13 +24,14 @@ use crate::session::{RuntimeArgs, Sessions};
 use crate::tools::{BeforeCall, OnInterrupt, ToolSet};
 use approvals::JsonlApprovals;
 use code_mode_host::{DurableSession, HeldSession, RestoredCall};
+use code_mode_internal::sync::lock;
+use code_mode_internal::{CallHooks, SessionCall, SessionReply};
 use code_mode_protocol::ApprovalNeed;
 use code_mode_protocol::CallId;
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    AdmittedHook, BoxFuture, CallHooks, CellId, CellLimits, CodeModeSession,
-    CodeModeSessionDelegate, ExecRequest, JsonText, NestedToolCall, SessionCall, SessionError,
-    SessionOptions, SessionReply, StoredValues, ToolDefinition, ToolError, ToolKind, WaitRequest,
+    AdmittedHook, BoxFuture, CellId, CellLimits, CodeModeSession, CodeModeSessionDelegate,
+    ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions, StoredValues,
+    ToolDefinition, ToolError, ToolKind, WaitRequest,
 };
 use code_mode_state::{AnswerRecord, CallRecord, StoreLocation, StoreOptions};
 use code_mode_surface::json::reply_json;

@@ -13,8 +13,8 @@
 //! to the delegate, with the input approved (edited or not). A denied call never reaches
 //! the delegate: its promise rejects with the approver's message.
 
+use code_mode_internal::sync::lock;
 use code_mode_protocol::approval::{ApprovalNeed, Decision, input_digest};
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::texts;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, ContentItem, DelegateLayer, JsonText,

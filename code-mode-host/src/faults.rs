@@ -31,7 +31,7 @@ pub enum Fault {
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 mod armed {
     use super::Fault;
-    use code_mode_protocol::sync::lock;
+    use code_mode_internal::sync::lock;
     use code_mode_wire::{DelegateReply, SessionId};
     use std::sync::Mutex;
 

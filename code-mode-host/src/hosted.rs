@@ -10,13 +10,14 @@ use crate::connection::{
 };
 use crate::error::HostError;
 use crate::lost::LostCells;
-use code_mode_protocol::session::measure;
+use code_mode_internal::SessionCall;
+use code_mode_internal::futures::measure;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::stored::CommittedValues;
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
-    ExecRequest, PendingOutcome, RuntimeFailure, SessionCall, SessionError, SessionOptions,
-    StartedCell, StartedPendingCell, StoredValues, WaitRequest,
+    ExecRequest, PendingOutcome, RuntimeFailure, SessionError, SessionOptions, StartedCell,
+    StartedPendingCell, StoredValues, WaitRequest,
 };
 use code_mode_trace::traced::{CellTraces, Traced, capped, under};
 use code_mode_wire::{Request, SessionId};

@@ -12,7 +12,7 @@
 //! through [`SessionStore`] ([`KeptSessions::over`]).
 
 use crate::durable::{DurableSession, RestoredCall};
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{BoxFuture, CallId, CellId, JsonText, ToolError};
 use code_mode_state::{
     AnswerRecord, CallRecord, Changes, Holder, Keeper, Saved, SessionRecord, StateError,

@@ -7,7 +7,7 @@
 //! from its connection, and asks here before it asks a runtime.
 
 use crate::connection::Resumable;
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{CellId, CellResponse};
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -455,7 +455,7 @@ fn reap_on_thread(
                 }
             };
             let status = waited.and_then(|()| {
-                let mut done = code_mode_protocol::sync::lock(&reaped);
+                let mut done = code_mode_internal::sync::lock(&reaped);
                 *done = true;
                 let mut status = 0;
                 // SAFETY: waitpid(2) on our own exited child, into a local.
@@ -490,7 +490,7 @@ impl process::Child for ForkedChild {
     }
 
     fn start_kill(&mut self) {
-        let reaped = code_mode_protocol::sync::lock(&self.reaped);
+        let reaped = code_mode_internal::sync::lock(&self.reaped);
         if !*reaped {
             // SAFETY: kill(2) on our child, which is not reaped while this lock is held.
             unsafe { libc::kill(self.pid, libc::SIGKILL) };

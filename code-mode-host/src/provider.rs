@@ -206,14 +206,14 @@ impl ProcessProvider {
     /// The runtime binary in use: the one found (for a deferred provider, at its latest
     /// start; `None` before any was found).
     pub fn binary(&self) -> Option<PathBuf> {
-        code_mode_protocol::sync::lock(&self.inner.binary).clone()
+        code_mode_internal::sync::lock(&self.inner.binary).clone()
     }
 
     /// Takes `runtime`, forked from this process at its start ([`crate::fork_runtime`]),
     /// as the runtime its next start uses instead of spawning one. The handshake is then
     /// that start's, as for a spawned runtime; a runtime that replaces it is spawned.
     pub fn adopt(&self, runtime: crate::Prelaunched) {
-        *code_mode_protocol::sync::lock(&self.inner.prelaunched) = Some(runtime);
+        *code_mode_internal::sync::lock(&self.inner.prelaunched) = Some(runtime);
     }
 
     /// Starts the runtime process now (spawn and handshake) unless one is running, so that
@@ -363,7 +363,7 @@ impl ProviderInner {
     /// The binary to start: the one found when the provider was made, or for a deferred
     /// provider, looked for now.
     fn binary(&self) -> Result<PathBuf, HostError> {
-        let mut known = code_mode_protocol::sync::lock(&self.binary);
+        let mut known = code_mode_internal::sync::lock(&self.binary);
         match (&*known, self.deferred) {
             (Some(binary), false) => Ok(binary.clone()),
             _ => {
@@ -400,7 +400,7 @@ impl ProviderInner {
     }
 
     async fn start(&self, generation: u64) -> Result<Arc<Connection>, HostError> {
-        let prelaunched = code_mode_protocol::sync::lock(&self.prelaunched).take();
+        let prelaunched = code_mode_internal::sync::lock(&self.prelaunched).take();
         let (process, stream) = match prelaunched {
             Some(runtime) => crate::prelaunch::adopt(runtime)?,
             None => {

@@ -7,7 +7,7 @@
 //! tool's own declaration: a JS tool's `needsApproval`, a tools file's `approval =
 //! "always"`; it is answered here, off the event loop, never by running JS.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{
     ApprovalNeed, BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError,
 };

@@ -11,8 +11,8 @@ use crate::runtime::promise;
 use crate::tracing_setup::call_span;
 use code_mode_host::state::ApprovalError;
 use code_mode_host::{HostedSession, RuntimeSession, StoredSession};
+use code_mode_internal::sync::lock;
 use code_mode_protocol::approval::Decision;
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     CellId, CellResponse, CodeModeProvider, CodeModeSession, ExecHooks, ExecRequest, JsonText,
     SessionError, ToolDefinition, ToolError, WaitRequest,

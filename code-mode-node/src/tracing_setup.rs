@@ -4,7 +4,7 @@
 //! span parented on the `traceparent` JS passes (its OpenTelemetry span), so the cell's
 //! spans hang under the agent's own.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_trace::{Telemetry, TraceSettings};
 use napi::Env;
 use napi::bindgen_prelude::Object;

@@ -14,11 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approval;
-pub mod calls;
-pub mod delivery;
 pub mod durable;
-#[doc(hidden)]
-pub mod hops;
 pub mod ids;
 pub mod journal;
 pub mod json_text;
@@ -26,14 +22,12 @@ pub mod model;
 pub mod search;
 pub mod session;
 pub mod stored;
-pub mod sync;
 /// The contract's fixed texts, shared by the workspace's crates; an agent core reads them
 /// through the errors and responses that display them.
 #[doc(hidden)]
 pub mod texts;
 
 pub use approval::ApprovalNeed;
-pub use calls::{CallHooks, CallTarget, FromReply, SessionCall, SessionReply};
 pub use ids::{CallId, CellId, NotACallId, ToolError};
 pub use json_text::JsonText;
 pub use model::{ContentItem, ImageDetail, ToolDefinition, ToolKind, js_tool_name};

@@ -25,33 +25,6 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// before it is abandoned (its future dropped).
 pub const CANCEL_GRACE: Duration = Duration::from_millis(200);
 
-/// Runs a delegate future; once `token` is cancelled it gets [`CANCEL_GRACE`] to finish and
-/// is then abandoned (`None`). Used on both sides of the wire.
-pub async fn until_cancelled<F: Future>(token: &CancellationToken, future: F) -> Option<F::Output> {
-    tokio::select! {
-        output = future => Some(output),
-        () = async {
-            token.cancelled().await;
-            tokio::time::sleep(CANCEL_GRACE).await;
-        } => None,
-    }
-}
-
-/// Polls a future once, now, on the caller's task: `Some` if it finished.
-///
-/// Sessions start delegate calls with it, in the order the cell made them: the delegate's
-/// code up to its first `.await` (where delegates report a call: an event line, a frame, a
-/// record) runs in call order on the caller's task, and a future that is not done is then
-/// spawned. Nothing is lost by polling with a no-op waker first: the spawned task's first
-/// poll registers its own waker with everything the future waits on.
-pub fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    match Pin::new(future).poll(&mut context) {
-        std::task::Poll::Ready(output) => Some(output),
-        std::task::Poll::Pending => None,
-    }
-}
-
 /// Default time an observation waits before it yields, in milliseconds.
 pub const DEFAULT_YIELD_TIME_MS: u64 = 10_000;
 
@@ -499,53 +472,6 @@ impl CellResponse {
     pub fn is_missing_cell(&self) -> bool {
         self.failure() == Some(FailureKind::NotFound)
     }
-}
-
-/// A provider's answer to an observation, which carries the time the provider measured
-/// for it (contract 8.5).
-pub trait Measured: Sized {
-    /// The same answer with the time `measured`.
-    fn measured(self, measured: Duration) -> Self;
-}
-
-impl Measured for CellResponse {
-    fn measured(self, measured: Duration) -> Self {
-        self.with_wall_time(measured)
-    }
-}
-
-impl Measured for PendingOutcome {
-    fn measured(self, measured: Duration) -> Self {
-        self.with_wall_time(measured)
-    }
-}
-
-impl Measured for StartedCell {
-    fn measured(self, measured: Duration) -> Self {
-        StartedCell {
-            initial_response: self.initial_response.with_wall_time(measured),
-            ..self
-        }
-    }
-}
-
-impl Measured for StartedPendingCell {
-    fn measured(self, measured: Duration) -> Self {
-        StartedPendingCell {
-            outcome: self.outcome.with_wall_time(measured),
-            ..self
-        }
-    }
-}
-
-/// Runs an observation and stamps its answer with the time from now to the answer: how a
-/// provider measures its time (contract 8.5).
-pub async fn measure<T: Measured, E>(
-    observation: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    let called = std::time::Instant::now();
-    let answer = observation.await?;
-    Ok(answer.measured(called.elapsed()))
 }
 
 /// What `execute` returns: the new cell's id and its first observation.
@@ -1087,7 +1013,10 @@ mod tests {
 
     impl Recording {
         fn saw(&self, what: &'static str) {
-            crate::sync::lock(&self.0).push(what);
+            self.0
+                .lock()
+                .expect("a test lock is never poisoned")
+                .push(what);
         }
     }
 
@@ -1165,7 +1094,7 @@ mod tests {
         assert!(delegate.keeps_journals());
         delegate.journal(&cell, crate::journal::JournalEntry::Started { seed: 1 });
         assert_eq!(
-            *crate::sync::lock(&layer.0.0),
+            *layer.0.0.lock().expect("a test lock is never poisoned"),
             [
                 "approval",
                 "invoke_tool",

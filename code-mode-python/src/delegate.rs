@@ -6,7 +6,7 @@
 //! a person first ([`CodeModeSessionDelegate::approval`]) is the tool's own declaration: a
 //! Python tool's `approval`, a tools file's `approval = "always"`.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{
     ApprovalNeed, BoxFuture, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolError,
 };

@@ -8,7 +8,7 @@
 use code_mode_host::state::{StoreLocation, StoreOptions};
 use code_mode_host::{Approvals, KeptSessions};
 use code_mode_host::{ProcessConfig, ProcessProvider, Runtimes, StoredProvider};
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use pyo3::PyResult;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! runs under a span parented on the `traceparent` Python passes (the OpenTelemetry span
 //! current there), so the cell's spans hang under the agent's own.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_trace::{Telemetry, TraceSettings};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

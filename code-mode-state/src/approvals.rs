@@ -15,8 +15,8 @@
 
 use crate::pg_connect::{Target, explain};
 use crate::{StateError, StoreLocation, StoreOptions};
+use code_mode_internal::sync::lock;
 use code_mode_protocol::approval::{Decision, input_digest};
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CallId, CellId, JsonText};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -16,7 +16,7 @@ use crate::line::{Commits, Enqueue, Line};
 use crate::store::{Backend, Claim, Durability, Holder, Loaded};
 use crate::written::{Op, Undo, Written};
 use crate::{AnswerRecord, Changes, Saved, StateError};
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;

@@ -1,22 +1,23 @@
 //! Format 1, read once to be rewritten: a database whose journals, stored values and
-//! answers were encoded with the wire's payload types (`code-mode-wire`, bincode), tagged
-//! `code-mode-state 1, wire <version>`. Format 2 replaced it at wire 11, and the payload
-//! types format 1 stored have not changed since (wire 12 added messages only), so a
-//! database of wire 11 is read; one of an older wire is refused, as format 1 always
-//! refused another version's.
+//! answers were bincode, in the shapes the wire's payload types had at wire 11, tagged
+//! `code-mode-state 1, wire <version>`. Format 2 replaced it at wire 11; a database of an
+//! older wire is refused, as format 1 always refused another version's.
+//!
+//! The shapes are frozen here, not borrowed from `code-mode-wire`: the wire changes with
+//! every protocol version, and an old database must read the same whatever it becomes.
+//! The state crate never depends on the wire.
 
 use crate::{AnswerRecord, CallRecord, Saved, SessionRecord};
 use code_mode_protocol::durable::{DurableCell, DurableState};
-use code_mode_protocol::journal::CellJournal;
+use code_mode_protocol::journal::{CellJournal, JournalCommand};
+use code_mode_protocol::model::{ToolDefinition, ToolKind};
 use code_mode_protocol::{CallId, CellId, JsonText, NestedToolCall, StoredValues, ToolError};
-use code_mode_wire::payload;
 use rusqlite::Connection;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The wire version of the last format-1 databases: their payloads decode with this
-/// build's types (a change to one of those types must end this reading).
+/// The wire version of the last format-1 databases.
 const LAST_WIRE: u32 = 11;
 
 /// Whether `format` is format 1 written with [`LAST_WIRE`].
@@ -27,7 +28,7 @@ pub(crate) fn reads(format: &str) -> bool {
 /// A cell's row in format 1.
 #[derive(Deserialize)]
 struct CellRow {
-    journal: payload::CellJournal,
+    journal: JournalRow,
     exec_call_id: Option<String>,
     in_flight: Vec<CallRow>,
 }
@@ -36,13 +37,105 @@ struct CellRow {
 struct CallRow {
     call: CallId,
     tool_name: String,
-    kind: payload::ToolKind,
+    kind: KindRow,
     input: Option<JsonText>,
     exec_call_id: Option<String>,
 }
 
+/// A cell's journal in format 1.
+#[derive(Deserialize)]
+struct JournalRow {
+    source: String,
+    tools: Vec<ToolRow>,
+    stored: StoredValues,
+    seed: u64,
+    clock: Vec<u64>,
+    issued: Vec<(u64, String)>,
+    entered: Vec<CommandRow>,
+    outputs: u64,
+    notifications: u64,
+    yields: u64,
+}
+
+#[derive(Deserialize)]
+struct ToolRow {
+    name: String,
+    description: String,
+    kind: KindRow,
+    deferred: bool,
+}
+
+#[derive(Deserialize)]
+enum KindRow {
+    Function,
+    Freeform,
+}
+
+#[derive(Deserialize)]
+enum CommandRow {
+    ToolResult {
+        call: CallId,
+        result: Result<JsonText, ToolError>,
+    },
+    TimerFired {
+        id: u64,
+    },
+}
+
+impl From<KindRow> for ToolKind {
+    fn from(kind: KindRow) -> Self {
+        match kind {
+            KindRow::Function => ToolKind::Function,
+            KindRow::Freeform => ToolKind::Freeform,
+        }
+    }
+}
+
+impl From<JournalRow> for CellJournal {
+    fn from(row: JournalRow) -> Self {
+        CellJournal {
+            source: row.source,
+            tools: row
+                .tools
+                .into_iter()
+                .map(|tool| {
+                    ToolDefinition::new(tool.name, tool.description, tool.kind.into())
+                        .with_deferred(tool.deferred)
+                })
+                .collect(),
+            stored: Arc::new(row.stored),
+            seed: row.seed,
+            clock: row.clock,
+            issued: row.issued,
+            entered: row
+                .entered
+                .into_iter()
+                .map(|command| match command {
+                    CommandRow::ToolResult { call, result } => {
+                        JournalCommand::ToolResult { call, result }
+                    }
+                    CommandRow::TimerFired { id } => JournalCommand::TimerFired { id },
+                })
+                .collect(),
+            outputs: row.outputs,
+            notifications: row.notifications,
+            yields: row.yields,
+        }
+    }
+}
+
+/// Format 1's encoding: bincode's standard configuration, little-endian, variable-length
+/// integers, the whole value and nothing after it.
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    code_mode_wire::codec::decode_body(bytes).map_err(|error| error.to_string())
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_variable_int_encoding();
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config).map_err(|error| error.to_string())?;
+    if used != bytes.len() {
+        return Err(format!("{} bytes after the value", bytes.len() - used));
+    }
+    Ok(value)
 }
 
 /// Every row `sql` selects, as `(text, text, i64, blob)` (absent columns read as empty).

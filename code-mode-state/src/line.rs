@@ -9,7 +9,7 @@
 //! A store whose commits wait on a network (Postgres) is written by the thread alone: a
 //! caller on an async runtime must not block on a round trip.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, TryLockError};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! and every [`SessionReply`]. One definition for every front end that speaks JSON (the
 //! CLI's `--json`, the JSON-lines driver, MCP), documented in `docs/jsonl.md`.
 
-use code_mode_protocol::calls::SessionReply;
+use code_mode_internal::calls::SessionReply;
 use code_mode_protocol::model::{ContentItem, ImageDetail};
 use code_mode_protocol::session::{CellResponse, FailureKind, PendingOutcome};
 use serde_json::{Value, json};

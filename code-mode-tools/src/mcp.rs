@@ -8,8 +8,8 @@
 
 use crate::environment::ToolEnv;
 use crate::line_cap::LineCap;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::ToolKind;
-use code_mode_protocol::sync::lock;
 use code_mode_surface::{ToolDescription, UnavailableSource};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, Tool,

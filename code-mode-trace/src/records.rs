@@ -22,7 +22,7 @@
 
 use crate::ids::{fresh_span_id, fresh_trace_id};
 use crate::layer::RecordAccess;
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use opentelemetry::trace::{
     Event, Link, SamplingDecision, SamplingResult, Span as _, SpanContext, SpanId, SpanKind,
     Status, TraceContextExt as _, TraceId, Tracer as _,

@@ -23,13 +23,13 @@
 //! process turned capture on ([`set_capture`]). With no subscriber interested, spans are
 //! disabled at their call site and nothing else is done.
 
+use code_mode_internal::sync::lock;
 use code_mode_protocol::session::{
     BoxFuture, CellResponse, CodeModeSession, CodeModeSessionDelegate, DelegateLayer, ExecHooks,
     ExecRequest, NestedToolCall, PendingOutcome, SessionError, StartedCell, StartedPendingCell,
     WaitRequest,
 };
 use code_mode_protocol::stored::StoredValues;
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CellId, JsonText, ToolError};
 use opentelemetry::trace::FutureExt as _;
 use std::collections::HashMap;

@@ -5,7 +5,7 @@
 //! in through the workspace's door (`code_mode_tls::gate`), as every listener's do.
 
 use crate::{STREAM_BATCHES_MISSED, TraceError};
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_tls::gate::Gate;
 use futures_util::{SinkExt as _, StreamExt as _};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

@@ -6,7 +6,7 @@
 //! added to an API type is carried only once a conversion here names it.
 
 use crate::payload as wire;
-use code_mode_protocol::calls as api_calls;
+use code_mode_internal::calls as api_calls;
 use code_mode_protocol::journal as api_journal;
 use code_mode_protocol::model as api_model;
 use code_mode_protocol::session as api;

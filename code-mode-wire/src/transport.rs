@@ -21,7 +21,7 @@
 pub use super::codec::MAX_QUEUED_BYTES;
 use super::codec::{FrameCodec, FrameError, encode_frame};
 use bytes::{Bytes, BytesMut};
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -247,7 +247,7 @@ impl<W: AsyncWrite + Unpin + Send> FrameSink for Writer<W> {
             if written == frame.len() {
                 self.queued.fetch_sub(frame.len(), Ordering::SeqCst);
                 if let Poll::Ready(Ok(())) = Pin::new(&mut state.stream).poll_flush(&mut cx) {
-                    code_mode_protocol::hop!("the frame is written");
+                    code_mode_internal::hop!("the frame is written");
                     return;
                 }
                 state.unflushed = true;
@@ -332,7 +332,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             state.release_riders();
         }
         while !state.frames.is_empty() {
-            code_mode_protocol::hop!("the writer task has the frame");
+            code_mode_internal::hop!("the writer task has the frame");
             let mut slices = Vec::with_capacity(state.frames.len().min(FRAMES_PER_WRITE));
             for (index, frame) in state.frames.iter().take(FRAMES_PER_WRITE).enumerate() {
                 let skip = if index == 0 { state.written } else { 0 };
@@ -362,7 +362,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         if state.unflushed {
             ready!(Pin::new(&mut state.stream).poll_flush(cx))?;
             state.unflushed = false;
-            code_mode_protocol::hop!("the frame is written");
+            code_mode_internal::hop!("the frame is written");
         }
         Poll::Ready(Ok(state.senders_gone))
     }

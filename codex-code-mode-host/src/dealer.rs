@@ -11,7 +11,7 @@
 //! is dealt to none: a subscription made after a cell was terminated gets none of its
 //! calls.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;

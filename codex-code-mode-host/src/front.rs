@@ -21,7 +21,6 @@ use crate::state::{
 };
 use code_mode_host::protocol::model::replace_lone_surrogate_escapes;
 use code_mode_host::protocol::session::BoxFuture;
-use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{
     CellFailure, CellId, CellLimits, CellResponse, CodeModeProvider, CodeModeSessionDelegate,
     ContentItem, ExecHooks, ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions,
@@ -31,6 +30,7 @@ use code_mode_host::{
     BINARY_ENV, BINARY_NAME, DurableSession, HandshakeError, HostError, RemoteError, Runtimes,
     SpawnError,
 };
+use code_mode_internal::sync::lock;
 use code_mode_state::{CallRecord, SessionRecord};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};

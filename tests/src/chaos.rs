@@ -42,7 +42,7 @@ use code_mode_host::{
     Liveness, ProcessConfig, ProcessProvider, RemoteConfig, RemoteProvider, RuntimeSession,
     Runtimes,
 };
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
     ExecRequest, JsonText, NestedToolCall, SessionError, SessionOptions, StoredValues,

@@ -12,7 +12,7 @@
 //! `{ tool, input }`. Records hold ids as their text. A notification whose
 //! text starts with `block` waits until cancelled; any other is delivered at once.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, ToolDefinition,
     ToolError, ToolKind,

@@ -3,9 +3,10 @@
 
 use bytes::{BufMut, BytesMut};
 use code_mode_conformance::Scratch;
+use code_mode_internal::{SessionCall, SessionReply};
 use code_mode_protocol::{
-    CallId, CellResponse, ContentItem, ExecRequest, SessionCall, SessionOptions, SessionReply,
-    StartedCell, StartedPendingCell, ToolDefinition, ToolKind, WaitRequest,
+    CallId, CellResponse, ContentItem, ExecRequest, SessionOptions, StartedCell,
+    StartedPendingCell, ToolDefinition, ToolKind, WaitRequest,
 };
 use code_mode_wire::*;
 use futures_util::{SinkExt, StreamExt};

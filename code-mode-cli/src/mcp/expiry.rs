@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::principal::{Principal, requester};
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 
 /// Why a session could not be created or reached.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@
 //! go first, with a warning).
 
 use super::replay::Readers;
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{CellId, CellResponse, ContentItem};
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -18,7 +18,7 @@
 //! of the stream cannot resume it and sends its `wait` again.
 
 use bytes::Bytes;
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use std::collections::HashMap;

@@ -19,7 +19,7 @@ use crate::Failure;
 use crate::session::Sessions;
 use crate::tools::{BeforeCall, CliDelegate, NotificationSink, ToolSet};
 use code_mode_host::WaitingCalls;
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{
     BoxFuture, CellId, CellResponse, CodeModeSession, CodeModeSessionDelegate, ExecHooks,
     ExecRequest, SessionOptions, WaitRequest,

@@ -16,7 +16,7 @@ use crate::tools::{OnInterrupt, ToolSet};
 use code_mode_host::{
     ApprovalGate, ApprovalWatch, Approvals, DurableSession, GateSite, KeptSessions,
 };
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{CodeModeSession, CodeModeSessionDelegate, SessionOptions, ToolError};
 use code_mode_state::{AnswerRecord, SessionRecord, StateError, StoreLocation, StoreOptions};
 use rmcp::model::InitializeRequestParams;

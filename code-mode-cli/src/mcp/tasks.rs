@@ -12,7 +12,7 @@
 //! so a client fetches its task after a restart, or from the replica that takes its
 //! session over, which follows the cell on from where the store left it.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{
     CellFailure, CellId, CellResponse, CodeModeSession, FailureKind, SessionError, WaitRequest,
 };

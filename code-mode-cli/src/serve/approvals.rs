@@ -12,8 +12,8 @@ use super::{ErrorReply, Out, params};
 use code_mode_host::{
     ApprovalGate, ApprovalWatch, Approvals, GateSite, RestoredCall, WaitingCalls,
 };
+use code_mode_internal::sync::lock;
 use code_mode_protocol::approval::{ApprovalNeed, Decision};
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{CellId, CellResponse, CodeModeSessionDelegate};
 use code_mode_state::{Approval, ApprovalError, ApprovalState, StateError};
 use serde::Deserialize;

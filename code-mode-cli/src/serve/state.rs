@@ -10,8 +10,8 @@
 
 use super::{Out, answer_text};
 use code_mode_host::{DurableSession, HeldSession, KeptSessions, RestoredCall};
+use code_mode_internal::sync::lock;
 use code_mode_protocol::ApprovalNeed;
-use code_mode_protocol::sync::lock;
 use code_mode_state::{
     AnswerRecord, CallRecord, SessionRecord, StateError, StoreLocation, StoreOptions,
 };

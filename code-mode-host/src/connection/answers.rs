@@ -6,7 +6,7 @@
 //! answer that crossed the cancellation is given back.
 
 use super::*;
-use code_mode_protocol::delivery::Receipt;
+use code_mode_internal::delivery::Receipt;
 
 /// A typed answer to a request: the response of the one kind the request is answered
 /// with. The reader converts each response once, on arrival; a response of another kind is

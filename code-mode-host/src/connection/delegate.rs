@@ -73,7 +73,7 @@ impl Connection {
                 return;
             };
             let message = ClientMessage::DelegateReply { id, reply };
-            code_mode_protocol::hop!("host sends the tool result");
+            code_mode_internal::hop!("host sends the tool result");
             let sent = connection.outbox.send(&message);
             let ClientMessage::DelegateReply { reply, .. } = message else {
                 unreachable!("the message was built above");

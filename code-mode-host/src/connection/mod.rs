@@ -34,13 +34,14 @@ use crate::error::HandshakeError;
 use crate::faults::{self, Fault};
 pub(crate) use answers::FromResponse;
 use answers::{AbandonOnDrop, Abandoned, Deliver, Word, deliver_to};
-use code_mode_protocol::session::{poll_once, until_cancelled};
+use code_mode_internal::futures::{poll_once, until_cancelled};
+use code_mode_internal::sync::lock;
+use code_mode_internal::{FromReply, SessionCall};
 use code_mode_protocol::stored::CommittedValues;
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
-    AdmittedHook, BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, FromReply,
-    NestedToolCall, PendingOutcome, RuntimeFailure, SessionCall, SessionError, StartedCell,
-    StartedPendingCell, ToolDefinition, ToolError,
+    AdmittedHook, BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, NestedToolCall,
+    PendingOutcome, RuntimeFailure, SessionError, StartedCell, StartedPendingCell, ToolDefinition,
+    ToolError,
 };
 use code_mode_wire::convert::tools_to_wire;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
@@ -64,7 +65,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a runtime that closed its socket gets to exit before it is killed.
 const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
-use code_mode_protocol::delivery::Delivery;
+use code_mode_internal::delivery::Delivery;
 
 pub use code_mode_wire::Liveness;
 
@@ -522,7 +523,7 @@ impl Connection {
             }
             register(&mut state, &request, deliver_to::<T>(reply), hooks)
         };
-        code_mode_protocol::hop!("host sends the request");
+        code_mode_internal::hop!("host sends the request");
         // A request that starts or rebuilds a cell carries the span it is made under (the
         // cell's), so that the runtime's spans of the cell hang under it.
         let trace = request
@@ -647,11 +648,11 @@ impl Connection {
     fn handle(self: &Arc<Self>, message: ServerMessage) -> Result<(), Violation> {
         match message {
             ServerMessage::Response { id, result } => {
-                code_mode_protocol::hop!("host has the response");
+                code_mode_internal::hop!("host has the response");
                 self.on_response(id, result)
             }
             ServerMessage::Delegate { id, session, call } => {
-                code_mode_protocol::hop!("host has the tool call");
+                code_mode_internal::hop!("host has the tool call");
                 self.on_delegate_call(id, session, call)
             }
             ServerMessage::CancelDelegate { id } => {
@@ -670,7 +671,7 @@ impl Connection {
                 response,
             } => {
                 let kept = self.on_offer(session, cell_id, response);
-                code_mode_protocol::hop!("host has the offer");
+                code_mode_internal::hop!("host has the offer");
                 kept
             }
             ServerMessage::Spans(records) => lock(&self.sent_traces)

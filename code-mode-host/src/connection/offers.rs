@@ -85,9 +85,9 @@ impl Connection {
             }
         );
         let reply = if pending_aware {
-            code_mode_protocol::SessionReply::Pending(PendingOutcome::Completed(response))
+            code_mode_internal::SessionReply::Pending(PendingOutcome::Completed(response))
         } else {
-            code_mode_protocol::SessionReply::Cell(response)
+            code_mode_internal::SessionReply::Cell(response)
         };
         Some(Response::Reply(reply.into()))
     }

@@ -16,8 +16,8 @@ use code_mode_host::{
     ApprovalGate, Approvals, CodeModeSession, GateSite, KeptSessions, ProcessConfig,
     ProcessProvider, Runtimes, StoredProvider, WaitingCalls,
 };
+use code_mode_internal::sync::lock;
 use code_mode_protocol::approval::Decision;
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{
     ApprovalNeed, BoxFuture, CallId, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
     ExecRequest, JsonText, NestedToolCall, SessionOptions, ToolDefinition, ToolError, ToolKind,

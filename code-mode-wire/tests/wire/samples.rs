@@ -1,9 +1,9 @@
 //! One sample of every message variant.
 
+use code_mode_internal::{SessionCall, SessionReply};
 use code_mode_protocol::{
-    CallId, CellResponse, ContentItem, ExecRequest, ImageDetail, PendingOutcome, SessionCall,
-    SessionOptions, SessionReply, StartedCell, StartedPendingCell, ToolDefinition, ToolKind,
-    WaitRequest,
+    CallId, CellResponse, ContentItem, ExecRequest, ImageDetail, PendingOutcome, SessionOptions,
+    StartedCell, StartedPendingCell, ToolDefinition, ToolKind, WaitRequest,
 };
 use code_mode_wire::*;
 

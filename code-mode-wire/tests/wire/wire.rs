@@ -62,7 +62,7 @@ fn every_payload_converts_to_the_api_and_back_unchanged() {
         match request {
             Request::OpenSession { options, .. } => both_ways::<api::SessionOptions, _>(&options),
             Request::Session { call, .. } | Request::SessionWithTools { call, .. } => {
-                both_ways::<api::SessionCall, _>(&call)
+                both_ways::<code_mode_internal::SessionCall, _>(&call)
             }
             Request::RegisterTools { tools, .. } => {
                 let api = code_mode_wire::convert::tools_from_wire(tools.clone());
@@ -89,7 +89,7 @@ fn every_payload_converts_to_the_api_and_back_unchanged() {
             ..
         } = message
         {
-            both_ways::<api::SessionReply, _>(&reply);
+            both_ways::<code_mode_internal::SessionReply, _>(&reply);
             seen += 1;
         }
     }

@@ -269,18 +269,18 @@ impl CellControl {
 
     /// Publishes the isolate running this cell.
     pub(crate) fn attach(&self, isolate: v8::IsolateHandle) {
-        *code_mode_protocol::sync::lock(&self.isolate) = Some(isolate);
+        *code_mode_internal::sync::lock(&self.isolate) = Some(isolate);
     }
 
     /// Withdraws the isolate: the cell is over. After this returns, no termination
     /// requested through this control reaches the isolate.
     pub(crate) fn detach(&self) {
-        *code_mode_protocol::sync::lock(&self.isolate) = None;
+        *code_mode_internal::sync::lock(&self.isolate) = None;
     }
 
     /// Stops the JavaScript running for this cell, if the cell still runs.
     pub(crate) fn terminate_isolate(&self) {
-        if let Some(isolate) = code_mode_protocol::sync::lock(&self.isolate).as_ref() {
+        if let Some(isolate) = code_mode_internal::sync::lock(&self.isolate).as_ref() {
             isolate.terminate_execution();
         }
     }
@@ -353,7 +353,7 @@ impl CellHandle {
     /// if already joined.
     pub fn join(&self) {
         self.release();
-        let done = code_mode_protocol::sync::lock(&self.done).take();
+        let done = code_mode_internal::sync::lock(&self.done).take();
         if let Some(done) = done {
             // Only ever disconnects: the thread drops its sender when done (or panicked).
             let _ = done.recv();

@@ -18,9 +18,9 @@
 use super::Job;
 use super::snapshot::ContextSource;
 use super::thread::{self, Prepared};
+use code_mode_internal::sync::lock;
 use code_mode_protocol::Surface;
 use code_mode_protocol::session::DEFAULT_HEAP_LIMIT_BYTES;
-use code_mode_protocol::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};

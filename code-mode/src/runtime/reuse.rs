@@ -40,7 +40,7 @@
 
 use super::Job;
 use super::callbacks::HeapGuard;
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak, mpsc};

@@ -29,7 +29,7 @@
 //! `ProcessProvider` gets an empty environment, so this reaches in-process sessions and
 //! runtimes started by hand); a blob that cannot be made does the same, with a warning.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use std::borrow::Cow;
 use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;

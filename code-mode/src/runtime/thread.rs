@@ -120,10 +120,10 @@ fn new_context(
 ) -> FreshContext {
     v8::scope!(let scope, isolate);
     let context = v8::Context::new(scope, Default::default());
-    code_mode_protocol::hop!("fresh context created");
+    code_mode_internal::hop!("fresh context created");
     let scope = &mut v8::ContextScope::new(scope, context);
     snapshot::add_helpers(scope, source, surface);
-    code_mode_protocol::hop!("fresh context has its helpers");
+    code_mode_internal::hop!("fresh context has its helpers");
     let tool_functions = (0..tool_functions)
         .map(|index| {
             let function = super::helpers::new_tool_function(scope, index);
@@ -198,7 +198,7 @@ fn run_on_shelf(
         let heap_bytes = prepared.heap_bytes;
         let (mut isolate, heap_guard, resetting, done) = run_cell(prepared, job);
         let reset = resetting.is_some() && super::reuse::reset(&mut isolate, &heap_guard);
-        code_mode_protocol::hop!("isolate reset");
+        code_mode_internal::hop!("isolate reset");
         let resetting = match (reset, resetting) {
             (true, Some(resetting)) => resetting,
             (_, resetting) => {
@@ -247,7 +247,7 @@ fn place(
         super::reuse::Placed::Job(next) => return Some(next),
         super::reuse::Placed::Parked(parked) => parked,
     };
-    code_mode_protocol::hop!("fresh context parked");
+    code_mode_internal::hop!("fresh context parked");
     // On the shelf: the owner's `join` returns, and the session's next cell can start.
     drop(done);
     // The earlier cells' garbage is collected once the session is idle a moment.
@@ -278,7 +278,7 @@ fn run_cell(
     Option<super::reuse::Resetting>,
     mpsc::Sender<()>,
 ) {
-    code_mode_protocol::hop!("cell thread has the job");
+    code_mode_internal::hop!("cell thread has the job");
     let super::Job {
         config,
         events,
@@ -369,7 +369,7 @@ fn report_end(
     outcome: CellOutcome,
     cpu_time: Option<Duration>,
 ) {
-    code_mode_protocol::hop!("cell thread reports the end");
+    code_mode_internal::hop!("cell thread reports the end");
     if events.blocking_send(CellEvent::Finished(outcome)).is_ok() {
         await_release(inbound);
     }
@@ -558,12 +558,12 @@ impl Driver<'_> {
         if self.state.borrow_mut().owner_left() {
             return self.ended_by_flags().unwrap_or(CellOutcome::Terminated);
         }
-        code_mode_protocol::hop!("tools installed");
+        code_mode_internal::hop!("tools installed");
         let promise = match self.start_module(scope, source) {
             Ok(promise) => promise,
             Err(outcome) => return outcome,
         };
-        code_mode_protocol::hop!("module compiled and evaluated");
+        code_mode_internal::hop!("module compiled and evaluated");
         let promise = v8::Global::new(scope, promise);
         let mut commands_applied = 0u64;
         loop {
@@ -641,13 +641,13 @@ impl Driver<'_> {
             }
         };
         drop(compiling);
-        code_mode_protocol::hop!("module compiled");
+        code_mode_internal::hop!("module compiled");
         // The module's synchronous part, up to its first wait.
         let _evaluating = self.traced(Work::Evaluate);
         if module.instantiate_module(tc, callbacks::resolve_module) != Some(true) {
             return Err(self.exception_outcome(tc));
         }
-        code_mode_protocol::hop!("module instantiated");
+        code_mode_internal::hop!("module instantiated");
         let Some(result) = module.evaluate(tc) else {
             return Err(self.exception_outcome(tc));
         };
@@ -800,7 +800,7 @@ impl Driver<'_> {
         id: CallId,
         result: Result<JsonText, ToolError>,
     ) {
-        code_mode_protocol::hop!("cell thread has the tool result");
+        code_mode_internal::hop!("cell thread has the tool result");
         let Some(resolver) = self.state.borrow_mut().pending_calls.remove(&id.number()) else {
             tracing::debug!(%id, "answer for an unknown or settled tool call ignored");
             return;

@@ -3,7 +3,7 @@
 //! module, below both the helpers that build `tools` and the cell state that keeps a
 //! set's table for the interceptor.
 
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use code_mode_protocol::{ToolDefinition, js_tool_name};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};

@@ -77,7 +77,7 @@ pub(crate) fn strip(source: &str) -> Result<String, StripError> {
     };
     let (reply, result) = mpsc::channel();
     let sent = {
-        let mut stripper = code_mode_protocol::sync::lock(&STRIPPER);
+        let mut stripper = code_mode_internal::sync::lock(&STRIPPER);
         let job = (source.to_owned(), reply);
         let unsent = match stripper.as_ref() {
             Some(queue) => queue.send(job).err().map(|mpsc::SendError(job)| job),
@@ -134,7 +134,7 @@ struct Collect(Reports);
 impl Emitter for Collect {
     fn emit(&mut self, db: &mut DiagnosticBuilder<'_>) {
         let start = db.span.primary_span().map(|span| span.lo);
-        code_mode_protocol::sync::lock(&self.0).push((db.message(), start));
+        code_mode_internal::sync::lock(&self.0).push((db.message(), start));
     }
 }
 
@@ -153,7 +153,7 @@ fn strip_here(source: String) -> Result<String, StripError> {
         options.parser.tsx = tsx;
         options.parser.decorators = true;
         let result = swc_ts_fast_strip::operate(&map, &handler, source, options);
-        let reports = std::mem::take(&mut *code_mode_protocol::sync::lock(&reports));
+        let reports = std::mem::take(&mut *code_mode_internal::sync::lock(&reports));
         let located: Vec<(String, Option<Position>)> = reports
             .into_iter()
             .map(|(message, start)| (message, start.map(|start| position(&map, start))))

@@ -10,7 +10,7 @@
 //! reports the runtime lost and starts a fresh one.
 
 use super::CellControl;
-use code_mode_protocol::sync::lock;
+use code_mode_internal::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;

@@ -22,16 +22,18 @@ use crate::runtime::{
     CellConfig, EVENT_CHANNEL_CAPACITY, IsolateShelf, StoredValues, spawn_cell_on,
 };
 use actor::{ActorRequest, Answer, CellActor, Journal, Observer, Returnable, Routing};
-use code_mode_protocol::calls::StartedWith;
+use code_mode_internal::calls::StartedWith;
+use code_mode_internal::futures::measure;
+use code_mode_internal::sync::lock;
+use code_mode_internal::{CallHooks, CallTarget, SessionCall, SessionReply};
 use code_mode_protocol::journal::{CellJournal, JournalEntry};
-use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms, measure};
+use code_mode_protocol::session::{DEFAULT_YIELD_TIME_MS, effective_yield_time_ms};
 use code_mode_protocol::stored::CommittedValues;
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{AdmittedHook, CallId, JsonText, ToolError};
 use code_mode_protocol::{
-    BoxFuture, CallHooks, CallTarget, CellId, CellResponse, CodeModeProvider, CodeModeSession,
-    CodeModeSessionDelegate, ExecHooks, ExecRequest, PendingOutcome, RuntimeFailure, SessionCall,
-    SessionError, SessionOptions, SessionReply, StartedCell, StartedPendingCell, WaitRequest,
+    BoxFuture, CellId, CellResponse, CodeModeProvider, CodeModeSession, CodeModeSessionDelegate,
+    ExecHooks, ExecRequest, PendingOutcome, RuntimeFailure, SessionError, SessionOptions,
+    StartedCell, StartedPendingCell, WaitRequest,
 };
 use code_mode_trace::traced::{CellTraces, Traced};
 use search::{SearchCache, SearchableTools};
@@ -191,7 +193,7 @@ impl Shared {
         hooks: ExecHooks,
         observer: impl FnOnce(Instant) -> Observer,
     ) -> Result<CellId, SessionError> {
-        code_mode_protocol::hop!("exec called");
+        code_mode_internal::hop!("exec called");
         let mut registry = lock(&self.registry);
         if registry.shutting_down {
             return Err(SessionError::ShuttingDown);
@@ -228,7 +230,7 @@ impl Shared {
         };
         let runtime = spawn_cell_on(config.clone(), events_tx, self.shelf.clone())
             .map_err(|e| SessionError::Runtime(RuntimeFailure::caused_by(e)))?;
-        code_mode_protocol::hop!("cell handed to its thread");
+        code_mode_internal::hop!("cell handed to its thread");
         registry.last_cell_id += 1;
         // The exec clock starts when the cell starts.
         let observer = observer(self.deadline(request.yield_time_ms));
@@ -562,9 +564,9 @@ trait TakeOnce: Send {
     fn take(self: Box<Self>);
 }
 
-impl<T: Send> TakeOnce for code_mode_protocol::delivery::Delivery<T> {
+impl<T: Send> TakeOnce for code_mode_internal::delivery::Delivery<T> {
     fn sent(&self) {
-        code_mode_protocol::delivery::Delivery::sent(self);
+        code_mode_internal::delivery::Delivery::sent(self);
     }
 
     fn take(self: Box<Self>) {
@@ -710,7 +712,7 @@ impl InProcessSession {
             Observer::yielding(deadline, preempt, reply)
         })?;
         let answer = answer.await.map_err(|_| actor_lost(&cell_id))?;
-        code_mode_protocol::hop!("exec answered");
+        code_mode_internal::hop!("exec answered");
         Ok((cell_id, answer))
     }
 

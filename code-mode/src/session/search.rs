@@ -13,10 +13,10 @@
 //! the same set ([`SearchCache`]), so a session with thousands of deferred tools builds
 //! their index once, not per exec.
 
+use code_mode_internal::sync::lock;
 use code_mode_protocol::search::{
     DEFAULT_SEARCH_LIMIT, LIMIT_NOT_POSITIVE, QUERY_EMPTY, TOOL_SEARCH_NAME, tool_search_definition,
 };
-use code_mode_protocol::sync::lock;
 use code_mode_protocol::{JsonText, ToolDefinition, ToolError, js_tool_name};
 use serde_json::{Value, json};
 use std::collections::HashMap;

@@ -20,8 +20,8 @@ use crate::front::{
 /// The pending-delegate-calls limit of a JSON session (its `session/open` has no such
 /// field; gRPC's `OpenSession` sends its own).
 const JSON_MAX_PENDING_DELEGATE_CALLS: u64 = 4096;
-use code_mode_host::protocol::sync::lock;
 use code_mode_host::protocol::{JsonText, ToolError, ToolKind};
+use code_mode_internal::sync::lock;
 use code_mode_surface::json::item_json;
 use messages::{DelegateResult, Hello, Incoming};
 use serde_json::{Value, json};

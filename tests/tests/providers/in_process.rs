@@ -410,8 +410,8 @@ mod hibernation {
 mod resume {
     use code_mode::{InProcessConfig, InProcessProvider};
     use code_mode_conformance::{Record, TestDelegate};
+    use code_mode_internal::sync::lock;
     use code_mode_protocol::journal::{CellJournal, JournalBuilder, JournalEntry};
-    use code_mode_protocol::sync::lock;
     use code_mode_protocol::{
         BoxFuture, CallId, CellId, CellResponse, CodeModeProvider, CodeModeSession,
         CodeModeSessionDelegate, ContentItem, ExecRequest, JsonText, NestedToolCall,

@@ -821,7 +821,7 @@ helper! {
                 .insert(id.number(), v8::Global::new(scope, resolver));
             id
         };
-        code_mode_protocol::hop!("cell thread emits the tool call");
+        code_mode_internal::hop!("cell thread emits the tool call");
         emit(
             state,
             CellEvent::ToolCall(ToolCallRequest {

@@ -5,7 +5,7 @@
 
 use super::acks::Ack;
 use super::*;
-use code_mode_protocol::delivery::{Delivery, Receipt};
+use code_mode_internal::delivery::{Delivery, Receipt};
 
 /// An answer of the actor: a [`Delivery`] of the result, acknowledged when the caller
 /// takes it, which lets the actor start the cell's next delegate callbacks. An answer

@@ -98,7 +98,7 @@ impl Callbacks {
 
 impl CellActor {
     pub(super) fn start_tool_call(&mut self, call: ToolCallRequest) {
-        code_mode_protocol::hop!("actor has the tool call");
+        code_mode_internal::hop!("actor has the tool call");
         let call_id = call.id;
         self.frontier.calls_since_frontier.push(call_id);
         if call.name == TOOL_SEARCH_NAME
@@ -144,7 +144,7 @@ impl CellActor {
                 None => until_cancelled(&token, delegate.invoke_tool(request, token.clone())).await,
             };
             if let Some(result) = answer {
-                code_mode_protocol::hop!("delegate answered");
+                code_mode_internal::hop!("delegate answered");
                 let _ = internal.send(Internal::ToolDone { id, result });
             }
         });
@@ -183,7 +183,7 @@ impl CellActor {
             return;
         }
         if let Internal::ToolDone { id, result } = message {
-            code_mode_protocol::hop!("actor has the answer");
+            code_mode_internal::hop!("actor has the answer");
             self.route(CellCommand::ToolResult { id, result });
         }
     }

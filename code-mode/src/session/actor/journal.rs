@@ -37,13 +37,13 @@ static PERTURB_REPLAYED_CALLS: Mutex<Option<String>> = Mutex::new(None);
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub fn perturb_replayed_calls(marker: Option<&str>) {
-    *code_mode_protocol::sync::lock(&PERTURB_REPLAYED_CALLS) = marker.map(str::to_owned);
+    *code_mode_internal::sync::lock(&PERTURB_REPLAYED_CALLS) = marker.map(str::to_owned);
 }
 
 /// Whether the test hook perturbs a replayed call with this argument.
 #[cfg(feature = "test-hooks")]
 fn perturbed(input: Option<&str>) -> bool {
-    let marker = code_mode_protocol::sync::lock(&PERTURB_REPLAYED_CALLS);
+    let marker = code_mode_internal::sync::lock(&PERTURB_REPLAYED_CALLS);
     match (marker.as_deref(), input) {
         (Some(marker), Some(input)) => input.contains(marker),
         _ => false,

@@ -46,8 +46,8 @@ use acks::Unacked;
 pub(crate) use answers::{Answer, Observer, Returnable, TerminateReply};
 use answers::{GivenBack, send_answer};
 use callbacks::{Callbacks, Timers, cancelled_some, sleep_until_some, start_now};
-use code_mode_protocol::delivery::Delivery;
-use code_mode_protocol::session::{poll_once, until_cancelled};
+use code_mode_internal::delivery::Delivery;
+use code_mode_internal::futures::{poll_once, until_cancelled};
 use code_mode_protocol::{
     BoxFuture, CallId, CellFailure, CellId, CellResponse, CodeModeSessionDelegate, ContentItem,
     FailureKind, JsonText, NestedToolCall, PendingOutcome, SessionError, ToolError,
@@ -475,7 +475,7 @@ impl CellActor {
                 self.consider_hibernation();
             }
             CellEvent::Finished(outcome) => {
-                code_mode_protocol::hop!("actor has the end");
+                code_mode_internal::hop!("actor has the end");
                 self.on_finished(outcome);
             }
         }

@@ -9,8 +9,8 @@
 //! only parses its own message format into a `SessionCall` and renders the `SessionReply`
 //! (the JSON forms are in the `code-mode-surface` crate's `json` module).
 
-use crate::ids::CellId;
-use crate::session::{
+use code_mode_protocol::ids::CellId;
+use code_mode_protocol::session::{
     AdmittedHook, BoxFuture, CellResponse, CodeModeSession, ExecHooks, ExecRequest, PendingOutcome,
     SessionError, StartedCell, StartedPendingCell, WaitRequest,
 };
