@@ -3,17 +3,20 @@
 //! runtime process the wheel ships (or, built with the `in-process` feature and asked
 //! for, on V8 in the Python process), driven from Python.
 //!
-//! `session` is the session and its blocking and callback forms; `delegate` hands nested
-//! calls to the Python dispatcher and takes their answers back (and says which wait on a
-//! person); `approvals` lists and decides the calls that wait on a person in a state
-//! directory; `options` reads what Python passes (the options typed, tools and values as JSON); `runtime` holds the tokio
-//! runtime and the shared providers; `tracing_setup` exports spans; `errors` the exceptions. Everything a Python user sees of the API is written in Python
-//! over these.
+//! `session` is the session and its blocking and callback forms; `response` the typed
+//! answer of a cell it returns (`Response`, `Item`); `delegate` hands nested calls to the
+//! Python dispatcher and takes their answers back (and says which wait on a person);
+//! `approvals` lists and decides the calls that wait on a person in a state directory;
+//! `options` reads what Python passes (the options typed, tools and values as JSON);
+//! `runtime` holds the tokio runtime and the shared providers; `tracing_setup` exports
+//! spans; `errors` the exceptions. Everything a Python user sees of the API is written in
+//! Python over these.
 
 mod approvals;
 mod delegate;
 mod errors;
 mod options;
+mod response;
 mod runtime;
 mod session;
 mod tracing_setup;
@@ -26,6 +29,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<session::NativeSession>()?;
     module.add_class::<session::ExecHandle>()?;
     module.add_class::<options::NativeOptions>()?;
+    module.add_class::<response::NativeResponse>()?;
+    module.add_class::<response::NativeItem>()?;
     module.add_function(wrap_pyfunction!(runtime::kept_sessions, module)?)?;
     module.add_function(wrap_pyfunction!(approvals::pending_approvals, module)?)?;
     module.add_function(wrap_pyfunction!(approvals::decide_approval, module)?)?;

@@ -6,12 +6,14 @@
 //! state directory's approvals with the GIL released (`AsyncSession` runs them in an
 //! executor).
 //!
-//! Answers cross as JSON text: a cell response in the JSON form every front end shares
-//! (`code_mode_surface::json`), with `model_items` beside it, the text a model reads for
-//! it (the formatter's, within the exec's `max_output_tokens`).
+//! A cell's answer crosses typed: a `_native.Response` ([`NativeResponse`]), which holds the
+//! text a model reads of it too (the formatter's, within the exec's `max_output_tokens`);
+//! a call that fails raises (to the callback: passes) the exception of its error. The
+//! stored values, the tool specs and the approvals still cross as JSON text.
 
 use crate::delegate::{Answers, PyDelegate};
 use crate::errors::raise;
+use crate::response::NativeResponse;
 use crate::tracing_setup::call_span;
 use code_mode_host::state::ApprovalError;
 use code_mode_host::{HostedSession, Interrupted, RuntimeSession, StoredSession};
@@ -21,11 +23,11 @@ use code_mode_protocol::{
 };
 use code_mode_surface::{
     Catalog, DEFAULT_MAX_OUTPUT_TOKENS, ToolDescription, UnavailableSource, exec_tool_spec_of,
-    format_response, parse_exec_source, wait_tool_spec,
+    parse_exec_source, wait_tool_spec,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -196,7 +198,7 @@ impl NativeSession {
     }
 
     /// Runs a cell (its first line may be the `// @exec:` pragma) until it completes or
-    /// yields; returns the response's JSON. `traceparent`: the span the call hangs under.
+    /// yields; returns its response. `traceparent`: the span the call hangs under.
     #[pyo3(signature = (source, yield_time_ms=None, traceparent=None))]
     fn exec(
         &self,
@@ -204,7 +206,7 @@ impl NativeSession {
         source: &str,
         yield_time_ms: Option<u64>,
         traceparent: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<NativeResponse> {
         let run = self.exec_future(source, yield_time_ms, CancellationToken::new())?;
         block(py, run, call_span("exec", traceparent))
     }
@@ -232,7 +234,7 @@ impl NativeSession {
         cell_id: &str,
         yield_time_ms: Option<u64>,
         traceparent: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<NativeResponse> {
         let run = self.wait_future(cell_id, yield_time_ms)?;
         block(py, run, call_span("wait", traceparent))
     }
@@ -257,7 +259,7 @@ impl NativeSession {
         py: Python<'_>,
         cell_id: &str,
         traceparent: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<NativeResponse> {
         let run = self.terminate_future(cell_id)?;
         block(py, run, call_span("terminate", traceparent))
     }
@@ -422,7 +424,7 @@ impl NativeSession {
         let admitted: Arc<(Mutex<Option<CellId>>, tokio::sync::Notify)> = Arc::default();
         let seen = Arc::clone(&admitted);
         let hooks = ExecHooks::default().on_admitted(move |cell_id| {
-            *code_mode_protocol::sync::lock(&seen.0) = Some(cell_id.clone());
+            *code_mode_internal::sync::lock(&seen.0) = Some(cell_id.clone());
             seen.1.notify_one();
         });
         Ok(async move {
@@ -433,7 +435,7 @@ impl NativeSession {
                 () = cancel.cancelled() => {}
             }
             let cell_id = loop {
-                if let Some(cell_id) = code_mode_protocol::sync::lock(&admitted.0).clone() {
+                if let Some(cell_id) = code_mode_internal::sync::lock(&admitted.0).clone() {
                     break cell_id;
                 }
                 tokio::select! {
@@ -481,44 +483,35 @@ impl NativeSession {
     }
 }
 
-/// A response as Python reads it: the shared JSON form, and the model's text of it.
-fn response_text(response: &CellResponse, budget: u64) -> String {
-    let mut value = code_mode_surface::json::response_json(response);
-    let model = format_response(response, budget);
-    value["model_items"] = code_mode_surface::json::items_json(&model);
-    value.to_string()
-}
-
 /// Runs `run` to its end under `span`, with the GIL released.
 fn block(
     py: Python<'_>,
     run: impl Future<Output = Answer> + Send + 'static,
     span: tracing::Span,
-) -> PyResult<String> {
+) -> PyResult<NativeResponse> {
     let run = tracing::Instrument::instrument(run, span);
     match py.detach(|| crate::runtime::tokio().block_on(run)) {
-        Ok((response, budget)) => Ok(response_text(&response, budget)),
+        Ok((response, budget)) => Ok(NativeResponse::new(&response, budget)),
         Err(error) => Err(raise(&error)),
     }
 }
 
-/// Runs `run` on the runtime and calls `done(True, response)` or `done(False, error)`
-/// (the error as `{"kind": ..., "message": ...}`) once, with the GIL.
+/// Runs `run` on the runtime and calls `done(True, response)` (a `_native.Response`) or
+/// `done(False, exception)` (the exception the blocking form raises) once, with the GIL.
 fn spawn(run: impl Future<Output = Answer> + Send + 'static, done: Py<PyAny>, span: tracing::Span) {
     let run = tracing::Instrument::instrument(run, span);
     crate::runtime::tokio().spawn(async move {
-        let (ok, payload) = match run.await {
-            Ok((response, budget)) => (true, response_text(&response, budget)),
-            Err(error) => {
-                let (kind, message) = crate::errors::describe(&error);
-                (
-                    false,
-                    json!({ "kind": kind, "message": message }).to_string(),
-                )
-            }
-        };
+        let answer = run
+            .await
+            .map(|(response, budget)| NativeResponse::new(&response, budget));
         Python::attach(|py| {
-            if let Err(error) = done.call1(py, (ok, payload)) {
+            let called = match answer {
+                Ok(response) => {
+                    Py::new(py, response).and_then(|response| done.call1(py, (true, response)))
+                }
+                Err(error) => done.call1(py, (false, raise(&error).into_value(py))),
+            };
+            if let Err(error) = called {
                 error.print(py);
             }
         });

@@ -213,6 +213,52 @@ def test_options_cross_typed_and_a_bad_one_is_refused_by_name():
     assert result.failure == "cpu_budget", result
 
 
+def test_a_cells_answer_crosses_typed_finished_failed_and_pending(tmp_path):
+    from code_mode import _native
+
+    png = "data:image/png;base64,iVBORw0KGgo="
+    with code_mode.Session([add]) as session:
+        finished = session._native.exec(f"text(await tools.add({{a: 1, b: 2}})); image('{png}', 'low')")
+        assert isinstance(finished, _native.Response)
+        assert (finished.kind, finished.error_text, finished.failure, finished.missing_cell) == (
+            "result", None, None, False,
+        )
+        text, image = finished.content_items
+        assert (text.kind, text.text, text.image_url) == ("input_text", "3", None)
+        assert (image.kind, image.image_url, image.detail, image.text) == ("input_image", png, "low", None)
+        assert finished.wall_time_ms > 0
+        assert finished.model_items[0].kind == "input_text"
+        assert finished.model_items[0].text.startswith("Script completed")
+
+        failed = session._native.exec("text('before'); throw new Error('boom')")
+        assert (failed.kind, failed.failure, failed.missing_cell) == ("result", "script_error", False)
+        assert "boom" in failed.error_text
+        assert [item.text for item in failed.content_items] == ["before"]
+        assert failed.cell_id != finished.cell_id
+
+        pending = session._native.exec("text('one'); await new Promise((r) => setTimeout(r, 60000))", 50)
+        assert (pending.kind, pending.error_text, pending.failure) == ("yielded", None, None)
+        assert [item.text for item in pending.content_items] == ["one"]
+        # The public Result is made of it, as before.
+        result = session.wait(pending.cell_id, yield_time_ms=50)
+        assert (result.cell_id, result.status, result.error, result.items) == (pending.cell_id, "running", None, [])
+        assert result.model_text.startswith(f"Script running with cell ID {pending.cell_id}\n")
+        assert pending.model_items[0].text.startswith(f"Script running with cell ID {pending.cell_id}\n")
+        stopped = session._native.terminate(pending.cell_id)
+        assert (stopped.kind, stopped.cell_id, stopped.failure) == ("terminated", pending.cell_id, None)
+
+        missing = session._native.wait("999")
+        assert (missing.kind, missing.failure, missing.missing_cell) == ("result", "not_found", True)
+
+    # An async call's error crosses as its exception.
+    async def main():
+        async with code_mode.AsyncSession(runtime=tmp_path / "no-such-runtime") as session:
+            await session.exec("text(1)")
+
+    with pytest.raises(code_mode.RuntimeUnavailable, match="to fix it"):
+        asyncio.run(main())
+
+
 def test_unknown_options_and_a_closed_session_are_refused():
     with pytest.raises(TypeError, match="heap_gb"):
         code_mode.Session(heap_gb=1)

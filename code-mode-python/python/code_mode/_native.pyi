@@ -18,7 +18,33 @@ class _Dispatcher(Protocol):
     def dispatch(self, token: int, name: str, input_json: str | None, cell_id: str) -> None: ...
     def cancel(self, token: int) -> None: ...
 
-_Done = Callable[[bool, str], None]
+class Item:
+    """One content item: ``kind`` is ``input_text`` (``text``), ``input_image``
+    (``image_url``, ``detail``) or ``input_audio`` (``audio_url``); the other fields are
+    ``None``."""
+
+    kind: str
+    text: str | None
+    image_url: str | None
+    detail: str | None
+    audio_url: str | None
+
+class Response:
+    """What one observation of a cell answered, typed: ``kind`` is ``result``, ``yielded``
+    or ``terminated``; ``model_items`` the answer as a model reads it."""
+
+    cell_id: str
+    kind: str
+    content_items: list[Item]
+    error_text: str | None
+    failure: str | None
+    missing_cell: bool
+    wall_time_ms: float
+    model_items: list[Item]
+
+# An async call's answer: the response, or (``ok`` false) the exception of its error.
+_Answer = Response | BaseException
+_Done = Callable[[bool, _Answer], None]
 
 class ExecHandle:
     def cancel(self) -> None: ...
@@ -64,15 +90,15 @@ class NativeSession:
         state: tuple[str, str, bool] | None = None,
         in_process: bool = False,
     ) -> None: ...
-    def exec(self, source: str, yield_time_ms: int | None = None, traceparent: str | None = None) -> str: ...
+    def exec(self, source: str, yield_time_ms: int | None = None, traceparent: str | None = None) -> Response: ...
     def exec_async(
         self, source: str, yield_time_ms: int | None, done: _Done, traceparent: str | None = None
     ) -> ExecHandle: ...
-    def wait(self, cell_id: str, yield_time_ms: int | None = None, traceparent: str | None = None) -> str: ...
+    def wait(self, cell_id: str, yield_time_ms: int | None = None, traceparent: str | None = None) -> Response: ...
     def wait_async(
         self, cell_id: str, yield_time_ms: int | None, done: _Done, traceparent: str | None = None
     ) -> None: ...
-    def terminate(self, cell_id: str, traceparent: str | None = None) -> str: ...
+    def terminate(self, cell_id: str, traceparent: str | None = None) -> Response: ...
     def terminate_async(self, cell_id: str, done: _Done, traceparent: str | None = None) -> None: ...
     def stored_values(self) -> str: ...
     def answer(self, token: int, ok: bool, text: str) -> bool: ...

@@ -41,13 +41,6 @@ RuntimeUnavailable = _native.RuntimeUnavailable
 RuntimeLost = _native.RuntimeLost
 SessionClosed = _native.SessionClosed
 
-_ERRORS = {
-    "CodeModeError": CodeModeError,
-    "RuntimeUnavailable": RuntimeUnavailable,
-    "RuntimeLost": RuntimeLost,
-    "SessionClosed": SessionClosed,
-}
-
 # Failures that are a limit reached rather than the script's own error.
 _LIMITS = {"out_of_memory", "cpu_budget"}
 
@@ -77,13 +70,16 @@ class AudioItem:
 Item = Union[TextItem, ImageItem, AudioItem]
 
 
-def _item(value: Mapping[str, Any]) -> Item:
-    kind = value["type"]
-    if kind == "input_text":
-        return TextItem(value["text"])
-    if kind == "input_image":
-        return ImageItem(value["image_url"], value.get("detail", "auto"))
-    return AudioItem(value["audio_url"])
+def _item(item: _native.Item) -> Item:
+    if item.kind == "input_text":
+        return TextItem(item.text or "")
+    if item.kind == "input_image":
+        return ImageItem(item.image_url or "", item.detail or "auto")
+    return AudioItem(item.audio_url or "")
+
+
+# A response's kind (the API's) as a ``Result``'s status.
+_STATUS = {"result": "completed", "yielded": "running", "terminated": "terminated"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,26 +122,19 @@ class Result:
         raise CellError(self.error)
 
     @classmethod
-    def _from_json(cls, payload: str) -> "Result":
-        value = json.loads(payload)
-        status = {"result": "completed", "yielded": "running", "terminated": "terminated"}[value["type"]]
-        error = value.get("error_text") or None
+    def _of(cls, response: _native.Response) -> "Result":
+        """The result of the native session's typed answer."""
         return cls(
-            cell_id=str(value["cell_id"]),
-            items=[_item(item) for item in value["content_items"]],
-            status=status,  # type: ignore[arg-type]
-            error=error,
-            failure=value.get("failure"),
-            wall_time_ms=value["wall_time_ms"],
+            cell_id=response.cell_id,
+            items=[_item(item) for item in response.content_items],
+            status=_STATUS[response.kind],  # type: ignore[arg-type]
+            error=response.error_text or None,
+            failure=response.failure,
+            wall_time_ms=response.wall_time_ms,
             model_text="\n".join(
-                item["text"] for item in value["model_items"] if item["type"] == "input_text"
+                item.text or "" for item in response.model_items if item.kind == "input_text"
             ),
         )
-
-
-def _raise(payload: str) -> None:
-    error = json.loads(payload)
-    raise _ERRORS.get(error["kind"], CodeModeError)(error["message"])
 
 
 def _traceparent() -> str | None:
@@ -391,15 +380,15 @@ class Session(_Base):
     def exec(self, source: str, *, yield_time_ms: int | None = None) -> Result:
         """Runs a cell until it completes or yields (its first line may be the
         ``// @exec:`` pragma)."""
-        return Result._from_json(self._native.exec(source, yield_time_ms, _traceparent()))
+        return Result._of(self._native.exec(source, yield_time_ms, _traceparent()))
 
     def wait(self, cell_id: str, *, yield_time_ms: int | None = None) -> Result:
         """Waits on a running cell until it completes or yields again."""
-        return Result._from_json(self._native.wait(cell_id, yield_time_ms, _traceparent()))
+        return Result._of(self._native.wait(cell_id, yield_time_ms, _traceparent()))
 
     def terminate(self, cell_id: str) -> Result:
         """Stops a running cell; the result holds what it output and had not returned."""
-        return Result._from_json(self._native.terminate(cell_id, _traceparent()))
+        return Result._of(self._native.terminate(cell_id, _traceparent()))
 
     def pending_approvals(self) -> list[Approval]:
         """This session's calls that wait on a person (tools with ``approval=True``, a tools
@@ -453,22 +442,22 @@ class AsyncSession(_Base):
             loop = None
         super().__init__(tools, loop, stored_values, runtime, (tools_file, builtins), options)
 
-    async def _call(self, start: Callable[[Callable[[bool, str], None]], Any]) -> Result:
+    async def _call(self, start: Callable[[_native._Done], Any]) -> Result:
         loop = asyncio.get_running_loop()
         if self._dispatcher.loop is None:
             self._dispatcher.loop = loop
-        future: asyncio.Future[tuple[bool, str]] = loop.create_future()
+        future: asyncio.Future[tuple[bool, _native._Answer]] = loop.create_future()
 
-        def settle(ok: bool, payload: str) -> None:
+        def settle(ok: bool, payload: _native._Answer) -> None:
             if not future.done():
                 future.set_result((ok, payload))
 
-        def done(ok: bool, payload: str) -> None:  # on a native thread
+        def done(ok: bool, payload: _native._Answer) -> None:  # on a native thread
             loop.call_soon_threadsafe(settle, ok, payload)
 
         handle = start(done)
         try:
-            ok, payload = await future
+            _, payload = await future
         except asyncio.CancelledError:
             if handle is not None:
                 # The cell is terminated; the cancellation ends once it is, so that the
@@ -479,9 +468,9 @@ class AsyncSession(_Base):
                 except BaseException:  # noqa: BLE001 - only the wait is of interest
                     pass
             raise
-        if not ok:
-            _raise(payload)
-        return Result._from_json(payload)
+        if isinstance(payload, BaseException):
+            raise payload
+        return Result._of(payload)
 
     async def exec(self, source: str, *, yield_time_ms: int | None = None) -> Result:
         """Runs a cell until it completes or yields; cancelling the await terminates it."""
