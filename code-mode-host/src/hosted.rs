@@ -6,10 +6,9 @@
 //! their provider.
 
 use crate::connection::{
-    Connection, ExecJournal, FromResponse, LostCell, Opening, Placed, RequestHooks, Resumable,
+    Connection, ExecJournal, FromResponse, LostCells, Opening, Placed, RequestHooks, Resumable,
 };
 use crate::error::HostError;
-use crate::lost::LostCells;
 use code_mode_internal::SessionCall;
 use code_mode_internal::futures::measure;
 use code_mode_internal::sync::lock;
@@ -89,8 +88,8 @@ pub struct HostedSession {
     /// The committed stored values, as the runtimes reported them.
     stored: Arc<Mutex<CommittedValues>>,
     /// What became of the cells lost with a runtime (rebuilt, finished, dead), by the id
-    /// the agent core knows.
-    lost: LostCells,
+    /// the agent core knows: the connection tells it of a loss when the loss happens.
+    lost: Arc<LostCells>,
     /// The remote session, once opened, and its placement.
     binding: Mutex<Option<(Placed, SessionId)>>,
     /// Serializes opening the remote session.
@@ -126,7 +125,7 @@ impl HostedSession {
             delegate,
             options,
             stored: Arc::new(Mutex::new(CommittedValues::new(stored_values))),
-            lost: LostCells::default(),
+            lost: Arc::default(),
             binding: Mutex::new(None),
             bind_lock: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -156,48 +155,9 @@ impl HostedSession {
         lock(&self.stored).to_values()
     }
 
-    /// Lets go of a runtime that was lost, remembering the cells that died with it.
-    fn forget_lost_runtime(&self) {
-        let mut binding = lock(&self.binding);
-        let Some((placed, session)) = &*binding else {
-            return;
-        };
-        let Some(cause) = placed.connection.lost_cause() else {
-            return;
-        };
-        let lost = placed.connection.take_lost_cells(*session);
-        *binding = None;
-        drop(binding);
-        for LostCell {
-            cell_id,
-            resumable,
-            answer,
-            span,
-        } in lost
-        {
-            if let Some(answer) = answer {
-                self.lost.finished(cell_id, answer);
-                continue;
-            }
-            under(&span, || {
-                tracing::warn!(
-                    parent: &span,
-                    cause = %cause,
-                    rebuildable = resumable.is_some(),
-                    "runtime lost"
-                );
-            });
-            match resumable {
-                Some(resumable) => self.lost.to_rebuild(cell_id, Arc::new(resumable)),
-                None => self.lost.bury(cell_id, cause.clone()),
-            }
-        }
-    }
-
     /// Whether `cell_id` was lost with its runtime and is to be rebuilt (or was rebuilt
     /// since): a call on it that failed with the loss goes again.
     fn rebuilds(&self, cell_id: &CellId) -> bool {
-        self.forget_lost_runtime();
         self.lost.rebuilds(cell_id)
     }
 
@@ -226,7 +186,6 @@ impl HostedSession {
     /// A call on a lost cell gives up (its runtimes kept being lost): the cell is dead
     /// from now on, and never rebuilt later behind its caller's back.
     fn give_up(&self, cell_id: &CellId, cause: &str) {
-        self.forget_lost_runtime();
         self.lost.give_up(cell_id, cause);
     }
 
@@ -285,13 +244,12 @@ impl HostedSession {
 
     /// What [`crate::durable`] takes of the cells running on the session's runtime now.
     pub(crate) fn bound_durable_cells(&self) -> Vec<code_mode_protocol::durable::DurableCell> {
-        self.forget_lost_runtime();
-        let bound = lock(&self.binding)
-            .as_ref()
-            .map(|(placed, session)| (Arc::clone(&placed.connection), *session));
-        bound.map_or_else(Vec::new, |(connection, session)| {
-            connection.durable_cells(session)
-        })
+        match self.binding_for(false) {
+            Binding::Serves(connection, session) | Binding::Leaving(connection, session) => {
+                connection.durable_cells(session)
+            }
+            Binding::None => Vec::new(),
+        }
     }
 
     /// The cells lost with a runtime (or restored) and not rebuilt yet.
@@ -315,8 +273,6 @@ impl HostedSession {
     /// nobody observing it, or the one kept when the runtime was lost after the cell had
     /// finished. The observation gets it as the runtime would have given it.
     fn held_answer(&self, cell_id: &CellId) -> Option<CellResponse> {
-        // A lost runtime is forgotten first: that is when its finished cells' answers are
-        // kept.
         let binding = self.binding_for(false);
         if let Some(answer) = self.lost.take_finished(cell_id) {
             return Some(answer);
@@ -335,15 +291,20 @@ impl HostedSession {
 
     /// The runtime-lost error for a cell that died with its runtime.
     fn dead_cell(&self, cell_id: &CellId) -> Option<SessionError> {
-        self.forget_lost_runtime();
         self.lost.dead(cell_id).map(SessionError::RuntimeLost)
     }
 
-    /// The session's binding as it stands (a lost runtime's forgotten first), for a call
-    /// that starts a cell (`moving`) or not.
+    /// The session's binding as it stands, for a call that starts a cell (`moving`) or
+    /// not. A lost runtime is let go of here, the one place: its cells' fates are in
+    /// [`LostCells`] already, told by the connection when it was lost.
     fn binding_for(&self, moving: bool) -> Binding {
-        self.forget_lost_runtime();
-        let binding = lock(&self.binding);
+        let mut binding = lock(&self.binding);
+        if binding
+            .as_ref()
+            .is_some_and(|(placed, _)| placed.connection.is_lost())
+        {
+            *binding = None;
+        }
         let Some((placed, session)) = &*binding else {
             return Binding::None;
         };
@@ -405,6 +366,7 @@ impl HostedSession {
                 opening: Some(Opening {
                     delegate: Arc::clone(&self.delegate),
                     stored: Arc::clone(&self.stored),
+                    lost: Arc::downgrade(&self.lost),
                 }),
                 ..RequestHooks::default()
             };

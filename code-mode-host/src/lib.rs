@@ -22,7 +22,6 @@ mod error;
 mod faults;
 mod hosted;
 pub mod kept;
-mod lost;
 mod prelaunch;
 mod process;
 mod provider;

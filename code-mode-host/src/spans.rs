@@ -180,15 +180,19 @@ impl SentTraces {
         admitted
     }
 
-    /// Checks spans a runtime handed back and exports each whose parent is known, with
-    /// its own ids and times; one whose parent is the runtime's and has not come yet
-    /// waits for it. Spans of traces never sent, or over the rate, are dropped.
-    pub(crate) fn export(&mut self, records: Vec<SpanRecord>) -> Result<(), SpanRefusal> {
-        // One tracer for the whole batch: the global provider's, taken once a span is
-        // exported (each take locks the global provider and makes a boxed tracer).
-        let mut tracer = None;
+    /// Checks spans a runtime handed back: those to export now ([`emit_all`]), in order,
+    /// each whose parent is known; one whose parent is the runtime's and has not come yet
+    /// waits for it. Spans of traces never sent, or over the rate, are dropped. A span that
+    /// breaks the rules ends the check with its refusal, beside what was ready before it.
+    pub(crate) fn admit_batch(
+        &mut self,
+        records: Vec<SpanRecord>,
+    ) -> (Vec<SpanRecord>, Option<SpanRefusal>) {
+        let mut out = Vec::new();
         for record in records {
-            check_bounds(&record)?;
+            if let Err(refusal) = check_bounds(&record) {
+                return (out, Some(refusal));
+            }
             let bytes = span_bytes(&record);
             if bytes > MAX_SPAN_BYTES {
                 self.over_budget += 1;
@@ -208,9 +212,10 @@ impl SentTraces {
             }
             let trace = self.traces.get_mut(&record.trace_id).expect("known above");
             if trace.sent.contains(&record.span_id) {
-                return Err(SpanRefusal::HostsId {
+                let refusal = SpanRefusal::HostsId {
                     span: hex(&record.span_id),
-                });
+                };
+                return (out, Some(refusal));
             }
             let waits = trace
                 .waiting
@@ -218,9 +223,10 @@ impl SentTraces {
                 .flatten()
                 .any(|w| w.span_id == record.span_id);
             if trace.returned.contains(&record.span_id) || waits {
-                return Err(SpanRefusal::IdAgain {
+                let refusal = SpanRefusal::IdAgain {
                     span: hex(&record.span_id),
-                });
+                };
+                return (out, Some(refusal));
             }
             let parent_known = trace.sent.contains(&record.parent_span_id)
                 || trace.returned.contains(&record.parent_span_id);
@@ -245,7 +251,6 @@ impl SentTraces {
                 continue;
             }
             // This span, then every span that waited for it (and for those), in turn.
-            let tracer = tracer.get_or_insert_with(|| opentelemetry::global::tracer(RUNTIME_SCOPE));
             let trace_id = record.trace_id;
             let mut ready = vec![record];
             while let Some(record) = ready.pop() {
@@ -258,10 +263,31 @@ impl SentTraces {
                     ready.extend(children);
                 }
                 self.spans += 1;
-                emit(tracer, record);
+                out.push(record);
             }
         }
-        Ok(())
+        (out, None)
+    }
+
+    /// [`Self::admit_batch`], then [`emit_all`]: the whole hand-back at once.
+    #[cfg(test)]
+    fn export(&mut self, records: Vec<SpanRecord>) -> Result<(), SpanRefusal> {
+        let (ready, refused) = self.admit_batch(records);
+        emit_all(ready);
+        refused.map_or(Ok(()), Err)
+    }
+}
+
+/// Exports spans [`SentTraces::admit_batch`] found ready, with their own ids and times.
+pub(crate) fn emit_all(records: Vec<SpanRecord>) {
+    if records.is_empty() {
+        return;
+    }
+    // One tracer for the whole batch: each take locks the global provider and makes a
+    // boxed tracer.
+    let tracer = opentelemetry::global::tracer(RUNTIME_SCOPE);
+    for record in records {
+        emit(&tracer, record);
     }
 }
 

@@ -85,16 +85,13 @@ pub(super) type LateCalls = HashMap<DelegateId, (Arc<LateAnswers>, Option<CallId
 
 /// What the connection keeps of cells that outlive a runtime, in its one state (under its
 /// one lock): the cells rebuilt here under the ids the agent core knows, and, once the
-/// runtime is lost, the cells that were running on it and their delegate calls still in
-/// flight.
+/// runtime is lost, the delegate calls still in flight of the cells that were running on
+/// it (the cells themselves went to their sessions' [`super::LostCells`]).
 #[derive(Default)]
 pub(super) struct Rebuilds {
     /// Cells resumed here from a lost runtime: their session and this runtime's id → the
     /// id the agent core knows.
     aliases: HashMap<(SessionId, CellId), CellId>,
-    /// Once lost: per session, the cells that were running, each rebuildable from its
-    /// journal or dead with the runtime.
-    lost_cells: HashMap<SessionId, Vec<LostCell>>,
     /// Once lost: the delegate calls of rebuildable cells still running, whose answers go
     /// to the cells' next incarnations.
     late_calls: LateCalls,
@@ -130,22 +127,12 @@ impl Rebuilds {
         (external.generation() == Some(generation)).then(|| external.in_generation(1))
     }
 
-    /// The runtime was lost: `lost` were running on it, and `late` are their calls that go
-    /// on. Returns the ids of those calls.
-    pub(super) fn lose(
-        &mut self,
-        lost: HashMap<SessionId, Vec<LostCell>>,
-        late: LateCalls,
-    ) -> HashSet<DelegateId> {
+    /// The runtime was lost: `late` are the calls of its rebuildable cells, which go on.
+    /// Returns their ids.
+    pub(super) fn lose(&mut self, late: LateCalls) -> HashSet<DelegateId> {
         let ids = late.keys().copied().collect();
-        self.lost_cells = lost;
         self.late_calls = late;
         ids
-    }
-
-    /// The cells of `session` lost with the runtime (taken: each is reported once).
-    pub(super) fn take_lost(&mut self, session: SessionId) -> Vec<LostCell> {
-        self.lost_cells.remove(&session).unwrap_or_default()
     }
 }
 

@@ -27,6 +27,7 @@
 mod answers;
 mod delegate;
 mod journals;
+mod lost;
 mod offers;
 mod violation;
 
@@ -49,6 +50,7 @@ use code_mode_wire::*;
 use futures_util::StreamExt;
 pub(crate) use journals::{ExecJournal, LateAnswers, LostCell, Resumable};
 use journals::{Kept, Rebuilds, ResumedHook};
+pub(crate) use lost::LostCells;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -123,12 +125,14 @@ struct PendingRequest {
     hooks: RequestHooks,
 }
 
-/// What the host keeps of a session being opened: its delegate, and its copy of the
-/// committed stored values, which `Committed` messages update.
+/// What the host keeps of a session being opened: its delegate, its copy of the
+/// committed stored values, which `Committed` messages update, and the owner of its lost
+/// cells' fates, told of each cell at once when the runtime is lost.
 #[derive(Clone)]
 pub(crate) struct Opening {
     pub(crate) delegate: Arc<dyn CodeModeSessionDelegate>,
     pub(crate) stored: Arc<Mutex<CommittedValues>>,
+    pub(crate) lost: Weak<LostCells>,
 }
 
 /// What a request carries for the host's side only.
@@ -165,6 +169,9 @@ struct SessionEntry {
     guards: HashMap<CellId, CellGuard>,
     /// The final answers the runtime offered, for the cells' next observation (`offers`).
     offers: HashMap<CellId, offers::Offer>,
+    /// Where its cells go when the runtime is lost (the session's [`LostCells`]); gone
+    /// with the session.
+    lost: Weak<LostCells>,
 }
 
 /// The last [`CLOSED_CELLS_KEPT`] cells a session closed: a late message about one (its
@@ -251,8 +258,11 @@ struct State {
     /// The ids of recently used tool sets, by address, so a caller that passes the same
     /// `Arc` to every exec is not hashed again.
     tool_set_ids: Vec<(std::sync::Weak<[ToolDefinition]>, ToolSetId)>,
-    /// Cells that outlive a runtime: those rebuilt here, and once lost, those to rebuild.
+    /// Cells that outlive a runtime: those rebuilt here, and once lost, their calls that
+    /// go on.
     rebuilds: Rebuilds,
+    /// The traces its requests carried: the runtime's spans are exported only in those.
+    sent_traces: crate::spans::SentTraces,
 }
 
 /// How many tool sets' ids a connection remembers by address.
@@ -277,10 +287,9 @@ pub(crate) struct Connection {
     /// Sessions placed on this runtime by a provider (bound or being bound).
     placed: AtomicUsize,
     /// The pinger and writer tasks, stopped when the connection is lost or dropped (the
-    /// pinger holds the outbox, which keeps the writer and so the stream alive).
-    tasks: Mutex<Vec<AbortHandle>>,
-    /// The traces its requests carried: the runtime's spans are exported only in those.
-    sent_traces: Mutex<crate::spans::SentTraces>,
+    /// pinger holds the outbox, which keeps the writer and so the stream alive). Fixed at
+    /// the start; aborting one twice does nothing.
+    tasks: Vec<AbortHandle>,
 }
 
 impl Drop for Connection {
@@ -363,8 +372,7 @@ impl Connection {
             draining: AtomicBool::new(false),
             left_by_drain: AtomicBool::new(false),
             placed: AtomicUsize::new(0),
-            tasks: Mutex::new(tasks),
-            sent_traces: Mutex::default(),
+            tasks,
         });
         tokio::spawn(read_loop(
             Arc::downgrade(&connection),
@@ -375,7 +383,7 @@ impl Connection {
     }
 
     fn stop_tasks(&self) {
-        for task in lock(&self.tasks).drain(..) {
+        for task in &self.tasks {
             task.abort();
         }
     }
@@ -445,13 +453,6 @@ impl Connection {
     /// Why the connection was lost, once it was.
     pub(crate) fn lost_cause(&self) -> Option<String> {
         self.lost.get().cloned()
-    }
-
-    /// The cells of `session` that were running when the connection was lost, as the
-    /// agent core knows them, each with its journal when it can be rebuilt (taken: each
-    /// is reported once).
-    pub(crate) fn take_lost_cells(&self, session: SessionId) -> Vec<LostCell> {
-        lock(&self.state).rebuilds.take_lost(session)
     }
 
     /// Whether `session` has nothing on this runtime that a move would leave behind: no
@@ -531,7 +532,9 @@ impl Connection {
             .then(|| crate::spans::trace_of(&tracing::Span::current()))
             .flatten();
         if let Some(trace) = &trace {
-            lock(&self.sent_traces).remember(trace.trace_id, trace.span_id);
+            lock(&self.state)
+                .sent_traces
+                .remember(trace.trace_id, trace.span_id);
         }
         if let Err(error) = self
             .outbox
@@ -674,9 +677,13 @@ impl Connection {
                 code_mode_internal::hop!("host has the offer");
                 kept
             }
-            ServerMessage::Spans(records) => lock(&self.sent_traces)
-                .export(records)
-                .map_err(Violation::Span),
+            ServerMessage::Spans(records) => {
+                // Checked and ordered under the lock; made spans outside it, since an
+                // exporter may take its time.
+                let (ready, refused) = lock(&self.state).sent_traces.admit_batch(records);
+                crate::spans::emit_all(ready);
+                refused.map_or(Ok(()), |refusal| Err(Violation::Span(refusal)))
+            }
             ServerMessage::Journal {
                 session,
                 cell_id,
@@ -743,7 +750,12 @@ impl Connection {
         if let Ok(response) = &result {
             match response {
                 Response::SessionOpened(session) => {
-                    let Some(Opening { delegate, stored }) = pending.hooks.opening.clone() else {
+                    let Some(Opening {
+                        delegate,
+                        stored,
+                        lost,
+                    }) = pending.hooks.opening.clone()
+                    else {
                         return Err(Violation::OpenedWithoutDelegate(*session));
                     };
                     let entry = SessionEntry {
@@ -755,6 +767,7 @@ impl Connection {
                         journals: HashMap::new(),
                         guards: HashMap::new(),
                         offers: HashMap::new(),
+                        lost,
                     };
                     if state.sessions.insert(*session, entry).is_some() {
                         return Err(Violation::OpenedTwice(*session));
@@ -864,24 +877,22 @@ impl Connection {
         let late;
         let state = {
             let mut state = lock(&self.state);
-            // The lost cells are known before the loss is: a caller that gets the error
-            // and asks about its cell at once finds it among them.
+            // Each session's owner of its lost cells is told of them before the loss is
+            // known: a caller that gets the error and asks about its cell at once finds
+            // its fate there.
             let mut late_calls = HashMap::new();
             let State {
                 sessions, rebuilds, ..
             } = &mut *state;
-            let lost: HashMap<SessionId, Vec<LostCell>> = sessions
-                .iter_mut()
-                .map(|(session, entry)| {
-                    let external =
-                        |cell_id: &CellId| rebuilds.external(self.generation, *session, cell_id);
-                    (
-                        *session,
-                        entry.lost_cells(external, &mut late_calls, &mut closing),
-                    )
-                })
-                .collect();
-            late = rebuilds.lose(lost, late_calls);
+            for (session, entry) in sessions.iter_mut() {
+                let external =
+                    |cell_id: &CellId| rebuilds.external(self.generation, *session, cell_id);
+                let cells = entry.lost_cells(external, &mut late_calls, &mut closing);
+                if let Some(fates) = entry.lost.upgrade() {
+                    fates.runtime_lost(&cause, cells);
+                }
+            }
+            late = rebuilds.lose(late_calls);
             let _ = self.lost.set(cause.clone());
             // Everything else of the runtime's state is over.
             let rebuilds = std::mem::take(&mut state.rebuilds);

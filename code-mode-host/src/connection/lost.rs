@@ -2,13 +2,17 @@
 //! one owner and one lock: the cells waiting to be rebuilt on the session's next runtime
 //! (and those rebuilt since, whose calls that fail with a loss go again), the cells that had
 //! finished when their runtime went (their final answer held for the next observation),
-//! and the cells that died (their cause kept for a later call that names them). The
-//! session ([`crate::hosted::HostedSession`]) records each loss here as it learns of it
-//! from its connection, and asks here before it asks a runtime.
+//! and the cells that died (their cause kept for a later call that names them).
+//!
+//! The connection pushes a loss here when it happens ([`LostCells::runtime_lost`], under
+//! its state's lock and before any caller learns of the loss), for each session it served;
+//! the session ([`crate::hosted::HostedSession`]) owns it, decides here when a call gives a
+//! cell up, and asks here before it asks a runtime. Nothing is pulled later.
 
-use crate::connection::Resumable;
+use super::{LostCell, Resumable};
 use code_mode_internal::sync::lock;
 use code_mode_protocol::{CellId, CellResponse};
+use code_mode_trace::traced::under;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -134,6 +138,37 @@ impl<T> LostCells<T> {
             .iter()
             .find(|(dead, _)| dead == cell_id)
             .map(|(_, cause)| cause.clone())
+    }
+}
+
+impl LostCells<Resumable> {
+    /// The session's runtime was lost with `cause`, and `cells` were running on it: each
+    /// had finished (its answer is held), can be rebuilt from its journal, or died.
+    pub(crate) fn runtime_lost(&self, cause: &str, cells: Vec<LostCell>) {
+        for LostCell {
+            cell_id,
+            resumable,
+            answer,
+            span,
+        } in cells
+        {
+            if let Some(answer) = answer {
+                self.finished(cell_id, answer);
+                continue;
+            }
+            under(&span, || {
+                tracing::warn!(
+                    parent: &span,
+                    cause = %cause,
+                    rebuildable = resumable.is_some(),
+                    "runtime lost"
+                );
+            });
+            match resumable {
+                Some(resumable) => self.to_rebuild(cell_id, Arc::new(resumable)),
+                None => self.bury(cell_id, cause.to_owned()),
+            }
+        }
     }
 }
 
