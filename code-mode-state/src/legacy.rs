@@ -15,6 +15,7 @@ use code_mode_protocol::{CallId, CellId, JsonText, NestedToolCall, StoredValues,
 use rusqlite::Connection;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The wire version of the last format-1 databases.
@@ -35,10 +36,11 @@ struct CellRow {
 
 #[derive(Deserialize)]
 struct CallRow {
-    call: CallId,
+    /// `tool-N`.
+    call: String,
     tool_name: String,
     kind: KindRow,
-    input: Option<JsonText>,
+    input: Option<String>,
     exec_call_id: Option<String>,
 }
 
@@ -47,7 +49,7 @@ struct CallRow {
 struct JournalRow {
     source: String,
     tools: Vec<ToolRow>,
-    stored: StoredValues,
+    stored: HashMap<String, String>,
     seed: u64,
     clock: Vec<u64>,
     issued: Vec<(u64, String)>,
@@ -74,8 +76,9 @@ enum KindRow {
 #[derive(Deserialize)]
 enum CommandRow {
     ToolResult {
-        call: CallId,
-        result: Result<JsonText, ToolError>,
+        /// `tool-N`.
+        call: String,
+        result: Result<String, String>,
     },
     TimerFired {
         id: u64,
@@ -91,9 +94,24 @@ impl From<KindRow> for ToolKind {
     }
 }
 
-impl From<JournalRow> for CellJournal {
-    fn from(row: JournalRow) -> Self {
-        CellJournal {
+impl TryFrom<JournalRow> for CellJournal {
+    type Error = String;
+
+    fn try_from(row: JournalRow) -> Result<Self, String> {
+        let entered = row
+            .entered
+            .into_iter()
+            .map(|command| {
+                Ok(match command {
+                    CommandRow::ToolResult { call, result } => JournalCommand::ToolResult {
+                        call: call_id(&call)?,
+                        result: result.map(JsonText::new).map_err(ToolError::new),
+                    },
+                    CommandRow::TimerFired { id } => JournalCommand::TimerFired { id },
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(CellJournal {
             source: row.source,
             tools: row
                 .tools
@@ -103,33 +121,44 @@ impl From<JournalRow> for CellJournal {
                         .with_deferred(tool.deferred)
                 })
                 .collect(),
-            stored: Arc::new(row.stored),
+            stored: Arc::new(stored_values(row.stored)),
             seed: row.seed,
             clock: row.clock,
             issued: row.issued,
-            entered: row
-                .entered
-                .into_iter()
-                .map(|command| match command {
-                    CommandRow::ToolResult { call, result } => {
-                        JournalCommand::ToolResult { call, result }
-                    }
-                    CommandRow::TimerFired { id } => JournalCommand::TimerFired { id },
-                })
-                .collect(),
+            entered,
             outputs: row.outputs,
             notifications: row.notifications,
             yields: row.yields,
-        }
+        })
     }
 }
 
+/// A call id as format 1 wrote it: `tool-` and the call's number.
+fn call_id(text: &str) -> Result<CallId, String> {
+    text.strip_prefix("tool-")
+        .and_then(|number| number.parse().ok())
+        .map(CallId::new)
+        .ok_or_else(|| format!("`{text}` is no call id"))
+}
+
+fn stored_values(stored: impl IntoIterator<Item = (String, String)>) -> StoredValues {
+    stored
+        .into_iter()
+        .map(|(key, value)| (key, Arc::from(value)))
+        .collect()
+}
+
+/// The most bytes format 1 decodes for one value (its frames' bound): a length that says
+/// more is refused before anything is allocated.
+const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Format 1's encoding: bincode's standard configuration, little-endian, variable-length
-/// integers, the whole value and nothing after it.
+/// integers, at most [`MAX_VALUE_BYTES`], the whole value and nothing after it.
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let config = bincode::config::standard()
         .with_little_endian()
-        .with_variable_int_encoding();
+        .with_variable_int_encoding()
+        .with_limit::<MAX_VALUE_BYTES>();
     let (value, used) =
         bincode::serde::decode_from_slice(bytes, config).map_err(|error| error.to_string())?;
     if used != bytes.len() {
@@ -171,9 +200,9 @@ pub(crate) fn read(db: &Connection) -> Result<Saved, String> {
             ))
         },
     )? {
-        let stored: BTreeMap<String, Arc<str>> =
+        let stored: BTreeMap<String, String> =
             decode(&stored).map_err(|error| format!("session {id}'s stored values: {error}"))?;
-        let stored: StoredValues = stored.into_iter().collect();
+        let stored = stored_values(stored);
         saved.sessions.push(SessionRecord {
             id,
             options,
@@ -198,7 +227,9 @@ pub(crate) fn read(db: &Connection) -> Result<Saved, String> {
         let record: CellRow = decode(&record)
             .map_err(|error| format!("cell {cell} of session {session}: {error}"))?;
         if let Some(of) = saved.sessions.iter_mut().find(|kept| kept.id == session) {
-            of.state.cells.push(durable_cell(cell_id, record));
+            let cell = durable_cell(cell_id, record)
+                .map_err(|error| format!("cell {cell} of session {session}: {error}"))?;
+            of.state.cells.push(cell);
         }
     }
     for (session, cell, call, front_id) in rows(
@@ -234,7 +265,8 @@ pub(crate) fn read(db: &Connection) -> Result<Saved, String> {
         },
     )? {
         let Ok(cell_id) = cell.parse::<CellId>();
-        let result: Result<JsonText, ToolError> = decode(&result)?;
+        let result: Result<String, String> = decode(&result)?;
+        let result = result.map(JsonText::new).map_err(ToolError::new);
         saved.answers.push(AnswerRecord {
             session,
             cell_id,
@@ -245,23 +277,50 @@ pub(crate) fn read(db: &Connection) -> Result<Saved, String> {
     Ok(saved)
 }
 
-fn durable_cell(cell_id: CellId, row: CellRow) -> DurableCell {
-    let journal: CellJournal = row.journal.into();
-    DurableCell {
-        in_flight: row
-            .in_flight
-            .into_iter()
-            .map(|call| NestedToolCall {
+fn durable_cell(cell_id: CellId, row: CellRow) -> Result<DurableCell, String> {
+    let journal = CellJournal::try_from(row.journal)?;
+    let in_flight = row
+        .in_flight
+        .into_iter()
+        .map(|call| {
+            Ok(NestedToolCall {
                 cell_id: cell_id.clone(),
-                call_id: call.call,
+                call_id: call_id(&call.call)?,
                 tool_name: call.tool_name,
                 kind: call.kind.into(),
-                input: call.input,
+                input: call.input.map(JsonText::new),
                 exec_call_id: call.exec_call_id,
             })
-            .collect(),
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(DurableCell {
+        in_flight,
         cell_id,
         journal,
         exec_call_id: row.exec_call_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A length prefix that says more than format 1's bound is refused before anything is
+    /// allocated: a damaged database is an error at open, never an abort.
+    #[test]
+    fn a_damaged_length_is_refused_not_allocated() {
+        // A journal whose source claims 2^40 bytes: 253 marks a u64 length.
+        let mut bytes = vec![253];
+        bytes.extend_from_slice(&(1_u64 << 40).to_le_bytes());
+        let refused = decode::<JournalRow>(&bytes).map(|_| ()).unwrap_err();
+        assert!(refused.contains("LimitExceeded"), "{refused}");
+    }
+
+    /// Call ids are read as format 1 wrote them, and nothing else passes for one.
+    #[test]
+    fn call_ids_read_as_written() {
+        assert_eq!(call_id("tool-7"), Ok(CallId::new(7)));
+        assert!(call_id("7").is_err());
+        assert!(call_id("tool-x").is_err());
     }
 }
