@@ -155,17 +155,6 @@ impl HostedSession {
         lock(&self.stored).to_values()
     }
 
-    /// Whether `cell_id` was lost with its runtime and is to be rebuilt (or was rebuilt
-    /// since): a call on it that failed with the loss goes again.
-    fn rebuilds(&self, cell_id: &CellId) -> bool {
-        self.lost.rebuilds(cell_id)
-    }
-
-    /// Whether `cell_id` waits to be rebuilt (an earlier rebuild was cut short).
-    fn awaits_rebuild(&self, cell_id: &CellId) -> bool {
-        self.lost.awaits_rebuild(cell_id)
-    }
-
     /// After `attempt` losses of `cell_id`'s runtime during one call: `Ok` to go on with
     /// the cell rebuilt, or, past [`REBUILD_ATTEMPTS`], the loss the call gives up with
     /// (the cell is dead from then on).
@@ -179,14 +168,9 @@ impl HostedSession {
             return Ok(());
         }
         let cause = given_up(cause);
-        self.give_up(cell_id, &cause);
+        // The cell is dead from now on, never rebuilt later behind its caller's back.
+        self.lost.give_up(cell_id, &cause);
         Err(SessionError::RuntimeLost(cause))
-    }
-
-    /// A call on a lost cell gives up (its runtimes kept being lost): the cell is dead
-    /// from now on, and never rebuilt later behind its caller's back.
-    fn give_up(&self, cell_id: &CellId, cause: &str) {
-        self.lost.give_up(cell_id, cause);
     }
 
     /// Rebuilds the session's lost cells on `connection`, where the session is `session`.
@@ -287,11 +271,6 @@ impl HostedSession {
         let runtime_id = bound.runtime_cell_id(cell_id)?;
         let response = bound.connection.take_offer(bound.session, &runtime_id)?;
         Some(external_response(&bound, response, Some(cell_id)))
-    }
-
-    /// The runtime-lost error for a cell that died with its runtime.
-    fn dead_cell(&self, cell_id: &CellId) -> Option<SessionError> {
-        self.lost.dead(cell_id).map(SessionError::RuntimeLost)
     }
 
     /// The session's binding as it stands, for a call that starts a cell (`moving`) or
@@ -445,7 +424,7 @@ impl HostedSession {
         };
         match cell_id {
             // Admitted and rebuilt: its first observation goes on as a wait.
-            Some(cell_id) if self.rebuilds(&cell_id) => {
+            Some(cell_id) if self.lost.rebuilds(&cell_id) => {
                 let wait = |runtime_id| {
                     SessionCall::Wait(WaitRequest {
                         cell_id: runtime_id,
@@ -500,14 +479,14 @@ impl HostedSession {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if let Some(lost) = self.dead_cell(cell_id) {
+            if let Some(lost) = self.lost.dead(cell_id).map(SessionError::RuntimeLost) {
                 return Err(lost);
             }
             let (connection, session) = self.bind(false).await?;
             let Some(runtime_id) = connection.runtime_cell_id(session, cell_id) else {
                 // Its rebuild was cut short by the loss of that runtime too: again on the
                 // next one, up to the bound.
-                if self.awaits_rebuild(cell_id) {
+                if self.lost.awaits_rebuild(cell_id) {
                     let cause = connection
                         .lost_cause()
                         .unwrap_or_else(|| "the runtime was lost".to_owned());
@@ -520,7 +499,7 @@ impl HostedSession {
                 .call_on(connection, session, make(runtime_id), hooks.clone())
                 .await
             {
-                Err(SessionError::RuntimeLost(cause)) if self.rebuilds(cell_id) => {
+                Err(SessionError::RuntimeLost(cause)) if self.lost.rebuilds(cell_id) => {
                     self.again_or_give_up(cell_id, attempt, &cause)?;
                     tracing::info!(cell = %cell_id, %cause, "the cell's runtime was lost; going on with the cell rebuilt");
                 }

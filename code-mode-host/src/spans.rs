@@ -180,19 +180,17 @@ impl SentTraces {
         admitted
     }
 
-    /// Checks spans a runtime handed back: those to export now ([`emit_all`]), in order,
-    /// each whose parent is known; one whose parent is the runtime's and has not come yet
-    /// waits for it. Spans of traces never sent, or over the rate, are dropped. A span that
-    /// breaks the rules ends the check with its refusal, beside what was ready before it.
+    /// Checks spans a runtime handed back, each within its bounds already
+    /// ([`within_bounds`]): those to export now ([`emit_all`]), in order, each whose parent
+    /// is known; one whose parent is the runtime's and has not come yet waits for it.
+    /// Spans of traces never sent, or over the rate, are dropped. A span that reuses an id
+    /// ends the check with its refusal, beside what was ready before it.
     pub(crate) fn admit_batch(
         &mut self,
         records: Vec<SpanRecord>,
     ) -> (Vec<SpanRecord>, Option<SpanRefusal>) {
         let mut out = Vec::new();
         for record in records {
-            if let Err(refusal) = check_bounds(&record) {
-                return (out, Some(refusal));
-            }
             let bytes = span_bytes(&record);
             if bytes > MAX_SPAN_BYTES {
                 self.over_budget += 1;
@@ -269,12 +267,33 @@ impl SentTraces {
         (out, None)
     }
 
-    /// [`Self::admit_batch`], then [`emit_all`]: the whole hand-back at once.
+    /// [`within_bounds`], [`Self::admit_batch`], then [`emit_all`], as the connection
+    /// runs them; the ids of the spans exported, in order.
     #[cfg(test)]
-    fn export(&mut self, records: Vec<SpanRecord>) -> Result<(), SpanRefusal> {
+    fn export(&mut self, records: Vec<SpanRecord>) -> Result<Vec<[u8; 8]>, SpanRefusal> {
+        let (records, out_of_bounds) = within_bounds(records);
         let (ready, refused) = self.admit_batch(records);
+        let ids = ready.iter().map(|record| record.span_id).collect();
         emit_all(ready);
-        refused.map_or(Ok(()), Err)
+        refused.or(out_of_bounds).map_or(Ok(ids), Err)
+    }
+}
+
+/// The spans of a hand-back up to the first one out of its bounds, and that one's refusal:
+/// checked before the connection's lock is taken, since the check reads every byte.
+pub(crate) fn within_bounds(
+    mut records: Vec<SpanRecord>,
+) -> (Vec<SpanRecord>, Option<SpanRefusal>) {
+    let refused = records
+        .iter()
+        .enumerate()
+        .find_map(|(index, record)| check_bounds(record).err().map(|refusal| (index, refusal)));
+    match refused {
+        Some((index, refusal)) => {
+            records.truncate(index);
+            (records, Some(refusal))
+        }
+        None => (records, None),
     }
 }
 
@@ -487,10 +506,17 @@ mod tests {
         let mut sent = SentTraces::default();
         sent.remember(id(1), HOST_SPAN);
         // A grandchild and a child end before their parent, which hangs under the host's.
-        sent.export(vec![span(id(1), 3, [2; 8]), span(id(1), 2, [1; 8])])
+        let exported = sent
+            .export(vec![span(id(1), 3, [2; 8]), span(id(1), 2, [1; 8])])
             .unwrap();
-        assert!(sent.traces[&id(1)].returned.is_empty(), "nothing known yet");
-        sent.export(vec![span(id(1), 1, HOST_SPAN)]).unwrap();
+        assert!(exported.is_empty(), "nothing known yet");
+        assert!(sent.traces[&id(1)].returned.is_empty());
+        let exported = sent.export(vec![span(id(1), 1, HOST_SPAN)]).unwrap();
+        assert_eq!(
+            exported,
+            [[1; 8], [2; 8], [3; 8]],
+            "each parent exported before its children"
+        );
         let returned = &sent.traces[&id(1)].returned;
         assert_eq!(
             returned.len(),
@@ -524,10 +550,17 @@ mod tests {
         ));
         let mut long = span(id(1), 2, HOST_SPAN);
         long.name = "n".repeat(MAX_NAME_BYTES + 1).into();
+        // The spans before the one out of bounds are still exported; none after it.
         assert!(matches!(
-            sent.export(vec![long]),
+            sent.export(vec![
+                span(id(1), 5, HOST_SPAN),
+                long,
+                span(id(1), 6, HOST_SPAN)
+            ]),
             Err(SpanRefusal::OverBound { .. })
         ));
+        assert!(sent.traces[&id(1)].returned.contains(&[5; 8]));
+        assert!(!sent.traces[&id(1)].returned.contains(&[6; 8]));
         let mut many = span(id(1), 3, HOST_SPAN);
         many.attributes = (0..=MAX_ATTRIBUTES)
             .map(|n| (n.to_string().into(), SpanValue::I64(0)))

@@ -505,10 +505,11 @@ fn spawn(run: impl Future<Output = Answer> + Send + 'static, done: Py<PyAny>, sp
             .await
             .map(|(response, budget)| NativeResponse::new(&response, budget));
         Python::attach(|py| {
-            let called = match answer {
-                Ok(response) => {
-                    Py::new(py, response).and_then(|response| done.call1(py, (true, response)))
-                }
+            // An answer that cannot be made a Python object is reported as that error:
+            // the caller's future settles either way.
+            let called = match answer.map(|response| Py::new(py, response)) {
+                Ok(Ok(response)) => done.call1(py, (true, response)),
+                Ok(Err(error)) => done.call1(py, (false, error.into_value(py))),
                 Err(error) => done.call1(py, (false, raise(&error).into_value(py))),
             };
             if let Err(error) = called {

@@ -141,10 +141,29 @@ impl<T> LostCells<T> {
     }
 }
 
+/// A cell a loss cut short, to log once the connection's lock is let go (a subscriber is
+/// the agent core's code): its span, and whether it is rebuilt.
+pub(crate) struct CutShort {
+    span: tracing::Span,
+    rebuildable: bool,
+}
+
+impl CutShort {
+    /// Logs it under its cell's span; called with no lock held.
+    pub(crate) fn log(self, cause: &str) {
+        let CutShort { span, rebuildable } = self;
+        under(&span, || {
+            tracing::warn!(parent: &span, cause = %cause, rebuildable, "runtime lost");
+        });
+    }
+}
+
 impl LostCells<Resumable> {
     /// The session's runtime was lost with `cause`, and `cells` were running on it: each
-    /// had finished (its answer is held), can be rebuilt from its journal, or died.
-    pub(crate) fn runtime_lost(&self, cause: &str, cells: Vec<LostCell>) {
+    /// had finished (its answer is held), can be rebuilt from its journal, or died. Only
+    /// records: what to log is returned, for after the caller's lock.
+    pub(crate) fn runtime_lost(&self, cause: &str, cells: Vec<LostCell>) -> Vec<CutShort> {
+        let mut cut_short = Vec::new();
         for LostCell {
             cell_id,
             resumable,
@@ -156,19 +175,16 @@ impl LostCells<Resumable> {
                 self.finished(cell_id, answer);
                 continue;
             }
-            under(&span, || {
-                tracing::warn!(
-                    parent: &span,
-                    cause = %cause,
-                    rebuildable = resumable.is_some(),
-                    "runtime lost"
-                );
+            cut_short.push(CutShort {
+                span,
+                rebuildable: resumable.is_some(),
             });
             match resumable {
                 Some(resumable) => self.to_rebuild(cell_id, Arc::new(resumable)),
                 None => self.bury(cell_id, cause.to_owned()),
             }
         }
+        cut_short
     }
 }
 

@@ -48,7 +48,8 @@ use code_mode_wire::convert::tools_to_wire;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_wire::*;
 use futures_util::StreamExt;
-pub(crate) use journals::{ExecJournal, LateAnswers, LostCell, Resumable};
+use journals::LostCell;
+pub(crate) use journals::{ExecJournal, LateAnswers, Resumable};
 use journals::{Kept, Rebuilds, ResumedHook};
 pub(crate) use lost::LostCells;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -510,6 +511,12 @@ impl Connection {
     ) -> Result<T, SessionError> {
         let preempt = hooks.preempt.clone();
         let (reply, answer) = oneshot::channel();
+        // A request that starts or rebuilds a cell carries the span it is made under (the
+        // cell's), so that the runtime's spans of the cell hang under it.
+        let trace = request
+            .starts_cell()
+            .then(|| crate::spans::trace_of(&tracing::Span::current()))
+            .flatten();
         let id = {
             let mut state = lock(&self.state);
             if self.is_lost() {
@@ -522,20 +529,12 @@ impl Connection {
                     SessionError::Runtime("an offered answer of another kind".into())
                 });
             }
+            if let Some(trace) = &trace {
+                state.sent_traces.remember(trace.trace_id, trace.span_id);
+            }
             register(&mut state, &request, deliver_to::<T>(reply), hooks)
         };
         code_mode_internal::hop!("host sends the request");
-        // A request that starts or rebuilds a cell carries the span it is made under (the
-        // cell's), so that the runtime's spans of the cell hang under it.
-        let trace = request
-            .starts_cell()
-            .then(|| crate::spans::trace_of(&tracing::Span::current()))
-            .flatten();
-        if let Some(trace) = &trace {
-            lock(&self.state)
-                .sent_traces
-                .remember(trace.trace_id, trace.span_id);
-        }
         if let Err(error) = self
             .outbox
             .send(&ClientMessage::Request { id, request, trace })
@@ -680,9 +679,13 @@ impl Connection {
             ServerMessage::Spans(records) => {
                 // Checked and ordered under the lock; made spans outside it, since an
                 // exporter may take its time.
+                let (records, out_of_bounds) = crate::spans::within_bounds(records);
                 let (ready, refused) = lock(&self.state).sent_traces.admit_batch(records);
                 crate::spans::emit_all(ready);
-                refused.map_or(Ok(()), |refusal| Err(Violation::Span(refusal)))
+                match refused.or(out_of_bounds) {
+                    Some(refusal) => Err(Violation::Span(refusal)),
+                    None => Ok(()),
+                }
             }
             ServerMessage::Journal {
                 session,
@@ -826,11 +829,9 @@ impl Connection {
     }
 
     /// Records the loss of the runtime and fails or closes everything that depended on it.
-    async fn on_lost(&self, ended: Ended) {
-        if matches!(ended, Ended::Closed) && self.is_draining() {
-            self.left_by_drain.store(true, Ordering::SeqCst);
-        }
-        let cause = match ended {
+    /// Why the connection ended, in words, the runtime killed where it may still run.
+    async fn cause_of(&self, ended: Ended) -> String {
+        match ended {
             Ended::Violation(violation) => {
                 self.peer.kill();
                 format!("protocol violation by the runtime: {violation}")
@@ -866,7 +867,14 @@ impl Connection {
                 self.peer.noun(),
                 self.peer.exit_cause(EXIT_PATIENCE).await
             ),
-        };
+        }
+    }
+
+    async fn on_lost(&self, ended: Ended) {
+        if matches!(ended, Ended::Closed) && self.is_draining() {
+            self.left_by_drain.store(true, Ordering::SeqCst);
+        }
+        let cause = self.cause_of(ended).await;
         self.stop_tasks();
         tracing::error!(
             generation = self.generation,
@@ -874,6 +882,10 @@ impl Connection {
             "code-mode runtime lost: {cause}"
         );
         let mut closing = Vec::new();
+        // Told under the lock, logged and let go of after it: the sessions' owners of
+        // their lost cells, the cells to log, and the cells of sessions gone meanwhile.
+        let mut told = Vec::new();
+        let mut orphaned = Vec::new();
         let late;
         let state = {
             let mut state = lock(&self.state);
@@ -888,8 +900,12 @@ impl Connection {
                 let external =
                     |cell_id: &CellId| rebuilds.external(self.generation, *session, cell_id);
                 let cells = entry.lost_cells(external, &mut late_calls, &mut closing);
-                if let Some(fates) = entry.lost.upgrade() {
-                    fates.runtime_lost(&cause, cells);
+                match entry.lost.upgrade() {
+                    Some(fates) => {
+                        let cut_short = fates.runtime_lost(&cause, cells);
+                        told.push((fates, cut_short));
+                    }
+                    None => orphaned.push(cells),
                 }
             }
             late = rebuilds.lose(late_calls);
@@ -904,6 +920,12 @@ impl Connection {
                 },
             )
         };
+        for (_fates, cut_short) in told {
+            for cell in cut_short {
+                cell.log(&cause);
+            }
+        }
+        drop(orphaned);
         for (_, pending) in state.pending {
             let error = SessionError::RuntimeLost(cause.clone());
             let _ = (pending.deliver)(Err(error), None);
