@@ -68,7 +68,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
             "tool_reply",
             ClientMessage::DelegateReply {
                 id: DelegateId(42),
-                reply: DelegateReply::ToolResult(Ok(JsonText::new(
+                reply: DelegateReply::ToolResult(Ok(code_mode_wire::payload::JsonText::from(
                     r#"{"files":["src/main.rs","src/lib.rs","Cargo.toml"],"truncated":false}"#,
                 ))),
             },
@@ -84,11 +84,11 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                 id: DelegateId(42),
                 session: SessionId(1),
                 call: DelegateCall::InvokeTool {
-                    cell_id: CellId::new(12),
-                    call_id: CallId::new(3),
+                    cell_id: (&CellId::new(12)).into(),
+                    call_id: CallId::new(3).into(),
                     tool_name: "mcp__bench__tool_0".to_owned(),
                     kind: ToolKind::Function.into(),
-                    input: Some(JsonText::new(r#"{"path":"."}"#)),
+                    input: Some(r#"{"path":"."}"#.into()),
                     exec_call_id: Some("call_8f2a".to_owned()),
                 },
             },

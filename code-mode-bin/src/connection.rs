@@ -23,7 +23,7 @@ use code_mode_internal::futures::poll_once;
 use code_mode_internal::sync::lock;
 use code_mode_internal::{CallHooks, SessionCall};
 use code_mode_protocol::{AdmittedHook, CellId, CodeModeSession, ToolDefinition};
-use code_mode_wire::convert::tools_from_wire;
+use code_mode_wire::convert::{tool_result, tools_from_wire};
 use code_mode_wire::payload::TraceContext;
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_wire::*;
@@ -155,7 +155,7 @@ fn offer_sink(
         lock(&offers).insert(key.clone(), held);
         let message = ServerMessage::Offer {
             session,
-            cell_id,
+            cell_id: cell_id.into(),
             response: response.into(),
         };
         match outbox.send(&message) {
@@ -220,7 +220,7 @@ impl Connection {
                 let cell_id = session.resume(journal.into(), exec_call_id, None, committed)?;
                 self.drain.cell_started();
                 METRICS.cell_resumed();
-                unheld(Response::Resumed(cell_id))
+                unheld(Response::Resumed(cell_id.into()))
             }
             Request::Answer {
                 session,
@@ -229,7 +229,9 @@ impl Connection {
                 result,
             } => {
                 let session = self.session(session)?;
-                let taken = session.answer_call(&cell_id, call, result).await;
+                let taken = session
+                    .answer_call(&cell_id.into(), call.into(), tool_result(result))
+                    .await;
                 unheld(Response::Answered(taken))
             }
             Request::OpenSession {
@@ -320,7 +322,7 @@ impl Connection {
         let admitted: AdmittedHook = Arc::new(move |cell_id: &CellId| {
             let message = ServerMessage::Admitted {
                 id: request_id,
-                cell_id: cell_id.clone(),
+                cell_id: cell_id.into(),
             };
             if let Err(error) = outbox.send(&message) {
                 tracing::debug!("admission of cell {cell_id} not sent: {error}");
@@ -481,10 +483,10 @@ async fn read_loop<S: AsyncRead>(
             ClientMessage::Taken { id } => settle_word(connection, id, Word::Taken)?,
             ClientMessage::GivenBack { id } => settle_word(connection, id, Word::GivenBack)?,
             ClientMessage::OfferTaken { session, cell_id } => {
-                settle_offer(connection, session, cell_id, Word::Taken)?;
+                settle_offer(connection, session, cell_id.into(), Word::Taken)?;
             }
             ClientMessage::OfferGivenBack { session, cell_id } => {
-                settle_offer(connection, session, cell_id, Word::GivenBack)?;
+                settle_offer(connection, session, cell_id.into(), Word::GivenBack)?;
             }
             ClientMessage::DelegateReply { id, reply } => {
                 code_mode_internal::hop!("runtime has the tool result");

@@ -12,6 +12,7 @@ use code_mode_protocol::texts;
 use code_mode_protocol::{
     BoxFuture, CellId, CodeModeSessionDelegate, JsonText, NestedToolCall, StoredValues, ToolError,
 };
+use code_mode_wire::convert::tool_result;
 use code_mode_wire::{DelegateCall, DelegateId, DelegateReply, Outbox, ServerMessage, SessionId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +79,7 @@ impl PendingDelegateCall {
     fn complete(self, reply: DelegateReply) -> Result<(), String> {
         match (self, reply) {
             (PendingDelegateCall::Tool(sender), DelegateReply::ToolResult(result)) => {
-                let _ = sender.send(result);
+                let _ = sender.send(tool_result(result));
                 Ok(())
             }
             (PendingDelegateCall::Notify(sender), DelegateReply::Notified) => {
@@ -183,11 +184,11 @@ impl CodeModeSessionDelegate for RemoteDelegate {
         Box::pin(async move {
             METRICS.nested_call();
             let wire_call = DelegateCall::InvokeTool {
-                cell_id: call.cell_id,
-                call_id: call.call_id,
+                cell_id: call.cell_id.into(),
+                call_id: call.call_id.into(),
                 tool_name: call.tool_name,
                 kind: call.kind.into(),
-                input: call.input,
+                input: call.input.map(Into::into),
                 exec_call_id: call.exec_call_id,
             };
             self.call(wire_call, PendingDelegateCall::Tool, cancel)
@@ -203,7 +204,10 @@ impl CodeModeSessionDelegate for RemoteDelegate {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let call = DelegateCall::Notify { cell_id, text };
+            let call = DelegateCall::Notify {
+                cell_id: cell_id.into(),
+                text,
+            };
             if let Err(error) = self.call(call, PendingDelegateCall::Notify, cancel).await {
                 tracing::debug!("notification not delivered: {error}");
             }
@@ -217,7 +221,7 @@ impl CodeModeSessionDelegate for RemoteDelegate {
         };
         let message = ServerMessage::CellClosed {
             session: self.session,
-            cell_id: cell_id.clone(),
+            cell_id: cell_id.into(),
         };
         if let Err(error) = calls.outbox.send(&message) {
             tracing::error!(cell = %cell_id, "cell-closed event not sent: {error}");
@@ -232,7 +236,7 @@ impl CodeModeSessionDelegate for RemoteDelegate {
         };
         let message = ServerMessage::Committed {
             session: self.session,
-            cell_id: cell_id.clone(),
+            cell_id: cell_id.into(),
             writes: writes.clone(),
         };
         if let Err(error) = calls.outbox.send(&message) {
@@ -261,7 +265,7 @@ impl CodeModeSessionDelegate for RemoteDelegate {
         );
         let message = ServerMessage::Journal {
             session: self.session,
-            cell_id: cell_id.clone(),
+            cell_id: cell_id.into(),
             entry: entry.into(),
         };
         let sent = if rides {

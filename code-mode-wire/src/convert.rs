@@ -7,7 +7,9 @@
 
 use crate::payload as wire;
 use code_mode_internal::calls as api_calls;
+use code_mode_protocol::ids as api_ids;
 use code_mode_protocol::journal as api_journal;
+use code_mode_protocol::json_text::JsonText;
 use code_mode_protocol::model as api_model;
 use code_mode_protocol::session as api;
 use code_mode_protocol::stored::StoredValues;
@@ -82,9 +84,74 @@ macro_rules! mirror_struct {
     };
 }
 
+impl From<api_ids::CellId> for wire::CellId {
+    fn from(id: api_ids::CellId) -> Self {
+        Self(id.to_string())
+    }
+}
+
+impl From<&api_ids::CellId> for wire::CellId {
+    fn from(id: &api_ids::CellId) -> Self {
+        Self(id.to_string())
+    }
+}
+
+impl From<wire::CellId> for api_ids::CellId {
+    fn from(id: wire::CellId) -> Self {
+        api_ids::CellId::parse(&id.0)
+    }
+}
+
+impl From<&wire::CellId> for api_ids::CellId {
+    fn from(id: &wire::CellId) -> Self {
+        api_ids::CellId::parse(&id.0)
+    }
+}
+
+impl From<api_ids::CallId> for wire::CallId {
+    fn from(id: api_ids::CallId) -> Self {
+        Self(id.number())
+    }
+}
+
+impl From<wire::CallId> for api_ids::CallId {
+    fn from(id: wire::CallId) -> Self {
+        api_ids::CallId::new(id.0)
+    }
+}
+
+impl From<JsonText> for wire::JsonText {
+    fn from(text: JsonText) -> Self {
+        Self(text.into_string())
+    }
+}
+
+impl From<wire::JsonText> for JsonText {
+    fn from(text: wire::JsonText) -> Self {
+        JsonText::new(text.0)
+    }
+}
+
+impl From<api_ids::ToolError> for wire::ToolError {
+    fn from(error: api_ids::ToolError) -> Self {
+        Self(error.into_message())
+    }
+}
+
+impl From<wire::ToolError> for api_ids::ToolError {
+    fn from(error: wire::ToolError) -> Self {
+        api_ids::ToolError::new(error.0)
+    }
+}
+
+/// A nested call's result across, either way.
+pub fn tool_result<T: From<U>, E: From<F>, U, F>(result: Result<U, F>) -> Result<T, E> {
+    result.map(T::from).map_err(E::from)
+}
+
 mirror_enum!(api::Surface, wire::Surface { unit: Contract, Codex; });
 mirror_enum!(api_journal::JournalCommand, wire::JournalCommand {
-    fields: ToolResult { call, result }, TimerFired { id };
+    fields: ToolResult { call, result: tool_result }, TimerFired { id };
 });
 mirror_enum!(api_journal::JournalEntry, wire::JournalEntry {
     unit: Yielded, NotDurable;
@@ -150,7 +217,7 @@ mirror_enum!(api::CellResponse, wire::CellResponse {
 });
 mirror_enum!(api::PendingOutcome, wire::PendingOutcome {
     tuple: Completed;
-    fields: Pending { cell_id, content_items: items, pending_tool_call_ids, wall_time };
+    fields: Pending { cell_id, content_items: items, pending_tool_call_ids: items, wall_time };
 });
 mirror_struct!(
     api::CellLimits,
@@ -248,18 +315,18 @@ impl From<api_calls::SessionReply> for wire::SessionReply {
                 cell_id,
                 initial_response,
             }) => Self::Started {
-                cell_id,
+                cell_id: cell_id.into(),
                 initial_response: initial_response.into(),
             },
             Api::Cell(response) => Self::Cell(response.into()),
             Api::StartedPending(api::StartedPendingCell { cell_id, outcome }) => {
                 Self::StartedPending {
-                    cell_id,
+                    cell_id: cell_id.into(),
                     outcome: outcome.into(),
                 }
             }
             Api::Pending(outcome) => Self::Pending(outcome.into()),
-            Api::Interrupted(cells) => Self::Interrupted(cells),
+            Api::Interrupted(cells) => Self::Interrupted(items(cells)),
             Api::ShutDown => Self::ShutDown,
         }
     }
@@ -273,18 +340,18 @@ impl From<wire::SessionReply> for api_calls::SessionReply {
                 cell_id,
                 initial_response,
             } => Self::Started(api::StartedCell {
-                cell_id,
+                cell_id: cell_id.into(),
                 initial_response: initial_response.into(),
             }),
             Wire::Cell(response) => Self::Cell(response.into()),
             Wire::StartedPending { cell_id, outcome } => {
                 Self::StartedPending(api::StartedPendingCell {
-                    cell_id,
+                    cell_id: cell_id.into(),
                     outcome: outcome.into(),
                 })
             }
             Wire::Pending(outcome) => Self::Pending(outcome.into()),
-            Wire::Interrupted(cells) => Self::Interrupted(cells),
+            Wire::Interrupted(cells) => Self::Interrupted(items(cells)),
             Wire::ShutDown => Self::ShutDown,
         }
     }

@@ -29,7 +29,9 @@ use std::fmt;
 /// `Resume` says whether the cell's writes were committed already.
 /// 13: trace and span ids (a request's trace context, a handed-back span's) cross as one
 /// byte string each, not as a tuple of bytes.
-pub const PROTOCOL_VERSION: u32 = 13;
+/// 14: ids, JSON payloads and tool errors cross as the wire's own types: a call id as its
+/// number, not its `tool-N` text.
+pub const PROTOCOL_VERSION: u32 = 14;
 
 /// Every protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

@@ -60,12 +60,12 @@ pub mod handshake;
 pub mod payload;
 pub mod transport;
 
-use code_mode_protocol::ids::{CallId, CellId, ToolError};
-use code_mode_protocol::json_text::JsonText;
 use code_mode_protocol::model::ToolDefinition;
 use code_mode_protocol::session::SessionError;
 use code_mode_protocol::texts;
-use payload::{SessionCall, SessionOptions, SessionReply, ToolKind};
+use payload::{
+    CallId, CellId, JsonText, SessionCall, SessionOptions, SessionReply, ToolError, ToolKind,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -539,8 +539,8 @@ impl From<SessionError> for WireError {
     fn from(error: SessionError) -> Self {
         match error {
             SessionError::ShuttingDown => WireError::ShuttingDown,
-            SessionError::BusyObserver(cell) => WireError::BusyObserver(cell),
-            SessionError::AlreadyTerminating(cell) => WireError::AlreadyTerminating(cell),
+            SessionError::BusyObserver(cell) => WireError::BusyObserver(cell.into()),
+            SessionError::AlreadyTerminating(cell) => WireError::AlreadyTerminating(cell.into()),
             SessionError::Runtime(failure) => WireError::Internal(failure.message().to_owned()),
             SessionError::RuntimeLost(cause) => WireError::RuntimeLost(cause),
         }
@@ -554,8 +554,8 @@ impl WireError {
     pub fn into_session_error(self) -> SessionError {
         match self {
             WireError::ShuttingDown => SessionError::ShuttingDown,
-            WireError::BusyObserver(cell) => SessionError::BusyObserver(cell),
-            WireError::AlreadyTerminating(cell) => SessionError::AlreadyTerminating(cell),
+            WireError::BusyObserver(cell) => SessionError::BusyObserver(cell.into()),
+            WireError::AlreadyTerminating(cell) => SessionError::AlreadyTerminating(cell.into()),
             WireError::Internal(message) => SessionError::Runtime(message.into()),
             WireError::RuntimeLost(cause) => SessionError::RuntimeLost(cause),
             other @ (WireError::MissingSession(_)

@@ -1,22 +1,56 @@
 //! The payloads the messages carry: the wire's own counterparts of the API's requests,
-//! options and answers (`code_mode_protocol`'s `ExecRequest`, `SessionOptions`,
-//! `CellResponse` and the rest).
+//! options, answers, ids and errors (`code_mode_protocol`'s `ExecRequest`,
+//! `SessionOptions`, `CellResponse`, `CellId` and the rest).
 //!
-//! The API types derive no serde: a field added to one for an agent core changes nothing
+//! No API type crosses as itself: a field added to one for an agent core changes nothing
 //! here until a conversion in [`crate::convert`] carries it, and then the pinned encodings
 //! and [`crate::PROTOCOL_VERSION`] say so. Every type here is a plain struct or an
-//! externally tagged enum, because bincode is not self-describing.
-//!
-//! Leaf values whose one encoding is their text cross as themselves: cell and call ids
-//! (their text, as every JSON form carries them), [`JsonText`] payloads and [`ToolError`]
-//! messages.
-//!
-//! [`JsonText`]: code_mode_protocol::json_text::JsonText
-//! [`ToolError`]: code_mode_protocol::ids::ToolError
+//! externally tagged enum, because bincode is not self-describing. The one API value the
+//! wire sends whole is a session's stored values, a standard map of text.
 
-use code_mode_protocol::ids::{CallId, CellId};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// A cell's id: its text (`3`, `g2:5`; or text that names no cell, kept as it was given).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CellId(pub String);
+
+impl std::fmt::Display for CellId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Text types made from literal text, as tests and samples write them.
+macro_rules! from_text {
+    ($($text:ident),+) => {$(
+        impl From<&str> for $text {
+            fn from(text: &str) -> Self {
+                Self(text.to_owned())
+            }
+        }
+
+        impl From<String> for $text {
+            fn from(text: String) -> Self {
+                Self(text)
+            }
+        }
+    )+};
+}
+
+from_text!(CellId, JsonText, ToolError);
+
+/// A nested call's number in its cell (`tool-N` carries `N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CallId(pub u64);
+
+/// A JSON payload, as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonText(pub String);
+
+/// A nested call's failure, as its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolError(pub String);
 
 /// The globals a session's cells see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,7 +229,7 @@ pub enum SessionReply {
 pub enum JournalCommand {
     ToolResult {
         call: CallId,
-        result: Result<code_mode_protocol::json_text::JsonText, code_mode_protocol::ids::ToolError>,
+        result: Result<JsonText, ToolError>,
     },
     TimerFired {
         id: u64,

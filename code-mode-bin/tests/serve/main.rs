@@ -349,7 +349,7 @@ async fn a_whole_session_over_raw_frames() {
         call,
         DelegateCall::InvokeTool {
             cell_id: "1".into(),
-            call_id: CallId::new(1),
+            call_id: CallId::new(1).into(),
             tool_name: "echo".into(),
             kind: ToolKind::Function.into(),
             input: Some(r#"{"a":1}"#.into()),

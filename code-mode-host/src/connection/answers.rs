@@ -187,7 +187,7 @@ impl Connection {
                 payload::SessionReply::Started { cell_id, .. }
                 | payload::SessionReply::StartedPending { cell_id, .. },
             ) => {
-                mark_alive(&mut state, abandoned.session, cell_id)?;
+                mark_alive(&mut state, abandoned.session, &cell_id.into())?;
             }
             _ => {}
         }

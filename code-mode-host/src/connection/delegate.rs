@@ -14,9 +14,10 @@ impl Connection {
     ) -> Result<(), Violation> {
         let cell_id = match &call {
             DelegateCall::InvokeTool { cell_id, .. } | DelegateCall::Notify { cell_id, .. } => {
-                cell_id
+                CellId::from(cell_id)
             }
         };
+        let cell_id = &cell_id;
         if !is_runtime_cell_id(cell_id) {
             return Err(Violation::DelegateCellInvalid {
                 id,
@@ -83,7 +84,7 @@ impl Connection {
             }
             drop(state);
             if let Err(error) = sent {
-                let reply = DelegateReply::ToolResult(Err(ToolError::new(format!(
+                let reply = DelegateReply::ToolResult(Err(payload::ToolError(format!(
                     "the tool result could not be sent to the runtime: {error}"
                 ))));
                 let _ = connection
@@ -118,18 +119,18 @@ impl Connection {
                 // The argument is parsed only if the agent core's delegate wants a value
                 // (`NestedToolCall::answer_with`); the result goes back as its text.
                 let call = NestedToolCall {
-                    cell_id: self.external_cell_id(session, &cell_id),
-                    call_id,
+                    cell_id: self.external_cell_id(session, &cell_id.into()),
+                    call_id: call_id.into(),
                     tool_name,
                     kind: kind.into(),
-                    input,
+                    input: input.map(JsonText::from),
                     exec_call_id,
                 };
                 // A call that needs an approval nothing here keeps is refused, never run.
                 if let Some(refused) =
                     code_mode_protocol::session::refused_unapproved(delegate, &call)
                 {
-                    return Some(DelegateReply::ToolResult(Err(refused)));
+                    return Some(DelegateReply::ToolResult(Err(refused.into())));
                 }
                 if faults::fire(Fault::DuplicateCall, || true) {
                     // Proof that the chaos test sees a call made twice (a test-only
@@ -140,10 +141,10 @@ impl Connection {
                 }
                 let result =
                     until_cancelled(token, delegate.invoke_tool(call, token.clone())).await?;
-                Some(DelegateReply::ToolResult(result))
+                Some(DelegateReply::ToolResult(tool_result(result)))
             }
             DelegateCall::Notify { cell_id, text } => {
-                let cell_id = self.external_cell_id(session, &cell_id);
+                let cell_id = self.external_cell_id(session, &cell_id.into());
                 until_cancelled(token, delegate.notify(cell_id, text, token.clone())).await?;
                 Some(DelegateReply::Notified)
             }
@@ -276,7 +277,7 @@ impl SessionEntry {
                     tool: tool_name.clone(),
                 });
             }
-            let number = call_id.number();
+            let number = call_id.0;
             if number <= guard.last_call {
                 return Err(Violation::CallIdReused {
                     id,

@@ -266,9 +266,9 @@ fn send_answer(target: &Target, call: CallId, result: Result<JsonText, ToolError
     }
     let request = Request::Answer {
         session: target.session,
-        cell_id: target.cell_id.clone(),
-        call,
-        result,
+        cell_id: (&target.cell_id).into(),
+        call: call.into(),
+        result: tool_result(result),
     };
     tokio::spawn(async move {
         match connection
@@ -405,20 +405,24 @@ impl SessionEntry {
                     input,
                     exec_call_id,
                 } => {
-                    kept.builder
-                        .asked(*call_id, tool_name, input.as_ref().map(JsonText::as_str));
+                    let call_id = CallId::from(*call_id);
+                    kept.builder.asked(
+                        call_id,
+                        tool_name,
+                        input.as_ref().map(|input| input.0.as_str()),
+                    );
                     kept.calls.insert(
                         call_id.number(),
                         NestedToolCall {
-                            cell_id: cell_id.clone(),
-                            call_id: *call_id,
+                            cell_id: cell_id.into(),
+                            call_id,
                             tool_name: tool_name.clone(),
                             kind: (*kind).into(),
-                            input: input.clone(),
+                            input: input.clone().map(JsonText::from),
                             exec_call_id: exec_call_id.clone(),
                         },
                     );
-                    Some(*call_id)
+                    Some(call_id)
                 }
                 DelegateCall::Notify { .. } => {
                     kept.builder.journal_mut().notifications += 1;
@@ -437,7 +441,7 @@ impl SessionEntry {
         {
             kept.calls.remove(&call.number());
             if let DelegateReply::ToolResult(result) = reply {
-                kept.builder.answered(call, result);
+                kept.builder.answered(call, tool_result(result));
             }
         }
     }
@@ -538,7 +542,7 @@ impl Connection {
             return false;
         };
         if let (Some(call), DelegateReply::ToolResult(result)) = (call, reply) {
-            late.deliver(call, result.clone());
+            late.deliver(call, tool_result(result.clone()));
         }
         true
     }
@@ -614,7 +618,7 @@ pub(crate) struct ResumedHook {
 impl FromResponse for CellId {
     fn from_response(response: Response) -> Result<Self, Box<Response>> {
         match response {
-            Response::Resumed(cell_id) => Ok(cell_id),
+            Response::Resumed(cell_id) => Ok(cell_id.into()),
             other => Err(Box::new(other)),
         }
     }
@@ -669,8 +673,8 @@ impl Connection {
 }
 
 /// The cell a reply observes, and how many output items it carries.
-pub(super) fn observed_items(reply: &payload::SessionReply) -> Option<(&CellId, u64)> {
-    fn of_outcome(outcome: &payload::PendingOutcome) -> (&CellId, u64) {
+pub(super) fn observed_items(reply: &payload::SessionReply) -> Option<(&payload::CellId, u64)> {
+    fn of_outcome(outcome: &payload::PendingOutcome) -> (&payload::CellId, u64) {
         match outcome {
             payload::PendingOutcome::Pending {
                 cell_id,
@@ -680,7 +684,7 @@ pub(super) fn observed_items(reply: &payload::SessionReply) -> Option<(&CellId, 
             payload::PendingOutcome::Completed(response) => of_response(response),
         }
     }
-    fn of_response(response: &payload::CellResponse) -> (&CellId, u64) {
+    fn of_response(response: &payload::CellResponse) -> (&payload::CellId, u64) {
         match response {
             payload::CellResponse::Yielded {
                 cell_id,
@@ -711,8 +715,8 @@ pub(super) fn observed_items(reply: &payload::SessionReply) -> Option<(&CellId, 
 }
 
 /// The cell a reply gives the final answer of, if it does.
-pub(super) fn finished_cell(reply: &payload::SessionReply) -> Option<&CellId> {
-    fn of_response(response: &payload::CellResponse) -> Option<&CellId> {
+pub(super) fn finished_cell(reply: &payload::SessionReply) -> Option<&payload::CellId> {
+    fn of_response(response: &payload::CellResponse) -> Option<&payload::CellId> {
         match response {
             payload::CellResponse::Yielded { .. } => None,
             payload::CellResponse::Terminated { cell_id, .. }

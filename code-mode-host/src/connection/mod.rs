@@ -40,11 +40,11 @@ use code_mode_internal::sync::lock;
 use code_mode_internal::{FromReply, SessionCall};
 use code_mode_protocol::stored::CommittedValues;
 use code_mode_protocol::{
-    AdmittedHook, BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, NestedToolCall,
-    PendingOutcome, RuntimeFailure, SessionError, StartedCell, StartedPendingCell, ToolDefinition,
-    ToolError,
+    AdmittedHook, BoxFuture, CellId, CellResponse, CodeModeSessionDelegate, JsonText,
+    NestedToolCall, PendingOutcome, RuntimeFailure, SessionError, StartedCell, StartedPendingCell,
+    ToolDefinition, ToolError,
 };
-use code_mode_wire::convert::tools_to_wire;
+use code_mode_wire::convert::{tool_result, tools_to_wire};
 use code_mode_wire::transport::{self, FrameReader, Outbox, Transport};
 use code_mode_wire::*;
 use futures_util::StreamExt;
@@ -665,14 +665,16 @@ impl Connection {
                 }
                 Ok(())
             }
-            ServerMessage::CellClosed { session, cell_id } => self.on_cell_closed(session, cell_id),
-            ServerMessage::Admitted { id, cell_id } => self.on_admitted(id, cell_id),
+            ServerMessage::CellClosed { session, cell_id } => {
+                self.on_cell_closed(session, cell_id.into())
+            }
+            ServerMessage::Admitted { id, cell_id } => self.on_admitted(id, cell_id.into()),
             ServerMessage::Offer {
                 session,
                 cell_id,
                 response,
             } => {
-                let kept = self.on_offer(session, cell_id, response);
+                let kept = self.on_offer(session, cell_id.into(), response);
                 code_mode_internal::hop!("host has the offer");
                 kept
             }
@@ -691,12 +693,13 @@ impl Connection {
                 session,
                 cell_id,
                 entry,
-            } => self.on_journal(session, cell_id, entry.into()),
+            } => self.on_journal(session, cell_id.into(), entry.into()),
             ServerMessage::Committed {
                 session,
                 cell_id,
                 writes,
             } => {
+                let cell_id = CellId::from(cell_id);
                 if !is_runtime_cell_id(&cell_id) {
                     return Err(Violation::CommitCellInvalid(cell_id));
                 }
@@ -777,13 +780,14 @@ impl Connection {
                     }
                 }
                 Response::Resumed(cell_id) => {
-                    self.on_resumed(&mut state, pending.session, cell_id, &pending.hooks)?;
+                    let cell_id = CellId::from(cell_id);
+                    self.on_resumed(&mut state, pending.session, &cell_id, &pending.hooks)?;
                 }
                 Response::Reply(reply) => {
                     if let payload::SessionReply::Started { cell_id, .. }
                     | payload::SessionReply::StartedPending { cell_id, .. } = reply
                     {
-                        mark_alive(&mut state, pending.session, cell_id)?;
+                        mark_alive(&mut state, pending.session, &cell_id.into())?;
                     }
                     // A cell whose final answer came is over: it is never rebuilt.
                     if let Some(cell_id) = journals::finished_cell(reply)
@@ -791,7 +795,7 @@ impl Connection {
                             .session
                             .and_then(|session| state.sessions.get_mut(&session))
                     {
-                        entry.journals.remove(cell_id);
+                        entry.journals.remove(&CellId::from(cell_id));
                     }
                 }
                 Response::ToolsRegistered | Response::Answered(_) => {}
@@ -807,7 +811,10 @@ impl Connection {
         let took = match (&result, pending.session) {
             (Ok(Response::Reply(reply)), Some(session)) => journals::observed_items(reply)
                 .and_then(|(cell_id, items)| {
-                    let taken = state.sessions.get(&session)?.taken_output(cell_id)?;
+                    let taken = state
+                        .sessions
+                        .get(&session)?
+                        .taken_output(&cell_id.into())?;
                     Some((taken, items))
                 }),
             _ => None,

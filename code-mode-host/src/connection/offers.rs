@@ -33,7 +33,7 @@ impl Connection {
         // it: the answer then waits on nothing but the queueing.
         let taken = Outbox::encode(&ClientMessage::OfferTaken {
             session,
-            cell_id: cell_id.clone(),
+            cell_id: (&cell_id).into(),
         });
         let mut state = lock(&self.state);
         let observed = state.pending.values().any(|pending| {
@@ -50,7 +50,10 @@ impl Connection {
         };
         drop(state);
         if !kept {
-            let word = ClientMessage::OfferGivenBack { session, cell_id };
+            let word = ClientMessage::OfferGivenBack {
+                session,
+                cell_id: cell_id.into(),
+            };
             if let Err(error) = self.outbox.send(&word) {
                 tracing::debug!(%session, "an offer's word not sent: {error}");
             }
@@ -122,9 +125,9 @@ pub(super) struct Offer {
 pub(super) fn observed_cell(request: &Request) -> Option<CellId> {
     match request {
         Request::Session { call, .. } => match call {
-            payload::SessionCall::Wait(wait) => Some(wait.cell_id.clone()),
+            payload::SessionCall::Wait(wait) => Some((&wait.cell_id).into()),
             payload::SessionCall::Terminate { cell_id }
-            | payload::SessionCall::WaitToPending { cell_id } => Some(cell_id.clone()),
+            | payload::SessionCall::WaitToPending { cell_id } => Some(cell_id.into()),
             _ => None,
         },
         _ => None,

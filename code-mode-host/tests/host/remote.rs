@@ -935,7 +935,7 @@ async fn escaping_runtime(
     escape: Escape,
     queued: tokio::sync::oneshot::Sender<()>,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
-    use code_mode_protocol::{CallId, CellId};
+    use code_mode_protocol::CallId;
     use code_mode_wire::{
         ClientMessage, DelegateCall, DelegateId, Request, Response, ServerMessage, SessionId,
     };
@@ -953,8 +953,8 @@ async fn escaping_runtime(
                     id: DelegateId(id),
                     session,
                     call: DelegateCall::InvokeTool {
-                        cell_id: CellId::parse("1"),
-                        call_id: CallId::new(call),
+                        cell_id: "1".into(),
+                        call_id: CallId::new(call).into(),
                         tool_name: tool.to_owned(),
                         kind: code_mode_wire::payload::ToolKind::Function,
                         input: None,
@@ -990,7 +990,7 @@ async fn escaping_runtime(
                             outbox
                                 .send(&ServerMessage::Admitted {
                                     id,
-                                    cell_id: CellId::parse("1"),
+                                    cell_id: "1".into(),
                                 })
                                 .unwrap();
                             admitted_in = Some(session);
@@ -1121,8 +1121,9 @@ const BEHIND_THE_OFFER: u64 = 0x00ff_e4ed;
 /// otherwise it offers the answer as soon as the exec's answer was taken, with a `Ping`
 /// behind it whose `Pong` says the host has the offer.
 async fn offering_runtime(crossing: bool) -> OfferingRuntime {
-    use code_mode_protocol::CellId;
-    use code_mode_wire::payload::{CellResponse as WireResponse, ContentItem, SessionReply};
+    use code_mode_wire::payload::{
+        CellId, CellResponse as WireResponse, ContentItem, SessionReply,
+    };
     use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
     use futures_util::StreamExt;
 
@@ -1136,7 +1137,7 @@ async fn offering_runtime(crossing: bool) -> OfferingRuntime {
                 let _ = seen_tx.send(word.clone());
                 seen.push(word);
             };
-            let cell = CellId::parse("1");
+            let cell = CellId::from("1");
             let done = WireResponse::Result {
                 cell_id: cell.clone(),
                 content_items: vec![ContentItem::InputText {
@@ -1319,15 +1320,16 @@ async fn an_offered_answer_answers_the_next_wait_and_goes_back_when_a_wait_cross
 /// commits `k = 1` and ends; its second takes the rebuild. Returns what the second saw.
 async fn runtime_lost_after_a_commit()
 -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
-    use code_mode_protocol::CellId;
-    use code_mode_wire::payload::{CellResponse as WireResponse, ContentItem, SessionReply};
+    use code_mode_wire::payload::{
+        CellId, CellResponse as WireResponse, ContentItem, SessionReply,
+    };
     use code_mode_wire::{ClientMessage, Request, Response, ServerMessage, SessionId};
     use futures_util::StreamExt;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
-        let cell = CellId::parse("1");
+        let cell = CellId::from("1");
         let mut first = fake_handshake(&listener, "a runtime lost after a commit").await;
         while let Some(Ok(message)) = first.reader.next().await {
             let ClientMessage::Request { id, request, .. } = message else {

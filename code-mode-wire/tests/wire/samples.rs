@@ -100,7 +100,7 @@ pub fn client_messages() -> Vec<ClientMessage> {
         Request::Answer {
             session,
             cell_id: "2".into(),
-            call: CallId::new(3),
+            call: payload::CallId(3),
             result: Err("late".into()),
         },
         Request::Session {
@@ -252,7 +252,7 @@ pub fn server_messages() -> Vec<ServerMessage> {
             session: SessionId(1),
             call: DelegateCall::InvokeTool {
                 cell_id: "1".into(),
-                call_id: CallId::new(1),
+                call_id: payload::CallId(1),
                 tool_name: "mcp__x__y".into(),
                 kind: ToolKind::Freeform.into(),
                 input: Some(r#""raw""#.into()),

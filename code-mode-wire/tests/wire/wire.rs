@@ -419,6 +419,24 @@ fn encodings_are_pinned() {
             "050000000502023137",
         ),
         (
+            frame(&ServerMessage::Delegate {
+                id: DelegateId(1),
+                session: SessionId(2),
+                call: DelegateCall::InvokeTool {
+                    cell_id: "g2:1".into(),
+                    call_id: payload::CallId(300),
+                    tool_name: "t".into(),
+                    kind: payload::ToolKind::Freeform,
+                    input: Some("{}".into()),
+                    exec_call_id: None,
+                },
+            }),
+            // length 20, Delegate, id 1, session 2, InvokeTool: cell "g2:1", call 300 as a
+            // number (0xfb marker, u16 little-endian; protocol 14), tool "t", Freeform,
+            // Some("{}"), no exec call id
+            "14000000 03 01 02 00 0467323a31 fb2c01 0174 01 01027b7d 00",
+        ),
+        (
             frame(&ServerMessage::Spans(vec![crate::samples::span_record(
                 "code_mode.evaluate",
                 vec![("typescript".into(), payload::SpanValue::Bool(true))],
