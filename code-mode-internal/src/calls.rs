@@ -2,7 +2,7 @@
 //! [`CodeModeSession`] with its arguments, and a [`SessionReply`] is its answer.
 //!
 //! Every front end that drives sessions from messages uses this one adapter instead of a
-//! hand-written match over the methods: the JSON-lines driver and MCP through
+//! hand-written match over the methods: the JSON-lines driver through
 //! [`SessionCall::run_with`], the runtime process (wire requests) through
 //! [`SessionCall::dispatch`] on a target that hands its answers on untaken.
 //! [`SessionCall::dispatch`] is the only place that maps a call to a method; a front end

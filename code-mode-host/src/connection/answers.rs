@@ -142,9 +142,11 @@ impl<T: FromResponse> Drop for AbandonOnDrop<'_, T> {
                         .insert(self.id, Arc::clone(delegate));
                 }
             }
-            removed.is_some()
+            // Returned, to be dropped once the lock is let go: its hooks are the agent
+            // core's code.
+            removed
         };
-        if removed {
+        if removed.is_some() {
             let _ = self
                 .connection
                 .outbox

@@ -744,11 +744,18 @@ impl Connection {
     ) -> Result<(), Violation> {
         let mut state = lock(&self.state);
         let Some(pending) = state.pending.remove(&id) else {
-            state.abandoned_delegates.remove(&id);
-            if let Some(abandoned) = state.abandoned.remove(&id) {
-                return self.on_abandoned_response(state, id, abandoned, result);
-            }
-            return Err(Violation::ResponseNotInFlight(id));
+            // The cell delegate an abandoned exec kept goes once the lock is let go: its
+            // drop is the agent core's code.
+            let delegate = state.abandoned_delegates.remove(&id);
+            let handled = match state.abandoned.remove(&id) {
+                Some(abandoned) => self.on_abandoned_response(state, id, abandoned, result),
+                None => {
+                    drop(state);
+                    Err(Violation::ResponseNotInFlight(id))
+                }
+            };
+            drop(delegate);
+            return handled;
         };
         if matches!(result, Err(WireError::Draining)) {
             self.draining.store(true, Ordering::SeqCst);
