@@ -523,7 +523,7 @@ class Session {
   /**
    * Runs a cell until it completes or yields (its first line may be the `// @exec:`
    * pragma). `signal` terminates the cell: the promise then rejects with its reason,
-   * once the cell is gone. `throwOnError` throws `CellError`/`LimitExceeded` for a failed cell.
+   * once the cell is gone (an abort after the cell completed leaves its result). `throwOnError` throws `CellError`/`LimitExceeded` for a failed cell.
    */
   async exec(source, { yieldTimeMs, signal, throwOnError = false, traceparent } = {}) {
     if (typeof source !== 'string') throw new InvalidArgument('exec: the source must be a string')
@@ -535,7 +535,9 @@ class Session {
     signal?.addEventListener('abort', onAbort, { once: true })
     try {
       const outcome = await session.exec(source, yieldTimeMs, token, traceparent ?? currentTraceparent())
-      if (signal?.aborted) throw abortReason(signal)
+      // Only an abort that ended the cell throws: one that landed after it completed
+      // leaves its result, as `wait`'s does.
+      if (outcome.error?.kind === 'Aborted' && signal?.aborted) throw abortReason(signal)
       return settle(outcome, throwOnError)
     } finally {
       signal?.removeEventListener('abort', onAbort)

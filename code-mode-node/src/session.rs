@@ -247,7 +247,11 @@ impl NativeSession {
             if let Some(id) = cancel {
                 lock(&cancels).remove(&id);
             }
-            settle(answer, budget)
+            match answer {
+                Ok(Some(response)) => settle(Ok(response), budget),
+                Ok(None) => failed("Aborted", "the exec was aborted".to_owned()),
+                Err(error) => settle(Err(error), budget),
+            }
         };
         promise(env, run.instrument(span))
     }
@@ -456,13 +460,14 @@ impl NativeSession {
 }
 
 /// Runs `request` until its cell completes or yields. The cell is terminated when
-/// `cancel` fires: at once if it was admitted, else as soon as it is; the exec's own
-/// observation then ends with the terminated response (contract 3.7).
+/// `cancel` fires: at once if it was admitted, else as soon as it is; the exec is then
+/// `None`, aborted. A cancel that lands after the cell completed terminates nothing, and
+/// the cell's answer stands, as a `wait`'s does.
 async fn exec_until(
     session: Arc<dyn CodeModeSession>,
     request: ExecRequest,
     cancel: CancellationToken,
-) -> Result<CellResponse, SessionError> {
+) -> Result<Option<CellResponse>, SessionError> {
     let admitted: Arc<(Mutex<Option<CellId>>, tokio::sync::Notify)> = Arc::default();
     let seen = Arc::clone(&admitted);
     let hooks = ExecHooks::default().on_admitted(move |cell_id| {
@@ -472,7 +477,7 @@ async fn exec_until(
     let run = session.execute_with(request, hooks);
     tokio::pin!(run);
     tokio::select! {
-        started = &mut run => return started.map(|started| started.initial_response),
+        started = &mut run => return started.map(|started| Some(started.initial_response)),
         () = cancel.cancelled() => {}
     }
     let cell_id = loop {
@@ -480,10 +485,13 @@ async fn exec_until(
             break cell_id;
         }
         tokio::select! {
-            started = &mut run => return started.map(|started| started.initial_response),
+            started = &mut run => return started.map(|started| Some(started.initial_response)),
             () = admitted.1.notified() => {}
         }
     };
-    let (started, _) = tokio::join!(run, session.terminate(cell_id));
-    started.map(|started| started.initial_response)
+    let (started, terminated) = tokio::join!(run, session.terminate(cell_id));
+    let response = started?.initial_response;
+    // The cell was still running for the terminate to end: the abort ended it.
+    let aborted = matches!(terminated, Ok(CellResponse::Terminated { .. }));
+    Ok((!aborted).then_some(response))
 }

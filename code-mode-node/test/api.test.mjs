@@ -189,6 +189,32 @@ test("an AbortSignal terminates the cell and aborts its tool's signal; the sessi
   }
 })
 
+test('an abort that lands after the cell completed leaves exec its result, as it leaves wait its', async () => {
+  const controller = new AbortController()
+  const session = new Session({
+    tools: {
+      // Answers, then holds the event loop while the cell completes and the exec's
+      // answer waits for it, and only then aborts: the abort lands after completion.
+      last: () => {
+        setImmediate(() => {
+          const until = Date.now() + 300
+          while (Date.now() < until) {}
+          controller.abort()
+        })
+        return 'ok'
+      },
+    },
+  })
+  try {
+    const result = await session.exec('text(await tools.last())', { signal: controller.signal })
+    assert.equal(controller.signal.aborted, true, 'the abort landed before exec returned')
+    assert.equal(result.status, 'completed')
+    assert.equal(result.text, 'ok')
+  } finally {
+    await session.close()
+  }
+})
+
 test('the event loop runs while a cell computes, and tools run on the main thread', async () => {
   let ticks = 0
   const timer = setInterval(() => (ticks += 1), 10)
