@@ -289,7 +289,14 @@ impl CodeModeProvider for ProcessProvider {
         options: SessionOptions,
         stored_values: StoredValues,
     ) -> ProcessSession {
-        crate::hosted::open(self.inner.clone(), delegate, options, stored_values)
+        crate::hosted::open(self.source(), delegate, options, stored_values)
+    }
+}
+
+impl ProcessProvider {
+    /// Where its sessions get their runtime: the supervised process.
+    pub(crate) fn source(&self) -> Arc<dyn crate::hosted::RuntimeSource> {
+        self.inner.clone()
     }
 }
 

@@ -314,7 +314,14 @@ impl CodeModeProvider for RemoteProvider {
         options: SessionOptions,
         stored_values: StoredValues,
     ) -> RemoteSession {
-        crate::hosted::open(self.inner.clone(), delegate, options, stored_values)
+        crate::hosted::open(self.source(), delegate, options, stored_values)
+    }
+}
+
+impl RemoteProvider {
+    /// Where its sessions get their runtime: the pool.
+    pub(crate) fn source(&self) -> Arc<dyn crate::hosted::RuntimeSource> {
+        self.inner.clone()
     }
 }
 

@@ -29,14 +29,11 @@ impl CodeModeProvider for Runtimes {
         options: SessionOptions,
         stored_values: StoredValues,
     ) -> RuntimeSession {
-        match self {
-            Self::Local(provider) => {
-                provider.open_session_with_values(delegate, options, stored_values)
-            }
-            Self::Remote(provider) => {
-                provider.open_session_with_values(delegate, options, stored_values)
-            }
-        }
+        let source = match self {
+            Self::Local(provider) => provider.source(),
+            Self::Remote(provider) => provider.source(),
+        };
+        crate::hosted::open(source, delegate, options, stored_values)
     }
 }
 
