@@ -188,18 +188,23 @@ impl Connection {
             let Some(tools) = tools else {
                 return Err(Violation::AdmittedNotAnExec(id));
             };
+            // A delegate not kept (the cell closed already, or one it replaces) goes after
+            // the lock: its drop is the agent core's code.
+            let mut leftover = delegate;
             if !entry.closed(&cell_id) {
                 entry.live_cells.insert(cell_id.clone());
-                if let Some(delegate) = delegate {
-                    entry.cell_delegates.insert(cell_id.clone(), delegate);
+                if let Some(delegate) = leftover.take() {
+                    leftover = entry.cell_delegates.insert(cell_id.clone(), delegate);
                 }
                 entry
                     .guards
                     .insert(cell_id.clone(), CellGuard::new(&tools, 0));
             }
             entry.admit_journal(&cell_id, exec);
-            admitted.map(|admitted| (admitted, session))
+            (admitted.map(|admitted| (admitted, session)), leftover)
         };
+        let (admitted, leftover) = admitted;
+        drop(leftover);
         if let Some((admitted, session)) = admitted {
             admitted(&self.external_cell_id(session, &cell_id));
         }

@@ -760,53 +760,12 @@ impl Connection {
         if matches!(result, Err(WireError::Draining)) {
             self.draining.store(true, Ordering::SeqCst);
         }
-        if let Ok(response) = &result {
-            match response {
-                Response::SessionOpened(session) => {
-                    let Some(Opening {
-                        delegate,
-                        stored,
-                        lost,
-                    }) = pending.hooks.opening.clone()
-                    else {
-                        return Err(Violation::OpenedWithoutDelegate(*session));
-                    };
-                    let entry = SessionEntry {
-                        delegate,
-                        stored,
-                        cell_delegates: HashMap::new(),
-                        live_cells: HashSet::new(),
-                        closed_cells: RecentlyClosed::default(),
-                        journals: HashMap::new(),
-                        guards: HashMap::new(),
-                        offers: HashMap::new(),
-                        lost,
-                    };
-                    if state.sessions.insert(*session, entry).is_some() {
-                        return Err(Violation::OpenedTwice(*session));
-                    }
-                }
-                Response::Resumed(cell_id) => {
-                    let cell_id = CellId::from(cell_id);
-                    self.on_resumed(&mut state, pending.session, &cell_id, &pending.hooks)?;
-                }
-                Response::Reply(reply) => {
-                    if let payload::SessionReply::Started { cell_id, .. }
-                    | payload::SessionReply::StartedPending { cell_id, .. } = reply
-                    {
-                        mark_alive(&mut state, pending.session, &cell_id.into())?;
-                    }
-                    // A cell whose final answer came is over: it is never rebuilt.
-                    if let Some(cell_id) = journals::finished_cell(reply)
-                        && let Some(entry) = pending
-                            .session
-                            .and_then(|session| state.sessions.get_mut(&session))
-                    {
-                        entry.journals.remove(&CellId::from(cell_id));
-                    }
-                }
-                Response::ToolsRegistered | Response::Answered(_) => {}
-            }
+        if let Err(violation) = self.book_response(&mut state, &pending, &result) {
+            // What the request held (its delegate, its hooks) goes after the lock: its
+            // drop is the agent core's code.
+            drop(state);
+            drop(pending);
+            return Err(violation);
         }
         if faults::fire(Fault::LoseAnswer, || is_final(&result)) {
             // Proof that the chaos test sees a lost answer (a test-only switch): the
@@ -836,10 +795,71 @@ impl Connection {
             .map_err(|_| Violation::ResponseOfAnotherKind(id))
     }
 
+    /// What a response tells the host's state: a session opened, a cell resumed or seen
+    /// alive, a cell over.
+    fn book_response(
+        &self,
+        state: &mut State,
+        pending: &PendingRequest,
+        result: &Result<Response, WireError>,
+    ) -> Result<(), Violation> {
+        if let Ok(response) = result {
+            match response {
+                Response::SessionOpened(session) => {
+                    let Some(Opening {
+                        delegate,
+                        stored,
+                        lost,
+                    }) = pending.hooks.opening.clone()
+                    else {
+                        return Err(Violation::OpenedWithoutDelegate(*session));
+                    };
+                    let entry = SessionEntry {
+                        delegate,
+                        stored,
+                        cell_delegates: HashMap::new(),
+                        live_cells: HashSet::new(),
+                        closed_cells: RecentlyClosed::default(),
+                        journals: HashMap::new(),
+                        guards: HashMap::new(),
+                        offers: HashMap::new(),
+                        lost,
+                    };
+                    if state.sessions.contains_key(session) {
+                        return Err(Violation::OpenedTwice(*session));
+                    }
+                    state.sessions.insert(*session, entry);
+                }
+                Response::Resumed(cell_id) => {
+                    let cell_id = CellId::from(cell_id);
+                    self.on_resumed(state, pending.session, &cell_id, &pending.hooks)?;
+                }
+                Response::Reply(reply) => {
+                    if let payload::SessionReply::Started { cell_id, .. }
+                    | payload::SessionReply::StartedPending { cell_id, .. } = reply
+                    {
+                        mark_alive(state, pending.session, &cell_id.into())?;
+                    }
+                    // A cell whose final answer came is over: it is never rebuilt.
+                    if let Some(cell_id) = journals::finished_cell(reply)
+                        && let Some(entry) = pending
+                            .session
+                            .and_then(|session| state.sessions.get_mut(&session))
+                    {
+                        entry.journals.remove(&CellId::from(cell_id));
+                    }
+                }
+                Response::ToolsRegistered | Response::Answered(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets a session once its shutdown was answered.
     pub(crate) fn forget_session(&self, session: SessionId) {
-        let mut state = lock(&self.state);
-        state.sessions.remove(&session);
+        // The entry (its delegates) goes after the lock.
+        let gone = lock(&self.state).sessions.remove(&session);
+        drop(gone);
     }
 
     /// Records the loss of the runtime and fails or closes everything that depended on it.
