@@ -98,7 +98,7 @@ export interface SessionOptions extends NativeOptions {
 export interface ExecOptions {
   /** How long the call waits before it returns a running cell's output so far. */
   yieldTimeMs?: number
-  /** Terminates the cell; the call then rejects with the signal's reason once the cell is gone. */
+  /** Terminates the cell; the call then rejects with the signal's reason once the cell is gone (an abort after the cell completed leaves its result). */
   signal?: AbortSignal
   /** Throw `CellError` (or `LimitExceeded`) when the cell failed, instead of returning its result. */
   throwOnError?: boolean

@@ -495,3 +495,120 @@ async fn exec_until(
     let aborted = matches!(terminated, Ok(CellResponse::Terminated { .. }));
     Ok((!aborted).then_some(response))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use code_mode_protocol::{
+        BoxFuture, PendingOutcome, StartedCell, StartedPendingCell, StoredValues, WaitRequest,
+    };
+
+    /// A session whose one cell is admitted at once and completes when it is terminated,
+    /// and whose `terminate` answers `stopped`: how the cell had ended when the terminate
+    /// reached it.
+    struct Scripted {
+        finish: tokio::sync::Notify,
+        stopped: CellResponse,
+    }
+
+    impl CodeModeSession for Scripted {
+        fn execute_with(
+            &self,
+            _: ExecRequest,
+            hooks: ExecHooks,
+        ) -> BoxFuture<'_, Result<StartedCell, SessionError>> {
+            Box::pin(async move {
+                let cell_id = CellId::new(1);
+                hooks.admit(&cell_id);
+                self.finish.notified().await;
+                let initial_response = CellResponse::result(cell_id.clone(), Vec::new(), None);
+                Ok(StartedCell {
+                    cell_id,
+                    initial_response,
+                })
+            })
+        }
+
+        fn terminate(&self, _: CellId) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+            Box::pin(async move {
+                self.finish.notify_one();
+                Ok(self.stopped.clone())
+            })
+        }
+
+        fn wait_with(
+            &self,
+            _: WaitRequest,
+            _: Option<CancellationToken>,
+        ) -> BoxFuture<'_, Result<CellResponse, SessionError>> {
+            unreachable!("exec_until never waits")
+        }
+
+        fn interrupt(&self) -> BoxFuture<'_, Result<Vec<CellId>, SessionError>> {
+            unreachable!("exec_until never interrupts")
+        }
+
+        fn execute_to_pending(
+            &self,
+            _: ExecRequest,
+        ) -> BoxFuture<'_, Result<StartedPendingCell, SessionError>> {
+            unreachable!("exec_until never runs to pending")
+        }
+
+        fn wait_to_pending(
+            &self,
+            _: CellId,
+        ) -> BoxFuture<'_, Result<PendingOutcome, SessionError>> {
+            unreachable!("exec_until never runs to pending")
+        }
+
+        fn shutdown(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+
+        fn stored_values(&self) -> StoredValues {
+            StoredValues::default()
+        }
+    }
+
+    /// `exec_until` with its cancel fired before it starts, on a session whose terminate
+    /// answers `stopped`.
+    fn cancelled_exec(stopped: CellResponse) -> Option<CellResponse> {
+        let session = Arc::new(Scripted {
+            finish: tokio::sync::Notify::new(),
+            stopped,
+        });
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime
+            .block_on(exec_until(session, ExecRequest::new("text(1)"), cancel))
+            .expect("the exec answers")
+    }
+
+    /// An abort is an abort only when the terminate found the cell running; one that
+    /// found it completed leaves the exec its result.
+    #[test]
+    fn an_abort_ends_the_exec_only_when_it_terminated_the_cell() {
+        let cell = CellId::new(1);
+        let terminated = CellResponse::Terminated {
+            cell_id: cell.clone(),
+            content_items: Vec::new(),
+            wall_time: std::time::Duration::ZERO,
+        };
+        assert_eq!(cancelled_exec(terminated), None, "terminated by the abort");
+        let completed = CellResponse::result(cell.clone(), Vec::new(), None);
+        assert_eq!(
+            cancelled_exec(completed.clone()),
+            Some(completed),
+            "completed before the abort reached it"
+        );
+        assert_eq!(
+            cancelled_exec(CellResponse::missing(cell)),
+            Some(CellResponse::result(CellId::new(1), Vec::new(), None)),
+            "gone before the abort reached it"
+        );
+    }
+}
