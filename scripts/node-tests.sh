@@ -10,6 +10,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # The MCP server the tools-file test starts (the CLI's deterministic fixture; after
 # `cargo test --workspace` it is built already).
 cargo build --quiet -p code-mode-cli --example mcp-fixture
+# The addon's own Rust unit tests (`cargo test --workspace` skips the crate: `test = false`).
+cargo test --quiet -p code-mode-node --lib
 # The runtime as it ships: built alone, without the test crate's hooks, which
 # `cargo test --workspace` merges into it.
 cargo build --quiet -p code-mode-bin
