@@ -2,9 +2,11 @@
 //! (`benches/python/bench.py`, run by `scripts/python-bench.sh`). One invocation runs
 //! `--iterations N` execs of one cell after five warm-up execs, through the Rust API,
 //! `--transport ipc` (the process provider, as the Python package runs cells) or
-//! `in-process`, `--cell trivial` (`text(1)`) or `tool` (one nested call to a tool that
-//! answers at once), and prints each exec's wall time in microseconds as one JSON array.
-//! The Python script runs it between its own rounds, so the two interleave in one run.
+//! `in-process`, `--cell trivial` (`text(1)`), `tool` (one nested call to a tool that
+//! answers at once) or `fifty` (fifty such calls in one `Promise.all`), and prints each
+//! exec's wall time in microseconds as one JSON array. The Python script and the Node
+//! package's (`code-mode-node/bench/binding.mjs`) run it between their own rounds, so the
+//! two interleave in one run.
 
 #[expect(
     dead_code,
@@ -25,6 +27,10 @@ use support::EchoTools;
 fn source(cell: &str) -> &'static str {
     match cell {
         "tool" => "text(await tools.echo({n: 1}))",
+        "fifty" => {
+            "const all = await Promise.all(Array.from({length: 50}, (_, n) => tools.echo({n}))); \
+             text(all.length)"
+        }
         _ => "text(1)",
     }
 }

@@ -282,53 +282,87 @@ class Dispatcher {
   }
 
   dispatch(call) {
-    try {
-      if (call.cancelled) {
-        const controller = this.running.get(call.token)
-        this.running.delete(call.token)
-        controller?.abort(new DOMException('the cell gave the call up (it was terminated)', 'AbortError'))
-        return
-      }
-      const tool = this.tools.get(call.name)
-      if (!tool) return this.answer(call.token, false, `no tool named ${call.name}`)
-      const controller = new AbortController()
-      this.running.set(call.token, controller)
-      const options = {
-        signal: controller.signal,
-        abortSignal: controller.signal,
-        cellId: call.cellId,
-        toolCallId: `code-mode-${call.cellId}-${call.token}`,
-        messages: [],
-      }
-      Promise.resolve()
-        .then(() => tool.check(call.input === undefined || call.input === null ? undefined : JSON.parse(call.input)))
-        .then((input) => tool.execute(input, options))
-        .then(
-          (value) => {
-            if (!this.running.has(call.token)) return
-            let text
-            try {
-              text = value === undefined ? 'null' : JSON.stringify(value)
-            } catch (error) {
-              return this.answer(call.token, false, `the tool's result is not JSON: ${message(error)}`)
-            }
-            this.answer(call.token, true, text ?? 'null')
-          },
-          (error) => {
-            if (this.running.has(call.token)) this.answer(call.token, false, message(error))
-          },
-        )
-        // Nothing of the chain above may reject unhandled (it would end the process).
-        .catch(() => {
-          if (this.running.has(call.token)) this.answer(call.token, false, 'the tool failed')
-        })
-    } catch (error) {
+    let running
+    const done = (ok, text) => {
+      if (this.running.get(call.token) !== running) return
       try {
-        this.answer(call.token, false, message(error))
+        this.answer(call.token, ok, text)
       } catch {
         // The native half is gone (the session closed): nobody waits for the answer.
       }
     }
+    const succeed = (value) => {
+      let text
+      try {
+        text = value === undefined ? 'null' : JSON.stringify(value)
+      } catch (error) {
+        return done(false, `the tool's result is not JSON: ${message(error)}`)
+      }
+      done(true, text ?? 'null')
+    }
+    const fail = (error) => done(false, message(error))
+    try {
+      if (call.cancelled) {
+        const given = this.running.get(call.token)
+        this.running.delete(call.token)
+        given?.abort(new DOMException('the cell gave the call up (it was terminated)', 'AbortError'))
+        return
+      }
+      const tool = this.tools.get(call.name)
+      if (!tool) return this.answer(call.token, false, `no tool named ${call.name}`)
+      running = new RunningCall()
+      this.running.set(call.token, running)
+      const options = {
+        get signal() {
+          return running.signal
+        },
+        get abortSignal() {
+          return running.signal
+        },
+        cellId: call.cellId,
+        toolCallId: `code-mode-${call.cellId}-${call.token}`,
+        messages: [],
+      }
+      // The tool runs now, in this callback of the event loop; only a promise (an async
+      // tool, an async schema) makes the answer wait for later.
+      const checked = tool.check(call.input === undefined || call.input === null ? undefined : JSON.parse(call.input))
+      const value = isThenable(checked) ? checked.then((input) => tool.execute(input, options)) : tool.execute(checked, options)
+      if (isThenable(value)) Promise.resolve(value).then(succeed, fail)
+      else succeed(value)
+    } catch (error) {
+      if (running) fail(error)
+      else done(false, message(error))
+    }
+  }
+}
+
+/** Whether `value` is a promise (or like one): its answer comes later. */
+function isThenable(value) {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function'
+}
+
+/**
+ * A call a tool runs: its `AbortSignal`, made when the tool first reads it (making one
+ * for every call cost more than the rest of the dispatch together); a call given up
+ * before that reads an aborted one.
+ */
+class RunningCall {
+  #controller = null
+  #reason = undefined
+  #aborted = false
+
+  get signal() {
+    if (!this.#controller) {
+      this.#controller = new AbortController()
+      if (this.#aborted) this.#controller.abort(this.#reason)
+    }
+    return this.#controller.signal
+  }
+
+  abort(reason) {
+    this.#aborted = true
+    this.#reason = reason
+    this.#controller?.abort(reason)
   }
 }
 

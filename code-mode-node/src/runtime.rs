@@ -9,6 +9,7 @@ use code_mode_host::state::{StoreLocation, StoreOptions};
 use code_mode_host::{Approvals, KeptSessions};
 use code_mode_host::{ProcessConfig, ProcessProvider, Runtimes, StoredProvider};
 use code_mode_internal::sync::lock;
+use futures_util::FutureExt as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -110,7 +111,8 @@ pub(crate) fn promise<'env, T: napi::bindgen_prelude::ToNapiValue + Send + 'stat
 /// A promise settled from the tokio runtime with what `run` gives: its value, or its
 /// error as a rejection. A panic in `run` rejects it too, with what the panic said: a
 /// promise never settled would hang the app's `await` for good (a dropped deferred is
-/// never settled by napi).
+/// never settled by napi). One task per promise, the panic caught where it unwinds: a
+/// task of its own to run `run` cost each call a second task and its wake-up.
 pub(crate) fn settled<'env, T: napi::bindgen_prelude::ToNapiValue + Send + 'static>(
     env: &'env napi::Env,
     run: impl std::future::Future<Output = napi::Result<T>> + Send + 'static,
@@ -118,22 +120,17 @@ pub(crate) fn settled<'env, T: napi::bindgen_prelude::ToNapiValue + Send + 'stat
     type Resolve<T> = Box<dyn FnOnce(napi::Env) -> napi::Result<T> + Send>;
     let (deferred, promise) = env.create_deferred::<T, Resolve<T>>()?;
     tokio().spawn(async move {
-        // Run as a task of its own, whose panic its handle reports.
-        match tokio().spawn(run).await {
+        match std::panic::AssertUnwindSafe(run).catch_unwind().await {
             Ok(Ok(value)) => deferred.resolve(Box::new(move |_| Ok(value))),
             Ok(Err(error)) => deferred.reject(error),
-            Err(failed) => deferred.reject(napi::Error::from_reason(internal_failure(failed))),
+            Err(panic) => deferred.reject(napi::Error::from_reason(internal_failure(&*panic))),
         }
     });
     Ok(promise)
 }
 
-/// The text of a task that panicked (or was cancelled as the runtime shut down).
-fn internal_failure(failed: tokio::task::JoinError) -> String {
-    if !failed.is_panic() {
-        return "code-mode-runtime: the work was cancelled as the process shut down".to_owned();
-    }
-    let panic = failed.into_panic();
+/// The text of a panic caught in a promise's work.
+fn internal_failure(panic: &(dyn std::any::Any + Send)) -> String {
     let said = panic
         .downcast_ref::<&str>()
         .map(|text| (*text).to_owned())

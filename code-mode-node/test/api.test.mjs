@@ -189,6 +189,35 @@ test("an AbortSignal terminates the cell and aborts its tool's signal; the sessi
   }
 })
 
+test("a tool that reads its signal only after its call was given up finds it aborted", async () => {
+  let options
+  const session = new Session({
+    tools: {
+      later: (_, given) => {
+        options = given // the signal is not read here: it is made when first read
+        return new Promise(() => {})
+      },
+    },
+  })
+  try {
+    const controller = new AbortController()
+    const started = session.exec('await tools.later(); text("never")', { signal: controller.signal })
+    while (!options) await sleep(5)
+    controller.abort()
+    await assert.rejects(started, { name: 'AbortError' })
+    // The give-up reaches this event loop on its own way; let it land before the read.
+    assert.equal((await session.exec('text("next")')).text, 'next')
+    await sleep(200)
+    const deadline = Date.now() + 10_000
+    while (!options.signal.aborted && Date.now() < deadline) await sleep(5)
+    assert.equal(options.signal.aborted, true)
+    assert.equal(options.signal.reason?.name, 'AbortError')
+    assert.equal(options.abortSignal, options.signal, 'the AI SDK name reads the same signal')
+  } finally {
+    await session.close()
+  }
+})
+
 test('an abort that lands after the cell completed leaves exec its result, as it leaves wait its', async () => {
   const controller = new AbortController()
   const session = new Session({
