@@ -5,8 +5,9 @@
 # optional dependency). napi-rs's CLI comes from code-mode-node/package-lock.json
 # (`npm ci`, pinned), and writes native.cjs and native.d.ts (the TypeScript declarations)
 # from the Rust side.
-#   scripts/node-package.sh          what users install: the release runtime and addon
-#                                    (builds the runtime if need be)
+#   scripts/node-package.sh          what users install: the runtime as scripts/dist.sh
+#                                    builds it (a static PIE, link-time optimised) and the
+#                                    addon in the same `dist` profile (builds both if need be)
 #   scripts/node-package.sh debug    the tests' package, from target/debug (quicker; needs
 #                                    `cargo build -p code-mode-bin` first)
 # Install both: npm install code-mode-node/dist/*.tgz. Prints the tarballs' paths.
@@ -21,9 +22,9 @@ command -v npm >/dev/null || {
 }
 case "$mode" in
   release)
-    cargo build --quiet --release -p code-mode-bin
-    runtime="$target/release/code-mode-bin"
-    release=(--release)
+    scripts/dist.sh code-mode-bin >&2
+    runtime="$target/dist/code-mode-bin"
+    release=(--profile dist)
     ;;
   debug)
     runtime="$target/debug/code-mode-bin"
