@@ -312,12 +312,19 @@ class Dispatcher {
       if (!tool) return this.answer(call.token, false, `no tool named ${call.name}`)
       running = new RunningCall()
       this.running.set(call.token, running)
+      // Accessors where a tool reads them; a tool that sets one gets a plain value, as before.
       const options = {
         get signal() {
           return running.signal
         },
+        set signal(value) {
+          Object.defineProperty(this, 'signal', { value, writable: true, enumerable: true, configurable: true })
+        },
         get abortSignal() {
           return running.signal
+        },
+        set abortSignal(value) {
+          Object.defineProperty(this, 'abortSignal', { value, writable: true, enumerable: true, configurable: true })
         },
         cellId: call.cellId,
         toolCallId: `code-mode-${call.cellId}-${call.token}`,
@@ -326,7 +333,9 @@ class Dispatcher {
       // The tool runs now, in this callback of the event loop; only a promise (an async
       // tool, an async schema) makes the answer wait for later.
       const checked = tool.check(call.input === undefined || call.input === null ? undefined : JSON.parse(call.input))
-      const value = isThenable(checked) ? checked.then((input) => tool.execute(input, options)) : tool.execute(checked, options)
+      const value = isThenable(checked)
+        ? Promise.resolve(checked).then((input) => tool.execute(input, options))
+        : tool.execute(checked, options)
       if (isThenable(value)) Promise.resolve(value).then(succeed, fail)
       else succeed(value)
     } catch (error) {

@@ -42,7 +42,7 @@ esac
 
 cd code-mode-node
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2
 fi
 platform=npm/linux-x64-gnu
 node_modules/.bin/napi build --platform "${release[@]}" --js native.cjs --dts native.d.ts >&2

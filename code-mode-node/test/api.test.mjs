@@ -202,10 +202,14 @@ test("a tool that reads its signal only after its call was given up finds it abo
   try {
     const controller = new AbortController()
     const started = session.exec('await tools.later(); text("never")', { signal: controller.signal })
-    while (!options) await sleep(5)
+    const called = Date.now() + 10_000
+    while (!options && Date.now() < called) await sleep(5)
+    assert.ok(options, 'the tool was called')
     controller.abort()
     await assert.rejects(started, { name: 'AbortError' })
-    // The give-up reaches this event loop on its own way; let it land before the read.
+    // The give-up reaches this event loop on its own way; let it land before the first
+    // read (were it later, the read would make a live signal that the give-up then aborts,
+    // and the test would not tell the two apart: it can only pass wrongly, never fail so).
     assert.equal((await session.exec('text("next")')).text, 'next')
     await sleep(200)
     const deadline = Date.now() + 10_000
