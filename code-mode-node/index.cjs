@@ -339,8 +339,7 @@ class Dispatcher {
       if (isThenable(value)) Promise.resolve(value).then(succeed, fail)
       else succeed(value)
     } catch (error) {
-      if (running) fail(error)
-      else done(false, message(error))
+      fail(error)
     }
   }
 }

@@ -22,8 +22,7 @@ esac
 scripts/node-package.sh >/dev/null
 case "$which" in
   binding)
-    peer="$(cargo bench --quiet -p code-mode-benches --bench python_peer --no-run --message-format=json |
-      python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')"
+    peer="$(scripts/bench-peer.sh)"
     # The peer's runtime is the one the package ships.
     CODE_MODE_BIN="$PWD/code-mode-node/npm/linux-x64-gnu/bin/code-mode-bin" \
       node code-mode-node/bench/binding.mjs --peer "$peer" "$@"

@@ -6,8 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 wheel="$(scripts/python-package.sh release-in-process)"
-peer="$(cargo bench --quiet -p code-mode-benches --bench python_peer --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')"
+peer="$(scripts/bench-peer.sh)"
 venv=benches/python/.venv
 if [ ! -x "$venv/bin/python" ] || ! cmp -s benches/python/requirements.txt "$venv/requirements.installed"; then
   rm -rf "$venv"
